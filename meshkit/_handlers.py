@@ -1,0 +1,132 @@
+"""Wrapping grpc.aio method handlers: one place for the four call kinds.
+
+grpc.aio hands a server interceptor only the method name and metadata; the peer, its
+certificate and the deadline live on the call's ``ServicerContext``. Interceptors that
+need them return the method's handler *wrapped*: a ``before(context)`` coroutine runs in
+the call's own task right before the handler (so context variables it sets are the
+handler's, and vanish with the task), and aborts the call through ``context`` to refuse it.
+:class:`WrappingInterceptor` wraps each method once and caches the result.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+__all__ = [
+    "Before",
+    "Continuation",
+    "Handler",
+    "WrappingInterceptor",
+    "other_responses",
+    "wrap_handler",
+]
+
+Before = Callable[[Any], Awaitable[None]]
+"""``await before(context)``: check the call; abort it through ``context`` to refuse."""
+
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
+MAX_CACHED_METHODS = 4096
+
+
+async def other_responses(result: Any) -> AsyncIterator[Any]:
+    """Responses of a streaming behaviour's result that is *not* an async iterator: a
+    coroutine that answered with ``context.write`` (awaited, yields nothing) or a plain
+    iterable of messages. Callers keep ``async for`` over an async iterator inline (the
+    common case) and use this for the rest."""
+    if inspect.isawaitable(result):
+        await result
+    elif result is not None:
+        for item in result:
+            yield item
+
+
+def wrap_handler(handler: Handler, before: Before) -> Handler:
+    """A handler like ``handler`` that awaits ``before(context)`` first.
+
+    Works for all four call kinds and keeps the behaviour's shape: an async generator stays
+    one, a coroutine (also one that answers with ``context.write``) stays a coroutine, and a
+    plain function's result is awaited if it is awaitable.
+    """
+    req_s, resp_s = handler.request_streaming, handler.response_streaming
+    if req_s and resp_s:
+        inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif req_s:
+        inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif resp_s:
+        inner, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    behavior: Any
+    assert inner is not None
+    if resp_s and inspect.isasyncgenfunction(inner):
+
+        async def gen_behavior(request: Any, context: Any) -> Any:
+            await before(context)
+            async for item in inner(request, context):
+                yield item
+
+        behavior = gen_behavior
+    elif resp_s and not inspect.iscoroutinefunction(inner):
+
+        async def any_stream_behavior(request: Any, context: Any) -> Any:
+            await before(context)
+            result = inner(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                async for item in other_responses(result):
+                    yield item
+
+        behavior = any_stream_behavior
+    else:
+
+        async def behavior(request: Any, context: Any) -> Any:
+            await before(context)
+            result = inner(request, context)
+            if inspect.isawaitable(result):
+                return await result
+            return result
+
+    wrapped: Handler = factory(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return wrapped
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Base of interceptors that wrap each method's handler with ``self._before_for(method)``
+    (``None``: leave the method alone); the wrapped handler is cached per method."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, tuple[Handler, Handler]] = {}
+
+    def _before_for(self, method: str) -> Before | None:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """Return the next handler wrapped with this interceptor's check."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        before = self._before_for(method)
+        wrapped = handler if before is None else wrap_handler(handler, before)
+        if len(self._handlers) < MAX_CACHED_METHODS:
+            self._handlers[method] = (handler, wrapped)
+        return wrapped

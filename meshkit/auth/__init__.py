@@ -1,0 +1,158 @@
+"""meshkit.auth: workload identity (mTLS, SPIFFE), JWT access tokens, authorization.
+
+**Identities.** Every workload has an X.509-SVID (SPIFFE X.509-SVID standard) issued by the
+mesh CA (``meshkit certs init`` / ``meshkit certs issue <service>``, or
+:func:`create_ca` / :func:`issue_workload`): URI SAN ``spiffe://<td>/svc/<service>``
+plus the DNS *identity name* ``<service>.svc.<td>``. Servers require client certificates
+and read the caller's verified SPIFFE ID from the call (:func:`current_peer`); clients
+verify the server's identity as its TLS host name (:meth:`TLSOptions.channel_options` sets
+``grpc.ssl_target_name_override``) because grpcio's Python API has no verify callback.
+The CA's name constraints keep both names inside the trust domain. A certificate from
+another CA, an expired one, a wrong identity or a plaintext client fail the handshake
+(``UNAVAILABLE`` at the caller); plaintext exists only when asked for with
+``tls_from_dir(..., insecure=True)``.
+
+**Tokens.** :class:`TokenIssuer` mints ES256/EdDSA access tokens (RFC 9068 shape: ``iss sub
+aud exp iat nbf jti scope``, ``kid`` header) from a :class:`KeySet`; :class:`JWKSServer`
+publishes the keys at ``/.well-known/jwks.json``; :class:`JWKSClient` caches them for
+:class:`JWTVerifier` (algorithms fixed by config, RFC 8725). :class:`JWTAuthInterceptor`
+reads ``authorization: Bearer <token>``: missing/invalid → ``UNAUTHENTICATED``, valid but
+missing a scope → ``PERMISSION_DENIED``; handlers read :func:`current_claims`.
+:class:`TokenForwarder` forwards the caller's token on calls made while handling it.
+
+**Rotation.** Servers pick renewed certificate files up for new connections within
+``reload_interval_s`` (``grpc.dynamic_ssl_server_credentials``); clients rebuild when
+:class:`ChannelCredentialsReloader` bumps its ``generation``. JWT keys rotate with
+:meth:`KeySet.rotate` (previous keys stay published until their tokens expire); verifiers
+fetch the JWKS again on an unknown ``kid`` (at most every ``min_refresh_interval_s``) and
+every ``refresh_interval_s``.
+
+**Chain order.** Server: tracing → metrics → authn (:class:`PeerIdentityInterceptor`,
+then :class:`JWTAuthInterceptor`) → authz (:class:`AuthzInterceptor`) → rate limit →
+handler; :func:`server_interceptors` returns the auth part in that order. The checks run
+inside the wrapped handler (they need the call's ``context``). Client: ``TokenForwarder``
+goes in ``DialOptions.interceptors``.
+
+Example::
+
+    tls = tls_from_dir("certs", "userd")
+    verifier = JWTVerifier(VerifierOptions(issuer="userd", audience="ecom"),
+                           JWKSClient("http://127.0.0.1:8081/.well-known/jwks.json"))
+    policy = AuthzPolicy(rules={"/ecom.v1.UserService/GetUser": Rule(
+        allow_peers=(tls.expected_server_id("orderd"),))})
+    opts = ServeOptions(credentials=tls.server_credentials(),
+                        interceptors=server_interceptors(tls=tls, verifier=verifier,
+                                                         policy=policy))
+"""
+
+from __future__ import annotations
+
+from meshkit.auth._authz import AuthzPolicy, Decision, Rule
+from meshkit.auth._certs import (
+    CertificateInfo,
+    WorkloadFiles,
+    create_ca,
+    describe_certificate,
+    init_ca_dir,
+    issue_into_dir,
+    issue_workload,
+    load_certificate,
+    load_private_key,
+    write_certificate,
+    write_private_key,
+)
+from meshkit.auth._chain import server_interceptors
+from meshkit.auth._context import current_claims, current_peer
+from meshkit.auth._errors import (
+    AuthError,
+    CertificateError,
+    InvalidTokenError,
+    JWKSError,
+    KeyExistsError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from meshkit.auth._identity import (
+    DEFAULT_TRUST_DOMAIN,
+    IdentityMatcher,
+    PeerIdentity,
+    SpiffeId,
+    identity_dns_name,
+    workload_id,
+)
+from meshkit.auth._jwks import JWKSClient, JWKSClientOptions, JWKSServer, parse_jwks
+from meshkit.auth._jwt import (
+    IssuerOptions,
+    JWTAuthOptions,
+    JWTVerifier,
+    KeySet,
+    KeySource,
+    SigningKey,
+    TokenIssuer,
+    TokenVerifier,
+    VerificationKey,
+    VerifiedTokenCache,
+    VerifierOptions,
+    extract_bearer,
+)
+from meshkit.auth._jwt_types import Claims
+from meshkit.auth._propagation import TokenForwarder
+from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor, PeerIdentityInterceptor
+from meshkit.auth._tls import ChannelCredentialsReloader, TLSOptions, tls_from_dir
+
+__all__ = [
+    "DEFAULT_TRUST_DOMAIN",
+    "AuthError",
+    "AuthzInterceptor",
+    "AuthzPolicy",
+    "CertificateError",
+    "CertificateInfo",
+    "ChannelCredentialsReloader",
+    "Claims",
+    "Decision",
+    "IdentityMatcher",
+    "InvalidTokenError",
+    "IssuerOptions",
+    "JWKSClient",
+    "JWKSClientOptions",
+    "JWKSError",
+    "JWKSServer",
+    "JWTAuthInterceptor",
+    "JWTAuthOptions",
+    "JWTVerifier",
+    "KeyExistsError",
+    "KeySet",
+    "KeySource",
+    "PeerIdentity",
+    "PeerIdentityInterceptor",
+    "PermissionDeniedError",
+    "Rule",
+    "SigningKey",
+    "SpiffeId",
+    "TLSOptions",
+    "TokenForwarder",
+    "TokenIssuer",
+    "TokenVerifier",
+    "UnauthenticatedError",
+    "VerificationKey",
+    "VerifiedTokenCache",
+    "VerifierOptions",
+    "WorkloadFiles",
+    "create_ca",
+    "current_claims",
+    "current_peer",
+    "describe_certificate",
+    "extract_bearer",
+    "identity_dns_name",
+    "init_ca_dir",
+    "issue_into_dir",
+    "issue_workload",
+    "load_certificate",
+    "load_private_key",
+    "parse_jwks",
+    "server_interceptors",
+    "tls_from_dir",
+    "workload_id",
+    "write_certificate",
+    "write_private_key",
+]

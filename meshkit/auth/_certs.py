@@ -1,0 +1,526 @@
+"""Mesh CA and workload certificates (SPIFFE X.509-SVID) with ``cryptography``.
+
+The CA is an ECDSA P-256 self-signed root whose name constraints (RFC 5280 §4.2.1.10)
+permit only its trust domain's SPIFFE IDs (URI host ``<td>``), the identity names
+``*.svc.<td>`` and the extra DNS subtrees given (default ``localhost``); BoringSSL
+enforces them in every handshake, so even a leaked CA-signed leaf outside them is
+refused. Workload certificates are short-lived ECDSA P-256 leaves with exactly one URI SAN
+(the SPIFFE ID), the DNS identity name, and the listen address's DNS/IP names.
+
+Private keys are written with mode 0600 and never overwritten unless asked to
+(``overwrite=True``; the CLI's ``--force``), atomically (write then rename).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshkit.auth._errors import CertificateError, KeyExistsError
+from meshkit.auth._identity import (
+    SpiffeId,
+    identity_dns_name,
+    validate_trust_domain,
+    workload_id,
+)
+from meshkit.errors import ConfigError
+
+__all__ = [
+    "CertificateInfo",
+    "WorkloadFiles",
+    "create_ca",
+    "describe_certificate",
+    "init_ca_dir",
+    "issue_into_dir",
+    "issue_workload",
+    "load_certificate",
+    "load_certificates",
+    "load_private_key",
+    "trust_domain_of",
+    "write_certificate",
+    "write_private_key",
+]
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+_BACKDATE = dt.timedelta(minutes=5)
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now if now is not None else dt.datetime.now(dt.UTC)
+
+
+def _key_usage(*, sign_certs: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not sign_certs, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=sign_certs,
+        crl_sign=sign_certs, encipher_only=False, decipher_only=False,
+    )
+
+
+def create_ca(
+    *,
+    trust_domain: str,
+    ttl_days: float = 365.0,
+    permitted_dns: Sequence[str] = ("localhost",),
+    permitted_ips: Sequence[str] = (),
+    now: dt.datetime | None = None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """Create a mesh root CA: ECDSA P-256, ``CA:TRUE, pathlen:0``, name-constrained.
+
+    Args:
+        trust_domain: the SPIFFE trust domain, e.g. ``"meshkit.local"``; also put in the
+            CA's URI SAN as ``spiffe://<td>`` so issuers can read it back.
+        ttl_days: validity in days from ``now`` (default 365).
+        permitted_dns: DNS subtrees permitted besides ``svc.<td>`` (default
+            ``("localhost",)``; listen addresses must fall under them).
+        permitted_ips: IP networks (``"127.0.0.0/8"``) to permit; empty (default) leaves
+            IP SANs unconstrained (meshkit clients verify identity names, not IPs).
+        now: issue time (UTC; default the current time); tests backdate with it.
+
+    Returns:
+        ``(private_key, certificate)``.
+
+    Raises:
+        ConfigError: bad trust domain, ``ttl_days <= 0`` or a bad DNS/IP subtree.
+    """
+    td = validate_trust_domain(trust_domain)
+    if not ttl_days > 0:
+        raise ConfigError(f"ttl_days must be > 0, got {ttl_days!r}")
+    start = _now(now)
+    try:
+        nets = [x509.IPAddress(ipaddress.ip_network(n)) for n in permitted_ips]
+    except ValueError as exc:
+        raise ConfigError(f"bad permitted IP network in {list(permitted_ips)!r}") from exc
+    for d in permitted_dns:
+        validate_trust_domain(d)  # same lowercase DNS-name rule
+    permitted: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(td),
+        x509.DNSName(f"svc.{td}"),
+        *(x509.DNSName(d) for d in permitted_dns),
+        *nets,
+    ]
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshkit"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"meshkit CA {td}"[:64]),
+    ])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - _BACKDATE)
+        .not_valid_after(start + dt.timedelta(days=ttl_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(sign_certs=True), critical=True)
+        .add_extension(x509.NameConstraints(permitted_subtrees=permitted,
+                                            excluded_subtrees=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(f"spiffe://{td}")]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def trust_domain_of(ca_cert: x509.Certificate) -> str:
+    """The trust domain a meshkit CA certificate was made for (its ``spiffe://<td>`` SAN).
+
+    Raises:
+        CertificateError: the certificate carries no SPIFFE trust-domain URI.
+    """
+    for uri in _uris(ca_cert):
+        try:
+            sid = SpiffeId.parse(uri)
+        except ConfigError:
+            continue
+        return sid.trust_domain
+    raise CertificateError("CA certificate names no SPIFFE trust domain (spiffe://<td> URI SAN)")
+
+
+def _uris(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _permitted(ca_cert: x509.Certificate) -> tuple[list[str], list[_Network]]:
+    try:
+        nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return [], []
+    dns: list[str] = []
+    nets: list[_Network] = []
+    for sub in nc.permitted_subtrees or ():
+        if isinstance(sub, x509.DNSName):
+            dns.append(sub.value.lstrip("."))
+        elif isinstance(sub, x509.IPAddress) and isinstance(
+            sub.value, ipaddress.IPv4Network | ipaddress.IPv6Network
+        ):
+            nets.append(sub.value)
+    return dns, nets
+
+
+def issue_workload(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    service: str,
+    *,
+    ttl_h: float = 24.0,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    now: dt.datetime | None = None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """Issue a workload certificate (X.509-SVID) for ``service``.
+
+    The leaf has URI SAN ``spiffe://<td>/svc/<service>``, DNS SAN ``<service>.svc.<td>``
+    (the identity name clients verify), the extra ``dns`` and ``ips`` SANs,
+    ``CA:FALSE``, key usage ``digitalSignature`` (critical) and extended key usages
+    serverAuth + clientAuth, as SPIFFE X.509-SVID §4 asks.
+
+    Args:
+        ca_key, ca_cert: the CA (from :func:`create_ca` or :func:`init_ca_dir`).
+        service: workload name, one lowercase DNS label, e.g. ``"orderd"``.
+        ttl_h: validity in hours from ``now`` (default 24; short-lived on purpose).
+        dns: extra DNS names, e.g. the listen host ``("localhost",)``.
+        ips: IP addresses, e.g. ``("127.0.0.1",)``.
+        now: issue time (UTC; default now); notBefore is 5 minutes earlier for clock skew.
+
+    Returns:
+        ``(private_key, certificate)``.
+
+    Raises:
+        ConfigError: bad service name, ``ttl_h <= 0``, a bad IP, a DNS/IP name outside the
+            CA's name constraints, or a validity outliving the CA.
+    """
+    td = trust_domain_of(ca_cert)
+    sid = workload_id(td, service)
+    ident = identity_dns_name(td, service)
+    if not ttl_h > 0:
+        raise ConfigError(f"ttl_h must be > 0, got {ttl_h!r}")
+    start = _now(now)
+    end = start + dt.timedelta(hours=ttl_h)
+    if end > ca_cert.not_valid_after_utc:
+        raise ConfigError(
+            f"a {ttl_h!r} h certificate would outlive the CA (valid until "
+            f"{ca_cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z); renew the CA or shorten ttl_h"
+        )
+    permitted_dns, permitted_nets = _permitted(ca_cert)
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(sid), x509.DNSName(ident)]
+    for d in dns:
+        d = d.lower().rstrip(".")
+        if permitted_dns and not any(d == p or d.endswith("." + p) for p in permitted_dns):
+            raise ConfigError(
+                f"DNS name {d!r} is outside the CA's name constraints {permitted_dns!r}"
+            )
+        if d != ident:
+            names.append(x509.DNSName(d))
+    for ip in ips:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError as exc:
+            raise ConfigError(f"not an IP address: {ip!r}") from exc
+        if permitted_nets and not any(
+            addr.version == n.version and addr in n for n in permitted_nets
+        ):
+            raise ConfigError(f"IP {ip!r} is outside the CA's name constraints")
+        names.append(x509.IPAddress(addr))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshkit"),
+            x509.NameAttribute(NameOID.COMMON_NAME, service),
+        ]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - _BACKDATE)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(sign_certs=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+# -- files ----------------------------------------------------------------------------------
+def _write(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not overwrite:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            raise KeyExistsError(f"{path} exists; refusing to overwrite it") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_private_key(
+    path: str | os.PathLike[str], key: ec.EllipticCurvePrivateKey, *, overwrite: bool = False
+) -> None:
+    """Write ``key`` as unencrypted PKCS#8 PEM with mode 0600, atomically.
+
+    Raises:
+        KeyExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    _write(Path(path), data, mode=0o600, overwrite=overwrite)
+
+
+def write_certificate(
+    path: str | os.PathLike[str],
+    certs: x509.Certificate | Sequence[x509.Certificate],
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write a certificate (or a chain, leaf first) as PEM with mode 0644, atomically.
+
+    Raises:
+        KeyExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    chain = [certs] if isinstance(certs, x509.Certificate) else list(certs)
+    data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    _write(Path(path), data, mode=0o644, overwrite=overwrite)
+
+
+def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
+    """All PEM certificates in ``path``, in file order.
+
+    Raises:
+        CertificateError: unreadable, or holding no certificate (file named, content not).
+    """
+    try:
+        data = Path(path).read_bytes()
+        certs = x509.load_pem_x509_certificates(data)
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"cannot read certificates from {path}: {type(exc).__name__}"
+                               ) from None
+    return certs
+
+
+def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
+    """The first PEM certificate in ``path`` (the leaf of a chain).
+
+    Raises:
+        CertificateError: unreadable or no certificate.
+    """
+    return load_certificates(path)[0]
+
+
+def load_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM ECDSA private key from ``path``.
+
+    Raises:
+        CertificateError: unreadable, encrypted, or not an EC key (never quotes the key).
+    """
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CertificateError(f"cannot read private key {path}: {type(exc).__name__}"
+                               ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"private key {path} is not an ECDSA key")
+    return key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadFiles:
+    """Where a workload's (or the CA's) files are.
+
+    Attributes:
+        ca_file: the CA certificate (trust bundle), PEM.
+        cert_file: the certificate, PEM.
+        key_file: the private key, PEM, mode 0600.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def init_ca_dir(
+    directory: str | os.PathLike[str],
+    *,
+    trust_domain: str,
+    ttl_days: float = 365.0,
+    permitted_dns: Sequence[str] = ("localhost",),
+    overwrite: bool = False,
+    now: dt.datetime | None = None,
+) -> WorkloadFiles:
+    """Create a CA in ``directory`` (``ca.key`` 0600, ``ca.pem``); see :func:`create_ca`.
+
+    Returns:
+        :class:`WorkloadFiles` with ``cert_file == ca_file``.
+
+    Raises:
+        KeyExistsError: a CA exists there and ``overwrite`` is false.
+        ConfigError: bad arguments.
+    """
+    d = Path(directory)
+    key, cert = create_ca(trust_domain=trust_domain, ttl_days=ttl_days,
+                          permitted_dns=permitted_dns, now=now)
+    if not overwrite and (d / CA_KEY).exists():
+        raise KeyExistsError(f"{d / CA_KEY} exists; refusing to overwrite it")
+    write_private_key(d / CA_KEY, key, overwrite=overwrite)
+    write_certificate(d / CA_CERT, cert, overwrite=True)
+    return WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / CA_CERT, key_file=d / CA_KEY)
+
+
+def issue_into_dir(
+    directory: str | os.PathLike[str],
+    service: str,
+    *,
+    ttl_h: float = 24.0,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    overwrite: bool = False,
+    now: dt.datetime | None = None,
+) -> WorkloadFiles:
+    """Issue ``<service>.pem`` / ``<service>.key`` (0600) with the CA in ``directory``.
+
+    When overwriting (renewal), the key is replaced before the certificate; readers such
+    as :meth:`TLSOptions.server_credentials` skip the moment where they disagree.
+
+    Returns:
+        The :class:`WorkloadFiles` of the workload.
+
+    Raises:
+        KeyExistsError: the workload's key exists and ``overwrite`` is false.
+        CertificateError: no CA in ``directory`` (run ``meshkit certs init``).
+        ConfigError: bad arguments (see :func:`issue_workload`).
+    """
+    d = Path(directory)
+    ca_cert = load_certificate(d / CA_CERT)
+    ca_key = load_private_key(d / CA_KEY)
+    key, cert = issue_workload(ca_key, ca_cert, service, ttl_h=ttl_h, dns=dns, ips=ips, now=now)
+    files = WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / f"{service}.pem",
+                          key_file=d / f"{service}.key")
+    if not overwrite and files.key_file.exists():
+        raise KeyExistsError(f"{files.key_file} exists; refusing to overwrite it (--force)")
+    write_private_key(files.key_file, key, overwrite=overwrite)
+    write_certificate(files.cert_file, cert, overwrite=True)
+    return files
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateInfo:
+    """What :func:`describe_certificate` reports about a certificate.
+
+    Attributes:
+        subject, issuer: RFC 4514 strings.
+        spiffe_id: the single SPIFFE ID URI SAN, or ``None``.
+        uris, dns_names, ip_addresses: the SANs by type.
+        not_before, not_after: validity bounds (UTC).
+        serial: the serial number as hex.
+        fingerprint_sha256: colon-separated SHA-256 of the DER encoding.
+        is_ca: ``basicConstraints CA:TRUE``.
+        name_constraints: permitted subtrees as strings (CA certificates).
+    """
+
+    subject: str
+    issuer: str
+    spiffe_id: str | None
+    uris: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: str
+    fingerprint_sha256: str
+    is_ca: bool
+    name_constraints: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        """Human-readable ``key: value`` lines (what ``meshkit certs inspect`` prints)."""
+        out = [
+            f"subject:       {self.subject}",
+            f"issuer:        {self.issuer}",
+            f"spiffe id:     {self.spiffe_id or '-'}",
+            f"uri sans:      {', '.join(self.uris) or '-'}",
+            f"dns sans:      {', '.join(self.dns_names) or '-'}",
+            f"ip sans:       {', '.join(self.ip_addresses) or '-'}",
+            f"not before:    {self.not_before.isoformat()}",
+            f"not after:     {self.not_after.isoformat()}",
+            f"serial:        {self.serial}",
+            f"sha256:        {self.fingerprint_sha256}",
+            f"ca:            {'yes' if self.is_ca else 'no'}",
+        ]
+        if self.name_constraints:
+            out.append(f"permitted:     {', '.join(self.name_constraints)}")
+        return out
+
+
+def describe_certificate(cert: x509.Certificate) -> CertificateInfo:
+    """Summarise ``cert``: subject, issuer, SANs incl. SPIFFE ID, validity, fingerprint."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        ips = tuple(str(i) for i in san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        uris, dns, ips = (), (), ()
+    spiffe = [u for u in uris if u.startswith("spiffe://")]
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    try:
+        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+        permitted = tuple(
+            f"{type(s).__name__}:{s.value}" for s in (nc.permitted_subtrees or ())
+        )
+    except x509.ExtensionNotFound:
+        permitted = ()
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return CertificateInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        spiffe_id=spiffe[0] if len(spiffe) == 1 else None,
+        uris=uris,
+        dns_names=dns,
+        ip_addresses=ips,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        serial=f"{cert.serial_number:x}",
+        fingerprint_sha256=":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
+        is_ca=is_ca,
+        name_constraints=permitted,
+    )

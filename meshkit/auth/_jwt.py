@@ -1,0 +1,762 @@
+"""JWT access tokens: signing keys with rotation, an issuer, and a verifier (pure parts).
+
+Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), RFC 8725
+(JWT best current practice) and RFC 9068 (``typ: at+jwt`` access tokens):
+
+* only asymmetric algorithms (ES256/384/512, EdDSA, RS*/PS*); the accepted list is fixed
+  by :class:`VerifierOptions`, never taken from the token (RFC 8725 §3.1); ``none`` and
+  ``HS*`` cannot even be configured, so a token HMAC-signed with a public key (key
+  confusion) is refused before any key is used;
+* every token carries a ``kid``; the key found for it must be of the token's algorithm;
+* ``iss`` and ``aud`` must equal the configured values; ``exp``/``nbf``/``iat`` are
+  checked against an injectable clock with ``leeway_s``; required claims must be present;
+* tokens longer than ``max_token_bytes`` are refused before parsing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
+from meshkit.auth._jwt_types import Claims
+from meshkit.errors import ConfigError
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "Clock",
+    "IssuerOptions",
+    "JWTAuthOptions",
+    "JWTVerifier",
+    "KeySet",
+    "KeySource",
+    "SigningKey",
+    "TokenIssuer",
+    "TokenVerifier",
+    "VerificationKey",
+    "VerifiedTokenCache",
+    "VerifierOptions",
+    "extract_bearer",
+]
+
+Clock = Callable[[], float]
+"""A clock returning seconds: ``time.time`` for token times, ``time.monotonic`` for
+intervals. Tests inject fakes."""
+
+ASYMMETRIC_ALGORITHMS = frozenset({
+    "ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+})
+"""The JWS algorithms a verifier may be configured with (RFC 7518; RFC 8037 EdDSA)."""
+
+_SIGNING_ALGORITHMS = ("ES256", "EdDSA")
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# -- keys -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """A public key usable to verify tokens.
+
+    Attributes:
+        kid: the key id tokens name in their header.
+        algorithm: the one JWS algorithm this key verifies, e.g. ``"ES256"``.
+        key: the ``cryptography`` public key object.
+    """
+
+    kid: str
+    algorithm: str
+    key: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A private signing key with its ``kid`` (the RFC 7638 thumbprint) and algorithm.
+
+    Build with :meth:`generate` or :meth:`from_pem`; the private key never appears in
+    ``repr``, logs or JWKS documents.
+    """
+
+    kid: str
+    algorithm: str
+    private_key: PrivateKey = field(repr=False)
+
+    @classmethod
+    def generate(cls, algorithm: str = "ES256") -> SigningKey:
+        """A new key: ``"ES256"`` (ECDSA P-256, default) or ``"EdDSA"`` (Ed25519).
+
+        Raises:
+            ConfigError: another algorithm.
+        """
+        if algorithm == "ES256":
+            return cls.from_private_key(ec.generate_private_key(ec.SECP256R1()))
+        if algorithm == "EdDSA":
+            return cls.from_private_key(ed25519.Ed25519PrivateKey.generate())
+        raise ConfigError(f"signing algorithm must be one of {_SIGNING_ALGORITHMS}, "
+                          f"got {algorithm!r}")
+
+    @classmethod
+    def from_private_key(cls, key: PrivateKey) -> SigningKey:
+        """Wrap a P-256 ECDSA or Ed25519 private key; the ``kid`` is its JWK thumbprint.
+
+        Raises:
+            ConfigError: another key type or curve.
+        """
+        if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+            alg = "ES256"
+        elif isinstance(key, ed25519.Ed25519PrivateKey):
+            alg = "EdDSA"
+        else:
+            raise ConfigError("signing keys must be ECDSA P-256 or Ed25519")
+        jwk = _public_jwk(key.public_key())
+        members = {k: jwk[k] for k in ("crv", "kty", "x", "y") if k in jwk}
+        thumb = hashlib.sha256(json.dumps(members, separators=(",", ":"), sort_keys=True)
+                               .encode()).digest()
+        return cls(_b64(thumb), alg, key)
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> SigningKey:
+        """Load an unencrypted PKCS#8 PEM private key.
+
+        Raises:
+            ConfigError: unparsable or of an unsupported type (content never quoted).
+        """
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError("cannot parse the JWT signing key PEM") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+            raise ConfigError("signing keys must be ECDSA P-256 or Ed25519")
+        return cls.from_private_key(key)
+
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (write it with mode 0600)."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+
+    def public_jwk(self) -> dict[str, str]:
+        """The public JWK (RFC 7517) with ``kid``, ``alg`` and ``use: sig``."""
+        jwk = _public_jwk(self.private_key.public_key())
+        jwk.update(kid=self.kid, alg=self.algorithm, use="sig")
+        return jwk
+
+    def verification_key(self) -> VerificationKey:
+        """The public half as a :class:`VerificationKey`."""
+        return VerificationKey(self.kid, self.algorithm, self.private_key.public_key())
+
+
+def _public_jwk(pub: Any) -> dict[str, str]:
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        out = jwt.algorithms.ECAlgorithm.to_jwk(pub, as_dict=True)
+    else:
+        out = jwt.algorithms.OKPAlgorithm.to_jwk(pub, as_dict=True)
+    return {k: str(v) for k, v in out.items()}
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Where a verifier finds public keys by ``kid``: a :class:`KeySet` (same process) or a
+    :class:`~meshkit.auth.JWKSClient` (remote JWKS)."""
+
+    async def get_key(self, kid: str) -> VerificationKey | None:
+        """The key for ``kid``, or ``None`` if unknown (may refresh, rate-limited)."""
+        ...
+
+
+class KeySet:
+    """Signing keys with rotation: the current key signs, previous keys still verify.
+
+    Args:
+        keys: newest first; ``keys[0]`` is the current signing key (at least one).
+        keep_previous: how many previous keys :meth:`rotate` keeps published, so tokens
+            they signed stay valid until they expire (default 1; >= 0).
+
+    Raises:
+        ConfigError: no keys, duplicate kids or ``keep_previous < 0``.
+    """
+
+    def __init__(self, keys: Sequence[SigningKey], *, keep_previous: int = 1) -> None:
+        if not keys:
+            raise ConfigError("a KeySet needs at least one signing key")
+        if keep_previous < 0:
+            raise ConfigError(f"keep_previous must be >= 0, got {keep_previous!r}")
+        kids = [k.kid for k in keys]
+        if len(set(kids)) != len(kids):
+            raise ConfigError("duplicate kid in KeySet")
+        self._keys = tuple(keys)
+        self._keep_previous = keep_previous
+        self.version = 1
+        self._by_kid = {k.kid: k.verification_key() for k in self._keys}
+
+    @classmethod
+    def generate(cls, algorithm: str = "ES256", *, keep_previous: int = 1) -> KeySet:
+        """A key set with one freshly generated key (see :meth:`SigningKey.generate`)."""
+        return cls([SigningKey.generate(algorithm)], keep_previous=keep_previous)
+
+    @classmethod
+    def from_directory(
+        cls, directory: str | os.PathLike[str], *, algorithm: str = "ES256",
+        keep_previous: int = 1, create: bool = True,
+    ) -> KeySet:
+        """Load ``jwt-*.key`` PEM files (newest file = current); create one if none.
+
+        Creation uses an exclusive create with mode 0600, so processes starting together
+        end up sharing one key rather than each writing its own.
+
+        Raises:
+            ConfigError: no key and ``create`` is false, or an unreadable key file.
+        """
+        d = Path(directory)
+        files = sorted(d.glob("jwt-*.key"), key=lambda p: (p.stat().st_mtime_ns, p.name),
+                       reverse=True)
+        if not files:
+            if not create:
+                raise ConfigError(f"no jwt-*.key signing key in {d}")
+            cls.rotate_directory(d, algorithm=algorithm)
+            return cls.from_directory(d, algorithm=algorithm, keep_previous=keep_previous,
+                                      create=False)
+        keys = []
+        for f in files[: keep_previous + 1]:
+            try:
+                keys.append(SigningKey.from_pem(f.read_bytes()))
+            except OSError as exc:
+                raise ConfigError(f"cannot read {f}: {type(exc).__name__}") from None
+        return cls(keys, keep_previous=keep_previous)
+
+    @staticmethod
+    def rotate_directory(directory: str | os.PathLike[str], *, algorithm: str = "ES256") -> Path:
+        """Write a new signing key file ``jwt-<kid>.key`` (0600) into ``directory``; loaders
+        then sign with it. Returns its path."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = SigningKey.generate(algorithm)
+        path = d / f"jwt-{key.kid}.key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_pem())
+        return path
+
+    @property
+    def current(self) -> SigningKey:
+        """The key new tokens are signed with."""
+        return self._keys[0]
+
+    @property
+    def keys(self) -> tuple[SigningKey, ...]:
+        """Current key first, then the previous keys still published."""
+        return self._keys
+
+    def rotate(self, new: SigningKey | None = None) -> SigningKey:
+        """Make ``new`` (default: a fresh key of the current algorithm) the signing key;
+        keep ``keep_previous`` older keys for verification, drop the rest. Bumps
+        :attr:`version`. Returns the new current key."""
+        new = new or SigningKey.generate(self.current.algorithm)
+        self._keys = (new, *self._keys[: self._keep_previous])
+        self._by_kid = {k.kid: k.verification_key() for k in self._keys}
+        self.version += 1
+        return new
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The JWKS document (RFC 7517 §5): the public keys only."""
+        return {"keys": [k.public_jwk() for k in self._keys]}
+
+    def lookup(self, kid: str) -> VerificationKey | None:
+        """The verification key for ``kid``, synchronously."""
+        return self._by_kid.get(kid)
+
+    async def get_key(self, kid: str) -> VerificationKey | None:
+        """:class:`KeySource` for verifiers in the issuing process."""
+        return self._by_kid.get(kid)
+
+
+# -- issuing --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuerOptions:
+    """How :class:`TokenIssuer` mints access tokens.
+
+    Args:
+        issuer: ``iss``, e.g. ``"https://userd.meshkit.local"`` (non-empty).
+        audience: default ``aud``, e.g. ``"meshkit"`` (non-empty).
+        ttl_s: default lifetime in seconds (default 900; 0 < ttl_s <= 86400).
+        clock: wall clock in epoch seconds (default ``time.time``).
+
+    Raises:
+        ConfigError: empty issuer/audience or ttl out of range (quoted).
+    """
+
+    issuer: str
+    audience: str
+    ttl_s: float = 900.0
+    clock: Clock = time.time
+
+    def __post_init__(self) -> None:
+        if not self.issuer or not isinstance(self.issuer, str):
+            raise ConfigError(f"issuer must be a non-empty string, got {self.issuer!r}")
+        if not self.audience or not isinstance(self.audience, str):
+            raise ConfigError(f"audience must be a non-empty string, got {self.audience!r}")
+        if not 0 < self.ttl_s <= 86400:
+            raise ConfigError(f"ttl_s must be in (0, 86400], got {self.ttl_s!r}")
+
+
+class TokenIssuer:
+    """Mints signed access tokens (RFC 9068 shape) with the key set's current key.
+
+    Args:
+        keys: the :class:`KeySet`; its current key signs, its ``kid`` goes in the header.
+        options: :class:`IssuerOptions`.
+    """
+
+    def __init__(self, keys: KeySet, options: IssuerOptions) -> None:
+        self.keys = keys
+        self.options = options
+
+    def issue(
+        self,
+        subject: str,
+        *,
+        scopes: Iterable[str] = (),
+        audience: str | None = None,
+        ttl_s: float | None = None,
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A compact JWS access token for ``subject``.
+
+        Claims: ``iss``, ``sub``, ``aud``, ``iat``, ``nbf`` (= iat), ``exp`` (iat + ttl),
+        ``jti`` (128 random bits), ``scope`` (space-separated); header ``alg``, ``kid``,
+        ``typ: at+jwt``. ``extra_claims`` cannot override the registered ones.
+
+        Raises:
+            ConfigError: empty subject, a scope containing a space, or a bad ``ttl_s``.
+        """
+        if not subject or not isinstance(subject, str):
+            raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
+        scope_list = list(scopes)
+        for s in scope_list:
+            if not s or " " in s:
+                raise ConfigError(f"scopes must be non-empty and space-free, got {s!r}")
+        ttl = self.options.ttl_s if ttl_s is None else ttl_s
+        if not 0 < ttl <= 86400:
+            raise ConfigError(f"ttl_s must be in (0, 86400], got {ttl!r}")
+        now = int(self.options.clock())
+        payload: dict[str, Any] = dict(extra_claims or {})
+        payload.update(
+            iss=self.options.issuer, sub=subject, aud=audience or self.options.audience,
+            iat=now, nbf=now, exp=now + int(ttl), jti=secrets.token_urlsafe(16),
+            scope=" ".join(scope_list),
+        )
+        key = self.keys.current
+        return jwt.encode(payload, key.private_key, algorithm=key.algorithm,
+                          headers={"kid": key.kid, "typ": "at+jwt"})
+
+
+# -- verifying ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifierOptions:
+    """What :class:`TokenVerifier` / :class:`JWTVerifier` accept.
+
+    Args:
+        issuer: the only accepted ``iss``.
+        audience: the accepted ``aud`` (the token's ``aud`` must contain it).
+        algorithms: accepted JWS algorithms, fixed here, never read from tokens (default
+            ``("ES256", "EdDSA")``; only :data:`ASYMMETRIC_ALGORITHMS`).
+        leeway_s: clock-skew allowance for ``exp``/``nbf``/``iat`` (default 30 s; 0..300).
+        required_claims: claims that must be present (default ``iss sub aud exp iat jti``).
+        typ: required ``typ`` header (default ``"at+jwt"``, RFC 9068 / RFC 8725 §3.11);
+            ``None`` accepts any.
+        max_token_bytes: longer tokens are refused before parsing (default 8192).
+        cache_size: verified-token LRU entries (default 10000; 0 disables caching).
+
+    Raises:
+        ConfigError: an empty issuer/audience, an unsupported or symmetric algorithm
+            (``none``, ``HS256``...), or a value out of range (quoted).
+    """
+
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...] = ("ES256", "EdDSA")
+    leeway_s: float = 30.0
+    required_claims: tuple[str, ...] = ("iss", "sub", "aud", "exp", "iat", "jti")
+    typ: str | None = "at+jwt"
+    max_token_bytes: int = 8192
+    cache_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.issuer:
+            raise ConfigError(f"issuer must be non-empty, got {self.issuer!r}")
+        if not self.audience:
+            raise ConfigError(f"audience must be non-empty, got {self.audience!r}")
+        object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        object.__setattr__(self, "required_claims", tuple(self.required_claims))
+        if not self.algorithms:
+            raise ConfigError("algorithms must not be empty")
+        for alg in self.algorithms:
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ConfigError(f"algorithm {alg!r} is not allowed; use one of "
+                                  f"{sorted(ASYMMETRIC_ALGORITHMS)}")
+        if not 0 <= self.leeway_s <= 300:
+            raise ConfigError(f"leeway_s must be in [0, 300], got {self.leeway_s!r}")
+        if not 256 <= self.max_token_bytes <= 1 << 20:
+            raise ConfigError(f"max_token_bytes must be in [256, 1048576], "
+                              f"got {self.max_token_bytes!r}")
+        if self.cache_size < 0:
+            raise ConfigError(f"cache_size must be >= 0, got {self.cache_size!r}")
+
+
+_MALFORMED = "malformed token"
+_BAD_SIG = "token signature or key not accepted"
+
+
+class TokenVerifier:
+    """Verifies one token against one key, synchronously, with an injectable clock.
+
+    The pure core of :class:`JWTVerifier`; every failure raises :class:`InvalidTokenError`
+    (``UNAUTHENTICATED``) whose message is a category, never the token or a key.
+
+    Args:
+        options: :class:`VerifierOptions`.
+        clock: wall clock in epoch seconds (default ``time.time``).
+    """
+
+    __slots__ = ("_algs", "_decoder", "_options", "clock")
+
+    def __init__(self, options: VerifierOptions, *, clock: Clock = time.time) -> None:
+        self._options = options
+        self._algs = frozenset(options.algorithms)
+        self._decoder = jwt.PyJWT()
+        self.clock = clock
+
+    @property
+    def options(self) -> VerifierOptions:
+        """The options this verifier enforces."""
+        return self._options
+
+    def check_size(self, token: str) -> None:
+        """Refuse empty tokens and tokens over ``max_token_bytes``.
+
+        Raises:
+            InvalidTokenError: ``"malformed token"`` / ``"token too large"``.
+        """
+        if not token:
+            raise InvalidTokenError(_MALFORMED)
+        if len(token) > self._options.max_token_bytes:
+            raise InvalidTokenError("token too large")
+
+    def header(self, token: str) -> tuple[str, str]:
+        """``(alg, kid)`` from the token's header, checked against the options.
+
+        Raises:
+            InvalidTokenError: too large, not three base64url parts, bad JSON, ``alg`` not
+                in the configured list (incl. ``none`` and ``HS*``), wrong ``typ``, or a
+                missing/oversized ``kid``.
+        """
+        self.check_size(token)
+        if token.count(".") != 2:
+            raise InvalidTokenError(_MALFORMED)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidTokenError(_MALFORMED) from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algs:
+            raise InvalidTokenError("token algorithm not accepted")
+        typ = self._options.typ
+        if typ is not None and str(header.get("typ", "")).lower() != typ:
+            raise InvalidTokenError("token type not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > 256:
+            raise InvalidTokenError("token has no usable key id")
+        if "crit" in header:
+            raise InvalidTokenError("token has unsupported critical headers")
+        return alg, kid
+
+    def verify(self, token: str, alg: str, key: VerificationKey) -> Claims:
+        """Verify ``token``'s signature with ``key`` and validate its claims.
+
+        Args:
+            token: the compact JWS.
+            alg: its header ``alg`` as returned by :meth:`header`.
+            key: the key found for its ``kid``; it must be for ``alg``.
+
+        Returns:
+            The :class:`Claims`.
+
+        Raises:
+            InvalidTokenError: key/algorithm mismatch, bad signature, wrong ``iss`` or
+                ``aud``, missing required claim, expired (``exp``), not yet valid
+                (``nbf``), issued in the future (``iat``), or malformed claims.
+        """
+        opts = self._options
+        if key.algorithm != alg or alg not in self._algs:
+            raise InvalidTokenError(_BAD_SIG)
+        try:
+            payload = self._decoder.decode(
+                token, key.key, algorithms=[alg], audience=opts.audience, issuer=opts.issuer,
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                         "require": list(opts.required_claims)},
+            )
+        except jwt.InvalidSignatureError:
+            raise InvalidTokenError(_BAD_SIG) from None
+        except jwt.InvalidAudienceError:
+            raise InvalidTokenError("token audience not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidTokenError("token issuer not accepted") from None
+        except jwt.MissingRequiredClaimError:
+            raise InvalidTokenError("token lacks a required claim") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidTokenError(_MALFORMED) from None
+        return self.claims_from(payload)
+
+    def claims_from(self, payload: Mapping[str, Any]) -> Claims:
+        """Validate the time claims against the clock and build :class:`Claims`.
+
+        Raises:
+            InvalidTokenError: ``"token expired"``, ``"token not yet valid"`` or
+                ``"malformed token"`` (a claim of the wrong type).
+        """
+        now = self.clock()
+        leeway = self._options.leeway_s
+        exp: Any = payload.get("exp")
+        nbf = payload.get("nbf")
+        iat = payload.get("iat")
+        sub = payload.get("sub", "")
+        aud = payload.get("aud", ())
+        scope = payload.get("scope", "")
+        jti = payload.get("jti")
+        if not _num(exp) or (nbf is not None and not _num(nbf)) or (
+            iat is not None and not _num(iat)
+        ) or not isinstance(sub, str) or not isinstance(scope, str) or (
+            jti is not None and not isinstance(jti, str)
+        ):
+            raise InvalidTokenError(_MALFORMED)
+        if now >= exp + leeway:
+            raise InvalidTokenError("token expired")
+        if nbf is not None and now + leeway < nbf:
+            raise InvalidTokenError("token not yet valid")
+        if iat is not None and now + leeway < iat:
+            raise InvalidTokenError("token not yet valid")
+        auds = (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud)
+        return Claims(
+            subject=sub, issuer=str(payload.get("iss", "")), audience=auds,
+            scopes=frozenset(scope.split()), expires_at=float(exp),
+            issued_at=None if iat is None else float(iat),
+            not_before=None if nbf is None else float(nbf), token_id=jti,
+            raw=MappingProxyType(dict(payload)),
+        )
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+class VerifiedTokenCache:
+    """A bounded LRU of verified tokens, keyed by SHA-256 of the token, until ``exp``.
+
+    Lets repeated calls with one token skip the signature check. Entries leave when the
+    cache is full (least recently used first) or when ``exp + leeway_s`` passes.
+
+    Args:
+        max_entries: capacity (0 disables the cache).
+        leeway_s: the verifier's leeway, so cache hits expire exactly as fresh checks would.
+        clock: wall clock in epoch seconds.
+    """
+
+    __slots__ = ("_data", "_leeway", "clock", "max_entries")
+
+    def __init__(self, max_entries: int, *, leeway_s: float = 0.0,
+                 clock: Clock = time.time) -> None:
+        self.max_entries = max_entries
+        self._leeway = leeway_s
+        self.clock = clock
+        self._data: OrderedDict[bytes, Claims] = OrderedDict()
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        """The cache key of ``token`` (the token itself is never stored)."""
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, key: bytes) -> Claims | None:
+        """The cached claims, or ``None`` (also when expired, which evicts the entry)."""
+        claims = self._data.get(key)
+        if claims is None:
+            return None
+        if self.clock() >= claims.expires_at + self._leeway:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return claims
+
+    def put(self, key: bytes, claims: Claims) -> None:
+        """Remember verified ``claims`` under ``key``, evicting the LRU entry when full."""
+        if self.max_entries <= 0:
+            return
+        self._data[key] = claims
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class JWTVerifier:
+    """Verifies bearer tokens: cache, header checks, key lookup, signature, claims.
+
+    Args:
+        options: :class:`VerifierOptions`.
+        keys: a :class:`KeySource` (a :class:`KeySet`, or a
+            :class:`~meshkit.auth.JWKSClient` for remote JWKS).
+        clock: wall clock in epoch seconds (default ``time.time``).
+
+    :meth:`verify` raises :class:`InvalidTokenError` (``UNAUTHENTICATED``) on any failure,
+    including an unknown ``kid`` after the key source's (rate-limited) refresh.
+    """
+
+    __slots__ = ("_cache", "_core", "keys")
+
+    def __init__(self, options: VerifierOptions, keys: KeySource, *,
+                 clock: Clock = time.time) -> None:
+        self._core = TokenVerifier(options, clock=clock)
+        self.keys = keys
+        self._cache = VerifiedTokenCache(options.cache_size, leeway_s=options.leeway_s,
+                                         clock=clock)
+
+    @property
+    def options(self) -> VerifierOptions:
+        """The options this verifier enforces."""
+        return self._core.options
+
+    @property
+    def cache(self) -> VerifiedTokenCache:
+        """The verified-token cache (for statistics and tests)."""
+        return self._cache
+
+    async def verify(self, token: str) -> Claims:
+        """Verify ``token`` and return its claims (cached until ``exp``).
+
+        Raises:
+            InvalidTokenError: the token is refused (``UNAUTHENTICATED``).
+        """
+        self._core.check_size(token)
+        ck = self._cache.key(token)
+        hit = self._cache.get(ck)
+        if hit is not None:
+            return hit
+        alg, kid = self._core.header(token)
+        key = await self.keys.get_key(kid)
+        if key is None:
+            raise InvalidTokenError("token key id unknown")
+        claims = self._core.verify(token, alg, key)
+        self._cache.put(ck, claims)
+        return claims
+
+
+# -- the interceptor's configuration ------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JWTAuthOptions:
+    """Which methods need a token and which scopes, for
+    :class:`~meshkit.auth.JWTAuthInterceptor`.
+
+    Args:
+        public_methods: methods callable without a token: ``"/pkg.Svc/Method"`` or
+            ``"/pkg.Svc/*"`` (default none). A token that *is* sent to a public method is
+            still verified (invalid → ``UNAUTHENTICATED``) so handlers can see its claims.
+        method_scopes: scopes a token must all carry, by method or ``"/pkg.Svc/*"``, e.g.
+            ``{"/ecom.v1.OrderService/PlaceOrder": ("orders:write",)}``; an exact method
+            wins over its service key, which wins over ``default_scopes``.
+        default_scopes: scopes for methods ``method_scopes`` does not name (default none).
+        metadata_key: the metadata key carrying ``Bearer <token>`` (default
+            ``"authorization"``, RFC 6750 §2.1).
+
+    Raises:
+        ConfigError: a key not shaped ``/service/method`` or ``/service/*``, a scope
+            containing a space, or a bad metadata key (quoted).
+    """
+
+    public_methods: tuple[str, ...] = ()
+    method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_scopes: tuple[str, ...] = ()
+    metadata_key: str = "authorization"
+    _public: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+    _scopes: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False,
+                                                  default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.public_methods, str):
+            raise ConfigError(f"public_methods must be a tuple, got {self.public_methods!r}")
+        object.__setattr__(self, "public_methods", tuple(self.public_methods))
+        object.__setattr__(self, "default_scopes", tuple(self.default_scopes))
+        for m in (*self.public_methods, *self.method_scopes):
+            parts = m.split("/")
+            if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
+                raise ConfigError(f"methods must be '/<package.Service>/<Method>' or "
+                                  f"'/<package.Service>/*', got {m!r}")
+        for scopes in (*self.method_scopes.values(), self.default_scopes):
+            if isinstance(scopes, str):
+                raise ConfigError(f"scopes must be a tuple, got the string {scopes!r}")
+            for s in scopes:
+                if not s or " " in s:
+                    raise ConfigError(f"scopes must be non-empty and space-free, got {s!r}")
+        key = self.metadata_key
+        if not key or key != key.lower() or key.endswith("-bin") or key.startswith(":"):
+            raise ConfigError(f"metadata_key must be a lowercase ASCII key, got {key!r}")
+        object.__setattr__(self, "_public", frozenset(self.public_methods))
+        object.__setattr__(self, "_scopes", MappingProxyType(
+            {m: frozenset(s) for m, s in self.method_scopes.items()}))
+
+    def is_public(self, method: str) -> bool:
+        """Whether ``method`` may be called without a token."""
+        pub = self._public
+        return method in pub or (method[: method.rfind("/") + 1] + "*") in pub
+
+    def required_scopes(self, method: str) -> frozenset[str]:
+        """The scopes a token calling ``method`` must carry."""
+        s = self._scopes.get(method)
+        if s is None:
+            s = self._scopes.get(method[: method.rfind("/") + 1] + "*")
+        return s if s is not None else frozenset(self.default_scopes)
+
+
+def extract_bearer(
+    metadata: Iterable[tuple[str, str | bytes]] | None, key: str = "authorization"
+) -> str | None:
+    """The bearer token in ``metadata`` (RFC 6750 §2.1), or ``None`` if there is none.
+
+    Args:
+        metadata: invocation metadata as ``(key, value)`` pairs.
+        key: the metadata key (default ``"authorization"``).
+
+    Raises:
+        UnauthenticatedError: the key appears more than once, is binary, or uses another
+            scheme than ``Bearer`` (e.g. ``Basic``); the value is never quoted.
+    """
+    found: str | None = None
+    for k, v in metadata or ():
+        if k != key:
+            continue
+        if found is not None or not isinstance(v, str):
+            raise UnauthenticatedError("malformed authorization metadata")
+        scheme, _, token = v.partition(" ")
+        if scheme.lower() != "bearer":
+            raise UnauthenticatedError("authorization scheme must be Bearer")
+        found = token.strip()
+        if not found:
+            raise UnauthenticatedError("malformed authorization metadata")
+    return found

@@ -1,0 +1,68 @@
+"""Bearer-token propagation on outgoing calls made while handling a request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshkit.auth._context import _token
+from meshkit.errors import ConfigError
+from meshkit.interceptors import ClientCallDetails, ClientInterceptor, StreamProceed, UnaryProceed
+
+__all__ = ["TokenForwarder"]
+
+
+class TokenForwarder(ClientInterceptor):
+    """Forward the verified bearer token of the request being handled on outgoing calls.
+
+    A per-call :class:`meshkit.ClientInterceptor` for ``DialOptions.interceptors``. When a
+    call is made inside a handler whose caller's token
+    :class:`~meshkit.auth.JWTAuthInterceptor` verified, it adds
+    ``authorization: Bearer <token>`` unless the call already carries that key. Off unless
+    installed; outside a handler it does nothing.
+
+    Args:
+        services: dialed service names the token may be sent to (default ``None``: any
+            service of the channels it is installed on). Tokens are credentials: only
+            forward to services that verify them.
+        metadata_key: the metadata key (default ``"authorization"``).
+
+    Raises:
+        ConfigError: a bad metadata key or ``services`` given as a string.
+    """
+
+    __slots__ = ("_key", "_services")
+
+    def __init__(self, *, services: tuple[str, ...] | None = None,
+                 metadata_key: str = "authorization") -> None:
+        if isinstance(services, str):
+            raise ConfigError(f"services must be a tuple of names, got the string {services!r}")
+        if not metadata_key or metadata_key != metadata_key.lower():
+            raise ConfigError(f"metadata_key must be a lowercase key, got {metadata_key!r}")
+        self._services = None if services is None else frozenset(services)
+        self._key = metadata_key
+
+    def _stamp(self, details: ClientCallDetails) -> None:
+        token = _token.get()
+        if token is None:
+            return
+        if self._services is not None and details.service not in self._services:
+            return
+        key = self._key
+        for k, _v in details.metadata:
+            if k == key:
+                return
+        details.metadata.append((key, "Bearer " + token))
+
+    async def intercept_unary(
+        self, details: ClientCallDetails, request: Any, proceed: UnaryProceed
+    ) -> Any:
+        """Add the token, then make the call."""
+        self._stamp(details)
+        return await proceed(details, request)
+
+    async def intercept_stream(
+        self, details: ClientCallDetails, request: Any, proceed: StreamProceed
+    ) -> Any:
+        """Add the token, then open the call."""
+        self._stamp(details)
+        return await proceed(details, request)

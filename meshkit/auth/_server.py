@@ -1,0 +1,191 @@
+"""grpc.aio server interceptors binding peer identity, JWT and authorization policy.
+
+grpc.aio gives a server interceptor only the method and the metadata; the peer's verified
+certificate is reachable only through the call's ``ServicerContext``
+(``context.peer_identities()`` / ``context.auth_context()``). So every interceptor here
+returns the method's handler *wrapped*: the check runs inside the call, with ``context``,
+right before the handler, in the handler's task (which is also where the context
+variables behind :func:`~meshkit.auth.current_peer` and
+:func:`~meshkit.auth.current_claims` are set). Wrappers run in interceptor order, first
+outermost; a check that fails aborts the call with its status and the handler never runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import structlog
+
+from meshkit._handlers import Before, WrappingInterceptor
+from meshkit.auth._authz import AuthzPolicy
+from meshkit.auth._context import _claims, _peer, _token
+from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
+from meshkit.auth._identity import IdentityMatcher, PeerIdentity, peer_from_identities
+from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, extract_bearer
+
+__all__ = [
+    "AuthzInterceptor",
+    "JWTAuthInterceptor",
+    "PeerIdentityInterceptor",
+]
+
+_log = structlog.get_logger("meshkit.auth")
+
+_UNAUTH = grpc.StatusCode.UNAUTHENTICATED
+_DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+async def _refuse(context: Any, code: grpc.StatusCode, details: str, method: str,
+                  who: str, reason: str) -> None:
+    _log.info("call refused", method=method, code=code.name, reason=reason, by=who)
+    await context.abort(code, details)
+
+
+class PeerIdentityInterceptor(WrappingInterceptor):
+    """mTLS peer authentication: require a verified SPIFFE ID, optionally from a list.
+
+    Reads the peer certificate's SANs (``context.peer_identities()``), requires exactly one
+    ``spiffe://`` URI (SPIFFE X.509-SVID §2) in ``trust_domain``, checks it against
+    ``allowed_peers`` and publishes it through :func:`~meshkit.auth.current_peer`.
+
+    Args:
+        trust_domain: the mesh trust domain, e.g. ``"meshkit.local"``.
+        allowed_peers: SPIFFE ID patterns (``*`` wildcards) that may connect; empty
+            (default) allows every workload of ``trust_domain``.
+        exempt_methods: full method names exempt from the check, e.g. health checks from a
+            plaintext prober (default none).
+
+    Status codes: ``UNAUTHENTICATED`` with no verified SPIFFE ID (plaintext, no client
+    certificate, zero or several SPIFFE URIs), ``PERMISSION_DENIED`` for a foreign trust
+    domain or a peer not in ``allowed_peers``.
+    """
+
+    def __init__(self, trust_domain: str, allowed_peers: tuple[str, ...] = (), *,
+                 exempt_methods: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.trust_domain = trust_domain
+        self._allowed = IdentityMatcher(allowed_peers) if allowed_peers else None
+        self._exempt = frozenset(exempt_methods)
+
+    def identify(self, context: Any) -> PeerIdentity | None:
+        """The verified peer identity of ``context``'s call, or ``None``."""
+        return peer_from_identities(context.peer_identities())
+
+    def _before_for(self, method: str) -> Before | None:
+        """The peer check for ``method`` (see the class docstring)."""
+        if method in self._exempt:
+            return None
+
+        async def before(context: Any) -> None:
+            peer = self.identify(context)
+            if peer is None:
+                await _refuse(context, _UNAUTH, "no verified peer identity", method,
+                              "peer", "no SPIFFE ID")
+                return
+            if peer.trust_domain != self.trust_domain or (
+                self._allowed is not None and not self._allowed.matches(peer.spiffe_id)
+            ):
+                await _refuse(context, _DENIED, f"caller is not allowed to call {method}",
+                              method, "peer", f"peer {peer.spiffe_id} not allowed")
+                return
+            _peer.set(peer)
+
+        return before
+
+
+class JWTAuthInterceptor(WrappingInterceptor):
+    """Bearer-token authentication and per-method scopes (RFC 6750, RFC 7519, RFC 8725).
+
+    Reads ``authorization: Bearer <token>`` (``options.metadata_key``), verifies it with
+    ``verifier`` (cached), requires the method's scopes, and publishes the claims through
+    :func:`~meshkit.auth.current_claims` (and the token, for
+    :class:`~meshkit.auth.TokenForwarder`).
+
+    Args:
+        verifier: a :class:`~meshkit.auth.JWTVerifier`.
+        options: :class:`~meshkit.auth.JWTAuthOptions` (public methods, scopes).
+
+    Status codes: ``UNAUTHENTICATED`` for a missing token on a non-public method, a
+    non-``Bearer`` scheme, a repeated header or any invalid token (message = category only);
+    ``PERMISSION_DENIED`` for a valid token lacking a required scope.
+    """
+
+    def __init__(self, verifier: JWTVerifier, options: JWTAuthOptions | None = None) -> None:
+        super().__init__()
+        self.verifier = verifier
+        self.options = options or JWTAuthOptions()
+
+    def _before_for(self, method: str) -> Before | None:
+        """The token check for ``method`` (see the class docstring)."""
+        opts = self.options
+        public = opts.is_public(method)
+        scopes = opts.required_scopes(method)
+
+        async def before(context: Any) -> None:
+            try:
+                token = extract_bearer(context.invocation_metadata(), opts.metadata_key)
+            except UnauthenticatedError as exc:
+                await _refuse(context, _UNAUTH, exc.details() or "unauthenticated", method,
+                              "jwt", "bad authorization metadata")
+                return
+            if token is None:
+                if not public:
+                    await _refuse(context, _UNAUTH, "missing bearer token", method, "jwt",
+                                  "no token")
+                return
+            try:
+                claims = await self.verifier.verify(token)
+            except InvalidTokenError as exc:
+                await _refuse(context, _UNAUTH, exc.details() or "invalid token", method,
+                              "jwt", exc.details() or "invalid token")
+                return
+            if not public and not claims.has_scopes(scopes):
+                await _refuse(context, _DENIED, "token lacks a required scope", method, "jwt",
+                              "missing scope")
+                return
+            _claims.set(claims)
+            _token.set(token)
+
+        return before
+
+
+class AuthzInterceptor(WrappingInterceptor):
+    """Per-method identity authorization with an :class:`~meshkit.auth.AuthzPolicy`.
+
+    Evaluates the policy with the verified peer SPIFFE ID (from
+    :class:`PeerIdentityInterceptor` when it ran, else read from the call) and the verified
+    token claims (from :class:`JWTAuthInterceptor`), so it goes after both in the chain.
+
+    Args:
+        policy: the :class:`~meshkit.auth.AuthzPolicy`.
+
+    Status codes: as the :class:`~meshkit.auth.Decision` says — ``PERMISSION_DENIED``
+    (message ``"caller is not allowed to call <method>"``; no rule, pattern or other
+    identity is named) or ``UNAUTHENTICATED`` when the caller has no verified identity.
+    """
+
+    def __init__(self, policy: AuthzPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def _before_for(self, method: str) -> Before | None:
+        """The policy check for ``method`` (see the class docstring)."""
+        policy = self.policy
+
+        async def before(context: Any) -> None:
+            peer = _peer.get()
+            if peer is None:
+                peer = peer_from_identities(context.peer_identities())
+                if peer is not None:
+                    _peer.set(peer)
+            decision = policy.evaluate(method, peer.spiffe_id if peer else None, _claims.get())
+            if not decision.allowed:
+                details = ("unauthenticated" if decision.code is _UNAUTH
+                           else f"caller is not allowed to call {method}")
+                _log.info("call refused", method=method, code=decision.code.name,
+                          reason=decision.reason, rule=decision.rule, by="authz",
+                          peer=peer.spiffe_id if peer else None)
+                await context.abort(decision.code, details)
+
+        return before

@@ -1,0 +1,396 @@
+"""mTLS for meshkit: server and channel credentials from workload certificate files.
+
+How each side verifies the other with what grpcio's Python API allows:
+
+* **server → client**: ``require_client_authentication=True``; BoringSSL checks the client
+  chain against the mesh CA (which also refuses another CA's, expired and not-yet-valid
+  certificates, and anything outside the CA's name constraints) during the handshake.
+  grpcio offers no verify callback in Python, so *which* SPIFFE ID may call is decided
+  right after the handshake, per call, by :class:`~meshkit.auth.PeerIdentityInterceptor`
+  (connection-level ``allowed_peers``) and :class:`~meshkit.auth.AuthzInterceptor`
+  (per method), from the verified SANs in ``context.peer_identities()``.
+* **client → server**: there is no peer-certificate access on grpc.aio client calls, so
+  identity is checked as the TLS host name: every workload certificate carries the DNS
+  SAN ``<service>.svc.<td>`` next to its SPIFFE ID ``spiffe://<td>/svc/<service>``, and
+  :meth:`TLSOptions.channel_options` sets ``grpc.ssl_target_name_override`` to the
+  expected service's identity name. Host-name verification *is* identity verification:
+  a server holding another workload's certificate fails the handshake
+  (``UNAVAILABLE``). The binding of the two names is guaranteed by meshkit's issuer and by
+  the CA's name constraints (``svc.<td>`` is the only place identity names can live, and
+  only under the trust domain's SPIFFE IDs).
+
+Rotation: :meth:`TLSOptions.server_credentials` uses ``grpc.dynamic_ssl_server_credentials``,
+whose fetcher grpc calls before each new connection's handshake; meshkit re-reads the
+files at most every ``reload_interval_s`` and only swaps in a key/certificate pair that
+matches. Client credentials are immutable in grpcio: :class:`ChannelCredentialsReloader`
+re-reads the files and bumps a ``generation`` so a channel can rebuild its sub-channels.
+Existing connections keep the certificate they were made with; pair rotation with the
+``grpc.max_connection_age_ms`` server option to bound that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshkit.auth._certs import CA_CERT, load_certificates, load_private_key, trust_domain_of
+from meshkit.auth._errors import CertificateError
+from meshkit.auth._identity import SpiffeId, identity_dns_name, validate_trust_domain, workload_id
+from meshkit.auth._server import PeerIdentityInterceptor
+from meshkit.errors import ConfigError
+
+__all__ = ["ChannelCredentialsReloader", "TLSMaterial", "TLSOptions", "tls_from_dir"]
+
+_log = structlog.get_logger("meshkit.auth.tls")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSMaterial:
+    """One consistent read of the files: PEM bytes plus what was checked in them.
+
+    Attributes:
+        ca_pem, cert_pem, key_pem: the file contents (``key_pem`` never logged).
+        spiffe_id: the certificate's SPIFFE ID.
+        not_after: the certificate's expiry, epoch seconds.
+        fingerprint: hex SHA-256 over the leaf certificate DER and the CA bundle.
+    """
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+    spiffe_id: str
+    not_after: float
+    fingerprint: str
+
+
+def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
+                   trust_domain: str | None) -> TLSMaterial:
+    cas = load_certificates(ca_file)
+    chain = load_certificates(cert_file)
+    key = load_private_key(key_file)
+    leaf = chain[0]
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if key.public_key().public_bytes(enc, pub) != leaf.public_key().public_bytes(enc, pub):
+        raise CertificateError(f"private key {key_file} does not match certificate {cert_file}")
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+                if u.startswith("spiffe://")]
+    except x509.ExtensionNotFound:
+        uris = []
+    if len(uris) != 1:
+        raise CertificateError(f"{cert_file} must carry exactly one SPIFFE ID URI SAN")
+    sid = SpiffeId.parse(uris[0])
+    td = trust_domain or trust_domain_of(cas[0])
+    if sid.trust_domain != td:
+        raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
+                               f"expected {td!r}")
+    ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
+    cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    digest = hashlib.sha256(leaf.public_bytes(enc) + b"\0" + ca_pem).hexdigest()
+    return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
+                       digest)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSOptions:
+    """mTLS settings of one workload, from PEM files (see the module docstring).
+
+    The files are read and checked when the object is built: the key must match the
+    certificate, which must carry exactly one SPIFFE ID in ``trust_domain``.
+
+    Args:
+        ca_file: the mesh CA certificate(s) (trust bundle), PEM.
+        cert_file: this workload's certificate (chain, leaf first), PEM.
+        key_file: its private key, PEM (mode 0600).
+        trust_domain: the SPIFFE trust domain; default: read from the CA certificate.
+        allowed_peers: SPIFFE ID patterns (``*`` wildcards) allowed to connect to servers
+            using these options, enforced by :meth:`peer_interceptor`; empty (default)
+            allows every workload of the trust domain.
+        reload_interval_s: how often the files are re-checked for a renewed certificate
+            (default 5.0 s; > 0).
+        clock: monotonic clock for the reload interval (default ``time.monotonic``).
+
+    Raises:
+        CertificateError: a file is missing/unreadable, the key does not match, or the
+            certificate's SPIFFE ID is missing or in another trust domain.
+        ConfigError: a value out of range (quoted).
+
+    Example::
+
+        tls = TLSOptions(ca_file="certs/ca.pem", cert_file="certs/userd.pem",
+                         key_file="certs/userd.key")
+        ServeOptions(credentials=tls.server_credentials(),
+                     interceptors=(tls.peer_interceptor(), ...))
+        DialOptions(credentials=tls.channel_credentials(),
+                    channel_options=tls.channel_options("orderd"))
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    trust_domain: str | None = None
+    allowed_peers: tuple[str, ...] = ()
+    reload_interval_s: float = 5.0
+    clock: Clock = time.monotonic
+    _initial: TLSMaterial | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if not self.reload_interval_s > 0:
+            raise ConfigError(f"reload_interval_s must be > 0, got {self.reload_interval_s!r}")
+        if isinstance(self.allowed_peers, str):
+            raise ConfigError(f"allowed_peers must be a tuple, got {self.allowed_peers!r}")
+        object.__setattr__(self, "allowed_peers", tuple(self.allowed_peers))
+        if self.trust_domain is not None:
+            validate_trust_domain(self.trust_domain)
+        else:
+            cas = load_certificates(self.ca_file)
+            object.__setattr__(self, "trust_domain", trust_domain_of(cas[0]))
+        object.__setattr__(self, "_initial", self.read())
+
+    @property
+    def domain(self) -> str:
+        """The trust domain (given or read from the CA)."""
+        assert self.trust_domain is not None
+        return self.trust_domain
+
+    def read(self) -> TLSMaterial:
+        """Read and check the files now.
+
+        Raises:
+            CertificateError: as for construction.
+        """
+        return _read_material(self.ca_file, self.cert_file, self.key_file, self.domain)
+
+    @property
+    def spiffe_id(self) -> str:
+        """This workload's SPIFFE ID (from the certificate read at construction)."""
+        assert self._initial is not None
+        return self._initial.spiffe_id
+
+    def certificate_fingerprint(self) -> str:
+        """Hex SHA-256 of the current certificate (DER) and CA bundle, read from disk now;
+        it changes when either is renewed.
+
+        Raises:
+            CertificateError: the files are unreadable or inconsistent right now.
+        """
+        return self.read().fingerprint
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Server credentials that require and verify client certificates (mTLS) and pick up
+        renewed files without a restart (``grpc.dynamic_ssl_server_credentials``).
+
+        A plaintext client, or one whose certificate is from another CA, expired, not yet
+        valid or outside the CA's name constraints, fails the handshake; the caller sees
+        ``UNAVAILABLE``.
+        """
+        reloader = _ServerReloader(self)
+        return grpc.dynamic_ssl_server_credentials(
+            reloader.initial,
+            reloader,  # type: ignore[arg-type]  # the stub omits "None = no change"
+            require_client_authentication=True,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Client credentials from the files as they are now: the mesh CA as the only root,
+        this workload's key and certificate as the client certificate.
+
+        Raises:
+            CertificateError: the files are unreadable or inconsistent.
+        """
+        m = self.read()
+        return grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+
+    def expected_server_id(self, service: str) -> str:
+        """The SPIFFE ID a server of ``service`` must present:
+        ``spiffe://<td>/svc/<service>``."""
+        return workload_id(self.domain, service)
+
+    def channel_options(self, service: str) -> tuple[tuple[str, Any], ...]:
+        """Channel arguments making the TLS handshake verify the server's identity.
+
+        Args:
+            service: the workload name the server must prove, usually the dialed service,
+                e.g. ``"orderd"``.
+
+        Returns:
+            ``(("grpc.ssl_target_name_override", "<service>.svc.<td>"),)``.
+
+        Raises:
+            ConfigError: ``service`` is not a lowercase DNS label.
+        """
+        return (("grpc.ssl_target_name_override", identity_dns_name(self.domain, service)),)
+
+    def peer_interceptor(self, *, exempt_methods: tuple[str, ...] = ()) -> PeerIdentityInterceptor:
+        """The server interceptor enforcing ``allowed_peers`` and publishing
+        :func:`~meshkit.auth.current_peer`; put it first in ``ServeOptions.interceptors``."""
+        return PeerIdentityInterceptor(self.domain, self.allowed_peers,
+                                       exempt_methods=exempt_methods)
+
+    def channel_reloader(self) -> ChannelCredentialsReloader:
+        """A :class:`ChannelCredentialsReloader` over these files."""
+        return ChannelCredentialsReloader(self)
+
+
+def _stat(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            out.append((0, 0, 0))
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class _ServerReloader:
+    """The certificate-configuration fetcher: grpc calls it before every handshake, on a
+    core thread; it returns a new configuration or ``None`` (keep the current one)."""
+
+    def __init__(self, tls: TLSOptions) -> None:
+        self._tls = tls
+        self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
+        self._lock = threading.Lock()
+        m = tls.read()
+        self._fingerprint = m.fingerprint
+        self._stat = _stat(self._paths)
+        self._checked = tls.clock()
+        self.initial = self._config(m)
+        self.reloads = 0
+
+    @staticmethod
+    def _config(m: TLSMaterial) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(m.key_pem, m.cert_pem)],
+                                                         root_certificates=m.ca_pem)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            now = self._tls.clock()
+            with self._lock:
+                if now - self._checked < self._tls.reload_interval_s:
+                    return None
+                self._checked = now
+                st = _stat(self._paths)
+                if st == self._stat:
+                    return None
+                try:
+                    m = self._tls.read()
+                except CertificateError as exc:
+                    # mid-renewal (key replaced, certificate not yet) or broken: keep serving
+                    _log.warning("certificate reload skipped", error=str(exc))
+                    return None
+                self._stat = st
+                if m.fingerprint == self._fingerprint:
+                    return None
+                self._fingerprint = m.fingerprint
+                self.reloads += 1
+            _log.info("server certificate reloaded", spiffe_id=m.spiffe_id,
+                      fingerprint=m.fingerprint[:16], not_after=m.not_after)
+            return self._config(m)
+        except Exception as exc:  # never let an exception escape into grpc's core thread
+            _log.warning("certificate reload failed", error=type(exc).__name__)
+            return None
+
+
+class ChannelCredentialsReloader:
+    """Client credentials that follow renewed files; a channel rebuilds when
+    :attr:`generation` changes.
+
+    :meth:`check` re-reads the files at most every ``reload_interval_s`` and, when the
+    certificate or CA changed and the new pair is consistent, builds new credentials and
+    bumps :attr:`generation`. Example (in a channel's maintenance loop)::
+
+        if reloader.check():
+            rebuild_subchannels(reloader.credentials)
+
+    Args:
+        tls: the :class:`TLSOptions` naming the files.
+    """
+
+    def __init__(self, tls: TLSOptions) -> None:
+        self.tls = tls
+        m = tls.read()
+        self.fingerprint = m.fingerprint
+        self.credentials: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
+            m.ca_pem, m.key_pem, m.cert_pem)
+        self.generation = 1
+        self._checked = tls.clock()
+
+    def check(self, *, force: bool = False) -> bool:
+        """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
+        changed. Unreadable or inconsistent files are logged and skipped."""
+        now = self.tls.clock()
+        if not force and now - self._checked < self.tls.reload_interval_s:
+            return False
+        self._checked = now
+        try:
+            m = self.tls.read()
+        except CertificateError as exc:
+            _log.warning("client certificate reload skipped", error=str(exc))
+            return False
+        if m.fingerprint == self.fingerprint:
+            return False
+        self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
+        self.fingerprint = m.fingerprint
+        self.generation += 1
+        _log.info("client certificate reloaded", spiffe_id=m.spiffe_id,
+                  generation=self.generation)
+        return True
+
+
+def tls_from_dir(
+    cert_dir: str | os.PathLike[str] | None,
+    service: str,
+    *,
+    insecure: bool = False,
+    allowed_peers: tuple[str, ...] = (),
+    reload_interval_s: float = 5.0,
+) -> TLSOptions | None:
+    """The :class:`TLSOptions` of ``service`` from a ``meshkit certs`` directory, or ``None``
+    only when ``insecure=True`` (plaintext must be asked for explicitly).
+
+    Args:
+        cert_dir: the directory holding ``ca.pem``, ``<service>.pem``, ``<service>.key``;
+            ``None`` means ``$MESHKIT_CERT_DIR``.
+        service: the workload name.
+        insecure: return ``None`` (plaintext) instead of loading certificates.
+        allowed_peers, reload_interval_s: as :class:`TLSOptions`.
+
+    Raises:
+        ConfigError: no directory given and ``$MESHKIT_CERT_DIR`` unset, or (as
+            :class:`CertificateError`) a file is missing — the message says to run
+            ``meshkit certs issue <service>``.
+    """
+    if insecure:
+        return None
+    d = cert_dir if cert_dir is not None else os.environ.get("MESHKIT_CERT_DIR")
+    if not d:
+        raise ConfigError("no certificate directory: pass cert_dir or set MESHKIT_CERT_DIR "
+                          "(or ask for plaintext explicitly with insecure=True)")
+    base = Path(d)
+    files = (base / CA_CERT, base / f"{service}.pem", base / f"{service}.key")
+    for f in files:
+        if not f.exists():
+            raise CertificateError(f"{f} is missing; run `meshkit certs init` and "
+                                   f"`meshkit certs issue {service}` (--dir {base})")
+    return TLSOptions(ca_file=files[0], cert_file=files[1], key_file=files[2],
+                      allowed_peers=allowed_peers, reload_interval_s=reload_interval_s)

@@ -1,0 +1,104 @@
+"""``meshkit certs``: make a mesh CA, issue workload certificates, inspect certificates.
+
+Usage::
+
+    meshkit certs init    [--dir D] [--trust-domain T] [--ttl-days N] [--permit-dns NAME]...
+                          [--force]
+    meshkit certs issue   <service> [--dir D] [--ttl-h N] [--dns NAME]... [--ip ADDR]...
+                          [--force]
+    meshkit certs inspect <file>
+
+``--dir`` defaults to ``$MESHKIT_CERT_DIR``, else ``./certs``. Keys are written 0600 and
+never overwritten without ``--force`` (renewal: ``issue <service> --force``; running
+servers pick the new certificate up within their ``reload_interval_s``).
+
+Exit codes: 0 done, 1 refused or failed (message on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from meshkit.auth._certs import (
+    describe_certificate,
+    init_ca_dir,
+    issue_into_dir,
+    load_certificates,
+)
+from meshkit.auth._errors import AuthError
+from meshkit.auth._identity import DEFAULT_TRUST_DOMAIN
+from meshkit.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _default_dir() -> str:
+    return os.environ.get("MESHKIT_CERT_DIR") or "certs"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshkit certs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    init = sub.add_parser("init", help="create the mesh CA (ca.pem, ca.key)")
+    init.add_argument("--dir", default=_default_dir())
+    init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    init.add_argument("--ttl-days", type=float, default=365.0)
+    init.add_argument("--permit-dns", action="append", default=None,
+                      help="DNS subtree the CA may certify besides svc.<td> "
+                           "(repeatable; default localhost)")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    issue = sub.add_parser("issue", help="issue <service>.pem / <service>.key")
+    issue.add_argument("service")
+    issue.add_argument("--dir", default=_default_dir())
+    issue.add_argument("--ttl-h", type=float, default=24.0)
+    issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
+    issue.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
+    issue.add_argument("--force", action="store_true", help="replace (renew) existing files")
+    insp = sub.add_parser("inspect", help="print a PEM certificate file's identity and validity")
+    insp.add_argument("file")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``meshkit certs ...`` with ``argv`` (a leading ``"certs"`` is accepted and
+    skipped); returns the exit code: 0 done, 1 refused/failed, 2 usage error.
+
+    Errors (:class:`~meshkit.errors.ConfigError`, :class:`KeyExistsError`, unreadable
+    files) are printed to stderr as one line, never with key material.
+    """
+    args = list(argv)
+    if args and args[0] == "certs":
+        args = args[1:]
+    try:
+        ns = _parser().parse_args(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if ns.cmd == "init":
+            files = init_ca_dir(ns.dir, trust_domain=ns.trust_domain, ttl_days=ns.ttl_days,
+                                permitted_dns=tuple(ns.permit_dns or ("localhost",)),
+                                overwrite=ns.force)
+            print(f"CA for trust domain {ns.trust_domain}: {files.ca_file} (key {files.key_file},"
+                  " mode 0600)")
+            return 0
+        if ns.cmd == "issue":
+            key_existed = os.path.exists(os.path.join(ns.dir, f"{ns.service}.key"))
+            files = issue_into_dir(ns.dir, ns.service, ttl_h=ns.ttl_h, dns=tuple(ns.dns),
+                                   ips=tuple(ns.ip), overwrite=ns.force)
+            info = describe_certificate(load_certificates(files.cert_file)[0])
+            verb = "renewed (replaced)" if key_existed else "issued"
+            print(f"{verb} {info.spiffe_id}: {files.cert_file} (key {files.key_file}, mode 0600)"
+                  f", valid until {info.not_after.isoformat()}")
+            return 0
+        certs = load_certificates(ns.file)
+        for i, cert in enumerate(certs):
+            if i:
+                print()
+            print("\n".join(describe_certificate(cert).lines()))
+        return 0
+    except (AuthError, ConfigError, OSError) as exc:
+        print(f"meshkit certs {ns.cmd}: {exc}", file=sys.stderr)
+        return 1

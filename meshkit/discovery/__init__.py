@@ -1,0 +1,124 @@
+"""Service discovery: the registry protocol, two registries, and balancers.
+
+A :class:`Registry` announces instances (``register``/``deregister``) and streams the live
+set of a service (``watch``). Two implementations:
+
+* :class:`LocalRegistry` (default): one SQLite file shared by the processes of a machine,
+  liveness by heartbeat with a TTL (``ttl_s`` 3 s), watchers poll every 0.25 s.
+* :class:`ConsulRegistry`: a Consul agent's HTTP API (blocking queries on
+  ``/v1/health/service/<name>?passing``), configured like Consul's CLI by
+  ``CONSUL_HTTP_ADDR`` / ``CONSUL_HTTP_TOKEN``.
+
+Pick one by URI, ``local:///path/to/dir`` or ``consul://127.0.0.1:8500``, or by the
+``MESHKIT_REGISTRY`` environment variable::
+
+    registry = registry_from_uri("local:///tmp/mesh")
+    await registry.register(Instance(service="orderd", instance_id="orderd-1",
+                                     host="127.0.0.1", port=50051))
+    async for instances in registry.watch("orderd"):
+        print(sorted(i.address for i in instances))
+
+Balancers (:class:`Balancer`, ``pick() -> (endpoint, done)``) choose an endpoint per call in
+the balanced channel; :class:`RoundRobin` is here, latency-aware ones in
+:mod:`meshkit.resilience`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from meshkit.discovery._balancer import (
+    Balancer,
+    Done,
+    Endpoint,
+    EndpointState,
+    RoundRobin,
+    noop_done,
+)
+from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
+from meshkit.discovery._types import Instance, Registry
+from meshkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+
+__all__ = [
+    "Balancer",
+    "ConsulOptions",
+    "ConsulRegistry",
+    "Done",
+    "Endpoint",
+    "EndpointState",
+    "Instance",
+    "LocalOptions",
+    "LocalRegistry",
+    "Registry",
+    "RoundRobin",
+    "default_local_path",
+    "noop_done",
+    "registry_from_env",
+    "registry_from_uri",
+]
+
+ENV_VAR = "MESHKIT_REGISTRY"
+
+
+def __getattr__(name: str) -> Any:
+    # Consul support imports consul.aio (and aiohttp) only when asked for.
+    if name in ("ConsulOptions", "ConsulRegistry"):
+        from meshkit.discovery import _consul
+
+        return getattr(_consul, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def registry_from_uri(uri: str) -> Registry:
+    """Build a registry from a URI.
+
+    Forms:
+        * ``local:///abs/path`` (directory or ``.db`` file) or ``local://`` (default path);
+          query ``?ttl_s=3&poll_interval_s=0.25`` sets :class:`LocalOptions`.
+        * ``consul://host:port`` or ``consul+https://host:port`` (query options as
+          :meth:`ConsulRegistry.from_uri` documents); ``CONSUL_HTTP_TOKEN`` applies.
+
+    Raises:
+        ConfigError: unknown scheme or bad option value (the URI is quoted).
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "local":
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        kwargs: dict[str, Any] = {}
+        raw_path = unquote(parts.netloc + parts.path)
+        if raw_path:
+            kwargs["path"] = Path(raw_path)
+        for key in ("ttl_s", "poll_interval_s", "heartbeat_interval_s"):
+            if key in query:
+                try:
+                    kwargs[key] = float(query.pop(key))
+                except ValueError:
+                    raise ConfigError(f"{key} in {uri!r} is not a number") from None
+        if query:
+            raise ConfigError(f"unknown option(s) {sorted(query)} in registry URI {uri!r}")
+        return LocalRegistry(LocalOptions(**kwargs))
+    if scheme in ("consul", "consul+http", "consul+https"):
+        from meshkit.discovery._consul import ConsulRegistry
+
+        return ConsulRegistry.from_uri(uri)
+    raise ConfigError(
+        f"unknown registry URI {uri!r}: expected local:///path or consul://host:port"
+    )
+
+
+def registry_from_env(environ: dict[str, str] | None = None) -> Registry:
+    """The registry named by ``MESHKIT_REGISTRY`` (a URI), else the default local one.
+
+    Raises:
+        ConfigError: ``MESHKIT_REGISTRY`` holds a bad URI.
+    """
+    env = os.environ if environ is None else environ
+    uri = env.get(ENV_VAR, "").strip()
+    return registry_from_uri(uri) if uri else LocalRegistry()

@@ -1,0 +1,779 @@
+"""The Consul registry: a :class:`~meshkit.discovery.Registry` on a Consul agent's HTTP API.
+
+Built on ``consul.aio`` (py-consul, the maintained fork of python-consul). Which Consul
+endpoints are used, and the documentation each one follows:
+
+==========================================  =================================================
+call                                        Consul API doc (developer.hashicorp.com/consul/)
+==========================================  =================================================
+``PUT /v1/agent/service/register``          ``api-docs/agent/service#register-service``
+``PUT /v1/agent/service/deregister/<id>``   ``api-docs/agent/service#deregister-service``
+``GET /v1/agent/service/<id>``              ``api-docs/agent/service#get-service-configuration``
+``PUT /v1/agent/check/pass/<check_id>``     ``api-docs/agent/check#ttl-check-pass``
+``GET /v1/health/service/<name>?passing``   ``api-docs/health#list-service-instances-for-service``
+blocking queries (``index``, ``wait``)      ``api-docs/features/blocking``
+ACL token (``X-Consul-Token``)              ``api-docs/api-structure#authentication``
+``CONSUL_HTTP_*`` environment variables     ``commands#environment-variables``
+==========================================  =================================================
+
+Liveness: each instance is registered with a TTL check (the default, ``check="ttl"``) that a
+heartbeat task passes every ``ttl_s / 3`` seconds, and/or a ``GRPC`` check that the agent runs
+against ``grpc.health.v1.Health/Check`` of the instance (``check="grpc"``). Both carry
+``DeregisterCriticalServiceAfter`` so the agent reaps instances of dead processes. If the agent
+forgets an instance (it restarted without persisted state), the next heartbeat gets 404 and
+the instance is registered again with the very same payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import random
+import urllib.parse
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
+
+import aiohttp
+import consul
+import consul.aio
+import structlog
+
+from meshkit.discovery._types import Instance
+from meshkit.errors import ConfigError, RegistryError
+
+__all__ = ["ConsulOptions", "ConsulRegistry"]
+
+_log = structlog.get_logger("meshkit.discovery.consul")
+_T = TypeVar("_T")
+
+CheckKind = Literal["grpc", "ttl", "both"]
+_CHECK_KINDS: tuple[str, ...] = ("grpc", "ttl", "both")
+
+#: Errors that come from talking to the agent. They never leave a public method as such:
+#: register/deregister raise ``RegistryError(...) from exc``; watches and heartbeats log them.
+_FOREIGN: tuple[type[BaseException], ...] = (
+    consul.ConsulException,
+    aiohttp.ClientError,
+    OSError,  # includes ssl.SSLError and ConnectionRefusedError
+    TimeoutError,  # our asyncio.timeout around each request
+    ValueError,  # a malformed X-Consul-Index or body
+)
+_RETRYABLE: tuple[type[BaseException], ...] = (*_FOREIGN, RegistryError)
+
+_FLOAT_FIELDS = (
+    "check_interval_s",
+    "ttl_s",
+    "deregister_critical_after_s",
+    "wait_s",
+    "backoff_base_s",
+    "backoff_max_s",
+    "request_timeout_s",
+)
+_BOOL_FIELDS = ("verify", "grpc_use_tls")
+_STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
+
+_TRUE = ("1", "t", "true", "y", "yes", "on")
+_FALSE = ("0", "f", "false", "n", "no", "off")
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    """Parse a boolean like Go's ``strconv.ParseBool`` (which Consul's CLI uses), plus yes/no."""
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def _split_addr(addr: str) -> tuple[str | None, str, int | None]:
+    """Split ``[scheme://]host[:port]`` into (scheme or None, host without brackets, port)."""
+    raw = addr.strip()
+    scheme: str | None = None
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"addr scheme must be http or https, got {addr!r}")
+    parts = urllib.parse.urlsplit("//" + raw.rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"addr port must be 1..65535, got {addr!r}") from None
+    if not parts.hostname or parts.path or parts.query or parts.username or parts.password:
+        raise ConfigError(f"addr must be host:port or scheme://host:port, got {addr!r}")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"addr port must be 1..65535, got {addr!r}")
+    return scheme, parts.hostname, port
+
+
+def _go_duration(seconds: float) -> str:
+    """Seconds as a Go duration string Consul parses: ``30.0 -> "30s"``, ``0.25 -> "250ms"``."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsulOptions:
+    """Options of :class:`ConsulRegistry`. Times are seconds (floats).
+
+    Args:
+        addr: the agent's HTTP address like ``CONSUL_HTTP_ADDR``: ``host:port``
+            or ``scheme://host:port`` (``http``/``https``), IPv6 as ``[::1]:8500``. Default
+            ``"127.0.0.1:8500"``. A missing port means 8500 (http) or 8501 (https).
+        scheme: ``"http"``, ``"https"`` or None (default: the scheme in ``addr``, else http).
+            ``https`` from either place wins, as in Consul's own client.
+        token: ACL token sent as ``X-Consul-Token`` (default None: anonymous). Never shown in
+            ``repr``, error messages or logs.
+        ca_file: PEM CA bundle that verifies the agent's certificate (``CONSUL_CACERT``).
+        cert_file: PEM client certificate for agents that verify clients (``CONSUL_CLIENT_CERT``).
+        key_file: PEM key of ``cert_file`` (``CONSUL_CLIENT_KEY``); requires ``cert_file``.
+        verify: verify the agent's TLS certificate (default True; ``CONSUL_HTTP_SSL_VERIFY``).
+        check: liveness check of registered instances: ``"ttl"`` (default), ``"grpc"`` or
+            ``"both"``. ``"ttl"`` is the default because it works whenever this process can
+            reach the agent: the agent needs no network path to the service and the service
+            need not serve ``grpc.health.v1``; it tracks process liveness (a hung event loop
+            stops the heartbeat). ``"grpc"`` makes the agent call ``grpc.health.v1.Health/Check``
+            on the instance every ``check_interval_s``: what a deployment whose agent can
+            reach its services wants. ``"both"`` requires both to pass.
+        grpc_use_tls: the agent's gRPC check uses TLS (Consul ``GRPCUseTLS``; default False).
+        grpc_health_service: the service name the gRPC check asks about (Consul ``GRPC`` is
+            ``host:port/<this>``); None (default) means the instance's service name, ``""``
+            the whole server.
+        check_interval_s: how often the agent runs the gRPC check (Consul ``Interval``; its
+            ``Timeout`` is ``min(check_interval_s, request_timeout_s)``), and,
+            with ``check="grpc"``, how often we ask the agent whether it still knows the
+            instance (``GET /v1/agent/service/<id>``). Default 10.
+        ttl_s: TTL of the TTL check (Consul ``TTL``); the heartbeat passes it every
+            ``ttl_s / 3``. Default 15.
+        deregister_critical_after_s: the agent removes an instance whose checks stay critical
+            this long (Consul ``DeregisterCriticalServiceAfter``; Consul's minimum is 60 and
+            its reaper runs every 30 s). Default 60.
+        wait_s: longest wait of a blocking query (Consul ``wait``, sent as ``"30s"``; Consul
+            caps it at 600 and adds up to ``wait_s / 16`` of jitter). Default 30.
+        backoff_base_s: first retry delay cap of a failing watch (default 0.5). The n-th retry
+            sleeps ``uniform(0, min(backoff_max_s, backoff_base_s * 2**(n-1)))`` (full jitter).
+        backoff_max_s: cap of the retry delay (default 30).
+        request_timeout_s: time limit of each non-blocking request; blocking ones get
+            ``wait_s * 17/16 + request_timeout_s``. Default 10.
+
+    Raises:
+        ConfigError: a value is invalid; the message quotes it (never the token).
+
+    Follows https://developer.hashicorp.com/consul/commands#environment-variables for
+    :meth:`from_env`.
+    """
+
+    addr: str = "127.0.0.1:8500"
+    scheme: str | None = None
+    token: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+    check: CheckKind = "ttl"
+    grpc_use_tls: bool = False
+    grpc_health_service: str | None = None
+    check_interval_s: float = 10.0
+    ttl_s: float = 15.0
+    deregister_critical_after_s: float = 60.0
+    wait_s: float = 30.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _split_addr(self.addr)
+        if self.scheme not in (None, "http", "https"):
+            raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
+        if self.check not in _CHECK_KINDS:
+            raise ConfigError(f"check must be one of {_CHECK_KINDS}, got {self.check!r}")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+            if not value > 0 or value == float("inf"):
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if self.wait_s > 600:
+            raise ConfigError(f"wait_s must be <= 600 (Consul's limit), got {self.wait_s!r}")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ConfigError(
+                f"backoff_max_s must be >= backoff_base_s={self.backoff_base_s!r}, "
+                f"got {self.backoff_max_s!r}"
+            )
+        if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
+            # Not quoted: the value is a secret.
+            raise ConfigError("token must be a non-empty single-line string")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{name} must be an existing file, got {path!r}")
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError(f"key_file needs cert_file, got key_file={self.key_file!r} alone")
+        if self.cert_file is not None and not self.verify:
+            # py-consul's aio client loads the client certificate only into the SSL context
+            # it builds when verification is on; with verify=False it would silently not
+            # present it. Trust the agent with ca_file instead.
+            raise ConfigError(
+                f"cert_file={self.cert_file!r} needs verify=True (use ca_file to trust the "
+                "agent's certificate)"
+            )
+
+    # -- derived values ----------------------------------------------------------------
+    @property
+    def effective_scheme(self) -> str:
+        """``"https"`` if ``scheme`` or the scheme in ``addr`` says so, else ``"http"``."""
+        addr_scheme, _, _ = _split_addr(self.addr)
+        return "https" if "https" in (self.scheme, addr_scheme) else "http"
+
+    @property
+    def host(self) -> str:
+        """The agent's host name or IP (no brackets), e.g. ``"127.0.0.1"``."""
+        return _split_addr(self.addr)[1]
+
+    @property
+    def port(self) -> int:
+        """The agent's port: the one in ``addr``, else 8500 (http) or 8501 (https)."""
+        port = _split_addr(self.addr)[2]
+        if port is not None:
+            return port
+        return 8501 if self.effective_scheme == "https" else 8500
+
+    @property
+    def base_url(self) -> str:
+        """``scheme://host:port`` of the agent, IPv6 hosts bracketed."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.effective_scheme}://{host}:{self.port}"
+
+    # -- constructors --------------------------------------------------------------------
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ConsulOptions:
+        """Options from Consul's CLI environment variables, then ``overrides``.
+
+        Reads ``CONSUL_HTTP_ADDR`` (``addr``), ``CONSUL_HTTP_TOKEN`` (``token``),
+        ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``), ``CONSUL_CACERT`` (``ca_file``),
+        ``CONSUL_CLIENT_CERT`` (``cert_file``), ``CONSUL_CLIENT_KEY`` (``key_file``) and
+        ``CONSUL_HTTP_SSL_VERIFY`` (``verify``); empty variables count as unset.
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            overrides: any :class:`ConsulOptions` field, winning over the environment.
+
+        Raises:
+            ConfigError: a variable or override is invalid (the value is quoted, never the
+                token), or an override names no field.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        kwargs: dict[str, Any] = {}
+        if (addr := get("CONSUL_HTTP_ADDR")) is not None:
+            kwargs["addr"] = addr
+        if (token := get("CONSUL_HTTP_TOKEN")) is not None:
+            kwargs["token"] = token
+        if (ssl := get("CONSUL_HTTP_SSL")) is not None and _parse_bool("CONSUL_HTTP_SSL", ssl):
+            kwargs["scheme"] = "https"
+        if (verify := get("CONSUL_HTTP_SSL_VERIFY")) is not None:
+            kwargs["verify"] = _parse_bool("CONSUL_HTTP_SSL_VERIFY", verify)
+        for var, name in (
+            ("CONSUL_CACERT", "ca_file"),
+            ("CONSUL_CLIENT_CERT", "cert_file"),
+            ("CONSUL_CLIENT_KEY", "key_file"),
+        ):
+            if (path := get(var)) is not None:
+                kwargs[name] = path
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown ConsulOptions field(s): {unknown}")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_uri(cls, uri: str, environ: Mapping[str, str] | None = None) -> ConsulOptions:
+        """Options from a registry URI, on top of :meth:`from_env`.
+
+        Forms: ``consul://host:port`` (scheme from ``CONSUL_HTTP_SSL``, else http),
+        ``consul+http://host:port``, ``consul+https://host:port``; ``consul://`` with no host
+        keeps ``CONSUL_HTTP_ADDR`` (or the default). Query parameters set fields by name,
+        e.g. ``consul://127.0.0.1:8500?check=grpc&ttl_s=10&verify=false``. The token comes
+        only from ``CONSUL_HTTP_TOKEN``: a token or user info in the URI is refused so that
+        it never ends up in logs.
+
+        Args:
+            uri: the registry URI.
+            environ: environment for :meth:`from_env` (default ``os.environ``).
+
+        Raises:
+            ConfigError: bad scheme, host, port or option (the offending part is quoted).
+        """
+        parts = urllib.parse.urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme not in ("consul", "consul+http", "consul+https"):
+            raise ConfigError(f"Consul URI scheme must be consul, consul+http or consul+https, "
+                              f"got {parts.scheme!r}")
+        if "@" in parts.netloc:
+            raise ConfigError("Consul URI must not carry user info or a token; "
+                              "set CONSUL_HTTP_TOKEN instead")
+        kwargs: dict[str, Any] = {}
+        if parts.netloc:
+            kwargs["addr"] = parts.netloc if scheme == "consul" else (
+                f"{scheme.split('+')[1]}://{parts.netloc}"
+            )
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"Consul URI takes no path, got {parts.path!r}")
+        for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+            value = values[-1]
+            if key == "token":
+                raise ConfigError("token is not accepted in a Consul URI; "
+                                  "set CONSUL_HTTP_TOKEN instead")
+            if key in _FLOAT_FIELDS:
+                try:
+                    kwargs[key] = float(value)
+                except ValueError:
+                    raise ConfigError(f"{key} must be a number, got {value!r}") from None
+            elif key in _BOOL_FIELDS:
+                kwargs[key] = _parse_bool(key, value)
+            elif key in _STR_FIELDS:
+                kwargs[key] = value
+            else:
+                raise ConfigError(f"unknown option {key!r} in Consul URI")
+        return cls.from_env(environ, **kwargs)
+
+
+class _Closed(enum.Enum):
+    CLOSED = enum.auto()
+
+
+_CLOSED = _Closed.CLOSED
+
+
+@dataclass(slots=True)
+class _Registration:
+    instance: Instance
+    payload: dict[str, Any]
+    ttl_check_id: str | None
+
+
+def _raw_response(response: Any) -> Any:
+    """py-consul callback that hands back ``Response(code, headers, body)`` untouched."""
+    return response
+
+
+class ConsulRegistry:
+    """A :class:`~meshkit.discovery.Registry` backed by a Consul agent.
+
+    Usage::
+
+        reg = ConsulRegistry(ConsulOptions.from_env(check="grpc"))
+        await reg.register(Instance(service="orderd", instance_id="orderd-1",
+                                    host="10.0.0.5", port=50051))
+        async for instances in reg.watch("orderd"): ...
+        await reg.close()
+
+    Args:
+        options: :class:`ConsulOptions`; default :meth:`ConsulOptions.from_env` (Consul's CLI
+            variables, so ``CONSUL_HTTP_ADDR`` etc. apply).
+        rng: random source of the backoff jitter (default a new ``random.Random()``).
+        sleep: coroutine function sleeping a number of seconds, used for backoff between
+            failed watch queries (default ``asyncio.sleep``); tests inject a fast one.
+
+    The HTTP client is created on first use, inside the running event loop, so the registry
+    can be built anywhere. Errors: ``register``/``deregister`` raise :class:`RegistryError`
+    (chained from the aiohttp/consul exception); watches and heartbeats never raise for
+    agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
+
+    Follows https://developer.hashicorp.com/consul/api-docs/agent/service,
+    https://developer.hashicorp.com/consul/api-docs/agent/check,
+    https://developer.hashicorp.com/consul/api-docs/health and
+    https://developer.hashicorp.com/consul/api-docs/features/blocking.
+    """
+
+    def __init__(
+        self,
+        options: ConsulOptions | None = None,
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.options = options if options is not None else ConsulOptions.from_env()
+        self._rng = rng if rng is not None else random.Random()
+        self._sleep = sleep if sleep is not None else asyncio.sleep
+        self._client: Any = None
+        self._keepers: dict[str, asyncio.Task[None]] = {}
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._closed_event = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    def from_uri(
+        cls,
+        uri: str,
+        *,
+        environ: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> ConsulRegistry:
+        """A registry from ``consul://host:port`` / ``consul+https://host:port?opt=value``.
+
+        See :meth:`ConsulOptions.from_uri` for the forms; ``CONSUL_HTTP_TOKEN`` and the other
+        Consul variables in ``environ`` (default ``os.environ``) apply. ``rng``/``sleep`` as
+        in the constructor.
+
+        Raises:
+            ConfigError: the URI or an option in it is invalid.
+        """
+        return cls(ConsulOptions.from_uri(uri, environ), rng=rng, sleep=sleep)
+
+    def __repr__(self) -> str:
+        return f"ConsulRegistry(addr={self.options.base_url!r}, check={self.options.check!r})"
+
+    async def __aenter__(self) -> ConsulRegistry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _redact(self, text: str) -> str:
+        token = self.options.token
+        return text.replace(token, "<redacted>") if token else text
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else "no detail")
+        return self._redact(f"{type(exc).__name__}: {detail}"[:500])
+
+    def _get_client(self) -> Any:
+        if self._closed:
+            raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
+        if self._client is None:
+            opts = self.options
+            host = f"[{opts.host}]" if ":" in opts.host else opts.host  # py-consul joins host:port
+            verify: bool | str = opts.ca_file if (opts.verify and opts.ca_file) else opts.verify
+            cert: tuple[str, str] | str | None = None
+            if opts.cert_file is not None:
+                cert = (opts.cert_file, opts.key_file) if opts.key_file else opts.cert_file
+            with warnings.catch_warnings():
+                # py-consul's aio client passes aiohttp's deprecated verify_ssl/ssl_context
+                # arguments to TCPConnector; the behaviour is right, the warning is noise.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                client = consul.aio.Consul(
+                    host=host, port=opts.port, scheme=opts.effective_scheme,
+                    verify=verify, cert=cert, token=opts.token,
+                )
+            # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
+            # given; our options are the single source of truth (from_env reads that variable).
+            client.token = opts.token
+            self._client = client
+        return self._client
+
+    def _headers(self, client: Any) -> dict[str, str]:
+        return cast(dict[str, str], client.prepare_headers())
+
+    async def _bounded(self, aw: Awaitable[_T], timeout_s: float) -> _T:
+        async with asyncio.timeout(timeout_s):
+            return await aw
+
+    async def _race_close(self, aw: Coroutine[Any, Any, _T]) -> _T | _Closed:
+        """Await ``aw`` unless the registry is closed first (then cancel it, return CLOSED)."""
+        if self._closed:
+            aw.close()
+            return _CLOSED
+        task = asyncio.ensure_future(aw)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        closed = asyncio.ensure_future(self._closed_event.wait())
+        try:
+            await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        return _CLOSED
+
+    def _backoff_delay(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: ``uniform(0, min(max, base * 2**(attempt-1)))``."""
+        opts = self.options
+        cap = min(opts.backoff_max_s, opts.backoff_base_s * 2.0 ** min(attempt - 1, 60))
+        return self._rng.uniform(0.0, cap)
+
+    # -- registration --------------------------------------------------------------------
+    def _payload(self, instance: Instance) -> tuple[dict[str, Any], str | None]:
+        """The ``PUT /v1/agent/service/register`` body for ``instance`` and its TTL check id."""
+        opts = self.options
+        checks: list[dict[str, Any]] = []
+        deregister_after = _go_duration(opts.deregister_critical_after_s)
+        ttl_check_id: str | None = None
+        if opts.check in ("ttl", "both"):
+            ttl_check_id = f"service:{instance.instance_id}:ttl"
+            checks.append({
+                "CheckID": ttl_check_id,
+                "Name": f"meshkit heartbeat of {instance.instance_id}",
+                "TTL": _go_duration(opts.ttl_s),
+                # Passing from the start: register() returning means "discoverable now".
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": deregister_after,
+            })
+        if opts.check in ("grpc", "both"):
+            health = (instance.service if opts.grpc_health_service is None
+                      else opts.grpc_health_service)
+            checks.append({
+                "CheckID": f"service:{instance.instance_id}:grpc",
+                "Name": f"gRPC health of {instance.instance_id}",
+                "GRPC": f"{instance.address}/{health}" if health else instance.address,
+                "GRPCUseTLS": opts.grpc_use_tls,
+                "Interval": _go_duration(opts.check_interval_s),
+                "Timeout": _go_duration(min(opts.check_interval_s, opts.request_timeout_s)),
+                "DeregisterCriticalServiceAfter": deregister_after,
+            })
+        payload: dict[str, Any] = {
+            "ID": instance.instance_id,
+            "Name": instance.service,
+            "Address": instance.host,
+            "Port": instance.port,
+            "Tags": list(instance.tags),
+            "Meta": dict(instance.meta),
+            "Weights": {"Passing": instance.weight, "Warning": 1},
+            "Checks": checks,
+        }
+        return payload, ttl_check_id
+
+    async def _put_register(self, payload: dict[str, Any]) -> None:
+        """PUT the registration; raises a foreign error or RegistryError on a refusal.
+
+        Sent through py-consul's underlying ``http.put`` rather than
+        ``agent.service.register()``: that helper builds the body itself with lower-case keys
+        and cannot express a TTL check with ``DeregisterCriticalServiceAfter``/``CheckID``,
+        and re-registration must resend exactly the original payload.
+        """
+        client = self._get_client()
+        response = await self._bounded(
+            client.http.put(
+                _raw_response, "/v1/agent/service/register",
+                params=[("replace-existing-checks", "true")],
+                headers=self._headers(client), data=json.dumps(payload),
+            ),
+            self.options.request_timeout_s,
+        )
+        if response.code != 200:
+            raise RegistryError(self._redact(
+                f"Consul agent {self.options.base_url} refused to register "
+                f"{payload['ID']!r}: HTTP {response.code}: {str(response.body).strip()[:300]}"
+            ))
+
+    async def register(self, instance: Instance) -> None:
+        """Register ``instance`` with the agent and start keeping it alive.
+
+        Sends ``PUT /v1/agent/service/register?replace-existing-checks=true`` with ``ID``,
+        ``Name``, ``Address``, ``Port``, ``Tags``, ``Meta``, ``Weights`` ``{Passing: weight,
+        Warning: 1}`` and the checks of ``options.check``; then a background task passes the
+        TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
+        ``check_interval_s``) and registers it again with the same payload if the agent has
+        forgotten it. Registering the same ``instance_id`` again replaces the registration.
+
+        Raises:
+            RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403 for
+                a missing or wrong ACL token); chained from the underlying exception.
+        """
+        payload, ttl_check_id = self._payload(instance)
+        old = self._keepers.pop(instance.instance_id, None)
+        if old is not None:
+            old.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await old
+        try:
+            await self._put_register(payload)
+        except _FOREIGN as exc:
+            raise RegistryError(
+                f"cannot register {instance.instance_id!r} with Consul agent "
+                f"{self.options.base_url}: {self._describe(exc)}"
+            ) from exc
+        reg = _Registration(instance=instance, payload=payload, ttl_check_id=ttl_check_id)
+        self._keepers[instance.instance_id] = asyncio.create_task(
+            self._keep(reg), name=f"meshkit-consul-keeper-{instance.instance_id}"
+        )
+
+    async def _still_known(self, reg: _Registration) -> bool:
+        """One liveness round: pass the TTL check, or look the service up. False: forgotten."""
+        client = self._get_client()
+        timeout = self.options.request_timeout_s
+        if reg.ttl_check_id is not None:
+            # py-consul returns False for 404 ("Unknown check ID ..."), raises for other errors.
+            return bool(await self._bounded(client.agent.check.ttl_pass(reg.ttl_check_id),
+                                            timeout))
+        # Raw GET: py-consul's agent.service_definition() does not send the ACL token.
+        response = await self._bounded(
+            client.http.get(_raw_response, f"/v1/agent/service/{reg.instance.instance_id}",
+                            headers=self._headers(client)),
+            timeout,
+        )
+        if response.code == 404:
+            return False
+        if response.code != 200:
+            raise consul.ConsulException(f"HTTP {response.code}: {str(response.body)[:300]}")
+        return True
+
+    async def _keep(self, reg: _Registration) -> None:
+        """Heartbeat/re-registration loop of one instance; ends when cancelled."""
+        opts = self.options
+        interval = opts.ttl_s / 3 if reg.ttl_check_id is not None else opts.check_interval_s
+        ids = {"service": reg.instance.service, "instance_id": reg.instance.instance_id}
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await self._still_known(reg):
+                    continue
+                _log.warning("consul agent forgot the instance; registering it again", **ids)
+                await self._put_register(reg.payload)
+            except _RETRYABLE as exc:
+                _log.warning("consul heartbeat failed; retrying", **ids,
+                             error=self._describe(exc))
+
+    async def deregister(self, instance: Instance) -> None:
+        """Stop keeping ``instance`` alive and remove it from the agent at once.
+
+        Sends ``PUT /v1/agent/service/deregister/<instance_id>``; an id the agent does not
+        know (HTTP 404) is ignored.
+
+        Raises:
+            RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403).
+        """
+        task = self._keepers.pop(instance.instance_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            client = self._get_client()
+            await self._bounded(client.agent.service.deregister(instance.instance_id),
+                                self.options.request_timeout_s)
+        except _FOREIGN as exc:
+            raise RegistryError(
+                f"cannot deregister {instance.instance_id!r} from Consul agent "
+                f"{self.options.base_url}: {self._describe(exc)}"
+            ) from exc
+
+    # -- discovery -----------------------------------------------------------------------
+    async def _health(self, service: str, index: int) -> tuple[int, list[Any]]:
+        """One ``GET /v1/health/service/<service>?passing`` (blocking when ``index`` >= 1)."""
+        client = self._get_client()
+        opts = self.options
+        if index >= 1:
+            timeout = opts.wait_s * 17 / 16 + opts.request_timeout_s
+            call = client.health.service(service, passing=True, index=str(index),
+                                         wait=_go_duration(opts.wait_s))
+        else:
+            timeout = opts.request_timeout_s
+            call = client.health.service(service, passing=True)
+        raw_index, entries = await self._bounded(call, timeout)
+        return int(raw_index), list(entries or [])
+
+    def _to_instances(self, service: str, entries: list[Any]) -> frozenset[Instance]:
+        out: set[Instance] = set()
+        for entry in entries:
+            svc = entry.get("Service") or {}
+            node = entry.get("Node") or {}
+            weights = svc.get("Weights") or {}
+            try:
+                out.add(Instance(
+                    service=svc.get("Service") or service,
+                    instance_id=str(svc.get("ID") or ""),
+                    # An empty service address means the node's address (Consul docs).
+                    host=str(svc.get("Address") or node.get("Address") or ""),
+                    port=int(svc.get("Port") or 0),
+                    tags=tuple(svc.get("Tags") or ()),
+                    meta=dict(svc.get("Meta") or {}),
+                    weight=max(1, int(weights.get("Passing") or 1)),
+                ))
+            except (ConfigError, TypeError, ValueError) as exc:
+                _log.warning("skipping unusable consul service entry", service=service,
+                             instance_id=svc.get("ID"), error=str(exc))
+        return frozenset(out)
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        """Yield the passing instances of ``service`` now, then each time the set changes.
+
+        Long-polls ``GET /v1/health/service/<service>?passing&index=<i>&wait=<wait_s>``
+        as Consul's blocking-query guide says: the first query (and the first after an
+        error or an index that went backwards) is non-blocking; a returned
+        ``X-Consul-Index`` of 0 is used as 1; a wakeup whose set did not change yields
+        nothing. On errors it keeps the last set, logs a warning, sleeps with full-jitter
+        exponential backoff (``backoff_base_s`` .. ``backoff_max_s``) and retries forever.
+        The iterator ends when the registry is closed; it can be cancelled at any await.
+
+        Args:
+            service: the Consul service name, e.g. ``"orderd"``.
+
+        Raises:
+            ConfigError: ``service`` is empty.
+        """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
+        index = 0
+        last: frozenset[Instance] | None = None
+        failures = 0
+        while not self._closed:
+            try:
+                result = await self._race_close(self._health(service, index))
+            except _RETRYABLE as exc:
+                failures += 1
+                delay = self._backoff_delay(failures)
+                _log.warning("consul watch failed; keeping the last known endpoints",
+                             service=service, attempt=failures, retry_in_s=round(delay, 3),
+                             error=self._describe(exc))
+                index = 0  # the agent may have restarted with a lower index: re-read at once
+                if await self._race_close(self._sleep_coro(delay)) is _CLOSED:
+                    return
+                continue
+            if result is _CLOSED:
+                return
+            new_index, entries = result
+            failures = 0
+            if new_index < 1:
+                index = 1  # never block on 0: Consul would answer at once, every time
+            elif new_index < index:
+                index = 0  # went backwards (e.g. state restored): reset, non-blocking re-read
+            else:
+                index = new_index
+            current = self._to_instances(service, entries)
+            if current != last:
+                last = current
+                yield current
+
+    async def _sleep_coro(self, delay: float) -> None:
+        await self._sleep(delay)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop heartbeats, end every watch (their iterators finish) and close the client.
+
+        Does not deregister: instances with a TTL check turn critical after ``ttl_s`` and
+        are reaped by the agent after ``deregister_critical_after_s``. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._closed_event.set()
+        tasks = [*self._keepers.values(), *self._inflight]
+        self._keepers.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*_FOREIGN):
+                await client.close()

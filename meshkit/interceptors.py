@@ -1,0 +1,177 @@
+"""Per-call client interceptors: the seam for deadlines, retries, hedging and tracing.
+
+A :class:`~meshkit.channel.MeshChannel` runs two layers of client interceptors:
+
+* **per call** (this module): a :class:`ClientInterceptor` runs once per logical call,
+  above the balancer. ``proceed`` picks an endpoint and makes one *attempt*; an interceptor
+  may call it several times (that is how retries and hedging work), change the
+  :class:`ClientCallDetails` (deadline, metadata) or observe the outcome.
+* **per attempt**: ordinary ``grpc.aio.ClientInterceptor`` objects, installed on every
+  endpoint's sub-channel (``DialOptions.attempt_interceptors``); they run once per attempt,
+  after the endpoint is chosen (per-attempt auth, metrics by endpoint).
+
+Order: ``DialOptions.interceptors[0]`` is outermost. Example::
+
+    class Stamp(ClientInterceptor):
+        async def intercept_unary(self, details, request, proceed):
+            details.metadata.append(("x-caller", "orderd"))
+            return await proceed(details, request)
+
+    channel = dial("userd", options=DialOptions(interceptors=(Stamp(),)))
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+__all__ = [
+    "CallKind",
+    "ClientCallDetails",
+    "ClientInterceptor",
+    "StreamProceed",
+    "UnaryProceed",
+]
+
+
+class CallKind(enum.Enum):
+    """The four gRPC call shapes."""
+
+    UNARY_UNARY = "unary_unary"
+    UNARY_STREAM = "unary_stream"
+    STREAM_UNARY = "stream_unary"
+    STREAM_STREAM = "stream_stream"
+
+
+class ClientCallDetails:
+    """What one logical call is about; interceptors may change it before ``proceed``.
+
+    Attributes:
+        service: the dialed mesh service name, e.g. ``"userd"``.
+        method: full gRPC method, e.g. ``"/ecom.v1.UserService/GetUser"``.
+        kind: :class:`CallKind`.
+        deadline: absolute deadline on ``time.monotonic()`` seconds, or ``None``.
+        metadata: outgoing metadata as a mutable list of ``(key, value)`` pairs.
+        wait_for_ready: gRPC wait-for-ready; also makes the pick wait for an endpoint.
+        request_key: optional key for affinity balancers (e.g. a user id).
+        attempts: endpoints tried so far by this call, in order (retries exclude them).
+        attempt_started_ns: wall-clock start (``time.time_ns()``) of each attempt, in order.
+        last_call: the grpc.aio call object of the latest attempt (for metadata/status).
+        codec: the channel's per-method record (serializers); opaque to interceptors.
+    """
+
+    __slots__ = (
+        "attempt_started_ns",
+        "attempts",
+        "codec",
+        "compression",
+        "credentials",
+        "deadline",
+        "kind",
+        "last_call",
+        "metadata",
+        "method",
+        "request_key",
+        "service",
+        "wait_for_ready",
+    )
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        method: str,
+        kind: CallKind,
+        timeout_s: float | None,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        wait_for_ready: bool | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.kind = kind
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.metadata: list[tuple[str, str | bytes]] = list(metadata) if metadata else []
+        self.wait_for_ready = wait_for_ready
+        self.credentials = credentials
+        self.compression = compression
+        self.request_key: str | None = None
+        self.attempts: list[Any] = []
+        self.attempt_started_ns: list[int] = []
+        self.last_call: Any = None
+        self.codec: Any = None
+
+    def time_remaining_s(self) -> float | None:
+        """Seconds left before the deadline (may be negative), or ``None`` without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+UnaryProceed = Callable[[ClientCallDetails, Any], Awaitable[Any]]
+"""``await proceed(details, request) -> response``: one attempt of a unary-response call."""
+
+StreamProceed = Callable[[ClientCallDetails, Any], Awaitable[Any]]
+"""``await proceed(details, request) -> call``: opens one attempt of a streaming-response
+call and returns the grpc.aio call (async-iterable over responses)."""
+
+
+class ClientInterceptor:
+    """Base class of per-call client interceptors; override what you need.
+
+    ``intercept_unary`` runs for unary-response calls (unary-unary and stream-unary; for
+    stream-unary ``request`` is the request iterator). ``intercept_stream`` runs when a
+    streaming-response call is opened (unary-stream and stream-stream) and returns the call
+    object to iterate. Both default to passing the call straight through. Raise a
+    ``grpc.aio.AioRpcError`` (e.g. :class:`meshkit.errors.MeshRpcError`) to fail a call
+    with a given status.
+    """
+
+    async def intercept_unary(
+        self, details: ClientCallDetails, request: Any, proceed: UnaryProceed
+    ) -> Any:
+        """Run one unary-response call; return the response or raise an RPC error."""
+        return await proceed(details, request)
+
+    async def intercept_stream(
+        self, details: ClientCallDetails, request: Any, proceed: StreamProceed
+    ) -> Any:
+        """Open one streaming-response call; return the call object to iterate."""
+        return await proceed(details, request)
+
+
+def chain_unary(interceptors: Sequence[ClientInterceptor], inner: UnaryProceed) -> UnaryProceed:
+    """Fold ``interceptors`` (first = outermost) around ``inner`` once, at dial time."""
+    fn = inner
+    for icpt in reversed(interceptors):
+        fn = _bind_unary(icpt, fn)
+    return fn
+
+
+def chain_stream(interceptors: Sequence[ClientInterceptor], inner: StreamProceed) -> StreamProceed:
+    """Fold ``interceptors`` (first = outermost) around ``inner`` once, at dial time."""
+    fn = inner
+    for icpt in reversed(interceptors):
+        fn = _bind_stream(icpt, fn)
+    return fn
+
+
+def _bind_unary(icpt: ClientInterceptor, nxt: UnaryProceed) -> UnaryProceed:
+    method = icpt.intercept_unary
+
+    def run(details: ClientCallDetails, request: Any) -> Awaitable[Any]:
+        return method(details, request, nxt)
+
+    return run
+
+
+def _bind_stream(icpt: ClientInterceptor, nxt: StreamProceed) -> StreamProceed:
+    method = icpt.intercept_stream
+
+    def run(details: ClientCallDetails, request: Any) -> Awaitable[Any]:
+        return method(details, request, nxt)
+
+    return run

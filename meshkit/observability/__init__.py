@@ -1,0 +1,175 @@
+"""Observability: traces, Prometheus metrics, structured logs and an admin HTTP server.
+
+**One interceptor per side.** :func:`server_interceptors` returns one fused
+:class:`TelemetryServerInterceptor` (tracing -> metrics -> access log in a single handler
+wrap); :func:`client_interceptors` one fused per-call :class:`TelemetryClientInterceptor`
+(retries run inside it). Each part is switched by :class:`TelemetryOptions` (``tracing``,
+``metrics``, ``access_log``, all on by default). Health checks and reflection get metrics
+only (``quiet_methods``). ``implementation="otel"`` swaps the spans for
+opentelemetry-instrumentation-grpc's interceptors, for comparison.
+
+Chain order. Server: **telemetry** -> authn -> authz -> rate limit -> deadline -> handler
+(telemetry first, so it sees every status the others answer). Client:
+**telemetry** -> (token forwarding, your own) -> retry/hedging -> balancer ->
+attempt interceptors.
+
+**Tracing** (OpenTelemetry API; SDK set up by :func:`configure_tracing` from ``OTEL_*``:
+``OTEL_TRACES_EXPORTER=otlp|console|none``, ``OTEL_TRACES_SAMPLER[_ARG]``,
+``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; OTLP needs
+``opentelemetry-exporter-otlp``, else a warning). Context and baggage travel in gRPC
+metadata through the global propagator (W3C ``traceparent``/``tracestate``, ``baggage``),
+so A -> B -> C is one trace. Spans follow the RPC semantic conventions (v1.37 gRPC):
+name ``{rpc.service}/{rpc.method}``, ``rpc.system=grpc``, ``rpc.service``,
+``rpc.method``, ``rpc.grpc.status_code``; client: ``server.address`` (the dialed mesh
+service), ``network.peer.address``/``port`` (the endpoint of the last attempt),
+``meshkit.attempts``, ``meshkit.instance_id``, one ``attempt`` event per endpoint when
+retried or hedged (or a CLIENT span per attempt with ``attempt_spans=True`` and
+:func:`attempt_interceptors`); server: ``network.peer.address``/``port`` (the caller),
+``meshkit.peer.identity`` (caller's SPIFFE ID under mTLS), ``meshkit.rate_limited`` on
+``RESOURCE_EXHAUSTED``. :func:`render_trace` draws a finished trace as a tree.
+
+**Metrics** (prometheus-client, see ``_metrics.py`` for why; names follow
+go-grpc-prometheus; one :class:`~prometheus_client.CollectorRegistry` per process,
+:func:`default_registry`, served at ``/metrics``). Labels: ``grpc_type`` (``unary``,
+``client_stream``, ``server_stream``, ``bidi_stream``), ``grpc_service``
+(``ecom.v1.OrderService``), ``grpc_method`` (``PlaceOrder``), ``grpc_code`` (``OK``...),
+``target`` (dialed mesh service), ``instance_id``, ``service`` (mesh service), ``state``.
+
+Label set ``RPC`` = ``grpc_type, grpc_service, grpc_method``; ``inst.`` = ``instance_id``.
+
+============================================  =========  ==============  ==========================
+name                                          type       labels          meaning
+============================================  =========  ==============  ==========================
+grpc_server_started_total                     counter    RPC             calls started (server)
+grpc_server_handled_total                     counter    RPC, grpc_code  calls finished, by status
+grpc_server_handling_seconds                  histogram  RPC             handler time, 100 µs..10 s
+grpc_server_in_flight                         gauge      RPC             calls being handled
+meshkit_server_rate_limited_total             counter    grpc_service,   calls answered
+                                                         grpc_method     RESOURCE_EXHAUSTED
+grpc_client_started_total                     counter    RPC             logical calls started
+grpc_client_handled_total                     counter    RPC, grpc_code  logical calls, final status
+grpc_client_handling_seconds                  histogram  RPC             caller-seen time w/ retries
+grpc_client_in_flight                         gauge      RPC             logical calls in progress
+meshkit_client_attempts_total                 counter    RPC             attempts of finished calls
+meshkit_client_retries_total                  counter    target          retry attempts sent
+meshkit_client_hedges_total                   counter    target          hedged attempts sent
+meshkit_client_retry_budget_exhausted_total   counter    target          retries refused by budget
+meshkit_client_retry_deadline_giveups_total   counter    target          retries skipped: deadline
+meshkit_client_retry_budget_available         gauge      target          retries budget allows now
+meshkit_client_endpoints                      gauge      target, state   READY / IDLE / FAILING
+meshkit_client_endpoints_ejected              gauge      target          endpoints ejected now
+meshkit_client_ejections_total                counter    target          outlier ejections
+meshkit_client_endpoint_calls_total           counter    target,         attempts sent to endpoint
+                                                         instance_id
+meshkit_client_endpoint_failures_total        counter    target, inst.   failed attempts
+meshkit_client_endpoint_in_flight             gauge      target, inst.   attempts in progress
+meshkit_client_endpoint_ejected               gauge      target, inst.   1 while ejected
+meshkit_client_endpoint_rtt_seconds           gauge      target, inst.   P2C EWMA latency estimate
+meshkit_registry_watch_errors_total           counter    target          registry watch failures
+meshkit_server_ready                          gauge      service         1: registered, not draining
+meshkit_server_draining                       gauge      service         1 while draining
+meshkit_server_deadline_rejections_total      counter    service         refused: deadline passed
+meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
+============================================  =========  ==============  ==========================
+
+The ``meshkit_client_*`` (except attempts), ``meshkit_registry_*`` and ``meshkit_server_*``
+families other than ``rate_limited`` are read from live channels and servers at scrape
+time (:class:`MeshCollector`), never counted on the call path.
+
+**Logs** (structlog; :func:`configure_logging`: JSON lines on stderr, console format on a
+terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Every line written while a
+span is current carries ``trace_id``/``span_id`` (:func:`add_trace_context`); fields
+named like credentials are redacted (:func:`redact_secrets`). One access-log event per
+call, logger ``meshkit.access``, event ``rpc``: ``side`` (``server``/``client``),
+``service`` (server) or ``target`` (client), ``method`` (``/pkg.Svc/Method``),
+``grpc_type``, ``code``, ``duration_ms``, ``peer`` (caller address, or the endpoint of
+the last attempt), ``peer_identity`` (server, when mTLS verified one), ``attempts``
+(client), ``trace_id``, ``span_id``; level ``warning`` for server-side errors
+(``UNKNOWN``, ``INTERNAL``, ``UNAVAILABLE``...), else ``info``. Metadata values and
+message bodies are never logged; ``log_metadata`` opts non-credential keys in.
+
+**Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (503
+while draining or before registration), ``/debug/mesh`` (JSON), plus :meth:`~AdminServer.
+add_route`.
+
+**Defaults.** ``serve()`` and ``dial()`` install the fused interceptors outermost
+(``ServeOptions.telemetry`` / ``DialOptions.telemetry``; ``None`` turns them off),
+``serve()`` starts the process's admin server (``MESHKIT_ADMIN_PORT``, default an
+ephemeral loopback port, announced as registry meta ``admin_port``) and calls
+:func:`tracing_from_env`, which sets the SDK up only when ``OTEL_TRACES_EXPORTER``,
+``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``MESHKIT_TRACE_FILE`` asks. So a service needs::
+
+    configure_logging()                    # JSON logs, MESHKIT_LOG_LEVEL
+    await meshkit.serve("orderd", servicers, options=ServeOptions(tls=tls))
+"""
+
+from __future__ import annotations
+
+from meshkit.observability._admin import AdminOptions, AdminServer, Handler
+from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
+from meshkit.observability._files import JsonLinesSpanExporter, load_spans
+from meshkit.observability._logging import (
+    add_trace_context,
+    configure_logging,
+    is_sensitive_key,
+    redact_secrets,
+)
+from meshkit.observability._metrics import (
+    DURATION_BUCKETS_S,
+    MeshCollector,
+    RpcMetrics,
+    default_registry,
+    rpc_metrics,
+    set_certificate_expiry,
+)
+from meshkit.observability._options import PeerIdentityFunc, TelemetryOptions
+from meshkit.observability._render import render_trace
+from meshkit.observability._server import TelemetryServerInterceptor
+from meshkit.observability._setup import (
+    Implementation,
+    attempt_interceptors,
+    client_interceptors,
+    server_interceptors,
+)
+from meshkit.observability._tracing import (
+    configure_tracing,
+    extract_context,
+    inject_context,
+    otel_client_interceptors,
+    otel_server_interceptor,
+    tracing_from_env,
+)
+
+__all__ = [
+    "DURATION_BUCKETS_S",
+    "AdminOptions",
+    "AdminServer",
+    "AttemptSpanInterceptor",
+    "Handler",
+    "Implementation",
+    "JsonLinesSpanExporter",
+    "MeshCollector",
+    "PeerIdentityFunc",
+    "RpcMetrics",
+    "TelemetryClientInterceptor",
+    "TelemetryOptions",
+    "TelemetryServerInterceptor",
+    "add_trace_context",
+    "attempt_interceptors",
+    "client_interceptors",
+    "configure_logging",
+    "configure_tracing",
+    "default_registry",
+    "extract_context",
+    "inject_context",
+    "is_sensitive_key",
+    "load_spans",
+    "otel_client_interceptors",
+    "otel_server_interceptor",
+    "redact_secrets",
+    "render_trace",
+    "rpc_metrics",
+    "server_interceptors",
+    "set_certificate_expiry",
+    "tracing_from_env",
+]

@@ -1,0 +1,198 @@
+"""The admin HTTP server: metrics, health, readiness and a debug view of the mesh."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from meshkit.errors import ConfigError
+from meshkit.observability._metrics import default_registry, rpc_metrics
+
+__all__ = ["AdminOptions", "AdminServer", "Handler"]
+
+_log = structlog.get_logger("meshkit.observability.admin")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
+_RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+"""An aiohttp handler: ``async def handler(request) -> web.Response``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminOptions:
+    """Where the admin server listens and what it serves.
+
+    Args:
+        host: address to bind (default ``"127.0.0.1"``: loopback only; ``"0.0.0.0"`` to let
+            a Prometheus on another machine scrape it).
+        port: TCP port; 0 (default) picks a free one, returned by :meth:`AdminServer.start`.
+        registry: registry served at ``/metrics``; default the process's meshkit registry.
+        require_server: ``/readyz`` answers 503 while no :class:`~meshkit.MeshServer` is
+            live (a service process before registration); default ``True``. Set ``False``
+            for client-only processes.
+
+    Raises:
+        ConfigError: port outside 0..65535 or an empty host (quoted).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    registry: CollectorRegistry | None = None
+    require_server: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
+        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be 0..65535, got {self.port!r}")
+
+
+class AdminServer:
+    """An aiohttp server (one per process, off the gRPC port) with:
+
+    ============  ==========================================================================
+    route         answer
+    ============  ==========================================================================
+    /metrics      Prometheus text format of the meshkit registry (RPC and mesh metrics)
+    /healthz      200 ``ok`` while the process's event loop answers (liveness)
+    /readyz       200 when every live MeshServer is registered and not draining; 503 with
+                  the reasons (JSON) during drain, before registration, or (with
+                  ``require_server``) when there is none
+    /debug/mesh   JSON: ``servers`` (``MeshServer.describe()``) and ``channels``
+                  (``MeshChannel.describe()``: endpoints, balancer load, EWMA, ejection,
+                  policies) of this process
+    ============  ==========================================================================
+
+    Extra routes (a JWKS document, say) are added with :meth:`add_route` before
+    :meth:`start`. Example::
+
+        admin = AdminServer(AdminOptions(port=9464))
+        port = await admin.start()
+        ...
+        await admin.stop()
+
+    Args:
+        options: :class:`AdminOptions` (default: loopback, a free port).
+    """
+
+    def __init__(self, options: AdminOptions | None = None) -> None:
+        self.options = options or AdminOptions()
+        self._registry = self.options.registry or default_registry()
+        rpc_metrics(self._registry)  # the families exist before the first scrape
+        self._extra: list[tuple[str, str, Handler]] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def add_route(self, path: str, handler: Handler, *, method: str = "GET") -> None:
+        """Serve ``handler`` at ``path`` too, e.g.
+        ``add_route("/.well-known/jwks.json", jwks_handler)``.
+
+        Args:
+            path: absolute URL path (letters, digits, ``._~-/``), not a built-in route.
+            handler: ``async (aiohttp.web.Request) -> aiohttp.web.StreamResponse``.
+            method: HTTP method (default ``"GET"``, which also answers HEAD).
+
+        Raises:
+            ConfigError: a malformed or reserved path, or a non-callable handler (quoted).
+            RuntimeError: the server is already started.
+        """
+        if self._runner is not None:
+            raise RuntimeError("add routes before start()")
+        if not isinstance(path, str) or not _PATH_RE.match(path) or path in _RESERVED:
+            raise ConfigError(f"path must be a free absolute URL path, got {path!r}")
+        if not callable(handler):
+            raise ConfigError(f"handler must be an async callable, got {handler!r}")
+        self._extra.append((method.upper(), path, handler))
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port.
+
+        Raises:
+            OSError: the address cannot be bound.
+            RuntimeError: already started.
+        """
+        if self._runner is not None:
+            raise RuntimeError("admin server already started")
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/debug/mesh", self._debug_mesh)
+        for method, path, handler in self._extra:
+            app.router.add_route(method, path, handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.options.host, self.options.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses
+        self.port = int(addresses[0][1]) if addresses else self.options.port
+        _log.info("admin server listening", address=f"{self.options.host}:{self.port}")
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop serving (safe to call twice or before :meth:`start`)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the running server (IPv6 hosts bracketed)."""
+        host = self.options.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.port}"
+
+    async def __aenter__(self) -> AdminServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- routes --------------------------------------------------------------------------
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        from meshkit.server import live_servers
+
+        servers = live_servers()
+        not_ready = [{"service": s.service, "draining": s.draining,
+                      "registered": s.instance is not None}
+                     for s in servers if not s.ready]
+        if not_ready or (self.options.require_server and not servers):
+            body = {"ready": False, "not_ready": not_ready,
+                    "reason": "draining or not registered" if not_ready else "no server"}
+            return web.json_response(body, status=503)
+        return web.json_response({"ready": True, "servers": [s.service for s in servers]})
+
+    async def _debug_mesh(self, request: web.Request) -> web.Response:
+        from meshkit.channel import live_channels
+        from meshkit.server import live_servers
+
+        body: dict[str, Any] = {
+            "time_unix_s": round(time.time(), 3),
+            "servers": [s.describe() for s in live_servers()],
+            "channels": [c.describe() for c in live_channels()],
+        }
+        return web.Response(text=json.dumps(body, indent=2, default=repr),
+                            content_type="application/json")

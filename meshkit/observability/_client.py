@@ -1,0 +1,380 @@
+"""The fused client interceptor (per logical call) and the opt-in attempt-span interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from typing import Any
+
+import grpc
+import structlog
+from grpc.aio import AioRpcError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from meshkit._methods import MethodTable
+from meshkit.interceptors import (
+    CallKind,
+    ClientCallDetails,
+    ClientInterceptor,
+    StreamProceed,
+    UnaryProceed,
+)
+from meshkit.observability._metrics import BoundClient, rpc_metrics
+from meshkit.observability._options import TelemetryOptions
+from meshkit.observability._semconv import (
+    ATTR_ATTEMPTS,
+    ATTR_INSTANCE_ID,
+    ATTR_RATE_LIMITED,
+    NETWORK_PEER_ADDRESS,
+    NETWORK_PEER_PORT,
+    RPC_GRPC_STATUS_CODE,
+    SERVER_ADDRESS,
+    MethodNames,
+    grpc_type,
+)
+from meshkit.observability._tracing import inject_context
+
+__all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
+
+_perf = time.perf_counter
+_OK = grpc.StatusCode.OK
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_CANCELLED = grpc.StatusCode.CANCELLED
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_CLIENT = SpanKind.CLIENT
+_INTERNAL = SpanKind.INTERNAL
+_access = structlog.get_logger("meshkit.access")
+_TYPES = {
+    CallKind.UNARY_UNARY: grpc_type(False, False),
+    CallKind.UNARY_STREAM: grpc_type(False, True),
+    CallKind.STREAM_UNARY: grpc_type(True, False),
+    CallKind.STREAM_STREAM: grpc_type(True, True),
+}
+# The logical call an attempt belongs to, for AttemptSpanInterceptor (set only when
+# attempt spans are on).
+_current_call: contextvars.ContextVar[ClientCallDetails | None] = contextvars.ContextVar(
+    "meshkit_observability_call", default=None)
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+class _Method:
+    __slots__ = ("attrs", "bound", "names", "traced")
+
+    def __init__(self, names: MethodNames, bound: BoundClient | None, traced: bool) -> None:
+        self.names = names
+        self.bound = bound
+        self.traced = traced
+        self.attrs = names.span_attributes()
+
+
+class TelemetryClientInterceptor(ClientInterceptor):
+    """Tracing, RED metrics and access logs for :func:`meshkit.dial` channels, as one
+    per-call :class:`~meshkit.ClientInterceptor` (put it first in
+    ``DialOptions.interceptors``; retries run inside it).
+
+    Per logical call (all four kinds; streams are finished when the stream ends):
+
+    1. starts a CLIENT span ``{rpc.service}/{rpc.method}`` (``server.address`` = the
+       dialed mesh service), makes it current and injects its context
+       (W3C ``traceparent``/``tracestate``, ``baggage``) into the call's metadata, so
+       every attempt carries it; at the end it records ``rpc.grpc.status_code``,
+       ``meshkit.attempts``, the last endpoint as ``network.peer.address``/``port`` and
+       ``meshkit.instance_id``, and, when there was more than one attempt, an ``attempt``
+       event per endpoint tried (or, with ``attempt_spans``, leaves attempts to
+       :class:`AttemptSpanInterceptor` and becomes an INTERNAL span);
+    2. counts ``grpc_client_started_total``, ``grpc_client_in_flight``,
+       ``grpc_client_handled_total{grpc_code}``, ``grpc_client_handling_seconds``,
+       ``meshkit_client_attempts_total``;
+    3. logs one ``rpc`` event on ``meshkit.access`` (target, method, code, duration_ms,
+       peer, attempts, trace_id, span_id).
+
+    Args:
+        options: :class:`TelemetryOptions` (default: everything on).
+    """
+
+    def __init__(self, options: TelemetryOptions | None = None) -> None:
+        opts = options or TelemetryOptions()
+        self.options = opts
+        self._tracer = trace.get_tracer("meshkit.observability",
+                                        tracer_provider=opts.tracer_provider)
+        self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
+        self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
+                                                     False)
+        self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
+        self._methods: dict[tuple[str, CallKind], _Method] = {}
+
+    def _method(self, details: ClientCallDetails) -> _Method:
+        key = (details.method, details.kind)
+        m = self._methods.get(key)
+        if m is None:
+            names = MethodNames(details.method, _TYPES[details.kind])
+            bound = self._metrics.bind_client(names) if self._metrics is not None else None
+            m = _Method(names, bound, self.options.tracing and not self._quiet.get(
+                details.method))
+            m.attrs[SERVER_ADDRESS] = details.service
+            if len(self._methods) < 10_000:
+                self._methods[key] = m
+        return m
+
+    def _start(self, m: _Method, details: ClientCallDetails) -> tuple[Any, Any, Any, float]:
+        if m.bound is not None:
+            m.bound.started.inc()
+            m.bound.in_flight.inc()
+        span = token = call_token = None
+        if m.traced:
+            span = self._tracer.start_span(m.names.span_name, None, self._kind, m.attrs)
+            ctx = trace.set_span_in_context(span)
+            inject_context(details.metadata, ctx)
+            token = otel_context.attach(ctx)
+            if self.options.attempt_spans:
+                call_token = _current_call.set(details)
+        return span, token, call_token, _perf()
+
+    async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                              proceed: UnaryProceed) -> Any:
+        """Run a unary-response call inside a span, counted and logged."""
+        m = self._method(details)
+        span, token, call_token, t0 = self._start(m, details)
+        code = _OK
+        exc: BaseException | None = None
+        try:
+            return await proceed(details, request)
+        except AioRpcError as e:
+            code, exc = e.code(), e
+            raise
+        except asyncio.CancelledError as e:
+            code, exc = _CANCELLED, e
+            raise
+        except Exception as e:
+            code, exc = _UNKNOWN, e
+            raise
+        finally:
+            try:
+                self._finish(m, details, span, t0, code, exc)
+            finally:
+                if call_token is not None:
+                    _current_call.reset(call_token)
+                if token is not None:
+                    otel_context.detach(token)
+
+    async def intercept_stream(self, details: ClientCallDetails, request: Any,
+                               proceed: StreamProceed) -> Any:
+        """Open a streaming-response call inside a span; the span, metrics and log are
+        finished when the stream ends (from the call's done callback)."""
+        m = self._method(details)
+        span, token, call_token, t0 = self._start(m, details)
+        try:
+            call = await proceed(details, request)
+        except BaseException as e:
+            code = e.code() if isinstance(e, AioRpcError) else (
+                _CANCELLED if isinstance(e, asyncio.CancelledError) else _UNKNOWN)
+            self._finish(m, details, span, t0, code, e)
+            raise
+        finally:
+            if call_token is not None:
+                _current_call.reset(call_token)
+            if token is not None:
+                otel_context.detach(token)
+
+        def done(c: Any) -> None:
+            if c.cancelled():
+                self._finish(m, details, span, t0, _CANCELLED, None)
+                return
+            task = asyncio.get_running_loop().create_task(
+                self._finish_stream(m, details, span, t0, c))
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+
+        call.add_done_callback(done)
+        return call
+
+    async def _finish_stream(self, m: _Method, details: ClientCallDetails, span: Any,
+                             t0: float, call: Any) -> None:
+        try:
+            code = await call.code()
+        except Exception:
+            code = _UNKNOWN
+        self._finish(m, details, span, t0, code, None)
+
+    def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
+                code: grpc.StatusCode, exc: BaseException | None) -> None:
+        duration_s = _perf() - t0
+        attempts = details.attempts
+        if m.bound is not None:
+            m.bound.finished(code, duration_s, len(attempts))
+        if span is None:
+            if self.options.access_log and not self._quiet.get(details.method):
+                self._log(m, details, code, duration_s, None, None)
+            return
+        if span.is_recording():
+            attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code.value[0],
+                                     ATTR_ATTEMPTS: len(attempts)}
+            if attempts:
+                inst = attempts[-1].instance
+                attrs[NETWORK_PEER_ADDRESS] = inst.host
+                attrs[NETWORK_PEER_PORT] = inst.port
+                attrs[ATTR_INSTANCE_ID] = inst.instance_id
+            if code is _EXHAUSTED:
+                attrs[ATTR_RATE_LIMITED] = True
+            span.set_attributes(attrs)
+            if len(attempts) > 1 and not self.options.attempt_spans:
+                starts = details.attempt_started_ns
+                for i, ep in enumerate(attempts, 1):
+                    inst = ep.instance
+                    span.add_event("attempt", {"meshkit.attempt": i,
+                                               NETWORK_PEER_ADDRESS: inst.host,
+                                               NETWORK_PEER_PORT: inst.port,
+                                               ATTR_INSTANCE_ID: inst.instance_id},
+                                   timestamp=starts[i - 1] if i <= len(starts) else None)
+            if code is not _OK:
+                detail = exc.details() if isinstance(exc, AioRpcError) else None
+                span.set_status(Status(StatusCode.ERROR, f"{code.name}: {detail}"
+                                       if detail else code.name))
+        span.end()
+        if self.options.access_log:
+            ctx = span.get_span_context()
+            self._log(m, details, code, duration_s, format(ctx.trace_id, "032x"),
+                      format(ctx.span_id, "016x"))
+
+    def _log(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
+             duration_s: float, trace_id: str | None, span_id: str | None) -> None:
+        attempts = details.attempts
+        fields: dict[str, Any] = {
+            "side": "client", "target": details.service, "method": m.names.full,
+            "grpc_type": m.names.grpc_type, "code": code.name,
+            "duration_ms": round(duration_s * 1000, 3),
+            "peer": attempts[-1].instance.address if attempts else None,
+            "attempts": len(attempts),
+        }
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+            fields["span_id"] = span_id
+        if self.options.log_metadata:
+            md = {k: v for k, v in details.metadata
+                  if k in self.options.log_metadata and isinstance(v, str)}
+            if md:
+                fields["md"] = md
+        _access.info("rpc", **fields)
+
+
+class AttemptSpanInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """One CLIENT span per attempt, for ``DialOptions.attempt_interceptors`` (opt-in).
+
+    Runs on each endpoint's sub-channel, under the logical span of a
+    :class:`TelemetryClientInterceptor` built with ``attempt_spans=True``: names the span
+    like the call, records ``meshkit.attempt`` (1-based), the endpoint
+    (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status,
+    and re-injects ``traceparent`` so the server span is the attempt's child. Without the
+    logical interceptor (or when tracing is off) it passes calls through.
+
+    Costs an extra task per attempt (grpc.aio runs client interceptors in a task), which
+    is why attempts are events on the logical span by default.
+
+    Args:
+        options: the same :class:`TelemetryOptions` as the logical interceptor (only
+            ``tracer_provider`` is used).
+    """
+
+    def __init__(self, options: TelemetryOptions | None = None) -> None:
+        opts = options or TelemetryOptions()
+        self._tracer = trace.get_tracer("meshkit.observability",
+                                        tracer_provider=opts.tracer_provider)
+        self._names: dict[str, MethodNames] = {}
+
+    def _begin(self, client_call_details: Any) -> tuple[Any, Any]:
+        call = _current_call.get()
+        if call is None:
+            return None, client_call_details
+        method = client_call_details.method
+        method = method.decode() if isinstance(method, bytes) else method
+        names = self._names.get(method)
+        if names is None:
+            names = self._names[method] = MethodNames(method, "")
+        attrs: dict[str, Any] = {**names.span_attributes(), "meshkit.attempt":
+                                 len(call.attempts)}
+        if call.attempts:
+            inst = call.attempts[-1].instance
+            attrs[NETWORK_PEER_ADDRESS] = inst.host
+            attrs[NETWORK_PEER_PORT] = inst.port
+            attrs[ATTR_INSTANCE_ID] = inst.instance_id
+        span = self._tracer.start_span(names.span_name, None, _CLIENT, attrs)
+        md: list[tuple[str, str | bytes]] = list(client_call_details.metadata or ())
+        inject_context(md, trace.set_span_in_context(span))
+        return span, client_call_details._replace(metadata=grpc.aio.Metadata(*md))
+
+    @staticmethod
+    def _end(span: Any, code: grpc.StatusCode) -> None:
+        span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+        if code is not _OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()
+
+    async def _unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        span, details = self._begin(client_call_details)
+        if span is None:
+            return await continuation(details, request)
+        try:
+            call = await continuation(details, request)
+            code = await call.code()
+        except AioRpcError as e:
+            self._end(span, e.code())
+            raise
+        except asyncio.CancelledError:
+            self._end(span, _CANCELLED)
+            raise
+        self._end(span, code)
+        return call
+
+    async def _stream(self, continuation: Any, client_call_details: Any,
+                      request: Any) -> Any:
+        span, details = self._begin(client_call_details)
+        if span is None:
+            return await continuation(details, request)
+        try:
+            call = await continuation(details, request)
+        except BaseException as e:
+            self._end(span, e.code() if isinstance(e, AioRpcError) else _UNKNOWN)
+            raise
+
+        async def finish() -> None:
+            try:
+                code = _CANCELLED if call.cancelled() else await call.code()
+            except Exception:
+                code = _UNKNOWN
+            self._end(span, code)
+
+        def done(_c: Any) -> None:
+            task = asyncio.get_running_loop().create_task(finish())
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+
+        call.add_done_callback(done)
+        return call
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+                                    request: Any) -> Any:
+        """Trace one unary-unary attempt (waits for its status before returning)."""
+        return await self._unary(continuation, client_call_details, request)
+
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
+                                     request_iterator: Any) -> Any:
+        """Trace one stream-unary attempt."""
+        return await self._unary(continuation, client_call_details, request_iterator)
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
+                                     request: Any) -> Any:
+        """Trace one unary-stream attempt (ended from the call's done callback)."""
+        return await self._stream(continuation, client_call_details, request)
+
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
+                                      request_iterator: Any) -> Any:
+        """Trace one stream-stream attempt."""
+        return await self._stream(continuation, client_call_details, request_iterator)

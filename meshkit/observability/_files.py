@@ -1,0 +1,113 @@
+"""Spans as JSON lines in a file, and back: for one machine's demos and offline debugging.
+
+``MESHKIT_TRACE_FILE=/path/spans.jsonl`` makes :func:`configure_tracing` add a
+:class:`JsonLinesSpanExporter` (synchronous, one line per finished span), so several
+processes can each write their own file and :func:`load_spans` can put a cross-process
+trace back together for :func:`~meshkit.observability.render_trace`. Production wants
+OTLP (``OTEL_TRACES_EXPORTER=otlp``) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+__all__ = ["JsonLinesSpanExporter", "load_spans"]
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Append each finished span to ``path`` as one JSON object per line.
+
+    Fields: ``trace_id``, ``span_id``, ``parent_span_id`` (hex), ``name``, ``kind``,
+    ``start_ns``, ``end_ns``, ``status`` (``OK``/``ERROR``/``UNSET``), ``attributes``,
+    ``events`` (``name``, ``ts_ns``, ``attributes``). Attribute values are what the span
+    holds (no message bodies or metadata are ever put on meshkit's spans).
+
+    Args:
+        path: the file; parent directories are created; opened in append mode.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write ``spans``; never raises (a write error is a failed export)."""
+        try:
+            lines = [json.dumps(_to_dict(s), separators=(",", ":"), default=str) for s in spans]
+            with self._lock:
+                self._file.write("".join(line + "\n" for line in lines))
+                self._file.flush()
+        except (OSError, ValueError):
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()
+
+
+def _to_dict(span: ReadableSpan) -> dict[str, Any]:
+    ctx = span.context
+    assert ctx is not None
+    return {
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+        "parent_span_id": f"{span.parent.span_id:016x}" if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "events": [{"name": e.name, "ts_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+                   for e in span.events],
+    }
+
+
+def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
+    """Read spans written by :class:`JsonLinesSpanExporter` from every file in ``paths``
+    (missing files and malformed lines are skipped)."""
+    spans: list[ReadableSpan] = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            try:
+                spans.append(_from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return spans
+
+
+def _from_dict(d: dict[str, Any]) -> ReadableSpan:
+    trace_id = int(d["trace_id"], 16)
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    parent = (SpanContext(trace_id, int(d["parent_span_id"], 16), is_remote=True,
+                          trace_flags=flags) if d.get("parent_span_id") else None)
+    return ReadableSpan(
+        name=d["name"],
+        context=SpanContext(trace_id, int(d["span_id"], 16), is_remote=False,
+                            trace_flags=flags),
+        parent=parent,
+        kind=SpanKind[d["kind"]],
+        start_time=d["start_ns"],
+        end_time=d["end_ns"],
+        status=Status(StatusCode[d["status"]]),
+        attributes=d.get("attributes") or {},
+        events=[Event(e["name"], e.get("attributes") or {}, e["ts_ns"])
+                for e in d.get("events") or ()],
+    )

@@ -1,0 +1,94 @@
+"""Options shared by the telemetry interceptors of both sides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
+
+from meshkit._methods import MethodTable
+from meshkit.errors import ConfigError
+from meshkit.observability._logging import is_sensitive_key
+
+__all__ = ["PeerIdentityFunc", "TelemetryOptions", "auth_peer_identity"]
+
+PeerIdentityFunc = Callable[[], "str | None"]
+"""``() -> identity or None``, called inside a server handler once the call has finished
+(e.g. the verified SPIFFE ID set by the authentication interceptor)."""
+
+QUIET_METHODS: tuple[str, ...] = (
+    "/grpc.health.v1.Health/*",
+    "/grpc.reflection.v1alpha.ServerReflection/*",
+    "/grpc.reflection.v1.ServerReflection/*",
+)
+
+
+def auth_peer_identity() -> PeerIdentityFunc | None:
+    """A :data:`PeerIdentityFunc` reading :func:`meshkit.auth.current_peer` (the caller's
+    SPIFFE ID), or ``None`` when meshkit.auth cannot be imported."""
+    try:
+        from meshkit.auth import current_peer
+    except Exception:
+        return None
+
+    def identity() -> str | None:
+        peer = current_peer()
+        return None if peer is None else str(peer.spiffe_id)
+
+    return identity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryOptions:
+    """What the fused telemetry interceptors record; every part can be switched off.
+
+    Args:
+        tracing: client/server spans and trace-context propagation (default ``True``).
+        metrics: Prometheus RPC metrics (default ``True``).
+        access_log: one ``meshkit.access`` log event per call (default ``True``).
+        tracer_provider: where spans go; ``None`` (default) uses the global provider
+            (set it with :func:`~meshkit.observability.configure_tracing`), also when it is
+            installed after the interceptor is built.
+        registry: Prometheus registry; ``None`` (default) is the process's meshkit
+            registry (:func:`~meshkit.observability.default_registry`).
+        quiet_methods: method patterns (``MethodTable`` globs) that get no span and no
+            access log, only metrics (default: health checks and reflection).
+        log_metadata: request metadata keys whose values the access log includes, as
+            ``md`` (default none). Credential-like keys (``authorization``, ``*token*``,
+            ``cookie``, ... see :func:`~meshkit.observability.is_sensitive_key`) and
+            binary ``-bin`` keys are refused.
+        attempt_spans: client side: one CLIENT span per attempt under an INTERNAL logical
+            span (needs :func:`~meshkit.observability.attempt_interceptors` installed as
+            ``DialOptions.attempt_interceptors``, which costs one extra task per attempt
+            in grpc.aio); default ``False``: one CLIENT span per logical call, with an
+            ``attempt`` event per attempt when there were several.
+        peer_identity: server side: how to learn the verified caller identity after the
+            handler ran; default reads :func:`meshkit.auth.current_peer` when available.
+
+    Raises:
+        ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a
+            bad ``quiet_methods`` pattern (quoted).
+    """
+
+    tracing: bool = True
+    metrics: bool = True
+    access_log: bool = True
+    tracer_provider: trace.TracerProvider | None = None
+    registry: CollectorRegistry | None = None
+    quiet_methods: tuple[str, ...] = QUIET_METHODS
+    log_metadata: tuple[str, ...] = ()
+    attempt_spans: bool = False
+    peer_identity: PeerIdentityFunc | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))
+        object.__setattr__(self, "log_metadata", tuple(self.log_metadata))
+        MethodTable(dict.fromkeys(self.quiet_methods, True), False)
+        for key in self.log_metadata:
+            if not isinstance(key, str) or not key or key != key.lower():
+                raise ConfigError(f"log_metadata keys must be lower-case strings, got {key!r}")
+            if is_sensitive_key(key) or key.endswith("-bin"):
+                raise ConfigError(f"log_metadata must not name credentials or binary keys, "
+                                  f"got {key!r}")

@@ -1,0 +1,106 @@
+"""Render finished spans as an indented tree with timings (for demos and test failures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+__all__ = ["render_trace"]
+
+_KINDS = {"SpanKind.SERVER": "server", "SpanKind.CLIENT": "client",
+          "SpanKind.INTERNAL": "internal", "SpanKind.PRODUCER": "producer",
+          "SpanKind.CONSUMER": "consumer"}
+_SHOWN = ("server.address", "network.peer.address", "network.peer.port",
+          "meshkit.instance_id", "meshkit.attempt", "meshkit.attempts",
+          "meshkit.peer.identity", "meshkit.rate_limited")
+
+
+def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
+                 attributes: Sequence[str] = _SHOWN) -> str:
+    """Draw finished spans as one tree per trace, children under parents by start time::
+
+        ecom.v1.OrderService/PlaceOrder  client  12.41 ms  OK  [server.address=orderd attempts=1]
+        └─ ecom.v1.OrderService/PlaceOrder  server  +0.52 ms  11.02 ms  OK
+           └─ ecom.v1.UserService/GetUser  client  +1.10 ms  2.30 ms  OK
+              └─ ...
+
+    Each line: span name, kind, offset from the root's start (children), duration in
+    milliseconds, gRPC status (``rpc.grpc.status_code`` or the span status), a few
+    attributes, and events (``· attempt``) below it. Spans whose parent is not among
+    ``spans`` are roots.
+
+    Args:
+        spans: finished spans, e.g. ``InMemorySpanExporter().get_finished_spans()``.
+        trace_id: only this trace (default: every trace in ``spans``, one tree each).
+        attributes: attribute keys shown in brackets, when present.
+
+    Returns:
+        The text, lines joined with ``\\n`` (empty string for no spans).
+    """
+    chosen = [s for s in spans if s.context is not None
+              and (trace_id is None or s.context.trace_id == trace_id)]
+    ids = {s.context.span_id for s in chosen if s.context is not None}
+    children: dict[int | None, list[ReadableSpan]] = {}
+    for s in chosen:
+        parent = s.parent.span_id if s.parent is not None and s.parent.span_id in ids else None
+        children.setdefault(parent, []).append(s)
+    for group in children.values():
+        group.sort(key=lambda s: s.start_time or 0)
+    lines: list[str] = []
+    for root in children.get(None, []):
+        origin = root.start_time or 0
+        lines.append(_line(root, origin, attributes, root=True))
+        lines.extend(_events(root, origin, ""))
+        _walk(root, children, origin, "", attributes, lines)
+    return "\n".join(lines)
+
+
+def _walk(span: ReadableSpan, children: dict[int | None, list[ReadableSpan]], origin: int,
+          prefix: str, attributes: Sequence[str], lines: list[str]) -> None:
+    assert span.context is not None
+    kids = children.get(span.context.span_id, [])
+    for i, child in enumerate(kids):
+        last = i == len(kids) - 1
+        lines.append(prefix + ("└─ " if last else "├─ ") + _line(child, origin, attributes))
+        deeper = prefix + ("   " if last else "│  ")
+        lines.extend(_events(child, origin, deeper))
+        _walk(child, children, origin, deeper, attributes, lines)
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.2f} ms"
+
+
+def _line(span: ReadableSpan, origin: int, attributes: Sequence[str],
+          root: bool = False) -> str:
+    attrs: Any = span.attributes or {}
+    start = span.start_time or 0
+    end = span.end_time or start
+    code = attrs.get("rpc.grpc.status_code")
+    if code is not None:
+        import grpc
+
+        status = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+    else:
+        status = "ERROR" if span.status.status_code is StatusCode.ERROR else "OK"
+    parts = [span.name, _KINDS.get(str(span.kind), str(span.kind))]
+    if not root:
+        parts.append("+" + _ms(start - origin))
+    parts += [_ms(end - start), status]
+    shown = [f"{k.rsplit('.', 1)[-1] if k.startswith('meshkit.') else k}={attrs[k]}"
+             for k in attributes if k in attrs]
+    if shown:
+        parts.append("[" + " ".join(shown) + "]")
+    return "  ".join(parts)
+
+
+def _events(span: ReadableSpan, origin: int, prefix: str) -> list[str]:
+    out = []
+    for ev in span.events or ():
+        attrs: Any = ev.attributes or {}
+        detail = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in attrs.items())
+        out.append(f"{prefix}   · {ev.name} +{_ms(ev.timestamp - origin)} {detail}".rstrip())
+    return out

@@ -1,0 +1,316 @@
+"""The fused server interceptor: span, metrics and access log in one handler wrap."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from meshkit._handlers import other_responses
+from meshkit._methods import MethodTable
+from meshkit.errors import ConfigError
+from meshkit.observability._metrics import BoundServer, rpc_metrics
+from meshkit.observability._options import TelemetryOptions, auth_peer_identity
+from meshkit.observability._semconv import (
+    ATTR_PEER_IDENTITY,
+    ATTR_RATE_LIMITED,
+    NETWORK_PEER_ADDRESS,
+    NETWORK_PEER_PORT,
+    RPC_GRPC_STATUS_CODE,
+    SERVER_ERROR_CODES,
+    MethodNames,
+    grpc_type,
+    parse_peer,
+)
+from meshkit.observability._tracing import extract_context
+
+__all__ = ["TelemetryServerInterceptor"]
+
+_perf = time.perf_counter
+_OK = grpc.StatusCode.OK
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_SERVER = SpanKind.SERVER
+_MAX_METHODS = 10_000
+_access = structlog.get_logger("meshkit.access")
+
+
+def _address(peer: str | None) -> str | None:
+    """``ipv4:127.0.0.1:5050`` -> ``127.0.0.1:5050``; ``ipv6:[::1]:5050`` -> ``[::1]:5050``."""
+    if not peer:
+        return None
+    kind, _, rest = peer.partition(":")
+    return rest if kind in ("ipv4", "ipv6") and rest else peer
+
+
+class _Method:
+    """Everything one method needs per call, computed on its first call."""
+
+    __slots__ = ("attrs", "bound", "log_md", "names", "traced")
+
+    def __init__(self, names: MethodNames, bound: BoundServer | None, traced: bool,
+                 log_md: tuple[str, ...]) -> None:
+        self.names = names
+        self.bound = bound
+        self.traced = traced
+        self.attrs = names.span_attributes()
+        self.log_md = log_md
+
+
+class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
+    """Tracing, RED metrics and access logs for a grpc.aio server, as one interceptor.
+
+    Per call, in one wrap of the handler (all four call kinds):
+
+    1. extracts the W3C trace context and baggage from the request metadata and starts a
+       SERVER span ``{rpc.service}/{rpc.method}`` (RPC semconv attributes; status code,
+       peer address, peer identity and ``meshkit.rate_limited`` at the end) and makes it
+       current, so the handler's logs and outgoing calls belong to it;
+    2. counts ``grpc_server_started_total`` / ``grpc_server_in_flight`` and at the end
+       ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``;
+    3. logs one ``rpc`` event on ``meshkit.access`` (method, code, duration_ms, peer,
+       peer_identity, trace_id, span_id) while the span is still current.
+
+    Put it first (outermost) in ``ServeOptions.interceptors``: it then sees the statuses
+    the later interceptors produce (``UNAUTHENTICATED``, ``RESOURCE_EXHAUSTED``...).
+
+    Args:
+        service_name: mesh service name for the access log's ``service``, e.g. ``"orderd"``.
+        options: :class:`TelemetryOptions` (default: everything on).
+
+    Raises:
+        ConfigError: empty ``service_name``.
+    """
+
+    def __init__(self, service_name: str, options: TelemetryOptions | None = None) -> None:
+        if not isinstance(service_name, str) or not service_name:
+            raise ConfigError(f"service_name must be a non-empty string, got {service_name!r}")
+        opts = options or TelemetryOptions()
+        self.service_name = service_name
+        self.options = opts
+        self._tracer = trace.get_tracer("meshkit.observability",
+                                        tracer_provider=opts.tracer_provider)
+        self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
+        self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
+                                                     False)
+        self._identity = opts.peer_identity or auth_peer_identity()
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler[Any, Any],
+                                        grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Return the next handler wrapped with telemetry (the wrap is cached per method)."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        if len(self._handlers) < _MAX_METHODS:
+            self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    # -- per call ------------------------------------------------------------------------
+    def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
+        if m.bound is not None:
+            m.bound.started.inc()
+            m.bound.in_flight.inc()
+        span = token = None
+        if m.traced:
+            parent = extract_context(context.invocation_metadata())
+            span = self._tracer.start_span(m.names.span_name, parent, _SERVER, m.attrs)
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, token, _perf()
+
+    def _finish(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
+                code: grpc.StatusCode, exc: BaseException | None) -> None:
+        duration_s = _perf() - t0
+        try:
+            if m.bound is not None:
+                m.bound.finished(code, duration_s)
+            if span is None and not self.options.access_log:
+                return
+            identity = self._identity() if self._identity is not None else None
+            peer = context.peer()
+            if span is not None:
+                if span.is_recording():
+                    host, port = parse_peer(peer)
+                    attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code.value[0]}
+                    if host is not None:
+                        attrs[NETWORK_PEER_ADDRESS] = host
+                    if port is not None:
+                        attrs[NETWORK_PEER_PORT] = port
+                    if identity is not None:
+                        attrs[ATTR_PEER_IDENTITY] = identity
+                    if code is _EXHAUSTED:
+                        attrs[ATTR_RATE_LIMITED] = True
+                    span.set_attributes(attrs)
+                    if code in SERVER_ERROR_CODES:
+                        if exc is not None and not isinstance(exc, grpc.aio.AbortError):
+                            span.record_exception(exc)
+                        span.set_status(Status(StatusCode.ERROR, code.name))
+                span.end()
+                if self.options.access_log:
+                    ctx = span.get_span_context()
+                    self._log(m, context, code, duration_s, peer, identity,
+                              format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+            elif self.options.access_log:
+                self._log(m, context, code, duration_s, peer, identity, None, None)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    def _log(self, m: _Method, context: Any, code: grpc.StatusCode, duration_s: float,
+             peer: str, identity: str | None, trace_id: str | None,
+             span_id: str | None) -> None:
+        fields: dict[str, Any] = {
+            "side": "server", "service": self.service_name, "method": m.names.full,
+            "grpc_type": m.names.grpc_type, "code": code.name,
+            "duration_ms": round(duration_s * 1000, 3), "peer": _address(peer),
+        }
+        if identity is not None:
+            fields["peer_identity"] = identity
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+            fields["span_id"] = span_id
+        if m.log_md:
+            md = {k: v for k, v in context.invocation_metadata() or ()
+                  if k in m.log_md and isinstance(v, str)}
+            if md:
+                fields["md"] = md
+        if code in SERVER_ERROR_CODES:
+            _access.warning("rpc", **fields)
+        else:
+            _access.info("rpc", **fields)
+
+    # -- wrapping ------------------------------------------------------------------------
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any],
+              method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        opts = self.options
+        quiet = self._quiet.get(method)
+        names = MethodNames(method, grpc_type(handler.request_streaming,
+                                              handler.response_streaming))
+        bound = self._metrics.bind_server(names) if self._metrics is not None else None
+        traced = opts.tracing and not quiet
+        if bound is None and not traced and (quiet or not opts.access_log):
+            return handler
+        m = _Method(names, bound, traced, opts.log_metadata)
+        if quiet:
+            m.log_md = ()
+        kw: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+                              "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary_out(handler.unary_unary, m, quiet), **kw)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary_out(handler.stream_unary, m, quiet), **kw)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream_out(handler.unary_stream, m, quiet), **kw)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream_out(handler.stream_stream, m, quiet), **kw)
+        return handler
+
+    def _outcome(self, context: Any, exc: BaseException | None) -> grpc.StatusCode:
+        """The status a call ends with: what the handler set or aborted with, CANCELLED /
+        DEADLINE_EXCEEDED when cancelled, UNKNOWN for any other exception."""
+        if exc is None or isinstance(exc, grpc.aio.AbortError):
+            code = context.code()
+            if isinstance(code, grpc.StatusCode):
+                return code
+            return _OK if exc is None else _UNKNOWN
+        if isinstance(exc, asyncio.CancelledError):
+            remaining = context.time_remaining()
+            return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
+        return _UNKNOWN
+
+    def _unary_out(self, behavior: Callable[..., Any], m: _Method,
+                   quiet: bool) -> Callable[[Any, Any], Any]:
+        start, finish, outcome = self._start, self._finish, self._outcome
+        if quiet:
+            start, finish = self._start_quiet, self._finish_quiet
+
+        async def observed(request: Any, context: Any) -> Any:
+            span, token, t0 = start(m, context)
+            exc: BaseException | None = None
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                finish(m, context, span, token, t0, outcome(context, exc), exc)
+
+        return observed
+
+    def _stream_out(self, behavior: Callable[..., Any], m: _Method,
+                    quiet: bool) -> Callable[[Any, Any], Any]:
+        start, finish, outcome = self._start, self._finish, self._outcome
+        if quiet:
+            start, finish = self._start_quiet, self._finish_quiet
+        if inspect.iscoroutinefunction(behavior):  # a handler writing with context.write
+
+            async def observed_writer(request: Any, context: Any) -> Any:
+                span, token, t0 = start(m, context)
+                exc: BaseException | None = None
+                try:
+                    return await behavior(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    finish(m, context, span, token, t0, outcome(context, exc), exc)
+
+            return observed_writer
+
+        async def observed(request: Any, context: Any) -> AsyncIterator[Any]:
+            span, token, t0 = start(m, context)
+            exc: BaseException | None = None
+            try:
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for message in result:
+                        yield message
+                else:
+                    async for message in other_responses(result):
+                        yield message
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                finish(m, context, span, token, t0, outcome(context, exc), exc)
+
+        return observed
+
+    # quiet methods (health, reflection): metrics only
+    def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
+        if m.bound is not None:
+            m.bound.started.inc()
+            m.bound.in_flight.inc()
+        return None, None, _perf()
+
+    def _finish_quiet(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
+                      code: grpc.StatusCode, exc: BaseException | None) -> None:
+        if m.bound is not None:
+            m.bound.finished(code, _perf() - t0)

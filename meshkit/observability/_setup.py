@@ -1,0 +1,121 @@
+"""One-call interceptor sets for serve() and dial(), in the documented order."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import grpc
+
+from meshkit.errors import ConfigError
+from meshkit.interceptors import ClientInterceptor
+from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
+from meshkit.observability._options import TelemetryOptions
+from meshkit.observability._server import TelemetryServerInterceptor
+from meshkit.observability._tracing import otel_client_interceptors, otel_server_interceptor
+
+__all__ = ["Implementation", "attempt_interceptors", "client_interceptors",
+           "server_interceptors"]
+
+Implementation = Literal["meshkit", "otel"]
+"""Which tracing implementation: ``"meshkit"`` (the lean fused interceptors) or ``"otel"``
+(opentelemetry-instrumentation-grpc for spans, meshkit's for metrics and logs)."""
+
+
+def _check(implementation: str) -> None:
+    if implementation not in ("meshkit", "otel"):
+        raise ConfigError(f"implementation must be 'meshkit' or 'otel', got {implementation!r}")
+
+
+def server_interceptors(
+    service_name: str,
+    options: TelemetryOptions | None = None,
+    *,
+    implementation: Implementation = "meshkit",
+) -> tuple[grpc.aio.ServerInterceptor, ...]:
+    """The observability part of ``ServeOptions.interceptors``: put it first.
+
+    With ``implementation="meshkit"`` (default) it is one fused
+    :class:`TelemetryServerInterceptor` doing tracing -> metrics -> access log in one
+    handler wrap. With ``"otel"`` it is opentelemetry-instrumentation-grpc's server
+    interceptor for the spans followed by a :class:`TelemetryServerInterceptor` with
+    tracing off (metrics and access log), for benchmarks.
+
+    Args:
+        service_name: mesh service name, e.g. ``"orderd"`` (access log ``service``).
+        options: :class:`TelemetryOptions` (default: tracing, metrics and access log on).
+        implementation: ``"meshkit"`` or ``"otel"``.
+
+    Returns:
+        A tuple of ``grpc.aio.ServerInterceptor``, outermost first.
+
+    Raises:
+        ConfigError: an unknown ``implementation`` or an empty ``service_name``.
+    """
+    _check(implementation)
+    opts = options or TelemetryOptions()
+    if implementation == "meshkit" or not opts.tracing:
+        return (TelemetryServerInterceptor(service_name, opts),)
+    rest = _without_tracing(opts)
+    tail = (TelemetryServerInterceptor(service_name, rest),) if (
+        rest.metrics or rest.access_log) else ()
+    return (otel_server_interceptor(opts.tracer_provider), *tail)
+
+
+def client_interceptors(
+    options: TelemetryOptions | None = None,
+    *,
+    implementation: Implementation = "meshkit",
+) -> tuple[ClientInterceptor, ...]:
+    """The observability part of ``DialOptions.interceptors``: put it first (retries run
+    inside it, so one logical span, count and log line cover every attempt).
+
+    With ``implementation="otel"`` the spans come from :func:`attempt_interceptors`
+    instead and this returns the metrics/log part only.
+
+    Args:
+        options: :class:`TelemetryOptions` (default: everything on).
+        implementation: ``"meshkit"`` or ``"otel"``.
+
+    Raises:
+        ConfigError: an unknown ``implementation``.
+    """
+    _check(implementation)
+    opts = options or TelemetryOptions()
+    if implementation == "otel":
+        opts = _without_tracing(opts)
+        if not (opts.metrics or opts.access_log):
+            return ()
+    return (TelemetryClientInterceptor(opts),)
+
+
+def attempt_interceptors(
+    options: TelemetryOptions | None = None,
+    *,
+    implementation: Implementation = "meshkit",
+) -> tuple[grpc.aio.ClientInterceptor, ...]:
+    """The observability part of ``DialOptions.attempt_interceptors`` (run per attempt).
+
+    ``"meshkit"``: an :class:`AttemptSpanInterceptor` when ``options.attempt_spans`` is
+    on, else nothing (the default: attempts are events on the logical span, with no
+    grpc.aio interceptor cost). ``"otel"``: opentelemetry-instrumentation-grpc's four
+    client interceptors (a CLIENT span per attempt).
+
+    Args:
+        options: the same :class:`TelemetryOptions` given to :func:`client_interceptors`.
+        implementation: ``"meshkit"`` or ``"otel"``.
+
+    Raises:
+        ConfigError: an unknown ``implementation``.
+    """
+    _check(implementation)
+    opts = options or TelemetryOptions()
+    if not opts.tracing:
+        return ()
+    if implementation == "otel":
+        return otel_client_interceptors(opts.tracer_provider)
+    return (AttemptSpanInterceptor(opts),) if opts.attempt_spans else ()
+
+
+def _without_tracing(opts: TelemetryOptions) -> TelemetryOptions:
+    return dataclasses.replace(opts, tracing=False, attempt_spans=False)

@@ -1,0 +1,78 @@
+"""Resilience: deadlines, retries with budgets, hedging, P2C/EWMA, outlier ejection.
+
+Defaults of :func:`meshkit.dial` (each configurable on :class:`meshkit.DialOptions`):
+
+* balancer :class:`P2C` over peak EWMA (decay 10 s, default RTT 30 ms, slow start 5 s);
+  also :class:`~meshkit.discovery.RoundRobin`, :class:`WeightedRoundRobin` (registry
+  weights) and :class:`RingHash` (consistent hashing on a metadata key);
+* outlier ejection (:class:`OutlierOptions`): 5 consecutive failures eject an endpoint for
+  10 s x times ejected (max 300 s), one probe when it returns, at most 50 % ejected;
+* retries (:class:`RetryOptions`): ``UNAVAILABLE`` only, 3 attempts, 25 ms..1 s full-jitter
+  backoff, only for calls safe to repeat (idempotent methods, or requests carrying an
+  idempotency key), inside a retry budget of 20 % of requests + 10/s over 10 s;
+* deadlines: no default timeout; a handler's remaining deadline bounds its outgoing calls.
+
+Server side, :class:`DeadlineInterceptor` refuses calls whose deadline already passed
+(``DEADLINE_EXCEEDED``) and makes the deadline visible to outgoing calls, and
+:class:`RateLimitInterceptor` (the ``limits`` library; ``memory://`` or
+``async+redis://``) answers callers over their rule ``RESOURCE_EXHAUSTED`` with a
+``retry-after`` trailer, which the client retry logic honours.
+
+Client chain: (your per-call interceptors, e.g. tracing) -> retry/hedging -> balancer
+(P2C, ejection) -> per-attempt grpc.aio interceptors. Retry re-runs everything after it.
+
+Example::
+
+    opts = DialOptions(retry=RetryOptions(methods={
+        "OrderService/Get*": RetryPolicy(idempotent=True, hedge_delay_s=0.05)}))
+    channel = meshkit.dial("orderd", options=opts)
+"""
+
+from __future__ import annotations
+
+from meshkit.resilience._backoff import Backoff
+from meshkit.resilience._balancers import RingHash, WeightedRoundRobin
+from meshkit.resilience._budget import BudgetOptions, RetryBudget
+from meshkit.resilience._deadline import DeadlineInterceptor, current_deadline, deadline_scope
+from meshkit.resilience._outlier import EjectingBalancer, OutlierOptions
+from meshkit.resilience._p2c import P2C, P2COptions
+from meshkit.resilience._retry import RetryInterceptor, RetryOptions, RetryPolicy, RetryStats
+from meshkit.resilience.ratelimit import (
+    KeyFunc,
+    Limiter,
+    RateLimitInterceptor,
+    RateLimitOptions,
+    Rejection,
+    StorageLimiter,
+    by_identity,
+    by_metadata,
+    by_peer,
+)
+
+__all__ = [
+    "P2C",
+    "Backoff",
+    "BudgetOptions",
+    "DeadlineInterceptor",
+    "EjectingBalancer",
+    "KeyFunc",
+    "Limiter",
+    "OutlierOptions",
+    "P2COptions",
+    "RateLimitInterceptor",
+    "RateLimitOptions",
+    "Rejection",
+    "RetryBudget",
+    "RetryInterceptor",
+    "RetryOptions",
+    "RetryPolicy",
+    "RetryStats",
+    "RingHash",
+    "StorageLimiter",
+    "WeightedRoundRobin",
+    "by_identity",
+    "by_metadata",
+    "by_peer",
+    "current_deadline",
+    "deadline_scope",
+]

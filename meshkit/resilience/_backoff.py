@@ -1,0 +1,55 @@
+"""Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff And
+Jitter"; the same shape gRFC A6 uses for retries)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from meshkit.errors import ConfigError
+
+__all__ = ["Backoff"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Delay before retry ``n`` (1-based): uniform in ``[0, min(max_delay_s,
+    base_delay_s * multiplier ** (n - 1))]``.
+
+    Args:
+        base_delay_s: cap of the first delay, seconds (default 0.025).
+        max_delay_s: cap of any delay, seconds (default 1.0).
+        multiplier: growth per retry, >= 1 (default 2.0).
+        rng: random source (default a new ``random.Random``); inject a seeded one in tests.
+
+    Raises:
+        ConfigError: negative delays, ``max_delay_s < base_delay_s`` or ``multiplier < 1``.
+    """
+
+    base_delay_s: float = 0.025
+    max_delay_s: float = 1.0
+    multiplier: float = 2.0
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.base_delay_s >= 0:
+            raise ConfigError(f"base_delay_s must be >= 0, got {self.base_delay_s!r}")
+        if not self.max_delay_s >= self.base_delay_s:
+            raise ConfigError(
+                f"max_delay_s must be >= base_delay_s ({self.base_delay_s!r}), "
+                f"got {self.max_delay_s!r}"
+            )
+        if not self.multiplier >= 1:
+            raise ConfigError(f"multiplier must be >= 1, got {self.multiplier!r}")
+
+    def cap_s(self, retry: int) -> float:
+        """The upper bound of the delay before retry number ``retry`` (1-based), seconds."""
+        if retry < 1:
+            raise ValueError(f"retry is 1-based, got {retry!r}")
+        # min() before ** would overflow for large retry counts; cap the exponent instead.
+        exp = min(retry - 1, 64)
+        return min(self.max_delay_s, self.base_delay_s * self.multiplier**exp)
+
+    def delay_s(self, retry: int) -> float:
+        """A jittered delay before retry number ``retry`` (1-based), seconds."""
+        return self.rng.uniform(0.0, self.cap_s(retry))

@@ -1,0 +1,224 @@
+"""Outlier ejection (circuit breaking per endpoint) as a balancer decorator.
+
+Envoy's outlier detection and Finagle's failure accrual: an endpoint that fails
+``consecutive_failures`` calls in a row, or whose failure rate over the last
+``failure_rate_window`` calls reaches ``failure_rate``, is *ejected*: taken out of the
+inner balancer for ``base_ejection_s * times_ejected`` (capped at ``max_ejection_s``).
+When that time is up the endpoint is *half-open*: it goes back for exactly one probe call;
+success closes the breaker (back in rotation), failure ejects it again for longer. At most
+``max_ejection_percent`` of the endpoints are ejected at once (at least one may always be).
+With every endpoint ejected or failing, ``pick`` returns ``None`` and the channel fails the
+call fast with ``UNAVAILABLE`` instead of queueing.
+
+Which status codes count as failures: ``failure_codes`` (default the ones that mean the
+endpoint, not the request, is at fault: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
+DEADLINE_EXCEEDED).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from meshkit.discovery import Balancer, Done, Endpoint
+from meshkit.errors import ConfigError
+
+__all__ = ["EjectingBalancer", "OutlierOptions"]
+
+_DEFAULT_FAILURES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED,
+})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierOptions:
+    """Parameters of outlier ejection.
+
+    Args:
+        consecutive_failures: failures in a row that eject an endpoint, >= 1 (default 5).
+        failure_rate: failure share over the window that ejects, (0, 1]; ``None`` (default)
+            disables the rate rule.
+        failure_rate_window: calls in the rate window, >= 1 (default 20); the rule applies
+            once the window is full.
+        base_ejection_s: first ejection time, seconds (default 10.0); the n-th ejection in a
+            row lasts ``n * base_ejection_s``.
+        max_ejection_s: cap of one ejection, seconds (default 300.0).
+        max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50);
+            one endpoint may always be ejected.
+        failure_codes: status codes that count as failures.
+
+    Raises:
+        ConfigError: a value out of range (quoted).
+    """
+
+    consecutive_failures: int = 5
+    failure_rate: float | None = None
+    failure_rate_window: int = 20
+    base_ejection_s: float = 10.0
+    max_ejection_s: float = 300.0
+    max_ejection_percent: float = 50.0
+    failure_codes: frozenset[grpc.StatusCode] = _DEFAULT_FAILURES
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1:
+            raise ConfigError(
+                f"consecutive_failures must be >= 1, got {self.consecutive_failures!r}")
+        if self.failure_rate is not None and not 0 < self.failure_rate <= 1:
+            raise ConfigError(f"failure_rate must be in (0, 1], got {self.failure_rate!r}")
+        if self.failure_rate_window < 1:
+            raise ConfigError(
+                f"failure_rate_window must be >= 1, got {self.failure_rate_window!r}")
+        if not self.base_ejection_s > 0:
+            raise ConfigError(f"base_ejection_s must be > 0, got {self.base_ejection_s!r}")
+        if not self.max_ejection_s >= self.base_ejection_s:
+            raise ConfigError(
+                f"max_ejection_s must be >= base_ejection_s, got {self.max_ejection_s!r}")
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise ConfigError(
+                f"max_ejection_percent must be in [0, 100], got {self.max_ejection_percent!r}")
+        object.__setattr__(self, "failure_codes", frozenset(self.failure_codes))
+
+
+class _Health:
+    __slots__ = ("consecutive", "ejected_until", "probing", "times", "window")
+
+    def __init__(self, window: int) -> None:
+        self.consecutive = 0
+        self.times = 0
+        self.ejected_until = 0.0  # 0: in rotation
+        self.probing = False
+        self.window: deque[bool] = deque(maxlen=window)
+
+
+class EjectingBalancer:
+    """Wraps any :class:`~meshkit.discovery.Balancer` with outlier ejection.
+
+    Args:
+        inner: the balancer that picks among endpoints in rotation.
+        options: :class:`OutlierOptions`.
+        clock: monotonic seconds (default ``time.monotonic``).
+        on_change: called with ``(endpoint_key, ejected: bool)`` on every ejection and
+            return (for logs and metrics).
+    """
+
+    __slots__ = ("_all", "_clock", "_health", "_inner", "_next_expiry", "_on_change", "_opts",
+                 "ejections")
+
+    def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str, bool], None] | None = None) -> None:
+        self._inner = inner
+        self._opts = options or OutlierOptions()
+        self._clock = clock
+        self._on_change = on_change
+        self._all: tuple[Endpoint, ...] = ()
+        self._health: dict[str, _Health] = {}
+        self._next_expiry = float("inf")
+        self.ejections = 0
+
+    @property
+    def inner(self) -> Balancer:
+        """The wrapped balancer."""
+        return self._inner
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the endpoint list; ejection state of endpoints that stay is kept."""
+        w = self._opts.failure_rate_window
+        self._health = {ep.key: self._health.get(ep.key) or _Health(w) for ep in endpoints}
+        self._all = tuple(endpoints)
+        self._sync()
+
+    def _sync(self) -> None:
+        self._inner.update([ep for ep in self._all if not self._out(ep.key)])
+        pending = [h.ejected_until for h in self._health.values()
+                   if h.ejected_until > 0 and not h.probing]
+        self._next_expiry = min(pending, default=float("inf"))
+
+    def _out(self, key: str) -> bool:
+        h = self._health[key]
+        return h.probing or (h.ejected_until > 0 and h.ejected_until > self._clock())
+
+    def ejected(self) -> list[str]:
+        """Keys of endpoints currently out of rotation (ejected or being probed)."""
+        return [ep.key for ep in self._all if self._out(ep.key)]
+
+    def pick(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, Done] | None:
+        """Pick through the inner balancer; an endpoint whose ejection expired is sent one
+        probe call first."""
+        if self._next_expiry <= self._clock():
+            probe = self._take_probe()
+            if probe is not None:
+                return probe
+        got = self._inner.pick(key, exclude)
+        if got is None:
+            return None
+        ep, inner_done = got
+        h = self._health[ep.key]
+
+        def done(code: grpc.StatusCode, latency_s: float) -> None:
+            inner_done(code, latency_s)
+            self._record(ep, h, code)
+
+        return ep, done
+
+    def _take_probe(self) -> tuple[Endpoint, Done] | None:
+        now = self._clock()
+        for ep in self._all:
+            h = self._health[ep.key]
+            if 0 < h.ejected_until <= now and not h.probing:
+                h.probing = True
+                self._sync()
+
+                def done(code: grpc.StatusCode, latency_s: float,
+                         ep: Endpoint = ep, h: _Health = h) -> None:
+                    h.probing = False
+                    self._record(ep, h, code, probe=True)
+
+                return ep, done
+        self._sync()
+        return None
+
+    def _record(self, ep: Endpoint, h: _Health, code: grpc.StatusCode,
+                probe: bool = False) -> None:
+        opts = self._opts
+        failed = code in opts.failure_codes
+        if not failed:
+            h.consecutive = 0
+            h.window.append(False)
+            if probe:
+                h.ejected_until = 0.0
+                h.times = 0
+                h.window.clear()
+                self._sync()
+                if self._on_change:
+                    self._on_change(ep.key, False)
+            return
+        h.consecutive += 1
+        h.window.append(True)
+        trip = probe or h.consecutive >= opts.consecutive_failures or (
+            opts.failure_rate is not None and len(h.window) == h.window.maxlen
+            and sum(h.window) / len(h.window) >= opts.failure_rate
+        )
+        if trip and (probe or h.ejected_until == 0.0) and (probe or self._may_eject()):
+            h.times += 1
+            h.ejected_until = self._clock() + min(opts.max_ejection_s,
+                                                  opts.base_ejection_s * h.times)
+            h.consecutive = 0
+            h.window.clear()
+            self.ejections += 1
+            self._sync()
+            if self._on_change:
+                self._on_change(ep.key, True)
+
+    def _may_eject(self) -> bool:
+        n = len(self._all)
+        out = sum(1 for ep in self._all if self._health[ep.key].ejected_until > 0)
+        cap = max(1, int(n * self._opts.max_ejection_percent / 100))
+        return out + 1 <= cap if self._opts.max_ejection_percent > 0 else False

@@ -1,0 +1,221 @@
+"""P2C over peak EWMA: the default balancer (Finagle's ``p2cPeakEwma``, Linkerd's
+``PeakEwma``, tower's ``p2c`` + ``PeakEwma``).
+
+Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
+
+* ``rtt_estimate_s`` is a *peak* EWMA of call latency: a sample above the estimate
+  replaces it at once (react to slowness immediately), a sample below is blended in with
+  weight ``1 - exp(-dt / decay_s)`` (recover slowly); with no samples the estimate decays
+  towards zero over ``decay_s`` so an avoided endpoint gets tried again.
+* an endpoint added later starts at the mean estimate of its peers (so it competes at
+  once instead of waiting for a sample it would never get); with no peer sampled yet,
+  at ``default_rtt_s`` (Linkerd's ``default_rtt``);
+* a ``RESOURCE_EXHAUSTED`` or ``UNAVAILABLE`` answer counts as at least
+  ``overload_penalty_s`` of latency, so a shedding endpoint gets less traffic;
+* an endpoint added after the first discovery answer ramps up over ``slow_start_s``: when
+  it would win a pick it takes it only with probability ``weight`` (growing linearly from
+  ``slow_start_min_weight`` to 1), so it gets about ``weight`` of its fair share, as
+  Envoy's slow start does. (Dividing its load by the weight instead would make a
+  winner-take-all comparison starve it.)
+
+``pick`` draws two distinct usable endpoints at random and returns the less loaded one
+(Mitzenmacher's "power of two choices").
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from meshkit.discovery import Done, Endpoint, EndpointState
+from meshkit.errors import ConfigError
+
+__all__ = ["P2C", "P2COptions"]
+
+_PENALISED = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+_READY = EndpointState.READY
+_IDLE = EndpointState.IDLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class P2COptions:
+    """Parameters of :class:`P2C`.
+
+    Args:
+        decay_s: EWMA time constant, seconds (default 10.0, as Finagle and Linkerd).
+        default_rtt_s: latency assumed for an endpoint with no sample, seconds (0.03).
+        overload_penalty_s: minimum latency charged for ``RESOURCE_EXHAUSTED`` and
+            ``UNAVAILABLE`` answers, seconds (0.25).
+        slow_start_s: ramp-up window of endpoints added later, seconds; 0 disables (5.0).
+        slow_start_min_weight: weight at the start of the ramp, (0, 1] (0.1).
+
+    Raises:
+        ConfigError: a value out of range (quoted).
+    """
+
+    decay_s: float = 10.0
+    default_rtt_s: float = 0.03
+    overload_penalty_s: float = 0.25
+    slow_start_s: float = 5.0
+    slow_start_min_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("decay_s", "default_rtt_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("overload_penalty_s", "slow_start_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.slow_start_min_weight <= 1:
+            raise ConfigError(
+                f"slow_start_min_weight must be in (0, 1], got {self.slow_start_min_weight!r}"
+            )
+
+
+class _Stat:
+    """Load statistics of one endpoint."""
+
+    __slots__ = ("added_at", "clock", "decay_s", "penalty_s", "pending", "rtt_s", "stamp")
+
+    def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float) -> None:
+        self.clock = clock
+        self.decay_s = opts.decay_s
+        self.penalty_s = opts.overload_penalty_s
+        self.rtt_s = -1.0  # no sample yet
+        self.stamp = added_at
+        self.pending = 0
+        self.added_at = added_at
+
+    def estimate(self, now: float, default_rtt_s: float) -> float:
+        """The decayed RTT estimate at ``now``, seconds."""
+        if self.rtt_s < 0:
+            return default_rtt_s
+        dt = now - self.stamp
+        if dt > 0:
+            self.rtt_s *= math.exp(-dt / self.decay_s)
+            self.stamp = now
+        return self.rtt_s
+
+    def done(self, code: grpc.StatusCode, latency_s: float) -> None:
+        """Record one outcome (the balancer's ``done`` callback)."""
+        self.pending -= 1
+        if code in _PENALISED and latency_s < self.penalty_s:
+            latency_s = self.penalty_s
+        now = self.clock()
+        if self.rtt_s < 0 or latency_s > self.rtt_s:
+            self.rtt_s = latency_s  # peak: jump up at once
+        else:
+            w = math.exp(-max(0.0, now - self.stamp) / self.decay_s)
+            self.rtt_s = self.rtt_s * w + latency_s * (1.0 - w)
+        self.stamp = now
+
+
+class P2C:
+    """Power of two choices over peak-EWMA load; see the module docstring.
+
+    Args:
+        options: :class:`P2COptions` (defaults apply when omitted).
+        rng: random source (default a new ``random.Random``).
+        clock: monotonic seconds (default ``time.monotonic``).
+    """
+
+    __slots__ = ("_clock", "_eps", "_opts", "_rng", "_seeded", "_stats")
+
+    def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._opts = options or P2COptions()
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._eps: tuple[Endpoint, ...] = ()
+        self._stats: dict[str, _Stat] = {}
+        self._seeded = False
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the endpoint list; statistics of endpoints that stay are kept."""
+        now = self._clock()
+        # Endpoints of the first answer are not slow-started: there is nothing to protect.
+        start = now if self._seeded else now - self._opts.slow_start_s
+        sampled = [st.estimate(now, 0.0) for st in self._stats.values() if st.rtt_s >= 0]
+        seed = sum(sampled) / len(sampled) if sampled else -1.0
+        stats = {}
+        for ep in endpoints:
+            st = self._stats.get(ep.key)
+            if st is None:
+                st = _Stat(self._opts, self._clock, start)
+                if seed > 0:
+                    st.rtt_s, st.stamp = seed, now  # compete at the peers' level at once
+            stats[ep.key] = st
+        self._stats = stats
+        self._eps = tuple(endpoints)
+        if endpoints:
+            self._seeded = True
+
+    def load(self, ep: Endpoint, now: float | None = None) -> float:
+        """The load score of ``ep`` (seconds of expected wait), as :meth:`pick` compares."""
+        st = self._stats[ep.key]
+        t = self._clock() if now is None else now
+        return st.estimate(t, self._opts.default_rtt_s) * (st.pending + 1)
+
+    def weight(self, ep: Endpoint, now: float | None = None) -> float:
+        """Slow-start weight of ``ep`` in (0, 1]: the chance it takes a pick it wins."""
+        ss = self._opts.slow_start_s
+        if ss <= 0:
+            return 1.0
+        age = (self._clock() if now is None else now) - self._stats[ep.key].added_at
+        return 1.0 if age >= ss else max(self._opts.slow_start_min_weight, age / ss)
+
+    def _draw(self, exclude: Collection[Endpoint], other: Endpoint | None) -> Endpoint | None:
+        eps = self._eps
+        n = len(eps)
+        rnd = self._rng.random
+        for _ in range(4 if n > 2 else 2):
+            ep = eps[int(rnd() * n)]
+            if ep is not other and ep.state is _READY and not (exclude and ep in exclude):
+                return ep
+        ready = [e for e in eps if e.state is _READY and e is not other and e not in exclude]
+        if not ready:
+            ready = [e for e in eps if e.state is _IDLE and e is not other and e not in exclude]
+        return ready[int(rnd() * len(ready))] if ready else None
+
+    def pick(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, Done] | None:
+        """The less loaded of two random usable endpoints, or ``None`` if none is usable.
+
+        ``exclude`` is avoided while another usable endpoint exists; ``key`` is ignored.
+        """
+        if not self._eps:
+            return None
+        a = self._draw(exclude, None)
+        if a is None:
+            if exclude:
+                return self.pick(key, ())
+            return None
+        b = self._draw(exclude, a) if len(self._eps) > 1 else None
+        if b is not None:
+            now = self._clock()
+            if self.load(b, now) < self.load(a, now):
+                a, b = b, a
+            w = self.weight(a, now)  # a is the winner; a newcomer may yield it
+            if w < 1.0 and self._rng.random() >= w:
+                a = b
+        st = self._stats[a.key]
+        st.pending += 1
+        return a, st.done
+
+    def snapshot(self) -> list[dict[str, float | int | str]]:
+        """Per-endpoint ``{"instance_id", "rtt_ms", "pending", "load_ms"}`` for debugging."""
+        now = self._clock()
+        return [
+            {"instance_id": ep.key,
+             "rtt_ms": round(self._stats[ep.key].estimate(now, self._opts.default_rtt_s) * 1e3, 3),
+             "pending": self._stats[ep.key].pending,
+             "load_ms": round(self.load(ep, now) * 1e3, 3)}
+            for ep in self._eps
+        ]
+

@@ -1,0 +1,312 @@
+"""Rate-limit policy with no I/O: rules, per-method lookup, caller keys, retry-after, outages.
+
+Everything here is synchronous and clock-injectable so it can be unit tested without a
+server or a storage; :mod:`meshkit.resilience.ratelimit` binds it to ``grpc.aio`` and to a
+``limits`` storage.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from limits import RateLimitItem
+from limits.aio.storage import (
+    MemcachedStorage,
+    MemoryStorage,
+    MongoDBStorage,
+    MovingWindowSupport,
+    RedisClusterStorage,
+    RedisSentinelStorage,
+    RedisStorage,
+    SlidingWindowCounterSupport,
+)
+from limits.aio.storage import Storage as AsyncStorage
+from limits.util import parse_many
+
+from meshkit.errors import ConfigError
+
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+"""Strategy names accepted by ``RateLimitOptions.strategy``, as ``limits`` names them."""
+
+_ASYNC_SCHEMES: dict[str, type[AsyncStorage]] = {
+    scheme: cls
+    for cls in (MemoryStorage, RedisStorage, RedisClusterStorage, RedisSentinelStorage,
+                MemcachedStorage, MongoDBStorage)
+    for scheme in (cls.STORAGE_SCHEME or ())
+}
+"""Async storage URI schemes ``limits`` provides, e.g. ``"async+redis"`` -> ``RedisStorage``."""
+
+_GLOB_CHARS = frozenset("*?[")
+_METHOD_RE = re.compile(r"^/[^/\s]+/[^/\s]+$")
+MAX_CACHED_METHODS = 4096
+"""Bound on the per-method lookup cache (a generic handler may accept any method name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One parsed rule: the limits that apply together to a method.
+
+    Attributes:
+        pattern: the rules-mapping key that matched (``"<default>"`` for the default rule).
+        text: the rule as written, e.g. ``"10 per minute;1000 per hour"``.
+        items: the parsed ``limits`` items, checked in order; all must admit the call.
+    """
+
+    pattern: str
+    text: str
+    items: tuple[RateLimitItem, ...]
+
+
+def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
+    """Parse a rule in ``limits`` notation (``"100/second"``, ``"10 per minute;1000/hour"``).
+
+    Args:
+        text: the rule string.
+        where: what the rule belongs to, for the error message (``"default_rule"``, ...).
+
+    Raises:
+        ConfigError: not a string, not valid notation, or an amount below 1 (quoted).
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"{where} must be a rate limit string like '100/second', got {text!r}")
+    try:
+        items = tuple(parse_many(text))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: malformed rate limit {text!r} (expected e.g. '100/second' or "
+            f"'10 per minute;1000 per hour')"
+        ) from exc
+    if not items:
+        raise ConfigError(f"{where}: malformed rate limit {text!r}")
+    for item in items:
+        if item.amount < 1:
+            raise ConfigError(f"{where}: rate limit amount must be >= 1, got {text!r}")
+    return items
+
+
+def check_pattern(pattern: object) -> bool:
+    """Validate a rules-mapping key; return whether it is a glob.
+
+    A key is a full method name (``"/ecom.v1.OrderService/PlaceOrder"``) or a
+    :mod:`fnmatch` glob over full method names (``"/ecom.v1.OrderService/*"``, ``"*"``).
+
+    Raises:
+        ConfigError: not a string, empty, or neither a glob nor ``/<service>/<method>`` (quoted).
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"rules keys must be full method names or globs, got {pattern!r}")
+    if _GLOB_CHARS.intersection(pattern):
+        return True
+    if not _METHOD_RE.match(pattern):
+        raise ConfigError(
+            f"rules key must be a full method name like '/pkg.Service/Method' or a glob, "
+            f"got {pattern!r}"
+        )
+    return False
+
+
+class RuleTable:
+    """Which rule governs a method: exact name, else the first matching glob, else the default.
+
+    Built once from the options; :meth:`lookup` memoises its answer per full method name
+    (up to :data:`MAX_CACHED_METHODS` names), so the hot path is one dict lookup.
+
+    Args:
+        rules: ``{full method name or glob: rule string or None}``; ``None`` exempts.
+            Globs are tried in mapping order.
+        default_rule: rule for methods no key matches; ``None`` leaves them unlimited.
+
+    Raises:
+        ConfigError: a malformed key or rule (quoted).
+    """
+
+    __slots__ = ("_cache", "_default", "_exact", "_globs")
+
+    def __init__(self, rules: Mapping[str, str | None], default_rule: str | None) -> None:
+        self._exact: dict[str, Rule | None] = {}
+        globs: list[tuple[Callable[[str], re.Match[str] | None], Rule | None]] = []
+        for pattern, text in rules.items():
+            is_glob = check_pattern(pattern)
+            rule = None if text is None else Rule(
+                pattern, text, parse_rule(text, where=f"rules[{pattern!r}]"))
+            if is_glob:
+                globs.append((re.compile(fnmatch.translate(pattern)).match, rule))
+            else:
+                self._exact[pattern] = rule
+        self._globs = tuple(globs)
+        self._default = None if default_rule is None else Rule(
+            "<default>", default_rule, parse_rule(default_rule, where="default_rule"))
+        self._cache: dict[str, Rule | None] = {}
+
+    @property
+    def empty(self) -> bool:
+        """True when no method can ever be limited (no default and no non-None rule)."""
+        return self._default is None and all(
+            r is None for r in (*self._exact.values(), *(g[1] for g in self._globs)))
+
+    def lookup(self, method: str) -> Rule | None:
+        """The rule for full method name ``method``, or ``None`` when it is unlimited."""
+        try:
+            return self._cache[method]
+        except KeyError:
+            pass
+        rule = self._resolve(method)
+        if len(self._cache) < MAX_CACHED_METHODS:
+            self._cache[method] = rule
+        return rule
+
+    def _resolve(self, method: str) -> Rule | None:
+        if method in self._exact:
+            return self._exact[method]
+        for match, rule in self._globs:
+            if match(method):
+                return rule
+        return self._default
+
+
+def peer_host(peer: str) -> str:
+    """The host part of a gRPC peer string, without scheme or port.
+
+    ``"ipv4:10.0.0.7:51234"`` -> ``"10.0.0.7"``; ``"ipv6:%5B::1%5D:51234"`` (or
+    ``"ipv6:[::1]:51234"``) -> ``"::1"``; other schemes (``"unix:/run/x.sock"``) are
+    returned whole, since they carry no port.
+    """
+    scheme, sep, rest = peer.partition(":")
+    if not sep or scheme not in ("ipv4", "ipv6"):
+        return peer
+    if "%" in rest:
+        rest = urllib.parse.unquote(rest)
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        host = rest
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    return host
+
+
+def retry_after_s(reset_at_s: float, now_s: float) -> int:
+    """Whole seconds until ``reset_at_s`` (epoch seconds), rounded up, at least 1."""
+    return max(1, math.ceil(reset_at_s - now_s))
+
+
+def sliding_window_wait_s(*, amount: int, window_s: float, previous_count: int,
+                          previous_expires_in_s: float, current_count: int,
+                          current_expires_in_s: float) -> float:
+    """Seconds until a sliding-window-counter limit admits one more hit.
+
+    The weighted count (``limits``' sliding window counter, after Cloudflare's) is
+    ``previous * previous_expires_in / window + current``; a hit is admitted when it is at
+    most ``amount - 1``. While the current window lasts only the previous window's share
+    decays; once it rolls over, today's hits become the previous window and decay in turn.
+    (``limits``' own ``get_window_stats`` reports the current window's expiry, too early
+    when the hits are in the current window: they still weigh fully after it.)
+
+    Args:
+        amount: the limit's allowance per window (>= 1).
+        window_s: window length in seconds.
+        previous_count, previous_expires_in_s, current_count, current_expires_in_s: as
+            ``storage.get_sliding_window`` returns them; the current window's key lives two
+            windows from its start, so its window ends ``current_expires_in_s - window_s``
+            from now.
+
+    Returns:
+        Seconds to wait (0.0 if a hit would be admitted now).
+    """
+    room = amount - 1
+    prev_expires = max(0.0, min(previous_expires_in_s, window_s))
+    current_ends_in = current_expires_in_s - window_s if current_expires_in_s > window_s \
+        else current_expires_in_s
+    if previous_count * prev_expires / window_s + current_count <= room:
+        return 0.0
+    if current_count <= room and previous_count > 0:
+        # Admitted once the previous window's weighted share has decayed enough.
+        t = prev_expires - (room - current_count) * window_s / previous_count
+        if t < current_ends_in:
+            return max(0.0, t)
+    # After the current window rolls over, its hits decay as the new previous window.
+    after = window_s * (1 - room / current_count) if current_count > room else 0.0
+    return max(0.0, current_ends_in) + after
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for logs and error messages."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def storage_class(uri: object, strategy: str) -> tuple[str, type[AsyncStorage]]:
+    """Resolve a storage URI to ``(async URI, limits async storage class)`` for ``strategy``.
+
+    ``memory://`` and ``redis://...`` are accepted as aliases of ``async+memory://`` and
+    ``async+redis://...``; any async scheme ``limits`` registers works.
+
+    Raises:
+        ConfigError: not a URI, an unknown scheme, or a storage that cannot run
+            ``strategy`` (e.g. ``async+memcached://`` with ``moving-window``); quoted,
+            password redacted.
+    """
+    if not isinstance(uri, str) or "://" not in uri:
+        raise ConfigError(
+            f"storage_uri must be a URI like 'memory://' or 'async+redis://host:6379', "
+            f"got {redact_uri(uri) if isinstance(uri, str) else uri!r}"
+        )
+    given = uri
+    scheme = uri.partition("://")[0]
+    if not scheme.startswith("async+"):
+        scheme, uri = f"async+{scheme}", f"async+{uri}"
+    cls = _ASYNC_SCHEMES.get(scheme)
+    if cls is None:
+        raise ConfigError(
+            f"unknown storage_uri {redact_uri(given)!r}: scheme must be one of "
+            f"{sorted(_ASYNC_SCHEMES)} (the 'async+' may be left out)"
+        )
+    need = {"moving-window": MovingWindowSupport,
+            "sliding-window-counter": SlidingWindowCounterSupport}.get(strategy)
+    if need is not None and not issubclass(cls, need):
+        raise ConfigError(
+            f"strategy {strategy!r} is not supported by storage_uri {redact_uri(given)!r}"
+        )
+    return uri, cls
+
+
+class OutageTracker:
+    """Tracks whether the storage is in an outage, so it is reported once per outage.
+
+    Args:
+        clock: monotonic seconds (default :func:`time.monotonic`), injectable for tests.
+    """
+
+    __slots__ = ("_clock", "down_since")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # Clock reading when the current outage began; None while healthy.
+        self.down_since: float | None = None
+
+    def failed(self) -> bool:
+        """Record a storage failure; True if it starts an outage (log it), else False."""
+        if self.down_since is None:
+            self.down_since = self._clock()
+            return True
+        return False
+
+    def succeeded(self) -> float | None:
+        """Record a storage success; the outage's length in seconds if this ends one."""
+        if self.down_since is None:
+            return None
+        lasted = self._clock() - self.down_since
+        self.down_since = None
+        return lasted

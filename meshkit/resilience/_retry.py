@@ -1,0 +1,276 @@
+"""Retries and hedging as a per-call client interceptor, bounded by a retry budget.
+
+Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
+
+* only statuses in ``retryable_codes`` are retried (default ``UNAVAILABLE`` only);
+* at most ``max_attempts`` attempts in all; each retry prefers an endpoint not tried yet;
+* the delay is exponential with full jitter (:class:`~meshkit.resilience.Backoff`), unless
+  the server pushed back: ``retry-after`` (seconds, RFC 9110 §10.2.3) or
+  ``grpc-retry-pushback-ms`` (gRFC A6; a negative or malformed value means "do not retry");
+* a retry never sleeps past the deadline and is not started when the time left after the
+  delay is shorter than the method's typical latency (an EWMA of its successful calls);
+* every retry and hedge withdraws from the shared :class:`~meshkit.resilience.RetryBudget`;
+  when it is spent the last error is returned;
+* a call is retried only if it is safe to repeat: the policy says the method is
+  ``idempotent``, or the request carries an idempotency key (the ``idempotency-key``
+  metadata, or a non-empty ``idempotency_field`` attribute on the request message), or the
+  attempt never reached a server (no endpoint could be picked);
+* **hedging** (idempotent methods with ``hedge_delay_s``): when an attempt has not answered
+  after ``hedge_delay_s``, another goes to a different endpoint; the first success wins
+  and the others are cancelled. C-core gRPC lacks hedging (grpc/grpc#26566).
+
+Unary-response calls (unary-unary, stream-unary with a re-iterable request) are retried;
+streaming-response calls pass through unchanged (their responses may already be consumed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc.aio import AioRpcError
+
+from meshkit._methods import MethodTable
+from meshkit.errors import ConfigError, NoEndpointsError
+from meshkit.interceptors import ClientCallDetails, ClientInterceptor, UnaryProceed
+from meshkit.resilience._backoff import Backoff
+from meshkit.resilience._budget import BudgetOptions, RetryBudget
+
+__all__ = ["RetryInterceptor", "RetryOptions", "RetryPolicy", "RetryStats"]
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How one method is retried.
+
+    Args:
+        max_attempts: attempts in all, first included, >= 1 (default 3; 1 disables).
+        retryable_codes: statuses worth another attempt (default ``{UNAVAILABLE}``).
+        backoff: delay between attempts (default :class:`Backoff` 25 ms doubling to 1 s).
+        idempotent: the method may run twice safely (reads); enables retries of any
+            retryable status and hedging (default ``False``).
+        idempotency_metadata_key: metadata key whose presence makes a call safe to retry
+            (default ``"idempotency-key"``).
+        idempotency_field: request attribute whose non-empty value makes a call safe to
+            retry (default ``"idempotency_key"``); ``None`` to ignore requests.
+        hedge_delay_s: send another attempt after this many seconds without an answer
+            (idempotent methods only; default ``None``: no hedging).
+        max_pushback_s: longest server pushback honoured, seconds; longer means give up
+            (default 10.0).
+
+    Raises:
+        ConfigError: a value out of range (quoted).
+    """
+
+    max_attempts: int = 3
+    retryable_codes: frozenset[grpc.StatusCode] = frozenset({_UNAVAILABLE})
+    backoff: Backoff = field(default_factory=Backoff)
+    idempotent: bool = False
+    idempotency_metadata_key: str = "idempotency-key"
+    idempotency_field: str | None = "idempotency_key"
+    hedge_delay_s: float | None = None
+    max_pushback_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        object.__setattr__(self, "retryable_codes", frozenset(self.retryable_codes))
+        if grpc.StatusCode.OK in self.retryable_codes:
+            raise ConfigError("retryable_codes must not contain OK")
+        if self.hedge_delay_s is not None:
+            if not self.hedge_delay_s > 0:
+                raise ConfigError(f"hedge_delay_s must be > 0, got {self.hedge_delay_s!r}")
+            if not self.idempotent:
+                raise ConfigError("hedge_delay_s needs idempotent=True: hedging runs a call "
+                                  "more than once")
+        if not self.max_pushback_s >= 0:
+            raise ConfigError(f"max_pushback_s must be >= 0, got {self.max_pushback_s!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryOptions:
+    """Retry policies per method, and the budget they share.
+
+    Args:
+        default: policy of methods no pattern names (default ``RetryPolicy()``: retries
+            ``UNAVAILABLE`` only for calls safe to repeat); ``None`` disables by default.
+        methods: ``{pattern: policy or None}``; patterns as :class:`meshkit._methods.
+            MethodTable` (``"OrderService/Get*"``, full ``/pkg.Svc/Method``).
+        budget: :class:`BudgetOptions` (Finagle defaults: 20 %, 10/s, 10 s window).
+
+    Raises:
+        ConfigError: a bad pattern or policy.
+    """
+
+    default: RetryPolicy | None = field(default_factory=RetryPolicy)
+    methods: Mapping[str, RetryPolicy | None] = field(default_factory=dict)
+    budget: BudgetOptions = field(default_factory=BudgetOptions)
+
+    def __post_init__(self) -> None:
+        MethodTable(self.methods, self.default)  # validates the patterns now
+
+
+@dataclass(slots=True)
+class RetryStats:
+    """Counters of a :class:`RetryInterceptor` (cumulative)."""
+
+    calls: int = 0
+    retries: int = 0
+    hedges: int = 0
+    budget_exhausted: int = 0
+    gave_up_deadline: int = 0
+
+
+class RetryInterceptor(ClientInterceptor):
+    """Retries and hedging; see the module docstring. Install it with
+    ``DialOptions(retry=RetryOptions(...))`` (innermost per-call interceptor).
+
+    Args:
+        options: :class:`RetryOptions`.
+        budget: share a :class:`RetryBudget` between channels (default: its own).
+    """
+
+    def __init__(self, options: RetryOptions | None = None, *,
+                 budget: RetryBudget | None = None) -> None:
+        self.options = options or RetryOptions()
+        self.budget = budget or RetryBudget(self.options.budget)
+        self.stats = RetryStats()
+        self._table: MethodTable[RetryPolicy | None] = MethodTable(self.options.methods,
+                                                                   self.options.default)
+        self._typical_s: dict[str, float] = {}
+
+    def budget_left(self) -> float:
+        """Retries the budget still allows in its window."""
+        return self.budget.balance()
+
+    async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                              proceed: UnaryProceed) -> Any:
+        """Run the call with retries or hedging as its method's policy says."""
+        self.stats.calls += 1
+        self.budget.record_request()
+        policy = self._table.get(details.method)
+        if policy is None or policy.max_attempts == 1:
+            return await proceed(details, request)
+        if policy.hedge_delay_s is not None:
+            return await self._hedged(details, request, proceed, policy)
+        attempt = 1
+        safe: bool | None = None  # worked out on the first failure only
+        while True:
+            t0 = time.monotonic()
+            try:
+                response = await proceed(details, request)
+            except AioRpcError as exc:
+                if safe is None:
+                    safe = policy.idempotent or _has_key(details, request, policy)
+                delay = self._retry_delay(details, exc, policy, attempt, safe)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            self._observe(details.method, time.monotonic() - t0)
+            return response
+
+    def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
+                     attempt: int, safe: bool) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up."""
+        if attempt >= policy.max_attempts or exc.code() not in policy.retryable_codes:
+            return None
+        if not safe and not isinstance(exc, NoEndpointsError):
+            return None
+        pushback = _pushback_s(exc)
+        if pushback is not None and (pushback < 0 or pushback > policy.max_pushback_s):
+            return None
+        delay = pushback if pushback is not None else policy.backoff.delay_s(attempt)
+        remaining = details.time_remaining_s()
+        if remaining is not None and remaining - delay <= self._typical_s.get(details.method, 0):
+            self.stats.gave_up_deadline += 1
+            return None
+        if not self.budget.try_withdraw():
+            self.stats.budget_exhausted += 1
+            return None
+        self.stats.retries += 1
+        return delay
+
+    def _observe(self, method: str, latency_s: float) -> None:
+        old = self._typical_s.get(method)
+        self._typical_s[method] = latency_s if old is None else 0.8 * old + 0.2 * latency_s
+
+    async def _hedged(self, details: ClientCallDetails, request: Any, proceed: UnaryProceed,
+                      policy: RetryPolicy) -> Any:
+        assert policy.hedge_delay_s is not None
+        t0 = time.monotonic()
+        pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(proceed(details, request))}
+        sent = 1
+        last: BaseException | None = None
+        try:
+            while pending:
+                wait_s = policy.hedge_delay_s if sent < policy.max_attempts else None
+                remaining = details.time_remaining_s()
+                if wait_s is not None and remaining is not None and remaining <= wait_s:
+                    wait_s = None  # a hedge could not finish in time: just wait
+                done, pending = await asyncio.wait(pending, timeout=wait_s,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        self._observe(details.method, time.monotonic() - t0)
+                        return task.result()
+                    if not isinstance(exc, AioRpcError) or exc.code() not in \
+                            policy.retryable_codes:
+                        raise exc
+                    last = exc
+                    pushback = _pushback_s(exc)
+                    if pushback is not None and pushback < 0:
+                        sent = policy.max_attempts  # the server said: do not retry
+                # A timer with nothing back, or a retryable failure: send another attempt.
+                if sent < policy.max_attempts and self.budget.try_withdraw():
+                    pending.add(asyncio.ensure_future(proceed(details, request)))
+                    sent += 1
+                    self.stats.hedges += 1
+                elif sent < policy.max_attempts and not done:
+                    self.stats.budget_exhausted += 1
+                    sent = policy.max_attempts  # no budget: stop hedging, keep waiting
+            assert last is not None
+            raise last
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:
+    key = policy.idempotency_metadata_key
+    if any(k == key and v for k, v in details.metadata):
+        return True
+    f = policy.idempotency_field
+    return bool(f and getattr(request, f, None))
+
+
+def _pushback_s(exc: AioRpcError) -> float | None:
+    """Server pushback in seconds from trailing metadata; -1.0 for "do not retry"."""
+    md = exc.trailing_metadata()
+    if not md:
+        return None
+    for key, value in md:
+        if key == "grpc-retry-pushback-ms":
+            try:
+                ms = int(value)
+            except (TypeError, ValueError):
+                return -1.0
+            return -1.0 if ms < 0 else ms / 1000
+        if key == "retry-after":
+            try:
+                s = float(value)
+            except (TypeError, ValueError):
+                return -1.0
+            return -1.0 if s < 0 or math.isnan(s) else s
+    return None

@@ -1,0 +1,461 @@
+"""Rate limiting for grpc.aio servers, on the ``limits`` library.
+
+:class:`RateLimitInterceptor` is a standard ``grpc.aio.ServerInterceptor`` (put it in
+``ServeOptions.interceptors``). It counts calls per *(method, caller)* and rejects the calls
+over the limit before the handler runs; all four call kinds (unary and the three streaming
+kinds) are limited, a stream counting once when it opens.
+
+Rules (:class:`RateLimitOptions`) are strings in ``limits`` notation, ``"100/second"`` or
+``"10 per minute;1000 per hour"`` (every part must admit the call; parts are counted in
+order, so a call refused by a later part was counted by the earlier ones). ``rules`` maps a full
+method name (``"/ecom.v1.OrderService/PlaceOrder"``) or an :mod:`fnmatch` glob
+(``"/ecom.v1.OrderService/*"``) to a rule, or to ``None`` to exempt it; the exact name wins,
+then the first matching glob in mapping order, then ``default_rule``. Each method has its own
+budget per caller even when its rule comes from a glob or the default. With no
+``default_rule`` (the default) unmatched methods are not limited. The rule of a method is
+resolved once and cached; a method with no rule has its handler returned untouched.
+
+Callers are told apart by a key function ``(method, context) -> str``: by default
+:func:`by_peer`, the peer's IP address without the port; :func:`by_metadata` keys by a
+request header (``by_metadata("x-user")``). Keys by SPIFFE ID or JWT ``sub`` plug in the
+same way: any callable reading ``context.auth_context()`` or metadata set by the
+authentication interceptor placed before this one.
+
+Algorithms (``strategy``): ``"fixed-window"``, ``"moving-window"`` and
+``"sliding-window-counter"`` (default: constant storage per key like the fixed window,
+without its double burst at window edges). Counts live in ``storage_uri``: ``"memory://"``
+(default, per process) or ``"async+redis://127.0.0.1:6379"`` for one limit shared by all
+replicas (needs ``limits[async-redis]``, i.e. the ``coredis`` driver). A strategy the storage
+cannot run is refused when the options are built, like every other bad value
+(:class:`~meshkit.errors.ConfigError` quoting it).
+
+==========================================  =============================================
+outcome                                     gRPC status
+==========================================  =============================================
+over the limit                              ``RESOURCE_EXHAUSTED``, trailing metadata
+                                            ``retry-after: <whole seconds, >= 1>``; the
+                                            message names the method and the limit, never
+                                            a caller key
+storage down, ``on_storage_error="allow"``  the call proceeds (default: fail open)
+storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after)
+==========================================  =============================================
+
+Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` because the
+caller is not over any quota: the server cannot decide, which is the transient "try again
+with backoff" condition ``UNAVAILABLE`` means, and it must not carry a ``retry-after``
+the limiter cannot compute. A storage outage is logged once as a warning on
+``meshkit.resilience.ratelimit`` when it starts and once as info when it ends; a storage
+call slower than ``storage_timeout_s`` counts as a failure.
+
+Chain order (server): tracing -> metrics -> authn -> authz -> **rate limit** -> handler.
+
+Example::
+
+    limiter = RateLimitInterceptor(RateLimitOptions(
+        default_rule="100/second",
+        rules={"/ecom.v1.OrderService/PlaceOrder": "10 per minute;1000 per hour",
+               "/grpc.health.v1.Health/*": None},
+        storage_uri="async+redis://127.0.0.1:6379", key=by_metadata("x-user")))
+    await meshkit.serve("orderd", servicers, options=ServeOptions(interceptors=(limiter,)))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, cast
+
+import grpc
+import structlog
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from limits.aio.strategies import RateLimiter as _LimitsStrategy
+from limits.errors import ConfigurationError
+from limits.storage import storage_from_string
+
+from meshkit._handlers import Before, WrappingInterceptor
+from meshkit.errors import ConfigError
+from meshkit.resilience._ratelimit_policy import (
+    STRATEGIES,
+    OutageTracker,
+    Rule,
+    RuleTable,
+    peer_host,
+    redact_uri,
+    retry_after_s,
+    sliding_window_wait_s,
+    storage_class,
+)
+
+__all__ = [
+    "KeyFunc",
+    "Limiter",
+    "OnStorageError",
+    "RateLimitInterceptor",
+    "RateLimitOptions",
+    "Rejection",
+    "StorageLimiter",
+    "Strategy",
+    "by_identity",
+    "by_metadata",
+    "by_peer",
+]
+
+_log = structlog.get_logger("meshkit.resilience.ratelimit")
+
+_STRATEGY_CLASSES: dict[str, Callable[[Any], _LimitsStrategy]] = {
+    "fixed-window": FixedWindowRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+
+Strategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
+"""A ``limits`` rate-limiting algorithm."""
+
+OnStorageError = Literal["allow", "deny"]
+"""What to do with a call when the storage cannot be reached: let it through, or refuse it."""
+
+KeyFunc = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], str]
+"""``(full method name, servicer context) -> caller key``; calls with equal keys share a
+budget. It runs on every limited call, so it should be cheap; an exception it raises fails
+the call with ``UNKNOWN``."""
+
+
+def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Key a call by the caller's IP address, without the port (the default key).
+
+    Args:
+        method: full method name (unused).
+        context: the call's context; ``context.peer()`` is e.g. ``"ipv4:10.0.0.7:51234"``.
+
+    Returns:
+        ``"10.0.0.7"``; ``"::1"`` for IPv6; other peer kinds (``"unix:..."``) whole.
+    """
+    return peer_host(context.peer())
+
+
+def by_identity(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Key a call by who is calling: the verified JWT subject (``"sub:<sub>"``), else the
+    verified mTLS SPIFFE ID (``"spiffe://..."``), else the peer address (:func:`by_peer`).
+
+    The identities are the ones :mod:`meshkit.auth`'s interceptors verified, so put the rate
+    limiter after them in ``ServeOptions.interceptors`` (the documented chain order); a
+    caller cannot pick its own key by sending a header.
+    """
+    from meshkit.auth import current_claims, current_peer
+
+    claims = current_claims()
+    if claims is not None:
+        return "sub:" + claims.subject
+    peer = current_peer()
+    if peer is not None:
+        return peer.spiffe_id
+    return peer_host(context.peer())
+
+
+def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
+    """Key calls by the value of request header ``name`` (e.g. ``"x-user"``).
+
+    Keys are ``"<name>=<value>"``, so a header value can never collide with a peer address
+    from ``fallback``. The header is whatever the caller sent: use it for callers that are
+    trusted or authenticated earlier in the chain (e.g. a header an authn interceptor sets
+    from a JWT ``sub``).
+
+    Args:
+        name: metadata key, case-insensitive, not a ``-bin`` key.
+        fallback: key function for calls without the header (default :func:`by_peer`);
+            ``None`` puts all such calls in one shared budget.
+
+    Raises:
+        ConfigError: ``name`` is empty, not a string, or a binary (``-bin``) key (quoted).
+    """
+    if not isinstance(name, str) or not name.strip() or name.lower().endswith("-bin"):
+        raise ConfigError(f"by_metadata needs a non-binary metadata key, got {name!r}")
+    header = name.strip().lower()
+    prefix = header + "="
+    missing = prefix + "<missing>"
+
+    def key(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        for k, v in context.invocation_metadata() or ():
+            if k == header:
+                return prefix + (v if isinstance(v, str) else v.decode("utf-8", "replace"))
+        return missing if fallback is None else fallback(method, context)
+
+    key.__qualname__ = key.__name__ = f"by_metadata({header!r})"
+    return key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitOptions:
+    """What :class:`RateLimitInterceptor` limits, how, and where it keeps the counts.
+
+    Args:
+        rules: ``{full method name or glob: rule or None}``, e.g.
+            ``{"/ecom.v1.OrderService/PlaceOrder": "10/minute", "/grpc.health.v1.Health/*":
+            None}``; ``None`` exempts. Exact names win, then globs in mapping order.
+            Default: no overrides.
+        default_rule: rule for every method no key matches, e.g. ``"100/second"``;
+            ``None`` (default) leaves them unlimited.
+        strategy: ``"fixed-window"``, ``"moving-window"`` or ``"sliding-window-counter"``
+            (default).
+        storage_uri: ``"memory://"`` (default, this process only),
+            ``"async+redis://[:password@]host:port[/db]"`` (shared by replicas; needs
+            ``limits[async-redis]``), or any other async ``limits`` storage URI.
+        on_storage_error: ``"allow"`` (default: fail open, the call proceeds) or
+            ``"deny"`` (fail closed, ``UNAVAILABLE``) when the storage fails or is slower
+            than ``storage_timeout_s``.
+        key: caller key function ``(method, context) -> str``; default :func:`by_peer`.
+        key_prefix: first part of every storage key (default ``"meshkit"``), so several
+            services or test runs can share one Redis without sharing budgets.
+        storage_timeout_s: seconds a storage round trip may take before it counts as a
+            storage failure (default 0.25; not applied to ``memory://``).
+
+    Raises:
+        ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
+            malformed rule or rules key; a strategy the storage cannot run; a
+            non-callable key; an empty key_prefix; ``storage_timeout_s <= 0``. The bad
+            value is quoted (storage passwords redacted).
+    """
+
+    rules: Mapping[str, str | None] = field(default_factory=dict)
+    default_rule: str | None = None
+    strategy: Strategy = "sliding-window-counter"
+    storage_uri: str = "memory://"
+    on_storage_error: OnStorageError = "allow"
+    key: KeyFunc = by_peer
+    key_prefix: str = "meshkit"
+    storage_timeout_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if self.on_storage_error not in ("allow", "deny"):
+            raise ConfigError(
+                f"on_storage_error must be 'allow' or 'deny', got {self.on_storage_error!r}")
+        if not isinstance(self.rules, Mapping):
+            raise ConfigError(f"rules must be a mapping, got {self.rules!r}")
+        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+        RuleTable(self.rules, self.default_rule)  # parses every rule; raises ConfigError
+        storage_class(self.storage_uri, self.strategy)
+        if not callable(self.key):
+            raise ConfigError(f"key must be a callable (method, context) -> str, got {self.key!r}")
+        if not isinstance(self.key_prefix, str) or not self.key_prefix:
+            raise ConfigError(f"key_prefix must be a non-empty string, got {self.key_prefix!r}")
+        if not (isinstance(self.storage_timeout_s, int | float) and self.storage_timeout_s > 0):
+            raise ConfigError(f"storage_timeout_s must be > 0, got {self.storage_timeout_s!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A limiter's refusal of one call.
+
+    Attributes:
+        code: the gRPC status to answer (``RESOURCE_EXHAUSTED`` over the limit,
+            ``UNAVAILABLE`` when failing closed).
+        details: the status message; names the method and limit, never a caller key.
+        retry_after_s: whole seconds (>= 1) before the caller may succeed, sent as
+            ``retry-after`` trailing metadata; ``None`` sends none.
+    """
+
+    code: grpc.StatusCode
+    details: str
+    retry_after_s: int | None = None
+
+
+class Limiter(Protocol):
+    """The policy :class:`RateLimitInterceptor` asks; :class:`StorageLimiter` is the default."""
+
+    def applies_to(self, method: str) -> bool:
+        """Whether calls to full method name ``method`` are limited at all (cheap, cached)."""
+        ...
+
+    async def check(self, method: str, key: str) -> Rejection | None:
+        """Count one call to ``method`` by caller ``key``; ``None`` admits it.
+
+        Must not raise for storage trouble: it decides (allow or reject) itself.
+        """
+        ...
+
+
+class StorageLimiter:
+    """A :class:`Limiter` over a ``limits`` strategy and storage, built from options.
+
+    Storage keys are ``<key_prefix>/<method>/<caller key>/<limit>``. Rejections carry
+    ``RESOURCE_EXHAUSTED`` with ``retry_after_s`` from the storage's window stats
+    (``ceil(reset_time - now)``, at least 1) or ``UNAVAILABLE`` when failing closed.
+
+    Args:
+        options: :class:`RateLimitOptions` (default: all defaults, which limit nothing).
+        clock: monotonic seconds for outage durations (default :func:`time.monotonic`).
+
+    Raises:
+        ConfigError: the storage cannot be built, e.g. its driver is not installed
+            (``async+redis`` needs ``limits[async-redis]``).
+    """
+
+    __slots__ = ("_deny", "_outage", "_prefix", "_storage", "_storage_name", "_strategy",
+                 "_table", "_timeout_s")
+
+    def __init__(self, options: RateLimitOptions | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        opts = options or RateLimitOptions()
+        self._table = RuleTable(opts.rules, opts.default_rule)
+        uri, _ = storage_class(opts.storage_uri, opts.strategy)
+        self._storage_name = redact_uri(uri)
+        try:
+            storage = storage_from_string(uri, wrap_exceptions=True)
+            self._strategy: _LimitsStrategy = _STRATEGY_CLASSES[opts.strategy](storage)
+        except (ConfigurationError, NotImplementedError) as exc:
+            raise ConfigError(
+                f"storage_uri {self._storage_name!r} with strategy {opts.strategy!r}: {exc}"
+            ) from exc
+        self._storage = storage
+        self._timeout_s = None if isinstance(storage, MemoryStorage) else opts.storage_timeout_s
+        self._prefix = opts.key_prefix
+        self._deny = opts.on_storage_error == "deny"
+        self._outage = OutageTracker(clock)
+
+    def applies_to(self, method: str) -> bool:
+        """Whether ``method`` has a rule (its own, a glob's, or the default)."""
+        return self._table.lookup(method) is not None
+
+    async def check(self, method: str, key: str) -> Rejection | None:
+        """Count one call to ``method`` by ``key`` against its rule; ``None`` admits it.
+
+        Returns:
+            ``None`` to admit; a ``RESOURCE_EXHAUSTED`` :class:`Rejection` with
+            ``retry_after_s`` over the limit; when the storage fails, ``None``
+            (``on_storage_error="allow"``) or an ``UNAVAILABLE`` rejection (``"deny"``).
+        """
+        rule = self._table.lookup(method)
+        if rule is None:
+            return None
+        try:
+            if self._timeout_s is None:
+                rejection = await self._hit(rule, method, key)
+            else:
+                async with asyncio.timeout(self._timeout_s):
+                    rejection = await self._hit(rule, method, key)
+        except Exception as exc:  # any storage failure: fail as configured, never crash
+            return self._storage_failed(method, exc)
+        if self._outage.down_since is not None:
+            lasted = self._outage.succeeded()
+            if lasted is not None:
+                _log.info("rate limit storage recovered", storage=self._storage_name,
+                          outage_s=round(lasted, 3))
+        return rejection
+
+    async def aclose(self) -> None:
+        """Close the storage's connections (best effort; ``limits`` has no close API).
+
+        Call it after the server has stopped; a later :meth:`check` would reconnect.
+        """
+        storage: Any = self._storage
+        timer = getattr(storage, "timer", None)  # MemoryStorage's expiry task
+        if isinstance(timer, asyncio.Task):
+            timer.cancel()
+        client = getattr(getattr(storage, "bridge", None), "storage", None)
+        disconnect = getattr(getattr(client, "connection_pool", None), "disconnect", None)
+        if callable(disconnect):
+            result = disconnect()
+            if inspect.isawaitable(result):  # redis-py's asyncio pool
+                await result
+
+    async def _hit(self, rule: Rule, method: str, key: str) -> Rejection | None:
+        strategy = self._strategy
+        for item in rule.items:
+            if not await strategy.hit(item, self._prefix, method, key):
+                now = time.time()
+                if isinstance(strategy, SlidingWindowCounterRateLimiter):
+                    window = await cast(Any, self._storage).get_sliding_window(
+                        item.key_for(self._prefix, method, key), item.get_expiry())
+                    wait = sliding_window_wait_s(
+                        amount=item.amount, window_s=item.get_expiry(),
+                        previous_count=window[0], previous_expires_in_s=window[1],
+                        current_count=window[2], current_expires_in_s=window[3])
+                    after = retry_after_s(now + wait, now)
+                else:
+                    stats = await strategy.get_window_stats(item, self._prefix, method, key)
+                    after = retry_after_s(stats.reset_time, now)
+                return Rejection(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"rate limit exceeded for {method}: {item}",
+                    after,
+                )
+        return None
+
+    def _storage_failed(self, method: str, exc: Exception) -> Rejection | None:
+        if self._outage.failed():
+            _log.warning(
+                "rate limit storage unavailable",
+                storage=self._storage_name,
+                on_storage_error="deny" if self._deny else "allow",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        if self._deny:
+            return Rejection(grpc.StatusCode.UNAVAILABLE,
+                             f"rate limiter unavailable for {method}")
+        return None
+
+
+
+class RateLimitInterceptor(WrappingInterceptor):
+    """Server interceptor that rejects calls over their rate limit before the handler runs.
+
+    The check runs inside the wrapped handler (the caller's peer and metadata are only on
+    the ``ServicerContext``), before a unary handler is called or a stream handler reads
+    or writes anything. A rejected call ends with ``RESOURCE_EXHAUSTED`` and trailing
+    metadata ``retry-after`` (whole seconds, >= 1); failing closed ends it with
+    ``UNAVAILABLE``. Handlers are expected to be async (``grpc.aio`` servicers); a sync
+    handler is called on the event loop.
+
+    Args:
+        options: :class:`RateLimitOptions` (rules, strategy, storage, key function).
+        limiter: a custom :class:`Limiter` instead of the :class:`StorageLimiter` built
+            from ``options`` (only ``options.key`` is then used).
+
+    Raises:
+        ConfigError: as :class:`StorageLimiter` documents.
+    """
+
+    def __init__(self, options: RateLimitOptions | None = None, *,
+                 limiter: Limiter | None = None) -> None:
+        super().__init__()
+        opts = options or RateLimitOptions()
+        self.limiter: Limiter = StorageLimiter(opts) if limiter is None else limiter
+        self._key = opts.key
+
+    def _before_for(self, method: str) -> Before | None:
+        """The limit check of ``method``, or ``None`` when no rule applies to it."""
+        if not self.limiter.applies_to(method):
+            return None
+        admit = self._admit
+
+        async def before(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await admit(method, context)
+
+        return before
+
+    async def aclose(self) -> None:
+        """Release the limiter's storage connections, if it has an ``aclose()``; call it
+        once the server has stopped."""
+        aclose = getattr(self.limiter, "aclose", None)
+        if callable(aclose):
+            await aclose()
+
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        rejection = await self.limiter.check(method, self._key(method, context))
+        if rejection is not None:
+            trailing = (() if rejection.retry_after_s is None
+                        else (("retry-after", str(rejection.retry_after_s)),))
+            await context.abort(rejection.code, rejection.details, trailing)
+
+

@@ -1,0 +1,442 @@
+"""serve(): a grpc.aio server that joins the mesh and leaves it cleanly.
+
+:class:`MeshServer` starts a ``grpc.aio`` server with the standard health service
+(``grpc.health.v1``) and server reflection, registers the instance in the registry once it
+is SERVING, and drains on SIGTERM/SIGINT in the order a mesh needs so no caller sees an
+error:
+
+1. health ``NOT_SERVING`` for every service and deregistration, so balancers stop picking
+   this instance (they see it within their watch interval);
+2. wait ``drain_delay_s`` for that news to reach callers, still serving;
+3. stop taking new calls and give in-flight calls ``grace_s`` to finish;
+4. return, so the process exits 0.
+
+Server interceptors (``ServeOptions.interceptors``, standard ``grpc.aio.ServerInterceptor``)
+run in order, first outermost. Example::
+
+    async def main() -> None:
+        await meshkit.serve("userd", [(add_UserServiceServicer_to_server, UserServicer())])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from meshkit.auth import TLSOptions, describe_certificate, load_certificate, tls_from_dir
+from meshkit.discovery import Instance, Registry, registry_from_env
+from meshkit.errors import ConfigError
+from meshkit.observability import (
+    AdminOptions,
+    AdminServer,
+    TelemetryOptions,
+    server_interceptors,
+    set_certificate_expiry,
+    tracing_from_env,
+)
+
+__all__ = ["MeshServer", "ServeOptions", "live_servers", "serve"]
+
+_log = structlog.get_logger("meshkit.server")
+
+_LIVE: weakref.WeakSet[MeshServer] = weakref.WeakSet()
+
+
+def live_servers() -> list[MeshServer]:
+    """Every started :class:`MeshServer` of this process not stopped yet."""
+    return sorted((s for s in _LIVE if not s._stopped.is_set()), key=lambda s: s.service)
+
+
+class _SharedAdmin:
+    """The process's one admin server, shared by every MeshServer that asks for one."""
+
+    server: AdminServer | None = None
+    users = 0
+    lock: asyncio.Lock | None = None
+
+    @classmethod
+    async def acquire(cls, options: AdminOptions) -> AdminServer:
+        cls.lock = cls.lock or asyncio.Lock()
+        async with cls.lock:
+            if cls.server is None:
+                server = AdminServer(options)
+                await server.start()
+                cls.server = server
+                _log.info("admin server", url=server.url)
+            cls.users += 1
+            return cls.server
+
+    @classmethod
+    async def release(cls) -> None:
+        assert cls.lock is not None
+        async with cls.lock:
+            cls.users -= 1
+            if cls.users == 0 and cls.server is not None:
+                server, cls.server = cls.server, None
+                await server.stop()
+
+
+AddServicer = Callable[[Any, Any], None]
+"""A generated ``add_<Service>Servicer_to_server(servicer, server)`` function."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    """How :class:`MeshServer` listens, registers and drains.
+
+    Args:
+        host: address to bind (default ``"127.0.0.1"``; ``"0.0.0.0"`` or ``"[::]"`` for all).
+        port: TCP port to bind; 0 (default) picks a free one, registered as bound.
+        advertise_host: host put in the registry; default ``host``, or the machine's
+            host name when binding all interfaces.
+        instance_id: unique id in the registry; default ``<service>-<hostname>-<pid>``.
+        tags: registry tags, e.g. ``("v2",)``; meta: registry meta, e.g. ``{"zone": "a"}``.
+        weight: weight for weighted balancers (>= 1, default 1).
+        interceptors: ``grpc.aio.ServerInterceptor`` chain, first outermost; those with an
+            ``async aclose()`` method are closed after the server stops.
+        tls: mTLS with workload identities (:class:`meshkit.auth.TLSOptions`): client
+            certificates are required and verified; a renewed certificate file is picked up
+            for new connections without restart.
+        credentials: other ``grpc.ServerCredentials`` (not with ``tls``).
+        insecure: plaintext, asked for explicitly (default ``False``); logged as a warning.
+            Without it, ``tls`` or ``credentials``, the server takes its certificate from
+            ``MESHKIT_CERT_DIR`` or refuses to start.
+        grace_s: seconds in-flight calls get to finish when stopping (default 10.0).
+        drain_delay_s: seconds between deregistering and refusing new calls, so that
+            callers' discovery catches up (default 1.0).
+        reflection: serve gRPC server reflection (default ``True``).
+        telemetry: traces, RED metrics and access logs for every call
+            (:class:`meshkit.observability.TelemetryOptions`, on by default, installed
+            outermost); ``None`` turns them off. Spans are exported when the environment
+            asks (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
+            ``MESHKIT_TRACE_FILE``).
+        admin: the process's admin HTTP server (``/metrics``, ``/healthz``, ``/readyz``,
+            ``/debug/mesh``), started with the first server of the process on
+            ``MESHKIT_ADMIN_PORT`` (default an ephemeral loopback port) and announced in the
+            registry meta ``admin_port``; ``None`` for none.
+        server_options: extra grpc server arguments.
+        maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
+            ``RESOURCE_EXHAUSTED`` (default: no cap).
+
+    Raises:
+        ConfigError: a value is out of range (quoted in the message).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_host: str | None = None
+    instance_id: str | None = None
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    weight: int = 1
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    tls: TLSOptions | None = None
+    credentials: grpc.ServerCredentials | None = None
+    insecure: bool = False
+    grace_s: float = 10.0
+    drain_delay_s: float = 1.0
+    reflection: bool = True
+    telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
+    admin: AdminOptions | None = field(default_factory=lambda: AdminOptions(
+        port=int(os.environ.get("MESHKIT_ADMIN_PORT", "0") or 0)))
+    server_options: tuple[tuple[str, Any], ...] = ()
+    maximum_concurrent_rpcs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be 0..65535, got {self.port!r}")
+        if self.tls is not None and self.credentials is not None:
+            raise ConfigError("give tls or credentials, not both")
+        if self.insecure and (self.tls is not None or self.credentials is not None):
+            raise ConfigError("insecure=True contradicts tls/credentials")
+        if not self.grace_s >= 0:
+            raise ConfigError(f"grace_s must be >= 0, got {self.grace_s!r}")
+        if not self.drain_delay_s >= 0:
+            raise ConfigError(f"drain_delay_s must be >= 0, got {self.drain_delay_s!r}")
+        if self.maximum_concurrent_rpcs is not None and self.maximum_concurrent_rpcs < 1:
+            raise ConfigError(
+                f"maximum_concurrent_rpcs must be >= 1, got {self.maximum_concurrent_rpcs!r}"
+            )
+        object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "interceptors", tuple(self.interceptors))
+
+
+class _Recorder:
+    """Stands in for the server while generated ``add_*_to_server`` functions run, to learn
+    the full names of the services they add (for health and reflection)."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.names: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        for h in handlers:
+            name = getattr(h, "service_name", None)
+            if callable(name) and name() and name() not in self.names:
+                self.names.append(name())
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+        if service_name not in self.names:
+            self.names.append(service_name)
+        self._server.add_registered_method_handlers(service_name, handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class MeshServer:
+    """A grpc.aio server that registers itself and drains gracefully.
+
+    Args:
+        service: mesh service name to register, e.g. ``"userd"``.
+        servicers: ``[(add_XServicer_to_server, servicer), ...]``.
+        registry: where to register; default :func:`meshkit.discovery.registry_from_env`
+            (owned and closed by the server).
+        options: :class:`ServeOptions`.
+
+    Transport security is required: ``options.tls``, other ``credentials``, or
+    ``MESHKIT_CERT_DIR`` (the service's own certificate); plaintext only with
+    ``ServeOptions(insecure=True)``, and then logged as a warning.
+
+    Raises:
+        ConfigError: bad ``service`` name or options, or no transport security configured
+            and ``insecure`` not asked for.
+        RegistryError: (from :meth:`start`) the registry refused the registration.
+        RuntimeError: (from :meth:`start`) the port cannot be bound.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        servicers: Sequence[tuple[AddServicer, Any]] = (),
+        *,
+        registry: Registry | None = None,
+        options: ServeOptions | None = None,
+    ) -> None:
+        self.service = service
+        self.options = options or ServeOptions()
+        # Validate the name now (Instance checks it), with a placeholder address.
+        Instance(service=service, instance_id="validate", host="localhost", port=1)
+        opts = self.options
+        if opts.tls is None and opts.credentials is None and not opts.insecure:
+            cert_dir = os.environ.get("MESHKIT_CERT_DIR")
+            if not cert_dir:
+                raise ConfigError(
+                    f"serve({service!r}): no transport security configured: pass "
+                    "ServeOptions(tls=TLSOptions(...)), or set MESHKIT_CERT_DIR "
+                    f"(meshkit certs issue {service}), or ask for plaintext with "
+                    "ServeOptions(insecure=True)")
+            self.options = dataclasses.replace(opts, tls=tls_from_dir(cert_dir, service))
+        self._servicers = list(servicers)
+        self._owns_registry = registry is None
+        self.registry = registry_from_env() if registry is None else registry
+        self.health = health.aio.HealthServicer()
+        self.service_names: list[str] = []
+        self.instance: Instance | None = None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self.draining = False
+        self.admin: AdminServer | None = None
+
+    def add(self, add_fn: AddServicer, servicer: Any) -> None:
+        """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
+        if self._server is not None:
+            raise RuntimeError("add servicers before start()")
+        self._servicers.append((add_fn, servicer))
+
+    async def start(self) -> Instance:
+        """Bind, start serving, set health SERVING and register; returns the instance.
+
+        Raises:
+            RuntimeError: the address cannot be bound.
+            RegistryError: registration failed (the server is stopped again).
+        """
+        opts = self.options
+        tracing_from_env(self.service)
+        interceptors = opts.interceptors
+        if opts.telemetry is not None:
+            interceptors = (*server_interceptors(self.service, opts.telemetry), *interceptors)
+        server = grpc.aio.server(
+            interceptors=interceptors or None,
+            options=opts.server_options,
+            maximum_concurrent_rpcs=opts.maximum_concurrent_rpcs,
+        )
+        recorder = _Recorder(server)
+        for add_fn, servicer in self._servicers:
+            add_fn(servicer, recorder)
+        self.service_names = list(recorder.names)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if opts.reflection:
+            names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, server)
+        host_part = opts.host if ":" not in opts.host else f"[{opts.host.strip('[]')}]"
+        bind = f"{host_part}:{opts.port}"
+        creds = opts.tls.server_credentials() if opts.tls is not None else opts.credentials
+        if creds is None:
+            port = server.add_insecure_port(bind)
+        else:
+            port = server.add_secure_port(bind, creds)
+        if not port:
+            raise RuntimeError(f"cannot bind {bind!r}")
+        self.port = port
+        self._server = server
+        _LIVE.add(self)
+        if creds is None:
+            _log.warning("serving plaintext (no TLS)", service=self.service,
+                         address=f"{host_part}:{port}")
+        await server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
+        for name in ("", self.service, *self.service_names):
+            await self.health.set(name, serving)
+        meta = dict(opts.meta)
+        if opts.admin is not None:
+            self.admin = await _SharedAdmin.acquire(opts.admin)
+            meta.setdefault("admin_port", str(self.admin.port))
+        if opts.tls is not None:
+            info = describe_certificate(load_certificate(opts.tls.cert_file))
+            set_certificate_expiry(self.service, info.not_after.timestamp())
+        host = opts.advertise_host or (
+            socket.gethostname() if opts.host in ("0.0.0.0", "::", "[::]") else opts.host
+        )
+        self.instance = Instance(
+            service=self.service,
+            instance_id=opts.instance_id or f"{self.service}-{socket.gethostname()}-{os.getpid()}",
+            host=host,
+            port=port,
+            tags=opts.tags,
+            meta=meta,
+            weight=opts.weight,
+        )
+        try:
+            await self.registry.register(self.instance)
+        except BaseException:
+            await server.stop(0)
+            raise
+        _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
+                  address=self.instance.address, services=self.service_names)
+        return self.instance
+
+    async def drain(self) -> None:
+        """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with
+        ``grace_s`` for in-flight calls. Safe to call twice."""
+        if self.draining or self._server is None:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        opts = self.options
+        _log.info("draining", service=self.service, drain_delay_s=opts.drain_delay_s,
+                  grace_s=opts.grace_s)
+        await self.health.enter_graceful_shutdown()
+        if self.instance is not None:
+            try:
+                await self.registry.deregister(self.instance)
+            except Exception as exc:  # keep draining; the TTL will expire the entry
+                _log.warning("deregister failed", error=str(exc))
+        await asyncio.sleep(opts.drain_delay_s)
+        await self._server.stop(opts.grace_s)
+        for icpt in opts.interceptors:  # e.g. a rate limiter's Redis connections
+            aclose = getattr(icpt, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception as exc:
+                    _log.warning("closing an interceptor failed", error=repr(exc))
+        if self.admin is not None:
+            self.admin = None
+            await _SharedAdmin.release()
+        if self._owns_registry:
+            await self.registry.close()
+        _log.info("stopped", service=self.service)
+        self._stopped.set()
+
+    @property
+    def ready(self) -> bool:
+        """Registered and serving, and not draining (what ``/readyz`` reports)."""
+        return self.instance is not None and self._server is not None and not self.draining
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able view of this server for ``/debug/mesh``."""
+        inst = self.instance
+        return {
+            "service": self.service,
+            "instance_id": inst.instance_id if inst else None,
+            "address": inst.address if inst else None,
+            "services": list(self.service_names),
+            "ready": self.ready,
+            "draining": self.draining,
+            "tls": self.options.tls is not None or self.options.credentials is not None,
+            "interceptors": [type(i).__name__ for i in self.options.interceptors],
+            "telemetry": self.options.telemetry is not None,
+            "admin": self.admin.url if self.admin is not None else None,
+        }
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`drain` has finished."""
+        await self._stopped.wait()
+
+    async def run_until_signal(
+        self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Start if needed, serve until one of ``signals`` arrives, then :meth:`drain`."""
+        if self._server is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        got = asyncio.Event()
+        for sig in signals:
+            loop.add_signal_handler(sig, got.set)
+        try:
+            waiter = asyncio.ensure_future(got.wait())
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for fut in (waiter, stopped):
+                fut.cancel()
+        finally:
+            for sig in signals:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+        await self.drain()
+
+
+async def serve(
+    service: str,
+    servicers: Sequence[tuple[AddServicer, Any]],
+    *,
+    registry: Registry | None = None,
+    options: ServeOptions | None = None,
+    on_started: Callable[[MeshServer], Any] | None = None,
+) -> None:
+    """Serve ``servicers`` as ``service`` until SIGTERM/SIGINT, then drain and return.
+
+    Args:
+        service: mesh service name, e.g. ``"userd"``.
+        servicers: ``[(add_XServicer_to_server, servicer), ...]``.
+        registry: default :func:`meshkit.discovery.registry_from_env`.
+        options: :class:`ServeOptions`.
+        on_started: called with the :class:`MeshServer` once it is registered (may be async).
+
+    Raises:
+        ConfigError, RegistryError, RuntimeError: as :class:`MeshServer` documents.
+    """
+    server = MeshServer(service, servicers, registry=registry, options=options)
+    await server.start()
+    if on_started is not None:
+        result = on_started(server)
+        if asyncio.iscoroutine(result):
+            await result
+    await server.run_until_signal()
