@@ -1,0 +1,74 @@
+"""Command-line plumbing shared by the two service processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+import meshkit
+from meshkit.auth import TLSOptions, tls_from_dir
+from meshkit.observability import configure_logging
+from meshkit.resilience import DeadlineInterceptor
+
+
+def setup_logging() -> None:
+    """JSON logs on stderr at MESHKIT_LOG_LEVEL (default INFO)."""
+    configure_logging()
+
+
+def parser(service: str, default_db: str) -> argparse.ArgumentParser:
+    """The common arguments of a service process (registry comes from MESHKIT_REGISTRY)."""
+    p = argparse.ArgumentParser(prog=f"python -m examples.ecom.{service}")
+    p.add_argument("--instance-id", default=None, help="registry instance id")
+    p.add_argument("--host", default="127.0.0.1", help="bind address")
+    p.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    p.add_argument("--db", default=os.environ.get("DATABASE_URL", default_db),
+                   help="sqlite:///file.db or postgresql://... (env DATABASE_URL)")
+    p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
+                   help="meshkit certs directory (env MESHKIT_CERT_DIR)")
+    p.add_argument("--jwt-dir", default=os.environ.get("MESHKIT_JWT_DIR"),
+                   help="JWT signing keys directory (env MESHKIT_JWT_DIR; "
+                        "default <cert-dir>/jwt)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext instead of mTLS (asked for explicitly)")
+    p.add_argument("--grace-s", type=float, default=5.0, help="drain grace for in-flight calls")
+    p.add_argument("--drain-delay-s", type=float, default=0.5,
+                   help="delay between deregistering and refusing new calls")
+    return p
+
+
+def tls(args: argparse.Namespace, service: str) -> TLSOptions | None:
+    """The service's TLS options, or ``None`` with ``--insecure``."""
+    return tls_from_dir(args.cert_dir, service, insecure=args.insecure)
+
+
+def jwt_dir(args: argparse.Namespace) -> Path:
+    """Where the JWT signing keys live."""
+    if args.jwt_dir:
+        return Path(args.jwt_dir)
+    if args.cert_dir:
+        return Path(args.cert_dir) / "jwt"
+    raise SystemExit("give --jwt-dir (or --cert-dir) so all instances share signing keys")
+
+
+def serve_options(args: argparse.Namespace, tls_options: TLSOptions | None,
+                  interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                  meta: dict[str, str] | None = None) -> meshkit.ServeOptions:
+    """ServeOptions from the parsed arguments: deadline admission, then ``interceptors``."""
+    return meshkit.ServeOptions(
+        host=args.host, port=args.port, instance_id=args.instance_id,
+        grace_s=args.grace_s, drain_delay_s=args.drain_delay_s,
+        meta={"version": "v1", **(meta or {})},
+        tls=tls_options, insecure=tls_options is None,
+        interceptors=(DeadlineInterceptor(), *interceptors),
+    )
+
+
+def announce(server: meshkit.MeshServer) -> None:
+    """Print the line the demo driver waits for."""
+    assert server.instance is not None
+    print(f"READY {server.instance.instance_id} {server.instance.address}", flush=True)

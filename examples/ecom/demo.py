@@ -1,0 +1,686 @@
+"""The ecom demo: the stack on real processes, a workload through dial(), a SIGKILL midway.
+
+``meshkit demo`` (or ``make demo``) starts 2 user-service and 2 order-service processes,
+each on its own port and registered in a fresh local registry, runs a workload of real
+calls through :func:`meshkit.dial` (create users, authenticate, place and read back orders),
+kills one order-service instance with SIGKILL halfway through, verifies the stored orders
+through ListOrders, prints a report and exits 0 only if every call succeeded except those
+that were on the killed instance. Every process it started is stopped on exit and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+import meshkit
+from examples.ecom import mesh, security
+from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
+from meshkit.auth import (
+    TLSOptions,
+    describe_certificate,
+    init_ca_dir,
+    issue_into_dir,
+    load_certificate,
+)
+from meshkit.interceptors import ClientCallDetails, ClientInterceptor
+from meshkit.observability import (
+    JsonLinesSpanExporter,
+    configure_logging,
+    configure_tracing,
+    load_spans,
+    render_trace,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = {"userd": "examples.ecom.user_service", "orderd": "examples.ecom.order_service"}
+
+
+# -- what happened -----------------------------------------------------------------------
+@dataclass
+class CallRecord:
+    """One finished call as seen by the demo client."""
+
+    service: str
+    method: str
+    code: grpc.StatusCode
+    latency_s: float
+    instance: str | None
+    phase: str
+
+
+@dataclass
+class Journal:
+    """Every call of the run, and the phase being recorded."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+    phase: str = "workload"
+
+    def count(self, phase: str = "workload") -> int:
+        """Calls recorded in ``phase``."""
+        return sum(1 for c in self.calls if c.phase == phase)
+
+
+class Recorder(ClientInterceptor):
+    """A per-call interceptor noting method, status, latency and the serving instance."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                              proceed: Any) -> Any:
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await proceed(details, request)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise
+        finally:
+            last = details.attempts[-1].key if details.attempts else None
+            self.journal.calls.append(CallRecord(
+                details.service, details.method.rsplit("/", 1)[-1], code,
+                time.perf_counter() - t0, last, self.journal.phase))
+
+
+# -- processes ---------------------------------------------------------------------------
+@dataclass
+class Proc:
+    """A service process the demo started."""
+
+    service: str
+    instance_id: str
+    proc: asyncio.subprocess.Process
+    log: Path
+    address: str = ""
+    killed: bool = False
+
+
+class Stack:
+    """Starts, kills and stops the service processes; every one is stopped on exit."""
+
+    def __init__(self, workdir: Path, registry_uri: str, database_url: str | None,
+                 cert_dir: Path | None = None) -> None:
+        """``cert_dir``: a ``meshkit certs`` directory (mTLS); ``None`` runs plaintext."""
+        self.workdir = workdir
+        self.registry_uri = registry_uri
+        self.database_url = database_url
+        self.cert_dir = cert_dir
+        self.procs: dict[str, Proc] = {}
+        self._pumps: list[asyncio.Task[None]] = []
+
+    async def start(self, service: str, instance_id: str, timeout_s: float = 30.0) -> Proc:
+        """Start one instance and wait for its READY line."""
+        db = self.database_url or f"sqlite:///{self.workdir / (service + '.db')}"
+        env = {**os.environ, "MESHKIT_REGISTRY": self.registry_uri, "PYTHONUNBUFFERED": "1",
+               "MESHKIT_TRACE_FILE": str(self.workdir / "traces" / f"{instance_id}.jsonl")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        security = (["--cert-dir", str(self.cert_dir)] if self.cert_dir is not None
+                    else ["--insecure", "--jwt-dir", str(self.workdir / "jwt")])
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", SERVICES[service], "--instance-id", instance_id,
+            "--db", db, *security, cwd=REPO, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        p = Proc(service, instance_id, proc, self.workdir / f"{instance_id}.log")
+        self.procs[instance_id] = p
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pumps.append(asyncio.create_task(self._pump(p, ready)))
+        try:
+            p.address = await asyncio.wait_for(asyncio.shield(ready), timeout_s)
+        except (TimeoutError, RuntimeError) as exc:
+            tail = p.log.read_text(errors="replace").splitlines()[-8:] if p.log.exists() else []
+            raise RuntimeError(f"{instance_id} did not start; {p.log} ends with:\n"
+                               + "\n".join(tail)) from exc
+        return p
+
+    async def _pump(self, p: Proc, ready: asyncio.Future[str]) -> None:
+        assert p.proc.stdout is not None
+        with p.log.open("wb") as out:
+            async for line in p.proc.stdout:
+                out.write(line)
+                out.flush()
+                if line.startswith(b"READY ") and not ready.done():
+                    ready.set_result(line.split()[2].decode())
+        if not ready.done():
+            ready.set_exception(RuntimeError("exited before READY"))
+
+    def kill(self, instance_id: str) -> int:
+        """SIGKILL one instance; returns its pid."""
+        p = self.procs[instance_id]
+        p.proc.kill()
+        p.killed = True
+        return p.proc.pid
+
+    async def stop_all(self, grace_s: float = 10.0) -> dict[str, int | None]:
+        """SIGTERM every live process, wait up to ``grace_s``, SIGKILL leftovers."""
+        for p in self.procs.values():
+            if p.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.terminate()
+        waits = [p.proc.wait() for p in self.procs.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), grace_s)
+        except TimeoutError:
+            for p in self.procs.values():
+                if p.proc.returncode is None:
+                    p.proc.kill()
+            await asyncio.gather(*(p.proc.wait() for p in self.procs.values()))
+        for t in self._pumps:
+            t.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        return {k: p.proc.returncode for k, p in self.procs.items()}
+
+
+# -- workload ----------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """State of the workload: users made, orders acknowledged, calls budget.
+
+    ``mark`` is set when ``mark_at`` calls have been started (the demo kills an instance
+    then).
+    """
+
+    budget: int
+    tokens: dict[str, str] = field(default_factory=dict)  # user id -> access token
+    owners: dict[str, str] = field(default_factory=dict)  # order id -> user id
+    mark_at: int = 0
+    mark: asyncio.Event = field(default_factory=asyncio.Event)
+    started: int = 0
+    users: list[str] = field(default_factory=list)
+    acked: dict[str, str] = field(default_factory=dict)  # idempotency key -> order id
+
+    def take(self) -> bool:
+        """Reserve one call from the budget."""
+        if self.started >= self.budget:
+            return False
+        self.started += 1
+        if self.started >= self.mark_at:
+            self.mark.set()
+        return True
+
+
+async def run_workload(users: user_pb2_grpc.UserServiceStub,
+                       orders: order_pb2_grpc.OrderServiceStub, w: Workload,
+                       concurrency: int, timeout_s: float) -> None:
+    """Workers create users, authenticate, then place/read/list orders until the budget."""
+
+    async def worker(n: int) -> None:
+        i = 0
+        user_id: str | None = None
+        md: tuple[tuple[str, str], ...] = ()
+        while w.take():
+            i += 1
+            try:
+                if user_id is None:
+                    email = f"user{n}-{uuid.uuid4().hex[:8]}@example.com"
+                    u = await users.CreateUser(user_pb2.CreateUserRequest(
+                        email=email, name=f"User {n}", password=f"pw-{email}"), timeout=timeout_s)
+                    w.take()  # logging in is part of the workload even at its very end
+                    session = await users.Authenticate(user_pb2.AuthenticateRequest(
+                        email=email, password=f"pw-{email}"), timeout=timeout_s)
+                    user_id = u.id
+                    w.users.append(u.id)
+                    w.tokens[u.id] = session.token
+                    md = (("authorization", f"Bearer {session.token}"),)
+                    continue
+                key = uuid.uuid4().hex
+                order = await orders.PlaceOrder(order_pb2.PlaceOrderRequest(
+                    user_id=user_id, currency="EUR", idempotency_key=key,
+                    items=[order_pb2.OrderItem(sku=f"SKU-{i % 7}", quantity=1 + i % 3,
+                                               unit_price_minor=199 + 100 * (i % 5))]),
+                    timeout=timeout_s, metadata=md)
+                w.acked[key] = order.id
+                w.owners[order.id] = user_id
+                if w.take():
+                    await orders.GetOrder(order_pb2.GetOrderRequest(order_id=order.id),
+                                          timeout=timeout_s, metadata=md)
+                if i % 4 == 0 and w.take():
+                    await orders.ListOrders(order_pb2.ListOrdersRequest(user_id=user_id,
+                                                                        page_size=10),
+                                            timeout=timeout_s, metadata=md)
+            except grpc.aio.AioRpcError:
+                continue  # recorded by the interceptor; judged in the report
+
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
+
+
+async def verify_orders(orders: order_pb2_grpc.OrderServiceStub, w: Workload,
+                        timeout_s: float) -> tuple[int, int, int]:
+    """Read back every order of the run's users: (stored, lost acked, duplicated keys)."""
+    keys: Counter[str] = Counter()
+    ids: set[str] = set()
+    for user_id in w.users:
+        token = ""
+        while True:
+            page = await orders.ListOrders(order_pb2.ListOrdersRequest(
+                user_id=user_id, page_size=100, page_token=token), timeout=timeout_s,
+                metadata=(("authorization", f"Bearer {w.tokens[user_id]}"),))
+            for o in page.orders:
+                ids.add(o.id)
+                keys[o.idempotency_key] += 1
+            token = page.next_page_token
+            if not token:
+                break
+    lost = sum(1 for oid in w.acked.values() if oid not in ids)
+    dups = sum(1 for n in keys.values() if n > 1)
+    return len(ids), lost, dups
+
+
+# -- security probes -----------------------------------------------------------------------
+@dataclass
+class Probe:
+    """One call that must be refused, with the status it must get."""
+
+    name: str
+    expected: grpc.StatusCode
+    got: grpc.StatusCode | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call was refused as expected."""
+        return self.got is self.expected
+
+
+async def run_probes(users: user_pb2_grpc.UserServiceStub,
+                     orders: order_pb2_grpc.OrderServiceStub, w: Workload, stack: Stack,
+                     timeout_s: float) -> list[Probe]:
+    """Calls the mesh must refuse: wrong peer, no/forged/foreign token, plaintext.
+
+    Needs two users with an order each; with a workload too small for that, no probe runs.
+    """
+    with_orders = list(dict.fromkeys(w.owners.values()))
+    if len(with_orders) < 2:
+        return []
+    a, b = with_orders[0], with_orders[1]
+    token_a = w.tokens[a]
+    bearer_a = (("authorization", f"Bearer {token_a}"),)
+    head, payload, sig = token_a.split(".")
+    forged = f"{head}.{payload[:-4]}AAAA.{sig}"
+    order_a = next(o for o, u in w.owners.items() if u == a)
+    order_b = next(o for o, u in w.owners.items() if u == b)
+    item = [order_pb2.OrderItem(sku="PROBE-1", quantity=1, unit_price_minor=1)]
+    probes: list[tuple[Probe, Any]] = [
+        (Probe("PlaceOrder without a token", grpc.StatusCode.UNAUTHENTICATED),
+         orders.PlaceOrder(order_pb2.PlaceOrderRequest(user_id=a, currency="EUR", items=item),
+                           timeout=timeout_s)),
+        (Probe("PlaceOrder with a tampered token", grpc.StatusCode.UNAUTHENTICATED),
+         orders.PlaceOrder(order_pb2.PlaceOrderRequest(user_id=a, currency="EUR", items=item),
+                           timeout=timeout_s,
+                           metadata=(("authorization", f"Bearer {forged}"),))),
+        (Probe("PlaceOrder for another user with one's own token",
+               grpc.StatusCode.PERMISSION_DENIED),
+         orders.PlaceOrder(order_pb2.PlaceOrderRequest(user_id=b, currency="EUR", items=item),
+                           timeout=timeout_s, metadata=bearer_a)),
+        (Probe("GetOrder of another user's order (not revealed)", grpc.StatusCode.NOT_FOUND),
+         orders.GetOrder(order_pb2.GetOrderRequest(order_id=order_b), timeout=timeout_s,
+                         metadata=bearer_a)),
+    ]
+    if stack.cert_dir is not None:
+        probes.insert(0, (Probe("edge workload calls UserService.GetUser (only orderd may)",
+                                grpc.StatusCode.PERMISSION_DENIED),
+                          users.GetUser(user_pb2.GetUserRequest(user_id=a), timeout=timeout_s)))
+    out: list[Probe] = []
+    for probe, call in probes:
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            probe.got = exc.code()
+        else:
+            probe.got = grpc.StatusCode.OK
+        out.append(probe)
+    # A burst over the per-user ListOrders limit (20/s per replica) is shed with a
+    # retry-after; RESOURCE_EXHAUSTED is not retried by the client's default policy.
+    burst = Probe("burst of 60 ListOrders by one user (limit 20/s)",
+                  grpc.StatusCode.RESOURCE_EXHAUSTED)
+    results = await asyncio.gather(*(orders.ListOrders(
+        order_pb2.ListOrdersRequest(user_id=a, page_size=1), timeout=timeout_s,
+        metadata=bearer_a) for _ in range(60)), return_exceptions=True)
+    shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)
+            and r.code() is grpc.StatusCode.RESOURCE_EXHAUSTED]
+    burst.got = grpc.StatusCode.RESOURCE_EXHAUSTED if shed else grpc.StatusCode.OK
+    if shed:
+        after = dict(shed[0].trailing_metadata() or ()).get("retry-after", "?")
+        burst.name += f": {len(shed)} shed, retry-after {after}s"
+    out.append(burst)
+    if stack.cert_dir is not None:
+        address = next(p.address for p in stack.procs.values()
+                       if p.service == "orderd" and not p.killed)
+        probe = Probe("plaintext client against an mTLS server", grpc.StatusCode.UNAVAILABLE)
+        async with grpc.aio.insecure_channel(address) as plain:
+            try:
+                await order_pb2_grpc.OrderServiceStub(plain).GetOrder(
+                    order_pb2.GetOrderRequest(order_id=order_a), timeout=timeout_s,
+                    metadata=bearer_a)
+                probe.got = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                probe.got = exc.code()
+        out.append(probe)
+    return out
+
+
+def print_security(stack: Stack, probes: list[Probe], w: Workload,
+                   journal: Journal) -> bool:
+    """Print the security section; ``True`` when every probe was refused as expected."""
+    print("")
+    if stack.cert_dir is None:
+        print("Security: PLAINTEXT (--insecure): no mTLS; JWTs still required by orderd")
+    else:
+        print("Security: mTLS on every hop, workload identities (SPIFFE IDs):")
+        for name in ("userd", "orderd", security.EDGE):
+            info = describe_certificate(load_certificate(stack.cert_dir / f"{name}.pem"))
+            print(f"  {name:<8} {info.spiffe_id}  (certificate valid until "
+                  f"{info.not_after:%H:%M} UTC)")
+    order_calls = sum(1 for c in journal.calls
+                      if c.service == "orderd" and c.code is grpc.StatusCode.OK)
+    print(f"  JWTs: {len(w.tokens)} issued by Authenticate (ES256, JWKS via the registry); "
+          f"{order_calls} order calls carried a verified token")
+    print("  Refused as they must be:" + ("" if probes else " (workload too small to probe)"))
+    for p in probes:
+        mark = "ok " if p.ok else "BAD"
+        got = p.got.name if p.got is not None else "-"
+        print(f"    [{mark}] {p.name}: {got} (expected {p.expected.name})")
+    return all(p.ok for p in probes)
+
+
+# -- report ------------------------------------------------------------------------------
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank, in the values' unit."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))] if s else 0.0
+
+
+def report(journal: Journal, stack: Stack, killed: str | None, verify: tuple[int, int, int],
+           w: Workload, elapsed_s: float) -> int:
+    """Print the run's report; return the exit code (0 only if nothing but the killed
+    instance's calls failed)."""
+    calls = [c for c in journal.calls if c.phase == "workload"]
+    out = print
+    out("")
+    out(f"Workload: {len(calls)} calls in {elapsed_s:.2f} s "
+        f"({len(calls) / elapsed_s:.0f} calls/s)")
+    out(f"  {'method':<28}{'ok':>6}{'failed':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    by_method: dict[str, list[CallRecord]] = defaultdict(list)
+    for c in calls:
+        by_method[f"{c.service} {c.method}"].append(c)
+    for name in sorted(by_method):
+        cs = by_method[name]
+        lat = [c.latency_s * 1000 for c in cs]
+        ok = sum(c.code is grpc.StatusCode.OK for c in cs)
+        out(f"  {name:<28}{ok:>6}{len(cs) - ok:>8}{pct(lat, .5):>9.2f}{pct(lat, .99):>9.2f}")
+    lat_all = [c.latency_s * 1000 for c in calls]
+    out(f"  {'all':<28}{'':>14}{pct(lat_all, .5):>9.2f}{pct(lat_all, .99):>9.2f}")
+
+    failed = [c for c in journal.calls
+              if c.code is not grpc.StatusCode.OK and c.phase != "probes"]
+    on_killed = [c for c in failed if killed is not None and c.instance == killed]
+    other = [c for c in failed if c not in on_killed]
+    out("")
+    out("Errors by status code:" + ("  none" if not failed else ""))
+    for code, n in Counter(c.code.name for c in failed).most_common():
+        out(f"  {code:<20}{n:>5}")
+    if killed and failed:
+        out(f"  of which on the killed instance {killed}: {len(on_killed)} "
+            "(in flight or sent before its connection was seen to drop)")
+
+    out("")
+    out("Calls served by instance (as picked by the demo client's balancer):")
+    served = Counter(c.instance for c in calls if c.instance)
+    for iid, p in sorted(stack.procs.items()):
+        note = "  <- SIGKILLed" if p.killed else ""
+        out(f"  {iid:<12}{p.address:<22}{served.get(iid, 0):>6} calls{note}")
+
+    stored, lost, dups = verify
+    out("")
+    out(f"Orders: {len(w.acked)} acknowledged, {stored} stored, {lost} acknowledged but "
+        f"missing, {dups} idempotency keys stored twice")
+    code = 0 if not other and lost == 0 and dups == 0 else 1
+    out("")
+    if code == 0:
+        extra = f" except {len(on_killed)} on the killed instance" if on_killed else ""
+        out(f"Result: OK — every call succeeded{extra}.")
+    else:
+        out(f"Result: FAILED — {len(other)} call(s) failed off the killed instance, "
+            f"{lost} acknowledged order(s) missing, {dups} duplicated.")
+        for c in other[:10]:
+            out(f"  {c.service} {c.method} -> {c.code.name} (instance {c.instance})")
+    return code
+
+
+# -- main --------------------------------------------------------------------------------
+async def run(args: argparse.Namespace) -> int:
+    """Run the demo as ``args`` says; returns the exit code."""
+    own_dir = getattr(args, "own_workdir", False)
+    workdir = Path(args.workdir)
+    registry_uri = f"local://{workdir / 'registry'}?ttl_s={args.ttl_s}&poll_interval_s=0.1"
+    cert_dir = None if args.insecure else make_certificates(workdir / "certs")
+    stack = Stack(workdir, registry_uri, args.database_url, cert_dir)
+    journal = Journal()
+    mode = "plaintext (--insecure)" if cert_dir is None else "mTLS + JWT"
+    print(f"meshkit demo: 2 userd + 2 orderd processes, {mode}, local registry in {workdir}")
+    try:
+        t0 = time.monotonic()
+        await asyncio.gather(*(stack.start(s, f"{s}-{n}") for s in ("userd", "orderd")
+                               for n in (1, 2)))
+        for iid, p in sorted(stack.procs.items()):
+            print(f"  started {iid:<10} pid {p.proc.pid:<8} at {p.address}")
+        print(f"  stack up in {time.monotonic() - t0:.2f} s")
+
+        registry = meshkit.registry_from_uri(registry_uri)
+        tracer = setup_client_tracing(workdir / "traces" / "demo.jsonl")
+        rec = (Recorder(journal),)
+        tls = None if cert_dir is None else edge_tls(cert_dir)
+        sec = {"tls": tls, "insecure": tls is None}
+        uopts = dataclasses.replace(mesh.USERS, interceptors=rec, **sec)  # type: ignore[arg-type]
+        oopts = dataclasses.replace(mesh.ORDERS, interceptors=rec, **sec)  # type: ignore[arg-type]
+        async with meshkit.dial("userd", registry=registry, options=uopts) as uch, \
+                meshkit.dial("orderd", registry=registry, options=oopts) as och:
+            await uch.wait_for_endpoints(2, timeout_s=10)
+            await och.wait_for_endpoints(2, timeout_s=10)
+            users = user_pb2_grpc.UserServiceStub(uch)
+            orders = order_pb2_grpc.OrderServiceStub(och)
+            w = Workload(budget=args.calls, mark_at=args.calls // 2)
+            killed: str | None = None
+
+            async def killer() -> None:
+                nonlocal killed
+                await w.mark.wait()
+                killed = "orderd-2"
+                pid = stack.kill(killed)
+                print(f"  SIGKILL {killed} (pid {pid}) after {w.started} calls")
+
+            print(f"Running {args.calls} calls, {args.concurrency} concurrent"
+                  + ("" if args.no_kill else ", one order-service instance killed midway"))
+            t1 = time.monotonic()
+            kill_task = None if args.no_kill else asyncio.create_task(killer())
+            await run_workload(users, orders, w, args.concurrency, args.timeout_s)
+            elapsed = time.monotonic() - t1
+            if kill_task is not None:
+                kill_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kill_task
+            journal.phase = "verify"
+            verify = await verify_orders(orders, w, args.timeout_s)
+            code = report(journal, stack, killed, verify, w, elapsed)
+            print_retries({"userd": uch, "orderd": och})
+            journal.phase = "probes"
+            probes = await run_probes(users, orders, w, stack, args.timeout_s)
+            if not print_security(stack, probes, w, journal):
+                code = 1
+                print("Result: FAILED — a call that must be refused was not.")
+            tracer.force_flush()
+            print_trace(workdir / "traces")
+            await print_admin({"userd": uch, "orderd": och}, stack)
+
+            if args.keep_running:
+                print_how_to_call(stack, registry_uri)
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+                await stop.wait()
+        await registry.close()
+        return code
+    finally:
+        codes = await stack.stop_all()
+        clean = {k: v for k, v in codes.items() if not stack.procs[k].killed}
+        print(f"Stopped every process (SIGTERM, drained): exit codes {clean}")
+        if own_dir and not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def setup_client_tracing(path: Path) -> Any:
+    """Trace the demo client's calls into ``path`` (JSON lines), like the services do."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = configure_tracing("demo-client", exporters=[])
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+    return provider
+
+
+def print_trace(trace_dir: Path) -> None:
+    """Print one PlaceOrder trace across every process, preferring one that was retried."""
+    spans = load_spans(sorted(trace_dir.glob("*.jsonl")))
+    roots = [s for s in spans if s.parent is None and s.name.endswith("OrderService/PlaceOrder")
+             and (s.attributes or {}).get("rpc.grpc.status_code") == 0]
+    if not roots:
+        print("\n(no PlaceOrder trace was recorded)")
+        return
+    # A retried one if any; else the latest (warm: the first pays the one-off JWKS fetch).
+    root = max(roots, key=lambda s: ((s.attributes or {}).get("meshkit.attempts", 1),
+                                     s.start_time or 0))
+    assert root.context is not None
+    retried = (root.attributes or {}).get("meshkit.attempts", 1) > 1
+    print("")
+    print("One PlaceOrder traced across processes (W3C trace context in gRPC metadata"
+          + (", one that was retried" if retried else "")
+          + f"), trace {root.context.trace_id:032x}:")
+    for line in render_trace(spans, trace_id=root.context.trace_id).splitlines():
+        print("  " + line)
+
+
+async def print_admin(channels: dict[str, meshkit.MeshChannel], stack: Stack) -> None:
+    """Print each live process's admin URLs and what its /readyz answers."""
+    import aiohttp
+
+    print("")
+    print("Admin servers (Prometheus /metrics, /healthz, /readyz, /debug/mesh):")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        for ch in channels.values():
+            for ep in ch.endpoints():
+                port = ep.instance.meta.get("admin_port")
+                proc = stack.procs.get(ep.key)
+                if not port or (proc is not None and proc.killed):
+                    continue
+                url = f"http://127.0.0.1:{port}"
+                try:
+                    async with http.get(url + "/readyz") as resp:
+                        ready = resp.status
+                except aiohttp.ClientError:
+                    ready = 0
+                print(f"  {ep.key:<10} {url}/metrics   /readyz -> {ready}")
+
+
+def make_certificates(cert_dir: Path) -> Path:
+    """A fresh mesh CA and workload certificates for userd, orderd and the demo client."""
+    init_ca_dir(cert_dir, trust_domain=security.TRUST_DOMAIN, ttl_days=1)
+    for name in ("userd", "orderd", security.EDGE):
+        issue_into_dir(cert_dir, name, ttl_h=2, dns=("localhost",), ips=("127.0.0.1",))
+    return cert_dir
+
+
+def edge_tls(cert_dir: Path) -> TLSOptions:
+    """The demo client's (``edge``) TLS options from ``cert_dir``."""
+    return TLSOptions(ca_file=cert_dir / "ca.pem", cert_file=cert_dir / f"{security.EDGE}.pem",
+                      key_file=cert_dir / f"{security.EDGE}.key")
+
+
+def print_retries(channels: dict[str, meshkit.MeshChannel]) -> None:
+    """Print what the retry layer spent, per dialed service."""
+    print("")
+    print("Retries (client side, per dialed service):")
+    for name, ch in channels.items():
+        r = ch.retry
+        if r is None:
+            continue
+        s = r.stats
+        ejected = [e["instance_id"] for e in ch.stats() if e["ejected"]]
+        print(f"  {name:<8} calls {s.calls:>5}  retries {s.retries:>3}  hedges {s.hedges:>3}  "
+              f"budget exhausted {s.budget_exhausted}  budget left {r.budget_left():.0f}"
+              + (f"  ejected {ejected}" if ejected else ""))
+
+
+def print_how_to_call(stack: Stack, registry_uri: str) -> None:
+    """Print how to reach the running stack."""
+    print("")
+    print("The stack keeps running (Ctrl-C stops it). Call it from Python:")
+    print(f"  MESHKIT_REGISTRY='{registry_uri}' python -c \"")
+    print("  import asyncio, meshkit")
+    print("  from examples.ecom.proto import user_pb2, user_pb2_grpc")
+    print("  async def main():")
+    print("      async with meshkit.dial('userd') as ch:")
+    print("          s = user_pb2_grpc.UserServiceStub(ch)")
+    print("          print(await s.CreateUser(user_pb2.CreateUserRequest(")
+    print("              email='a@example.com', name='A', password='correct horse')))")
+    print("  asyncio.run(main())\"")
+    print("Or with grpcurl (reflection is on), e.g.:")
+    for iid, p in sorted(stack.procs.items()):
+        if not p.killed:
+            print(f"  grpcurl -plaintext {p.address} list        # {iid}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``meshkit demo``."""
+    p = argparse.ArgumentParser(prog="meshkit demo", description=__doc__.split("\n")[0])
+    p.add_argument("--calls", type=int, default=300, help="workload size (default 300)")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent workers (default 8)")
+    p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline, seconds")
+    p.add_argument("--ttl-s", type=float, default=2.0, help="registry TTL, seconds")
+    p.add_argument("--no-kill", action="store_true", help="do not kill an instance")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the stack up after the workload and print how to call it")
+    p.add_argument("--workdir", default=None, help="directory for registry, databases, logs")
+    p.add_argument("--keep-workdir", action="store_true", help="do not delete the temp workdir")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext instead of mTLS (JWTs are still used)")
+    p.add_argument("--database-url", default=None,
+                   help="postgresql://... to use PostgreSQL instead of SQLite files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``meshkit demo``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "WARNING"), json=False)
+    if args.workdir is None:
+        args.workdir = tempfile.mkdtemp(prefix="meshkit-demo-")
+        args.own_workdir = True
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.calls < 10 or args.concurrency < 1:
+        raise SystemExit(f"--calls must be >= 10 and --concurrency >= 1, got "
+                         f"{args.calls!r} and {args.concurrency!r}")
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("Interrupted; every process was stopped.")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

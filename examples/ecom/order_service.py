@@ -1,0 +1,137 @@
+"""The order service process: ``python -m examples.ecom.order_service --instance-id orderd-1``.
+
+Registers as ``orderd`` and serves ``ecom.v1.OrderService`` over mTLS; every call needs an
+end-user JWT (verified against the user service's JWKS, found through the registry) whose
+subject is the user the request is about. PlaceOrder checks the user through
+``meshkit.dial("userd")``, forwarding the caller's token with the order service's own
+workload identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from typing import Any
+
+import grpc
+import structlog
+
+import meshkit
+from examples.ecom import mesh, security
+from examples.ecom._process import announce, parser, serve_options, setup_logging, tls
+from examples.ecom.orders import OrderServicer
+from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
+from examples.ecom.storage import open_store
+from meshkit.auth import (
+    JWKSClient,
+    JWKSError,
+    JWTVerifier,
+    TokenForwarder,
+    VerifierOptions,
+    current_claims,
+    server_interceptors,
+)
+from meshkit.resilience import RateLimitInterceptor, RateLimitOptions, by_identity
+
+_log = structlog.get_logger("examples.ecom.order_service")
+
+SERVICE = "orderd"
+USER_SERVICE = "userd"
+_NOT_YOURS = "the token's subject may not act for this user"
+
+
+class OwnedOrders(OrderServicer):
+    """OrderService where a caller may only touch their own orders (token ``sub``)."""
+
+    @staticmethod
+    async def _require_subject(user_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        claims = current_claims()
+        if claims is None or claims.subject != user_id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, _NOT_YOURS)
+
+    async def PlaceOrder(self, request: order_pb2.PlaceOrderRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> order_pb2.Order:
+        """PlaceOrder for the token's own user only (else PERMISSION_DENIED)."""
+        await self._require_subject(request.user_id, context)
+        return await super().PlaceOrder(request, context)
+
+    async def ListOrders(self, request: order_pb2.ListOrdersRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]
+                         ) -> order_pb2.ListOrdersResponse:
+        """ListOrders for the token's own user only (else PERMISSION_DENIED)."""
+        await self._require_subject(request.user_id, context)
+        return await super().ListOrders(request, context)
+
+    async def GetOrder(self, request: order_pb2.GetOrderRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]) -> order_pb2.Order:
+        """GetOrder; another user's order is NOT_FOUND (its existence is not revealed)."""
+        order = await super().GetOrder(request, context)
+        claims = current_claims()
+        if claims is None or claims.subject != order.user_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"order {request.order_id} not found")
+        return order
+
+
+def jwks_url_from(users: meshkit.MeshChannel) -> Any:
+    """A JWKS URL provider reading the ``jwks_port`` meta of the user service's endpoints."""
+
+    def url() -> str:
+        for ep in users.endpoints():
+            port = ep.instance.meta.get("jwks_port")
+            if port:
+                host = ep.instance.address.rsplit(":", 1)[0]
+                return f"http://{host}:{port}/.well-known/jwks.json"
+        raise JWKSError("no user service instance announces a JWKS")
+
+    return url
+
+
+async def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv``, open the store, dial the user service and serve until a signal."""
+    setup_logging()
+    p = parser("order_service", "sqlite:///orders.db")
+    p.add_argument("--rate-limit-storage",
+                   default=os.environ.get("MESHKIT_RATELIMIT_STORAGE", "memory://"),
+                   help="limits storage URI: memory:// (per process) or async+redis://host:6379"
+                        " (one global limit); env MESHKIT_RATELIMIT_STORAGE")
+    p.add_argument("--wait-users-s", type=float, default=10.0,
+                   help="how long to wait for a user service before serving anyway")
+    args = p.parse_args(argv)
+    tls_options = tls(args, SERVICE)
+    store = await open_store(args.db)
+    users_opts = dataclasses.replace(
+        mesh.USERS, tls=tls_options, insecure=tls_options is None,
+        interceptors=(TokenForwarder(services=(USER_SERVICE,)),))
+    users_channel = meshkit.dial(USER_SERVICE, options=users_opts)
+    try:
+        # A readiness gate: PlaceOrder needs the user service, so do not join the mesh
+        # before one is reachable (bounded: after args.wait_users_s serve anyway).
+        try:
+            await users_channel.wait_for_endpoints(1, timeout_s=args.wait_users_s)
+        except TimeoutError:
+            _log.warning("no user service endpoint yet; serving anyway",
+                         waited_s=args.wait_users_s)
+        verifier = JWTVerifier(
+            VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE),
+            JWKSClient(jwks_url_from(users_channel)),
+        )
+        auth = server_interceptors(tls=tls_options, verifier=verifier,
+                                   jwt_options=security.ORDERD_JWT,
+                                   policy=security.orderd_policy(insecure=tls_options is None))
+        limiter = RateLimitInterceptor(RateLimitOptions(
+            rules=security.RATE_LIMITS, key=by_identity, storage_uri=args.rate_limit_storage))
+        servicer = OwnedOrders(store, user_pb2_grpc.UserServiceStub(users_channel))
+        await meshkit.serve(
+            SERVICE,
+            [(order_pb2_grpc.add_OrderServiceServicer_to_server, servicer)],
+            options=serve_options(args, tls_options, (*auth, limiter)),
+            on_started=announce,
+        )
+    finally:
+        await users_channel.close()
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

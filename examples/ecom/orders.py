@@ -1,0 +1,196 @@
+"""The ``ecom.v1.OrderService`` servicer (grpc.aio).
+
+Register it with ``order_pb2_grpc.add_OrderServiceServicer_to_server(
+OrderServicer(store, user_pb2_grpc.UserServiceStub(channel)), server)``, where
+``channel`` is any grpc.aio channel to a UserService (a meshkit channel in the
+stack, a plain one in tests).
+
+Idempotency: PlaceOrder takes its key from the ``idempotency_key`` field or,
+when that is empty, from the ``idempotency-key`` request metadata (the field
+wins). A repeat with the same key and the same request returns the first order;
+the same key with a different request gives FAILED_PRECONDITION (the stored
+request fingerprint differs), since retrying cannot fix that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import grpc
+
+from examples.ecom import validation
+from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
+from examples.ecom.storage import ItemRecord, NewOrder, OrderRecord, Store
+
+#: Request metadata key that may carry the idempotency key.
+IDEMPOTENCY_METADATA_KEY = "idempotency-key"
+
+_STATUS = {"PLACED": order_pb2.ORDER_STATUS_PLACED}
+
+
+def request_fingerprint(user_id: str, currency: str, items: tuple[ItemRecord, ...]) -> str:
+    """Return a SHA-256 hex digest identifying a PlaceOrder payload (key excluded)."""
+    canonical = [user_id, currency, [[i.sku, i.quantity, i.unit_price_minor] for i in items]]
+    return hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).hexdigest()
+
+
+def order_message(order: OrderRecord) -> order_pb2.Order:
+    """Convert a stored order to its ``ecom.v1.Order`` message."""
+    msg = order_pb2.Order(
+        id=order.id,
+        user_id=order.user_id,
+        items=[
+            order_pb2.OrderItem(sku=i.sku, quantity=i.quantity, unit_price_minor=i.unit_price_minor)
+            for i in order.items
+        ],
+        total_minor=order.total_minor,
+        currency=order.currency,
+        status=_STATUS.get(order.status, order_pb2.ORDER_STATUS_UNSPECIFIED),
+        idempotency_key=order.idempotency_key or "",
+    )
+    msg.created_at.FromMilliseconds(order.created_at_ms)
+    return msg
+
+
+def idempotency_key(
+    request: order_pb2.PlaceOrderRequest,
+    context: grpc.aio.ServicerContext[order_pb2.PlaceOrderRequest, order_pb2.Order],
+) -> tuple[str, str]:
+    """Return ``(key, where)``: the field if set, else the metadata value, else ``""``."""
+    if request.idempotency_key:
+        return request.idempotency_key, "idempotency_key"
+    for key, value in context.invocation_metadata() or ():
+        if key == IDEMPOTENCY_METADATA_KEY and isinstance(value, str):
+            return value, f"metadata {IDEMPOTENCY_METADATA_KEY}"
+    return "", "idempotency_key"
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    """``ecom.v1.OrderService`` on a :class:`~examples.ecom.storage.Store`.
+
+    ``users`` is a ``UserServiceStub`` on any grpc.aio channel; PlaceOrder
+    calls its GetUser with the caller's remaining deadline as timeout (or
+    ``user_lookup_timeout_s`` seconds when the caller set no deadline).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        users: user_pb2_grpc.UserServiceStub,
+        *,
+        user_lookup_timeout_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._users = users
+        self._user_lookup_timeout_s = user_lookup_timeout_s
+
+    async def _require_user(
+        self, user_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Abort unless the user service knows ``user_id``.
+
+        NOT_FOUND for an unknown user; UNAVAILABLE when the user service is
+        unreachable or overloaded (UNAVAILABLE or RESOURCE_EXHAUSTED, with its
+        details); DEADLINE_EXCEEDED when the caller's deadline runs out; and
+        INTERNAL for any other failure of the user service.
+        """
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        timeout = self._user_lookup_timeout_s if remaining is None else remaining
+        try:
+            await self._users.GetUser(user_pb2.GetUserRequest(user_id=user_id), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            if code == grpc.StatusCode.NOT_FOUND:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"user {user_id} not found")
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "user service did not answer in time"
+                )
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"user service unavailable: {details}"
+                )
+            name = code.name if code is not None else type(exc).__name__
+            await context.abort(grpc.StatusCode.INTERNAL, f"user service failed: {name}")
+
+    async def PlaceOrder(
+        self,
+        request: order_pb2.PlaceOrderRequest,
+        context: grpc.aio.ServicerContext[order_pb2.PlaceOrderRequest, order_pb2.Order],
+    ) -> order_pb2.Order:
+        """Place an order (see the module docstring for idempotency).
+
+        INVALID_ARGUMENT for bad fields, NOT_FOUND for an unknown user,
+        FAILED_PRECONDITION for a reused key with a different request, and the
+        user-lookup failures of :meth:`_require_user`.
+        """
+        key, key_field = idempotency_key(request, context)
+        try:
+            validation.validate_place_order(
+                request.user_id, request.items, request.currency, key, key_field=key_field
+            )
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._require_user(request.user_id, context)
+        items = tuple(ItemRecord(i.sku, i.quantity, i.unit_price_minor) for i in request.items)
+        new = NewOrder(
+            user_id=request.user_id,
+            items=items,
+            currency=request.currency,
+            total_minor=sum(i.quantity * i.unit_price_minor for i in items),
+            idempotency_key=key or None,
+            fingerprint=request_fingerprint(request.user_id, request.currency, items),
+        )
+        order, _created = await self._store.place_order(new)
+        if order.fingerprint != new.fingerprint:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{key_field}: already used for a different request",
+            )
+        return order_message(order)
+
+    async def GetOrder(
+        self,
+        request: order_pb2.GetOrderRequest,
+        context: grpc.aio.ServicerContext[order_pb2.GetOrderRequest, order_pb2.Order],
+    ) -> order_pb2.Order:
+        """Return an order; INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown."""
+        try:
+            validation.validate_id("order_id", request.order_id)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        order = await self._store.get_order(request.order_id)
+        if order is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"order {request.order_id} not found")
+        return order_message(order)
+
+    async def ListOrders(
+        self,
+        request: order_pb2.ListOrdersRequest,
+        context: grpc.aio.ServicerContext[
+            order_pb2.ListOrdersRequest, order_pb2.ListOrdersResponse
+        ],
+    ) -> order_pb2.ListOrdersResponse:
+        """Return one page of a user's orders, newest first.
+
+        INVALID_ARGUMENT for a malformed user id, a page_size outside 1..100
+        (0 means 20), or a bad page_token. An unknown user has no orders.
+        """
+        try:
+            page_req = validation.validate_list_orders(
+                request.user_id, request.page_size, request.page_token
+            )
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        page = await self._store.list_orders(request.user_id, page_req.limit, page_req.before_seq)
+        token = ""
+        if page.next_before_seq is not None:
+            token = validation.encode_page_token(request.user_id, page.next_before_seq)
+        return order_pb2.ListOrdersResponse(
+            orders=[order_message(o) for o in page.orders], next_page_token=token
+        )

@@ -1,0 +1,74 @@
+"""Who may call what in the ecom stack: mTLS identities, JWT scopes, and the policies.
+
+* Every process has a workload certificate from the demo's mesh CA (SPIFFE IDs
+  ``spiffe://meshkit.local/svc/userd``, ``.../orderd``, ``.../edge`` for the demo client).
+* ``UserService.Authenticate`` issues ES256 access tokens (``iss`` :data:`ISSUER`, ``aud``
+  :data:`AUDIENCE`, scopes ``orders:read orders:write``); the user service publishes its
+  keys as a JWKS on an HTTP port announced in its registry meta (``jwks_port``), where the
+  order service finds them.
+* ``UserService.GetUser`` may be called by the order service's workload identity only;
+  CreateUser and Authenticate by any mesh workload (the edge signs users up).
+* Every ``OrderService`` method needs a verified end-user token: ``orders:write`` for
+  PlaceOrder, ``orders:read`` for reads; the token's subject must be the user the request
+  is about (checked in :mod:`examples.ecom.order_service`). The order service forwards the
+  caller's token on its GetUser call, so the user service sees both identities.
+"""
+
+from __future__ import annotations
+
+from meshkit.auth import (
+    DEFAULT_TRUST_DOMAIN,
+    AuthzPolicy,
+    JWTAuthOptions,
+    Rule,
+    workload_id,
+)
+
+TRUST_DOMAIN = DEFAULT_TRUST_DOMAIN
+ISSUER = "https://userd.ecom.meshkit.local"
+AUDIENCE = "ecom"
+SCOPES = ("orders:read", "orders:write")
+EDGE = "edge"
+"""The demo client's workload name."""
+
+_U = "/ecom.v1.UserService"
+_O = "/ecom.v1.OrderService"
+_INFRA = ("/grpc.health.v1.Health/*", "/grpc.reflection.v1alpha.ServerReflection/*")
+
+
+def userd_policy(*, insecure: bool = False) -> AuthzPolicy:
+    """UserService policy. With ``insecure`` (plaintext, no workload identities) the
+    peer rules cannot match anyone, so they admit anonymous callers instead — which is
+    exactly what running without mTLS gives away."""
+    any_peer = Rule(allow_peers=("*",), allow_anonymous=insecure)
+    return AuthzPolicy(rules={
+        f"{_U}/GetUser": Rule(allow_peers=(workload_id(TRUST_DOMAIN, "orderd"),),
+                              allow_anonymous=insecure),
+        f"{_U}/CreateUser": any_peer,
+        f"{_U}/Authenticate": any_peer,
+        **{m: any_peer for m in _INFRA},
+    })
+
+
+USERD_JWT = JWTAuthOptions(
+    public_methods=(f"{_U}/CreateUser", f"{_U}/Authenticate", f"{_U}/GetUser", *_INFRA),
+)
+
+
+def orderd_policy(*, insecure: bool = False) -> AuthzPolicy:
+    """OrderService policy: any caller with a verified token (scopes checked by
+    :data:`ORDERD_JWT`); health and reflection for any peer (anyone when ``insecure``)."""
+    return AuthzPolicy(rules={
+        f"{_O}/*": Rule(allow_subjects=("*",)),
+        **{m: Rule(allow_peers=("*",), allow_anonymous=insecure) for m in _INFRA},
+    })
+
+
+ORDERD_JWT = JWTAuthOptions(
+    public_methods=_INFRA,
+    method_scopes={f"{_O}/PlaceOrder": ("orders:write",), f"{_O}/*": ("orders:read",)},
+)
+
+
+RATE_LIMITS = {f"{_O}/ListOrders": "20/second", f"{_O}/PlaceOrder": "100/second"}
+"""Per-caller limits of the order service (keyed by token subject, then SPIFFE ID)."""

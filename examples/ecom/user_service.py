@@ -1,0 +1,75 @@
+"""The user service process: ``python -m examples.ecom.user_service --instance-id userd-1``.
+
+Registers as ``userd`` in the registry named by ``MESHKIT_REGISTRY`` (default: the local
+registry), serves ``ecom.v1.UserService`` over mTLS until SIGTERM/SIGINT, then drains.
+Authenticate issues JWT access tokens; their public keys are served as a JWKS on an HTTP
+port announced in the instance's registry meta (``jwks_port``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import meshkit
+from examples.ecom import security
+from examples.ecom._process import announce, jwt_dir, parser, serve_options, setup_logging, tls
+from examples.ecom.proto import user_pb2_grpc
+from examples.ecom.storage import UserRecord, open_store
+from examples.ecom.users import IssuedSession, UserServicer
+from meshkit.auth import (
+    IssuerOptions,
+    JWKSServer,
+    JWTVerifier,
+    KeySet,
+    TokenIssuer,
+    VerifierOptions,
+    server_interceptors,
+)
+
+SERVICE = "userd"
+TOKEN_TTL_S = 900
+
+
+class JwtSessions:
+    """Issues JWT access tokens as UserService sessions."""
+
+    def __init__(self, issuer: TokenIssuer) -> None:
+        self._issuer = issuer
+
+    def __call__(self, user: UserRecord) -> IssuedSession:
+        """A token for ``user`` with the ecom scopes, valid ``TOKEN_TTL_S`` seconds."""
+        return IssuedSession(self._issuer.issue(user.id, scopes=security.SCOPES), TOKEN_TTL_S)
+
+
+async def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv``, open the store, start the JWKS server and serve until a signal."""
+    setup_logging()
+    args = parser("user_service", "sqlite:///users.db").parse_args(argv)
+    tls_options = tls(args, SERVICE)
+    keys = KeySet.from_directory(jwt_dir(args))
+    issuer = TokenIssuer(keys, IssuerOptions(issuer=security.ISSUER, audience=security.AUDIENCE,
+                                             ttl_s=TOKEN_TTL_S))
+    # Tokens sent to public methods are still verified; the user service trusts its own keys.
+    verifier = JWTVerifier(VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE),
+                           keys)
+    jwks = JWKSServer(keys)
+    jwks_port = await jwks.start(args.host, 0)
+    store = await open_store(args.db)
+    try:
+        policy = security.userd_policy(insecure=tls_options is None)
+        auth = server_interceptors(tls=tls_options, verifier=verifier,
+                                   jwt_options=security.USERD_JWT, policy=policy)
+        await meshkit.serve(
+            SERVICE,
+            [(user_pb2_grpc.add_UserServiceServicer_to_server,
+              UserServicer(store, issue_session=JwtSessions(issuer)))],
+            options=serve_options(args, tls_options, auth, meta={"jwks_port": str(jwks_port)}),
+            on_started=announce,
+        )
+    finally:
+        await jwks.stop()
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

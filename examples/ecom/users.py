@@ -1,0 +1,139 @@
+"""The ``ecom.v1.UserService`` servicer (grpc.aio) and its session issuing.
+
+Register it with ``user_pb2_grpc.add_UserServiceServicer_to_server(
+UserServicer(store), server)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from examples.ecom import passwords, validation
+from examples.ecom.proto import user_pb2, user_pb2_grpc
+from examples.ecom.storage import DuplicateEmailError, Store, UserRecord
+
+#: The one message for every failed login, so callers cannot tell which emails exist.
+BAD_CREDENTIALS = "invalid email or password"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    """A bearer ``token`` for a user, valid for ``expires_in_s`` seconds."""
+
+    token: str
+    expires_in_s: int
+
+
+#: Issues a session for an authenticated user; swap in a JWT issuer later.
+SessionIssuer = Callable[[UserRecord], IssuedSession]
+
+
+class OpaqueSessionIssuer:
+    """Issues random opaque tokens (``secrets.token_urlsafe(32)``), valid ``ttl_s`` seconds.
+
+    The tokens are not recorded anywhere, so nothing can verify them yet: this
+    is a placeholder until JWT sessions replace it.
+    """
+
+    def __init__(self, ttl_s: int = 3600) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        self.ttl_s = ttl_s
+
+    def __call__(self, user: UserRecord) -> IssuedSession:
+        """Return a fresh session for ``user``."""
+        return IssuedSession(secrets.token_urlsafe(32), self.ttl_s)
+
+
+def user_message(user: UserRecord) -> user_pb2.User:
+    """Convert a stored user to its ``ecom.v1.User`` message (no password hash)."""
+    msg = user_pb2.User(id=user.id, email=user.email, name=user.name)
+    msg.created_at.FromMilliseconds(user.created_at_ms)
+    return msg
+
+
+class UserServicer(user_pb2_grpc.UserServiceServicer):
+    """``ecom.v1.UserService`` on a :class:`~examples.ecom.storage.Store`.
+
+    ``issue_session`` is called with the user on each successful
+    Authenticate; it defaults to :class:`OpaqueSessionIssuer`.
+    """
+
+    def __init__(self, store: Store, *, issue_session: SessionIssuer | None = None) -> None:
+        self._store = store
+        self._issue_session = issue_session or OpaqueSessionIssuer()
+
+    async def CreateUser(
+        self,
+        request: user_pb2.CreateUserRequest,
+        context: grpc.aio.ServicerContext[user_pb2.CreateUserRequest, user_pb2.User],
+    ) -> user_pb2.User:
+        """Create a user; INVALID_ARGUMENT for bad fields, ALREADY_EXISTS for a taken email."""
+        try:
+            email = validation.validate_create_user(request.email, request.name, request.password)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if await self._store.get_user_by_email(email) is not None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
+        hashed = await asyncio.to_thread(passwords.hash_password, request.password)
+        try:
+            user = await self._store.create_user(email, request.name, hashed)
+        except DuplicateEmailError:  # lost a race with a concurrent CreateUser
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
+        return user_message(user)
+
+    async def GetUser(
+        self,
+        request: user_pb2.GetUserRequest,
+        context: grpc.aio.ServicerContext[user_pb2.GetUserRequest, user_pb2.User],
+    ) -> user_pb2.User:
+        """Return a user by id; INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown."""
+        try:
+            validation.validate_id("user_id", request.user_id)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        user = await self._store.get_user(request.user_id)
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"user {request.user_id} not found")
+        return user_message(user)
+
+    async def Authenticate(
+        self,
+        request: user_pb2.AuthenticateRequest,
+        context: grpc.aio.ServicerContext[user_pb2.AuthenticateRequest, user_pb2.Session],
+    ) -> user_pb2.Session:
+        """Check email and password and issue a session.
+
+        INVALID_ARGUMENT when a field is missing or longer than any valid value
+        could be; otherwise UNAUTHENTICATED with :data:`BAD_CREDENTIALS` for an
+        unknown email and for a wrong password alike.
+        """
+        email, password = request.email, request.password
+        v = validation.Violations()
+        for field, value, limit in (
+            ("email", email, validation.MAX_EMAIL),
+            ("password", password, passwords.MAX_LENGTH),
+        ):
+            if not value:
+                v.add(field, "required")
+            elif len(value) > limit:
+                v.add(field, f"must be at most {limit} characters, got {len(value)}")
+        try:
+            v.raise_if_any()
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        user = await self._store.get_user_by_email(validation.normalize_email(email))
+        ok = await asyncio.to_thread(
+            passwords.verify_or_dummy, password, user.password_hash if user else None
+        )
+        if user is None or not ok:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
+        session = self._issue_session(user)
+        return user_pb2.Session(
+            token=session.token, user_id=user.id, expires_in_s=session.expires_in_s
+        )
