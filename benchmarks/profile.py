@@ -1,0 +1,139 @@
+"""Profile one overhead contender under load with py-spy: where do client and server spend?
+
+``python -m benchmarks.profile --layers full --concurrency 32 --seconds 8`` starts the
+contender's server and client workers (as the overhead scenario does), drives load, and
+samples both processes with ``py-spy record`` (sampling at 250 Hz, idle threads excluded);
+it prints, per process, the frames with the most *self* samples and the meshkit
+frames with the most *inclusive* samples (file:line), and keeps the collapsed stacks
+(``<out>/<role>.txt``, loadable by speedscope or flamegraph.pl). Needs ``py-spy``.
+
+``--layers`` takes layer names from :data:`benchmarks.stacks.LAYERS` (comma-separated),
+``full`` for every available policy layer, or ``raw`` for plain grpc.aio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from benchmarks import stacks
+from benchmarks.procs import Supervisor
+
+__all__ = ["main", "summarize"]
+
+
+def summarize(collapsed: Path, top: int = 15) -> str:
+    """Self and inclusive hot spots of a py-spy ``--format raw`` (collapsed stacks) file."""
+    self_counts: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = stack.split(";")
+        self_counts[frames[-1]] += count
+        for f in set(frames):
+            if "meshkit/" in f or "benchmarks/" in f or "site-packages/" in f:
+                incl[f] += count
+    if not total:
+        return "  (no samples)"
+    out = [f"  {total} samples; top self time:"]
+    for frame, hits in self_counts.most_common(top):
+        out.append(f"  {100 * hits / total:5.1f}%  {frame}")
+    out.append("  top inclusive meshkit frames:")
+    for frame, hits in [(f, k) for f, k in incl.most_common() if "meshkit/" in f][:top]:
+        out.append(f"  {100 * hits / total:5.1f}%  {frame}")
+    return "\n".join(out)
+
+
+async def _run(args: argparse.Namespace, workdir: Path, sup: Supervisor) -> None:
+    secrets = stacks.Secrets(workdir / "secrets")
+    for note in secrets.create():
+        print(f"note: {note}")
+    if args.layers == "raw":
+        kind, layers = "raw", ()
+    else:
+        names = stacks.FULL_LAYERS if args.layers == "full" else tuple(
+            x for x in args.layers.split(",") if x)
+        kind = "mesh"
+        layers = tuple(n for n in names if stacks.layer_note(n, secrets) is None)
+    registry = f"local://{workdir / 'registry'}"
+    server = await sup.server("srv", kind=kind, layers=layers, service="prof",
+                              registry=registry)
+    client = await sup.client("cli")
+    await client.request({"op": "open", "name": "main", "kind": kind, "layers": list(layers),
+                          "service": "prof", "registry": registry,
+                          "address": f"127.0.0.1:{server.port}"}, timeout_s=30)
+    await client.request({"op": "load", "name": "main", "concurrency": args.concurrency,
+                          "duration_s": 1.0}, timeout_s=60)
+    load = asyncio.create_task(client.request(
+        {"op": "load", "name": "main", "concurrency": args.concurrency,
+         "duration_s": args.seconds + 2.0}, timeout_s=args.seconds + 60))
+    await asyncio.sleep(0.5)
+    args.out.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for role, pid in (("server", server.pid), ("client", client.pid)):
+        spies.append((role, await asyncio.create_subprocess_exec(
+            args.py_spy, "record", "--pid", str(pid),
+            "--duration", str(max(1, round(args.seconds))),
+            "--rate", "250", "--format", "raw", "--output", str(args.out / f"{role}.txt"),
+            "--nonblocking", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)))
+    for role, spy in spies:
+        _, err = await spy.communicate()
+        if spy.returncode:
+            print(f"py-spy on the {role} failed: {err.decode(errors='replace')[-400:]}")
+    res = await load
+    print(f"layers: {kind} {','.join(layers)}; concurrency {args.concurrency}: "
+          f"{res['qps']:.0f} QPS, p50 {res['p50_us']:.0f} us")
+    for role, _ in spies:
+        path = args.out / f"{role}.txt"
+        print(f"\n{role} ({path})")
+        print(summarize(path, args.top) if path.exists() else "  (no profile)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Profile one contender; returns 0, or 2 when py-spy is missing."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile")
+    p.add_argument("--layers", default="full",
+                   help="raw, full, or comma-separated layer names (default full)")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
+    p.add_argument("--py-spy", default=shutil.which("py-spy") or str(
+        Path(sys.executable).parent / "py-spy"))
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    if not Path(args.py_spy).exists():
+        print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="meshkit-prof-"))
+    sup = Supervisor(workdir, workdir / "secrets")
+
+    async def go() -> None:
+        try:
+            await _run(args, workdir, sup)
+        finally:
+            await sup.close()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sup.kill_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

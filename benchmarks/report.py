@@ -1,0 +1,290 @@
+"""Turning results into words: the targets and whether they are met, text tables, Markdown
+tables (for ``benchmarks/RESULTS.md``) and PNG charts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "plot", "print_scenario", "print_targets", "targets"]
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets with the measured value and whether each is met (``None``: not
+    measured in this run)."""
+    sc = results.get("scenarios", {})
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, value: Any, ok: Callable[[Any], bool], unit: str = "") -> None:
+        rows.append({"target": name, "goal": goal, "value": value, "unit": unit,
+                     "met": None if value is None else bool(ok(value))})
+
+    ov = sc.get("overhead", {})
+    add("full stack (no TLS) QPS vs raw grpc.aio, concurrency 32", ">= 0.80x",
+        _get(ov, "by_concurrency", "32", "full", "qps_ratio"), lambda v: v >= 0.80, "x")
+    add("full stack (no TLS) added p50, concurrency 1", "<= 100 us",
+        _get(ov, "by_concurrency", "1", "full", "added_p50_us"), lambda v: v <= 100, "us")
+    cmp_ = sc.get("compare", {})
+    add("full stack QPS vs hand-assembled stack, concurrency 32", ">= 1.3x",
+        _get(cmp_, "by_concurrency", "32", "full", "qps_ratio_vs_hand"),
+        lambda v: v >= 1.3, "x")
+    if _get(cmp_, "by_concurrency", "32", "full", "qps_ratio_vs_hand-notrace") is not None:
+        add("full stack QPS vs hand-assembled stack without tracing, concurrency 32",
+            ">= 1.3x (like for like while meshkit has no tracing)",
+            _get(cmp_, "by_concurrency", "32", "full", "qps_ratio_vs_hand-notrace"),
+            lambda v: v >= 1.3, "x")
+    sr = sc.get("slow_replica", {})
+    add("slow replica: P2C/EWMA p99 vs all-healthy p99", "<= 2x",
+        _get(sr, "p2c_p99_vs_healthy"), lambda v: v <= 2.0, "x")
+    add("slow replica: its share of calls under P2C/EWMA", "< 2 %",
+        None if _get(sr, "contenders", "p2c", "slow_share") is None
+        else _get(sr, "contenders", "p2c", "slow_share") * 100, lambda v: v < 2.0, "%")
+    fo = _get(sc, "failover", "contenders", "default") or {}
+    add("failover: failed calls (meshkit defaults)", "0", fo.get("failed_calls"),
+        lambda v: v == 0)
+    if fo:
+        bal = fo.get("balanced_after_s_max")
+        rows.append({"target": "failover: balanced again after SIGKILL", "goal": "<= 1 s",
+                     "value": bal if bal is not None else "not within the observation",
+                     "unit": "s", "met": bal is not None and bal <= 1.0})
+    else:
+        add("failover: balanced again after SIGKILL", "<= 1 s", None, lambda v: True, "s")
+    cv = _get(sc, "convergence", "contenders") or {}
+    for reg in ("local", "consul"):
+        row = cv.get(f"{reg}-p2c")
+        for key, what in (("join_s_max", "new instance serving"),
+                          ("leave_s_max", "drained instance's last new call")):
+            name = f"convergence ({reg} registry, defaults): {what}"
+            if row is None:
+                add(name, "<= 1 s", None, lambda v: True, "s")
+                continue
+            v = row.get(key)
+            if key == "leave_s_max" and v is None:  # it never served: nothing to drain
+                rows.append({"target": name, "goal": "<= 1 s",
+                             "value": "not measured: the new instance never served",
+                             "unit": "", "met": None})
+                continue
+            rows.append({"target": name, "goal": "<= 1 s",
+                         "value": v if v is not None else "never", "unit": "s",
+                         "met": v is not None and v <= 1.0})
+    return rows
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[_fmt(c) if not isinstance(c, str) else c for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for r in cells:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    return "\n".join(out)
+
+
+def _overhead_rows(res: dict[str, Any], conc: str) -> list[list[Any]]:
+    rss = {c["name"]: c for c in res.get("contenders", [])}
+    rows = []
+    for name, s in res["by_concurrency"][conc].items():
+        c = rss.get(name, {})
+        rows.append([name, s["qps"], s.get("qps_ratio"), s["p50_us"], s.get("added_p50_us"),
+                     s["p99_us"], s["client_cpu_s_per_1k"] * 1000,
+                     s["server_cpu_s_per_1k"] * 1000,
+                     (c.get("server_peak_rss_kb") or 0) / 1024 if c else None,
+                     (c.get("client_peak_rss_kb") or 0) / 1024 if c else None, s["errors"]])
+    return rows
+
+
+_OVERHEAD_HEADERS = ["contender", "QPS", "x raw", "p50 us", "+p50 us", "p99 us",
+                     "cli CPU ms/1k", "srv CPU ms/1k", "srv RSS MiB", "cli RSS MiB", "errors"]
+
+
+def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str],
+                                                                  list[list[Any]]]]:
+    """``(title, headers, rows)`` tables of one scenario's results."""
+    out: list[tuple[str, list[str], list[list[Any]]]] = []
+    if name == "overhead":
+        for conc in res["by_concurrency"]:
+            out.append((f"Overhead by layer, concurrency {conc} (medians of {res['rounds']} "
+                        f"interleaved rounds of {res['round_s']} s; CPU is ms per 1000 calls)",
+                        _OVERHEAD_HEADERS, _overhead_rows(res, conc)))
+    elif name == "compare":
+        for conc, rows in res["by_concurrency"].items():
+            table = []
+            for n, s in rows.items():
+                table.append([n, s["qps"], s.get("qps_ratio"), s.get("qps_ratio_vs_hand"),
+                              s.get("qps_ratio_vs_hand-notrace"), s["p50_us"], s["p99_us"],
+                              s["client_cpu_s_per_1k"] * 1000, s["server_cpu_s_per_1k"] * 1000,
+                              s["errors"]])
+            out.append((f"Against the hand-assembled stack, concurrency {conc}",
+                        ["contender", "QPS", "x raw", "x hand", "x hand-notrace", "p50 us",
+                         "p99 us", "cli CPU ms/1k", "srv CPU ms/1k", "errors"], table))
+    elif name == "slow_replica":
+        table = []
+        for n, s in res["contenders"].items():
+            shares = ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["shares"].items())
+            table.append([n, s["service"], s["qps"], s["p50_us"], s["p99_us"],
+                          s["slow_share"] * 100, s["errors"], shares])
+        out.append((f"Slow replica ({res['delay_ms']:.0f} ms slower), concurrency "
+                    f"{res['concurrency']}, {res['rounds']} rounds of {res['round_s']} s",
+                    ["contender", "service", "QPS", "p50 us", "p99 us", "slow share %",
+                     "errors", "shares"], table))
+    elif name == "failover":
+        table = []
+        for n, s in res["contenders"].items():
+            bal = s["balanced_after_s_max"]
+            table.append([n, len(s["rounds"]), s["failed_calls"], s["extra_p99_us"],
+                          s["extra_max_us"], bal if bal is not None else "not balanced",
+                          f"{s['unbalanced_share_before'] * 100:.0f}% / "
+                          f"{s['unbalanced_share_after'] * 100:.0f}%",
+                          ", ".join(r["victim"] for r in s["rounds"])])
+        out.append((f"Failover: SIGKILL 1 of 3 replicas under load (concurrency "
+                    f"{res['concurrency']}; balanced = first 0.5 s of balanced 100 ms windows)",
+                    ["contender", "kills", "failed calls", "extra p99 us", "extra max us",
+                     "balanced after s (max)", "unbalanced windows before/after",
+                     "victims"], table))
+    elif name == "convergence":
+        table = []
+        for n, s in res["contenders"].items():
+            table.append([n, len(s["rounds"]),
+                          s["join_s_max"] if s["join_s_max"] is not None else "never",
+                          s["join_s_median"],
+                          s["leave_s_max"] if s["leave_s_max"] is not None else "-",
+                          s["leave_s_median"], s.get("never_served", 0), s["failed_calls"]])
+        out.append(("Discovery convergence (seconds; join: registered -> first served call; "
+                    "leave: SIGTERM -> last call started on it)",
+                    ["contender", "rounds", "join max", "join median", "leave max",
+                     "leave median", "never served", "failed calls"], table))
+    elif name == "fanout":
+        costs = res["pick_us"]
+        sizes = list(costs)
+        table = [[b, *(costs[s][b] for s in sizes)] for b in costs[sizes[0]]]
+        out.append((f"Fan-out: pick()+done() cost, us per call ({res['timeit']['statistic']} "
+                    f"of {res['timeit']['repeat']} x {res['timeit']['number']})",
+                    ["balancer", *(f"{s} endpoints" for s in sizes)], table))
+        mem = res["memory"]
+        out.append((f"Fan-out: memory per endpoint ({res['endpoints']} instances on "
+                    f"{mem['real_servers']} real servers; tracemalloc and VmRSS)",
+                    ["measure", "small", "big", "per endpoint"],
+                    [["python bytes (tracemalloc)", mem["small"]["python_bytes"],
+                      mem["big"]["python_bytes"], mem["python_bytes_per_endpoint"]],
+                     ["RSS KiB / bytes per endpoint", mem["small"]["rss_kb"],
+                      mem["big"]["rss_kb"], mem["rss_bytes_per_endpoint"]]]))
+    return out
+
+
+def print_scenario(name: str, res: dict[str, Any]) -> None:
+    """Print a scenario's tables."""
+    for title, headers, rows in scenario_tables(name, res):
+        print(f"\n{title}\n{_table(headers, rows)}", flush=True)
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    """Print the target table."""
+    table = [[r["target"], r["goal"],
+              f"{_fmt(r['value'], 2)} {r['unit']}".strip() if r["value"] is not None else "-",
+              {True: "met", False: "MISSED", None: "not measured"}[r["met"]]] for r in rows]
+    print(f"\nTargets\n{_table(['target', 'goal', 'measured', 'status'], table)}", flush=True)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Every table of ``results`` as Markdown (for ``benchmarks/RESULTS.md``)."""
+
+    def md(headers: list[str], rows: list[list[Any]]) -> str:
+        lines = ["| " + " | ".join(headers) + " |",
+                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+        for r in rows:
+            lines.append("| " + " | ".join(c if isinstance(c, str) else _fmt(c) for c in r)
+                         + " |")
+        return "\n".join(lines)
+
+    parts = []
+    rows = [[r["target"], r["goal"],
+             f"{_fmt(r['value'], 2)} {r['unit']}".strip() if r["value"] is not None else "-",
+             {True: "met", False: "**missed**", None: "not measured"}[r["met"]]]
+            for r in results.get("targets", [])]
+    parts.append("### Targets\n\n" + md(["target", "goal", "measured", "status"], rows))
+    for name, res in results.get("scenarios", {}).items():
+        for title, headers, trows in scenario_tables(name, res):
+            parts.append(f"### {title}\n\n" + md(headers, trows))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """PNG charts: QPS and p99 by layer (per concurrency), and replica shares.
+
+    Returns:
+        The files written (none when matplotlib is missing or nothing to draw).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  note: matplotlib is not installed; no charts", flush=True)
+        return []
+    written: list[Path] = []
+    ov = _get(results, "scenarios", "overhead")
+    if ov:
+        concs = list(ov["by_concurrency"])
+        fig, axes = plt.subplots(2, len(concs), figsize=(6 * len(concs), 8), squeeze=False)
+        for j, conc in enumerate(concs):
+            data = ov["by_concurrency"][conc]
+            names = list(data)
+            for i, (key, label) in enumerate((("qps", "QPS"), ("p99_us", "p99 (us)"))):
+                ax = axes[i][j]
+                vals = [data[n][key] for n in names]
+                colors = ["#888888" if n == "raw" else "#1f77b4" if n.startswith("+")
+                          else "#d62728" for n in names]
+                ax.barh(names, vals, color=colors)
+                ax.invert_yaxis()
+                ax.set_title(f"{label}, concurrency {conc}")
+                for y, v in enumerate(vals):
+                    ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+        fig.suptitle("meshkit overhead by layer (unary, 64 B, loopback)")
+        fig.tight_layout()
+        path = out_dir / f"{stem}-overhead.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    sr = _get(results, "scenarios", "slow_replica")
+    if sr:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = list(sr["contenders"])
+        tags = sorted({t for n in names for t in sr["contenders"][n]["shares"]})
+        left = [0.0] * len(names)
+        for tag in tags:
+            vals = [sr["contenders"][n]["shares"].get(tag, 0.0) * 100 for n in names]
+            ax.barh(names, vals, left=left, label=tag,
+                    color="#d62728" if tag == sr["slow_instance"] else None)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        ax.invert_yaxis()
+        ax.set_xlabel("share of calls (%)")
+        ax.set_title(f"Replica shares; {sr['slow_instance']} is {sr['delay_ms']:.0f} ms slower")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        path = out_dir / f"{stem}-replicas.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,224 @@
+"""The benchmark runner: ``python -m benchmarks [--quick|--smoke] [--plot]``.
+
+Runs the scenarios of :mod:`benchmarks.scenarios` in order (overhead by layer, against the
+hand-assembled stack, slow replica, failover, discovery convergence, fan-out), prints a
+table per scenario and the targets, and writes ``benchmarks/results/<timestamp>.json``.
+
+Modes: the default full run takes a few minutes; ``--quick`` about a minute (shorter and
+fewer rounds); ``--smoke`` a reduced set for the test suite (every scenario, the overhead
+scenario with ``raw``, ``mesh`` and ``full`` only). Every process the runner starts is
+stopped when it ends, also on Ctrl-C; a worker also exits by itself when the runner's pipe
+to it closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report, stacks
+from benchmarks.procs import REPO, Supervisor, WorkerError
+from benchmarks.scenarios import SCENARIOS
+from benchmarks.scenarios._common import PLANS, Ctx
+
+__all__ = ["RESULTS_DIR", "main", "run"]
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine(argv: list[str]) -> dict[str, Any]:
+    """The machine, interpreter and package versions, and the exact command."""
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "memory_gib": _mem_total_gib(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "packages": {d: _version(d) for d in (
+            "meshkit", "grpcio", "protobuf", "opentelemetry-sdk",
+            "opentelemetry-instrumentation-grpc", "grpc-interceptor", "tenacity", "limits",
+            "PyJWT", "cryptography")},
+        "command": " ".join(["python -m benchmarks", *argv]),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="meshkit benchmarks: overhead by layer, vs a hand-assembled stack, slow "
+                    "replica, failover, discovery convergence, fan-out.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick",
+                      help="about a minute: every scenario with short rounds")
+    mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
+                      help="the smallest run of every scenario (the test suite's)")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full",
+                      help="the full run (default), a few minutes")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    p.add_argument("--plot", action="store_true",
+                   help="also render PNG charts (needs matplotlib) next to the JSON")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR,
+                   help="directory for <timestamp>.json (default benchmarks/results)")
+    p.add_argument("--markdown", type=Path, default=None,
+                   help="also write every table as Markdown to this file")
+    p.add_argument("--keep-workdir", action="store_true",
+                   help="keep the temporary directory (worker logs, registries)")
+    p.set_defaults(mode="full")
+    return p
+
+
+async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
+              argv: list[str]) -> dict[str, Any]:
+    """Run the selected scenarios and return the results document."""
+    plan = PLANS[args.mode]
+    secrets = stacks.Secrets(workdir / "secrets")
+    ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "schema": 1,
+        "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mode": plan.mode,
+        "machine": machine(argv),
+        "layers": {},
+        "scenarios": {},
+        "errors": {},
+        "notes": ctx.notes,
+    }
+    for n in secrets.create():
+        ctx.note(n)
+    results["layers"] = {name: stacks.layer_note(name, secrets) or "available"
+                         for name in stacks.LAYERS}
+    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    m = machine(argv)
+    print(f"meshkit benchmarks, {plan.mode} mode: {m['cores']} cores, Python {m['python']}, "
+          f"grpcio {m['packages']['grpcio']}", flush=True)
+    try:
+        for name in selected:
+            print(f"\n== {name}", flush=True)
+            t0 = time.monotonic()
+            before = set(map(id, sup.procs))
+            try:
+                res = await SCENARIOS[name](ctx)
+                res["duration_s"] = round(time.monotonic() - t0, 2)
+                results["scenarios"][name] = res
+                report.print_scenario(name, res)
+            except (WorkerError, TimeoutError, OSError, KeyError, ValueError) as exc:
+                results["errors"][name] = f"{type(exc).__name__}: {exc}"
+                print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+            finally:
+                keep = {id(p.server) for p in ctx.pairs.values()} | \
+                    {id(p.client) for p in ctx.pairs.values()}
+                done = [p for p in sup.procs if id(p) not in before and id(p) not in keep]
+                await asyncio.gather(*(p.stop(1.0) for p in done), return_exceptions=True)
+            print(f"  ({time.monotonic() - t0:.1f} s)", flush=True)
+    finally:
+        await sup.close()
+    results["duration_s"] = round(time.monotonic() - started, 2)
+    results["targets"] = report.targets(results)
+    return results
+
+
+def _interruptible() -> dict[int, Any]:
+    """Make SIGINT (even when inherited as ignored, e.g. from a background job) and
+    SIGTERM interrupt the run, so that its ``finally`` blocks stop every worker; returns
+    the previous handlers for :func:`_restore`."""
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous: dict[int, Any] = {}
+    with contextlib.suppress(ValueError):  # not in the main thread: leave them alone
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signum, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; returns 0, or 1 when a scenario failed (missed targets are
+    reported, not failures), or 130 when interrupted."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(args_list)
+    workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
+    sup = Supervisor(workdir, workdir / "secrets")
+    previous = _interruptible()
+    try:
+        results = asyncio.run(run(args, sup, workdir, args_list))
+    except KeyboardInterrupt:
+        print("\ninterrupted; every worker process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        sup.kill_all()
+        _restore(previous)
+        if args.keep_workdir:
+            print(f"work directory kept: {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report.print_targets(results["targets"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.out / f"{stem}.json"
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"\nresults: {path}  ({results['duration_s']:.0f} s)", flush=True)
+    if args.plot:
+        for png in report.plot(results, args.out, stem):
+            print(f"chart:   {png}", flush=True)
+    if args.markdown is not None:
+        args.markdown.write_text(report.markdown(results))
+        print(f"markdown: {args.markdown}", flush=True)
+    for name, err in results["errors"].items():
+        print(f"scenario {name} failed: {err}", file=sys.stderr)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 1 if results["errors"] else 0

@@ -1,0 +1,231 @@
+"""What every scenario shares: the run's plan, its context, and interleaved rounds."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import stacks
+from benchmarks.procs import ClientProc, ServerProc, Supervisor, WorkerUnavailable
+
+__all__ = ["PLANS", "Ctx", "Pair", "Plan", "interleave", "median", "summarize"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Sizes of one mode (``smoke``, ``quick``, ``full``); every loop is bounded by them.
+
+    Attributes:
+        rounds, round_s, warmup_s, concurrencies: overhead rounds per contender, seconds
+            of load per round, warm-up seconds, client concurrencies.
+        overhead_only: contenders of the overhead scenario (``None``: all of them).
+        compare_concurrencies: concurrencies of the hand-assembled comparison.
+        slow_rounds, slow_round_s, slow_concurrency: slow-replica rounds.
+        failover_rounds, failover_pre_s, failover_post_s: SIGKILLs per contender and the
+            load before/after each.
+        convergence_rounds, join_obs_s, leave_obs_s: joins/drains per contender and how
+            long each is watched.
+        convergence_contenders: ``<registry>-<balancer>`` pairs of the convergence
+            scenario (registries ``local``, ``consul``; balancers ``p2c``, ``rr``).
+        fanout_quick: fewer timeit loops in the fan-out scenario.
+    """
+
+    mode: str
+    rounds: int
+    round_s: float
+    warmup_s: float
+    concurrencies: tuple[int, ...] = (1, 32)
+    overhead_only: tuple[str, ...] | None = None
+    compare_concurrencies: tuple[int, ...] = (32,)
+    slow_rounds: int = 2
+    slow_round_s: float = 1.0
+    slow_concurrency: int = 8
+    failover_rounds: int = 1
+    failover_pre_s: float = 1.0
+    failover_post_s: float = 2.0
+    failover_concurrency: int = 8
+    convergence_rounds: int = 1
+    join_obs_s: float = 1.5
+    leave_obs_s: float = 2.0
+    convergence_contenders: tuple[str, ...] = ("local-p2c", "local-rr", "consul-p2c",
+                                               "consul-rr")
+    fanout_quick: bool = True
+
+
+PLANS: dict[str, Plan] = {
+    "smoke": Plan(mode="smoke", rounds=2, round_s=0.15, warmup_s=0.1,
+                  overhead_only=("raw", "mesh", "full"), slow_rounds=1, slow_round_s=0.3,
+                  failover_pre_s=0.4, failover_post_s=1.0, join_obs_s=1.0, leave_obs_s=1.3,
+                  convergence_contenders=("local-p2c", "consul-p2c")),
+    "quick": Plan(mode="quick", rounds=3, round_s=0.2, warmup_s=0.1, slow_rounds=2,
+                  slow_round_s=0.5, failover_pre_s=0.6, failover_post_s=1.4, join_obs_s=1.0,
+                  leave_obs_s=1.3, convergence_contenders=("local-p2c", "local-rr",
+                                                           "consul-p2c")),
+    "full": Plan(mode="full", rounds=7, round_s=1.0, warmup_s=0.5,
+                 compare_concurrencies=(1, 32), slow_rounds=5, slow_round_s=3.0,
+                 failover_rounds=3, failover_pre_s=1.5, failover_post_s=3.0,
+                 convergence_rounds=3, join_obs_s=2.0, leave_obs_s=2.5, fanout_quick=False,
+                 convergence_contenders=("local-p2c", "local-rr", "local-p2c_rtt1ms",
+                                         "consul-p2c", "consul-rr")),
+}
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, 0.0 for no values."""
+    return float(statistics.median(values)) if values else 0.0
+
+
+def slug(name: str) -> str:
+    """A registry-safe service-name fragment for a contender name (``full+mtls`` ->
+    ``full-plus-mtls``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", name.replace("+", "-plus-")).strip("-") or "x"
+
+
+@dataclass
+class Pair:
+    """One contender as processes: a server worker and a client worker with channel ``main``.
+
+    Attributes:
+        name: contender name (``raw``, ``mesh``, ``+jwt``, ``full``, ``hand``...).
+        kind: ``raw``, ``mesh`` or ``hand``; layers: meshkit layers (``mesh`` only).
+    """
+
+    name: str
+    kind: str
+    layers: tuple[str, ...]
+    server: ServerProc
+    client: ClientProc
+
+    async def load(self, concurrency: int, duration_s: float, **extra: Any) -> dict[str, Any]:
+        """One bounded load round on this pair; adds the server's CPU seconds."""
+        s0 = self.server.cpu_s() or 0.0
+        res = await self.client.request(
+            {"op": "load", "name": "main", "concurrency": concurrency,
+             "duration_s": duration_s, "max_calls": int(duration_s * 100_000) + 1000, **extra},
+            timeout_s=duration_s + 60)
+        res["server_cpu_s"] = (self.server.cpu_s() or 0.0) - s0
+        return res
+
+
+@dataclass
+class Ctx:
+    """A run: its plan, process supervisor, key material, work directory and notes."""
+
+    plan: Plan
+    sup: Supervisor
+    secrets: stacks.Secrets
+    workdir: Path
+    notes: list[str] = field(default_factory=list)
+    pairs: dict[str, Pair] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def note(self, text: str) -> None:
+        """Record (and print) a note that goes into the results."""
+        if text not in self.notes:
+            self.notes.append(text)
+            print(f"  note: {text}", flush=True)
+
+    def registry(self, name: str, **query: float) -> str:
+        """A local registry URI in the work directory."""
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"local://{self.workdir / 'registries' / name}" + (f"?{q}" if q else "")
+
+    def layers_available(self, layers: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+        """The available subset of ``layers`` and notes on the others."""
+        ok: list[str] = []
+        missing: list[str] = []
+        for name in layers:
+            why = stacks.layer_note(name, self.secrets)
+            if why is None:
+                ok.append(name)
+            else:
+                missing.append(f"{name}: {why}")
+        return tuple(ok), missing
+
+    async def pair(self, name: str, kind: str, layers: tuple[str, ...] = (), *,
+                   tracing: bool = True) -> Pair | None:
+        """The started pair for contender ``name`` (started on first use, shared by the
+        scenarios); ``None`` with a note when its stack cannot be built here."""
+        if name in self.pairs:
+            return self.pairs[name]
+        if name in self.unavailable:
+            return None
+        registry = self.registry("pairs")
+        service = f"bench-{slug(name)}"
+        wname = slug(name)
+        try:
+            server = await self.sup.server(f"srv-{wname}", kind=kind, layers=layers,
+                                           service=service, registry=registry,
+                                           tracing=tracing)
+            client = await self.sup.client(f"cli-{wname}")
+            await client.request({"op": "open", "name": "main", "kind": kind,
+                                  "layers": list(layers), "service": service,
+                                  "registry": registry, "tracing": tracing,
+                                  "address": f"127.0.0.1:{server.port}"}, timeout_s=30)
+        except WorkerUnavailable as exc:
+            self.unavailable[name] = str(exc)
+            self.note(f"contender {name!r} skipped: {exc}")
+            return None
+        p = Pair(name, kind, layers, server, client)
+        self.pairs[name] = p
+        return p
+
+    async def pairs_for(self, specs: Sequence[tuple[str, str, tuple[str, ...], bool]]
+                        ) -> list[Pair]:
+        """Start several pairs, two at a time (the machine has few cores), in order."""
+        sem = asyncio.Semaphore(2)
+
+        async def one(spec: tuple[str, str, tuple[str, ...], bool]) -> Pair | None:
+            async with sem:
+                return await self.pair(spec[0], spec[1], spec[2], tracing=spec[3])
+
+        got = await asyncio.gather(*(one(s) for s in specs))
+        return [p for p in got if p is not None]
+
+
+async def interleave(pairs: Sequence[Pair], *, concurrency: int, rounds: int, round_s: float,
+                     warmup_s: float) -> dict[str, list[dict[str, Any]]]:
+    """Run ``rounds`` rounds over ``pairs``, alternating the order (A B C, C B A, ...),
+    after one warm-up round each; returns every round's answer by contender."""
+    for p in pairs:
+        await p.load(concurrency, warmup_s)
+    out: dict[str, list[dict[str, Any]]] = {p.name: [] for p in pairs}
+    for r in range(rounds):
+        for p in (pairs if r % 2 == 0 else list(reversed(pairs))):
+            out[p.name].append(await p.load(concurrency, round_s))
+    return out
+
+
+def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Medians over rounds, and paired comparisons with the baseline's same rounds.
+
+    Returns:
+        ``qps``, ``p50_us``, ``p99_us``, ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
+        (CPU seconds per 1000 calls), ``calls``, ``errors``, ``rounds``, and with a baseline
+        ``qps_ratio`` (median of per-round ratios) and ``added_p50_us``/``added_p99_us``.
+    """
+    def per_1k(key: str) -> float:
+        return median([r[key] / r["calls"] * 1000 for r in rounds if r["calls"]])
+
+    out: dict[str, Any] = {
+        "qps": median([r["qps"] for r in rounds]),
+        "p50_us": median([r["p50_us"] for r in rounds]),
+        "p99_us": median([r["p99_us"] for r in rounds]),
+        "client_cpu_s_per_1k": per_1k("cpu_s"),
+        "server_cpu_s_per_1k": per_1k("server_cpu_s"),
+        "calls": sum(r["calls"] for r in rounds),
+        "errors": sum(sum(r["errors"].values()) for r in rounds),
+        "rounds": len(rounds),
+        "qps_by_round": [round(r["qps"], 1) for r in rounds],
+    }
+    if base is not None:
+        pairs = list(zip(rounds, base, strict=False))
+        out["qps_ratio"] = median([r["qps"] / b["qps"] for r, b in pairs if b["qps"]])
+        out["added_p50_us"] = median([r["p50_us"] - b["p50_us"] for r, b in pairs])
+        out["added_p99_us"] = median([r["p99_us"] - b["p99_us"] for r, b in pairs])
+    return out

@@ -1,0 +1,134 @@
+"""Scenario 5, discovery convergence: a new instance joining, a drained one leaving.
+
+Two replicas serve under steady load (closed loop, concurrency 4) through a channel; a third
+process (already started and imported, waiting) is told to bind and register. Measured from
+the moment its registration call returned (its own clock, ``time.monotonic``, shared by the
+processes of a machine):
+
+* ``join_s``: until the first call it served completed at the client;
+* after ``join_obs_s``, it gets SIGTERM (meshkit drains: NOT_SERVING, deregister, keep
+  serving ``drain_delay_s`` = 1 s, then stop); ``leave_s``: from the SIGTERM to the start
+  of the last call it served; ``failed``: calls that ended in an error meanwhile.
+
+Registries: the local SQLite registry (watch polls every 0.25 s) and the Consul watch path
+(blocking queries) against the Consul agent test double of ``tests/discovery``, run inside
+the runner process. Balancers: meshkit's defaults (``p2c``: P2C/EWMA, ejection, retries),
+``rr`` (round robin), which separates discovery from the balancer's warm-up, and
+(diagnostic) ``p2c_rtt1ms``: the defaults with ``P2COptions(default_rtt_s=0.001)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+from benchmarks.procs import ClientProc
+from benchmarks.scenarios._common import Ctx, median
+
+__all__ = ["run"]
+
+NAME = "convergence"
+LEAD_S = 0.3
+BALANCERS = {"p2c": ("p2c", "outlier", "retry"), "rr": (),
+             "p2c_rtt1ms": ("p2c", "outlier", "retry", "p2c_rtt1ms")}
+
+
+def _analyse(timeline: list[list[Any]], new_id: str, t_reg: float,
+             t_term: float) -> dict[str, Any]:
+    served = [c for c in timeline if c[2] == new_id]
+    first_done = min((c[0] + c[1] for c in served), default=None)
+    last_start = max((c[0] for c in served), default=None)
+    failed = [c for c in timeline if c[2].startswith("!")]
+    return {
+        "join_s": None if first_done is None else first_done - t_reg,
+        "leave_s": None if last_start is None else last_start - t_term,
+        "served_by_new": len(served),
+        "calls": len(timeline),
+        "failed": len(failed),
+        "failed_codes": sorted({c[2][1:] for c in failed}),
+    }
+
+
+async def _round(ctx: Ctx, client: ClientProc, channel: str, registry: str, service: str,
+                 new_id: str) -> dict[str, Any]:
+    plan = ctx.plan
+    srv = await ctx.sup.server(new_id, kind="mesh", service=service, registry=registry,
+                               hold=True)
+    duration = LEAD_S + plan.join_obs_s + plan.leave_obs_s
+    try:
+        load = asyncio.create_task(client.request(
+            {"op": "load", "name": channel, "concurrency": 4, "duration_s": duration,
+             "max_calls": int(duration * 50_000), "timeline": True}, timeout_s=duration + 60))
+        await asyncio.sleep(LEAD_S)
+        t_reg = await srv.go()
+        await asyncio.sleep(max(0.0, t_reg + plan.join_obs_s - time.monotonic()))
+        srv.signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        res = await load
+    finally:
+        await srv.stop(3.0)
+    return _analyse(res["timeline"], new_id, t_reg, t_term)
+
+
+async def run(ctx: Ctx) -> dict[str, Any]:
+    """Join and drain ``convergence_rounds`` instances per (registry, balancer)."""
+    plan = ctx.plan
+    from tests.discovery.consul_double import ConsulDouble
+
+    consul = ConsulDouble()
+    await consul.start()
+    try:
+        registries = {"local": (ctx.registry("convergence"), "conv"),
+                      "consul": (f"consul://{consul.addr}", "convc")}
+        wanted = plan.convergence_contenders
+        registries = {r: v for r, v in registries.items()
+                      if any(c.startswith(f"{r}-") for c in wanted)}
+        await asyncio.gather(*(
+            ctx.sup.server(f"{reg}-base-{i}", kind="mesh", service=svc, registry=uri)
+            for reg, (uri, svc) in registries.items() for i in (1, 2)))
+        client = await ctx.sup.client("cli-convergence")
+        contenders: list[tuple[str, str, str, str]] = []
+        for reg, (uri, svc) in registries.items():
+            for bal in BALANCERS:
+                name = f"{reg}-{bal}"
+                if name not in wanted:
+                    continue
+                await client.request({"op": "open", "name": name, "kind": "mesh",
+                                      "service": svc, "registry": uri,
+                                      "layers": list(BALANCERS[bal]), "expect": 2},
+                                     timeout_s=30)
+                await client.request({"op": "load", "name": name, "concurrency": 4,
+                                      "duration_s": 0.2, "max_calls": 20_000}, timeout_s=60)
+                contenders.append((name, reg, uri, svc))
+        print(f"  {len(contenders)} contenders x {plan.convergence_rounds} join+drain",
+              flush=True)
+        rows: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in contenders}
+        for r in range(plan.convergence_rounds):
+            for name, _reg, uri, svc in (contenders if r % 2 == 0 else contenders[::-1]):
+                rows[name].append(await _round(ctx, client, name, uri, svc,
+                                               f"{name}-new-{r}"))
+        out: dict[str, Any] = {}
+        for name, reg, _uri, _svc in contenders:
+            rs = rows[name]
+            joins = [x["join_s"] for x in rs]
+            leaves = [x["leave_s"] for x in rs if x["served_by_new"]]
+            out[name] = {
+                "registry": reg,
+                "balancer": name.split("-", 1)[1],
+                "layers": list(BALANCERS[name.split("-", 1)[1]]),
+                "join_s_max": None if any(j is None for j in joins) else max(joins),
+                "join_s_median": median([j for j in joins if j is not None]),
+                "leave_s_max": max(leaves) if leaves else None,
+                "leave_s_median": median(leaves),
+                "never_served": sum(1 for x in rs if not x["served_by_new"]),
+                "failed_calls": sum(x["failed"] for x in rs),
+                "rounds": rs,
+            }
+        return {"join_obs_s": plan.join_obs_s, "leave_obs_s": plan.leave_obs_s,
+                "drain_delay_s": 1.0, "contenders": out}
+    finally:
+        with contextlib.suppress(Exception):
+            await consul.close()
