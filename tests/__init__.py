@@ -1,0 +1,1 @@
+"""Tests of meshkit and its examples."""

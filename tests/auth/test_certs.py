@@ -1,0 +1,87 @@
+"""Mesh CA and workload certificates, and the ``meshkit certs`` CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from meshkit.auth import (
+    KeyExistsError,
+    describe_certificate,
+    init_ca_dir,
+    issue_into_dir,
+    load_certificate,
+)
+from meshkit.auth.cli import main
+from meshkit.errors import ConfigError
+from tests.auth.conftest import TD, Pki
+
+
+def test_ca_is_name_constrained_p256(pki: Pki) -> None:
+    """The CA is an ECDSA P-256 CA:TRUE root permitting only its trust domain's names."""
+    ca = load_certificate(pki.dir / "ca.pem")
+    nc = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    assert nc.critical
+    permitted = {str(s.value) for s in nc.value.permitted_subtrees or ()}
+    assert permitted == {TD, f"svc.{TD}", "localhost"}
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+
+
+def test_workload_cert_is_an_x509_svid(pki: Pki) -> None:
+    """A workload cert has one SPIFFE URI, the identity name, the listen SANs, CA:FALSE."""
+    pki.issue("orderd")
+    info = describe_certificate(load_certificate(pki.dir / "orderd.pem"))
+    assert info.spiffe_id == f"spiffe://{TD}/svc/orderd"
+    assert info.uris == (info.spiffe_id,)
+    assert info.dns_names == (f"orderd.svc.{TD}", "localhost")
+    assert info.ip_addresses == ("127.0.0.1",) and not info.is_ca
+    assert (info.not_after - info.not_before).total_seconds() == pytest.approx(3900, abs=2)
+
+
+def test_keys_are_0600_and_never_overwritten_silently(pki: Pki) -> None:
+    """Keys are written 0600; issuing again without overwrite is refused."""
+    pki.issue("orderd")
+    for f in ("ca.key", "orderd.key"):
+        assert os.stat(pki.dir / f).st_mode & 0o777 == 0o600
+    before = (pki.dir / "orderd.key").read_bytes()
+    with pytest.raises(KeyExistsError):
+        issue_into_dir(pki.dir, "orderd")
+    with pytest.raises(KeyExistsError):
+        init_ca_dir(pki.dir, trust_domain=TD)
+    assert (pki.dir / "orderd.key").read_bytes() == before
+    pki.issue("orderd", overwrite=True)
+    assert (pki.dir / "orderd.key").read_bytes() != before
+    assert os.stat(pki.dir / "orderd.key").st_mode & 0o777 == 0o600
+
+
+def test_names_outside_constraints_refused_at_issue(pki: Pki) -> None:
+    """A DNS SAN the CA may not certify is refused when issuing, not at the handshake."""
+    with pytest.raises(ConfigError, match="outside"):
+        issue_into_dir(pki.dir, "orderd", dns=("evil.example.com",))
+    with pytest.raises(ConfigError, match="outlive"):
+        issue_into_dir(pki.dir, "orderd", ttl_h=24 * 10)
+
+
+def test_cli_init_issue_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """certs init/issue/inspect create files and print subject, SPIFFE ID and fingerprint."""
+    d = str(tmp_path / "c")
+    assert main(["certs", "init", "--dir", d, "--trust-domain", TD, "--ttl-days", "3"]) == 0
+    assert main(["issue", "userd", "--dir", d, "--ttl-h", "2", "--dns", "localhost",
+                 "--ip", "127.0.0.1"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", f"{d}/userd.pem"]) == 0
+    out = capsys.readouterr().out
+    for needle in (f"spiffe://{TD}/svc/userd", "userd.svc.", "127.0.0.1", "sha256:",
+                   "not after:", "issuer:        CN=meshkit CA meshkit.test"):
+        assert needle in out
+    assert "PRIVATE" not in out
+    assert main(["issue", "userd", "--dir", d]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["issue", "userd", "--dir", d, "--force"]) == 0
+    assert "renewed" in capsys.readouterr().out
+    assert main(["issue", "Bad_Name", "--dir", d]) == 1
+    assert main(["bogus"]) == 2

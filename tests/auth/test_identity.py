@@ -1,0 +1,63 @@
+"""SPIFFE IDs, identity names and ``*`` patterns (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshkit.auth import IdentityMatcher, SpiffeId, identity_dns_name, workload_id
+from meshkit.auth._identity import peer_from_identities
+from meshkit.errors import ConfigError
+
+
+def test_workload_id_and_identity_name() -> None:
+    """A service gets spiffe://<td>/svc/<service> and the DNS name <service>.svc.<td>."""
+    assert workload_id("meshkit.test", "orderd") == "spiffe://meshkit.test/svc/orderd"
+    assert identity_dns_name("meshkit.test", "orderd") == "orderd.svc.meshkit.test"
+
+
+@pytest.mark.parametrize("bad", ["Orderd", "order_d", "a.b", "", "-x", "x" * 64])
+def test_service_names_must_be_one_dns_label(bad: str) -> None:
+    """Names that could collide or break DNS are refused, quoting the value."""
+    with pytest.raises(ConfigError, match="got"):
+        workload_id("meshkit.test", bad)
+
+
+@pytest.mark.parametrize("bad", [
+    "http://td/x", "spiffe://TD/x", "spiffe://td/a//b", "spiffe://td/a/../b", "spiffe://td/x/",
+    "spiffe://td:443/x", "spiffe://td/x?q=1", "spiffe://",
+])
+def test_spiffe_id_parser_rejects_invalid(bad: str) -> None:
+    """The parser follows the SPIFFE ID rules on scheme, trust domain and path."""
+    with pytest.raises(ConfigError):
+        SpiffeId.parse(bad)
+
+
+def test_spiffe_id_parse_round_trip() -> None:
+    """A valid ID parses into trust domain, path and service and prints back unchanged."""
+    sid = SpiffeId.parse(b"spiffe://meshkit.test/svc/userd")
+    assert (sid.trust_domain, sid.path, sid.service) == ("meshkit.test", "/svc/userd", "userd")
+    assert str(sid) == "spiffe://meshkit.test/svc/userd"
+
+
+def test_peer_needs_exactly_one_spiffe_uri() -> None:
+    """Zero or two SPIFFE URIs among the verified SANs yield no peer identity."""
+    one = [b"spiffe://td/svc/a", b"a.svc.td", b"127.0.0.1"]
+    peer = peer_from_identities(one)
+    assert peer is not None and peer.service == "a"
+    assert peer_from_identities([b"a.svc.td"]) is None
+    assert peer_from_identities([b"spiffe://td/svc/a", b"spiffe://td/svc/b"]) is None
+    assert peer_from_identities(None) is None
+
+
+def test_matcher_wildcards() -> None:
+    """'*' matches any run of characters; exact patterns match only themselves."""
+    m = IdentityMatcher(["spiffe://td/svc/*", "spiffe://x/svc/exact"])
+    assert m.matches("spiffe://td/svc/orderd")
+    assert m.matches("spiffe://x/svc/exact")
+    assert not m.matches("spiffe://x/svc/exact2")
+    assert not m.matches("spiffe://other/svc/orderd")
+    assert not m.matches(None)
+    assert IdentityMatcher(["*"]).matches("anything")
+    assert not IdentityMatcher([]).matches("anything")
+    assert IdentityMatcher(["a.b*"]).matches("a.bc") and not IdentityMatcher(["a.b*"]).matches(
+        "aXbc")

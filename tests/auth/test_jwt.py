@@ -1,0 +1,315 @@
+"""JWT issuing and verification, pure, with a fake clock; the token attacks of issue 3."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from meshkit.auth import (
+    InvalidTokenError,
+    IssuerOptions,
+    JWTAuthOptions,
+    JWTVerifier,
+    KeySet,
+    SigningKey,
+    TokenIssuer,
+    UnauthenticatedError,
+    VerifiedTokenCache,
+    VerifierOptions,
+    extract_bearer,
+)
+from meshkit.errors import ConfigError
+from tests.auth.conftest import AUDIENCE, ISSUER
+
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """A settable wall clock."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock at T0."""
+    return FakeClock()
+
+
+@pytest.fixture
+def mint(keys: KeySet, clock: FakeClock) -> Callable[..., str]:
+    """Issue tokens at the fake clock's time."""
+    iss = TokenIssuer(keys, IssuerOptions(issuer=ISSUER, audience=AUDIENCE, ttl_s=300,
+                                          clock=clock))
+    return iss.issue
+
+
+@pytest.fixture
+def verifier(keys: KeySet, clock: FakeClock) -> JWTVerifier:
+    """A verifier over ``keys`` at the fake clock, 30 s leeway."""
+    return JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE, leeway_s=30),
+                       keys, clock=clock)
+
+
+def b64(obj: object) -> str:
+    """base64url(JSON) without padding."""
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+async def refused(verifier: JWTVerifier, token: str, reason: str) -> None:
+    """Assert ``token`` is refused as UNAUTHENTICATED with ``reason``, never echoing it."""
+    with pytest.raises(InvalidTokenError) as info:
+        await verifier.verify(token)
+    details = info.value.details() or ""
+    assert reason in details
+    assert token not in details and token[:40] not in details
+
+
+async def test_issue_and_verify_round_trip(mint: Callable[..., str], verifier: JWTVerifier,
+                                           keys: KeySet) -> None:
+    """An issued token carries every registered claim, a kid and at+jwt, and verifies."""
+    token = mint("user-1", scopes=("orders:read", "orders:write"))
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "ES256", "kid": keys.current.kid, "typ": "at+jwt"}
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert set(payload) >= {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope"}
+    claims = await verifier.verify(token)
+    assert claims.subject == "user-1" and claims.scopes == {"orders:read", "orders:write"}
+    assert claims.expires_at == T0 + 300 and claims.audience == (AUDIENCE,)
+
+
+async def test_eddsa_keys_work(clock: FakeClock) -> None:
+    """EdDSA (Ed25519) keys sign and verify too."""
+    keys = KeySet.generate("EdDSA")
+    token = TokenIssuer(keys, IssuerOptions(issuer=ISSUER, audience=AUDIENCE, clock=clock)
+                        ).issue("u")
+    v = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys, clock=clock)
+    assert (await v.verify(token)).subject == "u"
+
+
+async def test_alg_none_refused(verifier: JWTVerifier, keys: KeySet) -> None:
+    """A token with alg 'none' and no signature is refused (RFC 8725 §2.1)."""
+    header = {"alg": "none", "typ": "at+jwt", "kid": keys.current.kid}
+    payload = {"iss": ISSUER, "sub": "admin", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
+               "jti": "x"}
+    await refused(verifier, f"{b64(header)}.{b64(payload)}.", "algorithm")
+
+
+async def test_hs256_key_confusion_refused(verifier: JWTVerifier, keys: KeySet) -> None:
+    """An HS256 token MACed with the public key's PEM as secret is refused."""
+    pem = keys.current.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    payload = {"iss": ISSUER, "sub": "admin", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
+               "jti": "x"}
+    head = {"alg": "HS256", "typ": "at+jwt", "kid": keys.current.kid}
+    import hashlib
+    import hmac
+    signing_input = f"{b64(head)}.{b64(payload)}"
+    sig = base64.urlsafe_b64encode(hmac.new(pem, signing_input.encode(), hashlib.sha256)
+                                   .digest()).rstrip(b"=").decode()
+    await refused(verifier, f"{signing_input}.{sig}", "algorithm")
+
+
+def test_symmetric_algorithms_cannot_be_configured() -> None:
+    """HS256 and none are refused at construction: the allow-list is asymmetric only."""
+    for alg in ("HS256", "none"):
+        with pytest.raises(ConfigError, match=alg):
+            VerifierOptions(issuer=ISSUER, audience=AUDIENCE, algorithms=(alg,))
+
+
+async def test_expired_refused(mint: Callable[..., str], verifier: JWTVerifier,
+                               clock: FakeClock) -> None:
+    """A token is refused once exp + leeway has passed, and accepted just before."""
+    token = mint("u", ttl_s=60)
+    clock.now = T0 + 60 + 29
+    await verifier.verify(token)  # now cached: the cache must expire it too
+    clock.now = T0 + 60 + 30
+    await refused(verifier, token, "expired")
+
+
+async def test_not_yet_valid_refused(mint: Callable[..., str], verifier: JWTVerifier,
+                                     clock: FakeClock) -> None:
+    """A token whose nbf is beyond now + leeway is refused."""
+    token = mint("u")
+    clock.now = T0 - 31
+    await refused(verifier, token, "not yet valid")
+
+
+async def test_wrong_issuer_refused(keys: KeySet, verifier: JWTVerifier,
+                                    clock: FakeClock) -> None:
+    """A token from another issuer is refused."""
+    other = TokenIssuer(keys, IssuerOptions(issuer="https://evil", audience=AUDIENCE,
+                                            clock=clock))
+    await refused(verifier, other.issue("u"), "issuer")
+
+
+async def test_wrong_audience_refused(mint: Callable[..., str], verifier: JWTVerifier) -> None:
+    """A token for another audience is refused."""
+    await refused(verifier, mint("u", audience="billing"), "audience")
+
+
+async def test_unknown_kid_refused(verifier: JWTVerifier, clock: FakeClock) -> None:
+    """A token signed by a key the verifier does not know is refused."""
+    stranger = TokenIssuer(KeySet.generate(), IssuerOptions(issuer=ISSUER, audience=AUDIENCE,
+                                                             clock=clock))
+    await refused(verifier, stranger.issue("u"), "key id unknown")
+
+
+async def test_known_kid_other_key_refused(verifier: JWTVerifier, keys: KeySet,
+                                           clock: FakeClock) -> None:
+    """A token naming our kid but signed by another key fails the signature check."""
+    rogue = SigningKey.generate()
+    token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
+                        "jti": "j"}, rogue.private_key, algorithm="ES256",
+                       headers={"kid": keys.current.kid, "typ": "at+jwt"})
+    await refused(verifier, token, "signature")
+
+
+async def test_tampered_payload_refused(mint: Callable[..., str], verifier: JWTVerifier) -> None:
+    """Changing the payload (sub, scope) breaks the signature."""
+    head, _payload, sig = mint("user-1", scopes=("orders:read",)).split(".")
+    forged = jwt.decode(mint("user-1"), options={"verify_signature": False})
+    forged.update(sub="admin", scope="orders:write admin")
+    await refused(verifier, f"{head}.{b64(forged)}.{sig}", "signature")
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda t: t[: len(t) // 2],
+    lambda t: t.rsplit(".", 1)[0],
+    lambda t: "!!!." + t.split(".", 1)[1],
+    lambda t: "not a token",
+    lambda t: "a.b.c",
+])
+async def test_truncated_or_non_base64_refused(
+    mint: Callable[..., str], verifier: JWTVerifier, mangle: Callable[[str], str]
+) -> None:
+    """Truncated, non-base64 and garbage tokens are refused as malformed or badly signed."""
+    with pytest.raises(InvalidTokenError) as info:
+        await verifier.verify(mangle(mint("u")))
+    assert info.value.details() in ("malformed token", "token signature or key not accepted")
+
+
+async def test_huge_token_refused_before_parsing(verifier: JWTVerifier) -> None:
+    """A token over max_token_bytes is refused without being parsed."""
+    await refused(verifier, "a" * 10_000 + ".b.c", "too large")
+
+
+async def test_missing_required_claim_refused(keys: KeySet, verifier: JWTVerifier) -> None:
+    """A token without jti (a required claim) is refused."""
+    token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0},
+                       keys.current.private_key, algorithm="ES256",
+                       headers={"kid": keys.current.kid, "typ": "at+jwt"})
+    await refused(verifier, token, "required claim")
+
+
+async def test_wrong_typ_refused(keys: KeySet, verifier: JWTVerifier) -> None:
+    """An ID token (typ JWT) is not accepted as an access token."""
+    token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
+                        "jti": "j"}, keys.current.private_key, algorithm="ES256",
+                       headers={"kid": keys.current.kid, "typ": "JWT"})
+    await refused(verifier, token, "type")
+
+
+async def test_cache_skips_signature_checks_until_exp(
+    mint: Callable[..., str], verifier: JWTVerifier, clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verified token is served from the cache, without a second signature check."""
+    token = mint("u")
+    decodes = []
+    real = jwt.PyJWT.decode
+
+    def counting(self: jwt.PyJWT, *a: object, **k: object) -> object:
+        decodes.append(1)
+        return real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt.PyJWT, "decode", counting)
+    for _ in range(5):
+        assert (await verifier.verify(token)).subject == "u"
+    assert len(decodes) == 1
+    clock.now = T0 + 300 + 30
+    await refused(verifier, token, "expired")
+    assert len(decodes) == 2
+
+
+def test_cache_is_bounded_lru() -> None:
+    """The cache evicts the least recently used entry and stores only token hashes."""
+    clock = FakeClock()
+    cache = VerifiedTokenCache(2, clock=clock)
+    from meshkit.auth import Claims
+
+    c = Claims(subject="s", issuer="i", audience=(), scopes=frozenset(), expires_at=T0 + 10)
+    a, b, d = (cache.key(t) for t in ("ta", "tb", "td"))
+    cache.put(a, c)
+    cache.put(b, c)
+    assert cache.get(a) is c
+    cache.put(d, c)
+    assert cache.get(b) is None and cache.get(a) is c and len(cache) == 2
+    assert all(len(k) == 32 for k in cache._data)
+
+
+async def test_rotation_keeps_previous_key_verifying(mint: Callable[..., str],
+                                                     verifier: JWTVerifier,
+                                                     keys: KeySet) -> None:
+    """After one rotation old tokens verify; after two the oldest key is gone."""
+    old = mint("u")
+    keys.rotate()
+    new = mint("u2")
+    assert jwt.get_unverified_header(new)["kid"] == keys.current.kid
+    verifier.cache.max_entries = 0
+    await verifier.verify(old)
+    keys.rotate()
+    await refused(verifier, old, "key id unknown")
+    assert len(keys.jwks()["keys"]) == 2
+    assert all("d" not in k for k in keys.jwks()["keys"])
+
+
+def test_extract_bearer() -> None:
+    """Only 'authorization: Bearer <t>' yields a token; other schemes and repeats are refused."""
+    assert extract_bearer([("authorization", "Bearer abc")]) == "abc"
+    assert extract_bearer([("x-token", "Bearer abc")]) is None
+    assert extract_bearer(None) is None
+    for md in ([("authorization", "Basic dTpw")],
+               [("authorization", "Bearer a"), ("authorization", "Bearer b")],
+               [("authorization", "Bearer ")]):
+        with pytest.raises(UnauthenticatedError) as info:
+            extract_bearer(md)
+        assert "dTpw" not in (info.value.details() or "")
+
+
+def test_method_scopes_and_public_methods() -> None:
+    """Exact method scopes win over service scopes, which win over defaults."""
+    opts = JWTAuthOptions(public_methods=("/s.A/Login", "/s.Pub/*"),
+                          method_scopes={"/s.A/Place": ("orders:write",),
+                                         "/s.A/*": ("orders:read",)},
+                          default_scopes=("basic",))
+    assert opts.is_public("/s.A/Login") and opts.is_public("/s.Pub/Any")
+    assert not opts.is_public("/s.A/Place")
+    assert opts.required_scopes("/s.A/Place") == {"orders:write"}
+    assert opts.required_scopes("/s.A/Get") == {"orders:read"}
+    assert opts.required_scopes("/s.B/Get") == {"basic"}
+    with pytest.raises(ConfigError, match="got"):
+        JWTAuthOptions(method_scopes={"/s.A/Place": ("a b",)})
+
+
+def test_keyset_directory_shared_and_0600(tmp_path: object) -> None:
+    """from_directory creates one 0600 key that a second loader shares."""
+    import os
+    from pathlib import Path
+
+    d = Path(str(tmp_path)) / "jwt"
+    a = KeySet.from_directory(d)
+    b = KeySet.from_directory(d)
+    assert a.current.kid == b.current.kid
+    (f,) = d.glob("jwt-*.key")
+    assert os.stat(f).st_mode & 0o777 == 0o600
+    assert "PRIVATE" not in repr(a.current)

@@ -1,0 +1,186 @@
+"""mTLS against real in-process grpc.aio servers: what the handshake accepts and refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+import meshkit
+from meshkit.auth import (
+    CertificateError,
+    ChannelCredentialsReloader,
+    TLSOptions,
+    server_interceptors,
+    tls_from_dir,
+)
+from meshkit.discovery import LocalRegistry
+from tests.auth.conftest import SERVICE, TD, Pki, StartServer, call, rpc_error
+from tests.support.wait import until
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls_call_sees_verified_peer(pki: Pki, start_server: StartServer) -> None:
+    """A client with a mesh certificate reaches a server that verifies it, which sees its ID."""
+    server = pki.issue("userd")
+    client = pki.issue("orderd")
+    port = await start_server(server.server_credentials(), [server.peer_interceptor()])
+    got = await call(port, credentials=client.channel_credentials(),
+                     options=client.channel_options("userd"))
+    assert got == f"spiffe://{TD}/svc/orderd|-".encode()
+
+
+async def test_client_cert_from_another_ca_refused(pki: Pki, other_pki: Pki,
+                                                   start_server: StartServer) -> None:
+    """A client certificate signed by another CA fails the handshake."""
+    server = pki.issue("userd")
+    rogue = other_pki.issue("orderd")
+    port = await start_server(server.server_credentials())
+    creds = grpc.ssl_channel_credentials(server.read().ca_pem, rogue.read().key_pem,
+                                         rogue.read().cert_pem)
+    err = await rpc_error(call(port, credentials=creds, options=server.channel_options("userd")))
+    assert err.code() is UNAVAILABLE
+
+
+async def test_expired_client_cert_refused(pki: Pki, start_server: StartServer) -> None:
+    """A client certificate that expired an hour ago fails the handshake."""
+    server = pki.issue("userd")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    expired = pki.issue("orderd", ttl_h=1, now=past)
+    port = await start_server(server.server_credentials())
+    err = await rpc_error(call(port, credentials=expired.channel_credentials(),
+                               options=expired.channel_options("userd")))
+    assert err.code() is UNAVAILABLE
+
+
+async def test_plaintext_client_refused(pki: Pki, start_server: StartServer) -> None:
+    """A plaintext client cannot talk to an mTLS server."""
+    port = await start_server(pki.issue("userd").server_credentials())
+    err = await rpc_error(call(port, credentials=None))
+    assert err.code() is UNAVAILABLE
+
+
+async def test_tls_client_without_certificate_refused(pki: Pki,
+                                                      start_server: StartServer) -> None:
+    """A TLS client that presents no certificate is refused: client auth is required."""
+    server = pki.issue("userd")
+    port = await start_server(server.server_credentials())
+    creds = grpc.ssl_channel_credentials(server.read().ca_pem)
+    err = await rpc_error(call(port, credentials=creds, options=server.channel_options("userd")))
+    assert err.code() is UNAVAILABLE
+
+
+async def test_client_refuses_server_with_wrong_identity(pki: Pki,
+                                                         start_server: StartServer) -> None:
+    """A client expecting 'billing' refuses a server holding the 'userd' certificate."""
+    server = pki.issue("userd")
+    client = pki.issue("orderd")
+    port = await start_server(server.server_credentials())
+    err = await rpc_error(call(port, credentials=client.channel_credentials(),
+                               options=client.channel_options("billing")))
+    assert err.code() is UNAVAILABLE
+    assert await call(port, credentials=client.channel_credentials(),
+                      options=client.channel_options("userd"))
+
+
+async def test_allowed_peers_refuses_other_workloads(pki: Pki, start_server: StartServer) -> None:
+    """A valid mesh peer outside allowed_peers gets PERMISSION_DENIED, not its data."""
+    pki.issue("userd")
+    server = pki.options("userd", allowed_peers=(f"spiffe://{TD}/svc/orderd",))
+    gateway = pki.issue("gateway")
+    port = await start_server(server.server_credentials(), [server.peer_interceptor()])
+    err = await rpc_error(call(port, credentials=gateway.channel_credentials(),
+                               options=gateway.channel_options("userd")))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "gateway" not in (err.details() or "") and "orderd" not in (err.details() or "")
+
+
+def _served_serial(port: int, client: TLSOptions) -> int:
+    ctx = ssl.create_default_context(cafile=str(client.ca_file))
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    ctx.load_cert_chain(str(client.cert_file), str(client.key_file))
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock, \
+            ctx.wrap_socket(sock) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_server_picks_up_renewed_certificate(pki: Pki, start_server: StartServer) -> None:
+    """After renewal on disk, new connections get the new certificate without a restart."""
+    server = pki.issue("userd")
+    client = pki.issue("orderd")
+    port = await start_server(server.server_credentials(), [server.peer_interceptor()])
+    first = await asyncio.to_thread(_served_serial, port, client)
+    pki.issue("userd", overwrite=True)
+    renewed = server.read()
+    new_serial = x509.load_pem_x509_certificate(renewed.cert_pem).serial_number
+    assert new_serial != first
+
+    async def serving_new() -> bool:
+        return await asyncio.to_thread(_served_serial, port, client) == new_serial
+
+    await until(serving_new, timeout_s=5, what="renewed certificate served")
+    assert await call(port, credentials=client.channel_credentials(),
+                      options=client.channel_options("userd"))
+
+
+async def test_channel_reloader_bumps_generation(pki: Pki) -> None:
+    """The client reloader notices renewed files and bumps its generation once."""
+    client = pki.issue("orderd")
+    reloader = ChannelCredentialsReloader(client)
+    assert not reloader.check(force=True)
+    fp = client.certificate_fingerprint()
+    pki.issue("orderd", overwrite=True)
+    assert client.certificate_fingerprint() != fp
+    assert reloader.check(force=True) and reloader.generation == 2
+    assert not reloader.check(force=True)
+
+
+def test_construction_checks_files(pki: Pki, tmp_path: Path) -> None:
+    """A mismatched key, a missing file or no directory fail at construction, not per call."""
+    pki.issue("userd")
+    pki.issue("orderd")
+    with pytest.raises(CertificateError, match="does not match"):
+        TLSOptions(ca_file=pki.dir / "ca.pem", cert_file=pki.dir / "userd.pem",
+                   key_file=pki.dir / "orderd.key")
+    with pytest.raises(CertificateError, match="certs issue billing"):
+        tls_from_dir(pki.dir, "billing")
+    assert tls_from_dir(None, "billing", insecure=True) is None
+    opts = tls_from_dir(pki.dir, "userd")
+    assert opts is not None and opts.spiffe_id == f"spiffe://{TD}/svc/userd"
+    assert opts.domain == TD
+
+
+async def test_mesh_server_and_dial_over_mtls(pki: Pki, tmp_path: Path) -> None:
+    """meshkit.MeshServer and meshkit.dial talk mTLS with identity checks on both sides."""
+    server_tls = pki.issue("userd")
+    client_tls = pki.issue("orderd")
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+    from tests.auth.conftest import auth_handler
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    srv = meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        credentials=server_tls.server_credentials(), drain_delay_s=0, grace_s=0.5,
+        interceptors=server_interceptors(tls=server_tls)))
+    await srv.start()
+    try:
+        opts = meshkit.DialOptions(credentials=client_tls.channel_credentials(),
+                                   channel_options=client_tls.channel_options("userd"))
+        async with meshkit.dial("userd", registry=reg, options=opts) as ch:
+            got = await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=3)
+        assert got == f"spiffe://{TD}/svc/orderd|-".encode()
+    finally:
+        await srv.drain()
+        await reg.close()

@@ -1,0 +1,51 @@
+"""Smoke test of the benchmark runner: a ``--smoke`` run finishes and writes well-formed JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import numbers
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.runner import main
+from benchmarks.scenarios import SCENARIOS
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _numbers(d: dict[str, Any], *keys: str) -> None:
+    for k in keys:
+        assert isinstance(d[k], numbers.Real), (k, d[k])
+
+
+def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
+    """A --smoke run exits 0 and its JSON has every scenario with numeric results."""
+    assert main(["--smoke", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["mode"] == "smoke" and doc["errors"] == {}
+    assert set(doc["scenarios"]) == set(SCENARIOS)
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["packages"]["grpcio"]
+    sc = doc["scenarios"]
+    for conc in ("1", "32"):
+        rows = sc["overhead"]["by_concurrency"][conc]
+        assert {"raw", "mesh"} <= set(rows)
+        for row in rows.values():
+            _numbers(row, "qps", "p50_us", "p99_us", "client_cpu_s_per_1k",
+                     "server_cpu_s_per_1k", "qps_ratio", "added_p50_us")
+            assert row["calls"] > 0
+    hand_deps = all(importlib.util.find_spec(m) for m in ("grpc_interceptor", "tenacity"))
+    assert ("hand" in sc["compare"]["by_concurrency"]["32"]) == hand_deps
+    for row in sc["slow_replica"]["contenders"].values():
+        _numbers(row, "qps", "p50_us", "p99_us", "slow_share")
+    for row in sc["failover"]["contenders"].values():
+        _numbers(row, "failed_calls", "extra_p99_us")
+        assert row["rounds"]
+    assert sc["convergence"]["contenders"]
+    _numbers(sc["fanout"]["memory"], "python_bytes_per_endpoint", "rss_bytes_per_endpoint")
+    assert set(sc["fanout"]["pick_us"]["100"]) >= {"RoundRobin", "P2C", "RingHash (keyed)"}
+    for t in doc["targets"]:
+        assert set(t) == {"target", "goal", "value", "unit", "met"}

@@ -1,0 +1,59 @@
+"""Shared fixtures: a fast local registry in a temp dir and in-process echo servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from tests.support.echo import add_echo
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def registry_dir(tmp_path: Path) -> Path:
+    """A private directory for one test's local registry."""
+    return tmp_path / "registry"
+
+
+@pytest.fixture
+async def registry(registry_dir: Path) -> AsyncIterator[LocalRegistry]:
+    """A local registry with a 1 s TTL and a 50 ms watch poll."""
+    reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=1.0, poll_interval_s=0.05))
+    yield reg
+    await reg.close()
+
+
+EchoFactory = Callable[..., Awaitable[meshkit.MeshServer]]
+
+
+@pytest.fixture
+async def echo_servers(registry: LocalRegistry) -> AsyncIterator[EchoFactory]:
+    """Start echo servers registered as service ``echo``; all are drained at teardown."""
+    started: list[meshkit.MeshServer] = []
+
+    async def start(
+        instance_id: str,
+        service: str = "echo",
+        delay_s: float = 0.0,
+        served: list[str] | None = None,
+        **opts: object,
+    ) -> meshkit.MeshServer:
+        options = meshkit.ServeOptions(
+            insecure=True, instance_id=instance_id, drain_delay_s=0.0, grace_s=1.0, **opts
+        )  # type: ignore[arg-type]
+        srv = meshkit.MeshServer(
+            service, [add_echo(instance_id, delay_s, served)], registry=registry, options=options
+        )
+        await srv.start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        await srv.drain()

@@ -1,0 +1,591 @@
+"""Test double for the Consul agent HTTP API — not Consul; follows the documented endpoints
+listed below.
+
+An aiohttp web application on ``127.0.0.1:<ephemeral port>`` playing a single-node Consul
+agent, for exactly the calls :mod:`meshkit.discovery._consul` makes. Each endpoint follows
+its page under https://developer.hashicorp.com/consul/api-docs/ :
+
+* ``PUT /v1/agent/service/register[?replace-existing-checks]`` — ``agent/service``
+  (register service): JSON body with ``ID``, ``Name``, ``Address``, ``Port``, ``Tags``,
+  ``Meta``, ``Weights``, ``Check``/``Checks``. Keys are matched case-insensitively and with
+  or without underscores, as the agent's decoder does. Check types: ``TTL`` and ``GRPC``
+  (``GRPC: "host:port/service"``, ``GRPCUseTLS``, ``Interval``, ``Timeout``), with
+  ``CheckID``, ``Name``, ``Status`` (initial status, default ``critical``) and
+  ``DeregisterCriticalServiceAfter``. Default check ids ``service:<id>`` (``Check``) and
+  ``service:<id>:<n>`` (``Checks``), as Consul assigns them.
+* ``PUT /v1/agent/service/deregister/<id>`` — ``agent/service`` (deregister service);
+  404 ``Unknown service ID "<id>". Ensure that the service ID is passed, not the service
+  name.`` for an unknown id, as Consul answers.
+* ``GET /v1/agent/service/<id>`` — ``agent/service`` (get service configuration);
+  404 ``unknown service ID: <id>``.
+* ``PUT /v1/agent/check/pass/<check_id>[?note=]`` — ``agent/check`` (TTL check pass);
+  404 ``Unknown check ID "<id>". Ensure that the check ID is passed, not the check name.``
+  for an unknown check and 500 ``CheckID "<id>" does not have associated TTL`` for a
+  non-TTL check, as Consul's agent does.
+* ``GET /v1/health/service/<name>[?passing][&tag=][&index=&wait=]`` — ``health`` (list
+  service instances) and ``features/blocking``: ``[{"Node": {...}, "Service": {ID, Service,
+  Tags, Address, Port, Meta, Weights, ...}, "Checks": [...]}]`` with the ``X-Consul-Index``
+  header; with ``index`` the request is held until that service's index moves past it or
+  ``wait`` (default 5m, at most 10m) elapses. No wait jitter is added (deterministic).
+* ``GET /v1/catalog/services`` — ``catalog`` (list services): ``{name: [tags]}``.
+
+TTL checks turn ``critical`` when not passed within their TTL; a check critical for longer
+than its ``DeregisterCriticalServiceAfter`` has its service removed (the double honours any
+value, where Consul's minimum is one minute, so tests stay fast). ``GRPC`` checks really call
+``grpc.health.v1.Health/Check`` every ``Interval`` (``GRPCUseTLS`` is not supported: such a
+check stays critical).
+
+ACLs (``api-docs/api-structure#authentication``): built with ``required_token``, every request
+must carry it in ``X-Consul-Token`` (or ``Authorization: Bearer``); none gives 403
+``Permission denied: ...`` (the anonymous token), a wrong one 403 ``ACL not found``.
+
+Test hooks: :meth:`ConsulDouble.forget_all` (an agent restart that lost its state),
+:meth:`ConsulDouble.reset_index` (the index jumps back), :meth:`ConsulDouble.touch` (the
+index moves with no change: a spurious wakeup), :meth:`ConsulDouble.set_down` (every request
+answers 500 ``No cluster leader``), :meth:`ConsulDouble.stop`/:meth:`ConsulDouble.start`
+(connection refused, then back on the same port). Every request is recorded in
+:attr:`ConsulDouble.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+__all__ = ["ConsulDouble", "RecordedRequest"]
+
+ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go duration (``"30s"``, ``"250ms"``, ``"1m30s"``) into seconds."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {text!r}")
+    return total
+
+
+def _norm(d: Any) -> dict[str, Any]:
+    """Keys lower-cased without underscores: ``GRPCUseTLS`` == ``grpc_use_tls``."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+    return {str(k).lower().replace("_", ""): v for k, v in d.items()}
+
+
+@dataclass
+class RecordedRequest:
+    """One request the double received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any = None
+
+    @property
+    def token(self) -> str | None:
+        """The ACL token the request carried, if any."""
+        auth = self.headers.get("authorization", "")
+        return (self.headers.get("x-consul-token") or self.query.get("token")
+                or (auth[7:] if auth.lower().startswith("bearer ") else None))
+
+
+_RECORDED: web.RequestKey[RecordedRequest] = web.RequestKey("recorded", RecordedRequest)
+
+
+@dataclass
+class _Check:
+    check_id: str
+    name: str
+    service_id: str
+    ttl_s: float | None = None
+    grpc: str | None = None
+    grpc_use_tls: bool = False
+    interval_s: float = 10.0
+    timeout_s: float = 10.0
+    deregister_after_s: float | None = None
+    status: str = "critical"
+    output: str = ""
+    last_pass: float = field(default_factory=time.monotonic)
+    critical_since: float | None = None
+    task: asyncio.Task[None] | None = None
+
+    def to_json(self, node: str, service: _Service) -> dict[str, Any]:
+        return {
+            "Node": node, "CheckID": self.check_id, "Name": self.name, "Status": self.status,
+            "Notes": "", "Output": self.output, "ServiceID": service.id,
+            "ServiceName": service.name, "ServiceTags": list(service.tags),
+            "Type": "ttl" if self.ttl_s is not None else "grpc",
+            "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0,
+        }
+
+
+@dataclass
+class _Service:
+    id: str
+    name: str
+    address: str
+    port: int
+    tags: list[str]
+    meta: dict[str, str]
+    weights: dict[str, int]
+    checks: dict[str, _Check] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Kind": "", "ID": self.id, "Service": self.name, "Tags": list(self.tags),
+            "Address": self.address, "Meta": dict(self.meta), "Port": self.port,
+            "Weights": dict(self.weights), "EnableTagOverride": False,
+            "TaggedAddresses": {}, "CreateIndex": 0, "ModifyIndex": 0,
+        }
+
+
+class ConsulDouble:
+    """A single-node Consul agent stand-in; see the module docstring for what it follows.
+
+    Args:
+        required_token: when set, the ACL token every request must carry (ACL mode).
+        ssl_context: serve HTTPS with this server context (e.g. one requiring client certs).
+        node: the node name reported in health entries.
+        reap_interval_s: how often TTLs and ``DeregisterCriticalServiceAfter`` are checked.
+
+    Use ``async with ConsulDouble() as double:`` or ``await start()`` / ``await stop()``;
+    :attr:`addr` is ``127.0.0.1:<port>``, :attr:`url` ``http(s)://127.0.0.1:<port>``.
+    """
+
+    def __init__(
+        self,
+        *,
+        required_token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        node: str = "consul-double",
+        reap_interval_s: float = 0.02,
+    ) -> None:
+        self.required_token = required_token
+        self.ssl_context = ssl_context
+        self.node = node
+        self.reap_interval_s = reap_interval_s
+        self.port = 0
+        self.requests: list[RecordedRequest] = []
+        self.services: dict[str, _Service] = {}
+        self.passes: Counter[str] = Counter()
+        self.status_history: list[tuple[str, str]] = []
+        self.registrations: list[dict[str, Any]] = []
+        self._index = 1
+        self._svc_index: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._down = False
+        self._stopping = False
+        self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.app = web.Application(middlewares=[self._middleware])
+        self.app.router.add_put("/v1/agent/service/register", self._register)
+        self.app.router.add_put("/v1/agent/service/deregister/{id}", self._deregister)
+        self.app.router.add_get("/v1/agent/service/{id}", self._agent_service)
+        self.app.router.add_put("/v1/agent/check/pass/{check_id}", self._check_pass)
+        self.app.router.add_get("/v1/health/service/{name}", self._health_service)
+        self.app.router.add_get("/v1/catalog/services", self._catalog_services)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def addr(self) -> str:
+        """``127.0.0.1:<port>`` (what ``CONSUL_HTTP_ADDR`` would hold)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (``https`` when serving TLS)."""
+        return f"{'https' if self.ssl_context else 'http'}://{self.addr}"
+
+    async def start(self) -> None:
+        """Listen on 127.0.0.1 (an ephemeral port the first time, the same port after)."""
+        self._stopping = False
+        runner = web.AppRunner(self.app, shutdown_timeout=0.2, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context,
+                           reuse_address=True)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_loop(), name="consul-double-reaper")
+
+    async def stop(self) -> None:
+        """Stop listening (clients get connection refused); state is kept for :meth:`start`."""
+        self._stopping = True
+        self._notify()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        """Stop listening and end every background task (reaper, gRPC checks)."""
+        await self.stop()
+        tasks = [c.task for s in self.services.values() for c in s.checks.values() if c.task]
+        if self._reaper is not None:
+            tasks.append(self._reaper)
+            self._reaper = None
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> ConsulDouble:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- test hooks ----------------------------------------------------------------------
+    def forget_all(self) -> None:
+        """Lose every service and check, as an agent restarted without persisted state."""
+        names = {s.name for s in self.services.values()}
+        for svc in self.services.values():
+            self._stop_checks(svc)
+        self.services.clear()
+        for name in names:
+            self._bump(name)
+
+    def reset_index(self, to: int = 1) -> None:
+        """Make the raft index (and every service's index) jump back to ``to``."""
+        self._index = to
+        for name in self._svc_index:
+            self._svc_index[name] = to
+        self._notify()
+
+    def touch(self, service: str) -> None:
+        """Move ``service``'s index without changing anything (a spurious wakeup)."""
+        self._bump(service)
+
+    def set_down(self, down: bool) -> None:
+        """While down, every request answers 500 ``No cluster leader``."""
+        self._down = down
+        self._notify()
+
+    def index_of(self, service: str) -> int:
+        """The ``X-Consul-Index`` that ``/v1/health/service/<service>`` would return now."""
+        return self._svc_index.get(service, 1)
+
+    def check(self, check_id: str) -> _Check | None:
+        """The check with this id, if registered."""
+        for svc in self.services.values():
+            if check_id in svc.checks:
+                return svc.checks[check_id]
+        return None
+
+    def health_requests(self, service: str) -> list[RecordedRequest]:
+        """The recorded ``GET /v1/health/service/<service>`` requests, oldest first."""
+        return [r for r in self.requests if r.path == f"/v1/health/service/{service}"]
+
+    # -- internals -----------------------------------------------------------------------
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _bump(self, service: str) -> None:
+        self._index += 1
+        self._svc_index[service] = self._index
+        self._notify()
+
+    def _set_status(self, svc: _Service, check: _Check, status: str, output: str) -> None:
+        changed = status != check.status or output != check.output
+        if status != check.status:
+            self.status_history.append((check.check_id, status))
+            check.critical_since = time.monotonic() if status == "critical" else None
+        check.status, check.output = status, output
+        if changed:
+            self._bump(svc.name)
+
+    def _stop_checks(self, svc: _Service) -> None:
+        for c in svc.checks.values():
+            if c.task is not None:
+                c.task.cancel()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval_s)
+            now = time.monotonic()
+            for svc in list(self.services.values()):
+                for c in svc.checks.values():
+                    if (c.ttl_s is not None and c.status != "critical"
+                            and now - c.last_pass > c.ttl_s):
+                        self._set_status(svc, c, "critical", "TTL expired")
+                if any(c.deregister_after_s is not None and c.critical_since is not None
+                       and now - c.critical_since > c.deregister_after_s
+                       for c in svc.checks.values()):
+                    self._stop_checks(svc)
+                    del self.services[svc.id]
+                    self._bump(svc.name)
+
+    async def _grpc_loop(self, svc: _Service, check: _Check) -> None:
+        assert check.grpc is not None
+        target, _, health_service = check.grpc.partition("/")
+        while True:
+            if check.grpc_use_tls:
+                status, output = "critical", "GRPCUseTLS is not supported by the test double"
+            else:
+                try:
+                    async with grpc.aio.insecure_channel(target) as channel:
+                        stub = health_pb2_grpc.HealthStub(channel)
+                        resp = await stub.Check(
+                            health_pb2.HealthCheckRequest(service=health_service),
+                            timeout=check.timeout_s,
+                        )
+                    serving = resp.status == health_pb2.HealthCheckResponse.SERVING
+                    status = "passing" if serving else "critical"
+                    output = f"gRPC check {check.grpc}: {resp.status}"
+                except grpc.aio.AioRpcError as exc:
+                    status, output = "critical", f"gRPC check {check.grpc}: {exc.code()}"
+            if self.services.get(svc.id) is not svc:
+                return
+            self._set_status(svc, check, status, output)
+            await asyncio.sleep(check.interval_s)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        rec = RecordedRequest(
+            method=request.method, path=request.path, query=dict(request.query),
+            headers={k.lower(): v for k, v in request.headers.items()}, body=body,
+        )
+        self.requests.append(rec)
+        request[_RECORDED] = rec
+        if self._down or self._stopping:
+            return web.Response(status=500, text="No cluster leader")
+        if self.required_token is not None:
+            token = rec.token
+            if not token:
+                return web.Response(status=403, text=(
+                    f"Permission denied: token with AccessorID '{ANONYMOUS_ACCESSOR}' lacks "
+                    "permission"))
+            if token != self.required_token:
+                return web.Response(status=403, text="ACL not found")
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    def _json(self, data: Any, index: int | None = None) -> web.Response:
+        headers = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+        if index is not None:
+            headers["X-Consul-Index"] = str(index)
+        return web.json_response(data, headers=headers)
+
+    # -- handlers ------------------------------------------------------------------------
+    def _parse_check(self, raw: Any, default_id: str, service_id: str) -> _Check:
+        c = _norm(raw)
+        check_id = str(c.get("checkid") or c.get("id") or default_id)
+        ttl, target = c.get("ttl"), c.get("grpc")
+        if bool(ttl) == bool(target):
+            raise ValueError("the double supports checks with exactly one of TTL or GRPC")
+        dereg = c.get("deregistercriticalserviceafter")
+        check = _Check(
+            check_id=check_id, name=str(c.get("name") or f"Service '{service_id}' check"),
+            service_id=service_id,
+            deregister_after_s=parse_duration(dereg) if dereg else None,
+            status=str(c.get("status") or "critical"),
+        )
+        if check.status not in ("passing", "warning", "critical"):
+            raise ValueError(f"Invalid check status: {check.status!r}")
+        if ttl:
+            check.ttl_s = parse_duration(ttl)
+            if check.ttl_s <= 0:
+                raise ValueError("TTL must be > 0 for TTL checks")
+        else:
+            interval = c.get("interval")
+            if not interval or parse_duration(interval) <= 0:
+                raise ValueError("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP "
+                                 "or GRPC checks")
+            check.grpc = str(target)
+            check.grpc_use_tls = bool(c.get("grpcusetls"))
+            check.interval_s = parse_duration(interval)
+            if c.get("timeout"):
+                check.timeout_s = parse_duration(c["timeout"])
+        if check.status == "critical":
+            check.critical_since = time.monotonic()
+        return check
+
+    async def _register(self, request: web.Request) -> web.Response:
+        rec = request[_RECORDED]
+        try:
+            body = _norm(rec.body)
+            name = body.get("name")
+            if not name:
+                return web.Response(status=400, text="Missing service name")
+            sid = str(body.get("id") or name)
+            weights = _norm(body.get("weights") or {"Passing": 1, "Warning": 1})
+            passing, warning = int(weights.get("passing", 1)), int(weights.get("warning", 1))
+            if passing < 1:
+                return web.Response(status=400, text="Passing must be greater than 0")
+            raw_checks: list[tuple[Any, str]] = []
+            if body.get("check"):
+                raw_checks.append((body["check"], f"service:{sid}"))
+            for i, c in enumerate(body.get("checks") or [], start=1):
+                raw_checks.append((c, f"service:{sid}:{i}"))
+            checks = [self._parse_check(c, default, sid) for c, default in raw_checks]
+            meta = body.get("meta") or {}
+            if not all(isinstance(v, str) for v in meta.values()):
+                raise ValueError("Meta values must be strings")
+            svc = _Service(
+                id=sid, name=str(name), address=str(body.get("address") or ""),
+                port=int(body.get("port") or 0), tags=list(body.get("tags") or []),
+                meta=dict(meta), weights={"Passing": passing, "Warning": warning},
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            return web.Response(status=400, text=f"Request decode failed: {exc}")
+        self.registrations.append(rec.body)
+        replace = rec.query.get("replace-existing-checks", "false").lower() in ("", "1", "true")
+        old = self.services.get(sid)
+        if old is not None:
+            kept = {} if replace else {k: c for k, c in old.checks.items()
+                                       if k not in {n.check_id for n in checks}}
+            for k, c in old.checks.items():
+                if k not in kept and c.task is not None:
+                    c.task.cancel()
+            svc.checks.update(kept)
+            if old.name != svc.name:
+                self._bump(old.name)
+        for c in checks:
+            svc.checks[c.check_id] = c
+        self.services[sid] = svc
+        for c in checks:
+            if c.grpc is not None:
+                c.task = asyncio.create_task(self._grpc_loop(svc, c))
+        self._bump(svc.name)
+        return web.Response(status=200)
+
+    async def _deregister(self, request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        svc = self.services.pop(sid, None)
+        if svc is None:
+            return web.Response(status=404, text=(
+                f'Unknown service ID "{sid}". Ensure that the service ID is passed, '
+                "not the service name."))
+        self._stop_checks(svc)
+        self._bump(svc.name)
+        return web.Response(status=200)
+
+    async def _agent_service(self, request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        svc = self.services.get(sid)
+        if svc is None:
+            return web.Response(status=404, text=f"unknown service ID: {sid}")
+        data = svc.to_json()
+        content_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        data["ContentHash"] = content_hash
+        return web.json_response(data, headers={"X-Consul-ContentHash": content_hash})
+
+    async def _check_pass(self, request: web.Request) -> web.Response:
+        check_id = request.match_info["check_id"]
+        for svc in self.services.values():
+            check = svc.checks.get(check_id)
+            if check is None:
+                continue
+            if check.ttl_s is None:
+                return web.Response(status=500,
+                                    text=f'CheckID "{check_id}" does not have associated TTL')
+            self.passes[check_id] += 1
+            check.last_pass = time.monotonic()
+            self._set_status(svc, check, "passing", request.query.get("note", ""))
+            return web.Response(status=200)
+        return web.Response(status=404, text=(
+            f'Unknown check ID "{check_id}". Ensure that the check ID is passed, '
+            "not the check name."))
+
+    async def _block(self, request: web.Request, current: Any) -> web.Response | None:
+        """Hold a blocking query until ``current()`` > ``index`` or ``wait`` elapses."""
+        q = request.query
+        if "index" not in q:
+            return None
+        try:
+            index = int(q["index"])
+        except ValueError:
+            return web.Response(status=400, text="Invalid index")
+        try:
+            wait = min(parse_duration(q["wait"]) if "wait" in q else 300.0, 600.0)
+        except ValueError:
+            return web.Response(status=400, text="Invalid wait time")
+        deadline = time.monotonic() + wait
+        while current() <= index and not (self._down or self._stopping):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            event = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+        if self._down or self._stopping:
+            return web.Response(status=500, text="No cluster leader")
+        return None
+
+    async def _health_service(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        def current() -> int:
+            return self._svc_index.get(name, 1)
+
+        early = await self._block(request, current)
+        if early is not None:
+            return early
+        q = request.query
+        passing = "passing" in q and q["passing"].lower() not in ("0", "false", "f")
+        tags = q.getall("tag", [])
+        node = {
+            "ID": "00000000-0000-0000-0000-0000000000d0", "Node": self.node,
+            "Address": "127.0.0.1", "Datacenter": "dc1",
+            "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"}, "Meta": {},
+            "CreateIndex": 0, "ModifyIndex": 0,
+        }
+        serf = {"Node": self.node, "CheckID": "serfHealth", "Name": "Serf Health Status",
+                "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
+                "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
+                "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0}
+        out = []
+        for svc in sorted(self.services.values(), key=lambda s: s.id):
+            if svc.name != name or any(t not in svc.tags for t in tags):
+                continue
+            if passing and any(c.status != "passing" for c in svc.checks.values()):
+                continue
+            out.append({
+                "Node": node, "Service": svc.to_json(),
+                "Checks": [serf, *(c.to_json(self.node, svc) for c in svc.checks.values())],
+            })
+        return self._json(out, current())
+
+    async def _catalog_services(self, request: web.Request) -> web.Response:
+        def current() -> int:
+            return self._index
+
+        early = await self._block(request, current)
+        if early is not None:
+            return early
+        out: dict[str, list[str]] = {"consul": []}
+        for svc in self.services.values():
+            out[svc.name] = sorted(set(out.get(svc.name, [])) | set(svc.tags))
+        return self._json(out, current())

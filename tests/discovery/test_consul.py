@@ -1,0 +1,730 @@
+"""Tests of ConsulRegistry against the Consul agent test double (consul_double.py).
+
+The ``check_*`` coroutines observe the agent only through its HTTP API, so
+``test_consul_real.py`` runs the very same checks against a real agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import random
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import consul
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from structlog.testing import capture_logs
+
+from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+from meshkit.discovery._types import Instance, Registry
+from meshkit.errors import ConfigError, RegistryError
+from tests.discovery.consul_double import ConsulDouble
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(15)
+
+# Small times so the whole file runs in seconds against the double.
+FAST: dict[str, Any] = {
+    "ttl_s": 0.6,
+    "check_interval_s": 0.2,
+    "deregister_critical_after_s": 60.0,
+    "wait_s": 0.5,
+    "backoff_base_s": 0.01,
+    "backoff_max_s": 0.04,
+    "request_timeout_s": 2.0,
+}
+
+
+# -- helpers shared with test_consul_real.py ------------------------------------------------
+def unique_service() -> str:
+    """A service name no other test (or earlier run against a real agent) uses."""
+    return f"meshkit-test-{uuid.uuid4().hex[:10]}"
+
+
+def make_instance(service: str, n: int, **kw: Any) -> Instance:
+    """Instance number ``n`` of ``service`` on 127.0.0.1 with a tag, meta and weight."""
+    fields: dict[str, Any] = {
+        "service": service, "instance_id": f"{service}-{n}", "host": "127.0.0.1",
+        "port": 41000 + n, "tags": ("v2", f"n{n}"), "meta": {"zone": "a", "n": str(n)},
+        "weight": n,
+    }
+    fields.update(kw)
+    return Instance(**fields)
+
+
+class Collector:
+    """Runs ``registry.watch(service)`` in a task and queues every yielded set."""
+
+    def __init__(self, registry: ConsulRegistry, service: str) -> None:
+        self.queue: asyncio.Queue[frozenset[Instance]] = asyncio.Queue()
+        self.ended = asyncio.Event()
+        self.task = asyncio.create_task(self._run(registry, service))
+
+    async def _run(self, registry: ConsulRegistry, service: str) -> None:
+        try:
+            async for instances in registry.watch(service):
+                self.queue.put_nowait(instances)
+        finally:
+            self.ended.set()
+
+    async def next(self, timeout_s: float = 5.0) -> frozenset[Instance]:
+        """The next yielded set (fails after ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            return await self.queue.get()
+
+    async def until_set(self, expected: set[Instance], timeout_s: float = 5.0) -> None:
+        """Consume yields until one equals ``expected``."""
+        async with asyncio.timeout(timeout_s):
+            while (got := await self.queue.get()) != expected:
+                _ = got
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _ssl_for(opts: ConsulOptions) -> ssl.SSLContext | bool:
+    if opts.effective_scheme != "https":
+        return True
+    ctx = ssl.create_default_context(cafile=opts.ca_file)
+    if opts.cert_file:
+        ctx.load_cert_chain(opts.cert_file, opts.key_file)
+    if not opts.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def passing_ids(opts: ConsulOptions, service: str) -> set[str]:
+    """IDs of the passing instances of ``service``, read straight from the agent."""
+    headers = {"X-Consul-Token": opts.token} if opts.token else {}
+    async with aiohttp.ClientSession() as session, session.get(
+        f"{opts.base_url}/v1/health/service/{service}", params={"passing": "1"},
+        headers=headers, ssl=_ssl_for(opts),
+    ) as resp:
+        resp.raise_for_status()
+        return {e["Service"]["ID"] for e in await resp.json()}
+
+
+async def check_register_watch_deregister(opts: ConsulOptions) -> None:
+    """Watch yields [] first, then each add/remove; deregister removes; close ends the watch."""
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    reg = ConsulRegistry(opts)
+    watcher = Collector(reg, service)
+    try:
+        assert await watcher.next() == frozenset()
+        await reg.register(a)
+        assert await watcher.next() == {a}
+        got = next(iter(await passing_ids(opts, service)))
+        assert got == a.instance_id
+        await reg.register(b)
+        assert await watcher.next() == {a, b}
+        await reg.deregister(a)
+        assert await watcher.next() == {b}
+        assert await passing_ids(opts, service) == {b.instance_id}
+        await reg.deregister(b)
+        assert await watcher.next() == frozenset()
+        await reg.deregister(b)  # unknown now: ignored
+    finally:
+        await reg.close()
+    async with asyncio.timeout(3):
+        await watcher.ended.wait()  # close() ends the iterator
+    await watcher.stop()
+
+
+async def check_heartbeat(opts: ConsulOptions) -> None:
+    """A TTL instance stays passing across several TTLs while heartbeating, then lapses."""
+    service = unique_service()
+    a = make_instance(service, 1)
+    reg = ConsulRegistry(opts)
+    try:
+        await reg.register(a)
+        end = time.monotonic() + 3 * opts.ttl_s
+        while time.monotonic() < end:  # sample an invariant over three TTLs
+            assert await passing_ids(opts, service) == {a.instance_id}
+            await asyncio.sleep(opts.ttl_s / 5)
+    finally:
+        await reg.close()  # stops the heartbeat, does not deregister
+
+    async def lapsed() -> bool:
+        return not await passing_ids(opts, service)
+
+    await until(lapsed, timeout_s=3 * opts.ttl_s + 3, what="TTL check to lapse")
+    cleanup = ConsulRegistry(opts)
+    try:
+        await cleanup.deregister(a)
+    finally:
+        await cleanup.close()
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture
+async def double() -> AsyncIterator[ConsulDouble]:
+    """A running Consul agent double."""
+    async with ConsulDouble() as d:
+        yield d
+
+
+class FastSleep:
+    """Injected backoff sleep: records each delay and sleeps only 10 ms."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def make_registry(
+    double: ConsulDouble,
+) -> AsyncIterator[Callable[..., ConsulRegistry]]:
+    """Factory of registries on the double with FAST options (closed at teardown)."""
+    made: list[ConsulRegistry] = []
+
+    def make(sleep: FastSleep | None = None, **overrides: Any) -> ConsulRegistry:
+        opts = ConsulOptions(**{"addr": double.addr, **FAST, **overrides})
+        reg = ConsulRegistry(opts, rng=random.Random(7), sleep=sleep or FastSleep())
+        made.append(reg)
+        return reg
+
+    yield make
+    for reg in made:
+        await reg.close()
+
+
+def _opts(double: ConsulDouble, **overrides: Any) -> ConsulOptions:
+    return ConsulOptions(**{"addr": double.addr, **FAST, **overrides})
+
+
+# -- the shared checks, against the double ------------------------------------------------------
+async def test_register_watch_deregister(double: ConsulDouble) -> None:
+    """Watch yields the empty set, then each registration and deregistration, and ends on close."""
+    await check_register_watch_deregister(_opts(double))
+
+
+async def test_heartbeat_keeps_ttl_instance_passing(double: ConsulDouble) -> None:
+    """The heartbeat passes the TTL check every ttl/3 so the check never turns critical."""
+    await check_heartbeat(_opts(double, ttl_s=1.0))
+    check_ids = [cid for cid in double.passes if cid.endswith(":ttl")]
+    assert len(check_ids) == 1
+    assert double.passes[check_ids[0]] >= 6  # about 3 TTLs at ttl/3
+    assert double.status_history.count((check_ids[0], "critical")) == 1  # only after close()
+
+
+# -- registration --------------------------------------------------------------------------------
+async def test_register_payload_ttl(double: ConsulDouble, make_registry: Any) -> None:
+    """The TTL registration carries every Instance field and a TTL check with deregistration."""
+    reg = make_registry(ttl_s=15.0, deregister_critical_after_s=90.0)
+    a = make_instance("orderd", 3)
+    await reg.register(a)
+    put = [r for r in double.requests if r.path == "/v1/agent/service/register"][-1]
+    assert put.method == "PUT"
+    assert put.query == {"replace-existing-checks": "true"}
+    assert put.body == {
+        "ID": "orderd-3", "Name": "orderd", "Address": "127.0.0.1", "Port": 41003,
+        "Tags": ["v2", "n3"], "Meta": {"zone": "a", "n": "3"},
+        "Weights": {"Passing": 3, "Warning": 1},
+        "Checks": [{
+            "CheckID": "service:orderd-3:ttl", "Name": "meshkit heartbeat of orderd-3",
+            "TTL": "15s", "Status": "passing", "DeregisterCriticalServiceAfter": "90s",
+        }],
+    }
+    assert double.services["orderd-3"].checks["service:orderd-3:ttl"].status == "passing"
+
+
+@pytest.mark.parametrize("kind", ["grpc", "both"])
+async def test_register_payload_grpc(double: ConsulDouble, make_registry: Any, kind: str) -> None:
+    """check=grpc (or both) adds a GRPC check on host:port/service with TLS flag and interval."""
+    reg = make_registry(check=kind, check_interval_s=5.0, grpc_use_tls=True,
+                        deregister_critical_after_s=60.0)
+    await reg.register(make_instance("orderd", 1))
+    checks = double.registrations[-1]["Checks"]
+    grpc_check = {
+        "CheckID": "service:orderd-1:grpc", "Name": "gRPC health of orderd-1",
+        "GRPC": "127.0.0.1:41001/orderd", "GRPCUseTLS": True, "Interval": "5s",
+        "Timeout": "2s", "DeregisterCriticalServiceAfter": "60s",
+    }
+    if kind == "grpc":
+        assert checks == [grpc_check]
+    else:
+        assert [c.get("TTL") for c in checks] == ["600ms", None]
+        assert checks[1] == grpc_check
+
+
+async def test_grpc_check_follows_grpc_health(double: ConsulDouble, make_registry: Any) -> None:
+    """With check=grpc the instance is discoverable only while its grpc.health.v1 is SERVING."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.NOT_SERVING)
+        reg = make_registry(check="grpc", check_interval_s=0.1)
+        a = make_instance("orderd", 1, port=port)
+        watcher = Collector(reg, "orderd")
+        assert await watcher.next() == frozenset()
+        await reg.register(a)
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.SERVING)
+        await watcher.until_set({a})
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await watcher.until_set(set())
+        await watcher.stop()
+    finally:
+        await server.stop(None)
+
+
+async def test_deregister_removes_and_stops_heartbeat(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """Deregister removes the service from the agent at once and ends its heartbeat task."""
+    reg = make_registry()
+    a = make_instance("orderd", 1)
+    await reg.register(a)
+    await until(lambda: double.passes["service:orderd-1:ttl"] >= 1, what="first heartbeat")
+    await reg.deregister(a)
+    assert "orderd-1" not in double.services
+    assert not reg._keepers  # no heartbeat task left behind
+    await reg.deregister(a)  # unknown instance: ignored
+
+
+async def test_reregisters_after_agent_forgets_ttl(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """A heartbeat answered 404 unknown check (agent restarted) re-sends the original payload."""
+    reg = make_registry()
+    await reg.register(make_instance("orderd", 1))
+    original = double.registrations[-1]
+    double.forget_all()
+    await until(lambda: "orderd-1" in double.services, what="re-registration")
+    assert len(double.registrations) == 2
+    assert double.registrations[-1] == original
+    passes = [r for r in double.requests if r.path.startswith("/v1/agent/check/pass/")]
+    assert passes  # the 404 came from a heartbeat
+
+
+async def test_reregisters_after_agent_forgets_grpc(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """With check=grpc, a 404 from the periodic GET /v1/agent/service/<id> re-registers."""
+    reg = make_registry(check="grpc", check_interval_s=0.1)
+    await reg.register(make_instance("orderd", 1))
+    original = double.registrations[-1]
+    double.forget_all()
+    await until(lambda: "orderd-1" in double.services, what="re-registration")
+    assert double.registrations[-1] == original
+    assert any(r.path == "/v1/agent/service/orderd-1" for r in double.requests)
+
+
+async def test_register_unreachable_agent_raises_registry_error() -> None:
+    """An unreachable agent makes register raise RegistryError chained from the aiohttp error."""
+    async with ConsulDouble() as d:
+        addr = d.addr
+    reg = ConsulRegistry(ConsulOptions(addr=addr, **FAST))
+    try:
+        with pytest.raises(RegistryError, match="cannot register") as info:
+            await reg.register(make_instance("orderd", 1))
+        assert isinstance(info.value.__cause__, aiohttp.ClientError)
+    finally:
+        await reg.close()
+
+
+# -- watch ------------------------------------------------------------------------------------
+async def test_watch_blocking_query_parameters(double: ConsulDouble, make_registry: Any) -> None:
+    """After a non-blocking first read, queries send ?passing, the last X-Consul-Index and wait."""
+    reg = make_registry()
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == frozenset()
+    first_index = double.index_of("orderd")
+    await until(lambda: len(double.health_requests("orderd")) >= 2, what="blocking query")
+    first, second = double.health_requests("orderd")[:2]
+    assert "index" not in first.query and "passing" in first.query
+    assert second.query == {"passing": "1", "index": str(first_index), "wait": "500ms"}
+    other = make_registry()
+    await other.register(make_instance("orderd", 1))
+    assert await watcher.next() == {make_instance("orderd", 1)}
+    new_index = double.index_of("orderd")
+    await until(lambda: double.health_requests("orderd")[-1].query.get("index") == str(new_index),
+                what="query with the new index")
+    await watcher.stop()
+
+
+async def test_watch_index_backwards_resets(double: ConsulDouble, make_registry: Any) -> None:
+    """When X-Consul-Index goes backwards the watch re-reads without blocking and stays correct."""
+    reg = make_registry()
+    a, b = make_instance("orderd", 1), make_instance("orderd", 2)
+    await reg.register(a)
+    for _ in range(5):
+        double.touch("orderd")  # the index the watch blocks on is now well above 1
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == {a}
+    high = str(double.index_of("orderd"))
+    await until(lambda: double.health_requests("orderd")[-1].query.get("index") == high,
+                what="blocking on the high index")
+    seen = len(double.health_requests("orderd"))
+    double.reset_index(1)
+    await reg.register(b)  # index 2: still below the one the watch is blocked on
+    await watcher.until_set({a, b})
+    await until(lambda: any("index" not in r.query
+                            for r in double.health_requests("orderd")[seen:]),
+                what="non-blocking re-read after the reset")
+    await reg.deregister(b)
+    await watcher.until_set({a})
+    await watcher.stop()
+
+
+async def test_watch_never_blocks_on_index_zero(double: ConsulDouble, make_registry: Any) -> None:
+    """A returned X-Consul-Index of 0 is sent back as 1, never as a blocking index below 1."""
+    reg = make_registry()
+    a = make_instance("orderd", 1)
+    await reg.register(a)
+    double.reset_index(0)
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == {a}
+    await until(lambda: len(double.health_requests("orderd")) >= 3, what="three queries")
+    indexes = [r.query.get("index") for r in double.health_requests("orderd")]
+    assert indexes[:3] == [None, "1", "1"]
+    await watcher.stop()
+
+
+async def test_watch_ignores_spurious_wakeups(double: ConsulDouble, make_registry: Any) -> None:
+    """An index that moves without a change in the passing set yields nothing new."""
+    reg = make_registry()
+    a = make_instance("orderd", 1)
+    await reg.register(a)
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == {a}
+    for _ in range(3):
+        double.touch("orderd")
+        idx = str(double.index_of("orderd"))
+
+        def reblocked(i: str = idx) -> bool:
+            return double.health_requests("orderd")[-1].query.get("index") == i
+
+        await until(reblocked, what="re-blocked on the touched index")
+    assert watcher.queue.empty()
+    await watcher.stop()
+
+
+@pytest.mark.parametrize("outage", ["stopped", "500"])
+async def test_watch_survives_outage(
+    double: ConsulDouble, make_registry: Any, outage: str
+) -> None:
+    """During an outage the watch yields nothing (keeps the last set), backs off, then resumes."""
+    sleep = FastSleep()
+    reg = make_registry(sleep=sleep)
+    a, b = make_instance("orderd", 1), make_instance("orderd", 2)
+    await reg.register(a)
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == {a}
+    with capture_logs() as logs:
+        if outage == "stopped":
+            await double.stop()
+        else:
+            double.set_down(True)
+        await until(lambda: len(sleep.delays) >= 5, what="five backoff sleeps")
+        assert watcher.queue.empty()
+        if outage == "stopped":
+            await double.start()
+        else:
+            double.set_down(False)
+        await reg.register(b)
+        assert await watcher.next() == {a, b}
+    base, cap = FAST["backoff_base_s"], FAST["backoff_max_s"]
+    for attempt, delay in enumerate(sleep.delays[:5], start=1):
+        assert 0 <= delay <= min(cap, base * 2 ** (attempt - 1))
+    warnings_ = [e for e in logs if e["event"].startswith("consul watch failed")]
+    assert warnings_ and all(e["log_level"] == "warning" for e in warnings_)
+    await watcher.stop()
+
+
+async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
+    """close() ends a watch blocked in a long poll at once, and cancelling a watch is clean."""
+    reg = ConsulRegistry(_opts(double, wait_s=30.0))
+    w1, w2 = Collector(reg, "orderd"), Collector(reg, "orderd")
+    assert await w1.next() == frozenset() and await w2.next() == frozenset()
+    await until(lambda: len(double.health_requests("orderd")) >= 4, what="both blocked")
+    await w2.stop()  # cancellation while blocked
+    assert w2.task.cancelled()
+    t0 = time.monotonic()
+    await reg.close()
+    async with asyncio.timeout(2):
+        await w1.ended.wait()
+    assert time.monotonic() - t0 < 2
+    assert not reg._inflight
+
+
+async def test_node_address_used_when_service_address_empty(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """An entry with an empty Service.Address is reached at its Node.Address (Consul docs)."""
+    async with aiohttp.ClientSession() as session, session.put(
+        f"{double.url}/v1/agent/service/register",
+        json={"Name": "orderd", "ID": "bare", "Port": 4000},
+    ) as resp:
+        assert resp.status == 200
+    watcher = Collector(make_registry(), "orderd")
+    (inst,) = await watcher.next()
+    assert (inst.host, inst.port, inst.weight) == ("127.0.0.1", 4000, 1)
+    await watcher.stop()
+
+
+# -- ACL ---------------------------------------------------------------------------------------
+async def test_acl_token_sent_on_every_request() -> None:
+    """With a token every request carries it in X-Consul-Token, and an ACL agent accepts them."""
+    async with ConsulDouble(required_token="s3cret-good-token") as d:
+        reg = ConsulRegistry(_opts(d, token="s3cret-good-token"))
+        a = make_instance("orderd", 1)
+        watcher = Collector(reg, "orderd")
+        assert await watcher.next() == frozenset()
+        await reg.register(a)
+        assert await watcher.next() == {a}
+        await until(lambda: d.passes["service:orderd-1:ttl"] >= 1, what="heartbeat")
+        await reg.deregister(a)
+        await reg.close()
+        await watcher.stop()
+        assert d.requests
+        assert {r.token for r in d.requests} == {"s3cret-good-token"}
+
+
+async def test_wrong_token_fails_without_leaking_it() -> None:
+    """A wrong token makes register/deregister raise RegistryError whose text never holds it."""
+    secret = "wrong-secret-4711"
+    async with ConsulDouble(required_token="s3cret-good-token") as d:
+        reg = ConsulRegistry(_opts(d, token=secret), sleep=FastSleep())
+        with pytest.raises(RegistryError) as info:
+            await reg.register(make_instance("orderd", 1))
+        assert "403" in str(info.value) and "ACL not found" in str(info.value)
+        with pytest.raises(RegistryError) as info2:
+            await reg.deregister(make_instance("orderd", 1))
+        assert isinstance(info2.value.__cause__, consul.ACLPermissionDenied)
+        with capture_logs() as logs:
+            watcher = Collector(reg, "orderd")
+            await until(lambda: len(logs) >= 2, what="watch failures logged")
+            await watcher.stop()
+        await reg.close()
+    texts = [str(info.value), repr(info.value), str(info2.value), repr(reg.options),
+             str(reg.options), repr(reg), *(repr(e) for e in logs)]
+    assert all(secret not in t for t in texts)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+def _write_pki(tmp: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+             issuer_key: ec.EllipticCurvePrivateKey, ca: bool, ip: bool) -> x509.Certificate:
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(hours=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ip:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
+    ca = cert("test ca", ca_key, ca_name, ca_key, True, False)
+    paths = {"ca": str(tmp / "ca.crt")}
+    Path(paths["ca"]).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name, ip in (("server", True), ("client", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        c = cert(name, key, ca_name, ca_key, False, ip)
+        paths[name] = str(tmp / f"{name}.crt")
+        paths[f"{name}_key"] = str(tmp / f"{name}.key")
+        Path(paths[name]).write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        Path(paths[f"{name}_key"]).write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    return paths
+
+
+async def test_mutual_tls_to_agent(tmp_path: Path) -> None:
+    """https with ca_file/cert_file/key_file talks to an agent that requires client certs."""
+    pki = _write_pki(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki["ca"])
+    server_ctx.load_cert_chain(pki["server"], pki["server_key"])
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    async with ConsulDouble(ssl_context=server_ctx) as d:
+        env = {"CONSUL_HTTP_ADDR": f"https://{d.addr}", "CONSUL_CACERT": pki["ca"],
+               "CONSUL_CLIENT_CERT": pki["client"], "CONSUL_CLIENT_KEY": pki["client_key"]}
+        good = ConsulRegistry(ConsulOptions.from_env(env, **FAST))
+        bare = ConsulRegistry(ConsulOptions.from_env(
+            {"CONSUL_HTTP_ADDR": f"https://{d.addr}", "CONSUL_CACERT": pki["ca"]}, **FAST))
+        try:
+            await good.register(make_instance("orderd", 1))
+            assert "orderd-1" in d.services
+            with pytest.raises(RegistryError):  # no client certificate: handshake refused
+                await bare.register(make_instance("orderd", 2))
+        finally:
+            await good.close()
+            await bare.close()
+
+
+# -- options -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl_s": -1.0}, "ttl_s must be > 0, got -1.0"),
+        ({"wait_s": 0}, "wait_s must be > 0, got 0"),
+        ({"wait_s": 601.0}, "wait_s must be <= 600 (Consul's limit), got 601.0"),
+        ({"check_interval_s": "10s"}, "check_interval_s must be a number of seconds, got '10s'"),
+        ({"backoff_base_s": 2.0, "backoff_max_s": 1.0}, "got 1.0"),
+        ({"check": "http"}, "got 'http'"),
+        ({"scheme": "ftp"}, "got 'ftp'"),
+        ({"addr": "unix:///tmp/consul.sock"}, "got 'unix:///tmp/consul.sock'"),
+        ({"addr": "127.0.0.1:99999"}, "got '127.0.0.1:99999'"),
+        ({"addr": "http://"}, "got 'http://'"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "got '/nonexistent/ca.pem'"),
+        ({"request_timeout_s": float("nan")}, "request_timeout_s must be > 0, got nan"),
+    ],
+)
+def test_options_validation_quotes_bad_value(kwargs: dict[str, Any], message: str) -> None:
+    """Invalid options raise ConfigError whose message quotes the offending value."""
+    with pytest.raises(ConfigError) as info:
+        ConsulOptions(**kwargs)
+    assert message in str(info.value)
+
+
+def test_options_tls_file_rules(tmp_path: Path) -> None:
+    """key_file needs cert_file, and a client cert needs verification on."""
+    f = tmp_path / "x.pem"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="key_file needs cert_file"):
+        ConsulOptions(key_file=str(f))
+    with pytest.raises(ConfigError, match="needs verify=True"):
+        ConsulOptions(cert_file=str(f), verify=False)
+
+
+def test_options_defaults_and_token_never_shown() -> None:
+    """Defaults are the documented ones and the token stays out of repr."""
+    o = ConsulOptions(token="tok-abc")
+    assert (o.addr, o.check, o.wait_s, o.ttl_s, o.base_url) == (
+        "127.0.0.1:8500", "ttl", 30.0, 15.0, "http://127.0.0.1:8500")
+    assert "tok-abc" not in repr(o)
+    with pytest.raises(ConfigError) as info:
+        ConsulOptions(token="bad\ntoken")
+    assert "bad" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {"base_url": "http://127.0.0.1:8500", "token": None, "verify": True}),
+        ({"CONSUL_HTTP_ADDR": "10.1.2.3:8500"}, {"base_url": "http://10.1.2.3:8500"}),
+        ({"CONSUL_HTTP_ADDR": "https://consul.example:8501"},
+         {"base_url": "https://consul.example:8501", "host": "consul.example"}),
+        ({"CONSUL_HTTP_ADDR": "consul.example", "CONSUL_HTTP_SSL": "true"},
+         {"base_url": "https://consul.example:8501"}),
+        ({"CONSUL_HTTP_ADDR": "[::1]:8500"}, {"base_url": "http://[::1]:8500", "host": "::1"}),
+        ({"CONSUL_HTTP_TOKEN": "tok-1", "CONSUL_HTTP_SSL_VERIFY": "false"},
+         {"token": "tok-1", "verify": False}),
+        ({"CONSUL_HTTP_SSL": "0", "CONSUL_HTTP_TOKEN": ""}, {"scheme": None, "token": None}),
+    ],
+)
+def test_from_env(env: dict[str, str], expected: dict[str, Any]) -> None:
+    """from_env reads Consul's CLI variables like the consul command does."""
+    opts = ConsulOptions.from_env(env)
+    for name, value in expected.items():
+        assert getattr(opts, name) == value, name
+
+
+def test_from_env_tls_files_and_overrides(tmp_path: Path) -> None:
+    """CONSUL_CACERT/CLIENT_CERT/CLIENT_KEY map to the TLS fields; keyword overrides win."""
+    files = {}
+    for name in ("ca", "cert", "key"):
+        files[name] = str(tmp_path / f"{name}.pem")
+        Path(files[name]).write_text("pem")
+    env = {"CONSUL_HTTP_ADDR": "https://h:8501", "CONSUL_CACERT": files["ca"],
+           "CONSUL_CLIENT_CERT": files["cert"], "CONSUL_CLIENT_KEY": files["key"],
+           "CONSUL_HTTP_TOKEN": "from-env"}
+    opts = ConsulOptions.from_env(env, token="explicit", check="grpc")
+    assert (opts.ca_file, opts.cert_file, opts.key_file) == (
+        files["ca"], files["cert"], files["key"])
+    assert (opts.token, opts.check) == ("explicit", "grpc")
+    with pytest.raises(ConfigError, match="'maybe'"):
+        ConsulOptions.from_env({"CONSUL_HTTP_SSL": "maybe"})
+    with pytest.raises(ConfigError, match="nope"):
+        ConsulOptions.from_env({}, nope=1)
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("consul://127.0.0.1:8500", {"base_url": "http://127.0.0.1:8500", "check": "ttl"}),
+        ("consul+https://consul.example:8501", {"base_url": "https://consul.example:8501"}),
+        ("consul+http://h:1234?check=grpc&ttl_s=5&verify=false&wait_s=10",
+         {"base_url": "http://h:1234", "check": "grpc", "ttl_s": 5.0, "verify": False,
+          "wait_s": 10.0}),
+        ("consul://", {"base_url": "http://env-host:8500"}),
+    ],
+)
+def test_from_uri(uri: str, expected: dict[str, Any]) -> None:
+    """URIs set the address and scheme, query parameters set options, the env token applies."""
+    env = {"CONSUL_HTTP_TOKEN": "env-token", "CONSUL_HTTP_ADDR": "env-host:8500"}
+    reg = ConsulRegistry.from_uri(uri, environ=env)
+    assert reg.options.token == "env-token"
+    for name, value in expected.items():
+        assert getattr(reg.options, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("consul://user:pw@h:8500", "must not carry user info"),
+        ("consul://h:8500?token=abc", "not accepted in a Consul URI"),
+        ("consul://h:8500?bogus=1", "'bogus'"),
+        ("consul://h:8500?ttl_s=soon", "got 'soon'"),
+        ("consul://h:8500/path", "got '/path'"),
+        ("etcd://h:2379", "got 'etcd'"),
+    ],
+)
+def test_from_uri_rejects(uri: str, message: str) -> None:
+    """Bad URIs raise ConfigError naming the bad part; a token in the URI is refused unquoted."""
+    with pytest.raises(ConfigError) as info:
+        ConsulOptions.from_uri(uri, environ={})
+    assert message in str(info.value)
+    assert "pw" not in str(info.value) and "abc" not in str(info.value)
+
+
+def test_default_options_come_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ConsulRegistry() with no options is configured by CONSUL_HTTP_ADDR like the CLI."""
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "https://envhost:9501")
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    assert ConsulRegistry().options.base_url == "https://envhost:9501"
+    assert os.environ["CONSUL_HTTP_ADDR"] == "https://envhost:9501"
+
+
+async def test_options_token_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token in the options is the one sent, even where py-consul would prefer the env's."""
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "env-token-should-not-be-sent")
+    async with ConsulDouble(required_token="good") as d:
+        async with ConsulRegistry(_opts(d, token="good")) as reg:
+            assert isinstance(reg, Registry)
+            await reg.register(make_instance("orderd", 1))
+        async with ConsulRegistry(_opts(d)) as anonymous:  # token=None: anonymous
+            with pytest.raises(RegistryError, match="HTTP 403: Permission denied"):
+                await anonymous.register(make_instance("orderd", 2))
+        assert [r.token for r in d.requests] == ["good", None]

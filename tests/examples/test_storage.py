@@ -1,0 +1,179 @@
+"""The Store contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from examples.ecom.storage import (
+    DuplicateEmailError,
+    ItemRecord,
+    NewOrder,
+    RowCounts,
+    Store,
+    open_store,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+ITEMS = (ItemRecord("SKU-1", 2, 150), ItemRecord("SKU-2", 1, 999))
+
+
+def new_order(user_id: str, key: str | None = None, fingerprint: str = "fp") -> NewOrder:
+    """An order of ITEMS in EUR for ``user_id``."""
+    return NewOrder(user_id, ITEMS, "EUR", 1299, key, fingerprint)
+
+
+async def test_user_roundtrip(store: Store) -> None:
+    """A created user can be read back by id and by email; unknown ones give None."""
+    user = await store.create_user("ada@example.com", "Ada", "scrypt$hash")
+    assert await store.get_user(user.id) == user
+    assert await store.get_user_by_email("ada@example.com") == user
+    assert await store.get_user("00000000-0000-4000-8000-000000000000") is None
+    assert await store.get_user_by_email("nobody@example.com") is None
+
+
+async def test_duplicate_email_rejected(store: Store) -> None:
+    """A second user with the same email raises DuplicateEmailError and stores nothing."""
+    await store.create_user("ada@example.com", "Ada", "h")
+    with pytest.raises(DuplicateEmailError):
+        await store.create_user("ada@example.com", "Other", "h2")
+    assert await store.count_rows() == RowCounts(users=1, orders=0, order_items=0)
+
+
+async def test_place_and_get_order(store: Store) -> None:
+    """A placed order keeps its items in order and can be read back by id."""
+    order, created = await store.place_order(new_order("u1"))
+    assert created
+    assert order.items == ITEMS
+    assert (order.user_id, order.currency, order.total_minor) == ("u1", "EUR", 1299)
+    assert order.status == "PLACED" and order.idempotency_key is None
+    assert await store.get_order(order.id) == order
+    assert await store.get_order("missing") is None
+
+
+async def test_idempotency_key_replay(store: Store) -> None:
+    """The same key for the same user returns the first order; other users are separate."""
+    first, created1 = await store.place_order(new_order("u1", "k1"))
+    again, created2 = await store.place_order(new_order("u1", "k1", fingerprint="other"))
+    other_user, created3 = await store.place_order(new_order("u2", "k1"))
+    assert (created1, created2, created3) == (True, False, True)
+    assert again == first and again.fingerprint == "fp"
+    assert other_user.id != first.id
+    assert (await store.count_rows()).orders == 2
+
+
+async def test_no_key_places_every_time(store: Store) -> None:
+    """Without an idempotency key every call stores a new order."""
+    a, _ = await store.place_order(new_order("u1"))
+    b, _ = await store.place_order(new_order("u1"))
+    assert a.id != b.id
+    assert await store.count_rows() == RowCounts(users=0, orders=2, order_items=4)
+
+
+async def test_concurrent_duplicates_store_one_order(
+    store: Store, open_more: Callable[[], Awaitable[Store]]
+) -> None:
+    """20 concurrent place_order calls with one key, over 5 connections, store one order."""
+    stores = [store, *[await open_more() for _ in range(4)]]
+    results = await asyncio.gather(
+        *(stores[i % len(stores)].place_order(new_order("u1", "same-key")) for i in range(20))
+    )
+    assert len({order.id for order, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert await store.count_rows() == RowCounts(users=0, orders=1, order_items=2)
+
+
+async def test_list_orders_pages_newest_first(store: Store) -> None:
+    """list_orders returns a user's orders newest first, in pages that end with None."""
+    placed = [(await store.place_order(new_order("u1")))[0].id for _ in range(5)]
+    await store.place_order(new_order("u2"))
+    seen: list[str] = []
+    before = None
+    for expected_size in (2, 2, 1):
+        page = await store.list_orders("u1", 2, before)
+        assert len(page.orders) == expected_size
+        seen += [o.id for o in page.orders]
+        before = page.next_before_seq
+    assert before is None
+    assert seen == placed[::-1]
+    assert (await store.list_orders("nobody", 10)).orders == []
+
+
+async def test_exact_page_has_no_next(store: Store) -> None:
+    """A page that happens to hold the last order says there is no next page."""
+    for _ in range(2):
+        await store.place_order(new_order("u1"))
+    page = await store.list_orders("u1", 2)
+    assert len(page.orders) == 2 and page.next_before_seq is None
+
+
+async def test_concurrent_open_creates_schema_once(store_url: str) -> None:
+    """Several stores opening one empty database at once all get a working schema."""
+    stores = await asyncio.gather(*(open_store(store_url) for _ in range(4)))
+    try:
+        await stores[0].create_user("a@example.com", "A", "h")
+        assert (await stores[3].count_rows()).users == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_open_store_rejects_unknown_scheme() -> None:
+    """open_store raises ValueError for URLs it has no backend for."""
+    with pytest.raises(ValueError, match="unsupported"):
+        await open_store("mysql://localhost/db")
+    with pytest.raises(ValueError, match="sqlite"):
+        await open_store("sqlite://")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_WORKER = """
+import asyncio, sys
+from examples.ecom.storage import ItemRecord, NewOrder, open_store
+
+async def main():
+    store = await open_store(sys.argv[1])
+    try:
+        for i in range(5):
+            await store.place_order(
+                NewOrder("u1", (ItemRecord("S", 1, 1),), "EUR", 1, "shared", "fp"))
+            await store.place_order(
+                NewOrder("u1", (ItemRecord("S", 1, 1),), "EUR", 1, None, "fp"))
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_sqlite_file_shared_by_processes(tmp_path: Path) -> None:
+    """Four processes writing one SQLite file at once store exactly the expected rows."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    root = REPO_ROOT
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER,
+            url,
+            cwd=root,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err.decode() for _, err in outcomes]
+    store = await open_store(url)
+    try:
+        assert await store.count_rows() == RowCounts(users=0, orders=1 + 4 * 5, order_items=21)
+    finally:
+        await store.close()

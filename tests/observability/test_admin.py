@@ -1,0 +1,107 @@
+"""The admin HTTP server: every route answers; /readyz follows registration and drain."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+from meshkit.errors import ConfigError
+from meshkit.observability import AdminOptions, AdminServer
+from tests.support.echo import add_echo, method
+from tests.support.wait import until
+
+
+async def get(url: str) -> tuple[int, str]:
+    """GET ``url``: (status, body)."""
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_admin_routes_and_readiness_through_drain(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """/healthz, /metrics, /debug/mesh and extra routes answer; /readyz is 503 before a
+    server registers, 200 while it serves, and 503 as soon as it drains."""
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": []})
+
+    admin = AdminServer(AdminOptions(registry=prom))
+    admin.add_route("/.well-known/jwks.json", jwks)
+    port = await admin.start()
+    base = f"http://127.0.0.1:{port}"
+    assert admin.url == base
+    srv = meshkit.MeshServer(
+        "echo",
+        [add_echo("e1")],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.5, grace_s=1.0),
+    )
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(insecure=True))
+    drain: asyncio.Task[None] | None = None
+    try:
+        assert await get(base + "/healthz") == (200, "ok\n")
+        status, body = await get(base + "/readyz")
+        assert status == 503 and "no server" in body
+        await srv.start()
+        await ch.wait_for_endpoints(1)
+        await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        status, body = await get(base + "/readyz")
+        assert status == 200, body
+        status, body = await get(base + "/metrics")
+        assert status == 200
+        names = {f.name for f in text_string_to_metric_families(body)}
+        assert {"grpc_server_handled", "meshkit_client_endpoints", "meshkit_server_ready"} <= names
+        status, body = await get(base + "/debug/mesh")
+        assert status == 200
+        import json
+
+        mesh = json.loads(body)
+        assert [s["service"] for s in mesh["servers"]] == ["echo"]
+        (echo,) = [c for c in mesh["channels"] if c["service"] == "echo"]
+        assert echo["endpoints"][0]["calls"] == 1 and echo["balancer"] == "P2C"
+        assert await get(base + "/.well-known/jwks.json") == (200, '{"keys": []}')
+        drain = asyncio.get_running_loop().create_task(srv.drain())
+        await until(lambda: srv.draining, what="draining")
+        status, body = await get(base + "/readyz")
+        assert status == 503 and '"draining": true' in body
+        assert not drain.done()  # still inside drain_delay_s: 503 *during* the drain
+    finally:
+        await ch.close()
+        if drain is not None:
+            await drain
+        else:
+            await srv.drain()
+        await admin.stop()
+        await admin.stop()  # twice is fine
+
+
+async def test_client_only_process_is_ready_without_a_server(prom: CollectorRegistry) -> None:
+    """With require_server=False, /readyz is 200 in a process that serves nothing."""
+    async with AdminServer(AdminOptions(registry=prom, require_server=False)) as admin:
+        assert (await get(admin.url + "/readyz"))[0] == 200
+
+
+@pytest.mark.parametrize("kwargs", [{"port": -1}, {"port": 70000}, {"host": ""}])
+def test_admin_options_refuse_bad_values(kwargs: dict[str, object]) -> None:
+    """AdminOptions refuses bad ports and hosts when built, quoting them."""
+    with pytest.raises(ConfigError, match="got"):
+        AdminOptions(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "relative", "/sp ace"])
+def test_add_route_refuses_reserved_or_bad_paths(path: str) -> None:
+    """Built-in and malformed paths are refused by add_route."""
+
+    async def h(request: web.Request) -> web.Response:
+        return web.Response()
+
+    with pytest.raises(ConfigError, match="got"):
+        AdminServer().add_route(path, h)

@@ -1,0 +1,237 @@
+"""Prometheus metrics: what was called is counted, served at /metrics, and well-formed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+from meshkit.errors import ConfigError
+from meshkit.observability import (
+    AdminOptions,
+    AdminServer,
+    TelemetryOptions,
+    set_certificate_expiry,
+)
+from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+from tests.support.echo import add_echo, method
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a text exposition as ``{(name, sorted labels): value}``."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The one sample called ``name`` whose labels include ``labels`` (0 when absent)."""
+    found = [
+        v
+        for (n, ls), v in got.items()
+        if n == name and all((k, w) in ls for k, w in labels.items())
+    ]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else 0.0
+
+
+async def _requests(*items: bytes) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+async def test_metrics_count_calls_failures_rate_limits_and_streams(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """/metrics parses and counts OK, failed, rate-limited and streaming calls on both
+    sides; histograms are cumulative with _count equal to the +Inf bucket; mesh internals
+    appear."""
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    limiter = RateLimitInterceptor(
+        RateLimitOptions(rules={method("Sleep"): "2/minute"}, strategy="fixed-window")
+    )
+    srv = meshkit.MeshServer(
+        "echo",
+        [add_echo("e1")],
+        registry=registry,
+        options=meshkit.ServeOptions(
+            insecure=True, drain_delay_s=0.0, grace_s=1.0, telemetry=opts, interceptors=(limiter,)
+        ),
+    )
+    await srv.start()
+    ch = meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True, telemetry=opts)
+    )
+    admin = AdminServer(AdminOptions(registry=prom))
+    port = await admin.start()
+    try:
+        await ch.wait_for_endpoints(1)
+        for _ in range(3):
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+        for _ in range(2):
+            await ch.unary_unary(method("Sleep"))(b"0", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as limited:
+            await ch.unary_unary(method("Sleep"))(b"0", timeout=5)
+        assert limited.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ch.unary_unary(method("Fail"))(b"INVALID_ARGUMENT", timeout=5)
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert len([r async for r in ch.unary_stream(method("ServerStream"))(b"4")]) == 4
+        assert await ch.stream_unary(method("ClientStream"))(_requests(b"a", b"b")) == b"e1|a,b"
+        assert (
+            len([r async for r in ch.stream_stream(method("Bidi"))(_requests(b"1", b"2", b"3"))])
+            == 3
+        )
+        set_certificate_expiry("echo", 1_900_000_000.0, registry=prom)
+
+        async def scrape() -> str:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+            ):
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/plain")
+                return await resp.text()
+
+        # Stream ends are reported from done callbacks: poll until every call is counted.
+        got: dict[Any, float] = {}
+        for _ in range(100):
+            got = samples(await scrape())
+            if (
+                value(got, "grpc_client_handled_total", grpc_method="Bidi") == 1
+                and value(got, "grpc_client_handled_total", grpc_method="ServerStream") == 1
+            ):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await admin.stop()
+        await ch.close()
+        await srv.drain()
+
+    for side in ("server", "client"):
+        handled = f"grpc_{side}_handled_total"
+        assert (
+            value(
+                got,
+                handled,
+                grpc_method="Unary",
+                grpc_code="OK",
+                grpc_type="unary",
+                grpc_service="meshkit.test.Echo",
+            )
+            == 3
+        )
+        assert value(got, handled, grpc_method="Sleep", grpc_code="OK") == 2
+        assert value(got, handled, grpc_method="Sleep", grpc_code="RESOURCE_EXHAUSTED") == 1
+        assert value(got, handled, grpc_method="Fail", grpc_code="INVALID_ARGUMENT") == 1
+        assert (
+            value(
+                got, handled, grpc_method="ServerStream", grpc_type="server_stream", grpc_code="OK"
+            )
+            == 1
+        )
+        assert (
+            value(
+                got, handled, grpc_method="ClientStream", grpc_type="client_stream", grpc_code="OK"
+            )
+            == 1
+        )
+        assert value(got, handled, grpc_method="Bidi", grpc_type="bidi_stream", grpc_code="OK") == 1
+        assert value(got, f"grpc_{side}_started_total", grpc_method="Sleep") == 3
+        assert value(got, f"grpc_{side}_in_flight", grpc_method="Unary") == 0
+        # Histograms: cumulative buckets, +Inf bucket == _count == calls.
+        hist = f"grpc_{side}_handling_seconds"
+        buckets = sorted(
+            (
+                (float(dict(ls)["le"]), v)
+                for (n, ls), v in got.items()
+                if n == hist + "_bucket" and ("grpc_method", "Unary") in ls
+            )
+        )
+        assert len(buckets) == 17 and math.isinf(buckets[-1][0])
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts)
+        assert counts[-1] == value(got, hist + "_count", grpc_method="Unary") == 3
+        assert value(got, hist + "_sum", grpc_method="Unary") > 0
+    assert value(got, "meshkit_server_rate_limited_total", grpc_method="Sleep") == 1
+    assert value(got, "meshkit_client_attempts_total", grpc_method="Unary") == 3
+    assert value(got, "meshkit_client_endpoints", target="echo", state="READY") == 1
+    assert (
+        value(
+            got,
+            "meshkit_client_endpoint_calls_total",
+            target="echo",
+            instance_id=srv.instance.instance_id if srv.instance else "",
+        )
+        >= 10
+    )
+    assert value(got, "meshkit_client_retry_budget_available", target="echo") > 0
+    assert value(got, "meshkit_client_retries_total", target="echo") == 0
+    assert value(got, "meshkit_server_ready", service="echo") == 1
+    assert (
+        value(got, "meshkit_certificate_expiry_timestamp_seconds", service="echo")
+        == 1_900_000_000.0
+    )
+
+
+async def test_health_checks_are_metered_but_not_traced(
+    registry: LocalRegistry, prom: CollectorRegistry, tracing: Any
+) -> None:
+    """Quiet methods (grpc.health) are counted in metrics but get no span."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    opts = TelemetryOptions(registry=prom, tracer_provider=tracing.provider)
+    srv = meshkit.MeshServer(
+        "echo",
+        [add_echo("e1")],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=1.0, telemetry=opts),
+    )
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    finally:
+        await srv.drain()
+    got = samples(prom_text(prom))
+    assert (
+        value(
+            got,
+            "grpc_server_handled_total",
+            grpc_service="grpc.health.v1.Health",
+            grpc_method="Check",
+            grpc_code="OK",
+        )
+        == 1
+    )
+    assert tracing.spans() == []
+
+
+def prom_text(reg: CollectorRegistry) -> str:
+    """The text exposition of ``reg``."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(reg).decode()
+
+
+@pytest.mark.parametrize("bad", [("", 1.0), ("echo", -1.0), ("echo", float("nan"))])
+def test_certificate_expiry_refuses_bad_values(
+    bad: tuple[str, float], prom: CollectorRegistry
+) -> None:
+    """set_certificate_expiry refuses an empty service or a non-epoch time, quoting it."""
+    with pytest.raises(ConfigError, match="got"):
+        set_certificate_expiry(*bad, registry=prom)

@@ -1,0 +1,266 @@
+"""Traces across a two-hop chain: one trace, semconv attributes, retries under one span."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, StatusCode
+
+from meshkit.observability import TelemetryOptions, render_trace
+from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+from tests.observability.conftest import FRONT, ChainFactory, Tracing
+from tests.support.echo import method
+from tests.support.wait import until
+
+FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
+
+
+def by_name(spans: list[Any], name: str, kind: SpanKind) -> list[Any]:
+    """Spans called ``name`` of ``kind``."""
+    return [s for s in spans if s.name == name and s.kind is kind]
+
+
+async def test_two_hop_call_is_one_trace_with_semconv_attributes(
+    chain: ChainFactory, tracing: Tracing
+) -> None:
+    """client -> front -> echo yields one trace: client span, front server span, its client
+    span to echo, echo's server span, each the parent of the next, with RPC semconv."""
+    c = await chain()
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    assert await relay(b"hi", timeout=5) == b"e1|hi"
+    await until(lambda: len(tracing.spans()) >= 4, what="4 spans")
+    spans = tracing.spans()
+    (c1,) = by_name(spans, f"{FRONT}/Relay", SpanKind.CLIENT)
+    (s1,) = by_name(spans, f"{FRONT}/Relay", SpanKind.SERVER)
+    (c2,) = by_name(spans, "meshkit.test.Echo/Unary", SpanKind.CLIENT)
+    (s2,) = by_name(spans, "meshkit.test.Echo/Unary", SpanKind.SERVER)
+    assert len({s.context.trace_id for s in (c1, s1, c2, s2)}) == 1
+    assert c1.parent is None
+    assert s1.parent.span_id == c1.context.span_id
+    assert c2.parent.span_id == s1.context.span_id
+    assert s2.parent.span_id == c2.context.span_id
+    for s in (c1, s1, c2, s2):
+        assert s.attributes["rpc.system"] == "grpc"
+        assert s.attributes["rpc.grpc.status_code"] == 0
+        assert s.status.status_code is not StatusCode.ERROR
+    assert c2.attributes["rpc.service"] == "meshkit.test.Echo"
+    assert c2.attributes["rpc.method"] == "Unary"
+    assert c2.attributes["server.address"] == "echo"
+    assert c2.attributes["network.peer.address"] == "127.0.0.1"
+    assert c2.attributes["network.peer.port"] == c.echo[0].port
+    assert c2.attributes["meshkit.attempts"] == 1
+    assert c2.attributes["meshkit.instance_id"] == "e1"
+    assert s2.attributes["network.peer.address"] == "127.0.0.1"
+    assert isinstance(s2.attributes["network.peer.port"], int)
+    tree = render_trace(spans)
+    print(tree)
+    assert tree.splitlines()[0].startswith(f"{FRONT}/Relay  client")
+    assert "└─ meshkit.test.Echo/Unary  server" in tree
+
+
+async def test_baggage_and_caller_trace_flow_through_metadata(
+    chain: ChainFactory, tracing: Tracing
+) -> None:
+    """A caller's current span and baggage reach the far server through the metadata."""
+    c = await chain()
+    tracer = tracing.provider.get_tracer("test")
+    with tracer.start_as_current_span("caller") as root:
+        token = otel_context.attach(baggage.set_baggage("tenant", "t-42"))
+        try:
+            await c.client.unary_unary(f"/{FRONT}/Relay")(b"x", timeout=5)
+        finally:
+            otel_context.detach(token)
+    await until(lambda: len(tracing.spans()) >= 5, what="5 spans")
+    spans = tracing.spans()
+    assert {s.context.trace_id for s in spans} == {root.get_span_context().trace_id}
+    (c1,) = by_name(spans, f"{FRONT}/Relay", SpanKind.CLIENT)
+    assert c1.parent.span_id == root.get_span_context().span_id
+
+
+async def test_retries_are_attempt_events_under_one_logical_span(
+    chain: ChainFactory, tracing: Tracing
+) -> None:
+    """A call retried on two endpoints makes one client span with two attempt events, and
+    both server spans are its children."""
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST))
+    c = await chain(echoes=2, retry=retry)
+    import meshkit
+
+    ch = meshkit.dial(
+        "echo",
+        registry=c.echo[0].registry,
+        options=meshkit.DialOptions(
+            insecure=True, telemetry=c.client.options.telemetry, retry=retry
+        ),
+    )
+    try:
+        await ch.wait_for_endpoints(2)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=5)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        await ch.close()
+    await until(
+        lambda: len(by_name(tracing.spans(), "meshkit.test.Echo/Fail", SpanKind.SERVER)) == 2,
+        what="2 server spans",
+    )
+    spans = tracing.spans()
+    (logical,) = by_name(spans, "meshkit.test.Echo/Fail", SpanKind.CLIENT)
+    servers = by_name(spans, "meshkit.test.Echo/Fail", SpanKind.SERVER)
+    assert logical.attributes["meshkit.attempts"] == 2
+    assert logical.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert logical.status.status_code is StatusCode.ERROR
+    events = [e for e in logical.events if e.name == "attempt"]
+    assert [e.attributes["meshkit.attempt"] for e in events] == [1, 2]
+    assert {e.attributes["meshkit.instance_id"] for e in events} == {"e1", "e2"}
+    for s in servers:
+        assert s.parent.span_id == logical.context.span_id
+        assert s.context.trace_id == logical.context.trace_id
+        assert s.status.status_code is StatusCode.ERROR  # UNAVAILABLE is a server error
+
+
+async def test_attempt_spans_option_makes_a_client_span_per_attempt(
+    chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
+) -> None:
+    """With attempt_spans, the logical span is INTERNAL with one CLIENT child per attempt,
+    each naming its endpoint and parenting that attempt's server span."""
+    import dataclasses
+
+    import meshkit
+    from meshkit.observability import attempt_interceptors, client_interceptors
+
+    opts = dataclasses.replace(telemetry, attempt_spans=True)
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST))
+    c = await chain(echoes=2, telemetry_opts=opts, retry=retry)
+    ch = meshkit.dial(
+        "echo",
+        registry=c.echo[0].registry,
+        options=meshkit.DialOptions(
+            insecure=True,
+            interceptors=client_interceptors(opts),
+            attempt_interceptors=attempt_interceptors(opts),
+            retry=retry,
+        ),
+    )
+    try:
+        await ch.wait_for_endpoints(2)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=5)
+    finally:
+        await ch.close()
+    await until(
+        lambda: len(by_name(tracing.spans(), "meshkit.test.Echo/Fail", SpanKind.SERVER)) == 2,
+        what="2 server spans",
+    )
+    spans = tracing.spans()
+    (logical,) = by_name(spans, "meshkit.test.Echo/Fail", SpanKind.INTERNAL)
+    attempts = by_name(spans, "meshkit.test.Echo/Fail", SpanKind.CLIENT)
+    assert sorted(a.attributes["meshkit.attempt"] for a in attempts) == [1, 2]
+    assert {a.attributes["meshkit.instance_id"] for a in attempts} == {"e1", "e2"}
+    attempt_ids = {a.context.span_id for a in attempts}
+    for a in attempts:
+        assert a.parent.span_id == logical.context.span_id
+        assert a.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    for s in by_name(spans, "meshkit.test.Echo/Fail", SpanKind.SERVER):
+        assert s.parent.span_id in attempt_ids
+
+
+async def test_streaming_calls_are_traced_through_the_chain(
+    chain: ChainFactory, tracing: Tracing
+) -> None:
+    """A server-streaming relay produces the same four-span trace, ended when the streams
+    end."""
+    c = await chain()
+    got = [r async for r in c.client.unary_stream(f"/{FRONT}/RelayStream")(b"3", timeout=5)]
+    assert got == [b"e1|0", b"e1|1", b"e1|2"]
+    await until(lambda: len(tracing.spans()) >= 4, what="4 spans")
+    spans = tracing.spans()
+    (c1,) = by_name(spans, f"{FRONT}/RelayStream", SpanKind.CLIENT)
+    (s2,) = by_name(spans, "meshkit.test.Echo/ServerStream", SpanKind.SERVER)
+    assert s2.context.trace_id == c1.context.trace_id
+    assert c1.attributes["rpc.grpc.status_code"] == 0
+
+
+async def test_otel_implementation_also_propagates(
+    chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
+) -> None:
+    """The opentelemetry-instrumentation-grpc choice yields one connected trace too."""
+    import meshkit
+    from meshkit.observability import (
+        attempt_interceptors,
+        client_interceptors,
+        server_interceptors,
+    )
+    from tests.support.echo import add_echo
+
+    reg = (await chain()).echo[0].registry
+    srv = meshkit.MeshServer(
+        "otel-echo",
+        [add_echo("o1")],
+        registry=reg,
+        options=meshkit.ServeOptions(
+            insecure=True,
+            drain_delay_s=0.0,
+            grace_s=1.0,
+            interceptors=server_interceptors("otel-echo", telemetry, implementation="otel"),
+        ),
+    )
+    await srv.start()
+    ch = meshkit.dial(
+        "otel-echo",
+        registry=reg,
+        options=meshkit.DialOptions(
+            insecure=True,
+            interceptors=client_interceptors(telemetry, implementation="otel"),
+            attempt_interceptors=attempt_interceptors(telemetry, implementation="otel"),
+        ),
+    )
+    try:
+        await ch.wait_for_endpoints(1)
+        assert await ch.unary_unary(method("Unary"))(b"o", timeout=5) == b"o1|o"
+    finally:
+        await ch.close()
+        await srv.drain()
+    await until(
+        lambda: len([s for s in tracing.spans() if "Echo/Unary" in s.name]) >= 2, what="otel spans"
+    )
+    spans = [s for s in tracing.spans() if "Echo/Unary" in s.name]
+    client = next(s for s in spans if s.kind is SpanKind.CLIENT)
+    server = next(s for s in spans if s.kind is SpanKind.SERVER)
+    assert server.parent.span_id == client.context.span_id
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+async def test_peer_identity_and_rate_limit_become_attributes(
+    chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
+) -> None:
+    """A known caller identity lands on the server span; a RESOURCE_EXHAUSTED answer marks
+    both sides of that hop rate-limited (and is no server-side error)."""
+    import dataclasses
+
+    from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+
+    opts = dataclasses.replace(telemetry, peer_identity=lambda: "spiffe://mesh/svc/front")
+    limiter = RateLimitInterceptor(
+        RateLimitOptions(rules={method("Unary"): "1/minute"}, strategy="fixed-window")
+    )
+    c = await chain(telemetry_opts=opts, echo_interceptors=(limiter,))
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    await relay(b"1", timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await relay(b"2", timeout=5)
+    assert err.value.code() is grpc.StatusCode.UNKNOWN  # front's handler raised
+    await until(lambda: len(tracing.spans()) >= 8, what="8 spans")
+    servers = by_name(tracing.spans(), "meshkit.test.Echo/Unary", SpanKind.SERVER)
+    assert {s.attributes["meshkit.peer.identity"] for s in servers} == {"spiffe://mesh/svc/front"}
+    limited = [s for s in tracing.spans() if s.attributes.get("meshkit.rate_limited")]
+    assert {(s.name, s.kind) for s in limited} >= {
+        ("meshkit.test.Echo/Unary", SpanKind.SERVER),
+        ("meshkit.test.Echo/Unary", SpanKind.CLIENT),
+    }
+    (server_limited,) = [s for s in limited if s.kind is SpanKind.SERVER]
+    assert server_limited.status.status_code is not StatusCode.ERROR  # caller's problem

@@ -1,0 +1,173 @@
+"""Deadline propagation across two hops and admission control, on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+from meshkit.resilience import DeadlineInterceptor, current_deadline, deadline_scope
+
+
+def service(name: str, behaviour: Any) -> tuple[Any, None]:
+    """An ``(add_fn, servicer)`` pair for a one-method bytes service ``name``/Call."""
+
+    def add(_s: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    name, {"Call": grpc.unary_unary_rpc_method_handler(behaviour)}
+                ),
+            )
+        )
+
+    return add, None
+
+
+async def test_two_hop_deadline_never_runs_second_hop_past_it(registry: LocalRegistry) -> None:
+    """A 200 ms deadline on hop 1 bounds hop 2: it sees < 200 ms and is cancelled in time."""
+    seen: dict[str, float] = {}
+    hop2_done = asyncio.Event()
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        seen["hop2_remaining"] = context.time_remaining() or 0.0
+        seen["hop2_start"] = time.monotonic()
+        try:
+            await asyncio.sleep(2)
+            seen["hop2_finished"] = time.monotonic()
+        finally:
+            seen["hop2_end"] = time.monotonic()
+            hop2_done.set()
+        return b"late"
+
+    hop2_channel = meshkit.dial(
+        "hop2", registry=registry, options=meshkit.DialOptions(insecure=True, retry=None)
+    )
+
+    async def relay(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        seen["hop1_deadline"] = current_deadline() or 0.0
+        return await hop2_channel.unary_unary("/hop2/Call")(request)  # no timeout given
+
+    icpt = (DeadlineInterceptor(),)
+    s1 = meshkit.MeshServer(
+        "hop1",
+        [service("hop1", relay)],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, interceptors=icpt, drain_delay_s=0),
+    )
+    s2 = meshkit.MeshServer(
+        "hop2",
+        [service("hop2", slow)],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, interceptors=icpt, drain_delay_s=0),
+    )
+    await s1.start()
+    await s2.start()
+    try:
+        async with meshkit.dial(
+            "hop1", registry=registry, options=meshkit.DialOptions(insecure=True)
+        ) as ch:
+            await hop2_channel.wait_for_endpoints(1)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary("/hop1/Call")(b"x", timeout=0.2)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.wait_for(hop2_done.wait(), 2)
+        assert seen["hop2_remaining"] <= 0.205  # grpc-timeout on the wire rounds up slightly
+        assert "hop2_finished" not in seen
+        assert seen["hop2_end"] - t0 < 0.35  # cancelled at the deadline, not after 2 s
+    finally:
+        await hop2_channel.close()
+        await s1.drain()
+        await s2.drain()
+
+
+async def test_margin_is_subtracted(registry: LocalRegistry) -> None:
+    """With deadline_margin_s, outgoing calls get the inherited deadline minus the margin."""
+    remaining: list[float] = []
+
+    async def report(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        remaining.append(context.time_remaining() or 0.0)
+        return b"ok"
+
+    srv = meshkit.MeshServer(
+        "m",
+        [service("m", report)],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0),
+    )
+    await srv.start()
+    try:
+        opts = meshkit.DialOptions(insecure=True, deadline_margin_s=0.3)
+        async with meshkit.dial("m", registry=registry, options=opts) as ch:
+            with deadline_scope(time.monotonic() + 1.0):
+                await ch.unary_unary("/m/Call")(b"")
+                await ch.unary_unary("/m/Call")(b"", timeout=0.2)  # own, shorter timeout wins
+        assert 0.5 < remaining[0] <= 0.7
+        assert remaining[1] <= 0.21  # grpc rounds deadlines to the millisecond
+    finally:
+        await srv.drain()
+
+
+async def test_admission_rejects_calls_without_enough_time(registry: LocalRegistry) -> None:
+    """A call with less than min_remaining_s left is DEADLINE_EXCEEDED before the handler."""
+    ran: list[bytes] = []
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        ran.append(request)
+        return b"ok"
+
+    icpt = DeadlineInterceptor(min_remaining_s=0.5)
+    srv = meshkit.MeshServer(
+        "adm",
+        [service("adm", handler)],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, interceptors=(icpt,), drain_delay_s=0),
+    )
+    await srv.start()
+    try:
+        async with meshkit.dial(
+            "adm", registry=registry, options=meshkit.DialOptions(insecure=True)
+        ) as ch:
+            call = ch.unary_unary("/adm/Call")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"short", timeout=0.3)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await call(b"long", timeout=2) == b"ok"
+            assert await call(b"none") == b"ok"  # no deadline: nothing to check
+        assert ran == [b"long", b"none"] and icpt.rejected == 1
+    finally:
+        await srv.drain()
+
+
+async def test_default_method_timeouts(registry: LocalRegistry) -> None:
+    """Per-method default timeouts apply to calls made without one."""
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        await asyncio.sleep(1)
+        return b"late"
+
+    srv = meshkit.MeshServer(
+        "t",
+        [service("t", slow)],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0, grace_s=0),
+    )
+    await srv.start()
+    try:
+        opts = meshkit.DialOptions(insecure=True, method_timeouts={"t/Call": 0.1}, retry=None)
+        async with meshkit.dial("t", registry=registry, options=opts) as ch:
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary("/t/Call")(b"")
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        await srv.drain()
+    with pytest.raises(meshkit.ConfigError, match="-1"):
+        meshkit.DialOptions(insecure=True, method_timeouts={"x": -1})

@@ -1,0 +1,387 @@
+"""Resilience policies as pure code with a fake clock: backoff, budget, EWMA, P2C, WRR,
+ring hash, outlier ejection, method tables."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import grpc
+import pytest
+
+from meshkit._methods import MethodTable
+from meshkit.discovery import Endpoint, EndpointState, Instance, RoundRobin
+from meshkit.errors import ConfigError
+from meshkit.resilience import (
+    P2C,
+    Backoff,
+    BudgetOptions,
+    EjectingBalancer,
+    OutlierOptions,
+    P2COptions,
+    RetryBudget,
+    RetryOptions,
+    RetryPolicy,
+    RingHash,
+    WeightedRoundRobin,
+)
+
+OK = grpc.StatusCode.OK
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class Clock:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def eps(*names: str, weights: dict[str, int] | None = None) -> list[Endpoint]:
+    """READY endpoints named ``names``."""
+    out = []
+    for i, n in enumerate(names):
+        inst = Instance(service="s", instance_id=n, host="127.0.0.1", port=1000 + i,
+                        weight=(weights or {}).get(n, 1))
+        ep = Endpoint(inst)
+        ep.state = EndpointState.READY
+        out.append(ep)
+    return out
+
+
+# -- backoff -------------------------------------------------------------------------------
+def test_backoff_caps_grow_exponentially_and_are_bounded() -> None:
+    """The jitter cap doubles per retry up to max_delay_s; every delay lies within [0, cap]."""
+    b = Backoff(base_delay_s=0.1, max_delay_s=1.0, multiplier=2, rng=random.Random(1))
+    assert [b.cap_s(n) for n in (1, 2, 3, 4, 5, 100)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    for n in range(1, 30):
+        assert 0 <= b.delay_s(n) <= b.cap_s(n)
+    delays = [b.delay_s(3) for _ in range(2000)]
+    assert 0.15 < sum(delays) / len(delays) < 0.25  # full jitter: mean is half the cap
+
+
+def test_backoff_bad_values_quote_the_value() -> None:
+    """Negative delays, a max below the base, and a multiplier < 1 are refused."""
+    with pytest.raises(ConfigError, match=re.escape("-0.5")):
+        Backoff(base_delay_s=-0.5)
+    with pytest.raises(ConfigError, match=re.escape("0.01")):
+        Backoff(base_delay_s=0.1, max_delay_s=0.01)
+    with pytest.raises(ConfigError, match=re.escape("0.5")):
+        Backoff(multiplier=0.5)
+
+
+# -- retry budget --------------------------------------------------------------------------
+def test_budget_allows_floor_plus_ratio_of_requests() -> None:
+    """Retries allowed = min_retries_per_s * ttl_s + retry_ratio * requests in the window."""
+    clock = Clock()
+    b = RetryBudget(BudgetOptions(retry_ratio=0.2, min_retries_per_s=1, ttl_s=10), clock)
+    for _ in range(100):
+        b.record_request()
+    assert b.balance() == pytest.approx(10 + 20)
+    granted = sum(b.try_withdraw() for _ in range(50))
+    assert granted == 30
+    assert b.denied == 20
+
+
+def test_budget_window_slides() -> None:
+    """Requests and retries older than ttl_s stop counting."""
+    clock = Clock()
+    b = RetryBudget(BudgetOptions(retry_ratio=0.5, min_retries_per_s=0, ttl_s=10), clock)
+    for _ in range(10):
+        b.record_request()
+    assert sum(b.try_withdraw() for _ in range(10)) == 5
+    clock.t += 5
+    assert not b.try_withdraw()
+    clock.t += 6  # the first batch has left the window
+    assert b.balance() == 0
+    b.record_request()
+    b.record_request()
+    assert b.try_withdraw()
+
+
+def test_budget_bad_values() -> None:
+    """A ratio above 1, a negative floor and a zero window are refused."""
+    with pytest.raises(ConfigError, match=re.escape("1.5")):
+        BudgetOptions(retry_ratio=1.5)
+    with pytest.raises(ConfigError, match="-1"):
+        BudgetOptions(min_retries_per_s=-1)
+    with pytest.raises(ConfigError, match="0"):
+        BudgetOptions(ttl_s=0)
+
+
+def test_retry_policy_bad_values() -> None:
+    """max_attempts < 1, hedging without idempotency and bad patterns fail at construction."""
+    with pytest.raises(ConfigError, match="0"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ConfigError, match="idempotent"):
+        RetryPolicy(hedge_delay_s=0.1)
+    with pytest.raises(ConfigError, match=re.escape("-0.1")):
+        RetryPolicy(idempotent=True, hedge_delay_s=-0.1)
+    with pytest.raises(ConfigError, match="''"):
+        RetryOptions(methods={"": RetryPolicy()})
+
+
+# -- P2C / peak EWMA -----------------------------------------------------------------------
+def test_peak_ewma_jumps_up_decays_down() -> None:
+    """A slow sample sets the estimate at once; fast samples and idle time bring it down."""
+    clock = Clock()
+    p = P2C(P2COptions(decay_s=10, slow_start_s=0), clock=clock, rng=random.Random(1))
+    (a,) = eps("a")
+    p.update([a])
+    assert p.load(a) == pytest.approx(0.03)  # default RTT before any sample
+    got = p.pick()
+    assert got is not None
+    got[1](OK, 0.2)
+    assert p.load(a) == pytest.approx(0.2)
+    clock.t += 10  # one time constant idle: e^-1
+    assert p.load(a) == pytest.approx(0.2 * 0.36788, rel=1e-3)
+    got = p.pick()
+    assert got is not None
+    assert p.load(a) == pytest.approx(2 * 0.2 * 0.36788, rel=1e-3)  # one pending call doubles
+
+
+def test_p2c_prefers_the_less_loaded() -> None:
+    """With one slow endpoint among three, P2C sends it only a small share of calls."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(7))
+    endpoints = eps("a", "b", "slow")
+    p.update(endpoints)
+    picks: Counter[str] = Counter()
+    for _ in range(3000):
+        got = p.pick()
+        assert got is not None
+        ep, done = got
+        picks[ep.key] += 1
+        clock.t += 0.001
+        done(OK, 0.050 if ep.key == "slow" else 0.001)
+    assert picks["slow"] / 3000 < 0.02
+    assert picks["a"] > 1000 and picks["b"] > 1000
+
+
+def test_p2c_penalises_resource_exhausted() -> None:
+    """A RESOURCE_EXHAUSTED answer raises the endpoint's load to at least the penalty."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0, overload_penalty_s=0.25), clock=clock)
+    (a,) = eps("a")
+    p.update([a])
+    got = p.pick()
+    assert got is not None
+    got[1](grpc.StatusCode.RESOURCE_EXHAUSTED, 0.001)
+    assert p.load(a) == pytest.approx(0.25)
+
+
+def test_p2c_slow_start_ramps_new_endpoints() -> None:
+    """A later endpoint starts at its peers' estimate and takes a pick it wins with a
+    probability ramping from slow_start_min_weight to 1 over slow_start_s."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=10, slow_start_min_weight=0.1), clock=clock)
+    a, b = eps("a", "b")
+    p.update([a])
+    got = p.pick()
+    assert got is not None
+    got[1](OK, 0.004)
+    p.update([a, b])
+    assert p.load(b) == pytest.approx(p.load(a))  # seeded, not the 30 ms default
+    assert p.weight(b) == pytest.approx(0.1) and p.weight(a) == 1.0
+    clock.t += 5
+    assert p.weight(b) == pytest.approx(0.5)
+    clock.t += 5
+    assert p.weight(b) == 1.0
+
+
+def test_p2c_new_endpoint_is_not_starved() -> None:
+    """With fast peers, an endpoint added later still gets calls and, once ramped up, about
+    its fair share (it used to keep the 30 ms default cost and never be picked)."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=2), clock=clock, rng=random.Random(5))
+    old = eps("a", "b")
+    p.update(old)
+    for _ in range(200):
+        got = p.pick()
+        assert got is not None
+        got[1](OK, 0.001)
+        clock.t += 0.001
+    p.update([*old, *eps("new")])
+    picks: Counter[str] = Counter()
+    for i in range(3000):
+        got = p.pick()
+        assert got is not None
+        picks[got[0].key] += i >= 2000  # count after the 2 s ramp
+        got[1](OK, 0.001)
+        clock.t += 0.001
+    assert picks["new"] / 1000 > 0.2
+
+
+def test_p2c_skips_failing_and_honours_exclude() -> None:
+    """FAILING endpoints are never picked; excluded ones only when nothing else is usable."""
+    p = P2C(P2COptions(slow_start_s=0), rng=random.Random(3))
+    a, b, c = eps("a", "b", "c")
+    c.state = EndpointState.FAILING
+    p.update([a, b, c])
+    keys = set()
+    for _ in range(200):
+        got = p.pick(exclude=[a])
+        assert got is not None
+        keys.add(got[0].key)
+        got[1](OK, 0.001)
+    assert keys == {"b"}
+    b.state = EndpointState.FAILING
+    got = p.pick(exclude=[a])
+    assert got is not None and got[0].key == "a"
+    a.state = EndpointState.FAILING
+    assert p.pick() is None
+
+
+# -- weighted round robin, ring hash ---------------------------------------------------------
+def test_wrr_follows_weights_smoothly() -> None:
+    """Weights 3:1 give 3 of every 4 picks, never three of the heavy one in a row twice."""
+    w = WeightedRoundRobin()
+    w.update(eps("a", "b", weights={"a": 3, "b": 1}))
+    seq = []
+    for _ in range(8):
+        got = w.pick()
+        assert got is not None
+        seq.append(got[0].key)
+    assert Counter(seq) == {"a": 6, "b": 2}
+    assert "aaaa" not in "".join(seq)
+
+
+def test_ring_hash_affinity_and_minimal_movement() -> None:
+    """A key keeps its endpoint; adding a fourth endpoint moves only about a quarter of keys."""
+    r = RingHash(rng=random.Random(1))
+    three = eps("a", "b", "c")
+    r.update(three)
+
+    def owner(k: str) -> str:
+        got = r.pick(k)
+        assert got is not None
+        return got[0].key
+
+    keys = [f"user-{i}" for i in range(2000)]
+    before = {k: owner(k) for k in keys}
+    assert all(owner(k) == before[k] for k in keys[:100])
+    assert min(Counter(before.values()).values()) > 450  # roughly even
+    r.update([*three, *eps("d")])
+    moved = sum(owner(k) != before[k] for k in keys)
+    assert 0.15 < moved / len(keys) < 0.35
+    # A failing owner hands its keys to the next endpoint on the ring.
+    three[0].state = EndpointState.FAILING
+    assert all(owner(k) != "a" for k in keys[:200])
+
+
+# -- outlier ejection ----------------------------------------------------------------------
+def test_consecutive_failures_eject_then_probe_decides() -> None:
+    """5 failures in a row eject; after base_ejection_s one probe: success restores it."""
+    clock = Clock()
+    events: list[tuple[str, bool]] = []
+    eb = EjectingBalancer(RoundRobin(random.Random(0)),
+                          OutlierOptions(consecutive_failures=5, base_ejection_s=10,
+                                         max_ejection_percent=100),
+                          clock=clock, on_change=lambda k, e: events.append((k, e)))
+    a, b = eps("a", "b")
+    eb.update([a, b])
+
+    def call(code_for: dict[str, grpc.StatusCode]) -> str:
+        got = eb.pick()
+        assert got is not None
+        got[1](code_for.get(got[0].key, OK), 0.001)
+        return got[0].key
+
+    while events == []:
+        call({"a": UNAVAILABLE})
+    assert events == [("a", True)] and eb.ejected() == ["a"]
+    assert {call({}) for _ in range(10)} == {"b"}
+    clock.t += 10
+    assert call({}) == "a"  # the single probe, and it succeeds
+    assert events[-1] == ("a", False) and eb.ejected() == []
+
+
+def test_failed_probe_ejects_for_longer() -> None:
+    """A failing probe ejects again at once, for base_ejection_s times the ejection count."""
+    clock = Clock()
+    eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=1,
+                                                       base_ejection_s=10,
+                                                       max_ejection_percent=100), clock=clock)
+    a, b = eps("a", "b")
+    eb.update([a, b])
+    while eb.ejected() != ["a"]:
+        got = eb.pick()
+        assert got is not None
+        got[1](UNAVAILABLE if got[0].key == "a" else OK, 0.001)
+    clock.t += 10
+    got = eb.pick()
+    assert got is not None and got[0].key == "a"  # probe
+    got[1](UNAVAILABLE, 0.001)
+    assert eb.ejected() == ["a"]
+    clock.t += 19.9
+    got = eb.pick()
+    assert got is not None and got[0].key == "b"
+    got[1](OK, 0.001)
+    clock.t += 0.2
+    got = eb.pick()
+    assert got is not None and got[0].key == "a"
+
+
+def test_failure_rate_rule() -> None:
+    """A failure rate at or over the threshold across a full window ejects."""
+    eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=100,
+                                                       failure_rate=0.5,
+                                                       failure_rate_window=10,
+                                                       max_ejection_percent=100))
+    (a,) = eps("a")
+    eb.update([a])
+    for i in range(10):
+        got = eb.pick()
+        assert got is not None
+        got[1](UNAVAILABLE if i % 2 else OK, 0.001)
+    assert eb.ejected() == ["a"]
+    assert eb.pick() is None  # every endpoint ejected: fail fast
+
+
+def test_max_ejection_percent_caps_ejections() -> None:
+    """With max 50 % of 4 endpoints, a third failing endpoint stays in rotation."""
+    eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=1,
+                                                       max_ejection_percent=50))
+    endpoints = eps("a", "b", "c", "d")
+    eb.update(endpoints)
+    for _ in range(40):
+        got = eb.pick()
+        assert got is not None
+        got[1](OK if got[0].key == "d" else UNAVAILABLE, 0.001)
+    assert len(eb.ejected()) == 2
+
+
+def test_application_errors_do_not_eject() -> None:
+    """NOT_FOUND and INVALID_ARGUMENT are the request's fault, not the endpoint's."""
+    eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=2,
+                                                       max_ejection_percent=100))
+    (a,) = eps("a")
+    eb.update([a])
+    for _ in range(10):
+        got = eb.pick()
+        assert got is not None
+        got[1](grpc.StatusCode.NOT_FOUND, 0.001)
+    assert eb.ejected() == []
+
+
+def test_outlier_bad_values() -> None:
+    """Out-of-range ejection options fail at construction with the value quoted."""
+    with pytest.raises(ConfigError, match="0"):
+        OutlierOptions(consecutive_failures=0)
+    with pytest.raises(ConfigError, match=re.escape("1.5")):
+        OutlierOptions(failure_rate=1.5)
+    with pytest.raises(ConfigError, match="150"):
+        OutlierOptions(max_ejection_percent=150)
+
+
+def test_method_table_most_specific_pattern_wins() -> None:
+    """Exact names beat globs; short, full and slash-less forms all match."""
+    t = MethodTable({"OrderService/*": 1, "OrderService/PlaceOrder": 2, "*/Get*": 3}, 0)
+    assert t.get("/ecom.v1.OrderService/PlaceOrder") == 2
+    assert t.get("/ecom.v1.OrderService/ListOrders") == 1
+    assert t.get("/ecom.v1.UserService/GetUser") == 3
+    assert t.get("/other.Svc/Do") == 0

@@ -1,0 +1,576 @@
+"""Rate limiting: policy units, then RateLimitInterceptor on a real in-process echo server,
+with in-memory counts, the shared Redis on 127.0.0.1:6379, and a private redis-server that
+is killed and restarted."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from structlog.testing import capture_logs
+
+from meshkit.errors import ConfigError
+from meshkit.resilience._ratelimit_policy import (
+    OutageTracker,
+    RuleTable,
+    peer_host,
+    redact_uri,
+    retry_after_s,
+)
+from meshkit.resilience.ratelimit import (
+    RateLimitInterceptor,
+    RateLimitOptions,
+    Strategy,
+    by_metadata,
+)
+from tests.conftest import IN_CI
+from tests.support.echo import handler, method
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(30)
+
+STRATEGIES: tuple[Strategy, ...] = ("fixed-window", "moving-window", "sliding-window-counter")
+SHARED_REDIS_PORT = 6379
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def echo_server(options: RateLimitOptions,
+                      instance_id: str = "e1") -> AsyncIterator[grpc.aio.Channel]:
+    """An echo server on 127.0.0.1:0 behind a RateLimitInterceptor; yields a channel to it."""
+    interceptor = RateLimitInterceptor(options)
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((handler(instance_id),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await interceptor.aclose()
+
+
+async def _requests(*items: bytes) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+async def attempt(channel: grpc.aio.Channel, name: str = "Unary", user: str | None = None,
+                  messages: int = 2) -> grpc.aio.AioRpcError | None:
+    """Make one call of echo method ``name`` (streams carry ``messages`` messages); None if
+    it succeeded, else its error."""
+    md = None if user is None else (("x-user", user),)
+    requests = [b"m%d" % i for i in range(messages)]
+    try:
+        if name in ("Unary", "Sleep"):
+            unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                method(name))
+            await unary(b"0", metadata=md, timeout=5)
+        elif name == "ServerStream":
+            server_stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = (
+                channel.unary_stream(method(name)))
+            responses = server_stream(b"%d" % messages, metadata=md, timeout=5)
+            assert len([m async for m in responses]) == messages
+        elif name == "ClientStream":
+            client_stream: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = (
+                channel.stream_unary(method(name)))
+            answer = await client_stream(_requests(*requests), metadata=md, timeout=5)
+            assert answer == b"e1|" + b",".join(requests)
+        elif name == "Bidi":
+            bidi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+                method(name))
+            echoes = bidi(_requests(*requests), metadata=md, timeout=5)
+            assert len([m async for m in echoes]) == messages
+        else:
+            raise AssertionError(name)
+    except grpc.aio.AioRpcError as err:
+        return err
+    return None
+
+
+def assert_limited(err: grpc.aio.AioRpcError | None, name: str = "Unary") -> int:
+    """Assert ``err`` is a rate-limit rejection of echo method ``name``; return retry-after."""
+    assert err is not None, "call was not rejected"
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    assert method(name) in (err.details() or "")
+    values = [v for k, v in err.trailing_metadata() or () if k == "retry-after"]
+    assert len(values) == 1, err.trailing_metadata()
+    assert isinstance(values[0], str) and values[0].isdigit()
+    seconds = int(values[0])
+    assert seconds >= 1
+    return seconds
+
+
+def unique_prefix() -> str:
+    """A storage key prefix no other test run uses."""
+    return f"meshkit-test-{uuid.uuid4().hex}"
+
+
+def redis_ping(port: int) -> bool:
+    """True if a Redis answers PING on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test, or fail it when running under ``CI=true``."""
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class PrivateRedis:
+    """A throw-away redis-server on a free port (no persistence) that tests may kill."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        """The limiter storage URI of this server."""
+        return f"async+redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start redis-server on ``self.port`` (the same port on every restart)."""
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready(self) -> bool:
+        """True once the server answers PING."""
+        return redis_ping(self.port)
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@pytest.fixture
+def shared_redis() -> str:
+    """The URI of the shared Redis on 127.0.0.1:6379 (skip if absent; fail under CI)."""
+    if not redis_ping(SHARED_REDIS_PORT):
+        skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
+    return f"async+redis://127.0.0.1:{SHARED_REDIS_PORT}"
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A private redis-server, up and answering (skip if no binary; fail under CI)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        skip_or_fail("no redis-server binary on PATH")
+        raise AssertionError("unreachable")
+    redis = PrivateRedis(binary, tmp_path)
+    redis.start()
+    try:
+        await until(redis.ready, timeout_s=10, what="private redis-server answering")
+        yield redis
+    finally:
+        redis.kill()
+
+
+# --- policy units -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("peer", "host"), [
+    ("ipv4:10.0.0.7:51234", "10.0.0.7"),
+    ("ipv6:[::1]:51234", "::1"),
+    ("ipv6:%5B::1%5D:51234", "::1"),
+    ("ipv6:%5Bfe80::1%5D:8080", "fe80::1"),
+    ("unix:/run/app.sock", "unix:/run/app.sock"),
+    ("weird", "weird"),
+])
+def test_peer_host_strips_scheme_and_port(peer: str, host: str) -> None:
+    """peer_host keeps only the address of ipv4/ipv6 peers and returns other peers whole."""
+    assert peer_host(peer) == host
+
+
+def test_retry_after_rounds_up_to_whole_seconds_at_least_one() -> None:
+    """retry_after_s is ceil(reset - now) and never below 1."""
+    assert retry_after_s(100.2, 100.0) == 1
+    assert retry_after_s(100.0, 100.0) == 1
+    assert retry_after_s(90.0, 100.0) == 1
+    assert retry_after_s(159.01, 100.0) == 60
+
+
+def test_rule_table_precedence_exact_then_globs_in_order_then_default() -> None:
+    """An exact name beats globs, the first matching glob beats later ones and the default."""
+    table = RuleTable({
+        "/s.A/*": "2/second",
+        "/s.A/Get": "5/second",
+        "/s.*": "3/second",
+        "/grpc.health.v1.Health/*": None,
+    }, "1/second")
+    exact, glob, later, exempt, default = (table.lookup(m) for m in (
+        "/s.A/Get", "/s.A/List", "/s.B/Get", "/grpc.health.v1.Health/Check", "/t.C/D"))
+    assert exact is not None and exact.pattern == "/s.A/Get"
+    assert glob is not None and glob.pattern == "/s.A/*"
+    assert later is not None and later.pattern == "/s.*"
+    assert exempt is None
+    assert default is not None and default.pattern == "<default>"
+    assert table.lookup("/s.A/List") is glob  # cached: the same object, no re-resolution
+
+
+def test_rule_table_parses_multi_limit_rules() -> None:
+    """A rule like '10 per minute;1000 per hour' becomes two limits checked together."""
+    rule = RuleTable({}, "10 per minute;1000 per hour").lookup("/a.B/C")
+    assert rule is not None
+    assert [(i.amount, i.get_expiry()) for i in rule.items] == [(10, 60), (1000, 3600)]
+
+
+def test_outage_tracker_reports_once_per_outage_with_duration() -> None:
+    """failed() is True only for the first failure of an outage; succeeded() ends it once."""
+    now = [10.0]
+    tracker = OutageTracker(clock=lambda: now[0])
+    assert tracker.succeeded() is None
+    assert tracker.failed() is True
+    assert tracker.failed() is False
+    now[0] = 12.5
+    assert tracker.succeeded() == pytest.approx(2.5)
+    assert tracker.succeeded() is None
+    assert tracker.failed() is True
+
+
+def test_redact_uri_hides_password() -> None:
+    """redact_uri replaces a URI password with *** and leaves other URIs alone."""
+    assert redact_uri("async+redis://:s3cret@h:6379/0") == "async+redis://:***@h:6379/0"
+    assert redact_uri("async+redis://u:s3cret@h:6379") == "async+redis://u:***@h:6379"
+    assert redact_uri("memory://") == "memory://"
+
+
+# --- configuration errors -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "quoted"), [
+    ({"storage_uri": "bogus://127.0.0.1:1"}, "'bogus://127.0.0.1:1'"),
+    ({"storage_uri": "not a uri"}, "'not a uri'"),
+    ({"default_rule": "10 per fortnight"}, "'10 per fortnight'"),
+    ({"default_rule": "0/second"}, "'0/second'"),
+    ({"rules": {"/a.B/C": "lots"}}, "'lots'"),
+    ({"rules": {"OrderService": "1/second"}}, "'OrderService'"),
+    ({"strategy": "leaky-bucket"}, "'leaky-bucket'"),
+    ({"strategy": "moving-window", "storage_uri": "async+memcached://127.0.0.1:11211"},
+     "'async+memcached://127.0.0.1:11211'"),
+    ({"on_storage_error": "maybe"}, "'maybe'"),
+    ({"key_prefix": ""}, "''"),
+    ({"storage_timeout_s": 0}, "0"),
+    ({"key": "x-user"}, "'x-user'"),
+])
+def test_bad_config_fails_at_construction_quoting_the_value(options: dict[str, Any],
+                                                            quoted: str) -> None:
+    """Each bad option raises ConfigError (a ValueError) when built, quoting the value."""
+    with pytest.raises(ConfigError) as info:
+        RateLimitOptions(**options)
+    assert quoted in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_storage_uri_error_redacts_password() -> None:
+    """A rejected storage URI is quoted with its password redacted."""
+    with pytest.raises(ConfigError) as info:
+        RateLimitOptions(storage_uri="bogus://:hunter2@127.0.0.1:1")
+    assert "hunter2" not in str(info.value)
+    assert "'bogus://:***@127.0.0.1:1'" in str(info.value)
+
+
+def test_by_metadata_refuses_binary_or_empty_keys() -> None:
+    """by_metadata rejects '-bin' and empty header names with ConfigError."""
+    for bad in ("x-token-bin", "", "  "):
+        with pytest.raises(ConfigError):
+            by_metadata(bad)
+
+
+@pytest.mark.parametrize("uri", ["memory://", "async+memory://"])
+def test_memory_uri_accepted_with_or_without_async_prefix(uri: str) -> None:
+    """'memory://' is an alias of limits' 'async+memory://'."""
+    RateLimitInterceptor(RateLimitOptions(default_rule="1/second", storage_uri=uri))
+
+
+async def test_unlimited_methods_get_their_handler_untouched() -> None:
+    """A method with no rule (or a None rule) is not wrapped; a limited one is, once."""
+    interceptor = RateLimitInterceptor(RateLimitOptions(
+        rules={"/s.A/Limited": "1/second", "/s.A/Exempt": None}))
+    original: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+        lambda req, ctx: req)
+
+    class Details:
+        def __init__(self, name: str) -> None:
+            self.method = name
+            self.invocation_metadata: tuple[tuple[str, str | bytes], ...] = ()
+
+    async def continuation(_: Any) -> Any:
+        return original
+
+    for name in ("/s.A/Exempt", "/s.A/Other"):
+        assert await interceptor.intercept_service(continuation, Details(name)) is original
+    first = await interceptor.intercept_service(continuation, Details("/s.A/Limited"))
+    assert first is not original
+    assert await interceptor.intercept_service(continuation, Details("/s.A/Limited")) is first
+
+
+# --- in-process server, in-memory counts --------------------------------------------------
+
+
+async def test_calls_over_the_limit_get_resource_exhausted_with_retry_after() -> None:
+    """N calls pass; call N+1 is RESOURCE_EXHAUSTED with retry-after and no caller key."""
+    async with echo_server(RateLimitOptions(default_rule="3/minute")) as channel:
+        for _ in range(3):
+            assert await attempt(channel) is None
+        err = await attempt(channel)
+        # Default strategy, sliding window counter: the 3 hits keep weighing after their
+        # window ends, until a third of the next one has passed: at most 60 + 20 s.
+        assert assert_limited(err) <= 60 + 20
+        assert err is not None
+        assert "3 per 1 minute" in (err.details() or "")
+        assert "127.0.0.1" not in (err.details() or "")
+
+
+async def test_method_override_and_glob_beat_default_and_none_exempts() -> None:
+    """An exact override, a glob and an exemption each take precedence over the default."""
+    options = RateLimitOptions(
+        default_rule="3/minute",
+        rules={method("Unary"): "1/minute", "/meshkit.test.Echo/*Stream": "2/minute",
+               method("Bidi"): None},
+    )
+    async with echo_server(options) as channel:
+        assert await attempt(channel, "Unary") is None
+        assert_limited(await attempt(channel, "Unary"), "Unary")
+        for _ in range(3):  # default rule
+            assert await attempt(channel, "Sleep") is None
+        assert_limited(await attempt(channel, "Sleep"), "Sleep")
+        for _ in range(2):  # glob; each method its own budget
+            assert await attempt(channel, "ServerStream") is None
+            assert await attempt(channel, "ClientStream") is None
+        assert_limited(await attempt(channel, "ServerStream"), "ServerStream")
+        for _ in range(5):  # exempt
+            assert await attempt(channel, "Bidi") is None
+
+
+async def test_callers_keyed_by_metadata_have_separate_budgets() -> None:
+    """With key=by_metadata('x-user') each user, and header-less callers, has its own budget."""
+    options = RateLimitOptions(default_rule="2/minute", key=by_metadata("x-user"))
+    async with echo_server(options) as channel:
+        for _ in range(2):
+            assert await attempt(channel, user="alice") is None
+        err = await attempt(channel, user="alice")
+        assert_limited(err)
+        assert err is not None and "alice" not in (err.details() or "")
+        for _ in range(2):
+            assert await attempt(channel, user="bob") is None
+            assert await attempt(channel) is None  # falls back to the peer address
+        assert_limited(await attempt(channel, user="bob"))
+        assert_limited(await attempt(channel))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_each_strategy_limits_in_memory(strategy: Strategy) -> None:
+    """Every strategy admits the limit and rejects the next call, with retry-after."""
+    options = RateLimitOptions(default_rule="4/minute", strategy=strategy)
+    async with echo_server(options) as channel:
+        for _ in range(4):
+            assert await attempt(channel) is None
+        # Fixed and moving windows free up within one window; the sliding window counter
+        # within one window plus window/amount (its hits decay through the next window).
+        bound = 60 + 15 if strategy == "sliding-window-counter" else 60
+        assert 1 <= assert_limited(await attempt(channel)) <= bound
+
+
+@pytest.mark.parametrize("name", ["ServerStream", "ClientStream", "Bidi"])
+async def test_streaming_calls_are_limited(name: str) -> None:
+    """Each streaming kind counts once per call and is rejected over the limit."""
+    async with echo_server(RateLimitOptions(default_rule="2/minute")) as channel:
+        for _ in range(2):
+            assert await attempt(channel, name) is None
+        # The rejected call sends no messages: a grpc.aio *client* still writing when the
+        # server's status arrives may report INTERNAL instead of it (grpc/grpc#36066).
+        assert_limited(await attempt(channel, name, messages=0), name)
+
+
+async def test_writer_style_and_plain_function_handlers_are_limited() -> None:
+    """A stream handler using context.write and a plain (non-async) unary handler work and
+    are limited like async ones."""
+
+    async def writer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        await context.write(b"a")
+        await context.write(request)
+
+    def plain(request: bytes, context: Any) -> bytes:
+        return request.upper()
+
+    generic = grpc.method_handlers_generic_handler("t.Styles", {
+        "Write": grpc.unary_stream_rpc_method_handler(writer),
+        "Plain": grpc.unary_unary_rpc_method_handler(plain),
+    })
+    interceptor = RateLimitInterceptor(RateLimitOptions(default_rule="2/minute"))
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            write: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                "/t.Styles/Write")
+            plain_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/t.Styles/Plain")
+            for _ in range(2):
+                assert [m async for m in write(b"b", timeout=5)] == [b"a", b"b"]
+                assert await plain_call(b"x", timeout=5) == b"X"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                _ = [m async for m in write(b"b", timeout=5)]
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await plain_call(b"x", timeout=5)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(None)
+        await interceptor.aclose()
+
+
+async def test_every_part_of_a_multi_limit_rule_applies() -> None:
+    """In '5 per minute;2 per hour' the hourly part rejects the third call."""
+    async with echo_server(RateLimitOptions(default_rule="5 per minute;2 per hour")) as channel:
+        for _ in range(2):
+            assert await attempt(channel) is None
+        err = await attempt(channel)
+        assert assert_limited(err) > 60
+        assert err is not None and "2 per 1 hour" in (err.details() or "")
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_two_replicas_share_one_limit_in_redis(shared_redis: str,
+                                                     strategy: Strategy) -> None:
+    """Two servers on the same Redis and key_prefix enforce one global limit together."""
+    options = RateLimitOptions(default_rule="4/minute", strategy=strategy,
+                               storage_uri=shared_redis, key_prefix=unique_prefix())
+    async with echo_server(options, "a") as a, echo_server(options, "b") as b:
+        for channel in (a, b, a, b):
+            assert await attempt(channel) is None
+        assert_limited(await attempt(a))
+        assert_limited(await attempt(b))
+
+
+LogEntries = list[MutableMapping[str, Any]]
+
+
+def warnings_logged(logs: LogEntries) -> LogEntries:
+    """The 'storage unavailable' warnings among captured log entries."""
+    return [e for e in logs
+            if e["log_level"] == "warning" and e["event"] == "rate limit storage unavailable"]
+
+
+def recoveries_logged(logs: LogEntries) -> LogEntries:
+    """The 'storage recovered' info entries among captured log entries."""
+    return [e for e in logs
+            if e["log_level"] == "info" and e["event"] == "rate limit storage recovered"]
+
+
+async def test_redis_outage_fails_open_logs_once_and_recovers(
+        private_redis: PrivateRedis) -> None:
+    """With fail-open, calls pass while Redis is down (one warning), then limits resume."""
+    options = RateLimitOptions(default_rule="3/minute", storage_uri=private_redis.uri,
+                               key_prefix=unique_prefix())
+    async with echo_server(options) as channel:
+        with capture_logs() as logs:
+            for _ in range(2):
+                assert await attempt(channel) is None
+            private_redis.kill()
+            for _ in range(5):  # more than the limit: proves the calls were let through
+                assert await attempt(channel) is None
+            assert len(warnings_logged(logs)) == 1
+            assert warnings_logged(logs)[0]["on_storage_error"] == "allow"
+
+            private_redis.start()
+            await until(private_redis.ready, timeout_s=10, what="redis-server restarted")
+
+            async def recovered() -> bool:
+                assert await attempt(channel) is None
+                return bool(recoveries_logged(logs))
+
+            await until(recovered, timeout_s=10, what="limiter recovery")
+            errors = [await attempt(channel) for _ in range(4)]
+            assert_limited(next(e for e in errors if e is not None))
+            assert len(warnings_logged(logs)) == 1
+            assert len(recoveries_logged(logs)) == 1
+
+
+async def test_redis_outage_fails_closed_with_unavailable_and_recovers(
+        private_redis: PrivateRedis) -> None:
+    """With on_storage_error='deny', calls get UNAVAILABLE while Redis is down, then pass."""
+    options = RateLimitOptions(default_rule="100/minute", storage_uri=private_redis.uri,
+                               key_prefix=unique_prefix(), on_storage_error="deny")
+    async with echo_server(options) as channel:
+        with capture_logs() as logs:
+            assert await attempt(channel) is None
+            private_redis.kill()
+            for _ in range(3):
+                err = await attempt(channel)
+                assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE, err
+                assert "rate limiter unavailable" in (err.details() or "")
+                assert not [k for k, _ in err.trailing_metadata() or () if k == "retry-after"]
+            assert len(warnings_logged(logs)) == 1
+
+            private_redis.start()
+            await until(private_redis.ready, timeout_s=10, what="redis-server restarted")
+
+            async def passes() -> bool:
+                return await attempt(channel) is None
+
+            await until(passes, timeout_s=10, what="calls admitted again")
+            assert len(recoveries_logged(logs)) == 1
+
+
+
+def test_sliding_window_wait_counts_hits_that_outlive_their_window() -> None:
+    """Hits in the current window still weigh fully after it rolls over: for 2/hour with
+    both hits 10 s ago, the next hit is admitted half an hour after the rollover."""
+    from meshkit.resilience._ratelimit_policy import sliding_window_wait_s
+
+    w = 3600.0
+    wait = sliding_window_wait_s(amount=2, window_s=w, previous_count=0,
+                                 previous_expires_in_s=0, current_count=2,
+                                 current_expires_in_s=w + 9.0)  # key TTL: 2 windows
+    assert wait == 9.0 + 1800.0
+    # Hits only in the previous window: admitted as soon as its share decays below 1.
+    assert sliding_window_wait_s(amount=2, window_s=w, previous_count=2,
+                                 previous_expires_in_s=w / 2, current_count=0,
+                                 current_expires_in_s=1.5 * w) == 0.0
+    assert sliding_window_wait_s(amount=2, window_s=w, previous_count=4,
+                                 previous_expires_in_s=w / 2, current_count=0,
+                                 current_expires_in_s=1.5 * w) == w / 4
+    assert sliding_window_wait_s(amount=5, window_s=w, previous_count=0,
+                                 previous_expires_in_s=0, current_count=1,
+                                 current_expires_in_s=w + 5.0) == 0.0

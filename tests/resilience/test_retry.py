@@ -1,0 +1,247 @@
+"""Retries, hedging, budgets and ejection through a real MeshChannel and real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalRegistry, RoundRobin
+from meshkit.resilience import (
+    Backoff,
+    BudgetOptions,
+    OutlierOptions,
+    RetryOptions,
+    RetryPolicy,
+)
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+
+FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
+
+
+def opts(
+    policy: RetryPolicy | None = None, budget: BudgetOptions | None = None, **kw: object
+) -> meshkit.DialOptions:
+    """DialOptions with one retry policy for every method, no ejection unless given."""
+    retry = RetryOptions(default=policy, budget=budget or BudgetOptions())
+    kw.setdefault("outlier", None)
+    return meshkit.DialOptions(insecure=True, retry=retry, **kw)  # type: ignore[arg-type]
+
+
+async def test_retry_storm_is_capped_by_the_budget(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A service failing every call gets at most budget-many retries, not attempts x calls."""
+    served: list[str] = []
+    await echo_servers("bad", served=served)
+    policy = RetryPolicy(idempotent=True, max_attempts=5, backoff=FAST)
+    budget = BudgetOptions(retry_ratio=0.1, min_retries_per_s=0.5, ttl_s=10)  # floor 5
+    async with meshkit.dial("echo", registry=registry, options=opts(policy, budget)) as ch:
+        fail = ch.unary_unary(method("Fail"))
+        for _ in range(100):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await fail(b"UNAVAILABLE", timeout=2)
+        assert ch.retry is not None
+        stats = ch.retry.stats
+    allowed = 5 + 0.1 * 100
+    assert stats.retries <= allowed
+    assert len(served) == 100 + stats.retries
+    assert stats.budget_exhausted > 0
+
+
+async def test_non_idempotent_call_is_not_retried_but_keyed_one_is(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """UNAVAILABLE on a non-idempotent call is final unless it carries an idempotency key."""
+    served: list[str] = []
+    await echo_servers("bad", served=served)
+    policy = RetryPolicy(max_attempts=3, backoff=FAST)
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        fail = ch.unary_unary(method("Fail"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await fail(b"UNAVAILABLE", timeout=2)
+        assert len(served) == 1
+        with pytest.raises(grpc.aio.AioRpcError):
+            await fail(b"UNAVAILABLE", timeout=2, metadata=(("idempotency-key", "k1"),))
+        assert len(served) == 1 + 3
+
+
+async def test_only_retryable_codes_are_retried(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A NOT_FOUND answer is returned at once, even for an idempotent method."""
+    served: list[str] = []
+    await echo_servers("e", served=served)
+    async with meshkit.dial(
+        "echo", registry=registry, options=opts(RetryPolicy(idempotent=True, backoff=FAST))
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ch.unary_unary(method("Fail"))(b"NOT_FOUND", timeout=2)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    assert served == ["Fail"]
+
+
+async def test_retry_goes_to_another_endpoint(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """After a failure on one endpoint the retry is sent to a different one."""
+    await echo_servers("a")
+    await echo_servers("b")
+    async with meshkit.dial(
+        "echo",
+        registry=registry,
+        options=opts(RetryPolicy(idempotent=True, backoff=FAST), balancer=RoundRobin),
+    ) as ch:
+        await ch.wait_for_endpoints(2)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=2)
+        calls = {s["instance_id"]: s["calls"] for s in ch.stats()}
+    assert calls == {"a": 2, "b": 1} or calls == {"a": 1, "b": 2}
+
+
+async def test_retry_after_is_honoured(registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """A server's retry-after delays the retry by that long instead of the backoff."""
+    served: list[str] = []
+    await echo_servers("e", served=served)
+    policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ch.unary_unary(method("Fail"))(b"UNAVAILABLE:0.3", timeout=5)
+        took = time.monotonic() - t0
+    assert len(served) == 2
+    assert took >= 0.3
+
+
+async def test_retry_never_sleeps_past_the_deadline(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Pushback longer than the time left ends the call at once with the server's status."""
+    served: list[str] = []
+    await echo_servers("e", served=served)
+    policy = RetryPolicy(idempotent=True, max_attempts=5, backoff=FAST)
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ch.unary_unary(method("Fail"))(b"UNAVAILABLE:2", timeout=0.5)
+        took = time.monotonic() - t0
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert served == ["Fail"]
+    assert took < 0.4
+
+
+async def test_hedging_beats_a_slow_endpoint(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A hedge sent after hedge_delay_s to a fast endpoint answers first; the slow one is
+    cancelled."""
+    slow_served: list[str] = []
+    await echo_servers("slow", delay_s=1.0, served=slow_served)
+    await echo_servers("fast")
+    policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=2)
+    async with meshkit.dial(
+        "echo", registry=registry, options=opts(policy, balancer=RoundRobin)
+    ) as ch:
+        await ch.wait_for_endpoints(2)
+        unary = ch.unary_unary(method("Unary"))
+        results = []
+        t0 = time.monotonic()
+        for _ in range(4):
+            results.append(await unary(b"h", timeout=5))
+        took = time.monotonic() - t0
+        assert ch.retry is not None
+        hedges = ch.retry.stats.hedges
+    assert all(r == b"fast|h" for r in results)
+    assert took < 1.0  # no call waited for the slow endpoint
+    assert hedges >= 1 and len(slow_served) == hedges
+
+
+async def test_ejected_endpoints_fail_fast(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """When every endpoint is ejected, calls fail at once with UNAVAILABLE naming the service."""
+    await echo_servers("a")
+    outlier = OutlierOptions(consecutive_failures=2, base_ejection_s=30, max_ejection_percent=100)
+    async with meshkit.dial(
+        "echo",
+        registry=registry,
+        options=meshkit.DialOptions(insecure=True, outlier=outlier, retry=None),
+    ) as ch:
+        fail = ch.unary_unary(method("Fail"))
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await fail(b"INTERNAL", timeout=2)
+        assert [s["ejected"] for s in ch.stats()] == [True]
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ch.unary_unary(method("Unary"))(b"x", timeout=2)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "'echo'" in (info.value.details() or "")
+    assert time.monotonic() - t0 < 0.1
+
+
+async def test_slow_replica_gets_a_small_share_with_p2c_not_with_round_robin(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """One replica 50 ms slower: P2C/EWMA sends it a small share, round robin a third."""
+    await echo_servers("a")
+    await echo_servers("b")
+    await echo_servers("slow", delay_s=0.05)
+
+    async def shares(balancer: object) -> Counter[str]:
+        o = meshkit.DialOptions(insecure=True, balancer=balancer, retry=None)  # type: ignore[arg-type]
+        async with meshkit.dial("echo", registry=registry, options=o) as ch:
+            await ch.wait_for_endpoints(3)
+            unary = ch.unary_unary(method("Unary"))
+
+            async def worker() -> list[bytes]:
+                return [(await unary(b"", timeout=5)).split(b"|")[0] for _ in range(75)]
+
+            got = await asyncio.gather(*(worker() for _ in range(4)))
+            return Counter(x.decode() for batch in got for x in batch)
+
+    rr = await shares(RoundRobin)
+    p2c = await shares(meshkit.resilience.P2C)
+    assert 0.25 < rr["slow"] / 300 < 0.42
+    assert p2c["slow"] / 300 < 0.05
+
+
+async def test_client_honours_a_real_rate_limiters_retry_after(registry: LocalRegistry) -> None:
+    """RESOURCE_EXHAUSTED from RateLimitInterceptor is retried after its retry-after, then
+    succeeds, when the policy lists RESOURCE_EXHAUSTED as retryable."""
+    from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+    from tests.support.echo import add_echo
+
+    limiter = RateLimitInterceptor(
+        RateLimitOptions(rules={method("Unary"): "1/second"}, strategy="fixed-window")
+    )
+    srv = meshkit.MeshServer(
+        "echo",
+        [add_echo("rl")],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, interceptors=(limiter,), drain_delay_s=0),
+    )
+    await srv.start()
+    try:
+        policy = RetryPolicy(
+            idempotent=True,
+            max_attempts=2,
+            retryable_codes=frozenset(
+                {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            ),
+        )
+        async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+            unary = ch.unary_unary(method("Unary"))
+            assert await unary(b"1", timeout=5) == b"rl|1"
+            t0 = time.monotonic()
+            assert await unary(b"2", timeout=5) == b"rl|2"  # shed, waited, retried
+            waited = time.monotonic() - t0
+            assert ch.retry is not None and ch.retry.stats.retries == 1
+        assert waited >= 0.9 * 1  # retry-after is whole seconds (>= 1)
+    finally:
+        await srv.drain()

@@ -1,0 +1,128 @@
+"""A protobuf-free echo service over raw bytes, covering all four gRPC call kinds.
+
+Used by the channel, server and integration tests and runnable as a process::
+
+    python -m tests.support.echo --service echo --registry local:///tmp/r --instance-id e1
+
+Methods (service ``meshkit.test.Echo``): ``Unary`` answers ``<instance_id>|<request>``;
+``Sleep`` sleeps the request's milliseconds then answers the instance id; ``Fail`` aborts
+with the status code named in the request (e.g. ``b"UNAVAILABLE"``; ``b"UNAVAILABLE:2"``
+also sends trailing metadata ``retry-after: 2``); ``ServerStream``
+answers ``n`` messages for request ``n``; ``ClientStream`` joins the requests;
+``Bidi`` echoes each request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+import meshkit
+
+SERVICE = "meshkit.test.Echo"
+
+
+def method(name: str) -> str:
+    """Full method path of ``name`` on the echo service."""
+    return f"/{SERVICE}/{name}"
+
+
+def handler(
+    instance_id: str, delay_s: float = 0.0, served: list[str] | None = None
+) -> grpc.GenericRpcHandler:
+    """The echo service's generic handler; answers carry ``instance_id``.
+
+    ``delay_s`` slows every ``Unary`` answer down; ``served`` (if given) gets the method
+    name of every call this instance starts handling.
+    """
+    tag = instance_id.encode()
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if served is not None:
+            served.append("Unary")
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        return tag + b"|" + request
+
+    async def sleep(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(int(request or b"0") / 1000)
+        return tag
+
+    async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if served is not None:
+            served.append("Fail")
+        code, _, retry_after = request.decode().partition(":")
+        if retry_after:
+            context.set_trailing_metadata((("retry-after", retry_after),))
+        await context.abort(grpc.StatusCode[code], f"asked to fail on {instance_id}")
+        raise AssertionError("unreachable")
+
+    async def server_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        for i in range(int(request)):
+            yield tag + b"|" + str(i).encode()
+
+    async def client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        parts = [r async for r in requests]
+        return tag + b"|" + b",".join(parts)
+
+    async def bidi(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for r in requests:
+            yield tag + b"|" + r
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        },
+    )
+
+
+def add_echo(
+    instance_id: str, delay_s: float = 0.0, served: list[str] | None = None
+) -> tuple[Any, None]:
+    """A ``(add_fn, servicer)`` pair for :class:`meshkit.MeshServer` (see :func:`handler`)."""
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((handler(instance_id, delay_s, served),))
+
+    return add, None
+
+
+def main() -> None:
+    """Run one echo instance until SIGTERM (used by the process tests)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--service", default="echo")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--instance-id", required=True)
+    p.add_argument("--drain-delay-s", type=float, default=0.3)
+    p.add_argument("--grace-s", type=float, default=5.0)
+    args = p.parse_args()
+
+    async def run() -> None:
+        await meshkit.serve(
+            args.service,
+            [add_echo(args.instance_id)],
+            registry=meshkit.registry_from_uri(args.registry),
+            options=meshkit.ServeOptions(
+                insecure=True,
+                instance_id=args.instance_id,
+                drain_delay_s=args.drain_delay_s,
+                grace_s=args.grace_s,
+            ),
+            on_started=lambda s: print(f"READY {s.port}", flush=True),
+        )
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

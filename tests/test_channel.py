@@ -1,0 +1,280 @@
+"""The balanced channel against real in-process grpc.aio servers on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import Instance, LocalRegistry, RoundRobin
+from meshkit.interceptors import ClientCallDetails, ClientInterceptor
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+from tests.support.wait import until
+
+
+def stubs(channel: grpc.aio.Channel) -> dict[str, Any]:
+    """Multicallables for each echo method, built as a generated stub would."""
+    return {
+        "unary": channel.unary_unary(method("Unary"), _registered_method=True),
+        "sleep": channel.unary_unary(method("Sleep"), _registered_method=True),
+        "fail": channel.unary_unary(method("Fail"), _registered_method=True),
+        "server_stream": channel.unary_stream(method("ServerStream")),
+        "client_stream": channel.stream_unary(method("ClientStream")),
+        "bidi": channel.stream_stream(method("Bidi")),
+    }
+
+
+async def test_unary_calls_round_robin_across_endpoints(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Unary calls are spread evenly over two registered instances."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    opts = meshkit.DialOptions(insecure=True, balancer=RoundRobin)
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        s = stubs(ch)
+        replies = [await s["unary"](b"hi", timeout=2) for _ in range(10)]
+    served = Counter(r.split(b"|")[0] for r in replies)
+    assert served == {b"e1": 5, b"e2": 5}
+    assert all(r.endswith(b"|hi") for r in replies)
+
+
+async def test_all_streaming_kinds_work(registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """Server-, client- and bidirectional streaming calls work through the mesh channel."""
+    await echo_servers("e1")
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        s = stubs(ch)
+        got = [m async for m in s["server_stream"](b"3", timeout=2)]
+        assert got == [b"e1|0", b"e1|1", b"e1|2"]
+
+        async def reqs() -> Any:
+            for part in (b"a", b"b", b"c"):
+                yield part
+
+        assert await s["client_stream"](reqs(), timeout=2) == b"e1|a,b,c"
+        assert [m async for m in s["bidi"](reqs(), timeout=2)] == [b"e1|a", b"e1|b", b"e1|c"]
+
+        call = s["bidi"]()
+        await call.write(b"x")
+        assert await call.read() == b"e1|x"
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_no_endpoint_is_unavailable_naming_the_service(registry: LocalRegistry) -> None:
+    """With no instance registered, a call fails fast with UNAVAILABLE naming the service."""
+    async with meshkit.dial(
+        "nobody", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stubs(ch)["unary"](b"x", timeout=2)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "'nobody'" in (info.value.details() or "")
+    assert isinstance(info.value, meshkit.NoEndpointsError)
+
+
+async def test_stream_call_without_endpoint_is_unavailable(registry: LocalRegistry) -> None:
+    """A streaming call with no endpoint reports UNAVAILABLE through iteration and code()."""
+    async with meshkit.dial(
+        "nobody", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        call = stubs(ch)["server_stream"](b"2", timeout=2)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_remote_status_and_call_accessors(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A handler's error status reaches the caller unchanged, and call accessors report it."""
+    await echo_servers("e1")
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        call = stubs(ch)["fail"](b"NOT_FOUND", timeout=2)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+        assert await call.code() is grpc.StatusCode.NOT_FOUND
+        assert "asked to fail on e1" in await call.details()
+        assert call.done()
+        ok = stubs(ch)["unary"](b"z", timeout=2)
+        assert await ok.code() is grpc.StatusCode.OK  # accessor before await starts the call
+        assert await ok == b"e1|z"
+
+
+async def test_live_dial_picks_up_new_instance_and_drops_removed(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A running channel starts using a newly registered instance and stops using a removed one."""
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(
+        insecure=True, balancer=RoundRobin
+    )  # P2C would slow-start the newcomer
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        s = stubs(ch)
+        assert (await s["unary"](b"", timeout=2)).startswith(b"e1")
+        e2 = await echo_servers("e2")
+        await ch.wait_for_endpoints(2)
+        served = {(await s["unary"](b"", timeout=2)).split(b"|")[0] for _ in range(4)}
+        assert served == {b"e1", b"e2"}
+        assert e2.instance is not None
+        await registry.deregister(e2.instance)
+        await until(lambda: [e.key for e in ch.endpoints()] == ["e1"], what="e2 removed")
+        served = {(await s["unary"](b"", timeout=2)).split(b"|")[0] for _ in range(4)}
+        assert served == {b"e1"}
+
+
+async def test_removed_endpoint_finishes_in_flight_calls(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Deregistering an instance does not fail a call already in flight on it."""
+    srv = await echo_servers("e1")
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        slow = asyncio.ensure_future(stubs(ch)["sleep"](b"400", timeout=5))
+        await until(lambda: any(e.in_flight for e in ch.endpoints()), what="call in flight")
+        assert srv.instance is not None
+        await registry.deregister(srv.instance)
+        await until(lambda: not ch.endpoints(), what="endpoint removed")
+        assert await slow == b"e1"
+
+
+async def test_per_call_interceptor_runs_once_and_attempt_interceptor_per_attempt(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Per-call interceptors wrap the whole call; grpc.aio attempt interceptors see each attempt."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    seen: list[str] = []
+    attempts: list[str] = []
+
+    class Retry(ClientInterceptor):
+        """Calls proceed twice: a stand-in for a retry policy."""
+
+        async def intercept_unary(
+            self, details: ClientCallDetails, request: Any, proceed: Any
+        ) -> Any:
+            seen.append(details.method)
+            details.metadata.append(("x-test", "1"))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await proceed(details, b"UNAVAILABLE")
+            return await proceed(details, request)
+
+    class CountAttempts(grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(
+            self, continuation: Any, call_details: Any, request: Any
+        ) -> Any:
+            attempts.append(call_details.method)
+            return await continuation(call_details, request)
+
+    opts = meshkit.DialOptions(
+        insecure=True, interceptors=(Retry(),), attempt_interceptors=(CountAttempts(),)
+    )
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        fail = stubs(ch)["fail"]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await fail(b"NOT_FOUND", timeout=2)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+        calls = {s["instance_id"]: s["calls"] for s in ch.stats()}
+    assert seen == [method("Fail")]
+    assert len(attempts) == 2
+    assert calls == {"e1": 1, "e2": 1}  # the second attempt excluded the first endpoint
+
+
+async def test_call_waits_for_first_discovery_answer(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A call made right after dial() waits for discovery instead of failing."""
+    await echo_servers("e1")
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(insecure=True))
+    try:
+        assert await stubs(ch)["unary"](b"now", timeout=2) == b"e1|now"
+    finally:
+        await ch.close()
+
+
+async def test_wait_for_ready_waits_for_an_instance(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """wait_for_ready=True makes a call wait until an instance registers."""
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        pending = asyncio.ensure_future(stubs(ch)["unary"](b"w", timeout=5, wait_for_ready=True))
+        await asyncio.sleep(0.1)
+        assert not pending.done()
+        await echo_servers("late")
+        assert await pending == b"late|w"
+
+
+async def test_deadline_bounds_wait_for_ready(registry: LocalRegistry) -> None:
+    """wait_for_ready with no instance ends with DEADLINE_EXCEEDED at the deadline."""
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stubs(ch)["unary"](b"w", timeout=0.3, wait_for_ready=True)
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_dead_endpoint_is_skipped(registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """An endpoint whose port refuses connections is marked failing and not picked."""
+    await echo_servers("e1")
+    # Registered but nothing listens there (port 1 is never ours).
+    await registry.register(Instance(service="echo", instance_id="dead", host="127.0.0.1", port=1))
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        await until(
+            lambda: (
+                {e.key: e.state.name for e in ch.endpoints()} == {"e1": "READY", "dead": "FAILING"}
+            ),
+            what="dead endpoint failing",
+        )
+        replies = [await stubs(ch)["unary"](b"", timeout=2) for _ in range(6)]
+    assert all(r.startswith(b"e1|") for r in replies)
+
+
+async def test_bad_dial_arguments_fail_at_construction(registry: LocalRegistry) -> None:
+    """A bad service name or option fails when built, quoting the value."""
+    with pytest.raises(meshkit.ConfigError, match="'bad name'"):
+        meshkit.dial("bad name", registry=registry, options=meshkit.DialOptions(insecure=True))
+    with pytest.raises(meshkit.ConfigError, match="-1"):
+        meshkit.DialOptions(insecure=True, resolve_timeout_s=-1)
+    with pytest.raises(meshkit.ConfigError, match="ClientInterceptor"):
+        meshkit.DialOptions(insecure=True, interceptors=(object(),))  # type: ignore[arg-type]
+
+
+async def test_describe_and_live_channels(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A channel lists itself among live channels and describes endpoints, load and policies."""
+    srv = await echo_servers("e1")
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        await stubs(ch)["unary"](b"", timeout=2)
+        assert ch in meshkit.channel.live_channels()
+        d = ch.describe()
+        assert d["service"] == "echo" and d["balancer"] == "P2C" and d["state"] == "READY"
+        (ep,) = d["endpoints"]
+        assert ep["instance_id"] == "e1" and ep["calls"] == 1 and ep["rtt_ms"] > 0
+        assert d["retry"]["calls"] == 1
+    assert ch not in meshkit.channel.live_channels()
+    assert srv in meshkit.server.live_servers()
+    assert srv.describe()["ready"] is True
