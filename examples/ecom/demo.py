@@ -161,6 +161,17 @@ class Stack:
         if not ready.done():
             ready.set_exception(RuntimeError("exited before READY"))
 
+    def crashed(self, tail_lines: int = 8) -> dict[str, tuple[int, list[str]]]:
+        """Instances that exited without being killed or stopped: id -> (exit code, the
+        last ``tail_lines`` lines of their log)."""
+        out = {}
+        for iid, p in sorted(self.procs.items()):
+            if p.killed or p.proc.returncode is None:
+                continue
+            log = p.log.read_text(errors="replace").splitlines() if p.log.exists() else []
+            out[iid] = (p.proc.returncode, log[-tail_lines:])
+        return out
+
     def kill(self, instance_id: str) -> int:
         """SIGKILL one instance; returns its pid."""
         p = self.procs[instance_id]
@@ -450,13 +461,19 @@ def report(journal: Journal, stack: Stack, killed: str | None, verify: tuple[int
     out("")
     out(f"Orders: {len(w.acked)} acknowledged, {stored} stored, {lost} acknowledged but "
         f"missing, {dups} idempotency keys stored twice")
-    code = 0 if not other and lost == 0 and dups == 0 else 1
+    crashed = stack.crashed()
+    for iid, (rc, tail) in crashed.items():
+        out(f"  {iid} exited on its own (exit code {rc}); its log ends with:")
+        for line in tail:
+            out(f"    {line}")
+    code = 0 if not other and lost == 0 and dups == 0 and not crashed else 1
     out("")
     if code == 0:
         extra = f" except {len(on_killed)} on the killed instance" if on_killed else ""
         out(f"Result: OK — every call succeeded{extra}.")
     else:
-        out(f"Result: FAILED — {len(other)} call(s) failed off the killed instance, "
+        out(f"Result: FAILED — {len(crashed)} instance(s) exited on their own, "
+            f"{len(other)} call(s) failed off the killed instance, "
             f"{lost} acknowledged order(s) missing, {dups} duplicated.")
         for c in other[:10]:
             out(f"  {c.service} {c.method} -> {c.code.name} (instance {c.instance})")

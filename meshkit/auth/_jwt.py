@@ -16,6 +16,7 @@ Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -218,21 +219,29 @@ class KeySet:
     ) -> KeySet:
         """Load ``jwt-*.key`` PEM files (newest file = current); create one if none.
 
-        Creation uses an exclusive create with mode 0600, so processes starting together
-        end up sharing one key rather than each writing its own.
+        Creation happens under an exclusive ``flock`` on ``<directory>/.create.lock`` and
+        writes mode 0600, so processes starting together share one key rather than each
+        writing its own.
 
         Raises:
             ConfigError: no key and ``create`` is false, or an unreadable key file.
         """
         d = Path(directory)
-        files = sorted(d.glob("jwt-*.key"), key=lambda p: (p.stat().st_mtime_ns, p.name),
-                       reverse=True)
+        files = cls._key_files(d)
         if not files:
             if not create:
                 raise ConfigError(f"no jwt-*.key signing key in {d}")
-            cls.rotate_directory(d, algorithm=algorithm)
-            return cls.from_directory(d, algorithm=algorithm, keep_previous=keep_previous,
-                                      create=False)
+            # Check-and-create under an exclusive lock: instances starting together must
+            # sign with one key, else each one's JWKS lacks the others' kid.
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(d / ".create.lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    if not cls._key_files(d):
+                        cls.rotate_directory(d, algorithm=algorithm)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            files = cls._key_files(d)
         keys = []
         for f in files[: keep_previous + 1]:
             try:
@@ -242,16 +251,32 @@ class KeySet:
         return cls(keys, keep_previous=keep_previous)
 
     @staticmethod
+    def _key_files(d: Path) -> list[Path]:
+        """``jwt-*.key`` files in ``d``, newest first (mtime, then name)."""
+        return sorted(d.glob("jwt-*.key"), key=lambda p: (p.stat().st_mtime_ns, p.name),
+                      reverse=True)
+
+    @staticmethod
     def rotate_directory(directory: str | os.PathLike[str], *, algorithm: str = "ES256") -> Path:
         """Write a new signing key file ``jwt-<kid>.key`` (0600) into ``directory``; loaders
-        then sign with it. Returns its path."""
+        then sign with it. Returns its path.
+
+        The file appears atomically (written under a temporary name, then renamed), so a
+        loader never reads a half-written key.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = SigningKey.generate(algorithm)
         path = d / f"jwt-{key.kid}.key"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_pem())
+        tmp = d / f".jwt-{key.kid}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(key.private_pem())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @property

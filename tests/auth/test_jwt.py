@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from typing import Any
 
 import jwt
 import pytest
@@ -313,3 +314,26 @@ def test_keyset_directory_shared_and_0600(tmp_path: object) -> None:
     (f,) = d.glob("jwt-*.key")
     assert os.stat(f).st_mode & 0o777 == 0o600
     assert "PRIVATE" not in repr(a.current)
+
+
+def _load_kid_after_barrier(directory: str, barrier: Any) -> str:
+    barrier.wait(timeout=30)
+    return KeySet.from_directory(directory).current.kid
+
+
+def test_keyset_directory_processes_starting_together_share_one_key(tmp_path: object) -> None:
+    """Instances started at the same moment on an empty directory all sign with one key
+    (the ecom demo starts two user services at once; each must publish the other's kid)."""
+    import multiprocessing
+    from pathlib import Path
+
+    ctx = multiprocessing.get_context("fork")
+    n = 6
+    d = str(Path(str(tmp_path)) / "jwt")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(n)
+        with ctx.Pool(n) as pool:
+            kids = pool.starmap(_load_kid_after_barrier, [(d, barrier)] * n, chunksize=1)
+    assert len(set(kids)) == 1, kids
+    assert len(list(Path(d).glob("jwt-*.key"))) == 1
+    assert not list(Path(d).glob("*.tmp"))

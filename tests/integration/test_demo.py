@@ -64,11 +64,13 @@ async def test_keep_running_then_ctrl_c_stops_every_process() -> None:
                 return
 
     await asyncio.wait_for(until_kept(), 120)
-    pids = [int(p) for p in re.findall(r"pid (\d+)", "".join(lines))]
-    assert len(pids) == 4 and all(alive(p) for p in pids)
+    text = "".join(lines)
+    assert "keeps running" in text, text  # else the demo ended early: its output says why
+    pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+    assert len(pids) == 4 and all(alive(p) for p in pids), text
     proc.send_signal(signal.SIGINT)
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)
-    text = "".join(lines) + rest.decode()
+    text += rest.decode()
     assert "Stopped every process" in text, text
     assert "PLAINTEXT (--insecure)" in text and "[BAD]" not in text
     assert not any(alive(p) for p in pids)
