@@ -12,7 +12,9 @@ error:
 4. return, so the process exits 0.
 
 Server interceptors (``ServeOptions.interceptors``, standard ``grpc.aio.ServerInterceptor``)
-run in order, first outermost. Example::
+run in order, first outermost; adjacent meshkit checks (deadline admission, peer identity,
+JWT, authorization, rate limit) are fused into one interceptor and one handler wrap
+(:class:`meshkit._handlers.FusedInterceptor`), keeping their order. Example::
 
     async def main() -> None:
         await meshkit.serve("userd", [(add_UserServiceServicer_to_server, UserServicer())])
@@ -36,6 +38,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from meshkit._handlers import fuse_interceptors
 from meshkit.auth import TLSOptions, describe_certificate, load_certificate, tls_from_dir
 from meshkit.discovery import Instance, Registry, registry_from_env
 from meshkit.errors import ConfigError
@@ -43,6 +46,7 @@ from meshkit.observability import (
     AdminOptions,
     AdminServer,
     TelemetryOptions,
+    flush_logs,
     server_interceptors,
     set_certificate_expiry,
     tracing_from_env,
@@ -272,7 +276,7 @@ class MeshServer:
         if opts.telemetry is not None:
             interceptors = (*server_interceptors(self.service, opts.telemetry), *interceptors)
         server = grpc.aio.server(
-            interceptors=interceptors or None,
+            interceptors=fuse_interceptors(interceptors) or None,
             options=opts.server_options,
             maximum_concurrent_rpcs=opts.maximum_concurrent_rpcs,
         )
@@ -363,6 +367,7 @@ class MeshServer:
         if self._owns_registry:
             await self.registry.close()
         _log.info("stopped", service=self.service)
+        flush_logs()  # the access log's last batch
         self._stopped.set()
 
     @property

@@ -1,0 +1,121 @@
+"""Fusing adjacent wrapping interceptors: same order, same aborts, one wrap per call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from meshkit._handlers import (
+    Before,
+    FusedInterceptor,
+    Handler,
+    WrappingInterceptor,
+    fuse_interceptors,
+)
+from tests.support.echo import handler as echo_handler
+from tests.support.echo import method
+
+
+class Check(WrappingInterceptor):
+    """Records its name for every call; aborts with ``deny`` when the metadata says so."""
+
+    def __init__(self, name: str, seen: list[str], skip: str | None = None) -> None:
+        super().__init__()
+        self.name, self.seen, self.skip = name, seen, skip
+
+    def _before_for(self, m: str) -> Before | None:
+        if self.skip is not None and m.endswith(self.skip):
+            return None
+
+        async def before(context: Any) -> None:
+            self.seen.append(self.name)
+            md = dict(context.invocation_metadata() or ())
+            if md.get("deny") == self.name:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{self.name} says no")
+
+        return before
+
+
+class Plain(grpc.aio.ServerInterceptor):
+    """A non-wrapping interceptor: it must stay where it was, unfused."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Handler | None:
+        self.seen.append("plain")
+        return await continuation(details)
+
+
+def test_fuse_replaces_runs_and_keeps_others_in_place() -> None:
+    """Runs of two or more wrapping interceptors become one FusedInterceptor; a single
+    one and non-wrapping interceptors stay as they were, in order."""
+    seen: list[str] = []
+    a, b, c, d = (Check(n, seen) for n in "abcd")
+    p = Plain(seen)
+    out = fuse_interceptors([a, b, p, c, d, Check("e", seen), p, a])
+    assert [type(x) for x in out] == [FusedInterceptor, Plain, FusedInterceptor, Plain, Check]
+    assert isinstance(out[0], FusedInterceptor) and out[0].parts == (a, b)
+    assert isinstance(out[2], FusedInterceptor) and [x.name for x in out[2].parts] == [
+        "c", "d", "e"]  # type: ignore[attr-defined]
+    assert fuse_interceptors([]) == ()
+    with pytest.raises(ValueError, match="at least one"):
+        FusedInterceptor([])
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[list[str], grpc.aio.Channel]]:
+    """An echo server behind [a, b, plain, c] (fused as [a+b, plain, c]) and a channel."""
+    seen: list[str] = []
+    chain = fuse_interceptors([Check("a", seen), Check("b", seen, skip="Sleep"),
+                               Plain(seen), Check("c", seen)])
+    server = grpc.aio.server(interceptors=chain)
+    server.add_generic_rpc_handlers((echo_handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield seen, channel
+    await channel.close()
+    await server.stop(None)
+
+
+async def test_fused_checks_run_in_order_for_all_call_kinds(
+        served: tuple[list[str], grpc.aio.Channel]) -> None:
+    """Each call kind runs a, b (fused), then c, before the handler; a part that leaves a
+    method alone is skipped."""
+    seen, ch = served
+    assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+    assert seen == ["plain", "a", "b", "c"]
+    seen.clear()
+    got = [r async for r in ch.unary_stream(method("ServerStream"))(b"2", timeout=5)]
+    assert got == [b"e1|0", b"e1|1"] and seen == ["plain", "a", "b", "c"]
+    seen.clear()
+
+    async def two() -> AsyncIterator[bytes]:
+        yield b"p"
+        yield b"q"
+
+    assert await ch.stream_unary(method("ClientStream"))(two(), timeout=5) == b"e1|p,q"
+    assert seen == ["plain", "a", "b", "c"]
+    seen.clear()
+    got = [r async for r in ch.stream_stream(method("Bidi"))(two(), timeout=5)]
+    assert got == [b"e1|p", b"e1|q"] and seen == ["plain", "a", "b", "c"]
+    seen.clear()
+    assert await ch.unary_unary(method("Sleep"))(b"0", timeout=5) == b"e1"
+    assert seen == ["plain", "a", "c"]
+
+
+@pytest.mark.parametrize(("deny", "ran"), [("a", ["a"]), ("b", ["a", "b"])])
+async def test_fused_abort_ends_the_call_before_later_checks(
+        served: tuple[list[str], grpc.aio.Channel], deny: str, ran: list[str]) -> None:
+    """The first fused check to abort ends the call with its status; later checks and the
+    handler never run."""
+    seen, ch = served
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await ch.unary_unary(method("Unary"))(b"x", timeout=5, metadata=(("deny", deny),))
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.details() == f"{deny} says no"
+    assert seen == ["plain", *ran]
