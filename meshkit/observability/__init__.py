@@ -86,7 +86,10 @@ call, logger ``meshkit.access``, event ``rpc``: ``side`` (``server``/``client``)
 the last attempt), ``peer_identity`` (server, when mTLS verified one), ``attempts``
 (client), ``trace_id``, ``span_id``; level ``warning`` for server-side errors
 (``UNKNOWN``, ``INTERNAL``, ``UNAVAILABLE``...), else ``info``. Metadata values and
-message bodies are never logged; ``log_metadata`` opts non-credential keys in.
+message bodies are never logged; ``log_metadata`` opts non-credential keys in. Under
+:func:`configure_logging` access-log lines take a lean chain and are written in batches
+(:class:`BufferedLineWriter`, every 0.2 s by default, ``MESHKIT_ACCESS_LOG_FLUSH_S``, like
+Envoy's access-log flush interval); :func:`flush_logs` writes what is pending.
 
 **Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (503
 while draining or before registration), ``/debug/mesh`` (JSON), plus :meth:`~AdminServer.
@@ -109,8 +112,11 @@ from meshkit.observability._admin import AdminOptions, AdminServer, Handler
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
 from meshkit.observability._files import JsonLinesSpanExporter, load_spans
 from meshkit.observability._logging import (
+    BufferedLineWriter,
+    access_logger,
     add_trace_context,
     configure_logging,
+    flush_logs,
     is_sensitive_key,
     redact_secrets,
 )
@@ -145,6 +151,7 @@ __all__ = [
     "AdminOptions",
     "AdminServer",
     "AttemptSpanInterceptor",
+    "BufferedLineWriter",
     "Handler",
     "Implementation",
     "JsonLinesSpanExporter",
@@ -154,6 +161,7 @@ __all__ = [
     "TelemetryClientInterceptor",
     "TelemetryOptions",
     "TelemetryServerInterceptor",
+    "access_logger",
     "add_trace_context",
     "attempt_interceptors",
     "client_interceptors",
@@ -161,6 +169,7 @@ __all__ = [
     "configure_tracing",
     "default_registry",
     "extract_context",
+    "flush_logs",
     "inject_context",
     "is_sensitive_key",
     "load_spans",

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import grpc
-import structlog
 from grpc.aio import AioRpcError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -22,6 +21,7 @@ from meshkit.interceptors import (
     StreamProceed,
     UnaryProceed,
 )
+from meshkit.observability._logging import access_logger
 from meshkit.observability._metrics import BoundClient, rpc_metrics
 from meshkit.observability._options import TelemetryOptions
 from meshkit.observability._semconv import (
@@ -46,7 +46,6 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CLIENT = SpanKind.CLIENT
 _INTERNAL = SpanKind.INTERNAL
-_access = structlog.get_logger("meshkit.access")
 _TYPES = {
     CallKind.UNARY_UNARY: grpc_type(False, False),
     CallKind.UNARY_STREAM: grpc_type(False, True),
@@ -257,7 +256,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                   if k in self.options.log_metadata and isinstance(v, str)}
             if md:
                 fields["md"] = md
-        _access.info("rpc", **fields)
+        access_logger().info("rpc", **fields)
 
 
 class AttemptSpanInterceptor(

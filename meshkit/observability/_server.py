@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -17,6 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from meshkit._handlers import other_responses
 from meshkit._methods import MethodTable
 from meshkit.errors import ConfigError
+from meshkit.observability._logging import access_logger
 from meshkit.observability._metrics import BoundServer, rpc_metrics
 from meshkit.observability._options import TelemetryOptions, auth_peer_identity
 from meshkit.observability._semconv import (
@@ -42,7 +42,6 @@ _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _SERVER = SpanKind.SERVER
 _MAX_METHODS = 10_000
-_access = structlog.get_logger("meshkit.access")
 
 
 def _address(peer: str | None) -> str | None:
@@ -195,9 +194,9 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             if md:
                 fields["md"] = md
         if code in SERVER_ERROR_CODES:
-            _access.warning("rpc", **fields)
+            access_logger().warning("rpc", **fields)
         else:
-            _access.info("rpc", **fields)
+            access_logger().info("rpc", **fields)
 
     # -- wrapping ------------------------------------------------------------------------
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any],

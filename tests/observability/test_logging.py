@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -12,12 +15,15 @@ from opentelemetry.trace import SpanKind
 
 from meshkit.errors import ConfigError
 from meshkit.observability import (
+    BufferedLineWriter,
     TelemetryOptions,
     add_trace_context,
     configure_logging,
+    flush_logs,
     is_sensitive_key,
     redact_secrets,
 )
+from meshkit.observability._logging import _AccessLog
 from tests.observability.conftest import FRONT, ChainFactory, Tracing
 from tests.support.wait import until
 
@@ -125,4 +131,130 @@ def test_configure_logging_validates_level_and_format(
     monkeypatch.setenv("MESHKIT_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="'xml'"):
         configure_logging("info")
+    structlog.reset_defaults()
+
+
+class CountingStream(io.StringIO):
+    """A text stream that counts write() calls."""
+
+    writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+async def test_buffered_writer_batches_lines_until_its_interval() -> None:
+    """Inside a loop lines wait up to flush_interval_s and go out in one write."""
+    import asyncio
+
+    out = CountingStream()
+    w = BufferedLineWriter(out, flush_interval_s=0.05)
+    for i in range(5):
+        w.info(f"line {i}")
+    assert out.getvalue() == "" and out.writes == 0
+    await until(lambda: out.writes > 0, what="the timed flush", timeout_s=2)
+    assert out.getvalue() == "".join(f"line {i}\n" for i in range(5))
+    assert out.writes == 1
+    w.info("late")
+    w.flush()
+    assert out.getvalue().endswith("late\n") and out.writes == 2
+    await asyncio.sleep(0.1)  # the timer armed by "late" finds nothing left to write
+    assert out.writes == 2
+
+
+async def test_buffered_writer_writes_at_once_when_full_or_interval_zero() -> None:
+    """A full buffer and interval 0 write immediately; so does flush_logs()."""
+    out = CountingStream()
+    full = BufferedLineWriter(out, flush_interval_s=30, max_buffer_bytes=10)
+    full.info("short")
+    assert out.writes == 0
+    full.info("longer")
+    assert out.getvalue() == "short\nlonger\n"
+    now = BufferedLineWriter(out, flush_interval_s=0)
+    now.warning("x")
+    assert out.getvalue().endswith("longer\nx\n")
+    full.info("pending")
+    flush_logs()
+    assert out.getvalue().endswith("x\npending\n")
+
+
+def test_buffered_writer_outside_a_loop_writes_each_line() -> None:
+    """With no running event loop nothing is left waiting for a timer."""
+    out = io.StringIO()
+    w = BufferedLineWriter(out, flush_interval_s=10)
+    w.info("a")
+    assert out.getvalue() == "a\n"
+
+
+@pytest.mark.parametrize(("kwargs", "quoted"), [
+    ({"flush_interval_s": -1}, "-1"), ({"flush_interval_s": 61}, "61"),
+    ({"max_buffer_bytes": -5}, "-5")])
+def test_buffered_writer_refuses_bad_values(kwargs: dict[str, float], quoted: str) -> None:
+    """Out-of-range settings fail at construction, quoting the value."""
+    with pytest.raises(ConfigError, match=f"got {quoted}"):
+        BufferedLineWriter(io.StringIO(), **kwargs)  # type: ignore[arg-type]
+
+
+_CONFIGURED_PROCESS = """
+import asyncio, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.observability import TelemetryOptions, configure_logging
+from tests.support.echo import add_echo, method
+
+async def main() -> None:
+    configure_logging("info", json=True, access_log_flush_interval_s=30)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = TelemetryOptions(tracer_provider=provider)
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, drain_delay_s=0, grace_s=1.0, telemetry=tel))
+    await srv.start()
+    async with meshkit.dial("echo", registry=reg, options=meshkit.DialOptions(
+            insecure=True, telemetry=tel)) as ch:
+        await ch.unary_unary(method("Unary"))(b"hi", timeout=5, metadata=(
+            ("authorization", "Bearer s3cr3t-t0ken-value"),))
+    print("CALLED", file=sys.stderr, flush=True)
+    await srv.drain()
+    await reg.close()
+    for s in exporter.get_finished_spans():
+        print(format(s.context.trace_id, "032x"))
+
+asyncio.run(main())
+"""
+
+
+def test_configured_access_log_is_json_batched_and_carries_trace_ids(tmp_path: Path) -> None:
+    """A process that called configure_logging(json=True) writes its access lines to stderr
+    as JSON in a batch (none before the process drains, with a 30 s interval), carrying
+    their spans' trace ids and no credential."""
+    proc = subprocess.run([sys.executable, "-c", _CONFIGURED_PROCESS, str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+    before, _, after = proc.stderr.partition("CALLED\n")
+    assert after, proc.stderr
+    assert '"event": "rpc"' not in before
+    assert SECRET not in proc.stderr
+    access = [json.loads(x) for x in after.splitlines() if '"event": "rpc"' in x]
+    assert sorted(ln["side"] for ln in access) == ["client", "server"]
+    assert {ln["trace_id"] for ln in access} == set(proc.stdout.split())
+    assert all(ln["level"] == "info" and "timestamp" in ln for ln in access)
+
+
+def test_configure_logging_refuses_a_bad_flush_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush interval that is not seconds in range fails, quoted, before anything changes."""
+    monkeypatch.setattr(_AccessLog, "logger", _AccessLog.logger)
+    monkeypatch.setenv("MESHKIT_ACCESS_LOG_FLUSH_S", "soon")
+    with pytest.raises(ConfigError, match="'soon'"):
+        configure_logging("info", json=True)
+    with pytest.raises(ConfigError, match="got 99"):
+        configure_logging("info", json=True, access_log_flush_interval_s=99)
     structlog.reset_defaults()
