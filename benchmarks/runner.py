@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -107,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write every table as Markdown to this file")
     p.add_argument("--keep-workdir", action="store_true",
                    help="keep the temporary directory (worker logs, registries)")
+    p.add_argument("--contenders", default=None,
+                   help="overhead scenario: comma-separated contenders only (e.g. "
+                        "raw,+tracing,full), for a quicker loop while tuning one layer")
+    p.add_argument("--concurrency", default=None,
+                   help="overhead scenario: comma-separated concurrencies (default 1,32)")
     p.set_defaults(mode="full")
     return p
 
@@ -115,6 +121,16 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
               argv: list[str]) -> dict[str, Any]:
     """Run the selected scenarios and return the results document."""
     plan = PLANS[args.mode]
+    if args.contenders:
+        names = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+        plan = dataclasses.replace(plan, overhead_only=("raw", *(n for n in names
+                                                                 if n != "raw")))
+    if args.concurrency:
+        try:
+            conc = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
+        except ValueError:
+            raise SystemExit(f"--concurrency takes integers, got {args.concurrency!r}") from None
+        plan = dataclasses.replace(plan, concurrencies=conc)
     secrets = stacks.Secrets(workdir / "secrets")
     ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)
     started = time.monotonic()
