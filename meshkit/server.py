@@ -39,7 +39,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshkit._handlers import fuse_interceptors
-from meshkit.auth import TLSOptions, describe_certificate, load_certificate, tls_from_dir
+from meshkit.auth import (
+    TLSMaterial,
+    TLSOptions,
+    describe_certificate,
+    load_certificate,
+    tls_from_dir,
+)
 from meshkit.discovery import Instance, Registry, registry_from_env
 from meshkit.errors import ConfigError
 from meshkit.observability import (
@@ -290,7 +296,8 @@ class MeshServer:
             reflection.enable_server_reflection(names, server)
         host_part = opts.host if ":" not in opts.host else f"[{opts.host.strip('[]')}]"
         bind = f"{host_part}:{opts.port}"
-        creds = opts.tls.server_credentials() if opts.tls is not None else opts.credentials
+        creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded)
+                 if opts.tls is not None else opts.credentials)
         if creds is None:
             port = server.add_insecure_port(bind)
         else:
@@ -335,6 +342,11 @@ class MeshServer:
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
+
+    def _certificate_reloaded(self, material: TLSMaterial) -> None:
+        """Keep ``meshkit_certificate_expiry_timestamp_seconds`` on the renewed certificate
+        (called by the TLS reloader on a grpc core thread)."""
+        set_certificate_expiry(self.service, material.not_after)
 
     async def drain(self) -> None:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with

@@ -98,7 +98,7 @@ from meshkit.auth._jwt import (
 from meshkit.auth._jwt_types import Claims
 from meshkit.auth._propagation import TokenForwarder
 from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor, PeerIdentityInterceptor
-from meshkit.auth._tls import ChannelCredentialsReloader, TLSOptions, tls_from_dir
+from meshkit.auth._tls import ChannelCredentialsReloader, TLSMaterial, TLSOptions, tls_from_dir
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -129,6 +129,7 @@ __all__ = [
     "Rule",
     "SigningKey",
     "SpiffeId",
+    "TLSMaterial",
     "TLSOptions",
     "TokenForwarder",
     "TokenIssuer",

@@ -194,15 +194,23 @@ class TLSOptions:
         """
         return self.read().fingerprint
 
-    def server_credentials(self) -> grpc.ServerCredentials:
+    def server_credentials(
+        self, *, on_reload: Callable[[TLSMaterial], None] | None = None,
+    ) -> grpc.ServerCredentials:
         """Server credentials that require and verify client certificates (mTLS) and pick up
         renewed files without a restart (``grpc.dynamic_ssl_server_credentials``).
 
         A plaintext client, or one whose certificate is from another CA, expired, not yet
         valid or outside the CA's name constraints, fails the handshake; the caller sees
         ``UNAVAILABLE``.
+
+        Args:
+            on_reload: called with the new :class:`TLSMaterial` after each reload (on one of
+                grpc's core threads, before the handshake that triggered it; exceptions are
+                logged and ignored). ``serve()`` uses it to keep the certificate-expiry
+                gauge current.
         """
-        reloader = _ServerReloader(self)
+        reloader = _ServerReloader(self, on_reload)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial,
             reloader,  # type: ignore[arg-type]  # the stub omits "None = no change"
@@ -266,8 +274,10 @@ class _ServerReloader:
     """The certificate-configuration fetcher: grpc calls it before every handshake, on a
     core thread; it returns a new configuration or ``None`` (keep the current one)."""
 
-    def __init__(self, tls: TLSOptions) -> None:
+    def __init__(self, tls: TLSOptions,
+                 on_reload: Callable[[TLSMaterial], None] | None = None) -> None:
         self._tls = tls
+        self._on_reload = on_reload
         self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         self._lock = threading.Lock()
         m = tls.read()
@@ -305,6 +315,11 @@ class _ServerReloader:
                 self.reloads += 1
             _log.info("server certificate reloaded", spiffe_id=m.spiffe_id,
                       fingerprint=m.fingerprint[:16], not_after=m.not_after)
+            if self._on_reload is not None:
+                try:
+                    self._on_reload(m)
+                except Exception as exc:
+                    _log.warning("certificate reload hook failed", error=type(exc).__name__)
             return self._config(m)
         except Exception as exc:  # never let an exception escape into grpc's core thread
             _log.warning("certificate reload failed", error=type(exc).__name__)

@@ -73,8 +73,9 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
                            registry: CollectorRegistry | None = None) -> None:
     """Publish when ``service``'s workload certificate expires, for alerting.
 
-    Sets ``meshkit_certificate_expiry_timestamp_seconds{service=...}``; the auth layer calls
-    it on load and on every rotation (alert on ``... - time() < 86400``).
+    Sets ``meshkit_certificate_expiry_timestamp_seconds{service=...}``; ``serve()`` calls it
+    at start and whenever the server's TLS reloader picks up a renewed certificate
+    (``TLSOptions.server_credentials(on_reload=...)``); alert on ``... - time() < 86400``.
 
     Args:
         service: mesh service name the certificate identifies, e.g. ``"orderd"``.

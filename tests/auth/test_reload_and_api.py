@@ -13,6 +13,7 @@ from meshkit.auth import (
     JWTVerifier,
     KeySet,
     PeerIdentityInterceptor,
+    TLSMaterial,
     TLSOptions,
     VerifierOptions,
     issue_workload,
@@ -55,6 +56,36 @@ def test_server_reloader_rate_limit_and_mid_renewal(pki: Pki) -> None:
     assert isinstance(reloader(), grpc.ServerCertificateConfiguration)
     tick.now += 5
     assert reloader() is None and reloader.reloads == 1
+
+
+def test_server_reloader_reports_each_reload_to_its_hook(pki: Pki) -> None:
+    """on_reload gets the renewed material once per reload; a failing hook is logged and
+    the renewed certificate is still served."""
+    pki.issue("userd")
+    tick = Tick()
+    tls = pki.options("userd", reload_interval_s=1.0, clock=tick)
+    seen: list[TLSMaterial] = []
+    reloader = _ServerReloader(tls, seen.append)
+    ca_key = load_private_key(pki.dir / "ca.key")
+    ca = load_certificate(pki.dir / "ca.pem")
+    for round_ in (1, 2):
+        new_key, new_cert = issue_workload(ca_key, ca, "userd", ttl_h=round_)
+        write_private_key(tls.key_file, new_key, overwrite=True)
+        tls.cert_file.write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
+        tick.now += 2
+        assert isinstance(reloader(), grpc.ServerCertificateConfiguration)
+        assert len(seen) == round_
+        assert seen[-1].not_after == new_cert.not_valid_after_utc.timestamp()
+
+    def broken(_: TLSMaterial) -> None:
+        raise RuntimeError("hook bug")
+
+    failing = _ServerReloader(tls, broken)
+    new_key, new_cert = issue_workload(ca_key, ca, "userd")
+    write_private_key(tls.key_file, new_key, overwrite=True)
+    tls.cert_file.write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
+    tick.now += 2
+    assert isinstance(failing(), grpc.ServerCertificateConfiguration)
 
 
 def test_server_interceptors_chain_order(pki: Pki) -> None:

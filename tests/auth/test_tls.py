@@ -184,3 +184,42 @@ async def test_mesh_server_and_dial_over_mtls(pki: Pki, tmp_path: Path) -> None:
     finally:
         await srv.drain()
         await reg.close()
+
+
+async def test_mesh_server_expiry_gauge_follows_renewal(pki: Pki, tmp_path: Path) -> None:
+    """serve()'s meshkit_certificate_expiry_timestamp_seconds moves to the renewed
+    certificate's notAfter once a new connection picks the renewal up."""
+    from meshkit.observability import default_registry
+
+    server_tls = pki.issue("userd")
+    client_tls = pki.issue("orderd")
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+    from tests.auth.conftest import auth_handler
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    def gauge() -> float | None:
+        return default_registry().get_sample_value(
+            "meshkit_certificate_expiry_timestamp_seconds", {"service": "userd"})
+
+    srv = meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        tls=server_tls, drain_delay_s=0, grace_s=0.5))
+    await srv.start()
+    try:
+        assert gauge() == server_tls.read().not_after
+        pki.issue("userd", ttl_h=5, overwrite=True)
+        renewed = server_tls.read().not_after
+        assert renewed != gauge()
+
+        async def new_connection_sees_renewal() -> bool:
+            async with meshkit.dial("userd", registry=reg,
+                                    options=meshkit.DialOptions(tls=client_tls)) as ch:
+                await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=3)
+            return gauge() == renewed
+
+        await until(new_connection_sees_renewal, timeout_s=5, what="gauge on renewed cert")
+    finally:
+        await srv.drain()
+        await reg.close()
