@@ -49,3 +49,21 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     assert set(sc["fanout"]["pick_us"]["100"]) >= {"RoundRobin", "P2C", "RingHash (keyed)"}
     for t in doc["targets"]:
         assert set(t) == {"target", "goal", "value", "unit", "met"}
+
+
+def test_micro_ab_runs_and_prints_both_levers() -> None:
+    """``python -m benchmarks.micro`` at its smallest prints a figure for each lever (run in
+    a subprocess: it reconfigures structlog for the whole process)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.micro", "--rounds", "1",
+                           "--calls", "64"], capture_output=True, text=True, timeout=60,
+                          check=False, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+    fusion, log = proc.stdout.splitlines()
+    assert fusion.startswith("fusion") and "us/call" in fusion
+    assert log.startswith("accesslog") and "us/line" in log
+    for line in (fusion, log):
+        values = [float(x) for x in line.split() if x.replace(".", "").lstrip("-").isdigit()]
+        assert len(values) == 3 and values[0] > 0 and values[1] > 0

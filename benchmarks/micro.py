@@ -1,0 +1,156 @@
+"""In-process A/B measurements of single hot-path levers, interleaved in one process.
+
+``python -m benchmarks.micro`` (about a minute) prints, as medians over alternating rounds:
+
+* ``fusion``: CPU per unary call (client + server in this process, concurrency 16) with
+  five no-op :class:`meshkit._handlers.WrappingInterceptor` checks chained as five
+  grpc.aio server interceptors vs fused into one by :func:`meshkit._handlers.fuse_interceptors`
+  (what ``serve()`` does with its deadline, identity, JWT, authorization and rate-limit
+  checks);
+* ``accesslog``: CPU per access-log line, JSON, inside a running event loop, through the
+  general structlog chain :func:`meshkit.observability.configure_logging` installs
+  (redaction, one write per line) vs the lean batched access logger it builds
+  (:func:`meshkit.observability.access_logger`). Lines go to ``/dev/null``.
+
+These isolate one lever each, where the overhead scenario's figures move by more than the
+lever from run to run on a noisy host. ``--rounds`` and ``--calls`` scale the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+__all__ = ["accesslog", "fusion", "main"]
+
+_FIELDS: dict[str, Any] = {
+    "side": "server", "service": "userd", "method": "/ecom.user.v1.UserService/GetUser",
+    "grpc_type": "unary", "code": "OK", "duration_ms": 0.412, "peer": "127.0.0.1",
+    "peer_identity": "spiffe://mesh.local/svc/orderd",
+    "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331",
+}
+
+
+async def _alternate(rounds: int, variants: dict[str, Callable[[], Awaitable[float]]],
+                     ) -> dict[str, float]:
+    """Run each variant once per round, alternating the order; medians of the results."""
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else reversed(names)):
+            results[name].append(await variants[name]())
+    return {name: statistics.median(v) for name, v in results.items()}
+
+
+async def fusion(rounds: int = 12, calls: int = 6000) -> dict[str, float]:
+    """CPU microseconds per unary call, five checks ``chained`` vs ``fused``."""
+    import grpc
+
+    from meshkit._handlers import Before, WrappingInterceptor, fuse_interceptors
+    from tests.support.echo import handler, method
+
+    class Noop(WrappingInterceptor):
+        def _before_for(self, m: str) -> Before | None:
+            async def before(context: Any) -> None:
+                return None
+
+            return before
+
+    async def once(fused: bool) -> float:
+        chain = [Noop() for _ in range(5)]
+        server = grpc.aio.server(interceptors=fuse_interceptors(chain) if fused else chain)
+        server.add_generic_rpc_handlers((handler("e1"),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            call: Any = channel.unary_unary(method("Unary"))
+            for _ in range(min(300, calls)):
+                await call(b"x", timeout=5)
+
+            async def worker(k: int) -> None:
+                for _ in range(k):
+                    await call(b"x", timeout=5)
+
+            per = max(1, calls // 16)
+            t0 = time.process_time()
+            await asyncio.gather(*(worker(per) for _ in range(16)))
+            return (time.process_time() - t0) / (per * 16) * 1e6
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    async def chained() -> float:
+        return await once(False)
+
+    async def fused() -> float:
+        return await once(True)
+
+    return await _alternate(rounds, {"chained": chained, "fused": fused})
+
+
+async def accesslog(sink: TextIO, rounds: int = 10, lines: int = 20000) -> dict[str, float]:
+    """CPU microseconds per access-log line, ``general`` chain vs ``lean`` access logger,
+    both writing to ``sink`` (``/dev/null`` from :func:`main`)."""
+    import structlog
+
+    from meshkit.observability import access_logger, configure_logging, flush_logs
+    from meshkit.observability._logging import _AccessLog
+
+    saved = _AccessLog.logger
+    with contextlib.redirect_stderr(sink):
+        configure_logging("info", json=True)
+        general = structlog.get_logger("benchmarks.micro.general")
+        lean = access_logger()
+
+        def timed(logger: Any) -> Callable[[], Awaitable[float]]:
+            async def run() -> float:
+                t0 = time.process_time()
+                for _ in range(lines):
+                    logger.info("rpc", **_FIELDS)
+                took = (time.process_time() - t0) / lines * 1e6
+                await asyncio.sleep(0)
+                return took
+
+            return run
+
+        try:
+            return await _alternate(rounds, {"general": timed(general), "lean": timed(lean)})
+        finally:
+            flush_logs()
+            structlog.reset_defaults()
+            _AccessLog.logger = saved
+
+
+def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int:
+    """Run the A/B measurements and print them; returns 0."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.micro", description=__doc__.split(
+        "\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=12, help="alternating rounds (default 12)")
+    ap.add_argument("--calls", type=int, default=6000,
+                    help="calls per fusion round (default 6000); log lines are 5x this")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.calls < 16:
+        ap.error(f"--rounds must be >= 1 and --calls >= 16, got {args.rounds!r}, "
+                 f"{args.calls!r}")
+    stream: Any = out if out is not None else sys.stdout
+    f = asyncio.run(fusion(args.rounds, args.calls))
+    print(f"fusion     chained {f['chained']:7.1f} us/call   fused {f['fused']:7.1f} us/call"
+          f"   saved {f['chained'] - f['fused']:6.1f} us", file=stream)
+    with open(os.devnull, "w") as null:
+        a = asyncio.run(accesslog(null, args.rounds, args.calls * 5))
+    print(f"accesslog  general {a['general']:7.1f} us/line   lean  {a['lean']:7.1f} us/line"
+          f"   saved {a['general'] - a['lean']:6.1f} us", file=stream)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
