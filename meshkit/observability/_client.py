@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import grpc
+import structlog
 from grpc.aio import AioRpcError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -40,6 +41,8 @@ from meshkit.observability._tracing import inject_context
 __all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
 
 _perf = time.perf_counter
+_time_ns = time.time_ns
+_internal_log = structlog.get_logger("meshkit.observability")
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -89,6 +92,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
        ``meshkit_client_attempts_total``;
     3. logs one ``rpc`` event on ``meshkit.access`` (target, method, code, duration_ms,
        peer, attempts, trace_id, span_id).
+
+    Metrics are recorded before the response is returned; ending the span and the log line
+    happen in the event loop's next turn (``TelemetryOptions.complete_after_response``),
+    the span stamped with the call's end time. An exception while doing either (a broken
+    span processor or log sink) is logged on ``meshkit.observability`` and never reaches
+    the caller.
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
@@ -201,42 +210,62 @@ class TelemetryClientInterceptor(ClientInterceptor):
     def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
         duration_s = _perf() - t0
-        attempts = details.attempts
         if m.bound is not None:
-            m.bound.finished(code, duration_s, len(attempts))
-        if span is None:
-            if self.options.access_log and not self._quiet.get(details.method):
-                self._log(m, details, code, duration_s, None, None)
+            m.bound.finished(code, duration_s, len(details.attempts))
+        if span is None and not (self.options.access_log
+                                 and not self._quiet.get(details.method)):
             return
-        if span.is_recording():
-            attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code.value[0],
-                                     ATTR_ATTEMPTS: len(attempts)}
-            if attempts:
-                inst = attempts[-1].instance
-                attrs[NETWORK_PEER_ADDRESS] = inst.host
-                attrs[NETWORK_PEER_PORT] = inst.port
-                attrs[ATTR_INSTANCE_ID] = inst.instance_id
-            if code is _EXHAUSTED:
-                attrs[ATTR_RATE_LIMITED] = True
-            span.set_attributes(attrs)
-            if len(attempts) > 1 and not self.options.attempt_spans:
-                starts = details.attempt_started_ns
-                for i, ep in enumerate(attempts, 1):
-                    inst = ep.instance
-                    span.add_event("attempt", {"meshkit.attempt": i,
-                                               NETWORK_PEER_ADDRESS: inst.host,
-                                               NETWORK_PEER_PORT: inst.port,
-                                               ATTR_INSTANCE_ID: inst.instance_id},
-                                   timestamp=starts[i - 1] if i <= len(starts) else None)
-            if code is not _OK:
-                detail = exc.details() if isinstance(exc, AioRpcError) else None
-                span.set_status(Status(StatusCode.ERROR, f"{code.name}: {detail}"
-                                       if detail else code.name))
-        span.end()
-        if self.options.access_log:
-            ctx = span.get_span_context()
-            self._log(m, details, code, duration_s, format(ctx.trace_id, "032x"),
-                      format(ctx.span_id, "016x"))
+        if self.options.complete_after_response:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a done callback run outside the loop
+                loop = None
+            if loop is not None:
+                loop.call_soon(self._complete, m, details, span, _time_ns(), code, exc,
+                               duration_s)
+                return
+        self._complete(m, details, span, None, code, exc, duration_s)
+
+    def _complete(self, m: _Method, details: ClientCallDetails, span: Any,
+                  end_ns: int | None, code: grpc.StatusCode, exc: BaseException | None,
+                  duration_s: float) -> None:
+        """End the span (at ``end_ns``) and write the access-log line."""
+        try:
+            if span is None:
+                self._log(m, details, code, duration_s, None, None)
+                return
+            attempts = details.attempts
+            if span.is_recording():
+                attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code.value[0],
+                                         ATTR_ATTEMPTS: len(attempts)}
+                if attempts:
+                    inst = attempts[-1].instance
+                    attrs[NETWORK_PEER_ADDRESS] = inst.host
+                    attrs[NETWORK_PEER_PORT] = inst.port
+                    attrs[ATTR_INSTANCE_ID] = inst.instance_id
+                if code is _EXHAUSTED:
+                    attrs[ATTR_RATE_LIMITED] = True
+                span.set_attributes(attrs)
+                if len(attempts) > 1 and not self.options.attempt_spans:
+                    starts = details.attempt_started_ns
+                    for i, ep in enumerate(attempts, 1):
+                        inst = ep.instance
+                        span.add_event("attempt", {"meshkit.attempt": i,
+                                                   NETWORK_PEER_ADDRESS: inst.host,
+                                                   NETWORK_PEER_PORT: inst.port,
+                                                   ATTR_INSTANCE_ID: inst.instance_id},
+                                       timestamp=starts[i - 1] if i <= len(starts) else None)
+                if code is not _OK:
+                    detail = exc.details() if isinstance(exc, AioRpcError) else None
+                    span.set_status(Status(StatusCode.ERROR, f"{code.name}: {detail}"
+                                           if detail else code.name))
+            span.end(end_ns)
+            if self.options.access_log:
+                ctx = span.get_span_context()
+                self._log(m, details, code, duration_s, format(ctx.trace_id, "032x"),
+                          format(ctx.span_id, "016x"))
+        except Exception as e:  # telemetry must never break the caller
+            _internal_log.warning("telemetry completion failed", error=type(e).__name__)
 
     def _log(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
              duration_s: float, trace_id: str | None, span_id: str | None) -> None:

@@ -66,6 +66,12 @@ class TelemetryOptions:
             ``attempt`` event per attempt when there were several.
         peer_identity: server side: how to learn the verified caller identity after the
             handler ran; default reads :func:`meshkit.auth.current_peer` when available.
+        complete_after_response: end the call's span and write its access-log line in
+            the event loop's next turn, after the response has been handed to gRPC (server)
+            or to the caller (client), with the span's end time taken when the call ended;
+            keeps both off the call's latency path (default ``True``). ``False`` does both
+            before the response, so a span is exported by the time the call returns.
+            Metrics are always recorded before the response.
 
     Raises:
         ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a
@@ -81,6 +87,7 @@ class TelemetryOptions:
     log_metadata: tuple[str, ...] = ()
     attempt_spans: bool = False
     peer_identity: PeerIdentityFunc | None = None
+    complete_after_response: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -35,6 +36,8 @@ from meshkit.observability._tracing import extract_context
 __all__ = ["TelemetryServerInterceptor"]
 
 _perf = time.perf_counter
+_time_ns = time.time_ns
+_internal_log = structlog.get_logger("meshkit.observability")
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -42,6 +45,13 @@ _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _SERVER = SpanKind.SERVER
 _MAX_METHODS = 10_000
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a stream handler finalized outside the loop
+        return None
 
 
 def _address(peer: str | None) -> str | None:
@@ -78,7 +88,13 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     2. counts ``grpc_server_started_total`` / ``grpc_server_in_flight`` and at the end
        ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``;
     3. logs one ``rpc`` event on ``meshkit.access`` (method, code, duration_ms, peer,
-       peer_identity, trace_id, span_id) while the span is still current.
+       peer_identity, trace_id, span_id).
+
+    Metrics are recorded before the handler's answer goes back to grpc; ending the span
+    and the log line happen in the event loop's next turn, after the response has been
+    handed to gRPC (``TelemetryOptions.complete_after_response``), with the span stamped
+    with the handler's end time. An exception while doing either is logged on
+    ``meshkit.observability`` and never fails the call.
 
     Put it first (outermost) in ``ServeOptions.interceptors``: it then sees the statuses
     the later interceptors produce (``UNAUTHENTICATED``, ``RESOURCE_EXHAUSTED``...).
@@ -147,6 +163,29 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
                 return
             identity = self._identity() if self._identity is not None else None
             peer = context.peer()
+            md = self._md(m, context) if self.options.access_log and m.log_md else None
+            loop = _running_loop() if self.options.complete_after_response else None
+            if loop is not None:
+                # the context copied here still has the span current, as inline
+                loop.call_soon(self._complete, m, span, _time_ns(), code, exc, duration_s,
+                               peer, identity, md)
+            else:
+                self._complete(m, span, None, code, exc, duration_s, peer, identity, md)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    @staticmethod
+    def _md(m: _Method, context: Any) -> dict[str, str] | None:
+        md = {k: v for k, v in context.invocation_metadata() or ()
+              if k in m.log_md and isinstance(v, str)}
+        return md or None
+
+    def _complete(self, m: _Method, span: Any, end_ns: int | None, code: grpc.StatusCode,
+                  exc: BaseException | None, duration_s: float, peer: str,
+                  identity: str | None, md: dict[str, str] | None) -> None:
+        """End the span (at ``end_ns``) and write the access-log line."""
+        try:
             if span is not None:
                 if span.is_recording():
                     host, port = parse_peer(peer)
@@ -164,20 +203,19 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
                         if exc is not None and not isinstance(exc, grpc.aio.AbortError):
                             span.record_exception(exc)
                         span.set_status(Status(StatusCode.ERROR, code.name))
-                span.end()
+                span.end(end_ns)
                 if self.options.access_log:
                     ctx = span.get_span_context()
-                    self._log(m, context, code, duration_s, peer, identity,
-                              format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+                    self._log(m, code, duration_s, peer, identity,
+                              format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), md)
             elif self.options.access_log:
-                self._log(m, context, code, duration_s, peer, identity, None, None)
-        finally:
-            if token is not None:
-                otel_context.detach(token)
+                self._log(m, code, duration_s, peer, identity, None, None, md)
+        except Exception as e:  # telemetry must never break the server's loop
+            _internal_log.warning("telemetry completion failed", error=type(e).__name__)
 
-    def _log(self, m: _Method, context: Any, code: grpc.StatusCode, duration_s: float,
-             peer: str, identity: str | None, trace_id: str | None,
-             span_id: str | None) -> None:
+    def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
+             identity: str | None, trace_id: str | None, span_id: str | None,
+             md: dict[str, str] | None) -> None:
         fields: dict[str, Any] = {
             "side": "server", "service": self.service_name, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code.name,
@@ -188,11 +226,8 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         if trace_id is not None:
             fields["trace_id"] = trace_id
             fields["span_id"] = span_id
-        if m.log_md:
-            md = {k: v for k, v in context.invocation_metadata() or ()
-                  if k in m.log_md and isinstance(v, str)}
-            if md:
-                fields["md"] = md
+        if md:
+            fields["md"] = md
         if code in SERVER_ERROR_CODES:
             access_logger().warning("rpc", **fields)
         else:

@@ -264,3 +264,64 @@ async def test_peer_identity_and_rate_limit_become_attributes(
     }
     (server_limited,) = [s for s in limited if s.kind is SpanKind.SERVER]
     assert server_limited.status.status_code is not StatusCode.ERROR  # caller's problem
+
+
+async def test_span_and_log_complete_after_the_response_with_the_calls_end_time(
+    chain: ChainFactory, tracing: Tracing
+) -> None:
+    """By default the client span is ended in the loop's next turn after the caller got its
+    answer (off its latency path), stamped with the time the call ended; with
+    complete_after_response=False it is ended before the call returns."""
+    import asyncio
+    import time
+
+    c = await chain()
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    # warm up: the first call also waits for endpoints
+    assert await relay(b"w", timeout=5) == b"e1|w"
+    await until(lambda: len(tracing.spans()) >= 4, what="warm-up spans")
+    tracing.exporter.clear()
+    assert await relay(b"x", timeout=5) == b"e1|x"
+    returned_ns = time.time_ns()
+    outer = [s for s in tracing.spans() if s.name == f"{FRONT}/Relay"]
+    assert [s.kind for s in outer] == [SpanKind.SERVER]  # the caller's: next turn
+    await asyncio.sleep(0)
+    (client,) = by_name(tracing.spans(), f"{FRONT}/Relay", SpanKind.CLIENT)
+    (server,) = by_name(tracing.spans(), f"{FRONT}/Relay", SpanKind.SERVER)
+    assert client.end_time <= returned_ns
+    assert server.start_time >= client.start_time and server.end_time <= client.end_time
+
+
+async def test_span_completes_before_return_when_asked(
+    chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
+) -> None:
+    """complete_after_response=False ends the client span before the call returns."""
+    import dataclasses
+
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry,
+                                                       complete_after_response=False))
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    assert await relay(b"x", timeout=5) == b"e1|x"
+    assert len(by_name(tracing.spans(), f"{FRONT}/Relay", SpanKind.CLIENT)) == 1
+
+
+@pytest.mark.parametrize("after", [True, False])
+async def test_a_failing_span_processor_never_fails_the_call(
+    chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions, after: bool
+) -> None:
+    """An exception while ending a span (here a span processor that raises) is logged and
+    swallowed on both sides; the call still answers."""
+    import dataclasses
+
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Broken(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            raise RuntimeError("exporter bug")
+
+    tracing.provider.add_span_processor(Broken())
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry,
+                                                       complete_after_response=after))
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    assert await relay(b"hi", timeout=5) == b"e1|hi"
+    assert await relay(b"again", timeout=5) == b"e1|again"
