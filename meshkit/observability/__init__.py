@@ -89,9 +89,9 @@ the last attempt), ``peer_identity`` (server, when mTLS verified one), ``attempt
 message bodies are never logged; ``log_metadata`` opts non-credential keys in. Under
 :func:`configure_logging` access-log lines take a lean chain and are written in batches
 (:class:`BufferedLineWriter`, every 0.2 s by default, ``MESHKIT_ACCESS_LOG_FLUSH_S``, like
-Envoy's access-log flush interval); :func:`flush_logs` writes what is pending. Spans are
-ended and access lines written in the loop's next turn after the response
-(``TelemetryOptions.complete_after_response``, default on), off the call's latency path.
+Envoy's access-log flush interval); :func:`flush_logs` writes what is pending. Under light
+load spans are ended and access lines written in the loop's next turn after the response,
+off the call's latency path (``TelemetryOptions.complete_after_response_max_in_flight``).
 
 **Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (503
 while draining or before registration), ``/debug/mesh`` (JSON), plus :meth:`~AdminServer.

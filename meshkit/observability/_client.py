@@ -93,11 +93,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
     3. logs one ``rpc`` event on ``meshkit.access`` (target, method, code, duration_ms,
        peer, attempts, trace_id, span_id).
 
-    Metrics are recorded before the response is returned; ending the span and the log line
-    happen in the event loop's next turn (``TelemetryOptions.complete_after_response``),
-    the span stamped with the call's end time. An exception while doing either (a broken
-    span processor or log sink) is logged on ``meshkit.observability`` and never reaches
-    the caller.
+    Metrics are recorded before the response is returned; under light load ending the span
+    and the log line happen in the event loop's next turn, the span stamped with the
+    call's end time (``TelemetryOptions.complete_after_response_max_in_flight``). An
+    exception while doing either (a broken span processor or log sink) is logged on
+    ``meshkit.observability`` and never reaches the caller.
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
@@ -112,6 +112,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
                                                      False)
         self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
+        self._defer_max = opts.complete_after_response_max_in_flight
+        self._in_flight = 0
         self._methods: dict[tuple[str, CallKind], _Method] = {}
 
     def _method(self, details: ClientCallDetails) -> _Method:
@@ -131,6 +133,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if m.bound is not None:
             m.bound.started.inc()
             m.bound.in_flight.inc()
+        self._in_flight += 1
         span = token = call_token = None
         if m.traced:
             span = self._tracer.start_span(m.names.span_name, None, self._kind, m.attrs)
@@ -210,12 +213,14 @@ class TelemetryClientInterceptor(ClientInterceptor):
     def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
         duration_s = _perf() - t0
+        defer = self._in_flight <= self._defer_max
+        self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
         if span is None and not (self.options.access_log
                                  and not self._quiet.get(details.method)):
             return
-        if self.options.complete_after_response:
+        if defer:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop

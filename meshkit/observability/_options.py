@@ -66,16 +66,19 @@ class TelemetryOptions:
             ``attempt`` event per attempt when there were several.
         peer_identity: server side: how to learn the verified caller identity after the
             handler ran; default reads :func:`meshkit.auth.current_peer` when available.
-        complete_after_response: end the call's span and write its access-log line in
-            the event loop's next turn, after the response has been handed to gRPC (server)
-            or to the caller (client), with the span's end time taken when the call ended;
-            keeps both off the call's latency path (default ``True``). ``False`` does both
-            before the response, so a span is exported by the time the call returns.
-            Metrics are always recorded before the response.
+        complete_after_response_max_in_flight: while at most this many calls are in
+            flight through this side's interceptor (this one included), the call's span is
+            ended and its access-log line written in the event loop's next turn, after the
+            response has been handed to gRPC (server) or to the caller (client), the span
+            stamped with the time the call ended: both leave the call's latency path.
+            Above it (a saturated process, where deferring only adds scheduling work) and
+            at ``0`` both happen before the response, so a span is exported by the time
+            its call returns. Default 4. Metrics are always recorded before the response.
 
     Raises:
         ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a
-            bad ``quiet_methods`` pattern (quoted).
+            bad ``quiet_methods`` pattern, or a negative
+            ``complete_after_response_max_in_flight`` (quoted).
     """
 
     tracing: bool = True
@@ -87,12 +90,16 @@ class TelemetryOptions:
     log_metadata: tuple[str, ...] = ()
     attempt_spans: bool = False
     peer_identity: PeerIdentityFunc | None = None
-    complete_after_response: bool = True
+    complete_after_response_max_in_flight: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))
         object.__setattr__(self, "log_metadata", tuple(self.log_metadata))
         MethodTable(dict.fromkeys(self.quiet_methods, True), False)
+        limit = self.complete_after_response_max_in_flight
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"complete_after_response_max_in_flight must be an int >= 0, "
+                              f"got {limit!r}")
         for key in self.log_metadata:
             if not isinstance(key, str) or not key or key != key.lower():
                 raise ConfigError(f"log_metadata keys must be lower-case strings, got {key!r}")

@@ -90,11 +90,11 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     3. logs one ``rpc`` event on ``meshkit.access`` (method, code, duration_ms, peer,
        peer_identity, trace_id, span_id).
 
-    Metrics are recorded before the handler's answer goes back to grpc; ending the span
-    and the log line happen in the event loop's next turn, after the response has been
-    handed to gRPC (``TelemetryOptions.complete_after_response``), with the span stamped
-    with the handler's end time. An exception while doing either is logged on
-    ``meshkit.observability`` and never fails the call.
+    Metrics are recorded before the handler's answer goes back to grpc; under light load
+    ending the span and the log line happen in the event loop's next turn, after the
+    response has been handed to gRPC, with the span stamped with the handler's end time
+    (``TelemetryOptions.complete_after_response_max_in_flight``). An exception while doing
+    either is logged on ``meshkit.observability`` and never fails the call.
 
     Put it first (outermost) in ``ServeOptions.interceptors``: it then sees the statuses
     the later interceptors produce (``UNAUTHENTICATED``, ``RESOURCE_EXHAUSTED``...).
@@ -119,6 +119,8 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
                                                      False)
         self._identity = opts.peer_identity or auth_peer_identity()
+        self._defer_max = opts.complete_after_response_max_in_flight
+        self._in_flight = 0
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler[Any, Any],
                                         grpc.RpcMethodHandler[Any, Any]]] = {}
 
@@ -146,6 +148,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         if m.bound is not None:
             m.bound.started.inc()
             m.bound.in_flight.inc()
+        self._in_flight += 1
         span = token = None
         if m.traced:
             parent = extract_context(context.invocation_metadata())
@@ -156,6 +159,8 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     def _finish(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
         duration_s = _perf() - t0
+        defer = self._in_flight <= self._defer_max
+        self._in_flight -= 1
         try:
             if m.bound is not None:
                 m.bound.finished(code, duration_s)
@@ -164,7 +169,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             identity = self._identity() if self._identity is not None else None
             peer = context.peer()
             md = self._md(m, context) if self.options.access_log and m.log_md else None
-            loop = _running_loop() if self.options.complete_after_response else None
+            loop = _running_loop() if defer else None
             if loop is not None:
                 # the context copied here still has the span current, as inline
                 loop.call_soon(self._complete, m, span, _time_ns(), code, exc, duration_s,

@@ -271,7 +271,7 @@ async def test_span_and_log_complete_after_the_response_with_the_calls_end_time(
 ) -> None:
     """By default the client span is ended in the loop's next turn after the caller got its
     answer (off its latency path), stamped with the time the call ended; with
-    complete_after_response=False it is ended before the call returns."""
+    complete_after_response_max_in_flight=0 it is ended before the call returns."""
     import asyncio
     import time
 
@@ -295,11 +295,12 @@ async def test_span_and_log_complete_after_the_response_with_the_calls_end_time(
 async def test_span_completes_before_return_when_asked(
     chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
 ) -> None:
-    """complete_after_response=False ends the client span before the call returns."""
+    """complete_after_response_max_in_flight=0 ends the client span before the call
+    returns."""
     import dataclasses
 
     c = await chain(telemetry_opts=dataclasses.replace(telemetry,
-                                                       complete_after_response=False))
+                                                       complete_after_response_max_in_flight=0))
     relay = c.client.unary_unary(f"/{FRONT}/Relay")
     assert await relay(b"x", timeout=5) == b"e1|x"
     assert len(by_name(tracing.spans(), f"{FRONT}/Relay", SpanKind.CLIENT)) == 1
@@ -320,8 +321,61 @@ async def test_a_failing_span_processor_never_fails_the_call(
             raise RuntimeError("exporter bug")
 
     tracing.provider.add_span_processor(Broken())
-    c = await chain(telemetry_opts=dataclasses.replace(telemetry,
-                                                       complete_after_response=after))
+    c = await chain(telemetry_opts=dataclasses.replace(
+        telemetry, complete_after_response_max_in_flight=4 if after else 0))
     relay = c.client.unary_unary(f"/{FRONT}/Relay")
     assert await relay(b"hi", timeout=5) == b"e1|hi"
     assert await relay(b"again", timeout=5) == b"e1|again"
+
+
+async def test_completion_is_inline_above_the_in_flight_limit(tracing: Tracing) -> None:
+    """With more calls in flight than complete_after_response_max_in_flight the span is
+    ended before the call returns (a saturated loop gains nothing from deferring); at or
+    under it, in the next turn. The in-flight count returns to 0, failures included."""
+    import asyncio
+    import contextlib
+
+    from meshkit.interceptors import CallKind, ClientCallDetails
+    from meshkit.observability import TelemetryClientInterceptor
+
+    icpt = TelemetryClientInterceptor(TelemetryOptions(
+        tracer_provider=tracing.provider, metrics=False, access_log=False,
+        complete_after_response_max_in_flight=1))
+    gates = [asyncio.Event() for _ in range(3)]
+
+    def details() -> ClientCallDetails:
+        return ClientCallDetails(service="echo", method=method("Unary"),
+                                 kind=CallKind.UNARY_UNARY, timeout_s=5, metadata=())
+
+    async def call(i: int) -> int:
+        async def proceed(d: ClientCallDetails, request: Any) -> Any:
+            await gates[i].wait()
+            if i == 2:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), "down")
+            return request
+
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await icpt.intercept_unary(details(), i, proceed)
+        return len(tracing.spans())  # spans ended by the time this call returned
+
+    tasks = [asyncio.create_task(call(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert icpt._in_flight == 3
+    gates[0].set()
+    assert await tasks[0] == 1  # 3 in flight > 1: ended before returning
+    gates[2].set()
+    assert await tasks[2] == 2  # 2 in flight > 1: inline again (a failure)
+    gates[1].set()
+    assert await tasks[1] == 2  # alone (1 <= 1): deferred to the next turn
+    await asyncio.sleep(0)
+    assert len(tracing.spans()) == 3 and icpt._in_flight == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
+def test_completion_limit_is_validated(bad: Any) -> None:
+    """A negative or non-int complete_after_response_max_in_flight fails, quoted."""
+    from meshkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"got {bad!r}"):
+        TelemetryOptions(complete_after_response_max_in_flight=bad)
