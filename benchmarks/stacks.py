@@ -338,6 +338,18 @@ def tracer_provider() -> Any:
     return provider
 
 
+def _probe_inline_completion(secrets: Secrets) -> str | None:
+    """Needs telemetry whose completion can be moved before the response."""
+    note = _probe_telemetry(secrets)
+    if note is not None:
+        return note
+    from meshkit.observability import TelemetryOptions
+
+    if not _has_field(TelemetryOptions, "complete_after_response_max_in_flight"):
+        return "TelemetryOptions has no complete_after_response_max_in_flight"
+    return None
+
+
 def _telemetry(part: str) -> Step:
     """A step switching on one part of the fused telemetry interceptors."""
 
@@ -354,10 +366,13 @@ def _telemetry_options(b: Build) -> Any:
         return None
     from meshkit.observability import TelemetryOptions
 
+    extra: dict[str, Any] = {}
+    if "inline" in b.telemetry:
+        extra["complete_after_response_max_in_flight"] = 0
     return TelemetryOptions(
         tracing="tracing" in b.telemetry, metrics="metrics" in b.telemetry,
         access_log="access_log" in b.telemetry,
-        tracer_provider=tracer_provider() if "tracing" in b.telemetry else None)
+        tracer_provider=tracer_provider() if "tracing" in b.telemetry else None, **extra)
 
 
 def _finish_telemetry(b: Build, side: str) -> None:
@@ -403,6 +418,10 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
           server=_telemetry("metrics"), client=_telemetry("metrics")),
     Layer("accesslog", "access log, one JSON line per call per side", _probe_telemetry,
           server=_telemetry("access_log"), client=_telemetry("access_log")),
+    Layer("inline_completion", "telemetry ends spans and writes access lines before the "
+          "response (complete_after_response_max_in_flight=0; diagnostic)",
+          _probe_inline_completion,
+          server=_telemetry("inline"), client=_telemetry("inline")),
     Layer("mtls", "mTLS with SPIFFE identities (server requires client certificates)",
           _probe_mtls, server=_mtls_server, client=_mtls_client),
 )}

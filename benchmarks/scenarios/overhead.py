@@ -3,6 +3,9 @@
 Unary calls with 64-byte requests on one server process per contender, from one client
 process per contender, at each concurrency of the plan; QPS, p50/p99, CPU seconds per 1000
 calls of the client and the server process, and peak RSS of both. Baseline: ``raw``.
+``full-inline`` is ``full`` with ``TelemetryOptions(complete_after_response_max_in_flight=0)``:
+span ends and access lines always before the response, to show what moving them off the
+latency path under light load buys.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ def contender_specs(ctx: Ctx, *, subset: bool = True
     specs += [(f"+{name}", "mesh", (name,), False) for name in stacks.POLICY_LAYERS
               if name in full]
     specs.append(("full", "mesh", full, False))
+    inline, missing_inline = ctx.layers_available(("inline_completion",))
+    if inline:  # the same stack with span end and access log before the response
+        specs.append(("full-inline", "mesh", (*full, "inline_completion"), False))
+    else:
+        ctx.note(f"contender 'full-inline' skipped: {missing_inline[0]}")
     mtls, missing_tls = ctx.layers_available(("mtls",))
     if mtls:
         specs.append(("full+mtls", "mesh", (*full, "mtls"), False))
