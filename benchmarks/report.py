@@ -79,6 +79,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _digits(target: dict[str, Any]) -> int:
+    """Decimals for a target's measured value: ratios get 3, so one just under its goal
+    (1.297x against >= 1.3x) does not print as the goal itself."""
+    return 3 if target["unit"] == "x" else 2
+
+
+def _measured(target: dict[str, Any]) -> str:
+    """A target's measured value with its unit, or ``-``."""
+    if target["value"] is None:
+        return "-"
+    return f"{_fmt(target['value'], _digits(target))} {target['unit']}".strip()
+
+
 def _fmt(v: Any, digits: int = 1) -> str:
     if v is None:
         return "-"
@@ -201,7 +214,7 @@ def print_scenario(name: str, res: dict[str, Any]) -> None:
 def print_targets(rows: list[dict[str, Any]]) -> None:
     """Print the target table."""
     table = [[r["target"], r["goal"],
-              f"{_fmt(r['value'], 2)} {r['unit']}".strip() if r["value"] is not None else "-",
+              _measured(r),
               {True: "met", False: "MISSED", None: "not measured"}[r["met"]]] for r in rows]
     print(f"\nTargets\n{_table(['target', 'goal', 'measured', 'status'], table)}", flush=True)
 
@@ -219,7 +232,7 @@ def markdown(results: dict[str, Any]) -> str:
 
     parts = []
     rows = [[r["target"], r["goal"],
-             f"{_fmt(r['value'], 2)} {r['unit']}".strip() if r["value"] is not None else "-",
+             _measured(r),
              {True: "met", False: "**missed**", None: "not measured"}[r["met"]]]
             for r in results.get("targets", [])]
     parts.append("### Targets\n\n" + md(["target", "goal", "measured", "status"], rows))
