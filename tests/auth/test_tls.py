@@ -7,6 +7,7 @@ import datetime as dt
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -160,20 +161,29 @@ def test_construction_checks_files(pki: Pki, tmp_path: Path) -> None:
     assert opts.domain == TD
 
 
-async def test_mesh_server_and_dial_over_mtls(pki: Pki, tmp_path: Path) -> None:
-    """meshkit.MeshServer and meshkit.dial talk mTLS with identity checks on both sides."""
-    server_tls = pki.issue("userd")
-    client_tls = pki.issue("orderd")
-    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
-                                                       poll_interval_s=0.05))
+def _userd(reg: LocalRegistry, **opts: Any) -> meshkit.MeshServer:
+    """A MeshServer "userd" answering the auth test service's Whoami."""
     from tests.auth.conftest import auth_handler
 
     def add(_s: object, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((auth_handler(),))
 
-    srv = meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
-        credentials=server_tls.server_credentials(), drain_delay_s=0, grace_s=0.5,
-        interceptors=server_interceptors(tls=server_tls)))
+    return meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        drain_delay_s=0, grace_s=0.5, **opts))
+
+
+def _registry(tmp_path: Path) -> LocalRegistry:
+    return LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                        poll_interval_s=0.05))
+
+
+async def test_mesh_server_and_dial_over_mtls(pki: Pki, tmp_path: Path) -> None:
+    """meshkit.MeshServer and meshkit.dial talk mTLS with identity checks on both sides."""
+    server_tls = pki.issue("userd")
+    client_tls = pki.issue("orderd")
+    reg = _registry(tmp_path)
+    srv = _userd(reg, credentials=server_tls.server_credentials(),
+                 interceptors=server_interceptors(tls=server_tls))
     await srv.start()
     try:
         opts = meshkit.DialOptions(credentials=client_tls.channel_credentials(),
@@ -193,19 +203,13 @@ async def test_mesh_server_expiry_gauge_follows_renewal(pki: Pki, tmp_path: Path
 
     server_tls = pki.issue("userd")
     client_tls = pki.issue("orderd")
-    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
-                                                       poll_interval_s=0.05))
-    from tests.auth.conftest import auth_handler
-
-    def add(_s: object, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((auth_handler(),))
+    reg = _registry(tmp_path)
 
     def gauge() -> float | None:
         return default_registry().get_sample_value(
             "meshkit_certificate_expiry_timestamp_seconds", {"service": "userd"})
 
-    srv = meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
-        tls=server_tls, drain_delay_s=0, grace_s=0.5))
+    srv = _userd(reg, tls=server_tls)
     await srv.start()
     try:
         assert gauge() == server_tls.read().not_after
