@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import threading
+import weakref
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -170,7 +171,7 @@ class BufferedLineWriter:
             pass
 
 
-_writers: set[BufferedLineWriter] = set()
+_writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at exit
 
 
 def flush_logs() -> None:
@@ -258,10 +259,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    flush_logs()
-    for old in list(_writers):
-        if old is not writer:
-            _writers.discard(old)
+    flush_logs()  # what the previous access logger still holds
     _AccessLog.logger = structlog.wrap_logger(
         writer,
         processors=[structlog.contextvars.merge_contextvars,
