@@ -30,7 +30,8 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
     Each line: span name, kind, offset from the root's start (children), duration in
     milliseconds, gRPC status (``rpc.grpc.status_code`` or the span status), a few
     attributes, and events (``· attempt``) below it. Spans whose parent is not among
-    ``spans`` are roots.
+    ``spans`` are roots, marked ``(parent span not exported)`` when they have a parent
+    (one from a process killed before it exported its spans, say).
 
     Args:
         spans: finished spans, e.g. ``InMemorySpanExporter().get_finished_spans()``.
@@ -52,7 +53,10 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
     lines: list[str] = []
     for root in children.get(None, []):
         origin = root.start_time or 0
-        lines.append(_line(root, origin, attributes, root=True))
+        line = _line(root, origin, attributes, root=True)
+        if root.parent is not None:  # e.g. its process was killed before exporting it
+            line += "  (parent span not exported)"
+        lines.append(line)
         lines.extend(_events(root, origin, ""))
         _walk(root, children, origin, "", attributes, lines)
     return "\n".join(lines)

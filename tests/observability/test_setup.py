@@ -142,6 +142,11 @@ def test_render_trace_draws_a_tree_with_timings() -> None:
     assert lines[4].startswith("   └─ db  internal  +")
     assert " ms " in lines[2]
     assert render_trace([]) == ""
+    orphans = [s for s in exporter.get_finished_spans() if s.parent is not None]  # no root
+    (first, *rest) = render_trace(orphans).splitlines()
+    assert first.startswith("ecom.v1.OrderService/PlaceOrder  server  ")
+    assert first.endswith("  (parent span not exported)")
+    assert not any("not exported" in line for line in rest)
     provider.shutdown()
 
 
