@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                         "raw,+tracing,full), for a quicker loop while tuning one layer")
     p.add_argument("--concurrency", default=None,
                    help="overhead scenario: comma-separated concurrencies (default 1,32)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per contender in the overhead and compare "
+                        "scenarios (default: the mode's; more rounds, steadier medians)")
     p.set_defaults(mode="full")
     return p
 
@@ -131,6 +134,10 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         except ValueError:
             raise SystemExit(f"--concurrency takes integers, got {args.concurrency!r}") from None
         plan = dataclasses.replace(plan, concurrencies=conc)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise SystemExit(f"--rounds must be >= 1, got {args.rounds!r}")
+        plan = dataclasses.replace(plan, rounds=args.rounds)
     secrets = stacks.Secrets(workdir / "secrets")
     ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)
     started = time.monotonic()

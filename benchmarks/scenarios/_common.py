@@ -207,7 +207,8 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
     Returns:
         ``qps``, ``p50_us``, ``p99_us``, ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
         (CPU seconds per 1000 calls), ``calls``, ``errors``, ``rounds``, and with a baseline
-        ``qps_ratio`` (median of per-round ratios) and ``added_p50_us``/``added_p99_us``.
+        ``qps_ratio`` (median of per-round ratios), ``qps_ratio_range`` (their lowest and
+        highest) and ``added_p50_us``/``added_p99_us``.
     """
     def per_1k(key: str) -> float:
         return median([r[key] / r["calls"] * 1000 for r in rounds if r["calls"]])
@@ -225,7 +226,9 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
     }
     if base is not None:
         pairs = list(zip(rounds, base, strict=False))
-        out["qps_ratio"] = median([r["qps"] / b["qps"] for r, b in pairs if b["qps"]])
+        ratios = [r["qps"] / b["qps"] for r, b in pairs if b["qps"]]
+        out["qps_ratio"] = median(ratios)
+        out["qps_ratio_range"] = [min(ratios), max(ratios)] if ratios else None
         out["added_p50_us"] = median([r["p50_us"] - b["p50_us"] for r, b in pairs])
         out["added_p99_us"] = median([r["p99_us"] - b["p99_us"] for r, b in pairs])
     return out

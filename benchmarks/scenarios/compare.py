@@ -46,6 +46,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             if hand in rounds and "full" in rounds:
                 vs = summarize(rounds["full"], rounds[hand])
                 res["full"][f"qps_ratio_vs_{hand}"] = vs["qps_ratio"]
+                res["full"][f"qps_ratio_vs_{hand}_range"] = vs["qps_ratio_range"]
         by_conc[str(conc)] = res
     return {"baseline": "raw", "contenders": names, "mesh_has_tracing": mesh_has_tracing,
             "full_layers": list(full_spec[2]), "by_concurrency": by_conc}

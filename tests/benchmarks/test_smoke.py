@@ -39,6 +39,10 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
             assert row["calls"] > 0
     hand_deps = all(importlib.util.find_spec(m) for m in ("grpc_interceptor", "tenacity"))
     assert ("hand" in sc["compare"]["by_concurrency"]["32"]) == hand_deps
+    if hand_deps:
+        full = sc["compare"]["by_concurrency"]["32"]["full"]
+        low, high = full["qps_ratio_vs_hand_range"]
+        assert low <= full["qps_ratio_vs_hand"] <= high
     for row in sc["slow_replica"]["contenders"].values():
         _numbers(row, "qps", "p50_us", "p99_us", "slow_share")
     for row in sc["failover"]["contenders"].values():
