@@ -25,8 +25,9 @@ service), ``network.peer.address``/``port`` (the endpoint of the last attempt),
 ``meshkit.attempts``, ``meshkit.instance_id``, one ``attempt`` event per endpoint when
 retried or hedged (or a CLIENT span per attempt with ``attempt_spans=True`` and
 :func:`attempt_interceptors`); server: ``network.peer.address``/``port`` (the caller),
-``meshkit.peer.identity`` (caller's SPIFFE ID under mTLS), ``meshkit.rate_limited`` on
-``RESOURCE_EXHAUSTED``. :func:`render_trace` draws a finished trace as a tree.
+``meshkit.peer.identity`` (caller's SPIFFE ID under mTLS), ``meshkit.rate_limited`` when
+the rate limiter refused the call (client spans: on any ``RESOURCE_EXHAUSTED`` answer).
+:func:`render_trace` draws a finished trace as a tree.
 
 **Metrics** (prometheus-client, see ``_metrics.py`` for why; names follow
 go-grpc-prometheus; one :class:`~prometheus_client.CollectorRegistry` per process,
@@ -44,8 +45,8 @@ grpc_server_started_total                     counter    RPC             calls s
 grpc_server_handled_total                     counter    RPC, grpc_code  calls finished, by status
 grpc_server_handling_seconds                  histogram  RPC             handler time, 100 µs..10 s
 grpc_server_in_flight                         gauge      RPC             calls being handled
-meshkit_server_rate_limited_total             counter    grpc_service,   calls answered
-                                                         grpc_method     RESOURCE_EXHAUSTED
+meshkit_server_rate_limited_total             counter    grpc_service,   calls refused by
+                                                         grpc_method     the rate limiter
 grpc_client_started_total                     counter    RPC             logical calls started
 grpc_client_handled_total                     counter    RPC, grpc_code  logical calls, final status
 grpc_client_handling_seconds                  histogram  RPC             caller-seen time w/ retries

@@ -45,7 +45,6 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
 well under a millisecond up to multi-second ones."""
 
 _RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
-_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 _DEFAULT = CollectorRegistry(auto_describe=True)
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, RpcMetrics] = (
@@ -108,8 +107,10 @@ class BoundServer:
         self.rate_limited = rpc.server_rate_limited.labels(names.service, names.name)
         self._handled: dict[grpc.StatusCode, Any] = {}
 
-    def finished(self, code: grpc.StatusCode, duration_s: float) -> None:
-        """Count one finished call with its status and duration (seconds)."""
+    def finished(self, code: grpc.StatusCode, duration_s: float,
+                 rate_limited: bool = False) -> None:
+        """Count one finished call with its status and duration (seconds); ``rate_limited``
+        when the rate limiter refused it."""
         child = self._handled.get(code)
         if child is None:
             child = self._handled[code] = self._rpc.server_handled.labels(*self._names,
@@ -117,7 +118,7 @@ class BoundServer:
         child.inc()
         self.handling.observe(duration_s)
         self.in_flight.dec()
-        if code is _RESOURCE_EXHAUSTED:
+        if rate_limited:
             self.rate_limited.inc()
 
 
@@ -180,7 +181,7 @@ class RpcMetrics:
             registry=registry)
         self.server_rate_limited = Counter(
             "meshkit_server_rate_limited",
-            "RPCs answered RESOURCE_EXHAUSTED (rate limiter rejections).",
+            "RPCs refused by the rate limiter (RESOURCE_EXHAUSTED over a rule).",
             ("grpc_service", "grpc_method"), registry=registry)
         self.client_started = Counter(
             "grpc_client_started", "Logical RPCs started by clients (retries not counted).",

@@ -48,7 +48,9 @@ ATTR_INSTANCE_ID = "meshkit.instance_id"
 ATTR_PEER_IDENTITY = "meshkit.peer.identity"
 """The verified SPIFFE ID of the caller (server spans; mTLS only)."""
 ATTR_RATE_LIMITED = "meshkit.rate_limited"
-"""``True`` on calls answered ``RESOURCE_EXHAUSTED`` (the rate limiter's rejection)."""
+"""``True`` on server spans of calls the rate limiter refused
+(:func:`meshkit.resilience.rejected_by_rate_limit`), and on client spans of calls answered
+``RESOURCE_EXHAUSTED`` (the client cannot tell the limiter from a handler)."""
 
 SERVER_ERROR_CODES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -32,6 +32,7 @@ from meshkit.observability._semconv import (
     parse_peer,
 )
 from meshkit.observability._tracing import extract_context
+from meshkit.resilience.ratelimit import rejected_by_rate_limit as _rejected_by_rate_limit
 
 __all__ = ["TelemetryServerInterceptor"]
 
@@ -83,7 +84,8 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
 
     1. extracts the W3C trace context and baggage from the request metadata and starts a
        SERVER span ``{rpc.service}/{rpc.method}`` (RPC semconv attributes; status code,
-       peer address, peer identity and ``meshkit.rate_limited`` at the end) and makes it
+       peer address, peer identity and ``meshkit.rate_limited`` (the rate limiter refused
+       the call, :func:`meshkit.resilience.rejected_by_rate_limit`) at the end) and makes it
        current, so the handler's logs and outgoing calls belong to it;
     2. counts ``grpc_server_started_total`` / ``grpc_server_in_flight`` and at the end
        ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``;
@@ -161,9 +163,10 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         duration_s = _perf() - t0
         defer = self._in_flight <= self._defer_max
         self._in_flight -= 1
+        limited = code is _EXHAUSTED and _rejected_by_rate_limit()
         try:
             if m.bound is not None:
-                m.bound.finished(code, duration_s)
+                m.bound.finished(code, duration_s, limited)
             if span is None and not self.options.access_log:
                 return
             identity = self._identity() if self._identity is not None else None
@@ -173,9 +176,10 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             if loop is not None:
                 # the context copied here still has the span current, as inline
                 loop.call_soon(self._complete, m, span, _time_ns(), code, exc, duration_s,
-                               peer, identity, md)
+                               peer, identity, md, limited)
             else:
-                self._complete(m, span, None, code, exc, duration_s, peer, identity, md)
+                self._complete(m, span, None, code, exc, duration_s, peer, identity, md,
+                               limited)
         finally:
             if token is not None:
                 otel_context.detach(token)
@@ -188,7 +192,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _complete(self, m: _Method, span: Any, end_ns: int | None, code: grpc.StatusCode,
                   exc: BaseException | None, duration_s: float, peer: str,
-                  identity: str | None, md: dict[str, str] | None) -> None:
+                  identity: str | None, md: dict[str, str] | None, limited: bool) -> None:
         """End the span (at ``end_ns``) and write the access-log line."""
         try:
             if span is not None:
@@ -201,7 +205,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
                         attrs[NETWORK_PEER_PORT] = port
                     if identity is not None:
                         attrs[ATTR_PEER_IDENTITY] = identity
-                    if code is _EXHAUSTED:
+                    if limited:
                         attrs[ATTR_RATE_LIMITED] = True
                     span.set_attributes(attrs)
                     if code in SERVER_ERROR_CODES:

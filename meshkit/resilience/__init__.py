@@ -16,7 +16,8 @@ Server side, :class:`DeadlineInterceptor` refuses calls whose deadline already p
 (``DEADLINE_EXCEEDED``) and makes the deadline visible to outgoing calls, and
 :class:`RateLimitInterceptor` (the ``limits`` library; ``memory://`` or
 ``async+redis://``) answers callers over their rule ``RESOURCE_EXHAUSTED`` with a
-``retry-after`` trailer, which the client retry logic honours.
+``retry-after`` trailer, which the client retry logic honours;
+:func:`rejected_by_rate_limit` tells an outer interceptor that it did.
 
 Client chain: (your per-call interceptors, e.g. tracing) -> retry/hedging -> balancer
 (P2C, ejection) -> per-attempt grpc.aio interceptors. Retry re-runs everything after it.
@@ -47,6 +48,7 @@ from meshkit.resilience.ratelimit import (
     by_identity,
     by_metadata,
     by_peer,
+    rejected_by_rate_limit,
 )
 
 __all__ = [
@@ -75,4 +77,5 @@ __all__ = [
     "by_peer",
     "current_deadline",
     "deadline_scope",
+    "rejected_by_rate_limit",
 ]

@@ -62,6 +62,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import Callable, Mapping
@@ -107,9 +108,25 @@ __all__ = [
     "by_identity",
     "by_metadata",
     "by_peer",
+    "rejected_by_rate_limit",
 ]
 
 _log = structlog.get_logger("meshkit.resilience.ratelimit")
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_rejected: contextvars.ContextVar[bool] = contextvars.ContextVar("meshkit_rate_limited",
+                                                                 default=False)
+
+
+def rejected_by_rate_limit() -> bool:
+    """Whether a :class:`RateLimitInterceptor` refused the current call for being over its
+    limit (``RESOURCE_EXHAUSTED``; a fail-closed ``UNAVAILABLE`` does not count).
+
+    Read it in the call's own task after the check ran, e.g. in an outer interceptor's
+    handler wrapper: meshkit's telemetry uses it so that
+    ``meshkit_server_rate_limited_total`` and the ``meshkit.rate_limited`` span attribute
+    count the limiter's rejections, not every ``RESOURCE_EXHAUSTED`` a handler returns.
+    """
+    return _rejected.get()
 
 _STRATEGY_CLASSES: dict[str, Callable[[Any], _LimitsStrategy]] = {
     "fixed-window": FixedWindowRateLimiter,
@@ -454,6 +471,8 @@ class RateLimitInterceptor(WrappingInterceptor):
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         rejection = await self.limiter.check(method, self._key(method, context))
         if rejection is not None:
+            if rejection.code is _RESOURCE_EXHAUSTED:
+                _rejected.set(True)  # the call's own task: read by the telemetry wrapper
             trailing = (() if rejection.retry_after_s is None
                         else (("retry-after", str(rejection.retry_after_s)),))
             await context.abort(rejection.code, rejection.details, trailing)

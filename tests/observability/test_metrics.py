@@ -89,6 +89,9 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await ch.unary_unary(method("Fail"))(b"INVALID_ARGUMENT", timeout=5)
         assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as quota:  # the handler's own answer
+            await ch.unary_unary(method("Fail"))(b"RESOURCE_EXHAUSTED", timeout=5)
+        assert quota.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert len([r async for r in ch.unary_stream(method("ServerStream"))(b"4")]) == 4
         assert await ch.stream_unary(method("ClientStream"))(_requests(b"a", b"b")) == b"e1|a,b"
         assert (
@@ -167,6 +170,10 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
         assert counts[-1] == value(got, hist + "_count", grpc_method="Unary") == 3
         assert value(got, hist + "_sum", grpc_method="Unary") > 0
     assert value(got, "meshkit_server_rate_limited_total", grpc_method="Sleep") == 1
+    # a handler answering RESOURCE_EXHAUSTED itself is handled, not rate-limited
+    assert value(got, "grpc_server_handled_total", grpc_method="Fail",
+                 grpc_code="RESOURCE_EXHAUSTED") == 1
+    assert value(got, "meshkit_server_rate_limited_total", grpc_method="Fail") == 0
     assert value(got, "meshkit_client_attempts_total", grpc_method="Unary") == 3
     assert value(got, "meshkit_client_endpoints", target="echo", state="READY") == 1
     assert (
