@@ -15,8 +15,10 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
 * an endpoint added after the first discovery answer ramps up over ``slow_start_s``: when
   it would win a pick it takes it only with probability ``weight`` (growing linearly from
   ``slow_start_min_weight`` to 1), so it gets about ``weight`` of its fair share, as
-  Envoy's slow start does. (Dividing its load by the weight instead would make a
-  winner-take-all comparison starve it.)
+  Envoy's slow start does; a pick it yields goes to the less loaded of the loser and a
+  third random endpoint, so a slow replica does not inherit the newcomer's share.
+  (Dividing its load by the weight instead would make a winner-take-all comparison
+  starve it.)
 
 ``pick`` draws two distinct usable endpoints at random and returns the less loaded one
 (Mitzenmacher's "power of two choices").
@@ -203,7 +205,10 @@ class P2C:
                 a, b = b, a
             w = self.weight(a, now)  # a is the winner; a newcomer may yield it
             if w < 1.0 and self._rng.random() >= w:
-                a = b
+                # to the better of the loser and a third endpoint: yielding to whatever
+                # lost would hand a slow replica the newcomer's share of the picks
+                c = self._draw((*exclude, b), a) if len(self._eps) > 2 else None
+                a = c if c is not None and self.load(c, now) < self.load(b, now) else b
         st = self._stats[a.key]
         st.pending += 1
         return a, st.done

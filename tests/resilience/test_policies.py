@@ -216,6 +216,33 @@ def test_p2c_new_endpoint_is_not_starved() -> None:
     assert picks["new"] / 1000 > 0.2
 
 
+def test_p2c_newcomer_does_not_yield_its_picks_to_a_slow_replica() -> None:
+    """While a new endpoint ramps up, the picks it yields go to the better of the loser and
+    a third endpoint: the slow replica keeps a small share (it got about a third when a
+    newcomer yielded to whatever it had beaten)."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=10), clock=clock, rng=random.Random(11))
+    old = eps("a", "slow")
+    p.update(old)
+    for _ in range(400):
+        got = p.pick()
+        assert got is not None
+        ep, done = got
+        clock.t += 0.001
+        done(OK, 0.050 if ep.key == "slow" else 0.001)
+    p.update([*old, *eps("new")])
+    picks: Counter[str] = Counter()
+    for _ in range(2000):  # 2 s into a 10 s ramp: the newcomer yields ~80 % of its wins
+        got = p.pick()
+        assert got is not None
+        ep, done = got
+        picks[ep.key] += 1
+        clock.t += 0.001
+        done(OK, 0.050 if ep.key == "slow" else 0.001)
+    assert picks["slow"] / 2000 < 0.05
+    assert picks["new"] > 0 and picks["a"] > picks["new"]
+
+
 def test_p2c_skips_failing_and_honours_exclude() -> None:
     """FAILING endpoints are never picked; excluded ones only when nothing else is usable."""
     p = P2C(P2COptions(slow_start_s=0), rng=random.Random(3))
