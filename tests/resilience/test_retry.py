@@ -189,7 +189,13 @@ async def test_ejected_endpoints_fail_fast(
 async def test_slow_replica_gets_a_small_share_with_p2c_not_with_round_robin(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
-    """One replica 50 ms slower: P2C/EWMA sends it a small share, round robin a third."""
+    """One replica 50 ms slower: P2C/EWMA sends it a small share, round robin a third.
+
+    P2C runs with a 1 s EWMA decay instead of the default 10 s: on a loaded CI machine one
+    event-loop stall inflates a healthy replica's *peak* EWMA to the stall's length, and
+    with a 10 s decay that lasts longer than this half-second test, handing the slow
+    replica a third of the picks meanwhile (Finagle's and Linkerd's peak EWMA behave the
+    same). The default decay is measured by the slow_replica benchmark."""
     await echo_servers("a")
     await echo_servers("b")
     await echo_servers("slow", delay_s=0.05)
@@ -207,7 +213,8 @@ async def test_slow_replica_gets_a_small_share_with_p2c_not_with_round_robin(
             return Counter(x.decode() for batch in got for x in batch)
 
     rr = await shares(RoundRobin)
-    p2c = await shares(meshkit.resilience.P2C)
+    p2c = await shares(lambda: meshkit.resilience.P2C(meshkit.resilience.P2COptions(
+        decay_s=1.0)))
     assert 0.25 < rr["slow"] / 300 < 0.42
     assert p2c["slow"] / 300 < 0.05
 
