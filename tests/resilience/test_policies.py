@@ -126,6 +126,20 @@ def test_retry_policy_bad_values() -> None:
 
 
 # -- P2C / peak EWMA -----------------------------------------------------------------------
+def drive(p: P2C, clock: Clock, calls: int, slow: str = "slow") -> Counter[str]:
+    """``calls`` picks 1 ms apart, each answered in 1 ms (50 ms from ``slow``); the picks
+    per endpoint."""
+    picks: Counter[str] = Counter()
+    for _ in range(calls):
+        got = p.pick()
+        assert got is not None
+        ep, done = got
+        picks[ep.key] += 1
+        clock.t += 0.001
+        done(OK, 0.050 if ep.key == slow else 0.001)
+    return picks
+
+
 def test_peak_ewma_jumps_up_decays_down() -> None:
     """A slow sample sets the estimate at once; fast samples and idle time bring it down."""
     clock = Clock()
@@ -150,14 +164,7 @@ def test_p2c_prefers_the_less_loaded() -> None:
     p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(7))
     endpoints = eps("a", "b", "slow")
     p.update(endpoints)
-    picks: Counter[str] = Counter()
-    for _ in range(3000):
-        got = p.pick()
-        assert got is not None
-        ep, done = got
-        picks[ep.key] += 1
-        clock.t += 0.001
-        done(OK, 0.050 if ep.key == "slow" else 0.001)
+    picks = drive(p, clock, 3000)
     assert picks["slow"] / 3000 < 0.02
     assert picks["a"] > 1000 and picks["b"] > 1000
 
@@ -224,21 +231,9 @@ def test_p2c_newcomer_does_not_yield_its_picks_to_a_slow_replica() -> None:
     p = P2C(P2COptions(slow_start_s=10), clock=clock, rng=random.Random(11))
     old = eps("a", "slow")
     p.update(old)
-    for _ in range(400):
-        got = p.pick()
-        assert got is not None
-        ep, done = got
-        clock.t += 0.001
-        done(OK, 0.050 if ep.key == "slow" else 0.001)
+    drive(p, clock, 400)
     p.update([*old, *eps("new")])
-    picks: Counter[str] = Counter()
-    for _ in range(2000):  # 2 s into a 10 s ramp: the newcomer yields ~80 % of its wins
-        got = p.pick()
-        assert got is not None
-        ep, done = got
-        picks[ep.key] += 1
-        clock.t += 0.001
-        done(OK, 0.050 if ep.key == "slow" else 0.001)
+    picks = drive(p, clock, 2000)  # 2 s into a 10 s ramp: the newcomer yields ~80 % of its wins
     assert picks["slow"] / 2000 < 0.05
     assert picks["new"] > 0 and picks["a"] > picks["new"]
 
