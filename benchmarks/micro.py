@@ -12,6 +12,12 @@
   (redaction, one write per line) vs the lean batched access logger it builds
   (:func:`meshkit.observability.access_logger`). Lines go to ``/dev/null``.
 
+* ``ratelimit``: CPU per rate-limit hit (default sliding-window counter, ``memory://``,
+  yielding to the event loop after each hit as a server does between calls) on ``limits``'
+  own async ``MemoryStorage`` (its expiry sweep started after every hit, walking every key)
+  vs :class:`meshkit.resilience.SweepThrottledMemoryStorage` (one sweep a second), with
+  1 and 1000 caller keys.
+
 These isolate one lever each, where the overhead scenario's figures move by more than the
 lever from run to run on a noisy host. ``--rounds`` and ``--calls`` scale the run.
 """
@@ -29,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-__all__ = ["accesslog", "fusion", "main"]
+__all__ = ["accesslog", "fusion", "main", "ratelimit"]
 
 _FIELDS: dict[str, Any] = {
     "side": "server", "service": "userd", "method": "/ecom.user.v1.UserService/GetUser",
@@ -130,6 +136,37 @@ async def accesslog(sink: TextIO, rounds: int = 10, lines: int = 20000) -> dict[
             _AccessLog.logger = saved
 
 
+async def ratelimit(rounds: int = 10, hits: int = 4000, keys: int = 1) -> dict[str, float]:
+    """CPU microseconds per hit with ``keys`` caller keys, ``stock`` limits MemoryStorage vs
+    ``throttled`` (meshkit's sweep-throttled subclass)."""
+    from limits import parse
+    from limits.aio.storage import MemoryStorage
+
+    from meshkit.resilience.ratelimit import _STRATEGY_CLASSES, SweepThrottledMemoryStorage
+
+    item = parse("1000000/second")
+
+    def timed(make: Callable[[], Any]) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            storage = make()
+            limiter = _STRATEGY_CLASSES["sliding-window-counter"](storage)
+            t0 = time.process_time()
+            for i in range(hits):
+                await limiter.hit(item, "bench", "/Echo/Unary", str(i % keys))
+                await asyncio.sleep(0)
+            took = (time.process_time() - t0) / hits * 1e6
+            if storage.timer is not None:
+                storage.timer.cancel()
+            return took
+
+        return run
+
+    return await _alternate(rounds, {
+        "stock": timed(lambda: MemoryStorage("async+memory://", wrap_exceptions=True)),
+        "throttled": timed(lambda: SweepThrottledMemoryStorage("async+memory://",
+                                                               wrap_exceptions=True))})
+
+
 def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int:
     """Run the A/B measurements and print them; returns 0."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.micro", description=__doc__.split(
@@ -149,6 +186,11 @@ def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int
         a = asyncio.run(accesslog(null, args.rounds, args.calls * 5))
     print(f"accesslog  general {a['general']:7.1f} us/line   lean  {a['lean']:7.1f} us/line"
           f"   saved {a['general'] - a['lean']:6.1f} us", file=stream)
+    for keys in (1, 1000):
+        r = asyncio.run(ratelimit(args.rounds, max(16, args.calls // 2), keys))
+        print(f"ratelimit  {keys:>4} key{'s' if keys > 1 else ' '} stock {r['stock']:7.1f} us/hit"
+              f"   throttled {r['throttled']:7.1f} us/hit   saved "
+              f"{r['stock'] - r['throttled']:6.1f} us", file=stream)
     return 0
 
 

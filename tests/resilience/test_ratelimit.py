@@ -4,6 +4,7 @@ is killed and restarted."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -15,6 +16,8 @@ from typing import Any
 
 import grpc
 import pytest
+from limits import parse as parse_limit
+from limits.aio.storage import MemoryStorage
 from structlog.testing import capture_logs
 
 from meshkit.errors import ConfigError
@@ -26,9 +29,13 @@ from meshkit.resilience._ratelimit_policy import (
     retry_after_s,
 )
 from meshkit.resilience.ratelimit import (
+    _SCHEDULE_SWEEP,
+    _STRATEGY_CLASSES,
     RateLimitInterceptor,
     RateLimitOptions,
+    StorageLimiter,
     Strategy,
+    SweepThrottledMemoryStorage,
     by_metadata,
 )
 from tests.conftest import IN_CI
@@ -404,6 +411,62 @@ async def test_each_strategy_limits_in_memory(strategy: Strategy) -> None:
         # within one window plus window/amount (its hits decay through the next window).
         bound = 60 + 15 if strategy == "sliding-window-counter" else 60
         assert 1 <= assert_limited(await attempt(channel)) <= bound
+
+
+def test_memory_uri_gets_the_sweep_throttled_storage() -> None:
+    """``memory://`` runs on SweepThrottledMemoryStorage, whose override must still name a
+    method of limits' MemoryStorage: if a limits release renames its private sweep
+    scheduler, the override would silently stop working and every call would again sweep
+    every key. This test fails first."""
+    assert callable(getattr(MemoryStorage, _SCHEDULE_SWEEP, None))
+    assert isinstance(StorageLimiter(RateLimitOptions())._storage, SweepThrottledMemoryStorage)
+    assert not isinstance(
+        StorageLimiter(RateLimitOptions(storage_uri="async+redis://127.0.0.1:1"))._storage,
+        SweepThrottledMemoryStorage)
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), "1", True])
+def test_sweep_interval_must_be_a_non_negative_number(value: Any) -> None:
+    with pytest.raises(ConfigError, match="sweep_interval_s"):
+        SweepThrottledMemoryStorage("async+memory://", sweep_interval_s=value)
+
+
+async def test_memory_sweep_runs_once_per_interval_and_counts_stay_exact() -> None:
+    """Many callers' hits schedule one sweep per interval (limits alone schedules one per
+    hit, each walking every key), and without sweeps each strategy still refuses the hit
+    over the limit and admits again once the window has passed."""
+
+    async def run(strategy: Strategy) -> None:
+        storage = SweepThrottledMemoryStorage("async+memory://", sweep_interval_s=3600)
+        limiter = _STRATEGY_CLASSES[strategy](storage)
+        item = parse_limit("2/second")
+        for k in range(50):
+            assert await limiter.hit(item, "m", f"caller-{k}")
+            await asyncio.sleep(0)  # a finished sweep would let limits start the next one
+        assert storage.sweeps_scheduled == 1
+        assert await limiter.hit(item, "m", "x")
+        assert await limiter.hit(item, "m", "x")
+        assert not await limiter.hit(item, "m", "x"), strategy
+        # the sliding window counter's previous hits weigh on the next window too
+        await asyncio.sleep(2.05)
+        assert await limiter.hit(item, "m", "x"), strategy
+        assert storage.sweeps_scheduled == 1
+
+    await asyncio.gather(*(run(s) for s in STRATEGIES))
+
+
+async def test_memory_sweep_still_gives_expired_keys_back() -> None:
+    """With the interval passed, the next hit lets limits sweep: expired keys are gone."""
+    storage = SweepThrottledMemoryStorage("async+memory://", sweep_interval_s=0.0)
+    limiter = _STRATEGY_CLASSES["fixed-window"](storage)
+    item = parse_limit("5/second")
+    for k in range(20):
+        assert await limiter.hit(item, "m", f"caller-{k}")
+    assert len(storage.expirations) == 20
+    await asyncio.sleep(1.1)
+    assert await limiter.hit(item, "m", "late")
+    await until(lambda: len(storage.expirations) == 1, timeout_s=5)
+    assert storage.sweeps_scheduled >= 2
 
 
 @pytest.mark.parametrize("name", ["ServerStream", "ClientStream", "Bidi"])
