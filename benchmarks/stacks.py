@@ -46,6 +46,7 @@ __all__ = [
     "METHOD",
     "ORDER",
     "POLICY_LAYERS",
+    "SAMPLED_RATIO",
     "Build",
     "Layer",
     "LayerUnavailable",
@@ -315,11 +316,20 @@ def _mtls_client(b: Build) -> None:
         b.dial["channel_options"] = tls.channel_options(IDENTITY)
 
 
-def tracer_provider() -> Any:
-    """An OpenTelemetry SDK tracer provider sampling 100 % and exporting to nowhere.
+SAMPLED_RATIO = 0.01
+"""The ``sampled`` layer's head-sampling ratio: Istio's default trace sampling rate (1 %)."""
+
+
+def tracer_provider(ratio: float = 1.0) -> Any:
+    """An OpenTelemetry SDK tracer provider exporting to nowhere.
 
     Spans are built, ended and handed to a batch processor whose exporter drops them, so
     the measured cost is what a production exporter's caller pays on the hot path.
+
+    Args:
+        ratio: the fraction of traces sampled; 1.0 (the default) samples every call
+            (``ALWAYS_ON``), below that ``ParentBased(TraceIdRatioBased(ratio))`` decides
+            at the root (the client) and the server follows the caller's flag.
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -327,13 +337,14 @@ def tracer_provider() -> Any:
         SpanExporter,
         SpanExportResult,
     )
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
     class _Drop(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider = TracerProvider(
+        sampler=ALWAYS_ON if ratio >= 1.0 else ParentBased(TraceIdRatioBased(ratio)))
     provider.add_span_processor(BatchSpanProcessor(_Drop()))
     return provider
 
@@ -372,7 +383,8 @@ def _telemetry_options(b: Build) -> Any:
     return TelemetryOptions(
         tracing="tracing" in b.telemetry, metrics="metrics" in b.telemetry,
         access_log="access_log" in b.telemetry,
-        tracer_provider=tracer_provider() if "tracing" in b.telemetry else None, **extra)
+        tracer_provider=tracer_provider(SAMPLED_RATIO if "sampled" in b.telemetry else 1.0)
+        if "tracing" in b.telemetry else None, **extra)
 
 
 def _finish_telemetry(b: Build, side: str) -> None:
@@ -422,6 +434,9 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
           "response (complete_after_response_max_in_flight=0; diagnostic)",
           _probe_inline_completion,
           server=_telemetry("inline"), client=_telemetry("inline")),
+    Layer("sampled", f"tracing samples {SAMPLED_RATIO:.0%} of traces at the client, "
+          "the server follows (Istio's default rate; diagnostic)", _probe_telemetry,
+          server=_telemetry("sampled"), client=_telemetry("sampled")),
     Layer("mtls", "mTLS with SPIFFE identities (server requires client certificates)",
           _probe_mtls, server=_mtls_server, client=_mtls_client),
 )}

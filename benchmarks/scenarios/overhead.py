@@ -5,7 +5,8 @@ process per contender, at each concurrency of the plan; QPS, p50/p99, CPU second
 calls of the client and the server process, and peak RSS of both. Baseline: ``raw``.
 ``full-inline`` is ``full`` with ``TelemetryOptions(complete_after_response_max_in_flight=0)``:
 span ends and access lines always before the response, to show what moving them off the
-latency path under light load buys.
+latency path under light load buys. ``full-1pct`` is ``full`` with tracing head-sampled at
+1 % (Istio's default rate) instead of 100 %: what the stack costs as a mesh is usually run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def contender_specs(ctx: Ctx, *, subset: bool = True
         specs.append(("full-inline", "mesh", (*full, "inline_completion"), False))
     else:
         ctx.note(f"contender 'full-inline' skipped: {missing_inline[0]}")
+    sampled, missing_sampled = ctx.layers_available(("sampled",))
+    if sampled:  # the same stack tracing 1 % of calls, as a mesh runs in production
+        specs.append(("full-1pct", "mesh", (*full, "sampled"), False))
+    else:
+        ctx.note(f"contender 'full-1pct' skipped: {missing_sampled[0]}")
     mtls, missing_tls = ctx.layers_available(("mtls",))
     if mtls:
         specs.append(("full+mtls", "mesh", (*full, "mtls"), False))
