@@ -10,8 +10,9 @@
 * ``accesslog``: CPU per access-log line, JSON, inside a running event loop, through the
   general structlog chain :func:`meshkit.observability.configure_logging` installs
   (redaction, one write per line) vs the lean batched access logger it builds
-  (:func:`meshkit.observability.access_logger`). Lines go to ``/dev/null``.
-
+  (:func:`meshkit.observability.access_logger`). Lines go to ``/dev/null``;
+* ``encoder``: the same lean access logger encoding with :func:`json.dumps` vs orjson
+  (:func:`meshkit.observability._logging.json_dumps`, ``meshkit[fast]``);
 * ``ratelimit``: CPU per rate-limit hit (default sliding-window counter, ``memory://``,
   yielding to the event loop after each hit as a server does between calls) on ``limits``'
   own async ``MemoryStorage`` (its expiry sweep started after every hit, walking every key)
@@ -105,32 +106,37 @@ async def fusion(rounds: int = 12, calls: int = 6000) -> dict[str, float]:
 
 async def accesslog(sink: TextIO, rounds: int = 10, lines: int = 20000) -> dict[str, float]:
     """CPU microseconds per access-log line, ``general`` chain vs ``lean`` access logger,
-    both writing to ``sink`` (``/dev/null`` from :func:`main`)."""
+    both writing to ``sink`` (``/dev/null`` from :func:`main`), and the lean logger with
+    the standard library's encoder (``lean-json``) instead of orjson when it is installed."""
     import structlog
 
-    from meshkit.observability import access_logger, configure_logging, flush_logs
+    from meshkit.observability import _logging, access_logger, configure_logging, flush_logs
     from meshkit.observability._logging import _AccessLog
 
-    saved = _AccessLog.logger
+    saved, encoder = _AccessLog.logger, _logging._orjson
     with contextlib.redirect_stderr(sink):
         configure_logging("info", json=True)
         general = structlog.get_logger("benchmarks.micro.general")
         lean = access_logger()
 
-        def timed(logger: Any) -> Callable[[], Awaitable[float]]:
+        def timed(logger: Any, fast: Any = encoder) -> Callable[[], Awaitable[float]]:
             async def run() -> float:
+                _logging._orjson = fast
                 t0 = time.process_time()
                 for _ in range(lines):
                     logger.info("rpc", **_FIELDS)
                 took = (time.process_time() - t0) / lines * 1e6
+                _logging._orjson = encoder
                 await asyncio.sleep(0)
                 return took
 
             return run
 
         try:
-            return await _alternate(rounds, {"general": timed(general), "lean": timed(lean)})
+            return await _alternate(rounds, {"general": timed(general), "lean": timed(lean),
+                                             "lean-json": timed(lean, None)})
         finally:
+            _logging._orjson = encoder
             flush_logs()
             structlog.reset_defaults()
             _AccessLog.logger = saved
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int
         a = asyncio.run(accesslog(null, args.rounds, args.calls * 5))
     print(f"accesslog  general {a['general']:7.1f} us/line   lean  {a['lean']:7.1f} us/line"
           f"   saved {a['general'] - a['lean']:6.1f} us", file=stream)
+    print(f"encoder    json    {a['lean-json']:7.1f} us/line   orjson {a['lean']:7.1f} us/line"
+          f"   saved {a['lean-json'] - a['lean']:6.1f} us", file=stream)
     for keys in (1, 1000):
         r = asyncio.run(ratelimit(args.rounds, max(16, args.calls // 2), keys))
         print(f"ratelimit  {keys:>4} key{'s' if keys > 1 else ' '} stock {r['stock']:7.1f} us/hit"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -230,6 +232,17 @@ asyncio.run(main())
 """
 
 
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """The lines of ``text`` that are JSON objects, parsed."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            obj = json.loads(line)
+            if isinstance(obj, dict):
+                out.append(obj)
+    return out
+
+
 def test_configured_access_log_is_json_batched_and_carries_trace_ids(tmp_path: Path) -> None:
     """A process that called configure_logging(json=True) writes its access lines to stderr
     as JSON in a batch (none before the process drains, with a 30 s interval), carrying
@@ -240,9 +253,9 @@ def test_configured_access_log_is_json_batched_and_carries_trace_ids(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     before, _, after = proc.stderr.partition("CALLED\n")
     assert after, proc.stderr
-    assert '"event": "rpc"' not in before
+    assert not [ln for ln in _json_lines(before) if ln.get("event") == "rpc"]
     assert SECRET not in proc.stderr
-    access = [json.loads(x) for x in after.splitlines() if '"event": "rpc"' in x]
+    access = [ln for ln in _json_lines(after) if ln.get("event") == "rpc"]
     assert sorted(ln["side"] for ln in access) == ["client", "server"]
     assert {ln["trace_id"] for ln in access} == set(proc.stdout.split())
     assert all(ln["level"] == "info" and "timestamp" in ln for ln in access)
@@ -258,3 +271,24 @@ def test_configure_logging_refuses_a_bad_flush_interval(
     with pytest.raises(ConfigError, match="got 99"):
         configure_logging("info", json=True, access_log_flush_interval_s=99)
     structlog.reset_defaults()
+
+
+def test_json_dumps_uses_orjson_and_falls_back_for_what_it_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log lines are JSON whichever encoder writes them: orjson (installed with
+    ``meshkit[fast]``, which the dev extra pulls in), json.dumps for what orjson refuses
+    (non-string keys, integers beyond 64 bits), and json.dumps alone without orjson."""
+    import orjson
+
+    from meshkit.observability import _logging
+
+    assert _logging._orjson is orjson
+    event = {"event": "rpc", "duration_ms": 0.412, "md": {"x-user": "ü"}, "ok": True,
+             "obj": object()}
+    line = _logging.json_dumps(event, default=repr)
+    assert line == orjson.dumps(event, default=repr).decode()
+    assert json.loads(line)["md"] == {"x-user": "ü"}
+    assert json.loads(_logging.json_dumps({1: "a", "big": 2**70}, default=repr)) == {
+        "1": "a", "big": 2**70}
+    monkeypatch.setattr(_logging, "_orjson", None)
+    assert _logging.json_dumps(event, default=repr) == json.dumps(event, default=repr)
