@@ -200,6 +200,9 @@ class ConsulDouble:
         self._stopping = False
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
+        # every gRPC check task still running, also those of services forgotten or
+        # deregistered (cancelled but maybe not finished): close() waits for all of them
+        self._check_tasks: set[asyncio.Task[None]] = set()
         self.app = web.Application(middlewares=[self._middleware])
         self.app.router.add_put("/v1/agent/service/register", self._register)
         self.app.router.add_put("/v1/agent/service/deregister/{id}", self._deregister)
@@ -243,7 +246,7 @@ class ConsulDouble:
     async def close(self) -> None:
         """Stop listening and end every background task (reaper, gRPC checks)."""
         await self.stop()
-        tasks = [c.task for s in self.services.values() for c in s.checks.values() if c.task]
+        tasks = list(self._check_tasks)
         if self._reaper is not None:
             tasks.append(self._reaper)
             self._reaper = None
@@ -358,6 +361,8 @@ class ConsulDouble:
                     output = f"gRPC check {check.grpc}: {resp.status}"
                 except grpc.aio.AioRpcError as exc:
                     status, output = "critical", f"gRPC check {check.grpc}: {exc.code()}"
+                except (grpc.aio.UsageError, OSError) as exc:  # a channel closed under it
+                    status, output = "critical", f"gRPC check {check.grpc}: {exc!r}"
             if self.services.get(svc.id) is not svc:
                 return
             self._set_status(svc, check, status, output)
@@ -477,6 +482,8 @@ class ConsulDouble:
         for c in checks:
             if c.grpc is not None:
                 c.task = asyncio.create_task(self._grpc_loop(svc, c))
+                self._check_tasks.add(c.task)
+                c.task.add_done_callback(self._check_tasks.discard)
         self._bump(svc.name)
         return web.Response(status=200)
 
