@@ -114,6 +114,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
+        self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
         self._methods: dict[tuple[str, CallKind], _Method] = {}
 
     def _method(self, details: ClientCallDetails) -> _Method:
@@ -213,7 +214,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
     def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
         duration_s = _perf() - t0
-        defer = self._in_flight <= self._defer_max
+        defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
@@ -226,10 +227,15 @@ class TelemetryClientInterceptor(ClientInterceptor):
             except RuntimeError:  # a done callback run outside the loop
                 loop = None
             if loop is not None:
-                loop.call_soon(self._complete, m, details, span, _time_ns(), code, exc,
-                               duration_s)
+                self._deferred += 1
+                loop.call_soon(self._complete_deferred, m, details, span, _time_ns(), code,
+                               exc, duration_s)
                 return
         self._complete(m, details, span, None, code, exc, duration_s)
+
+    def _complete_deferred(self, *args: Any) -> None:
+        self._deferred -= 1
+        self._complete(*args)
 
     def _complete(self, m: _Method, details: ClientCallDetails, span: Any,
                   end_ns: int | None, code: grpc.StatusCode, exc: BaseException | None,

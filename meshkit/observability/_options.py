@@ -67,11 +67,13 @@ class TelemetryOptions:
         peer_identity: server side: how to learn the verified caller identity after the
             handler ran; default reads :func:`meshkit.auth.current_peer` when available.
         complete_after_response_max_in_flight: while at most this many calls are in
-            flight through this side's interceptor (this one included), the call's span is
-            ended and its access-log line written in the event loop's next turn, after the
-            response has been handed to gRPC (server) or to the caller (client), the span
-            stamped with the time the call ended: both leave the call's latency path.
-            Above it (a saturated process, where deferring only adds scheduling work) and
+            flight through this side's interceptor (this one included) or waiting for
+            their deferred completion, the call's span is ended and its access-log line
+            written in the event loop's next turn, after the response has been handed to
+            gRPC (server) or to the caller (client), the span stamped with the time the
+            call ended: both leave the call's latency path. Above it (a saturated
+            process, where deferring only adds scheduling work: e.g. a server whose
+            instant handlers finish many calls per loop turn, each alone in flight) and
             at ``0`` both happen before the response, so a span is exported by the time
             its call returns. Default 4. Metrics are always recorded before the response.
 

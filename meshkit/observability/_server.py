@@ -123,6 +123,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         self._identity = opts.peer_identity or auth_peer_identity()
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
+        self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler[Any, Any],
                                         grpc.RpcMethodHandler[Any, Any]]] = {}
 
@@ -161,7 +162,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     def _finish(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
                 code: grpc.StatusCode, exc: BaseException | None) -> None:
         duration_s = _perf() - t0
-        defer = self._in_flight <= self._defer_max
+        defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         limited = code is _EXHAUSTED and _rejected_by_rate_limit()
         try:
@@ -175,8 +176,9 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             loop = _running_loop() if defer else None
             if loop is not None:
                 # the context copied here still has the span current, as inline
-                loop.call_soon(self._complete, m, span, _time_ns(), code, exc, duration_s,
-                               peer, identity, md, limited)
+                self._deferred += 1
+                loop.call_soon(self._complete_deferred, m, span, _time_ns(), code, exc,
+                               duration_s, peer, identity, md, limited)
             else:
                 self._complete(m, span, None, code, exc, duration_s, peer, identity, md,
                                limited)
@@ -189,6 +191,10 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         md = {k: v for k, v in context.invocation_metadata() or ()
               if k in m.log_md and isinstance(v, str)}
         return md or None
+
+    def _complete_deferred(self, *args: Any) -> None:
+        self._deferred -= 1
+        self._complete(*args)
 
     def _complete(self, m: _Method, span: Any, end_ns: int | None, code: grpc.StatusCode,
                   exc: BaseException | None, duration_s: float, peer: str,

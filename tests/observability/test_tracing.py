@@ -372,6 +372,35 @@ async def test_completion_is_inline_above_the_in_flight_limit(tracing: Tracing) 
     assert len(tracing.spans()) == 3 and icpt._in_flight == 0
 
 
+async def test_deferred_completions_count_against_the_limit(tracing: Tracing) -> None:
+    """Calls that finish one after another in the same loop turn, each alone in flight
+    (a server's instant handlers under load), defer only up to the limit counting the
+    completions still waiting; the rest complete inline. All end by the next turn."""
+    import asyncio
+
+    from meshkit.interceptors import CallKind, ClientCallDetails
+    from meshkit.observability import TelemetryClientInterceptor
+
+    icpt = TelemetryClientInterceptor(TelemetryOptions(
+        tracer_provider=tracing.provider, metrics=False, access_log=False,
+        complete_after_response_max_in_flight=2))
+
+    async def proceed(d: ClientCallDetails, request: Any) -> Any:
+        return request  # answers without giving the loop a turn
+
+    ended = []
+    for i in range(4):
+        d = ClientCallDetails(service="echo", method=method("Unary"),
+                              kind=CallKind.UNARY_UNARY, timeout_s=5, metadata=())
+        assert await icpt.intercept_unary(d, i, proceed) == i
+        ended.append(len(tracing.spans()))
+    # 1st: 1 in flight + 0 waiting <= 2, deferred; 2nd: 1 + 1 <= 2, deferred;
+    # 3rd and 4th: 1 + 2 > 2, ended before returning
+    assert ended == [0, 0, 1, 2]
+    await asyncio.sleep(0)
+    assert len(tracing.spans()) == 4 and icpt._deferred == 0 and icpt._in_flight == 0
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
 def test_completion_limit_is_validated(bad: Any) -> None:
     """A negative or non-int complete_after_response_max_in_flight fails, quoted."""
