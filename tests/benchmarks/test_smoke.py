@@ -65,13 +65,14 @@ def test_micro_ab_runs_and_prints_every_lever() -> None:
                            "--calls", "64"], capture_output=True, text=True, timeout=60,
                           check=False, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
-    fusion, log, encoder, limit1, limit1000 = proc.stdout.splitlines()
+    fusion, log, encoder, limit1, limit1000, moving = proc.stdout.splitlines()
     assert fusion.startswith("fusion") and "us/call" in fusion
     assert log.startswith("accesslog") and "us/line" in log
     assert encoder.startswith("encoder") and "us/line" in encoder
     assert limit1.startswith("ratelimit     1 key") and "us/hit" in limit1
     assert limit1000.startswith("ratelimit  1000 keys") and "us/hit" in limit1000
-    for line in (fusion, log, encoder, limit1, limit1000):
+    assert moving.startswith("ratelimit     1 key  moving") and "us/hit" in moving
+    for line in (fusion, log, encoder, limit1, limit1000, moving):
         values = [float(x) for x in line.split()  # the figures, printed with one decimal
                   if "." in x and x.replace(".", "").lstrip("-").isdigit()]
         assert len(values) == 3 and values[0] > 0 and values[1] > 0
