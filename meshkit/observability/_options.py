@@ -71,11 +71,14 @@ class TelemetryOptions:
             their deferred completion, the call's span is ended and its access-log line
             written in the event loop's next turn, after the response has been handed to
             gRPC (server) or to the caller (client), the span stamped with the time the
-            call ended: both leave the call's latency path. Above it (a saturated
-            process, where deferring only adds scheduling work: e.g. a server whose
-            instant handlers finish many calls per loop turn, each alone in flight) and
-            at ``0`` both happen before the response, so a span is exported by the time
-            its call returns. Default 4. Metrics are always recorded before the response.
+            call ended: both leave the call's latency path. Above it (a client driving
+            many calls at once, where deferring only adds scheduling work) and at ``0``
+            both happen before the response, so a span is exported by the time its call
+            returns. Default 4. Metrics are always recorded before the response. A server
+            whose handlers answer at once has about one call in flight at a time, so it
+            keeps deferring under load, which at saturation costs it a few per cent of
+            throughput (one more loop iteration per call; ``benchmarks/RESULTS.md``):
+            use ``0`` for a server bound by throughput rather than latency.
 
     Raises:
         ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a
