@@ -157,8 +157,10 @@ def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str]
                               s.get("qps_ratio_vs_hand-notrace"), s["p50_us"], s["p99_us"],
                               s["client_cpu_s_per_1k"] * 1000, s["server_cpu_s_per_1k"] * 1000,
                               s["errors"]])
-            out.append((f"Against the hand-assembled stack, concurrency {conc} (x hand: median "
-                        f"of per-round ratios, lowest-highest round in brackets)",
+            rounds = (f"{res['rounds']} interleaved rounds of {res['round_s']} s; "
+                      if "rounds" in res else "")
+            out.append((f"Against the hand-assembled stack, concurrency {conc} ({rounds}x hand: "
+                        f"median of per-round ratios, lowest-highest round in brackets)",
                         ["contender", "QPS", "x raw", "x hand", "x hand-notrace", "p50 us",
                          "p99 us", "cli CPU ms/1k", "srv CPU ms/1k", "errors"], table))
     elif name == "slow_replica":

@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
     if args.rounds is not None:
         if args.rounds < 1:
             raise SystemExit(f"--rounds must be >= 1, got {args.rounds!r}")
-        plan = dataclasses.replace(plan, rounds=args.rounds)
+        plan = dataclasses.replace(plan, rounds=args.rounds, compare_rounds=None)
     secrets = stacks.Secrets(workdir / "secrets")
     ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)
     started = time.monotonic()

@@ -25,6 +25,9 @@ class Plan:
             of load per round, warm-up seconds, client concurrencies.
         overhead_only: contenders of the overhead scenario (``None``: all of them).
         compare_concurrencies: concurrencies of the hand-assembled comparison.
+        compare_rounds: its rounds per contender (``None``: ``rounds``); the full mode runs
+            15, because its per-round ratios spread widely on a noisy host (0.97-1.44 in
+            one run) and 7 rounds left the median at the mercy of a few.
         slow_rounds, slow_round_s, slow_concurrency: slow-replica rounds.
         failover_rounds, failover_pre_s, failover_post_s: SIGKILLs per contender and the
             load before/after each.
@@ -42,6 +45,7 @@ class Plan:
     concurrencies: tuple[int, ...] = (1, 32)
     overhead_only: tuple[str, ...] | None = None
     compare_concurrencies: tuple[int, ...] = (32,)
+    compare_rounds: int | None = None
     slow_rounds: int = 2
     slow_round_s: float = 1.0
     slow_concurrency: int = 8
@@ -67,7 +71,7 @@ PLANS: dict[str, Plan] = {
                   leave_obs_s=1.3, convergence_contenders=("local-p2c", "local-rr",
                                                            "consul-p2c")),
     "full": Plan(mode="full", rounds=7, round_s=1.0, warmup_s=0.5,
-                 compare_concurrencies=(1, 32), slow_rounds=5, slow_round_s=3.0,
+                 compare_concurrencies=(1, 32), compare_rounds=15, slow_rounds=5, slow_round_s=3.0,
                  failover_rounds=3, failover_pre_s=1.5, failover_post_s=3.0,
                  convergence_rounds=3, join_obs_s=2.0, leave_obs_s=2.5, fanout_quick=False,
                  convergence_contenders=("local-p2c", "local-rr", "local-p2c_rtt1ms",

@@ -37,9 +37,11 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     pairs = await ctx.pairs_for(specs)
     names = [p.name for p in pairs]
     by_conc: dict[str, Any] = {}
+    n_rounds = plan.compare_rounds or plan.rounds
     for conc in plan.compare_concurrencies:
         print(f"  concurrency {conc}: {', '.join(names)}", flush=True)
-        rounds = await interleave(pairs, concurrency=conc, rounds=plan.rounds,
+        rounds = await interleave(pairs, concurrency=conc,
+                                  rounds=n_rounds,
                                   round_s=plan.round_s, warmup_s=plan.warmup_s)
         res = {name: summarize(rs, rounds.get("raw")) for name, rs in rounds.items()}
         for hand in ("hand", "hand-notrace"):
@@ -49,5 +51,6 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 res["full"][f"qps_ratio_vs_{hand}_range"] = vs["qps_ratio_range"]
         by_conc[str(conc)] = res
     return {"baseline": "raw", "contenders": names, "mesh_has_tracing": mesh_has_tracing,
-            "full_layers": list(full_spec[2]), "by_concurrency": by_conc}
+            "full_layers": list(full_spec[2]), "rounds": n_rounds, "round_s": plan.round_s,
+            "by_concurrency": by_conc}
 
