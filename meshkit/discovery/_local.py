@@ -5,6 +5,12 @@ seconds) that its owner pushes forward every ``heartbeat_interval_s``; a row not
 within ``ttl_s`` is dead to watchers, so a process killed with SIGKILL drops out within its
 TTL. Watchers poll every ``poll_interval_s`` (default 0.25 s) and yield only on change.
 SQLite runs in WAL mode with a busy timeout so many processes can read and write at once.
+
+SQLite's busy timeout does not cover every contended case: switching a new file to WAL while
+another process does the same, the last connection's WAL cleanup at close, and WAL recovery
+after a crash return ``SQLITE_BUSY`` at once (https://sqlite.org/wal.html, "Sometimes
+queries return SQLITE_BUSY in WAL mode"). Every operation here is idempotent, so a busy
+error is retried with a short jittered backoff until ``busy_timeout_s`` has passed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import sqlite3
 import tempfile
 import threading
@@ -68,6 +75,10 @@ class LocalOptions:
         heartbeat_interval_s: seconds between heartbeats; default ``ttl_s / 3``.
         poll_interval_s: how often watchers look for changes, seconds (default 0.25).
         clock: wall-clock source in seconds (injectable for tests), default ``time.time``.
+        busy_timeout_s: how long one operation waits on a locked file before it fails
+            with :class:`~meshkit.errors.RegistryError`, seconds (default 5.0). Covers
+            SQLite's busy handler and the busy errors it does not handle (see the module
+            docstring).
 
     Raises:
         ConfigError: a value is out of range (quoted in the message).
@@ -78,6 +89,7 @@ class LocalOptions:
     heartbeat_interval_s: float | None = None
     poll_interval_s: float = 0.25
     clock: Callable[[], float] = time.time
+    busy_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         path = Path(self.path)
@@ -95,6 +107,16 @@ class LocalOptions:
             )
         if not self.poll_interval_s > 0:
             raise ConfigError(f"poll_interval_s must be > 0, got {self.poll_interval_s!r}")
+        if not self.busy_timeout_s > 0:
+            raise ConfigError(f"busy_timeout_s must be > 0, got {self.busy_timeout_s!r}")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """True for SQLITE_BUSY and its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) == sqlite3.SQLITE_BUSY
+    return "database is locked" in str(exc)
 
 
 class LocalRegistry:
@@ -130,18 +152,33 @@ class LocalRegistry:
         if self._conn is None:
             path = self.options.path
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False,
-                                   isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn = sqlite3.connect(str(path), timeout=self.options.busy_timeout_s,
+                                   check_same_thread=False, isolation_level=None)
+            try:
+                # Read first: switching to WAL takes an exclusive lock, needed only once.
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         def call() -> _T:
+            deadline = time.monotonic() + self.options.busy_timeout_s
+            backoff_s = 0.002
             with self._lock:
-                return fn(self._connect())
+                while True:
+                    try:
+                        return fn(self._connect())
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc) or time.monotonic() >= deadline:
+                            raise
+                    time.sleep(backoff_s * random.uniform(0.5, 1.5))
+                    backoff_s = min(backoff_s * 2, 0.05)
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)

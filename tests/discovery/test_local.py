@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry, registry_from_uri
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, RegistryError
 
 
 def inst(i: str, service: str = "svc", **kw: object) -> Instance:
@@ -105,6 +109,8 @@ def test_bad_options_quote_the_value(tmp_path: Path) -> None:
         LocalOptions(path=tmp_path, ttl_s=3, heartbeat_interval_s=5)
     with pytest.raises(ConfigError, match="0"):
         LocalOptions(path=tmp_path, poll_interval_s=0)
+    with pytest.raises(ConfigError, match=r"busy_timeout_s.*-2"):
+        LocalOptions(path=tmp_path, busy_timeout_s=-2)
 
 
 def test_bad_instances_are_refused() -> None:
@@ -124,6 +130,9 @@ def test_registry_uri_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(reg, LocalRegistry)
     assert reg.options.path == tmp_path / "registry.db"
     assert reg.options.ttl_s == 5.0
+    assert reg.options.busy_timeout_s == 5.0
+    assert registry_from_uri(  # type: ignore[attr-defined]
+        f"local://{tmp_path}?busy_timeout_s=0.5").options.busy_timeout_s == 0.5
     assert isinstance(registry_from_uri(f"local://{tmp_path}/x.db"), LocalRegistry)
     with pytest.raises(ConfigError, match="etcd://x"):
         registry_from_uri("etcd://x")
@@ -137,3 +146,115 @@ def test_registry_uri_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     env_reg = registry_from_env()
     assert isinstance(env_reg, LocalRegistry)
     assert env_reg.options.path == tmp_path / "env" / "registry.db"
+
+
+def _busy(code: int = sqlite3.SQLITE_BUSY, msg: str = "database is locked") -> sqlite3.Error:
+    exc = sqlite3.OperationalError(msg)
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return exc
+
+
+def contended_connect(monkeypatch: pytest.MonkeyPatch, fail: dict[str, list[sqlite3.Error]],
+                      calls: list[str]) -> None:
+    """Make every ``sqlite3.connect`` return a connection whose ``execute`` raises the
+    queued errors for statements that start with a key of ``fail``, in order, before
+    running them for real: the immediate SQLITE_BUSY that SQLite's busy handler does
+    not cover, which a real race produces only now and then."""
+    real_connect = sqlite3.connect
+
+    class Contended(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+            calls.append(sql)
+            for prefix, queue in fail.items():
+                if sql.startswith(prefix) and queue:
+                    raise queue.pop(0)
+            return super().execute(sql, *args)
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, factory=Contended, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+async def test_busy_errors_the_busy_handler_skips_are_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLITE_BUSY (and its extended codes) at open or on a write is retried: nothing is
+    lost and the caller sees no error."""
+    calls: list[str] = []
+    busy_recovery = (1 << 8) | sqlite3.SQLITE_BUSY
+    contended_connect(monkeypatch, {"PRAGMA journal_mode=WAL": [_busy(), _busy()],
+                                    "INSERT": [_busy(busy_recovery)]}, calls)
+    reg = LocalRegistry(LocalOptions(path=tmp_path))
+    try:
+        await reg.register(inst("a"))
+        assert await reg.instances("svc") == frozenset({inst("a")})
+    finally:
+        await reg.close()
+    assert sum(c == "PRAGMA journal_mode=WAL" for c in calls) == 3
+    assert sum(c.startswith("INSERT") for c in calls) == 2
+
+
+async def test_busy_past_the_timeout_fails_and_other_errors_fail_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file busy for longer than ``busy_timeout_s`` fails with RegistryError; an error
+    other than busy is not retried."""
+    calls: list[str] = []
+    contended_connect(monkeypatch, {"INSERT": [_busy() for _ in range(10_000)],
+                                    "DELETE FROM instances WHERE instance_id":
+                                        [_busy(10, "disk I/O error")]}, calls)
+    reg = LocalRegistry(LocalOptions(path=tmp_path, busy_timeout_s=0.2))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RegistryError, match="database is locked"):
+            await reg.register(inst("a"))
+        assert 0.2 <= time.monotonic() - t0 < 2.0
+        with pytest.raises(RegistryError, match="disk I/O error"):
+            await reg.deregister(inst("a"))
+        assert sum(c.startswith("DELETE FROM instances WHERE instance_id") for c in calls) == 1
+    finally:
+        await reg.close()
+
+
+def _race_child(path: str, i: int, barrier: Any, out: Any) -> None:
+    async def main() -> None:
+        reg = LocalRegistry(LocalOptions(path=Path(path)))
+        try:
+            await reg.register(inst(f"p{i}"))
+            await reg.instances("svc")
+        finally:
+            await reg.close()
+
+    barrier.wait()
+    try:
+        asyncio.run(main())
+        out.put(None)
+    except Exception as exc:  # reported to the parent, which fails the test
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_racing_to_create_the_file_all_register(tmp_path: Path) -> None:
+    """Processes that open a new registry file at the same moment (servers started
+    together) all register: the concurrent switch to WAL is retried, not fatal."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["meshkit.discovery"])
+    n = 6
+    for round_ in range(8):
+        path = tmp_path / f"r{round_}"
+        barrier, out = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_race_child, args=(str(path), i, barrier, out))
+                 for i in range(n)]
+        for p in procs:
+            p.start()
+        errors = [e for e in (out.get(timeout=30) for _ in procs) if e]
+        for p in procs:
+            p.join(timeout=10)
+        assert errors == [], f"round {round_}: {errors}"
+        assert len(asyncio.run(_instances(path))) == n
+
+
+async def _instances(path: Path) -> frozenset[Instance]:
+    reg = LocalRegistry(LocalOptions(path=path))
+    try:
+        return await reg.instances("svc")
+    finally:
+        await reg.close()
