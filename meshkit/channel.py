@@ -961,8 +961,19 @@ class _StreamResponseCall:
             return exc.details() or ""
         return await call.details()  # type: ignore[no-any-return]
 
+    def _opened(self) -> Any:
+        """The opened call object (a grpc.aio call, or what an interceptor returned, e.g.
+        a retrying stream), or ``None`` while the attempt is still being opened."""
+        task = self._opening
+        if task is None or not task.done() or task.cancelled() or task.exception():
+            return None
+        return task.result()
+
     def cancel(self) -> bool:
         """Cancel the call."""
+        opened = self._opened()
+        if opened is not None:
+            return bool(opened.cancel())
         last = self._details.last_call
         if last is not None:
             return bool(last.cancel())
@@ -972,11 +983,17 @@ class _StreamResponseCall:
 
     def cancelled(self) -> bool:
         """Whether the call was cancelled."""
+        opened = self._opened()
+        if opened is not None:
+            return bool(opened.cancelled())
         last = self._details.last_call
         return bool(last.cancelled()) if last is not None else False
 
     def done(self) -> bool:
         """Whether the call has finished."""
+        opened = self._opened()
+        if opened is not None:
+            return bool(opened.done())
         last = self._details.last_call
         return bool(last.done()) if last is not None else False
 
@@ -986,9 +1003,9 @@ class _StreamResponseCall:
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         """Call ``callback(call)`` when the call finishes."""
-        last = self._details.last_call
-        if last is not None:
-            last.add_done_callback(lambda _c: callback(self))
+        opened = self._opened()
+        if opened is not None:
+            opened.add_done_callback(lambda _c: callback(self))
         else:
             self._callbacks.append(callback)
 

@@ -123,6 +123,44 @@ async def test_retries_are_attempt_events_under_one_logical_span(
         assert s.status.status_code is StatusCode.ERROR  # UNAVAILABLE is a server error
 
 
+async def test_retried_stream_is_one_logical_span_with_its_final_status(
+    chain: ChainFactory, tracing: Tracing
+) -> None:
+    """A server stream that failed before its first message on one endpoint and was opened
+    again on the other makes one client span: two attempt events, status OK."""
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST))
+    c = await chain(echoes=2, retry=retry)
+    import meshkit
+    from meshkit.discovery import RoundRobin
+
+    ch = meshkit.dial(
+        "echo",
+        registry=c.echo[0].registry,
+        options=meshkit.DialOptions(insecure=True, telemetry=c.client.options.telemetry,
+                                    retry=retry, balancer=RoundRobin, outlier=None),
+    )
+    try:
+        await ch.wait_for_endpoints(2)
+        stream = ch.unary_stream(method("FailStream"))
+        for _ in range(2):  # round robin: one of the two starts on e1
+            got = [r async for r in stream(b"UNAVAILABLE:0@e1", timeout=5)]
+            assert got == [b"e2|0", b"e2|1", b"e2|2"]
+    finally:
+        await ch.close()
+    name = "meshkit.test.Echo/FailStream"
+    await until(lambda: len(by_name(tracing.spans(), name, SpanKind.CLIENT)) == 2,
+                what="2 client spans")
+    logical = by_name(tracing.spans(), name, SpanKind.CLIENT)
+    assert sorted(s.attributes["meshkit.attempts"] for s in logical) in ([1, 2], [2, 2])
+    for span in logical:
+        assert span.attributes["rpc.grpc.status_code"] == 0
+        assert span.status.status_code is not StatusCode.ERROR
+        assert span.attributes["meshkit.instance_id"] == "e2"
+        events = [e for e in span.events if e.name == "attempt"]
+        if span.attributes["meshkit.attempts"] == 2:
+            assert [e.attributes["meshkit.instance_id"] for e in events] == ["e1", "e2"]
+
+
 async def test_attempt_spans_option_makes_a_client_span_per_attempt(
     chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
 ) -> None:

@@ -8,7 +8,10 @@ Methods (service ``meshkit.test.Echo``): ``Unary`` answers ``<instance_id>|<requ
 ``Sleep`` sleeps the request's milliseconds then answers the instance id; ``Fail`` aborts
 with the status code named in the request (e.g. ``b"UNAVAILABLE"``; ``b"UNAVAILABLE:2"``
 also sends trailing metadata ``retry-after: 2``); ``ServerStream``
-answers ``n`` messages for request ``n``; ``ClientStream`` joins the requests;
+answers ``n`` messages for request ``n``; ``FailStream`` sends ``n`` messages and then
+aborts with a status, for request ``b"UNAVAILABLE:n"`` (``n`` may be 0); with
+``b"UNAVAILABLE:n@e1"`` only instance ``e1`` fails, the others send 3 messages and end;
+``ClientStream`` joins the requests;
 ``Bidi`` echoes each request.
 """
 
@@ -65,6 +68,19 @@ def handler(
         for i in range(int(request)):
             yield tag + b"|" + str(i).encode()
 
+    async def fail_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        if served is not None:
+            served.append("FailStream")
+        code, _, rest = request.decode().partition(":")
+        n, _, only = rest.partition("@")
+        if only and only != instance_id:
+            for i in range(3):
+                yield tag + b"|" + str(i).encode()
+            return
+        for i in range(int(n or 0)):
+            yield tag + b"|" + str(i).encode()
+        await context.abort(grpc.StatusCode[code], f"asked to fail on {instance_id}")
+
     async def client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
         parts = [r async for r in requests]
         return tag + b"|" + b",".join(parts)
@@ -80,6 +96,7 @@ def handler(
             "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "FailStream": grpc.unary_stream_rpc_method_handler(fail_stream),
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
             "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         },

@@ -1,0 +1,161 @@
+"""Retries of streaming-response calls until they are committed (gRFC A6), through a real
+MeshChannel and real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalRegistry, RoundRobin
+from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+
+FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
+IDEMPOTENT = RetryPolicy(idempotent=True, max_attempts=3, backoff=FAST)
+
+
+class LongestDelay(random.Random):
+    """A random source whose jitter always picks the longest delay."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def opts(policy: RetryPolicy | None, **kw: object) -> meshkit.DialOptions:
+    """DialOptions with one retry policy for every method and no outlier ejection."""
+    kw.setdefault("outlier", None)
+    return meshkit.DialOptions(insecure=True, retry=RetryOptions(default=policy),
+                               **kw)  # type: ignore[arg-type]
+
+
+async def collect(call: object) -> list[bytes]:
+    """Every response of a streaming call."""
+    return [r async for r in call]  # type: ignore[attr-defined]
+
+
+async def test_stream_failing_before_its_first_message_is_retried_elsewhere(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A server stream that fails UNAVAILABLE before answering is opened again on another
+    endpoint; the caller sees only the good stream, and done callbacks run once per call."""
+    served_a: list[str] = []
+    served_b: list[str] = []
+    await echo_servers("a", served=served_a)
+    await echo_servers("b", served=served_b)
+    # Round robin: every other first attempt goes to the failing instance.
+    options = opts(IDEMPOTENT, balancer=RoundRobin)
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(2)
+        stream = ch.unary_stream(method("FailStream"))
+        for _ in range(8):
+            call = stream(b"UNAVAILABLE:0@a", timeout=5)
+            finished: list[object] = []
+            call.add_done_callback(finished.append)
+            assert await collect(call) == [b"b|0", b"b|1", b"b|2"]
+            assert await call.code() is grpc.StatusCode.OK
+            await asyncio.sleep(0.01)
+            assert finished == [call] and call.done() and not call.cancelled()
+        assert ch.retry is not None
+        retries = ch.retry.stats.retries
+    assert len(served_b) == 8
+    assert retries == len(served_a) >= 4  # a took at least every other first attempt
+
+
+async def test_stream_is_not_retried_after_its_first_message(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Once a message reached the caller the stream is committed: a later error is final."""
+    served: list[str] = []
+    await echo_servers("a", served=served)
+    async with meshkit.dial("echo", registry=registry, options=opts(IDEMPOTENT)) as ch:
+        call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:1", timeout=5)
+        got: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for r in call:
+                got.append(r)
+        assert got == [b"a|0"]
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE
+    assert served == ["FailStream"]
+
+
+async def test_stream_failing_every_attempt_ends_with_the_last_status(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """max_attempts attempts in all, then the last attempt's status, through read() too."""
+    served: list[str] = []
+    await echo_servers("a", served=served)
+    async with meshkit.dial("echo", registry=registry, options=opts(IDEMPOTENT)) as ch:
+        call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE
+        assert "asked to fail on a" in await call.details()
+        assert call.done()
+    assert served == ["FailStream"] * 3
+
+
+async def test_unsafe_stream_is_retried_only_with_an_idempotency_key(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A stream of a method not declared idempotent is opened once, unless keyed."""
+    served: list[str] = []
+    await echo_servers("a", served=served)
+    policy = RetryPolicy(max_attempts=3, backoff=FAST)
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        stream = ch.unary_stream(method("FailStream"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(stream(b"UNAVAILABLE:0", timeout=5))
+        assert len(served) == 1
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(stream(b"UNAVAILABLE:0", timeout=5,
+                                 metadata=(("idempotency-key", "k1"),)))
+        assert len(served) == 1 + 3
+
+
+async def test_cancel_during_the_backoff_ends_the_stream(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Cancelling a stream that waits to retry cancels it: no further attempt is made."""
+    served: list[str] = []
+    await echo_servers("a", served=served)
+    slow = RetryPolicy(idempotent=True, max_attempts=3,
+                       backoff=Backoff(base_delay_s=2.0, max_delay_s=2.0, rng=LongestDelay()))
+    async with meshkit.dial("echo", registry=registry, options=opts(slow)) as ch:
+        call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=10)
+        reader = asyncio.ensure_future(collect(call))
+        for _ in range(100):
+            if served:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the first attempt failed; the retry waits 2 s
+        assert call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert call.cancelled() and call.done()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+    assert served == ["FailStream"]
+
+
+async def test_streams_wait_out_a_moment_without_endpoints(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A stream opened while the service has no endpoint is retried (nothing was sent),
+    for server streams and bidirectional streams alike."""
+    policy = RetryPolicy(max_attempts=20, backoff=Backoff(base_delay_s=0.05, max_delay_s=0.1))
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        await asyncio.sleep(0.2)  # discovery answered: no instance yet
+        server_stream = asyncio.ensure_future(
+            collect(ch.unary_stream(method("ServerStream"))(b"2", timeout=5)))
+        bidi = asyncio.ensure_future(
+            collect(ch.stream_stream(method("Bidi"))(iter([b"x", b"y"]), timeout=5)))
+        await asyncio.sleep(0.1)
+        await echo_servers("late")
+        assert await server_stream == [b"late|0", b"late|1"]
+        assert await bidi == [b"late|x", b"late|y"]
