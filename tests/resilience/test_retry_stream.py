@@ -33,6 +33,14 @@ def opts(policy: RetryPolicy | None, **kw: object) -> meshkit.DialOptions:
                                **kw)  # type: ignore[arg-type]
 
 
+@pytest.fixture
+async def served(echo_servers: EchoFactory) -> list[str]:
+    """One echo instance ``a``; the list of methods it has started serving."""
+    calls: list[str] = []
+    await echo_servers("a", served=calls)
+    return calls
+
+
 async def collect(call: object) -> list[bytes]:
     """Every response of a streaming call."""
     return [r async for r in call]  # type: ignore[attr-defined]
@@ -67,11 +75,9 @@ async def test_stream_failing_before_its_first_message_is_retried_elsewhere(
 
 
 async def test_stream_is_not_retried_after_its_first_message(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, served: list[str]
 ) -> None:
     """Once a message reached the caller the stream is committed: a later error is final."""
-    served: list[str] = []
-    await echo_servers("a", served=served)
     async with meshkit.dial("echo", registry=registry, options=opts(IDEMPOTENT)) as ch:
         call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:1", timeout=5)
         got: list[bytes] = []
@@ -85,11 +91,9 @@ async def test_stream_is_not_retried_after_its_first_message(
 
 
 async def test_stream_failing_every_attempt_ends_with_the_last_status(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, served: list[str]
 ) -> None:
     """max_attempts attempts in all, then the last attempt's status, through read() too."""
-    served: list[str] = []
-    await echo_servers("a", served=served)
     async with meshkit.dial("echo", registry=registry, options=opts(IDEMPOTENT)) as ch:
         call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -102,11 +106,9 @@ async def test_stream_failing_every_attempt_ends_with_the_last_status(
 
 
 async def test_unsafe_stream_is_retried_only_with_an_idempotency_key(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, served: list[str]
 ) -> None:
     """A stream of a method not declared idempotent is opened once, unless keyed."""
-    served: list[str] = []
-    await echo_servers("a", served=served)
     policy = RetryPolicy(max_attempts=3, backoff=FAST)
     async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
         stream = ch.unary_stream(method("FailStream"))
@@ -120,11 +122,9 @@ async def test_unsafe_stream_is_retried_only_with_an_idempotency_key(
 
 
 async def test_cancel_during_the_backoff_ends_the_stream(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, served: list[str]
 ) -> None:
     """Cancelling a stream that waits to retry cancels it: no further attempt is made."""
-    served: list[str] = []
-    await echo_servers("a", served=served)
     slow = RetryPolicy(idempotent=True, max_attempts=3,
                        backoff=Backoff(base_delay_s=2.0, max_delay_s=2.0, rng=LongestDelay()))
     async with meshkit.dial("echo", registry=registry, options=opts(slow)) as ch:
