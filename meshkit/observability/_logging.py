@@ -108,7 +108,7 @@ def redact_secrets(
 class BufferedLineWriter:
     """A structlog logger that writes rendered lines to ``file`` in batches: at most
     ``flush_interval_s`` after the first unwritten line (a timer on the running asyncio
-    loop), as soon as ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at
+    loop; re-armed on the next writing loop if that one has stopped), as soon as ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at
     interpreter exit. Outside an event loop every line is written at once.
 
     This is how the access log is written (Envoy's access logs flush on a 1 s interval by
@@ -138,6 +138,7 @@ class BufferedLineWriter:
         self._buf: list[str] = []
         self._size = 0
         self._timer = False
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         _writers.add(self)
 
@@ -152,11 +153,18 @@ class BufferedLineWriter:
             self._size += len(message) + 1
             if loop is None or self.flush_interval_s == 0 or self._size >= self._max:
                 self._write_locked()
-            elif not self._timer:
+            elif not self._timer or (loop is not self._timer_loop and self._timer_dead()):
+                # Arm a timer, or re-arm it here when the loop that held it has stopped
+                # (e.g. one asyncio.run() after another) and would never fire it.
                 self._timer = True
+                self._timer_loop = loop
                 loop.call_later(self.flush_interval_s, self.flush)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+    def _timer_dead(self) -> bool:
+        held = self._timer_loop
+        return held is None or held.is_closed() or not held.is_running()
 
     def flush(self) -> None:
         """Write every pending line now."""
@@ -165,6 +173,7 @@ class BufferedLineWriter:
 
     def _write_locked(self) -> None:
         self._timer = False
+        self._timer_loop = None
         if not self._buf:
             return
         data = "\n".join(self._buf) + "\n"

@@ -189,6 +189,28 @@ def test_buffered_writer_outside_a_loop_writes_each_line() -> None:
     assert out.getvalue() == "a\n"
 
 
+def test_buffered_writer_rearms_its_timer_when_the_loop_holding_it_is_gone() -> None:
+    """A line left pending by a loop that ended before its timer fired goes out with the
+    next loop's timer, not only at exit (one asyncio.run() after another)."""
+    import asyncio
+
+    out = CountingStream()
+    w = BufferedLineWriter(out, flush_interval_s=0.05)
+
+    async def first() -> None:
+        w.info("from the first loop")
+
+    async def second() -> None:
+        w.info("from the second loop")
+        await until(lambda: out.writes > 0, what="the timed flush", timeout_s=2)
+
+    asyncio.run(first())
+    assert out.writes == 0  # that loop closed before its timer fired
+    asyncio.run(second())
+    assert out.getvalue() == "from the first loop\nfrom the second loop\n"
+    assert out.writes == 1
+
+
 @pytest.mark.parametrize(("kwargs", "quoted"), [
     ({"flush_interval_s": -1}, "-1"), ({"flush_interval_s": 61}, "61"),
     ({"max_buffer_bytes": -5}, "-5")])
