@@ -108,8 +108,9 @@ def redact_secrets(
 class BufferedLineWriter:
     """A structlog logger that writes rendered lines to ``file`` in batches: at most
     ``flush_interval_s`` after the first unwritten line (a timer on the running asyncio
-    loop; re-armed on the next writing loop if that one has stopped), as soon as ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at
-    interpreter exit. Outside an event loop every line is written at once.
+    loop; re-armed on the next writing loop if that one has stopped), as soon as
+    ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at interpreter exit.
+    Outside an event loop every line is written at once.
 
     This is how the access log is written (Envoy's access logs flush on a 1 s interval by
     default, ``file_flush_interval_msec``): one ``write()`` per batch instead of per call.
