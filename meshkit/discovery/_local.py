@@ -113,10 +113,8 @@ class LocalOptions:
 
 def _is_busy(exc: sqlite3.Error) -> bool:
     """True for SQLITE_BUSY and its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return (code & 0xFF) == sqlite3.SQLITE_BUSY
-    return "database is locked" in str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)  # set by sqlite3 since Python 3.11
+    return isinstance(code, int) and (code & 0xFF) == sqlite3.SQLITE_BUSY
 
 
 class LocalRegistry:
