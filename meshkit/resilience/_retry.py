@@ -341,9 +341,10 @@ class _RetryingStreamCall:
                 self._first = await self._call.read()
                 return
             except AioRpcError as exc:
-                delay = self._retry._retry_delay(self._details, exc, self._policy, attempt,
-                                                 safe=True)
-                if delay is None or self._cancelled:
+                # A cancelled call withdraws nothing from the budget and counts no retry.
+                delay = None if self._cancelled else self._retry._retry_delay(
+                    self._details, exc, self._policy, attempt, safe=True)
+                if delay is None:
                     self._error = exc
                     return
             await asyncio.sleep(delay)
