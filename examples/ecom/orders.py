@@ -10,22 +10,41 @@ when that is empty, from the ``idempotency-key`` request metadata (the field
 wins). A repeat with the same key and the same request returns the first order;
 the same key with a different request gives FAILED_PRECONDITION (the stored
 request fingerprint differs), since retrying cannot fix that.
+
+Store failures: when the order store cannot be reached every method answers
+UNAVAILABLE with :data:`STORE_UNAVAILABLE` (the store logs the cause, once per
+outage). A keyed PlaceOrder is safe to retry then (meshkit's client does): its
+first attempt may or may not have committed, and the key makes the retry
+return that order or place it once. Any other store failure is INTERNAL with
+:data:`STORE_FAILED`, logged here with its cause. Neither message names a host,
+port, path or exception class.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import grpc
+import structlog
 
 from examples.ecom import validation
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
-from examples.ecom.storage import ItemRecord, NewOrder, OrderRecord, Store
+from examples.ecom.storage import ItemRecord, NewOrder, OrderRecord, Store, StoreUnavailable
+
+_log = structlog.get_logger("examples.ecom.orders")
+
+_T = TypeVar("_T")
 
 #: Request metadata key that may carry the idempotency key.
 IDEMPOTENCY_METADATA_KEY = "idempotency-key"
+
+#: Status message of UNAVAILABLE when the order store cannot be reached.
+STORE_UNAVAILABLE = "order store unavailable"
+#: Status message of INTERNAL when the order store fails otherwise.
+STORE_FAILED = "order store failed"
 
 _STATUS = {"PLACED": order_pb2.ORDER_STATUS_PLACED}
 
@@ -91,10 +110,12 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     ) -> None:
         """Abort unless the user service knows ``user_id``.
 
-        NOT_FOUND for an unknown user; UNAVAILABLE when the user service is
-        unreachable or overloaded (UNAVAILABLE or RESOURCE_EXHAUSTED, with its
-        details); DEADLINE_EXCEEDED when the caller's deadline runs out; and
-        INTERNAL for any other failure of the user service.
+        NOT_FOUND for an unknown user; UNAVAILABLE ("user service unavailable")
+        when the user service is unreachable, overloaded or without its store
+        (UNAVAILABLE or RESOURCE_EXHAUSTED); DEADLINE_EXCEEDED when the caller's
+        deadline runs out; and INTERNAL ("user service failed: <code>") for any
+        other failure of the user service. The user service's own message is not
+        passed on: a channel's message can name addresses.
         """
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -104,7 +125,6 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             await self._users.GetUser(user_pb2.GetUserRequest(user_id=user_id), timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             if code == grpc.StatusCode.NOT_FOUND:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"user {user_id} not found")
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -112,11 +132,22 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                     grpc.StatusCode.DEADLINE_EXCEEDED, "user service did not answer in time"
                 )
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, f"user service unavailable: {details}"
-                )
-            name = code.name if code is not None else type(exc).__name__
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "user service unavailable")
+            name = code.name if code is not None else "UNKNOWN"
             await context.abort(grpc.StatusCode.INTERNAL, f"user service failed: {name}")
+
+    @staticmethod
+    async def _stored(call: Awaitable[_T], context: grpc.aio.ServicerContext[Any, Any]) -> _T:
+        """Await a store call; abort UNAVAILABLE (:data:`STORE_UNAVAILABLE`) if the
+        store cannot be reached, INTERNAL (:data:`STORE_FAILED`, cause logged) if it
+        fails otherwise."""
+        try:
+            return await call
+        except StoreUnavailable:  # logged by the store, once per outage
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
+        except Exception:
+            _log.exception("order store call failed")
+            await context.abort(grpc.StatusCode.INTERNAL, STORE_FAILED)
 
     async def PlaceOrder(
         self,
@@ -126,8 +157,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         """Place an order (see the module docstring for idempotency).
 
         INVALID_ARGUMENT for bad fields, NOT_FOUND for an unknown user,
-        FAILED_PRECONDITION for a reused key with a different request, and the
-        user-lookup failures of :meth:`_require_user`.
+        FAILED_PRECONDITION for a reused key with a different request, the
+        user-lookup failures of :meth:`_require_user`, and the store failures
+        of :meth:`_stored` (UNAVAILABLE: retry a keyed call).
         """
         key, key_field = idempotency_key(request, context)
         try:
@@ -146,7 +178,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             idempotency_key=key or None,
             fingerprint=request_fingerprint(request.user_id, request.currency, items),
         )
-        order, _created = await self._store.place_order(new)
+        order, _created = await self._stored(self._store.place_order(new), context)
         if order.fingerprint != new.fingerprint:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -159,12 +191,13 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         request: order_pb2.GetOrderRequest,
         context: grpc.aio.ServicerContext[order_pb2.GetOrderRequest, order_pb2.Order],
     ) -> order_pb2.Order:
-        """Return an order; INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown."""
+        """Return an order; INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown,
+        UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`)."""
         try:
             validation.validate_id("order_id", request.order_id)
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        order = await self._store.get_order(request.order_id)
+        order = await self._stored(self._store.get_order(request.order_id), context)
         if order is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"order {request.order_id} not found")
         return order_message(order)
@@ -179,7 +212,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         """Return one page of a user's orders, newest first.
 
         INVALID_ARGUMENT for a malformed user id, a page_size outside 1..100
-        (0 means 20), or a bad page_token. An unknown user has no orders.
+        (0 means 20), or a bad page_token; UNAVAILABLE or INTERNAL for store
+        failures (see :meth:`_stored`). An unknown user has no orders.
         """
         try:
             page_req = validation.validate_list_orders(
@@ -187,7 +221,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             )
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        page = await self._store.list_orders(request.user_id, page_req.limit, page_req.before_seq)
+        page = await self._stored(
+            self._store.list_orders(request.user_id, page_req.limit, page_req.before_seq), context
+        )
         token = ""
         if page.next_before_seq is not None:
             token = validation.encode_page_token(request.user_id, page.next_before_seq)

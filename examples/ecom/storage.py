@@ -15,32 +15,133 @@ Both backends create their schema on open (``CREATE TABLE IF NOT EXISTS``, made
 safe against several processes starting at once) and give the same answers.
 Ids are uuid4 strings, timestamps integer unix milliseconds, money integer
 minor units.
+
+Failures: every write runs in one transaction that is rolled back on any
+exception, cancellation included (a call cancelled while it waits for a lock
+leaves no transaction open and holds no lock). A database that cannot be
+reached raises :class:`StoreUnavailable`; any other database failure raises
+:class:`StoreError`; neither message names a host, port, path or driver class
+(the driver's exception is the ``__cause__``). The store logs one warning
+(``store unavailable``, with the cause) when an outage starts and one info
+line (``store available again``) when it ends, and reconnects by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiosqlite
 import asyncpg
+import structlog
 
 ORDER_STATUS_PLACED = "PLACED"
 
+_log = structlog.get_logger("examples.ecom.storage")
+
+_T = TypeVar("_T")
+
 
 class StoreError(Exception):
-    """Base class of the errors a :class:`Store` raises on purpose."""
+    """Base class of the errors a :class:`Store` raises.
+
+    Raised as such for a database failure that is not a :class:`StoreUnavailable`
+    (e.g. a constraint or SQL error: a bug, not a condition to retry). The message
+    is generic; the driver's exception is the ``__cause__``.
+    """
 
 
 class DuplicateEmailError(StoreError):
     """``create_user`` was given an email that is already registered."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached, or cannot take the operation now.
+
+    Raised for connection-level failures: PostgreSQL refusing, dropping or not
+    answering a connection within the store's timeouts, shutting down, or out of
+    connections; SQLite unable to open the file, an I/O error, a read-only or
+    full disk, or the write lock not obtained within ``busy_timeout_s``.
+
+    The operation did not take effect, except that a commit whose answer was
+    lost may have (hence the idempotency key of :meth:`Store.place_order`).
+    Retrying later may succeed; the store reconnects by itself. Servicers answer
+    ``UNAVAILABLE``. The message names only the backend.
+    """
+
+
+class _Availability:
+    """Whether a store's database answers; logs once when an outage starts and ends.
+
+    ``failed`` logs a warning (with the cause) when the store goes from available
+    to unavailable, ``succeeded`` an info line (outage length, failed calls) when
+    it comes back. A change is made only by a call that started after the
+    previous change, so calls in flight across a change cannot make it flap.
+    Times are ``time.monotonic()`` seconds.
+    """
+
+    __slots__ = ("_backend", "_changed_at", "_down_since", "_failures")
+
+    def __init__(self, backend: str) -> None:
+        self._backend = backend
+        self._changed_at = -math.inf
+        self._down_since: float | None = None
+        self._failures = 0
+
+    def succeeded(self, started: float) -> None:
+        """Record that a call started at ``started`` reached the database."""
+        if self._down_since is None or started < self._changed_at:
+            return
+        now = time.monotonic()
+        _log.info(
+            "store available again",
+            backend=self._backend,
+            down_s=round(now - self._down_since, 3),
+            failed_calls=self._failures,
+        )
+        self._down_since, self._changed_at = None, now
+
+    def failed(self, cause: BaseException, started: float) -> None:
+        """Record that a call started at ``started`` could not reach the database."""
+        if self._down_since is not None:
+            self._failures += 1
+            return
+        if started < self._changed_at:
+            return
+        now = time.monotonic()
+        _log.warning(
+            "store unavailable",
+            backend=self._backend,
+            cause=f"{type(cause).__name__}: {cause}",
+        )
+        self._down_since, self._changed_at, self._failures = now, now, 1
+
+
+def _failure(exc: BaseException, backend: str, *, unavailable: bool) -> BaseException | None:
+    """The exception a store raises for ``exc``, or None to re-raise ``exc`` itself.
+
+    A cancelled call raises CancelledError whatever its clean-up ran into; the
+    store's own errors pass unchanged; a connection-level failure
+    (``unavailable``) becomes :class:`StoreUnavailable`, any other exception a
+    :class:`StoreError`.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None if isinstance(exc, asyncio.CancelledError) else asyncio.CancelledError()
+    if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+        return None
+    if unavailable:
+        return StoreUnavailable(f"the {backend} store is unavailable")
+    return StoreError(f"the {backend} store failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +214,13 @@ class RowCounts:
 
 
 class Store(Protocol):
-    """The storage interface of the example's servicers (async, backend-neutral)."""
+    """The storage interface of the example's servicers (async, backend-neutral).
+
+    Every method raises :class:`StoreUnavailable` when the database cannot be
+    reached (transient: retry later) and :class:`StoreError` for any other
+    database failure. A write is one transaction: it takes effect completely or,
+    on any exception or cancellation, not at all.
+    """
 
     async def create_user(self, email: str, name: str, password_hash: str) -> UserRecord:
         """Store a new user with a fresh id; raise :class:`DuplicateEmailError` if taken."""
@@ -132,7 +239,9 @@ class Store(Protocol):
 
         If ``order.idempotency_key`` is set and the same user already has an
         order with that key, nothing is written and the existing order is
-        returned with ``created=False`` (also under concurrent duplicates).
+        returned with ``created=False`` (also under concurrent duplicates). So
+        a retry after :class:`StoreUnavailable`, whose first attempt may or may
+        not have committed, ends with exactly one order.
         """
         ...
 
@@ -243,9 +352,116 @@ async def _enable_wal(conn: aiosqlite.Connection, timeout_s: float) -> None:
             rows = []
         if rows and str(rows[0][0]).lower() == "wal":
             return
-        if time.monotonic() >= deadline:
-            raise sqlite3.OperationalError("could not switch the database to WAL mode")
+        if time.monotonic() >= deadline:  # other openers held the file all along
+            raise StoreUnavailable("the sqlite store is unavailable")
         await asyncio.sleep(0.01)
+
+
+#: Primary SQLite result codes meaning "the file cannot be used now": lock not
+#: obtained within the busy timeout, cannot open, I/O error, read-only, full,
+#: no permission, lock protocol error.
+_SQLITE_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+#: Of those, the ones after which the connection is closed and opened afresh on the
+#: next call (lock contention and a full disk leave a connection healthy).
+_SQLITE_REOPEN = _SQLITE_UNAVAILABLE - {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_FULL,
+}
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code carried by ``exc``, or None."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+async def _sqlite_connect(path: str, busy_timeout_s: float) -> aiosqlite.Connection:
+    """Open ``path`` (WAL, busy timeout, foreign keys) and create the schema if missing."""
+    conn = await aiosqlite.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        await _enable_wal(conn, busy_timeout_s)
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await _sqlite_transaction(conn, _create_sqlite_schema)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.close()
+        raise
+    return conn
+
+
+async def _create_sqlite_schema(conn: aiosqlite.Connection) -> None:
+    """Create the tables and indexes that do not exist yet."""
+    for ddl in _SQLITE_SCHEMA:
+        await conn.execute(ddl)
+
+
+async def _sqlite_transaction(
+    conn: aiosqlite.Connection, op: Callable[[aiosqlite.Connection], Awaitable[_T]]
+) -> _T:
+    """Run ``op(conn)`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
+
+    On any exception, cancellation included, roll back before re-raising, even
+    when the call was cancelled while BEGIN still waited for the write lock:
+    aiosqlite runs one connection's calls in order on one thread, so this
+    ROLLBACK runs after that BEGIN, whenever the BEGIN ends. A failing ROLLBACK
+    is swallowed (the first exception is the one that matters) and leaves
+    ``conn.in_transaction`` set, which the caller checks.
+    """
+    try:
+        await conn.execute("BEGIN IMMEDIATE")
+        result = await op(conn)
+        await conn.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.rollback()
+        raise
+    return result
+
+
+def _left_in_transaction(conn: aiosqlite.Connection) -> bool:
+    """Whether ``conn`` is still in a transaction (True if that cannot be told)."""
+    try:
+        return conn.in_transaction
+    except Exception:  # closed under us
+        return True
+
+
+async def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Run a query and return all its rows."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def _sqlite_orders(
+    conn: aiosqlite.Connection, where: str, params: Sequence[Any]
+) -> list[OrderRecord]:
+    """Select orders with their items."""
+    rows = await _fetchall(conn, f"SELECT {_ORDER_COLUMNS} FROM orders {where}", params)
+    if not rows:
+        return []
+    ids = [r[1] for r in rows]
+    marks = ", ".join("?" * len(ids))
+    item_rows = await _fetchall(
+        conn,
+        "SELECT order_id, sku, quantity, unit_price_minor FROM order_items"
+        f" WHERE order_id IN ({marks}) ORDER BY order_id, position",
+        ids,
+    )
+    items = _group_items(item_rows)
+    return [_order(r, items) for r in rows]
 
 
 class SqliteStore:
@@ -253,57 +469,109 @@ class SqliteStore:
 
     WAL mode lets readers and one writer in other processes share the file;
     writes take the write lock up front (``BEGIN IMMEDIATE``) and wait up to
-    ``busy_timeout_s`` for it. Within a process, calls on one store are
-    serialised by a lock. Open with :meth:`open`.
+    ``busy_timeout_s`` for it, then raise :class:`StoreUnavailable`. Within a
+    process, calls on one store are serialised by a lock. A call cancelled
+    while it waits (its gRPC deadline expired) rolls back as soon as the BEGIN
+    ends, so it neither leaves a transaction open nor keeps the lock. After an
+    error that may have damaged the connection (cannot open, I/O, read-only,
+    or a rollback that failed) the connection is closed and the next call opens
+    a new one. Open with :meth:`open`.
     """
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: aiosqlite.Connection, *, path: str, busy_timeout_s: float) -> None:
+        self._conn: aiosqlite.Connection | None = conn
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
         self._lock = asyncio.Lock()
+        self._closed = False
+        self._availability = _Availability("sqlite")
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout_s: float = 10.0) -> SqliteStore:
-        """Open (creating if needed) the database file at ``path`` and its schema."""
-        conn = await aiosqlite.connect(path, timeout=busy_timeout_s, isolation_level=None)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            await _enable_wal(conn, busy_timeout_s)
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA foreign_keys = ON")
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                for ddl in _SQLITE_SCHEMA:
-                    await conn.execute(ddl)
-            except BaseException:
-                await conn.rollback()
-                raise
-            await conn.commit()
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn)
+        """Open (creating if needed) the database file at ``path`` and its schema.
 
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(await self._conn.execute_fetchall(sql, params))
+        ``busy_timeout_s`` (default 10 s, > 0) bounds each wait for another
+        connection's lock. Raises ``ValueError`` for a bad ``busy_timeout_s``,
+        :class:`StoreUnavailable` if the file cannot be opened, written or
+        locked in time, and :class:`StoreError` for any other failure.
+        """
+        if not busy_timeout_s > 0:
+            raise ValueError(f"busy_timeout_s must be > 0, got {busy_timeout_s!r}")
+        try:
+            conn = await _sqlite_connect(path, busy_timeout_s)
+        except Exception as exc:
+            mapped = _failure(exc, "sqlite", unavailable=_sqlite_code(exc) in _SQLITE_UNAVAILABLE)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return cls(conn, path=path, busy_timeout_s=busy_timeout_s)
+
+    async def _run(
+        self,
+        op: Callable[[aiosqlite.Connection], Awaitable[_T]],
+        *,
+        transaction: bool = False,
+    ) -> _T:
+        """Run ``op`` on the connection (under the store's lock), in one
+        ``BEGIN IMMEDIATE`` transaction if ``transaction``; translate failures.
+
+        Raises :class:`StoreUnavailable`, :class:`StoreError` or what ``op``
+        raises on purpose; a cancelled call raises ``CancelledError``.
+        """
+        started = time.monotonic()
+        async with self._lock:
+            if self._closed:
+                raise StoreError("the sqlite store is closed")
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._conn = await _sqlite_connect(self._path, self._busy_timeout_s)
+                if transaction:
+                    result = await _sqlite_transaction(conn, op)
+                else:
+                    result = await op(conn)
+            except BaseException as exc:
+                code = _sqlite_code(exc)
+                if conn is not None and (code in _SQLITE_REOPEN or _left_in_transaction(conn)):
+                    await self._discard(conn)
+                mapped = _failure(exc, "sqlite", unavailable=code in _SQLITE_UNAVAILABLE)
+                if isinstance(exc if mapped is None else mapped, StoreUnavailable):
+                    self._availability.failed(exc, started)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+        self._availability.succeeded(started)
+        return result
+
+    async def _discard(self, conn: aiosqlite.Connection) -> None:
+        """Close ``conn`` (which rolls back what it holds); the next call opens anew."""
+        if self._conn is conn:
+            self._conn = None
+        with contextlib.suppress(Exception):
+            await conn.close()
 
     async def create_user(self, email: str, name: str, password_hash: str) -> UserRecord:
-        """See :meth:`Store.create_user`."""
+        """See :meth:`Store.create_user` (one ``BEGIN IMMEDIATE`` transaction)."""
         user = UserRecord(new_id(), email, name, password_hash, now_ms())
-        async with self._lock:
-            cur = await self._conn.execute(
+
+        async def insert(conn: aiosqlite.Connection) -> None:
+            cur = await conn.execute(
                 f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (email) DO NOTHING",
                 (user.id, user.email, user.name, user.password_hash, user.created_at_ms),
             )
             if cur.rowcount != 1:
                 raise DuplicateEmailError(email)
+
+        await self._run(insert, transaction=True)
         return user
 
     async def _user_where(self, column: str, value: str) -> UserRecord | None:
-        async with self._lock:
-            rows = await self._fetchall(
-                f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = ?", (value,)
+        rows = await self._run(
+            lambda conn: _fetchall(
+                conn, f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = ?", (value,)
             )
+        )
         return UserRecord(*rows[0]) if rows else None
 
     async def get_user(self, user_id: str) -> UserRecord | None:
@@ -314,94 +582,82 @@ class SqliteStore:
         """See :meth:`Store.get_user_by_email`."""
         return await self._user_where("email", email)
 
-    async def _orders(self, where: str, params: Sequence[Any]) -> list[OrderRecord]:
-        """Select orders (caller holds the lock) with their items."""
-        rows = await self._fetchall(f"SELECT {_ORDER_COLUMNS} FROM orders {where}", params)
-        if not rows:
-            return []
-        ids = [r[1] for r in rows]
-        marks = ", ".join("?" * len(ids))
-        item_rows = await self._fetchall(
-            "SELECT order_id, sku, quantity, unit_price_minor FROM order_items"
-            f" WHERE order_id IN ({marks}) ORDER BY order_id, position",
-            ids,
-        )
-        items = _group_items(item_rows)
-        return [_order(r, items) for r in rows]
-
     async def place_order(self, order: NewOrder) -> tuple[OrderRecord, bool]:
         """See :meth:`Store.place_order` (one ``BEGIN IMMEDIATE`` transaction)."""
         oid, created = new_id(), now_ms()
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = await self._conn.execute(
-                    "INSERT INTO orders (id, user_id, currency, total_minor, status,"
-                    " created_at_ms, idempotency_key, fingerprint)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (user_id, idempotency_key) DO NOTHING",
-                    (
-                        oid,
-                        order.user_id,
-                        order.currency,
-                        order.total_minor,
-                        ORDER_STATUS_PLACED,
-                        created,
-                        order.idempotency_key,
-                        order.fingerprint,
-                    ),
+
+        async def write(conn: aiosqlite.Connection) -> tuple[OrderRecord, bool]:
+            cur = await conn.execute(
+                "INSERT INTO orders (id, user_id, currency, total_minor, status,"
+                " created_at_ms, idempotency_key, fingerprint)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+                (
+                    oid,
+                    order.user_id,
+                    order.currency,
+                    order.total_minor,
+                    ORDER_STATUS_PLACED,
+                    created,
+                    order.idempotency_key,
+                    order.fingerprint,
+                ),
+            )
+            if cur.rowcount != 1:  # the key was used before: nothing written
+                found = await _sqlite_orders(
+                    conn,
+                    "WHERE user_id = ? AND idempotency_key = ?",
+                    (order.user_id, order.idempotency_key),
                 )
-                inserted = cur.rowcount == 1
-                if inserted:
-                    await self._conn.executemany(
-                        "INSERT INTO order_items (order_id, position, sku, quantity,"
-                        " unit_price_minor) VALUES (?, ?, ?, ?, ?)",
-                        [
-                            (oid, i, it.sku, it.quantity, it.unit_price_minor)
-                            for i, it in enumerate(order.items)
-                        ],
-                    )
-                    found = await self._orders("WHERE id = ?", (oid,))
-                else:
-                    found = await self._orders(
-                        "WHERE user_id = ? AND idempotency_key = ?",
-                        (order.user_id, order.idempotency_key),
-                    )
-            except BaseException:
-                await self._conn.rollback()
-                raise
-            await self._conn.commit()
-        return found[0], inserted
+                return found[0], False
+            await conn.executemany(
+                "INSERT INTO order_items (order_id, position, sku, quantity,"
+                " unit_price_minor) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (oid, i, it.sku, it.quantity, it.unit_price_minor)
+                    for i, it in enumerate(order.items)
+                ],
+            )
+            found = await _sqlite_orders(conn, "WHERE id = ?", (oid,))
+            return found[0], True
+
+        return await self._run(write, transaction=True)
 
     async def get_order(self, order_id: str) -> OrderRecord | None:
         """See :meth:`Store.get_order`."""
-        async with self._lock:
-            found = await self._orders("WHERE id = ?", (order_id,))
+        found = await self._run(lambda conn: _sqlite_orders(conn, "WHERE id = ?", (order_id,)))
         return found[0] if found else None
 
     async def list_orders(
         self, user_id: str, limit: int, before_seq: int | None = None
     ) -> OrderPage:
         """See :meth:`Store.list_orders`."""
-        async with self._lock:
-            found = await self._orders(
+        found = await self._run(
+            lambda conn: _sqlite_orders(
+                conn,
                 "WHERE user_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (user_id, before_seq if before_seq is not None else 2**63 - 1, limit + 1),
             )
+        )
         return _page(found, limit)
 
     async def count_rows(self) -> RowCounts:
         """See :meth:`Store.count_rows`."""
-        async with self._lock:
-            rows = await self._fetchall(
+        rows = await self._run(
+            lambda conn: _fetchall(
+                conn,
                 "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM orders),"
-                " (SELECT count(*) FROM order_items)"
+                " (SELECT count(*) FROM order_items)",
             )
+        )
         return RowCounts(*rows[0])
 
     async def close(self) -> None:
-        """See :meth:`Store.close`."""
-        await self._conn.close()
+        """See :meth:`Store.close`. Queued calls finish first (aiosqlite closes in order)."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
 
 
 def _page(found: list[OrderRecord], limit: int) -> OrderPage:
@@ -448,25 +704,84 @@ def _postgres_schema(prefix: str) -> tuple[str, ...]:
     )
 
 
+#: Exceptions meaning "PostgreSQL cannot be reached or cannot serve now". OSError
+#: covers refused and reset connections and TimeoutError (connect, statement and
+#: pool-acquire timeouts); class 08 covers a connection lost mid-call.
+_PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up, recovering
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, ...
+)
+
+
+def _pg_failure(exc: BaseException, *, connection_lost: bool) -> BaseException | None:
+    """:func:`_failure` for PostgreSQL; ``connection_lost``: the call's connection closed."""
+    return _failure(
+        exc, "postgresql", unavailable=connection_lost or isinstance(exc, _PG_UNAVAILABLE)
+    )
+
+
+def _pg_lost(conn: asyncpg.Connection) -> bool:
+    """Whether the pooled ``conn`` (not yet released by us) has closed."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.exceptions.InterfaceError:  # the pool took it back when it closed
+        return True
+
+
 class PostgresStore:
     """:class:`Store` on PostgreSQL through an asyncpg pool. Open with :meth:`open`.
 
     Schema creation runs under a transaction-scoped advisory lock, so several
     processes may start at once. Idempotent inserts rely on the unique
     ``(user_id, idempotency_key)`` constraint with ``ON CONFLICT DO NOTHING``.
+
+    Writes run in one transaction that asyncpg rolls back on any exception or
+    cancellation (a connection that cannot roll back is closed, which the server
+    rolls back). When the server cannot be reached, calls raise
+    :class:`StoreUnavailable` within the store's timeouts; the pool replaces
+    lost connections, so the store recovers by itself when the server is back.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float) -> None:
         self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
+        self._availability = _Availability("postgresql")
 
     @classmethod
     async def open(
-        cls, dsn: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 10
+        cls,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 0,
+        max_size: int = 10,
+        connect_timeout_s: float = 5.0,
+        command_timeout_s: float | None = 10.0,
     ) -> PostgresStore:
         """Connect to ``dsn`` and create the tables, in ``schema`` if given.
 
-        ``schema`` must be a lower-case SQL identifier (``ValueError`` otherwise);
-        it is created if missing and becomes the pool's ``search_path``.
+        Args:
+            dsn: a ``postgresql://`` URL.
+            schema: a lower-case SQL identifier; created if missing and made the
+                pool's ``search_path``.
+            min_size: connections kept open even when idle (default 0: an idle
+                pool holds none, and nothing reconnects in the background
+                while the server is down).
+            max_size: most connections open at once (default 10).
+            connect_timeout_s: bound on opening a connection and on waiting for
+                a free one in the pool (default 5 s).
+            command_timeout_s: bound on each statement, and on cancelling one
+                (default 10 s; None: no bound, a call then waits as long as its
+                caller lets it, e.g. its gRPC deadline).
+
+        Raises:
+            ValueError: a bad ``schema`` or timeout.
+            StoreUnavailable: the server cannot be reached.
+            StoreError: any other failure (e.g. authentication).
         """
         settings: dict[str, str] = {}
         prefix = ""
@@ -475,40 +790,94 @@ class PostgresStore:
                 raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
             settings["search_path"] = schema
             prefix = f'"{schema}".'
-        pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, server_settings=settings
-        )
+        if not connect_timeout_s > 0:
+            raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s!r}")
+        if command_timeout_s is not None and not command_timeout_s > 0:
+            raise ValueError(f"command_timeout_s must be > 0 or None, got {command_timeout_s!r}")
+        pool: asyncpg.Pool | None = None
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                server_settings=settings,
+                timeout=connect_timeout_s,
+                command_timeout=command_timeout_s,
+            )
+            async with pool.acquire(timeout=connect_timeout_s) as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
                 if schema is not None:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 for ddl in _postgres_schema(prefix):
                     await conn.execute(ddl)
-        except BaseException:
-            await pool.close()
-            raise
-        return cls(pool)
+        except BaseException as exc:
+            if pool is not None:
+                pool.terminate()
+            mapped = _pg_failure(exc, connection_lost=False)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return cls(pool, acquire_timeout_s=connect_timeout_s)
+
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """Run ``op`` on a pooled connection; translate failures.
+
+        Raises :class:`StoreUnavailable`, :class:`StoreError` or what ``op``
+        raises on purpose; a cancelled call raises ``CancelledError``.
+        """
+        started = time.monotonic()
+        lost = False
+        try:
+            conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+            try:
+                result = await op(conn)
+            except BaseException:
+                lost = _pg_lost(conn)
+                raise
+            finally:
+                await self._release(conn)
+        except BaseException as exc:
+            mapped = _pg_failure(exc, connection_lost=lost)
+            if isinstance(exc if mapped is None else mapped, StoreUnavailable):
+                self._availability.failed(exc, started)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        self._availability.succeeded(started)
+        return result
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        """Give ``conn`` back to the pool; a failure to reset it does not fail the call.
+
+        The pool then has closed the connection already (asyncpg terminates a
+        connection whose reset failed), and the call's work is done or rolled back.
+        """
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
 
     async def create_user(self, email: str, name: str, password_hash: str) -> UserRecord:
-        """See :meth:`Store.create_user`."""
+        """See :meth:`Store.create_user` (one statement, its own transaction)."""
         user = UserRecord(new_id(), email, name, password_hash, now_ms())
-        row = await self._pool.fetchrow(
-            f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT (email) DO NOTHING RETURNING id",
-            user.id,
-            user.email,
-            user.name,
-            user.password_hash,
-            user.created_at_ms,
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (email) DO NOTHING RETURNING id",
+                user.id,
+                user.email,
+                user.name,
+                user.password_hash,
+                user.created_at_ms,
+            )
         )
         if row is None:
             raise DuplicateEmailError(email)
         return user
 
     async def _user_where(self, column: str, value: str) -> UserRecord | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = $1", value
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = $1", value
+            )
         )
         return UserRecord(*row) if row is not None else None
 
@@ -521,9 +890,7 @@ class PostgresStore:
         return await self._user_where("email", email)
 
     @staticmethod
-    async def _orders(
-        conn: asyncpg.Connection | asyncpg.Pool, where: str, *args: Any
-    ) -> list[OrderRecord]:
+    async def _orders(conn: asyncpg.Connection, where: str, *args: Any) -> list[OrderRecord]:
         rows = await conn.fetch(f"SELECT {_ORDER_COLUMNS} FROM orders {where}", *args)
         if not rows:
             return []
@@ -538,22 +905,34 @@ class PostgresStore:
     async def place_order(self, order: NewOrder) -> tuple[OrderRecord, bool]:
         """See :meth:`Store.place_order` (one READ COMMITTED transaction)."""
         oid = new_id()
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO orders (id, user_id, currency, total_minor, status,"
-                " created_at_ms, idempotency_key, fingerprint)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING seq",
-                oid,
-                order.user_id,
-                order.currency,
-                order.total_minor,
-                ORDER_STATUS_PLACED,
-                now_ms(),
-                order.idempotency_key,
-                order.fingerprint,
-            )
-            if row is not None:
+
+        async def write(conn: asyncpg.Connection) -> tuple[OrderRecord, bool]:
+            async with conn.transaction(isolation="read_committed"):
+                row = await conn.fetchrow(
+                    "INSERT INTO orders (id, user_id, currency, total_minor, status,"
+                    " created_at_ms, idempotency_key, fingerprint)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    " ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING seq",
+                    oid,
+                    order.user_id,
+                    order.currency,
+                    order.total_minor,
+                    ORDER_STATUS_PLACED,
+                    now_ms(),
+                    order.idempotency_key,
+                    order.fingerprint,
+                )
+                if row is None:
+                    # The key was used before: nothing written. The conflicting row is
+                    # committed by now (DO NOTHING waited for its transaction), and READ
+                    # COMMITTED gives this statement a fresh snapshot that sees it.
+                    found = await self._orders(
+                        conn,
+                        "WHERE user_id = $1 AND idempotency_key = $2",
+                        order.user_id,
+                        order.idempotency_key,
+                    )
+                    return found[0], False
                 await conn.executemany(
                     "INSERT INTO order_items (order_id, position, sku, quantity,"
                     " unit_price_minor) VALUES ($1, $2, $3, $4, $5)",
@@ -563,49 +942,48 @@ class PostgresStore:
                     ],
                 )
                 found = await self._orders(conn, "WHERE id = $1", oid)
-            else:
-                # The conflicting row is committed by now (DO NOTHING waited for
-                # it), and READ COMMITTED gives this statement a fresh snapshot.
-                found = await self._orders(
-                    conn,
-                    "WHERE user_id = $1 AND idempotency_key = $2",
-                    order.user_id,
-                    order.idempotency_key,
-                )
-        return found[0], row is not None
+            return found[0], True  # committed: only now is the order acknowledged
+
+        return await self._run(write)
 
     async def get_order(self, order_id: str) -> OrderRecord | None:
         """See :meth:`Store.get_order`."""
-        async with self._pool.acquire() as conn:
-            found = await self._orders(conn, "WHERE id = $1", order_id)
+        found = await self._run(lambda conn: self._orders(conn, "WHERE id = $1", order_id))
         return found[0] if found else None
 
     async def list_orders(
         self, user_id: str, limit: int, before_seq: int | None = None
     ) -> OrderPage:
         """See :meth:`Store.list_orders`."""
-        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-            found = await self._orders(
-                conn,
-                "WHERE user_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                user_id,
-                before_seq if before_seq is not None else 2**63 - 1,
-                limit + 1,
-            )
-        return _page(found, limit)
+
+        async def read(conn: asyncpg.Connection) -> list[OrderRecord]:
+            async with conn.transaction(readonly=True):
+                return await self._orders(
+                    conn,
+                    "WHERE user_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                    user_id,
+                    before_seq if before_seq is not None else 2**63 - 1,
+                    limit + 1,
+                )
+
+        return _page(await self._run(read), limit)
 
     async def count_rows(self) -> RowCounts:
         """See :meth:`Store.count_rows`."""
-        row = await self._pool.fetchrow(
-            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM orders),"
-            " (SELECT count(*) FROM order_items)"
+        row = await self._run(
+            lambda conn: conn.fetchrow(
+                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM orders),"
+                " (SELECT count(*) FROM order_items)"
+            )
         )
         assert row is not None
         return RowCounts(row[0], row[1], row[2])
 
     async def close(self) -> None:
-        """See :meth:`Store.close`."""
-        await self._pool.close()
+        """See :meth:`Store.close`; after ``connect_timeout_s`` (e.g. the server does
+        not answer) the remaining connections are dropped without goodbye."""
+        with contextlib.suppress(TimeoutError):  # then asyncpg has terminated the pool
+            await asyncio.wait_for(self._pool.close(), self._acquire_timeout_s)
 
 
 async def open_store(url: str) -> Store:
@@ -614,7 +992,8 @@ async def open_store(url: str) -> Store:
     ``sqlite:///path.db`` opens an SQLite file (``sqlite:////abs/path.db`` for an
     absolute path); ``postgresql://...`` (or ``postgres://``) a PostgreSQL pool,
     with an optional ``schema=NAME`` query parameter. Raises ``ValueError`` for
-    any other scheme or a malformed URL.
+    any other scheme or a malformed URL, :class:`StoreUnavailable` if the
+    database cannot be reached, and :class:`StoreError` for other failures.
     """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":

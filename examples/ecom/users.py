@@ -2,23 +2,40 @@
 
 Register it with ``user_pb2_grpc.add_UserServiceServicer_to_server(
 UserServicer(store), server)``.
+
+Store failures: when the user store cannot be reached every method answers
+UNAVAILABLE with :data:`STORE_UNAVAILABLE` (the store logs the cause, once per
+outage); any other store failure is INTERNAL with :data:`STORE_FAILED`, logged
+here with its cause. Neither message names a host, port, path or exception
+class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
+import structlog
 
 from examples.ecom import passwords, validation
 from examples.ecom.proto import user_pb2, user_pb2_grpc
-from examples.ecom.storage import DuplicateEmailError, Store, UserRecord
+from examples.ecom.storage import DuplicateEmailError, Store, StoreUnavailable, UserRecord
+
+_log = structlog.get_logger("examples.ecom.users")
+
+_T = TypeVar("_T")
 
 #: The one message for every failed login, so callers cannot tell which emails exist.
 BAD_CREDENTIALS = "invalid email or password"
+
+#: Status message of UNAVAILABLE when the user store cannot be reached.
+STORE_UNAVAILABLE = "user store unavailable"
+#: Status message of INTERNAL when the user store fails otherwise.
+STORE_FAILED = "user store failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,21 +85,37 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self._store = store
         self._issue_session = issue_session or OpaqueSessionIssuer()
 
+    @staticmethod
+    async def _stored(call: Awaitable[_T], context: grpc.aio.ServicerContext[Any, Any]) -> _T:
+        """Await a store call; abort UNAVAILABLE (:data:`STORE_UNAVAILABLE`) if the
+        store cannot be reached, INTERNAL (:data:`STORE_FAILED`, cause logged) if it
+        fails otherwise. :class:`DuplicateEmailError` passes through to the caller."""
+        try:
+            return await call
+        except DuplicateEmailError:
+            raise
+        except StoreUnavailable:  # logged by the store, once per outage
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_UNAVAILABLE)
+        except Exception:
+            _log.exception("user store call failed")
+            await context.abort(grpc.StatusCode.INTERNAL, STORE_FAILED)
+
     async def CreateUser(
         self,
         request: user_pb2.CreateUserRequest,
         context: grpc.aio.ServicerContext[user_pb2.CreateUserRequest, user_pb2.User],
     ) -> user_pb2.User:
-        """Create a user; INVALID_ARGUMENT for bad fields, ALREADY_EXISTS for a taken email."""
+        """Create a user; INVALID_ARGUMENT for bad fields, ALREADY_EXISTS for a taken email,
+        UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`)."""
         try:
             email = validation.validate_create_user(request.email, request.name, request.password)
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if await self._store.get_user_by_email(email) is not None:
+        if await self._stored(self._store.get_user_by_email(email), context) is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
         hashed = await asyncio.to_thread(passwords.hash_password, request.password)
         try:
-            user = await self._store.create_user(email, request.name, hashed)
+            user = await self._stored(self._store.create_user(email, request.name, hashed), context)
         except DuplicateEmailError:  # lost a race with a concurrent CreateUser
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
         return user_message(user)
@@ -92,12 +125,13 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         request: user_pb2.GetUserRequest,
         context: grpc.aio.ServicerContext[user_pb2.GetUserRequest, user_pb2.User],
     ) -> user_pb2.User:
-        """Return a user by id; INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown."""
+        """Return a user by id; INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown,
+        UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`)."""
         try:
             validation.validate_id("user_id", request.user_id)
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        user = await self._store.get_user(request.user_id)
+        user = await self._stored(self._store.get_user(request.user_id), context)
         if user is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"user {request.user_id} not found")
         return user_message(user)
@@ -111,7 +145,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 
         INVALID_ARGUMENT when a field is missing or longer than any valid value
         could be; otherwise UNAUTHENTICATED with :data:`BAD_CREDENTIALS` for an
-        unknown email and for a wrong password alike.
+        unknown email and for a wrong password alike; UNAVAILABLE or INTERNAL for
+        store failures (see :meth:`_stored`).
         """
         email, password = request.email, request.password
         v = validation.Violations()
@@ -127,7 +162,9 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             v.raise_if_any()
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        user = await self._store.get_user_by_email(validation.normalize_email(email))
+        user = await self._stored(
+            self._store.get_user_by_email(validation.normalize_email(email)), context
+        )
         ok = await asyncio.to_thread(
             passwords.verify_or_dummy, password, user.password_hash if user else None
         )
