@@ -12,6 +12,26 @@ another CA, an expired one, a wrong identity or a plaintext client fail the hand
 (``UNAVAILABLE`` at the caller); plaintext exists only when asked for with
 ``tls_from_dir(..., insecure=True)``.
 
+**Chains the CA forbids.** The mesh CA is ``CA:TRUE, pathlen:0``, but grpcio's BoringSSL
+does not apply a trust anchor's path length. So :class:`PeerIdentityInterceptor`
+re-verifies each client certificate with a :class:`PeerVerifier`
+(:meth:`TLSOptions.peer_verifier`, over ``ca_file``, reloaded with it; verdicts cached
+per certificate, about 4 µs per call with grpc's ``auth_context()``): the leaf must be
+issued directly by a CA of the bundle, within its basicConstraints, keyUsage and name
+constraints, not a CA itself, with exactly one SPIFFE ID that is a workload ID
+``spiffe://<td>/svc/<service>`` (``/svc/orderd/extra`` is no workload). Anything else is
+``UNAUTHENTICATED`` ("no verified peer identity") and logged once per certificate
+(``peer certificate refused``). Where no verifier was given (:class:`AuthzInterceptor`
+reading the peer on a method exempt from the peer check), :func:`default_peer_verifier`
+refuses a peer that presented an intermediate CA. **Client side, not covered:** grpcio
+exposes neither the server's certificate nor a verify hook to Python clients, so a
+server certificate issued through a sub-CA signed with the mesh CA key is accepted by
+clients (within the CA's name constraints, which BoringSSL enforces). Only the CA key
+can make one and ``meshkit certs`` never does: keep the CA key offline.
+
+Patterns (``allowed_peers``, :class:`Rule`): ``*`` matches any run of characters except
+``/``; ``"*"`` alone matches every verified identity.
+
 **Tokens.** :class:`TokenIssuer` mints ES256/EdDSA access tokens (RFC 9068 shape: ``iss sub
 aud exp iat nbf jti scope``, ``kid`` header) from a :class:`KeySet`; :class:`JWKSServer`
 publishes the keys at ``/.well-known/jwks.json``; :class:`JWKSClient` caches them for
@@ -76,7 +96,9 @@ from meshkit.auth._identity import (
     DEFAULT_TRUST_DOMAIN,
     IdentityMatcher,
     PeerIdentity,
+    PeerVerifier,
     SpiffeId,
+    default_peer_verifier,
     identity_dns_name,
     workload_id,
 )
@@ -125,6 +147,7 @@ __all__ = [
     "KeySource",
     "PeerIdentity",
     "PeerIdentityInterceptor",
+    "PeerVerifier",
     "PermissionDeniedError",
     "Rule",
     "SigningKey",
@@ -142,6 +165,7 @@ __all__ = [
     "create_ca",
     "current_claims",
     "current_peer",
+    "default_peer_verifier",
     "describe_certificate",
     "extract_bearer",
     "identity_dns_name",

@@ -4,8 +4,11 @@ The CA is an ECDSA P-256 self-signed root whose name constraints (RFC 5280 §4.2
 permit only its trust domain's SPIFFE IDs (URI host ``<td>``), the identity names
 ``*.svc.<td>`` and the extra DNS subtrees given (default ``localhost``); BoringSSL
 enforces them in every handshake, so even a leaked CA-signed leaf outside them is
-refused. Workload certificates are short-lived ECDSA P-256 leaves with exactly one URI SAN
-(the SPIFFE ID), the DNS identity name, and the listen address's DNS/IP names.
+refused. BoringSSL does not apply the root's ``pathlen:0``, though: servers re-check that a
+peer's leaf is issued directly by the CA (:class:`~meshkit.auth.PeerVerifier`), and
+:func:`issue_workload` only ever writes ``CA:FALSE`` leaves, with a CA as issuer.
+Workload certificates are short-lived ECDSA P-256 leaves with exactly one URI SAN (the
+SPIFFE ID), the DNS identity name, and the listen address's DNS/IP names.
 
 Private keys are written with mode 0600 and never overwritten unless asked to
 (``overwrite=True``; the CLI's ``--force``), atomically (write then rename).
@@ -180,6 +183,22 @@ def _permitted(ca_cert: x509.Certificate) -> tuple[list[str], list[_Network]]:
     return dns, nets
 
 
+def _check_issuer(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate) -> None:
+    """Refuse to issue with something that is not a CA and its key."""
+    try:
+        is_ca = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        signs = ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        is_ca = signs = False
+    if not (is_ca and signs):
+        raise ConfigError(f"{ca_cert.subject.rfc4514_string()!r} is not a CA certificate "
+                          "(CA:TRUE with keyCertSign); issue with the mesh CA")
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if ca_key.public_key().public_bytes(der, pub) != ca_cert.public_key().public_bytes(der, pub):
+        raise ConfigError("the CA private key does not match the CA certificate")
+
+
 def issue_workload(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
@@ -208,10 +227,16 @@ def issue_workload(
     Returns:
         ``(private_key, certificate)``.
 
+    The leaf is never a CA: ``basicConstraints`` is fixed to ``CA:FALSE`` (critical) and
+    key usage to ``digitalSignature`` alone, whatever the arguments.
+
     Raises:
         ConfigError: bad service name, ``ttl_h <= 0``, a bad IP, a DNS/IP name outside the
-            CA's name constraints, or a validity outliving the CA.
+            CA's name constraints, a validity outliving the CA, ``ca_cert`` not a CA
+            (``CA:TRUE`` with ``keyCertSign``) or ``ca_key`` not its key.
+        CertificateError: ``ca_cert`` names no SPIFFE trust domain.
     """
+    _check_issuer(ca_key, ca_cert)
     td = trust_domain_of(ca_cert)
     sid = workload_id(td, service)
     ident = identity_dns_name(td, service)

@@ -21,7 +21,12 @@ from meshkit._handlers import Before, WrappingInterceptor
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._context import _claims, _peer, _token
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
-from meshkit.auth._identity import IdentityMatcher, PeerIdentity, peer_from_identities
+from meshkit.auth._identity import (
+    IdentityMatcher,
+    PeerIdentity,
+    PeerVerifier,
+    default_peer_verifier,
+)
 from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, extract_bearer
 
 __all__ = [
@@ -45,9 +50,10 @@ async def _refuse(context: Any, code: grpc.StatusCode, details: str, method: str
 class PeerIdentityInterceptor(WrappingInterceptor):
     """mTLS peer authentication: require a verified SPIFFE ID, optionally from a list.
 
-    Reads the peer certificate's SANs (``context.peer_identities()``), requires exactly one
-    ``spiffe://`` URI (SPIFFE X.509-SVID §2) in ``trust_domain``, checks it against
-    ``allowed_peers`` and publishes it through :func:`~meshkit.auth.current_peer`.
+    Checks the peer certificate (``context.auth_context()``) with ``verifier``, which
+    yields its workload SPIFFE ID (exactly one ``spiffe://<td>/svc/<service>`` URI, SPIFFE
+    X.509-SVID §2), requires it in ``trust_domain``, checks it against ``allowed_peers``
+    and publishes it through :func:`~meshkit.auth.current_peer`.
 
     Args:
         trust_domain: the mesh trust domain, e.g. ``"meshkit.local"``.
@@ -55,22 +61,29 @@ class PeerIdentityInterceptor(WrappingInterceptor):
             (default) allows every workload of ``trust_domain``.
         exempt_methods: full method names exempt from the check, e.g. health checks from a
             plaintext prober (default none).
+        verifier: the :class:`~meshkit.auth.PeerVerifier` that checks the peer's
+            certificate and yields its workload identity (:meth:`TLSOptions.peer_interceptor`
+            passes one over the trust bundle); default the bundle-less
+            :func:`~meshkit.auth.default_peer_verifier`.
 
-    Status codes: ``UNAUTHENTICATED`` with no verified SPIFFE ID (plaintext, no client
-    certificate, zero or several SPIFFE URIs), ``PERMISSION_DENIED`` for a foreign trust
-    domain or a peer not in ``allowed_peers``.
+    Status codes: ``UNAUTHENTICATED`` with no verified workload identity (plaintext, no
+    client certificate, zero or several SPIFFE URIs, a SPIFFE ID that is no workload, a
+    chain the CA's constraints forbid), ``PERMISSION_DENIED`` for a foreign trust domain
+    or a peer not in ``allowed_peers``.
     """
 
     def __init__(self, trust_domain: str, allowed_peers: tuple[str, ...] = (), *,
-                 exempt_methods: tuple[str, ...] = ()) -> None:
+                 exempt_methods: tuple[str, ...] = (),
+                 verifier: PeerVerifier | None = None) -> None:
         super().__init__()
         self.trust_domain = trust_domain
         self._allowed = IdentityMatcher(allowed_peers) if allowed_peers else None
         self._exempt = frozenset(exempt_methods)
+        self.verifier = verifier if verifier is not None else default_peer_verifier()
 
     def identify(self, context: Any) -> PeerIdentity | None:
-        """The verified peer identity of ``context``'s call, or ``None``."""
-        return peer_from_identities(context.peer_identities())
+        """The verified workload identity of ``context``'s call, or ``None``."""
+        return self.verifier.identify(context.auth_context())
 
     def _before_for(self, method: str) -> Before | None:
         """The peer check for ``method`` (see the class docstring)."""
@@ -176,7 +189,7 @@ class AuthzInterceptor(WrappingInterceptor):
         async def before(context: Any) -> None:
             peer = _peer.get()
             if peer is None:
-                peer = peer_from_identities(context.peer_identities())
+                peer = default_peer_verifier().identify(context.auth_context())
                 if peer is not None:
                     _peer.set(peer)
             decision = policy.evaluate(method, peer.spiffe_id if peer else None, _claims.get())

@@ -4,20 +4,36 @@ How each side verifies the other with what grpcio's Python API allows:
 
 * **server → client**: ``require_client_authentication=True``; BoringSSL checks the client
   chain against the mesh CA (which also refuses another CA's, expired and not-yet-valid
-  certificates, and anything outside the CA's name constraints) during the handshake.
-  grpcio offers no verify callback in Python, so *which* SPIFFE ID may call is decided
-  right after the handshake, per call, by :class:`~meshkit.auth.PeerIdentityInterceptor`
-  (connection-level ``allowed_peers``) and :class:`~meshkit.auth.AuthzInterceptor`
-  (per method), from the verified SANs in ``context.peer_identities()``.
-* **client → server**: there is no peer-certificate access on grpc.aio client calls, so
-  identity is checked as the TLS host name: every workload certificate carries the DNS
-  SAN ``<service>.svc.<td>`` next to its SPIFFE ID ``spiffe://<td>/svc/<service>``, and
-  :meth:`TLSOptions.channel_options` sets ``grpc.ssl_target_name_override`` to the
-  expected service's identity name. Host-name verification *is* identity verification:
-  a server holding another workload's certificate fails the handshake
-  (``UNAVAILABLE``). The binding of the two names is guaranteed by meshkit's issuer and by
-  the CA's name constraints (``svc.<td>`` is the only place identity names can live, and
-  only under the trust domain's SPIFFE IDs).
+  certificates, and anything outside the CA's name constraints) during the handshake. It
+  does *not* apply the trust anchor's ``pathlen:0``: a leaf issued by a sub-CA signed
+  with the mesh CA key gets through (``openssl verify`` refuses that chain). grpcio offers
+  no verify callback in Python, so right after the handshake, per call,
+  :class:`~meshkit.auth.PeerIdentityInterceptor` re-verifies the peer certificate from
+  ``context.auth_context()`` with :meth:`TLSOptions.peer_verifier` (leaf issued directly
+  by a CA of ``ca_file``, under its basicConstraints, keyUsage and name constraints, a
+  workload SPIFFE ID; cached per certificate) and refuses anything else with
+  ``UNAUTHENTICATED``; it then decides *which* workload may call (connection-level
+  ``allowed_peers``), and :class:`~meshkit.auth.AuthzInterceptor` decides per method.
+* **client → server**: grpcio's Python API gives a client neither the server's
+  certificate (grpc.aio calls have no ``auth_context()``) nor a verification hook
+  (``grpc.ssl_channel_credentials`` takes only the roots and the client's key pair; the
+  core's certificate verifier is not exposed), so identity is checked as the TLS host
+  name: every workload certificate carries the DNS SAN ``<service>.svc.<td>`` next to its
+  SPIFFE ID ``spiffe://<td>/svc/<service>``, and :meth:`TLSOptions.channel_options` sets
+  ``grpc.ssl_target_name_override`` to the expected service's identity name. Host-name
+  verification *is* identity verification: a server holding another workload's
+  certificate fails the handshake (``UNAVAILABLE``). The binding of the two names is
+  guaranteed by meshkit's issuer and by the CA's name constraints (``svc.<td>`` is the
+  only place identity names can live, and only under the trust domain's SPIFFE IDs).
+  **Limitation:** the server's chain is checked by BoringSSL alone, so the CA's
+  ``pathlen:0`` is not enforced here: a server certificate issued through a sub-CA signed
+  with the mesh CA key is accepted for any identity name inside the CA's name
+  constraints (which BoringSSL does enforce, through sub-CAs too). Only the CA key can
+  make such a sub-CA, and meshkit never does (:func:`~meshkit.auth.issue_workload`
+  refuses a non-CA issuer and always writes ``CA:FALSE``): keep the CA key offline, never
+  sign a CA with it, and rotate the CA if it ever was. meshkit adds no client-side check:
+  a second, out-of-band TLS connection to inspect the chain would not verify the
+  connection gRPC actually uses.
 
 Rotation: :meth:`TLSOptions.server_credentials` uses ``grpc.dynamic_ssl_server_credentials``,
 whose fetcher grpc calls before each new connection's handshake; meshkit re-reads the
@@ -46,7 +62,13 @@ from cryptography.hazmat.primitives import serialization
 
 from meshkit.auth._certs import CA_CERT, load_certificates, load_private_key, trust_domain_of
 from meshkit.auth._errors import CertificateError
-from meshkit.auth._identity import SpiffeId, identity_dns_name, validate_trust_domain, workload_id
+from meshkit.auth._identity import (
+    PeerVerifier,
+    SpiffeId,
+    identity_dns_name,
+    validate_trust_domain,
+    workload_id,
+)
 from meshkit.auth._server import PeerIdentityInterceptor
 from meshkit.errors import ConfigError
 
@@ -94,11 +116,18 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     if len(uris) != 1:
         raise CertificateError(f"{cert_file} must carry exactly one SPIFFE ID URI SAN")
     sid = SpiffeId.parse(uris[0])
+    if sid.service is None:
+        raise CertificateError(f"{cert_file} carries {sid}, which is not a workload identity "
+                               "(spiffe://<td>/svc/<service>)")
     td = trust_domain or trust_domain_of(cas[0])
     if sid.trust_domain != td:
         raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
                                f"expected {td!r}")
     ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
+    try:  # what peers will check: issued directly by the bundle, within its constraints
+        PeerVerifier(ca_pem).verify(leaf)
+    except CertificateError as exc:
+        raise CertificateError(f"{cert_file} would be refused by peers: {exc}") from None
     cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -112,7 +141,10 @@ class TLSOptions:
     """mTLS settings of one workload, from PEM files (see the module docstring).
 
     The files are read and checked when the object is built: the key must match the
-    certificate, which must carry exactly one SPIFFE ID in ``trust_domain``.
+    certificate, which must carry exactly one SPIFFE ID, a workload ID
+    ``spiffe://<td>/svc/<service>`` in ``trust_domain``, and pass the checks peers make
+    (:class:`~meshkit.auth.PeerVerifier`, validity period aside): issued directly by a CA
+    of ``ca_file``, within its name constraints, not itself a CA.
 
     Args:
         ca_file: the mesh CA certificate(s) (trust bundle), PEM.
@@ -124,11 +156,13 @@ class TLSOptions:
             allows every workload of the trust domain.
         reload_interval_s: how often the files are re-checked for a renewed certificate
             (default 5.0 s; > 0).
-        clock: monotonic clock for the reload interval (default ``time.monotonic``).
+        clock: monotonic clock for the reload interval (default ``time.monotonic``); the
+            peer verifier reads the wall clock (``time.time``) for validity periods.
 
     Raises:
-        CertificateError: a file is missing/unreadable, the key does not match, or the
-            certificate's SPIFFE ID is missing or in another trust domain.
+        CertificateError: a file is missing/unreadable, the key does not match, the
+            certificate's SPIFFE ID is missing, no workload ID or in another trust domain,
+            or peers would refuse the certificate (the message says why).
         ConfigError: a value out of range (quoted).
 
     Example::
@@ -149,6 +183,7 @@ class TLSOptions:
     reload_interval_s: float = 5.0
     clock: Clock = time.monotonic
     _initial: TLSMaterial | None = field(init=False, repr=False, compare=False, default=None)
+    _verifier: PeerVerifier | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         for name in ("ca_file", "cert_file", "key_file"):
@@ -164,6 +199,8 @@ class TLSOptions:
             cas = load_certificates(self.ca_file)
             object.__setattr__(self, "trust_domain", trust_domain_of(cas[0]))
         object.__setattr__(self, "_initial", self.read())
+        object.__setattr__(self, "_verifier", PeerVerifier.from_file(
+            self.ca_file, reload_interval_s=self.reload_interval_s))
 
     @property
     def domain(self) -> str:
@@ -247,11 +284,21 @@ class TLSOptions:
         """
         return (("grpc.ssl_target_name_override", identity_dns_name(self.domain, service)),)
 
+    def peer_verifier(self) -> PeerVerifier:
+        """The :class:`~meshkit.auth.PeerVerifier` over ``ca_file`` (one per options
+        object, shared by its interceptors): it re-reads the bundle at most every
+        ``reload_interval_s``, like the server credentials."""
+        assert self._verifier is not None
+        return self._verifier
+
     def peer_interceptor(self, *, exempt_methods: tuple[str, ...] = ()) -> PeerIdentityInterceptor:
-        """The server interceptor enforcing ``allowed_peers`` and publishing
-        :func:`~meshkit.auth.current_peer`; put it first in ``ServeOptions.interceptors``."""
+        """The server interceptor verifying the peer's certificate chain against
+        ``ca_file`` (:meth:`peer_verifier`), enforcing ``allowed_peers`` and publishing
+        :func:`~meshkit.auth.current_peer`; put it first in ``ServeOptions.interceptors``.
+        Status codes: see :class:`~meshkit.auth.PeerIdentityInterceptor`."""
         return PeerIdentityInterceptor(self.domain, self.allowed_peers,
-                                       exempt_methods=exempt_methods)
+                                       exempt_methods=exempt_methods,
+                                       verifier=self.peer_verifier())
 
     def channel_reloader(self) -> ChannelCredentialsReloader:
         """A :class:`ChannelCredentialsReloader` over these files."""

@@ -85,3 +85,49 @@ def test_cli_init_issue_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "renewed" in capsys.readouterr().out
     assert main(["issue", "Bad_Name", "--dir", d]) == 1
     assert main(["bogus"]) == 2
+
+
+def test_ca_is_pathlen_zero_and_constrained_with_own_functions() -> None:
+    """create_ca always makes CA:TRUE with pathlen:0, keyCertSign and critical name
+    constraints, whatever the extra permitted names."""
+    from meshkit.auth import create_ca
+
+    _key, ca = create_ca(trust_domain=TD, ttl_days=1, permitted_dns=("localhost", "example.org"),
+                         permitted_ips=("10.0.0.0/8",))
+    bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    ku = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_cert_sign and not ku.digital_signature
+    nc = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    assert nc.critical
+    permitted = {str(s.value) for s in nc.value.permitted_subtrees or ()}
+    assert {TD, f"svc.{TD}", "localhost", "example.org", "10.0.0.0/8"} <= permitted
+
+
+def test_cli_issue_never_makes_a_ca(tmp_path: Path) -> None:
+    """`meshkit certs issue` writes a CA:FALSE leaf without keyCertSign, whatever it is
+    given."""
+    d = str(tmp_path / "c")
+    assert main(["certs", "init", "--dir", d, "--trust-domain", TD]) == 0
+    assert main(["certs", "issue", "orderd", "--dir", d, "--dns", "localhost"]) == 0
+    cert = load_certificate(Path(d) / "orderd.pem")
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca is False and bc.value.path_length is None
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_cert_sign and not ku.crl_sign
+    assert not describe_certificate(cert).is_ca
+
+
+def test_issue_refuses_an_issuer_that_is_not_the_ca(pki: Pki) -> None:
+    """Issuing with a workload certificate (or a key that is not the CA's) in place of the
+    CA is refused: it would mint certificates no peer accepts."""
+    from meshkit.auth import issue_workload, load_private_key
+
+    pki.issue("userd")
+    leaf_cert = load_certificate(pki.dir / "userd.pem")
+    leaf_key = load_private_key(pki.dir / "userd.key")
+    ca_cert = load_certificate(pki.dir / "ca.pem")
+    with pytest.raises(ConfigError, match="not a CA"):
+        issue_workload(leaf_key, leaf_cert, "orderd", ttl_h=0.5)
+    with pytest.raises(ConfigError, match="does not match"):
+        issue_workload(leaf_key, ca_cert, "orderd", ttl_h=0.5)

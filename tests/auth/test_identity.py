@@ -61,3 +61,44 @@ def test_matcher_wildcards() -> None:
     assert not IdentityMatcher([]).matches("anything")
     assert IdentityMatcher(["a.b*"]).matches("a.bc") and not IdentityMatcher(["a.b*"]).matches(
         "aXbc")
+
+
+@pytest.mark.parametrize("path", [
+    "/svc/orderd/extra", "/svc/orderd/x/y", "/svc/Orderd", "/svc/order_d", "/svc/a.b",
+    "/svc/-x", "/svc", "/other/orderd", "/svcx/orderd", "",
+])
+def test_only_exactly_svc_label_is_a_workload(path: str) -> None:
+    """SpiffeId.service is None unless the path is exactly /svc/<one DNS label>."""
+    assert SpiffeId.parse(f"spiffe://td{path}").service is None
+
+
+def test_peer_from_identities_refuses_non_workload_ids() -> None:
+    """A verified SPIFFE ID with extra path segments yields no peer identity."""
+    assert peer_from_identities([b"spiffe://td/svc/orderd/extra"]) is None
+    assert peer_from_identities([b"spiffe://td/svc/Orderd"]) is None
+    assert peer_from_identities([b"spiffe://td"]) is None
+
+
+def test_matcher_star_does_not_cross_slash() -> None:
+    """A '*' inside a pattern matches within one path segment; a lone '*' matches all."""
+    m = IdentityMatcher(["spiffe://td/svc/*"])
+    assert m.matches("spiffe://td/svc/orderd")
+    assert not m.matches("spiffe://td/svc/orderd/extra")
+    assert not IdentityMatcher(["spiffe://*/svc/orderd"]).matches("spiffe://a/b/svc/orderd")
+    assert IdentityMatcher(["spiffe://*/svc/orderd"]).matches("spiffe://a.b/svc/orderd")
+    assert not IdentityMatcher(["spiffe://td/*"]).matches("spiffe://td/svc/orderd")
+    assert IdentityMatcher(["*"]).matches("spiffe://td/svc/orderd/extra")
+    assert IdentityMatcher(["user-*"]).matches("user-1")
+    assert not IdentityMatcher(["user-*"]).matches("user-1/admin")
+
+
+def test_policy_wildcard_does_not_admit_non_workload_ids() -> None:
+    """An allow-list rule spiffe://<td>/svc/* refuses spiffe://<td>/svc/orderd/extra and a
+    deny rule with the same pattern still denies the workloads it names."""
+    from meshkit.auth import AuthzPolicy, Rule
+
+    policy = AuthzPolicy(rules={"/p.S/*": Rule(allow_peers=("spiffe://td/svc/*",))})
+    assert policy.evaluate("/p.S/M", "spiffe://td/svc/orderd", None).allowed
+    assert not policy.evaluate("/p.S/M", "spiffe://td/svc/orderd/extra", None).allowed
+    deny = AuthzPolicy(default=Rule(allow_peers=("*",), deny_peers=("spiffe://td/svc/*",)))
+    assert not deny.evaluate("/p.S/M", "spiffe://td/svc/orderd", None).allowed

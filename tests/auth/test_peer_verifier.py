@@ -1,0 +1,332 @@
+"""PeerVerifier, pure: which peer certificates yield a workload identity, caching, reload."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import structlog
+from cryptography import x509
+
+from meshkit.auth import (
+    CertificateError,
+    PeerVerifier,
+    TLSOptions,
+    create_ca,
+    default_peer_verifier,
+    load_certificate,
+    load_private_key,
+)
+from meshkit.errors import ConfigError
+from tests.auth.chains import auth_context, ca_of, key_pem, key_usage, leaf, pem, sub_ca
+from tests.auth.conftest import TD, Pki
+
+
+class FakeClock:
+    """A settable wall clock (epoch seconds)."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def verifier_for(pki: Pki, **kw: object) -> PeerVerifier:
+    """A verifier trusting ``pki``'s CA."""
+    return PeerVerifier((pki.dir / "ca.pem").read_bytes(), **kw)  # type: ignore[arg-type]
+
+
+def refusal(logs: list[dict[str, object]]) -> str:
+    """The reason of the one logged refusal."""
+    reasons = [str(e["reason"]) for e in logs if e["event"] == "peer certificate refused"]
+    assert len(reasons) == 1, logs
+    return reasons[0]
+
+
+def test_meshkit_leaf_is_identified_and_cached(pki: Pki) -> None:
+    """A leaf from the mesh CA yields its workload identity; the verdict is cached."""
+    ca_key, ca = ca_of(pki)
+    _k, cert = leaf(ca_key, ca, service="orderd", dns=[f"orderd.svc.{TD}", "localhost"],
+                    ips=["127.0.0.1"])
+    v = verifier_for(pki)
+    peer = v.identify(auth_context(cert))
+    assert peer is not None
+    assert (peer.spiffe_id, peer.trust_domain, peer.service) == (
+        f"spiffe://{TD}/svc/orderd", TD, "orderd")
+    assert v.identify(auth_context(cert)) is peer and v.cached == 1
+    assert v.anchored and not default_peer_verifier().anchored
+
+
+def test_leaf_through_sub_ca_refused_with_or_without_chain(pki: Pki) -> None:
+    """A leaf issued by a sub-CA is refused whether or not the chain is presented."""
+    ca_key, ca = ca_of(pki)
+    sub_key, sub = sub_ca(ca_key, ca, path_length=0)
+    _k, cert = leaf(sub_key, sub)
+    for ctx in (auth_context(cert, sub), auth_context(cert), auth_context(cert, sub, ca)):
+        v = verifier_for(pki)
+        with structlog.testing.capture_logs() as logs:
+            assert v.identify(ctx) is None
+        assert "directly" in refusal(logs)
+
+
+def test_same_issuer_name_other_key_refused(pki: Pki, other_pki: Pki) -> None:
+    """A leaf from another CA with the very same subject name fails the signature check."""
+    other_key, other_ca = ca_of(other_pki)
+    assert other_ca.subject == ca_of(pki)[1].subject
+    _k, cert = leaf(other_key, other_ca)
+    assert verifier_for(pki).identify(auth_context(cert)) is None
+
+
+@pytest.mark.parametrize("case", [
+    "ca_true", "key_cert_sign", "no_digital_signature", "server_only_eku", "extra_path",
+    "uppercase_service", "two_spiffe_ids", "no_spiffe_id", "other_trust_domain",
+    "dns_outside_constraints",
+])
+def test_leaf_defects_refused(pki: Pki, case: str) -> None:
+    """Leaves no workload may hold are refused, each for its reason."""
+    ca_key, ca = ca_of(pki)
+    kw: dict[str, object] = {}
+    if case == "ca_true":
+        kw = {"ca": True}
+    elif case == "key_cert_sign":
+        kw = {"usage": key_usage(sign_certs=True, digital_signature=True)}
+    elif case == "no_digital_signature":
+        kw = {"usage": key_usage(sign_certs=False, digital_signature=False)}
+    elif case == "extra_path":
+        kw = {"uris": [f"spiffe://{TD}/svc/orderd/extra"]}
+    elif case == "uppercase_service":
+        kw = {"uris": [f"spiffe://{TD}/svc/Orderd"]}
+    elif case == "two_spiffe_ids":
+        kw = {"uris": [f"spiffe://{TD}/svc/orderd", f"spiffe://{TD}/svc/userd"]}
+    elif case == "no_spiffe_id":
+        kw = {"uris": []}
+    elif case == "other_trust_domain":
+        kw = {"uris": ["spiffe://other.test/svc/orderd"]}
+    elif case == "dns_outside_constraints":
+        kw = {"dns": [f"orderd.svc.{TD}", "evil.example.com"]}
+    if case == "server_only_eku":
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        key, base = leaf(ca_key, ca, eku=False)
+        builder = x509.CertificateBuilder(
+            issuer_name=base.issuer, subject_name=base.subject, public_key=key.public_key(),
+            serial_number=x509.random_serial_number(),
+            not_valid_before=base.not_valid_before_utc, not_valid_after=base.not_valid_after_utc,
+            extensions=list(base.extensions))
+        cert = builder.add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False).sign(ca_key, hashes.SHA256())
+    else:
+        _k, cert = leaf(ca_key, ca, **kw)  # type: ignore[arg-type]
+    v = verifier_for(pki)
+    with structlog.testing.capture_logs() as logs:
+        assert v.identify(auth_context(cert)) is None
+    reason = refusal(logs)
+    assert reason and "directly" not in reason
+    with pytest.raises(CertificateError):
+        v.verify(cert)
+
+
+def test_ip_outside_the_cas_networks_refused() -> None:
+    """With IP constraints on the CA, an IP SAN outside them is refused, inside accepted."""
+    ca_key, ca = create_ca(trust_domain=TD, ttl_days=1, permitted_ips=("10.0.0.0/8",))
+    v = PeerVerifier(pem(ca))
+    assert v.identify(auth_context(leaf(ca_key, ca, ips=["10.1.2.3"])[1])) is not None
+    assert v.identify(auth_context(leaf(ca_key, ca, ips=["192.168.0.1"])[1])) is None
+
+
+def test_trusted_certificates_that_may_not_issue_are_refused(pki: Pki) -> None:
+    """A leaf signed by a bundle certificate that is not a CA (CA:FALSE, or CA:TRUE
+    without keyCertSign) is refused."""
+    pki.issue("userd")
+    not_ca = load_certificate(pki.dir / "userd.pem")
+    _k, cert = leaf(load_private_key(pki.dir / "userd.key"), not_ca)
+    with structlog.testing.capture_logs() as logs:
+        assert PeerVerifier(pem(not_ca)).identify(auth_context(cert)) is None
+    assert "not a CA" in refusal(logs)
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "no keyCertSign")])
+    now = dt.datetime.now(dt.UTC)
+    weak = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(key_usage(sign_certs=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    with structlog.testing.capture_logs() as logs:
+        assert PeerVerifier(pem(weak)).identify(auth_context(leaf(key, weak)[1])) is None
+    assert "keyCertSign" in refusal(logs)
+
+
+def test_validity_period_checked_at_call_time(pki: Pki) -> None:
+    """A cached identity lapses when the certificate expires; a future leaf waits."""
+    clock = FakeClock()
+    ca_key, ca = ca_of(pki)
+    _k, cert = leaf(ca_key, ca, ttl_h=1)
+    v = verifier_for(pki, clock=clock)
+    assert v.identify(auth_context(cert)) is not None
+    clock.now += 2 * 3600
+    assert v.identify(auth_context(cert)) is None
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    _k, later = leaf(ca_key, ca, not_before=future, ttl_h=1)
+    clock.now = future.timestamp() - 60
+    assert v.identify(auth_context(later)) is None
+    clock.now = future.timestamp() + 60
+    assert v.identify(auth_context(later)) is not None
+    assert v.verify(cert, at=None).service == "orderd"  # own files: period not checked
+    with pytest.raises(CertificateError, match="expired"):
+        v.verify(cert, at=clock.now + 3 * 3600)
+
+
+def test_cache_is_bounded(pki: Pki) -> None:
+    """No more than max_entries verdicts are kept; the oldest go first."""
+    ca_key, ca = ca_of(pki)
+    v = verifier_for(pki, max_entries=2)
+    certs = [leaf(ca_key, ca, service=f"svc{i}")[1] for i in range(3)]
+    for c in certs:
+        assert v.identify(auth_context(c)) is not None
+    assert v.cached == 2
+    with pytest.raises(ConfigError, match="max_entries"):
+        verifier_for(pki, max_entries=0)
+
+
+def test_bundle_from_file_follows_renewal(pki: Pki, other_pki: Pki, tmp_path: Path) -> None:
+    """A CA added to the bundle file is trusted at once for a new issuer, and after the
+    reload interval for a certificate refused before; a broken file keeps the old bundle."""
+    clock = FakeClock()
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes((pki.dir / "ca.pem").read_bytes())
+    v = PeerVerifier.from_file(bundle, reload_interval_s=5, clock=clock)
+    other_key, other_ca = ca_of(other_pki)
+    _k, refused_first = leaf(other_key, other_ca, service="early")
+    assert v.identify(auth_context(refused_first)) is None
+    bundle.write_bytes((pki.dir / "ca.pem").read_bytes() + pem(other_ca))
+    _k, new = leaf(other_key, other_ca, service="late")
+    assert v.identify(auth_context(new)) is not None  # unknown issuer: re-read at once
+    assert v.identify(auth_context(refused_first)) is not None  # the reload emptied the cache
+    bundle.write_bytes(b"garbage")
+    clock.now += 10
+    with structlog.testing.capture_logs() as logs:
+        assert v.identify(auth_context(new)) is not None
+    assert any(e["event"] == "CA bundle reload skipped" for e in logs)
+    with pytest.raises(ConfigError):
+        PeerVerifier.from_file(bundle, reload_interval_s=0)
+    with pytest.raises(CertificateError):
+        PeerVerifier.from_file(bundle)
+
+
+def test_bundle_less_mode_refuses_presented_intermediates(pki: Pki) -> None:
+    """Without a bundle, a peer presenting an intermediate CA is refused; a lone leaf or a
+    leaf followed by its self-signed root is identified."""
+    ca_key, ca = ca_of(pki)
+    sub_key, sub = sub_ca(ca_key, ca)
+    _k, rogue = leaf(sub_key, sub)
+    _k, good = leaf(ca_key, ca)
+    v = PeerVerifier()
+    assert v.identify(auth_context(rogue, sub)) is None
+    assert v.identify(auth_context(rogue, sub, ca)) is None
+    assert v.identify(auth_context(good)) is not None
+    assert v.identify(auth_context(good, ca)) is not None
+    _k, odd = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd/extra"])
+    assert v.identify(auth_context(odd)) is None
+
+
+def test_no_or_unreadable_certificate_is_no_identity(pki: Pki) -> None:
+    """Plaintext peers, peers without a certificate and garbage yield None."""
+    v = verifier_for(pki)
+    assert v.identify(None) is None
+    assert v.identify({}) is None
+    assert v.identify({"transport_security_type": [b"insecure"]}) is None
+    assert v.identify({"x509_pem_cert": [b"-----BEGIN CERTIFICATE-----\nAAAA\n"]}) is None
+    with pytest.raises(CertificateError):
+        PeerVerifier(b"not a certificate")
+
+
+def _write(tmp_path: Path, pki: Pki, name: str, key: object, *chain: x509.Certificate
+           ) -> TLSOptions:
+    (tmp_path / f"{name}.pem").write_bytes(pem(*chain))
+    (tmp_path / f"{name}.key").write_bytes(key_pem(key))  # type: ignore[arg-type]
+    return TLSOptions(ca_file=pki.dir / "ca.pem", cert_file=tmp_path / f"{name}.pem",
+                      key_file=tmp_path / f"{name}.key")
+
+
+def test_tls_options_refuse_own_certificate_peers_would_refuse(pki: Pki,
+                                                               tmp_path: Path) -> None:
+    """A workload's own certificate with a non-workload SPIFFE ID, or issued through a
+    sub-CA, fails when the options are built, not at the first call."""
+    ca_key, ca = ca_of(pki)
+    key, odd = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd/extra"])
+    with pytest.raises(CertificateError, match="not a workload identity"):
+        _write(tmp_path, pki, "odd", key, odd)
+    sub_key, sub = sub_ca(ca_key, ca)
+    key, rogue = leaf(sub_key, sub)
+    with pytest.raises(CertificateError, match=r"refused by peers.*directly"):
+        _write(tmp_path, pki, "rogue", key, rogue, sub)
+    tls = pki.issue("orderd")
+    assert tls.peer_interceptor().verifier is tls.peer_verifier()
+    assert tls.peer_verifier().anchored
+
+
+def _constrained_ca(permitted: list[x509.GeneralName], excluded: list[x509.GeneralName] | None
+                    ) -> tuple[object, x509.Certificate]:
+    """A CA naming no trust domain, with the given name constraints."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "constrained")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(key_usage(sign_certs=True), critical=True)
+            .add_extension(x509.NameConstraints(permitted_subtrees=permitted or None,
+                                                excluded_subtrees=excluded), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def test_name_constraints_follow_rfc5280() -> None:
+    """URI constraints match the host exactly (or below, with a leading '.'), DNS ones the
+    name or below it; excluded subtrees win; other constrained name types are refused."""
+    key, ca = _constrained_ca(
+        [x509.UniformResourceIdentifier("td.example"), x509.DNSName("svc.td.example"),
+         x509.RFC822Name("example.org")],
+        [x509.DNSName("bad.svc.td.example")])
+    v = PeerVerifier(pem(ca))
+
+    def ok(uri: str, *dns: str, email: bool = False) -> bool:
+        _k, cert = leaf(key, ca, uris=[uri], dns=list(dns))  # type: ignore[arg-type]
+        if email:
+            from cryptography.hazmat.primitives import hashes
+
+            cert = x509.CertificateBuilder(
+                issuer_name=cert.issuer, subject_name=cert.subject,
+                public_key=cert.public_key(), serial_number=x509.random_serial_number(),
+                not_valid_before=cert.not_valid_before_utc,
+                not_valid_after=cert.not_valid_after_utc,
+                extensions=[e for e in cert.extensions if e.oid != x509.SubjectAlternativeName.oid]
+            ).add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(uri), x509.RFC822Name("a@example.org")]),
+                critical=False).sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        return v.identify(auth_context(cert)) is not None
+
+    assert ok("spiffe://td.example/svc/a", "a.svc.td.example")
+    assert not ok("spiffe://x.td.example/svc/a", "a.svc.td.example")  # host must be exact
+    assert not ok("spiffe://td.example/svc/a", "a.other.example")
+    assert not ok("spiffe://td.example/svc/a", "x.bad.svc.td.example")  # excluded
+    assert not ok("spiffe://td.example/svc/a", "a.svc.td.example", email=True)
+    key2, below = _constrained_ca([x509.UniformResourceIdentifier(".example")], None)
+    _k, cert = leaf(key2, below, uris=["spiffe://td.example/svc/a"], dns=[])  # type: ignore[arg-type]
+    assert PeerVerifier(pem(below)).identify(auth_context(cert)) is not None
+    _k, cert = leaf(key2, below, uris=["spiffe://example/svc/a"], dns=[])  # type: ignore[arg-type]
+    assert PeerVerifier(pem(below)).identify(auth_context(cert)) is None
