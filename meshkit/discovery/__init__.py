@@ -39,7 +39,7 @@ from meshkit.discovery._balancer import (
     noop_done,
 )
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
-from meshkit.discovery._types import Instance, Registry
+from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ __all__ = [
     "LocalOptions",
     "LocalRegistry",
     "Registry",
+    "RegistryStatus",
     "RoundRobin",
     "default_local_path",
     "noop_done",

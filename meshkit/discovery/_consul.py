@@ -44,7 +44,7 @@ import consul
 import consul.aio
 import structlog
 
-from meshkit.discovery._types import Instance
+from meshkit.discovery._types import Instance, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["ConsulOptions", "ConsulRegistry"]
@@ -416,6 +416,7 @@ class ConsulRegistry:
         self._inflight: set[asyncio.Future[Any]] = set()
         self._closed_event = asyncio.Event()
         self._closed = False
+        self._tracker = StatusTracker("consul")
 
     @classmethod
     def from_uri(
@@ -598,10 +599,16 @@ class ConsulRegistry:
         try:
             await self._put_register(payload)
         except _FOREIGN as exc:
-            raise RegistryError(
+            error = RegistryError(
                 f"cannot register {instance.instance_id!r} with Consul agent "
                 f"{self.options.base_url}: {self._describe(exc)}"
-            ) from exc
+            )
+            self._tracker.write_failed(str(error))
+            raise error from exc
+        except RegistryError as exc:
+            self._tracker.write_failed(str(exc))
+            raise
+        self._tracker.write_ok()
         reg = _Registration(instance=instance, payload=payload, ttl_check_id=ttl_check_id)
         self._keepers[instance.instance_id] = asyncio.create_task(
             self._keep(reg), name=f"meshkit-consul-keeper-{instance.instance_id}"
@@ -636,10 +643,15 @@ class ConsulRegistry:
             await asyncio.sleep(interval)
             try:
                 if await self._still_known(reg):
+                    self._tracker.write_ok()
                     continue
                 _log.warning("consul agent forgot the instance; registering it again", **ids)
                 await self._put_register(reg.payload)
+                self._tracker.reopened += 1
+                self._tracker.write_ok()
             except _RETRYABLE as exc:
+                self._tracker.write_failed(
+                    f"heartbeat of {reg.instance.instance_id!r}: {self._describe(exc)}")
                 _log.warning("consul heartbeat failed; retrying", **ids,
                              error=self._describe(exc))
 
@@ -662,10 +674,13 @@ class ConsulRegistry:
             await self._bounded(client.agent.service.deregister(instance.instance_id),
                                 self.options.request_timeout_s)
         except _FOREIGN as exc:
-            raise RegistryError(
+            error = RegistryError(
                 f"cannot deregister {instance.instance_id!r} from Consul agent "
                 f"{self.options.base_url}: {self._describe(exc)}"
-            ) from exc
+            )
+            self._tracker.write_failed(str(error))
+            raise error from exc
+        self._tracker.write_ok()
 
     # -- discovery -----------------------------------------------------------------------
     async def _health(self, service: str, index: int) -> tuple[int, list[Any]]:
@@ -732,6 +747,8 @@ class ConsulRegistry:
             except _RETRYABLE as exc:
                 failures += 1
                 delay = self._backoff_delay(failures)
+                self._tracker.read_failed(f"watch of {service!r} on Consul agent "
+                                         f"{self.options.base_url}: {self._describe(exc)}")
                 _log.warning("consul watch failed; keeping the last known endpoints",
                              service=service, attempt=failures, retry_in_s=round(delay, 3),
                              error=self._describe(exc))
@@ -743,6 +760,7 @@ class ConsulRegistry:
                 return
             new_index, entries = result
             failures = 0
+            self._tracker.read_ok()
             if new_index < 1:
                 index = 1  # never block on 0: Consul would answer at once, every time
             elif new_index < index:
@@ -758,6 +776,16 @@ class ConsulRegistry:
         await self._sleep(delay)
 
     # -- lifecycle -----------------------------------------------------------------------
+    def status(self) -> RegistryStatus:
+        """This registry's health as its own calls to the agent saw it (no I/O).
+
+        ``readable``/``read_errors``: the watches' health queries; ``writable``/
+        ``write_errors``: register, deregister and the heartbeats (TTL passes or lookups);
+        ``reopened``: instances registered again because the agent had forgotten them;
+        ``last_error`` may name the agent's address and an instance id, never the token.
+        """
+        return self._tracker.status()
+
     async def close(self) -> None:
         """Stop heartbeats, end every watch (their iterators finish) and close the client.
 

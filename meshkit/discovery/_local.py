@@ -11,6 +11,35 @@ another process does the same, the last connection's WAL cleanup at close, and W
 after a crash return ``SQLITE_BUSY`` at once (https://sqlite.org/wal.html, "Sometimes
 queries return SQLITE_BUSY in WAL mode"). Every operation here is idempotent, so a busy
 error is retried with a short jittered backoff until ``busy_timeout_s`` has passed.
+
+Failure modes (each is reported once per outage in the log and in :meth:`status`):
+
+* **Writes fail** (read-only file or file system, full disk, immutable file): heartbeats
+  cannot renew entries, so entries expire although their owners live. A registry whose writes
+  fail is a fault, not "every instance left". Every successful write (register, heartbeat,
+  write probe) also stamps the registry's ``last_write`` time; while this process cannot
+  write, its watches keep each expired entry that was still alive at that time (the last
+  known good set, also for a watch that starts during the outage), and, after its writes
+  work again, for two more heartbeat intervals, so that owners have renewed before expiry
+  counts again. Entries that expired before the last write (owners that died while others
+  could still write) drop out as usual. Whether this process can write: its latest write
+  if it is at most two heartbeat intervals old (a process with registrations always has
+  one), else a *write probe*, one small write transaction, run only when an expired entry
+  is in question and at most once per two heartbeat intervals: a healthy poll writes nothing.
+* **Reads fail** (unreadable or corrupt file): a watch keeps its last set, or, if it never read
+  anything, yields nothing (never an empty set because of an error) until a read succeeds.
+* **A read-only registry** is readable by a new process: nothing is written when the file
+  is opened unless it needs setting up. SQLite can read a WAL database without write access
+  when its ``-wal`` and ``-shm`` files exist or can be created
+  (https://sqlite.org/wal.html#readonly); when neither holds (nobody has the file open, so
+  the last connection deleted them, and the directory is not writable) the file is opened
+  ``immutable=1``, which reads the main file only; that is then the whole state, as it is
+  only after the WAL has been checkpointed and deleted, and the normal open is tried again
+  as soon as a ``-wal`` file appears.
+* **The file is deleted or replaced** (``rm``, a tmp cleaner): processes holding the old
+  file would keep an island of their own. Before each operation the path's device and inode
+  are compared with the open file's (one ``stat``); if they differ or the path is gone, the
+  file is reopened (created if need be) and this process's instances are written to it again.
 """
 
 from __future__ import annotations
@@ -24,15 +53,16 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import structlog
 
-from meshkit.discovery._types import Instance
+from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["LocalOptions", "LocalRegistry", "default_local_path"]
@@ -52,7 +82,15 @@ CREATE TABLE IF NOT EXISTS instances (
     expires_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_by_service ON instances (service, expires_at);
+CREATE TABLE IF NOT EXISTS last_write (
+    id          INTEGER PRIMARY KEY CHECK (id = 0),
+    seq         INTEGER NOT NULL,
+    written_at  REAL NOT NULL
+);
 """
+_TABLES = frozenset({"instances", "last_write"})
+#: Rows dead for this many TTLs are garbage: their owners are gone for good.
+_GC_TTLS = 10
 
 
 def default_local_path() -> Path:
@@ -111,10 +149,62 @@ class LocalOptions:
             raise ConfigError(f"busy_timeout_s must be > 0, got {self.busy_timeout_s!r}")
 
 
+def _code(exc: sqlite3.Error) -> int:
+    code = getattr(exc, "sqlite_errorcode", None)  # set by sqlite3 since Python 3.11
+    return code if isinstance(code, int) else -1
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     """True for SQLITE_BUSY and its extended codes (BUSY_RECOVERY, BUSY_SNAPSHOT, ...)."""
-    code = getattr(exc, "sqlite_errorcode", None)  # set by sqlite3 since Python 3.11
-    return isinstance(code, int) and (code & 0xFF) == sqlite3.SQLITE_BUSY
+    return (_code(exc) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+def _is_readonly(exc: sqlite3.Error) -> bool:
+    """True for SQLITE_READONLY and its extended codes (READONLY_DIRECTORY, ...)."""
+    return (_code(exc) & 0xFF) == sqlite3.SQLITE_READONLY
+
+
+def _wal_files_unavailable(exc: sqlite3.Error) -> bool:
+    """The error SQLite gives a read-only reader of a WAL database whose ``-wal``/``-shm``
+    files are missing and cannot be created (SQLITE_READONLY_DIRECTORY; CANTOPEN in older
+    versions)."""
+    code = _code(exc)
+    return code == sqlite3.SQLITE_READONLY_DIRECTORY or (code & 0xFF) == sqlite3.SQLITE_CANTOPEN
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``; None if it does not exist. Other errors propagate."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+_Expiry = Literal["apply", "hold", "grace"]
+
+
+class _Snapshot(NamedTuple):
+    """One read of a service's entries."""
+
+    live: frozenset[Instance]
+    expired: tuple[tuple[Instance, float], ...]  # (instance, expires_at) of expired rows
+    written_at: float | None  # the registry's last_write time (read only if expired)
+
+
+_LOG_STARTED = {
+    False: "local registry cannot be read; watches keep their last endpoints "
+           "(or wait for a first read)",
+    True: "local registry cannot be written; registrations are not renewed, "
+          "and watches keep endpoints whose entries expire until it can",
+}
+_LOG_STILL = {False: "local registry still cannot be read",
+              True: "local registry still cannot be written"}
+_LOG_BACK = {False: "local registry readable again", True: "local registry writable again"}
 
 
 class LocalRegistry:
@@ -128,6 +218,11 @@ class LocalRegistry:
                                     port=50051))
         async for instances in reg.watch("orderd"): ...
 
+    Faults (an unwritable, unreadable, deleted or replaced file) are handled as the module
+    docstring describes, logged once per outage on ``meshkit.discovery.local`` (a reminder
+    at most every 60 s while one lasts, and a line when it ends) and reported by
+    :meth:`status`.
+
     Args:
         options: :class:`LocalOptions`; defaults apply when omitted.
 
@@ -139,49 +234,175 @@ class LocalRegistry:
         self.options = options or LocalOptions()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._has_last_write = False  # the file has the last_write table (old files may not)
+        self._immutable = False  # opened immutable=1: read-only, no -wal/-shm (module doc)
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._moved = False  # the path was found naming another file, or none
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
+        # What this process registered, written again into a replaced file. Replaced, never
+        # mutated, so the worker thread reads a consistent snapshot without a lock.
+        self._owned: Mapping[str, Instance] = {}
+        # Updated only in the worker thread (under _lock); status() reads a snapshot.
+        self._tracker = StatusTracker("local", clock=self.options.clock)
+        self._gc_at = -float("inf")  # monotonic time of the last garbage collection
+        self._probe_lock: asyncio.Lock | None = None
         self._closed = False
         # A thread of our own: heartbeats must not queue behind the application's
         # asyncio.to_thread work (password hashing, file I/O) in the default pool.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshkit-local")
 
-    # -- sqlite plumbing (runs in a worker thread) ---------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            path = self.options.path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=self.options.busy_timeout_s,
-                                   check_same_thread=False, isolation_level=None)
+    # -- sqlite plumbing (runs in the worker thread, under _lock) --------------------------
+    def _connect(self, database: str, uri: bool = False) -> sqlite3.Connection:
+        return sqlite3.connect(database, timeout=self.options.busy_timeout_s, uri=uri,
+                               check_same_thread=False, isolation_level=None)
+
+    def _open(self) -> None:
+        """Open the file into ``_conn``, creating and setting it up only if it needs it."""
+        path = self.options.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect(str(path))
+        immutable = False
+        try:
             try:
-                # Read first: switching to WAL takes an exclusive lock, needed only once.
-                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
-            except BaseException:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not (_wal_files_unavailable(exc) and path.is_file()
+                        and not os.path.exists(f"{path}-wal")):
+                    raise
+                # A WAL file we may not write, and no -wal/-shm to read it through: nobody
+                # has it open, so the main file holds everything (see the module docstring).
                 conn.close()
-                raise
-            self._conn = conn
+                uri = f"file:{urllib.parse.quote(str(path))}?immutable=1"
+                conn = self._connect(uri, uri=True)
+                immutable, mode = True, "wal"
+            if mode.lower() != "wal":
+                # Read first: switching to WAL takes an exclusive lock, needed only once.
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as exc:
+                    if not _is_readonly(exc):
+                        raise  # without write access it stays as it is: reads still work
+            conn.execute("PRAGMA synchronous=NORMAL")
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables >= _TABLES:
+                try:
+                    conn.executescript(_SCHEMA)
+                    tables |= _TABLES
+                except sqlite3.OperationalError as exc:
+                    if not (_is_readonly(exc) and "instances" in tables):
+                        raise  # a registry we cannot write but can read is fine
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._immutable = conn, immutable
+        self._has_last_write = "last_write" in tables
+
+    def _drop(self) -> None:
+        """Close the connection; the next operation opens the path again."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _connection(self, write: bool) -> sqlite3.Connection:
+        """The connection, (re)opened if the path no longer names the open file."""
+        path = self.options.path
+        if self._conn is not None:
+            try:
+                moved = _identity(path) != self._identity
+            except OSError:
+                moved = False  # cannot tell (e.g. a directory lost its x bit): keep going
+            if moved:
+                # Remembered rather than re-derived after the reopen: once the old file is
+                # closed, a new one may get its inode number.
+                self._moved = True
+                self._drop()
+            elif self._immutable and (write or os.path.exists(f"{path}-wal")):
+                self._drop()
+        if self._conn is None:
+            self._open()
+            previous = self._identity
+            with contextlib.suppress(OSError):
+                self._identity = _identity(path)
+            if self._moved or (previous is not None and previous != self._identity):
+                self._moved = False
+                self._reregister()
+        assert self._conn is not None
         return self._conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _reregister(self) -> None:
+        """The path names another file than before (deleted or replaced): write this
+        process's instances into it at once rather than at their next heartbeats."""
+        assert self._conn is not None
+        owned = self._owned
+        self._tracker.reopened += 1
+        error = None
+        try:
+            if owned:
+                self._write(self._conn, *owned.values())
+        except sqlite3.Error as exc:
+            error = _describe(exc)  # the heartbeats retry; their failures are reported
+        _log.warning("local registry file was deleted or replaced; reopened it",
+                     path=str(self.options.path), reregistered=sorted(owned), error=error)
+
+    def _outcome(self, write: bool, exc: BaseException | None) -> None:
+        """Record an operation's outcome; log the start, reminders and end of an outage."""
+        tracker = self._tracker
+        if exc is None:
+            duration = tracker.write_ok() if write else tracker.read_ok()
+            if duration is not None:
+                _log.info(_LOG_BACK[write], path=str(self.options.path),
+                          outage_s=round(duration, 3))
+            return
+        if write and isinstance(exc, sqlite3.Error) and (_is_readonly(exc) or self._immutable):
+            self._drop()  # opened read-only: open again next time, in case that changed
+        error = f"local registry {str(self.options.path)!r}: {_describe(exc)}"
+        outage: Outage | None = tracker.write_failed(error) if write else tracker.read_failed(
+            error)
+        if outage == "started":
+            _log.warning(_LOG_STARTED[write], path=str(self.options.path),
+                         error=_describe(exc))
+        elif outage == "reminder":
+            _log.warning(_LOG_STILL[write], path=str(self.options.path), error=_describe(exc),
+                         failing_for_s=round(tracker.failing_for_s(write), 1),
+                         errors=(tracker.write if write else tracker.read).errors)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+        """Run ``fn`` on the connection in the worker thread, retrying busy errors until
+        ``busy_timeout_s``; record the outcome as a read or a ``write``.
+
+        Raises:
+            RegistryError: the operation failed (chained from the sqlite3 or OS error).
+        """
+        if self._closed:
+            raise RegistryError(f"local registry {str(self.options.path)!r} is closed")
+
         def call() -> _T:
             deadline = time.monotonic() + self.options.busy_timeout_s
             backoff_s = 0.002
             with self._lock:
-                while True:
-                    try:
-                        return fn(self._connect())
-                    except sqlite3.OperationalError as exc:
-                        if not _is_busy(exc) or time.monotonic() >= deadline:
-                            raise
-                    time.sleep(backoff_s * random.uniform(0.5, 1.5))
-                    backoff_s = min(backoff_s * 2, 0.05)
+                try:
+                    while True:
+                        try:
+                            result = fn(self._connection(write))
+                            break
+                        except sqlite3.OperationalError as exc:
+                            if not _is_busy(exc) or time.monotonic() >= deadline:
+                                raise
+                        time.sleep(backoff_s * random.uniform(0.5, 1.5))
+                        backoff_s = min(backoff_s * 2, 0.05)
+                except (sqlite3.Error, OSError) as exc:
+                    self._outcome(write, exc)
+                    raise
+                self._outcome(write, None)
+                return result
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"local registry {str(self.options.path)!r}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise RegistryError(
+                f"local registry {str(self.options.path)!r}: {_describe(exc)}") from exc
 
     def _upsert(self, conn: sqlite3.Connection, inst: Instance) -> None:
         conn.execute(
@@ -195,20 +416,82 @@ class LocalRegistry:
              self.options.clock() + self.options.ttl_s),
         )
 
-    def _select(self, conn: sqlite3.Connection, service: str) -> frozenset[Instance]:
+    def _gc(self, conn: sqlite3.Connection) -> None:
+        """Delete rows dead for ``_GC_TTLS`` TTLs (their owners are gone for good)."""
+        self._gc_at = time.monotonic()
+        conn.execute("DELETE FROM instances WHERE expires_at < ?",
+                     (self.options.clock() - _GC_TTLS * self.options.ttl_s,))
+
+    def _write(self, conn: sqlite3.Connection, *instances: Instance, gc: bool = False) -> None:
+        """One write transaction: upsert ``instances``, stamp ``last_write`` (its counter
+        changes, so SQLite cannot skip the write even with nothing else to do), and collect
+        garbage if ``gc`` (or if it is due: at most once per ``ttl_s``)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for inst in instances:
+                self._upsert(conn, inst)
+            if self._has_last_write:
+                conn.execute(
+                    "INSERT INTO last_write (id, seq, written_at) VALUES (0, 1, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET seq = seq + 1,"
+                    " written_at = max(written_at, excluded.written_at)",
+                    (self.options.clock(),),
+                )
+            if gc or time.monotonic() - self._gc_at >= self.options.ttl_s:
+                self._gc(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """The write probe: a write transaction with nothing to upsert."""
+        self._write(conn, gc=True)
+
+    def _read(self, conn: sqlite3.Connection, service: str) -> _Snapshot:
+        """The entries of ``service``: live ones, expired ones not yet collected, and, if
+        there are expired ones, the registry's ``last_write`` time. No write."""
         now = self.options.clock()
-        rows = conn.execute(
-            "SELECT instance_id, host, port, tags, meta, weight FROM instances"
-            " WHERE service = ? AND expires_at > ?",
-            (service, now),
-        ).fetchall()
-        # Rows dead for 10 TTLs are garbage: their owners are gone for good.
-        conn.execute("DELETE FROM instances WHERE expires_at < ?", (now - 10 * self.options.ttl_s,))
-        return frozenset(
-            Instance(service=service, instance_id=r[0], host=r[1], port=r[2],
-                     tags=tuple(json.loads(r[3])), meta=json.loads(r[4]), weight=r[5])
-            for r in rows
-        )
+        live: list[Instance] = []
+        expired: list[tuple[Instance, float]] = []
+        for r in conn.execute(
+            "SELECT instance_id, host, port, tags, meta, weight, expires_at FROM instances"
+            " WHERE service = ?", (service,),
+        ):
+            inst = Instance(service=service, instance_id=r[0], host=r[1], port=r[2],
+                            tags=tuple(json.loads(r[3])), meta=json.loads(r[4]), weight=r[5])
+            if r[6] > now:
+                live.append(inst)
+            else:
+                expired.append((inst, r[6]))
+        written_at: float | None = None
+        if expired and self._has_last_write:
+            row = conn.execute("SELECT written_at FROM last_write WHERE id = 0").fetchone()
+            written_at = None if row is None else float(row[0])
+        return _Snapshot(frozenset(live), tuple(expired), written_at)
+
+    async def _expiry(self) -> _Expiry:
+        """How a watch treats expired entries now: ``"apply"`` (they are gone), ``"hold"``
+        (this process cannot write: keep those alive at the last write) or ``"grace"`` (its
+        writes came back within two heartbeat intervals: keep what was held). Whether it
+        can write: its latest write outcome if at most two heartbeat intervals old, else a
+        write probe's; one probe at a time."""
+        if self._probe_lock is None:
+            self._probe_lock = asyncio.Lock()
+        interval = self.options.heartbeat_interval_s
+        assert interval is not None
+        async with self._probe_lock:
+            ok = self._tracker.recent_write(2 * interval)
+            if ok is None:
+                try:
+                    await self._run(self._probe, write=True)
+                    ok = True
+                except RegistryError:
+                    ok = False
+        if not ok:
+            return "hold"
+        return "grace" if self._tracker.writes_recovered_within(2 * interval) else "apply"
 
     # -- Registry protocol --------------------------------------------------------------
     async def register(self, instance: Instance) -> None:
@@ -217,7 +500,8 @@ class LocalRegistry:
         Raises:
             RegistryError: the registry file cannot be written.
         """
-        await self._run(lambda c: self._upsert(c, instance))
+        await self._run(lambda c: self._write(c, instance), write=True)
+        self._owned = {**self._owned, instance.instance_id: instance}
         old = self._heartbeats.pop(instance.instance_id, None)
         if old is not None:
             old.cancel()
@@ -230,11 +514,10 @@ class LocalRegistry:
         assert interval is not None
         while True:
             await asyncio.sleep(interval)
-            try:
-                # An upsert, not an update: a row purged while we were stalled comes back.
-                await self._run(lambda c: self._upsert(c, instance))
-            except RegistryError as exc:
-                _log.warning("heartbeat failed", instance_id=instance.instance_id, error=str(exc))
+            # An upsert, not an update: a row purged while we were stalled comes back.
+            # A failure is logged once per outage by _run and counted in status().
+            with contextlib.suppress(RegistryError):
+                await self._run(lambda c: self._write(c, instance), write=True)
 
     async def deregister(self, instance: Instance) -> None:
         """Delete ``instance`` at once and stop its heartbeat; unknown ids are ignored.
@@ -242,6 +525,7 @@ class LocalRegistry:
         Raises:
             RegistryError: the registry file cannot be written.
         """
+        self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
         task = self._heartbeats.pop(instance.instance_id, None)
         if task is not None:
             task.cancel()
@@ -249,7 +533,8 @@ class LocalRegistry:
                 await task
         await self._run(
             lambda c: c.execute("DELETE FROM instances WHERE instance_id = ?",
-                                (instance.instance_id,))
+                                (instance.instance_id,)),
+            write=True,
         )
 
     async def instances(self, service: str) -> frozenset[Instance]:
@@ -258,34 +543,66 @@ class LocalRegistry:
         Raises:
             RegistryError: the registry file cannot be read.
         """
-        return await self._run(lambda c: self._select(c, service))
+        return (await self._run(lambda c: self._read(c, service), write=False)).live
 
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the live set of ``service`` now, then each time it changes.
 
-        Polls every ``poll_interval_s``; a read error is logged and the last set is kept.
+        Polls every ``poll_interval_s`` (one SELECT). A failed read yields nothing: the last
+        set stands, and before the first successful read there is none (the error shows in
+        :meth:`status`). While this process cannot write the registry (and for two
+        heartbeat intervals after it can again), entries that expired but were alive at the
+        registry's last successful write are kept: nobody could renew them (see the module
+        docstring).
         """
         last: frozenset[Instance] | None = None
-        failing = False
+        hold_from: float | None = None  # the registry's last write seen while holding
+        poll_s = self.options.poll_interval_s
         while not self._closed:
             try:
-                current = await self._run(lambda c: self._select(c, service))
-                if failing:
-                    _log.info("local registry readable again", service=service)
-                    failing = False
-            except RegistryError as exc:
-                if not failing:
-                    _log.warning("local registry watch failed; keeping last endpoints",
-                                 service=service, error=str(exc))
-                failing = True
-                current = last if last is not None else frozenset()
+                snap = await self._run(lambda c: self._read(c, service), write=False)
+            except RegistryError:  # reported by _run, once per outage
+                await asyncio.sleep(poll_s)
+                continue
+            current = snap.live
+            # Only entries that were alive at the last write (or at the one seen while
+            # holding) are in question; older ones expired while someone could still write.
+            cutoff = hold_from if hold_from is not None else snap.written_at
+            if any(cutoff is None or expires_at > cutoff for _, expires_at in snap.expired):
+                mode = await self._expiry()
+                if mode == "hold" and snap.written_at is not None:
+                    hold_from = snap.written_at
+                elif mode == "apply":
+                    hold_from = None
+                if mode != "apply":
+                    if hold_from is not None:
+                        held = [i for i, expires_at in snap.expired if expires_at > hold_from]
+                    else:  # no last_write record (an old file): keep what was there
+                        ids = {i.instance_id for i in last or ()}
+                        held = [i for i, _ in snap.expired if i.instance_id in ids]
+                    current = current.union(held)
+            else:
+                hold_from = None
             if current != last:
                 last = current
                 yield current
-            await asyncio.sleep(self.options.poll_interval_s)
+            await asyncio.sleep(poll_s)
+
+    def status(self) -> RegistryStatus:
+        """This registry's health as its own operations saw it (no I/O).
+
+        ``readable``/``read_errors``: watch polls and :meth:`instances`; ``writable``/
+        ``write_errors``: register, heartbeats, deregister and write probes; ``reopened``:
+        times the file was found deleted or replaced and reopened; ``last_error`` names the
+        file (not for gRPC callers).
+        """
+        return self._tracker.status()
 
     async def close(self) -> None:
-        """Stop heartbeats and close the file. Registrations expire after their TTL."""
+        """Stop heartbeats and close the file. Registrations expire after their TTL.
+        Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         tasks = list(self._heartbeats.values())
         self._heartbeats.clear()
@@ -297,14 +614,10 @@ class LocalRegistry:
 
         def shut() -> None:
             with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                self._drop()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=False)
 
     def __repr__(self) -> str:
         return f"LocalRegistry(path={str(self.options.path)!r}, ttl_s={self.options.ttl_s})"
-
-

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from meshkit.errors import ConfigError
 
-__all__ = ["Instance", "Registry"]
+__all__ = ["Instance", "Registry", "RegistryStatus"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
@@ -66,6 +67,184 @@ class Instance:
         return f"{host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryStatus:
+    """What a registry knows about its own health: a snapshot from :meth:`Registry.status`.
+
+    Built from what the registry's own operations saw (no I/O to take it). "Read" means
+    discovery (a watch poll or query); "write" means registering, renewing (heartbeat or
+    TTL pass), deregistering, or the local registry's write probe.
+
+    Args:
+        kind: which registry, ``"local"`` or ``"consul"``.
+        readable: outcome of the latest read: True (it worked), False (it failed), None
+            (nothing read yet).
+        writable: outcome of the latest write, same three values. While it is False, a
+            local registry's watches keep the endpoints whose entries expired but were alive
+            at the registry's last successful write (nobody could renew them since).
+        read_errors: failed reads since the registry was built (a counter, never reset).
+        write_errors: failed writes since the registry was built (a counter).
+        reopened: times the backing store had to be re-established and this process's
+            instances registered again: the local registry file was deleted or replaced,
+            or the Consul agent had forgotten an instance (a counter).
+        last_error: text of the most recent read or write error, None if there never was
+            one. It may name the registry file or the agent's address: for logs and the debug
+            page, never for a gRPC caller (use :attr:`summary`).
+        failing_since_s: wall-clock time (Unix seconds) at which the current outage began,
+            the earlier of the read and write outages; None while neither is failing.
+    """
+
+    kind: str
+    readable: bool | None = None
+    writable: bool | None = None
+    read_errors: int = 0
+    write_errors: int = 0
+    reopened: int = 0
+    last_error: str | None = None
+    failing_since_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """False while the latest read or the latest write failed."""
+        return self.readable is not False and self.writable is not False
+
+    @property
+    def summary(self) -> str | None:
+        """A fixed phrase safe to show a gRPC caller (no path, address or error text).
+
+        ``"the service registry cannot be read"`` while reads fail (the endpoint set is
+        unknown or stale), ``"the service registry cannot be written"`` while only writes
+        fail (endpoints are kept but may be stale), else None.
+        """
+        if self.readable is False:
+            return "the service registry cannot be read"
+        if self.writable is False:
+            return "the service registry cannot be written"
+        return None
+
+
+Outage = Literal["started", "reminder"]
+
+
+class StatusTracker:
+    """The bookkeeping behind :class:`RegistryStatus`, shared by the registries. No I/O.
+
+    Each read or write outcome is reported once (``read_ok``/``read_failed``,
+    ``write_ok``/``write_failed``); the ``*_failed`` methods say whether the caller should
+    log: ``"started"`` for the first failure of an outage, ``"reminder"`` at most every
+    ``remind_every_s`` while it lasts, None otherwise; the ``*_ok`` methods return the
+    outage's duration in seconds when they end one (the caller logs a recovery line),
+    else None. Not thread-safe: callers serialise updates (reads of :meth:`status` from
+    other threads see a consistent-enough snapshot).
+
+    Args:
+        kind: :attr:`RegistryStatus.kind`.
+        clock: wall clock for :attr:`RegistryStatus.failing_since_s`, Unix seconds
+            (default ``time.time``).
+        monotonic: clock for durations and reminders, seconds (default ``time.monotonic``).
+        remind_every_s: least time between two reminders of one outage, seconds (60).
+    """
+
+    __slots__ = ("_clock", "_monotonic", "_remind_every_s", "kind", "last_error",
+                 "read", "reopened", "write")
+
+    def __init__(self, kind: str, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 remind_every_s: float = 60.0) -> None:
+        self.kind = kind
+        self._clock = clock
+        self._monotonic = monotonic
+        self._remind_every_s = remind_every_s
+        self.read = _Side()
+        self.write = _Side()
+        self.reopened = 0
+        self.last_error: str | None = None
+
+    def read_ok(self) -> float | None:
+        """Record a successful read; the outage's length in seconds if this ended one."""
+        return self._ok(self.read)
+
+    def write_ok(self) -> float | None:
+        """Record a successful write; the outage's length in seconds if this ended one."""
+        return self._ok(self.write)
+
+    def read_failed(self, error: str) -> Outage | None:
+        """Record a failed read (``error`` for :attr:`RegistryStatus.last_error`)."""
+        return self._failed(self.read, error)
+
+    def write_failed(self, error: str) -> Outage | None:
+        """Record a failed write (``error`` for :attr:`RegistryStatus.last_error`)."""
+        return self._failed(self.write, error)
+
+    def recent_write(self, max_age_s: float) -> bool | None:
+        """The latest write outcome if it is at most ``max_age_s`` seconds old, else None."""
+        side = self.write
+        if side.checked_at is None or self._monotonic() - side.checked_at > max_age_s:
+            return None
+        return side.ok
+
+    def writes_recovered_within(self, age_s: float) -> bool:
+        """True if a write outage ended at most ``age_s`` seconds ago."""
+        at = self.write.recovered_at
+        return at is not None and self._monotonic() - at <= age_s
+
+    def failing_for_s(self, write: bool) -> float:
+        """Seconds since the current read (or write) outage began; 0.0 if none."""
+        side = self.write if write else self.read
+        return 0.0 if side.since_mono is None else self._monotonic() - side.since_mono
+
+    def _ok(self, side: _Side) -> float | None:
+        side.ok = True
+        side.checked_at = self._monotonic()
+        if side.since_mono is None:
+            return None
+        duration = side.checked_at - side.since_mono
+        side.since_mono = side.since_wall = None
+        side.recovered_at = side.checked_at
+        return duration
+
+    def _failed(self, side: _Side, error: str) -> Outage | None:
+        now = self._monotonic()
+        side.ok = False
+        side.checked_at = now
+        side.errors += 1
+        self.last_error = error
+        if side.since_mono is None:
+            side.since_mono = side.reminded_at = now
+            side.since_wall = self._clock()
+            return "started"
+        if now - side.reminded_at >= self._remind_every_s:
+            side.reminded_at = now
+            return "reminder"
+        return None
+
+    def status(self) -> RegistryStatus:
+        """The current :class:`RegistryStatus` (cheap: no I/O)."""
+        since = [s for s in (self.read.since_wall, self.write.since_wall) if s is not None]
+        return RegistryStatus(
+            kind=self.kind, readable=self.read.ok, writable=self.write.ok,
+            read_errors=self.read.errors, write_errors=self.write.errors,
+            reopened=self.reopened, last_error=self.last_error,
+            failing_since_s=min(since) if since else None,
+        )
+
+
+class _Side:
+    """State of one kind of operation (reads or writes) in a :class:`StatusTracker`."""
+
+    __slots__ = ("checked_at", "errors", "ok", "recovered_at", "reminded_at", "since_mono",
+                 "since_wall")
+
+    def __init__(self) -> None:
+        self.ok: bool | None = None
+        self.errors = 0
+        self.checked_at: float | None = None  # monotonic time of the latest outcome
+        self.since_mono: float | None = None  # start of the current outage, monotonic
+        self.since_wall: float | None = None  # the same, wall clock
+        self.reminded_at = 0.0
+        self.recovered_at: float | None = None  # monotonic time the latest outage ended
+
+
 @runtime_checkable
 class Registry(Protocol):
     """Where instances announce themselves and where clients find them.
@@ -96,7 +275,18 @@ class Registry(Protocol):
 
         Yields the current set first (possibly empty), then a new set each time it changes.
         A watch survives backend outages: it keeps the last known set (yielding nothing) and
-        resumes when the backend is back. The iterator ends only when closed or cancelled.
+        resumes when the backend is back. It never yields because of an error: if the
+        backend cannot be read from the start, the first set comes only with the first
+        successful read, and :meth:`status` says why (``readable=False``). The iterator ends
+        only when closed or cancelled.
+        """
+        ...
+
+    def status(self) -> RegistryStatus:
+        """A snapshot of the registry's health (see :class:`RegistryStatus`).
+
+        Cheap and free of I/O: it reports what the registry's own reads and writes saw, so
+        metrics and the balanced channel may call it as often as they like.
         """
         ...
 

@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
-from meshkit.discovery._types import Instance, Registry
+from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError, RegistryError
 from tests.discovery.consul_double import ConsulDouble
 from tests.support.wait import until
@@ -455,6 +455,36 @@ async def test_watch_survives_outage(
     await watcher.stop()
 
 
+async def test_status_follows_watches_and_registrations(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """status() reports watch failures as read errors, failed heartbeats as write errors, a
+    re-registration after the agent forgot the instance as ``reopened``, and the recovery."""
+    sleep = FastSleep()
+    reg = make_registry(sleep=sleep)
+    assert reg.status() == RegistryStatus(kind="consul")
+    a = make_instance("orderd", 1)
+    await reg.register(a)
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == {a}
+    assert reg.status().ok and reg.status().readable and reg.status().writable
+    double.set_down(True)
+    await until(lambda: reg.status().read_errors >= 2 and reg.status().write_errors >= 1,
+                what="failed watch queries and heartbeats")
+    down = reg.status()
+    assert down.readable is False and down.writable is False and not down.ok
+    assert down.failing_since_s is not None and "No cluster leader" in (down.last_error or "")
+    assert down.summary == "the service registry cannot be read"
+    assert double.addr not in down.summary
+    double.set_down(False)
+    await until(lambda: reg.status().ok and reg.status().readable is True,
+                what="reads and writes to work again")
+    assert reg.status().failing_since_s is None
+    double.forget_all()
+    await until(lambda: reg.status().reopened == 1, what="re-registration counted")
+    await watcher.stop()
+
+
 async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
     """close() ends a watch blocked in a long poll at once, and cancelling a watch is clean."""
     reg = ConsulRegistry(_opts(double, wait_s=30.0))
@@ -520,8 +550,11 @@ async def test_wrong_token_fails_without_leaking_it() -> None:
             await until(lambda: len(logs) >= 2, what="watch failures logged")
             await watcher.stop()
         await reg.close()
+    status = reg.status()
+    assert status.readable is False and status.writable is False, status
+    assert "ACL not found" in (status.last_error or "")
     texts = [str(info.value), repr(info.value), str(info2.value), repr(reg.options),
-             str(reg.options), repr(reg), *(repr(e) for e in logs)]
+             str(reg.options), repr(reg), *(repr(e) for e in logs), repr(status)]
     assert all(secret not in t for t in texts)
 
 
