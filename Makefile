@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint proto bench clean
+.PHONY: demo test lint proto bench chaos clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks --plot $(BENCH_ARGS)
+
+# Every fault scenario of issue 12 at full length on real processes (a few minutes);
+# `make test` runs the quick subset (tests/faults/test_quick.py). CHAOS_ARGS="--scenarios a,b".
+chaos: $(STAMP)
+	$(PY) -m tests.faults --long $(CHAOS_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m examples.ecom.proto.generate
