@@ -12,7 +12,7 @@ Contenders are built from layers in worker processes (:mod:`benchmarks._worker`)
 
 * ``raw``: a plain ``grpc.aio`` server and channel (the baseline);
 * ``mesh``: ``serve()``/``dial()`` with ``retry=None, outlier=None`` and
-  :class:`~meshkit.discovery.RoundRobin`, plus the named layers;
+  :class:`~meshkit.balancer.RoundRobin`, plus the named layers;
 * ``hand``: what a user would assemble instead (opentelemetry-instrumentation-grpc
   interceptors, a grpc-interceptor JWT check with PyJWT, tenacity retries, ``limits``).
 
@@ -221,17 +221,17 @@ def _retry_client(b: Build) -> None:
 
 
 def _p2c_client(b: Build) -> None:
-    from meshkit.resilience import P2C
+    from meshkit.balancer import P2C
 
     b.dial["balancer"] = P2C
 
 
 def _p2c_variant(**options: float) -> Step:
-    """P2C with non-default :class:`~meshkit.resilience.P2COptions` (diagnostic contenders:
+    """P2C with non-default :class:`~meshkit.balancer.P2COptions` (diagnostic contenders:
     they show whether a tuning would meet a target the defaults miss)."""
 
     def step(b: Build) -> None:
-        from meshkit.resilience import P2C, P2COptions
+        from meshkit.balancer import P2C, P2COptions
 
         opts = P2COptions(**options)
         b.dial["balancer"] = lambda: P2C(opts)
@@ -240,7 +240,7 @@ def _p2c_variant(**options: float) -> Step:
 
 
 def _outlier_client(b: Build) -> None:
-    from meshkit.resilience import OutlierOptions
+    from meshkit.balancer import OutlierOptions
 
     b.dial["outlier"] = OutlierOptions()
 
@@ -503,7 +503,7 @@ def mesh_dial_options(b: Build) -> Any:
     """:class:`meshkit.DialOptions` for a client-side Build: the bare channel (round robin,
     no retries, no ejection, no telemetry) with the layers' fields on top."""
     import meshkit
-    from meshkit.discovery import RoundRobin
+    from meshkit.balancer import RoundRobin
 
     opts: dict[str, Any] = {"retry": None, "outlier": None, "balancer": RoundRobin}
     opts.update(b.dial)

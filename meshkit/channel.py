@@ -1,12 +1,14 @@
 """The balanced channel: :func:`dial` returns a :class:`MeshChannel` for generated stubs.
 
 grpcio lets Python plug in neither a name resolver nor an LB policy (grpc/grpc#11685), so
-meshkit balances itself. A :class:`MeshChannel` follows a registry watch for one service,
-keeps one grpc.aio sub-channel per endpoint, and for every call:
+meshkit balances itself. A :class:`MeshChannel` holds the options and the per-call path;
+its :class:`~meshkit._pool.EndpointPool` follows a registry watch for one service and keeps
+one grpc.aio sub-channel per endpoint. Each method's plan (kind, serializers, default
+timeout) is resolved once, when the stub makes its multicallable; then every call:
 
 1. runs the per-call :class:`~meshkit.interceptors.ClientInterceptor` chain
    (``DialOptions.interceptors``; retries, deadlines and tracing live here);
-2. picks an endpoint through the :class:`~meshkit.discovery.Balancer` (round robin by
+2. picks an endpoint through the :class:`~meshkit.balancer.Balancer` (round robin by
    default), skipping endpoints whose connection is failing;
 3. makes the attempt on that endpoint's sub-channel, where the per-attempt
    ``grpc.aio`` interceptors (``DialOptions.attempt_interceptors``) run;
@@ -26,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import re
@@ -40,17 +41,21 @@ import grpc
 import structlog
 from grpc.aio import AioRpcError, Metadata
 
+from meshkit._calls import StreamResponseCall, UnaryResponseCall
 from meshkit._methods import MethodTable
+from meshkit._pool import EndpointPool
 from meshkit.auth import TLSOptions, tls_from_dir
-from meshkit.discovery import (
+from meshkit.balancer import (
+    P2C,
     Balancer,
+    EjectingBalancer,
     Endpoint,
     EndpointState,
-    Instance,
-    Registry,
-    registry_from_env,
+    Filter,
+    OutlierOptions,
 )
-from meshkit.errors import ConfigError, MeshRpcError, NoEndpointsError
+from meshkit.discovery import Registry, registry_from_env
+from meshkit.errors import ConfigError, MeshRpcError
 from meshkit.interceptors import (
     CallKind,
     ClientCallDetails,
@@ -59,14 +64,7 @@ from meshkit.interceptors import (
     chain_unary,
 )
 from meshkit.observability import TelemetryOptions, attempt_interceptors, client_interceptors
-from meshkit.resilience import (
-    P2C,
-    EjectingBalancer,
-    OutlierOptions,
-    RetryInterceptor,
-    RetryOptions,
-    current_deadline,
-)
+from meshkit.resilience import RetryInterceptor, RetryOptions, current_deadline
 
 __all__ = ["DialOptions", "MeshChannel", "dial", "live_channels"]
 
@@ -76,7 +74,6 @@ _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
-_HISTORY_MAX = 256
 _LIVE: weakref.WeakSet[MeshChannel] = weakref.WeakSet()
 
 
@@ -90,9 +87,9 @@ class DialOptions:
     """How :func:`dial` builds a :class:`MeshChannel`.
 
     Args:
-        balancer: factory of the :class:`~meshkit.discovery.Balancer`, called once per
-            channel (default :class:`~meshkit.resilience.P2C` over peak EWMA).
-        outlier: outlier ejection (:class:`~meshkit.resilience.OutlierOptions`, on by
+        balancer: factory of the :class:`~meshkit.balancer.Balancer`, called once per
+            channel (default :class:`~meshkit.balancer.P2C` over peak EWMA).
+        outlier: outlier ejection (:class:`~meshkit.balancer.OutlierOptions`, on by
             default); ``None`` disables it.
         retry: retries and hedging (:class:`~meshkit.resilience.RetryOptions`; the default
             retries ``UNAVAILABLE`` only for calls safe to repeat, within a retry budget);
@@ -105,11 +102,11 @@ class DialOptions:
             incoming call's remaining time, never longer (default ``True``).
         deadline_margin_s: subtracted from a propagated deadline, seconds (default 0.0).
         hash_key_metadata: metadata key whose value is the request key for affinity
-            balancers such as :class:`~meshkit.resilience.RingHash` (default none).
-        subset_meta: use only instances whose registry meta has these values, e.g.
-            ``{"version": "v2"}``; subset_tags: only instances with all these tags.
-        prefer_zone: use only instances whose meta ``zone`` equals this, while any exists;
-            otherwise all (default none).
+            balancers such as :class:`~meshkit.balancer.RingHash` (default none).
+        filters: which discovered instances to balance over, run in order on each
+            discovery answer: :class:`~meshkit.balancer.Subset` (registry meta/tags),
+            :class:`~meshkit.balancer.PreferZone` (local zone while any instance is
+            there), or any ``(instances) -> instances`` callable (default none).
         telemetry: client spans with W3C trace-context propagation, RED metrics and an access
             log per call (:class:`meshkit.observability.TelemetryOptions`, on by default,
             outermost); ``None`` turns them off.
@@ -144,9 +141,7 @@ class DialOptions:
     propagate_deadline: bool = True
     deadline_margin_s: float = 0.0
     hash_key_metadata: str | None = None
-    subset_meta: Mapping[str, str] = field(default_factory=dict)
-    subset_tags: tuple[str, ...] = ()
-    prefer_zone: str | None = None
+    filters: tuple[Filter, ...] = ()
     telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
     interceptors: tuple[ClientInterceptor, ...] = ()
     attempt_interceptors: tuple[grpc.aio.ClientInterceptor, ...] = ()
@@ -178,7 +173,11 @@ class DialOptions:
             raise ConfigError(
                 f"hash_key_metadata must be lower case (gRPC metadata keys are), got "
                 f"{self.hash_key_metadata!r}")
-        object.__setattr__(self, "subset_tags", tuple(self.subset_tags))
+        object.__setattr__(self, "filters", tuple(self.filters))
+        for f in self.filters:
+            if not callable(f):
+                raise ConfigError(f"filters must be callables (instances -> instances), "
+                                  f"got {f!r}")
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
         object.__setattr__(self, "attempt_interceptors", tuple(self.attempt_interceptors))
         for icpt in self.interceptors:
@@ -240,23 +239,27 @@ def _with_transport(opts: DialOptions, service: str) -> DialOptions:
     )
 
 
-class _Codec:
-    """Per-method record shared by every call of one multicallable."""
+class _MethodPlan:
+    """Everything about one method that does not depend on the call, resolved once when
+    the stub's multicallable is made: kind, serializers, default timeout, and the
+    sub-channel multicallable per endpoint (cached on the endpoint's connection)."""
 
-    __slots__ = ("kind", "method", "request_serializer", "response_deserializer")
+    __slots__ = ("kind", "method", "request_serializer", "response_deserializer", "timeout_s")
 
-    def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any) -> None:
+    def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
+                 timeout_s: float | None) -> None:
         self.method = method
         self.kind = kind
         self.request_serializer = ser
         self.response_deserializer = deser
+        self.timeout_s = timeout_s
 
-    def on(self, ep: Endpoint) -> Any:
-        """The sub-channel multicallable of this method on ``ep`` (cached on the endpoint)."""
-        callables = ep.callables
+    def on(self, conn: Any) -> Any:
+        """The sub-channel multicallable of this method on an endpoint's connection."""
+        callables = conn.callables
         mc = callables.get(self.method)
         if mc is None:
-            factory = getattr(ep.channel, self.kind.value)
+            factory = getattr(conn.channel, self.kind.value)
             mc = factory(self.method, request_serializer=self.request_serializer,
                          response_deserializer=self.response_deserializer,
                          _registered_method=True)
@@ -292,13 +295,6 @@ class MeshChannel(grpc.aio.Channel):
         self.retry = RetryInterceptor(options.retry) if options.retry is not None else None
         self._timeouts: MethodTable[float | None] = MethodTable(options.method_timeouts,
                                                                 options.timeout_s)
-        self._endpoints: dict[str, Endpoint] = {}
-        self._history: dict[str, Endpoint] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._state_tasks: dict[str, asyncio.Task[None]] = {}
-        self._resolved = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._closed = False
         self._reloader = options.tls.channel_reloader() if options.tls is not None else None
         self._tls_options = options.tls.channel_options(service) if options.tls else ()
         telemetry = options.telemetry
@@ -308,77 +304,39 @@ class MeshChannel(grpc.aio.Channel):
             chain = (*client_interceptors(telemetry), *chain)
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
-        self.watch_errors = 0
         self._unary = chain_unary(chain, self._attempt_unary)
         self._stream = chain_stream(chain, self._attempt_stream)
-        self._watch_task = asyncio.get_running_loop().create_task(
-            self._watch(), name=f"meshkit-watch-{service}"
-        )
+        self._pool = EndpointPool(service, registry, self._balancer, filters=options.filters,
+                                  make_channel=self._sub_channel,
+                                  drain_timeout_s=options.drain_timeout_s,
+                                  resolve_timeout_s=options.resolve_timeout_s)
+        self._conns = self._pool.conns
+        self._resolved = self._pool.resolved
         if self._reloader is not None:
-            self._spawn(self._watch_certificates())
+            self._pool.spawn(self._watch_certificates())
         _LIVE.add(self)
 
-    # -- discovery ----------------------------------------------------------------------
-    async def _watch(self) -> None:
-        delay = 0.1
-        while not self._closed:
-            try:
-                async for instances in self.registry.watch(self.service):
-                    self._apply(instances)
-                    delay = 0.1
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a registry bug must not kill the channel
-                self.watch_errors += 1
-                _log.warning("discovery watch failed; keeping last endpoints",
-                             service=self.service, error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    @property
+    def _closed(self) -> bool:
+        return self._pool.closed
+
+    @property
+    def watch_errors(self) -> int:
+        """Discovery watch failures since the channel opened."""
+        return self._pool.watch_errors
 
     def _on_ejection(self, key: str, ejected: bool) -> None:
         _log.warning("endpoint ejected" if ejected else "endpoint back in rotation",
                      service=self.service, instance_id=key)
 
-    def _select(self, instances: frozenset[Instance]) -> list[Instance]:
-        """Apply subsetting and zone preference to the discovered instances."""
-        opts = self.options
-        chosen = [
-            i for i in instances
-            if all(i.meta.get(k) == v for k, v in opts.subset_meta.items())
-            and all(t in i.tags for t in opts.subset_tags)
-        ]
-        if opts.prefer_zone is not None:
-            local = [i for i in chosen if i.meta.get("zone") == opts.prefer_zone]
-            if local:
-                chosen = local
-        return chosen
-
-    def _apply(self, instances: frozenset[Instance]) -> None:
-        wanted = {i.instance_id: i for i in self._select(instances)}
-        for key, ep in list(self._endpoints.items()):
-            inst = wanted.get(key)
-            if inst is None or inst.address != ep.instance.address:
-                self._retire(ep)
-            else:
-                ep.instance = inst  # tags/meta/weight may change in place
-        for key, inst in wanted.items():
-            if key not in self._endpoints:
-                self._add(inst)
-        self._balancer.update([self._endpoints[k] for k in sorted(self._endpoints)])
-        if not self._resolved.is_set():
-            self._resolved.set()
-        _log.debug("endpoints updated", service=self.service, endpoints=sorted(self._endpoints))
-        self._notify()
-
-    def _sub_channel(self, inst: Instance) -> grpc.aio.Channel:
+    def _sub_channel(self, address: str) -> grpc.aio.Channel:
         opts = self.options
         creds = self._reloader.credentials if self._reloader is not None else opts.credentials
         interceptors = self._attempt_interceptors or None
         if creds is None:
-            return grpc.aio.insecure_channel(inst.address, options=opts.channel_options,
+            return grpc.aio.insecure_channel(address, options=opts.channel_options,
                                              interceptors=interceptors)
-        return grpc.aio.secure_channel(inst.address, creds,
+        return grpc.aio.secure_channel(address, creds,
                                        options=(*opts.channel_options, *self._tls_options),
                                        interceptors=interceptors)
 
@@ -398,115 +356,25 @@ class MeshChannel(grpc.aio.Channel):
     def rebuild_sub_channels(self) -> None:
         """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
         calls in flight finish on the old one, closed with ``drain_timeout_s`` of grace."""
-        for ep in list(self._endpoints.values()):
-            old = ep.channel
-            ep.channel = self._sub_channel(ep.instance)
-            ep.callables = {}
-            task = self._state_tasks.pop(ep.key, None)
-            if task is not None:
-                task.cancel()
-            self._state_tasks[ep.key] = self._spawn(self._track_state(ep))
-            self._spawn(old.close(grace=self.options.drain_timeout_s))
-        _log.info("sub-channels rebuilt", service=self.service, endpoints=len(self._endpoints))
+        self._pool.rebuild()
 
-    def _add(self, inst: Instance) -> None:
-        ch = self._sub_channel(inst)
-        ep = Endpoint(inst, ch)
-        self._endpoints[inst.instance_id] = ep
-        self._history[inst.instance_id] = ep
-        if len(self._history) > _HISTORY_MAX:
-            for key in [k for k in self._history if k not in self._endpoints][:16]:
-                del self._history[key]
-        self._state_tasks[inst.instance_id] = self._spawn(self._track_state(ep))
-
-    def _retire(self, ep: Endpoint) -> None:
-        del self._endpoints[ep.key]
-        ep.state = EndpointState.FAILING
-        task = self._state_tasks.pop(ep.key, None)
-        if task is not None:
-            task.cancel()
-        self._spawn(ep.channel.close(grace=self.options.drain_timeout_s))
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _track_state(self, ep: Endpoint) -> None:
-        ch = ep.channel
-        state = ch.get_state(try_to_connect=True)
-        while True:
-            if state is grpc.ChannelConnectivity.READY:
-                ep.state = EndpointState.READY
-            elif state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                ep.state = EndpointState.FAILING
-            elif state is grpc.ChannelConnectivity.SHUTDOWN:
-                ep.state = EndpointState.FAILING
-                return
-            else:
-                ep.state = EndpointState.IDLE
-            self._notify()
-            await ch.wait_for_state_change(state)
-            # Reconnect at once when a connection drops, so a dead endpoint shows as failing
-            # before a call is sent to it rather than after.
-            state = ch.get_state(try_to_connect=True)
-
-    def _notify(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
-
-    # -- picking and attempts -----------------------------------------------------------
-    async def _pick_slow(self, details: ClientCallDetails) -> tuple[Endpoint, Any]:
-        if self._closed:
-            raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
-        if not self._resolved.is_set():
-            wait = self.options.resolve_timeout_s
-            remaining = details.time_remaining_s()
-            if remaining is not None:
-                wait = max(0.0, min(wait, remaining))
-            try:
-                await asyncio.wait_for(self._resolved.wait(), wait)
-            except TimeoutError:
-                raise NoEndpointsError(
-                    self.service, f"no discovery answer within {wait:.3g}s"
-                ) from None
-        while True:
-            picked = self._balancer.pick(details.request_key, details.attempts)
-            if picked is not None:
-                return picked
-            if not details.wait_for_ready:
-                if self._endpoints:
-                    raise NoEndpointsError(
-                        self.service, f"all {len(self._endpoints)} endpoints are failing"
-                    )
-                raise NoEndpointsError(self.service)
-            remaining = details.time_remaining_s()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                raise MeshRpcError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"deadline exceeded waiting for an endpoint of {self.service!r}",
-                ) from None
-
-    def _timeout(self, details: ClientCallDetails) -> float | None:
-        if details.deadline is None:
-            return None
-        remaining = details.deadline - time.monotonic()
-        if remaining <= 0:
-            raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        return remaining
-
+    # -- attempts ----------------------------------------------------------------------
     def _launch(self, details: ClientCallDetails, picked: tuple[Endpoint, Any],
                 request: Any) -> tuple[Endpoint, Any, Any]:
         """Start one attempt on the picked endpoint's sub-channel: ``(ep, done, call)``."""
         ep, done = picked
+        deadline = details.deadline
+        timeout = None
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                done(grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
+                raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
-        call = details.codec.on(ep)(
+        call = details.codec.on(self._conns[ep.key])(
             request,
-            timeout=self._timeout(details),
+            timeout=timeout,
             metadata=details.metadata or None,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
@@ -519,10 +387,10 @@ class MeshChannel(grpc.aio.Channel):
 
     async def _attempt_unary(self, details: ClientCallDetails, request: Any) -> Any:
         picked = None
-        if self._resolved.is_set() and not self._closed:
+        if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
         if picked is None:
-            picked = await self._pick_slow(details)
+            picked = await self._pool.pick_slow(details)
         ep, done, call = self._launch(details, picked, request)
         t0 = _perf()
         try:
@@ -537,25 +405,29 @@ class MeshChannel(grpc.aio.Channel):
         finally:
             ep.in_flight -= 1
         done(_OK, _perf() - t0)
+        details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
 
     async def _attempt_stream(self, details: ClientCallDetails, request: Any) -> Any:
         picked = None
-        if self._resolved.is_set() and not self._closed:
+        if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
         if picked is None:
-            picked = await self._pick_slow(details)
+            picked = await self._pool.pick_slow(details)
         ep, done, call = self._launch(details, picked, request)
         t0 = _perf()
 
         def finished(c: Any) -> None:
             ep.in_flight -= 1
-            self._spawn(_report_stream(c, ep, done, t0))
+            self._pool.spawn(_report_stream(c, ep, done, t0))
 
         call.add_done_callback(finished)
         return call
 
-    # -- grpc.aio.Channel ---------------------------------------------------------------
+    def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
+        return _MethodPlan(method, kind, ser, deser, self._timeouts.get(method))
+
+# -- grpc.aio.Channel ---------------------------------------------------------------
     def unary_unary(
         self,
         method: str,
@@ -564,7 +436,7 @@ class MeshChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> _UnaryUnaryMultiCallable:
         """A multicallable for a unary-unary method (what generated stubs call)."""
-        codec = _Codec(method, CallKind.UNARY_UNARY, request_serializer, response_deserializer)
+        codec = self._plan(method, CallKind.UNARY_UNARY, request_serializer, response_deserializer)
         return _UnaryUnaryMultiCallable(self, codec)
 
     def unary_stream(
@@ -575,7 +447,7 @@ class MeshChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> _UnaryStreamMultiCallable:
         """A multicallable for a unary-stream (server streaming) method."""
-        codec = _Codec(method, CallKind.UNARY_STREAM, request_serializer, response_deserializer)
+        codec = self._plan(method, CallKind.UNARY_STREAM, request_serializer, response_deserializer)
         return _UnaryStreamMultiCallable(self, codec)
 
     def stream_unary(
@@ -586,7 +458,7 @@ class MeshChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> _StreamUnaryMultiCallable:
         """A multicallable for a stream-unary (client streaming) method."""
-        codec = _Codec(method, CallKind.STREAM_UNARY, request_serializer, response_deserializer)
+        codec = self._plan(method, CallKind.STREAM_UNARY, request_serializer, response_deserializer)
         return _StreamUnaryMultiCallable(self, codec)
 
     def stream_stream(
@@ -597,7 +469,8 @@ class MeshChannel(grpc.aio.Channel):
         _registered_method: bool | None = False,
     ) -> _StreamStreamMultiCallable:
         """A multicallable for a bidirectional streaming method."""
-        codec = _Codec(method, CallKind.STREAM_STREAM, request_serializer, response_deserializer)
+        codec = self._plan(method, CallKind.STREAM_STREAM, request_serializer,
+                           response_deserializer)
         return _StreamStreamMultiCallable(self, codec)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
@@ -605,9 +478,10 @@ class MeshChannel(grpc.aio.Channel):
         else TRANSIENT_FAILURE; IDLE with no endpoint; SHUTDOWN once closed."""
         if self._closed:
             return grpc.ChannelConnectivity.SHUTDOWN
-        if not self._endpoints:
+        endpoints = self._pool.endpoints
+        if not endpoints:
             return grpc.ChannelConnectivity.IDLE
-        best = min(ep.state for ep in self._endpoints.values())
+        best = min(ep.state for ep in endpoints.values())
         return {
             EndpointState.READY: grpc.ChannelConnectivity.READY,
             EndpointState.IDLE: grpc.ChannelConnectivity.CONNECTING,
@@ -617,14 +491,14 @@ class MeshChannel(grpc.aio.Channel):
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Return once :meth:`get_state` differs from ``last_observed_state``."""
         while self.get_state() == last_observed_state and not self._closed:
-            await self._changed.wait()
+            await self._pool.changed()
 
     async def channel_ready(self) -> None:
         """Wait until at least one endpoint is READY (no timeout; wrap in ``wait_for``)."""
         while self.get_state() is not grpc.ChannelConnectivity.READY:
             if self._closed:
                 raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
-            await self._changed.wait()
+            await self._pool.changed()
 
     async def wait_for_endpoints(self, count: int = 1, timeout_s: float = 5.0) -> None:
         """Wait until at least ``count`` endpoints are known and READY.
@@ -634,14 +508,15 @@ class MeshChannel(grpc.aio.Channel):
         """
         async def reached() -> None:
             while sum(ep.state is EndpointState.READY
-                      for ep in self._endpoints.values()) < count:
-                await self._changed.wait()
+                      for ep in self._pool.endpoints.values()) < count:
+                await self._pool.changed()
 
         await asyncio.wait_for(reached(), timeout_s)
 
     def endpoints(self) -> list[Endpoint]:
         """The current endpoints (a snapshot list, sorted by instance id)."""
-        return [self._endpoints[k] for k in sorted(self._endpoints)]
+        eps = self._pool.endpoints
+        return [eps[k] for k in sorted(eps)]
 
     def stats(self) -> list[dict[str, Any]]:
         """Per-instance counters, including recently removed instances.
@@ -657,13 +532,13 @@ class MeshChannel(grpc.aio.Channel):
                 "instance_id": key,
                 "address": ep.instance.address,
                 "state": ep.state.name,
-                "present": key in self._endpoints,
+                "present": key in self._pool.endpoints,
                 "ejected": key in ejected,
                 "calls": ep.calls,
                 "failures": ep.failures,
                 "in_flight": ep.in_flight,
             }
-            for key, ep in sorted(self._history.items())
+            for key, ep in sorted(self._pool.history.items())
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -705,26 +580,11 @@ class MeshChannel(grpc.aio.Channel):
         }
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s."""
-        if self._closed:
+        """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s;
+        a registry the channel made itself is closed too."""
+        if self._pool.closed:
             return
-        self._closed = True
-        self._notify()
-        self._watch_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._watch_task
-        for task in list(self._state_tasks.values()):
-            task.cancel()
-        self._state_tasks.clear()
-        eps = list(self._endpoints.values())
-        self._endpoints.clear()
-        self._balancer.update([])
-        await asyncio.gather(*(ep.channel.close(grace) for ep in eps),
-                             return_exceptions=True)
-        pending = list(self._tasks)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await self._pool.close(grace)
         if self._owns_registry:
             await self.registry.close()
 
@@ -735,7 +595,7 @@ class MeshChannel(grpc.aio.Channel):
         await self.close()
 
     def __repr__(self) -> str:
-        return f"MeshChannel({self.service!r}, endpoints={len(self._endpoints)})"
+        return f"MeshChannel({self.service!r}, endpoints={len(self._pool.endpoints)})"
 
 
 async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float) -> None:
@@ -749,276 +609,15 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float) -> None:
     done(code, latency)
 
 
-# -- call objects ------------------------------------------------------------------------
-class _UnaryResponseCall:
-    """The call object of unary-unary and stream-unary calls: await it for the response.
-
-    Runs inline when awaited directly (no extra task); the metadata and status accessors
-    wait for the call to finish and then answer from the last attempt.
-    """
-
-    __slots__ = ("_callbacks", "_details", "_exc", "_fut", "_invoke", "_request", "_response",
-                 "_started", "_task")
-
-    def __init__(self, details: ClientCallDetails, request: Any, invoke: Any) -> None:
-        self._details = details
-        self._request = request
-        self._invoke = invoke
-        self._started = False
-        self._task: asyncio.Task[Any] | None = None
-        self._fut: asyncio.Future[None] | None = None
-        self._response: Any = None
-        self._exc: BaseException | None = None
-        self._callbacks: list[Callable[[Any], None]] | None = None
-
-    def __await__(self) -> Any:
-        if not self._started:
-            return self._run().__await__()
-        return self._result().__await__()
-
-    async def _run(self) -> Any:
-        self._started = True
-        try:
-            self._response = await self._invoke(self._details, self._request)
-            return self._response
-        except BaseException as exc:
-            self._exc = exc
-            raise
-        finally:
-            fut = self._fut
-            if fut is None:
-                self._fut = fut = asyncio.get_running_loop().create_future()
-            if not fut.done():
-                fut.set_result(None)
-            if self._callbacks:
-                for cb in self._callbacks:
-                    cb(self)
-
-    def _start(self) -> None:
-        if not self._started:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-            self._task.add_done_callback(_retrieve)
-
-    async def _finished(self) -> None:
-        self._start()
-        if self._fut is None:
-            self._fut = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._fut)
-
-    async def _result(self) -> Any:
-        await self._finished()
-        if self._exc is not None:
-            raise self._exc
-        return self._response
-
-    def cancel(self) -> bool:
-        """Cancel the call (the running attempt, or the pending task)."""
-        if self.done():
-            return False
-        last = self._details.last_call
-        if last is not None:
-            return bool(last.cancel())
-        if self._task is not None:
-            return self._task.cancel()
-        return False
-
-    def cancelled(self) -> bool:
-        """Whether the call ended cancelled."""
-        return isinstance(self._exc, asyncio.CancelledError) or (
-            isinstance(self._exc, AioRpcError) and self._exc.code() is _CANCELLED
-        )
-
-    def done(self) -> bool:
-        """Whether the call has finished (with any outcome)."""
-        return self._fut is not None and self._fut.done()
-
-    def time_remaining(self) -> float | None:
-        """Seconds before the deadline, or ``None`` without one."""
-        return self._details.time_remaining_s()
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(call)`` when the call finishes (at once if it has)."""
-        if self.done():
-            callback(self)
-            return
-        if self._callbacks is None:
-            self._callbacks = []
-        self._callbacks.append(callback)
-
-    async def initial_metadata(self) -> Metadata:
-        """Initial metadata of the last attempt (waits for the call to finish)."""
-        await self._finished()
-        last = self._details.last_call
-        return await last.initial_metadata() if last is not None else Metadata()
-
-    async def trailing_metadata(self) -> Metadata:
-        """Trailing metadata of the last attempt (waits for the call to finish)."""
-        await self._finished()
-        if isinstance(self._exc, AioRpcError) and self._details.last_call is None:
-            return self._exc.trailing_metadata()
-        last = self._details.last_call
-        return await last.trailing_metadata() if last is not None else Metadata()
-
-    async def code(self) -> grpc.StatusCode:
-        """Final status code (waits for the call to finish)."""
-        await self._finished()
-        if isinstance(self._exc, AioRpcError):
-            return self._exc.code()
-        if isinstance(self._exc, asyncio.CancelledError):
-            return _CANCELLED
-        return _UNKNOWN if self._exc is not None else _OK
-
-    async def details(self) -> str:
-        """Final status message (waits for the call to finish)."""
-        await self._finished()
-        if isinstance(self._exc, AioRpcError):
-            return self._exc.details() or ""
-        return ""
-
-    async def wait_for_connection(self) -> None:
-        """Wait until the call has finished; raises its error if it failed."""
-        await self._result()
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # mark retrieved; the caller sees it through the call object
-
-
-class _StreamResponseCall:
-    """The call object of unary-stream and stream-stream calls.
-
-    The attempt opens on first use (iteration, ``read``, ``write``, metadata); afterwards
-    every method is the grpc.aio call's own.
-    """
-
-    __slots__ = ("_callbacks", "_details", "_open", "_opening", "_request")
-
-    def __init__(self, details: ClientCallDetails, request: Any, open_: Any) -> None:
-        self._details = details
-        self._request = request
-        self._open = open_
-        self._opening: asyncio.Task[Any] | None = None
-        self._callbacks: list[Callable[[Any], None]] = []
-
-    async def _call(self) -> Any:
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_task(
-                self._open(self._details, self._request)
-            )
-        call = await asyncio.shield(self._opening)
-        if self._callbacks:
-            for cb in self._callbacks:
-                call.add_done_callback(lambda _c, cb=cb: cb(self))
-            self._callbacks.clear()
-        return call
-
-    def __aiter__(self) -> Any:
-        return self._iterate()
-
-    async def _iterate(self) -> Any:
-        call = await self._call()
-        async for response in call:
-            yield response
-
-    async def read(self) -> Any:
-        """Read one response; ``grpc.aio.EOF`` at the end."""
-        return await (await self._call()).read()
-
-    async def write(self, request: Any) -> None:
-        """Write one request (stream-stream calls made without a request iterator)."""
-        await (await self._call()).write(request)
-
-    async def done_writing(self) -> None:
-        """Half-close the request stream."""
-        await (await self._call()).done_writing()
-
-    async def wait_for_connection(self) -> None:
-        """Wait until the attempt's connection is up."""
-        await (await self._call()).wait_for_connection()
-
-    async def initial_metadata(self) -> Metadata:
-        """Initial metadata of the attempt."""
-        return await (await self._call()).initial_metadata()  # type: ignore[no-any-return]
-
-    async def trailing_metadata(self) -> Metadata:
-        """Trailing metadata of the attempt (after the stream ends)."""
-        return await (await self._call()).trailing_metadata()  # type: ignore[no-any-return]
-
-    async def code(self) -> grpc.StatusCode:
-        """Final status code."""
-        try:
-            call = await self._call()
-        except AioRpcError as exc:
-            return exc.code()
-        return await call.code()  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        """Final status message."""
-        try:
-            call = await self._call()
-        except AioRpcError as exc:
-            return exc.details() or ""
-        return await call.details()  # type: ignore[no-any-return]
-
-    def _opened(self) -> Any:
-        """The opened call object (a grpc.aio call, or what an interceptor returned, e.g.
-        a retrying stream), or ``None`` while the attempt is still being opened."""
-        task = self._opening
-        if task is None or not task.done() or task.cancelled() or task.exception():
-            return None
-        return task.result()
-
-    def cancel(self) -> bool:
-        """Cancel the call."""
-        opened = self._opened()
-        if opened is not None:
-            return bool(opened.cancel())
-        last = self._details.last_call
-        if last is not None:
-            return bool(last.cancel())
-        if self._opening is not None:
-            return self._opening.cancel()
-        return False
-
-    def cancelled(self) -> bool:
-        """Whether the call was cancelled."""
-        opened = self._opened()
-        if opened is not None:
-            return bool(opened.cancelled())
-        last = self._details.last_call
-        return bool(last.cancelled()) if last is not None else False
-
-    def done(self) -> bool:
-        """Whether the call has finished."""
-        opened = self._opened()
-        if opened is not None:
-            return bool(opened.done())
-        last = self._details.last_call
-        return bool(last.done()) if last is not None else False
-
-    def time_remaining(self) -> float | None:
-        """Seconds before the deadline, or ``None`` without one."""
-        return self._details.time_remaining_s()
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(call)`` when the call finishes."""
-        opened = self._opened()
-        if opened is not None:
-            opened.add_done_callback(lambda _c: callback(self))
-        else:
-            self._callbacks.append(callback)
-
-
 # -- multicallables ----------------------------------------------------------------------
 class _MultiCallable:
     __slots__ = ("_channel", "_codec", "_hash_key", "_margin", "_propagate", "_timeout")
 
-    def __init__(self, channel: MeshChannel, codec: _Codec) -> None:
+    def __init__(self, channel: MeshChannel, codec: _MethodPlan) -> None:
         self._channel = channel
         self._codec = codec
         opts = channel.options
-        self._timeout = channel._timeouts.get(codec.method)
+        self._timeout = codec.timeout_s
         self._propagate = opts.propagate_deadline
         self._margin = opts.deadline_margin_s
         self._hash_key = opts.hash_key_metadata
@@ -1072,7 +671,7 @@ class _UnaryUnaryMultiCallable(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return _UnaryResponseCall(d, request, self._channel._unary)
+        return UnaryResponseCall(d, request, self._channel._unary)
 
 
 class _StreamUnaryMultiCallable(_MultiCallable, grpc.aio.StreamUnaryMultiCallable[Any, Any]):
@@ -1087,7 +686,7 @@ class _StreamUnaryMultiCallable(_MultiCallable, grpc.aio.StreamUnaryMultiCallabl
                 "meshkit stream-unary calls need a request iterator (retries may replay it)"
             )
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return _UnaryResponseCall(d, request_iterator, self._channel._unary)
+        return UnaryResponseCall(d, request_iterator, self._channel._unary)
 
 
 class _UnaryStreamMultiCallable(_MultiCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):
@@ -1098,7 +697,7 @@ class _UnaryStreamMultiCallable(_MultiCallable, grpc.aio.UnaryStreamMultiCallabl
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return _StreamResponseCall(d, request, self._channel._stream)
+        return StreamResponseCall(d, request, self._channel._stream)
 
 
 class _StreamStreamMultiCallable(_MultiCallable, grpc.aio.StreamStreamMultiCallable[Any, Any]):
@@ -1109,4 +708,4 @@ class _StreamStreamMultiCallable(_MultiCallable, grpc.aio.StreamStreamMultiCalla
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return _StreamResponseCall(d, request_iterator, self._channel._stream)
+        return StreamResponseCall(d, request_iterator, self._channel._stream)

@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.discovery import Instance, LocalRegistry, RoundRobin
+from meshkit.balancer import RoundRobin
+from meshkit.discovery import Instance, LocalRegistry
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor
 from tests.conftest import EchoFactory
 from tests.support.echo import method

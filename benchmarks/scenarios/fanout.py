@@ -4,9 +4,9 @@ Runs in a fresh worker process (``python -m benchmarks._worker fanout``) so that
 figures do not depend on the runner:
 
 * **pick cost**: ``timeit`` of one ``pick()`` plus its ``done()`` over 100 READY endpoints
-  (and 3 for scale) for :class:`~meshkit.discovery.RoundRobin`, :class:`~meshkit.resilience.P2C`,
-  P2C inside :class:`~meshkit.resilience.EjectingBalancer` (the default), smooth
-  :class:`~meshkit.resilience.WeightedRoundRobin` and :class:`~meshkit.resilience.RingHash`
+  (and 3 for scale) for :class:`~meshkit.balancer.RoundRobin`, :class:`~meshkit.balancer.P2C`,
+  P2C inside :class:`~meshkit.balancer.EjectingBalancer` (the default), smooth
+  :class:`~meshkit.balancer.WeightedRoundRobin` and :class:`~meshkit.balancer.RingHash`
   (with a request key, 1024 distinct keys);
 * **memory per endpoint**: 4 real ``grpc.aio`` servers in this process, 100 (and 10)
   instances registered in a local registry pointing at them, then ``tracemalloc`` (Python
@@ -35,12 +35,12 @@ NAME = "fanout"
 
 
 def _balancers() -> dict[str, Any]:
-    from meshkit.discovery import RoundRobin
-    from meshkit.resilience import (
+    from meshkit.balancer import (
         P2C,
         EjectingBalancer,
         OutlierOptions,
         RingHash,
+        RoundRobin,
         WeightedRoundRobin,
     )
 
@@ -55,7 +55,8 @@ def _balancers() -> dict[str, Any]:
 
 def pick_costs(n: int, number: int, repeat: int) -> dict[str, float]:
     """Microseconds per ``pick()`` + ``done()`` for each balancer over ``n`` endpoints."""
-    from meshkit.discovery import Endpoint, EndpointState, Instance
+    from meshkit.balancer import Endpoint, EndpointState
+    from meshkit.discovery import Instance
 
     eps = []
     for i in range(n):

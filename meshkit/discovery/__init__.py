@@ -1,4 +1,4 @@
-"""Service discovery: the registry protocol, two registries, and balancers.
+"""Service discovery: the registry protocol and two registries.
 
 A :class:`Registry` announces instances (``register``/``deregister``) and streams the live
 set of a service (``watch``). Two implementations:
@@ -18,9 +18,8 @@ Pick one by URI, ``local:///path/to/dir`` or ``consul://127.0.0.1:8500``, or by 
     async for instances in registry.watch("orderd"):
         print(sorted(i.address for i in instances))
 
-Balancers (:class:`Balancer`, ``pick() -> (endpoint, done)``) choose an endpoint per call in
-the balanced channel; :class:`RoundRobin` is here, latency-aware ones in
-:mod:`meshkit.resilience`.
+Balancers, which choose an endpoint per call among what discovery returns, live in
+:mod:`meshkit.balancer`.
 """
 
 from __future__ import annotations
@@ -30,14 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from meshkit.discovery._balancer import (
-    Balancer,
-    Done,
-    Endpoint,
-    EndpointState,
-    RoundRobin,
-    noop_done,
-)
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
 from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError
@@ -46,20 +37,14 @@ if TYPE_CHECKING:
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 
 __all__ = [
-    "Balancer",
     "ConsulOptions",
     "ConsulRegistry",
-    "Done",
-    "Endpoint",
-    "EndpointState",
     "Instance",
     "LocalOptions",
     "LocalRegistry",
     "Registry",
     "RegistryStatus",
-    "RoundRobin",
     "default_local_path",
-    "noop_done",
     "registry_from_env",
     "registry_from_uri",
 ]

@@ -257,8 +257,9 @@ class MeshCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Build the families from the live channels and servers."""
+        from meshkit.balancer import EjectingBalancer
         from meshkit.channel import live_channels
-        from meshkit.resilience import DeadlineInterceptor, EjectingBalancer
+        from meshkit.resilience import DeadlineInterceptor
         from meshkit.server import live_servers
 
         t = ("target",)

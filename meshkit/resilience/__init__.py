@@ -1,12 +1,9 @@
-"""Resilience: deadlines, retries with budgets, hedging, P2C/EWMA, outlier ejection.
+"""Resilience: deadlines, retries with budgets, hedging, rate limits.
 
 Defaults of :func:`meshkit.dial` (each configurable on :class:`meshkit.DialOptions`):
 
-* balancer :class:`P2C` over peak EWMA (decay 10 s, default RTT 30 ms, slow start 5 s);
-  also :class:`~meshkit.discovery.RoundRobin`, :class:`WeightedRoundRobin` (registry
-  weights) and :class:`RingHash` (consistent hashing on a metadata key);
-* outlier ejection (:class:`OutlierOptions`): 5 consecutive failures eject an endpoint for
-  10 s x times ejected (max 300 s), one probe when it returns, at most 50 % ejected;
+* balancing and outlier ejection: see :mod:`meshkit.balancer` (P2C over peak EWMA,
+  ejection after 5 consecutive failures);
 * retries (:class:`RetryOptions`): ``UNAVAILABLE`` only, 3 attempts, 25 ms..1 s full-jitter
   backoff, only for calls safe to repeat (idempotent methods, or requests carrying an
   idempotency key), inside a retry budget of 20 % of requests + 10/s over 10 s;
@@ -32,11 +29,8 @@ Example::
 from __future__ import annotations
 
 from meshkit.resilience._backoff import Backoff
-from meshkit.resilience._balancers import RingHash, WeightedRoundRobin
 from meshkit.resilience._budget import BudgetOptions, RetryBudget
 from meshkit.resilience._deadline import DeadlineInterceptor, current_deadline, deadline_scope
-from meshkit.resilience._outlier import EjectingBalancer, OutlierOptions
-from meshkit.resilience._p2c import P2C, P2COptions
 from meshkit.resilience._retry import RetryInterceptor, RetryOptions, RetryPolicy, RetryStats
 from meshkit.resilience.ratelimit import (
     KeyFunc,
@@ -53,15 +47,11 @@ from meshkit.resilience.ratelimit import (
 )
 
 __all__ = [
-    "P2C",
     "Backoff",
     "BudgetOptions",
     "DeadlineInterceptor",
-    "EjectingBalancer",
     "KeyFunc",
     "Limiter",
-    "OutlierOptions",
-    "P2COptions",
     "RateLimitInterceptor",
     "RateLimitOptions",
     "Rejection",
@@ -70,10 +60,8 @@ __all__ = [
     "RetryOptions",
     "RetryPolicy",
     "RetryStats",
-    "RingHash",
     "StorageLimiter",
     "SweepThrottledMemoryStorage",
-    "WeightedRoundRobin",
     "by_identity",
     "by_metadata",
     "by_peer",

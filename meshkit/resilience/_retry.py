@@ -43,13 +43,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from grpc.aio import AioRpcError, Metadata
+from grpc.aio import AioRpcError
 
+from meshkit._calls import RetryingStreamCall
 from meshkit._methods import MethodTable
 from meshkit.errors import ConfigError, NoEndpointsError
 from meshkit.interceptors import (
@@ -231,7 +232,10 @@ class RetryInterceptor(ClientInterceptor):
         if details.kind is not CallKind.UNARY_STREAM or not (
                 policy.idempotent or _has_key(details, request, policy)):
             return call
-        return _RetryingStreamCall(self, details, request, proceed, policy, call, attempt)
+        def delay_for(exc: AioRpcError, n: int) -> float | None:
+            return self._retry_delay(details, exc, policy, n, safe=True)
+
+        return RetryingStreamCall(details, request, proceed, call, delay_for, attempt)
 
     def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
                      attempt: int, safe: bool) -> float | None:
@@ -300,189 +304,6 @@ class RetryInterceptor(ClientInterceptor):
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-
-
-_NOTHING: Any = object()
-
-
-class _RetryingStreamCall:
-    """A unary-stream call retried until committed (its first response or its end).
-
-    A task started at once reads the first response of each attempt: a retryable failure
-    before it opens another attempt (``RetryInterceptor._retry_delay`` decides); the first
-    response, the end of the stream or a final error commits the call to that attempt,
-    and everything after is that attempt's grpc.aio call. Done callbacks wait for the
-    commit, so telemetry sees one logical call, not each attempt.
-    """
-
-    __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_first",
-                 "_policy", "_proceed", "_request", "_retry", "_task")
-
-    def __init__(self, retry: RetryInterceptor, details: ClientCallDetails, request: Any,
-                 proceed: StreamProceed, policy: RetryPolicy, call: Any, attempt: int) -> None:
-        self._retry = retry
-        self._details = details
-        self._request = request
-        self._proceed = proceed
-        self._policy = policy
-        self._call: Any = call
-        self._first: Any = _NOTHING
-        self._error: AioRpcError | None = None
-        self._cancelled = False
-        self._callbacks: list[Callable[[Any], None]] = []
-        self._task = asyncio.get_running_loop().create_task(self._commit(attempt))
-        self._task.add_done_callback(self._committed)
-
-    async def _commit(self, attempt: int) -> None:
-        while True:
-            try:
-                if self._call is None:
-                    self._call = await self._proceed(self._details, self._request)
-                self._first = await self._call.read()
-                return
-            except AioRpcError as exc:
-                # A cancelled call withdraws nothing from the budget and counts no retry.
-                delay = None if self._cancelled else self._retry._retry_delay(
-                    self._details, exc, self._policy, attempt, safe=True)
-                if delay is None:
-                    self._error = exc
-                    return
-            await asyncio.sleep(delay)
-            attempt += 1
-            self._call = None
-
-    def _committed(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved: read() re-raises what matters
-        callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            self._when_done(cb)
-
-    def _when_done(self, callback: Callable[[Any], None]) -> None:
-        call = self._call
-        if call is not None and self._error is None and not self._task.cancelled():
-            call.add_done_callback(lambda _c: callback(self))
-        else:
-            asyncio.get_running_loop().call_soon(callback, self)
-
-    async def _wait(self) -> None:
-        await asyncio.shield(self._task)
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        while (response := await self.read()) is not grpc.aio.EOF:
-            yield response
-
-    async def read(self) -> Any:
-        """The next response; ``grpc.aio.EOF`` at the end.
-
-        Raises:
-            grpc.aio.AioRpcError: the call failed (after its retries, if before commit).
-            asyncio.CancelledError: the call was cancelled.
-        """
-        await self._wait()
-        if self._error is not None:
-            raise self._error
-        first = self._first
-        if first is not _NOTHING:
-            self._first = _NOTHING
-            return first
-        return await self._call.read()
-
-    async def initial_metadata(self) -> Metadata:
-        """Initial metadata of the committed attempt (waits for the commit)."""
-        with_call = await self._settled()
-        if with_call is None:
-            return Metadata()
-        return await with_call.initial_metadata()  # type: ignore[no-any-return]
-
-    async def trailing_metadata(self) -> Metadata:
-        """Trailing metadata of the committed attempt (after the stream ends)."""
-        with_call = await self._settled()
-        if self._error is not None:
-            return self._error.trailing_metadata()
-        if with_call is None:
-            return Metadata()
-        return await with_call.trailing_metadata()  # type: ignore[no-any-return]
-
-    async def code(self) -> grpc.StatusCode:
-        """Final status code of the call."""
-        if self._cancelled:
-            return grpc.StatusCode.CANCELLED
-        with_call = await self._settled()
-        if self._error is not None:
-            return self._error.code()
-        if with_call is None:
-            return grpc.StatusCode.CANCELLED
-        return await with_call.code()  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        """Final status message of the call."""
-        with_call = await self._settled()
-        if self._error is not None:
-            return self._error.details() or ""
-        if with_call is None:
-            return ""
-        return await with_call.details()  # type: ignore[no-any-return]
-
-    async def _settled(self) -> Any:
-        """Wait for the commit; the committed grpc.aio call, or ``None`` if there is none
-        (the last attempt could not be opened, or the call was cancelled first)."""
-        try:
-            await self._wait()
-        except asyncio.CancelledError:
-            if not self._task.cancelled():
-                raise  # our caller was cancelled, not the call
-            return None
-        return self._call
-
-    async def wait_for_connection(self) -> None:
-        """Wait until the current attempt's connection is up."""
-        call = self._call
-        if call is None:
-            await self._settled()
-            call = self._call
-        if call is not None:
-            await call.wait_for_connection()
-
-    def cancel(self) -> bool:
-        """Cancel the call (the current attempt, and any retry not yet started)."""
-        if self.done():
-            return False
-        self._cancelled = True
-        cancelled = False
-        if self._call is not None:
-            cancelled = bool(self._call.cancel())
-        if not self._task.done():
-            cancelled = self._task.cancel() or cancelled
-        return cancelled
-
-    def cancelled(self) -> bool:
-        """Whether the call was cancelled."""
-        if self._cancelled or self._task.cancelled():
-            return True
-        return self._task.done() and self._call is not None and bool(self._call.cancelled())
-
-    def done(self) -> bool:
-        """Whether the call has finished."""
-        if not self._task.done():
-            return False
-        if self._task.cancelled() or self._error is not None or self._call is None:
-            return True
-        return bool(self._call.done())
-
-    def time_remaining(self) -> float | None:
-        """Seconds before the deadline, or ``None`` without one."""
-        return self._details.time_remaining_s()
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(call)`` once the call (not one of its attempts) has finished."""
-        if self._task.done():
-            self._when_done(callback)
-        else:
-            self._callbacks.append(callback)
 
 
 def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:

@@ -49,9 +49,10 @@ async def test_renewed_client_certificate_is_used_without_failing_calls(
             first = await who(b"", timeout=5)
             slow = asyncio.ensure_future(who(b"0.5", timeout=5))
             await asyncio.sleep(0.1)
-            old_channel = ch.endpoints()[0].channel
+            key = ch.endpoints()[0].key
+            old_channel = ch._pool.conns[key].channel  # the endpoint's sub-channel
             pki.issue("clientd", overwrite=True)
-            await until(lambda: ch.endpoints()[0].channel is not old_channel, timeout_s=5,
+            await until(lambda: ch._pool.conns[key].channel is not old_channel, timeout_s=5,
                         what="sub-channel rebuilt")
             second = await who(b"", timeout=5)
             assert second != first

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from meshkit.discovery import Endpoint, EndpointState, Instance, RoundRobin
+from meshkit.balancer import Endpoint, EndpointState, RoundRobin
+from meshkit.discovery import Instance
 
 
 def eps(*names: str) -> list[Endpoint]:

@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.discovery import LocalOptions, LocalRegistry, RoundRobin
+from meshkit.balancer import RoundRobin
+from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import method
 from tests.support.wait import until
 

@@ -131,7 +131,7 @@ async def test_retried_stream_is_one_logical_span_with_its_final_status(
     retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST))
     c = await chain(echoes=2, retry=retry)
     import meshkit
-    from meshkit.discovery import RoundRobin
+    from meshkit.balancer import RoundRobin
 
     ch = meshkit.dial(
         "echo",

@@ -11,21 +11,20 @@ import grpc
 import pytest
 
 from meshkit._methods import MethodTable
-from meshkit.discovery import Endpoint, EndpointState, Instance, RoundRobin
-from meshkit.errors import ConfigError
-from meshkit.resilience import (
+from meshkit.balancer import (
     P2C,
-    Backoff,
-    BudgetOptions,
     EjectingBalancer,
+    Endpoint,
+    EndpointState,
     OutlierOptions,
     P2COptions,
-    RetryBudget,
-    RetryOptions,
-    RetryPolicy,
     RingHash,
+    RoundRobin,
     WeightedRoundRobin,
 )
+from meshkit.discovery import Instance
+from meshkit.errors import ConfigError
+from meshkit.resilience import Backoff, BudgetOptions, RetryBudget, RetryOptions, RetryPolicy
 
 OK = grpc.StatusCode.OK
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE

@@ -10,14 +10,9 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.discovery import LocalRegistry, RoundRobin
-from meshkit.resilience import (
-    Backoff,
-    BudgetOptions,
-    OutlierOptions,
-    RetryOptions,
-    RetryPolicy,
-)
+from meshkit.balancer import OutlierOptions, RoundRobin
+from meshkit.discovery import LocalRegistry
+from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import method
 
@@ -213,7 +208,7 @@ async def test_slow_replica_gets_a_small_share_with_p2c_not_with_round_robin(
             return Counter(x.decode() for batch in got for x in batch)
 
     rr = await shares(RoundRobin)
-    p2c = await shares(lambda: meshkit.resilience.P2C(meshkit.resilience.P2COptions(
+    p2c = await shares(lambda: meshkit.balancer.P2C(meshkit.balancer.P2COptions(
         decay_s=1.0)))
     assert 0.25 < rr["slow"] / 300 < 0.42
     assert p2c["slow"] / 300 < 0.05

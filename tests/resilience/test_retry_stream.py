@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.discovery import LocalRegistry, RoundRobin
+from meshkit.balancer import RoundRobin
+from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import method

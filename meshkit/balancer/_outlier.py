@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from meshkit.discovery import Balancer, Done, Endpoint
+from meshkit.balancer._endpoint import Balancer, Done, Endpoint
 from meshkit.errors import ConfigError
 
 __all__ = ["EjectingBalancer", "OutlierOptions"]
@@ -96,7 +96,7 @@ class _Health:
 
 
 class EjectingBalancer:
-    """Wraps any :class:`~meshkit.discovery.Balancer` with outlier ejection.
+    """Wraps any :class:`~meshkit.balancer.Balancer` with outlier ejection.
 
     Args:
         inner: the balancer that picks among endpoints in rotation.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from meshkit.discovery import Done, Endpoint, EndpointState
+from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
 from meshkit.errors import ConfigError
 
 __all__ = ["P2C", "P2COptions"]

@@ -7,7 +7,7 @@ import hashlib
 import random
 from collections.abc import Collection, Sequence
 
-from meshkit.discovery import Done, Endpoint, EndpointState, noop_done
+from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
 from meshkit.errors import ConfigError
 
 __all__ = ["RingHash", "WeightedRoundRobin"]

@@ -1,0 +1,420 @@
+"""The call objects the balanced channel returns: one grpc.aio call protocol, written once.
+
+A meshkit call is a *logical* call: telemetry, retries and the balancer may run several
+attempts (grpc.aio calls on endpoints' sub-channels) behind it. Like grpc's own
+``aio/_interceptor.py`` (``InterceptedCall``), every call object here has one base,
+:class:`MeshCall`, that answers the grpc.aio call API — ``cancel``, ``cancelled``,
+``done``, ``add_done_callback``, ``time_remaining``, ``initial_metadata``,
+``trailing_metadata``, ``code``, ``details``, ``wait_for_connection`` — from two facts
+fixed when the call *settles*:
+
+* ``_call``: the grpc.aio call of the attempt the call settled on (the one that answered,
+  or the committed stream), or ``None`` when no attempt carries the outcome;
+* ``_error``: the error the call ended with before or instead of that attempt (a status
+  raised by the mesh, e.g. ``UNAVAILABLE`` for no endpoint, or by an attempt), or ``None``.
+
+Three subclasses say how a call settles: :class:`UnaryResponseCall` (unary-unary and
+stream-unary: when the response or the final error is there), :class:`StreamResponseCall`
+(unary-stream and stream-stream: when the attempt is open) and :class:`RetryingStreamCall`
+(a server stream retried until its first message, gRFC A6's commit point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import AioRpcError, Metadata
+
+from meshkit.interceptors import ClientCallDetails
+
+__all__ = ["MeshCall", "RetryingStreamCall", "StreamResponseCall", "UnaryResponseCall"]
+
+_CANCELLED = grpc.StatusCode.CANCELLED
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_OK = grpc.StatusCode.OK
+
+
+def _code_of(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, AioRpcError):
+        return error.code()
+    if isinstance(error, asyncio.CancelledError):
+        return _CANCELLED
+    return _UNKNOWN
+
+
+class MeshCall:
+    """Base of meshkit's call objects: the grpc.aio call API over a settled outcome.
+
+    Subclasses call :meth:`_settle` exactly once and implement :meth:`_begin` (start the
+    work if it has not started; return an awaitable that ends when the call has settled,
+    or ``None`` if it has) and :meth:`_current` (the attempt in flight, for ``cancel``).
+    """
+
+    __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_settled_fut",
+                 "_task")
+
+    def __init__(self, details: ClientCallDetails) -> None:
+        self._details = details
+        self._call: Any = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._callbacks: list[Callable[[Any], None]] | None = None
+        self._settled_fut: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    # -- what subclasses provide --------------------------------------------------------
+    def _begin(self) -> Awaitable[Any] | None:
+        raise NotImplementedError
+
+    def _current(self) -> Any:
+        return self._call
+
+    # -- settling ----------------------------------------------------------------------
+    @property
+    def _is_settled(self) -> bool:
+        fut = self._settled_fut
+        return fut is not None and fut.done()
+
+    def _settle(self, call: Any, error: BaseException | None) -> None:
+        """Fix the outcome (once) and run the done callbacks registered so far."""
+        if self._is_settled:
+            return
+        self._call = call
+        self._error = error
+        if error is not None and _code_of(error) is _CANCELLED:
+            self._cancelled = True
+        fut = self._settled_fut
+        if fut is None:
+            self._settled_fut = fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for cb in callbacks:
+                self._when_done(cb)
+
+    def _settle_from_task(self, task: asyncio.Task[Any]) -> None:
+        """Done callback of a settling task: a task cancelled or failed before it settled
+        the call settles it as cancelled or with that error."""
+        if task.cancelled():
+            self._settle(None, asyncio.CancelledError())
+        elif (exc := task.exception()) is not None:
+            self._settle(None, exc)
+
+    def _waiter(self) -> asyncio.Future[None]:
+        fut = self._settled_fut
+        if fut is None:
+            self._settled_fut = fut = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def _settled(self) -> Any:
+        """Wait until the call has settled; the attempt's grpc.aio call or ``None``.
+
+        Raises:
+            asyncio.CancelledError: the *caller* was cancelled (the call goes on).
+        """
+        if not self._is_settled:
+            begun = self._begin()
+            if begun is not None:
+                await asyncio.shield(begun)
+        return self._call
+
+    def _when_done(self, callback: Callable[[Any], None]) -> None:
+        call = self._call
+        if call is not None and self._error is None:
+            call.add_done_callback(lambda _c: callback(self))
+        else:
+            asyncio.get_running_loop().call_soon(callback, self)
+
+    # -- the grpc.aio call API ---------------------------------------------------------
+    def cancel(self) -> bool:
+        """Cancel the call: its attempt in flight and any attempt not started yet.
+
+        Returns:
+            ``False`` if the call had already finished, else whether anything was cancelled.
+        """
+        if self.done():
+            return False
+        self._cancelled = True
+        cancelled = False
+        current = self._current()
+        if current is not None:
+            cancelled = bool(current.cancel())
+        task = self._task
+        if task is not None and not task.done():
+            cancelled = task.cancel() or cancelled
+        return cancelled
+
+    def cancelled(self) -> bool:
+        """Whether the call ended cancelled (or :meth:`cancel` was called on it)."""
+        if self._cancelled:
+            return True
+        if not self._is_settled:
+            return False
+        call = self._call
+        return call is not None and self._error is None and bool(call.cancelled())
+
+    def done(self) -> bool:
+        """Whether the call has finished, with any outcome."""
+        if not self._is_settled:
+            return False
+        call = self._call
+        return call is None or self._error is not None or bool(call.done())
+
+    def time_remaining(self) -> float | None:
+        """Seconds before the call's deadline, or ``None`` without one."""
+        return self._details.time_remaining_s()
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(call)`` once the logical call has finished (soon, if it has)."""
+        if self._is_settled:
+            self._when_done(callback)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    async def initial_metadata(self) -> Metadata:
+        """Initial metadata of the attempt the call settled on (empty without one)."""
+        call = await self._settled()
+        if call is None:
+            return Metadata()
+        return await call.initial_metadata()  # type: ignore[no-any-return]
+
+    async def trailing_metadata(self) -> Metadata:
+        """Trailing metadata: the attempt's, or the mesh's error's when no attempt carries
+        the outcome."""
+        call = await self._settled()
+        if call is None:
+            err = self._error
+            return err.trailing_metadata() if isinstance(err, AioRpcError) else Metadata()
+        return await call.trailing_metadata()  # type: ignore[no-any-return]
+
+    async def code(self) -> grpc.StatusCode:
+        """The final status code (waits for the call to finish)."""
+        call = await self._settled()
+        if self._error is not None:
+            return _code_of(self._error)
+        if call is None:
+            return _CANCELLED
+        return await call.code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        """The final status message (waits for the call to finish)."""
+        call = await self._settled()
+        err = self._error
+        if err is not None:
+            return (err.details() or "") if isinstance(err, AioRpcError) else ""
+        if call is None:
+            return ""
+        return await call.details()  # type: ignore[no-any-return]
+
+    async def wait_for_connection(self) -> None:
+        """Wait until the attempt's connection is up (for a unary call: until it ends).
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed before an attempt was open.
+        """
+        call = await self._settled()
+        if isinstance(self._error, AioRpcError) and call is None:
+            raise self._error
+        if call is not None:
+            await call.wait_for_connection()
+
+
+class UnaryResponseCall(MeshCall):
+    """The call of unary-unary and stream-unary methods: ``await`` it for the response.
+
+    Awaited directly it runs inline in the caller's task (no extra task per call); any
+    other use first (``add_done_callback``, ``code()``...) starts it in a task. It settles
+    on the attempt that answered (``details.last_call``).
+
+    Args:
+        details: the call's :class:`~meshkit.interceptors.ClientCallDetails`.
+        request: the request, or the request iterator of a stream-unary call.
+        invoke: ``await invoke(details, request) -> response``: the per-call chain.
+    """
+
+    __slots__ = ("_invoke", "_request", "_response", "_started")
+
+    def __init__(self, details: ClientCallDetails, request: Any,
+                 invoke: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
+        super().__init__(details)
+        self._request = request
+        self._invoke = invoke
+        self._started = False
+        self._response: Any = None
+
+    def __await__(self) -> Any:
+        if not self._started:
+            return self._run().__await__()
+        return self._result().__await__()
+
+    async def _run(self) -> Any:
+        self._started = True
+        try:
+            self._response = await self._invoke(self._details, self._request)
+        except BaseException as exc:
+            self._settle(self._details.last_call, exc)
+            raise
+        self._settle(self._details.last_call, None)
+        return self._response
+
+    def _begin(self) -> Awaitable[Any] | None:
+        if not self._started:
+            self._task = task = asyncio.get_running_loop().create_task(self._run())
+            task.add_done_callback(self._settle_from_task)
+        return None if self._is_settled else self._waiter()
+
+    def _current(self) -> Any:
+        return self._details.last_call
+
+    async def _result(self) -> Any:
+        await self._settled()
+        if self._error is not None:
+            raise self._error
+        return self._response
+
+
+class StreamResponseCall(MeshCall):
+    """The call of unary-stream and stream-stream methods.
+
+    The attempt opens on first use (iteration, ``read``, ``write``, metadata, a done
+    callback); the call settles once it is open, and from then on every operation is the
+    opened call's (a grpc.aio call, or a :class:`RetryingStreamCall`).
+
+    Args:
+        details: the call's :class:`~meshkit.interceptors.ClientCallDetails`.
+        request: the request, or the request iterator (``None`` for ``write()``).
+        open_: ``await open_(details, request) -> call``: the per-call chain.
+    """
+
+    __slots__ = ("_open", "_request")
+
+    def __init__(self, details: ClientCallDetails, request: Any,
+                 open_: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
+        super().__init__(details)
+        self._request = request
+        self._open = open_
+
+    async def _opening(self) -> None:
+        self._settle(await self._open(self._details, self._request), None)
+
+    def _begin(self) -> Awaitable[Any] | None:
+        if self._task is None:
+            self._task = task = asyncio.get_running_loop().create_task(self._opening())
+            task.add_done_callback(self._settle_from_task)
+        return None if self._is_settled else self._waiter()
+
+    def _current(self) -> Any:
+        return self._call if self._call is not None else self._details.last_call
+
+    async def _opened(self) -> Any:
+        call = await self._settled()
+        if call is None:
+            raise self._error if self._error is not None else asyncio.CancelledError()
+        return call
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        call = await self._opened()
+        async for response in call:
+            yield response
+
+    async def read(self) -> Any:
+        """Read one response; ``grpc.aio.EOF`` at the end."""
+        return await (await self._opened()).read()
+
+    async def write(self, request: Any) -> None:
+        """Write one request (stream-stream calls made without a request iterator)."""
+        await (await self._opened()).write(request)
+
+    async def done_writing(self) -> None:
+        """Half-close the request stream."""
+        await (await self._opened()).done_writing()
+
+
+_NOTHING: Any = object()
+
+
+class RetryingStreamCall(MeshCall):
+    """A unary-stream call retried until committed (its first response or its end).
+
+    A task started at once reads the first response of each attempt: a retryable failure
+    before it opens another attempt (``delay_for`` decides how long to wait, or ``None`` to
+    give up); the first response, the end of the stream or a final error commits the call
+    to that attempt, and everything after is that attempt's grpc.aio call. Done callbacks
+    wait for the commit, so telemetry sees one logical call, not each attempt.
+
+    Args:
+        details: the call's details.
+        request: the request (replayed on each attempt).
+        open_: opens one attempt: ``await open_(details, request) -> grpc.aio call``.
+        call: the first attempt, already open.
+        delay_for: ``delay_for(error, attempt) -> seconds | None`` (the retry policy).
+        attempt: the number of the first attempt (1-based).
+    """
+
+    __slots__ = ("_delay_for", "_first", "_open", "_request")
+
+    def __init__(self, details: ClientCallDetails, request: Any,
+                 open_: Callable[[ClientCallDetails, Any], Awaitable[Any]], call: Any,
+                 delay_for: Callable[[AioRpcError, int], float | None], attempt: int) -> None:
+        super().__init__(details)
+        self._request = request
+        self._open = open_
+        self._delay_for = delay_for
+        self._first: Any = _NOTHING
+        self._call = call
+        self._task = asyncio.get_running_loop().create_task(self._commit(attempt))
+        self._task.add_done_callback(self._settle_from_task)
+
+    async def _commit(self, attempt: int) -> None:
+        while True:
+            try:
+                if self._call is None:
+                    self._call = await self._open(self._details, self._request)
+                self._first = await self._call.read()
+                self._settle(self._call, None)
+                return
+            except AioRpcError as exc:
+                # A cancelled call withdraws nothing from the budget and counts no retry.
+                delay = None if self._cancelled else self._delay_for(exc, attempt)
+                if delay is None:
+                    self._settle(None, exc)
+                    return
+            await asyncio.sleep(delay)
+            attempt += 1
+            self._call = None
+
+    def _begin(self) -> Awaitable[Any] | None:
+        return None if self._is_settled else self._waiter()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while (response := await self.read()) is not grpc.aio.EOF:
+            yield response
+
+    async def read(self) -> Any:
+        """The next response; ``grpc.aio.EOF`` at the end.
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed (after its retries, if before commit).
+            asyncio.CancelledError: the call was cancelled.
+        """
+        call = await self._settled()
+        if self._error is not None:
+            raise self._error
+        if call is None:
+            raise asyncio.CancelledError()
+        first = self._first
+        if first is not _NOTHING:
+            self._first = _NOTHING
+            return first
+        return await call.read()

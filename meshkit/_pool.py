@@ -1,0 +1,256 @@
+"""The balanced channel's transport half: :class:`EndpointPool`.
+
+An endpoint pool follows a registry watch for one service, runs the endpoint filters,
+keeps one grpc.aio sub-channel per endpoint and its connectivity, rebuilds sub-channels
+when the client certificate is renewed, and hands the balancer the endpoint list. The
+channel (:mod:`meshkit.channel`) keeps the options and the per-call path; the pool is
+what it picks from (httpx's client/transport cut).
+
+Endpoints that leave the registry are removed from the balancer at once and their
+sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+
+from meshkit.balancer import (
+    Balancer,
+    Done,
+    EjectingBalancer,
+    Endpoint,
+    EndpointState,
+    Filter,
+    apply_filters,
+)
+from meshkit.discovery import Instance, Registry
+from meshkit.errors import MeshRpcError, NoEndpointsError
+from meshkit.interceptors import ClientCallDetails
+
+__all__ = ["EndpointPool"]
+
+_log = structlog.get_logger("meshkit.channel")
+_HISTORY_MAX = 256
+_CONNECTIVITY = {
+    grpc.ChannelConnectivity.READY: EndpointState.READY,
+    grpc.ChannelConnectivity.TRANSIENT_FAILURE: EndpointState.FAILING,
+    grpc.ChannelConnectivity.SHUTDOWN: EndpointState.FAILING,
+}
+
+
+class _Conn:
+    """An endpoint's sub-channel and its multicallables by method."""
+
+    __slots__ = ("callables", "channel")
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.callables: dict[str, Any] = {}
+
+
+class EndpointPool:
+    """The endpoints of one service and their sub-channels.
+
+    Args:
+        service: the mesh service name.
+        registry: where its instances are discovered (watched from construction on).
+        balancer: picks among the pool's endpoints; gets every endpoint-list change.
+        filters: run on each discovery answer, in order (:mod:`meshkit.balancer._filters`).
+        make_channel: ``make_channel(address) -> grpc.aio.Channel`` builds a sub-channel.
+        drain_timeout_s: grace for calls in flight on an endpoint that left, seconds.
+        resolve_timeout_s: how long a pick waits for the first discovery answer, seconds.
+
+    Must be built with an event loop running.
+    """
+
+    def __init__(self, service: str, registry: Registry, balancer: Balancer, *,
+                 filters: Sequence[Filter], make_channel: Callable[[str], grpc.aio.Channel],
+                 drain_timeout_s: float, resolve_timeout_s: float) -> None:
+        self.service = service
+        self.registry = registry
+        self.balancer = balancer
+        self._filters = tuple(filters)
+        self._make_channel = make_channel
+        self._drain_s = drain_timeout_s
+        self._resolve_s = resolve_timeout_s
+        self.endpoints: dict[str, Endpoint] = {}
+        self.conns: dict[str, _Conn] = {}
+        self.history: dict[str, Endpoint] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_tasks: dict[str, asyncio.Task[None]] = {}
+        self.resolved = asyncio.Event()
+        self._changed = asyncio.Event()
+        self.closed = False
+        self.watch_errors = 0
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self._watch(), name=f"meshkit-watch-{service}")
+
+    # -- discovery ----------------------------------------------------------------------
+    async def _watch(self) -> None:
+        delay = 0.1
+        while not self.closed:
+            try:
+                async for instances in self.registry.watch(self.service):
+                    self.apply(instances)
+                    delay = 0.1
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a registry bug must not kill the channel
+                self.watch_errors += 1
+                _log.warning("discovery watch failed; keeping last endpoints",
+                             service=self.service, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def apply(self, instances: frozenset[Instance]) -> None:
+        """Make the pool match a discovery answer (after the filters)."""
+        wanted = {i.instance_id: i for i in apply_filters(self._filters, list(instances))}
+        for key, ep in list(self.endpoints.items()):
+            inst = wanted.get(key)
+            if inst is None or inst.address != ep.instance.address:
+                self._retire(ep)
+            else:
+                ep.instance = inst  # tags/meta/weight may change in place
+        for key, inst in wanted.items():
+            if key not in self.endpoints:
+                self._add(inst)
+        self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
+        if not self.resolved.is_set():
+            self.resolved.set()
+        _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
+        self.notify()
+
+    def _add(self, inst: Instance) -> None:
+        ep = Endpoint(inst)
+        key = inst.instance_id
+        self.endpoints[key] = ep
+        self.conns[key] = _Conn(self._make_channel(inst.address))
+        self.history[key] = ep
+        if len(self.history) > _HISTORY_MAX:
+            for old in [k for k in self.history if k not in self.endpoints][:16]:
+                del self.history[old]
+        self._state_tasks[key] = self._spawn(self._track_state(ep))
+
+    def _retire(self, ep: Endpoint) -> None:
+        del self.endpoints[ep.key]
+        conn = self.conns.pop(ep.key)
+        ep.state = EndpointState.FAILING
+        task = self._state_tasks.pop(ep.key, None)
+        if task is not None:
+            task.cancel()
+        self._spawn(conn.channel.close(grace=self._drain_s))
+
+    def rebuild(self) -> None:
+        """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
+        calls in flight finish on the old one, closed with ``drain_timeout_s`` of grace."""
+        for key, ep in list(self.endpoints.items()):
+            old = self.conns[key].channel
+            self.conns[key] = _Conn(self._make_channel(ep.instance.address))
+            task = self._state_tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+            self._state_tasks[key] = self._spawn(self._track_state(ep))
+            self._spawn(old.close(grace=self._drain_s))
+        _log.info("sub-channels rebuilt", service=self.service, endpoints=len(self.endpoints))
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the pool cancels on close."""
+        return self._spawn(coro)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _track_state(self, ep: Endpoint) -> None:
+        ch = self.conns[ep.key].channel
+        state = ch.get_state(try_to_connect=True)
+        while True:
+            ep.state = _CONNECTIVITY.get(state, EndpointState.IDLE)
+            self.notify()
+            if state is grpc.ChannelConnectivity.SHUTDOWN:
+                return
+            await ch.wait_for_state_change(state)
+            # Reconnect at once when a connection drops, so a dead endpoint shows as failing
+            # before a call is sent to it rather than after.
+            state = ch.get_state(try_to_connect=True)
+
+    def notify(self) -> None:
+        """Wake everything waiting in :meth:`changed`."""
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    async def changed(self) -> None:
+        """Wait for the next change of endpoints or their connectivity."""
+        await self._changed.wait()
+
+    # -- picking -----------------------------------------------------------------------
+    async def pick_slow(self, details: ClientCallDetails) -> tuple[Endpoint, Done]:
+        """Pick when the fast path could not: wait for the first discovery answer, and
+        with ``wait_for_ready`` for a usable endpoint, within the call's deadline.
+
+        Raises:
+            MeshRpcError: ``CANCELLED`` (pool closed), ``DEADLINE_EXCEEDED``.
+            NoEndpointsError: ``UNAVAILABLE``, naming the service and why.
+        """
+        if self.closed:
+            raise MeshRpcError(grpc.StatusCode.CANCELLED,
+                               f"channel to {self.service!r} is closed")
+        if not self.resolved.is_set():
+            wait = self._resolve_s
+            remaining = details.time_remaining_s()
+            if remaining is not None:
+                wait = max(0.0, min(wait, remaining))
+            try:
+                await asyncio.wait_for(self.resolved.wait(), wait)
+            except TimeoutError:
+                raise NoEndpointsError(
+                    self.service, f"no discovery answer within {wait:.3g}s") from None
+        while True:
+            picked = self.balancer.pick(details.request_key, details.attempts)
+            if picked is not None:
+                return picked
+            if not details.wait_for_ready:
+                if self.endpoints:
+                    why = "failing or ejected" if isinstance(
+                        self.balancer, EjectingBalancer) else "failing"
+                    raise NoEndpointsError(
+                        self.service, f"all {len(self.endpoints)} endpoints are {why}")
+                raise NoEndpointsError(self.service)
+            try:
+                await asyncio.wait_for(self.changed(), details.time_remaining_s())
+            except TimeoutError:
+                raise MeshRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"deadline exceeded waiting for an endpoint of {self.service!r}",
+                ) from None
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s."""
+        if self.closed:
+            return
+        self.closed = True
+        self.notify()
+        self._watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch_task
+        for task in list(self._state_tasks.values()):
+            task.cancel()
+        self._state_tasks.clear()
+        conns = list(self.conns.values())
+        self.endpoints.clear()
+        self.conns.clear()
+        self.balancer.update([])
+        await asyncio.gather(*(c.channel.close(grace) for c in conns), return_exceptions=True)
+        pending = list(self._tasks)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

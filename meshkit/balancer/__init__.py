@@ -1,0 +1,49 @@
+"""Client-side load balancing: endpoints, balancers, outlier ejection and filters.
+
+Pure policy, no I/O, injectable clocks and random sources; the balanced channel
+(:func:`meshkit.dial`) binds them to grpc.aio sub-channels.
+
+* :class:`Endpoint` (policy-only: instance, :class:`EndpointState`, counters) and the
+  :class:`Balancer` protocol, ``pick(key, exclude) -> (endpoint, done) | None`` with
+  ``done(code, latency_s)`` feeding each outcome back (go-kratos' ``selector``);
+* balancers: :class:`P2C` over peak EWMA (the default; Finagle, Linkerd),
+  :class:`RoundRobin` (gRPC's ``round_robin``), :class:`WeightedRoundRobin` (registry
+  weights), :class:`RingHash` (consistent hashing on a request key);
+* :class:`EjectingBalancer` with :class:`OutlierOptions`: outlier ejection in front of any
+  balancer (Envoy's consecutive-failure detection);
+* filters run per discovery change: :class:`Subset`, :class:`PreferZone`, or any callable
+  (:data:`Filter`).
+
+Example::
+
+    opts = DialOptions(balancer=RoundRobin, filters=(Subset(meta={"version": "v2"}),
+                                                     PreferZone("a")))
+"""
+
+from __future__ import annotations
+
+from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState, noop_done
+from meshkit.balancer._filters import Filter, PreferZone, Subset, apply_filters
+from meshkit.balancer._outlier import EjectingBalancer, OutlierOptions
+from meshkit.balancer._p2c import P2C, P2COptions
+from meshkit.balancer._round_robin import RoundRobin
+from meshkit.balancer._weighted import RingHash, WeightedRoundRobin
+
+__all__ = [
+    "P2C",
+    "Balancer",
+    "Done",
+    "EjectingBalancer",
+    "Endpoint",
+    "EndpointState",
+    "Filter",
+    "OutlierOptions",
+    "P2COptions",
+    "PreferZone",
+    "RingHash",
+    "RoundRobin",
+    "Subset",
+    "WeightedRoundRobin",
+    "apply_filters",
+    "noop_done",
+]

@@ -1,0 +1,90 @@
+"""Endpoint filters: which discovered instances a channel balances over (pure, no I/O).
+
+A filter takes the instances discovery returned and gives back those the balancer may use,
+as go-kratos' ``selector.NodeFilter`` does. Filters run once per discovery change, never per
+call, in the order given in ``DialOptions.filters``. Two are built in:
+
+* :class:`Subset`: only instances whose registry meta and tags match (a version subset,
+  a canary pool);
+* :class:`PreferZone`: only the instances of one zone (meta ``zone``) while any of them
+  is there, otherwise all (Envoy's and Linkerd's locality preference, failing over).
+
+Any callable ``(Sequence[Instance]) -> list[Instance]`` is a filter too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from meshkit.discovery import Instance
+from meshkit.errors import ConfigError
+
+__all__ = ["Filter", "PreferZone", "Subset", "apply_filters"]
+
+Filter = Callable[[Sequence[Instance]], list[Instance]]
+"""``filter(instances) -> instances to use``; called once per discovery change."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subset:
+    """Keep only instances whose registry ``meta`` has every value in ``meta`` and that
+    carry every tag in ``tags``, e.g. ``Subset(meta={"version": "v2"})``.
+
+    Args:
+        meta: required ``{key: value}`` pairs of ``Instance.meta`` (default none).
+        tags: required ``Instance.tags`` (default none).
+
+    Raises:
+        ConfigError: neither ``meta`` nor ``tags`` given, or a tag given as a bare string.
+    """
+
+    meta: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tags, str):
+            raise ConfigError(f"Subset tags must be a tuple of strings, got {self.tags!r}")
+        object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "meta", dict(self.meta))
+        if not self.meta and not self.tags:
+            raise ConfigError("Subset needs meta or tags (an empty subset keeps everything)")
+
+    def __call__(self, instances: Sequence[Instance]) -> list[Instance]:
+        """The instances that match."""
+        meta, tags = self.meta.items(), self.tags
+        return [i for i in instances
+                if all(i.meta.get(k) == v for k, v in meta) and all(t in i.tags for t in tags)]
+
+
+@dataclass(frozen=True, slots=True)
+class PreferZone:
+    """Use only instances whose meta ``zone`` equals ``zone`` while at least one exists;
+    otherwise every instance (fail over to other zones rather than to nothing).
+
+    Args:
+        zone: the local zone, e.g. ``"eu-west-1a"``.
+
+    Raises:
+        ConfigError: an empty zone.
+    """
+
+    zone: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.zone, str) or not self.zone:
+            raise ConfigError(f"PreferZone zone must be a non-empty string, got {self.zone!r}")
+
+    def __call__(self, instances: Sequence[Instance]) -> list[Instance]:
+        """The local zone's instances if any, else all."""
+        local = [i for i in instances if i.meta.get("zone") == self.zone]
+        return local if local else list(instances)
+
+
+def apply_filters(filters: Sequence[Filter], instances: Sequence[Instance]) -> list[Instance]:
+    """Run ``filters`` in order over ``instances`` (sorted by instance id first, so filters
+    see a stable order)."""
+    chosen = sorted(instances, key=lambda i: i.instance_id)
+    for f in filters:
+        chosen = list(f(chosen))
+    return chosen

@@ -1,0 +1,57 @@
+"""Round robin, as gRPC's ``round_robin`` LB policy (pure policy, no I/O)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Sequence
+
+from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
+
+__all__ = ["RoundRobin"]
+
+
+class RoundRobin:
+    """Round robin over usable endpoints, as gRPC's ``round_robin`` LB policy.
+
+    READY endpoints are taken in turn; when none is READY, idle/connecting ones are (the
+    call connects); endpoints in ``FAILING`` are skipped; with every endpoint failing,
+    :meth:`pick` returns ``None``. The start position is random so that many clients do not
+    all hit the first endpoint. Keeps no statistics (``done`` is a no-op).
+
+    Args:
+        rng: random source for the start position (default: a new ``random.Random()``).
+    """
+
+    __slots__ = ("_endpoints", "_next")
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._endpoints: tuple[Endpoint, ...] = ()
+        self._next = (rng or random.Random()).randrange(1 << 30)
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the endpoint list (order is kept as given)."""
+        self._endpoints = tuple(endpoints)
+
+    def pick(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, Done] | None:
+        """Next usable endpoint in turn, or ``None`` if none is usable. ``key`` is ignored."""
+        eps = self._endpoints
+        n = len(eps)
+        if n == 0:
+            return None
+        start = self._next
+        self._next = start + 1
+        fallback: Endpoint | None = None
+        excluded: Endpoint | None = None
+        for i in range(n):
+            ep = eps[(start + i) % n]
+            if ep.state is EndpointState.READY:
+                if exclude and ep in exclude:
+                    excluded = excluded or ep
+                    continue
+                return ep, noop_done
+            if ep.state is EndpointState.IDLE and fallback is None and ep not in exclude:
+                fallback = ep
+        chosen = fallback or excluded
+        return (chosen, noop_done) if chosen is not None else None
