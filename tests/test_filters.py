@@ -10,7 +10,8 @@ import meshkit
 from meshkit.balancer import PreferZone, Subset, apply_filters
 from meshkit.discovery import Instance, LocalRegistry
 from meshkit.errors import ConfigError
-from tests.conftest import EchoFactory, method
+from tests.conftest import EchoFactory
+from tests.support.echo import method
 
 
 def _inst(n: str, zone: str = "a", version: str = "v1", tags: tuple[str, ...] = ()) -> Instance:
