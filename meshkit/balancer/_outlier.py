@@ -6,7 +6,12 @@ Envoy's outlier detection and Finagle's failure accrual: an endpoint that fails
 inner balancer for ``base_ejection_s * times_ejected`` (capped at ``max_ejection_s``).
 When that time is up the endpoint is *half-open*: it goes back for exactly one probe call;
 success closes the breaker (back in rotation), failure ejects it again for longer. At most
-``max_ejection_percent`` of the endpoints are ejected at once (at least one may always be).
+``max_ejection_percent`` of the endpoints are ejected at once (at least one may always be):
+the cap guards against a shared cause (a dependency of every endpoint down) ejecting the
+whole service. It does not shelter an endpoint that fails *every* call while another
+endpoint in rotation is succeeding: such an endpoint (``consecutive_failures`` in a row
+and no success in its window) is ejected beyond the cap, since keeping it only feeds it
+calls it will fail (a broken instance that fails fast would otherwise draw most calls).
 With every endpoint ejected or failing, ``pick`` returns ``None`` and the channel fails the
 call fast with ``UNAVAILABLE`` instead of queueing.
 
@@ -206,7 +211,8 @@ class EjectingBalancer:
             opts.failure_rate is not None and len(h.window) == h.window.maxlen
             and sum(h.window) / len(h.window) >= opts.failure_rate
         )
-        if trip and (probe or h.ejected_until == 0.0) and (probe or self._may_eject()):
+        if trip and (probe or h.ejected_until == 0.0) and (
+                probe or self._may_eject() or self._broken_beside_healthy(ep, h)):
             h.times += 1
             h.ejected_until = self._clock() + min(opts.max_ejection_s,
                                                   opts.base_ejection_s * h.times)
@@ -216,6 +222,19 @@ class EjectingBalancer:
             self._sync()
             if self._on_change:
                 self._on_change(ep.key, True)
+
+    def _broken_beside_healthy(self, ep: Endpoint, h: _Health) -> bool:
+        """``ep`` failed every call of its window and ``consecutive_failures`` in a row,
+        while an endpoint still in rotation had a success as its latest outcome."""
+        if h.consecutive < self._opts.consecutive_failures or not all(h.window):
+            return False
+        for other in self._all:
+            if other is ep or self._out(other.key):
+                continue
+            oh = self._health[other.key]
+            if oh.window and not oh.window[-1]:
+                return True
+        return False
 
     def _may_eject(self) -> bool:
         n = len(self._all)

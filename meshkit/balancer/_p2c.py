@@ -7,11 +7,15 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   replaces it at once (react to slowness immediately), a sample below is blended in with
   weight ``1 - exp(-dt / decay_s)`` (recover slowly); with no samples the estimate decays
   towards zero over ``decay_s`` so an avoided endpoint gets tried again.
-* an endpoint added later starts at the mean estimate of its peers (so it competes at
-  once instead of waiting for a sample it would never get); with no peer sampled yet,
-  at ``default_rtt_s`` (Linkerd's ``default_rtt``);
-* a ``RESOURCE_EXHAUSTED`` or ``UNAVAILABLE`` answer counts as at least
-  ``overload_penalty_s`` of latency, so a shedding endpoint gets less traffic;
+* an endpoint with no sample yet (added later, or never picked so far) is estimated at
+  the mean estimate of its sampled peers, so it competes at once instead of waiting for
+  a sample it would never get (a fixed default above the peers' level loses every
+  comparison and starves the endpoint for good); with no peer sampled yet, at
+  ``default_rtt_s`` (Linkerd's ``default_rtt``);
+* an answer that says the endpoint is overloaded or broken (``RESOURCE_EXHAUSTED``,
+  ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL``, ``DATA_LOSS``) counts as at least
+  ``overload_penalty_s`` of latency, so a shedding endpoint, or one failing fast on every
+  call, gets less traffic instead of more for being quick;
 * an endpoint added after the first discovery answer ramps up over ``slow_start_s``: when
   it would win a pick it takes it only with probability ``weight`` (growing linearly from
   ``slow_start_min_weight`` to 1), so it gets about ``weight`` of its fair share, as
@@ -39,7 +43,10 @@ from meshkit.errors import ConfigError
 
 __all__ = ["P2C", "P2COptions"]
 
-_PENALISED = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+_PENALISED = frozenset({
+    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS,
+})
 _READY = EndpointState.READY
 _IDLE = EndpointState.IDLE
 
@@ -51,8 +58,9 @@ class P2COptions:
     Args:
         decay_s: EWMA time constant, seconds (default 10.0, as Finagle and Linkerd).
         default_rtt_s: latency assumed for an endpoint with no sample, seconds (0.03).
-        overload_penalty_s: minimum latency charged for ``RESOURCE_EXHAUSTED`` and
-            ``UNAVAILABLE`` answers, seconds (0.25).
+        overload_penalty_s: minimum latency charged for ``RESOURCE_EXHAUSTED``,
+            ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL`` and ``DATA_LOSS`` answers, seconds
+            (0.25).
         slow_start_s: ramp-up window of endpoints added later, seconds; 0 disables (5.0).
         slow_start_min_weight: weight at the start of the ramp, (0, 1] (0.1).
 
@@ -142,15 +150,11 @@ class P2C:
         now = self._clock()
         # Endpoints of the first answer are not slow-started: there is nothing to protect.
         start = now if self._seeded else now - self._opts.slow_start_s
-        sampled = [st.estimate(now, 0.0) for st in self._stats.values() if st.rtt_s >= 0]
-        seed = sum(sampled) / len(sampled) if sampled else -1.0
         stats = {}
         for ep in endpoints:
             st = self._stats.get(ep.key)
             if st is None:
                 st = _Stat(self._opts, self._clock, start)
-                if seed > 0:
-                    st.rtt_s, st.stamp = seed, now  # compete at the peers' level at once
             stats[ep.key] = st
         self._stats = stats
         self._eps = tuple(endpoints)
@@ -161,7 +165,18 @@ class P2C:
         """The load score of ``ep`` (seconds of expected wait), as :meth:`pick` compares."""
         st = self._stats[ep.key]
         t = self._clock() if now is None else now
-        return st.estimate(t, self._opts.default_rtt_s) * (st.pending + 1)
+        rtt = st.estimate(t, 0.0) if st.rtt_s >= 0 else self._prior(t)
+        return rtt * (st.pending + 1)
+
+    def _prior(self, now: float) -> float:
+        """The estimate of an endpoint with no sample: its sampled peers' mean estimate,
+        else ``default_rtt_s``."""
+        total, n = 0.0, 0
+        for st in self._stats.values():
+            if st.rtt_s >= 0:
+                total += st.estimate(now, 0.0)
+                n += 1
+        return total / n if n else self._opts.default_rtt_s
 
     def weight(self, ep: Endpoint, now: float | None = None) -> float:
         """Slow-start weight of ``ep`` in (0, 1]: the chance it takes a pick it wins."""
@@ -218,7 +233,8 @@ class P2C:
         now = self._clock()
         return [
             {"instance_id": ep.key,
-             "rtt_ms": round(self._stats[ep.key].estimate(now, self._opts.default_rtt_s) * 1e3, 3),
+             "rtt_ms": round((self._stats[ep.key].estimate(now, 0.0)
+                              if self._stats[ep.key].rtt_s >= 0 else self._prior(now)) * 1e3, 3),
              "pending": self._stats[ep.key].pending,
              "load_ms": round(self.load(ep, now) * 1e3, 3)}
             for ep in self._eps

@@ -364,15 +364,19 @@ def test_failure_rate_rule() -> None:
 
 
 def test_max_ejection_percent_caps_ejections() -> None:
-    """With max 50 % of 4 endpoints, a third failing endpoint stays in rotation."""
+    """With max 50 % of 4 endpoints and failures that are not total (every third call of
+    the failing endpoints succeeds), a third failing endpoint stays in rotation."""
     eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=1,
                                                        max_ejection_percent=50))
     endpoints = eps("a", "b", "c", "d")
     eb.update(endpoints)
+    seen: Counter[str] = Counter()
     for _ in range(40):
         got = eb.pick()
         assert got is not None
-        got[1](OK if got[0].key == "d" else UNAVAILABLE, 0.001)
+        seen[got[0].key] += 1
+        ok = got[0].key == "d" or seen[got[0].key] % 3 == 1
+        got[1](OK if ok else UNAVAILABLE, 0.001)
     assert len(eb.ejected()) == 2
 
 
@@ -406,3 +410,76 @@ def test_method_table_most_specific_pattern_wins() -> None:
     assert t.get("/ecom.v1.OrderService/ListOrders") == 1
     assert t.get("/ecom.v1.UserService/GetUser") == 3
     assert t.get("/other.Svc/Do") == 0
+
+
+def test_p2c_unsampled_endpoint_competes_at_its_peers_level() -> None:
+    """Endpoints of the first answer that got no sample yet (b: lost its first comparison;
+    c: not READY) compete at their peers' measured level instead of the 30 ms default,
+    which lost every comparison to peers measured at 1 ms and starved them for good."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(3))
+    a, b, c = eps("a", "b", "c")
+    c.state = EndpointState.FAILING
+    p.update([a, b, c])
+    for _ in range(300):
+        got = p.pick()
+        assert got is not None
+        got[1](OK, 0.001)
+        clock.t += 0.001
+    c.state = EndpointState.READY
+    picks: Counter[str] = Counter()
+    for _ in range(900):
+        got = p.pick()
+        assert got is not None
+        picks[got[0].key] += 1
+        got[1](OK, 0.001)
+        clock.t += 0.001
+    assert min(picks[k] for k in "abc") / 900 > 0.2, picks
+
+
+def test_p2c_charges_fast_server_faults_like_overload() -> None:
+    """An endpoint failing fast with UNKNOWN (e.g. a broken database session) does not win
+    the load comparison because its failures are quick."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(4))
+    p.update(eps("ok", "broken"))
+    picks: Counter[str] = Counter()
+    for _ in range(1000):
+        got = p.pick()
+        assert got is not None
+        picks[got[0].key] += 1
+        broken = got[0].key == "broken"
+        got[1](grpc.StatusCode.UNKNOWN if broken else OK, 0.0001 if broken else 0.005)
+        clock.t += 0.001
+    assert picks["broken"] / 1000 < 0.2
+
+
+def test_endpoint_failing_every_call_is_ejected_beyond_the_cap_while_a_peer_succeeds() -> None:
+    """The cap protects against a shared cause (every endpoint failing at once); an endpoint
+    that fails every call while a peer in rotation succeeds is ejected even at the cap, and
+    the last succeeding endpoint is never ejected by this rule."""
+    eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=3,
+                                                       max_ejection_percent=50))
+    endpoints = eps("a", "b", "c", "d")
+    eb.update(endpoints)
+    for _ in range(80):
+        got = eb.pick()
+        assert got is not None
+        got[1](OK if got[0].key == "d" else UNAVAILABLE, 0.001)
+    assert sorted(eb.ejected()) == ["a", "b", "c"]
+    for _ in range(20):
+        got = eb.pick()
+        assert got is not None and got[0].key == "d"
+        got[1](OK, 0.001)
+
+
+def test_cap_holds_when_every_endpoint_fails() -> None:
+    """With no endpoint succeeding (a shared dependency down), at most the cap is ejected."""
+    eb = EjectingBalancer(RoundRobin(), OutlierOptions(consecutive_failures=2,
+                                                       max_ejection_percent=50))
+    eb.update(eps("a", "b", "c", "d"))
+    for _ in range(80):
+        got = eb.pick()
+        assert got is not None
+        got[1](UNAVAILABLE, 0.001)
+    assert len(eb.ejected()) == 2
