@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -299,7 +300,9 @@ async def _client(args: argparse.Namespace) -> int:
                     wire.send({"ok": True})
                 elif op == "stats":
                     t = targets[cmd["name"]]
-                    wire.send({"stats": t.channel.stats() if t.mesh else []})
+                    wire.send({"stats": [dataclasses.asdict(e)
+                                         for e in t.channel.stats().endpoints]
+                               if t.mesh else []})
                 elif op == "rusage":
                     wire.send({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                "cpu_s": time.process_time()})

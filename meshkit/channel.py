@@ -32,7 +32,6 @@ import dataclasses
 import os
 import re
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from grpc.aio import AioRpcError, Metadata
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
 from meshkit._methods import MethodTable
 from meshkit._pool import EndpointPool
+from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
 from meshkit.balancer import (
     P2C,
@@ -63,10 +63,15 @@ from meshkit.interceptors import (
     chain_stream,
     chain_unary,
 )
-from meshkit.observability import TelemetryOptions, attempt_interceptors, client_interceptors
+from meshkit.observability import (
+    TelemetryOptions,
+    attempt_interceptors,
+    client_interceptors,
+    track,
+)
 from meshkit.resilience import RetryInterceptor, RetryOptions, current_deadline
 
-__all__ = ["DialOptions", "MeshChannel", "dial", "live_channels"]
+__all__ = ["DialOptions", "MeshChannel", "dial"]
 
 _log = structlog.get_logger("meshkit.channel")
 _perf = time.perf_counter
@@ -74,12 +79,6 @@ _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
-_LIVE: weakref.WeakSet[MeshChannel] = weakref.WeakSet()
-
-
-def live_channels() -> list[MeshChannel]:
-    """Every :class:`MeshChannel` of this process not closed yet (for admin/debug pages)."""
-    return sorted((c for c in _LIVE if not c._closed), key=lambda c: c.service)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,7 +313,7 @@ class MeshChannel(grpc.aio.Channel):
         self._resolved = self._pool.resolved
         if self._reloader is not None:
             self._pool.spawn(self._watch_certificates())
-        _LIVE.add(self)
+        track(self, kind="channel")
 
     @property
     def _closed(self) -> bool:
@@ -518,66 +517,52 @@ class MeshChannel(grpc.aio.Channel):
         eps = self._pool.endpoints
         return [eps[k] for k in sorted(eps)]
 
-    def stats(self) -> list[dict[str, Any]]:
-        """Per-instance counters, including recently removed instances.
+    @property
+    def live(self) -> bool:
+        """Open (not closed yet); what the introspection registry lists."""
+        return not self._pool.closed
 
-        Returns:
-            ``[{"instance_id", "address", "state", "present", "ejected", "calls",
-            "failures", "in_flight"}, ...]`` sorted by instance id.
-        """
-        ejected = set(self._balancer.ejected()) if isinstance(
-            self._balancer, EjectingBalancer) else set()
-        return [
-            {
-                "instance_id": key,
-                "address": ep.instance.address,
-                "state": ep.state.name,
-                "present": key in self._pool.endpoints,
-                "ejected": key in ejected,
-                "calls": ep.calls,
-                "failures": ep.failures,
-                "in_flight": ep.in_flight,
-            }
-            for key, ep in sorted(self._pool.history.items())
-        ]
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-able view for ``/debug/mesh``: endpoints with state, balancer load, EWMA,
-        ejection, and the active policies (retry stats and budget, timeouts, outlier)."""
+    def stats(self) -> ChannelStats:
+        """A typed snapshot for ``/metrics`` and ``/debug/mesh``: connectivity, every
+        endpoint (also recently removed ones) with state, counters, ejection and the
+        balancer's load/EWMA, retry counters and the active policies."""
+        balancer = self._balancer
+        ejecting = isinstance(balancer, EjectingBalancer)
+        ejected = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else set()
+        inner = balancer.inner if isinstance(balancer, EjectingBalancer) else balancer
         loads: dict[str, dict[str, Any]] = {}
-        inner = self._balancer.inner if isinstance(self._balancer, EjectingBalancer) \
-            else self._balancer
         if isinstance(inner, P2C):
-            loads = {row["instance_id"]: row for row in inner.snapshot()}  # type: ignore[misc]
+            loads = {str(row["instance_id"]): row for row in inner.snapshot()}
+        present = self._pool.endpoints
         endpoints = []
-        for row in self.stats():
-            extra = loads.get(row["instance_id"], {})
-            endpoints.append({**row, "rtt_ms": extra.get("rtt_ms"), "load_ms": extra.get("load_ms"),
-                              "pending": extra.get("pending")})
-        opts = self.options
-        retry: dict[str, Any] | None = None
+        for key, ep in sorted(self._pool.history.items()):
+            load = loads.get(key, {})
+            endpoints.append(EndpointStats(
+                instance_id=key, address=ep.instance.address, state=ep.state.name,
+                present=key in present, ejected=key in ejected, calls=ep.calls,
+                failures=ep.failures, in_flight=ep.in_flight, rtt_ms=load.get("rtt_ms"),
+                load_ms=load.get("load_ms"), pending=load.get("pending")))
+        retry = None
         if self.retry is not None:
             st = self.retry.stats
-            retry = {"calls": st.calls, "retries": st.retries, "hedges": st.hedges,
-                     "budget_exhausted": st.budget_exhausted,
-                     "gave_up_deadline": st.gave_up_deadline,
-                     "budget_left": round(self.retry.budget_left(), 2),
-                     "budget": repr(self.retry.options.budget)}
-        return {
-            "service": self.service,
-            "state": self.get_state().name,
-            "balancer": type(inner).__name__,
-            "ejections": self._balancer.ejections
-            if isinstance(self._balancer, EjectingBalancer) else 0,
-            "watch_errors": self.watch_errors,
-            "endpoints": endpoints,
-            "retry": retry,
-            "outlier": None if opts.outlier is None else repr(opts.outlier),
-            "timeout_s": opts.timeout_s,
-            "method_timeouts": dict(opts.method_timeouts),
-            "propagate_deadline": opts.propagate_deadline,
-            "tls": opts.tls is not None or opts.credentials is not None,
-        }
+            retry = RetrySnapshot(
+                calls=st.calls, retries=st.retries, hedges=st.hedges,
+                budget_exhausted=st.budget_exhausted, gave_up_deadline=st.gave_up_deadline,
+                budget_left=round(self.retry.budget_left(), 2),
+                budget=repr(self.retry.options.budget))
+        opts = self.options
+        return ChannelStats(
+            service=self.service, state=self.get_state().name, balancer=type(inner).__name__,
+            ejections=balancer.ejections if isinstance(balancer, EjectingBalancer) else 0,
+            watch_errors=self._pool.watch_errors, endpoints=tuple(endpoints), retry=retry,
+            policies={
+                "outlier": repr(opts.outlier) if ejecting else None,
+                "timeout_s": opts.timeout_s,
+                "method_timeouts": dict(opts.method_timeouts),
+                "propagate_deadline": opts.propagate_deadline,
+                "tls": opts.tls is not None or opts.credentials is not None,
+                "filters": [repr(f) for f in opts.filters],
+            })
 
     async def close(self, grace: float | None = None) -> None:
         """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s;

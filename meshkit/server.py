@@ -28,7 +28,6 @@ import dataclasses
 import os
 import signal
 import socket
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshkit._handlers import fuse_interceptors
+from meshkit._stats import ServerStats
 from meshkit.auth import (
     TLSMaterial,
     TLSOptions,
@@ -56,19 +56,13 @@ from meshkit.observability import (
     server_interceptors,
     set_certificate_expiry,
     tracing_from_env,
+    track,
 )
+from meshkit.resilience import DeadlineInterceptor
 
-__all__ = ["MeshServer", "ServeOptions", "live_servers", "serve"]
+__all__ = ["MeshServer", "ServeOptions", "serve"]
 
 _log = structlog.get_logger("meshkit.server")
-
-_LIVE: weakref.WeakSet[MeshServer] = weakref.WeakSet()
-
-
-def live_servers() -> list[MeshServer]:
-    """Every started :class:`MeshServer` of this process not stopped yet."""
-    return sorted((s for s in _LIVE if not s._stopped.is_set()), key=lambda s: s.service)
-
 
 class _SharedAdmin:
     """The process's one admin server, shared by every MeshServer that asks for one."""
@@ -306,7 +300,7 @@ class MeshServer:
             raise RuntimeError(f"cannot bind {bind!r}")
         self.port = port
         self._server = server
-        _LIVE.add(self)
+        track(self, kind="server")
         if creds is None:
             _log.warning("serving plaintext (no TLS)", service=self.service,
                          address=f"{host_part}:{port}")
@@ -387,21 +381,29 @@ class MeshServer:
         """Registered and serving, and not draining (what ``/readyz`` reports)."""
         return self.instance is not None and self._server is not None and not self.draining
 
-    def describe(self) -> dict[str, Any]:
-        """A JSON-able view of this server for ``/debug/mesh``."""
+    @property
+    def live(self) -> bool:
+        """Started and not stopped; what the introspection registry lists."""
+        return self._server is not None and not self._stopped.is_set()
+
+    def stats(self) -> ServerStats:
+        """A typed snapshot for ``/metrics``, ``/readyz`` and ``/debug/mesh``."""
         inst = self.instance
-        return {
-            "service": self.service,
-            "instance_id": inst.instance_id if inst else None,
-            "address": inst.address if inst else None,
-            "services": list(self.service_names),
-            "ready": self.ready,
-            "draining": self.draining,
-            "tls": self.options.tls is not None or self.options.credentials is not None,
-            "interceptors": [type(i).__name__ for i in self.options.interceptors],
-            "telemetry": self.options.telemetry is not None,
-            "admin": self.admin.url if self.admin is not None else None,
-        }
+        opts = self.options
+        return ServerStats(
+            service=self.service,
+            instance_id=inst.instance_id if inst else None,
+            address=inst.address if inst else None,
+            services=tuple(self.service_names),
+            ready=self.ready,
+            draining=self.draining,
+            tls=opts.tls is not None or opts.credentials is not None,
+            chain=tuple(type(i).__name__ for i in opts.interceptors),
+            telemetry=opts.telemetry is not None,
+            admin=self.admin.url if self.admin is not None else None,
+            deadline_rejections=sum(i.rejected for i in opts.interceptors
+                                    if isinstance(i, DeadlineInterceptor)),
+        )
 
     async def wait_stopped(self) -> None:
         """Return once :meth:`drain` has finished."""

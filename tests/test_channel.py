@@ -13,6 +13,7 @@ import meshkit
 from meshkit.balancer import RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor
+from meshkit.observability import live_channel_stats, live_server_stats
 from tests.conftest import EchoFactory
 from tests.support.echo import method
 from tests.support.wait import until
@@ -191,7 +192,7 @@ async def test_per_call_interceptor_runs_once_and_attempt_interceptor_per_attemp
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await fail(b"NOT_FOUND", timeout=2)
         assert info.value.code() is grpc.StatusCode.NOT_FOUND
-        calls = {s["instance_id"]: s["calls"] for s in ch.stats()}
+        calls = {s.instance_id: s.calls for s in ch.stats().endpoints}
     assert seen == [method("Fail")]
     assert len(attempts) == 2
     assert calls == {"e1": 1, "e2": 1}  # the second attempt excluded the first endpoint
@@ -261,21 +262,24 @@ async def test_bad_dial_arguments_fail_at_construction(registry: LocalRegistry) 
         meshkit.DialOptions(insecure=True, interceptors=(object(),))  # type: ignore[arg-type]
 
 
-async def test_describe_and_live_channels(
+async def test_stats_and_the_live_registry(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
-    """A channel lists itself among live channels and describes endpoints, load and policies."""
-    srv = await echo_servers("e1")
+    """A channel registers with the observability registry while open; its typed snapshot
+    gives endpoints, load and policies; a server's gives readiness."""
+    await echo_servers("e1")
     async with meshkit.dial(
         "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
     ) as ch:
         await stubs(ch)["unary"](b"", timeout=2)
-        assert ch in meshkit.channel.live_channels()
-        d = ch.describe()
-        assert d["service"] == "echo" and d["balancer"] == "P2C" and d["state"] == "READY"
-        (ep,) = d["endpoints"]
-        assert ep["instance_id"] == "e1" and ep["calls"] == 1 and ep["rtt_ms"] > 0
-        assert d["retry"]["calls"] == 1
-    assert ch not in meshkit.channel.live_channels()
-    assert srv in meshkit.server.live_servers()
-    assert srv.describe()["ready"] is True
+        assert "echo" in [s.service for s in live_channel_stats()]
+        d = ch.stats()
+        assert d.service == "echo" and d.balancer == "P2C" and d.state == "READY"
+        (ep,) = d.endpoints
+        assert ep.instance_id == "e1" and ep.calls == 1 and ep.rtt_ms is not None
+        assert ep.rtt_ms > 0
+        assert d.retry is not None and d.retry.calls == 1
+        assert d.as_dict()["endpoints"][0]["instance_id"] == "e1"
+    assert "echo" not in [s.service for s in live_channel_stats()]
+    (srv,) = [s for s in live_server_stats() if s.service == "echo"]
+    assert srv.ready is True and srv.instance_id == "e1"

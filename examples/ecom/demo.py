@@ -637,7 +637,7 @@ def print_retries(channels: dict[str, meshkit.MeshChannel]) -> None:
         if r is None:
             continue
         s = r.stats
-        ejected = [e["instance_id"] for e in ch.stats() if e["ejected"]]
+        ejected = [e.instance_id for e in ch.stats().endpoints if e.ejected]
         print(f"  {name:<8} calls {s.calls:>5}  retries {s.retries:>3}  hedges {s.hedges:>3}  "
               f"budget exhausted {s.budget_exhausted}  budget left {r.budget_left():.0f}"
               + (f"  ejected {ejected}" if ejected else ""))

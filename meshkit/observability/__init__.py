@@ -114,6 +114,7 @@ from __future__ import annotations
 from meshkit.observability._admin import AdminOptions, AdminServer, Handler
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
 from meshkit.observability._files import JsonLinesSpanExporter, load_spans
+from meshkit.observability._live import live_channel_stats, live_server_stats, track
 from meshkit.observability._logging import (
     BufferedLineWriter,
     access_logger,
@@ -175,6 +176,8 @@ __all__ = [
     "flush_logs",
     "inject_context",
     "is_sensitive_key",
+    "live_channel_stats",
+    "live_server_stats",
     "load_spans",
     "otel_client_interceptors",
     "otel_server_interceptor",
@@ -184,4 +187,5 @@ __all__ = [
     "server_interceptors",
     "set_certificate_expiry",
     "tracing_from_env",
+    "track",
 ]

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshkit.errors import ConfigError
+from meshkit.observability._live import live_channel_stats, live_server_stats
 from meshkit.observability._metrics import default_registry, rpc_metrics
 
 __all__ = ["AdminOptions", "AdminServer", "Handler"]
@@ -66,8 +67,8 @@ class AdminServer:
     /readyz       200 when every live MeshServer is registered and not draining; 503 with
                   the reasons (JSON) during drain, before registration, or (with
                   ``require_server``) when there is none
-    /debug/mesh   JSON: ``servers`` (``MeshServer.describe()``) and ``channels``
-                  (``MeshChannel.describe()``: endpoints, balancer load, EWMA, ejection,
+    /debug/mesh   JSON: ``servers`` (``MeshServer.stats()``) and ``channels``
+                  (``MeshChannel.stats()``: endpoints, balancer load, EWMA, ejection,
                   policies) of this process
     ============  ==========================================================================
 
@@ -173,11 +174,9 @@ class AdminServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        from meshkit.server import live_servers
-
-        servers = live_servers()
+        servers = live_server_stats()
         not_ready = [{"service": s.service, "draining": s.draining,
-                      "registered": s.instance is not None}
+                      "registered": s.instance_id is not None}
                      for s in servers if not s.ready]
         if not_ready or (self.options.require_server and not servers):
             body = {"ready": False, "not_ready": not_ready,
@@ -186,13 +185,10 @@ class AdminServer:
         return web.json_response({"ready": True, "servers": [s.service for s in servers]})
 
     async def _debug_mesh(self, request: web.Request) -> web.Response:
-        from meshkit.channel import live_channels
-        from meshkit.server import live_servers
-
         body: dict[str, Any] = {
             "time_unix_s": round(time.time(), 3),
-            "servers": [s.describe() for s in live_servers()],
-            "channels": [c.describe() for c in live_channels()],
+            "servers": [s.as_dict() for s in live_server_stats()],
+            "channels": [c.as_dict() for c in live_channel_stats()],
         }
         return web.Response(text=json.dumps(body, indent=2, default=repr),
                             content_type="application/json")

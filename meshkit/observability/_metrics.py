@@ -9,8 +9,8 @@ aggregation, and needs a reader/exporter pipeline in the process; the exposition
 and names (go-grpc-prometheus) are what Prometheus dashboards already know.
 
 Mesh internals (retries, hedges, ejections, endpoints...) are not counted on the hot path
-at all: :class:`MeshCollector` reads them from :func:`meshkit.channel.live_channels` and
-:func:`meshkit.server.live_servers` when ``/metrics`` is scraped.
+at all: :class:`MeshCollector` reads the typed snapshots of the live channels and servers
+(:mod:`meshkit.observability._live`) when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meshkit.errors import ConfigError
+from meshkit.observability._live import live_channel_stats, live_server_stats
 from meshkit.observability._semconv import MethodNames
 
 __all__ = [
@@ -257,11 +258,6 @@ class MeshCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Build the families from the live channels and servers."""
-        from meshkit.balancer import EjectingBalancer
-        from meshkit.channel import live_channels
-        from meshkit.resilience import DeadlineInterceptor
-        from meshkit.server import live_servers
-
         t = ("target",)
         ti = ("target", "instance_id")
         fams = {
@@ -304,49 +300,39 @@ class MeshCollector:
                                          "Calls refused because their deadline had passed.",
                                          ("service",)),
         }
-        for ch in live_channels():
-            try:
-                desc = ch.describe()
-            except Exception:  # a channel closing during the scrape
-                continue
+        for ch in live_channel_stats():
             target = (ch.service,)
             states: dict[str, int] = {"READY": 0, "IDLE": 0, "FAILING": 0}
             ejected = 0
-            for ep in desc["endpoints"]:
-                key = (ch.service, str(ep["instance_id"]))
-                fams["ep_calls"].add(key, ep["calls"])
-                fams["ep_failures"].add(key, ep["failures"])
-                if not ep["present"]:
+            for ep in ch.endpoints:
+                key = (ch.service, ep.instance_id)
+                fams["ep_calls"].add(key, ep.calls)
+                fams["ep_failures"].add(key, ep.failures)
+                if not ep.present:
                     continue
-                states[ep["state"]] = states.get(ep["state"], 0) + 1
-                ejected += bool(ep["ejected"])
-                fams["ep_in_flight"].add(key, ep["in_flight"])
-                fams["ep_ejected"].add(key, float(bool(ep["ejected"])))
-                if ep.get("rtt_ms") is not None:
-                    fams["ep_rtt"].add(key, ep["rtt_ms"] / 1000)
+                states[ep.state] = states.get(ep.state, 0) + 1
+                ejected += ep.ejected
+                fams["ep_in_flight"].add(key, ep.in_flight)
+                fams["ep_ejected"].add(key, float(ep.ejected))
+                if ep.rtt_ms is not None:
+                    fams["ep_rtt"].add(key, ep.rtt_ms / 1000)
             for state, n in states.items():
                 fams["endpoints"].add((ch.service, state), n)
             fams["ejected"].add(target, ejected)
-            balancer = getattr(ch, "_balancer", None)
-            if isinstance(balancer, EjectingBalancer):
-                fams["ejections"].add(target, balancer.ejections)
-            retry = desc.get("retry")
+            fams["ejections"].add(target, ch.ejections)
+            retry = ch.retry
             if retry is not None:
-                fams["retries"].add(target, retry["retries"])
-                fams["hedges"].add(target, retry["hedges"])
-                fams["budget_exhausted"].add(target, retry["budget_exhausted"])
-                fams["gave_up"].add(target, retry["gave_up_deadline"])
-                fams["budget"].add(target, retry["budget_left"])
-            watch_errors = getattr(ch, "watch_errors", None)  # hook requested in channel.py
-            if isinstance(watch_errors, int):
-                fams["watch_errors"].add(target, watch_errors)
-        for srv in live_servers():
+                fams["retries"].add(target, retry.retries)
+                fams["hedges"].add(target, retry.hedges)
+                fams["budget_exhausted"].add(target, retry.budget_exhausted)
+                fams["gave_up"].add(target, retry.gave_up_deadline)
+                fams["budget"].add(target, retry.budget_left)
+            fams["watch_errors"].add(target, ch.watch_errors)
+        for srv in live_server_stats():
             svc = (srv.service,)
             fams["ready"].add(svc, float(srv.ready))
             fams["draining"].add(svc, float(srv.draining))
-            rejected = sum(i.rejected for i in srv.options.interceptors
-                           if isinstance(i, DeadlineInterceptor))
-            fams["deadline_rejected"].add(svc, rejected)
+            fams["deadline_rejected"].add(svc, srv.deadline_rejections)
         for fam in fams.values():
             if fam.values:
                 yield fam.metric()

@@ -57,7 +57,7 @@ async def test_renewed_client_certificate_is_used_without_failing_calls(
             second = await who(b"", timeout=5)
             assert second != first
             assert await slow == first  # finished on the old connection
-            assert ch.describe()["tls"] is True
+            assert ch.stats().policies["tls"] is True
     finally:
         await srv.drain()
 
@@ -105,8 +105,8 @@ async def test_plaintext_must_be_asked_for_and_env_certificates_are_used(
     await srv.start()
     try:
         async with meshkit.dial("whod", registry=registry) as ch:
-            assert ch.describe()["tls"] is True
+            assert ch.stats().policies["tls"] is True
             assert await ch.unary_unary("/t.Who/Who")(b"", timeout=5)
-        assert srv.describe()["tls"] is True
+        assert srv.stats().tls is True
     finally:
         await srv.drain()

@@ -251,8 +251,8 @@ async def _run(scenario: Scenario, timing: Timing, out: Outcome, keep_workdir: b
             await scenario.check(run)
             stopped_at = time.monotonic()  # windows end here: the workers wind down after
             await w.stop()
-            spread = ", ".join(f"{e['instance_id']} {e['calls']}"
-                               for e in w.orders_channel.stats())
+            spread = ", ".join(f"{e.instance_id} {e.calls}"
+                               for e in w.orders_channel.stats().endpoints)
             out.notes.append(f"order-service attempts per instance (as the workload's "
                              f"balancer picked them): {spread}")
             out.recovery_s = recovery_s(w.calls, ref, stopped_at, health, timing.settle_s)

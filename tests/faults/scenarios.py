@@ -38,8 +38,8 @@ _USERS = "/ecom.v1.UserService"
 
 
 def _order_ids(run: Run) -> dict[str, tuple[int, int]]:
-    return {s["instance_id"]: (s["calls"], s["failures"])
-            for s in run.workload.orders_channel.stats()}
+    return {s.instance_id: (s.calls, s.failures)
+            for s in run.workload.orders_channel.stats().endpoints}
 
 
 def _spread(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:

@@ -72,7 +72,7 @@ async def test_sigkill_under_load_costs_no_call_and_no_order(tmp_path: Path) -> 
                         what="load after the kill")
             stop.set()
             await asyncio.gather(*workers)
-            served = {s["instance_id"]: s["calls"] for s in och.stats()}
+            served = {s.instance_id: s.calls for s in och.stats().endpoints}
         assert failures == []
         store = await open_store(f"sqlite:///{tmp_path / 'orderd.db'}")
         try:

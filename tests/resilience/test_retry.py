@@ -95,7 +95,7 @@ async def test_retry_goes_to_another_endpoint(
         await ch.wait_for_endpoints(2)
         with pytest.raises(grpc.aio.AioRpcError):
             await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=2)
-        calls = {s["instance_id"]: s["calls"] for s in ch.stats()}
+        calls = {s.instance_id: s.calls for s in ch.stats().endpoints}
     assert calls == {"a": 2, "b": 1} or calls == {"a": 1, "b": 2}
 
 
@@ -171,7 +171,7 @@ async def test_ejected_endpoints_fail_fast(
         for _ in range(2):
             with pytest.raises(grpc.aio.AioRpcError):
                 await fail(b"INTERNAL", timeout=2)
-        assert [s["ejected"] for s in ch.stats()] == [True]
+        assert [s.ejected for s in ch.stats().endpoints] == [True]
         t0 = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await ch.unary_unary(method("Unary"))(b"x", timeout=10)

@@ -1,0 +1,134 @@
+"""Typed snapshots of channels and servers (low in the tree: imports nothing of meshkit).
+
+Introspection points down the tree, as gRPC's channelz does: a
+:class:`~meshkit.MeshChannel` and a :class:`~meshkit.MeshServer` register themselves with
+the observability registry (:func:`meshkit.observability.track`) and answer ``stats()``
+with a frozen :class:`ChannelStats` / :class:`ServerStats`; ``/metrics`` and
+``/debug/mesh`` read these snapshots and never import the channel or the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "ChannelStats",
+    "EndpointStats",
+    "RetrySnapshot",
+    "ServerStats",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointStats:
+    """One endpoint of a channel (or one that left recently).
+
+    Args:
+        instance_id: registry instance id.
+        address: ``host:port``.
+        state: ``"READY"``, ``"IDLE"`` (idle or connecting) or ``"FAILING"``.
+        present: still in the registry's answer (``False``: removed, kept for history).
+        ejected: out of rotation by outlier ejection now.
+        calls: attempts sent to it; failures: of those, non-OK.
+        in_flight: attempts in progress.
+        rtt_ms: the balancer's EWMA latency estimate, ms (``None`` if it keeps none).
+        load_ms: the balancer's load score, ms (P2C: ``rtt * (pending + 1)``), or ``None``.
+        pending: calls the balancer counts as pending, or ``None``.
+    """
+
+    instance_id: str
+    address: str
+    state: str
+    present: bool
+    ejected: bool
+    calls: int
+    failures: int
+    in_flight: int
+    rtt_ms: float | None = None
+    load_ms: float | None = None
+    pending: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrySnapshot:
+    """Retry and hedging counters of a channel since it opened.
+
+    Args:
+        calls: logical calls seen; retries / hedges: extra attempts sent;
+        budget_exhausted: retries or hedges the budget refused; gave_up_deadline: retries
+        not sent because the deadline was too close; budget_left: retries the budget still
+        allows in its window; budget: the budget's options, as text.
+    """
+
+    calls: int
+    retries: int
+    hedges: int
+    budget_exhausted: int
+    gave_up_deadline: int
+    budget_left: float
+    budget: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelStats:
+    """A snapshot of one balanced channel.
+
+    Args:
+        service: the dialed service.
+        state: the channel's connectivity name (``READY``, ``CONNECTING``...).
+        balancer: the balancer's class name (inside ejection).
+        ejections: outlier ejections since the channel opened.
+        watch_errors: discovery watch failures (the channel kept its last endpoints).
+        endpoints: every current endpoint and recently removed ones, by instance id.
+        retry: retry counters, or ``None`` with retries off.
+        policies: the active policies as JSON-able values (outlier, timeouts, deadline
+            propagation, TLS).
+    """
+
+    service: str
+    state: str
+    balancer: str
+    ejections: int
+    watch_errors: int
+    endpoints: tuple[EndpointStats, ...]
+    retry: RetrySnapshot | None
+    policies: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``/debug/mesh`` shows)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerStats:
+    """A snapshot of one mesh server.
+
+    Args:
+        service: the mesh service name.
+        instance_id / address: as registered (``None`` before registration).
+        services: the gRPC services it serves.
+        ready: registered, serving and not draining (what ``/readyz`` reports).
+        draining: draining now.
+        tls: serving with transport security.
+        chain: the server checks in the order they run.
+        telemetry: telemetry on.
+        admin: the admin server's URL, or ``None``.
+        deadline_rejections: calls refused because their deadline had passed.
+    """
+
+    service: str
+    instance_id: str | None
+    address: str | None
+    services: tuple[str, ...]
+    ready: bool
+    draining: bool
+    tls: bool
+    chain: tuple[str, ...]
+    telemetry: bool
+    admin: str | None
+    deadline_rejections: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (what ``/debug/mesh`` shows)."""
+        return asdict(self)
