@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,6 +62,8 @@ def _address(peer: str | None) -> str | None:
         return None
     kind, _, rest = peer.partition(":")
     return rest if kind in ("ipv4", "ipv6") and rest else peer
+_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("meshkit_server_peer", default="")
+
 
 
 class _Method:
@@ -152,6 +155,10 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             m.bound.started.inc()
             m.bound.in_flight.inc()
         self._in_flight += 1
+        if self.options.access_log or m.traced:
+            # Read the peer now: after a cancellation grpc core may have freed the
+            # transport, and context.peer() then crashes the process (grpc/grpc#29069).
+            _PEER.set(context.peer())
         span = token = None
         if m.traced:
             parent = extract_context(context.invocation_metadata())
@@ -171,7 +178,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             if span is None and not self.options.access_log:
                 return
             identity = self._identity() if self._identity is not None else None
-            peer = context.peer()
+            peer = _PEER.get()
             md = self._md(m, context) if self.options.access_log and m.log_md else None
             loop = _running_loop() if defer else None
             if loop is not None:
