@@ -70,8 +70,9 @@ AUDIENCE = "bench"
 ALLOW_ALL_RULE = "1000000/second"
 """Rate-limit rule that is counted on every call but never refuses one."""
 
-ORDER = {"telemetry": 10, "peer": 50, "jwt": 60, "authz": 70, "ratelimit": 80, "deadline": 90}
-"""Position of each server interceptor in the chain; lower runs first (outermost)."""
+ORDER = {"telemetry": 10, "deadline": 20, "peer": 50, "jwt": 60, "authz": 70, "ratelimit": 80}
+"""Position of each server interceptor in the hand-assembled chains (the order serve() uses
+for meshkit's own checks); lower runs first (outermost)."""
 
 
 class LayerUnavailable(Exception):
@@ -130,7 +131,8 @@ class Build:
         server_interceptors: ``(order, grpc.aio.ServerInterceptor)`` pairs, sorted later.
         client_interceptors: ``(order, meshkit ClientInterceptor)`` pairs (per call).
         attempt_interceptors: ``grpc.aio.ClientInterceptor`` objects (per attempt).
-        serve: extra :class:`meshkit.ServeOptions` fields.
+        serve: extra :class:`meshkit.ServeOptions` fields (``deadline``, ``rate_limit``...).
+        auth: :class:`meshkit.auth.AuthOptions` fields, combined by the JWT and mTLS layers.
         dial: extra :class:`meshkit.DialOptions` fields.
         metadata: metadata sent on every call.
         telemetry: telemetry parts switched on (``tracing``, ``metrics``, ``access_log``);
@@ -143,6 +145,7 @@ class Build:
     client_interceptors: list[tuple[int, Any]] = field(default_factory=list)
     attempt_interceptors: list[Any] = field(default_factory=list)
     serve: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, Any] = field(default_factory=dict)
     dial: dict[str, Any] = field(default_factory=dict)
     metadata: list[tuple[str, str]] = field(default_factory=list)
     telemetry: set[str] = field(default_factory=set)
@@ -207,9 +210,9 @@ def _probe_telemetry(_secrets: Secrets) -> str | None:
 
 # -- steps -----------------------------------------------------------------------------------
 def _deadline_server(b: Build) -> None:
-    from meshkit.resilience import DeadlineInterceptor
+    from meshkit.resilience import DeadlineOptions
 
-    b.server_interceptors.append((ORDER["deadline"], DeadlineInterceptor()))
+    b.serve["deadline"] = DeadlineOptions()
 
 
 def _retry_client(b: Build) -> None:
@@ -246,17 +249,10 @@ def _outlier_client(b: Build) -> None:
 
 
 def _jwt_server(b: Build) -> None:
-    from meshkit.auth import (
-        JWTAuthInterceptor,
-        JWTVerifier,
-        KeySet,
-        SigningKey,
-        VerifierOptions,
-    )
+    from meshkit.auth import JWTVerifier, KeySet, SigningKey, VerifierOptions
 
     keys = KeySet([SigningKey.from_pem(b.secrets.jwt_key.read_bytes())])
-    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys)
-    b.server_interceptors.append((ORDER["jwt"], JWTAuthInterceptor(verifier)))
+    b.auth["verifier"] = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys)
 
 
 @functools.cache
@@ -274,10 +270,9 @@ def _jwt_client(b: Build) -> None:
 
 
 def _ratelimit_server(b: Build) -> None:
-    from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+    from meshkit.resilience import RateLimitOptions
 
-    b.server_interceptors.append((ORDER["ratelimit"], RateLimitInterceptor(
-        RateLimitOptions(default_rule=ALLOW_ALL_RULE))))
+    b.serve["rate_limit"] = RateLimitOptions(default_rule=ALLOW_ALL_RULE)
 
 
 def _tls(name: str, secrets: Secrets) -> Any:
@@ -300,7 +295,7 @@ def _mtls_server(b: Build) -> None:
         b.serve["tls"] = tls
     else:
         b.serve["credentials"] = tls.server_credentials()
-    b.server_interceptors.append((ORDER["peer"], tls.peer_interceptor()))
+    b.auth["check_peers"] = True
 
 
 def _mtls_client(b: Build) -> None:
@@ -488,7 +483,11 @@ def mesh_serve_options(b: Build, **kwargs: Any) -> Any:
     unless a telemetry layer is in the Build)."""
     import meshkit
 
-    opts: dict[str, Any] = {**kwargs, **b.serve}
+    opts: dict[str, Any] = {"deadline": None, **kwargs, **b.serve}  # bare: no mesh checks
+    if b.auth:
+        from meshkit.auth import AuthOptions
+
+        opts["auth"] = AuthOptions(**{"check_peers": False, **b.auth})
     if _has_field(meshkit.ServeOptions, "telemetry"):
         opts["telemetry"] = _telemetry_options(b)  # None: off unless a layer asks for it
     opts["interceptors"] = tuple(

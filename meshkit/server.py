@@ -11,10 +11,23 @@ error:
 3. stop taking new calls and give in-flight calls ``grace_s`` to finish;
 4. return, so the process exits 0.
 
-Server interceptors (``ServeOptions.interceptors``, standard ``grpc.aio.ServerInterceptor``)
-run in order, first outermost; adjacent meshkit checks (deadline admission, peer identity,
-JWT, authorization, rate limit) are fused into one interceptor and one handler wrap
-(:class:`meshkit._handlers.FusedInterceptor`), keeping their order. Example::
+**The server chain** is built here and only here, in one fixed order, from the options:
+
+1. telemetry (``telemetry``): spans, RED metrics, access log; outermost, so every refusal
+   below is traced, counted and logged;
+2. deadline admission and propagation (``deadline``, on by default): expired calls are
+   refused before any other work;
+3. authentication and authorization (``auth``): peer identity (mTLS; on by default with
+   ``tls``), JWT, policy;
+4. rate limiting (``rate_limit``): after auth, so the limit keys on a verified identity
+   and unauthenticated callers consume no one's budget;
+5. your own ``grpc.aio.ServerInterceptor`` s (``interceptors``), first outermost;
+6. the handler.
+
+Adjacent meshkit checks (2-4) are fused into one interceptor and one handler wrap
+(:class:`meshkit._handlers.FusedInterceptor`). meshkit's own check interceptors are refused
+in ``interceptors`` (``ConfigError`` naming the option to use), so the order cannot be
+written twice. Example::
 
     async def main() -> None:
         await meshkit.serve("userd", [(add_UserServiceServicer_to_server, UserServicer())])
@@ -40,6 +53,7 @@ from grpc_reflection.v1alpha import reflection
 from meshkit._handlers import fuse_interceptors
 from meshkit._stats import ServerStats
 from meshkit.auth import (
+    AuthOptions,
     TLSMaterial,
     TLSOptions,
     describe_certificate,
@@ -58,9 +72,14 @@ from meshkit.observability import (
     tracing_from_env,
     track,
 )
-from meshkit.resilience import DeadlineInterceptor
+from meshkit.resilience import (
+    DeadlineInterceptor,
+    DeadlineOptions,
+    RateLimitInterceptor,
+    RateLimitOptions,
+)
 
-__all__ = ["MeshServer", "ServeOptions", "serve"]
+__all__ = ["MeshServer", "ServeOptions", "serve", "server_chain"]
 
 _log = structlog.get_logger("meshkit.server")
 
@@ -93,6 +112,12 @@ class _SharedAdmin:
                 await server.stop()
 
 
+_MESH_CHECKS = {
+    "DeadlineInterceptor": "deadline", "PeerIdentityInterceptor": "auth",
+    "JWTAuthInterceptor": "auth", "AuthzInterceptor": "auth",
+    "RateLimitInterceptor": "rate_limit", "FusedInterceptor": "deadline/auth/rate_limit",
+}
+
 AddServicer = Callable[[Any, Any], None]
 """A generated ``add_<Service>Servicer_to_server(servicer, server)`` function."""
 
@@ -109,8 +134,19 @@ class ServeOptions:
         instance_id: unique id in the registry; default ``<service>-<hostname>-<pid>``.
         tags: registry tags, e.g. ``("v2",)``; meta: registry meta, e.g. ``{"zone": "a"}``.
         weight: weight for weighted balancers (>= 1, default 1).
-        interceptors: ``grpc.aio.ServerInterceptor`` chain, first outermost; those with an
-            ``async aclose()`` method are closed after the server stops.
+        deadline: deadline admission and propagation
+            (:class:`~meshkit.resilience.DeadlineOptions`, on by default); ``None`` turns
+            it off.
+        auth: peer identity, JWT and authorization checks
+            (:class:`~meshkit.auth.AuthOptions`). Default: with ``tls``, the peer check
+            alone (``AuthOptions()``: the client's chain re-verified against the mesh CA's
+            constraints and its SPIFFE ID against ``tls.allowed_peers``); otherwise none.
+        rate_limit: per-caller rate limits (:class:`~meshkit.resilience.RateLimitOptions`;
+            default none); callers over their rule get ``RESOURCE_EXHAUSTED``.
+        interceptors: your own ``grpc.aio.ServerInterceptor`` s, run after the mesh's
+            checks, first outermost; those with an ``async aclose()`` method are closed
+            after the server stops. meshkit's check interceptors are refused here: use
+            ``deadline``, ``auth`` and ``rate_limit``.
         tls: mTLS with workload identities (:class:`meshkit.auth.TLSOptions`): client
             certificates are required and verified; a renewed certificate file is picked up
             for new connections without restart.
@@ -146,6 +182,9 @@ class ServeOptions:
     tags: tuple[str, ...] = ()
     meta: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
+    deadline: DeadlineOptions | None = field(default_factory=DeadlineOptions)
+    auth: AuthOptions | None = None
+    rate_limit: RateLimitOptions | None = None
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     tls: TLSOptions | None = None
     credentials: grpc.ServerCredentials | None = None
@@ -176,6 +215,36 @@ class ServeOptions:
             )
         object.__setattr__(self, "tags", tuple(self.tags))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        for icpt in self.interceptors:
+            option = _MESH_CHECKS.get(type(icpt).__name__)
+            if option is not None:
+                raise ConfigError(
+                    f"{type(icpt).__name__} in interceptors: serve() orders the mesh's checks "
+                    f"itself; use ServeOptions({option}=...) instead")
+
+
+def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:
+    """The interceptors ``serve()`` installs for ``options``, in the one documented order
+    (module docstring): telemetry, deadline, auth, rate limit, then ``options.interceptors``.
+
+    Args:
+        service: the mesh service name (labels telemetry).
+        options: the server's :class:`ServeOptions` (``tls`` already resolved).
+    """
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if options.telemetry is not None:
+        chain.extend(server_interceptors(service, options.telemetry))
+    if options.deadline is not None:
+        chain.append(options.deadline.interceptor())
+    auth = options.auth
+    if auth is None and options.tls is not None:
+        auth = AuthOptions()  # mTLS: the peer's chain and identity are checked by default
+    if auth is not None:
+        chain.extend(auth.interceptors(options.tls))
+    if options.rate_limit is not None:
+        chain.append(RateLimitInterceptor(options.rate_limit))
+    chain.extend(options.interceptors)
+    return tuple(chain)
 
 
 class _Recorder:
@@ -246,6 +315,9 @@ class MeshServer:
                     "ServeOptions(insecure=True)")
             self.options = dataclasses.replace(opts, tls=tls_from_dir(cert_dir, service))
         self._servicers = list(servicers)
+        self._chain = server_chain(self.service, self.options)
+        self._deadline = next((i for i in self._chain if isinstance(i, DeadlineInterceptor)),
+                              None)
         self._owns_registry = registry is None
         self.registry = registry_from_env() if registry is None else registry
         self.health = health.aio.HealthServicer()
@@ -272,11 +344,8 @@ class MeshServer:
         """
         opts = self.options
         tracing_from_env(self.service)
-        interceptors = opts.interceptors
-        if opts.telemetry is not None:
-            interceptors = (*server_interceptors(self.service, opts.telemetry), *interceptors)
         server = grpc.aio.server(
-            interceptors=fuse_interceptors(interceptors) or None,
+            interceptors=fuse_interceptors(self._chain) or None,
             options=opts.server_options,
             maximum_concurrent_rpcs=opts.maximum_concurrent_rpcs,
         )
@@ -360,7 +429,7 @@ class MeshServer:
                 _log.warning("deregister failed", error=str(exc))
         await asyncio.sleep(opts.drain_delay_s)
         await self._server.stop(opts.grace_s)
-        for icpt in opts.interceptors:  # e.g. a rate limiter's Redis connections
+        for icpt in self._chain:  # e.g. a rate limiter's Redis connections
             aclose = getattr(icpt, "aclose", None)
             if aclose is not None:
                 try:
@@ -398,11 +467,10 @@ class MeshServer:
             ready=self.ready,
             draining=self.draining,
             tls=opts.tls is not None or opts.credentials is not None,
-            chain=tuple(type(i).__name__ for i in opts.interceptors),
+            chain=tuple(type(i).__name__ for i in self._chain),
             telemetry=opts.telemetry is not None,
             admin=self.admin.url if self.admin is not None else None,
-            deadline_rejections=sum(i.rejected for i in opts.interceptors
-                                    if isinstance(i, DeadlineInterceptor)),
+            deadline_rejections=self._deadline.rejected if self._deadline is not None else 0,
         )
 
     async def wait_stopped(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -96,3 +97,35 @@ def test_bad_serve_options_quote_the_value() -> None:
         meshkit.MeshServer(
             "no spaces", [], registry=LocalRegistry(), options=meshkit.ServeOptions(insecure=True)
         )
+
+
+def test_serve_builds_the_one_chain_order() -> None:
+    """serve() orders the mesh's checks itself: telemetry, deadline, auth, rate limit, then
+    the user's interceptors; the deadline check is on by default."""
+    from meshkit.auth import AuthOptions, AuthzPolicy
+    from meshkit.resilience import RateLimitOptions
+    from meshkit.server import server_chain
+
+    class Mine(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            return await continuation(details)
+
+    opts = meshkit.ServeOptions(insecure=True, auth=AuthOptions(policy=AuthzPolicy()),
+                                rate_limit=RateLimitOptions(default_rule="10/second"),
+                                interceptors=(Mine(),))
+    names = [type(i).__name__ for i in server_chain("svc", opts)]
+    assert names == ["TelemetryServerInterceptor", "DeadlineInterceptor", "AuthzInterceptor",
+                     "RateLimitInterceptor", "Mine"]
+    bare = meshkit.ServeOptions(insecure=True, telemetry=None, deadline=None)
+    assert server_chain("svc", bare) == ()
+
+
+def test_mesh_checks_in_interceptors_are_refused() -> None:
+    """A meshkit check passed as a plain interceptor is refused, naming the option to use."""
+    from meshkit.resilience import DeadlineInterceptor, RateLimitInterceptor, RateLimitOptions
+
+    with pytest.raises(meshkit.ConfigError, match=r"ServeOptions\(deadline=\.\.\.\)"):
+        meshkit.ServeOptions(insecure=True, interceptors=(DeadlineInterceptor(),))
+    limiter = RateLimitInterceptor(RateLimitOptions(default_rule="1/second"))
+    with pytest.raises(meshkit.ConfigError, match=r"ServeOptions\(rate_limit=\.\.\.\)"):
+        meshkit.ServeOptions(insecure=True, interceptors=(limiter,))

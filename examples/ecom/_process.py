@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
-
 import meshkit
-from meshkit.auth import TLSOptions, tls_from_dir
+from meshkit.auth import AuthOptions, TLSOptions, tls_from_dir
 from meshkit.observability import configure_logging
-from meshkit.resilience import DeadlineInterceptor
+from meshkit.resilience import RateLimitOptions
 
 
 def setup_logging() -> None:
@@ -56,15 +53,16 @@ def jwt_dir(args: argparse.Namespace) -> Path:
 
 
 def serve_options(args: argparse.Namespace, tls_options: TLSOptions | None,
-                  interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+                  auth: AuthOptions | None = None, rate_limit: RateLimitOptions | None = None,
                   meta: dict[str, str] | None = None) -> meshkit.ServeOptions:
-    """ServeOptions from the parsed arguments: deadline admission, then ``interceptors``."""
+    """ServeOptions from the parsed arguments, with the service's ``auth`` and
+    ``rate_limit``; serve() puts them in its one chain order (deadline admission is on by
+    default)."""
     return meshkit.ServeOptions(
         host=args.host, port=args.port, instance_id=args.instance_id,
         grace_s=args.grace_s, drain_delay_s=args.drain_delay_s,
         meta={"version": "v1", **(meta or {})},
-        tls=tls_options, insecure=tls_options is None,
-        interceptors=(DeadlineInterceptor(), *interceptors),
+        tls=tls_options, insecure=tls_options is None, auth=auth, rate_limit=rate_limit,
     )
 
 

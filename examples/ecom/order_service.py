@@ -24,15 +24,15 @@ from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
 from examples.ecom.storage import open_store
 from meshkit.auth import (
+    AuthOptions,
     JWKSClient,
     JWKSError,
     JWTVerifier,
     TokenForwarder,
     VerifierOptions,
     current_claims,
-    server_interceptors,
 )
-from meshkit.resilience import RateLimitInterceptor, RateLimitOptions, by_identity
+from meshkit.resilience import RateLimitOptions, by_identity
 
 _log = structlog.get_logger("examples.ecom.order_service")
 
@@ -116,16 +116,15 @@ async def main(argv: list[str] | None = None) -> None:
             VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE),
             JWKSClient(jwks_url_from(users_channel)),
         )
-        auth = server_interceptors(tls=tls_options, verifier=verifier,
-                                   jwt_options=security.ORDERD_JWT,
-                                   policy=security.orderd_policy(insecure=tls_options is None))
-        limiter = RateLimitInterceptor(RateLimitOptions(
-            rules=security.RATE_LIMITS, key=by_identity, storage_uri=args.rate_limit_storage))
+        auth = AuthOptions(verifier=verifier, jwt=security.ORDERD_JWT,
+                           policy=security.orderd_policy(insecure=tls_options is None))
+        limits = RateLimitOptions(rules=security.RATE_LIMITS, key=by_identity,
+                                  storage_uri=args.rate_limit_storage)
         servicer = OwnedOrders(store, user_pb2_grpc.UserServiceStub(users_channel))
         await meshkit.serve(
             SERVICE,
             [(order_pb2_grpc.add_OrderServiceServicer_to_server, servicer)],
-            options=serve_options(args, tls_options, (*auth, limiter)),
+            options=serve_options(args, tls_options, auth, limits),
             on_started=announce,
         )
     finally:

@@ -17,13 +17,13 @@ from examples.ecom.proto import user_pb2_grpc
 from examples.ecom.storage import UserRecord, open_store
 from examples.ecom.users import IssuedSession, UserServicer
 from meshkit.auth import (
+    AuthOptions,
     IssuerOptions,
     JWKSServer,
     JWTVerifier,
     KeySet,
     TokenIssuer,
     VerifierOptions,
-    server_interceptors,
 )
 
 SERVICE = "userd"
@@ -57,8 +57,7 @@ async def main(argv: list[str] | None = None) -> None:
     store = await open_store(args.db)
     try:
         policy = security.userd_policy(insecure=tls_options is None)
-        auth = server_interceptors(tls=tls_options, verifier=verifier,
-                                   jwt_options=security.USERD_JWT, policy=policy)
+        auth = AuthOptions(verifier=verifier, jwt=security.USERD_JWT, policy=policy)
         await meshkit.serve(
             SERVICE,
             [(user_pb2_grpc.add_UserServiceServicer_to_server,

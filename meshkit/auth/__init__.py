@@ -47,11 +47,12 @@ missing a scope → ``PERMISSION_DENIED``; handlers read :func:`current_claims`.
 fetch the JWKS again on an unknown ``kid`` (at most every ``min_refresh_interval_s``) and
 every ``refresh_interval_s``.
 
-**Chain order.** Server: tracing → metrics → authn (:class:`PeerIdentityInterceptor`,
-then :class:`JWTAuthInterceptor`) → authz (:class:`AuthzInterceptor`) → rate limit →
-handler; :func:`server_interceptors` returns the auth part in that order. The checks run
-inside the wrapped handler (they need the call's ``context``). Client: ``TokenForwarder``
-goes in ``DialOptions.interceptors``.
+**Chain order.** ``ServeOptions(auth=AuthOptions(...))``: the server chain is telemetry →
+deadline admission → authn (:class:`PeerIdentityInterceptor`, then
+:class:`JWTAuthInterceptor`) → authz (:class:`AuthzInterceptor`) → rate limit → your
+interceptors → handler, fixed by :mod:`meshkit.server`. The checks run inside the wrapped
+handler (they need the call's ``context``). Client: ``TokenForwarder`` goes in
+``DialOptions.interceptors``.
 
 Example::
 
@@ -60,9 +61,7 @@ Example::
                            JWKSClient("http://127.0.0.1:8081/.well-known/jwks.json"))
     policy = AuthzPolicy(rules={"/ecom.v1.UserService/GetUser": Rule(
         allow_peers=(tls.expected_server_id("orderd"),))})
-    opts = ServeOptions(credentials=tls.server_credentials(),
-                        interceptors=server_interceptors(tls=tls, verifier=verifier,
-                                                         policy=policy))
+    opts = ServeOptions(tls=tls, auth=AuthOptions(verifier=verifier, policy=policy))
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ from meshkit.auth._certs import (
     write_certificate,
     write_private_key,
 )
-from meshkit.auth._chain import server_interceptors
+from meshkit.auth._chain import AuthOptions
 from meshkit.auth._context import current_claims, current_peer
 from meshkit.auth._errors import (
     AuthError,
@@ -125,6 +124,7 @@ from meshkit.auth._tls import ChannelCredentialsReloader, TLSMaterial, TLSOption
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "AuthError",
+    "AuthOptions",
     "AuthzInterceptor",
     "AuthzPolicy",
     "CertificateError",
@@ -175,7 +175,6 @@ __all__ = [
     "load_certificate",
     "load_private_key",
     "parse_jwks",
-    "server_interceptors",
     "tls_from_dir",
     "workload_id",
     "write_certificate",

@@ -1,51 +1,66 @@
-"""The server chain in the documented order: peer (mTLS) → JWT → authorization."""
+"""Server authentication and authorization for :func:`meshkit.serve`: :class:`AuthOptions`.
+
+``ServeOptions(auth=AuthOptions(...))`` installs the checks in the one documented order:
+peer identity (mTLS, ``tls.allowed_peers``) → JWT (token, scopes) → authorization policy.
+:class:`meshkit.MeshServer` places them in the whole server chain (see
+:mod:`meshkit.server`); nothing else orders them.
+"""
 
 from __future__ import annotations
 
-import grpc
+from dataclasses import dataclass
 
+from meshkit._handlers import WrappingInterceptor
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier
 from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor
 from meshkit.auth._tls import TLSOptions
+from meshkit.errors import ConfigError
 
-__all__ = ["server_interceptors"]
+__all__ = ["AuthOptions"]
 
 
-def server_interceptors(
-    *,
-    tls: TLSOptions | None = None,
-    verifier: JWTVerifier | None = None,
-    jwt_options: JWTAuthOptions | None = None,
-    policy: AuthzPolicy | None = None,
-    exempt_methods: tuple[str, ...] = (),
-) -> tuple[grpc.aio.ServerInterceptor, ...]:
-    """The auth interceptors for ``ServeOptions.interceptors``, in chain order.
-
-    Order: :class:`PeerIdentityInterceptor` (when ``tls``), then
-    :class:`JWTAuthInterceptor` (when ``verifier``), then :class:`AuthzInterceptor` (when
-    ``policy``). Put rate limiting after them and tracing/metrics before them.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthOptions:
+    """Who may call a server, for ``ServeOptions(auth=...)``.
 
     Args:
-        tls: the server's :class:`TLSOptions` (``allowed_peers`` enforced).
-        verifier: a :class:`JWTVerifier`; ``jwt_options`` says which methods are public
-            and which scopes they need (default: every method needs a token, no scopes).
-        policy: the :class:`AuthzPolicy`.
-        exempt_methods: methods the peer check skips (e.g. ``/grpc.health.v1.Health/Check``
-            for a plaintext prober; the server must still accept the connection).
+        verifier: a :class:`~meshkit.auth.JWTVerifier`; with it every method needs a valid
+            bearer token (``UNAUTHENTICATED`` otherwise) unless ``jwt`` makes it public.
+        jwt: :class:`~meshkit.auth.JWTAuthOptions`: public methods and required scopes
+            (``PERMISSION_DENIED`` when a scope is missing); needs ``verifier``.
+        policy: an :class:`~meshkit.auth.AuthzPolicy` over peer identities and token claims
+            (``PERMISSION_DENIED`` when it denies).
+        check_peers: with mTLS, refuse peers that are not mesh workloads or not in
+            ``tls.allowed_peers`` (``PERMISSION_DENIED``; default ``True``).
+        exempt_methods: methods the peer check skips, e.g. ``("/grpc.health.v1.Health/*",)``
+            for a prober (the connection must still be accepted).
 
     Raises:
-        ConfigError: ``jwt_options`` without a ``verifier``.
+        ConfigError: ``jwt`` without a ``verifier``, or nothing to check at all.
     """
-    from meshkit.errors import ConfigError
 
-    if jwt_options is not None and verifier is None:
-        raise ConfigError("jwt_options given without a verifier")
-    chain: list[grpc.aio.ServerInterceptor] = []
-    if tls is not None:
-        chain.append(tls.peer_interceptor(exempt_methods=exempt_methods))
-    if verifier is not None:
-        chain.append(JWTAuthInterceptor(verifier, jwt_options))
-    if policy is not None:
-        chain.append(AuthzInterceptor(policy))
-    return tuple(chain)
+    verifier: JWTVerifier | None = None
+    jwt: JWTAuthOptions | None = None
+    policy: AuthzPolicy | None = None
+    check_peers: bool = True
+    exempt_methods: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.jwt is not None and self.verifier is None:
+            raise ConfigError("AuthOptions(jwt=...) needs a verifier")
+        if isinstance(self.exempt_methods, str):
+            raise ConfigError(
+                f"exempt_methods must be a tuple of methods, got {self.exempt_methods!r}")
+        object.__setattr__(self, "exempt_methods", tuple(self.exempt_methods))
+
+    def interceptors(self, tls: TLSOptions | None) -> tuple[WrappingInterceptor, ...]:
+        """The checks in chain order for a server with ``tls`` (``None``: no peer check)."""
+        chain: list[WrappingInterceptor] = []
+        if tls is not None and self.check_peers:
+            chain.append(tls.peer_interceptor(exempt_methods=self.exempt_methods))
+        if self.verifier is not None:
+            chain.append(JWTAuthInterceptor(self.verifier, self.jwt))
+        if self.policy is not None:
+            chain.append(AuthzInterceptor(self.policy))
+        return tuple(chain)

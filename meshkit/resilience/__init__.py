@@ -30,7 +30,12 @@ from __future__ import annotations
 
 from meshkit.resilience._backoff import Backoff
 from meshkit.resilience._budget import BudgetOptions, RetryBudget
-from meshkit.resilience._deadline import DeadlineInterceptor, current_deadline, deadline_scope
+from meshkit.resilience._deadline import (
+    DeadlineInterceptor,
+    DeadlineOptions,
+    current_deadline,
+    deadline_scope,
+)
 from meshkit.resilience._retry import RetryInterceptor, RetryOptions, RetryPolicy, RetryStats
 from meshkit.resilience.ratelimit import (
     KeyFunc,
@@ -50,6 +55,7 @@ __all__ = [
     "Backoff",
     "BudgetOptions",
     "DeadlineInterceptor",
+    "DeadlineOptions",
     "KeyFunc",
     "Limiter",
     "RateLimitInterceptor",

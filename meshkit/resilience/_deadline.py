@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ import grpc
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit.errors import ConfigError
 
-__all__ = ["DeadlineInterceptor", "current_deadline", "deadline_scope"]
+__all__ = ["DeadlineInterceptor", "DeadlineOptions", "current_deadline", "deadline_scope"]
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshkit_deadline", default=None
@@ -87,3 +88,29 @@ class DeadlineInterceptor(WrappingInterceptor):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 "deadline exceeded before the handler ran")
         _deadline.set(time.monotonic() + remaining)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadlineOptions:
+    """Server deadline admission and propagation, for ``ServeOptions(deadline=...)`` (on by
+    default): calls whose deadline has passed (or leaves less than ``min_remaining_s``) are
+    refused with ``DEADLINE_EXCEEDED`` before the handler runs, and the remaining time
+    bounds the handler's outgoing mesh calls (:func:`current_deadline`).
+
+    Args:
+        min_remaining_s: refuse calls with less time left than this, seconds (default 0.0:
+            only calls whose deadline already passed).
+
+    Raises:
+        ConfigError: ``min_remaining_s < 0`` (quoted).
+    """
+
+    min_remaining_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.min_remaining_s >= 0:
+            raise ConfigError(f"min_remaining_s must be >= 0, got {self.min_remaining_s!r}")
+
+    def interceptor(self) -> DeadlineInterceptor:
+        """A :class:`DeadlineInterceptor` with these options."""
+        return DeadlineInterceptor(min_remaining_s=self.min_remaining_s)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 import meshkit
 from meshkit.auth import (
+    AuthOptions,
     AuthzPolicy,
     IssuerOptions,
     JWKSClient,
@@ -38,7 +39,6 @@ from meshkit.auth import (
     TokenForwarder,
     TokenIssuer,
     VerifierOptions,
-    server_interceptors,
 )
 from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.auth.conftest import AUDIENCE, ISSUER, TD, Pki, StartServer, call, method, rpc_error
@@ -92,8 +92,8 @@ async def stack(pki: Pki, start_server: StartServer) -> AsyncIterator[Stack]:
     verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE,
                                            max_token_bytes=2048), client)
     server = pki.issue("userd")
-    port = await start_server(server.server_credentials(), server_interceptors(
-        tls=server, verifier=verifier, jwt_options=JWT_OPTIONS, policy=POLICY))
+    port = await start_server(server.server_credentials(), AuthOptions(
+        verifier=verifier, jwt=JWT_OPTIONS, policy=POLICY).interceptors(server))
     issuer = TokenIssuer(keys, IssuerOptions(issuer=ISSUER, audience=AUDIENCE, ttl_s=300))
     yield Stack(port, keys, issuer, pki.issue("gateway"), pki.issue("orderd"), client)
     await client.close()
@@ -264,8 +264,7 @@ async def test_token_forwarded_on_outgoing_calls(pki: Pki, start_server: StartSe
         server.add_generic_rpc_handlers((auth_handler(),))
 
     userd = meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
-        credentials=user_tls.server_credentials(), drain_delay_s=0, grace_s=0.5,
-        interceptors=server_interceptors(tls=user_tls, verifier=verifier)))
+        tls=user_tls, drain_delay_s=0, grace_s=0.5, auth=AuthOptions(verifier=verifier)))
     await userd.start()
     dial_opts = meshkit.DialOptions(
         credentials=order_tls.channel_credentials(),
@@ -281,9 +280,8 @@ async def test_token_forwarded_on_outgoing_calls(pki: Pki, start_server: StartSe
         return result
 
     port = await start_server(order_tls.server_credentials(),
-                              server_interceptors(tls=order_tls, verifier=verifier,
-                                                  jwt_options=JWTAuthOptions(
-                                                      public_methods=(method("Relay"),))),
+                              AuthOptions(verifier=verifier, jwt=JWTAuthOptions(
+                                  public_methods=(method("Relay"),))).interceptors(order_tls),
                               relay=relay)
     gateway = pki.issue("gateway")
     try:

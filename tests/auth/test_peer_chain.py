@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from meshkit.auth import AuthzPolicy, Rule, server_interceptors
+from meshkit.auth import AuthOptions, AuthzPolicy, Rule
 from tests.auth.chains import ca_of, client_credentials, leaf, sub_ca
 from tests.auth.conftest import TD, Pki, StartServer, call, method, rpc_error
 
@@ -47,8 +47,8 @@ async def test_sub_ca_chain_refused_on_exempt_method_by_authz(pki: Pki,
     sub_key, sub = sub_ca(ca_key, ca)
     rogue_key, rogue = leaf(sub_key, sub, service="orderd")
     policy = AuthzPolicy(rules={method("Public"): Rule(allow_peers=("*",))})
-    port = await start_server(server.server_credentials(), server_interceptors(
-        tls=server, policy=policy, exempt_methods=(method("Public"),)))
+    port = await start_server(server.server_credentials(), AuthOptions(
+        policy=policy, exempt_methods=(method("Public"),)).interceptors(server))
     err = await rpc_error(call(port, "Public",
                                credentials=client_credentials(pki, rogue_key, rogue, sub),
                                options=server.channel_options("userd")))
@@ -75,8 +75,8 @@ async def test_spiffe_id_with_extra_path_is_not_a_workload(pki: Pki,
         assert err.code() in (UNAUTH, grpc.StatusCode.PERMISSION_DENIED), err
         assert "orderd" not in (err.details() or "")
     policy = AuthzPolicy(rules={method("Public"): Rule(allow_peers=(f"spiffe://{TD}/svc/*",))})
-    port = await start_server(every.server_credentials(), server_interceptors(
-        tls=every, policy=policy, exempt_methods=(method("Public"),)))
+    port = await start_server(every.server_credentials(), AuthOptions(
+        policy=policy, exempt_methods=(method("Public"),)).interceptors(every))
     err = await rpc_error(call(port, "Public", credentials=creds,
                                options=every.channel_options("userd")))
     assert err.code() in (UNAUTH, grpc.StatusCode.PERMISSION_DENIED)

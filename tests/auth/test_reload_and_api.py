@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from cryptography.hazmat.primitives import serialization
 
 import meshkit.auth as auth
 from meshkit.auth import (
+    AuthOptions,
     AuthzInterceptor,
     AuthzPolicy,
     JWTAuthInterceptor,
+    JWTAuthOptions,
     JWTVerifier,
     KeySet,
     PeerIdentityInterceptor,
@@ -19,10 +22,10 @@ from meshkit.auth import (
     issue_workload,
     load_certificate,
     load_private_key,
-    server_interceptors,
     write_private_key,
 )
 from meshkit.auth._tls import _ServerReloader
+from meshkit.errors import ConfigError
 from tests.auth.conftest import AUDIENCE, ISSUER, Pki
 
 
@@ -88,14 +91,18 @@ def test_server_reloader_reports_each_reload_to_its_hook(pki: Pki) -> None:
     assert isinstance(failing(), grpc.ServerCertificateConfiguration)
 
 
-def test_server_interceptors_chain_order(pki: Pki) -> None:
-    """server_interceptors returns peer authn, then JWT authn, then authz."""
+def test_auth_options_chain_order(pki: Pki) -> None:
+    """AuthOptions gives peer authn, then JWT authn, then authz; nothing without checks;
+    jwt without a verifier is refused."""
     tls: TLSOptions = pki.issue("userd")
     verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), KeySet.generate())
-    chain = server_interceptors(tls=tls, verifier=verifier, policy=AuthzPolicy())
+    chain = AuthOptions(verifier=verifier, policy=AuthzPolicy()).interceptors(tls)
     assert [type(i) for i in chain] == [PeerIdentityInterceptor, JWTAuthInterceptor,
                                         AuthzInterceptor]
-    assert server_interceptors() == ()
+    assert AuthOptions().interceptors(None) == ()
+    assert AuthOptions(check_peers=False).interceptors(tls) == ()
+    with pytest.raises(ConfigError, match="verifier"):
+        AuthOptions(jwt=JWTAuthOptions())
 
 
 def test_public_names_exist_and_are_documented() -> None:

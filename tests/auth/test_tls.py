@@ -15,10 +15,10 @@ from cryptography import x509
 
 import meshkit
 from meshkit.auth import (
+    AuthOptions,
     CertificateError,
     ChannelCredentialsReloader,
     TLSOptions,
-    server_interceptors,
     tls_from_dir,
 )
 from meshkit.discovery import LocalRegistry
@@ -182,8 +182,7 @@ async def test_mesh_server_and_dial_over_mtls(pki: Pki, tmp_path: Path) -> None:
     server_tls = pki.issue("userd")
     client_tls = pki.issue("orderd")
     reg = _registry(tmp_path)
-    srv = _userd(reg, credentials=server_tls.server_credentials(),
-                 interceptors=server_interceptors(tls=server_tls))
+    srv = _userd(reg, tls=server_tls, auth=AuthOptions())
     await srv.start()
     try:
         opts = meshkit.DialOptions(credentials=client_tls.channel_credentials(),

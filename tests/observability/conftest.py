@@ -20,6 +20,7 @@ from meshkit.discovery import LocalRegistry
 from meshkit.observability import (
     TelemetryOptions,
 )
+from meshkit.resilience import RateLimitOptions
 from tests.support.echo import method
 
 FRONT = "meshkit.test.Front"
@@ -104,14 +105,14 @@ async def chain(
     registry: LocalRegistry, telemetry: TelemetryOptions
 ) -> AsyncIterator[ChainFactory]:
     """Build the two-hop chain; ``echoes`` echo instances, ``client_opts`` extra DialOptions
-    fields for both hops, ``echo_interceptors`` extra server interceptors on echo."""
+    fields for both hops, ``echo_rate_limit`` rate limits on echo."""
     servers: list[meshkit.MeshServer] = []
     channels: list[meshkit.MeshChannel] = []
 
     async def build(
         echoes: int = 1,
         telemetry_opts: TelemetryOptions | None = None,
-        echo_interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+        echo_rate_limit: RateLimitOptions | None = None,
         **dial_fields: Any,
     ) -> Chain:
         from tests.support.echo import add_echo
@@ -133,7 +134,7 @@ async def chain(
                     drain_delay_s=0.0,
                     grace_s=1.0,
                     telemetry=opts,
-                    interceptors=echo_interceptors,
+                    rate_limit=echo_rate_limit,
                 ),
             )
             await srv.start()

@@ -22,7 +22,7 @@ from meshkit.observability import (
     TelemetryOptions,
     set_certificate_expiry,
 )
-from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+from meshkit.resilience import RateLimitOptions
 from tests.support.echo import add_echo, method
 
 
@@ -60,15 +60,13 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
     sides; histograms are cumulative with _count equal to the +Inf bucket; mesh internals
     appear."""
     opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
-    limiter = RateLimitInterceptor(
-        RateLimitOptions(rules={method("Sleep"): "2/minute"}, strategy="fixed-window")
-    )
+    limits = RateLimitOptions(rules={method("Sleep"): "2/minute"}, strategy="fixed-window")
     srv = meshkit.MeshServer(
         "echo",
         [add_echo("e1")],
         registry=registry,
         options=meshkit.ServeOptions(
-            insecure=True, drain_delay_s=0.0, grace_s=1.0, telemetry=opts, interceptors=(limiter,)
+            insecure=True, drain_delay_s=0.0, grace_s=1.0, telemetry=opts, rate_limit=limits
         ),
     )
     await srv.start()

@@ -280,13 +280,11 @@ async def test_peer_identity_and_rate_limit_become_attributes(
     both sides of that hop rate-limited (and is no server-side error)."""
     import dataclasses
 
-    from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+    from meshkit.resilience import RateLimitOptions
 
     opts = dataclasses.replace(telemetry, peer_identity=lambda: "spiffe://mesh/svc/front")
-    limiter = RateLimitInterceptor(
-        RateLimitOptions(rules={method("Unary"): "1/minute"}, strategy="fixed-window")
-    )
-    c = await chain(telemetry_opts=opts, echo_interceptors=(limiter,))
+    limits = RateLimitOptions(rules={method("Unary"): "1/minute"}, strategy="fixed-window")
+    c = await chain(telemetry_opts=opts, echo_rate_limit=limits)
     relay = c.client.unary_unary(f"/{FRONT}/Relay")
     await relay(b"1", timeout=5)
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -11,7 +11,7 @@ import pytest
 
 import meshkit
 from meshkit.discovery import LocalRegistry
-from meshkit.resilience import DeadlineInterceptor, current_deadline, deadline_scope
+from meshkit.resilience import DeadlineOptions, current_deadline, deadline_scope
 
 
 def service(name: str, behaviour: Any) -> tuple[Any, None]:
@@ -53,18 +53,17 @@ async def test_two_hop_deadline_never_runs_second_hop_past_it(registry: LocalReg
         seen["hop1_deadline"] = current_deadline() or 0.0
         return await hop2_channel.unary_unary("/hop2/Call")(request)  # no timeout given
 
-    icpt = (DeadlineInterceptor(),)
-    s1 = meshkit.MeshServer(
+    s1 = meshkit.MeshServer(  # deadline admission and propagation are on by default
         "hop1",
         [service("hop1", relay)],
         registry=registry,
-        options=meshkit.ServeOptions(insecure=True, interceptors=icpt, drain_delay_s=0),
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0),
     )
     s2 = meshkit.MeshServer(
         "hop2",
         [service("hop2", slow)],
         registry=registry,
-        options=meshkit.ServeOptions(insecure=True, interceptors=icpt, drain_delay_s=0),
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0),
     )
     await s1.start()
     await s2.start()
@@ -124,12 +123,12 @@ async def test_admission_rejects_calls_without_enough_time(registry: LocalRegist
         ran.append(request)
         return b"ok"
 
-    icpt = DeadlineInterceptor(min_remaining_s=0.5)
     srv = meshkit.MeshServer(
         "adm",
         [service("adm", handler)],
         registry=registry,
-        options=meshkit.ServeOptions(insecure=True, interceptors=(icpt,), drain_delay_s=0),
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                     deadline=DeadlineOptions(min_remaining_s=0.5)),
     )
     await srv.start()
     try:
@@ -142,7 +141,7 @@ async def test_admission_rejects_calls_without_enough_time(registry: LocalRegist
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             assert await call(b"long", timeout=2) == b"ok"
             assert await call(b"none") == b"ok"  # no deadline: nothing to check
-        assert ran == [b"long", b"none"] and icpt.rejected == 1
+        assert ran == [b"long", b"none"] and srv.stats().deadline_rejections == 1
     finally:
         await srv.drain()
 

@@ -217,17 +217,15 @@ async def test_slow_replica_gets_a_small_share_with_p2c_not_with_round_robin(
 async def test_client_honours_a_real_rate_limiters_retry_after(registry: LocalRegistry) -> None:
     """RESOURCE_EXHAUSTED from RateLimitInterceptor is retried after its retry-after, then
     succeeds, when the policy lists RESOURCE_EXHAUSTED as retryable."""
-    from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+    from meshkit.resilience import RateLimitOptions
     from tests.support.echo import add_echo
 
-    limiter = RateLimitInterceptor(
-        RateLimitOptions(rules={method("Unary"): "1/second"}, strategy="fixed-window")
-    )
+    limits = RateLimitOptions(rules={method("Unary"): "1/second"}, strategy="fixed-window")
     srv = meshkit.MeshServer(
         "echo",
         [add_echo("rl")],
         registry=registry,
-        options=meshkit.ServeOptions(insecure=True, interceptors=(limiter,), drain_delay_s=0),
+        options=meshkit.ServeOptions(insecure=True, rate_limit=limits, drain_delay_s=0),
     )
     await srv.start()
     try:
