@@ -40,7 +40,7 @@ import grpc
 import structlog
 from grpc.aio import AioRpcError, Metadata
 
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit.auth import TLSOptions, tls_from_dir
 from meshkit.discovery import (
     Balancer,
@@ -171,6 +171,7 @@ class DialOptions:
         for pattern, t in self.method_timeouts.items():
             if not (isinstance(t, int | float) and t > 0):
                 raise ConfigError(f"method_timeouts[{pattern!r}] must be > 0, got {t!r}")
+        MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
         if not self.deadline_margin_s >= 0:
             raise ConfigError(f"deadline_margin_s must be >= 0, got {self.deadline_margin_s!r}")
         if self.hash_key_metadata is not None and self.hash_key_metadata != \
@@ -290,8 +291,8 @@ class MeshChannel(grpc.aio.Channel):
             if options.outlier is not None else inner
         )
         self.retry = RetryInterceptor(options.retry) if options.retry is not None else None
-        self._timeouts: MethodTable[float | None] = MethodTable(options.method_timeouts,
-                                                                options.timeout_s)
+        self._timeouts: MethodMatcher[float | None] = MethodMatcher(
+            options.method_timeouts, options.timeout_s, where="method_timeouts")
         self._endpoints: dict[str, Endpoint] = {}
         self._history: dict[str, Endpoint] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -1018,7 +1019,7 @@ class _MultiCallable:
         self._channel = channel
         self._codec = codec
         opts = channel.options
-        self._timeout = channel._timeouts.get(codec.method)
+        self._timeout = channel._timeouts.lookup(codec.method)
         self._propagate = opts.propagate_deadline
         self._margin = opts.deadline_margin_s
         self._hash_key = opts.hash_key_metadata
