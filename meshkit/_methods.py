@@ -140,7 +140,8 @@ class MethodMatcher(Generic[_V]):
             patterns.append((p, value))
         patterns.sort(key=lambda pv: pv[0].key)
         self._patterns = tuple(patterns)
-        self._exact = {p.normal: (p.text, v) for p, v in patterns if not p.glob}
+        self._exact: dict[str, tuple[str | None, _V]] = {
+            p.normal: (p.text, v) for p, v in patterns if not p.glob}
         self._globs = tuple((p, v) for p, v in patterns if p.glob)
         self._default: tuple[str | None, _V] = (None, default)
         self._cache: dict[str, tuple[str | None, _V]] = {}
@@ -189,7 +190,8 @@ class MethodMatcher(Generic[_V]):
     def _resolve(self, method: str) -> tuple[str | None, _V]:
         service, _, name = method.lstrip("/").rpartition("/")
         short = service.rsplit(".", 1)[-1]
-        found = self._exact.get(f"{service}/{name}") or self._exact.get(f"{short}/{name}")
+        found: tuple[str | None, _V] | None = (
+            self._exact.get(f"{service}/{name}") or self._exact.get(f"{short}/{name}"))
         if found is None:
             found = self._default
             for p, v in self._globs:

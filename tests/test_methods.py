@@ -6,10 +6,24 @@ real in-process servers live next to each feature and in the second half of this
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+import meshkit
 from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher
+from meshkit.discovery import LocalRegistry
 from meshkit.errors import ConfigError
+from meshkit.observability import TelemetryOptions
+from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+from tests.conftest import EchoFactory
+from tests.support.echo import method as echo_method
+from tests.support.wait import until
 
 PLACE = "/ecom.v1.OrderService/PlaceOrder"
 GET_ORDER = "/ecom.v1.OrderService/GetOrder"
@@ -176,3 +190,110 @@ def test_cache_is_bounded_oldest_first() -> None:
     assert "/p.Svc/M0" not in m._cache
     assert f"/p.Svc/M{MAX_CACHED_METHODS + 9}" in m._cache
     assert m.lookup("/p.Svc/M0") == 1 and m.lookup("/q.Other/M0") == 0
+
+
+# -- every user, on real in-process servers -----------------------------------------------------
+# The echo service is /meshkit.test.Echo/<Method>; tests name it in every spelling.
+ECHO_SPELLINGS = ("/meshkit.test.Echo/{m}", "meshkit.test.Echo/{m}", "Echo/{m}", "Echo/{m}*",
+                  "*/{m}", "meshkit.*/{m}")
+
+
+def _opts(**kw: Any) -> meshkit.DialOptions:
+    kw.setdefault("outlier", None)
+    kw.setdefault("telemetry", None)
+    return meshkit.DialOptions(insecure=True, **kw)
+
+
+async def _fail_attempts(registry: LocalRegistry, served: list[str],
+                         methods: dict[str, RetryPolicy | None]) -> int:
+    """How many attempts one UNAVAILABLE call of Fail makes under ``methods``."""
+    served.clear()
+    options = _opts(retry=RetryOptions(default=None, methods=methods))
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ch.unary_unary(echo_method("Fail"))(b"UNAVAILABLE", timeout=5)
+    return len(served)
+
+
+RETRY = RetryPolicy(idempotent=True, max_attempts=3,
+                    backoff=Backoff(base_delay_s=0.001, max_delay_s=0.002))
+
+
+@pytest.mark.parametrize("spelling", ECHO_SPELLINGS)
+async def test_retry_methods_every_spelling(registry: LocalRegistry, echo_servers: EchoFactory,
+                                            spelling: str) -> None:
+    """RetryOptions.methods: each spelling of Fail gets the policy; another method's doesn't."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    assert await _fail_attempts(registry, served, {spelling.format(m="Fail"): RETRY}) == 3
+    assert await _fail_attempts(registry, served, {spelling.format(m="Unary"): RETRY}) == 1
+
+
+async def test_retry_methods_precedence(registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """Exact beats a glob; the longest glob beats a shorter one, whatever the order."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    full_glob, short_glob = "/meshkit.test.Echo/*", "*/Fail"  # 18 vs 5 literal characters
+    assert await _fail_attempts(registry, served, {short_glob: None, full_glob: RETRY}) == 3
+    assert await _fail_attempts(registry, served, {full_glob: None, short_glob: RETRY}) == 1
+    assert await _fail_attempts(registry, served, {"Echo/Fail": None, full_glob: RETRY}) == 1
+    assert await _fail_attempts(registry, served, {"Echo/Fail": RETRY, "*": None}) == 3
+
+
+async def _sleep_outcome(registry: LocalRegistry, timeouts: dict[str, float]) -> str:
+    """Call Sleep(600 ms) without a timeout under ``method_timeouts``; 'ok' or the code."""
+    options = _opts(retry=None, method_timeouts=timeouts)
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        try:
+            await ch.unary_unary(echo_method("Sleep"))(b"600")
+        except grpc.aio.AioRpcError as err:
+            return err.code().name
+    return "ok"
+
+
+@pytest.mark.parametrize("spelling", ECHO_SPELLINGS)
+async def test_method_timeouts_every_spelling(registry: LocalRegistry,
+                                              echo_servers: EchoFactory, spelling: str) -> None:
+    """method_timeouts: each spelling of Sleep sets its deadline; another method's doesn't."""
+    await echo_servers("e1")
+    assert await _sleep_outcome(registry, {spelling.format(m="Sleep"): 0.05}) == \
+        "DEADLINE_EXCEEDED"
+    assert await _sleep_outcome(registry, {spelling.format(m="Unary"): 0.05}) == "ok"
+
+
+async def test_method_timeouts_precedence(registry: LocalRegistry,
+                                          echo_servers: EchoFactory) -> None:
+    """Exact beats a glob; the longest glob beats a shorter one."""
+    await echo_servers("e1")
+    tight, loose = 0.05, 30.0
+    assert await _sleep_outcome(registry, {"*": tight, "*/Sleep": loose}) == "ok"
+    assert await _sleep_outcome(registry, {"*/Sleep": loose, "/meshkit.test.Echo/*": tight}) \
+        == "DEADLINE_EXCEEDED"
+    assert await _sleep_outcome(registry, {"Echo/Sleep": loose, "/meshkit.test.Echo/*": tight}) \
+        == "ok"
+    with pytest.raises(ConfigError, match="'Sleep'"):
+        meshkit.DialOptions(insecure=True, method_timeouts={"Sleep": 1.0})
+
+
+@pytest.mark.parametrize("spelling", ECHO_SPELLINGS)
+async def test_quiet_methods_every_spelling(registry: LocalRegistry, echo_servers: EchoFactory,
+                                            spelling: str) -> None:
+    """quiet_methods: each spelling silences Unary's spans on both sides, not ServerStream's."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    quiet = (spelling.format(m="Unary"),)
+    telemetry = TelemetryOptions(tracer_provider=provider, registry=CollectorRegistry(),
+                                 quiet_methods=quiet)
+    await echo_servers("e1", telemetry=telemetry)
+    async with meshkit.dial("echo", registry=registry,
+                            options=_opts(telemetry=telemetry)) as ch:
+        assert await ch.unary_unary(echo_method("Unary"))(b"x", timeout=5)
+        assert [m async for m in ch.unary_stream(echo_method("ServerStream"))(b"1", timeout=5)]
+    await until(lambda: len(exporter.get_finished_spans()) >= 2, timeout_s=5)
+    names = [s.name for s in exporter.get_finished_spans()]
+    provider.shutdown()
+    assert not [n for n in names if n.endswith("Unary")], names
+    assert len([n for n in names if n.endswith("ServerStream")]) >= 2, names
+    with pytest.raises(ConfigError, match="'Unary'"):
+        TelemetryOptions(quiet_methods=("Unary",))
