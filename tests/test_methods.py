@@ -297,3 +297,30 @@ async def test_quiet_methods_every_spelling(registry: LocalRegistry, echo_server
     assert len([n for n in names if n.endswith("ServerStream")]) >= 2, names
     with pytest.raises(ConfigError, match="'Unary'"):
         TelemetryOptions(quiet_methods=("Unary",))
+
+
+# -- the ecom example: one spelling, every key a real method ------------------------------------
+def test_ecom_example_spells_every_method_pattern_in_full() -> None:
+    """mesh.py and security.py use /ecom.v1.<Service>/<Method>, each naming a method of the
+    protos (or a whole service with /*), so a typo cannot silently match nothing."""
+    from examples.ecom import mesh, security
+    from examples.ecom.proto import order_pb2, user_pb2
+
+    known = {f"/{s.full_name}/{m.name}" for f in (order_pb2, user_pb2)
+             for s in f.DESCRIPTOR.services_by_name.values() for m in s.methods}
+    services = {m.rpartition("/")[0] for m in known}
+    infra = ("/grpc.health.v1.", "/grpc.reflection.")
+    patterns: list[str] = []
+    for dial in (mesh.USERS, mesh.ORDERS):
+        assert dial.retry is not None
+        patterns += [*dial.retry.methods, *dial.method_timeouts]
+    for jwt_opts in (security.USERD_JWT, security.ORDERD_JWT):
+        patterns += [*jwt_opts.public_methods, *jwt_opts.method_scopes]
+    for policy in (security.userd_policy(), security.orderd_policy()):
+        patterns += list(policy.rules)
+    patterns += list(security.RATE_LIMITS)
+    assert len(patterns) > 15
+    for p in patterns:
+        if p.startswith(infra):
+            continue
+        assert p in known or (p.endswith("/*") and p[:-2] in services), p

@@ -331,7 +331,7 @@ def test_bad_method_patterns_refused_quoted(bad: str) -> None:
     """A key that is not a method pattern fails at construction, quoting it."""
     for opts in ({"public_methods": (bad,)}, {"method_scopes": {bad: ("x",)}}):
         with pytest.raises(ConfigError) as info:
-            JWTAuthOptions(**opts)  # type: ignore[arg-type]
+            JWTAuthOptions(**opts)
         assert repr(bad) in str(info.value)
 
 
