@@ -1,16 +1,66 @@
-"""Per-method lookup tables: glob patterns on gRPC method names, resolved once per method."""
+"""Method patterns: the one way meshkit maps gRPC method names to per-method settings.
+
+Every per-method setting uses :class:`MethodMatcher`: retry policies
+(``RetryOptions.methods``), deadlines (``DialOptions.method_timeouts``), telemetry
+(``ObservabilityOptions.quiet_methods``), rate limits (``RateLimitOptions.rules``), JWT
+(``JWTAuthOptions.public_methods``/``method_scopes``) and authorization
+(``AuthzPolicy.rules``).
+
+**Spellings.** A pattern names a service and a method, ``<service>/<method>``:
+
+* full: ``"/ecom.v1.OrderService/PlaceOrder"`` (what gRPC reports), or the same without
+  the leading slash, ``"ecom.v1.OrderService/PlaceOrder"``;
+* short (package left out): ``"OrderService/PlaceOrder"``;
+* globs (:mod:`fnmatch` wildcards ``*``, ``?``, ``[...]``, case-sensitive, never crossing
+  the ``/``): ``"OrderService/*"``, ``"/ecom.v1.OrderService/*"``, ``"*/Get*"``,
+  ``"ecom.*/*"``; ``"*"`` alone means every method (the same as ``"*/*"``).
+
+The service part is compared with the method's full service name (``ecom.v1.OrderService``)
+and with its package-less name (``OrderService``); it matches if either does. The method
+part is compared with the method name.
+
+**Precedence** (one rule for every user; the first step that decides wins):
+
+1. an exact pattern (no wildcard) beats any glob; of two exact patterns matching one method
+   (``"/ecom.v1.OrderService/PlaceOrder"`` and ``"OrderService/PlaceOrder"``) the full one
+   wins, being the longer (rule 2);
+2. the *longest* pattern wins: the one with the most literal characters, i.e. characters
+   that are not wildcards (``*``, ``?`` and a whole ``[...]`` set count 0; the leading ``/``
+   is not counted, the ``/`` between service and method is). So ``"OrderService/*"`` (13)
+   beats ``"*/Get*"`` (4), and ``"/ecom.v1.OrderService/*"`` (21) beats
+   ``"OrderService/Get*"`` (16): mix spellings with care;
+3. then the one with fewer ``*``;
+4. then the pattern whose normalized spelling (leading ``/`` removed) sorts first by code
+   point. Mapping order never matters, so the answer is deterministic.
+
+Methods no pattern matches get the matcher's default. Two spellings of the same pattern
+(``"/a.B/C"`` and ``"a.B/C"``, ``"*"`` and ``"*/*"``) in one mapping are a
+:class:`~meshkit.errors.ConfigError`.
+
+**Cost.** A method's answer is resolved on its first call and cached (at most
+:data:`MAX_CACHED_METHODS` names, the oldest forgotten first, since a generic handler
+may see any method name), so a call pays one dict lookup.
+"""
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Mapping
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from fnmatch import translate
 from typing import Generic, TypeVar
 
 from meshkit.errors import ConfigError
 
-__all__ = ["MethodTable", "short_name"]
+__all__ = ["MAX_CACHED_METHODS", "MethodMatcher", "short_name"]
 
 _V = TypeVar("_V")
+
+MAX_CACHED_METHODS = 4096
+"""Bound on a :class:`MethodMatcher`'s per-method cache (oldest entries evicted first)."""
+
+_GLOB_CHARS = frozenset("*?[")
+_SET_RE = re.compile(r"\[!?\]?[^\]]*\]")
 
 
 def short_name(method: str) -> str:
@@ -19,45 +69,139 @@ def short_name(method: str) -> str:
     return f"{service.rsplit('.', 1)[-1]}/{name}"
 
 
-class MethodTable(Generic[_V]):
-    """Maps gRPC method names to values by pattern, caching the answer per method.
+def _literal_count(part: str) -> int:
+    """Characters of ``part`` that are not wildcards (a ``[...]`` set counts 0)."""
+    return len(_SET_RE.sub("", part).replace("*", "").replace("?", ""))
 
-    Patterns (``fnmatch`` globs) match either the full method (``/ecom.v1.OrderService/
-    PlaceOrder``), the same without the leading slash, or the short form
-    (``OrderService/PlaceOrder``); e.g. ``"OrderService/*"`` or ``"*/Get*"``. The most
-    specific pattern wins: an exact name over a glob, then the longest pattern.
+
+class _Pattern:
+    """One validated pattern, split and compiled."""
+
+    __slots__ = ("glob", "key", "method", "normal", "service", "text")
+
+    def __init__(self, text: str, where: str) -> None:
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: a method pattern must be a string, got {text!r}")
+        if not text or text != text.strip() or any(c.isspace() for c in text):
+            raise ConfigError(
+                f"{where}: method pattern {text!r} is empty or contains whitespace")
+        normal = "*/*" if text == "*" else text[1:] if text.startswith("/") else text
+        service, sep, method = normal.partition("/")
+        if not sep or not service or not method or "/" in method:
+            raise ConfigError(
+                f"{where}: method pattern {text!r} must be '<service>/<method>' "
+                f"('/pkg.Service/Method', 'pkg.Service/Method', 'Service/Method', globs "
+                f"like 'Service/*' or '*/Get*') or '*'")
+        self.text = text
+        self.normal = normal
+        self.glob = bool(_GLOB_CHARS.intersection(normal))
+        lit = _literal_count(service) + 1 + _literal_count(method)
+        # Sort key implementing the module's precedence: smaller is more specific.
+        self.key = (self.glob, -lit, normal.count("*"), normal)
+        self.service: Callable[[str], object] = re.compile(translate(service)).match
+        self.method: Callable[[str], object] = re.compile(translate(method)).match
+
+    def matches(self, service: str, short: str, name: str) -> bool:
+        return bool(self.method(name)) and bool(self.service(service) or self.service(short))
+
+
+class MethodMatcher(Generic[_V]):
+    """Maps gRPC method names to values by method pattern (see the module docstring for
+    the spellings and the precedence: exact > longest glob > default).
 
     Args:
-        entries: ``{pattern: value}``.
-        default: value for methods no pattern matches.
+        entries: ``{pattern: value}``, e.g. ``{"OrderService/*": 5.0,
+            "/ecom.v1.OrderService/PlaceOrder": 2.0}``; a sequence of patterns is accepted
+            as ``{pattern: True}`` by :meth:`of`.
+        default: the value of methods no pattern matches.
+        where: what the patterns configure, for error messages (default
+            ``"method patterns"``), e.g. ``"RetryOptions.methods"``.
 
     Raises:
-        ConfigError: an empty pattern.
+        ConfigError: a pattern that is not a string, empty or with whitespace, without a
+            ``/`` (other than ``"*"``), with more than one ``/`` after the leading one, or
+            a second spelling of another pattern; the bad pattern is quoted.
     """
 
-    __slots__ = ("_cache", "_default", "_patterns")
+    __slots__ = ("_cache", "_default", "_exact", "_globs", "_patterns")
 
-    def __init__(self, entries: Mapping[str, _V], default: _V) -> None:
-        for pattern in entries:
-            if not pattern or not isinstance(pattern, str):
-                raise ConfigError(f"method pattern must be a non-empty string, got {pattern!r}")
-        self._patterns = sorted(entries.items(),
-                                key=lambda kv: (any(c in kv[0] for c in "*?["), -len(kv[0])))
-        self._default = default
-        self._cache: dict[str, _V] = {}
+    def __init__(self, entries: Mapping[str, _V], default: _V, *,
+                 where: str = "method patterns") -> None:
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{where} must be a mapping of method patterns, got {entries!r}")
+        seen: dict[str, str] = {}
+        patterns: list[tuple[_Pattern, _V]] = []
+        for text, value in entries.items():
+            p = _Pattern(text, where)
+            if p.normal in seen:
+                raise ConfigError(f"{where}: method patterns {seen[p.normal]!r} and {text!r} "
+                                  f"are the same pattern")
+            seen[p.normal] = text
+            patterns.append((p, value))
+        patterns.sort(key=lambda pv: pv[0].key)
+        self._patterns = tuple(patterns)
+        self._exact: dict[str, tuple[str | None, _V]] = {
+            p.normal: (p.text, v) for p, v in patterns if not p.glob}
+        self._globs = tuple((p, v) for p, v in patterns if p.glob)
+        self._default: tuple[str | None, _V] = (None, default)
+        self._cache: dict[str, tuple[str | None, _V]] = {}
 
-    def get(self, method: str) -> _V:
-        """The value for ``method`` (computed on first use, then a dict lookup)."""
+    @classmethod
+    def of(cls, patterns: Iterable[str], *,
+           where: str = "method patterns") -> MethodMatcher[bool]:
+        """A matcher answering ``True`` for methods any of ``patterns`` matches, else
+        ``False`` (for sets of methods, e.g. ``quiet_methods``, ``public_methods``).
+
+        Raises:
+            ConfigError: ``patterns`` is a string rather than a sequence, or a bad
+                pattern (as the constructor).
+        """
+        if isinstance(patterns, str):
+            raise ConfigError(f"{where} must be a tuple of method patterns, got the string "
+                              f"{patterns!r}")
+        return MethodMatcher(dict.fromkeys(patterns, True), False, where=where)
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The patterns as given, most specific first (the order they are tried in)."""
+        return tuple(p.text for p, _ in self._patterns)
+
+    def values(self) -> tuple[_V, ...]:
+        """Every value a method can get: the patterns' (most specific first), then the
+        default."""
+        return (*(v for _, v in self._patterns), self._default[1])
+
+    def lookup(self, method: str) -> _V:
+        """The value for full method name ``method`` (``"/pkg.Svc/Method"``): one dict
+        lookup once the method has been seen."""
+        try:
+            return self._cache[method][1]
+        except KeyError:
+            return self._resolve(method)[1]
+
+    def match(self, method: str) -> tuple[str | None, _V]:
+        """``(pattern as written, value)`` for ``method``; ``(None, default)`` when no
+        pattern matches. Cached like :meth:`lookup`."""
         try:
             return self._cache[method]
         except KeyError:
-            pass
-        forms = (method, method.lstrip("/"), short_name(method))
-        value = self._default
-        for pattern, v in self._patterns:
-            if any(fnmatch.fnmatchcase(f, pattern) for f in forms):
-                value = v
-                break
-        if len(self._cache) < 10_000:
-            self._cache[method] = value
-        return value
+            return self._resolve(method)
+
+    def _resolve(self, method: str) -> tuple[str | None, _V]:
+        service, _, name = method.lstrip("/").rpartition("/")
+        short = service.rsplit(".", 1)[-1]
+        found: tuple[str | None, _V] | None = (
+            self._exact.get(f"{service}/{name}") or self._exact.get(f"{short}/{name}"))
+        if found is None:
+            found = self._default
+            for p, v in self._globs:
+                if p.matches(service, short, name):
+                    found = (p.text, v)
+                    break
+        cache = self._cache
+        if len(cache) >= MAX_CACHED_METHODS:
+            # FIFO eviction; suppress the errors of a race with another thread.
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del cache[next(iter(cache))]
+        cache[method] = found
+        return found

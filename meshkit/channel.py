@@ -41,7 +41,7 @@ import structlog
 from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit._pool import EndpointPool
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
@@ -165,6 +165,7 @@ class DialOptions:
         for pattern, t in self.method_timeouts.items():
             if not (isinstance(t, int | float) and t > 0):
                 raise ConfigError(f"method_timeouts[{pattern!r}] must be > 0, got {t!r}")
+        MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
         if not self.deadline_margin_s >= 0:
             raise ConfigError(f"deadline_margin_s must be >= 0, got {self.deadline_margin_s!r}")
         if self.hash_key_metadata is not None and self.hash_key_metadata != \
@@ -292,8 +293,8 @@ class MeshChannel(grpc.aio.Channel):
             if options.outlier is not None else inner
         )
         self.retry = RetryInterceptor(options.retry) if options.retry is not None else None
-        self._timeouts: MethodTable[float | None] = MethodTable(options.method_timeouts,
-                                                                options.timeout_s)
+        self._timeouts: MethodMatcher[float | None] = MethodMatcher(
+            options.method_timeouts, options.timeout_s, where="method_timeouts")
         self._reloader = options.tls.channel_reloader() if options.tls is not None else None
         self._tls_options = options.tls.channel_options(service) if options.tls else ()
         telemetry = options.telemetry
@@ -424,7 +425,7 @@ class MeshChannel(grpc.aio.Channel):
         return call
 
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
-        return _MethodPlan(method, kind, ser, deser, self._timeouts.get(method))
+        return _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method))
 
 # -- grpc.aio.Channel ---------------------------------------------------------------
     def unary_unary(

@@ -12,6 +12,9 @@
   PlaceOrder, ``orders:read`` for reads; the token's subject must be the user the request
   is about (checked in :mod:`examples.ecom.order_service`). The order service forwards the
   caller's token on its GetUser call, so the user service sees both identities.
+
+Methods are spelled as gRPC names them, ``/ecom.v1.<Service>/<Method>``, here and in
+:mod:`examples.ecom.mesh`.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ SCOPES = ("orders:read", "orders:write")
 EDGE = "edge"
 """The demo client's workload name."""
 
-_U = "/ecom.v1.UserService"
-_O = "/ecom.v1.OrderService"
 _INFRA = ("/grpc.health.v1.Health/*", "/grpc.reflection.v1alpha.ServerReflection/*")
 
 
@@ -42,16 +43,17 @@ def userd_policy(*, insecure: bool = False) -> AuthzPolicy:
     exactly what running without mTLS gives away."""
     any_peer = Rule(allow_peers=("*",), allow_anonymous=insecure)
     return AuthzPolicy(rules={
-        f"{_U}/GetUser": Rule(allow_peers=(workload_id(TRUST_DOMAIN, "orderd"),),
-                              allow_anonymous=insecure),
-        f"{_U}/CreateUser": any_peer,
-        f"{_U}/Authenticate": any_peer,
+        "/ecom.v1.UserService/GetUser": Rule(
+            allow_peers=(workload_id(TRUST_DOMAIN, "orderd"),), allow_anonymous=insecure),
+        "/ecom.v1.UserService/CreateUser": any_peer,
+        "/ecom.v1.UserService/Authenticate": any_peer,
         **{m: any_peer for m in _INFRA},
     })
 
 
 USERD_JWT = JWTAuthOptions(
-    public_methods=(f"{_U}/CreateUser", f"{_U}/Authenticate", f"{_U}/GetUser", *_INFRA),
+    public_methods=("/ecom.v1.UserService/CreateUser", "/ecom.v1.UserService/Authenticate",
+                    "/ecom.v1.UserService/GetUser", *_INFRA),
 )
 
 
@@ -59,16 +61,18 @@ def orderd_policy(*, insecure: bool = False) -> AuthzPolicy:
     """OrderService policy: any caller with a verified token (scopes checked by
     :data:`ORDERD_JWT`); health and reflection for any peer (anyone when ``insecure``)."""
     return AuthzPolicy(rules={
-        f"{_O}/*": Rule(allow_subjects=("*",)),
+        "/ecom.v1.OrderService/*": Rule(allow_subjects=("*",)),
         **{m: Rule(allow_peers=("*",), allow_anonymous=insecure) for m in _INFRA},
     })
 
 
 ORDERD_JWT = JWTAuthOptions(
     public_methods=_INFRA,
-    method_scopes={f"{_O}/PlaceOrder": ("orders:write",), f"{_O}/*": ("orders:read",)},
+    method_scopes={"/ecom.v1.OrderService/PlaceOrder": ("orders:write",),
+                   "/ecom.v1.OrderService/*": ("orders:read",)},
 )
 
 
-RATE_LIMITS = {f"{_O}/ListOrders": "20/second", f"{_O}/PlaceOrder": "100/second"}
+RATE_LIMITS = {"/ecom.v1.OrderService/ListOrders": "20/second",
+               "/ecom.v1.OrderService/PlaceOrder": "100/second"}
 """Per-caller limits of the order service (keyed by token subject, then SPIFFE ID)."""

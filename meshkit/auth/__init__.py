@@ -30,7 +30,10 @@ clients (within the CA's name constraints, which BoringSSL enforces). Only the C
 can make one and ``meshkit certs`` never does: keep the CA key offline.
 
 Patterns (``allowed_peers``, :class:`Rule`): ``*`` matches any run of characters except
-``/``; ``"*"`` alone matches every verified identity.
+``/``; ``"*"`` alone matches every verified identity. Methods (``JWTAuthOptions.
+public_methods``/``method_scopes``, :class:`AuthzPolicy` keys) are method patterns
+(:mod:`meshkit._methods`): ``"/ecom.v1.UserService/GetUser"``, ``"UserService/GetUser"``,
+``"UserService/*"``, ``"*"``; exact beats the longest glob, which beats the default.
 
 **Tokens.** :class:`TokenIssuer` mints ES256/EdDSA access tokens (RFC 9068 shape: ``iss sub
 aud exp iat nbf jti scope``, ``kid`` header) from a :class:`KeySet`; :class:`JWKSServer`

@@ -3,7 +3,8 @@
 In the spirit of Istio's AuthorizationPolicy and Linkerd's MeshTLSAuthentication: a
 :class:`Rule` names the peers (mTLS SPIFFE IDs) and token subjects (JWT ``sub``) that
 are allowed or denied, with ``*`` wildcards; an :class:`AuthzPolicy` picks the rule for a
-method — the exact method, else the service-level rule, else ``default`` (which denies
+method by method pattern (:mod:`meshkit._methods`) — an exact pattern, else the longest
+glob (a service-level ``/pkg.Svc/*`` among them), else ``default`` (which denies
 everything unless configured) — and :meth:`AuthzPolicy.evaluate` returns a
 :class:`Decision`. No I/O, no grpc.aio: :class:`~meshkit.auth.AuthzInterceptor` binds it.
 """
@@ -16,6 +17,7 @@ from types import MappingProxyType
 
 import grpc
 
+from meshkit._methods import MethodMatcher
 from meshkit.auth._identity import IdentityMatcher
 from meshkit.auth._jwt_types import Claims
 from meshkit.errors import ConfigError
@@ -73,7 +75,8 @@ class Decision:
     Attributes:
         allowed: whether the call may proceed.
         code: ``OK``, ``PERMISSION_DENIED`` or ``UNAUTHENTICATED``.
-        rule: which rule applied: the method, ``"/<service>/*"`` or ``"default"``.
+        rule: which rule applied: its key in :attr:`AuthzPolicy.rules` as written (e.g.
+            ``"/ecom.v1.UserService/GetUser"``, ``"OrderService/*"``) or ``"default"``.
         reason: why, for logs only (never sent to the caller).
     """
 
@@ -83,26 +86,26 @@ class Decision:
     reason: str
 
 
-def _check_key(key: str) -> None:
-    parts = key.split("/")
-    if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
-        raise ConfigError(
-            f"policy keys must be '/<package.Service>/<Method>' or '/<package.Service>/*', "
-            f"got {key!r}"
-        )
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthzPolicy:
-    """Per-method authorization: method overrides, service-level rules, a default.
+    """Per-method authorization: rules by method pattern, and a default.
+
+    Keys are method patterns (:mod:`meshkit._methods`): full
+    ``"/ecom.v1.UserService/GetUser"``, slash-less, short ``"UserService/GetUser"``, or
+    globs ``"/ecom.v1.UserService/*"``, ``"*/Get*"``, ``"*"``. The rule of a method is
+    MethodMatcher's: an exact pattern, else the longest glob (most literal characters;
+    ties: fewer ``*``, then code-point order), else ``default``. The usual "exact method
+    over its service key ``/pkg.Svc/*`` over the default" is the special case of that
+    rule. Resolved once per method and cached (one dict lookup a call).
 
     Args:
-        rules: ``{"/ecom.v1.UserService/GetUser": Rule(...), "/ecom.v1.UserService/*":
-            Rule(...)}``; an exact method key wins over its service's ``/*`` key.
-        default: the rule for methods no key names (default ``Rule()``: deny all).
+        rules: ``{method pattern: Rule}``, e.g. ``{"/ecom.v1.UserService/GetUser":
+            Rule(...), "/ecom.v1.UserService/*": Rule(...)}``.
+        default: the rule for methods no key matches (default ``Rule()``: deny all).
 
     Raises:
-        ConfigError: a key is not ``/<service>/<method>`` or ``/<service>/*``.
+        ConfigError: a key that is not a method pattern (quoted), two spellings of one
+            pattern, or a value that is not a :class:`Rule`.
 
     Example::
 
@@ -115,24 +118,24 @@ class AuthzPolicy:
 
     rules: Mapping[str, Rule] = field(default_factory=dict)
     default: Rule = field(default_factory=Rule)
+    _matcher: MethodMatcher[Rule] = field(init=False, repr=False, compare=False,
+                                          default_factory=lambda: MethodMatcher({}, Rule()))
 
     def __post_init__(self) -> None:
+        matcher = MethodMatcher(self.rules, self.default, where="AuthzPolicy.rules")
         for key, rule in self.rules.items():
-            _check_key(key)
             if not isinstance(rule, Rule):
                 raise ConfigError(f"rule for {key!r} must be a Rule, got {rule!r}")
+        if not isinstance(self.default, Rule):
+            raise ConfigError(f"default must be a Rule, got {self.default!r}")
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+        object.__setattr__(self, "_matcher", matcher)
 
     def rule_for(self, method: str) -> tuple[str, Rule]:
-        """The ``(key, rule)`` that applies to ``method`` (``"/pkg.Svc/Method"``)."""
-        rule = self.rules.get(method)
-        if rule is not None:
-            return method, rule
-        service_key = method[: method.rfind("/") + 1] + "*"
-        rule = self.rules.get(service_key)
-        if rule is not None:
-            return service_key, rule
-        return "default", self.default
+        """The ``(key, rule)`` that applies to full method name ``method``
+        (``"/pkg.Svc/Method"``): the key as written, or ``"default"``."""
+        key, rule = self._matcher.match(method)
+        return ("default" if key is None else key), rule
 
     def evaluate(self, method: str, peer_id: str | None, claims: Claims | None) -> Decision:
         """Decide whether a caller may call ``method``.

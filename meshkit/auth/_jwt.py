@@ -33,6 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from meshkit._methods import MethodMatcher
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
 from meshkit.auth._jwt_types import Claims
 from meshkit.errors import ConfigError
@@ -699,40 +700,48 @@ class JWTAuthOptions:
     """Which methods need a token and which scopes, for
     :class:`~meshkit.auth.JWTAuthInterceptor`.
 
+    Methods are named by method patterns (:mod:`meshkit._methods`): full
+    ``"/ecom.v1.OrderService/PlaceOrder"``, slash-less ``"ecom.v1.OrderService/PlaceOrder"``,
+    short ``"OrderService/PlaceOrder"``, or globs such as ``"/ecom.v1.OrderService/*"``,
+    ``"*/Get*"`` and ``"*"``. Precedence is MethodMatcher's: an exact pattern wins, then the
+    longest glob (most literal characters; ties: fewer ``*``, then code-point order), then
+    the default. "Exact method over its service key ``/pkg.Svc/*`` over the default" is the
+    special case of that rule. Both answers are cached per method (one dict lookup a call).
+
     Args:
-        public_methods: methods callable without a token: ``"/pkg.Svc/Method"`` or
-            ``"/pkg.Svc/*"`` (default none). A token that *is* sent to a public method is
-            still verified (invalid → ``UNAUTHENTICATED``) so handlers can see its claims.
-        method_scopes: scopes a token must all carry, by method or ``"/pkg.Svc/*"``, e.g.
-            ``{"/ecom.v1.OrderService/PlaceOrder": ("orders:write",)}``; an exact method
-            wins over its service key, which wins over ``default_scopes``.
-        default_scopes: scopes for methods ``method_scopes`` does not name (default none).
+        public_methods: patterns of methods callable without a token (default none). A
+            token that *is* sent to a public method is still verified (invalid →
+            ``UNAUTHENTICATED``) so handlers can see its claims.
+        method_scopes: ``{method pattern: scopes}``, the scopes a token must all carry,
+            e.g. ``{"/ecom.v1.OrderService/PlaceOrder": ("orders:write",),
+            "/ecom.v1.OrderService/*": ("orders:read",)}``.
+        default_scopes: scopes for methods no ``method_scopes`` pattern matches (default
+            none).
         metadata_key: the metadata key carrying ``Bearer <token>`` (default
             ``"authorization"``, RFC 6750 §2.1).
 
     Raises:
-        ConfigError: a key not shaped ``/service/method`` or ``/service/*``, a scope
-            containing a space, or a bad metadata key (quoted).
+        ConfigError: a bad method pattern (see :class:`~meshkit._methods.MethodMatcher`),
+            ``public_methods`` given as one string, a scope containing a space, or a bad
+            metadata key (quoted).
     """
 
     public_methods: tuple[str, ...] = ()
     method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     default_scopes: tuple[str, ...] = ()
     metadata_key: str = "authorization"
-    _public: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
-    _scopes: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False,
-                                                  default_factory=dict)
+    _public: MethodMatcher[bool] = field(init=False, repr=False, compare=False,
+                                         default_factory=lambda: MethodMatcher({}, False))
+    _scopes: MethodMatcher[frozenset[str]] = field(
+        init=False, repr=False, compare=False,
+        default_factory=lambda: MethodMatcher({}, frozenset()))
 
     def __post_init__(self) -> None:
         if isinstance(self.public_methods, str):
             raise ConfigError(f"public_methods must be a tuple, got {self.public_methods!r}")
         object.__setattr__(self, "public_methods", tuple(self.public_methods))
         object.__setattr__(self, "default_scopes", tuple(self.default_scopes))
-        for m in (*self.public_methods, *self.method_scopes):
-            parts = m.split("/")
-            if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
-                raise ConfigError(f"methods must be '/<package.Service>/<Method>' or "
-                                  f"'/<package.Service>/*', got {m!r}")
+        public = MethodMatcher.of(self.public_methods, where="public_methods")
         for scopes in (*self.method_scopes.values(), self.default_scopes):
             if isinstance(scopes, str):
                 raise ConfigError(f"scopes must be a tuple, got the string {scopes!r}")
@@ -742,21 +751,18 @@ class JWTAuthOptions:
         key = self.metadata_key
         if not key or key != key.lower() or key.endswith("-bin") or key.startswith(":"):
             raise ConfigError(f"metadata_key must be a lowercase ASCII key, got {key!r}")
-        object.__setattr__(self, "_public", frozenset(self.public_methods))
-        object.__setattr__(self, "_scopes", MappingProxyType(
-            {m: frozenset(s) for m, s in self.method_scopes.items()}))
+        object.__setattr__(self, "_public", public)
+        object.__setattr__(self, "_scopes", MethodMatcher(
+            {m: frozenset(s) for m, s in self.method_scopes.items()},
+            frozenset(self.default_scopes), where="method_scopes"))
 
     def is_public(self, method: str) -> bool:
-        """Whether ``method`` may be called without a token."""
-        pub = self._public
-        return method in pub or (method[: method.rfind("/") + 1] + "*") in pub
+        """Whether full method name ``method`` may be called without a token."""
+        return self._public.lookup(method)
 
     def required_scopes(self, method: str) -> frozenset[str]:
-        """The scopes a token calling ``method`` must carry."""
-        s = self._scopes.get(method)
-        if s is None:
-            s = self._scopes.get(method[: method.rfind("/") + 1] + "*")
-        return s if s is not None else frozenset(self.default_scopes)
+        """The scopes a token calling full method name ``method`` must carry."""
+        return self._scopes.lookup(method)
 
 
 def extract_bearer(

@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._context import _claims, _peer, _token
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
@@ -59,7 +60,8 @@ class PeerIdentityInterceptor(WrappingInterceptor):
         trust_domain: the mesh trust domain, e.g. ``"meshkit.local"``.
         allowed_peers: SPIFFE ID patterns (``*`` wildcards) that may connect; empty
             (default) allows every workload of ``trust_domain``.
-        exempt_methods: full method names exempt from the check, e.g. health checks from a
+        exempt_methods: method patterns (:class:`~meshkit._methods.MethodMatcher`) exempt
+            from the check, e.g. ``("grpc.health.v1.Health/*",)`` for health checks from a
             plaintext prober (default none).
         verifier: the :class:`~meshkit.auth.PeerVerifier` that checks the peer's
             certificate and yields its workload identity (:meth:`TLSOptions.peer_interceptor`
@@ -78,7 +80,7 @@ class PeerIdentityInterceptor(WrappingInterceptor):
         super().__init__()
         self.trust_domain = trust_domain
         self._allowed = IdentityMatcher(allowed_peers) if allowed_peers else None
-        self._exempt = frozenset(exempt_methods)
+        self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
         self.verifier = verifier if verifier is not None else default_peer_verifier()
 
     def identify(self, context: Any) -> PeerIdentity | None:
@@ -87,7 +89,7 @@ class PeerIdentityInterceptor(WrappingInterceptor):
 
     def _before_for(self, method: str) -> Before | None:
         """The peer check for ``method`` (see the class docstring)."""
-        if method in self._exempt:
+        if self._exempt.lookup(method):
             return None
 
         async def before(context: Any) -> None:

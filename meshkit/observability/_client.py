@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit.interceptors import (
     CallKind,
     ClientCallDetails,
@@ -109,8 +109,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._tracer = trace.get_tracer("meshkit.observability",
                                         tracer_provider=opts.tracer_provider)
         self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
-        self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
-                                                     False)
+        self._quiet = MethodMatcher.of(opts.quiet_methods, where="quiet_methods")
         self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
@@ -123,7 +122,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if m is None:
             names = MethodNames(details.method, _TYPES[details.kind])
             bound = self._metrics.bind_client(names) if self._metrics is not None else None
-            m = _Method(names, bound, self.options.tracing and not self._quiet.get(
+            m = _Method(names, bound, self.options.tracing and not self._quiet.lookup(
                 details.method))
             m.attrs[SERVER_ADDRESS] = details.service
             if len(self._methods) < 10_000:
@@ -219,7 +218,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
         if span is None and not (self.options.access_log
-                                 and not self._quiet.get(details.method)):
+                                 and not self._quiet.lookup(details.method)):
             return
         if defer:
             try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import is_sensitive_key
 
@@ -53,7 +53,7 @@ class TelemetryOptions:
             installed after the interceptor is built.
         registry: Prometheus registry; ``None`` (default) is the process's meshkit
             registry (:func:`~meshkit.observability.default_registry`).
-        quiet_methods: method patterns (``MethodTable`` globs) that get no span and no
+        quiet_methods: method patterns (see :mod:`meshkit._methods`) that get no span and no
             access log, only metrics (default: health checks and reflection).
         log_metadata: request metadata keys whose values the access log includes, as
             ``md`` (default none). Credential-like keys (``authorization``, ``*token*``,
@@ -100,7 +100,7 @@ class TelemetryOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))
         object.__setattr__(self, "log_metadata", tuple(self.log_metadata))
-        MethodTable(dict.fromkeys(self.quiet_methods, True), False)
+        MethodMatcher.of(self.quiet_methods, where="quiet_methods")  # validates now
         limit = self.complete_after_response_max_in_flight
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"complete_after_response_max_in_flight must be an int >= 0, "

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._handlers import other_responses
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import access_logger
 from meshkit.observability._metrics import BoundServer, rpc_metrics
@@ -121,8 +121,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         self._tracer = trace.get_tracer("meshkit.observability",
                                         tracer_provider=opts.tracer_provider)
         self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
-        self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
-                                                     False)
+        self._quiet = MethodMatcher.of(opts.quiet_methods, where="quiet_methods")
         self._identity = opts.peer_identity or auth_peer_identity()
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
@@ -259,7 +258,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any],
               method: str) -> grpc.RpcMethodHandler[Any, Any]:
         opts = self.options
-        quiet = self._quiet.get(method)
+        quiet = self._quiet.lookup(method)
         names = MethodNames(method, grpc_type(handler.request_streaming,
                                               handler.response_streaming))
         bound = self._metrics.bind_server(names) if self._metrics is not None else None

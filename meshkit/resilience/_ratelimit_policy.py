@@ -7,9 +7,7 @@ server or a storage; :mod:`meshkit.resilience.ratelimit` binds it to ``grpc.aio`
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -29,6 +27,7 @@ from limits.aio.storage import (
 from limits.aio.storage import Storage as AsyncStorage
 from limits.util import parse_many
 
+from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
@@ -41,11 +40,6 @@ _ASYNC_SCHEMES: dict[str, type[AsyncStorage]] = {
     for scheme in (cls.STORAGE_SCHEME or ())
 }
 """Async storage URI schemes ``limits`` provides, e.g. ``"async+redis"`` -> ``RedisStorage``."""
-
-_GLOB_CHARS = frozenset("*?[")
-_METHOD_RE = re.compile(r"^/[^/\s]+/[^/\s]+$")
-MAX_CACHED_METHODS = 4096
-"""Bound on the per-method lookup cache (a generic handler may accept any method name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,84 +84,44 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
     return items
 
 
-def check_pattern(pattern: object) -> bool:
-    """Validate a rules-mapping key; return whether it is a glob.
-
-    A key is a full method name (``"/ecom.v1.OrderService/PlaceOrder"``) or a
-    :mod:`fnmatch` glob over full method names (``"/ecom.v1.OrderService/*"``, ``"*"``).
-
-    Raises:
-        ConfigError: not a string, empty, or neither a glob nor ``/<service>/<method>`` (quoted).
-    """
-    if not isinstance(pattern, str) or not pattern:
-        raise ConfigError(f"rules keys must be full method names or globs, got {pattern!r}")
-    if _GLOB_CHARS.intersection(pattern):
-        return True
-    if not _METHOD_RE.match(pattern):
-        raise ConfigError(
-            f"rules key must be a full method name like '/pkg.Service/Method' or a glob, "
-            f"got {pattern!r}"
-        )
-    return False
-
-
 class RuleTable:
-    """Which rule governs a method: exact name, else the first matching glob, else the default.
+    """The rate-limit rules, parsed, and which one governs a method.
 
-    Built once from the options; :meth:`lookup` memoises its answer per full method name
-    (up to :data:`MAX_CACHED_METHODS` names), so the hot path is one dict lookup.
+    Keys are method patterns matched by :class:`~meshkit._methods.MethodMatcher`: full
+    (``"/ecom.v1.OrderService/PlaceOrder"``), short (``"OrderService/PlaceOrder"``) or
+    globs (``"OrderService/*"``, ``"*/Get*"``, ``"*"``). An exact pattern wins, then the
+    longest glob (most literal characters; ties: fewer ``*``, then code-point order), then
+    ``default_rule``; see :mod:`meshkit._methods`. :meth:`lookup` is cached per method
+    (bounded), so the hot path is one dict lookup.
 
     Args:
-        rules: ``{full method name or glob: rule string or None}``; ``None`` exempts.
-            Globs are tried in mapping order.
+        rules: ``{method pattern: rule string or None}``; ``None`` exempts.
         default_rule: rule for methods no key matches; ``None`` leaves them unlimited.
 
     Raises:
-        ConfigError: a malformed key or rule (quoted).
+        ConfigError: a malformed pattern or rule (quoted).
     """
 
-    __slots__ = ("_cache", "_default", "_exact", "_globs")
+    __slots__ = ("_matcher",)
 
     def __init__(self, rules: Mapping[str, str | None], default_rule: str | None) -> None:
-        self._exact: dict[str, Rule | None] = {}
-        globs: list[tuple[Callable[[str], re.Match[str] | None], Rule | None]] = []
-        for pattern, text in rules.items():
-            is_glob = check_pattern(pattern)
-            rule = None if text is None else Rule(
-                pattern, text, parse_rule(text, where=f"rules[{pattern!r}]"))
-            if is_glob:
-                globs.append((re.compile(fnmatch.translate(pattern)).match, rule))
-            else:
-                self._exact[pattern] = rule
-        self._globs = tuple(globs)
-        self._default = None if default_rule is None else Rule(
+        MethodMatcher(rules, None, where="RateLimitOptions.rules")  # the patterns first
+        parsed = {pattern: None if text is None else Rule(
+            pattern, text, parse_rule(text, where=f"rules[{pattern!r}]"))
+            for pattern, text in rules.items()}
+        default = None if default_rule is None else Rule(
             "<default>", default_rule, parse_rule(default_rule, where="default_rule"))
-        self._cache: dict[str, Rule | None] = {}
+        self._matcher: MethodMatcher[Rule | None] = MethodMatcher(
+            parsed, default, where="RateLimitOptions.rules")
 
     @property
     def empty(self) -> bool:
         """True when no method can ever be limited (no default and no non-None rule)."""
-        return self._default is None and all(
-            r is None for r in (*self._exact.values(), *(g[1] for g in self._globs)))
+        return all(r is None for r in self._matcher.values())
 
     def lookup(self, method: str) -> Rule | None:
         """The rule for full method name ``method``, or ``None`` when it is unlimited."""
-        try:
-            return self._cache[method]
-        except KeyError:
-            pass
-        rule = self._resolve(method)
-        if len(self._cache) < MAX_CACHED_METHODS:
-            self._cache[method] = rule
-        return rule
-
-    def _resolve(self, method: str) -> Rule | None:
-        if method in self._exact:
-            return self._exact[method]
-        for match, rule in self._globs:
-            if match(method):
-                return rule
-        return self._default
+        return self._matcher.lookup(method)
 
 
 def peer_host(peer: str) -> str:

@@ -51,7 +51,7 @@ import grpc
 from grpc.aio import AioRpcError
 
 from meshkit._calls import RetryingStreamCall
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError, NoEndpointsError
 from meshkit.interceptors import (
     CallKind,
@@ -123,8 +123,9 @@ class RetryOptions:
     Args:
         default: policy of methods no pattern names (default ``RetryPolicy()``: retries
             ``UNAVAILABLE`` only for calls safe to repeat); ``None`` disables by default.
-        methods: ``{pattern: policy or None}``; patterns as :class:`meshkit._methods.
-            MethodTable` (``"OrderService/Get*"``, full ``/pkg.Svc/Method``).
+        methods: ``{method pattern: policy or None}``, e.g. ``"/pkg.Svc/Method"``,
+            ``"Svc/Method"``, ``"OrderService/Get*"``, ``"*"``; an exact pattern wins, then
+            the longest glob (:mod:`meshkit._methods`).
         budget: :class:`BudgetOptions` (Finagle defaults: 20 %, 10/s, 10 s window).
 
     Raises:
@@ -136,7 +137,7 @@ class RetryOptions:
     budget: BudgetOptions = field(default_factory=BudgetOptions)
 
     def __post_init__(self) -> None:
-        MethodTable(self.methods, self.default)  # validates the patterns now
+        MethodMatcher(self.methods, self.default, where="RetryOptions.methods")  # validates now
 
 
 @dataclass(slots=True)
@@ -164,8 +165,8 @@ class RetryInterceptor(ClientInterceptor):
         self.options = options or RetryOptions()
         self.budget = budget or RetryBudget(self.options.budget)
         self.stats = RetryStats()
-        self._table: MethodTable[RetryPolicy | None] = MethodTable(self.options.methods,
-                                                                   self.options.default)
+        self._table: MethodMatcher[RetryPolicy | None] = MethodMatcher(
+            self.options.methods, self.options.default, where="RetryOptions.methods")
         self._typical_s: dict[str, float] = {}
 
     def budget_left(self) -> float:
@@ -177,7 +178,7 @@ class RetryInterceptor(ClientInterceptor):
         """Run the call with retries or hedging as its method's policy says."""
         self.stats.calls += 1
         self.budget.record_request()
-        policy = self._table.get(details.method)
+        policy = self._table.lookup(details.method)
         if policy is None or policy.max_attempts == 1:
             return await proceed(details, request)
         if policy.hedge_delay_s is not None:
@@ -215,7 +216,7 @@ class RetryInterceptor(ClientInterceptor):
         """
         self.stats.calls += 1
         self.budget.record_request()
-        policy = self._table.get(details.method)
+        policy = self._table.lookup(details.method)
         if policy is None or policy.max_attempts == 1:
             return await proceed(details, request)
         attempt = 1

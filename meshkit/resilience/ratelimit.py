@@ -7,11 +7,11 @@ kinds) are limited, a stream counting once when it opens.
 
 Rules (:class:`RateLimitOptions`) are strings in ``limits`` notation, ``"100/second"`` or
 ``"10 per minute;1000 per hour"`` (every part must admit the call; parts are counted in
-order, so a call refused by a later part was counted by the earlier ones). ``rules`` maps a full
-method name (``"/ecom.v1.OrderService/PlaceOrder"``) or an :mod:`fnmatch` glob
-(``"/ecom.v1.OrderService/*"``) to a rule, or to ``None`` to exempt it; the exact name wins,
-then the first matching glob in mapping order, then ``default_rule``. Each method has its own
-budget per caller even when its rule comes from a glob or the default. With no
+order, so a call refused by a later part was counted by the earlier ones). ``rules`` maps a
+method pattern (:mod:`meshkit._methods`: ``"/ecom.v1.OrderService/PlaceOrder"``,
+``"OrderService/PlaceOrder"``, ``"OrderService/*"``, ``"*"``) to a rule, or to ``None`` to
+exempt it; an exact pattern wins, then the longest glob, then ``default_rule``. Each method
+has its own budget per caller even when its rule comes from a glob or the default. With no
 ``default_rule`` (the default) unmatched methods are not limited. The rule of a method is
 resolved once and cached; a method with no rule has its handler returned untouched.
 
@@ -216,9 +216,10 @@ class RateLimitOptions:
     """What :class:`RateLimitInterceptor` limits, how, and where it keeps the counts.
 
     Args:
-        rules: ``{full method name or glob: rule or None}``, e.g.
+        rules: ``{method pattern: rule or None}``, e.g.
             ``{"/ecom.v1.OrderService/PlaceOrder": "10/minute", "/grpc.health.v1.Health/*":
-            None}``; ``None`` exempts. Exact names win, then globs in mapping order.
+            None}``; ``None`` exempts. Exact patterns win, then the longest glob (see
+            :mod:`meshkit._methods`).
             Default: no overrides.
         default_rule: rule for every method no key matches, e.g. ``"100/second"``;
             ``None`` (default) leaves them unlimited.

@@ -62,11 +62,50 @@ def test_anonymous_rule() -> None:
     assert POLICY.evaluate("/grpc.health.v1.Health/Check", None, None).allowed
 
 
-@pytest.mark.parametrize("key", ["GetUser", "/svc", "/svc/", "svc/Method", "/a/b/c"])
+@pytest.mark.parametrize("key", ["GetUser", "/svc", "/svc/", "/a/b/c", "", " /a.B/C", "/*"])
 def test_bad_rule_keys_refused(key: str) -> None:
-    """Keys that are not /service/method or /service/* fail at construction."""
-    with pytest.raises(ConfigError, match="got"):
+    """Keys that are not method patterns fail at construction, quoting the key."""
+    with pytest.raises(ConfigError) as info:
         AuthzPolicy(rules={key: Rule()})
+    assert repr(key) in str(info.value)
+
+
+@pytest.mark.parametrize("key", [
+    GET_USER, "ecom.v1.UserService/GetUser", "UserService/GetUser", "UserService/Get*",
+    "*/GetUser", "/ecom.v1.UserService/*",
+])
+def test_every_method_pattern_spelling_selects_the_rule(key: str) -> None:
+    """Full, slash-less, short and glob keys all apply to /ecom.v1.UserService/GetUser,
+    and the decision names the key as written."""
+    policy = AuthzPolicy(rules={key: Rule(allow_peers=(ORDERD,))})
+    d = policy.evaluate(GET_USER, ORDERD, None)
+    assert d.allowed and d.rule == key
+    other = policy.evaluate("/ecom.v1.OrderService/Place", ORDERD, None)
+    assert not other.allowed and other.rule == "default"
+
+
+def test_exact_over_longest_glob_over_default() -> None:
+    """Exact method > longest glob (most literal characters) > default; the old 'method over
+    service key over default' is the special case of a service key /pkg.Svc/*."""
+    policy = AuthzPolicy(rules={
+        "UserService/GetUser": Rule(allow_peers=(ORDERD,)),  # exact (short spelling)
+        "/ecom.v1.UserService/*": Rule(allow_subjects=("*",)),  # 21 literal characters
+        "*/Get*": Rule(allow_anonymous=True),  # 4
+    }, default=Rule(allow_peers=(GATEWAY,)))
+    exact = policy.evaluate(GET_USER, None, claims())
+    assert not exact.allowed and exact.rule == "UserService/GetUser"
+    longest = policy.evaluate("/ecom.v1.UserService/GetEmail", None, None)
+    assert not longest.allowed and longest.rule == "/ecom.v1.UserService/*"
+    short_glob = policy.evaluate("/ecom.v1.OrderService/GetOrder", None, None)
+    assert short_glob.allowed and short_glob.rule == "*/Get*"
+    default = policy.evaluate("/ecom.v1.OrderService/Place", GATEWAY, None)
+    assert default.allowed and default.rule == "default"
+
+
+def test_two_spellings_of_one_key_refused() -> None:
+    """'/a.B/C' and 'a.B/C' are one key: giving both would make the rule order-dependent."""
+    with pytest.raises(ConfigError, match="same pattern"):
+        AuthzPolicy(rules={"/a.B/C": Rule(), "a.B/C": Rule(allow_anonymous=True)})
 
 
 def test_patterns_given_as_string_refused() -> None:

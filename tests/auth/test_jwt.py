@@ -302,6 +302,39 @@ def test_method_scopes_and_public_methods() -> None:
         JWTAuthOptions(method_scopes={"/s.A/Place": ("a b",)})
 
 
+@pytest.mark.parametrize("pattern", ["/s.A/Login", "s.A/Login", "A/Login", "A/Log*", "*/Login",
+                                     "s.*/*", "*"])
+def test_public_methods_accept_every_spelling(pattern: str) -> None:
+    """public_methods takes full, slash-less, short and glob method patterns."""
+    opts = JWTAuthOptions(public_methods=(pattern,))
+    assert opts.is_public("/s.A/Login")
+    assert opts.is_public("/t.B/Other") is (pattern == "*")
+
+
+def test_method_scopes_exact_then_longest_glob_then_default() -> None:
+    """method_scopes follow MethodMatcher: exact > longest glob > default_scopes."""
+    opts = JWTAuthOptions(method_scopes={
+        "A/Place": ("orders:write",),  # exact, short spelling
+        "s.A/*": ("orders:read",),  # 4 literal characters
+        "*/Get*": ("get",),  # 4 literals, 2 '*': loses the tie on fewer '*'
+        "*/GetAdmin": ("admin",),  # 9
+    }, default_scopes=("basic",))
+    assert opts.required_scopes("/s.A/Place") == {"orders:write"}
+    assert opts.required_scopes("/s.A/GetUser") == {"orders:read"}
+    assert opts.required_scopes("/s.A/GetAdmin") == {"admin"}
+    assert opts.required_scopes("/t.B/GetX") == {"get"}
+    assert opts.required_scopes("/t.B/Put") == {"basic"}
+
+
+@pytest.mark.parametrize("bad", ["Login", "/s.A", "", "/s.A/Login ", "/a/b/c"])
+def test_bad_method_patterns_refused_quoted(bad: str) -> None:
+    """A key that is not a method pattern fails at construction, quoting it."""
+    for opts in ({"public_methods": (bad,)}, {"method_scopes": {bad: ("x",)}}):
+        with pytest.raises(ConfigError) as info:
+            JWTAuthOptions(**opts)
+        assert repr(bad) in str(info.value)
+
+
 def test_keyset_directory_shared_and_0600(tmp_path: object) -> None:
     """from_directory creates one 0600 key that a second loader shares."""
     import os

@@ -10,7 +10,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from meshkit._methods import MethodTable
+from meshkit._methods import MethodMatcher
 from meshkit.balancer import (
     P2C,
     EjectingBalancer,
@@ -405,11 +405,11 @@ def test_outlier_bad_values() -> None:
 
 def test_method_table_most_specific_pattern_wins() -> None:
     """Exact names beat globs; short, full and slash-less forms all match."""
-    t = MethodTable({"OrderService/*": 1, "OrderService/PlaceOrder": 2, "*/Get*": 3}, 0)
-    assert t.get("/ecom.v1.OrderService/PlaceOrder") == 2
-    assert t.get("/ecom.v1.OrderService/ListOrders") == 1
-    assert t.get("/ecom.v1.UserService/GetUser") == 3
-    assert t.get("/other.Svc/Do") == 0
+    t = MethodMatcher({"OrderService/*": 1, "OrderService/PlaceOrder": 2, "*/Get*": 3}, 0)
+    assert t.lookup("/ecom.v1.OrderService/PlaceOrder") == 2
+    assert t.lookup("/ecom.v1.OrderService/ListOrders") == 1
+    assert t.lookup("/ecom.v1.UserService/GetUser") == 3
+    assert t.lookup("/other.Svc/Do") == 0
 
 
 def test_p2c_unsampled_endpoint_competes_at_its_peers_level() -> None:

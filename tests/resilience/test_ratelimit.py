@@ -231,22 +231,32 @@ def test_retry_after_rounds_up_to_whole_seconds_at_least_one() -> None:
     assert retry_after_s(159.01, 100.0) == 60
 
 
-def test_rule_table_precedence_exact_then_globs_in_order_then_default() -> None:
-    """An exact name beats globs, the first matching glob beats later ones and the default."""
+def test_rule_table_precedence_exact_then_longest_glob_then_default() -> None:
+    """An exact pattern beats globs, the longest glob beats shorter ones (mapping order
+    does not matter), then the default."""
     table = RuleTable({
-        "/s.A/*": "2/second",
-        "/s.A/Get": "5/second",
-        "/s.*": "3/second",
-        "/grpc.health.v1.Health/*": None,
+        "s.*/*": "3/second",  # 3 literal characters, listed first
+        "/s.A/*": "2/second",  # 4
+        "A/Get": "5/second",  # exact, short spelling
+        "grpc.health.v1.Health/*": None,
     }, "1/second")
-    exact, glob, later, exempt, default = (table.lookup(m) for m in (
+    exact, glob, shorter, exempt, default = (table.lookup(m) for m in (
         "/s.A/Get", "/s.A/List", "/s.B/Get", "/grpc.health.v1.Health/Check", "/t.C/D"))
-    assert exact is not None and exact.pattern == "/s.A/Get"
+    assert exact is not None and exact.pattern == "A/Get"
     assert glob is not None and glob.pattern == "/s.A/*"
-    assert later is not None and later.pattern == "/s.*"
+    assert shorter is not None and shorter.pattern == "s.*/*"
     assert exempt is None
     assert default is not None and default.pattern == "<default>"
     assert table.lookup("/s.A/List") is glob  # cached: the same object, no re-resolution
+    assert not table.empty and RuleTable({"*": None}, None).empty
+
+
+@pytest.mark.parametrize("bad", ["/s.*", "OrderService", "", "a/b/c", "Svc/M "])
+def test_rule_table_refuses_bad_patterns_quoted(bad: str) -> None:
+    """A rules key that is not a method pattern fails at construction, quoting it."""
+    with pytest.raises(ConfigError) as info:
+        RateLimitOptions(rules={bad: "1/second"})
+    assert repr(bad) in str(info.value)
 
 
 def test_rule_table_parses_multi_limit_rules() -> None:
@@ -382,6 +392,32 @@ async def test_method_override_and_glob_beat_default_and_none_exempts() -> None:
         assert_limited(await attempt(channel, "ServerStream"), "ServerStream")
         for _ in range(5):  # exempt
             assert await attempt(channel, "Bidi") is None
+
+
+@pytest.mark.parametrize("spelling", [method("Unary"), method("Unary")[1:], "Echo/Unary",
+                                      "Echo/Un*", "*/Unary", "meshkit.*/*"])
+async def test_every_pattern_spelling_limits_on_a_real_server(spelling: str) -> None:
+    """Full, slash-less, short and glob keys all put /meshkit.test.Echo/Unary under the rule."""
+    async with echo_server(RateLimitOptions(rules={spelling: "1/minute"})) as channel:
+        assert await attempt(channel, "Unary") is None
+        assert_limited(await attempt(channel, "Unary"), "Unary")
+        if not spelling.endswith("/*"):
+            for _ in range(3):  # not matched: unlimited
+                assert await attempt(channel, "Sleep") is None
+
+
+async def test_exact_and_longest_glob_decide_on_a_real_server() -> None:
+    """Exact short key > longest glob (Echo/*Stream, 12) > shorter glob (*, listed last)."""
+    options = RateLimitOptions(rules={
+        "Echo/*Stream": "2/minute", "Echo/ClientStream": None, "*": "1/minute"})
+    async with echo_server(options) as channel:
+        for _ in range(2):
+            assert await attempt(channel, "ServerStream") is None
+        assert_limited(await attempt(channel, "ServerStream"), "ServerStream")
+        for _ in range(3):  # exact exemption beats both globs
+            assert await attempt(channel, "ClientStream") is None
+        assert await attempt(channel, "Unary") is None  # only "*" matches
+        assert_limited(await attempt(channel, "Unary"), "Unary")
 
 
 async def test_callers_keyed_by_metadata_have_separate_budgets() -> None:
