@@ -76,3 +76,22 @@ def test_micro_ab_runs_and_prints_every_lever() -> None:
         values = [float(x) for x in line.split()  # the figures, printed with one decimal
                   if "." in x and x.replace(".", "").lstrip("-").isdigit()]
         assert len(values) == 3 and values[0] > 0 and values[1] > 0
+
+
+def test_layers_prints_every_layer_of_both_sides() -> None:
+    """``python -m benchmarks.layers`` at its smallest prints a row per variant and side,
+    each with a positive CPU figure (a subprocess: it reconfigures logging)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.layers", "--rounds", "1",
+                           "--calls", "50"], capture_output=True, text=True, timeout=120,
+                          check=False, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|") for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "variant" not in line]
+    names = [(r[1].strip()) for r in rows]
+    for name in ("bare", "+p2c", "+outlier", "+retry", "+tracing", "+metrics", "+accesslog",
+                 "defaults", "full", "+deadline", "+peer", "+jwt", "+ratelimit"):
+        assert name in names, proc.stdout
+    assert all(float(r[2]) > 0 for r in rows)

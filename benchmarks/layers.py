@@ -1,0 +1,374 @@
+"""CPU per call of each mesh layer, per side, over a null transport.
+
+``python -m benchmarks.layers`` (about a minute) measures what issue 11's target "every
+single layer <= 15 us of CPU per call per side" is about, without grpc's own cost and its
+noise (~250 us of CPU per call per side on loopback here, which moves by more than a layer
+from run to run):
+
+* **client**: a real :func:`meshkit.dial` channel (discovery, balancer, per-call chain, call
+  objects) whose endpoints' sub-channels are replaced by a *null transport*: a
+  multicallable that answers at once. Everything meshkit does per call runs; grpc's
+  network path does not. (``attempt_interceptors`` installed on real sub-channels are
+  bypassed; meshkit installs none by default.)
+* **server**: the interceptor chain :func:`meshkit.server.server_chain` builds for a
+  :class:`meshkit.ServeOptions`, resolved per call as grpc.aio does
+  (``intercept_service`` of each interceptor, then the wrapped behaviour) against a
+  null servicer context that answers what the checks ask (metadata, peer, deadline,
+  client certificate).
+
+Each variant adds one layer to the bare mesh (``bare``: round robin, no retries, no
+ejection, no telemetry; the server with no check and no telemetry); rounds alternate the
+variants; the figure is the median CPU time (``time.process_time``) per call over rounds,
+minus the bare variant's, i.e. what the layer adds. Tracing samples 100 % into an SDK
+provider whose exporter drops spans; access lines go through ``configure_logging()`` to
+``/dev/null``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+__all__ = ["client_layers", "main", "server_layers"]
+
+
+# -- client ----------------------------------------------------------------------------------
+class _NullCall:
+    """A finished unary call: awaiting it gives the response at once."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: bytes) -> None:
+        self._response = response
+
+    def __await__(self) -> Any:
+        return self._response
+        yield  # pragma: no cover - makes this a generator
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    async def details(self) -> str:
+        return ""
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        callback(self)
+
+
+class _NullChannel:
+    """A sub-channel that is always READY and answers every unary call at once."""
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Callable[..., _NullCall]:
+        def call(request: Any, **kw: Any) -> _NullCall:
+            return _NullCall(b"ok")
+
+        return call
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return grpc.ChannelConnectivity.READY
+
+    async def wait_for_state_change(self, last: grpc.ChannelConnectivity) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self, grace: float | None = None) -> None:
+        return None
+
+
+def _client_variants(provider: Any) -> dict[str, dict[str, Any]]:
+    from meshkit.balancer import P2C, OutlierOptions, RoundRobin
+    from meshkit.observability import TelemetryOptions
+    from meshkit.resilience import RetryOptions, RetryPolicy
+
+    bare: dict[str, Any] = {"balancer": RoundRobin, "retry": None, "outlier": None,
+                            "telemetry": None}
+    retry = RetryOptions(methods={"/bench.Svc/M": RetryPolicy(idempotent=True)})
+
+    def tel(**kw: Any) -> TelemetryOptions:
+        base = {"tracing": False, "metrics": False, "access_log": False}
+        return TelemetryOptions(**{**base, **kw})
+
+    return {
+        "bare": bare,
+        "+p2c": {**bare, "balancer": P2C},
+        "+outlier": {**bare, "outlier": OutlierOptions()},
+        "+retry": {**bare, "retry": retry},
+        "+tracing": {**bare, "telemetry": tel(tracing=True, tracer_provider=provider)},
+        "+metrics": {**bare, "telemetry": tel(metrics=True)},
+        "+accesslog": {**bare, "telemetry": tel(access_log=True)},
+        "defaults": {},
+        "full": {"retry": retry, "telemetry": TelemetryOptions(tracer_provider=provider)},
+    }
+
+
+async def _client_run(options: dict[str, Any], registry: Any, calls: int) -> float:
+    import meshkit
+
+    ch = meshkit.dial("bench", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, **options))
+    ch._pool._make_channel = lambda address: _NullChannel()  # type: ignore[assignment,return-value]
+    try:
+        await ch.wait_for_endpoints(2)
+        call = ch.unary_unary("/bench.Svc/M")
+        for _ in range(200):
+            await call(b"x", timeout=5)
+        t0 = time.process_time()
+        for _ in range(calls):
+            await call(b"x", timeout=5)
+        return (time.process_time() - t0) / calls * 1e6
+    finally:
+        await ch.close()
+
+
+async def client_layers(rounds: int, calls: int, provider: Any) -> dict[str, float]:
+    """Median CPU us per call of each client variant (see the module docstring)."""
+    from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+
+    with tempfile.TemporaryDirectory() as d:
+        registry = LocalRegistry(LocalOptions(path=Path(d) / "r"))
+        for i in (1, 2):
+            await registry.register(Instance(service="bench", instance_id=f"b{i}",
+                                             host="127.0.0.1", port=i))
+        variants = _client_variants(provider)
+        got: dict[str, list[float]] = {k: [] for k in variants}
+        try:
+            for r in range(rounds):
+                order = list(variants) if r % 2 == 0 else list(reversed(variants))
+                for name in order:
+                    got[name].append(await _client_run(variants[name], registry, calls))
+        finally:
+            await registry.close()
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+# -- server ----------------------------------------------------------------------------------
+class _NullContext:
+    """What a servicer context answers the mesh's checks, without a call behind it."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...], cert_pem: bytes | None) -> None:
+        self._md = metadata
+        self._auth = ({"x509_pem_cert": [cert_pem], "transport_security_type": [b"ssl"]}
+                      if cert_pem else {})
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._md
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+    def time_remaining(self) -> float:
+        return 5.0
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def peer_identities(self) -> None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *a: Any) -> None:
+        raise RuntimeError(f"refused: {code} {details}")
+
+    def set_trailing_metadata(self, md: Any) -> None:
+        return None
+
+    def set_code(self, code: Any) -> None:
+        return None
+
+    def set_details(self, details: Any) -> None:
+        return None
+
+    def code(self) -> None:
+        return None
+
+    def details(self) -> None:
+        return None
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+
+class _Details:
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+def _server_variants(provider: Any, secrets: Any) -> dict[str, tuple[dict[str, Any], bool]]:
+    from benchmarks.stacks import ALLOW_ALL_RULE, AUDIENCE, IDENTITY, ISSUER, _tls
+    from meshkit.auth import AuthOptions, JWTVerifier, KeySet, SigningKey, VerifierOptions
+    from meshkit.observability import TelemetryOptions
+    from meshkit.resilience import DeadlineOptions, RateLimitOptions
+
+    keys = KeySet([SigningKey.from_pem(secrets.jwt_key.read_bytes())])
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys)
+    tls = _tls(IDENTITY, secrets)
+    bare: dict[str, Any] = {"telemetry": None, "deadline": None}
+
+    def tel(**kw: Any) -> TelemetryOptions:
+        base = {"tracing": False, "metrics": False, "access_log": False}
+        return TelemetryOptions(**{**base, **kw})
+
+    return {
+        "bare": (bare, False),
+        "+deadline": ({**bare, "deadline": DeadlineOptions()}, False),
+        "+peer": ({**bare, "tls": tls, "auth": AuthOptions()}, True),
+        "+jwt": ({**bare, "auth": AuthOptions(verifier=verifier)}, False),
+        "+ratelimit": ({**bare, "rate_limit": RateLimitOptions(default_rule=ALLOW_ALL_RULE)},
+                       False),
+        "+tracing": ({**bare, "telemetry": tel(tracing=True, tracer_provider=provider)}, False),
+        "+metrics": ({**bare, "telemetry": tel(metrics=True)}, False),
+        "+accesslog": ({**bare, "telemetry": tel(access_log=True)}, False),
+        "defaults": ({}, False),
+        "full": ({"telemetry": TelemetryOptions(tracer_provider=provider), "tls": tls,
+                  "auth": AuthOptions(verifier=verifier),
+                  "rate_limit": RateLimitOptions(default_rule=ALLOW_ALL_RULE)}, True),
+    }
+
+
+async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, token: str,
+                      calls: int) -> float:
+    import meshkit
+    from meshkit._handlers import fuse_interceptors
+    from meshkit.server import server_chain
+
+    opts = meshkit.ServeOptions(**({"insecure": True} if "tls" not in options else {}),
+                                **options)
+    chain = fuse_interceptors(server_chain("bench", opts))
+
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        return request
+
+    base = grpc.unary_unary_rpc_method_handler(behaviour)
+    method = "/bench.Svc/M"
+    md = (("authorization", f"Bearer {token}"),)
+    cert = (secrets.pki / "bench-client.pem").read_bytes().split(b"-----END CERTIFICATE-----")[0]
+    cert += b"-----END CERTIFICATE-----\n"
+    details = _Details(method, md)
+
+    async def resolve(i: int, d: Any) -> Any:
+        if i == len(chain):
+            return base
+        return await chain[i].intercept_service(lambda d2: resolve(i + 1, d2), d)
+
+    async def one() -> None:
+        # grpc.aio runs each call in its own task: context variables set by the checks
+        # (deadline, span) live and die with it, as here.
+        ctx = _NullContext(md, cert if with_cert else None)
+        handler = await resolve(0, details)
+        await handler.unary_unary(b"x", ctx)
+
+    for _ in range(200):
+        await asyncio.get_running_loop().create_task(one())
+    t0 = time.process_time()
+    loop = asyncio.get_running_loop()
+    for _ in range(calls):
+        await loop.create_task(one())
+    return (time.process_time() - t0) / calls * 1e6
+
+
+async def server_layers(rounds: int, calls: int, provider: Any) -> dict[str, float]:
+    """Median CPU us per call of each server variant (see the module docstring)."""
+    from benchmarks.stacks import Secrets, bench_token
+
+    with tempfile.TemporaryDirectory() as d:
+        secrets = Secrets(Path(d))
+        notes = secrets.create()
+        if notes:
+            raise RuntimeError("; ".join(notes))
+        token = bench_token(secrets.jwt_key)
+        variants = _server_variants(provider, secrets)
+        got: dict[str, list[float]] = {k: [] for k in variants}
+        for r in range(rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for name in order:
+                options, with_cert = variants[name]
+                got[name].append(await _server_run(options, with_cert, secrets, token, calls))
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+# -- entry point -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Access lines and warnings to /dev/null while measuring (restored after)."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def table(side: str, medians: dict[str, float], limit_us: float = 15.0) -> str:
+    """A Markdown table of one side: CPU us per call and what each variant adds to bare."""
+    bare = medians["bare"]
+    lines = [f"| {side} variant | CPU us/call | added us/call | single layer <= {limit_us:g} us |",
+             "|---|---:|---:|---:|"]
+    for name, v in medians.items():
+        added = v - bare
+        single = name.startswith("+")
+        verdict = ("met" if added <= limit_us else "**missed**") if single else ""
+        lines.append(f"| {name} | {v:.1f} | {added:+.1f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both sides and print their tables."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__)
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
+    p.add_argument("--calls", type=int, default=4000, help="calls per variant per round")
+    args = p.parse_args(argv)
+    from benchmarks.stacks import tracer_provider
+    from meshkit.observability import configure_logging
+
+    provider = tracer_provider(1.0)
+
+    async def run() -> tuple[dict[str, float], dict[str, float]]:
+        with _quiet_stderr():
+            configure_logging("INFO", json=True)
+            client = await client_layers(args.rounds, args.calls, provider)
+            server = await server_layers(args.rounds, args.calls, provider)
+        return client, server
+
+    client, server = asyncio.run(run())
+    print(f"CPU per call over a null transport, medians of {args.rounds} alternating rounds "
+          f"of {args.calls} calls\n")
+    print(table("client", client))
+    print()
+    print(table("server", server))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
