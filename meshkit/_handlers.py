@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 
@@ -21,6 +21,7 @@ __all__ = [
     "Continuation",
     "FusedInterceptor",
     "Handler",
+    "Reporter",
     "WrappingInterceptor",
     "fuse_interceptors",
     "other_responses",
@@ -50,13 +51,38 @@ async def other_responses(result: Any) -> AsyncIterator[Any]:
             yield item
 
 
-def wrap_handler(handler: Handler, before: Before) -> Handler:
-    """A handler like ``handler`` that awaits ``before(context)`` first.
+class Reporter(Protocol):
+    """Observes every call of one method, as go-grpc-middleware v2's
+    ``interceptors.Reporter``: telemetry is a reporter on the same wrap as the checks.
 
-    Works for all four call kinds and keeps the behaviour's shape: an async generator stays
-    one, a coroutine (also one that answers with ``context.write``) stays a coroutine, and a
-    plain function's result is awaited if it is awaitable.
+    ``start(context)`` runs first in the call's task (before any check) and returns the
+    call's state; ``finish(state, context, exc)`` runs once when the call ends, with the
+    exception it ended with (``None``: returned normally), also when a check refused it.
+    Both must not raise.
     """
+
+    def start(self, context: Any) -> Any:
+        """Begin observing a call; returns what :meth:`finish` gets back."""
+        ...
+
+    def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
+        """The call ended (``exc`` is what it raised, or ``None``)."""
+        ...
+
+
+def wrap_handler(handler: Handler, before: Before | None = None,
+                 reporter: Reporter | None = None) -> Handler:
+    """A handler like ``handler`` observed by ``reporter`` and checked by ``before``.
+
+    Per call, in the call's own task: ``reporter.start(context)``, then
+    ``await before(context)`` (which may abort the call), then the behaviour, then
+    ``reporter.finish(...)`` whatever happened. Works for all four call kinds and keeps the
+    behaviour's shape: an async generator stays one, a coroutine (also one that answers
+    with ``context.write``) stays a coroutine, and a plain function's result is awaited if
+    it is awaitable. With neither ``before`` nor ``reporter``, ``handler`` itself.
+    """
+    if before is None and reporter is None:
+        return handler
     req_s, resp_s = handler.request_streaming, handler.response_streaming
     if req_s and resp_s:
         inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
@@ -66,38 +92,15 @@ def wrap_handler(handler: Handler, before: Before) -> Handler:
         inner, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
     else:
         inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    behavior: Any
     assert inner is not None
-    if resp_s and inspect.isasyncgenfunction(inner):
-
-        async def gen_behavior(request: Any, context: Any) -> Any:
-            await before(context)
-            async for item in inner(request, context):
-                yield item
-
-        behavior = gen_behavior
-    elif resp_s and not inspect.iscoroutinefunction(inner):
-
-        async def any_stream_behavior(request: Any, context: Any) -> Any:
-            await before(context)
-            result = inner(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                async for item in other_responses(result):
-                    yield item
-
-        behavior = any_stream_behavior
+    check: Before = before if before is not None else _no_check
+    streams = resp_s and not inspect.iscoroutinefunction(inner)
+    behavior: Any
+    if reporter is None:
+        behavior = _checked_stream(inner, check) if streams else _checked(inner, check)
     else:
-
-        async def behavior(request: Any, context: Any) -> Any:
-            await before(context)
-            result = inner(request, context)
-            if inspect.isawaitable(result):
-                return await result
-            return result
-
+        behavior = (_reported_stream(inner, check, reporter) if streams
+                    else _reported(inner, check, reporter))
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -106,15 +109,95 @@ def wrap_handler(handler: Handler, before: Before) -> Handler:
     return wrapped
 
 
+async def _no_check(context: Any) -> None:
+    return None
+
+
+def _checked(inner: Any, before: Before) -> Any:
+    async def behavior(request: Any, context: Any) -> Any:
+        await before(context)
+        result = inner(request, context)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    return behavior
+
+
+def _checked_stream(inner: Any, before: Before) -> Any:
+    async def behavior(request: Any, context: Any) -> Any:
+        await before(context)
+        result = inner(request, context)
+        if hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+        else:
+            async for item in other_responses(result):
+                yield item
+
+    return behavior
+
+
+def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
+    start, finish = reporter.start, reporter.finish
+
+    async def behavior(request: Any, context: Any) -> Any:
+        state = start(context)
+        exc: BaseException | None = None
+        try:
+            await before(context)
+            result = inner(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            finish(state, context, exc)
+
+    return behavior
+
+
+def _reported_stream(inner: Any, before: Before, reporter: Reporter) -> Any:
+    start, finish = reporter.start, reporter.finish
+
+    async def behavior(request: Any, context: Any) -> Any:
+        state = start(context)
+        exc: BaseException | None = None
+        try:
+            await before(context)
+            result = inner(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                async for item in other_responses(result):
+                    yield item
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            finish(state, context, exc)
+
+    return behavior
+
+
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Base of interceptors that wrap each method's handler with ``self._before_for(method)``
-    (``None``: leave the method alone); the wrapped handler is cached per method."""
+    """Base of interceptors that wrap each method's handler with a check
+    (``self._before_for(method)``) and/or an observer (``self._reporter_for(method)``);
+    with neither, the method is left alone. The wrapped handler is cached per method."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
 
     def _before_for(self, method: str) -> Before | None:
-        raise NotImplementedError
+        """The check of ``method`` (``None``: nothing to check)."""
+        return None
+
+    def _reporter_for(self, method: str) -> Reporter | None:
+        """The observer of ``method``'s calls (``None``: none)."""
+        return None
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -127,8 +210,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        before = self._before_for(method)
-        wrapped = handler if before is None else wrap_handler(handler, before)
+        wrapped = wrap_handler(handler, self._before_for(method), self._reporter_for(method))
         if len(self._handlers) < MAX_CACHED_METHODS:
             self._handlers[method] = (handler, wrapped)
         return wrapped
@@ -138,7 +220,7 @@ class FusedInterceptor(WrappingInterceptor):
     """Several :class:`WrappingInterceptor` s run as one: one ``intercept_service`` and one
     handler wrap per call instead of one each, with the parts' ``before`` checks awaited in
     order (the first part's first, as when they were chained; the first one to abort ends
-    the call).
+    the call) and their reporters (telemetry) observing the whole call, refusals included.
 
     grpc.aio awaits every server interceptor's ``intercept_service`` on every call, even
     when it returns a cached handler, and each wrap adds a coroutine frame around the
@@ -168,6 +250,28 @@ class FusedInterceptor(WrappingInterceptor):
                 await check(context)
 
         return before
+
+    def _reporter_for(self, method: str) -> Reporter | None:
+        reporters = [r for r in (p._reporter_for(method) for p in self.parts) if r is not None]
+        if not reporters:
+            return None
+        return reporters[0] if len(reporters) == 1 else _Reporters(tuple(reporters))
+
+
+class _Reporters:
+    """Several reporters as one: started in order, finished in reverse order."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: tuple[Reporter, ...]) -> None:
+        self._parts = parts
+
+    def start(self, context: Any) -> Any:
+        return [r.start(context) for r in self._parts]
+
+    def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
+        for r, st in zip(reversed(self._parts), reversed(state), strict=True):
+            r.finish(st, context, exc)
 
 
 def _fusable(interceptor: object) -> bool:

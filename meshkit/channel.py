@@ -427,7 +427,7 @@ class MeshChannel(grpc.aio.Channel):
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
         return _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method))
 
-# -- grpc.aio.Channel ---------------------------------------------------------------
+    # -- grpc.aio.Channel ---------------------------------------------------------------
     def unary_unary(
         self,
         method: str,
