@@ -79,9 +79,10 @@ class RegistryStatus:
         kind: which registry, ``"local"`` or ``"consul"``.
         readable: outcome of the latest read: True (it worked), False (it failed), None
             (nothing read yet).
-        writable: outcome of the latest write, same three values. While it is False, a
-            local registry's watches keep the endpoints whose entries expired but were alive
-            at the registry's last successful write (nobody could renew them since).
+        writable: outcome of the latest write, same three values. While it is False (and
+            for a grace period after), a local registry's watches keep the endpoints of
+            their last set that the registry no longer lists (their owners could not renew
+            them), unless they were deregistered.
         read_errors: failed reads since the registry was built (a counter, never reset).
         write_errors: failed writes since the registry was built (a counter).
         reopened: times the backing store had to be re-established and this process's

@@ -140,12 +140,15 @@ def _warnings(child: Child, fragment: str) -> list[dict[str, Any]]:
 
 # -- 1. a registry that cannot be written ------------------------------------------------------
 def write_row(path: Path, instance_id: str, expires_at: float | None) -> None:
-    """Insert (``expires_at`` given) or delete an entry by hand, as a process of another
-    kind would: no heartbeat, and the registry's ``last_write`` time is left alone."""
+    """Insert (``expires_at`` given) or deregister an entry by hand (deleted, with the
+    tombstone a deregistration leaves), as a process of another kind would: no heartbeat,
+    and the registry's ``last_write`` time is left alone."""
     conn = sqlite3.connect(path / "registry.db", timeout=5, isolation_level=None)
     try:
         if expires_at is None:
             conn.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))
+            conn.execute("INSERT INTO deregistered VALUES (?, 'svc', ?)",
+                         (instance_id, time.time()))
         else:
             i = inst(instance_id)
             conn.execute("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?)",
