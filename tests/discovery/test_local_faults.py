@@ -407,6 +407,35 @@ async def test_corrupt_registry_yields_nothing_until_it_can_be_read(tmp_path: Pa
         await reader.close()
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 12 item 9: needs meshkit/channel.py to name "
+                          "registry.status().summary in its UNAVAILABLE message")
+async def test_new_client_with_an_unreadable_registry_is_told_the_registry_is_at_fault(
+        tmp_path: Path) -> None:
+    """A new client whose registry cannot be read gets UNAVAILABLE saying so (the fixed
+    phrase of RegistryStatus.summary), not "no endpoint is registered" nor a bare "no
+    discovery answer", and without the file's path or the sqlite3 error."""
+    import grpc
+
+    import meshkit
+
+    (tmp_path / "registry.db").write_bytes(b"this is not a database\n" * 200)
+    registry = LocalRegistry(LocalOptions(path=tmp_path, poll_interval_s=0.02))
+    opts = meshkit.DialOptions(insecure=True, resolve_timeout_s=0.5)
+    try:
+        async with meshkit.dial("svc", registry=registry, options=opts) as ch:
+            call = ch.unary_unary("/svc.Svc/Get", _registered_method=True)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(b"", timeout=2)
+    finally:
+        await registry.close()
+    assert registry.status().summary == "the service registry cannot be read"
+    details = err.value.details() or ""
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE, err.value
+    assert str(tmp_path) not in details and "database" not in details, details
+    assert "registry" in details and "no endpoint is registered" not in details, details
+
+
 async def test_pure_reader_drops_expired_entries_when_it_can_write(tmp_path: Path) -> None:
     """A watcher that registers nothing still drops instances whose heartbeats stopped (their
     process died) once the TTL passes, down to an empty set: nobody wrote since, but its
