@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import random
@@ -66,7 +68,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +226,7 @@ _LOG_STARTED = {
     False: "local registry cannot be read; watches keep their last endpoints "
            "(or wait for a first read)",
     True: "local registry cannot be written; registrations are not renewed, "
-          "and watches keep endpoints whose entries expire until it can",
+          "and watches keep their last endpoints until it can (and a grace period after)",
 }
 _LOG_STILL = {False: "local registry still cannot be read",
               True: "local registry still cannot be written"}
@@ -271,6 +273,8 @@ class LocalRegistry:
         self._tracker = StatusTracker("local", clock=self.options.clock)
         self._gc_at = -float("inf")  # monotonic time of the last garbage collection
         self._reopened_at: float | None = None  # monotonic time of the latest reopen
+        self._kept: dict[int, int] = {}  # watch number -> endpoints it keeps (faults)
+        self._watch_ids = itertools.count()
         self._probe_lock: asyncio.Lock | None = None
         self._closed = False
         # A thread of our own: heartbeats must not queue behind the application's
@@ -608,6 +612,20 @@ class LocalRegistry:
         """
         last: frozenset[Instance] | None = None
         poll_s = self.options.poll_interval_s
+        me = next(self._watch_ids)
+        try:
+            async with contextlib.aclosing(self._poll(service, poll_s, me)) as polls:
+                async for current in polls:
+                    if current != last:
+                        last = current
+                        yield current
+        finally:
+            self._kept.pop(me, None)
+
+    async def _poll(self, service: str, poll_s: float,
+                    me: int) -> AsyncGenerator[frozenset[Instance], None]:
+        """The body of :meth:`watch`: the set after each poll (``me`` numbers the watch)."""
+        last: frozenset[Instance] | None = None
         while not self._closed:
             try:
                 snap = await self._run(lambda c: self._read(c, service), write=False)
@@ -624,11 +642,20 @@ class LocalRegistry:
                 at = snap.written_at
                 missing = [i for i, expires_at in snap.expired
                            if at is not None and expires_at > at and i.instance_id not in gone]
-            if missing and await self._suspect():
+            kept = len(missing) if missing and await self._suspect() else 0
+            if kept:
                 current = current.union(missing)
-            if current != last:
-                last = current
-                yield current
+            was = self._kept.get(me, 0)
+            if kept and not was:
+                _log.info("registry fault: a watch keeps endpoints the registry does not "
+                          "list until their owners renew them", service=service,
+                          kept=sorted(i.instance_id for i in missing))
+            elif was and not kept:
+                _log.info("a watch no longer keeps endpoints the registry does not list",
+                          service=service, dropped=sorted(i.instance_id for i in missing))
+            self._kept[me] = kept
+            last = current
+            yield current
             await asyncio.sleep(poll_s)
 
     def status(self) -> RegistryStatus:
@@ -637,9 +664,11 @@ class LocalRegistry:
         ``readable``/``read_errors``: watch polls and :meth:`instances`; ``writable``/
         ``write_errors``: register, heartbeats, deregister and write probes; ``reopened``:
         times the file was found deleted or replaced and reopened; ``last_error`` names the
-        file (not for gRPC callers).
+        file (not for gRPC callers); ``kept_endpoints``: endpoints the watches keep after a
+        fault although the registry does not list them (see the module docstring).
         """
-        return self._tracker.status()
+        return dataclasses.replace(self._tracker.status(),
+                                   kept_endpoints=sum(self._kept.values()))
 
     async def close(self) -> None:
         """Stop heartbeats and close the file. Registrations expire after their TTL.

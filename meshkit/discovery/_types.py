@@ -93,6 +93,10 @@ class RegistryStatus:
             page, never for a gRPC caller (use :attr:`summary`).
         failing_since_s: wall-clock time (Unix seconds) at which the current outage began,
             the earlier of the read and write outages; None while neither is failing.
+        kept_endpoints: endpoints the registry's watches keep although the registry does
+            not list them as live now, because of a fault (the local registry after a write
+            outage or a replaced file, until its grace period ends); 0 when its view
+            applies as it is. Summed over the watches.
     """
 
     kind: str
@@ -103,6 +107,7 @@ class RegistryStatus:
     reopened: int = 0
     last_error: str | None = None
     failing_since_s: float | None = None
+    kept_endpoints: int = 0
 
     @property
     def ok(self) -> bool:

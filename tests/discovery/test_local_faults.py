@@ -191,6 +191,7 @@ async def test_watch_keeps_endpoints_while_registry_cannot_be_written(
         status = await child.status()
         assert status["writable"] is False and status["write_errors"] >= 2, status
         assert status["readable"] is True and status["failing_since_s"] is not None, status
+        assert status["kept_endpoints"] == 4, status  # a and b, in each of two watches
         assert "disk I/O error" in (status["last_error"] or ""), status
         failed = _warnings(child, "cannot be written")
         assert len(failed) == 1, [e["event"] for e in child.logs]
@@ -212,6 +213,11 @@ async def test_watch_keeps_endpoints_while_registry_cannot_be_written(
             return await reader.instances("svc") == {inst("a"), inst("b")}
 
         await until(renewed, what="a and b renewed")
+
+        async def nothing_kept() -> bool:
+            return (await child.status())["kept_endpoints"] == 0
+
+        await until(nothing_kept, what="the watches to keep nothing beyond the registry")
         assert all({"a", "b"} <= s for s in child.sets()), child.sets()
     finally:
         await reader.close()
