@@ -67,7 +67,7 @@ def registry_from_uri(uri: str) -> Registry:
     Forms:
         * ``local:///abs/path`` (directory or ``.db`` file) or ``local://`` (default path);
           query ``?ttl_s=3&poll_interval_s=0.25`` (also ``heartbeat_interval_s``,
-          ``busy_timeout_s``) sets :class:`LocalOptions`.
+          ``busy_timeout_s``, ``fault_grace_s``) sets :class:`LocalOptions`.
         * ``consul://host:port`` or ``consul+https://host:port`` (query options as
           :meth:`ConsulRegistry.from_uri` documents); ``CONSUL_HTTP_TOKEN`` applies.
 
@@ -82,7 +82,8 @@ def registry_from_uri(uri: str) -> Registry:
         raw_path = unquote(parts.netloc + parts.path)
         if raw_path:
             kwargs["path"] = Path(raw_path)
-        for key in ("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_timeout_s"):
+        for key in ("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_timeout_s",
+                    "fault_grace_s"):
             if key in query:
                 try:
                     kwargs[key] = float(query.pop(key))

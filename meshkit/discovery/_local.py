@@ -16,16 +16,25 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
 
 * **Writes fail** (read-only file or file system, full disk, immutable file): heartbeats
   cannot renew entries, so entries expire although their owners live. A registry whose writes
-  fail is a fault, not "every instance left". Every successful write (register, heartbeat,
-  write probe) also stamps the registry's ``last_write`` time; while this process cannot
-  write, its watches keep each expired entry that was still alive at that time (the last
-  known good set, also for a watch that starts during the outage), and, after its writes
-  work again, for two more heartbeat intervals, so that owners have renewed before expiry
-  counts again. Entries that expired before the last write (owners that died while others
-  could still write) drop out as usual. Whether this process can write: its latest write
-  if it is at most two heartbeat intervals old (a process with registrations always has
-  one), else a *write probe*, one small write transaction, run only when an expired entry
-  is in question and at most once per two heartbeat intervals: a healthy poll writes nothing.
+  fail is a fault, not "every instance left". While this process cannot write, and for
+  ``fault_grace_s`` (default one TTL, three heartbeats) after its writes work again, each of
+  its watches keeps the endpoints of its last set that the registry no longer lists as live
+  (the last known good set), merged with what the registry lists; a watch that starts during
+  the outage keeps the expired entries that were live at the registry's last successful
+  write (every write stamps a ``last_write`` time). The grace period matters because the
+  first write after a shared outage (the file made writable again) does not renew the
+  entries of the other owners: they renew at their next heartbeat. After it, the registry's
+  view applies again: an owner that died meanwhile drops out. Whether this process can
+  write: its latest write if it is at most two heartbeat intervals old (a process with
+  registrations always has one), else a *write probe*, one small write transaction, run only
+  when an endpoint of a watch's last set is no longer listed as live, and at most once per
+  two heartbeat intervals: a healthy poll writes nothing. The trade-off: an instance that
+  dies while this process cannot write stays in its watches until the grace period ends
+  (calls to it fail to connect, which the balanced channel handles as for any failing
+  endpoint).
+* **Deregistration** leaves a tombstone (table ``deregistered``, collected after
+  ``10 * ttl_s``), so a watch that keeps endpoints after a fault still drops an instance
+  that left explicitly (a graceful drain) at its next poll.
 * **Reads fail** (unreadable or corrupt file): a watch keeps its last set, or, if it never read
   anything, yields nothing (never an empty set because of an error) until a read succeeds.
 * **A read-only registry** is readable by a new process: nothing is written when the file
@@ -40,12 +49,17 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
   file would keep an island of their own. Before each operation the path's device and inode
   are compared with the open file's (one ``stat``); if they differ or the path is gone, the
   file is reopened (created if need be) and this process's instances are written to it again.
+  The new file lists only the owners that have noticed so far, so for ``fault_grace_s``
+  after the reopen this process's watches keep their last endpoints merged with it, as after
+  a write outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
 import random
@@ -54,11 +68,11 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import structlog
 
@@ -87,8 +101,13 @@ CREATE TABLE IF NOT EXISTS last_write (
     seq         INTEGER NOT NULL,
     written_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deregistered (
+    instance_id TEXT PRIMARY KEY,
+    service     TEXT NOT NULL,
+    at          REAL NOT NULL
+);
 """
-_TABLES = frozenset({"instances", "last_write"})
+_TABLES = frozenset({"instances", "last_write", "deregistered"})
 #: Rows dead for this many TTLs are garbage: their owners are gone for good.
 _GC_TTLS = 10
 
@@ -117,6 +136,10 @@ class LocalOptions:
             with :class:`~meshkit.errors.RegistryError`, seconds (default 5.0). Covers
             SQLite's busy handler and the busy errors it does not handle (see the module
             docstring).
+        fault_grace_s: how long after a registry fault ends (this process's writes work
+            again, or the file was found deleted or replaced) its watches keep endpoints
+            the registry does not list, seconds; default ``ttl_s``: every live owner has
+            had three heartbeats to renew or re-register (see the module docstring).
 
     Raises:
         ConfigError: a value is out of range (quoted in the message).
@@ -128,6 +151,7 @@ class LocalOptions:
     poll_interval_s: float = 0.25
     clock: Callable[[], float] = time.time
     busy_timeout_s: float = 5.0
+    fault_grace_s: float | None = None
 
     def __post_init__(self) -> None:
         path = Path(self.path)
@@ -147,6 +171,10 @@ class LocalOptions:
             raise ConfigError(f"poll_interval_s must be > 0, got {self.poll_interval_s!r}")
         if not self.busy_timeout_s > 0:
             raise ConfigError(f"busy_timeout_s must be > 0, got {self.busy_timeout_s!r}")
+        if self.fault_grace_s is None:
+            object.__setattr__(self, "fault_grace_s", self.ttl_s)
+        elif not self.fault_grace_s >= 0:
+            raise ConfigError(f"fault_grace_s must be >= 0, got {self.fault_grace_s!r}")
 
 
 def _code(exc: sqlite3.Error) -> int:
@@ -185,22 +213,20 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-_Expiry = Literal["apply", "hold", "grace"]
-
-
 class _Snapshot(NamedTuple):
     """One read of a service's entries."""
 
     live: frozenset[Instance]
     expired: tuple[tuple[Instance, float], ...]  # (instance, expires_at) of expired rows
     written_at: float | None  # the registry's last_write time (read only if expired)
+    deregistered: frozenset[str]  # ids deregistered explicitly (tombstones not yet collected)
 
 
 _LOG_STARTED = {
     False: "local registry cannot be read; watches keep their last endpoints "
            "(or wait for a first read)",
     True: "local registry cannot be written; registrations are not renewed, "
-          "and watches keep endpoints whose entries expire until it can",
+          "and watches keep their last endpoints until it can (and a grace period after)",
 }
 _LOG_STILL = {False: "local registry still cannot be read",
               True: "local registry still cannot be written"}
@@ -235,6 +261,7 @@ class LocalRegistry:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._has_last_write = False  # the file has the last_write table (old files may not)
+        self._has_tombstones = False  # the file has the deregistered table (idem)
         self._immutable = False  # opened immutable=1: read-only, no -wal/-shm (module doc)
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._moved = False  # the path was found naming another file, or none
@@ -245,6 +272,9 @@ class LocalRegistry:
         # Updated only in the worker thread (under _lock); status() reads a snapshot.
         self._tracker = StatusTracker("local", clock=self.options.clock)
         self._gc_at = -float("inf")  # monotonic time of the last garbage collection
+        self._reopened_at: float | None = None  # monotonic time of the latest reopen
+        self._kept: dict[int, int] = {}  # watch number -> endpoints it keeps (faults)
+        self._watch_ids = itertools.count()
         self._probe_lock: asyncio.Lock | None = None
         self._closed = False
         # A thread of our own: heartbeats must not queue behind the application's
@@ -297,6 +327,7 @@ class LocalRegistry:
             raise
         self._conn, self._immutable = conn, immutable
         self._has_last_write = "last_write" in tables
+        self._has_tombstones = "deregistered" in tables
 
     def _drop(self) -> None:
         """Close the connection; the next operation opens the path again."""
@@ -337,6 +368,7 @@ class LocalRegistry:
         assert self._conn is not None
         owned = self._owned
         self._tracker.reopened += 1
+        self._reopened_at = time.monotonic()
         error = None
         try:
             if owned:
@@ -415,21 +447,38 @@ class LocalRegistry:
              json.dumps(dict(inst.meta), sort_keys=True), inst.weight,
              self.options.clock() + self.options.ttl_s),
         )
+        if self._has_tombstones:  # registered again after a deregistration
+            conn.execute("DELETE FROM deregistered WHERE instance_id = ?", (inst.instance_id,))
 
     def _gc(self, conn: sqlite3.Connection) -> None:
-        """Delete rows dead for ``_GC_TTLS`` TTLs (their owners are gone for good)."""
+        """Delete rows dead (or deregistered) for ``_GC_TTLS`` TTLs (their owners are gone
+        for good)."""
         self._gc_at = time.monotonic()
-        conn.execute("DELETE FROM instances WHERE expires_at < ?",
-                     (self.options.clock() - _GC_TTLS * self.options.ttl_s,))
+        horizon = self.options.clock() - _GC_TTLS * self.options.ttl_s
+        conn.execute("DELETE FROM instances WHERE expires_at < ?", (horizon,))
+        if self._has_tombstones:
+            conn.execute("DELETE FROM deregistered WHERE at < ?", (horizon,))
 
-    def _write(self, conn: sqlite3.Connection, *instances: Instance, gc: bool = False) -> None:
-        """One write transaction: upsert ``instances``, stamp ``last_write`` (its counter
-        changes, so SQLite cannot skip the write even with nothing else to do), and collect
-        garbage if ``gc`` (or if it is due: at most once per ``ttl_s``)."""
+    def _write(self, conn: sqlite3.Connection, *instances: Instance, gc: bool = False,
+               remove: Instance | None = None) -> None:
+        """One write transaction: upsert ``instances``, delete ``remove`` (leaving a
+        tombstone, so that watches keeping endpoints after a fault drop it at once), stamp
+        ``last_write`` (its counter changes, so SQLite cannot skip the write even with
+        nothing else to do), and collect garbage if ``gc`` (or if it is due: at most once
+        per ``ttl_s``)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             for inst in instances:
                 self._upsert(conn, inst)
+            if remove is not None:
+                conn.execute("DELETE FROM instances WHERE instance_id = ?",
+                             (remove.instance_id,))
+                if self._has_tombstones:
+                    conn.execute(
+                        "INSERT INTO deregistered (instance_id, service, at) VALUES (?,?,?)"
+                        " ON CONFLICT(instance_id) DO UPDATE SET service=excluded.service,"
+                        " at=excluded.at",
+                        (remove.instance_id, remove.service, self.options.clock()))
             if self._has_last_write:
                 conn.execute(
                     "INSERT INTO last_write (id, seq, written_at) VALUES (0, 1, ?)"
@@ -469,14 +518,25 @@ class LocalRegistry:
         if expired and self._has_last_write:
             row = conn.execute("SELECT written_at FROM last_write WHERE id = 0").fetchone()
             written_at = None if row is None else float(row[0])
-        return _Snapshot(frozenset(live), tuple(expired), written_at)
+        gone: frozenset[str] = frozenset()
+        if self._has_tombstones:
+            gone = frozenset(r[0] for r in conn.execute(
+                "SELECT instance_id FROM deregistered WHERE service = ?", (service,)))
+        return _Snapshot(frozenset(live), tuple(expired), written_at, gone)
 
-    async def _expiry(self) -> _Expiry:
-        """How a watch treats expired entries now: ``"apply"`` (they are gone), ``"hold"``
-        (this process cannot write: keep those alive at the last write) or ``"grace"`` (its
-        writes came back within two heartbeat intervals: keep what was held). Whether it
-        can write: its latest write outcome if at most two heartbeat intervals old, else a
-        write probe's; one probe at a time."""
+    async def _suspect(self) -> bool:
+        """Whether the registry's view may lack live instances because of a fault, so that
+        a watch keeps endpoints it does not list: this process's writes fail (its owners'
+        entries, and everyone's if the fault is shared, are not renewed), or they failed
+        and work again since at most ``fault_grace_s``, or the file was found deleted or
+        replaced at most ``fault_grace_s`` ago (the owners have not re-registered yet).
+        Whether this process can write: its latest write outcome if at most two heartbeat
+        intervals old, else a write probe's; one probe at a time."""
+        grace_s = self.options.fault_grace_s
+        assert grace_s is not None
+        reopened_at = self._reopened_at
+        if reopened_at is not None and time.monotonic() - reopened_at <= grace_s:
+            return True
         if self._probe_lock is None:
             self._probe_lock = asyncio.Lock()
         interval = self.options.heartbeat_interval_s
@@ -489,9 +549,7 @@ class LocalRegistry:
                     ok = True
                 except RegistryError:
                     ok = False
-        if not ok:
-            return "hold"
-        return "grace" if self._tracker.writes_recovered_within(2 * interval) else "apply"
+        return not ok or self._tracker.writes_recovered_within(grace_s)
 
     # -- Registry protocol --------------------------------------------------------------
     async def register(self, instance: Instance) -> None:
@@ -531,11 +589,7 @@ class LocalRegistry:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._run(
-            lambda c: c.execute("DELETE FROM instances WHERE instance_id = ?",
-                                (instance.instance_id,)),
-            write=True,
-        )
+        await self._run(lambda c: self._write(c, remove=instance), write=True)
 
     async def instances(self, service: str) -> frozenset[Instance]:
         """The live instances of ``service`` now (one query, no watch).
@@ -550,14 +604,28 @@ class LocalRegistry:
 
         Polls every ``poll_interval_s`` (one SELECT). A failed read yields nothing: the last
         set stands, and before the first successful read there is none (the error shows in
-        :meth:`status`). While this process cannot write the registry (and for two
-        heartbeat intervals after it can again), entries that expired but were alive at the
-        registry's last successful write are kept: nobody could renew them (see the module
-        docstring).
+        :meth:`status`). After a registry fault (see the module docstring) the watch keeps
+        the endpoints of its last set that the registry no longer lists as live, unless
+        they were deregistered, until ``fault_grace_s`` after the fault ended; a watch that
+        starts during a fault keeps the entries that were live at the registry's last
+        successful write.
         """
         last: frozenset[Instance] | None = None
-        hold_from: float | None = None  # the registry's last write seen while holding
         poll_s = self.options.poll_interval_s
+        me = next(self._watch_ids)
+        try:
+            async with contextlib.aclosing(self._poll(service, poll_s, me)) as polls:
+                async for current in polls:
+                    if current != last:
+                        last = current
+                        yield current
+        finally:
+            self._kept.pop(me, None)
+
+    async def _poll(self, service: str, poll_s: float,
+                    me: int) -> AsyncGenerator[frozenset[Instance], None]:
+        """The body of :meth:`watch`: the set after each poll (``me`` numbers the watch)."""
+        last: frozenset[Instance] | None = None
         while not self._closed:
             try:
                 snap = await self._run(lambda c: self._read(c, service), write=False)
@@ -565,27 +633,29 @@ class LocalRegistry:
                 await asyncio.sleep(poll_s)
                 continue
             current = snap.live
-            # Only entries that were alive at the last write (or at the one seen while
-            # holding) are in question; older ones expired while someone could still write.
-            cutoff = hold_from if hold_from is not None else snap.written_at
-            if any(cutoff is None or expires_at > cutoff for _, expires_at in snap.expired):
-                mode = await self._expiry()
-                if mode == "hold" and snap.written_at is not None:
-                    hold_from = snap.written_at
-                elif mode == "apply":
-                    hold_from = None
-                if mode != "apply":
-                    if hold_from is not None:
-                        held = [i for i, expires_at in snap.expired if expires_at > hold_from]
-                    else:  # no last_write record (an old file): keep what was there
-                        ids = {i.instance_id for i in last or ()}
-                        held = [i for i, _ in snap.expired if i.instance_id in ids]
-                    current = current.union(held)
-            else:
-                hold_from = None
-            if current != last:
-                last = current
-                yield current
+            listed = {i.instance_id for i in current}
+            gone = snap.deregistered
+            if last is not None:  # the last set's endpoints that are not live any more
+                missing = [i for i in last
+                           if i.instance_id not in listed and i.instance_id not in gone]
+            else:  # a new watch: the entries live at the last write (None: an old file)
+                at = snap.written_at
+                missing = [i for i, expires_at in snap.expired
+                           if at is not None and expires_at > at and i.instance_id not in gone]
+            kept = len(missing) if missing and await self._suspect() else 0
+            if kept:
+                current = current.union(missing)
+            was = self._kept.get(me, 0)
+            if kept and not was:
+                _log.info("registry fault: a watch keeps endpoints the registry does not "
+                          "list until their owners renew them", service=service,
+                          kept=sorted(i.instance_id for i in missing))
+            elif was and not kept:
+                _log.info("a watch no longer keeps endpoints the registry does not list",
+                          service=service, dropped=sorted(i.instance_id for i in missing))
+            self._kept[me] = kept
+            last = current
+            yield current
             await asyncio.sleep(poll_s)
 
     def status(self) -> RegistryStatus:
@@ -594,9 +664,11 @@ class LocalRegistry:
         ``readable``/``read_errors``: watch polls and :meth:`instances`; ``writable``/
         ``write_errors``: register, heartbeats, deregister and write probes; ``reopened``:
         times the file was found deleted or replaced and reopened; ``last_error`` names the
-        file (not for gRPC callers).
+        file (not for gRPC callers); ``kept_endpoints``: endpoints the watches keep after a
+        fault although the registry does not list them (see the module docstring).
         """
-        return self._tracker.status()
+        return dataclasses.replace(self._tracker.status(),
+                                   kept_endpoints=sum(self._kept.values()))
 
     async def close(self) -> None:
         """Stop heartbeats and close the file. Registrations expire after their TTL.

@@ -79,9 +79,10 @@ class RegistryStatus:
         kind: which registry, ``"local"`` or ``"consul"``.
         readable: outcome of the latest read: True (it worked), False (it failed), None
             (nothing read yet).
-        writable: outcome of the latest write, same three values. While it is False, a
-            local registry's watches keep the endpoints whose entries expired but were alive
-            at the registry's last successful write (nobody could renew them since).
+        writable: outcome of the latest write, same three values. While it is False (and
+            for a grace period after), a local registry's watches keep the endpoints of
+            their last set that the registry no longer lists (their owners could not renew
+            them), unless they were deregistered.
         read_errors: failed reads since the registry was built (a counter, never reset).
         write_errors: failed writes since the registry was built (a counter).
         reopened: times the backing store had to be re-established and this process's
@@ -92,6 +93,10 @@ class RegistryStatus:
             page, never for a gRPC caller (use :attr:`summary`).
         failing_since_s: wall-clock time (Unix seconds) at which the current outage began,
             the earlier of the read and write outages; None while neither is failing.
+        kept_endpoints: endpoints the registry's watches keep although the registry does
+            not list them as live now, because of a fault (the local registry after a write
+            outage or a replaced file, until its grace period ends); 0 when its view
+            applies as it is. Summed over the watches.
     """
 
     kind: str
@@ -102,6 +107,7 @@ class RegistryStatus:
     reopened: int = 0
     last_error: str | None = None
     failing_since_s: float | None = None
+    kept_endpoints: int = 0
 
     @property
     def ok(self) -> bool:

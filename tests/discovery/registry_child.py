@@ -22,6 +22,7 @@ one JSON object per line on stdout:
   - ``status``: reply ``{"event": "status", "status": {...}}`` (the fields of
     ``RegistryStatus``) or ``{"event": "status", "error": "..."}``.
   - ``register ID``: reply ``{"event": "register", "id": ID, "error": null or "..."}``.
+  - ``deregister ID``: reply ``{"event": "deregister", "id": ID, "error": null or "..."}``.
   - ``quit``: closes the registry and exits 0.
 
 Logs are structlog JSON lines on stderr (``event``, ``level``, and the fields).
@@ -108,6 +109,12 @@ async def main(args: argparse.Namespace) -> None:
                 emit(event="register", id=arg, error=None)
             except RegistryError as exc:
                 emit(event="register", id=arg, error=str(exc))
+        elif cmd == "deregister":
+            try:
+                await reg.deregister(instance(arg))
+                emit(event="deregister", id=arg, error=None)
+            except RegistryError as exc:
+                emit(event="deregister", id=arg, error=str(exc))
         elif cmd == "quit":
             break
     for task in watchers:

@@ -229,6 +229,24 @@ async def run_scenario(scenario: Scenario, timing: Timing, *,
     return out
 
 
+def _unhealthy_windows(calls: list[Call], ref: float, end: float, health: Health,
+                       limit: int = 4) -> list[str]:
+    """Notes on the whole seconds from ``ref`` to ``end`` that were not healthy (at most
+    ``limit``): what a missed recovery bound consisted of (slow calls or failed ones)."""
+    notes: list[str] = []
+    t = ref
+    while t + 1.0 <= end and len(notes) < limit:
+        inside = [c for c in calls if t <= c.end < t + 1.0]
+        if not health.healthy(inside, t, t + 1.0):
+            ok = [c.end - c.start for c in inside if c.ok]
+            notes.append(f"second {t - ref:+.0f}..{t - ref + 1:+.0f} s: {len(ok)} ok (bound "
+                         f"{health.min_share * health.pre_ok_per_s:.0f}), "
+                         f"{len(inside) - len(ok)} failed, ok p50 "
+                         f"{p50(ok) * 1000:.0f} ms, max {max(ok, default=0.0) * 1000:.0f} ms")
+        t += 1.0
+    return notes
+
+
 async def _run(scenario: Scenario, timing: Timing, out: Outcome, keep_workdir: bool) -> None:
     async with running_stack(scenario.spec, keep_workdir=keep_workdir) as env:
         async with Workload(env, iterations_per_s=scenario.iterations_per_s) as w:
@@ -256,6 +274,7 @@ async def _run(scenario: Scenario, timing: Timing, out: Outcome, keep_workdir: b
             out.notes.append(f"order-service attempts per instance (as the workload's "
                              f"balancer picked them): {spread}")
             out.recovery_s = recovery_s(w.calls, ref, stopped_at, health, timing.settle_s)
+            out.notes.extend(_unhealthy_windows(w.calls, ref, stopped_at, health))
             out.calls = len(w.calls)
             out.failed = dict(Counter(c.code.name for c in w.calls if not c.ok).most_common())
             before = [c.end - c.start for c in w.calls if c.end < run.fault_start]

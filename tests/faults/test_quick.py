@@ -79,7 +79,8 @@ def check(outcomes: dict[str, dict[str, Any]], name: str) -> None:
 
 @pytest.mark.xfail(strict=True, raises=ScenarioFailed,
                    reason="issue 12 item 9: a new client with an unreadable registry is not "
-                          "told about the registry error; not fixed yet")
+                          "told about the registry error: the registry reports it "
+                          "(status().summary) but meshkit/channel.py does not use it yet")
 def test_registry_unreadable(outcomes: dict[str, dict[str, Any]]) -> None:
     """A new client facing an unreadable registry gets UNAVAILABLE naming the registry
     error; running callers are not hurt."""
