@@ -212,8 +212,10 @@ class EndpointPool:
             try:
                 await asyncio.wait_for(self.resolved.wait(), wait)
             except TimeoutError:
+                problem = self._registry_problem()
+                why = f"no discovery answer within {wait:.3g}s"
                 raise NoEndpointsError(
-                    self.service, f"no discovery answer within {wait:.3g}s") from None
+                    self.service, f"{problem}; {why}" if problem else why) from None
         while True:
             picked = self.balancer.pick(details.request_key, details.attempts)
             if picked is not None:
@@ -224,7 +226,8 @@ class EndpointPool:
                         self.balancer, EjectingBalancer) else "failing"
                     raise NoEndpointsError(
                         self.service, f"all {len(self.endpoints)} endpoints are {why}")
-                raise NoEndpointsError(self.service)
+                raise NoEndpointsError(self.service,
+                                       self._registry_problem() or "no endpoint is registered")
             try:
                 await asyncio.wait_for(self.changed(), details.time_remaining_s())
             except TimeoutError:
@@ -232,6 +235,18 @@ class EndpointPool:
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"deadline exceeded waiting for an endpoint of {self.service!r}",
                 ) from None
+
+    def _registry_problem(self) -> str | None:
+        """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
+        address or error text), or ``None`` when it reports none or cannot say."""
+        status = getattr(self.registry, "status", None)
+        if status is None:
+            return None
+        try:
+            summary = status().summary
+        except Exception:  # a registry without status support: say nothing more
+            return None
+        return summary if isinstance(summary, str) else None
 
     async def close(self, grace: float | None = None) -> None:
         """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s."""

@@ -413,9 +413,6 @@ async def test_corrupt_registry_yields_nothing_until_it_can_be_read(tmp_path: Pa
         await reader.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 12 item 9: needs meshkit/channel.py to name "
-                          "registry.status().summary in its UNAVAILABLE message")
 async def test_new_client_with_an_unreadable_registry_is_told_the_registry_is_at_fault(
         tmp_path: Path) -> None:
     """A new client whose registry cannot be read gets UNAVAILABLE saying so (the fixed

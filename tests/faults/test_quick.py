@@ -77,10 +77,6 @@ def check(outcomes: dict[str, dict[str, Any]], name: str) -> None:
         raise ScenarioFailed(f"{name}: " + "; ".join(o["problems"]))
 
 
-@pytest.mark.xfail(strict=True, raises=ScenarioFailed,
-                   reason="issue 12 item 9: a new client with an unreadable registry is not "
-                          "told about the registry error: the registry reports it "
-                          "(status().summary) but meshkit/channel.py does not use it yet")
 def test_registry_unreadable(outcomes: dict[str, dict[str, Any]]) -> None:
     """A new client facing an unreadable registry gets UNAVAILABLE naming the registry
     error; running callers are not hurt."""
