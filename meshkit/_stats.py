@@ -84,6 +84,9 @@ class ChannelStats:
         retry: retry counters, or ``None`` with retries off.
         policies: the active policies as JSON-able values (outlier, timeouts, deadline
             propagation, TLS).
+        registry: the registry's health as JSON-able values (``RegistryStatus`` fields:
+            ``readable``, ``writable``, error counters, ``kept_endpoints``...), or ``None``
+            for a registry that reports none.
     """
 
     service: str
@@ -94,6 +97,7 @@ class ChannelStats:
     endpoints: tuple[EndpointStats, ...]
     retry: RetrySnapshot | None
     policies: dict[str, Any] = field(default_factory=dict)
+    registry: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``/debug/mesh`` shows)."""

@@ -552,6 +552,11 @@ class MeshChannel(grpc.aio.Channel):
                 budget_left=round(self.retry.budget_left(), 2),
                 budget=repr(self.retry.options.budget))
         opts = self.options
+        registry: dict[str, Any] | None = None
+        status = getattr(self.registry, "status", None)
+        if status is not None:
+            st_reg = status()
+            registry = {**dataclasses.asdict(st_reg), "ok": st_reg.ok}
         return ChannelStats(
             service=self.service, state=self.get_state().name, balancer=type(inner).__name__,
             ejections=balancer.ejections if isinstance(balancer, EjectingBalancer) else 0,
@@ -563,7 +568,8 @@ class MeshChannel(grpc.aio.Channel):
                 "propagate_deadline": opts.propagate_deadline,
                 "tls": opts.tls is not None or opts.credentials is not None,
                 "filters": [repr(f) for f in opts.filters],
-            })
+            },
+            registry=registry)
 
     async def close(self, grace: float | None = None) -> None:
         """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s;

@@ -291,6 +291,14 @@ class MeshCollector:
                                   "1 while the endpoint is ejected, else 0.", ti),
             "ep_rtt": _Family("gauge", "meshkit_client_endpoint_rtt_seconds",
                               "Balancer's EWMA latency estimate per endpoint, seconds.", ti),
+            "registry_ok": _Family("gauge", "meshkit_registry_healthy",
+                                   "1 while the dialed service's registry can be read and "
+                                   "written, else 0.", t),
+            "registry_kept": _Family("gauge", "meshkit_registry_kept_endpoints",
+                                     "Endpoints kept through a registry fault although the "
+                                     "registry does not list them now.", t),
+            "registry_errors": _Family("counter", "meshkit_registry_errors",
+                                       "Failed registry reads and writes.", ("target", "op")),
             "ready": _Family("gauge", "meshkit_server_ready",
                              "1 when the server is registered and serving, not draining.",
                              ("service",)),
@@ -328,6 +336,12 @@ class MeshCollector:
                 fams["gave_up"].add(target, retry.gave_up_deadline)
                 fams["budget"].add(target, retry.budget_left)
             fams["watch_errors"].add(target, ch.watch_errors)
+            reg = ch.registry
+            if reg is not None:
+                fams["registry_ok"].add(target, float(bool(reg.get("ok", True))))
+                fams["registry_kept"].add(target, reg.get("kept_endpoints", 0))
+                fams["registry_errors"].add((ch.service, "read"), reg.get("read_errors", 0))
+                fams["registry_errors"].add((ch.service, "write"), reg.get("write_errors", 0))
         for srv in live_server_stats():
             svc = (srv.service,)
             fams["ready"].add(svc, float(srv.ready))

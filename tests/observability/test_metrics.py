@@ -174,6 +174,9 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
     assert value(got, "meshkit_server_rate_limited_total", grpc_method="Fail") == 0
     assert value(got, "meshkit_client_attempts_total", grpc_method="Unary") == 3
     assert value(got, "meshkit_client_endpoints", target="echo", state="READY") == 1
+    assert value(got, "meshkit_registry_healthy", target="echo") == 1
+    assert value(got, "meshkit_registry_kept_endpoints", target="echo") == 0
+    assert value(got, "meshkit_registry_errors_total", target="echo", op="write") == 0
     assert (
         value(
             got,
