@@ -55,10 +55,27 @@ ENV_VAR = "MESHKIT_REGISTRY"
 def __getattr__(name: str) -> Any:
     # Consul support imports consul.aio (and aiohttp) only when asked for.
     if name in ("ConsulOptions", "ConsulRegistry"):
-        from meshkit.discovery import _consul
-
-        return getattr(_consul, name)
+        try:
+            return getattr(_consul_module(), name)
+        except ConfigError as exc:
+            raise ImportError(str(exc), name=name) from exc.__cause__
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _consul_module() -> Any:
+    """:mod:`meshkit.discovery._consul`, which needs py-consul (the ``meshkit[consul]``
+    extra).
+
+    Raises:
+        ConfigError: py-consul is not installed (the message says how to install it).
+    """
+    try:
+        from meshkit.discovery import _consul
+    except ImportError as exc:
+        raise ConfigError(
+            f"the Consul registry needs py-consul, which is not installed ({exc.name}): "
+            "pip install 'meshkit[consul]'") from exc
+    return _consul
 
 
 def registry_from_uri(uri: str) -> Registry:
@@ -72,7 +89,8 @@ def registry_from_uri(uri: str) -> Registry:
           :meth:`ConsulRegistry.from_uri` documents); ``CONSUL_HTTP_TOKEN`` applies.
 
     Raises:
-        ConfigError: unknown scheme or bad option value (the URI is quoted).
+        ConfigError: unknown scheme or bad option value (the URI is quoted); a Consul URI
+            without py-consul installed (``meshkit[consul]``).
     """
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
@@ -93,9 +111,8 @@ def registry_from_uri(uri: str) -> Registry:
             raise ConfigError(f"unknown option(s) {sorted(query)} in registry URI {uri!r}")
         return LocalRegistry(LocalOptions(**kwargs))
     if scheme in ("consul", "consul+http", "consul+https"):
-        from meshkit.discovery._consul import ConsulRegistry
-
-        return ConsulRegistry.from_uri(uri)
+        registry: Registry = _consul_module().ConsulRegistry.from_uri(uri)
+        return registry
     raise ConfigError(
         f"unknown registry URI {uri!r}: expected local:///path or consul://host:port"
     )
