@@ -403,7 +403,17 @@ def _finish_telemetry(b: Build, side: str) -> None:
         b.client_interceptors.extend((ORDER["telemetry"], i) for i in client_interceptors(opts))
 
 
+def _defaults_server(b: Build) -> None:
+    b.serve["defaults"] = True
+
+
+def _defaults_client(b: Build) -> None:
+    b.dial["defaults"] = True
+
+
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
+    Layer("defaults", "serve()/dial() with their default options (no trace exporter)",
+          _always, server=_defaults_server, client=_defaults_client),
     Layer("deadline", "server DeadlineInterceptor (admission + propagation)", _always,
           server=_deadline_server),
     Layer("retry", "RetryOptions armed (idempotent method), never firing", _always,
@@ -480,8 +490,12 @@ def build_mesh(layers: tuple[str, ...], secrets: Secrets, side: str,
 
 def mesh_serve_options(b: Build, **kwargs: Any) -> Any:
     """:class:`meshkit.ServeOptions` from a server-side Build plus ``kwargs`` (telemetry off
-    unless a telemetry layer is in the Build)."""
+    unless a telemetry layer is in the Build; with the ``defaults`` layer, serve()'s own
+    defaults)."""
     import meshkit
+
+    if b.serve.get("defaults"):
+        return meshkit.ServeOptions(insecure=True, **kwargs)
 
     opts: dict[str, Any] = {"deadline": None, **kwargs, **b.serve}  # bare: no mesh checks
     if b.auth:
@@ -504,6 +518,8 @@ def mesh_dial_options(b: Build) -> Any:
     import meshkit
     from meshkit.balancer import RoundRobin
 
+    if b.dial.get("defaults"):
+        return meshkit.DialOptions(insecure=True)
     opts: dict[str, Any] = {"retry": None, "outlier": None, "balancer": RoundRobin}
     opts.update(b.dial)
     if _has_field(meshkit.DialOptions, "telemetry"):

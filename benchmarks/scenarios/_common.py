@@ -63,7 +63,8 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "smoke": Plan(mode="smoke", rounds=2, round_s=0.15, warmup_s=0.1,
-                  overhead_only=("raw", "mesh", "full"), slow_rounds=1, slow_round_s=0.3,
+                  overhead_only=("raw", "mesh", "defaults", "full"), slow_rounds=1,
+                  slow_round_s=0.3,
                   failover_pre_s=0.4, failover_post_s=1.0, join_obs_s=1.0, leave_obs_s=1.3,
                   convergence_contenders=("local-p2c", "consul-p2c")),
     "quick": Plan(mode="quick", rounds=3, round_s=0.2, warmup_s=0.1, slow_rounds=2,
@@ -212,7 +213,8 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
         ``qps``, ``p50_us``, ``p99_us``, ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
         (CPU seconds per 1000 calls), ``calls``, ``errors``, ``rounds``, and with a baseline
         ``qps_ratio`` (median of per-round ratios), ``qps_ratio_range`` (their lowest and
-        highest) and ``added_p50_us``/``added_p99_us``.
+        highest), ``added_p50_us``/``added_p99_us`` and ``added_cpu_us_per_call`` (client +
+        server CPU per call over the baseline's, median of per-round differences, us).
     """
     def per_1k(key: str) -> float:
         return median([r[key] / r["calls"] * 1000 for r in rounds if r["calls"]])
@@ -235,4 +237,10 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
         out["qps_ratio_range"] = [min(ratios), max(ratios)] if ratios else None
         out["added_p50_us"] = median([r["p50_us"] - b["p50_us"] for r, b in pairs])
         out["added_p99_us"] = median([r["p99_us"] - b["p99_us"] for r, b in pairs])
+
+        def cpu_us(r: dict[str, Any]) -> float:
+            return (r["cpu_s"] + r["server_cpu_s"]) / r["calls"] * 1e6
+
+        out["added_cpu_us_per_call"] = median([cpu_us(r) - cpu_us(b) for r, b in pairs
+                                               if r["calls"] and b["calls"]])
     return out

@@ -1,5 +1,9 @@
 """Scenario 1, overhead by layer: raw grpc.aio -> dial()/serve() -> each policy -> full stack.
 
+``defaults`` is ``dial()``/``serve()`` with their default options as a new user runs them
+(P2C, retries armed, ejection, deadline admission, metrics, JSON access log, spans without
+an exporter).
+
 Unary calls with 64-byte requests on one server process per contender, from one client
 process per contender, at each concurrency of the plan; QPS, p50/p99, CPU seconds per 1000
 calls of the client and the server process, and peak RSS of both. Baseline: ``raw``.
@@ -29,7 +33,8 @@ def contender_specs(ctx: Ctx, *, subset: bool = True
     for m in missing:
         ctx.note(f"layer {m} (left out of the full stack)")
     specs: list[tuple[str, str, tuple[str, ...], bool]] = [
-        ("raw", "raw", (), False), ("mesh", "mesh", (), False)]
+        ("raw", "raw", (), False), ("mesh", "mesh", (), False),
+        ("defaults", "mesh", ("defaults",), False)]
     specs += [(f"+{name}", "mesh", (name,), False) for name in stacks.POLICY_LAYERS
               if name in full]
     specs.append(("full", "mesh", full, False))
