@@ -189,6 +189,7 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
     """
     import grpc
     import structlog
+    from prometheus_client import CollectorRegistry
 
     from benchmarks.stacks import tracer_provider
     from meshkit.interceptors import CallKind, ClientCallDetails
@@ -200,7 +201,6 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
         flush_logs,
     )
     from meshkit.observability._logging import _AccessLog
-    from prometheus_client import CollectorRegistry
 
     method = "/bench.v1.Echo/Unary"
     saved = _AccessLog.logger
