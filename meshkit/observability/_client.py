@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import time
 from typing import Any
 
 import grpc
-import structlog
 from grpc.aio import AioRpcError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -22,7 +22,7 @@ from meshkit.interceptors import (
     StreamProceed,
     UnaryProceed,
 )
-from meshkit.observability._logging import access_logger
+from meshkit.observability._logging import access_active, access_logger, get_logger
 from meshkit.observability._metrics import BoundClient, rpc_metrics
 from meshkit.observability._options import TelemetryOptions
 from meshkit.observability._semconv import (
@@ -36,18 +36,27 @@ from meshkit.observability._semconv import (
     MethodNames,
     grpc_type,
 )
-from meshkit.observability._tracing import inject_context
+from meshkit.observability._tracing import (
+    SpanStarter,
+    inject_context,
+    inject_span,
+    instrumentor_active,
+    tracing_from_env,
+    tracing_wanted,
+)
 
 __all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
 
 _perf = time.perf_counter
 _time_ns = time.time_ns
-_internal_log = structlog.get_logger("meshkit.observability")
+_internal_log = get_logger("meshkit.observability")
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CLIENT = SpanKind.CLIENT
+_current_span = trace.get_current_span
+_in_context = trace.set_span_in_context
 _INTERNAL = SpanKind.INTERNAL
 _TYPES = {
     CallKind.UNARY_UNARY: grpc_type(False, False),
@@ -106,12 +115,17 @@ class TelemetryClientInterceptor(ClientInterceptor):
     def __init__(self, options: TelemetryOptions | None = None) -> None:
         opts = options or TelemetryOptions()
         self.options = opts
-        self._tracer = trace.get_tracer("meshkit.observability",
-                                        tracer_provider=opts.tracer_provider)
+        self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
+        self._spans = SpanStarter(opts.tracer_provider, self._kind)
+        # opentelemetry-instrument's grpc instrumentor makes the spans itself
+        self._tracing = opts.tracing and not instrumentor_active("client")
+        # a process that only dials honours OTEL_* like one that serves (set up at the
+        # first call, so serve() in the same process names the service first)
+        self._env_tracing = (self._tracing and opts.tracer_provider is None
+                             and tracing_wanted())
         self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
         self._quiet: MethodTable[bool] = MethodTable(dict.fromkeys(opts.quiet_methods, True),
                                                      False)
-        self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
@@ -121,9 +135,16 @@ class TelemetryClientInterceptor(ClientInterceptor):
         key = (details.method, details.kind)
         m = self._methods.get(key)
         if m is None:
+            if self._env_tracing:
+                self._env_tracing = False
+                try:
+                    tracing_from_env(os.environ.get("OTEL_SERVICE_NAME") or "unknown_service")
+                except Exception as e:  # checked at construction; never fail a call
+                    _internal_log.warning("tracing set-up from OTEL_* failed",
+                                          error=str(e))
             names = MethodNames(details.method, _TYPES[details.kind])
             bound = self._metrics.bind_client(names) if self._metrics is not None else None
-            m = _Method(names, bound, self.options.tracing and not self._quiet.get(
+            m = _Method(names, bound, self._tracing and not self._quiet.get(
                 details.method))
             m.attrs[SERVER_ADDRESS] = details.service
             if len(self._methods) < 10_000:
@@ -137,9 +158,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:
-            span = self._tracer.start_span(m.names.span_name, None, self._kind, m.attrs)
-            ctx = trace.set_span_in_context(span)
-            inject_context(details.metadata, ctx)
+            parent = _current_span().get_span_context()
+            span = self._spans.start(m.names.span_name, parent if parent.is_valid else None,
+                                     None, m.attrs)
+            ctx = _in_context(span)
+            inject_span(details.metadata, span, ctx)
             token = otel_context.attach(ctx)
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)
@@ -218,7 +241,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
-        if span is None and not (self.options.access_log
+        if span is None and not (self.options.access_log and access_active()
                                  and not self._quiet.get(details.method)):
             return
         if defer:
@@ -271,7 +294,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     span.set_status(Status(StatusCode.ERROR, f"{code.name}: {detail}"
                                            if detail else code.name))
             span.end(end_ns)
-            if self.options.access_log:
+            if self.options.access_log and access_active():
                 ctx = span.get_span_context()
                 self._log(m, details, code, duration_s, format(ctx.trace_id, "032x"),
                           format(ctx.span_id, "016x"))
