@@ -130,6 +130,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from meshkit.observability import _tracing
 from meshkit.observability._admin import AdminOptions, AdminServer, Handler
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
 from meshkit.observability._logging import (
@@ -157,7 +158,6 @@ from meshkit.observability._setup import (
     client_interceptors,
     server_interceptors,
 )
-from meshkit.observability import _tracing
 from meshkit.observability._tracing import (
     configure_tracing,
     extract_context,
@@ -225,5 +225,5 @@ __all__ = [
     "set_certificate_expiry",
     "tracing_from_env",
 ]
-if _tracing._sdk is not None:  # what needs the SDK is exported only with it
+if _tracing.sdk_available():  # what needs the SDK is exported only with it
     __all__ += ["JsonLinesSpanExporter", "load_spans", "render_trace"]

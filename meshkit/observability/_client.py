@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 from grpc.aio import AioRpcError
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._methods import MethodTable
@@ -38,6 +38,7 @@ from meshkit.observability._semconv import (
 )
 from meshkit.observability._tracing import (
     SpanStarter,
+    fast_propagation,
     inject_context,
     inject_span,
     instrumentor_active,
@@ -161,9 +162,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
             parent = _current_span().get_span_context()
             span = self._spans.start(m.names.span_name, parent if parent.is_valid else None,
                                      None, m.attrs)
-            ctx = _in_context(span)
-            inject_span(details.metadata, span, ctx)
-            token = otel_context.attach(ctx)
+            if span is not None:
+                ctx = _in_context(span)
+                inject_span(details.metadata, span, ctx)
+                token = otel_context.attach(ctx)
+            elif not fast_propagation() or baggage.get_all():
+                inject_context(details.metadata)  # no trace context; baggage may travel
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)
         return span, token, call_token, _perf()

@@ -167,10 +167,12 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
                 sc = trace.get_current_span(parent).get_span_context()
                 span = self._spans.start(m.names.span_name, sc if sc.is_valid else None,
                                          parent, m.attrs)
-                token = otel_context.attach(trace.set_span_in_context(span, parent))
+                token = otel_context.attach(
+                    parent if span is None else trace.set_span_in_context(span, parent))
             else:
                 span = self._spans.start(m.names.span_name, remote, None, m.attrs)
-                token = otel_context.attach(trace.set_span_in_context(span))
+                if span is not None:
+                    token = otel_context.attach(trace.set_span_in_context(span))
         return span, token, _perf()
 
     def _finish(self, m: _Method, context: Any, span: Any, token: Any, t0: float,

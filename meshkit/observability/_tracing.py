@@ -16,7 +16,6 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import (
-    INVALID_SPAN,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -51,6 +50,7 @@ __all__ = [
     "otel_server_interceptor",
     "parse_traceparent",
     "require_sdk",
+    "sdk_available",
     "tracing_wanted",
 ]
 
@@ -110,6 +110,11 @@ def extract_context(metadata: Sequence[Any] | None) -> Any:
     """The OpenTelemetry ``Context`` carried by incoming gRPC ``metadata`` (pairs), or an
     empty one; unreadable headers are ignored, as W3C Trace Context requires."""
     return propagate.extract(metadata or (), getter=_GETTER)
+
+
+def sdk_available() -> bool:
+    """Whether the OpenTelemetry SDK (``meshkit[otel]``) can be imported."""
+    return _sdk is not None
 
 
 def require_sdk(what: str) -> None:
@@ -424,14 +429,15 @@ class SpanStarter:
         return self._sdk
 
     def start(self, name: str, parent: SpanContext | None, context: Any,
-              attributes: dict[str, Any]) -> Span:
+              attributes: dict[str, Any]) -> Span | None:
         """A span ``name`` under ``parent`` (a valid span context, or ``None`` for a root);
         ``context`` is the OpenTelemetry ``Context`` holding that parent for the SDK path
-        (``None``: built from a remote ``parent``, else the current one)."""
+        (``None``: built from a remote ``parent``, else the current one). ``None`` when
+        there is no trace context to carry (no SDK provider and no parent)."""
         sdk = self._sdk if self._explicit is not None and self._sdk is not None \
             else self._resolve()
         if sdk is None and parent is None:
-            return INVALID_SPAN
+            return None
         if parent is not None:
             tid = parent.trace_id
             state = parent.trace_state
@@ -440,7 +446,7 @@ class SpanStarter:
             state = None
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
-                return INVALID_SPAN
+                return None
             return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
                                                 parent.trace_flags, state))
         if context is None and parent is not None:
