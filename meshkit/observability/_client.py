@@ -22,7 +22,12 @@ from meshkit.interceptors import (
     StreamProceed,
     UnaryProceed,
 )
-from meshkit.observability._logging import access_active, access_logger, get_logger
+from meshkit.observability._logging import (
+    access_active,
+    access_logger,
+    access_renders_inline,
+    get_logger,
+)
 from meshkit.observability._metrics import BoundClient, rpc_metrics
 from meshkit.observability._options import TelemetryOptions
 from meshkit.observability._semconv import (
@@ -245,10 +250,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
-        if span is None and not (self.options.access_log and access_active()
-                                 and not self._quiet.get(details.method)):
+        log = self.options.access_log and access_active()
+        if span is None and not (log and not self._quiet.get(details.method)):
             return
-        if defer:
+        # only work worth moving off the call's path is deferred: ending a recorded span,
+        # or an access line rendered when logged (a captured tuple costs less than that)
+        if defer and ((span is not None and span.is_recording())
+                      or (log and access_renders_inline())):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop

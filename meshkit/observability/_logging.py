@@ -30,6 +30,7 @@ __all__ = [
     "BufferedLineWriter",
     "access_active",
     "access_logger",
+    "access_renders_inline",
     "add_trace_context",
     "configure_logging",
     "flush_logs",
@@ -373,6 +374,13 @@ def access_active() -> bool:
     return lg is not _STDLIB_ACCESS or _STDLIB_ACCESS.active()
 
 
+def access_renders_inline() -> bool:
+    """Whether writing an access-log event renders it on the spot (a structlog chain or
+    the standard library), rather than capturing a tuple the batch writer renders later
+    (:func:`configure_logging` with JSON): the interceptors defer only the former."""
+    return not isinstance(_AccessLog.logger, _AccessWriter)
+
+
 class _AccessWriter:
     """The JSON access log :func:`configure_logging` builds: each event is captured as a
     tuple (time, level, fields, structlog contextvars) and rendered into a JSON line by the
@@ -428,9 +436,24 @@ def render_access(record: tuple[float, str, str, dict[str, Any], dict[str, Any] 
     out["event"] = event
     out.update(fields)
     out["level"] = level
-    stamp = datetime.fromtimestamp(ts, UTC).isoformat()
-    out["timestamp"] = stamp[:-6] + "Z" if stamp.endswith("+00:00") else stamp
+    out["timestamp"] = _iso_utc(ts)
     return json_dumps(out, default=repr)
+
+
+_second: list[Any] = [None, ""]
+
+
+def _iso_utc(ts: float) -> str:
+    """``ts`` (Unix seconds) as structlog's ISO-8601 UTC stamp,
+    ``2026-12-03T06:48:29.750629Z``; the part up to the second is cached (a batch of lines
+    mostly shares it)."""
+    sec = int(ts)
+    micros = round((ts - sec) * 1e6)
+    if micros >= 1_000_000:
+        sec, micros = sec + 1, micros - 1_000_000
+    if _second[0] != sec:
+        _second[:] = [sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def json_dumps(obj: Any, **kw: Any) -> str:

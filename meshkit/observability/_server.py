@@ -16,7 +16,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from meshkit._handlers import other_responses
 from meshkit._methods import MethodTable
 from meshkit.errors import ConfigError
-from meshkit.observability._logging import access_active, access_logger, get_logger
+from meshkit.observability._logging import (
+    access_active,
+    access_logger,
+    access_renders_inline,
+    get_logger,
+)
 from meshkit.observability._metrics import BoundServer, rpc_metrics
 from meshkit.observability._options import TelemetryOptions, auth_peer_identity
 from meshkit.observability._semconv import (
@@ -190,6 +195,11 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             identity = self._identity() if self._identity is not None else None
             peer = context.peer()
             md = self._md(m, context) if log and m.log_md else None
+            # only work worth moving off the call's path is deferred: ending a recorded
+            # span, or an access line rendered when logged (a captured tuple is cheaper)
+            if defer and not ((span is not None and span.is_recording())
+                              or (log and access_renders_inline())):
+                defer = False
             loop = _running_loop() if defer else None
             if loop is not None:
                 # the context copied here still has the span current, as inline
