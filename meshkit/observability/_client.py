@@ -159,8 +159,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
     def _start(self, m: _Method, details: ClientCallDetails) -> tuple[Any, Any, Any, float]:
         if m.bound is not None:
-            m.bound.started.inc()
-            m.bound.in_flight.inc()
+            m.bound.start()
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:

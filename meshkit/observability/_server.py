@@ -160,8 +160,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     # -- per call ------------------------------------------------------------------------
     def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
         if m.bound is not None:
-            m.bound.started.inc()
-            m.bound.in_flight.inc()
+            m.bound.start()
         self._in_flight += 1
         span = token = None
         if m.traced:
@@ -383,8 +382,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     # quiet methods (health, reflection): metrics only
     def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
         if m.bound is not None:
-            m.bound.started.inc()
-            m.bound.in_flight.inc()
+            m.bound.start()
         return None, None, _perf()
 
     def _finish_quiet(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
