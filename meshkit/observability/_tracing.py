@@ -323,6 +323,7 @@ def tracing_wanted() -> bool:
 _getrandbits = random.getrandbits
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_TRACE_ID_LIMIT = (1 << 64) - 1
 
 
 def _new_trace_id() -> int:
@@ -380,12 +381,24 @@ def _is_default_parent_based(sampler: Any) -> bool:
 class _Sdk:
     """What one SDK provider needs per span: its sampler and a tracer of meshkit's."""
 
-    __slots__ = ("ids", "parent_based", "sampler", "tracer")
+    __slots__ = ("ids", "parent_based", "root_bound", "sampler", "tracer")
 
     def __init__(self, provider: Any) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
         self.sampler = provider.sampler
         self.parent_based = _is_default_parent_based(self.sampler)
+        # a root decided by ParentBased(TraceIdRatioBased / ALWAYS_ON / ALWAYS_OFF): the
+        # ratio rule applied here (trace id's low 64 bits below the bound), as the SDK does
+        self.root_bound: int | None = None
+        if self.parent_based:
+            root = getattr(self.sampler, "_root", None)
+            sampling = _sdk.sampling
+            if type(root) is sampling.TraceIdRatioBased:
+                self.root_bound = int(root.bound)
+            elif root is sampling.ALWAYS_ON:
+                self.root_bound = sampling.TraceIdRatioBased.TRACE_ID_LIMIT + 1
+            elif root is sampling.ALWAYS_OFF:
+                self.root_bound = 0
         self.ids: _PresetTraceIds | None = None
         if hasattr(self.tracer, "id_generator"):
             self.ids = _PresetTraceIds(self.tracer.id_generator)
@@ -454,6 +467,8 @@ class SpanStarter:
                 if parent.is_remote else otel_context.get_current()
         if parent is not None and sdk.parent_based:
             record = parent.trace_flags.sampled
+        elif parent is None and sdk.root_bound is not None:
+            record = tid & _TRACE_ID_LIMIT < sdk.root_bound
         else:
             decision = sdk.sampler.should_sample(context, tid, name, self._kind,
                                                  attributes).decision
