@@ -13,6 +13,10 @@
   (:func:`meshkit.observability.access_logger`). Lines go to ``/dev/null``;
 * ``encoder``: the same lean access logger encoding with :func:`json.dumps` vs orjson
   (:func:`meshkit.observability._logging.json_dumps`, ``meshkit[fast]``);
+* ``telemetry``: CPU each fused telemetry interceptor adds per unary call, per side
+  (client interceptor with an instant continuation, server handler wrap with an instant
+  handler), for tracing 100 %, metrics, access log, all three and all three at 1 %
+  sampling, minus the bare loop;
 * ``ratelimit``: CPU per rate-limit hit (default sliding-window counter, ``memory://``,
   yielding to the event loop after each hit as a server does between calls) on ``limits``'
   own async ``MemoryStorage`` (its expiry sweep started after every hit, walking every key)
@@ -31,13 +35,14 @@ import asyncio
 import contextlib
 import io
 import os
+import random
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-__all__ = ["accesslog", "fusion", "main", "ratelimit"]
+__all__ = ["accesslog", "fusion", "main", "ratelimit", "telemetry"]
 
 _FIELDS: dict[str, Any] = {
     "side": "server", "service": "userd", "method": "/ecom.user.v1.UserService/GetUser",
@@ -143,6 +148,136 @@ async def accesslog(sink: TextIO, rounds: int = 10, lines: int = 20000) -> dict[
             _AccessLog.logger = saved
 
 
+class _Ctx:
+    """The parts of a grpc.aio ServicerContext the telemetry server wrap reads."""
+
+    __slots__ = ("_md",)
+
+    def __init__(self, md: tuple[tuple[str, str], ...]) -> None:
+        self._md = md
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._md
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50123"
+
+    def code(self) -> Any:
+        return None
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def auth_context(self) -> dict[str, Any]:
+        return {}
+
+
+TELEMETRY_VARIANTS = ("off", "tracing", "metrics", "accesslog", "full", "full-1pct")
+
+
+async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[str, float]:
+    """CPU microseconds one telemetry interceptor adds per unary call, per side.
+
+    Each variant (``tracing`` at 100 %, ``metrics``, ``accesslog`` (JSON through
+    :func:`configure_logging`, written to ``sink``), ``full`` = all three, ``full-1pct`` =
+    all three with 1 % head sampling) calls the fused client interceptor with a
+    continuation that answers at once, and the fused server handler wrap with a handler
+    that answers at once (metadata carrying a ``traceparent`` as the client sends it),
+    yielding to the loop after each call so deferred completions run; ``off`` is the same
+    loop without interceptors, subtracted. Keys ``client:<variant>`` and
+    ``server:<variant>``.
+    """
+    import grpc
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    from benchmarks.stacks import tracer_provider
+    from meshkit.interceptors import CallKind, ClientCallDetails
+    from meshkit.observability import (
+        TelemetryClientInterceptor,
+        TelemetryOptions,
+        TelemetryServerInterceptor,
+        configure_logging,
+        flush_logs,
+    )
+    from meshkit.observability._logging import _AccessLog
+
+    method = "/bench.v1.Echo/Unary"
+    saved = _AccessLog.logger
+    providers = {1.0: tracer_provider(1.0), 0.01: tracer_provider(0.01)}
+
+    def options(variant: str) -> TelemetryOptions:
+        on = {"tracing": variant in ("tracing", "full", "full-1pct"),
+              "metrics": variant in ("metrics", "full", "full-1pct"),
+              "access_log": variant in ("accesslog", "full", "full-1pct")}
+        provider = providers[0.01 if variant == "full-1pct" else 1.0]
+        return TelemetryOptions(tracer_provider=provider if on["tracing"] else None,
+                                registry=CollectorRegistry(), **on)
+
+    def client_run(variant: str) -> Callable[[], Awaitable[float]]:
+        async def proceed(details: Any, request: Any) -> bytes:
+            return b""
+
+        async def run() -> float:
+            icpt = None if variant == "off" else TelemetryClientInterceptor(options(variant))
+            t0 = time.process_time()
+            for _ in range(calls):
+                d = ClientCallDetails(service="echo", method=method, kind=CallKind.UNARY_UNARY,
+                                      timeout_s=None, metadata=None)
+                if icpt is None:
+                    await proceed(d, b"")
+                else:
+                    await icpt.intercept_unary(d, b"", proceed)
+                await asyncio.sleep(0)
+            return (time.process_time() - t0) / calls * 1e6
+
+        return run
+
+    def server_run(variant: str) -> Callable[[], Awaitable[float]]:
+        async def behavior(request: Any, context: Any) -> bytes:
+            return b""
+
+        ratio = 0.01 if variant == "full-1pct" else 1.0
+        contexts = [_Ctx((("traceparent",
+                           f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-"
+                           f"{'01' if random.random() < ratio else '00'}"),))
+                    for _ in range(1000)]
+
+        async def run() -> float:
+            plain = grpc.unary_unary_rpc_method_handler(behavior)
+            if variant == "off":
+                observed = behavior
+            else:
+                icpt = TelemetryServerInterceptor("echo", options(variant))
+                observed = icpt._wrap(plain, method).unary_unary
+
+            t0 = time.process_time()
+            for i in range(calls):
+                await observed(b"", contexts[i % 1000])
+                await asyncio.sleep(0)
+            return (time.process_time() - t0) / calls * 1e6
+
+        return run
+
+    with contextlib.redirect_stderr(sink):
+        configure_logging("info", json=True)
+        try:
+            variants: dict[str, Callable[[], Awaitable[float]]] = {}
+            for v in TELEMETRY_VARIANTS:
+                variants[f"client:{v}"] = client_run(v)
+                variants[f"server:{v}"] = server_run(v)
+            res = await _alternate(rounds, variants)
+        finally:
+            flush_logs()
+            structlog.reset_defaults()
+            _AccessLog.logger = saved
+    for side in ("client", "server"):
+        base = res[f"{side}:off"]
+        for v in TELEMETRY_VARIANTS[1:]:
+            res[f"{side}:{v}"] -= base
+    return res
+
+
 async def ratelimit(rounds: int = 10, hits: int = 4000, keys: int = 1,
                     strategy: str = "sliding-window-counter") -> dict[str, float]:
     """CPU microseconds per hit of ``strategy`` with ``keys`` caller keys, ``stock`` limits
@@ -182,11 +317,21 @@ def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int
     ap.add_argument("--rounds", type=int, default=12, help="alternating rounds (default 12)")
     ap.add_argument("--calls", type=int, default=6000,
                     help="calls per fusion round (default 6000); log lines are 5x this")
+    ap.add_argument("--only-telemetry", action="store_true",
+                    help="only the per-side telemetry interceptor measurement")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.calls < 16:
         ap.error(f"--rounds must be >= 1 and --calls >= 16, got {args.rounds!r}, "
                  f"{args.calls!r}")
     stream: Any = out if out is not None else sys.stdout
+    with open(os.devnull, "w") as null:
+        t = asyncio.run(telemetry(null, args.rounds, args.calls))
+    for side in ("client", "server"):
+        print(f"telemetry  {side}  " + "  ".join(
+            f"{v} {t[f'{side}:{v}']:6.1f}" for v in TELEMETRY_VARIANTS[1:])
+            + f"  us/call added (bare loop {t[f'{side}:off']:.1f})", file=stream)
+    if args.only_telemetry:
+        return 0
     f = asyncio.run(fusion(args.rounds, args.calls))
     print(f"fusion     chained {f['chained']:7.1f} us/call   fused {f['fused']:7.1f} us/call"
           f"   saved {f['chained'] - f['fused']:6.1f} us", file=stream)

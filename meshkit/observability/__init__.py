@@ -13,7 +13,8 @@ Chain order. Server: **telemetry** -> authn -> authz -> rate limit -> deadline -
 **telemetry** -> (token forwarding, your own) -> retry/hedging -> balancer ->
 attempt interceptors.
 
-**Tracing** (OpenTelemetry API; SDK set up by :func:`configure_tracing` from ``OTEL_*``:
+**Tracing** (OpenTelemetry API; the SDK is the ``meshkit[otel]`` extra, set up by
+:func:`configure_tracing` from ``OTEL_*``:
 ``OTEL_TRACES_EXPORTER=otlp|console|none``, ``OTEL_TRACES_SAMPLER[_ARG]``,
 ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``; OTLP needs
 ``opentelemetry-exporter-otlp``, else a warning). Context and baggage travel in gRPC
@@ -28,6 +29,18 @@ retried or hedged (or a CLIENT span per attempt with ``attempt_spans=True`` and
 ``meshkit.peer.identity`` (caller's SPIFFE ID under mTLS), ``meshkit.rate_limited`` when
 the rate limiter refused the call (client spans: on any ``RESOURCE_EXHAUSTED`` answer).
 :func:`render_trace` draws a finished trace as a tree.
+
+**Spans cost what they must.** An SDK span is built only when the trace is sampled (the
+provider's sampler decides, on the trace id meshkit draws); otherwise, and without an SDK
+provider under a traced caller, the span is a non-recording one with fresh ids, so
+``traceparent`` (sampled flag as decided) still travels and log lines carry trace ids.
+Without an SDK and without a caller's context there is no trace context at all. The
+default W3C propagator pair is read and written by meshkit itself (any other propagator,
+``tracestate`` or baggage goes through the OpenTelemetry API). When
+opentelemetry-instrumentation-grpc's aio instrumentor is active (e.g. under
+``opentelemetry-instrument``), meshkit makes no spans of its own on that side. A process
+that only dials honours ``OTEL_*`` (:func:`tracing_from_env`, at the first call) like one
+that serves.
 
 **Metrics** (prometheus-client, see ``_metrics.py`` for why; names follow
 go-grpc-prometheus; one :class:`~prometheus_client.CollectorRegistry` per process,
@@ -78,7 +91,11 @@ families other than ``rate_limited`` are read from live channels and servers at 
 time (:class:`MeshCollector`), never counted on the call path.
 
 **Logs** (structlog; :func:`configure_logging`: JSON lines on stderr, console format on a
-terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Every line written while a
+terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Quiet until configured: before
+:func:`configure_logging` (or the application's own ``structlog.configure``) meshkit
+writes nothing to stdout; its loggers go through the standard library's ``logging``
+(warnings reach stderr through Python's last-resort handler) and the access log is off
+unless the ``meshkit.access`` logger takes ``INFO``. Every line written while a
 span is current carries ``trace_id``/``span_id`` (:func:`add_trace_context`); fields
 named like credentials are redacted (:func:`redact_secrets`). One access-log event per
 call, logger ``meshkit.access``, event ``rpc``: ``side`` (``server``/``client``),
@@ -111,9 +128,11 @@ ephemeral loopback port, announced as registry meta ``admin_port``) and calls
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from meshkit.observability import _tracing
 from meshkit.observability._admin import AdminOptions, AdminServer, Handler
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
-from meshkit.observability._files import JsonLinesSpanExporter, load_spans
 from meshkit.observability._live import live_channel_stats, live_server_stats, track
 from meshkit.observability._logging import (
     BufferedLineWriter,
@@ -133,7 +152,6 @@ from meshkit.observability._metrics import (
     set_certificate_expiry,
 )
 from meshkit.observability._options import PeerIdentityFunc, TelemetryOptions
-from meshkit.observability._render import render_trace
 from meshkit.observability._server import TelemetryServerInterceptor
 from meshkit.observability._setup import (
     Implementation,
@@ -150,6 +168,31 @@ from meshkit.observability._tracing import (
     tracing_from_env,
 )
 
+if TYPE_CHECKING:
+    from meshkit.observability._files import JsonLinesSpanExporter, load_spans
+    from meshkit.observability._render import render_trace
+
+# These need the OpenTelemetry SDK (``meshkit[otel]``): imported on first use, so
+# ``import meshkit`` works with the API alone.
+_SDK_EXPORTS = {"JsonLinesSpanExporter": "meshkit.observability._files",
+                "load_spans": "meshkit.observability._files",
+                "render_trace": "meshkit.observability._render"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SDK_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meshkit.observability' has no attribute {name!r}")
+    from meshkit.observability._tracing import require_sdk
+
+    require_sdk(name)
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "DURATION_BUCKETS_S",
     "AdminOptions",
@@ -158,7 +201,6 @@ __all__ = [
     "BufferedLineWriter",
     "Handler",
     "Implementation",
-    "JsonLinesSpanExporter",
     "MeshCollector",
     "PeerIdentityFunc",
     "RpcMetrics",
@@ -178,14 +220,14 @@ __all__ = [
     "is_sensitive_key",
     "live_channel_stats",
     "live_server_stats",
-    "load_spans",
     "otel_client_interceptors",
     "otel_server_interceptor",
     "redact_secrets",
-    "render_trace",
     "rpc_metrics",
     "server_interceptors",
     "set_certificate_expiry",
     "tracing_from_env",
     "track",
 ]
+if _tracing.sdk_available():  # what needs the SDK is exported only with it
+    __all__ += ["JsonLinesSpanExporter", "load_spans", "render_trace"]

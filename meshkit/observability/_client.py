@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import time
 from typing import Any
 
 import grpc
-import structlog
 from grpc.aio import AioRpcError
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._methods import MethodMatcher
@@ -22,7 +22,12 @@ from meshkit.interceptors import (
     StreamProceed,
     UnaryProceed,
 )
-from meshkit.observability._logging import access_logger
+from meshkit.observability._logging import (
+    access_active,
+    access_logger,
+    access_renders_inline,
+    get_logger,
+)
 from meshkit.observability._metrics import BoundClient, rpc_metrics
 from meshkit.observability._options import TelemetryOptions
 from meshkit.observability._semconv import (
@@ -36,18 +41,28 @@ from meshkit.observability._semconv import (
     MethodNames,
     grpc_type,
 )
-from meshkit.observability._tracing import inject_context
+from meshkit.observability._tracing import (
+    SpanStarter,
+    fast_propagation,
+    inject_context,
+    inject_span,
+    instrumentor_active,
+    tracing_from_env,
+    tracing_wanted,
+)
 
 __all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
 
 _perf = time.perf_counter
 _time_ns = time.time_ns
-_internal_log = structlog.get_logger("meshkit.observability")
+_internal_log = get_logger("meshkit.observability")
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CLIENT = SpanKind.CLIENT
+_current_span = trace.get_current_span
+_in_context = trace.set_span_in_context
 _INTERNAL = SpanKind.INTERNAL
 _TYPES = {
     CallKind.UNARY_UNARY: grpc_type(False, False),
@@ -106,11 +121,16 @@ class TelemetryClientInterceptor(ClientInterceptor):
     def __init__(self, options: TelemetryOptions | None = None) -> None:
         opts = options or TelemetryOptions()
         self.options = opts
-        self._tracer = trace.get_tracer("meshkit.observability",
-                                        tracer_provider=opts.tracer_provider)
+        self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
+        self._spans = SpanStarter(opts.tracer_provider, self._kind)
+        # opentelemetry-instrument's grpc instrumentor makes the spans itself
+        self._tracing = opts.tracing and not instrumentor_active("client")
+        # a process that only dials honours OTEL_* like one that serves (set up at the
+        # first call, so serve() in the same process names the service first)
+        self._env_tracing = (self._tracing and opts.tracer_provider is None
+                             and tracing_wanted())
         self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
         self._quiet = MethodMatcher.of(opts.quiet_methods, where="quiet_methods")
-        self._kind = _INTERNAL if opts.attempt_spans else _CLIENT
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
@@ -120,9 +140,16 @@ class TelemetryClientInterceptor(ClientInterceptor):
         key = (details.method, details.kind)
         m = self._methods.get(key)
         if m is None:
+            if self._env_tracing:
+                self._env_tracing = False
+                try:
+                    tracing_from_env(os.environ.get("OTEL_SERVICE_NAME") or "unknown_service")
+                except Exception as e:  # checked at construction; never fail a call
+                    _internal_log.warning("tracing set-up from OTEL_* failed",
+                                          error=str(e))
             names = MethodNames(details.method, _TYPES[details.kind])
             bound = self._metrics.bind_client(names) if self._metrics is not None else None
-            m = _Method(names, bound, self.options.tracing and not self._quiet.lookup(
+            m = _Method(names, bound, self._tracing and not self._quiet.lookup(
                 details.method))
             m.attrs[SERVER_ADDRESS] = details.service
             if len(self._methods) < 10_000:
@@ -131,15 +158,19 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
     def _start(self, m: _Method, details: ClientCallDetails) -> tuple[Any, Any, Any, float]:
         if m.bound is not None:
-            m.bound.started.inc()
-            m.bound.in_flight.inc()
+            m.bound.start()
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:
-            span = self._tracer.start_span(m.names.span_name, None, self._kind, m.attrs)
-            ctx = trace.set_span_in_context(span)
-            inject_context(details.metadata, ctx)
-            token = otel_context.attach(ctx)
+            parent = _current_span().get_span_context()
+            span = self._spans.start(m.names.span_name, parent if parent.is_valid else None,
+                                     None, m.attrs)
+            if span is not None:
+                ctx = _in_context(span)
+                inject_span(details.metadata, span, ctx)
+                token = otel_context.attach(ctx)
+            elif not fast_propagation() or baggage.get_all():
+                inject_context(details.metadata)  # no trace context; baggage may travel
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)
         return span, token, call_token, _perf()
@@ -217,10 +248,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
-        if span is None and not (self.options.access_log
-                                 and not self._quiet.lookup(details.method)):
+        log = self.options.access_log and access_active()
+        if span is None and not (log and not self._quiet.lookup(details.method)):
             return
-        if defer:
+        # only work worth moving off the call's path is deferred: ending a recorded span,
+        # or an access line rendered when logged (a captured tuple costs less than that)
+        if defer and ((span is not None and span.is_recording())
+                      or (log and access_renders_inline())):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop
@@ -270,7 +304,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     span.set_status(Status(StatusCode.ERROR, f"{code.name}: {detail}"
                                            if detail else code.name))
             span.end(end_ns)
-            if self.options.access_log:
+            if self.options.access_log and access_active():
                 ctx = span.get_span_context()
                 self._log(m, details, code, duration_s, format(ctx.trace_id, "032x"),
                           format(ctx.span_id, "016x"))

@@ -10,8 +10,10 @@ import os
 import re
 import sys
 import threading
+import time
 import weakref
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -26,10 +28,13 @@ except ImportError:  # pragma: no cover - CI installs it; the fallback is tested
 
 __all__ = [
     "BufferedLineWriter",
+    "access_active",
     "access_logger",
+    "access_renders_inline",
     "add_trace_context",
     "configure_logging",
     "flush_logs",
+    "get_logger",
     "is_sensitive_key",
     "json_dumps",
     "redact_secrets",
@@ -136,7 +141,7 @@ class BufferedLineWriter:
         self._file = file
         self.flush_interval_s = flush_interval_s
         self._max = max_buffer_bytes
-        self._buf: list[str] = []
+        self._buf: list[Any] = []
         self._size = 0
         self._timer = False
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -151,7 +156,7 @@ class BufferedLineWriter:
             loop = None
         with self._lock:
             self._buf.append(message)
-            self._size += len(message) + 1
+            self._size += len(message) + 1 if isinstance(message, str) else 200
             if loop is None or self.flush_interval_s == 0 or self._size >= self._max:
                 self._write_locked()
             elif not self._timer or (loop is not self._timer_loop and self._timer_dead()):
@@ -162,6 +167,10 @@ class BufferedLineWriter:
                 loop.call_later(self.flush_interval_s, self.flush)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+    def add(self, record: tuple[Any, ...]) -> None:
+        """Queue one captured access-log record, rendered when the batch is written."""
+        self.msg(record)  # type: ignore[arg-type]
 
     def _timer_dead(self) -> bool:
         held = self._timer_loop
@@ -177,7 +186,8 @@ class BufferedLineWriter:
         self._timer_loop = None
         if not self._buf:
             return
-        data = "\n".join(self._buf) + "\n"
+        lines = [m if isinstance(m, str) else _render_record(m) for m in self._buf]
+        data = "\n".join(lines) + "\n"
         self._buf.clear()
         self._size = 0
         out = self._file if self._file is not None else sys.stderr
@@ -186,6 +196,13 @@ class BufferedLineWriter:
             out.flush()
         except (OSError, ValueError):  # closed or broken stream: logs must not break calls
             pass
+
+
+def _render_record(record: Any) -> str:
+    try:
+        return render_access(record)
+    except Exception:  # a field the encoder refuses: keep the line, readable
+        return json_dumps({"event": "rpc", "unrenderable": repr(record)}, default=repr)
 
 
 _writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at exit
@@ -201,17 +218,242 @@ def flush_logs() -> None:
 atexit.register(flush_logs)
 
 
-class _AccessLog:
-    """Where access-log events go: the lean logger :func:`configure_logging` builds, or,
-    when it was not called, ``structlog.get_logger("meshkit.access")`` (the application's
-    own structlog configuration)."""
+class _StdlibLine:
+    """A structlog logger that hands each rendered line to the standard library logger of
+    the same name (``logging.getLogger(name)``): where meshkit's own loggers write until
+    :func:`configure_logging` (or the application's ``structlog.configure``) says
+    otherwise. With no logging set up, Python prints ``WARNING`` and above on stderr
+    (its last-resort handler) and drops the rest."""
 
-    logger: Any = structlog.get_logger("meshkit.access")
+    __slots__ = ("_logger",)
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def enabled(self, method_name: str) -> bool:
+        return self._logger.isEnabledFor(_METHOD_LEVELS.get(method_name, logging.INFO))
+
+    def _emit(self, level: int, message: Any) -> None:
+        self._logger.log(level, message)
+
+    def debug(self, message: Any) -> None:
+        self._emit(logging.DEBUG, message)
+
+    def info(self, message: Any) -> None:
+        self._emit(logging.INFO, message)
+
+    def warning(self, message: Any) -> None:
+        self._emit(logging.WARNING, message)
+
+    def error(self, message: Any) -> None:
+        self._emit(logging.ERROR, message)
+
+    def critical(self, message: Any) -> None:
+        self._emit(logging.CRITICAL, message)
+
+    msg = log = info
+    warn = warning
+    exception = error
+    fatal = critical
+
+
+_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "msg": logging.INFO,
+                  "log": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
+                  "error": logging.ERROR, "exception": logging.ERROR,
+                  "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def _is_meshkit(name: Any) -> bool:
+    return isinstance(name, str) and (name == "meshkit" or name.startswith("meshkit."))
+
+
+class _QuietFactory:
+    """structlog's logger factory while nothing configured structlog: ``meshkit.*``
+    loggers go to the standard library (:class:`_StdlibLine`), every other logger to
+    stdout as structlog's own default does."""
+
+    def __call__(self, *args: Any) -> Any:
+        if args and _is_meshkit(args[0]):
+            return _StdlibLine(args[0])
+        return structlog.PrintLogger()
+
+
+def _drop_disabled(logger: Any, method_name: str,
+                   event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drop, before any rendering, an event the standard library
+    logger it goes to would drop (e.g. ``debug`` lines with logging unconfigured)."""
+    if isinstance(logger, _StdlibLine) and not logger.enabled(method_name):
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _install_quiet_default() -> None:
+    """Make an unconfigured structlog quiet for meshkit: without this, structlog's default
+    prints every ``meshkit.*`` line (debug included) on stdout, which corrupts the output
+    of any command-line tool using meshkit. Left alone when structlog is configured."""
+    if structlog.is_configured():
+        return
+    processors = list(structlog.get_config()["processors"])
+    structlog.configure(processors=[_drop_disabled, *processors],
+                        logger_factory=_QuietFactory())
+
+
+_install_quiet_default()
+
+
+def get_logger(name: str) -> Any:
+    """The structlog logger meshkit's modules write to (``name`` like ``meshkit.channel``).
+
+    Until :func:`configure_logging` or the application's own ``structlog.configure``
+    runs, ``meshkit.*`` loggers write through the standard library's ``logging`` (so
+    nothing goes to stdout; warnings reach stderr via Python's last-resort handler or the
+    application's handlers); afterwards they follow that configuration.
+    """
+    return structlog.get_logger(name)
+
+
+def _structlog_factory() -> Any:
+    config = getattr(structlog, "_config", None)
+    holder = getattr(config, "_CONFIG", None)
+    factory = getattr(holder, "logger_factory", None)
+    if factory is None:  # pragma: no cover - a structlog without the private holder
+        factory = structlog.get_config()["logger_factory"]
+    return factory
+
+
+class _StdlibAccess:
+    """The access log while logging is not configured: lines go to the standard library
+    logger ``meshkit.access`` only when the application enabled ``INFO`` on it (e.g.
+    ``logging.basicConfig(level="INFO")``), else nowhere, not even warnings."""
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("meshkit.access")
+
+    def active(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(logging.INFO):
+            self._logger.log(level, json_dumps({"event": event, **fields}, default=repr))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+
+_STDLIB_ACCESS = _StdlibAccess()
+
+
+class _AccessLog:
+    """Where access-log events go: the logger :func:`configure_logging` builds; when it
+    was not called, ``structlog.get_logger("meshkit.access")`` if the application
+    configured structlog itself, else the standard library (:class:`_StdlibAccess`)."""
+
+    logger: Any = None
 
 
 def access_logger() -> Any:
     """The bound logger the telemetry interceptors write access-log events to."""
-    return _AccessLog.logger
+    lg = _AccessLog.logger
+    if lg is not None:
+        return lg
+    if isinstance(_structlog_factory(), _QuietFactory):
+        return _STDLIB_ACCESS
+    return structlog.get_logger("meshkit.access")
+
+
+def access_active() -> bool:
+    """Whether an access-log line would be written anywhere now (the interceptors skip
+    building it otherwise): ``False`` only while logging is unconfigured and the standard
+    library logger ``meshkit.access`` does not take ``INFO``."""
+    if _AccessLog.logger is not None:
+        return True
+    lg = access_logger()
+    return lg is not _STDLIB_ACCESS or _STDLIB_ACCESS.active()
+
+
+def access_renders_inline() -> bool:
+    """Whether writing an access-log event renders it on the spot (a structlog chain or
+    the standard library), rather than capturing a tuple the batch writer renders later
+    (:func:`configure_logging` with JSON): the interceptors defer only the former."""
+    return not isinstance(_AccessLog.logger, _AccessWriter)
+
+
+class _AccessWriter:
+    """The JSON access log :func:`configure_logging` builds: each event is captured as a
+    tuple (time, level, fields, structlog contextvars) and rendered into a JSON line by the
+    :class:`BufferedLineWriter` when it writes its batch, off the call's path.
+
+    Lines hold, in order: the structlog contextvars, ``event``, the fields, ``level``,
+    ``timestamp`` (ISO-8601 UTC), and the current span's ``trace_id``/``span_id`` when the
+    fields carry none (as :func:`add_trace_context`)."""
+
+    __slots__ = ("_level", "_writer")
+
+    def __init__(self, writer: BufferedLineWriter, level: int) -> None:
+        self._writer = writer
+        self._level = level
+
+    def _capture(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if "trace_id" not in fields:
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                fields["trace_id"] = format(ctx.trace_id, "032x")
+                fields["span_id"] = format(ctx.span_id, "016x")
+        ctxvars = structlog.contextvars.get_contextvars() if _contextvars_bound() else None
+        self._writer.add((time.time(), level, event, fields, ctxvars))
+
+    def info(self, event: str, **fields: Any) -> None:
+        if self._level <= logging.INFO:
+            self._capture("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if self._level <= logging.WARNING:
+            self._capture("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        if self._level <= logging.ERROR:
+            self._capture("error", event, fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if self._level <= logging.DEBUG:
+            self._capture("debug", event, fields)
+
+
+def _contextvars_bound() -> bool:
+    """Whether anything was ever bound with ``structlog.contextvars`` (cheap check)."""
+    names = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+    return names is None or bool(names)
+
+
+def render_access(record: tuple[float, str, str, dict[str, Any], dict[str, Any] | None],
+                  ) -> str:
+    """One captured access-log record as its JSON line (see :class:`_AccessWriter`)."""
+    ts, level, event, fields, ctxvars = record
+    out: dict[str, Any] = dict(ctxvars) if ctxvars else {}
+    out["event"] = event
+    out.update(fields)
+    out["level"] = level
+    out["timestamp"] = _iso_utc(ts)
+    return json_dumps(out, default=repr)
+
+
+_second: list[Any] = [None, ""]
+
+
+def _iso_utc(ts: float) -> str:
+    """``ts`` (Unix seconds) as structlog's ISO-8601 UTC stamp,
+    ``2026-12-03T06:48:29.750629Z``; the part up to the second is cached (a batch of lines
+    mostly shares it)."""
+    sec = int(ts)
+    micros = round((ts - sec) * 1e6)
+    if micros >= 1_000_000:
+        sec, micros = sec + 1, micros - 1_000_000
+    if _second[0] != sec:
+        _second[:] = [sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def json_dumps(obj: Any, **kw: Any) -> str:
@@ -246,7 +488,13 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     The access log (``meshkit.access``, one event per call) gets a leaner chain on the
     same stream: no redaction pass (its fields are fixed by meshkit and its ``md`` keys
     are checked against credential names when :class:`TelemetryOptions` is built), and
-    lines written in batches by a :class:`BufferedLineWriter`.
+    lines written in batches by a :class:`BufferedLineWriter`; in JSON each event is
+    captured as a tuple and rendered when its batch is written.
+
+    Until this is called (and unless the application configured structlog itself) meshkit
+    writes nothing to stdout: its loggers go through the standard library's ``logging``
+    (:func:`get_logger`) and the access log is off (on only if the standard library
+    logger ``meshkit.access`` takes ``INFO``).
 
     Args:
         level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL`` (any case);
@@ -297,10 +545,14 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         cache_logger_on_first_use=True,
     )
     flush_logs()  # what the previous access logger still holds
-    _AccessLog.logger = structlog.wrap_logger(
-        writer,
-        processors=[structlog.contextvars.merge_contextvars,
-                    structlog.processors.add_log_level, stamp, add_trace_context, renderer],
-        wrapper_class=wrapper,
-        cache_logger_on_first_use=True,
-    )
+    if json:
+        _AccessLog.logger = _AccessWriter(writer, _LEVELS[name])
+    else:
+        _AccessLog.logger = structlog.wrap_logger(
+            writer,
+            processors=[structlog.contextvars.merge_contextvars,
+                        structlog.processors.add_log_level, stamp, add_trace_context,
+                        renderer],
+            wrapper_class=wrapper,
+            cache_logger_on_first_use=True,
+        )

@@ -1,9 +1,9 @@
 """Prometheus metrics: RPC counters and histograms (hot path) and mesh internals (at scrape).
 
 Why prometheus-client rather than the OpenTelemetry SDK with a Prometheus exporter: the
-per-call cost. With prometheus-client each method's label children are bound once
-(:class:`BoundServer`/:class:`BoundClient`), so a call costs a handful of ``inc``/
-``observe`` on pre-resolved children (a lock and an add each). The OTel SDK's
+per-call cost. Each method's counts live in one record bound once
+(:class:`BoundServer`/:class:`BoundClient`) as plain numbers, rendered into the
+prometheus-client families at scrape: a call costs a few integer adds and a bisect. The OTel SDK's
 ``counter.add(1, attributes)`` hashes the attribute set on every call to find its
 aggregation, and needs a reader/exporter pipeline in the process; the exposition format
 and names (go-grpc-prometheus) are what Prometheus dashboards already know.
@@ -15,13 +15,21 @@ at all: :class:`MeshCollector` reads the typed snapshots of the live channels an
 
 from __future__ import annotations
 
+import time
 import weakref
+from bisect import bisect_left as _bisect
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from meshkit.errors import ConfigError
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -92,67 +100,161 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
     rpc_metrics(registry).certificate_expiry.labels(service).set(not_after_unix_s)
 
 
-class BoundServer:
-    """One server method's metric children, resolved once (the per-call hot path)."""
+class _Record:
+    """One method's RPC counts as plain numbers, read by :class:`_RpcCollector` at scrape
+    (the per-call hot path: a few integer adds and one bisect, no lock).
 
-    __slots__ = ("_handled", "_names", "_rpc", "handling", "in_flight", "rate_limited",
-                 "started")
+    Updates are not locked: a record is meant to be updated from the event loop thread(s)
+    that run the interceptors; CPython's GIL makes each ``+=`` on these slots effectively
+    atomic for the int/float values used here in practice, and a scrape reads a snapshot
+    that may be one call apart between families (as a scrape always may be)."""
 
-    def __init__(self, rpc: RpcMetrics, names: MethodNames) -> None:
-        labels = (names.grpc_type, names.service, names.name)
-        self._rpc = rpc
-        self._names = labels
-        self.started = rpc.server_started.labels(*labels)
-        self.handling = rpc.server_handling_seconds.labels(*labels)
-        self.in_flight = rpc.server_in_flight.labels(*labels)
-        self.rate_limited = rpc.server_rate_limited.labels(names.service, names.name)
-        self._handled: dict[grpc.StatusCode, Any] = {}
+    __slots__ = ("bounds", "counts", "created", "handled", "in_flight", "labels", "started",
+                 "sum_s")
+
+    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
+        self.labels = labels
+        self.bounds = bounds
+        self.started = 0
+        self.in_flight = 0
+        self.handled: dict[grpc.StatusCode, int] = {}
+        self.counts = [0] * (len(bounds) + 1)  # last: above the highest bound (+Inf)
+        self.sum_s = 0.0
+        self.created = time.time()
+
+    def start(self) -> None:
+        """Count one call started (and in flight)."""
+        self.started += 1
+        self.in_flight += 1
+
+    def _finish(self, code: grpc.StatusCode, duration_s: float) -> None:
+        handled = self.handled
+        handled[code] = handled.get(code, 0) + 1
+        self.counts[_bisect(self.bounds, duration_s)] += 1
+        self.sum_s += duration_s
+        self.in_flight -= 1
+
+
+class BoundServer(_Record):
+    """One server method's counts (``grpc_server_*`` and ``meshkit_server_rate_limited``),
+    bound once per method and label set; :meth:`RpcMetrics.bind_server` returns the same
+    record for the same labels, so a shared registry counts each call once."""
+
+    __slots__ = ("rate_limited",)
+
+    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
+        super().__init__(labels, bounds)
+        self.rate_limited = 0
 
     def finished(self, code: grpc.StatusCode, duration_s: float,
                  rate_limited: bool = False) -> None:
         """Count one finished call with its status and duration (seconds); ``rate_limited``
         when the rate limiter refused it."""
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self._rpc.server_handled.labels(*self._names,
-                                                                          code.name)
-        child.inc()
-        self.handling.observe(duration_s)
-        self.in_flight.dec()
+        self._finish(code, duration_s)
         if rate_limited:
-            self.rate_limited.inc()
+            self.rate_limited += 1
 
 
-class BoundClient:
-    """One client method's metric children, resolved once."""
+class BoundClient(_Record):
+    """One client method's counts (``grpc_client_*``, ``meshkit_client_attempts``)."""
 
-    __slots__ = ("_handled", "_names", "_rpc", "attempts", "handling", "in_flight", "started")
+    __slots__ = ("attempts",)
 
-    def __init__(self, rpc: RpcMetrics, names: MethodNames) -> None:
-        labels = (names.grpc_type, names.service, names.name)
-        self._rpc = rpc
-        self._names = labels
-        self.started = rpc.client_started.labels(*labels)
-        self.handling = rpc.client_handling_seconds.labels(*labels)
-        self.in_flight = rpc.client_in_flight.labels(*labels)
-        self.attempts = rpc.client_attempts.labels(*labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
+    def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
+        super().__init__(labels, bounds)
+        self.attempts = 0
 
     def finished(self, code: grpc.StatusCode, duration_s: float, attempts: int) -> None:
         """Count one finished logical call, its status, duration (seconds) and attempts."""
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self._rpc.client_handled.labels(*self._names,
-                                                                          code.name)
-        child.inc()
-        self.handling.observe(duration_s)
-        self.in_flight.dec()
-        if attempts:
-            self.attempts.inc(attempts)
+        self._finish(code, duration_s)
+        self.attempts += attempts
+
+
+_RPC_DOCS = {
+    "server_started": ("grpc_server_started", "RPCs started on the server."),
+    "server_handled": ("grpc_server_handled", "RPCs completed on the server, by status code."),
+    "server_handling": ("grpc_server_handling_seconds",
+                        "Time from the handler's start to its end (last response), seconds."),
+    "server_in_flight": ("grpc_server_in_flight", "RPCs being handled now."),
+    "server_rate_limited": ("meshkit_server_rate_limited",
+                            "RPCs refused by the rate limiter (RESOURCE_EXHAUSTED over a rule)."),
+    "client_started": ("grpc_client_started",
+                       "Logical RPCs started by clients (retries not counted)."),
+    "client_handled": ("grpc_client_handled",
+                       "Logical RPCs completed by clients, by final status code."),
+    "client_handling": ("grpc_client_handling_seconds",
+                        "Logical call duration seen by the caller, retries included, seconds."),
+    "client_in_flight": ("grpc_client_in_flight", "Logical RPCs in progress."),
+    "client_attempts": ("meshkit_client_attempts",
+                        "Attempts made by finished logical RPCs (retries and hedges included)."),
+}
+
+
+class _RpcCollector:
+    """Renders the bound records of one :class:`RpcMetrics` as the go-grpc-prometheus
+    families at scrape time (counters with ``_total``/``_created``, histograms with
+    cumulative ``_bucket{le}``, ``_count``, ``_sum``, ``_created``), exactly as
+    prometheus-client's own Counter/Gauge/Histogram would."""
+
+    def __init__(self, rpc: RpcMetrics) -> None:
+        self._rpc = rpc
+
+    def describe(self) -> list[Metric]:
+        """The families' names (so a second registration of them is refused)."""
+        return list(self._families(()))
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family with the current counts."""
+        rpc = self._rpc
+        return iter(self._families((list(rpc.servers.values()), list(rpc.clients.values()))))
+
+    def _families(self, records: tuple[list[BoundServer], list[BoundClient]] | tuple[()],
+                  ) -> Iterator[Metric]:
+        servers, clients = records if records else ([], [])
+        lbl = list(_RPC_LABELS)
+        for side, recs in (("server", servers), ("client", clients)):
+            started = CounterMetricFamily(*_RPC_DOCS[f"{side}_started"], labels=lbl)
+            handled = CounterMetricFamily(*_RPC_DOCS[f"{side}_handled"],
+                                          labels=[*lbl, "grpc_code"])
+            name, doc = _RPC_DOCS[f"{side}_handling"]
+            handling = HistogramMetricFamily(name, doc, labels=lbl)
+            in_flight = GaugeMetricFamily(*_RPC_DOCS[f"{side}_in_flight"], labels=lbl)
+            for r in recs:
+                labels = list(r.labels)
+                started.add_metric(labels, r.started, created=r.created)
+                for code, n in list(r.handled.items()):
+                    handled.add_metric([*labels, code.name], n, created=r.created)
+                counts = list(r.counts)
+                cumulative, buckets = 0, []
+                for le, n in zip(self._rpc.le, counts, strict=True):
+                    cumulative += n
+                    buckets.append((le, cumulative))
+                handling.add_metric(labels, buckets, r.sum_s)
+                handling.samples.append(Sample(f"{name}_created", dict(zip(
+                    _RPC_LABELS, labels, strict=True)), r.created))
+                in_flight.add_metric(labels, r.in_flight)
+            yield from (started, handled, handling, in_flight)
+            if side == "server":
+                limited = CounterMetricFamily(*_RPC_DOCS["server_rate_limited"],
+                                              labels=["grpc_service", "grpc_method"])
+                for r in servers:
+                    limited.add_metric([r.labels[1], r.labels[2]], r.rate_limited,
+                                       created=r.created)
+                yield limited
+            else:
+                attempts = CounterMetricFamily(*_RPC_DOCS["client_attempts"], labels=lbl)
+                for r in clients:
+                    attempts.add_metric(list(r.labels), r.attempts, created=r.created)
+                yield attempts
 
 
 class RpcMetrics:
     """Every meshkit metric family on one registry; get it with :func:`rpc_metrics`.
+
+    The RPC families (``grpc_server_*``, ``grpc_client_*``, ``meshkit_server_rate_limited``,
+    ``meshkit_client_attempts``) are counted as plain numbers in one record per method and
+    label set (:meth:`bind_server`, :meth:`bind_client`) and rendered at scrape by a
+    collector: a call costs a few integer adds, no lock and no label lookup.
 
     Args:
         registry: where the families are registered (with a :class:`MeshCollector`).
@@ -165,42 +267,14 @@ class RpcMetrics:
 
     def __init__(self, registry: CollectorRegistry,
                  buckets_s: Iterable[float] = DURATION_BUCKETS_S) -> None:
-        buckets = tuple(buckets_s)
+        self.buckets_s = tuple(sorted(buckets_s))
+        # the ``le`` label values, as prometheus-client writes them (``0.0001``, ``1.0``)
+        self.le: tuple[str, ...] = (*(floatToGoString(b)  # type: ignore[no-untyped-call]
+                                      for b in self.buckets_s), "+Inf")
         self.registry = registry
-        self.server_started = Counter(
-            "grpc_server_started", "RPCs started on the server.", _RPC_LABELS,
-            registry=registry)
-        self.server_handled = Counter(
-            "grpc_server_handled", "RPCs completed on the server, by status code.",
-            (*_RPC_LABELS, "grpc_code"), registry=registry)
-        self.server_handling_seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Time from the handler's start to its end (last response), seconds.",
-            _RPC_LABELS, buckets=buckets, registry=registry)
-        self.server_in_flight = Gauge(
-            "grpc_server_in_flight", "RPCs being handled now.", _RPC_LABELS,
-            registry=registry)
-        self.server_rate_limited = Counter(
-            "meshkit_server_rate_limited",
-            "RPCs refused by the rate limiter (RESOURCE_EXHAUSTED over a rule).",
-            ("grpc_service", "grpc_method"), registry=registry)
-        self.client_started = Counter(
-            "grpc_client_started", "Logical RPCs started by clients (retries not counted).",
-            _RPC_LABELS, registry=registry)
-        self.client_handled = Counter(
-            "grpc_client_handled", "Logical RPCs completed by clients, by final status code.",
-            (*_RPC_LABELS, "grpc_code"), registry=registry)
-        self.client_handling_seconds = Histogram(
-            "grpc_client_handling_seconds",
-            "Logical call duration seen by the caller, retries included, seconds.",
-            _RPC_LABELS, buckets=buckets, registry=registry)
-        self.client_in_flight = Gauge(
-            "grpc_client_in_flight", "Logical RPCs in progress.", _RPC_LABELS,
-            registry=registry)
-        self.client_attempts = Counter(
-            "meshkit_client_attempts",
-            "Attempts made by finished logical RPCs (retries and hedges included).",
-            _RPC_LABELS, registry=registry)
+        self.servers: dict[tuple[str, str, str], BoundServer] = {}
+        self.clients: dict[tuple[str, str, str], BoundClient] = {}
+        registry.register(_RpcCollector(self))
         self.certificate_expiry = Gauge(
             "meshkit_certificate_expiry_timestamp_seconds",
             "notAfter of the workload certificate, Unix seconds.", ("service",),
@@ -209,12 +283,20 @@ class RpcMetrics:
         registry.register(self.mesh)
 
     def bind_server(self, names: MethodNames) -> BoundServer:
-        """The server-side children for one method."""
-        return BoundServer(self, names)
+        """The server-side record of one method (the same one for the same labels)."""
+        labels = (names.grpc_type, names.service, names.name)
+        rec = self.servers.get(labels)
+        if rec is None:
+            rec = self.servers[labels] = BoundServer(labels, self.buckets_s)
+        return rec
 
     def bind_client(self, names: MethodNames) -> BoundClient:
-        """The client-side children for one method."""
-        return BoundClient(self, names)
+        """The client-side record of one method (the same one for the same labels)."""
+        labels = (names.grpc_type, names.service, names.name)
+        rec = self.clients.get(labels)
+        if rec is None:
+            rec = self.clients[labels] = BoundClient(labels, self.buckets_s)
+        return rec
 
 
 class _Family:

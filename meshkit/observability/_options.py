@@ -45,7 +45,10 @@ class TelemetryOptions:
     """What the fused telemetry interceptors record; every part can be switched off.
 
     Args:
-        tracing: client/server spans and trace-context propagation (default ``True``).
+        tracing: client/server spans and trace-context propagation (default ``True``);
+            SDK spans are built only for sampled traces (see the package docstring), and
+            none at all on a side where opentelemetry-instrumentation-grpc's aio
+            instrumentor is active.
         metrics: Prometheus RPC metrics (default ``True``).
         access_log: one ``meshkit.access`` log event per call (default ``True``).
         tracer_provider: where spans go; ``None`` (default) uses the global provider
@@ -74,7 +77,11 @@ class TelemetryOptions:
             call ended: both leave the call's latency path. Above it (a client driving
             many calls at once, where deferring only adds scheduling work) and at ``0``
             both happen before the response, so a span is exported by the time its call
-            returns. Default 4. Metrics are always recorded before the response. A server
+            returns. Only work worth moving is deferred: ending a recorded (sampled) span,
+            or an access line its logger renders on the spot (the console format, the
+            standard library); the JSON access log of :func:`~meshkit.observability.
+            configure_logging` captures a tuple, cheaper than a deferral. Default 4.
+            Metrics are always recorded before the response. A server
             whose handlers answer at once has about one call in flight at a time, so it
             keeps deferring under load, which at saturation costs it a few per cent of
             throughput (one more loop iteration per call; ``benchmarks/RESULTS.md``):

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -18,7 +17,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from meshkit._handlers import other_responses
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
-from meshkit.observability._logging import access_logger
+from meshkit.observability._logging import (
+    access_active,
+    access_logger,
+    access_renders_inline,
+    get_logger,
+)
 from meshkit.observability._metrics import BoundServer, rpc_metrics
 from meshkit.observability._options import TelemetryOptions, auth_peer_identity
 from meshkit.observability._semconv import (
@@ -32,14 +36,20 @@ from meshkit.observability._semconv import (
     grpc_type,
     parse_peer,
 )
-from meshkit.observability._tracing import extract_context
+from meshkit.observability._tracing import (
+    SpanStarter,
+    extract_context,
+    fast_propagation,
+    instrumentor_active,
+    parse_traceparent,
+)
 from meshkit.resilience.ratelimit import rejected_by_rate_limit as _rejected_by_rate_limit
 
 __all__ = ["TelemetryServerInterceptor"]
 
 _perf = time.perf_counter
 _time_ns = time.time_ns
-_internal_log = structlog.get_logger("meshkit.observability")
+_internal_log = get_logger("meshkit.observability")
 _OK = grpc.StatusCode.OK
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -118,8 +128,9 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         opts = options or TelemetryOptions()
         self.service_name = service_name
         self.options = opts
-        self._tracer = trace.get_tracer("meshkit.observability",
-                                        tracer_provider=opts.tracer_provider)
+        self._spans = SpanStarter(opts.tracer_provider, _SERVER)
+        # opentelemetry-instrument's grpc instrumentor makes the spans itself
+        self._tracing = opts.tracing and not instrumentor_active("server")
         self._metrics = rpc_metrics(opts.registry) if opts.metrics else None
         self._quiet = MethodMatcher.of(opts.quiet_methods, where="quiet_methods")
         self._identity = opts.peer_identity or auth_peer_identity()
@@ -151,8 +162,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     # -- per call ------------------------------------------------------------------------
     def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
         if m.bound is not None:
-            m.bound.started.inc()
-            m.bound.in_flight.inc()
+            m.bound.start()
         self._in_flight += 1
         if self.options.access_log or m.traced:
             # Read the peer now: after a cancellation grpc core may have freed the
@@ -160,9 +170,19 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             _PEER.set(context.peer())
         span = token = None
         if m.traced:
-            parent = extract_context(context.invocation_metadata())
-            span = self._tracer.start_span(m.names.span_name, parent, _SERVER, m.attrs)
-            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            md = context.invocation_metadata()
+            remote = parse_traceparent(md) if fast_propagation() else False
+            if remote is False:  # tracestate, baggage or another propagator: the API's way
+                parent = extract_context(md)
+                sc = trace.get_current_span(parent).get_span_context()
+                span = self._spans.start(m.names.span_name, sc if sc.is_valid else None,
+                                         parent, m.attrs)
+                token = otel_context.attach(
+                    parent if span is None else trace.set_span_in_context(span, parent))
+            else:
+                span = self._spans.start(m.names.span_name, remote, None, m.attrs)
+                if span is not None:
+                    token = otel_context.attach(trace.set_span_in_context(span))
         return span, token, _perf()
 
     def _finish(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
@@ -174,20 +194,26 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         try:
             if m.bound is not None:
                 m.bound.finished(code, duration_s, limited)
-            if span is None and not self.options.access_log:
+            log = self.options.access_log and access_active()
+            if span is None and not log:
                 return
             identity = self._identity() if self._identity is not None else None
             peer = _PEER.get()
-            md = self._md(m, context) if self.options.access_log and m.log_md else None
+            md = self._md(m, context) if log and m.log_md else None
+            # only work worth moving off the call's path is deferred: ending a recorded
+            # span, or an access line rendered when logged (a captured tuple is cheaper)
+            if defer and not ((span is not None and span.is_recording())
+                              or (log and access_renders_inline())):
+                defer = False
             loop = _running_loop() if defer else None
             if loop is not None:
                 # the context copied here still has the span current, as inline
                 self._deferred += 1
                 loop.call_soon(self._complete_deferred, m, span, _time_ns(), code, exc,
-                               duration_s, peer, identity, md, limited)
+                               duration_s, peer, identity, md, limited, log)
             else:
                 self._complete(m, span, None, code, exc, duration_s, peer, identity, md,
-                               limited)
+                               limited, log)
         finally:
             if token is not None:
                 otel_context.detach(token)
@@ -204,7 +230,8 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _complete(self, m: _Method, span: Any, end_ns: int | None, code: grpc.StatusCode,
                   exc: BaseException | None, duration_s: float, peer: str,
-                  identity: str | None, md: dict[str, str] | None, limited: bool) -> None:
+                  identity: str | None, md: dict[str, str] | None, limited: bool,
+                  log: bool) -> None:
         """End the span (at ``end_ns``) and write the access-log line."""
         try:
             if span is not None:
@@ -225,11 +252,11 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
                             span.record_exception(exc)
                         span.set_status(Status(StatusCode.ERROR, code.name))
                 span.end(end_ns)
-                if self.options.access_log:
+                if log:
                     ctx = span.get_span_context()
                     self._log(m, code, duration_s, peer, identity,
                               format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), md)
-            elif self.options.access_log:
+            elif log:
                 self._log(m, code, duration_s, peer, identity, None, None, md)
         except Exception as e:  # telemetry must never break the server's loop
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
@@ -262,7 +289,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         names = MethodNames(method, grpc_type(handler.request_streaming,
                                               handler.response_streaming))
         bound = self._metrics.bind_server(names) if self._metrics is not None else None
-        traced = opts.tracing and not quiet
+        traced = self._tracing and not quiet
         if bound is None and not traced and (quiet or not opts.access_log):
             return handler
         m = _Method(names, bound, traced, opts.log_metadata)
@@ -361,8 +388,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
     # quiet methods (health, reflection): metrics only
     def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
         if m.bound is not None:
-            m.bound.started.inc()
-            m.bound.in_flight.inc()
+            m.bound.start()
         return None, None, _perf()
 
     def _finish_quiet(self, m: _Method, context: Any, span: Any, token: Any, t0: float,

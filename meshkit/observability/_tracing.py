@@ -4,29 +4,57 @@ interceptors of opentelemetry-instrumentation-grpc."""
 from __future__ import annotations
 
 import os
+import random
+import sys
+import threading
 from collections.abc import Iterable, MutableSequence, Sequence
 from importlib import metadata as importlib_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
-import structlog
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
 
 from meshkit.errors import ConfigError
+from meshkit.observability._logging import get_logger
+
+try:  # optional: ``meshkit[otel]`` (configure_tracing, span export)
+    import opentelemetry.sdk.trace as _sdk
+    import opentelemetry.sdk.trace.sampling  # noqa: F401  (binds _sdk.sampling)
+except ImportError:  # tested with the SDK hidden (tests/observability/test_no_sdk.py)
+    _sdk = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+OTEL_EXTRA = "meshkit[otel]"
+"""The extra that installs the OpenTelemetry SDK (and the OTLP exporter)."""
 
 __all__ = [
+    "SpanStarter",
     "configure_tracing",
     "extract_context",
     "inject_context",
+    "inject_span",
+    "instrumentor_active",
     "otel_client_interceptors",
     "otel_server_interceptor",
+    "parse_traceparent",
+    "require_sdk",
+    "sdk_available",
+    "tracing_wanted",
 ]
 
-_log = structlog.get_logger("meshkit.observability")
+_log = get_logger("meshkit.observability")
 
 _SAMPLERS = frozenset({
     "always_on", "always_off", "traceidratio", "parentbased_always_on",
@@ -82,6 +110,19 @@ def extract_context(metadata: Sequence[Any] | None) -> Any:
     """The OpenTelemetry ``Context`` carried by incoming gRPC ``metadata`` (pairs), or an
     empty one; unreadable headers are ignored, as W3C Trace Context requires."""
     return propagate.extract(metadata or (), getter=_GETTER)
+
+
+def sdk_available() -> bool:
+    """Whether the OpenTelemetry SDK (``meshkit[otel]``) can be imported."""
+    return _sdk is not None
+
+
+def require_sdk(what: str) -> None:
+    """Raise :class:`ConfigError` naming the ``meshkit[otel]`` extra when the OpenTelemetry
+    SDK is not installed; ``what`` is the feature that needs it."""
+    if _sdk is None:
+        raise ConfigError(f"{what} needs the OpenTelemetry SDK, which is not installed: "
+                          f"pip install '{OTEL_EXTRA}'")
 
 
 def _exporter(name: str) -> SpanExporter | None:
@@ -142,6 +183,11 @@ def configure_tracing(
     """
     if not isinstance(service_name, str) or not service_name:
         raise ConfigError(f"service_name must be a non-empty string, got {service_name!r}")
+    require_sdk("configure_tracing")
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
     if sampler and sampler not in _SAMPLERS:
         raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(_SAMPLERS)}, "
@@ -205,7 +251,11 @@ def otel_server_interceptor(
     Args:
         tracer_provider: default the global provider.
     """
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    try:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    except ImportError:
+        raise ConfigError("implementation='otel' needs opentelemetry-instrumentation-grpc: "
+                          "pip install 'meshkit[otel-grpc]'") from None
 
     icpt: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
         tracer_provider=tracer_provider)
@@ -222,7 +272,11 @@ def otel_client_interceptors(
     Args:
         tracer_provider: default the global provider.
     """
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    try:
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+    except ImportError:
+        raise ConfigError("implementation='otel' needs opentelemetry-instrumentation-grpc: "
+                          "pip install 'meshkit[otel-grpc]'") from None
 
     return tuple(aio_client_interceptors(  # type: ignore[no-untyped-call]
         tracer_provider=tracer_provider))
@@ -241,13 +295,271 @@ def tracing_from_env(service_name: str) -> TracerProvider | None:
         The new provider, or ``None`` when nothing was configured.
 
     Raises:
-        ConfigError: as :func:`configure_tracing`.
+        ConfigError: as :func:`configure_tracing`; the environment asks for tracing but
+            the OpenTelemetry SDK is not installed (names the ``meshkit[otel]`` extra).
     """
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
+    if _sdk is not None and isinstance(trace.get_tracer_provider(), _sdk.TracerProvider):
         return None
+    return configure_tracing(service_name) if tracing_wanted() else None
+
+
+def tracing_wanted() -> bool:
+    """Whether the environment asks for tracing (see :func:`tracing_from_env`); raises
+    :class:`ConfigError` naming the ``meshkit[otel]`` extra when it does and the SDK is
+    missing."""
     env = os.environ
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     wanted = (exporter not in ("", "none") or bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
               or bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
               or bool(env.get("MESHKIT_TRACE_FILE", "").strip()))
-    return configure_tracing(service_name) if wanted else None
+    if wanted:
+        require_sdk("tracing asked for by OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_*"
+                    " / MESHKIT_TRACE_FILE")
+    return wanted
+
+
+# -- lean spans -------------------------------------------------------------------------
+
+_getrandbits = random.getrandbits
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+def _new_trace_id() -> int:
+    """A random non-zero 128-bit trace id (what the SDK's ``RandomIdGenerator`` does)."""
+    tid = _getrandbits(128)
+    while not tid:  # pragma: no cover - 2**-128
+        tid = _getrandbits(128)
+    return tid
+
+
+def _new_span_id() -> int:
+    sid = _getrandbits(64)
+    while not sid:  # pragma: no cover - 2**-64
+        sid = _getrandbits(64)
+    return sid
+
+
+class _PresetTraceIds:
+    """The id generator of meshkit's own SDK tracer: hands out the trace id meshkit drew
+    (and sampled on) for a root span, so the SDK's span carries the same id; anything
+    else is the provider's own generator."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._local = threading.local()
+
+    def preset(self, trace_id: int) -> None:
+        self._local.trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        tid: int | None = getattr(self._local, "trace_id", None)
+        if tid is None:
+            return int(self._inner.generate_trace_id())
+        self._local.trace_id = None
+        return tid
+
+    def generate_span_id(self) -> int:
+        return int(self._inner.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        return bool(getattr(self._inner, "is_trace_id_random", lambda: True)())
+
+
+def _is_default_parent_based(sampler: Any) -> bool:
+    """``ParentBased(root)`` with the default parent delegates (follow the parent's flag)."""
+    if _sdk is None or not isinstance(sampler, _sdk.sampling.ParentBased):
+        return False
+    on, off = _sdk.sampling.ALWAYS_ON, _sdk.sampling.ALWAYS_OFF
+    return (getattr(sampler, "_remote_parent_sampled", None) is on
+            and getattr(sampler, "_local_parent_sampled", None) is on
+            and getattr(sampler, "_remote_parent_not_sampled", None) is off
+            and getattr(sampler, "_local_parent_not_sampled", None) is off)
+
+
+class _Sdk:
+    """What one SDK provider needs per span: its sampler and a tracer of meshkit's."""
+
+    __slots__ = ("ids", "parent_based", "root_bound", "sampler", "tracer")
+
+    def __init__(self, provider: Any) -> None:
+        self.tracer = provider.get_tracer("meshkit.observability")
+        self.sampler = provider.sampler
+        self.parent_based = _is_default_parent_based(self.sampler)
+        # a root decided by ParentBased(TraceIdRatioBased / ALWAYS_ON / ALWAYS_OFF): the
+        # ratio rule applied here (trace id's low 64 bits below the bound), as the SDK does
+        self.root_bound: int | None = None
+        if self.parent_based:
+            root = getattr(self.sampler, "_root", None)
+            sampling = _sdk.sampling
+            if type(root) is sampling.TraceIdRatioBased:
+                self.root_bound = int(root.bound)
+            elif root is sampling.ALWAYS_ON:
+                self.root_bound = sampling.TraceIdRatioBased.TRACE_ID_LIMIT + 1
+            elif root is sampling.ALWAYS_OFF:
+                self.root_bound = 0
+        self.ids: _PresetTraceIds | None = None
+        if hasattr(self.tracer, "id_generator"):
+            self.ids = _PresetTraceIds(self.tracer.id_generator)
+            self.tracer.id_generator = self.ids
+
+
+class SpanStarter:
+    """Starts meshkit's spans, building an SDK span only when the trace is sampled.
+
+    When the provider's sampler drops the trace, or without an SDK :class:`TracerProvider`
+    (the API's no-op or proxy one) under a valid parent, the span is a
+    :class:`~opentelemetry.trace.NonRecordingSpan` carrying a fresh span id
+    (``random.getrandbits``, like the SDK's generator) under the parent's (or a fresh)
+    trace id, so trace context still propagates (``traceparent`` with the sampled flag
+    cleared, or the parent's flag passed through without an SDK) and log lines still
+    carry ``trace_id``/``span_id``. Without an SDK and without a parent it is the invalid
+    span (nothing to continue or record; a downstream service samples on its own).
+    When sampled, the SDK tracer builds the span with the trace id meshkit sampled on:
+    the provider's sampler (the configured one) decides, as it would in the SDK.
+
+    Args:
+        provider: the :class:`TelemetryOptions` ``tracer_provider``; ``None`` follows the
+            global provider, also one installed later.
+        kind: the :class:`~opentelemetry.trace.SpanKind` of every span.
+    """
+
+    __slots__ = ("_explicit", "_kind", "_provider", "_sdk")
+
+    def __init__(self, provider: Any, kind: SpanKind) -> None:
+        self._explicit = provider
+        self._kind = kind
+        self._provider: Any = object()
+        self._sdk: _Sdk | None = None
+
+    def _resolve(self) -> _Sdk | None:
+        p = self._explicit if self._explicit is not None else trace.get_tracer_provider()
+        if p is not self._provider:
+            self._provider = p
+            self._sdk = _Sdk(p) if _sdk is not None and isinstance(
+                p, _sdk.TracerProvider) else None
+        return self._sdk
+
+    def start(self, name: str, parent: SpanContext | None, context: Any,
+              attributes: dict[str, Any]) -> Span | None:
+        """A span ``name`` under ``parent`` (a valid span context, or ``None`` for a root);
+        ``context`` is the OpenTelemetry ``Context`` holding that parent for the SDK path
+        (``None``: built from a remote ``parent``, else the current one). ``None`` when
+        there is no trace context to carry (no SDK provider and no parent)."""
+        sdk = self._sdk if self._explicit is not None and self._sdk is not None \
+            else self._resolve()
+        if sdk is None and parent is None:
+            return None
+        if parent is not None:
+            tid = parent.trace_id
+            state = parent.trace_state
+        else:
+            tid = _new_trace_id()
+            state = None
+        if sdk is None:
+            if parent is None:  # nothing to continue, nothing to record: no trace context
+                return None
+            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
+                                                parent.trace_flags, state))
+        if context is None and parent is not None:
+            context = trace.set_span_in_context(NonRecordingSpan(parent)) \
+                if parent.is_remote else otel_context.get_current()
+        if parent is not None and sdk.parent_based:
+            record = parent.trace_flags.sampled
+        elif parent is None and sdk.root_bound is not None:
+            record = tid & _TRACE_ID_LIMIT < sdk.root_bound
+        else:
+            decision = sdk.sampler.should_sample(context, tid, name, self._kind,
+                                                 attributes).decision
+            record = decision.is_recording()
+        if not record:
+            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False, _NOT_SAMPLED,
+                                                state))
+        if parent is None and sdk.ids is not None:
+            sdk.ids.preset(tid)
+        span: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
+        return span
+
+
+_TRACEPARENT = "traceparent"
+_HEX = frozenset("0123456789abcdef")
+
+
+def fast_propagation() -> bool:
+    """Whether the global propagator is the default W3C pair (``tracecontext,baggage``),
+    which meshkit reads and writes itself on the hot path."""
+    prop = propagate.get_global_textmap()
+    if prop is _fast_cache[0]:
+        return bool(_fast_cache[1])
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    inner = getattr(prop, "_propagators", None) if isinstance(
+        prop, CompositePropagator) else None
+    ok = inner is not None and sorted(type(p).__name__ for p in inner) == sorted(
+        ("TraceContextTextMapPropagator", "W3CBaggagePropagator")) and all(
+        type(p) in (TraceContextTextMapPropagator, W3CBaggagePropagator) for p in inner)
+    _fast_cache[:] = [prop, ok]
+    return ok
+
+
+_fast_cache: list[Any] = [None, False]
+
+
+def parse_traceparent(metadata: Sequence[Any] | None) -> SpanContext | Literal[False] | None:
+    """The remote parent in incoming ``metadata`` when only a version-00 ``traceparent``
+    (and no ``tracestate`` or ``baggage``) is there: a :class:`SpanContext`, ``None`` when
+    there is no trace context at all or it is invalid (W3C: ignore it), ``False`` when
+    the general propagator must read it."""
+    found = None
+    for k, v in metadata or ():
+        if k == _TRACEPARENT:
+            if found is not None:
+                return False
+            found = v
+        elif k == "tracestate" or k == "baggage":
+            return False
+    if found is None:
+        return None
+    if not isinstance(found, str) or len(found) != 55 or not found.startswith("00-"):
+        return False
+    if found[35] != "-" or found[52] != "-" or not _HEX.issuperset(found[3:35]) \
+            or not _HEX.issuperset(found[36:52]) or not _HEX.issuperset(found[53:]):
+        return None
+    tid, sid = int(found[3:35], 16), int(found[36:52], 16)
+    if not tid or not sid:
+        return None
+    return SpanContext(tid, sid, True, TraceFlags(int(found[53:], 16)))
+
+
+def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
+                context: Any) -> None:
+    """Write ``span``'s trace context into outgoing ``metadata``: a ``traceparent`` built
+    here under the default propagator when no baggage is set, else the global propagator
+    with ``context`` (the current one holding ``span``)."""
+    if fast_propagation() and not baggage.get_all(context):
+        sc = span.get_span_context()
+        if not sc.is_valid:
+            return
+        _SETTER.set(metadata, _TRACEPARENT,
+                    f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags & 0xff:02x}")
+        if sc.trace_state:
+            _SETTER.set(metadata, "tracestate", sc.trace_state.to_header())
+        return
+    inject_context(metadata, context)
+
+
+def instrumentor_active(side: str) -> bool:
+    """Whether opentelemetry-instrumentation-grpc's aio instrumentor of ``side``
+    (``"server"``/``"client"``) is active in this process (``opentelemetry-instrument``,
+    or ``GrpcAioInstrumentorServer().instrument()``): it then makes the spans itself, and
+    meshkit does not emit a second set."""
+    mod = sys.modules.get("opentelemetry.instrumentation.grpc")
+    if mod is None:
+        return False
+    cls = getattr(mod, "GrpcAioInstrumentorServer" if side == "server"
+                  else "GrpcAioInstrumentorClient", None)
+    inst = getattr(cls, "_instance", None)
+    return bool(getattr(inst, "is_instrumented_by_opentelemetry", False))

@@ -65,7 +65,12 @@ def test_micro_ab_runs_and_prints_every_lever() -> None:
                            "--calls", "64"], capture_output=True, text=True, timeout=60,
                           check=False, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
-    fusion, log, encoder, limit1, limit1000, moving = proc.stdout.splitlines()
+    tele_client, tele_server, fusion, log, encoder, limit1, limit1000, moving = (
+        proc.stdout.splitlines())
+    for side, line in (("client", tele_client), ("server", tele_server)):
+        assert line.startswith(f"telemetry  {side}") and "us/call" in line
+        assert all(f" {v} " in line for v in ("tracing", "metrics", "accesslog", "full",
+                                               "full-1pct"))
     assert fusion.startswith("fusion") and "us/call" in fusion
     assert log.startswith("accesslog") and "us/line" in log
     assert encoder.startswith("encoder") and "us/line" in encoder

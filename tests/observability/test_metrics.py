@@ -243,3 +243,51 @@ def test_certificate_expiry_refuses_bad_values(
     """set_certificate_expiry refuses an empty service or a non-epoch time, quoting it."""
     with pytest.raises(ConfigError, match="got"):
         set_certificate_expiry(*bad, registry=prom)
+
+
+def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
+    """The records rendered at scrape give the same samples (names, labels, cumulative
+    buckets, +Inf, sum, count) as prometheus-client's Counter/Gauge/Histogram fed the same
+    calls; two binds of one method on one registry share one record (counted once)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from meshkit.observability import DURATION_BUCKETS_S, rpc_metrics
+    from meshkit.observability._semconv import MethodNames
+
+    ours = CollectorRegistry()
+    rpc = rpc_metrics(ours)
+    names = MethodNames("/pkg.v1.Svc/Get", "unary")
+    rec = rpc.bind_server(names)
+    assert rpc.bind_server(names) is rec
+    ref = CollectorRegistry()
+    labels = ("grpc_type", "grpc_service", "grpc_method")
+    started = Counter("grpc_server_started", "x", labels, registry=ref)
+    handled = Counter("grpc_server_handled", "x", (*labels, "grpc_code"), registry=ref)
+    hist = Histogram("grpc_server_handling_seconds", "x", labels, buckets=DURATION_BUCKETS_S,
+                     registry=ref)
+    in_flight = Gauge("grpc_server_in_flight", "x", labels, registry=ref)
+    lv = ("unary", "pkg.v1.Svc", "Get")
+    calls = [(0.0001, grpc.StatusCode.OK), (0.00099, grpc.StatusCode.OK),
+             (10.0, grpc.StatusCode.UNAVAILABLE), (42.0, grpc.StatusCode.OK)]
+    for duration_s, code in calls:
+        rec.start()
+        started.labels(*lv).inc()
+        in_flight.labels(*lv).inc()
+        rec.finished(code, duration_s)
+        handled.labels(*lv, code.name).inc()
+        hist.labels(*lv).observe(duration_s)
+        in_flight.labels(*lv).dec()
+    rec.start()
+    in_flight.labels(*lv).inc()
+    started.labels(*lv).inc()
+
+    def grpc_samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in reg.collect() for s in fam.samples
+                if s.name.startswith("grpc_server") and not s.name.endswith("_created")}
+
+    got, want = grpc_samples(ours), grpc_samples(ref)
+    assert got == want
+    assert got[("grpc_server_handling_seconds_bucket", (
+        ("grpc_method", "Get"), ("grpc_service", "pkg.v1.Svc"), ("grpc_type", "unary"),
+        ("le", "0.001")))] == 2

@@ -1,0 +1,167 @@
+"""Whole processes: quiet until configured, the OpenTelemetry SDK optional, and a process
+that only dials honouring ``OTEL_*``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).parents[2]
+
+# Serve and dial (telemetry on by default, debug-level lines on the call path), no
+# configure_logging(): nothing may reach stdout. A failing call makes the server side log
+# at warning level too.
+_UNCONFIGURED = """
+import asyncio, sys
+import grpc
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from tests.support.echo import add_echo, method
+
+async def main() -> None:
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=1.0))
+    await srv.start()
+    async with meshkit.dial("echo", registry=reg,
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        for _ in range(3):
+            assert await ch.unary_unary(method("Unary"))(b"hi", timeout=5) == b"e1|hi"
+        try:
+            await ch.unary_unary(method("Fail"))(b"INTERNAL", timeout=5)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() is grpc.StatusCode.INTERNAL
+    await srv.drain()
+    await reg.close()
+
+asyncio.run(main())
+"""
+
+
+def _run(script: str, *args: str, env: dict[str, str] | None = None,
+         ) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("OTEL_", "MESHKIT_"))}
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=_ROOT, env=full_env)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_unconfigured_process_writes_nothing_to_stdout(tmp_path: Path) -> None:
+    """Without configure_logging() a process that serves and dials (calls that succeed and
+    one that fails) writes nothing on stdout, and no access line anywhere; meshkit's
+    warnings (plaintext serving) reach stderr through the standard logging bridge."""
+    proc = _run(_UNCONFIGURED, str(tmp_path / "r"))
+    assert proc.stdout == ""
+    assert '"rpc"' not in proc.stderr and " rpc " not in proc.stderr
+    assert "serving plaintext" in proc.stderr
+
+
+def test_unconfigured_access_log_follows_stdlib_logging(tmp_path: Path) -> None:
+    """An application that routes the standard library's ``meshkit.access`` at INFO gets
+    the access lines there (JSON, on its handler), still nothing on stdout."""
+    script = ("import logging, sys; logging.basicConfig(stream=sys.stderr, level='INFO', "
+              "format='%(name)s %(message)s')\n" + _UNCONFIGURED)
+    proc = _run(script, str(tmp_path / "r"))
+    assert proc.stdout == ""
+    lines = [json.loads(ln.split(" ", 1)[1]) for ln in proc.stderr.splitlines()
+             if ln.startswith("meshkit.access ")]
+    assert sorted(ln["side"] for ln in lines) == ["client"] * 4 + ["server"] * 4
+    assert {ln["code"] for ln in lines} == {"OK", "INTERNAL"}
+
+
+# A meta-path finder that refuses the OpenTelemetry SDK and the grpc instrumentation, as
+# if only ``opentelemetry-api`` were installed.
+_HIDE_SDK = """
+import sys
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation")):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Hide())
+"""
+
+_NO_SDK = _HIDE_SDK + """
+import os
+from meshkit.errors import ConfigError
+import meshkit.observability as obs
+from meshkit.observability import *  # noqa: F403  (works without the SDK)
+from meshkit.observability import configure_tracing, server_interceptors
+from meshkit.observability import tracing_from_env
+
+def refused(fn, *a, **kw):
+    try:
+        fn(*a, **kw)
+    except ConfigError as e:
+        return str(e)
+    raise AssertionError(f"{fn} did not raise")
+
+for msg in (refused(configure_tracing, "svc"),
+            refused(lambda: obs.render_trace),
+            refused(server_interceptors, "svc", implementation="otel")):
+    assert "meshkit[otel" in msg, msg
+assert "render_trace" not in obs.__all__
+assert tracing_from_env("svc") is None  # the environment asks for nothing
+os.environ["OTEL_TRACES_EXPORTER"] = "console"
+assert "meshkit[otel]" in refused(tracing_from_env, "svc")
+del os.environ["OTEL_TRACES_EXPORTER"]
+""" + _UNCONFIGURED + """
+assert not [m for m in sys.modules if m.startswith("opentelemetry.sdk")]
+print("OK")
+"""
+
+
+def test_serve_and_dial_work_without_the_otel_sdk(tmp_path: Path) -> None:
+    """With only opentelemetry-api importable, meshkit imports, serves and dials with
+    tracing on; what needs the SDK raises ConfigError naming the ``meshkit[otel]`` extra
+    (configure_tracing, render_trace, tracing asked for by OTEL_*; implementation="otel"
+    names ``meshkit[otel-grpc]``)."""
+    proc = _run(_NO_SDK, str(tmp_path / "r"))
+    assert proc.stdout.strip() == "OK"
+
+
+_DIAL_ONLY = """
+import asyncio, sys
+import grpc
+import meshkit
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from tests.support.echo import handler, method
+
+async def main() -> None:
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    # a plain grpc.aio server (MeshServer.start would set tracing up from OTEL_* itself)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await reg.register(Instance(service="echo", instance_id="e1", host="127.0.0.1", port=port))
+    async with meshkit.dial("echo", registry=reg,
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        await ch.unary_unary(method("Unary"))(b"hi", timeout=5)
+    await server.stop(None)
+    await reg.close()
+    from opentelemetry import trace
+    trace.get_tracer_provider().shutdown()
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_that_only_dials_honours_otel_env(tmp_path: Path) -> None:
+    """MESHKIT_TRACE_FILE sets up tracing in a process whose only telemetry is a dialing
+    channel (serve() never ran there): its CLIENT span lands in the file."""
+    trace_file = tmp_path / "spans.jsonl"
+    _run(_DIAL_ONLY, str(tmp_path / "r"), env={"MESHKIT_TRACE_FILE": str(trace_file),
+                                               "OTEL_TRACES_EXPORTER": "none",
+                                               "OTEL_SERVICE_NAME": "dialer"})
+    spans = [json.loads(ln) for ln in trace_file.read_text().splitlines() if ln.strip()]
+    assert [s["name"] for s in spans] == ["meshkit.test.Echo/Unary"], spans
+    assert spans[0]["attributes"]["server.address"] == "echo"
