@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=4000, help="calls per variant per round")
     args = p.parse_args(argv)
     from benchmarks.stacks import tracer_provider
-    from meshkit.observability import configure_logging
+    from meshkit.observability import configure_logging, flush_logs
 
     provider = tracer_provider(1.0)
 
@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging("INFO", json=True)
             client = await client_layers(args.rounds, args.calls, provider)
             server = await server_layers(args.rounds, args.calls, provider)
+            flush_logs()  # the access log's last batch, still into /dev/null
+            provider.shutdown()
         return client, server
 
     client, server = asyncio.run(run())
