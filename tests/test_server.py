@@ -96,3 +96,94 @@ def test_bad_serve_options_quote_the_value() -> None:
         meshkit.MeshServer(
             "no spaces", [], registry=LocalRegistry(), options=meshkit.ServeOptions(insecure=True)
         )
+
+
+# -- issue 12 item 5: undecodable requests ----------------------------------------------
+_GARBAGE = b"\xff\xff\xff\xff"  # a field tag whose varint never ends: no message decodes it
+
+
+def _add_guard_probe(servicer: object, server: object) -> None:
+    """A protobuf service on the generic-handler path only: unary and streaming requests."""
+
+    async def check(request: health_pb2.HealthCheckRequest, context: object
+                    ) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def count(requests: object, context: object) -> health_pb2.HealthCheckResponse:
+        async for _ in requests:  # type: ignore[attr-defined]
+            pass
+        return health_pb2.HealthCheckResponse()
+
+    resp = health_pb2.HealthCheckResponse.SerializeToString
+    req = health_pb2.HealthCheckRequest.FromString
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(  # type: ignore[attr-defined]
+        "test.Guard", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=req, response_serializer=resp),
+            "Count": grpc.stream_unary_rpc_method_handler(
+                count, request_deserializer=req, response_serializer=resp),
+        }),))
+
+
+async def _admin_metrics(srv: meshkit.MeshServer) -> str:
+    import aiohttp
+
+    assert srv.admin is not None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
+            http.get(f"{srv.admin.url}/metrics") as resp:
+        return await resp.text()
+
+
+def _handled(text: str, method: str, code: str) -> float:
+    from tests.faults._checks import metric
+
+    return metric(text, "grpc_server_handled_total", grpc_method=method, grpc_code=code)
+
+
+async def test_undecodable_request_is_invalid_argument_and_counted(
+    echo_servers: EchoFactory,
+) -> None:
+    """Bytes that no message decodes get INVALID_ARGUMENT "request is not a valid <Type>"
+    (not grpcio's UNKNOWN naming DecodeError), on registered-method handlers (health),
+    generic handlers, server-streaming (Watch) and streaming requests (reflection, Count);
+    each call is counted in grpc_server_handled_total."""
+    srv = await echo_servers("m1")
+    srv2 = meshkit.MeshServer("guard", [(_add_guard_probe, None)], registry=srv.registry,
+                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv2.start()
+    try:
+        before = await _admin_metrics(srv2)
+        cases = [
+            ("/grpc.health.v1.Health/Check", "unary_unary", "grpc.health.v1.HealthCheckRequest"),
+            ("/grpc.health.v1.Health/Watch", "unary_stream", "grpc.health.v1.HealthCheckRequest"),
+            ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+             "stream_stream", "grpc.reflection.v1alpha.ServerReflectionRequest"),
+            ("/test.Guard/Check", "unary_unary", "grpc.health.v1.HealthCheckRequest"),
+            ("/test.Guard/Count", "stream_unary", "grpc.health.v1.HealthCheckRequest"),
+        ]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv2.port}") as ch:
+            for path, kind, type_name in cases:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    if kind == "unary_unary":
+                        await ch.unary_unary(path)(_GARBAGE, timeout=5)
+                    elif kind == "unary_stream":
+                        async for _ in ch.unary_stream(path)(_GARBAGE, timeout=5):
+                            pass
+                    elif kind == "stream_unary":
+                        await ch.stream_unary(path)(iter([_GARBAGE]), timeout=5)
+                    else:
+                        async for _ in ch.stream_stream(path)(iter([_GARBAGE]), timeout=5):
+                            pass
+                assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (path, info.value)
+                assert info.value.details() == f"request is not a valid {type_name}"
+            # a good request still works
+            ok = await ch.unary_unary("/test.Guard/Check")(b"", timeout=5)
+            assert health_pb2.HealthCheckResponse.FromString(ok).status == 1
+        after = await _admin_metrics(srv2)
+        for path, _, _ in cases:
+            name = path.rsplit("/", 1)[1]
+            counted = (_handled(after, name, "INVALID_ARGUMENT")
+                       - _handled(before, name, "INVALID_ARGUMENT"))
+            assert counted >= 1, (path, counted)
+    finally:
+        await srv2.drain()
