@@ -40,7 +40,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from meshkit._handlers import fuse_interceptors
 from meshkit._limits import (
-    FirstMessageSweeper,
+    RequestGate,
     ServerLimits,
     guard_generic_handler,
     guard_method_handler,
@@ -209,10 +209,8 @@ class _Recorder:
     (:func:`meshkit._limits.guard_method_handler`; both the generic and the
     registered-method paths)."""
 
-    def __init__(self, server: grpc.aio.Server,
-                 sweeper: FirstMessageSweeper | None = None) -> None:
+    def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
-        self._sweeper = sweeper
         self.names: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
@@ -221,14 +219,14 @@ class _Recorder:
             if callable(name) and name() and name() not in self.names:
                 self.names.append(name())
         self._server.add_generic_rpc_handlers(
-            [guard_generic_handler(h, self._sweeper) for h in handlers])
+            [guard_generic_handler(h) for h in handlers])
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
         if service_name not in self.names:
             self.names.append(service_name)
         self._server.add_registered_method_handlers(
             service_name,
-            {name: guard_method_handler(h, self._sweeper) for name, h in handlers.items()})
+            {name: guard_method_handler(h) for name, h in handlers.items()})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
@@ -288,7 +286,7 @@ class MeshServer:
         self._stopped = asyncio.Event()
         self.draining = False
         self.admin: AdminServer | None = None
-        self._sweeper: FirstMessageSweeper | None = None
+        self.gate: RequestGate | None = None
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -309,19 +307,19 @@ class MeshServer:
         if opts.telemetry is not None:
             interceptors = (*server_interceptors(self.service, opts.telemetry), *interceptors)
         limits = opts.limits
-        if limits.first_message_timeout_s is not None:
-            self._sweeper = FirstMessageSweeper(limits.first_message_timeout_s)
-            interceptors = (self._sweeper, *interceptors)
+        if opts.maximum_concurrent_rpcs is not None:
+            limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)
+        self.gate = RequestGate(limits)
+        interceptors = (self.gate, *interceptors)
         server_args = dict(limits.channel_args())
         server_args.update(dict(opts.server_options))
-        max_rpcs = (opts.maximum_concurrent_rpcs if opts.maximum_concurrent_rpcs is not None
-                    else limits.max_concurrent_rpcs)
+        max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         server = grpc.aio.server(
             interceptors=fuse_interceptors(interceptors) or None,
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )
-        recorder = _Recorder(server, self._sweeper)
+        recorder = _Recorder(server)
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
         self.service_names = list(recorder.names)
@@ -402,8 +400,6 @@ class MeshServer:
                 _log.warning("deregister failed", error=str(exc))
         await asyncio.sleep(opts.drain_delay_s)
         await self._server.stop(opts.grace_s)
-        if self._sweeper is not None:
-            await self._sweeper.aclose()
         for icpt in opts.interceptors:  # e.g. a rate limiter's Redis connections
             aclose = getattr(icpt, "aclose", None)
             if aclose is not None:

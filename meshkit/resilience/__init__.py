@@ -34,7 +34,14 @@ from __future__ import annotations
 from meshkit.resilience._backoff import Backoff
 from meshkit.resilience._balancers import RingHash, WeightedRoundRobin
 from meshkit.resilience._budget import BudgetOptions, RetryBudget
-from meshkit.resilience._deadline import DeadlineInterceptor, current_deadline, deadline_scope
+from meshkit.resilience._deadline import (
+    MAX_PROPAGATED_S,
+    DeadlineInterceptor,
+    clamp_timeout_s,
+    current_deadline,
+    deadline_scope,
+    time_remaining_s,
+)
 from meshkit.resilience._outlier import EjectingBalancer, OutlierOptions
 from meshkit.resilience._p2c import P2C, P2COptions
 from meshkit.resilience._retry import RetryInterceptor, RetryOptions, RetryPolicy, RetryStats
@@ -53,6 +60,7 @@ from meshkit.resilience.ratelimit import (
 )
 
 __all__ = [
+    "MAX_PROPAGATED_S",
     "P2C",
     "Backoff",
     "BudgetOptions",
@@ -77,7 +85,9 @@ __all__ = [
     "by_identity",
     "by_metadata",
     "by_peer",
+    "clamp_timeout_s",
     "current_deadline",
     "deadline_scope",
     "rejected_by_rate_limit",
+    "time_remaining_s",
 ]
