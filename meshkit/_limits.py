@@ -180,6 +180,10 @@ class _Undecodable:
 _UNDECODABLE = _Undecodable()
 
 
+def _raw(data: bytes) -> bytes:
+    return data
+
+
 def _type_name(deserializer: Callable[[bytes], Any]) -> str:
     """``ecom.v1.PlaceOrderRequest`` for ``PlaceOrderRequest.FromString``, else "request"."""
     owner = getattr(deserializer, "__self__", None)
@@ -217,11 +221,14 @@ def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
 
 def guard_method_handler(handler: Handler) -> Handler:
     """``handler`` answering ``INVALID_ARGUMENT`` "request is not a valid <Type>" when its
-    request does not decode (see the module docstring). Handlers without a request
-    deserializer are returned as they are."""
+    request does not decode (see the module docstring). A handler without a request
+    deserializer (raw bytes) gets one that passes the bytes on, so their size is counted
+    too."""
     deserializer = handler.request_deserializer
-    if deserializer is None or getattr(deserializer, "_meshkit_guarded", False):
+    if deserializer is not None and getattr(deserializer, "_meshkit_guarded", False):
         return handler
+    if deserializer is None:
+        deserializer = _raw
     type_name = _type_name(deserializer)
     message = _invalid(type_name)
     req_s, resp_s = handler.request_streaming, handler.response_streaming

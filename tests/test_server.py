@@ -187,3 +187,89 @@ async def test_undecodable_request_is_invalid_argument_and_counted(
             assert counted >= 1, (path, counted)
     finally:
         await srv2.drain()
+
+
+# -- issue 12 item 6: bounds on in-flight work ---------------------------------------------
+def _add_slow(servicer: object, server: object) -> None:
+    """A bytes service whose Hold answers after 0.5 s."""
+
+    async def hold(request: bytes, context: object) -> bytes:
+        await asyncio.sleep(0.5)
+        return b"held %d" % len(request)
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(  # type: ignore[attr-defined]
+        "test.Slow", {"Hold": grpc.unary_unary_rpc_method_handler(hold)}),))
+
+
+async def _slow_server(registry: LocalRegistry, **limits: object) -> meshkit.MeshServer:
+    from meshkit.server import ServerLimits
+
+    srv = meshkit.MeshServer("slow", [(_add_slow, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, admin=None,
+                                 limits=ServerLimits(**limits)))  # type: ignore[arg-type]
+    await srv.start()
+    return srv
+
+
+async def test_call_that_sends_headers_only_is_ended(registry: LocalRegistry) -> None:
+    """A unary call whose request never comes is ended CANCELLED after
+    first_message_timeout_s (grpc.aio alone keeps it open until the client leaves), and its
+    slot is free again: a real call still gets through with max_concurrent_rpcs=2."""
+    srv = await _slow_server(registry, first_message_timeout_s=0.5, max_concurrent_rpcs=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            idle = [ch.stream_stream("/test.Slow/Hold")() for _ in range(2)]
+            await asyncio.wait_for(asyncio.gather(*(c.wait_for_connection() for c in idle)), 5)
+            codes = await asyncio.wait_for(asyncio.gather(*(c.code() for c in idle)), 5)
+            assert codes == [grpc.StatusCode.CANCELLED] * 2
+            assert [await c.details() for c in idle] == ["request did not arrive in time"] * 2
+            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
+        assert srv.gate is not None and srv.gate.timed_out == 2
+    finally:
+        await srv.drain()
+
+
+async def test_calls_over_the_limits_are_shed_with_resource_exhausted(
+    registry: LocalRegistry,
+) -> None:
+    """Over max_concurrent_rpcs, and over max_inflight_request_bytes, calls get
+    RESOURCE_EXHAUSTED at once while the admitted ones finish."""
+    srv = await _slow_server(registry, max_concurrent_rpcs=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            hold = ch.unary_unary("/test.Slow/Hold")
+            results = await asyncio.gather(*(hold(b"x", timeout=5) for _ in range(4)),
+                                           return_exceptions=True)
+            shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(shed) == 2, results
+            assert all(e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED for e in shed)
+    finally:
+        await srv.drain()
+    srv = await _slow_server(registry, max_inflight_request_bytes=1000)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            hold = ch.unary_unary("/test.Slow/Hold")
+            first = asyncio.ensure_future(hold(b"a" * 800, timeout=5))
+            await asyncio.sleep(0.2)  # admitted and holding 800 bytes
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await hold(b"b" * 800, timeout=5)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.details() == "server busy"
+            assert await first == b"held 800"
+            assert await hold(b"c" * 800, timeout=5) == b"held 800"  # room again
+    finally:
+        await srv.drain()
+
+
+def test_bad_server_limits_quote_the_value() -> None:
+    """ServerLimits refuses bad values at construction, quoting them."""
+    from meshkit.server import ServerLimits
+
+    for bad, text in (({"max_concurrent_rpcs": 0}, "0"),
+                      ({"max_concurrent_streams": -1}, "-1"),
+                      ({"first_message_timeout_s": 0.0}, "0.0"),
+                      ({"max_inflight_request_bytes": 0}, "0"),
+                      ({"keepalive_time_s": -5.0}, "-5.0")):
+        with pytest.raises(meshkit.ConfigError, match=text):
+            ServerLimits(**bad)  # type: ignore[arg-type]
