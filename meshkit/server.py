@@ -48,9 +48,15 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from meshkit._handlers import fuse_interceptors
+from meshkit._limits import (
+    RequestGate,
+    ServerLimits,
+    guard_generic_handler,
+    guard_method_handler,
+)
 from meshkit._stats import ServerStats
 from meshkit.auth import (
     AuthOptions,
@@ -79,7 +85,7 @@ from meshkit.resilience import (
     RateLimitOptions,
 )
 
-__all__ = ["MeshServer", "ServeOptions", "serve", "server_chain"]
+__all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"]
 
 _log = structlog.get_logger("meshkit.server")
 
@@ -167,9 +173,18 @@ class ServeOptions:
             ``/debug/mesh``), started with the first server of the process on
             ``MESHKIT_ADMIN_PORT`` (default an ephemeral loopback port) and announced in the
             registry meta ``admin_port``; ``None`` for none.
-        server_options: extra grpc server arguments.
+        limits: bounds on in-flight work (:class:`ServerLimits`: concurrent calls per
+            server and streams per connection, request size, flow-control windows, how long
+            a request may take to arrive, keepalive and idle connections), on by default;
+            calls over a limit get ``RESOURCE_EXHAUSTED``.
+        server_options: extra grpc server arguments; they override those ``limits`` sets,
+            key by key.
         maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
-            ``RESOURCE_EXHAUSTED`` (default: no cap).
+            ``RESOURCE_EXHAUSTED``; when set it overrides ``limits.max_concurrent_rpcs``
+            (default ``None``: the limits' value).
+
+    Every server answers a request that does not decode with ``INVALID_ARGUMENT``
+    "request is not a valid <Type>", counted by telemetry like any call.
 
     Raises:
         ConfigError: a value is out of range (quoted in the message).
@@ -195,6 +210,7 @@ class ServeOptions:
     telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
     admin: AdminOptions | None = field(default_factory=lambda: AdminOptions(
         port=int(os.environ.get("MESHKIT_ADMIN_PORT", "0") or 0)))
+    limits: ServerLimits = field(default_factory=ServerLimits)
     server_options: tuple[tuple[str, Any], ...] = ()
     maximum_concurrent_rpcs: int | None = None
 
@@ -213,6 +229,8 @@ class ServeOptions:
             raise ConfigError(
                 f"maximum_concurrent_rpcs must be >= 1, got {self.maximum_concurrent_rpcs!r}"
             )
+        if not isinstance(self.limits, ServerLimits):
+            raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
         object.__setattr__(self, "tags", tuple(self.tags))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
         for icpt in self.interceptors:
@@ -249,7 +267,10 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
 
 class _Recorder:
     """Stands in for the server while generated ``add_*_to_server`` functions run, to learn
-    the full names of the services they add (for health and reflection)."""
+    the full names of the services they add (for health and reflection), and guards every
+    method handler so that a request that does not decode answers ``INVALID_ARGUMENT``
+    (:func:`meshkit._limits.guard_method_handler`; both the generic and the
+    registered-method paths)."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
@@ -260,12 +281,15 @@ class _Recorder:
             name = getattr(h, "service_name", None)
             if callable(name) and name() and name() not in self.names:
                 self.names.append(name())
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(
+            [guard_generic_handler(h) for h in handlers])
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
         if service_name not in self.names:
             self.names.append(service_name)
-        self._server.add_registered_method_handlers(service_name, handlers)
+        self._server.add_registered_method_handlers(
+            service_name,
+            {name: guard_method_handler(h) for name, h in handlers.items()})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
@@ -328,6 +352,7 @@ class MeshServer:
         self._stopped = asyncio.Event()
         self.draining = False
         self.admin: AdminServer | None = None
+        self.gate: RequestGate | None = None
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -344,19 +369,27 @@ class MeshServer:
         """
         opts = self.options
         tracing_from_env(self.service)
+        limits = opts.limits
+        if opts.maximum_concurrent_rpcs is not None:
+            limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)
+        self.gate = RequestGate(limits)
+        server_args = dict(limits.channel_args())
+        server_args.update(dict(opts.server_options))
+        max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         server = grpc.aio.server(
-            interceptors=fuse_interceptors(self._chain) or None,
-            options=opts.server_options,
-            maximum_concurrent_rpcs=opts.maximum_concurrent_rpcs,
+            interceptors=fuse_interceptors((self.gate, *self._chain)) or None,
+            options=tuple(server_args.items()),
+            maximum_concurrent_rpcs=max_rpcs,
         )
         recorder = _Recorder(server)
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
         self.service_names = list(recorder.names)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
         if opts.reflection:
             names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-            reflection.enable_server_reflection(names, server)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(names), recorder)
         host_part = opts.host if ":" not in opts.host else f"[{opts.host.strip('[]')}]"
         bind = f"{host_part}:{opts.port}"
         creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded)

@@ -129,3 +129,180 @@ def test_mesh_checks_in_interceptors_are_refused() -> None:
     limiter = RateLimitInterceptor(RateLimitOptions(default_rule="1/second"))
     with pytest.raises(meshkit.ConfigError, match=r"ServeOptions\(rate_limit=\.\.\.\)"):
         meshkit.ServeOptions(insecure=True, interceptors=(limiter,))
+
+
+# -- issue 12 item 5: undecodable requests ----------------------------------------------
+_GARBAGE = b"\xff\xff\xff\xff"  # a field tag whose varint never ends: no message decodes it
+
+
+def _add_guard_probe(servicer: object, server: object) -> None:
+    """A protobuf service on the generic-handler path only: unary and streaming requests."""
+
+    async def check(request: health_pb2.HealthCheckRequest, context: object
+                    ) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def count(requests: object, context: object) -> health_pb2.HealthCheckResponse:
+        async for _ in requests:  # type: ignore[attr-defined]
+            pass
+        return health_pb2.HealthCheckResponse()
+
+    resp = health_pb2.HealthCheckResponse.SerializeToString
+    req = health_pb2.HealthCheckRequest.FromString
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(  # type: ignore[attr-defined]
+        "test.Guard", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=req, response_serializer=resp),
+            "Count": grpc.stream_unary_rpc_method_handler(
+                count, request_deserializer=req, response_serializer=resp),
+        }),))
+
+
+async def _admin_metrics(srv: meshkit.MeshServer) -> str:
+    import aiohttp
+
+    assert srv.admin is not None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
+            http.get(f"{srv.admin.url}/metrics") as resp:
+        return await resp.text()
+
+
+def _handled(text: str, method: str, code: str) -> float:
+    from tests.faults._checks import metric
+
+    return metric(text, "grpc_server_handled_total", grpc_method=method, grpc_code=code)
+
+
+async def test_undecodable_request_is_invalid_argument_and_counted(
+    echo_servers: EchoFactory,
+) -> None:
+    """Bytes that no message decodes get INVALID_ARGUMENT "request is not a valid <Type>"
+    (not grpcio's UNKNOWN naming DecodeError), on registered-method handlers (health),
+    generic handlers, server-streaming (Watch) and streaming requests (reflection, Count);
+    each call is counted in grpc_server_handled_total."""
+    srv = await echo_servers("m1")
+    srv2 = meshkit.MeshServer("guard", [(_add_guard_probe, None)], registry=srv.registry,
+                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv2.start()
+    try:
+        before = await _admin_metrics(srv2)
+        cases = [
+            ("/grpc.health.v1.Health/Check", "unary_unary", "grpc.health.v1.HealthCheckRequest"),
+            ("/grpc.health.v1.Health/Watch", "unary_stream", "grpc.health.v1.HealthCheckRequest"),
+            ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+             "stream_stream", "grpc.reflection.v1alpha.ServerReflectionRequest"),
+            ("/test.Guard/Check", "unary_unary", "grpc.health.v1.HealthCheckRequest"),
+            ("/test.Guard/Count", "stream_unary", "grpc.health.v1.HealthCheckRequest"),
+        ]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv2.port}") as ch:
+            for path, kind, type_name in cases:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    if kind == "unary_unary":
+                        await ch.unary_unary(path)(_GARBAGE, timeout=5)
+                    elif kind == "unary_stream":
+                        async for _ in ch.unary_stream(path)(_GARBAGE, timeout=5):
+                            pass
+                    elif kind == "stream_unary":
+                        await ch.stream_unary(path)(iter([_GARBAGE]), timeout=5)
+                    else:
+                        async for _ in ch.stream_stream(path)(iter([_GARBAGE]), timeout=5):
+                            pass
+                assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (path, info.value)
+                assert info.value.details() == f"request is not a valid {type_name}"
+            # a good request still works
+            ok = await ch.unary_unary("/test.Guard/Check")(b"", timeout=5)
+            assert health_pb2.HealthCheckResponse.FromString(ok).status == 1
+        after = await _admin_metrics(srv2)
+        for path, _, _ in cases:
+            name = path.rsplit("/", 1)[1]
+            counted = (_handled(after, name, "INVALID_ARGUMENT")
+                       - _handled(before, name, "INVALID_ARGUMENT"))
+            assert counted >= 1, (path, counted)
+    finally:
+        await srv2.drain()
+
+
+# -- issue 12 item 6: bounds on in-flight work ---------------------------------------------
+def _add_slow(servicer: object, server: object) -> None:
+    """A bytes service whose Hold answers after 0.5 s."""
+
+    async def hold(request: bytes, context: object) -> bytes:
+        await asyncio.sleep(0.5)
+        return b"held %d" % len(request)
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(  # type: ignore[attr-defined]
+        "test.Slow", {"Hold": grpc.unary_unary_rpc_method_handler(hold)}),))
+
+
+async def _slow_server(registry: LocalRegistry, **limits: object) -> meshkit.MeshServer:
+    from meshkit.server import ServerLimits
+
+    srv = meshkit.MeshServer("slow", [(_add_slow, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, admin=None,
+                                 limits=ServerLimits(**limits)))  # type: ignore[arg-type]
+    await srv.start()
+    return srv
+
+
+async def test_call_that_sends_headers_only_is_ended(registry: LocalRegistry) -> None:
+    """A unary call whose request never comes is ended CANCELLED after
+    first_message_timeout_s (grpc.aio alone keeps it open until the client leaves), and its
+    slot is free again: a real call still gets through with max_concurrent_rpcs=2."""
+    srv = await _slow_server(registry, first_message_timeout_s=0.5, max_concurrent_rpcs=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            idle = [ch.stream_stream("/test.Slow/Hold")() for _ in range(2)]
+            await asyncio.wait_for(asyncio.gather(*(c.wait_for_connection() for c in idle)), 5)
+            codes = await asyncio.wait_for(asyncio.gather(*(c.code() for c in idle)), 5)
+            assert codes == [grpc.StatusCode.CANCELLED] * 2
+            assert [await c.details() for c in idle] == ["request did not arrive in time"] * 2
+            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
+        assert srv.gate is not None and srv.gate.timed_out == 2
+    finally:
+        await srv.drain()
+
+
+async def test_calls_over_the_limits_are_shed_with_resource_exhausted(
+    registry: LocalRegistry,
+) -> None:
+    """Over max_concurrent_rpcs, and over max_inflight_request_bytes, calls get
+    RESOURCE_EXHAUSTED at once while the admitted ones finish."""
+    srv = await _slow_server(registry, max_concurrent_rpcs=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            hold = ch.unary_unary("/test.Slow/Hold")
+            results = await asyncio.gather(*(hold(b"x", timeout=5) for _ in range(4)),
+                                           return_exceptions=True)
+            shed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(shed) == 2, results
+            assert all(e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED for e in shed)
+    finally:
+        await srv.drain()
+    srv = await _slow_server(registry, max_inflight_request_bytes=1000)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            hold = ch.unary_unary("/test.Slow/Hold")
+            first = asyncio.ensure_future(hold(b"a" * 800, timeout=5))
+            await asyncio.sleep(0.2)  # admitted and holding 800 bytes
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await hold(b"b" * 800, timeout=5)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.details() == "server busy"
+            assert await first == b"held 800"
+            assert await hold(b"c" * 800, timeout=5) == b"held 800"  # room again
+    finally:
+        await srv.drain()
+
+
+def test_bad_server_limits_quote_the_value() -> None:
+    """ServerLimits refuses bad values at construction, quoting them."""
+    from meshkit.server import ServerLimits
+
+    for bad, text in (({"max_concurrent_rpcs": 0}, "0"),
+                      ({"max_concurrent_streams": -1}, "-1"),
+                      ({"first_message_timeout_s": 0.0}, "0.0"),
+                      ({"max_inflight_request_bytes": 0}, "0"),
+                      ({"keepalive_time_s": -5.0}, "-5.0")):
+        with pytest.raises(meshkit.ConfigError, match=text):
+            ServerLimits(**bad)  # type: ignore[arg-type]

@@ -31,10 +31,13 @@ from __future__ import annotations
 from meshkit.resilience._backoff import Backoff
 from meshkit.resilience._budget import BudgetOptions, RetryBudget
 from meshkit.resilience._deadline import (
+    MAX_PROPAGATED_S,
     DeadlineInterceptor,
     DeadlineOptions,
+    clamp_timeout_s,
     current_deadline,
     deadline_scope,
+    time_remaining_s,
 )
 from meshkit.resilience._retry import RetryInterceptor, RetryOptions, RetryPolicy, RetryStats
 from meshkit.resilience.ratelimit import (
@@ -52,6 +55,7 @@ from meshkit.resilience.ratelimit import (
 )
 
 __all__ = [
+    "MAX_PROPAGATED_S",
     "Backoff",
     "BudgetOptions",
     "DeadlineInterceptor",
@@ -71,7 +75,9 @@ __all__ = [
     "by_identity",
     "by_metadata",
     "by_peer",
+    "clamp_timeout_s",
     "current_deadline",
     "deadline_scope",
     "rejected_by_rate_limit",
+    "time_remaining_s",
 ]

@@ -8,6 +8,14 @@
 * **propagation**: while the handler runs, :func:`current_deadline` returns the call's
   absolute deadline (``time.monotonic()`` seconds), and every :func:`meshkit.dial` channel
   runs outgoing calls under ``min(own timeout, remaining - margin)``, never longer.
+
+The wire allows deadlines far beyond what a process can compute with:
+``grpc-timeout: 99999999H`` (8 digits, unit hours; gRPC over HTTP/2 spec) is about 11400
+years, and grpcio fails an outgoing call at once with ``DEADLINE_EXCEEDED`` when its
+timeout reaches about 9.2e9 s (int64 nanoseconds). So the remaining time a server reads
+is clamped to :data:`MAX_PROPAGATED_S` (one day) before it is propagated: read it with
+:func:`time_remaining_s` rather than ``context.time_remaining()`` when passing it on as
+a ``timeout``.
 """
 
 from __future__ import annotations
@@ -22,18 +30,46 @@ import grpc
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit.errors import ConfigError
 
-__all__ = ["DeadlineInterceptor", "DeadlineOptions", "current_deadline", "deadline_scope"]
+__all__ = [
+    "MAX_PROPAGATED_S",
+    "DeadlineInterceptor",
+    "DeadlineOptions",
+    "clamp_timeout_s",
+    "current_deadline",
+    "deadline_scope",
+    "time_remaining_s",
+]
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshkit_deadline", default=None
 )
-# grpc reports "no deadline" as a huge remaining time; anything past a day is "none".
-_NO_DEADLINE_S = 86_400.0
+MAX_PROPAGATED_S = 86_400.0
+"""The longest remaining time propagated or passed on, seconds (one day): longer than any
+call a mesh should keep open, and far below where grpcio's deadline arithmetic overflows
+(about 9.2e9 s)."""
+
+
+def clamp_timeout_s(timeout_s: float | None) -> float | None:
+    """``timeout_s`` (seconds, or ``None`` for none) clamped to :data:`MAX_PROPAGATED_S`
+    (``inf`` and values past it become ``MAX_PROPAGATED_S``; NaN is treated as none)."""
+    if timeout_s is None or timeout_s != timeout_s:
+        return None
+    return timeout_s if timeout_s <= MAX_PROPAGATED_S else MAX_PROPAGATED_S
+
+
+def time_remaining_s(context: Any) -> float | None:
+    """Seconds left before the deadline of the call ``context`` (a
+    ``grpc.aio.ServicerContext``) belongs to, clamped to :data:`MAX_PROPAGATED_S`, or
+    ``None`` when the caller set no deadline. Use it instead of ``context.time_remaining()``
+    for a ``timeout`` passed on to another call: a legal ``grpc-timeout: 9999999H`` reads
+    as 3.6e10 s, which grpcio fails at once with ``DEADLINE_EXCEEDED``."""
+    return clamp_timeout_s(context.time_remaining())
 
 
 def current_deadline() -> float | None:
     """The deadline of the call being handled, as ``time.monotonic()`` seconds, or ``None``
-    outside a handler or when the caller set no deadline."""
+    outside a handler or when the caller set no deadline; at most
+    :data:`MAX_PROPAGATED_S` ahead (a longer one is clamped)."""
     return _deadline.get()
 
 
@@ -79,8 +115,8 @@ class DeadlineInterceptor(WrappingInterceptor):
     async def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         # Each call runs in its own task, so the context variable set here is the
         # handler's and disappears with the call.
-        remaining = context.time_remaining()
-        if remaining is None or remaining > _NO_DEADLINE_S:
+        remaining = time_remaining_s(context)
+        if remaining is None:
             _deadline.set(None)
             return
         if remaining <= self._min:

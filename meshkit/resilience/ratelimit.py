@@ -47,6 +47,13 @@ the limiter cannot compute. A storage outage is logged once as a warning on
 ``meshkit.resilience.ratelimit`` when it starts and once as info when it ends; a storage
 call slower than ``storage_timeout_s`` counts as a failure.
 
+A storage that hangs would make every limited call wait ``storage_timeout_s``. A breaker
+(:class:`StorageBreaker`) opens after ``breaker_failures`` consecutive storage failures:
+while open, calls skip the storage and fail open or closed at once, as
+``on_storage_error`` says; after ``breaker_open_s`` one call probes the storage (the
+others keep skipping it), closing the breaker when it answers and opening it again, for
+twice as long up to ``breaker_max_open_s``, when it does not.
+
 Chain order (server): tracing -> metrics -> authn -> authz -> **rate limit** -> handler.
 
 Example::
@@ -103,6 +110,7 @@ __all__ = [
     "RateLimitInterceptor",
     "RateLimitOptions",
     "Rejection",
+    "StorageBreaker",
     "StorageLimiter",
     "Strategy",
     "SweepThrottledMemoryStorage",
@@ -236,11 +244,16 @@ class RateLimitOptions:
             services or test runs can share one Redis without sharing budgets.
         storage_timeout_s: seconds a storage round trip may take before it counts as a
             storage failure (default 0.25; not applied to ``memory://``).
+        breaker_failures: consecutive storage failures that open the breaker (default 3).
+        breaker_open_s: seconds the breaker stays open before a probe (default 1.0);
+            doubled after each failed probe up to ``breaker_max_open_s`` (default 5.0).
 
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
             malformed rule or rules key; a strategy the storage cannot run; a
-            non-callable key; an empty key_prefix; ``storage_timeout_s <= 0``. The bad
+            non-callable key; an empty key_prefix; ``storage_timeout_s <= 0``;
+            ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
+            ``breaker_max_open_s``. The bad
             value is quoted (storage passwords redacted).
     """
 
@@ -252,6 +265,9 @@ class RateLimitOptions:
     key: KeyFunc = by_peer
     key_prefix: str = "meshkit"
     storage_timeout_s: float = 0.25
+    breaker_failures: int = 3
+    breaker_open_s: float = 1.0
+    breaker_max_open_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -270,6 +286,14 @@ class RateLimitOptions:
             raise ConfigError(f"key_prefix must be a non-empty string, got {self.key_prefix!r}")
         if not (isinstance(self.storage_timeout_s, int | float) and self.storage_timeout_s > 0):
             raise ConfigError(f"storage_timeout_s must be > 0, got {self.storage_timeout_s!r}")
+        if not (isinstance(self.breaker_failures, int) and self.breaker_failures >= 1):
+            raise ConfigError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
+        if not (isinstance(self.breaker_open_s, int | float) and self.breaker_open_s > 0):
+            raise ConfigError(f"breaker_open_s must be > 0, got {self.breaker_open_s!r}")
+        if not (isinstance(self.breaker_max_open_s, int | float)
+                and self.breaker_max_open_s >= self.breaker_open_s):
+            raise ConfigError("breaker_max_open_s must be >= breaker_open_s, got "
+                              f"{self.breaker_max_open_s!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +381,72 @@ for _name in _WRAPPED:
 del _name
 
 
+class StorageBreaker:
+    """A circuit breaker for the rate-limit storage (policy only: no I/O, injectable clock).
+
+    Closed: every call uses the storage; ``failures`` consecutive failures open it. Open:
+    :meth:`allow` says no (the caller skips the storage) until ``open_s`` have passed;
+    then one caller is let through as the probe (:meth:`allow` says yes once) while the
+    rest still skip. The probe's :meth:`success` closes the breaker; its :meth:`failure`
+    opens it again for twice as long, at most ``max_open_s``. The pattern is Nygard's
+    circuit breaker (Release It!), as in Hystrix and Envoy's outlier detection.
+
+    Args:
+        failures: consecutive failures that open it (>= 1).
+        open_s: seconds open before the first probe (> 0).
+        max_open_s: longest open period, seconds (>= ``open_s``).
+        clock: monotonic seconds (default :func:`time.monotonic`).
+    """
+
+    __slots__ = ("_clock", "_failures", "_max_open_s", "_open_s", "_probing", "_streak",
+                 "_until", "_wait_s", "opened")
+
+    def __init__(self, *, failures: int = 3, open_s: float = 1.0, max_open_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._failures = failures
+        self._open_s = open_s
+        self._max_open_s = max_open_s
+        self._clock = clock
+        self._streak = 0
+        self._until: float | None = None  # open until then (None: closed)
+        self._wait_s = open_s
+        self._probing = False
+        self.opened = 0  # times it opened (for tests and /debug)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls currently skip the storage (open, or half-open with a probe out)."""
+        return self._until is not None
+
+    def allow(self) -> bool:
+        """Whether this call may use the storage (closed, or the one probe when due)."""
+        if self._until is None:
+            return True
+        if self._probing or self._clock() < self._until:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        """The storage answered: close."""
+        self._streak = 0
+        self._until = None
+        self._probing = False
+        self._wait_s = self._open_s
+
+    def failure(self) -> None:
+        """The storage failed or timed out: count it; open (again) when due."""
+        if self._until is not None:  # the probe failed
+            self._probing = False
+            self._wait_s = min(self._wait_s * 2, self._max_open_s)
+            self._until = self._clock() + self._wait_s
+            return
+        self._streak += 1
+        if self._streak >= self._failures:
+            self._until = self._clock() + self._wait_s
+            self.opened += 1
+
+
 class StorageLimiter:
     """A :class:`Limiter` over a ``limits`` strategy and storage, built from options.
 
@@ -374,7 +464,7 @@ class StorageLimiter:
     """
 
     __slots__ = ("_deny", "_outage", "_prefix", "_storage", "_storage_name", "_strategy",
-                 "_table", "_timeout_s")
+                 "_table", "_timeout_s", "breaker")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -395,6 +485,8 @@ class StorageLimiter:
         self._prefix = opts.key_prefix
         self._deny = opts.on_storage_error == "deny"
         self._outage = OutageTracker(clock)
+        self.breaker = StorageBreaker(failures=opts.breaker_failures, open_s=opts.breaker_open_s,
+                                      max_open_s=opts.breaker_max_open_s, clock=clock)
 
     def applies_to(self, method: str) -> bool:
         """Whether ``method`` has a rule (its own, a glob's, or the default)."""
@@ -411,6 +503,9 @@ class StorageLimiter:
         rule = self._table.lookup(method)
         if rule is None:
             return None
+        breaker = self.breaker
+        if not breaker.allow():  # open: do not wait on a storage that keeps failing
+            return self._storage_skipped(method)
         try:
             if self._timeout_s is None:
                 rejection = await self._hit(rule, method, key)
@@ -418,7 +513,9 @@ class StorageLimiter:
                 async with asyncio.timeout(self._timeout_s):
                     rejection = await self._hit(rule, method, key)
         except Exception as exc:  # any storage failure: fail as configured, never crash
+            breaker.failure()
             return self._storage_failed(method, exc)
+        breaker.success()
         if self._outage.down_since is not None:
             lasted = self._outage.succeeded()
             if lasted is not None:
@@ -473,6 +570,9 @@ class StorageLimiter:
                 on_storage_error="deny" if self._deny else "allow",
                 error=f"{type(exc).__name__}: {exc}",
             )
+        return self._storage_skipped(method)
+
+    def _storage_skipped(self, method: str) -> Rejection | None:
         if self._deny:
             return Rejection(grpc.StatusCode.UNAVAILABLE,
                              f"rate limiter unavailable for {method}")

@@ -161,16 +161,19 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
 
 
 # -- the call ---------------------------------------------------------------------------
-async def unary_call(host: str, port: int, *, tls: ssl.SSLContext, server_name: str,
+async def unary_call(host: str, port: int, *, tls: ssl.SSLContext | None, server_name: str,
                      path: str, request: bytes, headers: list[tuple[str, str]],
                      timeout_s: float = 10.0) -> Reply:
     """One gRPC call on stream 1 of a fresh connection, with ``headers`` as given.
 
-    ``request`` is the serialized message (the 5-byte gRPC prefix is added). Bounded by
-    ``timeout_s`` (then ``TimeoutError``).
+    ``request`` is the serialized message (the 5-byte gRPC prefix is added); ``tls=None``
+    speaks plaintext HTTP/2 (prior knowledge). Bounded by ``timeout_s`` (then
+    ``TimeoutError``).
     """
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=tls, server_hostname=server_name), timeout_s)
+        asyncio.open_connection(host, port, ssl=tls,
+                                server_hostname=server_name if tls is not None else None),
+        timeout_s)
     try:
         return await asyncio.wait_for(
             _exchange(reader, writer, server_name, path, request, headers), timeout_s)

@@ -173,3 +173,73 @@ async def test_default_method_timeouts(registry: LocalRegistry) -> None:
         await srv.drain()
     with pytest.raises(meshkit.ConfigError, match="-1"):
         meshkit.DialOptions(insecure=True, method_timeouts={"x": -1})
+
+
+# -- issue 12 item 7: the longest legal grpc-timeout --------------------------------------
+async def test_longest_legal_grpc_timeout_propagates_across_two_hops(
+    registry: LocalRegistry,
+) -> None:
+    """``grpc-timeout: 9999999H`` / ``99999999H`` (legal: 8 digits, unit hours) reach a
+    handler as ~3.6e10 s; passed on as a timeout, grpcio fails at once with
+    DEADLINE_EXCEEDED (before the fix: 'Raw' through a meshkit channel). Clamped
+    (time_remaining_s, and the propagated current_deadline, which a meshkit channel uses
+    when shorter than the given timeout), both hops answer; the next hop sees at most a
+    day."""
+    from meshkit.resilience import MAX_PROPAGATED_S, time_remaining_s
+    from tests.faults._h2 import unary_call
+
+    seen: list[float] = []
+
+    async def leaf(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        seen.append(context.time_remaining() or -1.0)
+        return b"leaf"
+
+    hop2 = meshkit.dial("hop2", registry=registry,
+                        options=meshkit.DialOptions(insecure=True, retry=None))
+
+    async def raw(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        # what the example order service did: the remaining time as the next timeout
+        return await hop2.unary_unary("/hop2/Call")(
+            request, timeout=context.time_remaining())
+
+    async def clamped(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        # a plain grpcio channel: only the clamp keeps its timeout computable
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{s2.port}") as plain:
+            reply: bytes = await plain.unary_unary("/hop2/Call")(
+                request, timeout=time_remaining_s(context))
+            return reply
+
+    async def inherited(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return await hop2.unary_unary("/hop2/Call")(request)  # current_deadline()
+
+    def add(_s: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hop1", {
+            "Raw": grpc.unary_unary_rpc_method_handler(raw),
+            "Clamped": grpc.unary_unary_rpc_method_handler(clamped),
+            "Inherited": grpc.unary_unary_rpc_method_handler(inherited),
+        }),))
+
+    s1 = meshkit.MeshServer("hop1", [(add, None)], registry=registry,  # deadline on by default
+                            options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    s2 = meshkit.MeshServer("hop2", [service("hop2", leaf)], registry=registry,
+                            options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await s1.start()
+    await s2.start()
+    try:
+        await hop2.wait_for_endpoints(1)
+        for timeout in ("9999999H", "99999999H"):
+            def call(method: str, timeout: str = timeout) -> Any:
+                return unary_call("127.0.0.1", s1.port, tls=None, server_name="hop1",
+                                  path=f"/hop1/{method}", request=b"x",
+                                  headers=[("grpc-timeout", timeout)])
+
+            for method in ("Raw", "Clamped", "Inherited"):
+                reply = await call(method)
+                assert reply.status == 0, (timeout, method, reply.status, reply.message)
+                assert reply.messages == [b"leaf"]
+        # grpc-timeout on the wire rounds up (here by about 100 s of a day)
+        assert seen and all(0 < s <= MAX_PROPAGATED_S * 1.01 for s in seen), seen
+    finally:
+        await hop2.close()
+        await s1.drain()
+        await s2.drain()

@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
@@ -31,8 +32,10 @@ from meshkit.resilience._ratelimit_policy import (
 from meshkit.resilience.ratelimit import (
     _SCHEDULE_SWEEP,
     _STRATEGY_CLASSES,
+    OnStorageError,
     RateLimitInterceptor,
     RateLimitOptions,
+    StorageBreaker,
     StorageLimiter,
     Strategy,
     SweepThrottledMemoryStorage,
@@ -40,6 +43,7 @@ from meshkit.resilience.ratelimit import (
 )
 from tests.conftest import IN_CI
 from tests.support.echo import handler, method
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -673,3 +677,79 @@ def test_sliding_window_wait_counts_hits_that_outlive_their_window() -> None:
     assert sliding_window_wait_s(amount=5, window_s=w, previous_count=0,
                                  previous_expires_in_s=0, current_count=1,
                                  current_expires_in_s=w + 5.0) == 0.0
+
+
+# --- a hung storage: the breaker (issue 12 item 9) ---------------------------------------
+
+
+def test_storage_breaker_opens_after_consecutive_failures_and_probes() -> None:
+    """Closed until `failures` in a row; open (no storage) for open_s; then exactly one
+    probe; a failed probe doubles the open time up to max_open_s; a good one closes."""
+    now = [0.0]
+    b = StorageBreaker(failures=3, open_s=1.0, max_open_s=3.0, clock=lambda: now[0])
+    for _ in range(2):
+        assert b.allow()
+        b.failure()
+    b.success()  # a success resets the streak
+    for _ in range(2):
+        assert b.allow()
+        b.failure()
+    assert not b.is_open
+    b.failure()
+    assert b.is_open and b.opened == 1
+    assert not b.allow()
+    now[0] = 1.0
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one at a time
+    b.failure()  # probe failed: open for 2 s
+    now[0] = 2.9
+    assert not b.allow()
+    now[0] = 3.0
+    assert b.allow()
+    b.failure()  # open for min(4, 3) = 3 s
+    now[0] = 5.9
+    assert not b.allow()
+    now[0] = 6.0
+    assert b.allow()
+    b.success()
+    assert not b.is_open and b.allow()
+
+
+@pytest.mark.parametrize("on_error", ["allow", "deny"])
+async def test_hung_redis_opens_the_breaker_then_limits_resume(
+        shared_redis: str, on_error: OnStorageError) -> None:
+    """Redis behind a proxy that accepts and never answers: after a few storage timeouts
+    calls stop waiting for it (fail open, or UNAVAILABLE when failing closed, at once);
+    once it answers again a probe closes the breaker and the limit is enforced."""
+    port = int(shared_redis.rsplit(":", 1)[1])
+    async with TcpProxy("127.0.0.1", port) as proxy:
+        options = RateLimitOptions(default_rule="5/second",
+                                   storage_uri=f"async+redis://{proxy.address}",
+                                   key_prefix=unique_prefix(), storage_timeout_s=0.25,
+                                   on_storage_error=on_error, breaker_open_s=0.5)
+        async with echo_server(options) as channel:
+            assert await attempt(channel) is None  # connected, counting
+            proxy.blackhole()
+            took = []
+            for _ in range(8):
+                t0 = time.monotonic()
+                err = await attempt(channel)
+                took.append(time.monotonic() - t0)
+                if on_error == "allow":
+                    assert err is None
+                else:
+                    assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE
+            # the first three wait the storage timeout; then the breaker answers at once
+            # (a probe every 0.5 s+ may wait again); margins for a loaded machine
+            assert min(took[:3]) >= 0.2, took
+            fast = [t for t in took[3:] if t < 0.15]
+            assert len(fast) >= 3, took
+            await proxy.start()  # answers again
+
+            async def limited() -> bool:
+                await asyncio.sleep(0.3)
+                errs = [await attempt(channel) for _ in range(8)]
+                return any(e is not None and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                           for e in errs)
+
+            await until(limited, timeout_s=10, what="limit enforced after the hang")
