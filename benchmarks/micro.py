@@ -192,6 +192,7 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
     from prometheus_client import CollectorRegistry
 
     from benchmarks.stacks import tracer_provider
+    from meshkit._handlers import wrap_handler
     from meshkit.interceptors import CallKind, ClientCallDetails
     from meshkit.observability import (
         TelemetryClientInterceptor,
@@ -249,7 +250,8 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
                 observed = behavior
             else:
                 icpt = TelemetryServerInterceptor("echo", options(variant))
-                observed = icpt._wrap(plain, method).unary_unary
+                observed = wrap_handler(plain, None,
+                                        icpt._reporter_for(method, plain)).unary_unary
 
             t0 = time.process_time()
             for i in range(calls):

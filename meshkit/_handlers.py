@@ -155,6 +155,9 @@ def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
             raise
         finally:
             finish(state, context, exc)
+            # drop the frame's reference: exception -> traceback -> this frame -> exception
+            # is a cycle the GC frees late, keeping the request alive (issue 12 item 6)
+            exc = None
 
     return behavior
 
@@ -179,6 +182,9 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter) -> Any:
             raise
         finally:
             finish(state, context, exc)
+            # drop the frame's reference: exception -> traceback -> this frame -> exception
+            # is a cycle the GC frees late, keeping the request alive (issue 12 item 6)
+            exc = None
 
     return behavior
 
@@ -195,8 +201,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         """The check of ``method`` (``None``: nothing to check)."""
         return None
 
-    def _reporter_for(self, method: str) -> Reporter | None:
-        """The observer of ``method``'s calls (``None``: none)."""
+    def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
+        """The observer of ``method``'s calls, whose ``handler`` is given (``None``: none)."""
         return None
 
     async def intercept_service(
@@ -210,7 +216,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(handler, self._before_for(method), self._reporter_for(method))
+        wrapped = wrap_handler(handler, self._before_for(method),
+                               self._reporter_for(method, handler))
         if len(self._handlers) < MAX_CACHED_METHODS:
             self._handlers[method] = (handler, wrapped)
         return wrapped
@@ -251,8 +258,9 @@ class FusedInterceptor(WrappingInterceptor):
 
         return before
 
-    def _reporter_for(self, method: str) -> Reporter | None:
-        reporters = [r for r in (p._reporter_for(method) for p in self.parts) if r is not None]
+    def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
+        reporters = [r for r in (p._reporter_for(method, handler) for p in self.parts)
+                     if r is not None]
         if not reporters:
             return None
         return reporters[0] if len(reporters) == 1 else _Reporters(tuple(reporters))

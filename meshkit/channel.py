@@ -69,7 +69,12 @@ from meshkit.observability import (
     client_interceptors,
     track,
 )
-from meshkit.resilience import RetryInterceptor, RetryOptions, current_deadline
+from meshkit.resilience import (
+    RetryInterceptor,
+    RetryOptions,
+    clamp_timeout_s,
+    current_deadline,
+)
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
 
@@ -626,7 +631,7 @@ class _MultiCallable:
             service=self._channel.service,
             method=self._codec.method,
             kind=self._codec.kind,
-            timeout_s=self._timeout if timeout is None else timeout,
+            timeout_s=clamp_timeout_s(self._timeout if timeout is None else timeout),
             metadata=_as_pairs(metadata),
             wait_for_ready=wait_for_ready,
             credentials=credentials,

@@ -119,3 +119,56 @@ async def test_fused_abort_ends_the_call_before_later_checks(
     assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert err.value.details() == f"{deny} says no"
     assert seen == ["plain", *ran]
+
+
+class Report(WrappingInterceptor):
+    """A reporter only: records start and finish (with the exception's type) per call."""
+
+    def __init__(self, name: str, seen: list[str]) -> None:
+        super().__init__()
+        self.name, self.seen = name, seen
+
+    def _reporter_for(self, m: str, handler: Handler) -> Any:
+        seen, name = self.seen, self.name
+        kind = "stream" if handler.response_streaming else "unary"
+
+        class _R:
+            def start(self, context: Any) -> str:
+                seen.append(f"{name}:start:{kind}")
+                return "state"
+
+            def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
+                assert state == "state"
+                seen.append(f"{name}:finish:{type(exc).__name__ if exc else 'ok'}")
+
+        return _R()
+
+
+async def test_reporters_fuse_with_checks_and_see_refusals_and_errors() -> None:
+    """A reporter fused with checks (one interceptor, one wrap) starts before every check,
+    finishes after the handler, and sees a check's refusal and a handler's error; two
+    reporters finish in reverse order."""
+    seen: list[str] = []
+    chain = fuse_interceptors([Report("t", seen), Check("a", seen), Report("u", seen)])
+    assert len(chain) == 1 and isinstance(chain[0], FusedInterceptor)
+    server = grpc.aio.server(interceptors=chain)
+    server.add_generic_rpc_handlers((echo_handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+            assert seen == ["t:start:unary", "u:start:unary", "a", "u:finish:ok", "t:finish:ok"]
+            seen.clear()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await ch.unary_unary(method("Unary"))(b"x", timeout=5,
+                                                      metadata=(("deny", "a"),))
+            assert seen[2] == "a" and seen[3].startswith("u:finish:") and seen[3] != "u:finish:ok"
+            seen.clear()
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for _ in ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:1",
+                                                                    timeout=5):
+                    pass
+            assert seen[0] == "t:start:stream" and seen[-1] != "t:finish:ok"
+    finally:
+        await server.stop(None)

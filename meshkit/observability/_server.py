@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from meshkit._handlers import other_responses
+from meshkit._handlers import Handler, Reporter, WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
@@ -90,7 +90,18 @@ class _Method:
         self.log_md = log_md
 
 
-class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
+class _MethodReporter:
+    """One method's telemetry: ``start``/``finish`` bound to its record."""
+
+    __slots__ = ("finish", "start")
+
+    def __init__(self, start: Callable[[Any], Any],
+                 finish: Callable[[Any, Any, BaseException | None], None]) -> None:
+        self.start = start
+        self.finish = finish
+
+
+class TelemetryServerInterceptor(WrappingInterceptor):
     """Tracing, RED metrics and access logs for a grpc.aio server, as one interceptor.
 
     Per call, in one wrap of the handler (all four call kinds):
@@ -137,27 +148,7 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler[Any, Any],
-                                        grpc.RpcMethodHandler[Any, Any]]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails],
-                               Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Return the next handler wrapped with telemetry (the wrap is cached per method)."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        if len(self._handlers) < _MAX_METHODS:
-            self._handlers[method] = (handler, wrapped)
-        return wrapped
+        super().__init__()
 
     # -- per call ------------------------------------------------------------------------
     def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
@@ -281,9 +272,11 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         else:
             access_logger().info("rpc", **fields)
 
-    # -- wrapping ------------------------------------------------------------------------
-    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any],
-              method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    # -- the reporter (meshkit._handlers wraps the handler once, with the checks) -------
+    def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
+        """This method's telemetry as a :class:`~meshkit._handlers.Reporter` (resolved
+        once per method: names, bound metrics, whether it is traced or quiet), or ``None``
+        when nothing is recorded for it."""
         opts = self.options
         quiet = self._quiet.lookup(method)
         names = MethodNames(method, grpc_type(handler.request_streaming,
@@ -291,25 +284,20 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
         bound = self._metrics.bind_server(names) if self._metrics is not None else None
         traced = self._tracing and not quiet
         if bound is None and not traced and (quiet or not opts.access_log):
-            return handler
+            return None
         m = _Method(names, bound, traced, opts.log_metadata)
         if quiet:
             m.log_md = ()
-        kw: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
-                              "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary_out(handler.unary_unary, m, quiet), **kw)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary_out(handler.stream_unary, m, quiet), **kw)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream_out(handler.unary_stream, m, quiet), **kw)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream_out(handler.stream_stream, m, quiet), **kw)
-        return handler
+            return _MethodReporter(functools.partial(self._start_quiet, m),
+                                   functools.partial(self._finish_call, self._finish_quiet, m))
+        return _MethodReporter(functools.partial(self._start, m),
+                               functools.partial(self._finish_call, self._finish, m))
+
+    def _finish_call(self, finish: Callable[..., None], m: _Method,
+                     state: tuple[Any, Any, float], context: Any,
+                     exc: BaseException | None) -> None:
+        span, token, t0 = state
+        finish(m, context, span, token, t0, self._outcome(context, exc), exc)
 
     def _outcome(self, context: Any, exc: BaseException | None) -> grpc.StatusCode:
         """The status a call ends with: what the handler set or aborted with, CANCELLED /
@@ -323,67 +311,6 @@ class TelemetryServerInterceptor(grpc.aio.ServerInterceptor):
             remaining = context.time_remaining()
             return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
         return _UNKNOWN
-
-    def _unary_out(self, behavior: Callable[..., Any], m: _Method,
-                   quiet: bool) -> Callable[[Any, Any], Any]:
-        start, finish, outcome = self._start, self._finish, self._outcome
-        if quiet:
-            start, finish = self._start_quiet, self._finish_quiet
-
-        async def observed(request: Any, context: Any) -> Any:
-            span, token, t0 = start(m, context)
-            exc: BaseException | None = None
-            try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                finish(m, context, span, token, t0, outcome(context, exc), exc)
-
-        return observed
-
-    def _stream_out(self, behavior: Callable[..., Any], m: _Method,
-                    quiet: bool) -> Callable[[Any, Any], Any]:
-        start, finish, outcome = self._start, self._finish, self._outcome
-        if quiet:
-            start, finish = self._start_quiet, self._finish_quiet
-        if inspect.iscoroutinefunction(behavior):  # a handler writing with context.write
-
-            async def observed_writer(request: Any, context: Any) -> Any:
-                span, token, t0 = start(m, context)
-                exc: BaseException | None = None
-                try:
-                    return await behavior(request, context)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    finish(m, context, span, token, t0, outcome(context, exc), exc)
-
-            return observed_writer
-
-        async def observed(request: Any, context: Any) -> AsyncIterator[Any]:
-            span, token, t0 = start(m, context)
-            exc: BaseException | None = None
-            try:
-                result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for message in result:
-                        yield message
-                else:
-                    async for message in other_responses(result):
-                        yield message
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                finish(m, context, span, token, t0, outcome(context, exc), exc)
-
-        return observed
 
     # quiet methods (health, reflection): metrics only
     def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
