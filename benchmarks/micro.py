@@ -16,7 +16,8 @@
 * ``telemetry``: CPU each fused telemetry interceptor adds per unary call, per side
   (client interceptor with an instant continuation, server handler wrap with an instant
   handler), for tracing 100 %, metrics, access log, all three and all three at 1 %
-  sampling, minus the bare loop;
+  sampling, minus the bare loop; and ``e2e``: the same variants on both sides of a real
+  in-process MeshServer and dial() channel (16 callers), CPU added per call over none;
 * ``ratelimit``: CPU per rate-limit hit (default sliding-window counter, ``memory://``,
   yielding to the event loop after each hit as a server does between calls) on ``limits``'
   own async ``MemoryStorage`` (its expiry sweep started after every hit, walking every key)
@@ -42,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
-__all__ = ["accesslog", "fusion", "main", "ratelimit", "telemetry"]
+__all__ = ["accesslog", "fusion", "main", "ratelimit", "telemetry", "telemetry_e2e"]
 
 _FIELDS: dict[str, Any] = {
     "side": "server", "service": "userd", "method": "/ecom.user.v1.UserService/GetUser",
@@ -280,6 +281,85 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
     return res
 
 
+async def telemetry_e2e(sink: TextIO, rounds: int = 6, calls: int = 3000,
+                        ) -> dict[str, float]:
+    """CPU microseconds per unary call, client and server in this process (a real
+    :class:`meshkit.MeshServer` and :func:`meshkit.dial` channel on loopback, 16 callers),
+    for each telemetry variant of :data:`TELEMETRY_VARIANTS` on both sides; ``off`` is
+    ``telemetry=None`` on both, the others are given as the added CPU over it. The access
+    log is JSON through :func:`configure_logging`, written to ``sink``."""
+    import tempfile
+
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    import meshkit
+    from benchmarks.stacks import tracer_provider
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from meshkit.observability import TelemetryOptions, configure_logging, flush_logs
+    from meshkit.observability._logging import _AccessLog
+    from tests.support.echo import add_echo, method
+
+    saved = _AccessLog.logger
+    providers = {1.0: tracer_provider(1.0), 0.01: tracer_provider(0.01)}
+
+    def options(variant: str) -> TelemetryOptions | None:
+        if variant == "off":
+            return None
+        on = {"tracing": variant in ("tracing", "full", "full-1pct"),
+              "metrics": variant in ("metrics", "full", "full-1pct"),
+              "access_log": variant in ("accesslog", "full", "full-1pct")}
+        provider = providers[0.01 if variant == "full-1pct" else 1.0]
+        return TelemetryOptions(tracer_provider=provider if on["tracing"] else None,
+                                registry=CollectorRegistry(), **on)
+
+    def run_variant(variant: str, path: str) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            opts = options(variant)
+            reg = LocalRegistry(LocalOptions(path=path, ttl_s=5.0, poll_interval_s=0.05))
+            srv = meshkit.MeshServer(f"e2e-{variant}", [add_echo("e1")], registry=reg,
+                                     options=meshkit.ServeOptions(
+                                         insecure=True, drain_delay_s=0, grace_s=1.0,
+                                         telemetry=opts))
+            await srv.start()
+            ch = meshkit.dial(f"e2e-{variant}", registry=reg,
+                              options=meshkit.DialOptions(insecure=True, telemetry=opts))
+            try:
+                await ch.wait_for_endpoints(1)
+                call: Any = ch.unary_unary(method("Unary"))
+                for _ in range(200):
+                    await call(b"x", timeout=5)
+
+                async def worker(k: int) -> None:
+                    for _ in range(k):
+                        await call(b"x", timeout=5)
+
+                per = max(1, calls // 16)
+                t0 = time.process_time()
+                await asyncio.gather(*(worker(per) for _ in range(16)))
+                return (time.process_time() - t0) / (per * 16) * 1e6
+            finally:
+                await ch.close()
+                await srv.drain()
+                await reg.close()
+
+        return run
+
+    with contextlib.redirect_stderr(sink), tempfile.TemporaryDirectory() as tmp:
+        configure_logging("warning", json=True)
+        _AccessLog.logger = None
+        configure_logging("info", json=True)
+        try:
+            res = await _alternate(rounds, {v: run_variant(v, f"{tmp}/registry.db")
+                                            for v in TELEMETRY_VARIANTS})
+        finally:
+            flush_logs()
+            structlog.reset_defaults()
+            _AccessLog.logger = saved
+    base = res["off"]
+    return {v: (res[v] - base if v != "off" else base) for v in TELEMETRY_VARIANTS}
+
+
 async def ratelimit(rounds: int = 10, hits: int = 4000, keys: int = 1,
                     strategy: str = "sliding-window-counter") -> dict[str, float]:
     """CPU microseconds per hit of ``strategy`` with ``keys`` caller keys, ``stock`` limits
@@ -332,6 +412,10 @@ def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int
         print(f"telemetry  {side}  " + "  ".join(
             f"{v} {t[f'{side}:{v}']:6.1f}" for v in TELEMETRY_VARIANTS[1:])
             + f"  us/call added (bare loop {t[f'{side}:off']:.1f})", file=stream)
+    with open(os.devnull, "w") as null:
+        e = asyncio.run(telemetry_e2e(null, max(1, args.rounds // 2), args.calls))
+    print("telemetry  e2e     " + "  ".join(f"{v} {e[v]:6.1f}" for v in TELEMETRY_VARIANTS[1:])
+          + f"  us/call added, both sides (no telemetry {e['off']:.1f})", file=stream)
     if args.only_telemetry:
         return 0
     f = asyncio.run(fusion(args.rounds, args.calls))

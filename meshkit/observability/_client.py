@@ -108,9 +108,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
     3. logs one ``rpc`` event on ``meshkit.access`` (target, method, code, duration_ms,
        peer, attempts, trace_id, span_id).
 
-    Metrics are recorded before the response is returned; under light load ending the span
-    and the log line happen in the event loop's next turn, the span stamped with the
-    call's end time (``TelemetryOptions.complete_after_response_max_in_flight``). An
+    Metrics are recorded before the response is returned; under light load ending a
+    recorded (sampled) span and writing an access line rendered on the spot happen in the
+    event loop's next turn, the span stamped with the call's end time
+    (``TelemetryOptions.complete_after_response_max_in_flight``). An SDK span exists only
+    for a sampled trace; otherwise a non-recording span carries the trace context. An
     exception while doing either (a broken span processor or log sink) is logged on
     ``meshkit.observability`` and never reaches the caller.
 

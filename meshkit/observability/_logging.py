@@ -296,6 +296,10 @@ def _install_quiet_default() -> None:
     processors = list(structlog.get_config()["processors"])
     structlog.configure(processors=[_drop_disabled, *processors],
                         logger_factory=_QuietFactory())
+    # still "not configured" for the application: its structlog.configure_once() applies
+    holder = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+    if holder is not None and hasattr(holder, "is_configured"):
+        holder.is_configured = False
 
 
 _install_quiet_default()

@@ -117,9 +117,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
        peer_identity, trace_id, span_id).
 
     Metrics are recorded before the handler's answer goes back to grpc; under light load
-    ending the span and the log line happen in the event loop's next turn, after the
-    response has been handed to gRPC, with the span stamped with the handler's end time
-    (``TelemetryOptions.complete_after_response_max_in_flight``). An exception while doing
+    ending a recorded (sampled) span and writing an access line rendered on the spot happen
+    in the event loop's next turn, after the response has been handed to gRPC, with the
+    span stamped with the handler's end time
+    (``TelemetryOptions.complete_after_response_max_in_flight``). An SDK span exists only
+    for a sampled trace (the caller's flag under the default parent-based sampler);
+    otherwise a non-recording span carries the trace context. An exception while doing
     either is logged on ``meshkit.observability`` and never fails the call.
 
     Put it first (outermost) in ``ServeOptions.interceptors``: it then sees the statuses

@@ -379,14 +379,18 @@ def _is_default_parent_based(sampler: Any) -> bool:
 
 
 class _Sdk:
-    """What one SDK provider needs per span: its sampler and a tracer of meshkit's."""
+    """What one SDK provider needs per span: its sampler and a tracer of meshkit's
+    (``generic``: a provider of another API implementation, whose tracer makes every
+    span and decision itself)."""
 
-    __slots__ = ("ids", "parent_based", "root_bound", "sampler", "tracer")
+    __slots__ = ("generic", "ids", "parent_based", "root_bound", "sampler", "tracer")
 
-    def __init__(self, provider: Any) -> None:
+    def __init__(self, provider: Any, *, generic: bool = False) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
-        self.sampler = provider.sampler
-        self.parent_based = _is_default_parent_based(self.sampler)
+        self.generic = generic
+        self.sampler: Any = None if generic else provider.sampler
+        self.parent_based = not generic and _is_default_parent_based(self.sampler)
+        self.ids: _PresetTraceIds | None = None
         # a root decided by ParentBased(TraceIdRatioBased / ALWAYS_ON / ALWAYS_OFF): the
         # ratio rule applied here (trace id's low 64 bits below the bound), as the SDK does
         self.root_bound: int | None = None
@@ -399,8 +403,7 @@ class _Sdk:
                 self.root_bound = sampling.TraceIdRatioBased.TRACE_ID_LIMIT + 1
             elif root is sampling.ALWAYS_OFF:
                 self.root_bound = 0
-        self.ids: _PresetTraceIds | None = None
-        if hasattr(self.tracer, "id_generator"):
+        if not generic and hasattr(self.tracer, "id_generator"):
             self.ids = _PresetTraceIds(self.tracer.id_generator)
             self.tracer.id_generator = self.ids
 
@@ -437,8 +440,12 @@ class SpanStarter:
         p = self._explicit if self._explicit is not None else trace.get_tracer_provider()
         if p is not self._provider:
             self._provider = p
-            self._sdk = _Sdk(p) if _sdk is not None and isinstance(
-                p, _sdk.TracerProvider) else None
+            if _sdk is not None and isinstance(p, _sdk.TracerProvider):
+                self._sdk = _Sdk(p)
+            elif isinstance(p, trace.NoOpTracerProvider | trace.ProxyTracerProvider):
+                self._sdk = None
+            else:  # another API implementation: its tracer decides everything
+                self._sdk = _Sdk(p, generic=True)
         return self._sdk
 
     def start(self, name: str, parent: SpanContext | None, context: Any,
@@ -465,6 +472,9 @@ class SpanStarter:
         if context is None and parent is not None:
             context = trace.set_span_in_context(NonRecordingSpan(parent)) \
                 if parent.is_remote else otel_context.get_current()
+        if sdk.generic:
+            generic: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
+            return generic
         if parent is not None and sdk.parent_based:
             record = parent.trace_flags.sampled
         elif parent is None and sdk.root_bound is not None:

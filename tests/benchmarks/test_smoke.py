@@ -65,9 +65,9 @@ def test_micro_ab_runs_and_prints_every_lever() -> None:
                            "--calls", "64"], capture_output=True, text=True, timeout=60,
                           check=False, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
-    tele_client, tele_server, fusion, log, encoder, limit1, limit1000, moving = (
+    tele_client, tele_server, tele_e2e, fusion, log, encoder, limit1, limit1000, moving = (
         proc.stdout.splitlines())
-    for side, line in (("client", tele_client), ("server", tele_server)):
+    for side, line in (("client", tele_client), ("server", tele_server), ("e2e", tele_e2e)):
         assert line.startswith(f"telemetry  {side}") and "us/call" in line
         assert all(f" {v} " in line for v in ("tracing", "metrics", "accesslog", "full",
                                                "full-1pct"))

@@ -156,3 +156,26 @@ async def test_no_second_set_of_spans_under_the_grpc_instrumentor(
     names = {s.name for s in tracing.spans()}
     assert f"/{FRONT}/Relay" in names  # the instrumentor's naming
     assert not [n for n in names if not n.startswith("/")]  # meshkit's has no leading /
+
+
+async def test_another_api_implementation_makes_every_span_itself(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """A tracer provider that is not the SDK's (another OpenTelemetry API implementation)
+    is asked for every span, as before lean spans: meshkit does not decide for it."""
+    made: list[str] = []
+
+    class Counting(trace.TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            inner = trace.NoOpTracer()
+
+            class Tracer(trace.NoOpTracer):
+                def start_span(self, name: str, *a: Any, **kw: Any) -> trace.Span:
+                    made.append(name)
+                    return inner.start_span(name, *a, **kw)
+
+            return Tracer()
+
+    opts = dataclasses.replace(telemetry, tracer_provider=Counting())
+    c = await chain(telemetry_opts=opts)
+    assert await c.client.unary_unary(f"/{FRONT}/Relay")(b"hi", timeout=5) == b"e1|hi"
+    assert sorted(made) == sorted([f"{FRONT}/Relay"] * 2 + ["meshkit.test.Echo/Unary"] * 2)

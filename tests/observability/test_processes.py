@@ -165,3 +165,22 @@ def test_a_process_that_only_dials_honours_otel_env(tmp_path: Path) -> None:
     spans = [json.loads(ln) for ln in trace_file.read_text().splitlines() if ln.strip()]
     assert [s["name"] for s in spans] == ["meshkit.test.Echo/Unary"], spans
     assert spans[0]["attributes"]["server.address"] == "echo"
+
+
+def test_the_quiet_default_leaves_structlog_unconfigured_for_the_application() -> None:
+    """Importing meshkit keeps ``structlog.is_configured()`` false, so an application's
+    ``configure_once`` still applies (no warning), and its own loggers print as
+    structlog's default does while meshkit's stay off stdout."""
+    script = """
+import warnings, structlog
+warnings.simplefilter("error")
+import meshkit
+assert not structlog.is_configured()
+structlog.get_logger("app").info("app line")
+structlog.get_logger("meshkit.channel").warning("meshkit line")
+structlog.configure_once(processors=[structlog.processors.KeyValueRenderer()])
+structlog.get_logger("app").info("after")
+"""
+    proc = _run(script)
+    assert "app line" in proc.stdout and "after" in proc.stdout
+    assert "meshkit line" not in proc.stdout and "meshkit line" in proc.stderr
