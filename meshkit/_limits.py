@@ -52,8 +52,11 @@ class ServerLimits:
     """Bounds on a server's in-flight work (``ServeOptions(limits=ServerLimits(...))``).
 
     The defaults keep a server within a few hundred MiB under a flood of large requests
-    (measured: 200 concurrent 3.9 MB requests, see ``tests/faults/README.md``); raise a
-    limit by passing a larger value, e.g. ``ServerLimits(max_concurrent_rpcs=512)``.
+    (200 concurrent 3.9 MB requests: about +175 to +410 MiB peak instead of +1.1 GiB; see
+    ``tests/faults/README.md``); raise a limit by passing a larger value, e.g.
+    ``ServeOptions(limits=ServerLimits(max_concurrent_rpcs=512))``, or lift it with
+    ``None`` where the field allows. ``ServeOptions.server_options`` override the channel
+    arguments these limits set.
 
     Args:
         max_concurrent_rpcs: calls one server has open at once, of every kind and
@@ -63,9 +66,10 @@ class ServerLimits:
             is read. ``None``: no cap. grpc core buffers each open call's whole request as
             it arrives (measured: whether or not Python reads it yet), so this times
             ``max_receive_message_bytes`` bounds the requests a flood makes the server
-            hold (measured: 200 concurrent 3.9 MB requests, +175 MiB peak with 32, +505 MiB
-            with 64). Calls that send headers only hold a slot until
-            ``first_message_timeout_s``.
+            hold (measured on a loaded 2-core VM, 200 concurrent 3.9 MB requests on one
+            connection: peak growth +175 to +410 MiB with 32, +420 to +505 MiB with 64 or
+            more; +1142 MiB with no cap). Calls that send headers only hold a slot until
+            ``first_message_timeout_s``, so 32 of them shut others out that long.
         max_concurrent_streams: HTTP/2 streams one connection may have open (default 64;
             channel arg ``grpc.max_concurrent_streams``, sent in SETTINGS). A client with
             more calls queues them itself instead of sending their data; raise it for
@@ -89,8 +93,8 @@ class ServerLimits:
             have ended (default 16 MiB). An exception raised through a handler chain keeps
             its request alive in reference cycles until the collector runs, and the
             collector is triggered by object counts, not bytes: measured under 200
-            concurrent 3.9 MB requests, peak growth +367 MiB without this, +162 MiB with.
-            ``None``: never.
+            concurrent 3.9 MB requests, resident memory after the flood 430-490 MiB
+            without this, 170-300 MiB with it. ``None``: never.
         keepalive_time_s: seconds between the server's keepalive pings on an idle
             transport (default 60.0; ``grpc.keepalive_time_ms``), so dead peers are found.
         keepalive_timeout_s: seconds to wait for a ping's ack before closing the

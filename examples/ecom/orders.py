@@ -33,6 +33,7 @@ import structlog
 from examples.ecom import validation
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from examples.ecom.storage import ItemRecord, NewOrder, OrderRecord, Store, StoreUnavailable
+from meshkit.resilience import time_remaining_s
 
 _log = structlog.get_logger("examples.ecom.orders")
 
@@ -117,7 +118,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         other failure of the user service. The user service's own message is not
         passed on: a channel's message can name addresses.
         """
-        remaining = context.time_remaining()
+        remaining = time_remaining_s(context)  # a legal 9999999H would overflow grpcio
         if remaining is not None and remaining <= 0:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         timeout = self._user_lookup_timeout_s if remaining is None else remaining
