@@ -34,6 +34,7 @@ import structlog
 
 from meshkit._handlers import Handler, other_responses
 from meshkit.errors import ConfigError
+from meshkit.resilience._retry import NACK_METADATA
 
 __all__ = [
     "RequestGate",
@@ -59,21 +60,23 @@ class ServerLimits:
     arguments these limits set.
 
     Args:
-        max_concurrent_rpcs: calls one server has open at once, of every kind and
-            including those still waiting for their request (default 32; grpc.aio's
-            ``maximum_concurrent_rpcs``); a further call is answered
-            ``RESOURCE_EXHAUSTED`` "Concurrent RPC limit exceeded!" before anything of it
-            is read. ``None``: no cap. grpc core buffers each open call's whole request as
-            it arrives (measured: whether or not Python reads it yet), so this times
-            ``max_receive_message_bytes`` bounds the requests a flood makes the server
-            hold (measured on a loaded 2-core VM, 200 concurrent 3.9 MB requests on one
-            connection: peak growth +175 to +410 MiB with 32, +420 to +505 MiB with 64 or
-            more; +1142 MiB with no cap). Calls that send headers only hold a slot until
-            ``first_message_timeout_s``, so 32 of them shut others out that long.
-        max_concurrent_streams: HTTP/2 streams one connection may have open (default 64;
-            channel arg ``grpc.max_concurrent_streams``, sent in SETTINGS). A client with
-            more calls queues them itself instead of sending their data; raise it for
-            clients multiplexing many long streams over one connection.
+        max_concurrent_rpcs: unary-request calls one server runs at once, counting
+            those still waiting for their request (default 32): :class:`RequestGate`
+            counts them; at the cap a new call takes the slot of a call that has waited
+            ``evict_waiting_after_s`` for its request, else it is shed
+            ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (meshkit clients
+            retry it on another endpoint). grpc.aio's own ``maximum_concurrent_rpcs`` is
+            set to twice this, a backstop covering streaming calls. ``None``: no cap.
+        max_concurrent_streams: HTTP/2 streams one connection may have open (default 16;
+            channel arg ``grpc.max_concurrent_streams``, sent in SETTINGS); a client with
+            more calls queues them itself, before sending their data. grpc core buffers
+            each open stream's whole request as it arrives, whether or not Python reads it
+            yet (measured), so this times ``max_receive_message_bytes`` bounds what one
+            connection can make the server hold: measured on a 2-core VM, 200 concurrent
+            3.9 MB requests on one connection grew the server's peak memory by +217 MiB
+            with 16, +282 to +327 MiB with 32, +420 to +505 MiB with 64, +1142 MiB with no
+            cap. A Python server is CPU-bound long before 16 calls per client connection;
+            raise it for clients multiplexing many long streams over one connection.
         max_receive_message_bytes: largest request message (default 4 MiB, grpc's
             default); larger ones are refused ``RESOURCE_EXHAUSTED`` by grpc core.
         bdp_probe: let HTTP/2 flow-control windows grow with the measured bandwidth-delay
@@ -84,6 +87,13 @@ class ServerLimits:
             message after its headers (default 10.0); then it ends with ``CANCELLED``
             "request did not arrive in time" (:class:`RequestGate`). ``None``: wait as
             long as the client does.
+        evict_waiting_after_s: when every call slot (``max_concurrent_rpcs``) is taken, a
+            new unary-request call takes the slot of the call that has waited longest for
+            its request message, if that wait is at least this long (default 1.0 s); the
+            evicted call ends ``CANCELLED`` "request did not arrive in time". So calls that
+            send headers only cannot lock callers out until ``first_message_timeout_s``,
+            while memory stays bounded by the slots (nginx's and Envoy's answer to
+            slowloris). ``None``: never evict; new calls are shed.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
             once (default 32 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
@@ -108,10 +118,11 @@ class ServerLimits:
     """
 
     max_concurrent_rpcs: int | None = 32
-    max_concurrent_streams: int = 64
+    max_concurrent_streams: int = 16
     max_receive_message_bytes: int = 4 * _MIB
     bdp_probe: bool = False
     first_message_timeout_s: float | None = 10.0
+    evict_waiting_after_s: float | None = 1.0
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     max_connection_idle_s: float | None = 300.0
@@ -140,7 +151,8 @@ class ServerLimits:
                 or self.max_receive_message_bytes < 1):
             raise ConfigError("max_receive_message_bytes must be >= 1, got "
                               f"{self.max_receive_message_bytes!r}")
-        for name in ("first_message_timeout_s", "max_connection_idle_s"):
+        for name in ("first_message_timeout_s", "max_connection_idle_s",
+                     "evict_waiting_after_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value!r}")
@@ -149,8 +161,15 @@ class ServerLimits:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
-        """grpc.aio's ``maximum_concurrent_rpcs`` for these limits."""
-        return self.max_concurrent_rpcs
+        """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: a backstop at twice
+        ``max_concurrent_rpcs`` for calls the gate does not count (streaming requests) and
+        headroom for new calls to reach the gate; unary-request calls are counted, evicted
+        or shed by :class:`RequestGate` itself, which grpc.aio's own cap could not do (it
+        sheds a new call even when every slot is held by a call that never sent its
+        request)."""
+        if self.max_concurrent_rpcs is None:
+            return None
+        return 2 * self.max_concurrent_rpcs
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
@@ -366,6 +385,12 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.inflight_bytes = 0
         self.shed = 0
         self.timed_out = 0
+        self.evicted = 0
+        self._cap = limits.max_concurrent_rpcs
+        self._evict_after = limits.evict_waiting_after_s
+        self.slots = 0  # unary-request calls holding a slot (waiting for or past their request)
+        self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
+        self._evicting: set[asyncio.Task[Any]] = set()
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
 
@@ -396,7 +421,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
     async def _busy(self, context: Any) -> None:
         self.shed += 1
         self._warn("shedding calls: too many request bytes in flight")
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
+        await _shed(context)
 
     async def _first(self, requests: Any, context: Any) -> tuple[Any, int]:
         """Admit the call and read its one request message; returns it and its size in
@@ -413,6 +438,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
             fired = True
             task.cancel()
 
+        self._waiting[task] = time.monotonic()
+
         timer: asyncio.TimerHandle | None = None
         if self._timeout_s is not None:
             timer = asyncio.get_running_loop().call_later(self._timeout_s, expire)
@@ -422,12 +449,14 @@ class RequestGate(grpc.aio.ServerInterceptor):
         except StopAsyncIteration:
             request = _MISSING
         except asyncio.CancelledError:
-            if not fired:
+            if not (fired or task in self._evicting):
                 raise
             task.uncancel()
         finally:
             if timer is not None:
                 timer.cancel()
+            self._waiting.pop(task, None)
+            self._evicting.discard(task)
         if request is _LATE:
             self.timed_out += 1
             self._warn("ended calls whose request did not arrive in time")
@@ -441,6 +470,36 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.inflight_bytes += size
         self.active += 1
         return request, size
+
+    async def _enter(self, context: Any) -> None:
+        """Take a call slot: free, or evicted from the call waiting longest for its request
+        (``evict_waiting_after_s``), else shed the call ``RESOURCE_EXHAUSTED``. The caller
+        gives it back with :meth:`_leave` once the call ends (also when aborted after)."""
+        if self._cap is not None and self.slots >= self._cap and not self._evict():
+            self.shed += 1
+            self._warn("shedding calls: every call slot is taken")
+            await _shed(context)
+        self.slots += 1
+
+    def _leave(self) -> None:
+        self.slots -= 1
+
+    def _evict(self) -> bool:
+        """End the call that has waited longest for its request, if long enough; whether one
+        was evicted (its slot is given back when its task ends, moments later)."""
+        if self._evict_after is None:
+            return False
+        now = time.monotonic()
+        for task, since in self._waiting.items():
+            if now - since < self._evict_after:
+                return False  # oldest first: none of the rest has waited longer
+            if task not in self._evicting and not task.done():
+                self._evicting.add(task)
+                self.evicted += 1
+                self._warn("evicting calls whose request did not arrive: every slot taken")
+                task.cancel()
+                return True
+        return False
 
     def _done(self, size: int) -> None:
         """An admitted call with a request of ``size`` bytes ended."""
@@ -469,6 +528,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
             async def stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
                 size = -1
+                await gate._enter(context)
                 try:
                     request, size = await first(requests, context)
                     result = inner_s(request, context)
@@ -482,6 +542,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     request = result = None
                     raise exc.with_traceback(None) from None
                 finally:
+                    gate._leave()
                     if size >= 0:  # admitted
                         gate._done(size)
 
@@ -494,6 +555,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
         async def unary_out(requests: Any, context: Any) -> Any:
             size = -1
+            await gate._enter(context)
             try:
                 request, size = await first(requests, context)
                 result = inner_u(request, context)
@@ -510,6 +572,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 request = result = None
                 raise exc.with_traceback(None) from None
             finally:
+                gate._leave()
                 if size >= 0:  # admitted
                     gate._done(size)
 
@@ -517,6 +580,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
             unary_out, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
         return converted
+
+
+async def _shed(context: Any) -> None:
+    """Refuse a call none of whose code ran: ``RESOURCE_EXHAUSTED`` "server busy" with the
+    nack trailer (``meshkit-nack: 1``), so meshkit clients retry it on another endpoint."""
+    context.set_trailing_metadata((NACK_METADATA,))
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
 
 
 _MISSING = object()

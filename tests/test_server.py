@@ -234,12 +234,14 @@ def _add_slow(servicer: object, server: object) -> None:
         "test.Slow", {"Hold": grpc.unary_unary_rpc_method_handler(hold)}),))
 
 
-async def _slow_server(registry: LocalRegistry, **limits: object) -> meshkit.MeshServer:
+async def _slow_server(registry: LocalRegistry, instance_id: str | None = None,
+                       **limits: object) -> meshkit.MeshServer:
     from meshkit.server import ServerLimits
 
     srv = meshkit.MeshServer("slow", [(_add_slow, None)], registry=registry,
                              options=meshkit.ServeOptions(
                                  insecure=True, drain_delay_s=0, admin=None,
+                                 instance_id=instance_id,
                                  limits=ServerLimits(**limits)))  # type: ignore[arg-type]
     await srv.start()
     return srv
@@ -261,6 +263,72 @@ async def test_call_that_sends_headers_only_is_ended(registry: LocalRegistry) ->
         assert srv.gate is not None and srv.gate.timed_out == 2
     finally:
         await srv.drain()
+
+
+async def test_header_only_calls_give_their_slots_to_new_calls_at_the_cap(
+    registry: LocalRegistry,
+) -> None:
+    """With every slot held by calls whose request has not come for evict_waiting_after_s,
+    a new call takes the slot of the one waiting longest (which ends CANCELLED) instead of
+    being shed: header-only streams cannot lock callers out for first_message_timeout_s."""
+    srv = await _slow_server(registry, first_message_timeout_s=30.0, max_concurrent_rpcs=2,
+                             evict_waiting_after_s=0.3)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            idle = [ch.stream_stream("/test.Slow/Hold")() for _ in range(2)]
+            await asyncio.wait_for(asyncio.gather(*(c.wait_for_connection() for c in idle)), 5)
+            await asyncio.sleep(0.1)
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # not waiting long enough yet
+                await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.sleep(0.4)
+            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
+            codes = [asyncio.ensure_future(c.code()) for c in idle]
+            done, pending = await asyncio.wait(codes, timeout=5,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            assert len(done) == 1 and len(pending) == 1  # one evicted (whichever came first)
+            assert done.pop().result() is grpc.StatusCode.CANCELLED
+            evicted = idle[codes.index(next(iter(f for f in codes if f.done())))]
+            assert await evicted.details() == "request did not arrive in time"
+            for c in idle:
+                c.cancel()
+            await asyncio.gather(*codes, return_exceptions=True)
+        assert srv.gate is not None and srv.gate.evicted == 1
+    finally:
+        await srv.drain()
+
+
+async def test_a_shed_call_is_nacked_and_retried_elsewhere_even_if_not_idempotent(
+    registry: LocalRegistry,
+) -> None:
+    """A call shed before any of its code ran carries the nack trailer; the mesh client
+    retries it on another endpoint although the method is not idempotent."""
+    from meshkit.balancer import RingHash
+    from meshkit.resilience._retry import is_nack
+
+    a = await _slow_server(registry, "a", max_concurrent_rpcs=1, evict_waiting_after_s=None)
+    b = await _slow_server(registry, "b", max_concurrent_rpcs=1, evict_waiting_after_s=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as raw:
+            first = asyncio.ensure_future(raw.unary_unary("/test.Slow/Hold")(b"x", timeout=5))
+            await asyncio.sleep(0.1)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await raw.unary_unary("/test.Slow/Hold")(b"y", timeout=5)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert is_nack(info.value)
+            await first
+        opts = meshkit.DialOptions(insecure=True, balancer=RingHash, hash_key_metadata="k")
+        async with meshkit.dial("slow", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(2)
+            hold = ch.unary_unary("/test.Slow/Hold")
+            got = await asyncio.gather(*(hold(b"z", timeout=5, metadata=(("k", "same"),))
+                                         for _ in range(2)))
+            assert got == [b"held 1", b"held 1"]
+            assert ch.retry is not None and ch.retry.stats.retries >= 1
+        assert (a.gate.shed if a.gate else 0) + (b.gate.shed if b.gate else 0) >= 2
+    finally:
+        await a.drain()
+        await b.drain()
 
 
 async def test_calls_over_the_limits_are_shed_with_resource_exhausted(

@@ -35,7 +35,12 @@ whole. Streaming-response calls follow gRFC A6's commit rule:
 * **stream-stream** calls are not retried once opened (their request iterator is
   consumed as it is sent);
 * every kind is retried when the attempt never reached a server (no endpoint could be
-  picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent.
+  picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent;
+* a **nack** is retried like ``UNAVAILABLE`` and whether or not the call is safe to repeat:
+  a meshkit server that sheds a call before any of its code ran (``RESOURCE_EXHAUSTED``
+  "server busy" from :class:`meshkit.server.ServerLimits`) says so with the trailing
+  metadata ``meshkit-nack: 1``, so the call goes to another endpoint, within the budget
+  (Finagle's restartable failures, its ``RequeueFilter``).
 """
 
 from __future__ import annotations
@@ -241,9 +246,11 @@ class RetryInterceptor(ClientInterceptor):
     def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
                      attempt: int, safe: bool) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up."""
-        if attempt >= policy.max_attempts or exc.code() not in policy.retryable_codes:
+        nacked = is_nack(exc)
+        if attempt >= policy.max_attempts or not (nacked or exc.code() in
+                                                  policy.retryable_codes):
             return None
-        if not safe and not isinstance(exc, NoEndpointsError):
+        if not safe and not nacked and not isinstance(exc, NoEndpointsError):
             return None
         pushback = _pushback_s(exc)
         if pushback is not None and (pushback < 0 or pushback > policy.max_pushback_s):
@@ -305,6 +312,22 @@ class RetryInterceptor(ClientInterceptor):
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+NACK_METADATA = ("meshkit-nack", "1")
+"""Trailing metadata of a call a server refused before running any of it (safe to retry)."""
+
+
+def is_nack(exc: AioRpcError) -> bool:
+    """Whether ``exc`` is a nack: the server refused the call before running any of it
+    (trailing metadata :data:`NACK_METADATA`), so another attempt is always safe."""
+    md = exc.trailing_metadata()
+    if not md:
+        return False
+    for key, value in md:
+        if key == "meshkit-nack":
+            return value == "1"
+    return False
 
 
 def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:

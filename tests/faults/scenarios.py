@@ -10,6 +10,7 @@ Durations are given as *quick / long* mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -413,8 +414,8 @@ class Flood(Scenario):
 
 
 class IdleStreams(Scenario):
-    """Open 50 calls to ``orderd-1`` that send their headers and then nothing (no message,
-    no end of stream), half with a valid token, half without.
+    """Open 50 calls to ``orderd-1`` over 5 connections that send their headers and then
+    nothing (no message, no end of stream), half with a valid token, half without.
 
     Criteria: the server ends every one of them within 30 s (any status); callers are
     not hurt meanwhile (recovery 0-1 s from the start).
@@ -425,15 +426,21 @@ class IdleStreams(Scenario):
     hurts = False
     recovery_bound_s = 1.0
     streams = 50
+    connections = 5
     bound_s = 30.0
 
     async def inject(self, run: Run) -> None:
         md = run.workload.users[0].metadata
         run.start_fault()
-        async with run.channel("orderd-1") as ch:
-            open_stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = ch.stream_stream(
-                f"{_ORDERS}/PlaceOrder")
-            calls = [open_stream(metadata=md if i % 2 else None) for i in range(self.streams)]
+        async with contextlib.AsyncExitStack() as stack:
+            # over several connections, as an attacker would: a per-connection stream cap
+            # (ServerLimits.max_concurrent_streams) must not be what hides the fault
+            channels = [await stack.enter_async_context(run.channel("orderd-1"))
+                        for _ in range(self.connections)]
+            opens: list[grpc.aio.StreamStreamMultiCallable[bytes, bytes]] = [
+                ch.stream_stream(f"{_ORDERS}/PlaceOrder") for ch in channels]
+            calls = [opens[i % self.connections](metadata=md if i % 2 else None)
+                     for i in range(self.streams)]
             await asyncio.wait_for(asyncio.gather(*(c.wait_for_connection() for c in calls)),
                                    10)
             ends = [asyncio.ensure_future(c.code()) for c in calls]
