@@ -49,3 +49,20 @@ def test_consul_uri_without_py_consul_names_the_extra() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and all("meshkit[consul]" in line for line in lines), proc.stdout
+
+
+def test_redis_storage_without_a_driver_names_the_extra() -> None:
+    """Without a Redis driver, memory:// limits work and an async+redis:// storage is a
+    ConfigError at RateLimitOptions construction naming meshkit[redis]."""
+    proc = _run("redis,coredis,valkey", """
+        from meshkit.errors import ConfigError
+        from meshkit.resilience import RateLimitOptions
+        RateLimitOptions(default_rule="1/second")
+        try:
+            RateLimitOptions(default_rule="1/second",
+                             storage_uri="async+redis://:secret@127.0.0.1:6379")
+        except ConfigError as exc:
+            print(exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "meshkit[redis]" in proc.stdout and "secret" not in proc.stdout, proc.stdout

@@ -7,6 +7,7 @@ server or a storage; :mod:`meshkit.resilience.ratelimit` binds it to ``grpc.aio`
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 import urllib.parse
@@ -201,6 +202,14 @@ def redact_uri(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found on the path), without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def storage_class(uri: object, strategy: str) -> tuple[str, type[AsyncStorage]]:
     """Resolve a storage URI to ``(async URI, limits async storage class)`` for ``strategy``.
 
@@ -208,7 +217,8 @@ def storage_class(uri: object, strategy: str) -> tuple[str, type[AsyncStorage]]:
     ``async+redis://...``; any async scheme ``limits`` registers works.
 
     Raises:
-        ConfigError: not a URI, an unknown scheme, or a storage that cannot run
+        ConfigError: not a URI, an unknown scheme, a storage whose driver is not installed
+            (``async+redis://`` needs the ``meshkit[redis]`` extra), or one that cannot run
             ``strategy`` (e.g. ``async+memcached://`` with ``moving-window``); quoted,
             password redacted.
     """
@@ -227,6 +237,12 @@ def storage_class(uri: object, strategy: str) -> tuple[str, type[AsyncStorage]]:
             f"unknown storage_uri {redact_uri(given)!r}: scheme must be one of "
             f"{sorted(_ASYNC_SCHEMES)} (the 'async+' may be left out)"
         )
+    drivers = list(getattr(cls, "DEPENDENCIES", None) or ())
+    if drivers and not any(_installed(name) for name in drivers):
+        how = "pip install 'meshkit[redis]'" if "redis" in scheme else \
+            f"install one of {sorted(drivers)}"
+        raise ConfigError(f"storage_uri {redact_uri(given)!r} needs a driver that is not "
+                          f"installed: {how}")
     need = {"moving-window": MovingWindowSupport,
             "sliding-window-counter": SlidingWindowCounterSupport}.get(strategy)
     if need is not None and not issubclass(cls, need):
