@@ -25,6 +25,7 @@ __all__ = [
     "WrappingInterceptor",
     "fuse_interceptors",
     "other_responses",
+    "responses",
     "wrap_handler",
 ]
 
@@ -68,6 +69,12 @@ class Reporter(Protocol):
     def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
         """The call ended (``exc`` is what it raised, or ``None``)."""
         ...
+
+
+def responses(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour's ``result``: ``result`` itself when it is an
+    async iterator (the common case, no extra layer), else :func:`other_responses`."""
+    return result if hasattr(result, "__aiter__") else other_responses(result)
 
 
 def wrap_handler(handler: Handler, before: Before | None = None,
@@ -128,12 +135,8 @@ def _checked_stream(inner: Any, before: Before) -> Any:
     async def behavior(request: Any, context: Any) -> Any:
         await before(context)
         result = inner(request, context)
-        if hasattr(result, "__aiter__"):
-            async for item in result:
-                yield item
-        else:
-            async for item in other_responses(result):
-                yield item
+        async for item in responses(result):
+            yield item
 
     return behavior
 
@@ -171,12 +174,8 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter) -> Any:
         try:
             await before(context)
             result = inner(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                async for item in other_responses(result):
-                    yield item
+            async for item in responses(result):
+                yield item
         except BaseException as e:
             exc = e
             raise

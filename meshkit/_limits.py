@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._handlers import Handler, other_responses
+from meshkit._handlers import Handler, responses
 from meshkit.errors import ConfigError
 from meshkit.resilience._retry import NACK_METADATA
 
@@ -274,12 +274,8 @@ def guard_method_handler(handler: Handler) -> Handler:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             try:
                 result = the_inner(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                else:
-                    async for item in other_responses(result):
-                        yield item
+                async for item in responses(result):
+                    yield item
             except UndecodableRequest:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
@@ -474,15 +470,19 @@ class RequestGate(grpc.aio.ServerInterceptor):
     async def _enter(self, context: Any) -> None:
         """Take a call slot: free, or evicted from the call waiting longest for its request
         (``evict_waiting_after_s``), else shed the call ``RESOURCE_EXHAUSTED``. The caller
-        gives it back with :meth:`_leave` once the call ends (also when aborted after)."""
+        gives it back with :meth:`_release` once the call ends (also when aborted after)."""
         if self._cap is not None and self.slots >= self._cap and not self._evict():
             self.shed += 1
             self._warn("shedding calls: every call slot is taken")
             await _shed(context)
         self.slots += 1
 
-    def _leave(self) -> None:
+    def _release(self, size: int) -> None:
+        """A call that took a slot ended (``size``: its admitted request bytes, -1 if it
+        was never admitted)."""
         self.slots -= 1
+        if size >= 0:
+            self._done(size)
 
     def _evict(self) -> bool:
         """End the call that has waited longest for its request, if long enough; whether one
@@ -531,20 +531,12 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 await gate._enter(context)
                 try:
                     request, size = await first(requests, context)
-                    result = inner_s(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:
-                        async for item in other_responses(result):
-                            yield item
-                except Exception as exc:  # see unary_out
-                    request = result = None
-                    raise exc.with_traceback(None) from None
+                    result: Any = inner_s(request, context)
+                    async for item in responses(result):
+                        yield item
                 finally:
-                    gate._leave()
-                    if size >= 0:  # admitted
-                        gate._done(size)
+                    request = result = None  # see unary_out
+                    gate._release(size)
 
             converted: Handler = grpc.stream_stream_rpc_method_handler(
                 stream_out, request_deserializer=handler.request_deserializer,
@@ -562,19 +554,14 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 if inspect.isawaitable(result):
                     return await result
                 return result
-            except Exception as exc:
-                # A handler's exception holds, through its traceback, every frame of the
-                # handler chain and so the request; a wrapper keeping the exception in a
-                # local makes that a reference cycle, freed only when the cyclic GC runs
-                # (which large objects do not trigger): measured, about one request size
-                # retained per aborted call. Cut the traceback; only this frame, without
-                # the request, goes with the exception.
-                request = result = None
-                raise exc.with_traceback(None) from None
             finally:
-                gate._leave()
-                if size >= 0:  # admitted
-                    gate._done(size)
+                # A handler's exception holds, through its traceback, every frame of the
+                # handler chain; this frame must not keep the request alive with it (the
+                # reporter wrap drops its own reference to the exception, see
+                # meshkit._handlers): a cycle through it is freed only by the cyclic GC,
+                # which large objects do not trigger.
+                request = result = None
+                gate._release(size)
 
         converted = grpc.stream_unary_rpc_method_handler(
             unary_out, request_deserializer=handler.request_deserializer,
