@@ -66,17 +66,19 @@ class ServerLimits:
             ``evict_waiting_after_s`` for its request, else it is shed
             ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (meshkit clients
             retry it on another endpoint). grpc.aio's own ``maximum_concurrent_rpcs`` is
-            set to twice this, a backstop covering streaming calls. ``None``: no cap.
-        max_concurrent_streams: HTTP/2 streams one connection may have open (default 16;
-            channel arg ``grpc.max_concurrent_streams``, sent in SETTINGS); a client with
-            more calls queues them itself, before sending their data. grpc core buffers
-            each open stream's whole request as it arrives, whether or not Python reads it
-            yet (measured), so this times ``max_receive_message_bytes`` bounds what one
-            connection can make the server hold: measured on a 2-core VM, 200 concurrent
-            3.9 MB requests on one connection grew the server's peak memory by +217 MiB
-            with 16, +282 to +327 MiB with 32, +420 to +505 MiB with 64, +1142 MiB with no
-            cap. A Python server is CPU-bound long before 16 calls per client connection;
-            raise it for clients multiplexing many long streams over one connection.
+            set to this plus 8 (headroom to reach the gate; a backstop for streaming calls),
+            which bounds what a flood makes grpc core buffer. ``None``: no cap.
+        max_concurrent_streams: HTTP/2 streams one connection may have open (default 100,
+            as grpc-go and nginx servers use; channel arg ``grpc.max_concurrent_streams``,
+            sent in SETTINGS). grpc core buffers every open stream's request data whether
+            or not the call was accepted or its request read (measured), so only this
+            bounds what one connection's flood makes a server hold: 200 concurrent 3.9 MB
+            requests on one connection grew the server's peak memory by +196..+217 MiB
+            with 16, +282..+327 MiB with 32, +422 MiB with 100, +341..+467 MiB with none
+            (2-core VM, noisy). It is not lower by default because grpc C-core clients do
+            not hold calls back at the peer's limit: at 16, a third of the calls of 32
+            callers sharing one connection failed ``UNAVAILABLE`` (``REFUSED_STREAM``).
+            Set 16 on a server exposed to untrusted clients; ``None``: grpc's own (none).
         max_receive_message_bytes: largest request message (default 4 MiB, grpc's
             default); larger ones are refused ``RESOURCE_EXHAUSTED`` by grpc core.
         bdp_probe: let HTTP/2 flow-control windows grow with the measured bandwidth-delay
@@ -95,7 +97,7 @@ class ServerLimits:
             while memory stays bounded by the slots (nginx's and Envoy's answer to
             slowloris). ``None``: never evict; new calls are shed.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
-            once (default 32 MiB); while over it, new calls are shed with
+            once (default 16 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
             is always admitted). ``None``: no budget.
         gc_after_request_bytes: run Python's cyclic garbage collector (``gc.collect()``)
@@ -118,7 +120,7 @@ class ServerLimits:
     """
 
     max_concurrent_rpcs: int | None = 32
-    max_concurrent_streams: int = 16
+    max_concurrent_streams: int | None = 100
     max_receive_message_bytes: int = 4 * _MIB
     bdp_probe: bool = False
     first_message_timeout_s: float | None = 10.0
@@ -126,7 +128,7 @@ class ServerLimits:
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     max_connection_idle_s: float | None = 300.0
-    max_inflight_request_bytes: int | None = 32 * _MIB
+    max_inflight_request_bytes: int | None = 16 * _MIB
     gc_after_request_bytes: int | None = 16 * _MIB
 
     def __post_init__(self) -> None:
@@ -144,9 +146,12 @@ class ServerLimits:
                 isinstance(self.max_concurrent_rpcs, int) and self.max_concurrent_rpcs >= 1):
             raise ConfigError(
                 f"max_concurrent_rpcs must be >= 1 or None, got {self.max_concurrent_rpcs!r}")
-        if not isinstance(self.max_concurrent_streams, int) or self.max_concurrent_streams < 1:
+        if self.max_concurrent_streams is not None and (
+                not isinstance(self.max_concurrent_streams, int)
+                or self.max_concurrent_streams < 1):
             raise ConfigError(
-                f"max_concurrent_streams must be >= 1, got {self.max_concurrent_streams!r}")
+                f"max_concurrent_streams must be >= 1 or None, got "
+                f"{self.max_concurrent_streams!r}")
         if (not isinstance(self.max_receive_message_bytes, int)
                 or self.max_receive_message_bytes < 1):
             raise ConfigError("max_receive_message_bytes must be >= 1, got "
@@ -161,21 +166,22 @@ class ServerLimits:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
-        """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: a backstop at twice
-        ``max_concurrent_rpcs`` for calls the gate does not count (streaming requests) and
-        headroom for new calls to reach the gate; unary-request calls are counted, evicted
-        or shed by :class:`RequestGate` itself, which grpc.aio's own cap could not do (it
-        sheds a new call even when every slot is held by a call that never sent its
-        request)."""
+        """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``
+        plus 8, headroom for new calls to reach the gate (which evicts or sheds them) and a
+        backstop for calls the gate does not count (streaming requests). grpc core buffers
+        the request of every call it accepted, read or not, so this is what bounds a
+        flood's memory: about (slots + 8) x ``max_receive_message_bytes``. Unary-request
+        calls are counted, evicted or shed by :class:`RequestGate` itself, which grpc.aio's
+        own cap could not do (it sheds a new call even when every slot is held by a call
+        that never sent its request)."""
         if self.max_concurrent_rpcs is None:
             return None
-        return 2 * self.max_concurrent_rpcs
+        return self.max_concurrent_rpcs + 8
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
         given by the caller override them key by key)."""
         args: list[tuple[str, Any]] = [
-            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.http2.bdp_probe", int(self.bdp_probe)),
             ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
@@ -183,6 +189,8 @@ class ServerLimits:
         ]
         if self.max_connection_idle_s is not None:
             args.append(("grpc.max_connection_idle_ms", int(self.max_connection_idle_s * 1000)))
+        if self.max_concurrent_streams is not None:
+            args.append(("grpc.max_concurrent_streams", self.max_concurrent_streams))
         return tuple(args)
 
 

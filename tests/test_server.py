@@ -374,3 +374,25 @@ def test_bad_server_limits_quote_the_value() -> None:
                       ({"keepalive_time_s": -5.0}, "-5.0")):
         with pytest.raises(meshkit.ConfigError, match=text):
             ServerLimits(**bad)  # type: ignore[arg-type]
+
+
+async def test_default_limits_serve_32_concurrent_callers_on_one_connection(
+    echo_servers: EchoFactory,
+) -> None:
+    """With the default ServerLimits, 32 callers sharing one connection all succeed: no
+    REFUSED_STREAM (a per-connection stream cap made a third of them fail UNAVAILABLE) and
+    no shedding (32 call slots)."""
+    srv = await echo_servers("c32")
+    failures: list[str] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        unary = ch.unary_unary(method("Unary"))
+
+        async def caller() -> None:
+            for _ in range(40):
+                try:
+                    await unary(b"x", timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(f"{exc.code().name}: {exc.details()}")
+
+        await asyncio.gather(*(caller() for _ in range(32)))
+    assert failures == []
