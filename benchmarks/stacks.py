@@ -403,6 +403,12 @@ def _finish_telemetry(b: Build, side: str) -> None:
         b.client_interceptors.extend((ORDER["telemetry"], i) for i in client_interceptors(opts))
 
 
+def _limits_server(b: Build) -> None:
+    from meshkit.server import ServerLimits
+
+    b.serve["limits"] = ServerLimits()
+
+
 def _defaults_server(b: Build) -> None:
     b.serve["defaults"] = True
 
@@ -414,6 +420,8 @@ def _defaults_client(b: Build) -> None:
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
     Layer("defaults", "serve()/dial() with their default options (no trace exporter)",
           _always, server=_defaults_server, client=_defaults_client),
+    Layer("limits", "server ServerLimits() as shipped (RequestGate reads requests: slots, "
+          "eviction, first-message timeout, byte budget)", _always, server=_limits_server),
     Layer("deadline", "server DeadlineInterceptor (admission + propagation)", _always,
           server=_deadline_server),
     Layer("retry", "RetryOptions armed (idempotent method), never firing", _always,
@@ -447,8 +455,8 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
 )}
 """Every layer by name, in the order the overhead table shows them."""
 
-POLICY_LAYERS = ("deadline", "retry", "p2c", "outlier", "jwt", "ratelimit", "tracing",
-                 "metrics", "accesslog")
+POLICY_LAYERS = ("deadline", "limits", "retry", "p2c", "outlier", "jwt", "ratelimit",
+                 "tracing", "metrics", "accesslog")
 """Layers measured one by one on top of ``mesh`` (mTLS is only measured in the full stack)."""
 FULL_LAYERS = POLICY_LAYERS
 """The full stack without TLS: every policy layer that is available."""
@@ -497,7 +505,11 @@ def mesh_serve_options(b: Build, **kwargs: Any) -> Any:
     if b.serve.get("defaults"):
         return meshkit.ServeOptions(insecure=True, **kwargs)
 
-    opts: dict[str, Any] = {"deadline": None, **kwargs, **b.serve}  # bare: no mesh checks
+    from meshkit.server import ServerLimits
+
+    # bare: no mesh checks, and grpc.aio reading requests (the limits layer adds the gate)
+    opts: dict[str, Any] = {"deadline": None, "limits": ServerLimits(read_requests=False),
+                            **kwargs, **b.serve}
     if b.auth:
         from meshkit.auth import AuthOptions
 

@@ -372,12 +372,13 @@ class MeshServer:
         limits = opts.limits
         if opts.maximum_concurrent_rpcs is not None:
             limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)
-        self.gate = RequestGate(limits)
+        self.gate = RequestGate(limits) if limits.read_requests else None
         server_args = dict(limits.channel_args())
         server_args.update(dict(opts.server_options))
         max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         server = grpc.aio.server(
-            interceptors=fuse_interceptors((self.gate, *self._chain)) or None,
+            interceptors=fuse_interceptors(
+                (self.gate, *self._chain) if self.gate is not None else self._chain) or None,
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )

@@ -396,3 +396,20 @@ async def test_default_limits_serve_32_concurrent_callers_on_one_connection(
 
         await asyncio.gather(*(caller() for _ in range(32)))
     assert failures == []
+
+
+async def test_read_requests_false_leaves_requests_to_grpc(registry: LocalRegistry) -> None:
+    """ServerLimits(read_requests=False) installs no RequestGate: calls are served by
+    grpc.aio's unary path, and max_concurrent_rpcs is grpc.aio's own cap."""
+    srv = await _slow_server(registry, read_requests=False, max_concurrent_rpcs=1)
+    try:
+        assert srv.gate is None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            hold = ch.unary_unary("/test.Slow/Hold")
+            got = await asyncio.gather(hold(b"x", timeout=5), hold(b"y", timeout=5),
+                                       return_exceptions=True)
+        codes = sorted(g.code().name if isinstance(g, grpc.aio.AioRpcError) else "OK"
+                       for g in got)
+        assert codes == ["OK", "RESOURCE_EXHAUSTED"]
+    finally:
+        await srv.drain()
