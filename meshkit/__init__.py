@@ -24,7 +24,7 @@ from meshkit.channel import DialOptions, MeshChannel, dial
 from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
 from meshkit.errors import ConfigError, MeshError, MeshRpcError, NoEndpointsError, RegistryError
 from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
-from meshkit.server import MeshServer, ServeOptions, serve
+from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "ServeOptions",
+    "ServerLimits",
     "__version__",
     "dial",
     "registry_from_env",

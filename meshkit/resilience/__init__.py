@@ -39,7 +39,14 @@ from meshkit.resilience._deadline import (
     deadline_scope,
     time_remaining_s,
 )
-from meshkit.resilience._retry import RetryInterceptor, RetryOptions, RetryPolicy, RetryStats
+from meshkit.resilience._retry import (
+    NACK_METADATA,
+    RetryInterceptor,
+    RetryOptions,
+    RetryPolicy,
+    RetryStats,
+    is_nack,
+)
 from meshkit.resilience.ratelimit import (
     KeyFunc,
     Limiter,
@@ -56,6 +63,7 @@ from meshkit.resilience.ratelimit import (
 
 __all__ = [
     "MAX_PROPAGATED_S",
+    "NACK_METADATA",
     "Backoff",
     "BudgetOptions",
     "DeadlineInterceptor",
@@ -78,6 +86,7 @@ __all__ = [
     "clamp_timeout_s",
     "current_deadline",
     "deadline_scope",
+    "is_nack",
     "rejected_by_rate_limit",
     "time_remaining_s",
 ]
