@@ -17,6 +17,7 @@ from meshkit._handlers import (
 )
 from tests.support.echo import handler as echo_handler
 from tests.support.echo import method
+from tests.support.wait import until
 
 
 class Check(WrappingInterceptor):
@@ -163,12 +164,18 @@ async def test_reporters_fuse_with_checks_and_see_refusals_and_errors() -> None:
             with pytest.raises(grpc.aio.AioRpcError):
                 await ch.unary_unary(method("Unary"))(b"x", timeout=5,
                                                       metadata=(("deny", "a"),))
+            # context.abort() sends the status before it unwinds the handler: the caller may
+            # see the error before the reporters finish
+            await until(lambda: any(e.startswith("t:finish") for e in seen), timeout_s=5,
+                        what="the refused call's reporters finished")
             assert seen[2] == "a" and seen[3].startswith("u:finish:") and seen[3] != "u:finish:ok"
             seen.clear()
             with pytest.raises(grpc.aio.AioRpcError):
                 async for _ in ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:1",
                                                                     timeout=5):
                     pass
+            await until(lambda: any(e.startswith("t:finish") for e in seen), timeout_s=5,
+                        what="the failed stream's reporters finished")
             assert seen[0] == "t:start:stream" and seen[-1] != "t:finish:ok"
     finally:
         await server.stop(None)
