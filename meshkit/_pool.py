@@ -136,7 +136,7 @@ class EndpointPool:
         if len(self.history) > _HISTORY_MAX:
             for old in [k for k in self.history if k not in self.endpoints][:16]:
                 del self.history[old]
-        self._state_tasks[key] = self._spawn(self._track_state(ep))
+        self._state_tasks[key] = self.spawn(self._track_state(ep))
 
     def _retire(self, ep: Endpoint) -> None:
         del self.endpoints[ep.key]
@@ -145,7 +145,7 @@ class EndpointPool:
         task = self._state_tasks.pop(ep.key, None)
         if task is not None:
             task.cancel()
-        self._spawn(conn.channel.close(grace=self._drain_s))
+        self.spawn(conn.channel.close(grace=self._drain_s))
 
     def rebuild(self) -> None:
         """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
@@ -156,15 +156,12 @@ class EndpointPool:
             task = self._state_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
-            self._state_tasks[key] = self._spawn(self._track_state(ep))
-            self._spawn(old.close(grace=self._drain_s))
+            self._state_tasks[key] = self.spawn(self._track_state(ep))
+            self.spawn(old.close(grace=self._drain_s))
         _log.info("sub-channels rebuilt", service=self.service, endpoints=len(self.endpoints))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the pool cancels on close."""
-        return self._spawn(coro)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
