@@ -24,9 +24,9 @@ from meshkit.interceptors import (
 )
 from meshkit.observability._logging import (
     access_active,
-    access_logger,
     access_renders_inline,
     get_logger,
+    write_access,
 )
 from meshkit.observability._metrics import BoundClient, rpc_metrics
 from meshkit.observability._options import TelemetryOptions
@@ -278,7 +278,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         """End the span (at ``end_ns``) and write the access-log line."""
         try:
             if span is None:
-                self._log(m, details, code, duration_s, None, None)
+                self._log(m, details, code, duration_s, None)
                 return
             attempts = details.attempts
             if span.is_recording():
@@ -307,14 +307,17 @@ class TelemetryClientInterceptor(ClientInterceptor):
                                            if detail else code.name))
             span.end(end_ns)
             if self.options.access_log and access_active():
-                ctx = span.get_span_context()
-                self._log(m, details, code, duration_s, format(ctx.trace_id, "032x"),
-                          format(ctx.span_id, "016x"))
+                self._log(m, details, code, duration_s, span.get_span_context())
         except Exception as e:  # telemetry must never break the caller
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
 
     def _log(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
-             duration_s: float, trace_id: str | None, span_id: str | None) -> None:
+             duration_s: float, span_context: Any) -> None:
+        write_access(False, self._fields, (m, details, code, duration_s, span_context))
+
+    def _fields(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
+                duration_s: float, span_context: Any) -> dict[str, Any]:
+        """The access-log event's fields (built when the line is rendered)."""
         attempts = details.attempts
         fields: dict[str, Any] = {
             "side": "client", "target": details.service, "method": m.names.full,
@@ -323,15 +326,15 @@ class TelemetryClientInterceptor(ClientInterceptor):
             "peer": attempts[-1].instance.address if attempts else None,
             "attempts": len(attempts),
         }
-        if trace_id is not None:
-            fields["trace_id"] = trace_id
-            fields["span_id"] = span_id
-        if self.options.log_metadata:
+        if span_context is not None:
+            fields["trace_id"] = format(span_context.trace_id, "032x")
+            fields["span_id"] = format(span_context.span_id, "016x")
+        if self.options.log_metadata and details.metadata:
             md = {k: v for k, v in details.metadata
                   if k in self.options.log_metadata and isinstance(v, str)}
             if md:
                 fields["md"] = md
-        access_logger().info("rpc", **fields)
+        return fields
 
 
 class AttemptSpanInterceptor(

@@ -19,9 +19,9 @@ from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
     access_active,
-    access_logger,
     access_renders_inline,
     get_logger,
+    write_access,
 )
 from meshkit.observability._metrics import BoundServer, rpc_metrics
 from meshkit.observability._options import TelemetryOptions, auth_peer_identity
@@ -247,17 +247,22 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                         span.set_status(Status(StatusCode.ERROR, code.name))
                 span.end(end_ns)
                 if log:
-                    ctx = span.get_span_context()
-                    self._log(m, code, duration_s, peer, identity,
-                              format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"), md)
+                    self._log(m, code, duration_s, peer, identity, span.get_span_context(),
+                              md)
             elif log:
-                self._log(m, code, duration_s, peer, identity, None, None, md)
+                self._log(m, code, duration_s, peer, identity, None, md)
         except Exception as e:  # telemetry must never break the server's loop
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
 
     def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
-             identity: str | None, trace_id: str | None, span_id: str | None,
-             md: dict[str, str] | None) -> None:
+             identity: str | None, span_context: Any, md: dict[str, str] | None) -> None:
+        write_access(code is not _OK and code in SERVER_ERROR_CODES, self._fields,
+                     (m, code, duration_s, peer, identity, span_context, md))
+
+    def _fields(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
+                identity: str | None, span_context: Any, md: dict[str, str] | None,
+                ) -> dict[str, Any]:
+        """The access-log event's fields (built when the line is rendered)."""
         fields: dict[str, Any] = {
             "side": "server", "service": self.service_name, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code.name,
@@ -265,15 +270,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         }
         if identity is not None:
             fields["peer_identity"] = identity
-        if trace_id is not None:
-            fields["trace_id"] = trace_id
-            fields["span_id"] = span_id
+        if span_context is not None:
+            fields["trace_id"] = format(span_context.trace_id, "032x")
+            fields["span_id"] = format(span_context.span_id, "016x")
         if md:
             fields["md"] = md
-        if code in SERVER_ERROR_CODES:
-            access_logger().warning("rpc", **fields)
-        else:
-            access_logger().info("rpc", **fields)
+        return fields
 
     # -- the reporter (meshkit._handlers wraps the handler once, with the checks) -------
     def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
