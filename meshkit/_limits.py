@@ -405,7 +405,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._evict_after = limits.evict_waiting_after_s
         self.slots = 0  # unary-request calls holding a slot (waiting for or past their request)
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
-        self._evicting: set[asyncio.Task[Any]] = set()
+        self._evicting: set[asyncio.Task[Any]] = set()  # evicted or timed out
+        self._sweep: asyncio.TimerHandle | None = None
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
 
@@ -446,30 +447,19 @@ class RequestGate(grpc.aio.ServerInterceptor):
             await self._busy(context)
         task = asyncio.current_task()
         assert task is not None
-        fired = False
-
-        def expire() -> None:
-            nonlocal fired
-            fired = True
-            task.cancel()
-
         self._waiting[task] = time.monotonic()
-
-        timer: asyncio.TimerHandle | None = None
-        if self._timeout_s is not None:
-            timer = asyncio.get_running_loop().call_later(self._timeout_s, expire)
+        if self._timeout_s is not None and self._sweep is None:
+            self._arm_sweep(asyncio.get_running_loop())
         request: Any = _LATE
         try:
             request = await requests.__anext__()
         except StopAsyncIteration:
             request = _MISSING
         except asyncio.CancelledError:
-            if not (fired or task in self._evicting):
+            if task not in self._evicting:
                 raise
             task.uncancel()
         finally:
-            if timer is not None:
-                timer.cancel()
             self._waiting.pop(task, None)
             self._evicting.discard(task)
         if request is _LATE:
@@ -519,6 +509,30 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 task.cancel()
                 return True
         return False
+
+    def _arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arm the one timer that ends calls waiting longer than ``first_message_timeout_s``
+        for their request, due when the longest wait reaches it (one timer for all calls,
+        not one per call: a call's wait then costs a dict entry only)."""
+        assert self._timeout_s is not None
+        oldest = next(since for t, since in self._waiting.items() if t not in self._evicting)
+        self._sweep = loop.call_at(loop.time() + max(0.0, oldest + self._timeout_s
+                                                     - time.monotonic()), self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End every call that has waited ``first_message_timeout_s`` for its request
+        (it ends ``CANCELLED``, see :meth:`_first`); re-arm for the rest."""
+        self._sweep = None
+        assert self._timeout_s is not None
+        due = time.monotonic() - self._timeout_s
+        for task, since in list(self._waiting.items()):
+            if since > due:
+                break  # oldest first
+            if task not in self._evicting and not task.done():
+                self._evicting.add(task)
+                task.cancel()
+        if any(t not in self._evicting for t in self._waiting):
+            self._arm_sweep(loop)
 
     def _done(self, size: int) -> None:
         """An admitted call with a request of ``size`` bytes ended."""

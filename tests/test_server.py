@@ -265,6 +265,36 @@ async def test_call_that_sends_headers_only_is_ended(registry: LocalRegistry) ->
         await srv.drain()
 
 
+async def test_header_only_calls_each_get_their_own_first_message_timeout(
+    registry: LocalRegistry,
+) -> None:
+    """Header-only calls started apart each end after their own first_message_timeout_s
+    (one timer serves every waiting call and re-arms for the next one due), and a call
+    whose request comes in time is untouched."""
+    srv = await _slow_server(registry, first_message_timeout_s=1.0, max_concurrent_rpcs=8)
+    loop = asyncio.get_running_loop()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            async def idle_call() -> tuple[float, grpc.StatusCode]:
+                call = ch.stream_stream("/test.Slow/Hold")()
+                await call.wait_for_connection()
+                t0 = loop.time()
+                code = await call.code()
+                return loop.time() - t0, code
+
+            first = asyncio.ensure_future(idle_call())
+            await asyncio.sleep(0.6)
+            second = asyncio.ensure_future(idle_call())
+            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
+            (w1, c1), (w2, c2) = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert c1 == c2 == grpc.StatusCode.CANCELLED
+        # each waited its own second (not ended early by the first one's timer)
+        assert 0.9 <= w1 < 4.0 and 0.9 <= w2 < 4.0, (w1, w2)
+        assert srv.gate is not None and srv.gate.timed_out == 2
+    finally:
+        await srv.drain()
+
+
 async def test_header_only_calls_give_their_slots_to_new_calls_at_the_cap(
     registry: LocalRegistry,
 ) -> None:
