@@ -53,8 +53,8 @@ class MeshCall:
     or ``None`` if it has) and :meth:`_current` (the attempt in flight, for ``cancel``).
     """
 
-    __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_settled_fut",
-                 "_task")
+    __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_is_settled",
+                 "_settled_fut", "_task")
 
     def __init__(self, details: ClientCallDetails) -> None:
         self._details = details
@@ -62,7 +62,8 @@ class MeshCall:
         self._error: BaseException | None = None
         self._cancelled = False
         self._callbacks: list[Callable[[Any], None]] | None = None
-        self._settled_fut: asyncio.Future[None] | None = None
+        self._settled_fut: asyncio.Future[None] | None = None  # made only for a waiter
+        self._is_settled = False
         self._task: asyncio.Task[Any] | None = None
 
     # -- what subclasses provide --------------------------------------------------------
@@ -73,23 +74,18 @@ class MeshCall:
         return self._call
 
     # -- settling ----------------------------------------------------------------------
-    @property
-    def _is_settled(self) -> bool:
-        fut = self._settled_fut
-        return fut is not None and fut.done()
-
     def _settle(self, call: Any, error: BaseException | None) -> None:
         """Fix the outcome (once) and run the done callbacks registered so far."""
         if self._is_settled:
             return
+        self._is_settled = True
         self._call = call
         self._error = error
         if error is not None and _code_of(error) is _CANCELLED:
             self._cancelled = True
         fut = self._settled_fut
-        if fut is None:
-            self._settled_fut = fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             for cb in callbacks:
@@ -107,6 +103,8 @@ class MeshCall:
         fut = self._settled_fut
         if fut is None:
             self._settled_fut = fut = asyncio.get_running_loop().create_future()
+            if self._is_settled:
+                fut.set_result(None)
         return fut
 
     async def _settled(self) -> Any:
