@@ -439,7 +439,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._warn("shedding calls: too many request bytes in flight")
         await _shed(context)
 
-    async def _first(self, requests: Any, context: Any) -> tuple[Any, int]:
+    async def _first(self, context: Any) -> tuple[Any, int]:
         """Admit the call and read its one request message; returns it and its size in
         bytes (counted in flight), or aborts the call. The caller has counted the call in
         :attr:`active` and uncounts it when the call ends."""
@@ -452,9 +452,11 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self._arm_sweep(asyncio.get_running_loop())
         request: Any = _LATE
         try:
-            request = await requests.__anext__()
-        except StopAsyncIteration:
-            request = _MISSING
+            # context.read(), not the request iterator: grpc.aio's iterator is an async
+            # generator around it (a frame and asyncgen-hook bookkeeping per call)
+            request = await context.read()
+            if request is _EOF:
+                request = _MISSING
         except asyncio.CancelledError:
             if task not in self._evicting:
                 raise
@@ -563,7 +565,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 size = -1
                 await gate._enter(context)
                 try:
-                    request, size = await first(requests, context)
+                    request, size = await first(context)
                     result: Any = inner_s(request, context)
                     async for item in responses(result):
                         yield item
@@ -582,7 +584,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             size = -1
             await gate._enter(context)
             try:
-                request, size = await first(requests, context)
+                request, size = await first(context)
                 result = inner_u(request, context)
                 if inspect.isawaitable(result):
                     return await result
@@ -610,5 +612,6 @@ async def _shed(context: Any) -> None:
 
 
 _MISSING = object()
+_EOF = grpc.aio.EOF
 _LATE = object()
 _LARGE_REQUEST_BYTES = 1 << 20
