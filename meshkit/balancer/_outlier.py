@@ -34,6 +34,7 @@ from meshkit.errors import ConfigError
 
 __all__ = ["EjectingBalancer", "OutlierOptions"]
 
+_OK = grpc.StatusCode.OK
 _DEFAULT_FAILURES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -111,14 +112,15 @@ class EjectingBalancer:
             return (for logs and metrics).
     """
 
-    __slots__ = ("_all", "_clock", "_health", "_inner", "_next_expiry", "_on_change", "_opts",
-                 "ejections")
+    __slots__ = ("_all", "_clock", "_health", "_inner", "_next_expiry", "_ok_fails", "_on_change",
+                 "_opts", "ejections")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[str, bool], None] | None = None) -> None:
         self._inner = inner
         self._opts = options or OutlierOptions()
+        self._ok_fails = _OK in self._opts.failure_codes
         self._clock = clock
         self._on_change = on_change
         self._all: tuple[Endpoint, ...] = ()
@@ -193,7 +195,8 @@ class EjectingBalancer:
     def _record(self, ep: Endpoint, h: _Health, code: grpc.StatusCode,
                 probe: bool = False) -> None:
         opts = self._opts
-        failed = code in opts.failure_codes
+        # `is _OK` first: an Enum hashes in Python, and most calls succeed
+        failed = self._ok_fails if code is _OK else code in opts.failure_codes
         if not failed:
             h.consecutive = 0
             h.window.append(False)

@@ -43,6 +43,7 @@ from meshkit.errors import ConfigError
 
 __all__ = ["P2C", "P2COptions"]
 
+_OK = grpc.StatusCode.OK
 _PENALISED = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS,
@@ -114,7 +115,8 @@ class _Stat:
     def done(self, code: grpc.StatusCode, latency_s: float) -> None:
         """Record one outcome (the balancer's ``done`` callback)."""
         self.pending -= 1
-        if code in _PENALISED and latency_s < self.penalty_s:
+        # `is not _OK` first: an Enum hashes in Python, and most calls succeed
+        if code is not _OK and code in _PENALISED and latency_s < self.penalty_s:
             latency_s = self.penalty_s
         now = self.clock()
         if self.rtt_s < 0 or latency_s > self.rtt_s:

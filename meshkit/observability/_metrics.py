@@ -100,6 +100,9 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
     rpc_metrics(registry).certificate_expiry.labels(service).set(not_after_unix_s)
 
 
+_OK = grpc.StatusCode.OK
+
+
 class _Record:
     """One method's RPC counts as plain numbers, read by :class:`_RpcCollector` at scrape
     (the per-call hot path: a few integer adds and one bisect, no lock).
@@ -109,15 +112,16 @@ class _Record:
     atomic for the int/float values used here in practice, and a scrape reads a snapshot
     that may be one call apart between families (as a scrape always may be)."""
 
-    __slots__ = ("bounds", "counts", "created", "handled", "in_flight", "labels", "started",
-                 "sum_s")
+    __slots__ = ("bounds", "counts", "created", "handled", "in_flight", "labels", "ok",
+                 "started", "sum_s")
 
     def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
         self.labels = labels
         self.bounds = bounds
         self.started = 0
         self.in_flight = 0
-        self.handled: dict[grpc.StatusCode, int] = {}
+        self.ok = 0  # calls that ended OK (kept apart: an Enum key hashes in Python)
+        self.handled: dict[grpc.StatusCode, int] = {}  # the other codes
         self.counts = [0] * (len(bounds) + 1)  # last: above the highest bound (+Inf)
         self.sum_s = 0.0
         self.created = time.time()
@@ -128,8 +132,11 @@ class _Record:
         self.in_flight += 1
 
     def _finish(self, code: grpc.StatusCode, duration_s: float) -> None:
-        handled = self.handled
-        handled[code] = handled.get(code, 0) + 1
+        if code is _OK:
+            self.ok += 1
+        else:
+            handled = self.handled
+            handled[code] = handled.get(code, 0) + 1
         self.counts[_bisect(self.bounds, duration_s)] += 1
         self.sum_s += duration_s
         self.in_flight -= 1
@@ -222,6 +229,8 @@ class _RpcCollector:
             for r in recs:
                 labels = list(r.labels)
                 started.add_metric(labels, r.started, created=r.created)
+                if r.ok:
+                    handled.add_metric([*labels, "OK"], r.ok, created=r.created)
                 for code, n in list(r.handled.items()):
                     handled.add_metric([*labels, code.name], n, created=r.created)
                 counts = list(r.counts)
