@@ -74,6 +74,7 @@ from meshkit.resilience import (
     RetryOptions,
     clamp_timeout_s,
     current_deadline,
+    is_nack,
 )
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
@@ -84,6 +85,15 @@ _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
+    """The status a failed attempt reports to the balancer: a refusal before any processing
+    (:func:`~meshkit.resilience.is_nack`: a stream reset ``REFUSED_STREAM``, or a meshkit
+    server's "server busy") is overload, ``RESOURCE_EXHAUSTED`` (P2C's penalty, not an
+    outlier-ejection failure); anything else its own status."""
+    return _EXHAUSTED if is_nack(exc) else exc.code()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -402,7 +412,7 @@ class MeshChannel(grpc.aio.Channel):
             response = await call
         except AioRpcError as exc:
             ep.failures += 1
-            done(exc.code(), _perf() - t0)
+            done(_attempt_outcome(exc), _perf() - t0)
             raise
         except asyncio.CancelledError:
             done(_CANCELLED, _perf() - t0)

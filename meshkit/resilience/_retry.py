@@ -319,8 +319,21 @@ NACK_METADATA = ("meshkit-nack", "1")
 
 
 def is_nack(exc: AioRpcError) -> bool:
-    """Whether ``exc`` is a nack: the server refused the call before running any of it
-    (trailing metadata :data:`NACK_METADATA`), so another attempt is always safe."""
+    """Whether ``exc`` is a nack: the server refused the call before running any of it, so
+    another attempt is always safe. Two kinds:
+
+    * a meshkit server's refusal, with trailing metadata :data:`NACK_METADATA`
+      (``RESOURCE_EXHAUSTED`` "server busy" from the request gate);
+    * an HTTP/2 stream the server reset with ``REFUSED_STREAM`` (error code 7), e.g. past
+      its ``max_concurrent_streams``: RFC 9113 section 8.7 says such a stream was closed
+      "prior to any processing" and "can be safely retried". grpc C-core reports it as
+      ``UNAVAILABLE`` "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"
+      and does not hold calls back at the peer's stream limit itself.
+    """
+    if exc.code() is _UNAVAILABLE:
+        details = exc.details()
+        if details and _REFUSED_STREAM in details:
+            return True
     md = exc.trailing_metadata()
     if not md:
         return False
@@ -328,6 +341,9 @@ def is_nack(exc: AioRpcError) -> bool:
         if key == "meshkit-nack":
             return value == "1"
     return False
+
+
+_REFUSED_STREAM = "RST_STREAM with error code 7)"
 
 
 def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:

@@ -249,3 +249,30 @@ async def test_client_honours_a_real_rate_limiters_retry_after(registry: LocalRe
         assert waited >= 0.9 * 1  # retry-after is whole seconds (>= 1)
     finally:
         await srv.drain()
+
+
+async def test_streams_the_server_refused_are_retried_even_when_not_idempotent(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A stream the server refused with REFUSED_STREAM (over its max_concurrent_streams)
+    never reached the application (RFC 9113 section 8.7), so a meshkit client retries it
+    like a nack, on a method that is not idempotent; grpc C-core alone fails it
+    UNAVAILABLE (it does not hold calls back at the peer's stream limit). The refusals
+    count as overload for the balancer, not as failures that eject the endpoint."""
+    served: list[str] = []
+    await echo_servers("e1", delay_s=0.2, served=served,
+                       limits=meshkit.ServerLimits(max_concurrent_streams=4))
+    policy = RetryPolicy(max_attempts=20, backoff=Backoff(base_delay_s=0.02,
+                                                           max_delay_s=0.1))
+    budget = BudgetOptions(retry_ratio=1.0, min_retries_per_s=100, ttl_s=10)
+    ejecting = OutlierOptions(consecutive_failures=2, max_ejection_percent=100)
+    async with meshkit.dial("echo", registry=registry,
+                            options=opts(policy, budget, outlier=ejecting)) as ch:
+        call = ch.unary_unary(method("Unary"))
+        results = await asyncio.wait_for(
+            asyncio.gather(*(call(b"x", timeout=10) for _ in range(16))), 30)
+        assert ch.retry is not None
+        retries = ch.retry.stats.retries
+        assert ch.stats().ejections == 0
+    assert len(results) == 16 and len(served) == 16  # each ran exactly once
+    assert retries > 0  # some were refused and retried (not queued by the client)
