@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from meshkit.errors import ConfigError
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -62,7 +63,8 @@ class AdminServer:
     ============  ==========================================================================
     route         answer
     ============  ==========================================================================
-    /metrics      Prometheus text format of the meshkit registry (RPC and mesh metrics)
+    /metrics      the meshkit registry (RPC and mesh metrics) in the Prometheus text format,
+                  or OpenMetrics when the Accept header asks for it
     /healthz      200 ``ok`` while the process's event loop answers (liveness)
     /readyz       200 when every live MeshServer is registered and not draining; 503 with
                   the reasons (JSON) during drain, before registration, or (with
@@ -165,9 +167,10 @@ class AdminServer:
 
     # -- routes --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
-        resp = web.Response(body=body)
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        # the OpenMetrics text format when the scraper asks for it (Prometheus does)
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        resp = web.Response(body=encode(self._registry))
+        resp.headers["Content-Type"] = content_type
         return resp
 
     async def _healthz(self, request: web.Request) -> web.Response:

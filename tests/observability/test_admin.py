@@ -105,3 +105,32 @@ def test_add_route_refuses_reserved_or_bad_paths(path: str) -> None:
 
     with pytest.raises(ConfigError, match="got"):
         AdminServer().add_route(path, h)
+
+
+async def test_metrics_negotiates_openmetrics(prom: CollectorRegistry) -> None:
+    """/metrics answers the OpenMetrics text format to a scraper that asks for it (as
+    Prometheus does in its Accept header), parseable by prometheus-client's OpenMetrics
+    parser and ending in ``# EOF``; the classic text format otherwise."""
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    admin = AdminServer(AdminOptions(registry=prom))
+    port = await admin.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers={"Accept": accept}) as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+                body = await resp.text()
+            assert body.endswith("# EOF\n")
+            names = {f.name for f in openmetrics_families(body)}
+            assert "grpc_server_handled" in names
+            async with http.get(url) as resp:
+                assert resp.headers["Content-Type"].startswith("text/plain")
+                assert "# EOF" not in await resp.text()
+    finally:
+        await admin.stop()
