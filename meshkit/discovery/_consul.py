@@ -719,6 +719,49 @@ class ConsulRegistry:
                              instance_id=svc.get("ID"), error=str(exc))
         return frozenset(out)
 
+    async def services(self) -> frozenset[str]:
+        """The names of the services in the agent's catalog now (``GET /v1/catalog/services``,
+        one non-blocking query bounded by ``request_timeout_s``; a service whose every
+        instance fails its checks is listed too: :meth:`watch` shows only passing ones).
+
+        Raises:
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        client = self._get_client()
+        try:
+            _index, names = await self._bounded(client.catalog.services(),
+                                                self.options.request_timeout_s)
+        except _RETRYABLE as exc:
+            self._tracker.read_failed(f"catalog of Consul agent {self.options.base_url}: "
+                                      f"{self._describe(exc)}")
+            raise RegistryError(f"Consul agent {self.options.base_url}: "
+                                f"{self._describe(exc)}") from exc
+        self._tracker.read_ok()
+        return frozenset(str(n) for n in (names or {}) if n != "consul")
+
+    async def failing(self, service: str) -> frozenset[Instance]:
+        """Instances of ``service`` registered with a check that is not passing (their
+        owner died, hangs or missed its TTL): :meth:`watch` does not list them; the agent
+        removes them after ``deregister_critical_after_s``. A drained instance deregisters,
+        so it is never here. One non-blocking ``GET /v1/health/service/<service>``.
+
+        Raises:
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        client = self._get_client()
+        try:
+            _index, entries = await self._bounded(client.health.service(service),
+                                                  self.options.request_timeout_s)
+        except _RETRYABLE as exc:
+            self._tracker.read_failed(f"health of {service!r} on Consul agent "
+                                      f"{self.options.base_url}: {self._describe(exc)}")
+            raise RegistryError(f"Consul agent {self.options.base_url}: "
+                                f"{self._describe(exc)}") from exc
+        self._tracker.read_ok()
+        bad = [e for e in entries or [] if any(
+            c.get("Status") != "passing" for c in e.get("Checks") or ())]
+        return self._to_instances(service, bad)
+
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the passing instances of ``service`` now, then each time the set changes.
 
