@@ -4,6 +4,9 @@ admin URLs.
 Health is the instance's admin ``/readyz``: ``ready`` (200), ``not-ready`` (503: draining,
 not registered yet), ``unreachable`` (no answer within ``--timeout-s``), or ``-`` when the
 instance announces no admin port (registry meta ``admin_port``, set by ``serve()``).
+Instances the registry reports as failing (a lapsed heartbeat or a failing Consul check
+without a deregistration: died or hung; clients no longer see them) are listed as
+``failing``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     try:
         names = only or await service_names(registry)
         found = await discover(registry, names, timeout_s)
+        failing_of = getattr(registry, "failing", None)
+        failing = [i for n in names for i in await failing_of(n)] if failing_of else []
     finally:
         await registry.close()
     unread = [n for n, v in found.items() if v is None]
@@ -79,9 +84,11 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
                        key=lambda i: (i.service, i.instance_id))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
         health = await asyncio.gather(*(_health(http, admin_url(i)) for i in instances))
+    rows = [(i, h) for i, h in zip(instances, health, strict=True)]
+    rows += [(i, "failing") for i in failing]
     return [InstanceRow(service=i.service, instance_id=i.instance_id, address=i.address,
                         health=h, admin_url=admin_url(i), meta=dict(i.meta))
-            for i, h in zip(instances, health, strict=True)]
+            for i, h in sorted(rows, key=lambda r: (r[0].service, r[0].instance_id))]
 
 
 def render(rows: list[InstanceRow]) -> str:
@@ -107,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``meshkit services``; exit status 0, or 1 when no instance is live."""
+    """Run ``meshkit services``; exit status 0, or 1 when no instance is listed."""
     args = build_parser().parse_args(argv)
     quiet_logging()
     rows = asyncio.run(collect(args.registry, args.service, args.timeout_s))
