@@ -2,9 +2,11 @@
 
 Each instance that announces an admin port (registry meta ``admin_port``, set by
 ``serve()``) becomes one target ``host:admin_port`` (its ``/metrics``) with the labels
-``mesh_service``, ``mesh_instance`` and ``mesh_health``: ``passing`` for a live instance,
-``failing`` for one whose heartbeat lapsed or whose checks fail without a deregistration
-(it died or hangs; a drained instance deregisters and leaves the targets at once). A
+``mesh_service`` and ``mesh_instance``, and ``__meta_meshkit_health`` for relabelling (a
+meta label, so a change of health does not start new series): ``passing`` for a live
+instance, ``failing`` for one whose heartbeat lapsed or whose checks fail without a
+deregistration (it died or hangs; a drained instance deregisters and leaves the targets at
+once). A
 failing instance stays a target while the registry still reports it and, with
 ``--watch``, for ``--keep-failing-s`` after (default 300 s), so Prometheus sees
 ``up == 0`` for it and ``MeshkitInstanceDown`` fires (``deploy/prometheus/``).
@@ -54,7 +56,7 @@ def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[st
         out.append({"targets": [f"{host}:{port}"],
                     "labels": {"mesh_service": inst.service,
                                "mesh_instance": inst.instance_id,
-                               "mesh_health": health}})
+                               "__meta_meshkit_health": health}})
     return out
 
 

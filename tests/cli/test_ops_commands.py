@@ -159,7 +159,7 @@ async def test_prometheus_targets_one_shot_and_watch(greeter: meshkit.MeshServer
     assert json.loads(out.read_text()) == [{
         "targets": [f"127.0.0.1:{greeter.admin.port}"],  # type: ignore[union-attr]
         "labels": {"mesh_service": "greeter", "mesh_instance": "greeter-1",
-                   "mesh_health": "passing"}}]
+                   "__meta_meshkit_health": "passing"}}]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
     watch = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meshkit.cli", "prometheus-targets", "--registry",
