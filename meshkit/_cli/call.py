@@ -207,11 +207,13 @@ async def _call(args: _Args) -> str:
             raise CallError(f"{service!r} serves no method {args.target.method!r}"
                             + (f" in {args.target.grpc_service!r}"
                                if args.target.grpc_service else ""))
-        if method.client_streaming or method.server_streaming:
+        kind = descriptor_pb2.MethodDescriptorProto()
+        method.CopyToProto(kind)  # MethodDescriptor.*_streaming needs protobuf >= 5
+        if kind.client_streaming or kind.server_streaming:
             raise CallError(f"/{method.containing_service.full_name}/{method.name} is a "
                             "streaming method: meshkit call makes unary calls only")
-        request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
+        request_cls = _message_class(method.input_type)
+        response_cls = _message_class(method.output_type)
         try:
             request = json_format.Parse(args.request_json or "{}", request_cls())
         except json_format.ParseError as exc:
@@ -224,6 +226,14 @@ async def _call(args: _Args) -> str:
         text: str = json_format.MessageToJson(response, preserving_proto_field_name=True,
                                               indent=2)
         return text
+
+
+def _message_class(descriptor: Any) -> Any:
+    """The message class of ``descriptor`` (``GetMessageClass`` from protobuf 4.22 on)."""
+    get = getattr(message_factory, "GetMessageClass", None)
+    if get is not None:
+        return get(descriptor)
+    return message_factory.MessageFactory(descriptor.file.pool).GetPrototype(descriptor)
 
 
 def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
