@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/meshkit demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	bash scripts/install-ops.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)

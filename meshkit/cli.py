@@ -1,8 +1,11 @@
 """The ``meshkit`` command.
 
-* ``meshkit demo [...]``: run the example ecom stack on real processes (``--help``).
+* ``meshkit demo [...]``: run the example ecom stack on real processes (``--help``; from a
+  source checkout, like ``bench``: an installed wheel lists neither and says how to get them).
 * ``meshkit certs init|issue|inspect``: the mesh CA and workload certificates.
 * ``meshkit bench [...]``: the benchmark suite (from a source checkout).
+* ``meshkit services``, ``meshkit call``, ``meshkit prometheus-targets``: operating a
+  running mesh (:mod:`meshkit._cli`, one module each).
 * ``meshkit version``.
 """
 
@@ -17,24 +20,57 @@ from meshkit import __version__
 
 __all__ = ["main"]
 
-_USAGE = """usage: meshkit {demo,certs,bench,version} [args...]
+_OPS = {
+    "services": ("meshkit._cli.services", "list services, instances, health and admin URLs"),
+    "call": ("meshkit._cli.call", "one unary call with a JSON request (server reflection)"),
+    "prometheus-targets": ("meshkit._cli.prometheus",
+                           "write Prometheus file_sd targets from the registry"),
+}
+_CHECKOUT_ONLY = {
+    "demo": ("examples.ecom.demo", "run the ecom example stack on real processes and report"),
+    "bench": ("benchmarks.runner", "run the benchmark suite"),
+}
 
-  demo      run the ecom example stack on real processes and report (meshkit demo --help)
-  certs     mesh CA and workload certificates: init, issue <service>, inspect <file>
-  bench     run the benchmark suite (meshkit bench --help)
-  version   print the meshkit version
-"""
+
+def _checkout() -> Path | None:
+    """The source checkout meshkit runs from (it has ``examples/``), or ``None`` for an
+    installed wheel."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "examples").is_dir() and (root / "pyproject.toml").is_file() \
+        else None
+
+
+def _usage() -> str:
+    rows = [(name, help_) for name, (_, help_) in _OPS.items()]
+    rows.append(("certs", "mesh CA and workload certificates: init, issue <service>, inspect"))
+    in_checkout = _checkout() is not None
+    if in_checkout:
+        rows += [(name, help_) for name, (_, help_) in _CHECKOUT_ONLY.items()]
+    rows.append(("version", "print the meshkit version"))
+    names = ",".join(name for name, _ in rows)
+    text = f"usage: meshkit {{{names}}} [args...]  (meshkit COMMAND --help)\n\n"
+    text += "".join(f"  {name:<20}{help_}\n" for name, help_ in rows)
+    if not in_checkout:
+        text += ("\n  demo and bench run from a source checkout of meshkit (they need its "
+                 "examples/ and\n  benchmarks/): git clone, then `make demo` or `make bench`.\n")
+    return text
 
 
 def _from_checkout(module: str, what: str) -> ModuleType:
-    """Import ``module`` from the source checkout meshkit is installed from."""
+    """Import ``module`` from the source checkout meshkit is installed from.
+
+    Raises:
+        SystemExit: meshkit is not installed from a checkout (the message says how to get one).
+    """
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError:
-        checkout = Path(__file__).resolve().parents[1]
-        if not (checkout / module.split(".")[0]).is_dir():
+        checkout = _checkout()
+        if checkout is None:
             raise SystemExit(
-                f"meshkit {what} runs from a source checkout (git clone, then `make {what}`)"
+                f"meshkit {what} runs from a source checkout of meshkit (it needs its "
+                f"{module.split('.')[0]}/ directory, which the package does not install): "
+                f"git clone, then `make {what}`"
             ) from None
         sys.path.insert(0, str(checkout))
         return importlib.import_module(module)
@@ -45,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     process exit code (2 for a usage error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_USAGE, end="")
+        print(_usage(), end="")
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "version":
@@ -55,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         from meshkit.auth import cli as certs_cli
 
         return certs_cli.main(rest)
-    if command == "demo":
-        code: int = _from_checkout("examples.ecom.demo", "demo").main(rest)
+    if command in _OPS:
+        code: int = importlib.import_module(_OPS[command][0]).main(rest)
         return code
-    if command == "bench":
-        bench: int = _from_checkout("benchmarks.runner", "bench").main(rest)
-        return bench
-    print(f"meshkit: unknown command {command!r}\n\n{_USAGE}", end="", file=sys.stderr)
+    if command in _CHECKOUT_ONLY:
+        ran: int = _from_checkout(_CHECKOUT_ONLY[command][0], command).main(rest)
+        return ran
+    print(f"meshkit: unknown command {command!r}\n\n{_usage()}", end="", file=sys.stderr)
     return 2
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -643,23 +644,52 @@ def print_retries(channels: dict[str, meshkit.MeshChannel]) -> None:
               + (f"  ejected {ejected}" if ejected else ""))
 
 
+def how_to_call(stack: Stack, registry_uri: str) -> list[str]:
+    """Shell lines that call the running stack, each working as printed when pasted into
+    one POSIX shell (in any directory): the environment as ``export`` lines, then the
+    ``meshkit`` command of this very installation by absolute path."""
+    bindir = Path(sys.executable).parent  # the venv's bin/, symlinks kept (not resolved)
+    cli = shlex.quote(str(bindir / "meshkit")) if (bindir / "meshkit").exists() else \
+        f"{shlex.quote(sys.executable)} -m meshkit.cli"
+    python = shlex.quote(sys.executable)
+    targets = shlex.quote(str(stack.workdir / "prometheus-targets.json"))
+    lines = [f"export MESHKIT_REGISTRY={shlex.quote(registry_uri)}"]
+    if stack.cert_dir is not None:
+        lines += [f"export MESHKIT_CERT_DIR={shlex.quote(str(stack.cert_dir))}",
+                  f"export MESHKIT_WORKLOAD={security.EDGE}"]
+    call = f"{cli} call" + ("" if stack.cert_dir is not None else " --insecure")
+    login = '{"email": "you@example.com", "password": "correct horse"}'
+    field = "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])"
+    uid = "'\"$USER_ID\"'"  # ends the single-quoted JSON, inserts the variable, resumes
+    order = ('{"user_id": "' + uid + '", "currency": "EUR", "idempotency_key": "k-1", '
+             '"items": [{"sku": "SKU-1", "quantity": 2, "unit_price_minor": 199}]}')
+    lines += [
+        f"{cli} services",
+        f"{call} userd/CreateUser "
+        """'{"email": "you@example.com", "name": "You", "password": "correct horse"}'""",
+        f"SESSION=$({call} userd/Authenticate '{login}'); echo \"$SESSION\"",
+        f"TOKEN=$(echo \"$SESSION\" | {python} -c '{field}' token)",
+        f"USER_ID=$(echo \"$SESSION\" | {python} -c '{field}' user_id)",
+        f"{call} orderd/PlaceOrder '{order}' -H \"authorization: Bearer $TOKEN\"",
+        f"{call} orderd/ListOrders '{{\"user_id\": \"{uid}\"}}' "
+        "-H \"authorization: Bearer $TOKEN\"",
+        f"{cli} prometheus-targets --out {targets} && cat {targets}",
+    ]
+    return lines
+
+
 def print_how_to_call(stack: Stack, registry_uri: str) -> None:
-    """Print how to reach the running stack."""
+    """Print how to reach the running stack: shell lines to paste, between two markers."""
     print("")
-    print("The stack keeps running (Ctrl-C stops it). Call it from Python:")
-    print(f"  MESHKIT_REGISTRY='{registry_uri}' python -c \"")
-    print("  import asyncio, meshkit")
-    print("  from examples.ecom.proto import user_pb2, user_pb2_grpc")
-    print("  async def main():")
-    print("      async with meshkit.dial('userd') as ch:")
-    print("          s = user_pb2_grpc.UserServiceStub(ch)")
-    print("          print(await s.CreateUser(user_pb2.CreateUserRequest(")
-    print("              email='a@example.com', name='A', password='correct horse')))")
-    print("  asyncio.run(main())\"")
-    print("Or with grpcurl (reflection is on), e.g.:")
-    for iid, p in sorted(stack.procs.items()):
-        if not p.killed:
-            print(f"  grpcurl -plaintext {p.address} list        # {iid}")
+    print("The stack keeps running (Ctrl-C stops it). Call it from another shell by pasting "
+          "these lines\n(`meshkit call` finds each method by gRPC reflection; a failed call "
+          "exits non-zero):")
+    print("---8<---")
+    for line in how_to_call(stack, registry_uri):
+        print(f"  {line}")
+    print("---8<---")
+    print("From Python: meshkit.dial('userd') with the same environment; see README, "
+          "'Using it'.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -719,6 +719,49 @@ class ConsulRegistry:
                              instance_id=svc.get("ID"), error=str(exc))
         return frozenset(out)
 
+    async def _read_once(self, call: Awaitable[tuple[Any, Any]], what: str) -> Any:
+        """One non-blocking read bounded by ``request_timeout_s``, recorded in
+        :meth:`status`; returns the body of the answer.
+
+        Raises:
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        try:
+            _index, body = await self._bounded(call, self.options.request_timeout_s)
+        except _RETRYABLE as exc:
+            self._tracker.read_failed(f"{what} on Consul agent {self.options.base_url}: "
+                                      f"{self._describe(exc)}")
+            raise RegistryError(f"Consul agent {self.options.base_url}: "
+                                f"{self._describe(exc)}") from exc
+        self._tracker.read_ok()
+        return body
+
+    async def services(self) -> frozenset[str]:
+        """The names of the services in the agent's catalog now (``GET /v1/catalog/services``,
+        one non-blocking query bounded by ``request_timeout_s``; a service whose every
+        instance fails its checks is listed too: :meth:`watch` shows only passing ones).
+
+        Raises:
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        names = await self._read_once(self._get_client().catalog.services(), "catalog")
+        return frozenset(str(n) for n in (names or {}) if n != "consul")
+
+    async def failing(self, service: str) -> frozenset[Instance]:
+        """Instances of ``service`` registered with a check that is not passing (their
+        owner died, hangs or missed its TTL): :meth:`watch` does not list them; the agent
+        removes them after ``deregister_critical_after_s``. A drained instance deregisters,
+        so it is never here. One non-blocking ``GET /v1/health/service/<service>``.
+
+        Raises:
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        entries = await self._read_once(self._get_client().health.service(service),
+                                        f"health of {service!r}")
+        bad = [e for e in entries or [] if any(
+            c.get("Status") != "passing" for c in e.get("Checks") or ())]
+        return self._to_instances(service, bad)
+
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the passing instances of ``service`` now, then each time the set changes.
 

@@ -599,6 +599,30 @@ class LocalRegistry:
         """
         return (await self._run(lambda c: self._read(c, service), write=False)).live
 
+    async def services(self) -> frozenset[str]:
+        """The names of the services with an entry now: a live instance, or one whose
+        heartbeat lapsed and that is not collected yet (:meth:`failing`). One query.
+
+        Raises:
+            RegistryError: the registry file cannot be read.
+        """
+        def read(conn: sqlite3.Connection) -> frozenset[str]:
+            return frozenset(r[0] for r in conn.execute("SELECT DISTINCT service FROM instances"))
+
+        return await self._run(read, write=False)
+
+    async def failing(self, service: str) -> frozenset[Instance]:
+        """Instances of ``service`` whose heartbeat lapsed (their owner died or hangs) and
+        that were not deregistered: watches no longer list them; they stay here until
+        garbage collection (10 TTLs). A drained instance deregisters, so it is never here.
+        One query.
+
+        Raises:
+            RegistryError: the registry file cannot be read.
+        """
+        snap = await self._run(lambda c: self._read(c, service), write=False)
+        return frozenset(i for i, _ in snap.expired if i.instance_id not in snap.deregistered)
+
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the live set of ``service`` now, then each time it changes.
 

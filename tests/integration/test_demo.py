@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,27 +54,76 @@ async def test_demo_passes_with_a_killed_instance() -> None:
     assert len(pids) >= 4 and not any(alive(p) for p in pids)
 
 
-async def test_keep_running_then_ctrl_c_stops_every_process() -> None:
-    """With --keep-running the stack stays up until SIGINT, then every process is stopped
-    (run in explicit plaintext mode, which the report says)."""
-    proc = await demo("--calls", "20", "--no-kill", "--keep-running", "--insecure")
+def run_printed_commands(lines: list[str]) -> list[tuple[str, int, str]]:
+    """Run the printed shell lines exactly as printed, in one shell (as pasted), from the
+    checkout, with no MESHKIT_* variable inherited: (line, exit status, output) each."""
+    script = []
+    for n, line in enumerate(lines):
+        script += [f"echo '@@{n}'", line, "echo \"@@rc $?\""]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    proc = subprocess.run("\n".join(script), shell=True, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    out = []
+    for n, line in enumerate(lines):
+        chunk = proc.stdout.split(f"@@{n}\n", 1)[1].split("@@rc ", 1)
+        out.append((line, int(chunk[1].split()[0]), chunk[0]))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("mode", ["mtls", "insecure"])
+async def test_keep_running_commands_work_as_printed(mode: str) -> None:
+    """With --keep-running the stack stays up and every shell line the demo prints works
+    when pasted (services listed, users and orders made through `meshkit call` with the
+    token from Authenticate, Prometheus targets written); SIGINT then stops every process
+    (run in mTLS and in explicit plaintext mode, which the report says)."""
+    proc = await demo("--calls", "20", "--no-kill", "--keep-running",
+                      *(["--insecure"] if mode == "insecure" else []))
     assert proc.stdout is not None
     lines: list[str] = []
 
     async def until_kept() -> None:
         async for raw in proc.stdout:  # type: ignore[union-attr]
             lines.append(raw.decode())
-            if "keeps running" in lines[-1]:
+            if lines[-1].startswith("From Python:"):
                 return
 
-    await asyncio.wait_for(until_kept(), 120)
-    text = "".join(lines)
-    assert "keeps running" in text, text  # else the demo ended early: its output says why
-    pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
-    assert len(pids) == 4 and all(alive(p) for p in pids), text
-    proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(until_kept(), 120)
+        text = "".join(lines)
+        assert "keeps running" in text, text  # else the demo ended early: its output says why
+        pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert len(pids) == 4 and all(alive(p) for p in pids), text
+        block = text.split("---8<---\n")[1].splitlines()
+        ran = await asyncio.to_thread(run_printed_commands, block)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+    for line, rc, out in ran:
+        assert rc == 0, f"{line}\nexit {rc}:\n{out}"
+
+    def output(fragment: str) -> str:
+        return next(out for line, _, out in ran if fragment in line)
+
+    table = output("meshkit services").splitlines()
+    assert table[0].split() == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "ADMIN"]
+    assert sorted(row.split()[1] for row in table[1:]) == [
+        "orderd-1", "orderd-2", "userd-1", "userd-2"], table
+    assert all(row.split()[3] == "ready" for row in table[1:]), table
+    user = json.loads(output("userd/CreateUser"))
+    assert user["email"] == "you@example.com"
+    session = json.loads(output("SESSION="))
+    assert session["user_id"] == user["id"] and session["token"].count(".") == 2
+    order = json.loads(output("orderd/PlaceOrder"))
+    assert order["user_id"] == user["id"] and order["total_minor"] == "398"
+    listed = json.loads(output("orderd/ListOrders"))
+    assert [o["id"] for o in listed["orders"]] == [order["id"]]
+    targets = json.loads(output("prometheus-targets"))
+    assert sorted(t["labels"]["mesh_instance"] for t in targets) == [
+        "orderd-1", "orderd-2", "userd-1", "userd-2"]
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)
     text += rest.decode()
     assert "Stopped every process" in text, text
-    assert "PLAINTEXT (--insecure)" in text and "[BAD]" not in text
+    assert ("PLAINTEXT (--insecure)" in text) == (mode == "insecure")
+    assert "[BAD]" not in text
     assert not any(alive(p) for p in pids)

@@ -1,0 +1,89 @@
+"""What the operator subcommands share: the registry argument and one-shot discovery."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterable
+
+from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
+from meshkit.errors import ConfigError, MeshError
+from meshkit.observability import configure_logging
+
+__all__ = ["add_registry_argument", "discover", "open_registry", "quiet_logging",
+           "service_names"]
+
+REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
+                 f"(default ${ENV_VAR}, else the default local registry)")
+
+
+def add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--registry URI`` (default ``$MESHKIT_REGISTRY``, else ``local://``)."""
+    parser.add_argument("--registry", default=os.environ.get(ENV_VAR, "").strip() or "local://",
+                        metavar="URI", help=REGISTRY_HELP)
+
+
+def quiet_logging() -> None:
+    """meshkit's logs on stderr at ``MESHKIT_LOG_LEVEL`` (default WARNING), so stdout
+    carries only the command's output."""
+    configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "WARNING"), json=False)
+
+
+def open_registry(uri: str) -> Registry:
+    """The registry named by ``uri``.
+
+    Raises:
+        SystemExit: the URI is bad (the message quotes it), exit status 2.
+    """
+    try:
+        return registry_from_uri(uri)
+    except ConfigError as exc:
+        raise SystemExit(f"meshkit: {exc}") from None
+
+
+async def service_names(registry: Registry) -> list[str]:
+    """The services the registry lists now, sorted.
+
+    Raises:
+        SystemExit: the registry cannot list its services (it has no ``services()``) or
+            cannot be read.
+    """
+    lister = getattr(registry, "services", None)
+    if lister is None:
+        raise SystemExit(f"meshkit: {registry!r} cannot list its services; "
+                         "name them with --service")
+    try:
+        names: Iterable[str] = await lister()
+    except MeshError as exc:
+        raise SystemExit(f"meshkit: the registry cannot be read: {exc}") from None
+    return sorted(names)
+
+
+async def _first(registry: Registry, service: str) -> frozenset[Instance]:
+    watch = registry.watch(service)
+    try:
+        async for instances in watch:
+            return instances
+    finally:
+        with contextlib.suppress(Exception):
+            await watch.aclose()  # type: ignore[attr-defined]
+    return frozenset()
+
+
+async def discover(registry: Registry, services: Iterable[str],
+                   timeout_s: float) -> dict[str, frozenset[Instance] | None]:
+    """The live instances of each service: the first answer of a watch on each, in
+    parallel; ``None`` for a service with no answer within ``timeout_s`` seconds (the
+    registry cannot be read)."""
+    names = list(services)
+
+    async def one(name: str) -> frozenset[Instance] | None:
+        try:
+            return await asyncio.wait_for(_first(registry, name), timeout_s)
+        except TimeoutError:
+            return None
+
+    found = await asyncio.gather(*(one(n) for n in names))
+    return dict(zip(names, found, strict=True))

@@ -1,0 +1,306 @@
+"""``meshkit call``: one unary call with a JSON request, through the mesh.
+
+The target is ``SERVICE/Method`` (a mesh service as registered and a method of the gRPC
+service it serves, e.g. ``userd/CreateUser``), ``SERVICE/pkg.Svc/Method`` when it serves
+two methods of that name, or a full gRPC name ``/pkg.Svc/Method`` (the mesh service that
+serves it is found in the registry, or named with ``--service``). The request and response
+types come from the server's reflection service (``serve()`` turns it on), so no generated
+code is needed: the request is parsed from JSON with protobuf's ``json_format`` and the
+response printed as JSON (proto field names).
+
+The call is dialled with :func:`meshkit.dial` through the registry, so it is balanced,
+retried and secured like any client: mTLS with the workload certificate from
+``--cert-dir``/``--workload`` (default ``$MESHKIT_CERT_DIR``/``$MESHKIT_WORKLOAD``), or
+plaintext with ``--insecure``.
+
+Exit status: 0 on success; 2 for a usage error (bad target, JSON, registry URI, no
+transport security); 64 + the gRPC status code number when the call fails (as grpcurl
+does), with the status and its message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from grpc_reflection.v1alpha import reflection_pb2
+
+import meshkit
+from meshkit._cli._common import (
+    add_registry_argument,
+    open_registry,
+    quiet_logging,
+    service_names,
+)
+from meshkit.auth import tls_from_dir
+from meshkit.discovery import Registry
+from meshkit.errors import ConfigError
+
+__all__ = ["CallError", "Target", "build_parser", "main", "parse_target"]
+
+_REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+               "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+_INFRA_PREFIXES = ("grpc.health.", "grpc.reflection.")
+
+
+class CallError(Exception):
+    """A usage problem found while resolving the call (exit status 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed call target: mesh ``service`` (None: find it), gRPC service (full or
+    short name, None: any) and method name."""
+
+    service: str | None
+    grpc_service: str | None
+    method: str
+
+
+def parse_target(text: str, service: str | None = None) -> Target:
+    """Parse ``SERVICE/Method``, ``SERVICE/Svc/Method`` or ``/pkg.Svc/Method``.
+
+    Args:
+        text: the target as typed.
+        service: the ``--service`` option (the mesh service for a ``/pkg.Svc/Method``).
+
+    Raises:
+        CallError: any other shape (quoted).
+    """
+    parts = text.split("/")
+    if text.startswith("/") and len(parts) == 3 and all(parts[1:]):
+        return Target(service, parts[1], parts[2])
+    if not text.startswith("/") and len(parts) in (2, 3) and all(parts):
+        return Target(parts[0], parts[1] if len(parts) == 3 else None, parts[-1])
+    raise CallError(f"target must be SERVICE/Method, SERVICE/pkg.Svc/Method or "
+                    f"/pkg.Svc/Method, got {text!r}")
+
+
+class Reflection:
+    """A server-reflection client over a mesh channel: lists gRPC services and loads
+    their descriptors (with dependencies) into a private descriptor pool."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self.channel = channel
+        self.timeout_s = timeout_s
+        self.pool = descriptor_pool.DescriptorPool()
+        self._files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+        self._added: set[str] = set()
+        self._path = _REFLECTION[0]
+
+    async def _ask(self, request: reflection_pb2.ServerReflectionRequest,
+                   ) -> reflection_pb2.ServerReflectionResponse:
+        for path in dict.fromkeys((self._path, *_REFLECTION)):
+            rpc = self.channel.stream_stream(
+                path, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+            try:
+                async for response in rpc(iter([request]), timeout=self.timeout_s):
+                    self._path = path
+                    if response.HasField("error_response"):
+                        raise CallError(f"reflection: {response.error_response.error_message}")
+                    return response
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+        raise CallError("the server does not serve gRPC reflection")
+
+    async def services(self) -> list[str]:
+        """The gRPC services the server lists, health and reflection left out."""
+        resp = await self._ask(reflection_pb2.ServerReflectionRequest(list_services=""))
+        return [s.name for s in resp.list_services_response.service
+                if not s.name.startswith(_INFRA_PREFIXES)]
+
+    async def _fetch(self, request: reflection_pb2.ServerReflectionRequest) -> None:
+        resp = await self._ask(request)
+        for raw in resp.file_descriptor_response.file_descriptor_proto:
+            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            self._files.setdefault(fd.name, fd)
+
+    async def _add(self, name: str) -> None:
+        if name in self._added:
+            return
+        if name not in self._files:
+            await self._fetch(reflection_pb2.ServerReflectionRequest(file_by_filename=name))
+            if name not in self._files:
+                raise CallError(f"reflection did not return {name!r}")
+        fd = self._files[name]
+        for dep in fd.dependency:
+            await self._add(dep)
+        self.pool.Add(fd)
+        self._added.add(name)
+
+    async def methods(self, grpc_service: str) -> list[MethodDescriptor]:
+        """The methods of ``grpc_service`` (a full name the server lists)."""
+        await self._fetch(reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol=grpc_service))
+        owner = next((f.name for f in self._files.values()
+                      if any(f"{f.package}.{s.name}".lstrip(".") == grpc_service
+                             for s in f.service)), None)
+        if owner is None:
+            raise CallError(f"reflection does not describe {grpc_service!r}")
+        await self._add(owner)
+        return list(self.pool.FindServiceByName(grpc_service).methods)
+
+
+def _matches(full_name: str, wanted: str | None) -> bool:
+    return wanted is None or full_name == wanted or full_name.rsplit(".", 1)[-1] == wanted
+
+
+async def _resolve(channel: grpc.aio.Channel, target: Target,
+                   timeout_s: float) -> MethodDescriptor | None:
+    """The one method ``target`` names on the server behind ``channel``; None when the
+    server does not serve it.
+
+    Raises:
+        CallError: the name is ambiguous.
+    """
+    refl = Reflection(channel, timeout_s)
+    found: list[MethodDescriptor] = []
+    for svc in await refl.services():
+        if _matches(svc, target.grpc_service):
+            found += [m for m in await refl.methods(svc) if m.name == target.method]
+    if len(found) > 1:
+        names = ", ".join(f"/{m.containing_service.full_name}/{m.name}" for m in found)
+        raise CallError(f"{target.method!r} is ambiguous ({names}): "
+                        "name the gRPC service, e.g. SERVICE/pkg.Svc/Method")
+    return found[0] if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Args:
+    target: Target
+    request_json: str
+    registry: Registry
+    options: meshkit.DialOptions
+    metadata: tuple[tuple[str, str], ...]
+    timeout_s: float
+
+
+async def _find_service(args: _Args) -> str:
+    """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn)."""
+    for name in await service_names(args.registry):
+        async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
+            try:
+                refl = Reflection(ch, args.timeout_s)
+                if args.target.grpc_service in await refl.services():
+                    return name
+            except (grpc.aio.AioRpcError, CallError):
+                continue
+    raise CallError(f"no service in the registry serves {args.target.grpc_service!r}; "
+                    "name it with --service")
+
+
+async def _call(args: _Args) -> str:
+    """Resolve and make the call; the response as JSON text."""
+    service = args.target.service or await _find_service(args)
+    async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
+        method = await _resolve(ch, args.target, args.timeout_s)
+        if method is None:
+            raise CallError(f"{service!r} serves no method {args.target.method!r}"
+                            + (f" in {args.target.grpc_service!r}"
+                               if args.target.grpc_service else ""))
+        kind = descriptor_pb2.MethodDescriptorProto()
+        method.CopyToProto(kind)  # MethodDescriptor.*_streaming needs protobuf >= 5
+        if kind.client_streaming or kind.server_streaming:
+            raise CallError(f"/{method.containing_service.full_name}/{method.name} is a "
+                            "streaming method: meshkit call makes unary calls only")
+        request_cls = _message_class(method.input_type)
+        response_cls = _message_class(method.output_type)
+        try:
+            request = json_format.Parse(args.request_json or "{}", request_cls())
+        except json_format.ParseError as exc:
+            raise CallError(f"request is not a valid {method.input_type.full_name}: "
+                            f"{exc}") from None
+        rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
+                             request_serializer=request_cls.SerializeToString,
+                             response_deserializer=response_cls.FromString)
+        response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
+        text: str = json_format.MessageToJson(response, preserving_proto_field_name=True,
+                                              indent=2)
+        return text
+
+
+def _message_class(descriptor: Any) -> Any:
+    """The message class of ``descriptor`` (``GetMessageClass`` from protobuf 4.22 on)."""
+    get = getattr(message_factory, "GetMessageClass", None)
+    if get is not None:
+        return get(descriptor)
+    return message_factory.MessageFactory(descriptor.file.pool).GetPrototype(descriptor)
+
+
+def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition(":")
+        if not sep or not key.strip():
+            raise CallError(f"-H takes 'key: value', got {pair!r}")
+        out.append((key.strip().lower(), value.strip()))
+    return tuple(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``meshkit call``."""
+    p = argparse.ArgumentParser(prog="meshkit call", description=__doc__.split("\n\n")[0],
+                                epilog="Exit status: 0 ok, 2 usage error, 64 + gRPC code "
+                                       "when the call fails.")
+    p.add_argument("target", help="SERVICE/Method, SERVICE/pkg.Svc/Method or /pkg.Svc/Method")
+    p.add_argument("request", nargs="?", default="{}",
+                   help="the request as JSON (default {}; - reads it from stdin)")
+    add_registry_argument(p)
+    p.add_argument("--service", default=None,
+                   help="mesh service to dial for a /pkg.Svc/Method target")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'KEY: VALUE'",
+                   help="request metadata, e.g. -H 'authorization: Bearer ...' (repeatable)")
+    p.add_argument("--timeout-s", type=float, default=10.0,
+                   help="deadline of the call (and of each reflection request), seconds")
+    p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
+                   help="meshkit certs directory (default $MESHKIT_CERT_DIR)")
+    p.add_argument("--workload", default=os.environ.get("MESHKIT_WORKLOAD"),
+                   help="this client's workload name in --cert-dir (default $MESHKIT_WORKLOAD)")
+    p.add_argument("--insecure", action="store_true", help="plaintext, no mTLS")
+    return p
+
+
+def _dial_options(args: argparse.Namespace) -> meshkit.DialOptions:
+    if args.insecure:
+        return meshkit.DialOptions(insecure=True, telemetry=None)
+    if not (args.cert_dir and args.workload):
+        raise CallError("no transport security: set MESHKIT_CERT_DIR and MESHKIT_WORKLOAD "
+                        "(or --cert-dir and --workload), or pass --insecure")
+    return meshkit.DialOptions(tls=tls_from_dir(args.cert_dir, args.workload), telemetry=None)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``meshkit call``; returns the exit status (see the module docstring)."""
+    ns = build_parser().parse_args(argv)
+    quiet_logging()
+    try:
+        body = sys.stdin.read() if ns.request == "-" else ns.request
+        args = _Args(parse_target(ns.target, ns.service), body, open_registry(ns.registry),
+                     _dial_options(ns), _metadata(ns.header), ns.timeout_s)
+        text = asyncio.run(_run(args))
+    except (CallError, ConfigError) as exc:
+        print(f"meshkit call: {exc}", file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as exc:
+        code: Any = exc.code()
+        print(f"ERROR: {code.name}: {exc.details()}", file=sys.stderr)
+        return 64 + int(code.value[0])
+    print(text)
+    return 0
+
+
+async def _run(args: _Args) -> str:
+    try:
+        return await _call(args)
+    finally:
+        await args.registry.close()
+

@@ -1,0 +1,180 @@
+"""``meshkit prometheus-targets``: Prometheus ``file_sd`` targets from the registry.
+
+Each instance that announces an admin port (registry meta ``admin_port``, set by
+``serve()``) becomes one target ``host:admin_port`` (its ``/metrics``) with the labels
+``mesh_service`` and ``mesh_instance``, and ``__meta_meshkit_health`` for relabelling (a
+meta label, so a change of health does not start new series): ``passing`` for a live
+instance, ``failing`` for one whose heartbeat lapsed or whose checks fail without a
+deregistration (it died or hangs; a drained instance deregisters and leaves the targets at
+once). A
+failing instance stays a target while the registry still reports it and, with
+``--watch``, for ``--keep-failing-s`` after (default 300 s), so Prometheus sees
+``up == 0`` for it and ``MeshkitInstanceDown`` fires (``deploy/prometheus/``).
+
+The file is written atomically (a temporary file in the same directory, then
+``os.replace``), and only when its content changes, so Prometheus never reads half a file.
+``--watch`` rewrites it every ``--interval-s`` until SIGINT/SIGTERM; without it, one pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from meshkit._cli._common import (
+    add_registry_argument,
+    discover,
+    open_registry,
+    quiet_logging,
+    service_names,
+)
+from meshkit.discovery import Instance, Registry
+from meshkit.errors import MeshError
+
+__all__ = ["TargetWriter", "build_parser", "main", "target_groups", "write_atomically"]
+
+
+def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[str, Any]]:
+    """The ``file_sd`` document: one group per instance with an ``admin_port``, sorted by
+    service and instance id (instances without one are left out)."""
+    out = []
+    rows = [(i, "passing") for i in live] + [(i, "failing") for i in failing]
+    for inst, health in sorted(rows, key=lambda r: (r[0].service, r[0].instance_id)):
+        port = inst.meta.get("admin_port", "")
+        if not port.isdigit():
+            continue
+        host = f"[{inst.host}]" if ":" in inst.host else inst.host
+        out.append({"targets": [f"{host}:{port}"],
+                    "labels": {"mesh_service": inst.service,
+                               "mesh_instance": inst.instance_id,
+                               "__meta_meshkit_health": health}})
+    return out
+
+
+def write_atomically(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``; returns
+    whether the file changed (an unchanged file is not touched).
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+class TargetWriter:
+    """Reads the registry and writes the targets file; remembers failing instances for
+    ``keep_failing_s`` seconds after the registry stops reporting them."""
+
+    def __init__(self, registry: Registry, out: Path, *, keep_failing_s: float,
+                 timeout_s: float) -> None:
+        self.registry = registry
+        self.out = out
+        self.keep_failing_s = keep_failing_s
+        self.timeout_s = timeout_s
+        self._failing: dict[str, tuple[Instance, float]] = {}  # id -> (instance, last seen)
+
+    async def once(self) -> int:
+        """One pass; returns the number of targets written.
+
+        Raises:
+            RegistryError: the registry cannot be read (the file is left as it was).
+        """
+        names = await service_names(self.registry)
+        found = await discover(self.registry, names, self.timeout_s)
+        if any(v is None for v in found.values()):
+            raise MeshError(f"no answer from the registry within {self.timeout_s} s")
+        live = [i for v in found.values() if v for i in v]
+        now = time.monotonic()
+        failing_of = getattr(self.registry, "failing", None)
+        if failing_of is not None:
+            for name in names:
+                for inst in await failing_of(name):
+                    self._failing[inst.instance_id] = (inst, now)
+        live_ids = {i.instance_id for i in live}
+        self._failing = {k: v for k, v in self._failing.items()
+                         if k not in live_ids and now - v[1] <= self.keep_failing_s}
+        groups = target_groups(live, [i for i, _ in self._failing.values()])
+        write_atomically(self.out, json.dumps(groups, indent=2) + "\n")
+        return len(groups)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``meshkit prometheus-targets``."""
+    p = argparse.ArgumentParser(prog="meshkit prometheus-targets",
+                                description=__doc__.split("\n\n")[0])
+    add_registry_argument(p)
+    p.add_argument("--out", required=True, type=Path,
+                   help="the file_sd JSON file to write (e.g. /etc/prometheus/meshkit.json)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep rewriting it every --interval-s until SIGINT/SIGTERM")
+    p.add_argument("--interval-s", type=float, default=5.0,
+                   help="seconds between passes with --watch (default 5)")
+    p.add_argument("--keep-failing-s", type=float, default=300.0,
+                   help="keep a failing instance as a target this long after the registry "
+                        "stops reporting it, seconds (default 300; --watch only)")
+    p.add_argument("--timeout-s", type=float, default=5.0,
+                   help="bound on each registry read, seconds (default 5)")
+    return p
+
+
+async def _run(args: argparse.Namespace) -> int:
+    registry = open_registry(args.registry)
+    writer = TargetWriter(registry, args.out, keep_failing_s=args.keep_failing_s,
+                          timeout_s=args.timeout_s)
+    try:
+        if not args.watch:
+            n = await writer.once()
+            print(f"wrote {n} target(s) to {args.out}", file=sys.stderr)
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set():
+            try:
+                await writer.once()
+            except (MeshError, OSError) as exc:  # keep the last file; try again
+                print(f"meshkit prometheus-targets: {exc}", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.interval_s)
+        return 0
+    finally:
+        await registry.close()
+
+
+def main(argv: list[str]) -> int:
+    """Run ``meshkit prometheus-targets``; exit status 0, 1 when a one-shot pass fails."""
+    args = build_parser().parse_args(argv)
+    if args.interval_s <= 0 or args.keep_failing_s < 0 or args.timeout_s <= 0:
+        raise SystemExit(f"meshkit prometheus-targets: --interval-s and --timeout-s must be "
+                         f"> 0 and --keep-failing-s >= 0, got {args.interval_s!r}, "
+                         f"{args.timeout_s!r}, {args.keep_failing_s!r}")
+    quiet_logging()
+    args.out = args.out.resolve()
+    try:
+        return asyncio.run(_run(args))
+    except (MeshError, OSError) as exc:
+        print(f"meshkit prometheus-targets: {exc}", file=sys.stderr)
+        return 1

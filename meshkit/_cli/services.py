@@ -1,0 +1,128 @@
+"""``meshkit services``: every service in a registry, its instances, their health and
+admin URLs.
+
+Health is the instance's admin ``/readyz``: ``ready`` (200), ``not-ready`` (503: draining,
+not registered yet), ``unreachable`` (no answer within ``--timeout-s``), or ``-`` when the
+instance announces no admin port (registry meta ``admin_port``, set by ``serve()``).
+Instances the registry reports as failing (a lapsed heartbeat or a failing Consul check
+without a deregistration: died or hung; clients no longer see them) are listed as
+``failing``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import aiohttp
+
+from meshkit._cli._common import (
+    add_registry_argument,
+    discover,
+    open_registry,
+    quiet_logging,
+    service_names,
+)
+from meshkit.discovery import Instance
+
+__all__ = ["InstanceRow", "admin_url", "build_parser", "main"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceRow:
+    """One line of the listing."""
+
+    service: str
+    instance_id: str
+    address: str
+    health: str
+    admin_url: str | None
+    meta: dict[str, str]
+
+
+def admin_url(instance: Instance) -> str | None:
+    """``http://<host>:<admin_port>`` of ``instance`` from its registry meta, or ``None``."""
+    port = instance.meta.get("admin_port", "")
+    if not port.isdigit():
+        return None
+    host = f"[{instance.host}]" if ":" in instance.host else instance.host
+    return f"http://{host}:{port}"
+
+
+async def _health(http: aiohttp.ClientSession, url: str | None) -> str:
+    if url is None:
+        return "-"
+    try:
+        async with http.get(url + "/readyz") as resp:
+            return {200: "ready", 503: "not-ready"}.get(resp.status, f"http-{resp.status}")
+    except (aiohttp.ClientError, TimeoutError):
+        return "unreachable"
+
+
+async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[InstanceRow]:
+    """The rows for ``only`` (every service the registry lists when empty), sorted.
+
+    Raises:
+        SystemExit: bad URI, a registry that cannot be read or cannot list services.
+    """
+    registry = open_registry(registry_uri)
+    try:
+        names = only or await service_names(registry)
+        found = await discover(registry, names, timeout_s)
+        failing_of = getattr(registry, "failing", None)
+        failing = [i for n in names for i in await failing_of(n)] if failing_of else []
+    finally:
+        await registry.close()
+    unread = [n for n, v in found.items() if v is None]
+    if unread:
+        raise SystemExit(f"meshkit services: no answer from the registry for {unread} "
+                         f"within {timeout_s} s")
+    instances = sorted((i for v in found.values() if v for i in v),
+                       key=lambda i: (i.service, i.instance_id))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+        health = await asyncio.gather(*(_health(http, admin_url(i)) for i in instances))
+    rows = [(i, h) for i, h in zip(instances, health, strict=True)]
+    rows += [(i, "failing") for i in failing]
+    return [InstanceRow(service=i.service, instance_id=i.instance_id, address=i.address,
+                        health=h, admin_url=admin_url(i), meta=dict(i.meta))
+            for i, h in sorted(rows, key=lambda r: (r[0].service, r[0].instance_id))]
+
+
+def render(rows: list[InstanceRow]) -> str:
+    """The rows as an aligned table with a header line."""
+    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "ADMIN")]
+    table += [(r.service, r.instance_id, r.address, r.health, r.admin_url or "-")
+              for r in rows]
+    widths = [max(len(line[c]) for line in table) for c in range(4)]
+    return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False))
+                   + "  " + line[4] + "\n" for line in table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``meshkit services``."""
+    p = argparse.ArgumentParser(prog="meshkit services", description=__doc__.split("\n\n")[0])
+    add_registry_argument(p)
+    p.add_argument("--service", action="append", default=[], metavar="NAME",
+                   help="list only this service (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    p.add_argument("--timeout-s", type=float, default=3.0,
+                   help="bound on the registry read and each /readyz, seconds (default 3)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``meshkit services``; exit status 0, or 1 when no instance is listed."""
+    args = build_parser().parse_args(argv)
+    quiet_logging()
+    rows = asyncio.run(collect(args.registry, args.service, args.timeout_s))
+    if args.json:
+        json.dump([asdict(r) for r in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif rows:
+        sys.stdout.write(render(rows))
+    else:
+        print(f"no live instance in {args.registry}", file=sys.stderr)
+    return 0 if rows else 1

@@ -1,0 +1,236 @@
+"""deploy/prometheus/ against a real Prometheus and Alertmanager (Debian's packages, from
+scripts/install-ops.sh) scraping a running ecom stack found through the registry by
+``meshkit prometheus-targets --watch``.
+
+The test renders the deploy files with test timings (1 s scrape and evaluation, ``for:``
+1 s, private ports, the test's targets file) and checks: promtool/amtool accept the deploy
+files and the rendered config; every target is up; every metric that a recording or alert
+rule reads is served by the live stack and scraped by Prometheus; SIGKILLing an instance
+fires MeshkitInstanceDown into Alertmanager. Without the binaries it skips, and fails
+under CI=true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+import meshkit
+from examples.ecom import demo, mesh
+from examples.ecom.proto import order_pb2_grpc, user_pb2_grpc
+from meshkit.discovery import registry_from_uri
+from tests.conftest import IN_CI
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "prometheus"
+RULE_FILES = sorted((DEPLOY / "rules").glob("*.yml"))
+
+
+def binary(name: str) -> str:
+    """The path of ``name``; skip without it (fail under CI=true)."""
+    path = shutil.which(name)
+    if path is None:
+        why = f"{name} is not installed (scripts/install-ops.sh installs it)"
+        if IN_CI:
+            pytest.fail(why + "; required when CI=true")
+        pytest.skip(why)
+    return path
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rule_exprs() -> dict[str, str]:
+    """Every rule's name (record or alert) -> its expression."""
+    out = {}
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out[rule.get("record") or rule["alert"]] = rule["expr"]
+    return out
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names an expression reads (label names and matchers left out)."""
+    bare = re.sub(r"\{[^}]*\}", "", expr)
+    bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
+    return set(re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*(?::[a-zA-Z0-9_:]+)?", bare))
+
+
+def render(tmp: Path, targets: Path, am_port: int) -> Path:
+    """The deploy config with test timings, private ports and ``for: 1s`` rules."""
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s",
+                        "scrape_timeout": "1s"}
+    (tmp / "rules").mkdir()
+    config["rule_files"] = []
+    for path in RULE_FILES:
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = "1s"
+        out = tmp / "rules" / path.name
+        out.write_text(yaml.safe_dump(doc))
+        config["rule_files"].append(str(out))
+    config["alerting"]["alertmanagers"][0]["static_configs"] = [
+        {"targets": [f"127.0.0.1:{am_port}"]}]
+    sd = config["scrape_configs"][0]["file_sd_configs"][0]
+    sd["files"] = [str(targets)]
+    sd["refresh_interval"] = "1s"
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def check(*cmd: str) -> None:
+    """Run a checker; its output is the assertion message."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout}{proc.stderr}"
+
+
+@contextlib.asynccontextmanager
+async def process(*cmd: str, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process (output in ``log``), terminated and reaped at exit."""
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=out)
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, **params: str) -> Any:
+    """GET ``url`` as JSON (``None`` when it does not answer yet)."""
+    try:
+        async with http.get(url, params=params) as resp:
+            return await resp.json() if resp.status == 200 else None
+    except aiohttp.ClientError:
+        return None
+
+
+async def drive(registry_uri: str, cert_dir: Path) -> None:
+    """A small workload through dial(), so every metric family has series."""
+    registry = registry_from_uri(registry_uri)
+    tls = demo.edge_tls(cert_dir)
+    try:
+        async with meshkit.dial("userd", registry=registry,
+                                options=dataclasses.replace(mesh.USERS, tls=tls)) as uch, \
+                meshkit.dial("orderd", registry=registry,
+                             options=dataclasses.replace(mesh.ORDERS, tls=tls)) as och:
+            await demo.run_workload(user_pb2_grpc.UserServiceStub(uch),
+                                    order_pb2_grpc.OrderServiceStub(och),
+                                    demo.Workload(budget=16), 2, 5.0)
+    finally:
+        await registry.close()
+
+
+def test_deploy_files_pass_promtool_and_amtool() -> None:
+    """The deploy files as shipped: rules, config and the Alertmanager config are valid."""
+    check(binary("promtool"), "check", "rules", *map(str, RULE_FILES))
+    check(binary("promtool"), "check", "config", str(DEPLOY / "prometheus.yml"))
+    check(binary("amtool"), "check-config", str(DEPLOY / "alertmanager.yml"))
+
+
+async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
+        tmp_path: Path) -> None:
+    """Both instances are up in Prometheus, every metric the rules read is live, and a
+    SIGKILLed orderd fires MeshkitInstanceDown into Alertmanager within seconds."""
+    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
+    exprs = rule_exprs()
+    recorded = {name for name in exprs if ":" in name}
+    read = set().union(*map(metric_names, exprs.values()))
+    raw = {n for n in read if n.startswith(("grpc_", "meshkit_"))}
+    assert {n for n in read if ":" in n} <= recorded  # every recorded series is defined
+    assert len(raw) >= 8, raw
+
+    registry_uri = f"local://{tmp_path / 'registry'}?ttl_s=1&poll_interval_s=0.1"
+    stack = demo.Stack(tmp_path, registry_uri, None, demo.make_certificates(tmp_path / "certs"))
+    targets = tmp_path / "targets.json"
+    am_port, prom_port = free_port(), free_port()
+    config = render(tmp_path, targets, am_port)
+    check(binary("promtool"), "check", "config", str(config))
+    am_url, prom_url = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
+    try:
+        await asyncio.gather(stack.start("userd", "userd-1"), stack.start("orderd", "orderd-1"))
+        await drive(registry_uri, stack.cert_dir)  # type: ignore[arg-type]
+        async with process(sys.executable, "-m", "meshkit.cli", "prometheus-targets",
+                           "--registry", registry_uri, "--out", str(targets), "--watch",
+                           "--interval-s", "0.2", log=tmp_path / "targets.log"), \
+                process(alertmanager, f"--config.file={DEPLOY / 'alertmanager.yml'}",
+                        f"--storage.path={tmp_path / 'am'}",
+                        f"--web.listen-address=127.0.0.1:{am_port}",
+                        "--cluster.listen-address=", log=tmp_path / "am.log"), \
+                process(prometheus, f"--config.file={config}",
+                        f"--storage.tsdb.path={tmp_path / 'prom'}",
+                        f"--web.listen-address=127.0.0.1:{prom_port}",
+                        log=tmp_path / "prometheus.log"), \
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+
+            async def all_up() -> bool:
+                body = await get_json(http, f"{prom_url}/api/v1/targets", state="active")
+                active = body["data"]["activeTargets"] if body else []
+                return len(active) == 2 and all(t["health"] == "up" for t in active)
+
+            await until(all_up, timeout_s=30, interval_s=0.2, what="both targets up")
+            body = await get_json(http, f"{prom_url}/api/v1/targets", state="active")
+            assert sorted(t["labels"]["mesh_instance"] for t in body["data"]["activeTargets"]) \
+                == ["orderd-1", "userd-1"]
+
+            # Every metric a rule reads is served by the stack and scraped by Prometheus.
+            served: set[str] = set()
+            for t in body["data"]["activeTargets"]:
+                async with http.get(t["scrapeUrl"]) as resp:
+                    text = await resp.text()
+                served |= {line.split("{")[0].split()[0] for line in text.splitlines()
+                           if line and not line.startswith("#")}
+            assert raw <= served, f"rules read metrics the stack does not serve: {raw - served}"
+            query = f'count by (__name__) ({{__name__=~"{"|".join(sorted(raw))}"}})'
+            result = (await get_json(http, f"{prom_url}/api/v1/query", query=query))
+            scraped = {r["metric"]["__name__"] for r in result["data"]["result"]}
+            assert scraped == raw, raw - scraped
+
+            stack.kill("orderd-1")
+
+            async def fired() -> bool:
+                alerts = await get_json(http, f"{am_url}/api/v2/alerts") or []
+                return any(a["labels"].get("alertname") == "MeshkitInstanceDown"
+                           and a["labels"].get("mesh_instance") == "orderd-1"
+                           and a["status"]["state"] == "active" for a in alerts)
+
+            await until(fired, timeout_s=30, interval_s=0.2,
+                        what="MeshkitInstanceDown for orderd-1 in Alertmanager")
+            alerts = await get_json(http, f"{am_url}/api/v2/alerts")
+            down = {a["labels"].get("mesh_instance") for a in alerts
+                    if a["labels"].get("alertname") == "MeshkitInstanceDown"}
+            assert down == {"orderd-1"}, alerts
+            assert json.loads(targets.read_text())  # the killed one is still a target
+    finally:
+        await stack.stop_all()
