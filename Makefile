@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/meshkit demo $(DEMO_ARGS)
 
+# etcd-server/etcd-client from Debian for the etcd registry tests (no-op when installed).
 test: $(STAMP)
+	bash scripts/install-etcd.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -32,6 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	bash scripts/install-etcd.sh
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks --plot $(BENCH_ARGS)
 
