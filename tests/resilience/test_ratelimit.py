@@ -41,8 +41,8 @@ from meshkit.resilience.ratelimit import (
     SweepThrottledMemoryStorage,
     by_metadata,
 )
-from tests.conftest import IN_CI
 from tests.support.echo import handler, method
+from tests.support.skips import skip_or_fail
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
@@ -145,13 +145,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip the test, or fail it when running under ``CI=true``."""
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 class PrivateRedis:

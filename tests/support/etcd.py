@@ -137,9 +137,14 @@ class EtcdCluster:
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
-    async def wait_healthy(self, indices: list[int] | None = None,
-                           timeout_s: float = 20.0) -> None:
-        """Wait until members ``indices`` (default all running) report healthy (a leader)."""
+    def wait_healthy_blocking(self, indices: list[int] | None = None,
+                              timeout_s: float = 20.0) -> None:
+        """Wait until members ``indices`` (default: all running) report healthy (they have
+        a leader). Blocks the calling thread.
+
+        Raises:
+            RuntimeError: a member exited, or not healthy within ``timeout_s`` (with logs).
+        """
         idx = indices if indices is not None else [
             i for i, m in enumerate(self.members) if m.proc is not None]
         deadline = time.monotonic() + timeout_s
@@ -148,14 +153,25 @@ class EtcdCluster:
                     if (p := self.members[i].proc) is not None and p.poll() is not None]
             if dead:
                 raise RuntimeError(f"etcd member(s) {dead} exited; see {self.members[0].log}")
-            ok = await asyncio.gather(*(asyncio.to_thread(self._health, i) for i in idx))
-            if all(ok):
+            if all(self._health(i) for i in idx):
                 return
             if time.monotonic() > deadline:
                 logs = "\n".join(m.log.read_text(errors="replace")[-2000:]
                                  for m in self.members if m.log.exists())
                 raise RuntimeError(f"etcd not healthy within {timeout_s}s:\n{logs}")
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
+
+    async def wait_healthy(self, indices: list[int] | None = None,
+                           timeout_s: float = 20.0) -> None:
+        """:meth:`wait_healthy_blocking` in a thread."""
+        await asyncio.to_thread(self.wait_healthy_blocking, indices, timeout_s)
+
+    def start_blocking(self) -> EtcdCluster:
+        """Start every member and wait (blocking) until the cluster is healthy."""
+        for i in range(len(self.members)):
+            self.start_member(i)
+        self.wait_healthy_blocking()
+        return self
 
     async def start(self) -> EtcdCluster:
         """Start every member and wait until the cluster is healthy."""
