@@ -84,7 +84,8 @@ _log = structlog.get_logger("meshkit.discovery.etcd")
 _T = TypeVar("_T")
 
 DEFAULT_PORT = 2379
-_FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "connect_timeout_s",
+_FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
+                 "connect_timeout_s",
                  "backoff_base_s", "backoff_max_s", "fault_grace_s")
 _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
 #: gRPC codes (as the gateway reports them) after which another member may answer:
@@ -154,6 +155,9 @@ class EtcdOptions:
             the next member is tried, so keep it below ``keepalive_interval_s`` (a request
             that a member forwarded to a leader that just died is answered only after
             etcd's own timeout, 5 s and two election timeouts).
+        operation_timeout_s: how long a write (register, deregister, keep-alive) goes on
+            trying the members, with backoff between passes, before it fails (default 10):
+            long enough to ride out a leader election.
         connect_timeout_s: time limit of opening a connection to one member (default 1).
         backoff_base_s: first retry delay cap of a failing watch or keep-alive (default
             0.1); the n-th retry sleeps ``uniform(0, min(backoff_max_s,
@@ -176,6 +180,7 @@ class EtcdOptions:
     ttl_s: float = 10
     keepalive_interval_s: float | None = None
     request_timeout_s: float = 2.0
+    operation_timeout_s: float = 10.0
     connect_timeout_s: float = 1.0
     backoff_base_s: float = 0.1
     backoff_max_s: float = 5.0
@@ -474,8 +479,15 @@ class EtcdRegistry:
         if self._current % n == index % n:
             self._current = (index + 1) % n
 
-    async def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _post(self, path: str, body: Mapping[str, Any], *,
+                    persist: bool = True) -> dict[str, Any]:
         """POST ``body`` to ``/v3<path>`` of one member after another until one answers.
+
+        With ``persist`` (writes: register, deregister, keep-alive) the members are tried
+        again, after a backoff, until ``operation_timeout_s`` has passed: a leader election
+        (about one to two election timeouts) makes every member answer ``UNAVAILABLE`` or
+        time out for a while. Without it (a watch's read, which retries on its own) one
+        pass over the members.
 
         Raises:
             _EtcdError: an error answer that another member would give too (e.g. NOT_FOUND),
@@ -484,27 +496,34 @@ class EtcdRegistry:
         """
         session = self._get_session()
         endpoints = self.options.endpoints
-        start = self._current
+        deadline = time.monotonic() + self.options.operation_timeout_s
         error: BaseException | None = None
-        for i in range(start, start + len(endpoints)):
-            url = f"{endpoints[i % len(endpoints)]}/v3{path}"
-            try:
-                async with asyncio.timeout(self.options.request_timeout_s), \
-                        session.post(url, json=body) as resp:
-                    data = await resp.json(content_type=None)
-                    if resp.status != 200 or not isinstance(data, dict):
-                        data = data if isinstance(data, dict) else {}
-                        raise _EtcdError(endpoints[i % len(endpoints)], resp.status,
-                                         int(data.get("code", -1)),
-                                         str(data.get("message") or data.get("error") or data))
-                    return data
-            except _EtcdError as exc:
-                if not exc.retry_elsewhere:
-                    raise
-                error = exc
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                error = exc
-            self._failed_over(i)
+        for attempt in itertools.count(1):
+            start = self._current
+            for i in range(start, start + len(endpoints)):
+                url = f"{endpoints[i % len(endpoints)]}/v3{path}"
+                try:
+                    async with asyncio.timeout(self.options.request_timeout_s), \
+                            session.post(url, json=body) as resp:
+                        data = await resp.json(content_type=None)
+                        if resp.status != 200 or not isinstance(data, dict):
+                            data = data if isinstance(data, dict) else {}
+                            raise _EtcdError(endpoints[i % len(endpoints)], resp.status,
+                                             int(data.get("code", -1)), str(
+                                                 data.get("message") or data.get("error")
+                                                 or data))
+                        return data
+                except _EtcdError as exc:
+                    if not exc.retry_elsewhere:
+                        raise
+                    error = exc
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                    error = exc
+                self._failed_over(i)
+            delay = self._backoff_delay(attempt)
+            if not persist or time.monotonic() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
         assert error is not None
         raise error
 
@@ -724,7 +743,8 @@ class EtcdRegistry:
 
     async def _range(self, prefix: bytes) -> tuple[dict[str, Any], dict[bytes, Instance]]:
         data = await self._post("/kv/range", {"key": _b64(prefix),
-                                              "range_end": _b64(_prefix_end(prefix))})
+                                              "range_end": _b64(_prefix_end(prefix))},
+                                persist=False)
         state: dict[bytes, Instance] = {}
         for kv in data.get("kvs") or ():
             key = _unb64(kv["key"])
