@@ -123,7 +123,7 @@ async def test_leader_killed_mid_watch(cluster: EtcdCluster) -> None:
     leader = cluster.leader()
     follower = (leader + 1) % 3
     async with mesh(cluster, client_first=follower) as (_sreg, client_reg, serve, load):
-        assert client_reg._current == follower
+        assert client_reg.options.endpoints[client_reg._current] == cluster.endpoints[follower]
         cluster.kill(leader)
         await serve("e3")  # registers through whichever member answers
         await until(lambda: load.serves({"e1", "e2", "e3"}), timeout_s=10,
@@ -141,13 +141,13 @@ async def test_member_the_client_talks_to_killed(cluster: EtcdCluster) -> None:
     """Killing the member the client's watch is connected to: the watch fails over to
     another member and resumes, calls keep succeeding, and a drained instance leaves."""
     async with mesh(cluster, client_first=0) as (_sreg, client_reg, serve, load):
-        target = client_reg._current
+        target = cluster.endpoints.index(client_reg.options.endpoints[client_reg._current])
         e3 = await serve("e3")
         await until(lambda: load.serves({"e1", "e2", "e3"}), timeout_s=10, what="e3 served")
         cluster.kill(target)
         await e3.drain()  # deregisters through another member, keeps serving 1 s, stops
         await until(lambda: load.serves({"e1", "e2"}), timeout_s=10,
                     what="the client to stop calling e3")
-        assert client_reg._current != target
+        assert client_reg.options.endpoints[client_reg._current] != cluster.endpoints[target]
         assert not load.failed, load.failed[:5]
         await until(lambda: client_reg.status().readable is True, what="watch reading")
