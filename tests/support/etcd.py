@@ -70,6 +70,7 @@ class EtcdCluster:
                  tls: EtcdTls | None = None) -> None:
         self.binary = binary
         self.tls = tls
+        base_dir.mkdir(parents=True, exist_ok=True)
         scheme = "https" if tls else "http"
         self.scheme = scheme
         self.members = [
