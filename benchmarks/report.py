@@ -180,7 +180,7 @@ def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str]
         table = []
         for n, s in res["contenders"].items():
             bal = s["balanced_after_s_max"]
-            table.append([n, s.get("registry_label", s["registry"]), len(s["rounds"]), s["failed_calls"], s["extra_p99_us"],
+            table.append([n, len(s["rounds"]), s["failed_calls"], s["extra_p99_us"],
                           s["extra_max_us"], bal if bal is not None else "not balanced",
                           f"{s['unbalanced_share_before'] * 100:.0f}% / "
                           f"{s['unbalanced_share_after'] * 100:.0f}%",

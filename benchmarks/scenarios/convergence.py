@@ -15,9 +15,10 @@ etcd 3.4 (Debian's etcd-server) that the scenario starts on spare loopback ports
 private data directory (watch streams through the v3 gateway); and the Consul watch path
 (blocking queries) against the Consul agent *test double* of ``tests/discovery``, run inside
 the runner process (no Consul agent can be installed here, so the Consul figures are the
-double's, labelled "Consul (test double)"). Balancers: meshkit's defaults (``p2c``: P2C/EWMA, ejection, retries),
-``rr`` (round robin), which separates discovery from the balancer's warm-up, and
-(diagnostic) ``p2c_rtt1ms``: the defaults with ``P2COptions(default_rtt_s=0.001)``.
+double's, labelled "Consul (test double)"). Balancers: meshkit's defaults (``p2c``:
+P2C/EWMA, ejection, retries), ``rr`` (round robin), which separates discovery from the
+balancer's warm-up, and (diagnostic) ``p2c_rtt1ms``: the defaults with
+``P2COptions(default_rtt_s=0.001)``.
 """
 
 from __future__ import annotations
