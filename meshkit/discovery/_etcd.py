@@ -60,7 +60,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import enum
 import itertools
 import json
 import os
@@ -68,20 +67,20 @@ import random
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import structlog
 
+from meshkit.discovery._shared import CLOSED, CloseRace, check_seconds, describe, full_jitter
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["EtcdOptions", "EtcdRegistry"]
 
 _log = structlog.get_logger("meshkit.discovery.etcd")
-_T = TypeVar("_T")
 
 DEFAULT_PORT = 2379
 _FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
@@ -205,13 +204,7 @@ class EtcdOptions:
             object.__setattr__(self, "keepalive_interval_s", float(self.ttl_s) / 3)
         if self.fault_grace_s is None:
             object.__setattr__(self, "fault_grace_s", float(self.ttl_s))
-        for name in _FLOAT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-            if value < 0 or value != value or value == float("inf") or (
-                    value == 0 and name != "fault_grace_s"):
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
         if not float(self.ttl_s).is_integer() or self.ttl_s < 1:
             raise ConfigError(f"ttl_s must be whole seconds >= 1 (etcd's unit), "
                               f"got {self.ttl_s!r}")
@@ -325,13 +318,6 @@ async def _messages(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, An
                 yield message
 
 
-class _Closed(enum.Enum):
-    CLOSED = enum.auto()
-
-
-_CLOSED = _Closed.CLOSED
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -418,9 +404,7 @@ class EtcdRegistry:
         self._lease_lock = asyncio.Lock()
         self._owned: dict[str, Instance] = {}
         self._keeper: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Future[Any]] = set()
-        self._closed_event = asyncio.Event()
-        self._closed = False
+        self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
         self._kept: dict[int, int] = {}
         self._watch_ids = itertools.count()
@@ -449,7 +433,7 @@ class EtcdRegistry:
 
     # -- plumbing ------------------------------------------------------------------------
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
+        if self._race.closed:
             raise RegistryError(f"etcd registry for {self.options.endpoints!r} is closed")
         if self._session is None:
             opts = self.options
@@ -464,14 +448,9 @@ class EtcdRegistry:
             )
         return self._session
 
-    def _describe(self, exc: BaseException) -> str:
-        detail = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else "no detail")
-        return f"{type(exc).__name__}: {detail}"[:500]
-
     def _backoff_delay(self, attempt: int) -> float:
-        opts = self.options
-        cap = min(opts.backoff_max_s, opts.backoff_base_s * 2.0 ** min(attempt - 1, 60))
-        return self._rng.uniform(0.0, cap)
+        return full_jitter(self._rng, attempt, self.options.backoff_base_s,
+                           self.options.backoff_max_s)
 
     def _failed_over(self, index: int) -> None:
         """Member ``index`` failed: the next request starts with the one after it."""
@@ -526,25 +505,6 @@ class EtcdRegistry:
             await asyncio.sleep(delay)
         assert error is not None
         raise error
-
-    async def _race_close(self, aw: Coroutine[Any, Any, _T]) -> _T | _Closed:
-        """Await ``aw`` unless the registry is closed first (then cancel it, return CLOSED)."""
-        if self._closed:
-            aw.close()
-            return _CLOSED
-        task = asyncio.ensure_future(aw)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        closed = asyncio.ensure_future(self._closed_event.wait())
-        try:
-            await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            return task.result()
-        return _CLOSED
 
     def _outcome(self, write: bool, error: str | None) -> None:
         """Record a read or write outcome; log the start, reminders and end of an outage."""
@@ -604,7 +564,7 @@ class EtcdRegistry:
                     await self._put(instance, self._lease)
             except _FOREIGN as exc:
                 error = RegistryError(f"cannot register {instance.instance_id!r} with etcd "
-                                      f"{list(self.options.endpoints)}: {self._describe(exc)}")
+                                      f"{list(self.options.endpoints)}: {describe(exc)}")
                 self._outcome(True, str(error))
                 raise error from exc
             self._owned[instance.instance_id] = instance
@@ -653,7 +613,7 @@ class EtcdRegistry:
             except _FOREIGN as exc:
                 failures += 1
                 delay = min(interval, self._backoff_delay(failures))
-                self._outcome(True, f"keep-alive: {self._describe(exc)}")
+                self._outcome(True, f"keep-alive: {describe(exc)}")
                 continue
             failures, delay = 0, interval
             self._outcome(True, None)
@@ -676,7 +636,7 @@ class EtcdRegistry:
                         await self._post("/lease/revoke", {"ID": str(lease)})
             except _FOREIGN as exc:
                 error = RegistryError(f"cannot deregister {instance.instance_id!r} from etcd "
-                                      f"{list(self.options.endpoints)}: {self._describe(exc)}")
+                                      f"{list(self.options.endpoints)}: {describe(exc)}")
                 self._outcome(True, str(error))
                 raise error from exc
             self._outcome(True, None)
@@ -709,14 +669,14 @@ class EtcdRegistry:
         kept: frozenset[Instance] = frozenset()
         keep_until: float | None = None
         try:
-            while not self._closed:
+            while not self._race.closed:
                 timeout = None if keep_until is None else max(0.0, keep_until - time.monotonic())
                 try:
                     async with asyncio.timeout(timeout):
-                        update = await self._race_close(queue.get())
+                        update = await self._race.race(queue.get())
                 except TimeoutError:
                     update = None
-                if update is _CLOSED:
+                if update is CLOSED:
                     return
                 if update is not None:
                     if update.replaced and last is not None and grace_s > 0:
@@ -763,7 +723,7 @@ class EtcdRegistry:
         cluster: str | None = None
         highest = 0  # highest revision seen from this cluster
         failures = 0
-        while not self._closed:
+        while not self._race.closed:
             try:
                 if revision == 0:
                     header, state = await self._range(prefix)
@@ -780,7 +740,7 @@ class EtcdRegistry:
                     raise ConnectionResetError("the watch stream ended")
             except _FOREIGN as exc:
                 failures += 1
-                self._outcome(False, f"watch of {service!r}: {self._describe(exc)}")
+                self._outcome(False, f"watch of {service!r}: {describe(exc)}")
                 await asyncio.sleep(self._backoff_delay(failures))
 
     async def _stream(self, prefix: bytes, state: dict[bytes, Instance], revision: int,
@@ -877,11 +837,9 @@ class EtcdRegistry:
 
         Does not deregister or revoke: the instances go when the lease expires (``ttl_s``).
         """
-        if self._closed:
+        if self._race.closed:
             return
-        self._closed = True
-        self._closed_event.set()
-        tasks = [t for t in (self._keeper, *self._inflight) if t is not None]
+        tasks = [t for t in (self._keeper, *self._race.close()) if t is not None]
         self._keeper = None
         for task in tasks:
             task.cancel()

@@ -16,8 +16,7 @@ from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 from meshkit.discovery._etcd import EtcdOptions, EtcdRegistry
 from tests.discovery.conformance import CHECKS, Backend
 from tests.discovery.consul_double import ConsulDouble
-from tests.support.etcd import EtcdCluster, etcd_binary
-from tests.support.skips import skip_or_fail
+from tests.support.etcd import EtcdCluster, require_etcd_binary
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,11 +26,7 @@ BACKENDS = ("local", "consul-double", "etcd")
 @pytest.fixture(scope="module")
 def etcd_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """One real etcd node for the module (services are unique per check)."""
-    binary = etcd_binary()
-    if binary is None:
-        skip_or_fail("no etcd binary on PATH (scripts/install-etcd.sh installs etcd-server)")
-        raise AssertionError("unreachable")
-    node = EtcdCluster(binary, tmp_path_factory.mktemp("etcd"), size=1)
+    node = EtcdCluster(require_etcd_binary(), tmp_path_factory.mktemp("etcd"), size=1)
     try:
         node.start_blocking()
         yield node

@@ -454,7 +454,7 @@ async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
     async with asyncio.timeout(2):
         await w1.ended.wait()
     assert time.monotonic() - t0 < 2
-    assert not reg._inflight
+    assert not reg._race.inflight
 
 
 async def test_node_address_used_when_service_address_empty(

@@ -20,8 +20,8 @@ from meshkit.auth import init_ca_dir, issue_into_dir
 from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
 from tests.discovery.conformance import Collector, make_instance, unique_service
-from tests.support.etcd import EtcdCluster, EtcdTls, etcd_binary
-from tests.support.skips import skip_or_fail
+from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary
+from tests.support.ports import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
@@ -88,8 +88,6 @@ def test_bad_option_combinations() -> None:
 async def test_unreachable_etcd_fails_register_and_keeps_watch_waiting() -> None:
     """With no member answering, register raises RegistryError and a watch yields nothing
     while status() reports the failed read."""
-    from tests.support.etcd import free_port
-
     reg = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{free_port()}",), **FAST))
     try:
         with pytest.raises(RegistryError, match="cannot register"):
@@ -106,11 +104,7 @@ async def test_unreachable_etcd_fails_register_and_keeps_watch_waiting() -> None
 @pytest.fixture
 def binary() -> str:
     """The etcd binary (skip if absent; fail under CI=true)."""
-    path = etcd_binary()
-    if path is None:
-        skip_or_fail("no etcd binary on PATH (scripts/install-etcd.sh installs etcd-server)")
-        raise AssertionError("unreachable")
-    return path
+    return require_etcd_binary()
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ import pytest
 import meshkit
 from meshkit.discovery import EtcdOptions, EtcdRegistry
 from tests.support.echo import add_echo, method
-from tests.support.etcd import EtcdCluster, etcd_binary
-from tests.support.skips import skip_or_fail
+from tests.support.etcd import EtcdCluster, require_etcd_binary
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(40)
@@ -33,11 +32,7 @@ FAST: dict[str, Any] = {"ttl_s": 3, "request_timeout_s": 0.5, "backoff_base_s": 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     """Three etcd members on loopback (heartbeat 50 ms, election timeout 500 ms)."""
-    binary = etcd_binary()
-    if binary is None:
-        skip_or_fail("no etcd binary on PATH (scripts/install-etcd.sh installs etcd-server)")
-        raise AssertionError("unreachable")
-    c = EtcdCluster(binary, tmp_path, size=3)
+    c = EtcdCluster(require_etcd_binary(), tmp_path, size=3)
     try:
         c.start_blocking()
         yield c

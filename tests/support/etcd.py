@@ -19,7 +19,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["EtcdCluster", "EtcdTls", "etcd_binary", "free_port"]
+from tests.support.ports import free_port
+from tests.support.skips import skip_or_fail
+
+__all__ = ["EtcdCluster", "EtcdTls", "etcd_binary", "free_port", "require_etcd_binary"]
 
 
 def etcd_binary() -> str | None:
@@ -27,12 +30,13 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def require_etcd_binary() -> str:
+    """The etcd binary; skips the test without one (fails it under CI=true)."""
+    path = etcd_binary()
+    if path is None:
+        skip_or_fail("no etcd binary on PATH (scripts/install-etcd.sh installs etcd-server)")
+        raise AssertionError("unreachable")
+    return path
 
 
 @dataclass(frozen=True)
