@@ -146,3 +146,25 @@ async def test_member_the_client_talks_to_killed(cluster: EtcdCluster) -> None:
         assert client_reg.options.endpoints[client_reg._current] != cluster.endpoints[target]
         assert not load.failed, load.failed[:5]
         await until(lambda: client_reg.status().readable is True, what="watch reading")
+
+
+async def test_quorum_lost_keeps_last_endpoints(cluster: EtcdCluster) -> None:
+    """Two of three members killed: the survivor has no leader, so it ends the client's
+    watch stream (the watch asks for ``hasleader``) instead of leaving it silent; the watch
+    keeps its last set, status() says etcd cannot be read, calls keep succeeding; once the
+    quorum is back the leases are still there and a new instance is found."""
+    async with mesh(cluster, client_first=0) as (_sreg, client_reg, serve, load):
+        cluster.kill(1)
+        cluster.kill(2)
+        await until(lambda: client_reg.status().readable is False, timeout_s=10,
+                    what="the watch to notice the lost quorum")
+        served = sum(load.served.values())
+        await until(lambda: sum(load.served.values()) > served + 50, what="calls going on")
+        assert load.serves({"e1", "e2"})
+        cluster.start_member(1)
+        cluster.start_member(2)
+        await cluster.wait_healthy()
+        await serve("e3")
+        await until(lambda: load.serves({"e1", "e2", "e3"}), timeout_s=10, what="e3 served")
+        assert not load.failed, load.failed[:5]
+        await until(lambda: client_reg.status().ok, what="registry ok again")
