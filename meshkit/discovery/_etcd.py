@@ -362,6 +362,19 @@ class _Update:
     replaced: bool
 
 
+@dataclass(slots=True)
+class _Cursor:
+    """Where a watch's follower is: the state it built, the last revision applied (0: a
+    full read is due), the cluster id and the highest revision seen from it, and how many
+    full reads in a row came without an event between them."""
+
+    state: dict[bytes, Instance] = field(default_factory=dict)
+    revision: int = 0
+    cluster: str | None = None
+    highest: int = 0
+    resyncs: int = 0
+
+
 _LOG_STARTED = {
     False: "etcd cannot be read; watches keep their last endpoints (or wait for a first read)",
     True: "etcd cannot be written; the lease is not renewed",
@@ -718,37 +731,39 @@ class EtcdRegistry:
         """Read ``service``'s prefix and follow its watch stream, forever; put each new
         state on ``queue``. Errors are recorded and retried with backoff."""
         prefix = f"{self.options.prefix}{service}/".encode()
-        state: dict[bytes, Instance] = {}
-        revision = 0  # last revision applied; 0: a full read is due
-        cluster: str | None = None
-        highest = 0  # highest revision seen from this cluster
+        cur = _Cursor()
         failures = 0
         while not self._race.closed:
             try:
-                if revision == 0:
-                    header, state = await self._range(prefix)
+                if cur.revision == 0:
+                    header, cur.state = await self._range(prefix)
                     rev = int(header.get("revision") or 0)
-                    replaced = (cluster is not None and header.get("cluster_id") != cluster) or (
-                        rev < highest)
-                    cluster, revision = header.get("cluster_id"), rev
-                    highest = rev if replaced else max(highest, rev)
+                    replaced = cur.cluster is not None and (
+                        header.get("cluster_id") != cur.cluster or rev < cur.highest)
+                    cur.cluster, cur.revision = header.get("cluster_id"), rev
+                    cur.highest = rev if replaced else max(cur.highest, rev)
                     self._outcome(False, None)
-                    failures = 0
-                    queue.put_nowait(_Update(frozenset(state.values()), frozenset(), replaced))
-                revision = await self._stream(prefix, state, revision, cluster, queue)
-                if revision:  # the stream ended without an error: the member went away
+                    queue.put_nowait(_Update(frozenset(cur.state.values()), frozenset(),
+                                             replaced))
+                    cur.resyncs += 1
+                    if cur.resyncs > 2:  # re-read again and again: do not spin
+                        await asyncio.sleep(self._backoff_delay(cur.resyncs - 2))
+                await self._stream(prefix, cur, queue)
+                if cur.revision:  # the stream ended without an error: the member went away
                     raise ConnectionResetError("the watch stream ended")
             except _FOREIGN as exc:
                 failures += 1
                 self._outcome(False, f"watch of {service!r}: {describe(exc)}")
                 await asyncio.sleep(self._backoff_delay(failures))
+            else:
+                failures = 0
 
-    async def _stream(self, prefix: bytes, state: dict[bytes, Instance], revision: int,
-                      cluster: str | None, queue: asyncio.Queue[_Update]) -> int:
-        """Follow one watch stream from ``revision + 1``, applying events to ``state``.
+    async def _stream(self, prefix: bytes, cur: _Cursor, queue: asyncio.Queue[_Update]) -> None:
+        """Follow one watch stream from ``cur.revision + 1``, applying its events to ``cur``
+        (state and revision, as they come, so a broken stream resumes after the last one).
 
-        Returns the last revision applied when the stream ends, or 0 when a full read is
-        due (compacted past ``revision``, or the member belongs to a replaced store).
+        Returns when the stream ends; ``cur.revision`` is 0 then if a full read is due
+        (compacted past the revision, or the member belongs to a replaced store).
 
         Raises:
             _EtcdError, aiohttp.ClientError, OSError, ValueError: the stream failed.
@@ -757,7 +772,7 @@ class EtcdRegistry:
         index = self._current
         endpoint = self.options.endpoints[index % len(self.options.endpoints)]
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
-                                   "start_revision": str(revision + 1)}}
+                                   "start_revision": str(cur.revision + 1)}}
         try:
             async with asyncio.timeout(self.options.request_timeout_s):
                 resp = await session.post(f"{endpoint}/v3/watch", json=body,
@@ -779,27 +794,31 @@ class EtcdRegistry:
                     result = message.get("result") or {}
                     header = result.get("header") or {}
                     if result.get("created"):
-                        if header.get("cluster_id") != cluster or int(
-                                header.get("revision") or 0) < revision:
-                            return 0  # another store answers: read it in full
+                        if header.get("cluster_id") != cur.cluster or int(
+                                header.get("revision") or 0) < cur.revision:
+                            cur.highest = max(cur.highest, cur.revision)
+                            cur.revision = 0  # another store answers: read it in full
+                            return
                         self._outcome(False, None)
                         continue
                     if result.get("canceled"):
                         if int(result.get("compact_revision") or 0) > 0:
                             _log.info("etcd compacted past a watch's revision; re-reading",
-                                      prefix=prefix.decode(), revision=revision,
+                                      prefix=prefix.decode(), revision=cur.revision,
                                       compact_revision=int(result["compact_revision"]))
-                            return 0
+                            cur.highest = max(cur.highest, cur.revision)
+                            cur.revision = 0
+                            return
                         raise _EtcdError(endpoint, 200, -1, "watch canceled: " + str(
                             result.get("cancel_reason") or "no reason given"))
                     events = result.get("events") or ()
                     if not events:  # a progress notification
                         continue
                     deleted: set[str] = set()
+                    state = cur.state
                     for event in events:
                         kv = event["kv"]
                         key = _unb64(kv["key"])
-                        revision = max(revision, int(kv.get("mod_revision") or 0))
                         if event.get("type") == "DELETE":
                             gone = state.pop(key, None)
                             deleted.add(gone.instance_id if gone is not None
@@ -811,6 +830,9 @@ class EtcdRegistry:
                             state.pop(key, None)
                             _log.warning("skipping unusable etcd entry",
                                          key=key.decode(errors="replace"))
+                    cur.revision = max([cur.revision, *(
+                        int(e["kv"].get("mod_revision") or 0) for e in events)])
+                    cur.resyncs = 0
                     self._outcome(False, None)
                     queue.put_nowait(_Update(frozenset(state.values()), frozenset(deleted),
                                              False))
@@ -818,7 +840,6 @@ class EtcdRegistry:
                 self._failed_over(index)
                 raise
         self._failed_over(index)
-        return revision
 
     # -- lifecycle -----------------------------------------------------------------------
     def status(self) -> RegistryStatus:
