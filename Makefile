@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/meshkit demo $(DEMO_ARGS)
 
+# Real components the suite runs, from Debian (each a no-op when installed): Prometheus and
+# Alertmanager (tests/ops), etcd-server/etcd-client (the etcd registry tests).
 test: $(STAMP)
 	bash scripts/install-ops.sh
+	bash scripts/install-etcd.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -33,6 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	bash scripts/install-etcd.sh
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m benchmarks --plot $(BENCH_ARGS)
 

@@ -61,11 +61,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         add("failover: balanced again after SIGKILL", "<= 1 s", None, lambda v: True, "s")
     cv = _get(sc, "convergence", "contenders") or {}
-    for reg in ("local", "consul"):
+    for reg, label in (("local", "local registry"), ("etcd", "etcd registry, real"),
+                       ("consul", "Consul registry, test double")):
         row = cv.get(f"{reg}-p2c")
         for key, what in (("join_s_max", "new instance serving"),
                           ("leave_s_max", "drained instance's last new call")):
-            name = f"convergence ({reg} registry, defaults): {what}"
+            name = f"convergence ({label}, defaults): {what}"
             if row is None:
                 add(name, "<= 1 s", None, lambda v: True, "s")
                 continue
@@ -192,14 +193,14 @@ def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str]
     elif name == "convergence":
         table = []
         for n, s in res["contenders"].items():
-            table.append([n, len(s["rounds"]),
+            table.append([n, s.get("registry_label", s["registry"]), len(s["rounds"]),
                           s["join_s_max"] if s["join_s_max"] is not None else "never",
                           s["join_s_median"],
                           s["leave_s_max"] if s["leave_s_max"] is not None else "-",
                           s["leave_s_median"], s.get("never_served", 0), s["failed_calls"]])
         out.append(("Discovery convergence (seconds; join: registered -> first served call; "
                     "leave: SIGTERM -> last call started on it)",
-                    ["contender", "rounds", "join max", "join median", "leave max",
+                    ["contender", "registry", "rounds", "join max", "join median", "leave max",
                      "leave median", "never served", "failed calls"], table))
     elif name == "fanout":
         costs = res["pick_us"]

@@ -13,8 +13,8 @@ error                                 gRPC status
 :class:`RegistryError`                (raised by registry calls, never on the wire)
 ====================================  ==============================
 
-Foreign exceptions (sqlite3, aiohttp, consul) are translated at the boundary:
-``raise RegistryError(...) from exc``.
+Foreign exceptions (sqlite3, aiohttp, consul, etcd's gateway errors) are translated at the
+boundary: ``raise RegistryError(...) from exc``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ class Plan:
         convergence_rounds, join_obs_s, leave_obs_s: joins/drains per contender and how
             long each is watched.
         convergence_contenders: ``<registry>-<balancer>`` pairs of the convergence
-            scenario (registries ``local``, ``consul``; balancers ``p2c``, ``rr``).
+            scenario (registries ``local``, ``etcd`` (real), ``consul`` (the test double);
+            balancers ``p2c``, ``rr``).
         fanout_quick: fewer timeit loops in the fan-out scenario.
     """
 
@@ -56,8 +57,8 @@ class Plan:
     convergence_rounds: int = 1
     join_obs_s: float = 1.5
     leave_obs_s: float = 2.0
-    convergence_contenders: tuple[str, ...] = ("local-p2c", "local-rr", "consul-p2c",
-                                               "consul-rr")
+    convergence_contenders: tuple[str, ...] = ("local-p2c", "local-rr", "etcd-p2c",
+                                               "etcd-rr", "consul-p2c", "consul-rr")
     fanout_quick: bool = True
 
 
@@ -66,17 +67,17 @@ PLANS: dict[str, Plan] = {
                   overhead_only=("raw", "mesh", "defaults", "full"), slow_rounds=1,
                   slow_round_s=0.3,
                   failover_pre_s=0.4, failover_post_s=1.0, join_obs_s=1.0, leave_obs_s=1.3,
-                  convergence_contenders=("local-p2c", "consul-p2c")),
+                  convergence_contenders=("local-p2c", "etcd-p2c", "consul-p2c")),
     "quick": Plan(mode="quick", rounds=3, round_s=0.2, warmup_s=0.1, slow_rounds=2,
                   slow_round_s=0.5, failover_pre_s=0.6, failover_post_s=1.4, join_obs_s=1.0,
                   leave_obs_s=1.3, convergence_contenders=("local-p2c", "local-rr",
-                                                           "consul-p2c")),
+                                                           "etcd-p2c", "consul-p2c")),
     "full": Plan(mode="full", rounds=7, round_s=1.0, warmup_s=0.5,
                  compare_concurrencies=(1, 32), compare_rounds=15, slow_rounds=5, slow_round_s=3.0,
                  failover_rounds=3, failover_pre_s=1.5, failover_post_s=3.0,
                  convergence_rounds=3, join_obs_s=2.0, leave_obs_s=2.5, fanout_quick=False,
                  convergence_contenders=("local-p2c", "local-rr", "local-p2c_rtt1ms",
-                                         "consul-p2c", "consul-rr")),
+                                         "etcd-p2c", "etcd-rr", "consul-p2c", "consul-rr")),
 }
 
 

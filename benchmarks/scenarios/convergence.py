@@ -10,11 +10,15 @@ processes of a machine):
   serving ``drain_delay_s`` = 1 s, then stop); ``leave_s``: from the SIGTERM to the start
   of the last call it served; ``failed``: calls that ended in an error meanwhile.
 
-Registries: the local SQLite registry (watch polls every 0.25 s) and the Consul watch path
-(blocking queries) against the Consul agent test double of ``tests/discovery``, run inside
-the runner process. Balancers: meshkit's defaults (``p2c``: P2C/EWMA, ejection, retries),
-``rr`` (round robin), which separates discovery from the balancer's warm-up, and
-(diagnostic) ``p2c_rtt1ms``: the defaults with ``P2COptions(default_rtt_s=0.001)``.
+Registries: the local SQLite registry (watch polls every 0.25 s); etcd, a real single-node
+etcd 3.4 (Debian's etcd-server) that the scenario starts on spare loopback ports with a
+private data directory (watch streams through the v3 gateway); and the Consul watch path
+(blocking queries) against the Consul agent *test double* of ``tests/discovery``, run inside
+the runner process (no Consul agent can be installed here, so the Consul figures are the
+double's, labelled "Consul (test double)"). Balancers: meshkit's defaults (``p2c``:
+P2C/EWMA, ejection, retries), ``rr`` (round robin), which separates discovery from the
+balancer's warm-up, and (diagnostic) ``p2c_rtt1ms``: the defaults with
+``P2COptions(default_rtt_s=0.001)``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ __all__ = ["run"]
 
 NAME = "convergence"
 LEAD_S = 0.3
+#: How each registry is named in tables and targets.
+LABELS = {"local": "local", "etcd": "etcd (real, 1 node)", "consul": "Consul (test double)"}
 BALANCERS = {"p2c": ("p2c", "outlier", "retry"), "rr": (),
              "p2c_rtt1ms": ("p2c", "outlier", "retry", "p2c_rtt1ms")}
 
@@ -77,13 +83,22 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     """Join and drain ``convergence_rounds`` instances per (registry, balancer)."""
     plan = ctx.plan
     from tests.discovery.consul_double import ConsulDouble
+    from tests.support.etcd import EtcdCluster, etcd_binary
 
+    wanted = plan.convergence_contenders
     consul = ConsulDouble()
     await consul.start()
+    etcd: EtcdCluster | None = None
     try:
         registries = {"local": (ctx.registry("convergence"), "conv"),
                       "consul": (f"consul://{consul.addr}", "convc")}
-        wanted = plan.convergence_contenders
+        if any(c.startswith("etcd-") for c in wanted):
+            binary = etcd_binary()
+            if binary is None:
+                ctx.note("etcd contenders skipped: no etcd binary (scripts/install-etcd.sh)")
+            else:
+                etcd = await EtcdCluster(binary, ctx.workdir / "etcd", size=1).start()
+                registries["etcd"] = (etcd.uri(), "conve")
         registries = {r: v for r, v in registries.items()
                       if any(c.startswith(f"{r}-") for c in wanted)}
         await asyncio.gather(*(
@@ -117,6 +132,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             leaves = [x["leave_s"] for x in rs if x["served_by_new"]]
             out[name] = {
                 "registry": reg,
+                "registry_label": LABELS[reg],
                 "balancer": name.split("-", 1)[1],
                 "layers": list(BALANCERS[name.split("-", 1)[1]]),
                 "join_s_max": None if any(j is None for j in joins) else max(joins),
@@ -132,3 +148,5 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     finally:
         with contextlib.suppress(Exception):
             await consul.close()
+        if etcd is not None:
+            etcd.close()

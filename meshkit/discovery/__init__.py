@@ -1,16 +1,20 @@
-"""Service discovery: the registry protocol and two registries.
+"""Service discovery: the registry protocol and three registries.
 
 A :class:`Registry` announces instances (``register``/``deregister``) and streams the live
-set of a service (``watch``). Two implementations:
+set of a service (``watch``). Three implementations:
 
 * :class:`LocalRegistry` (default): one SQLite file shared by the processes of a machine,
   liveness by heartbeat with a TTL (``ttl_s`` 3 s), watchers poll every 0.25 s.
 * :class:`ConsulRegistry`: a Consul agent's HTTP API (blocking queries on
   ``/v1/health/service/<name>?passing``), configured like Consul's CLI by
   ``CONSUL_HTTP_ADDR`` / ``CONSUL_HTTP_TOKEN``.
+* :class:`EtcdRegistry`: etcd v3 through its JSON gateway (aiohttp): instances are keys under
+  a lease (``ttl_s`` 10 s) kept alive by the registry, watches follow a watch stream with
+  revision resume; configured like etcdctl by ``ETCDCTL_ENDPOINTS``.
 
-Pick one by URI, ``local:///path/to/dir`` or ``consul://127.0.0.1:8500``, or by the
-``MESHKIT_REGISTRY`` environment variable::
+Pick one by URI, ``local:///path/to/dir``, ``consul://127.0.0.1:8500`` or
+``etcd://10.0.0.1:2379,10.0.0.2:2379``, or by the ``MESHKIT_REGISTRY`` environment
+variable::
 
     registry = registry_from_uri("local:///tmp/mesh")
     await registry.register(Instance(service="orderd", instance_id="orderd-1",
@@ -35,10 +39,13 @@ from meshkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+    from meshkit.discovery._etcd import EtcdOptions, EtcdRegistry
 
 __all__ = [
     "ConsulOptions",
     "ConsulRegistry",
+    "EtcdOptions",
+    "EtcdRegistry",
     "Instance",
     "LocalOptions",
     "LocalRegistry",
@@ -59,6 +66,10 @@ def __getattr__(name: str) -> Any:
             return getattr(_consul_module(), name)
         except ConfigError as exc:
             raise ImportError(str(exc), name=name) from exc.__cause__
+    if name in ("EtcdOptions", "EtcdRegistry"):
+        from meshkit.discovery import _etcd
+
+        return getattr(_etcd, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -87,6 +98,9 @@ def registry_from_uri(uri: str) -> Registry:
           ``busy_timeout_s``, ``fault_grace_s``) sets :class:`LocalOptions`.
         * ``consul://host:port`` or ``consul+https://host:port`` (query options as
           :meth:`ConsulRegistry.from_uri` documents); ``CONSUL_HTTP_TOKEN`` applies.
+        * ``etcd://host:2379[,host2:2379]`` or ``etcd+https://host:2379,...`` (query options
+          as :meth:`EtcdRegistry.from_uri` documents); ``etcd://`` alone takes
+          ``ETCDCTL_ENDPOINTS``; ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` apply.
 
     Raises:
         ConfigError: unknown scheme or bad option value (the URI is quoted); a Consul URI
@@ -113,8 +127,13 @@ def registry_from_uri(uri: str) -> Registry:
     if scheme in ("consul", "consul+http", "consul+https"):
         registry: Registry = _consul_module().ConsulRegistry.from_uri(uri)
         return registry
+    if scheme in ("etcd", "etcd+http", "etcd+https"):
+        from meshkit.discovery._etcd import EtcdRegistry
+
+        return EtcdRegistry.from_uri(uri)
     raise ConfigError(
-        f"unknown registry URI {uri!r}: expected local:///path or consul://host:port"
+        f"unknown registry URI {uri!r}: expected local:///path, consul://host:port or "
+        "etcd://host:port[,host:port]"
     )
 
 

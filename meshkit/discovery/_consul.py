@@ -29,13 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import json
 import os
 import random
 import urllib.parse
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
@@ -44,6 +43,7 @@ import consul
 import consul.aio
 import structlog
 
+from meshkit.discovery._shared import CLOSED, CloseRace, check_seconds, describe, full_jitter
 from meshkit.discovery._types import Instance, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -195,12 +195,7 @@ class ConsulOptions:
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
         if self.check not in _CHECK_KINDS:
             raise ConfigError(f"check must be one of {_CHECK_KINDS}, got {self.check!r}")
-        for name in _FLOAT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-            if not value > 0 or value == float("inf"):
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        check_seconds(self, _FLOAT_FIELDS)
         if self.wait_s > 600:
             raise ConfigError(f"wait_s must be <= 600 (Consul's limit), got {self.wait_s!r}")
         if self.backoff_max_s < self.backoff_base_s:
@@ -353,13 +348,6 @@ class ConsulOptions:
         return cls.from_env(environ, **kwargs)
 
 
-class _Closed(enum.Enum):
-    CLOSED = enum.auto()
-
-
-_CLOSED = _Closed.CLOSED
-
-
 @dataclass(slots=True)
 class _Registration:
     instance: Instance
@@ -413,9 +401,7 @@ class ConsulRegistry:
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._client: Any = None
         self._keepers: dict[str, asyncio.Task[None]] = {}
-        self._inflight: set[asyncio.Future[Any]] = set()
-        self._closed_event = asyncio.Event()
-        self._closed = False
+        self._race = CloseRace()
         self._tracker = StatusTracker("consul")
 
     @classmethod
@@ -453,11 +439,10 @@ class ConsulRegistry:
         return text.replace(token, "<redacted>") if token else text
 
     def _describe(self, exc: BaseException) -> str:
-        detail = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else "no detail")
-        return self._redact(f"{type(exc).__name__}: {detail}"[:500])
+        return self._redact(describe(exc))
 
     def _get_client(self) -> Any:
-        if self._closed:
+        if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
         if self._client is None:
             opts = self.options
@@ -487,30 +472,10 @@ class ConsulRegistry:
         async with asyncio.timeout(timeout_s):
             return await aw
 
-    async def _race_close(self, aw: Coroutine[Any, Any, _T]) -> _T | _Closed:
-        """Await ``aw`` unless the registry is closed first (then cancel it, return CLOSED)."""
-        if self._closed:
-            aw.close()
-            return _CLOSED
-        task = asyncio.ensure_future(aw)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        closed = asyncio.ensure_future(self._closed_event.wait())
-        try:
-            await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            return task.result()
-        return _CLOSED
-
     def _backoff_delay(self, attempt: int) -> float:
         """Full-jitter exponential backoff: ``uniform(0, min(max, base * 2**(attempt-1)))``."""
-        opts = self.options
-        cap = min(opts.backoff_max_s, opts.backoff_base_s * 2.0 ** min(attempt - 1, 60))
-        return self._rng.uniform(0.0, cap)
+        return full_jitter(self._rng, attempt, self.options.backoff_base_s,
+                           self.options.backoff_max_s)
 
     # -- registration --------------------------------------------------------------------
     def _payload(self, instance: Instance) -> tuple[dict[str, Any], str | None]:
@@ -784,9 +749,9 @@ class ConsulRegistry:
         index = 0
         last: frozenset[Instance] | None = None
         failures = 0
-        while not self._closed:
+        while not self._race.closed:
             try:
-                result = await self._race_close(self._health(service, index))
+                result = await self._race.race(self._health(service, index))
             except _RETRYABLE as exc:
                 failures += 1
                 delay = self._backoff_delay(failures)
@@ -796,10 +761,10 @@ class ConsulRegistry:
                              service=service, attempt=failures, retry_in_s=round(delay, 3),
                              error=self._describe(exc))
                 index = 0  # the agent may have restarted with a lower index: re-read at once
-                if await self._race_close(self._sleep_coro(delay)) is _CLOSED:
+                if await self._race.race(self._sleep_coro(delay)) is CLOSED:
                     return
                 continue
-            if result is _CLOSED:
+            if result is CLOSED:
                 return
             new_index, entries = result
             failures = 0
@@ -835,11 +800,9 @@ class ConsulRegistry:
         Does not deregister: instances with a TTL check turn critical after ``ttl_s`` and
         are reaped by the agent after ``deregister_critical_after_s``. Idempotent.
         """
-        if self._closed:
+        if self._race.closed:
             return
-        self._closed = True
-        self._closed_event.set()
-        tasks = [*self._keepers.values(), *self._inflight]
+        tasks = [*self._keepers.values(), *self._race.close()]
         self._keepers.clear()
         for task in tasks:
             task.cancel()

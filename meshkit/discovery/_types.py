@@ -76,7 +76,7 @@ class RegistryStatus:
     TTL pass), deregistering, or the local registry's write probe.
 
     Args:
-        kind: which registry, ``"local"`` or ``"consul"``.
+        kind: which registry, ``"local"``, ``"consul"`` or ``"etcd"``.
         readable: outcome of the latest read: True (it worked), False (it failed), None
             (nothing read yet).
         writable: outcome of the latest write, same three values. While it is False (and
@@ -87,7 +87,8 @@ class RegistryStatus:
         write_errors: failed writes since the registry was built (a counter).
         reopened: times the backing store had to be re-established and this process's
             instances registered again: the local registry file was deleted or replaced,
-            or the Consul agent had forgotten an instance (a counter).
+            or the Consul agent had forgotten an instance, or the etcd lease was lost
+            (a counter).
         last_error: text of the most recent read or write error, None if there never was
             one. It may name the registry file or the agent's address: for logs and the debug
             page, never for a gRPC caller (use :attr:`summary`).
@@ -255,8 +256,9 @@ class _Side:
 class Registry(Protocol):
     """Where instances announce themselves and where clients find them.
 
-    Implementations: :class:`meshkit.discovery.LocalRegistry` (embedded, one machine) and
-    :class:`meshkit.discovery.ConsulRegistry` (Consul agent HTTP API). Pick one by URI with
+    Implementations: :class:`meshkit.discovery.LocalRegistry` (embedded, one machine),
+    :class:`meshkit.discovery.ConsulRegistry` (Consul agent HTTP API) and
+    :class:`meshkit.discovery.EtcdRegistry` (etcd v3). Pick one by URI with
     :func:`meshkit.discovery.registry_from_uri`.
     """
 

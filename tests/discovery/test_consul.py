@@ -13,7 +13,6 @@ import os
 import random
 import ssl
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
-from meshkit.discovery._types import Instance, Registry, RegistryStatus
+from meshkit.discovery._types import Registry, RegistryStatus
 from meshkit.errors import ConfigError, RegistryError
+from tests.discovery.conformance import Collector, make_instance, unique_service
 from tests.discovery.consul_double import ConsulDouble
 from tests.support.wait import until
 
@@ -50,51 +50,7 @@ FAST: dict[str, Any] = {
 
 
 # -- helpers shared with test_consul_real.py ------------------------------------------------
-def unique_service() -> str:
-    """A service name no other test (or earlier run against a real agent) uses."""
-    return f"meshkit-test-{uuid.uuid4().hex[:10]}"
-
-
-def make_instance(service: str, n: int, **kw: Any) -> Instance:
-    """Instance number ``n`` of ``service`` on 127.0.0.1 with a tag, meta and weight."""
-    fields: dict[str, Any] = {
-        "service": service, "instance_id": f"{service}-{n}", "host": "127.0.0.1",
-        "port": 41000 + n, "tags": ("v2", f"n{n}"), "meta": {"zone": "a", "n": str(n)},
-        "weight": n,
-    }
-    fields.update(kw)
-    return Instance(**fields)
-
-
-class Collector:
-    """Runs ``registry.watch(service)`` in a task and queues every yielded set."""
-
-    def __init__(self, registry: ConsulRegistry, service: str) -> None:
-        self.queue: asyncio.Queue[frozenset[Instance]] = asyncio.Queue()
-        self.ended = asyncio.Event()
-        self.task = asyncio.create_task(self._run(registry, service))
-
-    async def _run(self, registry: ConsulRegistry, service: str) -> None:
-        try:
-            async for instances in registry.watch(service):
-                self.queue.put_nowait(instances)
-        finally:
-            self.ended.set()
-
-    async def next(self, timeout_s: float = 5.0) -> frozenset[Instance]:
-        """The next yielded set (fails after ``timeout_s``)."""
-        async with asyncio.timeout(timeout_s):
-            return await self.queue.get()
-
-    async def until_set(self, expected: set[Instance], timeout_s: float = 5.0) -> None:
-        """Consume yields until one equals ``expected``."""
-        async with asyncio.timeout(timeout_s):
-            while (got := await self.queue.get()) != expected:
-                _ = got
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+# unique_service, make_instance and Collector come from the conformance suite.
 
 
 def _ssl_for(opts: ConsulOptions) -> ssl.SSLContext | bool:
@@ -498,7 +454,7 @@ async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
     async with asyncio.timeout(2):
         await w1.ended.wait()
     assert time.monotonic() - t0 < 2
-    assert not reg._inflight
+    assert not reg._race.inflight
 
 
 async def test_node_address_used_when_service_address_empty(

@@ -134,8 +134,8 @@ def test_registry_uri_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert registry_from_uri(  # type: ignore[attr-defined]
         f"local://{tmp_path}?busy_timeout_s=0.5").options.busy_timeout_s == 0.5
     assert isinstance(registry_from_uri(f"local://{tmp_path}/x.db"), LocalRegistry)
-    with pytest.raises(ConfigError, match="etcd://x"):
-        registry_from_uri("etcd://x")
+    with pytest.raises(ConfigError, match="zookeeper://x"):
+        registry_from_uri("zookeeper://x")
     with pytest.raises(ConfigError, match="ttl_s"):
         registry_from_uri(f"local://{tmp_path}?ttl_s=abc")
     with pytest.raises(ConfigError, match="bogus"):

@@ -41,8 +41,9 @@ from meshkit.resilience.ratelimit import (
     SweepThrottledMemoryStorage,
     by_metadata,
 )
-from tests.conftest import IN_CI
 from tests.support.echo import handler, method
+from tests.support.ports import free_port
+from tests.support.skips import skip_or_fail
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
@@ -137,21 +138,6 @@ def redis_ping(port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip the test, or fail it when running under ``CI=true``."""
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 class PrivateRedis:

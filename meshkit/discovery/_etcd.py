@@ -1,0 +1,870 @@
+"""The etcd registry: a :class:`~meshkit.discovery.Registry` on etcd v3.
+
+**Client.** etcd's v3 JSON gateway (grpc-gateway, ``/v3/...``, served by every etcd >= 3.3
+on its client port; 3.4 also answers ``/v3beta``), spoken with aiohttp, already a meshkit
+dependency. Compared in 2026 with the asyncio clients on PyPI:
+
+* ``aetcd`` 1.0 (maintained, protobuf < 8, grpcio > 1.66: installs beside our pins) opens an
+  *insecure* channel to one ``host:port`` only: no TLS, no client certificates, no list of
+  members to fail over to, which ``etcd+https://`` and a cluster need.
+* ``etcd-client-py`` 0.5 (Rust ``etcd-client`` through PyO3; maintained) has no documented
+  lease keep-alive, watch start revision or client-certificate options, and its API is shaped
+  for one application (communicator objects).
+* ``etcd3`` (python-etcd3) is unmaintained since 2020 and breaks with protobuf >= 4;
+  ``aioetcd3``/``aio-etcd`` are abandoned (2018-2020).
+
+The gateway needs no generated stubs (so nothing ties us to a protobuf gencode version),
+client certificates are an ``ssl.SSLContext``, and failing over between members is ours to
+do (the etcd Go client's behaviour: any member serves any request; on a connection error or
+``UNAVAILABLE`` the next one is tried). The calls, as etcd's API reference
+(etcd.io/docs/v3.4/learning/api/ and .../dev-guide/api_grpc_gateway/) defines them:
+
+========================  ==========================================================
+``POST /v3/lease/grant``  a lease of ``ttl_s`` seconds for this registry's instances
+``/v3/lease/keepalive``   renews it every ``keepalive_interval_s`` (``TTL`` 0: lost)
+``/v3/lease/revoke``      when the last instance is deregistered
+``/v3/kv/put``            ``<prefix><service>/<instance_id>`` = JSON, under the lease
+``/v3/kv/deleterange``    deregistration
+``/v3/kv/range``          a watch's full read (prefix range), at start and after a
+                          compaction or a replaced store
+``/v3/watch``             a streaming prefix watch from ``revision + 1``
+========================  ==========================================================
+
+Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``):
+
+* **Lease.** One lease per registry (like etcd's ``concurrency.Session``): every instance
+  this process registers is a key under it; the keep-alive renews all of them. A process
+  that dies stops renewing and its keys go when the lease expires (``ttl_s``, plus up to
+  0.5 s of etcd's expiry check). **Lease loss** (the keep-alive answers ``TTL`` 0: the lease
+  expired while this process could not reach etcd, or was revoked, or the store was
+  replaced) grants a new lease and puts every instance again (``status().reopened`` + 1).
+* **Watch resume.** A watch reads the prefix once, then streams events from the next
+  revision. When the stream breaks (member killed, network) it reconnects, to the next
+  member if the one it used fails, and resumes from the revision after the last one it
+  applied, so no event is lost or applied twice. If etcd compacted past that revision (the
+  watch is cancelled with ``compact_revision``) it reads the prefix again and resumes from
+  there. Streams ask for ``hasleader``, so a member that loses its leader ends them.
+* **Last known good.** While etcd cannot be read, a watch keeps its last set (yields
+  nothing), never an empty set because of an error; ``status()`` says ``readable=False``
+  and the outage is logged once (a reminder every 60 s, a line when it ends). If after an
+  outage etcd comes back with a *replaced store* (another cluster id, or a revision lower
+  than one already seen: a restored or wiped data directory), the instances of the last set
+  that it does not list are kept for ``fault_grace_s`` (default ``ttl_s``), merged with what
+  it lists, as their owners need up to one keep-alive interval to find their lease gone and
+  register again; an explicit deletion seen meanwhile drops one at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import random
+import ssl
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from meshkit.discovery._shared import CLOSED, CloseRace, check_seconds, describe, full_jitter
+from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
+from meshkit.errors import ConfigError, RegistryError
+
+__all__ = ["EtcdOptions", "EtcdRegistry"]
+
+_log = structlog.get_logger("meshkit.discovery.etcd")
+
+DEFAULT_PORT = 2379
+_FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
+                 "connect_timeout_s",
+                 "backoff_base_s", "backoff_max_s", "fault_grace_s")
+_STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
+#: gRPC codes (as the gateway reports them) after which another member may answer:
+#: UNAVAILABLE ("no leader", "leader changed", "request timed out"), DEADLINE_EXCEEDED.
+_TRY_ELSEWHERE = frozenset({4, 14})
+_NOT_FOUND = 5  # gRPC NOT_FOUND: "etcdserver: requested lease not found"
+
+
+class _EtcdError(Exception):
+    """An error answer of the gateway: HTTP status, gRPC code and etcd's message."""
+
+    def __init__(self, endpoint: str, status: int, code: int, message: str) -> None:
+        super().__init__(f"{endpoint}: HTTP {status}, gRPC code {code}: {message}")
+        self.code = code
+        self.status = status
+        self.retry_elsewhere = code in _TRY_ELSEWHERE or status in (502, 503, 504)
+
+
+#: Errors that come from talking to etcd. Public methods raise ``RegistryError(...) from
+#: exc``; watches and the keep-alive log them and retry.
+_FOREIGN: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, _EtcdError,
+)
+
+
+def _parse_endpoint(text: str, default_scheme: str) -> str:
+    """``host[:port]`` or ``scheme://host[:port]`` as ``scheme://host:port``."""
+    raw = text.strip().rstrip("/")
+    scheme = default_scheme
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+        scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"etcd endpoint scheme must be http or https, got {text!r}")
+    parts = urllib.parse.urlsplit("//" + raw)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"etcd endpoint port must be 1..65535, got {text!r}") from None
+    if not parts.hostname or parts.path or parts.query or parts.username or parts.password:
+        raise ConfigError(f"etcd endpoint must be host:port or scheme://host:port, got {text!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{scheme}://{host}:{port or DEFAULT_PORT}"
+
+
+def _split_endpoints(text: str, default_scheme: str) -> tuple[str, ...]:
+    return tuple(_parse_endpoint(e, default_scheme) for e in text.split(",") if e.strip())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EtcdOptions:
+    """Options of :class:`EtcdRegistry`. Times are seconds.
+
+    Args:
+        endpoints: client URLs of the etcd members, ``scheme://host:port`` (``http`` or
+            ``https``; ``host:port`` means http, a missing port 2379), like etcdctl's
+            ``--endpoints``/``ETCDCTL_ENDPOINTS``. Requests go to one member and move to the
+            next when it cannot be reached or answers ``UNAVAILABLE``. Default
+            ``("http://127.0.0.1:2379",)``. All must share one scheme.
+        prefix: key prefix; an instance is ``<prefix><service>/<instance_id>``. Default
+            ``"/meshkit/services/"``; must start and end with ``/``.
+        ttl_s: TTL of the registry's lease, whole seconds >= 1 (etcd's unit; etcd raises
+            TTLs below its minimum, 1.5 election timeouts, to that minimum). Default 10.
+        keepalive_interval_s: seconds between keep-alives; default ``ttl_s / 3``; must be
+            below ``ttl_s``.
+        request_timeout_s: time limit of one request to one member (default 2): after it
+            the next member is tried, so keep it below ``keepalive_interval_s`` (a request
+            that a member forwarded to a leader that just died is answered only after
+            etcd's own timeout, 5 s and two election timeouts).
+        operation_timeout_s: how long a write (register, deregister, keep-alive) goes on
+            trying the members, with backoff between passes, before it fails (default 10):
+            long enough to ride out a leader election.
+        connect_timeout_s: time limit of opening a connection to one member (default 1).
+        backoff_base_s: first retry delay cap of a failing watch or keep-alive (default
+            0.1); the n-th retry sleeps ``uniform(0, min(backoff_max_s,
+            backoff_base_s * 2**(n-1)))`` (full jitter).
+        backoff_max_s: cap of that delay (default 5).
+        fault_grace_s: how long a watch keeps the instances a replaced store does not list
+            (see the module docstring); default ``ttl_s``; 0 turns it off.
+        ca_file: PEM bundle that verifies the members' certificates (etcdctl ``--cacert``,
+            ``ETCDCTL_CACERT``); default: the system's trust store.
+        cert_file: PEM client certificate for members run with ``--client-cert-auth``
+            (``--cert``, ``ETCDCTL_CERT``); needs ``key_file``.
+        key_file: its PEM private key (``--key``, ``ETCDCTL_KEY``).
+
+    Raises:
+        ConfigError: a value is invalid; the message quotes it.
+    """
+
+    endpoints: tuple[str, ...] = (f"http://127.0.0.1:{DEFAULT_PORT}",)
+    prefix: str = "/meshkit/services/"
+    ttl_s: float = 10
+    keepalive_interval_s: float | None = None
+    request_timeout_s: float = 2.0
+    operation_timeout_s: float = 10.0
+    connect_timeout_s: float = 1.0
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 5.0
+    fault_grace_s: float | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.endpoints, str):
+            raise ConfigError(f"endpoints must be a sequence of URLs, got {self.endpoints!r}")
+        endpoints = tuple(_parse_endpoint(e, "http") for e in self.endpoints)
+        if not endpoints:
+            raise ConfigError(f"endpoints must name at least one member, got {self.endpoints!r}")
+        schemes = {e.split("://", 1)[0] for e in endpoints}
+        if len(schemes) > 1:
+            raise ConfigError(f"endpoints must share one scheme, got {self.endpoints!r}")
+        object.__setattr__(self, "endpoints", endpoints)
+        if not (self.prefix.startswith("/") and self.prefix.endswith("/")):
+            raise ConfigError(f"prefix must start and end with '/', got {self.prefix!r}")
+        if self.keepalive_interval_s is None:
+            object.__setattr__(self, "keepalive_interval_s", float(self.ttl_s) / 3)
+        if self.fault_grace_s is None:
+            object.__setattr__(self, "fault_grace_s", float(self.ttl_s))
+        check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
+        if not float(self.ttl_s).is_integer() or self.ttl_s < 1:
+            raise ConfigError(f"ttl_s must be whole seconds >= 1 (etcd's unit), "
+                              f"got {self.ttl_s!r}")
+        assert self.keepalive_interval_s is not None
+        if self.keepalive_interval_s >= self.ttl_s:
+            raise ConfigError(f"keepalive_interval_s must be < ttl_s={self.ttl_s!r}, "
+                              f"got {self.keepalive_interval_s!r}")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ConfigError(f"backoff_max_s must be >= backoff_base_s="
+                              f"{self.backoff_base_s!r}, got {self.backoff_max_s!r}")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{name} must be an existing file, got {path!r}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError(f"cert_file and key_file go together, got "
+                              f"cert_file={self.cert_file!r}, key_file={self.key_file!r}")
+        if self.scheme != "https" and (self.ca_file or self.cert_file):
+            raise ConfigError(f"ca_file/cert_file need https endpoints, got {endpoints!r}")
+
+    @property
+    def scheme(self) -> str:
+        """``"http"`` or ``"https"``: the scheme of the endpoints."""
+        return self.endpoints[0].split("://", 1)[0]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> EtcdOptions:
+        """Options from etcdctl's environment variables, then ``overrides``.
+
+        Reads ``ETCDCTL_ENDPOINTS`` (comma-separated URLs: ``endpoints``),
+        ``ETCDCTL_CACERT`` (``ca_file``), ``ETCDCTL_CERT`` (``cert_file``) and
+        ``ETCDCTL_KEY`` (``key_file``); empty variables count as unset.
+
+        Args:
+            environ: the variables (default ``os.environ``).
+            overrides: any :class:`EtcdOptions` field, winning over the environment.
+
+        Raises:
+            ConfigError: a variable or override is invalid, or an override names no field.
+        """
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        if raw := env.get("ETCDCTL_ENDPOINTS", "").strip():
+            kwargs["endpoints"] = _split_endpoints(raw, "http")
+        for var, name in (("ETCDCTL_CACERT", "ca_file"), ("ETCDCTL_CERT", "cert_file"),
+                          ("ETCDCTL_KEY", "key_file")):
+            if value := env.get(var, "").strip():
+                kwargs[name] = value
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown EtcdOptions field(s): {unknown}")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_uri(cls, uri: str, environ: Mapping[str, str] | None = None) -> EtcdOptions:
+        """Options from a registry URI, on top of :meth:`from_env`.
+
+        Forms: ``etcd://host:2379[,host2:2379...]`` (http), ``etcd+http://...``,
+        ``etcd+https://host:2379,...`` (TLS; ``ca_file``, ``cert_file``, ``key_file`` in the
+        query or from ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY``); ``etcd://`` with
+        no host takes ``ETCDCTL_ENDPOINTS`` (else the default). Query parameters set fields
+        by name, e.g. ``etcd://10.0.0.1:2379,10.0.0.2:2379?ttl_s=5&prefix=/prod/``.
+
+        Raises:
+            ConfigError: bad scheme, endpoint or option (the offending part is quoted).
+        """
+        parts = urllib.parse.urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme not in ("etcd", "etcd+http", "etcd+https"):
+            raise ConfigError(f"etcd URI scheme must be etcd, etcd+http or etcd+https, "
+                              f"got {parts.scheme!r}")
+        if "@" in parts.netloc:
+            raise ConfigError(f"etcd URI must not carry user info, got {parts.netloc!r}")
+        if parts.path not in ("", "/"):
+            raise ConfigError(f"etcd URI takes no path (use ?prefix=), got {parts.path!r}")
+        kwargs: dict[str, Any] = {}
+        default_scheme = "https" if scheme == "etcd+https" else "http"
+        if parts.netloc:
+            kwargs["endpoints"] = _split_endpoints(parts.netloc, default_scheme)
+        for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+            value = values[-1]
+            if key in _FLOAT_FIELDS:
+                try:
+                    kwargs[key] = float(value)
+                except ValueError:
+                    raise ConfigError(f"{key} must be a number, got {value!r}") from None
+            elif key in _STR_FIELDS:
+                kwargs[key] = value
+            else:
+                raise ConfigError(f"unknown option {key!r} in etcd URI {uri!r}")
+        options = cls.from_env(environ, **kwargs)
+        if scheme == "etcd+https" and options.scheme != "https":
+            raise ConfigError(f"{uri!r} asks for https but the endpoints are "
+                              f"{options.endpoints!r}")
+        return options
+
+
+async def _messages(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON messages of a gateway stream (one a line), whatever their size."""
+    buffer = b""
+    async for chunk in content.iter_any():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                message = json.loads(line)
+                if not isinstance(message, dict):
+                    raise ValueError(f"not a gateway stream message: {line[:200]!r}")
+                yield message
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` of a prefix range (the prefix with its last byte plus one)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+def _encode(instance: Instance) -> str:
+    return json.dumps({
+        "service": instance.service, "instance_id": instance.instance_id,
+        "host": instance.host, "port": instance.port, "tags": list(instance.tags),
+        "meta": dict(instance.meta), "weight": instance.weight,
+    }, sort_keys=True)
+
+
+def _decode(value: bytes) -> Instance:
+    data = json.loads(value)
+    return Instance(service=data["service"], instance_id=data["instance_id"], host=data["host"],
+                    port=int(data["port"]), tags=tuple(data.get("tags") or ()),
+                    meta=dict(data.get("meta") or {}), weight=int(data.get("weight") or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    """What a watch's follower task read: the listed instances, ids deleted since the
+    previous update, and whether the store was found replaced."""
+
+    listed: frozenset[Instance]
+    deleted: frozenset[str]
+    replaced: bool
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where a watch's follower is: the state it built, the last revision applied (0: a
+    full read is due), the cluster id and the highest revision seen from it, and how many
+    full reads in a row came without an event between them."""
+
+    state: dict[bytes, Instance] = field(default_factory=dict)
+    revision: int = 0
+    cluster: str | None = None
+    highest: int = 0
+    resyncs: int = 0
+
+
+_LOG_STARTED = {
+    False: "etcd cannot be read; watches keep their last endpoints (or wait for a first read)",
+    True: "etcd cannot be written; the lease is not renewed",
+}
+_LOG_STILL = {False: "etcd still cannot be read", True: "etcd still cannot be written"}
+_LOG_BACK = {False: "etcd readable again", True: "etcd writable again"}
+
+
+class EtcdRegistry:
+    """A :class:`~meshkit.discovery.Registry` on etcd v3 (see the module docstring).
+
+    Usage::
+
+        reg = EtcdRegistry(EtcdOptions(endpoints=("http://10.0.0.1:2379",
+                                                  "http://10.0.0.2:2379"), ttl_s=5))
+        await reg.register(Instance(service="orderd", instance_id="orderd-1",
+                                    host="10.0.0.5", port=50051))
+        async for instances in reg.watch("orderd"): ...
+        await reg.close()
+
+    Args:
+        options: :class:`EtcdOptions`; default :meth:`EtcdOptions.from_env`
+            (``ETCDCTL_ENDPOINTS`` etc.).
+        rng: random source of the backoff jitter (default a new ``random.Random()``).
+
+    The HTTP session is created on first use, inside the running event loop. Errors:
+    ``register``/``deregister`` raise :class:`RegistryError` (chained from the aiohttp or
+    etcd error); watches and the keep-alive never raise for etcd errors, they log on
+    ``meshkit.discovery.etcd`` once per outage and retry with backoff.
+    """
+
+    def __init__(self, options: EtcdOptions | None = None, *,
+                 rng: random.Random | None = None) -> None:
+        self.options = options if options is not None else EtcdOptions.from_env()
+        self._rng = rng if rng is not None else random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = True
+        self._current = 0  # index of the member requests go to first
+        self._lease: int | None = None
+        self._lease_lock = asyncio.Lock()
+        self._owned: dict[str, Instance] = {}
+        self._keeper: asyncio.Task[None] | None = None
+        self._race = CloseRace()
+        self._tracker = StatusTracker("etcd")
+        self._kept: dict[int, int] = {}
+        self._watch_ids = itertools.count()
+
+    @classmethod
+    def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
+                 rng: random.Random | None = None) -> EtcdRegistry:
+        """A registry from ``etcd://host:2379,host2:2379`` or ``etcd+https://...?opt=v``.
+
+        See :meth:`EtcdOptions.from_uri`; etcdctl's variables in ``environ`` (default
+        ``os.environ``) apply.
+
+        Raises:
+            ConfigError: the URI or an option in it is invalid.
+        """
+        return cls(EtcdOptions.from_uri(uri, environ), rng=rng)
+
+    def __repr__(self) -> str:
+        return f"EtcdRegistry(endpoints={self.options.endpoints!r}, ttl_s={self.options.ttl_s})"
+
+    async def __aenter__(self) -> EtcdRegistry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._race.closed:
+            raise RegistryError(f"etcd registry for {self.options.endpoints!r} is closed")
+        if self._session is None:
+            opts = self.options
+            if opts.scheme == "https":
+                ctx = ssl.create_default_context(cafile=opts.ca_file)
+                if opts.cert_file is not None:
+                    ctx.load_cert_chain(opts.cert_file, opts.key_file)
+                self._ssl = ctx
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s),
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+            )
+        return self._session
+
+    def _backoff_delay(self, attempt: int) -> float:
+        return full_jitter(self._rng, attempt, self.options.backoff_base_s,
+                           self.options.backoff_max_s)
+
+    def _failed_over(self, index: int) -> None:
+        """Member ``index`` failed: the next request starts with the one after it."""
+        n = len(self.options.endpoints)
+        if self._current % n == index % n:
+            self._current = (index + 1) % n
+
+    async def _post(self, path: str, body: Mapping[str, Any], *,
+                    persist: bool = True) -> dict[str, Any]:
+        """POST ``body`` to ``/v3<path>`` of one member after another until one answers.
+
+        With ``persist`` (writes: register, deregister, keep-alive) the members are tried
+        again, after a backoff, until ``operation_timeout_s`` has passed: a leader election
+        (about one to two election timeouts) makes every member answer ``UNAVAILABLE`` or
+        time out for a while. Without it (a watch's read, which retries on its own) one
+        pass over the members.
+
+        Raises:
+            _EtcdError: an error answer that another member would give too (e.g. NOT_FOUND),
+                or the last member's error.
+            aiohttp.ClientError, OSError, TimeoutError, ValueError: the last member's error.
+        """
+        session = self._get_session()
+        endpoints = self.options.endpoints
+        deadline = time.monotonic() + self.options.operation_timeout_s
+        error: BaseException | None = None
+        for attempt in itertools.count(1):
+            start = self._current
+            for i in range(start, start + len(endpoints)):
+                url = f"{endpoints[i % len(endpoints)]}/v3{path}"
+                try:
+                    async with asyncio.timeout(self.options.request_timeout_s), \
+                            session.post(url, json=body) as resp:
+                        data = await resp.json(content_type=None)
+                        if resp.status != 200 or not isinstance(data, dict):
+                            data = data if isinstance(data, dict) else {}
+                            raise _EtcdError(endpoints[i % len(endpoints)], resp.status,
+                                             int(data.get("code", -1)), str(
+                                                 data.get("message") or data.get("error")
+                                                 or data))
+                        return data
+                except _EtcdError as exc:
+                    if not exc.retry_elsewhere:
+                        raise
+                    error = exc
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                    error = exc
+                self._failed_over(i)
+            delay = self._backoff_delay(attempt)
+            if not persist or time.monotonic() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+        assert error is not None
+        raise error
+
+    def _outcome(self, write: bool, error: str | None) -> None:
+        """Record a read or write outcome; log the start, reminders and end of an outage."""
+        tracker = self._tracker
+        endpoints = list(self.options.endpoints)
+        if error is None:
+            duration = tracker.write_ok() if write else tracker.read_ok()
+            if duration is not None:
+                _log.info(_LOG_BACK[write], endpoints=endpoints, outage_s=round(duration, 3))
+            return
+        outage: Outage | None = tracker.write_failed(error) if write else tracker.read_failed(
+            error)
+        if outage == "started":
+            _log.warning(_LOG_STARTED[write], endpoints=endpoints, error=error)
+        elif outage == "reminder":
+            _log.warning(_LOG_STILL[write], endpoints=endpoints, error=error,
+                         failing_for_s=round(tracker.failing_for_s(write), 1))
+
+    def _key(self, instance: Instance) -> bytes:
+        return f"{self.options.prefix}{instance.service}/{instance.instance_id}".encode()
+
+    # -- registration --------------------------------------------------------------------
+    async def _grant(self) -> int:
+        data = await self._post("/lease/grant", {"TTL": str(int(self.options.ttl_s))})
+        if data.get("error"):
+            raise _EtcdError(self.options.endpoints[self._current], 200, -1, str(data["error"]))
+        return int(data["ID"])
+
+    async def _put(self, instance: Instance, lease: int) -> None:
+        await self._post("/kv/put", {"key": _b64(self._key(instance)),
+                                     "value": _b64(_encode(instance).encode()),
+                                     "lease": str(lease)})
+
+    async def register(self, instance: Instance) -> None:
+        """Put ``instance`` under this registry's lease and keep the lease alive.
+
+        Grants the lease (``ttl_s``) on first use, then ``PUT <prefix><service>/<id>`` with
+        the instance as JSON. Registering the same ``instance_id`` again replaces it.
+
+        Raises:
+            RegistryError: no member could be reached or one refused (chained from the
+                aiohttp error or etcd's answer).
+        """
+        async with self._lease_lock:
+            try:
+                old = self._owned.get(instance.instance_id)
+                if old is not None and self._key(old) != self._key(instance):
+                    await self._post("/kv/deleterange", {"key": _b64(self._key(old))})
+                if self._lease is None:
+                    self._lease = await self._grant()
+                try:
+                    await self._put(instance, self._lease)
+                except _EtcdError as exc:
+                    if exc.code != _NOT_FOUND:
+                        raise
+                    await self._regrant_locked()  # the lease expired meanwhile
+                    await self._put(instance, self._lease)
+            except _FOREIGN as exc:
+                error = RegistryError(f"cannot register {instance.instance_id!r} with etcd "
+                                      f"{list(self.options.endpoints)}: {describe(exc)}")
+                self._outcome(True, str(error))
+                raise error from exc
+            self._owned[instance.instance_id] = instance
+            self._outcome(True, None)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep(), name="meshkit-etcd-keepalive")
+
+    async def _regrant_locked(self) -> None:
+        """Grant a new lease and put every owned instance under it (``_lease_lock`` held)."""
+        self._lease = None
+        lease = await self._grant()
+        for instance in list(self._owned.values()):
+            await self._put(instance, lease)
+        self._lease = lease
+        self._tracker.reopened += 1
+
+    async def _keep_once(self) -> None:
+        """One keep-alive of the lease; on lease loss a new lease and every instance again.
+
+        The keep-alive itself runs outside ``_lease_lock``, so that a slow registration
+        (e.g. during a leader election) cannot hold it back past the lease's TTL.
+        """
+        lease = self._lease
+        if not self._owned:
+            return
+        if lease is not None:
+            data = await self._post("/lease/keepalive", {"ID": str(lease)})
+            if int((data.get("result") or {}).get("TTL") or 0) > 0:
+                return
+        async with self._lease_lock:
+            if self._lease != lease or not self._owned:
+                return  # registered again meanwhile, or nothing left to keep
+            _log.warning("etcd lease lost; registering the instances again",
+                         lease=lease, instances=sorted(self._owned))
+            await self._regrant_locked()
+
+    async def _keep(self) -> None:
+        """The keep-alive loop; ends when cancelled (close)."""
+        interval = self.options.keepalive_interval_s
+        assert interval is not None
+        delay, failures = interval, 0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._keep_once()
+            except _FOREIGN as exc:
+                failures += 1
+                delay = min(interval, self._backoff_delay(failures))
+                self._outcome(True, f"keep-alive: {describe(exc)}")
+                continue
+            failures, delay = 0, interval
+            self._outcome(True, None)
+
+    async def deregister(self, instance: Instance) -> None:
+        """Delete ``instance``'s key at once; unknown instances are ignored.
+
+        When it was the last instance of this registry the lease is revoked too.
+
+        Raises:
+            RegistryError: no member could be reached or one refused.
+        """
+        async with self._lease_lock:
+            self._owned.pop(instance.instance_id, None)
+            try:
+                await self._post("/kv/deleterange", {"key": _b64(self._key(instance))})
+                if not self._owned and self._lease is not None:
+                    lease, self._lease = self._lease, None
+                    with contextlib.suppress(_EtcdError):  # NOT_FOUND: it had expired
+                        await self._post("/lease/revoke", {"ID": str(lease)})
+            except _FOREIGN as exc:
+                error = RegistryError(f"cannot deregister {instance.instance_id!r} from etcd "
+                                      f"{list(self.options.endpoints)}: {describe(exc)}")
+                self._outcome(True, str(error))
+                raise error from exc
+            self._outcome(True, None)
+
+    # -- discovery -----------------------------------------------------------------------
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        """Yield the instances of ``service`` now, then each time the set changes.
+
+        Reads the prefix ``<prefix><service>/`` and follows a watch stream from the next
+        revision (resumed after a disconnect, re-read after a compaction; see the module
+        docstring). A failed read yields nothing: the last set stands, and before the first
+        successful read there is none. The iterator ends when the registry is closed.
+
+        Args:
+            service: the service name, e.g. ``"orderd"``.
+
+        Raises:
+            ConfigError: ``service`` is empty.
+        """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
+        queue: asyncio.Queue[_Update] = asyncio.Queue()
+        follower = asyncio.create_task(self._follow(service, queue),
+                                       name=f"meshkit-etcd-watch-{service}")
+        me = next(self._watch_ids)
+        grace_s = self.options.fault_grace_s
+        assert grace_s is not None
+        last: frozenset[Instance] | None = None
+        listed: frozenset[Instance] = frozenset()
+        kept: frozenset[Instance] = frozenset()
+        keep_until: float | None = None
+        try:
+            while not self._race.closed:
+                timeout = None if keep_until is None else max(0.0, keep_until - time.monotonic())
+                try:
+                    async with asyncio.timeout(timeout):
+                        update = await self._race.race(queue.get())
+                except TimeoutError:
+                    update = None
+                if update is CLOSED:
+                    return
+                if update is not None:
+                    if update.replaced and last is not None and grace_s > 0:
+                        kept = last
+                        keep_until = time.monotonic() + grace_s
+                        _log.info("etcd store replaced: a watch keeps its last endpoints "
+                                  "until their owners register again", service=service,
+                                  grace_s=grace_s)
+                    listed = update.listed
+                    kept = frozenset(i for i in kept if i.instance_id not in update.deleted)
+                if keep_until is not None and time.monotonic() >= keep_until:
+                    kept, keep_until = frozenset(), None
+                ids = {i.instance_id for i in listed}
+                extra = frozenset(i for i in kept if i.instance_id not in ids)
+                self._kept[me] = len(extra)
+                current = listed | extra
+                if current != last:
+                    last = current
+                    yield current
+        finally:
+            self._kept.pop(me, None)
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    async def _range(self, prefix: bytes) -> tuple[dict[str, Any], dict[bytes, Instance]]:
+        data = await self._post("/kv/range", {"key": _b64(prefix),
+                                              "range_end": _b64(_prefix_end(prefix))},
+                                persist=False)
+        state: dict[bytes, Instance] = {}
+        for kv in data.get("kvs") or ():
+            key = _unb64(kv["key"])
+            with contextlib.suppress(ConfigError, ValueError, KeyError, TypeError):
+                state[key] = _decode(_unb64(kv.get("value", "")))
+                continue
+            _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"))
+        return data.get("header") or {}, state
+
+    async def _follow(self, service: str, queue: asyncio.Queue[_Update]) -> None:
+        """Read ``service``'s prefix and follow its watch stream, forever; put each new
+        state on ``queue``. Errors are recorded and retried with backoff."""
+        prefix = f"{self.options.prefix}{service}/".encode()
+        cur = _Cursor()
+        failures = 0
+        while not self._race.closed:
+            try:
+                if cur.revision == 0:
+                    header, cur.state = await self._range(prefix)
+                    rev = int(header.get("revision") or 0)
+                    replaced = cur.cluster is not None and (
+                        header.get("cluster_id") != cur.cluster or rev < cur.highest)
+                    cur.cluster, cur.revision = header.get("cluster_id"), rev
+                    cur.highest = rev if replaced else max(cur.highest, rev)
+                    self._outcome(False, None)
+                    queue.put_nowait(_Update(frozenset(cur.state.values()), frozenset(),
+                                             replaced))
+                    cur.resyncs += 1
+                    if cur.resyncs > 2:  # re-read again and again: do not spin
+                        await asyncio.sleep(self._backoff_delay(cur.resyncs - 2))
+                await self._stream(prefix, cur, queue)
+                if cur.revision:  # the stream ended without an error: the member went away
+                    raise ConnectionResetError("the watch stream ended")
+            except _FOREIGN as exc:
+                failures += 1
+                self._outcome(False, f"watch of {service!r}: {describe(exc)}")
+                await asyncio.sleep(self._backoff_delay(failures))
+            else:
+                failures = 0
+
+    async def _stream(self, prefix: bytes, cur: _Cursor, queue: asyncio.Queue[_Update]) -> None:
+        """Follow one watch stream from ``cur.revision + 1``, applying its events to ``cur``
+        (state and revision, as they come, so a broken stream resumes after the last one).
+
+        Returns when the stream ends; ``cur.revision`` is 0 then if a full read is due
+        (compacted past the revision, or the member belongs to a replaced store).
+
+        Raises:
+            _EtcdError, aiohttp.ClientError, OSError, ValueError: the stream failed.
+        """
+        session = self._get_session()
+        index = self._current
+        endpoint = self.options.endpoints[index % len(self.options.endpoints)]
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
+                                   "start_revision": str(cur.revision + 1)}}
+        try:
+            async with asyncio.timeout(self.options.request_timeout_s):
+                resp = await session.post(f"{endpoint}/v3/watch", json=body,
+                                          headers={"Grpc-Metadata-hasleader": "true"})
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            self._failed_over(index)
+            raise
+        async with resp:
+            if resp.status != 200:
+                self._failed_over(index)
+                raise _EtcdError(endpoint, resp.status, -1, (await resp.text())[:300])
+            try:
+                async for message in _messages(resp.content):
+                    if "error" in message:
+                        err = message["error"]
+                        raise _EtcdError(endpoint, 200, int(err.get("grpc_code") or
+                                                            err.get("code") or -1),
+                                         str(err.get("message") or err))
+                    result = message.get("result") or {}
+                    header = result.get("header") or {}
+                    if result.get("created"):
+                        if header.get("cluster_id") != cur.cluster or int(
+                                header.get("revision") or 0) < cur.revision:
+                            cur.highest = max(cur.highest, cur.revision)
+                            cur.revision = 0  # another store answers: read it in full
+                            return
+                        self._outcome(False, None)
+                        continue
+                    if result.get("canceled"):
+                        if int(result.get("compact_revision") or 0) > 0:
+                            _log.info("etcd compacted past a watch's revision; re-reading",
+                                      prefix=prefix.decode(), revision=cur.revision,
+                                      compact_revision=int(result["compact_revision"]))
+                            cur.highest = max(cur.highest, cur.revision)
+                            cur.revision = 0
+                            return
+                        raise _EtcdError(endpoint, 200, -1, "watch canceled: " + str(
+                            result.get("cancel_reason") or "no reason given"))
+                    events = result.get("events") or ()
+                    if not events:  # a progress notification
+                        continue
+                    deleted: set[str] = set()
+                    state = cur.state
+                    for event in events:
+                        kv = event["kv"]
+                        key = _unb64(kv["key"])
+                        if event.get("type") == "DELETE":
+                            gone = state.pop(key, None)
+                            deleted.add(gone.instance_id if gone is not None
+                                        else key.rsplit(b"/", 1)[-1].decode(errors="replace"))
+                            continue
+                        try:
+                            state[key] = _decode(_unb64(kv.get("value", "")))
+                        except (ConfigError, ValueError, KeyError, TypeError):
+                            state.pop(key, None)
+                            _log.warning("skipping unusable etcd entry",
+                                         key=key.decode(errors="replace"))
+                    cur.revision = max([cur.revision, *(
+                        int(e["kv"].get("mod_revision") or 0) for e in events)])
+                    cur.resyncs = 0
+                    self._outcome(False, None)
+                    queue.put_nowait(_Update(frozenset(state.values()), frozenset(deleted),
+                                             False))
+            except (aiohttp.ClientError, OSError):
+                self._failed_over(index)
+                raise
+        self._failed_over(index)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def status(self) -> RegistryStatus:
+        """This registry's health as its own requests saw it (no I/O).
+
+        ``readable``/``read_errors``: the watches' reads and streams; ``writable``/
+        ``write_errors``: register, deregister and keep-alives; ``reopened``: lease losses
+        after which every instance was registered again; ``kept_endpoints``: instances the
+        watches keep after a replaced store (see the module docstring).
+        """
+        return dataclasses.replace(self._tracker.status(),
+                                   kept_endpoints=sum(self._kept.values()))
+
+    async def close(self) -> None:
+        """Stop the keep-alive, end every watch and close the HTTP session. Idempotent.
+
+        Does not deregister or revoke: the instances go when the lease expires (``ttl_s``).
+        """
+        if self._race.closed:
+            return
+        tasks = [t for t in (self._keeper, *self._race.close()) if t is not None]
+        self._keeper = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

@@ -1,0 +1,275 @@
+"""EtcdRegistry: options and URIs, then its etcd-specific rules against a real etcd node
+(lease loss, watch resume after a disconnect and after a compaction, a replaced store,
+TLS with client certificates). The Registry promises shared with the other backends are in
+test_conformance.py; a 3-member cluster under a routing mesh is in test_etcd_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+import meshkit
+from meshkit.auth import init_ca_dir, issue_into_dir
+from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance, registry_from_uri
+from meshkit.errors import ConfigError, RegistryError
+from tests.discovery.conformance import Collector, make_instance, unique_service
+from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary
+from tests.support.ports import free_port
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(30)
+
+FAST: dict[str, Any] = {"ttl_s": 2, "request_timeout_s": 1.0, "operation_timeout_s": 1.0,
+                        "backoff_base_s": 0.05,
+                        "backoff_max_s": 0.3}
+
+
+# -- options and URIs (no etcd) ----------------------------------------------------------------
+def test_uri_forms_and_etcdctl_environment(tmp_path: Path) -> None:
+    """etcd:// lists members (default port 2379), etcd+https:// takes TLS files, etcd://
+    alone takes ETCDCTL_ENDPOINTS, and ETCDCTL_CACERT/CERT/KEY apply."""
+    o = EtcdOptions.from_uri("etcd://10.0.0.1:2379,10.0.0.2,[::1]:23790?ttl_s=5&prefix=/p/",
+                             environ={})
+    assert o.endpoints == ("http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://[::1]:23790")
+    assert (o.ttl_s, o.keepalive_interval_s, o.prefix, o.fault_grace_s) == (5, 5 / 3, "/p/", 5)
+    env = {"ETCDCTL_ENDPOINTS": "https://a:1,https://b:2"}
+    assert EtcdOptions.from_uri("etcd://", environ=env).endpoints == ("https://a:1",
+                                                                      "https://b:2")
+    for name in ("ca.pem", "c.pem", "c.key"):
+        (tmp_path / name).write_text("x")
+    env = {"ETCDCTL_CACERT": str(tmp_path / "ca.pem"), "ETCDCTL_CERT": str(tmp_path / "c.pem"),
+           "ETCDCTL_KEY": str(tmp_path / "c.key")}
+    o = EtcdOptions.from_uri("etcd+https://h:2379", environ=env)
+    assert (o.endpoints, o.scheme, o.ca_file, o.cert_file) == (
+        ("https://h:2379",), "https", env["ETCDCTL_CACERT"], env["ETCDCTL_CERT"])
+    assert "c.key" not in repr(o)
+    reg = registry_from_uri("etcd://127.0.0.1:2379")
+    assert isinstance(reg, EtcdRegistry) and isinstance(reg, meshkit.Registry)
+
+
+@pytest.mark.parametrize(("uri", "quoted"), [
+    ("etcd://h:2379?ttl_s=1.5", "1.5"),
+    ("etcd://h:2379?ttl_s=3&keepalive_interval_s=3", "3.0"),
+    ("etcd://h:2379?request_timeout_s=-1", "-1.0"),
+    ("etcd://h:99999", "h:99999"),
+    ("etcd://h:2379/x", "/x"),
+    ("etcd://h:2379?colour=red", "colour"),
+    ("etcd://h:2379?prefix=nolead/", "nolead/"),
+    ("etcd://h:2379?ca_file=/nonexistent.pem", "/nonexistent.pem"),
+    ("etcd://u:p@h:2379", "u:p@h:2379"),
+    ("etcdx://h:2379", "etcdx"),
+])
+def test_bad_uris_fail_at_construction(uri: str, quoted: str) -> None:
+    """A bad URI or option fails when the registry is built, quoting the bad part."""
+    with pytest.raises(ConfigError, match=quoted.replace("?", r"\?")):
+        EtcdOptions.from_uri(uri, environ={})
+
+
+def test_bad_option_combinations() -> None:
+    """Mixed schemes, a lone key file and TLS files on http endpoints are refused."""
+    with pytest.raises(ConfigError, match="one scheme"):
+        EtcdOptions(endpoints=("http://a:1", "https://b:2"))
+    with pytest.raises(ConfigError, match="go together"):
+        EtcdOptions(endpoints=("https://a:1",), key_file=__file__)
+    with pytest.raises(ConfigError, match="need https"):
+        EtcdOptions(endpoints=("http://a:1",), ca_file=__file__)
+    with pytest.raises(ConfigError, match="sequence"):
+        EtcdOptions(endpoints="http://a:1")  # type: ignore[arg-type]
+
+
+async def test_unreachable_etcd_fails_register_and_keeps_watch_waiting() -> None:
+    """With no member answering, register raises RegistryError and a watch yields nothing
+    while status() reports the failed read."""
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{free_port()}",), **FAST))
+    try:
+        with pytest.raises(RegistryError, match="cannot register"):
+            await reg.register(make_instance("svc", 1))
+        watcher = Collector(reg, "svc")
+        await until(lambda: reg.status().read_errors >= 2, what="failed reads")
+        assert watcher.queue.empty() and reg.status().readable is False
+        await watcher.stop()
+    finally:
+        await reg.close()
+
+
+# -- a real etcd node ---------------------------------------------------------------------------
+@pytest.fixture
+def binary() -> str:
+    """The etcd binary (skip if absent; fail under CI=true)."""
+    return require_etcd_binary()
+
+
+@pytest.fixture
+def node(binary: str, tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A single real etcd node of this test's own."""
+    cluster = EtcdCluster(binary, tmp_path, size=1)
+    try:
+        cluster.start_blocking()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def registries() -> AsyncIterator[list[EtcdRegistry]]:
+    """A list to put registries in; each is closed at teardown."""
+    made: list[EtcdRegistry] = []
+    yield made
+    for reg in made:
+        await reg.close()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+async def test_lease_loss_registers_again(node: EtcdCluster,
+                                          registries: list[EtcdRegistry]) -> None:
+    """When the registry's lease is gone (revoked here, as after an expiry during an
+    outage) the keep-alive sees TTL 0, grants a new lease and puts every instance again."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    await owner.register(a)
+    await owner.register(b)
+    watcher = Collector(reader, service)
+    await watcher.until_set({a, b})
+    lease = owner._lease
+    assert lease is not None
+    with capture_logs() as logs:
+        await asyncio.to_thread(node.post, 0, "/lease/revoke", {"ID": str(lease)})
+        await watcher.until_set(set())  # revoking deletes the keys
+        await watcher.until_set({a, b}, timeout_s=2 * opts.ttl_s)
+    # The watch may see the last put before the owner has its answer: wait for it.
+    await until(lambda: owner.status().reopened == 1, what="the owner to count the re-grant")
+    assert owner._lease != lease
+    assert any(e["event"] == "etcd lease lost; registering the instances again" for e in logs)
+    await watcher.stop()
+
+
+async def _cut_watch(node: EtcdCluster, registries: list[EtcdRegistry],
+                     change: Any) -> tuple[list[frozenset[Instance]], list[Any]]:
+    """Watch through a proxy, cut it, let ``change(owner, a)`` run against etcd directly,
+    heal; return every set the watch yielded and the logs."""
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    owner = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    registries.append(owner)
+    await owner.register(a)
+    port = node.members[0].client_port
+    async with TcpProxy("127.0.0.1", port) as proxy:
+        reader = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{proxy.port}",),
+                                          **{**FAST, "backoff_base_s": 0.2}))
+        registries.append(reader)
+        watcher = Collector(reader, service)
+        seen = [await watcher.next()]
+        assert seen == [{a}]
+        with capture_logs() as logs:
+            await proxy.stop()
+            await until(lambda: reader.status().readable is False, what="watch cut")
+            await owner.register(b)
+            await owner.deregister(a)
+            await change(owner)
+            await proxy.start()
+            seen.append(await watcher.next())
+            await until(lambda: reader.status().readable is True, what="watch back")
+        await watcher.stop()
+    assert seen[-1] == {b}
+    return seen, logs
+
+
+async def test_watch_resumes_from_its_revision_after_a_disconnect(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """Changes made while a watch was cut off reach it when it reconnects, by resuming the
+    stream from its revision (no full re-read), with no intermediate empty set."""
+    async def nothing(_owner: EtcdRegistry) -> None:
+        return None
+
+    seen, logs = await _cut_watch(node, registries, nothing)
+    assert frozenset() not in seen
+    assert not [e for e in logs if "compacted" in e["event"]]
+
+
+async def test_watch_reads_again_after_a_compaction(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """If etcd compacted past the revision a cut-off watch would resume from, the watch is
+    cancelled with compact_revision, reads the prefix in full and goes on from there."""
+    async def compact(_owner: EtcdRegistry) -> None:
+        status = await asyncio.to_thread(node.post, 0, "/kv/range", {"key": _b64("x")})
+        rev = int(status["header"]["revision"])  # type: ignore[index]
+        await asyncio.to_thread(node.post, 0, "/kv/compaction", {"revision": str(rev)})
+
+    _seen, logs = await _cut_watch(node, registries, compact)
+    assert [e for e in logs if e["event"].startswith("etcd compacted past")]
+
+
+async def test_replaced_store_keeps_last_endpoints_until_owners_return(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """etcd restarted on a wiped data directory: the watch keeps its last set (never yields
+    an empty one) while the owner finds its lease gone and registers again, then the store's
+    view applies."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **{**FAST, "ttl_s": 3})
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a = make_instance(service, 1)
+    await owner.register(a)
+    for i in range(20):  # move the old store's revision well past a fresh one's
+        await asyncio.to_thread(node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"), "value": ""})
+    watcher = Collector(reader, service)
+    await watcher.until_set({a})
+    node.kill(0)
+    node.wipe(0)
+    node.start_member(0)
+    await node.wait_healthy()
+    await until(lambda: reader.status().kept_endpoints == 1, timeout_s=10,
+                what="the watch to keep the last set")
+    await until(lambda: owner.status().reopened == 1, timeout_s=10, what="re-registration")
+    await until(lambda: reader.status().kept_endpoints == 0, timeout_s=2 * opts.ttl_s + 2,
+                what="the grace period to end")
+    assert watcher.latest == {a}
+    while not watcher.queue.empty():
+        assert watcher.queue.get_nowait() == {a}
+    await watcher.stop()
+
+
+async def test_tls_with_client_certificates(binary: str, tmp_path: Path) -> None:
+    """etcd+https:// with a CA and a client certificate registers and watches on an etcd
+    that requires client certificates; without one, registering fails."""
+    pki = tmp_path / "pki"
+    ca = init_ca_dir(pki, trust_domain="meshkit.test", ttl_days=1)
+    server = issue_into_dir(pki, "etcd", ttl_h=1, dns=("localhost",), ips=("127.0.0.1",))
+    client = issue_into_dir(pki, "client", ttl_h=1, dns=("localhost",))
+    cluster = EtcdCluster(binary, tmp_path, size=1, tls=EtcdTls(
+        cert_file=Path(server.cert_file), key_file=Path(server.key_file),
+        client_ca_file=Path(ca.ca_file)))
+    try:
+        await cluster.start()
+        uri = cluster.uri(ca_file=ca.ca_file, cert_file=client.cert_file,
+                          key_file=client.key_file, ttl_s=2)
+        reg = registry_from_uri(uri)
+        assert isinstance(reg, EtcdRegistry)
+        no_cert = EtcdRegistry(EtcdOptions(endpoints=tuple(cluster.endpoints),
+                                           ca_file=str(ca.ca_file), **FAST))
+        try:
+            service = unique_service()
+            a = make_instance(service, 1)
+            await reg.register(a)
+            assert await Collector(reg, service).next() == {a}
+            with pytest.raises(RegistryError):
+                await no_cert.register(a)
+        finally:
+            await reg.close()
+            await no_cert.close()
+    finally:
+        cluster.close()
