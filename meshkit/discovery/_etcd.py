@@ -842,6 +842,35 @@ class EtcdRegistry:
         self._failed_over(index)
 
     # -- lifecycle -----------------------------------------------------------------------
+    async def services(self) -> frozenset[str]:
+        """The names of the services with a registered instance now: one keys-only
+        ``/v3/kv/range`` over ``prefix`` (one pass over the members).
+
+        Raises:
+            RegistryError: no member answered (chained).
+        """
+        prefix = self.options.prefix.encode()
+        try:
+            data = await self._post("/kv/range", {
+                "key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
+                "keys_only": True}, persist=False)
+        except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise RegistryError(f"etcd: cannot list services: {exc}") from exc
+        names = set()
+        for kv in data.get("kvs") or ():
+            service, sep, _ = _unb64(kv["key"])[len(prefix):].decode(
+                errors="replace").partition("/")
+            if sep and service:
+                names.add(service)
+        return frozenset(names)
+
+    async def failing(self, service: str) -> frozenset[Instance]:
+        """Always empty: an etcd key lives under its owner's lease, so an instance whose
+        owner died disappears with the lease (``ttl_s``) instead of staying as failing.
+        Present so ``meshkit services`` and ``meshkit prometheus-targets`` treat every
+        registry alike."""
+        return frozenset()
+
     def status(self) -> RegistryStatus:
         """This registry's health as its own requests saw it (no I/O).
 

@@ -1,6 +1,6 @@
 """What the operator commands read from a registry besides watches: the services it lists
 (``services()``) and the instances that died without deregistering (``failing()``), on
-the local registry and on the Consul agent double."""
+the local registry, the Consul agent double and a real etcd node."""
 
 from __future__ import annotations
 
@@ -61,3 +61,31 @@ async def test_consul_registry_lists_services_and_failing_instances() -> None:
         finally:
             await alive.close()
             await dying.close()
+
+
+async def test_etcd_registry_lists_services_and_has_no_failing_state(tmp_path: Path) -> None:
+    """etcd (real, one node): the services under the prefix; an instance whose owner died
+    leaves with its lease instead of staying as failing, and a drained one at once."""
+    from meshkit.discovery import EtcdRegistry
+    from tests.support.etcd import EtcdCluster, require_etcd_binary
+
+    cluster = EtcdCluster(require_etcd_binary(), tmp_path, size=1)
+    try:
+        cluster.start_blocking()
+        alive = EtcdRegistry.from_uri(cluster.uri(ttl_s=1))
+        dying = EtcdRegistry.from_uri(cluster.uri(ttl_s=1))
+        try:
+            stays, dies, drained = make_instance("orderd", 1), make_instance("orderd", 2), \
+                make_instance("userd", 1)
+            await alive.register(stays)
+            await dying.register(dies)
+            await alive.register(drained)
+            assert await alive.services() == {"orderd", "userd"}
+            await alive.deregister(drained)
+            assert await alive.services() == {"orderd"}
+            assert await alive.failing("orderd") == frozenset()
+        finally:
+            await alive.close()
+            await dying.close()
+    finally:
+        cluster.close()
