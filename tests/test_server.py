@@ -215,8 +215,8 @@ async def test_undecodable_request_is_invalid_argument_and_counted(
         after = await _admin_metrics(srv2)
         for path, _, _ in cases:
             name = path.rsplit("/", 1)[1]
-            counted = (_handled(after, name, "INVALID_ARGUMENT")
-                       - _handled(before, name, "INVALID_ARGUMENT"))
+            counted = (_handled(after, name, "InvalidArgument")
+                       - _handled(before, name, "InvalidArgument"))
             assert counted >= 1, (path, counted)
     finally:
         await srv2.drain()

@@ -46,7 +46,8 @@ that serves.
 go-grpc-prometheus; one :class:`~prometheus_client.CollectorRegistry` per process,
 :func:`default_registry`, served at ``/metrics``). Labels: ``grpc_type`` (``unary``,
 ``client_stream``, ``server_stream``, ``bidi_stream``), ``grpc_service``
-(``ecom.v1.OrderService``), ``grpc_method`` (``PlaceOrder``), ``grpc_code`` (``OK``...),
+(``ecom.v1.OrderService``), ``grpc_method`` (``PlaceOrder``), ``grpc_code`` (``OK``,
+``NotFound``, ``Unavailable``...: spelled as go-grpc-prometheus spells them),
 ``target`` (dialed mesh service), ``instance_id``, ``service`` (mesh service), ``state``.
 
 Label set ``RPC`` = ``grpc_type, grpc_service, grpc_method``; ``inst.`` = ``instance_id``.

@@ -102,6 +102,15 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
 
 _OK = grpc.StatusCode.OK
 
+#: ``grpc_code`` label values, spelled as go-grpc-prometheus writes them (Go's
+#: ``codes.Code.String()``: ``OK``, ``Canceled``, ``InvalidArgument``, ``NotFound``,
+#: ``Unauthenticated``...), so dashboards and alerts written for it match meshkit's series.
+GRPC_CODE_LABELS: dict[grpc.StatusCode, str] = {
+    c: "OK" if c is _OK else "Canceled" if c is grpc.StatusCode.CANCELLED
+    else "".join(part.capitalize() for part in c.name.split("_"))
+    for c in grpc.StatusCode
+}
+
 
 class _Record:
     """One method's RPC counts as plain numbers, read by :class:`_RpcCollector` at scrape
@@ -232,7 +241,7 @@ class _RpcCollector:
                 if r.ok:
                     handled.add_metric([*labels, "OK"], r.ok, created=r.created)
                 for code, n in list(r.handled.items()):
-                    handled.add_metric([*labels, code.name], n, created=r.created)
+                    handled.add_metric([*labels, GRPC_CODE_LABELS[code]], n, created=r.created)
                 counts = list(r.counts)
                 cumulative, buckets = 0, []
                 for le, n in zip(self._rpc.le, counts, strict=True):

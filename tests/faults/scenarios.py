@@ -305,7 +305,7 @@ class Malformed(Scenario):
     PlaceOrder, GetOrder and ListOrders of ``orderd-1`` with a valid token, over mTLS.
 
     Criteria: each answer is ``INVALID_ARGUMENT`` with a clean message; each is counted
-    in ``grpc_server_handled_total{grpc_code="INVALID_ARGUMENT"}`` and written to the
+    in ``grpc_server_handled_total{grpc_code="InvalidArgument"}`` and written to the
     access log; callers are not hurt (recovery 0-1 s from the start).
     """
 
@@ -346,9 +346,9 @@ class Malformed(Scenario):
         after = await scrape(run.admin_port("orderd-1"))
         for method, n in self.sent.items():
             counted = (metric(after, "grpc_server_handled_total", grpc_method=method,
-                              grpc_code="INVALID_ARGUMENT")
+                              grpc_code="InvalidArgument")
                        - metric(self.before, "grpc_server_handled_total", grpc_method=method,
-                                grpc_code="INVALID_ARGUMENT"))
+                                grpc_code="InvalidArgument"))
             if counted < n:
                 run.problem(f"{method}: {n} malformed calls, {counted:.0f} counted as "
                             "INVALID_ARGUMENT in grpc_server_handled_total")

@@ -136,8 +136,8 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
             == 3
         )
         assert value(got, handled, grpc_method="Sleep", grpc_code="OK") == 2
-        assert value(got, handled, grpc_method="Sleep", grpc_code="RESOURCE_EXHAUSTED") == 1
-        assert value(got, handled, grpc_method="Fail", grpc_code="INVALID_ARGUMENT") == 1
+        assert value(got, handled, grpc_method="Sleep", grpc_code="ResourceExhausted") == 1
+        assert value(got, handled, grpc_method="Fail", grpc_code="InvalidArgument") == 1
         assert (
             value(
                 got, handled, grpc_method="ServerStream", grpc_type="server_stream", grpc_code="OK"
@@ -170,7 +170,7 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
     assert value(got, "meshkit_server_rate_limited_total", grpc_method="Sleep") == 1
     # a handler answering RESOURCE_EXHAUSTED itself is handled, not rate-limited
     assert value(got, "grpc_server_handled_total", grpc_method="Fail",
-                 grpc_code="RESOURCE_EXHAUSTED") == 1
+                 grpc_code="ResourceExhausted") == 1
     assert value(got, "meshkit_server_rate_limited_total", grpc_method="Fail") == 0
     assert value(got, "meshkit_client_attempts_total", grpc_method="Unary") == 3
     assert value(got, "meshkit_client_endpoints", target="echo", state="READY") == 1
@@ -254,6 +254,8 @@ def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
     from meshkit.observability import DURATION_BUCKETS_S, rpc_metrics
     from meshkit.observability._semconv import MethodNames
 
+    # go-grpc-prometheus' spelling of the codes (Go's codes.Code.String())
+    GO_NAMES = {grpc.StatusCode.OK: "OK", grpc.StatusCode.UNAVAILABLE: "Unavailable"}
     ours = CollectorRegistry()
     rpc = rpc_metrics(ours)
     names = MethodNames("/pkg.v1.Svc/Get", "unary")
@@ -274,7 +276,7 @@ def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
         started.labels(*lv).inc()
         in_flight.labels(*lv).inc()
         rec.finished(code, duration_s)
-        handled.labels(*lv, code.name).inc()
+        handled.labels(*lv, GO_NAMES[code]).inc()
         hist.labels(*lv).observe(duration_s)
         in_flight.labels(*lv).dec()
     rec.start()
