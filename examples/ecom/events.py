@@ -44,8 +44,9 @@ DURABLE = "order-summary"
 
 async def ensure_order_stream(js: JetStreamContext) -> None:
     """Create (or update) the ``ECOM_ORDERS`` stream over ``ecom.orders.>`` with a
-    2-minute dedupe window."""
-    await ensure_stream(js, STREAM, ["ecom.orders.>"], duplicate_window_s=120.0)
+    2-minute dedupe window, keeping events for a day."""
+    await ensure_stream(js, STREAM, ["ecom.orders.>"], duplicate_window_s=120.0,
+                        max_age_s=86400.0)
 
 
 def consumer_options(verifier: MessageVerifier | None, **overrides: Any) -> ConsumerOptions:

@@ -40,6 +40,9 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nats-url", default=os.environ.get("MESHKIT_NATS_URL",
                                                         "nats://127.0.0.1:4222"),
                    help="NATS with JetStream (env MESHKIT_NATS_URL)")
+    p.add_argument("--durable", default=os.environ.get("ECOM_SUMMARY_DURABLE", events.DURABLE),
+                   help="durable consumer name; processes with one name share the events"
+                        " (env ECOM_SUMMARY_DURABLE)")
     args = p.parse_args(argv)
     tls_options = tls(args, SERVICE)
     verifier = None
@@ -52,7 +55,8 @@ async def main(argv: list[str] | None = None) -> None:
     try:
         js = nc.jetstream()
         await events.ensure_order_stream(js)
-        consumer = Consumer(js, events.Projection(store), events.consumer_options(verifier))
+        consumer = Consumer(js, events.Projection(store), events.consumer_options(
+            verifier, durable=args.durable))
         task = asyncio.create_task(consumer.run(), name="projection-consumer")
         try:
             auth = AuthOptions(policy=summaryd_policy(insecure=tls_options is None))
