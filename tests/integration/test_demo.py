@@ -37,6 +37,7 @@ async def test_demo_passes_with_a_killed_instance() -> None:
     assert proc.returncode == 0, text
     assert "SIGKILL orderd-2" in text
     assert "Result: OK" in text
+    assert "the projection converged" in text, text  # events: summaries == orders table
     assert "mTLS on every hop" in text and "spiffe://meshkit.local/svc/orderd" in text
     assert text.count("[ok ]") == 7 and "[BAD]" not in text
     # One trace across the client, orderd and userd processes, and live admin servers.
@@ -67,7 +68,7 @@ async def test_keep_running_then_ctrl_c_stops_every_process() -> None:
     text = "".join(lines)
     assert "keeps running" in text, text  # else the demo ended early: its output says why
     pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
-    assert len(pids) == 4 and all(alive(p) for p in pids), text
+    assert len(pids) == 5 and all(alive(p) for p in pids), text  # 2 userd, 2 orderd, summaryd
     proc.send_signal(signal.SIGINT)
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)
     text += rest.decode()

@@ -1,6 +1,7 @@
 """Fixtures for the messaging tests: the shared NATS (127.0.0.1:4222, JetStream) with a
 fresh stream per test, private nats-server processes for tests that kill or restart the
-server, workload certificates, an in-memory tracer and a private Prometheus registry.
+server, workload certificates, and (from the observability tests) an in-memory tracer
+and a private Prometheus registry.
 
 The shared NATS is taken from ``NATS_URL`` (default ``nats://127.0.0.1:4222``). When it
 is unreachable its tests are skipped, except under ``CI=true``: then they fail.
@@ -14,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 
 from meshkit.auth import create_ca, issue_workload
 from meshkit.messaging import ensure_stream
 from tests.conftest import IN_CI
+from tests.observability.conftest import Tracing, prom, tracing  # noqa: F401 - fixtures
 from tests.support.wait import until
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
@@ -193,31 +191,3 @@ def workloads() -> Workloads:
         userd=issue_workload(ca_key, ca_cert, "userd")[::-1],  # type: ignore[arg-type]
         foreign=issue_workload(other_key, other_cert, "orderd")[::-1],  # type: ignore[arg-type]
     )
-
-
-@dataclass
-class Tracing:
-    """A private tracer provider exporting to memory."""
-
-    provider: TracerProvider
-    exporter: InMemorySpanExporter
-
-    def spans(self) -> list[Any]:
-        """Every finished span so far."""
-        return list(self.exporter.get_finished_spans())
-
-
-@pytest.fixture
-def tracing() -> Iterator[Tracing]:
-    """A private TracerProvider with an in-memory exporter."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield Tracing(provider, exporter)
-    provider.shutdown()
-
-
-@pytest.fixture
-def prom() -> CollectorRegistry:
-    """A private Prometheus registry."""
-    return CollectorRegistry()
