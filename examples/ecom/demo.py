@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 import meshkit
-from examples.ecom import mesh, security
+from examples.ecom import demo_events, mesh, security
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from meshkit.auth import (
     TLSOptions,
@@ -50,7 +50,8 @@ from meshkit.observability import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = {"userd": "examples.ecom.user_service", "orderd": "examples.ecom.order_service"}
+SERVICES = {"userd": "examples.ecom.user_service", "orderd": "examples.ecom.order_service",
+            "summaryd": "examples.ecom.projection_service"}
 
 
 # -- what happened -----------------------------------------------------------------------
@@ -130,7 +131,8 @@ class Stack:
         """Start one instance and wait for its READY line."""
         db = self.database_url or f"sqlite:///{self.workdir / (service + '.db')}"
         env = {**os.environ, "MESHKIT_REGISTRY": self.registry_uri, "PYTHONUNBUFFERED": "1",
-               "MESHKIT_TRACE_FILE": str(self.workdir / "traces" / f"{instance_id}.jsonl")}
+               "MESHKIT_TRACE_FILE": str(self.workdir / "traces" / f"{instance_id}.jsonl"),
+               **demo_events.service_env()}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         security = (["--cert-dir", str(self.cert_dir)] if self.cert_dir is not None
                     else ["--insecure", "--jwt-dir", str(self.workdir / "jwt")])
@@ -495,7 +497,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         t0 = time.monotonic()
         await asyncio.gather(*(stack.start(s, f"{s}-{n}") for s in ("userd", "orderd")
-                               for n in (1, 2)))
+                               for n in (1, 2)), stack.start("summaryd", "summaryd-1"))
         for iid, p in sorted(stack.procs.items()):
             print(f"  started {iid:<10} pid {p.proc.pid:<8} at {p.address}")
         print(f"  stack up in {time.monotonic() - t0:.2f} s")
@@ -536,6 +538,9 @@ async def run(args: argparse.Namespace) -> int:
             journal.phase = "verify"
             verify = await verify_orders(orders, w, args.timeout_s)
             code = report(journal, stack, killed, verify, w, elapsed)
+            if not await demo_events.check_projection(registry, dataclasses.replace(
+                    mesh.ORDERS, **sec), orders, w.tokens, args.timeout_s):  # type: ignore[arg-type]
+                code = 1
             print_retries({"userd": uch, "orderd": och})
             journal.phase = "probes"
             probes = await run_probes(users, orders, w, stack, args.timeout_s)
@@ -618,7 +623,7 @@ async def print_admin(channels: dict[str, meshkit.MeshChannel], stack: Stack) ->
 def make_certificates(cert_dir: Path) -> Path:
     """A fresh mesh CA and workload certificates for userd, orderd and the demo client."""
     init_ca_dir(cert_dir, trust_domain=security.TRUST_DOMAIN, ttl_days=1)
-    for name in ("userd", "orderd", security.EDGE):
+    for name in ("userd", "orderd", "summaryd", security.EDGE):
         issue_into_dir(cert_dir, name, ttl_h=2, dns=("localhost",), ips=("127.0.0.1",))
     return cert_dir
 

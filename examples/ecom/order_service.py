@@ -20,6 +20,7 @@ import structlog
 import meshkit
 from examples.ecom import mesh, security
 from examples.ecom._process import announce, parser, serve_options, setup_logging, tls
+from examples.ecom.events import outbox_relay
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2_grpc
 from examples.ecom.storage import open_store
@@ -32,6 +33,7 @@ from meshkit.auth import (
     VerifierOptions,
     current_claims,
 )
+from meshkit.messaging import MessageSigner
 from meshkit.resilience import RateLimitOptions, by_identity
 
 _log = structlog.get_logger("examples.ecom.order_service")
@@ -95,6 +97,9 @@ async def main(argv: list[str] | None = None) -> None:
                    default=os.environ.get("MESHKIT_RATELIMIT_STORAGE", "memory://"),
                    help="limits storage URI: memory:// (per process) or async+redis://host:6379"
                         " (one global limit); env MESHKIT_RATELIMIT_STORAGE")
+    p.add_argument("--nats-url", default=os.environ.get("MESHKIT_NATS_URL", ""),
+                   help="NATS with JetStream for the OrderPlaced outbox relay, e.g."
+                        " nats://127.0.0.1:4222 (env MESHKIT_NATS_URL; empty: no relay)")
     p.add_argument("--wait-users-s", type=float, default=10.0,
                    help="how long to wait for a user service before serving anyway")
     args = p.parse_args(argv)
@@ -104,6 +109,7 @@ async def main(argv: list[str] | None = None) -> None:
         mesh.USERS, tls=tls_options, insecure=tls_options is None,
         interceptors=(TokenForwarder(services=(USER_SERVICE,)),))
     users_channel = meshkit.dial(USER_SERVICE, options=users_opts)
+    signer = MessageSigner.from_dir(args.cert_dir, SERVICE) if args.cert_dir else None
     try:
         # A readiness gate: PlaceOrder needs the user service, so do not join the mesh
         # before one is reachable (bounded: after args.wait_users_s serve anyway).
@@ -120,13 +126,15 @@ async def main(argv: list[str] | None = None) -> None:
                            policy=security.orderd_policy(insecure=tls_options is None))
         limits = RateLimitOptions(rules=security.RATE_LIMITS, key=by_identity,
                                   storage_uri=args.rate_limit_storage)
-        servicer = OwnedOrders(store, user_pb2_grpc.UserServiceStub(users_channel))
-        await meshkit.serve(
-            SERVICE,
-            [(order_pb2_grpc.add_OrderServiceServicer_to_server, servicer)],
-            options=serve_options(args, tls_options, auth, limits),
-            on_started=announce,
-        )
+        async with outbox_relay(store, args.nats_url, signer) as relay:
+            servicer = OwnedOrders(store, user_pb2_grpc.UserServiceStub(users_channel),
+                                   on_order_placed=relay.notify if relay else None)
+            await meshkit.serve(
+                SERVICE,
+                [(order_pb2_grpc.add_OrderServiceServicer_to_server, servicer)],
+                options=serve_options(args, tls_options, auth, limits),
+                on_started=announce,
+            )
     finally:
         await users_channel.close()
         await store.close()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -33,6 +33,7 @@ import structlog
 from examples.ecom import validation
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from examples.ecom.storage import ItemRecord, NewOrder, OrderRecord, Store, StoreUnavailable
+from meshkit.messaging import capture_context
 from meshkit.resilience import time_remaining_s
 
 _log = structlog.get_logger("examples.ecom.orders")
@@ -93,6 +94,10 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     ``users`` is a ``UserServiceStub`` on any grpc.aio channel; PlaceOrder
     calls its GetUser with the caller's remaining deadline as timeout (or
     ``user_lookup_timeout_s`` seconds when the caller set no deadline).
+
+    PlaceOrder stores the request's trace context with the order's ``OrderPlaced``
+    outbox event, and calls ``on_order_placed()`` (e.g. ``OutboxRelay.notify``)
+    after a new order committed.
     """
 
     def __init__(
@@ -101,8 +106,10 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         users: user_pb2_grpc.UserServiceStub,
         *,
         user_lookup_timeout_s: float = 5.0,
+        on_order_placed: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_order_placed = on_order_placed
         self._users = users
         self._user_lookup_timeout_s = user_lookup_timeout_s
 
@@ -178,8 +185,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             total_minor=sum(i.quantity * i.unit_price_minor for i in items),
             idempotency_key=key or None,
             fingerprint=request_fingerprint(request.user_id, request.currency, items),
+            event_headers=tuple(capture_context().items()),
         )
-        order, _created = await self._stored(self._store.place_order(new), context)
+        order, created = await self._stored(self._store.place_order(new), context)
+        if created and self._on_order_placed is not None:
+            self._on_order_placed()
         if order.fingerprint != new.fingerprint:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -16,6 +16,14 @@ safe against several processes starting at once) and give the same answers.
 Ids are uuid4 strings, timestamps integer unix milliseconds, money integer
 minor units.
 
+Events (issue 14): ``place_order`` writes an ``OrderPlaced`` event into the ``outbox``
+table in the same transaction as the order (a transactional outbox: the event exists
+exactly when the order committed); :meth:`Store.pending_events` / :meth:`Store.mark_sent`
+make the store a :class:`meshkit.messaging.OutboxStore` for the relay. The read side of
+the projection service keeps ``order_summaries`` (per user: count, total) and
+``processed_events`` (event ids applied, so a redelivered event counts once), updated
+together by :meth:`Store.apply_order_placed`.
+
 Failures: every write runs in one transaction that is rolled back on any
 exception, cancellation included (a call cancelled while it waits for a lock
 leaves no transaction open and holds no lock). A database that cannot be
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 import sqlite3
@@ -44,7 +53,12 @@ import aiosqlite
 import asyncpg
 import structlog
 
+from meshkit.messaging import OutboxEvent
+
 ORDER_STATUS_PLACED = "PLACED"
+
+#: Subject of the ``OrderPlaced`` events the order service's outbox publishes.
+ORDER_PLACED_SUBJECT = "ecom.orders.placed"
 
 _log = structlog.get_logger("examples.ecom.storage")
 
@@ -178,6 +192,27 @@ class NewOrder:
     total_minor: int
     idempotency_key: str | None
     fingerprint: str
+    event_headers: tuple[tuple[str, str], ...] = ()
+    """Headers stored with the ``OrderPlaced`` outbox event (the W3C trace context of the
+    request, :func:`meshkit.messaging.capture_context`), published with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSummary:
+    """The projection's view of one user: how many orders, and their total (minor units)."""
+
+    user_id: str
+    order_count: int
+    total_minor: int
+
+
+def order_placed_event(event_id: str, order: OrderRecord) -> bytes:
+    """The JSON body of an ``OrderPlaced`` event for ``order``."""
+    return json.dumps({
+        "type": "OrderPlaced", "event_id": event_id, "order_id": order.id,
+        "user_id": order.user_id, "total_minor": order.total_minor,
+        "currency": order.currency, "created_at_ms": order.created_at_ms,
+    }, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +294,23 @@ class Store(Protocol):
         """Return how many users, orders and order items are stored."""
         ...
 
+    async def pending_events(self, limit: int) -> list[OutboxEvent]:
+        """Return up to ``limit`` outbox events not yet marked sent, oldest first."""
+        ...
+
+    async def mark_sent(self, event_ids: Sequence[str]) -> None:
+        """Mark these outbox events sent (ids already marked or unknown are ignored)."""
+        ...
+
+    async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
+        """Add one order to ``user_id``'s summary unless ``event_id`` was applied before;
+        return whether it was applied now (one transaction: both or neither)."""
+        ...
+
+    async def order_summary(self, user_id: str) -> OrderSummary:
+        """Return ``user_id``'s summary (zeros for a user with no applied event)."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...
@@ -332,6 +384,22 @@ _SQLITE_SCHEMA = (
         quantity INTEGER NOT NULL,
         unit_price_minor INTEGER NOT NULL,
         PRIMARY KEY (order_id, position))""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        headers TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        sent_at_ms INTEGER)""",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_at_ms IS NULL",
+    """CREATE TABLE IF NOT EXISTS order_summaries (
+        user_id TEXT PRIMARY KEY,
+        order_count INTEGER NOT NULL,
+        total_minor INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS processed_events (
+        event_id TEXT PRIMARY KEY,
+        processed_at_ms INTEGER NOT NULL)""",
 )
 
 
@@ -619,6 +687,13 @@ class SqliteStore:
                 ],
             )
             found = await _sqlite_orders(conn, "WHERE id = ?", (oid,))
+            event_id = new_id()
+            await conn.execute(
+                "INSERT INTO outbox (event_id, subject, payload, headers, created_at_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (event_id, ORDER_PLACED_SUBJECT, order_placed_event(event_id, found[0]),
+                 json.dumps(dict(order.event_headers)), created),
+            )
             return found[0], True
 
         return await self._run(write, transaction=True)
@@ -651,6 +726,49 @@ class SqliteStore:
             )
         )
         return RowCounts(*rows[0])
+
+    async def pending_events(self, limit: int) -> list[OutboxEvent]:
+        """See :meth:`Store.pending_events`."""
+        rows = await self._run(lambda conn: _fetchall(
+            conn, "SELECT event_id, subject, payload, headers FROM outbox"
+            " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?", (limit,)))
+        return [OutboxEvent(r[0], r[1], bytes(r[2]), json.loads(r[3])) for r in rows]
+
+    async def mark_sent(self, event_ids: Sequence[str]) -> None:
+        """See :meth:`Store.mark_sent` (one transaction)."""
+        sent = now_ms()
+
+        async def mark(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE outbox SET sent_at_ms = ? WHERE event_id = ? AND sent_at_ms IS NULL",
+                [(sent, e) for e in event_ids])
+
+        await self._run(mark, transaction=True)
+
+    async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
+        """See :meth:`Store.apply_order_placed` (one ``BEGIN IMMEDIATE`` transaction)."""
+
+        async def apply(conn: aiosqlite.Connection) -> bool:
+            cur = await conn.execute(
+                "INSERT INTO processed_events (event_id, processed_at_ms) VALUES (?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING", (event_id, now_ms()))
+            if cur.rowcount != 1:
+                return False
+            await conn.execute(
+                "INSERT INTO order_summaries (user_id, order_count, total_minor)"
+                " VALUES (?, 1, ?) ON CONFLICT (user_id) DO UPDATE SET"
+                " order_count = order_count + 1, total_minor = total_minor + excluded.total_minor",
+                (user_id, total_minor))
+            return True
+
+        return await self._run(apply, transaction=True)
+
+    async def order_summary(self, user_id: str) -> OrderSummary:
+        """See :meth:`Store.order_summary`."""
+        rows = await self._run(lambda conn: _fetchall(
+            conn, "SELECT order_count, total_minor FROM order_summaries WHERE user_id = ?",
+            (user_id,)))
+        return OrderSummary(user_id, *rows[0]) if rows else OrderSummary(user_id, 0, 0)
 
     async def close(self) -> None:
         """See :meth:`Store.close`. Queued calls finish first (aiosqlite closes in order)."""
@@ -701,6 +819,23 @@ def _postgres_schema(prefix: str) -> tuple[str, ...]:
             quantity INTEGER NOT NULL,
             unit_price_minor BIGINT NOT NULL,
             PRIMARY KEY (order_id, position))""",
+        f"""CREATE TABLE IF NOT EXISTS {prefix}outbox (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            payload BYTEA NOT NULL,
+            headers TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            sent_at_ms BIGINT)""",
+        f"CREATE INDEX IF NOT EXISTS outbox_pending ON {prefix}outbox (seq)"
+        " WHERE sent_at_ms IS NULL",
+        f"""CREATE TABLE IF NOT EXISTS {prefix}order_summaries (
+            user_id TEXT PRIMARY KEY,
+            order_count BIGINT NOT NULL,
+            total_minor BIGINT NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS {prefix}processed_events (
+            event_id TEXT PRIMARY KEY,
+            processed_at_ms BIGINT NOT NULL)""",
     )
 
 
@@ -942,6 +1077,13 @@ class PostgresStore:
                     ],
                 )
                 found = await self._orders(conn, "WHERE id = $1", oid)
+                event_id = new_id()
+                await conn.execute(
+                    "INSERT INTO outbox (event_id, subject, payload, headers, created_at_ms)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    event_id, ORDER_PLACED_SUBJECT, order_placed_event(event_id, found[0]),
+                    json.dumps(dict(order.event_headers)), found[0].created_at_ms,
+                )
             return found[0], True  # committed: only now is the order acknowledged
 
         return await self._run(write)
@@ -978,6 +1120,46 @@ class PostgresStore:
         )
         assert row is not None
         return RowCounts(row[0], row[1], row[2])
+
+    async def pending_events(self, limit: int) -> list[OutboxEvent]:
+        """See :meth:`Store.pending_events`."""
+        rows = await self._run(lambda conn: conn.fetch(
+            "SELECT event_id, subject, payload, headers FROM outbox"
+            " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1", limit))
+        return [OutboxEvent(r[0], r[1], bytes(r[2]), json.loads(r[3])) for r in rows]
+
+    async def mark_sent(self, event_ids: Sequence[str]) -> None:
+        """See :meth:`Store.mark_sent` (one statement)."""
+        await self._run(lambda conn: conn.execute(
+            "UPDATE outbox SET sent_at_ms = $1 WHERE event_id = ANY($2::text[])"
+            " AND sent_at_ms IS NULL", now_ms(), list(event_ids)))
+
+    async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
+        """See :meth:`Store.apply_order_placed` (one READ COMMITTED transaction; a
+        concurrent apply of the same id waits on the primary key, then does nothing)."""
+
+        async def apply(conn: asyncpg.Connection) -> bool:
+            async with conn.transaction(isolation="read_committed"):
+                row = await conn.fetchrow(
+                    "INSERT INTO processed_events (event_id, processed_at_ms) VALUES ($1, $2)"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id", event_id, now_ms())
+                if row is None:
+                    return False
+                await conn.execute(
+                    "INSERT INTO order_summaries (user_id, order_count, total_minor)"
+                    " VALUES ($1, 1, $2) ON CONFLICT (user_id) DO UPDATE SET"
+                    " order_count = order_summaries.order_count + 1,"
+                    " total_minor = order_summaries.total_minor + excluded.total_minor",
+                    user_id, total_minor)
+                return True
+
+        return await self._run(apply)
+
+    async def order_summary(self, user_id: str) -> OrderSummary:
+        """See :meth:`Store.order_summary`."""
+        row = await self._run(lambda conn: conn.fetchrow(
+            "SELECT order_count, total_minor FROM order_summaries WHERE user_id = $1", user_id))
+        return OrderSummary(user_id, row[0], row[1]) if row else OrderSummary(user_id, 0, 0)
 
     async def close(self) -> None:
         """See :meth:`Store.close`; after ``connect_timeout_s`` (e.g. the server does

@@ -41,6 +41,7 @@ async def test_demo_passes_with_a_killed_instance() -> None:
     assert proc.returncode == 0, text
     assert "SIGKILL orderd-2" in text
     assert "Result: OK" in text
+    assert "the projection converged" in text, text  # events: summaries == orders table
     assert "mTLS on every hop" in text and "spiffe://meshkit.local/svc/orderd" in text
     assert text.count("[ok ]") == 7 and "[BAD]" not in text
     # One trace across the client, orderd and userd processes, and live admin servers.
@@ -93,7 +94,7 @@ async def test_keep_running_commands_work_as_printed(mode: str) -> None:
         text = "".join(lines)
         assert "keeps running" in text, text  # else the demo ended early: its output says why
         pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
-        assert len(pids) == 4 and all(alive(p) for p in pids), text
+        assert len(pids) == 5 and all(alive(p) for p in pids), text  # 2 userd, 2 orderd, summaryd
         block = text.split("---8<---\n")[1].splitlines()
         ran = await asyncio.to_thread(run_printed_commands, block)
     finally:
@@ -108,7 +109,7 @@ async def test_keep_running_commands_work_as_printed(mode: str) -> None:
     table = output("meshkit services").splitlines()
     assert table[0].split() == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "ADMIN"]
     assert sorted(row.split()[1] for row in table[1:]) == [
-        "orderd-1", "orderd-2", "userd-1", "userd-2"], table
+        "orderd-1", "orderd-2", "summaryd-1", "userd-1", "userd-2"], table
     assert all(row.split()[3] == "ready" for row in table[1:]), table
     user = json.loads(output("userd/CreateUser"))
     assert user["email"] == "you@example.com"
@@ -120,7 +121,7 @@ async def test_keep_running_commands_work_as_printed(mode: str) -> None:
     assert [o["id"] for o in listed["orders"]] == [order["id"]]
     targets = json.loads(output("prometheus-targets"))
     assert sorted(t["labels"]["mesh_instance"] for t in targets) == [
-        "orderd-1", "orderd-2", "userd-1", "userd-2"]
+        "orderd-1", "orderd-2", "summaryd-1", "userd-1", "userd-2"]
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)
     text += rest.decode()
     assert "Stopped every process" in text, text

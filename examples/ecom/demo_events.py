@@ -1,0 +1,82 @@
+"""The events part of the demo: the projection (``summaryd``) must converge to the orders.
+
+After the workload (with its SIGKILLed order-service instance, whose outbox relay died
+wherever it was), every user's ``OrderSummaryService`` summary must equal what the orders
+table holds for them (read back through ``OrderService.ListOrders``), within a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from typing import Any
+
+import nats
+
+import meshkit
+from examples.ecom import events
+from examples.ecom.proto import order_pb2, order_pb2_grpc, summary_pb2, summary_pb2_grpc
+
+NATS_URL = os.environ.get("MESHKIT_NATS_URL", "nats://127.0.0.1:4222")
+#: This run's durable consumer: concurrent demos on one NATS each see every event.
+DURABLE = f"order-summary-{uuid.uuid4().hex[:8]}"
+
+
+def service_env() -> dict[str, str]:
+    """Environment for the service processes: where NATS is, this run's consumer."""
+    return {"MESHKIT_NATS_URL": NATS_URL, "ECOM_SUMMARY_DURABLE": DURABLE}
+
+
+async def _orders_table(orders: order_pb2_grpc.OrderServiceStub, user_id: str, token: str,
+                        timeout_s: float) -> tuple[int, int]:
+    count = total = 0
+    page_token = ""
+    while True:
+        page = await orders.ListOrders(order_pb2.ListOrdersRequest(
+            user_id=user_id, page_size=100, page_token=page_token), timeout=timeout_s,
+            metadata=(("authorization", f"Bearer {token}"),))
+        count += len(page.orders)
+        total += sum(o.total_minor for o in page.orders)
+        page_token = page.next_page_token
+        if not page_token:
+            return count, total
+
+
+async def check_projection(registry: Any, options: meshkit.DialOptions,
+                           orders: order_pb2_grpc.OrderServiceStub, tokens: dict[str, str],
+                           timeout_s: float, wait_s: float = 30.0) -> bool:
+    """Print whether every user's summary converged to the orders table within ``wait_s``;
+    returns it. ``tokens``: user id -> access token (to read the orders back)."""
+    want = {u: await _orders_table(orders, u, t, timeout_s) for u, t in tokens.items()}
+    t0 = time.monotonic()
+    async with meshkit.dial("summaryd", registry=registry, options=options) as ch:
+        stub = summary_pb2_grpc.OrderSummaryServiceStub(ch)
+        await ch.wait_for_endpoints(1, timeout_s=10)
+        got: dict[str, tuple[int, int]] = {}
+        while True:
+            for u in want:
+                s = await stub.GetOrderSummary(summary_pb2.GetOrderSummaryRequest(user_id=u),
+                                               timeout=timeout_s)
+                got[u] = (s.order_count, s.total_minor)
+            if got == want or time.monotonic() - t0 > wait_s:
+                break
+            await asyncio.sleep(0.1)
+    ok = got == want
+    n = sum(c for c, _ in want.values())
+    print(f"\nEvents: PlaceOrder -> outbox -> NATS JetStream ({events.STREAM}) -> summaryd"
+          f" (durable {DURABLE})")
+    print(f"  {n} orders of {len(want)} users in the orders table; the projection "
+          + (f"converged in {time.monotonic() - t0:.2f} s (summary == orders table"
+             " for every user, after the SIGKILL)" if ok else
+             f"did NOT converge within {wait_s:.0f} s: "
+             f"{sum(1 for u in want if got.get(u) != want[u])} users differ"))
+    with contextlib.suppress(Exception):  # this run's consumer is of no use afterwards
+        nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
+        try:
+            await nc.jetstream().delete_consumer(events.STREAM, DURABLE)
+        finally:
+            await nc.close()
+    return ok

@@ -1,0 +1,140 @@
+"""Order events of the ecom example: the outbox relay of the order service, and the
+projection (CQRS read side) that turns ``OrderPlaced`` events into per-user summaries.
+
+Flow: ``PlaceOrder`` commits the order and its ``OrderPlaced`` event in one transaction
+(:mod:`examples.ecom.storage`); the order service's :class:`~meshkit.messaging.OutboxRelay`
+publishes pending events to the ``ECOM_ORDERS`` stream (``Nats-Msg-Id`` = event id, signed
+with the ``orderd`` workload identity) and marks them sent; the projection service's
+durable consumer ``order-summary`` applies each event once (by event id) to
+``order_summaries`` and serves them with ``ecom.v1.OrderSummaryService``. Poison events
+(undecodable) go to ``ecom.orders.dead``, captured by the same stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import nats
+from nats.js.client import JetStreamContext
+
+from examples.ecom import validation
+from examples.ecom.proto import summary_pb2, summary_pb2_grpc
+from examples.ecom.storage import ORDER_PLACED_SUBJECT, Store, StoreUnavailable
+from meshkit.messaging import (
+    ConsumerOptions,
+    Delivery,
+    MessageSigner,
+    MessageVerifier,
+    OutboxRelay,
+    PoisonMessage,
+    Publisher,
+    PublishOptions,
+    ensure_stream,
+)
+
+STREAM = "ECOM_ORDERS"
+DEAD_LETTER_SUBJECT = "ecom.orders.dead"
+DURABLE = "order-summary"
+
+
+async def ensure_order_stream(js: JetStreamContext) -> None:
+    """Create (or update) the ``ECOM_ORDERS`` stream over ``ecom.orders.>`` with a
+    2-minute dedupe window, keeping events for a day."""
+    await ensure_stream(js, STREAM, ["ecom.orders.>"], duplicate_window_s=120.0,
+                        max_age_s=86400.0)
+
+
+def consumer_options(verifier: MessageVerifier | None, **overrides: Any) -> ConsumerOptions:
+    """The projection's consumer: durable ``order-summary`` on ``ecom.orders.placed``,
+    5 deliveries, dead letters to ``ecom.orders.dead``; ``overrides`` for tests."""
+    opts: dict[str, Any] = {"stream": STREAM, "durable": DURABLE,
+                            "filter_subject": ORDER_PLACED_SUBJECT,
+                            "dead_letter_subject": DEAD_LETTER_SUBJECT,
+                            "ack_wait_s": 5.0, "verifier": verifier}
+    opts.update(overrides)
+    return ConsumerOptions(**opts)
+
+
+class Projection:
+    """The consumer handler: applies an ``OrderPlaced`` event to the summaries once.
+
+    A body that is not an ``OrderPlaced`` JSON object with ``user_id`` (str) and
+    ``total_minor`` (int) raises :class:`~meshkit.messaging.PoisonMessage` (dead letter);
+    a store failure raises, so the message is redelivered after a backoff.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.applied = 0
+        self.duplicates = 0
+
+    async def __call__(self, d: Delivery) -> None:
+        """Handle one delivery (see the class docstring)."""
+        try:
+            body = json.loads(d.data)
+            user_id, total = body["user_id"], body["total_minor"]
+            event_id = d.msg_id or body["event_id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PoisonMessage(f"not an OrderPlaced event: {type(exc).__name__}") from None
+        if body.get("type") != "OrderPlaced" or not isinstance(user_id, str) \
+                or not isinstance(total, int) or not event_id:
+            raise PoisonMessage("not an OrderPlaced event")
+        if await self._store.apply_order_placed(event_id, user_id, total):
+            self.applied += 1
+        else:
+            self.duplicates += 1
+
+
+class OrderSummaryServicer(summary_pb2_grpc.OrderSummaryServiceServicer):
+    """``ecom.v1.OrderSummaryService`` over the projection's store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def GetOrderSummary(
+        self,
+        request: summary_pb2.GetOrderSummaryRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> summary_pb2.OrderSummary:
+        """The user's summary; INVALID_ARGUMENT for a malformed id, UNAVAILABLE when the
+        store cannot be reached."""
+        try:
+            validation.validate_id("user_id", request.user_id)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            s = await self._store.order_summary(request.user_id)
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "summary store unavailable")
+        return summary_pb2.OrderSummary(user_id=s.user_id, order_count=s.order_count,
+                                        total_minor=s.total_minor)
+
+
+@contextlib.asynccontextmanager
+async def outbox_relay(store: Store, nats_url: str | None,
+                       signer: MessageSigner | None) -> AsyncIterator[OutboxRelay | None]:
+    """Run the order store's outbox relay to ``nats_url`` for the body of the ``with``
+    (yields ``None`` and does nothing when ``nats_url`` is empty). The relay keeps
+    retrying while NATS is down; events wait in the outbox meanwhile."""
+    if not nats_url:
+        yield None
+        return
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        js = nc.jetstream()
+        await ensure_order_stream(js)
+        relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)))
+        task = asyncio.create_task(relay.run(), name="outbox-relay")
+        try:
+            yield relay
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await nc.close()

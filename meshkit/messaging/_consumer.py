@@ -1,0 +1,326 @@
+"""A durable JetStream pull consumer with explicit ack, bounded redelivery and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry
+
+from meshkit.auth import PeerIdentity
+from meshkit.errors import ConfigError
+from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
+from meshkit.messaging._publisher import MSG_ID_HEADER
+from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
+from meshkit.observability._logging import get_logger
+from meshkit.resilience import Backoff
+
+__all__ = ["Consumer", "ConsumerOptions", "Delivery", "Handler", "PoisonMessage"]
+
+_log = get_logger("meshkit.messaging")
+
+#: Headers a dead-lettered message carries besides its own.
+DLQ_REASON_HEADER = "Meshkit-Dead-Letter-Reason"
+DLQ_SUBJECT_HEADER = "Meshkit-Original-Subject"
+DLQ_DELIVERIES_HEADER = "Meshkit-Deliveries"
+
+
+class PoisonMessage(Exception):
+    """Raised by a handler for a message that can never be handled (undecodable, invalid):
+    it goes to the dead-letter subject at once instead of being redelivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message handed to a :class:`Consumer` handler.
+
+    Attributes:
+        subject: the subject it was published to.
+        data: the payload.
+        msg_id: its ``Nats-Msg-Id`` (the event id: handlers dedupe on it), or ``""``.
+        headers: all its headers.
+        publisher: the verified publisher (``None`` without a verifier).
+        delivery: 1 for the first delivery, 2+ for redeliveries.
+    """
+
+    subject: str
+    data: bytes
+    msg_id: str
+    headers: Mapping[str, str]
+    publisher: PeerIdentity | None
+    delivery: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+"""A consumer's handler: returns to ack; raises :class:`PoisonMessage` to dead-letter at
+once; raises anything else to have the message redelivered after a backoff."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerOptions:
+    """A durable pull consumer and what :class:`Consumer` does with each delivery.
+
+    Args:
+        stream: the stream name.
+        durable: the durable consumer name (its position survives restarts; several
+            processes with one name share the work).
+        filter_subject: subjects to consume (default ``None``: the whole stream).
+        dead_letter_subject: where poison messages go, published to JetStream with the
+            original headers plus ``Meshkit-Dead-Letter-Reason``; a stream must capture
+            it (if none does, the message is nak'ed instead, never dropped). Default
+            ``None``: ``<stream>.dead``... see :meth:`dead_letter_for`.
+        max_deliveries: deliveries of one message before it is dead-lettered (default 5,
+            >= 1); also the consumer's ``max_deliver``.
+        backoff: delay before a failed message is redelivered (nak with delay; default
+            full jitter 100 ms doubling to 5 s).
+        ack_wait_s: the server redelivers a message not acked in this time, e.g. after
+            the consumer process died (default 30 s, > 0).
+        batch_size: messages fetched per pull (default 64, >= 1).
+        fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0).
+        verifier: checks the publisher identity; a message that fails is dead-lettered
+            as ``refused`` (default ``None``: no check).
+        tracing, metrics, access_log: a CONSUMER span per delivery (child of the
+            publisher's), the consume metrics, one ``message`` access-log event per
+            delivery (all default ``True``).
+        registry: Prometheus registry (default the process's meshkit registry).
+        tracer_provider: where spans go (default ``None``: the global provider).
+
+    Raises:
+        ConfigError: a value out of range (quoted).
+    """
+
+    stream: str
+    durable: str
+    filter_subject: str | None = None
+    dead_letter_subject: str | None = None
+    max_deliveries: int = 5
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_delay_s=0.1,
+                                                              max_delay_s=5.0))
+    ack_wait_s: float = 30.0
+    batch_size: int = 64
+    fetch_timeout_s: float = 1.0
+    verifier: MessageVerifier | None = None
+    tracing: bool = True
+    metrics: bool = True
+    access_log: bool = True
+    registry: CollectorRegistry | None = None
+    tracer_provider: Any = None
+
+    def __post_init__(self) -> None:
+        for name in ("stream", "durable"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in " .*>"):
+                raise ConfigError(f"{name} must be a non-empty NATS name without spaces, "
+                                  f"dots or wildcards, got {value!r}")
+        if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
+            raise ConfigError(
+                f"max_deliveries must be an integer >= 1, got {self.max_deliveries!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        for name in ("ack_wait_s", "fetch_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+    def dead_letter_for(self) -> str:
+        """The dead-letter subject: ``dead_letter_subject`` or ``dlq.<stream>.<durable>``."""
+        return self.dead_letter_subject or f"dlq.{self.stream}.{self.durable}"
+
+
+class Consumer:
+    """Runs a handler over a durable JetStream pull consumer.
+
+    Per delivery: verify the publisher (if configured), run the handler under a CONSUMER
+    span whose parent is the context in the headers, then ack (explicit ack policy);
+    a failure naks with ``backoff`` until ``max_deliveries``, then dead-letters; a
+    :class:`PoisonMessage` or a refused identity dead-letters at once. A dead-lettered
+    message is ``term``'ed only after the dead-letter publish was acked. Messages of a
+    batch are handled one after another, in stream order. A consumer killed mid-batch
+    leaves its unacked messages to be redelivered after ``ack_wait_s``: handlers must be
+    idempotent by :attr:`Delivery.msg_id`.
+
+    Args:
+        js: a ``nats`` JetStream context.
+        handler: the :data:`Handler`.
+        options: :class:`ConsumerOptions`.
+    """
+
+    def __init__(self, js: JetStreamContext, handler: Handler, options: ConsumerOptions) -> None:
+        self._js = js
+        self._handler = handler
+        self.options = options
+        self._metrics = messaging_metrics(options.registry) if options.metrics else None
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    def consumer_config(self) -> ConsumerConfig:
+        """The durable consumer's configuration (explicit ack, ``max_deliver``, ack wait)."""
+        o = self.options
+        return ConsumerConfig(durable_name=o.durable, ack_policy=AckPolicy.EXPLICIT,
+                              deliver_policy=DeliverPolicy.ALL, ack_wait=o.ack_wait_s,
+                              max_deliver=o.max_deliveries, filter_subject=o.filter_subject)
+
+    async def start(self) -> None:
+        """Create (or bind to) the durable consumer. Raises the NATS error if the stream
+        does not exist."""
+        o = self.options
+        self._sub = await self._js.pull_subscribe(
+            o.filter_subject or "", durable=o.durable, stream=o.stream,
+            config=self.consumer_config())
+
+    async def run_once(self) -> int:
+        """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it; returns how
+        many messages were handled (0 when none came)."""
+        if self._sub is None:
+            await self.start()
+        assert self._sub is not None
+        try:
+            msgs = await self._sub.fetch(self.options.batch_size,
+                                         timeout=self.options.fetch_timeout_s)
+        except TimeoutError:  # nats' own and asyncio's: no message within the wait
+            return 0
+        for msg in msgs:
+            await self.handle(msg)
+        return len(msgs)
+
+    async def run(self) -> None:
+        """Consume until cancelled; a lost connection or missing stream is logged and
+        retried after ``backoff`` (the nats client reconnects by itself)."""
+        failed = 0
+        while True:
+            try:
+                await self.run_once()
+                failed = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failed += 1
+                if failed == 1:
+                    _log.warning("consumer fetch failed", durable=self.options.durable,
+                                 error=type(exc).__name__)
+                await asyncio.sleep(self.options.backoff.delay_s(min(failed, 8)))
+
+    async def handle(self, msg: Msg) -> str:
+        """Handle one delivered message; returns its outcome (``ack``, ``retry``,
+        ``dead_letter``, ``refused``)."""
+        o = self.options
+        headers: dict[str, str] = dict(msg.headers or {})
+        msg_id = headers.get(MSG_ID_HEADER, "")
+        delivery = msg.metadata.num_delivered if msg.reply else 1
+        started = time.perf_counter()
+        span = None
+        if o.tracing:
+            span = tracer(o.tracer_provider).start_span(
+                f"process {msg.subject}", context=extract(headers), kind=SpanKind.CONSUMER,
+                attributes={"messaging.system": "nats",
+                            "messaging.operation.type": "process",
+                            "messaging.destination.name": msg.subject,
+                            "messaging.consumer.group.name": o.durable,
+                            "messaging.message.id": msg_id,
+                            "messaging.message.delivery_count": delivery})
+        result: tuple[str, PeerIdentity | None, str] = ("error", None, "cancelled")
+        with trace.use_span(span, end_on_exit=False) if span is not None \
+                else contextlib.nullcontext():
+            try:
+                result = await self._process(msg, headers, msg_id, delivery, span)
+            finally:
+                outcome, publisher, reason = result
+                self._report(msg, msg_id, headers, delivery, started, span, publisher,
+                             outcome, reason)
+        return result[0]
+
+    async def _process(self, msg: Msg, headers: dict[str, str], msg_id: str, delivery: int,
+                       span: Any) -> tuple[str, PeerIdentity | None, str]:
+        """Verify, handle, and ack / nak / dead-letter; ``(outcome, publisher, reason)``."""
+        o = self.options
+        publisher: PeerIdentity | None = None
+        if o.verifier is not None:
+            try:
+                publisher = o.verifier.verify(msg.headers, msg_id=msg_id,
+                                              subject=msg.subject, payload=msg.data)
+            except MessageIdentityError as exc:
+                reason = str(exc)
+                return (await self._dead_letter(msg, headers, reason, delivery, "refused"),
+                        None, reason)
+            if span is not None:
+                span.set_attribute("meshkit.peer.identity", publisher.spiffe_id)
+        try:
+            await self._handler(Delivery(msg.subject, msg.data, msg_id, headers,
+                                         publisher, delivery))
+        except PoisonMessage as exc:
+            reason = f"poison: {exc}"
+            return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
+                    publisher, reason)
+        except Exception as exc:
+            reason = type(exc).__name__
+            if delivery >= o.max_deliveries:
+                reason = f"failed {delivery} times: {reason}"
+                return (await self._dead_letter(msg, headers, reason, delivery,
+                                                "dead_letter"), publisher, reason)
+            await msg.nak(delay=o.backoff.delay_s(delivery))
+            return "retry", publisher, reason
+        await msg.ack()
+        return "ack", publisher, ""
+
+    async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str,
+                           delivery: int, outcome: str) -> str:
+        """Publish ``msg`` to the dead-letter subject, then ``term`` it; if no stream
+        takes the dead letter, nak it (never drop)."""
+        dl = dict(headers)
+        dl.pop(MSG_ID_HEADER, None)
+        dl[DLQ_REASON_HEADER] = reason[:200]
+        dl[DLQ_SUBJECT_HEADER] = msg.subject
+        dl[DLQ_DELIVERIES_HEADER] = str(delivery)
+        if headers.get(MSG_ID_HEADER):
+            dl[MSG_ID_HEADER] = "dlq-" + headers[MSG_ID_HEADER]
+        try:
+            await self._js.publish(self.options.dead_letter_for(), msg.data, headers=dl,
+                                   timeout=2.0)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            _log.warning("dead-letter publish failed; message left for redelivery",
+                         subject=msg.subject, error=type(exc).__name__)
+            await msg.nak(delay=self.options.backoff.delay_s(delivery))
+            return "retry"
+        await msg.term()
+        _log.warning("message dead-lettered", subject=msg.subject,
+                     msg_id=headers.get(MSG_ID_HEADER, ""), reason=reason[:200],
+                     delivery=delivery)
+        return outcome
+
+    def _report(self, msg: Msg, msg_id: str, headers: Mapping[str, str], delivery: int,
+                started: float, span: Any, publisher: PeerIdentity | None, outcome: str,
+                reason: str) -> None:
+        elapsed = time.perf_counter() - started
+        subject, durable = msg.subject, self.options.durable
+        if self._metrics is not None:
+            self._metrics.consumed.labels(subject, durable, outcome).inc()
+            self._metrics.handling.labels(subject, durable).observe(elapsed)
+            sent = headers.get(HDR_SENT_AT_MS)
+            if outcome == "ack" and sent and sent.isdigit():
+                lag = time.time() - int(sent) / 1000
+                self._metrics.lag.labels(subject, durable).observe(max(lag, 0.0))
+        if span is not None:
+            if outcome != "ack":
+                span.set_status(Status(StatusCode.ERROR, f"{outcome}: {reason}"[:200]))
+            span.end()
+        if self.options.access_log:
+            fields: dict[str, Any] = {
+                "side": "consume", "subject": subject, "consumer": durable,
+                "msg_id": msg_id, "outcome": outcome,
+                "duration_ms": round(elapsed * 1000, 3), "delivery": delivery}
+            if publisher is not None:
+                fields["peer_identity"] = publisher.spiffe_id
+            if reason:
+                fields["reason"] = reason[:200]
+            with trace.use_span(span, end_on_exit=False) if span is not None \
+                    else contextlib.nullcontext():
+                log_message(outcome != "ack", fields)

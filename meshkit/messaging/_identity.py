@@ -1,0 +1,219 @@
+"""Workload identity on messages: the publisher signs, the consumer checks the mesh CA.
+
+Why a signature and not NATS credentials derived from the mesh CA: NATS accounts and
+users (NKeys, JWTs signed by an operator key) are a second PKI with its own keys, and a
+NATS TLS client certificate proves the *connection*, not the message: once a message sits
+in a stream and is redelivered to another consumer, or republished by a relay, nothing on
+it says who wrote it. A per-message signature travels with the message through the stream,
+the outbox and the dead-letter subject, and is checked against the same ``ca.pem`` that
+gRPC peers are checked against (:class:`meshkit.auth.PeerVerifier`), so the mesh has one
+root of trust.
+
+Headers written by :class:`MessageSigner` (all ASCII, no line breaks):
+
+* ``Meshkit-Identity``: the publisher's SPIFFE ID (informational; the certificate decides);
+* ``Meshkit-Cert``: the publisher's workload certificate, base64 DER (~600 bytes);
+* ``Meshkit-Sent-At-Ms``: Unix milliseconds when the message was signed;
+* ``Meshkit-Signature``: base64 ECDSA-P256-SHA256 over
+  ``meshkit-msg-v1 \\n <Nats-Msg-Id> \\n <subject> \\n <sent-at-ms> \\n sha256(payload)``.
+
+The signature binds the event id, the subject and the payload, so neither can be changed
+or moved to another subject. It does not expire: a JetStream message is legitimately
+redelivered long after it was published; replays are harmless because consumers are
+idempotent by event id. Cost (measured on the 2-core VM): signing ~40 µs, checking ~90 µs
+per message, the certificate chain check cached per certificate until it expires.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
+from meshkit.auth._certs import load_certificate, load_private_key
+from meshkit.errors import ConfigError, MeshError
+
+__all__ = [
+    "HDR_CERT",
+    "HDR_IDENTITY",
+    "HDR_SENT_AT_MS",
+    "HDR_SIGNATURE",
+    "MessageIdentityError",
+    "MessageSigner",
+    "MessageVerifier",
+]
+
+HDR_IDENTITY = "Meshkit-Identity"
+HDR_CERT = "Meshkit-Cert"
+HDR_SENT_AT_MS = "Meshkit-Sent-At-Ms"
+HDR_SIGNATURE = "Meshkit-Signature"
+
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+class MessageIdentityError(MeshError):
+    """A message's publisher identity is missing, forged or not allowed; the message says
+    which (never a key or certificate body)."""
+
+
+def _signed_bytes(msg_id: str, subject: str, sent_at_ms: str, payload: bytes) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    return f"meshkit-msg-v1\n{msg_id}\n{subject}\n{sent_at_ms}\n{digest}".encode()
+
+
+class MessageSigner:
+    """Signs outgoing messages with a workload's key (see the module docstring).
+
+    Args:
+        certificate: the workload certificate (issued by the mesh CA, one SPIFFE ID).
+        key: its ECDSA private key.
+        clock: wall clock, Unix seconds (default ``time.time``).
+
+    Raises:
+        ConfigError: the key does not belong to the certificate, or the certificate
+            carries no workload SPIFFE ID.
+    """
+
+    __slots__ = ("_cert_b64", "_clock", "_key", "identity")
+
+    def __init__(self, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        pub = certificate.public_key()
+        raw = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        if pub.public_bytes(der, raw) != key.public_key().public_bytes(der, raw):
+            raise ConfigError("the signing key does not belong to the certificate "
+                              f"{certificate.subject.rfc4514_string()!r}")
+        try:
+            identity = PeerVerifier(None).verify(certificate)
+        except CertificateError as exc:
+            raise ConfigError(f"not a workload certificate: {exc}") from None
+        self.identity: PeerIdentity = identity
+        self._key = key
+        self._clock = clock
+        self._cert_b64 = base64.b64encode(certificate.public_bytes(der)).decode()
+
+    @classmethod
+    def from_files(cls, cert_file: str | os.PathLike[str],
+                   key_file: str | os.PathLike[str]) -> MessageSigner:
+        """A signer from a workload's PEM files (``<service>.pem``, ``<service>.key`` of
+        ``meshkit certs issue``). Raises :class:`meshkit.auth.CertificateError` for an
+        unreadable file and :class:`ConfigError` as the constructor."""
+        return cls(load_certificate(cert_file), load_private_key(key_file))
+
+    @classmethod
+    def from_dir(cls, cert_dir: str | os.PathLike[str], service: str) -> MessageSigner:
+        """A signer for ``service`` from a meshkit certs directory (``MESHKIT_CERT_DIR``)."""
+        d = Path(cert_dir)
+        return cls.from_files(d / f"{service}.pem", d / f"{service}.key")
+
+    def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
+             payload: bytes) -> None:
+        """Add the identity headers for a message to ``headers`` (changed in place)."""
+        sent = str(int(self._clock() * 1000))
+        sig = self._key.sign(_signed_bytes(msg_id, subject, sent, payload), _ECDSA)
+        headers[HDR_IDENTITY] = self.identity.spiffe_id
+        headers[HDR_CERT] = self._cert_b64
+        headers[HDR_SENT_AT_MS] = sent
+        headers[HDR_SIGNATURE] = base64.b64encode(sig).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    identity: PeerIdentity
+    public_key: ec.EllipticCurvePublicKey
+    not_after_s: float
+
+
+class MessageVerifier:
+    """Checks the identity headers of incoming messages against the mesh CA.
+
+    The certificate must pass :meth:`meshkit.auth.PeerVerifier.verify` at the time of
+    the check (issued directly by a CA of ``ca_pem``, a workload, in its validity period);
+    verdicts are cached per certificate (bounded by ``max_entries``) until it expires.
+
+    Args:
+        ca_pem: the trust bundle (the mesh ``ca.pem``).
+        allowed_publishers: identity patterns (``spiffe://<td>/svc/orderd``, ``*``
+            wildcards as :class:`meshkit.auth.IdentityMatcher`); empty (default) admits
+            every verified workload.
+        max_entries: certificate cache bound (default 256, >= 1).
+        clock: wall clock, Unix seconds (default ``time.time``).
+
+    Raises:
+        ConfigError: bad ``max_entries`` or pattern; CertificateError: ``ca_pem`` has no
+            certificate.
+    """
+
+    __slots__ = ("_allowed", "_cache", "_clock", "_max", "_verifier")
+
+    def __init__(self, ca_pem: bytes, *, allowed_publishers: tuple[str, ...] = (),
+                 max_entries: int = 256, clock: Callable[[], float] = time.time) -> None:
+        if not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        self._verifier = PeerVerifier(ca_pem, clock=clock)
+        self._allowed = IdentityMatcher(allowed_publishers) if allowed_publishers else None
+        self._cache: dict[str, _Known] = {}
+        self._max = max_entries
+        self._clock = clock
+
+    @classmethod
+    def from_file(cls, ca_file: str | os.PathLike[str], **kwargs: object) -> MessageVerifier:
+        """A verifier over the CA bundle in ``ca_file``; ``kwargs`` as the constructor."""
+        return cls(Path(ca_file).read_bytes(), **kwargs)  # type: ignore[arg-type]
+
+    def _known(self, cert_b64: str, now: float) -> _Known:
+        hit = self._cache.get(cert_b64)
+        if hit is not None and now < hit.not_after_s:
+            return hit
+        try:
+            cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64, validate=True))
+        except (ValueError, binascii.Error):
+            raise MessageIdentityError("unreadable publisher certificate") from None
+        try:
+            identity = self._verifier.verify(cert, at=now)
+        except CertificateError as exc:
+            raise MessageIdentityError(f"publisher certificate refused: {exc}") from None
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise MessageIdentityError("publisher certificate has no ECDSA key")
+        known = _Known(identity, key, cert.not_valid_after_utc.timestamp())
+        while len(self._cache) >= self._max:
+            del self._cache[next(iter(self._cache))]
+        self._cache[cert_b64] = known
+        return known
+
+    def verify(self, headers: Mapping[str, str] | None, *, msg_id: str, subject: str,
+               payload: bytes) -> PeerIdentity:
+        """The verified publisher of a message.
+
+        Raises:
+            MessageIdentityError: no or malformed identity headers, a certificate the
+                mesh CA does not vouch for, a signature that does not match the message
+                id, subject and payload, or a publisher not in ``allowed_publishers``.
+        """
+        h = headers or {}
+        cert_b64, sig_b64, sent = h.get(HDR_CERT), h.get(HDR_SIGNATURE), h.get(HDR_SENT_AT_MS)
+        if not cert_b64 or not sig_b64 or not sent:
+            raise MessageIdentityError("message carries no publisher identity")
+        known = self._known(cert_b64, self._clock())
+        try:
+            sig = base64.b64decode(sig_b64, validate=True)
+            known.public_key.verify(sig, _signed_bytes(msg_id, subject, sent, payload), _ECDSA)
+        except (ValueError, binascii.Error, InvalidSignature):
+            raise MessageIdentityError("message signature does not match") from None
+        if self._allowed is not None and not self._allowed.matches(known.identity.spiffe_id):
+            raise MessageIdentityError(
+                f"publisher {known.identity.spiffe_id} is not allowed on {subject}")
+        return known.identity

@@ -1,0 +1,133 @@
+"""Publish/consume RED metrics, spans and access-log lines, in the conventions of RPCs.
+
+Metrics (prometheus-client, in the registry given, default the process's meshkit registry
+served at ``/metrics``; histograms in seconds with the RPC buckets, 100 µs..10 s):
+
+* ``meshkit_messaging_published_total{subject,outcome}`` counter: publishes, by outcome;
+* ``meshkit_messaging_publish_seconds{subject}`` histogram: publish until acked, retries in;
+* ``meshkit_messaging_publish_retries_total{subject}`` counter: retry attempts sent;
+* ``meshkit_messaging_retry_budget_exhausted_total{subject}`` counter: retries refused;
+* ``meshkit_messaging_consumed_total{subject,consumer,outcome}`` counter: deliveries handled;
+* ``meshkit_messaging_handling_seconds{subject,consumer}`` histogram: handler time;
+* ``meshkit_messaging_lag_seconds{subject,consumer}`` histogram: signed -> handled and acked
+  (needs a signing publisher: the signature's timestamp is the start).
+
+``outcome`` of a publish: ``ok``, ``duplicate`` (JetStream dropped it as a repeat of its
+``Nats-Msg-Id``), ``error``. Of a delivery: ``ack``, ``retry`` (nak with backoff),
+``dead_letter``, ``refused`` (identity check failed: dead-lettered too).
+
+Spans follow the OpenTelemetry messaging conventions: ``send <subject>`` (PRODUCER) and
+``process <subject>`` (CONSUMER), ``messaging.system=nats``,
+``messaging.destination.name``, ``messaging.message.id``; the W3C context and baggage
+travel in the message headers, so a trace goes request -> outbox -> relay -> consumer.
+Access log: logger ``meshkit.access``, event ``message``, fields ``side`` (``publish`` /
+``consume``), ``subject``, ``msg_id``, ``outcome``, ``duration_ms``, ``attempts`` (publish)
+or ``delivery`` (consume), ``peer_identity`` (consume, when verified), ``trace_id``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from meshkit.observability import default_registry
+from meshkit.observability._logging import access_active, access_logger
+from meshkit.observability._metrics import DURATION_BUCKETS_S
+
+__all__ = ["MessagingMetrics", "capture_context", "log_message", "messaging_metrics", "tracer"]
+
+
+class MessagingMetrics:
+    """The messaging metric families of one registry (built once, see the module table)."""
+
+    __slots__ = (
+        "__weakref__",
+        "budget_exhausted",
+        "consumed",
+        "handling",
+        "lag",
+        "publish_seconds",
+        "published",
+        "retries",
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.published = Counter("meshkit_messaging_published_total",
+                                 "Messages published to JetStream, by outcome.",
+                                 ("subject", "outcome"), registry=r)
+        self.publish_seconds = Histogram("meshkit_messaging_publish_seconds",
+                                         "Publish time until the stream's ack, retries "
+                                         "included.", ("subject",), registry=r,
+                                         buckets=DURATION_BUCKETS_S)
+        self.retries = Counter("meshkit_messaging_publish_retries_total",
+                               "Publish retry attempts sent.", ("subject",), registry=r)
+        self.budget_exhausted = Counter("meshkit_messaging_retry_budget_exhausted_total",
+                                        "Publish retries refused by the retry budget.",
+                                        ("subject",), registry=r)
+        self.consumed = Counter("meshkit_messaging_consumed_total",
+                                "Deliveries handled, by outcome.",
+                                ("subject", "consumer", "outcome"), registry=r)
+        self.handling = Histogram("meshkit_messaging_handling_seconds",
+                                  "Consumer handler time.", ("subject", "consumer"),
+                                  registry=r, buckets=DURATION_BUCKETS_S)
+        self.lag = Histogram("meshkit_messaging_lag_seconds",
+                             "From the publisher's signature to the handler's end.",
+                             ("subject", "consumer"), registry=r,
+                             buckets=DURATION_BUCKETS_S)
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, MessagingMetrics] = (
+    weakref.WeakKeyDictionary())
+
+
+def messaging_metrics(registry: CollectorRegistry | None = None) -> MessagingMetrics:
+    """The :class:`MessagingMetrics` of ``registry`` (default the meshkit registry),
+    registered on first use."""
+    reg = default_registry() if registry is None else registry
+    found = _BY_REGISTRY.get(reg)
+    if found is None:
+        found = _BY_REGISTRY[reg] = MessagingMetrics(reg)
+    return found
+
+
+def tracer(provider: Any = None) -> trace.Tracer:
+    """The tracer of messaging spans from ``provider`` (default the global provider,
+    looked up per use so a provider installed later is honoured)."""
+    if provider is not None:
+        return provider.get_tracer("meshkit.messaging")  # type: ignore[no-any-return]
+    return trace.get_tracer("meshkit.messaging")
+
+
+def capture_context() -> dict[str, str]:
+    """The current trace context and baggage as W3C headers (``traceparent``,
+    ``tracestate``, ``baggage``), e.g. to store with an outbox row in the transaction
+    that writes it; empty outside a trace."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(headers: Mapping[str, str] | None) -> Any:
+    """The OpenTelemetry context carried by message ``headers`` (empty if none)."""
+    return propagate.extract(headers or {})
+
+
+def log_message(warning: bool, fields: dict[str, Any]) -> None:
+    """Write one ``message`` access-log event (logger ``meshkit.access``) if access logging
+    is on; trace ids come from the current span."""
+    if not access_active():
+        return
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        fields["trace_id"] = format(ctx.trace_id, "032x")
+        fields["span_id"] = format(ctx.span_id, "016x")
+    lg = access_logger()
+    if warning:
+        lg.warning("message", **fields)
+    else:
+        lg.info("message", **fields)

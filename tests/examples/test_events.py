@@ -1,0 +1,136 @@
+"""Order events end to end on real NATS and both stores: the outbox is written with the
+order, a relay killed between publish and mark loses nothing and duplicates nothing, and
+the projection converges to the orders table (poison events go to the dead letters)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from examples.ecom import events
+from examples.ecom.storage import ItemRecord, NewOrder, Store
+from meshkit.messaging import (
+    Consumer,
+    MessageSigner,
+    MessageVerifier,
+    OutboxEvent,
+    OutboxRelay,
+    Publisher,
+    PublishOptions,
+)
+from meshkit.resilience import Backoff
+from tests.messaging import conftest as messaging_fixtures
+from tests.messaging.conftest import Bus, Workloads
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(60)
+
+USERS = ("u-a", "u-b", "u-c")
+bus = messaging_fixtures.bus  # the shared NATS with a fresh stream per test
+workloads = messaging_fixtures.workloads
+
+
+def _order(i: int) -> NewOrder:
+    items = (ItemRecord("sku-1", 1 + i % 3, 250),)
+    return NewOrder(user_id=USERS[i % 3], items=items, currency="EUR",
+                    total_minor=(1 + i % 3) * 250, idempotency_key=f"k{i}",
+                    fingerprint=f"f{i}", event_headers=(("traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),))
+
+
+class CrashAfterPublish:
+    """The store as a relay sees it, 'killed' (CancelledError, like a SIGKILL's lost
+    work) at its first mark_sent: after publishing a batch, before marking it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def pending_events(self, limit: int) -> Sequence[OutboxEvent]:
+        return await self.store.pending_events(limit)
+
+    async def mark_sent(self, event_ids: Sequence[str]) -> None:
+        raise asyncio.CancelledError
+
+
+async def test_outbox_written_with_the_order_and_rolled_back_with_it(store: Store) -> None:
+    """A new order writes one pending OrderPlaced event; a keyed repeat writes none."""
+    order, created = await store.place_order(_order(0))
+    again, created2 = await store.place_order(_order(0))
+    assert created and not created2 and again.id == order.id
+    pending = await store.pending_events(10)
+    assert len(pending) == 1
+    body = json.loads(pending[0].payload)
+    assert body["order_id"] == order.id and body["total_minor"] == order.total_minor
+    assert pending[0].headers["traceparent"].startswith("00-0af76519")
+    await store.mark_sent([pending[0].event_id, "unknown"])
+    assert await store.pending_events(10) == []
+
+
+async def test_relay_crash_then_projection_converges(
+        store: Store, bus: Bus, workloads: Workloads) -> None:
+    """40 orders; a relay dies after publishing its batch before marking it; a second
+    relay republishes (dropped by the dedupe window); the projection, also fed a
+    poison event, ends equal to the orders table, each event applied once."""
+    prom = CollectorRegistry()
+    for i in range(40):
+        await store.place_order(_order(i))
+    pub = Publisher(bus.js, PublishOptions(registry=prom,
+                                           signer=MessageSigner(*workloads.orderd)))
+    # the events go to the test's own stream: same subjects under its prefix
+    sub = bus.subject
+
+    class ToTestStream:
+        def __init__(self, inner: CrashAfterPublish | Store) -> None:
+            self.inner = inner
+
+        async def pending_events(self, limit: int) -> list[OutboxEvent]:
+            return [OutboxEvent(e.event_id, sub, e.payload, e.headers)
+                    for e in await self.inner.pending_events(limit)]
+
+        async def mark_sent(self, ids: Sequence[str]) -> None:
+            await self.inner.mark_sent(ids)
+
+    crashing = OutboxRelay(ToTestStream(CrashAfterPublish(store)), pub)
+    with pytest.raises(asyncio.CancelledError):
+        await crashing.relay_once()
+    assert len(await store.pending_events(100)) == 40  # published, not marked
+    relay = OutboxRelay(ToTestStream(store), pub)
+    assert await relay.relay_once() == 40
+    assert await store.pending_events(100) == []
+    dup = prom.get_sample_value("meshkit_messaging_published_total",
+                                {"subject": sub, "outcome": "duplicate"})
+    assert dup == 40
+    await bus.js.publish(sub, b"not json", headers={"Nats-Msg-Id": "poison-1"})
+    info = await bus.js.stream_info(bus.stream)
+    assert info.state.messages == 41
+
+    projection = events.Projection(store)
+    consumer = Consumer(bus.js, projection, events.consumer_options(
+        MessageVerifier(workloads.ca_pem), stream=bus.stream, filter_subject=sub,
+        dead_letter_subject=bus.dlq, registry=prom, fetch_timeout_s=0.2,
+        backoff=Backoff(base_delay_s=0.01, max_delay_s=0.02)))
+
+    async def drained() -> bool:
+        await consumer.run_once()
+        return projection.applied == 40 and prom.get_sample_value(
+            "meshkit_messaging_consumed_total",
+            {"subject": sub, "consumer": events.DURABLE, "outcome": "refused"}) == 1
+
+    await until(drained, timeout_s=20, interval_s=0.01, what="projection drained")
+    want = Counter[str]()
+    totals = Counter[str]()
+    for i in range(40):
+        want[USERS[i % 3]] += 1
+        totals[USERS[i % 3]] += (1 + i % 3) * 250
+    for u in USERS:
+        s = await store.order_summary(u)
+        assert (s.order_count, s.total_minor) == (want[u], totals[u])
+    # an event redelivered after the dedupe window counts once
+    assert await store.apply_order_placed("late", "u-a", 1)
+    assert not await store.apply_order_placed("late", "u-a", 1)
+    assert (await store.order_summary("u-a")).order_count == want["u-a"] + 1
