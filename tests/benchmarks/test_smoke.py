@@ -100,3 +100,25 @@ def test_layers_prints_every_layer_of_both_sides() -> None:
                  "defaults", "full", "+deadline", "+peer", "+jwt", "+ratelimit"):
         assert name in names, proc.stdout
     assert all(float(r[2]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("variant", ["raw", "bare", "defaults"])
+def test_instruction_count_child_runs_each_variant(variant: str) -> None:
+    """The process benchmarks.instructions measures under callgrind runs its calls and
+    exits cleanly for each kind of variant (callgrind itself is too slow for the suite)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
+                           variant, "48"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_instruction_count_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown variant is a usage error that names it."""
+    from benchmarks.instructions import main as instructions
+
+    with pytest.raises(SystemExit) as exc:
+        instructions(["--variants", "raw,fast"])
+    assert exc.value.code == 2 and "'fast'" in capsys.readouterr().err

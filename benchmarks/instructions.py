@@ -1,0 +1,185 @@
+"""Instructions per call of the mesh's variants, counted by callgrind (load-independent).
+
+CPU-time figures on a small shared VM move by more than a mesh layer from run to run when
+anything else runs. Instruction counts do not: ``valgrind --tool=callgrind`` counts what a
+process executes, the same for the same code whatever else the machine is doing.
+
+``python -m benchmarks.instructions`` (about a minute per variant; needs ``valgrind``) runs,
+for each variant, one process holding a real :class:`meshkit.MeshServer` and a real
+:func:`meshkit.dial` channel (plaintext, loopback, 16 concurrent callers, unary
+``Echo/Unary``), twice under callgrind: with ``--calls-low`` and with ``--calls-high``
+calls. The difference of the two totals divided by the difference of the call counts is
+the instructions per call, client and server together, with start-up and shutdown
+cancelled out. Access lines go through :func:`meshkit.observability.configure_logging`
+(JSON) to ``/dev/null``.
+
+Variants (``--variants``, comma-separated):
+
+* ``raw``: plain grpc.aio server and channel with the same echo handler;
+* ``bare``: ``serve()``/``dial()`` with every policy off (round robin, no retries, no
+  ejection, no deadline check, no request gate, no admin server, no telemetry);
+* ``nolog``: the defaults without telemetry (P2C, retries armed, ejection, deadline
+  admission, the request gate);
+* ``metrics``: ``nolog`` plus RED metrics;
+* ``defaults``: ``dial()``/``serve()`` as shipped (metrics and the JSON access log);
+* ``nogate``: ``defaults`` with ``ServerLimits(read_requests=False)``.
+
+``--child VARIANT CALLS`` is the measured process itself (what callgrind runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+__all__ = ["VARIANTS", "main", "measure"]
+
+VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate")
+_CALLERS = 16
+
+
+async def _raw(calls: int) -> None:
+    import grpc
+
+    from tests.support.echo import handler, method
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        await _drive(channel.unary_unary(method("Unary")), calls)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def _mesh(variant: str, calls: int, tmp: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    import meshkit
+    from meshkit.balancer import RoundRobin
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from meshkit.observability import TelemetryOptions
+    from tests.support.echo import add_echo, method
+
+    telemetry = None
+    if variant in ("metrics", "defaults", "nogate"):
+        telemetry = TelemetryOptions(registry=CollectorRegistry(), tracing=False,
+                                     metrics=True, access_log=variant != "metrics")
+    serve: dict[str, Any] = {"insecure": True, "drain_delay_s": 0, "grace_s": 1.0,
+                             "telemetry": telemetry}
+    dial: dict[str, Any] = {"insecure": True, "telemetry": telemetry}
+    if variant in ("bare", "nogate"):
+        serve["limits"] = meshkit.ServerLimits(read_requests=False)
+    if variant == "bare":
+        serve.update(deadline=None, admin=None, reflection=False)
+        dial.update(balancer=RoundRobin, outlier=None, retry=None)
+    registry = LocalRegistry(LocalOptions(path=tmp, ttl_s=5.0, poll_interval_s=0.05))
+    server = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                                options=meshkit.ServeOptions(**serve))
+    await server.start()
+    channel = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(**dial))
+    try:
+        await channel.wait_for_endpoints(1)
+        await _drive(channel.unary_unary(method("Unary")), calls)
+    finally:
+        await channel.close()
+        await server.drain()
+        await registry.close()
+
+
+async def _drive(call: Any, calls: int) -> None:
+    for _ in range(200):  # warm-up: connections, caches, first-call set-up
+        await call(b"x", timeout=5)
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            await call(b"x", timeout=5)
+
+    await asyncio.gather(*(caller(calls // _CALLERS) for _ in range(_CALLERS)))
+
+
+def _child(variant: str, calls: int) -> None:
+    from meshkit.observability import configure_logging, flush_logs
+
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), \
+            tempfile.TemporaryDirectory() as tmp:
+        configure_logging("info", json=True)
+        if variant == "raw":
+            asyncio.run(_raw(calls))
+        else:
+            asyncio.run(_mesh(variant, calls, tmp))
+        flush_logs()
+
+
+def _count(variant: str, calls: int, out_dir: str) -> int:
+    """Instructions callgrind counts for one child process running ``calls`` calls."""
+    out = os.path.join(out_dir, f"callgrind.{variant}.{calls}")
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         "-m", "benchmarks.instructions", "--child", variant, str(calls)],
+        capture_output=True, text=True, timeout=1800, check=False)
+    found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind run of {variant!r} failed:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def measure(variant: str, low: int, high: int) -> float:
+    """Instructions per call of ``variant`` (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        a = _count(variant, low, tmp)
+        b = _count(variant, high, tmp)
+    return (b - a) / (high - low)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurement and print a markdown table; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--calls-low", type=int, default=800)
+    parser.add_argument("--calls-high", type=int, default=2400)
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "CALLS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child[0], int(args.child[1]))
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown!r}; choose from {', '.join(VARIANTS)}")
+    if not args.calls_high > args.calls_low > 0:
+        parser.error("need 0 < --calls-low < --calls-high")
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 1
+    print(f"Instructions per call (callgrind), client and server in one process, "
+          f"{_CALLERS} callers; ({args.calls_high} - {args.calls_low} calls)\n")
+    print("| variant | instructions per call | vs raw |\n|---|---:|---:|")
+    raw: float | None = None
+    for v in variants:
+        t0 = time.monotonic()
+        n = measure(v, args.calls_low, args.calls_high)
+        raw = n if v == "raw" else raw
+        ratio = f"{n / raw:.2f}x" if raw else ""
+        print(f"| {v} | {n:,.0f} | {ratio} |", flush=True)
+        print(f"  ({v}: {time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
