@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, MutableMapping
-from contextvars import Context, copy_context
+from contextvars import Context, ContextVar, copy_context
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -417,14 +417,6 @@ class _AccessWriter:
         self._writer = writer
         self._level = level
 
-    def defer(self, warning: bool, build: Callable[..., dict[str, Any]],
-              args: tuple[Any, ...]) -> None:
-        """Capture an ``rpc`` event whose fields ``build(*args)`` makes at render time
-        (``warning``: its level is ``warning``, else ``info``)."""
-        if self._level <= (logging.WARNING if warning else logging.INFO):
-            self._writer.add((time.time(), "warning" if warning else "info", "rpc",
-                              (build, args), copy_context()))
-
     def _capture(self, level: str, event: str, fields: dict[str, Any]) -> None:
         self._writer.add((time.time(), level, event, fields, copy_context()))
 
@@ -450,10 +442,13 @@ def write_access(warning: bool, build: Callable[..., dict[str, Any]],
     """Write one ``rpc`` access-log event whose fields are ``build(*args)``: captured
     unbuilt by the JSON access log of :func:`configure_logging` (built when its batch is
     written), built now for any other logger (:func:`access_logger`). ``warning`` selects
-    the level (``warning``, else ``info``)."""
+    the level (``warning``, else ``info``). ``build`` must return a new dict each call (the
+    renderer adds to it)."""
     lg = _AccessLog.logger
-    if type(lg) is _AccessWriter:
-        lg.defer(warning, build, args)
+    if type(lg) is _AccessWriter:  # the per-call path: one tuple, no other work
+        if lg._level <= (logging.WARNING if warning else logging.INFO):
+            lg._writer.add((time.time(), "warning" if warning else "info", "rpc",
+                            (build, args), copy_context()))
         return
     lg = access_logger()
     fields = build(*args)
@@ -476,18 +471,53 @@ def _span_ids() -> tuple[str, str] | None:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+def _otel_lookup() -> tuple[Any, str] | None:
+    """opentelemetry-api's context variable and span key, to read a captured context's
+    current span without entering it (``None``: this API version keeps them elsewhere, and
+    :func:`_span_ids` runs inside the context instead)."""
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.trace import propagation
+
+        var = otel_context._RUNTIME_CONTEXT._current_context  # type: ignore[attr-defined]
+        key = propagation._SPAN_KEY
+    except (AttributeError, ImportError):  # pragma: no cover - another API layout
+        return None
+    return (var, key) if isinstance(var, ContextVar) and isinstance(key, str) else None
+
+
+_OTEL = _otel_lookup()
+
+
+def _captured_span_ids(ctx: Context) -> tuple[str, str] | None:
+    """The trace and span id of the span current in the captured ``ctx``, if valid."""
+    if _OTEL is None:  # pragma: no cover - another API layout
+        return ctx.run(_span_ids)
+    otel_ctx = ctx.get(_OTEL[0])
+    span = otel_ctx.get(_OTEL[1]) if otel_ctx is not None else None
+    if span is None:
+        return None
+    sc = span.get_span_context()
+    if not sc.is_valid:
+        return None
+    return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+
+
 def render_access(record: tuple[float, str, str, Any, Context]) -> str:
     """One captured access-log record as its JSON line (see :class:`_AccessWriter`)."""
     ts, level, event, fields, ctx = record
     if type(fields) is tuple:
         build, args = fields
         fields = build(*args)
-    out: dict[str, Any] = (ctx.run(structlog.contextvars.get_contextvars)
-                           if _contextvars_bound() else {})
-    out["event"] = event
-    out.update(fields)
+    if _contextvars_bound():
+        out: dict[str, Any] = ctx.run(structlog.contextvars.get_contextvars)
+        out["event"] = event
+        out.update(fields)
+    else:  # the usual case: the fields dict (new per event) becomes the line
+        out = {"event": event}
+        out.update(fields)
     if "trace_id" not in fields:
-        ids = ctx.run(_span_ids)
+        ids = _captured_span_ids(ctx)
         if ids is not None:
             out["trace_id"], out["span_id"] = ids
     out["level"] = level

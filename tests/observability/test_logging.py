@@ -314,3 +314,42 @@ def test_json_dumps_uses_orjson_and_falls_back_for_what_it_refuses(
         "1": "a", "big": 2**70}
     monkeypatch.setattr(_logging, "_orjson", None)
     assert _logging.json_dumps(event, default=repr) == json.dumps(event, default=repr)
+
+
+async def test_captured_access_event_renders_the_context_it_was_written_in() -> None:
+    """An access event captured unbuilt is rendered later with what was current when it
+    was written: the span's trace and span id, and the structlog contextvars bound then
+    (not what is current at render time); no span, no ids. (In an event loop, where lines
+    wait for the batch.)"""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter, write_access
+
+    out = io.StringIO()
+    saved = _AccessLog.logger
+    _AccessLog.logger = _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20)
+    tracer = TracerProvider().get_tracer("test")
+    built: list[int] = []
+
+    def build(n: int) -> dict[str, Any]:
+        built.append(n)
+        return {"side": "client", "n": n}
+
+    try:
+        with structlog.contextvars.bound_contextvars(request_id="r-1"), \
+                tracer.start_as_current_span("call") as span:
+            write_access(False, build, (1,))
+        write_access(True, build, (2,))
+        assert built == []  # nothing is built on the call's path
+        with structlog.contextvars.bound_contextvars(request_id="r-other"), \
+                tracer.start_as_current_span("later"):
+            _AccessLog.logger._writer.flush()
+    finally:
+        _AccessLog.logger = saved
+    first, second = (json.loads(ln) for ln in out.getvalue().splitlines())
+    ctx = span.get_span_context()
+    assert first["trace_id"] == format(ctx.trace_id, "032x")
+    assert first["span_id"] == format(ctx.span_id, "016x")
+    assert first["request_id"] == "r-1" and first["level"] == "info" and first["n"] == 1
+    assert "trace_id" not in second and "request_id" not in second
+    assert second["level"] == "warning" and second["event"] == "rpc"
