@@ -23,6 +23,7 @@ from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2_grpc, user_pb2_grpc
 from examples.ecom.storage import Store, open_store
 from examples.ecom.users import SessionIssuer, UserServicer
+from tests.resilience.test_ratelimit import shared_redis  # noqa: F401  (a fixture, for the cache)
 
 PG_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _pg_problem: list[str | None] = []  # cached result of the reachability probe

@@ -1,7 +1,8 @@
 """The GetUser cache (examples.ecom.cache): memory and real Redis, leases, outages, metric.
 
-Redis tests use the shared Redis on 127.0.0.1:6379 (skipped when absent, failed under
-CI=true); outages go through a loopback TCP proxy to it that the tests cut and restore.
+Redis tests use the shared Redis on 127.0.0.1:6379 (the ``shared_redis`` fixture: skipped
+when absent, failed under CI=true); outages go through a loopback TCP proxy to it that
+the tests cut and restore.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from examples.ecom.cache import (
 from examples.ecom.proto import user_pb2
 from examples.ecom.storage import Store
 from meshkit.errors import ConfigError
-from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, redis_ping
-from tests.support.skips import skip_or_fail
+from tests.resilience.test_ratelimit import SHARED_REDIS_PORT
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
@@ -59,18 +59,10 @@ def user(user_id: str, name: str = "Ada") -> user_pb2.User:
 
 
 @pytest.fixture
-def shared_redis_url() -> str:
-    """redis:// URL of the shared Redis (skip if absent; fail under CI)."""
-    if not redis_ping(SHARED_REDIS_PORT):
-        skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
-    return f"async+redis://127.0.0.1:{SHARED_REDIS_PORT}"
-
-
-@pytest.fixture
-async def raw_redis(shared_redis_url: str) -> AsyncIterator[coredis.Redis[bytes]]:
+async def raw_redis(shared_redis: str) -> AsyncIterator[coredis.Redis[bytes]]:
     """A plain client to the shared Redis, to look at keys directly."""
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        shared_redis_url.removeprefix("async+"))
+        shared_redis.removeprefix("async+"))
     yield client
     client.connection_pool.disconnect()
 
@@ -257,12 +249,12 @@ async def test_fill_racing_a_write_does_not_cache_the_old_value() -> None:
 # ----------------------------------------------------------------------------- redis
 
 
-async def test_redis_fill_hit_ttl_and_invalidation(shared_redis_url: str,
+async def test_redis_fill_hit_ttl_and_invalidation(shared_redis: str,
                                                    raw_redis: coredis.Redis[bytes]) -> None:
     """In Redis: a miss fills ecom:user:<id> with the serialized User and a TTL, the next
     read hits, changed() deletes the key, and a racing fill is refused there too."""
     registry = CollectorRegistry()
-    cache = open_user_cache(UserCacheOptions(uri=shared_redis_url, ttl_s=30),
+    cache = open_user_cache(UserCacheOptions(uri=shared_redis, ttl_s=30),
                             registry=registry)
     assert cache is not None and isinstance(cache.cache, RedisUserCache)
     uid = f"test-{uuid.uuid4()}"
@@ -302,7 +294,7 @@ async def wait_for_hit(stack: Stack, user_id: str, registry: CollectorRegistry) 
 
 @pytest.mark.parametrize("fault", ["refused", "blackhole"])
 async def test_redis_outage_degrades_to_the_database_and_recovers(
-        fault: str, shared_redis_url: str, sqlite_store: Store, tmp_path: Path) -> None:
+        fault: str, shared_redis: str, sqlite_store: Store, tmp_path: Path) -> None:
     """With Redis cut (connections refused, or a black hole that only times out) GetUser
     still answers from the database with no error to the caller, counted as ``error``
     and logged once; a write meanwhile is invalidated once Redis is back, and the cache
@@ -340,7 +332,7 @@ async def test_redis_outage_degrades_to_the_database_and_recovers(
             await close(stack, cache)
             if uid:
                 client: coredis.Redis[bytes] = coredis.Redis.from_url(
-                    shared_redis_url.removeprefix("async+"))
+                    shared_redis.removeprefix("async+"))
                 await client.delete([f"ecom:user:{uid}", f"ecom:user-lease:{uid}"])
                 client.connection_pool.disconnect()
 
