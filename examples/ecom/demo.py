@@ -617,7 +617,23 @@ async def print_admin(channels: dict[str, meshkit.MeshChannel], stack: Stack) ->
                         ready = resp.status
                 except aiohttp.ClientError:
                     ready = 0
-                print(f"  {ep.key:<10} {url}/metrics   /readyz -> {ready}")
+                hits = await cache_hits(http, url) if ep.key.startswith("userd") else ""
+                print(f"  {ep.key:<10} {url}/metrics   /readyz -> {ready}{hits}")
+
+
+async def cache_hits(http: Any, url: str) -> str:
+    """``"   GetUser cache hits H/N"`` from a userd's /metrics ("" without a cache)."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return ""
+    n = {s.labels["result"]: s.value for f in text_string_to_metric_families(text)
+         if f.name == "ecom_user_cache_requests" for s in f.samples if s.name.endswith("_total")}
+    return f"   GetUser cache hits {n.get('hit', 0):.0f}/{sum(n.values()):.0f}" if n else ""
 
 
 def make_certificates(cert_dir: Path) -> Path:

@@ -4,15 +4,22 @@ Registers as ``userd`` in the registry named by ``MESHKIT_REGISTRY`` (default: t
 registry), serves ``ecom.v1.UserService`` over mTLS until SIGTERM/SIGINT, then drains.
 Authenticate issues JWT access tokens; their public keys are served as a JWKS on an HTTP
 port announced in the instance's registry meta (``jwks_port``).
+
+GetUser reads through a user cache (:mod:`examples.ecom.cache`): ``--user-cache URI``
+(env ``ECOM_USER_CACHE``; ``memory://`` by default, ``async+redis://127.0.0.1:6379`` to
+share it between replicas, ``off`` for none) and ``--user-cache-ttl-s`` (env
+``ECOM_USER_CACHE_TTL_S``, default 60).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import meshkit
 from examples.ecom import security
 from examples.ecom._process import announce, jwt_dir, parser, serve_options, setup_logging, tls
+from examples.ecom.cache import UserCacheOptions, open_user_cache
 from examples.ecom.proto import user_pb2_grpc
 from examples.ecom.storage import UserRecord, open_store
 from examples.ecom.users import IssuedSession, UserServicer
@@ -44,7 +51,16 @@ class JwtSessions:
 async def main(argv: list[str] | None = None) -> None:
     """Parse ``argv``, open the store, start the JWKS server and serve until a signal."""
     setup_logging()
-    args = parser("user_service", "sqlite:///users.db").parse_args(argv)
+    p = parser("user_service", "sqlite:///users.db")
+    p.add_argument("--user-cache", default=os.environ.get("ECOM_USER_CACHE", "memory://"),
+                   help="GetUser cache: memory://, async+redis://host:6379 or off "
+                        "(env ECOM_USER_CACHE; default memory://)")
+    p.add_argument("--user-cache-ttl-s", type=float,
+                   default=float(os.environ.get("ECOM_USER_CACHE_TTL_S", "60")),
+                   help="seconds a cached user is served (env ECOM_USER_CACHE_TTL_S; "
+                        "default 60)")
+    args = p.parse_args(argv)
+    cache = open_user_cache(UserCacheOptions(uri=args.user_cache, ttl_s=args.user_cache_ttl_s))
     tls_options = tls(args, SERVICE)
     keys = KeySet.from_directory(jwt_dir(args))
     issuer = TokenIssuer(keys, IssuerOptions(issuer=security.ISSUER, audience=security.AUDIENCE,
@@ -61,13 +77,15 @@ async def main(argv: list[str] | None = None) -> None:
         await meshkit.serve(
             SERVICE,
             [(user_pb2_grpc.add_UserServiceServicer_to_server,
-              UserServicer(store, issue_session=JwtSessions(issuer)))],
+              UserServicer(store, issue_session=JwtSessions(issuer), cache=cache))],
             options=serve_options(args, tls_options, auth, meta={"jwks_port": str(jwks_port)}),
             on_started=announce,
         )
     finally:
         await jwks.stop()
         await store.close()
+        if cache is not None:
+            await cache.aclose()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import grpc
 import structlog
 
 from examples.ecom import passwords, validation
+from examples.ecom.cache import CachedUsers
 from examples.ecom.proto import user_pb2, user_pb2_grpc
 from examples.ecom.storage import DuplicateEmailError, Store, StoreUnavailable, UserRecord
 
@@ -78,12 +79,16 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     """``ecom.v1.UserService`` on a :class:`~examples.ecom.storage.Store`.
 
     ``issue_session`` is called with the user on each successful
-    Authenticate; it defaults to :class:`OpaqueSessionIssuer`.
+    Authenticate; it defaults to :class:`OpaqueSessionIssuer`. With ``cache``
+    (:func:`examples.ecom.cache.open_user_cache`) GetUser reads through it; a cache
+    outage only sends GetUser to the store.
     """
 
-    def __init__(self, store: Store, *, issue_session: SessionIssuer | None = None) -> None:
+    def __init__(self, store: Store, *, issue_session: SessionIssuer | None = None,
+                 cache: CachedUsers | None = None) -> None:
         self._store = store
         self._issue_session = issue_session or OpaqueSessionIssuer()
+        self._cache = cache
 
     @staticmethod
     async def _stored(call: Awaitable[_T], context: grpc.aio.ServicerContext[Any, Any]) -> _T:
@@ -131,10 +136,16 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             validation.validate_id("user_id", request.user_id)
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        user = await self._stored(self._store.get_user(request.user_id), context)
+
+        async def load() -> user_pb2.User | None:
+            found = await self._stored(self._store.get_user(request.user_id), context)
+            return None if found is None else user_message(found)
+
+        cache = self._cache
+        user = await (load() if cache is None else cache.get(request.user_id, load))
         if user is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"user {request.user_id} not found")
-        return user_message(user)
+        return user
 
     async def Authenticate(
         self,

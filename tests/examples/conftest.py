@@ -18,10 +18,12 @@ import asyncpg
 import grpc
 import pytest
 
+from examples.ecom.cache import CachedUsers
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2_grpc, user_pb2_grpc
 from examples.ecom.storage import Store, open_store
 from examples.ecom.users import SessionIssuer, UserServicer
+from tests.resilience.test_ratelimit import shared_redis  # noqa: F401  (a fixture, for the cache)
 
 PG_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 _pg_problem: list[str | None] = []  # cached result of the reachability probe
@@ -100,8 +102,10 @@ class Stack:
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
 
-async def start_stack(store: Store, *, issue_session: SessionIssuer | None = None) -> Stack:
-    """Serve UserService and OrderService on 127.0.0.1:0 over plain grpc.aio.
+async def start_stack(store: Store, *, issue_session: SessionIssuer | None = None,
+                      cache: CachedUsers | None = None) -> Stack:
+    """Serve UserService (GetUser through ``cache`` if given) and OrderService on
+    127.0.0.1:0 over plain grpc.aio.
 
     OrderService reaches UserService through its own channel to the same server.
     """
@@ -109,7 +113,7 @@ async def start_stack(store: Store, *, issue_session: SessionIssuer | None = Non
     target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     backend_channel = grpc.aio.insecure_channel(target)
     user_pb2_grpc.add_UserServiceServicer_to_server(
-        UserServicer(store, issue_session=issue_session), server
+        UserServicer(store, issue_session=issue_session, cache=cache), server
     )
     order_pb2_grpc.add_OrderServiceServicer_to_server(
         OrderServicer(store, user_pb2_grpc.UserServiceStub(backend_channel)), server

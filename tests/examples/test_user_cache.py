@@ -1,0 +1,355 @@
+"""The GetUser cache (examples.ecom.cache): memory and real Redis, leases, outages, metric.
+
+Redis tests use the shared Redis on 127.0.0.1:6379 (the ``shared_redis`` fixture: skipped
+when absent, failed under CI=true); outages go through a loopback TCP proxy to it that
+the tests cut and restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+
+import aiosqlite
+import coredis
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+
+from examples.ecom.cache import (
+    CachedUsers,
+    MemoryUserCache,
+    RedisUserCache,
+    UserCacheOptions,
+    open_user_cache,
+)
+from examples.ecom.proto import user_pb2
+from examples.ecom.storage import Store
+from meshkit.errors import ConfigError
+from tests.resilience.test_ratelimit import SHARED_REDIS_PORT
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.wait import until
+
+from .conftest import Stack, start_stack
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeClock:
+    """Monotonic seconds that tests advance by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counts(registry: CollectorRegistry) -> dict[str, float]:
+    """``ecom_user_cache_requests_total`` by result."""
+    return {r: registry.get_sample_value("ecom_user_cache_requests_total", {"result": r}) or 0.0
+            for r in ("hit", "miss", "error")}
+
+
+def user(user_id: str, name: str = "Ada") -> user_pb2.User:
+    """A User message."""
+    return user_pb2.User(id=user_id, email="ada@example.com", name=name)
+
+
+@pytest.fixture
+async def raw_redis(shared_redis: str) -> AsyncIterator[coredis.Redis[bytes]]:
+    """A plain client to the shared Redis, to look at keys directly."""
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        shared_redis.removeprefix("async+"))
+    yield client
+    client.connection_pool.disconnect()
+
+
+async def cached_stack(store: Store, options: UserCacheOptions,
+                       registry: CollectorRegistry) -> tuple[Stack, CachedUsers]:
+    """The example's servicers on a real server, GetUser through a cache from ``options``."""
+    cache = open_user_cache(options, registry=registry)
+    assert cache is not None
+    return await start_stack(store, cache=cache), cache
+
+
+async def close(stack: Stack, cache: CachedUsers) -> None:
+    for closer in stack.closers:
+        await closer()
+    await cache.aclose()
+
+
+async def rename_in_db(path: Path, user_id: str, name: str) -> None:
+    """Change a user's name behind the servicer's back, as another writer would."""
+    async with aiosqlite.connect(path) as db:
+        await db.execute("UPDATE users SET name = ? WHERE id = ?", (name, user_id))
+        await db.commit()
+
+
+async def create(stack: Stack) -> user_pb2.User:
+    return await stack.users.CreateUser(user_pb2.CreateUserRequest(
+        email=f"u{uuid.uuid4().hex[:8]}@example.com", name="Ada", password="correct horse"))
+
+
+def get(stack: Stack, user_id: str) -> Awaitable[user_pb2.User]:
+    return stack.users.GetUser(user_pb2.GetUserRequest(user_id=user_id))  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+async def test_memory_entries_expire_after_ttl() -> None:
+    """An entry is served until ttl_s has passed, then it is a miss with a fresh lease."""
+    clock = FakeClock()
+    cache = MemoryUserCache(ttl_s=60, max_entries=10, lease_s=2, clock=clock)
+    miss = await cache.get("u1")
+    assert miss.data is None and miss.lease is not None
+    assert await cache.set("u1", b"v1", miss.lease)
+    clock.now += 59.9
+    assert (await cache.get("u1")).data == b"v1"
+    clock.now += 0.2
+    again = await cache.get("u1")
+    assert again.data is None and again.lease is not None
+
+
+async def test_memory_is_bounded_least_recently_used_first() -> None:
+    """Past max_entries the least recently used entry goes; a recent read keeps one."""
+    cache = MemoryUserCache(ttl_s=60, max_entries=2, lease_s=2, clock=FakeClock())
+    for uid in ("a", "b"):
+        lease = (await cache.get(uid)).lease
+        assert lease is not None and await cache.set(uid, uid.encode(), lease)
+    assert (await cache.get("a")).data == b"a"  # a is now the most recent
+    lease = (await cache.get("c")).lease
+    assert lease is not None and await cache.set("c", b"c", lease)
+    assert len(cache) == 2
+    assert (await cache.get("a")).data == b"a"
+    assert (await cache.get("b")).data is None
+
+
+async def test_memory_lease_one_filler_and_invalidation_revokes_it() -> None:
+    """Concurrent misses: only the first may fill; an invalidation revokes its lease."""
+    clock = FakeClock()
+    cache = MemoryUserCache(ttl_s=60, max_entries=10, lease_s=2, clock=clock)
+    first, second = await cache.get("u1"), await cache.get("u1")
+    assert first.lease is not None and second.lease is None
+    await cache.invalidate("u1")
+    assert not await cache.set("u1", b"stale", first.lease)
+    assert (await cache.get("u1")).data is None
+    # an abandoned lease lapses after lease_s
+    clock.now += 2.1
+    assert (await cache.get("u1")).lease is not None
+
+
+def test_options_refuse_bad_values() -> None:
+    """Bad options fail at construction, quoting the value and hiding a password."""
+    with pytest.raises(ConfigError, match="'mongodb://h:1'"):
+        UserCacheOptions(uri="mongodb://h:1")
+    with pytest.raises(ConfigError) as info:
+        UserCacheOptions(uri="memcached://:s3cret@h:1")
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="ttl_s must be > 0, got 0"):
+        UserCacheOptions(ttl_s=0)
+    with pytest.raises(ConfigError, match="max_entries"):
+        UserCacheOptions(max_entries=0)
+    assert open_user_cache(UserCacheOptions(uri="off")) is None
+
+
+# ----------------------------------------------------------------------------- servicer
+
+
+async def test_get_user_miss_then_hit_and_metric_on_metrics_page(sqlite_store: Store,
+                                                                 tmp_path: Path) -> None:
+    """The first GetUser reads the database and fills the cache; the second is served
+    from the cache (a change made behind its back is not seen); both are counted."""
+    registry = CollectorRegistry()
+    stack, cache = await cached_stack(sqlite_store, UserCacheOptions(), registry)
+    try:
+        created = await create(stack)
+        assert await get(stack, created.id) == created
+        await rename_in_db(tmp_path / "ecom.db", created.id, "Grace")
+        assert (await get(stack, created.id)).name == "Ada"  # from the cache
+        assert counts(registry) == {"hit": 1.0, "miss": 1.0, "error": 0.0}
+        assert b'ecom_user_cache_requests_total{result="hit"} 1.0' in generate_latest(registry)
+    finally:
+        await close(stack, cache)
+
+
+async def test_invalidation_after_a_write_no_stale_read(sqlite_store: Store,
+                                                        tmp_path: Path) -> None:
+    """After a committed change and changed(), GetUser returns the new value."""
+    registry = CollectorRegistry()
+    stack, cache = await cached_stack(sqlite_store, UserCacheOptions(), registry)
+    try:
+        created = await create(stack)
+        await get(stack, created.id)
+        await rename_in_db(tmp_path / "ecom.db", created.id, "Grace")
+        await cache.changed(created.id)
+        assert (await get(stack, created.id)).name == "Grace"
+        assert (await get(stack, created.id)).name == "Grace"
+        assert counts(registry) == {"hit": 1.0, "miss": 2.0, "error": 0.0}
+    finally:
+        await close(stack, cache)
+
+
+async def test_unknown_user_is_not_found_and_not_cached(stack: Stack) -> None:
+    """NOT_FOUND passes through; nothing is cached for an id without a user."""
+    import grpc
+
+    registry = CollectorRegistry()
+    cache = open_user_cache(UserCacheOptions(), registry=registry)
+    assert cache is not None
+    missing = str(uuid.uuid4())
+
+    async def load() -> user_pb2.User | None:
+        return None
+
+    assert await cache.get(missing, load) is None
+    assert await cache.get(missing, load) is None
+    assert counts(registry)["miss"] == 2.0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await get(stack, missing)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def race_fill_against_write(cache: CachedUsers, user_id: str) -> user_pb2.User | None:
+    """Reader misses and reads v1; a writer commits v2 and calls changed() before the
+    reader fills; return what the next read finds."""
+    read_started, write_done = asyncio.Event(), asyncio.Event()
+    db = {"name": "v1"}
+
+    async def slow_load() -> user_pb2.User | None:
+        found = user(user_id, db["name"])  # the read happens before the write commits
+        read_started.set()
+        await write_done.wait()
+        return found
+
+    reader = asyncio.create_task(cache.get(user_id, slow_load))
+    await read_started.wait()
+    db["name"] = "v2"
+    await cache.changed(user_id)
+    write_done.set()
+    assert (await reader).name == "v1"  # that caller saw the old value, as it should
+
+    async def load() -> user_pb2.User | None:
+        return user(user_id, db["name"])
+
+    return await cache.get(user_id, load)
+
+
+async def test_fill_racing_a_write_does_not_cache_the_old_value() -> None:
+    """A fill whose database read predates a write's invalidation is refused (lease)."""
+    cache = open_user_cache(UserCacheOptions(), registry=CollectorRegistry())
+    assert cache is not None
+    found = await race_fill_against_write(cache, "u-race")
+    assert found is not None and found.name == "v2"
+
+
+# ----------------------------------------------------------------------------- redis
+
+
+async def test_redis_fill_hit_ttl_and_invalidation(shared_redis: str,
+                                                   raw_redis: coredis.Redis[bytes]) -> None:
+    """In Redis: a miss fills ecom:user:<id> with the serialized User and a TTL, the next
+    read hits, changed() deletes the key, and a racing fill is refused there too."""
+    registry = CollectorRegistry()
+    cache = open_user_cache(UserCacheOptions(uri=shared_redis, ttl_s=30),
+                            registry=registry)
+    assert cache is not None and isinstance(cache.cache, RedisUserCache)
+    uid = f"test-{uuid.uuid4()}"
+    loads = 0
+
+    async def load() -> user_pb2.User | None:
+        nonlocal loads
+        loads += 1
+        return user(uid)
+
+    try:
+        assert await cache.get(uid, load) == user(uid)
+        stored = await raw_redis.get(f"ecom:user:{uid}")
+        assert stored is not None and user_pb2.User.FromString(stored) == user(uid)
+        assert 29_000 < await raw_redis.pttl(f"ecom:user:{uid}") <= 30_000
+        assert not await raw_redis.exists([f"ecom:user-lease:{uid}"])
+        assert await cache.get(uid, load) == user(uid)
+        assert loads == 1 and counts(registry) == {"hit": 1.0, "miss": 1.0, "error": 0.0}
+        await cache.changed(uid)
+        assert not await raw_redis.exists([f"ecom:user:{uid}"])
+        found = await race_fill_against_write(cache, uid)
+        assert found is not None and found.name == "v2"
+    finally:
+        await raw_redis.delete([f"ecom:user:{uid}", f"ecom:user-lease:{uid}"])
+        await cache.aclose()
+
+
+async def wait_for_hit(stack: Stack, user_id: str, registry: CollectorRegistry) -> None:
+    """Call GetUser until one is served from the cache (the breaker probes again)."""
+    async def hit() -> bool:
+        before = counts(registry)["hit"]
+        await get(stack, user_id)
+        return counts(registry)["hit"] > before
+
+    await until(hit, timeout_s=10, interval_s=0.05, what="a cache hit after recovery")
+
+
+@pytest.mark.parametrize("fault", ["refused", "blackhole"])
+async def test_redis_outage_degrades_to_the_database_and_recovers(
+        fault: str, shared_redis: str, sqlite_store: Store, tmp_path: Path) -> None:
+    """With Redis cut (connections refused, or a black hole that only times out) GetUser
+    still answers from the database with no error to the caller, counted as ``error``
+    and logged once; a write meanwhile is invalidated once Redis is back, and the cache
+    serves hits again."""
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        registry = CollectorRegistry()
+        options = UserCacheOptions(uri=f"async+redis://{proxy.address}", timeout_s=0.05,
+                                   breaker_open_s=0.1, breaker_max_open_s=0.2)
+        stack, cache = await cached_stack(sqlite_store, options, registry)
+        uid = ""
+        try:
+            created = await create(stack)
+            uid = created.id
+            await get(stack, uid)
+            await get(stack, uid)
+            assert counts(registry) == {"hit": 1.0, "miss": 1.0, "error": 0.0}
+            if fault == "refused":
+                await proxy.stop()
+            else:
+                proxy.blackhole()
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(5):
+                    assert await get(stack, uid) == created
+                await rename_in_db(tmp_path / "ecom.db", uid, "Grace")
+                await cache.changed(uid)  # cannot reach Redis: remembered
+                assert (await get(stack, uid)).name == "Grace"  # from the database
+                assert counts(registry)["error"] == 6.0
+                await proxy.start()
+                await wait_for_hit(stack, uid, registry)
+            assert (await get(stack, uid)).name == "Grace"  # not the entry from before
+            events = [e["event"] for e in logs if e["log_level"] in ("warning", "info")]
+            assert events == ["user cache unavailable, reading the database",
+                              "user cache recovered"]
+        finally:
+            await close(stack, cache)
+            if uid:
+                client: coredis.Redis[bytes] = coredis.Redis.from_url(
+                    shared_redis.removeprefix("async+"))
+                await client.delete([f"ecom:user:{uid}", f"ecom:user-lease:{uid}"])
+                client.connection_pool.disconnect()
+
+
+async def test_redis_down_at_start_is_an_outage_not_a_crash(sqlite_store: Store) -> None:
+    """A cache pointed at a closed port: GetUser answers from the database; error counted."""
+    registry = CollectorRegistry()
+    from tests.support.ports import free_port
+
+    stack, cache = await cached_stack(
+        sqlite_store, UserCacheOptions(uri=f"async+redis://127.0.0.1:{free_port()}"), registry)
+    try:
+        created = await create(stack)
+        assert await get(stack, created.id) == created
+        assert await get(stack, created.id) == created
+        assert counts(registry) == {"hit": 0.0, "miss": 0.0, "error": 2.0}
+    finally:
+        await close(stack, cache)
+
+
