@@ -62,24 +62,24 @@ class AdminOptions:
 class AdminServer:
     """An aiohttp server (one per process, off the gRPC port) with:
 
-    ====================  ==================================================================
-    route                 answer
-    ====================  ==================================================================
-    /                     the live dashboard (HTML, refreshing every second): services
-                          served and dialed, endpoints with state, P2C load, EWMA latency,
-                          ejections, retry budget, and RED per method
-    /debug/dashboard.json the dashboard's data (:class:`DashboardFeed`): the snapshots below
-                          plus per method rate, errors by code and p50/p99 over 10 s
-    /metrics              the meshkit registry (RPC and mesh metrics) in the Prometheus
-                          text format, or OpenMetrics when the Accept header asks for it
-    /healthz              200 ``ok`` while the process's event loop answers (liveness)
-    /readyz               200 when every live MeshServer is registered and not draining;
-                          503 with the reasons (JSON) during drain, before registration,
-                          or (with ``require_server``) when there is none
-    /debug/mesh           JSON: ``servers`` (``MeshServer.stats()``) and ``channels``
-                          (``MeshChannel.stats()``: endpoints, balancer load, EWMA,
-                          ejection, policies) of this process
-    ====================  ==================================================================
+    =====================  ================================================================
+    route                  answer
+    =====================  ================================================================
+    /                      the live dashboard (HTML, refreshing every second): services
+                           served and dialed, endpoints with state, P2C load, EWMA latency,
+                           ejections, retry budget, and RED per method
+    /debug/dashboard.json  the dashboard's data (:class:`DashboardFeed`): the snapshots below
+                           plus per method rate, errors by code and p50/p99 over 10 s
+    /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
+                           text format, or OpenMetrics when the Accept header asks for it
+    /healthz               200 ``ok`` while the process's event loop answers (liveness)
+    /readyz                200 when every live MeshServer is registered and not draining;
+                           503 with the reasons (JSON) during drain, before registration,
+                           or (with ``require_server``) when there is none
+    /debug/mesh            JSON: ``servers`` (``MeshServer.stats()``) and ``channels``
+                           (``MeshChannel.stats()``: endpoints, balancer load, EWMA,
+                           ejection, policies) of this process
+    =====================  ================================================================
 
     Extra routes (a JWKS document, say) are added with :meth:`add_route` before
     :meth:`start`. Example::
