@@ -18,10 +18,12 @@ demo: $(STAMP)
 	$(VENV)/bin/meshkit demo $(DEMO_ARGS)
 
 # Real components the suite runs, from Debian (each a no-op when installed): Prometheus and
-# Alertmanager (tests/ops), etcd-server/etcd-client (the etcd registry tests).
+# Alertmanager (tests/ops), etcd-server/etcd-client (the etcd registry tests), chromium
+# (the admin dashboard's browser test).
 test: $(STAMP)
 	bash scripts/install-ops.sh
 	bash scripts/install-etcd.sh
+	bash scripts/install-browser.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)

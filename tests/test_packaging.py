@@ -120,6 +120,19 @@ def test_sdist_holds_the_library_and_no_stray_tests(dists: Path) -> None:
             "meshkit", f"{wheel.name.split('-py3')[0]}.dist-info"}
 
 
+def test_both_distributions_ship_the_admin_dashboard_page(dists: Path) -> None:
+    """The admin server's dashboard page (package data beside its module) is in the sdist
+    and the wheel, byte for byte as in the checkout."""
+    page = (REPO / "meshkit/observability/dashboard.html").read_bytes()
+    (sdist,) = dists.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        member = tar.extractfile(f"{sdist.name[:-7]}/meshkit/observability/dashboard.html")
+        assert member is not None and member.read() == page
+    (wheel,) = dists.glob("*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        assert whl.read("meshkit/observability/dashboard.html") == page
+
+
 def test_installed_wheel_explains_demo_and_bench(dists: Path, tmp_path: Path) -> None:
     """From the installed wheel (no checkout around it), ``meshkit --help`` lists the
     operator commands but not demo/bench and says where they run; ``meshkit demo`` exits

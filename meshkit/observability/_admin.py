@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from meshkit.errors import ConfigError
+from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
 from meshkit.observability._metrics import default_registry, rpc_metrics
 
@@ -22,7 +23,8 @@ __all__ = ["AdminOptions", "AdminServer", "Handler"]
 
 _log = structlog.get_logger("meshkit.observability.admin")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
-_RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh"})
+_RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh", DASHBOARD_PATH,
+                       DASHBOARD_JSON_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 """An aiohttp handler: ``async def handler(request) -> web.Response``."""
@@ -60,19 +62,24 @@ class AdminOptions:
 class AdminServer:
     """An aiohttp server (one per process, off the gRPC port) with:
 
-    ============  ==========================================================================
-    route         answer
-    ============  ==========================================================================
-    /metrics      the meshkit registry (RPC and mesh metrics) in the Prometheus text format,
-                  or OpenMetrics when the Accept header asks for it
-    /healthz      200 ``ok`` while the process's event loop answers (liveness)
-    /readyz       200 when every live MeshServer is registered and not draining; 503 with
-                  the reasons (JSON) during drain, before registration, or (with
-                  ``require_server``) when there is none
-    /debug/mesh   JSON: ``servers`` (``MeshServer.stats()``) and ``channels``
-                  (``MeshChannel.stats()``: endpoints, balancer load, EWMA, ejection,
-                  policies) of this process
-    ============  ==========================================================================
+    =====================  ================================================================
+    route                  answer
+    =====================  ================================================================
+    /                      the live dashboard (HTML, refreshing every second): services
+                           served and dialed, endpoints with state, P2C load, EWMA latency,
+                           ejections, retry budget, and RED per method
+    /debug/dashboard.json  the dashboard's data (:class:`DashboardFeed`): the snapshots below
+                           plus per method rate, errors by code and p50/p99 over 10 s
+    /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
+                           text format, or OpenMetrics when the Accept header asks for it
+    /healthz               200 ``ok`` while the process's event loop answers (liveness)
+    /readyz                200 when every live MeshServer is registered and not draining;
+                           503 with the reasons (JSON) during drain, before registration,
+                           or (with ``require_server``) when there is none
+    /debug/mesh            JSON: ``servers`` (``MeshServer.stats()``) and ``channels``
+                           (``MeshChannel.stats()``: endpoints, balancer load, EWMA,
+                           ejection, policies) of this process
+    =====================  ================================================================
 
     Extra routes (a JWKS document, say) are added with :meth:`add_route` before
     :meth:`start`. Example::
@@ -89,7 +96,8 @@ class AdminServer:
     def __init__(self, options: AdminOptions | None = None) -> None:
         self.options = options or AdminOptions()
         self._registry = self.options.registry or default_registry()
-        rpc_metrics(self._registry)  # the families exist before the first scrape
+        # the families exist before the first scrape
+        self._dashboard = DashboardFeed(rpc_metrics(self._registry))
         self._extra: list[tuple[str, str, Handler]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -129,6 +137,7 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/mesh", self._debug_mesh)
+        app.add_routes(self._dashboard.routes())
         for method, path, handler in self._extra:
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, access_log=None)

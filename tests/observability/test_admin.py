@@ -96,7 +96,7 @@ def test_admin_options_refuse_bad_values(kwargs: dict[str, object]) -> None:
         AdminOptions(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("path", ["/metrics", "relative", "/sp ace"])
+@pytest.mark.parametrize("path", ["/metrics", "/", "/debug/dashboard.json", "relative", "/sp ace"])
 def test_add_route_refuses_reserved_or_bad_paths(path: str) -> None:
     """Built-in and malformed paths are refused by add_route."""
 
