@@ -301,7 +301,8 @@ async def test_redis_outage_degrades_to_the_database_and_recovers(
     serves hits again."""
     async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
         registry = CollectorRegistry()
-        options = UserCacheOptions(uri=f"async+redis://{proxy.address}", timeout_s=0.5,  # margin for a loaded box
+        # a 0.5 s cache timeout: a margin for a loaded box before the fault
+        options = UserCacheOptions(uri=f"async+redis://{proxy.address}", timeout_s=0.5,
                                    breaker_open_s=0.1, breaker_max_open_s=0.2)
         stack, cache = await cached_stack(sqlite_store, options, registry)
         uid = ""
