@@ -4,14 +4,16 @@ CPU-time figures on a small shared VM move by more than a mesh layer from run to
 anything else runs. Instruction counts do not: ``valgrind --tool=callgrind`` counts what a
 process executes, the same for the same code whatever else the machine is doing.
 
-``python -m benchmarks.instructions`` (about a minute per variant; needs ``valgrind``) runs,
-for each variant, one process holding a real :class:`meshkit.MeshServer` and a real
-:func:`meshkit.dial` channel (plaintext, loopback, 16 concurrent callers, unary
-``Echo/Unary``), twice under callgrind: with ``--calls-low`` and with ``--calls-high``
-calls. The difference of the two totals divided by the difference of the call counts is
-the instructions per call, client and server together, with start-up and shutdown
-cancelled out. Access lines go through :func:`meshkit.observability.configure_logging`
-(JSON) to ``/dev/null``.
+``python -m benchmarks.instructions`` (about two minutes per variant; needs ``valgrind``)
+runs, for each variant, one process holding a real :class:`meshkit.MeshServer` and a real
+:func:`meshkit.dial` channel (plaintext, loopback, unary ``Echo/Unary``, ``--callers``
+concurrent callers, default 1), twice under callgrind: with ``--calls-low`` and with
+``--calls-high`` calls. The difference of the two totals divided by the difference of the
+call counts is the instructions per call, client and server together, with start-up and
+shutdown cancelled out. With one caller the count repeats closely; with several, how many
+calls one event-loop turn or one poll serves depends on timing, and counts on a loaded
+machine moved by about 4 % between runs. Access lines go through
+:func:`meshkit.observability.configure_logging` (JSON) to ``/dev/null``.
 
 Variants (``--variants``, comma-separated):
 
@@ -44,10 +46,9 @@ from typing import Any
 __all__ = ["VARIANTS", "main", "measure"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate")
-_CALLERS = 16
 
 
-async def _raw(calls: int) -> None:
+async def _raw(calls: int, callers: int) -> None:
     import grpc
 
     from tests.support.echo import handler, method
@@ -58,13 +59,13 @@ async def _raw(calls: int) -> None:
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        await _drive(channel.unary_unary(method("Unary")), calls)
+        await _drive(channel.unary_unary(method("Unary")), calls, callers)
     finally:
         await channel.close()
         await server.stop(None)
 
 
-async def _mesh(variant: str, calls: int, tmp: str) -> None:
+async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     from prometheus_client import CollectorRegistry
 
     import meshkit
@@ -92,14 +93,14 @@ async def _mesh(variant: str, calls: int, tmp: str) -> None:
     channel = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(**dial))
     try:
         await channel.wait_for_endpoints(1)
-        await _drive(channel.unary_unary(method("Unary")), calls)
+        await _drive(channel.unary_unary(method("Unary")), calls, callers)
     finally:
         await channel.close()
         await server.drain()
         await registry.close()
 
 
-async def _drive(call: Any, calls: int) -> None:
+async def _drive(call: Any, calls: int, callers: int) -> None:
     for _ in range(200):  # warm-up: connections, caches, first-call set-up
         await call(b"x", timeout=5)
 
@@ -107,28 +108,28 @@ async def _drive(call: Any, calls: int) -> None:
         for _ in range(n):
             await call(b"x", timeout=5)
 
-    await asyncio.gather(*(caller(calls // _CALLERS) for _ in range(_CALLERS)))
+    await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
 
 
-def _child(variant: str, calls: int) -> None:
+def _child(variant: str, calls: int, callers: int) -> None:
     from meshkit.observability import configure_logging, flush_logs
 
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), \
             tempfile.TemporaryDirectory() as tmp:
         configure_logging("info", json=True)
         if variant == "raw":
-            asyncio.run(_raw(calls))
+            asyncio.run(_raw(calls, callers))
         else:
-            asyncio.run(_mesh(variant, calls, tmp))
+            asyncio.run(_mesh(variant, calls, callers, tmp))
         flush_logs()
 
 
-def _count(variant: str, calls: int, out_dir: str) -> int:
+def _count(variant: str, calls: int, callers: int, out_dir: str) -> int:
     """Instructions callgrind counts for one child process running ``calls`` calls."""
     out = os.path.join(out_dir, f"callgrind.{variant}.{calls}")
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         "-m", "benchmarks.instructions", "--child", variant, str(calls)],
+         "-m", "benchmarks.instructions", "--child", variant, str(calls), str(callers)],
         capture_output=True, text=True, timeout=1800, check=False)
     found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
     if proc.returncode != 0 or found is None:
@@ -136,11 +137,11 @@ def _count(variant: str, calls: int, out_dir: str) -> int:
     return int(found.group(1))
 
 
-def measure(variant: str, low: int, high: int) -> float:
+def measure(variant: str, low: int, high: int, callers: int = 1) -> float:
     """Instructions per call of ``variant`` (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
-        a = _count(variant, low, tmp)
-        b = _count(variant, high, tmp)
+        a = _count(variant, low, callers, tmp)
+        b = _count(variant, high, callers, tmp)
     return (b - a) / (high - low)
 
 
@@ -152,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--calls-low", type=int, default=800)
     parser.add_argument("--calls-high", type=int, default=2400)
-    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "CALLS"),
+    parser.add_argument("--callers", type=int, default=1,
+                        help="concurrent callers (default 1: the most repeatable count)")
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CALLS", "CALLERS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child[0], int(args.child[1]))
+        _child(args.child[0], int(args.child[1]), int(args.child[2]))
         return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -164,16 +167,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown!r}; choose from {', '.join(VARIANTS)}")
     if not args.calls_high > args.calls_low > 0:
         parser.error("need 0 < --calls-low < --calls-high")
+    if not 1 <= args.callers <= args.calls_low:
+        parser.error("need 1 <= --callers <= --calls-low")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
     print(f"Instructions per call (callgrind), client and server in one process, "
-          f"{_CALLERS} callers; ({args.calls_high} - {args.calls_low} calls)\n")
+          f"{args.callers} caller(s); ({args.calls_high} - {args.calls_low} calls)\n")
     print("| variant | instructions per call | vs raw |\n|---|---:|---:|")
     raw: float | None = None
     for v in variants:
         t0 = time.monotonic()
-        n = measure(v, args.calls_low, args.calls_high)
+        n = measure(v, args.calls_low, args.calls_high, args.callers)
         raw = n if v == "raw" else raw
         ratio = f"{n / raw:.2f}x" if raw else ""
         print(f"| {v} | {n:,.0f} | {ratio} |", flush=True)

@@ -110,7 +110,7 @@ def test_instruction_count_child_runs_each_variant(variant: str) -> None:
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--child",
-                           variant, "48"], capture_output=True, text=True, timeout=60,
+                           variant, "48", "4"], capture_output=True, text=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
