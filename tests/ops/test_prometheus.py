@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import meshkit
 from examples.ecom import demo, mesh
 from examples.ecom.proto import order_pb2_grpc, user_pb2_grpc
 from meshkit.discovery import registry_from_uri
-from tests.conftest import IN_CI
+from tests.ops.tools import binary
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -41,17 +40,6 @@ pytestmark = pytest.mark.timeout(90)
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "prometheus"
 RULE_FILES = sorted((DEPLOY / "rules").glob("*.yml"))
-
-
-def binary(name: str) -> str:
-    """The path of ``name``; skip without it (fail under CI=true)."""
-    path = shutil.which(name)
-    if path is None:
-        why = f"{name} is not installed (scripts/install-ops.sh installs it)"
-        if IN_CI:
-            pytest.fail(why + "; required when CI=true")
-        pytest.skip(why)
-    return path
 
 
 def free_port() -> int:
