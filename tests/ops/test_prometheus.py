@@ -6,8 +6,8 @@ The test renders the deploy files with test timings (1 s scrape and evaluation, 
 1 s, private ports, the test's targets file) and checks: promtool/amtool accept the deploy
 files and the rendered config; every target is up; every metric that a recording or alert
 rule reads is served by the live stack and scraped by Prometheus; SIGKILLing an instance
-fires MeshkitInstanceDown into Alertmanager. Without the binaries it skips, and fails
-under CI=true.
+fires MeshkitInstanceDown into Alertmanager; every query of deploy/grafana's dashboard
+returns data from that Prometheus. Without the binaries it skips, and fails under CI=true.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import meshkit
 from examples.ecom import demo, mesh
 from examples.ecom.proto import order_pb2_grpc, user_pb2_grpc
 from meshkit.discovery import registry_from_uri
+from tests.ops import grafana
 from tests.ops.tools import binary
 from tests.support.wait import until
 
@@ -204,6 +205,11 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
             result = (await get_json(http, f"{prom_url}/api/v1/query", query=query))
             scraped = {r["metric"]["__name__"] for r in result["data"]["result"]}
             assert scraped == raw, raw - scraped
+
+            # deploy/grafana: traffic while Prometheus scrapes (so rates are > 0), then
+            # every panel query returns data and reads only metrics the stack serves.
+            await drive(registry_uri, stack.cert_dir)  # type: ignore[arg-type]
+            await grafana.check_live(http, prom_url, served, {"orderd", "userd"})
 
             stack.kill("orderd-1")
 
