@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -58,13 +57,6 @@ def rule_exprs() -> dict[str, str]:
             for rule in group["rules"]:
                 out[rule.get("record") or rule["alert"]] = rule["expr"]
     return out
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names an expression reads (label names and matchers left out)."""
-    bare = re.sub(r"\{[^}]*\}", "", expr)
-    bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
-    return set(re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*(?::[a-zA-Z0-9_:]+)?", bare))
 
 
 def render(tmp: Path, targets: Path, am_port: int) -> Path:
@@ -155,7 +147,7 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
     prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
     exprs = rule_exprs()
     recorded = {name for name in exprs if ":" in name}
-    read = set().union(*map(metric_names, exprs.values()))
+    read = set().union(*map(grafana.names_in, exprs.values()))
     raw = {n for n in read if n.startswith(("grpc_", "meshkit_"))}
     assert {n for n in read if ":" in n} <= recorded  # every recorded series is defined
     assert len(raw) >= 8, raw
