@@ -8,7 +8,7 @@ from pathlib import Path
 
 import meshkit
 from meshkit.auth import AuthOptions, TLSOptions, tls_from_dir
-from meshkit.observability import configure_logging
+from meshkit.observability import AdminOptions, configure_logging
 from meshkit.resilience import RateLimitOptions
 
 
@@ -23,6 +23,16 @@ def parser(service: str, default_db: str) -> argparse.ArgumentParser:
     p.add_argument("--instance-id", default=None, help="registry instance id")
     p.add_argument("--host", default="127.0.0.1", help="bind address")
     p.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    p.add_argument("--advertise-host", default=os.environ.get("MESHKIT_ADVERTISE_HOST") or None,
+                   help="host put in the registry (env MESHKIT_ADVERTISE_HOST; default --host,"
+                        " or the host name when binding all interfaces); in Kubernetes the"
+                        " pod IP")
+    p.add_argument("--admin-host", default=os.environ.get("MESHKIT_ADMIN_HOST", "127.0.0.1"),
+                   help="admin server (/metrics, /healthz, /readyz) bind address (env"
+                        " MESHKIT_ADMIN_HOST; 0.0.0.0 for probes and a remote Prometheus)")
+    p.add_argument("--admin-port", type=int,
+                   default=int(os.environ.get("MESHKIT_ADMIN_PORT", "0") or 0),
+                   help="admin server port (env MESHKIT_ADMIN_PORT; 0 picks a free one)")
     p.add_argument("--db", default=os.environ.get("DATABASE_URL", default_db),
                    help="sqlite:///file.db or postgresql://... (env DATABASE_URL)")
     p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
@@ -59,7 +69,9 @@ def serve_options(args: argparse.Namespace, tls_options: TLSOptions | None,
     ``rate_limit``; serve() puts them in its one chain order (deadline admission is on by
     default)."""
     return meshkit.ServeOptions(
-        host=args.host, port=args.port, instance_id=args.instance_id,
+        host=args.host, port=args.port, advertise_host=args.advertise_host,
+        instance_id=args.instance_id,
+        admin=AdminOptions(host=args.admin_host, port=args.admin_port),
         grace_s=args.grace_s, drain_delay_s=args.drain_delay_s,
         meta={"version": "v1", **(meta or {})},
         tls=tls_options, insecure=tls_options is None, auth=auth, rate_limit=rate_limit,

@@ -6,8 +6,8 @@ The test renders the deploy files with test timings (1 s scrape and evaluation, 
 1 s, private ports, the test's targets file) and checks: promtool/amtool accept the deploy
 files and the rendered config; every target is up; every metric that a recording or alert
 rule reads is served by the live stack and scraped by Prometheus; SIGKILLing an instance
-fires MeshkitInstanceDown into Alertmanager. Without the binaries it skips, and fails
-under CI=true.
+fires MeshkitInstanceDown into Alertmanager; every query of deploy/grafana's dashboard
+returns data from that Prometheus. Without the binaries it skips, and fails under CI=true.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +31,8 @@ import meshkit
 from examples.ecom import demo, mesh
 from examples.ecom.proto import order_pb2_grpc, user_pb2_grpc
 from meshkit.discovery import registry_from_uri
-from tests.conftest import IN_CI
+from tests.ops import grafana
+from tests.ops.tools import binary
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -41,17 +40,6 @@ pytestmark = pytest.mark.timeout(90)
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "prometheus"
 RULE_FILES = sorted((DEPLOY / "rules").glob("*.yml"))
-
-
-def binary(name: str) -> str:
-    """The path of ``name``; skip without it (fail under CI=true)."""
-    path = shutil.which(name)
-    if path is None:
-        why = f"{name} is not installed (scripts/install-ops.sh installs it)"
-        if IN_CI:
-            pytest.fail(why + "; required when CI=true")
-        pytest.skip(why)
-    return path
 
 
 def free_port() -> int:
@@ -69,13 +57,6 @@ def rule_exprs() -> dict[str, str]:
             for rule in group["rules"]:
                 out[rule.get("record") or rule["alert"]] = rule["expr"]
     return out
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names an expression reads (label names and matchers left out)."""
-    bare = re.sub(r"\{[^}]*\}", "", expr)
-    bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", bare)
-    return set(re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*(?::[a-zA-Z0-9_:]+)?", bare))
 
 
 def render(tmp: Path, targets: Path, am_port: int) -> Path:
@@ -166,7 +147,7 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
     prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
     exprs = rule_exprs()
     recorded = {name for name in exprs if ":" in name}
-    read = set().union(*map(metric_names, exprs.values()))
+    read = set().union(*map(grafana.names_in, exprs.values()))
     raw = {n for n in read if n.startswith(("grpc_", "meshkit_"))}
     assert {n for n in read if ":" in n} <= recorded  # every recorded series is defined
     assert len(raw) >= 8, raw
@@ -216,6 +197,11 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
             result = (await get_json(http, f"{prom_url}/api/v1/query", query=query))
             scraped = {r["metric"]["__name__"] for r in result["data"]["result"]}
             assert scraped == raw, raw - scraped
+
+            # deploy/grafana: traffic while Prometheus scrapes (so rates are > 0), then
+            # every panel query returns data and reads only metrics the stack serves.
+            await drive(registry_uri, stack.cert_dir)  # type: ignore[arg-type]
+            await grafana.check_live(http, prom_url, served, {"orderd", "userd"})
 
             stack.kill("orderd-1")
 
