@@ -92,7 +92,7 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     await server.start()
     channel = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(**dial))
     try:
-        await channel.wait_for_endpoints(1)
+        await channel.wait_for_endpoints(1, timeout_s=120)  # callgrind runs ~50x slower
         await _drive(channel.unary_unary(method("Unary")), calls, callers)
     finally:
         await channel.close()
