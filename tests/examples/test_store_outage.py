@@ -205,7 +205,7 @@ async def test_lost_commit_answer_keyed_retry_does_not_duplicate(
     try:
         users, orders = await servers.start(sqlite_store, orders_store)
         uid = await new_user(users)
-        pg.proxy.reset_after(b"COMMIT")
+        pg.proxy.reset_after(b"COMMIT;")  # b"COMMIT" matches BEGIN ... READ COMMITTED
         err = await rpc_error(orders.PlaceOrder(request(uid, idempotency_key="k1"), timeout=10))
         assert pg.proxy.lost_answers == 1
         assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
@@ -368,7 +368,7 @@ async def test_meshkit_client_retries_keyed_place_order_once(
         ) as ch:
             await ch.wait_for_endpoints(1)
             stub = order_pb2_grpc.OrderServiceStub(ch)
-            pg.proxy.reset_after(b"COMMIT")
+            pg.proxy.reset_after(b"COMMIT;")  # b"COMMIT" matches BEGIN ... READ COMMITTED
             order = await stub.PlaceOrder(request(uid, idempotency_key="k1"), timeout=10)
             assert pg.proxy.lost_answers == 1  # the first attempt's commit answer was lost
         assert await orders_store.count_rows() == RowCounts(users=0, orders=1, order_items=2)
