@@ -162,15 +162,6 @@ async def test_session_issuer_is_pluggable(custom_stack: Stack) -> None:
 # ----------------------------------------------------------------------------- UpdateUser
 
 
-@pytest.fixture
-async def any_stack(store: Store) -> AsyncIterator[Stack]:
-    """Both servicers over a fresh store, on SQLite and on PostgreSQL in turn."""
-    st = await start_stack(store)
-    yield st
-    for close in st.closers:
-        await close()
-
-
 def update(stack: Stack, user_id: str, name: str = "", email: str = "") -> Any:
     """An UpdateUser call (empty fields unchanged)."""
     return stack.users.UpdateUser(
