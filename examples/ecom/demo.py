@@ -691,6 +691,7 @@ def how_to_call(stack: Stack, registry_uri: str) -> list[str]:
         f"SESSION=$({call} userd/Authenticate '{login}'); echo \"$SESSION\"",
         f"TOKEN=$(echo \"$SESSION\" | {python} -c '{field}' token)",
         f"USER_ID=$(echo \"$SESSION\" | {python} -c '{field}' user_id)",
+        f"{call} userd/UpdateUser '{{\"user_id\": \"{uid}\", \"name\": \"You Too\"}}'",
         f"{call} orderd/PlaceOrder '{order}' -H \"authorization: Bearer $TOKEN\"",
         f"{call} orderd/ListOrders '{{\"user_id\": \"{uid}\"}}' "
         "-H \"authorization: Bearer $TOKEN\"",

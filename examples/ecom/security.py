@@ -7,7 +7,9 @@
   keys as a JWKS on an HTTP port announced in its registry meta (``jwks_port``), where the
   order service finds them.
 * ``UserService.GetUser`` may be called by the order service's workload identity only;
-  CreateUser and Authenticate by any mesh workload (the edge signs users up).
+  ``UserService.UpdateUser`` by the edge's (:data:`EDGE`) only; CreateUser and
+  Authenticate by any mesh workload (the edge signs users up). None of the four needs
+  an end-user token.
 * Every ``OrderService`` method needs a verified end-user token: ``orders:write`` for
   PlaceOrder, ``orders:read`` for reads; the token's subject must be the user the request
   is about (checked in :mod:`examples.ecom.order_service`). The order service forwards the
@@ -45,6 +47,8 @@ def userd_policy(*, insecure: bool = False) -> AuthzPolicy:
     return AuthzPolicy(rules={
         "/ecom.v1.UserService/GetUser": Rule(
             allow_peers=(workload_id(TRUST_DOMAIN, "orderd"),), allow_anonymous=insecure),
+        "/ecom.v1.UserService/UpdateUser": Rule(
+            allow_peers=(workload_id(TRUST_DOMAIN, EDGE),), allow_anonymous=insecure),
         "/ecom.v1.UserService/CreateUser": any_peer,
         "/ecom.v1.UserService/Authenticate": any_peer,
         **{m: any_peer for m in _INFRA},
@@ -53,7 +57,8 @@ def userd_policy(*, insecure: bool = False) -> AuthzPolicy:
 
 USERD_JWT = JWTAuthOptions(
     public_methods=("/ecom.v1.UserService/CreateUser", "/ecom.v1.UserService/Authenticate",
-                    "/ecom.v1.UserService/GetUser", *_INFRA),
+                    "/ecom.v1.UserService/GetUser", "/ecom.v1.UserService/UpdateUser",
+                    *_INFRA),
 )
 
 

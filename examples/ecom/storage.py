@@ -75,7 +75,7 @@ class StoreError(Exception):
 
 
 class DuplicateEmailError(StoreError):
-    """``create_user`` was given an email that is already registered."""
+    """``create_user`` or ``update_user`` was given an email that another user has."""
 
 
 class StoreUnavailable(StoreError):
@@ -269,6 +269,14 @@ class Store(Protocol):
         """Return the user with this (already normalised) email, or None."""
         ...
 
+    async def update_user(self, user_id: str, *, name: str | None = None,
+                          email: str | None = None) -> UserRecord | None:
+        """Set the user's ``name`` and/or (already normalised) ``email``, leaving a
+        ``None`` one unchanged, in one transaction; return the updated user, or None if
+        there is no user ``user_id``. Raise :class:`DuplicateEmailError` if another user
+        has ``email``."""
+        ...
+
     async def place_order(self, order: NewOrder) -> tuple[OrderRecord, bool]:
         """Store an order atomically; return ``(order, created)``.
 
@@ -352,6 +360,12 @@ def _order(row: Sequence[Any], items: dict[str, tuple[ItemRecord, ...]]) -> Orde
 
 
 _USER_COLUMNS = "id, email, name, password_hash, created_at_ms"
+#: UPDATE of a user's name and email (a NULL parameter keeps the column); ``mark`` is
+#: the driver's placeholder prefix, parameters (name, email, id).
+_UPDATE_USER = (
+    "UPDATE users SET name = coalesce({mark}1, name), email = coalesce({mark}2, email)"
+    f" WHERE id = {{mark}}3 RETURNING {_USER_COLUMNS}"
+)
 _ORDER_COLUMNS = (
     "seq, id, user_id, currency, total_minor, status, created_at_ms, idempotency_key, fingerprint"
 )
@@ -649,6 +663,19 @@ class SqliteStore:
     async def get_user_by_email(self, email: str) -> UserRecord | None:
         """See :meth:`Store.get_user_by_email`."""
         return await self._user_where("email", email)
+
+    async def update_user(self, user_id: str, *, name: str | None = None,
+                          email: str | None = None) -> UserRecord | None:
+        """See :meth:`Store.update_user` (one ``BEGIN IMMEDIATE`` transaction)."""
+
+        async def update(conn: aiosqlite.Connection) -> UserRecord | None:
+            try:
+                rows = await _fetchall(conn, _UPDATE_USER.format(mark="?"), (name, email, user_id))
+            except sqlite3.IntegrityError as exc:  # the only unique column changed: email
+                raise DuplicateEmailError(email) from exc
+            return UserRecord(*rows[0]) if rows else None
+
+        return await self._run(update, transaction=True)
 
     async def place_order(self, order: NewOrder) -> tuple[OrderRecord, bool]:
         """See :meth:`Store.place_order` (one ``BEGIN IMMEDIATE`` transaction)."""
@@ -1023,6 +1050,22 @@ class PostgresStore:
     async def get_user_by_email(self, email: str) -> UserRecord | None:
         """See :meth:`Store.get_user_by_email`."""
         return await self._user_where("email", email)
+
+    async def update_user(self, user_id: str, *, name: str | None = None,
+                          email: str | None = None) -> UserRecord | None:
+        """See :meth:`Store.update_user` (one READ COMMITTED transaction; a concurrent
+        write of the same email waits on the unique index, then one of them fails)."""
+
+        async def update(conn: asyncpg.Connection) -> UserRecord | None:
+            async with conn.transaction(isolation="read_committed"):
+                try:
+                    row = await conn.fetchrow(_UPDATE_USER.format(mark="$"),
+                                              name, email, user_id)
+                except asyncpg.exceptions.UniqueViolationError as exc:  # only email changes
+                    raise DuplicateEmailError(email) from exc
+            return UserRecord(*row) if row is not None else None
+
+        return await self._run(update)
 
     @staticmethod
     async def _orders(conn: asyncpg.Connection, where: str, *args: Any) -> list[OrderRecord]:

@@ -5,10 +5,10 @@ registry), serves ``ecom.v1.UserService`` over mTLS until SIGTERM/SIGINT, then d
 Authenticate issues JWT access tokens; their public keys are served as a JWKS on an HTTP
 port announced in the instance's registry meta (``jwks_port``).
 
-GetUser reads through a user cache (:mod:`examples.ecom.cache`): ``--user-cache URI``
-(env ``ECOM_USER_CACHE``; ``memory://`` by default, ``async+redis://127.0.0.1:6379`` to
-share it between replicas, ``off`` for none) and ``--user-cache-ttl-s`` (env
-``ECOM_USER_CACHE_TTL_S``, default 60).
+GetUser reads through a user cache (:mod:`examples.ecom.cache`; UpdateUser invalidates its
+entry): ``--user-cache URI`` (env ``ECOM_USER_CACHE``; ``memory://`` by default,
+``async+redis://127.0.0.1:6379`` to share it between replicas, ``off`` for none) and
+``--user-cache-ttl-s`` (env ``ECOM_USER_CACHE_TTL_S``, default 60).
 """
 
 from __future__ import annotations

@@ -80,8 +80,9 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 
     ``issue_session`` is called with the user on each successful
     Authenticate; it defaults to :class:`OpaqueSessionIssuer`. With ``cache``
-    (:func:`examples.ecom.cache.open_user_cache`) GetUser reads through it; a cache
-    outage only sends GetUser to the store.
+    (:func:`examples.ecom.cache.open_user_cache`) GetUser reads through it and
+    UpdateUser invalidates the changed user in it; a cache outage only sends GetUser to
+    the store.
     """
 
     def __init__(self, store: Store, *, issue_session: SessionIssuer | None = None,
@@ -146,6 +147,38 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if user is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"user {request.user_id} not found")
         return user
+
+    async def UpdateUser(
+        self,
+        request: user_pb2.UpdateUserRequest,
+        context: grpc.aio.ServicerContext[user_pb2.UpdateUserRequest, user_pb2.User],
+    ) -> user_pb2.User:
+        """Change a user's name and/or email (empty: unchanged) and return the user.
+
+        INVALID_ARGUMENT for a malformed id, a bad field (CreateUser's rules) or neither
+        field given; NOT_FOUND for an unknown id; ALREADY_EXISTS when another user has
+        the email; UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`).
+        With a cache, the user's entry is invalidated (:meth:`CachedUsers.changed`) once
+        the store call has ended, before answering, whatever its outcome: a failed call
+        may still have committed (its answer lost), and a spare invalidation costs one
+        cache miss.
+        """
+        try:
+            name, email = validation.validate_update_user(
+                request.user_id, request.name, request.email)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            user = await self._stored(
+                self._store.update_user(request.user_id, name=name, email=email), context)
+        except DuplicateEmailError:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
+        finally:
+            if self._cache is not None:
+                await self._cache.changed(request.user_id)
+        if user is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"user {request.user_id} not found")
+        return user_message(user)
 
     async def Authenticate(
         self,

@@ -152,6 +152,26 @@ def validate_create_user(email: str, name: str, password: str) -> str:
     return normalize_email(email)
 
 
+def validate_update_user(user_id: str, name: str, email: str) -> tuple[str | None, str | None]:
+    """Validate an UpdateUser request; return ``(name, normalised email)``, ``None`` for
+    a field left empty (unchanged).
+
+    The id must be a UUID; a non-empty name or email must pass the CreateUser checks;
+    at least one of them must be given. Raises :class:`InvalidArgument` listing every
+    bad field.
+    """
+    v = Violations()
+    check_id(v, "user_id", user_id)
+    if name:
+        check_name(v, "name", name)
+    if email:
+        check_email(v, "email", email)
+    if not name and not email:
+        v.add("name, email", "at least one is required (empty means unchanged)")
+    v.raise_if_any()
+    return name or None, normalize_email(email) if email else None
+
+
 class ItemLike(Protocol):
     """Anything shaped like an ``ecom.v1.OrderItem``."""
 

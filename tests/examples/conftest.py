@@ -144,3 +144,12 @@ async def stack(sqlite_store: Store) -> AsyncIterator[Stack]:
     yield st
     for close in st.closers:
         await close()
+
+
+@pytest.fixture
+async def any_stack(store: Store) -> AsyncIterator[Stack]:
+    """Both servicers over the store fixture: SQLite, then PostgreSQL."""
+    st = await start_stack(store)
+    yield st
+    for close in st.closers:
+        await close()

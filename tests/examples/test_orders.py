@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -14,7 +14,7 @@ from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_gr
 from examples.ecom.storage import RowCounts, Store
 from examples.ecom.validation import encode_page_token
 
-from .conftest import Stack, start_stack
+from .conftest import Stack
 from .test_users import rpc_error
 
 pytestmark = pytest.mark.timeout(30)
@@ -256,15 +256,6 @@ async def test_deadline_passed_to_user_lookup(sqlite_store: Store) -> None:
         assert second == 7.0
     finally:
         await server.stop(None)
-
-
-@pytest.fixture
-async def any_stack(store: Store) -> AsyncIterator[Stack]:
-    """Both servicers over the store fixture: SQLite, then PostgreSQL."""
-    st = await start_stack(store)
-    yield st
-    for close in st.closers:
-        await close()
 
 
 async def test_flow_on_each_backend(any_stack: Stack) -> None:

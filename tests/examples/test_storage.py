@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,34 @@ async def test_duplicate_email_rejected(store: Store) -> None:
     with pytest.raises(DuplicateEmailError):
         await store.create_user("ada@example.com", "Other", "h2")
     assert await store.count_rows() == RowCounts(users=1, orders=0, order_items=0)
+
+
+async def test_update_user(store: Store) -> None:
+    """update_user changes the given fields only, returns the stored result, and gives
+    None for an unknown id; a user may keep its own email."""
+    ada = await store.create_user("ada@example.com", "Ada", "h")
+    renamed = await store.update_user(ada.id, name="Ada L.")
+    assert renamed == dataclasses.replace(ada, name="Ada L.") == await store.get_user(ada.id)
+    moved = await store.update_user(ada.id, email="ada@lovelace.org")
+    assert moved == dataclasses.replace(renamed, email="ada@lovelace.org")
+    assert await store.get_user_by_email("ada@example.com") is None
+    same = await store.update_user(ada.id, name="Ada", email="ada@lovelace.org")
+    assert same == dataclasses.replace(moved, name="Ada") == await store.get_user(ada.id)
+    assert await store.update_user("00000000-0000-4000-8000-000000000000", name="X") is None
+    assert await store.count_rows() == RowCounts(users=1, orders=0, order_items=0)
+
+
+async def test_update_user_taken_email_changes_nothing(store: Store) -> None:
+    """An email another user has raises DuplicateEmailError and rolls the whole update
+    back (the name given with it too); the store keeps working afterwards."""
+    ada = await store.create_user("ada@example.com", "Ada", "h")
+    grace = await store.create_user("grace@example.com", "Grace", "h")
+    with pytest.raises(DuplicateEmailError):
+        await store.update_user(ada.id, name="Not Ada", email="grace@example.com")
+    assert await store.get_user(ada.id) == ada
+    assert await store.get_user(grace.id) == grace
+    assert await store.update_user(ada.id, name="Ada L.") == dataclasses.replace(
+        ada, name="Ada L.")
 
 
 async def test_place_and_get_order(store: Store) -> None:

@@ -21,9 +21,11 @@ import aiosqlite
 import asyncpg
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 import meshkit
+from examples.ecom.cache import UserCacheOptions, open_user_cache
 from examples.ecom.orders import OrderServicer
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from examples.ecom.storage import RowCounts, Store, open_store
@@ -32,7 +34,7 @@ from meshkit.discovery import LocalRegistry
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
-from .conftest import PG_URL, require_postgres
+from .conftest import PG_URL, require_postgres, start_stack
 from .test_orders import request
 from .test_storage import new_order
 from .test_users import rpc_error
@@ -203,7 +205,7 @@ async def test_lost_commit_answer_keyed_retry_does_not_duplicate(
     try:
         users, orders = await servers.start(sqlite_store, orders_store)
         uid = await new_user(users)
-        pg.proxy.reset_after(b"COMMIT")
+        pg.proxy.reset_after(b"COMMIT;")  # b"COMMIT" matches BEGIN ... READ COMMITTED
         err = await rpc_error(orders.PlaceOrder(request(uid, idempotency_key="k1"), timeout=10))
         assert pg.proxy.lost_answers == 1
         assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
@@ -366,7 +368,7 @@ async def test_meshkit_client_retries_keyed_place_order_once(
         ) as ch:
             await ch.wait_for_endpoints(1)
             stub = order_pb2_grpc.OrderServiceStub(ch)
-            pg.proxy.reset_after(b"COMMIT")
+            pg.proxy.reset_after(b"COMMIT;")  # b"COMMIT" matches BEGIN ... READ COMMITTED
             order = await stub.PlaceOrder(request(uid, idempotency_key="k1"), timeout=10)
             assert pg.proxy.lost_answers == 1  # the first attempt's commit answer was lost
         assert await orders_store.count_rows() == RowCounts(users=0, orders=1, order_items=2)
@@ -396,3 +398,29 @@ async def test_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path: Path) 
         timeout_s=5.0,
         what="the failed connection's thread to stop",
     )
+
+
+async def test_update_user_lost_commit_answer_still_invalidates_the_cache(pg: ProxiedPg) -> None:
+    """An UpdateUser whose COMMIT reached PostgreSQL but whose answer was lost fails
+    UNAVAILABLE; the rename did commit, and the GetUser cache entry filled before it was
+    invalidated anyway, so the next GetUser shows the new name, not the cached one."""
+    store = await open_store(pg.url)
+    cache = open_user_cache(UserCacheOptions(), registry=CollectorRegistry())
+    assert cache is not None
+    stack = await start_stack(store, cache=cache)
+    try:
+        uid = await new_user(stack.users)
+        get = user_pb2.GetUserRequest(user_id=uid)
+        await stack.users.GetUser(get, timeout=10)  # miss: fills the cache
+        assert (await stack.users.GetUser(get, timeout=10)).name == "A"  # hit
+        pg.proxy.reset_after(b"COMMIT;")  # not b"COMMIT": "BEGIN ... READ COMMITTED" has it
+        err = await rpc_error(stack.users.UpdateUser(
+            user_pb2.UpdateUserRequest(user_id=uid, name="Grace"), timeout=10))
+        assert pg.proxy.lost_answers == 1
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+        assert (await stack.users.GetUser(get, timeout=10)).name == "Grace"
+    finally:
+        for closer in stack.closers:
+            await closer()
+        await cache.aclose()
+        await store.close()

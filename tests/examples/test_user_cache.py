@@ -193,6 +193,37 @@ async def test_invalidation_after_a_write_no_stale_read(sqlite_store: Store,
         await close(stack, cache)
 
 
+@pytest.mark.parametrize("cache_kind", ["memory", "redis"])
+async def test_update_user_invalidates_no_stale_read(
+        cache_kind: str, store: Store, request: pytest.FixtureRequest) -> None:
+    """GetUser (miss, fill), GetUser (hit), UpdateUser, then GetUser returns the new name:
+    UpdateUser invalidated the entry after its commit. With the memory cache and with the
+    shared Redis; on SQLite and PostgreSQL."""
+    uri = "memory://" if cache_kind == "memory" else request.getfixturevalue("shared_redis")
+    registry = CollectorRegistry()
+    stack, cache = await cached_stack(store, UserCacheOptions(uri=uri, timeout_s=0.5),
+                                      registry)
+    uid = ""
+    try:
+        created = await create(stack)
+        uid = created.id
+        assert await get(stack, uid) == created
+        assert await get(stack, uid) == created
+        assert counts(registry) == {"hit": 1.0, "miss": 1.0, "error": 0.0}
+        updated = await stack.users.UpdateUser(
+            user_pb2.UpdateUserRequest(user_id=uid, name="Grace"))
+        assert updated.name == "Grace"
+        assert await get(stack, uid) == updated  # not the cached "Ada"
+        assert await get(stack, uid) == updated  # refilled with the new value
+        assert counts(registry) == {"hit": 2.0, "miss": 2.0, "error": 0.0}
+    finally:
+        await close(stack, cache)
+        if uid and cache_kind == "redis":
+            client: coredis.Redis[bytes] = coredis.Redis.from_url(uri.removeprefix("async+"))
+            await client.delete([f"ecom:user:{uid}", f"ecom:user-lease:{uid}"])
+            client.connection_pool.disconnect()
+
+
 async def test_unknown_user_is_not_found_and_not_cached(stack: Stack) -> None:
     """NOT_FOUND passes through; nothing is cached for an id without a user."""
     import grpc

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from examples.ecom.proto import user_pb2
+from examples.ecom import security
+from examples.ecom.proto import user_pb2, user_pb2_grpc
 from examples.ecom.storage import RowCounts, Store, UserRecord
-from examples.ecom.users import BAD_CREDENTIALS, IssuedSession, OpaqueSessionIssuer
+from examples.ecom.users import BAD_CREDENTIALS, IssuedSession, OpaqueSessionIssuer, UserServicer
+from meshkit.auth import (
+    AuthOptions,
+    JWTVerifier,
+    KeySet,
+    TLSOptions,
+    VerifierOptions,
+    init_ca_dir,
+    issue_into_dir,
+)
 
 from .conftest import Stack, start_stack
 
@@ -145,3 +157,127 @@ async def test_session_issuer_is_pluggable(custom_stack: Stack) -> None:
         user_pb2.AuthenticateRequest(email=user.email, password=PASSWORD)
     )
     assert (session.token, session.expires_in_s) == (f"token-for-{user.id}", 42)
+
+
+# ----------------------------------------------------------------------------- UpdateUser
+
+
+def update(stack: Stack, user_id: str, name: str = "", email: str = "") -> Any:
+    """An UpdateUser call (empty fields unchanged)."""
+    return stack.users.UpdateUser(
+        user_pb2.UpdateUserRequest(user_id=user_id, name=name, email=email))
+
+
+async def test_update_user_changes_what_get_user_returns(any_stack: Stack) -> None:
+    """UpdateUser changes only the fields given and answers the stored user; GetUser and
+    Authenticate then see the change (the email normalised like CreateUser's)."""
+    ada = await create(any_stack)
+    renamed = await update(any_stack, ada.id, name="Ada Lovelace")
+    expected = user_pb2.User()
+    expected.CopyFrom(ada)
+    expected.name = "Ada Lovelace"
+    assert renamed == expected
+    assert await any_stack.users.GetUser(user_pb2.GetUserRequest(user_id=ada.id)) == expected
+    moved = await update(any_stack, ada.id, email="Ada@Lovelace.ORG")
+    expected.email = "ada@lovelace.org"
+    assert moved == expected
+    assert await any_stack.users.GetUser(user_pb2.GetUserRequest(user_id=ada.id)) == expected
+    session = await any_stack.users.Authenticate(
+        user_pb2.AuthenticateRequest(email="ada@lovelace.org", password=PASSWORD))
+    assert session.user_id == ada.id
+    # its own email again (any case) is no conflict
+    expected.name = "Ada"
+    assert await update(any_stack, ada.id, name="Ada", email="ADA@lovelace.org") == expected
+
+
+async def test_update_user_not_found_and_taken_email(any_stack: Stack) -> None:
+    """An unknown id is NOT_FOUND; another user's email (any case) is ALREADY_EXISTS and
+    changes nothing, not even the name sent with it."""
+    missing = "00000000-0000-4000-8000-000000000000"
+    err = await rpc_error(update(any_stack, missing, name="Nobody"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details() == f"user {missing} not found"
+    ada = await create(any_stack)
+    await create(any_stack, "grace@example.com")
+    err = await rpc_error(update(any_stack, ada.id, name="Not Ada", email="GRACE@example.com"))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert err.details() == "email 'grace@example.com' is taken"
+    assert await any_stack.users.GetUser(user_pb2.GetUserRequest(user_id=ada.id)) == ada
+
+
+@pytest.mark.parametrize(
+    ("user_id", "name", "email", "expected"),
+    [
+        ("", "Ada", "", "user_id: required"),
+        ("x'; drop", "Ada", "", "user_id: must be a UUID"),
+        (None, "", "", "name, email: at least one is required (empty means unchanged)"),
+        (None, "   ", "", "name: must not be blank"),
+        (None, "n" * 201, "", "name: must be at most 200 characters, got 201"),
+        (None, "A\x00", "", "name: must not contain control characters"),
+        (None, "", "not-an-email", "email: must be an email address"),
+        (None, "", "a" * 65 + "@x.io", "email: the part before '@' must be at most 64"),
+        ("", "   ", "x", "user_id: required; name: must not be blank; email: must be"),
+    ],
+)
+async def test_update_user_invalid(
+    stack: Stack, user_id: str | None, name: str, email: str, expected: str
+) -> None:
+    """Malformed UpdateUser requests get INVALID_ARGUMENT naming every bad field, and
+    change nothing."""
+    ada = await create(stack)
+    err = await rpc_error(update(stack, ada.id if user_id is None else user_id, name, email))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in (err.details() or "")
+    assert await stack.users.GetUser(user_pb2.GetUserRequest(user_id=ada.id)) == ada
+
+
+async def test_update_user_only_for_the_edge_workload(sqlite_store: Store,
+                                                      tmp_path: Path) -> None:
+    """Over mTLS with the user service's real policy (security.userd_policy, USERD_JWT):
+    the edge workload may call UpdateUser, the order service and other workloads get
+    PERMISSION_DENIED and change nothing."""
+    certs = tmp_path / "certs"
+    init_ca_dir(certs, trust_domain=security.TRUST_DOMAIN, ttl_days=1)
+
+    def tls(name: str) -> TLSOptions:
+        files = issue_into_dir(certs, name, ttl_h=1, dns=("localhost",), ips=("127.0.0.1",))
+        return TLSOptions(ca_file=files.ca_file, cert_file=files.cert_file,
+                          key_file=files.key_file)
+
+    server_tls = tls("userd")
+    keys = KeySet.generate()
+    auth = AuthOptions(
+        verifier=JWTVerifier(VerifierOptions(issuer=security.ISSUER,
+                                             audience=security.AUDIENCE), keys),
+        jwt=security.USERD_JWT, policy=security.userd_policy())
+    server = grpc.aio.server(interceptors=auth.interceptors(server_tls))
+    port = server.add_secure_port("127.0.0.1:0", server_tls.server_credentials())
+    user_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(sqlite_store), server)
+    await server.start()
+    channels: list[grpc.aio.Channel] = []
+
+    def stub(name: str) -> user_pb2_grpc.UserServiceStub:
+        client = tls(name)
+        ch = grpc.aio.secure_channel(f"127.0.0.1:{port}", client.channel_credentials(),
+                                     options=client.channel_options("userd"))
+        channels.append(ch)
+        return user_pb2_grpc.UserServiceStub(ch)
+
+    try:
+        edge, orderd, other = stub(security.EDGE), stub("orderd"), stub("projector")
+        ada = await edge.CreateUser(user_pb2.CreateUserRequest(
+            email="ada@example.com", name="Ada", password=PASSWORD), timeout=5)
+        for caller in (orderd, other):
+            err = await rpc_error(caller.UpdateUser(
+                user_pb2.UpdateUserRequest(user_id=ada.id, name="Mallory"), timeout=5))
+            assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (await sqlite_store.get_user(ada.id)).name == "Ada"  # type: ignore[union-attr]
+        renamed = await edge.UpdateUser(
+            user_pb2.UpdateUserRequest(user_id=ada.id, name="Ada L."), timeout=5)
+        assert renamed.name == "Ada L."
+        assert (await orderd.GetUser(user_pb2.GetUserRequest(user_id=ada.id),
+                                     timeout=5)).name == "Ada L."
+    finally:
+        for ch in channels:
+            await ch.close()
+        await server.stop(None)

@@ -115,6 +115,8 @@ async def test_keep_running_commands_work_as_printed(mode: str) -> None:
     assert user["email"] == "you@example.com"
     session = json.loads(output("SESSION="))
     assert session["user_id"] == user["id"] and session["token"].count(".") == 2
+    renamed = json.loads(output("userd/UpdateUser"))  # the edge workload may rename
+    assert (renamed["id"], renamed["name"]) == (user["id"], "You Too")
     order = json.loads(output("orderd/PlaceOrder"))
     assert order["user_id"] == user["id"] and order["total_minor"] == "398"
     listed = json.loads(output("orderd/ListOrders"))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65xamples/ecom/proto/user.proto\x12\x07\x65\x63om.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"6\n\x13\x41uthenticateRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"?\n\x07Session\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x03\x32\xb9\x01\n\x0bUserService\x12\x37\n\nCreateUser\x12\x1a.ecom.v1.CreateUserRequest\x1a\r.ecom.v1.User\x12\x31\n\x07GetUser\x12\x17.ecom.v1.GetUserRequest\x1a\r.ecom.v1.User\x12>\n\x0c\x41uthenticate\x12\x1c.ecom.v1.AuthenticateRequest\x1a\x10.ecom.v1.Sessionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65xamples/ecom/proto/user.proto\x12\x07\x65\x63om.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x11\x43reateUserRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"A\n\x11UpdateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"6\n\x13\x41uthenticateRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"?\n\x07Session\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x03\x32\xf2\x01\n\x0bUserService\x12\x37\n\nCreateUser\x12\x1a.ecom.v1.CreateUserRequest\x1a\r.ecom.v1.User\x12\x31\n\x07GetUser\x12\x17.ecom.v1.GetUserRequest\x1a\r.ecom.v1.User\x12\x37\n\nUpdateUser\x12\x1a.ecom.v1.UpdateUserRequest\x1a\r.ecom.v1.User\x12>\n\x0c\x41uthenticate\x12\x1c.ecom.v1.AuthenticateRequest\x1a\x10.ecom.v1.Sessionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,10 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEUSERREQUEST']._serialized_end=239
   _globals['_GETUSERREQUEST']._serialized_start=241
   _globals['_GETUSERREQUEST']._serialized_end=274
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=276
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=330
-  _globals['_SESSION']._serialized_start=332
-  _globals['_SESSION']._serialized_end=395
-  _globals['_USERSERVICE']._serialized_start=398
-  _globals['_USERSERVICE']._serialized_end=583
+  _globals['_UPDATEUSERREQUEST']._serialized_start=276
+  _globals['_UPDATEUSERREQUEST']._serialized_end=341
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=343
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=397
+  _globals['_SESSION']._serialized_start=399
+  _globals['_SESSION']._serialized_end=462
+  _globals['_USERSERVICE']._serialized_start=465
+  _globals['_USERSERVICE']._serialized_end=707
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class UserServiceStub:
-    """Creates and looks up users, and authenticates them with a password.
+    """Creates, looks up and updates users, and authenticates them with a password.
     """
 
     def __init__(self, channel):
@@ -45,6 +45,11 @@ class UserServiceStub:
                 request_serializer=examples_dot_ecom_dot_proto_dot_user__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=examples_dot_ecom_dot_proto_dot_user__pb2.User.FromString,
                 _registered_method=True)
+        self.UpdateUser = channel.unary_unary(
+                '/ecom.v1.UserService/UpdateUser',
+                request_serializer=examples_dot_ecom_dot_proto_dot_user__pb2.UpdateUserRequest.SerializeToString,
+                response_deserializer=examples_dot_ecom_dot_proto_dot_user__pb2.User.FromString,
+                _registered_method=True)
         self.Authenticate = channel.unary_unary(
                 '/ecom.v1.UserService/Authenticate',
                 request_serializer=examples_dot_ecom_dot_proto_dot_user__pb2.AuthenticateRequest.SerializeToString,
@@ -53,7 +58,7 @@ class UserServiceStub:
 
 
 class UserServiceServicer:
-    """Creates and looks up users, and authenticates them with a password.
+    """Creates, looks up and updates users, and authenticates them with a password.
     """
 
     def CreateUser(self, request, context):
@@ -67,6 +72,17 @@ class UserServiceServicer:
     def GetUser(self, request, context):
         """Returns a user by id. INVALID_ARGUMENT for a malformed id, NOT_FOUND when
         there is no such user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUser(self, request, context):
+        """Changes a user's name and/or email and returns the updated user. A field
+        left empty is unchanged (both empty: INVALID_ARGUMENT). INVALID_ARGUMENT
+        for a malformed id or a bad field (the rules of CreateUser), NOT_FOUND when
+        there is no such user, ALREADY_EXISTS when the new email belongs to another
+        user. Invalidates the user's GetUser cache entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +109,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     request_deserializer=examples_dot_ecom_dot_proto_dot_user__pb2.GetUserRequest.FromString,
                     response_serializer=examples_dot_ecom_dot_proto_dot_user__pb2.User.SerializeToString,
             ),
+            'UpdateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUser,
+                    request_deserializer=examples_dot_ecom_dot_proto_dot_user__pb2.UpdateUserRequest.FromString,
+                    response_serializer=examples_dot_ecom_dot_proto_dot_user__pb2.User.SerializeToString,
+            ),
             'Authenticate': grpc.unary_unary_rpc_method_handler(
                     servicer.Authenticate,
                     request_deserializer=examples_dot_ecom_dot_proto_dot_user__pb2.AuthenticateRequest.FromString,
@@ -107,7 +128,7 @@ def add_UserServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class UserService:
-    """Creates and looks up users, and authenticates them with a password.
+    """Creates, looks up and updates users, and authenticates them with a password.
     """
 
     @staticmethod
@@ -153,6 +174,33 @@ class UserService:
             target,
             '/ecom.v1.UserService/GetUser',
             examples_dot_ecom_dot_proto_dot_user__pb2.GetUserRequest.SerializeToString,
+            examples_dot_ecom_dot_proto_dot_user__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecom.v1.UserService/UpdateUser',
+            examples_dot_ecom_dot_proto_dot_user__pb2.UpdateUserRequest.SerializeToString,
             examples_dot_ecom_dot_proto_dot_user__pb2.User.FromString,
             options,
             channel_credentials,
