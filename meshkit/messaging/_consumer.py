@@ -325,6 +325,8 @@ class Consumer:
         subject, durable = msg.subject, self.options.durable
         if self._metrics is not None:
             self._metrics.consumed.labels(subject, durable, outcome).inc()
+            if delivery > 1:
+                self._metrics.redelivered.labels(subject, durable).inc()
             self._metrics.handling.labels(subject, durable).observe(elapsed)
             sent = headers.get(HDR_SENT_AT_MS)
             if outcome == "ack" and sent and sent.isdigit():

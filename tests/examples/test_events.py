@@ -22,6 +22,7 @@ from meshkit.messaging import (
     OutboxRelay,
     Publisher,
     PublishOptions,
+    RelayOptions,
 )
 from meshkit.resilience import Backoff
 from tests.messaging import conftest as messaging_fixtures
@@ -134,3 +135,32 @@ async def test_relay_crash_then_projection_converges(
     assert await store.apply_order_placed("late", "u-a", 1)
     assert not await store.apply_order_placed("late", "u-a", 1)
     assert (await store.order_summary("u-a")).order_count == want["u-a"] + 1
+
+
+async def test_relay_exports_the_pending_count(store: Store, bus: Bus) -> None:
+    """With a store that counts its outbox, each relay round sets
+    meshkit_messaging_outbox_pending{outbox} to what is left."""
+    prom = CollectorRegistry()
+    for i in range(5):
+        await store.place_order(_order(i))
+    sub = bus.subject
+
+    class ToTestStream:
+        async def pending_events(self, limit: int) -> list[OutboxEvent]:
+            return [OutboxEvent(e.event_id, sub, e.payload, e.headers)
+                    for e in await store.pending_events(limit)]
+
+        async def mark_sent(self, ids: Sequence[str]) -> None:
+            await store.mark_sent(ids)
+
+        async def count_pending(self) -> int:
+            return await store.count_pending()
+
+    relay = OutboxRelay(ToTestStream(), Publisher(bus.js, PublishOptions(registry=prom)),
+                        RelayOptions(batch_size=2, name="orders"))
+    left = []
+    for _ in range(4):
+        await relay.relay_once()
+        left.append(prom.get_sample_value("meshkit_messaging_outbox_pending",
+                                          {"outbox": "orders"}))
+    assert left == [3, 1, 0, 0]

@@ -60,8 +60,12 @@ async def test_message_crashing_its_consumer_is_dead_lettered(bus: Bus, tmp_path
     assert dead[0].data == b"crash"
     assert headers[DLQ_DELIVERIES_HEADER] == "3"
     assert "not acked after 2 deliveries" in headers[DLQ_REASON_HEADER]
-    info = await bus.js.consumer_info(bus.stream, "crashy")
-    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+    async def all_acked() -> bool:  # the last ack follows the handler's output
+        info = await bus.js.consumer_info(bus.stream, "crashy")
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await until(all_acked, timeout_s=5, what="nothing left pending")
 
 
 async def test_existing_durable_is_updated_to_the_options(bus: Bus) -> None:
