@@ -1,6 +1,8 @@
 """Order events end to end on real NATS and both stores: the outbox is written with the
 order, a relay killed between publish and mark loses nothing and duplicates nothing, and
-the projection converges to the orders table (poison events go to the dead letters)."""
+the projection converges to the orders table (poison events go to the dead letters).
+Here the relay's death is simulated in-process; real SIGKILLed processes are in
+``test_event_processes.py``."""
 
 from __future__ import annotations
 
