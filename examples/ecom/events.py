@@ -34,6 +34,7 @@ from meshkit.messaging import (
     PoisonMessage,
     Publisher,
     PublishOptions,
+    RelayOptions,
     ensure_stream,
 )
 
@@ -116,10 +117,12 @@ class OrderSummaryServicer(summary_pb2_grpc.OrderSummaryServiceServicer):
 
 
 @contextlib.asynccontextmanager
-async def outbox_relay(store: Store, nats_url: str | None,
-                       signer: MessageSigner | None) -> AsyncIterator[OutboxRelay | None]:
+async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner | None,
+                       options: RelayOptions | None = None,
+                       ) -> AsyncIterator[OutboxRelay | None]:
     """Run the order store's outbox relay to ``nats_url`` for the body of the ``with``
-    (yields ``None`` and does nothing when ``nats_url`` is empty). The relay keeps
+    (yields ``None`` and does nothing when ``nats_url`` is empty), with ``options``
+    (default: :class:`~meshkit.messaging.RelayOptions` named ``orders``). The relay keeps
     retrying while NATS is down; events wait in the outbox meanwhile."""
     if not nats_url:
         yield None
@@ -128,7 +131,8 @@ async def outbox_relay(store: Store, nats_url: str | None,
     try:
         js = nc.jetstream()
         await ensure_order_stream(js)
-        relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)))
+        relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)),
+                            options or RelayOptions(name="orders"))
         task = asyncio.create_task(relay.run(), name="outbox-relay")
         try:
             yield relay

@@ -43,6 +43,10 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--durable", default=os.environ.get("ECOM_SUMMARY_DURABLE", events.DURABLE),
                    help="durable consumer name; processes with one name share the events"
                         " (env ECOM_SUMMARY_DURABLE)")
+    p.add_argument("--ack-wait-s", type=float,
+                   default=float(os.environ.get("ECOM_SUMMARY_ACK_WAIT_S", "5")),
+                   help="seconds before an event a dead consumer held is redelivered"
+                        " (env ECOM_SUMMARY_ACK_WAIT_S; default 5)")
     args = p.parse_args(argv)
     tls_options = tls(args, SERVICE)
     verifier = None
@@ -56,7 +60,7 @@ async def main(argv: list[str] | None = None) -> None:
         js = nc.jetstream()
         await events.ensure_order_stream(js)
         consumer = Consumer(js, events.Projection(store), events.consumer_options(
-            verifier, durable=args.durable))
+            verifier, durable=args.durable, ack_wait_s=args.ack_wait_s))
         task = asyncio.create_task(consumer.run(), name="projection-consumer")
         try:
             auth = AuthOptions(policy=summaryd_policy(insecure=tls_options is None))

@@ -761,6 +761,13 @@ class SqliteStore:
             " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?", (limit,)))
         return [OutboxEvent(r[0], r[1], bytes(r[2]), json.loads(r[3])) for r in rows]
 
+    async def count_pending(self) -> int:
+        """How many outbox events are not yet marked sent (the relay's pending gauge,
+        :class:`meshkit.messaging.PendingCounter`)."""
+        rows = await self._run(lambda conn: _fetchall(
+            conn, "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"))
+        return int(rows[0][0])
+
     async def mark_sent(self, event_ids: Sequence[str]) -> None:
         """See :meth:`Store.mark_sent` (one transaction)."""
         sent = now_ms()
@@ -1170,6 +1177,13 @@ class PostgresStore:
             "SELECT event_id, subject, payload, headers FROM outbox"
             " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1", limit))
         return [OutboxEvent(r[0], r[1], bytes(r[2]), json.loads(r[3])) for r in rows]
+
+    async def count_pending(self) -> int:
+        """How many outbox events are not yet marked sent (the relay's pending gauge,
+        :class:`meshkit.messaging.PendingCounter`)."""
+        n = await self._run(lambda conn: conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"))
+        return int(n)
 
     async def mark_sent(self, event_ids: Sequence[str]) -> None:
         """See :meth:`Store.mark_sent` (one statement)."""

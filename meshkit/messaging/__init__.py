@@ -11,9 +11,12 @@ What gRPC calls get from meshkit, asynchronous messages get here:
 * :class:`OutboxRelay` moves events from a transactional outbox (:class:`OutboxStore`: the
   service's database, written in the business transaction) to the stream: publish, then
   mark sent, so a relay killed in between only causes a repeat that the dedupe window
-  or the idempotent consumer drops.
+  or the idempotent consumer drops; with a store that can count (:class:`PendingCounter`)
+  it exports the outbox backlog as a gauge.
 * :class:`Consumer` runs a handler over a durable pull consumer: explicit ack, nak with
-  backoff on failure, ``max_deliveries`` then a dead-letter subject, a CONSUMER span that
+  backoff on failure, ``max_deliveries`` then a dead-letter subject (the server delivers
+  once more, so a message that kills its consumer process every time is dead-lettered
+  too, not dropped), a CONSUMER span that
   continues the producer's trace, the publisher's identity checked against the mesh CA
   (:class:`MessageVerifier`; see :mod:`meshkit.messaging._identity` for why a signature
   rather than NATS credentials).
@@ -58,6 +61,7 @@ from meshkit.messaging._publisher import (
     OutboxEvent,
     OutboxRelay,
     OutboxStore,
+    PendingCounter,
     Publisher,
     PublishError,
     PublishOptions,
@@ -86,6 +90,7 @@ __all__ = [
     "OutboxEvent",
     "OutboxRelay",
     "OutboxStore",
+    "PendingCounter",
     "PoisonMessage",
     "PublishError",
     "PublishOptions",

@@ -80,8 +80,15 @@ class ConsumerOptions:
             original headers plus ``Meshkit-Dead-Letter-Reason``; a stream must capture
             it (if none does, the message is nak'ed instead, never dropped). Default
             ``None``: ``<stream>.dead``... see :meth:`dead_letter_for`.
-        max_deliveries: deliveries of one message before it is dead-lettered (default 5,
-            >= 1); also the consumer's ``max_deliver``.
+        max_deliveries: deliveries of one message to the handler before it is
+            dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver`` is
+            one more: a delivery past ``max_deliveries`` means the handler never acked
+            the earlier ones (it killed its process, or outran ``ack_wait_s``), so that
+            delivery is dead-lettered without running the handler; a message that
+            crashes every consumer process still reaches the dead letters instead of
+            being dropped by the server. Unhandled messages fetched in the same batch
+            as such a message count deliveries too (use ``batch_size=1`` where that
+            matters).
         backoff: delay before a failed message is redelivered (nak with delay; default
             full jitter 100 ms doubling to 5 s).
         ack_wait_s: the server redelivers a message not acked in this time, e.g. after
@@ -163,19 +170,30 @@ class Consumer:
         self._sub: JetStreamContext.PullSubscription | None = None
 
     def consumer_config(self) -> ConsumerConfig:
-        """The durable consumer's configuration (explicit ack, ``max_deliver``, ack wait)."""
+        """The durable consumer's configuration (explicit ack, ack wait, ``max_deliver``
+        = ``max_deliveries`` + 1: see :class:`ConsumerOptions`)."""
         o = self.options
         return ConsumerConfig(durable_name=o.durable, ack_policy=AckPolicy.EXPLICIT,
                               deliver_policy=DeliverPolicy.ALL, ack_wait=o.ack_wait_s,
-                              max_deliver=o.max_deliveries, filter_subject=o.filter_subject)
+                              max_deliver=o.max_deliveries + 1,
+                              filter_subject=o.filter_subject)
 
     async def start(self) -> None:
-        """Create (or bind to) the durable consumer. Raises the NATS error if the stream
-        does not exist."""
+        """Create (or bind to) the durable consumer; an existing one whose ``max_deliver``
+        or ack wait differ from the options is updated to them (e.g. made by an older
+        version). Raises the NATS error if the stream does not exist."""
         o = self.options
+        config = self.consumer_config()
         self._sub = await self._js.pull_subscribe(
-            o.filter_subject or "", durable=o.durable, stream=o.stream,
-            config=self.consumer_config())
+            o.filter_subject or "", durable=o.durable, stream=o.stream, config=config)
+        current = (await self._sub.consumer_info()).config
+        if (current.max_deliver, current.ack_wait) != (config.max_deliver, config.ack_wait):
+            try:
+                await self._js.add_consumer(o.stream, config)
+            except nats.js.errors.Error as exc:
+                _log.warning("could not update the durable consumer's config",
+                             durable=o.durable, max_deliver=current.max_deliver,
+                             error=str(exc)[:200])
 
     async def run_once(self) -> int:
         """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it; returns how
@@ -243,6 +261,10 @@ class Consumer:
         """Verify, handle, and ack / nak / dead-letter; ``(outcome, publisher, reason)``."""
         o = self.options
         publisher: PeerIdentity | None = None
+        if delivery > o.max_deliveries:  # never acked: the handler died or timed out
+            reason = f"not acked after {o.max_deliveries} deliveries"
+            return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
+                    None, reason)
         if o.verifier is not None:
             try:
                 publisher = o.verifier.verify(msg.headers, msg_id=msg_id,
@@ -303,6 +325,8 @@ class Consumer:
         subject, durable = msg.subject, self.options.durable
         if self._metrics is not None:
             self._metrics.consumed.labels(subject, durable, outcome).inc()
+            if delivery > 1:
+                self._metrics.redelivered.labels(subject, durable).inc()
             self._metrics.handling.labels(subject, durable).observe(elapsed)
             sent = headers.get(HDR_SENT_AT_MS)
             if outcome == "ack" and sent and sent.isdigit():

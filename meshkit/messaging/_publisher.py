@@ -28,6 +28,7 @@ __all__ = [
     "OutboxEvent",
     "OutboxRelay",
     "OutboxStore",
+    "PendingCounter",
     "PublishError",
     "PublishOptions",
     "Publisher",
@@ -246,6 +247,15 @@ class OutboxStore(Protocol):
         ...
 
 
+class PendingCounter(Protocol):
+    """An :class:`OutboxStore` that can also count its pending events (optional: the
+    relay then exports ``meshkit_messaging_outbox_pending``)."""
+
+    async def count_pending(self) -> int:
+        """How many events are not yet marked sent."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RelayOptions:
     """How :class:`OutboxRelay` polls.
@@ -256,6 +266,8 @@ class RelayOptions:
             > 0); :meth:`OutboxRelay.notify` cuts it short.
         error_backoff: delay after a failed round (store or NATS down; default full
             jitter 100 ms doubling to 5 s).
+        name: the ``outbox`` label of ``meshkit_messaging_outbox_pending`` (default
+            ``"outbox"``).
 
     Raises:
         ConfigError: a value out of range (quoted).
@@ -265,10 +277,13 @@ class RelayOptions:
     poll_interval_s: float = 0.2
     error_backoff: Backoff = field(
         default_factory=lambda: Backoff(base_delay_s=0.1, max_delay_s=5.0))
+    name: str = "outbox"
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not self.name:
+            raise ConfigError(f"name must be non-empty, got {self.name!r}")
         if not self.poll_interval_s > 0:
             raise ConfigError(f"poll_interval_s must be > 0, got {self.poll_interval_s!r}")
 
@@ -282,7 +297,9 @@ class OutboxRelay:
     that repeat, and consumers idempotent by event id drop any that gets past it (a
     restart later than the window). Several relays may share one outbox. The events of a
     batch are published concurrently on the one connection, so they reach the stream in
-    outbox order except around a retried publish.
+    outbox order except around a retried publish. With the publisher's metrics on and a
+    store that has ``count_pending`` (:class:`PendingCounter`), each round ends by
+    setting ``meshkit_messaging_outbox_pending{outbox=<name>}`` (one count query).
 
     Args:
         store: the :class:`OutboxStore`.
@@ -298,6 +315,11 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self.published = 0
         self.failures = 0
+        self._pending_gauge = None
+        self._count_pending = getattr(store, "count_pending", None)
+        if publisher.options.metrics and self._count_pending is not None:
+            self._pending_gauge = messaging_metrics(publisher.options.registry) \
+                .outbox_pending.labels(self.options.name)
 
     def notify(self) -> None:
         """Start the next round now (call after committing an event)."""
@@ -315,6 +337,8 @@ class OutboxRelay:
         """
         events = await self._store.pending_events(self.options.batch_size)
         if not events:
+            if self._pending_gauge is not None:
+                self._pending_gauge.set(0)
             return 0
         results = await asyncio.gather(
             *(self._publisher.publish(e.subject, e.payload, msg_id=e.event_id,
@@ -325,6 +349,8 @@ class OutboxRelay:
         if done:
             await self._store.mark_sent(done)
         self.published += len(done)
+        if self._pending_gauge is not None and self._count_pending is not None:
+            self._pending_gauge.set(await self._count_pending())
         for r in results:
             if isinstance(r, BaseException):
                 raise r

@@ -10,7 +10,11 @@ served at ``/metrics``; histograms in seconds with the RPC buckets, 100 µs..10 
 * ``meshkit_messaging_consumed_total{subject,consumer,outcome}`` counter: deliveries handled;
 * ``meshkit_messaging_handling_seconds{subject,consumer}`` histogram: handler time;
 * ``meshkit_messaging_lag_seconds{subject,consumer}`` histogram: signed -> handled and acked
-  (needs a signing publisher: the signature's timestamp is the start).
+  (needs a signing publisher: the signature's timestamp is the start);
+* ``meshkit_messaging_redelivered_total{subject,consumer}`` counter: deliveries after the
+  first (a nak'ed failure, or a consumer that died or outran its ack wait);
+* ``meshkit_messaging_outbox_pending{outbox}`` gauge: outbox events not yet published, as
+  the relay last counted them (after each round; needs a store with ``count_pending``).
 
 ``outcome`` of a publish: ``ok``, ``duplicate`` (JetStream dropped it as a repeat of its
 ``Nats-Msg-Id``), ``error``. Of a delivery: ``ack``, ``retry`` (nak with backoff),
@@ -32,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from meshkit.observability import default_registry
 from meshkit.observability._logging import access_active, access_logger
@@ -50,8 +54,10 @@ class MessagingMetrics:
         "consumed",
         "handling",
         "lag",
+        "outbox_pending",
         "publish_seconds",
         "published",
+        "redelivered",
         "retries",
     )
 
@@ -79,6 +85,12 @@ class MessagingMetrics:
                              "From the publisher's signature to the handler's end.",
                              ("subject", "consumer"), registry=r,
                              buckets=DURATION_BUCKETS_S)
+        self.redelivered = Counter("meshkit_messaging_redelivered_total",
+                                   "Deliveries after a message's first.",
+                                   ("subject", "consumer"), registry=r)
+        self.outbox_pending = Gauge("meshkit_messaging_outbox_pending",
+                                    "Outbox events not yet published (the relay's last "
+                                    "count).", ("outbox",), registry=r)
 
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, MessagingMetrics] = (

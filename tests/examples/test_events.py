@@ -1,6 +1,8 @@
 """Order events end to end on real NATS and both stores: the outbox is written with the
 order, a relay killed between publish and mark loses nothing and duplicates nothing, and
-the projection converges to the orders table (poison events go to the dead letters)."""
+the projection converges to the orders table (poison events go to the dead letters).
+Here the relay's death is simulated in-process; real SIGKILLed processes are in
+``test_event_processes.py``."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from meshkit.messaging import (
     OutboxRelay,
     Publisher,
     PublishOptions,
+    RelayOptions,
 )
 from meshkit.resilience import Backoff
 from tests.messaging import conftest as messaging_fixtures
@@ -57,6 +60,27 @@ class CrashAfterPublish:
         raise asyncio.CancelledError
 
 
+class ToTestStream:
+    """An outbox store whose events go to the test's own stream (its subject instead of
+    the ecom one); counts pending events when the inner store can."""
+
+    def __init__(self, inner: CrashAfterPublish | Store, subject: str) -> None:
+        self.inner = inner
+        self.subject = subject
+
+    async def pending_events(self, limit: int) -> list[OutboxEvent]:
+        return [OutboxEvent(e.event_id, self.subject, e.payload, e.headers)
+                for e in await self.inner.pending_events(limit)]
+
+    async def mark_sent(self, ids: Sequence[str]) -> None:
+        await self.inner.mark_sent(ids)
+
+    async def count_pending(self) -> int:
+        count = getattr(self.inner, "count_pending", None)
+        assert count is not None
+        return int(await count())
+
+
 async def test_outbox_written_with_the_order_and_rolled_back_with_it(store: Store) -> None:
     """A new order writes one pending OrderPlaced event; a keyed repeat writes none."""
     order, created = await store.place_order(_order(0))
@@ -81,25 +105,12 @@ async def test_relay_crash_then_projection_converges(
         await store.place_order(_order(i))
     pub = Publisher(bus.js, PublishOptions(registry=prom,
                                            signer=MessageSigner(*workloads.orderd)))
-    # the events go to the test's own stream: same subjects under its prefix
     sub = bus.subject
-
-    class ToTestStream:
-        def __init__(self, inner: CrashAfterPublish | Store) -> None:
-            self.inner = inner
-
-        async def pending_events(self, limit: int) -> list[OutboxEvent]:
-            return [OutboxEvent(e.event_id, sub, e.payload, e.headers)
-                    for e in await self.inner.pending_events(limit)]
-
-        async def mark_sent(self, ids: Sequence[str]) -> None:
-            await self.inner.mark_sent(ids)
-
-    crashing = OutboxRelay(ToTestStream(CrashAfterPublish(store)), pub)
+    crashing = OutboxRelay(ToTestStream(CrashAfterPublish(store), sub), pub)
     with pytest.raises(asyncio.CancelledError):
         await crashing.relay_once()
     assert len(await store.pending_events(100)) == 40  # published, not marked
-    relay = OutboxRelay(ToTestStream(store), pub)
+    relay = OutboxRelay(ToTestStream(store, sub), pub)
     assert await relay.relay_once() == 40
     assert await store.pending_events(100) == []
     dup = prom.get_sample_value("meshkit_messaging_published_total",
@@ -134,3 +145,20 @@ async def test_relay_crash_then_projection_converges(
     assert await store.apply_order_placed("late", "u-a", 1)
     assert not await store.apply_order_placed("late", "u-a", 1)
     assert (await store.order_summary("u-a")).order_count == want["u-a"] + 1
+
+
+async def test_relay_exports_the_pending_count(store: Store, bus: Bus) -> None:
+    """With a store that counts its outbox, each relay round sets
+    meshkit_messaging_outbox_pending{outbox} to what is left."""
+    prom = CollectorRegistry()
+    for i in range(5):
+        await store.place_order(_order(i))
+    relay = OutboxRelay(ToTestStream(store, bus.subject),
+                        Publisher(bus.js, PublishOptions(registry=prom)),
+                        RelayOptions(batch_size=2, name="orders"))
+    left = []
+    for _ in range(4):
+        await relay.relay_once()
+        left.append(prom.get_sample_value("meshkit_messaging_outbox_pending",
+                                          {"outbox": "orders"}))
+    assert left == [3, 1, 0, 0]

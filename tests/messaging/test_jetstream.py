@@ -190,6 +190,8 @@ async def test_consumer_killed_mid_batch_redelivers_unacked(
     await until(all_acked, timeout_s=15, what="every message acked")
     assert applied == {f"k{i}" for i in range(10)}
     assert deliveries >= 11  # the 4th message came twice (1 s after the kill)
+    assert _sample(prom, "meshkit_messaging_redelivered_total", subject=bus.subject,
+                   consumer="d1") >= 1
     assert time.monotonic() - t0 < 10
 
 

@@ -1,0 +1,56 @@
+"""The outbox relay as a process of its own: ``python -m examples.ecom.outbox_relay``.
+
+Publishes the order store's pending ``OrderPlaced`` events to the ``ECOM_ORDERS`` stream
+and marks them sent, like the relay inside the order service (``--nats-url``), for a
+deployment that runs it beside the order services instead (several relays may share one
+outbox: a repeat is dropped by the stream's dedupe window or the projection). Signs with
+the ``orderd`` workload identity when ``--cert-dir`` is given. Prints ``READY relay``
+once connected; runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+
+from examples.ecom._process import setup_logging
+from examples.ecom.events import outbox_relay
+from examples.ecom.storage import open_store
+from meshkit.messaging import MessageSigner, RelayOptions
+
+
+async def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv``, open the store and relay until a signal."""
+    setup_logging()
+    p = argparse.ArgumentParser(prog="python -m examples.ecom.outbox_relay")
+    p.add_argument("--db", default=os.environ.get("DATABASE_URL", "sqlite:///orders.db"),
+                   help="the order store: sqlite:///file.db or postgresql://..."
+                        " (env DATABASE_URL)")
+    p.add_argument("--nats-url", default=os.environ.get("MESHKIT_NATS_URL",
+                                                        "nats://127.0.0.1:4222"),
+                   help="NATS with JetStream (env MESHKIT_NATS_URL)")
+    p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
+                   help="meshkit certs directory: sign as orderd (env MESHKIT_CERT_DIR)")
+    p.add_argument("--batch-size", type=int, default=100, help="events per round")
+    args = p.parse_args(argv)
+    signer = MessageSigner.from_dir(args.cert_dir, "orderd") if args.cert_dir else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    store = await open_store(args.db)
+    try:
+        async with outbox_relay(store, args.nats_url, signer,
+                                RelayOptions(name="orders", batch_size=args.batch_size)):
+            print("READY relay", flush=True)
+            await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,113 @@
+"""Child processes for tests that SIGKILL them: started with asyncio, stdout lines
+collected as they come, stderr to a file, killed (never left behind) at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+from tests.support.wait import until
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Child:
+    """One running ``python -m <module> <args>``; ``lines`` holds its stdout so far."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        """What it wrote to stderr so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    async def wait_line(self, prefix: str, timeout_s: float = 10.0) -> str:
+        """The first stdout line starting with ``prefix``, waiting up to ``timeout_s``;
+        AssertionError (with its stderr tail) if the process exits or time runs out."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [ln for ln in self.lines if ln.startswith(prefix)]
+            if not found and self.proc.returncode is not None:
+                raise AssertionError(f"exited {self.proc.returncode} before {prefix!r}: "
+                                     f"{self.stderr()[-2000:]}")
+            return bool(found)
+
+        await until(seen, timeout_s=timeout_s, what=f"line {prefix!r}")
+        return found[0]
+
+    async def kill(self) -> int:
+        """SIGKILL it (if still running) and reap it; returns the exit status."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+        code = await asyncio.wait_for(self.proc.wait(), 10)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self._reader, 5)
+        return code
+
+    async def wait_exit(self, timeout_s: float = 10.0) -> int:
+        """Wait for it to exit by itself; returns the exit status."""
+        code = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        await asyncio.wait_for(self._reader, 5)
+        return code
+
+
+class Children:
+    """Starts :class:`Child` processes; :meth:`close` kills the ones still running."""
+
+    def __init__(self, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.log_dir = log_dir
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.started: list[Child] = []
+
+    async def start(self, module: str, *args: str) -> Child:
+        """Start ``python -m module args`` in the repository root."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / f"{module.rsplit('.', 1)[-1]}-{len(self.started)}.err"
+        with path.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE,
+                stderr=err, env=self.env, cwd=_ROOT)
+        child = Child(proc, path)
+        self.started.append(child)
+        return child
+
+    async def close(self) -> None:
+        """Kill and reap every child still running."""
+        for c in self.started:
+            await c.kill()
+
+
+@contextlib.asynccontextmanager
+async def children(log_dir: Path, env: Mapping[str, str] | None = None,
+                   ) -> AsyncIterator[Children]:
+    """A :class:`Children` whose processes are all killed when the block ends."""
+    kids = Children(log_dir, env)
+    try:
+        yield kids
+    finally:
+        await kids.close()
+
+
+def lines_matching(lines: Sequence[str], prefix: str) -> list[list[str]]:
+    """The whitespace-split fields of the lines starting with ``prefix``."""
+    return [ln.split() for ln in lines if ln.startswith(prefix)]
