@@ -35,6 +35,7 @@ __all__ = ["MeshCall", "RetryingStreamCall", "StreamResponseCall", "UnaryRespons
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _OK = grpc.StatusCode.OK
+_EOF = grpc.aio.EOF
 
 
 def _code_of(error: BaseException) -> grpc.StatusCode:
@@ -320,16 +321,29 @@ class StreamResponseCall(MeshCall):
 
     async def _iterate(self) -> AsyncIterator[Any]:
         call = await self._opened()
-        async for response in call:
-            yield response
+        messages = self._details.messages
+        if messages is None:
+            async for response in call:
+                yield response
+        else:
+            async for response in call:
+                messages.msg_received += 1
+                yield response
 
     async def read(self) -> Any:
         """Read one response; ``grpc.aio.EOF`` at the end."""
-        return await (await self._opened()).read()
+        response = await (await self._opened()).read()
+        messages = self._details.messages
+        if messages is not None and response is not _EOF:
+            messages.msg_received += 1
+        return response
 
     async def write(self, request: Any) -> None:
         """Write one request (stream-stream calls made without a request iterator)."""
         await (await self._opened()).write(request)
+        messages = self._details.messages
+        if messages is not None:
+            messages.msg_sent += 1
 
     async def done_writing(self) -> None:
         """Half-close the request stream."""

@@ -60,6 +60,12 @@ class Reporter(Protocol):
     call's state; ``finish(state, context, exc)`` runs once when the call ends, with the
     exception it ended with (``None``: returned normally), also when a check refused it.
     Both must not raise.
+
+    A reporter may also have a ``messages`` attribute: an object with integer
+    ``msg_received`` and ``msg_sent`` attributes (or ``None``), which the wrap increments
+    per request message a request-streaming handler takes from its request iterator and per
+    response message a streaming handler yields (messages passed through
+    ``context.read()``/``context.write()`` are not seen).
     """
 
     def start(self, context: Any) -> Any:
@@ -106,7 +112,10 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     if reporter is None:
         behavior = _checked_stream(inner, check) if streams else _checked(inner, check)
     else:
-        behavior = (_reported_stream(inner, check, reporter) if streams
+        messages = getattr(reporter, "messages", None)
+        if messages is not None and req_s:
+            inner = _counting_requests(inner, messages)
+        behavior = (_reported_stream(inner, check, reporter, messages) if streams
                     else _reported(inner, check, reporter))
     wrapped: Handler = factory(
         behavior,
@@ -165,7 +174,23 @@ def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
     return behavior
 
 
-def _reported_stream(inner: Any, before: Before, reporter: Reporter) -> Any:
+def _counting_requests(inner: Any, messages: Any) -> Any:
+    """``inner`` (a request-streaming behaviour) fed a request iterator that counts the
+    messages it yields in ``messages.msg_received``."""
+
+    async def counted(requests: Any) -> AsyncIterator[Any]:
+        async for item in requests:
+            messages.msg_received += 1
+            yield item
+
+    def behavior(requests: Any, context: Any) -> Any:
+        return inner(counted(requests), context)
+
+    return behavior
+
+
+def _reported_stream(inner: Any, before: Before, reporter: Reporter,
+                     messages: Any = None) -> Any:
     start, finish = reporter.start, reporter.finish
 
     async def behavior(request: Any, context: Any) -> Any:
@@ -174,8 +199,13 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter) -> Any:
         try:
             await before(context)
             result = inner(request, context)
-            async for item in responses(result):
-                yield item
+            if messages is None:
+                async for item in responses(result):
+                    yield item
+            else:
+                async for item in responses(result):
+                    messages.msg_sent += 1
+                    yield item
         except BaseException as e:
             exc = e
             raise

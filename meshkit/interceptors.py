@@ -62,6 +62,8 @@ class ClientCallDetails:
         attempt_started_ns: wall-clock start (``time.time_ns()``) of each attempt, in order.
         last_call: the grpc.aio call object of the latest attempt (for metadata/status).
         codec: the channel's per-method record (serializers); opaque to interceptors.
+        messages: where the call object counts the stream messages it passes
+            (``msg_received``/``msg_sent`` integers; set by telemetry), or ``None``.
     """
 
     __slots__ = (
@@ -73,6 +75,7 @@ class ClientCallDetails:
         "deadline",
         "kind",
         "last_call",
+        "messages",
         "metadata",
         "method",
         "request_key",
@@ -105,6 +108,7 @@ class ClientCallDetails:
         self.attempt_started_ns: list[int] = []
         self.last_call: Any = None
         self.codec: Any = None
+        self.messages: Any = None
 
     def time_remaining_s(self) -> float | None:
         """Seconds left before the deadline (may be negative), or ``None`` without one."""

@@ -66,6 +66,8 @@ grpc_client_handled_total                     counter    RPC, grpc_code  logical
 grpc_client_handling_seconds                  histogram  RPC             caller-seen time w/ retries
 grpc_client_in_flight                         gauge      RPC             logical calls in progress
 meshkit_client_attempts_total                 counter    RPC             attempts of finished calls
+grpc_server_msg_{received,sent}_total         counter    RPC             messages; a unary one
+grpc_client_msg_{received,sent}_total         counter    RPC             per started/OK call
 meshkit_client_retries_total                  counter    target          retry attempts sent
 meshkit_client_hedges_total                   counter    target          hedged attempts sent
 meshkit_client_retry_budget_exhausted_total   counter    target          retries refused by budget

@@ -121,8 +121,8 @@ class _Record:
     atomic for the int/float values used here in practice, and a scrape reads a snapshot
     that may be one call apart between families (as a scrape always may be)."""
 
-    __slots__ = ("bounds", "counts", "created", "handled", "in_flight", "labels", "ok",
-                 "started", "sum_s")
+    __slots__ = ("bounds", "counts", "created", "handled", "in_flight", "labels",
+                 "msg_received", "msg_sent", "ok", "started", "sum_s")
 
     def __init__(self, labels: tuple[str, str, str], bounds: tuple[float, ...]) -> None:
         self.labels = labels
@@ -130,6 +130,10 @@ class _Record:
         self.started = 0
         self.in_flight = 0
         self.ok = 0  # calls that ended OK (kept apart: an Enum key hashes in Python)
+        # messages of the streaming directions, counted per message where meshkit sees them;
+        # a unary direction's count is derived at scrape (see _message_counts)
+        self.msg_sent = 0
+        self.msg_received = 0
         self.handled: dict[grpc.StatusCode, int] = {}  # the other codes
         self.counts = [0] * (len(bounds) + 1)  # last: above the highest bound (+Inf)
         self.sum_s = 0.0
@@ -203,7 +207,32 @@ _RPC_DOCS = {
     "client_in_flight": ("grpc_client_in_flight", "Logical RPCs in progress."),
     "client_attempts": ("meshkit_client_attempts",
                         "Attempts made by finished logical RPCs (retries and hedges included)."),
+    "server_msg_received": ("grpc_server_msg_received",
+                            "RPC stream messages received by the server."),
+    "server_msg_sent": ("grpc_server_msg_sent", "RPC stream messages sent by the server."),
+    "client_msg_received": ("grpc_client_msg_received",
+                            "RPC stream messages received by the client."),
+    "client_msg_sent": ("grpc_client_msg_sent", "RPC stream messages sent by the client."),
 }
+
+# grpc_type values whose request / response is a single message
+_UNARY_REQUEST = frozenset({"unary", "server_stream"})
+_UNARY_RESPONSE = frozenset({"unary", "client_stream"})
+
+
+def _message_counts(side: str, r: _Record) -> tuple[int, int]:
+    """``(received, sent)`` messages of a record, as go-grpc-prometheus counts them: a unary
+    request is one message per started call (the server received it before the handler
+    ran; the client sent it), a unary response one per call that ended ``OK``; a streaming
+    direction is counted per message (:class:`_Record` ``msg_sent``/``msg_received``)."""
+    grpc_type = r.labels[0]
+    requests_ = r.started if grpc_type in _UNARY_REQUEST else None
+    responses_ = r.ok if grpc_type in _UNARY_RESPONSE else None
+    if side == "server":
+        return (r.msg_received if requests_ is None else requests_,
+                r.msg_sent if responses_ is None else responses_)
+    return (r.msg_received if responses_ is None else responses_,
+            r.msg_sent if requests_ is None else requests_)
 
 
 class _RpcCollector:
@@ -251,7 +280,13 @@ class _RpcCollector:
                 handling.samples.append(Sample(f"{name}_created", dict(zip(
                     _RPC_LABELS, labels, strict=True)), r.created))
                 in_flight.add_metric(labels, r.in_flight)
-            yield from (started, handled, handling, in_flight)
+            received = CounterMetricFamily(*_RPC_DOCS[f"{side}_msg_received"], labels=lbl)
+            sent = CounterMetricFamily(*_RPC_DOCS[f"{side}_msg_sent"], labels=lbl)
+            for r in recs:
+                n_received, n_sent = _message_counts(side, r)
+                received.add_metric(list(r.labels), n_received, created=r.created)
+                sent.add_metric(list(r.labels), n_sent, created=r.created)
+            yield from (started, handled, handling, in_flight, received, sent)
             if side == "server":
                 limited = CounterMetricFamily(*_RPC_DOCS["server_rate_limited"],
                                               labels=["grpc_service", "grpc_method"])

@@ -91,14 +91,17 @@ class _Method:
 
 
 class _MethodReporter:
-    """One method's telemetry: ``start``/``finish`` bound to its record."""
+    """One method's telemetry: ``start``/``finish`` bound to its record, and the record
+    that counts its stream messages (``messages``, see :class:`~meshkit._handlers.Reporter`)."""
 
-    __slots__ = ("finish", "start")
+    __slots__ = ("finish", "messages", "start")
 
     def __init__(self, start: Callable[[Any], Any],
-                 finish: Callable[[Any, Any, BaseException | None], None]) -> None:
+                 finish: Callable[[Any, Any, BaseException | None], None],
+                 messages: BoundServer | None = None) -> None:
         self.start = start
         self.finish = finish
+        self.messages = messages
 
 
 class TelemetryServerInterceptor(WrappingInterceptor):
@@ -294,9 +297,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         if quiet:
             m.log_md = ()
             return _MethodReporter(functools.partial(self._start_quiet, m),
-                                   functools.partial(self._finish_call, self._finish_quiet, m))
+                                   functools.partial(self._finish_call, self._finish_quiet, m),
+                                   bound)
         return _MethodReporter(functools.partial(self._start, m),
-                               functools.partial(self._finish_call, self._finish, m))
+                               functools.partial(self._finish_call, self._finish, m), bound)
 
     def _finish_call(self, finish: Callable[..., None], m: _Method,
                      state: tuple[Any, Any, float], context: Any,

@@ -168,6 +168,17 @@ async def test_metrics_count_calls_failures_rate_limits_and_streams(
         assert counts[-1] == value(got, hist + "_count", grpc_method="Unary") == 3
         assert value(got, hist + "_sum", grpc_method="Unary") > 0
     assert value(got, "meshkit_server_rate_limited_total", grpc_method="Sleep") == 1
+    # Stream messages, as go-grpc-prometheus counts them: a unary request is one message per
+    # started call, a unary response one per OK call, a stream counted message by message.
+    # (method: server received, server sent, client sent, client received)
+    messages = {"Unary": (3, 3, 3, 3), "Sleep": (3, 2, 3, 2), "Fail": (2, 0, 2, 0),
+                "ServerStream": (1, 4, 1, 4), "ClientStream": (2, 1, 2, 1),
+                "Bidi": (3, 3, 3, 3)}
+    for name, want in messages.items():
+        assert (value(got, "grpc_server_msg_received_total", grpc_method=name),
+                value(got, "grpc_server_msg_sent_total", grpc_method=name),
+                value(got, "grpc_client_msg_sent_total", grpc_method=name),
+                value(got, "grpc_client_msg_received_total", grpc_method=name)) == want, name
     # a handler answering RESOURCE_EXHAUSTED itself is handled, not rate-limited
     assert value(got, "grpc_server_handled_total", grpc_method="Fail",
                  grpc_code="ResourceExhausted") == 1
@@ -268,20 +279,26 @@ def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
     hist = Histogram("grpc_server_handling_seconds", "x", labels, buckets=DURATION_BUCKETS_S,
                      registry=ref)
     in_flight = Gauge("grpc_server_in_flight", "x", labels, registry=ref)
+    received = Counter("grpc_server_msg_received", "x", labels, registry=ref)
+    sent = Counter("grpc_server_msg_sent", "x", labels, registry=ref)
     lv = ("unary", "pkg.v1.Svc", "Get")
     calls = [(0.0001, grpc.StatusCode.OK), (0.00099, grpc.StatusCode.OK),
              (10.0, grpc.StatusCode.UNAVAILABLE), (42.0, grpc.StatusCode.OK)]
     for duration_s, code in calls:
         rec.start()
         started.labels(*lv).inc()
+        received.labels(*lv).inc()  # a unary request: one message per started call
         in_flight.labels(*lv).inc()
         rec.finished(code, duration_s)
+        if code is grpc.StatusCode.OK:
+            sent.labels(*lv).inc()  # a unary response: one message per OK call
         handled.labels(*lv, GO_NAMES[code]).inc()
         hist.labels(*lv).observe(duration_s)
         in_flight.labels(*lv).dec()
     rec.start()
     in_flight.labels(*lv).inc()
     started.labels(*lv).inc()
+    received.labels(*lv).inc()
 
     def grpc_samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], float]:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
