@@ -119,6 +119,9 @@ class ServerStats:
         telemetry: telemetry on.
         admin: the admin server's URL, or ``None``.
         deadline_rejections: calls refused because their deadline had passed.
+        tls_handshakes: TLS handshakes started (grpc asks the certificate reloader before
+            each one); grpcio tells Python nothing about a handshake's outcome, so refused
+            handshakes show as handshakes that no call followed.
     """
 
     service: str
@@ -132,6 +135,7 @@ class ServerStats:
     telemetry: bool
     admin: str | None
     deadline_rejections: int = 0
+    tls_handshakes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``/debug/mesh`` shows)."""

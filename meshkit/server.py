@@ -353,6 +353,7 @@ class MeshServer:
         self.draining = False
         self.admin: AdminServer | None = None
         self.gate: RequestGate | None = None
+        self._tls_handshakes = 0
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -393,7 +394,8 @@ class MeshServer:
                 reflection.aio.ReflectionServicer(names), recorder)
         host_part = opts.host if ":" not in opts.host else f"[{opts.host.strip('[]')}]"
         bind = f"{host_part}:{opts.port}"
-        creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded)
+        creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded,
+                                             on_handshake=self._handshake_started)
                  if opts.tls is not None else opts.credentials)
         if creds is None:
             port = server.add_insecure_port(bind)
@@ -439,6 +441,10 @@ class MeshServer:
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
+
+    def _handshake_started(self) -> None:
+        """Count a TLS handshake (called by grpc's certificate fetcher on a core thread)."""
+        self._tls_handshakes += 1
 
     def _certificate_reloaded(self, material: TLSMaterial) -> None:
         """Keep ``meshkit_certificate_expiry_timestamp_seconds`` on the renewed certificate
@@ -505,6 +511,7 @@ class MeshServer:
             telemetry=opts.telemetry is not None,
             admin=self.admin.url if self.admin is not None else None,
             deadline_rejections=self._deadline.rejected if self._deadline is not None else 0,
+            tls_handshakes=self._tls_handshakes,
         )
 
     async def wait_stopped(self) -> None:

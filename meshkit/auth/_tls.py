@@ -233,6 +233,7 @@ class TLSOptions:
 
     def server_credentials(
         self, *, on_reload: Callable[[TLSMaterial], None] | None = None,
+        on_handshake: Callable[[], None] | None = None,
     ) -> grpc.ServerCredentials:
         """Server credentials that require and verify client certificates (mTLS) and pick up
         renewed files without a restart (``grpc.dynamic_ssl_server_credentials``).
@@ -246,8 +247,11 @@ class TLSOptions:
                 grpc's core threads, before the handshake that triggered it; exceptions are
                 logged and ignored). ``serve()`` uses it to keep the certificate-expiry
                 gauge current.
+            on_handshake: called before every TLS handshake (grpc asks the reloader for a
+                new configuration at the start of each connection; on a core thread; must
+                be quick and not raise). ``serve()`` counts handshakes with it.
         """
-        reloader = _ServerReloader(self, on_reload)
+        reloader = _ServerReloader(self, on_reload, on_handshake)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial,
             reloader,  # type: ignore[arg-type]  # the stub omits "None = no change"
@@ -322,9 +326,11 @@ class _ServerReloader:
     core thread; it returns a new configuration or ``None`` (keep the current one)."""
 
     def __init__(self, tls: TLSOptions,
-                 on_reload: Callable[[TLSMaterial], None] | None = None) -> None:
+                 on_reload: Callable[[TLSMaterial], None] | None = None,
+                 on_handshake: Callable[[], None] | None = None) -> None:
         self._tls = tls
         self._on_reload = on_reload
+        self._on_handshake = on_handshake
         self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         self._lock = threading.Lock()
         m = tls.read()
@@ -340,6 +346,8 @@ class _ServerReloader:
                                                          root_certificates=m.ca_pem)
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        if self._on_handshake is not None:
+            self._on_handshake()
         try:
             now = self._tls.clock()
             with self._lock:

@@ -86,6 +86,7 @@ meshkit_registry_watch_errors_total           counter    target          registr
 meshkit_server_ready                          gauge      service         1: registered, not draining
 meshkit_server_draining                       gauge      service         1 while draining
 meshkit_server_deadline_rejections_total      counter    service         refused: deadline passed
+meshkit_server_tls_handshakes_total           counter    service         TLS handshakes started
 meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
 ============================================  =========  ==============  ==========================
 

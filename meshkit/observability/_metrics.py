@@ -442,6 +442,10 @@ class MeshCollector:
             "deadline_rejected": _Family("counter", "meshkit_server_deadline_rejections",
                                          "Calls refused because their deadline had passed.",
                                          ("service",)),
+            "tls_handshakes": _Family("counter", "meshkit_server_tls_handshakes",
+                                      "TLS handshakes started (grpcio does not report their "
+                                      "outcome; refused ones are not followed by calls).",
+                                      ("service",)),
         }
         for ch in live_channel_stats():
             target = (ch.service,)
@@ -482,6 +486,7 @@ class MeshCollector:
             fams["ready"].add(svc, float(srv.ready))
             fams["draining"].add(svc, float(srv.draining))
             fams["deadline_rejected"].add(svc, srv.deadline_rejections)
+            fams["tls_handshakes"].add(svc, srv.tls_handshakes)
         for fam in fams.values():
             if fam.values:
                 yield fam.metric()

@@ -226,3 +226,39 @@ async def test_mesh_server_expiry_gauge_follows_renewal(pki: Pki, tmp_path: Path
     finally:
         await srv.drain()
         await reg.close()
+
+
+async def test_mesh_server_counts_tls_handshakes_refused_ones_included(
+        pki: Pki, other_pki: Pki, tmp_path: Path) -> None:
+    """serve() counts every TLS handshake started (ServerStats.tls_handshakes,
+    meshkit_server_tls_handshakes_total): a refused client's handshakes are counted though
+    no call follows them, which is how refused handshakes show (grpcio reports no outcome)."""
+    server_tls = pki.issue("userd")
+    client_tls = pki.issue("orderd")
+    rogue = other_pki.issue("orderd")
+    reg = _registry(tmp_path)
+    srv = _userd(reg, tls=server_tls)
+    await srv.start()
+    try:
+        assert srv.stats().tls_handshakes == 0
+        async with meshkit.dial("userd", registry=reg,
+                                options=meshkit.DialOptions(tls=client_tls)) as ch:
+            await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=3)
+        good = srv.stats().tls_handshakes
+        assert good >= 1
+        assert srv.instance is not None
+        creds = grpc.ssl_channel_credentials(server_tls.read().ca_pem, rogue.read().key_pem,
+                                             rogue.read().cert_pem)
+        err = await rpc_error(call(srv.instance.port, credentials=creds,
+                                   options=server_tls.channel_options("userd")))
+        assert err.code() is UNAVAILABLE
+        assert srv.stats().tls_handshakes > good
+        from meshkit.observability import MeshCollector
+
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in MeshCollector().collect() for s in fam.samples}
+        assert samples[("meshkit_server_tls_handshakes_total", (("service", "userd"),))] == \
+            srv.stats().tls_handshakes
+    finally:
+        await srv.drain()
+        await reg.close()
