@@ -405,7 +405,8 @@ class _AccessWriter:
     the call's path. Everything else (building the fields, finding the current span and the
     structlog contextvars) happens at render time, where a batch of lines runs warm:
     measured in one process with client and server on loopback, capturing the finished
-    fields cost ~25 us per call on both sides together, deferring their construction ~5.
+    fields cost ~25 us per call on both sides together, deferring their construction
+    ~11 (and the access log's CPU per call, end to end, fell by half).
 
     Lines hold, in order: the structlog contextvars, ``event``, the fields, the current
     span's ``trace_id``/``span_id`` when the fields carry none (as
@@ -442,8 +443,7 @@ def write_access(warning: bool, build: Callable[..., dict[str, Any]],
     """Write one ``rpc`` access-log event whose fields are ``build(*args)``: captured
     unbuilt by the JSON access log of :func:`configure_logging` (built when its batch is
     written), built now for any other logger (:func:`access_logger`). ``warning`` selects
-    the level (``warning``, else ``info``). ``build`` must return a new dict each call (the
-    renderer adds to it)."""
+    the level (``warning``, else ``info``)."""
     lg = _AccessLog.logger
     if type(lg) is _AccessWriter:  # the per-call path: one tuple, no other work
         if lg._level <= (logging.WARNING if warning else logging.INFO):
@@ -509,13 +509,10 @@ def render_access(record: tuple[float, str, str, Any, Context]) -> str:
     if type(fields) is tuple:
         build, args = fields
         fields = build(*args)
-    if _contextvars_bound():
-        out: dict[str, Any] = ctx.run(structlog.contextvars.get_contextvars)
-        out["event"] = event
-        out.update(fields)
-    else:  # the usual case: the fields dict (new per event) becomes the line
-        out = {"event": event}
-        out.update(fields)
+    out: dict[str, Any] = (ctx.run(structlog.contextvars.get_contextvars)
+                           if _contextvars_bound() else {})
+    out["event"] = event
+    out.update(fields)
     if "trace_id" not in fields:
         ids = _captured_span_ids(ctx)
         if ids is not None:
