@@ -296,12 +296,15 @@ class FusedInterceptor(WrappingInterceptor):
 
 
 class _Reporters:
-    """Several reporters as one: started in order, finished in reverse order."""
+    """Several reporters as one: started in order, finished in reverse order; messages are
+    counted by the first part that counts them."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_parts", "messages")
 
     def __init__(self, parts: tuple[Reporter, ...]) -> None:
         self._parts = parts
+        self.messages = next((m for m in (getattr(r, "messages", None) for r in parts)
+                              if m is not None), None)
 
     def start(self, context: Any) -> Any:
         return [r.start(context) for r in self._parts]

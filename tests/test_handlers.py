@@ -179,3 +179,53 @@ async def test_reporters_fuse_with_checks_and_see_refusals_and_errors() -> None:
             assert seen[0] == "t:start:stream" and seen[-1] != "t:finish:ok"
     finally:
         await server.stop(None)
+
+
+class Counts:
+    """What a reporter's ``messages`` counts."""
+
+    def __init__(self) -> None:
+        self.msg_received = 0
+        self.msg_sent = 0
+
+
+class Counting(Report):
+    """A reporter whose calls' stream messages are counted in ``self.counts``."""
+
+    def __init__(self, name: str, seen: list[str]) -> None:
+        super().__init__(name, seen)
+        self.counts = Counts()
+
+    def _reporter_for(self, m: str, handler: Handler) -> Any:
+        reporter = super()._reporter_for(m, handler)
+        reporter.messages = self.counts
+        return reporter
+
+
+async def test_wrap_counts_stream_messages_for_the_reporter_that_asks() -> None:
+    """A reporter with ``messages`` gets every request a request-streaming handler takes
+    from its iterator and every response a streaming handler yields counted, also when it
+    is fused after a reporter that counts nothing."""
+    seen: list[str] = []
+    counting = Counting("c", seen)
+    chain = fuse_interceptors([Report("t", seen), counting])
+    server = grpc.aio.server(interceptors=chain)
+    server.add_generic_rpc_handlers((echo_handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    async def requests(*items: bytes) -> AsyncIterator[bytes]:
+        for item in items:
+            yield item
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            got = [r async for r in ch.stream_stream(method("Bidi"))(requests(b"1", b"2",
+                                                                               b"3"))]
+            assert len(got) == 3
+            assert await ch.stream_unary(method("ClientStream"))(requests(b"a", b"b")) \
+                == b"e1|a,b"
+            assert len([r async for r in ch.unary_stream(method("ServerStream"))(b"4")]) == 4
+        assert (counting.counts.msg_received, counting.counts.msg_sent) == (3 + 2, 3 + 4)
+    finally:
+        await server.stop(None)
