@@ -23,6 +23,7 @@ __all__ = [
     "Handler",
     "Reporter",
     "WrappingInterceptor",
+    "fold_outermost",
     "fuse_interceptors",
     "other_responses",
     "responses",
@@ -225,6 +226,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
+        # a conversion applied outside the wrap (the request gate, folded in: see
+        # fold_outermost), or None
+        self._convert: Callable[[Handler], Handler] | None = None
 
     def _before_for(self, method: str) -> Before | None:
         """The check of ``method`` (``None``: nothing to check)."""
@@ -247,6 +251,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             return cached[1]
         wrapped = wrap_handler(handler, self._before_for(method),
                                self._reporter_for(method, handler))
+        if self._convert is not None:
+            wrapped = self._convert(wrapped)
         if len(self._handlers) < MAX_CACHED_METHODS:
             self._handlers[method] = (handler, wrapped)
         return wrapped
@@ -267,11 +273,13 @@ class FusedInterceptor(WrappingInterceptor):
         parts: the interceptors, outermost first (at least one).
     """
 
-    def __init__(self, parts: Sequence[WrappingInterceptor]) -> None:
+    def __init__(self, parts: Sequence[WrappingInterceptor], *,
+                 convert: Callable[[Handler], Handler] | None = None) -> None:
         super().__init__()
         if not parts:
             raise ValueError("FusedInterceptor needs at least one part")
         self.parts = tuple(parts)
+        self._convert = convert
 
     def _before_for(self, method: str) -> Before | None:
         befores = [b for b in (p._before_for(method) for p in self.parts) if b is not None]
@@ -343,3 +351,24 @@ def fuse_interceptors(
             out.append(icpt)
     close_run()
     return tuple(out)
+
+
+def fold_outermost(
+    chain: Sequence[grpc.aio.ServerInterceptor], outer: grpc.aio.ServerInterceptor,
+    convert: Callable[[Handler], Handler],
+) -> tuple[grpc.aio.ServerInterceptor, ...]:
+    """``outer`` put in front of ``chain`` (a :func:`fuse_interceptors` result), where
+    ``outer`` only converts the handler the rest of the chain returns, as ``convert`` does
+    (the request gate: :meth:`meshkit._limits.RequestGate.convert`). When ``chain`` starts
+    with wrapping interceptors the conversion is folded into them, applied to the wrapped
+    handler and cached with it: grpc.aio then awaits one ``intercept_service`` per call
+    instead of two, and the conversion still runs outermost (a call it ends is not seen by
+    the wrap's reporters, as with ``outer`` in front)."""
+    first = chain[0] if chain else None
+    if first is None or not _fusable(first):
+        return (outer, *chain)
+    assert isinstance(first, WrappingInterceptor)
+    parts = first.parts if isinstance(first, FusedInterceptor) else (first,)
+    if first._convert is not None:  # already folded once: keep outer in front
+        return (outer, *chain)
+    return (FusedInterceptor(parts, convert=convert), *chain[1:])

@@ -412,6 +412,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
 
+    def convert(self, handler: Handler) -> Handler:
+        """``handler`` reading its request through the gate when it is a unary-request
+        handler (converted to the request-streaming shape), else ``handler`` itself. What
+        :meth:`intercept_service` does per method; :func:`meshkit._handlers.fold_outermost`
+        folds it into the server's fused interceptor."""
+        return handler if handler.request_streaming else self._convert(handler)
+
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,

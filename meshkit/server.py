@@ -50,7 +50,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from meshkit._handlers import fuse_interceptors
+from meshkit._handlers import fold_outermost, fuse_interceptors
 from meshkit._limits import (
     RequestGate,
     ServerLimits,
@@ -378,8 +378,7 @@ class MeshServer:
         server_args.update(dict(opts.server_options))
         max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         server = grpc.aio.server(
-            interceptors=fuse_interceptors(
-                (self.gate, *self._chain) if self.gate is not None else self._chain) or None,
+            interceptors=self._interceptors() or None,
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )
@@ -441,6 +440,14 @@ class MeshServer:
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
+
+    def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
+        """The server's interceptors: the chain fused, the request gate outermost (folded
+        into the fused checks when they come first: one interceptor per call)."""
+        chain = fuse_interceptors(self._chain)
+        if self.gate is None:
+            return chain
+        return fold_outermost(chain, self.gate, self.gate.convert)
 
     def _handshake_started(self) -> None:
         """Count a TLS handshake (called by grpc's certificate fetcher on a core thread)."""

@@ -13,6 +13,7 @@ from meshkit._handlers import (
     FusedInterceptor,
     Handler,
     WrappingInterceptor,
+    fold_outermost,
     fuse_interceptors,
 )
 from tests.support.echo import handler as echo_handler
@@ -229,3 +230,56 @@ async def test_wrap_counts_stream_messages_for_the_reporter_that_asks() -> None:
         assert (counting.counts.msg_received, counting.counts.msg_sent) == (3 + 2, 3 + 4)
     finally:
         await server.stop(None)
+
+
+class Gate(grpc.aio.ServerInterceptor):
+    """An outermost converting interceptor: marks every handler it converts."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def convert(self, handler: Handler) -> Handler:
+        inner = handler.unary_unary
+        seen = self.seen
+        if inner is None:
+            return handler
+
+        async def behavior(request: Any, context: Any) -> Any:
+            seen.append("gate")
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Handler | None:
+        handler = await continuation(details)
+        return None if handler is None else self.convert(handler)
+
+
+@pytest.mark.parametrize("shape", ["fused", "single", "plain-first"])
+async def test_fold_outermost_runs_the_conversion_outside_the_wrap(shape: str) -> None:
+    """The outermost conversion (the request gate) folds into the wrapping interceptors
+    that come first (one interceptor per call), still runs before their checks and
+    reporters, and stays a separate interceptor in front of a non-wrapping one."""
+    seen: list[str] = []
+    gate = Gate(seen)
+    chains = {"fused": [Report("t", seen), Check("a", seen)], "single": [Check("a", seen)],
+              "plain-first": [Plain(seen), Check("a", seen)]}
+    chain = fold_outermost(fuse_interceptors(chains[shape]), gate, gate.convert)
+    want_len = {"fused": 1, "single": 1, "plain-first": 3}[shape]
+    assert len(chain) == want_len
+    assert (chain[0] is gate) == (shape == "plain-first")
+    server = grpc.aio.server(interceptors=chain)
+    server.add_generic_rpc_handlers((echo_handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+            assert await ch.unary_unary(method("Unary"))(b"y", timeout=5) == b"e1|y"
+    finally:
+        await server.stop(None)
+    per_call = {"fused": ["gate", "t:start:unary", "a", "t:finish:ok"], "single": ["gate", "a"],
+                "plain-first": ["plain", "gate", "a"]}[shape]
+    assert seen == per_call * 2  # the cached (converted) handler serves the second call
