@@ -24,8 +24,11 @@ error:
 5. your own ``grpc.aio.ServerInterceptor`` s (``interceptors``), first outermost;
 6. the handler.
 
-Adjacent meshkit checks (2-4) are fused into one interceptor and one handler wrap
-(:class:`meshkit._handlers.FusedInterceptor`). meshkit's own check interceptors are refused
+Adjacent meshkit checks (1-4: telemetry is their reporter) are fused into one interceptor
+and one handler wrap (:class:`meshkit._handlers.FusedInterceptor`). Outside them all, the
+request gate (``limits``, :class:`meshkit._limits.RequestGate`) reads unary requests; it is
+folded into that interceptor when the fused checks come first, so a default server runs
+one interceptor per call. meshkit's own check interceptors are refused
 in ``interceptors`` (``ConfigError`` naming the option to use), so the order cannot be
 written twice. Example::
 
