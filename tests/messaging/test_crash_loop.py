@@ -53,6 +53,15 @@ async def test_message_crashing_its_consumer_is_dead_lettered(bus: Bus, tmp_path
         await until(lambda: {f[1] for k in kids.started
                              for f in lines_matching(k.lines, "handled")} == {"ok-1", "ok-2"},
                     timeout_s=5, what="both good messages handled")
+
+        async def all_acked() -> bool:
+            info = await bus.js.consumer_info(bus.stream, "crashy")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        # while the last consumer still runs: its ack follows the handler's output, and
+        # stopping it first could drop an ack still in flight (then nobody is left to take
+        # the redelivery)
+        await until(all_acked, timeout_s=10, what="nothing left pending")
     assert crashes == 2
     dead = await _dead_letters(bus)
     assert len(dead) == 1
@@ -61,11 +70,6 @@ async def test_message_crashing_its_consumer_is_dead_lettered(bus: Bus, tmp_path
     assert headers[DLQ_DELIVERIES_HEADER] == "3"
     assert "not acked after 2 deliveries" in headers[DLQ_REASON_HEADER]
 
-    async def all_acked() -> bool:  # the last ack follows the handler's output
-        info = await bus.js.consumer_info(bus.stream, "crashy")
-        return info.num_ack_pending == 0 and info.num_pending == 0
-
-    await until(all_acked, timeout_s=15, what="nothing left pending")  # margin for load
 
 
 async def test_existing_durable_is_updated_to_the_options(bus: Bus) -> None:
