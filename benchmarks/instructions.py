@@ -15,6 +15,13 @@ calls one event-loop turn or one poll serves depends on timing, and counts on a 
 machine moved by about 4 % between runs. Access lines go through
 :func:`meshkit.observability.configure_logging` (JSON) to ``/dev/null``.
 
+Work that runs per unit of *time* rather than per call does not cancel out: callgrind runs
+a process about 50 times slower, so a registry watch polling every 50 ms would run once
+every call or two. The local registry here polls every 600 s and heartbeats every 1200 s
+(the channel reads it once when it opens); with a 50 ms poll, as before 2026-12-03, every
+mesh variant counted about 60k instructions per call of registry polling. Calls carry a
+60 s timeout: a call runs tens of milliseconds under callgrind on a loaded machine.
+
 Variants (``--variants``, comma-separated):
 
 * ``raw``: plain grpc.aio server and channel with the same echo handler;
@@ -24,7 +31,13 @@ Variants (``--variants``, comma-separated):
   admission, the request gate);
 * ``metrics``: ``nolog`` plus RED metrics;
 * ``defaults``: ``dial()``/``serve()`` as shipped (metrics and the JSON access log);
-* ``nogate``: ``defaults`` with ``ServerLimits(read_requests=False)``.
+* ``nogate``: ``defaults`` with ``ServerLimits(read_requests=False)``;
+* ``noop``: ``raw`` plus one pass-through grpc.aio interceptor on each side (a
+  ``grpc.aio.ServerInterceptor`` returning ``await continuation(details)`` and a
+  ``grpc.aio.UnaryUnaryClientInterceptor`` returning ``await continuation(details,
+  request)``): the floor of any layer added through grpc.aio's interceptor API;
+* ``bare-server``: a plain grpc.aio channel calling a ``bare`` ``serve()`` server (with
+  ``bare``, splits the mesh's base cost into client and server).
 
 ``--child VARIANT CALLS`` is the measured process itself (what callgrind runs).
 """
@@ -45,19 +58,29 @@ from typing import Any
 
 __all__ = ["VARIANTS", "main", "measure"]
 
-VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate")
+VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "noop", "bare-server")
 
 
-async def _raw(calls: int, callers: int) -> None:
+async def _raw(calls: int, callers: int, noop: bool = False) -> None:
     import grpc
 
     from tests.support.echo import handler, method
 
-    server = grpc.aio.server()
+    class PassServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            return await continuation(details)
+
+    class PassClient(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                        request: Any) -> Any:
+            return await continuation(details, request)
+
+    server = grpc.aio.server(interceptors=(PassServer(),) if noop else None)
     server.add_generic_rpc_handlers((handler("e1"),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                        interceptors=(PassClient(),) if noop else None)
     try:
         await _drive(channel.unary_unary(method("Unary")), calls, callers)
     finally:
@@ -81,15 +104,26 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     serve: dict[str, Any] = {"insecure": True, "drain_delay_s": 0, "grace_s": 1.0,
                              "telemetry": telemetry}
     dial: dict[str, Any] = {"insecure": True, "telemetry": telemetry}
-    if variant in ("bare", "nogate"):
+    if variant in ("bare", "bare-server", "nogate"):
         serve["limits"] = meshkit.ServerLimits(read_requests=False)
-    if variant == "bare":
+    if variant in ("bare", "bare-server"):
         serve.update(deadline=None, admin=None, reflection=False)
         dial.update(balancer=RoundRobin, outlier=None, retry=None)
-    registry = LocalRegistry(LocalOptions(path=tmp, ttl_s=5.0, poll_interval_s=0.05))
+    registry = LocalRegistry(LocalOptions(path=tmp, ttl_s=3600.0, poll_interval_s=600.0))
     server = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
                                 options=meshkit.ServeOptions(**serve))
     await server.start()
+    if variant == "bare-server":
+        import grpc
+
+        plain = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        try:
+            await _drive(plain.unary_unary(method("Unary")), calls, callers)
+        finally:
+            await plain.close()
+            await server.drain()
+            await registry.close()
+        return
     channel = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(**dial))
     try:
         await channel.wait_for_endpoints(1, timeout_s=120)  # callgrind runs ~50x slower
@@ -102,11 +136,11 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
 
 async def _drive(call: Any, calls: int, callers: int) -> None:
     for _ in range(200):  # warm-up: connections, caches, first-call set-up
-        await call(b"x", timeout=5)
+        await call(b"x", timeout=60)
 
     async def caller(n: int) -> None:
         for _ in range(n):
-            await call(b"x", timeout=5)
+            await call(b"x", timeout=60)
 
     await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
 
@@ -117,8 +151,8 @@ def _child(variant: str, calls: int, callers: int) -> None:
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), \
             tempfile.TemporaryDirectory() as tmp:
         configure_logging("info", json=True)
-        if variant == "raw":
-            asyncio.run(_raw(calls, callers))
+        if variant in ("raw", "noop"):
+            asyncio.run(_raw(calls, callers, noop=variant == "noop"))
         else:
             asyncio.run(_mesh(variant, calls, callers, tmp))
         flush_logs()
