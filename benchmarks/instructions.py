@@ -66,11 +66,11 @@ async def _raw(calls: int, callers: int, noop: bool = False) -> None:
 
     from tests.support.echo import handler, method
 
-    class PassServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    class PassServer(grpc.aio.ServerInterceptor):
         async def intercept_service(self, continuation: Any, details: Any) -> Any:
             return await continuation(details)
 
-    class PassClient(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    class PassClient(grpc.aio.UnaryUnaryClientInterceptor):
         async def intercept_unary_unary(self, continuation: Any, details: Any,
                                         request: Any) -> Any:
             return await continuation(details, request)
