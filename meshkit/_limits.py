@@ -320,10 +320,13 @@ def guard_method_handler(handler: Handler) -> Handler:
 
 
 class _GuardedGenericHandler(grpc.GenericRpcHandler):
-    """A generic handler whose method handlers are guarded (cached per method)."""
+    """A generic handler whose method handlers are guarded, and then resolved through the
+    server's interceptor chain when it was given one (cached per method)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler,
+                 resolve: Callable[[str, Handler], Handler] | None = None) -> None:
         self._inner = inner
+        self._resolve = resolve
         self._cache: dict[str, tuple[Handler, Handler]] = {}
 
     def service_name(self) -> str | None:
@@ -332,7 +335,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         return name() if callable(name) else None
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
-        """The wrapped handler's method handler for the call, guarded."""
+        """The wrapped handler's method handler for the call, guarded (and resolved)."""
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
@@ -341,14 +344,21 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         if cached is not None and cached[0] is handler:
             return cached[1]
         guarded = guard_method_handler(handler)
+        if self._resolve is not None:
+            guarded = self._resolve(method, guarded)
         if len(self._cache) < 4096:
             self._cache[method] = (handler, guarded)
         return guarded
 
 
-def guard_generic_handler(handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
-    """``handler`` whose method handlers are guarded by :func:`guard_method_handler`."""
-    return _GuardedGenericHandler(handler)
+def guard_generic_handler(
+    handler: grpc.GenericRpcHandler,
+    resolve: Callable[[str, Handler], Handler] | None = None,
+) -> grpc.GenericRpcHandler:
+    """``handler`` whose method handlers are guarded by :func:`guard_method_handler`, then
+    passed through ``resolve(method, handler)`` (the server's interceptor chain applied per
+    method, :func:`meshkit._handlers.handler_resolver`) when given; both once per method."""
+    return _GuardedGenericHandler(handler, resolve)
 
 
 # -- reading unary requests: admission and the first-message timer ------------------------
@@ -419,15 +429,23 @@ class RequestGate(grpc.aio.ServerInterceptor):
         folds it into the server's fused interceptor."""
         return handler if handler.request_streaming else self._convert(handler)
 
+    resolves_per_method = True
+    """:meth:`intercept_service` is :meth:`resolve` of the method's handler, so a server may
+    apply the gate where handlers are looked up (:func:`meshkit._handlers.handler_resolver`)."""
+
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         """The call's handler; unary-request ones read their request through the gate."""
-        handler: Handler | None = await continuation(handler_call_details)
+        return self.resolve(handler_call_details.method,
+                            await continuation(handler_call_details))
+
+    def resolve(self, method: str, handler: Handler | None) -> Handler | None:
+        """``handler`` of full method name ``method`` as :meth:`convert` makes it, cached per
+        method (``None`` stays ``None``)."""
         if handler is None or handler.request_streaming:
             return handler
-        method = handler_call_details.method
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]

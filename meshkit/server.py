@@ -53,7 +53,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from meshkit._handlers import fold_outermost, fuse_interceptors
+from meshkit._handlers import Handler, fold_outermost, fuse_interceptors, handler_resolver
 from meshkit._limits import (
     RequestGate,
     ServerLimits,
@@ -275,8 +275,10 @@ class _Recorder:
     (:func:`meshkit._limits.guard_method_handler`; both the generic and the
     registered-method paths)."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server,
+                 resolve: Callable[[str, Handler], Handler] | None = None) -> None:
         self._server = server
+        self._resolve = resolve
         self.names: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
@@ -285,14 +287,17 @@ class _Recorder:
             if callable(name) and name() and name() not in self.names:
                 self.names.append(name())
         self._server.add_generic_rpc_handlers(
-            [guard_generic_handler(h) for h in handlers])
+            [guard_generic_handler(h, self._resolve) for h in handlers])
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
         if service_name not in self.names:
             self.names.append(service_name)
+        resolve = self._resolve
         self._server.add_registered_method_handlers(
             service_name,
-            {name: guard_method_handler(h) for name, h in handlers.items()})
+            {name: (guard_method_handler(h) if resolve is None
+                    else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
+             for name, h in handlers.items()})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
@@ -380,12 +385,17 @@ class MeshServer:
         server_args = dict(limits.channel_args())
         server_args.update(dict(opts.server_options))
         max_rpcs = limits.grpc_maximum_concurrent_rpcs()
+        chain = self._interceptors()
+        # The mesh's own chain only transforms each method's handler: apply it once per
+        # method where handlers are looked up, and give grpc.aio no interceptor (it runs
+        # every interceptor per call, a coroutine each, even for a cached handler).
+        resolve = handler_resolver(chain)
         server = grpc.aio.server(
-            interceptors=self._interceptors() or None,
+            interceptors=(chain or None) if resolve is None else None,
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )
-        recorder = _Recorder(server)
+        recorder = _Recorder(server, resolve)
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
         self.service_names = list(recorder.names)

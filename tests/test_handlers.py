@@ -15,7 +15,9 @@ from meshkit._handlers import (
     WrappingInterceptor,
     fold_outermost,
     fuse_interceptors,
+    handler_resolver,
 )
+from meshkit._limits import guard_generic_handler
 from tests.support.echo import handler as echo_handler
 from tests.support.echo import method
 from tests.support.wait import until
@@ -283,3 +285,59 @@ async def test_fold_outermost_runs_the_conversion_outside_the_wrap(shape: str) -
     per_call = {"fused": ["gate", "t:start:unary", "a", "t:finish:ok"], "single": ["gate", "a"],
                 "plain-first": ["plain", "gate", "a"]}[shape]
     assert seen == per_call * 2  # the cached (converted) handler serves the second call
+
+
+class ResolvingGate(Gate):
+    """The gate's shape as :func:`handler_resolver` accepts it (as ``RequestGate``)."""
+
+    resolves_per_method = True
+
+    def resolve(self, method: str, handler: Handler | None) -> Handler | None:
+        return None if handler is None else self.convert(handler)
+
+
+@pytest.mark.parametrize("shape", ["fused", "single", "gate-only"])
+async def test_a_resolvable_chain_runs_where_handlers_are_looked_up(shape: str) -> None:
+    """A chain of handler-wrapping interceptors, applied per method where the handler is
+    looked up (grpc.aio given no interceptor), runs per call exactly as grpc.aio would run
+    it: the gate first, then the reporter's start, the checks, the reporter's finish."""
+    seen: list[str] = []
+    gate = ResolvingGate(seen)
+    chains = {"fused": [Report("t", seen), Check("a", seen)], "single": [Check("a", seen)],
+              "gate-only": []}
+    chain = (fold_outermost(fuse_interceptors(chains[shape]), gate, gate.convert)
+             if chains[shape] else (gate,))
+    resolve = handler_resolver(chain)
+    assert resolve is not None
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((guard_generic_handler(echo_handler("e1"), resolve),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+            assert await ch.unary_unary(method("Unary"))(b"y", timeout=5) == b"e1|y"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary(method("Nope"))(b"z", timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            if shape != "gate-only":
+                deny = ch.unary_unary(method("Unary"))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await deny(b"z", timeout=5, metadata=(("deny", "a"),))
+                assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await server.stop(None)
+    per_call = {"fused": ["gate", "t:start:unary", "a", "t:finish:ok"], "single": ["gate", "a"],
+                "gate-only": ["gate"]}[shape]
+    denied = {"fused": ["gate", "t:start:unary", "a", "t:finish:AbortError"],
+              "single": ["gate", "a"], "gate-only": []}[shape]
+    assert seen == per_call * 2 + denied
+
+
+def test_a_chain_that_does_more_than_wrap_is_left_to_grpc() -> None:
+    """A chain with an interceptor that does more than wrap the handler (it may look at
+    metadata or pick another handler per call) does not resolve per method."""
+    seen: list[str] = []
+    assert handler_resolver([Plain(seen), Check("a", seen)]) is None
+    assert handler_resolver([Check("a", seen), Gate(seen)]) is None  # no resolve()
+    assert handler_resolver([]) is None

@@ -87,6 +87,60 @@ async def test_server_interceptors_run(registry: LocalRegistry) -> None:
         await srv.drain()
 
 
+@pytest.mark.parametrize("mine", [False, True])
+async def test_the_mesh_chain_runs_without_grpc_interceptors(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch, mine: bool,
+) -> None:
+    """serve()'s own chain (telemetry, deadline, the request gate) is applied where the
+    handlers are looked up and grpc.aio gets no interceptor; a user interceptor that does
+    more than wrap handlers puts the whole chain back on grpc.aio's path, in order."""
+    given: list[Any] = []
+    real = grpc.aio.server
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs.get("interceptors"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", spy)
+    seen: list[str] = []
+
+    class Mine(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            seen.append(details.method)
+            return await continuation(details)
+
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+    from meshkit.resilience import DeadlineOptions
+    metrics = CollectorRegistry()
+    srv = meshkit.MeshServer("echo", [add_echo("c1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, admin=None,
+                                 deadline=DeadlineOptions(min_remaining_s=5.0),
+                                 telemetry=TelemetryOptions(registry=metrics, tracing=False),
+                                 interceptors=(Mine(),) if mine else ()))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=30) == b"c1|x"
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # deadline admission ran
+                await ch.unary_unary(method("Unary"))(b"x", timeout=3)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        await srv.drain()
+    if mine:
+        assert given[0] is not None and type(given[0][-1]).__name__ == "Mine"
+        assert seen.count(method("Unary")) >= 1
+    else:
+        assert given == [None]
+    started = metrics.get_sample_value(
+        "grpc_server_started_total",
+        {"grpc_service": SERVICE, "grpc_method": "Unary", "grpc_type": "unary"})
+    assert started is not None and started >= 1
+    assert srv.gate is not None
+
+
 def test_bad_serve_options_quote_the_value() -> None:
     """Bad server options fail at construction, quoting the value."""
     with pytest.raises(meshkit.ConfigError, match="70000"):
