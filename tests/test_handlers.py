@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -234,6 +235,26 @@ async def test_wrap_counts_stream_messages_for_the_reporter_that_asks() -> None:
         await server.stop(None)
 
 
+@contextlib.asynccontextmanager
+async def _echo_channel(generic: grpc.GenericRpcHandler,
+                        chain: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a plain grpc.aio server with ``generic`` and interceptors ``chain``."""
+    server = grpc.aio.server(interceptors=tuple(chain) or None)
+    server.add_generic_rpc_handlers((generic,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield ch
+    finally:
+        await server.stop(None)
+
+
+async def _two_echoes(ch: grpc.aio.Channel) -> None:
+    assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+    assert await ch.unary_unary(method("Unary"))(b"y", timeout=5) == b"e1|y"
+
+
 class Gate(grpc.aio.ServerInterceptor):
     """An outermost converting interceptor: marks every handler it converts."""
 
@@ -272,16 +293,8 @@ async def test_fold_outermost_runs_the_conversion_outside_the_wrap(shape: str) -
     want_len = {"fused": 1, "single": 1, "plain-first": 3}[shape]
     assert len(chain) == want_len
     assert (chain[0] is gate) == (shape == "plain-first")
-    server = grpc.aio.server(interceptors=chain)
-    server.add_generic_rpc_handlers((echo_handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
-            assert await ch.unary_unary(method("Unary"))(b"y", timeout=5) == b"e1|y"
-    finally:
-        await server.stop(None)
+    async with _echo_channel(echo_handler("e1"), chain) as ch:
+        await _two_echoes(ch)
     per_call = {"fused": ["gate", "t:start:unary", "a", "t:finish:ok"], "single": ["gate", "a"],
                 "plain-first": ["plain", "gate", "a"]}[shape]
     assert seen == per_call * 2  # the cached (converted) handler serves the second call
@@ -309,24 +322,16 @@ async def test_a_resolvable_chain_runs_where_handlers_are_looked_up(shape: str) 
              if chains[shape] else (gate,))
     resolve = handler_resolver(chain)
     assert resolve is not None
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((guard_generic_handler(echo_handler("e1"), resolve),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
-            assert await ch.unary_unary(method("Unary"))(b"y", timeout=5) == b"e1|y"
+    async with _echo_channel(guard_generic_handler(echo_handler("e1"), resolve), ()) as ch:
+        await _two_echoes(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ch.unary_unary(method("Nope"))(b"z", timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        if shape != "gate-only":
+            deny = ch.unary_unary(method("Unary"))
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await ch.unary_unary(method("Nope"))(b"z", timeout=5)
-            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
-            if shape != "gate-only":
-                deny = ch.unary_unary(method("Unary"))
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await deny(b"z", timeout=5, metadata=(("deny", "a"),))
-                assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
-    finally:
-        await server.stop(None)
+                await deny(b"z", timeout=5, metadata=(("deny", "a"),))
+            assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
     per_call = {"fused": ["gate", "t:start:unary", "a", "t:finish:ok"], "single": ["gate", "a"],
                 "gate-only": ["gate"]}[shape]
     denied = {"fused": ["gate", "t:start:unary", "a", "t:finish:AbortError"],
