@@ -46,6 +46,12 @@ __all__ = [
 
 _log = structlog.get_logger("meshkit.server")
 _MIB = 1 << 20
+# grpc core's headroom for streams that ended but whose calls are not yet freed: counted
+# apart from max_concurrent_streams by its overload protection (grpc.http.overload_protection,
+# on by default); 0 unless set. 100 is what grpc's own h2_max_deallocating_streams_headroom
+# experiment uses.
+_DEALLOCATING_STREAMS_ARG = "grpc.http2.max_deallocating_streams"
+_DEALLOCATING_STREAMS = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +136,7 @@ class ServerLimits:
     """
 
     max_concurrent_rpcs: int | None = 32
+    max_concurrent_reads: int | None = 4
     max_concurrent_streams: int | None = 100
     max_receive_message_bytes: int = 4 * _MIB
     bdp_probe: bool = False
@@ -157,6 +164,10 @@ class ServerLimits:
                 isinstance(self.max_concurrent_rpcs, int) and self.max_concurrent_rpcs >= 1):
             raise ConfigError(
                 f"max_concurrent_rpcs must be >= 1 or None, got {self.max_concurrent_rpcs!r}")
+        if self.max_concurrent_reads is not None and not (
+                isinstance(self.max_concurrent_reads, int) and self.max_concurrent_reads >= 1):
+            raise ConfigError("max_concurrent_reads must be >= 1 or None, got "
+                              f"{self.max_concurrent_reads!r}")
         if self.max_concurrent_streams is not None and (
                 not isinstance(self.max_concurrent_streams, int)
                 or self.max_concurrent_streams < 1):
@@ -204,6 +215,10 @@ class ServerLimits:
             args.append(("grpc.max_connection_idle_ms", int(self.max_connection_idle_s * 1000)))
         if self.max_concurrent_streams is not None:
             args.append(("grpc.max_concurrent_streams", self.max_concurrent_streams))
+            # grpc's overload protection counts streams until grpc.aio frees their calls,
+            # moments after they ended; without headroom a client that waits at the cap
+            # (grpc C-core does) gets REFUSED_STREAM for a stream that just ended
+            args.append((_DEALLOCATING_STREAMS_ARG, _DEALLOCATING_STREAMS))
         return tuple(args)
 
 
@@ -404,6 +419,11 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.timed_out = 0
         self.evicted = 0
         self._cap = limits.max_concurrent_rpcs
+        self._read_cap = limits.max_concurrent_reads
+        # read permit holders (the time each got its permit, in that order) and the calls
+        # waiting for a permit (granted newest first)
+        self._readers: dict[asyncio.Task[Any], float] = {}
+        self._read_waiters: list[tuple[asyncio.Task[Any], asyncio.Future[None]]] = []
         self._evict_after = limits.evict_waiting_after_s
         self.slots = 0  # unary-request calls holding a slot (waiting for or past their request)
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
@@ -443,9 +463,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
             _log.warning(what, shed=self.shed, timed_out=self.timed_out,
                          inflight_bytes=self.inflight_bytes)
 
-    async def _busy(self, context: Any) -> None:
+    async def _busy(self, context: Any,
+                    what: str = "shedding calls: too many request bytes in flight") -> None:
         self.shed += 1
-        self._warn("shedding calls: too many request bytes in flight")
+        self._warn(what)
         await _shed(context)
 
     async def _first(self, context: Any) -> tuple[Any, int]:
@@ -460,19 +481,33 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if self._timeout_s is not None and self._sweep is None:
             self._arm_sweep(asyncio.get_running_loop())
         request: Any = _LATE
+        reading = False  # holds a read permit
         try:
-            # context.read(), not the request iterator: grpc.aio's iterator is an async
-            # generator around it (a frame and asyncgen-hook bookkeeping per call)
-            request = await context.read()
-            if request is _EOF:
-                request = _MISSING
+            if self._read_cap is not None:
+                await self._acquire_read(task)
+                reading = True
+            if (reading and self._budget is not None
+                    and self.inflight_bytes >= self._budget):
+                request = _BUSY  # filled up while this call waited to read
+            else:
+                # context.read(), not the request iterator: grpc.aio's iterator is an
+                # async generator around it (a frame and asyncgen-hook bookkeeping per call)
+                request = await context.read()
+                if request is _EOF:
+                    request = _MISSING
         except asyncio.CancelledError:
             if task not in self._evicting:
                 raise
             task.uncancel()
+            if self._read_cap is not None and not reading:
+                request = _BUSY  # evicted while waiting to read: never read, retry it
         finally:
             self._waiting.pop(task, None)
             self._evicting.discard(task)
+            if reading:
+                self._release_read(task)
+        if request is _BUSY:
+            await self._busy(context, "shedding calls: too many requests being read")
         if request is _LATE:
             self.timed_out += 1
             self._warn("ended calls whose request did not arrive in time")
@@ -486,6 +521,67 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.inflight_bytes += size
         self.active += 1
         return request, size
+
+    async def _acquire_read(self, task: asyncio.Task[Any]) -> None:
+        """Take a read permit (``max_concurrent_reads``) for ``task`` (already in
+        ``_waiting``): at once if one is free and nobody waits, else wait, newest waiter
+        first; while calls wait, permit holders whose call came ``evict_waiting_after_s``
+        ago or more and still has no request are ended (``CANCELLED`` "request did not
+        arrive in time"): a call that never sends its request cannot keep a permit from
+        callers, even one it got after waiting for it. Cancellation while waiting gives a
+        permit granted meanwhile on to the next waiter."""
+        assert self._read_cap is not None
+        if len(self._readers) < self._read_cap and not self._read_waiters:
+            self._readers[task] = self._waiting[task]
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (task, granted)
+        self._read_waiters.append(entry)
+        try:
+            while not granted.done():
+                await asyncio.wait((granted,), timeout=self._evict_reader())
+        except asyncio.CancelledError:
+            if entry in self._read_waiters:
+                self._read_waiters.remove(entry)
+            if granted.done():
+                self._release_read(task)
+            raise
+
+    def _release_read(self, task: asyncio.Task[Any]) -> None:
+        """``task`` is done reading (or never will): its permit goes to the newest
+        waiter (under overload the oldest have the least time left)."""
+        if self._readers.pop(task, None) is None:
+            return
+        while self._read_waiters:
+            waiter, granted = self._read_waiters.pop()
+            if not granted.done():
+                self._readers[waiter] = self._waiting.get(waiter, time.monotonic())
+                granted.set_result(None)
+                return
+
+    def _evict_reader(self) -> float | None:
+        """End the permit holders whose call came ``evict_waiting_after_s`` ago or more
+        (their permits pass on when their tasks end, moments later); returns the seconds
+        until the next holder is due (``None``: never; ``evict_waiting_after_s`` when no
+        holder is left to end: the permits freed may go to calls that never send their
+        request either)."""
+        if self._evict_after is None:
+            return None
+        now = time.monotonic()
+        due: float | None = None
+        for task, since in self._readers.items():
+            if task in self._evicting or task.done():
+                continue
+            waited = now - since
+            if waited < self._evict_after:
+                left = self._evict_after - waited
+                due = left if due is None else min(due, left)
+                continue
+            self._evicting.add(task)
+            self.evicted += 1
+            self._warn("evicting calls whose request did not arrive: every read permit taken")
+            task.cancel()
+        return self._evict_after if due is None else due
 
     async def _enter(self, context: Any) -> None:
         """Take a call slot: free, or evicted from the call waiting longest for its request
@@ -623,4 +719,5 @@ async def _shed(context: Any) -> None:
 _MISSING = object()
 _EOF = grpc.aio.EOF
 _LATE = object()
+_BUSY = object()
 _LARGE_REQUEST_BYTES = 1 << 20
