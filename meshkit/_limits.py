@@ -1,9 +1,9 @@
 """Server limits and request guards: what :func:`meshkit.serve` bounds by default.
 
-* :class:`ServerLimits` (``ServeOptions.limits``): concurrent calls per server, concurrent
-  HTTP/2 streams per connection, request size, keepalive and idle connections, and how
-  long a unary call may wait for its request message. Calls over a limit are shed with
-  ``RESOURCE_EXHAUSTED`` before their handler runs.
+* :class:`ServerLimits` (``ServeOptions.limits``): concurrent calls per server, requests
+  read at once, concurrent HTTP/2 streams per connection, request size, keepalive and idle
+  connections, and how long a unary call may wait for its request message. Calls over a
+  limit are shed with ``RESOURCE_EXHAUSTED`` before their handler runs.
 * :func:`guard_generic_handler` / :func:`guard_method_handler`: a request that does not
   decode answers ``INVALID_ARGUMENT`` "request is not a valid <Type>" (grpcio's default is
   ``UNKNOWN`` naming the ``DecodeError`` class, and such a call never reaches a server
@@ -13,9 +13,9 @@
   interceptors wrap the guarded behaviour, so they count the call like any other.
 * :class:`RequestGate`: grpc.aio reads a unary request before any Python code of the call
   runs (grpc core buffers it whole), so neither its size nor its absence could be acted
-  on; this interceptor reads the request itself: shedding with ``RESOURCE_EXHAUSTED`` while
-  too many calls or request bytes are in flight, and ending calls whose message does not
-  arrive within ``first_message_timeout_s``.
+  on; this interceptor reads the request itself, a few at a time: shedding with
+  ``RESOURCE_EXHAUSTED`` while too many calls or request bytes are in flight, and ending
+  calls whose message does not arrive within ``first_message_timeout_s``.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ _DEALLOCATING_STREAMS = 100
 class ServerLimits:
     """Bounds on a server's in-flight work (``ServeOptions(limits=ServerLimits(...))``).
 
-    The defaults keep a server within a few hundred MiB under a flood of large requests
-    (200 concurrent 3.9 MB requests: about +175 to +410 MiB peak instead of +1.1 GiB; see
-    ``tests/faults/README.md``); raise a limit by passing a larger value, e.g.
+    The defaults keep a server within about a hundred MiB under a flood of large requests
+    (200 concurrent 3.9 MB requests on one connection: +88..+113 MiB peak, instead of
+    +1.1 GiB without limits and +306..+422 MiB while every call slot read its request at
+    once; see ``tests/faults/README.md``); raise a limit by passing a larger value, e.g.
     ``ServeOptions(limits=ServerLimits(max_concurrent_rpcs=512))``, or lift it with
     ``None`` where the field allows. ``ServeOptions.server_options`` override the channel
     arguments these limits set.
@@ -72,19 +73,42 @@ class ServerLimits:
             ``evict_waiting_after_s`` for its request, else it is shed
             ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (meshkit clients
             retry it on another endpoint). grpc.aio's own ``maximum_concurrent_rpcs`` is
-            set to this plus 8 (headroom to reach the gate; a backstop for streaming calls),
-            which bounds what a flood makes grpc core buffer. ``None``: no cap.
+            set to this plus 8 (headroom to reach the gate; a backstop for streaming
+            calls). ``None``: no cap.
+        max_concurrent_reads: unary-request calls that may be receiving their request
+            message at once (default 4; :class:`RequestGate`). grpc core lets a client
+            send no more of a request nobody reads than the stream's flow-control window
+            (64 KiB), but once a read is pending it opens the window to the whole message
+            and holds the message until all of it has come, so this is what bounds the
+            request bytes a flood makes a server hold: about this x
+            ``max_receive_message_bytes`` (4 x 4 MiB = ``max_inflight_request_bytes``).
+            Other calls wait in their slot for a read permit, the newest first (small
+            requests take turns in microseconds: their message is already there when the
+            read starts). While calls wait, a permit holder whose call came
+            ``evict_waiting_after_s`` ago or more and whose request has not come is ended
+            ``CANCELLED`` "request did not arrive in time"; a waiter ended by slot eviction
+            or ``first_message_timeout_s`` is shed ``RESOURCE_EXHAUSTED`` "server busy"
+            with the nack trailer (never read, so safe to retry). Measured, 200 concurrent
+            3.9 MB requests on one connection (2-core VM, noisy): peak growth +104..+144 MiB
+            with 4 (+88..+113 MiB in ``make chaos``), +57..+60 with 1, +173..+226 with 8,
+            +259..+402 without this bound (each of the 32 slots reading; lowering
+            ``max_concurrent_rpcs`` to 8 gave +92..+114). glibc malloc settings did not
+            lower it (``MALLOC_ARENA_MAX=2``, ``MALLOC_MMAP_THRESHOLD_``: +250..+391).
+            Raise it (and ``max_inflight_request_bytes``) for many concurrent large
+            uploads from slow clients. ``None``: no bound.
         max_concurrent_streams: HTTP/2 streams one connection may have open (default 100,
             as grpc-go and nginx servers use; channel arg ``grpc.max_concurrent_streams``,
-            sent in SETTINGS). grpc core buffers every open stream's request data whether
-            or not the call was accepted or its request read (measured), so only this
-            bounds what one connection's flood makes a server hold: 200 concurrent 3.9 MB
-            requests on one connection grew the server's peak memory by +196..+217 MiB
-            with 16, +282..+327 MiB with 32, +422 MiB with 100, +341..+467 MiB with none
-            (2-core VM, noisy). It is not lower by default because grpc C-core clients do
-            not hold calls back at the peer's limit: at 16, a third of the calls of 32
-            callers sharing one connection failed ``UNAVAILABLE`` (``REFUSED_STREAM``).
-            Set 16 on a server exposed to untrusted clients; ``None``: grpc's own (none).
+            sent in SETTINGS). grpc C-core clients hold further calls back at this limit.
+            grpc's overload protection (``grpc.http.overload_protection``, on by default)
+            also counts streams that ended but whose calls grpc.aio has not freed yet, and
+            refuses new streams with ``REFUSED_STREAM`` (``UNAVAILABLE`` at a grpc client)
+            beyond this plus ``grpc.http2.max_deallocating_streams``, which grpc leaves at
+            0; meshkit sets it to 100 (what grpc's own experiment with that headroom uses),
+            so a client waiting at the limit is not refused: 20 callers on one connection
+            at a limit of 4 had 20..31 of 60 calls refused without it, 0 with it. A stream
+            whose request is not read holds at most its 64 KiB window, so this does not
+            bound a flood's memory (``max_concurrent_reads`` does). ``None``: grpc's own
+            (none).
         max_receive_message_bytes: largest request message (default 4 MiB, grpc's
             default); larger ones are refused ``RESOURCE_EXHAUSTED`` by grpc core.
         bdp_probe: let HTTP/2 flow-control windows grow with the measured bandwidth-delay
@@ -101,7 +125,9 @@ class ServerLimits:
             evicted call ends ``CANCELLED`` "request did not arrive in time". So calls that
             send headers only cannot lock callers out until ``first_message_timeout_s``,
             while memory stays bounded by the slots (nginx's and Envoy's answer to
-            slowloris). ``None``: never evict; new calls are shed.
+            slowloris). The same wait ends a read permit holder while other calls wait for
+            a permit (``max_concurrent_reads``). ``None``: never evict; new calls are shed
+            or wait.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
             once (default 16 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
@@ -115,14 +141,14 @@ class ServerLimits:
             without this, 170-300 MiB with it. ``None``: never.
         read_requests: :class:`RequestGate` reads every unary request itself (default
             ``True``), which ``max_concurrent_rpcs`` slots with eviction,
-            ``first_message_timeout_s``, ``max_inflight_request_bytes`` and
-            ``gc_after_request_bytes`` need. It costs a little CPU: grpc.aio's streaming
-            read is a second batch operation per call (measured +4 us of server CPU per
-            call at concurrency 32, and 60k of about 1.1M instructions per call under
-            callgrind, ``python -m benchmarks.instructions``). ``False``: grpc.aio reads
-            requests, those four limits do
-            nothing, and ``max_concurrent_rpcs`` is grpc.aio's own cap (which sheds new
-            calls while header-only streams hold every slot).
+            ``max_concurrent_reads``, ``first_message_timeout_s``,
+            ``max_inflight_request_bytes`` and ``gc_after_request_bytes`` need. It costs
+            a little CPU: grpc.aio's streaming read is a second batch operation per call
+            (measured +4 us of server CPU per call at concurrency 32, and 60k of about
+            1.1M instructions per call under callgrind, ``python -m
+            benchmarks.instructions``). ``False``: grpc.aio reads requests, those five
+            limits do nothing, and ``max_concurrent_rpcs`` is grpc.aio's own cap (which
+            sheds new calls while header-only streams hold every slot).
         keepalive_time_s: seconds between the server's keepalive pings on an idle
             transport (default 60.0; ``grpc.keepalive_time_ms``), so dead peers are found.
         keepalive_timeout_s: seconds to wait for a ping's ack before closing the
@@ -190,10 +216,9 @@ class ServerLimits:
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
         """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``
         plus 8, headroom for new calls to reach the gate (which evicts or sheds them) and a
-        backstop for calls the gate does not count (streaming requests). grpc core buffers
-        the request of every call it accepted, read or not, so this is what bounds a
-        flood's memory: about (slots + 8) x ``max_receive_message_bytes``. Unary-request
-        calls are counted, evicted or shed by :class:`RequestGate` itself, which grpc.aio's
+        backstop for calls the gate does not count (streaming requests, whose messages
+        grpc core takes in as their handlers read them). Unary-request calls are
+        counted, evicted or shed by :class:`RequestGate` itself, which grpc.aio's
         own cap could not do (it sheds a new call even when every slot is held by a call
         that never sent its request)."""
         if self.max_concurrent_rpcs is None:
@@ -204,7 +229,9 @@ class ServerLimits:
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
-        given by the caller override them key by key)."""
+        given by the caller override them key by key): receive size, BDP probing,
+        keepalive, idle connections, the stream cap and, with it,
+        ``grpc.http2.max_deallocating_streams`` = 100 (see ``max_concurrent_streams``)."""
         args: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.http2.bdp_probe", int(self.bdp_probe)),
@@ -381,27 +408,33 @@ class RequestGate(grpc.aio.ServerInterceptor):
     :class:`meshkit.MeshServer`, hands grpc a *request-streaming* handler for each
     unary-request method (made once per method) that:
 
-    1. sheds the call with ``RESOURCE_EXHAUSTED`` "server busy" while the request bytes of
+    1. takes a call slot (``max_concurrent_rpcs``; evicting a call that has waited
+       ``evict_waiting_after_s`` for its request, else shedding the new call);
+    2. sheds the call with ``RESOURCE_EXHAUSTED`` "server busy" while the request bytes of
        calls in flight reach ``max_inflight_request_bytes``;
-    2. reads the request message, ending the call after ``first_message_timeout_s`` if it
+    3. waits for a read permit (``max_concurrent_reads``), then checks the bytes again;
+    4. reads the request message, ending the call after ``first_message_timeout_s`` if it
        has not arrived: ``CANCELLED`` "request did not arrive in time"; no message at all
        answers ``INVALID_ARGUMENT`` "request message missing";
-    3. admits the call, counting it (:attr:`active`) and its request bytes until it ends,
+    5. admits the call, counting it (:attr:`active`) and its request bytes until it ends,
        or sheds it with ``RESOURCE_EXHAUSTED`` "server busy" when its bytes would take the
        total over the budget (one message is always admitted when nothing else is in
        flight);
-    4. runs the method's handler chain (telemetry and every interceptor, which still see a
+    6. runs the method's handler chain (telemetry and every interceptor, which still see a
        unary call and label it so) with the request;
-    5. after calls with large requests end, runs the cyclic garbage collector
+    7. after calls with large requests end, runs the cyclic garbage collector
        (``gc_after_request_bytes``).
 
-    grpc core still buffers a request as it arrives whether or not it is read (measured),
-    so the bound on memory is the number of calls admitted: shedding early frees it.
+    grpc core takes in no more of a request nobody reads than its stream's flow-control
+    window (64 KiB), but once a read is pending it takes in and holds the whole message;
+    so the bound on memory is the reads pending at once plus the requests admitted, and
+    shedding before the read costs nothing.
     Calls ended here end before telemetry sees them; they are counted in :attr:`shed` and
     :attr:`timed_out` and logged as a warning at most once a minute.
 
     Args:
         limits: the :class:`ServerLimits` (``max_concurrent_rpcs``,
+            ``max_concurrent_reads``, ``evict_waiting_after_s``,
             ``max_inflight_request_bytes``, ``first_message_timeout_s``,
             ``gc_after_request_bytes``).
     """
@@ -488,7 +521,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 reading = True
             if (reading and self._budget is not None
                     and self.inflight_bytes >= self._budget):
-                request = _BUSY  # filled up while this call waited to read
+                request = _FULL  # filled up while this call waited to read
             else:
                 # context.read(), not the request iterator: grpc.aio's iterator is an
                 # async generator around it (a frame and asyncgen-hook bookkeeping per call)
@@ -506,6 +539,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self._evicting.discard(task)
             if reading:
                 self._release_read(task)
+        if request is _FULL:
+            await self._busy(context)
         if request is _BUSY:
             await self._busy(context, "shedding calls: too many requests being read")
         if request is _LATE:
@@ -720,4 +755,5 @@ _MISSING = object()
 _EOF = grpc.aio.EOF
 _LATE = object()
 _BUSY = object()
+_FULL = object()
 _LARGE_REQUEST_BYTES = 1 << 20
