@@ -94,8 +94,11 @@ class ServerLimits:
             +259..+402 without this bound (each of the 32 slots reading; lowering
             ``max_concurrent_rpcs`` to 8 gave +92..+114). glibc malloc settings did not
             lower it (``MALLOC_ARENA_MAX=2``, ``MALLOC_MMAP_THRESHOLD_``: +250..+391).
-            Raise it (and ``max_inflight_request_bytes``) for many concurrent large
-            uploads from slow clients. ``None``: no bound.
+            A reader's wait counts from its call's arrival, so with more than this many
+            large requests at once from clients too slow to send one within
+            ``evict_waiting_after_s``, readers are ended while others wait: raise this
+            (and ``max_inflight_request_bytes``) or ``evict_waiting_after_s`` for such
+            clients. ``None``: no bound.
         max_concurrent_streams: HTTP/2 streams one connection may have open (default 100,
             as grpc-go and nginx servers use; channel arg ``grpc.max_concurrent_streams``,
             sent in SETTINGS). grpc C-core clients hold further calls back at this limit.
