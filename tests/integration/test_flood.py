@@ -16,7 +16,7 @@ _MIB = 1 << 20
 CONCURRENT = 200
 SIZE = 3_900_000  # under the default 4 MiB receive limit
 # Measured on a 2-core VM: +259..+402 MiB peak growth when every one of the 32 call slots
-# read its request at once; +95..+140 MiB with 4 concurrent reads (see ServerLimits).
+# read its request at once; +104..+144 MiB with 4 concurrent reads (see ServerLimits).
 PEAK_GROWTH_MIB = 200
 
 
