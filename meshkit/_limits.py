@@ -1,9 +1,9 @@
 """Server limits and request guards: what :func:`meshkit.serve` bounds by default.
 
-* :class:`ServerLimits` (``ServeOptions.limits``): concurrent calls per server, concurrent
-  HTTP/2 streams per connection, request size, keepalive and idle connections, and how
-  long a unary call may wait for its request message. Calls over a limit are shed with
-  ``RESOURCE_EXHAUSTED`` before their handler runs.
+* :class:`ServerLimits` (``ServeOptions.limits``): concurrent calls per server, requests
+  read at once, concurrent HTTP/2 streams per connection, request size, keepalive and idle
+  connections, and how long a unary call may wait for its request message. Calls over a
+  limit are shed with ``RESOURCE_EXHAUSTED`` before their handler runs.
 * :func:`guard_generic_handler` / :func:`guard_method_handler`: a request that does not
   decode answers ``INVALID_ARGUMENT`` "request is not a valid <Type>" (grpcio's default is
   ``UNKNOWN`` naming the ``DecodeError`` class, and such a call never reaches a server
@@ -13,9 +13,9 @@
   interceptors wrap the guarded behaviour, so they count the call like any other.
 * :class:`RequestGate`: grpc.aio reads a unary request before any Python code of the call
   runs (grpc core buffers it whole), so neither its size nor its absence could be acted
-  on; this interceptor reads the request itself: shedding with ``RESOURCE_EXHAUSTED`` while
-  too many calls or request bytes are in flight, and ending calls whose message does not
-  arrive within ``first_message_timeout_s``.
+  on; this interceptor reads the request itself, a few at a time: shedding with
+  ``RESOURCE_EXHAUSTED`` while too many calls or request bytes are in flight, and ending
+  calls whose message does not arrive within ``first_message_timeout_s``.
 """
 
 from __future__ import annotations
@@ -46,15 +46,22 @@ __all__ = [
 
 _log = structlog.get_logger("meshkit.server")
 _MIB = 1 << 20
+# grpc core's headroom for streams that ended but whose calls are not yet freed: counted
+# apart from max_concurrent_streams by its overload protection (grpc.http.overload_protection,
+# on by default); 0 unless set. 100 is what grpc's own h2_max_deallocating_streams_headroom
+# experiment uses.
+_DEALLOCATING_STREAMS_ARG = "grpc.http2.max_deallocating_streams"
+_DEALLOCATING_STREAMS = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerLimits:
     """Bounds on a server's in-flight work (``ServeOptions(limits=ServerLimits(...))``).
 
-    The defaults keep a server within a few hundred MiB under a flood of large requests
-    (200 concurrent 3.9 MB requests: about +175 to +410 MiB peak instead of +1.1 GiB; see
-    ``tests/faults/README.md``); raise a limit by passing a larger value, e.g.
+    The defaults keep a server within about a hundred MiB under a flood of large requests
+    (200 concurrent 3.9 MB requests on one connection: +88..+113 MiB peak, instead of
+    +1.1 GiB without limits and +306..+422 MiB while every call slot read its request at
+    once; see ``tests/faults/README.md``); raise a limit by passing a larger value, e.g.
     ``ServeOptions(limits=ServerLimits(max_concurrent_rpcs=512))``, or lift it with
     ``None`` where the field allows. ``ServeOptions.server_options`` override the channel
     arguments these limits set.
@@ -66,19 +73,46 @@ class ServerLimits:
             ``evict_waiting_after_s`` for its request, else it is shed
             ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (meshkit clients
             retry it on another endpoint). grpc.aio's own ``maximum_concurrent_rpcs`` is
-            set to this plus 8 (headroom to reach the gate; a backstop for streaming calls),
-            which bounds what a flood makes grpc core buffer. ``None``: no cap.
+            set to this plus 8 (headroom to reach the gate; a backstop for streaming
+            calls). ``None``: no cap.
+        max_concurrent_reads: unary-request calls that may be receiving their request
+            message at once (default 4; :class:`RequestGate`). grpc core lets a client
+            send no more of a request nobody reads than the stream's flow-control window
+            (64 KiB), but once a read is pending it opens the window to the whole message
+            and holds the message until all of it has come, so this is what bounds the
+            request bytes a flood makes a server hold: about this x
+            ``max_receive_message_bytes`` (4 x 4 MiB = ``max_inflight_request_bytes``).
+            Other calls wait in their slot for a read permit, the newest first (small
+            requests take turns in microseconds: their message is already there when the
+            read starts). While calls wait, a permit holder whose call came
+            ``evict_waiting_after_s`` ago or more (and that has held its permit a quarter
+            of that) and whose request has not come is ended ``CANCELLED`` "request did
+            not arrive in time"; a waiter ended by slot eviction
+            or ``first_message_timeout_s`` is shed ``RESOURCE_EXHAUSTED`` "server busy"
+            with the nack trailer (never read, so safe to retry). Measured, 200 concurrent
+            3.9 MB requests on one connection (2-core VM, noisy): peak growth +104..+144 MiB
+            with 4 (+88..+113 MiB in ``make chaos``), +57..+60 with 1, +173..+226 with 8,
+            +259..+402 without this bound (each of the 32 slots reading; lowering
+            ``max_concurrent_rpcs`` to 8 gave +92..+114). glibc malloc settings did not
+            lower it (``MALLOC_ARENA_MAX=2``, ``MALLOC_MMAP_THRESHOLD_``: +250..+391).
+            A reader's wait counts from its call's arrival, so with more than this many
+            large requests at once from clients too slow to send one within
+            ``evict_waiting_after_s``, readers are ended while others wait: raise this
+            (and ``max_inflight_request_bytes``) or ``evict_waiting_after_s`` for such
+            clients. ``None``: no bound.
         max_concurrent_streams: HTTP/2 streams one connection may have open (default 100,
             as grpc-go and nginx servers use; channel arg ``grpc.max_concurrent_streams``,
-            sent in SETTINGS). grpc core buffers every open stream's request data whether
-            or not the call was accepted or its request read (measured), so only this
-            bounds what one connection's flood makes a server hold: 200 concurrent 3.9 MB
-            requests on one connection grew the server's peak memory by +196..+217 MiB
-            with 16, +282..+327 MiB with 32, +422 MiB with 100, +341..+467 MiB with none
-            (2-core VM, noisy). It is not lower by default because grpc C-core clients do
-            not hold calls back at the peer's limit: at 16, a third of the calls of 32
-            callers sharing one connection failed ``UNAVAILABLE`` (``REFUSED_STREAM``).
-            Set 16 on a server exposed to untrusted clients; ``None``: grpc's own (none).
+            sent in SETTINGS). grpc C-core clients hold further calls back at this limit.
+            grpc's overload protection (``grpc.http.overload_protection``, on by default)
+            also counts streams that ended but whose calls grpc.aio has not freed yet, and
+            refuses new streams with ``REFUSED_STREAM`` (``UNAVAILABLE`` at a grpc client)
+            beyond this plus ``grpc.http2.max_deallocating_streams``, which grpc leaves at
+            0; meshkit sets it to 100 (what grpc's own experiment with that headroom uses),
+            so a client waiting at the limit is not refused: 20 callers on one connection
+            at a limit of 4 had 20..31 of 60 calls refused without it, 0 with it. A stream
+            whose request is not read holds at most its 64 KiB window, so this does not
+            bound a flood's memory (``max_concurrent_reads`` does). ``None``: grpc's own
+            (none).
         max_receive_message_bytes: largest request message (default 4 MiB, grpc's
             default); larger ones are refused ``RESOURCE_EXHAUSTED`` by grpc core.
         bdp_probe: let HTTP/2 flow-control windows grow with the measured bandwidth-delay
@@ -95,7 +129,9 @@ class ServerLimits:
             evicted call ends ``CANCELLED`` "request did not arrive in time". So calls that
             send headers only cannot lock callers out until ``first_message_timeout_s``,
             while memory stays bounded by the slots (nginx's and Envoy's answer to
-            slowloris). ``None``: never evict; new calls are shed.
+            slowloris). The same wait ends a read permit holder while other calls wait for
+            a permit (``max_concurrent_reads``). ``None``: never evict; new calls are shed
+            or wait.
         max_inflight_request_bytes: request bytes of unary-request calls being handled at
             once (default 16 MiB); while over it, new calls are shed with
             ``RESOURCE_EXHAUSTED`` "server busy" before their request is read (one request
@@ -109,14 +145,14 @@ class ServerLimits:
             without this, 170-300 MiB with it. ``None``: never.
         read_requests: :class:`RequestGate` reads every unary request itself (default
             ``True``), which ``max_concurrent_rpcs`` slots with eviction,
-            ``first_message_timeout_s``, ``max_inflight_request_bytes`` and
-            ``gc_after_request_bytes`` need. It costs a little CPU: grpc.aio's streaming
-            read is a second batch operation per call (measured +4 us of server CPU per
-            call at concurrency 32, and 60k of about 1.1M instructions per call under
-            callgrind, ``python -m benchmarks.instructions``). ``False``: grpc.aio reads
-            requests, those four limits do
-            nothing, and ``max_concurrent_rpcs`` is grpc.aio's own cap (which sheds new
-            calls while header-only streams hold every slot).
+            ``max_concurrent_reads``, ``first_message_timeout_s``,
+            ``max_inflight_request_bytes`` and ``gc_after_request_bytes`` need. It costs
+            a little CPU: grpc.aio's streaming read is a second batch operation per call
+            (measured +4 us of server CPU per call at concurrency 32, and 60k of about
+            1.1M instructions per call under callgrind, ``python -m
+            benchmarks.instructions``). ``False``: grpc.aio reads requests, those five
+            limits do nothing, and ``max_concurrent_rpcs`` is grpc.aio's own cap (which
+            sheds new calls while header-only streams hold every slot).
         keepalive_time_s: seconds between the server's keepalive pings on an idle
             transport (default 60.0; ``grpc.keepalive_time_ms``), so dead peers are found.
         keepalive_timeout_s: seconds to wait for a ping's ack before closing the
@@ -130,6 +166,7 @@ class ServerLimits:
     """
 
     max_concurrent_rpcs: int | None = 32
+    max_concurrent_reads: int | None = 4
     max_concurrent_streams: int | None = 100
     max_receive_message_bytes: int = 4 * _MIB
     bdp_probe: bool = False
@@ -157,6 +194,10 @@ class ServerLimits:
                 isinstance(self.max_concurrent_rpcs, int) and self.max_concurrent_rpcs >= 1):
             raise ConfigError(
                 f"max_concurrent_rpcs must be >= 1 or None, got {self.max_concurrent_rpcs!r}")
+        if self.max_concurrent_reads is not None and not (
+                isinstance(self.max_concurrent_reads, int) and self.max_concurrent_reads >= 1):
+            raise ConfigError("max_concurrent_reads must be >= 1 or None, got "
+                              f"{self.max_concurrent_reads!r}")
         if self.max_concurrent_streams is not None and (
                 not isinstance(self.max_concurrent_streams, int)
                 or self.max_concurrent_streams < 1):
@@ -179,10 +220,9 @@ class ServerLimits:
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
         """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``
         plus 8, headroom for new calls to reach the gate (which evicts or sheds them) and a
-        backstop for calls the gate does not count (streaming requests). grpc core buffers
-        the request of every call it accepted, read or not, so this is what bounds a
-        flood's memory: about (slots + 8) x ``max_receive_message_bytes``. Unary-request
-        calls are counted, evicted or shed by :class:`RequestGate` itself, which grpc.aio's
+        backstop for calls the gate does not count (streaming requests, whose messages
+        grpc core takes in as their handlers read them). Unary-request calls are
+        counted, evicted or shed by :class:`RequestGate` itself, which grpc.aio's
         own cap could not do (it sheds a new call even when every slot is held by a call
         that never sent its request)."""
         if self.max_concurrent_rpcs is None:
@@ -193,7 +233,9 @@ class ServerLimits:
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
-        given by the caller override them key by key)."""
+        given by the caller override them key by key): receive size, BDP probing,
+        keepalive, idle connections, the stream cap and, with it,
+        ``grpc.http2.max_deallocating_streams`` = 100 (see ``max_concurrent_streams``)."""
         args: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.http2.bdp_probe", int(self.bdp_probe)),
@@ -204,6 +246,10 @@ class ServerLimits:
             args.append(("grpc.max_connection_idle_ms", int(self.max_connection_idle_s * 1000)))
         if self.max_concurrent_streams is not None:
             args.append(("grpc.max_concurrent_streams", self.max_concurrent_streams))
+            # grpc's overload protection counts streams until grpc.aio frees their calls,
+            # moments after they ended; without headroom a client that waits at the cap
+            # (grpc C-core does) gets REFUSED_STREAM for a stream that just ended
+            args.append((_DEALLOCATING_STREAMS_ARG, _DEALLOCATING_STREAMS))
         return tuple(args)
 
 
@@ -376,27 +422,33 @@ class RequestGate(grpc.aio.ServerInterceptor):
     :class:`meshkit.MeshServer`, hands grpc a *request-streaming* handler for each
     unary-request method (made once per method) that:
 
-    1. sheds the call with ``RESOURCE_EXHAUSTED`` "server busy" while the request bytes of
+    1. takes a call slot (``max_concurrent_rpcs``; evicting a call that has waited
+       ``evict_waiting_after_s`` for its request, else shedding the new call);
+    2. sheds the call with ``RESOURCE_EXHAUSTED`` "server busy" while the request bytes of
        calls in flight reach ``max_inflight_request_bytes``;
-    2. reads the request message, ending the call after ``first_message_timeout_s`` if it
+    3. waits for a read permit (``max_concurrent_reads``), then checks the bytes again;
+    4. reads the request message, ending the call after ``first_message_timeout_s`` if it
        has not arrived: ``CANCELLED`` "request did not arrive in time"; no message at all
        answers ``INVALID_ARGUMENT`` "request message missing";
-    3. admits the call, counting it (:attr:`active`) and its request bytes until it ends,
+    5. admits the call, counting it (:attr:`active`) and its request bytes until it ends,
        or sheds it with ``RESOURCE_EXHAUSTED`` "server busy" when its bytes would take the
        total over the budget (one message is always admitted when nothing else is in
        flight);
-    4. runs the method's handler chain (telemetry and every interceptor, which still see a
+    6. runs the method's handler chain (telemetry and every interceptor, which still see a
        unary call and label it so) with the request;
-    5. after calls with large requests end, runs the cyclic garbage collector
+    7. after calls with large requests end, runs the cyclic garbage collector
        (``gc_after_request_bytes``).
 
-    grpc core still buffers a request as it arrives whether or not it is read (measured),
-    so the bound on memory is the number of calls admitted: shedding early frees it.
+    grpc core takes in no more of a request nobody reads than its stream's flow-control
+    window (64 KiB), but once a read is pending it takes in and holds the whole message;
+    so the bound on memory is the reads pending at once plus the requests admitted, and
+    shedding before the read costs nothing.
     Calls ended here end before telemetry sees them; they are counted in :attr:`shed` and
     :attr:`timed_out` and logged as a warning at most once a minute.
 
     Args:
         limits: the :class:`ServerLimits` (``max_concurrent_rpcs``,
+            ``max_concurrent_reads``, ``evict_waiting_after_s``,
             ``max_inflight_request_bytes``, ``first_message_timeout_s``,
             ``gc_after_request_bytes``).
     """
@@ -414,6 +466,11 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.timed_out = 0
         self.evicted = 0
         self._cap = limits.max_concurrent_rpcs
+        self._read_cap = limits.max_concurrent_reads
+        # read permit holders (each with the time from which it may be evicted) and the
+        # calls waiting for a permit (granted newest first)
+        self._readers: dict[asyncio.Task[Any], float] = {}
+        self._read_waiters: list[tuple[asyncio.Task[Any], asyncio.Future[None]]] = []
         self._evict_after = limits.evict_waiting_after_s
         self.slots = 0  # unary-request calls holding a slot (waiting for or past their request)
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
@@ -461,9 +518,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
             _log.warning(what, shed=self.shed, timed_out=self.timed_out,
                          inflight_bytes=self.inflight_bytes)
 
-    async def _busy(self, context: Any) -> None:
+    async def _busy(self, context: Any,
+                    what: str = "shedding calls: too many request bytes in flight") -> None:
         self.shed += 1
-        self._warn("shedding calls: too many request bytes in flight")
+        self._warn(what)
         await _shed(context)
 
     async def _first(self, context: Any) -> tuple[Any, int]:
@@ -478,19 +536,35 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if self._timeout_s is not None and self._sweep is None:
             self._arm_sweep(asyncio.get_running_loop())
         request: Any = _LATE
+        reading = False  # holds a read permit
         try:
-            # context.read(), not the request iterator: grpc.aio's iterator is an async
-            # generator around it (a frame and asyncgen-hook bookkeeping per call)
-            request = await context.read()
-            if request is _EOF:
-                request = _MISSING
+            if self._read_cap is not None:
+                await self._acquire_read(task)
+                reading = True
+            if (reading and self._budget is not None
+                    and self.inflight_bytes >= self._budget):
+                request = _FULL  # filled up while this call waited to read
+            else:
+                # context.read(), not the request iterator: grpc.aio's iterator is an
+                # async generator around it (a frame and asyncgen-hook bookkeeping per call)
+                request = await context.read()
+                if request is _EOF:
+                    request = _MISSING
         except asyncio.CancelledError:
             if task not in self._evicting:
                 raise
             task.uncancel()
+            if self._read_cap is not None and not reading:
+                request = _BUSY  # evicted while waiting to read: never read, retry it
         finally:
             self._waiting.pop(task, None)
             self._evicting.discard(task)
+            if reading:
+                self._release_read(task)
+        if request is _FULL:
+            await self._busy(context)
+        if request is _BUSY:
+            await self._busy(context, "shedding calls: too many requests being read")
         if request is _LATE:
             self.timed_out += 1
             self._warn("ended calls whose request did not arrive in time")
@@ -504,6 +578,78 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.inflight_bytes += size
         self.active += 1
         return request, size
+
+    async def _acquire_read(self, task: asyncio.Task[Any]) -> None:
+        """Take a read permit (``max_concurrent_reads``) for ``task`` (already in
+        ``_waiting``): at once if one is free and nobody waits, else wait, newest waiter
+        first; while calls wait, permit holders whose call came ``evict_waiting_after_s``
+        ago or more and still has no request are ended (``CANCELLED`` "request did not
+        arrive in time"), those that waited for their permit no sooner than a quarter of
+        that after they got it: a call that never sends its request cannot keep a permit
+        from callers for long, even one it got after waiting, and a call that waited
+        still has time to read. Cancellation while waiting gives a permit granted
+        meanwhile on to the next waiter."""
+        assert self._read_cap is not None
+        if len(self._readers) < self._read_cap and not self._read_waiters:
+            self._readers[task] = self._evictable_from(task)
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (task, granted)
+        self._read_waiters.append(entry)
+        try:
+            while not granted.done():
+                await asyncio.wait((granted,), timeout=self._evict_reader())
+        except asyncio.CancelledError:
+            if entry in self._read_waiters:
+                self._read_waiters.remove(entry)
+            if granted.done():
+                self._release_read(task)
+            raise
+
+    def _release_read(self, task: asyncio.Task[Any]) -> None:
+        """``task`` is done reading (or never will): its permit goes to the newest
+        waiter (under overload the oldest have the least time left)."""
+        if self._readers.pop(task, None) is None:
+            return
+        while self._read_waiters:
+            waiter, granted = self._read_waiters.pop()
+            if not granted.done():
+                self._readers[waiter] = self._evictable_from(waiter)
+                granted.set_result(None)
+                return
+
+    def _evictable_from(self, task: asyncio.Task[Any]) -> float:
+        """When a call getting a read permit now may be evicted from it (monotonic
+        seconds): ``evict_waiting_after_s`` after the call came, and not sooner than a
+        quarter of that from now."""
+        now = time.monotonic()
+        if self._evict_after is None:
+            return now
+        return max(self._waiting.get(task, now) + self._evict_after,
+                   now + self._evict_after / 4)
+
+    def _evict_reader(self) -> float | None:
+        """End the permit holders that are due (see :meth:`_evictable_from`; their
+        permits pass on when their tasks end, moments later); returns the seconds until
+        the next holder is due (``None``: never; ``evict_waiting_after_s`` when no holder
+        is left to end: the permits freed may go to calls that never send their request
+        either)."""
+        if self._evict_after is None:
+            return None
+        now = time.monotonic()
+        due: float | None = None
+        for task, evictable_from in self._readers.items():
+            if task in self._evicting or task.done():
+                continue
+            if now < evictable_from:
+                left = evictable_from - now
+                due = left if due is None else min(due, left)
+                continue
+            self._evicting.add(task)
+            self.evicted += 1
+            self._warn("evicting calls whose request did not arrive: every read permit taken")
+            task.cancel()
+        return self._evict_after if due is None else due
 
     async def _enter(self, context: Any) -> None:
         """Take a call slot: free, or evicted from the call waiting longest for its request
@@ -641,4 +787,6 @@ async def _shed(context: Any) -> None:
 _MISSING = object()
 _EOF = grpc.aio.EOF
 _LATE = object()
+_BUSY = object()
+_FULL = object()
 _LARGE_REQUEST_BYTES = 1 << 20

@@ -259,11 +259,14 @@ async def test_streams_the_server_refused_are_retried_even_when_not_idempotent(
     """A stream the server refused with REFUSED_STREAM (over its max_concurrent_streams)
     never reached the application (RFC 9113 section 8.7), so a meshkit client retries it
     like a nack, on a method that is not idempotent; grpc C-core alone fails it
-    UNAVAILABLE (it does not hold calls back at the peer's stream limit). The refusals
-    count as overload for the balancer, not as failures that eject the endpoint."""
+    UNAVAILABLE. The refusals count as overload for the balancer, not as failures that
+    eject the endpoint. (grpc C-core clients hold calls back at the stream limit; the
+    refusals come from grpc's overload protection on a server without the headroom for
+    ended streams that ``ServerLimits`` sets, as grpc's default server has it.)"""
     served: list[str] = []
     await echo_servers("e1", delay_s=0.2, served=served,
-                       limits=meshkit.ServerLimits(max_concurrent_streams=4))
+                       limits=meshkit.ServerLimits(max_concurrent_streams=4),
+                       server_options=(("grpc.http2.max_deallocating_streams", 0),))
     policy = RetryPolicy(max_attempts=20, backoff=Backoff(base_delay_s=0.02,
                                                            max_delay_s=0.1))
     budget = BudgetOptions(retry_ratio=1.0, min_retries_per_s=100, ttl_s=10)
