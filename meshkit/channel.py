@@ -443,50 +443,33 @@ class MeshChannel(grpc.aio.Channel):
         return _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method))
 
     # -- grpc.aio.Channel ---------------------------------------------------------------
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> _UnaryUnaryMultiCallable:
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, _registered_method: bool | None = False,
+                    ) -> _UnaryUnaryMultiCallable:
         """A multicallable for a unary-unary method (what generated stubs call)."""
-        codec = self._plan(method, CallKind.UNARY_UNARY, request_serializer, response_deserializer)
-        return _UnaryUnaryMultiCallable(self, codec)
+        return _UnaryUnaryMultiCallable(self, self._plan(
+            method, CallKind.UNARY_UNARY, request_serializer, response_deserializer))
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> _UnaryStreamMultiCallable:
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool | None = False,
+                     ) -> _UnaryStreamMultiCallable:
         """A multicallable for a unary-stream (server streaming) method."""
-        codec = self._plan(method, CallKind.UNARY_STREAM, request_serializer, response_deserializer)
-        return _UnaryStreamMultiCallable(self, codec)
+        return _UnaryStreamMultiCallable(self, self._plan(
+            method, CallKind.UNARY_STREAM, request_serializer, response_deserializer))
 
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> _StreamUnaryMultiCallable:
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None, _registered_method: bool | None = False,
+                     ) -> _StreamUnaryMultiCallable:
         """A multicallable for a stream-unary (client streaming) method."""
-        codec = self._plan(method, CallKind.STREAM_UNARY, request_serializer, response_deserializer)
-        return _StreamUnaryMultiCallable(self, codec)
+        return _StreamUnaryMultiCallable(self, self._plan(
+            method, CallKind.STREAM_UNARY, request_serializer, response_deserializer))
 
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> _StreamStreamMultiCallable:
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None, _registered_method: bool | None = False,
+                      ) -> _StreamStreamMultiCallable:
         """A multicallable for a bidirectional streaming method."""
-        codec = self._plan(method, CallKind.STREAM_STREAM, request_serializer,
-                           response_deserializer)
-        return _StreamStreamMultiCallable(self, codec)
+        return _StreamStreamMultiCallable(self, self._plan(
+            method, CallKind.STREAM_STREAM, request_serializer, response_deserializer))
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """Best connectivity over all endpoints: READY if any is, else IDLE/CONNECTING,
