@@ -188,6 +188,7 @@ class Supervisor:
     def __init__(self, workdir: Path, secrets_dir: Path) -> None:
         self.workdir = workdir
         self.secrets_dir = secrets_dir
+        self.drain_delay_s = 1.0  # servers' default; the run sets its plan's
         self.procs: list[_Proc] = []
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -210,16 +211,20 @@ class Supervisor:
 
     async def server(self, name: str, *, kind: str, layers: Sequence[str] = (),
                      service: str = "bench", registry: str = "", instance_id: str | None = None,
-                     delay_s: float = 0.0, drain_delay_s: float = 1.0, tracing: bool = True,
+                     delay_s: float = 0.0, drain_delay_s: float | None = None,
+                     tracing: bool = True,
                      hold: bool = False, timeout_s: float = 60.0) -> ServerProc:
         """Start an echo server worker and wait until it serves (and is registered), or,
-        with ``hold``, until it is ready to (then :meth:`ServerProc.go`).
+        with ``hold``, until it is ready to (then :meth:`ServerProc.go`). ``drain_delay_s``:
+        default :attr:`drain_delay_s`.
 
         Raises:
             WorkerUnavailable: a layer of its stack cannot be built here.
             WorkerError: it failed to start.
         """
         iid = instance_id or name
+        if drain_delay_s is None:
+            drain_delay_s = self.drain_delay_s
         args = ["server", "--kind", kind, "--layers", ",".join(layers), "--service", service,
                 "--registry", registry, "--instance-id", iid, "--delay-s", str(delay_s),
                 "--drain-delay-s", str(drain_delay_s), "--secrets", str(self.secrets_dir),

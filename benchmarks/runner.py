@@ -138,6 +138,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         if args.rounds < 1:
             raise SystemExit(f"--rounds must be >= 1, got {args.rounds!r}")
         plan = dataclasses.replace(plan, rounds=args.rounds, compare_rounds=None)
+    sup.drain_delay_s = plan.drain_delay_s
     secrets = stacks.Secrets(workdir / "secrets")
     ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)
     started = time.monotonic()

@@ -37,6 +37,9 @@ class Plan:
             scenario (registries ``local``, ``etcd`` (real), ``consul`` (the test double);
             balancers ``p2c``, ``rr``).
         fanout_quick: fewer timeit loops in the fan-out scenario.
+        drain_delay_s: how long a meshkit server worker keeps serving after it deregistered
+            on SIGTERM or at the end of its scenario (1 s; the smoke run, which only checks
+            that every scenario runs, 0.2 s, so it does not wait a second per scenario).
     """
 
     mode: str
@@ -60,14 +63,16 @@ class Plan:
     convergence_contenders: tuple[str, ...] = ("local-p2c", "local-rr", "etcd-p2c",
                                                "etcd-rr", "consul-p2c", "consul-rr")
     fanout_quick: bool = True
+    drain_delay_s: float = 1.0
 
 
 PLANS: dict[str, Plan] = {
     "smoke": Plan(mode="smoke", rounds=2, round_s=0.15, warmup_s=0.1,
                   overhead_only=("raw", "mesh", "defaults", "full"), slow_rounds=1,
-                  slow_round_s=0.3,
-                  failover_pre_s=0.4, failover_post_s=1.0, join_obs_s=1.0, leave_obs_s=1.3,
-                  convergence_contenders=("local-p2c", "etcd-p2c", "consul-p2c")),
+                  slow_round_s=0.2,
+                  failover_pre_s=0.4, failover_post_s=0.7, join_obs_s=0.6, leave_obs_s=0.5,
+                  convergence_contenders=("local-p2c", "etcd-p2c", "consul-p2c"),
+                  drain_delay_s=0.2),
     "quick": Plan(mode="quick", rounds=3, round_s=0.2, warmup_s=0.1, slow_rounds=2,
                   slow_round_s=0.5, failover_pre_s=0.6, failover_post_s=1.4, join_obs_s=1.0,
                   leave_obs_s=1.3, convergence_contenders=("local-p2c", "local-rr",

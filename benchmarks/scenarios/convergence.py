@@ -7,8 +7,8 @@ processes of a machine):
 
 * ``join_s``: until the first call it served completed at the client;
 * after ``join_obs_s``, it gets SIGTERM (meshkit drains: NOT_SERVING, deregister, keep
-  serving ``drain_delay_s`` = 1 s, then stop); ``leave_s``: from the SIGTERM to the start
-  of the last call it served; ``failed``: calls that ended in an error meanwhile.
+  serving the plan's ``drain_delay_s``, 1 s, then stop); ``leave_s``: from the SIGTERM to
+  the start of the last call it served; ``failed``: calls that ended in an error meanwhile.
 
 Registries: the local SQLite registry (watch polls every 0.25 s); etcd, a real single-node
 etcd 3.4 (Debian's etcd-server) that the scenario starts on spare loopback ports with a
@@ -144,7 +144,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 "rounds": rs,
             }
         return {"join_obs_s": plan.join_obs_s, "leave_obs_s": plan.leave_obs_s,
-                "drain_delay_s": 1.0, "contenders": out}
+                "drain_delay_s": ctx.sup.drain_delay_s, "contenders": out}
     finally:
         with contextlib.suppress(Exception):
             await consul.close()

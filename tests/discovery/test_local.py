@@ -236,7 +236,9 @@ def test_processes_racing_to_create_the_file_all_register(tmp_path: Path) -> Non
     """Processes that open a new registry file at the same moment (servers started
     together) all register: the concurrent switch to WAL is retried, not fatal."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["meshkit.discovery"])
+    # This module too: else every child imports it (and pytest) after the fork, ~1 s of
+    # CPU each, 48 times; preloaded, the children reach the barrier in a few ms.
+    ctx.set_forkserver_preload(["meshkit.discovery", __name__])
     n = 6
     for round_ in range(8):
         path = tmp_path / f"r{round_}"

@@ -13,13 +13,11 @@ returns data from that Prometheus. Without the binaries it skips, and fails unde
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -91,21 +89,33 @@ def check(*cmd: str) -> None:
     assert proc.returncode == 0, f"{cmd}: {proc.stdout}{proc.stderr}"
 
 
-@contextlib.asynccontextmanager
-async def process(*cmd: str, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A child process (output in ``log``), terminated and reaped at exit."""
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=out)
-        try:
-            yield proc
-        finally:
+class Processes:
+    """Child processes (output each in its log), all terminated and reaped together at
+    :meth:`close`, so that their shutdowns overlap."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, *cmd: str, log: Path) -> asyncio.subprocess.Process:
+        """Start ``cmd`` with stdout and stderr in ``log``."""
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=out)
+        self.procs.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        """SIGTERM every one still running, then reap them all (SIGKILL after 10 s)."""
+        async def reap(proc: asyncio.subprocess.Process) -> None:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+        for proc in self.procs:
             if proc.returncode is None:
                 proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+        await asyncio.gather(*(reap(p) for p in self.procs))
 
 
 async def get_json(http: aiohttp.ClientSession, url: str, **params: str) -> Any:
@@ -159,21 +169,24 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
     config = render(tmp_path, targets, am_port)
     check(binary("promtool"), "check", "config", str(config))
     am_url, prom_url = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
+    children = Processes()
     try:
+        # Alertmanager and Prometheus boot while the stack starts and serves the workload:
+        # Prometheus has no target to scrape until the watcher below writes the file.
+        await children.start(alertmanager, f"--config.file={DEPLOY / 'alertmanager.yml'}",
+                             f"--storage.path={tmp_path / 'am'}",
+                             f"--web.listen-address=127.0.0.1:{am_port}",
+                             "--cluster.listen-address=", log=tmp_path / "am.log")
+        await children.start(prometheus, f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'prom'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}",
+                             log=tmp_path / "prometheus.log")
         await asyncio.gather(stack.start("userd", "userd-1"), stack.start("orderd", "orderd-1"))
         await drive(registry_uri, stack.cert_dir)  # type: ignore[arg-type]
-        async with process(sys.executable, "-m", "meshkit.cli", "prometheus-targets",
-                           "--registry", registry_uri, "--out", str(targets), "--watch",
-                           "--interval-s", "0.2", log=tmp_path / "targets.log"), \
-                process(alertmanager, f"--config.file={DEPLOY / 'alertmanager.yml'}",
-                        f"--storage.path={tmp_path / 'am'}",
-                        f"--web.listen-address=127.0.0.1:{am_port}",
-                        "--cluster.listen-address=", log=tmp_path / "am.log"), \
-                process(prometheus, f"--config.file={config}",
-                        f"--storage.tsdb.path={tmp_path / 'prom'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}",
-                        log=tmp_path / "prometheus.log"), \
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        await children.start(sys.executable, "-m", "meshkit.cli", "prometheus-targets",
+                             "--registry", registry_uri, "--out", str(targets), "--watch",
+                             "--interval-s", "0.2", log=tmp_path / "targets.log")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
 
             async def all_up() -> bool:
                 body = await get_json(http, f"{prom_url}/api/v1/targets", state="active")
@@ -219,4 +232,4 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
             assert down == {"orderd-1"}, alerts
             assert json.loads(targets.read_text())  # the killed one is still a target
     finally:
-        await stack.stop_all()
+        await asyncio.gather(children.close(), stack.stop_all())
