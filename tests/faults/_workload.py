@@ -119,16 +119,23 @@ class Workload:
         email = f"chaos-{uuid.uuid4().hex[:12]}@example.com"
         password = f"pw-{uuid.uuid4().hex}"
         deadline = time.monotonic() + 20
-        user_id = ""
+        created = False
         while True:
             try:
-                if not user_id:
-                    u = await self.users_stub.CreateUser(user_pb2.CreateUserRequest(
-                        email=email, name="Chaos", password=password), timeout=self.timeout_s)
-                    user_id = u.id
+                if not created:
+                    try:
+                        await self.users_stub.CreateUser(user_pb2.CreateUserRequest(
+                            email=email, name="Chaos", password=password),
+                            timeout=self.timeout_s)
+                    except grpc.aio.AioRpcError as exc:
+                        # an attempt that timed out here may have created the user: the
+                        # email is this sign-up's own, so ALREADY_EXISTS means it did
+                        if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
+                            raise
+                    created = True
                 s = await self.users_stub.Authenticate(user_pb2.AuthenticateRequest(
                     email=email, password=password), timeout=self.timeout_s)
-                return User(user_id, s.token)
+                return User(s.user_id, s.token)
             except grpc.aio.AioRpcError:
                 if time.monotonic() > deadline:
                     raise
