@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._handlers import Handler, responses
+from meshkit._handlers import Handler, Resolver, responses
 from meshkit.errors import ConfigError
 from meshkit.resilience._retry import NACK_METADATA
 
@@ -370,7 +370,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
     server's interceptor chain when it was given one (cached per method)."""
 
     def __init__(self, inner: grpc.GenericRpcHandler,
-                 resolve: Callable[[str, Handler], Handler] | None = None) -> None:
+                 resolve: Resolver | None = None) -> None:
         self._inner = inner
         self._resolve = resolve
         self._cache: dict[str, tuple[Handler, Handler]] = {}
@@ -399,7 +399,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
 
 def guard_generic_handler(
     handler: grpc.GenericRpcHandler,
-    resolve: Callable[[str, Handler], Handler] | None = None,
+    resolve: Resolver | None = None,
 ) -> grpc.GenericRpcHandler:
     """``handler`` whose method handlers are guarded by :func:`guard_method_handler`, then
     passed through ``resolve(method, handler)`` (the server's interceptor chain applied per

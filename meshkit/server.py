@@ -53,7 +53,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from meshkit._handlers import Handler, fold_outermost, fuse_interceptors, handler_resolver
+from meshkit._handlers import Resolver, fold_outermost, fuse_interceptors, handler_resolver
 from meshkit._limits import (
     RequestGate,
     ServerLimits,
@@ -273,10 +273,10 @@ class _Recorder:
     the full names of the services they add (for health and reflection), and guards every
     method handler so that a request that does not decode answers ``INVALID_ARGUMENT``
     (:func:`meshkit._limits.guard_method_handler`; both the generic and the
-    registered-method paths)."""
+    registered-method paths), then passes each through ``resolve`` (the server's own chain,
+    once per method) when given."""
 
-    def __init__(self, server: grpc.aio.Server,
-                 resolve: Callable[[str, Handler], Handler] | None = None) -> None:
+    def __init__(self, server: grpc.aio.Server, resolve: Resolver | None = None) -> None:
         self._server = server
         self._resolve = resolve
         self.names: list[str] = []
