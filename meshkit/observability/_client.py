@@ -48,6 +48,7 @@ from meshkit.observability._tracing import (
     inject_context,
     inject_span,
     instrumentor_active,
+    set_mesh_attributes,
     tracing_from_env,
     tracing_wanted,
 )
@@ -338,7 +339,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     attrs[ATTR_INSTANCE_ID] = inst.instance_id
                 if code is _EXHAUSTED:
                     attrs[ATTR_RATE_LIMITED] = True
-                span.set_attributes(attrs)
+                set_mesh_attributes(span, attrs)
                 if len(attempts) > 1 and not self.options.attempt_spans:
                     starts = details.attempt_started_ns
                     for i, ep in enumerate(attempts, 1):

@@ -42,6 +42,7 @@ from meshkit.observability._tracing import (
     fast_propagation,
     instrumentor_active,
     parse_traceparent,
+    set_mesh_attributes,
 )
 from meshkit.resilience.ratelimit import rejected_by_rate_limit as _rejected_by_rate_limit
 
@@ -243,7 +244,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                         attrs[ATTR_PEER_IDENTITY] = identity
                     if limited:
                         attrs[ATTR_RATE_LIMITED] = True
-                    span.set_attributes(attrs)
+                    set_mesh_attributes(span, attrs)
                     if code in SERVER_ERROR_CODES:
                         if exc is not None and not isinstance(exc, grpc.aio.AbortError):
                             span.record_exception(exc)

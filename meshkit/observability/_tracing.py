@@ -3,10 +3,12 @@ interceptors of opentelemetry-instrumentation-grpc."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
 import threading
+import time
 from collections.abc import Iterable, MutableSequence, Sequence
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,10 +18,13 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
+    Status,
+    StatusCode,
     TraceFlags,
 )
 
@@ -28,6 +33,7 @@ from meshkit.observability._logging import get_logger
 
 try:  # optional: ``meshkit[otel]`` (configure_tracing, span export)
     import opentelemetry.sdk.trace as _sdk
+    import opentelemetry.sdk.trace.id_generator  # binds _sdk.id_generator
     import opentelemetry.sdk.trace.sampling  # noqa: F401  (binds _sdk.sampling)
 except ImportError:  # tested with the SDK hidden (tests/observability/test_no_sdk.py)
     _sdk = None  # type: ignore[assignment]
@@ -323,7 +329,11 @@ def tracing_wanted() -> bool:
 _getrandbits = random.getrandbits
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))  # W3C Trace Context level 2
+_FLAGS = tuple(TraceFlags(i) for i in range(4))
 _TRACE_ID_LIMIT = (1 << 64) - 1
+_UNSET_STATUS = Status(StatusCode.UNSET)
+_sdk_log = logging.getLogger("opentelemetry.sdk.trace")
 
 
 def _new_trace_id() -> int:
@@ -378,12 +388,165 @@ def _is_default_parent_based(sampler: Any) -> bool:
             and getattr(sampler, "_local_parent_not_sampled", None) is off)
 
 
+_LEAN_MIN_ATTRIBUTES = 32
+"""The fast SDK span path runs only when span limits cannot cut meshkit's own attributes:
+at least this many attributes per span and no value-length limit (else the SDK's path)."""
+
+_lean_types: list[Any] = []
+
+
+def _lean_span_type() -> Any:
+    """The SDK span class of meshkit's sampled RPC spans (built once, when the SDK is
+    installed): a subclass of ``opentelemetry.sdk.trace.Span`` — processors, exporters
+    and user code see an SDK span — constructed without the generic path's per-span work.
+
+    Its attributes start as meshkit's own (already valid) dict and become the SDK's
+    ``BoundedAttributes``, with the provider's limits, at the first attribute a user
+    writes; events and links are the SDK's bounded lists from the first one added. It
+    ends as the SDK's span does (end time, processors' ``on_end`` with a
+    ``ReadableSpan``)."""
+    if _lean_types:
+        return _lean_types[0]
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.sdk.util import BoundedList
+
+    base = _sdk.Span
+    _time_ns = time.time_ns
+
+    class LeanSdkSpan(base):  # type: ignore[misc,valid-type]
+        """An SDK span built by :class:`SpanStarter` for a sampled RPC (see
+        :func:`_lean_span_type`)."""
+
+        def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
+                     kind: SpanKind, attributes: dict[str, Any], sdk: _Sdk,
+                     record_end_metrics: Any, start_ns: int) -> None:
+            # every field opentelemetry.sdk.trace.Span.__init__ sets (checked against
+            # the installed SDK by _lean_fields_match before this path is used)
+            self._name = name
+            self._context = context
+            self._kind = kind
+            self._parent = parent
+            self._resource = sdk.resource
+            self._instrumentation_info = sdk.info
+            self._instrumentation_scope = sdk.scope
+            self._start_time = start_ns
+            self._end_time: int | None = None
+            self._attributes: Any = attributes
+            self._events: Any = ()
+            self._links: Any = ()
+            self._status = _UNSET_STATUS
+            self._sampler = sdk.sampler
+            self._trace_config = None
+            self._record_exception = True
+            self._set_status_on_exception = True
+            self._span_processor = sdk.processor
+            self._limits = sdk.limits
+            self._lock = threading.Lock()
+            self._record_end_metrics = record_end_metrics
+
+        def _bounded(self) -> Any:
+            attrs = self._attributes
+            if type(attrs) is dict:
+                limits = self._limits
+                attrs = self._attributes = BoundedAttributes(
+                    limits.max_span_attributes, attrs, immutable=False,
+                    max_value_len=limits.max_span_attribute_length)
+            return attrs
+
+        def set_attributes(self, attributes: Any) -> None:
+            with self._lock:
+                if self._end_time is not None:
+                    _sdk_log.warning("Setting attribute on ended span.")
+                    return
+                self._bounded()._set_items(attributes)
+
+        def set_attribute(self, key: str, value: Any) -> None:
+            with self._lock:
+                if self._end_time is not None:
+                    _sdk_log.warning("Setting attribute on ended span.")
+                    return
+                self._bounded()[key] = value
+
+        def _add_event(self, event: Any) -> None:
+            if self._end_time is not None:
+                _sdk_log.warning("Calling %s on an ended span.", "_add_event")
+                return
+            if type(self._events) is tuple:
+                self._events = BoundedList(self._limits.max_events)
+            self._events.append(event)
+
+        def _add_link(self, link: Any) -> None:
+            if self._end_time is not None:
+                _sdk_log.warning("Calling %s on an ended span.", "_add_link")
+                return
+            if type(self._links) is tuple:
+                self._links = BoundedList(self._limits.max_links)
+            self._links.append(link)
+
+        def end(self, end_time: int | None = None) -> None:
+            with self._lock:
+                if self._end_time is not None:
+                    _sdk_log.warning("Calling end() on an ended span.")
+                    return
+                self._end_time = end_time if end_time is not None else _time_ns()
+                if type(self._attributes) is not dict:
+                    self._attributes._immutable = True
+            if self._record_end_metrics:
+                self._record_end_metrics()
+            processor = self._span_processor
+            ending = getattr(processor, "_on_ending", None)
+            if ending is not None:
+                ending(self)
+            processor.on_end(self._readable_span())
+
+    _lean_types.append(LeanSdkSpan)
+    return LeanSdkSpan
+
+
+def set_mesh_attributes(span: Span, attributes: dict[str, Any]) -> None:
+    """Add meshkit's own (valid, few) ``attributes`` to a recording ``span``: straight
+    into a lean span's attribute dict, else through ``set_attributes``."""
+    if _lean_types and type(span) is _lean_types[0]:
+        with span._lock:  # type: ignore[attr-defined]
+            if span._end_time is None:  # type: ignore[attr-defined]
+                attrs = span._attributes  # type: ignore[attr-defined]
+                if type(attrs) is dict:
+                    attrs.update(attributes)
+                    return
+        if span._end_time is not None:  # type: ignore[attr-defined]
+            return
+    span.set_attributes(attributes)
+
+
+def _lean_fields_match(tracer: Any) -> bool:
+    """Whether a lean span has every field an SDK span of the installed SDK has (and the
+    tracer the parts it is built from): else the SDK's own path is used."""
+    try:
+        ref = _sdk._Span(name="probe", context=SpanContext(1, 1, False))
+        lean = _lean_span_type()
+        sdk = _Sdk.__new__(_Sdk)
+        sdk.resource, sdk.info, sdk.scope = ref.resource, None, None
+        sdk.sampler = sdk.processor = None
+        sdk.limits = ref._limits
+        probe = lean("probe", SpanContext(1, 1, False), None, SpanKind.INTERNAL, {}, sdk,
+                     None, 1)
+        return set(vars(ref)) <= set(vars(probe)) and all(
+            hasattr(tracer, a) for a in ("resource", "instrumentation_info",
+                                         "_instrumentation_scope", "span_processor",
+                                         "_span_limits"))
+    except Exception:  # pragma: no cover - an SDK shaped differently: its own path
+        return False
+
+
 class _Sdk:
     """What one SDK provider needs per span: its sampler and a tracer of meshkit's
     (``generic``: a provider of another API implementation, whose tracer makes every
-    span and decision itself)."""
+    span and decision itself), and what a lean span is built from (``lean``: the span
+    class, ``None`` when the SDK's own ``start_span`` must build spans)."""
 
-    __slots__ = ("generic", "ids", "parent_based", "root_bound", "sampler", "tracer")
+    __slots__ = ("enabled", "generic", "ids", "info", "lean", "limits", "metrics",
+                 "new_span_id", "new_trace_id", "parent_based", "processor", "random_ids",
+                 "resource", "root_bound", "sampler", "scope", "tracer")
 
     def __init__(self, provider: Any, *, generic: bool = False) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
@@ -391,6 +554,15 @@ class _Sdk:
         self.sampler: Any = None if generic else provider.sampler
         self.parent_based = not generic and _is_default_parent_based(self.sampler)
         self.ids: _PresetTraceIds | None = None
+        self.lean: Any = None
+        # ids as the provider's generator makes them (the SDK's random one: drawn here)
+        gen: Any = getattr(self.tracer, "id_generator", None)
+        custom = gen is not None and type(gen) is not _sdk.id_generator.RandomIdGenerator \
+            if not generic else False
+        self.new_trace_id: Any = gen.generate_trace_id if custom else _new_trace_id
+        self.new_span_id: Any = gen.generate_span_id if custom else _new_span_id
+        self.random_ids = bool(gen.is_trace_id_random()) if custom and hasattr(
+            gen, "is_trace_id_random") else True
         # a root decided by ParentBased(TraceIdRatioBased / ALWAYS_ON / ALWAYS_OFF): the
         # ratio rule applied here (trace id's low 64 bits below the bound), as the SDK does
         self.root_bound: int | None = None
@@ -403,9 +575,41 @@ class _Sdk:
                 self.root_bound = sampling.TraceIdRatioBased.TRACE_ID_LIMIT + 1
             elif root is sampling.ALWAYS_OFF:
                 self.root_bound = 0
-        if not generic and hasattr(self.tracer, "id_generator"):
-            self.ids = _PresetTraceIds(self.tracer.id_generator)
+        if generic:
+            return
+        t = self.tracer
+        limits = getattr(t, "_span_limits", None)
+        if (limits is not None and _lean_fields_match(t)
+                and (limits.max_span_attributes is None
+                     or limits.max_span_attributes >= _LEAN_MIN_ATTRIBUTES)
+                and limits.max_span_attribute_length is None):
+            self.lean = _lean_span_type()
+            self.resource, self.info = t.resource, t.instrumentation_info
+            self.scope, self.processor, self.limits = (t._instrumentation_scope,
+                                                       t.span_processor, limits)
+            self.enabled = getattr(t, "_is_enabled", None)
+            self.metrics = getattr(getattr(t, "_tracer_metrics", None), "start_span", None)
+        elif gen is not None:
+            self.ids = _PresetTraceIds(gen)
             self.tracer.id_generator = self.ids
+
+    def span(self, name: str, parent: SpanContext | None, context: Any, kind: SpanKind,
+             tid: int, sampled: bool, state: Any, attributes: dict[str, Any]) -> Span:
+        """A lean SDK span (``self.lean`` set), started: what the SDK's ``start_span``
+        would build for this decision, with the processors' ``on_start`` called."""
+        if self.enabled is not None and not self.enabled():
+            return NonRecordingSpan(parent if parent is not None else INVALID_SPAN_CONTEXT)
+        random_ids = parent.trace_flags & _RANDOM if parent is not None else (
+            _RANDOM if self.random_ids else 0)
+        flags = _FLAGS[(_SAMPLED if sampled else _NOT_SAMPLED) | random_ids]
+        ctx = SpanContext(tid, self.new_span_id(), False, flags, state)
+        end_metrics = self.metrics(parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
+                                   else _sdk.sampling.Decision.RECORD_ONLY) \
+            if self.metrics is not None else None
+        span: Span = self.lean(name, ctx, parent, kind, attributes, self, end_metrics,
+                               time.time_ns())
+        self.processor.on_start(span, parent_context=context)
+        return span
 
 
 class SpanStarter:
@@ -462,7 +666,7 @@ class SpanStarter:
             tid = parent.trace_id
             state = parent.trace_state
         else:
-            tid = _new_trace_id()
+            tid = _new_trace_id() if sdk is None else sdk.new_trace_id()
             state = None
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
@@ -476,16 +680,21 @@ class SpanStarter:
             generic: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
             return generic
         if parent is not None and sdk.parent_based:
-            record = parent.trace_flags.sampled
+            record = sampled = parent.trace_flags.sampled
         elif parent is None and sdk.root_bound is not None:
-            record = tid & _TRACE_ID_LIMIT < sdk.root_bound
+            record = sampled = tid & _TRACE_ID_LIMIT < sdk.root_bound
         else:
-            decision = sdk.sampler.should_sample(context, tid, name, self._kind,
-                                                 attributes).decision
-            record = decision.is_recording()
+            result = sdk.sampler.should_sample(context, tid, name, self._kind, attributes)
+            record, sampled = result.decision.is_recording(), result.decision.is_sampled()
+            if record and sdk.lean is not None:  # what the sampler added and set
+                return sdk.span(name, parent, context, self._kind, tid, sampled,
+                                result.trace_state, dict(result.attributes or {}))
         if not record:
             return NonRecordingSpan(SpanContext(tid, _new_span_id(), False, _NOT_SAMPLED,
                                                 state))
+        if sdk.lean is not None:
+            return sdk.span(name, parent, context, self._kind, tid, sampled, state,
+                            dict(attributes))
         if parent is None and sdk.ids is not None:
             sdk.ids.preset(tid)
         span: Span = sdk.tracer.start_span(name, context, self._kind, attributes)

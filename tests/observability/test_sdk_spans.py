@@ -1,0 +1,278 @@
+"""meshkit's sampled spans are SDK spans built without the SDK's generic ``start_span``
+path (``_tracing.LeanSdkSpan``): what processors, exporters and handler code see must be
+what the SDK's own path gives, and the SDK's path must take over where span limits could
+cut attributes."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+from meshkit.observability import TelemetryOptions
+from tests.observability.conftest import FRONT, ChainFactory
+from tests.support.wait import until
+
+APP = "meshkit.test.App"
+
+
+class Recorder(SpanProcessor):
+    """A processor keeping what ``on_start`` and ``on_end`` were given."""
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self.ended: list[ReadableSpan] = []
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self.started.append(span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+def provider_for(**kwargs: Any) -> tuple[TracerProvider, InMemorySpanExporter, Recorder]:
+    exporter, recorder = InMemorySpanExporter(), Recorder()
+    provider = TracerProvider(**kwargs)
+    provider.add_span_processor(recorder)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter, recorder
+
+
+def shape(span: ReadableSpan) -> tuple[Any, ...]:
+    """What an exporter reads from ``span``, without what differs between two runs (ids,
+    times, ephemeral ports)."""
+    attrs = {k: v for k, v in (span.attributes or {}).items() if k != "network.peer.port"}
+    return (span.name, span.kind, sorted(attrs.items()), span.status.status_code,
+            span.parent is None, span.context.trace_flags, span.dropped_attributes,
+            [e.name for e in span.events], span.instrumentation_scope,
+            dict(span.resource.attributes))
+
+
+async def relay_once(chain: ChainFactory, telemetry: TelemetryOptions,
+                     provider: TracerProvider, exporter: InMemorySpanExporter,
+                     request: bytes = b"hi") -> list[ReadableSpan]:
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracer_provider=provider))
+    assert await c.client.unary_unary(f"/{FRONT}/Relay")(request, timeout=5) == \
+        b"e1|" + request
+    await until(lambda: len(exporter.get_finished_spans()) >= 4, what="4 spans")
+    return sorted(exporter.get_finished_spans(), key=lambda s: (s.name, s.kind.value))
+
+
+async def test_lean_spans_export_what_the_sdk_path_exports(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """The same two-hop call under the default limits (lean spans) and under limits that
+    send every span through the SDK's ``start_span`` exports the same spans: names,
+    kinds, attributes, status, parentage, flags, scope and resource; processors get an
+    SDK ``Span`` in ``on_start`` either way."""
+    lean, lean_out, lean_rec = provider_for()
+    sdk, sdk_out, sdk_rec = provider_for(span_limits=SpanLimits(max_span_attributes=31))
+    got_lean = await relay_once(chain, telemetry, lean, lean_out)
+    got_sdk = await relay_once(chain, telemetry, sdk, sdk_out)
+    assert [shape(s) for s in got_lean] == [shape(s) for s in got_sdk]
+    assert {type(s).__name__ for s in lean_rec.started} == {"LeanSdkSpan"}
+    assert "LeanSdkSpan" not in {type(s).__name__ for s in sdk_rec.started}
+    for started in (lean_rec.started, sdk_rec.started):
+        assert len(started) == 4 and all(isinstance(s, SdkSpan) for s in started)
+    # one trace, each span's parent the span that made the call
+    by_id = {s.context.span_id: s for s in got_lean}
+    assert len({s.context.trace_id for s in got_lean}) == 1
+    roots = [s for s in got_lean if s.parent is None]
+    assert len(roots) == 1 and roots[0].kind is SpanKind.CLIENT
+    assert all(s.parent.span_id in by_id for s in got_lean if s.parent is not None)
+    assert not any(s.is_recording() for s in lean_rec.started)  # all ended
+    lean.shutdown()
+    sdk.shutdown()
+
+
+async def test_limits_that_could_cut_attributes_use_the_sdk_path(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """A value-length limit applies to meshkit's own attributes as the SDK applies it
+    (``server.address`` ``front`` cut to ``fro``)."""
+    provider, exporter, recorder = provider_for(
+        span_limits=SpanLimits(max_span_attribute_length=3))
+    spans = await relay_once(chain, telemetry, provider, exporter)
+    client = [s for s in spans if s.kind is SpanKind.CLIENT and s.name == f"{FRONT}/Relay"]
+    assert client[0].attributes is not None
+    assert client[0].attributes["server.address"] == "fro"
+    assert "LeanSdkSpan" not in {type(s).__name__ for s in recorder.started}
+    provider.shutdown()
+
+
+@pytest.fixture
+async def app(registry: LocalRegistry) -> AsyncIterator[Callable[..., Any]]:
+    """A server ``meshkit.test.App`` whose ``Work`` handler runs ``body(span)`` on the
+    current span (the server span meshkit started), and a channel to it."""
+    servers: list[meshkit.MeshServer] = []
+    channels: list[meshkit.MeshChannel] = []
+
+    async def build(telemetry: TelemetryOptions,
+                    body: Callable[[Any], None]) -> meshkit.MeshChannel:
+        async def work(request: bytes, context: Any) -> bytes:
+            body(trace.get_current_span())
+            return request
+
+        def add(_servicer: Any, server: Any) -> None:
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                APP, {"Work": grpc.unary_unary_rpc_method_handler(work)}),))
+
+        srv = meshkit.MeshServer("app", [(add, None)], registry=registry,
+                                 options=meshkit.ServeOptions(
+                                     insecure=True, instance_id="a1", drain_delay_s=0.0,
+                                     grace_s=1.0, telemetry=telemetry))
+        await srv.start()
+        servers.append(srv)
+        ch = meshkit.dial("app", registry=registry,
+                          options=meshkit.DialOptions(insecure=True, telemetry=telemetry))
+        channels.append(ch)
+        await ch.wait_for_endpoints(1)
+        return ch
+
+    yield build
+    for ch in channels:
+        await ch.close()
+    for srv in servers:
+        await srv.drain()
+
+
+async def test_handler_writes_to_the_server_span(
+        app: Callable[..., Any], telemetry: TelemetryOptions) -> None:
+    """What a handler writes on ``trace.get_current_span()`` (attributes, events, links,
+    status, a child span) lands on the exported server span, next to meshkit's own
+    attributes, and values are checked as the SDK checks them."""
+    provider, exporter, _ = provider_for()
+    tracer = provider.get_tracer("app")
+    link_to = trace.SpanContext(0x1234, 0x5678, False)
+
+    def body(span: Any) -> None:
+        span.set_attribute("app.user", "u1")
+        span.set_attributes({"app.rows": 3, "app.ids": [1, 2]})
+        span.add_event("looked up", {"rows": 3})
+        span.add_link(link_to, {"why": "batch"})
+        span.set_status(StatusCode.OK)
+        with tracer.start_as_current_span("db"):
+            pass
+
+    ch = await app(dataclasses.replace(telemetry, tracer_provider=provider), body)
+    assert await ch.unary_unary(f"/{APP}/Work")(b"x", timeout=5) == b"x"
+    await until(lambda: len(exporter.get_finished_spans()) >= 3, what="3 spans")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    server = next(s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER)
+    attrs = dict(server.attributes or {})
+    assert attrs["app.user"] == "u1" and attrs["app.rows"] == 3
+    assert attrs["app.ids"] == (1, 2)  # cleaned as the SDK cleans values (a tuple)
+    assert attrs["rpc.grpc.status_code"] == 0 and attrs["rpc.method"] == "Work"
+    assert [(e.name, dict(e.attributes or {})) for e in server.events] == [
+        ("looked up", {"rows": 3})]
+    assert [(ln.context.span_id, dict(ln.attributes or {})) for ln in server.links] == [
+        (0x5678, {"why": "batch"})]
+    assert server.status.status_code is StatusCode.OK
+    db = spans["db"]
+    assert db.parent is not None and db.parent.span_id == server.context.span_id
+    assert db.context.trace_id == server.context.trace_id
+    provider.shutdown()
+
+
+async def test_an_ended_span_takes_no_more_writes(
+        app: Callable[..., Any], telemetry: TelemetryOptions) -> None:
+    """A handler that keeps the span and writes after the call ended changes nothing
+    exported (the SDK warns and ignores it)."""
+    provider, exporter, _ = provider_for()
+    kept: list[Any] = []
+    ch = await app(dataclasses.replace(telemetry, tracer_provider=provider), kept.append)
+    await ch.unary_unary(f"/{APP}/Work")(b"x", timeout=5)
+    await until(lambda: len(exporter.get_finished_spans()) >= 2, what="2 spans")
+    server = next(s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER)
+    kept[0].set_attribute("late", 1)
+    kept[0].set_attributes({"late2": 2})
+    kept[0].add_event("late")
+    kept[0].add_link(trace.SpanContext(1, 2, False))
+    kept[0].end()
+    assert "late" not in (server.attributes or {}) and "late2" not in (server.attributes or {})
+    assert not server.events and not server.links
+    assert len(exporter.get_finished_spans()) == 2
+    provider.shutdown()
+
+
+class CountingIds(IdGenerator):
+    """Ids from counters, recognisable in what is exported."""
+
+    def __init__(self) -> None:
+        self.traces = itertools.count(0xA0000000000000000000000000000001)
+        self.spans = itertools.count(0xB000000000000001)
+
+    def generate_trace_id(self) -> int:
+        return next(self.traces)
+
+    def generate_span_id(self) -> int:
+        return next(self.spans)
+
+    def is_trace_id_random(self) -> bool:
+        return False
+
+
+async def test_the_providers_id_generator_makes_the_ids(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """A provider's own id generator (e.g. AWS X-Ray's, whose trace ids carry a time)
+    makes the root trace id and every span id, as with the SDK's own path."""
+    provider, exporter, _ = provider_for(id_generator=CountingIds())
+    spans = await relay_once(chain, telemetry, provider, exporter)
+    assert {s.context.trace_id for s in spans} == {0xA0000000000000000000000000000001}
+    assert {s.context.span_id >> 60 for s in spans} == {0xB}
+    assert not any(s.context.trace_flags & 0x02 for s in spans)  # ids not random
+    provider.shutdown()
+
+
+class Tagging(Sampler):
+    """Samples every span, adding an attribute and a tracestate entry."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Any = None,
+                      links: Sequence[Link] | None = None,
+                      trace_state: TraceState | None = None) -> SamplingResult:
+        return SamplingResult(self.decision, {**(attributes or {}), "sampler.rule": "r1"},
+                              TraceState([("vendor", "x")]))
+
+    def get_description(self) -> str:
+        return "Tagging"
+
+
+async def test_a_samplers_attributes_and_tracestate_are_kept(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """A sampler's result is used as the SDK uses it: its attributes on the span, its
+    tracestate in the span context (and so in the traceparent that travels)."""
+    provider, exporter, _ = provider_for(sampler=Tagging(Decision.RECORD_AND_SAMPLE))
+    spans = await relay_once(chain, telemetry, provider, exporter)
+    assert all((s.attributes or {}).get("sampler.rule") == "r1" for s in spans)
+    assert all(s.context.trace_state.get("vendor") == "x" for s in spans)
+    provider.shutdown()
+
+
+async def test_record_only_spans_reach_processors_unsampled(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """``RECORD_ONLY``: spans are recorded and given to processors, not flagged sampled
+    (so an exporting processor drops them), as in the SDK."""
+    provider, exporter, recorder = provider_for(sampler=Tagging(Decision.RECORD_ONLY))
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracer_provider=provider))
+    assert await c.client.unary_unary(f"/{FRONT}/Relay")(b"hi", timeout=5) == b"e1|hi"
+    await until(lambda: len(recorder.ended) >= 4, what="4 ended spans")
+    assert not any(s.context.trace_flags.sampled for s in recorder.ended)
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
