@@ -37,7 +37,9 @@ Variants (``--variants``, comma-separated):
   ``grpc.aio.UnaryUnaryClientInterceptor`` returning ``await continuation(details,
   request)``): the floor of any layer added through grpc.aio's interceptor API;
 * ``bare-server``: a plain grpc.aio channel calling a ``bare`` ``serve()`` server (with
-  ``bare``, splits the mesh's base cost into client and server).
+  ``bare``, splits the mesh's base cost into client and server);
+* ``traced``: ``defaults`` with tracing at 100 % into an SDK ``TracerProvider`` whose
+  ``BatchSpanProcessor`` exporter drops the spans (the export thread is counted too).
 
 ``--child VARIANT CALLS`` is the measured process itself (what callgrind runs).
 """
@@ -58,7 +60,8 @@ from typing import Any
 
 __all__ = ["VARIANTS", "main", "measure"]
 
-VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "noop", "bare-server")
+VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "noop", "bare-server",
+            "traced")
 
 
 async def _raw(calls: int, callers: int, noop: bool = False) -> None:
@@ -101,6 +104,9 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     if variant in ("metrics", "defaults", "nogate"):
         telemetry = TelemetryOptions(registry=CollectorRegistry(), tracing=False,
                                      metrics=True, access_log=variant != "metrics")
+    elif variant == "traced":
+        telemetry = TelemetryOptions(registry=CollectorRegistry(),
+                                     tracer_provider=_dropping_provider())
     serve: dict[str, Any] = {"insecure": True, "drain_delay_s": 0, "grace_s": 1.0,
                              "telemetry": telemetry}
     dial: dict[str, Any] = {"insecure": True, "telemetry": telemetry}
@@ -132,6 +138,25 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
         await channel.close()
         await server.drain()
         await registry.close()
+
+
+def _dropping_provider() -> Any:
+    """An SDK tracer provider sampling every trace into a batch processor whose exporter
+    drops the spans (the span pipeline's cost without an export)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    return provider
 
 
 async def _drive(call: Any, calls: int, callers: int) -> None:
