@@ -444,6 +444,9 @@ def _lean_span_type() -> Any:
             self._lock = threading.Lock()
             self._record_end_metrics = record_end_metrics
 
+        def get_span_context(self) -> SpanContext:
+            return self._context
+
         def _bounded(self) -> Any:
             attrs = self._attributes
             if type(attrs) is dict:
@@ -588,7 +591,9 @@ class _Sdk:
             self.scope, self.processor, self.limits = (t._instrumentation_scope,
                                                        t.span_processor, limits)
             self.enabled = getattr(t, "_is_enabled", None)
-            self.metrics = getattr(getattr(t, "_tracer_metrics", None), "start_span", None)
+            counting = getattr(t, "_tracer_metrics", None)  # the SDK's own span metrics
+            self.metrics = None if counting is None or type(counting).__name__ == \
+                "NoOpTracerMetrics" else counting.start_span
         elif gen is not None:
             self.ids = _PresetTraceIds(gen)
             self.tracer.id_generator = self.ids
