@@ -525,7 +525,8 @@ def _lean_fields_match(tracer: Any) -> bool:
     """Whether a lean span has every field an SDK span of the installed SDK has (and the
     tracer the parts it is built from): else the SDK's own path is used."""
     try:
-        ref = _sdk._Span(name="probe", context=SpanContext(1, 1, False))
+        ref = _sdk._Span(name="probe", context=SpanContext(1, 1, False),
+                         resource=tracer.resource)
         lean = _lean_span_type()
         sdk = _Sdk.__new__(_Sdk)
         sdk.resource, sdk.info, sdk.scope = ref.resource, None, None

@@ -276,3 +276,25 @@ async def test_record_only_spans_reach_processors_unsampled(
     assert not any(s.context.trace_flags.sampled for s in recorder.ended)
     assert exporter.get_finished_spans() == ()
     provider.shutdown()
+
+
+async def test_an_sdk_whose_span_has_other_fields_gets_its_own_path(
+        chain: ChainFactory, telemetry: TelemetryOptions,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the installed SDK's span sets a field a lean span does not (a newer SDK), spans
+    are built by the SDK's ``start_span``, and still exported."""
+    import opentelemetry.sdk.trace as sdk_trace
+
+    original = sdk_trace.Span.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._new_field = 1
+
+    monkeypatch.setattr(sdk_trace.Span, "__init__", init)
+    provider, exporter, recorder = provider_for()
+    spans = await relay_once(chain, telemetry, provider, exporter)
+    assert len(spans) == 4
+    assert "LeanSdkSpan" not in {type(s).__name__ for s in recorder.started}
+    assert all(getattr(s, "_new_field", None) == 1 for s in recorder.started)
+    provider.shutdown()
