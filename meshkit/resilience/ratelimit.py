@@ -374,10 +374,24 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         await getattr(super(), _SCHEDULE_SWEEP)()
 
 
-# ``limits`` wraps these storage methods in an error translator once per subclass; keep
-# MemoryStorage's wrapping rather than adding one more layer per call.
-for _name in _WRAPPED:
-    setattr(SweepThrottledMemoryStorage, _name, getattr(MemoryStorage, _name))
+# ``limits`` wraps each storage method in an error translator (``_wrap_errors``: one more
+# coroutine frame per call, and a sliding-window hit calls eight of them). An in-process dict
+# has no storage errors to translate (StorageLimiter.check fails safe on any exception
+# anyway), so this storage runs MemoryStorage's own methods unwrapped: a sliding-window
+# hit through StorageLimiter.check took 11.4-12.8 us of CPU before, 8.0-8.5 after (one A/B,
+# 20,000 hits each). The names are the methods limits wraps.
+def _unwrapped(method: Any) -> Any:
+    """``method`` without limits' ``_wrap_errors`` layers (some are wrapped twice)."""
+    while (getattr(method, "__wrapped__", None) is not None
+           and getattr(getattr(method, "__code__", None), "co_name", None) == "inner"):
+        method = method.__wrapped__
+    return method
+
+
+for _name in sorted(set(_WRAPPED) | {"acquire_entry", "get_moving_window",
+                                     "acquire_sliding_window_entry", "get_sliding_window",
+                                     "clear_sliding_window"}):
+    setattr(SweepThrottledMemoryStorage, _name, _unwrapped(getattr(MemoryStorage, _name)))
 del _name
 
 
