@@ -39,7 +39,9 @@ Variants (``--variants``, comma-separated):
 * ``bare-server``: a plain grpc.aio channel calling a ``bare`` ``serve()`` server (with
   ``bare``, splits the mesh's base cost into client and server);
 * ``traced``: ``defaults`` with tracing at 100 % into an SDK ``TracerProvider`` whose
-  ``BatchSpanProcessor`` exporter drops the spans (the export thread is counted too).
+  ``BatchSpanProcessor`` exporter drops the spans (the export thread is counted too);
+* ``full``: the wall-clock benchmark's ``full`` contender (``benchmarks.stacks``: every
+  policy layer, JWT and rate limit included, tracing at 100 %), on the echo service.
 
 ``--child VARIANT CALLS`` is the measured process itself (what callgrind runs).
 """
@@ -61,7 +63,7 @@ from typing import Any
 __all__ = ["VARIANTS", "main", "measure"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "noop", "bare-server",
-            "traced")
+            "traced", "full")
 
 
 async def _raw(calls: int, callers: int, noop: bool = False) -> None:
@@ -89,6 +91,38 @@ async def _raw(calls: int, callers: int, noop: bool = False) -> None:
     finally:
         await channel.close()
         await server.stop(None)
+
+
+async def _full(calls: int, callers: int, tmp: str) -> None:
+    from pathlib import Path
+
+    import meshkit
+    from benchmarks import stacks
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from tests.support.echo import add_echo, method
+
+    secrets = stacks.Secrets(Path(tmp) / "secrets")
+    notes = secrets.create()
+    if notes:
+        raise RuntimeError("; ".join(notes))
+    registry = LocalRegistry(LocalOptions(path=Path(tmp) / "registry", ttl_s=3600.0,
+                                          poll_interval_s=600.0))
+    served = stacks.build_mesh(stacks.FULL_LAYERS, secrets, "server", service="echo")
+    server = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                                options=stacks.mesh_serve_options(
+                                    served, instance_id="e1", drain_delay_s=0, grace_s=1.0))
+    await server.start()
+    dialed = stacks.build_mesh(stacks.FULL_LAYERS, secrets, "client", service="echo")
+    channel = meshkit.dial("echo", registry=registry,
+                           options=stacks.mesh_dial_options(dialed))
+    try:
+        await channel.wait_for_endpoints(1, timeout_s=120)
+        await _drive(channel.unary_unary(method("Unary")), calls, callers,
+                     tuple(dialed.metadata) or None)
+    finally:
+        await channel.close()
+        await server.drain()
+        await registry.close()
 
 
 async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
@@ -159,13 +193,13 @@ def _dropping_provider() -> Any:
     return provider
 
 
-async def _drive(call: Any, calls: int, callers: int) -> None:
+async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> None:
     for _ in range(200):  # warm-up: connections, caches, first-call set-up
-        await call(b"x", timeout=60)
+        await call(b"x", timeout=60, metadata=metadata)
 
     async def caller(n: int) -> None:
         for _ in range(n):
-            await call(b"x", timeout=60)
+            await call(b"x", timeout=60, metadata=metadata)
 
     await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
 
@@ -178,6 +212,8 @@ def _child(variant: str, calls: int, callers: int) -> None:
         configure_logging("info", json=True)
         if variant in ("raw", "noop"):
             asyncio.run(_raw(calls, callers, noop=variant == "noop"))
+        elif variant == "full":
+            asyncio.run(_full(calls, callers, tmp))
         else:
             asyncio.run(_mesh(variant, calls, callers, tmp))
         flush_logs()
