@@ -471,20 +471,21 @@ def _lean_span_type() -> Any:
                 self._bounded()[key] = value
 
         def _add_event(self, event: Any) -> None:
-            if self._end_time is not None:
-                _sdk_log.warning("Calling %s on an ended span.", "_add_event")
-                return
-            if type(self._events) is tuple:
-                self._events = BoundedList(self._limits.max_events)
-            self._events.append(event)
+            self._append("_events", self._limits.max_events, event, "_add_event")
 
         def _add_link(self, link: Any) -> None:
+            self._append("_links", self._limits.max_links, link, "_add_link")
+
+        def _append(self, field: str, maxlen: int | None, item: Any, what: str) -> None:
+            """Append to the events or links list, made (bounded) at the first item."""
             if self._end_time is not None:
-                _sdk_log.warning("Calling %s on an ended span.", "_add_link")
+                _sdk_log.warning("Calling %s on an ended span.", what)
                 return
-            if type(self._links) is tuple:
-                self._links = BoundedList(self._limits.max_links)
-            self._links.append(link)
+            items = getattr(self, field)
+            if type(items) is tuple:
+                items = BoundedList(maxlen)
+                setattr(self, field, items)
+            items.append(item)
 
         def end(self, end_time: int | None = None) -> None:
             with self._lock:
