@@ -551,7 +551,7 @@ class _Sdk:
 
     __slots__ = ("enabled", "generic", "ids", "info", "lean", "limits", "metrics",
                  "new_span_id", "new_trace_id", "parent_based", "processor", "random_ids",
-                 "resource", "root_bound", "sampler", "scope", "tracer")
+                 "resource", "root_bound", "sampler", "scope", "static", "tracer")
 
     def __init__(self, provider: Any, *, generic: bool = False) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
@@ -571,6 +571,12 @@ class _Sdk:
         # a root decided by ParentBased(TraceIdRatioBased / ALWAYS_ON / ALWAYS_OFF): the
         # ratio rule applied here (trace id's low 64 bits below the bound), as the SDK does
         self.root_bound: int | None = None
+        # ALWAYS_ON / ALWAYS_OFF: the same decision for every span, parent or not
+        self.static: bool | None = None
+        if not generic and self.sampler is _sdk.sampling.ALWAYS_ON:
+            self.static = True
+        elif not generic and self.sampler is _sdk.sampling.ALWAYS_OFF:
+            self.static = False
         if self.parent_based:
             root = getattr(self.sampler, "_root", None)
             sampling = _sdk.sampling
@@ -690,6 +696,8 @@ class SpanStarter:
             record = sampled = parent.trace_flags.sampled
         elif parent is None and sdk.root_bound is not None:
             record = sampled = tid & _TRACE_ID_LIMIT < sdk.root_bound
+        elif sdk.static is not None:
+            record = sampled = sdk.static
         else:
             result = sdk.sampler.should_sample(context, tid, name, self._kind, attributes)
             record, sampled = result.decision.is_recording(), result.decision.is_sampled()

@@ -19,7 +19,13 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
 
 import meshkit
@@ -73,14 +79,16 @@ async def relay_once(chain: ChainFactory, telemetry: TelemetryOptions,
     return sorted(exporter.get_finished_spans(), key=lambda s: (s.name, s.kind.value))
 
 
+@pytest.mark.parametrize("sampler", [None, ALWAYS_ON], ids=["default", "always_on"])
 async def test_lean_spans_export_what_the_sdk_path_exports(
-        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+        chain: ChainFactory, telemetry: TelemetryOptions, sampler: Sampler | None) -> None:
     """The same two-hop call under the default limits (lean spans) and under limits that
     send every span through the SDK's ``start_span`` exports the same spans: names,
     kinds, attributes, status, parentage, flags, scope and resource; processors get an
     SDK ``Span`` in ``on_start`` either way."""
-    lean, lean_out, lean_rec = provider_for()
-    sdk, sdk_out, sdk_rec = provider_for(span_limits=SpanLimits(max_span_attributes=31))
+    lean, lean_out, lean_rec = provider_for(sampler=sampler)
+    sdk, sdk_out, sdk_rec = provider_for(sampler=sampler,
+                                         span_limits=SpanLimits(max_span_attributes=31))
     got_lean = await relay_once(chain, telemetry, lean, lean_out)
     got_sdk = await relay_once(chain, telemetry, sdk, sdk_out)
     assert [shape(s) for s in got_lean] == [shape(s) for s in got_sdk]
@@ -297,4 +305,32 @@ async def test_an_sdk_whose_span_has_other_fields_gets_its_own_path(
     assert len(spans) == 4
     assert "LeanSdkSpan" not in {type(s).__name__ for s in recorder.started}
     assert all(getattr(s, "_new_field", None) == 1 for s in recorder.started)
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["always_on", "always_off"])
+async def test_static_samplers_ignore_the_callers_flag(
+        chain: ChainFactory, telemetry: TelemetryOptions, sampler: Sampler) -> None:
+    """``ALWAYS_ON`` records every span even under a caller's unsampled trace, and
+    ``ALWAYS_OFF`` none even under a sampled one, as the SDK's samplers decide; the
+    caller's trace id is kept either way."""
+    from opentelemetry import context as otel_context
+
+    provider, exporter, recorder = provider_for(sampler=sampler)
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracer_provider=provider))
+    flags = trace.TraceFlags(trace.TraceFlags.DEFAULT if sampler is ALWAYS_ON
+                             else trace.TraceFlags.SAMPLED)
+    caller = trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331,
+                               True, flags)
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(caller)))
+    try:
+        assert await c.client.unary_unary(f"/{FRONT}/Relay")(b"hi", timeout=5) == b"e1|hi"
+    finally:
+        otel_context.detach(token)
+    if sampler is ALWAYS_ON:
+        await until(lambda: len(exporter.get_finished_spans()) >= 4, what="4 spans")
+        assert {s.context.trace_id for s in exporter.get_finished_spans()} == {
+            caller.trace_id}
+    else:
+        assert recorder.started == [] and exporter.get_finished_spans() == ()
     provider.shutdown()
