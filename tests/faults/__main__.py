@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 
 from meshkit.observability import configure_logging
-from tests.faults._runner import LONG, QUICK, Outcome, Timing, run_scenario, table, write_json
+from tests.faults._runner import (
+    LONG,
+    QUICK,
+    Outcome,
+    SharedStack,
+    Timing,
+    run_scenario,
+    table,
+    write_json,
+)
 from tests.faults._stack import sweep_stale
 from tests.faults.scenarios import ALL, BY_NAME
 
@@ -89,20 +98,25 @@ async def run_all(names: list[str], timing: Timing, *, keep_workdir: bool,
     for stale in sweep_stale():
         print(f"removed {stale}, left by an earlier run that was killed", flush=True)
     outcomes: list[Outcome] = []
-    for name in names:
-        cls = BY_NAME[name]
-        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        if name in NEEDS_FILE_MODES and not modes_bind:
-            out = Outcome(scenario=name, item=cls.item, environment=True, error=(
-                "file modes do not bind this process (root with CAP_DAC_OVERRIDE and no "
-                "setpriv to drop it): a chmod fault would do nothing"))
-        else:
-            out = await run_scenario(cls(), timing, keep_workdir=keep_workdir)
-        outcomes.append(out)
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {out.verdict} in {out.seconds:.0f} s",
-              flush=True)
-        if json_path is not None:
-            write_json(json_path, outcomes, timing.name)
+    shared = SharedStack(keep_workdir=keep_workdir)
+    try:
+        for name in names:
+            cls = BY_NAME[name]
+            print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+            if name in NEEDS_FILE_MODES and not modes_bind:
+                out = Outcome(scenario=name, item=cls.item, environment=True, error=(
+                    "file modes do not bind this process (root with CAP_DAC_OVERRIDE and no "
+                    "setpriv to drop it): a chmod fault would do nothing"))
+            else:
+                out = await run_scenario(cls(), timing, keep_workdir=keep_workdir,
+                                         shared=shared)
+            outcomes.append(out)
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {out.verdict} in "
+                  f"{out.seconds:.0f} s", flush=True)
+            if json_path is not None:
+                write_json(json_path, outcomes, timing.name)
+    finally:
+        await shared.close()
     return outcomes
 
 

@@ -1,9 +1,11 @@
 """The fault scenarios of issue 12, one class each.
 
-Every scenario runs on its own fresh stack (``userd-1``, ``orderd-1``, ``orderd-2``, mTLS,
-JWTs, a local registry with a 2 s TTL) under the 16-caller workload, and is judged by the
-shared criteria of :mod:`tests.faults._runner` (recovery, no lost or duplicated order, no
-internals in status messages, no process exiting) plus the criteria in its docstring.
+Every scenario runs on a fresh stack (``userd-1``, ``orderd-1``, ``orderd-2``, mTLS, JWTs,
+a local registry with a 2 s TTL; in quick mode those marked ``shares_stack`` may run on the
+stack of the one before, see :mod:`tests.faults._runner`) under its own 16-caller workload,
+and is judged by the shared criteria of :mod:`tests.faults._runner` (recovery, no lost or
+duplicated order, no internals in status messages, no process exiting) plus the criteria
+in its docstring.
 Durations are given as *quick / long* mode.
 """
 
@@ -314,6 +316,7 @@ class Malformed(Scenario):
     hurts = False
     recovery_bound_s = 1.0
     quick = True
+    shares_stack = True
 
     async def inject(self, run: Run) -> None:
         for payload in _MALFORMED:  # each must really be undecodable
@@ -324,6 +327,8 @@ class Malformed(Scenario):
             raise AssertionError(f"{payload!r} decodes; not a malformed message")
         port = run.admin_port("orderd-1")
         self.before = await scrape(port)
+        # access lines from here on (another scenario may have run on this stack)
+        self.log_from = len(log_events(run.env.log("orderd-1")))
         md = run.workload.users[0].metadata
         self.sent: Counter[str] = Counter()
         codes: Counter[str] = Counter()
@@ -354,7 +359,7 @@ class Malformed(Scenario):
                             "INVALID_ARGUMENT in grpc_server_handled_total")
         await asyncio.sleep(0.5)  # access lines are flushed within 0.2 s
         logged = Counter(str(e.get("method", "")).rsplit("/", 1)[-1]
-                         for e in log_events(run.env.log("orderd-1"))
+                         for e in log_events(run.env.log("orderd-1"))[self.log_from:]
                          if e.get("event") == "rpc" and e.get("side") == "server"
                          and e.get("code") == "INVALID_ARGUMENT")
         for method, n in self.sent.items():
@@ -475,6 +480,7 @@ class HugeDeadline(Scenario):
     hurts = False
     recovery_bound_s = 1.0
     quick = True
+    shares_stack = True
 
     async def inject(self, run: Run) -> None:
         user = run.workload.users[0]
@@ -542,6 +548,7 @@ class Identity(Scenario):
     hurts = False
     recovery_bound_s = 1.0
     quick = True
+    shares_stack = True
     refused = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED,
                grpc.StatusCode.PERMISSION_DENIED)
 
