@@ -636,8 +636,14 @@ class SpanStarter:
     cleared, or the parent's flag passed through without an SDK) and log lines still
     carry ``trace_id``/``span_id``. Without an SDK and without a parent it is the invalid
     span (nothing to continue or record; a downstream service samples on its own).
-    When sampled, the SDK tracer builds the span with the trace id meshkit sampled on:
-    the provider's sampler (the configured one) decides, as it would in the SDK.
+    The provider's sampler (the configured one) decides once, as it would in the SDK
+    (``ParentBased`` with a ratio, ``ALWAYS_ON`` or ``ALWAYS_OFF`` root, and the static
+    samplers, are evaluated here on the trace id; any other sampler is asked). A sampled
+    span is an SDK span built without ``Tracer.start_span``'s generic path (a
+    ``LeanSdkSpan``, see :func:`_lean_span_type`), with ids from the provider's id
+    generator; where span limits could cut meshkit's attributes, or the installed SDK's
+    span has fields a lean span does not set, the SDK tracer builds it with the trace id
+    meshkit sampled on.
 
     Args:
         provider: the :class:`TelemetryOptions` ``tracer_provider``; ``None`` follows the
