@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import structlog
@@ -601,11 +601,16 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float) -> None:
 
 # -- multicallables ----------------------------------------------------------------------
 class _MultiCallable:
-    __slots__ = ("_channel", "_codec", "_hash_key", "_margin", "_propagate", "_timeout")
+    __slots__ = ("_channel", "_codec", "_hash_key", "_invoke", "_margin", "_propagate",
+                 "_timeout")
+    # what a call makes: the response kind picks the call class and the channel's chain
+    _call_type: ClassVar[type[UnaryResponseCall | StreamResponseCall]]
 
     def __init__(self, channel: MeshChannel, codec: _MethodPlan) -> None:
         self._channel = channel
         self._codec = codec
+        self._invoke = (channel._stream if self._call_type is StreamResponseCall
+                        else channel._unary)
         opts = channel.options
         self._timeout = codec.timeout_s
         self._propagate = opts.propagate_deadline
@@ -653,7 +658,10 @@ def _as_pairs(metadata: Any) -> Sequence[tuple[str, str | bytes]] | None:
     return metadata  # type: ignore[no-any-return]
 
 
-class _UnaryUnaryMultiCallable(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
+class _UnaryRequestMultiCallable(_MultiCallable):
+    """The ``__call__`` of unary-request kinds (grpc.aio's signature: ``request``, then
+    keyword-only options); the subclass names the call class."""
+
     __slots__ = ()
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
@@ -661,41 +669,50 @@ class _UnaryUnaryMultiCallable(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return UnaryResponseCall(d, request, self._channel._unary)
+        return self._call_type(d, request, self._invoke)
 
 
-class _StreamUnaryMultiCallable(_MultiCallable, grpc.aio.StreamUnaryMultiCallable[Any, Any]):
+class _StreamRequestMultiCallable(_MultiCallable):
+    """The ``__call__`` of stream-request kinds (grpc.aio's signature: an optional
+    ``request_iterator``, then positional options); the subclass names the call class and
+    whether a missing iterator is a :class:`ConfigError`."""
+
     __slots__ = ()
+    _needs_iterator: ClassVar[bool]
 
     def __call__(self, request_iterator: Any = None, timeout: float | None = None,
                  metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
-        if request_iterator is None:
+        if request_iterator is None and self._needs_iterator:
             raise ConfigError(
                 "meshkit stream-unary calls need a request iterator (retries may replay it)"
             )
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return UnaryResponseCall(d, request_iterator, self._channel._unary)
+        return self._call_type(d, request_iterator, self._invoke)
 
 
-class _UnaryStreamMultiCallable(_MultiCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):
+class _UnaryUnaryMultiCallable(_UnaryRequestMultiCallable,
+                               grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
     __slots__ = ()
-
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return StreamResponseCall(d, request, self._channel._stream)
+    _call_type = UnaryResponseCall
 
 
-class _StreamStreamMultiCallable(_MultiCallable, grpc.aio.StreamStreamMultiCallable[Any, Any]):
+class _UnaryStreamMultiCallable(_UnaryRequestMultiCallable,
+                                grpc.aio.UnaryStreamMultiCallable[Any, Any]):
     __slots__ = ()
+    _call_type = StreamResponseCall
 
-    def __call__(self, request_iterator: Any = None, timeout: float | None = None,
-                 metadata: Any = None, credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
-        return StreamResponseCall(d, request_iterator, self._channel._stream)
+
+class _StreamUnaryMultiCallable(_StreamRequestMultiCallable,
+                                grpc.aio.StreamUnaryMultiCallable[Any, Any]):
+    __slots__ = ()
+    _call_type = UnaryResponseCall
+    _needs_iterator = True
+
+
+class _StreamStreamMultiCallable(_StreamRequestMultiCallable,
+                                 grpc.aio.StreamStreamMultiCallable[Any, Any]):
+    __slots__ = ()
+    _call_type = StreamResponseCall
+    _needs_iterator = False
