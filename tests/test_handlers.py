@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from meshkit._handlers import (
     fold_outermost,
     fuse_interceptors,
     handler_resolver,
+    wrap_handler,
 )
 from meshkit._limits import guard_generic_handler
 from tests.support.echo import handler as echo_handler
@@ -346,3 +349,57 @@ def test_a_chain_that_does_more_than_wrap_is_left_to_grpc() -> None:
     assert handler_resolver([Plain(seen), Check("a", seen)]) is None
     assert handler_resolver([Check("a", seen), Gate(seen)]) is None  # no resolve()
     assert handler_resolver([]) is None
+
+
+class _Request:
+    """A request object a weak reference can watch."""
+
+
+class _Quiet:
+    """A reporter that records the exception each call finished with."""
+
+    def __init__(self) -> None:
+        self.finished: list[type[BaseException] | None] = []
+
+    def start(self, context: Any) -> None:
+        return None
+
+    def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
+        self.finished.append(None if exc is None else type(exc))
+
+
+@pytest.mark.parametrize("streams", [False, True])
+async def test_a_failed_call_does_not_keep_its_request_alive(streams: bool) -> None:
+    """A reported call whose handler raised frees its request by reference counting alone:
+    the wrap's frame holds no reference to the exception (no cycle exception -> traceback
+    -> frame -> exception for the GC to free late); the reporter still sees the error."""
+
+    async def fail(request: Any, context: Any) -> Any:
+        raise ValueError("no")
+
+    async def fail_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        raise ValueError("no")
+        yield  # pragma: no cover
+
+    handler = (grpc.unary_stream_rpc_method_handler(fail_stream) if streams
+               else grpc.unary_unary_rpc_method_handler(fail))
+    reporter = _Quiet()
+    behavior = wrap_handler(handler, reporter=reporter)
+    behavior = behavior.unary_stream if streams else behavior.unary_unary
+    request = _Request()
+    alive = weakref.ref(request)
+    gc.disable()
+    try:
+        try:
+            if streams:
+                async for _ in behavior(request, None):
+                    pass
+            else:
+                await behavior(request, None)
+        except ValueError:
+            pass
+        del request
+        assert alive() is None
+    finally:
+        gc.enable()
+    assert reporter.finished == [ValueError]
