@@ -22,6 +22,7 @@ import jwt
 import structlog
 from aiohttp import web
 
+from meshkit._aio_http import start_app
 from meshkit.auth._errors import JWKSError
 from meshkit.auth._jwt import ASYMMETRIC_ALGORITHMS, Clock, KeySet, VerificationKey
 from meshkit.errors import ConfigError
@@ -83,18 +84,7 @@ class JWKSServer:
         """
         if self._runner is not None:
             raise RuntimeError("JWKSServer already started")
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or ()
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await start_app(self.app, host, port)
         self.host = host
         _log.info("jwks serving", url=self.url)
         return self.port

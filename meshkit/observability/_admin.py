@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from meshkit._aio_http import start_app
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -140,17 +141,7 @@ class AdminServer:
         app.add_routes(self._dashboard.routes())
         for method, path, handler in self._extra:
             app.router.add_route(method, path, handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.options.host, self.options.port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        addresses = runner.addresses
-        self.port = int(addresses[0][1]) if addresses else self.options.port
+        self._runner, self.port = await start_app(app, self.options.host, self.options.port)
         _log.info("admin server listening", address=f"{self.options.host}:{self.port}")
         return self.port
 
