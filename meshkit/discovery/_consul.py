@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -43,7 +42,17 @@ import consul
 import consul.aio
 import structlog
 
-from meshkit.discovery._shared import CLOSED, CloseRace, check_seconds, describe, full_jitter
+from meshkit.discovery._options import (
+    check_seconds,
+    env_fields,
+    env_value,
+    options_with,
+    parse_bool,
+    query_fields,
+    split_address,
+    split_uri,
+)
+from meshkit.discovery._shared import CLOSED, CloseRace, describe, full_jitter
 from meshkit.discovery._types import Instance, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -77,41 +86,6 @@ _FLOAT_FIELDS = (
 )
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
 _STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
-
-_TRUE = ("1", "t", "true", "y", "yes", "on")
-_FALSE = ("0", "f", "false", "n", "no", "off")
-
-
-def _parse_bool(name: str, value: str) -> bool:
-    """Parse a boolean like Go's ``strconv.ParseBool`` (which Consul's CLI uses), plus yes/no."""
-    v = value.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
-
-
-def _split_addr(addr: str) -> tuple[str | None, str, int | None]:
-    """Split ``[scheme://]host[:port]`` into (scheme or None, host without brackets, port)."""
-    raw = addr.strip()
-    scheme: str | None = None
-    if "://" in raw:
-        scheme, raw = raw.split("://", 1)
-        scheme = scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ConfigError(f"addr scheme must be http or https, got {addr!r}")
-    parts = urllib.parse.urlsplit("//" + raw.rstrip("/"))
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"addr port must be 1..65535, got {addr!r}") from None
-    if not parts.hostname or parts.path or parts.query or parts.username or parts.password:
-        raise ConfigError(f"addr must be host:port or scheme://host:port, got {addr!r}")
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"addr port must be 1..65535, got {addr!r}")
-    return scheme, parts.hostname, port
-
 
 def _go_duration(seconds: float) -> str:
     """Seconds as a Go duration string Consul parses: ``30.0 -> "30s"``, ``0.25 -> "250ms"``."""
@@ -190,7 +164,7 @@ class ConsulOptions:
     request_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _split_addr(self.addr)
+        split_address(self.addr, "addr")
         if self.scheme not in (None, "http", "https"):
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
         if self.check not in _CHECK_KINDS:
@@ -225,18 +199,18 @@ class ConsulOptions:
     @property
     def effective_scheme(self) -> str:
         """``"https"`` if ``scheme`` or the scheme in ``addr`` says so, else ``"http"``."""
-        addr_scheme, _, _ = _split_addr(self.addr)
+        addr_scheme, _, _ = split_address(self.addr, "addr")
         return "https" if "https" in (self.scheme, addr_scheme) else "http"
 
     @property
     def host(self) -> str:
         """The agent's host name or IP (no brackets), e.g. ``"127.0.0.1"``."""
-        return _split_addr(self.addr)[1]
+        return split_address(self.addr, "addr")[1]
 
     @property
     def port(self) -> int:
         """The agent's port: the one in ``addr``, else 8500 (http) or 8501 (https)."""
-        port = _split_addr(self.addr)[2]
+        port = split_address(self.addr, "addr")[2]
         if port is not None:
             return port
         return 8501 if self.effective_scheme == "https" else 8500
@@ -268,33 +242,19 @@ class ConsulOptions:
                 token), or an override names no field.
         """
         env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        kwargs: dict[str, Any] = {}
-        if (addr := get("CONSUL_HTTP_ADDR")) is not None:
-            kwargs["addr"] = addr
-        if (token := get("CONSUL_HTTP_TOKEN")) is not None:
-            kwargs["token"] = token
-        if (ssl := get("CONSUL_HTTP_SSL")) is not None and _parse_bool("CONSUL_HTTP_SSL", ssl):
+        kwargs = env_fields(env, {
+            "CONSUL_HTTP_ADDR": "addr",
+            "CONSUL_HTTP_TOKEN": "token",
+            "CONSUL_CACERT": "ca_file",
+            "CONSUL_CLIENT_CERT": "cert_file",
+            "CONSUL_CLIENT_KEY": "key_file",
+        })
+        ssl = env_value(env, "CONSUL_HTTP_SSL")
+        if ssl is not None and parse_bool("CONSUL_HTTP_SSL", ssl):
             kwargs["scheme"] = "https"
-        if (verify := get("CONSUL_HTTP_SSL_VERIFY")) is not None:
-            kwargs["verify"] = _parse_bool("CONSUL_HTTP_SSL_VERIFY", verify)
-        for var, name in (
-            ("CONSUL_CACERT", "ca_file"),
-            ("CONSUL_CLIENT_CERT", "cert_file"),
-            ("CONSUL_CLIENT_KEY", "key_file"),
-        ):
-            if (path := get(var)) is not None:
-                kwargs[name] = path
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ConfigError(f"unknown ConsulOptions field(s): {unknown}")
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        if (verify := env_value(env, "CONSUL_HTTP_SSL_VERIFY")) is not None:
+            kwargs["verify"] = parse_bool("CONSUL_HTTP_SSL_VERIFY", verify)
+        return options_with(cls, kwargs, overrides)
 
     @classmethod
     def from_uri(cls, uri: str, environ: Mapping[str, str] | None = None) -> ConsulOptions:
@@ -314,11 +274,7 @@ class ConsulOptions:
         Raises:
             ConfigError: bad scheme, host, port or option (the offending part is quoted).
         """
-        parts = urllib.parse.urlsplit(uri)
-        scheme = parts.scheme.lower()
-        if scheme not in ("consul", "consul+http", "consul+https"):
-            raise ConfigError(f"Consul URI scheme must be consul, consul+http or consul+https, "
-                              f"got {parts.scheme!r}")
+        parts, scheme = split_uri(uri, "consul", "Consul")
         if "@" in parts.netloc:
             raise ConfigError("Consul URI must not carry user info or a token; "
                               "set CONSUL_HTTP_TOKEN instead")
@@ -329,22 +285,12 @@ class ConsulOptions:
             )
         if parts.path not in ("", "/"):
             raise ConfigError(f"Consul URI takes no path, got {parts.path!r}")
-        for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
-            value = values[-1]
-            if key == "token":
-                raise ConfigError("token is not accepted in a Consul URI; "
-                                  "set CONSUL_HTTP_TOKEN instead")
-            if key in _FLOAT_FIELDS:
-                try:
-                    kwargs[key] = float(value)
-                except ValueError:
-                    raise ConfigError(f"{key} must be a number, got {value!r}") from None
-            elif key in _BOOL_FIELDS:
-                kwargs[key] = _parse_bool(key, value)
-            elif key in _STR_FIELDS:
-                kwargs[key] = value
-            else:
-                raise ConfigError(f"unknown option {key!r} in Consul URI")
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        if "token" in query:
+            raise ConfigError("token is not accepted in a Consul URI; "
+                              "set CONSUL_HTTP_TOKEN instead")
+        kwargs.update(query_fields(query, floats=_FLOAT_FIELDS, bools=_BOOL_FIELDS,
+                                   strs=_STR_FIELDS, where="Consul URI"))
         return cls.from_env(environ, **kwargs)
 
 

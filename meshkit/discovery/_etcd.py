@@ -74,7 +74,16 @@ from typing import Any
 import aiohttp
 import structlog
 
-from meshkit.discovery._shared import CLOSED, CloseRace, check_seconds, describe, full_jitter
+from meshkit.discovery._options import (
+    check_seconds,
+    env_fields,
+    env_value,
+    options_with,
+    query_fields,
+    split_address,
+    split_uri,
+)
+from meshkit.discovery._shared import CLOSED, CloseRace, describe, full_jitter
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -112,22 +121,9 @@ _FOREIGN: tuple[type[BaseException], ...] = (
 
 def _parse_endpoint(text: str, default_scheme: str) -> str:
     """``host[:port]`` or ``scheme://host[:port]`` as ``scheme://host:port``."""
-    raw = text.strip().rstrip("/")
-    scheme = default_scheme
-    if "://" in raw:
-        scheme, raw = raw.split("://", 1)
-        scheme = scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ConfigError(f"etcd endpoint scheme must be http or https, got {text!r}")
-    parts = urllib.parse.urlsplit("//" + raw)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"etcd endpoint port must be 1..65535, got {text!r}") from None
-    if not parts.hostname or parts.path or parts.query or parts.username or parts.password:
-        raise ConfigError(f"etcd endpoint must be host:port or scheme://host:port, got {text!r}")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{scheme}://{host}:{port or DEFAULT_PORT}"
+    scheme, host, port = split_address(text, "etcd endpoint")
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme or default_scheme}://{host}:{port or DEFAULT_PORT}"
 
 
 def _split_endpoints(text: str, default_scheme: str) -> tuple[str, ...]:
@@ -247,18 +243,11 @@ class EtcdOptions:
             ConfigError: a variable or override is invalid, or an override names no field.
         """
         env = os.environ if environ is None else environ
-        kwargs: dict[str, Any] = {}
-        if raw := env.get("ETCDCTL_ENDPOINTS", "").strip():
+        kwargs = env_fields(env, {"ETCDCTL_CACERT": "ca_file", "ETCDCTL_CERT": "cert_file",
+                                  "ETCDCTL_KEY": "key_file"})
+        if (raw := env_value(env, "ETCDCTL_ENDPOINTS")) is not None:
             kwargs["endpoints"] = _split_endpoints(raw, "http")
-        for var, name in (("ETCDCTL_CACERT", "ca_file"), ("ETCDCTL_CERT", "cert_file"),
-                          ("ETCDCTL_KEY", "key_file")):
-            if value := env.get(var, "").strip():
-                kwargs[name] = value
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown EtcdOptions field(s): {unknown}")
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return options_with(cls, kwargs, overrides)
 
     @classmethod
     def from_uri(cls, uri: str, environ: Mapping[str, str] | None = None) -> EtcdOptions:
@@ -273,11 +262,7 @@ class EtcdOptions:
         Raises:
             ConfigError: bad scheme, endpoint or option (the offending part is quoted).
         """
-        parts = urllib.parse.urlsplit(uri)
-        scheme = parts.scheme.lower()
-        if scheme not in ("etcd", "etcd+http", "etcd+https"):
-            raise ConfigError(f"etcd URI scheme must be etcd, etcd+http or etcd+https, "
-                              f"got {parts.scheme!r}")
+        parts, scheme = split_uri(uri, "etcd", "etcd")
         if "@" in parts.netloc:
             raise ConfigError(f"etcd URI must not carry user info, got {parts.netloc!r}")
         if parts.path not in ("", "/"):
@@ -286,17 +271,9 @@ class EtcdOptions:
         default_scheme = "https" if scheme == "etcd+https" else "http"
         if parts.netloc:
             kwargs["endpoints"] = _split_endpoints(parts.netloc, default_scheme)
-        for key, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
-            value = values[-1]
-            if key in _FLOAT_FIELDS:
-                try:
-                    kwargs[key] = float(value)
-                except ValueError:
-                    raise ConfigError(f"{key} must be a number, got {value!r}") from None
-            elif key in _STR_FIELDS:
-                kwargs[key] = value
-            else:
-                raise ConfigError(f"unknown option {key!r} in etcd URI {uri!r}")
+        kwargs.update(query_fields(urllib.parse.parse_qs(parts.query, keep_blank_values=True),
+                                   floats=_FLOAT_FIELDS, strs=_STR_FIELDS,
+                                   where=f"etcd URI {uri!r}"))
         options = cls.from_env(environ, **kwargs)
         if scheme == "etcd+https" and options.scheme != "https":
             raise ConfigError(f"{uri!r} asks for https but the endpoints are "

@@ -1,5 +1,6 @@
 """Plumbing shared by the network registries (Consul, etcd): ending waits at close, retry
-backoff, error text, and the check of options given in seconds. No policy lives here."""
+backoff and error text (their options are built with :mod:`meshkit.discovery._options`).
+No policy lives here."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import random
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from meshkit.errors import ConfigError
-
-__all__ = ["CLOSED", "CloseRace", "Closed", "check_seconds", "describe", "full_jitter"]
+__all__ = ["CLOSED", "CloseRace", "Closed", "describe", "full_jitter"]
 
 _T = TypeVar("_T")
 
@@ -78,19 +77,3 @@ def describe(exc: BaseException) -> str:
     """``"Type: message"`` of a foreign error, at most 500 characters."""
     detail = str(exc) or ("timed out" if isinstance(exc, TimeoutError) else "no detail")
     return f"{type(exc).__name__}: {detail}"[:500]
-
-
-def check_seconds(options: object, names: tuple[str, ...],
-                  zero_ok: tuple[str, ...] = ()) -> None:
-    """Check that each field ``names`` of ``options`` is a finite number of seconds > 0
-    (>= 0 for those in ``zero_ok``).
-
-    Raises:
-        ConfigError: the first bad field, its value quoted.
-    """
-    for name in names:
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-        if not (value > 0 or (value == 0 and name in zero_ok)) or value == float("inf"):
-            raise ConfigError(f"{name} must be > 0, got {value!r}")

@@ -60,6 +60,7 @@ def test_uri_forms_and_etcdctl_environment(tmp_path: Path) -> None:
     ("etcd://h:2379?ttl_s=3&keepalive_interval_s=3", "3.0"),
     ("etcd://h:2379?request_timeout_s=-1", "-1.0"),
     ("etcd://h:99999", "h:99999"),
+    ("etcd://h:0", "h:0"),
     ("etcd://h:2379/x", "/x"),
     ("etcd://h:2379?colour=red", "colour"),
     ("etcd://h:2379?prefix=nolead/", "nolead/"),
@@ -83,6 +84,12 @@ def test_bad_option_combinations() -> None:
         EtcdOptions(endpoints=("http://a:1",), ca_file=__file__)
     with pytest.raises(ConfigError, match="sequence"):
         EtcdOptions(endpoints="http://a:1")  # type: ignore[arg-type]
+
+
+def test_an_endpoint_without_a_host_is_refused() -> None:
+    """``http://`` is no endpoint (not host ``http`` on the default port)."""
+    with pytest.raises(ConfigError, match="got 'http://'"):
+        EtcdOptions(endpoints=("http://",))
 
 
 async def test_unreachable_etcd_fails_register_and_keeps_watch_waiting() -> None:

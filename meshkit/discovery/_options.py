@@ -1,0 +1,159 @@
+"""Building the network registries' options (Consul, etcd): the check of fields given in
+seconds, addresses, values read from environment variables and from a registry URI, and
+overrides checked against the options' fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar
+
+from meshkit.errors import ConfigError
+
+__all__ = [
+    "check_seconds",
+    "env_fields",
+    "env_value",
+    "options_with",
+    "parse_bool",
+    "query_fields",
+    "split_address",
+    "split_uri",
+]
+
+_T = TypeVar("_T")
+
+_TRUE = ("1", "t", "true", "y", "yes", "on")
+_FALSE = ("0", "f", "false", "n", "no", "off")
+
+
+def check_seconds(options: object, names: tuple[str, ...],
+                  zero_ok: tuple[str, ...] = ()) -> None:
+    """Check that each field ``names`` of ``options`` is a finite number of seconds > 0
+    (>= 0 for those in ``zero_ok``).
+
+    Raises:
+        ConfigError: the first bad field, its value quoted.
+    """
+    for name in names:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+        if not (value > 0 or (value == 0 and name in zero_ok)) or value == float("inf"):
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:
+    """Split ``[scheme://]host[:port]`` (scheme ``http`` or ``https``, IPv6 hosts in
+    brackets) into the scheme (``None``: not given), the host without brackets and the port
+    (``None``: not given).
+
+    Raises:
+        ConfigError: another scheme, a port outside 1..65535, or more than a host and port;
+            ``what`` names the value (e.g. ``"addr"``), which is quoted.
+    """
+    raw = text.strip()
+    scheme: str | None = None
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"{what} scheme must be http or https, got {text!r}")
+    parts = urllib.parse.urlsplit("//" + raw.rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{what} port must be 1..65535, got {text!r}") from None
+    if not parts.hostname or parts.path or parts.query or parts.username or parts.password:
+        raise ConfigError(f"{what} must be host:port or scheme://host:port, got {text!r}")
+    if port == 0:
+        raise ConfigError(f"{what} port must be 1..65535, got {text!r}")
+    return scheme, parts.hostname, port
+
+
+def split_uri(uri: str, kind: str, label: str) -> tuple[urllib.parse.SplitResult, str]:
+    """``uri`` split, and its scheme lower-cased: ``kind``, ``kind+http`` or ``kind+https``.
+
+    Raises:
+        ConfigError: another scheme (quoted); ``label`` names the registry in the message
+            (e.g. ``"Consul"``).
+    """
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme not in (kind, f"{kind}+http", f"{kind}+https"):
+        raise ConfigError(f"{label} URI scheme must be {kind}, {kind}+http or {kind}+https, "
+                          f"got {parts.scheme!r}")
+    return parts, scheme
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """Parse a boolean like Go's ``strconv.ParseBool`` (which Consul's CLI uses), plus yes/no.
+
+    Raises:
+        ConfigError: not a boolean; ``name`` and the value quoted.
+    """
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def env_value(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable ``name`` of ``environ``, stripped; ``None`` when unset or empty."""
+    return environ.get(name, "").strip() or None
+
+
+def env_fields(environ: Mapping[str, str], fields: Mapping[str, str]) -> dict[str, Any]:
+    """Option fields taken as they are from variables: ``fields`` maps a variable's name
+    to the field it sets; unset or empty variables are left out (see :func:`env_value`)."""
+    out: dict[str, Any] = {}
+    for var, name in fields.items():
+        if (value := env_value(environ, var)) is not None:
+            out[name] = value
+    return out
+
+
+def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
+                 strs: Collection[str], bools: Collection[str] = (),
+                 where: str) -> dict[str, Any]:
+    """Option fields from a URI's parsed query (``urllib.parse.parse_qs``; the last value
+    of a repeated key wins), typed by the field names in ``floats``, ``bools`` (see
+    :func:`parse_bool`) and ``strs``.
+
+    Raises:
+        ConfigError: a value that is not a number or boolean, or a key that is none of those
+            fields (``unknown option 'key' in <where>``).
+    """
+    out: dict[str, Any] = {}
+    for key, values in query.items():
+        value = values[-1]
+        if key in floats:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        elif key in bools:
+            out[key] = parse_bool(key, value)
+        elif key in strs:
+            out[key] = value
+        else:
+            raise ConfigError(f"unknown option {key!r} in {where}")
+    return out
+
+
+def options_with(cls: type[_T], kwargs: dict[str, Any], overrides: Mapping[str, Any]) -> _T:
+    """``cls(**kwargs)`` with ``overrides`` winning over ``kwargs``; ``cls`` is an options
+    dataclass.
+
+    Raises:
+        ConfigError: an override names no field of ``cls`` (the names are listed), or what
+            ``cls`` raises for a bad value.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {unknown}")
+    return cls(**{**kwargs, **overrides})
