@@ -387,6 +387,22 @@ class ConsulRegistry:
     def _describe(self, exc: BaseException) -> str:
         return self._redact(describe(exc))
 
+    def _write_error(self, what: str, exc: BaseException) -> RegistryError:
+        """``RegistryError("<what> Consul agent <url>: <exc>")`` for a failed write (e.g.
+        ``what="cannot register 'x' with"``), recorded in the status as the last failure."""
+        error = RegistryError(f"{what} Consul agent {self.options.base_url}: "
+                              f"{self._describe(exc)}")
+        self._tracker.write_failed(str(error))
+        return error
+
+    async def _stop_keeper(self, instance_id: str) -> None:
+        """Cancel and await the keep-alive task of ``instance_id``, if it has one."""
+        task = self._keepers.pop(instance_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def _get_client(self) -> Any:
         if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
@@ -502,19 +518,11 @@ class ConsulRegistry:
                 a missing or wrong ACL token); chained from the underlying exception.
         """
         payload, ttl_check_id = self._payload(instance)
-        old = self._keepers.pop(instance.instance_id, None)
-        if old is not None:
-            old.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await old
+        await self._stop_keeper(instance.instance_id)
         try:
             await self._put_register(payload)
         except _FOREIGN as exc:
-            error = RegistryError(
-                f"cannot register {instance.instance_id!r} with Consul agent "
-                f"{self.options.base_url}: {self._describe(exc)}"
-            )
-            self._tracker.write_failed(str(error))
+            error = self._write_error(f"cannot register {instance.instance_id!r} with", exc)
             raise error from exc
         except RegistryError as exc:
             self._tracker.write_failed(str(exc))
@@ -575,21 +583,13 @@ class ConsulRegistry:
         Raises:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403).
         """
-        task = self._keepers.pop(instance.instance_id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_keeper(instance.instance_id)
         try:
             client = self._get_client()
             await self._bounded(client.agent.service.deregister(instance.instance_id),
                                 self.options.request_timeout_s)
         except _FOREIGN as exc:
-            error = RegistryError(
-                f"cannot deregister {instance.instance_id!r} from Consul agent "
-                f"{self.options.base_url}: {self._describe(exc)}"
-            )
-            self._tracker.write_failed(str(error))
+            error = self._write_error(f"cannot deregister {instance.instance_id!r} from", exc)
             raise error from exc
         self._tracker.write_ok()
 
