@@ -397,6 +397,18 @@ def access_renders_inline() -> bool:
     return not isinstance(_AccessLog.logger, _AccessWriter)
 
 
+def _writer_method(level: int, name: str) -> Callable[..., None]:
+    """The :class:`_AccessWriter` method ``name`` (``info``, ...): ``(event, **fields)``
+    captured at ``level`` when the writer's level lets it through."""
+
+    def log(self: _AccessWriter, event: str, **fields: Any) -> None:
+        if self._level <= level:
+            self._writer.add((time.time(), name, event, fields, copy_context()))
+
+    log.__name__, log.__qualname__ = name, f"_AccessWriter.{name}"
+    return log
+
+
 class _AccessWriter:
     """The JSON access log :func:`configure_logging` builds. A call's event is captured as
     a tuple: time, level, event, the fields (or the function that builds them and its
@@ -418,24 +430,11 @@ class _AccessWriter:
         self._writer = writer
         self._level = level
 
-    def _capture(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        self._writer.add((time.time(), level, event, fields, copy_context()))
-
-    def info(self, event: str, **fields: Any) -> None:
-        if self._level <= logging.INFO:
-            self._capture("info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        if self._level <= logging.WARNING:
-            self._capture("warning", event, fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        if self._level <= logging.ERROR:
-            self._capture("error", event, fields)
-
-    def debug(self, event: str, **fields: Any) -> None:
-        if self._level <= logging.DEBUG:
-            self._capture("debug", event, fields)
+    # the logger methods: info(event, **fields) and so on, one per level
+    info = _writer_method(logging.INFO, "info")
+    warning = _writer_method(logging.WARNING, "warning")
+    error = _writer_method(logging.ERROR, "error")
+    debug = _writer_method(logging.DEBUG, "debug")
 
 
 def write_access(warning: bool, build: Callable[..., dict[str, Any]],
