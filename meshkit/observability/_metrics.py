@@ -19,6 +19,7 @@ import time
 import weakref
 from bisect import bisect_left as _bisect
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
@@ -45,6 +46,8 @@ __all__ = [
     "rpc_metrics",
     "set_certificate_expiry",
 ]
+
+_R = TypeVar("_R", bound="_Record")
 
 DURATION_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -337,18 +340,18 @@ class RpcMetrics:
 
     def bind_server(self, names: MethodNames) -> BoundServer:
         """The server-side record of one method (the same one for the same labels)."""
-        labels = (names.grpc_type, names.service, names.name)
-        rec = self.servers.get(labels)
-        if rec is None:
-            rec = self.servers[labels] = BoundServer(labels, self.buckets_s)
-        return rec
+        return self._bind(self.servers, BoundServer, names)
 
     def bind_client(self, names: MethodNames) -> BoundClient:
         """The client-side record of one method (the same one for the same labels)."""
+        return self._bind(self.clients, BoundClient, names)
+
+    def _bind(self, records: dict[tuple[str, str, str], _R], record: type[_R],
+              names: MethodNames) -> _R:
         labels = (names.grpc_type, names.service, names.name)
-        rec = self.clients.get(labels)
+        rec = records.get(labels)
         if rec is None:
-            rec = self.clients[labels] = BoundClient(labels, self.buckets_s)
+            rec = records[labels] = record(labels, self.buckets_s)
         return rec
 
 
