@@ -44,6 +44,7 @@ from meshkit.observability._semconv import (
 from meshkit.observability._tracing import (
     SpanStarter,
     attach_context,
+    current_span_context,
     detach_context,
     fast_propagation,
     inject_context,
@@ -65,7 +66,6 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CLIENT = SpanKind.CLIENT
-_current_span = trace.get_current_span
 _in_context = span_in_context
 _INTERNAL = SpanKind.INTERNAL
 _TYPES = {
@@ -208,7 +208,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:
-            parent = _current_span().get_span_context()
+            parent = current_span_context()
             span = self._spans.start(m.names.span_name, parent if parent.is_valid else None,
                                      None, m.attrs)
             if span is not None:

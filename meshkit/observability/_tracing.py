@@ -20,6 +20,7 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import (
+    DEFAULT_TRACE_STATE,
     INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
@@ -28,6 +29,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 
 from meshkit.errors import ConfigError
@@ -691,11 +693,12 @@ class _Sdk:
         would build for this decision, with the processors' ``on_start`` called."""
         if self.enabled is not None and not self.enabled():
             return NonRecordingSpan(parent if parent is not None else INVALID_SPAN_CONTEXT)
-        random_ids = parent.trace_flags & _RANDOM if parent is not None else (
-            _RANDOM if self.random_ids else 0)
+        random_ids = (parent[3] if _SC_TUPLE else parent.trace_flags) & _RANDOM \
+            if parent is not None else (_RANDOM if self.random_ids else 0)
         flags = _FLAGS[(_SAMPLED if sampled else _NOT_SAMPLED) | random_ids]
         ctx = SpanContext(tid, self.new_span_id(), False, flags, state)
-        span = self.lean(name, ctx, parent, kind, attributes, time.time_ns())
+        span = _object_new(self.lean)  # the class's __new__ only refuses the SDK's base
+        span.__init__(name, ctx, parent, kind, attributes, time.time_ns())
         if self.metrics is not None:
             span._record_end_metrics = self.metrics(
                 parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
@@ -703,8 +706,10 @@ class _Sdk:
         hooks = self.hooks
         if self.multi is not None and self.multi._span_processors is not hooks[0]:
             hooks = self.rehook()
-        for on_start in hooks[1]:
-            on_start(span, parent_context=context)
+        if hooks[1]:
+            context = _parent_context(parent, context)
+            for on_start in hooks[1]:
+                on_start(span, parent_context=context)
         started: Span = span
         return started
 
@@ -766,29 +771,29 @@ class SpanStarter:
         if sdk is None and parent is None:
             return None
         if parent is not None:
-            tid = parent.trace_id
-            state = parent.trace_state
+            if _SC_TUPLE:
+                tid, _, _, flags, state, _ = parent
+            else:  # pragma: no cover - another SpanContext layout
+                tid, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         else:
             tid = _new_trace_id() if sdk is None else sdk.new_trace_id()
             state = None
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
                 return None
-            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
-                                                parent.trace_flags, state))
-        if context is None and parent is not None:
-            context = trace.set_span_in_context(NonRecordingSpan(parent)) \
-                if parent.is_remote else otel_context.get_current()
+            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False, flags, state))
         if sdk.generic:
-            generic: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
+            generic: Span = sdk.tracer.start_span(name, _parent_context(parent, context),
+                                                  self._kind, attributes)
             return generic
         if parent is not None and sdk.parent_based:
-            record = sampled = parent.trace_flags.sampled
+            record = sampled = bool(flags & _SAMPLED)
         elif parent is None and sdk.root_bound is not None:
             record = sampled = tid & _TRACE_ID_LIMIT < sdk.root_bound
         elif sdk.static is not None:
             record = sampled = sdk.static
         else:
+            context = _parent_context(parent, context)
             result = sdk.sampler.should_sample(context, tid, name, self._kind, attributes)
             record, sampled = result.decision.is_recording(), result.decision.is_sampled()
             if record and sdk.lean is not None:  # what the sampler added and set
@@ -802,8 +807,19 @@ class SpanStarter:
                             dict(attributes))
         if parent is None and sdk.ids is not None:
             sdk.ids.preset(tid)
-        span: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
+        span: Span = sdk.tracer.start_span(name, _parent_context(parent, context), self._kind,
+                                           attributes)
         return span
+
+
+def _parent_context(parent: SpanContext | None, context: Any) -> Any:
+    """The OpenTelemetry ``Context`` a sampler, the SDK's ``start_span`` and processors'
+    ``on_start`` get for ``parent``: ``context`` when given, else one holding a remote
+    ``parent``, else the current one (``None`` for a root: the SDK's default)."""
+    if context is None and parent is not None:
+        return trace.set_span_in_context(NonRecordingSpan(parent)) \
+            if parent.is_remote else otel_context.get_current()
+    return context
 
 
 def _runtime_context() -> tuple[Any, str] | None:
@@ -835,6 +851,15 @@ def span_in_context(span: Span, base: Any = None) -> Any:
     return _Context({**(var.get() if base is None else base), key: span})
 
 
+def current_span_context() -> SpanContext:
+    """``trace.get_current_span().get_span_context()``: the current span's context
+    (invalid when there is none)."""
+    if _RUNTIME is None:  # pragma: no cover - another runtime context
+        return trace.get_current_span().get_span_context()
+    span = _RUNTIME[0].get().get(_RUNTIME[1])
+    return INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
+
+
 def attach_span(span: Span, base: Any = None) -> Any:
     """``attach(set_span_in_context(span, base))``: make a context holding ``span`` over
     ``base`` (default: the current context) current; returns the token for
@@ -863,6 +888,23 @@ def detach_context(token: Any) -> None:
         except (ValueError, RuntimeError, TypeError):
             pass
     otel_context.detach(token)
+
+
+def _span_context_is_tuple() -> bool:
+    """Whether a ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote,
+    trace_flags, trace_state, is_valid)`` (opentelemetry-api's layout since 1.0): the hot
+    path then unpacks it instead of calling six properties."""
+    state = TraceState([("k", "v")])
+    sc = SpanContext(3, 4, True, _SAMPLED, state)
+    return isinstance(sc, tuple) and len(sc) == 6 and tuple(sc) == (
+        sc.trace_id, sc.span_id, sc.is_remote, sc.trace_flags, sc.trace_state,
+        sc.is_valid) == (3, 4, True, _SAMPLED, state, True)
+
+
+_SC_TUPLE = _span_context_is_tuple()
+_EMPTY_STATE = DEFAULT_TRACE_STATE
+_BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)  # where baggage lives
+_object_new = object.__new__
 
 
 _TRACEPARENT = "traceparent"
@@ -922,14 +964,20 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
     """Write ``span``'s trace context into outgoing ``metadata``: a ``traceparent`` built
     here under the default propagator when no baggage is set, else the global propagator
     with ``context`` (the current one holding ``span``)."""
-    if fast_propagation() and not baggage.get_all(context):
+    if fast_propagation() and not (context.get(_BAGGAGE_KEY) if _BAGGAGE_KEY is not None
+                                   and isinstance(context, dict)
+                                   else baggage.get_all(context)):
         sc = span.get_span_context()
-        if not sc.is_valid:
+        if _SC_TUPLE:
+            tid, sid, _, flags, state, valid = sc
+        else:  # pragma: no cover - another SpanContext layout
+            tid, sid, flags, state, valid = (sc.trace_id, sc.span_id, sc.trace_flags,
+                                             sc.trace_state, sc.is_valid)
+        if not valid:
             return
-        _SETTER.set(metadata, _TRACEPARENT,
-                    f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags & 0xff:02x}")
-        if sc.trace_state:
-            _SETTER.set(metadata, "tracestate", sc.trace_state.to_header())
+        _SETTER.set(metadata, _TRACEPARENT, f"00-{tid:032x}-{sid:016x}-{flags & 0xff:02x}")
+        if state is not _EMPTY_STATE and state:
+            _SETTER.set(metadata, "tracestate", state.to_header())
         return
     inject_context(metadata, context)
 
