@@ -11,8 +11,10 @@ from run to run):
   network path does not. (``attempt_interceptors`` installed on real sub-channels are
   bypassed; meshkit installs none by default.)
 * **server**: the interceptor chain :func:`meshkit.server.server_chain` builds for a
-  :class:`meshkit.ServeOptions`, resolved per call as grpc.aio does
-  (``intercept_service`` of each interceptor, then the wrapped behaviour) against a
+  :class:`meshkit.ServeOptions`, applied as ``serve()`` applies it: once per method
+  (:func:`meshkit._handlers.handler_resolver`, a dict lookup per call), or per call
+  through each interceptor's ``intercept_service`` when the chain cannot be resolved
+  per method; then the wrapped behaviour runs against a
   null servicer context that answers what the checks ask (metadata, peer, deadline,
   client certificate).
 
@@ -256,7 +258,7 @@ def _server_variants(provider: Any, secrets: Any) -> dict[str, tuple[dict[str, A
 async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, token: str,
                       calls: int) -> float:
     import meshkit
-    from meshkit._handlers import fuse_interceptors
+    from meshkit._handlers import fuse_interceptors, handler_resolver
     from meshkit.server import server_chain
 
     opts = meshkit.ServeOptions(**({"insecure": True} if "tls" not in options else {}),
@@ -273,6 +275,12 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
     cert += b"-----END CERTIFICATE-----\n"
     details = _Details(method, md)
 
+    # serve() applies a chain that only transforms handlers once per method where the
+    # handler is looked up (meshkit._handlers.handler_resolver; a call then costs one
+    # dict lookup); any other chain runs per call through grpc.aio's interceptor path
+    per_method = handler_resolver(chain)
+    resolved: dict[str, Any] = {}
+
     async def resolve(i: int, d: Any) -> Any:
         if i == len(chain):
             return base
@@ -282,7 +290,12 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
         # grpc.aio runs each call in its own task: context variables set by the checks
         # (deadline, span) live and die with it, as here.
         ctx = _NullContext(md, cert if with_cert else None)
-        handler = await resolve(0, details)
+        if per_method is None:
+            handler = await resolve(0, details)
+        else:
+            handler = resolved.get(method)
+            if handler is None:
+                handler = resolved[method] = per_method(method, base)
         await handler.unary_unary(b"x", ctx)
 
     for _ in range(200):

@@ -47,6 +47,13 @@ def current_peer() -> PeerIdentity | None:
     return _peer.get()
 
 
+def peer_spiffe_id() -> str | None:
+    """:func:`current_peer`'s SPIFFE ID as a string (``spiffe://trust-domain/path``), or
+    ``None``: what telemetry records as the peer identity of a call."""
+    peer = _peer.get()
+    return None if peer is None else str(peer.spiffe_id)
+
+
 def current_token() -> str | None:
     """The verified bearer token of the call being handled (for propagation only)."""
     return _token.get()

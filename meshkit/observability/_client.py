@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError
 from opentelemetry import baggage, trace
-from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._methods import MethodMatcher
@@ -44,11 +43,15 @@ from meshkit.observability._semconv import (
 )
 from meshkit.observability._tracing import (
     SpanStarter,
+    attach_context,
+    current_span_context,
+    detach_context,
     fast_propagation,
     inject_context,
     inject_span,
     instrumentor_active,
     set_mesh_attributes,
+    span_in_context,
     tracing_from_env,
     tracing_wanted,
 )
@@ -63,8 +66,7 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CLIENT = SpanKind.CLIENT
-_current_span = trace.get_current_span
-_in_context = trace.set_span_in_context
+_in_context = span_in_context
 _INTERNAL = SpanKind.INTERNAL
 _TYPES = {
     CallKind.UNARY_UNARY: grpc_type(False, False),
@@ -206,13 +208,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:
-            parent = _current_span().get_span_context()
+            parent = current_span_context()
             span = self._spans.start(m.names.span_name, parent if parent.is_valid else None,
                                      None, m.attrs)
             if span is not None:
                 ctx = _in_context(span)
                 inject_span(details.metadata, span, ctx)
-                token = otel_context.attach(ctx)
+                token = attach_context(ctx)
             elif not fast_propagation() or baggage.get_all():
                 inject_context(details.metadata)  # no trace context; baggage may travel
             if self.options.attempt_spans:
@@ -246,7 +248,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 if call_token is not None:
                     _current_call.reset(call_token)
                 if token is not None:
-                    otel_context.detach(token)
+                    detach_context(token)
 
     async def intercept_stream(self, details: ClientCallDetails, request: Any,
                                proceed: StreamProceed) -> Any:
@@ -269,7 +271,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
             if call_token is not None:
                 _current_call.reset(call_token)
             if token is not None:
-                otel_context.detach(token)
+                detach_context(token)
 
         def done(c: Any) -> None:
             if c.cancelled():
@@ -311,26 +313,25 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 loop = None
             if loop is not None:
                 self._deferred += 1
-                loop.call_soon(self._complete_deferred, m, details, span, _time_ns(), code,
+                loop.call_soon(self._complete, True, m, details, span, _time_ns(), code,
                                exc, duration_s)
                 return
-        self._complete(m, details, span, None, code, exc, duration_s)
+        self._complete(False, m, details, span, None, code, exc, duration_s)
 
-    def _complete_deferred(self, *args: Any) -> None:
-        self._deferred -= 1
-        self._complete(*args)
-
-    def _complete(self, m: _Method, details: ClientCallDetails, span: Any,
+    def _complete(self, deferred: bool, m: _Method, details: ClientCallDetails, span: Any,
                   end_ns: int | None, code: grpc.StatusCode, exc: BaseException | None,
                   duration_s: float) -> None:
-        """End the span (at ``end_ns``) and write the access-log line."""
+        """End the span (at ``end_ns``) and write the access-log line (``deferred``: run
+        from the loop's next turn, counted in ``_deferred``)."""
+        if deferred:
+            self._deferred -= 1
         try:
             if span is None:
                 self._log(m, details, code, duration_s, None)
                 return
             attempts = details.attempts
             if span.is_recording():
-                attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code.value[0],
+                attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code._value_[0],
                                          ATTR_ATTEMPTS: len(attempts)}
                 if attempts:
                     inst = attempts[-1].instance
@@ -437,7 +438,7 @@ class AttemptSpanInterceptor(
 
     @staticmethod
     def _end(span: Any, code: grpc.StatusCode) -> None:
-        span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+        span.set_attribute(RPC_GRPC_STATUS_CODE, code._value_[0])
         if code is not _OK:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()

@@ -29,15 +29,10 @@ def auth_peer_identity() -> PeerIdentityFunc | None:
     """A :data:`PeerIdentityFunc` reading :func:`meshkit.auth.current_peer` (the caller's
     SPIFFE ID), or ``None`` when meshkit.auth cannot be imported."""
     try:
-        from meshkit.auth import current_peer
+        from meshkit.auth._context import peer_spiffe_id
     except Exception:
         return None
-
-    def identity() -> str | None:
-        peer = current_peer()
-        return None if peer is None else str(peer.spiffe_id)
-
-    return identity
+    return peer_spiffe_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

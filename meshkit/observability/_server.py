@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -38,6 +36,9 @@ from meshkit.observability._semconv import (
 )
 from meshkit.observability._tracing import (
     SpanStarter,
+    attach_context,
+    attach_span,
+    detach_context,
     extract_context,
     fast_propagation,
     instrumentor_active,
@@ -60,11 +61,8 @@ _SERVER = SpanKind.SERVER
 _MAX_METHODS = 10_000
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # a stream handler finalized outside the loop
-        return None
+_running_loop = asyncio._get_running_loop  # None outside a running loop (a stream
+# handler finalized there)
 
 
 def _address(peer: str | None) -> str | None:
@@ -73,8 +71,20 @@ def _address(peer: str | None) -> str | None:
         return None
     kind, _, rest = peer.partition(":")
     return rest if kind in ("ipv4", "ipv6") and rest else peer
-_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("meshkit_server_peer", default="")
 
+
+_peers: dict[str, tuple[str | None, int | None]] = {}
+
+
+def _peer_parts(peer: str) -> tuple[str | None, int | None]:
+    """:func:`parse_peer`, remembered for the last few thousand peers (a connection's
+    calls share one)."""
+    parts = _peers.get(peer)
+    if parts is None:
+        if len(_peers) >= 4096:
+            _peers.clear()
+        parts = _peers[peer] = parse_peer(peer)
+    return parts
 
 
 class _Method:
@@ -158,14 +168,13 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         super().__init__()
 
     # -- per call ------------------------------------------------------------------------
-    def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
+    def _start(self, m: _Method, context: Any) -> tuple[Any, Any, float, str]:
         if m.bound is not None:
             m.bound.start()
         self._in_flight += 1
-        if self.options.access_log or m.traced:
-            # Read the peer now: after a cancellation grpc core may have freed the
-            # transport, and context.peer() then crashes the process (grpc/grpc#29069).
-            _PEER.set(context.peer())
+        # Read the peer now: after a cancellation grpc core may have freed the transport,
+        # and context.peer() then crashes the process (grpc/grpc#29069).
+        peer = context.peer() if self.options.access_log or m.traced else ""
         span = token = None
         if m.traced:
             md = context.invocation_metadata()
@@ -175,17 +184,19 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 sc = trace.get_current_span(parent).get_span_context()
                 span = self._spans.start(m.names.span_name, sc if sc.is_valid else None,
                                          parent, m.attrs)
-                token = otel_context.attach(
-                    parent if span is None else trace.set_span_in_context(span, parent))
+                token = attach_context(parent) if span is None \
+                    else attach_span(span, parent)
             else:
                 span = self._spans.start(m.names.span_name, remote, None, m.attrs)
                 if span is not None:
-                    token = otel_context.attach(trace.set_span_in_context(span))
-        return span, token, _perf()
+                    token = attach_span(span)
+        return span, token, _perf(), peer
 
-    def _finish(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
-                code: grpc.StatusCode, exc: BaseException | None) -> None:
+    def _finish(self, m: _Method, state: tuple[Any, Any, float, str], context: Any,
+                exc: BaseException | None) -> None:
+        span, token, t0, peer = state
         duration_s = _perf() - t0
+        code = self._outcome(context, exc)
         defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         limited = code is _EXHAUSTED and _rejected_by_rate_limit()
@@ -196,7 +207,6 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             if span is None and not log:
                 return
             identity = self._identity() if self._identity is not None else None
-            peer = _PEER.get()
             md = self._md(m, context) if log and m.log_md else None
             # only work worth moving off the call's path is deferred: ending a recorded
             # span, or an access line rendered when logged (a captured tuple is cheaper)
@@ -207,14 +217,14 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             if loop is not None:
                 # the context copied here still has the span current, as inline
                 self._deferred += 1
-                loop.call_soon(self._complete_deferred, m, span, _time_ns(), code, exc,
+                loop.call_soon(self._complete, True, m, span, _time_ns(), code, exc,
                                duration_s, peer, identity, md, limited, log)
             else:
-                self._complete(m, span, None, code, exc, duration_s, peer, identity, md,
+                self._complete(False, m, span, None, code, exc, duration_s, peer, identity, md,
                                limited, log)
         finally:
             if token is not None:
-                otel_context.detach(token)
+                detach_context(token)
 
     @staticmethod
     def _md(m: _Method, context: Any) -> dict[str, str] | None:
@@ -222,20 +232,19 @@ class TelemetryServerInterceptor(WrappingInterceptor):
               if k in m.log_md and isinstance(v, str)}
         return md or None
 
-    def _complete_deferred(self, *args: Any) -> None:
-        self._deferred -= 1
-        self._complete(*args)
-
-    def _complete(self, m: _Method, span: Any, end_ns: int | None, code: grpc.StatusCode,
-                  exc: BaseException | None, duration_s: float, peer: str,
-                  identity: str | None, md: dict[str, str] | None, limited: bool,
+    def _complete(self, deferred: bool, m: _Method, span: Any, end_ns: int | None,
+                  code: grpc.StatusCode, exc: BaseException | None, duration_s: float,
+                  peer: str, identity: str | None, md: dict[str, str] | None, limited: bool,
                   log: bool) -> None:
-        """End the span (at ``end_ns``) and write the access-log line."""
+        """End the span (at ``end_ns``) and write the access-log line (``deferred``: run
+        from the loop's next turn, counted in ``_deferred``)."""
+        if deferred:
+            self._deferred -= 1
         try:
             if span is not None:
                 if span.is_recording():
-                    host, port = parse_peer(peer)
-                    attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code.value[0]}
+                    host, port = _peer_parts(peer)
+                    attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code._value_[0]}
                     if host is not None:
                         attrs[NETWORK_PEER_ADDRESS] = host
                     if port is not None:
@@ -245,7 +254,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                     if limited:
                         attrs[ATTR_RATE_LIMITED] = True
                     set_mesh_attributes(span, attrs)
-                    if code in SERVER_ERROR_CODES:
+                    if code is not _OK and code in SERVER_ERROR_CODES:
                         if exc is not None and not isinstance(exc, grpc.aio.AbortError):
                             span.record_exception(exc)
                         span.set_status(Status(StatusCode.ERROR, code.name))
@@ -298,16 +307,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         if quiet:
             m.log_md = ()
             return _MethodReporter(functools.partial(self._start_quiet, m),
-                                   functools.partial(self._finish_call, self._finish_quiet, m),
+                                   functools.partial(self._finish_quiet, m),
                                    bound)
         return _MethodReporter(functools.partial(self._start, m),
-                               functools.partial(self._finish_call, self._finish, m), bound)
-
-    def _finish_call(self, finish: Callable[..., None], m: _Method,
-                     state: tuple[Any, Any, float], context: Any,
-                     exc: BaseException | None) -> None:
-        span, token, t0 = state
-        finish(m, context, span, token, t0, self._outcome(context, exc), exc)
+                               functools.partial(self._finish, m), bound)
 
     def _outcome(self, context: Any, exc: BaseException | None) -> grpc.StatusCode:
         """The status a call ends with: what the handler set or aborted with, CANCELLED /
@@ -323,12 +326,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         return _UNKNOWN
 
     # quiet methods (health, reflection): metrics only
-    def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float]:
+    def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float, str]:
         if m.bound is not None:
             m.bound.start()
-        return None, None, _perf()
+        return None, None, _perf(), ""
 
-    def _finish_quiet(self, m: _Method, context: Any, span: Any, token: Any, t0: float,
-                      code: grpc.StatusCode, exc: BaseException | None) -> None:
+    def _finish_quiet(self, m: _Method, state: tuple[Any, Any, float, str], context: Any,
+                      exc: BaseException | None) -> None:
         if m.bound is not None:
-            m.bound.finished(code, _perf() - t0)
+            m.bound.finished(self._outcome(context, exc), _perf() - state[2])

@@ -3,6 +3,7 @@ interceptors of opentelemetry-instrumentation-grpc."""
 
 from __future__ import annotations
 
+import dis
 import logging
 import os
 import random
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, MutableSequence, Sequence
+from contextvars import ContextVar
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,6 +20,7 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import (
+    DEFAULT_TRACE_STATE,
     INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
@@ -26,6 +29,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 
 from meshkit.errors import ConfigError
@@ -395,16 +399,48 @@ at least this many attributes per span and no value-length limit (else the SDK's
 _lean_types: list[Any] = []
 
 
+def _is_noop(method: Any) -> bool:
+    """Whether a span processor's method does nothing (its body is ``pass`` or only a
+    docstring, as ``BatchSpanProcessor.on_start`` and the base ``SpanProcessor``'s): a
+    lean span does not call it. Read from the bytecode once per processor set."""
+    code = getattr(getattr(method, "__func__", method), "__code__", None)
+    if code is None:
+        return False
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(code)
+           if i.opname not in ("RESUME", "NOP", "CACHE")]
+    return ops in ([("LOAD_CONST", None), ("RETURN_VALUE", None)],
+                   [("RETURN_CONST", None)])
+
+
+def _readable_fields() -> frozenset[str] | None:
+    """The fields of the installed SDK's ``ReadableSpan`` when they are the 13 a lean
+    span copies into one (else ``None``: the SDK's own ``_readable_span`` builds it)."""
+    from opentelemetry.sdk.resources import Resource
+
+    probe = _sdk.ReadableSpan("probe", resource=Resource.get_empty())
+    fields = frozenset(vars(probe))
+    return fields if fields == _READABLE else None
+
+
+_READABLE = frozenset({"_name", "_context", "_kind", "_instrumentation_info",
+                       "_instrumentation_scope", "_parent", "_start_time", "_end_time",
+                       "_attributes", "_events", "_links", "_resource", "_status"})
+
+
 def _lean_span_type() -> Any:
     """The SDK span class of meshkit's sampled RPC spans (built once, when the SDK is
     installed): a subclass of ``opentelemetry.sdk.trace.Span`` — processors, exporters
     and user code see an SDK span — constructed without the generic path's per-span work.
+    Each provider gets its own subclass (:meth:`_Sdk.__init__`) holding what every span of
+    that provider shares (resource, scope, limits, processors) as class attributes, so a
+    span sets only its own seven fields.
 
     Its attributes start as meshkit's own (already valid) dict and become the SDK's
     ``BoundedAttributes``, with the provider's limits, at the first attribute a user
     writes; events and links are the SDK's bounded lists from the first one added. It
-    ends as the SDK's span does (end time, processors' ``on_end`` with a
-    ``ReadableSpan``)."""
+    ends as the SDK's span does (end time, processors' ``_on_ending`` and ``on_end`` with a
+    ``ReadableSpan``), calling each processor of the provider's synchronous multi-processor
+    directly and skipping the ones whose hook does nothing (:func:`_is_noop`)."""
     if _lean_types:
         return _lean_types[0]
     from opentelemetry.attributes import BoundedAttributes
@@ -412,37 +448,39 @@ def _lean_span_type() -> Any:
 
     base = _sdk.Span
     _time_ns = time.time_ns
+    readable = _sdk.ReadableSpan
+    fast_readable = _readable_fields() is not None
+    new = object.__new__
 
     class LeanSdkSpan(base):  # type: ignore[misc,valid-type]
         """An SDK span built by :class:`SpanStarter` for a sampled RPC (see
         :func:`_lean_span_type`)."""
 
+        # every other field opentelemetry.sdk.trace.Span.__init__ sets, as class defaults
+        # (a write makes it the span's own); checked against the installed SDK by
+        # _lean_fields_match before this path is used. The provider's subclass adds
+        # _resource, _instrumentation_info, _instrumentation_scope, _sampler,
+        # _span_processor, _limits and _sdk.
+        _end_time: int | None = None
+        _events: Any = ()
+        _links: Any = ()
+        _status = _UNSET_STATUS
+        _trace_config = None
+        _record_exception = True
+        _set_status_on_exception = True
+        _record_end_metrics: Any = None
+        _sdk: _Sdk
+        _meshkit_lean = True  # what set_mesh_attributes checks (isinstance runs abc's hook)
+
         def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
-                     kind: SpanKind, attributes: dict[str, Any], sdk: _Sdk,
-                     record_end_metrics: Any, start_ns: int) -> None:
-            # every field opentelemetry.sdk.trace.Span.__init__ sets (checked against
-            # the installed SDK by _lean_fields_match before this path is used)
+                     kind: SpanKind, attributes: dict[str, Any], start_ns: int) -> None:
             self._name = name
             self._context = context
             self._kind = kind
             self._parent = parent
-            self._resource = sdk.resource
-            self._instrumentation_info = sdk.info
-            self._instrumentation_scope = sdk.scope
             self._start_time = start_ns
-            self._end_time: int | None = None
             self._attributes: Any = attributes
-            self._events: Any = ()
-            self._links: Any = ()
-            self._status = _UNSET_STATUS
-            self._sampler = sdk.sampler
-            self._trace_config = None
-            self._record_exception = True
-            self._set_status_on_exception = True
-            self._span_processor = sdk.processor
-            self._limits = sdk.limits
             self._lock = threading.Lock()
-            self._record_end_metrics = record_end_metrics
 
         def get_span_context(self) -> SpanContext:
             return self._context
@@ -487,6 +525,21 @@ def _lean_span_type() -> Any:
                 setattr(self, field, items)
             items.append(item)
 
+        def _readable_span(self) -> Any:
+            if not fast_readable:
+                return super()._readable_span()
+            rs = new(readable)
+            rs.__dict__ = {
+                "_name": self._name, "_context": self._context, "_kind": self._kind,
+                "_instrumentation_info": self._instrumentation_info,
+                "_instrumentation_scope": self._instrumentation_scope,
+                "_parent": self._parent, "_start_time": self._start_time,
+                "_end_time": self._end_time, "_attributes": self._attributes,
+                "_events": self._events, "_links": self._links,
+                "_resource": self._resource, "_status": self._status,
+            }
+            return rs
+
         def end(self, end_time: int | None = None) -> None:
             with self._lock:
                 if self._end_time is not None:
@@ -495,13 +548,18 @@ def _lean_span_type() -> Any:
                 self._end_time = end_time if end_time is not None else _time_ns()
                 if type(self._attributes) is not dict:
                     self._attributes._immutable = True
-            if self._record_end_metrics:
+            if self._record_end_metrics is not None:
                 self._record_end_metrics()
-            processor = self._span_processor
-            ending = getattr(processor, "_on_ending", None)
-            if ending is not None:
+            sdk = self._sdk
+            hooks = sdk.hooks
+            if sdk.multi is not None and sdk.multi._span_processors is not hooks[0]:
+                hooks = sdk.rehook()
+            for ending in hooks[2]:
                 ending(self)
-            processor.on_end(self._readable_span())
+            if hooks[3]:
+                rs = self._readable_span()
+                for on_end in hooks[3]:
+                    on_end(rs)
 
     _lean_types.append(LeanSdkSpan)
     return LeanSdkSpan
@@ -510,14 +568,15 @@ def _lean_span_type() -> Any:
 def set_mesh_attributes(span: Span, attributes: dict[str, Any]) -> None:
     """Add meshkit's own (valid, few) ``attributes`` to a recording ``span``: straight
     into a lean span's attribute dict, else through ``set_attributes``."""
-    if _lean_types and type(span) is _lean_types[0]:
-        with span._lock:  # type: ignore[attr-defined]
-            if span._end_time is None:  # type: ignore[attr-defined]
-                attrs = span._attributes  # type: ignore[attr-defined]
+    if getattr(span, "_meshkit_lean", False):
+        lean: Any = span
+        with lean._lock:
+            if lean._end_time is None:
+                attrs = lean._attributes
                 if type(attrs) is dict:
                     attrs.update(attributes)
                     return
-        if span._end_time is not None:  # type: ignore[attr-defined]
+        if lean._end_time is not None:
             return
     span.set_attributes(attributes)
 
@@ -528,14 +587,13 @@ def _lean_fields_match(tracer: Any) -> bool:
     try:
         ref = _sdk._Span(name="probe", context=SpanContext(1, 1, False),
                          resource=tracer.resource)
-        lean = _lean_span_type()
-        sdk = _Sdk.__new__(_Sdk)
-        sdk.resource, sdk.info, sdk.scope = ref.resource, None, None
-        sdk.sampler = sdk.processor = None
-        sdk.limits = ref._limits
-        probe = lean("probe", SpanContext(1, 1, False), None, SpanKind.INTERNAL, {}, sdk,
-                     None, 1)
-        return set(vars(ref)) <= set(vars(probe)) and all(
+        lean = type("LeanProbe", (_lean_span_type(),), {
+            "_resource": ref.resource, "_instrumentation_info": None,
+            "_instrumentation_scope": None, "_sampler": None, "_span_processor": None,
+            "_limits": ref._limits, "_sdk": None})
+        probe = lean("probe", SpanContext(1, 1, False), None, SpanKind.INTERNAL, {}, 1)
+        own = set(vars(probe)) | set(vars(lean)) | set(vars(_lean_span_type()))
+        return set(vars(ref)) <= own and all(
             hasattr(tracer, a) for a in ("resource", "instrumentation_info",
                                          "_instrumentation_scope", "span_processor",
                                          "_span_limits"))
@@ -549,9 +607,9 @@ class _Sdk:
     span and decision itself), and what a lean span is built from (``lean``: the span
     class, ``None`` when the SDK's own ``start_span`` must build spans)."""
 
-    __slots__ = ("enabled", "generic", "ids", "info", "lean", "limits", "metrics",
+    __slots__ = ("enabled", "generic", "hooks", "ids", "lean", "metrics", "multi",
                  "new_span_id", "new_trace_id", "parent_based", "processor", "random_ids",
-                 "resource", "root_bound", "sampler", "scope", "static", "tracer")
+                 "root_bound", "sampler", "static", "tracer")
 
     def __init__(self, provider: Any, *, generic: bool = False) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
@@ -594,10 +652,19 @@ class _Sdk:
                 and (limits.max_span_attributes is None
                      or limits.max_span_attributes >= _LEAN_MIN_ATTRIBUTES)
                 and limits.max_span_attribute_length is None):
-            self.lean = _lean_span_type()
-            self.resource, self.info = t.resource, t.instrumentation_info
-            self.scope, self.processor, self.limits = (t._instrumentation_scope,
-                                                       t.span_processor, limits)
+            self.processor = t.span_processor
+            self.lean = type("LeanSdkSpan", (_lean_span_type(),), {
+                "_resource": t.resource, "_instrumentation_info": t.instrumentation_info,
+                "_instrumentation_scope": t._instrumentation_scope,
+                "_sampler": self.sampler, "_span_processor": self.processor,
+                "_limits": limits, "_sdk": self, "__module__": __name__})
+            # the synchronous multi-processor's processors are called one by one (its
+            # tuple is re-read when a processor is added); any other processor as a whole
+            multi = self.processor
+            self.multi = multi if type(multi) is _sdk.SynchronousMultiSpanProcessor and \
+                type(getattr(multi, "_span_processors", None)) is tuple else None
+            self.hooks: tuple[Any, ...] = ()
+            self.rehook()
             self.enabled = getattr(t, "_is_enabled", None)
             counting = getattr(t, "_tracer_metrics", None)  # the SDK's own span metrics
             self.metrics = None if counting is None or type(counting).__name__ == \
@@ -606,23 +673,45 @@ class _Sdk:
             self.ids = _PresetTraceIds(gen)
             self.tracer.id_generator = self.ids
 
+    def rehook(self) -> tuple[Any, ...]:
+        """The processors' hooks a lean span calls: ``(processors, on_start, _on_ending,
+        on_end)``, the last three tuples of bound methods without the no-op ones."""
+        multi = self.multi
+        procs = (self.processor,) if multi is None else multi._span_processors
+
+        def hooks(name: str) -> tuple[Any, ...]:
+            found = (getattr(p, name, None) for p in procs)
+            return tuple(h for h in found if h is not None and not _is_noop(h))
+
+        self.hooks = (None if multi is None else procs, hooks("on_start"),
+                      hooks("_on_ending"), hooks("on_end"))
+        return self.hooks
+
     def span(self, name: str, parent: SpanContext | None, context: Any, kind: SpanKind,
              tid: int, sampled: bool, state: Any, attributes: dict[str, Any]) -> Span:
         """A lean SDK span (``self.lean`` set), started: what the SDK's ``start_span``
         would build for this decision, with the processors' ``on_start`` called."""
         if self.enabled is not None and not self.enabled():
             return NonRecordingSpan(parent if parent is not None else INVALID_SPAN_CONTEXT)
-        random_ids = parent.trace_flags & _RANDOM if parent is not None else (
-            _RANDOM if self.random_ids else 0)
+        random_ids = (parent[3] if _SC_TUPLE else parent.trace_flags) & _RANDOM \
+            if parent is not None else (_RANDOM if self.random_ids else 0)
         flags = _FLAGS[(_SAMPLED if sampled else _NOT_SAMPLED) | random_ids]
         ctx = SpanContext(tid, self.new_span_id(), False, flags, state)
-        end_metrics = self.metrics(parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
-                                   else _sdk.sampling.Decision.RECORD_ONLY) \
-            if self.metrics is not None else None
-        span: Span = self.lean(name, ctx, parent, kind, attributes, self, end_metrics,
-                               time.time_ns())
-        self.processor.on_start(span, parent_context=context)
-        return span
+        span = _object_new(self.lean)  # the class's __new__ only refuses the SDK's base
+        span.__init__(name, ctx, parent, kind, attributes, time.time_ns())
+        if self.metrics is not None:
+            span._record_end_metrics = self.metrics(
+                parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
+                else _sdk.sampling.Decision.RECORD_ONLY)
+        hooks = self.hooks
+        if self.multi is not None and self.multi._span_processors is not hooks[0]:
+            hooks = self.rehook()
+        if hooks[1]:
+            context = _parent_context(parent, context)
+            for on_start in hooks[1]:
+                on_start(span, parent_context=context)
+        started: Span = span
+        return started
 
 
 class SpanStarter:
@@ -682,29 +771,29 @@ class SpanStarter:
         if sdk is None and parent is None:
             return None
         if parent is not None:
-            tid = parent.trace_id
-            state = parent.trace_state
+            if _SC_TUPLE:
+                tid, _, _, flags, state, _ = parent
+            else:  # pragma: no cover - another SpanContext layout
+                tid, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         else:
             tid = _new_trace_id() if sdk is None else sdk.new_trace_id()
             state = None
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
                 return None
-            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
-                                                parent.trace_flags, state))
-        if context is None and parent is not None:
-            context = trace.set_span_in_context(NonRecordingSpan(parent)) \
-                if parent.is_remote else otel_context.get_current()
+            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False, flags, state))
         if sdk.generic:
-            generic: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
+            generic: Span = sdk.tracer.start_span(name, _parent_context(parent, context),
+                                                  self._kind, attributes)
             return generic
         if parent is not None and sdk.parent_based:
-            record = sampled = parent.trace_flags.sampled
+            record = sampled = bool(flags & _SAMPLED)
         elif parent is None and sdk.root_bound is not None:
             record = sampled = tid & _TRACE_ID_LIMIT < sdk.root_bound
         elif sdk.static is not None:
             record = sampled = sdk.static
         else:
+            context = _parent_context(parent, context)
             result = sdk.sampler.should_sample(context, tid, name, self._kind, attributes)
             record, sampled = result.decision.is_recording(), result.decision.is_sampled()
             if record and sdk.lean is not None:  # what the sampler added and set
@@ -718,8 +807,104 @@ class SpanStarter:
                             dict(attributes))
         if parent is None and sdk.ids is not None:
             sdk.ids.preset(tid)
-        span: Span = sdk.tracer.start_span(name, context, self._kind, attributes)
+        span: Span = sdk.tracer.start_span(name, _parent_context(parent, context), self._kind,
+                                           attributes)
         return span
+
+
+def _parent_context(parent: SpanContext | None, context: Any) -> Any:
+    """The OpenTelemetry ``Context`` a sampler, the SDK's ``start_span`` and processors'
+    ``on_start`` get for ``parent``: ``context`` when given, else one holding a remote
+    ``parent``, else the current one (``None`` for a root: the SDK's default)."""
+    if context is None and parent is not None:
+        return trace.set_span_in_context(NonRecordingSpan(parent)) \
+            if parent.is_remote else otel_context.get_current()
+    return context
+
+
+def _runtime_context() -> tuple[Any, str] | None:
+    """opentelemetry-api's context variable (its default contextvars runtime context) and
+    the span key, or ``None`` under another runtime context (then the API's own calls)."""
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        from opentelemetry.trace import propagation
+
+        rc: Any = getattr(otel_context, "_RUNTIME_CONTEXT")  # noqa: B009 - private
+        var, key = rc._current_context, propagation._SPAN_KEY
+    except (AttributeError, ImportError):  # pragma: no cover - another API layout
+        return None
+    ok = type(rc) is ContextVarsRuntimeContext and isinstance(var, ContextVar) \
+        and isinstance(key, str)
+    return (var, key) if ok else None
+
+
+_RUNTIME = _runtime_context()
+_Context = otel_context.Context
+
+
+def span_in_context(span: Span, base: Any = None) -> Any:
+    """``trace.set_span_in_context(span, base)``: a new OpenTelemetry ``Context`` holding
+    ``span`` over ``base`` (default: the current context), in one step."""
+    if _RUNTIME is None:  # pragma: no cover - another runtime context
+        return trace.set_span_in_context(span, base)
+    var, key = _RUNTIME
+    return _Context({**(var.get() if base is None else base), key: span})
+
+
+def current_span_context() -> SpanContext:
+    """``trace.get_current_span().get_span_context()``: the current span's context
+    (invalid when there is none)."""
+    if _RUNTIME is None:  # pragma: no cover - another runtime context
+        return trace.get_current_span().get_span_context()
+    span = _RUNTIME[0].get().get(_RUNTIME[1])
+    return INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
+
+
+def attach_span(span: Span, base: Any = None) -> Any:
+    """``attach(set_span_in_context(span, base))``: make a context holding ``span`` over
+    ``base`` (default: the current context) current; returns the token for
+    :func:`detach_context`."""
+    if _RUNTIME is None:  # pragma: no cover - another runtime context
+        return otel_context.attach(trace.set_span_in_context(span, base))
+    var, key = _RUNTIME
+    return var.set(_Context({**(var.get() if base is None else base), key: span}))
+
+
+def attach_context(ctx: Any) -> Any:
+    """``opentelemetry.context.attach(ctx)``: make ``ctx`` current; returns the token for
+    :func:`detach_context`."""
+    if _RUNTIME is None:  # pragma: no cover - another runtime context
+        return otel_context.attach(ctx)
+    return _RUNTIME[0].set(ctx)
+
+
+def detach_context(token: Any) -> None:
+    """``opentelemetry.context.detach(token)``: restore the context before the attach that
+    gave ``token`` (a token from another context is logged by the API, never raised)."""
+    if _RUNTIME is not None:
+        try:
+            _RUNTIME[0].reset(token)
+            return
+        except (ValueError, RuntimeError, TypeError):
+            pass
+    otel_context.detach(token)
+
+
+def _span_context_is_tuple() -> bool:
+    """Whether a ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote,
+    trace_flags, trace_state, is_valid)`` (opentelemetry-api's layout since 1.0): the hot
+    path then unpacks it instead of calling six properties."""
+    state = TraceState([("k", "v")])
+    sc = SpanContext(3, 4, True, _SAMPLED, state)
+    return isinstance(sc, tuple) and len(sc) == 6 and tuple(sc) == (
+        sc.trace_id, sc.span_id, sc.is_remote, sc.trace_flags, sc.trace_state,
+        sc.is_valid) == (3, 4, True, _SAMPLED, state, True)
+
+
+_SC_TUPLE = _span_context_is_tuple()
+_EMPTY_STATE = DEFAULT_TRACE_STATE
+_BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)  # where baggage lives
+_object_new = object.__new__
 
 
 _TRACEPARENT = "traceparent"
@@ -779,14 +964,20 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
     """Write ``span``'s trace context into outgoing ``metadata``: a ``traceparent`` built
     here under the default propagator when no baggage is set, else the global propagator
     with ``context`` (the current one holding ``span``)."""
-    if fast_propagation() and not baggage.get_all(context):
+    if fast_propagation() and not (context.get(_BAGGAGE_KEY) if _BAGGAGE_KEY is not None
+                                   and isinstance(context, dict)
+                                   else baggage.get_all(context)):
         sc = span.get_span_context()
-        if not sc.is_valid:
+        if _SC_TUPLE:
+            tid, sid, _, flags, state, valid = sc
+        else:  # pragma: no cover - another SpanContext layout
+            tid, sid, flags, state, valid = (sc.trace_id, sc.span_id, sc.trace_flags,
+                                             sc.trace_state, sc.is_valid)
+        if not valid:
             return
-        _SETTER.set(metadata, _TRACEPARENT,
-                    f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags & 0xff:02x}")
-        if sc.trace_state:
-            _SETTER.set(metadata, "tracestate", sc.trace_state.to_header())
+        _SETTER.set(metadata, _TRACEPARENT, f"00-{tid:032x}-{sid:016x}-{flags & 0xff:02x}")
+        if state is not _EMPTY_STATE and state:
+            _SETTER.set(metadata, "tracestate", state.to_header())
         return
     inject_context(metadata, context)
 

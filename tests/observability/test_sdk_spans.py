@@ -103,6 +103,9 @@ async def test_lean_spans_export_what_the_sdk_path_exports(
     assert len(roots) == 1 and roots[0].kind is SpanKind.CLIENT
     assert all(s.parent.span_id in by_id for s in got_lean if s.parent is not None)
     assert not any(s.is_recording() for s in lean_rec.started)  # all ended
+    # the ReadableSpan processors get holds the fields the SDK's holds
+    assert [sorted(vars(s)) for s in lean_rec.ended] == [sorted(vars(s))
+                                                         for s in sdk_rec.ended]
     lean.shutdown()
     sdk.shutdown()
 
@@ -334,3 +337,76 @@ async def test_static_samplers_ignore_the_callers_flag(
     else:
         assert recorder.started == [] and exporter.get_finished_spans() == ()
     provider.shutdown()
+
+
+class Ending(Recorder):
+    """A :class:`Recorder` that also keeps what ``_on_ending`` was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ending: list[Any] = []
+
+    def _on_ending(self, span: Any) -> None:
+        self.ending.append(span)
+
+
+async def test_a_processor_added_later_gets_every_hook(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """Lean spans call the provider's processors one by one: one added after spans were
+    made gets ``on_start``, ``_on_ending`` and ``on_end`` of every later span (and the
+    earlier ones keep getting theirs), as with the SDK's multi-processor."""
+    provider, exporter, recorder = provider_for()
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracer_provider=provider))
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    assert await relay(b"1", timeout=5) == b"e1|1"
+    await until(lambda: len(recorder.ended) >= 4, what="4 ended spans")
+    later = Ending()
+    provider.add_span_processor(later)
+    assert await relay(b"2", timeout=5) == b"e1|2"
+    await until(lambda: len(later.ended) >= 4 and len(recorder.ended) >= 8,
+                what="the second call's spans")
+    assert len(later.started) == len(later.ending) == len(later.ended) == 4
+    assert {type(s).__name__ for s in later.started} == {"LeanSdkSpan"}
+    assert [s.context for s in later.ending] == [s.context for s in later.ended]
+    assert len(exporter.get_finished_spans()) == 8
+    provider.shutdown()
+
+
+def test_only_hooks_that_do_nothing_are_skipped() -> None:
+    """``_is_noop`` reads a processor hook's bytecode: ``pass`` (the SDK's batch and simple
+    processors' ``on_start``) or a docstring alone (the base class's) is skipped; any hook
+    with a body is called."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from meshkit.observability import _tracing
+
+    batch = BatchSpanProcessor(InMemorySpanExporter())
+    try:
+        assert _tracing._is_noop(batch.on_start)
+        assert _tracing._is_noop(batch._on_ending)
+        assert _tracing._is_noop(SpanProcessor().on_start)
+        assert not _tracing._is_noop(batch.on_end)
+        assert not _tracing._is_noop(Recorder().on_start)
+        assert not _tracing._is_noop(Ending()._on_ending)
+        assert not _tracing._is_noop(print)  # no bytecode to read: called
+    finally:
+        batch.shutdown()
+
+
+def test_detaching_a_token_from_another_context_is_logged_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``detach_context`` behaves as the API's ``detach``: a token made in another context
+    is logged by opentelemetry-api and never raises into the call."""
+    import contextvars
+
+    from meshkit.observability import _tracing
+
+    span = trace.NonRecordingSpan(trace.SpanContext(1, 2, False))
+    token = contextvars.copy_context().run(_tracing.attach_span, span)
+    with caplog.at_level("ERROR"):
+        _tracing.detach_context(token)
+    assert "Failed to detach context" in caplog.text
+    mine = _tracing.attach_span(span)
+    assert trace.get_current_span() is span
+    _tracing.detach_context(mine)
+    assert trace.get_current_span() is not span
