@@ -133,10 +133,12 @@ async def _no_check(context: Any) -> None:
 
 
 def _checked(inner: Any, before: Before) -> Any:
+    awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
+
     async def behavior(request: Any, context: Any) -> Any:
         await before(context)
         result = inner(request, context)
-        if inspect.isawaitable(result):
+        if awaits or inspect.isawaitable(result):
             return await result
         return result
 
@@ -155,6 +157,7 @@ def _checked_stream(inner: Any, before: Before) -> Any:
 
 def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
     start, finish = reporter.start, reporter.finish
+    awaits = inspect.iscoroutinefunction(inner)
 
     # finish() gets the exception in the except clause, whose name Python unbinds on leaving
     # it: a local holding it would make a cycle exception -> traceback -> this frame ->
@@ -166,7 +169,7 @@ def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
         try:
             await before(context)
             result = inner(request, context)
-            if inspect.isawaitable(result):
+            if awaits or inspect.isawaitable(result):
                 result = await result
         except BaseException as e:
             finish(state, context, e)

@@ -41,6 +41,18 @@ from meshkit.observability._semconv import (
     MethodNames,
     grpc_type,
 )
+from meshkit.observability._semconv import (
+    STATUS_CANCELLED as _CANCELLED,
+)
+from meshkit.observability._semconv import (
+    STATUS_EXHAUSTED as _EXHAUSTED,
+)
+from meshkit.observability._semconv import (
+    STATUS_OK as _OK,
+)
+from meshkit.observability._semconv import (
+    STATUS_UNKNOWN as _UNKNOWN,
+)
 from meshkit.observability._tracing import (
     SpanStarter,
     attach_context,
@@ -61,10 +73,6 @@ __all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
 _perf = time.perf_counter
 _time_ns = time.time_ns
 _internal_log = get_logger("meshkit.observability")
-_OK = grpc.StatusCode.OK
-_UNKNOWN = grpc.StatusCode.UNKNOWN
-_CANCELLED = grpc.StatusCode.CANCELLED
-_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CLIENT = SpanKind.CLIENT
 _in_context = span_in_context
 _INTERNAL = SpanKind.INTERNAL
@@ -485,22 +493,11 @@ class AttemptSpanInterceptor(
         call.add_done_callback(done)
         return call
 
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
-                                    request: Any) -> Any:
-        """Trace one unary-unary attempt (waits for its status before returning)."""
-        return await self._unary(continuation, client_call_details, request)
-
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any,
-                                     request_iterator: Any) -> Any:
-        """Trace one stream-unary attempt."""
-        return await self._unary(continuation, client_call_details, request_iterator)
-
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any,
-                                     request: Any) -> Any:
-        """Trace one unary-stream attempt (ended from the call's done callback)."""
-        return await self._stream(continuation, client_call_details, request)
-
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any,
-                                      request_iterator: Any) -> Any:
-        """Trace one stream-stream attempt."""
-        return await self._stream(continuation, client_call_details, request_iterator)
+    # grpc.aio calls these positionally (so the third parameter's name, ``request`` here
+    # and ``request_iterator`` in grpc's stream-request interfaces, is never used): a
+    # unary-response attempt waits for its status before returning, a streaming one is
+    # ended from the call's done callback
+    intercept_unary_unary = _unary
+    intercept_stream_unary = _unary  # type: ignore[assignment]
+    intercept_unary_stream = _stream
+    intercept_stream_stream = _stream  # type: ignore[assignment]

@@ -52,6 +52,13 @@ ATTR_RATE_LIMITED = "meshkit.rate_limited"
 (:func:`meshkit.resilience.rejected_by_rate_limit`), and on client spans of calls answered
 ``RESOURCE_EXHAUSTED`` (the client cannot tell the limiter from a handler)."""
 
+# the statuses the reporters compare per call, by identity (an Enum member hashes in Python)
+STATUS_OK = grpc.StatusCode.OK
+STATUS_UNKNOWN = grpc.StatusCode.UNKNOWN
+STATUS_CANCELLED = grpc.StatusCode.CANCELLED
+STATUS_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+STATUS_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
 SERVER_ERROR_CODES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL,

@@ -34,6 +34,21 @@ from meshkit.observability._semconv import (
     grpc_type,
     parse_peer,
 )
+from meshkit.observability._semconv import (
+    STATUS_CANCELLED as _CANCELLED,
+)
+from meshkit.observability._semconv import (
+    STATUS_DEADLINE as _DEADLINE,
+)
+from meshkit.observability._semconv import (
+    STATUS_EXHAUSTED as _EXHAUSTED,
+)
+from meshkit.observability._semconv import (
+    STATUS_OK as _OK,
+)
+from meshkit.observability._semconv import (
+    STATUS_UNKNOWN as _UNKNOWN,
+)
 from meshkit.observability._tracing import (
     SpanStarter,
     attach_context,
@@ -52,11 +67,6 @@ __all__ = ["TelemetryServerInterceptor"]
 _perf = time.perf_counter
 _time_ns = time.time_ns
 _internal_log = get_logger("meshkit.observability")
-_OK = grpc.StatusCode.OK
-_UNKNOWN = grpc.StatusCode.UNKNOWN
-_CANCELLED = grpc.StatusCode.CANCELLED
-_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
-_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _SERVER = SpanKind.SERVER
 _MAX_METHODS = 10_000
 

@@ -248,6 +248,16 @@ def _has_otlp() -> bool:
                                                 name="otlp"))
 
 
+def _otel_grpc() -> Any:
+    """``opentelemetry.instrumentation.grpc``, or :class:`ConfigError` naming its extra."""
+    try:
+        import opentelemetry.instrumentation.grpc as otel_grpc
+    except ImportError:
+        raise ConfigError("implementation='otel' needs opentelemetry-instrumentation-grpc: "
+                          "pip install 'meshkit[otel-grpc]'") from None
+    return otel_grpc
+
+
 def otel_server_interceptor(
     tracer_provider: trace.TracerProvider | None = None,
 ) -> grpc.aio.ServerInterceptor:
@@ -261,13 +271,7 @@ def otel_server_interceptor(
     Args:
         tracer_provider: default the global provider.
     """
-    try:
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-    except ImportError:
-        raise ConfigError("implementation='otel' needs opentelemetry-instrumentation-grpc: "
-                          "pip install 'meshkit[otel-grpc]'") from None
-
-    icpt: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+    icpt: grpc.aio.ServerInterceptor = _otel_grpc().aio_server_interceptor(
         tracer_provider=tracer_provider)
     return icpt
 
@@ -282,14 +286,7 @@ def otel_client_interceptors(
     Args:
         tracer_provider: default the global provider.
     """
-    try:
-        from opentelemetry.instrumentation.grpc import aio_client_interceptors
-    except ImportError:
-        raise ConfigError("implementation='otel' needs opentelemetry-instrumentation-grpc: "
-                          "pip install 'meshkit[otel-grpc]'") from None
-
-    return tuple(aio_client_interceptors(  # type: ignore[no-untyped-call]
-        tracer_provider=tracer_provider))
+    return tuple(_otel_grpc().aio_client_interceptors(tracer_provider=tracer_provider))
 
 
 def tracing_from_env(service_name: str) -> TracerProvider | None:
