@@ -360,8 +360,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
                                        timestamp=starts[i - 1] if i <= len(starts) else None)
                 if code is not _OK:
                     detail = exc.details() if isinstance(exc, AioRpcError) else None
-                    span.set_status(Status(StatusCode.ERROR, f"{code.name}: {detail}"
-                                           if detail else code.name))
+                    span.set_status(Status(StatusCode.ERROR, f"{code._name_}: {detail}"
+                                           if detail else code._name_))
             span.end(end_ns)
             if self.options.access_log and access_active():
                 self._log(m, details, code, duration_s, span.get_span_context())
@@ -378,7 +378,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         attempts = details.attempts
         fields: dict[str, Any] = {
             "side": "client", "target": details.service, "method": m.names.full,
-            "grpc_type": m.names.grpc_type, "code": code.name,
+            "grpc_type": m.names.grpc_type, "code": code._name_,
             "duration_ms": round(duration_s * 1000, 3),
             "peer": attempts[-1].instance.address if attempts else None,
             "attempts": len(attempts),
@@ -448,7 +448,7 @@ class AttemptSpanInterceptor(
     def _end(span: Any, code: grpc.StatusCode) -> None:
         span.set_attribute(RPC_GRPC_STATUS_CODE, code._value_[0])
         if code is not _OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
+            span.set_status(Status(StatusCode.ERROR, code._name_))
         span.end()
 
     async def _unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:

@@ -267,7 +267,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                     if code is not _OK and code in SERVER_ERROR_CODES:
                         if exc is not None and not isinstance(exc, grpc.aio.AbortError):
                             span.record_exception(exc)
-                        span.set_status(Status(StatusCode.ERROR, code.name))
+                        span.set_status(Status(StatusCode.ERROR, code._name_))
                 span.end(end_ns)
                 if log:
                     self._log(m, code, duration_s, peer, identity, span.get_span_context(),
@@ -288,7 +288,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         """The access-log event's fields (built when the line is rendered)."""
         fields: dict[str, Any] = {
             "side": "server", "service": self.service_name, "method": m.names.full,
-            "grpc_type": m.names.grpc_type, "code": code.name,
+            "grpc_type": m.names.grpc_type, "code": code._name_,
             "duration_ms": round(duration_s * 1000, 3), "peer": _address(peer),
         }
         if identity is not None:

@@ -711,6 +711,25 @@ class _Sdk:
         return started
 
 
+_env_provider: list[bool] = []  # whether OTEL_PYTHON_TRACER_PROVIDER was set (read once)
+
+
+def _global_provider() -> Any:
+    """``trace.get_tracer_provider()``, without its ``os.environ`` lookup on every call
+    while no global provider is set: ``OTEL_PYTHON_TRACER_PROVIDER`` (a provider the API
+    loads by name) is read at the first call, as the SDK reads its ``OTEL_*`` variables
+    once."""
+    p = getattr(trace, "_TRACER_PROVIDER", None)
+    if p is not None:
+        return p
+    if not _env_provider:
+        _env_provider.append("OTEL_PYTHON_TRACER_PROVIDER" in os.environ)
+    return trace.get_tracer_provider() if _env_provider[0] else _PROXY_PROVIDER
+
+
+_PROXY_PROVIDER = trace.ProxyTracerProvider()  # no global provider yet: no SDK spans
+
+
 class SpanStarter:
     """Starts meshkit's spans, building an SDK span only when the trace is sampled.
 
@@ -746,7 +765,7 @@ class SpanStarter:
         self._sdk: _Sdk | None = None
 
     def _resolve(self) -> _Sdk | None:
-        p = self._explicit if self._explicit is not None else trace.get_tracer_provider()
+        p = self._explicit if self._explicit is not None else _global_provider()
         if p is not self._provider:
             self._provider = p
             if _sdk is not None and isinstance(p, _sdk.TracerProvider):

@@ -444,3 +444,40 @@ def test_completion_limit_is_validated(bad: Any) -> None:
 
     with pytest.raises(ConfigError, match=f"got {bad!r}"):
         TelemetryOptions(complete_after_response_max_in_flight=bad)
+
+
+_GLOBAL_PROVIDER_SCRIPT = """
+import os, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+from meshkit.observability._tracing import SpanStarter
+
+starter = SpanStarter(None, SpanKind.SERVER)
+first = starter.start("svc/M", None, None, {})
+if sys.argv[1] == "later":
+    assert first is None, first  # no provider, no parent: no trace context at all
+    trace.set_tracer_provider(TracerProvider())
+span = starter.start("svc/M", None, None, {})
+assert span is not None and span.is_recording(), span
+assert type(span).__name__ == "LeanSdkSpan", type(span)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["later", "env"])
+def test_spans_follow_the_global_provider_also_one_set_later(how: str) -> None:
+    """A telemetry option without ``tracer_provider`` follows the global provider: one
+    installed after the first call (``set_tracer_provider``), and one the API loads by
+    name from ``OTEL_PYTHON_TRACER_PROVIDER``. Each in a fresh process: the global
+    provider can be set once."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if how == "env":
+        env["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"
+    out = subprocess.run([sys.executable, "-c", _GLOBAL_PROVIDER_SCRIPT, how], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
