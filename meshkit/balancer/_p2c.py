@@ -208,24 +208,54 @@ class P2C:
 
         ``exclude`` is avoided while another usable endpoint exists; ``key`` is ignored.
         """
-        if not self._eps:
+        eps = self._eps
+        n = len(eps)
+        if n > 1 and not exclude:
+            # the common case, inline: two distinct ready endpoints at the first draw
+            rnd = self._rng.random
+            a, b = eps[int(rnd() * n)], eps[int(rnd() * n)]
+            if a is not b and a.state is _READY and b.state is _READY:
+                now = self._clock()
+                stats = self._stats
+                sa, sb = stats[a.key], stats[b.key]
+                la = (sa.estimate(now, 0.0) if sa.rtt_s >= 0 else self._prior(now)) \
+                    * (sa.pending + 1)
+                lb = (sb.estimate(now, 0.0) if sb.rtt_s >= 0 else self._prior(now)) \
+                    * (sb.pending + 1)
+                if lb < la:
+                    a, b, sa = b, a, sb
+                ss = self._opts.slow_start_s
+                if ss > 0 and now - sa.added_at < ss:
+                    return self._yield_or_keep(a, b, exclude, now)
+                sa.pending += 1
+                return a, sa.done
+        elif not n:
             return None
-        a = self._draw(exclude, None)
-        if a is None:
+        first = self._draw(exclude, None)
+        if first is None:
             if exclude:
                 return self.pick(key, ())
             return None
-        b = self._draw(exclude, a) if len(self._eps) > 1 else None
-        if b is not None:
+        second = self._draw(exclude, first) if n > 1 else None
+        if second is not None:
             now = self._clock()
-            if self.load(b, now) < self.load(a, now):
-                a, b = b, a
-            w = self.weight(a, now)  # a is the winner; a newcomer may yield it
-            if w < 1.0 and self._rng.random() >= w:
-                # to the better of the loser and a third endpoint: yielding to whatever
-                # lost would hand a slow replica the newcomer's share of the picks
-                c = self._draw((*exclude, b), a) if len(self._eps) > 2 else None
-                a = c if c is not None and self.load(c, now) < self.load(b, now) else b
+            if self.load(second, now) < self.load(first, now):
+                first, second = second, first
+            return self._yield_or_keep(first, second, exclude, now)
+        st = self._stats[first.key]
+        st.pending += 1
+        return first, st.done
+
+    def _yield_or_keep(self, a: Endpoint, b: Endpoint, exclude: Collection[Endpoint],
+                       now: float) -> tuple[Endpoint, Done]:
+        """Pick the winner ``a`` over the loser ``b``, unless ``a`` is slow-starting and
+        yields the pick by its weight."""
+        w = self.weight(a, now)
+        if w < 1.0 and self._rng.random() >= w:
+            # to the better of the loser and a third endpoint: yielding to whatever
+            # lost would hand a slow replica the newcomer's share of the picks
+            c = self._draw((*exclude, b), a) if len(self._eps) > 2 else None
+            a = c if c is not None and self.load(c, now) < self.load(b, now) else b
         st = self._stats[a.key]
         st.pending += 1
         return a, st.done
