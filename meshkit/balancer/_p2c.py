@@ -211,10 +211,11 @@ class P2C:
         eps = self._eps
         n = len(eps)
         if n > 1 and not exclude:
-            # the common case, inline: two distinct ready endpoints at the first draw
+            # the common case, inline: two distinct endpoints drawn, both ready
             rnd = self._rng.random
-            a, b = eps[int(rnd() * n)], eps[int(rnd() * n)]
-            if a is not b and a.state is _READY and b.state is _READY:
+            i, j = int(rnd() * n), int(rnd() * (n - 1))
+            a, b = eps[i], eps[j + 1 if j >= i else j]
+            if a.state is _READY and b.state is _READY:
                 now = self._clock()
                 stats = self._stats
                 sa, sb = stats[a.key], stats[b.key]

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 from grpc.aio import AioRpcError
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._methods import MethodMatcher
@@ -56,6 +56,7 @@ from meshkit.observability._semconv import (
 from meshkit.observability._tracing import (
     SpanStarter,
     attach_context,
+    baggage_set,
     current_span_context,
     detach_context,
     fast_propagation,
@@ -223,7 +224,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 ctx = _in_context(span)
                 inject_span(details.metadata, span, ctx)
                 token = attach_context(ctx)
-            elif not fast_propagation() or baggage.get_all():
+            elif not fast_propagation() or baggage_set():
                 inject_context(details.metadata)  # no trace context; baggage may travel
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)

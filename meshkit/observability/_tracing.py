@@ -876,6 +876,18 @@ def current_span_context() -> SpanContext:
     return INVALID_SPAN_CONTEXT if span is None else span.get_span_context()
 
 
+def baggage_set(context: Any = None) -> bool:
+    """Whether ``context`` (default: the current one) carries baggage:
+    ``bool(baggage.get_all(context))`` read straight from the context."""
+    if context is None:
+        if _RUNTIME is None:  # pragma: no cover - another runtime context
+            return bool(baggage.get_all())
+        context = _RUNTIME[0].get()
+    if _BAGGAGE_KEY is None or not isinstance(context, dict):  # pragma: no cover
+        return bool(baggage.get_all(context))
+    return bool(context.get(_BAGGAGE_KEY))
+
+
 def attach_span(span: Span, base: Any = None) -> Any:
     """``attach(set_span_in_context(span, base))``: make a context holding ``span`` over
     ``base`` (default: the current context) current; returns the token for
@@ -980,9 +992,7 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
     """Write ``span``'s trace context into outgoing ``metadata``: a ``traceparent`` built
     here under the default propagator when no baggage is set, else the global propagator
     with ``context`` (the current one holding ``span``)."""
-    if fast_propagation() and not (context.get(_BAGGAGE_KEY) if _BAGGAGE_KEY is not None
-                                   and isinstance(context, dict)
-                                   else baggage.get_all(context)):
+    if fast_propagation() and not baggage_set(context):
         sc = span.get_span_context()
         if _SC_TUPLE:
             tid, sid, _, flags, state, valid = sc
