@@ -168,6 +168,33 @@ def test_p2c_prefers_the_less_loaded() -> None:
     assert picks["a"] > 1000 and picks["b"] > 1000
 
 
+def test_p2c_compares_two_distinct_endpoints_every_pick() -> None:
+    """Each pick compares two different endpoints, drawn uniformly: with two, the less
+    loaded one (fewer calls pending) takes every pick; with four of equal load, each
+    takes about a quarter."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(3))
+    a, b = eps("a", "b")
+    p.update([a, b])
+    held = p.pick()  # one call left pending on whichever won
+    assert held is not None
+    busy = held[0]
+    for _ in range(200):
+        got = p.pick()
+        assert got is not None and got[0] is not busy
+        got[1](OK, 0.001)
+    p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(4))
+    four = eps("a", "b", "c", "d")
+    p.update(four)
+    picks: Counter[str] = Counter()
+    for _ in range(4000):
+        got = p.pick()
+        assert got is not None
+        picks[got[0].key] += 1
+        got[1](OK, 0.001)
+    assert all(800 < picks[k] < 1200 for k in "abcd"), picks
+
+
 def test_p2c_penalises_resource_exhausted() -> None:
     """A RESOURCE_EXHAUSTED answer raises the endpoint's load to at least the penalty."""
     clock = Clock()
