@@ -137,6 +137,8 @@ def rejected_by_rate_limit() -> bool:
     """
     return _rejected.get()
 
+_MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys (cleared when full)
+
 _STRATEGY_CLASSES: dict[str, Callable[[Any], _LimitsStrategy]] = {
     "fixed-window": FixedWindowRateLimiter,
     "moving-window": MovingWindowRateLimiter,
@@ -477,8 +479,8 @@ class StorageLimiter:
             (``async+redis`` needs ``limits[async-redis]``).
     """
 
-    __slots__ = ("_deny", "_outage", "_prefix", "_storage", "_storage_name", "_strategy",
-                 "_table", "_timeout_s", "breaker")
+    __slots__ = ("_acquire_window", "_deny", "_outage", "_prefix", "_storage", "_storage_name",
+                 "_strategy", "_table", "_timeout_s", "_window_keys", "breaker")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -495,6 +497,12 @@ class StorageLimiter:
                 f"storage_uri {self._storage_name!r} with strategy {opts.strategy!r}: {exc}"
             ) from exc
         self._storage = storage
+        # the sliding-window counter's hit made here (the strategy's own three lines, with
+        # the storage key remembered): storage.acquire_sliding_window_entry is limits'
+        # storage interface for that strategy
+        self._acquire_window: Any = getattr(storage, "acquire_sliding_window_entry", None) \
+            if type(self._strategy) is SlidingWindowCounterRateLimiter else None
+        self._window_keys: dict[tuple[int, str, str], tuple[Any, str, int, int]] = {}
         self._timeout_s = None if isinstance(storage, MemoryStorage) else opts.storage_timeout_s
         self._prefix = opts.key_prefix
         self._deny = opts.on_storage_error == "deny"
@@ -553,10 +561,29 @@ class StorageLimiter:
             if inspect.isawaitable(result):  # redis-py's asyncio pool
                 await result
 
+    def _window_key(self, item: Any, method: str, key: str) -> tuple[Any, str, int, int]:
+        """``(item, storage key, amount, window seconds)`` of a sliding-window hit: what
+        ``SlidingWindowCounterRateLimiter.hit`` computes per hit (``key_for`` joins and
+        escapes five strings), remembered per item, method and caller key."""
+        ck = (id(item), method, key)
+        got = self._window_keys.get(ck)
+        if got is None or got[0] is not item:
+            if len(self._window_keys) >= _MAX_WINDOW_KEYS:
+                self._window_keys.clear()
+            got = self._window_keys[ck] = (item, item.key_for(self._prefix, method, key),
+                                           item.amount, item.get_expiry())
+        return got
+
     async def _hit(self, rule: Rule, method: str, key: str) -> Rejection | None:
         strategy = self._strategy
+        acquire = self._acquire_window
         for item in rule.items:
-            if not await strategy.hit(item, self._prefix, method, key):
+            if acquire is not None:  # SlidingWindowCounterRateLimiter.hit, its key cached
+                _, wkey, amount, window_s = self._window_key(item, method, key)
+                admitted = await acquire(wkey, amount, window_s, 1)
+            else:
+                admitted = await strategy.hit(item, self._prefix, method, key)
+            if not admitted:
                 now = time.time()
                 if isinstance(strategy, SlidingWindowCounterRateLimiter):
                     window = await cast(Any, self._storage).get_sliding_window(
