@@ -674,6 +674,14 @@ class JWTVerifier:
         """The verified-token cache (for statistics and tests)."""
         return self._cache
 
+    def cached(self, token: str) -> Claims | None:
+        """The claims of ``token`` when it was verified before and has not expired (the
+        per-call path of a returning caller, without a coroutine), else ``None``: then
+        :meth:`verify` it."""
+        if not token or len(token) > self._core._options.max_token_bytes:
+            return None  # verify() says why
+        return self._cache.get(self._cache.key(token))
+
     async def verify(self, token: str) -> Claims:
         """Verify ``token`` and return its claims (cached until ``exp``).
 

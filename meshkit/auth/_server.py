@@ -136,6 +136,8 @@ class JWTAuthInterceptor(WrappingInterceptor):
         opts = self.options
         public = opts.is_public(method)
         scopes = opts.required_scopes(method)
+        verifier = self.verifier
+        cached = getattr(verifier, "cached", None)  # a returning token: no coroutine
 
         async def before(context: Any) -> None:
             try:
@@ -149,8 +151,10 @@ class JWTAuthInterceptor(WrappingInterceptor):
                     await _refuse(context, _UNAUTH, "missing bearer token", method, "jwt",
                                   "no token")
                 return
+            claims = cached(token) if cached is not None else None
             try:
-                claims = await self.verifier.verify(token)
+                if claims is None:
+                    claims = await verifier.verify(token)
             except InvalidTokenError as exc:
                 await _refuse(context, _UNAUTH, exc.details() or "invalid token", method,
                               "jwt", exc.details() or "invalid token")
