@@ -32,8 +32,11 @@ __all__ = [
     "wrap_handler",
 ]
 
-Before = Callable[[Any], Awaitable[None]]
-"""``await before(context)``: check the call; abort it through ``context`` to refuse."""
+Before = Callable[[Any], Awaitable[None] | None]
+"""``before(context)``: check the call; ``None`` when it passes at once, else an awaitable
+that the wrap awaits (the rest of an async check, or ``context.abort(...)``, which refuses
+the call). An ``async def`` check (always an awaitable) is a ``Before`` too; a synchronous
+one saves the call a coroutine."""
 
 if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
@@ -128,7 +131,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     return wrapped
 
 
-async def _no_check(context: Any) -> None:
+def _no_check(context: Any) -> None:
     return None
 
 
@@ -136,7 +139,9 @@ def _checked(inner: Any, before: Before) -> Any:
     awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
     async def behavior(request: Any, context: Any) -> Any:
-        await before(context)
+        pending = before(context)
+        if pending is not None:
+            await pending
         result = inner(request, context)
         if awaits or inspect.isawaitable(result):
             return await result
@@ -147,7 +152,9 @@ def _checked(inner: Any, before: Before) -> Any:
 
 def _checked_stream(inner: Any, before: Before) -> Any:
     async def behavior(request: Any, context: Any) -> Any:
-        await before(context)
+        pending = before(context)
+        if pending is not None:
+            await pending
         result = inner(request, context)
         async for item in responses(result):
             yield item
@@ -167,7 +174,9 @@ def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
     async def behavior(request: Any, context: Any) -> Any:
         state = start(context)
         try:
-            await before(context)
+            pending = before(context)
+            if pending is not None:
+                await pending
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
                 result = await result
@@ -203,7 +212,9 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
     async def behavior(request: Any, context: Any) -> Any:
         state = start(context)
         try:
-            await before(context)
+            pending = before(context)
+            if pending is not None:
+                await pending
             result = inner(request, context)
             if messages is None:
                 async for item in responses(result):
@@ -295,10 +306,15 @@ class FusedInterceptor(WrappingInterceptor):
         if len(befores) == 1:
             return befores[0]
         checks = tuple(befores)
+        # the checks after each one, for when it needs awaiting (the rest then run in order)
+        rests = tuple(checks[i + 1:] for i in range(len(checks)))
 
-        async def before(context: Any) -> None:
-            for check in checks:
-                await check(context)
+        def before(context: Any) -> Awaitable[None] | None:
+            for i, check in enumerate(checks):
+                pending = check(context)
+                if pending is not None:
+                    return _then(pending, rests[i], context)
+            return None
 
         return before
 
@@ -308,6 +324,15 @@ class FusedInterceptor(WrappingInterceptor):
         if not reporters:
             return None
         return reporters[0] if len(reporters) == 1 else _Reporters(tuple(reporters))
+
+
+async def _then(pending: Awaitable[None], checks: tuple[Before, ...], context: Any) -> None:
+    """Await ``pending`` (a check's awaitable), then run the remaining ``checks`` in order."""
+    await pending
+    for check in checks:
+        more = check(context)
+        if more is not None:
+            await more
 
 
 class _Reporters:

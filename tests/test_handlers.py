@@ -47,6 +47,21 @@ class Check(WrappingInterceptor):
         return before
 
 
+class SyncCheck(Check):
+    """:class:`Check` as a synchronous ``Before``: ``None`` to pass, the abort (an
+    awaitable) to refuse."""
+
+    def _before_for(self, m: str) -> Before | None:
+        def before(context: Any) -> Any:
+            self.seen.append(self.name)
+            md = dict(context.invocation_metadata() or ())
+            if md.get("deny") == self.name:
+                return context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{self.name} says no")
+            return None
+
+        return before
+
+
 class Plain(grpc.aio.ServerInterceptor):
     """A non-wrapping interceptor: it must stay where it was, unfused."""
 
@@ -403,3 +418,41 @@ async def test_a_failed_call_does_not_keep_its_request_alive(streams: bool) -> N
     finally:
         gc.enable()
     assert reporter.finished == [ValueError]
+
+
+@pytest.mark.parametrize("deny", [None, "a", "b", "c", "d"])
+async def test_synchronous_and_async_checks_fuse_in_order(deny: str | None) -> None:
+    """Fused checks may be synchronous (``None`` to pass, an awaitable to refuse) or
+    ``async``: they run in chain order either way (the ones after an ``async`` check run
+    once it is done), the first refusal ends the call, and later checks never run."""
+    seen: list[str] = []
+    chain = fuse_interceptors([SyncCheck("a", seen), Check("b", seen), SyncCheck("c", seen),
+                               Check("d", seen)])
+    server = grpc.aio.server(interceptors=chain)
+    server.add_generic_rpc_handlers((echo_handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            md = (("deny", deny),) if deny else ()
+            calls = (lambda: ch.unary_unary(method("Unary"))(b"x", timeout=5, metadata=md),
+                     lambda: _collect(ch.unary_stream(method("ServerStream"))(
+                         b"1", timeout=5, metadata=md)))
+            for make in calls:
+                seen.clear()
+                call = make()
+                if deny is None:
+                    assert await call in (b"e1|x", [b"e1|0"])
+                    assert seen == ["a", "b", "c", "d"]
+                    continue
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert err.value.details() == f"{deny} says no"
+                assert seen == list("abcd"[:"abcd".index(deny) + 1])
+    finally:
+        await server.stop(None)
+
+
+async def _collect(call: Any) -> list[Any]:
+    return [r async for r in call]

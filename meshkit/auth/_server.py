@@ -12,6 +12,7 @@ outermost; a check that fails aborts the call with its status and the handler ne
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -29,6 +30,7 @@ from meshkit.auth._identity import (
     default_peer_verifier,
 )
 from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, extract_bearer
+from meshkit.auth._jwt_types import Claims
 
 __all__ = [
     "AuthzInterceptor",
@@ -92,19 +94,18 @@ class PeerIdentityInterceptor(WrappingInterceptor):
         if self._exempt.lookup(method):
             return None
 
-        async def before(context: Any) -> None:
+        def before(context: Any) -> Awaitable[None] | None:
             peer = self.identify(context)
             if peer is None:
-                await _refuse(context, _UNAUTH, "no verified peer identity", method,
-                              "peer", "no SPIFFE ID")
-                return
+                return _refuse(context, _UNAUTH, "no verified peer identity", method,
+                               "peer", "no SPIFFE ID")
             if peer.trust_domain != self.trust_domain or (
                 self._allowed is not None and not self._allowed.matches(peer.spiffe_id)
             ):
-                await _refuse(context, _DENIED, f"caller is not allowed to call {method}",
-                              method, "peer", f"peer {peer.spiffe_id} not allowed")
-                return
+                return _refuse(context, _DENIED, f"caller is not allowed to call {method}",
+                               method, "peer", f"peer {peer.spiffe_id} not allowed")
             _peer.set(peer)
+            return None
 
         return before
 
@@ -139,32 +140,40 @@ class JWTAuthInterceptor(WrappingInterceptor):
         verifier = self.verifier
         cached = getattr(verifier, "cached", None)  # a returning token: no coroutine
 
-        async def before(context: Any) -> None:
+        def admit(context: Any, token: str, claims: Claims) -> Awaitable[None] | None:
+            if not public and not claims.has_scopes(scopes):
+                return _refuse(context, _DENIED, "token lacks a required scope", method,
+                               "jwt", "missing scope")
+            _claims.set(claims)
+            _token.set(token)
+            return None
+
+        async def verify(context: Any, token: str) -> None:
             try:
-                token = extract_bearer(context.invocation_metadata(), opts.metadata_key)
-            except UnauthenticatedError as exc:
-                await _refuse(context, _UNAUTH, exc.details() or "unauthenticated", method,
-                              "jwt", "bad authorization metadata")
-                return
-            if token is None:
-                if not public:
-                    await _refuse(context, _UNAUTH, "missing bearer token", method, "jwt",
-                                  "no token")
-                return
-            claims = cached(token) if cached is not None else None
-            try:
-                if claims is None:
-                    claims = await verifier.verify(token)
+                claims = await verifier.verify(token)
             except InvalidTokenError as exc:
                 await _refuse(context, _UNAUTH, exc.details() or "invalid token", method,
                               "jwt", exc.details() or "invalid token")
                 return
-            if not public and not claims.has_scopes(scopes):
-                await _refuse(context, _DENIED, "token lacks a required scope", method, "jwt",
-                              "missing scope")
-                return
-            _claims.set(claims)
-            _token.set(token)
+            pending = admit(context, token, claims)
+            if pending is not None:
+                await pending
+
+        def before(context: Any) -> Awaitable[None] | None:
+            try:
+                token = extract_bearer(context.invocation_metadata(), opts.metadata_key)
+            except UnauthenticatedError as exc:
+                return _refuse(context, _UNAUTH, exc.details() or "unauthenticated", method,
+                               "jwt", "bad authorization metadata")
+            if token is None:
+                if not public:
+                    return _refuse(context, _UNAUTH, "missing bearer token", method, "jwt",
+                                   "no token")
+                return None
+            claims = cached(token) if cached is not None else None
+            if claims is None:  # a new token: verified in a coroutine (keys may be fetched)
+                return verify(context, token)
+            return admit(context, token, claims)
 
         return before
 
@@ -192,19 +201,21 @@ class AuthzInterceptor(WrappingInterceptor):
         """The policy check for ``method`` (see the class docstring)."""
         policy = self.policy
 
-        async def before(context: Any) -> None:
+        def before(context: Any) -> Awaitable[None] | None:
             peer = _peer.get()
             if peer is None:
                 peer = default_peer_verifier().identify(context.auth_context())
                 if peer is not None:
                     _peer.set(peer)
             decision = policy.evaluate(method, peer.spiffe_id if peer else None, _claims.get())
-            if not decision.allowed:
-                details = ("unauthenticated" if decision.code is _UNAUTH
-                           else f"caller is not allowed to call {method}")
-                _log.info("call refused", method=method, code=decision.code.name,
-                          reason=decision.reason, rule=decision.rule, by="authz",
-                          peer=peer.spiffe_id if peer else None)
-                await context.abort(decision.code, details)
+            if decision.allowed:
+                return None
+            details = ("unauthenticated" if decision.code is _UNAUTH
+                       else f"caller is not allowed to call {method}")
+            _log.info("call refused", method=method, code=decision.code.name,
+                      reason=decision.reason, rule=decision.rule, by="authz",
+                      peer=peer.spiffe_id if peer else None)
+            aborted: Awaitable[None] = context.abort(decision.code, details)
+            return aborted
 
         return before

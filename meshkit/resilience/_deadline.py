@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,18 +113,21 @@ class DeadlineInterceptor(WrappingInterceptor):
     def _before_for(self, method: str) -> Before:
         return self._admit
 
-    async def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> Awaitable[None] | None:
         # Each call runs in its own task, so the context variable set here is the
-        # handler's and disappears with the call.
+        # handler's and disappears with the call. Synchronous (no coroutine per call):
+        # a refusal is the abort, which the handler wrap awaits.
         remaining = time_remaining_s(context)
         if remaining is None:
             _deadline.set(None)
-            return
+            return None
         if remaining <= self._min:
             self.rejected += 1
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                "deadline exceeded before the handler ran")
+            aborted: Awaitable[None] = context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the handler ran")
+            return aborted
         _deadline.set(time.monotonic() + remaining)
+        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
