@@ -313,7 +313,8 @@ class FusedInterceptor(WrappingInterceptor):
             for i, check in enumerate(checks):
                 pending = check(context)
                 if pending is not None:
-                    return _then(pending, rests[i], context)
+                    rest = rests[i]
+                    return _then(pending, rest, context) if rest else pending
             return None
 
         return before
