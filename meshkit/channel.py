@@ -387,10 +387,13 @@ class MeshChannel(grpc.aio.Channel):
                 raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
+        md = details.metadata
         call = details.codec.on(self._conns[ep.key])(
             request,
             timeout=timeout,
-            metadata=details.metadata or None,
+            # grpc.aio's own type: a plain sequence is checked with isinstance(Sequence),
+            # abc's slow path, on every call before the same conversion
+            metadata=Metadata(*md) if md else None,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
             compression=details.compression,
