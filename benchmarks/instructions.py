@@ -60,7 +60,7 @@ import tempfile
 import time
 from typing import Any
 
-__all__ = ["VARIANTS", "main", "measure"]
+__all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "noop", "bare-server",
             "traced", "full")
@@ -219,17 +219,23 @@ def _child(variant: str, calls: int, callers: int) -> None:
         flush_logs()
 
 
-def _count(variant: str, calls: int, callers: int, out_dir: str) -> int:
-    """Instructions callgrind counts for one child process running ``calls`` calls."""
-    out = os.path.join(out_dir, f"callgrind.{variant}.{calls}")
+def callgrind_total(argv: list[str], out_dir: str, name: str) -> int:
+    """Instructions callgrind counts for ``python -m <argv>`` (one child process)."""
+    out = os.path.join(out_dir, f"callgrind.{name}")
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         "-m", "benchmarks.instructions", "--child", variant, str(calls), str(callers)],
+         "-m", *argv],
         capture_output=True, text=True, timeout=1800, check=False)
     found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
     if proc.returncode != 0 or found is None:
-        raise RuntimeError(f"callgrind run of {variant!r} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"callgrind run of {name!r} failed:\n{proc.stderr[-2000:]}")
     return int(found.group(1))
+
+
+def _count(variant: str, calls: int, callers: int, out_dir: str) -> int:
+    """Instructions callgrind counts for one child process running ``calls`` calls."""
+    return callgrind_total(["benchmarks.instructions", "--child", variant, str(calls),
+                            str(callers)], out_dir, f"{variant}.{calls}")
 
 
 def measure(variant: str, low: int, high: int, callers: int = 1) -> float:

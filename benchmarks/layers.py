@@ -24,6 +24,13 @@ variants; the figure is the median CPU time (``time.process_time``) per call ove
 minus the bare variant's, i.e. what the layer adds. Tracing samples 100 % into an SDK
 provider whose exporter drops spans; access lines go through ``configure_logging()`` to
 ``/dev/null``.
+
+``--instructions [VARIANTS]`` counts instructions per call instead (``valgrind
+--tool=callgrind``, about 40 s a variant): each variant of each side runs in a child
+process with 300 and with 1,300 calls, and the difference over 1,000 is its count, the same
+on a busy or a quiet machine. CPU figures above move with the VM (2-3x between a quiet and
+a throttled afternoon here); instruction counts decide whether a change made a layer
+cheaper.
 """
 
 from __future__ import annotations
@@ -355,12 +362,65 @@ def table(side: str, medians: dict[str, float], limit_us: float = 15.0) -> str:
     return "\n".join(lines)
 
 
+def _child(side: str, variant: str, calls: int) -> None:
+    """One variant of one side, ``calls`` calls after the warm-up (what callgrind runs)."""
+    from benchmarks.stacks import Secrets, bench_token, tracer_provider
+    from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+    from meshkit.observability import configure_logging, flush_logs
+
+    provider = tracer_provider(1.0)
+
+    async def run() -> None:
+        configure_logging("INFO", json=True)
+        with tempfile.TemporaryDirectory() as d:
+            if side == "server":
+                secrets = Secrets(Path(d))
+                secrets.create()
+                options, with_cert = _server_variants(provider, secrets)[variant]
+                await _server_run(options, with_cert, secrets, bench_token(secrets.jwt_key),
+                                  calls)
+            else:
+                registry = LocalRegistry(LocalOptions(path=Path(d) / "r", ttl_s=3600.0,
+                                                      poll_interval_s=600.0))
+                for i in (1, 2):
+                    await registry.register(Instance(service="bench", instance_id=f"b{i}",
+                                                     host="127.0.0.1", port=i))
+                await _client_run(_client_variants(provider)[variant], registry, calls)
+        flush_logs()
+
+    with _quiet_stderr():
+        asyncio.run(run())
+        provider.shutdown()
+
+
+def instructions(side: str, variant: str, low: int = 300, high: int = 1300) -> float:
+    """Instructions per call of one variant of one side, counted by callgrind: the
+    difference of a ``high``-call and a ``low``-call run over ``high - low`` (set-up,
+    warm-up and shutdown cancel out). Load-independent, unlike the CPU figures."""
+    from benchmarks.instructions import callgrind_total
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = (callgrind_total(["benchmarks.layers", "--child", side, variant, str(n)],
+                                tmp, f"{side}.{n}") for n in (low, high))
+    return (b - a) / (high - low)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both sides and print their tables."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__)
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
     p.add_argument("--calls", type=int, default=4000, help="calls per variant per round")
+    p.add_argument("--instructions", metavar="VARIANTS", nargs="?", const="all",
+                   help="count instructions per call under callgrind instead of CPU time "
+                        "(about 40 s a variant; comma-separated variants, default all)")
+    p.add_argument("--child", nargs=3, metavar=("SIDE", "VARIANT", "CALLS"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        _child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    if args.instructions:
+        return _print_instructions(args.instructions)
     from benchmarks.stacks import tracer_provider
     from meshkit.observability import configure_logging, flush_logs
 
@@ -382,6 +442,30 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table("server", server))
     sys.stdout.flush()
+    return 0
+
+
+def _print_instructions(which: str) -> int:
+    """``--instructions``: a table per side of instructions per call and what each variant
+    adds to ``bare``."""
+    from benchmarks.stacks import Secrets
+
+    with tempfile.TemporaryDirectory() as d:
+        secrets = Secrets(Path(d))
+        secrets.create()
+        server_names = list(_server_variants(None, secrets))
+    sides = {"client": list(_client_variants(None)), "server": server_names}
+    wanted = None if which == "all" else set(which.split(","))
+    print("Instructions per call over a null transport (callgrind, 1300 - 300 calls)\n")
+    for side, names in sides.items():
+        picked = [n for n in names if wanted is None or n in wanted or n == "bare"]
+        got = {n: instructions(side, n) for n in picked}
+        bare = got["bare"]
+        print(f"| {side} variant | instructions/call | added to bare |\n|---|---:|---:|")
+        for n, v in got.items():
+            print(f"| {n} | {v:,.0f} | {v - bare:+,.0f} |")
+        print()
+        sys.stdout.flush()
     return 0
 
 

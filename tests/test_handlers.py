@@ -174,33 +174,26 @@ async def test_reporters_fuse_with_checks_and_see_refusals_and_errors() -> None:
     seen: list[str] = []
     chain = fuse_interceptors([Report("t", seen), Check("a", seen), Report("u", seen)])
     assert len(chain) == 1 and isinstance(chain[0], FusedInterceptor)
-    server = grpc.aio.server(interceptors=chain)
-    server.add_generic_rpc_handlers((echo_handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
-            assert seen == ["t:start:unary", "u:start:unary", "a", "u:finish:ok", "t:finish:ok"]
-            seen.clear()
-            with pytest.raises(grpc.aio.AioRpcError):
-                await ch.unary_unary(method("Unary"))(b"x", timeout=5,
-                                                      metadata=(("deny", "a"),))
-            # context.abort() sends the status before it unwinds the handler: the caller may
-            # see the error before the reporters finish
-            await until(lambda: any(e.startswith("t:finish") for e in seen), timeout_s=5,
-                        what="the refused call's reporters finished")
-            assert seen[2] == "a" and seen[3].startswith("u:finish:") and seen[3] != "u:finish:ok"
-            seen.clear()
-            with pytest.raises(grpc.aio.AioRpcError):
-                async for _ in ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:1",
-                                                                    timeout=5):
-                    pass
-            await until(lambda: any(e.startswith("t:finish") for e in seen), timeout_s=5,
-                        what="the failed stream's reporters finished")
-            assert seen[0] == "t:start:stream" and seen[-1] != "t:finish:ok"
-    finally:
-        await server.stop(None)
+    async with _echo_channel_with(chain) as ch:
+        assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+        assert seen == ["t:start:unary", "u:start:unary", "a", "u:finish:ok", "t:finish:ok"]
+        seen.clear()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ch.unary_unary(method("Unary"))(b"x", timeout=5,
+                                                  metadata=(("deny", "a"),))
+        # context.abort() sends the status before it unwinds the handler: the caller may
+        # see the error before the reporters finish
+        await until(lambda: any(e.startswith("t:finish") for e in seen), timeout_s=5,
+                    what="the refused call's reporters finished")
+        assert seen[2] == "a" and seen[3].startswith("u:finish:") and seen[3] != "u:finish:ok"
+        seen.clear()
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for _ in ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:1",
+                                                                timeout=5):
+                pass
+        await until(lambda: any(e.startswith("t:finish") for e in seen), timeout_s=5,
+                    what="the failed stream's reporters finished")
+        assert seen[0] == "t:start:stream" and seen[-1] != "t:finish:ok"
 
 
 class Counts:
@@ -428,28 +421,35 @@ async def test_synchronous_and_async_checks_fuse_in_order(deny: str | None) -> N
     seen: list[str] = []
     chain = fuse_interceptors([SyncCheck("a", seen), Check("b", seen), SyncCheck("c", seen),
                                Check("d", seen)])
+    async with _echo_channel_with(chain) as ch:
+        md = (("deny", deny),) if deny else ()
+        calls = (lambda: ch.unary_unary(method("Unary"))(b"x", timeout=5, metadata=md),
+                 lambda: _collect(ch.unary_stream(method("ServerStream"))(
+                     b"1", timeout=5, metadata=md)))
+        for make in calls:
+            seen.clear()
+            call = make()
+            if deny is None:
+                assert await call in (b"e1|x", [b"e1|0"])
+                assert seen == ["a", "b", "c", "d"]
+                continue
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert err.value.details() == f"{deny} says no"
+            assert seen == list("abcd"[:"abcd".index(deny) + 1])
+
+
+@contextlib.asynccontextmanager
+async def _echo_channel_with(chain: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to an echo server behind ``chain``."""
     server = grpc.aio.server(interceptors=chain)
     server.add_generic_rpc_handlers((echo_handler("e1"),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            md = (("deny", deny),) if deny else ()
-            calls = (lambda: ch.unary_unary(method("Unary"))(b"x", timeout=5, metadata=md),
-                     lambda: _collect(ch.unary_stream(method("ServerStream"))(
-                         b"1", timeout=5, metadata=md)))
-            for make in calls:
-                seen.clear()
-                call = make()
-                if deny is None:
-                    assert await call in (b"e1|x", [b"e1|0"])
-                    assert seen == ["a", "b", "c", "d"]
-                    continue
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await call
-                assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
-                assert err.value.details() == f"{deny} says no"
-                assert seen == list("abcd"[:"abcd".index(deny) + 1])
+            yield ch
     finally:
         await server.stop(None)
 
