@@ -174,7 +174,7 @@ async def test_reporters_fuse_with_checks_and_see_refusals_and_errors() -> None:
     seen: list[str] = []
     chain = fuse_interceptors([Report("t", seen), Check("a", seen), Report("u", seen)])
     assert len(chain) == 1 and isinstance(chain[0], FusedInterceptor)
-    async with _echo_channel_with(chain) as ch:
+    async with _echo_channel(echo_handler("e1"), chain) as ch:
         assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
         assert seen == ["t:start:unary", "u:start:unary", "a", "u:finish:ok", "t:finish:ok"]
         seen.clear()
@@ -421,7 +421,7 @@ async def test_synchronous_and_async_checks_fuse_in_order(deny: str | None) -> N
     seen: list[str] = []
     chain = fuse_interceptors([SyncCheck("a", seen), Check("b", seen), SyncCheck("c", seen),
                                Check("d", seen)])
-    async with _echo_channel_with(chain) as ch:
+    async with _echo_channel(echo_handler("e1"), chain) as ch:
         md = (("deny", deny),) if deny else ()
         calls = (lambda: ch.unary_unary(method("Unary"))(b"x", timeout=5, metadata=md),
                  lambda: _collect(ch.unary_stream(method("ServerStream"))(
@@ -438,20 +438,6 @@ async def test_synchronous_and_async_checks_fuse_in_order(deny: str | None) -> N
             assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
             assert err.value.details() == f"{deny} says no"
             assert seen == list("abcd"[:"abcd".index(deny) + 1])
-
-
-@contextlib.asynccontextmanager
-async def _echo_channel_with(chain: Any) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to an echo server behind ``chain``."""
-    server = grpc.aio.server(interceptors=chain)
-    server.add_generic_rpc_handlers((echo_handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            yield ch
-    finally:
-        await server.stop(None)
 
 
 async def _collect(call: Any) -> list[Any]:
