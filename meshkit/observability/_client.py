@@ -38,20 +38,12 @@ from meshkit.observability._semconv import (
     NETWORK_PEER_PORT,
     RPC_GRPC_STATUS_CODE,
     SERVER_ADDRESS,
+    STATUS_CANCELLED,
+    STATUS_EXHAUSTED,
+    STATUS_OK,
+    STATUS_UNKNOWN,
     MethodNames,
     grpc_type,
-)
-from meshkit.observability._semconv import (
-    STATUS_CANCELLED as _CANCELLED,
-)
-from meshkit.observability._semconv import (
-    STATUS_EXHAUSTED as _EXHAUSTED,
-)
-from meshkit.observability._semconv import (
-    STATUS_OK as _OK,
-)
-from meshkit.observability._semconv import (
-    STATUS_UNKNOWN as _UNKNOWN,
 )
 from meshkit.observability._tracing import (
     SpanStarter,
@@ -235,7 +227,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         """Run a unary-response call inside a span, counted and logged."""
         m = self._method(details)
         span, token, call_token, t0 = self._start(m, details)
-        code = _OK
+        code = STATUS_OK
         exc: BaseException | None = None
         if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
             request = counted_requests(request, m.bound)
@@ -245,10 +237,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
             code, exc = e.code(), e
             raise
         except asyncio.CancelledError as e:
-            code, exc = _CANCELLED, e
+            code, exc = STATUS_CANCELLED, e
             raise
         except Exception as e:
-            code, exc = _UNKNOWN, e
+            code, exc = STATUS_UNKNOWN, e
             raise
         finally:
             try:
@@ -273,7 +265,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
             call = await proceed(details, request)
         except BaseException as e:
             code = e.code() if isinstance(e, AioRpcError) else (
-                _CANCELLED if isinstance(e, asyncio.CancelledError) else _UNKNOWN)
+                STATUS_CANCELLED if isinstance(e, asyncio.CancelledError) else STATUS_UNKNOWN)
             self._finish(m, details, span, t0, code, e)
             raise
         finally:
@@ -284,7 +276,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
         def done(c: Any) -> None:
             if c.cancelled():
-                self._finish(m, details, span, t0, _CANCELLED, None)
+                self._finish(m, details, span, t0, STATUS_CANCELLED, None)
                 return
             task = asyncio.get_running_loop().create_task(
                 self._finish_stream(m, details, span, t0, c))
@@ -299,7 +291,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         try:
             code = await call.code()
         except Exception:
-            code = _UNKNOWN
+            code = STATUS_UNKNOWN
         self._finish(m, details, span, t0, code, None)
 
     def _finish(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
@@ -347,7 +339,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     attrs[NETWORK_PEER_ADDRESS] = inst.host
                     attrs[NETWORK_PEER_PORT] = inst.port
                     attrs[ATTR_INSTANCE_ID] = inst.instance_id
-                if code is _EXHAUSTED:
+                if code is STATUS_EXHAUSTED:
                     attrs[ATTR_RATE_LIMITED] = True
                 set_mesh_attributes(span, attrs)
                 if len(attempts) > 1 and not self.options.attempt_spans:
@@ -359,7 +351,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                                                    NETWORK_PEER_PORT: inst.port,
                                                    ATTR_INSTANCE_ID: inst.instance_id},
                                        timestamp=starts[i - 1] if i <= len(starts) else None)
-                if code is not _OK:
+                if code is not STATUS_OK:
                     detail = exc.details() if isinstance(exc, AioRpcError) else None
                     span.set_status(Status(StatusCode.ERROR, f"{code._name_}: {detail}"
                                            if detail else code._name_))
@@ -448,7 +440,7 @@ class AttemptSpanInterceptor(
     @staticmethod
     def _end(span: Any, code: grpc.StatusCode) -> None:
         span.set_attribute(RPC_GRPC_STATUS_CODE, code._value_[0])
-        if code is not _OK:
+        if code is not STATUS_OK:
             span.set_status(Status(StatusCode.ERROR, code._name_))
         span.end()
 
@@ -463,7 +455,7 @@ class AttemptSpanInterceptor(
             self._end(span, e.code())
             raise
         except asyncio.CancelledError:
-            self._end(span, _CANCELLED)
+            self._end(span, STATUS_CANCELLED)
             raise
         self._end(span, code)
         return call
@@ -476,14 +468,14 @@ class AttemptSpanInterceptor(
         try:
             call = await continuation(details, request)
         except BaseException as e:
-            self._end(span, e.code() if isinstance(e, AioRpcError) else _UNKNOWN)
+            self._end(span, e.code() if isinstance(e, AioRpcError) else STATUS_UNKNOWN)
             raise
 
         async def finish() -> None:
             try:
-                code = _CANCELLED if call.cancelled() else await call.code()
+                code = STATUS_CANCELLED if call.cancelled() else await call.code()
             except Exception:
-                code = _UNKNOWN
+                code = STATUS_UNKNOWN
             self._end(span, code)
 
         def done(_c: Any) -> None:

@@ -30,24 +30,14 @@ from meshkit.observability._semconv import (
     NETWORK_PEER_PORT,
     RPC_GRPC_STATUS_CODE,
     SERVER_ERROR_CODES,
+    STATUS_CANCELLED,
+    STATUS_DEADLINE,
+    STATUS_EXHAUSTED,
+    STATUS_OK,
+    STATUS_UNKNOWN,
     MethodNames,
     grpc_type,
     parse_peer,
-)
-from meshkit.observability._semconv import (
-    STATUS_CANCELLED as _CANCELLED,
-)
-from meshkit.observability._semconv import (
-    STATUS_DEADLINE as _DEADLINE,
-)
-from meshkit.observability._semconv import (
-    STATUS_EXHAUSTED as _EXHAUSTED,
-)
-from meshkit.observability._semconv import (
-    STATUS_OK as _OK,
-)
-from meshkit.observability._semconv import (
-    STATUS_UNKNOWN as _UNKNOWN,
 )
 from meshkit.observability._tracing import (
     SpanStarter,
@@ -209,7 +199,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         code = self._outcome(context, exc)
         defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
-        limited = code is _EXHAUSTED and _rejected_by_rate_limit()
+        limited = code is STATUS_EXHAUSTED and _rejected_by_rate_limit()
         try:
             if m.bound is not None:
                 m.bound.finished(code, duration_s, limited)
@@ -264,7 +254,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                     if limited:
                         attrs[ATTR_RATE_LIMITED] = True
                     set_mesh_attributes(span, attrs)
-                    if code is not _OK and code in SERVER_ERROR_CODES:
+                    if code is not STATUS_OK and code in SERVER_ERROR_CODES:
                         if exc is not None and not isinstance(exc, grpc.aio.AbortError):
                             span.record_exception(exc)
                         span.set_status(Status(StatusCode.ERROR, code._name_))
@@ -279,7 +269,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
              identity: str | None, span_context: Any, md: dict[str, str] | None) -> None:
-        write_access(code is not _OK and code in SERVER_ERROR_CODES, self._fields,
+        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._fields,
                      (m, code, duration_s, peer, identity, span_context, md))
 
     def _fields(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
@@ -329,11 +319,11 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             code = context.code()
             if isinstance(code, grpc.StatusCode):
                 return code
-            return _OK if exc is None else _UNKNOWN
+            return STATUS_OK if exc is None else STATUS_UNKNOWN
         if isinstance(exc, asyncio.CancelledError):
             remaining = context.time_remaining()
-            return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
-        return _UNKNOWN
+            return STATUS_DEADLINE if remaining is not None and remaining <= 0 else STATUS_CANCELLED
+        return STATUS_UNKNOWN
 
     # quiet methods (health, reflection): metrics only
     def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float, str]:
