@@ -20,10 +20,12 @@
   in-process MeshServer and dial() channel (16 callers), CPU added per call over none;
 * ``ratelimit``: CPU per rate-limit hit (default sliding-window counter, ``memory://``,
   yielding to the event loop after each hit as a server does between calls) on ``limits``'
-  own async ``MemoryStorage`` (its expiry sweep started after every hit, walking every key)
-  vs :class:`meshkit.resilience.SweepThrottledMemoryStorage` (one sweep a second), with
-  1 and 1000 caller keys, and the moving window with 1 key (``limits`` hops to a worker
-  thread per key in each sweep).
+  own async ``MemoryStorage`` and strategies (``stock``: a coroutine per storage step, its
+  expiry sweep started after every hit, walking every key) vs
+  :class:`meshkit.resilience.SweepThrottledMemoryStorage` (``throttled``: ``limits``'
+  synchronous storage and strategies, one sweep a second on the event loop), with 1 and
+  1000 caller keys, and the moving window with 1 key (``limits``' async storage hops to a
+  worker thread per key in each sweep).
 
 These isolate one lever each, where the overhead scenario's figures move by more than the
 lever from run to run on a noisy host. ``--rounds`` and ``--calls`` scale the run.
@@ -367,29 +369,38 @@ async def ratelimit(rounds: int = 10, hits: int = 4000, keys: int = 1,
     from limits import parse
     from limits.aio.storage import MemoryStorage
 
-    from meshkit.resilience.ratelimit import _STRATEGY_CLASSES, SweepThrottledMemoryStorage
+    from meshkit.resilience.ratelimit import (
+        _STRATEGY_CLASSES,
+        _SYNC_STRATEGY_CLASSES,
+        SweepThrottledMemoryStorage,
+    )
 
     item = parse("1000000/second")
 
-    def timed(make: Callable[[], Any]) -> Callable[[], Awaitable[float]]:
-        async def run() -> float:
-            storage = make()
-            limiter = _STRATEGY_CLASSES[strategy](storage)
-            t0 = time.process_time()
-            for i in range(hits):
-                await limiter.hit(item, "bench", "/Echo/Unary", str(i % keys))
-                await asyncio.sleep(0)
-            took = (time.process_time() - t0) / hits * 1e6
-            if storage.timer is not None:
-                storage.timer.cancel()
-            return took
+    async def stock() -> float:
+        storage = MemoryStorage("async+memory://", wrap_exceptions=True)
+        limiter = _STRATEGY_CLASSES[strategy](storage)
+        t0 = time.process_time()
+        for i in range(hits):
+            await limiter.hit(item, "bench", "/Echo/Unary", str(i % keys))
+            await asyncio.sleep(0)
+        took = (time.process_time() - t0) / hits * 1e6
+        if storage.timer is not None:
+            storage.timer.cancel()
+        return took
 
-        return run
+    async def throttled() -> float:
+        storage = SweepThrottledMemoryStorage("memory://", wrap_exceptions=True)
+        limiter = _SYNC_STRATEGY_CLASSES[strategy](storage)
+        t0 = time.process_time()
+        for i in range(hits):
+            limiter.hit(item, "bench", "/Echo/Unary", str(i % keys))
+            await asyncio.sleep(0)
+        took = (time.process_time() - t0) / hits * 1e6
+        storage.close()
+        return took
 
-    return await _alternate(rounds, {
-        "stock": timed(lambda: MemoryStorage("async+memory://", wrap_exceptions=True)),
-        "throttled": timed(lambda: SweepThrottledMemoryStorage("async+memory://",
-                                                               wrap_exceptions=True))})
+    return await _alternate(rounds, {"stock": stock, "throttled": throttled})
 
 
 def main(argv: list[str] | None = None, out: io.TextIOBase | None = None) -> int:

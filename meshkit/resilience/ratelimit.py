@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ from typing import Any, Literal, Protocol, cast
 
 import grpc
 import structlog
-from limits.aio.storage import MemoryStorage
+from limits import strategies as _sync_strategies
+from limits.aio.storage import MemoryStorage as AsyncMemoryStorage
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -87,7 +89,7 @@ from limits.aio.strategies import (
 )
 from limits.aio.strategies import RateLimiter as _LimitsStrategy
 from limits.errors import ConfigurationError
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit.errors import ConfigError
@@ -138,11 +140,19 @@ def rejected_by_rate_limit() -> bool:
     return _rejected.get()
 
 _MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys (cleared when full)
+_MAX_CHECKERS = 1_000  # per-method checkers of a memory:// limiter (cleared when full)
+_UNSET: Any = object()
 
 _STRATEGY_CLASSES: dict[str, Callable[[Any], _LimitsStrategy]] = {
     "fixed-window": FixedWindowRateLimiter,
     "moving-window": MovingWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+# the same algorithms on limits' synchronous storage interface (memory://)
+_SYNC_STRATEGY_CLASSES: dict[str, Callable[[Any], _sync_strategies.RateLimiter]] = {
+    "fixed-window": _sync_strategies.FixedWindowRateLimiter,
+    "moving-window": _sync_strategies.MovingWindowRateLimiter,
+    "sliding-window-counter": _sync_strategies.SlidingWindowCounterRateLimiter,
 }
 
 Strategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
@@ -316,7 +326,14 @@ class Rejection:
 
 
 class Limiter(Protocol):
-    """The policy :class:`RateLimitInterceptor` asks; :class:`StorageLimiter` is the default."""
+    """The policy :class:`RateLimitInterceptor` asks; :class:`StorageLimiter` is the default.
+
+    A limiter whose counts need no I/O may also have a ``synchronous`` attribute that is
+    ``True`` and a method ``checker(method) -> Callable[[str], Rejection | None] | None``
+    giving, once per method, a function of the caller key that does what :meth:`check`
+    does without a coroutine; the interceptor then calls that (a coroutine and its frames
+    fewer per call). :class:`StorageLimiter` does so for ``memory://``.
+    """
 
     def applies_to(self, method: str) -> bool:
         """Whether calls to full method name ``method`` are limited at all (cheap, cached)."""
@@ -331,24 +348,33 @@ class Limiter(Protocol):
 
 
 _SCHEDULE_SWEEP = "_MemoryStorage__schedule_expiry"  # limits' private sweep scheduler
-_WRAPPED = ("incr", "get", "get_expiry", "check", "reset", "clear")
+_EXPIRE = "_MemoryStorage__expire_events"  # limits' private sweep
+_WRAPPED = ("incr", "decr", "get", "get_expiry", "check", "reset", "clear")
 
 
 class SweepThrottledMemoryStorage(MemoryStorage):
-    """``limits``' async ``memory://`` storage with its expiry sweep run at most every
-    ``sweep_interval_s``; what :class:`StorageLimiter` uses for ``memory://``.
+    """``limits``' ``memory://`` storage with its expiry sweep run at most every
+    ``sweep_interval_s``, on the running event loop; what :class:`StorageLimiter` uses for
+    ``memory://``.
 
-    ``limits`` 5.x (``limits.aio.storage.MemoryStorage``) starts its sweep task on every
-    counter update once the previous sweep has ended, so under load a server pays for one
-    task per call, and the sweep walks every key (for ``moving-window`` with one worker
-    thread hop per key): per call, cost in proportion to the number of caller keys. The
-    counts do not depend on the sweep (reads drop expired counters, moving-window checks
-    compare timestamps); it only gives memory back, which once a second does as well. Measured
-    with ``python -m benchmarks.micro``: ~95 to ~12 us of CPU per hit with 1,000 caller keys,
-    and ~100 to ~13 us for a moving window with one key.
+    It is ``limits``' *synchronous* ``limits.storage.MemoryStorage``: counting in a dict
+    needs no awaiting, and its async twin (``limits.aio.storage.MemoryStorage``) costs a
+    coroutine per storage step and an ``asyncio.Lock`` per counter update, about eight
+    coroutines per sliding-window hit. The per-key locks here are ``threading.RLock`` s,
+    taken in C. Use it from one thread (the server's event loop), as
+    :class:`StorageLimiter` does.
+
+    ``limits`` starts a new sweep on every counter update once the previous sweep has
+    ended (a ``threading.Timer`` thread 10 ms later; the async storage a task), and the
+    sweep walks every key: under load a thread per 10 ms and a cost per call in proportion
+    to the number of caller keys. The counts do not depend on the sweep (reads drop expired
+    counters, moving-window checks compare timestamps); it only gives memory back, which
+    once a second does as well. Here a due sweep runs as a callback on the running event
+    loop (``loop.call_soon``; without a running loop, ``limits``' own timer thread).
+    Measured with ``python -m benchmarks.micro``: see ``ratelimit`` there.
 
     Args:
-        uri: ``"async+memory://"`` (as ``limits`` takes it).
+        uri: ``"memory://"`` (as ``limits`` takes it).
         wrap_exceptions: wrap storage errors in ``limits.errors.StorageError``.
         sweep_interval_s: least seconds between two sweeps (default 1.0).
 
@@ -358,30 +384,50 @@ class SweepThrottledMemoryStorage(MemoryStorage):
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, *,
                  sweep_interval_s: float = 1.0) -> None:
-        super().__init__(uri, wrap_exceptions=wrap_exceptions)  # first: limits' __del__
         if (isinstance(sweep_interval_s, bool) or not isinstance(sweep_interval_s, (int, float))
                 or not sweep_interval_s >= 0):
             raise ConfigError(f"sweep_interval_s must be a number >= 0, got {sweep_interval_s!r}")
+        super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.sweep_interval_s = float(sweep_interval_s)
         self._next_sweep_s = 0.0
+        self._sweep_handle: asyncio.Handle | None = None
         self.sweeps_scheduled = 0
-        """Sweeps this storage let ``limits`` schedule (for tests and diagnostics)."""
+        """Sweeps this storage scheduled (for tests and diagnostics)."""
 
-    async def _MemoryStorage__schedule_expiry(self) -> None:  # overrides limits
+    def _MemoryStorage__schedule_expiry(self) -> None:  # overrides limits
         now = time.monotonic()
         if now < self._next_sweep_s:
             return
         self._next_sweep_s = now + self.sweep_interval_s
         self.sweeps_scheduled += 1
-        await getattr(super(), _SCHEDULE_SWEEP)()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop in this thread: limits' own timer thread
+            getattr(super(), _SCHEDULE_SWEEP)()
+            return
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        getattr(self, _EXPIRE)()
+
+    def close(self) -> None:
+        """Cancel a scheduled sweep and ``limits``' timer thread, if any (idempotent)."""
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        timer = getattr(self, "timer", None)
+        if isinstance(timer, threading.Timer):
+            timer.cancel()
 
 
 # ``limits`` wraps each storage method in an error translator (``_wrap_errors``: one more
-# coroutine frame per call, and a sliding-window hit calls eight of them). An in-process dict
-# has no storage errors to translate (StorageLimiter.check fails safe on any exception
-# anyway), so this storage runs MemoryStorage's own methods unwrapped: a sliding-window
-# hit through StorageLimiter.check took 11.4-12.8 us of CPU before, 8.0-8.5 after (one A/B,
-# 20,000 hits each). The names are the methods limits wraps.
+# frame per call, and a sliding-window hit calls six of them). An in-process dict has no
+# storage errors to translate (StorageLimiter fails safe on any exception anyway), so this
+# storage runs MemoryStorage's own methods unwrapped: with the async storage, a
+# sliding-window hit through StorageLimiter.check took 11.4-12.8 us of CPU before, 8.0-8.5
+# after (one A/B, 20,000 hits each). The names are the methods limits wraps.
 def _unwrapped(method: Any) -> Any:
     """``method`` without limits' ``_wrap_errors`` layers (some are wrapped twice)."""
     while (getattr(method, "__wrapped__", None) is not None
@@ -415,7 +461,7 @@ class StorageBreaker:
     """
 
     __slots__ = ("_clock", "_failures", "_max_open_s", "_open_s", "_probing", "_streak",
-                 "_until", "_wait_s", "opened")
+                 "_until", "_wait_s", "dirty", "opened")
 
     def __init__(self, *, failures: int = 3, open_s: float = 1.0, max_open_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -428,6 +474,10 @@ class StorageBreaker:
         self._wait_s = open_s
         self._probing = False
         self.opened = 0  # times it opened (for tests and /debug)
+        self.dirty = False
+        """Whether a failure was counted since the last success: while ``False`` the
+        breaker is closed with no streak, so :meth:`allow` says yes and :meth:`success`
+        changes nothing (callers may skip both)."""
 
     @property
     def is_open(self) -> bool:
@@ -445,6 +495,7 @@ class StorageBreaker:
 
     def success(self) -> None:
         """The storage answered: close."""
+        self.dirty = False
         self._streak = 0
         self._until = None
         self._probing = False
@@ -452,6 +503,7 @@ class StorageBreaker:
 
     def failure(self) -> None:
         """The storage failed or timed out: count it; open (again) when due."""
+        self.dirty = True
         if self._until is not None:  # the probe failed
             self._probing = False
             self._wait_s = min(self._wait_s * 2, self._max_open_s)
@@ -479,8 +531,9 @@ class StorageLimiter:
             (``async+redis`` needs ``limits[async-redis]``).
     """
 
-    __slots__ = ("_acquire_window", "_deny", "_outage", "_prefix", "_storage", "_storage_name",
-                 "_strategy", "_table", "_timeout_s", "_window_keys", "breaker")
+    __slots__ = ("_acquire_window", "_checkers", "_deny", "_outage", "_prefix", "_sliding",
+                 "_storage", "_storage_name", "_strategy", "_table", "_timeout_s",
+                 "_window_keys", "breaker", "synchronous")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -488,22 +541,31 @@ class StorageLimiter:
         self._table = RuleTable(opts.rules, opts.default_rule)
         uri, cls = storage_class(opts.storage_uri, opts.strategy)
         self._storage_name = redact_uri(uri)
+        self.synchronous = cls is AsyncMemoryStorage
+        """Whether counts are kept in this process (``memory://``), so that
+        :meth:`check_now` counts without a coroutine."""
+        storage: Any
         try:
-            storage = (SweepThrottledMemoryStorage(uri, wrap_exceptions=True)
-                       if cls is MemoryStorage else storage_from_string(uri, wrap_exceptions=True))
-            self._strategy: _LimitsStrategy = _STRATEGY_CLASSES[opts.strategy](storage)
+            if self.synchronous:  # limits' synchronous memory storage and strategies
+                storage = SweepThrottledMemoryStorage("memory://", wrap_exceptions=True)
+                self._strategy: Any = _SYNC_STRATEGY_CLASSES[opts.strategy](storage)
+            else:
+                storage = storage_from_string(uri, wrap_exceptions=True)
+                self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
         except (ConfigurationError, NotImplementedError) as exc:
             raise ConfigError(
                 f"storage_uri {self._storage_name!r} with strategy {opts.strategy!r}: {exc}"
             ) from exc
         self._storage = storage
+        self._sliding = opts.strategy == "sliding-window-counter"
         # the sliding-window counter's hit made here (the strategy's own three lines, with
         # the storage key remembered): storage.acquire_sliding_window_entry is limits'
         # storage interface for that strategy
-        self._acquire_window: Any = getattr(storage, "acquire_sliding_window_entry", None) \
-            if type(self._strategy) is SlidingWindowCounterRateLimiter else None
+        self._acquire_window: Any = storage.acquire_sliding_window_entry \
+            if self._sliding else None
         self._window_keys: dict[tuple[int, str, str], tuple[Any, str, int, int]] = {}
-        self._timeout_s = None if isinstance(storage, MemoryStorage) else opts.storage_timeout_s
+        self._checkers: dict[str, Callable[[str], Rejection | None] | None] = {}
+        self._timeout_s = None if self.synchronous else opts.storage_timeout_s
         self._prefix = opts.key_prefix
         self._deny = opts.on_storage_error == "deny"
         self._outage = OutageTracker(clock)
@@ -522,6 +584,8 @@ class StorageLimiter:
             ``retry_after_s`` over the limit; when the storage fails, ``None``
             (``on_storage_error="allow"``) or an ``UNAVAILABLE`` rejection (``"deny"``).
         """
+        if self.synchronous:
+            return self.check_now(method, key)
         rule = self._table.lookup(method)
         if rule is None:
             return None
@@ -537,23 +601,97 @@ class StorageLimiter:
         except Exception as exc:  # any storage failure: fail as configured, never crash
             breaker.failure()
             return self._storage_failed(method, exc)
-        breaker.success()
+        self._succeeded()
+        return rejection
+
+    def check_now(self, method: str, key: str) -> Rejection | None:
+        """:meth:`check` without a coroutine, for counts kept in this process
+        (:attr:`synchronous`: ``memory://``); call it from the event loop's thread.
+
+        Raises:
+            RuntimeError: the storage is not in this process (e.g. ``async+redis://``):
+                use :meth:`check`.
+        """
+        check = self.checker(method)
+        return None if check is None else check(key)
+
+    def checker(self, method: str) -> Callable[[str], Rejection | None] | None:
+        """:meth:`check_now` for one method, its rule resolved once: ``(caller key) ->
+        Rejection | None``, or ``None`` when no rule applies (made once per method; what
+        :class:`RateLimitInterceptor` calls per call with ``memory://``).
+
+        Raises:
+            RuntimeError: the storage is not in this process: use :meth:`check`.
+        """
+        made = self._checkers.get(method, _UNSET)
+        if made is not _UNSET:
+            return cast("Callable[[str], Rejection | None] | None", made)
+        if not self.synchronous:
+            raise RuntimeError(f"storage {self._storage_name!r} needs I/O: use check()")
+        rule = self._table.lookup(method)
+        made = None if rule is None else self._checker_for(rule, method)
+        if len(self._checkers) >= _MAX_CHECKERS:
+            self._checkers.clear()
+        self._checkers[method] = made
+        return made
+
+    def _checker_for(self, rule: Rule, method: str) -> Callable[[str], Rejection | None]:
+        hit: Callable[[str], Rejection | None]
+        if self._sliding and len(rule.items) == 1:
+            # SlidingWindowCounterRateLimiter.hit's three lines, with the storage key of
+            # each caller remembered (key_for joins and escapes five strings)
+            item = rule.items[0]
+            acquire = self._acquire_window
+            limit, window_s, prefix = item.amount, item.get_expiry(), self._prefix
+            keys: dict[str, str] = {}
+
+            def hit(key: str) -> Rejection | None:
+                wkey = keys.get(key)
+                if wkey is None:
+                    if len(keys) >= _MAX_WINDOW_KEYS:
+                        keys.clear()
+                    wkey = keys[key] = item.key_for(prefix, method, key)
+                if acquire(wkey, limit, window_s, 1):
+                    return None
+                return self._rejection(item, method, self._window(item, method, key))
+        else:
+            def hit(key: str) -> Rejection | None:
+                return self._hit_now(rule, method, key)
+
+        breaker, outage = self.breaker, self._outage
+
+        def check(key: str) -> Rejection | None:
+            if breaker.dirty and not breaker.allow():
+                return self._storage_skipped(method)
+            try:
+                rejection = hit(key)
+            except Exception as exc:  # a bug in a storage step: fail as configured
+                breaker.failure()
+                return self._storage_failed(method, exc)
+            if breaker.dirty or outage.down_since is not None:
+                self._succeeded()
+            return rejection
+
+        return check
+
+    def _succeeded(self) -> None:
+        self.breaker.success()
         if self._outage.down_since is not None:
             lasted = self._outage.succeeded()
             if lasted is not None:
                 _log.info("rate limit storage recovered", storage=self._storage_name,
                           outage_s=round(lasted, 3))
-        return rejection
 
     async def aclose(self) -> None:
-        """Close the storage's connections (best effort; ``limits`` has no close API).
+        """Close the storage's connections (best effort; ``limits`` has no close API), and
+        cancel the memory storage's scheduled sweep.
 
         Call it after the server has stopped; a later :meth:`check` would reconnect.
         """
         storage: Any = self._storage
-        timer = getattr(storage, "timer", None)  # MemoryStorage's expiry task
-        if isinstance(timer, asyncio.Task):
-            timer.cancel()
+        if isinstance(storage, SweepThrottledMemoryStorage):
+            storage.close()
+            return
         client = getattr(getattr(storage, "bridge", None), "storage", None)
         disconnect = getattr(getattr(client, "connection_pool", None), "disconnect", None)
         if callable(disconnect):
@@ -574,34 +712,51 @@ class StorageLimiter:
                                            item.amount, item.get_expiry())
         return got
 
+    def _hit_now(self, rule: Rule, method: str, key: str) -> Rejection | None:
+        acquire = self._acquire_window
+        for item in rule.items:
+            if acquire is not None:  # SlidingWindowCounterRateLimiter.hit, its key cached
+                _, wkey, amount, window_s = self._window_key(item, method, key)
+                admitted = acquire(wkey, amount, window_s, 1)
+            else:
+                admitted = self._strategy.hit(item, self._prefix, method, key)
+            if not admitted:
+                return self._rejection(item, method, self._window(item, method, key))
+        return None
+
     async def _hit(self, rule: Rule, method: str, key: str) -> Rejection | None:
-        strategy = self._strategy
         acquire = self._acquire_window
         for item in rule.items:
             if acquire is not None:  # SlidingWindowCounterRateLimiter.hit, its key cached
                 _, wkey, amount, window_s = self._window_key(item, method, key)
                 admitted = await acquire(wkey, amount, window_s, 1)
             else:
-                admitted = await strategy.hit(item, self._prefix, method, key)
+                admitted = await self._strategy.hit(item, self._prefix, method, key)
             if not admitted:
-                now = time.time()
-                if isinstance(strategy, SlidingWindowCounterRateLimiter):
-                    window = await cast(Any, self._storage).get_sliding_window(
-                        item.key_for(self._prefix, method, key), item.get_expiry())
-                    wait = sliding_window_wait_s(
-                        amount=item.amount, window_s=item.get_expiry(),
-                        previous_count=window[0], previous_expires_in_s=window[1],
-                        current_count=window[2], current_expires_in_s=window[3])
-                    after = retry_after_s(now + wait, now)
-                else:
-                    stats = await strategy.get_window_stats(item, self._prefix, method, key)
-                    after = retry_after_s(stats.reset_time, now)
-                return Rejection(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"rate limit exceeded for {method}: {item}",
-                    after,
-                )
+                return self._rejection(item, method, await self._window(item, method, key))
         return None
+
+    def _window(self, item: Any, method: str, key: str) -> Any:
+        """The window state a rejection's ``retry_after_s`` comes from (an awaitable from
+        an async storage): the sliding window's four figures, else the strategy's
+        ``WindowStats``."""
+        if self._sliding:
+            return self._storage.get_sliding_window(item.key_for(self._prefix, method, key),
+                                                    item.get_expiry())
+        return self._strategy.get_window_stats(item, self._prefix, method, key)
+
+    def _rejection(self, item: Any, method: str, window: Any) -> Rejection:
+        now = time.time()
+        if self._sliding:
+            wait = sliding_window_wait_s(
+                amount=item.amount, window_s=item.get_expiry(),
+                previous_count=window[0], previous_expires_in_s=window[1],
+                current_count=window[2], current_expires_in_s=window[3])
+            after = retry_after_s(now + wait, now)
+        else:
+            after = retry_after_s(window.reset_time, now)
+        return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"rate limit exceeded for {method}: {item}", after)
 
     def _storage_failed(self, method: str, exc: Exception) -> Rejection | None:
         if self._outage.failed():
@@ -648,13 +803,30 @@ class RateLimitInterceptor(WrappingInterceptor):
         self._key = opts.key
 
     def _before_for(self, method: str) -> Before | None:
-        """The limit check of ``method``, or ``None`` when no rule applies to it."""
-        if not self.limiter.applies_to(method):
+        """The limit check of ``method``, or ``None`` when no rule applies to it: a plain
+        function when the limiter counts without I/O (``synchronous``: ``memory://``),
+        returning ``None`` to admit or the refusal's awaitable."""
+        limiter = self.limiter
+        if not limiter.applies_to(method):
             return None
-        admit = self._admit
+        key_of = self._key
+        refuse = self._refuse
+        if getattr(limiter, "synchronous", False) is True:
+            check_now = cast(Any, limiter).checker(method)
+            if check_now is None:
+                return None
+
+            def before_now(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                rejection = check_now(key_of(method, context))
+                return None if rejection is None else refuse(rejection, context)
+
+            return before_now
+        check = limiter.check
 
         async def before(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await admit(method, context)
+            rejection = await check(method, key_of(method, context))
+            if rejection is not None:
+                await refuse(rejection, context)
 
         return before
 
@@ -665,13 +837,10 @@ class RateLimitInterceptor(WrappingInterceptor):
         if callable(aclose):
             await aclose()
 
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        rejection = await self.limiter.check(method, self._key(method, context))
-        if rejection is not None:
-            if rejection.code is _RESOURCE_EXHAUSTED:
-                _rejected.set(True)  # the call's own task: read by the telemetry wrapper
-            trailing = (() if rejection.retry_after_s is None
-                        else (("retry-after", str(rejection.retry_after_s)),))
-            await context.abort(rejection.code, rejection.details, trailing)
-
-
+    @staticmethod
+    async def _refuse(rejection: Rejection, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if rejection.code is _RESOURCE_EXHAUSTED:
+            _rejected.set(True)  # the call's own task: read by the telemetry wrapper
+        trailing = (() if rejection.retry_after_s is None
+                    else (("retry-after", str(rejection.retry_after_s)),))
+        await context.abort(rejection.code, rejection.details, trailing)

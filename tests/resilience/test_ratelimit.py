@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
@@ -18,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from limits import parse as parse_limit
-from limits.aio.storage import MemoryStorage
+from limits.storage import MemoryStorage
 from structlog.testing import capture_logs
 
 from meshkit.errors import ConfigError
@@ -30,8 +32,9 @@ from meshkit.resilience._ratelimit_policy import (
     retry_after_s,
 )
 from meshkit.resilience.ratelimit import (
+    _EXPIRE,
     _SCHEDULE_SWEEP,
-    _STRATEGY_CLASSES,
+    _SYNC_STRATEGY_CLASSES,
     OnStorageError,
     RateLimitInterceptor,
     RateLimitOptions,
@@ -440,59 +443,166 @@ async def test_each_strategy_limits_in_memory(strategy: Strategy) -> None:
 
 
 def test_memory_uri_gets_the_sweep_throttled_storage() -> None:
-    """``memory://`` runs on SweepThrottledMemoryStorage, whose override must still name a
-    method of limits' MemoryStorage: if a limits release renames its private sweep
-    scheduler, the override would silently stop working and every call would again sweep
-    every key. This test fails first."""
+    """``memory://`` runs on SweepThrottledMemoryStorage, whose override must still name
+    methods of limits' MemoryStorage: if a limits release renames its private sweep
+    scheduler or sweep, the override would silently stop working (every hit would again
+    start a thread and sweep every key) or the sweep would fail. This test fails first."""
     assert callable(getattr(MemoryStorage, _SCHEDULE_SWEEP, None))
-    assert isinstance(StorageLimiter(RateLimitOptions())._storage, SweepThrottledMemoryStorage)
-    assert not isinstance(
-        StorageLimiter(RateLimitOptions(storage_uri="async+redis://127.0.0.1:1"))._storage,
-        SweepThrottledMemoryStorage)
+    assert callable(getattr(MemoryStorage, _EXPIRE, None))
+    memory = StorageLimiter(RateLimitOptions())
+    assert isinstance(memory._storage, SweepThrottledMemoryStorage)
+    assert memory.synchronous
+    redis = StorageLimiter(RateLimitOptions(storage_uri="async+redis://127.0.0.1:1"))
+    assert not isinstance(redis._storage, SweepThrottledMemoryStorage)
+    assert not redis.synchronous
 
 
 @pytest.mark.parametrize("value", [-1, float("nan"), "1", True])
 def test_sweep_interval_must_be_a_non_negative_number(value: Any) -> None:
     with pytest.raises(ConfigError, match="sweep_interval_s"):
-        SweepThrottledMemoryStorage("async+memory://", sweep_interval_s=value)
+        SweepThrottledMemoryStorage("memory://", sweep_interval_s=value)
 
 
 async def test_memory_sweep_runs_once_per_interval_and_counts_stay_exact() -> None:
     """Many callers' hits schedule one sweep per interval (limits alone schedules one per
-    hit, each walking every key), and without sweeps each strategy still refuses the hit
-    over the limit and admits again once the window has passed."""
+    hit once the last has ended, each walking every key), and without sweeps each strategy
+    still refuses the hit over the limit and admits again once the window has passed."""
 
     async def run(strategy: Strategy) -> None:
-        storage = SweepThrottledMemoryStorage("async+memory://", sweep_interval_s=3600)
-        limiter = _STRATEGY_CLASSES[strategy](storage)
+        storage = SweepThrottledMemoryStorage("memory://", sweep_interval_s=3600)
+        limiter = _SYNC_STRATEGY_CLASSES[strategy](storage)
         item = parse_limit("2/second")
         for k in range(50):
-            assert await limiter.hit(item, "m", f"caller-{k}")
+            assert limiter.hit(item, "m", f"caller-{k}")
             await asyncio.sleep(0)  # a finished sweep would let limits start the next one
         assert storage.sweeps_scheduled == 1
-        assert await limiter.hit(item, "m", "x")
-        assert await limiter.hit(item, "m", "x")
-        assert not await limiter.hit(item, "m", "x"), strategy
+        assert limiter.hit(item, "m", "x")
+        assert limiter.hit(item, "m", "x")
+        assert not limiter.hit(item, "m", "x"), strategy
         # the sliding window counter's previous hits weigh on the next window too
         await asyncio.sleep(2.05)
-        assert await limiter.hit(item, "m", "x"), strategy
+        assert limiter.hit(item, "m", "x"), strategy
         assert storage.sweeps_scheduled == 1
+        storage.close()
 
     await asyncio.gather(*(run(s) for s in STRATEGIES))
 
 
-async def test_memory_sweep_still_gives_expired_keys_back() -> None:
-    """With the interval passed, the next hit lets limits sweep: expired keys are gone."""
-    storage = SweepThrottledMemoryStorage("async+memory://", sweep_interval_s=0.0)
-    limiter = _STRATEGY_CLASSES["fixed-window"](storage)
+async def test_memory_sweep_still_gives_expired_keys_back_on_the_loop() -> None:
+    """With the interval passed, the next hit schedules a sweep on the running event loop
+    (no thread): expired keys are gone."""
+    storage = SweepThrottledMemoryStorage("memory://", sweep_interval_s=0.0)
+    limiter = _SYNC_STRATEGY_CLASSES["fixed-window"](storage)
     item = parse_limit("5/second")
     for k in range(20):
-        assert await limiter.hit(item, "m", f"caller-{k}")
+        assert limiter.hit(item, "m", f"caller-{k}")
     assert len(storage.expirations) == 20
     await asyncio.sleep(1.1)
-    assert await limiter.hit(item, "m", "late")
+    threads = {t.ident for t in threading.enumerate()}
+    assert limiter.hit(item, "m", "late")
+    assert storage._sweep_handle is not None  # scheduled, not yet run
     await until(lambda: len(storage.expirations) == 1, timeout_s=5)
     assert storage.sweeps_scheduled >= 2
+    assert {t.ident for t in threading.enumerate()} <= threads
+
+
+def test_memory_sweep_without_an_event_loop_uses_limits_timer() -> None:
+    """Used outside an event loop, a due sweep runs on limits' own timer thread."""
+    storage = SweepThrottledMemoryStorage("memory://", sweep_interval_s=0.0)
+    limiter = _SYNC_STRATEGY_CLASSES["fixed-window"](storage)
+    item = parse_limit("1/second")
+    assert limiter.hit(item, "m", "a")
+    assert list(storage.expirations) == ["LIMITER/m/a/1/1/second"]
+    time.sleep(1.1)
+    assert limiter.hit(item, "m", "b")
+    deadline = time.monotonic() + 5
+    while len(storage.expirations) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(storage.expirations) == ["LIMITER/m/b/1/1/second"]
+    storage.close()
+
+
+async def test_aclose_cancels_a_scheduled_sweep() -> None:
+    limiter = StorageLimiter(RateLimitOptions(default_rule="5/second"))
+    storage = limiter._storage
+    assert limiter.check_now("/s.A/M", "k") is None
+    assert storage._sweep_handle is not None
+    await limiter.aclose()
+    assert storage._sweep_handle is None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_memory_limiter_counts_without_a_coroutine(strategy: Strategy) -> None:
+    """With memory://, check_now counts as check does, and the interceptor's check is a
+    plain function: None to admit, the refusal's awaitable over the limit."""
+    limiter = StorageLimiter(RateLimitOptions(default_rule="2/minute", strategy=strategy))
+    assert limiter.check_now("/s.A/M", "k") is None
+    assert await limiter.check("/s.A/M", "k") is None
+    rejection = limiter.check_now("/s.A/M", "k")
+    assert rejection is not None and rejection.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rejection.retry_after_s is not None and 1 <= rejection.retry_after_s <= 80
+    assert await limiter.check("/s.A/M", "k") == rejection
+    assert limiter.check_now("/s.A/M", "other") is None  # its own budget
+
+    interceptor = RateLimitInterceptor(RateLimitOptions(default_rule="1/minute",
+                                                        strategy=strategy))
+    before = interceptor._before_for("/s.A/M")
+    assert before is not None and not inspect.iscoroutinefunction(before)
+
+    class Context:
+        aborted: tuple[Any, ...] | None = None
+
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:5000"
+
+        async def abort(self, *args: Any) -> None:
+            self.aborted = args
+
+    ctx = Context()
+    assert before(ctx) is None
+    refusal = before(ctx)
+    assert inspect.isawaitable(refusal)
+    await refusal
+    assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ctx.aborted[2][0][0] == "retry-after"
+
+
+def test_check_now_refuses_a_networked_storage() -> None:
+    limiter = StorageLimiter(RateLimitOptions(default_rule="1/second",
+                                              storage_uri="async+redis://127.0.0.1:1"))
+    with pytest.raises(RuntimeError, match="check\\(\\)"):
+        limiter.check_now("/s.A/M", "k")
+
+
+@pytest.mark.parametrize(("on_error", "code"), [("allow", None),
+                                                ("deny", grpc.StatusCode.UNAVAILABLE)])
+async def test_memory_storage_failure_fails_as_configured(
+        on_error: OnStorageError, code: grpc.StatusCode | None) -> None:
+    """A failing in-process storage step never crashes the check: it fails open or closed
+    as configured, and the breaker counts it."""
+    limiter = StorageLimiter(RateLimitOptions(default_rule="5/second",
+                                              on_storage_error=on_error))
+
+    def broken(*_: Any) -> bool:
+        raise KeyError("boom")
+
+    real = limiter._acquire_window
+    limiter._acquire_window = broken
+    with capture_logs() as logs:
+        got = limiter.check_now("/s.A/M", "k")
+        assert (got.code if got is not None else None) is code
+        for _ in range(4):  # 3 failures open the breaker: then the storage is skipped
+            got = limiter.check_now("/s.A/M", "k")
+            assert (got.code if got is not None else None) is code
+    assert [e["event"] for e in logs] == ["rate limit storage unavailable"]
+    assert limiter.breaker.is_open and limiter.breaker.opened == 1
+    # a new method's checker on the working storage, once the breaker lets a probe through
+    limiter._acquire_window = real
+    limiter.breaker._until = 0.0
+    with capture_logs() as logs:
+        assert limiter.check_now("/s.A/Other", "k") is None
+    assert not limiter.breaker.is_open and not limiter.breaker.dirty
+    assert [e["event"] for e in logs] == ["rate limit storage recovered"]
 
 
 @pytest.mark.parametrize("name", ["ServerStream", "ClientStream", "Bidi"])
@@ -673,10 +783,13 @@ def test_storage_breaker_opens_after_consecutive_failures_and_probes() -> None:
     probe; a failed probe doubles the open time up to max_open_s; a good one closes."""
     now = [0.0]
     b = StorageBreaker(failures=3, open_s=1.0, max_open_s=3.0, clock=lambda: now[0])
+    assert not b.dirty
     for _ in range(2):
         assert b.allow()
         b.failure()
+        assert b.dirty
     b.success()  # a success resets the streak
+    assert not b.dirty
     for _ in range(2):
         assert b.allow()
         b.failure()
@@ -698,7 +811,7 @@ def test_storage_breaker_opens_after_consecutive_failures_and_probes() -> None:
     now[0] = 6.0
     assert b.allow()
     b.success()
-    assert not b.is_open and b.allow()
+    assert not b.is_open and b.allow() and not b.dirty
 
 
 @pytest.mark.parametrize("on_error", ["allow", "deny"])
