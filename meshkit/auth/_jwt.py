@@ -64,6 +64,7 @@ ASYMMETRIC_ALGORITHMS = frozenset({
 })
 """The JWS algorithms a verifier may be configured with (RFC 7518; RFC 8037 EdDSA)."""
 
+_sha256 = hashlib.sha256
 _SIGNING_ALGORITHMS = ("ES256", "EdDSA")
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -616,7 +617,7 @@ class VerifiedTokenCache:
     @staticmethod
     def key(token: str) -> bytes:
         """The cache key of ``token`` (the token itself is never stored)."""
-        return hashlib.sha256(token.encode()).digest()
+        return _sha256(token.encode()).digest()
 
     def get(self, key: bytes) -> Claims | None:
         """The cached claims, or ``None`` (also when expired, which evicts the entry)."""
@@ -680,7 +681,7 @@ class JWTVerifier:
         :meth:`verify` it."""
         if not token or len(token) > self._core._options.max_token_bytes:
             return None  # verify() says why
-        return self._cache.get(self._cache.key(token))
+        return self._cache.get(_sha256(token.encode()).digest())  # VerifiedTokenCache.key
 
     async def verify(self, token: str) -> Claims:
         """Verify ``token`` and return its claims (cached until ``exp``).

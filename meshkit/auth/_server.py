@@ -140,8 +140,10 @@ class JWTAuthInterceptor(WrappingInterceptor):
         verifier = self.verifier
         cached = getattr(verifier, "cached", None)  # a returning token: no coroutine
 
+        check_scopes = not public and bool(scopes)  # no scopes: every token has them
+
         def admit(context: Any, token: str, claims: Claims) -> Awaitable[None] | None:
-            if not public and not claims.has_scopes(scopes):
+            if check_scopes and not claims.has_scopes(scopes):
                 return _refuse(context, _DENIED, "token lacks a required scope", method,
                                "jwt", "missing scope")
             _claims.set(claims)
