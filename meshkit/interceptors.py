@@ -46,6 +46,10 @@ class CallKind(enum.Enum):
     STREAM_UNARY = "stream_unary"
     STREAM_STREAM = "stream_stream"
 
+    # members are singletons compared by identity: hash them so (Enum's own __hash__
+    # hashes the name in Python code, a frame per lookup of a per-method cache key)
+    __hash__ = object.__hash__
+
 
 class ClientCallDetails:
     """What one logical call is about; interceptors may change it before ``proceed``.
