@@ -87,7 +87,10 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one logical call (a deposit of ``retry_ratio`` retries)."""
-        self._requests[self._advance()] += 1
+        if math.floor(self._clock() / self._bucket_s) == self._cur:  # the current bucket
+            self._requests[self._cur % self._N] += 1
+        else:
+            self._requests[self._advance()] += 1
 
     def balance(self) -> float:
         """Retries still allowed in the current window (may be fractional)."""
