@@ -43,7 +43,16 @@ Variants (``--variants``, comma-separated):
 * ``full``: the wall-clock benchmark's ``full`` contender (``benchmarks.stacks``: every
   policy layer, JWT and rate limit included, tracing at 100 %), on the echo service.
 
-``--child VARIANT CALLS`` is the measured process itself (what callgrind runs).
+``--cpu ROUNDS`` measures CPU time instead, without callgrind: each variant's process runs
+``--calls-high`` calls with ``--callers`` callers after its warm-up, ``ROUNDS`` times in
+alternating order, and reports ``getrusage`` for the measured calls: user and system
+microseconds per call, and voluntary and involuntary context switches per call (medians;
+"added" is the median of per-round differences with ``raw`` of the same round). It says
+what kind of time a mesh adds (callgrind counts user-space instructions only: grpc's
+system calls and thread hand-offs are not in its counts), and at what rate the added
+instructions run. CPU time moves with the VM; compare within one run only.
+
+``--child VARIANT CALLS CALLERS`` is the measured process itself (what callgrind runs).
 """
 
 from __future__ import annotations
@@ -51,9 +60,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,6 +205,9 @@ def _dropping_provider() -> Any:
     return provider
 
 
+_rusage: dict[str, float] = {}  # the measured calls' getrusage figures per call (--cpu)
+
+
 async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> None:
     for _ in range(200):  # warm-up: connections, caches, first-call set-up
         await call(b"x", timeout=60, metadata=metadata)
@@ -201,7 +216,15 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
         for _ in range(n):
             await call(b"x", timeout=60, metadata=metadata)
 
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
+    r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    n = calls // callers * callers
+    _rusage.update(user_us=(r1.ru_utime - r0.ru_utime) / n * 1e6,
+                   system_us=(r1.ru_stime - r0.ru_stime) / n * 1e6,
+                   voluntary_cs=(r1.ru_nvcsw - r0.ru_nvcsw) / n,
+                   involuntary_cs=(r1.ru_nivcsw - r0.ru_nivcsw) / n,
+                   wall_us=(t1 - t0) / n * 1e6)
 
 
 def _child(variant: str, calls: int, callers: int) -> None:
@@ -246,6 +269,49 @@ def measure(variant: str, low: int, high: int, callers: int = 1) -> float:
     return (b - a) / (high - low)
 
 
+_CPU_FIELDS = ("user_us", "system_us", "voluntary_cs", "involuntary_cs")
+
+
+def cpu(variants: list[str], rounds: int, calls: int, callers: int) -> dict[str, Any]:
+    """``--cpu``: per variant, the medians over ``rounds`` alternating rounds of each
+    ``getrusage`` figure per call, and of its per-round difference with ``raw`` (when
+    ``raw`` is among ``variants``)."""
+    got: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for v in (variants if r % 2 == 0 else list(reversed(variants))):
+                out = os.path.join(tmp, f"{v}.json")
+                proc = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.instructions", "--child-cpu", v,
+                     str(calls), str(callers), out],
+                    capture_output=True, text=True, timeout=600, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{v}: {proc.stderr[-2000:]}")
+                with open(out) as f:
+                    got[v].append(json.load(f))
+    result: dict[str, Any] = {}
+    for v, runs in got.items():
+        row = {k: statistics.median(x[k] for x in runs) for k in _CPU_FIELDS}
+        if "raw" in got and v != "raw":
+            for k in ("user_us", "system_us"):
+                row[f"added_{k}"] = statistics.median(
+                    x[k] - base[k] for x, base in zip(runs, got["raw"], strict=True))
+        result[v] = row
+    return result
+
+
+def _print_cpu(variants: list[str], rounds: int, calls: int, callers: int) -> None:
+    print(f"CPU per call (getrusage), client and server in one process, {callers} "
+          f"caller(s), {calls} calls, medians of {rounds} alternating rounds\n")
+    print("| variant | user us | system us | added user us | added system us "
+          "| voluntary cs | involuntary cs |\n|---|---:|---:|---:|---:|---:|---:|")
+    for v, row in cpu(variants, rounds, calls, callers).items():
+        added = (f"{row['added_user_us']:+.1f} | {row['added_system_us']:+.1f}"
+                 if "added_user_us" in row else " | ")
+        print(f"| {v} | {row['user_us']:.1f} | {row['system_us']:.1f} | {added} "
+              f"| {row['voluntary_cs']:.2f} | {row['involuntary_cs']:.2f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the measurement and print a markdown table; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions",
@@ -256,16 +322,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls-high", type=int, default=2400)
     parser.add_argument("--callers", type=int, default=1,
                         help="concurrent callers (default 1: the most repeatable count)")
+    parser.add_argument("--cpu", type=int, metavar="ROUNDS",
+                        help="measure CPU time (getrusage) over ROUNDS alternating rounds of "
+                             "--calls-high calls instead of counting instructions")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CALLS", "CALLERS"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--child-cpu", nargs=4, metavar=("VARIANT", "CALLS", "CALLERS", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child[0], int(args.child[1]), int(args.child[2]))
         return 0
+    if args.child_cpu:
+        _child(args.child_cpu[0], int(args.child_cpu[1]), int(args.child_cpu[2]))
+        with open(args.child_cpu[3], "w") as f:
+            json.dump(_rusage, f)
+        return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown!r}; choose from {', '.join(VARIANTS)}")
+    if args.cpu is not None:
+        if args.cpu < 1 or not 1 <= args.callers <= args.calls_high:
+            parser.error(f"--cpu needs >= 1 round and 1 <= --callers <= --calls-high, got "
+                         f"{args.cpu} rounds, {args.callers} callers")
+        _print_cpu(variants, args.cpu, args.calls_high, args.callers)
+        return 0
     if not args.calls_high > args.calls_low > 0:
         parser.error("need 0 < --calls-low < --calls-high")
     if not 1 <= args.callers <= args.calls_low:

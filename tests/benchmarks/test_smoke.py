@@ -122,3 +122,19 @@ def test_instruction_count_refuses_unknown_variants(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as exc:
         instructions(["--variants", "raw,fast"])
     assert exc.value.code == 2 and "'fast'" in capsys.readouterr().err
+
+
+def test_cpu_split_runs_each_variant_and_compares_with_raw(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.instructions --cpu`` runs each variant's process without callgrind and
+    prints user and system time and context switches per call, with what each variant
+    adds to raw."""
+    from benchmarks.instructions import main as instructions
+
+    assert instructions(["--cpu", "1", "--variants", "raw,bare", "--calls-high", "64",
+                         "--callers", "2"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| raw") or line.startswith("| bare")]
+    assert [r[1].strip() for r in rows] == ["raw", "bare"]
+    assert float(rows[0][2]) > 0 and float(rows[1][2]) > 0  # user us per call
+    assert rows[0][4].strip() == "" and rows[1][4].strip().startswith(("+", "-"))
