@@ -198,7 +198,7 @@ class BufferedLineWriter:
         self._timer_loop = None
         if not self._buf:
             return
-        lines = [m if isinstance(m, str) else _render_record(m) for m in self._buf]
+        lines = _render_lines(self._buf)
         data = "\n".join(lines) + "\n"
         self._buf.clear()
         self._size = 0
@@ -210,11 +210,19 @@ class BufferedLineWriter:
             pass
 
 
-def _render_record(record: Any) -> str:
-    try:
-        return render_access(record)
-    except Exception:  # a field the encoder refuses: keep the line, readable
-        return json_dumps({"event": "rpc", "unrenderable": repr(record)}, default=repr)
+def _render_lines(buf: list[Any]) -> list[str]:
+    """The batch's lines: rendered ones as they are, captured records rendered now."""
+    lines: list[str] = []
+    add = lines.append
+    for m in buf:
+        if type(m) is str:
+            add(m)
+            continue
+        try:
+            add(render_access(m))
+        except Exception:  # a field the encoder refuses: keep the line, readable
+            add(json_dumps({"event": "rpc", "unrenderable": repr(m)}, default=repr))
+    return lines
 
 
 _writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at exit
@@ -457,10 +465,9 @@ def write_access(warning: bool, build: Callable[..., dict[str, Any]],
         lg.info("rpc", **fields)
 
 
-def _contextvars_bound() -> bool:
-    """Whether anything was ever bound with ``structlog.contextvars`` (cheap check)."""
-    names = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-    return names is None or bool(names)
+# structlog.contextvars' registry of bound names (a dict it fills in place); None when a
+# structlog version keeps it elsewhere, and then every record reads the bound values
+_BOUND_NAMES: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
 
 
 def _span_ids() -> tuple[str, str] | None:
@@ -508,8 +515,9 @@ def render_access(record: tuple[float, str, str, Any, Context]) -> str:
     if type(fields) is tuple:
         build, args = fields
         fields = build(*args)
+    # anything ever bound with structlog.contextvars? (else there is nothing to read)
     out: dict[str, Any] = (ctx.run(structlog.contextvars.get_contextvars)
-                           if _contextvars_bound() else {})
+                           if _BOUND_NAMES is None or _BOUND_NAMES else {})
     out["event"] = event
     out.update(fields)
     if "trace_id" not in fields:
@@ -518,7 +526,12 @@ def render_access(record: tuple[float, str, str, Any, Context]) -> str:
             out["trace_id"], out["span_id"] = ids
     out["level"] = level
     out["timestamp"] = _iso_utc(ts)
-    return json_dumps(out, default=repr)
+    if _orjson is not None:  # json_dumps, inline: one frame fewer per line
+        try:
+            return _orjson.dumps(out, default=repr).decode()
+        except TypeError:
+            pass
+    return _json.dumps(out, default=repr)
 
 
 _second: list[Any] = [None, ""]

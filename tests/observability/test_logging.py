@@ -316,6 +316,33 @@ def test_json_dumps_uses_orjson_and_falls_back_for_what_it_refuses(
     assert _logging.json_dumps(event, default=repr) == json.dumps(event, default=repr)
 
 
+async def test_captured_access_records_orjson_refuses_or_that_fail_still_give_a_line() -> None:
+    """A captured record whose fields orjson refuses is written by json.dumps; one whose
+    fields cannot be built at all is kept as an "unrenderable" line; the lines around
+    them are unaffected."""
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter, write_access
+
+    out = io.StringIO()
+    saved = _AccessLog.logger
+    _AccessLog.logger = _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20)
+
+    def build(n: int) -> dict[str, Any]:
+        if n == 3:
+            raise ValueError("no fields")
+        return {"n": n, "big": 2**70} if n == 2 else {"n": n}
+
+    try:
+        for n in (1, 2, 3, 4):
+            write_access(False, build, (n,))
+        _AccessLog.logger._writer.flush()
+    finally:
+        _AccessLog.logger = saved
+    lines = [json.loads(ln) for ln in out.getvalue().splitlines()]
+    assert [ln.get("n") for ln in lines] == [1, 2, None, 4]
+    assert lines[1]["big"] == 2**70 and lines[1]["event"] == "rpc"
+    assert lines[2]["event"] == "rpc" and "unrenderable" in lines[2]
+
+
 async def test_captured_access_event_renders_the_context_it_was_written_in() -> None:
     """An access event captured unbuilt is rendered later with what was current when it
     was written: the span's trace and span id, and the structlog contextvars bound then
