@@ -363,28 +363,34 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
     def _log(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
              duration_s: float, span_context: Any) -> None:
-        write_access(False, self._fields, (m, details, code, duration_s, span_context))
-
-    def _fields(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
-                duration_s: float, span_context: Any) -> dict[str, Any]:
-        """The access-log event's fields (built when the line is rendered)."""
+        # capture only what the line needs, not the call's details: a captured record
+        # lives until its batch is written (flush_interval_s), and the details hold the
+        # attempt's grpc call; every object kept alive that long is walked by the garbage
+        # collector's young-generation passes and promoted to the old ones
         attempts = details.attempts
-        fields: dict[str, Any] = {
-            "side": "client", "target": details.service, "method": m.names.full,
-            "grpc_type": m.names.grpc_type, "code": code._name_,
-            "duration_ms": round(duration_s * 1000, 3),
-            "peer": attempts[-1].instance.address if attempts else None,
-            "attempts": len(attempts),
-        }
-        if span_context is not None:
-            fields["trace_id"] = format(span_context.trace_id, "032x")
-            fields["span_id"] = format(span_context.span_id, "016x")
+        md = None
         if self.options.log_metadata and details.metadata:
             md = {k: v for k, v in details.metadata
-                  if k in self.options.log_metadata and isinstance(v, str)}
-            if md:
-                fields["md"] = md
-        return fields
+                  if k in self.options.log_metadata and isinstance(v, str)} or None
+        write_access(False, _client_fields, (
+            m, details.service, attempts[-1].instance if attempts else None, len(attempts),
+            code, duration_s, md), span_context)
+
+
+def _client_fields(m: _Method, service: str, last: Any, attempts: int, code: grpc.StatusCode,
+                   duration_s: float, md: dict[str, str] | None) -> dict[str, Any]:
+    """A client access-log event's fields but the trace ids (built when the line is
+    rendered)."""
+    fields: dict[str, Any] = {
+        "side": "client", "target": service, "method": m.names.full,
+        "grpc_type": m.names.grpc_type, "code": code._name_,
+        "duration_ms": round(duration_s * 1000, 3),
+        "peer": last.address if last is not None else None,
+        "attempts": attempts,
+    }
+    if md:
+        fields["md"] = md
+    return fields
 
 
 class AttemptSpanInterceptor(

@@ -411,7 +411,7 @@ def _writer_method(level: int, name: str) -> Callable[..., None]:
 
     def log(self: _AccessWriter, event: str, **fields: Any) -> None:
         if self._level <= level:
-            self._writer.add((time.time(), name, event, fields, copy_context()))
+            self._writer.add((time.time(), name, event, fields, None, copy_context(), None))
 
     log.__name__, log.__qualname__ = name, f"_AccessWriter.{name}"
     return log
@@ -446,19 +446,31 @@ class _AccessWriter:
 
 
 def write_access(warning: bool, build: Callable[..., dict[str, Any]],
-                 args: tuple[Any, ...]) -> None:
-    """Write one ``rpc`` access-log event whose fields are ``build(*args)``: captured
-    unbuilt by the JSON access log of :func:`configure_logging` (built when its batch is
-    written), built now for any other logger (:func:`access_logger`). ``warning`` selects
-    the level (``warning``, else ``info``)."""
+                 args: tuple[Any, ...], span_context: Any = None) -> None:
+    """Write one ``rpc`` access-log event whose fields are ``build(*args)``, with the trace
+    and span id of ``span_context`` (a ``SpanContext``; ``None``: the current span's):
+    captured unbuilt by the JSON access log of :func:`configure_logging` (built when its
+    batch is written), built now for any other logger (:func:`access_logger`).
+    ``warning`` selects the level (``warning``, else ``info``).
+
+    A captured event keeps only ``build``, ``args``, the span context and, once anything
+    was bound with ``structlog.contextvars``, a copy of the current context: it waits for
+    its batch (``flush_interval_s``), and whatever it keeps alive that long is walked by
+    the garbage collector's young passes and promoted to the old generations."""
     lg = _AccessLog.logger
     if type(lg) is _AccessWriter:  # the per-call path: one tuple, no other work
         if lg._level <= (logging.WARNING if warning else logging.INFO):
-            lg._writer.add((time.time(), "warning" if warning else "info", "rpc",
-                            (build, args), copy_context()))
+            if span_context is None:
+                span_context = _current_span_context()
+            lg._writer.add((time.time(), "warning" if warning else "info", "rpc", build,
+                            args, copy_context() if _BOUND_NAMES is None or _BOUND_NAMES
+                            else None, span_context))
         return
     lg = access_logger()
     fields = build(*args)
+    if span_context is not None and span_context.is_valid:
+        fields["trace_id"] = format(span_context.trace_id, "032x")
+        fields["span_id"] = format(span_context.span_id, "016x")
     if warning:
         lg.warning("rpc", **fields)
     else:
@@ -509,21 +521,37 @@ def _captured_span_ids(ctx: Context) -> tuple[str, str] | None:
     return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
 
 
-def render_access(record: tuple[float, str, str, Any, Context]) -> str:
-    """One captured access-log record as its JSON line (see :class:`_AccessWriter`)."""
-    ts, level, event, fields, ctx = record
-    if type(fields) is tuple:
-        build, args = fields
-        fields = build(*args)
-    # anything ever bound with structlog.contextvars? (else there is nothing to read)
+def _current_span_context() -> Any:
+    """The current span's ``SpanContext``, or ``None`` when no span is current."""
+    if _OTEL is None:  # pragma: no cover - another API layout
+        sc = trace.get_current_span().get_span_context()
+        return sc if sc.is_valid else None
+    otel_ctx = _OTEL[0].get(None)
+    span = otel_ctx.get(_OTEL[1]) if otel_ctx is not None else None
+    return None if span is None else span.get_span_context()
+
+
+def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any]) -> str:
+    """One captured access-log record as its JSON line (see :class:`_AccessWriter`):
+    ``(time, level, event, build or fields, args or None, context or None, span context
+    or None)``."""
+    ts, level, event, fields, args, ctx, sc = record
+    if args is not None:
+        fields = fields(*args)
+    # a context is captured once anything was bound with structlog.contextvars
     out: dict[str, Any] = (ctx.run(structlog.contextvars.get_contextvars)
-                           if _BOUND_NAMES is None or _BOUND_NAMES else {})
+                           if ctx is not None else {})
     out["event"] = event
     out.update(fields)
     if "trace_id" not in fields:
-        ids = _captured_span_ids(ctx)
-        if ids is not None:
-            out["trace_id"], out["span_id"] = ids
+        if sc is not None:
+            if sc.is_valid:
+                out["trace_id"] = format(sc.trace_id, "032x")
+                out["span_id"] = format(sc.span_id, "016x")
+        elif ctx is not None:
+            ids = _captured_span_ids(ctx)
+            if ids is not None:
+                out["trace_id"], out["span_id"] = ids
     out["level"] = level
     out["timestamp"] = _iso_utc(ts)
     if _orjson is not None:  # json_dumps, inline: one frame fewer per line

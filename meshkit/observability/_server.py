@@ -165,6 +165,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
+        self._build = self._fields  # bound once: a captured line keeps no per-call object
         super().__init__()
 
     # -- per call ------------------------------------------------------------------------
@@ -269,13 +270,13 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
              identity: str | None, span_context: Any, md: dict[str, str] | None) -> None:
-        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._fields,
-                     (m, code, duration_s, peer, identity, span_context, md))
+        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._build,
+                     (m, code, duration_s, peer, identity, md), span_context)
 
     def _fields(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
-                identity: str | None, span_context: Any, md: dict[str, str] | None,
-                ) -> dict[str, Any]:
-        """The access-log event's fields (built when the line is rendered)."""
+                identity: str | None, md: dict[str, str] | None) -> dict[str, Any]:
+        """The access-log event's fields but the trace ids (built when the line is
+        rendered)."""
         fields: dict[str, Any] = {
             "side": "server", "service": self.service_name, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code._name_,
@@ -283,9 +284,6 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         }
         if identity is not None:
             fields["peer_identity"] = identity
-        if span_context is not None:
-            fields["trace_id"] = format(span_context.trace_id, "032x")
-            fields["span_id"] = format(span_context.span_id, "016x")
         if md:
             fields["md"] = md
         return fields

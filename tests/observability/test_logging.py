@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import structlog
 from opentelemetry.trace import SpanKind
@@ -314,6 +315,51 @@ def test_json_dumps_uses_orjson_and_falls_back_for_what_it_refuses(
         "1": "a", "big": 2**70}
     monkeypatch.setattr(_logging, "_orjson", None)
     assert _logging.json_dumps(event, default=repr) == json.dumps(event, default=repr)
+
+
+@pytest.mark.parametrize("traced", [True, False])
+async def test_captured_access_records_keep_no_call_objects(
+        chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions, traced: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A captured access record waits for its batch, so it keeps only its fields' values:
+    not the client's call details (which hold the attempt's grpc call), not a context copy
+    while nothing was bound with structlog.contextvars. Its line still carries the call's
+    fields and the trace ids: meshkit's span's, or (tracing off) the caller's own span's."""
+    import dataclasses
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from meshkit.interceptors import ClientCallDetails
+    from meshkit.observability import _logging
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+
+    out = io.StringIO()
+    monkeypatch.setattr(_logging, "_BOUND_NAMES", {})  # nothing bound in this process
+    monkeypatch.setattr(_AccessLog, "logger",
+                        _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracing=traced))
+    user_span = TracerProvider().get_tracer("app").start_span("checkout")
+    with _logging.trace.use_span(user_span, end_on_exit=True):
+        await c.client.unary_unary(f"/{FRONT}/Relay")(b"hi", timeout=5)
+    buf = _AccessLog.logger._writer._buf
+    await until(lambda: len(buf) == 4)  # client and server, two hops (spans end a turn later)
+    for _, level, event, _build, args, ctx, sc in buf:
+        assert (level, event, ctx) == ("info", "rpc", None)
+        assert not any(isinstance(a, ClientCallDetails | grpc.aio.Call) for a in args)
+        assert sc is None or sc.is_valid
+    _AccessLog.logger._writer.flush()
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    client = next(ln for ln in lines if ln["side"] == "client" and ln["target"] == "front")
+    assert client["attempts"] == 1 and client["peer"].startswith("127.0.0.1:")
+    assert client["code"] == "OK" and client["grpc_type"] == "unary"
+    app = user_span.get_span_context()
+    assert client["trace_id"] == format(app.trace_id, "032x")
+    if traced:  # meshkit's spans, children of the caller's: one trace on every line
+        assert {ln["trace_id"] for ln in lines} == {client["trace_id"]}
+        assert client["span_id"] != format(app.span_id, "016x")
+    else:  # no meshkit span: the caller's own span, and no trace context sent on
+        assert client["span_id"] == format(app.span_id, "016x")
+        assert sum("trace_id" in ln for ln in lines) == 1
 
 
 async def test_captured_access_records_orjson_refuses_or_that_fail_still_give_a_line() -> None:
