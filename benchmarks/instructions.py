@@ -46,7 +46,9 @@ Variants (``--variants``, comma-separated):
 ``--cpu ROUNDS`` measures CPU time instead, without callgrind: each variant's process runs
 ``--calls-high`` calls with ``--callers`` callers after its warm-up, ``ROUNDS`` times in
 alternating order, and reports ``getrusage`` for the measured calls: user and system
-microseconds per call, and voluntary and involuntary context switches per call (medians;
+microseconds per call, voluntary and involuntary context switches per call, and the
+garbage collector's runs (young: generations 0 and 1; full: 2) and time per call
+(``gc.callbacks``) (medians;
 "added" is the median of per-round differences with ``raw`` of the same round). It says
 what kind of time a mesh adds (callgrind counts user-space instructions only: grpc's
 system calls and thread hand-offs are not in its counts), and at what rate the added
@@ -60,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -216,14 +219,31 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
         for _ in range(n):
             await call(b"x", timeout=60, metadata=metadata)
 
+    gc_runs, gc_s = [0, 0, 0], [0.0]
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            gc_runs[info["generation"]] += 1
+            gc_s[0] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(on_gc)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
-    r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    try:
+        await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
+    finally:
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        gc.callbacks.remove(on_gc)
     n = calls // callers * callers
     _rusage.update(user_us=(r1.ru_utime - r0.ru_utime) / n * 1e6,
                    system_us=(r1.ru_stime - r0.ru_stime) / n * 1e6,
                    voluntary_cs=(r1.ru_nvcsw - r0.ru_nvcsw) / n,
                    involuntary_cs=(r1.ru_nivcsw - r0.ru_nivcsw) / n,
+                   gc_us=gc_s[0] / n * 1e6,
+                   gc_young_per_1k=(gc_runs[0] + gc_runs[1]) / n * 1000,
+                   gc_full_per_1k=gc_runs[2] / n * 1000,
                    wall_us=(t1 - t0) / n * 1e6)
 
 
@@ -269,7 +289,8 @@ def measure(variant: str, low: int, high: int, callers: int = 1) -> float:
     return (b - a) / (high - low)
 
 
-_CPU_FIELDS = ("user_us", "system_us", "voluntary_cs", "involuntary_cs")
+_CPU_FIELDS = ("user_us", "system_us", "voluntary_cs", "involuntary_cs", "gc_us",
+               "gc_young_per_1k", "gc_full_per_1k")
 
 
 def cpu(variants: list[str], rounds: int, calls: int, callers: int) -> dict[str, Any]:
@@ -304,12 +325,15 @@ def _print_cpu(variants: list[str], rounds: int, calls: int, callers: int) -> No
     print(f"CPU per call (getrusage), client and server in one process, {callers} "
           f"caller(s), {calls} calls, medians of {rounds} alternating rounds\n")
     print("| variant | user us | system us | added user us | added system us "
-          "| voluntary cs | involuntary cs |\n|---|---:|---:|---:|---:|---:|---:|")
+          "| voluntary cs | involuntary cs | GC us | young / full GC per 1k calls |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v, row in cpu(variants, rounds, calls, callers).items():
         added = (f"{row['added_user_us']:+.1f} | {row['added_system_us']:+.1f}"
                  if "added_user_us" in row else " | ")
         print(f"| {v} | {row['user_us']:.1f} | {row['system_us']:.1f} | {added} "
-              f"| {row['voluntary_cs']:.2f} | {row['involuntary_cs']:.2f} |", flush=True)
+              f"| {row['voluntary_cs']:.2f} | {row['involuntary_cs']:.2f} "
+              f"| {row['gc_us']:.1f} | {row['gc_young_per_1k']:.1f} / "
+              f"{row['gc_full_per_1k']:.2f} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
