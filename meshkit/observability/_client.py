@@ -328,7 +328,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
             self._deferred -= 1
         try:
             if span is None:
-                self._log(m, details, code, duration_s, None)
+                self._log(m, details, code, duration_s, current_span_context())
                 return
             attempts = details.attempts
             if span.is_recording():

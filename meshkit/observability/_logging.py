@@ -448,7 +448,7 @@ class _AccessWriter:
 def write_access(warning: bool, build: Callable[..., dict[str, Any]],
                  args: tuple[Any, ...], span_context: Any = None) -> None:
     """Write one ``rpc`` access-log event whose fields are ``build(*args)``, with the trace
-    and span id of ``span_context`` (a ``SpanContext``; ``None``: the current span's):
+    and span id of ``span_context`` (a ``SpanContext``; none when ``None`` or invalid):
     captured unbuilt by the JSON access log of :func:`configure_logging` (built when its
     batch is written), built now for any other logger (:func:`access_logger`).
     ``warning`` selects the level (``warning``, else ``info``).
@@ -460,8 +460,6 @@ def write_access(warning: bool, build: Callable[..., dict[str, Any]],
     lg = _AccessLog.logger
     if type(lg) is _AccessWriter:  # the per-call path: one tuple, no other work
         if lg._level <= (logging.WARNING if warning else logging.INFO):
-            if span_context is None:
-                span_context = _current_span_context()
             lg._writer.add((time.time(), "warning" if warning else "info", "rpc", build,
                             args, copy_context() if _BOUND_NAMES is None or _BOUND_NAMES
                             else None, span_context))
@@ -519,16 +517,6 @@ def _captured_span_ids(ctx: Context) -> tuple[str, str] | None:
     if not sc.is_valid:
         return None
     return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
-
-
-def _current_span_context() -> Any:
-    """The current span's ``SpanContext``, or ``None`` when no span is current."""
-    if _OTEL is None:  # pragma: no cover - another API layout
-        sc = trace.get_current_span().get_span_context()
-        return sc if sc.is_valid else None
-    otel_ctx = _OTEL[0].get(None)
-    span = otel_ctx.get(_OTEL[1]) if otel_ctx is not None else None
-    return None if span is None else span.get_span_context()
 
 
 def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any]) -> str:

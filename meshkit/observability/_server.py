@@ -43,6 +43,7 @@ from meshkit.observability._tracing import (
     SpanStarter,
     attach_context,
     attach_span,
+    current_span_context,
     detach_context,
     extract_context,
     fast_propagation,
@@ -264,7 +265,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                     self._log(m, code, duration_s, peer, identity, span.get_span_context(),
                               md)
             elif log:
-                self._log(m, code, duration_s, peer, identity, None, md)
+                self._log(m, code, duration_s, peer, identity, current_span_context(), md)
         except Exception as e:  # telemetry must never break the server's loop
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
 
