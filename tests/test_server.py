@@ -386,8 +386,11 @@ async def test_header_only_calls_give_their_read_permits_to_new_calls(
     registry: LocalRegistry,
 ) -> None:
     """With every read permit (max_concurrent_reads) held by calls whose request does not
-    come, a new call waits for a permit (it is not shed: call slots are free) and gets
-    one once the holders have waited evict_waiting_after_s (they end CANCELLED)."""
+    come, new calls wait for a permit (they are not shed: call slots are free) and get
+    them once the holders have waited evict_waiting_after_s (they end CANCELLED). Two new
+    calls, one per held permit: a holder is ended only while a call waits for a permit,
+    so with one new call the second holder, arriving a few ms after the first, could keep
+    its permit once the first had passed its own on."""
     srv = await _slow_server(registry, first_message_timeout_s=30.0, max_concurrent_rpcs=8,
                              max_concurrent_reads=2, evict_waiting_after_s=1.0)
     loop = asyncio.get_running_loop()
@@ -397,7 +400,9 @@ async def test_header_only_calls_give_their_read_permits_to_new_calls(
             await asyncio.wait_for(asyncio.gather(*(c.wait_for_connection() for c in idle)), 5)
             await asyncio.sleep(0.2)
             t0 = loop.time()
-            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=10) == b"held 1"
+            hold = ch.unary_unary("/test.Slow/Hold")
+            got = await asyncio.gather(*(hold(b"x", timeout=10) for _ in range(2)))
+            assert got == [b"held 1"] * 2
             waited = loop.time() - t0 - 0.5  # Hold answers after 0.5 s
             assert 0.4 <= waited <= 5.0, waited  # the holders' 1 s, less the 0.2 s slept
             codes = await asyncio.wait_for(asyncio.gather(*(c.code() for c in idle)), 5)
