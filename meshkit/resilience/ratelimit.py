@@ -405,8 +405,9 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         except RuntimeError:  # no event loop in this thread: limits' own timer thread
             getattr(super(), _SCHEDULE_SWEEP)()
             return
-        if self._sweep_handle is None:
-            self._sweep_handle = loop.call_soon(self._sweep)
+        # not "only if none is pending": a handle left on a loop that stopped before running
+        # it would then stop every later sweep (the interval already bounds how often)
+        self._sweep_handle = loop.call_soon(self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_handle = None

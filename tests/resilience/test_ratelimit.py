@@ -506,6 +506,33 @@ async def test_memory_sweep_still_gives_expired_keys_back_on_the_loop() -> None:
     assert {t.ident for t in threading.enumerate()} <= threads
 
 
+def test_memory_sweep_still_runs_after_a_loop_stopped_with_one_pending() -> None:
+    """A sweep scheduled on a loop that stopped before running it does not keep later
+    loops from sweeping (e.g. a server restarted under a new asyncio.run())."""
+    storage = SweepThrottledMemoryStorage("memory://", sweep_interval_s=0.0)
+    limiter = _SYNC_STRATEGY_CLASSES["fixed-window"](storage)
+    item = parse_limit("5/second")
+    old = asyncio.new_event_loop()
+
+    def hit_then_stop() -> None:
+        assert limiter.hit(item, "m", "early")  # schedules a sweep for the next turn
+        old.stop()
+
+    old.call_soon(hit_then_stop)
+    old.run_forever()
+    old.close()
+    assert storage._sweep_handle is not None  # left pending on the closed loop
+
+    async def later() -> None:
+        await asyncio.sleep(1.1)
+        assert limiter.hit(item, "m", "late")
+        await until(lambda: list(storage.expirations) == ["LIMITER/m/late/5/1/second"],
+                    timeout_s=5)
+
+    asyncio.run(later())
+    storage.close()
+
+
 def test_memory_sweep_without_an_event_loop_uses_limits_timer() -> None:
     """Used outside an event loop, a due sweep runs on limits' own timer thread."""
     storage = SweepThrottledMemoryStorage("memory://", sweep_interval_s=0.0)
