@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
 from meshkit._methods import MethodMatcher
 from meshkit.interceptors import (
@@ -210,8 +210,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
         span = token = call_token = None
         if m.traced:
             parent = current_span_context()
-            span = self._spans.start(m.names.span_name, parent if parent.is_valid else None,
-                                     None, m.attrs)
+            span = self._spans.start(m.names.span_name, None if parent is INVALID_SPAN_CONTEXT
+                                     or not parent.is_valid else parent, None, m.attrs)
             if span is not None:
                 ctx = _in_context(span)
                 inject_span(details.metadata, span, ctx)
@@ -341,25 +341,42 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     attrs[ATTR_INSTANCE_ID] = inst.instance_id
                 if code is STATUS_EXHAUSTED:
                     attrs[ATTR_RATE_LIMITED] = True
-                set_mesh_attributes(span, attrs)
-                if len(attempts) > 1 and not self.options.attempt_spans:
-                    starts = details.attempt_started_ns
-                    for i, ep in enumerate(attempts, 1):
-                        inst = ep.instance
-                        span.add_event("attempt", {"meshkit.attempt": i,
-                                                   NETWORK_PEER_ADDRESS: inst.host,
-                                                   NETWORK_PEER_PORT: inst.port,
-                                                   ATTR_INSTANCE_ID: inst.instance_id},
-                                       timestamp=starts[i - 1] if i <= len(starts) else None)
-                if code is not STATUS_OK:
-                    detail = exc.details() if isinstance(exc, AioRpcError) else None
-                    span.set_status(Status(StatusCode.ERROR, f"{code._name_}: {detail}"
-                                           if detail else code._name_))
-            span.end(end_ns)
+                # a lean span sets the attributes and ends in one step when nothing else
+                # is added (no attempt events, no error status)
+                end_with = getattr(span, "_meshkit_end", None) if code is STATUS_OK and (
+                    len(attempts) <= 1 or self.options.attempt_spans) else None
+                if end_with is not None:
+                    end_with(attrs, end_ns)
+                else:
+                    self._end_span(span, details, attrs, code, exc, end_ns)
+            else:
+                span.end(end_ns)
             if self.options.access_log and access_active():
                 self._log(m, details, code, duration_s, span.get_span_context())
         except Exception as e:  # telemetry must never break the caller
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
+
+    def _end_span(self, span: Any, details: ClientCallDetails, attrs: dict[str, Any],
+                  code: grpc.StatusCode, exc: BaseException | None,
+                  end_ns: int | None) -> None:
+        """Set ``attrs``, an event per attempt (a retried call without attempt spans) and
+        the error status (``code`` not OK) on a recording ``span``, and end it."""
+        set_mesh_attributes(span, attrs)
+        attempts = details.attempts
+        if len(attempts) > 1 and not self.options.attempt_spans:
+            starts = details.attempt_started_ns
+            for i, ep in enumerate(attempts, 1):
+                inst = ep.instance
+                span.add_event("attempt", {"meshkit.attempt": i,
+                                           NETWORK_PEER_ADDRESS: inst.host,
+                                           NETWORK_PEER_PORT: inst.port,
+                                           ATTR_INSTANCE_ID: inst.instance_id},
+                               timestamp=starts[i - 1] if i <= len(starts) else None)
+        if code is not STATUS_OK:
+            detail = exc.details() if isinstance(exc, AioRpcError) else None
+            span.set_status(Status(StatusCode.ERROR, f"{code._name_}: {detail}"
+                                   if detail else code._name_))
+        span.end(end_ns)
 
     def _log(self, m: _Method, details: ClientCallDetails, code: grpc.StatusCode,
              duration_s: float, span_context: Any) -> None:

@@ -46,7 +46,6 @@ from meshkit.observability._tracing import (
     current_span_context,
     detach_context,
     extract_context,
-    fast_propagation,
     instrumentor_active,
     parse_traceparent,
     set_mesh_attributes,
@@ -180,7 +179,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         span = token = None
         if m.traced:
             md = context.invocation_metadata()
-            remote = parse_traceparent(md) if fast_propagation() else False
+            remote = parse_traceparent(md)  # False: another propagator reads it
             if remote is False:  # tracestate, baggage or another propagator: the API's way
                 parent = extract_context(md)
                 sc = trace.get_current_span(parent).get_span_context()
@@ -255,12 +254,20 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                         attrs[ATTR_PEER_IDENTITY] = identity
                     if limited:
                         attrs[ATTR_RATE_LIMITED] = True
-                    set_mesh_attributes(span, attrs)
-                    if code is not STATUS_OK and code in SERVER_ERROR_CODES:
-                        if exc is not None and not isinstance(exc, grpc.aio.AbortError):
-                            span.record_exception(exc)
-                        span.set_status(Status(StatusCode.ERROR, code._name_))
-                span.end(end_ns)
+                    failed = code is not STATUS_OK and code in SERVER_ERROR_CODES
+                    # a lean span sets the attributes and ends in one step
+                    end_with = None if failed else getattr(span, "_meshkit_end", None)
+                    if end_with is not None:
+                        end_with(attrs, end_ns)
+                    else:
+                        set_mesh_attributes(span, attrs)
+                        if failed:
+                            if exc is not None and not isinstance(exc, grpc.aio.AbortError):
+                                span.record_exception(exc)
+                            span.set_status(Status(StatusCode.ERROR, code._name_))
+                        span.end(end_ns)
+                else:
+                    span.end(end_ns)
                 if log:
                     self._log(m, code, duration_s, peer, identity, span.get_span_context(),
                               md)

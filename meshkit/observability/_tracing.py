@@ -332,7 +332,8 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))  # W3C Trace Context level 2
 _FLAGS = tuple(TraceFlags(i) for i in range(4))
-_TRACE_ID_LIMIT = (1 << 64) - 1
+_TRACE_ID_LIMIT = (1 << 64) - 1  # a trace id's low 64 bits (the ratio rule); the largest span id
+_TRACE_ID_MAX = (1 << 128) - 1  # and the largest valid trace id (W3C Trace Context)
 _UNSET_STATUS = Status(StatusCode.UNSET)
 _sdk_log = logging.getLogger("opentelemetry.sdk.trace")
 
@@ -437,7 +438,8 @@ def _lean_span_type() -> Any:
     writes; events and links are the SDK's bounded lists from the first one added. It
     ends as the SDK's span does (end time, processors' ``_on_ending`` and ``on_end`` with a
     ``ReadableSpan``), calling each processor of the provider's synchronous multi-processor
-    directly and skipping the ones whose hook does nothing (:func:`_is_noop`)."""
+    directly, skipping the ones whose hook does nothing (:func:`_is_noop`), and handing a
+    sampled span straight to a ``BatchSpanProcessor``'s batch (:func:`_batch_emit`)."""
     if _lean_types:
         return _lean_types[0]
     from opentelemetry.attributes import BoundedAttributes
@@ -471,6 +473,8 @@ def _lean_span_type() -> Any:
 
         def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
                      kind: SpanKind, attributes: dict[str, Any], start_ns: int) -> None:
+            # _Sdk.span sets these seven fields as one __dict__ (no frame): keep in step
+            # (tests/observability/test_lean_spans.py compares the two)
             self._name = name
             self._context = context
             self._kind = kind
@@ -522,29 +526,27 @@ def _lean_span_type() -> Any:
                 setattr(self, field, items)
             items.append(item)
 
-        def _readable_span(self) -> Any:
-            if not fast_readable:
-                return super()._readable_span()
-            rs = new(readable)
-            rs.__dict__ = {
-                "_name": self._name, "_context": self._context, "_kind": self._kind,
-                "_instrumentation_info": self._instrumentation_info,
-                "_instrumentation_scope": self._instrumentation_scope,
-                "_parent": self._parent, "_start_time": self._start_time,
-                "_end_time": self._end_time, "_attributes": self._attributes,
-                "_events": self._events, "_links": self._links,
-                "_resource": self._resource, "_status": self._status,
-            }
-            return rs
-
         def end(self, end_time: int | None = None) -> None:
+            self._meshkit_end(None, end_time)
+
+        def _meshkit_end(self, attributes: dict[str, Any] | None,
+                         end_time: int | None) -> None:
+            """``set_mesh_attributes(self, attributes)`` (``None``: none) and
+            ``end(end_time)`` in one step: what meshkit's interceptors call for a call
+            that ends without events or an error status."""
             with self._lock:
                 if self._end_time is not None:
                     _sdk_log.warning("Calling end() on an ended span.")
                     return
+                attrs = self._attributes
+                if attributes is not None:
+                    if type(attrs) is dict:
+                        attrs.update(attributes)
+                    else:
+                        attrs._set_items(attributes)
                 self._end_time = end_time if end_time is not None else _time_ns()
-                if type(self._attributes) is not dict:
-                    self._attributes._immutable = True
+                if type(attrs) is not dict:
+                    attrs._immutable = True
             if self._record_end_metrics is not None:
                 self._record_end_metrics()
             sdk = self._sdk
@@ -554,9 +556,24 @@ def _lean_span_type() -> Any:
             for ending in hooks[2]:
                 ending(self)
             if hooks[3]:
-                rs = self._readable_span()
-                for on_end in hooks[3]:
-                    on_end(rs)
+                if fast_readable:  # _readable_span, inline
+                    rs = new(readable)
+                    rs.__dict__ = {
+                        "_name": self._name, "_context": self._context, "_kind": self._kind,
+                        "_instrumentation_info": self._instrumentation_info,
+                        "_instrumentation_scope": self._instrumentation_scope,
+                        "_parent": self._parent, "_start_time": self._start_time,
+                        "_end_time": self._end_time, "_attributes": attrs,
+                        "_events": self._events, "_links": self._links,
+                        "_resource": self._resource, "_status": self._status,
+                    }
+                else:
+                    rs = super()._readable_span()
+                ctx = self._context
+                sampled = ctx[3] & 1 if _SC_TUPLE else ctx.trace_flags.sampled
+                for on_end, sampled_only in hooks[3]:
+                    if sampled or not sampled_only:
+                        on_end(rs)
 
     _lean_types.append(LeanSdkSpan)
     return LeanSdkSpan
@@ -598,15 +615,34 @@ def _lean_fields_match(tracer: Any) -> bool:
         return False
 
 
+_BSP_ON_END_NAMES = ("context", "trace_flags", "sampled", "_batch_processor", "emit")
+
+
+def _batch_emit(processor: Any) -> Any:
+    """``processor._batch_processor.emit`` when ``processor`` is the SDK's
+    ``BatchSpanProcessor`` (exactly that class) whose ``on_end`` is the SDK's: it reads
+    the span's sampled flag and hands a sampled span to its batch's ``emit``, and nothing
+    else (checked on its code's names); else ``None``."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if type(processor) is not BatchSpanProcessor:
+        return None
+    code = getattr(type(processor).on_end, "__code__", None)
+    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    if code is None or code.co_names != _BSP_ON_END_NAMES or not callable(emit):
+        return None
+    return emit
+
+
 class _Sdk:
     """What one SDK provider needs per span: its sampler and a tracer of meshkit's
     (``generic``: a provider of another API implementation, whose tracer makes every
     span and decision itself), and what a lean span is built from (``lean``: the span
     class, ``None`` when the SDK's own ``start_span`` must build spans)."""
 
-    __slots__ = ("enabled", "generic", "hooks", "ids", "lean", "metrics", "multi",
-                 "new_span_id", "new_trace_id", "parent_based", "processor", "random_ids",
-                 "root_bound", "sampler", "static", "tracer")
+    __slots__ = ("config_enabled", "default_ids", "enabled", "generic", "hooks", "ids",
+                 "lean", "metrics", "multi", "new_span_id", "new_trace_id", "parent_based",
+                 "processor", "random_ids", "root_bound", "sampler", "static", "tracer")
 
     def __init__(self, provider: Any, *, generic: bool = False) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
@@ -621,6 +657,7 @@ class _Sdk:
             if not generic else False
         self.new_trace_id: Any = gen.generate_trace_id if custom else _new_trace_id
         self.new_span_id: Any = gen.generate_span_id if custom else _new_span_id
+        self.default_ids = not custom  # drawn inline: _getrandbits(n) or _new_..._id()
         self.random_ids = bool(gen.is_trace_id_random()) if custom and hasattr(
             gen, "is_trace_id_random") else True
         # a root decided by ParentBased(TraceIdRatioBased / ALWAYS_ON / ALWAYS_OFF): the
@@ -662,7 +699,14 @@ class _Sdk:
                 type(getattr(multi, "_span_processors", None)) is tuple else None
             self.hooks: tuple[Any, ...] = ()
             self.rehook()
+            # the tracer's _is_enabled (its configurator's switch): read inline when it
+            # is the SDK's one-attribute read, else called per span
             self.enabled = getattr(t, "_is_enabled", None)
+            code = getattr(getattr(self.enabled, "__func__", None), "__code__", None)
+            self.config_enabled = code is not None and code.co_names == (
+                "_tracer_config", "is_enabled") and hasattr(t, "_tracer_config")
+            if self.config_enabled:
+                self.enabled = None
             counting = getattr(t, "_tracer_metrics", None)  # the SDK's own span metrics
             self.metrics = None if counting is None or type(counting).__name__ == \
                 "NoOpTracerMetrics" else counting.start_span
@@ -672,7 +716,12 @@ class _Sdk:
 
     def rehook(self) -> tuple[Any, ...]:
         """The processors' hooks a lean span calls: ``(processors, on_start, _on_ending,
-        on_end)``, the last three tuples of bound methods without the no-op ones."""
+        on_end)``, tuples of bound methods without the no-op ones (:func:`_is_noop`); the
+        ``on_end`` entries are ``(hook, sampled_only)`` pairs. The SDK's own
+        ``BatchSpanProcessor`` (that class exactly, its ``on_end`` reading only what it
+        reads in opentelemetry-sdk 1.x: the span's sampled flag, then its batch's
+        ``emit``) is represented by that ``emit`` with ``sampled_only``: the span passes
+        its sampled flag, known when it ends, instead of three property reads."""
         multi = self.multi
         procs = (self.processor,) if multi is None else multi._span_processors
 
@@ -680,22 +729,40 @@ class _Sdk:
             found = (getattr(p, name, None) for p in procs)
             return tuple(h for h in found if h is not None and not _is_noop(h))
 
+        ends = []
+        for p in procs:
+            on_end = getattr(p, "on_end", None)
+            if on_end is None or _is_noop(on_end):
+                continue
+            emit = _batch_emit(p)
+            ends.append((on_end, False) if emit is None else (emit, True))
         self.hooks = (None if multi is None else procs, hooks("on_start"),
-                      hooks("_on_ending"), hooks("on_end"))
+                      hooks("_on_ending"), tuple(ends))
         return self.hooks
 
     def span(self, name: str, parent: SpanContext | None, context: Any, kind: SpanKind,
              tid: int, sampled: bool, state: Any, attributes: dict[str, Any]) -> Span:
         """A lean SDK span (``self.lean`` set), started: what the SDK's ``start_span``
         would build for this decision, with the processors' ``on_start`` called."""
-        if self.enabled is not None and not self.enabled():
+        if not (self.tracer._tracer_config.is_enabled if self.config_enabled
+                else self.enabled is None or self.enabled()):
             return NonRecordingSpan(parent if parent is not None else INVALID_SPAN_CONTEXT)
         random_ids = (parent[3] if _SC_TUPLE else parent.trace_flags) & _RANDOM \
             if parent is not None else (_RANDOM if self.random_ids else 0)
         flags = _FLAGS[(_SAMPLED if sampled else _NOT_SAMPLED) | random_ids]
-        ctx = SpanContext(tid, self.new_span_id(), False, flags, state)
+        sid = (_getrandbits(64) or _new_span_id()) if self.default_ids \
+            else self.new_span_id()
+        if _SC_TUPLE:  # SpanContext(...) without its __new__ frame (ids from the generator)
+            ctx = _tuple_new(SpanContext, (
+                tid, sid, False, flags, _EMPTY_STATE if state is None else state,
+                0 < tid <= _TRACE_ID_MAX and 0 < sid <= _TRACE_ID_LIMIT))
+        else:  # pragma: no cover - another SpanContext layout
+            ctx = SpanContext(tid, sid, False, flags, state)
         span = _object_new(self.lean)  # the class's __new__ only refuses the SDK's base
-        span.__init__(name, ctx, parent, kind, attributes, time.time_ns())
+        # what LeanSdkSpan.__init__ sets, without its frame
+        span.__dict__ = {"_name": name, "_context": ctx, "_kind": kind, "_parent": parent,
+                         "_start_time": time.time_ns(), "_attributes": attributes,
+                         "_lock": threading.Lock()}
         if self.metrics is not None:
             span._record_end_metrics = self.metrics(
                 parent, _sdk.sampling.Decision.RECORD_AND_SAMPLE if sampled
@@ -792,7 +859,8 @@ class SpanStarter:
             else:  # pragma: no cover - another SpanContext layout
                 tid, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         else:
-            tid = _new_trace_id() if sdk is None else sdk.new_trace_id()
+            tid = (_getrandbits(128) or _new_trace_id()) if sdk is None or sdk.default_ids \
+                else sdk.new_trace_id()
             state = None
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
@@ -933,6 +1001,7 @@ _SC_TUPLE = _span_context_is_tuple()
 _EMPTY_STATE = DEFAULT_TRACE_STATE
 _BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)  # where baggage lives
 _object_new = object.__new__
+_tuple_new = tuple.__new__
 
 
 _TRACEPARENT = "traceparent"
@@ -958,14 +1027,18 @@ def fast_propagation() -> bool:
     return ok
 
 
-_fast_cache: list[Any] = [None, False]
+_fast_cache: list[Any] = [None, False]  # [the global propagator, whether it is the pair]
+_textmap = propagate.get_global_textmap
 
 
 def parse_traceparent(metadata: Sequence[Any] | None) -> SpanContext | Literal[False] | None:
     """The remote parent in incoming ``metadata`` when only a version-00 ``traceparent``
     (and no ``tracestate`` or ``baggage``) is there: a :class:`SpanContext`, ``None`` when
     there is no trace context at all or it is invalid (W3C: ignore it), ``False`` when
-    the general propagator must read it."""
+    the general propagator must read it (also whenever the global propagator is not the
+    default W3C pair, :func:`fast_propagation`)."""
+    if not (_fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()):
+        return False
     found = None
     for k, v in metadata or ():
         if k == _TRACEPARENT:
@@ -984,7 +1057,11 @@ def parse_traceparent(metadata: Sequence[Any] | None) -> SpanContext | Literal[F
     tid, sid = int(found[3:35], 16), int(found[36:52], 16)
     if not tid or not sid:
         return None
-    return SpanContext(tid, sid, True, TraceFlags(int(found[53:], 16)))
+    flags = int(found[53:], 16)
+    if _SC_TUPLE:  # SpanContext(...) without its __new__ frame: both ids valid here
+        return _tuple_new(SpanContext, (tid, sid, True, _FLAGS[flags] if flags < 4
+                                        else TraceFlags(flags), _EMPTY_STATE, True))
+    return SpanContext(tid, sid, True, TraceFlags(flags))  # pragma: no cover
 
 
 def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
@@ -992,7 +1069,10 @@ def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
     """Write ``span``'s trace context into outgoing ``metadata``: a ``traceparent`` built
     here under the default propagator when no baggage is set, else the global propagator
     with ``context`` (the current one holding ``span``)."""
-    if fast_propagation() and not baggage_set(context):
+    # fast_propagation() and baggage_set(context), without their frames when cached
+    fast = _fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()
+    if fast and not (context.get(_BAGGAGE_KEY) if type(context) is _Context
+                     and _BAGGAGE_KEY is not None else baggage_set(context)):
         sc = span.get_span_context()
         if _SC_TUPLE:
             tid, sid, _, flags, state, valid = sc

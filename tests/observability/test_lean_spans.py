@@ -131,6 +131,26 @@ def test_traceparent_fast_parse_follows_w3c() -> None:
     assert parse_traceparent((("traceparent", tp), ("tracestate", "a=b"))) is False
     assert parse_traceparent((("traceparent", tp), ("baggage", "k=v"))) is False
     assert parse_traceparent((("traceparent", "01" + tp[2:] + "-extra"),)) is False
+    # flags beyond the four W3C level-2 ones are kept as sent
+    other = parse_traceparent((("traceparent", tp[:-2] + "f3"),))
+    assert other and int(other.trace_flags) == 0xF3 and other.trace_flags.sampled
+
+
+def test_another_global_propagator_reads_the_headers() -> None:
+    """Under a global propagator other than the default W3C pair, the fast reader leaves
+    every header to it (``False``), and takes them again once the pair is back."""
+    from opentelemetry import propagate
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    tp = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),)
+    default = propagate.get_global_textmap()
+    assert isinstance(parse_traceparent(tp), SpanContext)
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    try:
+        assert parse_traceparent(tp) is False
+    finally:
+        propagate.set_global_textmap(default)
+    assert isinstance(parse_traceparent(tp), SpanContext)
 
 
 async def test_no_second_set_of_spans_under_the_grpc_instrumentor(

@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
@@ -410,3 +410,103 @@ def test_detaching_a_token_from_another_context_is_logged_not_raised(
     assert trace.get_current_span() is span
     _tracing.detach_context(mine)
     assert trace.get_current_span() is not span
+
+
+class MarkingBatch(BatchSpanProcessor):
+    """A ``BatchSpanProcessor`` subclass with its own ``on_end``: it must be called."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.seen: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.seen.append(span)
+        super().on_end(span)
+
+
+@pytest.mark.parametrize("decision", [Decision.RECORD_AND_SAMPLE, Decision.RECORD_ONLY],
+                         ids=["sampled", "record_only"])
+async def test_batch_processors_get_what_their_on_end_would_pass(
+        chain: ChainFactory, telemetry: TelemetryOptions, decision: Decision) -> None:
+    """A lean span hands a sampled span straight to a ``BatchSpanProcessor``'s batch
+    (``_batch_emit``), skipping its ``on_end``: the exporter gets exactly what that
+    ``on_end`` would have passed (every sampled span, no record-only one), a subclass
+    with its own ``on_end`` is still called through it, and the other processors, in
+    order, get every ended span."""
+    from meshkit.observability import _tracing
+
+    plain_out, marking_out = InMemorySpanExporter(), InMemorySpanExporter()
+    recorder = Recorder()
+    plain, marking = BatchSpanProcessor(plain_out), MarkingBatch(marking_out)
+    provider = TracerProvider(sampler=Tagging(decision))
+    for p in (plain, recorder, marking):
+        provider.add_span_processor(p)
+    assert _tracing._batch_emit(plain) is not None
+    assert _tracing._batch_emit(marking) is None  # its own on_end: not bypassed
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracer_provider=provider))
+    assert await c.client.unary_unary(f"/{FRONT}/Relay")(b"hi", timeout=5) == b"e1|hi"
+    await until(lambda: len(recorder.ended) >= 4 and len(marking.seen) >= 4,
+                what="4 ended spans")
+    assert {type(s).__name__ for s in recorder.started} == {"LeanSdkSpan"}
+    provider.force_flush()
+    want = 4 if decision is Decision.RECORD_AND_SAMPLE else 0
+    assert len(plain_out.get_finished_spans()) == want
+    assert len(marking_out.get_finished_spans()) == want
+    assert [s.context for s in marking.seen] == [s.context for s in recorder.ended]
+    provider.shutdown()
+
+
+def test_lean_span_fields_ids_and_end() -> None:
+    """What ``_Sdk.span`` builds without frames is what the long way builds: the span's
+    fields are those ``LeanSdkSpan.__init__`` sets, its context equals the API's
+    ``SpanContext`` for the same ids, a parsed ``traceparent`` equals the API's; and
+    ``_meshkit_end`` sets meshkit's attributes and ends once (a second end is logged
+    and changes nothing)."""
+    from meshkit.observability import _tracing
+
+    provider, exporter, recorder = provider_for()
+    starter = _tracing.SpanStarter(provider, SpanKind.SERVER)
+    span: Any = starter.start("Svc/M", None, None, {"rpc.system": "grpc"})
+    assert type(span).__name__ == "LeanSdkSpan"
+    sc = span.get_span_context()
+    probe = object.__new__(type(span))
+    probe.__init__("Svc/M", sc, None, SpanKind.SERVER, {}, 1)
+    assert sorted(vars(span)) == sorted(vars(probe))
+    api = trace.SpanContext(sc.trace_id, sc.span_id, False, sc.trace_flags)
+    assert sc == api and sc.is_valid and tuple(sc) == tuple(api)
+    tp = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-01"
+    parsed = _tracing.parse_traceparent((("traceparent", tp),))
+    assert parsed == trace.SpanContext(sc.trace_id, sc.span_id, True,
+                                       trace.TraceFlags(1))
+    assert parsed and parsed.is_valid and parsed.trace_flags.sampled
+    span._meshkit_end({"rpc.grpc.status_code": 0}, None)
+    assert not span.is_recording()
+    assert len(exporter.get_finished_spans()) == 1
+    span._meshkit_end({"late": 1}, None)
+    span.end()
+    done = exporter.get_finished_spans()
+    assert len(done) == 1 and len(recorder.ended) == 1
+    assert dict(done[0].attributes or {}) == {"rpc.system": "grpc",
+                                              "rpc.grpc.status_code": 0}
+    provider.shutdown()
+
+
+async def test_a_disabled_tracer_makes_no_spans_until_enabled(
+        chain: ChainFactory, telemetry: TelemetryOptions) -> None:
+    """The SDK's tracer configurator switches meshkit's tracer off and on again, read at
+    every span as the SDK's ``start_span`` reads it (trace context still travels)."""
+    from opentelemetry.sdk.trace import (
+        _default_tracer_configurator,
+        _disable_tracer_configurator,
+    )
+
+    provider, exporter, recorder = provider_for(
+        _tracer_configurator=_disable_tracer_configurator)
+    c = await chain(telemetry_opts=dataclasses.replace(telemetry, tracer_provider=provider))
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+    assert await relay(b"1", timeout=5) == b"e1|1"
+    assert recorder.started == []
+    provider._set_tracer_configurator(tracer_configurator=_default_tracer_configurator)
+    assert await relay(b"2", timeout=5) == b"e1|2"
+    await until(lambda: len(exporter.get_finished_spans()) >= 4, what="4 spans")
+    provider.shutdown()
