@@ -451,6 +451,15 @@ def _lean_span_type() -> Any:
     fast_readable = _readable_fields() is not None
     new = object.__new__
 
+    class LeanReadableSpan(readable):  # type: ignore[misc,valid-type]
+        """The ``ReadableSpan`` a lean span hands its processors: the SDK's class, its
+        13 fields in slots instead of an instance dict. A span waiting in a batch
+        processor's queue (up to 2,048 by default, for seconds) is then two objects for
+        the garbage collector instead of three, and about half the memory; everything
+        reads it through the SDK's properties, and ``copy`` handles slots."""
+
+        __slots__ = tuple(sorted(_READABLE))
+
     class LeanSdkSpan(base):  # type: ignore[misc,valid-type]
         """An SDK span built by :class:`SpanStarter` for a sampled RPC (see
         :func:`_lean_span_type`)."""
@@ -556,17 +565,21 @@ def _lean_span_type() -> Any:
             for ending in hooks[2]:
                 ending(self)
             if hooks[3]:
-                if fast_readable:  # _readable_span, inline
-                    rs = new(readable)
-                    rs.__dict__ = {
-                        "_name": self._name, "_context": self._context, "_kind": self._kind,
-                        "_instrumentation_info": self._instrumentation_info,
-                        "_instrumentation_scope": self._instrumentation_scope,
-                        "_parent": self._parent, "_start_time": self._start_time,
-                        "_end_time": self._end_time, "_attributes": attrs,
-                        "_events": self._events, "_links": self._links,
-                        "_resource": self._resource, "_status": self._status,
-                    }
+                if fast_readable:  # the SDK's _readable_span, slotted and inline
+                    rs = new(LeanReadableSpan)
+                    rs._name = self._name
+                    rs._context = self._context
+                    rs._kind = self._kind
+                    rs._instrumentation_info = self._instrumentation_info
+                    rs._instrumentation_scope = self._instrumentation_scope
+                    rs._parent = self._parent
+                    rs._start_time = self._start_time
+                    rs._end_time = self._end_time
+                    rs._attributes = attrs
+                    rs._events = self._events
+                    rs._links = self._links
+                    rs._resource = self._resource
+                    rs._status = self._status
                 else:
                     rs = super()._readable_span()
                 ctx = self._context

@@ -5,8 +5,10 @@ cut attributes."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -59,6 +61,12 @@ def provider_for(**kwargs: Any) -> tuple[TracerProvider, InMemorySpanExporter, R
     return provider, exporter, recorder
 
 
+def held(span: ReadableSpan) -> list[str]:
+    """The fields ``span`` holds: its instance dict's and its slots' (a lean span's)."""
+    slots = [n for n in getattr(type(span), "__slots__", ()) if hasattr(span, n)]
+    return sorted({*vars(span), *slots})
+
+
 def shape(span: ReadableSpan) -> tuple[Any, ...]:
     """What an exporter reads from ``span``, without what differs between two runs (ids,
     times, ephemeral ports)."""
@@ -103,9 +111,14 @@ async def test_lean_spans_export_what_the_sdk_path_exports(
     assert len(roots) == 1 and roots[0].kind is SpanKind.CLIENT
     assert all(s.parent.span_id in by_id for s in got_lean if s.parent is not None)
     assert not any(s.is_recording() for s in lean_rec.started)  # all ended
-    # the ReadableSpan processors get holds the fields the SDK's holds
-    assert [sorted(vars(s)) for s in lean_rec.ended] == [sorted(vars(s))
-                                                         for s in sdk_rec.ended]
+    # the ReadableSpan processors get holds the fields the SDK's holds (in slots), and
+    # reads, copies and renders as the SDK's does
+    assert [held(s) for s in lean_rec.ended] == [sorted(vars(s)) for s in sdk_rec.ended]
+    for s in lean_rec.ended:
+        assert isinstance(s, ReadableSpan) and vars(s) == {}
+        again = copy.copy(s)
+        assert shape(again) == shape(s) and again.context == s.context
+        assert json.loads(s.to_json())["context"]["span_id"] == f"0x{s.context.span_id:016x}"
     lean.shutdown()
     sdk.shutdown()
 
