@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - CI installs it; the fallback is tested
     _orjson = None  # type: ignore[assignment]
 
 __all__ = [
+    "SPAN_CONTEXT_IS_TUPLE",
     "BufferedLineWriter",
     "access_active",
     "access_logger",
@@ -72,6 +73,22 @@ def is_sensitive_key(key: str) -> bool:
 
 
 _sensitive_cache: dict[str, bool] = {}
+
+
+def _span_context_is_tuple() -> bool:
+    """Whether a ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote,
+    trace_flags, trace_state, is_valid)`` (opentelemetry-api's layout since 1.0): the hot
+    paths then unpack it instead of calling its properties."""
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    state, flags = TraceState([("k", "v")]), TraceFlags(TraceFlags.SAMPLED)
+    sc = SpanContext(3, 4, True, flags, state)
+    return isinstance(sc, tuple) and len(sc) == 6 and tuple(sc) == (
+        sc.trace_id, sc.span_id, sc.is_remote, sc.trace_flags, sc.trace_state,
+        sc.is_valid) == (3, 4, True, flags, state, True)
+
+
+SPAN_CONTEXT_IS_TUPLE = _span_context_is_tuple()
 
 
 def add_trace_context(
@@ -533,9 +550,13 @@ def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any])
     out.update(fields)
     if "trace_id" not in fields:
         if sc is not None:
-            if sc.is_valid:
-                out["trace_id"] = format(sc.trace_id, "032x")
-                out["span_id"] = format(sc.span_id, "016x")
+            if SPAN_CONTEXT_IS_TUPLE:  # unpacked: no property frames
+                tid, sid, _, _, _, valid = sc
+            else:  # pragma: no cover - another SpanContext layout
+                tid, sid, valid = sc.trace_id, sc.span_id, sc.is_valid
+            if valid:
+                out["trace_id"] = f"{tid:032x}"
+                out["span_id"] = f"{sid:016x}"
         elif ctx is not None:
             ids = _captured_span_ids(ctx)
             if ids is not None:

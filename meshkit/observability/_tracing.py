@@ -29,11 +29,10 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
-    TraceState,
 )
 
 from meshkit.errors import ConfigError
-from meshkit.observability._logging import get_logger
+from meshkit.observability._logging import SPAN_CONTEXT_IS_TUPLE, get_logger
 
 try:  # optional: ``meshkit[otel]`` (configure_tracing, span export)
     import opentelemetry.sdk.trace as _sdk
@@ -999,18 +998,7 @@ def detach_context(token: Any) -> None:
     otel_context.detach(token)
 
 
-def _span_context_is_tuple() -> bool:
-    """Whether a ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote,
-    trace_flags, trace_state, is_valid)`` (opentelemetry-api's layout since 1.0): the hot
-    path then unpacks it instead of calling six properties."""
-    state = TraceState([("k", "v")])
-    sc = SpanContext(3, 4, True, _SAMPLED, state)
-    return isinstance(sc, tuple) and len(sc) == 6 and tuple(sc) == (
-        sc.trace_id, sc.span_id, sc.is_remote, sc.trace_flags, sc.trace_state,
-        sc.is_valid) == (3, 4, True, _SAMPLED, state, True)
-
-
-_SC_TUPLE = _span_context_is_tuple()
+_SC_TUPLE = SPAN_CONTEXT_IS_TUPLE
 _EMPTY_STATE = DEFAULT_TRACE_STATE
 _BAGGAGE_KEY: str | None = getattr(baggage, "_BAGGAGE_KEY", None)  # where baggage lives
 _object_new = object.__new__
