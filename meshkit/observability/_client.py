@@ -47,7 +47,7 @@ from meshkit.observability._semconv import (
 )
 from meshkit.observability._tracing import (
     SpanStarter,
-    attach_context,
+    attach_span,
     baggage_set,
     current_span_context,
     detach_context,
@@ -56,7 +56,6 @@ from meshkit.observability._tracing import (
     inject_span,
     instrumentor_active,
     set_mesh_attributes,
-    span_in_context,
     tracing_from_env,
     tracing_wanted,
 )
@@ -67,7 +66,6 @@ _perf = time.perf_counter
 _time_ns = time.time_ns
 _internal_log = get_logger("meshkit.observability")
 _CLIENT = SpanKind.CLIENT
-_in_context = span_in_context
 _INTERNAL = SpanKind.INTERNAL
 _TYPES = {
     CallKind.UNARY_UNARY: grpc_type(False, False),
@@ -213,9 +211,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
             span = self._spans.start(m.names.span_name, None if parent is INVALID_SPAN_CONTEXT
                                      or not parent.is_valid else parent, None, m.attrs)
             if span is not None:
-                ctx = _in_context(span)
-                inject_span(details.metadata, span, ctx)
-                token = attach_context(ctx)
+                inject_span(details.metadata, span)  # then made current
+                token = attach_span(span)
             elif not fast_propagation() or baggage_set():
                 inject_context(details.metadata)  # no trace context; baggage may travel
             if self.options.attempt_spans:

@@ -1066,27 +1066,34 @@ def parse_traceparent(metadata: Sequence[Any] | None) -> SpanContext | Literal[F
 
 
 def inject_span(metadata: MutableSequence[tuple[str, str | bytes]], span: Span,
-                context: Any) -> None:
+                context: Any = None) -> None:
     """Write ``span``'s trace context into outgoing ``metadata``: a ``traceparent`` built
     here under the default propagator when no baggage is set, else the global propagator
-    with ``context`` (the current one holding ``span``)."""
-    # fast_propagation() and baggage_set(context), without their frames when cached
+    with ``context``, the OpenTelemetry ``Context`` holding ``span`` (default: the current
+    one with ``span`` over it, built only when the global propagator needs it)."""
+    # fast_propagation() and baggage_set(), without their frames when cached; the current
+    # context carries the same baggage as one with the span over it
     fast = _fast_cache[1] if _textmap() is _fast_cache[0] else fast_propagation()
-    if fast and not (context.get(_BAGGAGE_KEY) if type(context) is _Context
-                     and _BAGGAGE_KEY is not None else baggage_set(context)):
-        sc = span.get_span_context()
-        if _SC_TUPLE:
-            tid, sid, _, flags, state, valid = sc
-        else:  # pragma: no cover - another SpanContext layout
-            tid, sid, flags, state, valid = (sc.trace_id, sc.span_id, sc.trace_flags,
-                                             sc.trace_state, sc.is_valid)
-        if not valid:
+    if fast:
+        ctx = context if context is not None or _RUNTIME is None else _RUNTIME[0].get()
+        if not (ctx.get(_BAGGAGE_KEY) if type(ctx) is _Context and _BAGGAGE_KEY is not None
+                else baggage_set(ctx)):
+            lean: Any = span
+            sc = lean._context if getattr(span, "_meshkit_lean", False) \
+                else span.get_span_context()
+            if _SC_TUPLE:
+                tid, sid, _, flags, state, valid = sc
+            else:  # pragma: no cover - another SpanContext layout
+                tid, sid, flags, state, valid = (sc.trace_id, sc.span_id, sc.trace_flags,
+                                                 sc.trace_state, sc.is_valid)
+            if not valid:
+                return
+            _SETTER.set(metadata, _TRACEPARENT,
+                        f"00-{tid:032x}-{sid:016x}-{flags & 0xff:02x}")
+            if state is not _EMPTY_STATE and state:
+                _SETTER.set(metadata, "tracestate", state.to_header())
             return
-        _SETTER.set(metadata, _TRACEPARENT, f"00-{tid:032x}-{sid:016x}-{flags & 0xff:02x}")
-        if state is not _EMPTY_STATE and state:
-            _SETTER.set(metadata, "tracestate", state.to_header())
-        return
-    inject_context(metadata, context)
+    inject_context(metadata, span_in_context(span) if context is None else context)
 
 
 def instrumentor_active(side: str) -> bool:

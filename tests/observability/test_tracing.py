@@ -79,6 +79,9 @@ async def test_baggage_and_caller_trace_flow_through_metadata(
     assert {s.context.trace_id for s in spans} == {root.get_span_context().trace_id}
     (c1,) = by_name(spans, f"{FRONT}/Relay", SpanKind.CLIENT)
     assert c1.parent.span_id == root.get_span_context().span_id
+    # with baggage set the global propagator writes the headers: with the client span
+    (s1,) = by_name(spans, f"{FRONT}/Relay", SpanKind.SERVER)
+    assert s1.parent.span_id == c1.context.span_id
 
 
 async def test_retries_are_attempt_events_under_one_logical_span(
