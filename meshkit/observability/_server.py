@@ -256,7 +256,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         try:
             if span is not None:
                 if span.is_recording():
-                    host, port = _peer_parts(peer)
+                    host, port = _peers.get(peer) or _peer_parts(peer)
                     attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code._value_[0]}
                     if host is not None:
                         attrs[NETWORK_PEER_ADDRESS] = host
