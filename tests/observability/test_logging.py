@@ -91,10 +91,14 @@ async def test_access_log_can_include_allowed_metadata_only(
     c = await chain(telemetry_opts=dataclasses.replace(telemetry, log_metadata=("x-user",)))
     await c.client.unary_unary(f"/{FRONT}/Relay")(
         b"hi", timeout=5, metadata=(("authorization", SECRET), ("x-user", "u1")))
-    lines = [json.loads(x) for x in json_lines.getvalue().splitlines()]
-    served = next(ln for ln in lines if ln["event"] == "rpc" and ln["side"] == "server"
-                  and ln["service"] == "front")
-    assert served["md"] == {"x-user": "u1"}
+
+    def served() -> list[dict[str, Any]]:  # front's line: written once its status is sent
+        lines = [json.loads(x) for x in json_lines.getvalue().splitlines()]
+        return [ln for ln in lines if ln["event"] == "rpc" and ln["side"] == "server"
+                and ln["service"] == "front"]
+
+    await until(lambda: bool(served()), what="front's access line")
+    assert served()[0]["md"] == {"x-user": "u1"}
     assert SECRET not in json_lines.getvalue()
 
 
