@@ -195,17 +195,6 @@ class _NullContext:
         self._md = metadata
         self._auth = ({"x509_pem_cert": [cert_pem], "transport_security_type": [b"ssl"]}
                       if cert_pem else {})
-        self._callbacks: list[Any] = []
-        self._done = False
-
-    def add_done_callback(self, callback: Any) -> None:
-        self._callbacks.append(callback)
-
-    def end(self) -> None:
-        """What grpc.aio does once a call's status is sent: run its done callbacks."""
-        self._done = True
-        for callback in self._callbacks:
-            callback(self)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._md
@@ -244,7 +233,7 @@ class _NullContext:
         return False
 
     def done(self) -> bool:
-        return self._done
+        return False
 
 
 class _Details:
@@ -327,7 +316,6 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
             if handler is None:
                 handler = resolved[method] = per_method(method, base)
         await handler.unary_unary(b"x", ctx)
-        ctx.end()
 
     for _ in range(200):
         await asyncio.get_running_loop().create_task(one())

@@ -67,12 +67,9 @@ class TelemetryOptions:
         complete_after_response_max_in_flight: while at most this many calls are in
             flight through this side's interceptor (this one included) or waiting for
             their deferred completion, the call's span is ended and its access-log line
-            written after the response: on a server among grpc.aio's own end-of-call
-            callbacks, once the status is sent (in a copy of the call's context; the
-            event loop's next turn for a servicer context without
-            ``add_done_callback``), on a client in the loop's next turn after the caller
-            got its answer; the span stamped with the time the call ended. Both leave
-            the call's latency path. Above it (a client driving
+            written in the event loop's next turn, after the response has been handed to
+            gRPC (server) or to the caller (client), the span stamped with the time the
+            call ended: both leave the call's latency path. Above it (a client driving
             many calls at once, where deferring only adds scheduling work) and at ``0``
             both happen before the response, so a span is exported by the time its call
             returns. Only work worth moving is deferred: ending a recorded (sampled) span,
@@ -81,8 +78,9 @@ class TelemetryOptions:
             configure_logging` captures a tuple, cheaper than a deferral. Default 4.
             Metrics are always recorded before the response. A server
             whose handlers answer at once has about one call in flight at a time, so it
-            keeps deferring under load; the callback grpc.aio runs for every call anyway
-            carries the completion, so deferring adds no loop turn there.
+            keeps deferring under load, which at saturation costs it a few per cent of
+            throughput (one more loop iteration per call; ``benchmarks/RESULTS.md``):
+            use ``0`` for a server bound by throughput rather than latency.
 
     Raises:
         ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from contextvars import copy_context as _copy_context
 from typing import Any
 
 import grpc
@@ -217,20 +216,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 defer = False
             loop = _running_loop() if defer else None
             if loop is not None:
+                # the context copied here still has the span current, as inline
                 self._deferred += 1
-                args: tuple[Any, ...] = (self._complete, True, m, span, _time_ns(), code,
-                                         exc, duration_s, peer, identity, md, limited, log)
-                add = getattr(context, "add_done_callback", None)
-                if add is not None:
-                    # with grpc.aio's own end-of-call callbacks, which it schedules for
-                    # every call once the status is sent: no loop turn of our own. Run in
-                    # a copy of this context, which still has the span current, as inline
-                    # (grpc appends the servicer context as a last argument)
-                    run: Any = _copy_context().run
-                    add(functools.partial(run, *args))
-                else:
-                    call_soon: Any = loop.call_soon
-                    call_soon(*args)
+                loop.call_soon(self._complete, True, m, span, _time_ns(), code, exc,
+                               duration_s, peer, identity, md, limited, log)
             else:
                 self._complete(False, m, span, None, code, exc, duration_s, peer, identity, md,
                                limited, log)
@@ -247,10 +236,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     def _complete(self, deferred: bool, m: _Method, span: Any, end_ns: int | None,
                   code: grpc.StatusCode, exc: BaseException | None, duration_s: float,
                   peer: str, identity: str | None, md: dict[str, str] | None, limited: bool,
-                  log: bool, _servicer_context: Any = None) -> None:
+                  log: bool) -> None:
         """End the span (at ``end_ns``) and write the access-log line (``deferred``: run
-        after the response, from grpc.aio's end-of-call callbacks or the loop's next
-        turn, counted in ``_deferred``)."""
+        from the loop's next turn, counted in ``_deferred``)."""
         if deferred:
             self._deferred -= 1
         try:
