@@ -482,7 +482,7 @@ def _lean_span_type() -> Any:
         def __init__(self, name: str, context: SpanContext, parent: SpanContext | None,
                      kind: SpanKind, attributes: dict[str, Any], start_ns: int) -> None:
             # _Sdk.span sets these seven fields as one __dict__ (no frame): keep in step
-            # (tests/observability/test_lean_spans.py compares the two)
+            # (tests/observability/test_sdk_spans.py compares the two)
             self._name = name
             self._context = context
             self._kind = kind
