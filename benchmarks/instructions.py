@@ -32,6 +32,9 @@ Variants (``--variants``, comma-separated):
 * ``metrics``: ``nolog`` plus RED metrics;
 * ``defaults``: ``dial()``/``serve()`` as shipped (metrics and the JSON access log);
 * ``nogate``: ``defaults`` with ``ServerLimits(read_requests=False)``;
+* ``registered``: ``defaults`` with the echo service added as registered method handlers,
+  as the ``add_*_to_server`` functions grpcio-tools generates add a service (the other
+  variants add it as a generic handler);
 * ``noop``: ``raw`` plus one pass-through grpc.aio interceptor on each side (a
   ``grpc.aio.ServerInterceptor`` returning ``await continuation(details)`` and a
   ``grpc.aio.UnaryUnaryClientInterceptor`` returning ``await continuation(details,
@@ -77,7 +80,8 @@ from typing import Any
 
 __all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
 
-VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "noop", "bare-server",
+VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "registered", "noop",
+            "bare-server",
             "traced", "full")
 
 
@@ -150,7 +154,7 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     from tests.support.echo import add_echo, method
 
     telemetry = None
-    if variant in ("metrics", "defaults", "nogate"):
+    if variant in ("metrics", "defaults", "nogate", "registered"):
         telemetry = TelemetryOptions(registry=CollectorRegistry(), tracing=False,
                                      metrics=True, access_log=variant != "metrics")
     elif variant == "traced":
@@ -165,8 +169,8 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
         serve.update(deadline=None, admin=None, reflection=False)
         dial.update(balancer=RoundRobin, outlier=None, retry=None)
     registry = LocalRegistry(LocalOptions(path=tmp, ttl_s=3600.0, poll_interval_s=600.0))
-    server = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
-                                options=meshkit.ServeOptions(**serve))
+    server = meshkit.MeshServer("echo", [add_echo("e1", registered=variant == "registered")],
+                                registry=registry, options=meshkit.ServeOptions(**serve))
     await server.start()
     if variant == "bare-server":
         import grpc

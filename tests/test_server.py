@@ -572,3 +572,113 @@ async def test_read_requests_false_leaves_requests_to_grpc(registry: LocalRegist
         assert codes == ["OK", "RESOURCE_EXHAUSTED"]
     finally:
         await srv.drain()
+
+
+def _spy_on_accept_loop(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of request futures grpc.aio's accept loop waits on, once per wait (it
+    waits with ``asyncio.wait`` before every incoming call: one future per registered
+    method and one for every other method)."""
+    sizes: list[int] = []
+    real = asyncio.wait
+
+    async def spy(fs: Any, *args: Any, **kwargs: Any) -> Any:
+        fs = list(fs)
+        names = {getattr(getattr(f, "get_coro", lambda: None)(), "__qualname__", "")
+                 for f in fs}
+        if names and all(n.startswith("AioServer._request") for n in names):
+            sizes.append(len(fs))
+        return await real(fs, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "wait", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("registered", [False, True])
+async def test_the_accept_loop_waits_on_one_request_whatever_the_server_registers(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch, registered: bool,
+) -> None:
+    """grpc.aio's accept loop waits on one request future per registered method (plus one),
+    on every incoming call; a MeshServer serves registered methods (its own health and
+    reflection services, generated ``add_*_to_server`` functions) from one method table
+    instead, so the loop waits on one, and every method still answers."""
+    sizes = _spy_on_accept_loop(monkeypatch)
+    srv = meshkit.MeshServer("echo", [add_echo("r1", registered=registered)],
+                             registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"r1|x"
+            got = [m async for m in ch.unary_stream(method("ServerStream"))(b"2", timeout=5)]
+            assert got == [b"r1|0", b"r1|1"]
+            hc = health_pb2_grpc.HealthStub(ch)
+            for name in ("", SERVICE):
+                resp = await hc.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for answer in refl.ServerReflectionInfo(iter([req]), timeout=5):
+                names = {s.name for s in answer.list_services_response.service}
+            assert {SERVICE, "grpc.health.v1.Health"} <= names
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary(f"/{SERVICE}/Nope")(b"x", timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await srv.drain()
+    assert srv.service_names == [SERVICE]
+    assert len(sizes) >= 6 and set(sizes) == {1}
+
+
+@pytest.mark.parametrize("registered_first", [False, True])
+async def test_a_registered_method_takes_precedence_over_a_generic_handler(
+    registry: LocalRegistry, registered_first: bool,
+) -> None:
+    """As in grpc.aio: when a method has both a registered and a generic handler, the
+    registered one answers, whichever was added first."""
+    servicers = [add_echo("generic"), add_echo("registered", registered=True)]
+    if registered_first:
+        servicers.reverse()
+    srv = meshkit.MeshServer("echo", servicers, registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"registered|x"
+    finally:
+        await srv.drain()
+
+
+async def test_methods_stay_registered_under_a_grpc_observability_plugin(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A grpc observability plugin (grpcio-observability, grpcio-csm-observability) labels
+    a server's metrics with the method name only for registered methods ("other" for the
+    rest): with one active, a MeshServer registers its methods with grpc as given."""
+    from grpc import _observability
+
+    class Plugin(_observability.ObservabilityPlugin):  # stats and tracing stay off
+        def create_client_call_tracer(self, method_name: bytes, target: bytes) -> Any:
+            raise AssertionError("not enabled")
+
+        def save_trace_context(self, trace_id: str, span_id: str, is_sampled: bool) -> None:
+            raise AssertionError("not enabled")
+
+        def create_server_call_tracer_factory(self, *, xds: bool = False) -> Any:
+            raise AssertionError("not enabled")
+
+        def record_rpc_latency(self, method: str, target: str, rpc_latency: float,
+                               status_code: Any) -> None:
+            raise AssertionError("not enabled")
+
+    monkeypatch.setattr(_observability, "_OBSERVABILITY_PLUGIN", Plugin())
+    sizes = _spy_on_accept_loop(monkeypatch)
+    srv = meshkit.MeshServer("echo", [add_echo("p1", registered=True)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"p1|x"
+    finally:
+        await srv.drain()
+    # the echo service's 7 methods, health's 3 and reflection's 1, plus the others' one
+    assert sizes and set(sizes) == {12}

@@ -42,6 +42,14 @@ def handler(
     ``delay_s`` slows every ``Unary`` answer down; ``served`` (if given) gets the method
     name of every call this instance starts handling.
     """
+    return grpc.method_handlers_generic_handler(
+        SERVICE, method_handlers(instance_id, delay_s, served))
+
+
+def method_handlers(
+    instance_id: str, delay_s: float = 0.0, served: list[str] | None = None
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The echo service's method handlers by short method name (see :func:`handler`)."""
     tag = instance_id.encode()
 
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -89,27 +97,31 @@ def handler(
         async for r in requests:
             yield tag + b"|" + r
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Unary": grpc.unary_unary_rpc_method_handler(unary),
-            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
-            "Fail": grpc.unary_unary_rpc_method_handler(fail),
-            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-            "FailStream": grpc.unary_stream_rpc_method_handler(fail_stream),
-            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
-        },
-    )
+    return {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "FailStream": grpc.unary_stream_rpc_method_handler(fail_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    }
 
 
 def add_echo(
-    instance_id: str, delay_s: float = 0.0, served: list[str] | None = None
+    instance_id: str, delay_s: float = 0.0, served: list[str] | None = None, *,
+    registered: bool = False,
 ) -> tuple[Any, None]:
-    """A ``(add_fn, servicer)`` pair for :class:`meshkit.MeshServer` (see :func:`handler`)."""
+    """A ``(add_fn, servicer)`` pair for :class:`meshkit.MeshServer` (see :func:`handler`);
+    ``registered``: the methods are added as registered method handlers, as the
+    ``add_*_to_server`` functions grpcio-tools generates (1.62 and later) add them."""
 
     def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((handler(instance_id, delay_s, served),))
+        if registered:
+            server.add_registered_method_handlers(
+                SERVICE, method_handlers(instance_id, delay_s, served))
+        else:
+            server.add_generic_rpc_handlers((handler(instance_id, delay_s, served),))
 
     return add, None
 
