@@ -43,6 +43,7 @@ from grpc.aio import AioRpcError, Metadata
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
 from meshkit._methods import MethodMatcher
 from meshkit._pool import EndpointPool
+from meshkit._registration import grpc_observability_active
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.auth import TLSOptions, tls_from_dir
 from meshkit.balancer import (
@@ -270,14 +271,16 @@ class _MethodPlan:
         self.timeout_s = timeout_s
 
     def on(self, conn: Any) -> Any:
-        """The sub-channel multicallable of this method on an endpoint's connection."""
+        """The sub-channel multicallable of this method on an endpoint's connection
+        (a registered method only under a grpc observability plugin: see
+        :mod:`meshkit._registration`)."""
         callables = conn.callables
         mc = callables.get(self.method)
         if mc is None:
             factory = getattr(conn.channel, self.kind.value)
             mc = factory(self.method, request_serializer=self.request_serializer,
                          response_deserializer=self.response_deserializer,
-                         _registered_method=True)
+                         _registered_method=grpc_observability_active())
             callables[self.method] = mc
         return mc
 

@@ -66,6 +66,7 @@ from meshkit._limits import (
     guard_generic_handler,
     guard_method_handler,
 )
+from meshkit._registration import grpc_observability_active
 from meshkit._stats import ServerStats
 from meshkit.auth import (
     AuthOptions,
@@ -274,19 +275,6 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
     return tuple(chain)
 
 
-def _grpc_observability_active() -> bool:
-    """Whether a grpc observability plugin (grpcio-observability,
-    grpcio-csm-observability) is registered: its server metrics carry the method name only
-    for registered methods (``"other"`` for the rest)."""
-    try:
-        from grpc import _observability
-
-        with _observability.get_plugin() as plugin:
-            return plugin is not None
-    except Exception:  # grpc's private module changed: keep grpc's registration
-        return True
-
-
 class _MethodTable(grpc.GenericRpcHandler):
     """The registered method handlers of a server's services, by full method path, as one
     generic handler (what :class:`_Recorder` gives grpc instead of registering them)."""
@@ -318,7 +306,7 @@ class _Recorder:
     registered method still takes precedence over a generic handler of the same path, as
     in grpc), and the loop waits on one future whatever the server serves. Under a grpc
     observability plugin the methods are registered as given
-    (:func:`_grpc_observability_active`).
+    (:func:`meshkit._registration.grpc_observability_active`).
     """
 
     def __init__(self, server: grpc.aio.Server, resolve: Resolver | None = None, *,
@@ -456,7 +444,7 @@ class MeshServer:
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )
-        recorder = _Recorder(server, resolve, register_methods=_grpc_observability_active())
+        recorder = _Recorder(server, resolve, register_methods=grpc_observability_active())
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
         self.service_names = list(recorder.names)

@@ -15,6 +15,7 @@ from meshkit.discovery import Instance, LocalRegistry
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor
 from meshkit.observability import live_channel_stats, live_server_stats
 from tests.conftest import EchoFactory
+from tests.support import grpc_plugin
 from tests.support.echo import method
 from tests.support.wait import until
 
@@ -283,3 +284,29 @@ async def test_stats_and_the_live_registry(
     assert "echo" not in [s.service for s in live_channel_stats()]
     (srv,) = [s for s in live_server_stats() if s.service == "echo"]
     assert srv.ready is True and srv.instance_id == "e1"
+
+
+@pytest.mark.parametrize("plugin", [False, True])
+async def test_sub_channel_calls_are_registered_only_under_a_grpc_observability_plugin(
+    registry: LocalRegistry, echo_servers: EchoFactory, monkeypatch: pytest.MonkeyPatch,
+    plugin: bool,
+) -> None:
+    """A registered method costs grpc.aio more per call than an unregistered one (see
+    meshkit._registration); it only buys per-method labels from a grpc observability
+    plugin, so sub-channel calls are registered only while one is active, whatever the
+    stub asked for."""
+    asked: list[Any] = []
+    real = grpc.aio._channel.Channel.unary_unary
+
+    def spy(self: Any, method_name: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("_registered_method"))
+        return real(self, method_name, *args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio._channel.Channel, "unary_unary", spy)
+    if plugin:
+        grpc_plugin.activate(monkeypatch)
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry,
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        assert await stubs(ch)["unary"](b"x", timeout=5) == b"e1|x"
+    assert asked == [plugin]

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import meshkit
 from meshkit.discovery import LocalRegistry
 from tests.conftest import EchoFactory
+from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
 
 
@@ -654,23 +655,7 @@ async def test_methods_stay_registered_under_a_grpc_observability_plugin(
     """A grpc observability plugin (grpcio-observability, grpcio-csm-observability) labels
     a server's metrics with the method name only for registered methods ("other" for the
     rest): with one active, a MeshServer registers its methods with grpc as given."""
-    from grpc import _observability
-
-    class Plugin(_observability.ObservabilityPlugin):  # stats and tracing stay off
-        def create_client_call_tracer(self, method_name: bytes, target: bytes) -> Any:
-            raise AssertionError("not enabled")
-
-        def save_trace_context(self, trace_id: str, span_id: str, is_sampled: bool) -> None:
-            raise AssertionError("not enabled")
-
-        def create_server_call_tracer_factory(self, *, xds: bool = False) -> Any:
-            raise AssertionError("not enabled")
-
-        def record_rpc_latency(self, method: str, target: str, rpc_latency: float,
-                               status_code: Any) -> None:
-            raise AssertionError("not enabled")
-
-    monkeypatch.setattr(_observability, "_OBSERVABILITY_PLUGIN", Plugin())
+    grpc_plugin.activate(monkeypatch)
     sizes = _spy_on_accept_loop(monkeypatch)
     srv = meshkit.MeshServer("echo", [add_echo("p1", registered=True)], registry=registry,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
