@@ -360,7 +360,9 @@ def test_keyset_directory_processes_starting_together_share_one_key(tmp_path: ob
     import multiprocessing
     from pathlib import Path
 
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: by now this pytest process runs grpc's and other threads, and a
+    # child forked while one of them held a lock hangs (it did once, in the whole suite)
+    ctx = multiprocessing.get_context("spawn")
     n = 6
     d = str(Path(str(tmp_path)) / "jwt")
     with ctx.Manager() as manager:
