@@ -17,21 +17,28 @@ from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
 
 
+async def _assert_health_and_reflection(ch: grpc.aio.Channel) -> None:
+    """The echo server on ``ch`` answers health SERVING (whole server and the echo service)
+    and lists the echo and health services by reflection."""
+    hc = health_pb2_grpc.HealthStub(ch)
+    for name in ("", SERVICE):
+        resp = await hc.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+    req = reflection_pb2.ServerReflectionRequest(list_services="")
+    names: set[str] = set()
+    async for answer in refl.ServerReflectionInfo(iter([req]), timeout=5):
+        names = {s.name for s in answer.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
 async def test_health_and_reflection_after_start(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
     """A started server answers grpc.health.v1 SERVING and lists its services by reflection."""
     srv = await echo_servers("e1")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-        hc = health_pb2_grpc.HealthStub(ch)
-        for name in ("", SERVICE):
-            resp = await hc.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
-            assert resp.status == health_pb2.HealthCheckResponse.SERVING
-        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        req = reflection_pb2.ServerReflectionRequest(list_services="")
-        async for answer in refl.ServerReflectionInfo(iter([req]), timeout=2):
-            names = {s.name for s in answer.list_services_response.service}
-        assert {SERVICE, "grpc.health.v1.Health"} <= names
+        await _assert_health_and_reflection(ch)
     assert srv.instance is not None
     assert srv.instance in await registry.instances("echo")
 
@@ -612,15 +619,7 @@ async def test_the_accept_loop_waits_on_one_request_whatever_the_server_register
             assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"r1|x"
             got = [m async for m in ch.unary_stream(method("ServerStream"))(b"2", timeout=5)]
             assert got == [b"r1|0", b"r1|1"]
-            hc = health_pb2_grpc.HealthStub(ch)
-            for name in ("", SERVICE):
-                resp = await hc.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
-                assert resp.status == health_pb2.HealthCheckResponse.SERVING
-            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-            req = reflection_pb2.ServerReflectionRequest(list_services="")
-            async for answer in refl.ServerReflectionInfo(iter([req]), timeout=5):
-                names = {s.name for s in answer.list_services_response.service}
-            assert {SERVICE, "grpc.health.v1.Health"} <= names
+            await _assert_health_and_reflection(ch)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await ch.unary_unary(f"/{SERVICE}/Nope")(b"x", timeout=5)
             assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
@@ -628,6 +627,20 @@ async def test_the_accept_loop_waits_on_one_request_whatever_the_server_register
         await srv.drain()
     assert srv.service_names == [SERVICE]
     assert len(sizes) >= 6 and set(sizes) == {1}
+
+
+async def _one_unary_call(registry: LocalRegistry, servicers: list[Any]) -> bytes:
+    """Start a plaintext MeshServer of ``servicers``, call echo's ``Unary`` with ``b"x"``
+    once, drain it; the answer."""
+    srv = meshkit.MeshServer("echo", servicers, registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            answer: bytes = await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            return answer
+    finally:
+        await srv.drain()
 
 
 @pytest.mark.parametrize("registered_first", [False, True])
@@ -639,14 +652,7 @@ async def test_a_registered_method_takes_precedence_over_a_generic_handler(
     servicers = [add_echo("generic"), add_echo("registered", registered=True)]
     if registered_first:
         servicers.reverse()
-    srv = meshkit.MeshServer("echo", servicers, registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"registered|x"
-    finally:
-        await srv.drain()
+    assert await _one_unary_call(registry, servicers) == b"registered|x"
 
 
 async def test_methods_stay_registered_under_a_grpc_observability_plugin(
@@ -657,13 +663,6 @@ async def test_methods_stay_registered_under_a_grpc_observability_plugin(
     rest): with one active, a MeshServer registers its methods with grpc as given."""
     grpc_plugin.activate(monkeypatch)
     sizes = _spy_on_accept_loop(monkeypatch)
-    srv = meshkit.MeshServer("echo", [add_echo("p1", registered=True)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"p1|x"
-    finally:
-        await srv.drain()
+    assert await _one_unary_call(registry, [add_echo("p1", registered=True)]) == b"p1|x"
     # the echo service's 7 methods, health's 3 and reflection's 1, plus the others' one
     assert sizes and set(sizes) == {12}
