@@ -305,8 +305,8 @@ class _Recorder:
     a :class:`_MethodTable` instead, given to grpc as the first generic handler (so a
     registered method still takes precedence over a generic handler of the same path, as
     in grpc), and the loop waits on one future whatever the server serves. Under a grpc
-    observability plugin the methods are registered as given
-    (:func:`meshkit._registration.grpc_observability_active`).
+    observability plugin registered before the server starts, the methods are registered
+    as given (:func:`meshkit._registration.grpc_observability_active`).
     """
 
     def __init__(self, server: grpc.aio.Server, resolve: Resolver | None = None, *,
@@ -329,16 +329,13 @@ class _Recorder:
         if service_name not in self.names:
             self.names.append(service_name)
         resolve = self._resolve
-        methods = {f"/{service_name}/{name}": (
-            guard_method_handler(h) if resolve is None
-            else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
-            for name, h in handlers.items()}
+        methods = {name: (guard_method_handler(h) if resolve is None
+                          else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
+                   for name, h in handlers.items()}
         if self._register:
-            prefix = len(service_name) + 2
-            self._server.add_registered_method_handlers(
-                service_name, {path[prefix:]: h for path, h in methods.items()})
+            self._server.add_registered_method_handlers(service_name, methods)
         else:
-            self._methods.update(methods)
+            self._methods.update({f"/{service_name}/{name}": h for name, h in methods.items()})
 
     def install(self) -> None:
         """Give the grpc server the handlers added so far: the method table first, then
