@@ -81,8 +81,7 @@ from typing import Any
 __all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "registered", "noop",
-            "bare-server",
-            "traced", "full")
+            "bare-server", "traced", "full")
 
 
 async def _raw(calls: int, callers: int, noop: bool = False) -> None:
