@@ -49,23 +49,25 @@ class Endpoint:
         in_flight: calls started on this endpoint and not finished.
         calls: calls ever picked for this endpoint; failures: of those, non-OK outcomes.
         key: ``instance.instance_id``.
+        address: ``instance.address`` (``host:port``), computed once.
 
     Args:
         instance: the instance this endpoint stands for.
     """
 
-    __slots__ = ("calls", "failures", "in_flight", "instance", "key", "state")
+    __slots__ = ("address", "calls", "failures", "in_flight", "instance", "key", "state")
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
         self.key = instance.instance_id
+        self.address = instance.address
         self.state = EndpointState.IDLE
         self.in_flight = 0
         self.calls = 0
         self.failures = 0
 
     def __repr__(self) -> str:
-        return (f"Endpoint({self.key!r}, {self.instance.address}, {self.state.name},"
+        return (f"Endpoint({self.key!r}, {self.address}, {self.state.name},"
                 f" in_flight={self.in_flight})")
 
 

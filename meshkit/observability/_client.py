@@ -23,9 +23,13 @@ from meshkit.interceptors import (
     UnaryProceed,
 )
 from meshkit.observability._logging import (
-    access_active,
-    access_renders_inline,
+    ACCESS_INLINE,
+    ACCESS_OFF,
+    AccessEvent,
+    access_mode,
     get_logger,
+    json_str,
+    line_tail,
     write_access,
 )
 from meshkit.observability._metrics import BoundClient, rpc_metrics
@@ -121,13 +125,17 @@ def counted_requests(requests: Any, messages: Any) -> Any:
 
 
 class _Method:
-    __slots__ = ("attrs", "bound", "names", "traced")
+    __slots__ = ("attrs", "bound", "line_head", "names", "quiet", "traced")
 
-    def __init__(self, names: MethodNames, bound: BoundClient | None, traced: bool) -> None:
+    def __init__(self, names: MethodNames, bound: BoundClient | None, traced: bool,
+                 quiet: bool = False) -> None:
         self.names = names
         self.bound = bound
         self.traced = traced
+        self.quiet = quiet  # a quiet method: no access line
         self.attrs = names.span_attributes()
+        # (target, the start of its JSON access line), made at the first line
+        self.line_head: tuple[str, str] | None = None
 
 
 class TelemetryClientInterceptor(ClientInterceptor):
@@ -194,8 +202,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
                                           error=str(e))
             names = MethodNames(details.method, _TYPES[details.kind])
             bound = self._metrics.bind_client(names) if self._metrics is not None else None
-            m = _Method(names, bound, self._tracing and not self._quiet.lookup(
-                details.method))
+            quiet = self._quiet.lookup(details.method)
+            m = _Method(names, bound, self._tracing and not quiet, quiet)
             m.attrs[SERVER_ADDRESS] = details.service
             if len(self._methods) < 10_000:
                 self._methods[key] = m
@@ -298,13 +306,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight -= 1
         if m.bound is not None:
             m.bound.finished(code, duration_s, len(details.attempts))
-        log = self.options.access_log and access_active()
-        if span is None and not (log and not self._quiet.lookup(details.method)):
+        mode = access_mode() if self.options.access_log and not m.quiet else ACCESS_OFF
+        if span is None and mode == ACCESS_OFF:
             return
         # only work worth moving off the call's path is deferred: ending a recorded span,
         # or an access line rendered when logged (a captured tuple costs less than that)
-        if defer and ((span is not None and span.is_recording())
-                      or (log and access_renders_inline())):
+        if defer and ((span is not None and span.is_recording()) or mode == ACCESS_INLINE):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop
@@ -348,7 +355,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                     self._end_span(span, details, attrs, code, exc, end_ns)
             else:
                 span.end(end_ns)
-            if self.options.access_log and access_active():
+            if self.options.access_log and not m.quiet and access_mode() != ACCESS_OFF:
                 self._log(m, details, code, duration_s, span.get_span_context())
         except Exception as e:  # telemetry must never break the caller
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
@@ -386,25 +393,48 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if self.options.log_metadata and details.metadata:
             md = {k: v for k, v in details.metadata
                   if k in self.options.log_metadata and isinstance(v, str)} or None
-        write_access(False, _client_fields, (
-            m, details.service, attempts[-1].instance if attempts else None, len(attempts),
+        write_access(False, _CLIENT_ACCESS, (
+            m, details.service, attempts[-1].address if attempts else None, len(attempts),
             code, duration_s, md), span_context)
 
 
-def _client_fields(m: _Method, service: str, last: Any, attempts: int, code: grpc.StatusCode,
-                   duration_s: float, md: dict[str, str] | None) -> dict[str, Any]:
-    """A client access-log event's fields but the trace ids (built when the line is
-    rendered)."""
-    fields: dict[str, Any] = {
-        "side": "client", "target": service, "method": m.names.full,
-        "grpc_type": m.names.grpc_type, "code": code._name_,
-        "duration_ms": round(duration_s * 1000, 3),
-        "peer": last.address if last is not None else None,
-        "attempts": attempts,
-    }
-    if md:
-        fields["md"] = md
-    return fields
+class _ClientAccess(AccessEvent):
+    """A client's ``rpc`` access-log event; its arguments are ``(method, target, the last
+    attempt's endpoint address or None, attempts, code, duration_s, logged metadata or
+    None)``."""
+
+    __slots__ = ()
+
+    def fields(self, m: _Method, service: str, peer: str | None, attempts: int,
+               code: grpc.StatusCode, duration_s: float,
+               md: dict[str, str] | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "side": "client", "target": service, "method": m.names.full,
+            "grpc_type": m.names.grpc_type, "code": code._name_,
+            "duration_ms": int(duration_s * 1e6 + 0.5) / 1000,
+            "peer": peer, "attempts": attempts,
+        }
+        if md:
+            fields["md"] = md
+        return fields
+
+    def line(self, args: tuple[Any, ...], level: str, ts: float,
+             span_context: Any) -> str | None:
+        m, service, peer, attempts, code, duration_s, md = args
+        if md:
+            return None
+        head = m.line_head
+        if head is None or head[0] != service:
+            head = m.line_head = (service, (
+                f'{{"event":"rpc","side":"client","target":{json_str(service)},'
+                f'"method":{json_str(m.names.full)},"grpc_type":'
+                f'{json_str(m.names.grpc_type)},"code":"'))
+        return (f'{head[1]}{code._name_}","duration_ms":{int(duration_s * 1e6 + 0.5) / 1000!r},'
+                f'"peer":{"null" if peer is None else json_str(peer)},'
+                f'"attempts":{attempts}{line_tail(level, ts, span_context)}')
+
+
+_CLIENT_ACCESS = _ClientAccess()
 
 
 class AttemptSpanInterceptor(

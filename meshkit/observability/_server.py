@@ -16,9 +16,13 @@ from meshkit._handlers import Handler, Reporter, WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
-    access_active,
-    access_renders_inline,
+    ACCESS_INLINE,
+    ACCESS_OFF,
+    AccessEvent,
+    access_mode,
     get_logger,
+    json_str,
+    line_tail,
     write_access,
 )
 from meshkit.observability._metrics import BoundServer, rpc_metrics
@@ -74,6 +78,19 @@ def _address(peer: str | None) -> str | None:
 
 
 _peers: dict[str, tuple[str | None, int | None]] = {}
+_peer_json: dict[str, str] = {}
+
+
+def _address_json(peer: str) -> str:
+    """:func:`_address` of ``peer`` as a JSON value (``null`` for none), remembered for the
+    last few thousand peers (a connection's calls share one)."""
+    quoted = _peer_json.get(peer)
+    if quoted is None:
+        if len(_peer_json) >= 4096:
+            _peer_json.clear()
+        address = _address(peer)
+        quoted = _peer_json[peer] = "null" if address is None else json_str(address)
+    return quoted
 
 
 def _peer_parts(peer: str) -> tuple[str | None, int | None]:
@@ -90,7 +107,7 @@ def _peer_parts(peer: str) -> tuple[str | None, int | None]:
 class _Method:
     """Everything one method needs per call, computed on its first call."""
 
-    __slots__ = ("attrs", "bound", "log_md", "names", "traced")
+    __slots__ = ("attrs", "bound", "line_head", "log_md", "names", "traced")
 
     def __init__(self, names: MethodNames, bound: BoundServer | None, traced: bool,
                  log_md: tuple[str, ...]) -> None:
@@ -99,6 +116,7 @@ class _Method:
         self.traced = traced
         self.attrs = names.span_attributes()
         self.log_md = log_md
+        self.line_head: str | None = None  # the start of its JSON access line, made once
 
 
 class _MethodReporter:
@@ -113,6 +131,46 @@ class _MethodReporter:
         self.start = start
         self.finish = finish
         self.messages = messages
+
+
+class _ServerAccess(AccessEvent):
+    """A server's ``rpc`` access-log event; its arguments are ``(method, code,
+    duration_s, grpc peer string, peer identity or None, logged metadata or None)``."""
+
+    __slots__ = ("service_name",)
+
+    def __init__(self, service_name: str) -> None:
+        self.service_name = service_name
+
+    def fields(self, m: _Method, code: grpc.StatusCode,
+               duration_s: float, peer: str, identity: str | None,
+               md: dict[str, str] | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "side": "server", "service": self.service_name, "method": m.names.full,
+            "grpc_type": m.names.grpc_type, "code": code._name_,
+            "duration_ms": int(duration_s * 1e6 + 0.5) / 1000, "peer": _address(peer),
+        }
+        if identity is not None:
+            fields["peer_identity"] = identity
+        if md:
+            fields["md"] = md
+        return fields
+
+    def line(self, args: tuple[Any, ...], level: str, ts: float,
+             span_context: Any) -> str | None:
+        m, code, duration_s, peer, identity, md = args
+        if md:
+            return None
+        head = m.line_head
+        if head is None:
+            head = m.line_head = (
+                f'{{"event":"rpc","side":"server","service":{json_str(self.service_name)},'
+                f'"method":{json_str(m.names.full)},"grpc_type":'
+                f'{json_str(m.names.grpc_type)},"code":"')
+        who = "" if identity is None else f',"peer_identity":{json_str(identity)}'
+        return (f'{head}{code._name_}","duration_ms":{int(duration_s * 1e6 + 0.5) / 1000!r},'
+                f'"peer":{_address_json(peer)}{who}'
+                f'{line_tail(level, ts, span_context)}')
 
 
 class TelemetryServerInterceptor(WrappingInterceptor):
@@ -165,7 +223,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
-        self._build = self._fields  # bound once: a captured line keeps no per-call object
+        self._access = _ServerAccess(service_name)
         super().__init__()
 
     # -- per call ------------------------------------------------------------------------
@@ -204,7 +262,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         try:
             if m.bound is not None:
                 m.bound.finished(code, duration_s, limited)
-            log = self.options.access_log and access_active()
+            mode = access_mode() if self.options.access_log else ACCESS_OFF
+            log = mode != ACCESS_OFF
             if span is None and not log:
                 return
             identity = self._identity() if self._identity is not None else None
@@ -212,7 +271,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             # only work worth moving off the call's path is deferred: ending a recorded
             # span, or an access line rendered when logged (a captured tuple is cheaper)
             if defer and not ((span is not None and span.is_recording())
-                              or (log and access_renders_inline())):
+                              or mode == ACCESS_INLINE):
                 defer = False
             loop = _running_loop() if defer else None
             if loop is not None:
@@ -278,23 +337,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
              identity: str | None, span_context: Any, md: dict[str, str] | None) -> None:
-        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._build,
+        write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._access,
                      (m, code, duration_s, peer, identity, md), span_context)
-
-    def _fields(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
-                identity: str | None, md: dict[str, str] | None) -> dict[str, Any]:
-        """The access-log event's fields but the trace ids (built when the line is
-        rendered)."""
-        fields: dict[str, Any] = {
-            "side": "server", "service": self.service_name, "method": m.names.full,
-            "grpc_type": m.names.grpc_type, "code": code._name_,
-            "duration_ms": round(duration_s * 1000, 3), "peer": _address(peer),
-        }
-        if identity is not None:
-            fields["peer_identity"] = identity
-        if md:
-            fields["md"] = md
-        return fields
 
     # -- the reporter (meshkit._handlers wraps the handler once, with the checks) -------
     def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:

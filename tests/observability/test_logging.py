@@ -431,3 +431,88 @@ async def test_captured_access_event_renders_the_context_it_was_written_in() -> 
     assert first["request_id"] == "r-1" and first["level"] == "info" and first["n"] == 1
     assert "trace_id" not in second and "request_id" not in second
     assert second["level"] == "warning" and second["event"] == "rpc"
+
+
+def _generic(event: Any, record: tuple[Any, ...]) -> str:
+    """``record`` rendered the generic way (fields dict, then the encoder)."""
+    from meshkit.observability._logging import render_access
+
+    return render_access((*record[:3], lambda *a: event.fields(*a), *record[4:]))
+
+
+_LINE_PEERS = ("ipv4:127.0.0.1:5050", "ipv6:[::1]:443", "unix:/tmp/s \"q\"\\", "", "odd")
+_LINE_DURATIONS_S = (0.0, 1e-7, 0.0004999, 0.0005, 0.000123456, 0.0015, 0.1, 1.0, 2.5e-3,
+                     12.3456789, 3600.0, 86400.123456)
+
+
+@pytest.mark.parametrize("duration_s", _LINE_DURATIONS_S)
+@pytest.mark.parametrize("traced", ["none", "valid", "invalid"])
+def test_access_event_lines_are_exactly_the_generic_rendering(duration_s: float,
+                                                              traced: str) -> None:
+    """The JSON writer's one-step lines (AccessEvent.line) for both sides are byte for
+    byte what the generic path renders from the same fields: keys, order, number and
+    string formats, escapes, trace ids, level and timestamp."""
+    from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
+
+    from meshkit.balancer import Endpoint
+    from meshkit.discovery import Instance
+    from meshkit.observability._client import _CLIENT_ACCESS
+    from meshkit.observability._client import _Method as ClientMethod
+    from meshkit.observability._semconv import MethodNames
+    from meshkit.observability._server import _Method as ServerMethod
+    from meshkit.observability._server import _ServerAccess
+
+    sc = {"none": None, "invalid": INVALID_SPAN_CONTEXT,
+          "valid": SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7, False,
+                               TraceFlags(1))}[traced]
+    ts = 1_764_806_400.9999996  # rounds up into the next second
+    server = _ServerAccess('svc "é"\n')
+    lines = 0
+    for method in ("/pkg.Svc/M", '/we"ird\\/Méthod'):
+        sm = ServerMethod(MethodNames(method, "unary"), None, False, ())
+        cm = ClientMethod(MethodNames(method, "server_stream"), None, False)
+        for code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE):
+            for level in ("info", "warning"):
+                for peer in _LINE_PEERS:
+                    for identity in (None, "spiffe://example.org/ns/a/sa/\"b\""):
+                        record = (ts, level, "rpc", server,
+                                  (sm, code, duration_s, peer, identity, None), None, sc)
+                        assert server.line(record[4], level, ts, sc) == \
+                            _generic(server, record)
+                        lines += 1
+                for last in (None, Endpoint(Instance(service="echo", instance_id="e1",
+                                                     host="::1", port=8443)).address):
+                    for target in ("echo", "ta\"rget"):
+                        record = (ts, level, "rpc", _CLIENT_ACCESS,
+                                  (cm, target, last, 2, code, duration_s, None), None, sc)
+                        assert _CLIENT_ACCESS.line(record[4], level, ts, sc) == \
+                            _generic(_CLIENT_ACCESS, record)
+                        lines += 1
+    assert lines == 2 * 2 * 2 * (5 * 2 + 2 * 2)
+
+
+def test_access_event_lines_with_metadata_or_bound_contextvars_take_the_generic_path(
+) -> None:
+    """A line with logged metadata, or a record captured with structlog contextvars bound
+    (``ctx`` set), is rendered from the fields dict: the metadata and the bound values are
+    in it."""
+    import contextvars
+
+    from meshkit.observability._logging import render_access
+    from meshkit.observability._semconv import MethodNames
+    from meshkit.observability._server import _Method as ServerMethod
+    from meshkit.observability._server import _ServerAccess
+
+    server = _ServerAccess("svc")
+    m = ServerMethod(MethodNames("/pkg.Svc/M", "unary"), None, False, ("tenant",))
+    args = (m, grpc.StatusCode.OK, 0.001, "ipv4:10.0.0.1:1", None, {"tenant": "t1"})
+    assert server.line(args, "info", 1.0, None) is None
+    line = json.loads(render_access((1.0, "info", "rpc", server, args, None, None)))
+    assert line["md"] == {"tenant": "t1"} and line["duration_ms"] == 1.0
+
+    with structlog.contextvars.bound_contextvars(request_id="r-9"):
+        ctx = contextvars.copy_context()
+    plain = (m, grpc.StatusCode.OK, 0.001, "ipv4:10.0.0.1:1", None, None)
+    line = json.loads(render_access((1.0, "info", "rpc", server, plain, ctx, None)))
+    assert list(line)[:2] == ["request_id", "event"] and line["request_id"] == "r-9"
+    assert line["peer"] == "10.0.0.1:1" and line["timestamp"] == "1970-01-01T00:00:01.000000Z"
