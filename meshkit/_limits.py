@@ -348,12 +348,14 @@ def guard_method_handler(handler: Handler) -> Handler:
 
         behavior = stream_behavior
     else:
+        awaits = inspect.iscoroutinefunction(the_inner)  # known per method: no check per call
+
         async def unary_behavior(request: Any, context: Any) -> Any:
             if request is _UNDECODABLE:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             try:
-                result = the_inner(request, context)
-                if inspect.isawaitable(result):
+                result: Any = the_inner(request, context)
+                if awaits or inspect.isawaitable(result):
                     return await result
                 return result
             except UndecodableRequest:
@@ -752,6 +754,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             return converted
         inner_u = handler.unary_unary
         assert inner_u is not None
+        awaits = inspect.iscoroutinefunction(inner_u)  # known per method: no check per call
 
         async def unary_out(requests: Any, context: Any) -> Any:
             size = -1
@@ -759,7 +762,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             try:
                 request, size = await first(context)
                 result = inner_u(request, context)
-                if inspect.isawaitable(result):
+                if awaits or inspect.isawaitable(result):
                     return await result
                 return result
             finally:
