@@ -25,7 +25,7 @@ import contextvars
 import gc
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +72,11 @@ class ServerLimits:
             counts them; at the cap a new call takes the slot of a call that has waited
             ``evict_waiting_after_s`` for its request, else it is shed
             ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (meshkit clients
-            retry it on another endpoint). grpc.aio's own ``maximum_concurrent_rpcs`` is
-            set to this plus 8 (headroom to reach the gate; a backstop for streaming
-            calls). ``None``: no cap.
+            retry it on another endpoint). Request-streaming calls, which the gate does
+            not read, are capped with them: a new one is shed the same way once the calls
+            holding a slot and the open request streams reach this plus 8
+            (:meth:`RequestGate.admit_stream`). grpc.aio's own ``maximum_concurrent_rpcs``
+            is not set (it would cost every call a done callback). ``None``: no cap.
         max_concurrent_reads: unary-request calls that may be receiving their request
             message at once (default 4; :class:`RequestGate`). grpc core lets a client
             send no more of a request nobody reads than the stream's flow-control window
@@ -219,17 +221,16 @@ class ServerLimits:
 
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
         """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``
-        plus 8, headroom for new calls to reach the gate (which evicts or sheds them) and a
-        backstop for calls the gate does not count (streaming requests, whose messages
-        grpc core takes in as their handlers read them). Unary-request calls are
-        counted, evicted or shed by :class:`RequestGate` itself, which grpc.aio's
-        own cap could not do (it sheds a new call even when every slot is held by a call
-        that never sent its request)."""
-        if self.max_concurrent_rpcs is None:
+        when grpc.aio reads the requests (``read_requests=False``), else ``None``: then
+        :class:`RequestGate` counts, evicts or sheds unary-request calls itself (which
+        grpc.aio's cap could not do: it sheds a new call even when every slot is held by a
+        call that never sent its request) and caps request-streaming calls with them
+        (:meth:`RequestGate.admit_stream`), and grpc.aio's limiter, which costs every call
+        a done callback (about 10,800 instructions per call, ``benchmarks/RESULTS.md``),
+        is not needed."""
+        if self.max_concurrent_rpcs is None or self.read_requests:
             return None
-        if not self.read_requests:
-            return self.max_concurrent_rpcs
-        return self.max_concurrent_rpcs + 8
+        return self.max_concurrent_rpcs
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
@@ -309,11 +310,13 @@ def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
     return decode
 
 
-def guard_method_handler(handler: Handler) -> Handler:
+def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> Handler:
     """``handler`` answering ``INVALID_ARGUMENT`` "request is not a valid <Type>" when its
     request does not decode (see the module docstring). A handler without a request
     deserializer (raw bytes) gets one that passes the bytes on, so their size is counted
-    too."""
+    too. With a ``gate``, a request-streaming handler is first admitted by
+    :meth:`RequestGate.admit_stream` (the gate reads unary requests only, so this is how
+    request streams are capped with its calls)."""
     deserializer = handler.request_deserializer
     if deserializer is not None and getattr(deserializer, "_meshkit_guarded", False):
         return handler
@@ -334,9 +337,14 @@ def guard_method_handler(handler: Handler) -> Handler:
                    else grpc.unary_unary_rpc_method_handler)
     assert inner is not None
     the_inner = inner
+    streams = gate if req_s else None  # the gate counts unary-request calls itself
 
     if resp_s:
         async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+            if streams is not None:
+                refused = streams.admit_stream(context)
+                if refused is not None:
+                    await refused
             if request is _UNDECODABLE:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             try:
@@ -351,6 +359,10 @@ def guard_method_handler(handler: Handler) -> Handler:
         awaits = inspect.iscoroutinefunction(the_inner)  # known per method: no check per call
 
         async def unary_behavior(request: Any, context: Any) -> Any:
+            if streams is not None:
+                refused = streams.admit_stream(context)
+                if refused is not None:
+                    await refused
             if request is _UNDECODABLE:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             try:
@@ -371,10 +383,11 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
     """A generic handler whose method handlers are guarded, and then resolved through the
     server's interceptor chain when it was given one (cached per method)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler,
-                 resolve: Resolver | None = None) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, resolve: Resolver | None = None,
+                 gate: RequestGate | None = None) -> None:
         self._inner = inner
         self._resolve = resolve
+        self._gate = gate
         self._cache: dict[str, tuple[Handler, Handler]] = {}
 
     def service_name(self) -> str | None:
@@ -391,7 +404,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guarded = guard_method_handler(handler)
+        guarded = guard_method_handler(handler, self._gate)
         if self._resolve is not None:
             guarded = self._resolve(method, guarded)
         if len(self._cache) < 4096:
@@ -402,11 +415,13 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
 def guard_generic_handler(
     handler: grpc.GenericRpcHandler,
     resolve: Resolver | None = None,
+    gate: RequestGate | None = None,
 ) -> grpc.GenericRpcHandler:
-    """``handler`` whose method handlers are guarded by :func:`guard_method_handler`, then
-    passed through ``resolve(method, handler)`` (the server's interceptor chain applied per
-    method, :func:`meshkit._handlers.handler_resolver`) when given; both once per method."""
-    return _GuardedGenericHandler(handler, resolve)
+    """``handler`` whose method handlers are guarded by :func:`guard_method_handler` (with
+    ``gate``), then passed through ``resolve(method, handler)`` (the server's interceptor
+    chain applied per method, :func:`meshkit._handlers.handler_resolver`) when given; both
+    once per method."""
+    return _GuardedGenericHandler(handler, resolve, gate)
 
 
 # -- reading unary requests: admission and the first-message timer ------------------------
@@ -446,7 +461,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
     so the bound on memory is the reads pending at once plus the requests admitted, and
     shedding before the read costs nothing.
     Calls ended here end before telemetry sees them; they are counted in :attr:`shed` and
-    :attr:`timed_out` and logged as a warning at most once a minute.
+    :attr:`timed_out` and logged as a warning at most once a minute. Request-streaming
+    calls are not read here; the server's request guard admits them through
+    :meth:`admit_stream` (counted in :attr:`streams`, capped with the slots), after the
+    server's checks and telemetry have started, so telemetry sees those that are shed.
 
     Args:
         limits: the :class:`ServerLimits` (``max_concurrent_rpcs``,
@@ -480,6 +498,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._sweep: asyncio.TimerHandle | None = None
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
+        self.streams = 0  # request-streaming calls admitted and not ended
+        self._places = None if self._cap is None else self._cap + _STREAM_HEADROOM
 
     def convert(self, handler: Handler) -> Handler:
         """``handler`` reading its request through the gate when it is a unary-request
@@ -653,6 +673,23 @@ class RequestGate(grpc.aio.ServerInterceptor):
             task.cancel()
         return self._evict_after if due is None else due
 
+    def admit_stream(self, context: Any) -> Awaitable[None] | None:
+        """Admit a request-streaming call (which this gate does not read): counted in
+        :attr:`streams` until it ends, or, once the calls holding a slot and the open
+        request streams reach ``max_concurrent_rpcs`` + 8, refused: the awaitable returned
+        sheds it ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (counted in
+        :attr:`shed`). grpc.aio's own ``maximum_concurrent_rpcs``, which capped these calls
+        before, costs every call of the server a done callback; it is not set while the
+        gate runs."""
+        if self._places is not None and self.slots + self.streams >= self._places:
+            return self._busy(context, "shedding request streams: every call place is taken")
+        self.streams += 1
+        context.add_done_callback(self._stream_ended)
+        return None
+
+    def _stream_ended(self, context: Any) -> None:
+        self.streams -= 1
+
     async def _enter(self, context: Any) -> None:
         """Take a call slot: free, or evicted from the call waiting longest for its request
         (``evict_waiting_after_s``), else shed the call ``RESOURCE_EXHAUSTED``. The caller
@@ -787,6 +824,7 @@ async def _shed(context: Any) -> None:
     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
 
 
+_STREAM_HEADROOM = 8  # request streams may take this many places over the slots
 _MISSING = object()
 _EOF = grpc.aio.EOF
 _LATE = object()

@@ -15,6 +15,7 @@ from meshkit.discovery import LocalRegistry
 from tests.conftest import EchoFactory
 from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
+from tests.support.wait import until
 
 
 async def _assert_health_and_reflection(ch: grpc.aio.Channel) -> None:
@@ -286,14 +287,24 @@ async def test_undecodable_request_is_invalid_argument_and_counted(
 
 # -- issue 12 item 6: bounds on in-flight work ---------------------------------------------
 def _add_slow(servicer: object, server: object) -> None:
-    """A bytes service whose Hold answers after 0.5 s."""
+    """A bytes service whose Hold answers after 0.5 s; Echo echoes a request stream, Count
+    counts one."""
 
     async def hold(request: bytes, context: object) -> bytes:
         await asyncio.sleep(0.5)
         return b"held %d" % len(request)
 
+    async def echo(requests: Any, context: object) -> Any:
+        async for r in requests:
+            yield r
+
+    async def count(requests: Any, context: object) -> bytes:
+        return b"%d" % len([r async for r in requests])
+
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(  # type: ignore[attr-defined]
-        "test.Slow", {"Hold": grpc.unary_unary_rpc_method_handler(hold)}),))
+        "test.Slow", {"Hold": grpc.unary_unary_rpc_method_handler(hold),
+                      "Echo": grpc.stream_stream_rpc_method_handler(echo),
+                      "Count": grpc.stream_unary_rpc_method_handler(count)}),))
 
 
 async def _slow_server(registry: LocalRegistry, instance_id: str | None = None,
@@ -563,6 +574,43 @@ async def test_a_grpc_client_waits_at_the_stream_cap_instead_of_failing(
         for _ in range(3):
             await asyncio.gather(*(one() for _ in range(20)))
     assert failures == []
+
+
+async def test_request_streams_over_the_cap_are_shed_with_the_nack_trailer(
+    registry: LocalRegistry,
+) -> None:
+    """Request-streaming calls, which the request gate does not read, are capped together
+    with the gate's calls: once the calls holding a slot and the open request streams reach
+    max_concurrent_rpcs + 8, a new stream is shed RESOURCE_EXHAUSTED "server busy" with the
+    nack trailer (never ran: safe to retry elsewhere); a unary call still gets a free slot,
+    and a stream that ends gives its place back."""
+    srv = await _slow_server(registry, max_concurrent_rpcs=1)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            echo = ch.stream_stream("/test.Slow/Echo")
+            open_ = [echo() for _ in range(9)]
+            for i, s in enumerate(open_):
+                await s.write(b"%d" % i)
+                assert await asyncio.wait_for(s.read(), 5) == b"%d" % i
+            for shed in (echo(), ch.stream_unary("/test.Slow/Count")()):
+                assert await asyncio.wait_for(shed.code(), 5) == \
+                    grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert await shed.details() == "server busy"
+                assert ("meshkit-nack", "1") in tuple(await shed.trailing_metadata())
+            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
+            await open_[0].done_writing()
+            assert await asyncio.wait_for(open_[0].code(), 5) == grpc.StatusCode.OK
+            again = ch.stream_unary("/test.Slow/Count")
+            assert await again(iter([b"a", b"b"]), timeout=5) == b"2"
+            for s in open_[1:]:
+                await s.done_writing()
+            assert [await asyncio.wait_for(s.code(), 5) for s in open_[1:]] == \
+                [grpc.StatusCode.OK] * 8
+        assert srv.gate is not None
+        await until(lambda: srv.gate is not None and srv.gate.streams == 0, timeout_s=5)
+        assert srv.gate.shed == 2
+    finally:
+        await srv.drain()
 
 
 async def test_read_requests_false_leaves_requests_to_grpc(registry: LocalRegistry) -> None:
