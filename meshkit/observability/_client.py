@@ -27,8 +27,10 @@ from meshkit.observability._logging import (
     ACCESS_OFF,
     AccessEvent,
     access_mode,
+    duration_ms,
     get_logger,
     json_str,
+    line_head,
     line_tail,
     write_access,
 )
@@ -411,8 +413,7 @@ class _ClientAccess(AccessEvent):
         fields: dict[str, Any] = {
             "side": "client", "target": service, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code._name_,
-            "duration_ms": int(duration_s * 1e6 + 0.5) / 1000,
-            "peer": peer, "attempts": attempts,
+            "duration_ms": duration_ms(duration_s), "peer": peer, "attempts": attempts,
         }
         if md:
             fields["md"] = md
@@ -425,10 +426,9 @@ class _ClientAccess(AccessEvent):
             return None
         head = m.line_head
         if head is None or head[0] != service:
-            head = m.line_head = (service, (
-                f'{{"event":"rpc","side":"client","target":{json_str(service)},'
-                f'"method":{json_str(m.names.full)},"grpc_type":'
-                f'{json_str(m.names.grpc_type)},"code":"'))
+            head = m.line_head = (service, line_head("client", "target", service,
+                                                     m.names.full, m.names.grpc_type))
+        # duration_ms(duration_s), inline
         return (f'{head[1]}{code._name_}","duration_ms":{int(duration_s * 1e6 + 0.5) / 1000!r},'
                 f'"peer":{"null" if peer is None else json_str(peer)},'
                 f'"attempts":{attempts}{line_tail(level, ts, span_context)}')

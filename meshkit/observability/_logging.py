@@ -39,11 +39,13 @@ __all__ = [
     "access_mode",
     "add_trace_context",
     "configure_logging",
+    "duration_ms",
     "flush_logs",
     "get_logger",
     "is_sensitive_key",
     "json_dumps",
     "json_str",
+    "line_head",
     "line_tail",
     "redact_secrets",
     "write_access",
@@ -598,6 +600,20 @@ def json_str(s: str) -> str:
         quoted = _json_strs[s] = (_orjson.dumps(s).decode() if _orjson is not None
                                   else _json.dumps(s, ensure_ascii=False))
     return quoted
+
+
+def duration_ms(duration_s: float) -> float:
+    """An access line's ``duration_ms``: ``duration_s`` in milliseconds, rounded half up to
+    the microsecond (the lines of :class:`AccessEvent` write the same expression inline)."""
+    return int(duration_s * 1e6 + 0.5) / 1000
+
+
+def line_head(side: str, where_key: str, where: str, method: str, grpc_type: str) -> str:
+    """The constant start of an ``rpc`` access line, as :func:`render_access` writes it,
+    up to the opening quote of ``code``: ``event``, ``side``, ``where_key`` (``target``
+    or ``service``) = ``where``, ``method``, ``grpc_type``; made once per method."""
+    return (f'{{"event":"rpc","side":{json_str(side)},{json_str(where_key)}:{json_str(where)},'
+            f'"method":{json_str(method)},"grpc_type":{json_str(grpc_type)},"code":"')
 
 
 def line_tail(level: str, ts: float, span_context: Any) -> str:

@@ -20,8 +20,10 @@ from meshkit.observability._logging import (
     ACCESS_OFF,
     AccessEvent,
     access_mode,
+    duration_ms,
     get_logger,
     json_str,
+    line_head,
     line_tail,
     write_access,
 )
@@ -148,7 +150,7 @@ class _ServerAccess(AccessEvent):
         fields: dict[str, Any] = {
             "side": "server", "service": self.service_name, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code._name_,
-            "duration_ms": int(duration_s * 1e6 + 0.5) / 1000, "peer": _address(peer),
+            "duration_ms": duration_ms(duration_s), "peer": _address(peer),
         }
         if identity is not None:
             fields["peer_identity"] = identity
@@ -163,11 +165,10 @@ class _ServerAccess(AccessEvent):
             return None
         head = m.line_head
         if head is None:
-            head = m.line_head = (
-                f'{{"event":"rpc","side":"server","service":{json_str(self.service_name)},'
-                f'"method":{json_str(m.names.full)},"grpc_type":'
-                f'{json_str(m.names.grpc_type)},"code":"')
+            head = m.line_head = line_head("server", "service", self.service_name,
+                                           m.names.full, m.names.grpc_type)
         who = "" if identity is None else f',"peer_identity":{json_str(identity)}'
+        # duration_ms(duration_s), inline
         return (f'{head}{code._name_}","duration_ms":{int(duration_s * 1e6 + 0.5) / 1000!r},'
                 f'"peer":{_address_json(peer)}{who}'
                 f'{line_tail(level, ts, span_context)}')
