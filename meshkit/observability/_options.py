@@ -75,7 +75,9 @@ class TelemetryOptions:
             returns. Only work worth moving is deferred: ending a recorded (sampled) span,
             or an access line its logger renders on the spot (the console format, the
             standard library); the JSON access log of :func:`~meshkit.observability.
-            configure_logging` captures a tuple, cheaper than a deferral. Default 4.
+            configure_logging` captures a tuple, cheaper than a deferral on a busy loop,
+            so a server defers that capture only while its event loop has nothing else
+            ready (asyncio's own loops), where the turn it adds is idle time. Default 4.
             Metrics are always recorded before the response. A server
             whose handlers answer at once has about one call in flight at a time, so it
             keeps deferring under load, which at saturation costs it a few per cent of

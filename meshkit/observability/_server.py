@@ -71,6 +71,13 @@ _running_loop = asyncio._get_running_loop  # None outside a running loop (a stre
 # handler finalized there)
 
 
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` has no callback ready besides the one running now (asyncio's own
+    loops: their ``_ready`` queue is empty); ``False`` for a loop that does not say (e.g.
+    uvloop), which then keeps captured access lines inline."""
+    return not getattr(loop, "_ready", True)
+
+
 def _address(peer: str | None) -> str | None:
     """``ipv4:127.0.0.1:5050`` -> ``127.0.0.1:5050``; ``ipv6:[::1]:5050`` -> ``[::1]:5050``."""
     if not peer:
@@ -193,7 +200,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     ending a recorded (sampled) span and writing an access line rendered on the spot happen
     in the event loop's next turn, after the response has been handed to gRPC, with the
     span stamped with the handler's end time
-    (``TelemetryOptions.complete_after_response_max_in_flight``). An SDK span exists only
+    (``TelemetryOptions.complete_after_response_max_in_flight``); so does capturing the
+    JSON access log's record when the loop has nothing else ready (on asyncio's own loops),
+    since the turn that adds is idle time. An SDK span exists only
     for a sampled trace (the caller's flag under the default parent-based sampler);
     otherwise a non-recording span carries the trace context. An exception while doing
     either is logged on ``meshkit.observability`` and never fails the call.
@@ -269,12 +278,15 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 return
             identity = self._identity() if self._identity is not None else None
             md = self._md(m, context) if log and m.log_md else None
-            # only work worth moving off the call's path is deferred: ending a recorded
-            # span, or an access line rendered when logged (a captured tuple is cheaper)
-            if defer and not ((span is not None and span.is_recording())
-                              or mode == ACCESS_INLINE):
-                defer = False
+            # Deferred: ending a recorded span and an access line rendered when logged,
+            # whenever the limit allows; a captured JSON line only while the loop has
+            # nothing else ready (_loop_idle): the turn the deferral adds is then idle time,
+            # and the capture leaves the response's path (-18 to -42 us of p50 at
+            # concurrency 1, benchmarks/RESULTS.md); on a busy loop it only adds a callback
             loop = _running_loop() if defer else None
+            if loop is not None and not ((span is not None and span.is_recording())
+                                         or mode == ACCESS_INLINE or _loop_idle(loop)):
+                loop = None
             if loop is not None:
                 # the context copied here still has the span current, as inline
                 self._deferred += 1

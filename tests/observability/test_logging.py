@@ -516,3 +516,62 @@ def test_access_event_lines_with_metadata_or_bound_contextvars_take_the_generic_
     line = json.loads(render_access((1.0, "info", "rpc", server, plain, ctx, None)))
     assert list(line)[:2] == ["request_id", "event"] and line["request_id"] == "r-9"
     assert line["peer"] == "10.0.0.1:1" and line["timestamp"] == "1970-01-01T00:00:01.000000Z"
+
+
+class _ServedContext:
+    """What the server's telemetry reads from a servicer context, without a call."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> float:
+        return 5.0
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_server_captures_json_lines_after_the_response_only_on_an_idle_loop(
+        busy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's JSON access record is captured in the loop's next turn, after the
+    handler's answer went back to grpc, when nothing else is ready on the loop (the turn is
+    idle time); with other callbacks ready it is captured before the answer, inline (a
+    deferral would only add one). Metrics are recorded before the answer either way."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryServerInterceptor
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+
+    writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
+    monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
+    registry = CollectorRegistry()
+    icpt = TelemetryServerInterceptor("echo", TelemetryOptions(registry=registry,
+                                                               tracing=False))
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return request
+
+    name = "/meshkit.test.Echo/Unary"
+    handler = icpt.resolve(name, grpc.unary_unary_rpc_method_handler(unary))
+    assert handler is not None and handler.unary_unary is not None
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # the loop settles (nothing of the fixtures' left ready)
+        await asyncio.sleep(0)
+    if busy:
+        loop.call_soon(lambda: None)
+    assert await handler.unary_unary(b"hi", _ServedContext()) == b"hi"
+    handled = registry.get_sample_value(
+        "grpc_server_handled_total", {"grpc_service": "meshkit.test.Echo",
+                                      "grpc_method": "Unary", "grpc_type": "unary",
+                                      "grpc_code": "OK"})
+    assert handled == 1  # before the answer, always
+    assert len(writer._buf) == (1 if busy else 0)
+    assert icpt._deferred == (0 if busy else 1)
+    await asyncio.sleep(0)
+    assert len(writer._buf) == 1 and icpt._deferred == 0 and icpt._in_flight == 0
