@@ -554,14 +554,20 @@ class RequestGate(grpc.aio.ServerInterceptor):
             await self._busy(context)
         task = asyncio.current_task()
         assert task is not None
-        self._waiting[task] = time.monotonic()
+        self._waiting[task] = now = time.monotonic()
         if self._timeout_s is not None and self._sweep is None:
             self._arm_sweep(asyncio.get_running_loop())
         request: Any = _LATE
         reading = False  # holds a read permit
         try:
             if self._read_cap is not None:
-                await self._acquire_read(task)
+                if len(self._readers) < self._read_cap and not self._read_waiters:
+                    # a permit is free and nobody waits: _acquire_read's first step, inline
+                    # (_evictable_from of a call that came just now)
+                    self._readers[task] = now if self._evict_after is None \
+                        else now + self._evict_after
+                else:
+                    await self._acquire_read(task)
                 reading = True
             if (reading and self._budget is not None
                     and self.inflight_bytes >= self._budget):
@@ -582,7 +588,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self._waiting.pop(task, None)
             self._evicting.discard(task)
             if reading:
-                self._release_read(task)
+                if self._read_waiters:
+                    self._release_read(task)
+                else:  # nobody to pass the permit to: _release_read's first step, inline
+                    self._readers.pop(task, None)
         if request is _FULL:
             await self._busy(context)
         if request is _BUSY:
@@ -690,22 +699,28 @@ class RequestGate(grpc.aio.ServerInterceptor):
     def _stream_ended(self, context: Any) -> None:
         self.streams -= 1
 
-    async def _enter(self, context: Any) -> None:
+    def _enter(self, context: Any) -> Awaitable[None] | None:
         """Take a call slot: free, or evicted from the call waiting longest for its request
-        (``evict_waiting_after_s``), else shed the call ``RESOURCE_EXHAUSTED``. The caller
-        gives it back with :meth:`_release` once the call ends (also when aborted after)."""
+        (``evict_waiting_after_s``); ``None`` once taken. Else the call is shed: the
+        awaitable returned aborts it ``RESOURCE_EXHAUSTED`` (a plain function, so that a
+        call taking a free slot costs no coroutine). The caller gives the slot back with
+        :meth:`_release` once the call ends (also when aborted after)."""
         if self._cap is not None and self.slots >= self._cap and not self._evict():
             self.shed += 1
             self._warn("shedding calls: every call slot is taken")
-            await _shed(context)
+            return _shed(context)
         self.slots += 1
+        return None
 
     def _release(self, size: int) -> None:
         """A call that took a slot ended (``size``: its admitted request bytes, -1 if it
-        was never admitted)."""
+        was never admitted); an admitted call gives its request bytes back."""
         self.slots -= 1
         if size >= 0:
-            self._done(size)
+            self.active -= 1
+            self.inflight_bytes -= size
+            if size >= _LARGE_REQUEST_BYTES:
+                self._collect(size)
 
     def _evict(self) -> bool:
         """End the call that has waited longest for its request, if long enough; whether one
@@ -748,13 +763,6 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if any(t not in self._evicting for t in self._waiting):
             self._arm_sweep(loop)
 
-    def _done(self, size: int) -> None:
-        """An admitted call with a request of ``size`` bytes ended."""
-        self.active -= 1
-        self.inflight_bytes -= size
-        if size >= _LARGE_REQUEST_BYTES:
-            self._collect(size)
-
     def _collect(self, size: int) -> None:
         """A large request's call ended: once ``gc_after_request_bytes`` of them have,
         run the cyclic garbage collector (see ``ServerLimits.gc_after_request_bytes``)."""
@@ -775,7 +783,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
             async def stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
                 size = -1
-                await gate._enter(context)
+                refused = gate._enter(context)
+                if refused is not None:
+                    await refused
                 try:
                     request, size = await first(context)
                     result: Any = inner_s(request, context)
@@ -795,7 +805,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
         async def unary_out(requests: Any, context: Any) -> Any:
             size = -1
-            await gate._enter(context)
+            refused = gate._enter(context)
+            if refused is not None:
+                await refused
             try:
                 request, size = await first(context)
                 result = inner_u(request, context)
