@@ -135,13 +135,33 @@ def _no_check(context: Any) -> None:
     return None
 
 
+_UNMARKED: Any = object()  # no request is this: what an unguarded behaviour "refuses"
+
+GUARD_MARK = "_meshkit_guard"
+"""The attribute by which the request guard of a unary-unary method
+(:func:`meshkit._limits.guard_method_handler`) marks its behaviour with ``(inner,
+undecodable, message)``: the behaviour it guards, the request value that did not decode, and
+the ``INVALID_ARGUMENT`` message to abort such a call with. A wrap here then runs the guard's
+check itself and calls ``inner`` directly: one coroutine frame fewer per call."""
+
+
+def _unguarded(inner: Any) -> tuple[Any, Any, str]:
+    """``(behaviour, undecodable, message)`` of a marked guard (see :data:`GUARD_MARK`),
+    else ``(inner, _UNMARKED, "")``."""
+    mark = getattr(inner, GUARD_MARK, None)
+    return (inner, _UNMARKED, "") if mark is None else mark
+
+
 def _checked(inner: Any, before: Before) -> Any:
+    inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
     async def behavior(request: Any, context: Any) -> Any:
         pending = before(context)
         if pending is not None:
             await pending
+        if request is undecodable:  # the request guard's check, after the others as before
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         result = inner(request, context)
         if awaits or inspect.isawaitable(result):
             return await result
@@ -164,6 +184,7 @@ def _checked_stream(inner: Any, before: Before) -> Any:
 
 def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
     start, finish = reporter.start, reporter.finish
+    inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)
 
     # finish() gets the exception in the except clause, whose name Python unbinds on leaving
@@ -177,6 +198,8 @@ def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
             pending = before(context)
             if pending is not None:
                 await pending
+            if request is undecodable:  # the request guard's check (see _checked)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
                 result = await result

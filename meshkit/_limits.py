@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._handlers import Handler, Resolver, responses
+from meshkit._handlers import GUARD_MARK, Handler, Resolver, responses
 from meshkit.errors import ConfigError
 from meshkit.resilience._retry import NACK_METADATA
 
@@ -374,6 +374,8 @@ def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> H
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
         behavior = unary_behavior
+        if not req_s:  # unary-unary: a handler wrap may run this guard itself (no frame)
+            setattr(unary_behavior, GUARD_MARK, (the_inner, _UNDECODABLE, message))
     guarded: Handler = factory(behavior, request_deserializer=guarded_des,
                                response_serializer=handler.response_serializer)
     return guarded

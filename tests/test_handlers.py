@@ -442,3 +442,71 @@ async def test_synchronous_and_async_checks_fuse_in_order(deny: str | None) -> N
 
 async def _collect(call: Any) -> list[Any]:
     return [r async for r in call]
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _AbortingContext:
+    aborted: tuple[Any, ...] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        self.aborted = (code, details)
+        raise _Aborted(details)
+
+
+class _Recorder:
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def start(self, context: Any) -> None:
+        self.seen.append("start")
+
+    def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
+        self.seen.append("finish:ok" if exc is None else f"finish:{type(exc).__name__}")
+
+
+@pytest.mark.parametrize("reported", [False, True])
+async def test_a_wrap_runs_the_unary_request_guard_itself(reported: bool) -> None:
+    """A wrap around a guarded unary-unary handler runs the guard's check itself, after the
+    wrap's own checks (where the guard ran before, inside them), and calls the servicer's
+    behaviour directly: one coroutine frame fewer per call. A request that did not decode
+    is aborted INVALID_ARGUMENT "request is not a valid <Type>", and the reporter sees it."""
+    import sys
+
+    from grpc_health.v1 import health_pb2
+
+    from meshkit._limits import guard_method_handler
+
+    called_from: list[str] = []
+
+    async def check(request: Any, context: Any) -> bytes:
+        called_from.append(sys._getframe(1).f_code.co_name)
+        return b"ok"
+
+    guarded = guard_method_handler(grpc.unary_unary_rpc_method_handler(
+        check, request_deserializer=health_pb2.HealthCheckRequest.FromString))
+    seen: list[str] = []
+
+    def before(context: Any) -> None:
+        seen.append("check")
+
+    wrapped = wrap_handler(guarded, before, _Recorder(seen) if reported else None)
+    assert wrapped.unary_unary is not None and guarded.request_deserializer is not None
+    ctx = _AbortingContext()
+    good = guarded.request_deserializer(b"")
+    assert await wrapped.unary_unary(good, ctx) == b"ok"
+    assert called_from == ["behavior"]  # the wrap's frame, not the guard's unary_behavior
+    seen.clear()
+    bad = guarded.request_deserializer(b"\xff\xff\xff\xff")
+    with pytest.raises(_Aborted):
+        await wrapped.unary_unary(bad, ctx)
+    assert ctx.aborted == (grpc.StatusCode.INVALID_ARGUMENT,
+                           "request is not a valid grpc.health.v1.HealthCheckRequest")
+    assert seen == (["start", "check", "finish:_Aborted"] if reported else ["check"])
+    assert called_from == ["behavior"]  # the servicer never saw the bad request
+    # the guard alone (no wrap) still checks by itself
+    assert guarded.unary_unary is not None
+    with pytest.raises(_Aborted):
+        await guarded.unary_unary(bad, _AbortingContext())
