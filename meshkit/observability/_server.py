@@ -281,7 +281,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             # Deferred: ending a recorded span and an access line rendered when logged,
             # whenever the limit allows; a captured JSON line only while the loop has
             # nothing else ready (_loop_idle): the turn the deferral adds is then idle time,
-            # and the capture leaves the response's path (-18 to -42 us of p50 at
+            # and the capture leaves the response's path (-9 to -42 us of p50 at
             # concurrency 1, benchmarks/RESULTS.md); on a busy loop it only adds a callback
             loop = _running_loop() if defer else None
             if loop is not None and not ((span is not None and span.is_recording())
