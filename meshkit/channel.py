@@ -661,6 +661,9 @@ class _MultiCallable:
 def _as_pairs(metadata: Any) -> Sequence[tuple[str, str | bytes]] | None:
     if not metadata:
         return None
+    t = type(metadata)
+    if t is tuple or t is list:  # the common shapes, without Metadata's ABC isinstance
+        return metadata  # type: ignore[no-any-return]
     if isinstance(metadata, Metadata):
         return list(metadata)
     return metadata  # type: ignore[no-any-return]
