@@ -147,6 +147,7 @@ def _client_variants(provider: Any) -> dict[str, dict[str, Any]]:
 
 async def _client_run(options: dict[str, Any], registry: Any, calls: int) -> float:
     import meshkit
+    from benchmarks.stacks import flush_spans
 
     ch = meshkit.dial("bench", registry=registry,
                       options=meshkit.DialOptions(insecure=True, **options))
@@ -160,6 +161,7 @@ async def _client_run(options: dict[str, Any], registry: Any, calls: int) -> flo
         t0 = time.process_time()
         for _ in range(calls):
             await call(b"x", timeout=5)
+        flush_spans(options.get("telemetry"))  # the export of the spans counts too
         return (time.process_time() - t0) / calls * 1e6
     finally:
         gc.unfreeze()
@@ -277,6 +279,7 @@ def _server_variants(provider: Any, secrets: Any) -> dict[str, tuple[dict[str, A
 async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, token: str,
                       calls: int) -> float:
     import meshkit
+    from benchmarks.stacks import flush_spans
     from meshkit._handlers import fuse_interceptors, handler_resolver
     from meshkit.server import server_chain
 
@@ -324,6 +327,7 @@ async def _server_run(options: dict[str, Any], with_cert: bool, secrets: Any, to
     loop = asyncio.get_running_loop()
     for _ in range(calls):
         await loop.create_task(one())
+    flush_spans(options.get("telemetry"))
     spent = (time.process_time() - t0) / calls * 1e6
     gc.unfreeze()
     return spent
@@ -379,11 +383,16 @@ def table(side: str, medians: dict[str, float], limit_us: float = 15.0) -> str:
 
 def _child(side: str, variant: str, calls: int) -> None:
     """One variant of one side, ``calls`` calls after the warm-up (what callgrind runs)."""
-    from benchmarks.stacks import Secrets, bench_token, tracer_provider
+    from benchmarks.stacks import (
+        NULL_TRANSPORT_QUEUE,
+        Secrets,
+        bench_token,
+        tracer_provider,
+    )
     from meshkit.discovery import Instance, LocalOptions, LocalRegistry
     from meshkit.observability import configure_logging, flush_logs
 
-    provider = tracer_provider(1.0)
+    provider = tracer_provider(1.0, max_queue_size=NULL_TRANSPORT_QUEUE)
 
     async def run() -> None:
         configure_logging("INFO", json=True)
@@ -436,10 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.instructions:
         return _print_instructions(args.instructions)
-    from benchmarks.stacks import tracer_provider
+    from benchmarks.stacks import NULL_TRANSPORT_QUEUE, tracer_provider
     from meshkit.observability import configure_logging, flush_logs
 
-    provider = tracer_provider(1.0)
+    provider = tracer_provider(1.0, max_queue_size=NULL_TRANSPORT_QUEUE)
 
     async def run() -> tuple[dict[str, float], dict[str, float]]:
         with _quiet_stderr():

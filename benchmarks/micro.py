@@ -194,7 +194,7 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
     import structlog
     from prometheus_client import CollectorRegistry
 
-    from benchmarks.stacks import tracer_provider
+    from benchmarks.stacks import NULL_TRANSPORT_QUEUE, flush_spans, tracer_provider
     from meshkit._handlers import wrap_handler
     from meshkit.interceptors import CallKind, ClientCallDetails
     from meshkit.observability import (
@@ -208,7 +208,8 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
 
     method = "/bench.v1.Echo/Unary"
     saved = _AccessLog.logger
-    providers = {1.0: tracer_provider(1.0), 0.01: tracer_provider(0.01)}
+    queue = max(NULL_TRANSPORT_QUEUE, 2 * calls)  # no span dropped; flushed in each round
+    providers = {r: tracer_provider(r, max_queue_size=queue) for r in (1.0, 0.01)}
 
     def options(variant: str) -> TelemetryOptions:
         on = {"tracing": variant in ("tracing", "full", "full-1pct"),
@@ -223,7 +224,8 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
             return b""
 
         async def run() -> float:
-            icpt = None if variant == "off" else TelemetryClientInterceptor(options(variant))
+            opts = None if variant == "off" else options(variant)
+            icpt = None if opts is None else TelemetryClientInterceptor(opts)
             t0 = time.process_time()
             for _ in range(calls):
                 d = ClientCallDetails(service="echo", method=method, kind=CallKind.UNARY_UNARY,
@@ -233,6 +235,7 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
                 else:
                     await icpt.intercept_unary(d, b"", proceed)
                 await asyncio.sleep(0)
+            flush_spans(opts)  # the export of this round's spans counts too
             return (time.process_time() - t0) / calls * 1e6
 
         return run
@@ -249,10 +252,11 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
 
         async def run() -> float:
             plain = grpc.unary_unary_rpc_method_handler(behavior)
-            if variant == "off":
+            opts = None if variant == "off" else options(variant)
+            if opts is None:
                 observed = behavior
             else:
-                icpt = TelemetryServerInterceptor("echo", options(variant))
+                icpt = TelemetryServerInterceptor("echo", opts)
                 observed = wrap_handler(plain, None,
                                         icpt._reporter_for(method, plain)).unary_unary
 
@@ -260,6 +264,7 @@ async def telemetry(sink: TextIO, rounds: int = 10, calls: int = 6000) -> dict[s
             for i in range(calls):
                 await observed(b"", contexts[i % 1000])
                 await asyncio.sleep(0)
+            flush_spans(opts)
             return (time.process_time() - t0) / calls * 1e6
 
         return run
