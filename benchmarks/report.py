@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "plot", "print_scenario", "print_targets", "targets"]
+__all__ = ["REFERENCE_RAW", "machine_note", "markdown", "plot", "print_scenario",
+           "print_targets", "targets"]
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -16,6 +17,40 @@ def _get(d: Any, *path: str) -> Any:
             return None
         d = d[key]
     return d
+
+
+REFERENCE_RAW = {"qps": 6355.0, "cpu_us_per_call": 264.1,
+                 "run": "2026-12-04 03:03 UTC on a quiet VM, benchmarks/RESULTS.md"}
+"""Raw grpc.aio at concurrency 32 in the quiet run RESULTS.md reads the targets against:
+QPS and client + server CPU microseconds per call."""
+
+_SPEED_MARGIN = 1.3  # a run whose raw CPU per call is off the reference by more is flagged
+
+
+def machine_note(results: dict[str, Any]) -> str | None:
+    """How fast this run's machine ran raw grpc.aio at concurrency 32 against
+    :data:`REFERENCE_RAW`, with a warning when it was more than 1.3x slower or faster;
+    ``None`` when the overhead scenario did not run at concurrency 32.
+
+    On a slower machine grpc's own work (C-core, system calls) grows more than the mesh's
+    Python (2026-12-04: raw's CPU per call 2.66x the reference, ``full``'s added CPU 1.36x),
+    so the QPS-ratio targets read high and the microsecond targets read low there."""
+    raw = _get(results, "scenarios", "overhead", "by_concurrency", "32", "raw")
+    if not isinstance(raw, dict) or not raw.get("qps"):
+        return None
+    cpu = (raw["client_cpu_s_per_1k"] + raw["server_cpu_s_per_1k"]) * 1000
+    ref = REFERENCE_RAW
+    factor = cpu / ref["cpu_us_per_call"]
+    note = (f"raw grpc.aio at concurrency 32 here: {raw['qps']:,.0f} QPS, {cpu:.1f} us of "
+            f"client + server CPU per call; the reference run ({ref['run']}): "
+            f"{ref['qps']:,.0f} QPS, {ref['cpu_us_per_call']:.1f} us")
+    if factor > _SPEED_MARGIN or factor < 1 / _SPEED_MARGIN:
+        note += (f".\nWARNING: grpc ran {factor:.2f}x the reference's CPU per call on this "
+                 "machine: the QPS-ratio targets read "
+                 f"{'high' if factor > 1 else 'low'} and the microsecond targets "
+                 f"{'low' if factor > 1 else 'high'} here; do not read them as met or missed "
+                 "against the reference")
+    return note
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -226,12 +261,14 @@ def print_scenario(name: str, res: dict[str, Any]) -> None:
         print(f"\n{title}\n{_table(headers, rows)}", flush=True)
 
 
-def print_targets(rows: list[dict[str, Any]]) -> None:
-    """Print the target table."""
+def print_targets(rows: list[dict[str, Any]], note: str | None = None) -> None:
+    """Print the target table, then ``note`` (:func:`machine_note`) when given."""
     table = [[r["target"], r["goal"],
               _measured(r),
               {True: "met", False: "MISSED", None: "not measured"}[r["met"]]] for r in rows]
     print(f"\nTargets\n{_table(['target', 'goal', 'measured', 'status'], table)}", flush=True)
+    if note:
+        print(note, flush=True)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -251,6 +288,9 @@ def markdown(results: dict[str, Any]) -> str:
              {True: "met", False: "**missed**", None: "not measured"}[r["met"]]]
             for r in results.get("targets", [])]
     parts.append("### Targets\n\n" + md(["target", "goal", "measured", "status"], rows))
+    note = machine_note(results)
+    if note:
+        parts.append(note.replace("\n", "\n\n"))
     for name, res in results.get("scenarios", {}).items():
         for title, headers, trows in scenario_tables(name, res):
             parts.append(f"### {title}\n\n" + md(headers, trows))

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work directory kept: {workdir}", flush=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    report.print_targets(results["targets"])
+    report.print_targets(results["targets"], report.machine_note(results))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"{stem}.json"

@@ -1,0 +1,49 @@
+"""The benchmark report's note on the machine's speed (``benchmarks.report.machine_note``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import report
+
+
+def _results(qps: float, client_s_per_1k: float, server_s_per_1k: float) -> dict[str, Any]:
+    raw = {"qps": qps, "client_cpu_s_per_1k": client_s_per_1k,
+           "server_cpu_s_per_1k": server_s_per_1k}
+    return {"scenarios": {"overhead": {"by_concurrency": {"32": {"raw": raw}}}}}
+
+
+def test_a_slow_machine_is_flagged_with_which_way_the_targets_read() -> None:
+    """2026-12-04's slow VM (raw at 2,494 QPS, 702 us of CPU per call) showed `full` over
+    its 0.70x line; the note says grpc ran 2.66x the reference's CPU and that ratio targets
+    read high there."""
+    note = report.machine_note(_results(2494.0, 0.2874, 0.4147))
+    assert note is not None
+    assert "2,494 QPS, 702.1 us" in note and "6,355 QPS, 264.1 us" in note
+    assert "WARNING: grpc ran 2.66x" in note
+    assert "QPS-ratio targets read high and the microsecond targets low" in note
+
+
+def test_a_machine_near_the_reference_gets_no_warning() -> None:
+    note = report.machine_note(_results(6100.0, 0.1256, 0.1645))
+    assert note is not None and "WARNING" not in note and "290.1 us" in note
+
+
+def test_a_faster_machine_is_flagged_the_other_way() -> None:
+    note = report.machine_note(_results(12000.0, 0.060, 0.080))
+    assert note is not None and "targets read low and the microsecond targets high" in note
+
+
+@pytest.mark.parametrize("results", [{}, {"scenarios": {"overhead": {}}},
+                                     _results(0.0, 0.1, 0.1)])
+def test_no_note_without_a_raw_run_at_concurrency_32(results: dict[str, Any]) -> None:
+    assert report.machine_note(results) is None
+
+
+def test_the_markdown_report_carries_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "scenario_tables", lambda name, res: [])  # a bare result
+    results = {**_results(2494.0, 0.2874, 0.4147), "targets": []}
+    md = report.markdown(results)
+    assert "### Targets" in md and "WARNING: grpc ran 2.66x" in md
