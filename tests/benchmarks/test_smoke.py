@@ -116,6 +116,22 @@ def test_micro_telemetry_rounds_drop_no_span() -> None:
     assert dropped == 0
 
 
+@pytest.mark.parametrize(("side", "telemetry"), [("server", "defaults"),
+                                                  ("client", "traced")])
+def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str) -> None:
+    """``python -m benchmarks.ab`` at its smallest, with this checkout as both trees: each
+    tree's worker answers every round, and the summary pairs the rounds."""
+    from benchmarks import ab
+
+    here = str(Path(__file__).parents[2])
+    got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20, callers=2)
+    for name in ("base", "new"):
+        assert len(got["rounds"][name]) == 2
+        assert all(p50 > 0 and mean > 0 and qps > 0 for p50, mean, qps in got["rounds"][name])
+        assert got["summary"][name]["qps"] > 0
+    assert 0 <= got["summary"]["rounds_new_lower"] <= 2
+
+
 def test_layers_prints_every_layer_of_both_sides() -> None:
     """``python -m benchmarks.layers`` at its smallest prints a row per variant and side,
     each with a positive CPU figure (a subprocess: it reconfigures logging)."""

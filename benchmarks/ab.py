@@ -1,0 +1,135 @@
+"""Latency and throughput of two code trees side by side: the closest A/B this machine
+allows for a change to one side of a call.
+
+``python -m benchmarks.ab --base /path/to/old/tree [--new /path/to/new/tree]`` (``--new``
+defaults to this checkout; ``git worktree add --detach ../base REV`` makes an old tree)
+starts, for ``--side server`` (the default), a meshkit server from each tree in its own
+process and one plain grpc.aio client process, which runs ``--rounds`` rounds of
+``--calls`` unary calls (``--callers`` at once) against each server in alternating order;
+for ``--side client``, one meshkit server (from ``--new``) and a meshkit client process
+from each tree, alternating the same way. Only the side under test differs, and both
+trees' rounds share the machine's state of the moment: on a shared VM whose speed moves
+by more than a change, this is what shows a few microseconds of p50 at one caller
+(the seventh session's server-side capture deferral: -9 to -42 us). It prints each tree's
+median round p50, mean and QPS, and the median per-round difference (new minus base)
+with how many rounds the new tree was lower. ``--telemetry defaults`` (as shipped) or
+``traced`` (every call sampled into an SDK batch processor that drops spans) on both
+processes of a call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "run"]
+
+_WORKER = str(Path(__file__).with_name("_ab_worker.py"))
+_HERE = str(Path(__file__).resolve().parents[1])
+
+
+class _Proc:
+    """A worker process of one tree, talked to line by line."""
+
+    def __init__(self, tree: str, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=tree)
+        self.proc = subprocess.Popen([sys.executable, _WORKER, *args], cwd=tree, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        first = self.read().split()
+        if not first or first[0] != "ready":
+            self.close()
+            raise RuntimeError(f"worker {args!r} of {tree} did not start: {first!r}")
+        self.ready = first
+
+    def read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline()
+
+    def ask(self, line: str) -> list[float]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        got = self.read().split()
+        if len(got) != 3:
+            raise RuntimeError(f"worker answered {got!r}")
+        return [float(x) for x in got]
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults",
+        rounds: int = 20, calls: int = 300, callers: int = 1) -> dict[str, Any]:
+    """The A/B (see the module docstring): per tree (``"base"``, ``"new"``) the rounds'
+    ``[p50_us, mean_us, qps]``, and their summary."""
+    procs: list[_Proc] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            drivers: dict[str, _Proc] = {}
+            if side == "server":
+                for name, tree in (("base", base), ("new", new)):
+                    srv = _Proc(tree, "server", telemetry, os.path.join(tmp, name))
+                    procs.append(srv)
+                    drivers[name] = _Proc(_HERE, "raw", f"127.0.0.1:{srv.ready[1]}")
+                    procs.append(drivers[name])
+            else:
+                registry = os.path.join(tmp, "registry")
+                procs.append(_Proc(new, "server", telemetry, registry))
+                for name, tree in (("base", base), ("new", new)):
+                    drivers[name] = _Proc(tree, "client", telemetry, registry)
+                    procs.append(drivers[name])
+            got: dict[str, list[list[float]]] = {"base": [], "new": []}
+            for r in range(rounds):
+                for name in (("base", "new") if r % 2 == 0 else ("new", "base")):
+                    got[name].append(drivers[name].ask(f"{calls} {callers}"))
+    finally:
+        for p in procs:
+            p.close()
+    diffs = [n[0] - b[0] for n, b in zip(got["new"], got["base"], strict=True)]
+    summary = {name: {"p50_us": statistics.median(r[0] for r in rs),
+                      "mean_us": statistics.median(r[1] for r in rs),
+                      "qps": statistics.median(r[2] for r in rs)} for name, rs in got.items()}
+    summary["new_minus_base_p50_us"] = statistics.median(diffs)
+    summary["rounds_new_lower"] = sum(d < 0 for d in diffs)
+    return {"rounds": got, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the A/B and print its summary."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="the old code tree")
+    p.add_argument("--new", default=_HERE, help="the new code tree (default: this checkout)")
+    p.add_argument("--side", choices=("server", "client"), default="server")
+    p.add_argument("--telemetry", choices=("defaults", "traced"), default="defaults")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--calls", type=int, default=300, help="calls per round per tree")
+    p.add_argument("--callers", type=int, default=1, help="concurrent callers")
+    a = p.parse_args(argv)
+    s = run(a.base, a.new, side=a.side, telemetry=a.telemetry, rounds=a.rounds,
+            calls=a.calls, callers=a.callers)["summary"]
+    print(f"{a.side} side, telemetry {a.telemetry}, {a.rounds} alternating rounds of "
+          f"{a.calls} calls, {a.callers} caller(s)")
+    for name in ("base", "new"):
+        print(f"  {name:4s}  p50 {s[name]['p50_us']:8.1f} us  mean {s[name]['mean_us']:8.1f} us"
+              f"  {s[name]['qps']:9.1f} QPS   (medians of the rounds)")
+    print(f"  new - base p50, median per round: {s['new_minus_base_p50_us']:+.1f} us "
+          f"({s['rounds_new_lower']} of {a.rounds} rounds lower)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
