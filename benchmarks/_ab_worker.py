@@ -31,21 +31,10 @@ def _telemetry(kind: str) -> Any:
 
     if kind == "defaults":
         return TelemetryOptions(registry=CollectorRegistry())
-    if kind == "traced":
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            SpanExporter,
-            SpanExportResult,
-        )
+    if kind == "traced":  # the tree's own benchmarks.stacks (every tree since 2026-12-03)
+        from benchmarks.stacks import tracer_provider
 
-        class Drop(SpanExporter):
-            def export(self, spans: Any) -> SpanExportResult:
-                return SpanExportResult.SUCCESS
-
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(Drop()))
-        return TelemetryOptions(registry=CollectorRegistry(), tracer_provider=provider)
+        return TelemetryOptions(registry=CollectorRegistry(), tracer_provider=tracer_provider())
     raise SystemExit(f"unknown telemetry {kind!r}: defaults or traced")
 
 
