@@ -9,8 +9,9 @@ process and one plain grpc.aio client process, which runs ``--rounds`` rounds of
 for ``--side client``, one meshkit server (from ``--new``) and a meshkit client process
 from each tree, alternating the same way. Only the side under test differs, and both
 trees' rounds share the machine's state of the moment: on a shared VM whose speed moves
-by more than a change, this is what shows a few microseconds of p50 at one caller
-(the seventh session's server-side capture deferral: -9 to -42 us). It prints each tree's
+by more than a change between two runs (a tree's p50 at one caller moved from 685 to 564
+us between two runs on 2026-12-04), paired rounds still resolve a few microseconds. It
+prints each tree's
 median round p50, mean and QPS, and the median per-round difference (new minus base)
 with how many rounds the new tree was lower. ``--telemetry defaults`` (as shipped) or
 ``traced`` (every call sampled into an SDK batch processor that drops spans) on both
