@@ -11,11 +11,10 @@ from each tree, alternating the same way. Only the side under test differs, and 
 trees' rounds share the machine's state of the moment: on a shared VM whose speed moves
 by more than a change between two runs (a tree's p50 at one caller moved from 685 to 564
 us between two runs on 2026-12-04), paired rounds still resolve a few microseconds. It
-prints each tree's
-median round p50, mean and QPS, and the median per-round difference (new minus base)
-with how many rounds the new tree was lower. ``--telemetry defaults`` (as shipped) or
-``traced`` (every call sampled into an SDK batch processor that drops spans) on both
-processes of a call.
+prints each tree's median round p50, mean and QPS, and the median per-round difference
+(new minus base) with how many rounds the new tree was lower. ``--telemetry defaults``
+(as shipped) or ``traced`` (every call sampled into an SDK batch processor that drops
+spans) on both processes of a call.
 """
 
 from __future__ import annotations
