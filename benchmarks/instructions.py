@@ -76,6 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
@@ -213,6 +214,10 @@ def _dropping_provider() -> Any:
 
 _rusage: dict[str, float] = {}  # the measured calls' getrusage figures per call (--cpu)
 
+# What runs around the measured calls (after the warm-up): nothing here; benchmarks.opcodes
+# sets a context manager that counts the bytecodes the calls execute.
+around_measured: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+
 
 async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> None:
     for _ in range(200):  # warm-up: connections, caches, first-call set-up
@@ -235,7 +240,8 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
     gc.callbacks.append(on_gc)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     try:
-        await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
+        with around_measured():
+            await asyncio.gather(*(caller(calls // callers) for _ in range(callers)))
     finally:
         r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         gc.callbacks.remove(on_gc)

@@ -187,3 +187,31 @@ def test_cpu_split_runs_each_variant_and_compares_with_raw(
     assert [r[1].strip() for r in rows] == ["raw", "bare"]
     assert float(rows[0][2]) > 0 and float(rows[1][2]) > 0  # user us per call
     assert rows[0][4].strip() == "" and rows[1][4].strip().startswith(("+", "-"))
+
+
+def test_opcode_count_names_the_functions_a_variant_adds(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.opcodes`` counts each variant's bytecodes per call in its own process
+    and lists, against the first variant, the functions that differ: the bare mesh's call
+    path (its channel's attempt) appears there, and only the mesh runs it."""
+    from benchmarks.opcodes import main as opcodes
+
+    assert opcodes(["--variants", "raw,bare", "--calls", "40", "--top", "40"]) == 0
+    out = capsys.readouterr().out
+    totals = {line.split("|")[1].strip(): float(line.split("|")[2].replace(",", ""))
+              for line in out.splitlines() if line.startswith(("| raw", "| bare"))}
+    assert set(totals) == {"raw", "bare"} and 0 < totals["raw"] < totals["bare"]
+    attempt = [line for line in out.splitlines() if "meshkit/channel.py" in line
+               and " _attempt_unary`" in line]
+    assert len(attempt) == 1, out
+    base, mesh, diff = (float(c) for c in attempt[0].split("|")[2:5])
+    assert base == 0 and mesh > 0 and diff == mesh
+
+
+def test_opcode_count_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown variant is a usage error that names it."""
+    from benchmarks.opcodes import main as opcodes
+
+    with pytest.raises(SystemExit) as exc:
+        opcodes(["--variants", "raw,fast"])
+    assert exc.value.code == 2 and "'fast'" in capsys.readouterr().err
