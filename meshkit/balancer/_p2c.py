@@ -230,6 +230,14 @@ class P2C:
                     return self._yield_or_keep(a, b, exclude, now)
                 sa.pending += 1
                 return a, sa.done
+        elif n == 1:
+            # one endpoint: nothing to compare, and an excluded one is taken anyway
+            # (exclusion only steers a pick to another usable endpoint)
+            only = eps[0]
+            if only.state is _READY:
+                st = self._stats[only.key]
+                st.pending += 1
+                return only, st.done
         elif not n:
             return None
         first = self._draw(exclude, None)

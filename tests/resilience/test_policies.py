@@ -278,6 +278,31 @@ def test_p2c_skips_failing_and_honours_exclude() -> None:
     assert p.pick() is None
 
 
+
+def test_p2c_with_one_endpoint_picks_it_while_usable() -> None:
+    """With a single endpoint there is nothing to compare: P2C picks it when READY (also
+    when excluded, since no other endpoint is usable), counts the pick as pending until its
+    ``done``, which records the latency; an IDLE one is picked as a last resort, a FAILING
+    one never."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), clock=clock, rng=random.Random(5))
+    (a,) = eps("a")
+    p.update([a])
+    for exclude in ((), (a,)):
+        got = p.pick(exclude=exclude)
+        assert got is not None and got[0] is a
+        assert p.snapshot()[0]["pending"] == 1
+        got[1](OK, 0.004)
+        assert p.snapshot()[0]["pending"] == 0
+    assert p.snapshot()[0]["rtt_ms"] == pytest.approx(4.0)
+    a.state = EndpointState.IDLE
+    got = p.pick()
+    assert got is not None and got[0] is a
+    got[1](OK, 0.004)
+    a.state = EndpointState.FAILING
+    assert p.pick() is None and p.pick(exclude=(a,)) is None
+
+
 # -- weighted round robin, ring hash ---------------------------------------------------------
 def test_wrr_follows_weights_smoothly() -> None:
     """Weights 3:1 give 3 of every 4 picks, never three of the heavy one in a row twice."""
