@@ -195,7 +195,7 @@ class BufferedLineWriter:
                 # (e.g. one asyncio.run() after another) and would never fire it.
                 self._timer = True
                 self._timer_loop = loop
-                loop.call_later(self.flush_interval_s, self.flush)
+                loop.call_later(self.flush_interval_s, self._on_timer)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -214,13 +214,18 @@ class BufferedLineWriter:
         return held is None or held.is_closed() or not held.is_running()
 
     def flush(self) -> None:
-        """Write every pending line now."""
+        """Write every pending line now (an armed timer stays armed: the lines added
+        after this go out with it)."""
         with self._lock:
             self._write_locked()
 
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = False
+            self._timer_loop = None
+            self._write_locked()
+
     def _write_locked(self) -> None:
-        self._timer = False
-        self._timer_loop = None
         if not self._buf:
             return
         lines = _render_lines(self._buf)

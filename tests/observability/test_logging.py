@@ -186,6 +186,30 @@ async def test_buffered_writer_writes_at_once_when_full_or_interval_zero() -> No
     assert out.getvalue().endswith("x\npending\n")
 
 
+
+async def test_buffered_writer_keeps_one_timer_when_full_buffers_write_early() -> None:
+    """Writes forced by a full buffer leave the interval's timer armed: under load the
+    loop holds one flush timer per writer, not one more after every early write, and
+    the lines after an early write go out with that timer."""
+    import asyncio
+
+    out = CountingStream()
+    w = BufferedLineWriter(out, flush_interval_s=0.05, max_buffer_bytes=20)
+    loop = asyncio.get_running_loop()
+
+    def timers() -> int:
+        return sum(1 for h in loop._scheduled  # type: ignore[attr-defined]
+                   if not h.cancelled() and getattr(h._callback, "__self__", None) is w)
+
+    for i in range(30):
+        w.info(f"line {i:02d}")  # 8 characters: every third line fills the buffer
+    assert out.writes == 10 and timers() == 1
+    w.info("tail")
+    await until(lambda: out.getvalue().endswith("tail\n"), what="the timed flush",
+                timeout_s=2)
+    assert out.writes == 11 and timers() == 0
+
+
 def test_buffered_writer_outside_a_loop_writes_each_line() -> None:
     """With no running event loop nothing is left waiting for a timer."""
     out = io.StringIO()
