@@ -37,7 +37,9 @@ from typing import IO, Any
 
 import grpc
 
+import meshkit
 from benchmarks import stacks
+from benchmarks.procs import LOOP_ENV
 from tests.support import echo
 
 _perf = time.perf_counter
@@ -359,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     _logs()
     runner = {"server": _serve, "client": _client, "fanout": _fanout}[args.role]
     try:
-        return asyncio.run(runner(args))
+        # every worker of a run on one loop: asyncio's, or uvloop's (python -m benchmarks
+        # --loop uvloop), through meshkit.run as a service would
+        return meshkit.run(runner(args), use_uvloop=os.environ.get(LOOP_ENV) == "uvloop")
     except KeyboardInterrupt:
         return 130
 

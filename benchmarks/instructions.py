@@ -256,18 +256,30 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
                    wall_us=(t1 - t0) / n * 1e6)
 
 
+_loop = "asyncio"  # the event loop the child processes run on (--loop)
+
+
+def _child_env() -> dict[str, str]:
+    from benchmarks.procs import LOOP_ENV
+
+    return {**os.environ, LOOP_ENV: _loop}
+
+
 def _child(variant: str, calls: int, callers: int) -> None:
+    import meshkit
+    from benchmarks.procs import LOOP_ENV
     from meshkit.observability import configure_logging, flush_logs
 
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), \
             tempfile.TemporaryDirectory() as tmp:
         configure_logging("info", json=True)
         if variant in ("raw", "noop"):
-            asyncio.run(_raw(calls, callers, noop=variant == "noop"))
+            main = _raw(calls, callers, noop=variant == "noop")
         elif variant == "full":
-            asyncio.run(_full(calls, callers, tmp))
+            main = _full(calls, callers, tmp)
         else:
-            asyncio.run(_mesh(variant, calls, callers, tmp))
+            main = _mesh(variant, calls, callers, tmp)
+        meshkit.run(main, use_uvloop=os.environ.get(LOOP_ENV) == "uvloop")
         flush_logs()
 
 
@@ -277,7 +289,7 @@ def callgrind_total(argv: list[str], out_dir: str, name: str) -> int:
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
          "-m", *argv],
-        capture_output=True, text=True, timeout=1800, check=False)
+        capture_output=True, text=True, env=_child_env(), timeout=1800, check=False)
     found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise RuntimeError(f"callgrind run of {name!r} failed:\n{proc.stderr[-2000:]}")
@@ -314,7 +326,7 @@ def cpu(variants: list[str], rounds: int, calls: int, callers: int) -> dict[str,
                 proc = subprocess.run(
                     [sys.executable, "-m", "benchmarks.instructions", "--child-cpu", v,
                      str(calls), str(callers), out],
-                    capture_output=True, text=True, timeout=600, check=False)
+                    capture_output=True, text=True, env=_child_env(), timeout=600, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{v}: {proc.stderr[-2000:]}")
                 with open(out) as f:
@@ -332,7 +344,8 @@ def cpu(variants: list[str], rounds: int, calls: int, callers: int) -> dict[str,
 
 def _print_cpu(variants: list[str], rounds: int, calls: int, callers: int) -> None:
     print(f"CPU per call (getrusage), client and server in one process, {callers} "
-          f"caller(s), {calls} calls, medians of {rounds} alternating rounds\n")
+          f"caller(s), {_loop} event loop, {calls} calls, medians of {rounds} alternating "
+          "rounds\n")
     print("| variant | user us | system us | added user us | added system us "
           "| voluntary cs | involuntary cs | GC us | young / full GC per 1k calls |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -358,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int, metavar="ROUNDS",
                         help="measure CPU time (getrusage) over ROUNDS alternating rounds of "
                              "--calls-high calls instead of counting instructions")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop of every variant (default asyncio; uvloop "
+                             "comes with meshkit[fast])")
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "CALLS", "CALLERS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--child-cpu", nargs=4, metavar=("VARIANT", "CALLS", "CALLERS", "OUT"),
@@ -371,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.child_cpu[3], "w") as f:
             json.dump(_rusage, f)
         return 0
+    global _loop
+    _loop = args.loop  # the variants' child processes run on it
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -389,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
     print(f"Instructions per call (callgrind), client and server in one process, "
-          f"{args.callers} caller(s); ({args.calls_high} - {args.calls_low} calls)\n")
+          f"{args.callers} caller(s), {args.loop} event loop; ({args.calls_high} - "
+          f"{args.calls_low} calls)\n")
     print("| variant | instructions per call | vs raw |\n|---|---:|---:|")
     raw: float | None = None
     for v in variants:

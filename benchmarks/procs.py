@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ClientProc", "ServerProc", "Supervisor", "WorkerError", "WorkerUnavailable",
-           "cpu_seconds", "peak_rss_kb"]
+__all__ = ["LOOP_ENV", "ClientProc", "ServerProc", "Supervisor", "WorkerError",
+           "WorkerUnavailable", "cpu_seconds", "peak_rss_kb"]
 
 REPO = Path(__file__).resolve().parents[1]
+LOOP_ENV = "MESHKIT_BENCH_LOOP"  # "uvloop": workers run on uvloop's event loop
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _LINE_LIMIT = 1 << 27
 
@@ -185,9 +186,10 @@ class Supervisor:
         secrets_dir: the :class:`benchmarks.stacks.Secrets` directory passed to workers.
     """
 
-    def __init__(self, workdir: Path, secrets_dir: Path) -> None:
+    def __init__(self, workdir: Path, secrets_dir: Path, *, loop: str = "asyncio") -> None:
         self.workdir = workdir
         self.secrets_dir = secrets_dir
+        self.loop = loop  # the event loop of every worker: "asyncio" or "uvloop"
         self.drain_delay_s = 1.0  # servers' default; the run sets its plan's
         self.procs: list[_Proc] = []
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -196,6 +198,7 @@ class Supervisor:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
+        env[LOOP_ENV] = self.loop
         return env
 
     async def _spawn(self, cls: type[_Proc], name: str, args: Sequence[str]) -> Any:

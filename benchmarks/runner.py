@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import meshkit
 from benchmarks import report, stacks
 from benchmarks.procs import REPO, Supervisor, WorkerError
 from benchmarks.scenarios import SCENARIOS
@@ -116,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds per contender in the overhead and compare "
                         "scenarios (default: the mode's; more rounds, steadier medians)")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="the event loop of every worker, raw grpc.aio's included (default "
+                        "asyncio; uvloop comes with meshkit[fast])")
     p.set_defaults(mode="full")
     return p
 
@@ -147,6 +151,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": plan.mode,
         "machine": machine(argv),
+        "loop": sup.loop,
         "layers": {},
         "scenarios": {},
         "errors": {},
@@ -162,7 +167,7 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     m = machine(argv)
     print(f"meshkit benchmarks, {plan.mode} mode: {m['cores']} cores, Python {m['python']}, "
-          f"grpcio {m['packages']['grpcio']}", flush=True)
+          f"grpcio {m['packages']['grpcio']}, {sup.loop} event loop", flush=True)
     try:
         for name in selected:
             print(f"\n== {name}", flush=True)
@@ -215,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
     workdir = Path(tempfile.mkdtemp(prefix="meshkit-bench-"))
-    sup = Supervisor(workdir, workdir / "secrets")
+    if args.loop == "uvloop" and not meshkit.uvloop_installed():
+        print("--loop uvloop: uvloop is not installed (pip install 'meshkit[fast]')",
+              file=sys.stderr)
+        return 2
+    sup = Supervisor(workdir, workdir / "secrets", loop=args.loop)
     previous = _interruptible()
     try:
         results = asyncio.run(run(args, sup, workdir, args_list))

@@ -20,6 +20,7 @@ Packages: :mod:`meshkit.discovery` (registries, balancers), :mod:`meshkit.interc
 
 from __future__ import annotations
 
+from meshkit._loop import run, uvloop_installed
 from meshkit.channel import DialOptions, MeshChannel, dial
 from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
 from meshkit.errors import ConfigError, MeshError, MeshRpcError, NoEndpointsError, RegistryError
@@ -48,5 +49,7 @@ __all__ = [
     "dial",
     "registry_from_env",
     "registry_from_uri",
+    "run",
     "serve",
+    "uvloop_installed",
 ]

@@ -6,6 +6,7 @@ import compileall
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for name in ("meshkit", "examples", "tests", "benchmarks"):
         if (_REPO / name).is_dir():
             compileall.compile_dir(_REPO / name, quiet=2)
+
+
+if os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "uvloop":
+
+    def pytest_asyncio_loop_factories(config: pytest.Config,
+                                      item: pytest.Item) -> dict[str, Callable[[], Any]]:
+        """``MESHKIT_TEST_LOOP=uvloop``: every async test runs on uvloop's event loop
+        (``meshkit[fast]`` installs uvloop); otherwise on asyncio's."""
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -36,6 +36,15 @@ def test_a_faster_machine_is_flagged_the_other_way() -> None:
     assert note is not None and "targets read low and the microsecond targets high" in note
 
 
+
+def test_a_run_on_another_loop_gets_its_figures_without_the_check() -> None:
+    """The reference ran on asyncio's loop: a ``--loop uvloop`` run (raw grpc.aio cheaper
+    by design) is given the figures and no warning either way."""
+    note = report.machine_note({**_results(9000.0, 0.060, 0.080), "loop": "uvloop"})
+    assert note is not None and "WARNING" not in note
+    assert "140.0 us" in note and "this run's was uvloop's: no speed check" in note
+
+
 @pytest.mark.parametrize("results", [{}, {"scenarios": {"overhead": {}}},
                                      _results(0.0, 0.1, 0.1)])
 def test_no_note_without_a_raw_run_at_concurrency_32(results: dict[str, Any]) -> None:
