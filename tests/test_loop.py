@@ -15,8 +15,13 @@ import pytest
 import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import add_echo, method
+from tests.support.skips import skip_or_fail
 
-uvloop = pytest.importorskip("uvloop", reason="meshkit[fast] installs uvloop")
+
+@pytest.fixture(autouse=True)
+def _needs_uvloop() -> None:
+    if not meshkit.uvloop_installed():
+        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
 
 
 async def _loop_module() -> str:
