@@ -9,7 +9,6 @@ workload identity.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 from typing import Any
@@ -141,4 +140,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    meshkit.run(main())  # on uvloop when installed (meshkit[fast])

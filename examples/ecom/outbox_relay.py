@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 
+import meshkit
 from examples.ecom._process import setup_logging
 from examples.ecom.events import outbox_relay
 from examples.ecom.storage import open_store
@@ -53,4 +54,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    meshkit.run(main())  # on uvloop when installed (meshkit[fast])

@@ -81,4 +81,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    meshkit.run(main())  # on uvloop when installed (meshkit[fast])

@@ -13,7 +13,6 @@ entry): ``--user-cache URI`` (env ``ECOM_USER_CACHE``; ``memory://`` by default,
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import meshkit
@@ -89,4 +88,4 @@ async def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    meshkit.run(main())  # on uvloop when installed (meshkit[fast])
