@@ -173,8 +173,18 @@ def _overhead_rows(res: dict[str, Any], conc: str) -> list[list[Any]]:
                      s["p99_us"], s["client_cpu_s_per_1k"] * 1000,
                      s["server_cpu_s_per_1k"] * 1000,
                      (c.get("server_peak_rss_kb") or 0) / 1024 if c else None,
-                     (c.get("client_peak_rss_kb") or 0) / 1024 if c else None, s["errors"]])
+                     (c.get("client_peak_rss_kb") or 0) / 1024 if c else None, _errors(s)])
     return rows
+
+
+def _errors(s: dict[str, Any]) -> Any:
+    """A contender's error count, with its status codes when there were any
+    (``12 (UNAVAILABLE 10, INTERNAL 2)``)."""
+    by = s.get("errors_by_status")
+    if not s["errors"] or not by:
+        return s["errors"]
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+    return f"{s['errors']} ({codes})"
 
 
 _OVERHEAD_HEADERS = ["contender", "QPS", "x raw", "p50 us", "+p50 us", "p99 us",
@@ -198,7 +208,7 @@ def scenario_tables(name: str, res: dict[str, Any]) -> list[tuple[str, list[str]
                               _ratio_spread(s, "qps_ratio_vs_hand"),
                               s.get("qps_ratio_vs_hand-notrace"), s["p50_us"], s["p99_us"],
                               s["client_cpu_s_per_1k"] * 1000, s["server_cpu_s_per_1k"] * 1000,
-                              s["errors"]])
+                              _errors(s)])
             rounds = (f"{res['rounds']} interleaved rounds of {res['round_s']} s; "
                       if "rounds" in res else "")
             out.append((f"Against the hand-assembled stack, concurrency {conc} ({rounds}x hand: "

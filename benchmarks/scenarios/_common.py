@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,8 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
 
     Returns:
         ``qps``, ``p50_us``, ``p99_us``, ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
-        (CPU seconds per 1000 calls), ``calls``, ``errors``, ``rounds``, and with a baseline
+        (CPU seconds per 1000 calls), ``calls``, ``errors`` (``errors_by_status``: by status
+        code name), ``rounds``, and with a baseline
         ``qps_ratio`` (median of per-round ratios), ``qps_ratio_range`` (their lowest and
         highest), ``added_p50_us``/``added_p99_us`` and ``added_cpu_us_per_call`` (client +
         server CPU per call over the baseline's, median of per-round differences, us).
@@ -233,6 +235,7 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
         "server_cpu_s_per_1k": per_1k("server_cpu_s"),
         "calls": sum(r["calls"] for r in rounds),
         "errors": sum(sum(r["errors"].values()) for r in rounds),
+        "errors_by_status": dict(sum((Counter(r["errors"]) for r in rounds), Counter())),
         "rounds": len(rounds),
         "qps_by_round": [round(r["qps"], 1) for r in rounds],
     }

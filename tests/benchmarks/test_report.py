@@ -56,3 +56,16 @@ def test_the_markdown_report_carries_the_note(monkeypatch: pytest.MonkeyPatch) -
     results = {**_results(2494.0, 0.2874, 0.4147), "targets": []}
     md = report.markdown(results)
     assert "### Targets" in md and "WARNING: grpc ran 2.66x" in md
+
+
+def test_error_counts_name_their_status_codes() -> None:
+    """A contender that had errors shows which status codes (most first): a burst of
+    fast failures in one round reads differently as UNAVAILABLE or as INTERNAL."""
+    row = {"qps": 1.0, "p50_us": 1.0, "p99_us": 1.0, "client_cpu_s_per_1k": 0.1,
+           "server_cpu_s_per_1k": 0.1, "errors": 12,
+           "errors_by_status": {"INTERNAL": 2, "UNAVAILABLE": 10}}
+    res = {"rounds": 1, "round_s": 1.0, "contenders": [],
+           "by_concurrency": {"32": {"+retry": row, "raw": {**row, "errors": 0,
+                                                             "errors_by_status": {}}}}}
+    (_, _, rows), = report.scenario_tables("overhead", res)
+    assert rows[0][-1] == "12 (UNAVAILABLE 10, INTERNAL 2)" and rows[1][-1] == 0
