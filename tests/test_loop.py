@@ -88,12 +88,12 @@ def test_defaults_serve_and_dial_on_uvloop(tmp_path: Path) -> None:
             assert await joined(requests(), timeout=5) == b"e1|a,b"
             bidi = channel.stream_stream(method("Bidi"))
             assert [m async for m in bidi(requests(), timeout=5)] == [b"e1|a", b"e1|b"]
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await channel.unary_unary(method("Fail"))(b"PERMISSION_DENIED", timeout=5)
-            assert failed.value.code() is grpc.StatusCode.PERMISSION_DENIED
-            with pytest.raises(grpc.aio.AioRpcError) as late:
-                await channel.unary_unary(method("Sleep"))(b"2000", timeout=0.2)
-            assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            for name, request, timeout_s, code in (
+                    ("Fail", b"PERMISSION_DENIED", 5.0, grpc.StatusCode.PERMISSION_DENIED),
+                    ("Sleep", b"2000", 0.2, grpc.StatusCode.DEADLINE_EXCEEDED)):
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await channel.unary_unary(method(name))(request, timeout=timeout_s)
+                assert ended.value.code() is code
             return "ok"
         finally:
             await channel.close()
