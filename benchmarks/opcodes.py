@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks import instructions
+from benchmarks.procs import LOOP_ENV
 
 __all__ = ["count", "main"]
 
@@ -99,15 +100,18 @@ def _child(variant: str, calls: int, callers: int, out: str) -> None:
         json.dump(by_fn, f)
 
 
-def count(variant: str, calls: int, callers: int) -> dict[str, list[float]]:
+def count(variant: str, calls: int, callers: int,
+          loop: str = "asyncio") -> dict[str, list[float]]:
     """``{function: [bytecodes per call, frames started per call]}`` of ``variant``, run in
-    a child process (``calls`` measured calls by ``callers`` concurrent callers)."""
+    a child process (``calls`` measured calls by ``callers`` concurrent callers) on ``loop``
+    (``"asyncio"`` or ``"uvloop"``, whose own turns are C and not counted)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "counts.json")
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.opcodes", "--child", variant, str(calls),
              str(callers), out],
-            capture_output=True, text=True, timeout=600, check=False)
+            capture_output=True, text=True, env={**os.environ, LOOP_ENV: loop}, timeout=600,
+            check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{variant}: {proc.stderr[-2000:]}")
         with open(out) as f:
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrent callers (default 1: exact, repeatable counts)")
     parser.add_argument("--top", type=int, default=30,
                         help="functions listed per difference (default 30)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop of every variant (default asyncio)")
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "CALLS", "CALLERS", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -141,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.callers <= args.calls or args.top < 0:
         parser.error(f"need 1 <= --callers <= --calls and --top >= 0, got "
                      f"{args.callers} callers, {args.calls} calls, --top {args.top}")
-    counts = {v: count(v, args.calls, args.callers) for v in variants}
+    counts = {v: count(v, args.calls, args.callers, args.loop) for v in variants}
     print(f"Python bytecodes per call (sys.settrace), client and server in one process, "
-          f"{args.callers} caller(s), {args.calls} calls\n")
+          f"{args.callers} caller(s), {args.calls} calls, {args.loop} event loop\n")
     print("| variant | bytecodes per call | Python frames per call |\n|---|---:|---:|")
     for v, by_fn in counts.items():
         print(f"| {v} | {sum(r[0] for r in by_fn.values()):,.0f} "
