@@ -5,8 +5,8 @@ grpc.aio runs on any asyncio event loop (its poller hands completions to the loo
 ``selectors``, a ``Handle`` per callback), and grpc.aio takes about a dozen turns per unary
 call; uvloop (libuv, the loop uvicorn runs on) does the same in C. Measured with callgrind
 (``benchmarks/RESULTS.md``, one caller, client and server in one process), uvloop took
-raw grpc.aio from about 733k to 502k instructions per call and ``dial()``/``serve()``
-with their defaults from about 950k to 670k: below raw grpc.aio on asyncio's loop. It
+raw grpc.aio from about 742k to 527k instructions per call and ``dial()``/``serve()``
+with their defaults from about 947k to 693k: below raw grpc.aio on asyncio's loop. It
 also takes the per-turn cost of pending timers (``loop.call_later``: meshkit's registry
 watch and access log hold one) out of Python. One thing works differently there: uvloop
 does not show its ready queue, so a server never takes its loop for idle and captures JSON
