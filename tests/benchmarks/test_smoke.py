@@ -164,12 +164,16 @@ def test_instruction_count_child_runs_each_variant(variant: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_instruction_count_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown variant is a usage error that names it."""
-    from benchmarks.instructions import main as instructions
+@pytest.mark.parametrize("tool", ["instructions", "opcodes"])
+def test_count_tools_refuse_unknown_variants(tool: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown variant is a usage error that names it (benchmarks.instructions and
+    benchmarks.opcodes share the variants)."""
+    import importlib
 
+    main = importlib.import_module(f"benchmarks.{tool}").main
     with pytest.raises(SystemExit) as exc:
-        instructions(["--variants", "raw,fast"])
+        main(["--variants", "raw,fast"])
     assert exc.value.code == 2 and "'fast'" in capsys.readouterr().err
 
 
@@ -206,15 +210,6 @@ def test_opcode_count_names_the_functions_a_variant_adds(
     assert len(attempt) == 1, out
     base, mesh, diff = (float(c) for c in attempt[0].split("|")[2:5])
     assert base == 0 and mesh > 0 and diff == mesh
-
-
-def test_opcode_count_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown variant is a usage error that names it."""
-    from benchmarks.opcodes import main as opcodes
-
-    with pytest.raises(SystemExit) as exc:
-        opcodes(["--variants", "raw,fast"])
-    assert exc.value.code == 2 and "'fast'" in capsys.readouterr().err
 
 
 def test_opcode_count_on_uvloop_leaves_the_loops_turns_out(
