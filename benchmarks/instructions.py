@@ -44,12 +44,16 @@ Variants (``--variants``, comma-separated):
 * ``traced``: ``defaults`` with tracing at 100 % into an SDK ``TracerProvider`` whose
   ``BatchSpanProcessor`` exporter drops the spans (the export thread is counted too);
 * ``full``: the wall-clock benchmark's ``full`` contender (``benchmarks.stacks``: every
-  policy layer, JWT and rate limit included, tracing at 100 %), on the echo service.
+  policy layer, JWT and rate limit included, tracing at 100 %), on the echo service;
+* ``header``: ``defaults`` with one W3C ``traceparent`` header on every call, which the
+  server does not read (tracing off): what grpc itself charges to carry a trace context
+  (HPACK both ways, the metadata arrays), part of what ``traced`` adds.
 
 ``--cpu ROUNDS`` measures CPU time instead, without callgrind: each variant's process runs
 ``--calls-high`` calls with ``--callers`` callers after its warm-up, ``ROUNDS`` times in
 alternating order, and reports ``getrusage`` for the measured calls: user and system
-microseconds per call, voluntary and involuntary context switches per call, and the
+microseconds per call, voluntary and involuntary context switches and minor page faults
+per call, and the
 garbage collector's runs (young: generations 0 and 1; full: 2) and time per call
 (``gc.callbacks``) (medians;
 "added" is the median of per-round differences with ``raw`` of the same round). It says
@@ -82,7 +86,7 @@ from typing import Any
 __all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "registered", "noop",
-            "bare-server", "traced", "full")
+            "bare-server", "traced", "full", "header")
 
 
 async def _raw(calls: int, callers: int, noop: bool = False) -> None:
@@ -154,7 +158,7 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     from tests.support.echo import add_echo, method
 
     telemetry = None
-    if variant in ("metrics", "defaults", "nogate", "registered"):
+    if variant in ("metrics", "defaults", "nogate", "registered", "header"):
         telemetry = TelemetryOptions(registry=CollectorRegistry(), tracing=False,
                                      metrics=True, access_log=variant != "metrics")
     elif variant == "traced":
@@ -186,7 +190,9 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     channel = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(**dial))
     try:
         await channel.wait_for_endpoints(1, timeout_s=120)  # callgrind runs ~50x slower
-        await _drive(channel.unary_unary(method("Unary")), calls, callers)
+        md = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),) \
+            if variant == "header" else None
+        await _drive(channel.unary_unary(method("Unary")), calls, callers, md)
     finally:
         await channel.close()
         await server.drain()
@@ -250,6 +256,7 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
                    system_us=(r1.ru_stime - r0.ru_stime) / n * 1e6,
                    voluntary_cs=(r1.ru_nvcsw - r0.ru_nvcsw) / n,
                    involuntary_cs=(r1.ru_nivcsw - r0.ru_nivcsw) / n,
+                   minor_faults=(r1.ru_minflt - r0.ru_minflt) / n,
                    gc_us=gc_s[0] / n * 1e6,
                    gc_young_per_1k=(gc_runs[0] + gc_runs[1]) / n * 1000,
                    gc_full_per_1k=gc_runs[2] / n * 1000,
@@ -310,8 +317,8 @@ def measure(variant: str, low: int, high: int, callers: int = 1) -> float:
     return (b - a) / (high - low)
 
 
-_CPU_FIELDS = ("user_us", "system_us", "voluntary_cs", "involuntary_cs", "gc_us",
-               "gc_young_per_1k", "gc_full_per_1k")
+_CPU_FIELDS = ("user_us", "system_us", "voluntary_cs", "involuntary_cs", "minor_faults",
+               "gc_us", "gc_young_per_1k", "gc_full_per_1k")
 
 
 def cpu(variants: list[str], rounds: int, calls: int, callers: int) -> dict[str, Any]:
@@ -347,14 +354,15 @@ def _print_cpu(variants: list[str], rounds: int, calls: int, callers: int) -> No
           f"caller(s), {_loop} event loop, {calls} calls, medians of {rounds} alternating "
           "rounds\n")
     print("| variant | user us | system us | added user us | added system us "
-          "| voluntary cs | involuntary cs | GC us | young / full GC per 1k calls |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| voluntary cs | involuntary cs | page faults | GC us "
+          "| young / full GC per 1k calls |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v, row in cpu(variants, rounds, calls, callers).items():
         added = (f"{row['added_user_us']:+.1f} | {row['added_system_us']:+.1f}"
                  if "added_user_us" in row else " | ")
         print(f"| {v} | {row['user_us']:.1f} | {row['system_us']:.1f} | {added} "
               f"| {row['voluntary_cs']:.2f} | {row['involuntary_cs']:.2f} "
-              f"| {row['gc_us']:.1f} | {row['gc_young_per_1k']:.1f} / "
+              f"| {row['minor_faults']:.2f} | {row['gc_us']:.1f} | {row['gc_young_per_1k']:.1f} / "
               f"{row['gc_full_per_1k']:.2f} |", flush=True)
 
 
