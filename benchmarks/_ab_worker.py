@@ -4,13 +4,14 @@ the driver puts first on ``PYTHONPATH`` (this file is run by path, so it works w
 that predates it).
 
 ``server TELEMETRY REGISTRY_DIR``: a :class:`meshkit.MeshServer` of the echo service,
-plaintext, registered in a local registry; prints ``ready PORT``, serves until stdin
+plaintext, registered in a local registry; prints ``ready PORT LOOP``, serves until stdin
 closes. ``client TELEMETRY REGISTRY_DIR`` (a :func:`meshkit.dial` channel) and ``raw
-ADDRESS`` (a plain grpc.aio channel): print ``ready`` after a warm-up, then for each
+ADDRESS`` (a plain grpc.aio channel): print ``ready LOOP`` after a warm-up, then for each
 stdin line ``CALLS CALLERS`` run that many unary calls and print ``p50_us mean_us qps``.
 ``TELEMETRY`` is ``defaults`` (as shipped: metrics, the JSON access log, spans without an
 SDK) or ``traced`` (every call sampled into an SDK batch processor that drops spans).
-Access lines go to ``/dev/null``.
+Access lines go to ``/dev/null``. Every process runs on asyncio's event loop, or on
+uvloop's when ``MESHKIT_BENCH_LOOP`` is ``uvloop`` (``python -m benchmarks.ab --loop``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ async def _serve(kind: str, registry_dir: str) -> None:
                                     insecure=True, telemetry=_telemetry(kind),
                                     drain_delay_s=0, grace_s=1.0))
     await server.start()
-    print(f"ready {server.port}", flush=True, file=sys.__stdout__)
+    print(f"ready {server.port} {_loop_name()}", flush=True, file=sys.__stdout__)
     while await _line():
         pass
     await server.drain()
@@ -64,7 +65,7 @@ async def _serve(kind: str, registry_dir: str) -> None:
 async def _drive(call: Any) -> None:
     for _ in range(300):
         await call(b"x", timeout=5)
-    print("ready", flush=True, file=sys.__stdout__)
+    print(f"ready {_loop_name()}", flush=True, file=sys.__stdout__)
     async def caller(n: int, lat: list[float]) -> None:
         for _ in range(n):
             t0 = time.perf_counter()
@@ -104,6 +105,23 @@ async def _raw(address: str) -> None:
     await channel.close()
 
 
+def _loop_name() -> str:
+    """The running loop's top-level module: ``asyncio`` or ``uvloop``."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def _run(main: Any) -> None:
+    """``asyncio.run(main)``, on uvloop's loop when ``MESHKIT_BENCH_LOOP`` says so (by
+    uvloop's own factory: a tree older than ``meshkit.run`` works too)."""
+    if os.environ.get("MESHKIT_BENCH_LOOP") == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
+
+
 def main(argv: list[str]) -> None:
     """Run the role ``argv[0]`` (see the module docstring)."""
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
@@ -111,10 +129,10 @@ def main(argv: list[str]) -> None:
             from meshkit.observability import configure_logging
 
             configure_logging("info", json=True)
-            asyncio.run(_serve(argv[1], argv[2]) if argv[0] == "server"
-                        else _client(argv[1], argv[2]))
+            _run(_serve(argv[1], argv[2]) if argv[0] == "server"
+                 else _client(argv[1], argv[2]))
         else:
-            asyncio.run(_raw(argv[1]))
+            _run(_raw(argv[1]))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ us between two runs on 2026-12-04), paired rounds still resolve a few microsecon
 prints each tree's median round p50, mean and QPS, and the median per-round difference
 (new minus base) with how many rounds the new tree was lower. ``--telemetry defaults``
 (as shipped) or ``traced`` (every call sampled into an SDK batch processor that drops
-spans) on both processes of a call.
+spans) on both processes of a call. ``--loop uvloop`` runs every process on uvloop's event
+loop (``meshkit[fast]``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ _HERE = str(Path(__file__).resolve().parents[1])
 class _Proc:
     """A worker process of one tree, talked to line by line."""
 
-    def __init__(self, tree: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=tree)
+    def __init__(self, tree: str, *args: str, loop: str = "asyncio") -> None:
+        env = dict(os.environ, PYTHONPATH=tree, MESHKIT_BENCH_LOOP=loop)
         self.proc = subprocess.Popen([sys.executable, _WORKER, *args], cwd=tree, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
@@ -72,24 +73,27 @@ class _Proc:
 
 
 def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults",
-        rounds: int = 20, calls: int = 300, callers: int = 1) -> dict[str, Any]:
+        rounds: int = 20, calls: int = 300, callers: int = 1,
+        loop: str = "asyncio") -> dict[str, Any]:
     """The A/B (see the module docstring): per tree (``"base"``, ``"new"``) the rounds'
-    ``[p50_us, mean_us, qps]``, and their summary."""
+    ``[p50_us, mean_us, qps]``, and their summary; ``loop`` is every process's event loop
+    (``"asyncio"`` or ``"uvloop"``)."""
     procs: list[_Proc] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             drivers: dict[str, _Proc] = {}
             if side == "server":
                 for name, tree in (("base", base), ("new", new)):
-                    srv = _Proc(tree, "server", telemetry, os.path.join(tmp, name))
+                    srv = _Proc(tree, "server", telemetry, os.path.join(tmp, name), loop=loop)
                     procs.append(srv)
-                    drivers[name] = _Proc(_HERE, "raw", f"127.0.0.1:{srv.ready[1]}")
+                    drivers[name] = _Proc(_HERE, "raw", f"127.0.0.1:{srv.ready[1]}",
+                                          loop=loop)
                     procs.append(drivers[name])
             else:
                 registry = os.path.join(tmp, "registry")
-                procs.append(_Proc(new, "server", telemetry, registry))
+                procs.append(_Proc(new, "server", telemetry, registry, loop=loop))
                 for name, tree in (("base", base), ("new", new)):
-                    drivers[name] = _Proc(tree, "client", telemetry, registry)
+                    drivers[name] = _Proc(tree, "client", telemetry, registry, loop=loop)
                     procs.append(drivers[name])
             got: dict[str, list[list[float]]] = {"base": [], "new": []}
             for r in range(rounds):
@@ -118,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--calls", type=int, default=300, help="calls per round per tree")
     p.add_argument("--callers", type=int, default=1, help="concurrent callers")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="every process's event loop (default asyncio)")
     a = p.parse_args(argv)
     s = run(a.base, a.new, side=a.side, telemetry=a.telemetry, rounds=a.rounds,
-            calls=a.calls, callers=a.callers)["summary"]
+            calls=a.calls, callers=a.callers, loop=a.loop)["summary"]
     print(f"{a.side} side, telemetry {a.telemetry}, {a.rounds} alternating rounds of "
-          f"{a.calls} calls, {a.callers} caller(s)")
+          f"{a.calls} calls, {a.callers} caller(s), {a.loop} event loop")
     for name in ("base", "new"):
         print(f"  {name:4s}  p50 {s[name]['p50_us']:8.1f} us  mean {s[name]['mean_us']:8.1f} us"
               f"  {s[name]['qps']:9.1f} QPS   (medians of the rounds)")

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.runner import main
 from benchmarks.scenarios import SCENARIOS
+from tests.support.skips import skip_or_fail
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -116,15 +117,31 @@ def test_micro_telemetry_rounds_drop_no_span() -> None:
     assert dropped == 0
 
 
-@pytest.mark.parametrize(("side", "telemetry"), [("server", "defaults"),
-                                                  ("client", "traced")])
-def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str) -> None:
+@pytest.mark.parametrize(("side", "telemetry", "loop"), [("server", "defaults", "asyncio"),
+                                                          ("client", "traced", "asyncio"),
+                                                          ("server", "defaults", "uvloop")])
+def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
+                                                  loop: str) -> None:
     """``python -m benchmarks.ab`` at its smallest, with this checkout as both trees: each
-    tree's worker answers every round, and the summary pairs the rounds."""
+    tree's worker answers every round (on the event loop asked for), and the summary
+    pairs the rounds."""
     from benchmarks import ab
 
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
     here = str(Path(__file__).parents[2])
-    got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20, callers=2)
+    seen: list[list[str]] = []
+    real = ab._Proc.__init__
+
+    def recording(self: Any, *args: Any, **kw: Any) -> None:
+        real(self, *args, **kw)
+        seen.append(self.ready)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ab._Proc, "__init__", recording)
+        got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20,
+                     callers=2, loop=loop)
+    assert seen and all(ready[-1] == loop for ready in seen)
     for name in ("base", "new"):
         assert len(got["rounds"][name]) == 2
         assert all(p50 > 0 and mean > 0 and qps > 0 for p50, mean, qps in got["rounds"][name])
