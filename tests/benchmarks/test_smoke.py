@@ -140,8 +140,9 @@ def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ab._Proc, "__init__", recording)
         got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20,
-                     callers=2, loop=loop)
+                     callers=2, loop=loop, sessions=2)
     assert seen and all(ready[-1] == loop for ready in seen)
+    assert len(seen) == (8 if side == "server" else 6)  # two sessions of fresh processes
     for name in ("base", "new"):
         assert len(got["rounds"][name]) == 2
         assert all(p50 > 0 and mean > 0 and qps > 0 for p50, mean, qps in got["rounds"][name])
