@@ -698,6 +698,11 @@ class RequestGate(grpc.aio.ServerInterceptor):
         context.add_done_callback(self._stream_ended)
         return None
 
+    def calls(self) -> int:
+        """The unary-request calls holding a call slot: arrived (waiting for their request
+        or past it) and not yet ended."""
+        return self.slots
+
     def _stream_ended(self, context: Any) -> None:
         self.streams -= 1
 

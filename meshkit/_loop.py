@@ -9,9 +9,10 @@ raw grpc.aio from about 742k to 527k instructions per call and ``dial()``/``serv
 with their defaults from about 947k to 693k: below raw grpc.aio on asyncio's loop. It
 also takes the per-turn cost of pending timers (``loop.call_later``: meshkit's registry
 watch and access log hold one) out of Python. One thing works differently there: uvloop
-does not show its ready queue, so a server never takes its loop for idle and captures JSON
-access records before the answer rather than in the loop's next turn
-(:class:`~meshkit.observability.TelemetryServerInterceptor`).
+does not show its ready queue, so a server judges by its request gate's count of calls
+instead whether to capture a JSON access record after the answer, in the loop's next turn
+(:class:`~meshkit.observability.TelemetryServerInterceptor`): when the finishing call is
+the only one.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ from meshkit.observability import (
     AdminOptions,
     AdminServer,
     TelemetryOptions,
+    TelemetryServerInterceptor,
     flush_logs,
     server_interceptors,
     set_certificate_expiry,
@@ -430,6 +431,9 @@ class MeshServer:
         if opts.maximum_concurrent_rpcs is not None:
             limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)
         self.gate = RequestGate(limits) if limits.read_requests else None
+        for icpt in self._chain:  # its count of calls tells telemetry when it is alone
+            if isinstance(icpt, TelemetryServerInterceptor):
+                icpt.server_calls = None if self.gate is None else self.gate.calls
         server_args = dict(limits.channel_args())
         server_args.update(dict(opts.server_options))
         max_rpcs = limits.grpc_maximum_concurrent_rpcs()

@@ -58,6 +58,30 @@ def test_run_propagates_the_coroutines_exception() -> None:
         meshkit.run(fail())
 
 
+def test_serve_lets_telemetry_count_its_calls_with_the_request_gate(tmp_path: Path) -> None:
+    """``serve()`` hands its server telemetry the request gate's count of calls (what tells
+    it on uvloop that a finishing call is alone); without a gate nothing counts them."""
+    from meshkit.observability import TelemetryServerInterceptor
+
+    async def main(limits: meshkit.ServerLimits) -> list[object]:
+        reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
+        server = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
+                                    options=meshkit.ServeOptions(insecure=True, admin=None,
+                                                                 limits=limits))
+        await server.start()
+        try:
+            return [i.server_calls for i in server._chain
+                    if isinstance(i, TelemetryServerInterceptor)] + [server.gate]
+        finally:
+            await server.drain()
+            await reg.close()
+
+    *counts, gate = meshkit.run(main(meshkit.ServerLimits()))
+    assert gate is not None and counts == [gate.calls]  # type: ignore[attr-defined]
+    *counts, gate = meshkit.run(main(meshkit.ServerLimits(read_requests=False)))
+    assert gate is None and counts == [None]
+
+
 def test_defaults_serve_and_dial_on_uvloop(tmp_path: Path) -> None:
     """``serve()``/``dial()`` with their defaults (P2C, retries, ejection, request gate,
     deadline admission, metrics) on uvloop's loop: all four call kinds answer, a failure

@@ -77,7 +77,10 @@ class TelemetryOptions:
             standard library); the JSON access log of :func:`~meshkit.observability.
             configure_logging` captures a tuple, cheaper than a deferral on a busy loop,
             so a server defers that capture only while its event loop has nothing else
-            ready (asyncio's own loops), where the turn it adds is idle time. Default 4.
+            ready (asyncio's own loops), where the turn it adds is idle time, or, on a
+            loop that does not show its ready queue (uvloop), while the call is the only
+            one in its server's request gate (``serve()`` wires the count; a callback
+            there is C, and such a server keeps deferring under load). Default 4.
             Metrics are always recorded before the response. A server
             whose handlers answer at once has about one call in flight at a time, so it
             keeps deferring under load, which at saturation costs it a few per cent of

@@ -71,11 +71,12 @@ _running_loop = asyncio._get_running_loop  # None outside a running loop (a stre
 # handler finalized there)
 
 
-def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool:
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
     """Whether ``loop`` has no callback ready besides the one running now (asyncio's own
-    loops: their ``_ready`` queue is empty); ``False`` for a loop that does not say (e.g.
-    uvloop), which then keeps captured access lines inline."""
-    return not getattr(loop, "_ready", True)
+    loops: their ``_ready`` queue is empty); ``None`` for a loop that does not say (e.g.
+    uvloop): the caller then judges by its own calls in flight."""
+    ready = getattr(loop, "_ready", None)
+    return None if ready is None else not ready
 
 
 def _address(peer: str | None) -> str | None:
@@ -233,6 +234,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
+        self.server_calls: Callable[[], int] | None = None
+        """The server's unary-request calls between arrival and end, when something counts
+        them (``serve()`` sets its request gate's :meth:`~meshkit._limits.RequestGate.calls`):
+        on a loop that does not show its ready queue (uvloop) a finishing call that is the
+        only one lets its JSON access record be captured after the answer, as an idle
+        asyncio loop does; ``None``: captured inline there."""
         self._access = _ServerAccess(service_name)
         super().__init__()
 
@@ -280,12 +287,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             md = self._md(m, context) if log and m.log_md else None
             # Deferred: ending a recorded span and an access line rendered when logged,
             # whenever the limit allows; a captured JSON line only while the loop has
-            # nothing else ready (_loop_idle): the turn the deferral adds is then idle time,
+            # nothing else ready (_idle): the turn the deferral adds is then idle time,
             # and the capture leaves the response's path (-9 to -42 us of p50 at
             # concurrency 1, benchmarks/RESULTS.md); on a busy loop it only adds a callback
             loop = _running_loop() if defer else None
             if loop is not None and not ((span is not None and span.is_recording())
-                                         or mode == ACCESS_INLINE or _loop_idle(loop)):
+                                         or mode == ACCESS_INLINE or self._idle(loop)):
                 loop = None
             if loop is not None:
                 # the context copied here still has the span current, as inline
@@ -298,6 +305,19 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         finally:
             if token is not None:
                 detach_context(token)
+
+    def _idle(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether deferring a capture to ``loop``'s next turn costs only idle time:
+        nothing else ready on the loop (:func:`_loop_idle`); on a loop that does not show
+        its ready queue (uvloop), the finishing call is the server's only one
+        (:attr:`server_calls`) and nothing is deferred yet, as at concurrency 1. (This
+        interceptor's own count cannot say: a handler that answers without awaiting
+        starts and finishes in one step, alone in it at any load.)"""
+        idle = _loop_idle(loop)
+        if idle is not None:
+            return idle
+        calls = self.server_calls
+        return calls is not None and self._deferred == 0 and calls() <= 1
 
     @staticmethod
     def _md(m: _Method, context: Any) -> dict[str, str] | None:

@@ -594,9 +594,55 @@ async def test_server_captures_json_lines_after_the_response_only_on_an_idle_loo
                                       "grpc_method": "Unary", "grpc_type": "unary",
                                       "grpc_code": "OK"})
     assert handled == 1  # before the answer, always
-    # a loop that does not show its ready queue (uvloop's) is never taken for idle
+    # a loop that does not show its ready queue (uvloop's) is not taken for idle unless
+    # the server's count of calls says this one is alone (nothing counts them here)
     deferred = not busy and hasattr(loop, "_ready")
     assert len(writer._buf) == (0 if deferred else 1)
     assert icpt._deferred == (1 if deferred else 0)
     await asyncio.sleep(0)
     assert len(writer._buf) == 1 and icpt._deferred == 0 and icpt._in_flight == 0
+
+
+@pytest.mark.parametrize(("calls", "deferred"), [(None, False), (1, True), (2, False)])
+def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
+        calls: int | None, deferred: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop does not show its ready queue: a server there captures a JSON access record
+    after the answer when the finishing call is the server's only one (``server_calls``,
+    the request gate's count: 1), inline while other calls hold slots (2) or when nothing
+    counts them (``None``)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryServerInterceptor
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+    from tests.support.skips import skip_or_fail
+
+    try:
+        import uvloop
+    except ImportError:
+        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
+    writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
+    monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
+    icpt = TelemetryServerInterceptor("echo", TelemetryOptions(registry=CollectorRegistry(),
+                                                               tracing=False))
+    if calls is not None:
+        icpt.server_calls = lambda: calls
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return request
+
+    handler = icpt.resolve("/meshkit.test.Echo/Unary",
+                           grpc.unary_unary_rpc_method_handler(unary))
+    assert handler is not None and handler.unary_unary is not None
+
+    async def main() -> tuple[int, int]:
+        assert not hasattr(asyncio.get_running_loop(), "_ready")
+        assert await handler.unary_unary(b"hi", _ServedContext()) == b"hi"
+        at_answer = len(writer._buf), icpt._deferred
+        await asyncio.sleep(0)
+        assert len(writer._buf) == 1 and icpt._deferred == 0
+        return at_answer
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == ((0, 1) if deferred else (1, 0))
