@@ -19,10 +19,11 @@ def _get(d: Any, *path: str) -> Any:
     return d
 
 
-REFERENCE_RAW = {"qps": 6355.0, "cpu_us_per_call": 264.1,
+REFERENCE_RAW = {"qps": 6355.0, "cpu_us_per_call": 264.1, "cpu": "AMD EPYC",
                  "run": "2026-12-04 03:03 UTC on a quiet VM, benchmarks/RESULTS.md"}
 """Raw grpc.aio at concurrency 32 in the quiet run RESULTS.md reads the targets against:
-QPS and client + server CPU microseconds per call."""
+QPS and client + server CPU microseconds per call, and the processor it ran on (a part
+of its model name)."""
 
 _SPEED_MARGIN = 1.3  # a run whose raw CPU per call is off the reference by more is flagged
 
@@ -35,7 +36,11 @@ def machine_note(results: dict[str, Any]) -> str | None:
     On a slower machine grpc's own work (C-core, system calls) grows more than the mesh's
     Python (2026-12-04: raw's CPU per call 2.66x the reference, ``full``'s added CPU 1.36x),
     so the QPS-ratio targets read high and the microsecond targets read low there. A run on
-    another event loop (``--loop uvloop``) gets the figures without the check."""
+    another event loop (``--loop uvloop``) gets the figures without the check. A machine
+    whose processor is not the reference's (``results["machine"]["cpu"]``) is named: its
+    speed factor is the processor's as much as the load's (2026-12-04, an Intel Xeon VM
+    ran raw at 1.22-1.25x the reference's CPU per call, unloaded, and `full` added more
+    than on the reference's AMD EPYC)."""
     raw = _get(results, "scenarios", "overhead", "by_concurrency", "32", "raw")
     if not isinstance(raw, dict) or not raw.get("qps"):
         return None
@@ -45,6 +50,10 @@ def machine_note(results: dict[str, Any]) -> str | None:
     note = (f"raw grpc.aio at concurrency 32 here: {raw['qps']:,.0f} QPS, {cpu:.1f} us of "
             f"client + server CPU per call; the reference run ({ref['run']}): "
             f"{ref['qps']:,.0f} QPS, {ref['cpu_us_per_call']:.1f} us")
+    model = _get(results, "machine", "cpu")
+    if isinstance(model, str) and model and ref["cpu"] not in model:
+        note += (f"; this machine's processor ({model}) is not the reference's "
+                 f"({ref['cpu']}): the factor below is the processor's as well as the load's")
     if results.get("loop", "asyncio") != "asyncio":
         # the reference ran on asyncio's loop; another loop changes grpc.aio's own cost
         return note + f" (on asyncio's loop; this run's was {results['loop']}'s: no speed check)"

@@ -31,6 +31,18 @@ def test_a_machine_near_the_reference_gets_no_warning() -> None:
     assert note is not None and "WARNING" not in note and "290.1 us" in note
 
 
+@pytest.mark.parametrize(("cpu", "named"), [("Intel(R) Xeon(R) Processor", True),
+                                             ("AMD EPYC 7R13 Processor", False), (None, False)])
+def test_a_processor_other_than_the_references_is_named(cpu: str | None, named: bool) -> None:
+    """The reference ran on an AMD EPYC: a run on another processor says so (its speed
+    factor is the processor's as well as the load's); the same family or no model: not."""
+    results: dict[str, Any] = {**_results(5242.0, 0.1337, 0.1933), "machine": {"cpu": cpu}}
+    note = report.machine_note(results)
+    assert note is not None and "327.0 us" in note
+    assert ("processor (Intel(R) Xeon(R) Processor) is not the reference's (AMD EPYC)"
+            in note) is named
+
+
 def test_a_faster_machine_is_flagged_the_other_way() -> None:
     note = report.machine_note(_results(12000.0, 0.060, 0.080))
     assert note is not None and "targets read low and the microsecond targets high" in note
