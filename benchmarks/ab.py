@@ -79,8 +79,9 @@ def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults
     ``[p50_us, mean_us, qps]``, and their summary; ``loop`` is every process's event loop
     (``"asyncio"`` or ``"uvloop"``). The rounds are split over ``sessions`` sets of fresh
     processes (>= 1), started base first in even sessions and new first in odd ones: a
-    set of processes keeps a fixed bias of its own (an A/A run of one set measured one
-    tree's p50 11 to 27 us under the other's), which alternating start orders cancel."""
+    set of processes keeps a bias of its own (in A/A runs the tree started second read
+    faster in five of six sets, by 3 to 37 us of p50), which alternating start orders
+    cancel."""
     if sessions < 1 or rounds < sessions:
         raise ValueError(f"need 1 <= sessions <= rounds, got sessions={sessions!r}, "
                          f"rounds={rounds!r}")

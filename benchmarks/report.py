@@ -39,7 +39,7 @@ def machine_note(results: dict[str, Any]) -> str | None:
     another event loop (``--loop uvloop``) gets the figures without the check. A machine
     whose processor is not the reference's (``results["machine"]["cpu"]``) is named: its
     speed factor is the processor's as much as the load's (2026-12-04, an Intel Xeon VM
-    ran raw at 1.22-1.25x the reference's CPU per call, unloaded, and `full` added more
+    ran raw at 1.22-1.26x the reference's CPU per call, unloaded, and `full` added more
     than on the reference's AMD EPYC)."""
     raw = _get(results, "scenarios", "overhead", "by_concurrency", "32", "raw")
     if not isinstance(raw, dict) or not raw.get("qps"):
