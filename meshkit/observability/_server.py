@@ -71,14 +71,6 @@ _running_loop = asyncio._get_running_loop  # None outside a running loop (a stre
 # handler finalized there)
 
 
-def _loop_idle(loop: asyncio.AbstractEventLoop) -> bool | None:
-    """Whether ``loop`` has no callback ready besides the one running now (asyncio's own
-    loops: their ``_ready`` queue is empty); ``None`` for a loop that does not say (e.g.
-    uvloop): the caller then judges by its own calls in flight."""
-    ready = getattr(loop, "_ready", None)
-    return None if ready is None else not ready
-
-
 def _address(peer: str | None) -> str | None:
     """``ipv4:127.0.0.1:5050`` -> ``127.0.0.1:5050``; ``ipv6:[::1]:5050`` -> ``[::1]:5050``."""
     if not peer:
@@ -307,15 +299,16 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 detach_context(token)
 
     def _idle(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether deferring a capture to ``loop``'s next turn costs only idle time:
-        nothing else ready on the loop (:func:`_loop_idle`); on a loop that does not show
-        its ready queue (uvloop), the finishing call is the server's only one
-        (:attr:`server_calls`) and nothing is deferred yet, as at concurrency 1. (This
-        interceptor's own count cannot say: a handler that answers without awaiting
-        starts and finishes in one step, alone in it at any load.)"""
-        idle = _loop_idle(loop)
-        if idle is not None:
-            return idle
+        """Whether deferring a capture to ``loop``'s next turn costs only idle time: no
+        callback ready besides the one running now (asyncio's own loops: their ``_ready``
+        queue is empty); on a loop that does not show its ready queue (uvloop), the
+        finishing call is the server's only one (:attr:`server_calls`) and nothing is
+        deferred yet, as at concurrency 1. (This interceptor's own count cannot say: a
+        handler that answers without awaiting starts and finishes in one step, alone in
+        it at any load.)"""
+        ready = getattr(loop, "_ready", None)
+        if ready is not None:
+            return not ready
         calls = self.server_calls
         return calls is not None and self._deferred == 0 and calls() <= 1
 
