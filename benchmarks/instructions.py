@@ -53,10 +53,9 @@ Variants (``--variants``, comma-separated):
 ``--calls-high`` calls with ``--callers`` callers after its warm-up, ``ROUNDS`` times in
 alternating order, and reports ``getrusage`` for the measured calls: user and system
 microseconds per call, voluntary and involuntary context switches and minor page faults
-per call, and the
-garbage collector's runs (young: generations 0 and 1; full: 2) and time per call
-(``gc.callbacks``) (medians;
-"added" is the median of per-round differences with ``raw`` of the same round). It says
+per call, and the garbage collector's runs (young: generations 0 and 1; full: 2) and
+time per call (``gc.callbacks``) (medians; "added" is the median of per-round
+differences with ``raw`` of the same round). It says
 what kind of time a mesh adds (callgrind counts user-space instructions only: grpc's
 system calls and thread hand-offs are not in its counts), and at what rate the added
 instructions run. CPU time moves with the VM; compare within one run only.
@@ -362,8 +361,8 @@ def _print_cpu(variants: list[str], rounds: int, calls: int, callers: int) -> No
                  if "added_user_us" in row else " | ")
         print(f"| {v} | {row['user_us']:.1f} | {row['system_us']:.1f} | {added} "
               f"| {row['voluntary_cs']:.2f} | {row['involuntary_cs']:.2f} "
-              f"| {row['minor_faults']:.2f} | {row['gc_us']:.1f} | {row['gc_young_per_1k']:.1f} / "
-              f"{row['gc_full_per_1k']:.2f} |", flush=True)
+              f"| {row['minor_faults']:.2f} | {row['gc_us']:.1f} "
+              f"| {row['gc_young_per_1k']:.1f} / {row['gc_full_per_1k']:.2f} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,13 +15,12 @@ import pytest
 import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import add_echo, method
-from tests.support.skips import skip_or_fail
+from tests.support.skips import require_uvloop
 
 
 @pytest.fixture(autouse=True)
 def _needs_uvloop() -> None:
-    if not meshkit.uvloop_installed():
-        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
+    require_uvloop()
 
 
 async def _loop_module() -> str:

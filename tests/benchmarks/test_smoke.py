@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.runner import main
 from benchmarks.scenarios import SCENARIOS
-from tests.support.skips import skip_or_fail
+from tests.support.skips import require_uvloop
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -127,8 +127,8 @@ def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
     pairs the rounds."""
     from benchmarks import ab
 
-    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
+    if loop == "uvloop":
+        require_uvloop()
     here = str(Path(__file__).parents[2])
     seen: list[list[str]] = []
     real = ab._Proc.__init__

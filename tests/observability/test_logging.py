@@ -616,12 +616,11 @@ def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
 
     from meshkit.observability import TelemetryServerInterceptor
     from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
-    from tests.support.skips import skip_or_fail
+    from tests.support.skips import require_uvloop
 
-    try:
-        import uvloop
-    except ImportError:
-        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
+    require_uvloop()
+    import uvloop
+
     writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
     monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
     icpt = TelemetryServerInterceptor("echo", TelemetryOptions(registry=CollectorRegistry(),

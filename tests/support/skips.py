@@ -15,3 +15,12 @@ def skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def require_uvloop() -> None:
+    """Skip (fail under ``CI=true``) a test that needs uvloop when it is not installed
+    (``meshkit[fast]``, in the dev extras, installs it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("uvloop") is None:
+        skip_or_fail("uvloop is not installed (meshkit[fast], in the dev extras, installs it)")
