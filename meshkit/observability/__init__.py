@@ -112,8 +112,9 @@ message bodies are never logged; ``log_metadata`` opts non-credential keys in. U
 :func:`configure_logging` access-log lines take a lean chain and are written in batches
 (:class:`BufferedLineWriter`, every 0.2 s by default, ``MESHKIT_ACCESS_LOG_FLUSH_S``, like
 Envoy's access-log flush interval); :func:`flush_logs` writes what is pending. Under light
-load spans are ended and access lines written in the loop's next turn after the response,
-off the call's latency path (``TelemetryOptions.complete_after_response_max_in_flight``).
+load spans are ended and access lines written after the response (a server's in the loop's
+next turn, a client's two turns later), off the call's latency path
+(``TelemetryOptions.complete_after_response_max_in_flight``).
 
 **Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (503
 while draining or before registration), ``/debug/mesh`` (JSON), plus :meth:`~AdminServer.

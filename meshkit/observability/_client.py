@@ -162,12 +162,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
        peer, attempts, trace_id, span_id).
 
     Metrics are recorded before the response is returned; under light load ending a
-    recorded (sampled) span and writing an access line rendered on the spot happen in the
-    event loop's next turn, the span stamped with the call's end time
-    (``TelemetryOptions.complete_after_response_max_in_flight``). An SDK span exists only
-    for a sampled trace; otherwise a non-recording span carries the trace context. An
-    exception while doing either (a broken span processor or log sink) is logged on
-    ``meshkit.observability`` and never reaches the caller.
+    recorded (sampled) span and writing an access line happen two event-loop turns later
+    (after the caller's next step, so that a call it starts at once is sent first; a JSON
+    access record only while the loop has nothing else ready), the span stamped with the
+    call's end time (``TelemetryOptions.complete_after_response_max_in_flight``). An SDK
+    span exists only for a sampled trace; otherwise a non-recording span carries the
+    trace context. An exception while doing either (a broken span processor or log
+    sink) is logged on ``meshkit.observability`` and never reaches the caller.
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
@@ -311,25 +312,42 @@ class TelemetryClientInterceptor(ClientInterceptor):
         mode = access_mode() if self.options.access_log and not m.quiet else ACCESS_OFF
         if span is None and mode == ACCESS_OFF:
             return
-        # only work worth moving off the call's path is deferred: ending a recorded span,
-        # or an access line rendered when logged (a captured tuple costs less than that)
-        if defer and ((span is not None and span.is_recording()) or mode == ACCESS_INLINE):
+        # Deferred: ending a recorded span and an access line rendered when logged,
+        # whenever the limit allows; a captured JSON line only while the loop is idle
+        # (_idle), where the turns the deferral adds cost nothing (as a server does).
+        # Two hops (call_soon of call_soon): a caller that starts its next call at once
+        # has that call's first step (grpc.aio sends the request from it) queued behind
+        # the first hop, so the completion runs while that request is on its way, not
+        # before it is sent (A/B runs at concurrency 1, JSON access log: one hop -4 us of
+        # p50, two hops -14 us, median of seven; benchmarks/RESULTS.md).
+        if defer:
             try:
-                loop = asyncio.get_running_loop()
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop
                 loop = None
-            if loop is not None:
+            if loop is not None and ((span is not None and span.is_recording())
+                                     or mode == ACCESS_INLINE or self._idle(loop)):
                 self._deferred += 1
-                loop.call_soon(self._complete, True, m, details, span, _time_ns(), code,
-                               exc, duration_s)
+                loop.call_soon(loop.call_soon, self._complete, True, m, details, span,
+                               _time_ns(), code, exc, duration_s)
                 return
         self._complete(False, m, details, span, None, code, exc, duration_s)
+
+    @staticmethod
+    def _idle(loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether deferring a JSON access capture costs only idle time: nothing ready on
+        ``loop`` besides the callback running now (asyncio's own loops: their ``_ready``
+        queue is empty). ``False`` on a loop that does not show its ready queue (uvloop):
+        there a capture is cheaper and deferring it did not lower a client's latency at
+        one caller in A/B runs (benchmarks/RESULTS.md)."""
+        ready = getattr(loop, "_ready", None)
+        return ready is not None and not ready
 
     def _complete(self, deferred: bool, m: _Method, details: ClientCallDetails, span: Any,
                   end_ns: int | None, code: grpc.StatusCode, exc: BaseException | None,
                   duration_s: float) -> None:
         """End the span (at ``end_ns``) and write the access-log line (``deferred``: run
-        from the loop's next turn, counted in ``_deferred``)."""
+        two loop turns later, counted in ``_deferred``)."""
         if deferred:
             self._deferred -= 1
         try:

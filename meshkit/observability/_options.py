@@ -67,8 +67,9 @@ class TelemetryOptions:
         complete_after_response_max_in_flight: while at most this many calls are in
             flight through this side's interceptor (this one included) or waiting for
             their deferred completion, the call's span is ended and its access-log line
-            written in the event loop's next turn, after the response has been handed to
-            gRPC (server) or to the caller (client), the span stamped with the time the
+            written after the response has been handed to gRPC (server: the event loop's
+            next turn) or to the caller (client: two turns later, so that a call the
+            caller starts at once is sent first), the span stamped with the time the
             call ended: both leave the call's latency path. Above it (a client driving
             many calls at once, where deferring only adds scheduling work) and at ``0``
             both happen before the response, so a span is exported by the time its call
@@ -76,11 +77,13 @@ class TelemetryOptions:
             or an access line its logger renders on the spot (the console format, the
             standard library); the JSON access log of :func:`~meshkit.observability.
             configure_logging` captures a tuple, cheaper than a deferral on a busy loop,
-            so a server defers that capture only while its event loop has nothing else
-            ready (asyncio's own loops), where the turn it adds is idle time, or, on a
-            loop that does not show its ready queue (uvloop), while the call is the only
-            one in its server's request gate (``serve()`` wires the count; a callback
-            there is C, and such a server keeps deferring under load). Default 4.
+            so either side defers that capture only while its event loop has nothing
+            else ready (asyncio's own loops), where the turns it adds are idle time, or,
+            a server on a loop that does not show its ready queue (uvloop), while the
+            call is the only one in its request gate (``serve()`` wires the count; a
+            callback there is C, and such a server keeps deferring under load); a client
+            on uvloop captures inline (deferring did not lower its latency there).
+            Default 4.
             Metrics are always recorded before the response. A server
             whose handlers answer at once has about one call in flight at a time, so it
             keeps deferring under load, which at saturation costs it a few per cent of

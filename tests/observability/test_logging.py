@@ -645,3 +645,89 @@ def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == ((0, 1) if deferred else (1, 0))
+
+
+def _client_call_details() -> Any:
+    from meshkit.interceptors import CallKind, ClientCallDetails
+
+    return ClientCallDetails(service="echo", method="/meshkit.test.Echo/Unary",
+                             kind=CallKind.UNARY_UNARY, timeout_s=5, metadata=())
+
+
+@pytest.mark.parametrize("busy", [False, True])
+async def test_client_captures_json_lines_after_its_next_step_only_on_an_idle_loop(
+        busy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's JSON access record is captured two loop turns after the caller got its
+    answer when nothing else is ready on the loop (so a call the caller starts at once is
+    sent first); with other callbacks ready it is captured before the answer is returned.
+    Metrics are recorded before the answer either way."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryClientInterceptor
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+
+    writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
+    monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
+    registry = CollectorRegistry()
+    icpt = TelemetryClientInterceptor(TelemetryOptions(registry=registry, tracing=False))
+
+    async def proceed(details: Any, request: Any) -> Any:
+        return request
+
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # the loop settles (nothing of the fixtures' left ready)
+        await asyncio.sleep(0)
+    if busy:
+        loop.call_soon(lambda: None)
+    assert await icpt.intercept_unary(_client_call_details(), b"hi", proceed) == b"hi"
+    handled = registry.get_sample_value(
+        "grpc_client_handled_total", {"grpc_service": "meshkit.test.Echo",
+                                      "grpc_method": "Unary", "grpc_type": "unary",
+                                      "grpc_code": "OK"})
+    assert handled == 1  # before the answer, always
+    deferred = not busy and hasattr(loop, "_ready")
+    assert len(writer._buf) == (0 if deferred else 1)
+    assert icpt._deferred == (1 if deferred else 0)
+    await asyncio.sleep(0)  # the first hop: not yet
+    assert len(writer._buf) == (0 if deferred else 1)
+    await asyncio.sleep(0)
+    assert len(writer._buf) == 1 and icpt._deferred == 0 and icpt._in_flight == 0
+    from meshkit.observability._logging import _render_lines
+
+    line = json.loads(_render_lines(writer._buf)[0])
+    assert line["side"] == "client" and line["code"] == "OK" and line["target"] == "echo"
+
+
+def test_client_on_uvloop_captures_json_lines_inline() -> None:
+    """uvloop does not show its ready queue, and deferring did not lower a client's latency
+    there: a client on uvloop captures its JSON access record before the answer is
+    returned, alone in flight or not."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryClientInterceptor
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+    from tests.support.skips import require_uvloop
+
+    require_uvloop()
+    import uvloop
+
+    writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
+    icpt = TelemetryClientInterceptor(TelemetryOptions(registry=CollectorRegistry(),
+                                                       tracing=False))
+
+    async def answers(details: Any, request: Any) -> Any:
+        return request
+
+    async def main() -> tuple[int, int]:
+        assert not hasattr(asyncio.get_running_loop(), "_ready")
+        assert await icpt.intercept_unary(_client_call_details(), b"hi", answers) == b"hi"
+        return len(writer._buf), icpt._deferred
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            assert runner.run(main()) == (1, 0)

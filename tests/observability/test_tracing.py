@@ -308,9 +308,10 @@ async def test_peer_identity_and_rate_limit_become_attributes(
 async def test_span_and_log_complete_after_the_response_with_the_calls_end_time(
     chain: ChainFactory, tracing: Tracing
 ) -> None:
-    """By default the client span is ended in the loop's next turn after the caller got its
-    answer (off its latency path), stamped with the time the call ended; with
-    complete_after_response_max_in_flight=0 it is ended before the call returns."""
+    """By default the client span is ended two loop turns after the caller got its answer
+    (off its latency path: a call the caller starts at once is sent before it), stamped
+    with the time the call ended; with complete_after_response_max_in_flight=0 it is
+    ended before the call returns."""
     import asyncio
     import time
 
@@ -323,7 +324,10 @@ async def test_span_and_log_complete_after_the_response_with_the_calls_end_time(
     assert await relay(b"x", timeout=5) == b"e1|x"
     returned_ns = time.time_ns()
     outer = [s for s in tracing.spans() if s.name == f"{FRONT}/Relay"]
-    assert [s.kind for s in outer] == [SpanKind.SERVER]  # the caller's: next turn
+    assert [s.kind for s in outer] == [SpanKind.SERVER]  # the caller's: two turns later
+    await asyncio.sleep(0)
+    assert [s.kind for s in tracing.spans() if s.name == f"{FRONT}/Relay"] == [
+        SpanKind.SERVER]
     await asyncio.sleep(0)
     (client,) = by_name(tracing.spans(), f"{FRONT}/Relay", SpanKind.CLIENT)
     (server,) = by_name(tracing.spans(), f"{FRONT}/Relay", SpanKind.SERVER)
@@ -414,7 +418,7 @@ async def test_completion_is_inline_above_the_in_flight_limit(tracing: Tracing) 
 async def test_deferred_completions_count_against_the_limit(tracing: Tracing) -> None:
     """Calls that finish one after another in the same loop turn, each alone in flight
     (a server's instant handlers under load), defer only up to the limit counting the
-    completions still waiting; the rest complete inline. All end by the next turn."""
+    completions still waiting; the rest complete inline. All end two turns later."""
     import asyncio
 
     from meshkit.interceptors import CallKind, ClientCallDetails
@@ -436,6 +440,8 @@ async def test_deferred_completions_count_against_the_limit(tracing: Tracing) ->
     # 1st: 1 in flight + 0 waiting <= 2, deferred; 2nd: 1 + 1 <= 2, deferred;
     # 3rd and 4th: 1 + 2 > 2, ended before returning
     assert ended == [0, 0, 1, 2]
+    await asyncio.sleep(0)
+    assert len(tracing.spans()) == 2 and icpt._deferred == 2  # the first hop ran
     await asyncio.sleep(0)
     assert len(tracing.spans()) == 4 and icpt._deferred == 0 and icpt._in_flight == 0
 
