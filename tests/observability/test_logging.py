@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -557,50 +558,76 @@ class _ServedContext:
         return 5.0
 
 
+def _client_call_details() -> Any:
+    from meshkit.interceptors import CallKind, ClientCallDetails
+
+    return ClientCallDetails(service="echo", method="/meshkit.test.Echo/Unary",
+                             kind=CallKind.UNARY_UNARY, timeout_s=5, metadata=())
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
 @pytest.mark.parametrize("busy", [False, True])
-async def test_server_captures_json_lines_after_the_response_only_on_an_idle_loop(
-        busy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server's JSON access record is captured in the loop's next turn, after the
-    handler's answer went back to grpc, when nothing else is ready on the loop (the turn is
-    idle time); with other callbacks ready it is captured before the answer, inline (a
-    deferral would only add one). Metrics are recorded before the answer either way."""
+async def test_json_lines_are_captured_after_the_response_only_on_an_idle_loop(
+        side: str, busy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSON access record is captured after the response when nothing else is ready on
+    the loop (the turns this adds are idle time): a server's in the loop's next turn, after
+    the handler's answer went back to grpc; a client's two turns after the caller got its
+    answer, so that a call the caller starts at once is sent first. With other callbacks
+    ready it is captured before the answer, inline. Metrics are recorded before the answer
+    either way."""
     import asyncio
 
     from prometheus_client import CollectorRegistry
 
-    from meshkit.observability import TelemetryServerInterceptor
-    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+    from meshkit.observability import TelemetryClientInterceptor, TelemetryServerInterceptor
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter, _render_lines
 
     writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
     monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
     registry = CollectorRegistry()
-    icpt = TelemetryServerInterceptor("echo", TelemetryOptions(registry=registry,
-                                                               tracing=False))
+    opts = TelemetryOptions(registry=registry, tracing=False)
+    icpt: TelemetryServerInterceptor | TelemetryClientInterceptor
+    answer: Callable[[], Awaitable[Any]]
+    if side == "server":
+        icpt = TelemetryServerInterceptor("echo", opts)
 
-    async def unary(request: bytes, context: Any) -> bytes:
-        return request
+        async def unary(request: bytes, context: Any) -> bytes:
+            return request
 
-    name = "/meshkit.test.Echo/Unary"
-    handler = icpt.resolve(name, grpc.unary_unary_rpc_method_handler(unary))
-    assert handler is not None and handler.unary_unary is not None
+        handler = icpt.resolve("/meshkit.test.Echo/Unary",
+                               grpc.unary_unary_rpc_method_handler(unary))
+        assert handler is not None and handler.unary_unary is not None
+        answer, hops = functools.partial(handler.unary_unary, b"hi", _ServedContext()), 1
+    else:
+        client = icpt = TelemetryClientInterceptor(opts)
+
+        async def proceed(details: Any, request: Any) -> Any:
+            return request
+
+        answer = functools.partial(client.intercept_unary, _client_call_details(), b"hi",
+                                   proceed)
+        hops = 2
     loop = asyncio.get_running_loop()
     for _ in range(3):  # the loop settles (nothing of the fixtures' left ready)
         await asyncio.sleep(0)
     if busy:
         loop.call_soon(lambda: None)
-    assert await handler.unary_unary(b"hi", _ServedContext()) == b"hi"
+    assert await answer() == b"hi"
     handled = registry.get_sample_value(
-        "grpc_server_handled_total", {"grpc_service": "meshkit.test.Echo",
-                                      "grpc_method": "Unary", "grpc_type": "unary",
-                                      "grpc_code": "OK"})
+        f"grpc_{side}_handled_total", {"grpc_service": "meshkit.test.Echo",
+                                       "grpc_method": "Unary", "grpc_type": "unary",
+                                       "grpc_code": "OK"})
     assert handled == 1  # before the answer, always
-    # a loop that does not show its ready queue (uvloop's) is not taken for idle unless
-    # the server's count of calls says this one is alone (nothing counts them here)
+    # a loop that does not show its ready queue (uvloop's) is not taken for idle (a
+    # server's count of calls could say its call is alone; nothing counts them here)
     deferred = not busy and hasattr(loop, "_ready")
-    assert len(writer._buf) == (0 if deferred else 1)
-    assert icpt._deferred == (1 if deferred else 0)
-    await asyncio.sleep(0)
+    for _ in range(hops):  # not before the last hop
+        assert len(writer._buf) == (0 if deferred else 1)
+        assert icpt._deferred == (1 if deferred else 0)
+        await asyncio.sleep(0)
     assert len(writer._buf) == 1 and icpt._deferred == 0 and icpt._in_flight == 0
+    line = json.loads(_render_lines(writer._buf)[0])
+    assert line["side"] == side and line["code"] == "OK"
 
 
 @pytest.mark.parametrize(("calls", "deferred"), [(None, False), (1, True), (2, False)])
@@ -645,59 +672,6 @@ def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == ((0, 1) if deferred else (1, 0))
-
-
-def _client_call_details() -> Any:
-    from meshkit.interceptors import CallKind, ClientCallDetails
-
-    return ClientCallDetails(service="echo", method="/meshkit.test.Echo/Unary",
-                             kind=CallKind.UNARY_UNARY, timeout_s=5, metadata=())
-
-
-@pytest.mark.parametrize("busy", [False, True])
-async def test_client_captures_json_lines_after_its_next_step_only_on_an_idle_loop(
-        busy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client's JSON access record is captured two loop turns after the caller got its
-    answer when nothing else is ready on the loop (so a call the caller starts at once is
-    sent first); with other callbacks ready it is captured before the answer is returned.
-    Metrics are recorded before the answer either way."""
-    import asyncio
-
-    from prometheus_client import CollectorRegistry
-
-    from meshkit.observability import TelemetryClientInterceptor
-    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
-
-    writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
-    monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
-    registry = CollectorRegistry()
-    icpt = TelemetryClientInterceptor(TelemetryOptions(registry=registry, tracing=False))
-
-    async def proceed(details: Any, request: Any) -> Any:
-        return request
-
-    loop = asyncio.get_running_loop()
-    for _ in range(3):  # the loop settles (nothing of the fixtures' left ready)
-        await asyncio.sleep(0)
-    if busy:
-        loop.call_soon(lambda: None)
-    assert await icpt.intercept_unary(_client_call_details(), b"hi", proceed) == b"hi"
-    handled = registry.get_sample_value(
-        "grpc_client_handled_total", {"grpc_service": "meshkit.test.Echo",
-                                      "grpc_method": "Unary", "grpc_type": "unary",
-                                      "grpc_code": "OK"})
-    assert handled == 1  # before the answer, always
-    deferred = not busy and hasattr(loop, "_ready")
-    assert len(writer._buf) == (0 if deferred else 1)
-    assert icpt._deferred == (1 if deferred else 0)
-    await asyncio.sleep(0)  # the first hop: not yet
-    assert len(writer._buf) == (0 if deferred else 1)
-    await asyncio.sleep(0)
-    assert len(writer._buf) == 1 and icpt._deferred == 0 and icpt._in_flight == 0
-    from meshkit.observability._logging import _render_lines
-
-    line = json.loads(_render_lines(writer._buf)[0])
-    assert line["side"] == "client" and line["code"] == "OK" and line["target"] == "echo"
 
 
 def test_client_on_uvloop_captures_json_lines_inline() -> None:
