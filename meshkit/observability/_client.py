@@ -189,7 +189,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._quiet = MethodMatcher.of(opts.quiet_methods, where="quiet_methods")
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
-        self._deferred = 0  # completions scheduled for the loop's next turn, not yet run
+        self._deferred = 0  # completions scheduled for two turns later, not yet run
         self._methods: dict[tuple[str, CallKind], _Method] = {}
 
     def _method(self, details: ClientCallDetails) -> _Method:

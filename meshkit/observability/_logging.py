@@ -436,8 +436,8 @@ def access_mode() -> int:
     call): ``ACCESS_OFF`` (0) when no line would be written (:func:`access_active`),
     ``ACCESS_CAPTURED`` (1) for the JSON access log of :func:`configure_logging` (a tuple
     captured now, rendered by the batch writer), ``ACCESS_INLINE`` (2) for any other
-    logger (the line is rendered on the spot, which the interceptors defer to the loop's
-    next turn under light load)."""
+    logger (the line is rendered on the spot, which the interceptors defer until after
+    the response under light load)."""
     lg = _AccessLog.logger
     if type(lg) is _AccessWriter:
         return ACCESS_CAPTURED
