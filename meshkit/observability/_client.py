@@ -318,8 +318,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
         # Two hops (call_soon of call_soon): a caller that starts its next call at once
         # has that call's first step (grpc.aio sends the request from it) queued behind
         # the first hop, so the completion runs while that request is on its way, not
-        # before it is sent (A/B runs at concurrency 1, JSON access log: two hops -14 us
-        # of p50, median of seven runs; one hop -4 us, two runs; benchmarks/RESULTS.md).
+        # before it is sent (A/B runs at concurrency 1, p50: JSON access log -13 us with
+        # two hops, median of eight runs, -4 us with one; every call sampled -24 to -39
+        # us, three runs; benchmarks/RESULTS.md).
         if defer:
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
