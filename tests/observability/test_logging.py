@@ -674,7 +674,7 @@ def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
         assert runner.run(main()) == ((0, 1) if deferred else (1, 0))
 
 
-def test_client_on_uvloop_captures_json_lines_inline() -> None:
+def test_client_on_uvloop_captures_json_lines_inline(monkeypatch: pytest.MonkeyPatch) -> None:
     """uvloop does not show its ready queue, and deferring did not lower a client's latency
     there: a client on uvloop captures its JSON access record before the answer is
     returned, alone in flight or not."""
@@ -690,6 +690,7 @@ def test_client_on_uvloop_captures_json_lines_inline() -> None:
     import uvloop
 
     writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
+    monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
     icpt = TelemetryClientInterceptor(TelemetryOptions(registry=CollectorRegistry(),
                                                        tracing=False))
 
@@ -701,7 +702,5 @@ def test_client_on_uvloop_captures_json_lines_inline() -> None:
         assert await icpt.intercept_unary(_client_call_details(), b"hi", answers) == b"hi"
         return len(writer._buf), icpt._deferred
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            assert runner.run(main()) == (1, 0)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == (1, 0)
