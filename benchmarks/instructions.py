@@ -31,6 +31,9 @@ Variants (``--variants``, comma-separated):
   admission, the request gate);
 * ``metrics``: ``nolog`` plus RED metrics;
 * ``defaults``: ``dial()``/``serve()`` as shipped (metrics and the JSON access log);
+* ``shipped``: ``defaults`` with tracing on as ``TelemetryOptions()`` ships it, with no
+  SDK installed (what the wall-clock benchmark's ``defaults`` runs: spans only under a
+  caller's trace context, none here);
 * ``nogate``: ``defaults`` with ``ServerLimits(read_requests=False)``;
 * ``registered``: ``defaults`` with the echo service added as registered method handlers,
   as the ``add_*_to_server`` functions grpcio-tools generates add a service (the other
@@ -84,8 +87,8 @@ from typing import Any
 
 __all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
 
-VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "nogate", "registered", "noop",
-            "bare-server", "traced", "full", "header")
+VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "shipped", "nogate", "registered",
+            "noop", "bare-server", "traced", "full", "header")
 
 
 async def _raw(calls: int, callers: int, noop: bool = False) -> None:
@@ -160,6 +163,8 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     if variant in ("metrics", "defaults", "nogate", "registered", "header"):
         telemetry = TelemetryOptions(registry=CollectorRegistry(), tracing=False,
                                      metrics=True, access_log=variant != "metrics")
+    elif variant == "shipped":  # TelemetryOptions() as shipped: tracing on, no SDK
+        telemetry = TelemetryOptions(registry=CollectorRegistry())
     elif variant == "traced":
         telemetry = TelemetryOptions(registry=CollectorRegistry(),
                                      tracer_provider=_dropping_provider())

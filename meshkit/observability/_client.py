@@ -218,14 +218,16 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._in_flight += 1
         span = token = call_token = None
         if m.traced:
-            parent = current_span_context()
-            span = self._spans.start(m.names.span_name, None if parent is INVALID_SPAN_CONTEXT
-                                     or not parent.is_valid else parent, None, m.attrs)
-            if span is not None:
-                inject_span(details.metadata, span)  # then made current
-                token = attach_span(span)
-            elif not fast_propagation() or baggage_set():
-                inject_context(details.metadata)  # no trace context; baggage may travel
+            if not self._spans.nothing_to_carry():  # e.g. defaults without an SDK
+                parent = current_span_context()
+                span = self._spans.start(m.names.span_name, None
+                                         if parent is INVALID_SPAN_CONTEXT
+                                         or not parent.is_valid else parent, None, m.attrs)
+                if span is not None:
+                    inject_span(details.metadata, span)  # then made current
+                    token = attach_span(span)
+                elif not fast_propagation() or baggage_set():
+                    inject_context(details.metadata)  # no trace context; baggage may travel
             if self.options.attempt_spans:
                 call_token = _current_call.set(details)
         return span, token, call_token, _perf()

@@ -254,7 +254,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                                          parent, m.attrs)
                 token = attach_context(parent) if span is None \
                     else attach_span(span, parent)
-            else:
+            elif remote is not None or self._spans.makes_root():  # else: no SDK, no parent
                 span = self._spans.start(m.names.span_name, remote, None, m.attrs)
                 if span is not None:
                     token = attach_span(span)

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.propagators.textmap import TextMapPropagator, default_getter, default_setter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -114,6 +115,58 @@ async def test_without_an_sdk_provider_the_callers_trace_is_continued(
     traced = [ln for ln in rpc_lines(access) if "trace_id" in ln]
     assert len(traced) == 4
     assert {ln["trace_id"] for ln in traced} == {"0af7651916cd43dd8448eb211c80319c"}
+
+
+class _AlwaysHeader(TextMapPropagator):
+    """A propagator that writes ``x-always: 1`` on every call, context or not."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = default_setter) -> None:
+        setter.set(carrier, "x-always", "1")
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = default_getter) -> Any:
+        return context if context is not None else otel_context.Context()
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-always"}
+
+
+async def test_without_an_sdk_what_the_caller_carries_still_travels(
+        chain: ChainFactory, telemetry: TelemetryOptions, access: io.StringIO) -> None:
+    """With no SDK provider and no span, a client skips its trace-context steps only while
+    there is nothing to carry: baggage in the caller's context still reaches the server
+    (the default W3C propagators write it), and a global propagator other than that pair
+    is asked on every call (here one that always writes a header)."""
+    from opentelemetry import baggage, propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    opts = dataclasses.replace(telemetry, tracer_provider=trace.NoOpTracerProvider())
+    c = await chain(telemetry_opts=opts)
+    relay = c.client.unary_unary(f"/{FRONT}/Relay")
+
+    def received() -> dict[str, str]:  # what the front server got on the latest call
+        lines = [json.loads(ln) for ln in access.getvalue().splitlines()]
+        last = [ln for ln in lines if ln.get("event") == "relaying"][-1]
+        return {k: v for k, v in last["metadata"] if k in ("baggage", "x-always",
+                                                             "traceparent")}
+
+    await relay(b"a", timeout=5)
+    assert received() == {}
+    token = otel_context.attach(baggage.set_baggage("tenant", "t-42"))
+    try:
+        await relay(b"b", timeout=5)
+    finally:
+        otel_context.detach(token)
+    assert received() == {"baggage": "tenant=t-42"}
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(CompositePropagator([default, _AlwaysHeader()]))
+    try:
+        await relay(b"c", timeout=5)
+    finally:
+        propagate.set_global_textmap(default)
+    assert received() == {"x-always": "1"}
+    await relay(b"d", timeout=5)
+    assert received() == {}
 
 
 def test_traceparent_fast_parse_follows_w3c() -> None:

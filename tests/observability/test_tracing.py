@@ -466,7 +466,9 @@ starter = SpanStarter(None, SpanKind.SERVER)
 first = starter.start("svc/M", None, None, {})
 if sys.argv[1] == "later":
     assert first is None, first  # no provider, no parent: no trace context at all
+    assert not starter.makes_root() and starter.nothing_to_carry()
     trace.set_tracer_provider(TracerProvider())
+assert starter.makes_root() and not starter.nothing_to_carry()
 span = starter.start("svc/M", None, None, {})
 assert span is not None and span.is_recording(), span
 assert type(span).__name__ == "LeanSdkSpan", type(span)
