@@ -113,8 +113,8 @@ message bodies are never logged; ``log_metadata`` opts non-credential keys in. U
 (:class:`BufferedLineWriter`, every 0.2 s by default, ``MESHKIT_ACCESS_LOG_FLUSH_S``, like
 Envoy's access-log flush interval); :func:`flush_logs` writes what is pending. Under light
 load spans are ended and access lines written after the response (a server's in the loop's
-next turn, a client's two turns later), off the call's latency path
-(``TelemetryOptions.complete_after_response_max_in_flight``).
+next turn, a client's two turns later; a client captures JSON access records inline), off
+the call's latency path (``TelemetryOptions.complete_after_response_max_in_flight``).
 
 **Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (503
 while draining or before registration), ``/debug/mesh`` (JSON), plus :meth:`~AdminServer.

@@ -162,10 +162,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
        peer, attempts, trace_id, span_id).
 
     Metrics are recorded before the response is returned; under light load ending a
-    recorded (sampled) span and writing an access line happen two event-loop turns later
-    (after the caller's next step, so that a call it starts at once is sent first; a JSON
-    access record only while the loop has nothing else ready), the span stamped with the
-    call's end time (``TelemetryOptions.complete_after_response_max_in_flight``). An SDK
+    recorded (sampled) span and writing an access line its logger renders on the spot
+    happen two event-loop turns later (after the caller's next step, so that a call it
+    starts at once is sent first), the span stamped with the call's end time
+    (``TelemetryOptions.complete_after_response_max_in_flight``). The JSON access log's
+    record is captured before the response, inline. An SDK
     span exists only for a sampled trace; otherwise a non-recording span carries the
     trace context. An exception while doing either (a broken span processor or log
     sink) is logged on ``meshkit.observability`` and never reaches the caller.
@@ -315,36 +316,26 @@ class TelemetryClientInterceptor(ClientInterceptor):
         if span is None and mode == ACCESS_OFF:
             return
         # Deferred: ending a recorded span and an access line rendered when logged,
-        # whenever the limit allows; a captured JSON line only while the loop is idle
-        # (_idle), where the turns the deferral adds cost nothing (as a server does).
-        # Two hops (call_soon of call_soon): a caller that starts its next call at once
-        # has that call's first step (grpc.aio sends the request from it) queued behind
-        # the first hop, so the completion runs while that request is on its way, not
-        # before it is sent (A/B runs at concurrency 1, p50: JSON access log -13 us with
-        # two hops, median of eight runs, -4 us with one; every call sampled -24 to -39
-        # us, three runs; benchmarks/RESULTS.md).
-        if defer:
+        # whenever the limit allows. Two hops (call_soon of call_soon): a caller that
+        # starts its next call at once has that call's first step (grpc.aio sends the
+        # request from it) queued behind the first hop, so the completion runs while
+        # that request is on its way, not before it is sent (every call sampled, A/B at
+        # concurrency 1: -24 to -39 us of p50 on an AMD EPYC VM, +14 us in one run
+        # on an Intel Xeon one). A captured JSON line stays inline: deferred the same way it took
+        # 13 us off the p50 on the EPYC but added 52-54 us on the Xeon, where the work
+        # then runs while the server's threads receive the request (one hop, before the
+        # send, measured as inline there); benchmarks/RESULTS.md.
+        if defer and ((span is not None and span.is_recording()) or mode == ACCESS_INLINE):
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:  # a done callback run outside the loop
                 loop = None
-            if loop is not None and ((span is not None and span.is_recording())
-                                     or mode == ACCESS_INLINE or self._idle(loop)):
+            if loop is not None:
                 self._deferred += 1
                 loop.call_soon(loop.call_soon, self._complete, True, m, details, span,
                                _time_ns(), code, exc, duration_s)
                 return
         self._complete(False, m, details, span, None, code, exc, duration_s)
-
-    @staticmethod
-    def _idle(loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether deferring a JSON access capture costs only idle time: nothing ready on
-        ``loop`` besides the callback running now (asyncio's own loops: their ``_ready``
-        queue is empty). ``False`` on a loop that does not show its ready queue (uvloop):
-        there a capture is cheaper and deferring it did not lower a client's latency at
-        one caller in A/B runs (benchmarks/RESULTS.md)."""
-        ready = getattr(loop, "_ready", None)
-        return ready is not None and not ready
 
     def _complete(self, deferred: bool, m: _Method, details: ClientCallDetails, span: Any,
                   end_ns: int | None, code: grpc.StatusCode, exc: BaseException | None,

@@ -567,14 +567,14 @@ def _client_call_details() -> Any:
 
 @pytest.mark.parametrize("side", ["server", "client"])
 @pytest.mark.parametrize("busy", [False, True])
-async def test_json_lines_are_captured_after_the_response_only_on_an_idle_loop(
+async def test_json_lines_are_captured_after_a_servers_answer_only_on_an_idle_loop(
         side: str, busy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A JSON access record is captured after the response when nothing else is ready on
-    the loop (the turns this adds are idle time): a server's in the loop's next turn, after
-    the handler's answer went back to grpc; a client's two turns after the caller got its
-    answer, so that a call the caller starts at once is sent first. With other callbacks
-    ready it is captured before the answer, inline. Metrics are recorded before the answer
-    either way."""
+    """A server captures a JSON access record after the response when nothing else is
+    ready on the loop (the turn this adds is idle time), in the loop's next turn, after the
+    handler's answer went back to grpc; with other callbacks ready, before the answer. A
+    client captures it before the caller gets its answer, idle loop or not (deferred past
+    the next call's send it raised the p50 at one caller on one VM). Metrics are recorded
+    before the answer either way."""
     import asyncio
 
     from prometheus_client import CollectorRegistry
@@ -620,7 +620,7 @@ async def test_json_lines_are_captured_after_the_response_only_on_an_idle_loop(
     assert handled == 1  # before the answer, always
     # a loop that does not show its ready queue (uvloop's) is not taken for idle (a
     # server's count of calls could say its call is alone; nothing counts them here)
-    deferred = not busy and hasattr(loop, "_ready")
+    deferred = side == "server" and not busy and hasattr(loop, "_ready")
     for _ in range(hops):  # not before the last hop
         assert len(writer._buf) == (0 if deferred else 1)
         assert icpt._deferred == (1 if deferred else 0)
@@ -672,35 +672,3 @@ def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == ((0, 1) if deferred else (1, 0))
-
-
-def test_client_on_uvloop_captures_json_lines_inline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """uvloop does not show its ready queue, and deferring did not lower a client's latency
-    there: a client on uvloop captures its JSON access record before the answer is
-    returned, alone in flight or not."""
-    import asyncio
-
-    from prometheus_client import CollectorRegistry
-
-    from meshkit.observability import TelemetryClientInterceptor
-    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
-    from tests.support.skips import require_uvloop
-
-    require_uvloop()
-    import uvloop
-
-    writer = BufferedLineWriter(io.StringIO(), flush_interval_s=30)
-    monkeypatch.setattr(_AccessLog, "logger", _AccessWriter(writer, 20))
-    icpt = TelemetryClientInterceptor(TelemetryOptions(registry=CollectorRegistry(),
-                                                       tracing=False))
-
-    async def answers(details: Any, request: Any) -> Any:
-        return request
-
-    async def main() -> tuple[int, int]:
-        assert not hasattr(asyncio.get_running_loop(), "_ready")
-        assert await icpt.intercept_unary(_client_call_details(), b"hi", answers) == b"hi"
-        return len(writer._buf), icpt._deferred
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert runner.run(main()) == (1, 0)
