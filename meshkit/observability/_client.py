@@ -166,10 +166,10 @@ class TelemetryClientInterceptor(ClientInterceptor):
     happen two event-loop turns later (after the caller's next step, so that a call it
     starts at once is sent first), the span stamped with the call's end time
     (``TelemetryOptions.complete_after_response_max_in_flight``). The JSON access log's
-    record is captured before the response, inline. An SDK
-    span exists only for a sampled trace; otherwise a non-recording span carries the
-    trace context. An exception while doing either (a broken span processor or log
-    sink) is logged on ``meshkit.observability`` and never reaches the caller.
+    record is captured before the response, inline. An SDK span exists only for a
+    sampled trace; otherwise a non-recording span carries the trace context. An
+    exception while doing either (a broken span processor or log sink) is logged on
+    ``meshkit.observability`` and never reaches the caller.
 
     Args:
         options: :class:`TelemetryOptions` (default: everything on).
@@ -320,11 +320,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
         # starts its next call at once has that call's first step (grpc.aio sends the
         # request from it) queued behind the first hop, so the completion runs while
         # that request is on its way, not before it is sent (every call sampled, A/B at
-        # concurrency 1: -24 to -39 us of p50 on an AMD EPYC VM, +14 us in one run
-        # on an Intel Xeon one). A captured JSON line stays inline: deferred the same way it took
-        # 13 us off the p50 on the EPYC but added 52-54 us on the Xeon, where the work
-        # then runs while the server's threads receive the request (one hop, before the
-        # send, measured as inline there); benchmarks/RESULTS.md.
+        # concurrency 1: -24 to -39 us of p50 against one hop on an AMD EPYC VM; on an
+        # Intel Xeon VM, where client and server shared two cores, +6 and +14 against
+        # one hop and +37 against inline). A captured JSON line stays inline: deferred
+        # the same way it took 13 us off the p50 on the EPYC but added 52-54 us on the
+        # Xeon, where the work then runs while the server's threads receive the request
+        # (one hop, before the send, measured as inline there); benchmarks/RESULTS.md.
         if defer and ((span is not None and span.is_recording()) or mode == ACCESS_INLINE):
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
