@@ -1,21 +1,24 @@
 """Latency and throughput of two code trees side by side: the closest A/B this machine
-allows for a change to one side of a call.
+allows for a change to one side of a call, or to both.
 
 ``python -m benchmarks.ab --base /path/to/old/tree [--new /path/to/new/tree]`` (``--new``
 defaults to this checkout; ``git worktree add --detach ../base REV`` makes an old tree)
 starts, for ``--side server`` (the default), a meshkit server from each tree in its own
-process and one plain grpc.aio client process, which runs ``--rounds`` rounds of
-``--calls`` unary calls (``--callers`` at once) against each server in alternating order;
-for ``--side client``, one meshkit server (from ``--new``) and a meshkit client process
-from each tree, alternating the same way. Only the side under test differs, and both
-trees' rounds share the machine's state of the moment: on a shared VM whose speed moves
-by more than a change between two runs (a tree's p50 at one caller moved from 685 to 564
-us between two runs on 2026-12-04), paired rounds still resolve a few microseconds. It
-prints each tree's median round p50, mean and QPS, and the median per-round difference
-(new minus base) with how many rounds the new tree was lower. ``--telemetry defaults``
-(as shipped) or ``traced`` (every call sampled into an SDK batch processor that drops
-spans) on both processes of a call. ``--loop uvloop`` runs every process on uvloop's event
-loop (``meshkit[fast]``).
+process, each driven by a plain grpc.aio client process, which run ``--rounds`` rounds of
+``--calls`` unary calls (``--callers`` at once) in alternating order; for ``--side
+client``, one meshkit server (from ``--new``) and a meshkit client process from each
+tree, alternating the same way; for ``--side both``, a meshkit server and a meshkit
+client from each tree (the way meshkit runs on both sides of a call: a change to both
+sides, or one whose effect depends on the other side's code, is measured whole, e.g. a
+client's deferred work against a server's own deferral). Only the side under test
+differs, and both trees' rounds share the machine's state of the moment: on a shared VM
+whose speed moves by more than a change between two runs (a tree's p50 at one caller moved
+from 685 to 564 us between two runs on 2026-12-04), paired rounds still resolve a few
+microseconds. It prints each tree's median round p50, mean and QPS, and the median
+per-round difference (new minus base) with how many rounds the new tree was lower.
+``--telemetry defaults`` (as shipped) or ``traced`` (every call sampled into an SDK batch
+processor that drops spans) on both processes of a call. ``--loop uvloop`` runs every
+process on uvloop's event loop (``meshkit[fast]``).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults
     set of processes keeps a bias of its own (in A/A runs the tree started second read
     faster in five of six sets, by 3 to 37 us of p50), which alternating start orders
     cancel."""
+    if side not in ("server", "client", "both"):
+        raise ValueError(f"side must be 'server', 'client' or 'both', got {side!r}")
     if sessions < 1 or rounds < sessions:
         raise ValueError(f"need 1 <= sessions <= rounds, got sessions={sessions!r}, "
                          f"rounds={rounds!r}")
@@ -117,6 +122,12 @@ def _session(got: dict[str, list[list[float]]], order: tuple[tuple[str, str], ..
                     drivers[name] = _Proc(_HERE, "raw", f"127.0.0.1:{srv.ready[1]}",
                                           loop=loop)
                     procs.append(drivers[name])
+            elif side == "both":
+                for name, tree in order:
+                    registry = os.path.join(tmp, name)
+                    procs.append(_Proc(tree, "server", telemetry, registry, loop=loop))
+                    drivers[name] = _Proc(tree, "client", telemetry, registry, loop=loop)
+                    procs.append(drivers[name])
             else:
                 registry = os.path.join(tmp, "registry")
                 procs.append(_Proc(new, "server", telemetry, registry, loop=loop))
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the old code tree")
     p.add_argument("--new", default=_HERE, help="the new code tree (default: this checkout)")
-    p.add_argument("--side", choices=("server", "client"), default="server")
+    p.add_argument("--side", choices=("server", "client", "both"), default="server")
     p.add_argument("--telemetry", choices=("defaults", "traced"), default="defaults")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--calls", type=int, default=300, help="calls per round per tree")
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     s = run(a.base, a.new, side=a.side, telemetry=a.telemetry, rounds=a.rounds,
             calls=a.calls, callers=a.callers, loop=a.loop, sessions=a.sessions)["summary"]
-    print(f"{a.side} side, telemetry {a.telemetry}, {a.rounds} alternating rounds of "
+    sides = "both sides" if a.side == "both" else f"{a.side} side"
+    print(f"{sides}, telemetry {a.telemetry}, {a.rounds} alternating rounds of "
           f"{a.calls} calls, {a.callers} caller(s), {a.loop} event loop, "
           f"{a.sessions} session(s)")
     for name in ("base", "new"):

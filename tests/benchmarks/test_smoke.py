@@ -119,6 +119,7 @@ def test_micro_telemetry_rounds_drop_no_span() -> None:
 
 @pytest.mark.parametrize(("side", "telemetry", "loop"), [("server", "defaults", "asyncio"),
                                                           ("client", "traced", "asyncio"),
+                                                          ("both", "defaults", "asyncio"),
                                                           ("server", "defaults", "uvloop")])
 def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
                                                   loop: str) -> None:
@@ -142,7 +143,9 @@ def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
         got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20,
                      callers=2, loop=loop, sessions=2)
     assert seen and all(ready[-1] == loop for ready in seen)
-    assert len(seen) == (8 if side == "server" else 6)  # two sessions of fresh processes
+    # two sessions of fresh processes: a server and its driver per tree, or one server
+    # and a client per tree
+    assert len(seen) == (6 if side == "client" else 8)
     for name in ("base", "new"):
         assert len(got["rounds"][name]) == 2
         assert all(p50 > 0 and mean > 0 and qps > 0 for p50, mean, qps in got["rounds"][name])
