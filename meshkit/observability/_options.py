@@ -78,21 +78,21 @@ class TelemetryOptions:
             many calls at once, where deferring only adds scheduling work) and at ``0``
             both happen before the response, so a span is exported by the time its call
             returns. Only work worth moving is deferred: ending a recorded (sampled) span,
-            or an access line its logger renders on the spot (the console format, the
-            standard library); the JSON access log of :func:`~meshkit.observability.
-            configure_logging` captures a tuple, cheaper than a deferral on a busy loop,
-            so a server defers that capture only while its event loop has nothing else
-            ready (asyncio's own loops), where the turn it adds is idle time, or, on a
-            loop that does not show its ready queue (uvloop), while the call is the only
-            one in its request gate (``serve()`` wires the count; a callback there is C,
-            and such a server keeps deferring under load); a client captures it inline
+            an access line its logger renders on the spot (the console format, the
+            standard library), and on a server the JSON access log's capture (a tuple,
+            :func:`~meshkit.observability.configure_logging`). A server defers only while
+            its event loop has nothing else ready (asyncio's own loops), where the turn
+            it adds is idle time, or, on a loop that does not show its ready queue
+            (uvloop), while the call is the only one in its request gate (``serve()``
+            wires the count; a callback there is C, and such a server keeps deferring
+            under load): a server whose handlers answer at once has about one call in
+            flight at a time, and under load its busy loop now finishes calls inline
+            (a deferral there adds a callback per call: every call sampled, concurrency
+            32, +0.9 and +1.9 % QPS when spans stopped deferring on a busy loop;
+            ``benchmarks/RESULTS.md``). A client captures the JSON record inline
             (deferred, it lowered the p50 at one caller on one VM and raised it four
-            times as much on another). Default 4.
-            Metrics are always recorded before the response. A server
-            whose handlers answer at once has about one call in flight at a time, so it
-            keeps deferring under load, which at saturation costs it a few per cent of
-            throughput (one more loop iteration per call; ``benchmarks/RESULTS.md``):
-            use ``0`` for a server bound by throughput rather than latency.
+            times as much on another). Default 4. Metrics are always recorded before
+            the response. ``0`` puts every completion before the response.
 
     Raises:
         ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a

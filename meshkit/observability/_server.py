@@ -16,7 +16,6 @@ from meshkit._handlers import Handler, Reporter, WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
-    ACCESS_INLINE,
     ACCESS_OFF,
     AccessEvent,
     access_mode,
@@ -190,12 +189,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
        peer_identity, trace_id, span_id).
 
     Metrics are recorded before the handler's answer goes back to grpc; under light load
-    ending a recorded (sampled) span and writing an access line rendered on the spot happen
-    in the event loop's next turn, after the response has been handed to gRPC, with the
-    span stamped with the handler's end time
-    (``TelemetryOptions.complete_after_response_max_in_flight``); so does capturing the
-    JSON access log's record when the loop has nothing else ready (on asyncio's own loops),
-    since the turn that adds is idle time. An SDK span exists only
+    ending a recorded (sampled) span, writing an access line rendered on the spot and
+    capturing the JSON access log's record happen in the event loop's next turn, after the
+    response has been handed to gRPC, with the span stamped with the handler's end time
+    (``TelemetryOptions.complete_after_response_max_in_flight``), and only while the loop
+    has nothing else ready (on asyncio's own loops), since the turn that adds is then idle
+    time. An SDK span exists only
     for a sampled trace (the caller's flag under the default parent-based sampler);
     otherwise a non-recording span carries the trace context. An exception while doing
     either is logged on ``meshkit.observability`` and never fails the call.
@@ -271,20 +270,20 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         try:
             if m.bound is not None:
                 m.bound.finished(code, duration_s, limited)
-            mode = access_mode() if self.options.access_log else ACCESS_OFF
-            log = mode != ACCESS_OFF
+            log = self.options.access_log and access_mode() != ACCESS_OFF
             if span is None and not log:
                 return
             identity = self._identity() if self._identity is not None else None
             md = self._md(m, context) if log and m.log_md else None
-            # Deferred: ending a recorded span and an access line rendered when logged,
-            # whenever the limit allows; a captured JSON line only while the loop has
-            # nothing else ready (_idle): the turn the deferral adds is then idle time,
-            # and the capture leaves the response's path (-9 to -42 us of p50 at
-            # concurrency 1, benchmarks/RESULTS.md); on a busy loop it only adds a callback
+            # Deferred (a recorded span's end, an access line rendered when logged, a
+            # captured JSON line) within the limit and only while the loop has nothing
+            # else ready (_idle): the turn the deferral adds is then idle time, and the
+            # work leaves the response's path (JSON capture -9 to -42 us and every call
+            # sampled -22 us of p50 at concurrency 1); on a busy loop, a server under
+            # load, it only adds a callback (every call sampled, concurrency 32: +0.9 and
+            # +1.9 % QPS once spans too end inline there); benchmarks/RESULTS.md
             loop = _running_loop() if defer else None
-            if loop is not None and not ((span is not None and span.is_recording())
-                                         or mode == ACCESS_INLINE or self._idle(loop)):
+            if loop is not None and not self._idle(loop):
                 loop = None
             if loop is not None:
                 # the context copied here still has the span current, as inline

@@ -630,6 +630,43 @@ async def test_json_lines_are_captured_after_a_servers_answer_only_on_an_idle_lo
     assert line["side"] == side and line["code"] == "OK"
 
 
+@pytest.mark.parametrize("busy", [False, True])
+async def test_a_server_ends_its_span_after_the_answer_only_on_an_idle_loop(
+        busy: bool, tracing: Tracing) -> None:
+    """A server ends a recorded span after its answer went back to grpc (the loop's next
+    turn) only while nothing else is ready on the loop, as it captures a JSON line: on a
+    busy loop, a server under load, the deferral would only add a callback per call, so
+    the span ends before the answer."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryServerInterceptor
+
+    icpt = TelemetryServerInterceptor("echo", TelemetryOptions(
+        registry=CollectorRegistry(), tracer_provider=tracing.provider, access_log=False))
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return request
+
+    handler = icpt.resolve("/meshkit.test.Echo/Unary",
+                           grpc.unary_unary_rpc_method_handler(unary))
+    assert handler is not None and handler.unary_unary is not None
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # the loop settles (nothing of the fixtures' left ready)
+        await asyncio.sleep(0)
+    if busy:
+        loop.call_soon(lambda: None)
+    assert await handler.unary_unary(b"hi", _ServedContext()) == b"hi"
+    # uvloop does not show its ready queue: inline there (nothing counts the calls here)
+    deferred = not busy and hasattr(loop, "_ready")
+    assert len(tracing.spans()) == (0 if deferred else 1)
+    assert icpt._deferred == (1 if deferred else 0)
+    await asyncio.sleep(0)
+    (span,) = tracing.spans()
+    assert span.kind is SpanKind.SERVER and icpt._deferred == 0 and icpt._in_flight == 0
+
+
 @pytest.mark.parametrize(("calls", "deferred"), [(None, False), (1, True), (2, False)])
 def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
         calls: int | None, deferred: bool, monkeypatch: pytest.MonkeyPatch) -> None:
