@@ -194,10 +194,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     response has been handed to gRPC, with the span stamped with the handler's end time
     (``TelemetryOptions.complete_after_response_max_in_flight``), and only while the loop
     has nothing else ready (on asyncio's own loops), since the turn that adds is then idle
-    time. An SDK span exists only
-    for a sampled trace (the caller's flag under the default parent-based sampler);
-    otherwise a non-recording span carries the trace context. An exception while doing
-    either is logged on ``meshkit.observability`` and never fails the call.
+    time. An SDK span exists only for a sampled trace (the caller's flag under the default
+    parent-based sampler); otherwise a non-recording span carries the trace context. An
+    exception while doing either is logged on ``meshkit.observability`` and never fails
+    the call.
 
     Put it first (outermost) in ``ServeOptions.interceptors``: it then sees the statuses
     the later interceptors produce (``UNAUTHENTICATED``, ``RESOURCE_EXHAUSTED``...).
@@ -283,9 +283,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             # load, it only adds a callback (every call sampled, concurrency 32: +0.9 and
             # +1.9 % QPS once spans too end inline there); benchmarks/RESULTS.md
             loop = _running_loop() if defer else None
-            if loop is not None and not self._idle(loop):
-                loop = None
-            if loop is not None:
+            if loop is not None and self._idle(loop):
                 # the context copied here still has the span current, as inline
                 self._deferred += 1
                 loop.call_soon(self._complete, True, m, span, _time_ns(), code, exc,
