@@ -41,6 +41,7 @@ import structlog
 from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
+from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._methods import MethodMatcher
 from meshkit._pool import EndpointPool
 from meshkit._registration import grpc_observability_active
@@ -281,6 +282,8 @@ class _MethodPlan:
             mc = factory(self.method, request_serializer=self.request_serializer,
                          response_deserializer=self.response_deserializer,
                          _registered_method=grpc_observability_active())
+            if self.kind is CallKind.UNARY_UNARY:  # run in the caller's task (meshkit._inline)
+                mc = inline_unary_unary(mc)
             callables[self.method] = mc
         return mc
 
@@ -391,12 +394,14 @@ class MeshChannel(grpc.aio.Channel):
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
         md = details.metadata
-        call = details.codec.on(self._conns[ep.key])(
+        start = details.codec.on(self._conns[ep.key])
+        call = start(
             request,
             timeout=timeout,
-            # grpc.aio's own type: a plain sequence is checked with isinstance(Sequence),
-            # abc's slow path, on every call before the same conversion
-            metadata=Metadata(*md) if md else None,
+            # grpc.aio's public path wants its own type (a plain sequence is checked with
+            # isinstance(Sequence), abc's slow path, on every call before the same
+            # conversion); an inline attempt takes the pairs as they are
+            metadata=(md if type(start) is InlineUnaryUnary else Metadata(*md)) if md else None,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
             compression=details.compression,

@@ -1,0 +1,136 @@
+"""Unary-unary attempts run in the caller's task (meshkit/_inline.py), against real servers:
+the path is taken on this grpcio, and where it is not taken (compression, grpc.aio
+interceptors on the sub-channels, ``MESHKIT_INLINE_CALLS=0``) calls behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit._inline import InlineUnaryUnaryCall
+from meshkit.discovery import LocalRegistry
+from meshkit.interceptors import ClientCallDetails, ClientInterceptor, UnaryProceed
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+
+
+class _LastCall(ClientInterceptor):
+    """Records the grpc call object of each call's answering attempt."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                              proceed: UnaryProceed) -> Any:
+        try:
+            return await proceed(details, request)
+        finally:
+            self.calls.append(details.last_call)
+
+
+class _PassAttempt(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                    request: Any) -> Any:
+        return await continuation(details, request)
+
+
+def _opts(**kw: Any) -> meshkit.DialOptions:
+    return meshkit.DialOptions(insecure=True, retry=None, **kw)
+
+
+async def test_unary_attempts_run_inline_on_this_grpcio(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """On the grpcio meshkit is tested with, an attempt is an InlineUnaryUnaryCall (if this
+    fails after a grpcio upgrade, meshkit/_inline.py no longer recognises grpc.aio's
+    internals and calls take the slower public path: adapt it)."""
+    await echo_servers("e1")
+    seen = _LastCall()
+    async with meshkit.dial("echo", registry=registry, options=_opts(interceptors=(seen,))) as ch:
+        assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(method("Fail"))(b"NOT_FOUND:2", timeout=5)
+    assert [type(c) for c in seen.calls] == [InlineUnaryUnaryCall] * 2
+    e = err.value
+    assert e.code() is grpc.StatusCode.NOT_FOUND and "asked to fail" in (e.details() or "")
+    assert ("retry-after", "2") in list(e.trailing_metadata())
+    ok, failed = seen.calls
+    assert await ok.code() is grpc.StatusCode.OK and ok.done()
+    assert await failed.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_deadline_ends_an_inline_attempt_deadline_exceeded(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(method("Sleep"))(b"3000", timeout=0.2)
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_cancelling_the_awaiting_task_cancels_the_call_on_the_server(
+    registry: LocalRegistry
+) -> None:
+    """The attempt runs in the caller's task: cancelling that task must end the RPC (the
+    server's handler sees the cancellation), as grpc.aio's own task would."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: bytes, context: Any) -> bytes:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return b""
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "hold.Hold", {"Hold": grpc.unary_unary_rpc_method_handler(hold)}),))
+
+    server = meshkit.MeshServer("hold", [(add, None)], registry=registry, options=(
+        meshkit.ServeOptions(insecure=True, instance_id="h1", drain_delay_s=0, grace_s=1.0)))
+    await server.start()
+    try:
+        async with meshkit.dial("hold", registry=registry, options=_opts()) as ch:
+            task = asyncio.ensure_future(ch.unary_unary("/hold.Hold/Hold")(b"", timeout=20))
+            await asyncio.wait_for(started.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(cancelled.wait(), 5)
+    finally:
+        await server.drain()
+
+
+async def test_calls_with_compression_or_attempt_interceptors_take_grpcs_path(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    await echo_servers("e1")
+    seen = _LastCall()
+    async with meshkit.dial("echo", registry=registry, options=_opts(interceptors=(seen,))) as ch:
+        assert await ch.unary_unary(method("Unary"))(
+            b"z", timeout=5, compression=grpc.Compression.Gzip) == b"e1|z"
+    opts = _opts(interceptors=(seen,), attempt_interceptors=(_PassAttempt(),))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        assert await ch.unary_unary(method("Unary"))(b"w", timeout=5) == b"e1|w"
+    assert len(seen.calls) == 2
+    assert not any(isinstance(c, InlineUnaryUnaryCall) for c in seen.calls)
+    assert [await c.code() for c in seen.calls] == [grpc.StatusCode.OK] * 2
+
+
+def test_the_environment_can_turn_inline_calls_off() -> None:
+    check = "import meshkit._inline as m; print(m.AVAILABLE)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                             env={**os.environ, "MESHKIT_INLINE_CALLS": value}, timeout=60,
+                             check=True)
+        assert out.stdout.strip() == expected
