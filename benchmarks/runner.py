@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds per contender in the overhead and compare "
                         "scenarios (default: the mode's; more rounds, steadier medians)")
+    p.add_argument("--sessions", type=int, default=None,
+                   help="overhead scenario: sets of fresh worker processes its rounds are "
+                        "split over at each concurrency (default: the mode's, 1 in full); "
+                        "averages out how identical processes differ")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="the event loop of every worker, raw grpc.aio's included (default "
                         "asyncio; uvloop comes with meshkit[fast])")
@@ -142,6 +146,10 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
         if args.rounds < 1:
             raise SystemExit(f"--rounds must be >= 1, got {args.rounds!r}")
         plan = dataclasses.replace(plan, rounds=args.rounds, compare_rounds=None)
+    if args.sessions is not None:
+        if args.sessions < 1:
+            raise SystemExit(f"--sessions must be >= 1, got {args.sessions!r}")
+        plan = dataclasses.replace(plan, overhead_sessions=args.sessions)
     sup.drain_delay_s = plan.drain_delay_s
     secrets = stacks.Secrets(workdir / "secrets")
     ctx = Ctx(plan=plan, sup=sup, secrets=secrets, workdir=workdir)

@@ -25,6 +25,12 @@ class Plan:
         rounds, round_s, warmup_s, concurrencies: overhead rounds per contender, seconds
             of load per round, warm-up seconds, client concurrencies.
         overhead_only: contenders of the overhead scenario (``None``: all of them).
+        overhead_sessions: sets of fresh processes the overhead scenario's rounds are split
+            over at each concurrency (1: one server and one client process per contender
+            for the whole run). Identical processes differ (four identical clients against
+            one server: median p50s of 657-677 us at one caller), and with one process pair
+            per contender that difference stays in its column; fresh pairs per session
+            average it out, as ``benchmarks.ab --sessions`` does.
         compare_concurrencies: concurrencies of the hand-assembled comparison.
         compare_rounds: its rounds per contender (``None``: ``rounds``); the full mode runs
             15, because its per-round ratios spread widely on a noisy host (0.97-1.44 in
@@ -49,6 +55,7 @@ class Plan:
     warmup_s: float
     concurrencies: tuple[int, ...] = (1, 32)
     overhead_only: tuple[str, ...] | None = None
+    overhead_sessions: int = 1
     compare_concurrencies: tuple[int, ...] = (32,)
     compare_rounds: int | None = None
     slow_rounds: int = 2
@@ -69,7 +76,8 @@ class Plan:
 
 PLANS: dict[str, Plan] = {
     "smoke": Plan(mode="smoke", rounds=2, round_s=0.15, warmup_s=0.1,
-                  overhead_only=("raw", "mesh", "defaults", "full"), slow_rounds=1,
+                  overhead_only=("raw", "mesh", "defaults", "full"), overhead_sessions=2,
+                  slow_rounds=1,
                   slow_round_s=0.2,
                   failover_pre_s=0.4, failover_post_s=0.7, join_obs_s=0.6, leave_obs_s=0.5,
                   convergence_contenders=("local-p2c", "etcd-p2c", "consul-p2c"),
@@ -105,6 +113,7 @@ class Pair:
     Attributes:
         name: contender name (``raw``, ``mesh``, ``+jwt``, ``full``, ``hand``...).
         kind: ``raw``, ``mesh`` or ``hand``; layers: meshkit layers (``mesh`` only).
+        tracing: whether the stack traces (``Ctx.pair``'s ``tracing``).
     """
 
     name: str
@@ -112,6 +121,7 @@ class Pair:
     layers: tuple[str, ...]
     server: ServerProc
     client: ClientProc
+    tracing: bool = True
 
     async def load(self, concurrency: int, duration_s: float, **extra: Any) -> dict[str, Any]:
         """One bounded load round on this pair; adds the server's CPU seconds."""
@@ -135,6 +145,7 @@ class Ctx:
     notes: list[str] = field(default_factory=list)
     pairs: dict[str, Pair] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    generation: int = 0  # bumped by renew_pairs: the workers' names (and logs) differ
 
     def note(self, text: str) -> None:
         """Record (and print) a note that goes into the results."""
@@ -169,7 +180,7 @@ class Ctx:
             return None
         registry = self.registry("pairs")
         service = f"bench-{slug(name)}"
-        wname = slug(name)
+        wname = slug(name) if not self.generation else f"{slug(name)}-{self.generation}"
         try:
             server = await self.sup.server(f"srv-{wname}", kind=kind, layers=layers,
                                            service=service, registry=registry,
@@ -183,9 +194,19 @@ class Ctx:
             self.unavailable[name] = str(exc)
             self.note(f"contender {name!r} skipped: {exc}")
             return None
-        p = Pair(name, kind, layers, server, client)
+        p = Pair(name, kind, layers, server, client, tracing)
         self.pairs[name] = p
         return p
+
+    async def renew_pairs(self, pairs: Sequence[Pair]) -> list[Pair]:
+        """Stop ``pairs``' processes and start fresh ones for the same contenders (the
+        next session of :attr:`Plan.overhead_sessions`), in the same order."""
+        await asyncio.gather(*(proc.stop(2.0) for p in pairs
+                               for proc in (p.client, p.server)))
+        for p in pairs:
+            self.pairs.pop(p.name, None)
+        self.generation += 1
+        return await self.pairs_for([(p.name, p.kind, p.layers, p.tracing) for p in pairs])
 
     async def pairs_for(self, specs: Sequence[tuple[str, str, tuple[str, ...], bool]]
                         ) -> list[Pair]:

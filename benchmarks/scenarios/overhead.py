@@ -62,11 +62,20 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     plan = ctx.plan
     pairs = await ctx.pairs_for(contender_specs(ctx))
     by_conc: dict[str, Any] = {}
-    for conc in plan.concurrencies:
+    sessions = max(1, min(plan.overhead_sessions, plan.rounds))
+    for i, conc in enumerate(plan.concurrencies):
         print(f"  concurrency {conc}: {len(pairs)} contenders x {plan.rounds} rounds "
-              f"of {plan.round_s}s", flush=True)
-        rounds = await interleave(pairs, concurrency=conc, rounds=plan.rounds,
-                                  round_s=plan.round_s, warmup_s=plan.warmup_s)
+              f"of {plan.round_s}s" + (f" in {sessions} sessions of fresh processes"
+                                       if sessions > 1 else ""), flush=True)
+        rounds: dict[str, list[dict[str, Any]]] = {p.name: [] for p in pairs}
+        for s in range(sessions):
+            if s or (i and sessions > 1):  # each session on fresh processes
+                pairs = await ctx.renew_pairs(pairs)
+            share = plan.rounds // sessions + (s < plan.rounds % sessions)
+            got = await interleave(pairs, concurrency=conc, rounds=share,
+                                   round_s=plan.round_s, warmup_s=plan.warmup_s)
+            for name, rs in got.items():
+                rounds[name].extend(rs)
         base = rounds.get("raw")
         by_conc[str(conc)] = {name: summarize(rs, base) for name, rs in rounds.items()}
     contenders = []
@@ -78,7 +87,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             "client_peak_rss_kb": p.client.peak_rss_kb(),
         })
     return {"baseline": "raw", "concurrencies": list(plan.concurrencies),
-            "round_s": plan.round_s, "rounds": plan.rounds, "request_bytes": 64,
+            "round_s": plan.round_s, "rounds": plan.rounds, "sessions": sessions,
+            "request_bytes": 64,
             "contenders": contenders, "by_concurrency": by_conc,
             "skipped": {k: v for k, v in ctx.unavailable.items()}}
 

@@ -31,13 +31,14 @@ def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     assert set(doc["scenarios"]) == set(SCENARIOS)
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["packages"]["grpcio"]
     sc = doc["scenarios"]
+    assert sc["overhead"]["sessions"] == 2  # the smoke plan's: fresh processes per session
     for conc in ("1", "32"):
         rows = sc["overhead"]["by_concurrency"][conc]
         assert {"raw", "mesh"} <= set(rows)
         for row in rows.values():
             _numbers(row, "qps", "p50_us", "p99_us", "client_cpu_s_per_1k",
                      "server_cpu_s_per_1k", "qps_ratio", "added_p50_us")
-            assert row["calls"] > 0
+            assert row["calls"] > 0 and row["rounds"] == 2  # one round in each session
     hand_deps = all(importlib.util.find_spec(m) for m in ("grpc_interceptor", "tenacity"))
     assert ("hand" in sc["compare"]["by_concurrency"]["32"]) == hand_deps
     if hand_deps:
