@@ -66,8 +66,12 @@ else:  # pragma: no cover - another grpcio layout
     _PublicMultiCallable = None
 
 
+_RUNNING = ("running",)
+
+
 class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
-    """A unary-unary call that runs when awaited, in the awaiting task (await it once).
+    """A unary-unary call that runs when first awaited, in the awaiting task; later awaits
+    (from any task) give the same response or raise the same error, as grpc.aio's own.
 
     Everything else is grpc.aio's ``Call``: ``cancel()``, ``done()``,
     ``add_done_callback()``, ``time_remaining()``, ``initial_metadata()``,
@@ -82,24 +86,57 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
                  ser: Any, deser: Any, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(cython_call, metadata, ser, deser, loop)
         self._request = request
+        # None (not awaited yet), _RUNNING, or (response, error) once it has ended
+        self._outcome: tuple[Any, ...] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._invoke().__await__()
+        if self._outcome is None:
+            self._outcome = _RUNNING
+            return self._invoke().__await__()
+        return self._again().__await__()
 
     async def _invoke(self) -> Any:
         cython_call = self._cython_call
         try:
-            raw = await cython_call.unary_unary(
-                _serialize(self._request, self._request_serializer), self._metadata,
-                _census())
-        except asyncio.CancelledError:
-            if not self.cancelled():
-                self.cancel()
+            try:
+                raw = await cython_call.unary_unary(
+                    _serialize(self._request, self._request_serializer), self._metadata,
+                    _census())
+            except asyncio.CancelledError:
+                if not self.cancelled():
+                    self.cancel()
+                raise
+            if not cython_call.is_ok():
+                await self._raise_for_status()  # CancelledError if cancelled, else the error
+            response = _deserialize(raw, self._response_deserializer)
+        except BaseException as exc:
+            self._ended(None, exc)
             raise
-        if cython_call.is_ok():
-            return _deserialize(raw, self._response_deserializer)
-        await self._raise_for_status()  # CancelledError when cancelled locally, else the error
-        raise AssertionError("unreachable: a call that is not OK has raised")  # pragma: no cover
+        self._ended(response, None)
+        return response
+
+    def _ended(self, response: Any, error: BaseException | None) -> None:
+        self._outcome = (response, error)
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _again(self) -> Any:
+        """A later await: wait for the first one's outcome, then give it."""
+        while self._outcome is _RUNNING:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(fut)
+            await fut
+        assert self._outcome is not None
+        response, error = self._outcome
+        if error is not None:
+            raise error
+        return response
 
     async def wait_for_connection(self) -> None:
         """Wait until the call has ended (a unary call's connection is its whole life).

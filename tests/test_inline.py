@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit._inline import InlineUnaryUnaryCall
+from meshkit._inline import InlineUnaryUnary, InlineUnaryUnaryCall, inline_unary_unary
 from meshkit.discovery import LocalRegistry
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor, UnaryProceed
 from tests.conftest import EchoFactory
@@ -134,3 +134,23 @@ def test_the_environment_can_turn_inline_calls_off() -> None:
                              env={**os.environ, "MESHKIT_INLINE_CALLS": value}, timeout=60,
                              check=True)
         assert out.stdout.strip() == expected
+
+
+async def test_an_inline_call_awaited_again_or_twice_at_once_gives_one_outcome(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """As grpc.aio's own call: every await of the call gives the same response or raises
+    the same status, whether it comes after the first or alongside it (one RPC is sent)."""
+    server = await echo_servers("e1")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        start = inline_unary_unary(channel.unary_unary(method("Sleep")))
+        assert isinstance(start, InlineUnaryUnary)
+        call = start(b"50", timeout=5)
+        first, second = await asyncio.gather(call, call)
+        assert first == second == b"e1" and await call == b"e1"
+        assert await call.code() is grpc.StatusCode.OK
+        fail = inline_unary_unary(channel.unary_unary(method("Fail")))(b"ABORTED", timeout=5)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await fail
+            assert err.value.code() is grpc.StatusCode.ABORTED
