@@ -274,7 +274,8 @@ class _MethodPlan:
     def on(self, conn: Any) -> Any:
         """The sub-channel multicallable of this method on an endpoint's connection
         (a registered method only under a grpc observability plugin: see
-        :mod:`meshkit._registration`)."""
+        :mod:`meshkit._registration`); for a unary-unary method, one whose calls run in the
+        caller's task where :mod:`meshkit._inline` can."""
         callables = conn.callables
         mc = callables.get(self.method)
         if mc is None:
