@@ -82,13 +82,15 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
         asyncio.CancelledError: the call was cancelled (``cancel()``, or the awaiting task).
     """
 
+    # None (not awaited yet), _RUNNING, or (response, error) once it has ended; class
+    # defaults, so that a call sets only what it uses
+    _outcome: tuple[Any, ...] | None = None
+    _waiters: list[asyncio.Future[None]] | None = None  # later awaits, while it runs
+
     def __init__(self, cython_call: Any, request: Any, metadata: tuple[Any, ...],
                  ser: Any, deser: Any, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(cython_call, metadata, ser, deser, loop)
         self._request = request
-        # None (not awaited yet), _RUNNING, or (response, error) once it has ended
-        self._outcome: tuple[Any, ...] | None = None
-        self._waiters: list[asyncio.Future[None]] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         if self._outcome is None:
@@ -111,18 +113,20 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
                 await self._raise_for_status()  # CancelledError if cancelled, else the error
             response = _deserialize(raw, self._response_deserializer)
         except BaseException as exc:
-            self._ended(None, exc)
+            self._outcome = (None, exc)
+            if self._waiters is not None:
+                self._wake()
             raise
-        self._ended(response, None)
+        self._outcome = (response, None)
+        if self._waiters is not None:
+            self._wake()
         return response
 
-    def _ended(self, response: Any, error: BaseException | None) -> None:
-        self._outcome = (response, error)
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, None
-        if waiters:
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
 
     async def _again(self) -> Any:
         """A later await: wait for the first one's outcome, then give it."""
