@@ -123,8 +123,8 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
         return response
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, None
-        for fut in waiters or ():
+        waiters, self._waiters = self._waiters or [], None
+        for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 
@@ -143,13 +143,15 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
         return response
 
     async def wait_for_connection(self) -> None:
-        """Wait until the call has ended (a unary call's connection is its whole life).
+        """Wait until the call has ended (a unary call's connection is its whole life),
+        starting it if nothing has awaited it yet (grpc.aio's call runs in its own task
+        whether awaited or not; this one runs only when awaited).
 
         Raises:
             grpc.aio.AioRpcError: the call ended with a status other than ``OK``.
+            asyncio.CancelledError: the call was cancelled.
         """
-        await self._cython_call.status()
-        await self._raise_for_status()
+        await self
 
 
 class InlineUnaryUnary:

@@ -154,3 +154,18 @@ async def test_an_inline_call_awaited_again_or_twice_at_once_gives_one_outcome(
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await fail
             assert err.value.code() is grpc.StatusCode.ABORTED
+
+
+async def test_wait_for_connection_starts_an_inline_call_nothing_awaited_yet(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """grpc.aio's call runs whether awaited or not, so its wait_for_connection() returns
+    once it ends; an inline call must start itself there rather than wait forever."""
+    server = await echo_servers("e1")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = inline_unary_unary(channel.unary_unary(method("Unary")))(b"w", timeout=5)
+        await asyncio.wait_for(call.wait_for_connection(), 5)
+        assert call.done() and await call == b"e1|w"
+        fail = inline_unary_unary(channel.unary_unary(method("Fail")))(b"ABORTED", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(fail.wait_for_connection(), 5)
