@@ -23,7 +23,14 @@ from __future__ import annotations
 from meshkit._loop import run, uvloop_installed
 from meshkit.channel import DialOptions, MeshChannel, dial
 from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
-from meshkit.errors import ConfigError, MeshError, MeshRpcError, NoEndpointsError, RegistryError
+from meshkit.errors import (
+    ConfigError,
+    InvalidMetadataError,
+    MeshError,
+    MeshRpcError,
+    NoEndpointsError,
+    RegistryError,
+)
 from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
 from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve
 
@@ -36,6 +43,7 @@ __all__ = [
     "ConfigError",
     "DialOptions",
     "Instance",
+    "InvalidMetadataError",
     "MeshChannel",
     "MeshError",
     "MeshRpcError",

@@ -42,6 +42,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
+from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
 from meshkit._pool import EndpointPool
 from meshkit._registration import grpc_observability_active
@@ -413,6 +414,8 @@ class MeshChannel(grpc.aio.Channel):
         return ep, done, call
 
     async def _attempt_unary(self, details: ClientCallDetails, request: Any) -> Any:
+        if details.metadata:  # before the pick: bad metadata is the caller's, no endpoint's
+            check_metadata(details.metadata)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -436,6 +439,8 @@ class MeshChannel(grpc.aio.Channel):
         return response
 
     async def _attempt_stream(self, details: ClientCallDetails, request: Any) -> Any:
+        if details.metadata:
+            check_metadata(details.metadata)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)

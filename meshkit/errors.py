@@ -9,6 +9,7 @@ looks at ``.code()`` keeps working:
 error                                 gRPC status
 ====================================  ==============================
 :class:`NoEndpointsError`             ``UNAVAILABLE``
+:class:`InvalidMetadataError`         ``INTERNAL`` (as grpc-go), raised before any attempt
 :class:`ConfigError`                  (raised at construction, never on the wire)
 :class:`RegistryError`                (raised by registry calls, never on the wire)
 ====================================  ==============================
@@ -24,6 +25,7 @@ from grpc.aio import AioRpcError, Metadata
 
 __all__ = [
     "ConfigError",
+    "InvalidMetadataError",
     "MeshError",
     "MeshRpcError",
     "NoEndpointsError",
@@ -70,3 +72,24 @@ class NoEndpointsError(MeshRpcError):
     def __init__(self, service: str, reason: str = "no endpoint is registered") -> None:
         self.service = service
         super().__init__(grpc.StatusCode.UNAVAILABLE, f"service {service!r}: {reason}")
+
+
+class InvalidMetadataError(MeshRpcError):
+    """A call's request metadata cannot be sent: status ``INTERNAL``, as grpc-go reports
+    it (grpc core refuses the call with an unnamed error otherwise).
+
+    The rules are gRPC's (``PROTOCOL-HTTP2.md``, *Custom-Metadata*): a key is non-empty
+    and made of ``[0-9a-z-_.]``; a key ending in ``-bin`` carries ``bytes``, any other a
+    ``str`` (or ``bytes``) of printable ASCII (``0x20``-``0x7E``). Raised by a meshkit
+    channel before it picks an endpoint, so the call makes no attempt, is not retried and
+    counts against no endpoint.
+
+    Args:
+        key: the offending key; quoted in the status message (the value never is: it may
+            be a credential).
+        reason: what is wrong with the key or its value.
+    """
+
+    def __init__(self, key: object, reason: str) -> None:
+        self.key = key
+        super().__init__(grpc.StatusCode.INTERNAL, f"metadata key {key!r}: {reason}")

@@ -1,0 +1,84 @@
+"""Request metadata checked against gRPC's rules before a call is attempted.
+
+grpc core refuses a call whose metadata breaks the rules of gRPC over HTTP/2
+(``PROTOCOL-HTTP2.md``, *Custom-Metadata*): grpc.aio then raises a bare
+``ExecuteBatchError`` (unary) or ``INTERNAL`` "Invalid metadata" (streams) that names
+nothing, after the balancer has counted an attempt it never sees end. meshkit's channel
+checks the metadata of every attempt first (:func:`check_metadata`, only when the call has
+metadata) and raises :class:`~meshkit.errors.InvalidMetadataError` naming the key.
+
+Keys already seen legal are remembered (a bounded dict: keys repeat from call to call), so
+a call pays one dict lookup per key and, for a text value, two ``str`` methods.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from meshkit.errors import InvalidMetadataError
+
+__all__ = ["check_metadata"]
+
+_KEY = re.compile(r"[0-9a-z_.\-]+")
+_ASCII_VALUE = re.compile(rb"[\x20-\x7e]*")
+
+# legal keys seen so far -> whether the key is binary (ends in "-bin")
+_KEYS: dict[str, bool] = {}
+_MAX_KEYS = 4096
+
+
+def _learn(key: Any) -> bool:
+    """Whether legal ``key`` is binary, remembered; raises for an illegal key."""
+    if type(key) is not str:
+        if not isinstance(key, str | bytes):
+            raise InvalidMetadataError(key, f"a key must be str, got {type(key).__name__}")
+        text = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+        if _KEY.fullmatch(text) is None:
+            raise InvalidMetadataError(key, "a key is lower-case [0-9a-z-_.], non-empty")
+        return text.endswith("-bin")
+    if _KEY.fullmatch(key) is None:
+        raise InvalidMetadataError(key, "a key is lower-case [0-9a-z-_.], non-empty")
+    binary = key.endswith("-bin")
+    if len(_KEYS) >= _MAX_KEYS:
+        _KEYS.clear()
+    _KEYS[key] = binary
+    return binary
+
+
+def check_metadata(metadata: Iterable[tuple[Any, Any]]) -> None:
+    """Check ``metadata`` (``(key, value)`` pairs) against gRPC's rules.
+
+    A key is non-empty ``[0-9a-z-_.]``; a ``-bin`` key's value is ``bytes`` (any bytes); any
+    other key's value is ``str`` or ``bytes`` of printable ASCII (``0x20``-``0x7E``).
+
+    Raises:
+        InvalidMetadataError: the first pair that breaks a rule (status ``INTERNAL``; the
+            message quotes the key, never the value).
+        ValueError, TypeError: ``metadata`` is not a sequence of pairs.
+    """
+    keys = _KEYS
+    for key, value in metadata:
+        binary = keys.get(key) if type(key) is str else None
+        if binary is None:
+            binary = _learn(key)
+        if binary:
+            if not isinstance(value, bytes):
+                raise InvalidMetadataError(
+                    key, f"a '-bin' key's value must be bytes, got {type(value).__name__}")
+        elif type(value) is str:
+            if not (value.isascii() and value.isprintable()):
+                raise InvalidMetadataError(
+                    key, "a text value must be printable ASCII (0x20-0x7E); "
+                         "send other values under a '-bin' key, as bytes")
+        elif isinstance(value, bytes | str):
+            if isinstance(value, str):  # a str subclass
+                value = str(value).encode("utf-8")
+            if _ASCII_VALUE.fullmatch(value) is None:
+                raise InvalidMetadataError(
+                    key, "a text value must be printable ASCII (0x20-0x7E); "
+                         "send other values under a '-bin' key, as bytes")
+        else:
+            raise InvalidMetadataError(
+                key, f"a value must be str or bytes, got {type(value).__name__}")

@@ -1,0 +1,157 @@
+"""Request metadata gRPC cannot send, against real servers: the caller gets a clear
+``INTERNAL`` error naming the key (never the value), the call reaches no endpoint, and the
+balancer, outlier ejection and retries are left as they were."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.balancer import OutlierOptions
+from meshkit.discovery import LocalRegistry
+from meshkit.errors import InvalidMetadataError
+from meshkit.resilience import RetryOptions, RetryPolicy
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+
+_SECRET = "s3cr3t-value"
+
+# (metadata, what the error message must name)
+BAD: list[tuple[tuple[tuple[str, Any], ...], str]] = [
+    ((("Bad Key", "v"),), "'Bad Key'"),
+    ((("x-upper-Case", "v"),), "'x-upper-Case'"),
+    ((("", "v"),), "''"),
+    ((("x-ok", "v"), (":path", "/x")), "':path'"),
+    ((("x-token", f"{_SECRET}\n"),), "'x-token'"),
+    ((("x-token", f"{_SECRET}\u00e9"),), "'x-token'"),
+    ((("x-token", f"{_SECRET}\r\n".encode()),), "'x-token'"),
+    ((("x-trace-bin", _SECRET),), "'x-trace-bin'"),
+    ((("x-count", 7),), "'x-count'"),
+]
+
+
+def _opts(**kw: Any) -> meshkit.DialOptions:
+    return meshkit.DialOptions(insecure=True, **kw)
+
+
+def _pending(ch: meshkit.MeshChannel) -> list[tuple[int, int | None, int, bool]]:
+    return [(e.in_flight, e.pending, e.failures, e.ejected) for e in ch.stats().endpoints]
+
+
+@pytest.mark.parametrize(("md", "named"), BAD)
+async def test_bad_metadata_fails_the_call_internal_naming_the_key(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+    md: tuple[tuple[str, Any], ...], named: str,
+) -> None:
+    """grpc core refuses these keys and values (gRPC's HTTP/2 spec: keys of
+    ``[0-9a-z-_.]``, ASCII-printable values, bytes for ``-bin`` keys); meshkit says so as
+    grpc-go does (``INTERNAL``), quoting the key and never the value, before any endpoint is
+    picked: P2C's pending count and the endpoint's counters stay at zero."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        unary = ch.unary_unary(method("Unary"))
+        assert await unary(b"warm", timeout=5) == b"e1|warm"
+        before = _pending(ch)
+        for _ in range(3):
+            with pytest.raises(InvalidMetadataError) as err:
+                await unary(b"x", timeout=5, metadata=md)
+            assert err.value.code() is grpc.StatusCode.INTERNAL
+            assert named in (err.value.details() or "")
+            assert _SECRET not in str(err.value) and _SECRET not in repr(err.value)
+        assert _pending(ch) == before == [(0, 0, 0, False)]
+        # the channel still serves, the picks still spread
+        assert await unary(b"y", timeout=5, metadata=(("x-ok", "v"),)) == b"e1|y"
+
+
+async def test_bad_metadata_on_streams_and_through_interceptors(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """The same check covers the streaming kinds and metadata an interceptor adds."""
+    from meshkit.interceptors import ClientCallDetails, ClientInterceptor, UnaryProceed
+
+    class AddBad(ClientInterceptor):
+        async def intercept_unary(self, details: ClientCallDetails, request: Any,
+                                  proceed: UnaryProceed) -> Any:
+            details.metadata = [*(details.metadata or ()), ("X-Added", "v")]
+            return await proceed(details, request)
+
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        await ch.wait_for_endpoints(1)
+        stream = ch.unary_stream(method("ServerStream"))
+        with pytest.raises(InvalidMetadataError, match="'Bad Key'"):
+            async for _ in stream(b"2", timeout=5, metadata=(("Bad Key", "v"),)):
+                pass
+        bidi = ch.stream_stream(method("Bidi"))
+        call = bidi(iter([b"a"]), timeout=5, metadata=(("x-bin", "text"),))
+        with pytest.raises(InvalidMetadataError, match="'x-bin'"):
+            async for _ in call:
+                pass
+        assert _pending(ch) == [(0, 0, 0, False)]
+    async with meshkit.dial("echo", registry=registry,
+                            options=_opts(interceptors=(AddBad(),))) as ch:
+        await ch.wait_for_endpoints(1)
+        with pytest.raises(InvalidMetadataError, match="'X-Added'"):
+            await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        assert _pending(ch) == [(0, 0, 0, False)]
+
+
+async def test_bad_metadata_is_not_retried_nor_ejects(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Even with INTERNAL retryable and ejection after one failure, a call with bad
+    metadata makes no attempt, no retry and ejects nothing: it is the caller's error,
+    not an endpoint's."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    policy = RetryPolicy(idempotent=True, max_attempts=3,
+                         retryable_codes=frozenset({grpc.StatusCode.INTERNAL,
+                                                    grpc.StatusCode.UNAVAILABLE}))
+    opts = _opts(retry=RetryOptions(default=policy),
+                 outlier=OutlierOptions(consecutive_failures=1))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(5):
+            with pytest.raises(InvalidMetadataError):
+                await unary(b"x", timeout=5, metadata=(("x-k", "bad\x00"),))
+        assert ch.retry is not None and ch.retry.stats.retries == 0
+        st = ch.stats()
+        assert st.ejections == 0
+        assert [(e.calls, e.failures, e.pending) for e in st.endpoints] == [(0, 0, 0)] * 2
+
+
+async def test_legal_metadata_passes_unchanged(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Keys with digits, ``-``, ``_`` and ``.``, binary values with any byte, bytes values
+    on text keys and an empty value all reach the server as sent."""
+    seen: list[tuple[tuple[str, Any], ...]] = []
+
+    async def record(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.append(tuple(context.invocation_metadata() or ()))
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Md", {"Get": grpc.unary_unary_rpc_method_handler(record)})
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((handler,))
+
+    srv = meshkit.MeshServer("md", [(add, None)], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv.start()
+    try:
+        md = (("a.b_c-9", "v ~!"), ("x-bin", bytes(range(256))), ("x-b", b"text"),
+              ("x-empty", ""))
+        async with meshkit.dial("md", registry=registry, options=_opts()) as ch:
+            assert await ch.unary_unary("/test.Md/Get")(b"r", timeout=5, metadata=md) == b"r"
+        got = dict(seen[0])
+        assert got["a.b_c-9"] == "v ~!"
+        assert got["x-bin"] == bytes(range(256))
+        assert got["x-b"] == "text"
+        assert got["x-empty"] == ""
+    finally:
+        await srv.drain()
