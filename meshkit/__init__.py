@@ -25,11 +25,14 @@ from meshkit.channel import DialOptions, MeshChannel, dial
 from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
 from meshkit.errors import (
     ConfigError,
+    InvalidCallError,
     InvalidMetadataError,
     MeshError,
     MeshRpcError,
     NoEndpointsError,
     RegistryError,
+    RequestSerializationError,
+    ResponseDeserializationError,
 )
 from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
 from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve
@@ -43,6 +46,7 @@ __all__ = [
     "ConfigError",
     "DialOptions",
     "Instance",
+    "InvalidCallError",
     "InvalidMetadataError",
     "MeshChannel",
     "MeshError",
@@ -51,6 +55,8 @@ __all__ = [
     "NoEndpointsError",
     "Registry",
     "RegistryError",
+    "RequestSerializationError",
+    "ResponseDeserializationError",
     "ServeOptions",
     "ServerLimits",
     "__version__",

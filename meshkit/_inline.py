@@ -102,16 +102,18 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
         cython_call = self._cython_call
         try:
             try:
+                ser = self._request_serializer  # None: the mesh sends bytes it serialized
                 raw = await cython_call.unary_unary(
-                    _serialize(self._request, self._request_serializer), self._metadata,
-                    _census())
+                    self._request if ser is None else _serialize(self._request, ser),
+                    self._metadata, _census())
             except asyncio.CancelledError:
                 if not self.cancelled():
                     self.cancel()
                 raise
             if not cython_call.is_ok():
                 await self._raise_for_status()  # CancelledError if cancelled, else the error
-            response = _deserialize(raw, self._response_deserializer)
+            deser = self._response_deserializer  # None: the mesh deserializes
+            response = raw if deser is None else _deserialize(raw, deser)
         except BaseException as exc:
             self._outcome = (None, exc)
             if self._waiters is not None:

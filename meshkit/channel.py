@@ -58,7 +58,12 @@ from meshkit.balancer import (
     OutlierOptions,
 )
 from meshkit.discovery import Registry, registry_from_env
-from meshkit.errors import ConfigError, MeshRpcError
+from meshkit.errors import (
+    ConfigError,
+    MeshRpcError,
+    RequestSerializationError,
+    ResponseDeserializationError,
+)
 from meshkit.interceptors import (
     CallKind,
     ClientCallDetails,
@@ -87,6 +92,8 @@ _perf = time.perf_counter
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
+_INTERNAL = grpc.StatusCode.INTERNAL
+_MAX_PLAN_KEYS = 1024
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -260,17 +267,63 @@ def _with_transport(opts: DialOptions, service: str) -> DialOptions:
 class _MethodPlan:
     """Everything about one method that does not depend on the call, resolved once when
     the stub's multicallable is made: kind, serializers, default timeout, and the
-    sub-channel multicallable per endpoint (cached on the endpoint's connection)."""
+    sub-channel multicallable per endpoint (cached on the endpoint's connection under
+    ``key``: one per method and codec pair).
 
-    __slots__ = ("kind", "method", "request_serializer", "response_deserializer", "timeout_s")
+    A unary request is serialized by the mesh before the pick (:meth:`wire`: grpc.aio
+    would send an empty message for a request its serializer refuses, grpc/grpc#34894),
+    and a unary-unary response deserialized by it (grpc.aio would hand the caller
+    ``None``); the sub-channel then carries bytes. With ``attempt_interceptors`` (which
+    see the messages) the sub-channel keeps the codecs, and a unary request is serialized
+    once more by the mesh, for the check."""
+
+    __slots__ = ("decodes", "key", "kind", "method", "request_serializer",
+                 "response_deserializer", "sends_wire", "timeout_s", "unary_request")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
-                 timeout_s: float | None) -> None:
+                 timeout_s: float | None, *, codecs_in_mesh: bool = True,
+                 key: str | None = None) -> None:
         self.method = method
         self.kind = kind
         self.request_serializer = ser
         self.response_deserializer = deser
         self.timeout_s = timeout_s
+        self.unary_request = kind is CallKind.UNARY_UNARY or kind is CallKind.UNARY_STREAM
+        self.sends_wire = self.unary_request and codecs_in_mesh
+        self.decodes = kind is CallKind.UNARY_UNARY and codecs_in_mesh and deser is not None
+        self.key = method if key is None else key
+
+    def codecs(self) -> tuple[Any, Any]:
+        """The serializer and deserializer the sub-channel multicallable is made with."""
+        return (None if self.sends_wire else self.request_serializer,
+                None if self.decodes else self.response_deserializer)
+
+    def wire(self, request: Any) -> Any:
+        """``request`` serialized (returned when :attr:`sends_wire`, else checked and the
+        request itself returned).
+
+        Raises:
+            RequestSerializationError: the serializer raised or returned something other
+                than bytes, or a method without a serializer got a request that is not
+                bytes (``INTERNAL``; nothing was sent).
+        """
+        ser = self.request_serializer
+        if ser is None:
+            if isinstance(request, bytes):
+                return request
+            raise RequestSerializationError(
+                self.method, f"a method without a request_serializer sends bytes, got "
+                             f"{type(request).__name__}")
+        try:
+            out = ser(request)
+        except Exception as exc:
+            raise RequestSerializationError(
+                self.method, f"the request serializer raised {type(exc).__name__}") from exc
+        if type(out) is not bytes and not isinstance(out, bytes):
+            raise RequestSerializationError(
+                self.method, f"the request serializer returned {type(out).__name__}, "
+                             f"not bytes")
+        return out if self.sends_wire else request
 
     def on(self, conn: Any) -> Any:
         """The sub-channel multicallable of this method on an endpoint's connection
@@ -278,15 +331,15 @@ class _MethodPlan:
         :mod:`meshkit._registration`); for a unary-unary method, one whose calls run in the
         caller's task where :mod:`meshkit._inline` can."""
         callables = conn.callables
-        mc = callables.get(self.method)
+        mc = callables.get(self.key)
         if mc is None:
             factory = getattr(conn.channel, self.kind.value)
-            mc = factory(self.method, request_serializer=self.request_serializer,
-                         response_deserializer=self.response_deserializer,
+            ser, deser = self.codecs()
+            mc = factory(self.method, request_serializer=ser, response_deserializer=deser,
                          _registered_method=grpc_observability_active())
             if self.kind is CallKind.UNARY_UNARY:  # run in the caller's task (meshkit._inline)
                 mc = inline_unary_unary(mc)
-            callables[self.method] = mc
+            callables[self.key] = mc
         return mc
 
 
@@ -300,7 +353,11 @@ class MeshChannel(grpc.aio.Channel):
     Status codes produced by the channel itself (all as :class:`meshkit.errors.MeshRpcError`):
     ``UNAVAILABLE`` when no endpoint is registered or all are failing to connect (message
     names the service), ``DEADLINE_EXCEEDED`` when the deadline passes before an attempt
-    can start, ``CANCELLED`` when the channel is closed.
+    can start, ``CANCELLED`` when the channel is closed, ``INTERNAL`` for a call that
+    cannot be sent as made (:class:`~meshkit.errors.InvalidCallError`: bad metadata, a
+    unary request that does not serialize; raised before the pick) and for a unary-unary
+    response that does not deserialize
+    (:class:`~meshkit.errors.ResponseDeserializationError`).
     """
 
     def __init__(
@@ -327,6 +384,9 @@ class MeshChannel(grpc.aio.Channel):
             chain = (*client_interceptors(telemetry), *chain)
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
+        self._plan_keys: dict[tuple[Any, ...], str] = {}
+        self._named: set[str] = set()  # methods whose name is a key already
+        self._plan_seq = 0
         self._unary = chain_unary(chain, self._attempt_unary)
         self._stream = chain_stream(chain, self._attempt_stream)
         self._pool = EndpointPool(service, registry, self._balancer, filters=options.filters,
@@ -397,25 +457,34 @@ class MeshChannel(grpc.aio.Channel):
         details.attempt_started_ns.append(time.time_ns())
         md = details.metadata
         start = details.codec.on(self._conns[ep.key])
-        call = start(
-            request,
-            timeout=timeout,
-            # grpc.aio's public path wants its own type (a plain sequence is checked with
-            # isinstance(Sequence), abc's slow path, on every call before the same
-            # conversion); an inline attempt takes the pairs as they are
-            metadata=(md if type(start) is InlineUnaryUnary else Metadata(*md)) if md else None,
-            credentials=details.credentials,
-            wait_for_ready=details.wait_for_ready,
-            compression=details.compression,
-        )
+        try:
+            call = start(
+                request,
+                timeout=timeout,
+                # grpc.aio's public path wants its own type (a plain sequence is checked
+                # with isinstance(Sequence), abc's slow path, on every call before the same
+                # conversion); an inline attempt takes the pairs as they are
+                metadata=(md if type(start) is InlineUnaryUnary else Metadata(*md))
+                if md else None,
+                credentials=details.credentials,
+                wait_for_ready=details.wait_for_ready,
+                compression=details.compression,
+            )
+        except Exception:  # an argument grpc refuses (e.g. credentials): nobody's outcome
+            done(_CANCELLED, 0.0)
+            raise
         details.last_call = call
         ep.in_flight += 1
         ep.calls += 1
         return ep, done, call
 
     async def _attempt_unary(self, details: ClientCallDetails, request: Any) -> Any:
-        if details.metadata:  # before the pick: bad metadata is the caller's, no endpoint's
+        # before the pick: a call that cannot be sent is the caller's error, no endpoint's
+        if details.metadata:
             check_metadata(details.metadata)
+        plan = details.codec
+        if plan.unary_request:
+            request = plan.wire(request)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -432,8 +501,18 @@ class MeshChannel(grpc.aio.Channel):
         except asyncio.CancelledError:
             done(_CANCELLED, _perf() - t0)
             raise
+        except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
+            done(_CANCELLED, _perf() - t0)
+            raise
         finally:
             ep.in_flight -= 1
+        if plan.decodes:
+            try:
+                response = plan.response_deserializer(response)
+            except Exception as exc:
+                ep.failures += 1
+                done(_INTERNAL, _perf() - t0)
+                raise ResponseDeserializationError(plan.method, type(exc).__name__) from exc
         done(_OK, _perf() - t0)
         details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
@@ -441,6 +520,9 @@ class MeshChannel(grpc.aio.Channel):
     async def _attempt_stream(self, details: ClientCallDetails, request: Any) -> Any:
         if details.metadata:
             check_metadata(details.metadata)
+        plan = details.codec
+        if plan.unary_request:
+            request = plan.wire(request)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -457,7 +539,30 @@ class MeshChannel(grpc.aio.Channel):
         return call
 
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
-        return _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method))
+        plan = _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method),
+                           codecs_in_mesh=not self._attempt_interceptors)
+        # one sub-channel multicallable per method and codec pair (two stubs of one method
+        # with other codecs must not share the first's): the first pair ever keys by the
+        # method's name, others by a key never given out before. Bounded: past
+        # _MAX_PLAN_KEYS pairs (codecs made per stub), the keys and the endpoints'
+        # multicallables (a cache) start over.
+        keys = self._plan_keys
+        ident = (method, kind, *plan.codecs())
+        key = keys.get(ident)
+        if key is None:
+            if len(keys) >= _MAX_PLAN_KEYS:
+                keys.clear()
+                for conn in self._conns.values():
+                    conn.callables.clear()
+            if method in self._named:
+                self._plan_seq += 1
+                key = f"{method}#{self._plan_seq}"
+            else:
+                self._named.add(method)
+                key = method
+            keys[ident] = key
+        plan.key = key
+        return plan
 
     # -- grpc.aio.Channel ---------------------------------------------------------------
     def unary_unary(self, method: str, request_serializer: Any = None,

@@ -10,6 +10,8 @@ error                                 gRPC status
 ====================================  ==============================
 :class:`NoEndpointsError`             ``UNAVAILABLE``
 :class:`InvalidMetadataError`         ``INTERNAL`` (as grpc-go), raised before any attempt
+:class:`RequestSerializationError`    ``INTERNAL`` (as grpc-go), raised before any attempt
+:class:`ResponseDeserializationError` ``INTERNAL`` (as grpc-go), the attempt failed
 :class:`ConfigError`                  (raised at construction, never on the wire)
 :class:`RegistryError`                (raised by registry calls, never on the wire)
 ====================================  ==============================
@@ -25,11 +27,14 @@ from grpc.aio import AioRpcError, Metadata
 
 __all__ = [
     "ConfigError",
+    "InvalidCallError",
     "InvalidMetadataError",
     "MeshError",
     "MeshRpcError",
     "NoEndpointsError",
     "RegistryError",
+    "RequestSerializationError",
+    "ResponseDeserializationError",
 ]
 
 
@@ -74,15 +79,20 @@ class NoEndpointsError(MeshRpcError):
         super().__init__(grpc.StatusCode.UNAVAILABLE, f"service {service!r}: {reason}")
 
 
-class InvalidMetadataError(MeshRpcError):
-    """A call's request metadata cannot be sent: status ``INTERNAL``, as grpc-go reports
-    it (grpc core refuses the call with an unnamed error otherwise).
+class InvalidCallError(MeshRpcError):
+    """A call that cannot be sent as the caller made it: status ``INTERNAL``, as grpc-go
+    reports such calls. A meshkit channel raises it before it picks an endpoint, so the
+    call makes no attempt, is not retried (whatever the retry policy's codes) and counts
+    against no endpoint. The message never quotes a value the caller passed."""
+
+
+class InvalidMetadataError(InvalidCallError):
+    """A call's request metadata cannot be sent (grpc core refuses the call with an
+    unnamed error otherwise).
 
     The rules are gRPC's (``PROTOCOL-HTTP2.md``, *Custom-Metadata*): a key is non-empty
     and made of ``[0-9a-z-_.]``; a key ending in ``-bin`` carries ``bytes``, any other a
-    ``str`` (or ``bytes``) of printable ASCII (``0x20``-``0x7E``). Raised by a meshkit
-    channel before it picks an endpoint, so the call makes no attempt, is not retried and
-    counts against no endpoint.
+    ``str`` (or ``bytes``) of printable ASCII (``0x20``-``0x7E``).
 
     Args:
         key: the offending key; quoted in the status message (the value never is: it may
@@ -93,3 +103,39 @@ class InvalidMetadataError(MeshRpcError):
     def __init__(self, key: object, reason: str) -> None:
         self.key = key
         super().__init__(grpc.StatusCode.INTERNAL, f"metadata key {key!r}: {reason}")
+
+
+class RequestSerializationError(InvalidCallError):
+    """A unary request its method's ``request_serializer`` refused (or, for a method
+    without one, a request that is not ``bytes``). grpc.aio would log the serializer's
+    exception and send an empty message instead (grpc/grpc#34894); the status message
+    names the method and the exception type, and the exception is the ``__cause__``
+    (its text is not copied: it may hold a field's value).
+
+    Args:
+        method: the full method name, ``/pkg.Service/Method``.
+        problem: what went wrong, e.g. ``"the request serializer raised ValueError"``.
+    """
+
+    def __init__(self, method: str, problem: str) -> None:
+        self.method = method
+        super().__init__(grpc.StatusCode.INTERNAL,
+                         f"{method}: request could not be serialized: {problem}")
+
+
+class ResponseDeserializationError(MeshRpcError):
+    """A unary response its method's ``response_deserializer`` refused: status
+    ``INTERNAL`` (grpc.aio would log the exception and hand the caller ``None``). It is
+    the answering endpoint's failure: counted against it and retried where the policy
+    retries ``INTERNAL``. The exception is the ``__cause__``.
+
+    Args:
+        method: the full method name.
+        error: the deserializer's exception type name.
+    """
+
+    def __init__(self, method: str, error: str) -> None:
+        self.method = method
+        super().__init__(grpc.StatusCode.INTERNAL,
+                         f"{method}: response could not be deserialized: the response "
+                         f"deserializer raised {error}")

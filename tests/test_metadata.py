@@ -12,7 +12,11 @@ import pytest
 import meshkit
 from meshkit.balancer import OutlierOptions
 from meshkit.discovery import LocalRegistry
-from meshkit.errors import InvalidMetadataError
+from meshkit.errors import (
+    InvalidMetadataError,
+    RequestSerializationError,
+    ResponseDeserializationError,
+)
 from meshkit.resilience import RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import method
@@ -155,3 +159,93 @@ async def test_legal_metadata_passes_unchanged(
         assert got["x-empty"] == ""
     finally:
         await srv.drain()
+
+
+def _bad_serializer(_request: Any) -> bytes:
+    raise ValueError(f"cannot serialise {_SECRET}")
+
+
+async def test_requests_that_cannot_be_serialized_fail_before_the_pick(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A request its serializer refuses (or, without one, a request that is not bytes) is
+    the caller's error: ``INTERNAL`` naming the exception type (not its text, which may
+    hold a field's value), the cause chained, no attempt, no retry, nothing ejected and
+    P2C's pending count untouched (it used to reach grpc.aio, which counted an endpoint
+    failure for the serializer's error, or leave the pick pending for a ``TypeError``)."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    policy = RetryPolicy(idempotent=True, max_attempts=3,
+                         retryable_codes=frozenset({grpc.StatusCode.INTERNAL}))
+    opts = _opts(retry=RetryOptions(default=policy),
+                 outlier=OutlierOptions(consecutive_failures=1))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        calls: list[tuple[Any, bool]] = [
+            (lambda: ch.unary_unary(method("Unary"), request_serializer=_bad_serializer)(
+                b"x", timeout=5), True),
+            (lambda: ch.unary_unary(method("Unary"))("not bytes", timeout=5), False),
+            (lambda: _drain(ch.unary_stream(method("ServerStream"),
+                                            request_serializer=_bad_serializer)(
+                b"2", timeout=5)), True),
+            (lambda: _drain(ch.unary_stream(method("ServerStream"))(2, timeout=5)), False),
+            (lambda: ch.unary_unary(method("Unary"), request_serializer=lambda r: "text")(
+                b"x", timeout=5), False),
+        ]
+        for make, raised in calls:
+            for _ in range(3):
+                with pytest.raises(RequestSerializationError) as err:
+                    await make()
+                assert err.value.code() is grpc.StatusCode.INTERNAL
+                assert _SECRET not in str(err.value)
+                assert (err.value.__cause__ is not None) is raised
+        assert ch.retry is not None and ch.retry.stats.retries == 0
+        st = ch.stats()
+        assert st.ejections == 0
+        assert [(e.calls, e.failures, e.pending) for e in st.endpoints] == [(0, 0, 0)] * 2
+        assert await ch.unary_unary(method("Unary"))(b"ok", timeout=5) in (b"e1|ok", b"e2|ok")
+
+
+async def _drain(call: Any) -> None:
+    async for _ in call:
+        pass
+
+
+async def test_a_response_that_cannot_be_deserialized_fails_internal(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """grpc.aio hands the caller ``None`` for a unary response its deserializer refuses;
+    a meshkit call fails ``INTERNAL`` instead (the answering endpoint's failure: counted
+    against it), with the deserializer's exception as the cause."""
+    await echo_servers("e1")
+
+    def bad(_raw: bytes) -> Any:
+        raise ValueError(_SECRET)
+
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        with pytest.raises(ResponseDeserializationError) as err:
+            await ch.unary_unary(method("Unary"), response_deserializer=bad)(b"x", timeout=5)
+        assert err.value.code() is grpc.StatusCode.INTERNAL
+        assert isinstance(err.value.__cause__, ValueError)
+        assert _SECRET not in str(err.value)
+        assert _pending(ch) == [(0, 0, 1, False)]
+
+
+async def test_stubs_of_one_method_with_other_codecs_keep_their_own(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Two multicallables of one method with different codecs on one channel each use
+    their own (the sub-channel's multicallable was cached by method name alone, so the
+    second used the first's serializer)."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        plain = ch.unary_unary(method("Unary"))
+        upper = ch.unary_unary(method("Unary"), request_serializer=lambda r: r.upper(),
+                               response_deserializer=lambda b: b.decode())
+        typed = ch.unary_unary(method("Unary"), request_serializer=str.encode)
+        assert await plain(b"a", timeout=5) == b"e1|a"
+        assert await upper(b"b", timeout=5) == "e1|B"
+        assert await typed("c", timeout=5) == b"e1|c"
+        assert await plain(b"d", timeout=5) == b"e1|d"
+        stream = ch.unary_stream(method("ServerStream"), request_serializer=str.encode)
+        assert [m async for m in stream("2", timeout=5)] == [b"e1|0", b"e1|1"]

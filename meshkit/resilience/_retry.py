@@ -57,7 +57,7 @@ from grpc.aio import AioRpcError
 
 from meshkit._calls import RetryingStreamCall
 from meshkit._methods import MethodMatcher
-from meshkit.errors import ConfigError, InvalidMetadataError, NoEndpointsError
+from meshkit.errors import ConfigError, InvalidCallError, NoEndpointsError
 from meshkit.interceptors import (
     CallKind,
     ClientCallDetails,
@@ -250,7 +250,7 @@ class RetryInterceptor(ClientInterceptor):
         if attempt >= policy.max_attempts or not (nacked or exc.code() in
                                                   policy.retryable_codes):
             return None
-        if isinstance(exc, InvalidMetadataError):  # the caller's error: no attempt was made
+        if isinstance(exc, InvalidCallError):  # the caller's error: no attempt was made
             return None
         if not safe and not nacked and not isinstance(exc, NoEndpointsError):
             return None
@@ -293,7 +293,7 @@ class RetryInterceptor(ClientInterceptor):
                         self._observe(details.method, time.monotonic() - t0)
                         return task.result()
                     if not isinstance(exc, AioRpcError) or exc.code() not in \
-                            policy.retryable_codes or isinstance(exc, InvalidMetadataError):
+                            policy.retryable_codes or isinstance(exc, InvalidCallError):
                         raise exc
                     last = exc
                     pushback = _pushback_s(exc)
