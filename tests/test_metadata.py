@@ -249,3 +249,22 @@ async def test_stubs_of_one_method_with_other_codecs_keep_their_own(
         assert await plain(b"d", timeout=5) == b"e1|d"
         stream = ch.unary_stream(method("ServerStream"), request_serializer=str.encode)
         assert [m async for m in stream("2", timeout=5)] == [b"e1|0", b"e1|1"]
+
+
+async def test_an_argument_grpc_refuses_leaves_no_pick_pending(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """grpc refuses some arguments only when the attempt starts (call credentials on a
+    plaintext channel: grpc's ``UsageError``); the pick is then given back, not left
+    pending for P2C to count forever."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        await ch.wait_for_endpoints(1)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(3):
+            with pytest.raises(Exception, match="only valid on secure channels"):
+                await unary(b"x", timeout=5, credentials=grpc.access_token_call_credentials(
+                    "t"))
+        assert [(e.in_flight, e.pending, e.failures) for e in ch.stats().endpoints] == \
+            [(0, 0, 0)]
+        assert await unary(b"y", timeout=5) == b"e1|y"
