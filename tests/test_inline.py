@@ -146,14 +146,23 @@ async def test_an_inline_call_awaited_again_or_twice_at_once_gives_one_outcome(
         start = inline_unary_unary(channel.unary_unary(method("Sleep")))
         assert isinstance(start, InlineUnaryUnary)
         call = start(b"50", timeout=5)
-        first, second = await asyncio.gather(call, call)
+
+        async def awaited() -> Any:
+            return await call
+
+        # two awaiting tasks (gather(call, call) would wrap the one object once)
+        first, second = await asyncio.gather(awaited(), awaited())
         assert first == second == b"e1" and await call == b"e1"
         assert await call.code() is grpc.StatusCode.OK
         fail = inline_unary_unary(channel.unary_unary(method("Fail")))(b"ABORTED", timeout=5)
-        for _ in range(2):
+
+        async def failed() -> grpc.StatusCode:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await fail
-            assert err.value.code() is grpc.StatusCode.ABORTED
+            return err.value.code()
+
+        assert await asyncio.gather(failed(), failed()) == [grpc.StatusCode.ABORTED] * 2
+        assert await failed() is grpc.StatusCode.ABORTED
 
 
 async def test_wait_for_connection_starts_an_inline_call_nothing_awaited_yet(

@@ -268,3 +268,48 @@ async def test_an_argument_grpc_refuses_leaves_no_pick_pending(
         assert [(e.in_flight, e.pending, e.failures) for e in ch.stats().endpoints] == \
             [(0, 0, 0)]
         assert await unary(b"y", timeout=5) == b"e1|y"
+
+
+def test_check_metadata_rules_without_a_server() -> None:
+    """The pure check: bytes keys are held to the same rules, other key types are refused,
+    a str subclass value is checked as its text, and the remembered keys stay bounded."""
+    from meshkit import _metadata
+    from meshkit._metadata import check_metadata
+
+    check_metadata([(b"x-bytes-key", "v"), (b"x-b-bin", b"\x00"), ("x-sub", _Text("ok"))])
+    for md, named in (([(b"Bad", "v")], "b'Bad'"), ([(7, "v")], "7"),
+                      ([("x-sub", _Text("bad\n"))], "'x-sub'"),
+                      ([("x-bytes", b"\xff")], "'x-bytes'")):
+        with pytest.raises(InvalidMetadataError, match=named) as err:
+            check_metadata(md)
+        assert err.value.code() is grpc.StatusCode.INTERNAL
+    with pytest.raises(ValueError):
+        check_metadata([("x-only-key",)])  # type: ignore[list-item]
+    for i in range(_metadata._MAX_KEYS + 10):
+        check_metadata([(f"x-k{i}", "v")])
+    assert len(_metadata._KEYS) <= _metadata._MAX_KEYS
+
+
+class _Text(str):
+    """A str subclass (e.g. an enum's value type) as a metadata value."""
+
+
+async def test_codec_pairs_past_the_bound_start_the_cache_over(
+    registry: LocalRegistry, echo_servers: EchoFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codecs made per stub (a new lambda each time) cannot grow the endpoints'
+    multicallable caches without bound: past the bound they start over, and every stub,
+    old or new, still uses its own codecs."""
+    import meshkit.channel as channel_mod
+
+    monkeypatch.setattr(channel_mod, "_MAX_PLAN_KEYS", 3)
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        stubs = [ch.unary_unary(method("Unary"),
+                                request_serializer=lambda r, n=n: f"{r}{n}".encode())
+                 for n in range(6)]
+        for n, stub in enumerate(stubs):
+            assert await stub("r", timeout=5) == f"e1|r{n}".encode()
+        assert await stubs[0]("again", timeout=5) == b"e1|again0"
+        assert len(ch._plan_keys) <= 3
+        assert all(len(c.callables) <= 3 for c in ch._conns.values())
