@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError, Metadata
 
+from meshkit._codecs import Undecodable, codec_error, serialize_message, undecodable_error
 from meshkit.interceptors import ClientCallDetails
 
 __all__ = ["MeshCall", "RetryingStreamCall", "StreamResponseCall", "UnaryResponseCall"]
@@ -153,7 +154,8 @@ class MeshCall:
         if not self._is_settled:
             return False
         call = self._call
-        return call is not None and self._error is None and bool(call.cancelled())
+        return (call is not None and self._error is None and bool(call.cancelled())
+                and getattr(self._details, "codec_error", None) is None)
 
     def done(self) -> bool:
         """Whether the call has finished, with any outcome."""
@@ -198,7 +200,12 @@ class MeshCall:
             return _code_of(self._error)
         if call is None:
             return _CANCELLED
-        return await call.code()  # type: ignore[no-any-return]
+        code: grpc.StatusCode = await call.code()
+        if code is _CANCELLED:  # ended by a message its codec refused?
+            err = getattr(self._details, "codec_error", None)
+            if err is not None:
+                return _code_of(err)
+        return code
 
     async def details(self) -> str:
         """The final status message (waits for the call to finish)."""
@@ -208,6 +215,9 @@ class MeshCall:
             return (err.details() or "") if isinstance(err, AioRpcError) else ""
         if call is None:
             return ""
+        err = getattr(self._details, "codec_error", None)
+        if err is not None and await call.code() is _CANCELLED:
+            return err.details() or ""
         return await call.details()  # type: ignore[no-any-return]
 
     async def wait_for_connection(self) -> None:
@@ -322,25 +332,75 @@ class StreamResponseCall(MeshCall):
     async def _iterate(self) -> AsyncIterator[Any]:
         call = await self._opened()
         messages = self._details.messages
-        if messages is None:
-            async for response in call:
-                yield response
-        else:
-            async for response in call:
-                messages.msg_received += 1
-                yield response
+        try:
+            if messages is None:
+                async for response in call:
+                    if type(response) is Undecodable:
+                        self._undecodable(call, response)
+                    yield response
+            else:
+                async for response in call:
+                    if type(response) is Undecodable:
+                        self._undecodable(call, response)
+                    messages.msg_received += 1
+                    yield response
+        except asyncio.CancelledError:
+            self._raise_codec_error()
+            raise
 
     async def read(self) -> Any:
-        """Read one response; ``grpc.aio.EOF`` at the end."""
-        response = await (await self._opened()).read()
+        """Read one response; ``grpc.aio.EOF`` at the end.
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed (``INTERNAL`` as
+                :class:`~meshkit.errors.ResponseDeserializationError` for a message its
+                deserializer refused, :class:`~meshkit.errors.RequestSerializationError`
+                once a request message was refused).
+        """
+        call = await self._opened()
+        try:
+            response = await call.read()
+        except asyncio.CancelledError:
+            self._raise_codec_error()
+            raise
+        if type(response) is Undecodable:
+            self._undecodable(call, response)
         messages = self._details.messages
         if messages is not None and response is not _EOF:
             messages.msg_received += 1
         return response
 
+    def _undecodable(self, call: Any, message: Undecodable) -> None:
+        """End the call for a response message its deserializer refused, and raise."""
+        err = undecodable_error(self._details, message)
+        call.cancel()
+        raise err from message.error
+
+    def _raise_codec_error(self) -> None:
+        err = codec_error(self._details)
+        if err is not None:
+            raise err from err.__cause__
+
     async def write(self, request: Any) -> None:
-        """Write one request (stream-stream calls made without a request iterator)."""
-        await (await self._opened()).write(request)
+        """Write one request (stream-stream calls made without a request iterator).
+
+        Raises:
+            RequestSerializationError: the method's serializer refused ``request``; the
+                call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent.
+        """
+        call = await self._opened()
+        plan = self._details.codec
+        if plan is not None and plan.serializes_stream:
+            try:
+                request = serialize_message(self._details, plan.request_serializer, request)
+            except BaseException:
+                call.cancel()
+                raise
+        try:
+            await call.write(request)
+        except asyncio.CancelledError:
+            self._raise_codec_error()
+            raise
         messages = self._details.messages
         if messages is not None:
             messages.msg_sent += 1

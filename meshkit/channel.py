@@ -41,6 +41,7 @@ import structlog
 from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
+from meshkit._codecs import codec_error, serialized, strict_deserializer
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
@@ -270,33 +271,44 @@ class _MethodPlan:
     sub-channel multicallable per endpoint (cached on the endpoint's connection under
     ``key``: one per method and codec pair).
 
-    A unary request is serialized by the mesh before the pick (:meth:`wire`: grpc.aio
-    would send an empty message for a request its serializer refuses, grpc/grpc#34894),
-    and a unary-unary response deserialized by it (grpc.aio would hand the caller
-    ``None``); the sub-channel then carries bytes. With ``attempt_interceptors`` (which
-    see the messages) the sub-channel keeps the codecs, and a unary request is serialized
-    once more by the mesh, for the check."""
+    The mesh runs the codecs (:mod:`meshkit._codecs`: grpc.aio sends an empty message for a
+    request its serializer refuses and hands the reader ``None`` for a response its
+    deserializer refuses, grpc/grpc#34894): a unary request is serialized before the pick
+    (:meth:`wire`), a unary response deserialized after the attempt, a stream's request
+    messages serialized as grpc.aio takes them and its response messages deserialized
+    through a strict deserializer; the sub-channel then carries bytes. With
+    ``attempt_interceptors`` (which see the messages) the sub-channel keeps the codecs,
+    and a unary request is serialized once more by the mesh, for the check."""
 
     __slots__ = ("decodes", "key", "kind", "method", "request_serializer",
-                 "response_deserializer", "sends_wire", "timeout_s", "unary_request")
+                 "response_deserializer", "sends_wire", "serializes_stream",
+                 "strict_deserializer", "timeout_s", "unary_request")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
                  timeout_s: float | None, *, codecs_in_mesh: bool = True,
-                 key: str | None = None) -> None:
+                 strict_deserializer: Any = None, key: str | None = None) -> None:
         self.method = method
         self.kind = kind
         self.request_serializer = ser
         self.response_deserializer = deser
         self.timeout_s = timeout_s
+        unary_response = kind is CallKind.UNARY_UNARY or kind is CallKind.STREAM_UNARY
         self.unary_request = kind is CallKind.UNARY_UNARY or kind is CallKind.UNARY_STREAM
         self.sends_wire = self.unary_request and codecs_in_mesh
-        self.decodes = kind is CallKind.UNARY_UNARY and codecs_in_mesh and deser is not None
+        self.serializes_stream = not self.unary_request and codecs_in_mesh and ser is not None
+        self.decodes = unary_response and codecs_in_mesh and deser is not None
+        self.strict_deserializer = (strict_deserializer if not unary_response and codecs_in_mesh
+                                    and deser is not None else None)
         self.key = method if key is None else key
 
     def codecs(self) -> tuple[Any, Any]:
         """The serializer and deserializer the sub-channel multicallable is made with."""
-        return (None if self.sends_wire else self.request_serializer,
-                None if self.decodes else self.response_deserializer)
+        ser = None if self.sends_wire or self.serializes_stream else self.request_serializer
+        if self.decodes:
+            return ser, None
+        if self.strict_deserializer is not None:
+            return ser, self.strict_deserializer
+        return ser, self.response_deserializer
 
     def wire(self, request: Any) -> Any:
         """``request`` serialized (returned when :attr:`sends_wire`, else checked and the
@@ -385,6 +397,7 @@ class MeshChannel(grpc.aio.Channel):
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
         self._plan_keys: dict[tuple[Any, ...], str] = {}
+        self._strict: dict[Any, Any] = {}  # deserializer -> its strict wrapper
         self._named: set[str] = set()  # methods whose name is a key already
         self._plan_seq = 0
         self._unary = chain_unary(chain, self._attempt_unary)
@@ -485,6 +498,8 @@ class MeshChannel(grpc.aio.Channel):
         plan = details.codec
         if plan.unary_request:
             request = plan.wire(request)
+        elif plan.serializes_stream:
+            request = serialized(details, plan.request_serializer, request)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -500,6 +515,10 @@ class MeshChannel(grpc.aio.Channel):
             raise
         except asyncio.CancelledError:
             done(_CANCELLED, _perf() - t0)
+            if plan.serializes_stream:  # grpc.aio cancels a call whose iterator raised
+                err = codec_error(details)
+                if err is not None:
+                    raise err from err.__cause__
             raise
         except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
             done(_CANCELLED, _perf() - t0)
@@ -523,6 +542,8 @@ class MeshChannel(grpc.aio.Channel):
         plan = details.codec
         if plan.unary_request:
             request = plan.wire(request)
+        elif plan.serializes_stream and request is not None:
+            request = serialized(details, plan.request_serializer, request)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -539,8 +560,15 @@ class MeshChannel(grpc.aio.Channel):
         return call
 
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
+        in_mesh = not self._attempt_interceptors
+        strict = None
+        if in_mesh and deser is not None and (kind is CallKind.UNARY_STREAM
+                                              or kind is CallKind.STREAM_STREAM):
+            strict = self._strict.get(deser)  # one wrapper per deserializer: keys compare
+            if strict is None:
+                strict = self._strict[deser] = strict_deserializer(deser)
         plan = _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method),
-                           codecs_in_mesh=not self._attempt_interceptors)
+                           codecs_in_mesh=in_mesh, strict_deserializer=strict)
         # one sub-channel multicallable per method and codec pair (two stubs of one method
         # with other codecs must not share the first's): the first pair ever keys by the
         # method's name, others by a key never given out before. Bounded: past
@@ -552,6 +580,7 @@ class MeshChannel(grpc.aio.Channel):
         if key is None:
             if len(keys) >= _MAX_PLAN_KEYS:
                 keys.clear()
+                self._strict.clear()
                 for conn in self._conns.values():
                     conn.callables.clear()
             if method in self._named:

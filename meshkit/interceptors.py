@@ -68,12 +68,17 @@ class ClientCallDetails:
         codec: the channel's per-method record (serializers); opaque to interceptors.
         messages: where the call object counts the stream messages it passes
             (``msg_received``/``msg_sent`` integers; set by telemetry), or ``None``.
+        codec_error: set (only) when a message the method's codecs refused ended the
+            call: the :class:`~meshkit.errors.RequestSerializationError` or
+            :class:`~meshkit.errors.ResponseDeserializationError` (read it with
+            ``getattr(details, "codec_error", None)``).
     """
 
     __slots__ = (
         "attempt_started_ns",
         "attempts",
         "codec",
+        "codec_error",
         "compression",
         "credentials",
         "deadline",

@@ -1,0 +1,121 @@
+"""Messages a method's codecs refuse end the call ``INTERNAL``, as in grpc-go.
+
+grpc.aio only logs a serializer's or deserializer's exception: it sends an empty message
+in place of a request it could not serialize and hands the reader ``None`` in place of a
+response it could not deserialize (grpc/grpc#34894). A meshkit channel therefore runs the
+codecs itself where grpc.aio's interceptors do not need the messages
+(``DialOptions.attempt_interceptors`` is empty; see :class:`meshkit.channel._MethodPlan`):
+
+* a unary request is serialized before the pick and a unary response deserialized after
+  the attempt (in :mod:`meshkit.channel`);
+* a stream's request messages are serialized as grpc.aio takes them (:func:`serialized`,
+  :func:`serialize_message`): on a refusal the call's ``codec_error`` is set (on its
+  :class:`~meshkit.interceptors.ClientCallDetails`) and grpc.aio ends the attempt, which
+  the call objects (:mod:`meshkit._calls`) report as that error;
+* a stream's response messages go through :func:`strict_deserializer`, which hands a
+  refusal on as an :class:`Undecodable` for the call object to end the call with.
+
+Each costs what grpc.aio's own codec step did (one Python frame per message or fewer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from meshkit.errors import RequestSerializationError, ResponseDeserializationError
+
+__all__ = ["Undecodable", "codec_error", "serialize_message", "serialized",
+           "strict_deserializer", "undecodable_error"]
+
+
+class Undecodable:
+    """What :func:`strict_deserializer` returns for a message its deserializer refused:
+    the exception, for the call object to end the call with."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def strict_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer`` returning an :class:`Undecodable` instead of raising (grpc.aio
+    would log the exception and return ``None``)."""
+
+    def strict(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            return Undecodable(exc)
+
+    return strict
+
+
+def undecodable_error(details: Any, message: Undecodable) -> ResponseDeserializationError:
+    """The error that ends ``details``' call for ``message``, recorded as its
+    ``codec_error``."""
+    err = ResponseDeserializationError(details.method, type(message.error).__name__)
+    err.__cause__ = message.error
+    details.codec_error = err
+    return err
+
+
+def _refused(details: Any, problem: str, cause: BaseException | None) -> RequestSerializationError:
+    err = RequestSerializationError(details.method, problem)
+    err.__cause__ = cause
+    details.codec_error = err
+    return err
+
+
+def serialize_message(details: Any, serializer: Callable[[Any], bytes], message: Any) -> bytes:
+    """One request message of ``details``' call, serialized.
+
+    Raises:
+        RequestSerializationError: the serializer raised or returned something other than
+            bytes (also recorded as the call's ``codec_error``).
+    """
+    try:
+        out = serializer(message)
+    except Exception as exc:
+        raise _refused(details, f"the request serializer raised {type(exc).__name__}",
+                       exc) from exc
+    if type(out) is not bytes and not isinstance(out, bytes):
+        raise _refused(details, f"the request serializer returned {type(out).__name__}, "
+                                f"not bytes", None)
+    return out
+
+
+def serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any) -> Any:
+    """The request iterator ``requests`` (sync or async, as grpc.aio takes either) with
+    each message serialized; on a refusal it records the call's ``codec_error`` and
+    raises, and grpc.aio ends the attempt (it cancels a call whose iterator raised)."""
+    if hasattr(requests, "__aiter__"):
+        return _aserialized(details, serializer, requests)
+    return _serialized(details, serializer, requests)
+
+
+def _serialized(details: Any, serializer: Callable[[Any], bytes],
+                requests: Any) -> Iterator[bytes]:
+    for message in requests:
+        yield serialize_message(details, serializer, message)
+
+
+async def _aserialized(details: Any, serializer: Callable[[Any], bytes],
+                       requests: Any) -> AsyncIterator[bytes]:
+    async for message in requests:
+        yield serialize_message(details, serializer, message)
+
+
+def codec_error(details: Any) -> BaseException | None:
+    """The codec error that ended ``details``' call, if one did (read where an attempt
+    ended cancelled), and ``None`` while the current task itself is being cancelled (the
+    caller's cancellation wins)."""
+    err: BaseException | None = getattr(details, "codec_error", None)
+    if err is None:
+        return None
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    return err

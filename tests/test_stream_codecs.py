@@ -1,0 +1,178 @@
+"""Stream messages their codecs refuse, against real servers. grpc.aio sends an empty
+message in place of a request message its serializer refuses and hands the reader
+``None`` for a response message its deserializer refuses (both only logged,
+grpc/grpc#34894); a meshkit stream ends ``INTERNAL`` instead, so nothing is sent or read
+in place of a message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+from meshkit.errors import RequestSerializationError, ResponseDeserializationError
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+
+_SECRET = "s3cr3t-field"
+
+
+def _ser(message: str) -> bytes:
+    if message.startswith("bad"):
+        raise ValueError(f"cannot serialise {_SECRET}")
+    return message.encode()
+
+
+def _deser(raw: bytes) -> str:
+    if raw.endswith(b"|1"):
+        raise ValueError(f"cannot parse {_SECRET}")
+    return raw.decode()
+
+
+def _opts(**kw: Any) -> meshkit.DialOptions:
+    return meshkit.DialOptions(insecure=True, retry=None, **kw)
+
+
+def _messages() -> Iterator[str]:
+    yield "a"
+    yield "bad"
+    yield "c"
+
+
+async def _amessages() -> AsyncIterator[str]:
+    for m in _messages():
+        yield m
+
+
+async def _counts(ch: meshkit.MeshChannel) -> list[tuple[int, int | None]]:
+    """Endpoints' in-flight and pending counts once streams' outcomes are reported (a
+    stream's is reported from its done callback, a loop turn or two after it ends)."""
+    for _ in range(200):
+        counts = [(e.in_flight, e.pending) for e in ch.stats().endpoints]
+        if all(c == (0, 0) for c in counts):
+            break
+        await asyncio.sleep(0.01)
+    return counts
+
+
+@pytest.mark.parametrize("source", [_messages, _amessages])
+async def test_a_request_message_that_does_not_serialize_ends_a_client_stream(
+    registry: LocalRegistry, echo_servers: EchoFactory, source: Any
+) -> None:
+    """stream-unary with a request iterator (sync or async): INTERNAL naming the method
+    and the exception type; the server never sees an empty message."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        call = ch.stream_unary(method("ClientStream"), request_serializer=_ser)(
+            source(), timeout=5)
+        with pytest.raises(RequestSerializationError) as err:
+            await call
+        assert err.value.code() is grpc.StatusCode.INTERNAL
+        assert "ValueError" in (err.value.details() or "")
+        assert _SECRET not in str(err.value)
+        assert isinstance(err.value.__cause__, ValueError)
+        assert await call.code() is grpc.StatusCode.INTERNAL
+        ok = ch.stream_unary(method("ClientStream"), request_serializer=_ser)
+        assert await ok(iter(["x", "y"]), timeout=5) == b"e1|x,y"
+        assert await _counts(ch) == [(0, 0)]
+
+
+@pytest.mark.parametrize("source", [_messages, _amessages])
+async def test_a_request_message_that_does_not_serialize_ends_a_bidi_stream(
+    registry: LocalRegistry, echo_servers: EchoFactory, source: Any
+) -> None:
+    """stream-stream with a request iterator: the responses before it arrive, then the
+    read raises INTERNAL; the call's code is INTERNAL."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        call = ch.stream_stream(method("Bidi"), request_serializer=_ser)(source(), timeout=5)
+        got: list[bytes] = []
+        with pytest.raises(RequestSerializationError):
+            async for m in call:
+                got.append(m)
+        assert b"e1|" not in got and all(m == b"e1|a" for m in got)
+        assert await call.code() is grpc.StatusCode.INTERNAL
+        assert await _counts(ch) == [(0, 0)]
+
+
+async def test_writing_a_message_that_does_not_serialize_ends_the_stream(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """stream-stream with write(): the failing write raises INTERNAL and ends the call
+    (as grpc-go's SendMsg does); the message before it was answered."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        call = ch.stream_stream(method("Bidi"), request_serializer=_ser)(timeout=5)
+        await call.write("a")
+        assert await call.read() == b"e1|a"
+        with pytest.raises(RequestSerializationError):
+            await call.write("bad")
+        assert await call.code() is grpc.StatusCode.INTERNAL
+        with pytest.raises(RequestSerializationError):
+            await call.read()
+        with pytest.raises(asyncio.InvalidStateError):
+            await call.write("c")  # the call has ended (grpc.aio's error for a late write)
+        assert await _counts(ch) == [(0, 0)]
+
+
+async def test_a_response_message_that_does_not_deserialize_ends_the_stream(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """unary-stream (iterated or read) and stream-unary: the messages before it arrive,
+    then INTERNAL, never ``None`` in place of a message; the deserializer's exception is
+    the cause and its text stays out of the status."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        stream = ch.unary_stream(method("ServerStream"), response_deserializer=_deser)
+        got: list[Any] = []
+        with pytest.raises(ResponseDeserializationError) as err:
+            async for m in stream(b"3", timeout=5):
+                got.append(m)
+        assert got == ["e1|0"]
+        assert isinstance(err.value.__cause__, ValueError)
+        assert _SECRET not in str(err.value)
+        call = stream(b"3", timeout=5)
+        assert await call.read() == "e1|0"
+        with pytest.raises(ResponseDeserializationError):
+            await call.read()
+        assert await call.code() is grpc.StatusCode.INTERNAL
+        assert not call.cancelled()
+
+        def deser_all(raw: bytes) -> str:
+            raise ValueError(_SECRET)
+
+        client = ch.stream_unary(method("ClientStream"), response_deserializer=deser_all)
+        with pytest.raises(ResponseDeserializationError):
+            await client(iter([b"x"]), timeout=5)
+        assert await _counts(ch) == [(0, 0)]
+
+
+async def test_stream_codec_errors_without_telemetry_and_cancellation_stays_cancellation(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """The same without telemetry (no message counting), for a serializer that returns
+    something other than bytes; a stream the caller cancels still ends CANCELLED."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry,
+                            options=_opts(telemetry=None)) as ch:
+        stream = ch.unary_stream(method("ServerStream"), response_deserializer=_deser)
+        with pytest.raises(ResponseDeserializationError):
+            async for _ in stream(b"3", timeout=5):
+                pass
+        bidi = ch.stream_stream(method("Bidi"), request_serializer=lambda m: m)
+        call = bidi(iter(["text"]), timeout=5)
+        with pytest.raises(RequestSerializationError, match="returned str, not bytes"):
+            async for _ in call:
+                pass
+        assert "returned str" in await call.details()
+        slow = ch.unary_stream(method("ServerStream"))(b"100000", timeout=5)
+        with pytest.raises(asyncio.CancelledError):
+            async for _ in slow:
+                slow.cancel()
+        assert await slow.code() is grpc.StatusCode.CANCELLED
+        assert await _counts(ch) == [(0, 0)]
