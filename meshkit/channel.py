@@ -497,7 +497,9 @@ class MeshChannel(grpc.aio.Channel):
             check_metadata(details.metadata)
         plan = details.codec
         if plan.unary_request:
-            request = plan.wire(request)
+            # bytes without a serializer go as they are, without wire()'s frame
+            if plan.request_serializer is not None or type(request) is not bytes:
+                request = plan.wire(request)
         elif plan.serializes_stream:
             request = serialized(details, plan.request_serializer, request)
         picked = None
