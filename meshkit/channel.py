@@ -556,7 +556,7 @@ class MeshChannel(grpc.aio.Channel):
 
         def finished(c: Any) -> None:
             ep.in_flight -= 1
-            self._pool.spawn(_report_stream(c, ep, done, t0))
+            self._pool.spawn(_report_stream(c, ep, done, t0, details))
 
         call.add_done_callback(finished)
         return call
@@ -741,12 +741,20 @@ class MeshChannel(grpc.aio.Channel):
         return f"MeshChannel({self.service!r}, endpoints={len(self._pool.endpoints)})"
 
 
-async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float) -> None:
+async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float,
+                         details: ClientCallDetails) -> None:
     latency = _perf() - t0
     try:
         code = _CANCELLED if call.cancelled() else await call.code()
     except Exception:
         code = _UNKNOWN
+    if code is _CANCELLED:  # ended by the mesh for a message its codecs refused?
+        err = getattr(details, "codec_error", None)
+        if isinstance(err, ResponseDeserializationError):
+            code = _INTERNAL  # the endpoint's answer, as for a unary response
+        elif err is not None:
+            done(code, latency)  # the caller's message: no endpoint's failure
+            return
     if code is not _OK:
         ep.failures += 1
     done(code, latency)

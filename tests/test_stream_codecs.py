@@ -60,6 +60,12 @@ async def _counts(ch: meshkit.MeshChannel) -> list[tuple[int, int | None]]:
     return counts
 
 
+def _failures(ch: meshkit.MeshChannel) -> list[int]:
+    """Failures counted against each endpoint (a refused request is the caller's, a
+    refused response the answering endpoint's)."""
+    return [e.failures for e in ch.stats().endpoints]
+
+
 @pytest.mark.parametrize("source", [_messages, _amessages])
 async def test_a_request_message_that_does_not_serialize_ends_a_client_stream(
     registry: LocalRegistry, echo_servers: EchoFactory, source: Any
@@ -80,6 +86,7 @@ async def test_a_request_message_that_does_not_serialize_ends_a_client_stream(
         ok = ch.stream_unary(method("ClientStream"), request_serializer=_ser)
         assert await ok(iter(["x", "y"]), timeout=5) == b"e1|x,y"
         assert await _counts(ch) == [(0, 0)]
+        assert _failures(ch) == [0]
 
 
 @pytest.mark.parametrize("source", [_messages, _amessages])
@@ -98,6 +105,7 @@ async def test_a_request_message_that_does_not_serialize_ends_a_bidi_stream(
         assert b"e1|" not in got and all(m == b"e1|a" for m in got)
         assert await call.code() is grpc.StatusCode.INTERNAL
         assert await _counts(ch) == [(0, 0)]
+        assert _failures(ch) == [0]
 
 
 async def test_writing_a_message_that_does_not_serialize_ends_the_stream(
@@ -118,6 +126,7 @@ async def test_writing_a_message_that_does_not_serialize_ends_the_stream(
         with pytest.raises(asyncio.InvalidStateError):
             await call.write("c")  # the call has ended (grpc.aio's error for a late write)
         assert await _counts(ch) == [(0, 0)]
+        assert _failures(ch) == [0]
 
 
 async def test_a_response_message_that_does_not_deserialize_ends_the_stream(
@@ -150,6 +159,7 @@ async def test_a_response_message_that_does_not_deserialize_ends_the_stream(
         with pytest.raises(ResponseDeserializationError):
             await client(iter([b"x"]), timeout=5)
         assert await _counts(ch) == [(0, 0)]
+        assert _failures(ch) == [3]  # two streams and one unary response: the endpoint's
 
 
 async def test_stream_codec_errors_without_telemetry_and_cancellation_stays_cancellation(
