@@ -186,3 +186,26 @@ async def test_stream_codec_errors_without_telemetry_and_cancellation_stays_canc
                 slow.cancel()
         assert await slow.code() is grpc.StatusCode.CANCELLED
         assert await _counts(ch) == [(0, 0)]
+
+
+async def test_a_refused_response_message_on_a_retried_server_stream(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A server stream the retry policy may retry (idempotent) reads through its retrying
+    call: a refused response message ends it INTERNAL all the same (not retried: the
+    stream committed at its first message), and the call does not read as cancelled."""
+    from meshkit.resilience import RetryOptions, RetryPolicy
+
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(
+        default=RetryPolicy(idempotent=True, max_attempts=3)))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        call = ch.unary_stream(method("ServerStream"), response_deserializer=_deser)(
+            b"3", timeout=5)
+        assert await call.read() == "e1|0"
+        with pytest.raises(ResponseDeserializationError):
+            await call.read()
+        assert await call.code() is grpc.StatusCode.INTERNAL
+        assert "ValueError" in await call.details()
+        assert not call.cancelled()
+        assert ch.retry is not None and ch.retry.stats.retries == 0
