@@ -313,3 +313,22 @@ async def test_codec_pairs_past_the_bound_start_the_cache_over(
         assert await stubs[0]("again", timeout=5) == b"e1|again0"
         assert len(ch._plan_keys) <= 3
         assert all(len(c.callables) <= 3 for c in ch._conns.values())
+
+
+async def test_codecs_with_compression_and_with_attempt_interceptors(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """The mesh's codecs hold on grpc.aio's public path too: a call with compression (the
+    sub-channel still carries bytes) and a channel with attempt interceptors (grpc.aio
+    keeps the codecs; the mesh serializes once more only to check)."""
+    from tests.test_inline import _PassAttempt
+
+    await echo_servers("e1")
+    for opts in (_opts(), _opts(attempt_interceptors=(_PassAttempt(),))):
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            unary = ch.unary_unary(method("Unary"), request_serializer=str.encode,
+                                   response_deserializer=bytes.decode)
+            assert await unary("a", timeout=5, compression=grpc.Compression.Gzip) == "e1|a"
+            assert await unary("b", timeout=5) == "e1|b"
+            with pytest.raises(RequestSerializationError):
+                await unary(b"not str", timeout=5)
