@@ -392,7 +392,8 @@ class StreamResponseCall(MeshCall):
         plan = self._details.codec
         if plan is not None and plan.serializes_stream:
             try:
-                request = serialize_message(self._details, plan.request_serializer, request)
+                request = serialize_message(self._details.method, plan.request_serializer,
+                                            request, self._details)
             except BaseException:
                 call.cancel()
                 raise

@@ -62,28 +62,37 @@ def undecodable_error(details: Any, message: Undecodable) -> ResponseDeserializa
     return err
 
 
-def _refused(details: Any, problem: str, cause: BaseException | None) -> RequestSerializationError:
-    err = RequestSerializationError(details.method, problem)
+def _refused(method: str, problem: str, cause: BaseException | None,
+             details: Any) -> RequestSerializationError:
+    err = RequestSerializationError(method, problem)
     err.__cause__ = cause
-    details.codec_error = err
+    if details is not None:
+        details.codec_error = err
     return err
 
 
-def serialize_message(details: Any, serializer: Callable[[Any], bytes], message: Any) -> bytes:
-    """One request message of ``details``' call, serialized.
+def serialize_message(method: str, serializer: Callable[[Any], bytes], message: Any,
+                      details: Any = None) -> bytes:
+    """One request message of ``method`` (``/pkg.Service/Method``), serialized: the one
+    place meshkit runs a request serializer (unary requests before the pick, stream
+    messages as grpc.aio takes them).
+
+    Args:
+        details: the call's :class:`~meshkit.interceptors.ClientCallDetails` for a stream
+            message (a refusal is recorded as its ``codec_error``), else ``None``.
 
     Raises:
-        RequestSerializationError: the serializer raised or returned something other than
-            bytes (also recorded as the call's ``codec_error``).
+        RequestSerializationError: the serializer raised (the exception is the cause) or
+            returned something other than bytes (``INTERNAL``; nothing is sent).
     """
     try:
         out = serializer(message)
     except Exception as exc:
-        raise _refused(details, f"the request serializer raised {type(exc).__name__}",
-                       exc) from exc
+        raise _refused(method, f"the request serializer raised {type(exc).__name__}",
+                       exc, details) from exc
     if type(out) is not bytes and not isinstance(out, bytes):
-        raise _refused(details, f"the request serializer returned {type(out).__name__}, "
-                                f"not bytes", None)
+        raise _refused(method, f"the request serializer returned {type(out).__name__}, "
+                               f"not bytes", None, details)
     return out
 
 
@@ -98,14 +107,16 @@ def serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any) 
 
 def _serialized(details: Any, serializer: Callable[[Any], bytes],
                 requests: Any) -> Iterator[bytes]:
+    method = details.method
     for message in requests:
-        yield serialize_message(details, serializer, message)
+        yield serialize_message(method, serializer, message, details)
 
 
 async def _aserialized(details: Any, serializer: Callable[[Any], bytes],
                        requests: Any) -> AsyncIterator[bytes]:
+    method = details.method
     async for message in requests:
-        yield serialize_message(details, serializer, message)
+        yield serialize_message(method, serializer, message, details)
 
 
 def codec_error(details: Any) -> BaseException | None:

@@ -41,7 +41,7 @@ import structlog
 from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
-from meshkit._codecs import codec_error, serialized, strict_deserializer
+from meshkit._codecs import codec_error, serialize_message, serialized, strict_deserializer
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
@@ -326,15 +326,7 @@ class _MethodPlan:
             raise RequestSerializationError(
                 self.method, f"a method without a request_serializer sends bytes, got "
                              f"{type(request).__name__}")
-        try:
-            out = ser(request)
-        except Exception as exc:
-            raise RequestSerializationError(
-                self.method, f"the request serializer raised {type(exc).__name__}") from exc
-        if type(out) is not bytes and not isinstance(out, bytes):
-            raise RequestSerializationError(
-                self.method, f"the request serializer returned {type(out).__name__}, "
-                             f"not bytes")
+        out = serialize_message(self.method, ser, request)
         return out if self.sends_wire else request
 
     def on(self, conn: Any) -> Any:
