@@ -30,7 +30,7 @@ class EndpointStats:
         state: ``"READY"``, ``"IDLE"`` (idle or connecting) or ``"FAILING"``.
         present: still in the registry's answer (``False``: removed, kept for history).
         ejected: out of rotation by outlier ejection now.
-        calls: attempts sent to it; failures: of those, non-OK.
+        calls: attempts sent to it; failures: of those, non-OK (not those cancelled here).
         in_flight: attempts in progress.
         rtt_ms: the balancer's EWMA latency estimate, ms (``None`` if it keeps none).
         load_ms: the balancer's load score, ms (P2C: ``rtt * (pending + 1)``), or ``None``.

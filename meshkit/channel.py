@@ -737,16 +737,19 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float,
                          details: ClientCallDetails) -> None:
     latency = _perf() - t0
     try:
-        code = _CANCELLED if call.cancelled() else await call.code()
+        local = call.cancelled()  # cancelled here: by its caller, or by the mesh
+        code = _CANCELLED if local else await call.code()
     except Exception:
-        code = _UNKNOWN
-    if code is _CANCELLED:  # ended by the mesh for a message its codecs refused?
-        err = getattr(details, "codec_error", None)
-        if isinstance(err, ResponseDeserializationError):
-            code = _INTERNAL  # the endpoint's answer, as for a unary response
-        elif err is not None:
-            done(code, latency)  # the caller's message: no endpoint's failure
+        local, code = False, _UNKNOWN
+    if local:
+        # ended by the mesh for a response its codec refused: the endpoint's answer, as
+        # for a unary response; else the caller's cancel() or the caller's message, no
+        # endpoint's failure (as a unary call its caller cancels)
+        if not isinstance(getattr(details, "codec_error", None),
+                          ResponseDeserializationError):
+            done(code, latency)
             return
+        code = _INTERNAL
     if code is not _OK:
         ep.failures += 1
     done(code, latency)

@@ -310,3 +310,45 @@ async def test_sub_channel_calls_are_registered_only_under_a_grpc_observability_
                             options=meshkit.DialOptions(insecure=True)) as ch:
         assert await stubs(ch)["unary"](b"x", timeout=5) == b"e1|x"
     assert asked == [plugin]
+
+
+async def test_a_call_its_caller_cancels_is_no_failure_of_the_endpoint(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A caller's cancel() is nobody's failure: a cancelled unary call and cancelled
+    streams of each kind leave the endpoint's ``failures`` at 0 (it feeds
+    ``meshkit_endpoint_failures`` and the dashboard), as a failing call does not."""
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(insecure=True, retry=None)
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        s = stubs(ch)
+        unary = asyncio.ensure_future(s["sleep"](b"5000", timeout=10))
+        bidi = s["bidi"](timeout=10)
+        await bidi.write(b"a")
+        assert await bidi.read() == b"e1|a"
+        server_stream = s["server_stream"](b"1000000", timeout=10)
+        await server_stream.read()
+        sent = asyncio.Event()
+
+        async def requests() -> Any:
+            yield b"x"
+            sent.set()
+            await asyncio.sleep(10)
+
+        client_stream = asyncio.ensure_future(s["client_stream"](requests(), timeout=10))
+        await asyncio.wait_for(sent.wait(), 5)
+        await asyncio.sleep(0.05)
+        for call in (unary, bidi, server_stream, client_stream):
+            call.cancel()
+        for task in (unary, client_stream):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for call in (bidi, server_stream):
+            assert await call.code() is grpc.StatusCode.CANCELLED
+        await until(lambda: [(e.in_flight, e.pending) for e in ch.stats().endpoints]
+                    == [(0, 0)], what="outcomes reported")
+        await asyncio.sleep(0.05)  # a stream's outcome is reported from a spawned task
+        assert [(e.calls, e.failures) for e in ch.stats().endpoints] == [(4, 0)]
+        with pytest.raises(grpc.aio.AioRpcError):
+            await s["fail"](b"UNAVAILABLE", timeout=5)
+        assert [e.failures for e in ch.stats().endpoints] == [1]

@@ -47,7 +47,9 @@ class Endpoint:
         instance: the registry :class:`~meshkit.discovery.Instance`.
         state: :class:`EndpointState`, kept current by the channel.
         in_flight: calls started on this endpoint and not finished.
-        calls: calls ever picked for this endpoint; failures: of those, non-OK outcomes.
+        calls: calls ever picked for this endpoint; failures: of those, non-OK outcomes
+            (a call cancelled on this side, by its caller or for its caller's message,
+            is none).
         key: ``instance.instance_id``.
         address: ``instance.address`` (``host:port``), computed once.
 
