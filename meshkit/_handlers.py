@@ -23,6 +23,7 @@ __all__ = [
     "Handler",
     "Reporter",
     "Resolver",
+    "Unhandled",
     "WrappingInterceptor",
     "fold_outermost",
     "fuse_interceptors",
@@ -42,6 +43,12 @@ if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
+Unhandled = Callable[[Exception, Any], Awaitable[None]]
+"""``unhandled(exc, context)``: answer a call whose handler (or anything inside the wrap)
+raised ``exc``, an exception that is no gRPC status (not ``context.abort``'s, nor any
+other ``grpc.aio.BaseError``): usually by aborting through ``context``. When it returns
+instead, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text."""
+
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 MAX_CACHED_METHODS = 4096
 
@@ -90,17 +97,21 @@ def responses(result: Any) -> AsyncIterator[Any]:
 
 
 def wrap_handler(handler: Handler, before: Before | None = None,
-                 reporter: Reporter | None = None) -> Handler:
-    """A handler like ``handler`` observed by ``reporter`` and checked by ``before``.
+                 reporter: Reporter | None = None,
+                 unhandled: Unhandled | None = None) -> Handler:
+    """A handler like ``handler`` observed by ``reporter``, checked by ``before``, and whose
+    unhandled exceptions ``unhandled`` answers.
 
     Per call, in the call's own task: ``reporter.start(context)``, then
     ``await before(context)`` (which may abort the call), then the behaviour, then
-    ``reporter.finish(...)`` whatever happened. Works for all four call kinds and keeps the
-    behaviour's shape: an async generator stays one, a coroutine (also one that answers
-    with ``context.write``) stays a coroutine, and a plain function's result is awaited if
-    it is awaitable. With neither ``before`` nor ``reporter``, ``handler`` itself.
+    ``reporter.finish(...)`` whatever happened; then, when the call raised an exception
+    that is no gRPC status (see :data:`Unhandled`), ``await unhandled(exc, context)``.
+    Works for all four call kinds and keeps the behaviour's shape: an async generator
+    stays one, a coroutine (also one that answers with ``context.write``) stays a
+    coroutine, and a plain function's result is awaited if it is awaitable. With none of
+    the three, ``handler`` itself.
     """
-    if before is None and reporter is None:
+    if before is None and reporter is None and unhandled is None:
         return handler
     req_s, resp_s = handler.request_streaming, handler.response_streaming
     if req_s and resp_s:
@@ -116,13 +127,14 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     streams = resp_s and not inspect.iscoroutinefunction(inner)
     behavior: Any
     if reporter is None:
-        behavior = _checked_stream(inner, check) if streams else _checked(inner, check)
+        behavior = (_checked_stream(inner, check, unhandled) if streams
+                    else _checked(inner, check, unhandled))
     else:
         messages = getattr(reporter, "messages", None)
         if messages is not None and req_s:
             inner = _counting_requests(inner, messages)
-        behavior = (_reported_stream(inner, check, reporter, messages) if streams
-                    else _reported(inner, check, reporter))
+        behavior = (_reported_stream(inner, check, reporter, unhandled, messages) if streams
+                    else _reported(inner, check, reporter, unhandled))
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -152,37 +164,54 @@ def _unguarded(inner: Any) -> tuple[Any, Any, str]:
     return (inner, _UNMARKED, "") if mark is None else mark
 
 
-def _checked(inner: Any, before: Before) -> Any:
+# What grpc.aio raises for a call's status (AbortError from context.abort, UsageError...):
+# the call's answer is already decided, no handler's unhandled exception
+_GRPC_ERRORS = grpc.aio.BaseError
+
+
+def _checked(inner: Any, before: Before, unhandled: Unhandled | None) -> Any:
     inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
+    # (a try costs nothing until something raises; see _reported for the except clause)
     async def behavior(request: Any, context: Any) -> Any:
-        pending = before(context)
-        if pending is not None:
-            await pending
-        if request is undecodable:  # the request guard's check, after the others as before
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        result = inner(request, context)
-        if awaits or inspect.isawaitable(result):
-            return await result
-        return result
+        try:
+            pending = before(context)
+            if pending is not None:
+                await pending
+            if request is undecodable:  # the request guard's check, after the others
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+            result = inner(request, context)
+            if awaits or inspect.isawaitable(result):
+                return await result
+            return result
+        except Exception as e:
+            if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
+                await unhandled(e, context)
+            raise
 
     return behavior
 
 
-def _checked_stream(inner: Any, before: Before) -> Any:
+def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> Any:
     async def behavior(request: Any, context: Any) -> Any:
-        pending = before(context)
-        if pending is not None:
-            await pending
-        result = inner(request, context)
-        async for item in responses(result):
-            yield item
+        try:
+            pending = before(context)
+            if pending is not None:
+                await pending
+            result = inner(request, context)
+            async for item in responses(result):
+                yield item
+        except Exception as e:
+            if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
+                await unhandled(e, context)
+            raise
 
     return behavior
 
 
-def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
+def _reported(inner: Any, before: Before, reporter: Reporter,
+              unhandled: Unhandled | None) -> Any:
     start, finish = reporter.start, reporter.finish
     inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)
@@ -205,6 +234,9 @@ def _reported(inner: Any, before: Before, reporter: Reporter) -> Any:
                 result = await result
         except BaseException as e:
             finish(state, context, e)
+            if (unhandled is not None and isinstance(e, Exception)
+                    and not isinstance(e, _GRPC_ERRORS)):
+                await unhandled(e, context)
             raise
         finish(state, context, None)
         return result
@@ -228,7 +260,7 @@ def _counting_requests(inner: Any, messages: Any) -> Any:
 
 
 def _reported_stream(inner: Any, before: Before, reporter: Reporter,
-                     messages: Any = None) -> Any:
+                     unhandled: Unhandled | None, messages: Any = None) -> Any:
     start, finish = reporter.start, reporter.finish
 
     # the frame of _reported's behaviour (see there)
@@ -248,6 +280,9 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                     yield item
         except BaseException as e:
             finish(state, context, e)
+            if (unhandled is not None and isinstance(e, Exception)
+                    and not isinstance(e, _GRPC_ERRORS)):
+                await unhandled(e, context)
             raise
         finish(state, context, None)
 
@@ -273,6 +308,10 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         """The observer of ``method``'s calls, whose ``handler`` is given (``None``: none)."""
         return None
 
+    def _unhandled_for(self, method: str) -> Unhandled | None:
+        """What answers ``method``'s unhandled exceptions (``None``: grpc.aio, as it does)."""
+        return None
+
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
@@ -291,7 +330,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = wrap_handler(handler, self._before_for(method),
-                               self._reporter_for(method, handler))
+                               self._reporter_for(method, handler),
+                               self._unhandled_for(method))
         if self._convert is not None:
             wrapped = self._convert(wrapped)
         if len(self._handlers) < MAX_CACHED_METHODS:
@@ -348,6 +388,10 @@ class FusedInterceptor(WrappingInterceptor):
         if not reporters:
             return None
         return reporters[0] if len(reporters) == 1 else _Reporters(tuple(reporters))
+
+    def _unhandled_for(self, method: str) -> Unhandled | None:
+        return next((u for u in (p._unhandled_for(method) for p in self.parts)
+                     if u is not None), None)
 
 
 async def _then(pending: Awaitable[None], checks: tuple[Before, ...], context: Any) -> None:

@@ -21,10 +21,13 @@ error:
    ``tls``), JWT, policy;
 4. rate limiting (``rate_limit``): after auth, so the limit keys on a verified identity
    and unauthenticated callers consume no one's budget;
-5. your own ``grpc.aio.ServerInterceptor`` s (``interceptors``), first outermost;
-6. the handler.
+5. the answer to an unhandled exception (``expose_exception_text``, off by default):
+   ``UNKNOWN`` naming the exception's type, its text only in the server's log
+   (:mod:`meshkit._unhandled`);
+6. your own ``grpc.aio.ServerInterceptor`` s (``interceptors``), first outermost;
+7. the handler.
 
-Adjacent meshkit checks (1-4: telemetry is their reporter) are fused into one interceptor
+Adjacent meshkit checks (1-5: telemetry is their reporter) are fused into one interceptor
 and one handler wrap (:class:`meshkit._handlers.FusedInterceptor`). Outside them all, the
 request gate (``limits``, :class:`meshkit._limits.RequestGate`) reads unary requests; it is
 folded into that interceptor when the fused checks come first, so a default server runs
@@ -68,6 +71,7 @@ from meshkit._limits import (
 )
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ServerStats
+from meshkit._unhandled import UnhandledErrorInterceptor
 from meshkit.auth import (
     AuthOptions,
     TLSMaterial,
@@ -193,6 +197,12 @@ class ServeOptions:
         maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
             ``RESOURCE_EXHAUSTED``; when set it overrides ``limits.max_concurrent_rpcs``
             (default ``None``: the limits' value).
+        expose_exception_text: send an unhandled exception's text to the caller, as
+            grpc.aio does (``UNKNOWN`` "Unexpected <class 'X'>: <text>"; for a development
+            server). Default ``False``: the caller gets ``UNKNOWN`` naming the exception's
+            type only, and the server logs the exception with its text and traceback
+            (``meshkit.server``, event ``unhandled exception``; see
+            :mod:`meshkit._unhandled`).
 
     Every server answers a request that does not decode with ``INVALID_ARGUMENT``
     "request is not a valid <Type>", counted by telemetry like any call.
@@ -224,6 +234,7 @@ class ServeOptions:
     limits: ServerLimits = field(default_factory=ServerLimits)
     server_options: tuple[tuple[str, Any], ...] = ()
     maximum_concurrent_rpcs: int | None = None
+    expose_exception_text: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
@@ -240,6 +251,9 @@ class ServeOptions:
             raise ConfigError(
                 f"maximum_concurrent_rpcs must be >= 1, got {self.maximum_concurrent_rpcs!r}"
             )
+        if not isinstance(self.expose_exception_text, bool):
+            raise ConfigError("expose_exception_text must be True or False, got "
+                              f"{self.expose_exception_text!r}")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
         object.__setattr__(self, "tags", tuple(self.tags))
@@ -254,7 +268,8 @@ class ServeOptions:
 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:
     """The interceptors ``serve()`` installs for ``options``, in the one documented order
-    (module docstring): telemetry, deadline, auth, rate limit, then ``options.interceptors``.
+    (module docstring): telemetry, deadline, auth, rate limit, the answer to unhandled
+    exceptions (unless ``options.expose_exception_text``), then ``options.interceptors``.
 
     Args:
         service: the mesh service name (labels telemetry).
@@ -272,6 +287,8 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
         chain.extend(auth.interceptors(options.tls))
     if options.rate_limit is not None:
         chain.append(RateLimitInterceptor(options.rate_limit))
+    if not options.expose_exception_text:
+        chain.append(UnhandledErrorInterceptor())
     chain.extend(options.interceptors)
     return tuple(chain)
 

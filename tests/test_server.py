@@ -156,6 +156,8 @@ def test_bad_serve_options_quote_the_value() -> None:
         meshkit.ServeOptions(insecure=True, port=70000)
     with pytest.raises(meshkit.ConfigError, match="-2"):
         meshkit.ServeOptions(insecure=True, grace_s=-2)
+    with pytest.raises(meshkit.ConfigError, match="'yes'"):
+        meshkit.ServeOptions(insecure=True, expose_exception_text="yes")  # type: ignore[arg-type]
     with pytest.raises(meshkit.ConfigError, match="'no spaces'"):
         meshkit.MeshServer(
             "no spaces", [], registry=LocalRegistry(), options=meshkit.ServeOptions(insecure=True)
@@ -163,8 +165,9 @@ def test_bad_serve_options_quote_the_value() -> None:
 
 
 def test_serve_builds_the_one_chain_order() -> None:
-    """serve() orders the mesh's checks itself: telemetry, deadline, auth, rate limit, then
-    the user's interceptors; the deadline check is on by default."""
+    """serve() orders the mesh's checks itself: telemetry, deadline, auth, rate limit, the
+    answer to unhandled exceptions, then the user's interceptors; the deadline check and
+    that answer are on by default."""
     from meshkit.auth import AuthOptions, AuthzPolicy
     from meshkit.resilience import RateLimitOptions
     from meshkit.server import server_chain
@@ -178,9 +181,13 @@ def test_serve_builds_the_one_chain_order() -> None:
                                 interceptors=(Mine(),))
     names = [type(i).__name__ for i in server_chain("svc", opts)]
     assert names == ["TelemetryServerInterceptor", "DeadlineInterceptor", "AuthzInterceptor",
-                     "RateLimitInterceptor", "Mine"]
+                     "RateLimitInterceptor", "UnhandledErrorInterceptor", "Mine"]
     bare = meshkit.ServeOptions(insecure=True, telemetry=None, deadline=None)
-    assert server_chain("svc", bare) == ()
+    assert [type(i).__name__ for i in server_chain("svc", bare)] == [
+        "UnhandledErrorInterceptor"]
+    exposed = meshkit.ServeOptions(insecure=True, telemetry=None, deadline=None,
+                                   expose_exception_text=True)
+    assert server_chain("svc", exposed) == ()
 
 
 def test_mesh_checks_in_interceptors_are_refused() -> None:

@@ -772,6 +772,9 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
             stamp,
             add_trace_context,
             redact_secrets,
+            # exc_info as an "exception" field holding the traceback (the console
+            # renderer formats it itself)
+            *([structlog.processors.format_exc_info] if json else []),
             renderer,
         ],
         wrapper_class=wrapper,

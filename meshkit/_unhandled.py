@@ -1,0 +1,57 @@
+"""What a meshkit server answers for an exception its handler does not handle.
+
+grpc.aio answers it with ``UNKNOWN`` and the details ``"Unexpected <class 'X'>: <str(exc)>"``
+(and logs it on the ``grpc._cython.cygrpc`` logger), so whatever the exception's text holds
+reaches every caller: a database URL with its password, a query, a downstream call's
+status with its peer's address. grpc-java's server answers "Application error processing
+RPC" and keeps the exception to itself.
+:class:`UnhandledErrorInterceptor` answers ``UNKNOWN`` with the exception's type name only
+and logs the whole exception (text and traceback) on the server's side, where the trace
+and span ids of the call join it when the logs carry them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import structlog
+
+from meshkit._handlers import Unhandled, WrappingInterceptor
+
+__all__ = ["UnhandledErrorInterceptor", "unhandled_details"]
+
+_log = structlog.get_logger("meshkit.server")
+
+
+def unhandled_details(exc: BaseException) -> str:
+    """The status details a caller gets for ``exc``: its type's name, never its text (e.g.
+    ``"Unexpected KeyError in the handler (logged by the server)"``)."""
+    return f"Unexpected {type(exc).__name__} in the handler (logged by the server)"
+
+
+class UnhandledErrorInterceptor(WrappingInterceptor):
+    """Answers a handler's unhandled exception ``UNKNOWN`` with
+    :func:`unhandled_details`, and logs it at ``error`` on ``meshkit.server`` (event
+    ``unhandled exception``, ``method``, ``error_type``, the traceback). What the handler
+    answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
+    other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
+
+    ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
+    wrap (no cost on a call that does not raise), unless
+    ``ServeOptions(expose_exception_text=True)``. It covers what runs inside the wrap: the
+    handler, and the ``interceptors`` given to ``serve()``.
+    """
+
+    def _unhandled_for(self, method: str) -> Unhandled:
+        async def unhandled(exc: Exception, context: Any) -> None:
+            _log.error("unhandled exception", method=method, error_type=type(exc).__name__,
+                       exc_info=exc)
+            try:
+                await context.abort(grpc.StatusCode.UNKNOWN, unhandled_details(exc))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # the status is sent already or the call is over
+                pass
+
+        return unhandled

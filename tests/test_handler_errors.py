@@ -1,0 +1,244 @@
+"""An exception a handler does not handle, against real servers. grpc.aio answers it with
+``UNKNOWN`` "Unexpected <class 'X'>: <its text>", so whatever the text holds (a DSN with
+its password, a query, a downstream call's peer address) reaches any caller; a meshkit
+server answers ``UNKNOWN`` naming only the exception's type, and logs the whole exception
+(text and traceback) on its own side, logger ``meshkit.server``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+from meshkit.resilience import DeadlineOptions
+
+_SERVICE = "errs.v1.Errs"
+_SECRET = "postgres://app:hunter2@db.internal/orders"
+
+
+def _m(name: str) -> str:
+    return f"/{_SERVICE}/{name}"
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+async def _unary(request: bytes, context: Any) -> bytes:
+    raise _Boom(f"cannot connect to {_SECRET}")
+
+
+def _sync_unary(request: bytes, context: Any) -> bytes:
+    raise _Boom(f"cannot connect to {_SECRET}")
+
+
+async def _server_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"first"
+    raise _Boom(f"cannot connect to {_SECRET}")
+
+
+async def _client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
+    async for _ in requests:
+        pass
+    raise _Boom(f"cannot connect to {_SECRET}")
+
+
+async def _bidi(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async for r in requests:
+        yield r
+    raise _Boom(f"cannot connect to {_SECRET}")
+
+
+async def _aborts(request: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stock is reserved")
+    raise AssertionError("unreachable")
+
+
+async def _sets_code(request: bytes, context: Any) -> bytes:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("no such order")
+    return b""
+
+
+def _add(_servicer: Any, server: Any) -> None:
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "SyncUnary": grpc.unary_unary_rpc_method_handler(_sync_unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+        "Aborts": grpc.unary_unary_rpc_method_handler(_aborts),
+        "SetsCode": grpc.unary_unary_rpc_method_handler(_sets_code),
+    }),))
+
+
+class _PerCall(grpc.aio.ServerInterceptor):
+    """A user's interceptor that looks at each call's metadata: grpc.aio then runs the
+    chain per call (meshkit cannot resolve it once per method)."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
+_CONFIGS = {
+    "defaults": {},
+    "nothing-wraps": {"telemetry": None, "deadline": None,
+                      "limits": meshkit.ServerLimits(read_requests=False)},
+    "checks-only": {"telemetry": None, "deadline": DeadlineOptions()},
+    "per-call-chain": {"interceptors": (_PerCall(),)},
+}
+
+
+async def _calls(ch: grpc.aio.Channel) -> dict[str, grpc.aio.AioRpcError]:
+    """Each failing method called once: the error its caller gets, by method."""
+    errors: dict[str, grpc.aio.AioRpcError] = {}
+
+    async def req() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    calls: dict[str, Any] = {
+        "Unary": lambda: ch.unary_unary(_m("Unary"))(b"x", timeout=5),
+        "SyncUnary": lambda: ch.unary_unary(_m("SyncUnary"))(b"x", timeout=5),
+        "ClientStream": lambda: ch.stream_unary(_m("ClientStream"))(req(), timeout=5),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call()
+        errors[name] = err.value
+    for name in ("ServerStream", "Bidi"):
+        stream = (ch.unary_stream(_m(name))(b"x", timeout=5) if name == "ServerStream"
+                  else ch.stream_stream(_m(name))(req(), timeout=5))
+        got: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for m in stream:
+                got.append(m)
+        assert got  # the messages before the exception arrive
+        errors[name] = err.value
+    return errors
+
+
+@pytest.mark.parametrize("config", list(_CONFIGS))
+async def test_an_unhandled_exception_reaches_the_caller_as_unknown_without_its_text(
+    registry: LocalRegistry, caplog: pytest.LogCaptureFixture, config: str
+) -> None:
+    """Every call kind, however the server's chain is made up: ``UNKNOWN``, details that
+    name the exception's type and not its text; the server logs the text and the
+    traceback, one ERROR record per call naming the method (unconfigured, meshkit's
+    loggers hand rendered lines to the standard library's)."""
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          **_CONFIGS[config]))
+    await srv.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="meshkit.server"):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                errors = await _calls(ch)
+    finally:
+        await srv.drain()
+    for name, err in errors.items():
+        assert err.code() is grpc.StatusCode.UNKNOWN, name
+        details = err.details() or ""
+        assert _SECRET not in details and "hunter2" not in details, (name, details)
+        assert "_Boom" in details, (name, details)
+        assert _SECRET not in (err.debug_error_string() or ""), name
+    records = [r for r in caplog.records if r.name == "meshkit.server"
+               and r.levelno == logging.ERROR]
+    logged = {r.getMessage() for r in records}
+    assert len(records) == len(errors), logged
+    for name in errors:
+        assert any(_m(name) in text for text in logged), (name, logged)
+    for text in logged:  # the server's log has it all: type, text, traceback
+        assert "Traceback" in text and _SECRET in text and "_Boom" in text, text
+
+
+async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry) -> None:
+    """``context.abort`` and ``set_code``/``set_details`` are the handler's answer: sent as
+    they are, nothing logged."""
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m("Aborts"))(b"x", timeout=5)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.FAILED_PRECONDITION, "stock is reserved")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m("SetsCode"))(b"x", timeout=5)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.NOT_FOUND, "no such order")
+    finally:
+        await srv.drain()
+
+
+async def test_expose_exception_text_keeps_grpc_aio_s_details(registry: LocalRegistry) -> None:
+    """``ServeOptions(expose_exception_text=True)`` (a development server): the details
+    are grpc.aio's own, the exception's text included."""
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          expose_exception_text=True))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m("Unary"))(b"x", timeout=5)
+    finally:
+        await srv.drain()
+    assert err.value.code() is grpc.StatusCode.UNKNOWN
+    assert _SECRET in (err.value.details() or "")
+
+
+_JSON_PROCESS = """
+import asyncio, sys
+import grpc
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.observability import configure_logging
+from tests.test_handler_errors import _add, _m
+
+async def main() -> None:
+    configure_logging("info", json=True)
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, drain_delay_s=0, grace_s=1.0))
+    await srv.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        try:
+            await ch.unary_unary(_m("Unary"))(b"x", timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            print(exc.code().name, exc.details())
+    await srv.drain()
+    await reg.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_configured_server_logs_the_exception_as_json_with_its_traceback(
+        tmp_path: Path) -> None:
+    """Under ``configure_logging(json=True)`` the server's line is one JSON object: event
+    ``unhandled exception``, ``method``, ``error_type`` and an ``exception`` field holding
+    the traceback; the caller printed UNKNOWN without the text."""
+    proc = subprocess.run([sys.executable, "-c", _JSON_PROCESS, str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("UNKNOWN Unexpected _Boom"), proc.stdout
+    assert _SECRET not in proc.stdout
+    lines = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
+    errs = [ln for ln in lines if ln.get("event") == "unhandled exception"]
+    assert len(errs) == 1, proc.stderr
+    err = errs[0]
+    assert (err["level"], err["method"], err["error_type"]) == ("error", _m("Unary"), "_Boom")
+    assert err["exception"].startswith("Traceback") and _SECRET in err["exception"]
+    assert "Unexpected [" not in proc.stderr  # grpc.aio logged nothing of its own
