@@ -7,7 +7,6 @@ server answers ``UNKNOWN`` naming only the exception's type, and logs the whole 
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog.testing
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -129,18 +129,17 @@ async def _calls(ch: grpc.aio.Channel) -> dict[str, grpc.aio.AioRpcError]:
 
 @pytest.mark.parametrize("config", list(_CONFIGS))
 async def test_an_unhandled_exception_reaches_the_caller_as_unknown_without_its_text(
-    registry: LocalRegistry, caplog: pytest.LogCaptureFixture, config: str
+    registry: LocalRegistry, config: str
 ) -> None:
     """Every call kind, however the server's chain is made up: ``UNKNOWN``, details that
-    name the exception's type and not its text; the server logs the text and the
-    traceback, one ERROR record per call naming the method (unconfigured, meshkit's
-    loggers hand rendered lines to the standard library's)."""
+    name the exception's type and not its text; the server logs the exception itself
+    (text and traceback), one ``error`` event per call naming the method."""
     srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
                                                           **_CONFIGS[config]))
     await srv.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="meshkit.server"):
+        with structlog.testing.capture_logs() as logs:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
                 errors = await _calls(ch)
     finally:
@@ -151,14 +150,11 @@ async def test_an_unhandled_exception_reaches_the_caller_as_unknown_without_its_
         assert _SECRET not in details and "hunter2" not in details, (name, details)
         assert "_Boom" in details, (name, details)
         assert _SECRET not in (err.debug_error_string() or ""), name
-    records = [r for r in caplog.records if r.name == "meshkit.server"
-               and r.levelno == logging.ERROR]
-    logged = {r.getMessage() for r in records}
-    assert len(records) == len(errors), logged
-    for name in errors:
-        assert any(_m(name) in text for text in logged), (name, logged)
-    for text in logged:  # the server's log has it all: type, text, traceback
-        assert "Traceback" in text and _SECRET in text and "_Boom" in text, text
+    events = [e for e in logs if e["event"] == "unhandled exception"]
+    assert sorted(e["method"] for e in events) == sorted(_m(n) for n in errors), events
+    for e in events:
+        assert (e["log_level"], e["error_type"]) == ("error", "_Boom")
+        assert isinstance(e["exc_info"], _Boom) and _SECRET in str(e["exc_info"])
 
 
 async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry) -> None:
@@ -207,7 +203,8 @@ from meshkit.observability import configure_logging
 from tests.test_handler_errors import _add, _m
 
 async def main() -> None:
-    configure_logging("info", json=True)
+    if sys.argv[2] == "json":
+        configure_logging("info", json=True)
     reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
     srv = meshkit.MeshServer("errs", [(_add, None)], registry=reg, options=meshkit.ServeOptions(
         insecure=True, drain_delay_s=0, grace_s=1.0))
@@ -224,21 +221,27 @@ asyncio.run(main())
 """
 
 
-def test_a_configured_server_logs_the_exception_as_json_with_its_traceback(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("logs", ["json", "unconfigured"])
+def test_the_server_log_holds_the_exception_with_its_traceback(
+        tmp_path: Path, logs: str) -> None:
     """Under ``configure_logging(json=True)`` the server's line is one JSON object: event
     ``unhandled exception``, ``method``, ``error_type`` and an ``exception`` field holding
-    the traceback; the caller printed UNKNOWN without the text."""
-    proc = subprocess.run([sys.executable, "-c", _JSON_PROCESS, str(tmp_path / "r")],
+    the traceback. Unconfigured, the line and its traceback reach stderr through the
+    standard library (nothing on stdout). The caller printed UNKNOWN without the text."""
+    proc = subprocess.run([sys.executable, "-c", _JSON_PROCESS, str(tmp_path / "r"), logs],
                           capture_output=True, text=True, timeout=60, check=False,
                           cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("UNKNOWN Unexpected _Boom"), proc.stdout
-    assert _SECRET not in proc.stdout
+    assert proc.stdout.count("\n") == 1 and _SECRET not in proc.stdout
+    assert "Unexpected [" not in proc.stderr  # grpc.aio logged nothing of its own
+    if logs == "unconfigured":
+        assert "unhandled exception" in proc.stderr and _m("Unary") in proc.stderr
+        assert "Traceback" in proc.stderr and _SECRET in proc.stderr
+        return
     lines = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
     errs = [ln for ln in lines if ln.get("event") == "unhandled exception"]
     assert len(errs) == 1, proc.stderr
     err = errs[0]
     assert (err["level"], err["method"], err["error_type"]) == ("error", _m("Unary"), "_Boom")
     assert err["exception"].startswith("Traceback") and _SECRET in err["exception"]
-    assert "Unexpected [" not in proc.stderr  # grpc.aio logged nothing of its own
