@@ -392,11 +392,13 @@ class StreamResponseCall(MeshCall):
         plan = self._details.codec
         if plan is not None and plan.serializes_stream:
             try:
-                request = serialize_message(self._details.method, plan.request_serializer,
-                                            request, self._details)
+                out = serialize_message(self._details.method, plan.request_serializer,
+                                        request, self._details)
             except BaseException:
                 call.cancel()
                 raise
+            if plan.in_mesh:  # else grpc.aio serializes it (again) for attempt interceptors
+                request = out
         try:
             await call.write(request)
         except asyncio.CancelledError:

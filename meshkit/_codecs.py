@@ -4,7 +4,9 @@ grpc.aio only logs a serializer's or deserializer's exception: it sends an empty
 in place of a request it could not serialize and hands the reader ``None`` in place of a
 response it could not deserialize (grpc/grpc#34894). A meshkit channel therefore runs the
 codecs itself where grpc.aio's interceptors do not need the messages
-(``DialOptions.attempt_interceptors`` is empty; see :class:`meshkit.channel._MethodPlan`):
+(``DialOptions.attempt_interceptors`` is empty; see :class:`meshkit.channel._MethodPlan`).
+Where they do, grpc.aio keeps the codecs, its deserializer made strict, and the mesh
+serializes each request message once more, only to check it; either way:
 
 * a unary request is serialized before the pick and a unary response deserialized after
   the attempt (in :mod:`meshkit.channel`);
@@ -26,8 +28,8 @@ from typing import Any
 
 from meshkit.errors import RequestSerializationError, ResponseDeserializationError
 
-__all__ = ["Undecodable", "codec_error", "serialize_message", "serialized",
-           "strict_deserializer", "undecodable_error"]
+__all__ = ["Undecodable", "checked_response", "codec_error", "serialize_message",
+           "serialized", "strict_deserializer", "undecodable_error"]
 
 
 class Undecodable:
@@ -51,6 +53,15 @@ def strict_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[bytes
             return Undecodable(exc)
 
     return strict
+
+
+def checked_response(message: Any) -> Any:
+    """A unary response a :func:`strict_deserializer` made: the message, or the
+    deserializer's exception raised again for an :class:`Undecodable` (where grpc.aio runs
+    the codecs, for ``attempt_interceptors``)."""
+    if type(message) is Undecodable:
+        raise message.error
+    return message
 
 
 def undecodable_error(details: Any, message: Undecodable) -> ResponseDeserializationError:
@@ -96,27 +107,32 @@ def serialize_message(method: str, serializer: Callable[[Any], bytes], message: 
     return out
 
 
-def serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any) -> Any:
+def serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any,
+               wire: bool = True) -> Any:
     """The request iterator ``requests`` (sync or async, as grpc.aio takes either) with
-    each message serialized; on a refusal it records the call's ``codec_error`` and
-    raises, and grpc.aio ends the attempt (it cancels a call whose iterator raised)."""
+    each message serialized (``wire``), or serialized only to check it and handed on as it
+    is (``wire=False``: grpc.aio serializes it again, for attempt interceptors that see
+    the messages); on a refusal it records the call's ``codec_error`` and raises, and
+    grpc.aio ends the attempt (it cancels a call whose iterator raised)."""
     if hasattr(requests, "__aiter__"):
-        return _aserialized(details, serializer, requests)
-    return _serialized(details, serializer, requests)
+        return _aserialized(details, serializer, requests, wire)
+    return _serialized(details, serializer, requests, wire)
 
 
-def _serialized(details: Any, serializer: Callable[[Any], bytes],
-                requests: Any) -> Iterator[bytes]:
+def _serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any,
+                wire: bool) -> Iterator[Any]:
     method = details.method
     for message in requests:
-        yield serialize_message(method, serializer, message, details)
+        out = serialize_message(method, serializer, message, details)
+        yield out if wire else message
 
 
-async def _aserialized(details: Any, serializer: Callable[[Any], bytes],
-                       requests: Any) -> AsyncIterator[bytes]:
+async def _aserialized(details: Any, serializer: Callable[[Any], bytes], requests: Any,
+                       wire: bool) -> AsyncIterator[Any]:
     method = details.method
     async for message in requests:
-        yield serialize_message(method, serializer, message, details)
+        out = serialize_message(method, serializer, message, details)
+        yield out if wire else message
 
 
 def codec_error(details: Any) -> BaseException | None:

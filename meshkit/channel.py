@@ -41,7 +41,13 @@ import structlog
 from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import StreamResponseCall, UnaryResponseCall
-from meshkit._codecs import codec_error, serialize_message, serialized, strict_deserializer
+from meshkit._codecs import (
+    checked_response,
+    codec_error,
+    serialize_message,
+    serialized,
+    strict_deserializer,
+)
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
@@ -274,15 +280,17 @@ class _MethodPlan:
     The mesh runs the codecs (:mod:`meshkit._codecs`: grpc.aio sends an empty message for a
     request its serializer refuses and hands the reader ``None`` for a response its
     deserializer refuses, grpc/grpc#34894): a unary request is serialized before the pick
-    (:meth:`wire`), a unary response deserialized after the attempt, a stream's request
-    messages serialized as grpc.aio takes them and its response messages deserialized
-    through a strict deserializer; the sub-channel then carries bytes. With
-    ``attempt_interceptors`` (which see the messages) the sub-channel keeps the codecs,
-    and a unary request is serialized once more by the mesh, for the check."""
+    (:meth:`wire`), a unary response decoded after the attempt (:attr:`decode`), a stream's
+    request messages serialized as grpc.aio takes them and its response messages
+    deserialized through a strict deserializer; the sub-channel then carries bytes
+    (:attr:`in_mesh`). With ``attempt_interceptors`` (which see the messages) the
+    sub-channel keeps the codecs, with the deserializer made strict, and the mesh still
+    serializes every request message once, for the check: what grpc.aio would get wrong
+    fails the same way on both paths."""
 
-    __slots__ = ("decodes", "key", "kind", "method", "request_serializer",
-                 "response_deserializer", "sends_wire", "serializes_stream",
-                 "strict_deserializer", "timeout_s", "unary_request")
+    __slots__ = ("decode", "decodes", "in_mesh", "key", "kind", "method",
+                 "request_serializer", "response_deserializer", "sends_wire",
+                 "serializes_stream", "strict_deserializer", "timeout_s", "unary_request")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
                  timeout_s: float | None, *, codecs_in_mesh: bool = True,
@@ -292,23 +300,25 @@ class _MethodPlan:
         self.request_serializer = ser
         self.response_deserializer = deser
         self.timeout_s = timeout_s
+        self.in_mesh = codecs_in_mesh
         unary_response = kind is CallKind.UNARY_UNARY or kind is CallKind.STREAM_UNARY
         self.unary_request = kind is CallKind.UNARY_UNARY or kind is CallKind.UNARY_STREAM
         self.sends_wire = self.unary_request and codecs_in_mesh
-        self.serializes_stream = not self.unary_request and codecs_in_mesh and ser is not None
-        self.decodes = unary_response and codecs_in_mesh and deser is not None
-        self.strict_deserializer = (strict_deserializer if not unary_response and codecs_in_mesh
-                                    and deser is not None else None)
+        # the mesh runs a stream's request serializer: for the wire, or (attempt
+        # interceptors) for the check, the message itself going on
+        self.serializes_stream = not self.unary_request and ser is not None
+        self.decodes = unary_response and deser is not None
+        # after the attempt: the deserializer, or the check of grpc.aio's strict result
+        self.decode = deser if codecs_in_mesh else checked_response
+        self.strict_deserializer = (strict_deserializer if deser is not None
+                                    and (not unary_response or not codecs_in_mesh) else None)
         self.key = method if key is None else key
 
     def codecs(self) -> tuple[Any, Any]:
         """The serializer and deserializer the sub-channel multicallable is made with."""
-        ser = None if self.sends_wire or self.serializes_stream else self.request_serializer
-        if self.decodes:
-            return ser, None
-        if self.strict_deserializer is not None:
-            return ser, self.strict_deserializer
-        return ser, self.response_deserializer
+        if self.in_mesh:  # the sub-channel carries bytes (stream responses: strict)
+            return None, self.strict_deserializer
+        return self.request_serializer, self.strict_deserializer
 
     def wire(self, request: Any) -> Any:
         """``request`` serialized (returned when :attr:`sends_wire`, else checked and the
@@ -493,7 +503,7 @@ class MeshChannel(grpc.aio.Channel):
             if plan.request_serializer is not None or type(request) is not bytes:
                 request = plan.wire(request)
         elif plan.serializes_stream:
-            request = serialized(details, plan.request_serializer, request)
+            request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -521,7 +531,7 @@ class MeshChannel(grpc.aio.Channel):
             ep.in_flight -= 1
         if plan.decodes:
             try:
-                response = plan.response_deserializer(response)
+                response = plan.decode(response)
             except Exception as exc:
                 ep.failures += 1
                 done(_INTERNAL, _perf() - t0)
@@ -537,7 +547,7 @@ class MeshChannel(grpc.aio.Channel):
         if plan.unary_request:
             request = plan.wire(request)
         elif plan.serializes_stream and request is not None:
-            request = serialized(details, plan.request_serializer, request)
+            request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
@@ -556,8 +566,8 @@ class MeshChannel(grpc.aio.Channel):
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
         in_mesh = not self._attempt_interceptors
         strict = None
-        if in_mesh and deser is not None and (kind is CallKind.UNARY_STREAM
-                                              or kind is CallKind.STREAM_STREAM):
+        if deser is not None and (not in_mesh or kind is CallKind.UNARY_STREAM
+                                  or kind is CallKind.STREAM_STREAM):
             strict = self._strict.get(deser)  # one wrapper per deserializer: keys compare
             if strict is None:
                 strict = self._strict[deser] = strict_deserializer(deser)

@@ -19,6 +19,7 @@ from meshkit.errors import (
 )
 from meshkit.resilience import RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
+from tests.support.attempts import PassAll
 from tests.support.echo import method
 
 _SECRET = "s3cr3t-value"
@@ -211,18 +212,22 @@ async def _drain(call: Any) -> None:
         pass
 
 
+@pytest.mark.parametrize("attempt_interceptors", [(), (PassAll(),)],
+                         ids=["in-mesh", "attempt-interceptors"])
 async def test_a_response_that_cannot_be_deserialized_fails_internal(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, echo_servers: EchoFactory, attempt_interceptors: Any
 ) -> None:
     """grpc.aio hands the caller ``None`` for a unary response its deserializer refuses;
     a meshkit call fails ``INTERNAL`` instead (the answering endpoint's failure: counted
-    against it), with the deserializer's exception as the cause."""
+    against it), with the deserializer's exception as the cause; also where grpc.aio
+    runs the codecs (a channel with attempt interceptors)."""
     await echo_servers("e1")
 
     def bad(_raw: bytes) -> Any:
         raise ValueError(_SECRET)
 
-    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+    async with meshkit.dial("echo", registry=registry, options=_opts(
+            retry=None, attempt_interceptors=attempt_interceptors)) as ch:
         with pytest.raises(ResponseDeserializationError) as err:
             await ch.unary_unary(method("Unary"), response_deserializer=bad)(b"x", timeout=5)
         assert err.value.code() is grpc.StatusCode.INTERNAL

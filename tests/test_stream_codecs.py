@@ -17,6 +17,7 @@ import meshkit
 from meshkit.discovery import LocalRegistry
 from meshkit.errors import RequestSerializationError, ResponseDeserializationError
 from tests.conftest import EchoFactory
+from tests.support.attempts import PassAll
 from tests.support.echo import method
 
 _SECRET = "s3cr3t-field"
@@ -34,8 +35,17 @@ def _deser(raw: bytes) -> str:
     return raw.decode()
 
 
-def _opts(**kw: Any) -> meshkit.DialOptions:
-    return meshkit.DialOptions(insecure=True, retry=None, **kw)
+@pytest.fixture(params=["in-mesh", "attempt-interceptors"])
+def attempts(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The two codec paths: the mesh runs the codecs (no attempt interceptors), or
+    grpc.aio does under a pass-through attempt interceptor (which sees the messages)."""
+    if request.param == "in-mesh":
+        return {}
+    return {"attempt_interceptors": (PassAll(),)}
+
+
+def _opts(attempts: dict[str, Any], **kw: Any) -> meshkit.DialOptions:
+    return meshkit.DialOptions(insecure=True, retry=None, **attempts, **kw)
 
 
 def _messages() -> Iterator[str]:
@@ -68,12 +78,13 @@ def _failures(ch: meshkit.MeshChannel) -> list[int]:
 
 @pytest.mark.parametrize("source", [_messages, _amessages])
 async def test_a_request_message_that_does_not_serialize_ends_a_client_stream(
-    registry: LocalRegistry, echo_servers: EchoFactory, source: Any
+    registry: LocalRegistry, echo_servers: EchoFactory, source: Any,
+    attempts: dict[str, Any],
 ) -> None:
     """stream-unary with a request iterator (sync or async): INTERNAL naming the method
     and the exception type; the server never sees an empty message."""
     await echo_servers("e1")
-    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+    async with meshkit.dial("echo", registry=registry, options=_opts(attempts)) as ch:
         call = ch.stream_unary(method("ClientStream"), request_serializer=_ser)(
             source(), timeout=5)
         with pytest.raises(RequestSerializationError) as err:
@@ -91,12 +102,13 @@ async def test_a_request_message_that_does_not_serialize_ends_a_client_stream(
 
 @pytest.mark.parametrize("source", [_messages, _amessages])
 async def test_a_request_message_that_does_not_serialize_ends_a_bidi_stream(
-    registry: LocalRegistry, echo_servers: EchoFactory, source: Any
+    registry: LocalRegistry, echo_servers: EchoFactory, source: Any,
+    attempts: dict[str, Any],
 ) -> None:
     """stream-stream with a request iterator: the responses before it arrive, then the
     read raises INTERNAL; the call's code is INTERNAL."""
     await echo_servers("e1")
-    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+    async with meshkit.dial("echo", registry=registry, options=_opts(attempts)) as ch:
         call = ch.stream_stream(method("Bidi"), request_serializer=_ser)(source(), timeout=5)
         got: list[bytes] = []
         with pytest.raises(RequestSerializationError):
@@ -109,12 +121,12 @@ async def test_a_request_message_that_does_not_serialize_ends_a_bidi_stream(
 
 
 async def test_writing_a_message_that_does_not_serialize_ends_the_stream(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, echo_servers: EchoFactory, attempts: dict[str, Any]
 ) -> None:
     """stream-stream with write(): the failing write raises INTERNAL and ends the call
     (as grpc-go's SendMsg does); the message before it was answered."""
     await echo_servers("e1")
-    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+    async with meshkit.dial("echo", registry=registry, options=_opts(attempts)) as ch:
         call = ch.stream_stream(method("Bidi"), request_serializer=_ser)(timeout=5)
         await call.write("a")
         assert await call.read() == b"e1|a"
@@ -130,13 +142,13 @@ async def test_writing_a_message_that_does_not_serialize_ends_the_stream(
 
 
 async def test_a_response_message_that_does_not_deserialize_ends_the_stream(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, echo_servers: EchoFactory, attempts: dict[str, Any]
 ) -> None:
     """unary-stream (iterated or read) and stream-unary: the messages before it arrive,
     then INTERNAL, never ``None`` in place of a message; the deserializer's exception is
     the cause and its text stays out of the status."""
     await echo_servers("e1")
-    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+    async with meshkit.dial("echo", registry=registry, options=_opts(attempts)) as ch:
         stream = ch.unary_stream(method("ServerStream"), response_deserializer=_deser)
         got: list[Any] = []
         with pytest.raises(ResponseDeserializationError) as err:
@@ -160,16 +172,18 @@ async def test_a_response_message_that_does_not_deserialize_ends_the_stream(
             await client(iter([b"x"]), timeout=5)
         assert await _counts(ch) == [(0, 0)]
         assert _failures(ch) == [3]  # two streams and one unary response: the endpoint's
+    for icpt in attempts.get("attempt_interceptors", ()):
+        assert icpt.attempts == 3  # grpc.aio's codecs, under the interceptor, were the test
 
 
 async def test_stream_codec_errors_without_telemetry_and_cancellation_stays_cancellation(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, echo_servers: EchoFactory, attempts: dict[str, Any]
 ) -> None:
     """The same without telemetry (no message counting), for a serializer that returns
     something other than bytes; a stream the caller cancels still ends CANCELLED."""
     await echo_servers("e1")
     async with meshkit.dial("echo", registry=registry,
-                            options=_opts(telemetry=None)) as ch:
+                            options=_opts(attempts, telemetry=None)) as ch:
         stream = ch.unary_stream(method("ServerStream"), response_deserializer=_deser)
         with pytest.raises(ResponseDeserializationError):
             async for _ in stream(b"3", timeout=5):
@@ -189,7 +203,7 @@ async def test_stream_codec_errors_without_telemetry_and_cancellation_stays_canc
 
 
 async def test_a_refused_response_message_on_a_retried_server_stream(
-    registry: LocalRegistry, echo_servers: EchoFactory
+    registry: LocalRegistry, echo_servers: EchoFactory, attempts: dict[str, Any]
 ) -> None:
     """A server stream the retry policy may retry (idempotent) reads through its retrying
     call: a refused response message ends it INTERNAL all the same (not retried: the
@@ -198,7 +212,7 @@ async def test_a_refused_response_message_on_a_retried_server_stream(
 
     await echo_servers("e1")
     opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(
-        default=RetryPolicy(idempotent=True, max_attempts=3)))
+        default=RetryPolicy(idempotent=True, max_attempts=3)), **attempts)
     async with meshkit.dial("echo", registry=registry, options=opts) as ch:
         call = ch.unary_stream(method("ServerStream"), response_deserializer=_deser)(
             b"3", timeout=5)
