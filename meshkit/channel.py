@@ -144,7 +144,9 @@ class DialOptions:
         interceptors: per-call :class:`~meshkit.interceptors.ClientInterceptor` chain, first
             is outermost (default none); it runs inside telemetry, and retry inside it.
         attempt_interceptors: ``grpc.aio`` client interceptors installed on every
-            endpoint's sub-channel; they run once per attempt (default none).
+            endpoint's sub-channel; they run once per attempt (default none). One object of
+            several kinds runs for each of its kinds (grpc.aio alone would run it for the
+            first only). They see the messages: the sub-channels then keep the codecs.
         tls: mTLS with workload identities (:class:`meshkit.auth.TLSOptions`): the client
             presents its certificate, checks the server's identity for the dialed service,
             and rebuilds its sub-channels when its certificate file is renewed (checked
@@ -398,6 +400,7 @@ class MeshChannel(grpc.aio.Channel):
             chain = (*client_interceptors(telemetry), *chain)
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
+        self._attempt_interceptors = _for_every_kind(self._attempt_interceptors)
         self._plan_keys: dict[tuple[Any, ...], str] = {}
         self._strict: dict[Any, Any] = {}  # deserializer -> its strict wrapper
         self._named: set[str] = set()  # methods whose name is a key already
@@ -741,6 +744,39 @@ class MeshChannel(grpc.aio.Channel):
 
     def __repr__(self) -> str:
         return f"MeshChannel({self.service!r}, endpoints={len(self._pool.endpoints)})"
+
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (grpc.aio.UnaryUnaryClientInterceptor, "intercept_unary_unary"),
+    (grpc.aio.UnaryStreamClientInterceptor, "intercept_unary_stream"),
+    (grpc.aio.StreamUnaryClientInterceptor, "intercept_stream_unary"),
+    (grpc.aio.StreamStreamClientInterceptor, "intercept_stream_stream"),
+)  # in the order grpc.aio's channel tests them
+
+
+def _kind_view(interceptor: Any, base: type, name: str) -> Any:
+    """``interceptor`` seen as a ``base`` interceptor only: its method ``name`` bound on a
+    ``base`` instance (no frame added per call)."""
+    view_type = type(f"{type(interceptor).__name__}As{base.__name__}", (base,),
+                     {name: lambda *a: None})  # (the abstract method, shadowed below)
+    view = view_type()
+    setattr(view, name, getattr(interceptor, name))  # the instance's own, bound method
+    return view
+
+
+def _for_every_kind(interceptors: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``interceptors`` for a grpc.aio channel, an interceptor of several kinds (a class
+    deriving from more than one of ``UnaryUnaryClientInterceptor``... such as
+    :class:`~meshkit.observability.AttemptSpanInterceptor`) installed for each of them:
+    grpc.aio's channel files an interceptor under the first kind it is an instance of and
+    never runs it for the others (``grpc/aio/_channel.py``), so its streaming methods
+    would be skipped without a word. Order is kept within each kind."""
+    out: list[Any] = []
+    for icpt in interceptors:
+        kinds = [(base, name) for base, name in _KINDS if isinstance(icpt, base)]
+        out.append(icpt)
+        out.extend(_kind_view(icpt, base, name) for base, name in kinds[1:])
+    return tuple(out)
 
 
 async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float,

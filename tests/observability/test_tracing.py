@@ -210,6 +210,46 @@ async def test_attempt_spans_option_makes_a_client_span_per_attempt(
         assert s.parent.span_id in attempt_ids
 
 
+async def test_attempt_spans_cover_streaming_calls_too(
+    chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
+) -> None:
+    """``AttemptSpanInterceptor`` is one object of all four interceptor kinds, which
+    grpc.aio takes as unary-unary only (it files an interceptor under its first kind);
+    the channel installs it for every kind, so a server stream, a client stream and a bidi
+    stream each get their CLIENT attempt span, parent of the server's span."""
+    import dataclasses
+
+    import meshkit
+    from meshkit.observability import attempt_interceptors, client_interceptors
+
+    opts = dataclasses.replace(telemetry, attempt_spans=True)
+    c = await chain(echoes=1, telemetry_opts=opts)
+    ch = meshkit.dial("echo", registry=c.echo[0].registry, options=meshkit.DialOptions(
+        insecure=True, interceptors=client_interceptors(opts),
+        attempt_interceptors=attempt_interceptors(opts), retry=None))
+    try:
+        await ch.wait_for_endpoints(1)
+        assert [m async for m in ch.unary_stream(method("ServerStream"))(b"2", timeout=5)] \
+            == [b"e1|0", b"e1|1"]
+        assert await ch.stream_unary(method("ClientStream"))(iter([b"a"]), timeout=5) \
+            == b"e1|a"
+        assert [m async for m in ch.stream_stream(method("Bidi"))(iter([b"b"]), timeout=5)] \
+            == [b"e1|b"]
+    finally:
+        await ch.close()
+    names = [f"meshkit.test.Echo/{m}" for m in ("ServerStream", "ClientStream", "Bidi")]
+    await until(lambda: all(by_name(tracing.spans(), n, SpanKind.SERVER) for n in names),
+                what="the server spans")
+    spans = tracing.spans()
+    for name in names:
+        (logical,) = by_name(spans, name, SpanKind.INTERNAL)
+        (attempt,) = by_name(spans, name, SpanKind.CLIENT)
+        (server,) = by_name(spans, name, SpanKind.SERVER)
+        assert attempt.parent.span_id == logical.context.span_id, name
+        assert server.parent.span_id == attempt.context.span_id, name
+        assert attempt.attributes["meshkit.attempt"] == 1
+
+
 async def test_streaming_calls_are_traced_through_the_chain(
     chain: ChainFactory, tracing: Tracing
 ) -> None:
