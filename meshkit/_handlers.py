@@ -289,6 +289,19 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
     return behavior
 
 
+def _answering(exc: Exception, unhandled: Unhandled) -> Handler:
+    """A handler that answers ``exc`` (raised where the method's handler was being looked
+    up) through ``unhandled``: stream-stream, which starts without reading a request, so
+    it answers calls of every kind."""
+
+    async def behavior(requests: Any, context: Any) -> None:
+        await unhandled(exc, context)
+        raise exc  # unhandled did not abort (the call is over): grpc.aio's answer
+
+    handler: Handler = grpc.stream_stream_rpc_method_handler(behavior)
+    return handler
+
+
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Base of interceptors that wrap each method's handler with a check
     (``self._before_for(method)``) and/or an observer (``self._reporter_for(method)``);
@@ -315,9 +328,20 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        """Return the next handler wrapped with this interceptor's check."""
-        return self.resolve(handler_call_details.method,
-                            await continuation(handler_call_details))
+        """Return the next handler wrapped with this interceptor's check. When the
+        interceptors after this one raise instead (grpc.aio runs them per call), a handler
+        that answers the exception as this interceptor answers a handler's
+        (:meth:`_unhandled_for`), if it does."""
+        try:
+            handler = await continuation(handler_call_details)
+        except Exception as e:
+            method = handler_call_details.method
+            unhandled = (None if isinstance(e, _GRPC_ERRORS)
+                         else self._unhandled_for(method))
+            if unhandled is None:
+                raise
+            return _answering(e, unhandled)
+        return self.resolve(handler_call_details.method, handler)
 
     def resolve(self, method: str, handler: Handler | None) -> Handler | None:
         """``handler`` of full method name ``method`` wrapped with this interceptor's check

@@ -39,8 +39,10 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
     wrap (no cost on a call that does not raise), unless
-    ``ServeOptions(expose_exception_text=True)``. It covers what runs inside the wrap: the
-    handler, and the ``interceptors`` given to ``serve()``.
+    ``ServeOptions(expose_exception_text=True)``. It covers the handler and the
+    ``interceptors`` given to ``serve()``, their ``intercept_service`` included (an
+    exception there is answered by a handler that aborts at once, whatever the call's
+    kind).
     """
 
     def _unhandled_for(self, method: str) -> Unhandled:

@@ -157,6 +157,42 @@ async def test_an_unhandled_exception_reaches_the_caller_as_unknown_without_its_
         assert isinstance(e["exc_info"], _Boom) and _SECRET in str(e["exc_info"])
 
 
+class _Raising(grpc.aio.ServerInterceptor):
+    """A user's interceptor with a bug: it raises before any handler runs."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        raise _Boom(f"interceptor cannot reach {_SECRET}")
+
+
+async def test_an_exception_in_a_users_interceptor_is_answered_the_same(
+    registry: LocalRegistry
+) -> None:
+    """An exception a user's ``intercept_service`` raises (grpc.aio runs the chain per
+    call there) is answered as a handler's: ``UNKNOWN`` naming its type, logged with the
+    method; unary and streaming calls alike, none of them left waiting."""
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          interceptors=(_Raising(),)))
+    await srv.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                calls = {
+                    "Unary": ch.unary_unary(_m("Unary"))(b"x", timeout=5),
+                    "ServerStream": ch.unary_stream(_m("ServerStream"))(b"x", timeout=5),
+                    "Bidi": ch.stream_stream(_m("Bidi"))(timeout=5),
+                }
+                for name, call in calls.items():
+                    assert await call.code() is grpc.StatusCode.UNKNOWN, name
+                    details = await call.details() or ""
+                    assert "_Boom" in details and _SECRET not in details, (name, details)
+    finally:
+        await srv.drain()
+    events = [e for e in logs if e["event"] == "unhandled exception"]
+    assert sorted(e["method"] for e in events) == sorted(_m(n) for n in calls)
+    assert all(_SECRET in str(e["exc_info"]) for e in events)
+
+
 async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry) -> None:
     """``context.abort`` and ``set_code``/``set_details`` are the handler's answer: sent as
     they are, nothing logged."""
