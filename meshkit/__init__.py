@@ -31,6 +31,7 @@ from meshkit.errors import (
     MeshRpcError,
     NoEndpointsError,
     RegistryError,
+    RequestIteratorError,
     RequestSerializationError,
     ResponseDeserializationError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "NoEndpointsError",
     "Registry",
     "RegistryError",
+    "RequestIteratorError",
     "RequestSerializationError",
     "ResponseDeserializationError",
     "ServeOptions",

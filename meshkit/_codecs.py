@@ -26,7 +26,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from meshkit.errors import RequestSerializationError, ResponseDeserializationError
+from meshkit.errors import (
+    RequestIteratorError,
+    RequestSerializationError,
+    ResponseDeserializationError,
+)
 
 __all__ = ["Undecodable", "checked_response", "codec_error", "serialize_message",
            "serialized", "strict_deserializer", "undecodable_error"]
@@ -107,32 +111,62 @@ def serialize_message(method: str, serializer: Callable[[Any], bytes], message: 
     return out
 
 
-def serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any,
+def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
                wire: bool = True) -> Any:
     """The request iterator ``requests`` (sync or async, as grpc.aio takes either) with
     each message serialized (``wire``), or serialized only to check it and handed on as it
     is (``wire=False``: grpc.aio serializes it again, for attempt interceptors that see
-    the messages); on a refusal it records the call's ``codec_error`` and raises, and
-    grpc.aio ends the attempt (it cancels a call whose iterator raised)."""
+    the messages), or handed on as it is (no ``serializer``). A message the serializer
+    refuses, or an exception of ``requests`` itself, is recorded as the call's
+    ``codec_error`` (:class:`~meshkit.errors.RequestSerializationError`,
+    :class:`~meshkit.errors.RequestIteratorError`) and raised; grpc.aio then ends the
+    attempt (it cancels a call whose iterator raised) and the call objects report it."""
     if hasattr(requests, "__aiter__"):
         return _aserialized(details, serializer, requests, wire)
     return _serialized(details, serializer, requests, wire)
 
 
-def _serialized(details: Any, serializer: Callable[[Any], bytes], requests: Any,
+def _iterator_failed(details: Any, exc: Exception) -> RequestIteratorError:
+    err = RequestIteratorError(details.method, type(exc).__name__)
+    err.__cause__ = exc
+    details.codec_error = err
+    return err
+
+
+def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
                 wire: bool) -> Iterator[Any]:
     method = details.method
-    for message in requests:
-        out = serialize_message(method, serializer, message, details)
-        yield out if wire else message
+    it = iter(requests)
+    while True:
+        try:
+            message = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _iterator_failed(details, exc) from exc
+        if serializer is None:
+            yield message
+        else:
+            out = serialize_message(method, serializer, message, details)
+            yield out if wire else message
 
 
-async def _aserialized(details: Any, serializer: Callable[[Any], bytes], requests: Any,
-                       wire: bool) -> AsyncIterator[Any]:
+async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
+                       requests: Any, wire: bool) -> AsyncIterator[Any]:
     method = details.method
-    async for message in requests:
-        out = serialize_message(method, serializer, message, details)
-        yield out if wire else message
+    it = aiter(requests)
+    while True:
+        try:
+            message = await anext(it)
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            raise _iterator_failed(details, exc) from exc
+        if serializer is None:
+            yield message
+        else:
+            out = serialize_message(method, serializer, message, details)
+            yield out if wire else message
 
 
 def codec_error(details: Any) -> BaseException | None:

@@ -505,7 +505,7 @@ class MeshChannel(grpc.aio.Channel):
             # bytes without a serializer go as they are, without wire()'s frame
             if plan.request_serializer is not None or type(request) is not bytes:
                 request = plan.wire(request)
-        elif plan.serializes_stream:
+        else:  # a request iterator: its messages and its own exceptions checked
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
@@ -522,7 +522,7 @@ class MeshChannel(grpc.aio.Channel):
             raise
         except asyncio.CancelledError:
             done(_CANCELLED, _perf() - t0)
-            if plan.serializes_stream:  # grpc.aio cancels a call whose iterator raised
+            if not plan.unary_request:  # grpc.aio cancels a call whose iterator raised
                 err = codec_error(details)
                 if err is not None:
                     raise err from err.__cause__
@@ -549,7 +549,7 @@ class MeshChannel(grpc.aio.Channel):
         plan = details.codec
         if plan.unary_request:
             request = plan.wire(request)
-        elif plan.serializes_stream and request is not None:
+        elif request is not None:  # a request iterator (None: the caller writes)
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:

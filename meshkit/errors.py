@@ -11,6 +11,7 @@ error                                 gRPC status
 :class:`NoEndpointsError`             ``UNAVAILABLE``
 :class:`InvalidMetadataError`         ``INTERNAL`` (as grpc-go), raised before any attempt
 :class:`RequestSerializationError`    ``INTERNAL`` (as grpc-go), raised before any attempt
+:class:`RequestIteratorError`         ``UNKNOWN`` (as grpc's synchronous client), the stream ends
 :class:`ResponseDeserializationError` ``INTERNAL`` (as grpc-go), the attempt failed
 :class:`ConfigError`                  (raised at construction, never on the wire)
 :class:`RegistryError`                (raised by registry calls, never on the wire)
@@ -33,6 +34,7 @@ __all__ = [
     "MeshRpcError",
     "NoEndpointsError",
     "RegistryError",
+    "RequestIteratorError",
     "RequestSerializationError",
     "ResponseDeserializationError",
 ]
@@ -81,9 +83,10 @@ class NoEndpointsError(MeshRpcError):
 
 class InvalidCallError(MeshRpcError):
     """A call that cannot be sent as the caller made it: status ``INTERNAL``, as grpc-go
-    reports such calls. A meshkit channel raises it before it picks an endpoint, so the
-    call makes no attempt, is not retried (whatever the retry policy's codes) and counts
-    against no endpoint. The message never quotes a value the caller passed."""
+    reports such calls (``UNKNOWN`` for :class:`RequestIteratorError`). A meshkit channel
+    raises it before it picks an endpoint (or, for a stream's request message, ends the
+    stream with it), so the call is not retried (whatever the retry policy's codes) and
+    counts against no endpoint. The message never quotes a value the caller passed."""
 
 
 class InvalidMetadataError(InvalidCallError):
@@ -121,6 +124,25 @@ class RequestSerializationError(InvalidCallError):
         self.method = method
         super().__init__(grpc.StatusCode.INTERNAL,
                          f"{method}: request could not be serialized: {problem}")
+
+
+class RequestIteratorError(InvalidCallError):
+    """The request iterator of a client- or bidi-streaming call raised: the stream ends
+    with status ``UNKNOWN`` (grpc's synchronous client says "Exception iterating
+    requests!"; grpc.aio cancels the call and the caller's ``await`` raises
+    ``asyncio.CancelledError`` in a task nobody cancelled). The status message names the
+    method and the exception type; the exception is the ``__cause__`` (its text is not
+    copied).
+
+    Args:
+        method: the full method name, ``/pkg.Service/Method``.
+        error: the iterator's exception type name.
+    """
+
+    def __init__(self, method: str, error: str) -> None:
+        self.method = method
+        super().__init__(grpc.StatusCode.UNKNOWN,
+                         f"{method}: the request iterator raised {error}")
 
 
 class ResponseDeserializationError(MeshRpcError):

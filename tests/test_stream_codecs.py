@@ -15,7 +15,11 @@ import pytest
 
 import meshkit
 from meshkit.discovery import LocalRegistry
-from meshkit.errors import RequestSerializationError, ResponseDeserializationError
+from meshkit.errors import (
+    RequestIteratorError,
+    RequestSerializationError,
+    ResponseDeserializationError,
+)
 from tests.conftest import EchoFactory
 from tests.support.attempts import PassAll
 from tests.support.echo import method
@@ -223,3 +227,49 @@ async def test_a_refused_response_message_on_a_retried_server_stream(
         assert "ValueError" in await call.details()
         assert not call.cancelled()
         assert ch.retry is not None and ch.retry.stats.retries == 0
+
+
+def _failing() -> Iterator[bytes]:
+    yield b"a"
+    raise ConnectionError(f"the source went away {_SECRET}")
+
+
+async def _afailing() -> AsyncIterator[bytes]:
+    for m in _failing():
+        yield m
+
+
+@pytest.mark.parametrize("source", [_failing, _afailing])
+@pytest.mark.parametrize("serializer", [None, bytes], ids=["bytes", "serializer"])
+async def test_a_request_iterator_that_raises_fails_the_call_with_its_exception_as_cause(
+    registry: LocalRegistry, echo_servers: EchoFactory, attempts: dict[str, Any],
+    source: Any, serializer: Any,
+) -> None:
+    """grpc.aio cancels a call whose request iterator raised and the caller's await raises
+    ``asyncio.CancelledError`` in a task nobody cancelled (the exception only logged at
+    debug); a meshkit call raises :class:`RequestIteratorError` (``UNKNOWN``, as grpc's
+    synchronous client says "Exception iterating requests!"), naming the exception type,
+    the exception as ``__cause__``; not retried, no endpoint's failure."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts(attempts)) as ch:
+        client = ch.stream_unary(method("ClientStream"), request_serializer=serializer)
+        call = client(source(), timeout=5)
+        with pytest.raises(RequestIteratorError) as err:
+            await call
+        assert err.value.code() is grpc.StatusCode.UNKNOWN
+        assert "ConnectionError" in (err.value.details() or "")
+        assert _SECRET not in str(err.value)
+        assert isinstance(err.value.__cause__, ConnectionError)
+        assert await call.code() is grpc.StatusCode.UNKNOWN
+        bidi = ch.stream_stream(method("Bidi"), request_serializer=serializer)(
+            source(), timeout=5)
+        got: list[bytes] = []
+        with pytest.raises(RequestIteratorError):
+            async for m in bidi:
+                got.append(m)
+        assert got in ([], [b"e1|a"])
+        assert await bidi.code() is grpc.StatusCode.UNKNOWN
+        assert "ConnectionError" in await bidi.details()
+        assert not bidi.cancelled()
+        assert await _counts(ch) == [(0, 0)]
+        assert _failures(ch) == [0]
