@@ -21,6 +21,7 @@ __all__ = [
     "Continuation",
     "FusedInterceptor",
     "Handler",
+    "NoResponse",
     "Reporter",
     "Resolver",
     "Unhandled",
@@ -47,7 +48,14 @@ Unhandled = Callable[[Exception, Any], Awaitable[None]]
 """``unhandled(exc, context)``: answer a call whose handler (or anything inside the wrap)
 raised ``exc``, an exception that is no gRPC status (not ``context.abort``'s, nor any
 other ``grpc.aio.BaseError``): usually by aborting through ``context``. When it returns
-instead, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text."""
+instead, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text. Also
+called, with a :class:`NoResponse`, when a unary-response handler returned ``None``
+(nothing raised: returning leaves the answer to grpc.aio)."""
+
+
+class NoResponse(Exception):
+    """What :data:`Unhandled` gets when a unary-response handler returned ``None`` (never
+    raised)."""
 
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 MAX_CACHED_METHODS = 4096
@@ -126,15 +134,17 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     check: Before = before if before is not None else _no_check
     streams = resp_s and not inspect.iscoroutinefunction(inner)
     behavior: Any
+    # a unary response of None is no answer (a streaming coroutine's None is: it wrote)
+    empty = None if resp_s else unhandled
     if reporter is None:
         behavior = (_checked_stream(inner, check, unhandled) if streams
-                    else _checked(inner, check, unhandled))
+                    else _checked(inner, check, unhandled, empty))
     else:
         messages = getattr(reporter, "messages", None)
         if messages is not None and req_s:
             inner = _counting_requests(inner, messages)
         behavior = (_reported_stream(inner, check, reporter, unhandled, messages) if streams
-                    else _reported(inner, check, reporter, unhandled))
+                    else _reported(inner, check, reporter, unhandled, empty))
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -169,7 +179,8 @@ def _unguarded(inner: Any) -> tuple[Any, Any, str]:
 _GRPC_ERRORS = grpc.aio.BaseError
 
 
-def _checked(inner: Any, before: Before, unhandled: Unhandled | None) -> Any:
+def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
+             empty: Unhandled | None) -> Any:
     inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
@@ -183,7 +194,9 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None) -> Any:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
-                return await result
+                result = await result
+            if result is None and empty is not None:
+                await empty(NoResponse(), context)
             return result
         except Exception as e:
             if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
@@ -211,7 +224,7 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> 
 
 
 def _reported(inner: Any, before: Before, reporter: Reporter,
-              unhandled: Unhandled | None) -> Any:
+              unhandled: Unhandled | None, empty: Unhandled | None) -> Any:
     start, finish = reporter.start, reporter.finish
     inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)
@@ -232,6 +245,8 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
                 result = await result
+            if result is None and empty is not None:
+                await empty(NoResponse(), context)  # aborts, unless a status was set
         except BaseException as e:
             finish(state, context, e)
             if (unhandled is not None and isinstance(e, Exception)

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._handlers import Unhandled, WrappingInterceptor
+from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
 
 __all__ = ["UnhandledErrorInterceptor", "unhandled_details"]
 
@@ -30,12 +30,27 @@ def unhandled_details(exc: BaseException) -> str:
     return f"Unexpected {type(exc).__name__} in the handler (logged by the server)"
 
 
+async def _no_response(method: str, context: Any) -> None:
+    """A unary-response handler returned ``None``: ``INTERNAL`` "<method>: the handler
+    returned no response" (grpc-go's answer to a nil message; grpc.aio sends an empty
+    message for a method without a serializer, ``UNKNOWN`` with protobuf's ``TypeError``
+    text for one with), unless the handler set a status (``set_code``), which is then the
+    answer and the missing message is none."""
+    code = context.code()
+    if code is not None and code != grpc.StatusCode.OK and code != 0:
+        return
+    _log.error("handler returned no response", method=method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: the handler returned no response")
+
+
 class UnhandledErrorInterceptor(WrappingInterceptor):
     """Answers a handler's unhandled exception ``UNKNOWN`` with
     :func:`unhandled_details`, and logs it at ``error`` on ``meshkit.server`` (event
     ``unhandled exception``, ``method``, ``error_type``, the traceback). What the handler
     answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
     other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
+    A unary-response handler that returns ``None`` with no status set gets ``INTERNAL``
+    instead (:func:`_no_response`).
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
     wrap (no cost on a call that does not raise), unless
@@ -47,6 +62,9 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
 
     def _unhandled_for(self, method: str) -> Unhandled:
         async def unhandled(exc: Exception, context: Any) -> None:
+            if type(exc) is NoResponse:
+                await _no_response(method, context)
+                return
             _log.error("unhandled exception", method=method, error_type=type(exc).__name__,
                        exc_info=exc)
             try:

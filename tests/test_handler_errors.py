@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import structlog.testing
+from grpc_health.v1 import health_pb2
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -69,6 +70,16 @@ async def _sets_code(request: bytes, context: Any) -> bytes:
     return b""
 
 
+async def _returns_none(request: bytes, context: Any) -> Any:
+    return None  # forgot the return statement
+
+
+async def _not_found_none(request: bytes, context: Any) -> Any:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("no such order")
+    return None  # the status is the answer: no message needed
+
+
 def _add(_servicer: Any, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
@@ -78,6 +89,12 @@ def _add(_servicer: Any, server: Any) -> None:
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
         "Aborts": grpc.unary_unary_rpc_method_handler(_aborts),
         "SetsCode": grpc.unary_unary_rpc_method_handler(_sets_code),
+        "NoneBytes": grpc.unary_unary_rpc_method_handler(_returns_none),
+        "NoneProto": grpc.unary_unary_rpc_method_handler(
+            _returns_none, response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+        "NotFoundNone": grpc.unary_unary_rpc_method_handler(
+            _not_found_none,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
     }),))
 
 
@@ -211,6 +228,38 @@ async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry)
                 grpc.StatusCode.NOT_FOUND, "no such order")
     finally:
         await srv.drain()
+
+
+@pytest.mark.parametrize("config", list(_CONFIGS))
+async def test_a_unary_handler_that_returns_none_fails_internal(
+    registry: LocalRegistry, config: str
+) -> None:
+    """A unary handler that returns ``None`` with no status set (a missing ``return``):
+    grpc.aio sends an empty message for a method without a serializer (the caller reads a
+    default message) and ``UNKNOWN`` with protobuf's ``TypeError`` text for one with; a
+    meshkit server answers ``INTERNAL`` "the handler returned no response", as grpc-go
+    answers a nil message, and logs it. ``None`` after ``set_code`` stays the status."""
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          **_CONFIGS[config]))
+    await srv.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                for name in ("NoneBytes", "NoneProto"):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await ch.unary_unary(_m(name))(b"x", timeout=5)
+                    assert err.value.code() is grpc.StatusCode.INTERNAL, name
+                    assert err.value.details() == (
+                        f"{_m(name)}: the handler returned no response"), name
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ch.unary_unary(_m("NotFoundNone"))(b"x", timeout=5)
+                assert (err.value.code(), err.value.details()) == (
+                    grpc.StatusCode.NOT_FOUND, "no such order")
+    finally:
+        await srv.drain()
+    events = [e for e in logs if e["event"] == "handler returned no response"]
+    assert sorted(e["method"] for e in events) == [_m("NoneBytes"), _m("NoneProto")]
 
 
 async def test_expose_exception_text_keeps_grpc_aio_s_details(registry: LocalRegistry) -> None:
