@@ -80,6 +80,14 @@ async def _not_found_none(request: bytes, context: Any) -> Any:
     return None  # the status is the answer: no message needed
 
 
+async def _raises_after_abort(request: bytes, context: Any) -> bytes:
+    try:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such order")
+    except grpc.aio.AbortError:
+        raise _Boom(f"cleanup failed: {_SECRET}") from None
+    raise AssertionError("unreachable")
+
+
 def _add(_servicer: Any, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
@@ -89,6 +97,7 @@ def _add(_servicer: Any, server: Any) -> None:
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
         "Aborts": grpc.unary_unary_rpc_method_handler(_aborts),
         "SetsCode": grpc.unary_unary_rpc_method_handler(_sets_code),
+        "RaisesAfterAbort": grpc.unary_unary_rpc_method_handler(_raises_after_abort),
         "NoneBytes": grpc.unary_unary_rpc_method_handler(_returns_none),
         "NoneProto": grpc.unary_unary_rpc_method_handler(
             _returns_none, response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
@@ -212,7 +221,7 @@ async def test_an_exception_in_a_users_interceptor_is_answered_the_same(
 
 async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry) -> None:
     """``context.abort`` and ``set_code``/``set_details`` are the handler's answer: sent as
-    they are, nothing logged."""
+    they are; so is an abort the handler raised something else after."""
     srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
     await srv.start()
@@ -224,6 +233,11 @@ async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry)
                 grpc.StatusCode.FAILED_PRECONDITION, "stock is reserved")
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await ch.unary_unary(_m("SetsCode"))(b"x", timeout=5)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.NOT_FOUND, "no such order")
+            # an exception after the handler's own abort: the abort's status is the answer
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m("RaisesAfterAbort"))(b"x", timeout=5)
             assert (err.value.code(), err.value.details()) == (
                 grpc.StatusCode.NOT_FOUND, "no such order")
     finally:
