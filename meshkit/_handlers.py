@@ -134,21 +134,25 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     check: Before = before if before is not None else _no_check
     streams = resp_s and not inspect.iscoroutinefunction(inner)
     behavior: Any
-    # a unary response of None is no answer (a streaming coroutine's None is: it wrote)
+    # a unary response of None is no answer (a streaming coroutine's None is: it wrote);
+    # and a unary response is serialized inside the wrap, where a serializer's exception
+    # is answered and reported as the call's (grpc.aio serializes after the handler
+    # returned: the caller got the exception's text, telemetry had counted the call OK)
     empty = None if resp_s else unhandled
+    ser = handler.response_serializer if empty is not None else None
     if reporter is None:
         behavior = (_checked_stream(inner, check, unhandled) if streams
-                    else _checked(inner, check, unhandled, empty))
+                    else _checked(inner, check, unhandled, empty, ser))
     else:
         messages = getattr(reporter, "messages", None)
         if messages is not None and req_s:
             inner = _counting_requests(inner, messages)
         behavior = (_reported_stream(inner, check, reporter, unhandled, messages) if streams
-                    else _reported(inner, check, reporter, unhandled, empty))
+                    else _reported(inner, check, reporter, unhandled, empty, ser))
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+        response_serializer=handler.response_serializer if ser is None else None,
     )
     return wrapped
 
@@ -180,7 +184,7 @@ _GRPC_ERRORS = grpc.aio.BaseError
 
 
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
-             empty: Unhandled | None) -> Any:
+             empty: Unhandled | None, ser: Callable[[Any], bytes] | None) -> Any:
     inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
@@ -195,9 +199,11 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
                 result = await result
-            if result is None and empty is not None:
-                await empty(NoResponse(), context)
-            return result
+            if result is None:
+                if empty is not None:
+                    await empty(NoResponse(), context)  # aborts, unless a status was set
+                return None
+            return result if ser is None else ser(result)
         except Exception as e:
             if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
                 await unhandled(e, context)
@@ -224,7 +230,8 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> 
 
 
 def _reported(inner: Any, before: Before, reporter: Reporter,
-              unhandled: Unhandled | None, empty: Unhandled | None) -> Any:
+              unhandled: Unhandled | None, empty: Unhandled | None,
+              ser: Callable[[Any], bytes] | None) -> Any:
     start, finish = reporter.start, reporter.finish
     inner, undecodable, message = _unguarded(inner)
     awaits = inspect.iscoroutinefunction(inner)
@@ -247,6 +254,8 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                 result = await result
             if result is None and empty is not None:
                 await empty(NoResponse(), context)  # aborts, unless a status was set
+            elif ser is not None:
+                result = ser(result)
         except BaseException as e:
             finish(state, context, e)
             if (unhandled is not None and isinstance(e, Exception)

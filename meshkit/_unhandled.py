@@ -50,7 +50,9 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
     other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
     A unary-response handler that returns ``None`` with no status set gets ``INTERNAL``
-    instead (:func:`_no_response`).
+    instead (:func:`_no_response`). A unary response is serialized inside the wrap, so an
+    exception of the method's response serializer is answered (and counted by telemetry)
+    as the handler's; a streaming response's messages are still serialized by grpc.aio.
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
     wrap (no cost on a call that does not raise), unless

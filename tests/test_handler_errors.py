@@ -88,6 +88,14 @@ async def _raises_after_abort(request: bytes, context: Any) -> bytes:
     raise AssertionError("unreachable")
 
 
+def _refusing_serializer(message: Any) -> bytes:
+    raise ValueError(f"cannot encode {_SECRET}")
+
+
+async def _answers(request: bytes, context: Any) -> Any:
+    return {"order": "o-1"}
+
+
 def _add(_servicer: Any, server: Any) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
@@ -98,6 +106,8 @@ def _add(_servicer: Any, server: Any) -> None:
         "Aborts": grpc.unary_unary_rpc_method_handler(_aborts),
         "SetsCode": grpc.unary_unary_rpc_method_handler(_sets_code),
         "RaisesAfterAbort": grpc.unary_unary_rpc_method_handler(_raises_after_abort),
+        "BadEncoding": grpc.unary_unary_rpc_method_handler(
+            _answers, response_serializer=_refusing_serializer),
         "NoneBytes": grpc.unary_unary_rpc_method_handler(_returns_none),
         "NoneProto": grpc.unary_unary_rpc_method_handler(
             _returns_none, response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
@@ -274,6 +284,48 @@ async def test_a_unary_handler_that_returns_none_fails_internal(
         await srv.drain()
     events = [e for e in logs if e["event"] == "handler returned no response"]
     assert sorted(e["method"] for e in events) == [_m("NoneBytes"), _m("NoneProto")]
+
+
+@pytest.mark.parametrize("config", list(_CONFIGS))
+async def test_a_unary_response_the_serializer_refuses_is_answered_and_counted_alike(
+    registry: LocalRegistry, config: str
+) -> None:
+    """A unary response the method's serializer refuses: grpc.aio serializes it after the
+    handler returned, so the caller got ``UNKNOWN`` with the serializer's text while the
+    server's telemetry had counted the call ``OK``. A meshkit server serializes it inside
+    its wrap: an unhandled exception like any other (``UNKNOWN`` naming its type, logged),
+    counted as what the caller got."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+
+    metrics = CollectorRegistry()
+    kw = dict(_CONFIGS[config])
+    if kw.get("telemetry", True) is not None:
+        kw["telemetry"] = TelemetryOptions(registry=metrics)
+    opts = meshkit.ServeOptions(insecure=True, drain_delay_s=0, **kw)
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry, options=opts)
+    await srv.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ch.unary_unary(_m("BadEncoding"))(b"x", timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as not_found:
+                    await ch.unary_unary(_m("NotFoundNone"))(b"x", timeout=5)
+    finally:
+        await srv.drain()
+    assert err.value.code() is grpc.StatusCode.UNKNOWN
+    assert err.value.details() == "Unexpected ValueError in the handler (logged by the server)"
+    assert not_found.value.code() is grpc.StatusCode.NOT_FOUND  # None, a status: no encoding
+    if kw.get("telemetry") is not None:  # counted where telemetry runs
+        for code in ("OK", "Unknown"):
+            counted = metrics.get_sample_value("grpc_server_handled_total", {
+                "grpc_service": _SERVICE, "grpc_method": "BadEncoding", "grpc_type": "unary",
+                "grpc_code": code}) or 0
+            assert counted == (1 if code == "Unknown" else 0), code
+    (event,) = [e for e in logs if e["event"] == "unhandled exception"]
+    assert event["method"] == _m("BadEncoding") and _SECRET in str(event["exc_info"])
 
 
 async def test_expose_exception_text_keeps_grpc_aio_s_details(registry: LocalRegistry) -> None:
