@@ -117,7 +117,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     Works for all four call kinds and keeps the behaviour's shape: an async generator
     stays one, a coroutine (also one that answers with ``context.write``) stays a
     coroutine, and a plain function's result is awaited if it is awaitable. With none of
-    the three, ``handler`` itself.
+    the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` is
+    answered too (a :class:`NoResponse`), and a unary response is serialized in the wrap:
+    the handler returned has no response serializer.
     """
     if before is None and reporter is None and unhandled is None:
         return handler
