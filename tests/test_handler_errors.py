@@ -6,6 +6,7 @@ server answers ``UNKNOWN`` naming only the exception's type, and logs the whole 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -163,6 +164,21 @@ async def _calls(ch: grpc.aio.Channel) -> dict[str, grpc.aio.AioRpcError]:
     return errors
 
 
+@contextlib.asynccontextmanager
+async def _serving(registry: LocalRegistry, **options: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """A plain grpc.aio channel to an ``errs`` server made with ``ServeOptions(**options)``
+    (insecure, no drain delay), drained on the way out."""
+    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          **options))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            yield ch
+    finally:
+        await srv.drain()
+
+
 @pytest.mark.parametrize("config", list(_CONFIGS))
 async def test_an_unhandled_exception_reaches_the_caller_as_unknown_without_its_text(
     registry: LocalRegistry, config: str
@@ -170,16 +186,9 @@ async def test_an_unhandled_exception_reaches_the_caller_as_unknown_without_its_
     """Every call kind, however the server's chain is made up: ``UNKNOWN``, details that
     name the exception's type and not its text; the server logs the exception itself
     (text and traceback), one ``error`` event per call naming the method."""
-    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
-                                                          **_CONFIGS[config]))
-    await srv.start()
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-                errors = await _calls(ch)
-    finally:
-        await srv.drain()
+    with structlog.testing.capture_logs() as logs:
+        async with _serving(registry, **_CONFIGS[config]) as ch:
+            errors = await _calls(ch)
     for name, err in errors.items():
         assert err.code() is grpc.StatusCode.UNKNOWN, name
         details = err.details() or ""
@@ -206,24 +215,17 @@ async def test_an_exception_in_a_users_interceptor_is_answered_the_same(
     """An exception a user's ``intercept_service`` raises (grpc.aio runs the chain per
     call there) is answered as a handler's: ``UNKNOWN`` naming its type, logged with the
     method; unary and streaming calls alike, none of them left waiting."""
-    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
-                                                          interceptors=(_Raising(),)))
-    await srv.start()
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-                calls = {
-                    "Unary": ch.unary_unary(_m("Unary"))(b"x", timeout=5),
-                    "ServerStream": ch.unary_stream(_m("ServerStream"))(b"x", timeout=5),
-                    "Bidi": ch.stream_stream(_m("Bidi"))(timeout=5),
-                }
-                for name, call in calls.items():
-                    assert await call.code() is grpc.StatusCode.UNKNOWN, name
-                    details = await call.details() or ""
-                    assert "_Boom" in details and _SECRET not in details, (name, details)
-    finally:
-        await srv.drain()
+    with structlog.testing.capture_logs() as logs:
+        async with _serving(registry, interceptors=(_Raising(),)) as ch:
+            calls = {
+                "Unary": ch.unary_unary(_m("Unary"))(b"x", timeout=5),
+                "ServerStream": ch.unary_stream(_m("ServerStream"))(b"x", timeout=5),
+                "Bidi": ch.stream_stream(_m("Bidi"))(timeout=5),
+            }
+            for name, call in calls.items():
+                assert await call.code() is grpc.StatusCode.UNKNOWN, name
+                details = await call.details() or ""
+                assert "_Boom" in details and _SECRET not in details, (name, details)
     events = [e for e in logs if e["event"] == "unhandled exception"]
     assert sorted(e["method"] for e in events) == sorted(_m(n) for n in calls)
     assert all(_SECRET in str(e["exc_info"]) for e in events)
@@ -232,26 +234,20 @@ async def test_an_exception_in_a_users_interceptor_is_answered_the_same(
 async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry) -> None:
     """``context.abort`` and ``set_code``/``set_details`` are the handler's answer: sent as
     they are; so is an abort the handler raised something else after."""
-    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await ch.unary_unary(_m("Aborts"))(b"x", timeout=5)
-            assert (err.value.code(), err.value.details()) == (
-                grpc.StatusCode.FAILED_PRECONDITION, "stock is reserved")
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await ch.unary_unary(_m("SetsCode"))(b"x", timeout=5)
-            assert (err.value.code(), err.value.details()) == (
-                grpc.StatusCode.NOT_FOUND, "no such order")
-            # an exception after the handler's own abort: the abort's status is the answer
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await ch.unary_unary(_m("RaisesAfterAbort"))(b"x", timeout=5)
-            assert (err.value.code(), err.value.details()) == (
-                grpc.StatusCode.NOT_FOUND, "no such order")
-    finally:
-        await srv.drain()
+    async with _serving(registry) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(_m("Aborts"))(b"x", timeout=5)
+        assert (err.value.code(), err.value.details()) == (
+            grpc.StatusCode.FAILED_PRECONDITION, "stock is reserved")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(_m("SetsCode"))(b"x", timeout=5)
+        assert (err.value.code(), err.value.details()) == (
+            grpc.StatusCode.NOT_FOUND, "no such order")
+        # an exception after the handler's own abort: the abort's status is the answer
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(_m("RaisesAfterAbort"))(b"x", timeout=5)
+        assert (err.value.code(), err.value.details()) == (
+            grpc.StatusCode.NOT_FOUND, "no such order")
 
 
 @pytest.mark.parametrize("config", list(_CONFIGS))
@@ -263,25 +259,18 @@ async def test_a_unary_handler_that_returns_none_fails_internal(
     default message) and ``UNKNOWN`` with protobuf's ``TypeError`` text for one with; a
     meshkit server answers ``INTERNAL`` "the handler returned no response", as grpc-go
     answers a nil message, and logs it. ``None`` after ``set_code`` stays the status."""
-    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
-                                                          **_CONFIGS[config]))
-    await srv.start()
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-                for name in ("NoneBytes", "NoneProto"):
-                    with pytest.raises(grpc.aio.AioRpcError) as err:
-                        await ch.unary_unary(_m(name))(b"x", timeout=5)
-                    assert err.value.code() is grpc.StatusCode.INTERNAL, name
-                    assert err.value.details() == (
-                        f"{_m(name)}: the handler returned no response"), name
+    with structlog.testing.capture_logs() as logs:
+        async with _serving(registry, **_CONFIGS[config]) as ch:
+            for name in ("NoneBytes", "NoneProto"):
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await ch.unary_unary(_m("NotFoundNone"))(b"x", timeout=5)
-                assert (err.value.code(), err.value.details()) == (
-                    grpc.StatusCode.NOT_FOUND, "no such order")
-    finally:
-        await srv.drain()
+                    await ch.unary_unary(_m(name))(b"x", timeout=5)
+                assert err.value.code() is grpc.StatusCode.INTERNAL, name
+                assert err.value.details() == (
+                    f"{_m(name)}: the handler returned no response"), name
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m("NotFoundNone"))(b"x", timeout=5)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.NOT_FOUND, "no such order")
     events = [e for e in logs if e["event"] == "handler returned no response"]
     assert sorted(e["method"] for e in events) == [_m("NoneBytes"), _m("NoneProto")]
 
@@ -303,18 +292,12 @@ async def test_a_unary_response_the_serializer_refuses_is_answered_and_counted_a
     kw = dict(_CONFIGS[config])
     if kw.get("telemetry", True) is not None:
         kw["telemetry"] = TelemetryOptions(registry=metrics)
-    opts = meshkit.ServeOptions(insecure=True, drain_delay_s=0, **kw)
-    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry, options=opts)
-    await srv.start()
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await ch.unary_unary(_m("BadEncoding"))(b"x", timeout=5)
-                with pytest.raises(grpc.aio.AioRpcError) as not_found:
-                    await ch.unary_unary(_m("NotFoundNone"))(b"x", timeout=5)
-    finally:
-        await srv.drain()
+    with structlog.testing.capture_logs() as logs:
+        async with _serving(registry, **kw) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m("BadEncoding"))(b"x", timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as not_found:
+                await ch.unary_unary(_m("NotFoundNone"))(b"x", timeout=5)
     assert err.value.code() is grpc.StatusCode.UNKNOWN
     assert err.value.details() == "Unexpected ValueError in the handler (logged by the server)"
     assert not_found.value.code() is grpc.StatusCode.NOT_FOUND  # None, a status: no encoding
@@ -331,16 +314,9 @@ async def test_a_unary_response_the_serializer_refuses_is_answered_and_counted_a
 async def test_expose_exception_text_keeps_grpc_aio_s_details(registry: LocalRegistry) -> None:
     """``ServeOptions(expose_exception_text=True)`` (a development server): the details
     are grpc.aio's own, the exception's text included."""
-    srv = meshkit.MeshServer("errs", [(_add, None)], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
-                                                          expose_exception_text=True))
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await ch.unary_unary(_m("Unary"))(b"x", timeout=5)
-    finally:
-        await srv.drain()
+    async with _serving(registry, expose_exception_text=True) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(_m("Unary"))(b"x", timeout=5)
     assert err.value.code() is grpc.StatusCode.UNKNOWN
     assert _SECRET in (err.value.details() or "")
 
