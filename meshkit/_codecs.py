@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from meshkit.errors import (
     RequestIteratorError,
@@ -68,22 +68,28 @@ def checked_response(message: Any) -> Any:
     return message
 
 
-def undecodable_error(details: Any, message: Undecodable) -> ResponseDeserializationError:
-    """The error that ends ``details``' call for ``message``, recorded as its
-    ``codec_error``."""
-    err = ResponseDeserializationError(details.method, type(message.error).__name__)
-    err.__cause__ = message.error
-    details.codec_error = err
-    return err
+_E = TypeVar("_E", bound=BaseException)
 
 
-def _refused(method: str, problem: str, cause: BaseException | None,
-             details: Any) -> RequestSerializationError:
-    err = RequestSerializationError(method, problem)
+def _recorded(err: _E, cause: BaseException | None, details: Any) -> _E:
+    """``err`` with ``cause`` as its ``__cause__``, recorded as the ``codec_error`` of
+    ``details`` (a stream's call; ``None``: a unary request's check, nothing to record)."""
     err.__cause__ = cause
     if details is not None:
         details.codec_error = err
     return err
+
+
+def undecodable_error(details: Any, message: Undecodable) -> ResponseDeserializationError:
+    """The error that ends ``details``' call for ``message``, recorded as its
+    ``codec_error``."""
+    return _recorded(ResponseDeserializationError(
+        details.method, type(message.error).__name__), message.error, details)
+
+
+def _refused(method: str, problem: str, cause: BaseException | None,
+             details: Any) -> RequestSerializationError:
+    return _recorded(RequestSerializationError(method, problem), cause, details)
 
 
 def serialize_message(method: str, serializer: Callable[[Any], bytes], message: Any,
@@ -127,10 +133,7 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
 
 
 def _iterator_failed(details: Any, exc: Exception) -> RequestIteratorError:
-    err = RequestIteratorError(details.method, type(exc).__name__)
-    err.__cause__ = exc
-    details.codec_error = err
-    return err
+    return _recorded(RequestIteratorError(details.method, type(exc).__name__), exc, details)
 
 
 def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
