@@ -21,9 +21,9 @@ error:
    ``tls``), JWT, policy;
 4. rate limiting (``rate_limit``): after auth, so the limit keys on a verified identity
    and unauthenticated callers consume no one's budget;
-5. the answer to an unhandled exception (``expose_exception_text``, off by default):
-   ``UNKNOWN`` naming the exception's type, its text only in the server's log
-   (:mod:`meshkit._unhandled`);
+5. the answer to an unhandled exception (on unless ``expose_exception_text``):
+   ``UNKNOWN`` naming the exception's type, its text only in the server's log; a unary
+   handler's ``None`` gets ``INTERNAL`` (:mod:`meshkit._unhandled`);
 6. your own ``grpc.aio.ServerInterceptor`` s (``interceptors``), first outermost;
 7. the handler.
 
@@ -201,8 +201,9 @@ class ServeOptions:
             grpc.aio does (``UNKNOWN`` "Unexpected <class 'X'>: <text>"; for a development
             server). Default ``False``: the caller gets ``UNKNOWN`` naming the exception's
             type only, and the server logs the exception with its text and traceback
-            (``meshkit.server``, event ``unhandled exception``; see
-            :mod:`meshkit._unhandled`).
+            (``meshkit.server``, event ``unhandled exception``); a unary handler that
+            returns ``None`` with no status set gets ``INTERNAL`` (see
+            :mod:`meshkit._unhandled`). ``True`` leaves both to grpc.aio.
 
     Every server answers a request that does not decode with ``INVALID_ARGUMENT``
     "request is not a valid <Type>", counted by telemetry like any call.
