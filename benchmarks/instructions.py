@@ -85,7 +85,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["VARIANTS", "callgrind_total", "main", "measure"]
+__all__ = ["VARIANTS", "callgrind_total", "main", "measure", "mesh_options"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "shipped", "nogate", "registered",
             "noop", "bare-server", "traced", "full", "header")
@@ -150,14 +150,14 @@ async def _full(calls: int, callers: int, tmp: str) -> None:
         await registry.close()
 
 
-async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
+def mesh_options(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(ServeOptions keywords, DialOptions keywords)`` of a mesh variant (see the module
+    docstring; ``bare-server``'s server is ``bare``'s)."""
     from prometheus_client import CollectorRegistry
 
     import meshkit
     from meshkit.balancer import RoundRobin
-    from meshkit.discovery import LocalOptions, LocalRegistry
     from meshkit.observability import TelemetryOptions
-    from tests.support.echo import add_echo, method
 
     telemetry = None
     if variant in ("metrics", "defaults", "nogate", "registered", "header"):
@@ -176,6 +176,15 @@ async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
     if variant in ("bare", "bare-server"):
         serve.update(deadline=None, admin=None, reflection=False)
         dial.update(balancer=RoundRobin, outlier=None, retry=None)
+    return serve, dial
+
+
+async def _mesh(variant: str, calls: int, callers: int, tmp: str) -> None:
+    import meshkit
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from tests.support.echo import add_echo, method
+
+    serve, dial = mesh_options(variant)
     registry = LocalRegistry(LocalOptions(path=tmp, ttl_s=3600.0, poll_interval_s=600.0))
     server = meshkit.MeshServer("echo", [add_echo("e1", registered=variant == "registered")],
                                 registry=registry, options=meshkit.ServeOptions(**serve))

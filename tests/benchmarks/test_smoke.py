@@ -267,3 +267,31 @@ def test_opcode_count_on_uvloop_leaves_the_loops_turns_out(
     (raw,) = [float(line.split("|")[2].replace(",", "")) for line in out.splitlines()
               if line.startswith("| raw")]
     assert 0 < raw < 2500
+
+
+def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.streams`` runs a stream of each kind through raw grpc.aio and the mesh
+    and prints CPU and bytecodes per message: the mesh's per-message layers (the client
+    call object, the server's reporter wrap) run more bytecodes than raw grpc.aio."""
+    from benchmarks.streams import main as streams
+
+    assert streams(["--variants", "raw,bare", "--messages", "40", "--rounds", "1",
+                    "--streams", "1", "--bytecodes"]) == 0
+    out = capsys.readouterr().out
+    for kind in ("server", "client", "bidi"):
+        assert f"{kind} streams" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith(("| raw", "| bare"))]
+    assert [r[1].strip() for r in rows] == ["raw", "bare"] * 3
+    for raw, bare in zip(rows[::2], rows[1::2], strict=True):
+        assert float(raw[2]) > 0 and float(bare[2]) > 0  # CPU us per message
+        raw_ops, bare_ops = (float(r[4].replace(",", "")) for r in (raw, bare))
+        assert 0 < raw_ops < bare_ops
+
+
+def test_streams_refuses_unknown_kinds(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown kind or variant is a usage error that names it."""
+    from benchmarks.streams import main as streams
+
+    with pytest.raises(SystemExit) as exc:
+        streams(["--kinds", "server,duplex"])
+    assert exc.value.code == 2 and "'duplex'" in capsys.readouterr().err
