@@ -357,7 +357,9 @@ class StreamResponseCall(MeshCall):
                 deserializer refused, :class:`~meshkit.errors.RequestSerializationError`
                 once a request message was refused).
         """
-        call = await self._opened()
+        call = self._call if self._is_settled else None  # open: no coroutine per message
+        if call is None:
+            call = await self._opened()
         try:
             response = await call.read()
         except asyncio.CancelledError:
@@ -388,7 +390,9 @@ class StreamResponseCall(MeshCall):
             RequestSerializationError: the method's serializer refused ``request``; the
                 call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent.
         """
-        call = await self._opened()
+        call = self._call if self._is_settled else None  # as read()
+        if call is None:
+            call = await self._opened()
         plan = self._details.codec
         if plan is not None and plan.serializes_stream:
             try:
