@@ -50,12 +50,18 @@ raised ``exc``, an exception that is no gRPC status (not ``context.abort``'s, no
 other ``grpc.aio.BaseError``): usually by aborting through ``context``. When it returns
 instead, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text. Also
 called, with a :class:`NoResponse`, when a unary-response handler returned ``None``
-(nothing raised: returning leaves the answer to grpc.aio)."""
+(nothing raised: returning leaves the answer to grpc.aio) and when a streaming handler
+yielded ``None`` (returning drops that ``None`` and the stream goes on)."""
 
 
 class NoResponse(Exception):
-    """What :data:`Unhandled` gets when a unary-response handler returned ``None`` (never
-    raised)."""
+    """What :data:`Unhandled` gets when a unary-response handler returned ``None``
+    (``streaming`` false) or a streaming handler yielded ``None`` (``streaming`` true);
+    never raised."""
+
+    def __init__(self, streaming: bool = False) -> None:
+        super().__init__("yielded None" if streaming else "returned None")
+        self.streaming = streaming
 
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 MAX_CACHED_METHODS = 4096
@@ -117,9 +123,10 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     Works for all four call kinds and keeps the behaviour's shape: an async generator
     stays one, a coroutine (also one that answers with ``context.write``) stays a
     coroutine, and a plain function's result is awaited if it is awaitable. With none of
-    the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` is
-    answered too (a :class:`NoResponse`), and a unary response is serialized in the wrap:
-    the handler returned has no response serializer.
+    the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` and a
+    ``None`` a streaming handler yields are answered too (a :class:`NoResponse`; messages
+    written with ``context.write`` are not seen), and a unary response is serialized in
+    the wrap: the handler returned has no response serializer.
     """
     if before is None and reporter is None and unhandled is None:
         return handler
@@ -222,6 +229,9 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> 
                 await pending
             result = inner(request, context)
             async for item in responses(result):
+                if item is None and unhandled is not None:  # no message: answered
+                    await unhandled(NoResponse(streaming=True), context)
+                    continue  # a status was set: nothing to send
                 yield item
         except Exception as e:
             if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
@@ -299,9 +309,15 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
             result = inner(request, context)
             if messages is None:
                 async for item in responses(result):
+                    if item is None and unhandled is not None:  # see _checked_stream
+                        await unhandled(NoResponse(streaming=True), context)
+                        continue
                     yield item
             else:
                 async for item in responses(result):
+                    if item is None and unhandled is not None:
+                        await unhandled(NoResponse(streaming=True), context)
+                        continue
                     messages.msg_sent += 1
                     yield item
         except BaseException as e:

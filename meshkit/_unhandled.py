@@ -30,15 +30,22 @@ def unhandled_details(exc: BaseException) -> str:
     return f"Unexpected {type(exc).__name__} in the handler (logged by the server)"
 
 
-async def _no_response(method: str, context: Any) -> None:
+async def _no_response(method: str, context: Any, streaming: bool) -> None:
     """A unary-response handler returned ``None``: ``INTERNAL`` "<method>: the handler
     returned no response" (grpc-go's answer to a nil message; grpc.aio sends an empty
     message for a method without a serializer, ``UNKNOWN`` with protobuf's ``TypeError``
-    text for one with), unless the handler set a status (``set_code``), which is then the
-    answer and the missing message is none."""
+    text for one with); a streaming handler yielded ``None`` (``streaming``): ``INTERNAL``
+    "<method>: the handler yielded None for a message" after the messages before it
+    (grpc.aio sends an empty message and goes on, or ``UNKNOWN`` with the serializer's
+    text). Unless the handler set a status (``set_code``), which is then the answer and
+    the missing message is none."""
     code = context.code()
     if code is not None and code != grpc.StatusCode.OK and code != 0:
         return
+    if streaming:
+        _log.error("handler yielded no message", method=method)
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"{method}: the handler yielded None for a message")
     _log.error("handler returned no response", method=method)
     await context.abort(grpc.StatusCode.INTERNAL, f"{method}: the handler returned no response")
 
@@ -49,10 +56,11 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     ``unhandled exception``, ``method``, ``error_type``, the traceback). What the handler
     answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
     other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
-    A unary-response handler that returns ``None`` with no status set gets ``INTERNAL``
-    instead (:func:`_no_response`). A unary response is serialized inside the wrap, so an
-    exception of the method's response serializer is answered (and counted by telemetry)
-    as the handler's; a streaming response's messages are still serialized by grpc.aio.
+    A unary-response handler that returns ``None``, or a streaming one that yields it,
+    with no status set gets ``INTERNAL`` instead (:func:`_no_response`). A unary response
+    is serialized inside the wrap, so an exception of the method's response serializer is
+    answered (and counted by telemetry) as the handler's; a streaming response's messages
+    are still serialized by grpc.aio.
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
     wrap (no cost on a call that does not raise), unless
@@ -65,7 +73,7 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     def _unhandled_for(self, method: str) -> Unhandled:
         async def unhandled(exc: Exception, context: Any) -> None:
             if type(exc) is NoResponse:
-                await _no_response(method, context)
+                await _no_response(method, context, exc.streaming)
                 return
             _log.error("unhandled exception", method=method, error_type=type(exc).__name__,
                        exc_info=exc)

@@ -89,6 +89,16 @@ async def _raises_after_abort(request: bytes, context: Any) -> bytes:
     raise AssertionError("unreachable")
 
 
+async def _yields_none(request: bytes, context: Any) -> AsyncIterator[Any]:
+    yield b"first"
+    yield None  # a lookup that found nothing, yielded as it is
+
+
+async def _bidi_yields_none(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+    async for r in requests:
+        yield r if r != b"b" else None
+
+
 def _refusing_serializer(message: Any) -> bytes:
     raise ValueError(f"cannot encode {_SECRET}")
 
@@ -115,7 +125,17 @@ def _add(_servicer: Any, server: Any) -> None:
         "NotFoundNone": grpc.unary_unary_rpc_method_handler(
             _not_found_none,
             response_serializer=health_pb2.HealthCheckResponse.SerializeToString),
+        "StreamNoneBytes": grpc.unary_stream_rpc_method_handler(_yields_none),
+        "StreamNoneProto": grpc.unary_stream_rpc_method_handler(
+            _yields_none, response_serializer=_proto_or_bytes),
+        "BidiNone": grpc.stream_stream_rpc_method_handler(_bidi_yields_none),
     }),))
+
+
+def _proto_or_bytes(message: Any) -> bytes:
+    """A response serializer that takes bytes as they are and else protobuf's way (what a
+    generated stub's serializer does with ``None``: ``AttributeError``)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()  # type: ignore[no-any-return]
 
 
 class _PerCall(grpc.aio.ServerInterceptor):
@@ -273,6 +293,39 @@ async def test_a_unary_handler_that_returns_none_fails_internal(
                 grpc.StatusCode.NOT_FOUND, "no such order")
     events = [e for e in logs if e["event"] == "handler returned no response"]
     assert sorted(e["method"] for e in events) == [_m("NoneBytes"), _m("NoneProto")]
+
+
+@pytest.mark.parametrize("config", list(_CONFIGS))
+async def test_a_streaming_handler_that_yields_none_fails_internal(
+    registry: LocalRegistry, config: str
+) -> None:
+    """A streaming handler that yields ``None`` (say, a lookup that found nothing): grpc.aio
+    sends an empty message in its place for a method without a serializer (the caller
+    reads a default message and the stream goes on) and ``UNKNOWN`` with the serializer's
+    ``AttributeError`` text for one with; a meshkit server ends the stream ``INTERNAL``
+    "the handler yielded None for a message" after the messages before it, as it answers
+    a unary ``None``, and logs it."""
+    async def req() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+        yield b"c"
+
+    with structlog.testing.capture_logs() as logs:
+        async with _serving(registry, **_CONFIGS[config]) as ch:
+            for name in ("StreamNoneBytes", "StreamNoneProto", "BidiNone"):
+                stream = (ch.stream_stream(_m(name))(req(), timeout=5) if name == "BidiNone"
+                          else ch.unary_stream(_m(name))(b"x", timeout=5))
+                got: list[bytes] = []
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for m in stream:
+                        got.append(m)
+                assert got == ([b"a"] if name == "BidiNone" else [b"first"]), name
+                assert err.value.code() is grpc.StatusCode.INTERNAL, name
+                assert err.value.details() == (
+                    f"{_m(name)}: the handler yielded None for a message"), name
+    events = [e for e in logs if e["event"] == "handler yielded no message"]
+    assert sorted(e["method"] for e in events) == [
+        _m("BidiNone"), _m("StreamNoneBytes"), _m("StreamNoneProto")]
 
 
 @pytest.mark.parametrize("config", list(_CONFIGS))
