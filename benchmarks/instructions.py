@@ -94,7 +94,7 @@ VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "shipped", "nogate", 
 async def _raw(calls: int, callers: int, noop: bool = False) -> None:
     import grpc
 
-    from tests.support.echo import handler, method
+    from tests.support.echo import method, raw_echo
 
     class PassServer(grpc.aio.ServerInterceptor):
         async def intercept_service(self, continuation: Any, details: Any) -> Any:
@@ -105,17 +105,9 @@ async def _raw(calls: int, callers: int, noop: bool = False) -> None:
                                         request: Any) -> Any:
             return await continuation(details, request)
 
-    server = grpc.aio.server(interceptors=(PassServer(),) if noop else None)
-    server.add_generic_rpc_handlers((handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                        interceptors=(PassClient(),) if noop else None)
-    try:
+    async with raw_echo(server_interceptors=(PassServer(),) if noop else None,
+                        channel_interceptors=(PassClient(),) if noop else None) as channel:
         await _drive(channel.unary_unary(method("Unary")), calls, callers)
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def _full(calls: int, callers: int, tmp: str) -> None:

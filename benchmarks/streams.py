@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 __all__ = ["KINDS", "VARIANTS", "main", "measure"]
@@ -99,37 +100,29 @@ async def _measure(channel: Any, kind: str, n: int, streams: int,
         entered: collections.Counter[Any] = collections.Counter()
         with _counting(ops, entered):
             await _stream(channel, kind, n)
-        by_fn: collections.Counter[str] = collections.Counter()
+        by_fn: dict[str, float] = {}
         for code, count in ops.items():
-            by_fn[_where(code)] += count / n
-        out["bytecodes"] = dict(by_fn)
+            where = _where(code)
+            by_fn[where] = by_fn.get(where, 0.0) + count / n
+        out["bytecodes"] = by_fn
     return out
 
 
 async def _run(variant: str, kind: str, n: int, streams: int, bytecodes: bool,
                tmp: str) -> dict[str, Any]:
-    import grpc
-
     from benchmarks.instructions import mesh_options
-    from tests.support.echo import add_echo, handler
+    from tests.support.echo import add_echo, raw_echo
 
     if variant == "raw":
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((handler("e1"),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        try:
+        async with raw_echo() as channel:
             return await _measure(channel, kind, n, streams, bytecodes)
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     import meshkit
     from meshkit.discovery import LocalOptions, LocalRegistry
 
     serve, dial = mesh_options(variant)
-    registry = LocalRegistry(LocalOptions(path=tmp, ttl_s=3600.0, poll_interval_s=600.0))
+    registry = LocalRegistry(LocalOptions(path=Path(tmp), ttl_s=3600.0,
+                                          poll_interval_s=600.0))
     mesh_server = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
                                      options=meshkit.ServeOptions(**serve))
     await mesh_server.start()

@@ -10,10 +10,8 @@ import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
 from tests.observability.conftest import FRONT, ChainFactory, Tracing
-from tests.support.echo import handler, method
+from tests.support.echo import method, raw_echo
 
 CALLS = 200
 
@@ -39,17 +37,9 @@ async def test_a_traced_call_leaves_no_more_cycles_than_grpc_itself(
     hops) leaves only grpc.aio's own cyclic garbage for its two calls: grpc's handler
     lookup (``_find_method_handler``'s closure) is a cycle holding the call's metadata,
     to which the ``traceparent`` header adds one entry per hop."""
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    plain = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with raw_echo() as plain:
         unary = plain.unary_unary(method("Unary"))
         raw = await cyclic_per_call(lambda: unary(b"x", timeout=5))
-    finally:
-        await plain.close()
-        await server.stop(None)
     c = await chain()
     relay = c.client.unary_unary(f"/{FRONT}/Relay")
     meshed = await cyclic_per_call(lambda: relay(b"x", timeout=5))

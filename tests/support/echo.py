@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -124,6 +125,26 @@ def add_echo(
             server.add_generic_rpc_handlers((handler(instance_id, delay_s, served),))
 
     return add, None
+
+
+@contextlib.asynccontextmanager
+async def raw_echo(
+    instance_id: str = "e1", *, server_interceptors: Sequence[Any] | None = None,
+    channel_interceptors: Sequence[Any] | None = None,
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A plain grpc.aio channel to a plain grpc.aio echo server (no mesh on either side,
+    plaintext loopback): the baseline the benchmarks and the cycle test compare with. Both
+    are closed on the way out."""
+    server = grpc.aio.server(interceptors=server_interceptors)
+    server.add_generic_rpc_handlers((handler(instance_id),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=channel_interceptors)
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        await server.stop(None)
 
 
 def main() -> None:
