@@ -173,11 +173,12 @@ def _no_check(context: Any) -> None:
 _UNMARKED: Any = object()  # no request is this: what an unguarded behaviour "refuses"
 
 GUARD_MARK = "_meshkit_guard"
-"""The attribute by which the request guard of a unary-unary method
+"""The attribute by which the request guard of a unary-request method
 (:func:`meshkit._limits.guard_method_handler`) marks its behaviour with ``(inner,
 undecodable, message)``: the behaviour it guards, the request value that did not decode, and
 the ``INVALID_ARGUMENT`` message to abort such a call with. A wrap here then runs the guard's
-check itself and calls ``inner`` directly: one coroutine frame fewer per call."""
+check itself and calls ``inner`` directly: one coroutine frame fewer per unary-unary call,
+one async-generator layer fewer per response message of a unary-stream call."""
 
 
 def _unguarded(inner: Any) -> tuple[Any, Any, str]:
@@ -222,11 +223,15 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
 
 
 def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> Any:
+    inner, undecodable, message = _unguarded(inner)  # a unary-stream guard, run here
+
     async def behavior(request: Any, context: Any) -> Any:
         try:
             pending = before(context)
             if pending is not None:
                 await pending
+            if request is undecodable:  # the request guard's check (see _checked)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
             async for item in responses(result):
                 if item is None and unhandled is not None:  # no message: answered
@@ -298,6 +303,7 @@ def _counting_requests(inner: Any, messages: Any) -> Any:
 def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                      unhandled: Unhandled | None, messages: Any = None) -> Any:
     start, finish = reporter.start, reporter.finish
+    inner, undecodable, message = _unguarded(inner)  # a unary-stream guard, run here
 
     # the frame of _reported's behaviour (see there)
     async def behavior(request: Any, context: Any) -> Any:
@@ -306,6 +312,8 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
             pending = before(context)
             if pending is not None:
                 await pending
+            if request is undecodable:  # the request guard's check (see _checked)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
             if messages is None:
                 async for item in responses(result):

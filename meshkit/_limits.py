@@ -355,6 +355,9 @@ def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> H
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
         behavior = stream_behavior
+        if not req_s:  # unary-stream: a handler wrap may run this guard itself (a layer
+            # fewer per response message), as for unary-unary below
+            setattr(stream_behavior, GUARD_MARK, (the_inner, _UNDECODABLE, message))
     else:
         awaits = inspect.iscoroutinefunction(the_inner)  # known per method: no check per call
 
