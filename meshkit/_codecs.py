@@ -126,7 +126,9 @@ def serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests
     refuses, or an exception of ``requests`` itself, is recorded as the call's
     ``codec_error`` (:class:`~meshkit.errors.RequestSerializationError`,
     :class:`~meshkit.errors.RequestIteratorError`) and raised; grpc.aio then ends the
-    attempt (it cancels a call whose iterator raised) and the call objects report it."""
+    attempt (it cancels a call whose iterator raised) and the call objects report it.
+    Each message handed on is counted in ``details.messages.msg_sent`` when telemetry set
+    ``details.messages`` (one iterator layer per message for both)."""
     if hasattr(requests, "__aiter__"):
         return _aserialized(details, serializer, requests, wire)
     return _serialized(details, serializer, requests, wire)
@@ -138,7 +140,7 @@ def _iterator_failed(details: Any, exc: Exception) -> RequestIteratorError:
 
 def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
                 wire: bool) -> Iterator[Any]:
-    method = details.method
+    method, messages = details.method, details.messages
     it = iter(requests)
     while True:
         try:
@@ -147,16 +149,18 @@ def _serialized(details: Any, serializer: Callable[[Any], bytes] | None, request
             return
         except Exception as exc:
             raise _iterator_failed(details, exc) from exc
-        if serializer is None:
-            yield message
-        else:
+        if serializer is not None:
             out = serialize_message(method, serializer, message, details)
-            yield out if wire else message
+            if wire:
+                message = out
+        if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
+            messages.msg_sent += 1
+        yield message
 
 
 async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
                        requests: Any, wire: bool) -> AsyncIterator[Any]:
-    method = details.method
+    method, messages = details.method, details.messages
     it = aiter(requests)
     while True:
         try:
@@ -165,11 +169,13 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
             return
         except Exception as exc:
             raise _iterator_failed(details, exc) from exc
-        if serializer is None:
-            yield message
-        else:
+        if serializer is not None:
             out = serialize_message(method, serializer, message, details)
-            yield out if wire else message
+            if wire:
+                message = out
+        if messages is not None:  # telemetry's count (grpc_client_msg_sent_total)
+            messages.msg_sent += 1
+        yield message
 
 
 def codec_error(details: Any) -> BaseException | None:

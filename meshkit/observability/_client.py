@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -84,46 +83,6 @@ _TYPES = {
 _current_call: contextvars.ContextVar[ClientCallDetails | None] = contextvars.ContextVar(
     "meshkit_observability_call", default=None)
 _tasks: set[asyncio.Task[Any]] = set()
-
-
-class _CountedRequests:
-    """A request iterable that counts each message it yields in ``messages.msg_sent``; every
-    iteration iterates ``requests`` anew, so a retry that replays a re-iterable request
-    stream (a list) still can."""
-
-    __slots__ = ("_messages", "_requests")
-
-    def __init__(self, requests: Any, messages: Any) -> None:
-        self._requests = requests
-        self._messages = messages
-
-    def __iter__(self) -> Iterator[Any]:
-        for item in self._requests:
-            self._messages.msg_sent += 1
-            yield item
-
-
-class _CountedAsyncRequests(_CountedRequests):
-    """:class:`_CountedRequests` over an async iterable."""
-
-    __slots__ = ()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        async for item in self._requests:
-            self._messages.msg_sent += 1
-            yield item
-
-
-def counted_requests(requests: Any, messages: Any) -> Any:
-    """``requests`` (a client's request iterable, sync or async) counting what it yields in
-    ``messages.msg_sent``; grpc.aio picks the async path by ``__aiter__``, so the wrapper
-    has the same kind as ``requests``."""
-    if hasattr(requests, "__aiter__"):
-        return _CountedAsyncRequests(requests, messages)
-    return _CountedRequests(requests, messages)
 
 
 class _Method:
@@ -241,7 +200,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         code = STATUS_OK
         exc: BaseException | None = None
         if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
-            request = counted_requests(request, m.bound)
+            details.messages = m.bound  # the channel's request iterator counts msg_sent
         try:
             return await proceed(details, request)
         except AioRpcError as e:
@@ -269,9 +228,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
         m = self._method(details)
         span, token, call_token, t0 = self._start(m, details)
         if m.bound is not None:
-            details.messages = m.bound  # the call object counts the responses (and writes)
-            if request is not None and details.kind is CallKind.STREAM_STREAM:
-                request = counted_requests(request, m.bound)
+            # the call object counts the responses (and writes), the channel's request
+            # iterator the requests
+            details.messages = m.bound
         try:
             call = await proceed(details, request)
         except BaseException as e:
