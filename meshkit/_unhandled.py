@@ -43,11 +43,11 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
     if code is not None and code != grpc.StatusCode.OK and code != 0:
         return
     if streaming:
-        _log.error("handler yielded no message", method=method)
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            f"{method}: the handler yielded None for a message")
-    _log.error("handler returned no response", method=method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: the handler returned no response")
+        event, details = "handler yielded no message", "the handler yielded None for a message"
+    else:
+        event, details = "handler returned no response", "the handler returned no response"
+    _log.error(event, method=method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {details}")
 
 
 class UnhandledErrorInterceptor(WrappingInterceptor):
