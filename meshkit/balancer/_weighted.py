@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
+import math
 import random
 from collections.abc import Collection, Sequence
 
@@ -16,46 +18,109 @@ _FAILING = EndpointState.FAILING
 
 
 class WeightedRoundRobin:
-    """Smooth weighted round robin (nginx's algorithm) over ``Instance.weight``.
+    """Weighted round robin over ``Instance.weight`` by earliest-deadline-first scheduling
+    (Envoy's ``EdfScheduler``): an endpoint of weight ``w`` has a turn every ``1/w`` of a
+    cycle, and each pick takes the endpoint whose turn is due first (ties: the one queued
+    first). An endpoint of weight 3 next to one of weight 1 gets 3 of every 4 calls,
+    interleaved (a a b a, not a a a b), and every endpoint gets exactly its weight's share
+    of each full cycle. A pick costs O(log n) (a heap), not O(n) as the smooth weighted
+    round robin this replaced (nginx's, which scored every endpoint on every pick: 9-11.5 us
+    per pick over 100 endpoints in ``python -m benchmarks --scenarios fanout``).
 
-    Each pick adds every usable endpoint's weight to its running score, takes the highest
-    and subtracts the total: an endpoint of weight 3 next to one of weight 1 gets 3 of every
-    4 calls, interleaved (a a b a, not a a a b). Weights come from the registry (Consul's
-    ``Weights.Passing``). Endpoints in ``FAILING`` are skipped; ``exclude`` is avoided while
-    another endpoint is usable. Keeps no latency statistics (``done`` is a no-op).
+    Weights come from the registry (Consul's ``Weights.Passing``). An endpoint found
+    ``FAILING`` when its turn comes leaves the schedule until it is usable again, then
+    rejoins one turn of its own weight later (no burst of the picks it missed; while some
+    are out, a pick also looks at each of them once, as cheap as the old algorithm's scan
+    of every endpoint); ``exclude`` is avoided while another endpoint is usable. Keeps no
+    latency statistics (``done`` is a no-op). Turns are integers (a cycle is the least
+    common multiple of the weights while that stays below 2**62, else a float), so shares
+    stay exact however long a channel runs.
     """
 
-    __slots__ = ("_current", "_eps")
+    __slots__ = ("_heap", "_out", "_seq", "_steps")
 
     def __init__(self) -> None:
-        self._eps: tuple[Endpoint, ...] = ()
-        self._current: dict[str, int] = {}
+        # (turn due, queue order, endpoint): the heap's minimum is the next endpoint due
+        self._heap: list[tuple[float, int, Endpoint]] = []
+        self._steps: dict[str, float] = {}  # key -> turns between two of its picks
+        self._out: list[Endpoint] = []  # found FAILING at their turn: out of the heap
+        self._seq = 0
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the endpoint list."""
-        self._eps = tuple(endpoints)
-        self._current = {ep.key: self._current.get(ep.key, 0) for ep in endpoints}
+        """Replace the endpoint list. Endpoints that stay keep their place in the cycle
+        (the part of a turn they still had to wait), newcomers are due after one turn of
+        their own weight."""
+        now = self._heap[0][0] if self._heap else 0
+        left = {ep.key: (due - now) / self._steps[ep.key] for due, _, ep in self._heap
+                if ep.key in self._steps}
+        weights = [ep.instance.weight for ep in endpoints]
+        cycle: float = math.lcm(*weights) if weights else 1
+        if cycle >= 1 << 62:
+            cycle = 1.0  # float turns: shares drift by rounding only
+        self._steps = steps = {ep.key: cycle / w if isinstance(cycle, float) else cycle // w
+                               for ep, w in zip(endpoints, weights, strict=True)}
+        heap = []
+        for i, ep in enumerate(endpoints):
+            step = steps[ep.key]
+            frac = left.get(ep.key)
+            due = step if frac is None else max(frac * step, 0)
+            heap.append((round(due) if isinstance(step, int) else due, i, ep))
+        heapq.heapify(heap)
+        self._heap = heap
+        self._out = []  # every endpoint is back in the heap; FAILING ones leave at their turn
+        self._seq = len(heap)
+
+    def _rejoin(self) -> None:
+        """Put the endpoints out of the schedule that are usable again back into it, due
+        one turn of their own weight from now."""
+        heap, steps, seq = self._heap, self._steps, self._seq
+        now = heap[0][0] if heap else 0
+        still = []
+        for ep in self._out:
+            if ep.state is _FAILING:
+                still.append(ep)
+            else:
+                heapq.heappush(heap, (now + steps[ep.key], seq, ep))
+                seq += 1
+        self._out, self._seq = still, seq
 
     def pick(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
     ) -> tuple[Endpoint, Done] | None:
-        """Next endpoint by smooth weighted round robin, or ``None`` if none is usable."""
-        for avoid in ((exclude, ()) if exclude else ((),)):
-            best: Endpoint | None = None
-            total = 0
-            cur = self._current
-            for ep in self._eps:
-                if ep.state is _FAILING or (avoid and ep in avoid):
-                    continue
-                w = ep.instance.weight
-                total += w
-                cur[ep.key] += w
-                if best is None or cur[ep.key] > cur[best.key]:
-                    best = ep
-            if best is not None:
-                cur[best.key] -= total
-                return best, noop_done
-        return None
+        """Next endpoint due, or ``None`` if none is usable."""
+        if self._out:
+            self._rejoin()
+        heap = self._heap
+        chosen = fallback = None
+        passed: list[tuple[float, int, Endpoint]] = []
+        while heap:
+            entry = heapq.heappop(heap)
+            ep = entry[2]
+            if ep.state is _FAILING:
+                self._out.append(ep)  # out of the schedule until usable (_rejoin)
+            elif exclude and ep in exclude:
+                if fallback is None:
+                    fallback = entry  # taken if nothing else is usable
+                else:
+                    passed.append(entry)
+            else:
+                chosen = entry
+                break
+        if chosen is None:
+            chosen = fallback
+        elif fallback is not None:
+            passed.append(fallback)
+        steps, seq = self._steps, self._seq
+        for due, _, ep in passed:  # excluded: their turn passes unused
+            heapq.heappush(heap, (due + steps[ep.key], seq, ep))
+            seq += 1
+        if chosen is None:
+            self._seq = seq
+            return None
+        due, _, ep = chosen
+        heapq.heappush(heap, (due + steps[ep.key], seq, ep))
+        self._seq = seq + 1
+        return ep, noop_done
 
 
 def _hash64(data: str) -> int:

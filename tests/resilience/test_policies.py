@@ -317,6 +317,62 @@ def test_wrr_follows_weights_smoothly() -> None:
     assert "aaaa" not in "".join(seq)
 
 
+def test_wrr_shares_hold_over_many_endpoints_and_skip_failing_ones() -> None:
+    """Over 200 endpoints of weights 1..4 every endpoint gets its weight's share of a full
+    cycle exactly; a FAILING endpoint gets no pick and the rest keep their proportions;
+    ``exclude`` is avoided while another endpoint is usable, and taken when it is the only
+    one; when it recovers it gets no burst of picks it missed."""
+    names = [f"e{i}" for i in range(200)]
+    weights = {n: 1 + i % 4 for i, n in enumerate(names)}
+    w = WeightedRoundRobin()
+    endpoints = eps(*names, weights=weights)
+    w.update(endpoints)
+    total = sum(weights.values())
+
+    def cycle(k: int, exclude: tuple[Endpoint, ...] = ()) -> Counter[str]:
+        got: Counter[str] = Counter()
+        for _ in range(k):
+            picked = w.pick(exclude=exclude)
+            assert picked is not None
+            got[picked[0].key] += 1
+        return got
+
+    assert cycle(total * 3) == {n: 3 * wt for n, wt in weights.items()}
+    endpoints[1].state = EndpointState.FAILING  # weight 2
+    shares = cycle((total - 2) * 2)
+    assert "e1" not in shares and shares == {
+        n: 2 * wt for n, wt in weights.items() if n != "e1"}
+    endpoints[1].state = EndpointState.READY
+    assert cycle(total)["e1"] == 2  # its share, no catching up
+    picked = w.pick(exclude=(endpoints[0],))
+    assert picked is not None and picked[0] is not endpoints[0]
+    only = eps("x", "y")
+    w.update(only)
+    only[1].state = EndpointState.FAILING
+    picked = w.pick(exclude=(only[0],))
+    assert picked is not None and picked[0] is only[0]  # excluded, but the only one usable
+    only[0].state = EndpointState.FAILING
+    assert w.pick() is None
+    w.update([])
+    assert w.pick() is None
+
+
+def test_wrr_keeps_its_place_across_updates() -> None:
+    """An update that adds an endpoint keeps the others' turns: the newcomer gets its
+    share from then on, and an endpoint whose weight changed gets its new one."""
+    w = WeightedRoundRobin()
+    ab = eps("a", "b", weights={"a": 2, "b": 1})
+    w.update(ab)
+    first = [w.pick()[0].key for _ in range(3)]  # type: ignore[index]
+    assert Counter(first) == {"a": 2, "b": 1}
+    w.update([*ab, *eps("c", weights={"c": 3})])
+    nxt = Counter(w.pick()[0].key for _ in range(60))  # type: ignore[index]
+    want = {"a": 20, "b": 10, "c": 30}  # within one pick: the window starts mid-cycle
+    assert set(nxt) == set(want) and all(abs(nxt[k] - v) <= 1 for k, v in want.items()), nxt
+    w.update(eps("a", "b", weights={"a": 1, "b": 1}))
+    assert Counter(w.pick()[0].key for _ in range(10)) == {"a": 5, "b": 5}  # type: ignore[index]
+
+
 def test_ring_hash_affinity_and_minimal_movement() -> None:
     """A key keeps its endpoint; adding a fourth endpoint moves only about a quarter of keys."""
     r = RingHash(rng=random.Random(1))
