@@ -271,9 +271,12 @@ def test_opcode_count_on_uvloop_leaves_the_loops_turns_out(
 
 def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[str]) -> None:
     """``benchmarks.streams`` runs a stream of each kind through raw grpc.aio and the mesh
-    and prints CPU and bytecodes per message: the mesh's per-message layers (the client
-    call object, the server's reporter wrap) run more bytecodes than raw grpc.aio."""
+    and prints CPU and bytecodes per message; the bytecodes are counted by function, and
+    only the mesh's run the mesh's per-message layers (the client call object's ``read``
+    and ``write``). Totals are not compared: how many loop turns a message takes depends
+    on timing, and with a few messages a stream a loaded machine moves them either way."""
     from benchmarks.streams import main as streams
+    from benchmarks.streams import measure
 
     assert streams(["--variants", "raw,bare", "--messages", "40", "--rounds", "1",
                     "--streams", "1", "--bytecodes"]) == 0
@@ -282,10 +285,14 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
         assert f"{kind} streams" in out
     rows = [line.split("|") for line in out.splitlines() if line.startswith(("| raw", "| bare"))]
     assert [r[1].strip() for r in rows] == ["raw", "bare"] * 3
-    for raw, bare in zip(rows[::2], rows[1::2], strict=True):
-        assert float(raw[2]) > 0 and float(bare[2]) > 0  # CPU us per message
-        raw_ops, bare_ops = (float(r[4].replace(",", "")) for r in (raw, bare))
-        assert 0 < raw_ops < bare_ops
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[4].replace(",", "")) > 0  # CPU, bytecodes
+    raw = measure("raw", "bidi", 40, 1, bytecodes=True)["bytecodes"]
+    bare = measure("bare", "bidi", 40, 1, bytecodes=True)["bytecodes"]
+    def reads(counts: dict[str, float]) -> list[str]:
+        return [f for f in counts if f.startswith("meshkit/_calls.py") and f.endswith(" read")]
+
+    assert not reads(raw) and reads(bare), bare
 
 
 def test_streams_refuses_unknown_kinds(capsys: pytest.CaptureFixture[str]) -> None:
