@@ -21,25 +21,33 @@ class WeightedRoundRobin:
     """Weighted round robin over ``Instance.weight`` by earliest-deadline-first scheduling
     (Envoy's ``EdfScheduler``): an endpoint of weight ``w`` has a turn every ``1/w`` of a
     cycle, and each pick takes the endpoint whose turn is due first (ties: the one queued
-    first). An endpoint of weight 3 next to one of weight 1 gets 3 of every 4 calls,
-    interleaved (a a b a, not a a a b), and every endpoint gets exactly its weight's share
-    of each full cycle. A pick costs O(log n) (a heap), not O(n) as the smooth weighted
-    round robin this replaced (nginx's, which scored every endpoint on every pick: 9-11.5 us
-    per pick over 100 endpoints in ``python -m benchmarks --scenarios fanout``).
+    first). An endpoint of weight 3 next to one of weight 1 gets 3 of every 4 calls, one b
+    between every three a's (never a burst of either), and every endpoint gets exactly
+    its weight's share of each full cycle. A pick costs O(log n) (a heap), not O(n) as the
+    smooth weighted round robin this replaced (nginx's, which scored every endpoint on
+    every pick: 9-11.5 us per pick over 100 endpoints in ``python -m benchmarks
+    --scenarios fanout``, 0.6 us now).
 
     Weights come from the registry (Consul's ``Weights.Passing``). An endpoint found
     ``FAILING`` when its turn comes leaves the schedule until it is usable again, then
     rejoins one turn of its own weight later (no burst of the picks it missed; while some
     are out, a pick also looks at each of them once, as cheap as the old algorithm's scan
     of every endpoint); ``exclude`` is avoided while another endpoint is usable. Keeps no
-    latency statistics (``done`` is a no-op). Turns are integers (a cycle is the least
-    common multiple of the weights while that stays below 2**62, else a float), so shares
-    stay exact however long a channel runs.
+    latency statistics (``done`` is a no-op). Turns are integers (a cycle is 2**16 times
+    the least common multiple of the weights while that stays below 2**62, else a float),
+    so shares stay exact however long a channel runs. A new endpoint's first turn comes
+    at a random point of its first interval, so that many clients started together do
+    not all send their first calls to the same endpoints (Envoy seeds its scheduler with
+    random picks; :class:`RoundRobin` starts at a random position).
+
+    Args:
+        rng: random source for the first turns (default: a new ``random.Random()``).
     """
 
-    __slots__ = ("_heap", "_out", "_seq", "_steps")
+    __slots__ = ("_heap", "_out", "_rng", "_seq", "_steps")
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
         # (turn due, queue order, endpoint): the heap's minimum is the next endpoint due
         self._heap: list[tuple[float, int, Endpoint]] = []
         self._steps: dict[str, float] = {}  # key -> turns between two of its picks
@@ -49,12 +57,14 @@ class WeightedRoundRobin:
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list. Endpoints that stay keep their place in the cycle
         (the part of a turn they still had to wait), newcomers are due after one turn of
-        their own weight."""
+        their own weight at most (a random point of it)."""
         now = self._heap[0][0] if self._heap else 0
         left = {ep.key: (due - now) / self._steps[ep.key] for due, _, ep in self._heap
                 if ep.key in self._steps}
         weights = [ep.instance.weight for ep in endpoints]
-        cycle: float = math.lcm(*weights) if weights else 1
+        # the weights' least common multiple, times 2**16 so that a first turn can fall
+        # at a random point of a step even when every weight is 1
+        cycle: float = math.lcm(*weights) << 16 if weights else 1 << 16
         if cycle >= 1 << 62:
             cycle = 1.0  # float turns: shares drift by rounding only
         self._steps = steps = {ep.key: cycle / w if isinstance(cycle, float) else cycle // w
@@ -63,8 +73,10 @@ class WeightedRoundRobin:
         for i, ep in enumerate(endpoints):
             step = steps[ep.key]
             frac = left.get(ep.key)
-            due = step if frac is None else max(frac * step, 0)
-            heap.append((round(due) if isinstance(step, int) else due, i, ep))
+            if frac is None:  # a newcomer: its first turn within its first interval
+                frac = 1.0 - self._rng.random()  # (0, 1]
+            due = max(frac * step, 0)
+            heap.append((max(round(due), 1) if isinstance(step, int) else due, i, ep))
         heapq.heapify(heap)
         self._heap = heap
         self._out = []  # every endpoint is back in the heap; FAILING ones leave at their turn
