@@ -9,17 +9,40 @@ metadata) and raises :class:`~meshkit.errors.InvalidMetadataError` naming the ke
 
 Keys already seen legal are remembered (a bounded dict: keys repeat from call to call), so
 a call pays one dict lookup per key and, for a text value, two ``str`` methods.
+
+On the server side, :func:`call_metadata` reads an incoming call's metadata once for every
+check of the call that needs it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from meshkit.errors import InvalidMetadataError
 
-__all__ = ["check_metadata"]
+__all__ = ["call_metadata", "check_metadata"]
+
+# (context, its invocation metadata) of the call whose task this is: grpc.aio runs each
+# call in a task of its own, so the value goes with the task
+_CALL_MD: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
+    "meshkit_call_metadata", default=None)
+
+
+def call_metadata(context: Any) -> Any:
+    """``context.invocation_metadata()`` (a tuple of ``(key, value)`` pairs, or ``None``),
+    read once per call: grpc.aio builds a new tuple of the call's metadata on every read
+    (about 1.5 us with a bearer token and a ``traceparent``), and a server with tracing
+    and JWT checks reads it twice per call. Kept in a context variable of the call's own
+    task, keyed by ``context``, so it ends with the call."""
+    got = _CALL_MD.get()
+    if got is not None and got[0] is context:
+        return got[1]
+    md = context.invocation_metadata()
+    _CALL_MD.set((context, md))
+    return md
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 _ASCII_VALUE = re.compile(rb"[\x20-\x7e]*")

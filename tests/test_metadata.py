@@ -337,3 +337,34 @@ async def test_codecs_with_compression_and_with_attempt_interceptors(
             assert await unary("b", timeout=5) == "e1|b"
             with pytest.raises(RequestSerializationError):
                 await unary(b"not str", timeout=5)
+
+
+async def test_a_servers_checks_read_a_calls_metadata_once_and_only_that_calls() -> None:
+    """``call_metadata`` hands every check of a call the one tuple grpc.aio built for it
+    (grpc.aio builds a new one on every ``invocation_metadata()``), and the next call its
+    own: the value lives in the call's task, keyed by the call's context."""
+    from meshkit._metadata import call_metadata
+
+    seen: list[tuple[Any, Any, Any]] = []
+
+    async def handler(request: bytes, context: Any) -> bytes:
+        first, again = call_metadata(context), call_metadata(context)
+        seen.append((first, again, context.invocation_metadata()))
+        return b"ok"
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.M", {"Read": grpc.unary_unary_rpc_method_handler(handler)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            for user in ("u1", "u2"):
+                await ch.unary_unary("/t.M/Read")(b"x", metadata=(("x-user", user),),
+                                                  timeout=5)
+    finally:
+        await server.stop(None)
+    (a1, a2, fresh_a), (b1, b2, fresh_b) = seen
+    assert a1 is a2 and b1 is b2 and a1 is not b1  # one read per call, each its own
+    assert a1 == fresh_a and b1 == fresh_b and fresh_a is not a1  # built anew on a read
+    assert ("x-user", "u1") in a1 and ("x-user", "u2") in b1

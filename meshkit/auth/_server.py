@@ -19,6 +19,7 @@ import grpc
 import structlog
 
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit._metadata import call_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._context import _claims, _peer, _token
@@ -163,7 +164,7 @@ class JWTAuthInterceptor(WrappingInterceptor):
 
         def before(context: Any) -> Awaitable[None] | None:
             try:
-                token = extract_bearer(context.invocation_metadata(), opts.metadata_key)
+                token = extract_bearer(call_metadata(context), opts.metadata_key)
             except UnauthenticatedError as exc:
                 return _refuse(context, _UNAUTH, exc.details() or "unauthenticated", method,
                                "jwt", "bad authorization metadata")

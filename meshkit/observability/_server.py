@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._handlers import Handler, Reporter, WrappingInterceptor
+from meshkit._metadata import call_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
@@ -244,7 +245,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         peer = context.peer() if self.options.access_log or m.traced else ""
         span = token = None
         if m.traced:
-            md = context.invocation_metadata()
+            md = call_metadata(context)
             remote = parse_traceparent(md)  # False: another propagator reads it
             if remote is False:  # tracestate, baggage or another propagator: the API's way
                 parent = extract_context(md)
@@ -311,7 +312,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     @staticmethod
     def _md(m: _Method, context: Any) -> dict[str, str] | None:
-        md = {k: v for k, v in context.invocation_metadata() or ()
+        md = {k: v for k, v in call_metadata(context) or ()
               if k in m.log_md and isinstance(v, str)}
         return md or None
 

@@ -92,6 +92,7 @@ from limits.errors import ConfigurationError
 from limits.storage import MemoryStorage, storage_from_string
 
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit._metadata import call_metadata
 from meshkit.errors import ConfigError
 from meshkit.resilience._ratelimit_policy import (
     STRATEGIES,
@@ -222,7 +223,7 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
     missing = prefix + "<missing>"
 
     def key(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        for k, v in context.invocation_metadata() or ():
+        for k, v in call_metadata(context) or ():
             if k == header:
                 return prefix + (v if isinstance(v, str) else v.decode("utf-8", "replace"))
         return missing if fallback is None else fallback(method, context)
