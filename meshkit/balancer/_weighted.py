@@ -59,8 +59,7 @@ class WeightedRoundRobin:
         (the part of a turn they still had to wait), newcomers are due after one turn of
         their own weight at most (a random point of it)."""
         now = self._heap[0][0] if self._heap else 0
-        left = {ep.key: (due - now) / self._steps[ep.key] for due, _, ep in self._heap
-                if ep.key in self._steps}
+        left = {ep.key: (due - now) / self._steps[ep.key] for due, _, ep in self._heap}
         weights = [ep.instance.weight for ep in endpoints]
         # the weights' least common multiple, times 2**16 so that a first turn can fall
         # at a random point of a step even when every weight is 1
