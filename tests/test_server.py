@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -489,6 +490,37 @@ async def test_a_shed_call_is_nacked_and_retried_elsewhere_even_if_not_idempoten
             assert got == [b"held 1", b"held 1"]
             assert ch.retry is not None and ch.retry.stats.retries >= 1
         assert (a.gate.shed if a.gate else 0) + (b.gate.shed if b.gate else 0) >= 2
+    finally:
+        await a.drain()
+        await b.drain()
+
+
+async def test_a_shed_hedged_call_is_sent_elsewhere_not_failed(
+    registry: LocalRegistry,
+) -> None:
+    """A hedged call (idempotent, ``hedge_delay_s``) that an endpoint sheds with the nack
+    trailer is sent to another endpoint at once, as a retried call is: a nack means no code
+    of it ran, whatever its status (``RESOURCE_EXHAUSTED`` here), so it is not fatal."""
+    from meshkit.balancer import RingHash
+    from meshkit.resilience import RetryOptions, RetryPolicy
+
+    a = await _slow_server(registry, "a", max_concurrent_rpcs=1, evict_waiting_after_s=None)
+    b = await _slow_server(registry, "b", max_concurrent_rpcs=1, evict_waiting_after_s=None)
+    try:
+        hedged = RetryPolicy(idempotent=True, hedge_delay_s=5.0, max_attempts=2)
+        opts = meshkit.DialOptions(insecure=True, balancer=RingHash, hash_key_metadata="k",
+                                   retry=RetryOptions(default=hedged))
+        async with meshkit.dial("slow", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(2)
+            hold = ch.unary_unary("/test.Slow/Hold")
+            t0 = time.monotonic()
+            got = await asyncio.gather(*(hold(b"z", timeout=10, metadata=(("k", "same"),))
+                                         for _ in range(2)))
+            took = time.monotonic() - t0
+            assert got == [b"held 1", b"held 1"]
+            assert ch.retry is not None and ch.retry.stats.hedges >= 1
+        assert took < 4.0  # sent on at the nack, not after the 5 s hedge delay
+        assert (a.gate.shed if a.gate else 0) + (b.gate.shed if b.gate else 0) >= 1
     finally:
         await a.drain()
         await b.drain()

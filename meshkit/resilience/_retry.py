@@ -17,7 +17,10 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   attempt never reached a server (no endpoint could be picked);
 * **hedging** (idempotent methods with ``hedge_delay_s``): when an attempt has not answered
   after ``hedge_delay_s``, another goes to a different endpoint; the first success wins
-  and the others are cancelled. C-core gRPC lacks hedging (grpc/grpc#26566).
+  and the others are cancelled. An attempt that fails with a retryable status or a nack
+  has the next one sent at once, or after its pushback (gRFC A6 "Pushback": a negative,
+  malformed or too long pushback sends no more); any other status ends the call. C-core
+  gRPC lacks hedging (grpc/grpc#26566).
 
 Unary-response calls (unary-unary, stream-unary with a re-iterable request) are retried
 whole. Streaming-response calls follow gRFC A6's commit rule:
@@ -88,9 +91,11 @@ class RetryPolicy:
         idempotency_field: request attribute whose non-empty value makes a call safe to
             retry (default ``"idempotency_key"``); ``None`` to ignore requests.
         hedge_delay_s: send another attempt after this many seconds without an answer
-            (idempotent methods only; default ``None``: no hedging).
+            (idempotent methods only; default ``None``: no hedging); a hedged attempt
+            that fails with a retryable status or a nack has the next one sent at once,
+            or after its pushback (gRFC A6).
         max_pushback_s: longest server pushback honoured, seconds; longer means give up
-            (default 10.0).
+            (no more retries or hedges; default 10.0).
 
     Raises:
         ConfigError: a value out of range (quoted).
@@ -274,37 +279,62 @@ class RetryInterceptor(ClientInterceptor):
 
     async def _hedged(self, details: ClientCallDetails, request: Any, proceed: UnaryProceed,
                       policy: RetryPolicy) -> Any:
+        """gRFC A6 hedging: the next attempt goes ``hedge_delay_s`` after the last one, at
+        once after a non-fatal failure (a status in ``retryable_codes``, or a nack), or
+        after the failure's pushback (a pushback that is negative, malformed or over
+        ``max_pushback_s`` sends no more attempts); the first success wins, any other
+        status ends the call, and the attempts still in flight are cancelled."""
         assert policy.hedge_delay_s is not None
+        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(proceed(details, request))}
         sent = 1
+        next_at = loop.time() + policy.hedge_delay_s  # when the next attempt is due
         last: BaseException | None = None
         try:
-            while pending:
-                wait_s = policy.hedge_delay_s if sent < policy.max_attempts else None
+            while True:
+                wait_s = max(0.0, next_at - loop.time()) if sent < policy.max_attempts \
+                    else None
                 remaining = details.time_remaining_s()
                 if wait_s is not None and remaining is not None and remaining <= wait_s:
-                    wait_s = None  # a hedge could not finish in time: just wait
-                done, pending = await asyncio.wait(pending, timeout=wait_s,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    exc = task.exception()
-                    if exc is None:
-                        self._observe(details.method, time.monotonic() - t0)
-                        return task.result()
-                    if not isinstance(exc, AioRpcError) or exc.code() not in \
-                            policy.retryable_codes or isinstance(exc, InvalidCallError):
-                        raise exc
-                    last = exc
-                    pushback = _pushback_s(exc)
-                    if pushback is not None and pushback < 0:
-                        sent = policy.max_attempts  # the server said: do not retry
-                # A timer with nothing back, or a retryable failure: send another attempt.
-                if sent < policy.max_attempts and self.budget.try_withdraw():
+                    wait_s = None  # an attempt sent then could not finish: no timer
+                if not pending:
+                    if wait_s is None:
+                        break
+                    await asyncio.sleep(wait_s)  # the server's pushback, nothing in flight
+                else:
+                    done, pending = await asyncio.wait(pending, timeout=wait_s,
+                                                       return_when=asyncio.FIRST_COMPLETED)
+                    due: float | None = None  # the failures' next attempt: the latest one
+                    for task in done:
+                        exc = task.exception()
+                        if exc is None:
+                            self._observe(details.method, time.monotonic() - t0)
+                            return task.result()
+                        if not isinstance(exc, AioRpcError) or isinstance(
+                                exc, InvalidCallError) or (exc.code() not in
+                                                           policy.retryable_codes
+                                                           and not is_nack(exc)):
+                            raise exc  # fatal (a nack never is: none of the call ran)
+                        last = exc
+                        pushback = _pushback_s(exc)
+                        if pushback is not None and (pushback < 0
+                                                     or pushback > policy.max_pushback_s):
+                            sent = policy.max_attempts  # the server said: do not retry
+                        else:  # non-fatal: the next attempt at once, or after the pushback
+                            at = loop.time() + (pushback or 0.0)
+                            due = at if due is None else max(due, at)
+                    if due is not None:
+                        next_at = due
+                if sent >= policy.max_attempts or loop.time() < next_at:
+                    continue
+                # the hedge delay passed, or a failure's pushback: send another attempt
+                if self.budget.try_withdraw():
                     pending.add(asyncio.ensure_future(proceed(details, request)))
                     sent += 1
+                    next_at = loop.time() + policy.hedge_delay_s
                     self.stats.hedges += 1
-                elif sent < policy.max_attempts and not done:
+                else:
                     self.stats.budget_exhausted += 1
                     sent = policy.max_attempts  # no budget: stop hedging, keep waiting
             assert last is not None

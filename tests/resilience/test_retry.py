@@ -156,6 +156,51 @@ async def test_hedging_beats_a_slow_endpoint(
     assert hedges >= 1 and len(slow_served) == hedges
 
 
+async def test_hedging_waits_out_a_servers_pushback(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """gRFC A6 (Pushback): a hedged attempt that fails non-fatally with pushback has the
+    next hedge sent after that delay, not at once; pushback past ``max_pushback_s``, or
+    negative, sends no further hedge. Without pushback the next one goes at once."""
+    served: list[str] = []
+    for name in ("a", "b", "c"):
+        await echo_servers(name, served=served)
+
+    async def run(policy: RetryPolicy, request: bytes) -> float:
+        served.clear()
+        async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+            await ch.wait_for_endpoints(3)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary(method("Fail"))(request, timeout=10)
+            took = time.monotonic() - t0
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        return took
+
+    hedged = RetryPolicy(idempotent=True, hedge_delay_s=5.0, max_attempts=3, backoff=FAST)
+    took = await run(hedged, b"UNAVAILABLE:0.3")
+    assert served == ["Fail"] * 3
+    assert 0.6 <= took < 4.0  # two pushbacks waited out, not the 5 s hedge delay
+    took = await run(hedged, b"UNAVAILABLE")
+    assert served == ["Fail"] * 3 and took < 4.0  # no pushback: the next hedge at once
+    await run(hedged, b"UNAVAILABLE:-1")
+    assert served == ["Fail"]
+    short = RetryPolicy(idempotent=True, hedge_delay_s=5.0, max_attempts=3, backoff=FAST,
+                        max_pushback_s=0.2)
+    took = await run(short, b"UNAVAILABLE:0.3")
+    assert served == ["Fail"] and took < 4.0
+    # a pushback that outlasts the call's deadline ends it at once with the failure
+    served.clear()
+    async with meshkit.dial("echo", registry=registry, options=opts(hedged)) as ch:
+        await ch.wait_for_endpoints(3)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ch.unary_unary(method("Fail"))(b"UNAVAILABLE:3", timeout=2)
+        took = time.monotonic() - t0
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert served == ["Fail"] and took < 1.5
+
+
 async def test_ejected_endpoints_fail_fast(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
