@@ -295,6 +295,23 @@ def test_check_metadata_rules_without_a_server() -> None:
     assert len(_metadata._KEYS) <= _metadata._MAX_KEYS
 
 
+def test_a_text_value_is_legal_exactly_when_every_character_is_printable_ascii() -> None:
+    """0x20-0x7E and nothing else, at the start, middle or end of a value (the check is a
+    ``bytes.translate`` of the value, not ``str.isprintable``): control characters, DEL,
+    Latin-1 and other non-ASCII characters are refused, the value never quoted."""
+    from meshkit._metadata import check_metadata
+
+    for cp in [*range(0x100), 0x2028, 0x20AC, 0x1F600]:
+        for value in (chr(cp), f"a{chr(cp)}", f"{chr(cp)}b" * 3, "x" * 400 + chr(cp)):
+            if 0x20 <= cp <= 0x7E:
+                check_metadata([("x-text", value)])
+                continue
+            with pytest.raises(InvalidMetadataError, match="'x-text'") as err:
+                check_metadata([("x-text", value)])
+            assert len(value) < 4 or value not in str(err.value)
+    check_metadata([("x-empty", "")])
+
+
 class _Text(str):
     """A str subclass (e.g. an enum's value type) as a metadata value."""
 
