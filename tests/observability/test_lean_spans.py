@@ -189,6 +189,32 @@ def test_traceparent_fast_parse_follows_w3c() -> None:
     assert other and int(other.trace_flags) == 0xF3 and other.trace_flags.sampled
 
 
+def test_traceparent_fast_parse_agrees_with_the_sdk_propagator() -> None:
+    """Every version-00 ``traceparent`` of 55 characters, valid or not, reads as the API's
+    own W3C propagator reads it: the same ids and flags, or no parent at all (upper-case
+    hex, a character outside hex in any field, a wrong separator, all-zero ids)."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    variants = {tp, tp.upper().replace("X", "x"), "00-" + "0" * 32 + tp[35:],
+                tp[:36] + "0" * 16 + tp[52:], tp[:-2] + "00", tp[:-2] + "ff"}
+    for i in range(3, 55):
+        for c in "gA-_ .0f":
+            variants.add(tp[:i] + c + tp[i + 1:])
+    reference = TraceContextTextMapPropagator()
+    for value in sorted(variants):
+        assert len(value) == 55 and value.startswith("00-")
+        ours = parse_traceparent((("traceparent", value),))
+        theirs = trace.get_current_span(
+            reference.extract({"traceparent": value})).get_span_context()
+        if not theirs.is_valid:
+            assert ours is None, value
+            continue
+        assert isinstance(ours, SpanContext), value
+        assert (ours.trace_id, ours.span_id, int(ours.trace_flags), ours.is_remote) == (
+            theirs.trace_id, theirs.span_id, int(theirs.trace_flags), True), value
+
+
 def test_another_global_propagator_reads_the_headers() -> None:
     """Under a global propagator other than the default W3C pair, the fast reader leaves
     every header to it (``False``), and takes them again once the pair is back."""
