@@ -420,11 +420,13 @@ async def test_header_only_calls_give_their_read_permits_to_new_calls(
 ) -> None:
     """With every read permit (max_concurrent_reads) held by calls whose request does not
     come, new calls wait for a permit (they are not shed: call slots are free) and get
-    them once the holders have waited evict_waiting_after_s (they end CANCELLED). Two new
-    calls, one per held permit: a holder is ended only while a call waits for a permit,
-    so with one new call the second holder, arriving a few ms after the first, could keep
-    its permit once the first had passed its own on."""
-    srv = await _slow_server(registry, first_message_timeout_s=30.0, max_concurrent_rpcs=8,
+    them once the holders have waited evict_waiting_after_s (they end CANCELLED). A holder
+    is ended only while a call waits for a permit: when the first holder is ended, its
+    permit goes to one new call, which reads and passes it to the other at once; the
+    second holder, due a few ms after the first, is ended too only if it fell due before
+    that (a race the loaded VM lost about one run in five). Either way it ends at
+    first_message_timeout_s, with the same status."""
+    srv = await _slow_server(registry, first_message_timeout_s=3.0, max_concurrent_rpcs=8,
                              max_concurrent_reads=2, evict_waiting_after_s=1.0)
     loop = asyncio.get_running_loop()
     try:
@@ -438,10 +440,11 @@ async def test_header_only_calls_give_their_read_permits_to_new_calls(
             assert got == [b"held 1"] * 2
             waited = loop.time() - t0 - 0.5  # Hold answers after 0.5 s
             assert 0.4 <= waited <= 5.0, waited  # the holders' 1 s, less the 0.2 s slept
-            codes = await asyncio.wait_for(asyncio.gather(*(c.code() for c in idle)), 5)
+            codes = await asyncio.wait_for(asyncio.gather(*(c.code() for c in idle)), 10)
             assert codes == [grpc.StatusCode.CANCELLED] * 2
             assert [await c.details() for c in idle] == ["request did not arrive in time"] * 2
-        assert srv.gate is not None and srv.gate.evicted == 2 and srv.gate.shed == 0
+        assert srv.gate is not None and srv.gate.shed == 0
+        assert 1 <= srv.gate.evicted <= 2 and srv.gate.timed_out == 2
     finally:
         await srv.drain()
 
@@ -759,3 +762,4 @@ async def test_methods_stay_registered_under_a_grpc_observability_plugin(
     assert await _one_unary_call(registry, [add_echo("p1", registered=True)]) == b"p1|x"
     # the echo service's 7 methods, health's 3 and reflection's 1, plus the others' one
     assert sizes and set(sizes) == {12}
+
