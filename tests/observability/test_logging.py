@@ -240,6 +240,33 @@ def test_buffered_writer_rearms_its_timer_when_the_loop_holding_it_is_gone() -> 
     assert out.writes == 1
 
 
+def test_a_captured_record_after_the_timers_loop_is_gone_goes_out_with_the_next_loop() -> None:
+    """``add`` (the access log's per-call path) buffers a record only while the loop that
+    holds the timer still runs: after that loop closed, the record re-arms the timer on
+    the running loop and goes out with it, with the line the first loop left."""
+    import asyncio
+    import json
+    import time as _time
+
+    out = CountingStream()
+    w = BufferedLineWriter(out, flush_interval_s=0.05)
+
+    async def first() -> None:
+        w.info("from the first loop")
+
+    async def second() -> None:
+        w.add((_time.time(), "info", "rpc", {"from": "the second loop"}, None, None, None))
+        await until(lambda: out.writes > 0, what="the timed flush", timeout_s=2)
+
+    asyncio.run(first())
+    assert out.writes == 0
+    asyncio.run(second())
+    first_line, record = out.getvalue().splitlines()
+    assert first_line == "from the first loop"
+    assert json.loads(record)["from"] == "the second loop"
+    assert out.writes == 1
+
+
 @pytest.mark.parametrize(("kwargs", "quoted"), [
     ({"flush_interval_s": -1}, "-1"), ({"flush_interval_s": 61}, "61"),
     ({"max_buffer_bytes": -5}, "-5")])
