@@ -33,6 +33,7 @@ import grpc
 import structlog
 
 from meshkit._handlers import GUARD_MARK, Handler, Resolver, responses
+from meshkit._loop import LoopCache
 from meshkit.errors import ConfigError
 from meshkit.resilience._retry import NACK_METADATA
 
@@ -430,11 +431,6 @@ def guard_generic_handler(
 
 
 # -- reading unary requests: admission and the first-message timer ------------------------
-# asyncio's {loop: the task running on it now}, which current_task() reads (CPython 3.11 to
-# 3.13); None where asyncio keeps it elsewhere (then current_task() itself)
-_CURRENT_TASKS: dict[Any, asyncio.Task[Any]] | None = (
-    getattr(asyncio.tasks, "_current_tasks", None)
-    if isinstance(getattr(asyncio.tasks, "_current_tasks", None), dict) else None)
 _request_size: contextvars.ContextVar[int] = contextvars.ContextVar("meshkit_request_size",
                                                                      default=0)
 
@@ -506,7 +502,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
         self._evicting: set[asyncio.Task[Any]] = set()  # evicted or timed out
         self._sweep: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, at its first call
+        self._loops = LoopCache()  # the call's task without a getpid per call
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
         self.streams = 0  # request-streaming calls admitted and not ended
@@ -563,14 +559,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         :attr:`active` and uncounts it when the call ends."""
         if self._budget is not None and self.inflight_bytes >= self._budget:
             await self._busy(context)
-        # the call's task: asyncio.current_task() without its get_running_loop(), a getpid
-        # system call on CPython 3.11 (0.4 us on the benchmarks' VM); a loop that has no
-        # task running now (another loop, after a restart) is looked up again
-        task = _CURRENT_TASKS.get(self._loop) if _CURRENT_TASKS is not None else None
-        if task is None:
-            self._loop = asyncio.get_running_loop()
-            task = asyncio.current_task()
-            assert task is not None
+        task = self._loops.current_task()
+        assert task is not None
         self._waiting[task] = now = time.monotonic()
         if self._timeout_s is not None and self._sweep is None:
             self._arm_sweep(asyncio.get_running_loop())

@@ -763,32 +763,3 @@ async def test_methods_stay_registered_under_a_grpc_observability_plugin(
     # the echo service's 7 methods, health's 3 and reflection's 1, plus the others' one
     assert sizes and set(sizes) == {12}
 
-
-async def test_the_gate_finds_each_calls_task_without_asking_the_loop() -> None:
-    """The request gate reads asyncio's current-task table for its server's loop (what
-    ``asyncio.current_task()`` reads, without a ``getpid`` per call on CPython 3.11): in
-    each of several concurrent tasks it is that task, and a table entry of another loop
-    (or none) is never taken for it."""
-    import sys
-
-    from meshkit import _limits
-
-    if sys.version_info < (3, 14):
-        assert _limits._CURRENT_TASKS is not None  # the fast path is the one that runs
-    if _limits._CURRENT_TASKS is None:
-        pytest.skip("this Python keeps the current task elsewhere: current_task() is used")
-    loop = asyncio.get_running_loop()
-
-    async def check() -> None:
-        await asyncio.sleep(0)
-        assert _limits._CURRENT_TASKS is not None
-        assert _limits._CURRENT_TASKS.get(loop) is asyncio.current_task()
-        await asyncio.sleep(0)
-        assert _limits._CURRENT_TASKS.get(loop) is asyncio.current_task()
-
-    await asyncio.gather(*(check() for _ in range(5)))
-    other = asyncio.new_event_loop()
-    try:
-        assert _limits._CURRENT_TASKS.get(other) is None  # not running: no task there
-    finally:
-        other.close()
