@@ -10,9 +10,11 @@ whose bytecodes per call differ most from the first variant's.
 
 Where ``benchmarks.instructions`` says *how much* a variant costs (every machine
 instruction, grpc's C core included), this says *which Python function* the difference is
-in: callgrind sees one interpreter loop, not the functions it runs. The counts are exact
-and the same on a busy or a quiet machine with one caller; with several callers how many
-calls one loop turn serves depends on timing. Not counted: C and Cython code (grpc's core,
+in: callgrind sees one interpreter loop, not the functions it runs. With one caller the
+counts do not depend on the machine's load, and repeat within about 30 bytecodes per call
+(how often the event loop turns while the call waits on grpc varies: compare trees by
+several counts each); with several callers how many calls one loop turn serves depends on
+timing. Not counted: C and Cython code (grpc's core,
 grpc.aio's Cython server, orjson, the garbage collector) and threads other than the event
 loop's (e.g. the SDK's span export thread). A bytecode costs about 30-75 machine
 instructions here (more where it calls into C), so the table ranks Python work; it does not
