@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the first is the base of the differences (default raw,defaults)")
     parser.add_argument("--calls", type=int, default=400, help="measured calls (default 400)")
     parser.add_argument("--callers", type=int, default=1,
-                        help="concurrent callers (default 1: exact, repeatable counts)")
+                        help="concurrent callers (default 1: counts that repeat within ~30 a call)")
     parser.add_argument("--top", type=int, default=30,
                         help="functions listed per difference (default 30)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",

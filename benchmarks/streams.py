@@ -15,8 +15,9 @@ streams of ``--messages`` messages each and reports ``getrusage`` user + system 
 message; the table gives the median over rounds of each child's median, and the median of
 the per-round ratios to the first variant. With ``--bytecodes`` the first round's children
 also count the Python bytecodes per message of one more stream (``sys.settrace`` opcode
-events, as :mod:`benchmarks.opcodes`; C code not counted): exact and repeatable, where the
-CPU figures move with the VM by more than the mesh's share.
+events, as :mod:`benchmarks.opcodes`; C code not counted): independent of the machine's
+load and repeating within a few percent (bidi counts spread by about 20 per round trip),
+where the CPU figures move with the VM by more than the mesh's share.
 
 Kinds (``--kinds``): ``server`` (``ServerStream``: one request, ``n`` responses),
 ``client`` (``ClientStream``: ``n`` requests from an async generator, one response),
