@@ -5,7 +5,7 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
 * only statuses in ``retryable_codes`` are retried (default ``UNAVAILABLE`` only);
 * at most ``max_attempts`` attempts in all; each retry prefers an endpoint not tried yet;
 * the delay is exponential with full jitter (:class:`~meshkit.resilience.Backoff`), unless
-  the server pushed back: ``retry-after`` (seconds, RFC 9110 §10.2.3) or
+  the server pushed back: ``retry-after`` (seconds or an HTTP-date, RFC 9110 §10.2.3) or
   ``grpc-retry-pushback-ms`` (gRFC A6; a negative or malformed value means "do not retry");
 * a retry never sleeps past the deadline and is not started when the time left after the
   delay is shorter than the method's typical latency (an EWMA of its successful calls);
@@ -53,6 +53,8 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import grpc
@@ -346,6 +348,20 @@ class RetryInterceptor(ClientInterceptor):
                 await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _http_date_delay_s(value: Any) -> float:
+    """Seconds until the HTTP-date ``value`` (RFC 9110 section 5.6.7: IMF-fixdate, or the
+    obsolete RFC 850 and asctime forms), 0 when it has passed; -1.0 when it is no date."""
+    if not isinstance(value, str):
+        return -1.0
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return -1.0
+    if when.tzinfo is None:  # asctime carries no zone: HTTP-dates are UTC (GMT)
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 NACK_METADATA = ("meshkit-nack", "1")
 """Trailing metadata of a call a server refused before running any of it (safe to retry)."""
 
@@ -387,7 +403,11 @@ def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> b
 
 
 def _pushback_s(exc: AioRpcError) -> float | None:
-    """Server pushback in seconds from trailing metadata; -1.0 for "do not retry"."""
+    """Server pushback in seconds from trailing metadata; -1.0 for "do not retry".
+
+    ``grpc-retry-pushback-ms`` (gRFC A6): milliseconds; negative or malformed means do not
+    retry. ``retry-after`` (RFC 9110 section 10.2.3): seconds or an HTTP-date (a date
+    already past: 0); anything else means do not retry."""
     md = exc.trailing_metadata()
     if not md:
         return None
@@ -402,6 +422,6 @@ def _pushback_s(exc: AioRpcError) -> float | None:
             try:
                 s = float(value)
             except (TypeError, ValueError):
-                return -1.0
+                return _http_date_delay_s(value)
             return -1.0 if s < 0 or math.isnan(s) else s
     return None

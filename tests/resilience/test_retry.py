@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -111,6 +112,40 @@ async def test_retry_after_is_honoured(registry: LocalRegistry, echo_servers: Ec
         took = time.monotonic() - t0
     assert len(served) == 2
     assert took >= 0.3
+
+
+async def test_retry_after_as_an_http_date_is_honoured(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """``retry-after`` may be an HTTP-date as well as seconds (RFC 9110 section 10.2.3):
+    the retry waits until then (a date already past: at once); a value that is neither
+    means "do not retry", as a malformed pushback does."""
+    from email.utils import format_datetime
+
+    served: list[str] = []
+    await echo_servers("e", served=served)
+    policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        fail = ch.unary_unary(method("Fail"))
+        when = datetime.now(UTC) + timedelta(seconds=2)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await fail(b"UNAVAILABLE:" + format_datetime(when, usegmt=True).encode(),
+                       timeout=10)
+        took = time.monotonic() - t0
+        assert served == ["Fail", "Fail"]
+        assert 0.9 <= took < 8.0  # the date has whole seconds: 1-2 s from now
+        served.clear()
+        past = datetime.now(UTC) - timedelta(hours=1)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await fail(b"UNAVAILABLE:" + format_datetime(past, usegmt=True).encode(),
+                       timeout=10)
+        assert served == ["Fail", "Fail"] and time.monotonic() - t0 < 5.0
+        served.clear()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await fail(b"UNAVAILABLE:soon", timeout=10)
+        assert served == ["Fail"]
 
 
 async def test_retry_never_sleeps_past_the_deadline(
