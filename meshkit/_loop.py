@@ -72,12 +72,11 @@ def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None,
         return runner.run(main)
 
 
-
 # asyncio's {loop: the task running on it now}, which current_task() reads (CPython 3.11 to
 # 3.13); None where asyncio keeps it elsewhere (then asyncio is asked every time)
+_tasks_table = getattr(asyncio.tasks, "_current_tasks", None)
 _CURRENT_TASKS: dict[Any, asyncio.Task[Any]] | None = (
-    getattr(asyncio.tasks, "_current_tasks", None)
-    if isinstance(getattr(asyncio.tasks, "_current_tasks", None), dict) else None)
+    _tasks_table if isinstance(_tasks_table, dict) else None)
 _get_ident = threading.get_ident
 
 
