@@ -407,7 +407,10 @@ class VerifierOptions:
         leeway_s: clock-skew allowance for ``exp``/``nbf``/``iat`` (default 30 s; 0..300).
         required_claims: claims that must be present (default ``iss sub aud exp iat jti``).
         typ: required ``typ`` header (default ``"at+jwt"``, RFC 9068 / RFC 8725 §3.11);
-            ``None`` accepts any.
+            ``None`` accepts any. Compared as a media type: case-insensitively, and with
+            ``application/`` taken as present when the value has no ``/`` (RFC 7515
+            §4.1.9), so ``"at+jwt"`` accepts ``at+jwt`` and ``application/at+jwt``, the two
+            spellings RFC 9068 §4 requires a resource server to accept.
         max_token_bytes: longer tokens are refused before parsing (default 8192).
         cache_size: verified-token LRU entries (default 10000; 0 disables caching).
 
@@ -447,6 +450,14 @@ class VerifierOptions:
             raise ConfigError(f"cache_size must be >= 0, got {self.cache_size!r}")
 
 
+def _media_type(typ: str) -> str:
+    """``typ`` as a full, lower-case media type: RFC 7515 §4.1.9 has a recipient treat a
+    value without ``/`` as if ``application/`` were prepended; media types are
+    case-insensitive (RFC 2045 §5.1)."""
+    typ = typ.lower()
+    return typ if "/" in typ else "application/" + typ
+
+
 _MALFORMED = "malformed token"
 _BAD_SIG = "token signature or key not accepted"
 
@@ -462,11 +473,12 @@ class TokenVerifier:
         clock: wall clock in epoch seconds (default ``time.time``).
     """
 
-    __slots__ = ("_algs", "_decoder", "_options", "clock")
+    __slots__ = ("_algs", "_decoder", "_options", "_typ", "clock")
 
     def __init__(self, options: VerifierOptions, *, clock: Clock = time.time) -> None:
         self._options = options
         self._algs = frozenset(options.algorithms)
+        self._typ = None if options.typ is None else _media_type(options.typ)
         self._decoder = jwt.PyJWT()
         self.clock = clock
 
@@ -491,7 +503,8 @@ class TokenVerifier:
 
         Raises:
             InvalidTokenError: too large, not three base64url parts, bad JSON, ``alg`` not
-                in the configured list (incl. ``none`` and ``HS*``), wrong ``typ``, or a
+                in the configured list (incl. ``none`` and ``HS*``), a ``typ`` that is not
+                the configured media type (``application/`` optional, any case), or a
                 missing/oversized ``kid``.
         """
         self.check_size(token)
@@ -504,8 +517,8 @@ class TokenVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algs:
             raise InvalidTokenError("token algorithm not accepted")
-        typ = self._options.typ
-        if typ is not None and str(header.get("typ", "")).lower() != typ:
+        typ = self._typ
+        if typ is not None and _media_type(str(header.get("typ", ""))) != typ:
             raise InvalidTokenError("token type not accepted")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > 256:

@@ -220,6 +220,27 @@ async def test_wrong_typ_refused(keys: KeySet, verifier: JWTVerifier) -> None:
     await refused(verifier, token, "type")
 
 
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "Application/AT+JWT"])
+async def test_access_token_typ_accepted_with_or_without_media_prefix(
+        keys: KeySet, verifier: JWTVerifier, typ: str) -> None:
+    """RFC 9068 section 4 accepts typ "at+jwt" or "application/at+jwt" (RFC 7515 section
+    4.1.9: the prefix may be omitted; media types are case-insensitive)."""
+    token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
+                        "jti": "j"}, keys.current.private_key, algorithm="ES256",
+                       headers={"kid": keys.current.kid, "typ": typ})
+    assert (await verifier.verify(token)).subject == "u"
+
+
+@pytest.mark.parametrize("typ", ["application/jwt", "text/at+jwt", "at+jwt/x", ""])
+async def test_other_media_types_refused_as_typ(
+        keys: KeySet, verifier: JWTVerifier, typ: str) -> None:
+    """Only the application/ prefix may be added: another type or subtype is refused."""
+    token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
+                        "jti": "j"}, keys.current.private_key, algorithm="ES256",
+                       headers={"kid": keys.current.kid, "typ": typ})
+    await refused(verifier, token, "type")
+
+
 async def test_cache_skips_signature_checks_until_exp(
     mint: Callable[..., str], verifier: JWTVerifier, clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
