@@ -156,11 +156,14 @@ def sliding_window_wait_s(*, amount: int, window_s: float, previous_count: int,
     """Seconds until a sliding-window-counter limit admits one more hit.
 
     The weighted count (``limits``' sliding window counter, after Cloudflare's) is
-    ``previous * previous_expires_in / window + current``; a hit is admitted when it is at
-    most ``amount - 1``. While the current window lasts only the previous window's share
-    decays; once it rolls over, today's hits become the previous window and decay in turn.
-    (``limits``' own ``get_window_stats`` reports the current window's expiry, too early
-    when the hits are in the current window: they still weigh fully after it.)
+    ``previous * previous_expires_in / window + current``. ``limits`` admits a hit while
+    ``floor(weighted) + 1 <= amount`` (memory storage; Redis' ``acquire_sliding_window.lua``
+    floors only the previous share, the same test since ``current`` is whole), that is
+    while the weighted count is below ``amount``. While the current window lasts only the
+    previous window's share decays; once it rolls over, today's hits become the previous
+    window and decay in turn. (``limits``' own ``get_window_stats`` reports the current
+    window's expiry, too early when the hits are in the current window: they still weigh
+    fully after it.)
 
     Args:
         amount: the limit's allowance per window (>= 1).
@@ -171,21 +174,21 @@ def sliding_window_wait_s(*, amount: int, window_s: float, previous_count: int,
             from now.
 
     Returns:
-        Seconds to wait (0.0 if a hit would be admitted now).
+        Seconds to wait: 0.0 if a hit would be admitted now, else the moment the weighted
+        count reaches ``amount`` on its way down (a hit is admitted any time after it).
     """
-    room = amount - 1
     prev_expires = max(0.0, min(previous_expires_in_s, window_s))
     current_ends_in = current_expires_in_s - window_s if current_expires_in_s > window_s \
         else current_expires_in_s
-    if previous_count * prev_expires / window_s + current_count <= room:
+    if previous_count * prev_expires / window_s + current_count < amount:
         return 0.0
-    if current_count <= room and previous_count > 0:
-        # Admitted once the previous window's weighted share has decayed enough.
-        t = prev_expires - (room - current_count) * window_s / previous_count
+    if current_count < amount and previous_count > 0:
+        # Admitted once the previous window's weighted share is below amount - current.
+        t = prev_expires - (amount - current_count) * window_s / previous_count
         if t < current_ends_in:
             return max(0.0, t)
     # After the current window rolls over, its hits decay as the new previous window.
-    after = window_s * (1 - room / current_count) if current_count > room else 0.0
+    after = window_s * (1 - amount / current_count) if current_count >= amount else 0.0
     return max(0.0, current_ends_in) + after
 
 

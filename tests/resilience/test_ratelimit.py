@@ -784,25 +784,70 @@ async def test_redis_outage_fails_closed_with_unavailable_and_recovers(
 
 
 def test_sliding_window_wait_counts_hits_that_outlive_their_window() -> None:
-    """Hits in the current window still weigh fully after it rolls over: for 2/hour with
-    both hits 10 s ago, the next hit is admitted half an hour after the rollover."""
+    """Hits in the current window still weigh fully until it rolls over: for 2/hour with
+    both hits 10 s ago, the next hit is admitted just after the rollover (their weighted
+    count 2 * (1 - s/window) is then below 2; limits admits while floor(weighted) + 1 <=
+    amount), not while the hits are still in their window."""
     from meshkit.resilience._ratelimit_policy import sliding_window_wait_s
 
     w = 3600.0
     wait = sliding_window_wait_s(amount=2, window_s=w, previous_count=0,
                                  previous_expires_in_s=0, current_count=2,
                                  current_expires_in_s=w + 9.0)  # key TTL: 2 windows
-    assert wait == 9.0 + 1800.0
-    # Hits only in the previous window: admitted as soon as its share decays below 1.
+    assert wait == 9.0
+    # Three hits in the current window of 2/hour: admitted once 3 * (1 - s/w) < 2.
+    assert sliding_window_wait_s(amount=2, window_s=w, previous_count=0,
+                                 previous_expires_in_s=0, current_count=3,
+                                 current_expires_in_s=w + 9.0) == pytest.approx(9.0 + w / 3)
+    # Hits only in the previous window: admitted as soon as its share decays below 2.
     assert sliding_window_wait_s(amount=2, window_s=w, previous_count=2,
                                  previous_expires_in_s=w / 2, current_count=0,
                                  current_expires_in_s=1.5 * w) == 0.0
-    assert sliding_window_wait_s(amount=2, window_s=w, previous_count=4,
+    assert sliding_window_wait_s(amount=2, window_s=w, previous_count=6,
                                  previous_expires_in_s=w / 2, current_count=0,
-                                 current_expires_in_s=1.5 * w) == w / 4
+                                 current_expires_in_s=1.5 * w) == w / 6
     assert sliding_window_wait_s(amount=5, window_s=w, previous_count=0,
                                  previous_expires_in_s=0, current_count=1,
                                  current_expires_in_s=w + 5.0) == 0.0
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_sliding_window_retry_after_matches_when_limits_admits_again(
+        storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """retry-after is not longer than the real wait: for 2/minute with both hits 10 s
+    before the window rolls over, limits admits the next hit just after the rollover, so
+    the rejection says 10 s (40 s before: the unfloored weighted count was compared)."""
+    import types
+
+    import limits.storage.memory as limits_memory
+
+    from meshkit.resilience.ratelimit import StorageLimiter
+
+    if storage == "memory":
+        base = 60.0 * 16_667  # the start of a one-minute window
+        now = [base + 50.0]
+        monkeypatch.setattr(limits_memory, "time", types.SimpleNamespace(time=lambda: now[0]))
+        limiter = StorageLimiter(RateLimitOptions(default_rule="2/minute"))
+    else:
+        if not redis_ping(6379):
+            pytest.skip("no Redis on 127.0.0.1:6379")
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="2/minute", storage_uri="async+redis://127.0.0.1:6379",
+            key_prefix=f"sw-{uuid.uuid4().hex}"))
+    m = "/svc.v1.Svc/Call"
+    try:
+        assert await limiter.check(m, "caller") is None
+        assert await limiter.check(m, "caller") is None
+        rejection = await limiter.check(m, "caller")
+        assert rejection is not None and rejection.retry_after_s is not None
+        if storage == "memory":
+            assert rejection.retry_after_s == 10, rejection
+            now[0] = base + 61.0  # 11 s later, just after the rollover
+            assert await limiter.check(m, "caller") is None
+        else:  # Redis' window starts at the first hit: it rolls over a minute later
+            assert rejection.retry_after_s == 60, rejection
+    finally:
+        await limiter.aclose()
 
 
 # --- a hung storage: the breaker (issue 12 item 9) ---------------------------------------
