@@ -86,6 +86,7 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
     # defaults, so that a call sets only what it uses
     _outcome: tuple[Any, ...] | None = None
     _waiters: list[asyncio.Future[None]] | None = None  # later awaits, while it runs
+    _active: set[Any] | None = None  # its multicallable's calls in flight, while it runs
 
     def __init__(self, cython_call: Any, request: Any, metadata: tuple[Any, ...],
                  ser: Any, deser: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -116,10 +117,14 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
             response = raw if deser is None else _deserialize(raw, deser)
         except BaseException as exc:
             self._outcome = (None, exc)
+            if self._active is not None:
+                self._active.discard(self)
             if self._waiters is not None:
                 self._wake()
             raise
         self._outcome = (response, None)
+        if self._active is not None:
+            self._active.discard(self)
         if self._waiters is not None:
             self._wake()
         return response
@@ -159,9 +164,13 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
 class InlineUnaryUnary:
     """A sub-channel's unary-unary multicallable whose calls run inline
     (:class:`InlineUnaryUnaryCall`); ``public`` is grpc.aio's own, for calls with
-    compression. Same call signature as grpc.aio's multicallable."""
+    compression. Same call signature as grpc.aio's multicallable.
 
-    __slots__ = ("_channel", "_deser", "_handle", "_loop", "_method", "_public", "_ser")
+    It keeps its calls in flight, as grpc.aio's channel does (``_register_call``), for
+    :meth:`cancel_all`: grpc.aio's ``Channel.close()`` cannot see calls it did not make."""
+
+    __slots__ = ("_active", "_channel", "_deser", "_handle", "_loop", "_method", "_public",
+                 "_ser")
 
     def __init__(self, public: Any) -> None:
         self._public = public
@@ -171,6 +180,7 @@ class InlineUnaryUnary:
         self._deser = public._response_deserializer
         self._loop = public._loop
         self._handle = getattr(public, "_registered_call_handle", 0)
+        self._active: set[InlineUnaryUnaryCall] = set()
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
                  credentials: grpc.CallCredentials | None = None,
@@ -183,8 +193,18 @@ class InlineUnaryUnary:
         cython_call = self._channel.call(
             self._method, None if timeout is None else time.time() + timeout, credentials,
             wait_for_ready, self._handle)
-        return InlineUnaryUnaryCall(cython_call, request, tuple(metadata) if metadata else (),
+        call = InlineUnaryUnaryCall(cython_call, request, tuple(metadata) if metadata else (),
                                     self._ser, self._deser, self._loop)
+        active = call._active = self._active
+        active.add(call)
+        return call
+
+    def cancel_all(self) -> None:
+        """Cancel every call of this multicallable still in flight (``CANCELLED`` for
+        their callers): what closing its sub-channel does to grpc.aio's own calls."""
+        for call in list(self._active):
+            call.cancel()
+        self._active.clear()
 
 
 def inline_unary_unary(public: Any) -> Any:

@@ -7,13 +7,17 @@ channel (:mod:`meshkit.channel`) keeps the options and the per-call path; the po
 what it picks from (httpx's client/transport cut).
 
 Endpoints that leave the registry are removed from the balancer at once and their
-sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish.
+sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish;
+what still runs when the grace is up is cancelled (``CANCELLED``), unary attempts that run
+in the caller's task (:mod:`meshkit._inline`) included. Closing the pool cuts every such
+grace to its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +41,7 @@ __all__ = ["EndpointPool"]
 
 _log = structlog.get_logger("meshkit.channel")
 _HISTORY_MAX = 256
+_DRAIN_POLL_S = 0.05  # how often a draining sub-channel checks for its last attempt
 _CONNECTIVITY = {
     grpc.ChannelConnectivity.READY: EndpointState.READY,
     grpc.ChannelConnectivity.TRANSIENT_FAILURE: EndpointState.FAILING,
@@ -52,6 +57,30 @@ class _Conn:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.callables: dict[str, Any] = {}
+
+    async def close(self, ep: Endpoint, grace_s: float | None) -> None:
+        """Close the sub-channel: wait up to ``grace_s`` seconds (``None`` or 0: none) for
+        ``ep``'s attempts in flight to end, then cancel what still runs and destroy it.
+
+        The grace is waited out here, not by grpc.aio's ``Channel.close(grace)``: a
+        cancelled ``close(grace)`` leaves grpc's channel marked closing, and a later close
+        then returns at once without cancelling its calls (``AioChannel.closed()``). And
+        grpc.aio knows nothing of the unary attempts :mod:`meshkit._inline` runs in their
+        callers' tasks. ``ep.in_flight`` counts the endpoint's attempts on any of its
+        sub-channels (after :meth:`EndpointPool.rebuild`, also the new one's), so an old
+        sub-channel under steady load is kept for the whole grace."""
+        try:
+            if grace_s:
+                deadline = time.monotonic() + grace_s
+                # polled: an event set by the last attempt's end would cost every call
+                while ep.in_flight > 0 and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(min(_DRAIN_POLL_S, left))
+        finally:  # also when cancelled: nothing below suspends
+            for mc in self.callables.values():
+                cancel_all = getattr(mc, "cancel_all", None)
+                if cancel_all is not None:
+                    cancel_all()
+            await self.channel.close()  # grace None: cancels grpc's own calls, destroys
 
 
 class EndpointPool:
@@ -84,6 +113,7 @@ class EndpointPool:
         self.history: dict[str, Endpoint] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_tasks: dict[str, asyncio.Task[None]] = {}
+        self._draining: set[asyncio.Task[None]] = set()  # retired sub-channels' grace
         self.resolved = asyncio.Event()
         self._changed = asyncio.Event()
         self.closed = False
@@ -145,19 +175,26 @@ class EndpointPool:
         task = self._state_tasks.pop(ep.key, None)
         if task is not None:
             task.cancel()
-        self.spawn(conn.channel.close(grace=self._drain_s))
+        self._drain(conn, ep)
+
+    def _drain(self, conn: _Conn, ep: Endpoint) -> None:
+        """Close a sub-channel nothing new is sent on, after ``drain_timeout_s`` of grace
+        (cut short by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(conn.close(ep, self._drain_s))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
     def rebuild(self) -> None:
         """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
         calls in flight finish on the old one, closed with ``drain_timeout_s`` of grace."""
         for key, ep in list(self.endpoints.items()):
-            old = self.conns[key].channel
+            old = self.conns[key]
             self.conns[key] = _Conn(self._make_channel(ep.instance.address))
             task = self._state_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
             self._state_tasks[key] = self.spawn(self._track_state(ep))
-            self.spawn(old.close(grace=self._drain_s))
+            self._drain(old, ep)
         _log.info("sub-channels rebuilt", service=self.service, endpoints=len(self.endpoints))
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -195,7 +232,9 @@ class EndpointPool:
         with ``wait_for_ready`` for a usable endpoint, within the call's deadline.
 
         Raises:
-            MeshRpcError: ``CANCELLED`` (pool closed), ``DEADLINE_EXCEEDED``.
+            MeshRpcError: ``CANCELLED`` (the pool is closed, or closed while the call
+                waited), ``DEADLINE_EXCEEDED`` (the call's deadline ended the wait for the
+                first discovery answer or for an endpoint).
             NoEndpointsError: ``UNAVAILABLE``, naming the service and why.
         """
         if self.closed:
@@ -204,16 +243,25 @@ class EndpointPool:
         if not self.resolved.is_set():
             wait = self._resolve_s
             remaining = details.time_remaining_s()
+            by_deadline = remaining is not None and remaining < wait
             if remaining is not None:
                 wait = max(0.0, min(wait, remaining))
             try:
                 await asyncio.wait_for(self.resolved.wait(), wait)
             except TimeoutError:
+                if by_deadline:  # the call's deadline ended the wait, not resolve_timeout_s
+                    raise MeshRpcError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"deadline exceeded waiting for discovery of {self.service!r}",
+                    ) from None
                 problem = self._registry_problem()
                 why = f"no discovery answer within {wait:.3g}s"
                 raise NoEndpointsError(
                     self.service, f"{problem}; {why}" if problem else why) from None
         while True:
+            if self.closed:  # closed while this call waited
+                raise MeshRpcError(grpc.StatusCode.CANCELLED,
+                                   f"channel to {self.service!r} is closed")
             picked = self.balancer.pick(details.request_key, details.attempts)
             if picked is not None:
                 return picked
@@ -246,10 +294,14 @@ class EndpointPool:
         return summary if isinstance(summary, str) else None
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s."""
+        """Stop discovery and close every sub-channel, letting calls finish for ``grace``
+        seconds (``None``: none), then cancelling them (``CANCELLED``); sub-channels still
+        draining (endpoints that left) get the same grace at most. Calls waiting for an
+        endpoint or for discovery fail ``CANCELLED`` at once."""
         if self.closed:
             return
         self.closed = True
+        self.resolved.set()  # wake the calls waiting for discovery: they fail CANCELLED
         self.notify()
         self._watch_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -257,11 +309,22 @@ class EndpointPool:
         for task in list(self._state_tasks.values()):
             task.cancel()
         self._state_tasks.clear()
-        conns = list(self.conns.values())
+        live = [(self.conns[k], ep) for k, ep in self.endpoints.items()]
         self.endpoints.clear()
         self.conns.clear()
         self.balancer.update([])
-        await asyncio.gather(*(c.channel.close(grace) for c in conns), return_exceptions=True)
+        draining = list(self._draining)
+
+        async def cut_drains() -> None:  # retired sub-channels get this grace at most
+            if draining:
+                if grace:
+                    await asyncio.wait(draining, timeout=grace)
+                for task in draining:
+                    task.cancel()
+                await asyncio.gather(*draining, return_exceptions=True)
+
+        await asyncio.gather(*(c.close(ep, grace) for c, ep in live), cut_drains(),
+                             return_exceptions=True)
         pending = list(self._tasks)
         for task in pending:
             task.cancel()

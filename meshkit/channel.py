@@ -468,8 +468,8 @@ class MeshChannel(grpc.aio.Channel):
         timeout = None
         if deadline is not None:
             timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                done(grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
+            if timeout <= 0:  # nothing sent: no endpoint's outcome (not its failure)
+                done(_CANCELLED, 0.0)
                 raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
@@ -526,6 +526,13 @@ class MeshChannel(grpc.aio.Channel):
                 err = codec_error(details)
                 if err is not None:
                     raise err from err.__cause__
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # the call itself was cancelled, not the caller's task: the channel closed,
+                # or the endpoint left and its drain_timeout_s ran out. An error for the
+                # caller, not a CancelledError in a task nobody cancelled.
+                raise MeshRpcError(_CANCELLED, f"call to {self.service!r} cancelled: the "
+                                   "channel was closed or its endpoint left") from None
             raise
         except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
             done(_CANCELLED, _perf() - t0)
@@ -849,7 +856,9 @@ class _MultiCallable:
         if self._hash_key is not None:
             for k, v in details.metadata:
                 if k == self._hash_key:
-                    details.request_key = v if isinstance(v, str) else v.decode()
+                    # a -bin value is any bytes: each byte one character (latin-1 maps
+                    # all 256), so any value hashes, and distinct values stay distinct
+                    details.request_key = v if isinstance(v, str) else v.decode("latin-1")
                     break
         return details
 

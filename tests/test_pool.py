@@ -1,0 +1,253 @@
+"""The endpoint pool's life cycle through a real channel (meshkit/_pool.py): closing it
+with calls waiting or in flight, the drain of endpoints that left, and what the wait for
+discovery and a spent deadline answer. Real grpc.aio servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.balancer import OutlierOptions, RingHash, RoundRobin
+from meshkit.discovery import Instance, LocalRegistry
+from tests.conftest import EchoFactory
+from tests.support.echo import handler, method
+from tests.support.wait import until
+
+
+@contextlib.asynccontextmanager
+async def raw_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[tuple[Any, int]]:
+    """A plain grpc.aio server on loopback: ``(server, port)``; stopped on the way out."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.stop(None)
+
+
+def inst(instance_id: str, port: int) -> Instance:
+    return Instance(service="echo", instance_id=instance_id, host="127.0.0.1", port=port)
+
+
+async def served_by(unary: Any, n: int) -> set[bytes]:
+    """Which instances answered ``n`` sequential Unary calls."""
+    return {(await unary(b"x", timeout=2)).split(b"|")[0] for _ in range(n)}
+
+
+class SilentRegistry:
+    """A registry whose watch never answers (a slow or partitioned discovery backend)."""
+
+    async def register(self, instance: Instance) -> None:
+        pass
+
+    async def deregister(self, instance: Instance) -> None:
+        pass
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        await asyncio.sleep(3600)
+        yield frozenset()
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_close_ends_a_wait_for_ready_call_waiting_for_an_endpoint(
+    registry: LocalRegistry,
+) -> None:
+    """A call waiting (wait_for_ready) for an endpoint when the channel is closed ends at
+    once with CANCELLED ("channel ... is closed", as a call made after close), instead of
+    waiting on for its deadline (or forever without one)."""
+    ch = meshkit.dial("nobody", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, retry=None))
+    unary = ch.unary_unary(method("Unary"))
+    call = asyncio.ensure_future(unary(b"x", timeout=4, wait_for_ready=True))
+    await asyncio.sleep(0.3)
+    assert not call.done()
+    try:
+        await ch.close()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(call, 1.5)
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+    finally:
+        call.cancel()
+        await asyncio.wait({call}, timeout=5)
+
+
+async def test_close_cancels_a_unary_call_in_flight(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """close() (grace None) cancels the calls in flight, as grpc.aio's Channel.close does
+    and MeshChannel.close's docstring says ("letting calls finish for grace s"): a unary
+    call in flight must not go on running to its end after the channel is closed."""
+    await echo_servers("e1")
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, retry=None))
+    await ch.wait_for_endpoints(1)
+    sleep = ch.unary_unary(method("Sleep"))
+    call = asyncio.ensure_future(sleep(b"3000", timeout=10))
+    await until(lambda: any(e.in_flight for e in ch.endpoints()), what="call in flight")
+    try:
+        await ch.close()
+        done, _ = await asyncio.wait({call}, timeout=1.5)
+        assert done, "the call was still running 1.5 s after close()"
+        with contextlib.suppress(BaseException):
+            call.result()
+        assert call.cancelled() or (call.exception() is not None and getattr(
+            call.exception(), "code", lambda: None)() is grpc.StatusCode.CANCELLED)
+    finally:  # leave no call running past the test's event loop
+        call.cancel()
+        await asyncio.wait({call}, timeout=5)
+
+
+async def test_close_closes_the_sub_channel_of_an_endpoint_that_left(
+    registry: LocalRegistry,
+) -> None:
+    """An endpoint that left the registry keeps its sub-channel open for drain_timeout_s;
+    closing the channel meanwhile must close that sub-channel too (its calls cancelled):
+    close() cancels the task closing it with grace, so the retired sub-channel is never
+    closed and its stream goes on working after the channel is closed."""
+    async with raw_server(handler("e1")) as (_, port):
+        i1 = inst("e1", port)
+        await registry.register(i1)
+        ch = meshkit.dial("echo", registry=registry,
+                          options=meshkit.DialOptions(insecure=True, retry=None,
+                                                      drain_timeout_s=30))
+        await ch.wait_for_endpoints(1)
+        bidi = ch.stream_stream(method("Bidi"))(timeout=20)
+        await bidi.write(b"a")
+        assert await asyncio.wait_for(bidi.read(), 3) == b"e1|a"
+        await registry.deregister(i1)
+        await until(lambda: not ch.endpoints(), what="endpoint removed")
+        try:
+            await asyncio.wait_for(ch.close(), 3)
+            # the stream on the retired sub-channel must be ended by close()
+            try:
+                await asyncio.wait_for(bidi.write(b"b"), 2)
+                got = await asyncio.wait_for(bidi.read(), 2)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError):
+                got = None
+            assert got is None or got is grpc.aio.EOF, \
+                f"stream still works after close(): {got!r}"
+        finally:  # leave no call running past the test's event loop
+            bidi.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(bidi.code(), 3)
+
+
+async def test_deadline_gone_before_the_attempt_is_no_failure_of_the_endpoint(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A call whose deadline has passed before its attempt starts fails DEADLINE_EXCEEDED
+    without reaching any server (README: "deadline passed before an attempt could start");
+    that must not count as the endpoint's failure. Today every such call is reported as a
+    DEADLINE_EXCEEDED outcome of the picked endpoint, so a burst of callers with spent
+    (e.g. propagated) deadlines ejects a healthy endpoint."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    opts = meshkit.DialOptions(insecure=True, retry=None, balancer=RoundRobin,
+                               outlier=OutlierOptions(consecutive_failures=3))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(8):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(b"x", timeout=1e-9)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == []
+        assert await served_by(unary, 6) == {b"e1", b"e2"}
+
+
+async def test_a_binary_hash_key_does_not_break_the_call(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """``hash_key_metadata`` may name any metadata key; a ``-bin`` key carries bytes that
+    need not be UTF-8 (that is what -bin keys are for). Such a call raises
+    UnicodeDecodeError from the stub instead of being hashed and sent."""
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(insecure=True, balancer=RingHash, hash_key_metadata="user-bin")
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(1)
+        unary = ch.unary_unary(method("Unary"))
+        try:
+            got = await unary(b"x", timeout=2, metadata=(("user-bin", b"\xff\x00\xfe"),))
+        except UnicodeDecodeError as exc:  # (reported plainly: pytest's traceback of it
+            got = repr(exc)                 # crashes on this Python)
+        assert got == b"e1|x"
+
+
+async def test_a_deadline_that_ends_the_wait_for_discovery_is_deadline_exceeded() -> None:
+    """A call waits for the first discovery answer for resolve_timeout_s (5 s) "bounded by
+    the call's deadline". When the deadline is what ended the wait, the call failed by its
+    deadline: DEADLINE_EXCEEDED (as gRPC fails a call queued on name resolution, and as
+    this channel does for a wait_for_ready wait), not UNAVAILABLE "no discovery answer
+    within 0.3s"."""
+    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                      options=meshkit.DialOptions(insecure=True, retry=None))
+    try:
+        unary = ch.unary_unary(method("Unary"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(unary(b"x", timeout=0.3), 3)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
+    finally:
+        await ch.close()
+
+
+async def test_a_unary_call_on_an_endpoint_that_left_finishes_within_the_drain(
+    registry: LocalRegistry,
+) -> None:
+    """An endpoint that leaves the registry gets no new call, and a unary call in flight
+    on it (run in the caller's task, which grpc.aio's channel does not track) finishes
+    with its answer within ``drain_timeout_s``."""
+    async with raw_server(handler("e1")) as (_, port):
+        i1 = inst("e1", port)
+        await registry.register(i1)
+        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=5)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"600", timeout=5))
+            await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
+            await registry.deregister(i1)
+            await until(lambda: not ch.endpoints(), what="endpoint removed")
+            assert await asyncio.wait_for(call, 4) == b"e1"
+
+
+async def test_a_call_that_outlasts_the_drain_is_cancelled(registry: LocalRegistry) -> None:
+    """What still runs on an endpoint that left when ``drain_timeout_s`` is up is
+    cancelled (``CANCELLED``), not left running on a sub-channel nobody closes."""
+    async with raw_server(handler("e1")) as (_, port):
+        i1 = inst("e1", port)
+        await registry.register(i1)
+        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.3)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"5000", timeout=8))
+            await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
+            await registry.deregister(i1)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(call, 4)
+            assert info.value.code() is grpc.StatusCode.CANCELLED
+            assert time.monotonic() - t0 < 3
+
+
+async def test_close_with_grace_lets_a_call_in_flight_finish(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """``close(grace)`` lets the calls in flight end within ``grace`` seconds."""
+    await echo_servers("e1")
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, retry=None))
+    await ch.wait_for_endpoints(1)
+    call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"300", timeout=5))
+    await until(lambda: any(e.in_flight for e in ch.endpoints()), what="call in flight")
+    await asyncio.wait_for(ch.close(grace=3), 5)
+    assert call.done() and call.result() == b"e1"
