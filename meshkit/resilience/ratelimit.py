@@ -452,7 +452,9 @@ class StorageBreaker:
     :meth:`allow` says no (the caller skips the storage) until ``open_s`` have passed;
     then one caller is let through as the probe (:meth:`allow` says yes once) while the
     rest still skip. The probe's :meth:`success` closes the breaker; its :meth:`failure`
-    opens it again for twice as long, at most ``max_open_s``. The pattern is Nygard's
+    opens it again for twice as long, at most ``max_open_s``; a probe that never finished
+    (its call cancelled, e.g. by the caller's deadline) is :meth:`abandoned`: the breaker
+    stays open and the next caller due probes instead. The pattern is Nygard's
     circuit breaker (Release It!), as in Hystrix and Envoy's outlier detection.
 
     Args:
@@ -502,6 +504,12 @@ class StorageBreaker:
         self._until = None
         self._probing = False
         self._wait_s = self._open_s
+
+    def abandoned(self) -> None:
+        """The call let through did not finish (cancelled): neither a success nor a
+        failure. A probe's slot is freed, so the next caller probes (the breaker stays
+        open, its open time unchanged); closed, nothing changes."""
+        self._probing = False
 
     def failure(self) -> None:
         """The storage failed or timed out: count it; open (again) when due."""
@@ -603,6 +611,9 @@ class StorageLimiter:
         except Exception as exc:  # any storage failure: fail as configured, never crash
             breaker.failure()
             return self._storage_failed(method, exc)
+        except BaseException:  # cancelled mid-call (a probe must not hold its slot forever)
+            breaker.abandoned()
+            raise
         self._succeeded()
         return rejection
 

@@ -889,6 +889,65 @@ def test_storage_breaker_opens_after_consecutive_failures_and_probes() -> None:
     assert not b.is_open and b.allow() and not b.dirty
 
 
+def test_an_abandoned_probe_lets_the_next_caller_probe() -> None:
+    """A probe that never finished (cancelled) frees its slot without closing the breaker
+    or lengthening its open time; abandoning a call while closed changes nothing."""
+    now = [0.0]
+    b = StorageBreaker(failures=1, open_s=1.0, max_open_s=4.0, clock=lambda: now[0])
+    assert b.allow()
+    b.abandoned()
+    assert not b.is_open and not b.dirty
+    b.failure()
+    now[0] = 1.0
+    assert b.allow()  # the probe
+    assert not b.allow()
+    b.abandoned()
+    assert b.is_open
+    assert b.allow()  # the next caller probes
+    b.failure()  # open for 2 s: the abandoned probe did not double the wait
+    now[0] = 2.9
+    assert not b.allow()
+    now[0] = 3.0
+    assert b.allow()
+
+
+async def test_a_cancelled_breaker_probe_does_not_stop_rate_limiting_for_good() -> None:
+    """Redis hangs and the breaker opens; the probe's call is cancelled (its caller's
+    deadline) while it waits on Redis. Once Redis answers again, the next caller probes
+    and limits resume, instead of every call skipping the storage for good (UNAVAILABLE
+    with on_storage_error="deny")."""
+    if not redis_ping(6379):
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    async with TcpProxy("127.0.0.1", 6379) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
+            key_prefix=f"probe-{uuid.uuid4().hex}", storage_timeout_s=0.3,
+            on_storage_error="deny", breaker_failures=1, breaker_open_s=0.2,
+            breaker_max_open_s=0.2))
+        m = "/svc.v1.Svc/Call"
+        try:
+            assert await limiter.check(m, "caller") is None  # connected, counting
+            proxy.blackhole()
+            rejection = await limiter.check(m, "caller")  # storage timeout: opens
+            assert rejection is not None and rejection.code is grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.3)  # due for a probe
+            probe = asyncio.ensure_future(limiter.check(m, "caller"))
+            await asyncio.sleep(0.1)
+            probe.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await probe
+            await asyncio.sleep(0.3)
+            await proxy.start()  # Redis answers again
+
+            async def admitted() -> bool:
+                return await limiter.check(m, "caller") is None
+
+            await until(admitted, timeout_s=5, what="a new probe closes the breaker")
+            assert not limiter.breaker.is_open
+        finally:
+            await limiter.aclose()
+
+
 @pytest.mark.parametrize("on_error", ["allow", "deny"])
 async def test_hung_redis_opens_the_breaker_then_limits_resume(
         shared_redis: str, on_error: OnStorageError) -> None:
