@@ -22,8 +22,12 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   malformed or too long pushback sends no more); any other status ends the call. C-core
   gRPC lacks hedging (grpc/grpc#26566).
 
-Unary-response calls (unary-unary, stream-unary with a re-iterable request) are retried
-whole. Streaming-response calls follow gRFC A6's commit rule:
+Unary-response calls (unary-unary, stream-unary with a re-iterable request: a list, a
+tuple, an iterable making a new iterator each time) are retried and hedged whole; a
+stream-unary call whose request is an iterator or a generator (the first attempt spends
+it) is retried only when no attempt reached a server, and never hedged. After a server's
+pushback the backoff starts again from its first step (gRFC A6, "Summary of Retry and
+Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
 
 * **unary-stream** calls that are safe to repeat are retried until they are *committed*,
   which meshkit defines as the first response message (or the clean end of the stream)
@@ -39,7 +43,9 @@ whole. Streaming-response calls follow gRFC A6's commit rule:
   consumed as it is sent);
 * every kind is retried when the attempt never reached a server (no endpoint could be
   picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent;
-* a **nack** is retried like ``UNAVAILABLE`` and whether or not the call is safe to repeat:
+* a **nack** is retried like ``UNAVAILABLE`` and whether or not the call is safe to repeat
+  (for unary-stream calls: only those safe to repeat, which are wrapped for their retries
+  anyway; the wrapper costs every other stream a task and about 74 bytecodes per message):
   a meshkit server that sheds a call before any of its code ran (``RESOURCE_EXHAUSTED``
   "server busy" from :class:`meshkit.server.ServerLimits`) says so with the trailing
   metadata ``meshkit-nack: 1``, so the call goes to another endpoint, within the budget
@@ -193,9 +199,12 @@ class RetryInterceptor(ClientInterceptor):
         policy = self._table.lookup(details.method)
         if policy is None or policy.max_attempts == 1:
             return await proceed(details, request)
-        if policy.hedge_delay_s is not None:
+        # a stream-unary request that is an iterator (a generator) is spent by the attempt
+        # that sent it: such a call is retried only where nothing was sent (no endpoint)
+        replayable = details.kind is not CallKind.STREAM_UNARY or _replayable(request)
+        if policy.hedge_delay_s is not None and replayable:
             return await self._hedged(details, request, proceed, policy)
-        attempt = 1
+        attempt = step = 1  # step: of the backoff, back to 1 after a server's pushback
         safe: bool | None = None  # worked out on the first failure only
         while True:
             t0 = time.monotonic()
@@ -204,9 +213,12 @@ class RetryInterceptor(ClientInterceptor):
             except AioRpcError as exc:
                 if safe is None:
                     safe = policy.idempotent or _has_key(details, request, policy)
-                delay = self._retry_delay(details, exc, policy, attempt, safe)
+                delay = (self._retry_delay(details, exc, policy, attempt, safe, step)
+                         if replayable or isinstance(exc, NoEndpointsError) else None)
                 if delay is None:
                     raise
+                # gRFC A6: after a pushback "retry delay will reset to initial backoff"
+                step = 1 if _pushback_s(exc) is not None else step + 1
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
@@ -244,15 +256,26 @@ class RetryInterceptor(ClientInterceptor):
                 attempt += 1
         if details.kind is not CallKind.UNARY_STREAM or not (
                 policy.idempotent or _has_key(details, request, policy)):
+            # not safe to repeat: returned as it is, not retried even when nacked (the
+            # retrying wrapper costs a task per call and ~74 bytecodes per message)
             return call
+        safe = True
+        step = 1  # of the backoff, back to 1 after a server's pushback (gRFC A6)
+
         def delay_for(exc: AioRpcError, n: int) -> float | None:
-            return self._retry_delay(details, exc, policy, n, safe=True)
+            nonlocal step
+            delay = self._retry_delay(details, exc, policy, n, safe, step)
+            if delay is not None:
+                step = 1 if _pushback_s(exc) is not None else step + 1
+            return delay
 
         return RetryingStreamCall(details, request, proceed, call, delay_for, attempt)
 
     def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
-                     attempt: int, safe: bool) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` to give up."""
+                     attempt: int, safe: bool, step: int | None = None) -> float | None:
+        """Seconds to wait before the next attempt (after ``attempt`` attempts), or
+        ``None`` to give up; without a pushback, the backoff's delay for retry ``step``
+        (default ``attempt``)."""
         nacked = is_nack(exc)
         if attempt >= policy.max_attempts or not (nacked or exc.code() in
                                                   policy.retryable_codes):
@@ -264,7 +287,8 @@ class RetryInterceptor(ClientInterceptor):
         pushback = _pushback_s(exc)
         if pushback is not None and (pushback < 0 or pushback > policy.max_pushback_s):
             return None
-        delay = pushback if pushback is not None else policy.backoff.delay_s(attempt)
+        delay = pushback if pushback is not None else policy.backoff.delay_s(
+            attempt if step is None else step)
         remaining = details.time_remaining_s()
         if remaining is not None and remaining - delay <= self._typical_s.get(details.method, 0):
             self.stats.gave_up_deadline += 1
@@ -317,7 +341,11 @@ class RetryInterceptor(ClientInterceptor):
                                 exc, InvalidCallError) or (exc.code() not in
                                                            policy.retryable_codes
                                                            and not is_nack(exc)):
-                            raise exc  # fatal (a nack never is: none of the call ran)
+                            # fatal (a nack never is: none of the call ran); the call
+                            # settles on the error itself, not on the attempt launched
+                            # last (details.last_call), which may be another one
+                            details.last_call = None
+                            raise exc
                         last = exc
                         pushback = _pushback_s(exc)
                         if pushback is not None and (pushback < 0
@@ -340,6 +368,7 @@ class RetryInterceptor(ClientInterceptor):
                     self.stats.budget_exhausted += 1
                     sent = policy.max_attempts  # no budget: stop hedging, keep waiting
             assert last is not None
+            details.last_call = None  # settle on this error (see above)
             raise last
         finally:
             for task in pending:
@@ -392,6 +421,18 @@ def is_nack(exc: AioRpcError) -> bool:
 
 
 _REFUSED_STREAM = "RST_STREAM with error code 7)"
+
+
+def _replayable(request: Any) -> bool:
+    """Whether a stream-unary ``request`` can be sent again: an iterable that gives a new
+    iterator each time (a list, a tuple, a class with ``__iter__``/``__aiter__`` making
+    one), not an iterator or a generator, which the first attempt consumed."""
+    try:
+        if hasattr(request, "__aiter__"):
+            return request.__aiter__() is not request
+        return iter(request) is not request
+    except TypeError:
+        return False
 
 
 def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> bool:
