@@ -152,7 +152,12 @@ class ServeOptions:
         port: TCP port to bind; 0 (default) picks a free one, registered as bound.
         advertise_host: host put in the registry; default ``host``, or the machine's
             host name when binding all interfaces.
-        instance_id: unique id in the registry; default ``<service>-<hostname>-<pid>``.
+        instance_id: unique id in the registry; default ``<service>-<hostname>-<pid>``,
+            with ``-<port>`` added when a live server of this process already holds that
+            id (a second server of the service in the process: with one id, the second
+            registration would replace the first and either drain would deregister both).
+            The port is added only then, so the usual one-server process keeps the id its
+            logs and registry entries have always shown.
         tags: registry tags, e.g. ``("v2",)``; meta: registry meta, e.g. ``{"zone": "a"}``.
         weight: weight for weighted balancers (>= 1, default 1).
         deadline: deadline admission and propagation
@@ -391,6 +396,11 @@ class MeshServer:
         RuntimeError: (from :meth:`start`) the port cannot be bound.
     """
 
+    # Default instance ids held by this process's servers, from start() until drain()
+    # deregisters them; reserved before start()'s first await, so that two servers
+    # starting at once differ too.
+    _ids_in_use: set[str] = set()
+
     def __init__(
         self,
         service: str,
@@ -429,6 +439,7 @@ class MeshServer:
         self.admin: AdminServer | None = None
         self.gate: RequestGate | None = None
         self._tls_handshakes = 0
+        self._reserved_id: str | None = None
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -438,6 +449,13 @@ class MeshServer:
 
     async def start(self) -> Instance:
         """Bind, start serving, set health SERVING and register; returns the instance.
+
+        When a step after binding fails (the registration refused, the admin port taken,
+        or ``start()`` cancelled), the server is undone before the error is re-raised: the
+        grpc server is stopped, the admin server released, a registry the server owns
+        closed; the server is then neither :attr:`ready` nor :attr:`live` (``/readyz``
+        does not count it) and :meth:`drain` returns at once. Build a new
+        :class:`MeshServer` to try again.
 
         Raises:
             RuntimeError: the address cannot be bound.
@@ -493,6 +511,41 @@ class MeshServer:
         if creds is None:
             _log.warning("serving plaintext (no TLS)", service=self.service,
                          address=f"{host_part}:{port}")
+        instance_id = self._reserve_instance_id(port)
+        try:
+            await self._start_and_register(server, instance_id, port)
+        except BaseException:
+            await self._undo_start(server)
+            raise
+        assert self.instance is not None
+        _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
+                  address=self.instance.address, services=self.service_names)
+        return self.instance
+
+    def _reserve_instance_id(self, port: int) -> str:
+        """The instance id (``ServeOptions.instance_id``'s rule), held in
+        :attr:`_ids_in_use` until :meth:`drain` ends or :meth:`start` fails."""
+        instance_id = self.options.instance_id
+        if instance_id is None:
+            instance_id = f"{self.service}-{socket.gethostname()}-{os.getpid()}"
+            if instance_id in self._ids_in_use:
+                base, n = f"{instance_id}-{port}", 1
+                instance_id = base
+                while instance_id in self._ids_in_use:  # another host, the same port
+                    n += 1
+                    instance_id = f"{base}-{n}"
+            self._ids_in_use.add(instance_id)
+            self._reserved_id = instance_id
+        return instance_id
+
+    def _release_instance_id(self) -> None:
+        if self._reserved_id is not None:
+            self._ids_in_use.discard(self._reserved_id)
+            self._reserved_id = None
+
+    async def _start_and_register(self, server: grpc.aio.Server, instance_id: str,
+                                  port: int) -> None:
+        opts = self.options
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
@@ -508,23 +561,38 @@ class MeshServer:
         host = opts.advertise_host or (
             socket.gethostname() if opts.host in ("0.0.0.0", "::", "[::]") else opts.host
         )
-        self.instance = Instance(
+        instance = Instance(
             service=self.service,
-            instance_id=opts.instance_id or f"{self.service}-{socket.gethostname()}-{os.getpid()}",
+            instance_id=instance_id,
             host=host,
             port=port,
             tags=opts.tags,
             meta=meta,
             weight=opts.weight,
         )
-        try:
-            await self.registry.register(self.instance)
-        except BaseException:
-            await server.stop(0)
-            raise
-        _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
-                  address=self.instance.address, services=self.service_names)
-        return self.instance
+        await self.registry.register(instance)
+        self.instance = instance
+
+    async def _undo_start(self, server: grpc.aio.Server) -> None:
+        """Undo a :meth:`start` that failed after binding: back to not started (not
+        ready, not live), the grpc server stopped, the admin server released, an owned
+        registry closed. A step that fails is logged; the start's own error is what the
+        caller sees."""
+        self.instance = None
+        self._server = None
+        self._release_instance_id()
+        steps: list[tuple[str, Callable[[], Any]]] = [("stopping the server",
+                                                       lambda: server.stop(0))]
+        if self.admin is not None:
+            self.admin = None
+            steps.append(("releasing the admin server", _SharedAdmin.release))
+        if self._owns_registry:
+            steps.append(("closing the registry", self.registry.close))
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                _log.warning(f"{what} after a failed start failed", error=repr(exc))
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
         """The server's interceptors: the chain fused, the request gate outermost (folded
@@ -545,9 +613,13 @@ class MeshServer:
 
     async def drain(self) -> None:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with
-        ``grace_s`` for in-flight calls. Safe to call twice."""
-        if self.draining or self._server is None:
+        ``grace_s`` for in-flight calls. Safe to call twice: a second call waits for the
+        first to finish. Returns at once on a server that is not serving (never started,
+        or its :meth:`start` failed and was undone)."""
+        if self.draining:
             await self._stopped.wait()
+            return
+        if self._server is None:
             return
         self.draining = True
         opts = self.options
@@ -559,6 +631,7 @@ class MeshServer:
                 await self.registry.deregister(self.instance)
             except Exception as exc:  # keep draining; the TTL will expire the entry
                 _log.warning("deregister failed", error=str(exc))
+        self._release_instance_id()
         await asyncio.sleep(opts.drain_delay_s)
         await self._server.stop(opts.grace_s)
         for icpt in self._chain:  # e.g. a rate limiter's Redis connections
@@ -613,7 +686,13 @@ class MeshServer:
     async def run_until_signal(
         self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
     ) -> None:
-        """Start if needed, serve until one of ``signals`` arrives, then :meth:`drain`."""
+        """Start if needed, serve until one of ``signals`` arrives, then :meth:`drain`.
+
+        Cancelled (e.g. the task of a ``TaskGroup`` whose sibling failed), it drains too
+        before ``CancelledError`` propagates, so the server does not stay registered and
+        serving with no one left to stop it; the drain is shielded: cancelled again, it
+        runs to its end in the background.
+        """
         if self._server is None:
             await self.start()
         loop = asyncio.get_running_loop()
@@ -623,14 +702,28 @@ class MeshServer:
         try:
             waiter = asyncio.ensure_future(got.wait())
             stopped = asyncio.ensure_future(self._stopped.wait())
-            await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (waiter, stopped):
-                fut.cancel()
+            try:
+                await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for fut in (waiter, stopped):
+                    fut.cancel()
         finally:
             for sig in signals:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
-        await self.drain()
+            await _drain_shielded(self)
+
+
+_DRAINS: set[asyncio.Task[None]] = set()  # shielded drains, referenced until they end
+
+
+async def _drain_shielded(server: MeshServer) -> None:
+    """``await server.drain()``, shielded from cancellation: a caller cancelled while it
+    waits gets ``CancelledError`` and the drain goes on in the background to its end."""
+    task = asyncio.ensure_future(server.drain())
+    _DRAINS.add(task)
+    task.add_done_callback(_DRAINS.discard)
+    await asyncio.shield(task)
 
 
 async def serve(
@@ -650,13 +743,22 @@ async def serve(
         options: :class:`ServeOptions`.
         on_started: called with the :class:`MeshServer` once it is registered (may be async).
 
+    If ``on_started`` raises, or ``serve()`` is cancelled, the server drains (deregisters,
+    stops; shielded from a second cancellation) before the error propagates: no instance
+    stays registered and serving once ``serve()`` has returned or raised.
+
     Raises:
         ConfigError, RegistryError, RuntimeError: as :class:`MeshServer` documents.
+        Exception: what ``on_started`` raised, after the drain.
     """
     server = MeshServer(service, servicers, registry=registry, options=options)
     await server.start()
     if on_started is not None:
-        result = on_started(server)
-        if asyncio.iscoroutine(result):
-            await result
+        try:
+            result = on_started(server)
+            if asyncio.iscoroutine(result):
+                await result
+        except BaseException:
+            await _drain_shielded(server)
+            raise
     await server.run_until_signal()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from typing import Any
 
@@ -12,7 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import meshkit
+import meshkit.server
 from meshkit.discovery import LocalRegistry
+from meshkit.errors import RegistryError
+from meshkit.observability import AdminOptions
+from meshkit.observability._live import live_server_stats
+from meshkit.server import _SharedAdmin
 from tests.conftest import EchoFactory
 from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
@@ -763,3 +770,155 @@ async def test_methods_stay_registered_under_a_grpc_observability_plugin(
     # the echo service's 7 methods, health's 3 and reflection's 1, plus the others' one
     assert sizes and set(sizes) == {12}
 
+
+
+# --- failed starts, a cancelled or failing serve(), default instance ids ---------------------
+
+
+class _RefusingRegistry(LocalRegistry):
+    """A local registry that refuses every registration."""
+
+    async def register(self, instance: Any) -> None:
+        raise RegistryError("registry refused (test)")
+
+
+async def test_a_server_whose_registration_failed_is_not_ready_and_releases_the_admin(
+    registry: LocalRegistry,
+) -> None:
+    """A refused registration undoes the start: the server is neither ready nor live, its
+    admin server is released (/readyz no longer counts it) and drain() returns at once."""
+    refusing = _RefusingRegistry(registry.options)
+    srv = meshkit.MeshServer("echo", [add_echo("r1")], registry=refusing,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          admin=AdminOptions()))
+    users = _SharedAdmin.users
+    try:
+        with pytest.raises(RegistryError):
+            await srv.start()
+        assert (srv.ready, srv.live, srv.admin, srv.instance) == (False, False, None, None)
+        assert _SharedAdmin.users == users
+        assert all(s.address != f"127.0.0.1:{srv.port}" for s in live_server_stats())
+        with pytest.raises(grpc.aio.AioRpcError):  # the grpc server is stopped
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                await ch.unary_unary(method("Unary"))(b"x", timeout=1)
+        await asyncio.wait_for(srv.drain(), 3)
+    finally:
+        await refusing.close()
+
+
+async def test_a_registry_the_server_owns_is_closed_when_its_registration_fails(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The registry a server made itself (registry_from_env) is closed by a failed start."""
+    refusing = _RefusingRegistry(registry.options)
+    closed: list[bool] = []
+    real_close = refusing.close
+
+    async def close() -> None:
+        closed.append(True)
+        await real_close()
+
+    monkeypatch.setattr(refusing, "close", close)
+    monkeypatch.setattr(meshkit.server, "registry_from_env", lambda: refusing)
+    srv = meshkit.MeshServer("echo", [add_echo("r2")], options=meshkit.ServeOptions(
+        insecure=True, drain_delay_s=0, admin=None))
+    with pytest.raises(RegistryError):
+        await srv.start()
+    assert closed == [True]
+
+
+async def test_drain_of_a_server_that_failed_to_bind_returns(registry: LocalRegistry) -> None:
+    """drain() on a server whose start() could not bind its port returns at once."""
+    first = meshkit.MeshServer("echo", [add_echo("b1")], registry=registry,
+                               options=meshkit.ServeOptions(insecure=True, drain_delay_s=0))
+    await first.start()
+    try:
+        second = meshkit.MeshServer("echo", [add_echo("b2")], registry=registry,
+                                    options=meshkit.ServeOptions(
+                                        insecure=True, drain_delay_s=0, port=first.port,
+                                        server_options=(("grpc.so_reuseport", 0),)))
+        with pytest.raises(RuntimeError):
+            await second.start()
+        await asyncio.wait_for(second.drain(), 3)
+    finally:
+        await asyncio.wait_for(first.drain(), 10)
+
+
+async def _registered_or_answering(registry: LocalRegistry, srv: meshkit.MeshServer
+                                   ) -> tuple[bool, bool]:
+    """Whether ``srv`` is still in the registry, and whether it still answers a call."""
+    registered = bool(await registry.instances("echo"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            await ch.unary_unary(method("Unary"))(b"x", timeout=1)
+    except grpc.aio.AioRpcError:
+        return registered, False
+    return registered, True
+
+
+async def test_serve_drains_before_raising_what_on_started_raised(
+    registry: LocalRegistry,
+) -> None:
+    """An on_started hook that raises: serve() deregisters and stops, then re-raises."""
+    started: list[meshkit.MeshServer] = []
+
+    def on_started(srv: meshkit.MeshServer) -> None:
+        started.append(srv)
+        raise RuntimeError("post-start hook failed")
+
+    with pytest.raises(RuntimeError, match="post-start hook failed"):
+        await asyncio.wait_for(meshkit.serve(
+            "echo", [add_echo("s1")], registry=registry, on_started=on_started,
+            options=meshkit.ServeOptions(insecure=True, drain_delay_s=0, grace_s=0.5,
+                                         admin=None)), 10)
+    (srv,) = started
+    assert await _registered_or_answering(registry, srv) == (False, False)
+    await asyncio.wait_for(srv.drain(), 3)
+
+
+async def test_a_cancelled_serve_deregisters_and_stops(registry: LocalRegistry) -> None:
+    """serve() cancelled (e.g. its TaskGroup's sibling failed) drains on its way out."""
+    started: list[meshkit.MeshServer] = []
+    ready = asyncio.Event()
+
+    def on_started(srv: meshkit.MeshServer) -> None:
+        started.append(srv)
+        ready.set()
+
+    task = asyncio.ensure_future(meshkit.serve(
+        "echo", [add_echo("s2")], registry=registry, on_started=on_started,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0, grace_s=0.5,
+                                     admin=None)))
+    await asyncio.wait_for(ready.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    (srv,) = started
+    assert await _registered_or_answering(registry, srv) == (False, False)
+    await asyncio.wait_for(srv.wait_stopped(), 3)
+
+
+async def test_two_servers_of_one_service_in_a_process_get_distinct_instance_ids(
+    registry: LocalRegistry,
+) -> None:
+    """The first server keeps <service>-<hostname>-<pid>; a second one of the same service
+    adds its port; both stay registered, and the id is free again once drained."""
+    opts = meshkit.ServeOptions(insecure=True, drain_delay_s=0, grace_s=0.5, admin=None)
+    plain = f"echo-{socket.gethostname()}-{os.getpid()}"
+    a = meshkit.MeshServer("echo", [add_echo("a")], registry=registry, options=opts)
+    b = meshkit.MeshServer("echo", [add_echo("b")], registry=registry, options=opts)
+    await asyncio.gather(a.start(), b.start())
+    try:
+        assert a.instance is not None and b.instance is not None
+        ids = {a.instance.instance_id, b.instance.instance_id}
+        assert ids == {plain, f"{plain}-{(a if a.instance.instance_id != plain else b).port}"}
+        ports = sorted(i.port for i in await registry.instances("echo"))
+        assert ports == sorted((a.port, b.port))
+    finally:
+        await asyncio.wait_for(asyncio.gather(a.drain(), b.drain()), 10)
+    c = meshkit.MeshServer("echo", [add_echo("c")], registry=registry, options=opts)
+    await c.start()
+    try:
+        assert c.instance is not None and c.instance.instance_id == plain
+    finally:
+        await asyncio.wait_for(c.drain(), 10)
