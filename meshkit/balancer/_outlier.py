@@ -5,7 +5,10 @@ Envoy's outlier detection and Finagle's failure accrual: an endpoint that fails
 ``failure_rate_window`` calls reaches ``failure_rate``, is *ejected*: taken out of the
 inner balancer for ``base_ejection_s * times_ejected`` (capped at ``max_ejection_s``).
 When that time is up the endpoint is *half-open*: it goes back for exactly one probe call;
-success closes the breaker (back in rotation), failure ejects it again for longer. At most
+success closes the breaker (back in rotation), failure ejects it again for longer. The
+probe is a real caller's call, so it waits for a usable connection: while the endpoint's
+state is ``FAILING`` (no balancer sends a call there) it stays out of rotation with its
+probe pending, and the first pick after the connection recovers probes it. At most
 ``max_ejection_percent`` of the endpoints are ejected at once (at least one may always be):
 the cap guards against a shared cause (a dependency of every endpoint down) ejecting the
 whole service. It does not shelter an endpoint that fails *every* call while another
@@ -17,7 +20,21 @@ call fast with ``UNAVAILABLE`` instead of queueing.
 
 Which status codes count as failures: ``failure_codes`` (default the ones that mean the
 endpoint, not the request, is at fault: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
-DEADLINE_EXCEEDED).
+DEADLINE_EXCEEDED); any other code is a success.
+
+``CANCELLED`` is neither: it says nothing about the endpoint. The balanced channel reports
+it for an attempt nobody's outcome decides (a hedge that lost, a call its caller
+cancelled or gave up on, an attempt grpc refused before it left), so such an outcome is
+neutral: a call in rotation neither resets the run of consecutive failures nor adds to
+the failure-rate window, and a cancelled probe leaves the endpoint half-open (its
+ejection count and window kept; the next pick probes it again). It cannot be made a
+failure code.
+
+Outlier state belongs to an endpoint at its address: an update keeps it for an endpoint
+of the same instance id *and* address only (the endpoint pool makes an instance that
+re-registered at another address, a restarted process, a new endpoint), so a new process
+does not inherit its predecessor's ejection (Envoy keys hosts by address). Outcomes of
+calls still in flight on an endpoint that left are ignored.
 """
 
 from __future__ import annotations
@@ -29,12 +46,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from meshkit.balancer._endpoint import Balancer, Done, Endpoint
+from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
 from meshkit.errors import ConfigError
 
 __all__ = ["EjectingBalancer", "OutlierOptions"]
 
 _OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
+_FAILING = EndpointState.FAILING
 _DEFAULT_FAILURES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -56,7 +75,8 @@ class OutlierOptions:
         max_ejection_s: cap of one ejection, seconds (default 300.0).
         max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50);
             one endpoint may always be ejected.
-        failure_codes: status codes that count as failures.
+        failure_codes: status codes that count as failures; not ``CANCELLED`` (never an
+            endpoint's outcome, see the module docstring).
 
     Raises:
         ConfigError: a value out of range (quoted).
@@ -88,15 +108,19 @@ class OutlierOptions:
             raise ConfigError(
                 f"max_ejection_percent must be in [0, 100], got {self.max_ejection_percent!r}")
         object.__setattr__(self, "failure_codes", frozenset(self.failure_codes))
+        if _CANCELLED in self.failure_codes:
+            raise ConfigError("failure_codes cannot hold CANCELLED (a cancelled call says"
+                              f" nothing about the endpoint), got {set(self.failure_codes)!r}")
 
 
 class _Health:
-    __slots__ = ("consecutive", "ejected_until", "probing", "times", "window")
+    __slots__ = ("address", "consecutive", "ejected_until", "probing", "times", "window")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, address: str) -> None:
+        self.address = address  # whose state this is (an instance that moved is new)
         self.consecutive = 0
         self.times = 0
-        self.ejected_until = 0.0  # 0: in rotation
+        self.ejected_until = 0.0  # 0: in rotation; else out until a probe succeeds
         self.probing = False
         self.window: deque[bool] = deque(maxlen=window)
 
@@ -112,8 +136,8 @@ class EjectingBalancer:
             return (for logs and metrics).
     """
 
-    __slots__ = ("_all", "_clock", "_health", "_inner", "_next_expiry", "_ok_fails", "_on_change",
-                 "_opts", "ejections")
+    __slots__ = ("_all", "_clock", "_ejected", "_health", "_inner", "_next_expiry", "_ok_fails",
+                 "_on_change", "_opts", "ejections")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -125,6 +149,7 @@ class EjectingBalancer:
         self._on_change = on_change
         self._all: tuple[Endpoint, ...] = ()
         self._health: dict[str, _Health] = {}
+        self._ejected: tuple[Endpoint, ...] = ()  # ejection not over (kept by _schedule)
         self._next_expiry = float("inf")
         self.ejections = 0
 
@@ -134,31 +159,48 @@ class EjectingBalancer:
         return self._inner
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the endpoint list; ejection state of endpoints that stay is kept."""
+        """Replace the endpoint list; the ejection state of an endpoint that stays (same
+        instance id and address) is kept, an endpoint at a new address starts afresh."""
         w = self._opts.failure_rate_window
-        self._health = {ep.key: self._health.get(ep.key) or _Health(w) for ep in endpoints}
+        old = self._health
+        health = {}
+        for ep in endpoints:
+            h = old.get(ep.key)
+            if h is None or h.address != ep.address:
+                h = _Health(w, ep.address)
+            health[ep.key] = h
+        self._health = health
         self._all = tuple(endpoints)
         self._sync()
 
     def _sync(self) -> None:
+        """Give the inner balancer the endpoints in rotation, and schedule probes."""
         self._inner.update([ep for ep in self._all if not self._out(ep.key)])
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """When the next pick looks for a probe: the earliest end of an ejection whose
+        probe is not out (in the past while a probe waits for its connection)."""
         pending = [h.ejected_until for h in self._health.values()
                    if h.ejected_until > 0 and not h.probing]
         self._next_expiry = min(pending, default=float("inf"))
+        self._ejected = tuple(ep for ep in self._all if self._health[ep.key].ejected_until > 0)
 
     def _out(self, key: str) -> bool:
-        h = self._health[key]
-        return h.probing or (h.ejected_until > 0 and h.ejected_until > self._clock())
+        # out of rotation from its ejection until a probe succeeds (waiting for its time,
+        # for its connection, or for its probe's outcome)
+        return self._health[key].ejected_until > 0
 
     def ejected(self) -> list[str]:
-        """Keys of endpoints currently out of rotation (ejected or being probed)."""
+        """Keys of endpoints currently out of rotation (ejected, half-open or being
+        probed)."""
         return [ep.key for ep in self._all if self._out(ep.key)]
 
     def pick(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
     ) -> tuple[Endpoint, Done] | None:
-        """Pick through the inner balancer; an endpoint whose ejection expired is sent one
-        probe call first."""
+        """Pick through the inner balancer; an endpoint whose ejection expired and whose
+        connection is not ``FAILING`` is sent one probe call first."""
         if self._next_expiry <= self._clock():
             probe = self._take_probe()
             if probe is not None:
@@ -176,12 +218,20 @@ class EjectingBalancer:
         return ep, done
 
     def _take_probe(self) -> tuple[Endpoint, Done] | None:
+        """The probe of an ejected endpoint whose time is up and whose connection is not
+        ``FAILING``, or ``None``. Looks at the ejected endpoints only, and changes nothing
+        in the inner balancer (the endpoint stays out of its rotation while probed)."""
         now = self._clock()
-        for ep in self._all:
-            h = self._health[ep.key]
+        health = self._health
+        waiting = False
+        for ep in self._ejected:
+            h = health[ep.key]
             if 0 < h.ejected_until <= now and not h.probing:
+                if ep.state is _FAILING:
+                    waiting = True  # probed once its connection recovers: look again
+                    continue
                 h.probing = True
-                self._sync()
+                self._schedule()
 
                 def done(code: grpc.StatusCode, latency_s: float,
                          ep: Endpoint = ep, h: _Health = h) -> None:
@@ -189,18 +239,26 @@ class EjectingBalancer:
                     self._record(ep, h, code, probe=True)
 
                 return ep, done
-        self._sync()
+        if not waiting:
+            self._schedule()
         return None
 
     def _record(self, ep: Endpoint, h: _Health, code: grpc.StatusCode,
                 probe: bool = False) -> None:
         opts = self._opts
         # `is _OK` first: an Enum hashes in Python, and most calls succeed
-        failed = self._ok_fails if code is _OK else code in opts.failure_codes
+        if code is _OK:
+            failed = self._ok_fails
+        elif code is _CANCELLED:  # says nothing about the endpoint
+            if probe and h.ejected_until > 0:
+                self._schedule()  # still half-open: the next pick probes it again
+            return
+        else:
+            failed = code in opts.failure_codes
         if not failed:
             h.consecutive = 0
             h.window.append(False)
-            if probe:
+            if probe and self._health.get(ep.key) is h:
                 h.ejected_until = 0.0
                 h.times = 0
                 h.window.clear()
@@ -214,7 +272,7 @@ class EjectingBalancer:
             opts.failure_rate is not None and len(h.window) == h.window.maxlen
             and sum(h.window) / len(h.window) >= opts.failure_rate
         )
-        if trip and (probe or h.ejected_until == 0.0) and (
+        if trip and (probe or h.ejected_until == 0.0) and self._health.get(ep.key) is h and (
                 probe or self._may_eject() or self._broken_beside_healthy(ep, h)):
             h.times += 1
             h.ejected_until = self._clock() + min(opts.max_ejection_s,

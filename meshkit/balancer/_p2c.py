@@ -12,6 +12,10 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   a sample it would never get (a fixed default above the peers' level loses every
   comparison and starves the endpoint for good); with no peer sampled yet, at
   ``default_rtt_s`` (Linkerd's ``default_rtt``);
+* a ``CANCELLED`` outcome (a hedge that lost, a call its caller cancelled, an attempt
+  that never left, which the channel reports with 0 s) is no latency sample: it lowers
+  ``pending`` and, peak-like, raises the estimate to its latency when that exceeds it
+  (the endpoint took at least that long), but never lowers it;
 * an answer that says the endpoint is overloaded or broken (``RESOURCE_EXHAUSTED``,
   ``UNAVAILABLE``, ``UNKNOWN``, ``INTERNAL``, ``DATA_LOSS``) counts as at least
   ``overload_penalty_s`` of latency, so a shedding endpoint, or one failing fast on every
@@ -25,7 +29,9 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   starve it.)
 
 ``pick`` draws two distinct usable endpoints at random and returns the less loaded one
-(Mitzenmacher's "power of two choices").
+(Mitzenmacher's "power of two choices"). Statistics belong to an endpoint at its address:
+an update keeps them for the same instance id *and* address only, so an instance that
+re-registered elsewhere (a restarted process) starts as a newcomer.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from meshkit.errors import ConfigError
 __all__ = ["P2C", "P2COptions"]
 
 _OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 _PENALISED = frozenset({
     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS,
@@ -91,9 +98,13 @@ class P2COptions:
 class _Stat:
     """Load statistics of one endpoint."""
 
-    __slots__ = ("added_at", "clock", "decay_s", "penalty_s", "pending", "rtt_s", "stamp")
+    __slots__ = ("added_at", "address", "clock", "decay_s", "penalty_s", "pending", "prior",
+                 "rtt_s", "stamp")
 
-    def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float) -> None:
+    def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float,
+                 address: str, prior: Callable[[float], float]) -> None:
+        self.address = address  # the statistics are this address's
+        self.prior = prior  # estimate while there is no sample (P2C._prior)
         self.clock = clock
         self.decay_s = opts.decay_s
         self.penalty_s = opts.overload_penalty_s
@@ -113,11 +124,16 @@ class _Stat:
         return self.rtt_s
 
     def done(self, code: grpc.StatusCode, latency_s: float) -> None:
-        """Record one outcome (the balancer's ``done`` callback)."""
+        """Record one outcome (the balancer's ``done`` callback); a ``CANCELLED`` one only
+        raises the estimate to its latency, never lowers it."""
         self.pending -= 1
         # `is not _OK` first: an Enum hashes in Python, and most calls succeed
-        if code is not _OK and code in _PENALISED and latency_s < self.penalty_s:
-            latency_s = self.penalty_s
+        if code is not _OK:
+            if code is _CANCELLED:
+                self._cancelled(latency_s)
+                return
+            if code in _PENALISED and latency_s < self.penalty_s:
+                latency_s = self.penalty_s
         now = self.clock()
         if self.rtt_s < 0 or latency_s > self.rtt_s:
             self.rtt_s = latency_s  # peak: jump up at once
@@ -125,6 +141,17 @@ class _Stat:
             w = math.exp(-max(0.0, now - self.stamp) / self.decay_s)
             self.rtt_s = self.rtt_s * w + latency_s * (1.0 - w)
         self.stamp = now
+
+    def _cancelled(self, latency_s: float) -> None:
+        """A cancelled call took at least ``latency_s``: the estimate rises to it if it
+        is higher (an endpoint with no sample compared with its prior), else stays."""
+        if latency_s <= 0:
+            return
+        now = self.clock()
+        current = self.estimate(now, 0.0) if self.rtt_s >= 0 else self.prior(now)
+        if latency_s > current:
+            self.rtt_s = latency_s
+            self.stamp = now
 
 
 class P2C:
@@ -148,15 +175,16 @@ class P2C:
         self._seeded = False
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the endpoint list; statistics of endpoints that stay are kept."""
+        """Replace the endpoint list; statistics of endpoints that stay (same instance id
+        and address) are kept, an endpoint at a new address starts as a newcomer."""
         now = self._clock()
         # Endpoints of the first answer are not slow-started: there is nothing to protect.
         start = now if self._seeded else now - self._opts.slow_start_s
         stats = {}
         for ep in endpoints:
             st = self._stats.get(ep.key)
-            if st is None:
-                st = _Stat(self._opts, self._clock, start)
+            if st is None or st.address != ep.address:
+                st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
             stats[ep.key] = st
         self._stats = stats
         self._eps = tuple(endpoints)

@@ -15,8 +15,11 @@ class RoundRobin:
 
     READY endpoints are taken in turn; when none is READY, idle/connecting ones are (the
     call connects); endpoints in ``FAILING`` are skipped; with every endpoint failing,
-    :meth:`pick` returns ``None``. The start position is random so that many clients do not
-    all hit the first endpoint. Keeps no statistics (``done`` is a no-op).
+    :meth:`pick` returns ``None``. ``exclude`` is a preference: an excluded endpoint is
+    taken only when no other is usable (a READY one before an idle/connecting one), so a
+    retry to a service's only endpoint goes to it again. The start position is random so
+    that many clients do not all hit the first endpoint. Keeps no statistics (``done`` is
+    a no-op).
 
     Args:
         rng: random source for the start position (default: a new ``random.Random()``).
@@ -42,8 +45,9 @@ class RoundRobin:
             return None
         start = self._next
         self._next = start + 1
-        fallback: Endpoint | None = None
-        excluded: Endpoint | None = None
+        fallback: Endpoint | None = None  # idle, not excluded
+        excluded: Endpoint | None = None  # ready, excluded
+        excluded_idle: Endpoint | None = None
         for i in range(n):
             ep = eps[(start + i) % n]
             if ep.state is EndpointState.READY:
@@ -51,7 +55,10 @@ class RoundRobin:
                     excluded = excluded or ep
                     continue
                 return ep, noop_done
-            if ep.state is EndpointState.IDLE and fallback is None and ep not in exclude:
-                fallback = ep
-        chosen = fallback or excluded
+            if ep.state is EndpointState.IDLE:
+                if exclude and ep in exclude:
+                    excluded_idle = excluded_idle or ep
+                else:
+                    fallback = fallback or ep
+        chosen = fallback or excluded or excluded_idle
         return (chosen, noop_done) if chosen is not None else None

@@ -145,6 +145,8 @@ class RingHash:
     with key ``k`` goes to the first usable endpoint clockwise from ``hash(k)``, so the same
     key keeps landing on the same endpoint (cache affinity) and only ~1/N of keys move when
     an endpoint joins or leaves. A call without a key goes to a random usable endpoint.
+    ``FAILING`` endpoints are skipped; ``exclude`` is a preference, with or without a key:
+    an excluded endpoint is taken only when no other is usable.
 
     Args:
         replicas_per_weight: ring points per unit of weight (default 100).
@@ -183,7 +185,10 @@ class RingHash:
         if not self._eps:
             return None
         if key is None:
-            usable = [e for e in self._eps if e.state is not _FAILING and e not in exclude]
+            usable = [e for e in self._eps if e.state is not _FAILING]
+            if exclude:
+                preferred = [e for e in usable if e not in exclude]
+                usable = preferred or usable
             return (self._rng.choice(usable), noop_done) if usable else None
         n = len(self._points)
         start = bisect.bisect(self._points, _hash64(key))

@@ -1,0 +1,486 @@
+"""Faults found in the balancers and outlier ejection (meshkit/balancer/), each reproduced
+as pure policy with a hand-moved clock, and for a probe sent to a dead connection and an
+instance restarted at a new address also end to end through ``meshkit.dial``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.balancer import (
+    P2C,
+    EjectingBalancer,
+    Endpoint,
+    EndpointState,
+    OutlierOptions,
+    P2COptions,
+    RingHash,
+    RoundRobin,
+    WeightedRoundRobin,
+)
+from meshkit.discovery import Instance, LocalRegistry
+from meshkit.errors import ConfigError
+from tests.conftest import EchoFactory
+from tests.support.echo import SERVICE, handler, method
+from tests.support.wait import until
+
+OK = grpc.StatusCode.OK
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+CANCELLED = grpc.StatusCode.CANCELLED
+READY = EndpointState.READY
+IDLE = EndpointState.IDLE
+FAILING = EndpointState.FAILING
+
+
+class Clock:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ep(key: str, state: EndpointState = READY, port: int | None = None,
+       weight: int = 1) -> Endpoint:
+    """An endpoint of instance ``key`` (at a port derived from it unless given)."""
+    e = Endpoint(Instance(service="svc", instance_id=key, host="127.0.0.1",
+                          port=port if port is not None else 1000 + sum(map(ord, key)),
+                          weight=weight))
+    e.state = state
+    return e
+
+
+def ejector(clock: Clock, **opts: Any) -> EjectingBalancer:
+    """Outlier ejection over round robin: one failure ejects, for 10 s, no cap."""
+    o: dict[str, Any] = {"consecutive_failures": 1, "base_ejection_s": 10,
+                         "max_ejection_percent": 100, **opts}
+    return EjectingBalancer(RoundRobin(random.Random(0)), OutlierOptions(**o), clock=clock)
+
+
+def eject(eb: EjectingBalancer, key: str) -> None:
+    """Fail the calls that reach ``key`` (others succeed) until it is ejected."""
+    for _ in range(50):
+        if eb.ejected() == [key]:
+            return
+        got = eb.pick()
+        assert got is not None
+        got[1](UNAVAILABLE if got[0].key == key else OK, 0.001)
+    raise AssertionError(f"{key} not ejected")
+
+
+def call(eb: EjectingBalancer, code_for: dict[str, grpc.StatusCode] | None = None) -> str:
+    """One call through ``eb``: its outcome ``code_for[key]`` (default OK)."""
+    got = eb.pick()
+    assert got is not None
+    got[1]((code_for or {}).get(got[0].key, OK), 0.001)
+    return got[0].key
+
+
+# -- 1. a probe is not sent to a dead connection ----------------------------------------------
+def test_probe_waits_while_the_ejected_endpoints_connection_fails() -> None:
+    """An ejected endpoint whose time is up but whose connection is FAILING is not sent
+    its probe (no balancer sends a call to a FAILING endpoint); it stays out of rotation
+    and gets its probe at the first pick after its connection recovers."""
+    clock = Clock()
+    eb = ejector(clock)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    a.state = FAILING
+    clock.t += 10
+    assert {call(eb) for _ in range(10)} == {"b"}
+    assert eb.ejected() == ["a"]
+    a.state = IDLE  # reconnecting: a call may go
+    assert call(eb) == "a"  # the probe, and it succeeds
+    assert eb.ejected() == []
+    a.state = READY
+    assert {call(eb) for _ in range(4)} == {"a", "b"}
+
+
+def test_no_probe_and_no_pick_when_the_only_endpoint_is_ejected_and_failing() -> None:
+    """With the only endpoint ejected, its time up and its connection FAILING, pick
+    returns None (the channel fails fast) instead of sending a probe."""
+    clock = Clock()
+    eb = ejector(clock)
+    a = ep("a")
+    eb.update([a])
+    got = eb.pick()
+    assert got is not None
+    got[1](UNAVAILABLE, 0.001)
+    assert eb.ejected() == ["a"]
+    a.state = FAILING
+    clock.t += 10
+    assert eb.pick() is None
+    a.state = READY
+    got = eb.pick()
+    assert got is not None and got[0] is a
+
+
+def test_a_probe_pending_on_a_failing_connection_does_not_rebuild_the_inner_balancer(
+) -> None:
+    """While a due probe waits for its endpoint's connection, picks do not update the
+    inner balancer each time (that would rebuild its state per call)."""
+    class Counted(RoundRobin):
+        __slots__ = ("updates",)
+
+        def update(self, endpoints: Any) -> None:
+            self.updates = getattr(self, "updates", 0) + 1
+            super().update(endpoints)
+
+    clock = Clock()
+    inner = Counted(random.Random(0))
+    eb = EjectingBalancer(inner, OutlierOptions(consecutive_failures=1, base_ejection_s=10,
+                                                max_ejection_percent=100), clock=clock)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    a.state = FAILING
+    clock.t += 10
+    before = inner.updates
+    assert {call(eb) for _ in range(20)} == {"b"}
+    assert inner.updates == before
+
+
+@contextlib.asynccontextmanager
+async def raw_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[tuple[Any, int]]:
+    """A plain grpc.aio server on loopback: ``(server, port)``; stopped on the way out."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.stop(None)
+
+
+def broken_handler() -> grpc.GenericRpcHandler:
+    """The echo service where every Unary call fails UNAVAILABLE (a broken instance)."""
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "broken")
+        raise AssertionError("unreachable")
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {"Unary": grpc.unary_unary_rpc_method_handler(unary)})
+
+
+def inst(instance_id: str, port: int) -> Instance:
+    return Instance(service="echo", instance_id=instance_id, host="127.0.0.1", port=port)
+
+
+async def served_by(unary: Any, n: int) -> Counter[bytes]:
+    """Which instance answered each of ``n`` sequential Unary calls."""
+    got: Counter[bytes] = Counter()
+    for _ in range(n):
+        got[(await unary(b"x", timeout=2)).split(b"|")[0]] += 1
+    return got
+
+
+async def eject_in_channel(ch: Any, unary: Any, key: str) -> None:
+    for _ in range(10):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await unary(b"x", timeout=2)
+        if any(e.ejected for e in ch.stats().endpoints):
+            break
+    assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == [key]
+
+
+async def test_dial_sends_no_probe_to_an_ejected_endpoint_that_died(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Through dial(): an ejected endpoint that died (still registered) has its ejection
+    run out; a non-idempotent call is not used as its probe, so no call fails while a
+    healthy endpoint is in rotation."""
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(  # the default retry policy: a non-idempotent method
+        insecure=True, balancer=RoundRobin,
+        outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=0.5))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        unary = ch.unary_unary(method("Unary"))
+        async with raw_server(broken_handler()) as (server, port):
+            await registry.register(inst("e2", port))
+            await ch.wait_for_endpoints(2)
+            await eject_in_channel(ch, unary, "e2")
+            await server.stop(None)  # e2 dies but stays registered (until its TTL)
+        await until(lambda: {e.key: e.state for e in ch.endpoints()}["e2"] is FAILING,
+                    what="e2 failing")
+        await asyncio.sleep(0.6)  # its ejection is up
+        failed = []
+        for _ in range(4):
+            try:
+                await unary(b"x", timeout=2)
+            except grpc.aio.AioRpcError as exc:
+                failed.append(exc.code())
+        assert failed == [], "calls failed while e1 was healthy"
+
+
+# -- 2. a cancelled outcome says nothing about the endpoint ------------------------------------
+def test_a_cancelled_probe_keeps_the_endpoint_half_open() -> None:
+    """A probe whose caller cancelled neither closes nor trips the breaker: the endpoint
+    stays out of rotation, the next pick probes it again, and its ejection count is kept
+    (a failing second probe ejects it for 2 x base_ejection_s)."""
+    clock = Clock()
+    eb = ejector(clock)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    clock.t += 10
+    got = eb.pick()
+    assert got is not None and got[0] is a  # the probe
+    got[1](CANCELLED, 0.001)
+    assert eb.ejected() == ["a"]
+    got = eb.pick()
+    assert got is not None and got[0] is a  # probed again
+    got[1](UNAVAILABLE, 0.001)
+    clock.t += 15
+    assert call(eb) == "b"
+    assert eb.ejected() == ["a"], "a cancelled probe reset the ejection count"
+    clock.t += 5
+    assert call(eb) == "a"
+
+
+def test_hunt_a_cancelled_probe_does_not_close_the_breaker() -> None:
+    """(The reproduction as reported.) A cancelled probe is not a success: the next
+    failure of the endpoint is its second ejection in a row (20 s)."""
+    clock = Clock()
+    eb = ejector(clock)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    clock.t += 10
+    got = eb.pick()
+    assert got is not None and got[0].key == "a"
+    got[1](CANCELLED, 0.001)
+    for _ in range(10):
+        got = eb.pick()
+        assert got is not None
+        if got[0].key == "a":
+            got[1](UNAVAILABLE, 0.001)
+            break
+        got[1](OK, 0.001)
+    clock.t += 15
+    got = eb.pick()
+    assert got is not None and got[0].key == "b"
+    got[1](OK, 0.001)
+    assert eb.ejected() == ["a"], "a cancelled probe reset the ejection count"
+
+
+def test_a_cancelled_call_does_not_reset_the_failure_streak() -> None:
+    """A cancelled call in rotation is neutral: failures on either side of it still count
+    as consecutive, and it adds nothing to the failure-rate window."""
+    clock = Clock()
+    eb = ejector(clock, consecutive_failures=3)
+    a = ep("a")
+    eb.update([a])
+    for code in (UNAVAILABLE, UNAVAILABLE, CANCELLED):
+        assert call(eb, {"a": code}) == "a"
+    assert eb.ejected() == []
+    call(eb, {"a": UNAVAILABLE})
+    assert eb.ejected() == ["a"]
+
+    clock2 = Clock()
+    rate = ejector(clock2, consecutive_failures=100, failure_rate=0.5,
+                   failure_rate_window=4)
+    rate.update([ep("a")])
+    for code in (UNAVAILABLE, OK, CANCELLED, CANCELLED, CANCELLED, OK):
+        call(rate, {"a": code})
+    assert rate.ejected() == []  # window fail, ok, ok: not full, the cancels not in it
+    call(rate, {"a": UNAVAILABLE})
+    assert rate.ejected() == ["a"]  # window fail, ok, ok, fail: 50 %
+
+
+def test_cancelled_cannot_be_a_failure_code() -> None:
+    """CANCELLED is never an endpoint's outcome, so naming it a failure code is refused
+    when the options are built."""
+    with pytest.raises(ConfigError, match="CANCELLED"):
+        OutlierOptions(failure_codes=frozenset({UNAVAILABLE, CANCELLED}))
+
+
+# -- 3./4. exclude is a preference ----------------------------------------------------------
+def test_round_robin_takes_an_excluded_connecting_endpoint_when_it_is_the_only_one() -> None:
+    """RoundRobin: an excluded IDLE endpoint is taken when nothing else is usable; a
+    usable endpoint that is not excluded still wins."""
+    rr = RoundRobin(random.Random(0))
+    only = ep("a", IDLE)
+    rr.update([only])
+    got = rr.pick(None, [only])
+    assert got is not None and got[0] is only
+    other = ep("b", IDLE)
+    rr.update([only, other])
+    assert {rr.pick(None, [only])[0].key for _ in range(4)} == {"b"}  # type: ignore[index]
+    other.state = FAILING
+    got = rr.pick(None, [only])
+    assert got is not None and got[0] is only
+
+
+def test_round_robin_prefers_an_excluded_ready_endpoint_to_an_excluded_idle_one() -> None:
+    """(A guard.) With every usable endpoint excluded, a READY one is taken before an
+    IDLE one."""
+    rr = RoundRobin(random.Random(0))
+    a, b = ep("a", IDLE), ep("b", READY)
+    rr.update([a, b])
+    assert {rr.pick(None, [a, b])[0].key for _ in range(4)} == {"b"}  # type: ignore[index]
+
+
+def test_ring_hash_without_a_key_takes_an_excluded_endpoint_when_it_is_the_only_one(
+) -> None:
+    """RingHash without a key: excluded endpoints are avoided while another usable one
+    exists and taken when none does; FAILING ones never."""
+    rh = RingHash(rng=random.Random(0))
+    a, b = ep("a"), ep("b")
+    rh.update([a])
+    got = rh.pick(None, [a])
+    assert got is not None and got[0] is a
+    rh.update([a, b])
+    assert {rh.pick(None, [a])[0].key for _ in range(10)} == {"b"}  # type: ignore[index]
+    b.state = FAILING
+    got = rh.pick(None, [a])
+    assert got is not None and got[0] is a
+    a.state = FAILING
+    assert rh.pick(None, [a]) is None
+
+
+# -- 5. an instance at a new address is a new endpoint --------------------------------------
+def test_an_instance_at_a_new_address_starts_with_a_clean_outlier_record() -> None:
+    """EjectingBalancer keeps an endpoint's ejection across updates only while it is the
+    same instance at the same address: restarted elsewhere, it is in rotation at once."""
+    clock = Clock()
+    eb = ejector(clock, base_ejection_s=30)
+    a, b = ep("a", port=2001), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    eb.update([ep("a", port=2001), b])  # same instance, same address (a new object)
+    assert eb.ejected() == ["a"]
+    moved = ep("a", port=2002)
+    eb.update([moved, b])
+    assert eb.ejected() == []
+    assert {call(eb) for _ in range(4)} == {"a", "b"}
+
+
+def test_an_outcome_of_the_old_address_does_not_touch_the_new_one() -> None:
+    """A call still in flight on the old address that fails afterwards does not count
+    against the instance at its new address."""
+    clock = Clock()
+    eb = ejector(clock)
+    old, b = ep("a", port=2001), ep("b")
+    eb.update([old, b])
+    picked = None
+    while picked is None or picked[0] is not old:
+        if picked is not None:
+            picked[1](OK, 0.001)
+        picked = eb.pick()
+        assert picked is not None
+    eb.update([ep("a", port=2002), b])
+    picked[1](UNAVAILABLE, 0.001)
+    assert eb.ejected() == []
+    assert eb.ejections == 0  # nor is the endpoint that left counted as ejected
+
+
+def test_p2c_statistics_do_not_follow_an_instance_to_a_new_address() -> None:
+    """P2C keeps an endpoint's latency estimate across updates for the same address only;
+    an instance at a new address is a newcomer (its peers' mean, and slow start)."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), rng=random.Random(0), clock=clock)
+    a, b = ep("a", port=2001), ep("b")
+    p.update([a, b])
+    for e, lat in ((a, 5.0), (b, 0.01)):
+        p._stats[e.key].pending += 1
+        p._stats[e.key].done(OK, lat)
+    assert p.load(a) == pytest.approx(5.0)
+    same = ep("a", port=2001)
+    p.update([same, b])
+    assert p.load(same) == pytest.approx(5.0)
+    moved = ep("a", port=2002)
+    p.update([moved, b])
+    assert p.load(moved) == pytest.approx(0.01)  # the sampled peer's mean
+
+
+def test_wrr_schedules_the_endpoint_at_the_new_address() -> None:
+    """(A guard.) WeightedRoundRobin's schedule holds the endpoint objects it was last
+    given: once an instance moved, picks return the new endpoint, never the old one."""
+    w = WeightedRoundRobin(random.Random(0))
+    a, b = ep("a", port=2001), ep("b")
+    w.update([a, b])
+    moved = ep("a", port=2002)
+    w.update([moved, b])
+    picked = [w.pick() for _ in range(10)]
+    assert all(got is not None and got[0] is not a for got in picked)
+    assert Counter(got[0].key for got in picked if got) == {"a": 5, "b": 5}
+
+
+async def test_dial_an_instance_restarted_at_a_new_address_is_not_ejected(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Through dial(): an ejected instance that re-registers at another address (a
+    restarted process) serves calls at once, not after the old process's ejection."""
+    await echo_servers("e2")
+    opts = meshkit.DialOptions(
+        insecure=True, retry=None, balancer=RoundRobin,
+        outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=30))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        unary = ch.unary_unary(method("Unary"))
+        async with raw_server(broken_handler()) as (_, old_port):
+            await registry.register(inst("e1", old_port))
+            await ch.wait_for_endpoints(2)
+            await eject_in_channel(ch, unary, "e1")
+            async with raw_server(handler("e1")) as (_, new_port):
+                await registry.register(inst("e1", new_port))
+                await until(lambda: any(e.key == "e1" and e.address.endswith(f":{new_port}")
+                                        for e in ch.endpoints()), what="e1 moved")
+                await ch.wait_for_endpoints(2)
+                served = await served_by(unary, 10)
+        assert served[b"e1"] > 0, served
+
+
+# -- 6. P2C: a cancelled outcome is no latency sample ----------------------------------------
+def test_p2c_cancelled_outcome_does_not_lower_the_estimate() -> None:
+    """A CANCELLED outcome (an attempt that never left reports 0 s) only lowers pending:
+    the estimate stays, for a sampled endpoint and for one with no sample yet."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), rng=random.Random(0), clock=clock)
+    a, b = ep("a"), ep("b")
+    p.update([a, b])
+    st = p._stats["a"]
+    st.pending += 1
+    st.done(OK, 0.2)
+    st.pending += 1
+    st.done(CANCELLED, 0.0)
+    assert st.pending == 0
+    assert p.load(a) == pytest.approx(0.2)
+    sb = p._stats["b"]
+    sb.pending += 1
+    sb.done(CANCELLED, 0.0)
+    assert sb.pending == 0
+    assert p.load(b) == pytest.approx(0.2)  # still its sampled peer's mean
+
+
+def test_p2c_cancelled_outcome_raises_the_estimate_like_a_peak() -> None:
+    """A call cancelled after longer than the estimate took at least that long: the
+    estimate rises to it (peak), as a sample would."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=0), rng=random.Random(0), clock=clock)
+    a, b = ep("a"), ep("b")
+    p.update([a, b])
+    st = p._stats["a"]
+    st.pending += 1
+    st.done(OK, 0.01)
+    st.pending += 1
+    st.done(CANCELLED, 0.5)
+    assert p.load(a) == pytest.approx(0.5)
+    sb = p._stats["b"]  # no sample yet: compared with its prior (a's estimate, 0.5)
+    sb.pending += 1
+    sb.done(CANCELLED, 0.1)
+    assert p.load(b) == pytest.approx(0.5)
+    sb.pending += 1
+    sb.done(CANCELLED, 0.9)
+    assert p.load(b) == pytest.approx(0.9)
