@@ -28,6 +28,14 @@ its page under https://developer.hashicorp.com/consul/api-docs/ :
   header; with ``index`` the request is held until that service's index moves past it or
   ``wait`` (default 5m, at most 10m) elapses. No wait jitter is added (deterministic).
 * ``GET /v1/catalog/services`` — ``catalog`` (list services): ``{name: [tags]}``.
+* ``PUT /v1/catalog/register`` — ``catalog`` (register entity): ``{"Node", "Address",
+  "Service": {ID, Service, Address, Port, Tags, Meta, Weights}}`` puts a service on another
+  node of the datacenter, as that node's own agent would (``Service.ID`` defaults to
+  ``Service.Service``, and is unique per node only, so two nodes may both run ``"orderd"``
+  with the ID ``"orderd"``). Such a node has only its ``serfHealth`` check (passing), so its
+  services are passing; they are listed by the health and catalog endpoints after the
+  agent's own node. The double's own node (``node``) is refused here: use the agent
+  endpoint.
 
 TTL checks turn ``critical`` when not passed within their TTL; a check critical for longer
 than its ``DeregisterCriticalServiceAfter`` has its service removed (the double honours any
@@ -193,6 +201,8 @@ class ConsulDouble:
         self.passes: Counter[str] = Counter()
         self.status_history: list[tuple[str, str]] = []
         self.registrations: list[dict[str, Any]] = []
+        #: services on other nodes (PUT /v1/catalog/register): node -> (address, {id: svc})
+        self.other_nodes: dict[str, tuple[str, dict[str, _Service]]] = {}
         self._index = 1
         self._svc_index: dict[str, int] = {}
         self._changed = asyncio.Event()
@@ -210,6 +220,7 @@ class ConsulDouble:
         self.app.router.add_put("/v1/agent/check/pass/{check_id}", self._check_pass)
         self.app.router.add_get("/v1/health/service/{name}", self._health_service)
         self.app.router.add_get("/v1/catalog/services", self._catalog_services)
+        self.app.router.add_put("/v1/catalog/register", self._catalog_register)
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -563,16 +574,7 @@ class ConsulDouble:
         q = request.query
         passing = "passing" in q and q["passing"].lower() not in ("0", "false", "f")
         tags = q.getall("tag", [])
-        node = {
-            "ID": "00000000-0000-0000-0000-0000000000d0", "Node": self.node,
-            "Address": "127.0.0.1", "Datacenter": "dc1",
-            "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"}, "Meta": {},
-            "CreateIndex": 0, "ModifyIndex": 0,
-        }
-        serf = {"Node": self.node, "CheckID": "serfHealth", "Name": "Serf Health Status",
-                "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
-                "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
-                "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0}
+        node, serf = self._node_json(self.node, "127.0.0.1")
         out = []
         for svc in sorted(self.services.values(), key=lambda s: s.id):
             if svc.name != name or any(t not in svc.tags for t in tags):
@@ -583,7 +585,58 @@ class ConsulDouble:
                 "Node": node, "Service": svc.to_json(),
                 "Checks": [serf, *(c.to_json(self.node, svc) for c in svc.checks.values())],
             })
+        for other in sorted(self.other_nodes):
+            address, services = self.other_nodes[other]
+            other_node, other_serf = self._node_json(other, address)
+            for svc in sorted(services.values(), key=lambda s: s.id):
+                if svc.name == name and all(t in svc.tags for t in tags):
+                    out.append({"Node": other_node, "Service": svc.to_json(),
+                                "Checks": [other_serf]})
         return self._json(out, current())
+
+    def _node_json(self, name: str, address: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A health entry's ``Node`` object and the node's passing ``serfHealth`` check."""
+        node_id = ("0000000000d0" if name == self.node
+                   else hashlib.sha256(name.encode()).hexdigest()[:12])
+        node = {
+            "ID": f"00000000-0000-0000-0000-{node_id}", "Node": name, "Address": address,
+            "Datacenter": "dc1",
+            "TaggedAddresses": {"lan": address, "wan": address}, "Meta": {},
+            "CreateIndex": 0, "ModifyIndex": 0,
+        }
+        serf = {"Node": name, "CheckID": "serfHealth", "Name": "Serf Health Status",
+                "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
+                "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
+                "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0}
+        return node, serf
+
+    async def _catalog_register(self, request: web.Request) -> web.Response:
+        rec = request[_RECORDED]
+        try:
+            body = _norm(rec.body)
+            node, address = str(body.get("node") or ""), str(body.get("address") or "")
+            if not node or not address:
+                return web.Response(status=400, text="Must provide node and address")
+            if node == self.node:
+                raise ValueError("the double takes its own node's services on the agent API")
+            raw = _norm(body.get("service") or {})
+            name = str(raw.get("service") or "")
+            if not name:
+                raise ValueError("Must provide service name")
+            weights = _norm(raw.get("weights") or {"Passing": 1, "Warning": 1})
+            svc = _Service(
+                id=str(raw.get("id") or name), name=name,
+                address=str(raw.get("address") or ""), port=int(raw.get("port") or 0),
+                tags=list(raw.get("tags") or []), meta=dict(raw.get("meta") or {}),
+                weights={"Passing": int(weights.get("passing", 1)),
+                         "Warning": int(weights.get("warning", 1))},
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            return web.Response(status=400, text=f"Request decode failed: {exc}")
+        _, services = self.other_nodes.setdefault(node, (address, {}))
+        services[svc.id] = svc
+        self._bump(svc.name)
+        return self._json(True)
 
     async def _catalog_services(self, request: web.Request) -> web.Response:
         def current() -> int:
@@ -593,6 +646,7 @@ class ConsulDouble:
         if early is not None:
             return early
         out: dict[str, list[str]] = {"consul": []}
-        for svc in self.services.values():
+        others = [svc for _, services in self.other_nodes.values() for svc in services.values()]
+        for svc in [*self.services.values(), *others]:
             out[svc.name] = sorted(set(out.get(svc.name, [])) | set(svc.tags))
         return self._json(out, current())
