@@ -22,15 +22,25 @@ against ``grpc.health.v1.Health/Check`` of the instance (``check="grpc"``). Both
 ``DeregisterCriticalServiceAfter`` so the agent reaps instances of dead processes. If the agent
 forgets an instance (it restarted without persisted state), the next heartbeat gets 404 and
 the instance is registered again with the very same payload.
+
+Connections: the watches' long polls each hold one HTTP connection to the agent for up to
+``wait_s``, so the HTTP client has no connection limit (aiohttp's default of 100 would let
+100 watches starve register, deregister and the heartbeats) and no session-wide time limit
+beyond meshkit's own bound on each request. The agent limits concurrent connections per
+client address itself (``limits.http_max_conns_per_client``, default 200, agent
+configuration docs): a process watching more services than that through one agent needs
+it raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
 import random
+import time
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -83,9 +93,16 @@ _FLOAT_FIELDS = (
     "backoff_base_s",
     "backoff_max_s",
     "request_timeout_s",
+    "watch_query_interval_s",
 )
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
 _STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
+
+#: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
+_WATCH_BURST = 2
+#: py-consul hands aiohttp a connection limit only when it is truthy, so aiohttp's "no
+#: limit" (0) cannot be passed through it; a limit no process reaches stands for it.
+_NO_CONNECTION_LIMIT = 2**31 - 1
 
 def _go_duration(seconds: float) -> str:
     """Seconds as a Go duration string Consul parses: ``30.0 -> "30s"``, ``0.25 -> "250ms"``."""
@@ -137,6 +154,15 @@ class ConsulOptions:
         backoff_max_s: cap of the retry delay (default 30).
         request_timeout_s: time limit of each non-blocking request; blocking ones get
             ``wait_s * 17/16 + request_timeout_s``. Default 10.
+        watch_query_interval_s: rate limit of each watch, as Consul's blocking-query guide
+            asks of clients ("Rate limit", ``api-docs/features/blocking``): a token bucket of
+            burst 2 that gains one token every ``watch_query_interval_s``. A query sent right
+            after a blocking query's answer takes a token (waiting for one if none is
+            left), so a quiet service's answer or an occasional change is followed at once,
+            and an index that keeps moving (idempotent writes, a flapping check) is polled
+            once per ``watch_query_interval_s`` instead of in a busy loop: the watch then sees
+            changes up to this late. Queries after an error are spaced by the backoff
+            instead. Default 1.0.
 
     Raises:
         ConfigError: a value is invalid; the message quotes it (never the token).
@@ -162,6 +188,7 @@ class ConsulOptions:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     request_timeout_s: float = 10.0
+    watch_query_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         split_address(self.addr, "addr")
@@ -294,11 +321,50 @@ class ConsulOptions:
         return cls.from_env(environ, **kwargs)
 
 
+class _TokenBucket:
+    """A token bucket (no I/O): ``burst`` tokens, one more every ``interval_s`` seconds.
+
+    Args:
+        interval_s: seconds per token, > 0.
+        burst: most tokens held, >= 1; the bucket starts full.
+        clock: monotonic seconds (default ``time.monotonic``); tests inject a fake one.
+    """
+
+    __slots__ = ("_burst", "_clock", "_interval_s", "_stamp", "_tokens")
+
+    def __init__(self, interval_s: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def reserve(self) -> float:
+        """Take a token; return the seconds to wait before using it (0.0: one was there).
+
+        A token taken ahead of time is owed: the next ones wait for it too, so callers that
+        each wait what they are told are spaced ``interval_s`` apart once the burst is spent.
+        """
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) / self._interval_s)
+        self._stamp = now
+        self._tokens -= 1.0
+        return max(0.0, -self._tokens * self._interval_s)
+
+
 @dataclass(slots=True)
 class _Registration:
+    """What one instance's keep-alive task works from. ``register()`` of the same id
+    updates ``instance``/``payload`` in place once the agent has accepted the new
+    registration; ``lock`` keeps that update and the keeper's re-registration (after the
+    agent forgot the instance) from interleaving, so the older payload never lands last."""
+
     instance: Instance
     payload: dict[str, Any]
     ttl_check_id: str | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task[None] | None = None
 
 
 def _raw_response(response: Any) -> Any:
@@ -346,7 +412,7 @@ class ConsulRegistry:
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._client: Any = None
-        self._keepers: dict[str, asyncio.Task[None]] = {}
+        self._keepers: dict[str, _Registration] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
 
@@ -397,11 +463,11 @@ class ConsulRegistry:
 
     async def _stop_keeper(self, instance_id: str) -> None:
         """Cancel and await the keep-alive task of ``instance_id``, if it has one."""
-        task = self._keepers.pop(instance_id, None)
-        if task is not None:
-            task.cancel()
+        reg = self._keepers.pop(instance_id, None)
+        if reg is not None and reg.task is not None:
+            reg.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await reg.task
 
     def _get_client(self) -> Any:
         if self._race.closed:
@@ -420,6 +486,14 @@ class ConsulRegistry:
                 client = consul.aio.Consul(
                     host=host, port=opts.port, scheme=opts.effective_scheme,
                     verify=verify, cert=cert, token=opts.token,
+                    # Each watch holds a connection for its long poll: with aiohttp's
+                    # default limit (100) 100 watches would starve every other request.
+                    connections_limit=_NO_CONNECTION_LIMIT,
+                    # aiohttp's default session timeout (total=300 s) would cut a quiet
+                    # blocking query with wait_s above ~282 s (wait_s may be 600); every
+                    # request is bounded by _bounded already, and this backstop lies past
+                    # the longest of those bounds, so it never ends a request first.
+                    connections_timeout=self._blocking_timeout_s + 1.0,
                 )
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).
@@ -429,6 +503,14 @@ class ConsulRegistry:
 
     def _headers(self, client: Any) -> dict[str, str]:
         return cast(dict[str, str], client.prepare_headers())
+
+    @property
+    def _blocking_timeout_s(self) -> float:
+        """The bound of one blocking query: ``wait_s`` plus the agent's jitter (at most
+        ``wait_s / 16``, blocking-query doc) plus ``request_timeout_s``; the longest bound
+        this registry puts on a request."""
+        opts = self.options
+        return opts.wait_s * 17 / 16 + opts.request_timeout_s
 
     async def _bounded(self, aw: Awaitable[_T], timeout_s: float) -> _T:
         async with asyncio.timeout(timeout_s):
@@ -511,16 +593,25 @@ class ConsulRegistry:
         Warning: 1}`` and the checks of ``options.check``; then a background task passes the
         TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
         ``check_interval_s``) and registers it again with the same payload if the agent has
-        forgotten it. Registering the same ``instance_id`` again replaces the registration.
+        forgotten it. Registering the same ``instance_id`` again replaces the registration:
+        once the agent has accepted it, the running keep-alive goes on with the new payload;
+        if it fails, the previous registration (still in the agent) stays as it was and is
+        still kept alive, as the :class:`~meshkit.discovery.Registry` contract says ("keep
+        it alive until deregistered or closed").
 
         Raises:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403 for
                 a missing or wrong ACL token); chained from the underlying exception.
         """
         payload, ttl_check_id = self._payload(instance)
-        await self._stop_keeper(instance.instance_id)
+        prior = self._keepers.get(instance.instance_id)
         try:
-            await self._put_register(payload)
+            if prior is None:
+                await self._put_register(payload)
+            else:
+                async with prior.lock:  # no re-registration of the old payload meanwhile
+                    await self._put_register(payload)
+                    prior.instance, prior.payload = instance, payload
         except _FOREIGN as exc:
             error = self._write_error(f"cannot register {instance.instance_id!r} with", exc)
             raise error from exc
@@ -528,10 +619,16 @@ class ConsulRegistry:
             self._tracker.write_failed(str(exc))
             raise
         self._tracker.write_ok()
+        current = self._keepers.get(instance.instance_id)
+        if current is not None:
+            # kept alive already (prior, or a concurrent register() of the same id)
+            current.instance, current.payload = instance, payload
+            return
         reg = _Registration(instance=instance, payload=payload, ttl_check_id=ttl_check_id)
-        self._keepers[instance.instance_id] = asyncio.create_task(
+        reg.task = asyncio.create_task(
             self._keep(reg), name=f"meshkit-consul-keeper-{instance.instance_id}"
         )
+        self._keepers[instance.instance_id] = reg
 
     async def _still_known(self, reg: _Registration) -> bool:
         """One liveness round: pass the TTL check, or look the service up. False: forgotten."""
@@ -565,7 +662,8 @@ class ConsulRegistry:
                     self._tracker.write_ok()
                     continue
                 _log.warning("consul agent forgot the instance; registering it again", **ids)
-                await self._put_register(reg.payload)
+                async with reg.lock:  # the payload of the latest successful register()
+                    await self._put_register(reg.payload)
                 self._tracker.reopened += 1
                 self._tracker.write_ok()
             except _RETRYABLE as exc:
@@ -599,7 +697,7 @@ class ConsulRegistry:
         client = self._get_client()
         opts = self.options
         if index >= 1:
-            timeout = opts.wait_s * 17 / 16 + opts.request_timeout_s
+            timeout = self._blocking_timeout_s
             call = client.health.service(service, passing=True, index=str(index),
                                          wait=_go_duration(opts.wait_s))
         else:
@@ -609,15 +707,35 @@ class ConsulRegistry:
         return int(raw_index), list(entries or [])
 
     def _to_instances(self, service: str, entries: list[Any]) -> frozenset[Instance]:
+        """The instances of ``/v1/health/service/<service>`` entries.
+
+        A Consul service ID is unique per agent only ("This must be unique per agent. This
+        defaults to the Name parameter if not provided", ``api-docs/agent/service``), so
+        entries of several nodes may carry the same ``Service.ID`` (e.g. services defined
+        in agent configuration files without an ID), while ``Instance.instance_id`` must be
+        unique across the registry (the balanced channel keys its endpoints by it). An ID
+        that more than one entry of the answer carries becomes ``"<node>/<ID>"``; an ID
+        that only one entry carries is kept as it is, so an instance keeps the id it was
+        registered with (``deregister()`` and comparisons with registered instances keep
+        working) in the usual case where IDs are unique across nodes. The price: when a
+        second node starts reporting an ID, the first node's instance takes the qualified
+        id too, so a balanced channel replaces that one endpoint once. (Qualifying every
+        id would instead make every discovered id differ from the registered one.) An id
+        longer than ``Instance`` allows (128) is skipped with a warning.
+        """
+        ids = [str((entry.get("Service") or {}).get("ID") or "") for entry in entries]
+        repeated = {i for i, n in collections.Counter(ids).items() if n > 1}
         out: set[Instance] = set()
-        for entry in entries:
+        for entry, sid in zip(entries, ids, strict=True):
             svc = entry.get("Service") or {}
             node = entry.get("Node") or {}
             weights = svc.get("Weights") or {}
+            if sid in repeated:
+                sid = f"{node.get('Node') or node.get('ID') or node.get('Address')}/{sid}"
             try:
                 out.add(Instance(
                     service=svc.get("Service") or service,
-                    instance_id=str(svc.get("ID") or ""),
+                    instance_id=sid,
                     # An empty service address means the node's address (Consul docs).
                     host=str(svc.get("Address") or node.get("Address") or ""),
                     port=int(svc.get("Port") or 0),
@@ -680,9 +798,15 @@ class ConsulRegistry:
         as Consul's blocking-query guide says: the first query (and the first after an
         error or an index that went backwards) is non-blocking; a returned
         ``X-Consul-Index`` of 0 is used as 1; a wakeup whose set did not change yields
-        nothing. On errors it keeps the last set, logs a warning, sleeps with full-jitter
-        exponential backoff (``backoff_base_s`` .. ``backoff_max_s``) and retries forever.
-        The iterator ends when the registry is closed; it can be cancelled at any await.
+        nothing; a query sent right after a blocking query's answer is rate-limited (a
+        token bucket, burst 2, one token every ``watch_query_interval_s``: the guide's
+        "Rate limit"), so an index that keeps moving is polled at that rate. On errors it
+        keeps the last set, logs a warning, sleeps with full-jitter exponential backoff
+        (``backoff_base_s`` .. ``backoff_max_s``) and retries forever; the backoff grows
+        with each failure until a blocking query succeeds (the non-blocking re-read after
+        an error does not reset it, so a watch whose blocking queries keep failing backs
+        off to ``backoff_max_s``). The iterator ends when the registry is closed; it can be
+        cancelled at any await.
 
         Args:
             service: the Consul service name, e.g. ``"orderd"``.
@@ -695,7 +819,15 @@ class ConsulRegistry:
         index = 0
         last: frozenset[Instance] | None = None
         failures = 0
+        bucket = _TokenBucket(self.options.watch_query_interval_s, _WATCH_BURST)
+        after_blocking_answer = False
         while not self._race.closed:
+            if after_blocking_answer:
+                wait_s = bucket.reserve()
+                if wait_s > 0 and await self._race.race(asyncio.sleep(wait_s)) is CLOSED:
+                    return
+            blocking = index >= 1
+            after_blocking_answer = False
             try:
                 result = await self._race.race(self._health(service, index))
             except _RETRYABLE as exc:
@@ -713,7 +845,9 @@ class ConsulRegistry:
             if result is CLOSED:
                 return
             new_index, entries = result
-            failures = 0
+            if blocking:
+                failures = 0
+                after_blocking_answer = True
             self._tracker.read_ok()
             if new_index < 1:
                 index = 1  # never block on 0: Consul would answer at once, every time
@@ -748,7 +882,8 @@ class ConsulRegistry:
         """
         if self._race.closed:
             return
-        tasks = [*self._keepers.values(), *self._race.close()]
+        tasks = [*(r.task for r in self._keepers.values() if r.task is not None),
+                 *self._race.close()]
         self._keepers.clear()
         for task in tasks:
             task.cancel()

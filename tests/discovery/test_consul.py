@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
-from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+from meshkit.discovery._consul import ConsulOptions, ConsulRegistry, _TokenBucket
 from meshkit.discovery._types import Registry, RegistryStatus
 from meshkit.errors import ConfigError, RegistryError
 from tests.discovery.conformance import Collector, make_instance, unique_service
@@ -289,6 +289,66 @@ async def test_reregisters_after_agent_forgets_grpc(
     assert any(r.path == "/v1/agent/service/orderd-1" for r in double.requests)
 
 
+async def test_failed_reregistration_keeps_previous_registration_alive(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """When register() of an already registered id fails (agent briefly down), the previous
+    registration is still in the agent and its heartbeat goes on: it stays passing."""
+    reg = make_registry()
+    await reg.register(make_instance("orderd", 1))
+    double.set_down(True)
+    with pytest.raises(RegistryError):
+        await reg.register(make_instance("orderd", 1, weight=5))
+    double.set_down(False)
+    passes = double.passes["service:orderd-1:ttl"]
+    await until(lambda: double.passes["service:orderd-1:ttl"] >= passes + 3,
+                what="three more heartbeats")
+    check = double.check("service:orderd-1:ttl")
+    assert check is not None and check.status == "passing"
+    assert ("service:orderd-1:ttl", "critical") not in double.status_history
+
+
+async def test_reregistration_replaces_payload_of_the_heartbeat(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """After a successful re-registration one heartbeat goes on, and if the agent forgets the
+    instance it registers the new payload again, not the old one."""
+    reg = make_registry()
+    await reg.register(make_instance("orderd", 1))
+    await reg.register(make_instance("orderd", 1, weight=5))
+    assert len(reg._keepers) == 1
+    new = double.registrations[-1]
+    double.forget_all()
+    await until(lambda: "orderd-1" in double.services, what="re-registration")
+    assert double.registrations[-1] == new
+    assert double.services["orderd-1"].weights["Passing"] == 5
+
+
+async def test_many_watches_do_not_starve_registration(double: ConsulDouble) -> None:
+    """100 watches each hold a connection for their blocking query; register and the
+    heartbeats of the same registry still get a connection (aiohttp's default connector
+    allows 100 in all)."""
+    reg = ConsulRegistry(_opts(double, wait_s=20.0, request_timeout_s=1.0))
+    watchers = [Collector(reg, f"svc{i}") for i in range(100)]
+    try:
+        async with asyncio.timeout(10):
+            for w in watchers:
+                await w.next()
+
+            def blocked() -> int:
+                return sum(1 for r in double.requests
+                           if r.path.startswith("/v1/health/") and "index" in r.query)
+
+            await until(lambda: blocked() >= 100, what="100 blocked watches")
+        await reg.register(make_instance("gateway", 1))
+        await until(lambda: double.passes["service:gateway-1:ttl"] >= 2, what="heartbeats")
+    finally:
+        for w in watchers:
+            w.task.cancel()
+        await asyncio.gather(*(w.task for w in watchers), return_exceptions=True)
+        await reg.close()
+
+
 async def test_register_unreachable_agent_raises_registry_error() -> None:
     """An unreachable agent makes register raise RegistryError chained from the aiohttp error."""
     async with ConsulDouble() as d:
@@ -379,6 +439,47 @@ async def test_watch_ignores_spurious_wakeups(double: ConsulDouble, make_registr
     await watcher.stop()
 
 
+class _MaxRandom(random.Random):
+    """uniform(a, b) -> b: every backoff delay equals its cap, so growth is visible."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_watch_backoff_grows_when_only_blocking_queries_fail() -> None:
+    """When every blocking query fails (a proxy in front of the agent answering 504 to each
+    ``index=`` query) while the non-blocking re-read after it succeeds, the backoff still
+    grows: only a successful blocking query resets it."""
+    from aiohttp import web
+
+    entry = {"Node": {"Node": "n1", "Address": "127.0.0.2"},
+             "Service": {"ID": "orderd-1", "Service": "orderd", "Port": 50051}, "Checks": []}
+
+    async def health(request: web.Request) -> web.Response:
+        if "index" in request.query:
+            return web.Response(status=504, text="upstream timed out")
+        return web.json_response([entry], headers={"X-Consul-Index": "7"})
+
+    app = web.Application()
+    app.router.add_get("/v1/health/service/{name}", health)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    sleep = FastSleep()
+    opts = ConsulOptions(**{**FAST, "addr": f"127.0.0.1:{runner.addresses[0][1]}",
+                            "backoff_base_s": 0.01, "backoff_max_s": 1.0})
+    reg = ConsulRegistry(opts, rng=_MaxRandom(), sleep=sleep)
+    watcher = Collector(reg, "orderd")
+    try:
+        assert len(await watcher.next()) == 1
+        await until(lambda: len(sleep.delays) >= 8, what="eight retries")
+        assert sleep.delays[:8] == [min(1.0, 0.01 * 2 ** n) for n in range(8)]
+    finally:
+        await watcher.stop()
+        await reg.close()
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize("outage", ["stopped", "500"])
 async def test_watch_survives_outage(
     double: ConsulDouble, make_registry: Any, outage: str
@@ -455,6 +556,107 @@ async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
         await w1.ended.wait()
     assert time.monotonic() - t0 < 2
     assert not reg._race.inflight
+
+
+async def test_watch_rate_limits_a_churning_index(double: ConsulDouble) -> None:
+    """While a service's index moves every 5 ms (idempotent writes, a flapping check) the
+    watch polls at a bounded rate (Consul's blocking-query guide, "Rate limit": a token
+    bucket, burst 2; one query a second by default) instead of one query per change."""
+    reg = ConsulRegistry(_opts(double, wait_s=30.0), rng=random.Random(1))
+    await reg.register(make_instance("orderd", 1))
+    watcher = Collector(reg, "orderd")
+    try:
+        await watcher.next()
+        await asyncio.sleep(0.1)  # the watch is blocked on its index
+        before = len(double.health_requests("orderd"))
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            double.touch("orderd")
+            await asyncio.sleep(0.005)
+        made = len(double.health_requests("orderd")) - before
+        # burst 2 + one token in the second of churn, + one query that may be in flight
+        assert made <= 5, f"{made} health queries in 1 s of index churn: a busy loop"
+    finally:
+        await watcher.stop()
+        await reg.close()
+
+
+def test_token_bucket_bursts_two_then_spaces_by_interval() -> None:
+    """The watch's token bucket: a full bucket (2) answers at once, then each reservation
+    waits one interval more than the last; time returns the tokens, never more than 2."""
+    now = [100.0]
+    bucket = _TokenBucket(0.5, 2, clock=lambda: now[0])
+    assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
+    now[0] += 1.0  # pays the two tokens owed, no more
+    assert bucket.reserve() == 0.5
+    now[0] += 60.0  # a long quiet spell refills to the burst only
+    assert [bucket.reserve() for _ in range(3)] == [0.0, 0.0, 0.5]
+
+
+async def test_watch_follows_a_quiet_service_at_once(double: ConsulDouble) -> None:
+    """The rate limit costs a quiet service nothing: a change after a quiet spell is seen
+    well within watch_query_interval_s, and so is a second one right after it (burst 2)."""
+    reg = ConsulRegistry(_opts(double, wait_s=30.0, watch_query_interval_s=2.0))
+    other = ConsulRegistry(_opts(double))
+    a, b = make_instance("orderd", 1), make_instance("orderd", 2)
+    watcher = Collector(reg, "orderd")
+    try:
+        assert await watcher.next() == frozenset()
+        t0 = time.monotonic()
+        await other.register(a)
+        assert await watcher.next() == {a}
+        await other.register(b)
+        assert await watcher.next() == {a, b}
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        await watcher.stop()
+        await reg.close()
+        await other.close()
+
+
+async def test_long_wait_blocking_query_not_cut_by_aiohttp_default_timeout(
+    double: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wait_s may be up to 600 s, but aiohttp's default session timeout (total=300 s) would
+    cut every quiet blocking query with wait_s above ~282 s and count it as a read failure.
+    Time scaled by 1/600: the default total becomes 0.5 s and wait_s 600 s is 1.0 s."""
+    import aiohttp.client
+
+    monkeypatch.setattr(aiohttp.client, "DEFAULT_TIMEOUT",
+                        aiohttp.ClientTimeout(total=0.5, sock_connect=30))
+    reg = ConsulRegistry(_opts(double, wait_s=1.0), rng=random.Random(1))
+    watcher = Collector(reg, "quiet")
+    try:
+        assert await watcher.next() == frozenset()
+        await until(lambda: len(double.health_requests("quiet")) >= 3,
+                    what="one full blocking query answered and the next one sent")
+        st = reg.status()
+        assert st.read_errors == 0 and st.readable is True, st
+    finally:
+        await watcher.stop()
+        await reg.close()
+
+
+async def test_same_service_id_on_two_nodes_gives_two_instances(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """A Consul service ID is unique per agent only (it defaults to the Name), so two nodes
+    may both list ID "orderd"; the watch still yields two instances with distinct
+    instance_ids (qualified by the node), while a unique ID is kept as it is."""
+    async with aiohttp.ClientSession() as session:
+        for node, ip in (("node-a", "127.0.0.2"), ("node-b", "127.0.0.3")):
+            async with session.put(f"{double.url}/v1/catalog/register", json={
+                "Node": node, "Address": ip, "Service": {"Service": "orderd", "Port": 50051},
+            }) as resp:
+                assert resp.status == 200, await resp.text()
+    reg = make_registry()
+    mine = make_instance("orderd", 1)
+    await reg.register(mine)
+    instances = await Collector(reg, "orderd").next()
+    assert sorted((i.instance_id, i.address) for i in instances) == [
+        ("node-a/orderd", "127.0.0.2:50051"), ("node-b/orderd", "127.0.0.3:50051"),
+        ("orderd-1", "127.0.0.1:41001")]
+    assert mine in instances
 
 
 async def test_node_address_used_when_service_address_empty(
@@ -588,6 +790,7 @@ async def test_mutual_tls_to_agent(tmp_path: Path) -> None:
         ({"addr": "http://"}, "got 'http://'"),
         ({"ca_file": "/nonexistent/ca.pem"}, "got '/nonexistent/ca.pem'"),
         ({"request_timeout_s": float("nan")}, "request_timeout_s must be > 0, got nan"),
+        ({"watch_query_interval_s": 0}, "watch_query_interval_s must be > 0, got 0"),
     ],
 )
 def test_options_validation_quotes_bad_value(kwargs: dict[str, Any], message: str) -> None:
@@ -610,8 +813,8 @@ def test_options_tls_file_rules(tmp_path: Path) -> None:
 def test_options_defaults_and_token_never_shown() -> None:
     """Defaults are the documented ones and the token stays out of repr."""
     o = ConsulOptions(token="tok-abc")
-    assert (o.addr, o.check, o.wait_s, o.ttl_s, o.base_url) == (
-        "127.0.0.1:8500", "ttl", 30.0, 15.0, "http://127.0.0.1:8500")
+    assert (o.addr, o.check, o.wait_s, o.ttl_s, o.base_url, o.watch_query_interval_s) == (
+        "127.0.0.1:8500", "ttl", 30.0, 15.0, "http://127.0.0.1:8500", 1.0)
     assert "tok-abc" not in repr(o)
     with pytest.raises(ConfigError) as info:
         ConsulOptions(token="bad\ntoken")
@@ -667,6 +870,7 @@ def test_from_env_tls_files_and_overrides(tmp_path: Path) -> None:
         ("consul+http://h:1234?check=grpc&ttl_s=5&verify=false&wait_s=10",
          {"base_url": "http://h:1234", "check": "grpc", "ttl_s": 5.0, "verify": False,
           "wait_s": 10.0}),
+        ("consul://h:8500?watch_query_interval_s=0.25", {"watch_query_interval_s": 0.25}),
         ("consul://", {"base_url": "http://env-host:8500"}),
     ],
 )
