@@ -434,7 +434,12 @@ class EtcdRegistry:
                 self._ssl = ctx
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s),
-                connector=aiohttp.TCPConnector(ssl=self._ssl),
+                # No connection limit (aiohttp's default is 100): each watch holds one
+                # connection for its watch stream, which never ends, so with a limit 100
+                # watches would leave register, deregister and the keep-alive waiting for
+                # good (the lease would expire): one connection per watch, plus the
+                # requests in flight.
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
             )
         return self._session
 

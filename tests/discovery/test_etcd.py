@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,63 @@ async def test_unreachable_etcd_fails_register_and_keeps_watch_waiting() -> None
         await watcher.stop()
     finally:
         await reg.close()
+
+
+async def test_many_watches_do_not_starve_the_lease() -> None:
+    """Each watch holds one connection for its endless watch stream; with 100 watches on a
+    registry its register (lease grant, put) still gets a connection (aiohttp's default
+    connector allows 100 in all). A minimal etcd JSON gateway on loopback plays etcd
+    (shapes as in etcd's gRPC-gateway API: kv/range, watch, lease/grant, kv/put)."""
+    from aiohttp import web
+
+    header = {"cluster_id": "14841639068965178418", "member_id": "1", "revision": "5",
+              "raft_term": "2"}
+    streams = 0
+    stop = asyncio.Event()
+
+    async def kv_range(request: web.Request) -> web.Response:
+        return web.json_response({"header": header, "kvs": [], "count": "0"})
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write((json.dumps({"result": {"header": header, "created": True}})
+                          + "\n").encode())
+        streams += 1
+        await stop.wait()
+        return resp
+
+    async def grant(request: web.Request) -> web.Response:
+        return web.json_response({"header": header, "ID": "7587", "TTL": "10"})
+
+    async def put(request: web.Request) -> web.Response:
+        return web.json_response({"header": header})
+
+    app = web.Application()
+    app.router.add_post("/v3/kv/range", kv_range)
+    app.router.add_post("/v3/watch", watch)
+    app.router.add_post("/v3/lease/grant", grant)
+    app.router.add_post("/v3/kv/put", put)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{runner.addresses[0][1]}",),
+                                   ttl_s=3, request_timeout_s=0.5, operation_timeout_s=1.5))
+    watchers = [Collector(reg, f"svc{i}") for i in range(100)]
+    try:
+        async with asyncio.timeout(10):
+            for w in watchers:
+                await w.next()
+            await until(lambda: streams >= 100, what="100 watch streams")
+        await reg.register(make_instance("gateway", 1))
+    finally:
+        stop.set()
+        for w in watchers:
+            w.task.cancel()
+        await asyncio.gather(*(w.task for w in watchers), return_exceptions=True)
+        await reg.close()
+        await runner.cleanup()
 
 
 # -- a real etcd node ---------------------------------------------------------------------------
