@@ -86,7 +86,10 @@ class Reporter(Protocol):
     ``start(context)`` runs first in the call's task (before any check) and returns the
     call's state; ``finish(state, context, exc)`` runs once when the call ends, with the
     exception it ended with (``None``: returned normally), also when a check refused it.
-    Both must not raise.
+    Both must not raise. A cancelled call ends with ``asyncio.CancelledError``, or, for a
+    response stream cancelled while grpc.aio sends one of its messages, with the
+    ``GeneratorExit`` that closes the handler's generator afterwards (possibly in another
+    task, when the generator is finalized).
 
     A reporter may also have a ``messages`` attribute: an object with integer
     ``msg_received`` and ``msg_sent`` attributes (or ``None``), which the wrap increments

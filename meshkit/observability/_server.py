@@ -65,6 +65,9 @@ _time_ns = time.time_ns
 _internal_log = get_logger("meshkit.observability")
 _SERVER = SpanKind.SERVER
 _MAX_METHODS = 10_000
+# what a cancelled call ends with: its task's CancelledError, or the GeneratorExit that
+# closes a response stream's generator after grpc.aio cancelled the task (see _outcome)
+_CANCELLATIONS = (asyncio.CancelledError, GeneratorExit)
 
 
 _running_loop = asyncio._get_running_loop  # None outside a running loop (a stream
@@ -388,13 +391,17 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     def _outcome(self, context: Any, exc: BaseException | None) -> grpc.StatusCode:
         """The status a call ends with: what the handler set or aborted with, CANCELLED /
-        DEADLINE_EXCEEDED when cancelled, UNKNOWN for any other exception."""
+        DEADLINE_EXCEEDED when cancelled (DEADLINE_EXCEEDED when no time remains), UNKNOWN
+        for any other exception. A response stream's ``GeneratorExit`` is a cancellation:
+        grpc.aio cancels the call's task (the client cancelled, or the deadline passed)
+        while it sends a message, outside the handler's async generator, which is then
+        closed before its end."""
         if exc is None or isinstance(exc, grpc.aio.AbortError):
             code = context.code()
             if isinstance(code, grpc.StatusCode):
                 return code
             return STATUS_OK if exc is None else STATUS_UNKNOWN
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, _CANCELLATIONS):
             remaining = context.time_remaining()
             return STATUS_DEADLINE if remaining is not None and remaining <= 0 else STATUS_CANCELLED
         return STATUS_UNKNOWN

@@ -240,6 +240,67 @@ async def test_health_checks_are_metered_but_not_traced(
     assert tracing.spans() == []
 
 
+_STREAMS = "meshkit.test.Streams"
+_CODES = ("OK", "Canceled", "DeadlineExceeded", "Unknown")
+
+
+def _add_endless(_servicer: Any, server: Any) -> None:
+    """Service ``meshkit.test.Streams``: ``Endless`` streams 16 KiB messages for ever,
+    faster than a client reads (its task then waits in grpc.aio's send)."""
+
+    async def endless(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 16384
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_STREAMS, {
+        "Endless": grpc.unary_stream_rpc_method_handler(endless),
+    }),))
+
+
+async def test_server_streams_the_client_cancels_or_outlive_their_deadline_are_not_unknown(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """A server stream cancelled by its client while the server sends is counted
+    Canceled, one whose deadline passes DeadlineExceeded, never Unknown (grpc.aio closes
+    the handler's generator with GeneratorExit once the call's task was cancelled)."""
+    from tests.support.wait import until
+
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    srv = meshkit.MeshServer("echo", [(_add_endless, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
+                                                          grace_s=1.0, telemetry=opts))
+    await srv.start()
+
+    def count(code: str) -> float:
+        return value(samples(prom_text(prom)), "grpc_server_handled_total",
+                     grpc_service=_STREAMS, grpc_method="Endless", grpc_code=code)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            endless = ch.unary_stream(f"/{_STREAMS}/Endless")
+            for _ in range(3):
+                call = endless(b"", timeout=5)
+                got = 0
+                async for _msg in call:
+                    got += 1
+                    if got == 5:
+                        break
+                call.cancel()
+            await until(lambda: sum(map(count, _CODES)) >= 3, timeout_s=5,
+                        what="the cancelled streams counted")
+            late = endless(b"", timeout=0.5)
+            async for _msg in late:
+                await asyncio.sleep(1.0)  # reads one message, then its deadline passes
+                break
+            late.cancel()
+            await until(lambda: sum(map(count, _CODES)) >= 4, timeout_s=5,
+                        what="the late stream counted")
+    finally:
+        await srv.drain()
+    counted = {c: count(c) for c in _CODES}
+    assert counted == {"OK": 0, "Canceled": 3, "DeadlineExceeded": 1, "Unknown": 0}, counted
+
+
 def prom_text(reg: CollectorRegistry) -> str:
     """The text exposition of ``reg``."""
     from prometheus_client import generate_latest
