@@ -342,13 +342,15 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
     return behavior
 
 
-def _answering(exc: Exception, unhandled: Unhandled) -> Handler:
+def _answering(exc: Exception, unhandled: Unhandled | None) -> Handler:
     """A handler that answers ``exc`` (raised where the method's handler was being looked
-    up) through ``unhandled``: stream-stream, which starts without reading a request, so
-    it answers calls of every kind."""
+    up) through ``unhandled``, or as grpc.aio answers it (``UNKNOWN`` with its text, what
+    grpc.aio also answers when an interceptor raises) without one: stream-stream, which
+    starts without reading a request, so it answers calls of every kind."""
 
     async def behavior(requests: Any, context: Any) -> None:
-        await unhandled(exc, context)
+        if unhandled is not None:
+            await unhandled(exc, context)
         raise exc  # unhandled did not abort (the call is over): grpc.aio's answer
 
     handler: Handler = grpc.stream_stream_rpc_method_handler(behavior)
@@ -384,17 +386,35 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         """Return the next handler wrapped with this interceptor's check. When the
         interceptors after this one raise instead (grpc.aio runs them per call), a handler
         that answers the exception as this interceptor answers a handler's
-        (:meth:`_unhandled_for`), if it does."""
+        (:meth:`_unhandled_for`; without one, ``UNKNOWN`` with its text, as grpc.aio
+        answers an interceptor's exception), observed by this interceptor's reporter
+        (telemetry counts, traces and logs the call like a handler's failure). With
+        neither, or for a gRPC status (``grpc.aio.BaseError``), the exception goes on to
+        grpc.aio."""
         try:
             handler = await continuation(handler_call_details)
         except Exception as e:
-            method = handler_call_details.method
-            unhandled = (None if isinstance(e, _GRPC_ERRORS)
-                         else self._unhandled_for(method))
-            if unhandled is None:
+            if isinstance(e, _GRPC_ERRORS):
                 raise
-            return _answering(e, unhandled)
+            return self._answer(handler_call_details.method, e)
         return self.resolve(handler_call_details.method, handler)
+
+    def _answer(self, method: str, exc: Exception) -> Handler:
+        """The handler answering ``exc`` for ``method`` (see :meth:`intercept_service`),
+        wrapped with the method's reporter: labelled with the method's kind when a call of
+        it was resolved before, else with the answering handler's (a bidirectional
+        stream: the kind is on the handler that could not be looked up).
+
+        Raises:
+            Exception: ``exc``, when there is neither an answer nor a reporter.
+        """
+        unhandled = self._unhandled_for(method)
+        answering = _answering(exc, unhandled)
+        cached = self._handlers.get(method)
+        reporter = self._reporter_for(method, answering if cached is None else cached[0])
+        if unhandled is None and reporter is None:
+            raise exc
+        return wrap_handler(answering, None, reporter, None)
 
     def resolve(self, method: str, handler: Handler | None) -> Handler | None:
         """``handler`` of full method name ``method`` wrapped with this interceptor's check

@@ -251,6 +251,56 @@ async def test_an_exception_in_a_users_interceptor_is_answered_the_same(
     assert all(_SECRET in str(e["exc_info"]) for e in events)
 
 
+class _RaisingWhenAsked(grpc.aio.ServerInterceptor):
+    """A user's interceptor that raises for calls with metadata ``fail``."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if any(k == "fail" for k, _ in details.invocation_metadata or ()):
+            raise _Boom(f"interceptor cannot reach {_SECRET}")
+        return await continuation(details)
+
+
+def _handled(metrics: Any, name: str) -> dict[tuple[str, str], float]:
+    """``grpc_server_handled_total`` of method ``name``, by ``(grpc_type, grpc_code)``."""
+    out: dict[tuple[str, str], float] = {}
+    for family in metrics.collect():
+        for sample in family.samples:
+            if (sample.name == "grpc_server_handled_total"
+                    and sample.labels.get("grpc_method") == name):
+                out[sample.labels["grpc_type"], sample.labels["grpc_code"]] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("expose", [False, True])
+async def test_a_call_whose_users_interceptor_raised_is_counted_by_telemetry(
+    registry: LocalRegistry, expose: bool
+) -> None:
+    """Telemetry, outermost, counts a call whose user interceptor raised as ``Unknown``
+    (what the caller gets, with or without the exception's text), labelled with the
+    method's kind once a call of it was resolved, else as a bidirectional stream (the
+    answering handler's kind: the method's is unknown)."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+
+    metrics = CollectorRegistry()
+    fail = (("fail", "1"),)
+    async with _serving(registry, interceptors=(_RaisingWhenAsked(),),
+                        expose_exception_text=expose,
+                        telemetry=TelemetryOptions(registry=metrics)) as ch:
+        unary = ch.unary_unary(_m("SetsCode"))
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await unary(b"x", timeout=5)  # resolved: its kind is known from now on
+        assert first.value.code() is grpc.StatusCode.NOT_FOUND
+        for method in ("SetsCode", "Aborts"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(_m(method))(b"x", timeout=5, metadata=fail)
+            assert err.value.code() is grpc.StatusCode.UNKNOWN
+            assert (_SECRET in (err.value.details() or "")) is expose
+    assert _handled(metrics, "SetsCode") == {("unary", "NotFound"): 1, ("unary", "Unknown"): 1}
+    assert _handled(metrics, "Aborts") == {("bidi_stream", "Unknown"): 1}
+
+
 async def test_statuses_the_handler_sets_pass_unchanged(registry: LocalRegistry) -> None:
     """``context.abort`` and ``set_code``/``set_details`` are the handler's answer: sent as
     they are; so is an abort the handler raised something else after."""
