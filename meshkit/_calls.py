@@ -26,9 +26,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import structlog
 from grpc.aio import AioRpcError, Metadata
 
 from meshkit._codecs import Undecodable, codec_error, serialize_message, undecodable_error
+from meshkit._loop import LoopCache
 from meshkit.interceptors import ClientCallDetails
 
 __all__ = ["MeshCall", "RetryingStreamCall", "StreamResponseCall", "UnaryResponseCall"]
@@ -37,6 +39,45 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _OK = grpc.StatusCode.OK
 _EOF = grpc.aio.EOF
+
+_log = structlog.get_logger("meshkit.channel")
+# the task a unary call runs in (for cancel()), without a getpid per call
+_current_task = LoopCache().current_task
+
+
+def _call_back(callback: Callable[[Any], None], call: MeshCall) -> None:
+    """Run one done callback. An exception it raises is logged (``done callback raised``)
+    and goes no further, as asyncio's and grpc.aio's: not into the caller's ``await``, not
+    in the way of the callbacks after it."""
+    try:
+        callback(call)
+    except Exception as exc:
+        _log.error("done callback raised", method=call._details.method,
+                   callback=repr(callback), error_type=type(exc).__name__, exc_info=exc)
+
+
+class _NoTask:
+    """Stands for the task of a unary call whose coroutine runs outside any asyncio task
+    (driven by hand): there is no task to cancel, and the call still counts as started."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+    def uncancel(self) -> int:
+        return 0
+
+
+_NO_TASK: Any = _NoTask()
+
+
+async def _not_sent(details: ClientCallDetails, request: Any) -> Any:
+    """The chain of a unary call cancelled before it started: sends nothing."""
+    raise asyncio.CancelledError()
 
 
 def _code_of(error: BaseException) -> grpc.StatusCode:
@@ -50,15 +91,16 @@ def _code_of(error: BaseException) -> grpc.StatusCode:
 class MeshCall:
     """Base of meshkit's call objects: the grpc.aio call API over a settled outcome.
 
-    Subclasses call :meth:`_settle` exactly once and implement :meth:`_begin` (start the
-    work if it has not started; return an awaitable that ends when the call has settled,
-    or ``None`` if it has) and :meth:`_current` (the attempt in flight, for ``cancel``).
+    Subclasses call :meth:`_settle` exactly once and implement :meth:`_start` (start the
+    work if it has not started, setting ``_task``: ``None`` means not started) and
+    :meth:`_current` (the attempt in flight, for ``cancel``).
     """
 
     __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_is_settled",
                  "_settled_fut", "_task")
 
     def __init__(self, details: ClientCallDetails) -> None:
+        # UnaryResponseCall.__init__ repeats these: change both
         self._details = details
         self._call: Any = None
         self._error: BaseException | None = None
@@ -69,7 +111,7 @@ class MeshCall:
         self._task: asyncio.Task[Any] | None = None
 
     # -- what subclasses provide --------------------------------------------------------
-    def _begin(self) -> Awaitable[Any] | None:
+    def _start(self) -> None:
         raise NotImplementedError
 
     def _current(self) -> Any:
@@ -82,16 +124,18 @@ class MeshCall:
             return
         self._is_settled = True
         self._call = call
-        self._error = error
-        if error is not None and _code_of(error) is _CANCELLED:
-            self._cancelled = True
+        if error is not None:  # else _error stays None, as made
+            self._error = error
+            if _code_of(error) is _CANCELLED:
+                self._cancelled = True
         fut = self._settled_fut
         if fut is not None and not fut.done():
             fut.set_result(None)
-        callbacks, self._callbacks = self._callbacks, None
-        if callbacks:
+        callbacks = self._callbacks
+        if callbacks is not None:
+            self._callbacks = None
             for cb in callbacks:
-                self._when_done(cb)
+                self._when_done(cb)  # each isolated: one that raises stops none after it
 
     def _settle_from_task(self, task: asyncio.Task[Any]) -> None:
         """Done callback of a settling task: a task cancelled or failed before it settled
@@ -116,34 +160,45 @@ class MeshCall:
             asyncio.CancelledError: the *caller* was cancelled (the call goes on).
         """
         if not self._is_settled:
-            begun = self._begin()
-            if begun is not None:
-                await asyncio.shield(begun)
+            self._start()
+            if not self._is_settled:
+                await asyncio.shield(self._waiter())
         return self._call
 
     def _when_done(self, callback: Callable[[Any], None]) -> None:
         call = self._call
         if call is not None and self._error is None:
-            call.add_done_callback(lambda _c: callback(self))
+            call.add_done_callback(lambda _c: _call_back(callback, self))
         else:
-            asyncio.get_running_loop().call_soon(callback, self)
+            asyncio.get_running_loop().call_soon(_call_back, callback, self)
 
     # -- the grpc.aio call API ---------------------------------------------------------
     def cancel(self) -> bool:
         """Cancel the call: its attempt in flight and any attempt not started yet.
 
+        A call nothing has started yet (not awaited, read or asked anything) settles
+        cancelled at once and is never sent. Otherwise the attempt in flight is cancelled
+        and so is the task the call runs in: a unary call awaited directly runs in the
+        awaiting task, so its ``await`` raises :class:`asyncio.CancelledError` (as
+        grpc.aio's) and its retry backoff and hedges end with it. The call's code is then
+        ``CANCELLED``.
+
         Returns:
-            ``False`` if the call had already finished, else whether anything was cancelled.
+            ``True`` if this cancelled the call; ``False`` if it had already finished or
+            been cancelled.
         """
-        if self.done():
+        if self._cancelled or self.done():
             return False
         self._cancelled = True
+        task = self._task
+        if task is None:  # not started: nothing to stop, nothing will be sent
+            self._settle(None, asyncio.CancelledError())
+            return True
         cancelled = False
         current = self._current()
         if current is not None:
             cancelled = bool(current.cancel())
-        task = self._task
-        if task is not None and not task.done():
+        if not task.done():
             cancelled = task.cancel() or cancelled
         return cancelled
 
@@ -165,17 +220,22 @@ class MeshCall:
         return call is None or self._error is not None or bool(call.done())
 
     def time_remaining(self) -> float | None:
-        """Seconds before the call's deadline, or ``None`` without one."""
-        return self._details.time_remaining_s()
+        """Seconds before the call's deadline (``0.0`` once it has passed), or ``None``
+        without one."""
+        remaining = self._details.time_remaining_s()
+        return None if remaining is None else max(0.0, remaining)
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        """Call ``callback(call)`` once the logical call has finished (soon, if it has)."""
+        """Call ``callback(call)`` once the logical call has finished (soon, if it has);
+        starts the call if nothing has. An exception ``callback`` raises is logged
+        (``done callback raised``, logger ``meshkit.channel``), not raised."""
         if self._is_settled:
             self._when_done(callback)
             return
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(callback)
+        self._start()
 
     async def initial_metadata(self) -> Metadata:
         """Initial metadata of the attempt the call settled on (empty without one)."""
@@ -237,8 +297,9 @@ class UnaryResponseCall(MeshCall):
     """The call of unary-unary and stream-unary methods: ``await`` it for the response.
 
     Awaited directly it runs inline in the caller's task (no extra task per call); any
-    other use first (``add_done_callback``, ``code()``...) starts it in a task. It settles
-    on the attempt that answered (``details.last_call``).
+    other use first (``add_done_callback``, ``code()``...) starts it in a task. Either way
+    it is sent once, however many awaits and accessors follow. It settles on the attempt
+    that answered (``details.last_call``).
 
     Args:
         details: the call's :class:`~meshkit.interceptors.ClientCallDetails`.
@@ -246,36 +307,58 @@ class UnaryResponseCall(MeshCall):
         invoke: ``await invoke(details, request) -> response``: the per-call chain.
     """
 
-    __slots__ = ("_invoke", "_request", "_response", "_started")
+    __slots__ = ("_invoke", "_request", "_response")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  invoke: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
-        super().__init__(details)
+        # MeshCall.__init__ written out: no super() call and frame on the per-call path
+        self._details = details
+        self._call: Any = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._callbacks: list[Callable[[Any], None]] | None = None
+        self._settled_fut: asyncio.Future[None] | None = None
+        self._is_settled = False
+        self._task: asyncio.Task[Any] | None = None
         self._request = request
         self._invoke = invoke
-        self._started = False
         self._response: Any = None
 
     def __await__(self) -> Any:
-        if not self._started:
+        if self._task is None:  # not started
             return self._run().__await__()
         return self._result().__await__()
 
     async def _run(self) -> Any:
-        self._started = True
+        # the task it runs in (the awaiting one, or _start's), for cancel(); also marks
+        # the call started
+        self._task = _current_task() or _NO_TASK
         try:
             self._response = await self._invoke(self._details, self._request)
         except BaseException as exc:
+            if self._cancelled and not self._is_settled and isinstance(
+                    exc, asyncio.CancelledError):
+                # cancel() cancelled the task: that request is spent here (the awaiting
+                # task's cancelling() is as before), its CancelledError goes on
+                task = self._task
+                if task is not None:
+                    task.uncancel()
             self._settle(self._details.last_call, exc)
             raise
         self._settle(self._details.last_call, None)
         return self._response
 
-    def _begin(self) -> Awaitable[Any] | None:
-        if not self._started:
+    def _start(self) -> None:
+        if self._task is None:
             self._task = task = asyncio.get_running_loop().create_task(self._run())
             task.add_done_callback(self._settle_from_task)
-        return None if self._is_settled else self._waiter()
+
+    def cancel(self) -> bool:
+        """:meth:`MeshCall.cancel`; a call not started yet is never sent, and an ``await``
+        on it raises :class:`asyncio.CancelledError`."""
+        if self._task is None and not self._cancelled:
+            self._invoke = _not_sent  # an await after this raises CancelledError
+        return super().cancel()
 
     def _current(self) -> Any:
         return self._details.last_call
@@ -311,11 +394,10 @@ class StreamResponseCall(MeshCall):
     async def _opening(self) -> None:
         self._settle(await self._open(self._details, self._request), None)
 
-    def _begin(self) -> Awaitable[Any] | None:
+    def _start(self) -> None:
         if self._task is None:
             self._task = task = asyncio.get_running_loop().create_task(self._opening())
             task.add_done_callback(self._settle_from_task)
-        return None if self._is_settled else self._waiter()
 
     def _current(self) -> Any:
         return self._call if self._call is not None else self._details.last_call
@@ -470,8 +552,8 @@ class RetryingStreamCall(MeshCall):
             attempt += 1
             self._call = None
 
-    def _begin(self) -> Awaitable[Any] | None:
-        return None if self._is_settled else self._waiter()
+    def _start(self) -> None:
+        pass  # started when made
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()

@@ -4,14 +4,20 @@ against real in-process echo servers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 import meshkit
+from meshkit.balancer import RoundRobin
 from meshkit.discovery import LocalRegistry
-from meshkit.resilience import RetryOptions, RetryPolicy
+from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import method
 
@@ -20,6 +26,21 @@ OK = grpc.StatusCode.OK
 
 def _opts(**kw: Any) -> meshkit.DialOptions:
     return meshkit.DialOptions(insecure=True, **kw)
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll ``cond`` until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class _LongestDelay(random.Random):
+    """A random source whose backoff jitter always picks the longest delay."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
 
 
 async def test_unary_call_api_after_success(
@@ -258,3 +279,231 @@ async def test_retrying_stream_cancel(
         with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
             while await call.read() is not grpc.aio.EOF:
                 pass
+
+
+async def test_unary_call_cancel_reaches_its_retry_backoff(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """cancel() on an awaited unary call waiting out a retry's backoff returns True, the
+    awaiting task gets CancelledError and no further attempt is sent."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    slow = RetryPolicy(idempotent=True, max_attempts=3,
+                       backoff=Backoff(base_delay_s=1.0, max_delay_s=1.0, rng=_LongestDelay()))
+    opts = _opts(retry=RetryOptions(default=slow), outlier=None)
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        call = ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=10)
+
+        async def run() -> Any:
+            return await call
+
+        task = asyncio.ensure_future(run())
+        await _until(lambda: ch.stats().retry.retries == 1)  # type: ignore[union-attr]
+        assert call.cancel() is True
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert task.cancelled()
+        assert call.cancelled() and call.done()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        assert served == ["Fail"], "attempts went on after cancel()"
+        assert call.cancel() is False  # already cancelled
+
+
+async def test_unary_call_cancel_caught_by_the_caller_leaves_its_task_usable(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A caller that catches the CancelledError of a call cancelled by cancel() goes on
+    awaiting other calls: the call's cancel does not stay pending on the caller's task."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        call = ch.unary_unary(method("Sleep"))(b"2000", timeout=5)
+
+        async def run() -> tuple[str, int, bytes]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            task = asyncio.current_task()
+            assert task is not None
+            after = await ch.unary_unary(method("Unary"))(b"next", timeout=5)
+            return "caught", task.cancelling(), after
+
+        task = asyncio.ensure_future(run())
+        await _until(lambda: sum(e.in_flight for e in ch.stats().endpoints) == 1)
+        assert call.cancel() is True
+        assert await asyncio.wait_for(task, 5) == ("caught", 0, b"e1|next")
+
+
+async def test_unary_call_cancel_reaches_every_hedge_in_flight(
+    registry: LocalRegistry
+) -> None:
+    """cancel() on an awaited hedged call cancels the attempts still in flight, not only
+    the last one sent (here a hedge that already failed): the caller gets CancelledError
+    and the server sees the first attempt cancelled."""
+    count = 0
+    server_saw: list[str] = []
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        nonlocal count
+        count += 1
+        if count == 1:  # the first attempt: slow
+            try:
+                await asyncio.sleep(5.0)
+            except asyncio.CancelledError:
+                server_saw.append("cancelled")
+                raise
+            server_saw.append("completed")
+            return b"slow"
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "down")  # the hedge fails
+        raise AssertionError("unreachable")
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "meshkit.test.Hedge", {"Get": grpc.unary_unary_rpc_method_handler(get)}),))
+
+    servers = []
+    for instance_id in ("h1", "h2"):
+        srv = meshkit.MeshServer("hedge", [(add, None)], registry=registry,
+                                 options=meshkit.ServeOptions(
+                                     insecure=True, instance_id=instance_id,
+                                     drain_delay_s=0.0, grace_s=1.0))
+        await srv.start()
+        servers.append(srv)
+    try:
+        policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=2)
+        opts = _opts(retry=RetryOptions(default=policy), balancer=RoundRobin, outlier=None)
+        async with meshkit.dial("hedge", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(2)
+            call = ch.unary_unary("/meshkit.test.Hedge/Get")(b"", timeout=10)
+
+            async def run() -> Any:
+                return await call
+
+            task = asyncio.ensure_future(run())
+            await _until(lambda: sum(e.failures for e in ch.stats().endpoints) == 1)
+            assert call.cancel() is True
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
+            await _until(lambda: bool(server_saw))
+        assert server_saw == ["cancelled"]
+        assert await call.code() is grpc.StatusCode.CANCELLED
+    finally:
+        for srv in servers:
+            await srv.drain()
+
+
+async def test_unary_call_cancelled_before_use_is_not_sent(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """cancel() on a unary call nothing has used returns True and settles it CANCELLED:
+    awaiting it raises CancelledError and no request reaches a server."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        assert call.cancel() is True
+        assert call.cancelled() and call.done()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, 5)
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        assert call.cancel() is False
+        await asyncio.sleep(0.05)  # a request sent anyway would reach the server by now
+        assert served == [], "a cancelled call reached the server"
+
+
+async def test_stream_call_cancelled_before_use_is_not_sent(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """cancel() on a server stream nothing has used returns True; reading it raises
+    CancelledError and nothing reaches a server."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=5)
+        assert call.cancel() is True
+        with pytest.raises(asyncio.CancelledError):
+            await call.read()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        await asyncio.sleep(0.05)
+        assert served == []
+
+
+async def test_unary_call_started_by_an_accessor_and_awaited_is_sent_once(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """One call object is one RPC: code() (which starts it in a task) and an await
+    before that task ran share the one attempt."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        code, response = await asyncio.wait_for(asyncio.gather(call.code(), call), 5)
+        assert code is OK and response == b"e1|x"
+        await asyncio.sleep(0.05)  # a second request would reach the server by now
+        assert served == ["Unary"]
+
+
+async def test_add_done_callback_starts_the_call(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A unary call and a server stream whose only use is add_done_callback run, and call
+    back once."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        await ch.wait_for_endpoints(1)
+        unary = ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        stream = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=5)
+        seen: list[Any] = []
+        unary.add_done_callback(seen.append)
+        stream.add_done_callback(seen.append)
+        await _until(lambda: len(seen) == 2)
+        assert sorted(served) == ["FailStream", "Unary"]
+        assert unary in seen and stream in seen
+        assert await unary == b"e1|x"
+        assert await stream.code() is grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("settled_first", [False, True])
+async def test_a_raising_done_callback_is_logged_not_raised(
+    registry: LocalRegistry, echo_servers: EchoFactory, settled_first: bool
+) -> None:
+    """A done callback that raises is logged; the caller still gets the response and the
+    callbacks after it still run (added before the call ends, or after)."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        if settled_first:
+            assert await call == b"e1|x"
+        seen: list[str] = []
+
+        def bad(_c: Any) -> None:
+            seen.append("bad")
+            raise RuntimeError("a buggy done callback")
+
+        with structlog.testing.capture_logs() as logs:
+            call.add_done_callback(bad)
+            call.add_done_callback(lambda _c: seen.append("good"))
+            assert await asyncio.wait_for(call, 5) == b"e1|x"
+            await _until(lambda: len(seen) == 2)
+            await asyncio.sleep(0.01)
+        assert seen == ["bad", "good"]
+        errors = [e for e in logs if e["event"] == "done callback raised"]
+        assert len(errors) == 1 and errors[0]["error_type"] == "RuntimeError"
+
+
+async def test_time_remaining_is_never_negative(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """time_remaining() is a nonnegative float (grpc.aio's contract), 0.0 once the
+    deadline has passed."""
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        call = ch.unary_unary(method("Sleep"))(b"1000", timeout=0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(call, 5)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.05)
+        assert call.time_remaining() == 0.0
