@@ -273,13 +273,22 @@ class EndpointPool:
                         self.service, f"all {len(self.endpoints)} endpoints are {why}")
                 raise NoEndpointsError(self.service,
                                        self._registry_problem() or "no endpoint is registered")
+            remaining = details.time_remaining_s()
+            # an ejection that ends makes an endpoint pickable (its probe) and wakes
+            # nobody: look again then; one already due waits for its connection, whose
+            # change wakes this wait
+            probe_in = (self.balancer.next_probe_in_s()
+                        if isinstance(self.balancer, EjectingBalancer) else None)
+            wait_s = remaining if not probe_in else (
+                probe_in if remaining is None else min(probe_in, remaining))
             try:
-                await asyncio.wait_for(self.changed(), details.time_remaining_s())
+                await asyncio.wait_for(self.changed(), wait_s)
             except TimeoutError:
-                raise MeshRpcError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"deadline exceeded waiting for an endpoint of {self.service!r}",
-                ) from None
+                if wait_s == remaining:
+                    raise MeshRpcError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"deadline exceeded waiting for an endpoint of {self.service!r}",
+                    ) from None
 
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,

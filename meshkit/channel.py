@@ -564,11 +564,10 @@ class MeshChannel(grpc.aio.Channel):
         if picked is None:
             picked = await self._pool.pick_slow(details)
         ep, done, call = self._launch(details, picked, request)
-        t0 = _perf()
 
         def finished(c: Any) -> None:
             ep.in_flight -= 1
-            self._pool.spawn(_report_stream(c, ep, done, t0, details))
+            self._pool.spawn(_report_stream(c, ep, done, details))
 
         call.add_done_callback(finished)
         return call
@@ -786,9 +785,12 @@ def _for_every_kind(interceptors: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-async def _report_stream(call: Any, ep: Endpoint, done: Any, t0: float,
+async def _report_stream(call: Any, ep: Endpoint, done: Any,
                          details: ClientCallDetails) -> None:
-    latency = _perf() - t0
+    # no latency sample (a negative one, see balancer.Done): a stream's lifetime is no
+    # round-trip time, and one long, healthy stream would make P2C's peak EWMA read its
+    # endpoint as that slow; failures still carry P2C's overload penalty
+    latency = -1.0
     try:
         local = call.cancelled()  # cancelled here: by its caller, or by the mesh
         code = _CANCELLED if local else await call.code()

@@ -17,7 +17,7 @@ import meshkit
 from meshkit.balancer import OutlierOptions, RingHash, RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
 from tests.conftest import EchoFactory
-from tests.support.echo import handler, method
+from tests.support.echo import SERVICE, handler, method
 from tests.support.wait import until
 
 
@@ -251,3 +251,65 @@ async def test_close_with_grace_lets_a_call_in_flight_finish(
     await until(lambda: any(e.in_flight for e in ch.endpoints()), what="call in flight")
     await asyncio.wait_for(ch.close(grace=3), 5)
     assert call.done() and call.result() == b"e1"
+
+
+async def test_a_long_stream_is_no_latency_sample_of_its_endpoint(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """P2C's load is a peak EWMA of round-trip times (Finagle, Linkerd). A stream's
+    lifetime is none: one quiet, healthy 1.5 s stream used to set its endpoint's estimate
+    to 1.5 s, and P2C then sent that endpoint no call for many seconds."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    opts = meshkit.DialOptions(insecure=True, retry=None)
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(10):
+            await unary(b"x", timeout=2)
+        bidi = ch.stream_stream(method("Bidi"))(timeout=10)
+        await bidi.write(b"a")
+        held_on = (await asyncio.wait_for(bidi.read(), 3)).split(b"|")[0].decode()
+        await asyncio.sleep(1.5)  # a quiet, healthy stream
+        await bidi.done_writing()
+        assert await bidi.code() is grpc.StatusCode.OK
+        await until(lambda: all(e.pending == 0 for e in ch.stats().endpoints),
+                    what="the stream's outcome reported")
+        rtt = {e.instance_id: e.rtt_ms for e in ch.stats().endpoints}
+        assert rtt[held_on] is not None and rtt[held_on] < 500, rtt
+
+
+def toggled_handler(tag: str, broken: list[bool]) -> grpc.GenericRpcHandler:
+    """The echo Unary method, failing UNAVAILABLE while ``broken[0]``."""
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if broken[0]:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "broken")
+        return tag.encode() + b"|" + request
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {"Unary": grpc.unary_unary_rpc_method_handler(unary)})
+
+
+async def test_wait_for_ready_call_gets_the_endpoint_back_when_its_ejection_ends(
+    registry: LocalRegistry,
+) -> None:
+    """With every endpoint ejected, a wait_for_ready call waits for one (pick_slow); when
+    the ejection time is up the endpoint is back for its probe, but nothing wakes the
+    waiting call (only discovery and connectivity changes do), so it fails
+    DEADLINE_EXCEEDED although the endpoint had been available for most of its wait."""
+    broken = [True]
+    async with raw_server(toggled_handler("e1", broken)) as (_, port):
+        await registry.register(inst("e1", port))
+        opts = meshkit.DialOptions(
+            insecure=True, retry=None,
+            outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=0.3))
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            unary = ch.unary_unary(method("Unary"))
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await unary(b"x", timeout=2)
+            assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == ["e1"]
+            broken[0] = False
+            got = await asyncio.wait_for(unary(b"x", timeout=3, wait_for_ready=True), 5)
+            assert got == b"e1|x"

@@ -21,7 +21,9 @@ from meshkit.discovery._types import Instance
 __all__ = ["Balancer", "Done", "Endpoint", "EndpointState", "noop_done"]
 
 Done = Callable[[grpc.StatusCode, float], None]
-"""Outcome callback of one pick: ``done(status_code, latency_s)``."""
+"""Outcome callback of one pick: ``done(status_code, latency_s)``. A negative
+``latency_s`` is an outcome without a latency sample: the channel reports streams so,
+since a stream's lifetime (a watch, a subscription) is no round-trip time."""
 
 
 def noop_done(code: grpc.StatusCode, latency_s: float) -> None:

@@ -191,6 +191,15 @@ class EjectingBalancer:
         # for its connection, or for its probe's outcome)
         return self._health[key].ejected_until > 0
 
+    def next_probe_in_s(self) -> float | None:
+        """Seconds until the next ejected endpoint's time is up and it may be probed
+        (0 when one is due already), ``None`` when none is ejected: how long a call
+        waiting for an endpoint (``wait_for_ready``) sleeps at most before it looks
+        again, since nothing else wakes it when an ejection ends."""
+        if self._next_expiry == float("inf"):
+            return None
+        return max(0.0, self._next_expiry - self._clock())
+
     def ejected(self) -> list[str]:
         """Keys of endpoints currently out of rotation (ejected, half-open or being
         probed)."""

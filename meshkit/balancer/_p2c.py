@@ -134,6 +134,8 @@ class _Stat:
                 return
             if code in _PENALISED and latency_s < self.penalty_s:
                 latency_s = self.penalty_s
+        if latency_s < 0:  # an outcome without a latency sample (a stream's: see Done)
+            return
         now = self.clock()
         if self.rtt_s < 0 or latency_s > self.rtt_s:
             self.rtt_s = latency_s  # peak: jump up at once
