@@ -238,10 +238,14 @@ class MeshCall:
         self._start()
 
     async def initial_metadata(self) -> Metadata:
-        """Initial metadata of the attempt the call settled on (empty without one)."""
+        """Initial metadata of the attempt the call settled on, or the error's when the
+        call settled on an error alone (a failed hedged call: the failing attempt's);
+        empty without either."""
         call = await self._settled()
         if call is None:
-            return Metadata()
+            err = self._error
+            md = err.initial_metadata() if isinstance(err, AioRpcError) else None
+            return md if md is not None else Metadata()
         return await call.initial_metadata()  # type: ignore[no-any-return]
 
     async def trailing_metadata(self) -> Metadata:

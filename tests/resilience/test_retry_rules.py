@@ -164,7 +164,9 @@ async def test_hedged_call_failure_reports_the_failing_attempts_metadata(
             assert ("x-why", "no-such-order") in list(info.value.trailing_metadata())
             assert await call.code() is grpc.StatusCode.NOT_FOUND
             trailing = list(await asyncio.wait_for(call.trailing_metadata(), 5))
+            initial = list(await asyncio.wait_for(call.initial_metadata(), 5))
             assert ("x-why", "no-such-order") in trailing, trailing
+            assert ("x-attempt", "first") in initial, initial
     finally:
         for srv in servers:
             await srv.drain()
