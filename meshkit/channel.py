@@ -429,6 +429,7 @@ class MeshChannel(grpc.aio.Channel):
     def _on_ejection(self, key: str, ejected: bool) -> None:
         _log.warning("endpoint ejected" if ejected else "endpoint back in rotation",
                      service=self.service, instance_id=key)
+        self._pool.notify()  # the channel's state may change (get_state)
 
     def _sub_channel(self, address: str) -> grpc.aio.Channel:
         opts = self.options
@@ -636,14 +637,20 @@ class MeshChannel(grpc.aio.Channel):
             method, CallKind.STREAM_STREAM, request_serializer, response_deserializer))
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        """Best connectivity over all endpoints: READY if any is, else IDLE/CONNECTING,
-        else TRANSIENT_FAILURE; IDLE with no endpoint; SHUTDOWN once closed."""
+        """Best connectivity over the endpoints in rotation: READY if any is, else
+        IDLE/CONNECTING, else TRANSIENT_FAILURE; an ejected endpoint counts as failing
+        until a probe brings it back (calls fail ``UNAVAILABLE`` while every endpoint is
+        out), so TRANSIENT_FAILURE when all are; IDLE with no endpoint; SHUTDOWN once
+        closed."""
         if self._closed:
             return grpc.ChannelConnectivity.SHUTDOWN
         endpoints = self._pool.endpoints
         if not endpoints:
             return grpc.ChannelConnectivity.IDLE
-        best = min(ep.state for ep in endpoints.values())
+        balancer = self._balancer
+        out = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else ()
+        best = min((EndpointState.FAILING if key in out else ep.state
+                    for key, ep in endpoints.items()), default=EndpointState.FAILING)
         return {
             EndpointState.READY: grpc.ChannelConnectivity.READY,
             EndpointState.IDLE: grpc.ChannelConnectivity.CONNECTING,
@@ -667,10 +674,13 @@ class MeshChannel(grpc.aio.Channel):
 
         Raises:
             TimeoutError: not reached within ``timeout_s`` seconds.
+            MeshRpcError: ``CANCELLED``, the channel is closed (or closed meanwhile).
         """
         async def reached() -> None:
             while sum(ep.state is EndpointState.READY
                       for ep in self._pool.endpoints.values()) < count:
+                if self._closed:
+                    raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
                 await self._pool.changed()
 
         await asyncio.wait_for(reached(), timeout_s)

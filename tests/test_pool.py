@@ -313,3 +313,43 @@ async def test_wait_for_ready_call_gets_the_endpoint_back_when_its_ejection_ends
             broken[0] = False
             got = await asyncio.wait_for(unary(b"x", timeout=3, wait_for_ready=True), 5)
             assert got == b"e1|x"
+
+
+async def test_a_channel_whose_endpoints_are_all_ejected_is_not_ready(
+    registry: LocalRegistry,
+) -> None:
+    """With its only endpoint ejected, calls fail fast ``UNAVAILABLE``: the channel's
+    state says TRANSIENT_FAILURE, not READY, and turns READY again once a probe brings
+    the endpoint back (a wait_for_state_change wakes for both)."""
+    broken = [True]
+    async with raw_server(toggled_handler("e1", broken)) as (_, port):
+        await registry.register(inst("e1", port))
+        opts = meshkit.DialOptions(
+            insecure=True, retry=None,
+            outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=0.3))
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            assert ch.get_state() is grpc.ChannelConnectivity.READY
+            unary = ch.unary_unary(method("Unary"))
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await unary(b"x", timeout=2)
+            assert ch.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            broken[0] = False
+            await asyncio.sleep(0.35)
+            assert await unary(b"x", timeout=2) == b"e1|x"  # the probe
+            assert ch.get_state() is grpc.ChannelConnectivity.READY
+
+
+async def test_wait_for_endpoints_ends_when_the_channel_closes(
+    registry: LocalRegistry,
+) -> None:
+    """``wait_for_endpoints`` on a channel closed meanwhile fails ``CANCELLED`` at once
+    instead of running to its timeout."""
+    ch = meshkit.dial("nobody", registry=registry, options=meshkit.DialOptions(insecure=True))
+    waiting = asyncio.ensure_future(ch.wait_for_endpoints(1, timeout_s=10))
+    await asyncio.sleep(0.1)
+    await ch.close()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(waiting, 2)
+    assert info.value.code() is grpc.StatusCode.CANCELLED
