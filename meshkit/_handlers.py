@@ -10,8 +10,11 @@ handler's, and vanish with the task), and aborts the call through ``context`` to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
@@ -26,6 +29,7 @@ __all__ = [
     "Resolver",
     "Unhandled",
     "WrappingInterceptor",
+    "async_behaviour",
     "fold_outermost",
     "fuse_interceptors",
     "handler_resolver",
@@ -107,6 +111,167 @@ class Reporter(Protocol):
         ...
 
 
+def _is_async(behaviour: Any) -> bool:
+    """Whether grpc.aio runs ``behaviour`` on the event loop: a coroutine function or an
+    async generator function (``_is_async_handler`` and
+    ``_finish_handler_with_stream_responses`` in grpc's
+    ``_cython/_cygrpc/aio/server.pyx.pxi`` use ``inspect.iscoroutinefunction`` /
+    ``inspect.isasyncgenfunction``). An object whose ``__call__`` is one counts as async
+    too (grpc.aio would run it in a thread and get a coroutine back; meshkit's wraps have
+    always awaited it)."""
+    call = getattr(behaviour, "__call__", None)  # noqa: B004 - the method, not callable()
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+               for f in (behaviour, call))
+
+
+def async_behaviour(behaviour: Any, request_streaming: bool,
+                    response_streaming: bool) -> Any:
+    """``behaviour`` itself when grpc.aio would run it on the event loop (see
+    :func:`_is_async`), else an async behaviour that runs it as grpc.aio runs a
+    synchronous (plain function) handler, off the loop, so that one blocking handler
+    does not stall every call of the server:
+
+    * in the event loop's default executor: what grpc.aio uses when the server has no
+      ``migration_thread_pool`` (``serve()`` passes none); a unary response is one
+      ``run_in_executor`` call, a response stream's generator is advanced there one
+      message at a time;
+    * with the caller's context variables (``contextvars.copy_context().run``: the
+      call's trace context and whatever the checks set; grpc.aio's
+      ``run_in_executor`` copies none);
+    * with a synchronous servicer context (:class:`_SyncContext`: ``abort`` and
+      ``send_initial_metadata`` block until the loop has done them, as grpc.aio's
+      ``_SyncServicerContext``) and, for a request stream, a blocking iterator of the
+      requests (grpc.aio's ``async_generator_to_generator``).
+
+    A response-streaming behaviour is called on the loop, as grpc.aio does (a generator
+    function returns at once); when what it returns is an async iterator or an
+    awaitable, that is consumed on the loop. Decided once per method: an async
+    behaviour's calls cost nothing more.
+    """
+    if _is_async(behaviour):
+        return behaviour
+    if response_streaming:
+        return _off_loop_stream(behaviour, request_streaming)
+    return _off_loop_unary(behaviour, request_streaming)
+
+
+class _SyncContext:
+    """A grpc.aio ``ServicerContext`` as a synchronous handler running in a thread uses
+    it (grpc.aio's ``_SyncServicerContext``): ``abort``, ``abort_with_status`` and
+    ``send_initial_metadata`` run on the event loop and block until done; callbacks added
+    with ``add_callback`` run after a unary-response handler returns; anything else is
+    the call's context's own."""
+
+    __slots__ = ("_callbacks", "_context", "_loop")
+
+    def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._context = context
+        self._loop = loop
+        self._callbacks: list[Callable[[], Any]] = []
+
+    def _on_loop(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def abort(self, code: grpc.StatusCode, details: str = "",
+              trailing_metadata: Any = ()) -> None:
+        """End the call with ``code``; raises grpc.aio's ``AbortError``."""
+        self._on_loop(self._context.abort(code, details, trailing_metadata))
+
+    def abort_with_status(self, status: Any) -> None:
+        """End the call with ``status`` (a ``grpc.Status``)."""
+        self._on_loop(self._context.abort_with_status(status))
+
+    def send_initial_metadata(self, metadata: Any) -> None:
+        """Send the call's initial metadata now."""
+        self._on_loop(self._context.send_initial_metadata(metadata))
+
+    def add_callback(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` once a unary-response handler has returned."""
+        self._callbacks.append(callback)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
+    async def off_loop(request: Any, context: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        sync = _SyncContext(context, loop)
+        if request_streaming:
+            request = _blocking_requests(request, loop)
+        result = await loop.run_in_executor(None, contextvars.copy_context().run,
+                                            behaviour, request, sync)
+        for callback in sync._callbacks:
+            callback()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return off_loop
+
+
+_DONE: Any = object()  # a response stream's end, handed back from the executor
+
+
+def _next_or_done(it: Iterator[Any]) -> Any:
+    """``next(it)``, or :data:`_DONE` at its end (``StopIteration`` cannot be set on the
+    executor's future)."""
+    return next(it, _DONE)
+
+
+def _close_quietly(it: Any) -> None:
+    """Close a response generator that ended early (its ``finally`` runs in this
+    thread); one still running a ``next`` in another thread is left to the collector."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
+
+
+def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
+    async def off_loop(request: Any, context: Any) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        if request_streaming:
+            request = _blocking_requests(request, loop)
+        run = contextvars.copy_context().run
+        result = run(behaviour, request, _SyncContext(context, loop))
+        if result is None or hasattr(result, "__aiter__") or inspect.isawaitable(result):
+            async for item in responses(result):  # not a plain iterable: on the loop
+                yield item
+            return
+        it = iter(result)
+        finished = False
+        try:
+            while True:
+                item = await loop.run_in_executor(None, run, _next_or_done, it)
+                if item is _DONE:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished:  # ended early (cancelled, closed): close it in a thread
+                loop.run_in_executor(None, _close_quietly, it)
+
+    return off_loop
+
+
+async def _anext(it: Any) -> Any:
+    return await it.__anext__()
+
+
+def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+    """The request stream ``requests`` (an async iterator) as a blocking iterator for a
+    handler running in a thread: each message is read on the loop (grpc.aio's
+    ``async_generator_to_generator``)."""
+    it = requests.__aiter__()
+    while True:
+        try:
+            item = asyncio.run_coroutine_threadsafe(_anext(it), loop).result()
+        except StopAsyncIteration:
+            return
+        yield item
+
+
 def responses(result: Any) -> AsyncIterator[Any]:
     """The responses of a streaming behaviour's ``result``: ``result`` itself when it is an
     async iterator (the common case, no extra layer), else :func:`other_responses`."""
@@ -125,7 +290,8 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     that is no gRPC status (see :data:`Unhandled`), ``await unhandled(exc, context)``.
     Works for all four call kinds and keeps the behaviour's shape: an async generator
     stays one, a coroutine (also one that answers with ``context.write``) stays a
-    coroutine, and a plain function's result is awaited if it is awaitable. With none of
+    coroutine, and a plain function runs off the event loop as grpc.aio runs it
+    (:func:`async_behaviour`; its result is awaited if it is awaitable). With none of
     the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` and a
     ``None`` a streaming handler yields are answered too (a :class:`NoResponse`; messages
     written with ``context.write`` are not seen), and a unary response is serialized in
@@ -143,6 +309,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     else:
         inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
     assert inner is not None
+    inner = async_behaviour(inner, req_s, resp_s)  # a plain function: off the loop
     check: Before = before if before is not None else _no_check
     streams = resp_s and not inspect.iscoroutinefunction(inner)
     behavior: Any

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._handlers import GUARD_MARK, Handler, Resolver, responses
+from meshkit._handlers import GUARD_MARK, Handler, Resolver, async_behaviour, responses
 from meshkit._loop import LoopCache
 from meshkit.errors import ConfigError
 from meshkit.resilience._retry import NACK_METADATA
@@ -337,7 +337,8 @@ def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> H
         factory = (grpc.unary_stream_rpc_method_handler if resp_s
                    else grpc.unary_unary_rpc_method_handler)
     assert inner is not None
-    the_inner = inner
+    # a plain-function handler runs off the event loop, as grpc.aio runs it
+    the_inner = async_behaviour(inner, req_s, resp_s)
     streams = gate if req_s else None  # the gate counts unary-request calls itself
 
     if resp_s:
@@ -790,7 +791,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         first = self._first
         gate = self
         if handler.response_streaming:
-            inner_s = handler.unary_stream
+            inner_s = async_behaviour(handler.unary_stream, False, True)
             assert inner_s is not None
 
             async def stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
@@ -811,7 +812,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 stream_out, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
             return converted
-        inner_u = handler.unary_unary
+        inner_u = async_behaviour(handler.unary_unary, False, False)
         assert inner_u is not None
         awaits = inspect.iscoroutinefunction(inner_u)  # known per method: no check per call
 

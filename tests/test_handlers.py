@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import gc
+import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 import pytest
 
+import meshkit
 from meshkit._handlers import (
     Before,
     FusedInterceptor,
@@ -22,6 +26,7 @@ from meshkit._handlers import (
     wrap_handler,
 )
 from meshkit._limits import guard_generic_handler
+from meshkit.discovery import LocalRegistry
 from tests.support.echo import handler as echo_handler
 from tests.support.echo import method
 from tests.support.wait import until
@@ -510,3 +515,142 @@ async def test_a_wrap_runs_the_unary_request_guard_itself(reported: bool) -> Non
     assert guarded.unary_unary is not None
     with pytest.raises(_Aborted):
         await guarded.unary_unary(bad, _AbortingContext())
+
+
+# --- plain-function (synchronous) handlers run off the event loop, as grpc.aio runs them ----
+
+_SYNC = "sync.v1.Sync"
+_TRACE: contextvars.ContextVar[str] = contextvars.ContextVar("trace", default="-")
+
+
+class _SetsTrace(WrappingInterceptor):
+    """A check that sets a context variable, as telemetry sets the call's trace."""
+
+    def _before_for(self, m: str) -> Before | None:
+        def before(context: Any) -> None:
+            _TRACE.set(m)
+
+        return before
+
+
+def _sync_service(seen: list[tuple[str, bool, str]]) -> grpc.GenericRpcHandler:
+    """Service ``sync.v1.Sync`` of plain functions, one per call kind (``Abort`` aborts
+    through the synchronous context): each records (kind, on a loop's thread?, trace)."""
+
+    def note(kind: str) -> None:
+        seen.append((kind, asyncio._get_running_loop() is not None, _TRACE.get()))
+
+    def unary(request: bytes, context: Any) -> bytes:
+        note("unary")
+        return b"u:" + request
+
+    def server_stream(request: bytes, context: Any) -> Iterator[bytes]:
+        note("server_stream")
+        yield b"1"
+        yield b"2"
+
+    def client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+        note("client_stream")
+        return b"".join(requests)
+
+    def bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        note("bidi")
+        for r in requests:
+            yield r.upper()
+
+    def abort(request: bytes, context: Any) -> bytes:
+        note("abort")
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now")
+        raise AssertionError("unreachable")
+
+    return grpc.method_handlers_generic_handler(_SYNC, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        "Abort": grpc.unary_unary_rpc_method_handler(abort),
+    })
+
+
+@pytest.mark.parametrize("shape", ["guarded", "wrapped", "both"])
+async def test_a_synchronous_handler_runs_off_the_event_loop_with_the_calls_context(
+    shape: str,
+) -> None:
+    """Plain-function handlers of every call kind run in a thread (grpc.aio's rule: not a
+    coroutine or async generator function), with the context variables the checks set
+    and a synchronous context whose abort ends the call with its status."""
+    seen: list[tuple[str, bool, str]] = []
+    service = _sync_service(seen)
+    if shape != "wrapped":
+        service = guard_generic_handler(service)
+    if shape != "guarded":
+        service = guard_generic_handler(service, handler_resolver([_SetsTrace()]))
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((service,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            def m(name: str) -> str:
+                return f"/{_SYNC}/{name}"
+
+            assert await ch.unary_unary(m("Unary"))(b"x", timeout=5) == b"u:x"
+            assert [r async for r in ch.unary_stream(m("ServerStream"))(b"", timeout=5)] \
+                == [b"1", b"2"]
+            assert await ch.stream_unary(m("ClientStream"))(requests(), timeout=5) == b"ab"
+            assert [r async for r in ch.stream_stream(m("Bidi"))(requests(), timeout=5)] \
+                == [b"A", b"B"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(m("Abort"))(b"x", timeout=5)
+            assert (err.value.code(), err.value.details()) \
+                == (grpc.StatusCode.FAILED_PRECONDITION, "not now")
+    finally:
+        await server.stop(None)
+    kinds = ["unary", "server_stream", "client_stream", "bidi", "abort"]
+    assert [k for k, _, _ in seen] == kinds
+    assert not any(on_loop for _, on_loop, _ in seen), seen
+    if shape != "guarded":
+        assert [t for _, _, t in seen] == [m for m in (
+            f"/{_SYNC}/Unary", f"/{_SYNC}/ServerStream", f"/{_SYNC}/ClientStream",
+            f"/{_SYNC}/Bidi", f"/{_SYNC}/Abort")]
+
+
+async def test_a_blocking_synchronous_handler_does_not_stall_a_mesh_servers_other_calls(
+    registry: LocalRegistry,
+) -> None:
+    """A MeshServer (telemetry and the request gate on, as by default) runs a handler
+    that blocks in a thread: another call is answered meanwhile."""
+    release = threading.Event()
+
+    def blocking(request: bytes, context: Any) -> bytes:
+        release.wait(10)
+        return b"done"
+
+    async def quick(request: bytes, context: Any) -> bytes:
+        return b"quick"
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SYNC, {
+            "Blocking": grpc.unary_unary_rpc_method_handler(blocking),
+            "Quick": grpc.unary_unary_rpc_method_handler(quick),
+        }),))
+
+    srv = meshkit.MeshServer("sync", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=1.0, admin=None))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            slow = asyncio.ensure_future(ch.unary_unary(f"/{_SYNC}/Blocking")(b"x", timeout=10))
+            assert await ch.unary_unary(f"/{_SYNC}/Quick")(b"x", timeout=2) == b"quick"
+            assert not slow.done()
+            release.set()
+            assert await slow == b"done"
+    finally:
+        release.set()
+        await srv.drain()

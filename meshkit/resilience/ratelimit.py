@@ -796,8 +796,9 @@ class RateLimitInterceptor(WrappingInterceptor):
     the ``ServicerContext``), before a unary handler is called or a stream handler reads
     or writes anything. A rejected call ends with ``RESOURCE_EXHAUSTED`` and trailing
     metadata ``retry-after`` (whole seconds, >= 1); failing closed ends it with
-    ``UNAVAILABLE``. Handlers are expected to be async (``grpc.aio`` servicers); a sync
-    handler is called on the event loop.
+    ``UNAVAILABLE``. The check runs on the event loop; a plain-function (synchronous)
+    handler then runs in a thread, as grpc.aio runs it
+    (:func:`meshkit._handlers.async_behaviour`).
 
     Args:
         options: :class:`RateLimitOptions` (rules, strategy, storage, key function).
