@@ -23,6 +23,20 @@ against ``grpc.health.v1.Health/Check`` of the instance (``check="grpc"``). Both
 forgets an instance (it restarted without persisted state), the next heartbeat gets 404 and
 the instance is registered again with the very same payload.
 
+Initial status: every check is registered with ``Status: "passing"``. A check registered
+without one starts ``critical`` (Consul's "Initial Health Check Status": by default the
+agent sets a new check critical so a service does not enter the pool before it is confirmed
+healthy; the ``Status`` field of a check definition sets the initial status instead:
+``api-docs/agent/check#register-check`` and the checks configuration reference,
+``docs/services/configuration/checks-configuration-reference``), and the agent runs an
+interval check (``GRPC``) for the first time only after a random stagger within its
+``Interval`` (hashicorp/consul#954), so a new instance would be missing from every watch
+(``?passing``) for up to ``check_interval_s``. Starting passing is honest here because
+``serve()`` registers only once the server serves and its health says ``SERVING``; a TTL
+check must be passed within ``ttl_s`` and the gRPC check's first run corrects a wrong start
+within ``check_interval_s``. A re-registration (``register()`` of the same id, or after the
+agent forgot the instance) starts the checks passing again in the same way.
+
 Connections: the watches' long polls each hold one HTTP connection to the agent for up to
 ``wait_s``, so the HTTP client has no connection limit (aiohttp's default of 100 would let
 100 watches starve register, deregister and the heartbeats) and no session-wide time limit
@@ -133,7 +147,9 @@ class ConsulOptions:
             need not serve ``grpc.health.v1``; it tracks process liveness (a hung event loop
             stops the heartbeat). ``"grpc"`` makes the agent call ``grpc.health.v1.Health/Check``
             on the instance every ``check_interval_s``: what a deployment whose agent can
-            reach its services wants. ``"both"`` requires both to pass.
+            reach its services wants. ``"both"`` requires both to pass. Every check is
+            registered passing, so an instance is discoverable as soon as ``register()``
+            returns (module docstring, "Initial status").
         grpc_use_tls: the agent's gRPC check uses TLS (Consul ``GRPCUseTLS``; default False).
         grpc_health_service: the service name the gRPC check asks about (Consul ``GRPC`` is
             ``host:port/<this>``); None (default) means the instance's service name, ``""``
@@ -548,6 +564,10 @@ class ConsulRegistry:
                 "GRPCUseTLS": opts.grpc_use_tls,
                 "Interval": _go_duration(opts.check_interval_s),
                 "Timeout": _go_duration(min(opts.check_interval_s, opts.request_timeout_s)),
+                # Passing from the start too (see the module docstring, "Initial status"):
+                # without it the agent starts the check critical and the instance stays
+                # out of every watch until the check's first run, up to an Interval later.
+                "Status": "passing",
                 "DeregisterCriticalServiceAfter": deregister_after,
             })
         payload: dict[str, Any] = {
@@ -590,7 +610,8 @@ class ConsulRegistry:
 
         Sends ``PUT /v1/agent/service/register?replace-existing-checks=true`` with ``ID``,
         ``Name``, ``Address``, ``Port``, ``Tags``, ``Meta``, ``Weights`` ``{Passing: weight,
-        Warning: 1}`` and the checks of ``options.check``; then a background task passes the
+        Warning: 1}`` and the checks of ``options.check``, each with the initial ``Status``
+        ``"passing"`` (see the module docstring); then a background task passes the
         TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
         ``check_interval_s``) and registers it again with the same payload if the agent has
         forgotten it. Registering the same ``instance_id`` again replaces the registration:

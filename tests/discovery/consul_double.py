@@ -37,11 +37,18 @@ its page under https://developer.hashicorp.com/consul/api-docs/ :
   agent's own node. The double's own node (``node``) is refused here: use the agent
   endpoint.
 
-TTL checks turn ``critical`` when not passed within their TTL; a check critical for longer
-than its ``DeregisterCriticalServiceAfter`` has its service removed (the double honours any
-value, where Consul's minimum is one minute, so tests stay fast). ``GRPC`` checks really call
+A check starts with its ``Status`` (``critical`` when none is given: Consul's "Initial
+Health Check Status", so that a service does not enter the pool before it is confirmed
+healthy; checks configuration reference, ``status``). TTL checks turn ``critical`` when not
+passed within their TTL; a check critical for longer than its
+``DeregisterCriticalServiceAfter`` has its service removed (the double honours any value,
+where Consul's minimum is one minute, so tests stay fast). ``GRPC`` checks really call
 ``grpc.health.v1.Health/Check`` every ``Interval`` (``GRPCUseTLS`` is not supported: such a
-check stays critical).
+check stays critical). Consul runs an interval check for the first time after a random
+stagger within its ``Interval`` (to avoid a thundering herd; hashicorp/consul#954), so
+until then the check keeps its initial status; the double waits ``grpc_stagger_s`` before
+a check's first run, by default the whole ``Interval`` (the stagger's worst case, and
+deterministic).
 
 ACLs (``api-docs/api-structure#authentication``): built with ``required_token``, every request
 must carry it in ``X-Consul-Token`` (or ``Authorization: Bearer``); none gives 403
@@ -178,6 +185,8 @@ class ConsulDouble:
         ssl_context: serve HTTPS with this server context (e.g. one requiring client certs).
         node: the node name reported in health entries.
         reap_interval_s: how often TTLs and ``DeregisterCriticalServiceAfter`` are checked.
+        grpc_stagger_s: seconds from a gRPC check's registration to its first run; None
+            (default) means its ``Interval``, the longest stagger Consul may choose.
 
     Use ``async with ConsulDouble() as double:`` or ``await start()`` / ``await stop()``;
     :attr:`addr` is ``127.0.0.1:<port>``, :attr:`url` ``http(s)://127.0.0.1:<port>``.
@@ -190,11 +199,13 @@ class ConsulDouble:
         ssl_context: ssl.SSLContext | None = None,
         node: str = "consul-double",
         reap_interval_s: float = 0.02,
+        grpc_stagger_s: float | None = None,
     ) -> None:
         self.required_token = required_token
         self.ssl_context = ssl_context
         self.node = node
         self.reap_interval_s = reap_interval_s
+        self.grpc_stagger_s = grpc_stagger_s
         self.port = 0
         self.requests: list[RecordedRequest] = []
         self.services: dict[str, _Service] = {}
@@ -356,6 +367,9 @@ class ConsulDouble:
     async def _grpc_loop(self, svc: _Service, check: _Check) -> None:
         assert check.grpc is not None
         target, _, health_service = check.grpc.partition("/")
+        # The first run comes after the stagger; until then the initial Status holds.
+        stagger = check.interval_s if self.grpc_stagger_s is None else self.grpc_stagger_s
+        await asyncio.sleep(stagger)
         while True:
             if check.grpc_use_tls:
                 status, output = "critical", "GRPCUseTLS is not supported by the test double"

@@ -207,7 +207,8 @@ async def test_register_payload_ttl(double: ConsulDouble, make_registry: Any) ->
 
 @pytest.mark.parametrize("kind", ["grpc", "both"])
 async def test_register_payload_grpc(double: ConsulDouble, make_registry: Any, kind: str) -> None:
-    """check=grpc (or both) adds a GRPC check on host:port/service with TLS flag and interval."""
+    """check=grpc (or both) adds a GRPC check on host:port/service with TLS flag, interval
+    and an initial passing status."""
     reg = make_registry(check=kind, check_interval_s=5.0, grpc_use_tls=True,
                         deregister_critical_after_s=60.0)
     await reg.register(make_instance("orderd", 1))
@@ -215,7 +216,7 @@ async def test_register_payload_grpc(double: ConsulDouble, make_registry: Any, k
     grpc_check = {
         "CheckID": "service:orderd-1:grpc", "Name": "gRPC health of orderd-1",
         "GRPC": "127.0.0.1:41001/orderd", "GRPCUseTLS": True, "Interval": "5s",
-        "Timeout": "2s", "DeregisterCriticalServiceAfter": "60s",
+        "Timeout": "2s", "Status": "passing", "DeregisterCriticalServiceAfter": "60s",
     }
     if kind == "grpc":
         assert checks == [grpc_check]
@@ -242,6 +243,34 @@ async def test_grpc_check_follows_grpc_health(double: ConsulDouble, make_registr
         await watcher.until_set({a})
         await servicer.set("orderd", health_pb2.HealthCheckResponse.NOT_SERVING)
         await watcher.until_set(set())
+        await watcher.stop()
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize("kind", ["grpc", "both"])
+async def test_grpc_checked_instance_is_discoverable_at_once(
+    double: ConsulDouble, make_registry: Any, kind: str
+) -> None:
+    """With check=grpc (or both) a new instance is in watches as soon as register() has
+    returned, not only after the agent's first run of its gRPC check, up to one
+    check_interval_s later (Consul starts a check without a Status critical and staggers
+    its first run within the Interval; the double waits the whole Interval)."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.SERVING)
+        reg = make_registry(check=kind, check_interval_s=30.0)
+        a = make_instance("orderd", 1, port=port)
+        watcher = Collector(reg, "orderd")
+        assert await watcher.next() == frozenset()
+        await reg.register(a)
+        await watcher.until_set({a}, timeout_s=3.0)
+        check = double.check("service:orderd-1:grpc")
+        assert check is not None and check.status == "passing"
         await watcher.stop()
     finally:
         await server.stop(None)
