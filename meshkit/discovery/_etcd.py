@@ -38,6 +38,12 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   0.5 s of etcd's expiry check). **Lease loss** (the keep-alive answers ``TTL`` 0: the lease
   expired while this process could not reach etcd, or was revoked, or the store was
   replaced) grants a new lease and puts every instance again (``status().reopened`` + 1).
+* **Ownership.** An instance is this registry's from a successful put until its key is
+  deleted: a failed ``deregister`` raises and leaves it registered (kept alive, put again
+  after a lease loss, retriable); ``register`` of an id under another key puts the new key
+  before it deletes the old one (an old key whose delete fails is deleted by the
+  keep-alive), so a failure never leaves the id unlisted or a key nothing deletes
+  (tested against an in-memory gateway whose calls fail on demand).
 * **Watch resume.** A watch reads the prefix once, then streams events from the next
   revision. When the stream breaks (member killed, network) it reconnects, to the next
   member if the one it used fails, and resumes from the revision after the last one it
@@ -393,6 +399,8 @@ class EtcdRegistry:
         self._lease: int | None = None
         self._lease_lock = asyncio.Lock()
         self._owned: dict[str, Instance] = {}
+        # Keys of earlier registrations of an id now under another key, not deleted yet.
+        self._stale: set[bytes] = set()
         self._keeper: asyncio.Task[None] | None = None
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
@@ -537,17 +545,23 @@ class EtcdRegistry:
         """Put ``instance`` under this registry's lease and keep the lease alive.
 
         Grants the lease (``ttl_s``) on first use, then ``PUT <prefix><service>/<id>`` with
-        the instance as JSON. Registering the same ``instance_id`` again replaces it.
+        the instance as JSON. Registering the same ``instance_id`` again replaces it. When
+        the key changes (another service name), the new key is put first and the old one
+        deleted after, so a failed put leaves the previous registration as it was (still
+        listed and kept alive). If only the delete of the old key fails, the registration
+        has succeeded: the old key is deleted by the keep-alive once etcd takes it (it
+        goes with the lease in any case), unless that key is registered again meanwhile.
 
         Raises:
             RegistryError: no member could be reached or one refused (chained from the
-                aiohttp error or etcd's answer).
+                aiohttp error or etcd's answer); the previous registration of the id, if
+                any, is unchanged.
         """
         async with self._lease_lock:
             try:
                 old = self._owned.get(instance.instance_id)
-                if old is not None and self._key(old) != self._key(instance):
-                    await self._post("/kv/deleterange", {"key": _b64(self._key(old))})
+                # Put again: it must not be deleted as a stale key of an earlier move.
+                self._stale.discard(self._key(instance))
                 if self._lease is None:
                     self._lease = await self._grant()
                 try:
@@ -564,12 +578,30 @@ class EtcdRegistry:
                 raise error from exc
             self._owned[instance.instance_id] = instance
             self._outcome(True, None)
+            if old is not None and self._key(old) != self._key(instance):
+                self._stale.add(self._key(old))
+                await self._delete_stale_locked()
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.create_task(self._keep(), name="meshkit-etcd-keepalive")
+
+    async def _delete_stale_locked(self) -> None:
+        """Delete the keys left behind by re-registrations under another key
+        (``_lease_lock`` held); one that cannot be deleted now is tried again by the next
+        keep-alive round. Never raises for etcd errors (logged)."""
+        for key in sorted(self._stale):
+            try:
+                await self._post("/kv/deleterange", {"key": _b64(key)})
+            except _FOREIGN as exc:
+                _log.warning("cannot delete the old key of a re-registered instance yet; "
+                             "the keep-alive tries again", key=key.decode(),
+                             error=describe(exc))
+                return
+            self._stale.discard(key)
 
     async def _regrant_locked(self) -> None:
         """Grant a new lease and put every owned instance under it (``_lease_lock`` held)."""
         self._lease = None
+        self._stale.clear()  # they were under a lost lease: gone with it
         lease = await self._grant()
         for instance in list(self._owned.values()):
             await self._put(instance, lease)
@@ -583,6 +615,9 @@ class EtcdRegistry:
         (e.g. during a leader election) cannot hold it back past the lease's TTL.
         """
         lease = self._lease
+        if self._stale:
+            async with self._lease_lock:
+                await self._delete_stale_locked()
         if not self._owned:
             return
         if lease is not None:
@@ -616,15 +651,23 @@ class EtcdRegistry:
     async def deregister(self, instance: Instance) -> None:
         """Delete ``instance``'s key at once; unknown instances are ignored.
 
-        When it was the last instance of this registry the lease is revoked too.
+        When it was the last instance of this registry the lease is revoked too. The
+        instance stops being this registry's only once its key is deleted: if the delete
+        fails, it stays registered (kept alive by the lease, put again after a lease loss)
+        and ``deregister`` can be called again; it is never left a live key that nothing
+        deletes while the lease lives on for other instances.
 
         Raises:
-            RegistryError: no member could be reached or one refused.
+            RegistryError: no member could be reached or one refused; the instance is
+                still registered.
         """
         async with self._lease_lock:
-            self._owned.pop(instance.instance_id, None)
+            owned = self._owned.get(instance.instance_id)
+            keys = {self._key(instance)} | ({self._key(owned)} if owned is not None else set())
             try:
-                await self._post("/kv/deleterange", {"key": _b64(self._key(instance))})
+                for key in sorted(keys):
+                    await self._post("/kv/deleterange", {"key": _b64(key)})
+                self._owned.pop(instance.instance_id, None)
                 if not self._owned and self._lease is not None:
                     lease, self._lease = self._lease, None
                     with contextlib.suppress(_EtcdError):  # NOT_FOUND: it had expired

@@ -165,6 +165,164 @@ async def test_many_watches_do_not_starve_the_lease() -> None:
         await runner.cleanup()
 
 
+class _Gateway:
+    """A minimal in-memory etcd v3 JSON gateway on loopback for the write paths (shapes of
+    etcd's gRPC-gateway API: lease/grant, lease/keepalive, lease/revoke, kv/put,
+    kv/deleterange), whose calls can be made to fail: a path in :attr:`failing` answers
+    HTTP 503 ``UNAVAILABLE`` (gRPC code 14), as a member without a leader does."""
+
+    def __init__(self) -> None:
+        self.kv: dict[bytes, tuple[bytes, str]] = {}  # key -> (value, lease id)
+        self.leases: set[str] = set()
+        self.failing: set[str] = set()
+        self._next_lease = 7587
+        self._runner: Any = None
+        self.endpoint = ""
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        path = request.path.removeprefix("/v3")
+        body = await request.json()
+        header = {"cluster_id": "1", "member_id": "1", "revision": "5", "raft_term": "2"}
+        if path in self.failing:
+            return web.json_response({"error": "etcdserver: no leader", "code": 14,
+                                      "message": "etcdserver: no leader"}, status=503)
+        if path == "/lease/grant":
+            self._next_lease += 1
+            self.leases.add(str(self._next_lease))
+            return web.json_response({"header": header, "ID": str(self._next_lease),
+                                      "TTL": body["TTL"]})
+        if path == "/lease/keepalive":
+            ttl = "10" if body["ID"] in self.leases else "0"
+            return web.json_response({"result": {"header": header, "ID": body["ID"],
+                                                 "TTL": ttl}})
+        if path == "/lease/revoke":
+            self.revoke(body["ID"])
+            return web.json_response({"header": header})
+        if path == "/kv/put":
+            if body["lease"] not in self.leases:
+                return web.json_response({"error": "etcdserver: requested lease not found",
+                                          "code": 5, "message": "requested lease not found"},
+                                         status=404)
+            key = base64.b64decode(body["key"])
+            self.kv[key] = (base64.b64decode(body["value"]), body["lease"])
+            return web.json_response({"header": header})
+        if path == "/kv/deleterange":
+            deleted = self.kv.pop(base64.b64decode(body["key"]), None) is not None
+            return web.json_response({"header": header, "deleted": str(int(deleted))})
+        return web.json_response({"error": "not implemented", "code": 12}, status=501)
+
+    def revoke(self, lease: str) -> None:
+        """Drop ``lease`` and its keys (a revoke, or an expiry while unreachable)."""
+        self.leases.discard(lease)
+        self.kv = {k: v for k, v in self.kv.items() if v[1] != lease}
+
+    def keys(self) -> set[str]:
+        """The keys stored now, decoded."""
+        return {k.decode() for k in self.kv}
+
+    async def __aenter__(self) -> _Gateway:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/v3/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.endpoint = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[_Gateway]:
+    """A fresh in-memory etcd gateway."""
+    async with _Gateway() as gw:
+        yield gw
+
+
+def _gateway_registry(gateway: _Gateway, registries: list[EtcdRegistry]) -> EtcdRegistry:
+    reg = EtcdRegistry(EtcdOptions(endpoints=(gateway.endpoint,), ttl_s=3,
+                                   keepalive_interval_s=0.05, request_timeout_s=0.5,
+                                   operation_timeout_s=0.2, backoff_base_s=0.01,
+                                   backoff_max_s=0.02))
+    registries.append(reg)
+    return reg
+
+
+async def test_failed_deregister_raises_and_keeps_the_instance_registered(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """A deregister whose delete fails raises RegistryError and leaves the instance
+    registered (kept alive by the lease, put again after a lease loss) until a retried
+    deregister deletes it; it is never left as a live key the registry no longer owns."""
+    reg = _gateway_registry(gateway, registries)
+    a, b = make_instance("svc", 1), make_instance("svc", 2)
+    await reg.register(a)
+    await reg.register(b)
+    gateway.failing.add("/kv/deleterange")
+    with pytest.raises(RegistryError, match="cannot deregister 'svc-1'"):
+        await reg.deregister(a)
+    gateway.failing.clear()
+    assert gateway.keys() == {"/meshkit/services/svc/svc-1", "/meshkit/services/svc/svc-2"}
+    lease = reg._lease
+    assert lease is not None
+    gateway.revoke(str(lease))  # a lease loss: the instances still registered come back
+    await until(lambda: len(gateway.keys()) == 2 and reg._lease != lease,
+                what="both instances put again under a new lease")
+    await reg.deregister(a)  # the retry deletes it
+    assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+    lease = reg._lease
+    assert lease is not None
+    gateway.revoke(str(lease))
+    await until(lambda: reg._lease != lease and len(gateway.keys()) == 1,
+                what="the remaining instance put again")
+    assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+
+
+async def test_register_with_a_changed_key_puts_before_deleting_the_old_key(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """Registering an id again under another service puts the new key first: if the put
+    fails, the old registration is still there and still owned; once it works, the old
+    key is deleted."""
+    reg = _gateway_registry(gateway, registries)
+    old = make_instance("svc", 1)
+    moved = make_instance("other", 1, instance_id="svc-1")
+    await reg.register(old)
+    gateway.failing.add("/kv/put")
+    with pytest.raises(RegistryError, match="cannot register 'svc-1'"):
+        await reg.register(moved)
+    gateway.failing.clear()
+    assert gateway.keys() == {"/meshkit/services/svc/svc-1"}
+    await reg.register(moved)
+    assert gateway.keys() == {"/meshkit/services/other/svc-1"}
+
+
+async def test_a_stale_key_whose_delete_failed_is_deleted_later(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """If the new key is put but deleting the old one fails, register() succeeds and the
+    keep-alive deletes the old key once etcd takes deletes again; a key registered again
+    meanwhile is not deleted."""
+    reg = _gateway_registry(gateway, registries)
+    old = make_instance("svc", 1)
+    moved = make_instance("other", 1, instance_id="svc-1")
+    await reg.register(old)
+    gateway.failing.add("/kv/deleterange")
+    await reg.register(moved)
+    assert gateway.keys() == {"/meshkit/services/svc/svc-1", "/meshkit/services/other/svc-1"}
+    gateway.failing.clear()
+    await until(lambda: gateway.keys() == {"/meshkit/services/other/svc-1"},
+                what="the old key deleted by the keep-alive")
+    gateway.failing.add("/kv/deleterange")
+    await reg.register(old)  # back: svc/svc-1 put again, other/svc-1 now stale
+    await reg.register(moved)  # and forth: other/svc-1 put again, svc/svc-1 stale
+    gateway.failing.clear()
+    await until(lambda: gateway.keys() == {"/meshkit/services/other/svc-1"},
+                what="only the current key left")
+
+
 # -- a real etcd node ---------------------------------------------------------------------------
 @pytest.fixture
 def binary() -> str:
