@@ -555,16 +555,37 @@ class LocalRegistry:
     async def register(self, instance: Instance) -> None:
         """Write ``instance`` with a fresh TTL and start its heartbeat task.
 
+        Registering an id again replaces its entry. The old heartbeat is cancelled and
+        awaited *before* the new write: the worker thread runs writes in the order they
+        were submitted, so an old-instance write already under way lands before the new
+        one, never after it (it would bring back the old address, tags or meta until the
+        next heartbeat). If the new write fails, the old heartbeat is started again, so
+        the previous registration is still kept alive.
+
         Raises:
             RegistryError: the registry file cannot be written.
         """
-        await self._run(lambda c: self._write(c, instance), write=True)
-        self._owned = {**self._owned, instance.instance_id: instance}
-        old = self._heartbeats.pop(instance.instance_id, None)
+        key = instance.instance_id
+        old = self._heartbeats.pop(key, None)
         if old is not None:
             old.cancel()
-        self._heartbeats[instance.instance_id] = asyncio.create_task(
-            self._heartbeat(instance), name=f"meshkit-heartbeat-{instance.instance_id}"
+            # asyncio.wait: a cancellation of register() itself still propagates.
+            await asyncio.wait([old])
+        try:
+            await self._run(lambda c: self._write(c, instance), write=True)
+        except BaseException:
+            previous = self._owned.get(key)
+            if (old is not None and previous is not None and not self._closed
+                    and key not in self._heartbeats):
+                self._heartbeats[key] = asyncio.create_task(
+                    self._heartbeat(previous), name=f"meshkit-heartbeat-{key}")
+            raise
+        self._owned = {**self._owned, key: instance}
+        stale = self._heartbeats.pop(key, None)  # a concurrent register() of the same id
+        if stale is not None:
+            stale.cancel()
+        self._heartbeats[key] = asyncio.create_task(
+            self._heartbeat(instance), name=f"meshkit-heartbeat-{key}"
         )
 
     async def _heartbeat(self, instance: Instance) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import multiprocessing
 import sqlite3
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
+from tests.support.wait import until
 
 
 def inst(i: str, service: str = "svc", **kw: object) -> Instance:
@@ -111,6 +113,98 @@ def test_bad_options_quote_the_value(tmp_path: Path) -> None:
         LocalOptions(path=tmp_path, poll_interval_s=0)
     with pytest.raises(ConfigError, match=r"busy_timeout_s.*-2"):
         LocalOptions(path=tmp_path, busy_timeout_s=-2)
+
+
+class _StartedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """One worker thread whose jobs count as started as soon as they are submitted, so
+    cancelling the awaiting task never withdraws one (as when the worker has already
+    taken it); records how many jobs were submitted."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="test-local")
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        outer.set_running_or_notify_cancel()
+        inner = super().submit(fn, *args, **kwargs)
+
+        def copy(done: concurrent.futures.Future[Any]) -> None:
+            exc = done.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(done.result())
+
+        inner.add_done_callback(copy)
+        self.submitted += 1
+        return outer
+
+
+async def test_register_again_never_lets_an_old_heartbeat_write_land_last(
+        tmp_path: Path) -> None:
+    """Registering an id again stops its old heartbeat before the new write: a heartbeat
+    write of the old instance that was already under way when register() was called
+    lands before the new one, never after it (it would bring back the old address for a
+    heartbeat interval)."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3, heartbeat_interval_s=0.05))
+    executor = _StartedExecutor()
+    reg._executor.shutdown()
+    reg._executor = executor
+    old = Instance(service="svc", instance_id="a", host="127.0.0.1", port=20001)
+    new = Instance(service="svc", instance_id="a", host="127.0.0.2", port=20002)
+    try:
+        await reg.register(old)
+        old_heartbeat = reg._heartbeats["a"]
+        write = reg._write
+
+        def gated_write(conn: sqlite3.Connection, *instances: Instance, **kw: Any) -> None:
+            if new in instances:
+                # Hold the new write until the old heartbeat has queued a write of its own
+                # behind it, or has ended (then it can queue none).
+                queued = executor.submitted
+                deadline = time.monotonic() + 5
+                while (executor.submitted == queued and not old_heartbeat.done()
+                       and time.monotonic() < deadline):
+                    time.sleep(0.005)
+            write(conn, *instances, **kw)
+
+        reg._write = gated_write  # type: ignore[method-assign]
+        await reg.register(new)
+        # Jobs run in order: this read comes after any write queued before it.
+        (got,) = await reg.instances("svc")
+        assert (got.host, got.port) == (new.host, new.port)
+        assert old_heartbeat.done()
+    finally:
+        await reg.close()
+
+
+async def test_failed_register_again_keeps_the_old_heartbeat(tmp_path: Path) -> None:
+    """When registering an id again fails to write, the previous registration is still
+    kept alive: its heartbeat goes on writing the old instance."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3, heartbeat_interval_s=0.05))
+    old = Instance(service="svc", instance_id="a", host="127.0.0.1", port=20001)
+    new = Instance(service="svc", instance_id="a", host="127.0.0.2", port=20002)
+    try:
+        await reg.register(old)
+        write = reg._write
+        beats: list[Instance] = []
+
+        def failing_write(conn: sqlite3.Connection, *instances: Instance, **kw: Any) -> None:
+            if new in instances:
+                raise sqlite3.OperationalError("disk I/O error")
+            beats.extend(instances)
+            write(conn, *instances, **kw)
+
+        reg._write = failing_write  # type: ignore[method-assign]
+        with pytest.raises(RegistryError, match="disk I/O error"):
+            await reg.register(new)
+        await until(lambda: len(beats) >= 2, what="two more heartbeats")
+        assert set(beats) == {old}
+        (got,) = await reg.instances("svc")
+        assert got.port == old.port
+    finally:
+        await reg.close()
 
 
 def test_bad_instances_are_refused() -> None:
