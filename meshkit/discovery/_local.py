@@ -121,13 +121,35 @@ def default_local_path() -> Path:
     return Path(base) / "registry.db"
 
 
+#: Suffixes that make a path that does not exist yet the database file (see LocalOptions).
+_FILE_SUFFIXES = frozenset({".db", ".sqlite", ".sqlite3"})
+
+
+def _database_path(path: str | os.PathLike[str]) -> Path:
+    """The SQLite file that ``path`` names, by the rule :class:`LocalOptions` states: the
+    path itself if it is an existing file, or does not exist, ends in one of
+    ``_FILE_SUFFIXES`` and (as a string) has no trailing slash; else ``<path>/registry.db``.
+    """
+    text = os.fspath(path)
+    p = Path(text)
+    if text.endswith(("/", os.sep)) or p.is_dir():
+        return p / "registry.db"
+    if p.exists() or p.suffix.lower() in _FILE_SUFFIXES:
+        return p
+    return p / "registry.db"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalOptions:
     """Options of :class:`LocalRegistry`.
 
     Args:
-        path: the SQLite file; a directory means ``<dir>/registry.db``. Default
-            :func:`default_local_path`. Parent directories are created.
+        path: the registry's directory (the file is ``<dir>/registry.db``) or its SQLite
+            file. It is the file only if it names an existing file, or names nothing yet,
+            ends in ``.db``, ``.sqlite`` or ``.sqlite3`` and, given as a string, has no
+            trailing slash; anything else is the directory: an existing directory (also
+            ``run.db/``), a string with a trailing slash, a new name like ``run.d`` or
+            ``mesh``. Default :func:`default_local_path`. Missing directories are created.
         ttl_s: how long a registration lives without a heartbeat, seconds (default 3.0).
         heartbeat_interval_s: seconds between heartbeats; default ``ttl_s / 3``.
         poll_interval_s: how often watchers look for changes, seconds (default 0.25).
@@ -154,10 +176,7 @@ class LocalOptions:
     fault_grace_s: float | None = None
 
     def __post_init__(self) -> None:
-        path = Path(self.path)
-        if path.is_dir() or path.suffix == "":
-            path = path / "registry.db"
-        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "path", _database_path(self.path))
         if not self.ttl_s > 0:
             raise ConfigError(f"ttl_s must be > 0, got {self.ttl_s!r}")
         hb = self.heartbeat_interval_s

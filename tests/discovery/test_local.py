@@ -242,6 +242,27 @@ def test_registry_uri_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert env_reg.options.path == tmp_path / "env" / "registry.db"
 
 
+def test_path_rule_directory_or_database_file(tmp_path: Path) -> None:
+    """A path is the database file only if it is an existing file, or does not exist and
+    ends in .db/.sqlite/.sqlite3 without a trailing slash; anything else (an existing
+    directory, a trailing slash, a new name like run.d) is a directory holding
+    registry.db."""
+    def resolved(path: Any) -> Path:
+        return LocalOptions(path=path).path
+
+    assert resolved(tmp_path / "run.d") == tmp_path / "run.d" / "registry.db"
+    assert resolved(tmp_path / "plain") == tmp_path / "plain" / "registry.db"
+    assert resolved(f"{tmp_path}/reg.db/") == tmp_path / "reg.db" / "registry.db"
+    assert resolved(tmp_path / "reg.db") == tmp_path / "reg.db"
+    assert resolved(tmp_path / "reg.sqlite3") == tmp_path / "reg.sqlite3"
+    (tmp_path / "dir.db").mkdir()
+    assert resolved(tmp_path / "dir.db") == tmp_path / "dir.db" / "registry.db"
+    (tmp_path / "registry-file").write_bytes(b"")
+    assert resolved(tmp_path / "registry-file") == tmp_path / "registry-file"
+    reg = registry_from_uri(f"local://{tmp_path}/run.d")
+    assert reg.options.path == tmp_path / "run.d" / "registry.db"  # type: ignore[attr-defined]
+
+
 def _busy(code: int = sqlite3.SQLITE_BUSY, msg: str = "database is locked") -> sqlite3.Error:
     exc = sqlite3.OperationalError(msg)
     exc.sqlite_errorcode = code  # type: ignore[attr-defined]
