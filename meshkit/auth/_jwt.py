@@ -9,7 +9,9 @@ Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), 
   confusion) is refused before any key is used;
 * every token carries a ``kid``; the key found for it must be of the token's algorithm;
 * ``iss`` and ``aud`` must equal the configured values; ``exp``/``nbf``/``iat`` are
-  checked against an injectable clock with ``leeway_s``; required claims must be present;
+  checked against an injectable clock with ``leeway_s`` and must be finite numbers (RFC
+  7519 §2 NumericDate; NaN, Infinity, ``1e400`` or ``10**400`` make a malformed token);
+  required claims must be present;
 * tokens longer than ``max_token_bytes`` are refused before parsing.
 """
 
@@ -19,6 +21,7 @@ import base64
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import time
@@ -569,7 +572,9 @@ class TokenVerifier:
 
         Raises:
             InvalidTokenError: ``"token expired"``, ``"token not yet valid"`` or
-                ``"malformed token"`` (a claim of the wrong type).
+                ``"malformed token"`` (a claim of the wrong type, or an ``exp``/``nbf``/
+                ``iat`` that is not a finite number a double can hold: NaN, +/-Infinity,
+                ``1e400``, ``10**400``; RFC 7519 §2 NumericDate, RFC 8259 §6).
         """
         now = self.clock()
         leeway = self._options.leeway_s
@@ -603,7 +608,16 @@ class TokenVerifier:
 
 
 def _num(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """Whether ``v`` is a usable NumericDate (RFC 7519 §2): a JSON number that is finite as
+    a double. Refused: booleans, strings, NaN and +/-Infinity (not JSON, RFC 8259 §6, but
+    Python's parser reads them), ``1e400`` (parsed as inf) and integers beyond a double's
+    range (``10**400``: comparing one with a float raises OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a double
+        return False
 
 
 class VerifiedTokenCache:

@@ -212,6 +212,30 @@ async def test_missing_required_claim_refused(keys: KeySet, verifier: JWTVerifie
     await refused(verifier, token, "required claim")
 
 
+_HUGE = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", _HUGE,
+                                 "-" + _HUGE],
+                         ids=["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "10**400",
+                              "-10**400"])
+async def test_non_finite_or_out_of_range_time_claims_refused_as_malformed(
+        keys: KeySet, verifier: JWTVerifier, claim: str, raw: str) -> None:
+    """A NumericDate (RFC 7519 section 2) must be a finite JSON number (RFC 8259 section 6
+    has no NaN/Infinity; 1e400 and a 401-digit integer do not fit a double): such an exp,
+    nbf or iat is a malformed token (UNAUTHENTICATED), never a token that never expires,
+    and never an OverflowError (UNKNOWN)."""
+    claims: dict[str, Any] = {"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60,
+                              "nbf": T0, "iat": T0, "jti": "j"}
+    claims[claim] = "@"
+    body = json.dumps(claims).replace('"@"', raw).encode()
+    token = jwt.api_jws.encode(body, keys.current.private_key, algorithm="ES256",
+                               headers={"kid": keys.current.kid, "typ": "at+jwt"})
+    await refused(verifier, token, "malformed token")
+    assert len(verifier.cache) == 0
+
+
 async def test_wrong_typ_refused(keys: KeySet, verifier: JWTVerifier) -> None:
     """An ID token (typ JWT) is not accepted as an access token."""
     token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "exp": T0 + 60, "iat": T0,
