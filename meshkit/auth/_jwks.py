@@ -145,7 +145,10 @@ class JWKSClientOptions:
         min_refresh_interval_s: at most one fetch per this many seconds, however many
             unknown ``kid``\\ s arrive (default 10).
         fetch_timeout_s: timeout of one fetch (default 5).
-        max_document_bytes: larger documents are refused (default 65536).
+        max_document_bytes: larger documents are refused (default 65536): a larger
+            ``Content-Length`` before the body is read, a body without one (chunked) once
+            the bytes read pass it. The body is read to its end, whatever the number of
+            reads it arrives in.
         algorithms: key algorithms accepted from the document (default all asymmetric).
         clock: monotonic clock for the intervals (default ``time.monotonic``).
 
@@ -172,6 +175,25 @@ class JWKSClientOptions:
             raise ConfigError(f"max_document_bytes must be >= 1024, "
                               f"got {self.max_document_bytes!r}")
         object.__setattr__(self, "algorithms", frozenset(self.algorithms))
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+    """The whole body of ``resp``, read until EOF (however many TCP segments or chunks it
+    arrives in), refused once it is known to exceed ``limit`` bytes: at once when the
+    declared ``Content-Length`` is larger, else as soon as the bytes read pass it.
+
+    Raises:
+        JWKSError: the body is larger than ``limit``.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise JWKSError(f"JWKS document from {url} exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise JWKSError(f"JWKS document from {url} exceeds {limit} bytes")
+    return bytes(body)
 
 
 class JWKSClient:
@@ -273,10 +295,7 @@ class JWKSClient:
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise JWKSError(f"JWKS fetch from {url} answered HTTP {resp.status}")
-                body = await resp.content.read(opts.max_document_bytes + 1)
-            if len(body) > opts.max_document_bytes:
-                raise JWKSError(f"JWKS document from {url} exceeds "
-                                f"{opts.max_document_bytes} bytes")
+                body = await _read_capped(resp, opts.max_document_bytes, url)
             document = json.loads(body)
         except JWKSError:
             raise

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -10,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from meshkit.auth import JWKSClient, JWKSClientOptions, JWKSError, JWKSServer, KeySet, parse_jwks
+from meshkit.errors import ConfigError
 from tests.support.wait import until
 
 
@@ -130,3 +133,83 @@ def test_parse_skips_unusable_keys(keys: KeySet) -> None:
     assert parse_jwks(doc, frozenset({"EdDSA"})) == {}
     with pytest.raises(JWKSError):
         parse_jwks({"nokeys": 1})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve_jwks() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """Serve one handler at /jwks on a free port; returns its URL; stopped at teardown."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_get("/jwks", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}/jwks"
+
+    yield start
+    for r in runners:
+        await r.cleanup()
+
+
+def in_pieces(body: bytes, *, pieces: int = 2, content_length: bool = True) -> Handler:
+    """A handler sending ``body`` in ``pieces`` writes a moment apart (as TCP segments of a
+    larger document arrive over a network), with Content-Length or else chunked."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if content_length:
+            resp.content_length = len(body)
+        await resp.prepare(request)
+        step = -(-len(body) // pieces)
+        try:
+            for i in range(0, len(body), step):
+                await resp.write(body[i:i + step])
+                await asyncio.sleep(0.05)  # splits the body across reads; awaits no condition
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client stopped reading (a document over its limit)
+        return resp
+
+    return handle
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["content-length", "chunked"])
+async def test_document_arriving_in_pieces_is_read_whole(
+        keys: KeySet, serve_jwks: Callable[[Handler], Awaitable[str]],
+        content_length: bool) -> None:
+    """A JWKS body that arrives in several reads is read to its end, not cut at what was
+    buffered when the client first looked (which would lose every key)."""
+    keys.rotate()
+    doc = json.dumps(keys.jwks()).encode()
+    url = await serve_jwks(in_pieces(doc, pieces=3, content_length=content_length))
+    async with JWKSClient(url, JWKSClientOptions(fetch_timeout_s=3)) as client:
+        await client.refresh()
+        assert client.kids == {k.kid for k in keys.keys}
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["content-length", "chunked"])
+async def test_document_over_max_bytes_refused(
+        keys: KeySet, serve_jwks: Callable[[Handler], Awaitable[str]],
+        content_length: bool) -> None:
+    """A document over max_document_bytes is refused, declared (Content-Length) or not
+    (chunked, arriving in pieces), and cached keys stay."""
+    doc = json.dumps({**keys.jwks(), "pad": "x" * 2000}).encode()
+    url = await serve_jwks(in_pieces(doc, pieces=3, content_length=content_length))
+    async with JWKSClient(url, JWKSClientOptions(max_document_bytes=1024)) as client:
+        with pytest.raises(JWKSError, match="exceeds 1024 bytes"):
+            await client.refresh()
+        assert client.kids == frozenset()
+
+
+def test_max_document_bytes_validated() -> None:
+    """max_document_bytes below 1024 is refused when the options are built, quoted."""
+    with pytest.raises(ConfigError, match="100"):
+        JWKSClientOptions(max_document_bytes=100)
