@@ -58,10 +58,14 @@ __all__ = [
 DEFAULT_TRUST_DOMAIN = "meshkit.local"
 """Trust domain used when none is given (``certs init`` and :class:`TLSOptions`)."""
 
+# Validating patterns are applied with fullmatch() only: ``$`` also matches before a
+# final newline, so ``re.match("^x$", "x\n")`` succeeds (``orderd\n`` would be a workload).
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_LABEL_RE = re.compile(rf"^{_LABEL}$")
-_TD_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_LABEL_RE = re.compile(_LABEL)
+_TD_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
+_TD_CHARS_RE = re.compile(r"[a-z0-9._-]+")
+_URI_SCHEME_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
 _MAX_ID_BYTES = 2048
 
 
@@ -74,7 +78,7 @@ def validate_trust_domain(trust_domain: str) -> str:
     Raises:
         ConfigError: not a lowercase DNS name of at most 200 characters (value quoted).
     """
-    if not isinstance(trust_domain, str) or len(trust_domain) > 200 or not _TD_RE.match(
+    if not isinstance(trust_domain, str) or len(trust_domain) > 200 or not _TD_RE.fullmatch(
         trust_domain
     ):
         raise ConfigError(
@@ -89,7 +93,7 @@ def validate_service_label(service: str) -> str:
     Raises:
         ConfigError: not ``[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`` (value quoted).
     """
-    if not isinstance(service, str) or not _LABEL_RE.match(service):
+    if not isinstance(service, str) or not _LABEL_RE.fullmatch(service):
         raise ConfigError(
             "workload service names must be one lowercase DNS label "
             f"([a-z0-9-], at most 63 characters), got {service!r}"
@@ -136,18 +140,20 @@ class SpiffeId:
         Raises:
             ConfigError: not a valid SPIFFE ID: wrong scheme, upper-case or bad trust
                 domain, empty / ``.`` / ``..`` path segments, query, fragment, port,
-                user info, or longer than 2048 bytes.
+                user info, any character outside ``[a-z0-9._-]`` in the trust domain or
+                ``[A-Za-z0-9._-]`` in a path segment (SPIFFE ID §2.1, §2.2; so also a
+                trailing newline), or longer than 2048 bytes.
         """
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if len(text.encode()) > _MAX_ID_BYTES or not text.startswith("spiffe://"):
             raise ConfigError(f"not a SPIFFE ID: {text[:100]!r}")
         rest = text[len("spiffe://"):]
         td, slash, path = rest.partition("/")
-        if not td or not re.fullmatch(r"[a-z0-9._-]+", td):
+        if not td or not _TD_CHARS_RE.fullmatch(td):
             raise ConfigError(f"bad SPIFFE trust domain in {text[:100]!r}")
         if slash:
             for seg in path.split("/"):
-                if seg in ("", ".", "..") or not _SEGMENT_RE.match(seg):
+                if seg in ("", ".", "..") or not _SEGMENT_RE.fullmatch(seg):
                     raise ConfigError(f"bad SPIFFE ID path in {text[:100]!r}")
         return cls(td, "/" + path if slash else "")
 
@@ -160,7 +166,7 @@ class SpiffeId:
         ``<service>`` one lowercase DNS label, else ``None`` (``/svc/orderd/extra``,
         ``/svc/Orderd`` and ``/ns/x`` name no workload)."""
         parts = self.path.split("/")
-        if len(parts) == 3 and parts[1] == "svc" and _LABEL_RE.match(parts[2]):
+        if len(parts) == 3 and parts[1] == "svc" and _LABEL_RE.fullmatch(parts[2]):
             return parts[2]
         return None
 
@@ -194,14 +200,16 @@ def peer_from_identities(identities: Iterable[bytes] | None) -> PeerIdentity | N
             or certificate-less peer.
 
     Returns:
-        The identity when there is exactly one valid ``spiffe://`` URI SAN (X.509-SVID §2
-        requires exactly one) and it is a workload ID ``spiffe://<td>/svc/<service>``,
-        else ``None``.
+        The identity when there is exactly one URI SAN (X.509-SVID §2 requires exactly
+        one, whatever its scheme) and it is a valid workload ID
+        ``spiffe://<td>/svc/<service>``, else ``None``. grpc gives the names without
+        their types, so a URI is told by its scheme (``[A-Za-z][A-Za-z0-9+.-]*:``,
+        RFC 3986 §3.1); IP addresses (``fe80::1`` too) and DNS names are not URIs.
     """
     if not identities:
         return None
-    found = [i for i in identities if i.startswith(b"spiffe://")]
-    if len(found) != 1:
+    found = [i for i in identities if _is_uri(i)]
+    if len(found) != 1 or not found[0].startswith(b"spiffe://"):
         return None
     try:
         sid = SpiffeId.parse(found[0])
@@ -210,6 +218,18 @@ def peer_from_identities(identities: Iterable[bytes] | None) -> PeerIdentity | N
     if sid.service is None:
         return None
     return PeerIdentity(str(sid), sid.trust_domain, sid.service)
+
+
+def _is_uri(name: bytes) -> bool:
+    """Whether a SAN value from ``peer_identities()`` is a URI: it starts with a scheme
+    and is no IP address (an IPv6 address such as ``fe80::1`` looks like one)."""
+    if _URI_SCHEME_RE.match(name) is None:
+        return False
+    try:
+        ipaddress.ip_address(name.decode("ascii", "replace"))
+    except ValueError:
+        return True
+    return False
 
 
 class IdentityMatcher:
@@ -419,10 +439,12 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
     if isinstance(eku, x509.ExtendedKeyUsage) and not any(o in eku for o in _CLIENT_AUTH):
         raise _Refused("extended key usage does not allow client authentication")
     names = list(san) if isinstance(san, x509.SubjectAlternativeName) else []
-    uris = [n.value for n in names if isinstance(n, x509.UniformResourceIdentifier)
-            and n.value[:9].lower() == "spiffe://"]
-    if len(uris) != 1:
-        raise _Refused(f"exactly one SPIFFE ID URI SAN is required, found {len(uris)}")
+    uris = [n.value for n in names if isinstance(n, x509.UniformResourceIdentifier)]
+    if len(uris) != 1:  # X.509-SVID §2, whatever the URIs' schemes
+        raise _Refused(f"exactly one URI SAN, a SPIFFE ID, is required (X.509-SVID §2), "
+                       f"found {len(uris)}")
+    if uris[0][:9].lower() != "spiffe://":
+        raise _Refused("the URI SAN is not a SPIFFE ID")
     try:
         sid = SpiffeId.parse(uris[0])
     except ConfigError:
@@ -459,8 +481,8 @@ class PeerVerifier:
       when the CA names one (``spiffe://<td>`` URI SAN);
     * is itself no CA (``CA:FALSE`` or no basicConstraints), has key usage (if present)
       ``digitalSignature`` without ``keyCertSign``/``cRLSign``, extended key usage (if
-      present) allowing client authentication, and exactly one SPIFFE ID URI SAN that is a
-      workload ID ``spiffe://<td>/svc/<service>``;
+      present) allowing client authentication, and exactly one URI SAN of any scheme
+      (X.509-SVID §2), which must be a workload ID ``spiffe://<td>/svc/<service>``;
     * and it and its CA are within their validity period at the time of the call.
 
     Without a trust bundle (``ca_pem=None``, :func:`default_peer_verifier`) the verifier

@@ -109,12 +109,12 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
         raise CertificateError(f"private key {key_file} does not match certificate {cert_file}")
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-                if u.startswith("spiffe://")]
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    if len(uris) != 1:
-        raise CertificateError(f"{cert_file} must carry exactly one SPIFFE ID URI SAN")
+    if len(uris) != 1 or not uris[0].startswith("spiffe://"):  # X.509-SVID §2
+        raise CertificateError(f"{cert_file} must carry exactly one URI SAN, a SPIFFE ID "
+                               f"(X.509-SVID §2); it has {len(uris)} URI SAN(s)")
     sid = SpiffeId.parse(uris[0])
     if sid.service is None:
         raise CertificateError(f"{cert_file} carries {sid}, which is not a workload identity "
@@ -141,7 +141,7 @@ class TLSOptions:
     """mTLS settings of one workload, from PEM files (see the module docstring).
 
     The files are read and checked when the object is built: the key must match the
-    certificate, which must carry exactly one SPIFFE ID, a workload ID
+    certificate, which must carry exactly one URI SAN (X.509-SVID §2), a workload ID
     ``spiffe://<td>/svc/<service>`` in ``trust_domain``, and pass the checks peers make
     (:class:`~meshkit.auth.PeerVerifier`, validity period aside): issued directly by a CA
     of ``ca_file``, within its name constraints, not itself a CA.
@@ -161,8 +161,9 @@ class TLSOptions:
 
     Raises:
         CertificateError: a file is missing/unreadable, the key does not match, the
-            certificate's SPIFFE ID is missing, no workload ID or in another trust domain,
-            or peers would refuse the certificate (the message says why).
+            certificate has no URI SAN or one besides its SPIFFE ID, its SPIFFE ID is
+            no workload ID or in another trust domain, or peers would refuse the
+            certificate (the message says why).
         ConfigError: a value out of range (quoted).
 
     Example::

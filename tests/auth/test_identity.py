@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from meshkit.auth import IdentityMatcher, SpiffeId, identity_dns_name, workload_id
-from meshkit.auth._identity import peer_from_identities
+from meshkit.auth._identity import (
+    peer_from_identities,
+    validate_service_label,
+    validate_trust_domain,
+)
 from meshkit.errors import ConfigError
 
 
@@ -47,6 +51,37 @@ def test_peer_needs_exactly_one_spiffe_uri() -> None:
     assert peer_from_identities([b"a.svc.td"]) is None
     assert peer_from_identities([b"spiffe://td/svc/a", b"spiffe://td/svc/b"]) is None
     assert peer_from_identities(None) is None
+
+
+def test_peer_needs_exactly_one_uri_san() -> None:
+    """X.509-SVID section 2: a second URI SAN of any scheme, or a URI that is no SPIFFE ID,
+    yields no peer identity; DNS names, IPv4/IPv6 addresses and e-mail SANs do not count."""
+    sid = b"spiffe://td/svc/a"
+    assert peer_from_identities([sid, b"a.svc.td", b"::1", b"fe80::1", b"10.0.0.1",
+                                 b"ops@td"]) is not None
+    for other in (b"https://td/x", b"urn:x:y", b"http://a.svc.td"):
+        assert peer_from_identities([sid, other]) is None, other
+        assert peer_from_identities([other, sid]) is None, other
+    assert peer_from_identities([b"https://td/svc/a"]) is None
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", "\n\n", " ", "\x00"])
+def test_trailing_newline_or_junk_is_no_identity(suffix: str) -> None:
+    """``$`` matches before a final newline; every validating pattern must match the whole
+    string, so ``spiffe://td/svc/orderd\\n`` is no SPIFFE ID and ``orderd\\n`` no service
+    name or trust domain (SPIFFE ID section 2.2: [a-zA-Z0-9.-_] only)."""
+    with pytest.raises(ConfigError):
+        SpiffeId.parse(f"spiffe://td/svc/orderd{suffix}")
+    with pytest.raises(ConfigError):
+        SpiffeId.parse(f"spiffe://td{suffix}/svc/orderd")
+    assert peer_from_identities([f"spiffe://td/svc/orderd{suffix}".encode()]) is None
+    with pytest.raises(ConfigError, match="got"):
+        validate_service_label(f"orderd{suffix}")
+    with pytest.raises(ConfigError, match="got"):
+        validate_trust_domain(f"meshkit.test{suffix}")
+    with pytest.raises(ConfigError):
+        workload_id(f"meshkit.test{suffix}", "orderd")
+    assert SpiffeId("td", f"/svc/orderd{suffix}").service is None
 
 
 def test_matcher_wildcards() -> None:

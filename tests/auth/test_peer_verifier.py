@@ -82,7 +82,7 @@ def test_same_issuer_name_other_key_refused(pki: Pki, other_pki: Pki) -> None:
 @pytest.mark.parametrize("case", [
     "ca_true", "key_cert_sign", "no_digital_signature", "server_only_eku", "extra_path",
     "uppercase_service", "two_spiffe_ids", "no_spiffe_id", "other_trust_domain",
-    "dns_outside_constraints",
+    "dns_outside_constraints", "second_uri_san", "only_a_non_spiffe_uri", "trailing_newline",
 ])
 def test_leaf_defects_refused(pki: Pki, case: str) -> None:
     """Leaves no workload may hold are refused, each for its reason."""
@@ -106,6 +106,12 @@ def test_leaf_defects_refused(pki: Pki, case: str) -> None:
         kw = {"uris": ["spiffe://other.test/svc/orderd"]}
     elif case == "dns_outside_constraints":
         kw = {"dns": [f"orderd.svc.{TD}", "evil.example.com"]}
+    elif case == "second_uri_san":  # X.509-SVID section 2: exactly one URI SAN
+        kw = {"uris": [f"spiffe://{TD}/svc/orderd", f"https://{TD}/x"]}
+    elif case == "only_a_non_spiffe_uri":
+        kw = {"uris": [f"https://{TD}/svc/orderd"]}
+    elif case == "trailing_newline":  # `$` would match before it
+        kw = {"uris": [f"spiffe://{TD}/svc/orderd\n"]}
     if case == "server_only_eku":
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -259,12 +265,15 @@ def _write(tmp_path: Path, pki: Pki, name: str, key: object, *chain: x509.Certif
 
 def test_tls_options_refuse_own_certificate_peers_would_refuse(pki: Pki,
                                                                tmp_path: Path) -> None:
-    """A workload's own certificate with a non-workload SPIFFE ID, or issued through a
-    sub-CA, fails when the options are built, not at the first call."""
+    """A workload's own certificate with a non-workload SPIFFE ID, a second URI SAN, or
+    issued through a sub-CA, fails when the options are built, not at the first call."""
     ca_key, ca = ca_of(pki)
     key, odd = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd/extra"])
     with pytest.raises(CertificateError, match="not a workload identity"):
         _write(tmp_path, pki, "odd", key, odd)
+    key, two = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd", f"https://{TD}/x"])
+    with pytest.raises(CertificateError, match="exactly one URI SAN"):
+        _write(tmp_path, pki, "two", key, two)
     sub_key, sub = sub_ca(ca_key, ca)
     key, rogue = leaf(sub_key, sub)
     with pytest.raises(CertificateError, match=r"refused by peers.*directly"):

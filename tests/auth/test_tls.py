@@ -22,6 +22,7 @@ from meshkit.auth import (
     tls_from_dir,
 )
 from meshkit.discovery import LocalRegistry
+from tests.auth.chains import ca_of, client_credentials, leaf
 from tests.auth.conftest import SERVICE, TD, Pki, StartServer, call, rpc_error
 from tests.support.wait import until
 
@@ -89,6 +90,20 @@ async def test_client_refuses_server_with_wrong_identity(pki: Pki,
     assert err.code() is UNAVAILABLE
     assert await call(port, credentials=client.channel_credentials(),
                       options=client.channel_options("userd"))
+
+
+async def test_client_cert_with_a_second_uri_san_refused(pki: Pki,
+                                                         start_server: StartServer) -> None:
+    """X.509-SVID section 2 allows exactly one URI SAN: a CA-signed client certificate with
+    orderd's SPIFFE ID plus an https URI (inside the CA's name constraints, so the
+    handshake passes) is no SVID, and the call is UNAUTHENTICATED, not served as orderd."""
+    server = pki.issue("userd")
+    ca_key, ca = ca_of(pki)
+    odd_key, odd = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd", f"https://{TD}/x"])
+    port = await start_server(server.server_credentials(), [server.peer_interceptor()])
+    err = await rpc_error(call(port, credentials=client_credentials(pki, odd_key, odd),
+                               options=server.channel_options("userd")))
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_allowed_peers_refuses_other_workloads(pki: Pki, start_server: StartServer) -> None:
