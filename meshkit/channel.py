@@ -508,6 +508,9 @@ class MeshChannel(grpc.aio.Channel):
                 request = plan.wire(request)
         else:  # a request iterator: its messages and its own exceptions checked
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
+        # no attempt of this round yet: a call that fails before one (no endpoint, a
+        # spent deadline) settles on its error alone, not on an earlier attempt's call
+        details.last_call = None
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)

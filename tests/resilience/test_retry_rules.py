@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import RoundRobin
+from meshkit.balancer import OutlierOptions, RoundRobin
 from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 
@@ -195,5 +195,33 @@ async def test_a_re_iterable_stream_unary_request_is_retried_whole(
             got = await asyncio.wait_for(
                 ch.stream_unary(hunt("Join"))([b"a", b"b"], timeout=5), 5)
         assert got == b"a,b" and calls == [[b"a", b"b"], [b"a", b"b"]]
+    finally:
+        await srv.drain()
+
+
+async def test_a_retry_that_finds_no_endpoint_reports_its_own_error(
+    registry: LocalRegistry
+) -> None:
+    """A call whose retry finds no endpoint (the one it tried was ejected meanwhile) ends
+    with that error: its code, details and metadata are the mesh's, not a mix with the
+    first attempt's trailing metadata."""
+    async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        context.set_trailing_metadata((("x-from", "h1"),))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        raise AssertionError("unreachable")
+
+    srv = await start_hunt(registry, "h1", {"Get": grpc.unary_unary_rpc_method_handler(get)})
+    try:
+        policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
+        options = opts(policy, outlier=OutlierOptions(consecutive_failures=1))
+        async with meshkit.dial("echo", registry=registry, options=options) as ch:
+            await ch.wait_for_endpoints(1)
+            call = ch.unary_unary(hunt("Get"))(b"", timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(call, 5)
+            assert "endpoint" in (info.value.details() or ""), info.value.details()
+            assert await call.details() == info.value.details()
+            trailing = list(await asyncio.wait_for(call.trailing_metadata(), 5))
+            assert ("x-from", "h1") not in trailing, trailing
     finally:
         await srv.drain()
