@@ -8,7 +8,11 @@ refused. BoringSSL does not apply the root's ``pathlen:0``, though: servers re-c
 peer's leaf is issued directly by the CA (:class:`~meshkit.auth.PeerVerifier`), and
 :func:`issue_workload` only ever writes ``CA:FALSE`` leaves, with a CA as issuer.
 Workload certificates are short-lived ECDSA P-256 leaves with exactly one URI SAN (the
-SPIFFE ID), the DNS identity name, and the listen address's DNS/IP names.
+SPIFFE ID), the DNS identity name, and the listen address's DNS/IP names. The identity
+namespace ``svc.<td>`` holds only the workload's own identity name: the issuer refuses an
+extra name such as another workload's ``userd.svc.<td>`` or ``*.svc.<td>`` (clients verify
+a server's identity as that host name), and so do ``TLSOptions`` and ``PeerVerifier`` in a
+certificate they read.
 
 Private keys are written with mode 0600 and never overwritten unless asked to
 (``overwrite=True``; the CLI's ``--force``), atomically (write then rename).
@@ -33,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     SpiffeId,
+    foreign_identity_name,
     identity_dns_name,
     validate_trust_domain,
     workload_id,
@@ -220,7 +225,8 @@ def issue_workload(
         ca_key, ca_cert: the CA (from :func:`create_ca` or :func:`init_ca_dir`).
         service: workload name, one lowercase DNS label, e.g. ``"orderd"``.
         ttl_h: validity in hours from ``now`` (default 24; short-lived on purpose).
-        dns: extra DNS names, e.g. the listen host ``("localhost",)``.
+        dns: extra DNS names, e.g. the listen host ``("localhost",)``; none equal to or
+            under ``svc.<td>`` except the workload's own identity name.
         ips: IP addresses, e.g. ``("127.0.0.1",)``.
         now: issue time (UTC; default now); notBefore is 5 minutes earlier for clock skew.
 
@@ -232,8 +238,12 @@ def issue_workload(
 
     Raises:
         ConfigError: bad service name, ``ttl_h <= 0``, a bad IP, a DNS/IP name outside the
-            CA's name constraints, a validity outliving the CA, ``ca_cert`` not a CA
-            (``CA:TRUE`` with ``keyCertSign``) or ``ca_key`` not its key.
+            CA's name constraints, an extra DNS name equal to or under ``svc.<td>`` other
+            than the workload's own identity name (``userd.svc.<td>`` or ``*.svc.<td>``
+            for ``orderd``: clients verify identity as that host name, so it would let
+            the workload pass as another; quoted), a validity outliving the CA,
+            ``ca_cert`` not a CA (``CA:TRUE`` with ``keyCertSign``) or ``ca_key`` not its
+            key.
         CertificateError: ``ca_cert`` names no SPIFFE trust domain.
     """
     _check_issuer(ca_key, ca_cert)
@@ -257,8 +267,15 @@ def issue_workload(
             raise ConfigError(
                 f"DNS name {d!r} is outside the CA's name constraints {permitted_dns!r}"
             )
-        if d != ident:
-            names.append(x509.DNSName(d))
+        if d == ident:
+            continue
+        if foreign_identity_name(d, td, service):
+            raise ConfigError(
+                f"DNS name {d!r} is in the identity namespace svc.{td}, where only "
+                f"{ident!r} may name {service!r}: it would let {service!r} pass as "
+                "another workload"
+            )
+        names.append(x509.DNSName(d))
     for ip in ips:
         try:
             addr = ipaddress.ip_address(ip)

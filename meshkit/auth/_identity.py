@@ -7,7 +7,12 @@ certificate (SPIFFE X.509-SVID, https://github.com/spiffe/spiffe/blob/main/stand
 * DNS SAN ``<service>.svc.<td>`` — the *identity name*, which clients verify as the TLS
   host name (``grpc.ssl_target_name_override``), because grpcio's Python API has no
   custom peer-verification hook. The CA's name constraints and meshkit's issuer keep the
-  two names in step: one exists only together with the other.
+  two names in step: one exists only together with the other. The issuer writes into
+  ``svc.<td>`` only the workload's own identity name (another workload's, or a wildcard
+  such as ``*.svc.<td>``, is refused: :func:`foreign_identity_name`), and
+  ``TLSOptions``/:class:`PeerVerifier` refuse a certificate carrying one. A client cannot
+  re-check a *server's* certificate (no hook), so a certificate made with the CA key by
+  other means than meshkit's issuer is trusted for the names it carries.
 
 Only ``spiffe://<td>/svc/<label>`` (exactly two path segments, the second one lowercase
 DNS label) is a workload; any other SPIFFE ID (``/svc/orderd/extra``, ``/svc/Orderd``,
@@ -48,6 +53,7 @@ __all__ = [
     "PeerVerifier",
     "SpiffeId",
     "default_peer_verifier",
+    "foreign_identity_name",
     "identity_dns_name",
     "peer_from_identities",
     "validate_service_label",
@@ -119,6 +125,19 @@ def identity_dns_name(trust_domain: str, service: str) -> str:
         ConfigError: bad trust domain or service name.
     """
     return f"{validate_service_label(service)}.svc.{validate_trust_domain(trust_domain)}"
+
+
+def foreign_identity_name(dns_name: str, trust_domain: str, service: str) -> bool:
+    """Whether ``dns_name`` in a certificate of workload ``service`` lies in the identity
+    namespace ``svc.<trust_domain>`` (the zone itself or any name below it, wildcards
+    included: ``userd.svc.<td>``, ``*.svc.<td>``) without being the workload's own
+    identity name ``<service>.svc.<trust_domain>``. Such a name would let the workload
+    pass a client's host-name check as another workload (see the module docstring), so
+    the issuer refuses to write it and :class:`PeerVerifier` / ``TLSOptions`` refuse a
+    certificate carrying it. Compared case-insensitively, a trailing dot ignored."""
+    zone = f"svc.{trust_domain}"
+    name = dns_name.lower().rstrip(".")
+    return (name == zone or name.endswith("." + zone)) and name != f"{service}.{zone}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +470,12 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
         raise _Refused("malformed SPIFFE ID") from None
     if sid.service is None:
         raise _Refused(f"{sid} is not a workload identity (spiffe://<td>/svc/<service>)")
+    for n in names:
+        if isinstance(n, x509.DNSName) and foreign_identity_name(n.value, sid.trust_domain,
+                                                                 sid.service):
+            raise _Refused(f"DNS name {n.value!r} is another workload's identity name or "
+                           f"covers one (only {sid.service}.svc.{sid.trust_domain} may be "
+                           f"under svc.{sid.trust_domain})")
     return PeerIdentity(str(sid), sid.trust_domain, sid.service), names
 
 
@@ -482,7 +507,10 @@ class PeerVerifier:
     * is itself no CA (``CA:FALSE`` or no basicConstraints), has key usage (if present)
       ``digitalSignature`` without ``keyCertSign``/``cRLSign``, extended key usage (if
       present) allowing client authentication, and exactly one URI SAN of any scheme
-      (X.509-SVID §2), which must be a workload ID ``spiffe://<td>/svc/<service>``;
+      (X.509-SVID §2), which must be a workload ID ``spiffe://<td>/svc/<service>``; no
+      DNS name in ``svc.<td>`` but its own identity name ``<service>.svc.<td>`` (another
+      workload's, or a wildcard such as ``*.svc.<td>``: see
+      :func:`foreign_identity_name`);
     * and it and its CA are within their validity period at the time of the call.
 
     Without a trust bundle (``ca_pem=None``, :func:`default_peer_verifier`) the verifier

@@ -24,7 +24,11 @@ How each side verifies the other with what grpcio's Python API allows:
   verification *is* identity verification: a server holding another workload's
   certificate fails the handshake (``UNAVAILABLE``). The binding of the two names is
   guaranteed by meshkit's issuer and by the CA's name constraints (``svc.<td>`` is the
-  only place identity names can live, and only under the trust domain's SPIFFE IDs).
+  only place identity names can live, and only under the trust domain's SPIFFE IDs): the
+  issuer refuses an extra DNS name in ``svc.<td>`` other than the workload's own identity
+  name (``userd.svc.<td>`` or ``*.svc.<td>`` for orderd), and :class:`TLSOptions` refuses
+  to load a certificate carrying one. A certificate made with the CA key outside
+  meshkit's issuer is not re-checked on the client side (see the limitation below).
   **Limitation:** the server's chain is checked by BoringSSL alone, so the CA's
   ``pathlen:0`` is not enforced here: a server certificate issued through a sub-CA signed
   with the mesh CA key is accepted for any identity name inside the CA's name

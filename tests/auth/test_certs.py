@@ -66,6 +66,34 @@ def test_names_outside_constraints_refused_at_issue(pki: Pki) -> None:
         issue_into_dir(pki.dir, "orderd", ttl_h=24 * 10)
 
 
+@pytest.mark.parametrize("extra", [
+    f"userd.svc.{TD}", f"*.svc.{TD}", f"svc.{TD}", f"USERD.Svc.{TD}.", f"a.userd.svc.{TD}",
+    f"*.orderd.svc.{TD}",
+])
+def test_issue_refuses_another_workloads_identity_name(pki: Pki, extra: str) -> None:
+    """Clients verify a server's identity as the TLS host name <service>.svc.<td>, so the
+    issuer keeps that namespace to the one workload it names: an extra DNS name equal to
+    or under svc.<td> other than the workload's own (userd.svc.<td> or *.svc.<td> for
+    orderd would let orderd pass as userd) is refused, quoted; the own name is allowed."""
+    with pytest.raises(ConfigError) as info:
+        issue_into_dir(pki.dir, "orderd", ttl_h=1, dns=("localhost", extra),
+                       ips=("127.0.0.1",))
+    assert repr(extra.lower().rstrip(".")) in str(info.value)
+    assert not (pki.dir / "orderd.pem").exists() and not (pki.dir / "orderd.key").exists()
+    issue_into_dir(pki.dir, "orderd", ttl_h=1, dns=(f"orderd.svc.{TD}", "localhost"))
+    info2 = describe_certificate(load_certificate(pki.dir / "orderd.pem"))
+    assert info2.dns_names == (f"orderd.svc.{TD}", "localhost")
+
+
+def test_cli_issue_refuses_another_workloads_identity_name(
+        pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    """`meshkit certs issue orderd --dns userd.svc.<td>` exits 1 naming the refused name."""
+    assert main(["certs", "issue", "orderd", "--dir", str(pki.dir), "--dns",
+                 f"userd.svc.{TD}"]) == 1
+    assert f"userd.svc.{TD}" in capsys.readouterr().err
+    assert not (pki.dir / "orderd.pem").exists()
+
+
 def test_cli_init_issue_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """certs init/issue/inspect create files and print subject, SPIFFE ID and fingerprint."""
     d = str(tmp_path / "c")

@@ -83,6 +83,7 @@ def test_same_issuer_name_other_key_refused(pki: Pki, other_pki: Pki) -> None:
     "ca_true", "key_cert_sign", "no_digital_signature", "server_only_eku", "extra_path",
     "uppercase_service", "two_spiffe_ids", "no_spiffe_id", "other_trust_domain",
     "dns_outside_constraints", "second_uri_san", "only_a_non_spiffe_uri", "trailing_newline",
+    "other_identity_name", "wildcard_identity_name",
 ])
 def test_leaf_defects_refused(pki: Pki, case: str) -> None:
     """Leaves no workload may hold are refused, each for its reason."""
@@ -112,6 +113,10 @@ def test_leaf_defects_refused(pki: Pki, case: str) -> None:
         kw = {"uris": [f"https://{TD}/svc/orderd"]}
     elif case == "trailing_newline":  # `$` would match before it
         kw = {"uris": [f"spiffe://{TD}/svc/orderd\n"]}
+    elif case == "other_identity_name":  # orderd's SVID naming userd's identity name
+        kw = {"dns": [f"orderd.svc.{TD}", f"userd.svc.{TD}"]}
+    elif case == "wildcard_identity_name":
+        kw = {"dns": [f"orderd.svc.{TD}", f"*.svc.{TD}"]}
     if case == "server_only_eku":
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -265,8 +270,9 @@ def _write(tmp_path: Path, pki: Pki, name: str, key: object, *chain: x509.Certif
 
 def test_tls_options_refuse_own_certificate_peers_would_refuse(pki: Pki,
                                                                tmp_path: Path) -> None:
-    """A workload's own certificate with a non-workload SPIFFE ID, a second URI SAN, or
-    issued through a sub-CA, fails when the options are built, not at the first call."""
+    """A workload's own certificate with a non-workload SPIFFE ID, a second URI SAN,
+    another workload's identity name (or a wildcard over them), or issued through a
+    sub-CA, fails when the options are built, not at the first call."""
     ca_key, ca = ca_of(pki)
     key, odd = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd/extra"])
     with pytest.raises(CertificateError, match="not a workload identity"):
@@ -274,6 +280,10 @@ def test_tls_options_refuse_own_certificate_peers_would_refuse(pki: Pki,
     key, two = leaf(ca_key, ca, uris=[f"spiffe://{TD}/svc/orderd", f"https://{TD}/x"])
     with pytest.raises(CertificateError, match="exactly one URI SAN"):
         _write(tmp_path, pki, "two", key, two)
+    for other in (f"userd.svc.{TD}", f"*.svc.{TD}"):
+        key, impostor = leaf(ca_key, ca, dns=[f"orderd.svc.{TD}", other])
+        with pytest.raises(CertificateError, match=r"refused by peers.*identity name"):
+            _write(tmp_path, pki, "impostor", key, impostor)
     sub_key, sub = sub_ca(ca_key, ca)
     key, rogue = leaf(sub_key, sub)
     with pytest.raises(CertificateError, match=r"refused by peers.*directly"):
