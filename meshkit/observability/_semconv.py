@@ -14,6 +14,7 @@ span only for ``UNKNOWN``, ``DEADLINE_EXCEEDED``, ``UNIMPLEMENTED``, ``INTERNAL`
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -111,11 +112,15 @@ def parse_peer(peer: str | None) -> tuple[str | None, int | None]:
     """Split a grpc peer string into address and port.
 
     ``"ipv4:127.0.0.1:5050"`` -> ``("127.0.0.1", 5050)``; ``"ipv6:[::1]:5050"`` ->
-    ``("::1", 5050)``; ``"unix:/tmp/s"`` -> ``("/tmp/s", None)``; ``None``/garbage ->
-    ``(None, None)`` or the whole string without a port.
+    ``("::1", 5050)``, also as grpc core (1.6x on) writes it, percent-encoded:
+    ``"ipv6:%5B::1%5D:5050"`` (a zone ``%25eth0`` becomes ``%eth0``); ``"unix:/tmp/s"``
+    -> ``("/tmp/s", None)``; ``None``/garbage -> ``(None, None)`` or the whole string
+    without a port.
     """
     if not peer:
         return None, None
+    if "%" in peer:
+        peer = unquote(peer)
     kind, _, rest = peer.partition(":")
     if kind == "unix" or not rest:
         return (rest or peer), None

@@ -7,6 +7,7 @@ import functools
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from opentelemetry import trace
@@ -75,9 +76,13 @@ _running_loop = asyncio._get_running_loop  # None outside a running loop (a stre
 
 
 def _address(peer: str | None) -> str | None:
-    """``ipv4:127.0.0.1:5050`` -> ``127.0.0.1:5050``; ``ipv6:[::1]:5050`` -> ``[::1]:5050``."""
+    """``ipv4:127.0.0.1:5050`` -> ``127.0.0.1:5050``; ``ipv6:[::1]:5050`` -> ``[::1]:5050``,
+    also from the percent-encoded form grpc core (1.6x on) reports,
+    ``ipv6:%5B::1%5D:5050``."""
     if not peer:
         return None
+    if "%" in peer:
+        peer = unquote(peer)
     kind, _, rest = peer.partition(":")
     return rest if kind in ("ipv4", "ipv6") and rest else peer
 

@@ -491,7 +491,8 @@ def _generic(event: Any, record: tuple[Any, ...]) -> str:
     return render_access((*record[:3], lambda *a: event.fields(*a), *record[4:]))
 
 
-_LINE_PEERS = ("ipv4:127.0.0.1:5050", "ipv6:[::1]:443", "unix:/tmp/s \"q\"\\", "", "odd")
+_LINE_PEERS = ("ipv4:127.0.0.1:5050", "ipv6:[::1]:443", "ipv6:%5B::1%5D:443",
+               "unix:/tmp/s \"q\"\\", "", "odd")
 _LINE_DURATIONS_S = (0.0, 1e-7, 0.0004999, 0.0005, 0.000123456, 0.0015, 0.1, 1.0, 2.5e-3,
                      12.3456789, 3600.0, 86400.123456)
 
@@ -539,7 +540,7 @@ def test_access_event_lines_are_exactly_the_generic_rendering(duration_s: float,
                         assert _CLIENT_ACCESS.line(record[4], level, ts, sc) == \
                             _generic(_CLIENT_ACCESS, record)
                         lines += 1
-    assert lines == 2 * 2 * 2 * (5 * 2 + 2 * 2)
+    assert lines == 2 * 2 * 2 * (6 * 2 + 2 * 2)
 
 
 def test_access_event_lines_with_metadata_or_bound_contextvars_take_the_generic_path(

@@ -153,6 +153,8 @@ def test_render_trace_draws_a_tree_with_timings() -> None:
 @pytest.mark.parametrize(("peer", "parsed"), [
     ("ipv4:127.0.0.1:5050", ("127.0.0.1", 5050)),
     ("ipv6:[::1]:5050", ("::1", 5050)),
+    ("ipv6:%5B::1%5D:5050", ("::1", 5050)),  # grpc core >= 1.6x percent-encodes
+    ("ipv6:%5Bfe80::1%25eth0%5D:5050", ("fe80::1%eth0", 5050)),
     ("unix:/tmp/s.sock", ("/tmp/s.sock", None)),
     (None, (None, None)),
     ("garbage", ("garbage", None)),

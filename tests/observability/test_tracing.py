@@ -532,3 +532,47 @@ def test_spans_follow_the_global_provider_also_one_set_later(how: str) -> None:
     out = subprocess.run([sys.executable, "-c", _GLOBAL_PROVIDER_SCRIPT, how], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+async def test_ipv6_peer_is_the_bare_address_on_the_server_span_and_access_line(
+    registry: Any, tracing: Tracing, monkeypatch: Any
+) -> None:
+    """A server on ``::1``: grpc core reports the caller as ``ipv6:%5B::1%5D:port``; the
+    server span's ``network.peer.address`` is the address ``::1`` (semconv) and the access
+    line's ``peer`` ``[::1]:port``, never the percent-encoded form."""
+    import asyncio
+    import io
+    import json
+
+    from prometheus_client import CollectorRegistry
+
+    import meshkit
+    from meshkit.observability._logging import BufferedLineWriter, _AccessLog, _AccessWriter
+    from tests.support.echo import add_echo
+
+    out = io.StringIO()
+    monkeypatch.setattr(_AccessLog, "logger",
+                        _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
+    opts = TelemetryOptions(tracer_provider=tracing.provider, registry=CollectorRegistry())
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, host="::1",
+                                                          drain_delay_s=0.0, grace_s=1.0,
+                                                          telemetry=opts))
+    await srv.start()
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts))
+    try:
+        await ch.wait_for_endpoints(1)
+        assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+        await until(lambda: len(tracing.spans()) >= 2, what="2 spans")
+        await asyncio.sleep(0.05)  # the access lines, written after the answers
+    finally:
+        await ch.close()
+        await srv.drain()
+    _AccessLog.logger._writer.flush()
+    (server,) = [s for s in tracing.spans() if s.kind is SpanKind.SERVER]
+    assert server.attributes["network.peer.address"] == "::1"
+    assert isinstance(server.attributes["network.peer.port"], int)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    (line,) = [ln for ln in lines if ln.get("side") == "server"]
+    assert line["peer"].startswith("[::1]:"), line
