@@ -46,7 +46,9 @@ missing a scope → ``PERMISSION_DENIED``; handlers read :func:`current_claims`.
 **Rotation.** Servers pick renewed certificate files up for new connections within
 ``reload_interval_s`` (``grpc.dynamic_ssl_server_credentials``); clients rebuild when
 :class:`ChannelCredentialsReloader` bumps its ``generation``. JWT keys rotate with
-:meth:`KeySet.rotate` (previous keys stay published until their tokens expire); verifiers
+:meth:`KeySet.rotate`: the ``keep_previous`` newest previous keys stay published, and
+beyond them any key this key set's :class:`TokenIssuer` signed with, until that token's
+``exp`` + ``grace_s`` (keys loaded from files go by count alone); verifiers
 fetch the JWKS again on an unknown ``kid`` (at most every ``min_refresh_interval_s``) and
 every ``refresh_interval_s``.
 

@@ -190,43 +190,65 @@ class KeySource(Protocol):
 class KeySet:
     """Signing keys with rotation: the current key signs, previous keys still verify.
 
+    What :meth:`rotate` keeps published: the ``keep_previous`` newest previous keys, and
+    beyond them every previous key a :class:`TokenIssuer` of this key set signed a token
+    with that may still be accepted (until that key's latest ``exp`` + ``grace_s``, on
+    ``clock``). So a token minted here stays verifiable until it expires however often the
+    keys rotate. Keys given to the constructor or loaded from a directory have no such
+    record (tokens other processes signed are unknown here): they go by count alone.
+
     Args:
         keys: newest first; ``keys[0]`` is the current signing key (at least one).
-        keep_previous: how many previous keys :meth:`rotate` keeps published, so tokens
-            they signed stay valid until they expire (default 1; >= 0).
+        keep_previous: how many previous keys :meth:`rotate` keeps published whatever
+            they signed (default 1; >= 0).
+        grace_s: how long after the latest ``exp`` it signed a previous key stays
+            published: the verifiers' ``leeway_s`` (default 300, the largest leeway
+            :class:`VerifierOptions` allows; >= 0).
+        clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
-        ConfigError: no keys, duplicate kids or ``keep_previous < 0``.
+        ConfigError: no keys, duplicate kids, ``keep_previous < 0`` or ``grace_s < 0``
+            (quoted).
     """
 
-    def __init__(self, keys: Sequence[SigningKey], *, keep_previous: int = 1) -> None:
+    def __init__(self, keys: Sequence[SigningKey], *, keep_previous: int = 1,
+                 grace_s: float = 300.0, clock: Clock = time.time) -> None:
         if not keys:
             raise ConfigError("a KeySet needs at least one signing key")
         if keep_previous < 0:
             raise ConfigError(f"keep_previous must be >= 0, got {keep_previous!r}")
+        if not grace_s >= 0:
+            raise ConfigError(f"grace_s must be >= 0, got {grace_s!r}")
         kids = [k.kid for k in keys]
         if len(set(kids)) != len(kids):
             raise ConfigError("duplicate kid in KeySet")
         self._keys = tuple(keys)
         self._keep_previous = keep_previous
+        self._grace_s = grace_s
+        self._clock = clock
+        self._signed_until: dict[str, float] = {}  # kid -> latest exp signed with it
         self.version = 1
         self._by_kid = {k.kid: k.verification_key() for k in self._keys}
 
     @classmethod
-    def generate(cls, algorithm: str = "ES256", *, keep_previous: int = 1) -> KeySet:
+    def generate(cls, algorithm: str = "ES256", *, keep_previous: int = 1,
+                 grace_s: float = 300.0, clock: Clock = time.time) -> KeySet:
         """A key set with one freshly generated key (see :meth:`SigningKey.generate`)."""
-        return cls([SigningKey.generate(algorithm)], keep_previous=keep_previous)
+        return cls([SigningKey.generate(algorithm)], keep_previous=keep_previous,
+                   grace_s=grace_s, clock=clock)
 
     @classmethod
     def from_directory(
         cls, directory: str | os.PathLike[str], *, algorithm: str = "ES256",
-        keep_previous: int = 1, create: bool = True,
+        keep_previous: int = 1, create: bool = True, grace_s: float = 300.0,
+        clock: Clock = time.time,
     ) -> KeySet:
         """Load ``jwt-*.key`` PEM files (newest file = current); create one if none.
 
         Creation happens under an exclusive ``flock`` on ``<directory>/.create.lock`` and
         writes mode 0600, so processes starting together share one key rather than each
-        writing its own.
+        writing its own. ``keep_previous + 1`` newest files are loaded; ``grace_s`` and
+        ``clock`` are the constructor's.
 
         Raises:
             ConfigError: no key and ``create`` is false, or an unreadable key file.
@@ -253,7 +275,7 @@ class KeySet:
                 keys.append(SigningKey.from_pem(f.read_bytes()))
             except OSError as exc:
                 raise ConfigError(f"cannot read {f}: {type(exc).__name__}") from None
-        return cls(keys, keep_previous=keep_previous)
+        return cls(keys, keep_previous=keep_previous, grace_s=grace_s, clock=clock)
 
     @staticmethod
     def _key_files(d: Path) -> list[Path]:
@@ -294,13 +316,27 @@ class KeySet:
         """Current key first, then the previous keys still published."""
         return self._keys
 
+    def note_signed(self, kid: str, exp: float) -> None:
+        """Record that a token expiring at ``exp`` was signed with key ``kid``, so
+        :meth:`rotate` keeps the key published until ``exp + grace_s``
+        (:class:`TokenIssuer` calls this for every token)."""
+        if exp > self._signed_until.get(kid, -math.inf):
+            self._signed_until[kid] = exp
+
     def rotate(self, new: SigningKey | None = None) -> SigningKey:
         """Make ``new`` (default: a fresh key of the current algorithm) the signing key;
-        keep ``keep_previous`` older keys for verification, drop the rest. Bumps
-        :attr:`version`. Returns the new current key."""
+        keep for verification the ``keep_previous`` newest older keys and any older key
+        whose tokens may still be accepted (see the class docstring); drop the rest.
+        Bumps :attr:`version`. Returns the new current key."""
         new = new or SigningKey.generate(self.current.algorithm)
-        self._keys = (new, *self._keys[: self._keep_previous])
+        now = self._clock()
+        until = self._signed_until
+        kept = [k for i, k in enumerate(self._keys)
+                if i < self._keep_previous
+                or now < until.get(k.kid, -math.inf) + self._grace_s]
+        self._keys = (new, *kept)
         self._by_kid = {k.kid: k.verification_key() for k in self._keys}
+        self._signed_until = {k: v for k, v in until.items() if k in self._by_kid}
         self.version += 1
         return new
 
@@ -325,7 +361,9 @@ class IssuerOptions:
     Args:
         issuer: ``iss``, e.g. ``"https://userd.meshkit.local"`` (non-empty).
         audience: default ``aud``, e.g. ``"meshkit"`` (non-empty).
-        ttl_s: default lifetime in seconds (default 900; 0 < ttl_s <= 86400).
+        ttl_s: default lifetime in seconds (default 900; 0 < ttl_s <= 86400), rounded up
+            to whole seconds: ``exp = iat + ceil(ttl_s)`` (0.5 gives 1 s, never a token
+            born expired).
         clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
@@ -355,7 +393,7 @@ class TokenIssuer:
     """
 
     def __init__(self, keys: KeySet, options: IssuerOptions) -> None:
-        self.keys = keys
+        self.keys = keys  # each token's exp is noted in it (KeySet.note_signed)
         self.options = options
 
     def issue(
@@ -369,9 +407,12 @@ class TokenIssuer:
     ) -> str:
         """A compact JWS access token for ``subject``.
 
-        Claims: ``iss``, ``sub``, ``aud``, ``iat``, ``nbf`` (= iat), ``exp`` (iat + ttl),
-        ``jti`` (128 random bits), ``scope`` (space-separated); header ``alg``, ``kid``,
-        ``typ: at+jwt``. ``extra_claims`` cannot override the registered ones.
+        Claims: ``iss``, ``sub``, ``aud``, ``iat`` (the clock's whole second), ``nbf``
+        (= iat), ``exp`` (iat + ``ceil(ttl_s)``: a fractional ttl is rounded up, so a
+        token is never issued already expired), ``jti`` (128 random bits), ``scope``
+        (space-separated); header ``alg``, ``kid``, ``typ: at+jwt``. ``extra_claims``
+        cannot override the registered ones. The key set notes ``exp`` against the
+        signing key (:meth:`KeySet.note_signed`), so rotation keeps it published.
 
         Raises:
             ConfigError: empty subject, a scope containing a space, or a bad ``ttl_s``.
@@ -386,13 +427,15 @@ class TokenIssuer:
         if not 0 < ttl <= 86400:
             raise ConfigError(f"ttl_s must be in (0, 86400], got {ttl!r}")
         now = int(self.options.clock())
+        exp = now + math.ceil(ttl)  # never exp == iat (a token born expired)
         payload: dict[str, Any] = dict(extra_claims or {})
         payload.update(
             iss=self.options.issuer, sub=subject, aud=audience or self.options.audience,
-            iat=now, nbf=now, exp=now + int(ttl), jti=secrets.token_urlsafe(16),
+            iat=now, nbf=now, exp=exp, jti=secrets.token_urlsafe(16),
             scope=" ".join(scope_list),
         )
         key = self.keys.current
+        self.keys.note_signed(key.kid, exp)
         return jwt.encode(payload, key.private_key, algorithm=key.algorithm,
                           headers={"kid": key.kid, "typ": "at+jwt"})
 

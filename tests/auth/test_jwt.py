@@ -319,6 +319,49 @@ async def test_rotation_keeps_previous_key_verifying(mint: Callable[..., str],
     assert all("d" not in k for k in keys.jwks()["keys"])
 
 
+async def test_rotation_keeps_a_key_published_until_its_tokens_expire(
+        clock: FakeClock) -> None:
+    """Rotating twice within a token's lifetime keeps the key that signed it (beyond
+    keep_previous) until its exp + grace_s; then the next rotation drops it, and keys
+    that signed nothing go by count."""
+    keys = KeySet.generate(keep_previous=1, grace_s=30, clock=clock)
+    issuer = TokenIssuer(keys, IssuerOptions(issuer=ISSUER, audience=AUDIENCE, ttl_s=300,
+                                             clock=clock))
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE, leeway_s=30,
+                                           cache_size=0), keys, clock=clock)
+    first = keys.current.kid
+    old = issuer.issue("u")
+    second = keys.rotate().kid
+    third = keys.rotate().kid
+    assert [k.kid for k in keys.keys] == [third, second, first]
+    clock.now = T0 + 300 + 29
+    assert (await verifier.verify(old)).subject == "u"
+    fourth = keys.rotate().kid
+    assert first in {k.kid for k in keys.keys}  # 329 < 300 + 30
+    clock.now = T0 + 300 + 30
+    keys.rotate()
+    assert [k.kid for k in keys.keys][1:] == [fourth]
+    assert not {second, third} & {k.kid for k in keys.keys}
+    await refused(verifier, old, "key id unknown")
+    with pytest.raises(ConfigError, match="-1"):
+        KeySet.generate(grace_s=-1)
+
+
+@pytest.mark.parametrize(("ttl_s", "lifetime"), [(0.5, 1), (1.0, 1), (1.2, 2), (299.9, 300)])
+async def test_fractional_ttl_rounds_up_never_born_expired(
+        keys: KeySet, clock: FakeClock, ttl_s: float, lifetime: int) -> None:
+    """exp is iat + ceil(ttl_s): a 0.5 s token lives 1 s rather than expiring when issued
+    (exp == iat), and a verifier without leeway accepts it at once."""
+    clock.now = T0 + 0.75
+    issuer = TokenIssuer(keys, IssuerOptions(issuer=ISSUER, audience=AUDIENCE, ttl_s=ttl_s,
+                                             clock=clock))
+    strict = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE, leeway_s=0),
+                         keys, clock=clock)
+    claims = await strict.verify(issuer.issue("u"))
+    assert claims.issued_at == T0 and claims.expires_at == T0 + lifetime
+    assert (await strict.verify(issuer.issue("u", ttl_s=0.1))).expires_at == T0 + 1
+
+
 def test_extract_bearer() -> None:
     """Only 'authorization: Bearer <t>' yields a token; other schemes and repeats are refused."""
     assert extract_bearer([("authorization", "Bearer abc")]) == "abc"
