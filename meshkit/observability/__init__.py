@@ -72,19 +72,22 @@ meshkit_client_retries_total                  counter    target          retry a
 meshkit_client_hedges_total                   counter    target          hedged attempts sent
 meshkit_client_retry_budget_exhausted_total   counter    target          retries refused by budget
 meshkit_client_retry_deadline_giveups_total   counter    target          retries skipped: deadline
-meshkit_client_retry_budget_available         gauge      target          retries budget allows now
-meshkit_client_endpoints                      gauge      target, state   READY / IDLE / FAILING
-meshkit_client_endpoints_ejected              gauge      target          endpoints ejected now
+meshkit_client_retry_budget_available         gauge      target          budget allows now; min
+meshkit_client_endpoints                      gauge      target, state   READY / IDLE / FAILING; max
+meshkit_client_endpoints_ejected              gauge      target          endpoints ejected now; max
 meshkit_client_ejections_total                counter    target          outlier ejections
 meshkit_client_endpoint_calls_total           counter    target,         attempts sent to endpoint
                                                          instance_id
 meshkit_client_endpoint_failures_total        counter    target, inst.   failed attempts
 meshkit_client_endpoint_in_flight             gauge      target, inst.   attempts in progress
-meshkit_client_endpoint_ejected               gauge      target, inst.   1 while ejected
-meshkit_client_endpoint_rtt_seconds           gauge      target, inst.   P2C EWMA latency estimate
+meshkit_client_endpoint_ejected               gauge      target, inst.   1 while ejected; max
+meshkit_client_endpoint_rtt_seconds           gauge      target, inst.   P2C EWMA latency; mean
 meshkit_registry_watch_errors_total           counter    target          registry watch failures
-meshkit_server_ready                          gauge      service         1: registered, not draining
-meshkit_server_draining                       gauge      service         1 while draining
+meshkit_registry_healthy                      gauge      target          1 while it works; min
+meshkit_registry_kept_endpoints               gauge      target          kept through a fault; max
+meshkit_registry_errors_total                 counter    target, op      failed reads / writes
+meshkit_server_ready                          gauge      service         1: registered, serving; min
+meshkit_server_draining                       gauge      service         1 while draining; max
 meshkit_server_deadline_rejections_total      counter    service         refused: deadline passed
 meshkit_server_tls_handshakes_total           counter    service         TLS handshakes started
 meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
@@ -92,7 +95,12 @@ meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert no
 
 The ``meshkit_client_*`` (except attempts), ``meshkit_registry_*`` and ``meshkit_server_*``
 families other than ``rate_limited`` are read from live channels and servers at scrape
-time (:class:`MeshCollector`), never counted on the call path.
+time (:class:`MeshCollector`), never counted on the call path. Where several live channels
+dial one target (or several servers serve one service), each label set is still one
+series: counters and in-flight gauges are summed, the other gauges combined as their
+meaning says: ``min`` (a flag that is 1 only while every one reports it, e.g. healthy,
+ready; the smallest retry budget), ``max`` (1 while any one reports it, e.g. ejected,
+draining; the most endpoints any one sees), ``mean`` (the channels' estimates).
 
 **Logs** (structlog; :func:`configure_logging`: JSON lines on stderr, console format on a
 terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Quiet until configured: before

@@ -355,29 +355,60 @@ class RpcMetrics:
         return rec
 
 
+_COMBINE = ("sum", "max", "min", "mean")
+
+
 class _Family:
-    """Samples of one scrape-time family, summed per label set (two channels dialing the
-    same service in one process must not produce duplicate series)."""
+    """Samples of one scrape-time family, one per label set: what several live channels
+    (or servers) report for the same labels (two channels dialing one service in one
+    process) is combined by ``combine``, so no series is duplicated:
 
-    __slots__ = ("doc", "kind", "labels", "name", "values")
+    ``"sum"`` (counters, and gauges that count work in progress: the process's total),
+    ``"max"`` (a 0/1 flag that is 1 while any reports it, e.g. ejected or draining; a
+    count of endpoints, the largest any channel sees), ``"min"`` (a 0/1 flag that is 1
+    only while all report it, e.g. registry healthy or server ready; a balance, the
+    smallest) or ``"mean"`` (an estimate, e.g. an endpoint's EWMA latency).
+    """
 
-    def __init__(self, kind: str, name: str, doc: str, labels: tuple[str, ...]) -> None:
+    __slots__ = ("combine", "counts", "doc", "kind", "labels", "name", "values")
+
+    def __init__(self, kind: str, name: str, doc: str, labels: tuple[str, ...],
+                 combine: str = "sum") -> None:
+        if combine not in _COMBINE:
+            raise ValueError(f"combine must be one of {_COMBINE}, got {combine!r}")
         self.kind = kind
         self.name = name
         self.doc = doc
         self.labels = labels
+        self.combine = combine
         self.values: dict[tuple[str, ...], float] = {}
+        self.counts: dict[tuple[str, ...], int] = {}  # reports per label set ("mean")
 
     def add(self, labels: tuple[str, ...], value: float) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + value
+        """Combine ``value`` into the sample of ``labels`` (see the class docstring)."""
+        old = self.values.get(labels)
+        combine = self.combine
+        if old is None:
+            self.values[labels] = value
+        elif combine == "sum" or combine == "mean":
+            self.values[labels] = old + value
+        elif combine == "max":
+            self.values[labels] = max(old, value)
+        else:
+            self.values[labels] = min(old, value)
+        if combine == "mean":
+            self.counts[labels] = self.counts.get(labels, 0) + 1
 
     def metric(self) -> Metric:
+        """The prometheus-client family of the combined samples, sorted by labels."""
         fam: CounterMetricFamily | GaugeMetricFamily
         if self.kind == "counter":
             fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
         else:
             fam = GaugeMetricFamily(self.name, self.doc, labels=self.labels)
         for labels, value in sorted(self.values.items()):
+            if self.combine == "mean":
+                value /= self.counts[labels]
             fam.add_metric(list(labels), value)
         return fam
 
@@ -387,7 +418,14 @@ class MeshCollector:
 
     From every live :class:`~meshkit.MeshChannel` (label ``target``: the dialed service)
     and :class:`~meshkit.MeshServer` (label ``service``); see the package docstring for
-    the list. Nothing is counted on the call path.
+    the list. Nothing is counted on the call path. Several channels dialing one target
+    (or servers of one service) give one series per label set: counters and in-flight
+    gauges summed; ``meshkit_registry_healthy``, ``meshkit_server_ready`` and
+    ``meshkit_client_retry_budget_available`` their minimum;
+    ``meshkit_client_endpoint_ejected``, ``meshkit_client_endpoints_ejected``,
+    ``meshkit_client_endpoints``, ``meshkit_registry_kept_endpoints`` and
+    ``meshkit_server_draining`` their maximum; ``meshkit_client_endpoint_rtt_seconds``
+    their mean.
     """
 
     def describe(self) -> list[Metric]:
@@ -401,9 +439,10 @@ class MeshCollector:
         fams = {
             "endpoints": _Family("gauge", "meshkit_client_endpoints",
                                  "Endpoints of the dialed service, by connection state.",
-                                 ("target", "state")),
+                                 ("target", "state"), "max"),
             "ejected": _Family("gauge", "meshkit_client_endpoints_ejected",
-                               "Endpoints out of rotation by outlier ejection now.", t),
+                               "Endpoints out of rotation by outlier ejection now.", t,
+                               "max"),
             "ejections": _Family("counter", "meshkit_client_ejections",
                                  "Outlier ejections since the channel opened.", t),
             "retries": _Family("counter", "meshkit_client_retries",
@@ -415,7 +454,8 @@ class MeshCollector:
             "gave_up": _Family("counter", "meshkit_client_retry_deadline_giveups",
                                "Retries not sent because the deadline was too close.", t),
             "budget": _Family("gauge", "meshkit_client_retry_budget_available",
-                              "Retries the budget still allows in its window.", t),
+                              "Retries the budget still allows in its window.", t,
+                              "min"),
             "watch_errors": _Family("counter", "meshkit_registry_watch_errors",
                                     "Discovery watch failures (the channel kept its "
                                     "last endpoints).", t),
@@ -426,22 +466,23 @@ class MeshCollector:
             "ep_in_flight": _Family("gauge", "meshkit_client_endpoint_in_flight",
                                     "Attempts in progress per endpoint.", ti),
             "ep_ejected": _Family("gauge", "meshkit_client_endpoint_ejected",
-                                  "1 while the endpoint is ejected, else 0.", ti),
+                                  "1 while the endpoint is ejected, else 0.", ti, "max"),
             "ep_rtt": _Family("gauge", "meshkit_client_endpoint_rtt_seconds",
-                              "Balancer's EWMA latency estimate per endpoint, seconds.", ti),
+                              "Balancer's EWMA latency estimate per endpoint, seconds.", ti,
+                              "mean"),
             "registry_ok": _Family("gauge", "meshkit_registry_healthy",
                                    "1 while the dialed service's registry can be read and "
-                                   "written, else 0.", t),
+                                   "written, else 0.", t, "min"),
             "registry_kept": _Family("gauge", "meshkit_registry_kept_endpoints",
                                      "Endpoints kept through a registry fault although the "
-                                     "registry does not list them now.", t),
+                                     "registry does not list them now.", t, "max"),
             "registry_errors": _Family("counter", "meshkit_registry_errors",
                                        "Failed registry reads and writes.", ("target", "op")),
             "ready": _Family("gauge", "meshkit_server_ready",
                              "1 when the server is registered and serving, not draining.",
-                             ("service",)),
+                             ("service",), "min"),
             "draining": _Family("gauge", "meshkit_server_draining",
-                                "1 while the server drains.", ("service",)),
+                                "1 while the server drains.", ("service",), "max"),
             "deadline_rejected": _Family("counter", "meshkit_server_deadline_rejections",
                                          "Calls refused because their deadline had passed.",
                                          ("service",)),

@@ -371,3 +371,62 @@ def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
     assert got[("grpc_server_handling_seconds_bucket", (
         ("grpc_method", "Get"), ("grpc_service", "pkg.v1.Svc"), ("grpc_type", "unary"),
         ("le", "0.001")))] == 2
+
+
+async def test_mesh_gauges_of_two_channels_to_one_service_are_combined_by_meaning(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """Two channels dialing ``echo`` in one process give one series per label set: a
+    0/1 flag stays 0 or 1 (``meshkit_registry_healthy`` 1, ``..._endpoint_ejected`` 0),
+    an endpoint's RTT estimate is the channels' mean, not their sum, and counters are
+    summed."""
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    srv = meshkit.MeshServer(
+        "echo", [add_echo("e1")], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="e1", drain_delay_s=0.0,
+                                     grace_s=1.0, telemetry=opts))
+    await srv.start()
+    chans = [meshkit.dial("echo", registry=registry,
+                          options=meshkit.DialOptions(insecure=True, telemetry=opts))
+             for _ in range(2)]
+    try:
+        for ch in chans:
+            await ch.wait_for_endpoints(1)
+            for _ in range(3):
+                await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        got = samples(prom_text(prom))
+        rtts_s = [ep.rtt_ms / 1000 for ch in chans for ep in ch.stats().endpoints
+                  if ep.rtt_ms is not None]
+    finally:
+        for ch in chans:
+            await ch.close()
+        await srv.drain()
+    assert value(got, "meshkit_registry_healthy", target="echo") == 1
+    assert value(got, "meshkit_client_endpoint_ejected", target="echo", instance_id="e1") == 0
+    assert value(got, "meshkit_client_endpoints", target="echo", state="READY") == 1
+    assert value(got, "meshkit_server_ready", service="echo") == 1
+    assert len(rtts_s) == 2
+    rtt_s = value(got, "meshkit_client_endpoint_rtt_seconds", target="echo", instance_id="e1")
+    # the mean of the estimates (read again after the scrape: they move a little)
+    assert min(rtts_s) - 1e-5 <= rtt_s <= max(rtts_s) + 1e-5, (rtt_s, rtts_s)
+    assert value(got, "meshkit_client_endpoint_calls_total", target="echo",
+                 instance_id="e1") == 6
+
+
+def test_scrape_time_families_combine_reports_of_one_label_set() -> None:
+    """A scrape-time family combines what several channels report for one label set by
+    its rule (sum, max, min, mean), and refuses an unknown rule, quoting it."""
+    from meshkit.observability._metrics import _Family
+
+    got = {}
+    for combine in ("sum", "max", "min", "mean"):
+        fam = _Family("gauge", "g", "doc", ("target",), combine)
+        for v in (1.0, 0.0, 5.0):
+            fam.add(("a",), v)
+        fam.add(("b",), 2.0)
+        (metric,) = [fam.metric()]
+        got[combine] = {s.labels["target"]: s.value for s in metric.samples}
+    assert got == {"sum": {"a": 6.0, "b": 2.0}, "max": {"a": 5.0, "b": 2.0},
+                   "min": {"a": 0.0, "b": 2.0}, "mean": {"a": 2.0, "b": 2.0}}
+    with pytest.raises(ValueError, match="'avg'"):
+        _Family("gauge", "g", "doc", ("target",), "avg")
