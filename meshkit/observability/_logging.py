@@ -137,6 +137,22 @@ def redact_secrets(
     return event_dict
 
 
+def _merge_contextvars_redacted(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor of the console access log: ``merge_contextvars``, the merged
+    values passed through :func:`redact_secrets` (the event's own fields, fixed by
+    meshkit, are not); nothing to do while nothing was ever bound."""
+    if _BOUND_NAMES is not None and not _BOUND_NAMES:
+        return event_dict
+    bound = structlog.contextvars.get_contextvars()
+    if bound:
+        redact_secrets(logger, method_name, bound)
+        for key, value in bound.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
 _RECORD_SIZE = 200  # what a captured record counts for in max_buffer_bytes (a typical line)
 
 
@@ -645,7 +661,9 @@ def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any])
     """One captured access-log record as its JSON line (see :class:`_AccessWriter`):
     ``(time, level, event, build or fields, args or None, context or None, span context
     or None)``; an :class:`AccessEvent`'s own :meth:`~AccessEvent.line` when nothing was
-    bound with structlog context variables and orjson is installed."""
+    bound with structlog context variables and orjson is installed. The bound context
+    variables lead the line, credential-named ones redacted (:func:`redact_secrets`); the
+    fields, fixed by meshkit, are written as they are."""
     ts, level, event, fields, args, ctx, sc = record
     if args is not None:
         if ctx is None and _orjson is not None and isinstance(fields, AccessEvent):
@@ -653,9 +671,13 @@ def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any])
             if line is not None:
                 return line
         fields = fields(*args)
-    # a context is captured once anything was bound with structlog.contextvars
-    out: dict[str, Any] = (ctx.run(structlog.contextvars.get_contextvars)
-                           if ctx is not None else {})
+    # a context is captured once anything was bound with structlog.contextvars; what was
+    # bound is the caller's, so credential-named values are redacted as on other lines
+    if ctx is None:
+        out: dict[str, Any] = {}
+    else:
+        out = ctx.run(structlog.contextvars.get_contextvars)
+        redact_secrets(None, level, out)
     out["event"] = event
     out.update(fields)
     if "trace_id" not in fields:
@@ -724,8 +746,9 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     (:func:`redact_secrets`); lines are written to stderr as they are logged.
 
     The access log (``meshkit.access``, one event per call) gets a leaner chain on the
-    same stream: no redaction pass (its fields are fixed by meshkit and its ``md`` keys
-    are checked against credential names when :class:`TelemetryOptions` is built), and
+    same stream: no redaction pass over its own fields (fixed by meshkit; its ``md`` keys
+    are checked against credential names when :class:`TelemetryOptions` is built), only
+    over the structlog contextvars it carries when something was bound, and
     lines written in batches by a :class:`BufferedLineWriter`; in JSON each event is
     captured as a tuple and rendered when its batch is written.
 
@@ -791,7 +814,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     else:
         _AccessLog.logger = structlog.wrap_logger(
             writer,
-            processors=[structlog.contextvars.merge_contextvars,
+            processors=[_merge_contextvars_redacted,
                         structlog.processors.add_log_level, stamp, add_trace_context,
                         renderer],
             wrapper_class=wrapper,

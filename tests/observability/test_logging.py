@@ -737,3 +737,59 @@ def test_server_on_uvloop_defers_json_capture_only_when_its_call_is_alone(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(main()) == ((0, 1) if deferred else (1, 0))
+
+
+async def test_json_access_lines_redact_credential_named_contextvars(
+        registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSON access line carries the structlog contextvars bound by the caller, with one
+    named like a credential redacted, as every other line (configure_logging runs
+    redact_secrets after merge_contextvars)."""
+    from prometheus_client import CollectorRegistry
+
+    import meshkit
+    from meshkit.observability._logging import BufferedLineWriter, _AccessWriter
+    from tests.support.echo import add_echo, method
+
+    out = io.StringIO()
+    monkeypatch.setattr(_AccessLog, "logger",
+                        _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
+    opts = TelemetryOptions(registry=CollectorRegistry(), tracing=False)
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
+                                                          grace_s=1.0, telemetry=opts))
+    await srv.start()
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts))
+    try:
+        await ch.wait_for_endpoints(1)
+        with structlog.contextvars.bound_contextvars(request_id="r-1", api_token=SECRET):
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+        buf = _AccessLog.logger._writer._buf
+        await until(lambda: len(buf) == 2, what="both access records")
+    finally:
+        await ch.close()
+        await srv.drain()
+    _AccessLog.logger._writer.flush()
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    (client,) = [ln for ln in lines if ln.get("side") == "client"]
+    assert client["request_id"] == "r-1" and client["api_token"] == "[REDACTED]"
+    assert SECRET not in out.getvalue()
+
+
+def test_console_access_lines_redact_credential_named_contextvars(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under configure_logging's console format an access line carries the bound structlog
+    contextvars, one named like a credential redacted."""
+    from meshkit.observability._logging import write_access
+
+    monkeypatch.setattr(_AccessLog, "logger", _AccessLog.logger)
+    configure_logging("info", json=False, access_log_flush_interval_s=0)
+    try:
+        with structlog.contextvars.bound_contextvars(request_id="r-2", api_token=SECRET):
+            write_access(False, lambda n: {"n": n}, (1,))
+        flush_logs()
+    finally:
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert "rpc" in err and "r-2" in err and "[REDACTED]" in err, err
+    assert SECRET not in err
