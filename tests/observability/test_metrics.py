@@ -430,3 +430,71 @@ def test_scrape_time_families_combine_reports_of_one_label_set() -> None:
                    "min": {"a": 0.0, "b": 2.0}, "mean": {"a": 2.0, "b": 2.0}}
     with pytest.raises(ValueError, match="'avg'"):
         _Family("gauge", "g", "doc", ("target",), "avg")
+
+
+_HUNT = "meshkit.test.SetThenRaise"
+
+
+def _add_set_then_raise(_servicer: Any, server: Any) -> None:
+    """Service ``meshkit.test.SetThenRaise``: ``Get`` sets NOT_FOUND and then raises."""
+
+    async def get(request: bytes, context: Any) -> bytes:
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details("no such thing")
+        raise LookupError("no such thing")
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_HUNT, {
+        "Get": grpc.unary_unary_rpc_method_handler(get),
+    }),))
+
+
+@pytest.mark.parametrize(("expose", "sent"), [(True, "NotFound"), (False, "Unknown")])
+async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_sent(
+    registry: LocalRegistry, prom: CollectorRegistry, tracing: Any,
+    monkeypatch: pytest.MonkeyPatch, expose: bool, sent: str
+) -> None:
+    """A handler that called ``set_code(NOT_FOUND)`` and then raised is counted on both
+    sides, and its server span and access line carry, what the caller gets: NOT_FOUND as
+    grpc.aio sends it (``expose_exception_text=True``), UNKNOWN when meshkit answers the
+    exception (the default, which hides its text)."""
+    import io
+    import json
+
+    from opentelemetry.trace import SpanKind
+
+    from meshkit.observability._logging import BufferedLineWriter, _AccessLog, _AccessWriter
+    from tests.support.wait import until
+
+    out = io.StringIO()
+    monkeypatch.setattr(_AccessLog, "logger",
+                        _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
+    opts = TelemetryOptions(registry=prom, tracer_provider=tracing.provider)
+    srv = meshkit.MeshServer(
+        "hunt", [(_add_set_then_raise, None)], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=1.0,
+                                     telemetry=opts, expose_exception_text=expose))
+    await srv.start()
+    ch = meshkit.dial("hunt", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts))
+    try:
+        await ch.wait_for_endpoints(1)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary(f"/{_HUNT}/Get")(b"x", timeout=5)
+        await until(lambda: len(tracing.spans()) >= 2, what="both spans")
+    finally:
+        await ch.close()
+        await srv.drain()
+    code = grpc.StatusCode.NOT_FOUND if expose else grpc.StatusCode.UNKNOWN
+    assert err.value.code() is code
+    (server_span,) = [s for s in tracing.spans() if s.kind is SpanKind.SERVER]
+    assert server_span.attributes["rpc.grpc.status_code"] == code.value[0]
+    _AccessLog.logger._writer.flush()
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert {ln["side"]: ln["code"] for ln in lines} == {"server": code.name,
+                                                        "client": code.name}
+    got = samples(prom_text(prom))
+    for side in ("server", "client"):
+        counted = {code: value(got, f"grpc_{side}_handled_total", grpc_service=_HUNT,
+                               grpc_method="Get", grpc_code=code)
+                   for code in ("NotFound", "Unknown")}
+        assert counted == {c: float(c == sent) for c in counted}, (side, counted)
