@@ -99,6 +99,7 @@ _perf = time.perf_counter
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _INTERNAL = grpc.StatusCode.INTERNAL
 _MAX_PLAN_KEYS = 1024
 _UNKNOWN = grpc.StatusCode.UNKNOWN
@@ -818,6 +819,12 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
             done(code, latency)
             return
         code = _INTERNAL
+    elif code is _DEADLINE_EXCEEDED:
+        # the caller's bound on the stream's life (a watch, a subscription renewed every
+        # n seconds), not a sign of a broken endpoint: counted as no endpoint's outcome,
+        # or a service used only through such streams would have every endpoint ejected
+        done(_CANCELLED, latency)
+        return
     if code is not _OK:
         ep.failures += 1
     done(code, latency)

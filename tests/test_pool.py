@@ -353,3 +353,32 @@ async def test_wait_for_endpoints_ends_when_the_channel_closes(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await asyncio.wait_for(waiting, 2)
     assert info.value.code() is grpc.StatusCode.CANCELLED
+
+
+async def test_streams_ended_by_their_deadline_do_not_eject_the_endpoint(
+    registry: LocalRegistry,
+) -> None:
+    """A server stream bounded by its deadline (a watch renewed every n seconds) ends
+    DEADLINE_EXCEEDED by design: that is no failure of the endpoint, or a service used
+    only through such streams would have its endpoints ejected."""
+    async def watch(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        yield b"snapshot"
+        await asyncio.sleep(30)
+
+    watcher = grpc.method_handlers_generic_handler(
+        "meshkit.test.Watch", {"Watch": grpc.unary_stream_rpc_method_handler(watch)})
+    async with raw_server(watcher) as (_, port):
+        await registry.register(inst("e1", port))
+        opts = meshkit.DialOptions(insecure=True, retry=None,
+                                   outlier=OutlierOptions(consecutive_failures=2))
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            for _ in range(4):
+                stream = ch.unary_stream("/meshkit.test.Watch/Watch")(b"", timeout=0.2)
+                assert await stream.read() == b"snapshot"
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stream.read()
+                assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await until(lambda: all(e.pending == 0 for e in ch.stats().endpoints),
+                        what="the streams' outcomes reported")
+            assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == []

@@ -20,7 +20,9 @@ call fast with ``UNAVAILABLE`` instead of queueing.
 
 Which status codes count as failures: ``failure_codes`` (default the ones that mean the
 endpoint, not the request, is at fault: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
-DEADLINE_EXCEEDED); any other code is a success.
+DEADLINE_EXCEEDED); any other code is a success. (The balanced channel reports a
+*stream* that its deadline ended as ``CANCELLED``: a stream's deadline bounds its life,
+e.g. a watch renewed every n seconds, and says nothing about the endpoint.)
 
 ``CANCELLED`` is neither: it says nothing about the endpoint. The balanced channel reports
 it for an attempt nobody's outcome decides (a hedge that lost, a call its caller
