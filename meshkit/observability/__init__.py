@@ -107,7 +107,9 @@ terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Quiet until configured
 :func:`configure_logging` (or the application's own ``structlog.configure``) meshkit
 writes nothing to stdout; its loggers go through the standard library's ``logging``
 (warnings reach stderr through Python's last-resort handler) and the access log is off
-unless the ``meshkit.access`` logger takes ``INFO``. Every line written while a
+unless the ``meshkit.access`` logger takes ``INFO``. After the application's own
+``structlog.configure`` (its processors alone are enough) meshkit's lines, the access
+log's included, go through its configuration like its own. Every line written while a
 span is current carries ``trace_id``/``span_id`` (:func:`add_trace_context`); fields
 named like credentials are redacted (:func:`redact_secrets`). One access-log event per
 call, logger ``meshkit.access``, event ``rpc``: ``side`` (``server``/``client``),

@@ -337,13 +337,19 @@ def _is_meshkit(name: Any) -> bool:
     return isinstance(name, str) and (name == "meshkit" or name.startswith("meshkit."))
 
 
+_structlog_configured = structlog.is_configured
+
+
 class _QuietFactory:
     """structlog's logger factory while nothing configured structlog: ``meshkit.*``
     loggers go to the standard library (:class:`_StdlibLine`), every other logger to
-    stdout as structlog's own default does."""
+    stdout as structlog's own default does. Once the application configured structlog
+    without a logger factory of its own (``structlog.configure(processors=[...])`` leaves
+    this one in place), ``meshkit.*`` loggers print like every other logger: they follow
+    the application's configuration."""
 
     def __call__(self, *args: Any) -> Any:
-        if args and _is_meshkit(args[0]):
+        if args and _is_meshkit(args[0]) and not _structlog_configured():
             return _StdlibLine(args[0])
         return structlog.PrintLogger()
 
@@ -386,15 +392,6 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
-def _structlog_factory() -> Any:
-    config = getattr(structlog, "_config", None)
-    holder = getattr(config, "_CONFIG", None)
-    factory = getattr(holder, "logger_factory", None)
-    if factory is None:  # pragma: no cover - a structlog without the private holder
-        factory = structlog.get_config()["logger_factory"]
-    return factory
-
-
 class _StdlibAccess:
     """The access log while logging is not configured: lines go to the standard library
     logger ``meshkit.access`` only when the application enabled ``INFO`` on it (e.g.
@@ -423,17 +420,19 @@ _STDLIB_ACCESS = _StdlibAccess()
 class _AccessLog:
     """Where access-log events go: the logger :func:`configure_logging` builds; when it
     was not called, ``structlog.get_logger("meshkit.access")`` if the application
-    configured structlog itself, else the standard library (:class:`_StdlibAccess`)."""
+    configured structlog itself (``structlog.is_configured()``, whatever it set: its
+    processors alone are enough), else the standard library (:class:`_StdlibAccess`)."""
 
     logger: Any = None
 
 
 def access_logger() -> Any:
-    """The bound logger the telemetry interceptors write access-log events to."""
+    """The bound logger the telemetry interceptors write access-log events to (see
+    :class:`_AccessLog`)."""
     lg = _AccessLog.logger
     if lg is not None:
         return lg
-    if isinstance(_structlog_factory(), _QuietFactory):
+    if not _structlog_configured():
         return _STDLIB_ACCESS
     return structlog.get_logger("meshkit.access")
 

@@ -184,3 +184,30 @@ structlog.get_logger("app").info("after")
     proc = _run(script)
     assert "app line" in proc.stdout and "after" in proc.stdout
     assert "meshkit line" not in proc.stdout and "meshkit line" in proc.stderr
+
+
+def test_access_log_and_meshkit_lines_follow_the_applications_structlog_configure(
+        tmp_path: Path) -> None:
+    """An application that calls ``structlog.configure(processors=[...])`` itself (the
+    usual call: no logger factory) gets meshkit's lines, one ``rpc`` access line per
+    side included, rendered by its chain where its own lines go (structlog's default:
+    stdout)."""
+    script = """
+import structlog
+import meshkit
+structlog.configure(processors=[structlog.processors.add_log_level,
+                                structlog.processors.JSONRenderer()])
+""" + _UNCONFIGURED + """
+structlog.get_logger("app").info("app done")
+"""
+    proc = _run(script, str(tmp_path / "r"))
+    lines = []
+    for ln in proc.stdout.splitlines():
+        try:
+            lines.append(json.loads(ln))
+        except ValueError:
+            continue
+    assert {"event": "app done", "level": "info"} in lines, proc.stdout
+    rpc = [ln for ln in lines if ln.get("event") == "rpc"]
+    assert sorted(ln["side"] for ln in rpc) == ["client"] * 4 + ["server"] * 4, proc.stdout
+    assert any(ln.get("event") == "serving plaintext (no TLS)" for ln in lines), proc.stdout
