@@ -4,6 +4,7 @@ letters (real processes, real NATS): the server delivers it once more than
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import nats
@@ -90,4 +91,53 @@ async def test_existing_durable_is_updated_to_the_options(bus: Bus) -> None:
                                                  filter_subject=bus.subject, ack_wait_s=2.0))
     await c.start()
     info = await bus.js.consumer_info(bus.stream, "old")
-    assert (info.config.max_deliver, info.config.ack_wait) == (6, 2.0)
+    assert (info.config.max_deliver, info.config.ack_wait) == (-1, 2.0)
+
+
+async def test_message_whose_dead_letter_has_no_stream_is_kept(bus: Bus) -> None:
+    """A poison message whose dead-letter subject no stream captures is nak'ed, never
+    dropped: the server keeps it for the consumer past max_deliveries (max_deliver is
+    unlimited), and past max_deliveries it is retried at the ack-wait pace, unhandled."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.messaging import (
+        Consumer,
+        ConsumerOptions,
+        Delivery,
+        PoisonMessage,
+        Publisher,
+        PublishOptions,
+    )
+    from meshkit.resilience import Backoff
+
+    handled: list[int] = []
+
+    async def poison(d: Delivery) -> None:
+        handled.append(d.delivery)
+        raise PoisonMessage("bad body")
+
+    prom = CollectorRegistry()
+    await Publisher(bus.js, PublishOptions(registry=prom)).publish(
+        bus.subject, b"poison", msg_id="n-1")
+    c = Consumer(bus.js, poison, ConsumerOptions(
+        stream=bus.stream, durable="d1", filter_subject=bus.subject,
+        dead_letter_subject=f"nowhere{bus.stream.lower()}.dead", max_deliveries=2,
+        backoff=Backoff(base_delay_s=0.01, max_delay_s=0.05), ack_wait_s=1.0,
+        fetch_timeout_s=0.1, registry=prom))
+
+    def retries() -> float:
+        return prom.get_sample_value("meshkit_messaging_consumed_total", {
+            "subject": bus.subject, "consumer": "d1", "outcome": "retry"}) or 0.0
+
+    async def delivered(n: int) -> bool:
+        await c.run_once()
+        return retries() >= n
+
+    await until(lambda: delivered(3), timeout_s=5, interval_s=0.01, what="3 deliveries")
+    t3 = time.monotonic()
+    await until(lambda: delivered(4), timeout_s=5, interval_s=0.01, what="4th delivery")
+    assert time.monotonic() - t3 >= 0.8  # nak'ed with the 1 s ack wait, not the backoff
+    assert handled == [1, 2]  # past max_deliveries the handler never runs again
+    info = await bus.js.consumer_info(bus.stream, "d1")
+    assert info.config.max_deliver == -1
+    assert info.num_ack_pending + info.num_pending == 1

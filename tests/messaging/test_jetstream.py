@@ -4,7 +4,10 @@ ack / backoff / dead letter, identity, a consumer killed mid-batch, traces and m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import nats
@@ -18,9 +21,12 @@ from meshkit.messaging import (
     Delivery,
     MessageSigner,
     MessageVerifier,
+    OutboxEvent,
+    OutboxRelay,
     PoisonMessage,
     Publisher,
     PublishOptions,
+    ensure_stream,
 )
 from meshkit.resilience import Backoff
 from tests.messaging.conftest import Bus, NatsServer, Tracing, Workloads, nats_problem
@@ -216,3 +222,190 @@ async def test_one_trace_from_publish_to_consume(
     assert send.parent.span_id == root.context.span_id
     assert proc.parent.span_id == send.context.span_id
     assert proc.context.trace_id == root.context.trace_id
+
+
+async def _poison(d: Delivery) -> None:
+    raise PoisonMessage("bad body")
+
+
+async def _fetch(bus: Bus, stream: str, subject: str) -> list[Any]:
+    sub = await bus.js.pull_subscribe(subject, stream=stream)
+    try:
+        return list(await sub.fetch(10, timeout=0.5))
+    except TimeoutError:  # nats' TimeoutError is one too
+        return []
+    finally:
+        await sub.unsubscribe()
+
+
+async def _drive(c: Consumer, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await c.run_once()
+
+
+async def test_dead_letter_drops_jetstream_control_headers(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A message published with Nats-Expected-Stream (PublishOptions.stream) is
+    dead-lettered into a stream of its own: the dead letter does not copy the original's
+    JetStream control headers, which would make JetStream refuse it."""
+    tag = uuid.uuid4().hex[:8]
+    dlq_stream, dlq_subject = f"DLQ{tag}", f"dlq{tag}.orders"
+    await ensure_stream(bus.js, dlq_stream, [f"dlq{tag}.>"])
+    try:
+        pub = Publisher(bus.js, PublishOptions(registry=prom, stream=bus.stream))
+        await pub.publish(bus.subject, b"poison", msg_id="p-1",
+                          headers={"Nats-TTL": "1h", "Ecom-Schema": "2"})
+        c = _consumer(bus, _poison, prom, filter_subject=bus.subject,
+                      dead_letter_subject=dlq_subject, max_deliveries=2)
+
+        async def dead_lettered() -> bool:
+            await c.run_once()
+            return _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                           consumer="d1", outcome="dead_letter") == 1
+
+        await until(dead_lettered, timeout_s=5, interval_s=0.01, what="dead letter")
+        dead = await _fetch(bus, dlq_stream, dlq_subject)
+        assert [m.data for m in dead] == [b"poison"]
+        headers = dead[0].headers or {}
+        assert not [k for k in headers if k.startswith("Nats-") and k != "Nats-Msg-Id"]
+        assert headers["Ecom-Schema"] == "2"
+    finally:
+        await bus.js.delete_stream(dlq_stream)
+
+
+async def test_two_durables_dead_letter_one_event_into_a_shared_dlq_stream(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """Two durables dead-lettering the same event into one DLQ stream both keep their
+    dead letter: the dead letters' Nats-Msg-Id names the consumer, so JetStream does not
+    drop the second as a duplicate."""
+    dlq_stream = f"DLQ{uuid.uuid4().hex[:8]}"
+    await ensure_stream(bus.js, dlq_stream, [f"dlq.{bus.stream}.>"])
+    try:
+        await Publisher(bus.js, PublishOptions(registry=prom)).publish(
+            bus.subject, b"poison", msg_id="e-1")
+        for durable in ("summary", "billing"):
+            c = _consumer(bus, _poison, prom, durable=durable, filter_subject=bus.subject,
+                          dead_letter_subject=None)
+            assert await c.run_once() == 1
+            assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                           consumer=durable, outcome="dead_letter") == 1
+        a = await _fetch(bus, dlq_stream, f"dlq.{bus.stream}.summary")
+        b = await _fetch(bus, dlq_stream, f"dlq.{bus.stream}.billing")
+        assert (len(a), len(b)) == (1, 1)
+    finally:
+        await bus.js.delete_stream(dlq_stream)
+
+
+async def test_consumer_recovers_when_its_stream_is_recreated(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """Consumer.run re-creates its durable when the stream (and so the durable) was
+    deleted and made again, and consumes what is published to the new stream."""
+    got: list[bytes] = []
+
+    async def handle(d: Delivery) -> None:
+        got.append(d.data)
+
+    c = _consumer(bus, handle, prom, filter_subject=bus.subject)
+    task = asyncio.create_task(c.run())
+    try:
+        await bus.js.publish(bus.subject, b"one", headers={"Nats-Msg-Id": "m1"})
+        await until(lambda: got == [b"one"], timeout_s=5, what="first message")
+        await bus.js.delete_stream(bus.stream)
+        await ensure_stream(bus.js, bus.stream, [bus.subject.split(".")[0] + ".>"],
+                            duplicate_window_s=60)
+        await bus.js.publish(bus.subject, b"two", headers={"Nats-Msg-Id": "m2"})
+        await until(lambda: got == [b"one", b"two"], timeout_s=10,
+                    what="message published to the recreated stream consumed")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_whole_stream_consumer_skips_its_own_dead_letters(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A consumer of the whole stream that also captures its dead-letter subject acks its
+    own dead letter without running the handler: one poison message, one dead letter."""
+    calls: list[str] = []
+
+    async def poison(d: Delivery) -> None:
+        calls.append(d.subject)
+        raise PoisonMessage("bad body")
+
+    await Publisher(bus.js, PublishOptions(registry=prom)).publish(
+        bus.subject, b"poison", msg_id="x-1")
+    c = _consumer(bus, poison, prom, durable="all", fetch_timeout_s=0.1)
+
+    async def skipped() -> bool:
+        await c.run_once()
+        return _sample(prom, "meshkit_messaging_consumed_total", subject=bus.dlq,
+                       consumer="all", outcome="skipped") == 1
+
+    await until(skipped, timeout_s=5, interval_s=0.01, what="own dead letter skipped")
+    await _drive(c, 0.5)
+    info = await bus.js.stream_info(bus.stream)
+    assert info.state.messages == 2
+    assert calls == [bus.subject]
+    state = await bus.js.consumer_info(bus.stream, "all")
+    assert state.num_ack_pending == 0 and state.num_pending == 0
+
+
+async def test_handler_raising_cancelled_error_is_a_failure(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A handler raising CancelledError that nobody asked of the consumer (an awaited
+    future cancelled elsewhere) has its message redelivered; Consumer.run keeps going and
+    still ends when it is cancelled itself."""
+    calls: list[bytes] = []
+
+    async def handle(d: Delivery) -> None:
+        calls.append(d.data)
+        if d.data == b"a" and d.delivery == 1:
+            other = asyncio.get_running_loop().create_future()
+            other.cancel()
+            await other  # a dependency was cancelled, not the consumer
+
+    await bus.js.publish(bus.subject, b"a", headers={"Nats-Msg-Id": "c-1"})
+    await bus.js.publish(bus.subject, b"b", headers={"Nats-Msg-Id": "c-2"})
+    c = _consumer(bus, handle, prom, filter_subject=bus.subject, fetch_timeout_s=0.1)
+    task = asyncio.create_task(c.run())
+    try:
+        await until(lambda: calls.count(b"a") == 2 and b"b" in calls or task.done(),
+                    timeout_s=5, what="a redelivered, b handled")
+        assert not task.done(), "Consumer.run ended after a handler's CancelledError"
+        assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                       consumer="d1", outcome="retry") == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert task.cancelled()
+
+
+class _MemOutbox:
+    """An in-memory OutboxStore."""
+
+    def __init__(self, events: list[OutboxEvent]) -> None:
+        self.events = list(events)
+        self.sent: list[str] = []
+
+    async def pending_events(self, limit: int) -> list[OutboxEvent]:
+        return [e for e in self.events if e.event_id not in self.sent][:limit]
+
+    async def mark_sent(self, event_ids: Sequence[str]) -> None:
+        self.sent.extend(i for i in event_ids if i not in self.sent)
+
+
+async def test_relay_publishes_the_headers_stored_with_the_event(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """The relay publishes an outbox event's stored headers (e.g. Content-Type) with it."""
+    store = _MemOutbox([OutboxEvent("h-1", bus.subject, b"{}",
+                                    {"Content-Type": "application/json",
+                                     "Ecom-Schema": "2"})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)))
+    assert await relay.relay_once() == 1
+    msgs = await _fetch(bus, bus.stream, bus.subject)
+    assert len(msgs) == 1
+    headers = msgs[0].headers or {}
+    assert (headers.get("Content-Type"), headers.get("Ecom-Schema"),
+            headers.get("Nats-Msg-Id")) == ("application/json", "2", "h-1")
