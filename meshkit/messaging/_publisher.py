@@ -225,7 +225,11 @@ class OutboxEvent:
         subject: where to publish it.
         payload: the message body.
         headers: headers stored with it, typically the trace context captured by
-            :func:`~meshkit.messaging.capture_context` in the writing transaction.
+            :func:`~meshkit.messaging.capture_context` in the writing transaction; the
+            relay publishes them with the event (with tracing on, the publisher puts
+            its PRODUCER span, a child of the stored context, in place of the stored
+            ``traceparent`` / ``tracestate`` / ``baggage``; ``Nats-Msg-Id`` is always
+            ``event_id``).
     """
 
     event_id: str
@@ -342,7 +346,8 @@ class OutboxRelay:
             return 0
         results = await asyncio.gather(
             *(self._publisher.publish(e.subject, e.payload, msg_id=e.event_id,
-                                      context=extract(e.headers)) for e in events),
+                                      headers=e.headers, context=extract(e.headers))
+              for e in events),
             return_exceptions=True)
         done = [e.event_id for e, r in zip(events, results, strict=True)
                 if isinstance(r, PubAck)]
