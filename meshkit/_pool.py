@@ -233,8 +233,9 @@ class EndpointPool:
 
         Raises:
             MeshRpcError: ``CANCELLED`` (the pool is closed, or closed while the call
-                waited), ``DEADLINE_EXCEEDED`` (the call's deadline ended the wait for the
-                first discovery answer or for an endpoint).
+                waited), ``DEADLINE_EXCEEDED`` (the call's deadline ended the wait for an
+                endpoint, or for the first discovery answer while the registry reports
+                no fault).
             NoEndpointsError: ``UNAVAILABLE``, naming the service and why.
         """
         if self.closed:
@@ -249,12 +250,15 @@ class EndpointPool:
             try:
                 await asyncio.wait_for(self.resolved.wait(), wait)
             except TimeoutError:
-                if by_deadline:  # the call's deadline ended the wait, not resolve_timeout_s
+                problem = self._registry_problem()
+                if by_deadline and problem is None:
+                    # the call's deadline ended a wait for an answer still to come (as
+                    # gRPC's calls queued on name resolution); a registry that reports a
+                    # fault fails the call UNAVAILABLE naming it (a resolver error)
                     raise MeshRpcError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"deadline exceeded waiting for discovery of {self.service!r}",
                     ) from None
-                problem = self._registry_problem()
                 why = f"no discovery answer within {wait:.3g}s"
                 raise NoEndpointsError(
                     self.service, f"{problem}; {why}" if problem else why) from None
