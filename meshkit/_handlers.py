@@ -533,7 +533,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
         # a conversion applied outside the wrap (the request gate, folded in: see
         # fold_outermost), or None
-        self._convert: Callable[[Handler], Handler] | None = None
+        self._convert: Callable[[str, Handler], Handler] | None = None
 
     def _before_for(self, method: str) -> Before | None:
         """The check of ``method`` (``None``: nothing to check)."""
@@ -597,7 +597,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
                                self._reporter_for(method, handler),
                                self._unhandled_for(method))
         if self._convert is not None:
-            wrapped = self._convert(wrapped)
+            wrapped = self._convert(method, wrapped)
         if len(self._handlers) < MAX_CACHED_METHODS:
             self._handlers[method] = (handler, wrapped)
         return wrapped
@@ -619,7 +619,7 @@ class FusedInterceptor(WrappingInterceptor):
     """
 
     def __init__(self, parts: Sequence[WrappingInterceptor], *,
-                 convert: Callable[[Handler], Handler] | None = None) -> None:
+                 convert: Callable[[str, Handler], Handler] | None = None) -> None:
         super().__init__()
         if not parts:
             raise ValueError("FusedInterceptor needs at least one part")
@@ -719,11 +719,12 @@ def fuse_interceptors(
 
 def fold_outermost(
     chain: Sequence[grpc.aio.ServerInterceptor], outer: grpc.aio.ServerInterceptor,
-    convert: Callable[[Handler], Handler],
+    convert: Callable[[str, Handler], Handler],
 ) -> tuple[grpc.aio.ServerInterceptor, ...]:
     """``outer`` put in front of ``chain`` (a :func:`fuse_interceptors` result), where
-    ``outer`` only converts the handler the rest of the chain returns, as ``convert`` does
-    (the request gate: :meth:`meshkit._limits.RequestGate.convert`). When ``chain`` starts
+    ``outer`` only converts the handler the rest of the chain returns, as
+    ``convert(method, handler)`` does (the request gate:
+    :meth:`meshkit._limits.RequestGate.convert_for`). When ``chain`` starts
     with wrapping interceptors the conversion is folded into them, applied to the wrapped
     handler and cached with it: grpc.aio then awaits one ``intercept_service`` per call
     instead of two, and the conversion still runs outermost (a call it ends is not seen by

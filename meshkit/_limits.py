@@ -52,6 +52,8 @@ _MIB = 1 << 20
 # on by default); 0 unless set. 100 is what grpc's own h2_max_deallocating_streams_headroom
 # experiment uses.
 _DEALLOCATING_STREAMS_ARG = "grpc.http2.max_deallocating_streams"
+# grpc.health.v1's streaming check, held open by clients for their channel's life
+_HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 _DEALLOCATING_STREAMS = 100
 
 
@@ -516,6 +518,11 @@ class RequestGate(grpc.aio.ServerInterceptor):
         folds it into the server's fused interceptor."""
         return handler if handler.request_streaming else self._convert(handler)
 
+    def convert_for(self, method: str, handler: Handler) -> Handler:
+        """:meth:`convert` of the handler of full method name ``method``, except the
+        health service's ``Watch`` (see :meth:`resolve`), which is left as it is."""
+        return handler if method == _HEALTH_WATCH else self.convert(handler)
+
     resolves_per_method = True
     """:meth:`intercept_service` is :meth:`resolve` of the method's handler, so a server may
     apply the gate where handlers are looked up (:func:`meshkit._handlers.handler_resolver`)."""
@@ -530,8 +537,11 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def resolve(self, method: str, handler: Handler | None) -> Handler | None:
         """``handler`` of full method name ``method`` as :meth:`convert` makes it, cached per
-        method (``None`` stays ``None``)."""
-        if handler is None or handler.request_streaming:
+        method (``None`` stays ``None``). The health service's ``Watch`` is left as it is
+        (no slot): a gRPC client with client-side health checking keeps one open per
+        channel for the channel's life, so 32 such clients would hold every slot and
+        every other call would be shed."""
+        if handler is None or handler.request_streaming or method == _HEALTH_WATCH:
             return handler
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:

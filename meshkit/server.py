@@ -600,7 +600,7 @@ class MeshServer:
         chain = fuse_interceptors(self._chain)
         if self.gate is None:
             return chain
-        return fold_outermost(chain, self.gate, self.gate.convert)
+        return fold_outermost(chain, self.gate, self.gate.convert_for)
 
     def _handshake_started(self) -> None:
         """Count a TLS handshake (called by grpc's certificate fetcher on a core thread)."""

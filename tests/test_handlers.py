@@ -291,6 +291,9 @@ class Gate(grpc.aio.ServerInterceptor):
             behavior, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
 
+    def convert_for(self, method: str, handler: Handler) -> Handler:
+        return self.convert(handler)
+
     async def intercept_service(self, continuation: Any, details: Any) -> Handler | None:
         handler = await continuation(details)
         return None if handler is None else self.convert(handler)
@@ -305,7 +308,7 @@ async def test_fold_outermost_runs_the_conversion_outside_the_wrap(shape: str) -
     gate = Gate(seen)
     chains = {"fused": [Report("t", seen), Check("a", seen)], "single": [Check("a", seen)],
               "plain-first": [Plain(seen), Check("a", seen)]}
-    chain = fold_outermost(fuse_interceptors(chains[shape]), gate, gate.convert)
+    chain = fold_outermost(fuse_interceptors(chains[shape]), gate, gate.convert_for)
     want_len = {"fused": 1, "single": 1, "plain-first": 3}[shape]
     assert len(chain) == want_len
     assert (chain[0] is gate) == (shape == "plain-first")
@@ -334,7 +337,7 @@ async def test_a_resolvable_chain_runs_where_handlers_are_looked_up(shape: str) 
     gate = ResolvingGate(seen)
     chains = {"fused": [Report("t", seen), Check("a", seen)], "single": [Check("a", seen)],
               "gate-only": []}
-    chain = (fold_outermost(fuse_interceptors(chains[shape]), gate, gate.convert)
+    chain = (fold_outermost(fuse_interceptors(chains[shape]), gate, gate.convert_for)
              if chains[shape] else (gate,))
     resolve = handler_resolver(chain)
     assert resolve is not None

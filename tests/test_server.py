@@ -922,3 +922,26 @@ async def test_two_servers_of_one_service_in_a_process_get_distinct_instance_ids
         assert c.instance is not None and c.instance.instance_id == plain
     finally:
         await asyncio.wait_for(c.drain(), 10)
+
+
+async def test_health_watch_streams_hold_no_call_slot(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A gRPC client with client-side health checking keeps a ``Health/Watch`` open for
+    its channel's life: such streams must not take the request gate's call slots, or as
+    many clients as slots would get every other call shed ``RESOURCE_EXHAUSTED``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    srv = await echo_servers("e1", limits=meshkit.ServerLimits(max_concurrent_rpcs=2))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as plain:
+        stub = health_pb2_grpc.HealthStub(plain)
+        watches = [stub.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
+        try:
+            for w in watches:
+                first = await asyncio.wait_for(w.read(), 3)
+                assert first.status == health_pb2.HealthCheckResponse.SERVING
+            unary = plain.unary_unary(method("Unary"))
+            assert await asyncio.wait_for(unary(b"x", timeout=3), 5) == b"e1|x"
+        finally:
+            for w in watches:
+                w.cancel()
