@@ -74,22 +74,32 @@ def current_deadline() -> float | None:
     return _deadline.get()
 
 
+# the deadlines that deadline_scope blocks replaced, innermost last, per context
+_outer: contextvars.ContextVar[tuple[float | None, ...]] = contextvars.ContextVar(
+    "meshkit_deadline_outer", default=())
+
+
 class deadline_scope:
     """Run a block as if handling a call with absolute deadline ``deadline`` (monotonic
-    seconds; ``None`` for none). For tests and for code that starts work outside gRPC."""
+    seconds; ``None`` for none). For tests and for code that starts work outside gRPC.
 
-    __slots__ = ("_deadline", "_token")
+    One scope object may be entered by concurrent tasks and nested in itself: each
+    ``with`` puts back the deadline its own task had before it (kept per context, not on
+    the object)."""
+
+    __slots__ = ("_deadline",)
 
     def __init__(self, deadline: float | None) -> None:
         self._deadline = deadline
-        self._token: contextvars.Token[float | None] | None = None
 
     def __enter__(self) -> None:
-        self._token = _deadline.set(self._deadline)
+        _outer.set((*_outer.get(), _deadline.get()))
+        _deadline.set(self._deadline)
 
     def __exit__(self, *exc: object) -> None:
-        assert self._token is not None
-        _deadline.reset(self._token)
+        outer = _outer.get()
+        _outer.set(outer[:-1])
+        _deadline.set(outer[-1] if outer else None)
 
 
 class DeadlineInterceptor(WrappingInterceptor):

@@ -243,3 +243,29 @@ async def test_longest_legal_grpc_timeout_propagates_across_two_hops(
         await hop2.close()
         await s1.drain()
         await s2.drain()
+
+
+async def test_one_deadline_scope_shared_by_tasks_and_nested_restores_each_deadline() -> None:
+    """One ``deadline_scope`` object entered by concurrent tasks, and nested in itself:
+    each ``with`` puts back its own task's deadline (a single token kept on the object
+    made the first task's exit raise ``ValueError`` and left its deadline set)."""
+    scope = deadline_scope(time.monotonic() + 5.0)
+
+    async def work(pause_s: float) -> float | None:
+        with scope:
+            assert current_deadline() is not None
+            await asyncio.sleep(pause_s)
+        return current_deadline()
+
+    results = await asyncio.wait_for(
+        asyncio.gather(work(0.01), work(0.02), return_exceptions=True), 5)
+    assert results == [None, None], results
+    outer = deadline_scope(time.monotonic() + 9.0)
+    with outer:
+        before = current_deadline()
+        with scope:
+            with scope:
+                assert current_deadline() != before
+            assert current_deadline() != before
+        assert current_deadline() == before
+    assert current_deadline() is None
