@@ -553,7 +553,14 @@ class MeshServer:
             await self.health.set(name, serving)
         meta = dict(opts.meta)
         if opts.admin is not None:
-            self.admin = await _SharedAdmin.acquire(opts.admin)
+            admin = opts.admin
+            telemetry_registry = opts.telemetry.registry if opts.telemetry else None
+            if admin.registry is None and telemetry_registry is not None:
+                # serve the registry the RPC metrics go to: the process default would
+                # leave them out of /metrics (the admin is shared per process: the
+                # first server's registry is the one served)
+                admin = dataclasses.replace(admin, registry=telemetry_registry)
+            self.admin = await _SharedAdmin.acquire(admin)
             meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
             info = describe_certificate(load_certificate(opts.tls.cert_file))

@@ -134,3 +134,33 @@ async def test_metrics_negotiates_openmetrics(prom: CollectorRegistry) -> None:
                 assert "# EOF" not in await resp.text()
     finally:
         await admin.stop()
+
+
+async def test_metrics_serve_the_telemetry_registry_by_default(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """``serve()`` with ``TelemetryOptions(registry=...)`` and the default admin options
+    serves that registry at ``/metrics``: the process default registry lacked the RPC
+    metrics."""
+    from meshkit.observability import TelemetryOptions
+
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0.0, grace_s=1.0,
+                                 admin=AdminOptions(port=0),
+                                 telemetry=TelemetryOptions(registry=prom, tracing=False)))
+    await srv.start()
+    try:
+        async with meshkit.dial("echo", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            await ch.wait_for_endpoints(1)
+            await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        assert srv.admin is not None
+        status, body = await get(f"http://127.0.0.1:{srv.admin.port}/metrics")
+        assert status == 200
+        handled = [s.value for f in text_string_to_metric_families(body)
+                   if f.name == "grpc_server_handled" for s in f.samples
+                   if s.labels.get("grpc_method") == "Unary"]
+        assert handled == [1.0], handled
+    finally:
+        await srv.drain()
