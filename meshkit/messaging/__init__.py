@@ -14,9 +14,10 @@ What gRPC calls get from meshkit, asynchronous messages get here:
   or the idempotent consumer drops; with a store that can count (:class:`PendingCounter`)
   it exports the outbox backlog as a gauge.
 * :class:`Consumer` runs a handler over a durable pull consumer: explicit ack, nak with
-  backoff on failure, ``max_deliveries`` then a dead-letter subject (the server delivers
-  once more, so a message that kills its consumer process every time is dead-lettered
-  too, not dropped), a CONSUMER span that
+  backoff on failure, ``max_deliveries`` then a dead-letter subject (the server's
+  ``max_deliver`` is unlimited and the consumer counts deliveries itself, so a message
+  that kills its consumer process every time is dead-lettered on the next delivery, and
+  one whose dead letter cannot be published is kept, never dropped), a CONSUMER span that
   continues the producer's trace, the publisher's identity checked against the mesh CA
   (:class:`MessageVerifier`; see :mod:`meshkit.messaging._identity` for why a signature
   rather than NATS credentials).
@@ -38,6 +39,7 @@ Example::
 from __future__ import annotations
 
 from meshkit.messaging._consumer import (
+    DLQ_CONSUMER_HEADER,
     DLQ_DELIVERIES_HEADER,
     DLQ_REASON_HEADER,
     DLQ_SUBJECT_HEADER,
@@ -71,6 +73,7 @@ from meshkit.messaging._stream import ensure_stream
 from meshkit.messaging._telemetry import MessagingMetrics, capture_context, messaging_metrics
 
 __all__ = [
+    "DLQ_CONSUMER_HEADER",
     "DLQ_DELIVERIES_HEADER",
     "DLQ_REASON_HEADER",
     "DLQ_SUBJECT_HEADER",

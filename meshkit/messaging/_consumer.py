@@ -28,12 +28,26 @@ from meshkit.resilience import Backoff
 
 __all__ = ["Consumer", "ConsumerOptions", "Delivery", "Handler", "PoisonMessage"]
 
+_NATS_PREFIX = "nats-"
+
 _log = get_logger("meshkit.messaging")
 
 #: Headers a dead-lettered message carries besides its own.
 DLQ_REASON_HEADER = "Meshkit-Dead-Letter-Reason"
 DLQ_SUBJECT_HEADER = "Meshkit-Original-Subject"
 DLQ_DELIVERIES_HEADER = "Meshkit-Deliveries"
+#: ``<stream>/<durable>`` of the consumer that dead-lettered the message.
+DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
+
+#: Consecutive empty fetches after which :meth:`Consumer.run_once` asks the server
+#: whether its durable consumer still exists (one ``consumer_info`` request): a pull
+#: request to a deleted consumer or stream just times out (nats-py takes the 404 / 409
+#: status for "no messages"), so only asking tells a lost durable from a quiet stream.
+_CHECK_AFTER_EMPTY_FETCHES = 5
+
+
+class _ForeignDuplicate(Exception):
+    """The dead-letter stream already holds another message under the dead letter's id."""
 
 
 class PoisonMessage(Exception):
@@ -64,7 +78,10 @@ class Delivery:
 
 Handler = Callable[[Delivery], Awaitable[None]]
 """A consumer's handler: returns to ack; raises :class:`PoisonMessage` to dead-letter at
-once; raises anything else to have the message redelivered after a backoff."""
+once; raises anything else to have the message redelivered after a backoff. That includes
+``asyncio.CancelledError`` while nobody cancelled the consumer's task (e.g. the handler
+awaited a future cancelled elsewhere); when the task itself is being cancelled
+(``Task.cancelling()`` > 0) the error propagates and the message is left unacked."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,25 +93,42 @@ class ConsumerOptions:
         durable: the durable consumer name (its position survives restarts; several
             processes with one name share the work).
         filter_subject: subjects to consume (default ``None``: the whole stream).
-        dead_letter_subject: where poison messages go, published to JetStream with the
-            original headers plus ``Meshkit-Dead-Letter-Reason``; a stream must capture
-            it (if none does, the message is nak'ed instead, never dropped). Default
-            ``None``: ``<stream>.dead``... see :meth:`dead_letter_for`.
+        dead_letter_subject: where poison messages go (default ``None``:
+            ``dlq.<stream>.<durable>``, see :meth:`dead_letter_for`). A dead letter is
+            published to JetStream with the original headers, minus those in the
+            ``Nats-`` namespace JetStream reserves for itself (``Nats-Expected-*``,
+            ``Nats-Rollup``, ``Nats-TTL``...: copied, they would make JetStream refuse
+            or reinterpret the dead letter), plus ``Meshkit-Dead-Letter-Reason``,
+            ``Meshkit-Original-Subject``, ``Meshkit-Deliveries``,
+            ``Meshkit-Dead-Letter-Consumer`` (``<stream>/<durable>``) and
+            ``Nats-Msg-Id: dlq-<stream>.<durable>-<event id>`` (so the dead letters of
+            one event by several consumers are not dropped as duplicates of each
+            other). A stream must capture the subject: if none does (or JetStream
+            refuses it), the message is nak'ed instead, never dropped. The consumer
+            acks messages on its own dead-letter subject without running the handler
+            (a filter covering it, e.g. the whole stream, would otherwise dead-letter
+            its dead letters again, forever).
         max_deliveries: deliveries of one message to the handler before it is
-            dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver`` is
-            one more: a delivery past ``max_deliveries`` means the handler never acked
-            the earlier ones (it killed its process, or outran ``ack_wait_s``), so that
-            delivery is dead-lettered without running the handler; a message that
-            crashes every consumer process still reaches the dead letters instead of
-            being dropped by the server. Unhandled messages fetched in the same batch
-            as such a message count deliveries too (use ``batch_size=1`` where that
-            matters).
+            dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver``
+            is unlimited (-1): the server never drops a message, the consumer counts
+            deliveries itself. A delivery past ``max_deliveries`` means the handler
+            never acked the earlier ones (it killed its process, or outran
+            ``ack_wait_s``), or their dead letter could not be published: it is
+            dead-lettered without running the handler, so a message that crashes
+            every consumer process still reaches the dead letters. If that dead letter
+            cannot be published either, the message is nak'ed with a delay of
+            ``ack_wait_s`` (not ``backoff``: only the dead-letter publish is left to
+            retry, and what makes it fail, a missing stream, lasts) and tried again.
+            Unhandled messages fetched in the same batch as a crashing message count
+            deliveries too (use ``batch_size=1`` where that matters).
         backoff: delay before a failed message is redelivered (nak with delay; default
             full jitter 100 ms doubling to 5 s).
         ack_wait_s: the server redelivers a message not acked in this time, e.g. after
             the consumer process died (default 30 s, > 0).
         batch_size: messages fetched per pull (default 64, >= 1).
-        fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0).
+        fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0); after
+            5 empty pulls in a row the consumer checks that its durable still exists
+            (see :meth:`Consumer.run_once`).
         verifier: checks the publisher identity; a message that fails is dead-lettered
             as ``refused`` (default ``None``: no check).
         tracing, metrics, access_log: a CONSUMER span per delivery (child of the
@@ -168,20 +202,24 @@ class Consumer:
         self.options = options
         self._metrics = messaging_metrics(options.registry) if options.metrics else None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._empty_fetches = 0
+        self._tag = f"{options.stream}/{options.durable}"
+        self._dead_letter_subject = options.dead_letter_for()
 
     def consumer_config(self) -> ConsumerConfig:
         """The durable consumer's configuration (explicit ack, ack wait, ``max_deliver``
-        = ``max_deliveries`` + 1: see :class:`ConsumerOptions`)."""
+        = -1, unlimited: the consumer counts deliveries against ``max_deliveries``
+        itself, see :class:`ConsumerOptions`)."""
         o = self.options
         return ConsumerConfig(durable_name=o.durable, ack_policy=AckPolicy.EXPLICIT,
                               deliver_policy=DeliverPolicy.ALL, ack_wait=o.ack_wait_s,
-                              max_deliver=o.max_deliveries + 1,
-                              filter_subject=o.filter_subject)
+                              max_deliver=-1, filter_subject=o.filter_subject)
 
     async def start(self) -> None:
         """Create (or bind to) the durable consumer; an existing one whose ``max_deliver``
         or ack wait differ from the options is updated to them (e.g. made by an older
-        version). Raises the NATS error if the stream does not exist."""
+        version with a bounded ``max_deliver``). Raises the NATS error if the stream does
+        not exist."""
         o = self.options
         config = self.consumer_config()
         self._sub = await self._js.pull_subscribe(
@@ -197,7 +235,9 @@ class Consumer:
 
     async def run_once(self) -> int:
         """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it; returns how
-        many messages were handled (0 when none came)."""
+        many messages were handled (0 when none came). Every 5th empty fetch in a row,
+        and after a fetch the server refused, it checks that the durable still exists and
+        re-creates it if not (a pull from a deleted durable only ever comes back empty)."""
         if self._sub is None:
             await self.start()
         assert self._sub is not None
@@ -205,14 +245,43 @@ class Consumer:
             msgs = await self._sub.fetch(self.options.batch_size,
                                          timeout=self.options.fetch_timeout_s)
         except TimeoutError:  # nats' own and asyncio's: no message within the wait
+            self._empty_fetches += 1
+            if self._empty_fetches >= _CHECK_AFTER_EMPTY_FETCHES:
+                self._empty_fetches = 0
+                await self._rebind_if_gone()
             return 0
+        except nats.js.errors.APIError:
+            await self._rebind_if_gone()
+            raise
+        self._empty_fetches = 0
         for msg in msgs:
             await self.handle(msg)
         return len(msgs)
 
+    async def _rebind_if_gone(self) -> None:
+        """Ask the server for the durable (``consumer_info``); if it or its stream is gone
+        (404: deleted, stream re-created, server restarted without its store), log it
+        once, drop the subscription and :meth:`start` again, which re-creates the durable
+        or raises while the stream is still missing (the next :meth:`run_once` retries)."""
+        sub = self._sub
+        if sub is None:
+            return
+        try:
+            await sub.consumer_info()
+        except nats.js.errors.NotFoundError as exc:
+            _log.warning("durable consumer or its stream is gone; re-creating it",
+                         stream=self.options.stream, durable=self.options.durable,
+                         error=str(exc)[:200])
+            self._sub = None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+            await self.start()
+
     async def run(self) -> None:
         """Consume until cancelled; a lost connection or missing stream is logged and
-        retried after ``backoff`` (the nats client reconnects by itself)."""
+        retried after ``backoff`` (the nats client reconnects by itself). A durable lost
+        while running (stream deleted and re-created, server restarted without its
+        store) is noticed after 5 empty fetches and re-created (:meth:`run_once`)."""
         failed = 0
         while True:
             try:
@@ -229,7 +298,8 @@ class Consumer:
 
     async def handle(self, msg: Msg) -> str:
         """Handle one delivered message; returns its outcome (``ack``, ``retry``,
-        ``dead_letter``, ``refused``)."""
+        ``dead_letter``, ``refused``, or ``skipped``: a message on this consumer's own
+        dead-letter subject, acked without running the handler)."""
         o = self.options
         headers: dict[str, str] = dict(msg.headers or {})
         msg_id = headers.get(MSG_ID_HEADER, "")
@@ -261,6 +331,9 @@ class Consumer:
         """Verify, handle, and ack / nak / dead-letter; ``(outcome, publisher, reason)``."""
         o = self.options
         publisher: PeerIdentity | None = None
+        if msg.subject == self._dead_letter_subject:  # our own dead letter: never handle
+            await msg.ack()
+            return "skipped", None, "own dead letter"
         if delivery > o.max_deliveries:  # never acked: the handler died or timed out
             reason = f"not acked after {o.max_deliveries} deliveries"
             return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
@@ -282,7 +355,11 @@ class Consumer:
             reason = f"poison: {exc}"
             return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
                     publisher, reason)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                task = asyncio.current_task()
+                if task is None or task.cancelling():  # we are being cancelled
+                    raise
             reason = type(exc).__name__
             if delivery >= o.max_deliveries:
                 reason = f"failed {delivery} times: {reason}"
@@ -296,21 +373,37 @@ class Consumer:
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str,
                            delivery: int, outcome: str) -> str:
         """Publish ``msg`` to the dead-letter subject, then ``term`` it; if no stream
-        takes the dead letter, nak it (never drop)."""
-        dl = dict(headers)
-        dl.pop(MSG_ID_HEADER, None)
+        takes the dead letter, nak it (never drop): with ``backoff`` while deliveries are
+        left, with ``ack_wait_s`` past ``max_deliveries``.
+
+        JetStream control headers (the reserved ``Nats-`` namespace) are not copied. A
+        duplicate ack counts as success only when the stored message is this consumer's
+        dead letter of this subject (the term of an earlier delivery was lost); another
+        message under the same id (within the dead-letter stream's duplicate window)
+        means ours was not stored: the message is nak'ed."""
+        o = self.options
+        dl = {k: v for k, v in headers.items() if k[:5].lower() != _NATS_PREFIX}
         dl[DLQ_REASON_HEADER] = reason[:200]
         dl[DLQ_SUBJECT_HEADER] = msg.subject
         dl[DLQ_DELIVERIES_HEADER] = str(delivery)
+        dl[DLQ_CONSUMER_HEADER] = self._tag
         if headers.get(MSG_ID_HEADER):
-            dl[MSG_ID_HEADER] = "dlq-" + headers[MSG_ID_HEADER]
+            dl[MSG_ID_HEADER] = f"dlq-{o.stream}.{o.durable}-{headers[MSG_ID_HEADER]}"
         try:
-            await self._js.publish(self.options.dead_letter_for(), msg.data, headers=dl,
-                                   timeout=2.0)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            ack = await self._js.publish(self._dead_letter_subject, msg.data, headers=dl,
+                                         timeout=2.0)
+            if ack.duplicate:
+                stored = await self._js.get_msg(ack.stream, ack.seq)
+                mine = stored.headers or {}
+                if (mine.get(DLQ_CONSUMER_HEADER), mine.get(DLQ_SUBJECT_HEADER)) != \
+                        (self._tag, msg.subject):
+                    raise _ForeignDuplicate(dl.get(MSG_ID_HEADER, ""))
+        except (nats.errors.Error, nats.js.errors.Error, _ForeignDuplicate) as exc:
             _log.warning("dead-letter publish failed; message left for redelivery",
-                         subject=msg.subject, error=type(exc).__name__)
-            await msg.nak(delay=self.options.backoff.delay_s(delivery))
+                         subject=msg.subject, dead_letter_subject=self._dead_letter_subject,
+                         error=type(exc).__name__)
+            await msg.nak(delay=o.ack_wait_s if delivery > o.max_deliveries
+                          else o.backoff.delay_s(delivery))
             return "retry"
         await msg.term()
         _log.warning("message dead-lettered", subject=msg.subject,
@@ -332,8 +425,9 @@ class Consumer:
             if outcome == "ack" and sent and sent.isdigit():
                 lag = time.time() - int(sent) / 1000
                 self._metrics.lag.labels(subject, durable).observe(max(lag, 0.0))
+        failed = outcome not in ("ack", "skipped")
         if span is not None:
-            if outcome != "ack":
+            if failed:
                 span.set_status(Status(StatusCode.ERROR, f"{outcome}: {reason}"[:200]))
             span.end()
         if self.options.access_log:
@@ -347,4 +441,4 @@ class Consumer:
                 fields["reason"] = reason[:200]
             with trace.use_span(span, end_on_exit=False) if span is not None \
                     else contextlib.nullcontext():
-                log_message(outcome != "ack", fields)
+                log_message(failed, fields)
