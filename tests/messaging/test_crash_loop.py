@@ -1,6 +1,7 @@
 """A message that kills the consumer process on every delivery still reaches the dead
-letters (real processes, real NATS): the server delivers it once more than
-``max_deliveries`` and the consumer dead-letters that delivery without handling it."""
+letters (real processes, real NATS): the server keeps delivering it (``max_deliver``
+unlimited) and the consumer dead-letters the delivery past ``max_deliveries`` without
+handling it; a message whose dead letter has nowhere to go is kept."""
 
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ async def test_message_crashing_its_consumer_is_dead_lettered(bus: Bus, tmp_path
 
 
 async def test_existing_durable_is_updated_to_the_options(bus: Bus) -> None:
-    """A durable made earlier with max_deliver = max_deliveries (before the extra
-    dead-letter delivery) and another ack wait is brought in line by start()."""
+    """A durable made earlier with a bounded max_deliver (older versions) and another ack
+    wait is brought in line by start(): max_deliver unlimited, the options' ack wait."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     from meshkit.messaging import Consumer, ConsumerOptions, Delivery

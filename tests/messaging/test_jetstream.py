@@ -297,6 +297,24 @@ async def test_two_durables_dead_letter_one_event_into_a_shared_dlq_stream(
         await bus.js.delete_stream(dlq_stream)
 
 
+async def test_dead_letter_id_taken_by_another_message_is_not_success(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """When the dead-letter stream already holds another message under the dead letter's
+    Nats-Msg-Id, the duplicate ack is not taken for success: the message is nak'ed (kept),
+    not term'ed."""
+    await Publisher(bus.js, PublishOptions(registry=prom)).publish(
+        bus.subject, b"poison", msg_id="e-1")
+    await bus.js.publish(bus.dlq, b"someone else's",
+                         headers={"Nats-Msg-Id": f"dlq-{bus.stream}.d1-e-1"})
+    c = _consumer(bus, _poison, prom, filter_subject=bus.subject, max_deliveries=1,
+                  ack_wait_s=5.0)
+    assert await c.run_once() == 1
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                   consumer="d1", outcome="retry") == 1
+    info = await bus.js.consumer_info(bus.stream, "d1")
+    assert info.num_ack_pending + info.num_pending == 1
+
+
 async def test_consumer_recovers_when_its_stream_is_recreated(
         bus: Bus, prom: CollectorRegistry) -> None:
     """Consumer.run re-creates its durable when the stream (and so the durable) was
@@ -370,7 +388,7 @@ async def test_handler_raising_cancelled_error_is_a_failure(
     c = _consumer(bus, handle, prom, filter_subject=bus.subject, fetch_timeout_s=0.1)
     task = asyncio.create_task(c.run())
     try:
-        await until(lambda: calls.count(b"a") == 2 and b"b" in calls or task.done(),
+        await until(lambda: (calls.count(b"a") == 2 and b"b" in calls) or task.done(),
                     timeout_s=5, what="a redelivered, b handled")
         assert not task.done(), "Consumer.run ended after a handler's CancelledError"
         assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
