@@ -273,3 +273,45 @@ async def test_a_request_iterator_that_raises_fails_the_call_with_its_exception_
         assert not bidi.cancelled()
         assert await _counts(ch) == [(0, 0)]
         assert _failures(ch) == [0]
+
+
+def _undecodable_second(raw: bytes) -> bytes:
+    if raw.endswith(b"|1"):
+        raise ValueError("not a message")
+    return raw
+
+
+@pytest.mark.parametrize("retried", [False, True], ids=["plain", "retried"])
+async def test_a_stream_its_codec_ended_is_counted_internal(
+    registry: LocalRegistry, echo_servers: EchoFactory, retried: bool
+) -> None:
+    """A stream the mesh ended for a response its deserializer refused is ``INTERNAL``
+    for the caller (``code()``), and so in the client's RED metrics: they counted it
+    ``Canceled`` (the attempt the mesh cancelled)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from meshkit.observability import TelemetryOptions
+    from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+
+    prom = CollectorRegistry()
+    telemetry = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    policy = RetryPolicy(idempotent=True, max_attempts=3,
+                         backoff=Backoff(base_delay_s=0.001, max_delay_s=0.002))
+    retry = RetryOptions(default=policy) if retried else None
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+            insecure=True, retry=retry, telemetry=telemetry)) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_stream(method("ServerStream"),
+                               response_deserializer=_undecodable_second)(b"3", timeout=5)
+        with pytest.raises(ResponseDeserializationError):
+            async for _ in call:
+                pass
+        assert await call.code() is grpc.StatusCode.INTERNAL
+        await asyncio.sleep(0.1)  # the client's telemetry finishes from a done callback
+    codes = {s.labels["grpc_code"]: s.value
+             for f in text_string_to_metric_families(generate_latest(prom).decode())
+             for s in f.samples if s.name == "grpc_client_handled_total"
+             and s.labels.get("grpc_method") == "ServerStream"}
+    assert codes == {"Internal": 1.0}, codes

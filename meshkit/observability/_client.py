@@ -246,7 +246,14 @@ class TelemetryClientInterceptor(ClientInterceptor):
 
         def done(c: Any) -> None:
             if c.cancelled():
-                self._finish(m, details, span, t0, STATUS_CANCELLED, None)
+                # ended by the mesh for a message its codec refused (INTERNAL, or UNKNOWN
+                # for a request iterator that raised): that error's code, as the caller
+                # reads it from code(); else the caller's own cancel
+                err = getattr(details, "codec_error", None)
+                if isinstance(err, AioRpcError):
+                    self._finish(m, details, span, t0, err.code(), err)
+                else:
+                    self._finish(m, details, span, t0, STATUS_CANCELLED, None)
                 return
             task = asyncio.get_running_loop().create_task(
                 self._finish_stream(m, details, span, t0, c))
