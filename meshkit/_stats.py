@@ -119,6 +119,12 @@ class ServerStats:
         telemetry: telemetry on.
         admin: the admin server's URL, or ``None``.
         deadline_rejections: calls refused because their deadline had passed.
+        gate_shed: calls the request gate shed ``RESOURCE_EXHAUSTED`` "server busy" (the
+            nack trailer: no code of theirs ran), calls and request streams together.
+        gate_timed_out: unary calls the gate ended because their request did not arrive
+            within ``first_message_timeout_s`` (``CANCELLED``).
+        gate_evicted: calls waiting for their request that gave up their slot or read
+            permit to a newer call (``CANCELLED``).
         tls_handshakes: TLS handshakes started (grpc asks the certificate reloader before
             each one); grpcio tells Python nothing about a handshake's outcome, so refused
             handshakes show as handshakes that no call followed.
@@ -135,6 +141,9 @@ class ServerStats:
     telemetry: bool
     admin: str | None
     deadline_rejections: int = 0
+    gate_shed: int = 0
+    gate_timed_out: int = 0
+    gate_evicted: int = 0
     tls_handshakes: int = 0
 
     def as_dict(self) -> dict[str, Any]:

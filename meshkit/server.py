@@ -671,6 +671,7 @@ class MeshServer:
         """A typed snapshot for ``/metrics``, ``/readyz`` and ``/debug/mesh``."""
         inst = self.instance
         opts = self.options
+        gate = self.gate
         return ServerStats(
             service=self.service,
             instance_id=inst.instance_id if inst else None,
@@ -683,6 +684,9 @@ class MeshServer:
             telemetry=opts.telemetry is not None,
             admin=self.admin.url if self.admin is not None else None,
             deadline_rejections=self._deadline.rejected if self._deadline is not None else 0,
+            gate_shed=gate.shed if gate is not None else 0,
+            gate_timed_out=gate.timed_out if gate is not None else 0,
+            gate_evicted=gate.evicted if gate is not None else 0,
             tls_handshakes=self._tls_handshakes,
         )
 

@@ -355,6 +355,17 @@ async def test_call_that_sends_headers_only_is_ended(registry: LocalRegistry) ->
             assert [await c.details() for c in idle] == ["request did not arrive in time"] * 2
             assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
         assert srv.gate is not None and srv.gate.timed_out == 2
+        # counted where operators look: ServerStats and /metrics' gate refusals
+        assert srv.stats().gate_timed_out == 2
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from meshkit.observability import MeshCollector
+
+        reg = CollectorRegistry()
+        reg.register(MeshCollector())
+        text = generate_latest(reg).decode()
+        assert ('meshkit_server_gate_refusals_total{reason="timed_out",service="slow"} 2.0'
+                in text), text
     finally:
         await srv.drain()
 

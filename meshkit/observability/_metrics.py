@@ -486,6 +486,11 @@ class MeshCollector:
             "deadline_rejected": _Family("counter", "meshkit_server_deadline_rejections",
                                          "Calls refused because their deadline had passed.",
                                          ("service",)),
+            "gate": _Family("counter", "meshkit_server_gate_refusals",
+                            "Calls the request gate refused before any of their code ran: "
+                            "shed RESOURCE_EXHAUSTED (reason shed), request not in time "
+                            "(timed_out) or slot given to a newer call (evicted).",
+                            ("service", "reason")),
             "tls_handshakes": _Family("counter", "meshkit_server_tls_handshakes",
                                       "TLS handshakes started (grpcio does not report their "
                                       "outcome; refused ones are not followed by calls).",
@@ -530,6 +535,9 @@ class MeshCollector:
             fams["ready"].add(svc, float(srv.ready))
             fams["draining"].add(svc, float(srv.draining))
             fams["deadline_rejected"].add(svc, srv.deadline_rejections)
+            fams["gate"].add((srv.service, "shed"), srv.gate_shed)
+            fams["gate"].add((srv.service, "timed_out"), srv.gate_timed_out)
+            fams["gate"].add((srv.service, "evicted"), srv.gate_evicted)
             fams["tls_handshakes"].add(svc, srv.tls_handshakes)
         for fam in fams.values():
             if fam.values:
