@@ -17,13 +17,20 @@ Three subclasses say how a call settles: :class:`UnaryResponseCall` (unary-unary
 stream-unary: when the response or the final error is there), :class:`StreamResponseCall`
 (unary-stream and stream-stream: when the attempt is open) and :class:`RetryingStreamCall`
 (a server stream retried until its first message, gRFC A6's commit point).
+
+As grpc.aio's own call objects: cancelling the task awaiting a stream's ``read``,
+``write``, ``done_writing`` or iteration (``task.cancel()``, an ``asyncio.wait_for``
+timeout) cancels the call (``_StreamResponseMixin._read``), even before its attempt is
+open; cancelling a task awaiting an accessor (``code()``, ``initial_metadata()``...)
+leaves the call alone. ``cancel()`` of a stream sets its
+outcome (``CANCELLED``) at once: ``done()`` is true when it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import structlog
@@ -99,6 +106,10 @@ class MeshCall:
     __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_is_settled",
                  "_settled_fut", "_task")
 
+    # cancel() settles the call at once (streams); a unary call settles in its task, where
+    # the awaiting task's cancellation is accounted for (UnaryResponseCall._run)
+    _settles_at_cancel: ClassVar[bool] = True
+
     def __init__(self, details: ClientCallDetails) -> None:
         # UnaryResponseCall.__init__ repeats these: change both
         self._details = details
@@ -157,13 +168,23 @@ class MeshCall:
         """Wait until the call has settled; the attempt's grpc.aio call or ``None``.
 
         Raises:
-            asyncio.CancelledError: the *caller* was cancelled (the call goes on).
+            asyncio.CancelledError: the *caller* was cancelled (the call goes on: an
+                accessor's wait; read/write cancel the call, see :meth:`_settled_or_cancel`).
         """
         if not self._is_settled:
             self._start()
             if not self._is_settled:
                 await asyncio.shield(self._waiter())
         return self._call
+
+    async def _settled_or_cancel(self) -> Any:
+        """:meth:`_settled` for a read or a write: a cancelled wait cancels the call (as
+        grpc.aio's ``_read``/``_write``), so nothing is sent or retried for nobody."""
+        try:
+            return await self._settled()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
 
     def _when_done(self, callback: Callable[[Any], None]) -> None:
         call = self._call
@@ -181,7 +202,9 @@ class MeshCall:
         and so is the task the call runs in: a unary call awaited directly runs in the
         awaiting task, so its ``await`` raises :class:`asyncio.CancelledError` (as
         grpc.aio's) and its retry backoff and hedges end with it. The call's code is then
-        ``CANCELLED``.
+        ``CANCELLED``. A stream settles cancelled at once, as grpc.aio's ``cancel()`` sets
+        the status (still opening, in a retry's backoff, or before its first message),
+        so ``done()`` is true when this returns.
 
         Returns:
             ``True`` if this cancelled the call; ``False`` if it had already finished or
@@ -200,6 +223,10 @@ class MeshCall:
             cancelled = bool(current.cancel())
         if not task.done():
             cancelled = task.cancel() or cancelled
+        if self._settles_at_cancel and not self._is_settled:
+            # no attempt carries the outcome yet (the task would settle it so, later)
+            self._settle(None, asyncio.CancelledError())
+            return True
         return cancelled
 
     def cancelled(self) -> bool:
@@ -313,6 +340,8 @@ class UnaryResponseCall(MeshCall):
 
     __slots__ = ("_invoke", "_request", "_response")
 
+    _settles_at_cancel = False
+
     def __init__(self, details: ClientCallDetails, request: Any,
                  invoke: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
         # MeshCall.__init__ written out: no super() call and frame on the per-call path
@@ -407,7 +436,8 @@ class StreamResponseCall(MeshCall):
         return self._call if self._call is not None else self._details.last_call
 
     async def _opened(self) -> Any:
-        call = await self._settled()
+        """The opened call, for read/write/iteration (a cancelled wait cancels the call)."""
+        call = await self._settled_or_cancel()
         if call is None:
             raise self._error if self._error is not None else asyncio.CancelledError()
         return call
@@ -499,8 +529,11 @@ class StreamResponseCall(MeshCall):
             messages.msg_sent += 1
 
     async def done_writing(self) -> None:
-        """Half-close the request stream."""
-        await (await self._opened()).done_writing()
+        """Half-close the request stream; nothing when the call ended before it opened
+        (cancelled, or failed to open), as grpc.aio's on a finished call."""
+        call = self._call if self._is_settled else await self._settled_or_cancel()
+        if call is not None:
+            await call.done_writing()
 
 
 _NOTHING: Any = object()
@@ -559,6 +592,11 @@ class RetryingStreamCall(MeshCall):
     def _start(self) -> None:
         pass  # started when made
 
+    def _current(self) -> Any:
+        # while opening a retry: the attempt the chain launched (details.last_call), so a
+        # cancel() in the turn before the task takes the opened attempt cancels it too
+        return self._call if self._call is not None else self._details.last_call
+
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
@@ -567,15 +605,19 @@ class RetryingStreamCall(MeshCall):
             yield response
 
     async def read(self) -> Any:
-        """The next response; ``grpc.aio.EOF`` at the end.
+        """The next response; ``grpc.aio.EOF`` at the end. Cancelling the read (its task,
+        or an ``asyncio.wait_for`` timeout) cancels the call, as grpc.aio's: before the
+        commit too, so no attempt is left open or opened for nobody.
 
         Raises:
             grpc.aio.AioRpcError: the call failed (after its retries, if before commit).
             asyncio.CancelledError: the call was cancelled.
         """
-        call = await self._settled()
+        if not self._is_settled:  # committed: no coroutine per message
+            await self._settled_or_cancel()
         if self._error is not None:
             raise self._error
+        call = self._call
         if call is None:
             raise asyncio.CancelledError()
         first = self._first

@@ -507,3 +507,67 @@ async def test_time_remaining_is_never_negative(
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         await asyncio.sleep(0.05)
         assert call.time_remaining() == 0.0
+
+
+@pytest.mark.parametrize("use", ["read", "iterate", "write"])
+async def test_stream_whose_reader_is_cancelled_while_it_waits_for_an_endpoint_is_not_sent(
+    registry: LocalRegistry, echo_servers: EchoFactory, use: str
+) -> None:
+    """Cancelling a read, an iteration or a write of a wait_for_ready stream still waiting
+    for an endpoint cancels the call, as grpc.aio's read/write do: it is done and
+    cancelled at once and is not sent when an endpoint appears later."""
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        await asyncio.sleep(0.2)  # discovery answered: no instance yet
+        if use == "write":
+            call = ch.stream_stream(method("Bidi"))(timeout=10, wait_for_ready=True)
+            user = asyncio.ensure_future(call.write(b"x"))
+        else:
+            call = ch.unary_stream(method("ServerStream"))(b"1", timeout=10,
+                                                           wait_for_ready=True)
+            user = asyncio.ensure_future(
+                call.read() if use == "read" else anext(aiter(call)))
+        await asyncio.sleep(0.05)  # the opening waits for an endpoint
+        user.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await user
+        assert call.done() and call.cancelled()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        await echo_servers("late")
+        await ch.wait_for_endpoints(1)
+        await asyncio.sleep(0.1)  # a stream sent anyway would be on its way by now
+        assert [e.calls for e in ch.stats().endpoints] == [0]
+
+
+async def test_stream_accessor_cancelled_before_it_opens_leaves_the_call(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Cancelling the task awaiting an accessor (code()) of a stream still opening does not
+    cancel the call (grpc.aio's accessors neither): it opens and answers once an endpoint
+    appears."""
+    async with meshkit.dial("echo", registry=registry, options=_opts(retry=None)) as ch:
+        await asyncio.sleep(0.2)  # discovery answered: no instance yet
+        call = ch.unary_stream(method("ServerStream"))(b"1", timeout=10, wait_for_ready=True)
+        waiter = asyncio.ensure_future(call.code())
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert not call.done() and not call.cancelled()
+        await echo_servers("late")
+        assert await asyncio.wait_for(call.read(), 5) == b"late|0"
+        assert await call.code() is OK
+
+
+async def test_done_writing_on_a_finished_stream_does_nothing(
+    registry: LocalRegistry
+) -> None:
+    """done_writing() on a stream-stream call that ended before it opened (cancelled, or
+    no endpoint) returns, as grpc.aio's on a finished call."""
+    opts = _opts(retry=None, resolve_timeout_s=0.2)
+    async with meshkit.dial("nobody", registry=registry, options=opts) as ch:
+        cancelled = ch.stream_stream(method("Bidi"))(timeout=5)
+        assert cancelled.cancel() is True
+        await cancelled.done_writing()
+        failed = ch.stream_stream(method("Bidi"))(timeout=5)
+        assert await failed.code() is grpc.StatusCode.UNAVAILABLE
+        await failed.done_writing()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +21,7 @@ from tests.support.echo import method
 
 FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
 IDEMPOTENT = RetryPolicy(idempotent=True, max_attempts=3, backoff=FAST)
+SLOW_SERVICE = "meshkit.test.SlowStream"
 
 
 class LongestDelay(random.Random):
@@ -160,3 +164,107 @@ async def test_streams_wait_out_a_moment_without_endpoints(
         await echo_servers("late")
         assert await server_stream == [b"late|0", b"late|1"]
         assert await bidi == [b"late|x", b"late|y"]
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll ``cond`` until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def backing_off(delay_s: float, max_attempts: int = 3) -> RetryPolicy:
+    """An idempotent policy whose every retry waits exactly ``delay_s``."""
+    return RetryPolicy(idempotent=True, max_attempts=max_attempts,
+                       backoff=Backoff(base_delay_s=delay_s, max_delay_s=delay_s,
+                                       rng=LongestDelay()))
+
+
+@pytest.fixture
+async def slow_streams(registry: LocalRegistry) -> AsyncIterator[list[str]]:
+    """One instance of service ``echo`` serving ``/meshkit.test.SlowStream/First``: a
+    request ``b"<n>:<s>"`` fails the first ``n`` streams UNAVAILABLE at once, and the
+    others send their initial metadata (as a subscription answering on events) and
+    ``b"late"`` after ``s`` seconds. The list of streams it started."""
+    started: list[str] = []
+
+    async def first(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        started.append("First")
+        failing, _, delay_s = request.decode().partition(":")
+        if len(started) <= int(failing):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "asked to fail")
+        await context.send_initial_metadata(())
+        await asyncio.sleep(float(delay_s))
+        yield b"late"
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SLOW_SERVICE, {"First": grpc.unary_stream_rpc_method_handler(first)}),))
+
+    srv = meshkit.MeshServer("echo", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, instance_id="s1",
+                                                          drain_delay_s=0.0, grace_s=1.0))
+    await srv.start()
+    yield started
+    await srv.drain()
+
+
+async def test_reader_cancelled_during_the_backoff_ends_the_stream(
+    registry: LocalRegistry, served: list[str]
+) -> None:
+    """Cancelling the task blocked in read() while the stream waits to retry cancels the
+    stream, as grpc.aio's read: it is done and cancelled at once and no attempt follows."""
+    async with meshkit.dial("echo", registry=registry,
+                            options=opts(backing_off(0.3))) as ch:
+        call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=10)
+        reader = asyncio.ensure_future(call.read())
+        assert ch.retry is not None
+        await until(lambda: ch.retry.stats.retries == 1)  # type: ignore[union-attr]
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert call.done() and call.cancelled()
+        await asyncio.sleep(0.5)  # past the backoff: a retry would have been sent
+        assert await call.code() is grpc.StatusCode.CANCELLED
+    assert served == ["FailStream"]
+
+
+async def test_read_timing_out_before_the_first_message_ends_the_stream(
+    registry: LocalRegistry, slow_streams: list[str]
+) -> None:
+    """asyncio.wait_for(call.read(), t) timing out before the first message cancels the
+    retried stream and its attempt (as grpc.aio's): done at once, the endpoint idle."""
+    async with meshkit.dial("echo", registry=registry,
+                            options=opts(backing_off(0.3))) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_stream(f"/{SLOW_SERVICE}/First")(b"0:5", timeout=10)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call.read(), 0.3)
+        assert call.done() and call.cancelled()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        await until(lambda: [e.in_flight for e in ch.stats().endpoints] == [0], 2.0)
+    assert slow_streams == ["First"]
+
+
+async def test_cancel_during_the_backoff_is_done_at_once(
+    registry: LocalRegistry, served: list[str]
+) -> None:
+    """cancel() on a stream waiting to retry sets its outcome at once, as grpc.aio's
+    cancel(): done() and cancelled() are True when it returns, and the done callbacks run
+    (once) without waiting for the backoff."""
+    async with meshkit.dial("echo", registry=registry,
+                            options=opts(backing_off(1.0))) as ch:
+        call = ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0", timeout=10)
+        seen: list[object] = []
+        call.add_done_callback(seen.append)
+        assert ch.retry is not None
+        await until(lambda: ch.retry.stats.retries == 1)  # type: ignore[union-attr]
+        assert call.cancel() is True
+        assert call.done() and call.cancelled()
+        assert call.cancel() is False
+        await asyncio.sleep(0.01)
+        assert seen == [call]
+        assert await call.code() is grpc.StatusCode.CANCELLED
+    assert served == ["FailStream"]
+
