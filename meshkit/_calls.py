@@ -546,7 +546,9 @@ class RetryingStreamCall(MeshCall):
     before it opens another attempt (``delay_for`` decides how long to wait, or ``None`` to
     give up); the first response, the end of the stream or a final error commits the call
     to that attempt, and everything after is that attempt's grpc.aio call. Done callbacks
-    wait for the commit, so telemetry sees one logical call, not each attempt.
+    wait for the commit, so telemetry sees one logical call, not each attempt;
+    ``wait_for_connection`` waits for the connection of an attempt (the current one, or the
+    next if it is retried), not for the commit.
 
     Args:
         details: the call's details.
@@ -557,7 +559,7 @@ class RetryingStreamCall(MeshCall):
         attempt: the number of the first attempt (1-based).
     """
 
-    __slots__ = ("_delay_for", "_first", "_open", "_request")
+    __slots__ = ("_delay_for", "_first", "_next", "_open", "_request")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]], call: Any,
@@ -567,6 +569,7 @@ class RetryingStreamCall(MeshCall):
         self._open = open_
         self._delay_for = delay_for
         self._first: Any = _NOTHING
+        self._next: asyncio.Future[None] | None = None  # set at the next attempt's opening
         self._call = call
         self._task = asyncio.get_running_loop().create_task(self._commit(attempt))
         self._task.add_done_callback(self._settle_from_task)
@@ -576,6 +579,10 @@ class RetryingStreamCall(MeshCall):
             try:
                 if self._call is None:
                     self._call = await self._open(self._details, self._request)
+                    nxt = self._next
+                    if nxt is not None:  # a wait_for_connection waits for this attempt
+                        self._next = None
+                        nxt.set_result(None)
                 self._first = await self._call.read()
                 self._settle(self._call, None)
                 return
@@ -625,3 +632,34 @@ class RetryingStreamCall(MeshCall):
             self._first = _NOTHING
             return first
         return await call.read()
+
+    async def wait_for_connection(self) -> None:
+        """Wait until an attempt is connected (its grpc.aio ``wait_for_connection``: for a
+        server stream, its initial metadata received): the current attempt, or in a
+        retry's backoff the next one; not the first message. Cancelling the wait leaves
+        the call alone (as the accessors).
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed (its final error, after its retries).
+        """
+        while not self._is_settled:
+            call = self._call
+            if call is not None and not call.done():
+                if await asyncio.shield(_connected(call)):
+                    return
+                continue  # that attempt failed: the next one, or the final error
+            nxt = self._next
+            if nxt is None:
+                self._next = nxt = asyncio.get_running_loop().create_future()
+            # the futures are the call's: a cancelled wait() leaves them
+            await asyncio.wait((nxt, self._waiter()), return_when=asyncio.FIRST_COMPLETED)
+        await super().wait_for_connection()
+
+
+async def _connected(call: Any) -> bool:
+    """Whether ``call`` (an attempt) connects: ``False`` if it fails or is cancelled first."""
+    try:
+        await call.wait_for_connection()
+    except (AioRpcError, asyncio.CancelledError):
+        return False
+    return True

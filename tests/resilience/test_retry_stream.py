@@ -268,3 +268,45 @@ async def test_cancel_during_the_backoff_is_done_at_once(
         assert await call.code() is grpc.StatusCode.CANCELLED
     assert served == ["FailStream"]
 
+
+async def test_wait_for_connection_returns_once_an_attempt_is_connected(
+    registry: LocalRegistry, slow_streams: list[str]
+) -> None:
+    """wait_for_connection() of a retried stream returns once its attempt is connected
+    (grpc.aio's unary-stream: its initial metadata received), not at its first message (a
+    subscription answering only on events would hang)."""
+    async with meshkit.dial("echo", registry=registry, options=opts(backing_off(0.3))) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_stream(f"/{SLOW_SERVICE}/First")(b"0:5", timeout=10)
+        await asyncio.wait_for(call.wait_for_connection(), 2.0)
+        assert not call.done()
+        call.cancel()
+
+
+async def test_wait_for_connection_in_the_backoff_waits_for_the_next_attempt(
+    registry: LocalRegistry, slow_streams: list[str]
+) -> None:
+    """In the backoff, wait_for_connection() waits for the retry's attempt (not the failed
+    one's error); cancelling that wait leaves the call alone (as any accessor); once the
+    call has failed for good it raises the final error."""
+    async with meshkit.dial("echo", registry=registry, options=opts(backing_off(0.3))) as ch:
+        await ch.wait_for_endpoints(1)
+        call = ch.unary_stream(f"/{SLOW_SERVICE}/First")(b"1:5", timeout=10)
+        seen: list[object] = []
+        call.add_done_callback(seen.append)  # starts the call
+        assert ch.retry is not None
+        await until(lambda: ch.retry.stats.retries == 1)  # type: ignore[union-attr]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call.wait_for_connection(), 0.05)
+        assert not call.done() and not call.cancelled()
+        await asyncio.wait_for(call.wait_for_connection(), 2.0)
+        await until(lambda: len(slow_streams) == 2)
+        assert not call.done() and seen == []
+        call.cancel()
+        failing = ch.unary_stream(f"/{SLOW_SERVICE}/First")(b"9:0", timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await failing.read()
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await failing.wait_for_connection()
+        assert again.value is info.value
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
