@@ -64,6 +64,7 @@ import json
 import os
 import random
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -132,9 +133,13 @@ def _database_path(path: str | os.PathLike[str]) -> Path:
     """
     text = os.fspath(path)
     p = Path(text)
-    if text.endswith(("/", os.sep)) or p.is_dir():
+    try:  # one look: processes starting together create the directory meanwhile
+        mode: int | None = os.stat(text).st_mode
+    except OSError:
+        mode = None
+    if text.endswith(("/", os.sep)) or (mode is not None and stat.S_ISDIR(mode)):
         return p / "registry.db"
-    if p.exists() or p.suffix.lower() in _FILE_SUFFIXES:
+    if mode is not None or p.suffix.lower() in _FILE_SUFFIXES:
         return p
     return p / "registry.db"
 
