@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
+import sys
 from collections.abc import Iterable
 
 from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
 from meshkit.errors import ConfigError, MeshError
 from meshkit.observability import configure_logging
 
-__all__ = ["add_registry_argument", "discover", "open_registry", "quiet_logging",
-           "service_names"]
+__all__ = ["add_registry_argument", "discover", "open_registry", "positive_seconds",
+           "quiet_logging", "service_names"]
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
                  f"(default ${ENV_VAR}, else the default local registry)")
@@ -23,6 +25,24 @@ def add_registry_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--registry URI`` (default ``$MESHKIT_REGISTRY``, else ``local://``)."""
     parser.add_argument("--registry", default=os.environ.get(ENV_VAR, "").strip() or "local://",
                         metavar="URI", help=REGISTRY_HELP)
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse ``type`` for a duration option: a positive finite number of seconds
+    (``inf``, ``nan``, zero and negatives are refused: asyncio and grpc take them for no
+    bound, an overflow or an expired deadline).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (argparse prints it, quoted, and exits 2).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive finite number of seconds, got {text!r}")
+    return value
 
 
 def quiet_logging() -> None:
@@ -35,12 +55,14 @@ def open_registry(uri: str) -> Registry:
     """The registry named by ``uri``.
 
     Raises:
-        SystemExit: the URI is bad (the message quotes it), exit status 2.
+        SystemExit: the URI is bad: exit status 2 (a usage error), after one line on
+            stderr that quotes it.
     """
     try:
         return registry_from_uri(uri)
     except ConfigError as exc:
-        raise SystemExit(f"meshkit: {exc}") from None
+        print(f"meshkit: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def service_names(registry: Registry) -> list[str]:
@@ -48,7 +70,7 @@ async def service_names(registry: Registry) -> list[str]:
 
     Raises:
         SystemExit: the registry cannot list its services (it has no ``services()``) or
-            cannot be read.
+            cannot be read: exit status 1, the message says which.
     """
     lister = getattr(registry, "services", None)
     if lister is None:

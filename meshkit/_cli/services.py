@@ -7,6 +7,9 @@ instance announces no admin port (registry meta ``admin_port``, set by ``serve()
 Instances the registry reports as failing (a lapsed heartbeat or a failing Consul check
 without a deregistration: died or hung; clients no longer see them) are listed as
 ``failing``.
+
+Exit status: 0 when an instance is listed; 1 when none is, or the registry cannot be read
+(one line on stderr); 2 for a usage error (bad option, registry URI or ``--timeout-s``).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from meshkit._cli._common import (
     add_registry_argument,
     discover,
     open_registry,
+    positive_seconds,
     quiet_logging,
     service_names,
 )
 from meshkit.discovery import Instance
+from meshkit.errors import MeshError
 
 __all__ = ["InstanceRow", "admin_url", "build_parser", "main"]
 
@@ -66,7 +71,8 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     """The rows for ``only`` (every service the registry lists when empty), sorted.
 
     Raises:
-        SystemExit: bad URI, a registry that cannot be read or cannot list services.
+        SystemExit: bad URI (status 2); a registry that cannot be read or cannot list
+            services (status 1).
     """
     registry = open_registry(registry_uri)
     try:
@@ -74,6 +80,8 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
         found = await discover(registry, names, timeout_s)
         failing_of = getattr(registry, "failing", None)
         failing = [i for n in names for i in await failing_of(n)] if failing_of else []
+    except MeshError as exc:  # e.g. RegistryError from failing(): one line, no traceback
+        raise SystemExit(f"meshkit services: the registry cannot be read: {exc}") from None
     finally:
         await registry.close()
     unread = [n for n, v in found.items() if v is None]
@@ -103,18 +111,22 @@ def render(rows: list[InstanceRow]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit services``."""
-    p = argparse.ArgumentParser(prog="meshkit services", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="meshkit services", description=__doc__.split("\n\n")[0],
+                                epilog="Exit status: 0 ok, 1 no instance listed or the "
+                                       "registry cannot be read, 2 usage error.")
     add_registry_argument(p)
     p.add_argument("--service", action="append", default=[], metavar="NAME",
                    help="list only this service (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
-    p.add_argument("--timeout-s", type=float, default=3.0,
-                   help="bound on the registry read and each /readyz, seconds (default 3)")
+    p.add_argument("--timeout-s", type=positive_seconds, default=3.0,
+                   help="bound on the registry read and each /readyz, positive seconds "
+                        "(default 3)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    """Run ``meshkit services``; exit status 0, or 1 when no instance is listed."""
+    """Run ``meshkit services``; exit status 0, 1 when no instance is listed or the
+    registry cannot be read, 2 for a usage error (argparse's or a bad registry URI)."""
     args = build_parser().parse_args(argv)
     quiet_logging()
     rows = asyncio.run(collect(args.registry, args.service, args.timeout_s))
