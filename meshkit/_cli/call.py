@@ -13,16 +13,24 @@ retried and secured like any client: mTLS with the workload certificate from
 ``--cert-dir``/``--workload`` (default ``$MESHKIT_CERT_DIR``/``$MESHKIT_WORKLOAD``), or
 plaintext with ``--insecure``.
 
-Exit status: 0 on success; 2 for a usage error (bad target, JSON, registry URI, no
-transport security); 64 + the gRPC status code number when the call fails (as grpcurl
-does), with the status and its message on stderr.
+Request metadata comes from ``-H 'KEY: VALUE'``; a ``KEY`` ending in ``-bin`` (gRPC's
+binary metadata) takes its value base64-encoded, standard or URL-safe alphabet, padding
+optional, and sends the decoded bytes (grpcurl's convention). An error never prints a
+header's value (it is often a bearer token).
+
+Exit status: 0 on success; 2 for a usage error (bad target, JSON, registry URI,
+``--timeout-s``, header, no transport security; a call meshkit refuses to send, e.g. a
+header gRPC cannot carry); 64 + the gRPC status code number when the call fails (as
+grpcurl does), with the status and its message on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -36,12 +44,14 @@ import meshkit
 from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
+    positive_seconds,
     quiet_logging,
     service_names,
 )
+from meshkit._metadata import check_metadata
 from meshkit.auth import tls_from_dir
 from meshkit.discovery import Registry
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, InvalidCallError
 
 __all__ = ["CallError", "Target", "build_parser", "main", "parse_target"]
 
@@ -180,7 +190,7 @@ class _Args:
     request_json: str
     registry: Registry
     options: meshkit.DialOptions
-    metadata: tuple[tuple[str, str], ...]
+    metadata: tuple[tuple[str, str | bytes], ...]
     timeout_s: float
 
 
@@ -214,8 +224,10 @@ async def _call(args: _Args) -> str:
                             "streaming method: meshkit call makes unary calls only")
         request_cls = _message_class(method.input_type)
         response_cls = _message_class(method.output_type)
+        pool = method.input_type.file.pool  # reflection's: where an Any's type is found
         try:
-            request = json_format.Parse(args.request_json or "{}", request_cls())
+            request = json_format.Parse(args.request_json or "{}", request_cls(),
+                                        descriptor_pool=pool)
         except json_format.ParseError as exc:
             raise CallError(f"request is not a valid {method.input_type.full_name}: "
                             f"{exc}") from None
@@ -224,7 +236,7 @@ async def _call(args: _Args) -> str:
                              response_deserializer=response_cls.FromString)
         response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
         text: str = json_format.MessageToJson(response, preserving_proto_field_name=True,
-                                              indent=2)
+                                              indent=2, descriptor_pool=pool)
         return text
 
 
@@ -236,21 +248,56 @@ def _message_class(descriptor: Any) -> Any:
     return message_factory.MessageFactory(descriptor.file.pool).GetPrototype(descriptor)
 
 
-def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
-    out = []
+_KEYLIKE = re.compile(r"[0-9A-Za-z_.\-]+")
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
+    """The ``-H 'KEY: VALUE'`` pairs as call metadata: keys lower-cased, a ``-bin`` key's
+    value base64-decoded, all checked against gRPC's rules.
+
+    Raises:
+        CallError: a pair without ``:``, an empty or invalid key, a ``-bin`` value that is
+            not base64, a text value gRPC cannot send. The message may quote a key, never
+            a value (``-H "authorization=Bearer ..."`` is a common slip).
+    """
+    out: list[tuple[str, str | bytes]] = []
     for pair in pairs:
         key, sep, value = pair.partition(":")
-        if not sep or not key.strip():
-            raise CallError(f"-H takes 'key: value', got {pair!r}")
-        out.append((key.strip().lower(), value.strip()))
+        key = key.strip().lower()
+        if not sep:
+            guess = pair.partition("=")[0].strip()
+            named = f" (for {guess!r}?)" if "=" in pair and _KEYLIKE.fullmatch(guess) else ""
+            raise CallError(f"-H takes 'KEY: VALUE', got a header with no ':'{named}")
+        if not key:
+            raise CallError("-H takes 'KEY: VALUE', got an empty key")
+        out.append((key, _binary(key, value.strip()) if key.endswith("-bin")
+                    else value.strip()))
+    try:
+        check_metadata(out)
+    except InvalidCallError as exc:
+        raise CallError(f"-H {exc.details()}") from None
     return tuple(out)
+
+
+def _binary(key: str, value: str) -> bytes:
+    """A ``-bin`` header's base64 ``value`` decoded: standard or URL-safe alphabet,
+    padding optional (as grpcurl accepts)."""
+    text = value.rstrip("=").translate(_URLSAFE)
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:  # binascii.Error, or not ASCII
+        pass
+    raise CallError(f"-H {key!r}: a '-bin' key's value must be base64 (standard or "
+                    "URL-safe), this one is not")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit call``."""
     p = argparse.ArgumentParser(prog="meshkit call", description=__doc__.split("\n\n")[0],
-                                epilog="Exit status: 0 ok, 2 usage error, 64 + gRPC code "
-                                       "when the call fails.")
+                                epilog="Exit status: 0 ok, 2 usage error (including a call "
+                                       "meshkit refuses to send), 64 + gRPC code when the "
+                                       "call fails.")
     p.add_argument("target", help="SERVICE/Method, SERVICE/pkg.Svc/Method or /pkg.Svc/Method")
     p.add_argument("request", nargs="?", default="{}",
                    help="the request as JSON (default {}; - reads it from stdin)")
@@ -258,9 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", default=None,
                    help="mesh service to dial for a /pkg.Svc/Method target")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'KEY: VALUE'",
-                   help="request metadata, e.g. -H 'authorization: Bearer ...' (repeatable)")
-    p.add_argument("--timeout-s", type=float, default=10.0,
-                   help="deadline of the call (and of each reflection request), seconds")
+                   help="request metadata, e.g. -H 'authorization: Bearer ...' (repeatable); "
+                        "a KEY ending in -bin takes a base64 VALUE and sends the decoded "
+                        "bytes (e.g. -H 'trace-bin: AAEC')")
+    p.add_argument("--timeout-s", type=positive_seconds, default=10.0,
+                   help="deadline of the call (and of each reflection request), positive "
+                        "seconds (default 10)")
     p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
                    help="meshkit certs directory (default $MESHKIT_CERT_DIR)")
     p.add_argument("--workload", default=os.environ.get("MESHKIT_WORKLOAD"),
@@ -283,12 +333,17 @@ def main(argv: list[str]) -> int:
     ns = build_parser().parse_args(argv)
     quiet_logging()
     try:
+        target, metadata = parse_target(ns.target, ns.service), _metadata(ns.header)
+        options = _dial_options(ns)
         body = sys.stdin.read() if ns.request == "-" else ns.request
-        args = _Args(parse_target(ns.target, ns.service), body, open_registry(ns.registry),
-                     _dial_options(ns), _metadata(ns.header), ns.timeout_s)
+        args = _Args(target, body, open_registry(ns.registry), options, metadata,
+                     ns.timeout_s)
         text = asyncio.run(_run(args))
     except (CallError, ConfigError) as exc:
         print(f"meshkit call: {exc}", file=sys.stderr)
+        return 2
+    except InvalidCallError as exc:  # refused before any attempt: nothing was sent
+        print(f"meshkit call: {exc.details()}", file=sys.stderr)
         return 2
     except grpc.aio.AioRpcError as exc:
         code: Any = exc.code()
