@@ -35,10 +35,22 @@ class Greeter(services.GreeterServicer):  # type: ignore[misc,name-defined]
 
 
 class Echoer(services.EchoerServicer):  # type: ignore[misc,name-defined]
-    """A second service with a method of the same name."""
+    """A second service with a method of the same name; ``Headers`` answers the request
+    metadata it received (a binary value as ``BIN:<hex>``); ``Wrap`` answers an ``Any``
+    holding a ``HelloReply`` with the request's ``Any`` type URL as its message."""
 
     async def SayHello(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return protos.HelloReply(message=request.name)
+
+    async def Headers(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return protos.HeadersReply(md={
+            k: v if isinstance(v, str) else "BIN:" + v.hex()
+            for k, v in context.invocation_metadata() or ()})
+
+    async def Wrap(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        out = protos.Wrapped()
+        out.payload.Pack(protos.HelloReply(message=request.payload.type_url))
+        return out
 
 
 def uri(registry: LocalRegistry) -> str:
@@ -186,3 +198,70 @@ async def test_prometheus_targets_one_shot_and_watch(greeter: meshkit.MeshServer
     finally:
         watch.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(watch.wait(), 10) == 0
+
+
+async def test_services_on_an_unreadable_registry_is_one_line(tmp_path: Path) -> None:
+    """A registry that cannot be read (its directory is a file) ends ``meshkit services``
+    with one line saying so and exit 1, with or without ``--service``: no traceback."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    bad = ["--registry", f"local://{blocker / 'registry'}", "--timeout-s", "1"]
+    for only in ([], ["--service", "greeter"]):
+        code, out, err = await meshkit_cli("services", *bad, *only)
+        assert (code, out) == (1, ""), (only, err)
+        assert "Traceback" not in err, (only, err)
+        assert "the registry cannot be read: local registry" in err.splitlines()[-1], err
+
+
+async def test_call_any_fields_use_the_server_types(greeter: meshkit.MeshServer,
+                                                    registry: LocalRegistry) -> None:
+    """A ``google.protobuf.Any`` of a type the server's reflection described is parsed in
+    the request and printed in the response (``@type`` and the fields)."""
+    body = json.dumps({"payload": {"@type": "type.googleapis.com/meshkit.clitest.HelloRequest",
+                                   "name": "x"}})
+    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", body, "--registry",
+                                       uri(registry), "--insecure")
+    assert code == 0, err
+    assert json.loads(out) == {"payload": {
+        "@type": "type.googleapis.com/meshkit.clitest.HelloReply",
+        "message": "type.googleapis.com/meshkit.clitest.HelloRequest"}}
+
+
+async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry) -> None:
+    """``-H`` sends text metadata as typed and a ``-bin`` key's value base64-decoded
+    (standard or URL-safe alphabet, padding optional), as grpcurl does. A value that is not
+    base64, a key gRPC cannot send and a header without ``:`` are usage errors (2) that
+    name the key and never print a value (it is often a bearer token)."""
+    reg = ["--registry", uri(registry), "--insecure"]
+    code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, "-H", "X-Text: a b",
+                                       "-H", "trace-bin: AAEC", "-H", "url-bin: -_8")
+    assert code == 0, err
+    md = json.loads(out)["md"]
+    assert (md["x-text"], md["trace-bin"], md["url-bin"]) == ("a b", "BIN:000102", "BIN:fbff")
+    secret = "eyJhbGciOiJFUzI1NiJ9.c2VjcmV0.SIGNATURE-do-not-print"
+    cases = {("-H", f"authorization=Bearer {secret}"): "'authorization'",
+             ("-H", f"Bearer {secret}"): "no ':'",
+             ("-H", f"x-bin: {secret}!"): "'x-bin'",
+             ("-H", f"x trace: {secret}"): "'x trace'",
+             ("-H", f"x-text: {secret}\u00e9"): "'x-text'"}
+    for header, says in cases.items():
+        code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, *header)
+        assert (code, out) == (2, ""), (header, err)
+        assert says in err and secret not in err, (header, err)
+
+
+async def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    """A bad registry URI and a ``--timeout-s`` that is not a positive finite number of
+    seconds are usage errors (exit 2, one line naming the problem) for ``meshkit call`` and
+    ``meshkit services``."""
+    call = ["call", "greeter/SayHello", "{}", "--insecure"]
+    empty = f"local://{tmp_path / 'r'}"
+    cases = [(*call, "--registry", "bogus://nowhere"), ("services", "--registry", "bogus://x")]
+    cases += [(*cmd, "--registry", empty, "--timeout-s", bad)
+              for cmd in (call, ["services"]) for bad in ("inf", "nan", "-1", "0", "soon")]
+    results = await asyncio.gather(*(meshkit_cli(*args) for args in cases))
+    for args, (code, out, err) in zip(cases, results, strict=True):
+        assert (code, out) == (2, ""), (args, err)
+        assert "Traceback" not in err, (args, err)
+        assert ("unknown registry URI" in err if "--timeout-s" not in args
+                else "--timeout-s" in err), (args, err)
