@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     discover,
     open_registry,
+    positive_seconds,
     quiet_logging,
     service_names,
 )
@@ -120,21 +122,34 @@ class TargetWriter:
         return len(groups)
 
 
+def _non_negative_seconds(text: str) -> float:
+    """An argparse ``type``: seconds >= 0 (``inf``: for ever; NaN and negatives refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit prometheus-targets``."""
     p = argparse.ArgumentParser(prog="meshkit prometheus-targets",
-                                description=__doc__.split("\n\n")[0])
+                                description=__doc__.split("\n\n")[0],
+                                epilog="Exit status: 0 ok, 1 a one-shot pass failed, "
+                                       "2 usage error.")
     add_registry_argument(p)
     p.add_argument("--out", required=True, type=Path,
                    help="the file_sd JSON file to write (e.g. /etc/prometheus/meshkit.json)")
     p.add_argument("--watch", action="store_true",
                    help="keep rewriting it every --interval-s until SIGINT/SIGTERM")
-    p.add_argument("--interval-s", type=float, default=5.0,
+    p.add_argument("--interval-s", type=positive_seconds, default=5.0,
                    help="seconds between passes with --watch (default 5)")
-    p.add_argument("--keep-failing-s", type=float, default=300.0,
+    p.add_argument("--keep-failing-s", type=_non_negative_seconds, default=300.0,
                    help="keep a failing instance as a target this long after the registry "
                         "stops reporting it, seconds (default 300; --watch only)")
-    p.add_argument("--timeout-s", type=float, default=5.0,
+    p.add_argument("--timeout-s", type=positive_seconds, default=5.0,
                    help="bound on each registry read, seconds (default 5)")
     return p
 
@@ -165,12 +180,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``meshkit prometheus-targets``; exit status 0, 1 when a one-shot pass fails."""
+    """Run ``meshkit prometheus-targets``; exit status 0, 1 when a one-shot pass fails, 2
+    for a usage error (argparse's, a bad duration or registry URI)."""
     args = build_parser().parse_args(argv)
-    if args.interval_s <= 0 or args.keep_failing_s < 0 or args.timeout_s <= 0:
-        raise SystemExit(f"meshkit prometheus-targets: --interval-s and --timeout-s must be "
-                         f"> 0 and --keep-failing-s >= 0, got {args.interval_s!r}, "
-                         f"{args.timeout_s!r}, {args.keep_failing_s!r}")
     quiet_logging()
     args.out = args.out.resolve()
     try:

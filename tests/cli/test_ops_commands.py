@@ -265,3 +265,17 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert "Traceback" not in err, (args, err)
         assert ("unknown registry URI" in err if "--timeout-s" not in args
                 else "--timeout-s" in err), (args, err)
+
+
+async def test_prometheus_targets_durations_are_usage_errors(tmp_path: Path) -> None:
+    """``prometheus-targets`` refuses ``--timeout-s``/``--interval-s`` that are not positive
+    finite seconds and a ``--keep-failing-s`` below 0 or NaN: usage errors (exit 2), no
+    file written (NaN was taken as no bound)."""
+    out = tmp_path / "targets.json"
+    base = ["prometheus-targets", "--registry", f"local://{tmp_path / 'r'}", "--out", str(out)]
+    cases = [["--timeout-s", "nan"], ["--timeout-s", "-1"], ["--interval-s", "inf"],
+             ["--interval-s", "0"], ["--keep-failing-s", "nan"], ["--keep-failing-s", "-1"]]
+    results = await asyncio.gather(*(meshkit_cli(*base, *case) for case in cases))
+    for case, (code, _, err) in zip(cases, results, strict=True):
+        assert code == 2 and case[0] in err, (case, err)
+    assert not out.exists()
