@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -29,7 +28,7 @@ from meshkit.balancer import (
 from meshkit.discovery import Instance, LocalRegistry
 from meshkit.errors import ConfigError
 from tests.conftest import EchoFactory
-from tests.support.echo import SERVICE, handler, method
+from tests.support.echo import SERVICE, handler, method, raw_server
 from tests.support.wait import until
 
 OK = grpc.StatusCode.OK
@@ -149,19 +148,6 @@ def test_a_probe_pending_on_a_failing_connection_does_not_rebuild_the_inner_bala
     before = inner.updates
     assert {call(eb) for _ in range(20)} == {"b"}
     assert inner.updates == before
-
-
-@contextlib.asynccontextmanager
-async def raw_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[tuple[Any, int]]:
-    """A plain grpc.aio server on loopback: ``(server, port)``; stopped on the way out."""
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(handlers)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await server.stop(None)
 
 
 def broken_handler() -> grpc.GenericRpcHandler:

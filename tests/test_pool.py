@@ -17,21 +17,8 @@ import meshkit
 from meshkit.balancer import OutlierOptions, RingHash, RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
 from tests.conftest import EchoFactory
-from tests.support.echo import SERVICE, handler, method
+from tests.support.echo import SERVICE, handler, method, raw_server
 from tests.support.wait import until
-
-
-@contextlib.asynccontextmanager
-async def raw_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[tuple[Any, int]]:
-    """A plain grpc.aio server on loopback: ``(server, port)``; stopped on the way out."""
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(handlers)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await server.stop(None)
 
 
 def inst(instance_id: str, port: int) -> Instance:

@@ -19,11 +19,11 @@ from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 
 FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
-HUNT = "meshkit.test.Hunt"
+CUSTOM = "meshkit.test.Custom"
 
 
-def hunt(name: str) -> str:
-    return f"/{HUNT}/{name}"
+def custom(name: str) -> str:
+    return f"/{CUSTOM}/{name}"
 
 
 class LongestDelay(random.Random):
@@ -40,11 +40,11 @@ def opts(policy: RetryPolicy | None = None, budget: BudgetOptions | None = None,
     return meshkit.DialOptions(insecure=True, retry=retry, **kw)
 
 
-async def start_hunt(registry: LocalRegistry, instance_id: str,
+async def start_custom(registry: LocalRegistry, instance_id: str,
                      handlers: dict[str, grpc.RpcMethodHandler]) -> meshkit.MeshServer:
     def add(_servicer: Any, server: Any) -> None:
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(HUNT, handlers),))
+            (grpc.method_handlers_generic_handler(CUSTOM, handlers),))
 
     srv = meshkit.MeshServer("echo", [(add, None)], registry=registry,
                              options=meshkit.ServeOptions(insecure=True,
@@ -54,13 +54,14 @@ async def start_hunt(registry: LocalRegistry, instance_id: str,
     return srv
 
 
-async def test_stream_unary_retry_does_not_replay_a_spent_request_iterator(
-    registry: LocalRegistry
+@pytest.mark.parametrize("shape", ["generator", "list"])
+async def test_a_stream_unary_request_is_retried_only_when_it_can_be_sent_again(
+    registry: LocalRegistry, shape: str
 ) -> None:
     """A stream-unary call is retried "whole" only "with a re-iterable request"
-    (meshkit/resilience/_retry.py module docstring). A one-shot generator was consumed by
-    the first attempt: a retry must not send the server an empty request stream and
-    hand the caller the answer to a request it never made."""
+    (meshkit/resilience/_retry.py module docstring): a list is sent again whole; a one-shot
+    generator was consumed by the first attempt, and a retry sent the server an empty
+    request stream and handed the caller the answer to a request it never made."""
     calls: list[list[bytes]] = []
 
     async def join(requests: AsyncIterator[bytes], context: Any) -> bytes:
@@ -70,25 +71,26 @@ async def test_stream_unary_retry_does_not_replay_a_spent_request_iterator(
             await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
         return b",".join(parts)
 
-    srv = await start_hunt(registry, "h1", {
+    def generator() -> Any:
+        yield b"a"
+        yield b"b"
+
+    srv = await start_custom(registry, "h1", {
         "Join": grpc.stream_unary_rpc_method_handler(join)})
     try:
         policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
         async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
             await ch.wait_for_endpoints(1)
-
-            def requests() -> Any:
-                yield b"a"
-                yield b"b"
-
-            try:
-                got = await asyncio.wait_for(
-                    ch.stream_unary(hunt("Join"))(requests(), timeout=5), 5)
-            except grpc.aio.AioRpcError as exc:  # not retried: the first failure
-                assert exc.code() is grpc.StatusCode.UNAVAILABLE
-                got = None
-        assert calls[0] == [b"a", b"b"]
-        assert got in (None, b"a,b"), (got, calls)
+            request = generator() if shape == "generator" else [b"a", b"b"]
+            join_call = ch.stream_unary(custom("Join"))(request, timeout=5)
+            if shape == "list":
+                assert await asyncio.wait_for(join_call, 5) == b"a,b"
+                assert calls == [[b"a", b"b"], [b"a", b"b"]]
+            else:  # not retried: the first failure is the caller's
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await asyncio.wait_for(join_call, 5)
+                assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert calls == [[b"a", b"b"]]
     finally:
         await srv.drain()
 
@@ -112,7 +114,7 @@ async def test_backoff_resets_to_the_initial_delay_after_a_servers_pushback(
             await context.abort(grpc.StatusCode.UNAVAILABLE, "still down")
         return b"ok"
 
-    srv = await start_hunt(registry, "h1", {"Get": grpc.unary_unary_rpc_method_handler(get)})
+    srv = await start_custom(registry, "h1", {"Get": grpc.unary_unary_rpc_method_handler(get)})
     try:
         # initial backoff 0.1 s, the next cap 2.0 s; the jitter always takes the cap
         backoff = Backoff(base_delay_s=0.1, max_delay_s=5.0, multiplier=20.0,
@@ -121,7 +123,7 @@ async def test_backoff_resets_to_the_initial_delay_after_a_servers_pushback(
         async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
             await ch.wait_for_endpoints(1)
             t0 = time.monotonic()
-            got = await asyncio.wait_for(ch.unary_unary(hunt("Get"))(b"", timeout=10), 8)
+            got = await asyncio.wait_for(ch.unary_unary(custom("Get"))(b"", timeout=10), 8)
             took = time.monotonic() - t0
         assert got == b"ok" and count == 3
         assert took < 1.0, f"waited {took:.2f} s: the backoff did not reset after pushback"
@@ -150,14 +152,14 @@ async def test_hedged_call_failure_reports_the_failing_attempts_metadata(
         return b"late"
 
     handlers = {"Get": grpc.unary_unary_rpc_method_handler(get)}
-    servers = [await start_hunt(registry, "h1", handlers),
-               await start_hunt(registry, "h2", handlers)]
+    servers = [await start_custom(registry, "h1", handlers),
+               await start_custom(registry, "h2", handlers)]
     try:
         policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=2)
         async with meshkit.dial("echo", registry=registry,
                                 options=opts(policy, balancer=RoundRobin)) as ch:
             await ch.wait_for_endpoints(2)
-            call = ch.unary_unary(hunt("Get"))(b"", timeout=10)
+            call = ch.unary_unary(custom("Get"))(b"", timeout=10)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await asyncio.wait_for(call, 5)
             assert info.value.code() is grpc.StatusCode.NOT_FOUND
@@ -172,33 +174,6 @@ async def test_hedged_call_failure_reports_the_failing_attempts_metadata(
             await srv.drain()
 
 
-async def test_a_re_iterable_stream_unary_request_is_retried_whole(
-    registry: LocalRegistry
-) -> None:
-    """A stream-unary request that makes a new iterator each time (a list) is sent again
-    whole by the retry."""
-    calls: list[list[bytes]] = []
-
-    async def join(requests: AsyncIterator[bytes], context: Any) -> bytes:
-        parts = [r async for r in requests]
-        calls.append(parts)
-        if len(calls) == 1:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
-        return b",".join(parts)
-
-    srv = await start_hunt(registry, "h1", {
-        "Join": grpc.stream_unary_rpc_method_handler(join)})
-    try:
-        policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
-        async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
-            await ch.wait_for_endpoints(1)
-            got = await asyncio.wait_for(
-                ch.stream_unary(hunt("Join"))([b"a", b"b"], timeout=5), 5)
-        assert got == b"a,b" and calls == [[b"a", b"b"], [b"a", b"b"]]
-    finally:
-        await srv.drain()
-
-
 async def test_a_retry_that_finds_no_endpoint_reports_its_own_error(
     registry: LocalRegistry
 ) -> None:
@@ -210,13 +185,13 @@ async def test_a_retry_that_finds_no_endpoint_reports_its_own_error(
         await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
         raise AssertionError("unreachable")
 
-    srv = await start_hunt(registry, "h1", {"Get": grpc.unary_unary_rpc_method_handler(get)})
+    srv = await start_custom(registry, "h1", {"Get": grpc.unary_unary_rpc_method_handler(get)})
     try:
         policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
         options = opts(policy, outlier=OutlierOptions(consecutive_failures=1))
         async with meshkit.dial("echo", registry=registry, options=options) as ch:
             await ch.wait_for_endpoints(1)
-            call = ch.unary_unary(hunt("Get"))(b"", timeout=5)
+            call = ch.unary_unary(custom("Get"))(b"", timeout=5)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await asyncio.wait_for(call, 5)
             assert "endpoint" in (info.value.details() or ""), info.value.details()

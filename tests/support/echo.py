@@ -147,6 +147,20 @@ async def raw_echo(
         await server.stop(None)
 
 
+@contextlib.asynccontextmanager
+async def raw_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[tuple[Any, int]]:
+    """A plain grpc.aio server with ``handlers`` on loopback, plaintext, not registered
+    anywhere: ``(server, port)``; stopped on the way out."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.stop(None)
+
+
 def main() -> None:
     """Run one echo instance until SIGTERM (used by the process tests)."""
     p = argparse.ArgumentParser()
