@@ -235,8 +235,8 @@ def test_a_cancelled_probe_keeps_the_endpoint_half_open() -> None:
     assert call(eb) == "a"
 
 
-def test_hunt_a_cancelled_probe_does_not_close_the_breaker() -> None:
-    """(The reproduction as reported.) A cancelled probe is not a success: the next
+def test_a_failure_after_a_cancelled_probe_is_its_second_ejection() -> None:
+    """A cancelled probe is not a success: the next
     failure of the endpoint is its second ejection in a row (20 s)."""
     clock = Clock()
     eb = ejector(clock)

@@ -470,11 +470,11 @@ async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_s
                         _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
     opts = TelemetryOptions(registry=prom, tracer_provider=tracing.provider)
     srv = meshkit.MeshServer(
-        "hunt", [(_add_set_then_raise, None)], registry=registry,
+        "setcode", [(_add_set_then_raise, None)], registry=registry,
         options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=1.0,
                                      telemetry=opts, expose_exception_text=expose))
     await srv.start()
-    ch = meshkit.dial("hunt", registry=registry,
+    ch = meshkit.dial("setcode", registry=registry,
                       options=meshkit.DialOptions(insecure=True, telemetry=opts))
     try:
         await ch.wait_for_endpoints(1)
