@@ -432,7 +432,7 @@ def test_scrape_time_families_combine_reports_of_one_label_set() -> None:
         _Family("gauge", "g", "doc", ("target",), "avg")
 
 
-_HUNT = "meshkit.test.SetThenRaise"
+_SET_THEN_RAISE = "meshkit.test.SetThenRaise"
 
 
 def _add_set_then_raise(_servicer: Any, server: Any) -> None:
@@ -443,7 +443,7 @@ def _add_set_then_raise(_servicer: Any, server: Any) -> None:
         context.set_details("no such thing")
         raise LookupError("no such thing")
 
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_HUNT, {
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SET_THEN_RAISE, {
         "Get": grpc.unary_unary_rpc_method_handler(get),
     }),))
 
@@ -479,7 +479,7 @@ async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_s
     try:
         await ch.wait_for_endpoints(1)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await ch.unary_unary(f"/{_HUNT}/Get")(b"x", timeout=5)
+            await ch.unary_unary(f"/{_SET_THEN_RAISE}/Get")(b"x", timeout=5)
         await until(lambda: len(tracing.spans()) >= 2, what="both spans")
     finally:
         await ch.close()
@@ -494,7 +494,7 @@ async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_s
                                                         "client": code.name}
     got = samples(prom_text(prom))
     for side in ("server", "client"):
-        counted = {code: value(got, f"grpc_{side}_handled_total", grpc_service=_HUNT,
+        counted = {code: value(got, f"grpc_{side}_handled_total", grpc_service=_SET_THEN_RAISE,
                                grpc_method="Get", grpc_code=code)
                    for code in ("NotFound", "Unknown")}
         assert counted == {c: float(c == sent) for c in counted}, (side, counted)
