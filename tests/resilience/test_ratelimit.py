@@ -830,7 +830,7 @@ async def test_sliding_window_retry_after_matches_when_limits_admits_again(
         limiter = StorageLimiter(RateLimitOptions(default_rule="2/minute"))
     else:
         if not redis_ping(6379):
-            pytest.skip("no Redis on 127.0.0.1:6379")
+            skip_or_fail("no Redis on 127.0.0.1:6379")
         limiter = StorageLimiter(RateLimitOptions(
             default_rule="2/minute", storage_uri="async+redis://127.0.0.1:6379",
             key_prefix=f"sw-{uuid.uuid4().hex}"))
@@ -917,7 +917,7 @@ async def test_a_cancelled_breaker_probe_does_not_stop_rate_limiting_for_good() 
     and limits resume, instead of every call skipping the storage for good (UNAVAILABLE
     with on_storage_error="deny")."""
     if not redis_ping(6379):
-        pytest.skip("no Redis on 127.0.0.1:6379")
+        skip_or_fail("no Redis on 127.0.0.1:6379")
     async with TcpProxy("127.0.0.1", 6379) as proxy:
         limiter = StorageLimiter(RateLimitOptions(
             default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
