@@ -425,7 +425,11 @@ class StreamResponseCall(MeshCall):
         self._open = open_
 
     async def _opening(self) -> None:
-        self._settle(await self._open(self._details, self._request), None)
+        call = await self._open(self._details, self._request)
+        if self._is_settled:  # cancel() settled it while it opened: nobody will read
+            call.cancel()
+            return
+        self._settle(call, None)
 
     def _start(self) -> None:
         if self._task is None:

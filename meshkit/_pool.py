@@ -248,7 +248,10 @@ class EndpointPool:
             if remaining is not None:
                 wait = max(0.0, min(wait, remaining))
             try:
-                await asyncio.wait_for(self.resolved.wait(), wait)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+                # arrives in the turn its wait ends (call.cancel() cancels this task)
+                async with asyncio.timeout(wait):
+                    await self.resolved.wait()
             except TimeoutError:
                 problem = self._registry_problem()
                 if by_deadline and problem is None:
@@ -286,7 +289,8 @@ class EndpointPool:
             wait_s = remaining if not probe_in else (
                 probe_in if remaining is None else min(probe_in, remaining))
             try:
-                await asyncio.wait_for(self.changed(), wait_s)
+                async with asyncio.timeout(wait_s):  # (see above: not wait_for)
+                    await self.changed()
             except TimeoutError:
                 if wait_s == remaining:
                     raise MeshRpcError(

@@ -386,7 +386,8 @@ class MeshChannel(grpc.aio.Channel):
         self._owns_registry = owns_registry
         inner = options.balancer()
         self._balancer: Balancer = (
-            EjectingBalancer(inner, options.outlier, on_change=self._on_ejection)
+            EjectingBalancer(inner, options.outlier, on_change=self._on_ejection,
+                             on_probe_free=self._on_probe_free)
             if options.outlier is not None else inner
         )
         self.retry = RetryInterceptor(options.retry) if options.retry is not None else None
@@ -426,6 +427,9 @@ class MeshChannel(grpc.aio.Channel):
     def watch_errors(self) -> int:
         """Discovery watch failures since the channel opened."""
         return self._pool.watch_errors
+
+    def _on_probe_free(self, key: str) -> None:
+        self._pool.notify()  # a call waiting for an endpoint may take the probe now
 
     def _on_ejection(self, key: str, ejected: bool) -> None:
         _log.warning("endpoint ejected" if ejected else "endpoint back in rotation",

@@ -136,19 +136,24 @@ class EjectingBalancer:
         clock: monotonic seconds (default ``time.monotonic``).
         on_change: called with ``(endpoint_key, ejected: bool)`` on every ejection and
             return (for logs and metrics).
+        on_probe_free: called with ``endpoint_key`` when a probe ends without a verdict
+            (cancelled): the endpoint may be probed by the next pick again, which nothing
+            else announces (a caller waiting for an endpoint wakes on it).
     """
 
     __slots__ = ("_all", "_clock", "_ejected", "_health", "_inner", "_next_expiry", "_ok_fails",
-                 "_on_change", "_opts", "ejections")
+                 "_on_change", "_on_probe_free", "_opts", "ejections")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
+                 on_change: Callable[[str, bool], None] | None = None,
+                 on_probe_free: Callable[[str], None] | None = None) -> None:
         self._inner = inner
         self._opts = options or OutlierOptions()
         self._ok_fails = _OK in self._opts.failure_codes
         self._clock = clock
         self._on_change = on_change
+        self._on_probe_free = on_probe_free
         self._all: tuple[Endpoint, ...] = ()
         self._health: dict[str, _Health] = {}
         self._ejected: tuple[Endpoint, ...] = ()  # ejection not over (kept by _schedule)
@@ -263,6 +268,8 @@ class EjectingBalancer:
         elif code is _CANCELLED:  # says nothing about the endpoint
             if probe and h.ejected_until > 0:
                 self._schedule()  # still half-open: the next pick probes it again
+                if self._on_probe_free:
+                    self._on_probe_free(ep.key)
             return
         else:
             failed = code in opts.failure_codes
