@@ -313,7 +313,13 @@ class RetryInterceptor(ClientInterceptor):
         assert policy.hedge_delay_s is not None
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(proceed(details, request))}
+        async def attempt() -> tuple[Any, Any]:
+            # the answer and the call that gave it, read in the same step: a hedge launched
+            # after it would overwrite details.last_call before this loop looks
+            response = await proceed(details, request)
+            return response, details.last_call
+
+        pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(attempt())}
         sent = 1
         next_at = loop.time() + policy.hedge_delay_s  # when the next attempt is due
         last: BaseException | None = None
@@ -336,7 +342,8 @@ class RetryInterceptor(ClientInterceptor):
                         exc = task.exception()
                         if exc is None:
                             self._observe(details.method, time.monotonic() - t0)
-                            return task.result()
+                            response, details.last_call = task.result()
+                            return response
                         if not isinstance(exc, AioRpcError) or isinstance(
                                 exc, InvalidCallError) or (exc.code() not in
                                                            policy.retryable_codes
@@ -360,7 +367,7 @@ class RetryInterceptor(ClientInterceptor):
                     continue
                 # the hedge delay passed, or a failure's pushback: send another attempt
                 if self.budget.try_withdraw():
-                    pending.add(asyncio.ensure_future(proceed(details, request)))
+                    pending.add(asyncio.ensure_future(attempt()))
                     sent += 1
                     next_at = loop.time() + policy.hedge_delay_s
                     self.stats.hedges += 1

@@ -200,3 +200,32 @@ async def test_a_retry_that_finds_no_endpoint_reports_its_own_error(
             assert ("x-from", "h1") not in trailing, trailing
     finally:
         await srv.drain()
+
+
+async def test_a_hedged_call_settles_on_the_attempt_that_answered() -> None:
+    """The winning attempt's call is read in the step it answered: another hedge launched
+    in between (it sets ``details.last_call``) must not become the call the caller's call
+    object settles on (its code would read CANCELLED once the mesh cancels that hedge)."""
+    from meshkit.interceptors import CallKind, ClientCallDetails
+    from meshkit.resilience import RetryInterceptor
+
+    details = ClientCallDetails(service="echo", method="/x.Y/Z", kind=CallKind.UNARY_UNARY,
+                                timeout_s=5.0, metadata=None)
+    sent = []
+
+    async def proceed(d: ClientCallDetails, request: Any) -> Any:
+        sent.append(len(sent) + 1)
+        if len(sent) == 1:
+            await asyncio.sleep(0.2)
+            d.last_call = "winner"
+            # another hedge launches right after, before the hedging loop looks
+            asyncio.get_running_loop().call_soon(setattr, d, "last_call", "late hedge")
+            return b"answer"
+        await asyncio.sleep(10)
+        raise AssertionError("unreachable")
+
+    retry = RetryInterceptor(RetryOptions(default=RetryPolicy(
+        idempotent=True, hedge_delay_s=0.05, max_attempts=2)))
+    assert await asyncio.wait_for(retry.intercept_unary(details, b"", proceed), 5) == b"answer"
+    assert sent == [1, 2]
+    assert details.last_call == "winner"
