@@ -403,6 +403,7 @@ class MeshChannel(grpc.aio.Channel):
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
         self._attempt_interceptors = _for_every_kind(self._attempt_interceptors)
+        self._closing: asyncio.Task[None] | None = None  # close(): runs once, to its end
         self._plan_keys: dict[tuple[Any, ...], str] = {}
         self._strict: dict[Any, Any] = {}  # deserializer -> its strict wrapper
         self._named: set[str] = set()  # methods whose name is a key already
@@ -752,10 +753,18 @@ class MeshChannel(grpc.aio.Channel):
             registry=registry)
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop discovery and close every sub-channel, letting calls finish for ``grace`` s;
-        a registry the channel made itself is closed too."""
-        if self._pool.closed:
-            return
+        """Stop discovery and close every sub-channel, letting calls finish for ``grace``
+        seconds (``None``: none), then cancelling them; a registry the channel made itself
+        is closed too. The closing runs to its end even when this ``close()`` is cancelled
+        (e.g. by ``wait_for``); a later ``close()`` waits for it (its ``grace`` is the
+        first one's)."""
+        task = self._closing
+        if task is None:
+            task = self._closing = asyncio.get_running_loop().create_task(
+                self._close(grace), name=f"meshkit-close-{self.service}")
+        await asyncio.shield(task)
+
+    async def _close(self, grace: float | None) -> None:
         await self._pool.close(grace)
         if self._owns_registry:
             await self.registry.close()

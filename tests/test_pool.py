@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -369,3 +370,27 @@ async def test_streams_ended_by_their_deadline_do_not_eject_the_endpoint(
             await until(lambda: all(e.pending == 0 for e in ch.stats().endpoints),
                         what="the streams' outcomes reported")
             assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == []
+
+
+async def test_a_cancelled_close_still_closes_the_channel(
+    registry: LocalRegistry, registry_dir: Path, echo_servers: EchoFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``close(grace)`` cut short by its caller (``wait_for``) goes on to its end: the call
+    in flight is cancelled after the grace, the sub-channels closed and the registry the
+    channel made itself closed; a second ``close()`` waits for that instead of returning
+    at once with the work half done."""
+    await echo_servers("e1")
+    monkeypatch.setenv("MESHKIT_REGISTRY", f"local://{registry_dir}?poll_interval_s=0.05")
+    ch = meshkit.dial("echo", options=meshkit.DialOptions(insecure=True, retry=None))
+    await ch.wait_for_endpoints(1)
+    call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"5000", timeout=10))
+    await until(lambda: any(e.in_flight for e in ch.endpoints()), what="call in flight")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ch.close(grace=0.5), 0.1)
+    await asyncio.wait_for(ch.close(), 3)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(call, 2)
+    assert info.value.code() is grpc.StatusCode.CANCELLED
+    assert not ch._pool._tasks and not ch._pool._draining
+    assert ch.registry._closed  # type: ignore[attr-defined]
