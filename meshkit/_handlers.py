@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -22,6 +23,7 @@ import grpc
 __all__ = [
     "Before",
     "Continuation",
+    "EscapedStopIteration",
     "FusedInterceptor",
     "Handler",
     "NoResponse",
@@ -143,10 +145,19 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
       ``_SyncServicerContext``) and, for a request stream, a blocking iterator of the
       requests (grpc.aio's ``async_generator_to_generator``).
 
-    A response-streaming behaviour is called on the loop, as grpc.aio does (a generator
-    function returns at once); when what it returns is an async iterator or an
-    awaitable, that is consumed on the loop. Decided once per method: an async
-    behaviour's calls cost nothing more.
+    A ``StopIteration`` escaping the behaviour (``next()`` on an empty iterator) is
+    raised as :class:`EscapedStopIteration`, a ``RuntimeError`` (an asyncio future cannot
+    carry ``StopIteration``; :pep:`479` does the same for a generator): the call is
+    answered as for any unhandled exception (``UNKNOWN`` naming the type).
+
+    A response-streaming generator function is called on the loop, as grpc.aio does (it
+    returns at once; its body runs in the executor, one ``next`` at a time); any other
+    response-streaming behaviour (a plain function returning a list or an iterator) is
+    called in the executor, as it may abort, send metadata or read its requests before
+    returning. What it returns is consumed on the loop when it is an async iterator or an
+    awaitable. A response generator that ends early (the call cancelled) is closed in the
+    executor with the call's context variables, once its ``next`` under way has returned.
+    Decided once per method: an async behaviour's calls cost nothing more.
     """
     if _is_async(behaviour):
         return behaviour
@@ -155,12 +166,36 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
     return _off_loop_unary(behaviour, request_streaming)
 
 
+_ON_LOOP_THREAD = ("{} waits for the event loop: used on the loop's own thread it would "
+                   "deadlock the loop (use it in the handler's thread, or make the handler "
+                   "async)")
+
+
+class EscapedStopIteration(RuntimeError):
+    """A ``StopIteration`` that escaped a synchronous handler, raised in its place (see
+    :func:`async_behaviour`); the original is its ``__cause__``."""
+
+
+def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
+    """``behaviour(request, context)`` for the executor: a ``StopIteration`` it lets
+    escape is raised as :class:`EscapedStopIteration` (set on an asyncio future it
+    raises ``TypeError`` in a loop callback instead, and the call never ends)."""
+    try:
+        return behaviour(request, context)
+    except StopIteration as e:
+        raise EscapedStopIteration(
+            f"StopIteration escaped the handler {getattr(behaviour, '__qualname__', behaviour)!s}"
+        ) from e
+
+
 class _SyncContext:
     """A grpc.aio ``ServicerContext`` as a synchronous handler running in a thread uses
     it (grpc.aio's ``_SyncServicerContext``): ``abort``, ``abort_with_status`` and
     ``send_initial_metadata`` run on the event loop and block until done; callbacks added
     with ``add_callback`` run after a unary-response handler returns; anything else is
-    the call's context's own."""
+    the call's context's own. Blocking on the loop from the loop's own thread would
+    deadlock it: ``abort``, ``abort_with_status`` and ``send_initial_metadata`` called
+    there raise ``RuntimeError`` instead."""
 
     __slots__ = ("_callbacks", "_context", "_loop")
 
@@ -170,6 +205,9 @@ class _SyncContext:
         self._callbacks: list[Callable[[], Any]] = []
 
     def _on_loop(self, coro: Any) -> Any:
+        if asyncio._get_running_loop() is self._loop:
+            coro.close()
+            raise RuntimeError(_ON_LOOP_THREAD.format("a synchronous servicer context"))
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def abort(self, code: grpc.StatusCode, details: str = "",
@@ -200,7 +238,7 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
         if request_streaming:
             request = _blocking_requests(request, loop)
         result = await loop.run_in_executor(None, contextvars.copy_context().run,
-                                            behaviour, request, sync)
+                                            _call_sync, behaviour, request, sync)
         for callback in sync._callbacks:
             callback()
         if inspect.isawaitable(result):
@@ -213,44 +251,74 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
 _DONE: Any = object()  # a response stream's end, handed back from the executor
 
 
-def _next_or_done(it: Iterator[Any]) -> Any:
-    """``next(it)``, or :data:`_DONE` at its end (``StopIteration`` cannot be set on the
-    executor's future)."""
-    return next(it, _DONE)
+class _Advancing:
+    """A synchronous response iterator advanced in the executor with the call's context
+    (``run``: its ``Context.run``), one step at a time: a lock keeps :meth:`close` from
+    running while a ``next`` is under way in another thread."""
+
+    __slots__ = ("_it", "_lock", "_run")
+
+    def __init__(self, it: Iterator[Any], run: Callable[..., Any]) -> None:
+        self._it = it
+        self._run = run
+        self._lock = threading.Lock()
+
+    def next_or_done(self) -> Any:
+        """``next`` of the iterator, or :data:`_DONE` at its end (``StopIteration``
+        cannot be set on the executor's future)."""
+        with self._lock:
+            return self._run(next, self._it, _DONE)
+
+    def close(self) -> None:
+        """Close a response generator that ended early, with the call's context (its
+        ``finally`` sees the call's context variables), once its ``next`` under way has
+        returned (waiting at most :data:`_CLOSE_WAIT_S`; past that, or when it cannot be
+        closed, it is left to the garbage collector). Never raises."""
+        close = getattr(self._it, "close", None)
+        if close is None or not self._lock.acquire(timeout=_CLOSE_WAIT_S):
+            return
+        try:
+            # RuntimeError: the context is entered elsewhere; ValueError: the generator
+            # is executing; and whatever its finally raises
+            with contextlib.suppress(Exception):
+                self._run(close)
+        finally:
+            self._lock.release()
 
 
-def _close_quietly(it: Any) -> None:
-    """Close a response generator that ended early (its ``finally`` runs in this
-    thread); one still running a ``next`` in another thread is left to the collector."""
-    close = getattr(it, "close", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            close()
+_CLOSE_WAIT_S = 10.0  # how long closing a response generator waits for its next()
 
 
 def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
+    on_loop = inspect.isgeneratorfunction(behaviour)  # returns at once: call it here
+
     async def off_loop(request: Any, context: Any) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         if request_streaming:
             request = _blocking_requests(request, loop)
         run = contextvars.copy_context().run
-        result = run(behaviour, request, _SyncContext(context, loop))
+        sync = _SyncContext(context, loop)
+        if on_loop:
+            result = run(behaviour, request, sync)
+        else:
+            result = await loop.run_in_executor(None, run, _call_sync, behaviour, request,
+                                                sync)
         if result is None or hasattr(result, "__aiter__") or inspect.isawaitable(result):
             async for item in responses(result):  # not a plain iterable: on the loop
                 yield item
             return
-        it = iter(result)
+        advancing = _Advancing(iter(result), run)
         finished = False
         try:
             while True:
-                item = await loop.run_in_executor(None, run, _next_or_done, it)
+                item = await loop.run_in_executor(None, advancing.next_or_done)
                 if item is _DONE:
                     finished = True
                     return
                 yield item
         finally:
             if not finished:  # ended early (cancelled, closed): close it in a thread
-                loop.run_in_executor(None, _close_quietly, it)
+                loop.run_in_executor(None, advancing.close)
 
     return off_loop
 
@@ -262,9 +330,12 @@ async def _anext(it: Any) -> Any:
 def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     """The request stream ``requests`` (an async iterator) as a blocking iterator for a
     handler running in a thread: each message is read on the loop (grpc.aio's
-    ``async_generator_to_generator``)."""
+    ``async_generator_to_generator``). Iterated on the loop's own thread it raises
+    ``RuntimeError`` (waiting there for the loop would deadlock it)."""
     it = requests.__aiter__()
     while True:
+        if asyncio._get_running_loop() is loop:
+            raise RuntimeError(_ON_LOOP_THREAD.format("a synchronous handler's request iterator"))
         try:
             item = asyncio.run_coroutine_threadsafe(_anext(it), loop).result()
         except StopAsyncIteration:

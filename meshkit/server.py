@@ -47,7 +47,7 @@ import dataclasses
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -436,6 +436,10 @@ class MeshServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self.draining = False
+        # start() between binding and returning (or undoing itself): drain() leaves the
+        # server to it, see drain()
+        self._starting = False
+        self._registering: Instance | None = None  # what start() registers, until it returns
         self.admin: AdminServer | None = None
         self.gate: RequestGate | None = None
         self._tls_handshakes = 0
@@ -453,12 +457,19 @@ class MeshServer:
         When a step after binding fails (the registration refused, the admin port taken,
         or ``start()`` cancelled), the server is undone before the error is re-raised: the
         grpc server is stopped, the admin server released, a registry the server owns
-        closed; the server is then neither :attr:`ready` nor :attr:`live` (``/readyz``
-        does not count it) and :meth:`drain` returns at once. Build a new
-        :class:`MeshServer` to try again.
+        closed, the registration withdrawn when it was under way (a cancelled or failed
+        registration may have been written anyway; withdrawing it waits at most
+        ``_UNDO_DEREGISTER_S``); the server is then neither :attr:`ready` nor :attr:`live`
+        (``/readyz`` does not count it), :meth:`drain` returns at once and
+        :meth:`wait_stopped` returns. Build a new :class:`MeshServer` to try again.
+
+        When :meth:`drain` is called while ``start()`` runs, ``start()`` stops at its next
+        step and is undone as above (nothing stays registered), then raises
+        ``RuntimeError``; that :meth:`drain` returns once the undoing is done.
 
         Raises:
-            RuntimeError: the address cannot be bound.
+            RuntimeError: the address cannot be bound, or :meth:`drain` was called while
+                starting.
             RegistryError: registration failed (the server is stopped again).
         """
         opts = self.options
@@ -512,11 +523,14 @@ class MeshServer:
             _log.warning("serving plaintext (no TLS)", service=self.service,
                          address=f"{host_part}:{port}")
         instance_id = self._reserve_instance_id(port)
+        self._starting = True
         try:
             await self._start_and_register(server, instance_id, port)
         except BaseException:
             await self._undo_start(server)
             raise
+        finally:
+            self._starting = False
         assert self.instance is not None
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
@@ -545,12 +559,17 @@ class MeshServer:
 
     async def _start_and_register(self, server: grpc.aio.Server, instance_id: str,
                                   port: int) -> None:
+        """Start ``server``, set health SERVING, acquire the admin server and register;
+        after each step, raise when :meth:`drain` was called meanwhile (the caller undoes
+        the start)."""
         opts = self.options
         await server.start()
+        self._raise_if_draining()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
         for name in ("", self.service, *self.service_names):
             await self.health.set(name, serving)
+        self._raise_if_draining()
         meta = dict(opts.meta)
         if opts.admin is not None:
             admin = opts.admin
@@ -561,6 +580,7 @@ class MeshServer:
                 # first server's registry is the one served)
                 admin = dataclasses.replace(admin, registry=telemetry_registry)
             self.admin = await _SharedAdmin.acquire(admin)
+            self._raise_if_draining()
             meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
             info = describe_certificate(load_certificate(opts.tls.cert_file))
@@ -577,29 +597,49 @@ class MeshServer:
             meta=meta,
             weight=opts.weight,
         )
+        self._registering = instance
         await self.registry.register(instance)
+        self._raise_if_draining()
+        self._registering = None
         self.instance = instance
+
+    def _raise_if_draining(self) -> None:
+        """Raise ``RuntimeError`` when :meth:`drain` was called during :meth:`start`."""
+        if self.draining:
+            raise RuntimeError(f"start() of {self.service!r} stopped: drain() was called "
+                               "while it ran")
 
     async def _undo_start(self, server: grpc.aio.Server) -> None:
         """Undo a :meth:`start` that failed after binding: back to not started (not
-        ready, not live), the grpc server stopped, the admin server released, an owned
-        registry closed. A step that fails is logged; the start's own error is what the
-        caller sees."""
+        ready, not live), the registration under way withdrawn (deregistering an
+        instance that is not registered does nothing; waits at most
+        ``_UNDO_DEREGISTER_S``), the grpc server stopped, the admin server released, an
+        owned registry closed; then stopped (:meth:`wait_stopped` and a :meth:`drain`
+        waiting for the start return). A step that fails is logged; the start's own
+        error is what the caller sees."""
         self.instance = None
         self._server = None
         self._release_instance_id()
-        steps: list[tuple[str, Callable[[], Any]]] = [("stopping the server",
-                                                       lambda: server.stop(0))]
+        registering, self._registering = self._registering, None
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if registering is not None:
+            steps.append(("withdrawing the registration",
+                          lambda: _bounded(self.registry.deregister(registering),
+                                           _UNDO_DEREGISTER_S)))
+        steps.append(("stopping the server", lambda: server.stop(0)))
         if self.admin is not None:
             self.admin = None
             steps.append(("releasing the admin server", _SharedAdmin.release))
         if self._owns_registry:
             steps.append(("closing the registry", self.registry.close))
-        for what, step in steps:
-            try:
-                await step()
-            except Exception as exc:
-                _log.warning(f"{what} after a failed start failed", error=repr(exc))
+        try:
+            for what, step in steps:
+                try:
+                    await step()
+                except Exception as exc:
+                    _log.warning(f"{what} after a failed start failed", error=repr(exc))
+        finally:
+            self._stopped.set()
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
         """The server's interceptors: the chain fused, the request gate outermost (folded
@@ -622,11 +662,17 @@ class MeshServer:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with
         ``grace_s`` for in-flight calls. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
-        or its :meth:`start` failed and was undone)."""
+        or its :meth:`start` failed and was undone). Called while :meth:`start` runs, it
+        makes that start stop and undo itself (see there) and returns once it has."""
         if self.draining:
             await self._stopped.wait()
             return
-        if self._server is None:
+        if self._starting:  # start() owns the server until it returns: it undoes itself
+            self.draining = True
+            await self._stopped.wait()
+            return
+        server = self._server
+        if server is None:
             return
         self.draining = True
         opts = self.options
@@ -640,7 +686,7 @@ class MeshServer:
                 _log.warning("deregister failed", error=str(exc))
         self._release_instance_id()
         await asyncio.sleep(opts.drain_delay_s)
-        await self._server.stop(opts.grace_s)
+        await server.stop(opts.grace_s)
         for icpt in self._chain:  # e.g. a rate limiter's Redis connections
             aclose = getattr(icpt, "aclose", None)
             if aclose is not None:
@@ -723,6 +769,21 @@ class MeshServer:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             await _drain_shielded(self)
+
+
+_UNDO_DEREGISTER_S = 5.0
+"""How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""
+
+
+async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
+    """Await ``aw`` for at most ``timeout_s``; past that, cancel it and raise
+    ``TimeoutError``."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"not done within {timeout_s} s")
+    task.result()
 
 
 _DRAINS: set[asyncio.Task[None]] = set()  # shielded drains, referenced until they end

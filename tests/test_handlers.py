@@ -8,7 +8,7 @@ import contextvars
 import gc
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -657,3 +657,195 @@ async def test_a_blocking_synchronous_handler_does_not_stall_a_mesh_servers_othe
     finally:
         release.set()
         await srv.drain()
+
+
+def _stop_iteration_service() -> grpc.GenericRpcHandler:
+    """``sync.v1.Stop``: plain functions that let ``StopIteration`` escape (``next()`` on
+    an empty iterator), unary (``U``) and client-streaming (``CS``)."""
+
+    def unary(request: bytes, context: Any) -> bytes:
+        return next(iter(()))
+
+    def client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+        list(requests)
+        return next(iter(()))
+
+    return grpc.method_handlers_generic_handler("sync.v1.Stop", {
+        "U": grpc.unary_unary_rpc_method_handler(unary),
+        "CS": grpc.stream_unary_rpc_method_handler(client_stream),
+    })
+
+
+@pytest.mark.parametrize("kind", ["unary", "client_stream"])
+async def test_a_synchronous_handler_letting_stopiteration_escape_is_answered_unknown(
+    registry: LocalRegistry, kind: str,
+) -> None:
+    """A plain-function handler that lets StopIteration escape is answered at once, as
+    any unhandled exception: UNKNOWN naming it (an asyncio future cannot carry it)."""
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((_stop_iteration_service(),))
+
+    srv = meshkit.MeshServer("stop", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=0.2, admin=None))
+    await srv.start()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                if kind == "unary":
+                    await ch.unary_unary("/sync.v1.Stop/U")(b"x", timeout=3)
+                else:
+                    await ch.stream_unary("/sync.v1.Stop/CS")(requests(), timeout=3)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN, err.value.details()
+        assert "StopIteration" in (err.value.details() or "")
+    finally:
+        await asyncio.wait_for(srv.drain(), 5)
+
+
+def _stream_function_service(seen: list[str]) -> grpc.GenericRpcHandler:
+    """``sync.v1.List``: plain functions returning a list (not generator functions), one
+    that aborts a request other than ``ok`` and one that reads all its requests first.
+    Each refuses to run on an event loop's thread (where it would deadlock the loop)."""
+
+    def off_loop() -> None:
+        if asyncio._get_running_loop() is not None:
+            seen.append("on the loop")
+            raise AssertionError("called on the event loop")
+
+    def items(request: bytes, context: Any) -> list[bytes]:
+        off_loop()
+        if request != b"ok":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad filter")
+        return [b"1", b"2"]
+
+    def upper(requests: Iterator[bytes], context: Any) -> list[bytes]:
+        off_loop()
+        return [r.upper() for r in list(requests)]
+
+    return grpc.method_handlers_generic_handler("sync.v1.List", {
+        "Items": grpc.unary_stream_rpc_method_handler(items),
+        "Upper": grpc.stream_stream_rpc_method_handler(upper),
+    })
+
+
+async def test_a_synchronous_stream_function_runs_off_the_loop_and_may_abort() -> None:
+    """A plain function answering a response stream with a list is called in a thread:
+    it aborts through its synchronous context, or reads its requests before returning,
+    without blocking the event loop."""
+    seen: list[str] = []
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((guard_generic_handler(_stream_function_service(seen)),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            items = ch.unary_stream("/sync.v1.List/Items")
+            assert await _collect(items(b"ok", timeout=5)) == [b"1", b"2"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _collect(items(b"bad", timeout=5))
+            assert (err.value.code(), err.value.details()) \
+                == (grpc.StatusCode.INVALID_ARGUMENT, "bad filter"), seen
+            upper = ch.stream_stream("/sync.v1.List/Upper")
+            assert await _collect(upper(requests(), timeout=5)) == [b"A", b"B"]
+    finally:
+        await server.stop(None)
+    assert seen == []
+
+
+def _on_a_loops_own_thread(use: Callable[[asyncio.AbstractEventLoop], object]
+                           ) -> tuple[bool, BaseException | None]:
+    """Run ``use(loop)`` in a coroutine on a fresh event loop in a daemon thread; returns
+    (whether it returned within 3 s, what it raised). A deadlocked loop is left behind."""
+    done = threading.Event()
+    raised: list[BaseException | None] = [None]
+
+    async def main() -> None:
+        try:
+            use(asyncio.get_running_loop())
+        except BaseException as e:
+            raised[0] = e
+        done.set()
+
+    threading.Thread(target=lambda: asyncio.new_event_loop().run_until_complete(main()),
+                     daemon=True).start()
+    return done.wait(3), raised[0]
+
+
+async def _two() -> AsyncIterator[bytes]:
+    yield b"a"
+    yield b"b"
+
+
+@pytest.mark.parametrize("use", ["abort", "send_initial_metadata", "requests"])
+async def test_blocking_on_the_loop_from_its_own_thread_raises_instead_of_deadlocking(
+    use: str,
+) -> None:
+    """The synchronous context's blocking calls and the blocking request iterator, used
+    on the event loop's own thread, raise RuntimeError instead of freezing the loop."""
+    from meshkit._handlers import _blocking_requests, _SyncContext
+
+    class Context:
+        async def abort(self, code: Any, details: str = "", trailing: Any = ()) -> None:
+            raise AssertionError("reached the loop")
+
+        async def send_initial_metadata(self, metadata: Any) -> None:
+            raise AssertionError("reached the loop")
+
+    def run(loop: asyncio.AbstractEventLoop) -> object:
+        if use == "requests":
+            return next(_blocking_requests(_two(), loop))
+        sync = _SyncContext(Context(), loop)
+        if use == "abort":
+            return sync.abort(grpc.StatusCode.INTERNAL, "x")
+        return sync.send_initial_metadata(())
+
+    returned, raised = await asyncio.to_thread(_on_a_loops_own_thread, run)
+    assert returned, "the loop deadlocked"
+    assert isinstance(raised, RuntimeError) and "deadlock" in str(raised), repr(raised)
+
+
+async def test_a_synchronous_response_generator_closed_on_cancel_sees_the_calls_context(
+) -> None:
+    """A plain response generator closed because its caller cancelled runs its finally
+    in a thread with the call's context variables, as each of its steps."""
+    seen: list[tuple[str, str]] = []
+    closed = threading.Event()
+
+    def forever(request: bytes, context: Any) -> Iterator[bytes]:
+        try:
+            while True:
+                seen.append(("body", _TRACE.get()))
+                yield b"x"
+        finally:
+            seen.append(("finally", _TRACE.get()))
+            closed.set()
+
+    service = grpc.method_handlers_generic_handler(_SYNC, {
+        "Forever": grpc.unary_stream_rpc_method_handler(forever)})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (guard_generic_handler(service, handler_resolver([_SetsTrace()])),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_stream(f"/{_SYNC}/Forever")(b"", timeout=5)
+            n = 0
+            async for _ in call:
+                n += 1
+                if n == 3:
+                    break
+            call.cancel()
+            assert await asyncio.to_thread(closed.wait, 5)
+    finally:
+        await server.stop(None)
+    assert seen[-1] == ("finally", f"/{_SYNC}/Forever"), seen[-3:]

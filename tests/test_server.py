@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import meshkit
 import meshkit.server
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.errors import RegistryError
 from meshkit.observability import AdminOptions
 from meshkit.observability._live import live_server_stats
@@ -956,3 +958,118 @@ async def test_health_watch_streams_hold_no_call_slot(
         finally:
             for w in watches:
                 w.cancel()
+
+
+class _SlowRegistry(LocalRegistry):
+    """A local registry whose register() takes ``delay_s`` (a remote registry's round
+    trip) and then registers, or refuses when ``refuse``."""
+
+    def __init__(self, options: LocalOptions, delay_s: float, refuse: bool = False) -> None:
+        super().__init__(options)
+        self.delay_s, self.refuse = delay_s, refuse
+        self.registering = asyncio.Event()
+
+    async def register(self, instance: Any) -> None:
+        self.registering.set()
+        await asyncio.sleep(self.delay_s)
+        if self.refuse:
+            raise RegistryError("registry refused (test)")
+        await super().register(instance)
+
+
+async def test_drain_during_start_leaves_nothing_registered(registry_dir: Path) -> None:
+    """drain() while start() registers: start() is undone and raises, and once both have
+    returned nothing of the server is registered, serving, or holding the admin."""
+    reg = _SlowRegistry(LocalOptions(path=registry_dir, ttl_s=30.0), delay_s=0.3)
+    users = _SharedAdmin.users
+    srv = meshkit.MeshServer("echo", [add_echo("d1")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=0.2))
+    try:
+        start = asyncio.ensure_future(srv.start())
+        await asyncio.wait_for(reg.registering.wait(), 5)
+        await asyncio.wait_for(srv.drain(), 5)
+        assert start.done()
+        with pytest.raises(RuntimeError, match="drain"):
+            await start
+        assert await _registered_or_answering(reg, srv) == (False, False)
+        assert _SharedAdmin.users == users
+        await asyncio.wait_for(srv.wait_stopped(), 3)
+    finally:
+        if srv.instance is not None:
+            await reg.deregister(srv.instance)
+        if _SharedAdmin.users != users:
+            await _SharedAdmin.release()
+        await reg.close()
+
+
+async def test_drain_during_a_start_whose_registration_fails(registry_dir: Path) -> None:
+    """drain() while a start() that will fail registers: start() raises its RegistryError,
+    drain() returns, and so do a second drain() and wait_stopped()."""
+    reg = _SlowRegistry(LocalOptions(path=registry_dir, ttl_s=5.0), delay_s=0.2, refuse=True)
+    srv = meshkit.MeshServer("echo", [add_echo("d2")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.5,
+                                                          grace_s=0.2, admin=None))
+    try:
+        start = asyncio.ensure_future(srv.start())
+        await asyncio.wait_for(reg.registering.wait(), 5)
+        drain = asyncio.ensure_future(srv.drain())
+        started, drained = await asyncio.wait_for(
+            asyncio.gather(start, drain, return_exceptions=True), 10)
+        assert isinstance(started, RegistryError), repr(started)
+        assert drained is None, repr(drained)
+        await asyncio.wait_for(srv.drain(), 3)
+        await asyncio.wait_for(srv.wait_stopped(), 3)
+    finally:
+        await reg.close()
+
+
+class _SlowWriteRegistry(LocalRegistry):
+    """A local registry whose registration write takes 0.3 s in its worker thread (a
+    remote registry's request already sent when the caller gives up)."""
+
+    def __init__(self, options: LocalOptions) -> None:
+        super().__init__(options)
+        self.writing = threading.Event()
+
+    def _write(self, conn: Any, *instances: Any, **kw: Any) -> None:
+        if instances:
+            self.writing.set()
+            time.sleep(0.3)
+        super()._write(conn, *instances, **kw)
+
+
+async def test_a_start_cancelled_while_registering_withdraws_the_registration(
+    registry_dir: Path,
+) -> None:
+    """start() cancelled while its registration is written: the write that lands anyway
+    is withdrawn before start() raises, so no caller is sent to the stopped server."""
+    reg = _SlowWriteRegistry(LocalOptions(path=registry_dir, ttl_s=30.0))
+    srv = meshkit.MeshServer("echo", [add_echo("c1")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=0.2, admin=None))
+    try:
+        start = asyncio.ensure_future(srv.start())
+        assert await asyncio.to_thread(reg.writing.wait, 5)
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(start, 5)
+        assert await _registered_or_answering(reg, srv) == (False, False)
+        await asyncio.wait_for(srv.wait_stopped(), 3)
+    finally:
+        await reg.close()
+
+
+async def test_wait_stopped_returns_after_a_failed_start(registry: LocalRegistry) -> None:
+    """A failed start() is undone: drain() and wait_stopped() both return."""
+    refusing = _RefusingRegistry(registry.options)
+    srv = meshkit.MeshServer("echo", [add_echo("w1")], registry=refusing,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          admin=None))
+    try:
+        with pytest.raises(RegistryError):
+            await srv.start()
+        await asyncio.wait_for(srv.drain(), 3)
+        await asyncio.wait_for(srv.wait_stopped(), 3)
+    finally:
+        await refusing.close()
