@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,19 +21,13 @@ import meshkit
 from meshkit.discovery import LocalRegistry
 from tests.conftest import EchoFactory
 from tests.support.echo import method
+from tests.support.wait import until
 
 OK = grpc.StatusCode.OK
 
 
 def _opts(**kw: Any) -> meshkit.DialOptions:
     return meshkit.DialOptions(insecure=True, **kw)
-
-
-async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def _settled_counts(ch: Any) -> tuple[list[int], list[Any]]:
@@ -100,7 +93,7 @@ async def test_stream_cancel_as_its_endpoint_appears_leaves_nothing_open(
 
         pool.notify = notify_then_cancel  # type: ignore[method-assign]
         await echo_servers("e1")
-        await _until(lambda: call.done())
+        await until(lambda: call.done())
         assert call.cancelled()
         await asyncio.sleep(0.3)
         # the opening went on after cancel(): a bidi stream is open on e1 that nobody holds
@@ -128,7 +121,7 @@ async def test_wait_for_ready_call_wakes_when_a_probe_is_cancelled(
             await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=5)
         await asyncio.sleep(0.4)  # the ejection is over: the next pick is the probe
         probe = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"3000", timeout=5))
-        await _until(lambda: ch.stats().endpoints[0].in_flight == 1)
+        await until(lambda: ch.stats().endpoints[0].in_flight == 1)
         waiter = asyncio.ensure_future(
             ch.unary_unary(method("Unary"))(b"x", timeout=3, wait_for_ready=True))
         await asyncio.sleep(0.1)
