@@ -23,7 +23,10 @@ As grpc.aio's own call objects: cancelling the task awaiting a stream's ``read``
 timeout) cancels the call (``_StreamResponseMixin._read``), even before its attempt is
 open; cancelling a task awaiting an accessor (``code()``, ``initial_metadata()``...)
 leaves the call alone. ``cancel()`` of a stream sets its
-outcome (``CANCELLED``) at once: ``done()`` is true when it returns.
+outcome (``CANCELLED``) at once: ``done()`` is true when it returns. A stream the *mesh*
+cancels (the channel closed, or its endpoint left and ``drain_timeout_s`` ran out) ends
+its reader or writer with :class:`~meshkit.errors.MeshRpcError` ``CANCELLED``, as a unary
+call in flight, not with grpc.aio's ``CancelledError`` in a task nobody cancelled.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from meshkit._codecs import Undecodable, codec_error, serialize_message, undecodable_error
 from meshkit._loop import LoopCache
+from meshkit.errors import MeshRpcError
 from meshkit.interceptors import ClientCallDetails
 
 __all__ = ["MeshCall", "RetryingStreamCall", "StreamResponseCall", "UnaryResponseCall"]
@@ -466,6 +470,7 @@ class StreamResponseCall(MeshCall):
                     yield response
         except asyncio.CancelledError:
             self._raise_codec_error()
+            self._raise_if_cancelled_by_mesh()
             raise
 
     async def read(self) -> Any:
@@ -484,6 +489,7 @@ class StreamResponseCall(MeshCall):
             response = await call.read()
         except asyncio.CancelledError:
             self._raise_codec_error()
+            self._raise_if_cancelled_by_mesh()
             raise
         if type(response) is Undecodable:
             self._undecodable(call, response)
@@ -502,6 +508,21 @@ class StreamResponseCall(MeshCall):
         err = codec_error(self._details)
         if err is not None:
             raise err from err.__cause__
+
+    def _raise_if_cancelled_by_mesh(self) -> None:
+        """In a read or write grpc.aio ended with ``CancelledError``: when neither the
+        caller (:meth:`cancel`) nor the reading task's own cancellation (``task.cancel()``,
+        an ``asyncio.wait_for`` timeout) ended the call, the mesh did (the channel closed,
+        or the endpoint left and its ``drain_timeout_s`` ran out): raise
+        :class:`~meshkit.errors.MeshRpcError` ``CANCELLED`` for the caller, as a unary
+        call in flight gets, not a ``CancelledError`` in a task nobody cancelled."""
+        if self._cancelled:
+            return
+        task = _current_task()
+        if task is None or task.cancelling():
+            return
+        raise MeshRpcError(_CANCELLED, f"stream to {self._details.service!r} cancelled: the "
+                           "channel was closed or its endpoint left") from None
 
     async def write(self, request: Any) -> None:
         """Write one request (stream-stream calls made without a request iterator).
@@ -527,6 +548,7 @@ class StreamResponseCall(MeshCall):
             await call.write(request)
         except asyncio.CancelledError:
             self._raise_codec_error()
+            self._raise_if_cancelled_by_mesh()
             raise
         messages = self._details.messages
         if messages is not None:

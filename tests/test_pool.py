@@ -394,3 +394,169 @@ async def test_a_cancelled_close_still_closes_the_channel(
     assert info.value.code() is grpc.StatusCode.CANCELLED
     assert not ch._pool._tasks and not ch._pool._draining
     assert ch.registry._closed  # type: ignore[attr-defined]
+
+
+
+async def _requests_then_quiet() -> AsyncIterator[bytes]:
+    """One request, then a request stream that stays open and quiet."""
+    yield b"a"
+    await asyncio.sleep(30)
+
+
+async def _bidi_iterated(ch: Any, got: list[Any]) -> Any:
+    """A bidi stream read with ``async for``, its first answer in: ``(call, reader)``."""
+    call = ch.stream_stream(method("Bidi"))(_requests_then_quiet(), timeout=10)
+
+    async def read_all() -> None:
+        async for m in call:
+            got.append(m)
+
+    reader = asyncio.ensure_future(read_all())
+    await until(lambda: bool(got), what="the first answer")
+    return call, reader
+
+
+async def _bidi_read(ch: Any, got: list[Any]) -> Any:
+    """A bidi stream used with ``write``/``read``, its first answer in; the reader task
+    blocked in ``read()``."""
+    call = ch.stream_stream(method("Bidi"))(timeout=10)
+    await call.write(b"a")
+    got.append(await call.read())
+    return call, asyncio.ensure_future(call.read())
+
+
+async def _long_server_stream(ch: Any, got: list[Any], *, iterate: bool) -> Any:
+    """A server stream of ten million answers (a retried one: its policy is idempotent)
+    read by a task, its first answer in."""
+    call = ch.unary_stream(method("ServerStream"))(b"10000000", timeout=10)
+
+    async def read_all() -> None:
+        if iterate:
+            async for m in call:
+                got.append(m)
+        else:
+            while (m := await call.read()) is not grpc.aio.EOF:
+                got.append(m)
+
+    reader = asyncio.ensure_future(read_all())
+    await until(lambda: bool(got), what="the first answer")
+    return call, reader
+
+
+async def _retried_iterated(ch: Any, got: list[Any]) -> Any:
+    return await _long_server_stream(ch, got, iterate=True)
+
+
+async def _retried_read(ch: Any, got: list[Any]) -> Any:
+    return await _long_server_stream(ch, got, iterate=False)
+
+
+@pytest.mark.parametrize("open_", [_bidi_iterated, _bidi_read, _retried_iterated,
+                                   _retried_read])
+async def test_close_ends_a_stream_reader_with_cancelled_not_cancelled_error(
+    registry: LocalRegistry, echo_servers: EchoFactory, open_: Any,
+) -> None:
+    """A stream the channel's ``close()`` cancels ends its reader with ``MeshRpcError``
+    ``CANCELLED``, as a unary call in flight does; grpc.aio raises
+    ``asyncio.CancelledError`` from the read, in a task nobody cancelled: a ``TaskGroup``
+    or a supervisor then takes the reader for cancelled and says nothing. (A stream its
+    caller cancels still raises ``CancelledError``, grpc.aio's rule:
+    tests/test_stream_codecs.py, tests/resilience/test_retry_stream.py.)"""
+    from meshkit.errors import MeshRpcError
+    from meshkit.resilience import RetryOptions, RetryPolicy
+
+    await echo_servers("e1")
+    retry = RetryOptions(default=RetryPolicy(idempotent=True))
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, retry=retry))
+    await ch.wait_for_endpoints(1)
+    got: list[Any] = []
+    call, reader = await open_(ch, got)
+    assert got[0].startswith(b"e1|")
+    await asyncio.sleep(0.1)
+    assert not reader.done()
+    try:
+        await ch.close()
+        done, _ = await asyncio.wait({reader}, timeout=2)
+        assert done, "the reader was still waiting 2 s after close()"
+        assert not reader.cancelled(), "the reader ended in CancelledError"
+        err = reader.exception()
+        assert isinstance(err, MeshRpcError), repr(err)
+        assert err.code() is grpc.StatusCode.CANCELLED
+        assert "closed" in (err.details() or "")
+        assert await call.code() is grpc.StatusCode.CANCELLED
+    finally:
+        reader.cancel()
+        await asyncio.wait({reader}, timeout=5)
+
+
+async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_cancelled(
+    registry: LocalRegistry,
+) -> None:
+    """A stream still open on an endpoint that left when ``drain_timeout_s`` is up is
+    cancelled, and its reader gets ``MeshRpcError`` ``CANCELLED`` (not a
+    ``CancelledError`` in a task nobody cancelled)."""
+    from meshkit.errors import MeshRpcError
+
+    async with raw_server(handler("e1")) as (_, port):
+        i1 = inst("e1", port)
+        await registry.register(i1)
+        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.3)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            got: list[Any] = []
+            _, reader = await _bidi_read(ch, got)
+            await registry.deregister(i1)
+            done, _ = await asyncio.wait({reader}, timeout=4)
+            assert done, "the stream was still open 4 s after its endpoint left"
+            assert not reader.cancelled(), "the reader ended in CancelledError"
+            err = reader.exception()
+            assert isinstance(err, MeshRpcError), repr(err)
+            assert err.code() is grpc.StatusCode.CANCELLED
+
+
+async def test_close_ends_a_blocked_stream_writer_with_cancelled(
+    registry: LocalRegistry,
+) -> None:
+    """A writer blocked in ``write()`` (the server reads nothing, flow control is shut)
+    when the channel closes gets ``MeshRpcError`` ``CANCELLED``, as a reader does."""
+    from meshkit.errors import MeshRpcError
+
+    async def stall(requests: Any, context: Any) -> AsyncIterator[bytes]:
+        await asyncio.sleep(30)
+        yield b""
+
+    stalling = grpc.method_handlers_generic_handler(
+        SERVICE, {"Stall": grpc.stream_stream_rpc_method_handler(stall)})
+    async with raw_server(stalling) as (_, port):
+        await registry.register(inst("s1", port))
+        ch = meshkit.dial("echo", registry=registry,
+                          options=meshkit.DialOptions(insecure=True, retry=None))
+        await ch.wait_for_endpoints(1)
+        call = ch.stream_stream(method("Stall"))(timeout=10)
+        sent = 0
+
+        async def write_until_blocked() -> None:
+            nonlocal sent
+            while True:
+                await call.write(b"x" * 65536)
+                sent += 1
+
+        writer = asyncio.ensure_future(write_until_blocked())
+        try:
+            last = -1
+            while last != sent:  # flow control shut: no write returns for 0.3 s
+                last = sent
+                await asyncio.sleep(0.3)
+            assert not writer.done(), writer
+            await ch.close()
+            done, _ = await asyncio.wait({writer}, timeout=2)
+            assert done, "the writer was still blocked 2 s after close()"
+            assert not writer.cancelled(), "the writer ended in CancelledError"
+            err = writer.exception()
+            assert isinstance(err, MeshRpcError), repr(err)
+            assert err.code() is grpc.StatusCode.CANCELLED
+        finally:
+            writer.cancel()
+            await asyncio.wait({writer}, timeout=5)
+            await ch.close()
