@@ -13,7 +13,9 @@ __all__ = ["RoundRobin"]
 class RoundRobin:
     """Round robin over usable endpoints, as gRPC's ``round_robin`` LB policy.
 
-    READY endpoints are taken in turn; when none is READY, idle/connecting ones are (the
+    READY endpoints are taken in turn (the turn passes over endpoints that are not
+    READY, so each READY one gets an equal share, as gRPC's picker over its READY
+    subchannels); when none is READY, idle/connecting ones are (the
     call connects); endpoints in ``FAILING`` are skipped; with every endpoint failing,
     :meth:`pick` returns ``None``. ``exclude`` is a preference: an excluded endpoint is
     taken only when no other is usable (a READY one before an idle/connecting one), so a
@@ -44,7 +46,6 @@ class RoundRobin:
         if n == 0:
             return None
         start = self._next
-        self._next = start + 1
         fallback: Endpoint | None = None  # idle, not excluded
         excluded: Endpoint | None = None  # ready, excluded
         excluded_idle: Endpoint | None = None
@@ -54,11 +55,15 @@ class RoundRobin:
                 if exclude and ep in exclude:
                     excluded = excluded or ep
                     continue
+                # the turn goes on from the endpoint taken, not from the start: skipping
+                # an unusable endpoint must not give the next one its turn as well
+                self._next = (start + i + 1) % n
                 return ep, noop_done
             if ep.state is EndpointState.IDLE:
                 if exclude and ep in exclude:
                     excluded_idle = excluded_idle or ep
                 else:
                     fallback = fallback or ep
+        self._next = start + 1
         chosen = fallback or excluded or excluded_idle
         return (chosen, noop_done) if chosen is not None else None

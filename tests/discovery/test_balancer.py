@@ -49,6 +49,20 @@ def test_skips_failing_and_prefers_ready_over_idle() -> None:
     assert set(picks(rr, 3)) == {"c"}
 
 
+def test_an_unusable_endpoint_does_not_double_its_neighbours_share() -> None:
+    """With a, b, c and b not READY, a and c alternate, half the picks each: the endpoint
+    after a skipped one must not take the skipped one's turn too (it took 200 of 300
+    picks, a 100), as gRPC's round_robin picker rotates over READY subchannels only."""
+    from collections import Counter
+
+    for bad in (EndpointState.FAILING, EndpointState.IDLE):
+        a, b, c = eps("a", "b", "c")
+        b.state = bad
+        rr = RoundRobin(random.Random(0))
+        rr.update([a, b, c])
+        assert Counter(picks(rr, 300)) == {"a": 150, "c": 150}, bad
+
+
 def test_none_when_empty_or_all_failing() -> None:
     """With no endpoint, or every endpoint failing, pick returns None."""
     rr = RoundRobin()
