@@ -51,6 +51,7 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN
 _OK = grpc.StatusCode.OK
 _EOF = grpc.aio.EOF
 
+_LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc.aio's details of a cancel
 _log = structlog.get_logger("meshkit.channel")
 # the task a unary call runs in (for cancel()), without a getpid per call
 _current_task = LoopCache().current_task
@@ -303,17 +304,32 @@ class MeshCall:
         return code
 
     async def details(self) -> str:
-        """The final status message (waits for the call to finish)."""
+        """The final status message (waits for the call to finish); grpc.aio's "Locally
+        cancelled by application!" for a call cancelled here."""
         call = await self._settled()
         err = self._error
         if err is not None:
-            return (err.details() or "") if isinstance(err, AioRpcError) else ""
+            if isinstance(err, AioRpcError):
+                return err.details() or ""
+            return _LOCALLY_CANCELLED if isinstance(err, asyncio.CancelledError) else ""
         if call is None:
             return ""
         err = getattr(self._details, "codec_error", None)
         if err is not None and await call.code() is _CANCELLED:
             return err.details() or ""
         return await call.details()  # type: ignore[no-any-return]
+
+    async def debug_error_string(self) -> str:
+        """grpc core's debug string of the outcome (waits for the call to finish): the
+        settled attempt's, or the error's when the call settled on an error (a mesh error's
+        is ``""``: it has no core status); ``""`` for a call cancelled before any attempt."""
+        call = await self._settled()
+        err = self._error
+        if isinstance(err, AioRpcError):
+            return err.debug_error_string() or ""
+        if call is None or err is not None:
+            return ""
+        return await call.debug_error_string()  # type: ignore[no-any-return]
 
     async def wait_for_connection(self) -> None:
         """Wait until the attempt's connection is up (for a unary call: until it ends).
