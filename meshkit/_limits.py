@@ -32,9 +32,9 @@ from typing import Any
 import grpc
 import structlog
 
+from meshkit._config import check_int, check_seconds
 from meshkit._handlers import GUARD_MARK, Handler, Resolver, async_behaviour, responses
 from meshkit._loop import LoopCache
-from meshkit.errors import ConfigError
 from meshkit.resilience._retry import NACK_METADATA
 
 __all__ = [
@@ -185,42 +185,17 @@ class ServerLimits:
     read_requests: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_inflight_request_bytes is not None and not (
-                isinstance(self.max_inflight_request_bytes, int)
-                and self.max_inflight_request_bytes >= 1):
-            raise ConfigError("max_inflight_request_bytes must be >= 1 or None, got "
-                              f"{self.max_inflight_request_bytes!r}")
-        if self.gc_after_request_bytes is not None and not (
-                isinstance(self.gc_after_request_bytes, int)
-                and self.gc_after_request_bytes >= 1):
-            raise ConfigError("gc_after_request_bytes must be >= 1 or None, got "
-                              f"{self.gc_after_request_bytes!r}")
-        if self.max_concurrent_rpcs is not None and not (
-                isinstance(self.max_concurrent_rpcs, int) and self.max_concurrent_rpcs >= 1):
-            raise ConfigError(
-                f"max_concurrent_rpcs must be >= 1 or None, got {self.max_concurrent_rpcs!r}")
-        if self.max_concurrent_reads is not None and not (
-                isinstance(self.max_concurrent_reads, int) and self.max_concurrent_reads >= 1):
-            raise ConfigError("max_concurrent_reads must be >= 1 or None, got "
-                              f"{self.max_concurrent_reads!r}")
-        if self.max_concurrent_streams is not None and (
-                not isinstance(self.max_concurrent_streams, int)
-                or self.max_concurrent_streams < 1):
-            raise ConfigError(
-                f"max_concurrent_streams must be >= 1 or None, got "
-                f"{self.max_concurrent_streams!r}")
-        if (not isinstance(self.max_receive_message_bytes, int)
-                or self.max_receive_message_bytes < 1):
-            raise ConfigError("max_receive_message_bytes must be >= 1, got "
-                              f"{self.max_receive_message_bytes!r}")
+        for name in ("max_inflight_request_bytes", "gc_after_request_bytes",
+                     "max_concurrent_rpcs", "max_concurrent_reads", "max_concurrent_streams"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        check_int("max_receive_message_bytes", self.max_receive_message_bytes)
+        # finite: None already means "never", and channel_args() turns them into ms ints
         for name in ("first_message_timeout_s", "max_connection_idle_s",
                      "evict_waiting_after_s"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be > 0 or None, got {value!r}")
-        for name in ("keepalive_time_s", "keepalive_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            if getattr(self, name) is not None:
+                check_seconds(self, (name,))
+        check_seconds(self, ("keepalive_time_s", "keepalive_timeout_s"))
 
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
         """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``

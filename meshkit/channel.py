@@ -48,6 +48,7 @@ from meshkit._codecs import (
     serialized,
     strict_deserializer,
 )
+from meshkit._config import check_number
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
@@ -187,22 +188,18 @@ class DialOptions:
     drain_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.resolve_timeout_s > 0:
-            raise ConfigError(f"resolve_timeout_s must be > 0, got {self.resolve_timeout_s!r}")
-        if not self.drain_timeout_s >= 0:
-            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
+        check_number("resolve_timeout_s", self.resolve_timeout_s, low_open=True, finite=False)
+        check_number("drain_timeout_s", self.drain_timeout_s, finite=False)
         if self.tls is not None and self.credentials is not None:
             raise ConfigError("give tls or credentials, not both")
         if self.insecure and (self.tls is not None or self.credentials is not None):
             raise ConfigError("insecure=True contradicts tls/credentials")
-        if self.timeout_s is not None and not self.timeout_s > 0:
-            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.timeout_s is not None:
+            check_number("timeout_s", self.timeout_s, low_open=True, finite=False)
         for pattern, t in self.method_timeouts.items():
-            if not (isinstance(t, int | float) and t > 0):
-                raise ConfigError(f"method_timeouts[{pattern!r}] must be > 0, got {t!r}")
+            check_number(f"method_timeouts[{pattern!r}]", t, low_open=True, finite=False)
         MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
-        if not self.deadline_margin_s >= 0:
-            raise ConfigError(f"deadline_margin_s must be >= 0, got {self.deadline_margin_s!r}")
+        check_number("deadline_margin_s", self.deadline_margin_s, finite=False)
         if self.hash_key_metadata is not None and self.hash_key_metadata != \
                 self.hash_key_metadata.lower():
             raise ConfigError(

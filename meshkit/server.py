@@ -56,6 +56,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from meshkit._config import check_int, check_number
 from meshkit._handlers import (
     Handler,
     Resolver,
@@ -139,6 +140,23 @@ _MESH_CHECKS = {
     "RateLimitInterceptor": "rate_limit", "FusedInterceptor": "deadline/auth/rate_limit",
 }
 
+def _admin_from_env() -> AdminOptions:
+    """The admin server's options from ``MESHKIT_ADMIN_PORT`` (unset or empty: 0, an
+    ephemeral port); the default of :attr:`ServeOptions.admin`.
+
+    Raises:
+        ConfigError: ``MESHKIT_ADMIN_PORT`` is not a port number 0..65535 (the variable
+            named, its value quoted).
+    """
+    raw = os.environ.get("MESHKIT_ADMIN_PORT", "")
+    text = raw.strip()
+    if not text:
+        return AdminOptions(port=0)
+    if not (text.isascii() and text.isdigit() and int(text) < 65536):
+        raise ConfigError(f"MESHKIT_ADMIN_PORT must be a port number 0..65535, got {raw!r}")
+    return AdminOptions(port=int(text))
+
+
 AddServicer = Callable[[Any, Any], None]
 """A generated ``add_<Service>Servicer_to_server(servicer, server)`` function."""
 
@@ -214,7 +232,9 @@ class ServeOptions:
     "request is not a valid <Type>", counted by telemetry like any call.
 
     Raises:
-        ConfigError: a value is out of range (quoted in the message).
+        ConfigError: a value is out of range or of the wrong type (``True`` or a string
+            for a number; quoted in the message), or, for the
+            default ``admin``, ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
     """
 
     host: str = "127.0.0.1"
@@ -235,8 +255,7 @@ class ServeOptions:
     drain_delay_s: float = 1.0
     reflection: bool = True
     telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
-    admin: AdminOptions | None = field(default_factory=lambda: AdminOptions(
-        port=int(os.environ.get("MESHKIT_ADMIN_PORT", "0") or 0)))
+    admin: AdminOptions | None = field(default_factory=_admin_from_env)
     limits: ServerLimits = field(default_factory=ServerLimits)
     server_options: tuple[tuple[str, Any], ...] = ()
     maximum_concurrent_rpcs: int | None = None
@@ -249,14 +268,11 @@ class ServeOptions:
             raise ConfigError("give tls or credentials, not both")
         if self.insecure and (self.tls is not None or self.credentials is not None):
             raise ConfigError("insecure=True contradicts tls/credentials")
-        if not self.grace_s >= 0:
-            raise ConfigError(f"grace_s must be >= 0, got {self.grace_s!r}")
-        if not self.drain_delay_s >= 0:
-            raise ConfigError(f"drain_delay_s must be >= 0, got {self.drain_delay_s!r}")
-        if self.maximum_concurrent_rpcs is not None and self.maximum_concurrent_rpcs < 1:
-            raise ConfigError(
-                f"maximum_concurrent_rpcs must be >= 1, got {self.maximum_concurrent_rpcs!r}"
-            )
+        check_int("weight", self.weight)
+        check_number("grace_s", self.grace_s, finite=False)
+        check_number("drain_delay_s", self.drain_delay_s, finite=False)
+        if self.maximum_concurrent_rpcs is not None:
+            check_int("maximum_concurrent_rpcs", self.maximum_concurrent_rpcs)
         if not isinstance(self.expose_exception_text, bool):
             raise ConfigError("expose_exception_text must be True or False, got "
                               f"{self.expose_exception_text!r}")

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from meshkit._config import check_int, check_number, check_seconds
 from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
 from meshkit.errors import ConfigError
 
@@ -93,16 +94,13 @@ class OutlierOptions:
     failure_codes: frozenset[grpc.StatusCode] = _DEFAULT_FAILURES
 
     def __post_init__(self) -> None:
-        if self.consecutive_failures < 1:
-            raise ConfigError(
-                f"consecutive_failures must be >= 1, got {self.consecutive_failures!r}")
-        if self.failure_rate is not None and not 0 < self.failure_rate <= 1:
-            raise ConfigError(f"failure_rate must be in (0, 1], got {self.failure_rate!r}")
-        if self.failure_rate_window < 1:
-            raise ConfigError(
-                f"failure_rate_window must be >= 1, got {self.failure_rate_window!r}")
-        if not self.base_ejection_s > 0:
-            raise ConfigError(f"base_ejection_s must be > 0, got {self.base_ejection_s!r}")
+        check_int("consecutive_failures", self.consecutive_failures)
+        if self.failure_rate is not None:
+            check_number("failure_rate", self.failure_rate, low_open=True, high=1.0)
+        check_int("failure_rate_window", self.failure_rate_window)
+        check_seconds(self, ("base_ejection_s",))
+        check_number("max_ejection_s", self.max_ejection_s, finite=False)
+        check_number("max_ejection_percent", self.max_ejection_percent, high=100.0)
         if not self.max_ejection_s >= self.base_ejection_s:
             raise ConfigError(
                 f"max_ejection_s must be >= base_ejection_s, got {self.max_ejection_s!r}")

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from meshkit._config import check_number, check_seconds
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
-from meshkit.errors import ConfigError
 
 __all__ = ["P2C", "P2COptions"]
 
@@ -83,16 +83,10 @@ class P2COptions:
     slow_start_min_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("decay_s", "default_rtt_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("overload_penalty_s", "slow_start_s"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 < self.slow_start_min_weight <= 1:
-            raise ConfigError(
-                f"slow_start_min_weight must be in (0, 1], got {self.slow_start_min_weight!r}"
-            )
+        check_seconds(self, ("decay_s", "default_rtt_s", "overload_penalty_s", "slow_start_s"),
+                      zero_ok=("overload_penalty_s", "slow_start_s"))
+        check_number("slow_start_min_weight", self.slow_start_min_weight, low_open=True,
+                     high=1.0)
 
 
 class _Stat:

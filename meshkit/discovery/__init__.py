@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
+from meshkit.discovery._options import query_fields
 from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError
 
@@ -109,20 +110,15 @@ def registry_from_uri(uri: str) -> Registry:
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "local":
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        kwargs: dict[str, Any] = {}
+        # keep_blank_values: ``?ttl_s=`` is an error, not the default silently kept
+        kwargs: dict[str, Any] = query_fields(
+            parse_qs(parts.query, keep_blank_values=True),
+            floats=("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_timeout_s",
+                    "fault_grace_s"),
+            strs=(), where=f"registry URI {uri!r}")
         raw_path = unquote(parts.netloc + parts.path)
         if raw_path:
             kwargs["path"] = Path(raw_path)
-        for key in ("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_timeout_s",
-                    "fault_grace_s"):
-            if key in query:
-                try:
-                    kwargs[key] = float(query.pop(key))
-                except ValueError:
-                    raise ConfigError(f"{key} in {uri!r} is not a number") from None
-        if query:
-            raise ConfigError(f"unknown option(s) {sorted(query)} in registry URI {uri!r}")
         return LocalRegistry(LocalOptions(**kwargs))
     if scheme in ("consul", "consul+http", "consul+https"):
         registry: Registry = _consul_module().ConsulRegistry.from_uri(uri)

@@ -77,6 +77,7 @@ from typing import NamedTuple, TypeVar
 
 import structlog
 
+from meshkit._config import check_number, check_seconds
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -182,23 +183,20 @@ class LocalOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", _database_path(self.path))
-        if not self.ttl_s > 0:
-            raise ConfigError(f"ttl_s must be > 0, got {self.ttl_s!r}")
+        check_seconds(self, ("ttl_s", "poll_interval_s", "busy_timeout_s"))
         hb = self.heartbeat_interval_s
         if hb is None:
             object.__setattr__(self, "heartbeat_interval_s", self.ttl_s / 3)
-        elif not 0 < hb < self.ttl_s:
-            raise ConfigError(
-                f"heartbeat_interval_s must be in (0, ttl_s={self.ttl_s}), got {hb!r}"
-            )
-        if not self.poll_interval_s > 0:
-            raise ConfigError(f"poll_interval_s must be > 0, got {self.poll_interval_s!r}")
-        if not self.busy_timeout_s > 0:
-            raise ConfigError(f"busy_timeout_s must be > 0, got {self.busy_timeout_s!r}")
+        else:
+            check_number("heartbeat_interval_s", hb)
+            if not 0 < hb < self.ttl_s:
+                raise ConfigError(
+                    f"heartbeat_interval_s must be in (0, ttl_s={self.ttl_s}), got {hb!r}"
+                )
         if self.fault_grace_s is None:
             object.__setattr__(self, "fault_grace_s", self.ttl_s)
-        elif not self.fault_grace_s >= 0:
-            raise ConfigError(f"fault_grace_s must be >= 0, got {self.fault_grace_s!r}")
+        else:
+            check_seconds(self, ("fault_grace_s",), zero_ok=("fault_grace_s",))
 
 
 def _code(exc: sqlite3.Error) -> int:

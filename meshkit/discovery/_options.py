@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
+from meshkit._config import check_seconds
 from meshkit.errors import ConfigError
 
 __all__ = [
@@ -26,22 +27,6 @@ _T = TypeVar("_T")
 
 _TRUE = ("1", "t", "true", "y", "yes", "on")
 _FALSE = ("0", "f", "false", "n", "no", "off")
-
-
-def check_seconds(options: object, names: tuple[str, ...],
-                  zero_ok: tuple[str, ...] = ()) -> None:
-    """Check that each field ``names`` of ``options`` is a finite number of seconds > 0
-    (>= 0 for those in ``zero_ok``).
-
-    Raises:
-        ConfigError: the first bad field, its value quoted.
-    """
-    for name in names:
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-        if not (value > 0 or (value == 0 and name in zero_ok)) or value == float("inf"):
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
 
 
 def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:

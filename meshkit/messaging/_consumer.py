@@ -18,10 +18,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
+from meshkit._config import check_int, check_number, check_seconds
 from meshkit.auth import PeerIdentity
-from meshkit.errors import ConfigError
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
-from meshkit.messaging._publisher import MSG_ID_HEADER
+from meshkit.messaging._publisher import MSG_ID_HEADER, check_nats_name
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff
@@ -161,17 +161,11 @@ class ConsumerOptions:
     def __post_init__(self) -> None:
         for name in ("stream", "durable"):
             value = getattr(self, name)
-            if not value or any(c in value for c in " .*>"):
-                raise ConfigError(f"{name} must be a non-empty NATS name without spaces, "
-                                  f"dots or wildcards, got {value!r}")
-        if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
-            raise ConfigError(
-                f"max_deliveries must be an integer >= 1, got {self.max_deliveries!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        for name in ("ack_wait_s", "fetch_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            check_nats_name(name, value)
+        check_int("max_deliveries", self.max_deliveries)
+        check_int("batch_size", self.batch_size)
+        check_seconds(self, ("ack_wait_s",))  # sent to JetStream in nanoseconds
+        check_number("fetch_timeout_s", self.fetch_timeout_s, low_open=True, finite=False)
 
     def dead_letter_for(self) -> str:
         """The dead-letter subject: ``dead_letter_subject`` or ``dlq.<stream>.<durable>``."""

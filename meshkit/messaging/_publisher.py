@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
+from meshkit._config import check_int, check_number
 from meshkit.errors import ConfigError, MeshError
 from meshkit.messaging._identity import MessageSigner
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
@@ -56,6 +57,18 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 class PublishError(MeshError):
     """A publish failed for good (not retryable, attempts or retry budget spent); the
     last NATS exception is the ``__cause__``."""
+
+
+def check_nats_name(name: str, value: object) -> None:
+    """Check that ``value`` (the field ``name``) is a JetStream stream or consumer name:
+    a non-empty string without spaces, dots or wildcards.
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted.
+    """
+    if not isinstance(value, str) or not value or any(c in value for c in " .*>"):
+        raise ConfigError(f"{name} must be a non-empty NATS name without spaces, "
+                          f"dots or wildcards, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,10 +111,8 @@ class PublishOptions:
     tracer_provider: Any = None
 
     def __post_init__(self) -> None:
-        if not self.timeout_s > 0:
-            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s!r}")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        check_number("timeout_s", self.timeout_s, low_open=True, finite=False)
+        check_int("max_attempts", self.max_attempts)
 
 
 class Publisher:
@@ -284,12 +295,10 @@ class RelayOptions:
     name: str = "outbox"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check_int("batch_size", self.batch_size)
         if not self.name:
             raise ConfigError(f"name must be non-empty, got {self.name!r}")
-        if not self.poll_interval_s > 0:
-            raise ConfigError(f"poll_interval_s must be > 0, got {self.poll_interval_s!r}")
+        check_number("poll_interval_s", self.poll_interval_s, low_open=True, finite=False)
 
 
 class OutboxRelay:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from meshkit._config import check_number
 from meshkit.errors import ConfigError
 
 __all__ = ["Backoff"]
@@ -32,15 +33,14 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.base_delay_s >= 0:
-            raise ConfigError(f"base_delay_s must be >= 0, got {self.base_delay_s!r}")
+        check_number("base_delay_s", self.base_delay_s)
+        check_number("max_delay_s", self.max_delay_s, finite=False)  # inf: no cap
+        check_number("multiplier", self.multiplier, low=1.0, finite=False)
         if not self.max_delay_s >= self.base_delay_s:
             raise ConfigError(
                 f"max_delay_s must be >= base_delay_s ({self.base_delay_s!r}), "
                 f"got {self.max_delay_s!r}"
             )
-        if not self.multiplier >= 1:
-            raise ConfigError(f"multiplier must be >= 1, got {self.multiplier!r}")
 
     def cap_s(self, retry: int) -> float:
         """The upper bound of the delay before retry number ``retry`` (1-based), seconds."""

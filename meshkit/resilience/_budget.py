@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshkit.errors import ConfigError
+from meshkit._config import check_number, check_seconds
 
 __all__ = ["BudgetOptions", "RetryBudget"]
 
@@ -36,12 +36,9 @@ class BudgetOptions:
     ttl_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.retry_ratio <= 1:
-            raise ConfigError(f"retry_ratio must be in [0, 1], got {self.retry_ratio!r}")
-        if not self.min_retries_per_s >= 0:
-            raise ConfigError(f"min_retries_per_s must be >= 0, got {self.min_retries_per_s!r}")
-        if not self.ttl_s > 0:
-            raise ConfigError(f"ttl_s must be > 0, got {self.ttl_s!r}")
+        check_number("retry_ratio", self.retry_ratio, high=1.0)
+        check_number("min_retries_per_s", self.min_retries_per_s)
+        check_seconds(self, ("ttl_s",))
 
 
 class RetryBudget:

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from meshkit._config import check_number
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit.errors import ConfigError
 
@@ -158,8 +159,7 @@ class DeadlineOptions:
     min_remaining_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.min_remaining_s >= 0:
-            raise ConfigError(f"min_remaining_s must be >= 0, got {self.min_remaining_s!r}")
+        check_number("min_remaining_s", self.min_remaining_s)
 
     def interceptor(self) -> DeadlineInterceptor:
         """A :class:`DeadlineInterceptor` with these options."""

@@ -67,6 +67,7 @@ import grpc
 from grpc.aio import AioRpcError
 
 from meshkit._calls import RetryingStreamCall
+from meshkit._config import check_int, check_number
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError, InvalidCallError, NoEndpointsError
 from meshkit.interceptors import (
@@ -106,7 +107,8 @@ class RetryPolicy:
             (no more retries or hedges; default 10.0).
 
     Raises:
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range or of the wrong type (``True`` or a string for a
+            number; quoted).
     """
 
     max_attempts: int = 3
@@ -119,19 +121,16 @@ class RetryPolicy:
     max_pushback_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        check_int("max_attempts", self.max_attempts)
         object.__setattr__(self, "retryable_codes", frozenset(self.retryable_codes))
         if grpc.StatusCode.OK in self.retryable_codes:
             raise ConfigError("retryable_codes must not contain OK")
         if self.hedge_delay_s is not None:
-            if not self.hedge_delay_s > 0:
-                raise ConfigError(f"hedge_delay_s must be > 0, got {self.hedge_delay_s!r}")
+            check_number("hedge_delay_s", self.hedge_delay_s, low_open=True, finite=False)
             if not self.idempotent:
                 raise ConfigError("hedge_delay_s needs idempotent=True: hedging runs a call "
                                   "more than once")
-        if not self.max_pushback_s >= 0:
-            raise ConfigError(f"max_pushback_s must be >= 0, got {self.max_pushback_s!r}")
+        check_number("max_pushback_s", self.max_pushback_s, finite=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -91,6 +91,7 @@ from limits.aio.strategies import RateLimiter as _LimitsStrategy
 from limits.errors import ConfigurationError
 from limits.storage import MemoryStorage, storage_from_string
 
+from meshkit._config import check_int, check_number, check_seconds
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._metadata import call_metadata
 from meshkit.errors import ConfigError
@@ -297,14 +298,11 @@ class RateLimitOptions:
             raise ConfigError(f"key must be a callable (method, context) -> str, got {self.key!r}")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigError(f"key_prefix must be a non-empty string, got {self.key_prefix!r}")
-        if not (isinstance(self.storage_timeout_s, int | float) and self.storage_timeout_s > 0):
-            raise ConfigError(f"storage_timeout_s must be > 0, got {self.storage_timeout_s!r}")
-        if not (isinstance(self.breaker_failures, int) and self.breaker_failures >= 1):
-            raise ConfigError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
-        if not (isinstance(self.breaker_open_s, int | float) and self.breaker_open_s > 0):
-            raise ConfigError(f"breaker_open_s must be > 0, got {self.breaker_open_s!r}")
-        if not (isinstance(self.breaker_max_open_s, int | float)
-                and self.breaker_max_open_s >= self.breaker_open_s):
+        check_seconds(self, ("storage_timeout_s",))
+        check_int("breaker_failures", self.breaker_failures)
+        check_number("breaker_open_s", self.breaker_open_s, low_open=True, finite=False)
+        check_number("breaker_max_open_s", self.breaker_max_open_s, finite=False)
+        if not self.breaker_max_open_s >= self.breaker_open_s:
             raise ConfigError("breaker_max_open_s must be >= breaker_open_s, got "
                               f"{self.breaker_max_open_s!r}")
 

@@ -1,0 +1,158 @@
+"""Construction-time checks shared by every options class: numbers of seconds, counts,
+bounded numbers, collections given as one string, status-code sets and metadata keys.
+
+Each check raises :class:`~meshkit.errors.ConfigError` naming the field and quoting the
+bad value (``!r``), the project's rule for a wrong config. They run in ``__post_init__``
+only, never per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import grpc
+
+from meshkit.errors import ConfigError
+
+__all__ = [
+    "check_int",
+    "check_metadata_key",
+    "check_number",
+    "check_seconds",
+    "check_status_codes",
+    "check_strings",
+    "refuse_str",
+]
+
+
+def _fmt(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def _range_text(low: float | None, low_open: bool, high: float | None,
+                high_open: bool) -> str:
+    if low is not None and high is not None:
+        return (f"in {'(' if low_open else '['}{_fmt(low)}, "
+                f"{_fmt(high)}{')' if high_open else ']'}")
+    if low is not None:
+        return f"{'>' if low_open else '>='} {_fmt(low)}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {_fmt(high)}"
+    return "a number"
+
+
+def check_number(name: str, value: object, *, low: float | None = 0.0,
+                 low_open: bool = False, high: float | None = None,
+                 high_open: bool = False, finite: bool = True) -> None:
+    """Check that ``value`` (the field ``name``) is a real number (``int`` or ``float``,
+    not ``bool``) in the range ``low``..``high`` (``None``: unbounded; ``*_open``: the
+    bound itself excluded) and, when ``finite``, neither infinite nor NaN. NaN is never
+    in a range.
+
+    Raises:
+        ConfigError: ``value`` is a ``bool``, not a number (a string too), not finite, or
+            out of range; ``name`` and the value quoted.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a number of seconds" if name.endswith("_s") else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if finite and math.isinf(value):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    ok = not math.isnan(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(
+            f"{name} must be {_range_text(low, low_open, high, high_open)}, got {value!r}")
+
+
+def check_int(name: str, value: object, *, low: int | None = 1,
+              high: int | None = None) -> None:
+    """Check that ``value`` (the field ``name``, a count) is an ``int`` (not ``bool``, not
+    a ``float``, even a whole one) in ``low``..``high`` (``None``: unbounded).
+
+    Raises:
+        ConfigError: ``value`` is not such an integer; ``name`` and the value quoted.
+    """
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or (low is not None and value < low) or (high is not None and value > high)):
+        where = _range_text(low, False, high, False)
+        raise ConfigError(f"{name} must be an integer {where}, got {value!r}"
+                          if where != "a number" else
+                          f"{name} must be an integer, got {value!r}")
+
+
+def check_seconds(options: object, names: tuple[str, ...],
+                  zero_ok: tuple[str, ...] = ()) -> None:
+    """Check that each field ``names`` of ``options`` is a finite number of seconds > 0
+    (>= 0 for those in ``zero_ok``).
+
+    Raises:
+        ConfigError: the first bad field, its value quoted.
+    """
+    for name in names:
+        check_number(name, getattr(options, name), low=0.0, low_open=name not in zero_ok)
+
+
+def refuse_str(name: str, value: object) -> None:
+    """Refuse a ``str`` (or ``bytes``) given for the collection field ``name``: turned
+    into a tuple it would be split into its characters.
+
+    Raises:
+        ConfigError: ``value`` is a string; ``name`` and the value quoted.
+    """
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"{name} must be a collection (e.g. a tuple), not the string "
+                          f"{value!r}")
+
+
+def check_strings(name: str, value: object) -> tuple[str, ...]:
+    """``value`` (the field ``name``, an iterable of strings) as a tuple.
+
+    Raises:
+        ConfigError: ``value`` is one string, not iterable, or holds something else than
+            a string; ``name`` and the value quoted.
+    """
+    refuse_str(name, value)
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a collection of strings, got {value!r}")
+    out = tuple(value)
+    for item in out:
+        if not isinstance(item, str):
+            raise ConfigError(f"{name} must hold strings, got {item!r}")
+    return out
+
+
+def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:
+    """``value`` (the field ``name``, a collection of ``grpc.StatusCode``) as a frozenset.
+
+    Raises:
+        ConfigError: ``value`` is a string, not iterable, or holds something else than a
+            ``grpc.StatusCode`` (a name such as ``"UNAVAILABLE"`` or a number such as
+            ``14`` never equals one); ``name`` and the bad element quoted.
+    """
+    refuse_str(name, value)
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a collection of grpc.StatusCode, got {value!r}")
+    out = frozenset(value)
+    for code in out:
+        if not isinstance(code, grpc.StatusCode):
+            raise ConfigError(f"{name} must hold grpc.StatusCode members (e.g. "
+                              f"grpc.StatusCode.UNAVAILABLE), got {code!r}")
+    return out
+
+
+def check_metadata_key(name: str, key: object) -> None:
+    """Check that ``key`` (the field ``name``) can name gRPC text metadata: a non-empty
+    lowercase ASCII string, not ending in ``-bin`` (binary values) nor starting with
+    ``:`` (pseudo-headers).
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted.
+    """
+    if (not isinstance(key, str) or not key or not key.isascii() or key != key.lower()
+            or key.endswith("-bin") or key.startswith(":")):
+        raise ConfigError(f"{name} must be a lowercase ASCII key, got {key!r}")
