@@ -56,7 +56,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from meshkit._config import check_int, check_number
+from meshkit._config import check_int, check_number, check_strings
 from meshkit._handlers import (
     Handler,
     Resolver,
@@ -233,7 +233,7 @@ class ServeOptions:
 
     Raises:
         ConfigError: a value is out of range or of the wrong type (``True`` or a string
-            for a number; quoted in the message), or, for the
+            for a number, one string for ``tags``; quoted in the message), or, for the
             default ``admin``, ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
     """
 
@@ -278,7 +278,7 @@ class ServeOptions:
                               f"{self.expose_exception_text!r}")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
-        object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "tags", check_strings("tags", self.tags))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
         for icpt in self.interceptors:
             option = _MESH_CHECKS.get(type(icpt).__name__)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from meshkit._config import check_int, check_number, check_seconds
+from meshkit._config import check_int, check_number, check_seconds, check_status_codes
 from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
 from meshkit.errors import ConfigError
 
@@ -107,7 +107,8 @@ class OutlierOptions:
         if not 0 <= self.max_ejection_percent <= 100:
             raise ConfigError(
                 f"max_ejection_percent must be in [0, 100], got {self.max_ejection_percent!r}")
-        object.__setattr__(self, "failure_codes", frozenset(self.failure_codes))
+        object.__setattr__(self, "failure_codes",
+                           check_status_codes("failure_codes", self.failure_codes))
         if _CANCELLED in self.failure_codes:
             raise ConfigError("failure_codes cannot hold CANCELLED (a cancelled call says"
                               f" nothing about the endpoint), got {set(self.failure_codes)!r}")

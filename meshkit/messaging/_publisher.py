@@ -111,6 +111,8 @@ class PublishOptions:
     tracer_provider: Any = None
 
     def __post_init__(self) -> None:
+        if self.stream is not None:  # None: any stream; "" would be an impossible name
+            check_nats_name("stream", self.stream)
         check_number("timeout_s", self.timeout_s, low_open=True, finite=False)
         check_int("max_attempts", self.max_attempts)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from meshkit._config import refuse_str
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import is_sensitive_key
@@ -95,7 +96,8 @@ class TelemetryOptions:
             the response. ``0`` puts every completion before the response.
 
     Raises:
-        ConfigError: a sensitive or binary ``log_metadata`` key, an upper-case one, or a
+        ConfigError: ``log_metadata`` or ``quiet_methods`` given as one string, a
+            sensitive or binary ``log_metadata`` key, an upper-case one, or a
             bad ``quiet_methods`` pattern, or a negative
             ``complete_after_response_max_in_flight`` (quoted).
     """
@@ -112,6 +114,8 @@ class TelemetryOptions:
     complete_after_response_max_in_flight: int = 4
 
     def __post_init__(self) -> None:
+        refuse_str("quiet_methods", self.quiet_methods)
+        refuse_str("log_metadata", self.log_metadata)
         object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))
         object.__setattr__(self, "log_metadata", tuple(self.log_metadata))
         MethodMatcher.of(self.quiet_methods, where="quiet_methods")  # validates now

@@ -67,7 +67,12 @@ import grpc
 from grpc.aio import AioRpcError
 
 from meshkit._calls import RetryingStreamCall
-from meshkit._config import check_int, check_number
+from meshkit._config import (
+    check_int,
+    check_metadata_key,
+    check_number,
+    check_status_codes,
+)
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError, InvalidCallError, NoEndpointsError
 from meshkit.interceptors import (
@@ -107,8 +112,10 @@ class RetryPolicy:
             (no more retries or hedges; default 10.0).
 
     Raises:
-        ConfigError: a value out of range or of the wrong type (``True`` or a string for a
-            number; quoted).
+        ConfigError: a value out of range or of the wrong type (``True`` for a number, a
+            string for ``retryable_codes``, a status name or number instead of a
+            ``grpc.StatusCode``), or an ``idempotency_metadata_key`` that is not a lowercase
+            text-metadata key (quoted).
     """
 
     max_attempts: int = 3
@@ -122,9 +129,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         check_int("max_attempts", self.max_attempts)
-        object.__setattr__(self, "retryable_codes", frozenset(self.retryable_codes))
+        object.__setattr__(self, "retryable_codes",
+                           check_status_codes("retryable_codes", self.retryable_codes))
         if grpc.StatusCode.OK in self.retryable_codes:
             raise ConfigError("retryable_codes must not contain OK")
+        check_metadata_key("idempotency_metadata_key", self.idempotency_metadata_key)
         if self.hedge_delay_s is not None:
             check_number("hedge_delay_s", self.hedge_delay_s, low_open=True, finite=False)
             if not self.idempotent:
