@@ -166,9 +166,11 @@ def configure_tracing(
     * ``OTEL_SERVICE_NAME`` (overrides ``service_name``), ``OTEL_RESOURCE_ATTRIBUTES``;
     * ``OTEL_TRACES_SAMPLER`` (``parentbased_always_on`` by default; ``always_on``,
       ``always_off``, ``traceidratio``, ``parentbased_always_off``,
-      ``parentbased_traceidratio``) and ``OTEL_TRACES_SAMPLER_ARG`` (ratio 0..1);
+      ``parentbased_traceidratio``; case and surrounding blanks ignored) and
+      ``OTEL_TRACES_SAMPLER_ARG`` (ratio 0..1, default 1.0);
     * ``OTEL_TRACES_EXPORTER``: comma list of ``otlp``, ``console``, ``none`` (or any
-      installed ``opentelemetry_traces_exporter`` entry point). Unset means ``otlp`` when
+      installed ``opentelemetry_traces_exporter`` entry point). Unset (or empty, as
+      every variable here, per the OTel spec) means ``otlp`` when
       ``opentelemetry-exporter-otlp`` is installed, else none. Asking for ``otlp`` without
       the package logs a warning naming it and exports nothing. OTLP endpoint, headers and
       protocol come from ``OTEL_EXPORTER_OTLP_*`` as the exporter reads them.
@@ -198,23 +200,32 @@ def configure_tracing(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-    if sampler and sampler not in _SAMPLERS:
+    # An empty variable is an unset one (OTel spec, "Configuration: Environment Variable
+    # Specification"). The sampler is built here from the normalised name, not left to
+    # the SDK, which reads the raw value and would take "traceidratio " for unknown and
+    # fall back to parentbased_always_on: every trace sampled.
+    raw_sampler = os.environ.get("OTEL_TRACES_SAMPLER", "")
+    sampler = raw_sampler.strip().lower() or "parentbased_always_on"
+    if sampler not in _SAMPLERS:
         raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(_SAMPLERS)}, "
-                          f"got {sampler!r}")
+                          f"got {raw_sampler!r}")
+    ratio = 1.0  # the SDK's default argument
     if sampler.endswith("traceidratio"):
-        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
-        try:
-            ratio = float(arg)
-        except ValueError:
-            ratio = -1.0
-        if not 0.0 <= ratio <= 1.0:
-            raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
+        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "")
+        if arg.strip():
+            try:
+                ratio = float(arg)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise ConfigError(
+                    f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
     attrs = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-    provider = TracerProvider(resource=Resource.create(attrs))  # sampler from the env
+    provider = TracerProvider(resource=Resource.create(attrs),
+                              sampler=_sampler(sampler, ratio))
     if exporters is None:
-        raw = os.environ.get("OTEL_TRACES_EXPORTER")
-        if raw is None:
+        raw = os.environ.get("OTEL_TRACES_EXPORTER", "")
+        if not raw.strip():
             names = ["otlp"] if _has_otlp() else []
         else:
             names = [n.strip().lower() for n in raw.split(",") if n.strip()]
@@ -241,6 +252,24 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _sampler(name: str, ratio: float) -> Any:
+    """The SDK sampler ``name`` (one of ``_SAMPLERS``, normalised) with ``ratio`` for the
+    ratio samplers: the SDK's own mapping of ``OTEL_TRACES_SAMPLER`` names."""
+    from opentelemetry.sdk.trace import sampling
+
+    if name == "always_on":
+        return sampling.ALWAYS_ON
+    if name == "always_off":
+        return sampling.ALWAYS_OFF
+    if name == "traceidratio":
+        return sampling.TraceIdRatioBased(ratio)
+    if name == "parentbased_always_off":
+        return sampling.DEFAULT_OFF
+    if name == "parentbased_traceidratio":
+        return sampling.ParentBasedTraceIdRatio(ratio)
+    return sampling.DEFAULT_ON
 
 
 def _has_otlp() -> bool:

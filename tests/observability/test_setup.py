@@ -88,6 +88,57 @@ def test_configure_tracing_refuses_bad_env(monkeypatch: pytest.MonkeyPatch,
         configure_tracing("orderd", set_global=False)
 
 
+def test_configure_tracing_empty_sampler_arg_is_unset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty OTEL_TRACES_SAMPLER_ARG is an unset one (OTel spec): the ratio sampler
+    with the SDK's default ratio 1.0, not a ConfigError that stops the service."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.delenv("MESHKIT_TRACE_FILE", raising=False)
+    provider = configure_tracing("orderd", exporters=[], set_global=False)
+    try:
+        assert isinstance(provider.sampler, TraceIdRatioBased)
+        assert provider.sampler.rate == 1.0
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("name", ["traceidratio ", " TraceIdRatio", "traceidratio\t"])
+def test_configure_tracing_padded_sampler_is_the_sampler_named(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A sampler name with blanks or capitals passes meshkit's check, so it must also be
+    the sampler used: the SDK alone reads the raw value, does not know it and falls back
+    to parentbased_always_on (every trace sampled instead of 1 %)."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.01")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.delenv("MESHKIT_TRACE_FILE", raising=False)
+    provider = configure_tracing("orderd", exporters=[], set_global=False)
+    try:
+        assert isinstance(provider.sampler, TraceIdRatioBased)
+        assert provider.sampler.rate == 0.01
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_configure_tracing_empty_exporter_is_unset(monkeypatch: pytest.MonkeyPatch,
+                                                    value: str) -> None:
+    """An empty OTEL_TRACES_EXPORTER is an unset one: ``otlp`` (when installed) is asked
+    for, not "no exporter"."""
+    from meshkit.observability import _tracing
+
+    asked: list[str] = []
+    monkeypatch.setattr(_tracing, "_has_otlp", lambda: True)
+    monkeypatch.setattr(_tracing, "_exporter", lambda name: asked.append(name))
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", value)
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.delenv("MESHKIT_TRACE_FILE", raising=False)
+    configure_tracing("orderd", set_global=False).shutdown()
+    assert asked == ["otlp"]
+
+
 def test_interceptor_sets_by_implementation() -> None:
     """The one-call helpers return one fused interceptor per side by default, the OTel
     instrumentation's interceptors with implementation="otel", and refuse others."""
