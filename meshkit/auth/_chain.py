@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshkit._handlers import WrappingInterceptor
+from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier
 from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor
@@ -37,7 +38,9 @@ class AuthOptions:
             for a prober (the connection must still be accepted).
 
     Raises:
-        ConfigError: ``jwt`` without a ``verifier``, or nothing to check at all.
+        ConfigError: ``jwt`` without a ``verifier``, nothing to check at all (no
+            ``verifier``, no ``policy`` and ``check_peers=False``), ``exempt_methods``
+            given as one string, or a bad ``exempt_methods`` pattern (quoted).
     """
 
     verifier: JWTVerifier | None = None
@@ -49,10 +52,14 @@ class AuthOptions:
     def __post_init__(self) -> None:
         if self.jwt is not None and self.verifier is None:
             raise ConfigError("AuthOptions(jwt=...) needs a verifier")
+        if self.verifier is None and self.policy is None and not self.check_peers:
+            raise ConfigError("AuthOptions has nothing to check: give a verifier, a policy "
+                              "or check_peers=True (or use auth=None)")
         if isinstance(self.exempt_methods, str):
             raise ConfigError(
                 f"exempt_methods must be a tuple of methods, got {self.exempt_methods!r}")
         object.__setattr__(self, "exempt_methods", tuple(self.exempt_methods))
+        MethodMatcher.of(self.exempt_methods, where="exempt_methods")  # validates now
 
     def interceptors(self, tls: TLSOptions | None) -> tuple[WrappingInterceptor, ...]:
         """The checks in chain order for a server with ``tls`` (``None``: no peer check)."""

@@ -23,8 +23,15 @@ import structlog
 from aiohttp import web
 
 from meshkit._aio_http import start_app
+from meshkit._config import check_int, check_number, check_seconds
 from meshkit.auth._errors import JWKSError
-from meshkit.auth._jwt import ASYMMETRIC_ALGORITHMS, Clock, KeySet, VerificationKey
+from meshkit.auth._jwt import (
+    ASYMMETRIC_ALGORITHMS,
+    Clock,
+    KeySet,
+    VerificationKey,
+    check_algorithms,
+)
 from meshkit.errors import ConfigError
 
 __all__ = ["JWKSClient", "JWKSClientOptions", "JWKSServer", "parse_jwks"]
@@ -153,7 +160,8 @@ class JWKSClientOptions:
         clock: monotonic clock for the intervals (default ``time.monotonic``).
 
     Raises:
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range or of the wrong type, or ``algorithms`` empty,
+            given as one string or naming a symmetric or unknown algorithm (quoted).
     """
 
     refresh_interval_s: float = 300.0
@@ -164,17 +172,14 @@ class JWKSClientOptions:
     clock: Clock = time.monotonic
 
     def __post_init__(self) -> None:
-        if not self.refresh_interval_s > 0:
-            raise ConfigError(f"refresh_interval_s must be > 0, got {self.refresh_interval_s!r}")
-        if not 0 <= self.min_refresh_interval_s <= self.refresh_interval_s:
+        check_seconds(self, ("refresh_interval_s", "fetch_timeout_s"))
+        check_number("min_refresh_interval_s", self.min_refresh_interval_s)
+        if not self.min_refresh_interval_s <= self.refresh_interval_s:
             raise ConfigError("min_refresh_interval_s must be in [0, refresh_interval_s], "
                               f"got {self.min_refresh_interval_s!r}")
-        if not self.fetch_timeout_s > 0:
-            raise ConfigError(f"fetch_timeout_s must be > 0, got {self.fetch_timeout_s!r}")
-        if not self.max_document_bytes >= 1024:
-            raise ConfigError(f"max_document_bytes must be >= 1024, "
-                              f"got {self.max_document_bytes!r}")
-        object.__setattr__(self, "algorithms", frozenset(self.algorithms))
+        check_int("max_document_bytes", self.max_document_bytes, low=1024)
+        object.__setattr__(self, "algorithms",
+                           frozenset(check_algorithms("algorithms", self.algorithms)))
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:

@@ -36,6 +36,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from meshkit._config import (
+    check_int,
+    check_metadata_key,
+    check_number,
+    check_strings,
+)
 from meshkit._methods import MethodMatcher
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
 from meshkit.auth._jwt_types import Claims
@@ -380,8 +386,7 @@ class IssuerOptions:
             raise ConfigError(f"issuer must be a non-empty string, got {self.issuer!r}")
         if not self.audience or not isinstance(self.audience, str):
             raise ConfigError(f"audience must be a non-empty string, got {self.audience!r}")
-        if not 0 < self.ttl_s <= 86400:
-            raise ConfigError(f"ttl_s must be in (0, 86400], got {self.ttl_s!r}")
+        check_number("ttl_s", self.ttl_s, low_open=True, high=86400.0)
 
 
 class TokenIssuer:
@@ -440,6 +445,23 @@ class TokenIssuer:
                           headers={"kid": key.kid, "typ": "at+jwt"})
 
 
+def check_algorithms(name: str, value: object) -> tuple[str, ...]:
+    """``value`` (the field ``name``: JWS algorithms to accept) as a tuple.
+
+    Raises:
+        ConfigError: ``value`` is one string, empty, or names an algorithm outside
+            :data:`ASYMMETRIC_ALGORITHMS` (``none``, ``HS256``...); the value quoted.
+    """
+    algorithms = check_strings(name, value)
+    if not algorithms:
+        raise ConfigError(f"{name} must not be empty, got {value!r}")
+    for alg in algorithms:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(f"algorithm {alg!r} is not allowed; use one of "
+                              f"{sorted(ASYMMETRIC_ALGORITHMS)}")
+    return algorithms
+
+
 # -- verifying ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifierOptions:
@@ -479,21 +501,12 @@ class VerifierOptions:
             raise ConfigError(f"issuer must be non-empty, got {self.issuer!r}")
         if not self.audience:
             raise ConfigError(f"audience must be non-empty, got {self.audience!r}")
-        object.__setattr__(self, "algorithms", tuple(self.algorithms))
-        object.__setattr__(self, "required_claims", tuple(self.required_claims))
-        if not self.algorithms:
-            raise ConfigError("algorithms must not be empty")
-        for alg in self.algorithms:
-            if alg not in ASYMMETRIC_ALGORITHMS:
-                raise ConfigError(f"algorithm {alg!r} is not allowed; use one of "
-                                  f"{sorted(ASYMMETRIC_ALGORITHMS)}")
-        if not 0 <= self.leeway_s <= 300:
-            raise ConfigError(f"leeway_s must be in [0, 300], got {self.leeway_s!r}")
-        if not 256 <= self.max_token_bytes <= 1 << 20:
-            raise ConfigError(f"max_token_bytes must be in [256, 1048576], "
-                              f"got {self.max_token_bytes!r}")
-        if self.cache_size < 0:
-            raise ConfigError(f"cache_size must be >= 0, got {self.cache_size!r}")
+        object.__setattr__(self, "algorithms", check_algorithms("algorithms", self.algorithms))
+        object.__setattr__(self, "required_claims",
+                           check_strings("required_claims", self.required_claims))
+        check_number("leeway_s", self.leeway_s, high=300.0)
+        check_int("max_token_bytes", self.max_token_bytes, low=256, high=1 << 20)
+        check_int("cache_size", self.cache_size, low=0)
 
 
 def _media_type(typ: str) -> str:
@@ -819,17 +832,17 @@ class JWTAuthOptions:
         if isinstance(self.public_methods, str):
             raise ConfigError(f"public_methods must be a tuple, got {self.public_methods!r}")
         object.__setattr__(self, "public_methods", tuple(self.public_methods))
-        object.__setattr__(self, "default_scopes", tuple(self.default_scopes))
         public = MethodMatcher.of(self.public_methods, where="public_methods")
         for scopes in (*self.method_scopes.values(), self.default_scopes):
+            # before tuple(): tuple("orders.read") would be its characters
             if isinstance(scopes, str):
                 raise ConfigError(f"scopes must be a tuple, got the string {scopes!r}")
+        object.__setattr__(self, "default_scopes", tuple(self.default_scopes))
+        for scopes in (*self.method_scopes.values(), self.default_scopes):
             for s in scopes:
                 if not s or " " in s:
                     raise ConfigError(f"scopes must be non-empty and space-free, got {s!r}")
-        key = self.metadata_key
-        if not key or key != key.lower() or key.endswith("-bin") or key.startswith(":"):
-            raise ConfigError(f"metadata_key must be a lowercase ASCII key, got {key!r}")
+        check_metadata_key("metadata_key", self.metadata_key)
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_scopes", MethodMatcher(
             {m: frozenset(s) for m, s in self.method_scopes.items()},

@@ -92,15 +92,17 @@ def test_server_reloader_reports_each_reload_to_its_hook(pki: Pki) -> None:
 
 
 def test_auth_options_chain_order(pki: Pki) -> None:
-    """AuthOptions gives peer authn, then JWT authn, then authz; nothing without checks;
-    jwt without a verifier is refused."""
+    """AuthOptions gives peer authn, then JWT authn, then authz; nothing without TLS when
+    only the peer check is asked for; nothing to check at all (as documented) and jwt
+    without a verifier are refused."""
     tls: TLSOptions = pki.issue("userd")
     verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), KeySet.generate())
     chain = AuthOptions(verifier=verifier, policy=AuthzPolicy()).interceptors(tls)
     assert [type(i) for i in chain] == [PeerIdentityInterceptor, JWTAuthInterceptor,
                                         AuthzInterceptor]
     assert AuthOptions().interceptors(None) == ()
-    assert AuthOptions(check_peers=False).interceptors(tls) == ()
+    with pytest.raises(ConfigError, match="nothing to check"):
+        AuthOptions(check_peers=False)
     with pytest.raises(ConfigError, match="verifier"):
         AuthOptions(jwt=JWTAuthOptions())
 

@@ -1,0 +1,372 @@
+"""A wrong config fails at construction with the bad value quoted: the checks every options
+class shares (:mod:`meshkit._config`) and the faults they closed: a string given for a
+collection, names or numbers for status codes, ``True`` or a string for a number, counts
+that are not integers, infinite seconds, the local registry URI's blank values, and the
+auth, retry, publish and admin-port options."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from meshkit import DialOptions, ServeOptions, ServerLimits
+from meshkit._config import (
+    check_int,
+    check_metadata_key,
+    check_number,
+    check_seconds,
+    check_status_codes,
+    check_strings,
+)
+from meshkit.auth import AuthOptions, JWTAuthOptions
+from meshkit.auth._jwks import JWKSClientOptions
+from meshkit.auth._jwt import IssuerOptions, VerifierOptions
+from meshkit.balancer import OutlierOptions, P2COptions
+from meshkit.discovery import LocalOptions, registry_from_uri
+from meshkit.discovery._options import check_seconds as discovery_check_seconds
+from meshkit.errors import ConfigError
+from meshkit.messaging import ConsumerOptions, PublishOptions, RelayOptions
+from meshkit.observability import TelemetryOptions
+from meshkit.resilience import (
+    Backoff,
+    BudgetOptions,
+    DeadlineOptions,
+    RateLimitOptions,
+    RetryPolicy,
+)
+
+Build = Callable[[], object]
+
+
+def _verifier(**kw: Any) -> VerifierOptions:
+    return VerifierOptions(issuer="https://issuer", audience="orders", **kw)
+
+
+def _consumer(**kw: Any) -> ConsumerOptions:
+    return ConsumerOptions(stream="ORDERS", durable="worker", **kw)
+
+
+def _local(tmp: Path = Path("/tmp/meshkit-config-validation.db"), **kw: Any) -> LocalOptions:
+    return LocalOptions(path=tmp, **kw)
+
+
+def _refused_quoting(build: Build, value: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        build()
+    message = str(info.value)
+    assert repr(value) in message, message
+    return message
+
+
+# -- the shared checks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [True, False, "1", None, math.nan, math.inf, -1, -0.5])
+def test_check_number_refuses(value: object) -> None:
+    """Not a number (bool and str included), NaN, inf (``finite``) or out of range."""
+    _refused_quoting(lambda: check_number("grace_s", value), value)
+
+
+def test_check_number_bounds_and_infinity() -> None:
+    """Open and closed bounds, and ``finite=False`` for fields where inf means "none"."""
+    check_number("x", 0)
+    check_number("x", 1.0, low_open=True, high=1.0)
+    check_number("x", math.inf, finite=False)
+    with pytest.raises(ConfigError, match=r"x must be in \(0, 1\], got 0"):
+        check_number("x", 0, low_open=True, high=1.0)
+    with pytest.raises(ConfigError, match="must be a number of seconds, got '1'"):
+        check_number("ttl_s", "1")
+    with pytest.raises(ConfigError, match="x must be > 0, got nan"):
+        check_number("x", math.nan, low_open=True, finite=False)
+
+
+@pytest.mark.parametrize("value", [True, 2.0, 2.5, math.nan, math.inf, "3", 0])
+def test_check_int_refuses(value: object) -> None:
+    """Counts are ints: not bool, not a float (even a whole one), not below ``low``."""
+    _refused_quoting(lambda: check_int("batch_size", value), value)
+
+
+def test_check_seconds_is_shared_with_discovery() -> None:
+    """The registries' options use the same check (re-exported for old imports)."""
+    assert discovery_check_seconds is check_seconds
+
+
+def test_check_collections_and_keys() -> None:
+    """Strings for collections, status names/numbers and bad metadata keys are refused."""
+    assert check_strings("tags", ["a", "b"]) == ("a", "b")
+    _refused_quoting(lambda: check_strings("tags", "ab"), "ab")
+    _refused_quoting(lambda: check_strings("tags", ("a", 1)), 1)
+    codes = check_status_codes("codes", [grpc.StatusCode.UNAVAILABLE])
+    assert codes == frozenset({grpc.StatusCode.UNAVAILABLE})
+    _refused_quoting(lambda: check_status_codes("codes", "UNAVAILABLE"), "UNAVAILABLE")
+    check_metadata_key("key", "idempotency-key")
+    for key in ("Key", "", "k-bin", ":path", 3):
+        _refused_quoting(lambda key=key: check_metadata_key("key", key), key)
+
+
+# -- a string where a collection of strings is expected ------------------------------------
+
+
+@pytest.mark.parametrize(("build", "value"), [
+    pytest.param(lambda: ServeOptions(tags="v2"), "v2", id="ServeOptions.tags"),
+    pytest.param(lambda: TelemetryOptions(log_metadata="x-request-id"), "x-request-id",
+                 id="TelemetryOptions.log_metadata"),
+    pytest.param(lambda: TelemetryOptions(quiet_methods="Svc/M"), "Svc/M",
+                 id="TelemetryOptions.quiet_methods"),
+    pytest.param(lambda: _verifier(required_claims="sub"), "sub",
+                 id="VerifierOptions.required_claims"),
+    pytest.param(lambda: _verifier(algorithms="ES256"), "ES256",
+                 id="VerifierOptions.algorithms"),
+    pytest.param(lambda: JWTAuthOptions(default_scopes="orders.read"), "orders.read",
+                 id="JWTAuthOptions.default_scopes"),
+    pytest.param(lambda: RetryPolicy(retryable_codes="UNAVAILABLE"), "UNAVAILABLE",
+                 id="RetryPolicy.retryable_codes"),
+    pytest.param(lambda: OutlierOptions(failure_codes="UNAVAILABLE"), "UNAVAILABLE",
+                 id="OutlierOptions.failure_codes"),
+])
+def test_string_for_a_collection_is_refused(build: Build, value: str) -> None:
+    """A bare string for a tuple field is refused, not split into its characters
+    (``tags="v2"`` registering tags ``v`` and ``2``, ``default_scopes="orders.read"``
+    requiring the scopes ``o``, ``r``...)."""
+    assert "string" in _refused_quoting(build, value)
+
+
+def test_collections_still_take_any_iterable() -> None:
+    """Lists and sets still work for the collection fields and end as tuples/frozensets."""
+    assert ServeOptions(tags=["v2", "canary"]).tags == ("v2", "canary")
+    assert JWTAuthOptions(default_scopes=["orders.read"]).default_scopes == ("orders.read",)
+    assert _verifier(required_claims=["sub"]).required_claims == ("sub",)
+    policy = RetryPolicy(retryable_codes=[grpc.StatusCode.UNAVAILABLE])
+    assert policy.retryable_codes == frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+@pytest.mark.parametrize(("build", "value"), [
+    pytest.param(lambda: RetryPolicy(retryable_codes={"UNAVAILABLE"}), "UNAVAILABLE",
+                 id="RetryPolicy.retryable_codes-str"),
+    pytest.param(lambda: RetryPolicy(retryable_codes={14}), 14,
+                 id="RetryPolicy.retryable_codes-int"),
+    pytest.param(lambda: OutlierOptions(failure_codes={"UNAVAILABLE"}), "UNAVAILABLE",
+                 id="OutlierOptions.failure_codes-str"),
+    pytest.param(lambda: OutlierOptions(failure_codes={14}), 14,
+                 id="OutlierOptions.failure_codes-int"),
+])
+def test_status_code_sets_hold_status_codes(build: Build, value: object) -> None:
+    """A status name or number never equals a ``grpc.StatusCode``: the policy would never
+    retry, the detector never count a failure. Refused, the element quoted."""
+    _refused_quoting(build, value)
+
+
+# -- numbers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: RetryPolicy(max_attempts=True), id="RetryPolicy.max_attempts"),
+    pytest.param(lambda: PublishOptions(max_attempts=True), id="PublishOptions.max_attempts"),
+    pytest.param(lambda: _consumer(max_deliveries=True), id="ConsumerOptions.max_deliveries"),
+    pytest.param(lambda: _consumer(batch_size=True), id="ConsumerOptions.batch_size"),
+    pytest.param(lambda: RelayOptions(batch_size=True), id="RelayOptions.batch_size"),
+    pytest.param(lambda: ServerLimits(max_concurrent_rpcs=True),
+                 id="ServerLimits.max_concurrent_rpcs"),
+    pytest.param(lambda: ServerLimits(keepalive_time_s=True),
+                 id="ServerLimits.keepalive_time_s"),
+    pytest.param(lambda: OutlierOptions(consecutive_failures=True),
+                 id="OutlierOptions.consecutive_failures"),
+    pytest.param(lambda: RateLimitOptions(breaker_failures=True),
+                 id="RateLimitOptions.breaker_failures"),
+    pytest.param(lambda: Backoff(multiplier=True), id="Backoff.multiplier"),
+    pytest.param(lambda: BudgetOptions(retry_ratio=True), id="BudgetOptions.retry_ratio"),
+    pytest.param(lambda: DialOptions(timeout_s=True), id="DialOptions.timeout_s"),
+    pytest.param(lambda: DialOptions(method_timeouts={"Svc/M": True}),
+                 id="DialOptions.method_timeouts"),
+    pytest.param(lambda: ServeOptions(grace_s=True), id="ServeOptions.grace_s"),
+    pytest.param(lambda: ServeOptions(weight=True), id="ServeOptions.weight"),
+    pytest.param(lambda: P2COptions(decay_s=True), id="P2COptions.decay_s"),
+    pytest.param(lambda: _local(ttl_s=True), id="LocalOptions.ttl_s"),
+    pytest.param(lambda: IssuerOptions(issuer="i", audience="a", ttl_s=True),
+                 id="IssuerOptions.ttl_s"),
+    pytest.param(lambda: JWKSClientOptions(fetch_timeout_s=True),
+                 id="JWKSClientOptions.fetch_timeout_s"),
+])
+def test_bool_for_a_number_is_refused(build: Build) -> None:
+    """``True`` is an ``int`` in Python: ``max_attempts=True`` would be one attempt,
+    ``timeout_s=True`` one second; almost always a misplaced flag."""
+    _refused_quoting(build, True)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: Backoff(base_delay_s="0.1"), id="Backoff.base_delay_s"),
+    pytest.param(lambda: RetryPolicy(max_pushback_s="0.1"), id="RetryPolicy.max_pushback_s"),
+    pytest.param(lambda: DialOptions(timeout_s="0.1"), id="DialOptions.timeout_s"),
+    pytest.param(lambda: ServeOptions(grace_s="0.1"), id="ServeOptions.grace_s"),
+    pytest.param(lambda: ServerLimits(keepalive_time_s="0.1"),
+                 id="ServerLimits.keepalive_time_s"),
+    pytest.param(lambda: OutlierOptions(base_ejection_s="0.1"),
+                 id="OutlierOptions.base_ejection_s"),
+    pytest.param(lambda: P2COptions(decay_s="0.1"), id="P2COptions.decay_s"),
+    pytest.param(lambda: _local(ttl_s="0.1"), id="LocalOptions.ttl_s"),
+    pytest.param(lambda: _verifier(leeway_s="0.1"), id="VerifierOptions.leeway_s"),
+    pytest.param(lambda: BudgetOptions(ttl_s="0.1"), id="BudgetOptions.ttl_s"),
+    pytest.param(lambda: _consumer(ack_wait_s="0.1"), id="ConsumerOptions.ack_wait_s"),
+    pytest.param(lambda: DeadlineOptions(min_remaining_s="0.1"),
+                 id="DeadlineOptions.min_remaining_s"),
+])
+def test_string_for_a_number_is_a_config_error(build: Build) -> None:
+    """A number given as a string (from a config file or the environment) is a ConfigError
+    quoting it, not a bare ``TypeError`` from a comparison."""
+    _refused_quoting(build, "0.1")
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, "1", 2.5, True])
+def test_serve_options_weight_is_checked(value: object) -> None:
+    """``weight`` (>= 1) is checked at construction, not when the server registers."""
+    _refused_quoting(lambda: ServeOptions(weight=value), value)
+
+
+@pytest.mark.parametrize(("build", "value"), [
+    pytest.param(lambda: OutlierOptions(consecutive_failures=math.nan), math.nan,
+                 id="OutlierOptions.consecutive_failures-nan"),
+    pytest.param(lambda: OutlierOptions(consecutive_failures=math.inf), math.inf,
+                 id="OutlierOptions.consecutive_failures-inf"),
+    pytest.param(lambda: OutlierOptions(consecutive_failures=2.5), 2.5,
+                 id="OutlierOptions.consecutive_failures-2.5"),
+    pytest.param(lambda: OutlierOptions(failure_rate_window=math.nan), math.nan,
+                 id="OutlierOptions.failure_rate_window-nan"),
+    pytest.param(lambda: _verifier(cache_size=math.nan), math.nan,
+                 id="VerifierOptions.cache_size-nan"),
+    pytest.param(lambda: _verifier(cache_size=math.inf), math.inf,
+                 id="VerifierOptions.cache_size-inf"),
+    pytest.param(lambda: _verifier(cache_size=2.5), 2.5, id="VerifierOptions.cache_size-2.5"),
+    pytest.param(lambda: ServeOptions(maximum_concurrent_rpcs=math.nan), math.nan,
+                 id="ServeOptions.maximum_concurrent_rpcs-nan"),
+    pytest.param(lambda: ServeOptions(maximum_concurrent_rpcs=math.inf), math.inf,
+                 id="ServeOptions.maximum_concurrent_rpcs-inf"),
+    pytest.param(lambda: ServeOptions(maximum_concurrent_rpcs=2.5), 2.5,
+                 id="ServeOptions.maximum_concurrent_rpcs-2.5"),
+    pytest.param(lambda: JWKSClientOptions(max_document_bytes=math.inf), math.inf,
+                 id="JWKSClientOptions.max_document_bytes-inf"),
+])
+def test_counts_must_be_integers(build: Build, value: object) -> None:
+    """Counts are integers: ``nan < 1`` is False, so a NaN count passed the range check
+    (a detector that never ejects; a NaN cap handed to ServerLimits at serve time)."""
+    _refused_quoting(build, value)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda: ServerLimits(keepalive_time_s=math.inf),
+                 id="ServerLimits.keepalive_time_s"),
+    pytest.param(lambda: ServerLimits(keepalive_timeout_s=math.inf),
+                 id="ServerLimits.keepalive_timeout_s"),
+    pytest.param(lambda: ServerLimits(max_connection_idle_s=math.inf),
+                 id="ServerLimits.max_connection_idle_s"),
+    pytest.param(lambda: Backoff(base_delay_s=math.inf, max_delay_s=math.inf),
+                 id="Backoff.base_delay_s"),
+    pytest.param(lambda: _local(ttl_s=math.inf), id="LocalOptions.ttl_s"),
+    pytest.param(lambda: _local(poll_interval_s=math.inf), id="LocalOptions.poll_interval_s"),
+    pytest.param(lambda: DeadlineOptions(min_remaining_s=math.inf),
+                 id="DeadlineOptions.min_remaining_s"),
+    pytest.param(lambda: BudgetOptions(ttl_s=math.inf), id="BudgetOptions.ttl_s"),
+    pytest.param(lambda: BudgetOptions(min_retries_per_s=math.inf),
+                 id="BudgetOptions.min_retries_per_s"),
+    pytest.param(lambda: RateLimitOptions(storage_timeout_s=math.inf),
+                 id="RateLimitOptions.storage_timeout_s"),
+])
+def test_infinite_seconds_are_refused(build: Build) -> None:
+    """``inf`` passes a ``value > 0`` check but is meaningless here (ServerLimits'
+    ``channel_args()`` died on ``int(inf * 1000)``; ``None`` already means "never")."""
+    _refused_quoting(build, math.inf)
+
+
+def test_where_infinity_means_no_bound_it_is_kept() -> None:
+    """Fields where inf reads as "no cap" keep accepting it."""
+    assert Backoff(max_delay_s=math.inf).max_delay_s == math.inf
+    assert DialOptions(timeout_s=math.inf).timeout_s == math.inf
+    assert ServerLimits(keepalive_time_s=30, max_connection_idle_s=None).channel_args()
+
+
+# -- MESHKIT_REGISTRY local:// --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", [
+    "ttl_s=", "ttl_s", "poll_interval_s=&ttl_s=5", "ttl_s=inf", "ttl_s=nan", "ttl_s=x",
+])
+def test_local_uri_bad_query_value_is_an_error(query: str) -> None:
+    """A blank value is an error naming the key (it was dropped, keeping the default),
+    as for the Consul and etcd URIs; so are ``inf`` and ``nan``."""
+    with pytest.raises(ConfigError, match=r"ttl_s|poll_interval_s"):
+        registry_from_uri(f"local:///tmp/meshkit-config-validation.db?{query}")
+
+
+def test_local_uri_unknown_option_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="'ttl'"):
+        registry_from_uri("local:///tmp/meshkit-config-validation.db?ttl=3")
+
+
+def test_local_uri_options_are_applied(tmp_path: Path) -> None:
+    registry = registry_from_uri(f"local://{tmp_path}/r.db?ttl_s=6&poll_interval_s=0.5")
+    options = registry.options  # type: ignore[attr-defined]
+    assert (options.ttl_s, options.poll_interval_s) == (6.0, 0.5)
+
+
+# -- auth, retry, publish, admin port ------------------------------------------------------
+
+
+def test_auth_options_with_nothing_to_check_is_an_error() -> None:
+    """No verifier, no policy and no peer check: the docstring's "nothing to check"."""
+    with pytest.raises(ConfigError, match="nothing to check"):
+        AuthOptions(check_peers=False)
+
+
+@pytest.mark.parametrize("pattern", ["OrderService", "a/b/c", "", "x y/M"])
+def test_auth_exempt_methods_patterns_checked_at_construction(pattern: str) -> None:
+    """Checked with MethodMatcher now, as every other pattern field, not at serve()."""
+    _refused_quoting(lambda: AuthOptions(exempt_methods=(pattern,)), pattern)
+
+
+@pytest.mark.parametrize("key", ["Idempotency-Key", "", "idempotency-key-bin", ":path"])
+def test_retry_idempotency_metadata_key_is_a_valid_metadata_key(key: str) -> None:
+    """The same rule as ``JWTAuthOptions.metadata_key``: an upper-case key never matches
+    a call's metadata, so no call would be safe to retry."""
+    _refused_quoting(lambda: RetryPolicy(idempotency_metadata_key=key), key)
+
+
+@pytest.mark.parametrize("stream", ["", "ORDERS.v1", "a b", "*"])
+def test_publish_options_stream_is_a_nats_name(stream: str) -> None:
+    """As ``ConsumerOptions.stream``; ``None`` stays "any stream"."""
+    _refused_quoting(lambda: PublishOptions(stream=stream), stream)
+    assert PublishOptions(stream=None).stream is None
+    assert PublishOptions(stream="ORDERS").stream == "ORDERS"
+
+
+@pytest.mark.parametrize(("algorithms", "quoted"), [
+    pytest.param("ES256", "'ES256'", id="string"),
+    pytest.param(frozenset({"HS256"}), "'HS256'", id="symmetric"),
+    pytest.param(frozenset(), "empty", id="empty"),
+])
+def test_jwks_algorithms_are_checked(algorithms: object, quoted: str) -> None:
+    """As ``VerifierOptions.algorithms``: asymmetric only, not empty, not one string."""
+    with pytest.raises(ConfigError, match=quoted):
+        JWKSClientOptions(algorithms=algorithms)  # type: ignore[arg-type]
+    assert JWKSClientOptions(algorithms={"ES256"}).algorithms == frozenset({"ES256"})
+
+
+@pytest.mark.parametrize("raw", ["abc", "80a", "9464.0", "-1", "70000", "+80"])
+def test_bad_meshkit_admin_port_is_a_config_error_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """A bad MESHKIT_ADMIN_PORT is a ConfigError naming it, not a bare ValueError from
+    every ``ServeOptions()``."""
+    monkeypatch.setenv("MESHKIT_ADMIN_PORT", raw)
+    message = _refused_quoting(ServeOptions, raw)
+    assert "MESHKIT_ADMIN_PORT" in message
+
+
+@pytest.mark.parametrize(("raw", "port"), [("", 0), (" ", 0), ("9464", 9464), (" 80 ", 80)])
+def test_meshkit_admin_port_is_read(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                    port: int) -> None:
+    monkeypatch.setenv("MESHKIT_ADMIN_PORT", raw)
+    admin = ServeOptions().admin
+    assert admin is not None and admin.port == port
