@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 import grpc
 
 __all__ = [
+    "GUARD_MARK",
+    "UNDECODABLE_MARK",
     "Before",
     "Continuation",
     "EscapedStopIteration",
@@ -390,15 +392,18 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     # returned: the caller got the exception's text, telemetry had counted the call OK)
     empty = None if resp_s else unhandled
     ser = handler.response_serializer if empty is not None else None
+    # the request guard's check, when a user's interceptor sits between it and this wrap
+    guard = None if req_s else getattr(handler.request_deserializer, UNDECODABLE_MARK, None)
     if reporter is None:
-        behavior = (_checked_stream(inner, check, unhandled) if streams
-                    else _checked(inner, check, unhandled, empty, ser))
+        behavior = (_checked_stream(inner, check, unhandled, guard) if streams
+                    else _checked(inner, check, unhandled, empty, ser, guard))
     else:
         messages = getattr(reporter, "messages", None)
         if messages is not None and req_s:
             inner = _counting_requests(inner, messages)
-        behavior = (_reported_stream(inner, check, reporter, unhandled, messages) if streams
-                    else _reported(inner, check, reporter, unhandled, empty, ser))
+        behavior = (_reported_stream(inner, check, reporter, unhandled, messages, guard)
+                    if streams else _reported(inner, check, reporter, unhandled, empty, ser,
+                                              guard))
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -422,11 +427,24 @@ check itself and calls ``inner`` directly: one coroutine frame fewer per unary-u
 one async-generator layer fewer per response message of a unary-stream call."""
 
 
-def _unguarded(inner: Any) -> tuple[Any, Any, str]:
-    """``(behaviour, undecodable, message)`` of a marked guard (see :data:`GUARD_MARK`),
-    else ``(inner, _UNMARKED, "")``."""
+UNDECODABLE_MARK = "_meshkit_undecodable"
+"""The attribute by which the request guard's deserializer of a unary-request method marks
+itself with ``(undecodable, message)``: what it returns for a request that does not decode,
+and the ``INVALID_ARGUMENT`` message to abort such a call with. A wrap whose behaviour is not
+the guard itself (a user's server interceptor wraps it) runs the guard's check from this
+mark, before the user's code: an interceptor is never handed the undecodable value."""
+
+
+def _unguarded(inner: Any, guard: tuple[Any, str] | None) -> tuple[Any, Any, str]:
+    """``(behaviour, undecodable, message)`` of a marked guard (see :data:`GUARD_MARK`);
+    else ``inner`` with the check of ``guard`` (the deserializer's
+    :data:`UNDECODABLE_MARK`), or with none: ``(inner, _UNMARKED, "")``."""
     mark = getattr(inner, GUARD_MARK, None)
-    return (inner, _UNMARKED, "") if mark is None else mark
+    if mark is not None:
+        return mark  # type: ignore[no-any-return]
+    if guard is not None:
+        return inner, guard[0], guard[1]
+    return inner, _UNMARKED, ""
 
 
 # What grpc.aio raises for a call's status (AbortError from context.abort, UsageError...):
@@ -434,9 +452,19 @@ def _unguarded(inner: Any) -> tuple[Any, Any, str]:
 _GRPC_ERRORS = grpc.aio.BaseError
 
 
+def _set_not_ok(context: Any) -> bool:
+    """Whether the handler set a code other than ``OK`` (``context.set_code``): then a
+    unary response its serializer refuses is no error, grpc.aio discards the response of
+    such a call unserialized ("Discards the response message if the status code is
+    non-OK") and the code set is the answer. Only asked when the serializer raised."""
+    code = context.code()
+    return isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK
+
+
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
-             empty: Unhandled | None, ser: Callable[[Any], bytes] | None) -> Any:
-    inner, undecodable, message = _unguarded(inner)
+             empty: Unhandled | None, ser: Callable[[Any], bytes] | None,
+             guard: tuple[Any, str] | None = None) -> Any:
+    inner, undecodable, message = _unguarded(inner, guard)
     awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
     # (a try costs nothing until something raises; see _reported for the except clause)
@@ -454,7 +482,14 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                 if empty is not None:
                     await empty(NoResponse(), context)  # aborts, unless a status was set
                 return None
-            return result if ser is None else ser(result)
+            if ser is None:
+                return result
+            try:
+                return ser(result)
+            except Exception:
+                if _set_not_ok(context):  # grpc.aio discards such a response unserialized
+                    return b""
+                raise
         except Exception as e:
             if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
                 await unhandled(e, context)
@@ -463,8 +498,9 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
     return behavior
 
 
-def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> Any:
-    inner, undecodable, message = _unguarded(inner)  # a unary-stream guard, run here
+def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
+                    guard: tuple[Any, str] | None = None) -> Any:
+    inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
 
     async def behavior(request: Any, context: Any) -> Any:
         try:
@@ -489,9 +525,10 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None) -> 
 
 def _reported(inner: Any, before: Before, reporter: Reporter,
               unhandled: Unhandled | None, empty: Unhandled | None,
-              ser: Callable[[Any], bytes] | None) -> Any:
+              ser: Callable[[Any], bytes] | None,
+              guard: tuple[Any, str] | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
-    inner, undecodable, message = _unguarded(inner)
+    inner, undecodable, message = _unguarded(inner, guard)
     awaits = inspect.iscoroutinefunction(inner)
 
     # finish() gets the exception in the except clause, whose name Python unbinds on leaving
@@ -513,7 +550,12 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             if result is None and empty is not None:
                 await empty(NoResponse(), context)  # aborts, unless a status was set
             elif ser is not None:
-                result = ser(result)
+                try:
+                    result = ser(result)
+                except Exception:
+                    if not _set_not_ok(context):  # else discarded unserialized (_checked)
+                        raise
+                    result = b""
         except BaseException as e:
             finish(state, context, e)
             if (unhandled is not None and isinstance(e, Exception)
@@ -542,9 +584,10 @@ def _counting_requests(inner: Any, messages: Any) -> Any:
 
 
 def _reported_stream(inner: Any, before: Before, reporter: Reporter,
-                     unhandled: Unhandled | None, messages: Any = None) -> Any:
+                     unhandled: Unhandled | None, messages: Any = None,
+                     guard: tuple[Any, str] | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
-    inner, undecodable, message = _unguarded(inner)  # a unary-stream guard, run here
+    inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
 
     # the frame of _reported's behaviour (see there)
     async def behavior(request: Any, context: Any) -> Any:

@@ -33,7 +33,14 @@ import grpc
 import structlog
 
 from meshkit._config import check_int, check_seconds
-from meshkit._handlers import GUARD_MARK, Handler, Resolver, async_behaviour, responses
+from meshkit._handlers import (
+    GUARD_MARK,
+    UNDECODABLE_MARK,
+    Handler,
+    Resolver,
+    async_behaviour,
+    responses,
+)
 from meshkit._loop import LoopCache
 from meshkit.resilience._retry import NACK_METADATA
 
@@ -285,6 +292,8 @@ def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
             return _UNDECODABLE
 
     decode._meshkit_guarded = True  # type: ignore[attr-defined]
+    # the check a wrap runs before a user's interceptors see the request (_handlers)
+    setattr(decode, UNDECODABLE_MARK, (_UNDECODABLE, _invalid(type_name)))
     return decode
 
 

@@ -53,7 +53,9 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
 class UnhandledErrorInterceptor(WrappingInterceptor):
     """Answers a handler's unhandled exception ``UNKNOWN`` with
     :func:`unhandled_details`, and logs it at ``error`` on ``meshkit.server`` (event
-    ``unhandled exception``, ``method``, ``error_type``, the traceback). What the handler
+    ``unhandled exception``, ``method``, ``error_type``, the traceback); with the code the
+    handler set (``set_code``) before it raised, when that is not ``OK``, as grpc.aio
+    answers (the details are :func:`unhandled_details` all the same). What the handler
     answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
     other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
     A unary-response handler that returns ``None``, or a streaming one that yields it,
@@ -77,8 +79,13 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
                 return
             _log.error("unhandled exception", method=method, error_type=type(exc).__name__,
                        exc_info=exc)
+            # a code the handler set before it raised is the answer, as grpc.aio's ("allows
+            # users to raise other types of exception with specified status code")
+            code = context.code()
+            if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
+                code = grpc.StatusCode.UNKNOWN
             try:
-                await context.abort(grpc.StatusCode.UNKNOWN, unhandled_details(exc))
+                await context.abort(code, unhandled_details(exc))
             except grpc.aio.AbortError:
                 raise
             except Exception:  # the status is sent already or the call is over

@@ -448,15 +448,15 @@ def _add_set_then_raise(_servicer: Any, server: Any) -> None:
     }),))
 
 
-@pytest.mark.parametrize(("expose", "sent"), [(True, "NotFound"), (False, "Unknown")])
+@pytest.mark.parametrize(("expose", "sent"), [(True, "NotFound"), (False, "NotFound")])
 async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_sent(
     registry: LocalRegistry, prom: CollectorRegistry, tracing: Any,
     monkeypatch: pytest.MonkeyPatch, expose: bool, sent: str
 ) -> None:
     """A handler that called ``set_code(NOT_FOUND)`` and then raised is counted on both
-    sides, and its server span and access line carry, what the caller gets: NOT_FOUND as
-    grpc.aio sends it (``expose_exception_text=True``), UNKNOWN when meshkit answers the
-    exception (the default, which hides its text)."""
+    sides, and its server span and access line carry, what the caller gets: NOT_FOUND, as
+    grpc.aio sends it (``expose_exception_text=True``) and as meshkit answers the exception
+    (the default, which hides its text but keeps the code set)."""
     import io
     import json
 
@@ -484,7 +484,7 @@ async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_s
     finally:
         await ch.close()
         await srv.drain()
-    code = grpc.StatusCode.NOT_FOUND if expose else grpc.StatusCode.UNKNOWN
+    code = grpc.StatusCode.NOT_FOUND
     assert err.value.code() is code
     (server_span,) = [s for s in tracing.spans() if s.kind is SpanKind.SERVER]
     assert server_span.attributes["rpc.grpc.status_code"] == code.value[0]
@@ -498,3 +498,91 @@ async def test_a_handler_that_sets_a_code_then_raises_is_counted_with_the_code_s
                                grpc_method="Get", grpc_code=code)
                    for code in ("NotFound", "Unknown")}
         assert counted == {c: float(c == sent) for c in counted}, (side, counted)
+
+
+async def test_scrape_time_counters_never_go_backwards_when_a_channel_closes(
+    echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """``meshkit_client_endpoint_calls_total`` summed over two channels dialing ``echo``
+    stays at 2 after one of them closes (a counter is monotonically non-decreasing,
+    Prometheus/OpenMetrics; a drop reads as a restart), while the closed channel's gauges
+    leave the sums (``meshkit_client_endpoints`` READY is still 1, from the other)."""
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    await echo_servers("e1", telemetry=opts)
+    dial = meshkit.DialOptions(insecure=True, telemetry=opts)
+    first = meshkit.dial("echo", registry=registry, options=dial)
+    second = meshkit.dial("echo", registry=registry, options=dial)
+    try:
+        for ch in (first, second):
+            await ch.wait_for_endpoints(1)
+            await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        before = samples(prom_text(prom))
+        await second.close()
+        after_close = samples(prom_text(prom))
+        await first.unary_unary(method("Unary"))(b"x", timeout=5)
+        del second
+        import gc
+
+        gc.collect()
+        after_gc = samples(prom_text(prom))
+    finally:
+        await first.close()
+    calls = [value(got, "meshkit_client_endpoint_calls_total", target="echo",
+                   instance_id="e1") for got in (before, after_close, after_gc)]
+    assert calls == [2, 2, 3], calls
+    assert value(after_close, "meshkit_client_endpoint_in_flight", target="echo",
+                 instance_id="e1") == 0
+
+
+class _FakeServer:
+    """Stands for a MeshServer in the introspection registry."""
+
+    def __init__(self, rejections: int) -> None:
+        self.live = True
+        self.rejections = rejections
+
+    def stats(self) -> Any:
+        from meshkit._stats import ServerStats
+
+        return ServerStats(
+            service="fake-svc", instance_id=None, address=None, services=(), ready=True,
+            draining=False, tls=False, chain=(), telemetry=True, admin=None,
+            deadline_rejections=self.rejections, gate_shed=0, gate_timed_out=0,
+            gate_evicted=0, tls_handshakes=0)
+
+
+def test_scrape_time_counters_of_a_server_that_stopped_are_kept() -> None:
+    """Two servers of one service; one stops (its final count is kept, read when a scrape
+    finds it stopped), then it is garbage collected (its count stays); the other is
+    collected without a scrape in between (its count at the last scrape stays). Its
+    ``meshkit_server_ready`` gauge leaves with it. A server this collector never saw live
+    adds nothing."""
+    import gc
+
+    from meshkit.observability import track
+    from meshkit.observability._metrics import MeshCollector
+
+    collector = MeshCollector()
+
+    def scrape() -> dict[str, float]:
+        return {s.name: s.value for m in collector.collect() for s in m.samples
+                if s.labels.get("service") == "fake-svc"}
+
+    never_seen = _FakeServer(100)
+    never_seen.live = False
+    track(never_seen, kind="server")
+    a, b = _FakeServer(2), _FakeServer(3)
+    track(a, kind="server")
+    track(b, kind="server")
+    seen = [scrape()]
+    a.rejections, a.live = 5, False  # stopped after two more rejections
+    seen.append(scrape())
+    del a
+    gc.collect()
+    seen.append(scrape())
+    b.rejections = 4  # never scraped
+    del b
+    gc.collect()
+    seen.append(scrape())
+    assert [s["meshkit_server_deadline_rejections_total"] for s in seen] == [5, 8, 8, 8]
+    assert [s.get("meshkit_server_ready") for s in seen] == [1, 1, 1, None]

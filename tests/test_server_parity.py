@@ -1,0 +1,236 @@
+"""Parity of handlers served by meshkit with the same handlers on a plain grpc.aio server,
+side by side on loopback: what a plain grpc.aio server answers, a meshkit server answers
+(its own documented differences aside: an unhandled exception's text stays on the server,
+an undecodable request is INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+
+_SERVICE = "parity.v1.Parity"
+
+
+def _m(name: str) -> str:
+    return f"/{_SERVICE}/{name}"
+
+
+@contextlib.asynccontextmanager
+async def _side_by_side(
+    registry: LocalRegistry, handlers: dict[str, grpc.RpcMethodHandler], *,
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (), **options: Any,
+) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    """A plain grpc.aio server and a meshkit server (``serve()`` defaults plus
+    ``options``) serving the same ``handlers`` (with the same user ``interceptors``);
+    yields a channel to each: ``(plain, mesh)``."""
+    plain = grpc.aio.server(interceptors=interceptors or None)
+    plain.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    plain_port = plain.add_insecure_port("127.0.0.1:0")
+    await plain.start()
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+
+    mesh = meshkit.MeshServer("parity", [(add, None)], registry=registry,
+                              options=meshkit.ServeOptions(
+                                  insecure=True, drain_delay_s=0.0, grace_s=1.0, admin=None,
+                                  interceptors=interceptors, **options))
+    await mesh.start()
+    plain_ch = grpc.aio.insecure_channel(f"127.0.0.1:{plain_port}")
+    mesh_ch = grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}")
+    try:
+        yield plain_ch, mesh_ch
+    finally:
+        await plain_ch.close()
+        await mesh_ch.close()
+        await plain.stop(None)
+        await mesh.drain()
+
+
+async def _unary_status(ch: grpc.aio.Channel, name: str, request: bytes = b"x"
+                        ) -> tuple[grpc.StatusCode, str]:
+    call = ch.unary_unary(_m(name))(request, timeout=5)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call
+    return await call.code(), await call.details()
+
+
+async def _server_stream_status(ch: grpc.aio.Channel, name: str
+                                ) -> tuple[grpc.StatusCode, list[bytes]]:
+    call = ch.unary_stream(_m(name))(b"x", timeout=5)
+    got: list[bytes] = []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for r in call:
+            got.append(r)
+    return await call.code(), got
+
+
+# -- 1. set_code() then raise: grpc.aio keeps the code the handler set ------------------------
+class _OrderMissing(LookupError):
+    pass
+
+
+async def _not_found_then_raise(request: bytes, context: Any) -> bytes:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    raise _OrderMissing("order 7")
+
+
+async def _stream_not_found_then_raise(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"first"
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    raise _OrderMissing("order 7")
+
+
+async def test_a_status_code_set_before_an_exception_is_kept_as_grpc_aio_keeps_it(
+    registry: LocalRegistry,
+) -> None:
+    """A handler that calls ``context.set_code(NOT_FOUND)`` and then raises gets
+    ``NOT_FOUND`` from a plain grpc.aio server: its ``_handle_exceptions`` says "Allows users
+    to raise other types of exception with specified status code" and answers ``UNKNOWN``
+    only while the code is still OK. meshkit's README promises "`set_code()`/`set_details()`
+    pass unchanged" and ``UnhandledErrorInterceptor``'s docstring "What the handler answers
+    itself is left alone: ... ``set_code``/``set_details``"; ``expose_exception_text`` is
+    documented to change only the details text ("send an unhandled exception's text to the
+    caller, as grpc.aio does"). Expected: ``NOT_FOUND`` from both servers, for unary and
+    server-streaming handlers (the caller's retry/handling logic keys on the code), as a
+    meshkit server with ``expose_exception_text=True`` does answer. meshkit answered
+    ``UNKNOWN`` with its default options, so the code depended on whether exception text
+    is exposed."""
+    handlers = {
+        "Get": grpc.unary_unary_rpc_method_handler(_not_found_then_raise),
+        "List": grpc.unary_stream_rpc_method_handler(_stream_not_found_then_raise),
+    }
+    async with _side_by_side(registry, handlers) as (plain, mesh):
+        plain_code, _ = await _unary_status(plain, "Get")
+        mesh_code, mesh_details = await _unary_status(mesh, "Get")
+        assert plain_code is grpc.StatusCode.NOT_FOUND
+        assert mesh_code is plain_code, (mesh_code, mesh_details)
+        plain_s = await _server_stream_status(plain, "List")
+        mesh_s = await _server_stream_status(mesh, "List")
+        assert plain_s == (grpc.StatusCode.NOT_FOUND, [b"first"])
+        assert mesh_s == plain_s
+
+
+# -- 2. a user's interceptor is handed the guard's "undecodable" sentinel as the request ---------
+class _FieldLogging(grpc.aio.ServerInterceptor):
+    """A typical user interceptor: wraps unary-unary behaviours to read a request field
+    (logging, tenancy, validation) before calling the handler."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def intercept_service(self, continuation: Any,
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        inner = handler.unary_unary
+
+        async def logged(request: Any, context: Any) -> Any:
+            self.seen.append(type(request).__name__)
+            _ = request.service  # e.g. put a field of the request in the log
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+async def _check(request: health_pb2.HealthCheckRequest, context: Any
+                 ) -> health_pb2.HealthCheckResponse:
+    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def test_an_undecodable_request_never_reaches_a_users_interceptor(
+    registry: LocalRegistry,
+) -> None:
+    """``ServeOptions``' docstring: "Every server answers a request that does not decode
+    with ``INVALID_ARGUMENT`` 'request is not a valid <Type>'"; README: your own
+    ``interceptors`` run after the mesh's checks and see the call's request. On a plain
+    grpc.aio server an undecodable unary request never reaches any Python code of the
+    call (the interceptor's wrapped behaviour is not run: ``seen`` stays empty). Expected
+    on meshkit: ``INVALID_ARGUMENT`` and the user's wrapped behaviour not run with a
+    non-message. The guarded deserializer's sentinel (``_Undecodable``) was passed to the
+    user's interceptor behaviour as the request; reading a field raised and the caller got
+    ``UNKNOWN`` "Unexpected AttributeError in the handler" (an authorization interceptor
+    reading ``request.tenant`` would crash the same way)."""
+    handlers = {"Check": grpc.unary_unary_rpc_method_handler(
+        _check, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString)}
+    plain_icpt, mesh_icpt = _FieldLogging(), _FieldLogging()
+    plain_srv = grpc.aio.server(interceptors=(plain_icpt,))
+    plain_srv.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    port = plain_srv.add_insecure_port("127.0.0.1:0")
+    await plain_srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            code, _ = await _unary_status(plain, "Check", b"\xff\xff\xff")
+        assert code is grpc.StatusCode.UNKNOWN  # grpc.aio: DecodeError, no Python code ran
+        assert plain_icpt.seen == []
+    finally:
+        await plain_srv.stop(None)
+    async with _side_by_side(registry, handlers, interceptors=(mesh_icpt,)) as (_, mesh):
+        ok = await mesh.unary_unary(_m("Check"))(b"", timeout=5)
+        assert health_pb2.HealthCheckResponse.FromString(ok).status == 1
+        assert mesh_icpt.seen == ["HealthCheckRequest"]
+        code, details = await _unary_status(mesh, "Check", b"\xff\xff\xff")
+        assert (code, details) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request is not a valid grpc.health.v1.HealthCheckRequest"), details
+        assert mesh_icpt.seen == ["HealthCheckRequest"], mesh_icpt.seen
+
+
+# -- 3. a unary response is serialized even when a non-OK status was set ----------------------
+def _order_class() -> Any:
+    """A proto2 message ``parity.v1.Order`` with ``required int64 id = 1``: an empty one does
+    not serialize (``EncodeError`` "missing required fields")."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="parity_order.proto", package="parity.v1",
+                                             syntax="proto2")
+    msg = fdp.message_type.add(name="Order")
+    msg.field.add(name="id", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+                  label=descriptor_pb2.FieldDescriptorProto.LABEL_REQUIRED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("parity.v1.Order"))
+
+
+_Order = _order_class()
+
+
+async def _not_found_with_empty_order(request: bytes, context: Any) -> Any:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("no order 7")
+    return _Order()  # the usual "empty response" of an error path; its id is unset
+
+
+async def test_a_response_returned_after_set_code_is_discarded_not_serialized(
+    registry: LocalRegistry,
+) -> None:
+    """grpc.aio's ``_finish_handler_with_unary_response``: "Discards the response message if
+    the status code is non-OK" (it serializes only when ``status_code == StatusCode.ok``),
+    so a handler that calls ``set_code(NOT_FOUND)``/``set_details`` and returns an empty
+    response answers ``NOT_FOUND`` "no order 7", even when that empty response would not
+    serialize (a proto2 message with a ``required`` field unset). README: "`context.abort()`
+    and `set_code()`/`set_details()` pass unchanged". Expected the same from meshkit, which
+    moved unary serialization into its wrap. The wrap serialized the response
+    whatever the code (``meshkit/_handlers.py`` ``_reported``/``_checked``: ``ser(result)``),
+    the serializer's ``EncodeError`` is answered as an unhandled exception, and the caller
+    gets ``UNKNOWN`` "Unexpected EncodeError in the handler" instead of the status the
+    handler set."""
+    handlers = {"Get": grpc.unary_unary_rpc_method_handler(
+        _not_found_with_empty_order, response_serializer=_Order.SerializeToString)}
+    async with _side_by_side(registry, handlers) as (plain, mesh):
+        expected = (grpc.StatusCode.NOT_FOUND, "no order 7")
+        assert await _unary_status(plain, "Get") == expected
+        assert await _unary_status(mesh, "Get") == expected
