@@ -150,10 +150,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
         self._defer_max = opts.complete_after_response_max_in_flight
         self._in_flight = 0
         self._deferred = 0  # completions scheduled for two turns later, not yet run
-        self._methods: dict[tuple[str, CallKind], _Method] = {}
+        # per (method, kind, dialed service): one interceptor may serve several channels
+        # (client_interceptors(opts) reused in their DialOptions), and each call's span
+        # names its own channel's service as server.address
+        self._methods: dict[tuple[str, CallKind, str], _Method] = {}
 
     def _method(self, details: ClientCallDetails) -> _Method:
-        key = (details.method, details.kind)
+        key = (details.method, details.kind, details.service)
         m = self._methods.get(key)
         if m is None:
             if self._env_tracing:
@@ -426,7 +429,8 @@ class AttemptSpanInterceptor(
 
     Runs on each endpoint's sub-channel, under the logical span of a
     :class:`TelemetryClientInterceptor` built with ``attempt_spans=True``: names the span
-    like the call, records ``meshkit.attempt`` (1-based), the endpoint
+    like the call, records ``server.address`` (the dialed mesh service, Required on RPC
+    client spans by the OpenTelemetry RPC semconv), ``meshkit.attempt`` (1-based), the endpoint
     (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status,
     and re-injects ``traceparent`` so the server span is the attempt's child. Without the
     logical interceptor (or when tracing is off) it passes calls through.
@@ -454,8 +458,8 @@ class AttemptSpanInterceptor(
         names = self._names.get(method)
         if names is None:
             names = self._names[method] = MethodNames(method, "")
-        attrs: dict[str, Any] = {**names.span_attributes(), "meshkit.attempt":
-                                 len(call.attempts)}
+        attrs: dict[str, Any] = {**names.span_attributes(), SERVER_ADDRESS: call.service,
+                                 "meshkit.attempt": len(call.attempts)}
         if call.attempts:
             inst = call.attempts[-1].instance
             attrs[NETWORK_PEER_ADDRESS] = inst.host

@@ -168,7 +168,8 @@ async def test_attempt_spans_option_makes_a_client_span_per_attempt(
     chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions
 ) -> None:
     """With attempt_spans, the logical span is INTERNAL with one CLIENT child per attempt,
-    each naming its endpoint and parenting that attempt's server span."""
+    each naming its endpoint and the dialed service (``server.address``: Required on RPC
+    client spans, OpenTelemetry RPC semconv) and parenting that attempt's server span."""
     import dataclasses
 
     import meshkit
@@ -202,6 +203,7 @@ async def test_attempt_spans_option_makes_a_client_span_per_attempt(
     attempts = by_name(spans, "meshkit.test.Echo/Fail", SpanKind.CLIENT)
     assert sorted(a.attributes["meshkit.attempt"] for a in attempts) == [1, 2]
     assert {a.attributes["meshkit.instance_id"] for a in attempts} == {"e1", "e2"}
+    assert {a.attributes.get("server.address") for a in attempts} == {"echo"}
     attempt_ids = {a.context.span_id for a in attempts}
     for a in attempts:
         assert a.parent.span_id == logical.context.span_id
@@ -248,6 +250,38 @@ async def test_attempt_spans_cover_streaming_calls_too(
         assert attempt.parent.span_id == logical.context.span_id, name
         assert server.parent.span_id == attempt.context.span_id, name
         assert attempt.attributes["meshkit.attempt"] == 1
+        assert attempt.attributes.get("server.address") == "echo", name
+
+
+async def test_a_shared_client_interceptor_names_each_channels_server_address(
+    echo_servers: Any, registry: Any, tracing: Tracing, telemetry: TelemetryOptions
+) -> None:
+    """One ``client_interceptors(opts)`` tuple in the ``DialOptions.interceptors`` of two
+    channels gives each call's CLIENT span the ``server.address`` of the service its
+    channel dialed (semconv: "RPC server host name", Required; README: the dialed mesh
+    service), not the first channel's."""
+    import meshkit
+    from meshkit.observability import client_interceptors
+
+    await echo_servers("e1", telemetry=telemetry)
+    await echo_servers("o1", service="other", telemetry=telemetry)
+    dial = meshkit.DialOptions(insecure=True, telemetry=None,
+                               interceptors=client_interceptors(telemetry))
+    echo = meshkit.dial("echo", registry=registry, options=dial)
+    other = meshkit.dial("other", registry=registry, options=dial)
+    try:
+        for ch in (echo, other, echo):
+            await ch.wait_for_endpoints(1)
+            await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+    finally:
+        await echo.close()
+        await other.close()
+    await until(lambda: len([s for s in tracing.spans() if s.kind is SpanKind.CLIENT]) == 3,
+                what="3 client spans")
+    clients = sorted((s for s in tracing.spans() if s.kind is SpanKind.CLIENT),
+                     key=lambda s: s.start_time)
+    assert [(s.attributes["meshkit.instance_id"], s.attributes.get("server.address"))
+            for s in clients] == [("e1", "echo"), ("o1", "other"), ("e1", "echo")]
 
 
 async def test_streaming_calls_are_traced_through_the_chain(
