@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Collection, MutableMapping
 from contextvars import Context, ContextVar, copy_context
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -121,7 +121,11 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """structlog processor: replace the value of every field named like a credential
     (:func:`is_sensitive_key`) with ``"[REDACTED]"``, one level deep into dicts, and in
-    ``(key, value)`` pair lists such as gRPC metadata.
+    ``(key, value)`` pair collections such as gRPC metadata: lists and tuples of pairs,
+    ``grpc.aio.Metadata`` (what ``initial_metadata()``/``trailing_metadata()`` and a
+    client interceptor's ``client_call_details.metadata`` are) and any other re-iterable
+    collection of ``(str, value)`` pairs (not a string, bytes or a one-shot iterator, which
+    reading would consume); such a collection is logged as the list of its pairs.
 
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
@@ -131,10 +135,17 @@ def redact_secrets(
         elif isinstance(value, dict):
             event_dict[key] = {k: REDACTED if isinstance(k, str) and is_sensitive_key(k) else v
                                for k, v in value.items()}
-        elif isinstance(value, list | tuple) and value and all(
-                isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value):
+        elif (isinstance(value, list | tuple) or (
+                not isinstance(value, _NOT_PAIRS) and isinstance(value, Collection))) and (
+                value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                              for p in value)):
             event_dict[key] = [(k, REDACTED if is_sensitive_key(k) else v) for k, v in value]
     return event_dict
+
+
+# values redact_secrets never reads as pair collections (strings and bytes iterate over
+# characters; the scalars are tested first because the Collection ABC check costs more)
+_NOT_PAIRS = (str, bytes, bytearray, memoryview, int, float, bool, type(None))
 
 
 def _merge_contextvars_redacted(

@@ -131,6 +131,29 @@ def test_redact_secrets_masks_fields_dicts_and_pairs() -> None:
     assert out["user"] == "u"
 
 
+def test_redact_secrets_masks_grpc_aio_metadata_and_other_pair_collections(
+        json_lines: io.StringIO) -> None:
+    """The metadata grpc.aio hands out (``initial_metadata()``, ``trailing_metadata()``,
+    an interceptor's ``client_call_details.metadata``) is a ``grpc.aio.Metadata``, no
+    list: its credential values are redacted too (README: credential-named fields are
+    never logged), as in any other collection of ``(str, value)`` pairs; strings, bytes
+    and one-shot iterators are left as they are."""
+    md = grpc.aio.Metadata(("authorization", SECRET), ("set-cookie", "sid=c00kie-value"),
+                           ("x-user", "u1"))
+    pairs = iter([("token", "t")])
+    out = redact_secrets(None, "info", {
+        "event": "x", "metadata": md, "pairs": {("cookie", "c")}, "text": "ab",
+        "raw": b"ab", "once": pairs})
+    assert out["metadata"] == [("authorization", "[REDACTED]"), ("set-cookie", "[REDACTED]"),
+                               ("x-user", "u1")]
+    assert out["pairs"] == [("cookie", "[REDACTED]")]
+    assert (out["text"], out["raw"], out["once"]) == ("ab", b"ab", pairs)
+    structlog.get_logger("app").info("answer headers", metadata=md)
+    line = json_lines.getvalue()
+    assert "answer headers" in line and "u1" in line
+    assert SECRET not in line and "c00kie-value" not in line, line
+
+
 def test_configure_logging_validates_level_and_format(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """configure_logging refuses unknown levels and formats, quoting them."""
