@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from meshkit._stats import ChannelStats, ServerStats
 
-__all__ = ["live_channel_stats", "live_server_stats", "track"]
+__all__ = ["live_channel_stats", "live_server_stats", "track", "tracked"]
 
 
 class _HasChannelStats(Protocol):
@@ -33,6 +33,13 @@ def track(obj: _HasChannelStats | _HasServerStats, *, kind: str) -> None:
     """Register a live channel (``kind="channel"``) or server (``kind="server"``); it stays
     listed while it is alive and ``obj.live`` is true."""
     (_CHANNELS if kind == "channel" else _SERVERS).add(obj)
+
+
+def tracked(kind: str) -> list[Any]:
+    """Every registered channel (``kind="channel"``) or server (``kind="server"``) still
+    in memory, live or not (closed, stopped): what :class:`~meshkit.observability.
+    _metrics.MeshCollector` reads to keep the counters of those that ended."""
+    return list(_CHANNELS if kind == "channel" else _SERVERS)
 
 
 def _live(objs: weakref.WeakSet[Any]) -> list[Any]:

@@ -15,11 +15,12 @@ at all: :class:`MeshCollector` reads the typed snapshots of the live channels an
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from bisect import bisect_left as _bisect
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
@@ -32,8 +33,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
-from meshkit.observability._live import live_channel_stats, live_server_stats
+from meshkit.observability._live import tracked
 from meshkit.observability._semconv import MethodNames
 
 __all__ = [
@@ -413,6 +415,140 @@ class _Family:
         return fam
 
 
+_Sample = tuple[str, tuple[str, ...], float]  # (family key, label values, value)
+
+
+def _families() -> dict[str, _Family]:
+    """The scrape-time families, empty, by key."""
+    t = ("target",)
+    ti = ("target", "instance_id")
+    return {
+        "endpoints": _Family("gauge", "meshkit_client_endpoints",
+                             "Endpoints of the dialed service, by connection state.",
+                             ("target", "state"), "max"),
+        "ejected": _Family("gauge", "meshkit_client_endpoints_ejected",
+                           "Endpoints out of rotation by outlier ejection now.", t,
+                           "max"),
+        "ejections": _Family("counter", "meshkit_client_ejections",
+                             "Outlier ejections since the channel opened.", t),
+        "retries": _Family("counter", "meshkit_client_retries",
+                           "Retry attempts sent (after a failed attempt).", t),
+        "hedges": _Family("counter", "meshkit_client_hedges",
+                          "Hedged attempts sent.", t),
+        "budget_exhausted": _Family("counter", "meshkit_client_retry_budget_exhausted",
+                                    "Retries or hedges refused by the retry budget.", t),
+        "gave_up": _Family("counter", "meshkit_client_retry_deadline_giveups",
+                           "Retries not sent because the deadline was too close.", t),
+        "budget": _Family("gauge", "meshkit_client_retry_budget_available",
+                          "Retries the budget still allows in its window.", t,
+                          "min"),
+        "watch_errors": _Family("counter", "meshkit_registry_watch_errors",
+                                "Discovery watch failures (the channel kept its "
+                                "last endpoints).", t),
+        "ep_calls": _Family("counter", "meshkit_client_endpoint_calls",
+                            "Attempts sent to each endpoint.", ti),
+        "ep_failures": _Family("counter", "meshkit_client_endpoint_failures",
+                               "Failed attempts per endpoint.", ti),
+        "ep_in_flight": _Family("gauge", "meshkit_client_endpoint_in_flight",
+                                "Attempts in progress per endpoint.", ti),
+        "ep_ejected": _Family("gauge", "meshkit_client_endpoint_ejected",
+                              "1 while the endpoint is ejected, else 0.", ti, "max"),
+        "ep_rtt": _Family("gauge", "meshkit_client_endpoint_rtt_seconds",
+                          "Balancer's EWMA latency estimate per endpoint, seconds.", ti,
+                          "mean"),
+        "registry_ok": _Family("gauge", "meshkit_registry_healthy",
+                               "1 while the dialed service's registry can be read and "
+                               "written, else 0.", t, "min"),
+        "registry_kept": _Family("gauge", "meshkit_registry_kept_endpoints",
+                                 "Endpoints kept through a registry fault although the "
+                                 "registry does not list them now.", t, "max"),
+        "registry_errors": _Family("counter", "meshkit_registry_errors",
+                                   "Failed registry reads and writes.", ("target", "op")),
+        "ready": _Family("gauge", "meshkit_server_ready",
+                         "1 when the server is registered and serving, not draining.",
+                         ("service",), "min"),
+        "draining": _Family("gauge", "meshkit_server_draining",
+                            "1 while the server drains.", ("service",), "max"),
+        "deadline_rejected": _Family("counter", "meshkit_server_deadline_rejections",
+                                     "Calls refused because their deadline had passed.",
+                                     ("service",)),
+        "gate": _Family("counter", "meshkit_server_gate_refusals",
+                        "Calls the request gate refused before any of their code ran: "
+                        "shed RESOURCE_EXHAUSTED (reason shed), request not in time "
+                        "(timed_out) or slot given to a newer call (evicted).",
+                        ("service", "reason")),
+        "tls_handshakes": _Family("counter", "meshkit_server_tls_handshakes",
+                                  "TLS handshakes started (grpcio does not report their "
+                                  "outcome; refused ones are not followed by calls).",
+                                  ("service",)),
+    }
+
+
+def _channel_samples(ch: ChannelStats) -> list[_Sample]:
+    """The scrape-time samples of one channel's snapshot."""
+    out: list[_Sample] = []
+
+    def add(fam: str, labels: tuple[str, ...], value: float) -> None:
+        out.append((fam, labels, value))
+
+    target = (ch.service,)
+    states: dict[str, int] = {"READY": 0, "IDLE": 0, "FAILING": 0}
+    ejected = 0
+    for ep in ch.endpoints:
+        key = (ch.service, ep.instance_id)
+        add("ep_calls", key, ep.calls)
+        add("ep_failures", key, ep.failures)
+        if not ep.present:
+            continue
+        states[ep.state] = states.get(ep.state, 0) + 1
+        ejected += ep.ejected
+        add("ep_in_flight", key, ep.in_flight)
+        add("ep_ejected", key, float(ep.ejected))
+        if ep.rtt_ms is not None:
+            add("ep_rtt", key, ep.rtt_ms / 1000)
+    for state, n in states.items():
+        add("endpoints", (ch.service, state), n)
+    add("ejected", target, ejected)
+    add("ejections", target, ch.ejections)
+    retry = ch.retry
+    if retry is not None:
+        add("retries", target, retry.retries)
+        add("hedges", target, retry.hedges)
+        add("budget_exhausted", target, retry.budget_exhausted)
+        add("gave_up", target, retry.gave_up_deadline)
+        add("budget", target, retry.budget_left)
+    add("watch_errors", target, ch.watch_errors)
+    reg = ch.registry
+    if reg is not None:
+        add("registry_ok", target, float(bool(reg.get("ok", True))))
+        add("registry_kept", target, reg.get("kept_endpoints", 0))
+        add("registry_errors", (ch.service, "read"), reg.get("read_errors", 0))
+        add("registry_errors", (ch.service, "write"), reg.get("write_errors", 0))
+    return out
+
+
+def _server_samples(srv: ServerStats) -> list[_Sample]:
+    """The scrape-time samples of one server's snapshot."""
+    out: list[_Sample] = []
+
+    def add(fam: str, labels: tuple[str, ...], value: float) -> None:
+        out.append((fam, labels, value))
+
+    svc = (srv.service,)
+    add("ready", svc, float(srv.ready))
+    add("draining", svc, float(srv.draining))
+    add("deadline_rejected", svc, srv.deadline_rejections)
+    add("gate", (srv.service, "shed"), srv.gate_shed)
+    add("gate", (srv.service, "timed_out"), srv.gate_timed_out)
+    add("gate", (srv.service, "evicted"), srv.gate_evicted)
+    add("tls_handshakes", svc, srv.tls_handshakes)
+    return out
+
+
+_SAMPLES_OF: tuple[tuple[str, Callable[[Any], list[_Sample]]], ...] = (
+    ("channel", _channel_samples), ("server", _server_samples))
+
+
 class MeshCollector:
     """A prometheus-client collector reading mesh internals at scrape time.
 
@@ -426,119 +562,73 @@ class MeshCollector:
     ``meshkit_client_endpoints``, ``meshkit_registry_kept_endpoints`` and
     ``meshkit_server_draining`` their maximum; ``meshkit_client_endpoint_rtt_seconds``
     their mean.
+
+    Counters never go backwards (Prometheus/OpenMetrics: a counter is monotonically
+    non-decreasing; a drop reads as a restart, and ``rate()``/``increase()`` count the
+    remaining value again): the counters of a channel that closed or a server that
+    stopped, once this collector has seen it live, are kept in a retired tally per label
+    set and added at every later scrape; its final values, read at the first scrape that
+    finds it ended (or, if it was garbage collected before that scrape, its values at the
+    last scrape: increments since then are then not counted). Its gauges drop with it.
+    The tally grows with the label sets ever seen (targets, instance ids, services), as a
+    labelled prometheus-client counter does.
     """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # scrapes may run in several threads
+        # every channel/server this collector saw live: its counter samples at the last
+        # scrape (keyed by a weak reference: a collected one is retired with them)
+        self._last: dict[weakref.ref[Any], list[_Sample]] = {}
+        self._retired: dict[tuple[str, tuple[str, ...]], float] = {}
 
     def describe(self) -> list[Metric]:
         """No fixed description: the families depend on what is live at scrape time."""
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Build the families from the live channels and servers."""
-        t = ("target",)
-        ti = ("target", "instance_id")
-        fams = {
-            "endpoints": _Family("gauge", "meshkit_client_endpoints",
-                                 "Endpoints of the dialed service, by connection state.",
-                                 ("target", "state"), "max"),
-            "ejected": _Family("gauge", "meshkit_client_endpoints_ejected",
-                               "Endpoints out of rotation by outlier ejection now.", t,
-                               "max"),
-            "ejections": _Family("counter", "meshkit_client_ejections",
-                                 "Outlier ejections since the channel opened.", t),
-            "retries": _Family("counter", "meshkit_client_retries",
-                               "Retry attempts sent (after a failed attempt).", t),
-            "hedges": _Family("counter", "meshkit_client_hedges",
-                              "Hedged attempts sent.", t),
-            "budget_exhausted": _Family("counter", "meshkit_client_retry_budget_exhausted",
-                                        "Retries or hedges refused by the retry budget.", t),
-            "gave_up": _Family("counter", "meshkit_client_retry_deadline_giveups",
-                               "Retries not sent because the deadline was too close.", t),
-            "budget": _Family("gauge", "meshkit_client_retry_budget_available",
-                              "Retries the budget still allows in its window.", t,
-                              "min"),
-            "watch_errors": _Family("counter", "meshkit_registry_watch_errors",
-                                    "Discovery watch failures (the channel kept its "
-                                    "last endpoints).", t),
-            "ep_calls": _Family("counter", "meshkit_client_endpoint_calls",
-                                "Attempts sent to each endpoint.", ti),
-            "ep_failures": _Family("counter", "meshkit_client_endpoint_failures",
-                                   "Failed attempts per endpoint.", ti),
-            "ep_in_flight": _Family("gauge", "meshkit_client_endpoint_in_flight",
-                                    "Attempts in progress per endpoint.", ti),
-            "ep_ejected": _Family("gauge", "meshkit_client_endpoint_ejected",
-                                  "1 while the endpoint is ejected, else 0.", ti, "max"),
-            "ep_rtt": _Family("gauge", "meshkit_client_endpoint_rtt_seconds",
-                              "Balancer's EWMA latency estimate per endpoint, seconds.", ti,
-                              "mean"),
-            "registry_ok": _Family("gauge", "meshkit_registry_healthy",
-                                   "1 while the dialed service's registry can be read and "
-                                   "written, else 0.", t, "min"),
-            "registry_kept": _Family("gauge", "meshkit_registry_kept_endpoints",
-                                     "Endpoints kept through a registry fault although the "
-                                     "registry does not list them now.", t, "max"),
-            "registry_errors": _Family("counter", "meshkit_registry_errors",
-                                       "Failed registry reads and writes.", ("target", "op")),
-            "ready": _Family("gauge", "meshkit_server_ready",
-                             "1 when the server is registered and serving, not draining.",
-                             ("service",), "min"),
-            "draining": _Family("gauge", "meshkit_server_draining",
-                                "1 while the server drains.", ("service",), "max"),
-            "deadline_rejected": _Family("counter", "meshkit_server_deadline_rejections",
-                                         "Calls refused because their deadline had passed.",
-                                         ("service",)),
-            "gate": _Family("counter", "meshkit_server_gate_refusals",
-                            "Calls the request gate refused before any of their code ran: "
-                            "shed RESOURCE_EXHAUSTED (reason shed), request not in time "
-                            "(timed_out) or slot given to a newer call (evicted).",
-                            ("service", "reason")),
-            "tls_handshakes": _Family("counter", "meshkit_server_tls_handshakes",
-                                      "TLS handshakes started (grpcio does not report their "
-                                      "outcome; refused ones are not followed by calls).",
-                                      ("service",)),
-        }
-        for ch in live_channel_stats():
-            target = (ch.service,)
-            states: dict[str, int] = {"READY": 0, "IDLE": 0, "FAILING": 0}
-            ejected = 0
-            for ep in ch.endpoints:
-                key = (ch.service, ep.instance_id)
-                fams["ep_calls"].add(key, ep.calls)
-                fams["ep_failures"].add(key, ep.failures)
-                if not ep.present:
-                    continue
-                states[ep.state] = states.get(ep.state, 0) + 1
-                ejected += ep.ejected
-                fams["ep_in_flight"].add(key, ep.in_flight)
-                fams["ep_ejected"].add(key, float(ep.ejected))
-                if ep.rtt_ms is not None:
-                    fams["ep_rtt"].add(key, ep.rtt_ms / 1000)
-            for state, n in states.items():
-                fams["endpoints"].add((ch.service, state), n)
-            fams["ejected"].add(target, ejected)
-            fams["ejections"].add(target, ch.ejections)
-            retry = ch.retry
-            if retry is not None:
-                fams["retries"].add(target, retry.retries)
-                fams["hedges"].add(target, retry.hedges)
-                fams["budget_exhausted"].add(target, retry.budget_exhausted)
-                fams["gave_up"].add(target, retry.gave_up_deadline)
-                fams["budget"].add(target, retry.budget_left)
-            fams["watch_errors"].add(target, ch.watch_errors)
-            reg = ch.registry
-            if reg is not None:
-                fams["registry_ok"].add(target, float(bool(reg.get("ok", True))))
-                fams["registry_kept"].add(target, reg.get("kept_endpoints", 0))
-                fams["registry_errors"].add((ch.service, "read"), reg.get("read_errors", 0))
-                fams["registry_errors"].add((ch.service, "write"), reg.get("write_errors", 0))
-        for srv in live_server_stats():
-            svc = (srv.service,)
-            fams["ready"].add(svc, float(srv.ready))
-            fams["draining"].add(svc, float(srv.draining))
-            fams["deadline_rejected"].add(svc, srv.deadline_rejections)
-            fams["gate"].add((srv.service, "shed"), srv.gate_shed)
-            fams["gate"].add((srv.service, "timed_out"), srv.gate_timed_out)
-            fams["gate"].add((srv.service, "evicted"), srv.gate_evicted)
-            fams["tls_handshakes"].add(svc, srv.tls_handshakes)
+        """Build the families from the live channels and servers, and the retired
+        counters of those that ended."""
+        fams = _families()
+        with self._lock:
+            for kind, samples_of in _SAMPLES_OF:
+                for obj in tracked(kind):
+                    self._read(obj, samples_of, fams)
+            for ref in [r for r in self._last if r() is None]:  # collected since
+                self._retire(self._last.pop(ref))
+            for (key, labels), value in self._retired.items():
+                fams[key].add(labels, value)
         for fam in fams.values():
             if fam.values:
                 yield fam.metric()
+
+    def _read(self, obj: Any, samples_of: Callable[[Any], list[_Sample]],
+              fams: dict[str, _Family]) -> None:
+        """Add a live ``obj``'s samples to ``fams`` and remember its counters; retire the
+        counters of one that ended since the last scrape."""
+        live = getattr(obj, "live", False)
+        ref = weakref.ref(obj)
+        if not live and ref not in self._last:
+            return  # never seen live here: nothing of it was reported
+        try:
+            samples = samples_of(obj.stats())
+        except Exception:  # closing while we looked
+            if live:
+                return
+            self._retire(self._last.pop(ref))
+            return
+        if live:
+            for fam, labels, value in samples:
+                fams[fam].add(labels, value)
+            self._last[ref] = [s for s in samples if fams[s[0]].kind == "counter"]
+            return
+        # ended: its final counters, none below what the last scrape reported
+        final = {(fam, labels): value for fam, labels, value in self._last.pop(ref)}
+        for fam, labels, value in samples:
+            if fams[fam].kind == "counter":
+                final[fam, labels] = max(value, final.get((fam, labels), value))
+        self._retire([(fam, labels, value) for (fam, labels), value in final.items()])
+
+    def _retire(self, samples: list[_Sample]) -> None:
+        for fam, labels, value in samples:
+            key = (fam, labels)
+            self._retired[key] = self._retired.get(key, 0) + value
