@@ -32,6 +32,7 @@ call in flight, not with grpc.aio's ``CancelledError`` in a task nobody cancelle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -44,7 +45,16 @@ from meshkit._loop import LoopCache
 from meshkit.errors import MeshRpcError
 from meshkit.interceptors import ClientCallDetails
 
-__all__ = ["MeshCall", "RetryingStreamCall", "StreamResponseCall", "UnaryResponseCall"]
+__all__ = [
+    "MeshCall",
+    "RetryingStreamCall",
+    "StreamResponseCall",
+    "StreamStreamCall",
+    "StreamUnaryCall",
+    "UnaryResponseCall",
+    "UnaryStreamCall",
+    "UnaryUnaryCall",
+]
 
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
@@ -576,6 +586,142 @@ class StreamResponseCall(MeshCall):
         call = self._call if self._is_settled else await self._settled_or_cancel()
         if call is not None:
             await call.done_writing()
+
+
+class _Written:
+    """The request stream of a stream-unary call made without a request iterator: the
+    messages :meth:`StreamUnaryCall.write` hands over, one at a time (a writer waits
+    while the one before it has not been taken), ended by ``done_writing()``. Consumed
+    once: the retry policy sees an iterator, which is not replayed."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+
+    def __aiter__(self) -> _Written:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self.queue.get()
+        if item is _END_OF_WRITES:
+            raise StopAsyncIteration
+        return item
+
+
+_END_OF_WRITES: Any = object()
+_HALF_CLOSED = 'RPC is half closed after calling "done_writing".'  # grpc.aio's texts
+_FINISHED = "RPC already finished."
+_STYLES_MIXED = "The iterator and read/write APIs may not be mixed on a single RPC."
+
+
+class UnaryUnaryCall(UnaryResponseCall):
+    """A unary-unary call (a ``grpc.aio.UnaryUnaryCall``); see :class:`UnaryResponseCall`."""
+
+    __slots__ = ()
+
+
+class StreamUnaryCall(UnaryResponseCall):
+    """A stream-unary call (a ``grpc.aio.StreamUnaryCall``); see
+    :class:`UnaryResponseCall`. Made without a request iterator, its requests are sent
+    with :meth:`write` and ended with :meth:`done_writing`, as grpc.aio's; such a call is
+    not retried once it has sent (nothing replays what was written), and its ``await``
+    waits for ``done_writing()``. A message its serializer refuses ends the call
+    ``INTERNAL`` (:class:`~meshkit.errors.RequestSerializationError`), raised by the
+    ``await`` (and by a ``write()`` after it), not by the ``write()`` that handed it over:
+    the mesh serializes a request stream's messages as the attempt takes them."""
+
+    __slots__ = ("_half_closed", "_writes")
+
+    def __init__(self, details: ClientCallDetails, request: Any,
+                 invoke: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
+        writes = None
+        if request is None:
+            request = writes = _Written()
+        super().__init__(details, request, invoke)
+        self._writes = writes
+        self._half_closed = False
+
+    async def _put(self, item: Any) -> None:
+        """Hand ``item`` to the request stream, starting the call: at once when the one
+        before it was taken, else when it is, or raise once the call has ended."""
+        writes = self._writes
+        if writes is None:
+            raise grpc.aio.UsageError(_STYLES_MIXED)
+        self._start()
+        if self._is_settled:
+            self._raise_finished()
+        queue = writes.queue
+        if not queue.full():
+            queue.put_nowait(item)
+            return
+        put = asyncio.ensure_future(queue.put(item))
+        try:
+            # the call's end wakes a writer whose message nobody will take
+            await asyncio.wait((put, self._waiter()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not put.done():
+                put.cancel()
+        if put.done() and not put.cancelled():
+            return
+        self._raise_finished()
+
+    def _raise_finished(self) -> None:
+        """A write to a call that has ended: its error when it failed, else grpc.aio's
+        ``InvalidStateError``."""
+        err = self._error
+        if isinstance(err, AioRpcError):
+            raise err
+        if isinstance(err, asyncio.CancelledError):
+            raise asyncio.CancelledError()
+        raise asyncio.InvalidStateError(_FINISHED)
+
+    async def write(self, request: Any) -> None:
+        """Send one request message (a call made without a request iterator).
+
+        Raises:
+            grpc.aio.UsageError: the call was made with a request iterator.
+            asyncio.InvalidStateError: after :meth:`done_writing`, or the call has ended
+                (its error instead, when it failed), as grpc.aio's ``write``.
+        """
+        if self._half_closed:
+            raise asyncio.InvalidStateError(_HALF_CLOSED)
+        await self._put(request)
+
+    async def done_writing(self) -> None:
+        """End the request stream (half-close); nothing once the call has ended or after
+        an earlier ``done_writing()``, as grpc.aio's.
+
+        Raises:
+            grpc.aio.UsageError: the call was made with a request iterator.
+        """
+        if self._writes is None:
+            raise grpc.aio.UsageError(_STYLES_MIXED)
+        if self._half_closed or self.done():
+            return
+        self._half_closed = True
+        with contextlib.suppress(AioRpcError, asyncio.InvalidStateError):
+            await self._put(_END_OF_WRITES)
+
+
+class UnaryStreamCall(StreamResponseCall):
+    """A unary-stream call (a ``grpc.aio.UnaryStreamCall``); see :class:`StreamResponseCall`."""
+
+    __slots__ = ()
+
+
+class StreamStreamCall(StreamResponseCall):
+    """A stream-stream call (a ``grpc.aio.StreamStreamCall``); see
+    :class:`StreamResponseCall`."""
+
+    __slots__ = ()
+
+
+# grpc.aio's call types, by registration (no base class: no cost per call)
+grpc.aio.UnaryUnaryCall.register(UnaryUnaryCall)
+grpc.aio.StreamUnaryCall.register(StreamUnaryCall)
+grpc.aio.UnaryStreamCall.register(UnaryStreamCall)
+grpc.aio.StreamStreamCall.register(StreamStreamCall)
 
 
 _NOTHING: Any = object()

@@ -40,7 +40,14 @@ import grpc
 import structlog
 from grpc.aio import AioRpcError, Metadata
 
-from meshkit._calls import StreamResponseCall, UnaryResponseCall
+from meshkit._calls import (
+    StreamResponseCall,
+    StreamStreamCall,
+    StreamUnaryCall,
+    UnaryResponseCall,
+    UnaryStreamCall,
+    UnaryUnaryCall,
+)
 from meshkit._codecs import (
     checked_response,
     codec_error,
@@ -664,8 +671,16 @@ class MeshChannel(grpc.aio.Channel):
         }[best]
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        """Return once :meth:`get_state` differs from ``last_observed_state``."""
-        while self.get_state() == last_observed_state and not self._closed:
+        """Return once :meth:`get_state` differs from ``last_observed_state``.
+
+        Raises:
+            grpc.aio.UsageError: the channel is closed (at once, or when it closes while
+                this waits), as grpc.aio's: a state-watching loop ends instead of spinning
+                on ``SHUTDOWN``.
+        """
+        while self.get_state() == last_observed_state:
+            if self._closed:
+                raise grpc.aio.UsageError("Channel is closed.")
             await self._pool.changed()
 
     async def channel_ready(self) -> None:
@@ -852,7 +867,7 @@ class _MultiCallable:
         self._channel = channel
         self._codec = codec
         self._make_call = self._call_type
-        self._invoke = (channel._stream if self._call_type is StreamResponseCall
+        self._invoke = (channel._stream if issubclass(self._call_type, StreamResponseCall)
                         else channel._unary)
         opts = channel.options
         self._timeout = codec.timeout_s
@@ -923,20 +938,15 @@ class _UnaryRequestMultiCallable(_MultiCallable):
 
 class _StreamRequestMultiCallable(_MultiCallable):
     """The ``__call__`` of stream-request kinds (grpc.aio's signature: an optional
-    ``request_iterator``, then positional options); the subclass names the call class and
-    whether a missing iterator is a :class:`ConfigError`."""
+    ``request_iterator``, then positional options; without one, the call's ``write()``
+    and ``done_writing()`` send the requests); the subclass names the call class."""
 
     __slots__ = ()
-    _needs_iterator: ClassVar[bool]
 
     def __call__(self, request_iterator: Any = None, timeout: float | None = None,
                  metadata: Any = None, credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
-        if request_iterator is None and self._needs_iterator:
-            raise ConfigError(
-                "meshkit stream-unary calls need a request iterator (retries may replay it)"
-            )
         d = self._details(timeout, metadata, credentials, wait_for_ready, compression)
         make_call = self._make_call  # a local: self._make_call(...) would not specialise
         return make_call(d, request_iterator, self._invoke)
@@ -945,24 +955,22 @@ class _StreamRequestMultiCallable(_MultiCallable):
 class _UnaryUnaryMultiCallable(_UnaryRequestMultiCallable,
                                grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
     __slots__ = ()
-    _call_type = UnaryResponseCall
+    _call_type = UnaryUnaryCall
 
 
 class _UnaryStreamMultiCallable(_UnaryRequestMultiCallable,
                                 grpc.aio.UnaryStreamMultiCallable[Any, Any]):
     __slots__ = ()
-    _call_type = StreamResponseCall
+    _call_type = UnaryStreamCall
 
 
 class _StreamUnaryMultiCallable(_StreamRequestMultiCallable,
                                 grpc.aio.StreamUnaryMultiCallable[Any, Any]):
     __slots__ = ()
-    _call_type = UnaryResponseCall
-    _needs_iterator = True
+    _call_type = StreamUnaryCall
 
 
 class _StreamStreamMultiCallable(_StreamRequestMultiCallable,
                                  grpc.aio.StreamStreamMultiCallable[Any, Any]):
     __slots__ = ()
-    _call_type = StreamResponseCall
-    _needs_iterator = False
+    _call_type = StreamStreamCall

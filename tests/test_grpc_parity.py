@@ -78,3 +78,117 @@ async def test_details_of_a_cancelled_unary_call(
                 await task
             assert await call.code() is grpc.StatusCode.CANCELLED, ch
             assert await call.details() == "Locally cancelled by application!", ch
+
+
+@pytest.mark.parametrize("dial_kw", DIALS)
+async def test_call_objects_are_grpc_aio_call_types(
+        registry: LocalRegistry, dial_kw: dict[str, Any]) -> None:
+    """A grpc.aio multicallable returns a ``grpc.aio.UnaryUnaryCall`` / ``UnaryStreamCall``
+    / ``StreamUnaryCall`` / ``StreamStreamCall`` (what its ``__call__`` and the generated
+    stubs' types say); meshkit's call objects were no ``grpc.aio.Call`` at all. Each is
+    the one kind it is, not another."""
+    kinds = (grpc.aio.UnaryUnaryCall, grpc.aio.UnaryStreamCall, grpc.aio.StreamUnaryCall,
+             grpc.aio.StreamStreamCall)
+    async with side_by_side(registry, dial_kw) as (raw, mesh):
+        for ch in (raw, mesh):
+            calls = [
+                (ch.unary_unary(method("Unary"))(b"x"), grpc.aio.UnaryUnaryCall),
+                (ch.unary_stream(method("ServerStream"))(b"1"), grpc.aio.UnaryStreamCall),
+                (ch.stream_unary(method("ClientStream"))(iter([b"a"])),
+                 grpc.aio.StreamUnaryCall),
+                (ch.stream_stream(method("Bidi"))(iter([b"a"])), grpc.aio.StreamStreamCall),
+            ]
+            try:
+                for call, kind in calls:
+                    assert isinstance(call, grpc.aio.Call), (ch, type(call))
+                    assert [k for k in kinds if isinstance(call, k)] == [kind], (ch, call)
+            finally:
+                for call, _ in calls:
+                    call.cancel()
+
+
+@pytest.mark.parametrize("dial_kw", DIALS)
+async def test_wait_for_state_change_on_a_closed_channel_raises(
+        registry: LocalRegistry, dial_kw: dict[str, Any]) -> None:
+    """grpc.aio's ``wait_for_state_change`` on a closed channel raises ``UsageError``
+    ("Channel is closed."). meshkit's returned at once with the state still ``SHUTDOWN``,
+    so the usual watching loop (``state = ch.get_state(); await
+    ch.wait_for_state_change(state)``) spun without ever suspending, blocking the loop."""
+    async with side_by_side(registry, dial_kw) as (raw, mesh):
+        for ch in (raw, mesh):
+            await ch.close()
+            with pytest.raises(grpc.aio.UsageError):
+                await asyncio.wait_for(
+                    ch.wait_for_state_change(grpc.ChannelConnectivity.SHUTDOWN), 2)
+
+
+@pytest.mark.parametrize("dial_kw", DIALS)
+async def test_a_wait_for_state_change_ends_when_the_channel_closes(
+        registry: LocalRegistry, dial_kw: dict[str, Any]) -> None:
+    """A ``wait_for_state_change`` waiting when the channel closes returns (the state
+    went to ``SHUTDOWN``), and the next one raises: a watching loop ends."""
+    async with side_by_side(registry, dial_kw) as (_raw, mesh):
+        state = mesh.get_state()
+        waiting = asyncio.ensure_future(mesh.wait_for_state_change(state))
+        await asyncio.sleep(0.05)
+        await mesh.close()
+        await asyncio.wait_for(waiting, 2)
+        assert mesh.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+        with pytest.raises(grpc.aio.UsageError):
+            await asyncio.wait_for(mesh.wait_for_state_change(mesh.get_state()), 2)
+
+
+@pytest.mark.parametrize("dial_kw", DIALS)
+async def test_stream_unary_call_with_write_and_done_writing(
+        registry: LocalRegistry, dial_kw: dict[str, Any]) -> None:
+    """A grpc.aio stream-unary call may be made without a request iterator, fed with
+    ``write()`` / ``done_writing()`` and awaited; meshkit refused such a call with
+    ``ConfigError`` ("need a request iterator") and its call object had no ``write``. A
+    write after ``done_writing()`` raises grpc.aio's ``InvalidStateError``, and so does a
+    write after the call has ended; a call made with an iterator refuses ``write()``
+    (``UsageError``)."""
+    async with side_by_side(registry, dial_kw) as (raw, mesh):
+        for ch in (raw, mesh):
+            call = ch.stream_unary(method("ClientStream"))()
+            await call.write(b"a")
+            await call.write(b"b")
+            await call.done_writing()
+            with pytest.raises(asyncio.InvalidStateError):
+                await call.write(b"c")
+            assert await call == b"e1|a,b", ch
+            await call.done_writing()  # again, after the end: nothing
+            with pytest.raises(asyncio.InvalidStateError):
+                await call.write(b"d")
+            iterated = ch.stream_unary(method("ClientStream"))(iter([b"x"]))
+            with pytest.raises(grpc.aio.UsageError):
+                await iterated.write(b"y")
+            assert await iterated == b"e1|x"
+
+
+async def test_a_writer_is_woken_when_the_call_fails(registry: LocalRegistry) -> None:
+    """A writer waiting to hand over a message nobody will take (the call ended: here its
+    deadline) gets the call's error instead of waiting for ever."""
+    from tests.support.echo import SERVICE
+
+    async def never_reads(requests: Any, context: Any) -> bytes:
+        await asyncio.sleep(30)
+        return b""
+
+    stalling = grpc.method_handlers_generic_handler(
+        SERVICE, {"NeverReads": grpc.stream_unary_rpc_method_handler(never_reads)})
+    async with raw_server(stalling) as (_server, port):
+        await registry.register(
+            Instance(service="stall", instance_id="s1", host="127.0.0.1", port=port))
+        async with meshkit.dial("stall", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            await ch.wait_for_endpoints(1)
+            call = ch.stream_unary(method("NeverReads"))(timeout=0.5)
+
+            async def write_forever() -> None:
+                while True:
+                    await call.write(b"x" * 65536)
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(write_forever(), 5)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
