@@ -317,5 +317,7 @@ class EjectingBalancer:
     def _may_eject(self) -> bool:
         n = len(self._all)
         out = sum(1 for ep in self._all if self._health[ep.key].ejected_until > 0)
+        # at least one may always be, 0 % included (Envoy: "will eject at least one host
+        # regardless of the value")
         cap = max(1, int(n * self._opts.max_ejection_percent / 100))
-        return out + 1 <= cap if self._opts.max_ejection_percent > 0 else False
+        return out + 1 <= cap

@@ -46,9 +46,14 @@ class Backoff:
         """The upper bound of the delay before retry number ``retry`` (1-based), seconds."""
         if retry < 1:
             raise ValueError(f"retry is 1-based, got {retry!r}")
-        # min() before ** would overflow for large retry counts; cap the exponent instead.
-        exp = min(retry - 1, 64)
-        return min(self.max_delay_s, self.base_delay_s * self.multiplier**exp)
+        base = self.base_delay_s
+        if base == 0.0:
+            return 0.0
+        try:  # gRFC A6: min(initial_backoff * multiplier ** (n - 1), max_backoff)
+            grown = base * self.multiplier ** (retry - 1)
+        except OverflowError:  # past any float: past max_delay_s as well
+            return self.max_delay_s
+        return min(self.max_delay_s, grown)
 
     def delay_s(self, retry: int) -> float:
         """A jittered delay before retry number ``retry`` (1-based), seconds."""

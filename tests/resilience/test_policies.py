@@ -63,6 +63,18 @@ def test_backoff_caps_grow_exponentially_and_are_bounded() -> None:
     assert 0.15 < sum(delays) / len(delays) < 0.25  # full jitter: mean is half the cap
 
 
+def test_backoff_cap_grows_past_65_retries_and_never_overflows() -> None:
+    """The cap of retry n is min(max_delay_s, base_delay_s * multiplier ** (n - 1)) (gRFC
+    A6) for any n: it stopped growing at n = 65 (a gentle multiplier's cap froze at a
+    fraction of max_delay_s), and a large multiplier still overflowed."""
+    b = Backoff(base_delay_s=0.001, max_delay_s=10.0, multiplier=1.05)
+    assert b.cap_s(100) == pytest.approx(0.001 * 1.05 ** 99)
+    assert b.cap_s(1000) == 10.0
+    big = Backoff(base_delay_s=0.01, max_delay_s=5.0, multiplier=1e5)
+    assert big.cap_s(70) == 5.0 and big.cap_s(10**9) == 5.0
+    assert Backoff(base_delay_s=0.0, max_delay_s=1.0, multiplier=float("inf")).cap_s(3) == 0.0
+
+
 def test_backoff_bad_values_quote_the_value() -> None:
     """Negative delays, a max below the base, and a multiplier < 1 are refused."""
     with pytest.raises(ConfigError, match=re.escape("-0.5")):
@@ -497,6 +509,23 @@ def test_max_ejection_percent_caps_ejections() -> None:
         ok = got[0].key == "d" or seen[got[0].key] % 3 == 1
         got[1](OK if ok else UNAVAILABLE, 0.001)
     assert len(eb.ejected()) == 2
+
+
+def test_max_ejection_percent_zero_still_lets_one_endpoint_be_ejected() -> None:
+    """``max_ejection_percent=0``: one endpoint may always be ejected (the docstring, and
+    Envoy: "will eject at least one host regardless of the value"); 0 ejected none."""
+    clock = Clock()
+    eb = EjectingBalancer(RoundRobin(rng=random.Random(0)),
+                          OutlierOptions(max_ejection_percent=0), clock=clock)
+    eb.update(eps("a", "b", "c", "d"))
+    failed = 0
+    while failed < 5:  # five calls on "a" fail; the calls elsewhere never end
+        got = eb.pick()
+        assert got is not None
+        if got[0].key == "a":
+            got[1](UNAVAILABLE, 0.001)
+            failed += 1
+    assert eb.ejected() == ["a"]
 
 
 def test_application_errors_do_not_eject() -> None:
