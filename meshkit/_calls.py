@@ -42,6 +42,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from meshkit._codecs import Undecodable, codec_error, serialize_message, undecodable_error
 from meshkit._loop import LoopCache
+from meshkit._metadata import with_previous_attempts
 from meshkit.errors import MeshRpcError
 from meshkit.interceptors import ClientCallDetails
 
@@ -763,10 +764,15 @@ class RetryingStreamCall(MeshCall):
         self._task.add_done_callback(self._settle_from_task)
 
     async def _commit(self, attempt: int) -> None:
+        sent = 1  # attempts opened: the first one was, when this was made
+        base_md = self._details.metadata
         while True:
             try:
                 if self._call is None:
+                    # gRFC A6: a retry says how many attempts went before it
+                    self._details.metadata = with_previous_attempts(base_md, sent)
                     self._call = await self._open(self._details, self._request)
+                    sent += 1
                     nxt = self._next
                     if nxt is not None:  # a wait_for_connection waits for this attempt
                         self._next = None

@@ -24,7 +24,22 @@ from typing import Any
 
 from meshkit.errors import InvalidMetadataError
 
-__all__ = ["call_metadata", "check_metadata"]
+__all__ = ["PREVIOUS_ATTEMPTS", "call_metadata", "check_metadata", "with_previous_attempts"]
+
+PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"
+"""The request header of a retry or a hedge: how many attempts of the call went before it
+(gRFC A6, "Exposed Retry Metadata"; grpc-java and grpc core send it). A grpc-python
+server does not show it to the application (grpc core keeps it); servers in other
+languages and proxies see it."""
+
+
+def with_previous_attempts(metadata: list[tuple[str, Any]],
+                           previous: int) -> list[tuple[str, Any]]:
+    """A new list: ``metadata`` with :data:`PREVIOUS_ATTEMPTS` set to ``previous`` (the
+    attempts of the call before this one; an earlier value of the header replaced)."""
+    out = [kv for kv in metadata if kv[0] != PREVIOUS_ATTEMPTS]
+    out.append((PREVIOUS_ATTEMPTS, str(previous)))
+    return out
 
 # (context, its invocation metadata) of the call whose task this is: grpc.aio runs each
 # call in a task of its own, so the value goes with the task

@@ -73,6 +73,7 @@ from meshkit._config import (
     check_number,
     check_status_codes,
 )
+from meshkit._metadata import with_previous_attempts
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError, InvalidCallError, NoEndpointsError
 from meshkit.interceptors import (
@@ -96,6 +97,9 @@ class RetryPolicy:
 
     Args:
         max_attempts: attempts in all, first included, >= 1 (default 3; 1 disables).
+            Not capped at 5 as gRFC A6 caps a service config's ``maxAttempts`` (a cap
+            that guards a client against the config a server sends; this is the
+            client's own): the retry budget bounds what retries add to the load.
         retryable_codes: statuses worth another attempt (default ``{UNAVAILABLE}``).
         backoff: delay between attempts (default :class:`Backoff` 25 ms doubling to 1 s).
         idempotent: the method may run twice safely (reads); enables retries of any
@@ -214,8 +218,12 @@ class RetryInterceptor(ClientInterceptor):
             return await self._hedged(details, request, proceed, policy)
         attempt = step = 1  # step: of the backoff, back to 1 after a server's pushback
         safe: bool | None = None  # worked out on the first failure only
+        sent = 0  # attempts made (an attempt that found no endpoint was not)
+        base_md: list[tuple[str, Any]] = details.metadata
         while True:
             t0 = time.monotonic()
+            if sent:  # gRFC A6: a retry says how many attempts went before it
+                details.metadata = with_previous_attempts(base_md, sent)
             try:
                 response = await proceed(details, request)
             except AioRpcError as exc:
@@ -225,6 +233,8 @@ class RetryInterceptor(ClientInterceptor):
                          if replayable or isinstance(exc, NoEndpointsError) else None)
                 if delay is None:
                     raise
+                if not isinstance(exc, NoEndpointsError):
+                    sent += 1
                 # gRFC A6: after a pushback "retry delay will reset to initial backoff"
                 step = 1 if _pushback_s(exc) is not None else step + 1
                 await asyncio.sleep(delay)
@@ -321,13 +331,18 @@ class RetryInterceptor(ClientInterceptor):
         assert policy.hedge_delay_s is not None
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        async def attempt() -> tuple[Any, Any]:
+        base_md: list[tuple[str, Any]] = details.metadata
+
+        async def attempt(previous: int) -> tuple[Any, Any]:
+            if previous:  # gRFC A6: a hedge says how many attempts went before it (read
+                # by the attempt's launch in this step unless it waits for an endpoint)
+                details.metadata = with_previous_attempts(base_md, previous)
             # the answer and the call that gave it, read in the same step: a hedge launched
             # after it would overwrite details.last_call before this loop looks
             response = await proceed(details, request)
             return response, details.last_call
 
-        pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(attempt())}
+        pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(attempt(0))}
         sent = 1
         next_at = loop.time() + policy.hedge_delay_s  # when the next attempt is due
         last: BaseException | None = None
@@ -375,7 +390,7 @@ class RetryInterceptor(ClientInterceptor):
                     continue
                 # the hedge delay passed, or a failure's pushback: send another attempt
                 if self.budget.try_withdraw():
-                    pending.add(asyncio.ensure_future(attempt()))
+                    pending.add(asyncio.ensure_future(attempt(sent)))
                     sent += 1
                     next_at = loop.time() + policy.hedge_delay_s
                     self.stats.hedges += 1
