@@ -934,7 +934,10 @@ class SpanStarter:
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
                 return None
-            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False, flags, state))
+            # the sampled and random-trace-id flags go on; the others are reserved, and
+            # W3C Trace Context says vendors MUST set them to zero
+            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
+                                                _FLAGS[flags & (_SAMPLED | _RANDOM)], state))
         if sdk.generic:
             generic: Span = sdk.tracer.start_span(name, _parent_context(parent, context),
                                                   self._kind, attributes)
@@ -953,8 +956,13 @@ class SpanStarter:
                 return sdk.span(name, parent, context, self._kind, tid, sampled,
                                 result.trace_state, dict(result.attributes or {}))
         if not record:
-            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False, _NOT_SAMPLED,
-                                                state))
+            # not sampled, but the random-trace-id flag goes on (W3C Trace Context level 2:
+            # it "MUST also be set in all outgoing traceparent headers" of that trace id),
+            # as on the sampled path (_Sdk.span)
+            random_ids = flags & _RANDOM if parent is not None \
+                else (_RANDOM if sdk.random_ids else 0)
+            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
+                                                _FLAGS[random_ids], state))
         if sdk.lean is not None:
             return sdk.span(name, parent, context, self._kind, tid, sampled, state,
                             dict(attributes))
