@@ -206,11 +206,13 @@ class DialOptions:
         for pattern, t in self.method_timeouts.items():
             check_number(f"method_timeouts[{pattern!r}]", t, low_open=True, finite=False)
         MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
-        check_number("deadline_margin_s", self.deadline_margin_s, finite=False)
-        if self.hash_key_metadata is not None and self.hash_key_metadata != \
-                self.hash_key_metadata.lower():
+        check_number("deadline_margin_s", self.deadline_margin_s)  # inf: every call spent
+        if self.hash_key_metadata is not None and (
+                not isinstance(self.hash_key_metadata, str) or not self.hash_key_metadata
+                or self.hash_key_metadata != self.hash_key_metadata.lower()):
             raise ConfigError(
-                f"hash_key_metadata must be lower case (gRPC metadata keys are), got "
+                f"hash_key_metadata must be a non-empty lower-case string (gRPC metadata "
+                f"keys are), got "
                 f"{self.hash_key_metadata!r}")
         object.__setattr__(self, "filters", tuple(self.filters))
         for f in self.filters:

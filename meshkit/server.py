@@ -270,7 +270,7 @@ class ServeOptions:
             raise ConfigError("insecure=True contradicts tls/credentials")
         check_int("weight", self.weight)
         check_number("grace_s", self.grace_s, finite=False)
-        check_number("drain_delay_s", self.drain_delay_s, finite=False)
+        check_number("drain_delay_s", self.drain_delay_s)  # inf: a drain that never stops
         if self.maximum_concurrent_rpcs is not None:
             check_int("maximum_concurrent_rpcs", self.maximum_concurrent_rpcs)
         if not isinstance(self.expose_exception_text, bool):

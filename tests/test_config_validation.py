@@ -274,6 +274,10 @@ def test_counts_must_be_integers(build: Build, value: object) -> None:
                  id="BudgetOptions.min_retries_per_s"),
     pytest.param(lambda: RateLimitOptions(storage_timeout_s=math.inf),
                  id="RateLimitOptions.storage_timeout_s"),
+    pytest.param(lambda: DialOptions(deadline_margin_s=math.inf),
+                 id="DialOptions.deadline_margin_s"),
+    pytest.param(lambda: ServeOptions(drain_delay_s=math.inf),
+                 id="ServeOptions.drain_delay_s"),
 ])
 def test_infinite_seconds_are_refused(build: Build) -> None:
     """``inf`` passes a ``value > 0`` check but is meaningless here (ServerLimits'
@@ -370,3 +374,12 @@ def test_meshkit_admin_port_is_read(monkeypatch: pytest.MonkeyPatch, raw: str,
     monkeypatch.setenv("MESHKIT_ADMIN_PORT", raw)
     admin = ServeOptions().admin
     assert admin is not None and admin.port == port
+
+
+@pytest.mark.parametrize("value", [1, b"user-id", "", "User-Id"])
+def test_hash_key_metadata_is_a_lower_case_string(value: object) -> None:
+    """``DialOptions.hash_key_metadata`` that is no string raised ``AttributeError``
+    (``.lower()``) instead of a ``ConfigError`` quoting it; an empty key named nothing."""
+    with pytest.raises(ConfigError, match="hash_key_metadata") as err:
+        DialOptions(hash_key_metadata=value)  # type: ignore[arg-type]
+    assert repr(value) in str(err.value)
