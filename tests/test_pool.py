@@ -397,6 +397,21 @@ async def test_a_cancelled_close_still_closes_the_channel(
 
 
 
+async def ended_cancelled_by_the_mesh(task: asyncio.Future[Any], what: str) -> Any:
+    """Wait (2 s at most) for ``task``, a reader or writer of a stream the mesh cancelled,
+    and check that it ended with ``MeshRpcError`` ``CANCELLED``, not ``CancelledError``;
+    the error."""
+    from meshkit.errors import MeshRpcError
+
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done, f"the {what} was still waiting 2 s after its stream was cancelled"
+    assert not task.cancelled(), f"the {what} ended in CancelledError"
+    err = task.exception()
+    assert isinstance(err, MeshRpcError), repr(err)
+    assert err.code() is grpc.StatusCode.CANCELLED
+    return err
+
+
 async def _requests_then_quiet() -> AsyncIterator[bytes]:
     """One request, then a request stream that stays open and quiet."""
     yield b"a"
@@ -462,7 +477,6 @@ async def test_close_ends_a_stream_reader_with_cancelled_not_cancelled_error(
     or a supervisor then takes the reader for cancelled and says nothing. (A stream its
     caller cancels still raises ``CancelledError``, grpc.aio's rule:
     tests/test_stream_codecs.py, tests/resilience/test_retry_stream.py.)"""
-    from meshkit.errors import MeshRpcError
     from meshkit.resilience import RetryOptions, RetryPolicy
 
     await echo_servers("e1")
@@ -477,12 +491,7 @@ async def test_close_ends_a_stream_reader_with_cancelled_not_cancelled_error(
     assert not reader.done()
     try:
         await ch.close()
-        done, _ = await asyncio.wait({reader}, timeout=2)
-        assert done, "the reader was still waiting 2 s after close()"
-        assert not reader.cancelled(), "the reader ended in CancelledError"
-        err = reader.exception()
-        assert isinstance(err, MeshRpcError), repr(err)
-        assert err.code() is grpc.StatusCode.CANCELLED
+        err = await ended_cancelled_by_the_mesh(reader, "reader")
         assert "closed" in (err.details() or "")
         assert await call.code() is grpc.StatusCode.CANCELLED
     finally:
@@ -496,7 +505,6 @@ async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_cancelled(
     """A stream still open on an endpoint that left when ``drain_timeout_s`` is up is
     cancelled, and its reader gets ``MeshRpcError`` ``CANCELLED`` (not a
     ``CancelledError`` in a task nobody cancelled)."""
-    from meshkit.errors import MeshRpcError
 
     async with raw_server(handler("e1")) as (_, port):
         i1 = inst("e1", port)
@@ -507,12 +515,8 @@ async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_cancelled(
             got: list[Any] = []
             _, reader = await _bidi_read(ch, got)
             await registry.deregister(i1)
-            done, _ = await asyncio.wait({reader}, timeout=4)
-            assert done, "the stream was still open 4 s after its endpoint left"
-            assert not reader.cancelled(), "the reader ended in CancelledError"
-            err = reader.exception()
-            assert isinstance(err, MeshRpcError), repr(err)
-            assert err.code() is grpc.StatusCode.CANCELLED
+            await asyncio.sleep(0.3)  # the drain_timeout_s
+            await ended_cancelled_by_the_mesh(reader, "reader")
 
 
 async def test_close_ends_a_blocked_stream_writer_with_cancelled(
@@ -520,7 +524,6 @@ async def test_close_ends_a_blocked_stream_writer_with_cancelled(
 ) -> None:
     """A writer blocked in ``write()`` (the server reads nothing, flow control is shut)
     when the channel closes gets ``MeshRpcError`` ``CANCELLED``, as a reader does."""
-    from meshkit.errors import MeshRpcError
 
     async def stall(requests: Any, context: Any) -> AsyncIterator[bytes]:
         await asyncio.sleep(30)
@@ -550,12 +553,7 @@ async def test_close_ends_a_blocked_stream_writer_with_cancelled(
                 await asyncio.sleep(0.3)
             assert not writer.done(), writer
             await ch.close()
-            done, _ = await asyncio.wait({writer}, timeout=2)
-            assert done, "the writer was still blocked 2 s after close()"
-            assert not writer.cancelled(), "the writer ended in CancelledError"
-            err = writer.exception()
-            assert isinstance(err, MeshRpcError), repr(err)
-            assert err.code() is grpc.StatusCode.CANCELLED
+            await ended_cancelled_by_the_mesh(writer, "writer")
         finally:
             writer.cancel()
             await asyncio.wait({writer}, timeout=5)
