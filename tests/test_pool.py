@@ -397,14 +397,15 @@ async def test_a_cancelled_close_still_closes_the_channel(
 
 
 
-async def ended_cancelled_by_the_mesh(task: asyncio.Future[Any], what: str) -> Any:
-    """Wait (2 s at most) for ``task``, a reader or writer of a stream the mesh cancelled,
-    and check that it ended with ``MeshRpcError`` ``CANCELLED``, not ``CancelledError``;
-    the error."""
+async def ended_cancelled_by_the_mesh(task: asyncio.Future[Any], what: str,
+                                      timeout_s: float = 2.0) -> Any:
+    """Wait (``timeout_s`` at most) for ``task``, a reader or writer of a stream the mesh
+    cancelled, and check that it ended with ``MeshRpcError`` ``CANCELLED``, not
+    ``CancelledError``; the error."""
     from meshkit.errors import MeshRpcError
 
-    done, _ = await asyncio.wait({task}, timeout=2)
-    assert done, f"the {what} was still waiting 2 s after its stream was cancelled"
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    assert done, f"the {what} was still waiting {timeout_s} s after its stream was cancelled"
     assert not task.cancelled(), f"the {what} ended in CancelledError"
     err = task.exception()
     assert isinstance(err, MeshRpcError), repr(err)
@@ -515,8 +516,7 @@ async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_cancelled(
             got: list[Any] = []
             _, reader = await _bidi_read(ch, got)
             await registry.deregister(i1)
-            await asyncio.sleep(0.3)  # the drain_timeout_s
-            await ended_cancelled_by_the_mesh(reader, "reader")
+            await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=4.0)
 
 
 async def test_close_ends_a_blocked_stream_writer_with_cancelled(
