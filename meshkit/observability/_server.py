@@ -122,16 +122,22 @@ def _peer_parts(peer: str) -> tuple[str | None, int | None]:
 class _Method:
     """Everything one method needs per call, computed on its first call."""
 
-    __slots__ = ("attrs", "bound", "line_head", "log_md", "names", "traced")
+    __slots__ = ("attrs", "bound", "line_head", "log_md", "names", "outcome", "traced")
 
     def __init__(self, names: MethodNames, bound: BoundServer | None, traced: bool,
-                 log_md: tuple[str, ...]) -> None:
+                 log_md: tuple[str, ...],
+                 outcome: Callable[[Any, BaseException | None], grpc.StatusCode] | None = None,
+                 ) -> None:
         self.names = names
         self.bound = bound
         self.traced = traced
         self.attrs = names.span_attributes()
         self.log_md = log_md
         self.line_head: str | None = None  # the start of its JSON access line, made once
+        # the interceptor's _outcome (the default), or _request_stream_outcome for a
+        # request-streaming method (chosen once: a unary-request call pays nothing for
+        # the streams' check)
+        self.outcome = outcome or TelemetryServerInterceptor._outcome
 
 
 class _MethodReporter:
@@ -278,7 +284,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         span, token, t0, peer = state
         duration_s = _perf() - t0
         try:  # no cost on 3.11+ unless raised
-            code = self._outcome(context, exc)
+            code = m.outcome(context, exc)
         except _AnsweredLater:  # rare: set_code, then raised
             self._finish_when_answered(m, span, token, duration_s, peer, context, exc)
             return
@@ -446,7 +452,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         traced = self._tracing and not quiet
         if bound is None and not traced and (quiet or not opts.access_log):
             return None
-        m = _Method(names, bound, traced, opts.log_metadata)
+        m = _Method(names, bound, traced, opts.log_metadata,
+                    self._request_stream_outcome if handler.request_streaming
+                    else self._outcome)
         if quiet:
             m.log_md = ()
             return _MethodReporter(functools.partial(self._start_quiet, m),
@@ -455,7 +463,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         return _MethodReporter(functools.partial(self._start, m),
                                functools.partial(self._finish, m), bound)
 
-    def _outcome(self, context: Any, exc: BaseException | None) -> grpc.StatusCode:
+    @staticmethod
+    def _outcome(context: Any, exc: BaseException | None) -> grpc.StatusCode:
         """The status a call ends with: what the handler set or aborted with, CANCELLED /
         DEADLINE_EXCEEDED when cancelled (DEADLINE_EXCEEDED when no time remains), for any
         other exception the non-OK code the handler set before raising (what grpc.aio
@@ -486,6 +495,25 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 raise _AnsweredLater
         return STATUS_UNKNOWN
 
+    @staticmethod
+    def _request_stream_outcome(context: Any, exc: BaseException | None) -> grpc.StatusCode:
+        """:meth:`_outcome` of a request-streaming call (client stream, bidi): one that
+        would be OK (the handler returned, no other code set) is DEADLINE_EXCEEDED when no
+        time remains (``context.time_remaining()`` <= 0 s). grpc.aio ends the handler's
+        request iterator when the deadline passes, before it cancels the handler's task: a
+        handler that returns right after it returns normally, but its answer is never
+        delivered; the caller gets DEADLINE_EXCEEDED, what grpc core ends the call with.
+
+        (A client's cancel ends the iterator the same way, but grpc.aio shows nothing of
+        it to a handler that returned first: ``cancelled()`` stays false and the code
+        ``None``, also in the call's done callback; such a call is still counted OK.)"""
+        code = TelemetryServerInterceptor._outcome(context, exc)
+        if code is STATUS_OK:
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                return STATUS_DEADLINE
+        return code
+
     # quiet methods (health, reflection): metrics only
     def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float, str]:
         if m.bound is not None:
@@ -499,7 +527,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             return
         duration_s = _perf() - state[2]
         try:
-            code = self._outcome(context, exc)
+            code = m.outcome(context, exc)
         except _AnsweredLater:  # counted with the code sent, once answered (see _finish)
             add = getattr(context, "add_done_callback", None)
             if add is not None:
