@@ -101,7 +101,9 @@ dial one target (or several servers serve one service), each label set is still 
 series: counters and in-flight gauges are summed, the other gauges combined as their
 meaning says: ``min`` (a flag that is 1 only while every one reports it, e.g. healthy,
 ready; the smallest retry budget), ``max`` (1 while any one reports it, e.g. ejected,
-draining; the most endpoints any one sees), ``mean`` (the channels' estimates).
+draining; the most endpoints any one sees), ``mean`` (the channels' estimates). A
+channel that closes (or a server that stops) leaves the gauges, but its counters stay in
+the sums (a retired tally per label set), so no counter goes backwards.
 
 **Logs** (structlog; :func:`configure_logging`: JSON lines on stderr, console format on a
 terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Quiet until configured: before
