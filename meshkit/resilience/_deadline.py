@@ -82,7 +82,10 @@ _outer: contextvars.ContextVar[tuple[float | None, ...]] = contextvars.ContextVa
 
 class deadline_scope:
     """Run a block as if handling a call with absolute deadline ``deadline`` (monotonic
-    seconds; ``None`` for none). For tests and for code that starts work outside gRPC.
+    seconds; ``None`` or NaN for none). For tests and for code that starts work outside
+    gRPC. A deadline more than :data:`MAX_PROPAGATED_S` ahead when the block is entered
+    (``inf`` included) is clamped to that, as a propagated one: grpcio fails a call whose
+    timeout is past its range at once with ``DEADLINE_EXCEEDED``, unsent.
 
     One scope object may be entered by concurrent tasks and nested in itself: each
     ``with`` puts back the deadline its own task had before it (kept per context, not on
@@ -95,7 +98,13 @@ class deadline_scope:
 
     def __enter__(self) -> None:
         _outer.set((*_outer.get(), _deadline.get()))
-        _deadline.set(self._deadline)
+        deadline = self._deadline
+        if deadline is not None:
+            if deadline != deadline:  # NaN: no deadline
+                deadline = None
+            else:
+                deadline = min(deadline, time.monotonic() + MAX_PROPAGATED_S)
+        _deadline.set(deadline)
 
     def __exit__(self, *exc: object) -> None:
         outer = _outer.get()

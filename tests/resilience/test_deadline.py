@@ -269,3 +269,35 @@ async def test_one_deadline_scope_shared_by_tasks_and_nested_restores_each_deadl
             assert current_deadline() != before
         assert current_deadline() == before
     assert current_deadline() is None
+
+
+async def test_a_far_deadline_scope_is_clamped_and_its_calls_go_through(
+    registry: LocalRegistry,
+) -> None:
+    """A ``deadline_scope`` deadline more than a day ahead (or ``inf``) is clamped to
+    ``MAX_PROPAGATED_S`` as a propagated one is (``current_deadline()``'s docstring); it was
+    kept as given, and a call made inside it went out as a ~1e10 s timeout, which grpcio
+    fails at once with DEADLINE_EXCEEDED, unsent. NaN is no deadline."""
+    from meshkit.resilience._deadline import MAX_PROPAGATED_S
+    from tests.support.echo import add_echo, method
+
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          admin=None))
+    await srv.start()
+    try:
+        async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                insecure=True, retry=None)) as ch:
+            await ch.wait_for_endpoints(1)
+            call = ch.unary_unary(method("Unary"))
+            for far in (1e10, float("inf")):
+                with deadline_scope(time.monotonic() + far):
+                    assert await call(b"x") == b"e1|x", far
+                    deadline = current_deadline()
+                    assert deadline is not None
+                    assert deadline - time.monotonic() <= MAX_PROPAGATED_S, far
+            with deadline_scope(float("nan")):
+                assert current_deadline() is None
+                assert await call(b"y") == b"e1|y"
+    finally:
+        await srv.drain()
