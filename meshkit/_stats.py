@@ -9,6 +9,7 @@ with a frozen :class:`ChannelStats` / :class:`ServerStats`; ``/metrics`` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +18,22 @@ __all__ = [
     "EndpointStats",
     "RetrySnapshot",
     "ServerStats",
+    "json_safe",
 ]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (dicts, lists and tuples of plain values, nested) with every float that is
+    not finite (an ``inf`` timeout: "no limit") as ``None``: JSON has no ``Infinity`` or
+    ``NaN`` (RFC 8259 section 6), and ``json.dumps`` would write the bare tokens, which
+    ``JSON.parse`` and ``jq`` refuse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,8 +116,10 @@ class ChannelStats:
     registry: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (what ``/debug/mesh`` shows)."""
-        return asdict(self)
+        """A JSON-able dict (what ``/debug/mesh`` shows; a float that is not finite, such as
+        an ``inf`` timeout, is ``None``)."""
+        out: dict[str, Any] = json_safe(asdict(self))
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,5 +165,7 @@ class ServerStats:
     tls_handshakes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (what ``/debug/mesh`` shows)."""
-        return asdict(self)
+        """A JSON-able dict (what ``/debug/mesh`` shows; a float that is not finite, such as
+        an ``inf`` timeout, is ``None``)."""
+        out: dict[str, Any] = json_safe(asdict(self))
+        return out

@@ -140,8 +140,13 @@ class AdminServer:
         app.router.add_get("/debug/mesh", self._debug_mesh)
         app.add_routes(self._dashboard.routes())
         for method, path, handler in self._extra:
-            app.router.add_route(method, path, handler)
-        self._runner, self.port = await start_app(app, self.options.host, self.options.port)
+            if method == "GET":  # answers HEAD too, as the routes above (RFC 9110 9.3.2)
+                app.router.add_get(path, handler)
+            else:
+                app.router.add_route(method, path, handler)
+        # a bracketed IPv6 host ("[::1]", as ServeOptions takes it) binds without brackets
+        self._runner, self.port = await start_app(app, self.options.host.strip("[]"),
+                                                  self.options.port)
         _log.info("admin server listening", address=f"{self.options.host}:{self.port}")
         return self.port
 

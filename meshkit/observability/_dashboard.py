@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshkit._stats import json_safe
 from meshkit.errors import ConfigError
 from meshkit.observability._live import live_channel_stats, live_server_stats
 from meshkit.observability._metrics import GRPC_CODE_LABELS, RpcMetrics
@@ -154,7 +155,7 @@ class DashboardFeed:
 
     async def data(self, request: web.Request) -> web.Response:
         """:meth:`build` as JSON (never cached)."""
-        resp = web.Response(text=json.dumps(self.build(), default=repr),
+        resp = web.Response(text=json.dumps(json_safe(self.build()), default=repr),
                             content_type="application/json")
         resp.headers["Cache-Control"] = "no-store"
         return resp

@@ -164,3 +164,60 @@ async def test_metrics_serve_the_telemetry_registry_by_default(
         assert handled == [1.0], handled
     finally:
         await srv.drain()
+
+
+def _strict_json(text: str) -> object:
+    """``text`` parsed as RFC 8259 JSON: ``Infinity``/``NaN`` refused (as ``JSON.parse``)."""
+    import json
+
+    def refuse(token: str) -> float:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_debug_json_is_json_with_an_infinite_timeout(registry: LocalRegistry) -> None:
+    """A channel with ``timeout_s=inf`` (accepted: no limit) made ``/debug/mesh`` and
+    ``/debug/dashboard.json`` write the bare token ``Infinity``, which is no JSON (RFC 8259
+    section 6): the dashboard's ``resp.json()`` failed and showed "stale". It is ``null``."""
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+        insecure=True, timeout_s=float("inf"), method_timeouts={"Echo/*": float("inf")}))
+    try:
+        admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+        async with admin, aiohttp.ClientSession() as http:
+            for path in ("/debug/mesh", "/debug/dashboard.json"):
+                async with http.get(admin.url + path) as resp:
+                    assert resp.status == 200
+                    _strict_json(await resp.text())
+    finally:
+        await ch.close()
+
+
+async def test_an_added_get_route_answers_head() -> None:
+    """A route added with the default method "GET" answers HEAD too, as its docstring says
+    and the built-in routes do (RFC 9110 section 9.3.2); it answered 405."""
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": []})
+
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    admin.add_route("/.well-known/jwks.json", jwks)
+    async with admin, aiohttp.ClientSession() as http:
+        async with http.get(admin.url + "/.well-known/jwks.json") as resp:
+            assert resp.status == 200
+        async with http.head(admin.url + "/.well-known/jwks.json") as resp:
+            assert resp.status == 200, (resp.status, resp.headers.get("Allow"))
+
+
+async def test_a_bracketed_ipv6_admin_host_binds() -> None:
+    """``AdminOptions(host="[::1]")``, the bracketed spelling ``ServeOptions`` takes, binds
+    ``::1``; the brackets went to ``getaddrinfo`` ("Name or service not known")."""
+    admin = AdminServer(AdminOptions(host="[::1]", registry=CollectorRegistry(),
+                                     require_server=False))
+    try:
+        port = await admin.start()
+        assert admin.url == f"http://[::1]:{port}"
+        async with aiohttp.ClientSession() as http, http.get(admin.url + "/healthz") as r:
+            assert r.status == 200
+    finally:
+        await admin.stop()
