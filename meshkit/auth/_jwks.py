@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import jwt
@@ -109,37 +110,110 @@ class JWKSServer:
             await runner.cleanup()
 
 
-def parse_jwks(
-    document: Any, algorithms: frozenset[str] = ASYMMETRIC_ALGORITHMS
-) -> dict[str, VerificationKey]:
-    """The usable signature keys of a JWKS document, by ``kid``.
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_KEY_TYPES = frozenset({"EC", "OKP", "RSA"})
 
-    Keys without a ``kid``, with ``use`` other than ``sig``, of a symmetric type
-    (``kty: oct``) or of an algorithm outside ``algorithms`` are skipped.
+
+def _algorithm_of(jwk: dict[str, Any], algorithms: frozenset[str]) -> str | None:
+    """The one algorithm the key ``jwk`` is bound to (RFC 8725 §3.1: each key is used
+    with exactly one algorithm), or ``None`` to ignore the key.
+
+    A declared ``alg`` must be in ``algorithms``. Without one (RFC 7517 §4.4: ``alg`` is
+    OPTIONAL), an EC key is bound by its curve and an OKP key to EdDSA (pyjwt's rule,
+    checked by the caller), and an RSA key to the one RS*/PS* algorithm of
+    ``algorithms``; when several are allowed, to RS256 if it is one of them (the
+    RFC 7518 §3.1 "Recommended+" RSA algorithm), else the key is ambiguous and ignored.
+    """
+    alg = jwk.get("alg")
+    if alg is not None:
+        return alg if isinstance(alg, str) and alg in algorithms else None
+    if jwk.get("kty") != "RSA":
+        return ""  # pyjwt derives it from the curve (EC) or takes EdDSA (OKP)
+    rsa_algs = [a for a in _RSA_ALGORITHMS if a in algorithms]
+    if len(rsa_algs) == 1:
+        return rsa_algs[0]
+    return "RS256" if "RS256" in rsa_algs else None
+
+
+def _verification_key(jwk: object, algorithms: frozenset[str]) -> VerificationKey | None:
+    """The verification key the JWK ``jwk`` describes, or ``None`` when it is to be
+    ignored (RFC 7517 §5: JWKs not understood, missing required members or out of the
+    supported ranges SHOULD be ignored)."""
+    if not isinstance(jwk, dict):
+        return None
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid or jwk.get("use", "sig") != "sig":
+        return None
+    ops = jwk.get("key_ops")  # RFC 7517 §4.3: "verify" is verifying signatures
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return None
+    if jwk.get("kty") not in _KEY_TYPES:  # e.g. "oct": no symmetric keys
+        return None
+    alg = _algorithm_of(jwk, algorithms)
+    if alg is None:
+        return None
+    try:
+        parsed = jwt.PyJWK(jwk, alg or None)
+    except Exception:  # pyjwt: PyJWTError, ValueError, NotImplementedError, ... per key
+        return None
+    if parsed.algorithm_name not in algorithms:
+        return None
+    return VerificationKey(kid, parsed.algorithm_name, parsed.key)
+
+
+def _parse_keys(
+    document: Any, algorithms: frozenset[str]
+) -> dict[tuple[str, str], VerificationKey]:
+    """The usable keys of a JWKS document by ``(kid, algorithm)``, in document order (the
+    first key of a pair wins).
 
     Raises:
         JWKSError: not an object with a ``keys`` list.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise JWKSError("JWKS document has no 'keys' list")
-    out: dict[str, VerificationKey] = {}
+    out: dict[tuple[str, str], VerificationKey] = {}
     for jwk in document["keys"]:
-        if not isinstance(jwk, dict):
-            continue
-        kid = jwk.get("kid")
-        if not isinstance(kid, str) or not kid or jwk.get("use", "sig") != "sig":
-            continue
-        if jwk.get("kty") == "oct":
-            continue
-        try:
-            parsed = jwt.PyJWK(jwk)
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-            continue
-        alg = parsed.algorithm_name
-        if alg not in algorithms:
-            continue
-        out[kid] = VerificationKey(kid, alg, parsed.key)
+        key = _verification_key(jwk, algorithms)
+        if key is not None:
+            out.setdefault((key.kid, key.algorithm), key)
     return out
+
+
+def parse_jwks(
+    document: Any, algorithms: frozenset[str] = ASYMMETRIC_ALGORITHMS
+) -> dict[str, VerificationKey]:
+    """The usable signature keys of a JWKS document, by ``kid``.
+
+    Keys are ignored, never fatal (RFC 7517 §5), when they have no ``kid``, a ``use``
+    other than ``sig``, a ``key_ops`` without ``verify`` (RFC 7517 §4.3), a symmetric or
+    unknown type (``kty: oct``), an algorithm outside ``algorithms`` (``alg: none``...),
+    or members pyjwt cannot load. Each key is bound to one algorithm (RFC 8725 §3.1): its
+    ``alg``, or without one (RFC 7517 §4.4) the one its type allows among
+    ``algorithms`` (EC: by curve; OKP: EdDSA; RSA: the one RS*/PS* algorithm allowed,
+    RS256 when several are and RS256 is one of them, else the key is ignored: narrow
+    ``algorithms`` to the one in use). When several usable keys share a ``kid`` (RFC 7517
+    §4.5, e.g. of different ``kty``), the first is returned here;
+    :class:`JWKSClient` keeps each of them for tokens of its algorithm.
+
+    Raises:
+        JWKSError: not an object with a ``keys`` list.
+    """
+    out: dict[str, VerificationKey] = {}
+    for (kid, _alg), key in _parse_keys(document, algorithms).items():
+        out.setdefault(kid, key)
+    return out
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as error messages and logs show it: without userinfo (a password), query
+    or fragment (tokens), which must never appear in messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<url>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,8 +285,13 @@ class JWKSClient:
         session: an ``aiohttp.ClientSession`` to use (default: one owned by the client,
             created on first fetch and closed by :meth:`close`).
 
-    Fetch failures are logged (URL and error type only) and keep the old keys; a token
+    Fetch failures are logged (URL and error type only; the URL without userinfo, query
+    or fragment, so no password or token in it is shown) and keep the old keys; a token
     whose ``kid`` stays unknown is refused by the verifier with ``UNAUTHENTICATED``.
+
+    Keys are kept by ``(kid, algorithm)``, so keys sharing a ``kid`` (RFC 7517 §4.5, e.g.
+    an EC and an OKP key) each verify the tokens of their algorithm
+    (:meth:`get_key_for`, one dict lookup).
     """
 
     def __init__(self, url: UrlProvider | str, options: JWKSClientOptions | None = None, *,
@@ -222,27 +301,51 @@ class JWKSClient:
         self._session = session
         self._owns_session = session is None
         self._keys: dict[str, VerificationKey] = {}
+        self._by_alg: dict[tuple[str, str], VerificationKey] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
         self.fetches = 0
 
     async def get_key(self, kid: str) -> VerificationKey | None:
-        """The key for ``kid``; fetches on first use or an unknown ``kid`` (rate-limited),
-        and starts a background refresh when the copy is stale."""
+        """The key for ``kid`` (the first of the document's when several share it);
+        fetches on first use or an unknown ``kid`` (rate-limited), and starts a
+        background refresh when the copy is stale."""
         key = self._keys.get(kid)
-        now = self.options.clock()
         if key is not None:
-            if self._fetched_at is not None and (
-                now - self._fetched_at >= self.options.refresh_interval_s
-                and self._may_fetch(now)
-            ):
-                self._start_refresh()
+            self._maybe_refresh()
             return key
-        if self._inflight is not None or self._may_fetch(now):
-            await asyncio.shield(self._start_refresh())
+        if await self._fetch_unknown():
             return self._keys.get(kid)
         return None
+
+    async def get_key_for(self, kid: str, algorithm: str) -> VerificationKey | None:
+        """The key for ``kid`` bound to ``algorithm`` (what :class:`~meshkit.auth.JWTVerifier`
+        asks for: the token header's ``kid`` and ``alg``); fetches and refreshes as
+        :meth:`get_key` does."""
+        key = self._by_alg.get((kid, algorithm))
+        if key is not None:
+            self._maybe_refresh()
+            return key
+        if await self._fetch_unknown():
+            return self._by_alg.get((kid, algorithm))
+        return None
+
+    def _maybe_refresh(self) -> None:
+        """Start a background refresh when the copy is stale (and the rate limit allows)."""
+        now = self.options.clock()
+        if self._fetched_at is not None and (
+            now - self._fetched_at >= self.options.refresh_interval_s and self._may_fetch(now)
+        ):
+            self._start_refresh()
+
+    async def _fetch_unknown(self) -> bool:
+        """Fetch for an unknown key, joining a fetch in flight; whether one was awaited
+        (``False``: rate-limited)."""
+        if self._inflight is not None or self._may_fetch(self.options.clock()):
+            await asyncio.shield(self._start_refresh())
+            return True
+        return False
 
     def _may_fetch(self, now: float) -> bool:
         return self._attempted_at is None or (
@@ -282,32 +385,39 @@ class JWKSClient:
             _log.warning("jwks refresh failed; keeping cached keys",
                          error=type(exc).__name__, keys=len(self._keys))
 
-    def _apply(self, keys: dict[str, VerificationKey]) -> None:
-        self._keys = keys
+    def _apply(self, keys: dict[tuple[str, str], VerificationKey]) -> None:
+        by_kid: dict[str, VerificationKey] = {}
+        for (kid, _alg), key in keys.items():
+            by_kid.setdefault(kid, key)
+        self._by_alg = keys
+        self._keys = by_kid
         self._fetched_at = self.options.clock()
         _log.debug("jwks refreshed", keys=len(keys))
 
-    async def _fetch(self) -> dict[str, VerificationKey]:
+    async def _fetch(self) -> dict[tuple[str, str], VerificationKey]:
         self.fetches += 1
         opts = self.options
         url = ""
+        shown = "<url>"
         try:
             got = self._url()
             url = await got if inspect.isawaitable(got) else got
+            shown = _shown_url(url)
             if self._session is None:
                 self._session = aiohttp.ClientSession()
             timeout = aiohttp.ClientTimeout(total=opts.fetch_timeout_s)
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    raise JWKSError(f"JWKS fetch from {url} answered HTTP {resp.status}")
-                body = await _read_capped(resp, opts.max_document_bytes, url)
+                    raise JWKSError(f"JWKS fetch from {shown} answered HTTP {resp.status}")
+                body = await _read_capped(resp, opts.max_document_bytes, shown)
             document = json.loads(body)
         except JWKSError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise JWKSError(f"JWKS fetch from {url or '<url>'} failed: "
-                            f"{type(exc).__name__}") from exc
-        return parse_jwks(document, opts.algorithms)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError,
+                RecursionError) as exc:  # RecursionError: a deeply nested document
+            raise JWKSError(f"JWKS fetch from {shown} failed: "
+                            f"{type(exc).__name__}") from None
+        return _parse_keys(document, opts.algorithms)
 
     @property
     def kids(self) -> frozenset[str]:

@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -186,7 +186,12 @@ def _public_jwk(pub: Any) -> dict[str, str]:
 @runtime_checkable
 class KeySource(Protocol):
     """Where a verifier finds public keys by ``kid``: a :class:`KeySet` (same process) or a
-    :class:`~meshkit.auth.JWKSClient` (remote JWKS)."""
+    :class:`~meshkit.auth.JWKSClient` (remote JWKS).
+
+    A source may also offer ``async def get_key_for(self, kid: str, algorithm: str)``: the
+    key for ``kid`` bound to ``algorithm`` (several keys may share a ``kid``, RFC 7517
+    §4.5); :class:`JWTVerifier` then uses it instead of :meth:`get_key`.
+    """
 
     async def get_key(self, kid: str) -> VerificationKey | None:
         """The key for ``kid``, or ``None`` if unknown (may refresh, rate-limited)."""
@@ -739,7 +744,7 @@ class JWTVerifier:
     including an unknown ``kid`` after the key source's (rate-limited) refresh.
     """
 
-    __slots__ = ("_cache", "_core", "keys")
+    __slots__ = ("_cache", "_core", "_find", "_keys")
 
     def __init__(self, options: VerifierOptions, keys: KeySource, *,
                  clock: Clock = time.time) -> None:
@@ -747,6 +752,18 @@ class JWTVerifier:
         self.keys = keys
         self._cache = VerifiedTokenCache(options.cache_size, leeway_s=options.leeway_s,
                                          clock=clock)
+
+    @property
+    def keys(self) -> KeySource:
+        """The :class:`KeySource` keys are looked up in (may be replaced)."""
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: KeySource) -> None:
+        self._keys = keys
+        # resolved once, not per call: the (kid, alg) lookup when the source has one
+        self._find: Callable[[str, str], Awaitable[VerificationKey | None]] | None = (
+            getattr(keys, "get_key_for", None))
 
     @property
     def options(self) -> VerifierOptions:
@@ -778,7 +795,8 @@ class JWTVerifier:
         if hit is not None:
             return hit
         alg, kid = self._core.header(token)
-        key = await self.keys.get_key(kid)
+        find = self._find
+        key = await (self._keys.get_key(kid) if find is None else find(kid, alg))
         if key is None:
             raise InvalidTokenError("token key id unknown")
         claims = self._core.verify(token, alg, key)

@@ -7,11 +7,26 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import jwt
 import pytest
 import structlog
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from meshkit.auth import JWKSClient, JWKSClientOptions, JWKSError, JWKSServer, KeySet, parse_jwks
+from meshkit.auth import (
+    IssuerOptions,
+    JWKSClient,
+    JWKSClientOptions,
+    JWKSError,
+    JWKSServer,
+    JWTVerifier,
+    KeySet,
+    SigningKey,
+    TokenIssuer,
+    VerifierOptions,
+    parse_jwks,
+)
+from meshkit.auth._jwt import VerificationKey
 from meshkit.errors import ConfigError
 from tests.support.wait import until
 
@@ -213,3 +228,150 @@ def test_max_document_bytes_validated() -> None:
     """max_document_bytes below 1024 is refused when the options are built, quoted."""
     with pytest.raises(ConfigError, match="100"):
         JWKSClientOptions(max_document_bytes=100)
+
+
+# -- RFC 7517 key selection ---------------------------------------------------------------
+ISSUER = "https://userd.meshkit.test"
+AUDIENCE = "ecom"
+T0 = 1_700_000_000.0
+
+
+class DictKeys:
+    """A KeySource over a parse_jwks() result (get_key only)."""
+
+    def __init__(self, keys: dict[str, VerificationKey]) -> None:
+        self.keys = keys
+
+    async def get_key(self, kid: str) -> VerificationKey | None:
+        return self.keys.get(kid)
+
+
+def claims() -> dict[str, object]:
+    return {"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "iat": int(T0), "nbf": int(T0),
+            "exp": int(T0) + 300, "jti": "j1", "scope": ""}
+
+
+def serve_doc(doc: object) -> Handler:
+    body = json.dumps(doc).encode()
+
+    async def handle(_r: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return handle
+
+
+def rsa_jwk(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, object]]:
+    """An RSA key and its public JWK without ``alg``."""
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(priv.public_key()))
+    jwk.update(kid=kid, use="sig")
+    return priv, jwk
+
+
+def test_parse_skips_key_of_unusable_alg_not_the_set(keys: KeySet) -> None:
+    """RFC 7517 §5: a JWK out of the supported ranges is ignored; one ``alg: none`` key
+    (pyjwt raises NotImplementedError for it) leaves the other keys usable."""
+    good = keys.jwks()["keys"][0]
+    doc = {"keys": [{**good, "kid": "odd", "alg": "none"}, {**good, "kid": "hs", "alg": "HS256"},
+                    {**good, "kid": "num", "alg": 7}, good]}
+    assert set(parse_jwks(doc)) == {good["kid"]}
+
+
+async def test_client_survives_one_alg_none_key(
+        keys: KeySet, serve_jwks: Callable[[Handler], Awaitable[str]]) -> None:
+    """An IdP JWKS with one extra ``alg: none`` key: tokens of the good key still verify."""
+    good = keys.jwks()["keys"][0]
+    url = await serve_jwks(serve_doc({"keys": [{**good, "kid": "odd", "alg": "none"}, good]}))
+    async with JWKSClient(url) as client:
+        verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), client)
+        token = TokenIssuer(keys, IssuerOptions(issuer=ISSUER, audience=AUDIENCE)).issue("u")
+        assert (await verifier.verify(token)).subject == "u"
+
+
+def test_parse_skips_key_whose_key_ops_lack_verify(keys: KeySet) -> None:
+    """RFC 7517 §4.3: a key whose ``key_ops`` lacks ``verify`` (or is no list) is not a
+    verification key; one with ``verify`` is."""
+    good = {k: v for k, v in keys.jwks()["keys"][0].items() if k != "use"}
+    doc = {"keys": [{**good, "kid": "enc-only", "key_ops": ["encrypt", "wrapKey"]},
+                    {**good, "kid": "bad-ops", "key_ops": "verify"},
+                    {**good, "kid": "ok", "key_ops": ["verify"]}]}
+    assert set(parse_jwks(doc)) == {"ok"}
+
+
+async def test_rsa_key_without_alg_binds_to_the_one_configured_rsa_alg() -> None:
+    """RFC 7517 §4.4 (``alg`` OPTIONAL), RFC 8725 §3.1 (one algorithm per key): an RSA key
+    without ``alg`` is bound to the one RS*/PS* algorithm allowed, so a PS256-only
+    verifier can use it (pyjwt alone binds it to RS256, which was then dropped)."""
+    priv, jwk = rsa_jwk("rsa1")
+    keys = parse_jwks({"keys": [jwk]}, frozenset({"PS256"}))
+    assert keys["rsa1"].algorithm == "PS256"
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE,
+                                           algorithms=("PS256",)), DictKeys(keys),
+                           clock=lambda: T0)
+    token = jwt.encode(claims(), priv, algorithm="PS256",
+                       headers={"kid": "rsa1", "typ": "at+jwt"})
+    assert (await verifier.verify(token)).subject == "u"
+
+
+def test_rsa_key_without_alg_and_several_rsa_algs() -> None:
+    """Several RS*/PS* algorithms allowed: still one algorithm per key (RFC 8725 §3.1):
+    RS256 when it is allowed (as before), else the key is ambiguous and ignored."""
+    _priv, jwk = rsa_jwk("rsa1")
+    assert parse_jwks({"keys": [jwk]})["rsa1"].algorithm == "RS256"
+    assert parse_jwks({"keys": [jwk]}, frozenset({"PS256", "PS384"})) == {}
+    assert parse_jwks({"keys": [{**jwk, "alg": "PS384"}]},
+                      frozenset({"PS256", "PS384"}))["rsa1"].algorithm == "PS384"
+
+
+async def test_duplicate_kid_of_different_kty_both_usable(
+        serve_jwks: Callable[[Handler], Awaitable[str]]) -> None:
+    """RFC 7517 §4.5: keys of different ``kty`` may share a ``kid``; the client keeps both
+    and a token verifies with the one of its ``alg`` (parse_jwks, by kid, gives the
+    first)."""
+    ec_key, ed_key = SigningKey.generate("ES256"), SigningKey.generate("EdDSA")
+    doc = {"keys": [{**ec_key.public_jwk(), "kid": "shared"},
+                    {**ed_key.public_jwk(), "kid": "shared"}]}
+    assert parse_jwks(doc)["shared"].algorithm == "ES256"
+    url = await serve_jwks(serve_doc(doc))
+    async with JWKSClient(url) as client:
+        verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE,
+                                               algorithms=("ES256", "EdDSA")), client,
+                               clock=lambda: T0)
+        for key in (ec_key, ed_key):
+            token = jwt.encode(claims(), key.private_key, algorithm=key.algorithm,
+                               headers={"kid": "shared", "typ": "at+jwt"})
+            assert (await verifier.verify(token)).subject == "u"
+        assert client.kids == {"shared"}
+        assert client.fetches == 1
+
+
+async def test_deeply_nested_document_is_jwks_error(
+        serve_jwks: Callable[[Handler], Awaitable[str]]) -> None:
+    """A 60 000-deep ``[[[...`` body (within max_document_bytes) is a malformed document:
+    JWKSError, not json's RecursionError."""
+    async def handle(_r: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 60000, content_type="application/json")
+
+    url = await serve_jwks(handle)
+    async with JWKSClient(url) as client:
+        with pytest.raises(JWKSError, match="RecursionError"):
+            await client.refresh()
+
+
+async def test_messages_and_logs_never_show_url_credentials(
+        serve_jwks: Callable[[Handler], Awaitable[str]]) -> None:
+    """Messages never carry a password or token: the URL's userinfo and query are left
+    out of JWKSError messages and of the background refresh's log."""
+    async def handle(_r: web.Request) -> web.Response:
+        return web.Response(status=500, body=b"{}")
+
+    url = (await serve_jwks(handle)).replace("http://", "http://jwks:s3cr3t-pw@")
+    url += "?access_token=t0k3n"
+    async with JWKSClient(url, JWKSClientOptions(min_refresh_interval_s=0)) as client:
+        with pytest.raises(JWKSError) as info:
+            await client.refresh()
+        with structlog.testing.capture_logs() as logs:
+            await client.get_key("any")
+    for text in (str(info.value), repr(logs)):
+        assert "s3cr3t-pw" not in text and "t0k3n" not in text
+        assert "/jwks answered HTTP 500" in text
