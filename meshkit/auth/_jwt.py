@@ -364,6 +364,32 @@ class KeySet:
         return self._by_kid.get(kid)
 
 
+# -- scopes ---------------------------------------------------------------------------------
+_SCOPE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
+
+
+def check_scopes(name: str, value: object) -> tuple[str, ...]:
+    """``value`` (the field ``name``: scopes) as a tuple of RFC 6749 §3.3 scope tokens,
+    ``scope-token = 1*( %x21 / %x23-5B / %x5D-7E )``: non-empty, printable ASCII without
+    space, ``"`` or ``\\``. The ``scope`` claim joins them with single spaces (RFC 8693
+    §4.2), so a tab or newline inside a scope would make two scopes of one.
+
+    Raises:
+        ConfigError: ``value`` is one string (``"orders.read"`` would be its characters) or
+            not iterable, or a scope is no scope token (the scope quoted).
+    """
+    if isinstance(value, str):
+        raise ConfigError(f"{name} must be a tuple of scopes, got the string {value!r}")
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a tuple of scopes, got {value!r}")
+    scopes = tuple(value)
+    for s in scopes:
+        if not isinstance(s, str) or not s or not _SCOPE_CHARS.issuperset(s):
+            raise ConfigError(f"{name}: a scope must be a non-empty RFC 6749 scope token "
+                              f"(printable ASCII, no space, '\"' or '\\\\'), got {s!r}")
+    return scopes
+
+
 # -- issuing --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuerOptions:
@@ -420,19 +446,20 @@ class TokenIssuer:
         Claims: ``iss``, ``sub``, ``aud``, ``iat`` (the clock's whole second), ``nbf``
         (= iat), ``exp`` (iat + ``ceil(ttl_s)``: a fractional ttl is rounded up, so a
         token is never issued already expired), ``jti`` (128 random bits), ``scope``
-        (space-separated); header ``alg``, ``kid``, ``typ: at+jwt``. ``extra_claims``
-        cannot override the registered ones. The key set notes ``exp`` against the
-        signing key (:meth:`KeySet.note_signed`), so rotation keeps it published.
+        (space-separated RFC 6749 §3.3 scope tokens); header ``alg``, ``kid``,
+        ``typ: at+jwt``. ``extra_claims`` cannot override the registered ones. The key set
+        notes ``exp`` against the signing key (:meth:`KeySet.note_signed`), so rotation
+        keeps it published.
 
         Raises:
-            ConfigError: empty subject, a scope containing a space, or a bad ``ttl_s``.
+            ConfigError: empty subject, ``scopes`` given as one string, a scope that is no
+                RFC 6749 §3.3 scope token (empty, or with a space, tab, other control or
+                non-ASCII character, ``"`` or ``\\``; see :func:`check_scopes`), or a bad
+                ``ttl_s``.
         """
         if not subject or not isinstance(subject, str):
             raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
-        scope_list = list(scopes)
-        for s in scope_list:
-            if not s or " " in s:
-                raise ConfigError(f"scopes must be non-empty and space-free, got {s!r}")
+        scope_list = check_scopes("scopes", scopes)
         ttl = self.options.ttl_s if ttl_s is None else ttl_s
         if not 0 < ttl <= 86400:
             raise ConfigError(f"ttl_s must be in (0, 86400], got {ttl!r}")
@@ -661,7 +688,8 @@ class TokenVerifier:
         auds = (aud,) if isinstance(aud, str) else tuple(str(a) for a in aud)
         return Claims(
             subject=sub, issuer=str(payload.get("iss", "")), audience=auds,
-            scopes=frozenset(scope.split()), expires_at=float(exp),
+            # RFC 6749 §3.3: scopes are delimited by SP (%x20) alone; a tab is no delimiter
+            scopes=frozenset(scope.split(" ")) - {""}, expires_at=float(exp),
             issued_at=None if iat is None else float(iat),
             not_before=None if nbf is None else float(nbf), token_id=jti,
             raw=MappingProxyType(dict(payload)),
@@ -832,8 +860,9 @@ class JWTAuthOptions:
 
     Raises:
         ConfigError: a bad method pattern (see :class:`~meshkit._methods.MethodMatcher`),
-            ``public_methods`` given as one string, a scope containing a space, or a bad
-            metadata key (quoted).
+            ``public_methods`` or scopes given as one string, a scope that is no RFC 6749
+            §3.3 scope token (a space, tab, control or non-ASCII character, ``"`` or
+            ``\\``; see :func:`check_scopes`), or a bad metadata key (quoted).
     """
 
     public_methods: tuple[str, ...] = ()
@@ -851,19 +880,15 @@ class JWTAuthOptions:
             raise ConfigError(f"public_methods must be a tuple, got {self.public_methods!r}")
         object.__setattr__(self, "public_methods", tuple(self.public_methods))
         public = MethodMatcher.of(self.public_methods, where="public_methods")
-        for scopes in (*self.method_scopes.values(), self.default_scopes):
-            # before tuple(): tuple("orders.read") would be its characters
-            if isinstance(scopes, str):
-                raise ConfigError(f"scopes must be a tuple, got the string {scopes!r}")
-        object.__setattr__(self, "default_scopes", tuple(self.default_scopes))
-        for scopes in (*self.method_scopes.values(), self.default_scopes):
-            for s in scopes:
-                if not s or " " in s:
-                    raise ConfigError(f"scopes must be non-empty and space-free, got {s!r}")
+        # check_scopes before tuple(): tuple("orders.read") would be its characters
+        method_scopes = {m: check_scopes("method_scopes", v)
+                         for m, v in self.method_scopes.items()}
+        object.__setattr__(self, "default_scopes",
+                           check_scopes("default_scopes", self.default_scopes))
         check_metadata_key("metadata_key", self.metadata_key)
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_scopes", MethodMatcher(
-            {m: frozenset(s) for m, s in self.method_scopes.items()},
+            {m: frozenset(s) for m, s in method_scopes.items()},
             frozenset(self.default_scopes), where="method_scopes"))
 
     def is_public(self, method: str) -> bool:

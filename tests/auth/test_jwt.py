@@ -183,6 +183,39 @@ async def test_tampered_payload_refused(mint: Callable[..., str], verifier: JWTV
     await refused(verifier, f"{head}.{b64(forged)}.{sig}", "signature")
 
 
+@pytest.mark.parametrize("scope", ["orders:read\tadmin", "orders:read\nadmin", "a b",
+                                   "", 'say"hi', "back\\slash", "caf\u00e9", "nul\x00"])
+def test_issue_refuses_scopes_that_are_no_scope_tokens(
+        mint: Callable[..., str], scope: str) -> None:
+    """RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), delimited by SP: a
+    scope with a tab would be two scopes to a whitespace split, so it is refused, quoted."""
+    with pytest.raises(ConfigError) as info:
+        mint("user-1", scopes=("orders:write", scope))
+    assert repr(scope) in str(info.value)
+
+
+def test_issue_refuses_scopes_given_as_one_string(mint: Callable[..., str]) -> None:
+    """``scopes="orders.read"`` would grant one scope per character: ConfigError."""
+    with pytest.raises(ConfigError, match="'orders.read'"):
+        mint("user-1", scopes="orders.read")
+    token = mint("user-1", scopes=["orders.read"])  # any iterable of scopes
+    assert jwt.decode(token, options={"verify_signature": False})["scope"] == "orders.read"
+
+
+async def test_scope_claim_splits_on_space_only(keys: KeySet, verifier: JWTVerifier,
+                                                clock: FakeClock) -> None:
+    """The verified ``scope`` claim is split on SP alone (RFC 6749 §3.3): a tab inside a
+    scope of a token signed elsewhere does not make a second scope; runs of spaces make
+    no empty scope."""
+    key = keys.current
+    token = jwt.encode({"iss": ISSUER, "sub": "u", "aud": AUDIENCE, "iat": int(T0),
+                        "exp": int(T0) + 60, "jti": "j", "scope": "orders:read\tadmin  b"},
+                       key.private_key, algorithm=key.algorithm,
+                       headers={"kid": key.kid, "typ": "at+jwt"})
+    claims = await verifier.verify(token)
+    assert claims.scopes == {"orders:read\tadmin", "b"}
+
+
 @pytest.mark.parametrize("mangle", [
     lambda t: t[: len(t) // 2],
     lambda t: t.rsplit(".", 1)[0],
@@ -388,6 +421,18 @@ def test_method_scopes_and_public_methods() -> None:
     assert opts.required_scopes("/s.B/Get") == {"basic"}
     with pytest.raises(ConfigError, match="got"):
         JWTAuthOptions(method_scopes={"/s.A/Place": ("a b",)})
+
+
+@pytest.mark.parametrize("where", ["method", "default"])
+@pytest.mark.parametrize("bad", [("a\tb",), ("a\nb",), ("",), ('a"b',), ("é",), "orders.read"])
+def test_scopes_must_be_scope_tokens(where: str, bad: Any) -> None:
+    """JWTAuthOptions holds its scopes to RFC 6749 §3.3 scope tokens as the issuer does
+    (whitespace, control, non-ASCII, ``"`` refused) and refuses one string: quoted."""
+    kw: dict[str, Any] = ({"method_scopes": {"/s.A/*": bad}} if where == "method"
+                          else {"default_scopes": bad})
+    with pytest.raises(ConfigError) as info:
+        JWTAuthOptions(**kw)
+    assert repr(bad if isinstance(bad, str) else bad[0]) in str(info.value)
 
 
 @pytest.mark.parametrize("pattern", ["/s.A/Login", "s.A/Login", "A/Login", "A/Log*", "*/Login",
