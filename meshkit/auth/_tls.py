@@ -103,6 +103,14 @@ class TLSMaterial:
 
 def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
                    trust_domain: str | None) -> TLSMaterial:
+    """Read and check the CA bundle, certificate chain and key files.
+
+    Raises:
+        CertificateError: (and no other error) an unreadable file, a key not matching the
+            certificate, malformed extensions, not exactly one URI SAN (X.509-SVID §2), a
+            malformed SPIFFE ID (SPIFFE ID §2) or one that is no workload ID, another trust
+            domain, or a certificate peers would refuse.
+    """
     cas = load_certificates(ca_file)
     chain = load_certificates(cert_file)
     key = load_private_key(key_file)
@@ -116,10 +124,15 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
+    except ValueError:  # cryptography: a malformed or duplicated extension
+        raise CertificateError(f"{cert_file} has malformed extensions") from None
     if len(uris) != 1 or not uris[0].startswith("spiffe://"):  # X.509-SVID §2
         raise CertificateError(f"{cert_file} must carry exactly one URI SAN, a SPIFFE ID "
                                f"(X.509-SVID §2); it has {len(uris)} URI SAN(s)")
-    sid = SpiffeId.parse(uris[0])
+    try:
+        sid = SpiffeId.parse(uris[0])
+    except ConfigError as exc:  # SPIFFE ID §2: e.g. an empty path segment
+        raise CertificateError(f"{cert_file} carries a malformed SPIFFE ID: {exc}") from None
     if sid.service is None:
         raise CertificateError(f"{cert_file} carries {sid}, which is not a workload identity "
                                "(spiffe://<td>/svc/<service>)")

@@ -22,7 +22,7 @@ from meshkit.auth import (
     tls_from_dir,
 )
 from meshkit.discovery import LocalRegistry
-from tests.auth.chains import ca_of, client_credentials, leaf
+from tests.auth.chains import ca_of, client_credentials, key_pem, leaf, pem
 from tests.auth.conftest import SERVICE, TD, Pki, StartServer, call, rpc_error
 from tests.support.wait import until
 
@@ -159,6 +159,26 @@ async def test_channel_reloader_bumps_generation(pki: Pki) -> None:
     assert client.certificate_fingerprint() != fp
     assert reloader.check(force=True) and reloader.generation == 2
     assert not reloader.check(force=True)
+
+
+@pytest.mark.parametrize("uri", [f"spiffe://{TD}/svc//orderd", f"spiffe://{TD}/svc/orderd/",
+                                 f"spiffe://{TD.upper()}/svc/orderd"])
+def test_channel_reloader_skips_renewed_certificate_with_malformed_spiffe_id(
+        pki: Pki, uri: str) -> None:
+    """check(): "Unreadable or inconsistent files are logged and skipped": a renewed
+    certificate whose one URI SAN is a malformed SPIFFE ID (SPIFFE ID §2) is a
+    CertificateError to the reader, so the old credentials stay (not a ConfigError out of
+    the channel's maintenance loop)."""
+    client = pki.issue("orderd")
+    reloader = client.channel_reloader()
+    ca_key, ca = ca_of(pki)
+    key, cert = leaf(ca_key, ca, uris=[uri])
+    (pki.dir / "orderd.key").write_bytes(key_pem(key))
+    (pki.dir / "orderd.pem").write_bytes(pem(cert))
+    with pytest.raises(CertificateError, match="malformed SPIFFE ID"):
+        client.read()
+    assert reloader.check(force=True) is False
+    assert reloader.generation == 1
 
 
 def test_construction_checks_files(pki: Pki, tmp_path: Path) -> None:
