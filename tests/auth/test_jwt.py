@@ -196,7 +196,7 @@ def test_issue_refuses_scopes_that_are_no_scope_tokens(
 
 def test_issue_refuses_scopes_given_as_one_string(mint: Callable[..., str]) -> None:
     """``scopes="orders.read"`` would grant one scope per character: ConfigError."""
-    with pytest.raises(ConfigError, match="'orders.read'"):
+    with pytest.raises(ConfigError, match=r"'orders\.read'"):
         mint("user-1", scopes="orders.read")
     token = mint("user-1", scopes=["orders.read"])  # any iterable of scopes
     assert jwt.decode(token, options={"verify_signature": False})["scope"] == "orders.read"
