@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshkit._config import check_number
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     SpiffeId,
@@ -69,6 +70,23 @@ def _now(now: dt.datetime | None) -> dt.datetime:
     return now if now is not None else dt.datetime.now(dt.UTC)
 
 
+def _end(start: dt.datetime, name: str, value: float, unit: str) -> dt.datetime:
+    """``start`` plus ``value`` ``unit``\\ s (``"days"``/``"hours"``): a certificate's
+    notAfter. RFC 5280 §4.1.2.5 encodes it as a GeneralizedTime up to the year 9999,
+    which is also the last year a ``datetime`` holds.
+
+    Raises:
+        ConfigError: ``value`` is not a finite number > 0, or the end falls past the year
+            9999 (``name`` and the value quoted).
+    """
+    check_number(name, value, low=0.0, low_open=True)
+    try:
+        return start + dt.timedelta(**{unit: value})
+    except OverflowError:  # past datetime.max: 9999-12-31
+        raise ConfigError(f"{name} {value!r} ends past the year 9999, beyond what a "
+                          "certificate can carry (RFC 5280 §4.1.2.5)") from None
+
+
 def _key_usage(*, sign_certs: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=not sign_certs, content_commitment=False, key_encipherment=False,
@@ -101,12 +119,12 @@ def create_ca(
         ``(private_key, certificate)``.
 
     Raises:
-        ConfigError: bad trust domain, ``ttl_days <= 0`` or a bad DNS/IP subtree.
+        ConfigError: bad trust domain, ``ttl_days`` not a finite number > 0 or ending past
+            the year 9999 (RFC 5280 §4.1.2.5), or a bad DNS/IP subtree.
     """
     td = validate_trust_domain(trust_domain)
-    if not ttl_days > 0:
-        raise ConfigError(f"ttl_days must be > 0, got {ttl_days!r}")
     start = _now(now)
+    end = _end(start, "ttl_days", ttl_days, "days")
     try:
         nets = [x509.IPAddress(ipaddress.ip_network(n)) for n in permitted_ips]
     except ValueError as exc:
@@ -131,7 +149,7 @@ def create_ca(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start - _BACKDATE)
-        .not_valid_after(start + dt.timedelta(days=ttl_days))
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(sign_certs=True), critical=True)
         .add_extension(x509.NameConstraints(permitted_subtrees=permitted,
@@ -237,7 +255,8 @@ def issue_workload(
     key usage to ``digitalSignature`` alone, whatever the arguments.
 
     Raises:
-        ConfigError: bad service name, ``ttl_h <= 0``, a bad IP, a DNS/IP name outside the
+        ConfigError: bad service name, ``ttl_h`` not a finite number > 0 (or ending past
+            the year 9999, RFC 5280 §4.1.2.5), a bad IP, a DNS/IP name outside the
             CA's name constraints, an extra DNS name equal to or under ``svc.<td>`` other
             than the workload's own identity name (``userd.svc.<td>`` or ``*.svc.<td>``
             for ``orderd``: clients verify identity as that host name, so it would let
@@ -250,10 +269,8 @@ def issue_workload(
     td = trust_domain_of(ca_cert)
     sid = workload_id(td, service)
     ident = identity_dns_name(td, service)
-    if not ttl_h > 0:
-        raise ConfigError(f"ttl_h must be > 0, got {ttl_h!r}")
     start = _now(now)
-    end = start + dt.timedelta(hours=ttl_h)
+    end = _end(start, "ttl_h", ttl_h, "hours")
     if end > ca_cert.not_valid_after_utc:
         raise ConfigError(
             f"a {ttl_h!r} h certificate would outlive the CA (valid until "
