@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshkit.auth._context import _token
+from meshkit.auth._jwt import check_bearer_key
 from meshkit.errors import ConfigError
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor, StreamProceed, UnaryProceed
 
@@ -24,10 +25,12 @@ class TokenForwarder(ClientInterceptor):
         services: dialed service names the token may be sent to (default ``None``: any
             service of the channels it is installed on). Tokens are credentials: only
             forward to services that verify them.
-        metadata_key: the metadata key (default ``"authorization"``).
+        metadata_key: the metadata key (default ``"authorization"``, RFC 6750 §2.1).
 
     Raises:
-        ConfigError: a bad metadata key or ``services`` given as a string.
+        ConfigError: a bad metadata key (not a lowercase text key of the characters gRPC
+            allows, ``0-9 a-z _ - .``: no ``-bin`` binary key, no ``:`` pseudo-header, as
+            ``JWTAuthOptions.metadata_key``) or ``services`` given as a string (quoted).
     """
 
     __slots__ = ("_key", "_services")
@@ -36,8 +39,7 @@ class TokenForwarder(ClientInterceptor):
                  metadata_key: str = "authorization") -> None:
         if isinstance(services, str):
             raise ConfigError(f"services must be a tuple of names, got the string {services!r}")
-        if not metadata_key or metadata_key != metadata_key.lower():
-            raise ConfigError(f"metadata_key must be a lowercase key, got {metadata_key!r}")
+        check_bearer_key("metadata_key", metadata_key)
         self._services = None if services is None else frozenset(services)
         self._key = metadata_key
 

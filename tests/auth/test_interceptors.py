@@ -249,6 +249,27 @@ async def test_key_rotation_picked_up_through_jwks(stack: Stack) -> None:
     assert stack.jwks.fetches == fetches + 1
 
 
+BAD_BEARER_KEYS = ["authorization-bin", ":authority", "x token", "authorización",
+                   "Authorization", "", "x\ttoken", "x@token"]
+
+
+@pytest.mark.parametrize("bad", BAD_BEARER_KEYS)
+def test_bearer_metadata_key_must_be_a_text_grpc_key(bad: str) -> None:
+    """TokenForwarder and JWTAuthOptions refuse, quoted, a metadata key that cannot carry a
+    text bearer value: a ``-bin`` binary key, a ``:`` pseudo-header, a character gRPC
+    does not allow in a key (0-9 a-z _ - . only), non-ASCII, upper case, empty."""
+    from meshkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        TokenForwarder(metadata_key=bad)
+    assert repr(bad) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        JWTAuthOptions(metadata_key=bad)
+    assert repr(bad) in str(info.value)
+    TokenForwarder(metadata_key="x-auth_token.v1")
+    JWTAuthOptions(metadata_key="x-auth_token.v1")
+
+
 async def test_token_forwarded_on_outgoing_calls(pki: Pki, start_server: StartServer,
                                                  tmp_path: Path) -> None:
     """orderd's handler calls userd through meshkit.dial; TokenForwarder carries the token."""
