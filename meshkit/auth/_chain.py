@@ -32,8 +32,10 @@ class AuthOptions:
             (``PERMISSION_DENIED`` when a scope is missing); needs ``verifier``.
         policy: an :class:`~meshkit.auth.AuthzPolicy` over peer identities and token claims
             (``PERMISSION_DENIED`` when it denies).
-        check_peers: with mTLS, refuse peers that are not mesh workloads or not in
-            ``tls.allowed_peers`` (``PERMISSION_DENIED``; default ``True``).
+        check_peers: with mTLS, refuse peers that are not mesh workloads
+            (``UNAUTHENTICATED``: no verified workload identity) or that are of a foreign
+            trust domain or not in ``tls.allowed_peers`` (``PERMISSION_DENIED``), as
+            :class:`~meshkit.auth.PeerIdentityInterceptor` does (default ``True``).
         exempt_methods: methods the peer check skips, e.g. ``("/grpc.health.v1.Health/*",)``
             for a prober (the connection must still be accepted).
 
