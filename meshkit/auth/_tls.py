@@ -106,7 +106,7 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     """Read and check the CA bundle, certificate chain and key files.
 
     Raises:
-        CertificateError: (and no other error) an unreadable file, a key not matching the
+        CertificateError: an unreadable file, a key not matching the
             certificate, malformed extensions, not exactly one URI SAN (X.509-SVID §2), a
             malformed SPIFFE ID (SPIFFE ID §2) or one that is no workload ID, another trust
             domain, or a certificate peers would refuse.
