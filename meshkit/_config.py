@@ -9,6 +9,7 @@ only, never per call.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import grpc
@@ -145,14 +146,18 @@ def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:
     return out
 
 
+_KEY = re.compile(r"[0-9a-z_.\-]+")
+
+
 def check_metadata_key(name: str, key: object) -> None:
-    """Check that ``key`` (the field ``name``) can name gRPC text metadata: a non-empty
-    lowercase ASCII string, not ending in ``-bin`` (binary values) nor starting with
-    ``:`` (pseudo-headers).
+    """Check that ``key`` (the field ``name``) can name gRPC text metadata: the characters
+    gRPC allows in a key, ``Header-Name → 1*( %x30-39 / %x61-7A / "_" / "-" / "." )``
+    (gRPC over HTTP/2, Custom-Metadata: lower case, so no ``:`` pseudo-header either), not
+    ending in ``-bin`` (binary values).
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted.
     """
-    if (not isinstance(key, str) or not key or not key.isascii() or key != key.lower()
-            or key.endswith("-bin") or key.startswith(":")):
-        raise ConfigError(f"{name} must be a lowercase ASCII key, got {key!r}")
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or key.endswith("-bin"):
+        raise ConfigError(
+            f"{name} must be a lowercase gRPC metadata key (0-9 a-z _ - .), got {key!r}")

@@ -833,25 +833,6 @@ class JWTVerifier:
 
 
 # -- the interceptor's configuration ------------------------------------------------------
-_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_-.")
-
-
-def check_bearer_key(name: str, key: object) -> None:
-    """Check that ``key`` (the field ``name``) can carry a text bearer token: a gRPC
-    metadata key (:func:`meshkit._config.check_metadata_key`: lowercase ASCII, no ``-bin``
-    binary key, no ``:`` pseudo-header) made of the characters gRPC allows in one,
-    ``Header-Name → 1*( %x30-39 / %x61-7A / "_" / "-" / "." )`` (gRPC over HTTP/2,
-    Custom-Metadata).
-
-    Raises:
-        ConfigError: any other value (quoted).
-    """
-    check_metadata_key(name, key)
-    assert isinstance(key, str)  # check_metadata_key refused anything else
-    if not _KEY_CHARS.issuperset(key):
-        raise ConfigError(f"{name} must be a gRPC metadata key (0-9 a-z _ - .), got {key!r}")
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JWTAuthOptions:
     """Which methods need a token and which scopes, for
@@ -876,7 +857,7 @@ class JWTAuthOptions:
             none).
         metadata_key: the metadata key carrying ``Bearer <token>`` (default
             ``"authorization"``, RFC 6750 §2.1); a text key of the characters gRPC allows
-            (see :func:`check_bearer_key`).
+            (see :func:`meshkit._config.check_metadata_key`).
 
     Raises:
         ConfigError: a bad method pattern (see :class:`~meshkit._methods.MethodMatcher`),
@@ -905,7 +886,7 @@ class JWTAuthOptions:
                          for m, v in self.method_scopes.items()}
         object.__setattr__(self, "default_scopes",
                            check_scopes("default_scopes", self.default_scopes))
-        check_bearer_key("metadata_key", self.metadata_key)
+        check_metadata_key("metadata_key", self.metadata_key)
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_scopes", MethodMatcher(
             {m: frozenset(s) for m, s in method_scopes.items()},

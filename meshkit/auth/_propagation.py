@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshkit._config import check_metadata_key
 from meshkit.auth._context import _token
-from meshkit.auth._jwt import check_bearer_key
 from meshkit.errors import ConfigError
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor, StreamProceed, UnaryProceed
 
@@ -39,7 +39,7 @@ class TokenForwarder(ClientInterceptor):
                  metadata_key: str = "authorization") -> None:
         if isinstance(services, str):
             raise ConfigError(f"services must be a tuple of names, got the string {services!r}")
-        check_bearer_key("metadata_key", metadata_key)
+        check_metadata_key("metadata_key", metadata_key)
         self._services = None if services is None else frozenset(services)
         self._key = metadata_key
 
