@@ -626,7 +626,7 @@ async def test_a_request_stream_outliving_its_deadline_is_counted_deadline_excee
 @pytest.mark.xfail(reason="grpc.aio (1.85) shows a handler that returned before the "
                    "client's cancel reached its task nothing of it: cancelled() is False and "
                    "code() None, also in the done callback (_handle_cancellation_from_core "
-                   "keeps op.cancelled() to itself)", strict=False)
+                   "keeps op.cancelled() to itself)", strict=True)
 @pytest.mark.parametrize("kind", ["Bidi", "ClientStream"])
 async def test_a_request_stream_its_client_cancels_is_counted_canceled(
     kind: str, echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
@@ -634,7 +634,8 @@ async def test_a_request_stream_its_client_cancels_is_counted_canceled(
     """A bidi or client stream the client cancels while the server waits for its next
     request should be counted Canceled, never OK; but grpc.aio ends the handler's request
     iterator before it cancels the handler's task, and a handler that returns right after
-    it (the echo ones do) is counted OK: known, see the xfail reason."""
+    it (the echo ones do) is counted OK: known, see the xfail reason and the README. Strict:
+    a grpc.aio that shows the cancel makes it pass, and the suite says so."""
     from tests.support.wait import until
 
     opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
