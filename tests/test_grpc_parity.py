@@ -192,3 +192,37 @@ async def test_a_writer_is_woken_when_the_call_fails(registry: LocalRegistry) ->
                 await asyncio.wait_for(write_forever(), 5)
             assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_writes_to_an_ended_stream_unary_call(registry: LocalRegistry) -> None:
+    """``write()`` to a stream-unary call that has ended, as grpc.aio's: after it was
+    cancelled, ``CancelledError``; after it answered (a handler that reads nothing),
+    ``InvalidStateError`` "RPC already finished."; ``done_writing()`` on a call made with
+    a request iterator, ``UsageError``."""
+    from tests.support.echo import SERVICE
+
+    async def answers_at_once(requests: Any, context: Any) -> bytes:
+        return b"done"
+
+    quick = grpc.method_handlers_generic_handler(
+        SERVICE, {"AnswersAtOnce": grpc.stream_unary_rpc_method_handler(answers_at_once)})
+    async with raw_server(quick) as (_server, port):
+        await registry.register(
+            Instance(service="quick", instance_id="q1", host="127.0.0.1", port=port))
+        async with meshkit.dial("quick", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            await ch.wait_for_endpoints(1)
+            answered = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
+            await answered.write(b"a")
+            assert await answered == b"done"
+            with pytest.raises(asyncio.InvalidStateError, match="already finished"):
+                await answered.write(b"b")
+            cancelled = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
+            await cancelled.write(b"a")
+            assert cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled.write(b"b")
+            iterated = ch.stream_unary(method("AnswersAtOnce"))(iter([b"x"]), timeout=5)
+            with pytest.raises(grpc.aio.UsageError):
+                await iterated.done_writing()
+            assert await iterated == b"done"
