@@ -14,6 +14,7 @@ import nats
 import pytest
 from prometheus_client import CollectorRegistry
 
+from meshkit.errors import ConfigError
 from meshkit.messaging import (
     DLQ_REASON_HEADER,
     Consumer,
@@ -60,6 +61,28 @@ async def test_publish_dedupes_by_message_id(bus: Bus, prom: CollectorRegistry) 
     assert info.state.messages == 1
     assert _sample(prom, "meshkit_messaging_published_total",
                    subject=bus.subject, outcome="duplicate") == 1
+
+
+async def test_ensure_stream_with_max_age_below_the_default_window(bus: Bus) -> None:
+    """ensure_stream(max_age_s=60) with the default window makes the stream: the window
+    defaults to min(120 s, max_age_s) as JetStream's own default (a 120 s window over a
+    60 s max age is refused, error 10052); an explicit window longer than max_age_s, or
+    a max_age_s <= 0, is a ConfigError before anything is sent."""
+    name = f"{bus.stream}MA"
+    try:
+        info = await ensure_stream(bus.js, name, [f"{name.lower()}.>"], max_age_s=60)
+        assert info.config.max_age == 60
+        assert info.config.duplicate_window == 60
+    finally:
+        with contextlib.suppress(Exception):
+            await bus.js.delete_stream(name)
+    with pytest.raises(ConfigError, match=r"max_age_s \(60\), got 120"):
+        await ensure_stream(bus.js, name, [f"{name.lower()}.>"], max_age_s=60,
+                            duplicate_window_s=120)
+    with pytest.raises(ConfigError, match="max_age_s must be > 0, got 0"):
+        await ensure_stream(bus.js, name, [f"{name.lower()}.>"], max_age_s=0)
+    default = await ensure_stream(bus.js, bus.stream, [f"{bus.subject.split('.')[0]}.>"])
+    assert default.config.duplicate_window == 120
 
 
 async def test_publish_retries_across_a_nats_restart(
