@@ -210,22 +210,46 @@ class Consumer:
                               max_deliver=-1, filter_subject=o.filter_subject)
 
     async def start(self) -> None:
-        """Create (or bind to) the durable consumer; an existing one whose ``max_deliver``
-        or ack wait differ from the options is updated to them (e.g. made by an older
-        version with a bounded ``max_deliver``). Raises the NATS error if the stream does
-        not exist."""
+        """Create (or bind to) the durable consumer; an existing one whose filter subject,
+        ``max_deliver`` or ack wait differ from the options is updated to them (e.g. made
+        by an older version with a bounded ``max_deliver``, or with another
+        ``filter_subject``: nats-py's ``pull_subscribe`` binds to an existing durable
+        as it is). JetStream allows these changes on a durable (NATS docs, JetStream
+        consumers: "Filter Subject", "MaxDeliver", "AckWait" are editable); a changed
+        filter keeps the durable's position, so messages of the new filter stored
+        before it are not delivered (use a new durable name to read them).
+
+        Raises:
+            nats.js.errors.Error: the stream does not exist, or the server refused to
+                change the filter subject (consuming the old subjects would be silent
+                data loss). A refused ``max_deliver`` / ack wait change is only logged.
+        """
         o = self.options
         config = self.consumer_config()
-        self._sub = await self._js.pull_subscribe(
+        sub = await self._js.pull_subscribe(
             o.filter_subject or "", durable=o.durable, stream=o.stream, config=config)
-        current = (await self._sub.consumer_info()).config
-        if (current.max_deliver, current.ack_wait) != (config.max_deliver, config.ack_wait):
+        current = (await sub.consumer_info()).config
+        filter_changed = (current.filter_subject or None) != (o.filter_subject or None) \
+            or bool(current.filter_subjects)
+        if filter_changed or (current.max_deliver, current.ack_wait) != \
+                (config.max_deliver, config.ack_wait):
+            config = self.consumer_config()  # pull_subscribe may have changed its copy
             try:
                 await self._js.add_consumer(o.stream, config)
             except nats.js.errors.Error as exc:
+                if filter_changed:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+                    raise
                 _log.warning("could not update the durable consumer's config",
                              durable=o.durable, max_deliver=current.max_deliver,
                              error=str(exc)[:200])
+            else:
+                if filter_changed:
+                    _log.warning("durable consumer's filter subject changed",
+                                 durable=o.durable, old=current.filter_subject,
+                                 new=o.filter_subject)
+        self._sub = sub
 
     async def run_once(self) -> int:
         """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it; returns how

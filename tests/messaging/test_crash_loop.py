@@ -95,6 +95,34 @@ async def test_existing_durable_is_updated_to_the_options(bus: Bus) -> None:
     assert (info.config.max_deliver, info.config.ack_wait) == (-1, 2.0)
 
 
+async def test_existing_durable_follows_a_changed_filter_subject(bus: Bus) -> None:
+    """A durable made earlier with filter A is moved to the options' filter B by start()
+    (nats-py binds to an existing durable as it is): the consumer gets B's messages."""
+    from meshkit.messaging import Consumer, ConsumerOptions, Delivery
+
+    tag = bus.subject.split(".")[0]
+
+    async def handle(d: Delivery) -> None:
+        got.append(d.subject)
+
+    got: list[str] = []
+    old = Consumer(bus.js, handle, ConsumerOptions(stream=bus.stream, durable="f",
+                                                   filter_subject=f"{tag}.a"))
+    await old.start()
+    await bus.js.publish(f"{tag}.b", b"x", headers={MSG_ID_HEADER: "f-1"})
+    new = Consumer(bus.js, handle, ConsumerOptions(stream=bus.stream, durable="f",
+                                                   filter_subject=f"{tag}.b",
+                                                   fetch_timeout_s=0.1, access_log=False))
+
+    async def consumed() -> bool:
+        return await new.run_once() > 0
+
+    await until(consumed, timeout_s=3, interval_s=0.01, what="message on B")
+    assert got == [f"{tag}.b"]
+    info = await bus.js.consumer_info(bus.stream, "f")
+    assert info.config.filter_subject == f"{tag}.b"
+
+
 async def test_message_whose_dead_letter_has_no_stream_is_kept(bus: Bus) -> None:
     """A poison message whose dead-letter subject no stream captures is nak'ed, never
     dropped: the server keeps it for the consumer past max_deliveries (max_deliver is
