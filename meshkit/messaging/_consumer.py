@@ -14,6 +14,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
@@ -176,7 +177,9 @@ class Consumer:
     """Runs a handler over a durable JetStream pull consumer.
 
     Per delivery: verify the publisher (if configured), run the handler under a CONSUMER
-    span whose parent is the context in the headers, then ack (explicit ack policy);
+    span whose parent is the context in the headers, with the headers' W3C baggage as the
+    current baggage (``opentelemetry.baggage.get_baggage`` in the handler sees it, and
+    what the handler publishes or calls carries it on), then ack (explicit ack policy);
     a failure naks with ``backoff`` until ``max_deliveries``, then dead-letters; a
     :class:`PoisonMessage` or a refused identity dead-letters at once. A dead-lettered
     message is ``term``'ed only after the dead-letter publish was acked. Messages of a
@@ -323,10 +326,11 @@ class Consumer:
         msg_id = headers.get(MSG_ID_HEADER, "")
         delivery = msg.metadata.num_delivered if msg.reply else 1
         started = time.perf_counter()
+        carried = extract(headers)  # the publisher's trace context and baggage
         span = None
         if o.tracing:
             span = tracer(o.tracer_provider).start_span(
-                f"process {msg.subject}", context=extract(headers), kind=SpanKind.CONSUMER,
+                f"process {msg.subject}", context=carried, kind=SpanKind.CONSUMER,
                 attributes={"messaging.system": "nats",
                             "messaging.operation.type": "process",
                             "messaging.destination.name": msg.subject,
@@ -334,14 +338,18 @@ class Consumer:
                             "messaging.message.id": msg_id,
                             "messaging.message.delivery_count": delivery})
         result: tuple[str, PeerIdentity | None, str] = ("error", None, "cancelled")
-        with trace.use_span(span, end_on_exit=False) if span is not None \
-                else contextlib.nullcontext():
-            try:
-                result = await self._process(msg, headers, msg_id, delivery, span)
-            finally:
-                outcome, publisher, reason = result
-                self._report(msg, msg_id, headers, delivery, started, span, publisher,
-                             outcome, reason)
+        # The handler runs in the message's context: the CONSUMER span current (if
+        # tracing) *and* the baggage the message carries, so what the handler sends on
+        # (an event, a gRPC call) carries the baggage too.
+        token = otel_context.attach(trace.set_span_in_context(span, carried)
+                                    if span is not None else carried)
+        try:
+            result = await self._process(msg, headers, msg_id, delivery, span)
+        finally:
+            outcome, publisher, reason = result
+            self._report(msg, msg_id, headers, delivery, started, span, publisher,
+                         outcome, reason)
+            otel_context.detach(token)
         return result[0]
 
     async def _process(self, msg: Msg, headers: dict[str, str], msg_id: str, delivery: int,

@@ -12,6 +12,8 @@ from typing import Any
 
 import nats
 import pytest
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry
 
 from meshkit.errors import ConfigError
@@ -245,6 +247,33 @@ async def test_one_trace_from_publish_to_consume(
     assert send.parent.span_id == root.context.span_id
     assert proc.parent.span_id == send.context.span_id
     assert proc.context.trace_id == root.context.trace_id
+
+
+async def test_handler_sees_the_baggage_carried_by_the_message(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """Baggage current where the event was published is the handler's current baggage
+    (not only a header), with tracing on and off."""
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        await Publisher(bus.js, PublishOptions(registry=prom)).publish(
+            bus.subject, b"x", msg_id="b-1")
+    finally:
+        otel_context.detach(token)
+    seen: list[tuple[str | None, object]] = []
+
+    async def handle(d: Delivery) -> None:
+        seen.append((d.headers.get("baggage"), baggage.get_baggage("tenant")))
+
+    for durable, tracing_on in (("traced", True), ("untraced", False)):
+        c = _consumer(bus, handle, prom, durable=durable, filter_subject=bus.subject,
+                      tracing=tracing_on)
+
+        async def consumed(c: Consumer = c) -> bool:
+            return await c.run_once() > 0
+
+        await until(consumed, timeout_s=5, what=f"message consumed by {durable}")
+    assert seen == [("tenant=acme", "acme")] * 2
+    assert baggage.get_baggage("tenant") is None  # detached after the handler
 
 
 async def _poison(d: Delivery) -> None:
