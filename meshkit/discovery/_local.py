@@ -37,6 +37,13 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
   that left explicitly (a graceful drain) at its next poll.
 * **Reads fail** (unreadable or corrupt file): a watch keeps its last set, or, if it never read
   anything, yields nothing (never an empty set because of an error) until a read succeeds.
+* **A row does not decode** (tags or meta that are not JSON of the right shape, a field
+  :class:`~meshkit.discovery.Instance` refuses: a foreign or older writer, a damaged page):
+  that row is skipped and the rest of the service is listed, as the Consul and etcd
+  registries skip an unusable entry, so the watch goes on (the Registry contract: a watch
+  ends only when closed or cancelled). A warning names the service and instance id and the
+  kind of error, never the row's values (meta may hold secrets), once per row and then at
+  most every ``_UNUSABLE_LOG_EVERY_S`` (60 s) while it stays unusable.
 * **A read-only registry** is readable by a new process: nothing is written when the file
   is opened unless it needs setting up. SQLite can read a WAL database without write access
   when its ``-wal`` and ``-shm`` files exist or can be created
@@ -85,6 +92,9 @@ __all__ = ["LocalOptions", "LocalRegistry", "default_local_path"]
 
 _log = structlog.get_logger("meshkit.discovery.local")
 _T = TypeVar("_T")
+
+#: Seconds between two warnings about the same unusable row (every poll reads it again).
+_UNUSABLE_LOG_EVERY_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -298,6 +308,9 @@ class LocalRegistry:
         self._kept: dict[int, int] = {}  # watch number -> endpoints it keeps (faults)
         self._watch_ids = itertools.count()
         self._probe_lock: asyncio.Lock | None = None
+        # (service, instance_id) of an unusable row -> monotonic time it was last logged;
+        # used only in the worker thread (under _lock).
+        self._unusable_logged: dict[tuple[str, str], float] = {}
         self._closed = False
         # A thread of our own: heartbeats must not queue behind the application's
         # asyncio.to_thread work (password hashing, file I/O) in the default pool.
@@ -520,6 +533,22 @@ class LocalRegistry:
         """The write probe: a write transaction with nothing to upsert."""
         self._write(conn, gc=True)
 
+    def _log_unusable(self, service: str, instance_id: object, exc: BaseException) -> None:
+        """Warn that a row of ``service`` is skipped: once per row, then at most every
+        ``_UNUSABLE_LOG_EVERY_S`` seconds. Only the ids and the error's type are logged: the
+        error's message may quote the row's values (meta may hold secrets)."""
+        now = time.monotonic()
+        key = (service, str(instance_id))
+        logged = self._unusable_logged
+        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+            return
+        for stale in [k for k, at in logged.items() if now - at >= _UNUSABLE_LOG_EVERY_S]:
+            del logged[stale]
+        logged[key] = now
+        _log.warning("skipping unusable local registry entry", service=service,
+                     instance_id=key[1][:128], error=type(exc).__name__,
+                     path=str(self.options.path))
+
     def _read(self, conn: sqlite3.Connection, service: str) -> _Snapshot:
         """The entries of ``service``: live ones, expired ones not yet collected, and, if
         there are expired ones, the registry's ``last_write`` time. No write."""
@@ -530,9 +559,15 @@ class LocalRegistry:
             "SELECT instance_id, host, port, tags, meta, weight, expires_at FROM instances"
             " WHERE service = ?", (service,),
         ):
-            inst = Instance(service=service, instance_id=r[0], host=r[1], port=r[2],
-                            tags=tuple(json.loads(r[3])), meta=json.loads(r[4]), weight=r[5])
-            if r[6] > now:
+            try:
+                inst = Instance(service=service, instance_id=r[0], host=r[1], port=r[2],
+                                tags=tuple(json.loads(r[3])), meta=json.loads(r[4]),
+                                weight=r[5])
+                alive = r[6] > now
+            except (ConfigError, ValueError, TypeError, AttributeError) as exc:
+                self._log_unusable(service, r[0], exc)
+                continue
+            if alive:
                 live.append(inst)
             else:
                 expired.append((inst, r[6]))

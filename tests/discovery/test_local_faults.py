@@ -415,6 +415,47 @@ async def test_corrupt_registry_yields_nothing_until_it_can_be_read(tmp_path: Pa
         await reader.close()
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("tags", "not json"), ("tags", "5"), ("meta", "[1, 2]"), ("host", ""),
+     ("expires_at", "soon")],
+)
+async def test_watch_skips_a_malformed_row_and_goes_on(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """A row that does not decode (a foreign or older writer, a damaged page) is skipped:
+    the watch lists the service's other instances and goes on following changes, instead of
+    ending (Registry.watch: "The iterator ends only when closed or cancelled"). The warning
+    names the row, not its values, and is not repeated at every poll."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3.0, poll_interval_s=0.02))
+    watch = reg.watch("svc")
+    try:
+        await reg.register(inst("a"))
+        assert await asyncio.wait_for(anext(watch), 5) == {inst("a")}
+        row: dict[str, Any] = {"instance_id": "x", "service": "svc", "host": "127.0.0.1",
+                               "port": 41009, "tags": "[]", "meta": json.dumps({"k": "s3cr3t"}),
+                               "weight": 1, "expires_at": 4102444800.0}
+        row[column] = value
+        conn = sqlite3.connect(str(tmp_path / "registry.db"))
+        conn.execute(f"INSERT INTO instances ({', '.join(row)}) VALUES "
+                     f"({', '.join('?' * len(row))})", tuple(row.values()))
+        conn.commit()
+        conn.close()
+        with capture_logs() as logs:
+            reads = reg.status().read_errors
+            await asyncio.sleep(0.3)  # many polls over the bad row
+            await reg.register(inst("b"))
+            assert await asyncio.wait_for(anext(watch), 5) == {inst("a"), inst("b")}
+        skipped = [e for e in logs if e["event"] == "skipping unusable local registry entry"]
+        assert len(skipped) == 1, logs
+        assert skipped[0]["instance_id"] == "x" and skipped[0]["service"] == "svc"
+        assert "s3cr3t" not in repr(logs)
+        assert reg.status().read_errors == reads  # a bad row is not a read outage
+    finally:
+        await watch.aclose()
+        await reg.close()
+
+
 async def test_new_client_with_an_unreadable_registry_is_told_the_registry_is_at_fault(
         tmp_path: Path) -> None:
     """A new client whose registry cannot be read gets UNAVAILABLE saying so (the fixed
