@@ -503,17 +503,26 @@ class StorageBreaker:
         self._probing = False
         self._wait_s = self._open_s
 
-    def abandoned(self) -> None:
+    def abandoned(self, probe: bool = True) -> None:
         """The call let through did not finish (cancelled): neither a success nor a
-        failure. A probe's slot is freed, so the next caller probes (the breaker stays
-        open, its open time unchanged); closed, nothing changes."""
-        self._probing = False
-
-    def failure(self) -> None:
-        """The storage failed or timed out: count it; open (again) when due."""
-        self.dirty = True
-        if self._until is not None:  # the probe failed
+        failure. The probe's slot is freed (``probe``: this call was the probe, as
+        :attr:`is_open` read right after its :meth:`allow`), so the next caller probes
+        (the breaker stays open, its open time unchanged); a call let through before the
+        breaker opened frees nothing: the probe out is still out."""
+        if probe:
             self._probing = False
+
+    def failure(self, probe: bool = True) -> None:
+        """The storage failed or timed out: count it; open (again) when due. Open, only the
+        probe's failure (``probe``, see :meth:`abandoned`) re-opens it for twice as long:
+        the calls that were already waiting on the storage when it opened fail too, and
+        must not each double the open time (a burst of timeouts kept it open for
+        ``max_open_s``) nor free the probe's slot."""
+        self.dirty = True
+        if self._until is not None:
+            if not probe:  # a call from before it opened: counted in the streak already
+                return
+            self._probing = False  # the probe failed
             self._wait_s = min(self._wait_s * 2, self._max_open_s)
             self._until = self._clock() + self._wait_s
             return
@@ -600,6 +609,7 @@ class StorageLimiter:
         breaker = self.breaker
         if not breaker.allow():  # open: do not wait on a storage that keeps failing
             return self._storage_skipped(method)
+        probe = breaker.is_open  # let through while open: the probe
         try:
             if self._timeout_s is None:
                 rejection = await self._hit(rule, method, key)
@@ -607,10 +617,10 @@ class StorageLimiter:
                 async with asyncio.timeout(self._timeout_s):
                     rejection = await self._hit(rule, method, key)
         except Exception as exc:  # any storage failure: fail as configured, never crash
-            breaker.failure()
+            breaker.failure(probe)
             return self._storage_failed(method, exc)
         except BaseException:  # cancelled mid-call (a probe must not hold its slot forever)
-            breaker.abandoned()
+            breaker.abandoned(probe)
             raise
         self._succeeded()
         return rejection
@@ -677,7 +687,7 @@ class StorageLimiter:
             try:
                 rejection = hit(key)
             except Exception as exc:  # a bug in a storage step: fail as configured
-                breaker.failure()
+                breaker.failure(breaker.is_open)  # synchronous: let through open, the probe
                 return self._storage_failed(method, exc)
             if breaker.dirty or outage.down_since is not None:
                 self._succeeded()
@@ -732,7 +742,12 @@ class StorageLimiter:
             else:
                 admitted = self._strategy.hit(item, self._prefix, method, key)
             if not admitted:
-                return self._rejection(item, method, self._window(item, method, key))
+                rejection = self._rejection(item, method, self._window(item, method, key))
+                for other in rule.items:  # another part spent too: the longest wait
+                    if other is not item:
+                        rejection = self._longer(rejection, other, method,
+                                                 self._window(other, method, key))
+                return rejection
         return None
 
     async def _hit(self, rule: Rule, method: str, key: str) -> Rejection | None:
@@ -744,7 +759,13 @@ class StorageLimiter:
             else:
                 admitted = await self._strategy.hit(item, self._prefix, method, key)
             if not admitted:
-                return self._rejection(item, method, await self._window(item, method, key))
+                rejection = self._rejection(item, method,
+                                            await self._window(item, method, key))
+                for other in rule.items:  # another part spent too: the longest wait
+                    if other is not item:
+                        rejection = self._longer(rejection, other, method,
+                                                 await self._window(other, method, key))
+                return rejection
         return None
 
     def _window(self, item: Any, method: str, key: str) -> Any:
@@ -768,6 +789,24 @@ class StorageLimiter:
             after = retry_after_s(window.reset_time, now)
         return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"rate limit exceeded for {method}: {item}", after)
+
+    def _longer(self, rejection: Rejection, item: Any, method: str,
+                window: Any) -> Rejection:
+        """``rejection``, or part ``item``'s when that part is spent too and its wait is
+        longer: a rule's ``retry-after`` is when every part admits again (RFC 9110
+        10.2.3), not the first refusing part's (``1/second;1/minute`` sent 1 s, then 59)."""
+        if self._sliding:
+            spent = sliding_window_wait_s(
+                amount=item.amount, window_s=item.get_expiry(),
+                previous_count=window[0], previous_expires_in_s=window[1],
+                current_count=window[2], current_expires_in_s=window[3]) > 0
+        else:
+            spent = window.remaining <= 0
+        if not spent:
+            return rejection
+        other = self._rejection(item, method, window)
+        return other if (other.retry_after_s or 0) > (rejection.retry_after_s or 0) \
+            else rejection
 
     def _storage_failed(self, method: str, exc: Exception) -> Rejection | None:
         if self._outage.failed():

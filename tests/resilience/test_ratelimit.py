@@ -986,3 +986,79 @@ async def test_hung_redis_opens_the_breaker_then_limits_resume(
                            for e in errs)
 
             await until(limited, timeout_s=10, what="limit enforced after the hang")
+
+
+async def test_a_burst_of_storage_timeouts_opens_the_breaker_for_breaker_open_s_only(
+    shared_redis: str,
+) -> None:
+    """Redis hangs while several calls wait on it: they all time out together. The breaker
+    opens once and probes after ``breaker_open_s``; only the *probe's* failure doubles the
+    open time. The calls that were already waiting when it opened each counted as a failed
+    probe: eight concurrent timeouts kept it open for ``breaker_max_open_s`` (30 s here)
+    after Redis was back."""
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
+            key_prefix=f"test-brk-{uuid.uuid4().hex}", storage_timeout_s=0.3,
+            on_storage_error="deny", breaker_failures=3, breaker_open_s=1.0,
+            breaker_max_open_s=30.0))
+        m = "/svc.v1.Svc/Call"
+        try:
+            assert await limiter.check(m, "caller") is None  # connected, counting
+            proxy.blackhole()
+            results = await asyncio.gather(*(limiter.check(m, f"c{i}") for i in range(8)))
+            assert all(r is not None and r.code is grpc.StatusCode.UNAVAILABLE
+                       for r in results)
+            assert limiter.breaker.is_open and limiter.breaker.opened == 1
+            opened_at = time.monotonic()
+            await proxy.start()  # Redis answers again
+            admitted = False
+            while time.monotonic() - opened_at < 6.0:  # open 1 s, a failed probe 2 s more
+                if await limiter.check(m, "caller") is None:
+                    admitted = True
+                    break
+                await asyncio.sleep(0.1)
+            assert admitted, "the breaker stayed open far longer than breaker_open_s"
+        finally:
+            await limiter.aclose()
+
+
+def test_only_the_probe_frees_the_probe_slot_or_reopens_the_breaker() -> None:
+    """While open, one caller probes and the rest skip (StorageBreaker). A call let
+    through before it opened (``probe=False``) that is then cancelled or fails frees no
+    probe slot and doubles nothing: a second probe was let through while the first was
+    out, each waiting ``storage_timeout_s`` on a hung storage."""
+    now = [0.0]
+    b = StorageBreaker(failures=1, open_s=1.0, max_open_s=4.0, clock=lambda: now[0])
+    assert b.allow() and not b.is_open  # call A, closed: goes to the storage (hangs)
+    assert b.allow()  # call B, closed
+    b.failure(probe=False)  # B times out: open until 1.0
+    assert b.is_open
+    now[0] = 1.0
+    assert b.allow() and b.is_open  # call C: the probe
+    b.abandoned(probe=False)  # A's caller gives up: A was not the probe
+    assert not b.allow(), "a second probe was let through while the first is out"
+    b.failure(probe=False)  # A failing instead: the same
+    assert not b.allow()
+    b.failure(probe=True)  # C, the probe, fails: open for 2 s
+    now[0] = 2.9
+    assert not b.allow()
+    now[0] = 3.0
+    assert b.allow()  # the next probe
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "moving-window"])
+async def test_retry_after_of_a_multi_part_rule_is_when_every_part_admits(
+    strategy: str,
+) -> None:
+    """Rule "1/second;1/minute" (every part must admit a call): after one call the minute
+    part refuses until its window ends, so ``retry-after`` is about a minute (RFC 9110
+    10.2.3: the wait before the caller may succeed). It was the first refusing part's 1 s,
+    which sent a client that honours it back into another refusal."""
+    async with echo_server(RateLimitOptions(default_rule="1/second;1/minute",
+                                            strategy=strategy)) as channel:  # type: ignore[arg-type]
+        assert await attempt(channel) is None
+        err = await attempt(channel)
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        after = int(dict(err.trailing_metadata() or ())["retry-after"])
+        assert 55 <= after <= 60, (after, err.details())
