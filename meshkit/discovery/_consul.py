@@ -305,7 +305,11 @@ class ConsulOptions:
 
         Forms: ``consul://host:port`` (scheme from ``CONSUL_HTTP_SSL``, else http),
         ``consul+http://host:port``, ``consul+https://host:port``; ``consul://`` with no host
-        keeps ``CONSUL_HTTP_ADDR`` (or the default). Query parameters set fields by name,
+        keeps ``CONSUL_HTTP_ADDR`` (or the default), and so do ``consul+http://`` and
+        ``consul+https://``. ``consul+https`` always means https, with or without a host and
+        whatever ``CONSUL_HTTP_ADDR`` or a ``scheme`` parameter says (``https`` from either
+        place wins, as in Consul's own client), so the ACL token never goes out in clear
+        text. Query parameters set fields by name,
         e.g. ``consul://127.0.0.1:8500?check=grpc&ttl_s=10&verify=false``. The token comes
         only from ``CONSUL_HTTP_TOKEN``: a token or user info in the URI is refused so that
         it never ends up in logs.
@@ -334,6 +338,10 @@ class ConsulOptions:
                               "set CONSUL_HTTP_TOKEN instead")
         kwargs.update(query_fields(query, floats=_FLOAT_FIELDS, bools=_BOOL_FIELDS,
                                    strs=_STR_FIELDS, where="Consul URI"))
+        if scheme == "consul+https":
+            # TLS whatever supplies the address (this URI, CONSUL_HTTP_ADDR or the default):
+            # without it the ACL token would go out in clear text.
+            kwargs["scheme"] = "https"
         return cls.from_env(environ, **kwargs)
 
 

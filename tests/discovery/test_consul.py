@@ -901,6 +901,10 @@ def test_from_env_tls_files_and_overrides(tmp_path: Path) -> None:
           "wait_s": 10.0}),
         ("consul://h:8500?watch_query_interval_s=0.25", {"watch_query_interval_s": 0.25}),
         ("consul://", {"base_url": "http://env-host:8500"}),
+        # consul+https without a host keeps CONSUL_HTTP_ADDR but never loses the TLS
+        ("consul+https://", {"base_url": "https://env-host:8500", "scheme": "https"}),
+        ("consul+https:///?wait_s=5", {"base_url": "https://env-host:8500", "wait_s": 5.0}),
+        ("consul+https://?scheme=http", {"base_url": "https://env-host:8500"}),
     ],
 )
 def test_from_uri(uri: str, expected: dict[str, Any]) -> None:
@@ -910,6 +914,21 @@ def test_from_uri(uri: str, expected: dict[str, Any]) -> None:
     assert reg.options.token == "env-token"
     for name, value in expected.items():
         assert getattr(reg.options, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("env", "base_url"),
+    [({}, "https://127.0.0.1:8500"),
+     ({"CONSUL_HTTP_ADDR": "http://10.0.0.1:8500"}, "https://10.0.0.1:8500"),
+     ({"CONSUL_HTTP_ADDR": "10.0.0.1:8500", "CONSUL_HTTP_SSL": "false"},
+      "https://10.0.0.1:8500")],
+)
+def test_from_uri_https_without_host_keeps_https(env: dict[str, str], base_url: str) -> None:
+    """``consul+https://`` with no host takes the address from CONSUL_HTTP_ADDR (or the
+    default) and still speaks https, so the ACL token never goes out in clear text."""
+    opts = ConsulOptions.from_uri("consul+https://", environ={**env, "CONSUL_HTTP_TOKEN": "t"})
+    assert opts.effective_scheme == "https"
+    assert opts.base_url == base_url
 
 
 @pytest.mark.parametrize(
