@@ -41,6 +41,7 @@ from __future__ import annotations
 from meshkit.messaging._consumer import (
     DLQ_CONSUMER_HEADER,
     DLQ_DELIVERIES_HEADER,
+    DLQ_MSG_ID_HEADER,
     DLQ_REASON_HEADER,
     DLQ_SUBJECT_HEADER,
     Consumer,
@@ -48,6 +49,7 @@ from meshkit.messaging._consumer import (
     Delivery,
     Handler,
     PoisonMessage,
+    is_dead_letter,
 )
 from meshkit.messaging._identity import (
     HDR_CERT,
@@ -75,6 +77,7 @@ from meshkit.messaging._telemetry import MessagingMetrics, capture_context, mess
 __all__ = [
     "DLQ_CONSUMER_HEADER",
     "DLQ_DELIVERIES_HEADER",
+    "DLQ_MSG_ID_HEADER",
     "DLQ_REASON_HEADER",
     "DLQ_SUBJECT_HEADER",
     "HDR_CERT",
@@ -101,5 +104,6 @@ __all__ = [
     "RelayOptions",
     "capture_context",
     "ensure_stream",
+    "is_dead_letter",
     "messaging_metrics",
 ]

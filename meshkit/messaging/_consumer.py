@@ -27,7 +27,8 @@ from meshkit.messaging._telemetry import extract, log_message, messaging_metrics
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff
 
-__all__ = ["Consumer", "ConsumerOptions", "Delivery", "Handler", "PoisonMessage"]
+__all__ = ["Consumer", "ConsumerOptions", "Delivery", "Handler", "PoisonMessage",
+           "is_dead_letter"]
 
 _NATS_PREFIX = "nats-"
 
@@ -36,6 +37,9 @@ _log = get_logger("meshkit.messaging")
 #: Headers a dead-lettered message carries besides its own.
 DLQ_REASON_HEADER = "Meshkit-Dead-Letter-Reason"
 DLQ_SUBJECT_HEADER = "Meshkit-Original-Subject"
+#: The original ``Nats-Msg-Id`` (the event id): with ``Meshkit-Original-Subject``, what the
+#: publisher's signature binds, so a dead letter can be verified.
+DLQ_MSG_ID_HEADER = "Meshkit-Original-Msg-Id"
 DLQ_DELIVERIES_HEADER = "Meshkit-Deliveries"
 #: ``<stream>/<durable>`` of the consumer that dead-lettered the message.
 DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
@@ -45,6 +49,12 @@ DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
 #: request to a deleted consumer or stream just times out (nats-py takes the 404 / 409
 #: status for "no messages"), so only asking tells a lost durable from a quiet stream.
 _CHECK_AFTER_EMPTY_FETCHES = 5
+
+
+def is_dead_letter(headers: Mapping[str, str] | None) -> bool:
+    """Whether a message with these headers is a dead letter written by a
+    :class:`Consumer` (it carries ``Meshkit-Dead-Letter-Consumer``)."""
+    return headers is not None and DLQ_CONSUMER_HEADER in headers
 
 
 class _ForeignDuplicate(Exception):
@@ -65,8 +75,15 @@ class Delivery:
         data: the payload.
         msg_id: its ``Nats-Msg-Id`` (the event id: handlers dedupe on it), or ``""``.
         headers: all its headers.
-        publisher: the verified publisher (``None`` without a verifier).
+        publisher: the verified publisher (``None`` without a verifier). For a dead
+            letter it vouches for ``data`` published as ``original_msg_id`` on
+            ``original_subject``, not for ``subject`` nor for who dead-lettered it.
         delivery: 1 for the first delivery, 2+ for redeliveries.
+        original_subject: for a dead letter (:func:`is_dead_letter`), the subject of
+            the message it is the dead letter of (``Meshkit-Original-Subject``); ``""``
+            for any other message.
+        original_msg_id: for a dead letter, the original event id
+            (``Meshkit-Original-Msg-Id``, ``""`` if it had none); ``""`` otherwise.
     """
 
     subject: str
@@ -75,6 +92,8 @@ class Delivery:
     headers: Mapping[str, str]
     publisher: PeerIdentity | None
     delivery: int
+    original_subject: str = ""
+    original_msg_id: str = ""
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -100,15 +119,23 @@ class ConsumerOptions:
             ``Nats-`` namespace JetStream reserves for itself (``Nats-Expected-*``,
             ``Nats-Rollup``, ``Nats-TTL``...: copied, they would make JetStream refuse
             or reinterpret the dead letter), plus ``Meshkit-Dead-Letter-Reason``,
-            ``Meshkit-Original-Subject``, ``Meshkit-Deliveries``,
-            ``Meshkit-Dead-Letter-Consumer`` (``<stream>/<durable>``) and
-            ``Nats-Msg-Id: dlq-<stream>.<durable>-<event id>`` (so the dead letters of
-            one event by several consumers are not dropped as duplicates of each
-            other). A stream must capture the subject: if none does (or JetStream
-            refuses it), the message is nak'ed instead, never dropped. The consumer
-            acks messages on its own dead-letter subject without running the handler
-            (a filter covering it, e.g. the whole stream, would otherwise dead-letter
-            its dead letters again, forever).
+            ``Meshkit-Original-Subject``, ``Meshkit-Original-Msg-Id`` (the original
+            ``Nats-Msg-Id``; with the subject, what a publisher's signature binds: a
+            consumer with a ``verifier`` checks a dead letter against these two),
+            ``Meshkit-Deliveries``, ``Meshkit-Dead-Letter-Consumer``
+            (``<stream>/<durable>``) and ``Nats-Msg-Id: dlq-<stream>.<durable>-<event
+            id>`` (so the dead letters of one event by several consumers are not
+            dropped as duplicates of each other). A stream must capture the subject: if
+            none does (or JetStream refuses it), the message is nak'ed instead, never
+            dropped. The consumer acks messages on its own dead-letter subject without
+            running the handler. A dead letter (any consumer's, e.g. on a dead-letter
+            processor's durable, or another durable's seen by a whole-stream consumer)
+            is handled like any message, but is never dead-lettered again: when it
+            fails for good (``PoisonMessage``, ``max_deliveries``, refused identity) it
+            is ``term``'ed and logged (outcome ``terminated``, or ``refused``) and stays
+            stored where it is; otherwise two consumers whose filters cover each
+            other's dead-letter subjects would dead-letter each other's dead letters
+            forever.
         max_deliveries: deliveries of one message to the handler before it is
             dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver``
             is unlimited (-1): the server never drops a message, the consumer counts
@@ -319,8 +346,9 @@ class Consumer:
 
     async def handle(self, msg: Msg) -> str:
         """Handle one delivered message; returns its outcome (``ack``, ``retry``,
-        ``dead_letter``, ``refused``, or ``skipped``: a message on this consumer's own
-        dead-letter subject, acked without running the handler)."""
+        ``dead_letter``, ``refused``, ``terminated``: a dead letter that failed for good,
+        ``term``'ed rather than dead-lettered again, or ``skipped``: a message on this
+        consumer's own dead-letter subject, acked without running the handler)."""
         o = self.options
         headers: dict[str, str] = dict(msg.headers or {})
         msg_id = headers.get(MSG_ID_HEADER, "")
@@ -364,10 +392,15 @@ class Consumer:
             reason = f"not acked after {o.max_deliveries} deliveries"
             return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
                     None, reason)
+        original_subject = original_msg_id = ""
+        if is_dead_letter(headers):  # the signature binds the original subject and id
+            original_subject = headers.get(DLQ_SUBJECT_HEADER, "")
+            original_msg_id = headers.get(DLQ_MSG_ID_HEADER, "")
         if o.verifier is not None:
             try:
-                publisher = o.verifier.verify(msg.headers, msg_id=msg_id,
-                                              subject=msg.subject, payload=msg.data)
+                publisher = o.verifier.verify(
+                    msg.headers, msg_id=original_msg_id if original_subject else msg_id,
+                    subject=original_subject or msg.subject, payload=msg.data)
             except MessageIdentityError as exc:
                 reason = str(exc)
                 return (await self._dead_letter(msg, headers, reason, delivery, "refused"),
@@ -376,7 +409,8 @@ class Consumer:
                 span.set_attribute("meshkit.peer.identity", publisher.spiffe_id)
         try:
             await self._handler(Delivery(msg.subject, msg.data, msg_id, headers,
-                                         publisher, delivery))
+                                         publisher, delivery, original_subject,
+                                         original_msg_id))
         except PoisonMessage as exc:
             reason = f"poison: {exc}"
             return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
@@ -406,11 +440,25 @@ class Consumer:
         duplicate ack counts as success only when the stored message is this consumer's
         dead letter of this subject (the term of an earlier delivery was lost); another
         message under the same id (within the dead-letter stream's duplicate window)
-        means ours was not stored: the message is nak'ed."""
+        means ours was not stored: the message is nak'ed.
+
+        A message that already is a dead letter (:func:`is_dead_letter`) is not
+        published again: it is ``term``'ed and logged (its id, reason and the consumer
+        that dead-lettered it), and stays stored on its dead-letter subject; the
+        outcome is ``terminated`` (``refused`` stays ``refused``)."""
         o = self.options
+        if is_dead_letter(headers):
+            await msg.term()
+            _log.warning("dead letter failed again; term'ed, not dead-lettered again",
+                         subject=msg.subject, msg_id=headers.get(MSG_ID_HEADER, ""),
+                         dead_lettered_by=headers.get(DLQ_CONSUMER_HEADER, ""),
+                         reason=reason[:200], delivery=delivery)
+            return "refused" if outcome == "refused" else "terminated"
         dl = {k: v for k, v in headers.items() if k[:5].lower() != _NATS_PREFIX}
         dl[DLQ_REASON_HEADER] = reason[:200]
         dl[DLQ_SUBJECT_HEADER] = msg.subject
+        if headers.get(MSG_ID_HEADER):
+            dl[DLQ_MSG_ID_HEADER] = headers[MSG_ID_HEADER]
         dl[DLQ_DELIVERIES_HEADER] = str(delivery)
         dl[DLQ_CONSUMER_HEADER] = self._tag
         if headers.get(MSG_ID_HEADER):

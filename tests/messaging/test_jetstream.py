@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from meshkit.errors import ConfigError
 from meshkit.messaging import (
+    DLQ_MSG_ID_HEADER,
     DLQ_REASON_HEADER,
+    DLQ_SUBJECT_HEADER,
     Consumer,
     ConsumerOptions,
     Delivery,
@@ -177,6 +179,44 @@ async def test_identity_checked_and_forgery_dead_lettered(
     assert got == ["spiffe://meshkit.test/svc/orderd"]
     assert _sample(prom, "meshkit_messaging_lag_seconds_count", subject=bus.subject,
                    consumer="d1") == 1
+
+
+async def test_dead_letter_keeps_a_verifiable_publisher_identity(
+        bus: Bus, prom: CollectorRegistry, workloads: Workloads) -> None:
+    """A dead letter of a signed event carries the original subject and event id
+    (Meshkit-Original-Subject / -Msg-Id), which the signature binds: a dead-letter
+    processor with a verifier gets it with its original publisher. A dead letter whose
+    original subject was changed is refused, and term'ed rather than dead-lettered again."""
+    signed = Publisher(bus.js, PublishOptions(registry=prom,
+                                              signer=MessageSigner(*workloads.orderd)))
+    await signed.publish(bus.subject, b"x", msg_id="s-1")
+    verifier = MessageVerifier(workloads.ca_pem)
+    first = _consumer(bus, _poison, prom, durable="main", filter_subject=bus.subject,
+                      verifier=verifier)
+
+    async def one(c: Consumer) -> bool:
+        return await c.run_once() > 0
+
+    await until(lambda: one(first), timeout_s=5, what="dead letter")
+    [dead] = await _fetch(bus, bus.stream, bus.dlq)
+    headers = dict(dead.headers or {})
+    assert (headers[DLQ_SUBJECT_HEADER], headers[DLQ_MSG_ID_HEADER]) == (bus.subject, "s-1")
+    moved = {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
+    moved[DLQ_SUBJECT_HEADER] = bus.subject + "x"  # claims another original subject
+    await bus.js.publish(bus.dlq, b"x", headers={**moved, "Nats-Msg-Id": "moved"})
+    got: list[tuple[str | None, str, str]] = []
+
+    async def dlq_handler(d: Delivery) -> None:
+        got.append((d.publisher.spiffe_id if d.publisher else None, d.original_subject,
+                    d.original_msg_id))
+
+    second = _consumer(bus, dlq_handler, prom, durable="dlqproc", filter_subject=bus.dlq,
+                       dead_letter_subject=f"{bus.dlq}2", verifier=verifier)
+    await _drive(second, 0.5)
+    assert got == [("spiffe://meshkit.test/svc/orderd", bus.subject, "s-1")]
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.dlq,
+                   consumer="dlqproc", outcome="refused") == 1
+    assert await _fetch(bus, bus.stream, f"{bus.dlq}2") == []
 
 
 async def test_consumer_killed_mid_batch_redelivers_unacked(
@@ -419,6 +459,39 @@ async def test_whole_stream_consumer_skips_its_own_dead_letters(
     assert calls == [bus.subject]
     state = await bus.js.consumer_info(bus.stream, "all")
     assert state.num_ack_pending == 0 and state.num_pending == 0
+
+
+async def test_two_whole_stream_consumers_do_not_dead_letter_each_others_dead_letters(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """Two durables on the whole stream, each seeing the other's dead letters: one poison
+    message gives one dead letter per consumer and stops there. Each runs its handler on
+    the other's dead letter (dead-letter processors must see them) and, when that fails
+    for good, terms it ('terminated') instead of dead-lettering it again."""
+    calls: list[tuple[str, str]] = []
+
+    def poison(name: str) -> Any:
+        async def handle(d: Delivery) -> None:
+            calls.append((name, d.subject))
+            raise PoisonMessage("bad body")
+        return handle
+
+    tag = bus.subject.split(".")[0]
+    await Publisher(bus.js, PublishOptions(registry=prom)).publish(
+        bus.subject, b"poison", msg_id="p-1")
+    a = _consumer(bus, poison("a"), prom, durable="a", dead_letter_subject=f"{tag}.dlqa",
+                  fetch_timeout_s=0.1)
+    b = _consumer(bus, poison("b"), prom, durable="b", dead_letter_subject=f"{tag}.dlqb",
+                  fetch_timeout_s=0.1)
+    await asyncio.gather(_drive(a, 1.5), _drive(b, 1.5))
+    info = await bus.js.stream_info(bus.stream)
+    assert info.state.messages == 3  # the poison message and one dead letter each
+    assert sorted(calls) == sorted([("a", bus.subject), ("a", f"{tag}.dlqb"),
+                                    ("b", bus.subject), ("b", f"{tag}.dlqa")])
+    for durable, other in (("a", "dlqb"), ("b", "dlqa")):
+        assert _sample(prom, "meshkit_messaging_consumed_total", subject=f"{tag}.{other}",
+                       consumer=durable, outcome="terminated") == 1
+        state = await bus.js.consumer_info(bus.stream, durable)
+        assert state.num_ack_pending == 0 and state.num_pending == 0
 
 
 async def test_handler_raising_cancelled_error_is_a_failure(
