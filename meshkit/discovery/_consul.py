@@ -20,8 +20,10 @@ Liveness: each instance is registered with a TTL check (the default, ``check="tt
 heartbeat task passes every ``ttl_s / 3`` seconds, and/or a ``GRPC`` check that the agent runs
 against ``grpc.health.v1.Health/Check`` of the instance (``check="grpc"``). Both carry
 ``DeregisterCriticalServiceAfter`` so the agent reaps instances of dead processes. If the agent
-forgets an instance (it restarted without persisted state), the next heartbeat gets 404 and
-the instance is registered again with the very same payload.
+forgets an instance (it restarted without persisted state, or reaped it because its checks
+stayed critical for ``DeregisterCriticalServiceAfter``), the next heartbeat gets 404 and the
+instance is registered again with the same payload, less the checks' initial ``Status``
+(see "Initial status").
 
 Initial status: every check is registered with ``Status: "passing"``. A check registered
 without one starts ``critical`` (Consul's "Initial Health Check Status": by default the
@@ -34,8 +36,16 @@ interval check (``GRPC``) for the first time only after a random stagger within 
 (``?passing``) for up to ``check_interval_s``. Starting passing is honest here because
 ``serve()`` registers only once the server serves and its health says ``SERVING``; a TTL
 check must be passed within ``ttl_s`` and the gRPC check's first run corrects a wrong start
-within ``check_interval_s``. A re-registration (``register()`` of the same id, or after the
-agent forgot the instance) starts the checks passing again in the same way.
+within ``check_interval_s``. ``register()`` of an id already registered starts the checks
+passing in the same way (the caller registers it again because it serves). The keeper's
+re-registration after the agent forgot the instance (HTTP 404) does **not**: it runs
+whatever the instance's health says, and the agent may have reaped the instance precisely
+because its gRPC check stayed critical (a server that says ``NOT_SERVING``), so claiming
+passing would put an instance the agent has just found unhealthy back into every watch
+until the check's next run, again after every reap cycle. Its checks carry no ``Status``
+and start critical, Consul's default; a TTL check is then passed at once, since this
+process running the keeper is exactly what that check attests, while a gRPC check stays
+critical until the agent's own run of it passes.
 
 Connections: the watches' long polls each hold one HTTP connection to the agent for up to
 ``wait_s``, so the HTTP client has no connection limit (aiohttp's default of 100 would let
@@ -149,7 +159,9 @@ class ConsulOptions:
             on the instance every ``check_interval_s``: what a deployment whose agent can
             reach its services wants. ``"both"`` requires both to pass. Every check is
             registered passing, so an instance is discoverable as soon as ``register()``
-            returns (module docstring, "Initial status").
+            returns; the keeper's re-registration after the agent forgot or reaped the
+            instance registers them without a status, critical until they pass (module
+            docstring, "Initial status").
         grpc_use_tls: the agent's gRPC check uses TLS (Consul ``GRPCUseTLS``; default False).
         grpc_health_service: the service name the gRPC check asks about (Consul ``GRPC`` is
             ``host:port/<this>``); None (default) means the instance's service name, ``""``
@@ -391,6 +403,20 @@ class _Registration:
     task: asyncio.Task[None] | None = None
 
 
+def _without_initial_status(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with no ``Status`` in its checks, so that each starts ``critical``.
+
+    Consul's checks configuration reference ("Initial health check status"): "By default,
+    when checks are registered against a Consul agent, the state is set immediately to
+    critical. This is useful to prevent services from being registered as passing and
+    entering the service pool before they are confirmed to be healthy." Used by the keeper's
+    re-registration after a 404 (module docstring, "Initial status").
+    """
+    checks = [{k: v for k, v in check.items() if k != "Status"}
+              for check in payload.get("Checks", ())]
+    return {**payload, "Checks": checks}
+
+
 def _raw_response(response: Any) -> Any:
     """py-consul callback that hands back ``Response(code, headers, body)`` untouched."""
     return response
@@ -596,7 +622,8 @@ class ConsulRegistry:
         Sent through py-consul's underlying ``http.put`` rather than
         ``agent.service.register()``: that helper builds the body itself with lower-case keys
         and cannot express a TTL check with ``DeregisterCriticalServiceAfter``/``CheckID``,
-        and re-registration must resend exactly the original payload.
+        and re-registration must resend the
+        caller's payload (less the checks' initial ``Status``) exactly.
         """
         client = self._get_client()
         response = await self._bounded(
@@ -621,12 +648,15 @@ class ConsulRegistry:
         Warning: 1}`` and the checks of ``options.check``, each with the initial ``Status``
         ``"passing"`` (see the module docstring); then a background task passes the
         TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
-        ``check_interval_s``) and registers it again with the same payload if the agent has
-        forgotten it. Registering the same ``instance_id`` again replaces the registration:
-        once the agent has accepted it, the running keep-alive goes on with the new payload;
-        if it fails, the previous registration (still in the agent) stays as it was and is
-        still kept alive, as the :class:`~meshkit.discovery.Registry` contract says ("keep
-        it alive until deregistered or closed").
+        ``check_interval_s``) and registers it again with the same payload, less the checks'
+        initial ``Status`` (so a gRPC check starts critical, Consul's default: module
+        docstring, "Initial status"), if the agent has forgotten or reaped it. Registering
+        the same ``instance_id`` again replaces the registration (its checks start passing,
+        as the first one's do): once the agent has accepted it, the running keep-alive goes
+        on with the new payload; if it fails, the previous registration (still in the
+        agent) stays as it was and is still kept alive, as the
+        :class:`~meshkit.discovery.Registry` contract says ("keep it alive until
+        deregistered or closed").
 
         Raises:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403 for
@@ -692,8 +722,12 @@ class ConsulRegistry:
                     continue
                 _log.warning("consul agent forgot the instance; registering it again", **ids)
                 async with reg.lock:  # the payload of the latest successful register()
-                    await self._put_register(reg.payload)
+                    # Not claiming passing: the agent may have reaped it for being critical.
+                    await self._put_register(_without_initial_status(reg.payload))
                 self._tracker.reopened += 1
+                if reg.ttl_check_id is not None:
+                    # The heartbeat itself, without waiting ttl_s / 3: this process is alive.
+                    await self._still_known(reg)
                 self._tracker.write_ok()
             except _RETRYABLE as exc:
                 self._tracker.write_failed(

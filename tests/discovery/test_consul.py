@@ -290,17 +290,29 @@ async def test_deregister_removes_and_stops_heartbeat(
     await reg.deregister(a)  # unknown instance: ignored
 
 
+def _no_status(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with no initial ``Status`` in its checks (the keeper's re-registration)."""
+    return {**payload, "Checks": [{k: v for k, v in c.items() if k != "Status"}
+                                  for c in payload["Checks"]]}
+
+
 async def test_reregisters_after_agent_forgets_ttl(
     double: ConsulDouble, make_registry: Any
 ) -> None:
-    """A heartbeat answered 404 unknown check (agent restarted) re-sends the original payload."""
-    reg = make_registry()
+    """A heartbeat answered 404 unknown check (agent restarted) re-sends the original payload
+    without the initial Status, then passes the TTL check at once (this process is alive)."""
+    reg = make_registry(ttl_s=6.0)  # a heartbeat every 2 s
     await reg.register(make_instance("orderd", 1))
     original = double.registrations[-1]
     double.forget_all()
-    await until(lambda: "orderd-1" in double.services, what="re-registration")
+    await until(lambda: "orderd-1" in double.services, what="re-registration", timeout_s=3.0,
+                interval_s=0.005)
     assert len(double.registrations) == 2
-    assert double.registrations[-1] == original
+    assert double.registrations[-1] == _no_status(original)
+    # passed at once, not at the next heartbeat 2 s later
+    await until(lambda: (c := double.check("service:orderd-1:ttl")) is not None
+                and c.status == "passing", what="TTL check passed after re-registration",
+                timeout_s=1.0)
     passes = [r for r in double.requests if r.path.startswith("/v1/agent/check/pass/")]
     assert passes  # the 404 came from a heartbeat
 
@@ -314,8 +326,51 @@ async def test_reregisters_after_agent_forgets_grpc(
     original = double.registrations[-1]
     double.forget_all()
     await until(lambda: "orderd-1" in double.services, what="re-registration")
-    assert double.registrations[-1] == original
+    assert double.registrations[-1] == _no_status(original)
     assert any(r.path == "/v1/agent/service/orderd-1" for r in double.requests)
+
+
+async def test_reaped_not_serving_instance_is_not_resurrected_as_passing(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """check="grpc": an instance whose grpc.health.v1 says NOT_SERVING turns critical and the
+    agent reaps it after DeregisterCriticalServiceAfter; the keeper's re-registration after
+    the 404 carries no Status (Consul's default: critical until the check passes), so the
+    instance never re-enters a ?passing watch while it stays NOT_SERVING."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    double.grpc_stagger_s = 0.3
+    try:
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.SERVING)
+        # reaped 0.5 s after turning critical; a new check's first run 0.3 s after it is
+        # registered, so a re-registered instance is checked before it can be reaped
+        reg = make_registry(check="grpc", check_interval_s=0.3,
+                            deregister_critical_after_s=0.5)
+        a = make_instance("orderd", 1, port=port)
+        watcher = Collector(reg, "orderd")
+        assert await watcher.next() == frozenset()
+        await reg.register(a)
+        assert double.registrations[-1]["Checks"][0]["Status"] == "passing"  # register()
+        await watcher.until_set({a})
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await watcher.until_set(set())  # the agent's check found it critical
+        seen: list[frozenset[Any]] = []
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(3.0):
+                while True:
+                    seen.append(await watcher.queue.get())
+        assert frozenset({a}) not in seen, seen
+        assert len(double.registrations) >= 2  # reaped and registered again, at least once
+        assert all("Status" not in c for r in double.registrations[1:] for c in r["Checks"])
+        # Once it serves again, the agent's own check run puts it back.
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.SERVING)
+        await watcher.until_set({a}, timeout_s=5.0)
+        await watcher.stop()
+    finally:
+        await server.stop(None)
 
 
 async def test_failed_reregistration_keeps_previous_registration_alive(
@@ -349,7 +404,7 @@ async def test_reregistration_replaces_payload_of_the_heartbeat(
     new = double.registrations[-1]
     double.forget_all()
     await until(lambda: "orderd-1" in double.services, what="re-registration")
-    assert double.registrations[-1] == new
+    assert double.registrations[-1] == _no_status(new)
     assert double.services["orderd-1"].weights["Passing"] == 5
 
 
