@@ -281,8 +281,10 @@ class RelayOptions:
         batch_size: events read and published per round (default 100, >= 1).
         poll_interval_s: wait between rounds when the outbox was drained (default 0.2,
             > 0); :meth:`OutboxRelay.notify` cuts it short.
-        error_backoff: delay after a failed round (store or NATS down; default full
-            jitter 100 ms doubling to 5 s).
+        error_backoff: delay after a failed round (store or NATS down: the store
+            raised, or every event of the batch failed to publish; default full jitter
+            100 ms doubling to 5 s), and before an event that failed to publish is tried
+            again (its own failure count; the other events go at the normal pace).
         name: the ``outbox`` label of ``meshkit_messaging_outbox_pending`` (default
             ``"outbox"``).
 
@@ -303,6 +305,14 @@ class RelayOptions:
         check_number("poll_interval_s", self.poll_interval_s, low_open=True, finite=False)
 
 
+@dataclass(slots=True)
+class _Held:
+    """An outbox event whose publish failed: its failure count and when it may go again."""
+
+    failures: int
+    retry_at: float  # event-loop time, seconds
+
+
 class OutboxRelay:
     """Moves committed outbox events to JetStream: read pending, publish, mark sent.
 
@@ -315,6 +325,16 @@ class OutboxRelay:
     outbox order except around a retried publish. With the publisher's metrics on and a
     store that has ``count_pending`` (:class:`PendingCounter`), each round ends by
     setting ``meshkit_messaging_outbox_pending{outbox=<name>}`` (one count query).
+
+    An event whose publish fails (``PublishError``: e.g. its subject is in no stream, or
+    JetStream refuses it) does not hold up the others: the events published with it are
+    marked sent, it is logged (its id, subject and error, never its payload) and left
+    out of the rounds for ``error_backoff`` (its own count: 100 ms doubling to 5 s by
+    default) before it is tried again, and the round is a normal one. Only a round in
+    which the store failed, or every event of the batch failed (NATS down, most
+    likely), is a failed round, followed by ``error_backoff``. Up to ``batch_size``
+    failing events are remembered (the oldest forgotten first); ``failures`` counts
+    failed rounds, ``event_failures`` failed event publishes.
 
     Args:
         store: the :class:`OutboxStore`.
@@ -330,6 +350,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self.published = 0
         self.failures = 0
+        self.event_failures = 0
+        self._held: dict[str, _Held] = {}
         self._pending_gauge = None
         self._count_pending = getattr(store, "count_pending", None)
         if publisher.options.metrics and self._count_pending is not None:
@@ -341,19 +363,30 @@ class OutboxRelay:
         self._wake.set()
 
     async def relay_once(self) -> int:
-        """Publish one batch of pending events and mark the acked ones sent.
+        """Publish one batch of pending events and mark the acked ones sent; events that
+        failed recently and are still backing off are left out (see the class docstring).
 
         Returns:
             How many events were published (duplicates included).
 
         Raises:
-            PublishError: some event of the batch could not be published (those that
-                were are marked sent first); store errors propagate as raised.
+            PublishError: every event of the batch failed to publish (each then backs
+                off as one that failed alone); store errors propagate as raised. Events
+                that failed while others were published only back off and are logged.
         """
-        events = await self._store.pending_events(self.options.batch_size)
+        size = self.options.batch_size
+        now = asyncio.get_running_loop().time()
+        waiting = {i for i, h in self._held.items() if h.retry_at > now}
+        limit = size + len(waiting)
+        pending = await self._store.pending_events(limit)
+        if len(pending) < limit:  # every pending event seen: forget those sent since
+            seen = {e.event_id for e in pending}
+            for gone in [i for i in self._held if i not in seen]:
+                del self._held[gone]
+        events = [e for e in pending if e.event_id not in waiting][:size]
         if not events:
-            if self._pending_gauge is not None:
-                self._pending_gauge.set(0)
+            if self._pending_gauge is not None and self._count_pending is not None:
+                self._pending_gauge.set(await self._count_pending() if pending else 0)
             return 0
         results = await asyncio.gather(
             *(self._publisher.publish(e.subject, e.payload, msg_id=e.event_id,
@@ -364,17 +397,44 @@ class OutboxRelay:
                 if isinstance(r, PubAck)]
         if done:
             await self._store.mark_sent(done)
+            for i in done:
+                self._held.pop(i, None)
         self.published += len(done)
         if self._pending_gauge is not None and self._count_pending is not None:
             self._pending_gauge.set(await self._count_pending())
-        for r in results:
-            if isinstance(r, BaseException):
+        first: PublishError | None = None
+        for e, r in zip(events, results, strict=True):
+            if isinstance(r, PublishError):
+                self._hold(e, r, now)
+                first = first or r
+            elif isinstance(r, BaseException):
                 raise r
+        if first is not None and not done:
+            raise PublishError(f"all {len(events)} events of the batch failed to "
+                               "publish") from first
         return len(done)
 
+    def _hold(self, event: OutboxEvent, error: PublishError, now: float) -> None:
+        """Leave ``event`` out of the rounds for its own ``error_backoff`` delay; log its
+        1st, 2nd, 4th, 8th... failure (id, subject, error; never the payload)."""
+        held = self._held.pop(event.event_id, None)
+        failures = (held.failures if held else 0) + 1
+        delay = self.options.error_backoff.delay_s(min(failures, 30))
+        self._held[event.event_id] = _Held(failures, now + delay)
+        while len(self._held) > self.options.batch_size:  # forget the oldest failure
+            del self._held[next(iter(self._held))]
+        self.event_failures += 1
+        if failures & (failures - 1) == 0:
+            cause = error.__cause__
+            _log.warning("outbox event failed to publish; retried after a backoff",
+                         event_id=event.event_id, subject=event.subject,
+                         failures=failures, retry_in_s=round(delay, 3),
+                         error=type(cause or error).__name__)
+
     async def run(self) -> None:
-        """Relay until cancelled; a failed round is logged and retried after
-        ``error_backoff``."""
+        """Relay until cancelled; a failed round (store error, or every event of the
+        batch failed) is logged and retried after ``error_backoff``; an event that
+        failed alone only backs off itself (see the class docstring)."""
         failed = 0
         while True:
             self._wake.clear()

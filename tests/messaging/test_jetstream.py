@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,7 +31,9 @@ from meshkit.messaging import (
     OutboxRelay,
     PoisonMessage,
     Publisher,
+    PublishError,
     PublishOptions,
+    RelayOptions,
     ensure_stream,
 )
 from meshkit.resilience import Backoff
@@ -552,3 +555,65 @@ async def test_relay_publishes_the_headers_stored_with_the_event(
     headers = msgs[0].headers or {}
     assert (headers.get("Content-Type"), headers.get("Ecom-Schema"),
             headers.get("Nats-Msg-Id")) == ("application/json", "2", "h-1")
+
+
+async def test_one_unpublishable_outbox_event_does_not_delay_the_others(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """An event whose subject is in no stream backs off alone: the events after it go out
+    at the relay's normal pace (poll_interval_s, cut short by notify()), not at the
+    error-backoff pace of a failed round; it stays pending, retried now and then."""
+    store = _MemOutbox([OutboxEvent("bad", f"nostream{bus.stream}.x", b"x", {})])
+    sent_at: dict[str, float] = {}
+    mark = store.mark_sent
+
+    async def mark_sent(event_ids: Sequence[str]) -> None:
+        for i in event_ids:
+            sent_at.setdefault(i, time.monotonic())
+        await mark(event_ids)
+
+    store.mark_sent = mark_sent  # type: ignore[method-assign]
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)))
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(2.0)  # the bad event has failed a few times
+        latencies = []
+        for i in range(5):
+            eid = f"good-{i}"
+            store.events.append(OutboxEvent(eid, bus.subject, b"g", {}))
+            t0 = time.monotonic()
+            relay.notify()
+            await until(lambda eid=eid: eid in sent_at, timeout_s=8,  # type: ignore[misc]
+                        interval_s=0.01, what=f"{eid} sent")
+            latencies.append(sent_at[eid] - t0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert max(latencies) < 1.0, latencies
+    assert "bad" not in store.sent and relay.event_failures >= 2
+    assert relay.published == 5
+
+
+class _NoJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_relay_once_marks_the_good_events_of_a_batch_with_a_bad_one(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """relay_once publishes and marks the good events of a batch holding an unpublishable
+    one without raising, then leaves the bad one out while it backs off; a batch whose
+    every event fails raises PublishError (a failed round: NATS down, most likely)."""
+    bad = OutboxEvent("bad", f"nostream{bus.stream}.x", b"x", {})
+    store = _MemOutbox([bad, OutboxEvent("g-1", bus.subject, b"g", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)),
+                        RelayOptions(error_backoff=Backoff(base_delay_s=30, max_delay_s=30,
+                                                           rng=_NoJitter())))
+    assert await relay.relay_once() == 1
+    assert store.sent == ["g-1"] and relay.event_failures == 1
+    store.events.append(OutboxEvent("g-2", bus.subject, b"g", {}))
+    assert await relay.relay_once() == 1  # the bad one waits its 30 s
+    assert store.sent == ["g-1", "g-2"] and relay.event_failures == 1
+    alone = OutboxRelay(_MemOutbox([bad]), Publisher(bus.js, PublishOptions(registry=prom)))
+    with pytest.raises(PublishError, match="all 1 events"):
+        await alone.relay_once()
