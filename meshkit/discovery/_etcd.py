@@ -1,8 +1,14 @@
 """The etcd registry: a :class:`~meshkit.discovery.Registry` on etcd v3.
 
-**Client.** etcd's v3 JSON gateway (grpc-gateway, ``/v3/...``, served by every etcd >= 3.3
-on its client port; 3.4 also answers ``/v3beta``), spoken with aiohttp, already a meshkit
-dependency. Compared in 2026 with the asyncio clients on PyPI:
+**Client.** etcd's v3 JSON gateway (grpc-gateway) on each member's client port, spoken with
+aiohttp, already a meshkit dependency. Its path prefix depends on the version (etcd's gRPC
+gateway guide, etcd.io/docs/v3.3/dev-guide/api_grpc_gateway/: "etcd v3.3 uses
+[CLIENT-URL]/v3beta/* while keeping [CLIENT-URL]/v3alpha/*. etcd v3.4 uses
+[CLIENT-URL]/v3/* while keeping [CLIENT-URL]/v3beta/*"; 3.5 drops ``/v3beta``): a registry
+speaks ``/v3`` until a member answers a plain 404 (not a gateway error, which carries a
+gRPC code), then retries that call under ``/v3beta`` at once and keeps the prefix that
+answered (logged), so etcd >= 3.3 works. Under ``/v3beta`` the revoke is etcd 3.3's
+``/v3beta/kv/lease/revoke``. Compared in 2026 with the asyncio clients on PyPI:
 
 * ``aetcd`` 1.0 (maintained, protobuf < 8, grpcio > 1.66: installs beside our pins) opens an
   *insecure* channel to one ``host:port`` only: no TLS, no client certificates, no list of
@@ -106,10 +112,40 @@ _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
 #: UNAVAILABLE ("no leader", "leader changed", "request timed out"), DEADLINE_EXCEEDED.
 _TRY_ELSEWHERE = frozenset({4, 14})
 _NOT_FOUND = 5  # gRPC NOT_FOUND: "etcdserver: requested lease not found"
+#: The gateway's path prefixes: etcd 3.4 and later serve ``/v3`` (3.4 also ``/v3beta``),
+#: etcd 3.3 only ``/v3beta`` (and ``/v3alpha``): etcd.io/docs/v3.3/dev-guide/api_grpc_gateway/.
+_V3, _V3BETA = "/v3", "/v3beta"
+#: Calls whose path differs under ``/v3beta`` (etcd 3.3's rpc.proto binds LeaseRevoke to
+#: ``/v3beta/kv/lease/revoke``; 3.4 to ``/v3/lease/revoke`` and ``/v3/kv/lease/revoke``).
+_V3BETA_PATHS = {"/lease/revoke": "/kv/lease/revoke"}
 
 
 class _EtcdError(Exception):
     """An error answer of the gateway: HTTP status, gRPC code and etcd's message."""
+
+    @classmethod
+    def of(cls, endpoint: str, status: int, text: str) -> _EtcdError:
+        """The error of a non-200 answer whose body is ``text``: the gateway's JSON error
+        (``code``, ``message``/``error``) if it is one, else the text itself (code -1), so
+        that e.g. a plain-text 404 reads ``HTTP 404, gRPC code -1: 404 page not found``."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return cls(endpoint, status, -1, text.strip()[:300])
+        try:
+            code = int(data.get("code", -1))
+        except (TypeError, ValueError):
+            code = -1
+        return cls(endpoint, status, code,
+                   str(data.get("message") or data.get("error") or data)[:300])
+
+    @property
+    def no_route(self) -> bool:
+        """HTTP 404 that is not a gateway error (those carry a gRPC code, e.g. NOT_FOUND
+        for an unknown lease): the member does not serve this path prefix."""
+        return self.status == 404 and self.code == -1
 
     def __init__(self, endpoint: str, status: int, code: int, message: str) -> None:
         super().__init__(f"{endpoint}: HTTP {status}, gRPC code {code}: {message}")
@@ -406,6 +442,9 @@ class EtcdRegistry:
         self._tracker = StatusTracker("etcd")
         self._kept: dict[int, int] = {}
         self._watch_ids = itertools.count()
+        # The gateway's path prefix: /v3 (etcd >= 3.4) until a member answers a plain 404
+        # and /v3beta (etcd 3.3) works instead; see _post_one.
+        self._api = _V3
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -463,7 +502,8 @@ class EtcdRegistry:
 
     async def _post(self, path: str, body: Mapping[str, Any], *,
                     persist: bool = True) -> dict[str, Any]:
-        """POST ``body`` to ``/v3<path>`` of one member after another until one answers.
+        """POST ``body`` to call ``path`` (e.g. ``/kv/put``, under the gateway prefix: see
+        :meth:`_post_one`) of one member after another until one answers.
 
         With ``persist`` (writes: register, deregister, keep-alive) the members are tried
         again, after a backoff, until ``operation_timeout_s`` has passed: a leader election
@@ -483,18 +523,9 @@ class EtcdRegistry:
         for attempt in itertools.count(1):
             start = self._current
             for i in range(start, start + len(endpoints)):
-                url = f"{endpoints[i % len(endpoints)]}/v3{path}"
                 try:
-                    async with asyncio.timeout(self.options.request_timeout_s), \
-                            session.post(url, json=body) as resp:
-                        data = await resp.json(content_type=None)
-                        if resp.status != 200 or not isinstance(data, dict):
-                            data = data if isinstance(data, dict) else {}
-                            raise _EtcdError(endpoints[i % len(endpoints)], resp.status,
-                                             int(data.get("code", -1)), str(
-                                                 data.get("message") or data.get("error")
-                                                 or data))
-                        return data
+                    return await self._post_one(session, endpoints[i % len(endpoints)],
+                                                path, body)
                 except _EtcdError as exc:
                     if not exc.retry_elsewhere:
                         raise
@@ -508,6 +539,48 @@ class EtcdRegistry:
             await asyncio.sleep(delay)
         assert error is not None
         raise error
+
+    def _url(self, endpoint: str, api: str, path: str) -> str:
+        """The URL of gateway call ``path`` (e.g. ``/kv/put``) under prefix ``api``."""
+        return f"{endpoint}{api}{_V3BETA_PATHS.get(path, path) if api == _V3BETA else path}"
+
+    def _use_api(self, api: str, endpoint: str) -> None:
+        """Remember ``api`` as this registry's gateway prefix (logged when it changes)."""
+        if api != self._api:
+            _log.info("etcd gateway path prefix switched", endpoint=endpoint,
+                      previous=self._api, now=api)
+            self._api = api
+
+    async def _post_one(self, session: aiohttp.ClientSession, endpoint: str, path: str,
+                        body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to call ``path`` of one member and return its JSON answer.
+
+        The status is checked before the body is parsed. A 404 that is not a gateway error
+        (no gRPC code: the member does not serve the prefix, as etcd 3.3 does not serve
+        ``/v3``, or 3.5 ``/v3beta``) is retried once at once under the other prefix, which
+        is remembered for this registry's later calls and watches if it answers.
+
+        Raises:
+            _EtcdError: a non-200 answer (quoting the gateway's error or the body's text).
+            aiohttp.ClientError, OSError, TimeoutError: the request failed.
+            ValueError: a 200 answer that is not a JSON object.
+        """
+        api = self._api
+        for tried in (api, _V3BETA if api == _V3 else _V3):
+            async with asyncio.timeout(self.options.request_timeout_s), \
+                    session.post(self._url(endpoint, tried, path), json=body) as resp:
+                if resp.status != 200:
+                    error = _EtcdError.of(endpoint, resp.status, await resp.text())
+                    if error.no_route and tried == api:
+                        continue
+                    raise error
+                data = await resp.json(content_type=None)
+            if not isinstance(data, dict):
+                raise ValueError(f"{endpoint}: answer to {path} is not a JSON object: "
+                                 f"{str(data)[:300]}")
+            self._use_api(tried, endpoint)
+            return data
+        raise AssertionError("unreachable")  # the second prefix's answer returns or raises
 
     def _outcome(self, write: bool, error: str | None) -> None:
         """Record a read or write outcome; log the start, reminders and end of an outage."""
@@ -798,17 +871,25 @@ class EtcdRegistry:
         endpoint = self.options.endpoints[index % len(self.options.endpoints)]
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
                                    "start_revision": str(cur.revision + 1)}}
+        api = self._api
         try:
             async with asyncio.timeout(self.options.request_timeout_s):
-                resp = await session.post(f"{endpoint}/v3/watch", json=body,
+                resp = await session.post(self._url(endpoint, api, "/watch"), json=body,
                                           headers={"Grpc-Metadata-hasleader": "true"})
         except (aiohttp.ClientError, OSError, TimeoutError):
             self._failed_over(index)
             raise
         async with resp:
             if resp.status != 200:
-                self._failed_over(index)
-                raise _EtcdError(endpoint, resp.status, -1, (await resp.text())[:300])
+                error = _EtcdError.of(endpoint, resp.status, await resp.text())
+                if error.no_route and api == self._api:
+                    # the member serves the other prefix (etcd 3.3: /v3beta only); the
+                    # retry uses it (a watch's full read through _post_one usually finds
+                    # this out first)
+                    self._use_api(_V3BETA if api == _V3 else _V3, endpoint)
+                else:
+                    self._failed_over(index)
+                raise error
             try:
                 async for message in _messages(resp.content):
                     if "error" in message:

@@ -169,9 +169,15 @@ class _Gateway:
     """A minimal in-memory etcd v3 JSON gateway on loopback for the write paths (shapes of
     etcd's gRPC-gateway API: lease/grant, lease/keepalive, lease/revoke, kv/put,
     kv/deleterange), whose calls can be made to fail: a path in :attr:`failing` answers
-    HTTP 503 ``UNAVAILABLE`` (gRPC code 14), as a member without a leader does."""
+    HTTP 503 ``UNAVAILABLE`` (gRPC code 14), as a member without a leader does.
 
-    def __init__(self) -> None:
+    ``api="/v3beta"`` plays etcd 3.3, whose gateway serves ``/v3beta`` only (and binds
+    LeaseRevoke to ``/v3beta/kv/lease/revoke``); any other path answers a plain-text 404,
+    as Go's HTTP server does, and is recorded in :attr:`not_found`."""
+
+    def __init__(self, api: str = "/v3") -> None:
+        self.api = api
+        self.not_found: list[str] = []
         self.kv: dict[bytes, tuple[bytes, str]] = {}  # key -> (value, lease id)
         self.leases: set[str] = set()
         self.failing: set[str] = set()
@@ -182,7 +188,7 @@ class _Gateway:
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
 
-        path = request.path.removeprefix("/v3")
+        path = request.path.removeprefix(self.api)
         body = await request.json()
         header = {"cluster_id": "1", "member_id": "1", "revision": "5", "raft_term": "2"}
         if path in self.failing:
@@ -197,7 +203,7 @@ class _Gateway:
             ttl = "10" if body["ID"] in self.leases else "0"
             return web.json_response({"result": {"header": header, "ID": body["ID"],
                                                  "TTL": ttl}})
-        if path == "/lease/revoke":
+        if path == ("/kv/lease/revoke" if self.api == "/v3beta" else "/lease/revoke"):
             self.revoke(body["ID"])
             return web.json_response({"header": header})
         if path == "/kv/put":
@@ -225,8 +231,13 @@ class _Gateway:
     async def __aenter__(self) -> _Gateway:
         from aiohttp import web
 
+        async def not_found(request: web.Request) -> web.Response:
+            self.not_found.append(request.path)
+            return web.Response(status=404, text="404 page not found\n")
+
         app = web.Application()
-        app.router.add_post("/v3/{tail:.*}", self._handle)
+        app.router.add_post(self.api + "/{tail:.*}", self._handle)
+        app.router.add_post("/{tail:.*}", not_found)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -280,6 +291,39 @@ async def test_failed_deregister_raises_and_keeps_the_instance_registered(
     await until(lambda: reg._lease != lease and len(gateway.keys()) == 1,
                 what="the remaining instance put again")
     assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+
+
+async def test_etcd_3_3_gateway_paths_are_spoken(registries: list[EtcdRegistry]) -> None:
+    """etcd 3.3 serves its gateway at /v3beta only ("etcd v3.3 uses [CLIENT-URL]/v3beta/*",
+    etcd.io/docs/v3.3/dev-guide/api_grpc_gateway/): the first call's plain 404 under /v3 is
+    retried under /v3beta, which the registry then keeps using (register, keep-alive,
+    deregister and the lease's revoke at 3.3's /v3beta/kv/lease/revoke)."""
+    async with _Gateway(api="/v3beta") as gateway:
+        reg = _gateway_registry(gateway, registries)
+        a = make_instance("svc", 1)
+        await reg.register(a)
+        assert gateway.keys() == {"/meshkit/services/svc/svc-1"}
+        assert gateway.not_found == ["/v3/lease/grant"]  # one 404, then /v3beta for good
+        lease = reg._lease
+        gateway.revoke(str(lease))  # a lease loss: the keep-alive finds it, puts a again
+        await until(lambda: reg._lease != lease and len(gateway.keys()) == 1,
+                    what="the instance put again under a new lease")
+        await reg.deregister(a)
+        assert gateway.keys() == set() and gateway.leases == set()  # deleted, revoked
+        assert gateway.not_found == ["/v3/lease/grant"]
+
+
+async def test_a_plain_404_is_reported_as_http_404(registries: list[EtcdRegistry]) -> None:
+    """A member that serves neither gateway prefix (not etcd, or a path it does not know)
+    answers a plain-text 404: register() raises RegistryError quoting the status and body,
+    not a JSON decode error (the status is checked before the body is parsed)."""
+    async with _Gateway(api="/nothing") as gateway:
+        reg = _gateway_registry(gateway, registries)
+        with pytest.raises(RegistryError, match="HTTP 404, gRPC code -1: 404 page not found"
+                           ) as info:
+            await reg.register(make_instance("svc", 1))
+        assert "JSON" not in str(info.value) and "Expecting value" not in str(info.value)
+        assert gateway.not_found[:2] == ["/v3/lease/grant", "/v3beta/lease/grant"]
 
 
 async def test_register_with_a_changed_key_puts_before_deleting_the_old_key(
