@@ -7,11 +7,17 @@
 * ``meshkit services``, ``meshkit call``, ``meshkit prometheus-targets``: operating a
   running mesh (:mod:`meshkit._cli`, one module each).
 * ``meshkit version``.
+
+Every command ends quietly when the reader of its output goes away (``meshkit services |
+head -1``): exit status 141 (128 + SIGPIPE, what a shell reports for a filter killed by
+SIGPIPE), nothing on stderr. Ctrl-C (SIGINT) ends it with status 130 (128 + SIGINT) and
+one line on stderr, no traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -76,10 +82,46 @@ def _from_checkout(module: str, what: str) -> ModuleType:
         return importlib.import_module(module)
 
 
+_EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
+_EXIT_INTERRUPTED = 128 + 2  # SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``meshkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the
-    process exit code (2 for a usage error)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    process exit code: 2 for a usage error, 141 when stdout's reader went away (nothing
+    printed), 130 after Ctrl-C (one line on stderr), else the command's own.
+
+    Raises:
+        SystemExit: a command ended with a message (argparse, a refused run); its status.
+    """
+    try:
+        try:
+            return _dispatch(list(sys.argv[1:] if argv is None else argv))
+        finally:  # also after SystemExit (--help): a broken pipe shows here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return _EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("meshkit: interrupted", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at ``os.devnull``, so the interpreter's flush of what
+    is still buffered at exit does not fail again (Python's recipe for SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage(), end="")
         return 0 if args else 2
