@@ -5,8 +5,10 @@ service it serves, e.g. ``userd/CreateUser``), ``SERVICE/pkg.Svc/Method`` when i
 two methods of that name, or a full gRPC name ``/pkg.Svc/Method`` (the mesh service that
 serves it is found in the registry, or named with ``--service``). The request and response
 types come from the server's reflection service (``serve()`` turns it on), so no generated
-code is needed: the request is parsed from JSON with protobuf's ``json_format`` and the
-response printed as JSON (proto field names).
+code is needed: the request, a JSON object, is parsed with protobuf's ``json_format`` and
+the response printed as JSON (proto field names). An ``Any`` may hold a type the server
+describes or one of protobuf's well-known types (``Duration``, ``Struct``...); a response's
+``Any`` of any other type is printed as ``{"@type": URL, "@value": "<base64>"}``.
 
 The call is dialled with :func:`meshkit.dial` through the registry, so it is balanced,
 retried and secured like any client: mTLS with the workload certificate from
@@ -29,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import json
 import os
 import re
 import sys
@@ -36,8 +40,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import (
+    any_pb2,
+    api_pb2,
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    json_format,
+    message_factory,
+    source_context_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    type_pb2,
+    wrappers_pb2,
+)
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import DecodeError, Message
 from grpc_reflection.v1alpha import reflection_pb2
 
 import meshkit
@@ -58,6 +78,9 @@ __all__ = ["CallError", "Target", "build_parser", "main", "parse_target"]
 _REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
 _INFRA_PREFIXES = ("grpc.health.", "grpc.reflection.")
+# protobuf's well-known types, each after the files it imports
+_WELL_KNOWN = (any_pb2, duration_pb2, empty_pb2, field_mask_pb2, source_context_pb2,
+               struct_pb2, timestamp_pb2, wrappers_pb2, type_pb2, api_pb2)
 
 
 class CallError(Exception):
@@ -225,19 +248,130 @@ async def _call(args: _Args) -> str:
         request_cls = _message_class(method.input_type)
         response_cls = _message_class(method.output_type)
         pool = method.input_type.file.pool  # reflection's: where an Any's type is found
-        try:
-            request = json_format.Parse(args.request_json or "{}", request_cls(),
-                                        descriptor_pool=pool)
-        except json_format.ParseError as exc:
-            raise CallError(f"request is not a valid {method.input_type.full_name}: "
-                            f"{exc}") from None
+        _add_well_known_types(pool)
+        request = _parse_request(args.request_json, request_cls(), pool)
         rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
                              request_serializer=request_cls.SerializeToString,
                              response_deserializer=response_cls.FromString)
         response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
+        return _to_json(response, pool)
+
+
+def _add_well_known_types(pool: descriptor_pool.DescriptorPool) -> None:
+    """Add protobuf's well-known types (part of every protobuf runtime) to reflection's
+    ``pool`` where the server's files did not bring them, so an ``Any`` holding one
+    (a ``Duration``, a ``Struct``...) is parsed and printed like any other."""
+    for module in _WELL_KNOWN:
+        file = module.DESCRIPTOR
+        try:
+            pool.FindFileByName(file.name)
+            continue
+        except KeyError:
+            pass
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        with contextlib.suppress(TypeError, ValueError):  # the server's own, different file
+            pool.Add(proto)
+
+
+def _parse_request(text: str, request: Any, pool: descriptor_pool.DescriptorPool) -> Any:
+    """``request`` filled from the JSON ``text`` (proto3 JSON mapping: a message is a JSON
+    object; empty text is ``{}``).
+
+    Raises:
+        CallError: not JSON, not a JSON object, or not a valid message of its type.
+    """
+    name = request.DESCRIPTOR.full_name
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise CallError(f"request is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CallError(f"request must be a JSON object (a {name}), "
+                        f"got {type(value).__name__}")
+    try:
+        return json_format.ParseDict(value, request, descriptor_pool=pool)
+    except json_format.ParseError as exc:
+        raise CallError(f"request is not a valid {name}: {exc}") from None
+
+
+def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> str:
+    """``response`` as indented JSON (proto field names). An ``Any`` of a type neither the
+    server's reflection nor the well-known types describe is printed as
+    ``{"@type": URL, "@value": "<base64 of its bytes>"}`` (grpcurl's fallback), so the
+    answer of a call that ran is never lost."""
+    try:
         text: str = json_format.MessageToJson(response, preserving_proto_field_name=True,
                                               indent=2, descriptor_pool=pool)
         return text
+    except (TypeError, DecodeError):  # "Can not find message descriptor by type_url"
+        pass
+    opaque: dict[str, tuple[str, bytes]] = {}
+    marked = _mark_unknown_anys(response, pool, opaque)
+    tree = json_format.MessageToDict(marked, preserving_proto_field_name=True,
+                                     descriptor_pool=pool)
+    return json.dumps(_unmark(tree, opaque), indent=2, ensure_ascii=False)
+
+
+_ANY = "google.protobuf.Any"
+_MARK = "type.googleapis.com/google.protobuf.StringValue"
+
+
+def _mark_unknown_anys(message: Any, pool: descriptor_pool.DescriptorPool,
+                       opaque: dict[str, tuple[str, bytes]]) -> Any:
+    """A copy of ``message`` where each ``Any`` (at any depth, inside known ``Any``s too)
+    whose type ``pool`` does not know holds a ``StringValue`` token instead, the token
+    mapped to the original type URL and bytes in ``opaque``."""
+    out = type(message)()
+    out.CopyFrom(message)
+    _mark_in_place(out, pool, opaque)
+    return out
+
+
+def _mark_in_place(message: Any, pool: descriptor_pool.DescriptorPool,
+                   opaque: dict[str, tuple[str, bytes]]) -> None:
+    if message.DESCRIPTOR.full_name == _ANY:
+        if not message.type_url:
+            return
+        try:
+            inner_desc = pool.FindMessageTypeByName(message.type_url.rsplit("/", 1)[-1])
+        except KeyError:
+            inner_desc = None
+        try:
+            inner = (None if inner_desc is None
+                     else _message_class(inner_desc).FromString(message.value))
+        except DecodeError:  # bytes that are not that type: print them as they are
+            inner = None
+        if inner is None:
+            token = f"meshkit-opaque-any-{len(opaque)}"
+            opaque[token] = (message.type_url, message.value)
+            message.Pack(wrappers_pb2.StringValue(value=token))
+            return
+        _mark_in_place(inner, pool, opaque)
+        message.value = inner.SerializeToString()
+        return
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = [v for v in value.values() if isinstance(v, Message)]
+        else:  # a singular message, or a repeated one's container
+            items = [value] if isinstance(value, Message) else list(value)
+        for item in items:
+            _mark_in_place(item, pool, opaque)
+
+
+def _unmark(tree: Any, opaque: dict[str, tuple[str, bytes]]) -> Any:
+    """``tree`` (MessageToDict's output) with each token ``Any`` put back as
+    ``{"@type": URL, "@value": base64}``."""
+    if isinstance(tree, dict):
+        if tree.get("@type") == _MARK and tree.get("value") in opaque and len(tree) == 2:
+            url, raw = opaque[tree["value"]]
+            return {"@type": url, "@value": base64.b64encode(raw).decode("ascii")}
+        return {k: _unmark(v, opaque) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unmark(v, opaque) for v in tree]
+    return tree
 
 
 def _message_class(descriptor: Any) -> Any:
