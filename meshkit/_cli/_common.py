@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 
 from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
-from meshkit.errors import ConfigError, MeshError
+from meshkit.errors import ConfigError, RegistryError
 from meshkit.observability import configure_logging
 
 __all__ = ["add_registry_argument", "discover", "open_registry", "positive_seconds",
@@ -65,21 +65,26 @@ def open_registry(uri: str) -> Registry:
         raise SystemExit(2) from None
 
 
-async def service_names(registry: Registry) -> list[str]:
-    """The services the registry lists now, sorted.
+async def service_names(registry: Registry, timeout_s: float) -> list[str]:
+    """The services the registry lists now, sorted; the read is bounded by ``timeout_s``
+    seconds.
 
     Raises:
-        SystemExit: the registry cannot list its services (it has no ``services()``) or
-            cannot be read: exit status 1, the message says which.
+        SystemExit: the registry cannot list its services (it has no ``services()``):
+            exit status 1, the message says so.
+        MeshError: the registry cannot be read (the registry's own error, e.g.
+            :class:`~meshkit.errors.RegistryError`), or :class:`RegistryError` when it gave
+            no answer within ``timeout_s``; each caller reports it its documented way.
     """
     lister = getattr(registry, "services", None)
     if lister is None:
         raise SystemExit(f"meshkit: {registry!r} cannot list its services; "
                          "name them with --service")
     try:
-        names: Iterable[str] = await lister()
-    except MeshError as exc:
-        raise SystemExit(f"meshkit: the registry cannot be read: {exc}") from None
+        async with asyncio.timeout(timeout_s):
+            names: Iterable[str] = await lister()
+    except TimeoutError:
+        raise RegistryError(f"no answer from the registry within {timeout_s} s") from None
     return sorted(names)
 
 

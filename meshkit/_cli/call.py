@@ -71,7 +71,7 @@ from meshkit._cli._common import (
 from meshkit._metadata import check_metadata
 from meshkit.auth import tls_from_dir
 from meshkit.discovery import Registry
-from meshkit.errors import ConfigError, InvalidCallError
+from meshkit.errors import ConfigError, InvalidCallError, MeshError, MeshRpcError
 
 __all__ = ["CallError", "Target", "build_parser", "main", "parse_target"]
 
@@ -218,8 +218,19 @@ class _Args:
 
 
 async def _find_service(args: _Args) -> str:
-    """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn)."""
-    for name in await service_names(args.registry):
+    """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn).
+
+    Raises:
+        CallError: no listed service serves it.
+        MeshRpcError: ``UNAVAILABLE``, the registry cannot be read (as a dial through it
+            fails), so the exit status is 64 + 14 for either target form.
+    """
+    try:
+        names = await service_names(args.registry, args.timeout_s)
+    except MeshError as exc:
+        raise MeshRpcError(grpc.StatusCode.UNAVAILABLE,
+                           f"the service registry cannot be read: {exc}") from None
+    for name in names:
         async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
             try:
                 refl = Reflection(ch, args.timeout_s)

@@ -40,7 +40,7 @@ from meshkit._cli._common import (
     service_names,
 )
 from meshkit.discovery import Instance, Registry
-from meshkit.errors import MeshError
+from meshkit.errors import MeshError, RegistryError
 
 __all__ = ["TargetWriter", "build_parser", "main", "target_groups", "write_atomically"]
 
@@ -69,13 +69,14 @@ def write_atomically(path: Path, text: str) -> bool:
     Raises:
         OSError: the directory cannot be written.
     """
-    with contextlib.suppress(OSError):
-        if path.read_text() == text:
+    data = text.encode()
+    with contextlib.suppress(OSError):  # bytes: a file that is not UTF-8 just differs
+        if path.read_bytes() == data:
             return False
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -101,9 +102,14 @@ class TargetWriter:
         """One pass; returns the number of targets written.
 
         Raises:
-            RegistryError: the registry cannot be read (the file is left as it was).
+            MeshError: the registry cannot be read or gave no answer within
+                ``timeout_s`` (the file is left as it was).
+            OSError: the file cannot be written.
         """
-        names = await service_names(self.registry)
+        try:
+            names = await service_names(self.registry, self.timeout_s)
+        except MeshError as exc:
+            raise RegistryError(f"the registry cannot be read: {exc}") from None
         found = await discover(self.registry, names, self.timeout_s)
         if any(v is None for v in found.values()):
             raise MeshError(f"no answer from the registry within {self.timeout_s} s")

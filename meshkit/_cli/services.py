@@ -76,11 +76,11 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     """
     registry = open_registry(registry_uri)
     try:
-        names = only or await service_names(registry)
+        names = list(dict.fromkeys(only)) or await service_names(registry, timeout_s)
         found = await discover(registry, names, timeout_s)
         failing_of = getattr(registry, "failing", None)
         failing = [i for n in names for i in await failing_of(n)] if failing_of else []
-    except MeshError as exc:  # e.g. RegistryError from failing(): one line, no traceback
+    except MeshError as exc:  # RegistryError, a timeout of the listing: one line
         raise SystemExit(f"meshkit services: the registry cannot be read: {exc}") from None
     finally:
         await registry.close()
