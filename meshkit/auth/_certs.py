@@ -450,16 +450,19 @@ def init_ca_dir(
         :class:`WorkloadFiles` with ``cert_file == ca_file``.
 
     Raises:
-        KeyExistsError: a CA exists there and ``overwrite`` is false.
+        KeyExistsError: ``ca.key`` or ``ca.pem`` exists there and ``overwrite`` is false
+            (a host holding only the trust bundle ``ca.pem`` is the normal deployment).
         ConfigError: bad arguments.
     """
     d = Path(directory)
     key, cert = create_ca(trust_domain=trust_domain, ttl_days=ttl_days,
                           permitted_dns=permitted_dns, now=now)
-    if not overwrite and (d / CA_KEY).exists():
-        raise KeyExistsError(f"{d / CA_KEY} exists; refusing to overwrite it")
+    if not overwrite:
+        for existing in (d / CA_KEY, d / CA_CERT):
+            if existing.exists():
+                raise KeyExistsError(f"{existing} exists; refusing to overwrite it (--force)")
     write_private_key(d / CA_KEY, key, overwrite=overwrite)
-    write_certificate(d / CA_CERT, cert, overwrite=True)
+    write_certificate(d / CA_CERT, cert, overwrite=overwrite)
     return WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / CA_CERT, key_file=d / CA_KEY)
 
 
@@ -482,7 +485,8 @@ def issue_into_dir(
         The :class:`WorkloadFiles` of the workload.
 
     Raises:
-        KeyExistsError: the workload's key exists and ``overwrite`` is false.
+        KeyExistsError: the workload's key or certificate exists and ``overwrite`` is
+            false.
         CertificateError: no CA in ``directory`` (run ``meshkit certs init``).
         ConfigError: bad arguments (see :func:`issue_workload`).
     """
@@ -492,10 +496,12 @@ def issue_into_dir(
     key, cert = issue_workload(ca_key, ca_cert, service, ttl_h=ttl_h, dns=dns, ips=ips, now=now)
     files = WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / f"{service}.pem",
                           key_file=d / f"{service}.key")
-    if not overwrite and files.key_file.exists():
-        raise KeyExistsError(f"{files.key_file} exists; refusing to overwrite it (--force)")
+    if not overwrite:
+        for existing in (files.key_file, files.cert_file):
+            if existing.exists():
+                raise KeyExistsError(f"{existing} exists; refusing to overwrite it (--force)")
     write_private_key(files.key_file, key, overwrite=overwrite)
-    write_certificate(files.cert_file, cert, overwrite=True)
+    write_certificate(files.cert_file, cert, overwrite=overwrite)
     return files
 
 

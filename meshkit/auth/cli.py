@@ -8,9 +8,10 @@ Usage::
                           [--force]
     meshkit certs inspect <file>
 
-``--dir`` defaults to ``$MESHKIT_CERT_DIR``, else ``./certs``. Keys are written 0600 and
-never overwritten without ``--force`` (renewal: ``issue <service> --force``; running
-servers pick the new certificate up within their ``reload_interval_s``).
+``--dir`` defaults to ``$MESHKIT_CERT_DIR``, else ``./certs``. Keys are written 0600; no
+key or certificate (``ca.pem`` included: a host holding only the trust bundle) is
+overwritten without ``--force`` (renewal: ``issue <service> --force``; running servers
+pick the new certificate up within their ``reload_interval_s``).
 
 Exit codes: 0 done, 1 refused or failed (message on stderr), 2 usage error.
 """
@@ -85,7 +86,8 @@ def main(argv: list[str]) -> int:
                   " mode 0600)")
             return 0
         if ns.cmd == "issue":
-            key_existed = os.path.exists(os.path.join(ns.dir, f"{ns.service}.key"))
+            key_existed = any(os.path.exists(os.path.join(ns.dir, f"{ns.service}.{ext}"))
+                              for ext in ("key", "pem"))
             files = issue_into_dir(ns.dir, ns.service, ttl_h=ns.ttl_h, dns=tuple(ns.dns),
                                    ips=tuple(ns.ip), overwrite=ns.force)
             info = describe_certificate(load_certificates(files.cert_file)[0])

@@ -184,3 +184,42 @@ def test_issue_refuses_an_issuer_that_is_not_the_ca(pki: Pki) -> None:
         issue_workload(leaf_key, leaf_cert, "orderd", ttl_h=0.5)
     with pytest.raises(ConfigError, match="does not match"):
         issue_workload(leaf_key, ca_cert, "orderd", ttl_h=0.5)
+
+
+def test_cli_init_does_not_replace_an_existing_ca_certificate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A host holding the trust bundle ``ca.pem`` without ``ca.key`` (the CA key kept
+    offline) is the normal deployment: ``certs init`` without ``--force`` refuses (exit 1,
+    one line) and leaves ``ca.pem`` as it was; ``--force`` replaces it."""
+    secure, host = tmp_path / "secure", tmp_path / "host"
+    assert main(["certs", "init", "--dir", str(secure), "--trust-domain", TD]) == 0
+    host.mkdir()
+    (host / "ca.pem").write_bytes((secure / "ca.pem").read_bytes())
+    before = (host / "ca.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["certs", "init", "--dir", str(host), "--trust-domain", TD]) == 1
+    assert (host / "ca.pem").read_bytes() == before
+    assert not (host / "ca.key").exists()
+    err = capsys.readouterr().err
+    assert "ca.pem exists; refusing to overwrite" in err and len(err.splitlines()) == 1
+    assert main(["certs", "init", "--dir", str(host), "--trust-domain", TD, "--force"]) == 0
+    assert (host / "ca.pem").read_bytes() != before and (host / "ca.key").exists()
+
+
+def test_cli_issue_does_not_replace_an_existing_certificate_without_its_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``certs issue <svc>`` without ``--force`` refuses when ``<svc>.pem`` exists, even
+    with ``<svc>.key`` missing, and writes neither file; ``--force`` replaces it."""
+    d = tmp_path / "c"
+    assert main(["certs", "init", "--dir", str(d), "--trust-domain", TD]) == 0
+    assert main(["certs", "issue", "orderd", "--dir", str(d)]) == 0
+    (d / "orderd.key").unlink()
+    before = (d / "orderd.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["certs", "issue", "orderd", "--dir", str(d)]) == 1
+    assert "orderd.pem exists; refusing to overwrite" in capsys.readouterr().err
+    assert (d / "orderd.pem").read_bytes() == before and not (d / "orderd.key").exists()
+    with pytest.raises(KeyExistsError):
+        issue_into_dir(d, "orderd")
+    assert main(["certs", "issue", "orderd", "--dir", str(d), "--force"]) == 0
+    assert (d / "orderd.pem").read_bytes() != before and (d / "orderd.key").exists()
