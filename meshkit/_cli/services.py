@@ -8,8 +8,9 @@ Instances the registry reports as failing (a lapsed heartbeat or a failing Consu
 without a deregistration: died or hung; clients no longer see them) are listed as
 ``failing``.
 
-Exit status: 0 when an instance is listed; 1 when none is, or the registry cannot be read
-(one line on stderr); 2 for a usage error (bad option, registry URI or ``--timeout-s``).
+Exit status: 0 when an instance is listed; 1 when none is (``--json`` still prints ``[]``)
+or the registry cannot be read (one line on stderr either way); 2 for a usage error (bad
+option, registry URI or ``--timeout-s``).
 """
 
 from __future__ import annotations
@@ -130,11 +131,11 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     quiet_logging()
     rows = asyncio.run(collect(args.registry, args.service, args.timeout_s))
-    if args.json:
+    if args.json:  # [] when none: still a JSON document for the script reading it
         json.dump([asdict(r) for r in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif rows:
         sys.stdout.write(render(rows))
-    else:
-        print(f"no live instance in {args.registry}", file=sys.stderr)
+    if not rows:
+        print(f"meshkit services: no instance listed in {args.registry}", file=sys.stderr)
     return 0 if rows else 1

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2, wrappers_pb2
+from grpc_health.v1 import health_pb2
 
 import meshkit
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
@@ -37,7 +40,10 @@ class Greeter(services.GreeterServicer):  # type: ignore[misc,name-defined]
 class Echoer(services.EchoerServicer):  # type: ignore[misc,name-defined]
     """A second service with a method of the same name; ``Headers`` answers the request
     metadata it received (a binary value as ``BIN:<hex>``); ``Wrap`` answers an ``Any``
-    holding a ``HelloReply`` with the request's ``Any`` type URL as its message."""
+    holding a ``HelloReply`` with the request's ``Any`` type URL as its message, but for an
+    empty request a ``Duration`` of 3 s (a well-known type the proto does not import), and
+    for a ``StringValue`` "unknown" a ``grpc.health.v1.HealthCheckResponse`` (SERVING), a
+    type the service's reflection never describes."""
 
     async def SayHello(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return protos.HelloReply(message=request.name)
@@ -49,7 +55,13 @@ class Echoer(services.EchoerServicer):  # type: ignore[misc,name-defined]
 
     async def Wrap(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         out = protos.Wrapped()
-        out.payload.Pack(protos.HelloReply(message=request.payload.type_url))
+        text = wrappers_pb2.StringValue()
+        if not request.payload.type_url:
+            out.payload.Pack(duration_pb2.Duration(seconds=3))
+        elif request.payload.Unpack(text) and text.value == "unknown":
+            out.payload.Pack(health_pb2.HealthCheckResponse(status=1))
+        else:
+            out.payload.Pack(protos.HelloReply(message=request.payload.type_url))
         return out
 
 
@@ -279,3 +291,175 @@ async def test_prometheus_targets_durations_are_usage_errors(tmp_path: Path) -> 
     for case, (code, _, err) in zip(cases, results, strict=True):
         assert code == 2 and case[0] in err, (case, err)
     assert not out.exists()
+
+
+async def _into_closed_pipe(*args: str) -> tuple[int, str]:
+    """Run ``meshkit ARGS`` with stdout a pipe whose reader is gone (``| head -0``);
+    (status, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshkit.cli", *args, env=env, stdout=w,
+            stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    finally:
+        os.close(w)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_a_closed_stdout_pipe_ends_quietly_with_141(greeter: meshkit.MeshServer,
+                                                          registry: LocalRegistry) -> None:
+    """``meshkit ... | head -1``: when the reader of stdout is gone, every command ends
+    with status 141 (128 + SIGPIPE, as a shell reports a filter killed by SIGPIPE) and
+    nothing on stderr: no BrokenPipeError traceback, not even at the interpreter's exit."""
+    reg = ["--registry", uri(registry)]
+    for args in (("call", "greeter/Greeter/SayHello", '{"name": "Ada"}', *reg, "--insecure"),
+                 ("services", *reg), ("services", "--json", *reg), ("version",),
+                 ("--help",)):
+        code, err = await _into_closed_pipe(*args)
+        assert (code, err) == (141, ""), (args, code, err)
+    code, err = await _into_closed_pipe("services", "--help")  # argparse drops the error
+    assert (code, err) in ((0, ""), (141, "")), (code, err)
+
+
+async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) -> None:
+    """Ctrl-C while ``meshkit call`` waits on a server that never answers ends it with one
+    line on stderr and status 130 (128 + SIGINT), no traceback, nothing on stdout."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # accepts TCP, never speaks HTTP/2: the call waits
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=5.0, poll_interval_s=0.05))
+    try:
+        await reg.register(Instance(service="hole", instance_id="h1", host="127.0.0.1",
+                                    port=hole.getsockname()[1]))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshkit.cli", "call", "hole/Anything", "{}",
+            "--registry", f"local://{tmp_path / 'reg'}", "--insecure", "--timeout-s", "30",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        await reg.close()
+        hole.close()
+    assert (proc.returncode, out) == (130, b""), err
+    assert err.decode().splitlines() == ["meshkit: interrupted"], err
+
+
+async def test_call_request_must_be_a_json_object(greeter: meshkit.MeshServer,
+                                                  registry: LocalRegistry) -> None:
+    """A request that is JSON but not an object (``[]``, ``""``, ``1``, ``null``) is a
+    usage error (exit 2, one line naming the message type): nothing is sent."""
+    reg = ["--registry", uri(registry), "--insecure"]
+    for body in ("[]", '""', "1", "null", "[1"):
+        code, out, err = await meshkit_cli("call", "greeter/Greeter/SayHello", body, *reg)
+        assert (code, out) == (2, ""), (body, code, out, err)
+        assert len(err.splitlines()) == 1 and "request" in err, (body, err)
+
+
+async def test_call_any_of_a_well_known_type_or_an_undescribed_one(
+        greeter: meshkit.MeshServer, registry: LocalRegistry) -> None:
+    """An ``Any`` holding a well-known type (the proto does not import it) is sent and
+    printed in the proto3 JSON form; a response ``Any`` of a type nobody described is
+    printed as ``@type`` and the base64 ``@value`` (the call ran: exit 0, not a
+    traceback)."""
+    reg = ["--registry", uri(registry), "--insecure"]
+    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", "{}", *reg)
+    assert code == 0, err
+    assert json.loads(out) == {"payload": {
+        "@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}}
+    body = '{"payload": {"@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}}'
+    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", body, *reg)
+    assert code == 0, err
+    assert json.loads(out)["payload"]["message"] == \
+        "type.googleapis.com/google.protobuf.Duration"
+    body = json.dumps({"payload": {
+        "@type": "type.googleapis.com/google.protobuf.StringValue", "value": "unknown"}})
+    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", body, *reg)
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {"payload": {
+        "@type": "type.googleapis.com/grpc.health.v1.HealthCheckResponse", "@value": "CAE="}}
+
+
+async def test_timeout_s_bounds_the_registry_listing(tmp_path: Path) -> None:
+    """With a registry that accepts connections and never answers (a hung Consul agent),
+    ``services`` and ``prometheus-targets`` give up ``--timeout-s`` in (exit 1, one line:
+    the registry cannot be read), and ``call /pkg.Svc/Method`` exits 78 (UNAVAILABLE)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    registry = f"consul://127.0.0.1:{hole.getsockname()[1]}"
+    loop = asyncio.get_running_loop()
+    try:
+        for args, status in (
+                (("services", "--registry", registry, "--timeout-s", "1"), 1),
+                (("prometheus-targets", "--registry", registry, "--timeout-s", "1",
+                  "--out", str(tmp_path / "targets.json")), 1),
+                (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--registry", registry,
+                  "--insecure", "--timeout-s", "1"), 64 + 14)):
+            start = loop.time()
+            code, out, err = await meshkit_cli(*args)
+            took = loop.time() - start
+            assert (code, out) == (status, ""), (args, code, err)
+            assert took < 5.0, f"{args[0]} --timeout-s 1 took {took:.1f} s: {err}"
+            assert len(err.splitlines()) == 1 and "registry cannot be read" in err, err
+    finally:
+        hole.close()
+    assert not (tmp_path / "targets.json").exists()
+
+
+async def test_services_repeated_service_option_lists_each_instance_once(
+        tmp_path: Path) -> None:
+    """``--service`` named twice lists each instance once, a failing one included."""
+    path = tmp_path / "reg"
+    dead = LocalRegistry(LocalOptions(path=path, ttl_s=0.5, poll_interval_s=0.05))
+    await dead.register(Instance(service="s", instance_id="s-dead", host="127.0.0.1", port=9))
+    await dead.close()  # no heartbeat, no deregistration: it died
+    await asyncio.sleep(1.5)
+    reg = ["--registry", f"local://{path}?ttl_s=0.5&poll_interval_s=0.05"]
+    code, out, err = await meshkit_cli("services", "--service", "s", "--service", "s", *reg)
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows == [["s", "s-dead", "127.0.0.1:9", "failing", "-"]], out
+
+
+async def test_services_with_no_instance_exits_1_with_one_line(tmp_path: Path) -> None:
+    """No instance listed: exit 1 and one line on stderr, in table and ``--json`` mode
+    (which still prints ``[]``, a JSON document)."""
+    reg = ["--registry", f"local://{tmp_path / 'reg'}"]
+    for extra, stdout in (([], ""), (["--json"], "[]\n")):
+        code, out, err = await meshkit_cli("services", *reg, *extra)
+        assert (code, out) == (1, stdout), (extra, err)
+        assert len(err.splitlines()) == 1 and "no instance listed" in err, (extra, err)
+
+
+async def test_call_exit_status_on_an_unreadable_registry_is_78_for_both_forms(
+        tmp_path: Path) -> None:
+    """A registry that cannot be read ends ``call`` with ``ERROR: UNAVAILABLE: ...`` and
+    78 (64 + UNAVAILABLE) whether the target names the mesh service or not."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    reg = ["--registry", f"local://{blocker / 'registry'}", "--insecure", "--timeout-s", "1"]
+    for target in ("greeter/meshkit.clitest.Greeter/SayHello",
+                   "/meshkit.clitest.Greeter/SayHello"):
+        code, out, err = await meshkit_cli("call", target, "{}", *reg)
+        assert (code, out) == (64 + 14, ""), (target, err)
+        assert err.splitlines()[-1].startswith("ERROR: UNAVAILABLE: "), err
+        assert "registry cannot be read" in err.splitlines()[-1], err
+
+
+async def test_prometheus_targets_replaces_an_out_file_that_is_not_utf8(
+        greeter: meshkit.MeshServer, registry: LocalRegistry, tmp_path: Path) -> None:
+    """An ``--out`` file holding bytes that are not UTF-8 differs from the targets: it is
+    replaced (exit 0), not a UnicodeDecodeError."""
+    out = tmp_path / "targets.json"
+    out.write_bytes(b"\xff\xfe[\x00]\x00")
+    code, _, err = await meshkit_cli("prometheus-targets", "--registry", uri(registry),
+                                     "--out", str(out))
+    assert code == 0 and "Traceback" not in err, err
+    assert [g["labels"]["mesh_instance"] for g in json.loads(out.read_bytes())] == [
+        "greeter-1"]
