@@ -20,10 +20,12 @@ binary metadata) takes its value base64-encoded, standard or URL-safe alphabet, 
 optional, and sends the decoded bytes (grpcurl's convention). An error never prints a
 header's value (it is often a bearer token).
 
-Exit status: 0 on success; 2 for a usage error (bad target, JSON, registry URI,
-``--timeout-s``, header, no transport security; a call meshkit refuses to send, e.g. a
-header gRPC cannot carry); 64 + the gRPC status code number when the call fails (as
-grpcurl does), with the status and its message on stderr.
+Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not an object of
+the request type, registry URI, ``--timeout-s``, header, no transport security; a call
+meshkit refuses to send, e.g. a header gRPC cannot carry); 64 + the gRPC status code number
+when the call fails (as grpcurl does), with the status and its message on stderr: a
+registry that cannot be read within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every
+target form.
 """
 
 from __future__ import annotations
@@ -454,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a KEY ending in -bin takes a base64 VALUE and sends the decoded "
                         "bytes (e.g. -H 'trace-bin: AAEC')")
     p.add_argument("--timeout-s", type=positive_seconds, default=10.0,
-                   help="deadline of the call (and of each reflection request), positive "
-                        "seconds (default 10)")
+                   help="deadline of the call (and of each registry read and reflection "
+                        "request), positive seconds (default 10)")
     p.add_argument("--cert-dir", default=os.environ.get("MESHKIT_CERT_DIR"),
                    help="meshkit certs directory (default $MESHKIT_CERT_DIR)")
     p.add_argument("--workload", default=os.environ.get("MESHKIT_WORKLOAD"),
