@@ -113,6 +113,11 @@ class UserCache(Protocol):
         """Release connections (the cache is not used afterwards)."""
         ...
 
+    def reset(self) -> None:
+        """After a failed or timed-out operation: drop what may be broken (connections a
+        cancelled call left half-used), so the next operation starts clean."""
+        ...
+
 
 class MemoryUserCache:
     """A per-process :class:`UserCache`: at most ``max_entries`` users (least recently
@@ -181,6 +186,9 @@ class MemoryUserCache:
         """Drop every entry."""
         self._entries.clear()
         self._leases.clear()
+
+    def reset(self) -> None:
+        """Nothing to drop: no connections."""
 
 
 # KEYS: entry, lease; ARGV: token, lease ms. A hit returns the entry (a bulk string);
@@ -256,6 +264,14 @@ class RedisUserCache:
 
     async def aclose(self) -> None:
         """Close the client's connections."""
+        self._client.connection_pool.disconnect()
+
+    def reset(self) -> None:
+        """Disconnect the pool's connections; the next operation connects again. A call
+        cancelled by the binding's timeout can leave its connection in the pool with a
+        closed transport (seen on uvloop: every later call failed at once with
+        "unable to perform operation on <TCPTransport closed=True>" until coredis dropped
+        it, about 8 s with a healthy Redis)."""
         self._client.connection_pool.disconnect()
 
 
@@ -444,6 +460,7 @@ class CachedUsers:
 
     def _failed(self, exc: BaseException) -> None:
         self._breaker.failure()
+        self.cache.reset()  # a timed-out call may have left a broken connection behind
         if self._down_since is None:
             self._down_since = self._clock()
             _log.warning("user cache unavailable, reading the database", cache=self._name,

@@ -8,16 +8,22 @@ the tests cut and restore.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import aiohttp
 import aiosqlite
 import coredis
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
+import meshkit
 from examples.ecom.cache import (
     CachedUsers,
     MemoryUserCache,
@@ -27,6 +33,7 @@ from examples.ecom.cache import (
 )
 from examples.ecom.proto import user_pb2
 from examples.ecom.storage import Store
+from meshkit.discovery import registry_from_uri
 from meshkit.errors import ConfigError
 from tests.resilience.test_ratelimit import SHARED_REDIS_PORT
 from tests.support.tcp_proxy import TcpProxy
@@ -385,3 +392,77 @@ async def test_redis_down_at_start_is_an_outage_not_a_crash(sqlite_store: Store)
         await close(stack, cache)
 
 
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_redis_cache_is_read_again_after_a_timed_out_first_call(
+    tmp_path: Path, shared_redis: str,
+) -> None:
+    """The README's "GetUser reads through a user cache ..., chosen by URI ...:
+    `--user-cache memory://` (the default; per process) or `async+redis://127.0.0.1:6379`
+    (shared by replicas) ... A cache that fails or answers slower than 50 ms sends GetUser
+    to the database (no error to the caller; logged once, a breaker skips the cache for
+    1..5 s). `ecom_user_cache_requests_total{result="hit|miss|error"}` is on `/metrics`".
+
+    Started as the README shows (``python -m examples.ecom.user_service --user-cache
+    async+redis://127.0.0.1:6379``, on uvloop through ``meshkit.run``), with a healthy
+    Redis answering in about a millisecond: the first GetUser's cold connection takes
+    longer than the 50 ms bound and is cancelled; on uvloop the cancelled connection stays
+    in coredis' pool closed, so the next probes, after the breaker's 1 s and 2 s, fail at
+    once with RuntimeError "unable to perform operation on <TCPTransport closed=True ...>;
+    the handler is closed" (examples/ecom/cache.py:225-231 builds the client,
+    :383-392 times the lookup out). Every GetUser of the first ~8 s was counted
+    ``error`` and read from the database although Redis never failed; a failure now
+    drops the pool's connections (``RedisUserCache.reset``). (On a machine where the cold
+    connection fits in 50 ms this passes either way.)
+    """
+    from examples.ecom.proto import user_pb2, user_pb2_grpc
+
+    reg_dir = tmp_path / "reg"
+    env = dict(os.environ, MESHKIT_REGISTRY=f"local://{reg_dir}", PYTHONPATH=str(_ROOT))
+    env.pop("MESHKIT_CERT_DIR", None)
+    (tmp_path / "jwt").mkdir()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - the README's service, started once
+        [sys.executable, "-m", "examples.ecom.user_service", "--insecure",
+         "--db", f"sqlite:///{tmp_path / 'users.db'}", "--jwt-dir", str(tmp_path / "jwt"),
+         "--user-cache", "async+redis://127.0.0.1:6379"],
+        cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    registry = registry_from_uri(f"local://{reg_dir}")
+    try:
+        async with meshkit.dial("userd", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as channel:
+            users = user_pb2_grpc.UserServiceStub(channel)
+            created = await users.CreateUser(
+                user_pb2.CreateUserRequest(email=f"u{time.time_ns()}@example.com",
+                                           name="A", password="correct horse"),
+                timeout=30.0, wait_for_ready=True)
+            # four GetUsers 1.2 s apart: past the breaker's first 1 s skip
+            for _ in range(4):
+                await users.GetUser(user_pb2.GetUserRequest(user_id=created.id),
+                                    timeout=5.0)
+                await asyncio.sleep(1.2)
+        listed: frozenset[object] = frozenset()
+        async for found in registry.watch("userd"):
+            listed = found
+            break
+        assert listed
+        admin_port = next(iter(listed)).meta["admin_port"]  # type: ignore[attr-defined]
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{admin_port}/metrics") as resp:
+            text = await resp.text()
+    finally:
+        await registry.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("ecom_user_cache_requests_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            counts[result] = float(line.rsplit(" ", 1)[1])
+    # Redis is healthy: after the breaker's skip the cache must be read again
+    assert counts.get("hit", 0) + counts.get("miss", 0) >= 1, counts
