@@ -2,7 +2,7 @@
 
 Every per-method setting uses :class:`MethodMatcher`: retry policies
 (``RetryOptions.methods``), deadlines (``DialOptions.method_timeouts``), telemetry
-(``ObservabilityOptions.quiet_methods``), rate limits (``RateLimitOptions.rules``), JWT
+(``TelemetryOptions.quiet_methods``), rate limits (``RateLimitOptions.rules``), JWT
 (``JWTAuthOptions.public_methods``/``method_scopes``) and authorization
 (``AuthzPolicy.rules``).
 

@@ -46,9 +46,11 @@ def positive_seconds(text: str) -> float:
 
 
 def quiet_logging() -> None:
-    """meshkit's logs on stderr at ``MESHKIT_LOG_LEVEL`` (default WARNING), so stdout
-    carries only the command's output."""
-    configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "WARNING"), json=False)
+    """meshkit's logs on stderr at ``MESHKIT_LOG_LEVEL`` (default ERROR), so stdout
+    carries only the command's output and a failure is the command's own one line: the
+    library's warnings (a registry that cannot be read, ...) say what the command then
+    says itself; ``MESHKIT_LOG_LEVEL=WARNING`` shows them."""
+    configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "ERROR"), json=False)
 
 
 def open_registry(uri: str) -> Registry:

@@ -223,3 +223,25 @@ def test_cli_issue_does_not_replace_an_existing_certificate_without_its_key(
         issue_into_dir(d, "orderd")
     assert main(["certs", "issue", "orderd", "--dir", str(d), "--force"]) == 0
     assert (d / "orderd.pem").read_bytes() != before and (d / "orderd.key").exists()
+
+
+def test_the_readme_deployment_commands_run_as_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's "Certificates for a real deployment" block, each line run as written
+    (``/etc/meshkit`` a temporary directory): its ``issue --dns orderd.internal`` was
+    refused, the CA ``certs init`` made there permitting only ``svc.prod.example`` and
+    ``localhost``, and ``inspect`` found no certificate."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("**Certificates for a real deployment.**", 1)[1]
+    block = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [ln.split("#", 1)[0].strip() for ln in block.splitlines()]
+    commands = [shlex.split(ln.replace("/etc/meshkit", str(tmp_path))) for ln in lines if ln]
+    assert [c[:3] for c in commands] == [["meshkit", "certs", "init"],
+                                        ["meshkit", "certs", "issue"],
+                                        ["meshkit", "certs", "inspect"]]
+    for command in commands:
+        assert main(command[1:]) == 0, command
+    shown = capsys.readouterr().out
+    assert "orderd.internal" in shown and "10.0.0.7" in shown

@@ -225,6 +225,21 @@ async def test_services_on_an_unreadable_registry_is_one_line(tmp_path: Path) ->
         assert "the registry cannot be read: local registry" in err.splitlines()[-1], err
 
 
+async def test_an_unreadable_registry_is_one_line_on_stderr(tmp_path: Path) -> None:
+    """A local registry whose file is no database: ``meshkit services`` and
+    ``prometheus-targets`` exit 1 with one line on stderr (the README: "one line on
+    stderr"); the library's own watch warning came first, a second line (it shows with
+    ``MESHKIT_LOG_LEVEL=WARNING``)."""
+    bad = tmp_path / "reg"
+    bad.mkdir()
+    (bad / "registry.db").write_bytes(b"this is not an SQLite database file" * 200)
+    registry = ["--registry", f"local://{bad}", "--timeout-s", "2"]
+    for command in (["services"], ["prometheus-targets", "--out", str(tmp_path / "t.json")]):
+        code, out, err = await meshkit_cli(*command, *registry)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert (code, out, len(lines)) == (1, "", 1), (command, lines)
+
+
 async def test_call_any_fields_use_the_server_types(greeter: meshkit.MeshServer,
                                                     registry: LocalRegistry) -> None:
     """A ``google.protobuf.Any`` of a type the server's reflection described is parsed in
