@@ -55,7 +55,11 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   member if the one it used fails, and resumes from the revision after the last one it
   applied, so no event is lost or applied twice. If etcd compacted past that revision (the
   watch is cancelled with ``compact_revision``) it reads the prefix again and resumes from
-  there. Streams ask for ``hasleader``, so a member that loses its leader ends them.
+  there. Streams ask for ``hasleader``, so a member that loses its leader ends them. A
+  stream quiet for ``ttl_s`` probes its member (one ``/maintenance/status``, within
+  ``request_timeout_s``): a member that went silent without closing the connection (a
+  partition, a frozen process or VM) ends the stream, and the watch fails over, instead
+  of waiting on it for good (etcd's own client uses gRPC keepalive for this).
 * **Last known good.** While etcd cannot be read, a watch keeps its last set (yields
   nothing), never an empty set because of an error; ``status()`` says ``readable=False``
   and the outage is logged once (a reminder every 60 s, a line when it ends). If after an
@@ -890,8 +894,12 @@ class EtcdRegistry:
                 else:
                     self._failed_over(index)
                 raise error
+            heard = [time.monotonic()]  # when the stream last gave a message
+            liveness = asyncio.ensure_future(
+                self._probe_when_quiet(session, endpoint, resp, heard))
             try:
                 async for message in _messages(resp.content):
+                    heard[0] = time.monotonic()
                     if "error" in message:
                         err = message["error"]
                         raise _EtcdError(endpoint, 200, int(err.get("grpc_code") or
@@ -945,7 +953,31 @@ class EtcdRegistry:
             except (aiohttp.ClientError, OSError):
                 self._failed_over(index)
                 raise
+            finally:
+                liveness.cancel()
+                await asyncio.gather(liveness, return_exceptions=True)
         self._failed_over(index)
+
+    async def _probe_when_quiet(self, session: aiohttp.ClientSession, endpoint: str,
+                                resp: aiohttp.ClientResponse, heard: list[float]) -> None:
+        """While the watch stream ``resp`` from ``endpoint`` is quiet for ``ttl_s``, probe
+        the member (``/maintenance/status``, within ``request_timeout_s``); when it does not
+        answer, close the stream: its reader fails (``aiohttp.ClientError``) and the watch
+        fails over to the next member. ``heard[0]``: when the stream last gave a message."""
+        quiet_s = float(self.options.ttl_s)
+        while True:
+            await asyncio.sleep(max(0.0, heard[0] + quiet_s - time.monotonic()))
+            if time.monotonic() - heard[0] < quiet_s:
+                continue
+            try:
+                async with asyncio.timeout(self.options.request_timeout_s):
+                    await self._post_one(session, endpoint, "/maintenance/status", {})
+            except Exception as exc:  # the member is gone quiet: leave it
+                _log.warning("etcd member does not answer: its watch stream fails over",
+                             endpoint=endpoint, error=describe(exc))
+                resp.close()
+                return
+            heard[0] = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def services(self) -> frozenset[str]:

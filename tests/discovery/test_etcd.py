@@ -540,3 +540,31 @@ async def test_tls_with_client_certificates(binary: str, tmp_path: Path) -> None
             await no_cert.close()
     finally:
         cluster.close()
+
+
+async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
+    """The member a watch streams from goes silent without closing the connection (a
+    partition, a frozen process or VM; here a proxy that stops forwarding): the stream had
+    no idle check, so the watch waited on it for good and never saw another change though
+    another endpoint was listed. A stream quiet for ``ttl_s`` now probes its member and,
+    without an answer, fails over to the next one."""
+    direct = node.endpoints[0]
+    port = node.members[0].client_port
+    async with TcpProxy("127.0.0.1", port) as proxy:
+        owner = EtcdRegistry(EtcdOptions(endpoints=(direct,), **FAST))
+        reader = EtcdRegistry(EtcdOptions(
+            endpoints=(f"http://127.0.0.1:{proxy.port}", direct), **FAST))
+        try:
+            a, b = make_instance("orderd", 1), make_instance("orderd", 2)
+            await owner.register(a)
+            watcher = Collector(reader, "orderd")
+            assert await watcher.next() == {a}
+            await asyncio.sleep(0.3)  # the stream is established through the proxy
+            proxy.blackhole()
+            await owner.register(b)
+            await watcher.until_set({a, b}, timeout_s=12.0)
+            await watcher.stop()
+        finally:
+            await proxy.stop()  # nothing held back: the registries close at once
+            await owner.close()
+            await reader.close()
