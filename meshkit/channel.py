@@ -90,6 +90,7 @@ from meshkit.observability import (
     TelemetryOptions,
     attempt_interceptors,
     client_interceptors,
+    ended,
     track,
 )
 from meshkit.resilience import (
@@ -780,6 +781,7 @@ class MeshChannel(grpc.aio.Channel):
 
     async def _close(self, grace: float | None) -> None:
         await self._pool.close(grace)
+        ended(self)  # its final counters, for /metrics after it is gone
         if self._owns_registry:
             await self.registry.close()
 

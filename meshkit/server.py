@@ -88,6 +88,7 @@ from meshkit.observability import (
     AdminServer,
     TelemetryOptions,
     TelemetryServerInterceptor,
+    ended,
     flush_logs,
     server_interceptors,
     set_certificate_expiry,
@@ -718,6 +719,7 @@ class MeshServer:
         _log.info("stopped", service=self.service)
         flush_logs()  # the access log's last batch
         self._stopped.set()
+        ended(self)  # its final counters, for /metrics after it is gone
 
     @property
     def ready(self) -> bool:

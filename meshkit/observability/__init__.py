@@ -151,7 +151,7 @@ from typing import TYPE_CHECKING, Any
 from meshkit.observability import _tracing
 from meshkit.observability._admin import AdminOptions, AdminServer, Handler
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
-from meshkit.observability._live import live_channel_stats, live_server_stats, track
+from meshkit.observability._live import ended, live_channel_stats, live_server_stats, track
 from meshkit.observability._logging import (
     BufferedLineWriter,
     access_logger,
@@ -232,6 +232,7 @@ __all__ = [
     "configure_logging",
     "configure_tracing",
     "default_registry",
+    "ended",
     "extract_context",
     "flush_logs",
     "inject_context",

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from meshkit._stats import ChannelStats, ServerStats
 
-__all__ = ["live_channel_stats", "live_server_stats", "track", "tracked"]
+__all__ = ["ended", "final_stats", "live_channel_stats", "live_server_stats", "track",
+           "tracked"]
 
 
 class _HasChannelStats(Protocol):
@@ -33,6 +34,33 @@ def track(obj: _HasChannelStats | _HasServerStats, *, kind: str) -> None:
     """Register a live channel (``kind="channel"``) or server (``kind="server"``); it stays
     listed while it is alive and ``obj.live`` is true."""
     (_CHANNELS if kind == "channel" else _SERVERS).add(obj)
+
+
+# the last stats() of channels and servers that closed or stopped, by their (basic) weak
+# reference: what a collector that saw one live retires, even when it is garbage collected
+# before the collector's next scrape; the oldest dropped past _FINAL_MAX
+_FINAL: dict[weakref.ref[Any], Any] = {}
+_FINAL_MAX = 1024
+
+
+def ended(obj: _HasChannelStats | _HasServerStats) -> None:
+    """Record ``obj``'s final ``stats()`` as it closes or stops (a tracked channel or
+    server calls this last), for :func:`final_stats`."""
+    try:
+        snapshot = obj.stats()
+    except Exception:  # nothing more to say of it
+        return
+    # CPython hands out one weak reference (without a callback) per object: the key a
+    # collector holds for it is this very object, equal to it after its referent is gone
+    _FINAL[weakref.ref(obj)] = snapshot
+    while len(_FINAL) > _FINAL_MAX:
+        del _FINAL[next(iter(_FINAL))]
+
+
+def final_stats(ref: weakref.ref[Any]) -> Any:
+    """The final ``stats()`` recorded by :func:`ended` for the object ``ref`` refers (or
+    referred) to, or ``None``."""
+    return _FINAL.get(ref)
 
 
 def tracked(kind: str) -> list[Any]:

@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
-from meshkit.observability._live import tracked
+from meshkit.observability._live import final_stats, tracked
 from meshkit.observability._semconv import MethodNames
 
 __all__ = [
@@ -568,8 +568,9 @@ class MeshCollector:
     remaining value again): the counters of a channel that closed or a server that
     stopped, once this collector has seen it live, are kept in a retired tally per label
     set and added at every later scrape; its final values, read at the first scrape that
-    finds it ended (or, if it was garbage collected before that scrape, its values at the
-    last scrape: increments since then are then not counted). Its gauges drop with it.
+    finds it ended, or, if it was garbage collected before that scrape, the values it
+    recorded as it closed (:func:`~meshkit.observability.ended`; a channel or server
+    that recorded none keeps its values at the last scrape). Its gauges drop with it.
     The tally grows with the label sets ever seen (targets, instance ids, services), as a
     labelled prometheus-client counter does.
     """
@@ -578,7 +579,8 @@ class MeshCollector:
         self._lock = threading.Lock()  # scrapes may run in several threads
         # every channel/server this collector saw live: its counter samples at the last
         # scrape (keyed by a weak reference: a collected one is retired with them)
-        self._last: dict[weakref.ref[Any], list[_Sample]] = {}
+        self._last: dict[weakref.ref[Any],
+                         tuple[Callable[[Any], list[_Sample]], list[_Sample]]] = {}
         self._retired: dict[tuple[str, tuple[str, ...]], float] = {}
 
     def describe(self) -> list[Metric]:
@@ -594,7 +596,9 @@ class MeshCollector:
                 for obj in tracked(kind):
                     self._read(obj, samples_of, fams)
             for ref in [r for r in self._last if r() is None]:  # collected since
-                self._retire(self._last.pop(ref))
+                samples_of, last = self._last.pop(ref)
+                final = final_stats(ref)  # its stats() as it closed, when recorded
+                self._retire(self._final(last, [] if final is None else samples_of(final)))
             for (key, labels), value in self._retired.items():
                 fams[key].add(labels, value)
         for fam in fams.values():
@@ -614,19 +618,27 @@ class MeshCollector:
         except Exception:  # closing while we looked
             if live:
                 return
-            self._retire(self._last.pop(ref))
+            self._retire(self._last.pop(ref)[1])
             return
         if live:
             for fam, labels, value in samples:
                 fams[fam].add(labels, value)
-            self._last[ref] = [s for s in samples if fams[s[0]].kind == "counter"]
+            self._last[ref] = (samples_of,
+                               [s for s in samples if fams[s[0]].kind == "counter"])
             return
         # ended: its final counters, none below what the last scrape reported
-        final = {(fam, labels): value for fam, labels, value in self._last.pop(ref)}
-        for fam, labels, value in samples:
-            if fams[fam].kind == "counter":
+        self._retire(self._final(self._last.pop(ref)[1], samples))
+
+    @staticmethod
+    def _final(last: list[_Sample], now: list[_Sample]) -> list[_Sample]:
+        """The counters to retire of a channel or server that ended: its ``now`` counter
+        samples, none below the ``last`` scrape's (gauges of ``now`` left out)."""
+        final = {(fam, labels): value for fam, labels, value in last}
+        kinds = {key: fam.kind for key, fam in _families().items()}
+        for fam, labels, value in now:
+            if kinds[fam] == "counter":
                 final[fam, labels] = max(value, final.get((fam, labels), value))
-        self._retire([(fam, labels, value) for (fam, labels), value in final.items()])
+        return [(fam, labels, value) for (fam, labels), value in final.items()]
 
     def _retire(self, samples: list[_Sample]) -> None:
         for fam, labels, value in samples:

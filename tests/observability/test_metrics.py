@@ -534,6 +534,33 @@ async def test_scrape_time_counters_never_go_backwards_when_a_channel_closes(
                  instance_id="e1") == 0
 
 
+async def test_a_channel_collected_before_the_next_scrape_keeps_its_final_counts(
+    echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """A channel scraped once, then making two more calls, closed and garbage collected
+    before the next scrape: its calls since that scrape were lost (the tally kept the last
+    scrape's value). ``close()`` records its final counts (``observability.ended``)."""
+    import gc
+
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    await echo_servers("e1", telemetry=opts)
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts))
+    await ch.wait_for_endpoints(1)
+    unary = ch.unary_unary(method("Unary"))
+    await unary(b"x", timeout=5)
+    first = samples(prom_text(prom))
+    await unary(b"x", timeout=5)
+    await unary(b"x", timeout=5)
+    await ch.close()
+    del ch, unary
+    gc.collect()
+    last = samples(prom_text(prom))
+    calls = [value(got, "meshkit_client_endpoint_calls_total", target="echo",
+                   instance_id="e1") for got in (first, last)]
+    assert calls == [1, 3], calls
+
+
 class _FakeServer:
     """Stands for a MeshServer in the introspection registry."""
 
