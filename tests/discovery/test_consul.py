@@ -875,6 +875,10 @@ async def test_mutual_tls_to_agent(tmp_path: Path) -> None:
         ({"ca_file": "/nonexistent/ca.pem"}, "got '/nonexistent/ca.pem'"),
         ({"request_timeout_s": float("nan")}, "request_timeout_s must be > 0, got nan"),
         ({"watch_query_interval_s": 0}, "watch_query_interval_s must be > 0, got 0"),
+        # a re-registered gRPC-checked instance starts critical: reaped before its check
+        ({"check": "grpc", "check_interval_s": 60.0, "deregister_critical_after_s": 60.0},
+         "check_interval_s must be < deregister_critical_after_s=60.0 with check='grpc', "
+         "got 60.0"),
     ],
 )
 def test_options_validation_quotes_bad_value(kwargs: dict[str, Any], message: str) -> None:
