@@ -39,6 +39,24 @@ async def side_by_side(registry: LocalRegistry,
             await mesh.close()
 
 
+@contextlib.asynccontextmanager
+async def stream_unary_service(registry: LocalRegistry, name: str,
+                               behaviour: Any) -> AsyncIterator[Any]:
+    """A meshkit channel to a plain grpc.aio server whose one stream-unary method
+    ``name`` (on the echo service) runs ``behaviour(requests, context)``."""
+    from tests.support.echo import SERVICE
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {name: grpc.stream_unary_rpc_method_handler(behaviour)})
+    async with raw_server(handler) as (_server, port):
+        await registry.register(
+            Instance(service=name.lower(), instance_id="s1", host="127.0.0.1", port=port))
+        async with meshkit.dial(name.lower(), registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            await ch.wait_for_endpoints(1)
+            yield ch
+
+
 async def _await(call: Any) -> Any:
     return await call
 
@@ -168,30 +186,21 @@ async def test_stream_unary_call_with_write_and_done_writing(
 async def test_a_writer_is_woken_when_the_call_fails(registry: LocalRegistry) -> None:
     """A writer waiting to hand over a message nobody will take (the call ended: here its
     deadline) gets the call's error instead of waiting for ever."""
-    from tests.support.echo import SERVICE
-
     async def never_reads(requests: Any, context: Any) -> bytes:
         await asyncio.sleep(30)
         return b""
 
-    stalling = grpc.method_handlers_generic_handler(
-        SERVICE, {"NeverReads": grpc.stream_unary_rpc_method_handler(never_reads)})
-    async with raw_server(stalling) as (_server, port):
-        await registry.register(
-            Instance(service="stall", instance_id="s1", host="127.0.0.1", port=port))
-        async with meshkit.dial("stall", registry=registry,
-                                options=meshkit.DialOptions(insecure=True)) as ch:
-            await ch.wait_for_endpoints(1)
-            call = ch.stream_unary(method("NeverReads"))(timeout=0.5)
+    async with stream_unary_service(registry, "NeverReads", never_reads) as ch:
+        call = ch.stream_unary(method("NeverReads"))(timeout=0.5)
 
-            async def write_forever() -> None:
-                while True:
-                    await call.write(b"x" * 65536)
+        async def write_forever() -> None:
+            while True:
+                await call.write(b"x" * 65536)
 
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(write_forever(), 5)
-            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(write_forever(), 5)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 async def test_writes_to_an_ended_stream_unary_call(registry: LocalRegistry) -> None:
@@ -199,30 +208,21 @@ async def test_writes_to_an_ended_stream_unary_call(registry: LocalRegistry) -> 
     cancelled, ``CancelledError``; after it answered (a handler that reads nothing),
     ``InvalidStateError`` "RPC already finished."; ``done_writing()`` on a call made with
     a request iterator, ``UsageError``."""
-    from tests.support.echo import SERVICE
-
     async def answers_at_once(requests: Any, context: Any) -> bytes:
         return b"done"
 
-    quick = grpc.method_handlers_generic_handler(
-        SERVICE, {"AnswersAtOnce": grpc.stream_unary_rpc_method_handler(answers_at_once)})
-    async with raw_server(quick) as (_server, port):
-        await registry.register(
-            Instance(service="quick", instance_id="q1", host="127.0.0.1", port=port))
-        async with meshkit.dial("quick", registry=registry,
-                                options=meshkit.DialOptions(insecure=True)) as ch:
-            await ch.wait_for_endpoints(1)
-            answered = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
-            await answered.write(b"a")
-            assert await answered == b"done"
-            with pytest.raises(asyncio.InvalidStateError, match="already finished"):
-                await answered.write(b"b")
-            cancelled = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
-            await cancelled.write(b"a")
-            assert cancelled.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await cancelled.write(b"b")
-            iterated = ch.stream_unary(method("AnswersAtOnce"))(iter([b"x"]), timeout=5)
-            with pytest.raises(grpc.aio.UsageError):
-                await iterated.done_writing()
-            assert await iterated == b"done"
+    async with stream_unary_service(registry, "AnswersAtOnce", answers_at_once) as ch:
+        answered = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
+        await answered.write(b"a")
+        assert await answered == b"done"
+        with pytest.raises(asyncio.InvalidStateError, match="already finished"):
+            await answered.write(b"b")
+        cancelled = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
+        await cancelled.write(b"a")
+        assert cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled.write(b"b")
+        iterated = ch.stream_unary(method("AnswersAtOnce"))(iter([b"x"]), timeout=5)
+        with pytest.raises(grpc.aio.UsageError):
+            await iterated.done_writing()
+        assert await iterated == b"done"
