@@ -78,7 +78,9 @@ def _to_dict(span: ReadableSpan) -> dict[str, Any]:
 
 def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
     """Read spans written by :class:`JsonLinesSpanExporter` from every file in ``paths``
-    (missing files and malformed lines are skipped)."""
+    (missing files and malformed lines are skipped: a line that is not JSON, lacks a field,
+    or has one of the wrong type, such as a ``start_ns`` that is not an integer or
+    ``attributes`` that are not an object)."""
     spans: list[ReadableSpan] = []
     for path in paths:
         try:
@@ -94,20 +96,47 @@ def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
 
 
 def _from_dict(d: dict[str, Any]) -> ReadableSpan:
+    """The span on one line; ValueError, KeyError or TypeError when it is malformed."""
     trace_id = int(d["trace_id"], 16)
     flags = TraceFlags(TraceFlags.SAMPLED)
     parent = (SpanContext(trace_id, int(d["parent_span_id"], 16), is_remote=True,
                           trace_flags=flags) if d.get("parent_span_id") else None)
     return ReadableSpan(
-        name=d["name"],
+        name=_typed(d, "name", str),
         context=SpanContext(trace_id, int(d["span_id"], 16), is_remote=False,
                             trace_flags=flags),
         parent=parent,
         kind=SpanKind[d["kind"]],
-        start_time=d["start_ns"],
-        end_time=d["end_ns"],
+        start_time=_ns(d, "start_ns"),
+        end_time=_ns(d, "end_ns"),
         status=Status(StatusCode[d["status"]]),
-        attributes=d.get("attributes") or {},
-        events=[Event(e["name"], e.get("attributes") or {}, e["ts_ns"])
-                for e in d.get("events") or ()],
+        attributes=_attributes(d),
+        events=[Event(_typed(e, "name", str), _attributes(e), _ns(e, "ts_ns"))
+                for e in _typed(d, "events", list, ())],
     )
+
+
+def _typed(d: dict[str, Any], key: str, kind: type[Any], default: Any = None) -> Any:
+    """``d[key]`` (``default`` when absent or null and a default is given), which must be
+    a ``kind``; TypeError when it is not."""
+    if not isinstance(d, dict):
+        raise TypeError(f"not an object: {d!r}")
+    value = d.get(key) if default is not None else d[key]
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is not a {kind.__name__}: {value!r}")
+    return value
+
+
+def _ns(d: dict[str, Any], key: str) -> int:
+    """A timestamp in nanoseconds: an integer (not a bool)."""
+    value = _typed(d, key, int)
+    if isinstance(value, bool):
+        raise TypeError(f"{key} is not an int: {value!r}")
+    return int(value)
+
+
+def _attributes(d: dict[str, Any]) -> dict[str, Any]:
+    """An object of attributes (absent or null: none)."""
+    return dict(_typed(d, "attributes", dict, {}))

@@ -3,6 +3,9 @@ renderer and peer parsing."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import structlog
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,6 +23,7 @@ from meshkit.observability import (
     attempt_interceptors,
     client_interceptors,
     configure_tracing,
+    load_spans,
     render_trace,
     server_interceptors,
 )
@@ -199,6 +203,31 @@ def test_render_trace_draws_a_tree_with_timings() -> None:
     assert first.endswith("  (parent span not exported)")
     assert not any("not exported" in line for line in rest)
     provider.shutdown()
+
+
+def test_load_spans_skips_lines_whose_fields_are_malformed(tmp_path: Path) -> None:
+    """A line whose documented fields have the wrong type (a ``start_ns`` that is a string,
+    ``attributes`` or event ``attributes`` that are a list) is skipped like one that is not
+    JSON, so render_trace draws the rest of the file."""
+    good = {"trace_id": "0" * 31 + "1", "span_id": "0" * 15 + "2", "parent_span_id": None,
+            "name": "ecom.v1.OrderService/PlaceOrder", "kind": "SERVER", "start_ns": 1_000,
+            "end_ns": 2_000_000, "status": "OK", "attributes": {},
+            "events": [{"name": "attempt", "ts_ns": 1_500, "attributes": {"a": 1}}]}
+    bad = [dict(good, span_id="0" * 15 + "3", start_ns="x"),
+           dict(good, span_id="0" * 15 + "4", attributes=[1, 2]),
+           dict(good, span_id="0" * 15 + "5", end_ns=True),
+           dict(good, span_id="0" * 15 + "6", name=7),
+           dict(good, span_id="0" * 15 + "7",
+                events=[{"name": "e", "ts_ns": 1, "attributes": [1]}]),
+           dict(good, span_id="0" * 15 + "8", events={"name": "e"})]
+    path = tmp_path / "spans.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in (good, *bad)) + "not json\n[1]\n",
+                    encoding="utf-8")
+    spans = load_spans([path, tmp_path / "missing.jsonl"])
+    assert [s.context.span_id for s in spans] == [2]
+    text = render_trace(spans)
+    assert text.startswith("ecom.v1.OrderService/PlaceOrder  server  ")
+    assert "· attempt +" in text
 
 
 @pytest.mark.parametrize(("peer", "parsed"), [
