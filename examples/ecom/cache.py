@@ -41,6 +41,7 @@ database read).
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 import urllib.parse
@@ -293,6 +294,8 @@ class UserCacheOptions:
         breaker_max_open_s: longest skip after repeated failed probes (default 5;
             >= ``breaker_open_s``).
 
+    Every number of seconds is finite (NaN and infinity are refused).
+
     Raises:
         ConfigError: an unknown URI scheme or a bad number, quoted (password hidden).
     """
@@ -311,7 +314,8 @@ class UserCacheOptions:
                               f"or 'off', got {_shown(self.uri)!r}")
         for name in ("ttl_s", "lease_s", "timeout_s", "breaker_open_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not value > 0:  # NaN too
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
         if isinstance(self.max_entries, bool) or not isinstance(self.max_entries, int) \
                 or self.max_entries < 1:
@@ -319,6 +323,10 @@ class UserCacheOptions:
         if not self.breaker_max_open_s >= self.breaker_open_s:
             raise ConfigError(f"breaker_max_open_s must be >= breaker_open_s "
                               f"({self.breaker_open_s}), got {self.breaker_max_open_s!r}")
+        for name in ("ttl_s", "lease_s", "timeout_s", "breaker_open_s",
+                     "breaker_max_open_s"):
+            if math.isinf(getattr(self, name)):
+                raise ConfigError(f"{name} must be finite, got {getattr(self, name)!r}")
 
     @property
     def enabled(self) -> bool:
@@ -395,7 +403,9 @@ class CachedUsers:
         when this call holds the lease); ``None`` when ``load`` finds no such user."""
         lookup: Lookup | None = None
         user: user_pb2.User | None = None
-        if self._breaker.allow():
+        breaker = self._breaker
+        if breaker.allow():
+            probe = breaker.is_open  # let through while open: the probe
             try:
                 async with asyncio.timeout(self._timeout_s):
                     if self._pending:
@@ -405,7 +415,10 @@ class CachedUsers:
                         lookup.data)
             except Exception as exc:  # any cache failure: read the database
                 lookup = None
-                self._failed(exc)
+                self._failed(exc, probe)
+            except BaseException:  # cancelled mid-call: a probe must not hold its slot
+                breaker.abandoned(probe)
+                raise
             else:
                 self._succeeded()
         if lookup is None:
@@ -416,30 +429,43 @@ class CachedUsers:
             return user
         self._miss.inc()
         user = await load()
-        if user is not None and lookup.lease is not None and self._breaker.allow():
+        if user is not None and lookup.lease is not None and breaker.allow():
+            probe = breaker.is_open
             try:
                 async with asyncio.timeout(self._timeout_s):
                     await self.cache.set(user_id, user.SerializeToString(), lookup.lease)
             except Exception as exc:
-                self._failed(exc)
+                self._failed(exc, probe)
+            except BaseException:
+                breaker.abandoned(probe)
+                raise
             else:
                 self._succeeded()
         return user
 
     async def changed(self, user_id: str) -> None:
-        """Invalidate ``user_id`` after a committed write; never raises. If the cache
-        cannot be reached the id is remembered and invalidated before the next use."""
-        if not self._breaker.allow():
+        """Invalidate ``user_id`` after a committed write; never raises (but lets a
+        cancellation through). If the cache cannot be reached, or the call is cancelled,
+        the id is remembered and invalidated before the next use."""
+        breaker = self._breaker
+        if not breaker.allow():
             self._remember(user_id)
             return
+        probe = breaker.is_open
+        sent = (user_id, *self._pending)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self.cache.invalidate(user_id, *self._pending)
+                await self.cache.invalidate(*sent)
         except Exception as exc:
             self._remember(user_id)
-            self._failed(exc)
+            self._failed(exc, probe)
+        except BaseException:
+            self._remember(user_id)
+            breaker.abandoned(probe)
+            raise
         else:
-            self._pending.clear()
+            # only what was sent: ids that failed meanwhile (another changed()) stay
+            self._pending.difference_update(sent)
             self._succeeded()
 
     async def aclose(self) -> None:
@@ -458,8 +484,10 @@ class CachedUsers:
             _log.warning("user cache invalidation dropped: too many pending",
                          user_id=user_id, pending=len(self._pending))
 
-    def _failed(self, exc: BaseException) -> None:
-        self._breaker.failure()
+    def _failed(self, exc: BaseException, probe: bool) -> None:
+        # probe: is_open read right after allow(); calls already waiting on the cache when
+        # it opened fail too and must not each double the open time
+        self._breaker.failure(probe)
         self.cache.reset()  # a timed-out call may have left a broken connection behind
         if self._down_since is None:
             self._down_since = self._clock()

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import meshkit
 from examples.ecom.cache import (
     CachedUsers,
+    Lookup,
     MemoryUserCache,
     RedisUserCache,
     UserCacheOptions,
@@ -163,6 +164,16 @@ def test_options_refuse_bad_values() -> None:
     assert open_user_cache(UserCacheOptions(uri="off")) is None
 
 
+@pytest.mark.parametrize("name", ["ttl_s", "lease_s", "timeout_s", "breaker_open_s",
+                                  "breaker_max_open_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_options_refuse_nan_and_infinity(name: str, value: float) -> None:
+    """NaN passes a ``<= 0`` check (``--user-cache-ttl-s nan`` parses): refused, quoted,
+    as is an infinite number of seconds."""
+    with pytest.raises(ConfigError, match=f"{name} .*{value}"):
+        UserCacheOptions(**{name: value})  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------------------- servicer
 
 
@@ -282,6 +293,123 @@ async def test_fill_racing_a_write_does_not_cache_the_old_value() -> None:
     assert cache is not None
     found = await race_fill_against_write(cache, "u-race")
     assert found is not None and found.name == "v2"
+
+
+# ----------------------------------------------------------------------------- binding
+
+
+class ScriptedCache(MemoryUserCache):
+    """A memory cache whose get/invalidate fail on demand or wait on a gate."""
+
+    def __init__(self) -> None:
+        super().__init__(ttl_s=60.0, max_entries=100, lease_s=2.0)
+        self.get_calls = 0
+        self.fail_get = False
+        self.get_gate: asyncio.Event | None = None
+        self.get_entered = asyncio.Event()
+        self.fail_invalidate: set[str] = set()
+        self.invalidate_gate: dict[str, asyncio.Event] = {}
+        self.invalidate_entered: dict[str, asyncio.Event] = {}
+
+    async def get(self, user_id: str) -> Lookup:
+        self.get_calls += 1
+        if self.get_gate is not None:
+            self.get_entered.set()
+            await self.get_gate.wait()
+        if self.fail_get:
+            raise ConnectionError("cache down")
+        return await super().get(user_id)
+
+    async def invalidate(self, *user_ids: str) -> None:
+        if self.fail_invalidate & set(user_ids):
+            raise ConnectionError("cache down")
+        for uid in user_ids:
+            gate = self.invalidate_gate.get(uid)
+            if gate is not None:
+                self.invalidate_entered[uid].set()
+                await gate.wait()
+        await super().invalidate(*user_ids)
+
+
+def scripted(cache: ScriptedCache, clock: FakeClock) -> CachedUsers:
+    """A binding over ``cache``: breaker 1 s doubling to 5 s; a 5 s timeout, so the test
+    decides when calls end."""
+    return CachedUsers(cache, UserCacheOptions(timeout_s=5.0, breaker_open_s=1.0,
+                                               breaker_max_open_s=5.0),
+                       registry=CollectorRegistry(), clock=clock)
+
+
+def loader(user_id: str, name: str = "Ada") -> Callable[[], Awaitable[user_pb2.User | None]]:
+    """A ``load`` for :meth:`CachedUsers.get` returning ``user(user_id, name)``."""
+    async def load() -> user_pb2.User | None:
+        return user(user_id, name)
+    return load
+
+
+async def test_an_invalidation_failing_while_another_succeeds_is_retried() -> None:
+    """changed(a) is slow and succeeds; meanwhile changed(b) fails and b is remembered.
+    a's success must not forget b: the next GetUser of b is not the stale entry."""
+    clock = FakeClock()
+    cache = ScriptedCache()
+    cached = scripted(cache, clock)
+    await cached.get("b", loader("b", "old"))  # miss: filled
+    assert (await cached.get("b", loader("b", "old"))).name == "old"  # type: ignore[union-attr]
+    cache.invalidate_gate["a"] = asyncio.Event()
+    cache.invalidate_entered["a"] = asyncio.Event()
+    first = asyncio.create_task(cached.changed("a"))
+    await asyncio.wait_for(cache.invalidate_entered["a"].wait(), 5)
+    cache.fail_invalidate = {"b"}
+    await asyncio.wait_for(cached.changed("b"), 5)  # fails: remembered
+    cache.fail_invalidate = set()
+    cache.invalidate_gate["a"].set()
+    await asyncio.wait_for(first, 5)
+    clock.now += 60.0  # past any breaker wait (the entry's TTL uses another clock)
+    found = await asyncio.wait_for(cached.get("b", loader("b", "new")), 5)
+    assert found is not None and found.name == "new"
+
+
+async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
+    """The breaker's half-open probe (a GetUser's lookup) is cancelled by its caller: the
+    breaker must not stay "probing" for ever; a later GetUser asks the cache again."""
+    clock = FakeClock()
+    cache = ScriptedCache()
+    cached = scripted(cache, clock)
+    cache.fail_get = True
+    await cached.get("u1", loader("u1"))  # the cache fails: the breaker opens
+    cache.fail_get = False
+    clock.now += 1.5  # due for a probe
+    cache.get_gate = asyncio.Event()
+    probe = asyncio.create_task(cached.get("u1", loader("u1")))
+    await asyncio.wait_for(cache.get_entered.wait(), 5)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    cache.get_gate = None
+    clock.now += 60.0
+    calls = cache.get_calls
+    await asyncio.wait_for(cached.get("u1", loader("u1")), 5)
+    assert cache.get_calls == calls + 1
+
+
+async def test_concurrent_failures_of_one_outage_open_the_breaker_once() -> None:
+    """Three lookups waiting on the cache fail together: the breaker opens for
+    breaker_open_s (1 s), not doubled by each (4 s): probed again after 1.5 s."""
+    clock = FakeClock()
+    cache = ScriptedCache()
+    cached = scripted(cache, clock)
+    cache.get_gate = asyncio.Event()
+    cache.fail_get = True
+    calls = [asyncio.create_task(cached.get(u, loader(u))) for u in ("a", "b", "c")]
+    await until(lambda: cache.get_calls == 3, timeout_s=5, interval_s=0.01,
+                what="three lookups waiting on the cache")
+    cache.get_gate.set()
+    await asyncio.wait_for(asyncio.gather(*calls), 5)
+    cache.get_gate = None
+    cache.fail_get = False
+    clock.now += 1.5
+    before = cache.get_calls
+    await asyncio.wait_for(cached.get("a", loader("a")), 5)
+    assert cache.get_calls == before + 1
 
 
 # ----------------------------------------------------------------------------- redis
