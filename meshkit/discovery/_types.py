@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from meshkit._config import check_int, check_strings
 from meshkit.errors import ConfigError
 
 __all__ = ["Instance", "Registry", "RegistryStatus"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+# Used with fullmatch: ``$`` would also match before a final newline ("orderd\n").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,12 +27,14 @@ class Instance:
         instance_id: unique id of this instance across the registry, e.g. ``"orderd-1"``.
         host: address clients connect to (an IP or a host name), e.g. ``"127.0.0.1"``.
         port: TCP port, 1 to 65535.
-        tags: free-form tags (Consul ``Tags``), e.g. ``("v2",)``.
+        tags: free-form tags (Consul ``Tags``), e.g. ``("v2",)``; any collection of
+            strings, not one string (``"v2"`` would be the tags ``v`` and ``2``).
         meta: string key/values (Consul ``Meta``), e.g. ``{"version": "v2", "zone": "a"}``.
         weight: relative weight for weighted balancers (Consul ``Weights.Passing``), >= 1.
 
     Raises:
-        ConfigError: a field is out of range; the message quotes the bad value.
+        ConfigError: a field is out of range or of the wrong type (``True`` for
+            ``port``, one string for ``tags``); the message quotes the bad value.
 
     Equality and hashing use every field but ``meta`` takes part in equality only.
     """
@@ -44,18 +48,15 @@ class Instance:
     weight: int = 1
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.service):
+        if not isinstance(self.service, str) or not _NAME_RE.fullmatch(self.service):
             raise ConfigError(f"service name must match {_NAME_RE.pattern}, got {self.service!r}")
         if not self.instance_id or len(self.instance_id) > 128:
             raise ConfigError(f"instance_id must be 1..128 characters, got {self.instance_id!r}")
         if not self.host:
             raise ConfigError(f"host must not be empty, got {self.host!r}")
-        if not isinstance(self.port, int) or not 0 < self.port < 65536:
-            raise ConfigError(f"port must be 1..65535, got {self.port!r}")
-        if self.weight < 1:
-            raise ConfigError(f"weight must be >= 1, got {self.weight!r}")
-        if not isinstance(self.tags, tuple):
-            object.__setattr__(self, "tags", tuple(self.tags))
+        check_int("port", self.port, high=65535)
+        check_int("weight", self.weight)
+        object.__setattr__(self, "tags", check_strings("tags", self.tags))
         for k, v in self.meta.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigError(f"meta keys and values must be strings, got {k!r}: {v!r}")

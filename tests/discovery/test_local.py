@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -216,6 +217,35 @@ def test_bad_instances_are_refused() -> None:
     with pytest.raises(ConfigError, match="weight"):
         Instance(service="s", instance_id="x", host="h", port=1, weight=0)
     assert Instance(service="s", instance_id="x", host="::1", port=5).address == "[::1]:5"
+
+
+@pytest.mark.parametrize("service", ["orderd\n", "orderd\r", "a" * 63 + "\n", 3])
+def test_instance_service_name_is_matched_whole(service: object) -> None:
+    """``$`` also matches before a final newline: ``"orderd\n"`` was a valid service name
+    (and so a valid MeshServer name)."""
+    with pytest.raises(ConfigError, match=re.escape(repr(service))):
+        Instance(service=service, instance_id="x", host="h", port=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("field", "value", "quoted"), [
+    ("tags", "v2", "'v2'"), ("tags", b"v2", "b'v2'"), ("tags", ("v2", 2), "2"),
+    ("port", True, "True"), ("port", 50051.0, "50051.0"), ("port", "50051", "'50051'"),
+    ("weight", True, "True"), ("weight", 1.5, "1.5"),
+])
+def test_instance_fields_of_the_wrong_type_are_refused(field: str, value: object,
+                                                       quoted: str) -> None:
+    """``tags="v2"`` was stored as the tags ``v`` and ``2`` (no ``Subset(tags=("v2",))``
+    matched it) and ``port=True`` as port 1, where ServeOptions refuses both."""
+    kw: dict[str, Any] = {"service": "s", "instance_id": "x", "host": "h", "port": 1,
+                          field: value}
+    with pytest.raises(ConfigError, match=field) as err:
+        Instance(**kw)
+    assert quoted in str(err.value)
+
+
+def test_instance_tags_take_any_collection_of_strings() -> None:
+    inst = Instance(service="s", instance_id="x", host="h", port=1, tags=["v2", "canary"])
+    assert inst.tags == ("v2", "canary")
 
 
 def test_registry_uri_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
