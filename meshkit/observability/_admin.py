@@ -23,7 +23,7 @@ from meshkit.observability._metrics import default_registry, rpc_metrics
 __all__ = ["AdminOptions", "AdminServer", "Handler"]
 
 _log = structlog.get_logger("meshkit.observability.admin")
-_PATH_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
+_PATH_RE = re.compile(r"/[A-Za-z0-9._~\-/]*")  # fullmatch: ``$`` passes "/x\n"
 _RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
@@ -118,7 +118,7 @@ class AdminServer:
         """
         if self._runner is not None:
             raise RuntimeError("add routes before start()")
-        if not isinstance(path, str) or not _PATH_RE.match(path) or path in _RESERVED:
+        if not isinstance(path, str) or not _PATH_RE.fullmatch(path) or path in _RESERVED:
             raise ConfigError(f"path must be a free absolute URL path, got {path!r}")
         if not callable(handler):
             raise ConfigError(f"handler must be an async callable, got {handler!r}")

@@ -96,9 +96,11 @@ def test_admin_options_refuse_bad_values(kwargs: dict[str, object]) -> None:
         AdminOptions(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/", "/debug/dashboard.json", "relative", "/sp ace"])
+@pytest.mark.parametrize("path", ["/metrics", "/", "/debug/dashboard.json", "relative", "/sp ace",
+                                  "/jwks\n", "/metrics\n"])
 def test_add_route_refuses_reserved_or_bad_paths(path: str) -> None:
-    """Built-in and malformed paths are refused by add_route."""
+    """Built-in and malformed paths are refused by add_route (a final newline too: ``$``
+    also matches before one, so ``"/jwks\n"`` was a route no request could reach)."""
 
     async def h(request: web.Request) -> web.Response:
         return web.Response()
