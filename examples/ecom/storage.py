@@ -1043,6 +1043,10 @@ class PostgresStore:
         return user
 
     async def _user_where(self, column: str, value: str) -> UserRecord | None:
+        # PostgreSQL text cannot hold U+0000, so no row has it (SQLite's answer too);
+        # asking would fail the call with a StoreError (Authenticate: INTERNAL)
+        if "\x00" in value:
+            return None
         row = await self._run(
             lambda conn: conn.fetchrow(
                 f"SELECT {_USER_COLUMNS} FROM users WHERE {column} = $1", value

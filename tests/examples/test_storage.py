@@ -37,6 +37,9 @@ async def test_user_roundtrip(store: Store) -> None:
     assert await store.get_user_by_email("ada@example.com") == user
     assert await store.get_user("00000000-0000-4000-8000-000000000000") is None
     assert await store.get_user_by_email("nobody@example.com") is None
+    # U+0000 (PostgreSQL text cannot hold it): no such user there either, not an error
+    assert await store.get_user_by_email("ada\x00@example.com") is None
+    assert await store.get_user("\x00") is None
 
 
 async def test_duplicate_email_rejected(store: Store) -> None:

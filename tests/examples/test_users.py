@@ -137,6 +137,16 @@ async def test_authenticate_missing_fields(stack: Stack) -> None:
     assert err.details() == "email: required; password: required"
 
 
+async def test_authenticate_email_with_nul_is_bad_credentials(any_stack: Stack) -> None:
+    """An email holding U+0000 (which no stored email can: CreateUser refuses control
+    characters, PostgreSQL text cannot hold it) is an unknown email, on PostgreSQL too:
+    UNAUTHENTICATED, not a store failure."""
+    await create(any_stack)
+    err = await rpc_error(any_stack.users.Authenticate(
+        user_pb2.AuthenticateRequest(email="ada\x00@example.com", password=PASSWORD)))
+    assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED, BAD_CREDENTIALS)
+
+
 @pytest.fixture
 async def custom_stack(sqlite_store: Store) -> AsyncIterator[Stack]:
     """A stack whose UserService issues sessions through a custom issuer."""
