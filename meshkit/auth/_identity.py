@@ -43,6 +43,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from meshkit._config import refuse_str
 from meshkit.auth._errors import CertificateError
 from meshkit.errors import ConfigError
 
@@ -262,14 +263,18 @@ class IdentityMatcher:
 
     Args:
         patterns: the patterns; an empty sequence matches nothing.
+        where: the field the patterns come from, named in errors (default
+            ``"patterns"``).
 
     Raises:
-        ConfigError: a pattern is not a non-empty string.
+        ConfigError: ``patterns`` is one string (split into its characters it would hold
+            ``"*"`` and match every identity), or a pattern is not a non-empty string.
     """
 
     __slots__ = ("_any", "_exact", "_patterns", "_regex")
 
-    def __init__(self, patterns: Sequence[str]) -> None:
+    def __init__(self, patterns: Sequence[str], *, where: str = "patterns") -> None:
+        refuse_str(where, patterns)
         self._patterns = tuple(patterns)
         exact: set[str] = set()
         wild: list[str] = []

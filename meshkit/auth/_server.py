@@ -75,6 +75,10 @@ class PeerIdentityInterceptor(WrappingInterceptor):
     client certificate, zero or several SPIFFE URIs, a SPIFFE ID that is no workload, a
     chain the CA's constraints forbid), ``PERMISSION_DENIED`` for a foreign trust domain
     or a peer not in ``allowed_peers``.
+
+    Raises:
+        ConfigError: ``allowed_peers`` or ``exempt_methods`` given as one string (as
+            ``TLSOptions.allowed_peers``), or a bad pattern.
     """
 
     def __init__(self, trust_domain: str, allowed_peers: tuple[str, ...] = (), *,
@@ -82,7 +86,8 @@ class PeerIdentityInterceptor(WrappingInterceptor):
                  verifier: PeerVerifier | None = None) -> None:
         super().__init__()
         self.trust_domain = trust_domain
-        self._allowed = IdentityMatcher(allowed_peers) if allowed_peers else None
+        self._allowed = (IdentityMatcher(allowed_peers, where="allowed_peers")
+                         if allowed_peers else None)
         self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
         self.verifier = verifier if verifier is not None else default_peer_verifier()
 

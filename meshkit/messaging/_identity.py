@@ -156,8 +156,8 @@ class MessageVerifier:
         clock: wall clock, Unix seconds (default ``time.time``).
 
     Raises:
-        ConfigError: bad ``max_entries`` or pattern; CertificateError: ``ca_pem`` has no
-            certificate.
+        ConfigError: bad ``max_entries`` or pattern, or ``allowed_publishers`` given as
+            one string; CertificateError: ``ca_pem`` has no certificate.
     """
 
     __slots__ = ("_allowed", "_cache", "_clock", "_max", "_verifier")
@@ -167,7 +167,8 @@ class MessageVerifier:
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
         self._verifier = PeerVerifier(ca_pem, clock=clock)
-        self._allowed = IdentityMatcher(allowed_publishers) if allowed_publishers else None
+        self._allowed = (IdentityMatcher(allowed_publishers, where="allowed_publishers")
+                         if allowed_publishers else None)
         self._cache: dict[str, _Known] = {}
         self._max = max_entries
         self._clock = clock

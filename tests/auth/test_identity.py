@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from meshkit.auth import IdentityMatcher, SpiffeId, identity_dns_name, workload_id
+from meshkit.auth import (
+    IdentityMatcher,
+    PeerIdentityInterceptor,
+    SpiffeId,
+    identity_dns_name,
+    workload_id,
+)
 from meshkit.auth._identity import (
     peer_from_identities,
     validate_service_label,
@@ -112,6 +118,16 @@ def test_peer_from_identities_refuses_non_workload_ids() -> None:
     assert peer_from_identities([b"spiffe://td/svc/orderd/extra"]) is None
     assert peer_from_identities([b"spiffe://td/svc/Orderd"]) is None
     assert peer_from_identities([b"spiffe://td"]) is None
+
+
+def test_matcher_refuses_one_string() -> None:
+    """A string is not split into one-character patterns (``"*"`` among them matched
+    every identity): refused, naming the field (PeerIdentityInterceptor.allowed_peers)."""
+    with pytest.raises(ConfigError, match=r"patterns.*'spiffe://td/svc/order\*'"):
+        IdentityMatcher("spiffe://td/svc/order*")
+    with pytest.raises(ConfigError, match=r"allowed_peers.*'spiffe://td/svc/order\*'"):
+        PeerIdentityInterceptor("td", "spiffe://td/svc/order*")  # type: ignore[arg-type]
+    assert IdentityMatcher(("spiffe://td/svc/order*",)).matches("spiffe://td/svc/orderd")
 
 
 def test_matcher_star_does_not_cross_slash() -> None:

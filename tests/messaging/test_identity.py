@@ -53,6 +53,15 @@ def test_allowed_publishers(workloads: Workloads) -> None:
                  payload=b"{}")
 
 
+def test_allowed_publishers_as_one_string_is_refused(workloads: Workloads) -> None:
+    """One string was split into one-character patterns, ``"*"`` among them: every
+    verified workload (``userd`` here) was admitted. Refused as ``TLSOptions`` does."""
+    pattern = "spiffe://meshkit.test/svc/order*"
+    with pytest.raises(ConfigError, match="allowed_publishers") as err:
+        MessageVerifier(workloads.ca_pem, allowed_publishers=pattern)  # type: ignore[arg-type]
+    assert repr(pattern) in str(err.value)
+
+
 def test_signer_refuses_a_key_of_another_certificate(workloads: Workloads) -> None:
     """A key that does not match the certificate fails at construction."""
     with pytest.raises(ConfigError, match="does not belong"):
