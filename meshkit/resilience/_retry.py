@@ -118,8 +118,9 @@ class RetryPolicy:
     Raises:
         ConfigError: a value out of range or of the wrong type (``True`` for a number, a
             string for ``retryable_codes``, a status name or number instead of a
-            ``grpc.StatusCode``), or an ``idempotency_metadata_key`` that is not a lowercase
-            text-metadata key (quoted).
+            ``grpc.StatusCode``, a number of seconds for ``backoff``), or an
+            ``idempotency_metadata_key`` that is not a lowercase text-metadata key
+            (quoted).
     """
 
     max_attempts: int = 3
@@ -133,6 +134,8 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         check_int("max_attempts", self.max_attempts)
+        if not isinstance(self.backoff, Backoff):
+            raise ConfigError(f"backoff must be a Backoff, got {self.backoff!r}")
         object.__setattr__(self, "retryable_codes",
                            check_status_codes("retryable_codes", self.retryable_codes))
         if grpc.StatusCode.OK in self.retryable_codes:
@@ -159,7 +162,9 @@ class RetryOptions:
         budget: :class:`BudgetOptions` (Finagle defaults: 20 %, 10/s, 10 s window).
 
     Raises:
-        ConfigError: a bad pattern or policy.
+        ConfigError: a bad pattern or policy: ``default`` or a value of ``methods`` that
+            is neither a :class:`RetryPolicy` nor ``None``, a ``budget`` that is no
+            :class:`BudgetOptions` (quoted).
     """
 
     default: RetryPolicy | None = field(default_factory=RetryPolicy)
@@ -168,6 +173,14 @@ class RetryOptions:
 
     def __post_init__(self) -> None:
         MethodMatcher(self.methods, self.default, where="RetryOptions.methods")  # validates now
+        if self.default is not None and not isinstance(self.default, RetryPolicy):
+            raise ConfigError(f"default must be a RetryPolicy or None, got {self.default!r}")
+        for pattern, policy in self.methods.items():
+            if policy is not None and not isinstance(policy, RetryPolicy):
+                raise ConfigError(f"methods[{pattern!r}] must be a RetryPolicy or None, "
+                                  f"got {policy!r}")
+        if not isinstance(self.budget, BudgetOptions):
+            raise ConfigError(f"budget must be a BudgetOptions, got {self.budget!r}")
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -134,6 +135,23 @@ def test_retry_policy_bad_values() -> None:
         RetryPolicy(idempotent=True, hedge_delay_s=-0.1)
     with pytest.raises(ConfigError, match="''"):
         RetryOptions(methods={"": RetryPolicy()})
+
+
+@pytest.mark.parametrize(("build", "quoted"), [
+    pytest.param(lambda: RetryPolicy(backoff=0.1), "0.1", id="RetryPolicy.backoff"),
+    pytest.param(lambda: RetryOptions(methods={"OrderService/PlaceOrder": 3}), "3",
+                 id="RetryOptions.methods"),
+    pytest.param(lambda: RetryOptions(default="UNAVAILABLE"), "'UNAVAILABLE'",
+                 id="RetryOptions.default"),
+    pytest.param(lambda: RetryOptions(budget=0.2), "0.2", id="RetryOptions.budget"),
+])
+def test_retry_options_of_the_wrong_type_are_refused(build: Callable[[], object],
+                                                     quoted: str) -> None:
+    """A policy, backoff or budget of the wrong type was accepted and failed with an
+    ``AttributeError`` on the first call that needed it."""
+    with pytest.raises(ConfigError, match=re.escape(quoted)):
+        build()
+    assert RetryOptions(methods={"Svc/M": None}, default=None).default is None
 
 
 # -- P2C / peak EWMA -----------------------------------------------------------------------
