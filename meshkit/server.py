@@ -263,8 +263,7 @@ class ServeOptions:
     expose_exception_text: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
-            raise ConfigError(f"port must be 0..65535, got {self.port!r}")
+        check_int("port", self.port, low=0, high=65535)
         if self.tls is not None and self.credentials is not None:
             raise ConfigError("give tls or credentials, not both")
         if self.insecure and (self.tls is not None or self.credentials is not None):
@@ -453,6 +452,7 @@ class MeshServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None  # drain()'s work, see there
         # start() between binding and returning (or undoing itself): drain() leaves the
         # server to it, see drain()
         self._starting = False
@@ -677,7 +677,9 @@ class MeshServer:
 
     async def drain(self) -> None:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with
-        ``grace_s`` for in-flight calls. Safe to call twice: a second call waits for the
+        ``grace_s`` for in-flight calls. The drain runs to its end even when this
+        ``drain()`` is cancelled (e.g. by ``wait_for``), so the server never stays
+        deregistered but serving. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
         or its :meth:`start` failed and was undone). Called while :meth:`start` runs, it
         makes that start stop and undo itself (see there) and returns once it has."""
@@ -692,6 +694,13 @@ class MeshServer:
         if server is None:
             return
         self.draining = True
+        self._drain_task = asyncio.get_running_loop().create_task(
+            self._drain(server), name=f"meshkit-drain-{self.service}")
+        await asyncio.shield(self._drain_task)
+
+    async def _drain(self, server: grpc.aio.Server) -> None:
+        """:meth:`drain`'s steps, in a task of their own that its caller's cancellation
+        does not reach."""
         opts = self.options
         _log.info("draining", service=self.service, drain_delay_s=opts.drain_delay_s,
                   grace_s=opts.grace_s)
@@ -763,18 +772,30 @@ class MeshServer:
     ) -> None:
         """Start if needed, serve until one of ``signals`` arrives, then :meth:`drain`.
 
+        The signal handlers are installed first: a signal while the server starts stops
+        the start (undone: nothing stays registered), then this returns.
+
         Cancelled (e.g. the task of a ``TaskGroup`` whose sibling failed), it drains too
         before ``CancelledError`` propagates, so the server does not stay registered and
         serving with no one left to stop it; the drain is shielded: cancelled again, it
         runs to its end in the background.
         """
-        if self._server is None:
-            await self.start()
+        await self._serve_until_signal(signals, None)
+
+    async def _serve_until_signal(self, signals: Sequence[signal.Signals],
+                                  on_started: Callable[[MeshServer], Any] | None) -> None:
+        """:meth:`run_until_signal`, with ``on_started`` run once the server is started;
+        a signal while starting or while ``on_started`` runs cancels them, then drains.
+
+        Raises:
+            Exception: what :meth:`start` or ``on_started`` raised, after the drain.
+        """
         loop = asyncio.get_running_loop()
         got = asyncio.Event()
-        for sig in signals:
-            loop.add_signal_handler(sig, got.set)
         try:
+            for sig in signals:
+                loop.add_signal_handler(sig, got.set)
+            await self._start_up_unless(got, on_started)
             waiter = asyncio.ensure_future(got.wait())
             stopped = asyncio.ensure_future(self._stopped.wait())
             try:
@@ -786,7 +807,35 @@ class MeshServer:
             for sig in signals:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
-            await _drain_shielded(self)
+            await self.drain()  # itself shielded: cancelled, it runs to its end
+
+    async def _start_up_unless(self, got: asyncio.Event,
+                               on_started: Callable[[MeshServer], Any] | None) -> None:
+        """:meth:`start` (if not started) and ``on_started``, in a task cancelled when
+        ``got`` is set first (a signal) or when this is cancelled.
+
+        Raises:
+            Exception: what :meth:`start` or ``on_started`` raised.
+        """
+        async def start_up() -> None:
+            if self._server is None:
+                await self.start()
+            if on_started is not None:
+                result = on_started(self)
+                if asyncio.iscoroutine(result):
+                    await result
+
+        task = asyncio.ensure_future(start_up())
+        waiter = asyncio.ensure_future(got.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()  # a start() cancelled undoes itself
+                await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
 
 
 _UNDO_DEREGISTER_S = 5.0
@@ -802,18 +851,6 @@ async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
         task.cancel()
         raise TimeoutError(f"not done within {timeout_s} s")
     task.result()
-
-
-_DRAINS: set[asyncio.Task[None]] = set()  # shielded drains, referenced until they end
-
-
-async def _drain_shielded(server: MeshServer) -> None:
-    """``await server.drain()``, shielded from cancellation: a caller cancelled while it
-    waits gets ``CancelledError`` and the drain goes on in the background to its end."""
-    task = asyncio.ensure_future(server.drain())
-    _DRAINS.add(task)
-    task.add_done_callback(_DRAINS.discard)
-    await asyncio.shield(task)
 
 
 async def serve(
@@ -833,22 +870,16 @@ async def serve(
         options: :class:`ServeOptions`.
         on_started: called with the :class:`MeshServer` once it is registered (may be async).
 
-    If ``on_started`` raises, or ``serve()`` is cancelled, the server drains (deregisters,
-    stops; shielded from a second cancellation) before the error propagates: no instance
-    stays registered and serving once ``serve()`` has returned or raised.
+    The SIGTERM/SIGINT handlers are installed before the server starts: a signal while
+    it starts or while ``on_started`` runs cancels them, then the server drains and
+    ``serve()`` returns. If ``on_started`` raises, or ``serve()`` is cancelled, the server
+    drains (deregisters, stops; shielded from a second cancellation) before the error
+    propagates: no instance stays registered and serving once ``serve()`` has returned
+    or raised.
 
     Raises:
         ConfigError, RegistryError, RuntimeError: as :class:`MeshServer` documents.
         Exception: what ``on_started`` raised, after the drain.
     """
     server = MeshServer(service, servicers, registry=registry, options=options)
-    await server.start()
-    if on_started is not None:
-        try:
-            result = on_started(server)
-            if asyncio.iscoroutine(result):
-                await result
-        except BaseException:
-            await _drain_shielded(server)
-            raise
-    await server.run_until_signal()
+    await server._serve_until_signal((signal.SIGTERM, signal.SIGINT), on_started)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import threading
 import time
@@ -164,6 +165,8 @@ def test_bad_serve_options_quote_the_value() -> None:
     """Bad server options fail at construction, quoting the value."""
     with pytest.raises(meshkit.ConfigError, match="70000"):
         meshkit.ServeOptions(insecure=True, port=70000)
+    with pytest.raises(meshkit.ConfigError, match=r"port.*True"):  # a bool is not a port
+        meshkit.ServeOptions(insecure=True, port=True)
     with pytest.raises(meshkit.ConfigError, match="-2"):
         meshkit.ServeOptions(insecure=True, grace_s=-2)
     with pytest.raises(meshkit.ConfigError, match="'yes'"):
@@ -911,6 +914,31 @@ async def test_a_cancelled_serve_deregisters_and_stops(registry: LocalRegistry) 
     await asyncio.wait_for(srv.wait_stopped(), 3)
 
 
+async def test_a_cancelled_drain_runs_to_its_end_and_a_later_drain_waits_for_it(
+    registry: LocalRegistry,
+) -> None:
+    """drain() cancelled in its drain delay (e.g. by wait_for): the drain goes on to its
+    end, so the server does not stay deregistered but serving, and a later drain()
+    returns once it has stopped."""
+    srv = meshkit.MeshServer("echo", [add_echo("c2")], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=1.0,
+                                                          grace_s=0.5, admin=None))
+    await srv.start()
+    try:
+        first = asyncio.ensure_future(srv.drain())
+        await asyncio.sleep(0.3)  # inside the drain delay
+        assert srv.draining and not first.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(srv.drain(), 5)
+        assert not srv.live
+        assert await _registered_or_answering(registry, srv) == (False, False)
+    finally:
+        if srv.live and srv._server is not None:
+            await srv._server.stop(0)
+
+
 async def test_two_servers_of_one_service_in_a_process_get_distinct_instance_ids(
     registry: LocalRegistry,
 ) -> None:
@@ -1073,3 +1101,26 @@ async def test_wait_stopped_returns_after_a_failed_start(registry: LocalRegistry
         await asyncio.wait_for(srv.wait_stopped(), 3)
     finally:
         await refusing.close()
+
+
+async def test_a_signal_while_starting_undoes_the_start_and_returns(registry_dir: Path) -> None:
+    """run_until_signal() listens from its first step: a signal while start() registers
+    undoes the start (nothing stays registered or serving) and run_until_signal() returns,
+    where a signal before the handlers were installed would have killed the process."""
+    reg = _SlowRegistry(LocalOptions(path=registry_dir, ttl_s=30.0), delay_s=0.5)
+    srv = meshkit.MeshServer("echo", [add_echo("u1")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=0.2, admin=None))
+    # not the default action (exit) should the signal arrive before run_until_signal's own
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        run = asyncio.ensure_future(srv.run_until_signal((signal.SIGUSR1,)))
+        await asyncio.wait_for(reg.registering.wait(), 5)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await asyncio.wait_for(run, 5)
+        assert await _registered_or_answering(reg, srv) == (False, False)
+        await asyncio.wait_for(srv.wait_stopped(), 3)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        await asyncio.wait_for(srv.drain(), 5)
+        await reg.close()

@@ -123,3 +123,54 @@ async def test_sigterm_drains_exit_zero_without_failing_calls(
         assert await asyncio.wait_for(a.wait(), 10) == 0
         assert failures == 0
         assert [e.key for e in ch.endpoints()] == ["t2"]
+
+
+_SLOW_ANNOUNCE = """
+import asyncio, sys
+import meshkit
+from tests.support.echo import add_echo
+
+async def announce(server):
+    print(f"READY {server.port}", flush=True)
+    await asyncio.sleep(5.0)  # the slow rest of the announcement
+
+async def main():
+    await meshkit.serve(
+        "echo", [add_echo("a1")], registry=meshkit.registry_from_uri(sys.argv[1]),
+        options=meshkit.ServeOptions(insecure=True, instance_id="a1", admin=None,
+                                     drain_delay_s=0.0, grace_s=1.0),
+        on_started=announce)
+    print("DRAINED", flush=True)
+
+meshkit.run(main())
+"""
+
+
+async def test_sigterm_while_on_started_runs_drains_and_exits_zero(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    """SIGTERM once serve() has registered, while its on_started hook still runs (a
+    supervisor stopping a process it just saw ready): the hook is cancelled, the server
+    drains and deregisters, serve() returns and the process exits 0, not killed by the
+    signal's default action."""
+    uri = f"local://{tmp_path}?ttl_s=30&poll_interval_s=0.05"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SLOW_ANNOUNCE, uri, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = b""
+        while not line.startswith(b"READY"):  # log lines may come first
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert line, "process exited before READY"
+        assert [i.instance_id for i in await registry.instances("echo")] == ["a1"]
+        await asyncio.sleep(0.3)  # well inside on_started
+        proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stdout.read(), 10)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert b"DRAINED" in rest
+        assert await registry.instances("echo") == frozenset()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
