@@ -50,7 +50,11 @@ class JWKSServer:
 
     Args:
         keys: the key set; rotations show up on the next request.
-        max_age_s: ``Cache-Control: max-age`` sent to clients (default 300).
+        max_age_s: ``Cache-Control: max-age`` sent to clients, whole seconds (default
+            300; >= 0).
+
+    Raises:
+        ConfigError: ``max_age_s`` is not an integer >= 0 (a float, ``True``; quoted).
 
     Example::
 
@@ -61,8 +65,7 @@ class JWKSServer:
     """
 
     def __init__(self, keys: KeySet, *, max_age_s: int = 300) -> None:
-        if max_age_s < 0:
-            raise ConfigError(f"max_age_s must be >= 0, got {max_age_s!r}")
+        check_int("max_age_s", max_age_s, low=0)  # RFC 9111 §1.2.2: delta-seconds
         self.keys = keys
         self.max_age_s = max_age_s
         self.app = web.Application()
@@ -147,7 +150,8 @@ def _verification_key(jwk: object, algorithms: frozenset[str]) -> VerificationKe
     ops = jwk.get("key_ops")  # RFC 7517 §4.3: "verify" is verifying signatures
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         return None
-    if jwk.get("kty") not in _KEY_TYPES:  # e.g. "oct": no symmetric keys
+    kty = jwk.get("kty")  # a list or an object is unhashable: no `in` on a frozenset
+    if not isinstance(kty, str) or kty not in _KEY_TYPES:  # e.g. "oct": no symmetric keys
         return None
     alg = _algorithm_of(jwk, algorithms)
     if alg is None:

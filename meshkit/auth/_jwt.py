@@ -218,21 +218,21 @@ class KeySet:
         clock: wall clock in epoch seconds (default ``time.time``).
 
     Raises:
-        ConfigError: no keys, duplicate kids, ``keep_previous < 0`` or ``grace_s < 0``
-            (quoted).
+        ConfigError: no keys, a duplicate kid, ``keep_previous`` not an integer >= 0 or
+            ``grace_s`` not a number >= 0 (quoted).
     """
 
     def __init__(self, keys: Sequence[SigningKey], *, keep_previous: int = 1,
                  grace_s: float = 300.0, clock: Clock = time.time) -> None:
         if not keys:
             raise ConfigError("a KeySet needs at least one signing key")
-        if keep_previous < 0:
-            raise ConfigError(f"keep_previous must be >= 0, got {keep_previous!r}")
-        if not grace_s >= 0:
-            raise ConfigError(f"grace_s must be >= 0, got {grace_s!r}")
-        kids = [k.kid for k in keys]
-        if len(set(kids)) != len(kids):
-            raise ConfigError("duplicate kid in KeySet")
+        check_int("keep_previous", keep_previous, low=0)
+        check_number("grace_s", grace_s, finite=False)
+        seen: set[str] = set()
+        for key in keys:
+            if key.kid in seen:
+                raise ConfigError(f"duplicate kid in KeySet: {key.kid!r}")
+            seen.add(key.kid)
         self._keys = tuple(keys)
         self._keep_previous = keep_previous
         self._grace_s = grace_s

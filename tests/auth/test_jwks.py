@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -150,6 +151,15 @@ def test_parse_skips_unusable_keys(keys: KeySet) -> None:
         parse_jwks({"nokeys": 1})
 
 
+@pytest.mark.parametrize("kty", [["EC"], {"EC": True}, 1, None])
+def test_parse_skips_key_whose_kty_is_not_a_string(keys: KeySet, kty: object) -> None:
+    """An unhashable ``kty`` raised TypeError (``in`` a frozenset): the whole document
+    failed, and JWKSClient.refresh raised TypeError, not JWKSError. Only that key is
+    ignored (RFC 7517 §5)."""
+    good = keys.jwks()["keys"][0]
+    assert set(parse_jwks({"keys": [{"kid": "odd", "kty": kty}, good]})) == {good["kid"]}
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -222,6 +232,16 @@ async def test_document_over_max_bytes_refused(
         with pytest.raises(JWKSError, match="exceeds 1024 bytes"):
             await client.refresh()
         assert client.kids == frozenset()
+
+
+@pytest.mark.parametrize("max_age_s", [-1, 1.5, True, "300", math.nan])
+def test_server_max_age_is_whole_seconds(keys: KeySet, max_age_s: object) -> None:
+    """``Cache-Control: max-age`` takes delta-seconds (RFC 9111 §1.2.2): a float (or
+    ``True``) was sent as ``max-age=1.5`` (``True``), which caches ignore; quoted."""
+    with pytest.raises(ConfigError, match="max_age_s") as err:
+        JWKSServer(keys, max_age_s=max_age_s)  # type: ignore[arg-type]
+    assert repr(max_age_s) in str(err.value)
+    assert JWKSServer(keys, max_age_s=0).max_age_s == 0
 
 
 def test_max_document_bytes_validated() -> None:

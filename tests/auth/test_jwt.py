@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -378,6 +379,18 @@ async def test_rotation_keeps_a_key_published_until_its_tokens_expire(
     await refused(verifier, old, "key id unknown")
     with pytest.raises(ConfigError, match="-1"):
         KeySet.generate(grace_s=-1)
+
+
+def test_key_set_refuses_a_duplicate_kid_quoting_it() -> None:
+    """The duplicate kid is named, and counts and seconds of the wrong type are
+    ConfigErrors (``keep_previous="1"`` raised TypeError)."""
+    key = SigningKey.generate()
+    with pytest.raises(ConfigError, match=re.escape(repr(key.kid))):
+        KeySet([key, SigningKey.generate(), key])
+    for kw, quoted in (({"keep_previous": "1"}, "'1'"), ({"keep_previous": True}, "True"),
+                       ({"keep_previous": -1}, "-1"), ({"grace_s": "300"}, "'300'")):
+        with pytest.raises(ConfigError, match=quoted):
+            KeySet([key], **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("ttl_s", "lifetime"), [(0.5, 1), (1.0, 1), (1.2, 2), (299.9, 300)])
