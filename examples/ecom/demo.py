@@ -34,12 +34,15 @@ import meshkit
 from examples.ecom import demo_events, mesh, security
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from meshkit.auth import (
+    AuthError,
+    CertificateError,
     TLSOptions,
     describe_certificate,
     init_ca_dir,
     issue_into_dir,
     load_certificate,
 )
+from meshkit.errors import ConfigError
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor
 from meshkit.observability import (
     JsonLinesSpanExporter,
@@ -539,7 +542,8 @@ async def run(args: argparse.Namespace) -> int:
             verify = await verify_orders(orders, w, args.timeout_s)
             code = report(journal, stack, killed, verify, w, elapsed)
             if not await demo_events.check_projection(registry, dataclasses.replace(
-                    mesh.ORDERS, **sec), orders, w.tokens, args.timeout_s):  # type: ignore[arg-type]
+                    mesh.ORDERS, **sec), orders, w.tokens, args.timeout_s,  # type: ignore[arg-type]
+                    killed=killed is not None):
                 code = 1
             print_retries({"userd": uch, "orderd": och})
             journal.phase = "probes"
@@ -637,10 +641,30 @@ async def cache_hits(http: Any, url: str) -> str:
 
 
 def make_certificates(cert_dir: Path) -> Path:
-    """A fresh mesh CA and workload certificates for userd, orderd and the demo client."""
-    init_ca_dir(cert_dir, trust_domain=security.TRUST_DOMAIN, ttl_days=1)
-    for name in ("userd", "orderd", "summaryd", security.EDGE):
-        issue_into_dir(cert_dir, name, ttl_h=2, dns=("localhost",), ips=("127.0.0.1",))
+    """A mesh CA in ``cert_dir`` and fresh (2 h) workload certificates for userd, orderd,
+    summaryd and the demo client. A CA already there (an earlier run's ``--workdir``) is
+    kept when it is a readable meshkit CA of the demo's trust domain, with its key, that
+    outlives those certificates; otherwise, with no CA there, a new one (1 day) is made.
+
+    Raises:
+        SystemExit: ``cert_dir`` holds a CA the demo cannot use (unreadable, no key,
+            another trust domain, expiring): the message says why and what to do.
+    """
+    try:
+        if not (cert_dir / "ca.key").exists() and not (cert_dir / "ca.pem").exists():
+            init_ca_dir(cert_dir, trust_domain=security.TRUST_DOMAIN, ttl_days=1)
+        else:
+            uris = describe_certificate(load_certificate(cert_dir / "ca.pem")).uris
+            if f"spiffe://{security.TRUST_DOMAIN}" not in uris:
+                raise CertificateError(f"its CA is not of the trust domain "
+                                       f"{security.TRUST_DOMAIN!r} (URIs {list(uris)})")
+        for name in ("userd", "orderd", "summaryd", security.EDGE):
+            issue_into_dir(cert_dir, name, ttl_h=2, dns=("localhost",), ips=("127.0.0.1",),
+                           overwrite=True)
+    except (AuthError, ConfigError, OSError) as exc:
+        raise SystemExit(f"meshkit demo: cannot use the CA in {cert_dir} (from an earlier "
+                         f"run?): {exc}\nDelete {cert_dir} (a new CA is then made) or pass "
+                         f"another --workdir.") from None
     return cert_dir
 
 
@@ -724,7 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kill", action="store_true", help="do not kill an instance")
     p.add_argument("--keep-running", action="store_true",
                    help="leave the stack up after the workload and print how to call it")
-    p.add_argument("--workdir", default=None, help="directory for registry, databases, logs")
+    p.add_argument("--workdir", default=None,
+                   help="directory for registry, databases, logs (kept; a run there again "
+                        "reuses its CA)")
     p.add_argument("--keep-workdir", action="store_true", help="do not delete the temp workdir")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext instead of mTLS (JWTs are still used)")
