@@ -51,6 +51,10 @@ go-grpc-prometheus; one :class:`~prometheus_client.CollectorRegistry` per proces
 ``target`` (dialed mesh service), ``instance_id``, ``service`` (mesh service), ``state``.
 
 Label set ``RPC`` = ``grpc_type, grpc_service, grpc_method``; ``inst.`` = ``instance_id``.
+A registry counts at most 1,000 server methods under their own names; calls of any
+further one (a catch-all generic handler serves whatever method name a caller sends) are
+counted with ``grpc_service`` and ``grpc_method`` ``other``, as gRFC A66 records generic
+methods, so callers cannot make the series grow without bound.
 
 ============================================  =========  ==============  ==========================
 name                                          type       labels          meaning

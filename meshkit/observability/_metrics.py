@@ -40,6 +40,8 @@ from meshkit.observability._semconv import MethodNames
 
 __all__ = [
     "DURATION_BUCKETS_S",
+    "MAX_SERVER_METHODS",
+    "OTHER_METHOD",
     "BoundClient",
     "BoundServer",
     "MeshCollector",
@@ -59,6 +61,18 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
 well under a millisecond up to multi-second ones."""
 
 _RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+MAX_SERVER_METHODS = 1000
+"""Server methods (``grpc_type``, ``grpc_service``, ``grpc_method`` label sets) counted
+under their own names per registry; calls of any further method are counted under
+:data:`OTHER_METHOD`. A server with a catch-all generic handler serves any method name a
+caller makes up, and each would otherwise be a set of series kept for ever (gRFC A66:
+generic method names are recorded as ``"other"`` so that callers cannot make metrics grow
+without bound)."""
+
+OTHER_METHOD = "other"
+"""The ``grpc_service`` and ``grpc_method`` label of server calls of methods beyond
+:data:`MAX_SERVER_METHODS` (gRFC A66's ``grpc.method="other"``)."""
 
 _DEFAULT = CollectorRegistry(auto_describe=True)
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, RpcMetrics] = (
@@ -295,9 +309,15 @@ class _RpcCollector:
             if side == "server":
                 limited = CounterMetricFamily(*_RPC_DOCS["server_rate_limited"],
                                               labels=["grpc_service", "grpc_method"])
+                # one series per (service, method): the records of one labelled with
+                # several grpc types (OTHER_METHOD's) are summed, from the oldest's time
+                by_method: dict[tuple[str, str], tuple[int, float]] = {}
                 for r in servers:
-                    limited.add_metric([r.labels[1], r.labels[2]], r.rate_limited,
-                                       created=r.created)
+                    key = (r.labels[1], r.labels[2])
+                    n, created = by_method.get(key, (0, r.created))
+                    by_method[key] = (n + r.rate_limited, min(created, r.created))
+                for (service, method), (n, created) in by_method.items():
+                    limited.add_metric([service, method], n, created=created)
                 yield limited
             else:
                 attempts = CounterMetricFamily(*_RPC_DOCS["client_attempts"], labels=lbl)
@@ -341,8 +361,21 @@ class RpcMetrics:
         registry.register(self.mesh)
 
     def bind_server(self, names: MethodNames) -> BoundServer:
-        """The server-side record of one method (the same one for the same labels)."""
-        return self._bind(self.servers, BoundServer, names)
+        """The server-side record of one method (the same one for the same labels); once
+        the registry has :data:`MAX_SERVER_METHODS` records, a method not among them is
+        counted in the record of its ``grpc_type`` labelled :data:`OTHER_METHOD` (the
+        method names a server sees are its callers' choice when a generic handler serves
+        any of them)."""
+        servers = self.servers
+        labels = (names.grpc_type, names.service, names.name)
+        rec = servers.get(labels)
+        if rec is None:
+            if len(servers) >= MAX_SERVER_METHODS:
+                labels = (names.grpc_type, OTHER_METHOD, OTHER_METHOD)
+                rec = servers.get(labels)
+            if rec is None:
+                rec = servers[labels] = BoundServer(labels, self.buckets_s)
+        return rec
 
     def bind_client(self, names: MethodNames) -> BoundClient:
         """The client-side record of one method (the same one for the same labels)."""

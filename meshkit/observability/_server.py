@@ -65,7 +65,6 @@ _perf = time.perf_counter
 _time_ns = time.time_ns
 _internal_log = get_logger("meshkit.observability")
 _SERVER = SpanKind.SERVER
-_MAX_METHODS = 10_000
 # what a cancelled call ends with: its task's CancelledError, or the GeneratorExit that
 # closes a response stream's generator after grpc.aio cancelled the task (see _outcome)
 _CANCELLATIONS = (asyncio.CancelledError, GeneratorExit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import grpc
@@ -299,6 +299,85 @@ async def test_server_streams_the_client_cancels_or_outlive_their_deadline_are_n
         await srv.drain()
     counted = {c: count(c) for c in _CODES}
     assert counted == {"OK": 0, "Canceled": 3, "DeadlineExceeded": 1, "Unknown": 0}, counted
+
+
+def _catch_all() -> grpc.GenericRpcHandler:
+    """A generic handler serving every method name (a proxy, a gateway), as grpc allows."""
+
+    async def answer(request: bytes, context: Any) -> bytes:
+        return b"ok"
+
+    unary = grpc.unary_unary_rpc_method_handler(answer)
+    stream = grpc.unary_stream_rpc_method_handler(_requests_of)
+
+    class CatchAll(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return stream if details.method.endswith("Stream") else unary
+
+    return CatchAll()
+
+
+async def _requests_of(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield request
+
+
+class _Details(NamedTuple):
+    """grpc's HandlerCallDetails, as grpc.aio hands it to a server interceptor."""
+
+    method: str
+    invocation_metadata: tuple[Any, ...]
+
+
+async def test_server_method_labels_are_bounded_for_caller_chosen_method_names(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """A catch-all generic handler serves any method name its callers make up: past
+    MAX_SERVER_METHODS label sets per registry, calls of further methods are counted under
+    grpc_service="other", grpc_method="other" (gRFC A66), so /metrics and the dashboard
+    stay bounded; the methods counted before keep their labels."""
+    from meshkit.observability import TelemetryServerInterceptor
+    from meshkit.observability._dashboard import DashboardFeed
+    from meshkit.observability._metrics import MAX_SERVER_METHODS, OTHER_METHOD, rpc_metrics
+
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    add = (lambda _s, server: server.add_generic_rpc_handlers((_catch_all(),)), None)
+    srv = meshkit.MeshServer("catchall", [add_echo("e1"), add], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
+                                                          grace_s=1.0, telemetry=opts))
+    await srv.start()
+    tel = TelemetryServerInterceptor("catchall", opts)
+    catch_all = _catch_all()
+
+    async def continuation(details: Any) -> Any:
+        return catch_all.service(details)
+
+    extra = 50
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary(method("Unary"))(b"a", timeout=5) == b"e1|a"
+            for i in range(MAX_SERVER_METHODS + extra):  # grpc.aio's per-call lookup
+                handler = await tel.intercept_service(continuation, _Details(f"/evil.S/M{i}", ()))
+                assert handler is not None
+            for name in ("/made.Up/First", "/made.Up/Second"):  # over the network too
+                assert await ch.unary_unary(name)(b"x", timeout=5) == b"ok"
+            assert [m async for m in ch.unary_stream("/made.Up/AStream")(b"s", timeout=5)] \
+                == [b"s"]
+            assert await ch.unary_unary(method("Unary"))(b"b", timeout=5) == b"e1|b"
+    finally:
+        await srv.drain()
+    records = rpc_metrics(prom).servers
+    assert len(records) <= MAX_SERVER_METHODS + 4  # the "other" of each grpc_type
+    got = samples(prom_text(prom))  # parses: one rate_limited series for "other"
+    started = "grpc_server_started_total"
+    assert value(got, started, grpc_service="meshkit.test.Echo", grpc_method="Unary") == 2
+    assert value(got, started, grpc_type="unary", grpc_service=OTHER_METHOD,
+                 grpc_method=OTHER_METHOD) == 2
+    assert value(got, started, grpc_type="server_stream", grpc_service=OTHER_METHOD,
+                 grpc_method=OTHER_METHOD) == 1
+    assert value(got, "meshkit_server_rate_limited_total", grpc_service=OTHER_METHOD,
+                 grpc_method=OTHER_METHOD) == 0
+    assert not any(dict(ls).get("grpc_service") == "made.Up" for _, ls in got)
+    assert len(DashboardFeed(rpc_metrics(prom)).build()["methods"]) == len(records)
 
 
 def prom_text(reg: CollectorRegistry) -> str:
