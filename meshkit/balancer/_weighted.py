@@ -9,8 +9,8 @@ import math
 import random
 from collections.abc import Collection, Sequence
 
+from meshkit._config import check_int
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
-from meshkit.errors import ConfigError
 
 __all__ = ["RingHash", "WeightedRoundRobin"]
 
@@ -153,14 +153,14 @@ class RingHash:
         rng: random source for keyless calls.
 
     Raises:
-        ConfigError: ``replicas_per_weight < 1``.
+        ConfigError: ``replicas_per_weight`` is not an integer >= 1 (NaN, ``True``;
+            quoted).
     """
 
     __slots__ = ("_eps", "_owners", "_points", "_replicas", "_rng")
 
     def __init__(self, replicas_per_weight: int = 100, rng: random.Random | None = None) -> None:
-        if replicas_per_weight < 1:
-            raise ConfigError(f"replicas_per_weight must be >= 1, got {replicas_per_weight!r}")
+        check_int("replicas_per_weight", replicas_per_weight)
         self._replicas = replicas_per_weight
         self._rng = rng or random.Random()
         self._eps: tuple[Endpoint, ...] = ()

@@ -3,6 +3,7 @@ ring hash, outlier ejection, method tables."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter
@@ -441,6 +442,15 @@ def test_ring_hash_affinity_and_minimal_movement() -> None:
     # A failing owner hands its keys to the next endpoint on the ring.
     three[0].state = EndpointState.FAILING
     assert all(owner(k) != "a" for k in keys[:200])
+
+
+@pytest.mark.parametrize("replicas", [0, math.nan, True, 2.5, "100"])
+def test_ring_hash_replicas_per_weight_is_a_count(replicas: object) -> None:
+    """NaN passed ``< 1`` and failed later in ``update()`` (``range(nan)``); ``True`` was
+    one point per unit of weight. Refused at construction, quoted."""
+    with pytest.raises(ConfigError, match="replicas_per_weight") as err:
+        RingHash(replicas)  # type: ignore[arg-type]
+    assert repr(replicas) in str(err.value)
 
 
 # -- outlier ejection ----------------------------------------------------------------------
