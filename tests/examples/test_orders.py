@@ -72,6 +72,7 @@ async def test_place_and_get(stack: Stack, user_id: str) -> None:
         ({"items": [item(sku="")]}, "items[0].sku: required"),
         ({"items": [item(sku="S" * 65)]}, "items[0].sku: must be at most 64 characters, got 65"),
         ({"items": [item(sku="bad sku")]}, "items[0].sku: must match"),
+        ({"items": [item(sku="-SKU")]}, "items[0].sku: must match"),  # first: letter/digit
         ({"currency": ""}, "currency: required"),
         ({"currency": "XYZ"}, "currency: unsupported currency 'XYZ'"),
         ({"currency": "eur"}, "currency: unsupported currency 'eur'"),
