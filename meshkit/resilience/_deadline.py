@@ -30,7 +30,6 @@ import grpc
 
 from meshkit._config import check_number
 from meshkit._handlers import Before, WrappingInterceptor
-from meshkit.errors import ConfigError
 
 __all__ = [
     "MAX_PROPAGATED_S",
@@ -120,12 +119,12 @@ class DeadlineInterceptor(WrappingInterceptor):
             ``DEADLINE_EXCEEDED`` before the handler runs (default 0.0: only expired ones).
 
     Raises:
-        ConfigError: ``min_remaining_s < 0`` (quoted).
+        ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (as
+            :class:`DeadlineOptions`; quoted).
     """
 
     def __init__(self, *, min_remaining_s: float = 0.0) -> None:
-        if not min_remaining_s >= 0:
-            raise ConfigError(f"min_remaining_s must be >= 0, got {min_remaining_s!r}")
+        check_number("min_remaining_s", min_remaining_s)
         super().__init__()
         self._min = min_remaining_s
         self.rejected = 0
@@ -162,7 +161,7 @@ class DeadlineOptions:
             only calls whose deadline already passed).
 
     Raises:
-        ConfigError: ``min_remaining_s < 0`` (quoted).
+        ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (quoted).
     """
 
     min_remaining_s: float = 0.0

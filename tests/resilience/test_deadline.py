@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -11,7 +12,12 @@ import pytest
 
 import meshkit
 from meshkit.discovery import LocalRegistry
-from meshkit.resilience import DeadlineOptions, current_deadline, deadline_scope
+from meshkit.resilience import (
+    DeadlineInterceptor,
+    DeadlineOptions,
+    current_deadline,
+    deadline_scope,
+)
 
 
 def service(name: str, behaviour: Any) -> tuple[Any, None]:
@@ -173,6 +179,17 @@ async def test_default_method_timeouts(registry: LocalRegistry) -> None:
         await srv.drain()
     with pytest.raises(meshkit.ConfigError, match="-1"):
         meshkit.DialOptions(insecure=True, method_timeouts={"x": -1})
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, -1, True, "0.1"])
+def test_interceptor_checks_min_remaining_as_the_options_do(value: object) -> None:
+    """DeadlineInterceptor took ``inf`` (every call refused), ``True`` and a string
+    (``TypeError`` per call) that DeadlineOptions refuses; same check, same message."""
+    for build in (lambda: DeadlineOptions(min_remaining_s=value),  # type: ignore[arg-type]
+                  lambda: DeadlineInterceptor(min_remaining_s=value)):  # type: ignore[arg-type]
+        with pytest.raises(meshkit.ConfigError, match="min_remaining_s") as err:
+            build()
+        assert repr(value) in str(err.value)
 
 
 # -- issue 12 item 7: the longest legal grpc-timeout --------------------------------------
