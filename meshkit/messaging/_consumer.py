@@ -158,7 +158,12 @@ class ConsumerOptions:
             5 empty pulls in a row the consumer checks that its durable still exists
             (see :meth:`Consumer.run_once`).
         verifier: checks the publisher identity; a message that fails is dead-lettered
-            as ``refused`` (default ``None``: no check).
+            as ``refused`` (default ``None``: no check). With a verifier, the consume
+            metrics and the CONSUMER span name of a message whose publisher was not
+            verified carry the consumer's ``filter_subject`` (``>`` without one), not
+            the subject it came on: whoever sends unsigned messages cannot make a series
+            per subject they make up (OpenTelemetry messaging conventions: a destination
+            name not known to be low-cardinality is recorded as its template).
         tracing, metrics, access_log: a CONSUMER span per delivery (child of the
             publisher's), the consume metrics, one ``message`` access-log event per
             delivery (all default ``True``).
@@ -229,6 +234,9 @@ class Consumer:
         self._empty_fetches = 0
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
+        # what the metrics and span name of an unverified publisher's message carry
+        # (messaging.destination.template): the subjects this consumer reads
+        self._template = options.filter_subject or ">"
 
     def consumer_config(self) -> ConsumerConfig:
         """The durable consumer's configuration (explicit ack, ack wait, ``max_deliver``
@@ -362,6 +370,7 @@ class Consumer:
                 attributes={"messaging.system": "nats",
                             "messaging.operation.type": "process",
                             "messaging.destination.name": msg.subject,
+                            "messaging.destination.template": self._template,
                             "messaging.consumer.group.name": o.durable,
                             "messaging.message.id": msg_id,
                             "messaging.message.delivery_count": delivery})
@@ -490,17 +499,24 @@ class Consumer:
                 reason: str) -> None:
         elapsed = time.perf_counter() - started
         subject, durable = msg.subject, self.options.durable
+        # With a verifier, only a verified publisher's subject is a label (and the span's
+        # name): an unsigned sender's subjects are its choice, so its messages are
+        # recorded under the consumer's filter subject (see ConsumerOptions.verifier).
+        label = subject if (publisher is not None or self.options.verifier is None
+                            or subject == self._dead_letter_subject) else self._template
         if self._metrics is not None:
-            self._metrics.consumed.labels(subject, durable, outcome).inc()
+            self._metrics.consumed.labels(label, durable, outcome).inc()
             if delivery > 1:
-                self._metrics.redelivered.labels(subject, durable).inc()
-            self._metrics.handling.labels(subject, durable).observe(elapsed)
+                self._metrics.redelivered.labels(label, durable).inc()
+            self._metrics.handling.labels(label, durable).observe(elapsed)
             sent = headers.get(HDR_SENT_AT_MS)
             if outcome == "ack" and sent and sent.isdigit():
                 lag = time.time() - int(sent) / 1000
-                self._metrics.lag.labels(subject, durable).observe(max(lag, 0.0))
+                self._metrics.lag.labels(label, durable).observe(max(lag, 0.0))
         failed = outcome not in ("ack", "skipped")
         if span is not None:
+            if label != subject:
+                span.update_name(f"process {label}")
             if failed:
                 span.set_status(Status(StatusCode.ERROR, f"{outcome}: {reason}"[:200]))
             span.end()

@@ -20,9 +20,17 @@ served at ``/metrics``; histograms in seconds with the RPC buckets, 100 µs..10 
 ``Nats-Msg-Id``), ``error``. Of a delivery: ``ack``, ``retry`` (nak with backoff),
 ``dead_letter``, ``refused`` (identity check failed: dead-lettered too).
 
+``subject`` of a delivery is the subject it came on, except for a consumer with a verifier
+and a message whose publisher it did not verify (``refused``, or dead-lettered unverified):
+then the consumer's filter subject (``>`` without one), the destination's template in the
+OpenTelemetry messaging conventions, so an unauthenticated sender cannot make a series per
+subject it makes up.
+
 Spans follow the OpenTelemetry messaging conventions: ``send <subject>`` (PRODUCER) and
-``process <subject>`` (CONSUMER), ``messaging.system=nats``,
-``messaging.destination.name``, ``messaging.message.id``; the W3C context and baggage
+``process <subject>`` (CONSUMER; ``process <filter subject>`` for a message whose
+publisher was not verified, as for the metrics), ``messaging.system=nats``,
+``messaging.destination.name``, ``messaging.destination.template`` (CONSUMER: the filter
+subject), ``messaging.message.id``; the W3C context and baggage
 travel in the message headers, so a trace goes request -> outbox -> relay -> consumer.
 Access log: logger ``meshkit.access``, event ``message``, fields ``side`` (``publish`` /
 ``consume``), ``subject``, ``msg_id``, ``outcome``, ``duration_ms``, ``attempts`` (publish)

@@ -222,6 +222,46 @@ async def test_dead_letter_keeps_a_verifiable_publisher_identity(
     assert await _fetch(bus, bus.stream, f"{bus.dlq}2") == []
 
 
+async def test_an_unverified_publishers_subjects_are_recorded_as_the_filter_subject(
+        bus: Bus, prom: CollectorRegistry, workloads: Workloads, tracing: Tracing) -> None:
+    """With a verifier, a message whose publisher is not verified is counted (and its
+    CONSUMER span named) under the consumer's filter subject, the destination's template:
+    an unsigned sender making subjects up under a wildcard filter adds no series; a
+    verified publisher's message keeps its own subject."""
+    n = 30
+    for i in range(n):  # an unsigned sender, making subjects up
+        await bus.js.publish(f"{bus.subject}.{i}", b"x", headers={"Nats-Msg-Id": f"m{i}"})
+    signed = Publisher(bus.js, PublishOptions(registry=prom,
+                                              signer=MessageSigner(*workloads.orderd)))
+    await signed.publish(f"{bus.subject}.placed", b"s", msg_id="s1")
+    handled: list[str] = []
+
+    async def handle(d: Delivery) -> None:
+        handled.append(d.subject)
+
+    template = f"{bus.subject}.>"
+    c = _consumer(bus, handle, prom, filter_subject=template, tracer_provider=tracing.provider,
+                  verifier=MessageVerifier(workloads.ca_pem))
+    done = 0
+    async with asyncio.timeout(9):
+        while done < n + 1:
+            done += await c.run_once()
+    assert handled == [f"{bus.subject}.placed"]
+    labels = {(s.labels["subject"], s.labels["outcome"]) for fam in prom.collect()
+              for s in fam.samples if s.name == "meshkit_messaging_consumed_total"}
+    assert labels == {(template, "refused"), (f"{bus.subject}.placed", "ack")}
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=template, consumer="d1",
+                   outcome="refused") == n
+    assert _sample(prom, "meshkit_messaging_handling_seconds_count", subject=template,
+                   consumer="d1") == n
+    names = [s.name for s in tracing.spans() if s.name.startswith("process ")]
+    assert set(names) == {f"process {bus.subject}.placed", f"process {template}"}
+    assert names.count(f"process {template}") == n
+    proc = next(s for s in tracing.spans() if s.name == f"process {template}")
+    assert proc.attributes["messaging.destination.template"] == template
+    assert proc.attributes["messaging.destination.name"].startswith(f"{bus.subject}.")
+
+
 async def test_consumer_killed_mid_batch_redelivers_unacked(
         bus: Bus, prom: CollectorRegistry) -> None:
     """A consumer that dies mid-batch (connection gone, no acks) leaves the rest to be
