@@ -227,9 +227,18 @@ class EndpointPool:
         await self._changed.wait()
 
     # -- picking -----------------------------------------------------------------------
-    async def pick_slow(self, details: ClientCallDetails) -> tuple[Endpoint, Done]:
+    async def pick_slow(self, details: ClientCallDetails,
+                        picked: tuple[Endpoint, Done] | None = None) -> tuple[Endpoint, Done]:
         """Pick when the fast path could not: wait for the first discovery answer, and
         with ``wait_for_ready`` for a usable endpoint, within the call's deadline.
+
+        A pick of an endpoint still connecting (``picked``, or one made here) is not sent
+        on: the call waits, as gRPC's ``round_robin`` picker queues a call while no
+        subchannel is READY, until that endpoint or another one is READY (then the
+        balancer picks again), and fails as :class:`NoEndpointsError` when every endpoint
+        is failing without ``wait_for_ready``. A call committed to a connecting endpoint
+        would fail with grpc's own "failed to connect" for an endpoint that refuses while
+        another is healthy, or wait out its deadline on it with ``wait_for_ready``.
 
         Raises:
             MeshRpcError: ``CANCELLED`` (the pool is closed, or closed while the call
@@ -238,6 +247,10 @@ class EndpointPool:
                 no fault).
             NoEndpointsError: ``UNAVAILABLE``, naming the service and why.
         """
+        if picked is not None:
+            picked = await self._connected(details, picked)
+            if picked is not None:
+                return picked
         if self.closed:
             raise MeshRpcError(grpc.StatusCode.CANCELLED,
                                f"channel to {self.service!r} is closed")
@@ -271,7 +284,12 @@ class EndpointPool:
                                    f"channel to {self.service!r} is closed")
             picked = self.balancer.pick(details.request_key, details.attempts)
             if picked is not None:
-                return picked
+                if picked[0].state is EndpointState.READY:
+                    return picked
+                picked = await self._connected(details, picked)
+                if picked is not None:
+                    return picked
+                continue  # every endpoint failing (with wait_for_ready): wait below
             if not details.wait_for_ready:
                 if self.endpoints:
                     why = "failing or ejected" if isinstance(
@@ -297,6 +315,59 @@ class EndpointPool:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"deadline exceeded waiting for an endpoint of {self.service!r}",
                     ) from None
+
+    async def _connected(self, details: ClientCallDetails,
+                         picked: tuple[Endpoint, Done]) -> tuple[Endpoint, Done] | None:
+        """Wait, within the call's deadline, until the picked endpoint (still connecting)
+        or another one is READY, picking again on every change of the pool; the READY
+        pick, or ``None`` when the balancer finds no usable endpoint (every one failing)
+        and the call has ``wait_for_ready`` (the caller waits on). An abandoned pick is
+        settled as no outcome (``done(CANCELLED, 0.0)``, as a call never sent).
+
+        Raises:
+            MeshRpcError: ``CANCELLED`` (the pool closed), ``DEADLINE_EXCEEDED`` (the
+                deadline ended the wait).
+            NoEndpointsError: ``UNAVAILABLE``, every endpoint failing, without
+                ``wait_for_ready``.
+        """
+        ready = EndpointState.READY
+        ep, done = picked
+        held: tuple[Endpoint, Done] | None = picked
+        try:
+            while ep.state is not ready:
+                if self.closed:
+                    raise MeshRpcError(grpc.StatusCode.CANCELLED,
+                                       f"channel to {self.service!r} is closed")
+                remaining = details.time_remaining_s()
+                try:
+                    async with asyncio.timeout(remaining):  # (see pick_slow: not wait_for)
+                        await self.changed()
+                except TimeoutError:
+                    raise MeshRpcError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"deadline exceeded waiting for a connection to {self.service!r}",
+                    ) from None
+                if ep.state is ready:
+                    break
+                done(grpc.StatusCode.CANCELLED, 0.0)  # no outcome: picked again below
+                held = None
+                if self.closed:
+                    raise MeshRpcError(grpc.StatusCode.CANCELLED,
+                                       f"channel to {self.service!r} is closed")
+                held = self.balancer.pick(details.request_key, details.attempts)
+                if held is None:
+                    if details.wait_for_ready:
+                        return None
+                    why = "failing or ejected" if isinstance(
+                        self.balancer, EjectingBalancer) else "failing"
+                    raise NoEndpointsError(
+                        self.service, f"all {len(self.endpoints)} endpoints are {why}")
+                ep, done = held
+        except BaseException:
+            if held is not None:
+                done(grpc.StatusCode.CANCELLED, 0.0)
+            raise
+        return ep, done
 
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,

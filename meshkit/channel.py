@@ -108,6 +108,11 @@ _perf = time.perf_counter
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
+_READY = EndpointState.READY
+# what grpc.aio's call objects give as details for a cancel on this side (grpc/aio/_call.py,
+# _interceptor.py: cancel(), and a call garbage collected while running)
+_LOCAL_CANCEL_DETAILS = frozenset({"Locally cancelled by application!",
+                                   "Cancelled upon garbage collection!"})
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _INTERNAL = grpc.StatusCode.INTERNAL
 _MAX_PLAN_KEYS = 1024
@@ -256,7 +261,7 @@ def dial(
             no transport security is configured and ``insecure`` was not asked for.
         RuntimeError: no event loop is running.
     """
-    if not isinstance(service, str) or not _SERVICE_RE.match(service):
+    if not isinstance(service, str) or not _SERVICE_RE.fullmatch(service):
         raise ConfigError(f"service name must match {_SERVICE_RE.pattern}, got {service!r}")
     opts = _with_transport(options or DialOptions(), service)
     owns = registry is None
@@ -527,8 +532,8 @@ class MeshChannel(grpc.aio.Channel):
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
-        if picked is None:
-            picked = await self._pool.pick_slow(details)
+        if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+            picked = await self._pool.pick_slow(details, picked)
         ep, done, call = self._launch(details, picked, request)
         t0 = _perf()
         try:
@@ -578,8 +583,8 @@ class MeshChannel(grpc.aio.Channel):
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
             picked = self._balancer.pick(details.request_key, details.attempts)
-        if picked is None:
-            picked = await self._pool.pick_slow(details)
+        if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+            picked = await self._pool.pick_slow(details, picked)
         ep, done, call = self._launch(details, picked, request)
 
         def finished(c: Any) -> None:
@@ -835,7 +840,10 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
     # endpoint as that slow; failures still carry P2C's overload penalty
     latency = -1.0
     try:
-        local = call.cancelled()  # cancelled here: by its caller, or by the mesh
+        # cancelled here, by its caller or by the mesh: grpc.aio's cancelled() is also true
+        # for a CANCELLED status the endpoint sent, which is its outcome; a cancel on this
+        # side carries grpc.aio's own details
+        local = call.cancelled() and await call.details() in _LOCAL_CANCEL_DETAILS
         code = _CANCELLED if local else await call.code()
     except Exception:
         local, code = False, _UNKNOWN

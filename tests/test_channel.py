@@ -16,7 +16,7 @@ from meshkit.interceptors import ClientCallDetails, ClientInterceptor
 from meshkit.observability import live_channel_stats, live_server_stats
 from tests.conftest import EchoFactory
 from tests.support import grpc_plugin
-from tests.support.echo import method
+from tests.support.echo import SERVICE, method, raw_server
 from tests.support.wait import until
 
 
@@ -352,3 +352,38 @@ async def test_a_call_its_caller_cancels_is_no_failure_of_the_endpoint(
         with pytest.raises(grpc.aio.AioRpcError):
             await s["fail"](b"UNAVAILABLE", timeout=5)
         assert [e.failures for e in ch.stats().endpoints] == [1]
+
+
+async def test_a_stream_its_server_ends_cancelled_is_a_failure_of_the_endpoint(
+    registry: LocalRegistry,
+) -> None:
+    """A ``CANCELLED`` status the endpoint sends is its outcome, for a stream as for a
+    unary call (grpc.aio's ``cancelled()`` is true for it too; only a cancel on this side,
+    with grpc.aio's own details, is no failure)."""
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.CANCELLED, "server gave up")
+        raise AssertionError("unreachable")
+
+    async def server_stream(request: bytes, context: Any) -> Any:
+        yield b"first"
+        await context.abort(grpc.StatusCode.CANCELLED, "server gave up")
+
+    handlers = grpc.method_handlers_generic_handler(SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+    })
+    async with raw_server(handlers) as (_server, port):
+        await registry.register(Instance(service="echo", instance_id="e1",
+                                         host="127.0.0.1", port=port))
+        opts = meshkit.DialOptions(insecure=True, retry=None)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            assert err.value.code() is grpc.StatusCode.CANCELLED
+            assert [(e.calls, e.failures) for e in ch.stats().endpoints] == [(1, 1)]
+            call = ch.unary_stream(method("ServerStream"))(b"x", timeout=5)
+            assert await call.read() == b"first"
+            assert await call.code() is grpc.StatusCode.CANCELLED
+            await until(lambda: [(e.calls, e.failures) for e in ch.stats().endpoints]
+                        == [(2, 2)], what="the stream's outcome reported")

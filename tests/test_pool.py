@@ -558,3 +558,59 @@ async def test_close_ends_a_blocked_stream_writer_with_cancelled(
             writer.cancel()
             await asyncio.wait({writer}, timeout=5)
             await ch.close()
+
+
+class _StartAtFirst:
+    """An rng for RoundRobin whose turn starts at the first endpoint (sorted by id)."""
+
+    def randrange(self, n: int) -> int:
+        return 0
+
+
+async def _first_calls(registry: LocalRegistry, n: int, **call_kw: Any) -> list[Any]:
+    """``n`` fresh channels at once, one Unary call each (round robin's first turn on the
+    refusing ``a-dead``): the answers, or the errors with the channel's state."""
+    opts = meshkit.DialOptions(insecure=True,
+                               balancer=lambda: RoundRobin(rng=_StartAtFirst()))  # type: ignore[arg-type]
+
+    async def one() -> Any:
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            try:
+                return await ch.unary_unary(method("Unary"))(b"x", **call_kw)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name, exc.details(), ch.get_state().name
+
+    return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), 9)
+
+
+@pytest.mark.parametrize("wait_for_ready", [False, True])
+async def test_a_first_call_waits_for_a_connected_endpoint_not_the_one_still_connecting(
+    registry: LocalRegistry, echo_servers: EchoFactory, wait_for_ready: bool,
+) -> None:
+    """On a fresh channel no endpoint is READY yet; a call is not committed to the one the
+    balancer picked while it connects (as gRPC's round_robin queues it): one that refuses
+    connections (port 1) would fail it with grpc's "failed to connect to all addresses"
+    although ``b-good`` is healthy, or (``wait_for_ready``) hold it to its deadline."""
+    await echo_servers("b-good")
+    await registry.register(inst("a-dead", 1))  # nothing listens on port 1
+    results = await _first_calls(registry, 3, timeout=3, wait_for_ready=wait_for_ready)
+    assert results == [b"b-good|x"] * 3
+
+
+async def test_with_every_endpoint_refusing_a_first_call_fails_naming_the_service(
+    registry: LocalRegistry,
+) -> None:
+    """Every endpoint refusing connections: a call fails ``UNAVAILABLE`` naming the
+    service (the README's balanced-channel table), within its deadline, not with grpc's
+    message naming an address; with ``wait_for_ready`` it waits out its deadline."""
+    await registry.register(inst("a-dead", 1))
+    async with meshkit.dial("echo", registry=registry,
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        unary = ch.unary_unary(method("Unary"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(unary(b"x", timeout=5), 8)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "'echo'" in (err.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(unary(b"x", timeout=0.5, wait_for_ready=True), 8)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
