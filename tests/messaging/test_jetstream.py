@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -629,7 +630,9 @@ async def test_one_unpublishable_outbox_event_does_not_delay_the_others(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert max(latencies) < 1.0, latencies
+    # at the error-backoff pace (100 ms doubling to 5 s, full jitter) the median would be
+    # about a second; one round slowed by a loaded machine must not fail the test
+    assert statistics.median(latencies) < 0.5 and max(latencies) < 2.0, latencies
     assert "bad" not in store.sent and relay.event_failures >= 2
     assert relay.published == 5
 
