@@ -61,14 +61,18 @@ class PublishError(MeshError):
 
 def check_nats_name(name: str, value: object) -> None:
     """Check that ``value`` (the field ``name``) is a JetStream stream or consumer name:
-    a non-empty string without spaces, dots or wildcards.
+    a non-empty string of printable characters without spaces, dots, wildcards or path
+    separators (NATS' naming rules: "Spaces, tabs, period (.), greater than (>) or
+    asterisk (*) are prohibited. Path separators ... are prohibited"; a name is part of
+    the API's subjects and of the server's storage paths).
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted.
     """
-    if not isinstance(value, str) or not value or any(c in value for c in " .*>"):
-        raise ConfigError(f"{name} must be a non-empty NATS name without spaces, "
-                          f"dots or wildcards, got {value!r}")
+    if (not isinstance(value, str) or not value or not value.isprintable()
+            or any(c in value for c in " .*>/\\")):
+        raise ConfigError(f"{name} must be a non-empty NATS name of printable characters "
+                          f"without spaces, dots, wildcards or slashes, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -660,3 +660,18 @@ async def test_relay_once_marks_the_good_events_of_a_batch_with_a_bad_one(
     alone = OutboxRelay(_MemOutbox([bad]), Publisher(bus.js, PublishOptions(registry=prom)))
     with pytest.raises(PublishError, match="all 1 events"):
         await alone.relay_once()
+
+
+@pytest.mark.parametrize("bad", ["ORDERS\n", "ORD\tERS", "a b", "a.b", "a*", "a>", "a/b",
+                                 "a\\b", "", 7])
+def test_stream_and_durable_names_follow_nats_naming_rules(bad: object) -> None:
+    """A stream or durable name with whitespace (a newline or a tab too), a dot, a
+    wildcard or a path separator is a ConfigError quoting it (NATS' naming rules: names
+    are part of the API's subjects and of the server's storage paths)."""
+    with pytest.raises(ConfigError, match="must be a non-empty NATS name") as err:
+        ConsumerOptions(stream=bad, durable="d1")  # type: ignore[arg-type]
+    assert repr(bad) in str(err.value)
+    with pytest.raises(ConfigError, match="must be a non-empty NATS name"):
+        ConsumerOptions(stream="ORDERS", durable=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be a non-empty NATS name"):
+        PublishOptions(stream=bad)  # type: ignore[arg-type]
