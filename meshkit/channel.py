@@ -8,8 +8,9 @@ timeout) is resolved once, when the stub makes its multicallable; then every cal
 
 1. runs the per-call :class:`~meshkit.interceptors.ClientInterceptor` chain
    (``DialOptions.interceptors``; retries, deadlines and tracing live here);
-2. picks an endpoint through the :class:`~meshkit.balancer.Balancer` (round robin by
-   default), skipping endpoints whose connection is failing;
+2. picks an endpoint through the :class:`~meshkit.balancer.Balancer` (P2C over peak
+   EWMA by default), skipping endpoints whose connection is failing; a pick of an
+   endpoint still connecting waits for a READY one (as gRPC's pickers queue a call);
 3. makes the attempt on that endpoint's sub-channel, where the per-attempt
    ``grpc.aio`` interceptors (``DialOptions.attempt_interceptors``) run;
 4. reports the outcome and latency to the balancer through ``done``.
