@@ -660,6 +660,10 @@ class StreamUnaryCall(UnaryResponseCall):
         try:
             # the call's end wakes a writer whose message nobody will take
             await asyncio.wait((put, self._waiter()), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # as grpc.aio's write(): cancelling the task awaiting it cancels the call
+            self.cancel()
+            raise
         finally:
             if not put.done():
                 put.cancel()
@@ -746,17 +750,21 @@ class RetryingStreamCall(MeshCall):
         call: the first attempt, already open.
         delay_for: ``delay_for(error, attempt) -> seconds | None`` (the retry policy).
         attempt: the number of the first attempt (1-based).
+        pause: ``await pause(seconds)`` waits out a delay (default ``asyncio.sleep``; the
+            retry interceptor's returns early when its channel closes).
     """
 
-    __slots__ = ("_delay_for", "_first", "_next", "_open", "_request")
+    __slots__ = ("_delay_for", "_first", "_next", "_open", "_pause", "_request")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]], call: Any,
-                 delay_for: Callable[[AioRpcError, int], float | None], attempt: int) -> None:
+                 delay_for: Callable[[AioRpcError, int], float | None], attempt: int,
+                 pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__(details)
         self._request = request
         self._open = open_
         self._delay_for = delay_for
+        self._pause = pause
         self._first: Any = _NOTHING
         self._next: asyncio.Future[None] | None = None  # set at the next attempt's opening
         self._call = call
@@ -786,7 +794,7 @@ class RetryingStreamCall(MeshCall):
                 if delay is None:
                     self._settle(None, exc)
                     return
-            await asyncio.sleep(delay)
+            await self._pause(delay)
             attempt += 1
             self._call = None
 

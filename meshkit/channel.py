@@ -786,6 +786,8 @@ class MeshChannel(grpc.aio.Channel):
         await asyncio.shield(task)
 
     async def _close(self, grace: float | None) -> None:
+        if self.retry is not None:  # calls waiting out a retry delay: on, to CANCELLED
+            self.retry.close()
         await self._pool.close(grace)
         ended(self)  # its final counters, for /metrics after it is gone
         if self._owns_registry:

@@ -112,10 +112,17 @@ class _SharedAdmin:
     server: AdminServer | None = None
     users = 0
     lock: asyncio.Lock | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # the one the lock and server belong to
 
     @classmethod
     async def acquire(cls, options: AdminOptions) -> AdminServer:
-        cls.lock = cls.lock or asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if cls.loop is not loop:
+            # a new event loop (asyncio.run() again, a test's own loop): an asyncio.Lock
+            # is bound to the loop that first waited on it, and a server left running by
+            # an earlier loop cannot be served from this one
+            cls.loop, cls.lock, cls.server, cls.users = loop, asyncio.Lock(), None, 0
+        assert cls.lock is not None
         async with cls.lock:
             if cls.server is None:
                 server = AdminServer(options)
@@ -127,7 +134,8 @@ class _SharedAdmin:
 
     @classmethod
     async def release(cls) -> None:
-        assert cls.lock is not None
+        if cls.loop is not asyncio.get_running_loop() or cls.lock is None:
+            return  # acquired in an earlier event loop: nothing of this one to stop
         async with cls.lock:
             cls.users -= 1
             if cls.users == 0 and cls.server is not None:

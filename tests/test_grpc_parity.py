@@ -16,6 +16,7 @@ import pytest
 import meshkit
 from meshkit.discovery import Instance, LocalRegistry
 from tests.support.echo import handler, method, raw_server
+from tests.support.wait import until
 
 # default dial options, and without retries (the wrappers they add must change nothing here)
 DIALS = [pytest.param({}, id="default"), pytest.param({"retry": None}, id="retry-None")]
@@ -201,6 +202,35 @@ async def test_a_writer_is_woken_when_the_call_fails(registry: LocalRegistry) ->
             await asyncio.wait_for(write_forever(), 5)
         assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_cancelling_the_task_awaiting_a_write_cancels_the_call(
+        registry: LocalRegistry) -> None:
+    """As grpc.aio's ``write()``: a task awaiting a write held back by flow control that is
+    cancelled (here by ``wait_for``'s timeout) cancels the call, which the server sees,
+    instead of leaving it to run on to its deadline."""
+    seen: list[str] = []
+
+    async def never_reads(requests: Any, context: Any) -> bytes:
+        try:
+            await asyncio.sleep(30)  # the client's writes fill the flow-control window
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return b""
+
+    async with stream_unary_service(registry, "NeverReads", never_reads) as ch:
+        call = ch.stream_unary(method("NeverReads"))(timeout=20)
+        for _ in range(200):
+            try:
+                await asyncio.wait_for(call.write(b"x" * 200_000), 1.0)
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("no write was held back")
+        await until(call.done, timeout_s=3, what="the call ended")
+        assert call.cancelled() and await call.code() is grpc.StatusCode.CANCELLED
+        await until(lambda: "cancelled" in seen, timeout_s=3, what="the server's cancel")
 
 
 async def test_writes_to_an_ended_stream_unary_call(registry: LocalRegistry) -> None:

@@ -1124,3 +1124,32 @@ async def test_a_signal_while_starting_undoes_the_start_and_returns(registry_dir
         signal.signal(signal.SIGUSR1, previous)
         await asyncio.wait_for(srv.drain(), 5)
         await reg.close()
+
+
+def test_servers_starting_together_in_a_later_event_loop_share_a_new_admin_server(
+        tmp_path: Path) -> None:
+    """The process's shared admin server and the lock that guards it belong to one event
+    loop: servers starting together in a later loop (``asyncio.run()`` again, a test's own
+    loop) start and share a new one, instead of failing ``start()`` with "<Lock> is bound
+    to a different event loop"."""
+    async def start_three(tag: str) -> tuple[list[BaseException], set[str]]:
+        reg = LocalRegistry(LocalOptions(path=tmp_path / tag, ttl_s=1.0,
+                                         poll_interval_s=0.05))
+        servers = [meshkit.MeshServer("echo", [add_echo(f"{tag}{i}")], registry=reg,
+                                      options=meshkit.ServeOptions(
+                                          insecure=True, instance_id=f"{tag}{i}",
+                                          drain_delay_s=0.0, grace_s=0.5))
+                   for i in range(3)]
+        try:
+            out = await asyncio.wait_for(asyncio.gather(
+                *(s.start() for s in servers), return_exceptions=True), 8)
+            urls = {s.admin.url for s in servers if s.admin is not None}
+            return [r for r in out if isinstance(r, BaseException)], urls
+        finally:
+            await asyncio.wait_for(asyncio.gather(
+                *(s.drain() for s in servers), return_exceptions=True), 8)
+            await reg.close()
+
+    for tag in ("a", "b"):
+        errors, urls = asyncio.run(start_three(tag))
+        assert errors == [] and len(urls) == 1, (tag, errors, urls)

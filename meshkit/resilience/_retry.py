@@ -211,6 +211,33 @@ class RetryInterceptor(ClientInterceptor):
         self._table: MethodMatcher[RetryPolicy | None] = MethodMatcher(
             self.options.methods, self.options.default, where="RetryOptions.methods")
         self._typical_s: dict[str, float] = {}
+        self._waits: set[asyncio.Future[None]] = set()  # calls waiting out a delay
+        self._closed = False
+
+    def close(self) -> None:
+        """Wake every call waiting out a backoff, pushback or hedge delay, and wait no
+        more from now on: each goes on to its next attempt at once, which the closed
+        channel fails ``CANCELLED``. :meth:`MeshChannel.close` calls it for the
+        interceptor it made from ``DialOptions.retry``, so a call in its backoff ends with
+        the channel, as grpc.aio's ``Channel.close()`` cancels every call."""
+        self._closed = True
+        for waiter in self._waits:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Sleep ``delay_s`` seconds, or until :meth:`close`."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(delay_s, _wake, waiter)
+        self._waits.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waits.discard(waiter)
 
     def budget_left(self) -> float:
         """Retries the budget still allows in its window."""
@@ -250,7 +277,7 @@ class RetryInterceptor(ClientInterceptor):
                     sent += 1
                 # gRFC A6: after a pushback "retry delay will reset to initial backoff"
                 step = 1 if _pushback_s(exc) is not None else step + 1
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 attempt += 1
                 continue
             self._observe(details.method, time.monotonic() - t0)
@@ -283,7 +310,7 @@ class RetryInterceptor(ClientInterceptor):
                 delay = self._retry_delay(details, exc, policy, attempt, safe=False)
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 attempt += 1
         if details.kind is not CallKind.UNARY_STREAM or not (
                 policy.idempotent or _has_key(details, request, policy)):
@@ -300,7 +327,8 @@ class RetryInterceptor(ClientInterceptor):
                 step = 1 if _pushback_s(exc) is not None else step + 1
             return delay
 
-        return RetryingStreamCall(details, request, proceed, call, delay_for, attempt)
+        return RetryingStreamCall(details, request, proceed, call, delay_for, attempt,
+                                  pause=self._pause)
 
     def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
                      attempt: int, safe: bool, step: int | None = None) -> float | None:
@@ -369,7 +397,7 @@ class RetryInterceptor(ClientInterceptor):
                 if not pending:
                     if wait_s is None:
                         break
-                    await asyncio.sleep(wait_s)  # the server's pushback, nothing in flight
+                    await self._pause(wait_s)  # the server's pushback, nothing in flight
                 else:
                     done, pending = await asyncio.wait(pending, timeout=wait_s,
                                                        return_when=asyncio.FIRST_COMPLETED)
@@ -418,6 +446,11 @@ class RetryInterceptor(ClientInterceptor):
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _http_date_delay_s(value: Any) -> float:

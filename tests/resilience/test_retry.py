@@ -16,6 +16,7 @@ from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import method
+from tests.support.wait import until
 
 FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
 
@@ -424,3 +425,41 @@ async def test_retries_and_hedges_carry_grpc_previous_rpc_attempts(
         assert served.count("Fail") == 6
     if attempt_interceptors:
         assert seen.seen == [None, "1", "2"] * 3, seen.seen
+
+
+async def test_close_ends_calls_waiting_out_a_retry_delay(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """``close()`` ends, ``CANCELLED``, calls waiting out a retry delay: a unary call in a
+    server's 4 s pushback and a server stream in a (up to 60 s) backoff, as grpc.aio's
+    ``Channel.close()`` cancels every call, instead of sleeping on past the close."""
+    await echo_servers("e1")
+    policy = RetryPolicy(idempotent=True, max_attempts=5,
+                         backoff=Backoff(base_delay_s=60.0, max_delay_s=60.0))
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+        insecure=True, retry=RetryOptions(default=policy)))
+    await ch.wait_for_endpoints(1)
+    assert ch.retry is not None
+    unary = asyncio.ensure_future(ch.unary_unary(method("Fail"))(b"UNAVAILABLE:4",
+                                                                 timeout=30))
+
+    async def read_stream() -> list[bytes]:
+        return [m async for m in ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0",
+                                                                        timeout=30)]
+
+    stream = asyncio.ensure_future(read_stream())
+    try:
+        await until(lambda: ch.retry is not None and ch.retry.stats.retries >= 2,
+                    what="both calls in a retry delay")
+        await asyncio.wait_for(ch.close(), 3)
+        done, _ = await asyncio.wait({unary, stream}, timeout=2.0)
+        assert done == {unary, stream}, "a call still waited out its delay after close()"
+        for call in (unary, stream):
+            exc = call.exception()
+            assert isinstance(exc, grpc.aio.AioRpcError), exc
+            assert exc.code() is grpc.StatusCode.CANCELLED, exc
+    finally:
+        for call in (unary, stream):
+            call.cancel()
+        await asyncio.wait({unary, stream}, timeout=5)
+        await ch.close()
