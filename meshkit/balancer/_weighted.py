@@ -15,6 +15,7 @@ from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
 __all__ = ["RingHash", "WeightedRoundRobin"]
 
 _FAILING = EndpointState.FAILING
+_READY = EndpointState.READY
 
 
 class WeightedRoundRobin:
@@ -38,7 +39,9 @@ class WeightedRoundRobin:
     so shares stay exact however long a channel runs. A new endpoint's first turn comes
     at a random point of its first interval, so that many clients started together do
     not all send their first calls to the same endpoints (Envoy seeds its scheduler with
-    random picks; :class:`RoundRobin` starts at a random position).
+    random picks; :class:`RoundRobin` starts at a random position). An endpoint still
+    connecting is taken only when no READY one is usable (as :class:`RoundRobin`); its
+    turn passes meanwhile.
 
     Args:
         rng: random source for the first turns (default: a new ``random.Random()``).
@@ -104,9 +107,13 @@ class WeightedRoundRobin:
         heap = self._heap
         chosen = fallback = None
         passed: list[tuple[float, int, Endpoint]] = []
+        idle: list[tuple[float, int, Endpoint]] = []  # still connecting
         while heap:
             entry = heapq.heappop(heap)
             ep = entry[2]
+            if ep.state is _READY and not (exclude and ep in exclude):
+                chosen = entry
+                break
             if ep.state is _FAILING:
                 self._out.append(ep)  # out of the schedule until usable (_rejoin)
             elif exclude and ep in exclude:
@@ -115,13 +122,23 @@ class WeightedRoundRobin:
                 else:
                     passed.append(entry)
             else:
-                chosen = entry
-                break
-        if chosen is None:
-            chosen = fallback
-        elif fallback is not None:
-            passed.append(fallback)
+                idle.append(entry)
         steps, seq = self._steps, self._seq
+        if chosen is not None:
+            # connecting while a READY one was there: due one turn of their own from now
+            # (as a FAILING one rejoins), so no burst of the turns they missed
+            now = chosen[0]
+            for _, _, ep in idle:
+                heapq.heappush(heap, (now + steps[ep.key], seq, ep))
+                seq += 1
+        elif idle:  # none READY: the first connecting one due; the others keep their turn
+            chosen = idle[0]
+            for entry in idle[1:]:
+                heapq.heappush(heap, entry)
+        else:
+            chosen, fallback = fallback, None
+        if fallback is not None:
+            passed.append(fallback)
         for due, _, ep in passed:  # excluded: their turn passes unused
             heapq.heappush(heap, (due + steps[ep.key], seq, ep))
             seq += 1

@@ -390,6 +390,25 @@ def test_wrr_shares_hold_over_many_endpoints_and_skip_failing_ones() -> None:
     assert w.pick() is None
 
 
+def test_wrr_prefers_ready_endpoints_to_connecting_ones() -> None:
+    """An endpoint still connecting is taken only when no READY one is usable (as round
+    robin), its turn passing meanwhile (no burst once READY); with every endpoint
+    connecting, the weights' shares hold."""
+    w = WeightedRoundRobin()
+    endpoints = eps("a", "b", "c", weights={"a": 1, "b": 1, "c": 2})
+    w.update(endpoints)
+    for ep in endpoints:
+        ep.state = EndpointState.IDLE
+    got = Counter(w.pick()[0].key for _ in range(40))  # type: ignore[index]
+    assert got == {"a": 10, "b": 10, "c": 20}
+    endpoints[0].state = EndpointState.READY
+    assert {w.pick()[0].key for _ in range(20)} == {"a"}  # type: ignore[index]
+    for ep in endpoints:
+        ep.state = EndpointState.READY
+    assert Counter(w.pick()[0].key for _ in range(40)) == {  # type: ignore[index]
+        "a": 10, "b": 10, "c": 20}
+
+
 def test_wrr_first_turns_differ_between_clients() -> None:
     """Clients made together do not all send their first calls to the same endpoint: each
     one's endpoints start at random points of their first turn (as RoundRobin starts at a
