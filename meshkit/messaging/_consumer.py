@@ -19,10 +19,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_int, check_number, check_seconds
+from meshkit._config import check_int
 from meshkit.auth import PeerIdentity
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
 from meshkit.messaging._publisher import MSG_ID_HEADER, check_nats_name
+from meshkit.messaging._stream import check_duration_s
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff
@@ -156,7 +157,9 @@ class ConsumerOptions:
         batch_size: messages fetched per pull (default 64, >= 1).
         fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0); after
             5 empty pulls in a row the consumer checks that its durable still exists
-            (see :meth:`Consumer.run_once`).
+            (see :meth:`Consumer.run_once`). It and ``ack_wait_s`` are sent to JetStream
+            as int64 nanoseconds (the pull's ``expires``, the durable's ``AckWait``), so
+            both are at most 9223372036 s, about 292 years (infinity is refused).
         verifier: checks the publisher identity; a message that fails is dead-lettered
             as ``refused`` (default ``None``: no check). With a verifier, the consume
             metrics and the CONSUMER span name of a message whose publisher was not
@@ -197,8 +200,9 @@ class ConsumerOptions:
             check_nats_name(name, value)
         check_int("max_deliveries", self.max_deliveries)
         check_int("batch_size", self.batch_size)
-        check_seconds(self, ("ack_wait_s",))  # sent to JetStream in nanoseconds
-        check_number("fetch_timeout_s", self.fetch_timeout_s, low_open=True, finite=False)
+        # sent to JetStream in int64 nanoseconds (AckWait, a pull's expires)
+        check_duration_s("ack_wait_s", self.ack_wait_s)
+        check_duration_s("fetch_timeout_s", self.fetch_timeout_s)
 
     def dead_letter_for(self) -> str:
         """The dead-letter subject: ``dead_letter_subject`` or ``dlq.<stream>.<durable>``."""

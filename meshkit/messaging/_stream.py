@@ -8,12 +8,30 @@ import nats.js.errors
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.client import JetStreamContext
 
+from meshkit._config import check_number
 from meshkit.errors import ConfigError
 
 __all__ = ["ensure_stream"]
 
 #: JetStream's default duplicate window when the stream keeps messages longer, seconds.
 _DEFAULT_DUPLICATE_WINDOW_S = 120.0
+
+MAX_DURATION_S = (2**63 - 1) // 10**9
+"""The longest duration JetStream takes, whole seconds (9223372036, about 292 years): its
+durations (a stream's ``max_age`` and ``duplicate_window``, a consumer's ``ack_wait``, a
+pull request's ``expires``) are Go ``time.Duration`` values, int64 nanoseconds, which
+nats-py sends as ``int(seconds * 1e9)``. Infinity raises ``OverflowError`` in nats-py and
+a longer one is refused by the server (``cannot unmarshal ... of type time.Duration``)."""
+
+
+def check_duration_s(name: str, value: object) -> None:
+    """Check that ``value`` (the field ``name``) is a number of seconds JetStream can carry:
+    > 0 and at most :data:`MAX_DURATION_S` (so finite).
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted.
+    """
+    check_number(name, value, low=0.0, low_open=True, high=MAX_DURATION_S)
 
 
 async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str], *,
@@ -34,19 +52,22 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
             window longer than ``max_age_s`` (error 10052).
         max_age_s: drop messages older than this, seconds (default ``None``: keep).
 
+    Both are at most 9223372036 s, about 292 years (JetStream's durations are int64
+    nanoseconds); infinity is refused (``None`` is how ``max_age_s`` says "keep").
+
     Raises:
-        ConfigError: no subjects, a window or ``max_age_s`` <= 0, or a window longer
-            than ``max_age_s`` (values quoted); the NATS error if JetStream refuses.
+        ConfigError: no subjects, a window or ``max_age_s`` <= 0, infinite or longer than
+            9223372036 s, or a window longer than ``max_age_s`` (values quoted); the NATS
+            error if JetStream refuses.
     """
     if not subjects:
         raise ConfigError(f"stream {name!r} needs at least one subject")
-    if max_age_s is not None and not max_age_s > 0:
-        raise ConfigError(f"max_age_s must be > 0, got {max_age_s!r}")
+    if max_age_s is not None:
+        check_duration_s("max_age_s", max_age_s)
     if duplicate_window_s is None:
         duplicate_window_s = _DEFAULT_DUPLICATE_WINDOW_S if max_age_s is None \
             else min(_DEFAULT_DUPLICATE_WINDOW_S, max_age_s)
-    if not duplicate_window_s > 0:
-        raise ConfigError(f"duplicate_window_s must be > 0, got {duplicate_window_s!r}")
+    check_duration_s("duplicate_window_s", duplicate_window_s)
     if max_age_s is not None and duplicate_window_s > max_age_s:
         raise ConfigError(f"duplicate_window_s must not exceed max_age_s ({max_age_s!r}), "
                           f"got {duplicate_window_s!r}")

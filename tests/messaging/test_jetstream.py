@@ -87,7 +87,7 @@ async def test_ensure_stream_with_max_age_below_the_default_window(bus: Bus) -> 
     with pytest.raises(ConfigError, match=r"max_age_s \(60\), got 120"):
         await ensure_stream(bus.js, name, [f"{name.lower()}.>"], max_age_s=60,
                             duplicate_window_s=120)
-    with pytest.raises(ConfigError, match="max_age_s must be > 0, got 0"):
+    with pytest.raises(ConfigError, match=r"max_age_s must be in \(0, .*got 0"):
         await ensure_stream(bus.js, name, [f"{name.lower()}.>"], max_age_s=0)
     default = await ensure_stream(bus.js, bus.stream, [f"{bus.subject.split('.')[0]}.>"])
     assert default.config.duplicate_window == 120
@@ -675,3 +675,58 @@ def test_stream_and_durable_names_follow_nats_naming_rules(bad: object) -> None:
         ConsumerOptions(stream="ORDERS", durable=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="must be a non-empty NATS name"):
         PublishOptions(stream=bad)  # type: ignore[arg-type]
+
+
+_MAX_DURATION_S = (2**63 - 1) // 10**9  # JetStream's int64 nanoseconds, in whole seconds
+
+
+@pytest.mark.parametrize("field", ["fetch_timeout_s", "ack_wait_s"])
+@pytest.mark.parametrize("value", [float("inf"), 1e10])
+def test_consumer_durations_past_jetstreams_range_are_refused(field: str,
+                                                              value: float) -> None:
+    """fetch_timeout_s (the pull's ``expires``) and ack_wait_s (``AckWait``) reach
+    JetStream as int64 nanoseconds: ``inf`` made every ``run_once()`` raise
+    ``OverflowError`` in nats-py and 1e10 s was refused by the server (APIError 400), so
+    the consumer never handled a message. Both are a ConfigError quoting the value."""
+    with pytest.raises(ConfigError, match=field) as err:
+        ConsumerOptions(stream="ORDERS", durable="d1", **{field: value})
+    assert repr(value) in str(err.value)
+
+
+async def test_consumer_with_the_longest_durations_consumes(bus: Bus,
+                                                            prom: CollectorRegistry) -> None:
+    """The longest fetch_timeout_s and ack_wait_s the options accept work: the durable is
+    made and a pull returns the waiting message at once."""
+    await bus.js.publish(bus.subject, b"hello", headers={"Nats-Msg-Id": "long-1"})
+    seen: list[bytes] = []
+
+    async def handle(d: Delivery) -> None:
+        seen.append(d.data)
+
+    for batch in (1, 64):
+        c = _consumer(bus, handle, prom, durable=f"long{batch}", batch_size=batch,
+                      fetch_timeout_s=_MAX_DURATION_S, ack_wait_s=_MAX_DURATION_S)
+        assert await asyncio.wait_for(c.run_once(), 8) == 1
+    assert seen == [b"hello", b"hello"]
+
+
+@pytest.mark.parametrize("field", ["max_age_s", "duplicate_window_s"])
+@pytest.mark.parametrize("value", [float("inf"), 1e10])
+async def test_ensure_stream_durations_past_jetstreams_range_are_refused(
+        bus: Bus, field: str, value: float) -> None:
+    """An infinite or too long max_age_s or duplicate_window_s passed the ``> 0`` check
+    and made nats-py raise a raw ``OverflowError`` (or the server refuse it); it is a
+    ConfigError quoting the value, before anything is sent. The longest accepted ones
+    make the stream."""
+    name = f"{bus.stream}LD"
+    with pytest.raises(ConfigError, match=field) as err:
+        await ensure_stream(bus.js, name, [f"{name.lower()}.>"], **{field: value})
+    assert repr(value) in str(err.value)
+    try:
+        info = await ensure_stream(bus.js, name, [f"{name.lower()}.>"],
+                                   max_age_s=_MAX_DURATION_S,
+                                   duplicate_window_s=_MAX_DURATION_S)
+        assert info.config.max_age == info.config.duplicate_window == _MAX_DURATION_S
+    finally:
+        with contextlib.suppress(Exception):
+            await bus.js.delete_stream(name)
