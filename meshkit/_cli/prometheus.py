@@ -54,7 +54,7 @@ def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[st
         port = inst.meta.get("admin_port", "")
         if not port.isdigit():
             continue
-        host = f"[{inst.host}]" if ":" in inst.host else inst.host
+        host = inst.address.rpartition(":")[0]  # an IPv6 host bracketed once, as there
         out.append({"targets": [f"{host}:{port}"],
                     "labels": {"mesh_service": inst.service,
                                "mesh_instance": inst.instance_id,

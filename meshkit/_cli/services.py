@@ -54,7 +54,7 @@ def admin_url(instance: Instance) -> str | None:
     port = instance.meta.get("admin_port", "")
     if not port.isdigit():
         return None
-    host = f"[{instance.host}]" if ":" in instance.host else instance.host
+    host = instance.address.rpartition(":")[0]  # an IPv6 host bracketed once, as there
     return f"http://{host}:{port}"
 
 

@@ -478,3 +478,18 @@ async def test_prometheus_targets_replaces_an_out_file_that_is_not_utf8(
     assert code == 0 and "Traceback" not in err, err
     assert [g["labels"]["mesh_instance"] for g in json.loads(out.read_bytes())] == [
         "greeter-1"]
+
+
+def test_admin_url_and_target_of_an_ipv6_host_have_one_pair_of_brackets() -> None:
+    """An instance whose host is an IPv6 literal, bracketed (what serve() registers for
+    ``ServeOptions(host="[::1]")``) or not, gets one pair of brackets in its admin URL and
+    its Prometheus target (RFC 3986 IP-literal), as in ``Instance.address``."""
+    from meshkit._cli.prometheus import target_groups
+    from meshkit._cli.services import admin_url
+
+    for host in ("[::1]", "::1"):
+        inst = Instance(service="echo", instance_id="e1", host=host, port=5000,
+                        meta={"admin_port": "9100"})
+        assert inst.address == "[::1]:5000"
+        assert admin_url(inst) == "http://[::1]:9100", host
+        assert target_groups([inst], [])[0]["targets"] == ["[::1]:9100"], host
