@@ -124,8 +124,9 @@ def redact_secrets(
     ``(key, value)`` pair collections such as gRPC metadata: lists and tuples of pairs,
     ``grpc.aio.Metadata`` (what ``initial_metadata()``/``trailing_metadata()`` and a
     client interceptor's ``client_call_details.metadata`` are) and any other re-iterable
-    collection of ``(str, value)`` pairs (not a string, bytes or a one-shot iterator, which
-    reading would consume); such a collection is logged as the list of its pairs.
+    collection of ``(key, value)`` pairs (not a string, bytes or a one-shot iterator, which
+    reading would consume); such a collection is logged as the list of its pairs. A key
+    may be ``str`` or ``bytes`` (as gRPC metadata keys may), in dicts as in pairs.
 
     A defence in depth: meshkit never logs metadata values or message bodies itself.
     """
@@ -133,14 +134,20 @@ def redact_secrets(
         if key != "event" and is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, dict):
-            event_dict[key] = {k: REDACTED if isinstance(k, str) and is_sensitive_key(k) else v
-                               for k, v in value.items()}
+            event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
+                               else v for k, v in value.items()}
         elif (isinstance(value, list | tuple) or (
                 not isinstance(value, _NOT_PAIRS) and isinstance(value, Collection))) and (
-                value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
-                              for p in value)):
-            event_dict[key] = [(k, REDACTED if is_sensitive_key(k) else v) for k, v in value]
+                value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(
+                    p[0], str | bytes) for p in value)):
+            event_dict[key] = [(k, REDACTED if _named_secret(k) else v) for k, v in value]
     return event_dict
+
+
+def _named_secret(key: str | bytes) -> bool:
+    """:func:`is_sensitive_key` of a key given as ``str`` or as ``bytes`` (as metadata
+    keys may be; a byte that is not ASCII is read as Latin-1, so never fails)."""
+    return is_sensitive_key(key if isinstance(key, str) else key.decode("latin-1"))
 
 
 # values redact_secrets never reads as pair collections (strings and bytes iterate over

@@ -154,6 +154,18 @@ def test_redact_secrets_masks_grpc_aio_metadata_and_other_pair_collections(
     assert SECRET not in line and "c00kie-value" not in line, line
 
 
+def test_redact_secrets_masks_pairs_whose_keys_are_bytes() -> None:
+    """Metadata may name a key as ``bytes`` (grpc.aio and check_metadata accept
+    ``(b"x-request-id", "1")``): a pair collection holding such a key is still one, and a
+    credential named in bytes is redacted too."""
+    md = [("authorization", "Bearer s3cr3t"), (b"x-request-id", "1"), (b"x-api-key", "k3y")]
+    out = redact_secrets(None, "info", {"event": "calling", "metadata": md,
+                                        "headers": {b"Cookie": "c", b"ok": 1}})
+    assert out["metadata"] == [("authorization", "[REDACTED]"), (b"x-request-id", "1"),
+                               (b"x-api-key", "[REDACTED]")]
+    assert out["headers"] == {b"Cookie": "[REDACTED]", b"ok": 1}
+
+
 def test_configure_logging_validates_level_and_format(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """configure_logging refuses unknown levels and formats, quoting them."""
