@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._config import check_int, check_seconds
+from meshkit._config import check_int, check_number, check_seconds
 from meshkit._handlers import (
     GUARD_MARK,
     UNDECODABLE_MARK,
@@ -62,6 +62,9 @@ _DEALLOCATING_STREAMS_ARG = "grpc.http2.max_deallocating_streams"
 # grpc.health.v1's streaming check, held open by clients for their channel's life
 _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 _DEALLOCATING_STREAMS = 100
+# grpc's channel arguments are C ints: a duration in ms is at most 2**31 - 1 (about 24.8
+# days; grpc.aio.server() raises OverflowError on a larger one), so at most this many s
+_MAX_MS_ARG_S = (2**31 - 1) // 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +176,9 @@ class ServerLimits:
             GOAWAY (default 300.0; ``grpc.max_connection_idle_ms``); clients reconnect on
             their next call. ``None``: never.
 
+    ``keepalive_time_s``, ``keepalive_timeout_s`` and ``max_connection_idle_s`` are at most
+    2147483 s (about 24.8 days): grpc takes them in milliseconds as C ints.
+
     Raises:
         ConfigError: a value is out of range (quoted in the message).
     """
@@ -197,12 +203,16 @@ class ServerLimits:
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
         check_int("max_receive_message_bytes", self.max_receive_message_bytes)
-        # finite: None already means "never", and channel_args() turns them into ms ints
-        for name in ("first_message_timeout_s", "max_connection_idle_s",
-                     "evict_waiting_after_s"):
+        # finite: None already means "never"
+        for name in ("first_message_timeout_s", "evict_waiting_after_s"):
             if getattr(self, name) is not None:
                 check_seconds(self, (name,))
-        check_seconds(self, ("keepalive_time_s", "keepalive_timeout_s"))
+        # channel_args() turns these into grpc's C int milliseconds
+        ms_fields: tuple[str, ...] = ("keepalive_time_s", "keepalive_timeout_s")
+        if self.max_connection_idle_s is not None:
+            ms_fields += ("max_connection_idle_s",)
+        for name in ms_fields:
+            check_number(name, getattr(self, name), low_open=True, high=_MAX_MS_ARG_S)
 
     def grpc_maximum_concurrent_rpcs(self) -> int | None:
         """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``

@@ -598,6 +598,29 @@ def test_bad_server_limits_quote_the_value() -> None:
             ServerLimits(**bad)  # type: ignore[arg-type]
 
 
+_MAX_MS_ARG_S = (2**31 - 1) // 1000  # grpc's channel args are C ints: ms up to 2**31 - 1
+
+
+@pytest.mark.parametrize("field", ["keepalive_time_s", "keepalive_timeout_s",
+                                   "max_connection_idle_s"])
+async def test_server_limits_past_grpcs_millisecond_args_are_refused(
+    echo_servers: EchoFactory, field: str,
+) -> None:
+    """These limits reach grpc as C int milliseconds (at most about 24.8 days): a 30-day
+    one passed the check and made ``MeshServer.start()`` fail with a raw OverflowError
+    from ``grpc.aio.server()``. It is a ConfigError quoting it; the longest accepted value
+    gives a server that starts and serves."""
+    from meshkit.server import ServerLimits
+
+    month = 30 * 86_400.0
+    with pytest.raises(meshkit.ConfigError, match=field) as err:
+        ServerLimits(**{field: month})
+    assert repr(month) in str(err.value)
+    srv = await echo_servers("longest", limits=ServerLimits(**{field: _MAX_MS_ARG_S}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"longest|x"
+
+
 async def test_default_limits_serve_32_concurrent_callers_on_one_connection(
     echo_servers: EchoFactory,
 ) -> None:
