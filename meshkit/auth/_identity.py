@@ -516,7 +516,13 @@ class PeerVerifier:
       DNS name in ``svc.<td>`` but its own identity name ``<service>.svc.<td>`` (another
       workload's, or a wildcard such as ``*.svc.<td>``: see
       :func:`foreign_identity_name`);
-    * and it and its CA are within their validity period at the time of the call.
+    * and it and its CA are within their validity period at the time of the call: from
+      notBefore through notAfter, both inclusive (RFC 5280 §4.1.2.5; expired once the
+      clock is past notAfter, as Go's ``crypto/x509``). grpcio's BoringSSL handshake
+      counts the notAfter second itself as expired (its ``X509_cmp_time`` takes an equal
+      time as past); this check follows RFC 5280 and the handshake decides on its own,
+      so a connection attempted at exactly notAfter is refused by the handshake, not
+      here.
 
     Without a trust bundle (``ca_pem=None``, :func:`default_peer_verifier`) the verifier
     relies on the handshake having verified the chain against the server's roots and
@@ -704,9 +710,9 @@ class PeerVerifier:
             nb, na = leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
             if at < nb:
                 raise _Refused("the certificate is not valid yet", until=nb)
-            if at >= na:
+            if at > na:  # valid through notAfter, inclusive (RFC 5280 §4.1.2.5)
                 raise _Refused("the certificate has expired")
-            until = na
+            until = math.nextafter(na, math.inf)  # cached while now <= notAfter
         if self._anchors is None:
             for cert in chain:
                 if not _self_signed(cert):
@@ -733,9 +739,9 @@ class PeerVerifier:
         if at is not None:
             if at < anchor.not_before:
                 raise _Refused("the CA certificate is not valid yet", until=anchor.not_before)
-            if at >= anchor.not_after:
+            if at > anchor.not_after:
                 raise _Refused("the CA certificate has expired")
-            until = min(until, anchor.not_after)
+            until = min(until, math.nextafter(anchor.not_after, math.inf))
         return identity, until
 
     def _decide(self, key: bytes, leaf_pem: bytes, chain: bytes | None,

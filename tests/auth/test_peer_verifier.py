@@ -196,6 +196,38 @@ def test_validity_period_checked_at_call_time(pki: Pki) -> None:
         v.verify(cert, at=clock.now + 3 * 3600)
 
 
+def test_validity_period_includes_its_not_after_second(pki: Pki) -> None:
+    """RFC 5280 §4.1.2.5: a certificate is valid "from notBefore through notAfter,
+    inclusive". A leaf (and a CA) was refused as expired at the exact second of its
+    notAfter, and a cached identity lapsed there; both hold through it and end past it."""
+    ca_key, ca = ca_of(pki)
+    _k, cert = leaf(ca_key, ca, ttl_h=1)
+    not_after = cert.not_valid_after_utc.timestamp()
+    clock = FakeClock()
+    clock.now = not_after
+    assert verifier_for(pki, clock=clock).identify(auth_context(cert)) is not None
+    v = verifier_for(pki, clock=clock)
+    assert v.verify(cert, at=not_after).service == "orderd"
+    with pytest.raises(CertificateError, match="expired"):
+        v.verify(cert, at=not_after + 1)
+    clock.now = not_after - 10
+    assert v.identify(auth_context(cert)) is not None
+    clock.now = not_after
+    assert v.identify(auth_context(cert)) is not None  # the cached verdict holds
+    clock.now = not_after + 0.001
+    assert v.identify(auth_context(cert)) is None
+    # the CA's notAfter likewise, for a leaf that outlives its CA
+    _k, longer = leaf(ca_key, ca, ttl_h=72)
+    ca_not_after = ca.not_valid_after_utc.timestamp()
+    clock.now = ca_not_after - 10
+    assert v.identify(auth_context(longer)) is not None
+    clock.now = ca_not_after
+    assert v.identify(auth_context(longer)) is not None
+    assert verifier_for(pki, clock=clock).identify(auth_context(longer)) is not None
+    clock.now = ca_not_after + 1
+    assert v.identify(auth_context(longer)) is None
+
+
 def test_cache_is_bounded(pki: Pki) -> None:
     """No more than max_entries verdicts are kept; the oldest go first."""
     ca_key, ca = ca_of(pki)
