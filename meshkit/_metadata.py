@@ -24,7 +24,8 @@ from typing import Any
 
 from meshkit.errors import InvalidMetadataError
 
-__all__ = ["PREVIOUS_ATTEMPTS", "call_metadata", "check_metadata", "with_previous_attempts"]
+__all__ = ["PREVIOUS_ATTEMPTS", "LoggedMetadata", "call_metadata", "check_metadata",
+           "logged_metadata", "with_previous_attempts"]
 
 PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"
 """The request header of a retry or a hedge: how many attempts of the call went before it
@@ -59,6 +60,39 @@ def call_metadata(context: Any) -> Any:
     md = context.invocation_metadata()
     _CALL_MD.set((context, md))
     return md
+
+
+LoggedMetadata = dict[str, str | list[str]]
+"""An access log's ``md``: see :func:`logged_metadata`."""
+
+
+def logged_metadata(metadata: Iterable[tuple[Any, Any]],
+                    keys: tuple[str, ...]) -> LoggedMetadata | None:
+    """The values of ``metadata`` under ``keys`` as an access log's ``md`` (``None`` when
+    there is none): a key the metadata carries once maps to its value, one it carries
+    more than once (metadata is a multimap) to the list of its values, in order. A key or
+    value given as ``bytes`` (text keys and values may be, printable ASCII) is shown as
+    text, a byte outside ASCII escaped (``\\xff``); any other value is left out."""
+    out: LoggedMetadata = {}
+    for key, value in metadata:
+        if type(key) is not str:
+            if not isinstance(key, bytes | str):
+                continue
+            key = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+        if key not in keys:
+            continue
+        if not isinstance(value, str):
+            if not isinstance(value, bytes):
+                continue
+            value = value.decode("ascii", "backslashreplace")
+        had = out.get(key)
+        if had is None:
+            out[key] = value
+        elif isinstance(had, list):
+            had.append(value)
+        else:
+            out[key] = [had, value]
+    return out or None
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 _ASCII_VALUE = re.compile(rb"[\x20-\x7e]*")

@@ -385,3 +385,15 @@ async def test_a_servers_checks_read_a_calls_metadata_once_and_only_that_calls()
     assert a1 is a2 and b1 is b2 and a1 is not b1  # one read per call, each its own
     assert a1 == fresh_a and b1 == fresh_b and fresh_a is not a1  # built anew on a read
     assert ("x-user", "u1") in a1 and ("x-user", "u2") in b1
+
+
+def test_logged_metadata_shows_bytes_as_text_and_every_value_of_a_repeated_key() -> None:
+    """An access log's ``md``: only the named keys; a ``bytes`` key or value as text (a byte
+    outside ASCII escaped); a repeated key as the list of its values, in order."""
+    from meshkit._metadata import logged_metadata
+
+    md = [("x-user", "alice"), (b"x-tenant", b"acme"), ("authorization", "t"),
+          ("x-user", b"b\xffb"), ("x-user", "carol"), ("x-odd", 3)]
+    assert logged_metadata(md, ("x-user", "x-tenant", "x-odd")) == {
+        "x-user": ["alice", "b\\xffb", "carol"], "x-tenant": "acme"}
+    assert logged_metadata(md, ("x-other",)) is None

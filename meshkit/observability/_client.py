@@ -13,6 +13,7 @@ from grpc.aio import AioRpcError
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
+from meshkit._metadata import LoggedMetadata, logged_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.interceptors import (
     CallKind,
@@ -375,8 +376,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
         attempts = details.attempts
         md = None
         if self.options.log_metadata and details.metadata:
-            md = {k: v for k, v in details.metadata
-                  if k in self.options.log_metadata and isinstance(v, str)} or None
+            md = logged_metadata(details.metadata, self.options.log_metadata)
         write_access(False, _CLIENT_ACCESS, (
             m, details.service, attempts[-1].address if attempts else None, len(attempts),
             code, duration_s, md), span_context)
@@ -391,7 +391,7 @@ class _ClientAccess(AccessEvent):
 
     def fields(self, m: _Method, service: str, peer: str | None, attempts: int,
                code: grpc.StatusCode, duration_s: float,
-               md: dict[str, str] | None) -> dict[str, Any]:
+               md: LoggedMetadata | None) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "side": "client", "target": service, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code._name_,

@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from meshkit._handlers import Handler, Reporter, WrappingInterceptor
-from meshkit._metadata import call_metadata
+from meshkit._metadata import LoggedMetadata, call_metadata, logged_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import (
@@ -164,7 +164,7 @@ class _ServerAccess(AccessEvent):
 
     def fields(self, m: _Method, code: grpc.StatusCode,
                duration_s: float, peer: str, identity: str | None,
-               md: dict[str, str] | None) -> dict[str, Any]:
+               md: LoggedMetadata | None) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "side": "server", "service": self.service_name, "method": m.names.full,
             "grpc_type": m.names.grpc_type, "code": code._name_,
@@ -385,14 +385,12 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         return calls is not None and self._deferred == 0 and calls() <= 1
 
     @staticmethod
-    def _md(m: _Method, context: Any) -> dict[str, str] | None:
-        md = {k: v for k, v in call_metadata(context) or ()
-              if k in m.log_md and isinstance(v, str)}
-        return md or None
+    def _md(m: _Method, context: Any) -> LoggedMetadata | None:
+        return logged_metadata(call_metadata(context) or (), m.log_md)
 
     def _complete(self, deferred: bool, m: _Method, span: Any, end_ns: int | None,
                   code: grpc.StatusCode, exc: BaseException | None, duration_s: float,
-                  peer: str, identity: str | None, md: dict[str, str] | None, limited: bool,
+                  peer: str, identity: str | None, md: LoggedMetadata | None, limited: bool,
                   log: bool) -> None:
         """End the span (at ``end_ns``) and write the access-log line (``deferred``: run
         from the loop's next turn, counted in ``_deferred``)."""
@@ -434,7 +432,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
 
     def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
-             identity: str | None, span_context: Any, md: dict[str, str] | None) -> None:
+             identity: str | None, span_context: Any, md: LoggedMetadata | None) -> None:
         write_access(code is not STATUS_OK and code in SERVER_ERROR_CODES, self._access,
                      (m, code, duration_s, peer, identity, md), span_context)
 

@@ -103,6 +103,31 @@ async def test_access_log_can_include_allowed_metadata_only(
     assert SECRET not in json_lines.getvalue()
 
 
+async def test_access_log_metadata_shows_bytes_values_and_every_value_of_a_repeated_key(
+        chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions,
+        json_lines: io.StringIO) -> None:
+    """A log_metadata value the caller passed as bytes (legal for a text key) is in the
+    client's line as in the server's, as text; a key the call carries more than once
+    (metadata is a multimap) is logged as the list of its values, in order."""
+    import dataclasses
+
+    c = await chain(telemetry_opts=dataclasses.replace(
+        telemetry, log_metadata=("x-user", "x-tenant")))
+    await c.client.unary_unary(f"/{FRONT}/Relay")(b"hi", timeout=5, metadata=(
+        ("x-user", "alice"), ("x-tenant", b"acme"), ("x-user", b"bob")))
+
+    def lines(side: str) -> list[dict[str, Any]]:
+        got = [json.loads(x) for x in json_lines.getvalue().splitlines()]
+        return [ln for ln in got if ln["event"] == "rpc" and ln["side"] == side
+                and ln.get("service", ln.get("target")) == "front"]
+
+    await until(lambda: bool(lines("server")) and bool(lines("client")),
+                what="front's access lines")
+    want = {"x-user": ["alice", "bob"], "x-tenant": "acme"}
+    assert lines("server")[0]["md"] == want
+    assert lines("client")[0]["md"] == want
+
+
 @pytest.mark.parametrize("key", ["authorization", "x-api-key", "cookie", "x-auth-token",
                                  "grpc-trace-bin", "X-User"])
 def test_log_metadata_refuses_credentials_and_binary_keys(key: str) -> None:
