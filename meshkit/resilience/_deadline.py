@@ -21,6 +21,7 @@ a ``timeout``.
 from __future__ import annotations
 
 import contextvars
+import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -116,7 +117,8 @@ class DeadlineInterceptor(WrappingInterceptor):
 
     Args:
         min_remaining_s: calls with less time left than this are refused with
-            ``DEADLINE_EXCEEDED`` before the handler runs (default 0.0: only expired ones).
+            ``DEADLINE_EXCEEDED`` before the handler runs; a call with exactly this much
+            left is admitted (default 0.0: only expired ones, which grpc reads as 0 left).
 
     Raises:
         ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (as
@@ -126,7 +128,10 @@ class DeadlineInterceptor(WrappingInterceptor):
     def __init__(self, *, min_remaining_s: float = 0.0) -> None:
         check_number("min_remaining_s", min_remaining_s)
         super().__init__()
-        self._min = min_remaining_s
+        # one comparison per call, `remaining <= _refuse_at`: the largest float below
+        # min_remaining_s (remaining < min_remaining_s), but at least 0, as grpc reads a
+        # passed deadline as 0 left, never less
+        self._refuse_at = max(math.nextafter(min_remaining_s, -math.inf), 0.0)
         self.rejected = 0
 
     def _before_for(self, method: str) -> Before:
@@ -140,7 +145,7 @@ class DeadlineInterceptor(WrappingInterceptor):
         if remaining is None:
             _deadline.set(None)
             return None
-        if remaining <= self._min:
+        if remaining <= self._refuse_at:
             self.rejected += 1
             aborted: Awaitable[None] = context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the handler ran")
@@ -157,8 +162,9 @@ class DeadlineOptions:
     bounds the handler's outgoing mesh calls (:func:`current_deadline`).
 
     Args:
-        min_remaining_s: refuse calls with less time left than this, seconds (default 0.0:
-            only calls whose deadline already passed).
+        min_remaining_s: refuse calls with less time left than this, seconds; a call
+            with exactly this much left is admitted (default 0.0: only calls whose
+            deadline already passed).
 
     Raises:
         ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (quoted).

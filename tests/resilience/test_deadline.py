@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from typing import Any
@@ -190,6 +191,42 @@ def test_interceptor_checks_min_remaining_as_the_options_do(value: object) -> No
         with pytest.raises(meshkit.ConfigError, match="min_remaining_s") as err:
             build()
         assert repr(value) in str(err.value)
+
+
+class _Context:
+    """A server call's context as the admission check reads it: the time left, an abort."""
+
+    def __init__(self, remaining: float) -> None:
+        self.remaining = remaining
+        self.aborted: list[grpc.StatusCode] = []
+
+    def time_remaining(self) -> float:
+        return self.remaining
+
+    def abort(self, code: grpc.StatusCode, details: str) -> Any:
+        self.aborted.append(code)
+        return None
+
+
+@pytest.mark.parametrize(("min_remaining_s", "remaining", "admitted"), [
+    (0.5, 0.5, True),
+    (0.5, 0.4999, False),
+    (0.5, 0.5001, True),
+    (0.0, 0, False),  # a passed deadline reads as 0 left: refused
+    (0.0, 0.001, True),
+])
+def test_admission_refuses_only_less_time_left_than_min_remaining(
+        min_remaining_s: float, remaining: float, admitted: bool) -> None:
+    """The documented rule is "calls with less time left than this are refused": a call
+    with exactly min_remaining_s left was refused too (``<=``). One whose deadline passed
+    (grpc reads it as 0 left, never less) is still refused with the default 0."""
+    interceptor = DeadlineInterceptor(min_remaining_s=min_remaining_s)
+    context = _Context(remaining)
+    # in a context of its own, as each call's task: the admitted call's deadline stays there
+    contextvars.copy_context().run(interceptor._admit, context)  # type: ignore[arg-type]
+    assert (context.aborted == []) is admitted
+    assert interceptor.rejected == (0 if admitted else 1)
+    assert context.aborted in ([], [grpc.StatusCode.DEADLINE_EXCEEDED])
 
 
 # -- issue 12 item 7: the longest legal grpc-timeout --------------------------------------
