@@ -470,3 +470,23 @@ def test_p2c_cancelled_outcome_raises_the_estimate_like_a_peak() -> None:
     sb.pending += 1
     sb.done(CANCELLED, 0.9)
     assert p.load(b) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("start", [-10.0, -1000.0, 0.0])
+def test_ejection_works_whatever_the_clock_reads(start: float) -> None:
+    """An ejection's end was kept as a time with 0.0 meaning "in rotation": with an
+    injected clock at or below -base_ejection_s the ejection's end was <= 0, so the
+    endpoint was never out of rotation (at exactly -base_ejection_s it read as the
+    sentinel itself). Any clock reading now ejects, and the probe comes on time."""
+    clock = Clock()
+    clock.t = start
+    eb = ejector(clock)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    assert {call(eb) for _ in range(4)} == {"b"}
+    assert eb.next_probe_in_s() == pytest.approx(10.0)
+    clock.t += 10
+    assert call(eb) == "a"  # the probe, and it succeeds
+    assert eb.ejected() == []
+    assert {call(eb) for _ in range(4)} == {"a", "b"}

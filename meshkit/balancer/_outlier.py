@@ -121,7 +121,9 @@ class _Health:
         self.address = address  # whose state this is (an instance that moved is new)
         self.consecutive = 0
         self.times = 0
-        self.ejected_until = 0.0  # 0: in rotation; else out until a probe succeeds
+        # None: in rotation; else out until a probe succeeds (None, not a number: an
+        # injected clock may read 0 or below)
+        self.ejected_until: float | None = None
         self.probing = False
         self.window: deque[bool] = deque(maxlen=window)
 
@@ -188,14 +190,15 @@ class EjectingBalancer:
         """When the next pick looks for a probe: the earliest end of an ejection whose
         probe is not out (in the past while a probe waits for its connection)."""
         pending = [h.ejected_until for h in self._health.values()
-                   if h.ejected_until > 0 and not h.probing]
+                   if h.ejected_until is not None and not h.probing]
         self._next_expiry = min(pending, default=float("inf"))
-        self._ejected = tuple(ep for ep in self._all if self._health[ep.key].ejected_until > 0)
+        self._ejected = tuple(ep for ep in self._all
+                              if self._health[ep.key].ejected_until is not None)
 
     def _out(self, key: str) -> bool:
         # out of rotation from its ejection until a probe succeeds (waiting for its time,
         # for its connection, or for its probe's outcome)
-        return self._health[key].ejected_until > 0
+        return self._health[key].ejected_until is not None
 
     def next_probe_in_s(self) -> float | None:
         """Seconds until the next ejected endpoint's time is up and it may be probed
@@ -241,7 +244,8 @@ class EjectingBalancer:
         waiting = False
         for ep in self._ejected:
             h = health[ep.key]
-            if 0 < h.ejected_until <= now and not h.probing:
+            until = h.ejected_until
+            if until is not None and until <= now and not h.probing:
                 if ep.state is _FAILING:
                     waiting = True  # probed once its connection recovers: look again
                     continue
@@ -265,7 +269,7 @@ class EjectingBalancer:
         if code is _OK:
             failed = self._ok_fails
         elif code is _CANCELLED:  # says nothing about the endpoint
-            if probe and h.ejected_until > 0:
+            if probe and h.ejected_until is not None:
                 self._schedule()  # still half-open: the next pick probes it again
                 if self._on_probe_free:
                     self._on_probe_free(ep.key)
@@ -276,7 +280,7 @@ class EjectingBalancer:
             h.consecutive = 0
             h.window.append(False)
             if probe and self._health.get(ep.key) is h:
-                h.ejected_until = 0.0
+                h.ejected_until = None
                 h.times = 0
                 h.window.clear()
                 self._sync()
@@ -289,7 +293,7 @@ class EjectingBalancer:
             opts.failure_rate is not None and len(h.window) == h.window.maxlen
             and sum(h.window) / len(h.window) >= opts.failure_rate
         )
-        if trip and (probe or h.ejected_until == 0.0) and self._health.get(ep.key) is h and (
+        if trip and (probe or h.ejected_until is None) and self._health.get(ep.key) is h and (
                 probe or self._may_eject() or self._broken_beside_healthy(ep, h)):
             h.times += 1
             h.ejected_until = self._clock() + min(opts.max_ejection_s,
@@ -316,7 +320,7 @@ class EjectingBalancer:
 
     def _may_eject(self) -> bool:
         n = len(self._all)
-        out = sum(1 for ep in self._all if self._health[ep.key].ejected_until > 0)
+        out = sum(1 for ep in self._all if self._health[ep.key].ejected_until is not None)
         # at least one may always be, 0 % included (Envoy: "will eject at least one host
         # regardless of the value")
         cap = max(1, int(n * self._opts.max_ejection_percent / 100))
