@@ -124,7 +124,10 @@ class MessageSigner:
 
     def sign(self, headers: dict[str, str], *, msg_id: str, subject: str,
              payload: bytes) -> None:
-        """Add the identity headers for a message to ``headers`` (changed in place)."""
+        """Add the identity headers for a message to ``headers`` (changed in place).
+        ``msg_id`` must be the ``Nats-Msg-Id`` as it travels: nats-py trims header values
+        and turns line breaks into spaces (:meth:`Publisher.publish
+        <meshkit.messaging.Publisher.publish>` refuses an id it would change)."""
         sent = str(int(self._clock() * 1000))
         sig = self._key.sign(_signed_bytes(msg_id, subject, sent, payload), _ECDSA)
         headers[HDR_IDENTITY] = self.identity.spiffe_id

@@ -155,7 +155,10 @@ class Publisher:
         Args:
             subject: the NATS subject.
             payload: the message body.
-            msg_id: the event id, sent as ``Nats-Msg-Id`` (the dedupe key).
+            msg_id: the event id, sent as ``Nats-Msg-Id`` (the dedupe key, signed): a
+                non-empty string of printable characters that neither starts nor ends
+                with a space (nats-py trims header values and turns line breaks into
+                spaces, so another id would travel than the one signed and deduped).
             headers: more headers (copied; the trace and identity headers are added).
             context: the OpenTelemetry context the PRODUCER span is a child of (default
                 the current one), e.g. the one stored with an outbox row.
@@ -164,8 +167,14 @@ class Publisher:
             The ack; ``ack.duplicate`` is true when the stream already had ``msg_id``.
 
         Raises:
-            PublishError: not acked after the attempts the options and budget allow.
+            PublishError: not acked after the attempts the options and budget allow; or
+                ``msg_id`` is not one (quoted), refused before anything is sent.
         """
+        if (not isinstance(msg_id, str) or not msg_id.isprintable() or not msg_id
+                or msg_id[0] == " " or msg_id[-1] == " "):
+            raise PublishError(
+                "msg_id must be a non-empty string of printable characters that neither "
+                f"starts nor ends with a space (NATS would send another id), got {msg_id!r}")
         opts = self.options
         hdrs = dict(headers or {})
         hdrs[MSG_ID_HEADER] = msg_id

@@ -185,6 +185,34 @@ async def test_identity_checked_and_forgery_dead_lettered(
                    consumer="d1") == 1
 
 
+@pytest.mark.parametrize("msg_id", ["order-1 ", " order-1", "order-1\n", "ord\r\ner-1",
+                                    "ord\ter-1", "order-1\u00a0", "", "   "])
+async def test_publish_refuses_an_event_id_nats_would_send_changed(
+        bus: Bus, prom: CollectorRegistry, workloads: Workloads, msg_id: str) -> None:
+    """An event id nats-py would change on the wire (it trims header values and turns line
+    breaks into spaces), or an empty one, is refused before anything is sent, quoting it:
+    sent, the stream would dedupe, and a verifying consumer check the signature, under
+    another id than the one signed, and refuse a genuine event as forged. An id with a
+    space inside travels as it is, signed and verified."""
+    pub = Publisher(bus.js, PublishOptions(registry=prom,
+                                           signer=MessageSigner(*workloads.orderd)))
+    with pytest.raises(PublishError, match="msg_id") as err:
+        await pub.publish(bus.subject, b"x", msg_id=msg_id)
+    assert repr(msg_id) in str(err.value)
+    info = await bus.js.stream_info(bus.stream)
+    assert info.state.messages == 0
+    got: list[str | None] = []
+
+    async def handle(d: Delivery) -> None:
+        got.append(d.publisher.spiffe_id if d.publisher else None)
+
+    await pub.publish(bus.subject, b"x", msg_id="order 1")
+    c = _consumer(bus, handle, prom, filter_subject=bus.subject,
+                  verifier=MessageVerifier(workloads.ca_pem))
+    await until(lambda: c.run_once(), timeout_s=5, what="a batch")  # type: ignore[arg-type,return-value]
+    assert got == ["spiffe://meshkit.test/svc/orderd"]
+
+
 async def test_dead_letter_keeps_a_verifiable_publisher_identity(
         bus: Bus, prom: CollectorRegistry, workloads: Workloads) -> None:
     """A dead letter of a signed event carries the original subject and event id
