@@ -481,8 +481,10 @@ class MeshChannel(grpc.aio.Channel):
 
     # -- attempts ----------------------------------------------------------------------
     def _launch(self, details: ClientCallDetails, picked: tuple[Endpoint, Any],
-                request: Any) -> tuple[Endpoint, Any, Any]:
-        """Start one attempt on the picked endpoint's sub-channel: ``(ep, done, call)``."""
+                request: Any, md: list[tuple[str, Any]]) -> tuple[Endpoint, Any, Any]:
+        """Start one attempt on the picked endpoint's sub-channel: ``(ep, done, call)``.
+        ``md`` is the attempt's metadata as it was when the attempt began: hedges share
+        ``details``, and one waiting for an endpoint must not send a later hedge's."""
         ep, done = picked
         deadline = details.deadline
         timeout = None
@@ -493,7 +495,6 @@ class MeshChannel(grpc.aio.Channel):
                 raise MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         details.attempts.append(ep)
         details.attempt_started_ns.append(time.time_ns())
-        md = details.metadata
         start = details.codec.on(self._conns[ep.key])
         try:
             call = start(
@@ -518,8 +519,9 @@ class MeshChannel(grpc.aio.Channel):
 
     async def _attempt_unary(self, details: ClientCallDetails, request: Any) -> Any:
         # before the pick: a call that cannot be sent is the caller's error, no endpoint's
-        if details.metadata:
-            check_metadata(details.metadata)
+        md = details.metadata
+        if md:
+            check_metadata(md)
         plan = details.codec
         if plan.unary_request:
             # bytes without a serializer go as they are, without wire()'s frame
@@ -535,7 +537,7 @@ class MeshChannel(grpc.aio.Channel):
             picked = self._balancer.pick(details.request_key, details.attempts)
         if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
             picked = await self._pool.pick_slow(details, picked)
-        ep, done, call = self._launch(details, picked, request)
+        ep, done, call = self._launch(details, picked, request, md)
         t0 = _perf()
         try:
             response = await call
@@ -574,8 +576,9 @@ class MeshChannel(grpc.aio.Channel):
         return response
 
     async def _attempt_stream(self, details: ClientCallDetails, request: Any) -> Any:
-        if details.metadata:
-            check_metadata(details.metadata)
+        md = details.metadata
+        if md:
+            check_metadata(md)
         plan = details.codec
         if plan.unary_request:
             request = plan.wire(request)
@@ -586,7 +589,7 @@ class MeshChannel(grpc.aio.Channel):
             picked = self._balancer.pick(details.request_key, details.attempts)
         if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
             picked = await self._pool.pick_slow(details, picked)
-        ep, done, call = self._launch(details, picked, request)
+        ep, done, call = self._launch(details, picked, request, md)
 
         def finished(c: Any) -> None:
             ep.in_flight -= 1

@@ -375,8 +375,8 @@ class RetryInterceptor(ClientInterceptor):
         base_md: list[tuple[str, Any]] = details.metadata
 
         async def attempt(previous: int) -> tuple[Any, Any]:
-            if previous:  # gRFC A6: a hedge says how many attempts went before it (read
-                # by the attempt's launch in this step unless it waits for an endpoint)
+            if previous:  # gRFC A6: a hedge says how many attempts went before it (taken
+                # by the channel's attempt in this step, before any wait for an endpoint)
                 details.metadata = with_previous_attempts(base_md, previous)
             # the answer and the call that gave it, read in the same step: a hedge launched
             # after it would overwrite details.last_call before this loop looks

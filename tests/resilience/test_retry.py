@@ -427,6 +427,25 @@ async def test_retries_and_hedges_carry_grpc_previous_rpc_attempts(
         assert seen.seen == [None, "1", "2"] * 3, seen.seen
 
 
+async def test_hedges_waiting_for_an_endpoint_each_carry_their_own_attempt_count(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """Hedges share the call's details; when they all wait for an endpoint
+    (``wait_for_ready``, none registered yet), each still sends its own
+    ``grpc-previous-rpc-attempts`` (none, 1, 2; gRFC A6), not the last hedge's."""
+    seen = _AttemptHeaders()
+    hedged = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=3)
+    async with meshkit.dial("echo", registry=registry,
+                            options=opts(hedged, attempt_interceptors=(seen,))) as ch:
+        call = asyncio.ensure_future(ch.unary_unary(method("Unary"))(
+            b"hi", timeout=8, wait_for_ready=True))
+        await asyncio.sleep(0.5)  # the first attempt and both hedges wait for an endpoint
+        assert not call.done()
+        await echo_servers("e1", delay_s=0.5)  # slow: every attempt is sent before one wins
+        assert await asyncio.wait_for(call, 9) == b"e1|hi"
+    assert sorted(seen.seen, key=lambda v: v or "") == [None, "1", "2"]
+
+
 async def test_close_ends_calls_waiting_out_a_retry_delay(
     registry: LocalRegistry, echo_servers: EchoFactory,
 ) -> None:
