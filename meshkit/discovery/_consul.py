@@ -76,6 +76,7 @@ import consul
 import consul.aio
 import structlog
 
+from meshkit._config import check_number
 from meshkit.discovery._options import (
     check_seconds,
     env_fields,
@@ -127,6 +128,16 @@ _WATCH_BURST = 2
 #: py-consul hands aiohttp a connection limit only when it is truthy, so aiohttp's "no
 #: limit" (0) cannot be passed through it; a limit no process reaches stands for it.
 _NO_CONNECTION_LIMIT = 2**31 - 1
+
+#: The longest duration Consul parses, whole seconds (about 292 years): it reads ``TTL``,
+#: ``Interval``, ``Timeout`` and ``DeregisterCriticalServiceAfter`` as Go durations, int64
+#: nanoseconds ("The representation limits the largest representable duration to
+#: approximately 290 years", Go ``time.Duration``); a longer one fails
+#: ``time.ParseDuration`` and the agent refuses the registration (400).
+_MAX_GO_DURATION_S = (2**63 - 1) // 10**9
+#: The fields sent to the agent as Go durations (``wait_s`` has its own, lower cap).
+_DURATION_FIELDS = ("check_interval_s", "ttl_s", "deregister_critical_after_s")
+
 
 def _go_duration(seconds: float) -> str:
     """Seconds as a Go duration string Consul parses: ``30.0 -> "30s"``, ``0.25 -> "250ms"``."""
@@ -194,6 +205,9 @@ class ConsulOptions:
             changes up to this late. Queries after an error are spaced by the backoff
             instead. Default 1.0.
 
+    ``check_interval_s``, ``ttl_s`` and ``deregister_critical_after_s`` are at most
+    9223372036 s, about 292 years (Consul reads them as Go durations, int64 nanoseconds).
+
     Raises:
         ConfigError: a value is invalid; the message quotes it (never the token).
 
@@ -227,6 +241,8 @@ class ConsulOptions:
         if self.check not in _CHECK_KINDS:
             raise ConfigError(f"check must be one of {_CHECK_KINDS}, got {self.check!r}")
         check_seconds(self, _FLOAT_FIELDS)
+        for name in _DURATION_FIELDS:
+            check_number(name, getattr(self, name), low_open=True, high=_MAX_GO_DURATION_S)
         if self.wait_s > 600:
             raise ConfigError(f"wait_s must be <= 600 (Consul's limit), got {self.wait_s!r}")
         if self.check == "grpc" and self.check_interval_s >= self.deregister_critical_after_s:

@@ -108,6 +108,10 @@ __all__ = ["EtcdOptions", "EtcdRegistry"]
 _log = structlog.get_logger("meshkit.discovery.etcd")
 
 DEFAULT_PORT = 2379
+#: The longest lease etcd grants, seconds (its ``MaxLeaseTTL``): a grant asking more is
+#: refused with ``etcdserver: too large lease TTL`` (etcd 3.3 upgrade notes: "when the
+#: requested TTL is larger than 9,000,000,000 seconds").
+_MAX_LEASE_TTL_S = 9_000_000_000
 _FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
                  "connect_timeout_s",
                  "backoff_base_s", "backoff_max_s", "fault_grace_s")
@@ -189,7 +193,8 @@ class EtcdOptions:
         prefix: key prefix; an instance is ``<prefix><service>/<instance_id>``. Default
             ``"/meshkit/services/"``; must start and end with ``/``.
         ttl_s: TTL of the registry's lease, whole seconds >= 1 (etcd's unit; etcd raises
-            TTLs below its minimum, 1.5 election timeouts, to that minimum). Default 10.
+            TTLs below its minimum, 1.5 election timeouts, to that minimum) and at most
+            9000000000 (etcd refuses a longer lease: "too large lease TTL"). Default 10.
         keepalive_interval_s: seconds between keep-alives; default ``ttl_s / 3``; must be
             below ``ttl_s``.
         request_timeout_s: time limit of one request to one member (default 2): after it
@@ -250,6 +255,9 @@ class EtcdOptions:
         if not float(self.ttl_s).is_integer() or self.ttl_s < 1:
             raise ConfigError(f"ttl_s must be whole seconds >= 1 (etcd's unit), "
                               f"got {self.ttl_s!r}")
+        if self.ttl_s > _MAX_LEASE_TTL_S:
+            raise ConfigError(f"ttl_s must be <= {_MAX_LEASE_TTL_S} (etcd's longest lease, "
+                              f"MaxLeaseTTL), got {self.ttl_s!r}")
         assert self.keepalive_interval_s is not None
         if self.keepalive_interval_s >= self.ttl_s:
             raise ConfigError(f"keepalive_interval_s must be < ttl_s={self.ttl_s!r}, "

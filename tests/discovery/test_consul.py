@@ -888,6 +888,22 @@ def test_options_validation_quotes_bad_value(kwargs: dict[str, Any], message: st
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["ttl_s", "check_interval_s", "deregister_critical_after_s"])
+def test_durations_past_gos_range_are_refused(field: str) -> None:
+    """The agent reads these as Go durations (int64 nanoseconds, about 292 years at
+    most): 1e10 s was accepted, sent as "10000000000s", and every register() was refused
+    by the agent (time.ParseDuration fails). It is a ConfigError quoting it; the longest
+    Go duration in whole seconds is accepted."""
+    with pytest.raises(ConfigError, match=field) as info:
+        ConsulOptions(**{field: 1e10})
+    assert "10000000000.0" in str(info.value)
+    longest = (2**63 - 1) // 10**9
+    kwargs: dict[str, Any] = {field: longest}
+    if field == "check_interval_s":
+        kwargs["deregister_critical_after_s"] = longest
+    assert getattr(ConsulOptions(**kwargs), field) == longest
+
+
 def test_options_tls_file_rules(tmp_path: Path) -> None:
     """key_file needs cert_file, and a client cert needs verification on."""
     f = tmp_path / "x.pem"

@@ -87,6 +87,19 @@ def test_bad_option_combinations() -> None:
         EtcdOptions(endpoints="http://a:1")  # type: ignore[arg-type]
 
 
+def test_a_lease_longer_than_etcd_grants_is_refused() -> None:
+    """etcd refuses a lease grant above its MaxLeaseTTL, 9000000000 s ("etcdserver: too
+    large lease TTL"): such a ttl_s passed the options and every register() failed. It
+    is a ConfigError quoting it; the longest lease etcd grants is accepted."""
+    for ttl in (9_000_000_001, 1e10):
+        with pytest.raises(ConfigError, match="ttl_s must be <= 9000000000") as err:
+            EtcdOptions(ttl_s=ttl)
+        assert repr(ttl) in str(err.value)
+    with pytest.raises(ConfigError, match="10000000000.0"):
+        EtcdOptions.from_uri("etcd://h:2379?ttl_s=1e10", environ={})
+    assert EtcdOptions(ttl_s=9_000_000_000).ttl_s == 9_000_000_000
+
+
 def test_an_endpoint_without_a_host_is_refused() -> None:
     """``http://`` is no endpoint (not host ``http`` on the default port)."""
     with pytest.raises(ConfigError, match="got 'http://'"):
