@@ -95,7 +95,7 @@ def test_a_lease_longer_than_etcd_grants_is_refused() -> None:
         with pytest.raises(ConfigError, match="ttl_s must be <= 9000000000") as err:
             EtcdOptions(ttl_s=ttl)
         assert repr(ttl) in str(err.value)
-    with pytest.raises(ConfigError, match="10000000000.0"):
+    with pytest.raises(ConfigError, match=r"10000000000\.0"):
         EtcdOptions.from_uri("etcd://h:2379?ttl_s=1e10", environ={})
     assert EtcdOptions(ttl_s=9_000_000_000).ttl_s == 9_000_000_000
 
