@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 
+from meshkit._metadata import check_metadata
+from meshkit.errors import InvalidMetadataError
+
 __all__ = [
     "GUARD_MARK",
     "UNDECODABLE_MARK",
@@ -368,7 +371,10 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` and a
     ``None`` a streaming handler yields are answered too (a :class:`NoResponse`; messages
     written with ``context.write`` are not seen), and a unary response is serialized in
-    the wrap: the handler returned has no response serializer.
+    the wrap: the handler returned has no response serializer. Trailing metadata the
+    handler set that gRPC cannot send (:func:`~meshkit._metadata.check_metadata`'s rules)
+    is answered ``INTERNAL`` naming the key when it returns, and dropped when it raises
+    (see :func:`_unsendable_trailers`); checked only when it set some.
     """
     if before is None and reporter is None and unhandled is None:
         return handler
@@ -461,6 +467,32 @@ def _set_not_ok(context: Any) -> bool:
     return isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK
 
 
+def _unsendable_trailers(context: Any) -> str | None:
+    """The status details for a call whose handler set trailing metadata
+    (``context.set_trailing_metadata``) that gRPC cannot send, naming the key (never the
+    value), the metadata then cleared; ``None`` when it can be sent. Only asked when the
+    handler set some: grpc.aio sends it with the status after the handler returned, when
+    a ``str`` value under a ``-bin`` key makes the send raise (the call is left open
+    until its deadline) and a value that is not printable ASCII makes grpc core refuse it
+    (the caller gets ``INTERNAL``, while the handler's call looked ``OK``)."""
+    try:
+        check_metadata(context.trailing_metadata())
+    except InvalidMetadataError as e:
+        context.set_trailing_metadata(())
+        return f"the handler's trailing {e.details()}"
+    return None
+
+
+def _drop_unsendable_trailers(context: Any) -> None:
+    """Clear trailing metadata gRPC cannot send (see :func:`_unsendable_trailers`) that a
+    handler set before it raised: the answer to its exception, meshkit's or grpc.aio's,
+    goes out with it, and could not be sent either (the call would be left open). A
+    context without trailing metadata (a test's stand-in) is left alone."""
+    trailers = getattr(context, "trailing_metadata", None)
+    if trailers is not None and trailers():
+        _unsendable_trailers(context)
+
+
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
              empty: Unhandled | None, ser: Callable[[Any], bytes] | None,
              guard: tuple[Any, str] | None = None) -> Any:
@@ -478,6 +510,10 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
                 result = await result
+            if context.trailing_metadata():  # rare: what the handler set, checked
+                bad = _unsendable_trailers(context)
+                if bad is not None:
+                    await context.abort(grpc.StatusCode.INTERNAL, bad)
             if result is None:
                 if empty is not None:
                     await empty(NoResponse(), context)  # aborts, unless a status was set
@@ -491,8 +527,10 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                     return b""
                 raise
         except Exception as e:
-            if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
-                await unhandled(e, context)
+            if not isinstance(e, _GRPC_ERRORS):
+                _drop_unsendable_trailers(context)
+                if unhandled is not None:
+                    await unhandled(e, context)
             raise
 
     return behavior
@@ -515,9 +553,15 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                     await unhandled(NoResponse(streaming=True), context)
                     continue  # a status was set: nothing to send
                 yield item
+            if context.trailing_metadata():  # see _checked
+                bad = _unsendable_trailers(context)
+                if bad is not None:
+                    await context.abort(grpc.StatusCode.INTERNAL, bad)
         except Exception as e:
-            if unhandled is not None and not isinstance(e, _GRPC_ERRORS):
-                await unhandled(e, context)
+            if not isinstance(e, _GRPC_ERRORS):
+                _drop_unsendable_trailers(context)
+                if unhandled is not None:
+                    await unhandled(e, context)
             raise
 
     return behavior
@@ -547,6 +591,10 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             result = inner(request, context)
             if awaits or inspect.isawaitable(result):
                 result = await result
+            if context.trailing_metadata():  # see _checked
+                bad = _unsendable_trailers(context)
+                if bad is not None:
+                    await context.abort(grpc.StatusCode.INTERNAL, bad)
             if result is None and empty is not None:
                 await empty(NoResponse(), context)  # aborts, unless a status was set
             elif ser is not None:
@@ -558,9 +606,10 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                     result = b""
         except BaseException as e:
             finish(state, context, e)
-            if (unhandled is not None and isinstance(e, Exception)
-                    and not isinstance(e, _GRPC_ERRORS)):
-                await unhandled(e, context)
+            if isinstance(e, Exception) and not isinstance(e, _GRPC_ERRORS):
+                _drop_unsendable_trailers(context)
+                if unhandled is not None:
+                    await unhandled(e, context)
             raise
         finish(state, context, None)
         return result
@@ -612,11 +661,16 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                         continue
                     messages.msg_sent += 1
                     yield item
+            if context.trailing_metadata():  # see _checked
+                bad = _unsendable_trailers(context)
+                if bad is not None:
+                    await context.abort(grpc.StatusCode.INTERNAL, bad)
         except BaseException as e:
             finish(state, context, e)
-            if (unhandled is not None and isinstance(e, Exception)
-                    and not isinstance(e, _GRPC_ERRORS)):
-                await unhandled(e, context)
+            if isinstance(e, Exception) and not isinstance(e, _GRPC_ERRORS):
+                _drop_unsendable_trailers(context)
+                if unhandled is not None:
+                    await unhandled(e, context)
             raise
         finish(state, context, None)
 

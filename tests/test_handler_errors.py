@@ -6,6 +6,7 @@ server answers ``UNKNOWN`` naming only the exception's type, and logs the whole 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -99,6 +100,36 @@ async def _bidi_yields_none(requests: AsyncIterator[bytes], context: Any) -> Asy
         yield r if r != b"b" else None
 
 
+async def _bin_trailer_text(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-note-bin", _SECRET),))  # str, not bytes
+    return b"ok"
+
+
+async def _non_ascii_trailer(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-note", f"caf\u00e9 {_SECRET}"),))
+    return b"ok"
+
+
+def _sync_bin_trailer_text(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-note-bin", _SECRET),))
+    return b"ok"
+
+
+async def _stream_bin_trailer_text(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"first"
+    context.set_trailing_metadata((("x-note-bin", _SECRET),))
+
+
+async def _raises_with_bin_trailer_text(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-note-bin", _SECRET),))
+    raise _Boom("after setting trailers")
+
+
+async def _good_trailers(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-note", "fine"), ("x-note-bin", b"\xff")))
+    return b"ok"
+
+
 def _refusing_serializer(message: Any) -> bytes:
     raise ValueError(f"cannot encode {_SECRET}")
 
@@ -129,6 +160,14 @@ def _add(_servicer: Any, server: Any) -> None:
         "StreamNoneProto": grpc.unary_stream_rpc_method_handler(
             _yields_none, response_serializer=_proto_or_bytes),
         "BidiNone": grpc.stream_stream_rpc_method_handler(_bidi_yields_none),
+        "BinTrailerText": grpc.unary_unary_rpc_method_handler(_bin_trailer_text),
+        "NonAsciiTrailer": grpc.unary_unary_rpc_method_handler(_non_ascii_trailer),
+        "SyncBinTrailerText": grpc.unary_unary_rpc_method_handler(_sync_bin_trailer_text),
+        "StreamBinTrailerText": grpc.unary_stream_rpc_method_handler(
+            _stream_bin_trailer_text),
+        "RaisesWithBinTrailerText": grpc.unary_unary_rpc_method_handler(
+            _raises_with_bin_trailer_text),
+        "GoodTrailers": grpc.unary_unary_rpc_method_handler(_good_trailers),
     }),))
 
 
@@ -412,6 +451,58 @@ async def test_a_unary_response_the_serializer_refuses_is_answered_and_counted_a
             assert counted == (1 if code == "Unknown" else 0), code
     (event,) = [e for e in logs if e["event"] == "unhandled exception"]
     assert event["method"] == _m("BadEncoding") and _SECRET in str(event["exc_info"])
+
+
+@pytest.mark.parametrize("config", list(_CONFIGS))
+async def test_trailing_metadata_grpc_cannot_send_is_answered_internal_and_counted(
+    registry: LocalRegistry, config: str
+) -> None:
+    """A handler that returns after setting trailing metadata gRPC cannot send: a ``str``
+    under a ``-bin`` key left the call open until its deadline (grpc.aio's send of the
+    status raised), a value that is not printable ASCII got the caller ``INTERNAL``
+    "Invalid metadata" while telemetry counted ``OK``. A meshkit server answers both
+    ``INTERNAL`` naming the key, never the value, and counts what the caller got; a
+    handler that raises after setting such metadata is answered as for any unhandled
+    exception, without it (it was left open too); trailing metadata that can be sent
+    arrives as set."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+
+    metrics = CollectorRegistry()
+    kw = dict(_CONFIGS[config])
+    if kw.get("telemetry", True) is not None:
+        kw["telemetry"] = TelemetryOptions(registry=metrics)
+    errors: dict[str, grpc.aio.AioRpcError] = {}
+    async with _serving(registry, **kw) as ch:
+        for name in ("BinTrailerText", "NonAsciiTrailer", "SyncBinTrailerText"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(ch.unary_unary(_m(name))(b"x", timeout=3), 5)
+            errors[name] = err.value
+        stream = ch.unary_stream(_m("StreamBinTrailerText"))(b"x", timeout=3)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            assert [m async for m in stream] == [b"first"]
+        errors["StreamBinTrailerText"] = err.value
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await asyncio.wait_for(ch.unary_unary(_m("RaisesWithBinTrailerText"))(
+                b"x", timeout=3), 5)
+        call = ch.unary_unary(_m("GoodTrailers"))(b"x", timeout=3)
+        assert await call == b"ok"
+        assert list(await call.trailing_metadata()) == [("x-note", "fine"),
+                                                       ("x-note-bin", b"\xff")]
+    # an exception after setting them: answered as any other (the trailers dropped)
+    assert raised.value.code() is grpc.StatusCode.UNKNOWN, raised.value
+    for name, e in errors.items():
+        key = "x-note" if name == "NonAsciiTrailer" else "x-note-bin"
+        assert e.code() is grpc.StatusCode.INTERNAL, (name, e)
+        assert f"trailing metadata key {key!r}" in (e.details() or ""), (name, e.details())
+        assert _SECRET not in (e.details() or "") and "hunter2" not in str(e), name
+        if kw.get("telemetry") is not None:
+            kind = "server_stream" if name.startswith("Stream") else "unary"
+            counted = {code: metrics.get_sample_value("grpc_server_handled_total", {
+                "grpc_service": _SERVICE, "grpc_method": name, "grpc_type": kind,
+                "grpc_code": code}) for code in ("OK", "Internal")}
+            assert counted == {"OK": None, "Internal": 1.0}, (name, counted)
 
 
 async def test_expose_exception_text_keeps_grpc_aio_s_details(registry: LocalRegistry) -> None:

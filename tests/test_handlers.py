@@ -459,6 +459,9 @@ class _Aborted(Exception):
 class _AbortingContext:
     aborted: tuple[Any, ...] | None = None
 
+    def trailing_metadata(self) -> tuple[Any, ...]:
+        return ()  # none set (a wrap checks what a handler set)
+
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         self.aborted = (code, details)
         raise _Aborted(details)
