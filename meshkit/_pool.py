@@ -160,6 +160,12 @@ class EndpointPool:
     def _add(self, inst: Instance) -> None:
         ep = Endpoint(inst)
         key = inst.instance_id
+        before = self.history.get(key)
+        if before is not None:
+            # the same instance back (at a new address, or after it left): its counters go
+            # on, so meshkit_client_endpoint_*_total never go backwards (what its old
+            # sub-channel's attempts still in flight count from now on is not added)
+            ep.calls, ep.failures = before.calls, before.failures
         self.endpoints[key] = ep
         self.conns[key] = _Conn(self._make_channel(inst.address))
         self.history[key] = ep
@@ -335,6 +341,12 @@ class EndpointPool:
         held: tuple[Endpoint, Done] | None = picked
         try:
             while ep.state is not ready:
+                if any(e.state is ready for e in self.endpoints.values()):
+                    # the balancer chose a connecting endpoint over READY ones (a ring
+                    # hash's affinity, a custom policy): its choice, sent on at once (the
+                    # sub-channel queues it while it connects) rather than waiting for a
+                    # change that may not come
+                    break
                 if self.closed:
                     raise MeshRpcError(grpc.StatusCode.CANCELLED,
                                        f"channel to {self.service!r} is closed")
@@ -347,13 +359,13 @@ class EndpointPool:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"deadline exceeded waiting for a connection to {self.service!r}",
                     ) from None
+                if self.closed:  # (held: settled by the except clause below)
+                    raise MeshRpcError(grpc.StatusCode.CANCELLED,
+                                       f"channel to {self.service!r} is closed")
                 if ep.state is ready:
                     break
                 done(grpc.StatusCode.CANCELLED, 0.0)  # no outcome: picked again below
                 held = None
-                if self.closed:
-                    raise MeshRpcError(grpc.StatusCode.CANCELLED,
-                                       f"channel to {self.service!r} is closed")
                 held = self.balancer.pick(details.request_key, details.attempts)
                 if held is None:
                     if details.wait_for_ready:

@@ -387,3 +387,46 @@ async def test_a_stream_its_server_ends_cancelled_is_a_failure_of_the_endpoint(
             assert await call.code() is grpc.StatusCode.CANCELLED
             await until(lambda: [(e.calls, e.failures) for e in ch.stats().endpoints]
                         == [(2, 2)], what="the stream's outcome reported")
+
+
+async def test_endpoint_counters_go_on_when_an_instance_comes_back_at_a_new_address(
+    registry: LocalRegistry,
+) -> None:
+    """``meshkit_client_endpoint_calls_total`` never goes backwards: an instance registered
+    again under its id (a restarted process at a new address, or after a flap) keeps
+    counting from where it was, not from 0 (a counter reset to Prometheus)."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+    from tests.support.echo import handler, raw_server
+
+    prom = CollectorRegistry()
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    svc = "churnmoved"
+
+    def calls() -> float | None:
+        return prom.get_sample_value("meshkit_client_endpoint_calls_total",
+                                     {"target": svc, "instance_id": "e1"})
+
+    async with raw_server(handler("old")) as (_, old_port), \
+            raw_server(handler("new")) as (_, new_port):
+        await registry.register(Instance(service=svc, instance_id="e1", host="127.0.0.1",
+                                         port=old_port))
+        dial = meshkit.DialOptions(insecure=True, telemetry=opts, retry=None)
+        async with meshkit.dial(svc, registry=registry, options=dial) as ch:
+            await ch.wait_for_endpoints(1, timeout_s=5)
+            unary = ch.unary_unary(method("Unary"))
+            for _ in range(3):
+                assert await asyncio.wait_for(unary(b"x", timeout=3), 5) == b"old|x"
+            before = calls()
+            # the process restarted elsewhere: same instance id, new address
+            await registry.register(Instance(service=svc, instance_id="e1",
+                                             host="127.0.0.1", port=new_port))
+
+            await until(lambda: [e.address for e in ch.endpoints()]
+                        == [f"127.0.0.1:{new_port}"], timeout_s=5, what="the move seen")
+            after_move = calls()
+            await ch.wait_for_endpoints(1, timeout_s=5)
+            assert await asyncio.wait_for(unary(b"x", timeout=3), 5) == b"new|x"
+            after_call = calls()
+    assert (before, after_move, after_call) == (3, 3, 4)

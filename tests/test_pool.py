@@ -614,3 +614,55 @@ async def test_with_every_endpoint_refusing_a_first_call_fails_naming_the_servic
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(unary(b"x", timeout=0.5, wait_for_ready=True), 8)
         assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@contextlib.asynccontextmanager
+async def silent_listener() -> AsyncIterator[int]:
+    """A loopback TCP listener that accepts connections and never says a word: a gRPC
+    client stays CONNECTING on it (no HTTP/2 settings arrive) for grpc's connect timeout
+    (20 s), as with a peer that hangs in its handshake."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # kept open, never written to
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for w in held:
+            w.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+async def test_p2c_does_not_hold_a_call_on_a_connecting_endpoint_while_another_is_ready(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """With P2C (the default) a call is not picked onto an endpoint still connecting while
+    another is READY: the second candidate of a READY first choice is READY too (a
+    connecting one, with no calls pending, would win and hold the call to its deadline)."""
+    await echo_servers("a-good")
+    async with silent_listener() as port:
+        await registry.register(inst("b-stuck", port))  # both in the first answer
+        opts = meshkit.DialOptions(insecure=True)  # P2C, outlier ejection, retries
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1, timeout_s=5)
+            # b-stuck's connection attempt is under way (IDLE -> CONNECTING, both "IDLE"
+            # here): no further change of the pool is to come while the calls run
+            await asyncio.sleep(0.5)
+            assert {e.key: e.state.name for e in ch.endpoints()} == {
+                "a-good": "READY", "b-stuck": "IDLE"}
+            sleep = ch.unary_unary(method("Sleep"))
+
+            async def one() -> object:
+                try:
+                    return await asyncio.wait_for(sleep(b"50", timeout=1.5), 5)
+                except grpc.aio.AioRpcError as exc:
+                    return f"{exc.code().name}: {exc.details()}"
+
+            outcomes = await asyncio.gather(*(one() for _ in range(6)))
+            states = {e.key: e.state.name for e in ch.endpoints()}
+            assert states == {"a-good": "READY", "b-stuck": "IDLE"}  # still connecting
+            assert outcomes == [b"a-good"] * 6, outcomes

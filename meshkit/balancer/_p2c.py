@@ -212,7 +212,10 @@ class P2C:
         age = (self._clock() if now is None else now) - self._stats[ep.key].added_at
         return 1.0 if age >= ss else max(self._opts.slow_start_min_weight, age / ss)
 
-    def _draw(self, exclude: Collection[Endpoint], other: Endpoint | None) -> Endpoint | None:
+    def _draw(self, exclude: Collection[Endpoint], other: Endpoint | None,
+              idle_ok: bool = True) -> Endpoint | None:
+        """A random READY endpoint (not ``other``, not excluded); without one, an
+        idle/connecting one when ``idle_ok``, else ``None``."""
         eps = self._eps
         n = len(eps)
         rnd = self._rng.random
@@ -221,7 +224,7 @@ class P2C:
             if ep is not other and ep.state is _READY and not (exclude and ep in exclude):
                 return ep
         ready = [e for e in eps if e.state is _READY and e is not other and e not in exclude]
-        if not ready:
+        if not ready and idle_ok:
             ready = [e for e in eps if e.state is _IDLE and e is not other and e not in exclude]
         return ready[int(rnd() * len(ready))] if ready else None
 
@@ -269,7 +272,9 @@ class P2C:
             if exclude:
                 return self.pick(key, ())
             return None
-        second = self._draw(exclude, first) if n > 1 else None
+        # a READY first choice is compared with READY ones only: an endpoint still
+        # connecting (no pending calls, no samples) would win and hold the call
+        second = self._draw(exclude, first, first.state is not _READY) if n > 1 else None
         if second is not None:
             now = self._clock()
             if self.load(second, now) < self.load(first, now):
@@ -287,7 +292,8 @@ class P2C:
         if w < 1.0 and self._rng.random() >= w:
             # to the better of the loser and a third endpoint: yielding to whatever
             # lost would hand a slow replica the newcomer's share of the picks
-            c = self._draw((*exclude, b), a) if len(self._eps) > 2 else None
+            c = self._draw((*exclude, b), a, b.state is not _READY) \
+                if len(self._eps) > 2 else None
             a = c if c is not None and self.load(c, now) < self.load(b, now) else b
         st = self._stats[a.key]
         st.pending += 1

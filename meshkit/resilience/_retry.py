@@ -75,7 +75,7 @@ from meshkit._config import (
 )
 from meshkit._metadata import with_previous_attempts
 from meshkit._methods import MethodMatcher
-from meshkit.errors import ConfigError, InvalidCallError, NoEndpointsError
+from meshkit.errors import ConfigError, InvalidCallError, MeshRpcError, NoEndpointsError
 from meshkit.interceptors import (
     CallKind,
     ClientCallDetails,
@@ -389,6 +389,12 @@ class RetryInterceptor(ClientInterceptor):
         last: BaseException | None = None
         try:
             while True:
+                if self._closed:  # the channel closed: no more hedges, only those in flight
+                    sent = policy.max_attempts  # (which its close grace lets finish)
+                    if not pending:
+                        raise MeshRpcError(
+                            grpc.StatusCode.CANCELLED, f"call to {details.service!r} "
+                            "cancelled: the channel was closed")
                 wait_s = max(0.0, next_at - loop.time()) if sent < policy.max_attempts \
                     else None
                 remaining = details.time_remaining_s()
@@ -427,8 +433,8 @@ class RetryInterceptor(ClientInterceptor):
                             due = at if due is None else max(due, at)
                     if due is not None:
                         next_at = due
-                if sent >= policy.max_attempts or loop.time() < next_at:
-                    continue
+                if sent >= policy.max_attempts or loop.time() < next_at or self._closed:
+                    continue  # (closed: the loop's top sends no more)
                 # the hedge delay passed, or a failure's pushback: send another attempt
                 if self.budget.try_withdraw():
                     pending.add(asyncio.ensure_future(attempt(sent)))

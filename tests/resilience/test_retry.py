@@ -453,18 +453,19 @@ async def test_close_ends_calls_waiting_out_a_retry_delay(
     server's 4 s pushback and a server stream in a (up to 60 s) backoff, as grpc.aio's
     ``Channel.close()`` cancels every call, instead of sleeping on past the close."""
     await echo_servers("e1")
+    # backoff up to 20 s, under the calls' 60 s deadline (a delay past it gives up)
     policy = RetryPolicy(idempotent=True, max_attempts=5,
-                         backoff=Backoff(base_delay_s=60.0, max_delay_s=60.0))
+                         backoff=Backoff(base_delay_s=20.0, max_delay_s=20.0))
     ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
         insecure=True, retry=RetryOptions(default=policy)))
     await ch.wait_for_endpoints(1)
     assert ch.retry is not None
     unary = asyncio.ensure_future(ch.unary_unary(method("Fail"))(b"UNAVAILABLE:4",
-                                                                 timeout=30))
+                                                                 timeout=60))
 
     async def read_stream() -> list[bytes]:
         return [m async for m in ch.unary_stream(method("FailStream"))(b"UNAVAILABLE:0",
-                                                                        timeout=30)]
+                                                                        timeout=60)]
 
     stream = asyncio.ensure_future(read_stream())
     try:
@@ -481,4 +482,76 @@ async def test_close_ends_calls_waiting_out_a_retry_delay(
         for call in (unary, stream):
             call.cancel()
         await asyncio.wait({unary, stream}, timeout=5)
+        await ch.close()
+
+
+async def test_close_with_grace_lets_a_hedged_call_in_flight_finish(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """``close(grace=3)`` lets a hedged call's attempt in flight finish within the grace:
+    no hedge is sent on the closed channel (whose ``CANCELLED`` would end the call and
+    cancel the attempt still running)."""
+    from meshkit.resilience import RetryOptions, RetryPolicy
+
+    await echo_servers("e1")
+    await echo_servers("e2")
+    policy = RetryPolicy(idempotent=True, hedge_delay_s=0.5)
+    opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(default=policy))
+    ch = meshkit.dial("echo", registry=registry, options=opts)
+    try:
+        await ch.wait_for_endpoints(2, timeout_s=5)
+        sleep = ch.unary_unary(method("Sleep"))
+        call = asyncio.ensure_future(sleep(b"1500", timeout=5))
+        await asyncio.sleep(0.05)  # the first attempt is running
+        await asyncio.wait_for(ch.close(grace=3.0), 8)
+        try:
+            got: object = await asyncio.wait_for(call, 8)
+        except grpc.aio.AioRpcError as exc:
+            got = f"{exc.code().name}: {exc.details()}"
+        assert got in (b"e1", b"e2")
+    finally:
+        await ch.close()
+
+
+async def test_close_during_a_hedged_calls_pushback_ends_it_without_blocking_the_loop(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """A hedged call waiting out a server's 3 s pushback ends ``CANCELLED`` soon after
+    ``close()``, without the hedging loop spinning (the event loop blocked) until the
+    pushback would have ended."""
+    import time
+
+    from meshkit.resilience import RetryOptions, RetryPolicy
+
+    await echo_servers("e1")
+    policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05)
+    opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(default=policy))
+    ch = meshkit.dial("echo", registry=registry, options=opts)
+    lags: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - t)
+
+    tick = asyncio.ensure_future(ticker())
+    try:
+        await ch.wait_for_endpoints(1, timeout_s=5)
+        fail = ch.unary_unary(method("Fail"))
+        call = asyncio.ensure_future(fail(b"UNAVAILABLE:3"))  # retry-after: 3 (seconds)
+        await asyncio.sleep(0.3)  # failed at once; now waiting out the pushback
+        assert not call.done()
+        lags.clear()
+        t0 = time.monotonic()
+        await asyncio.wait_for(ch.close(), 8)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call, 8)
+        ended_after_s = time.monotonic() - t0
+        await asyncio.sleep(0.05)
+        assert err.value.code() is grpc.StatusCode.CANCELLED
+        assert max(lags) < 1.0, f"event loop blocked {max(lags):.2f}s"
+        assert ended_after_s < 1.0
+    finally:
+        tick.cancel()
         await ch.close()
