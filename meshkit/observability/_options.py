@@ -55,7 +55,9 @@ class TelemetryOptions:
         quiet_methods: method patterns (see :mod:`meshkit._methods`) that get no span and no
             access log, only metrics (default: health checks and reflection).
         log_metadata: request metadata keys whose values the access log includes, as
-            ``md`` (default none). Credential-like keys (``authorization``, ``*token*``,
+            ``md`` (default none): a key sent once maps to its value, one sent more than
+            once to the list of its values, in order; bytes are shown as text.
+            Credential-like keys (``authorization``, ``*token*``,
             ``cookie``, ... see :func:`~meshkit.observability.is_sensitive_key`) and
             binary ``-bin`` keys are refused.
         attempt_spans: client side: one CLIENT span per attempt under an INTERNAL logical
