@@ -383,3 +383,15 @@ def test_hash_key_metadata_is_a_lower_case_string(value: object) -> None:
     with pytest.raises(ConfigError, match="hash_key_metadata") as err:
         DialOptions(hash_key_metadata=value)  # type: ignore[arg-type]
     assert repr(value) in str(err.value)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: DialOptions(insecure=True, method_timeouts=[("Echo/Sleep", 1.0)]),
+    lambda: JWTAuthOptions(method_scopes=[("Echo/Unary", ("orders.read",))]),
+], ids=["method_timeouts", "method_scopes"])
+def test_method_tables_given_as_pairs_are_a_config_error(build: Callable[[], Any]) -> None:
+    """A method table given as a list of pairs, not a mapping, is a ConfigError naming
+    the field (it was an AttributeError), as for every other MethodMatcher table."""
+    with pytest.raises(ConfigError, match="must be a mapping of method patterns"):
+        build()
+

@@ -881,6 +881,9 @@ class JWTAuthOptions:
             raise ConfigError(f"public_methods must be a tuple, got {self.public_methods!r}")
         object.__setattr__(self, "public_methods", tuple(self.public_methods))
         public = MethodMatcher.of(self.public_methods, where="public_methods")
+        if not isinstance(self.method_scopes, Mapping):
+            raise ConfigError("method_scopes must be a mapping of method patterns to scopes, "
+                              f"got {self.method_scopes!r}")
         # check_scopes before tuple(): tuple("orders.read") would be its characters
         method_scopes = {m: check_scopes("method_scopes", v)
                          for m, v in self.method_scopes.items()}

@@ -8,8 +8,9 @@ wrap); :func:`client_interceptors` one fused per-call :class:`TelemetryClientInt
 only (``quiet_methods``). ``implementation="otel"`` swaps the spans for
 opentelemetry-instrumentation-grpc's interceptors, for comparison.
 
-Chain order. Server: **telemetry** -> authn -> authz -> rate limit -> deadline -> handler
-(telemetry first, so it sees every status the others answer). Client:
+Chain order. Server: **telemetry** -> deadline -> authn -> authz -> rate limit -> handler
+(:func:`meshkit.server_chain`, the one place it is written; telemetry first, so it sees
+every status the others answer). Client:
 **telemetry** -> (token forwarding, your own) -> retry/hedging -> balancer ->
 attempt interceptors.
 

@@ -532,4 +532,6 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             else:
                 bound.finished(self._answered(context), duration_s)
             return
-        bound.finished(code, duration_s)
+        # a quiet method gets metrics only, the rate limiter's refusals among them
+        bound.finished(code, duration_s,
+                       code is STATUS_EXHAUSTED and _rejected_by_rate_limit())

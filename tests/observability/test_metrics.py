@@ -24,6 +24,7 @@ from meshkit.observability import (
 )
 from meshkit.resilience import RateLimitOptions
 from tests.support.echo import add_echo, method
+from tests.support.wait import until
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -783,3 +784,26 @@ async def test_a_request_stream_its_client_cancels_is_counted_canceled(
     counted = {c: count(c) for c in _CODES}
     assert counted == {"OK": 0, "Canceled": rounds, "DeadlineExceeded": 0, "Unknown": 0}, \
         counted
+
+
+async def test_a_quiet_methods_rate_limit_refusals_are_counted(
+        registry: LocalRegistry, echo_servers: Any) -> None:
+    """A quiet method gets metrics only (no span, no access line), the rate limiter's
+    refusals among them: ``meshkit_server_rate_limited_total`` counts them as for any
+    method (health checks refused under a ``default_rule`` too)."""
+    prom = CollectorRegistry()
+    telemetry = TelemetryOptions(registry=prom, tracing=False, access_log=False,
+                                 quiet_methods=("Echo/Unary",))
+    limits = RateLimitOptions(rules={"Echo/Unary": "1/minute"}, strategy="fixed-window")
+    await echo_servers("e1", telemetry=telemetry, rate_limit=limits)
+    options = meshkit.DialOptions(insecure=True, telemetry=None, retry=None, outlier=None)
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(1, timeout_s=10)
+        unary = ch.unary_unary(method("Unary"))
+        assert await unary(b"x", timeout=5) == b"e1|x"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await unary(b"x", timeout=5)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    labels = {"grpc_service": "meshkit.test.Echo", "grpc_method": "Unary"}
+    await until(lambda: prom.get_sample_value("meshkit_server_rate_limited_total",
+                                              labels) == 1, what="the refusal counted")
