@@ -340,16 +340,30 @@ async def test_a_closed_stdout_pipe_ends_quietly_with_141(greeter: meshkit.MeshS
     assert (code, err) in ((0, ""), (141, "")), (code, err)
 
 
+class _NeverAnswers(grpc.GenericRpcHandler):
+    """Every method (reflection's too) takes the call and never answers."""
+
+    def service(self, handler_call_details: Any) -> Any:
+        async def wait(requests: Any, context: Any) -> Any:
+            await asyncio.sleep(3600)
+            yield b""  # pragma: no cover - never reached
+
+        return grpc.stream_stream_rpc_method_handler(wait)
+
+
 async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) -> None:
     """Ctrl-C while ``meshkit call`` waits on a server that never answers ends it with one
-    line on stderr and status 130 (128 + SIGINT), no traceback, nothing on stdout."""
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(16)  # accepts TCP, never speaks HTTP/2: the call waits
+    line on stderr and status 130 (128 + SIGINT), no traceback, nothing on stdout. (The
+    server speaks HTTP/2 and holds every call: a listener that never speaks it fails the
+    connection on a loaded machine before the signal comes.)"""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_NeverAnswers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
     reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=5.0, poll_interval_s=0.05))
     try:
         await reg.register(Instance(service="hole", instance_id="h1", host="127.0.0.1",
-                                    port=hole.getsockname()[1]))
+                                    port=port))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meshkit.cli", "call", "hole/Anything", "{}",
@@ -360,7 +374,7 @@ async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) ->
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         await reg.close()
-        hole.close()
+        await server.stop(None)
     assert (proc.returncode, out) == (130, b""), err
     assert err.decode().splitlines() == ["meshkit: interrupted"], err
 
