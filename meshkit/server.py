@@ -47,6 +47,7 @@ import dataclasses
 import os
 import signal
 import socket
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,40 +107,59 @@ __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"
 
 _log = structlog.get_logger("meshkit.server")
 
-class _SharedAdmin:
-    """The process's one admin server, shared by every MeshServer that asks for one."""
+class _AdminSlot:
+    """The shared admin server of one event loop, its user count and its lock."""
 
-    server: AdminServer | None = None
-    users = 0
-    lock: asyncio.Lock | None = None
-    loop: asyncio.AbstractEventLoop | None = None  # the one the lock and server belong to
+    __slots__ = ("lock", "server", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.server: AdminServer | None = None
+        self.users = 0
+
+
+class _SharedAdmin:
+    """One admin server per event loop (normally the process's one), shared by every
+    MeshServer of that loop that asks for one. An asyncio lock and an aiohttp server
+    belong to one loop: servers of another loop (``asyncio.run()`` again, a thread's own
+    loop) share one of their own, started with the first of them and stopped with the
+    last."""
+
+    _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AdminSlot] = \
+        weakref.WeakKeyDictionary()
+
+    @classmethod
+    def _slot(cls) -> _AdminSlot:
+        loop = asyncio.get_running_loop()
+        slot = cls._slots.get(loop)
+        if slot is None:
+            slot = cls._slots[loop] = _AdminSlot()
+        return slot
+
+    @classmethod
+    def users(cls) -> int:
+        """How many servers of the running loop hold its admin server."""
+        return cls._slot().users
 
     @classmethod
     async def acquire(cls, options: AdminOptions) -> AdminServer:
-        loop = asyncio.get_running_loop()
-        if cls.loop is not loop:
-            # a new event loop (asyncio.run() again, a test's own loop): an asyncio.Lock
-            # is bound to the loop that first waited on it, and a server left running by
-            # an earlier loop cannot be served from this one
-            cls.loop, cls.lock, cls.server, cls.users = loop, asyncio.Lock(), None, 0
-        assert cls.lock is not None
-        async with cls.lock:
-            if cls.server is None:
+        slot = cls._slot()
+        async with slot.lock:
+            if slot.server is None:
                 server = AdminServer(options)
                 await server.start()
-                cls.server = server
+                slot.server = server
                 _log.info("admin server", url=server.url)
-            cls.users += 1
-            return cls.server
+            slot.users += 1
+            return slot.server
 
     @classmethod
     async def release(cls) -> None:
-        if cls.loop is not asyncio.get_running_loop() or cls.lock is None:
-            return  # acquired in an earlier event loop: nothing of this one to stop
-        async with cls.lock:
-            cls.users -= 1
-            if cls.users == 0 and cls.server is not None:
-                server, cls.server = cls.server, None
+        slot = cls._slot()
+        async with slot.lock:
+            slot.users -= 1
+            if slot.users == 0 and slot.server is not None:
+                server, slot.server = slot.server, None
                 await server.stop()
 
 

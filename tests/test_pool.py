@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -666,3 +667,32 @@ async def test_p2c_does_not_hold_a_call_on_a_connecting_endpoint_while_another_i
             states = {e.key: e.state.name for e in ch.endpoints()}
             assert states == {"a-good": "READY", "b-stuck": "IDLE"}  # still connecting
             assert outcomes == [b"a-good"] * 6, outcomes
+
+
+async def test_a_keyless_ring_hash_call_goes_to_a_ready_endpoint_not_a_connecting_one(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """RingHash without a key has no affinity to keep: it picks a READY endpoint while
+    there is one, not one still connecting (which would hold the call to its deadline)."""
+    await echo_servers("a-good")
+    async with silent_listener() as port:
+        await registry.register(Instance(service="echo", instance_id="b-stuck",
+                                         host="127.0.0.1", port=port))
+        opts = meshkit.DialOptions(insecure=True, retry=None, outlier=None,
+                                   balancer=lambda: RingHash(rng=random.Random(7)))
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1, timeout_s=5)
+            await asyncio.sleep(0.5)  # b-stuck's connection attempt under way
+            assert {e.key: e.state.name for e in ch.endpoints()} == {
+                "a-good": "READY", "b-stuck": "IDLE"}
+            unary = ch.unary_unary(method("Unary"))
+
+            async def one() -> object:
+                try:
+                    return await asyncio.wait_for(unary(b"x", timeout=1.5), 5)
+                except grpc.aio.AioRpcError as exc:
+                    return f"{exc.code().name}: {exc.details()}"
+
+            outcomes = await asyncio.gather(*(one() for _ in range(8)))
+            assert {e.key: e.state.name for e in ch.endpoints()}["b-stuck"] == "IDLE"
+            assert outcomes == [b"a-good|x"] * 8, outcomes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -830,12 +831,12 @@ async def test_a_server_whose_registration_failed_is_not_ready_and_releases_the_
     srv = meshkit.MeshServer("echo", [add_echo("r1")], registry=refusing,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
                                                           admin=AdminOptions()))
-    users = _SharedAdmin.users
+    users = _SharedAdmin.users()
     try:
         with pytest.raises(RegistryError):
             await srv.start()
         assert (srv.ready, srv.live, srv.admin, srv.instance) == (False, False, None, None)
-        assert _SharedAdmin.users == users
+        assert _SharedAdmin.users() == users
         assert all(s.address != f"127.0.0.1:{srv.port}" for s in live_server_stats())
         with pytest.raises(grpc.aio.AioRpcError):  # the grpc server is stopped
             async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -1032,7 +1033,7 @@ async def test_drain_during_start_leaves_nothing_registered(registry_dir: Path) 
     """drain() while start() registers: start() is undone and raises, and once both have
     returned nothing of the server is registered, serving, or holding the admin."""
     reg = _SlowRegistry(LocalOptions(path=registry_dir, ttl_s=30.0), delay_s=0.3)
-    users = _SharedAdmin.users
+    users = _SharedAdmin.users()
     srv = meshkit.MeshServer("echo", [add_echo("d1")], registry=reg,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
                                                           grace_s=0.2))
@@ -1044,12 +1045,12 @@ async def test_drain_during_start_leaves_nothing_registered(registry_dir: Path) 
         with pytest.raises(RuntimeError, match="drain"):
             await start
         assert await _registered_or_answering(reg, srv) == (False, False)
-        assert _SharedAdmin.users == users
+        assert _SharedAdmin.users() == users
         await asyncio.wait_for(srv.wait_stopped(), 3)
     finally:
         if srv.instance is not None:
             await reg.deregister(srv.instance)
-        if _SharedAdmin.users != users:
+        if _SharedAdmin.users() != users:
             await _SharedAdmin.release()
         await reg.close()
 
@@ -1176,3 +1177,56 @@ def test_servers_starting_together_in_a_later_event_loop_share_a_new_admin_serve
     for tag in ("a", "b"):
         errors, urls = asyncio.run(start_three(tag))
         assert errors == [] and len(urls) == 1, (tag, errors, urls)
+
+
+async def _refused(port: int) -> bool:
+    """Whether a TCP connection to 127.0.0.1:``port`` is refused (nothing listens)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 3)
+    except OSError:
+        return True
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return False
+
+
+async def test_each_event_loop_has_its_own_shared_admin_server_stopped_with_its_last_user(
+    registry: LocalRegistry, tmp_path: Any,
+) -> None:
+    """The shared admin server belongs to one event loop: a server started and drained in
+    another loop (a thread's) meanwhile uses one of its own, and the first loop's admin
+    server still stops when its last server drains (it was left listening)."""
+    from meshkit.discovery import LocalOptions
+    from meshkit.observability import AdminOptions
+    from tests.support.echo import add_echo
+
+    def options() -> meshkit.ServeOptions:
+        return meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=0.5,
+                                    admin=AdminOptions(port=0))
+
+    a = meshkit.MeshServer("echo", [add_echo("a")], registry=registry, options=options())
+    await a.start()
+    try:
+        assert a.admin is not None
+        admin = a.admin
+        admin_port = admin.port
+
+        async def other_loop() -> None:  # a second event loop, in a thread, meanwhile
+            reg = LocalRegistry(LocalOptions(path=tmp_path / "other", ttl_s=1.0,
+                                             poll_interval_s=0.05))
+            b = meshkit.MeshServer("echo", [add_echo("b")], registry=reg, options=options())
+            try:
+                await b.start()
+                await b.drain()
+            finally:
+                await reg.close()
+
+        await asyncio.wait_for(asyncio.to_thread(asyncio.run, other_loop()), 8)
+    finally:
+        await asyncio.wait_for(a.drain(), 8)
+    refused = await _refused(admin_port)
+    if not refused:  # leave nothing listening past this test
+        await asyncio.wait_for(admin.stop(), 5)
+    assert refused, (f"the admin server on port {admin_port} still listens after every "
+                     "server using it drained")

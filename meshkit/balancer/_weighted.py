@@ -161,7 +161,9 @@ class RingHash:
     Each endpoint owns ``replicas_per_weight * weight`` points on a 64-bit ring; a call
     with key ``k`` goes to the first usable endpoint clockwise from ``hash(k)``, so the same
     key keeps landing on the same endpoint (cache affinity) and only ~1/N of keys move when
-    an endpoint joins or leaves. A call without a key goes to a random usable endpoint.
+    an endpoint joins or leaves. A call without a key goes to a random usable endpoint, a
+    READY one while there is one (a keyed call waits for its owner to connect, as gRPC's
+    ``ring_hash`` queues it, gRFC A42).
     ``FAILING`` endpoints are skipped; ``exclude`` is a preference, with or without a key:
     an excluded endpoint is taken only when no other is usable.
 
@@ -201,11 +203,13 @@ class RingHash:
         """The owner of ``key`` on the ring (skipping failing/excluded), or ``None``."""
         if not self._eps:
             return None
-        if key is None:
+        if key is None:  # no affinity to keep: a READY endpoint before a connecting one
             usable = [e for e in self._eps if e.state is not _FAILING]
             if exclude:
                 preferred = [e for e in usable if e not in exclude]
                 usable = preferred or usable
+            ready = [e for e in usable if e.state is _READY]
+            usable = ready or usable
             return (self._rng.choice(usable), noop_done) if usable else None
         n = len(self._points)
         start = bisect.bisect(self._points, _hash64(key))
