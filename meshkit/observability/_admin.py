@@ -12,7 +12,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from meshkit._aio_http import start_app
 from meshkit.errors import ConfigError
@@ -101,6 +102,7 @@ class AdminServer:
         self._dashboard = DashboardFeed(rpc_metrics(self._registry))
         self._extra: list[tuple[str, str, Handler]] = []
         self._runner: web.AppRunner | None = None
+        self._starting = False
         self.port = 0
 
     def add_route(self, path: str, handler: Handler, *, method: str = "GET") -> None:
@@ -131,8 +133,15 @@ class AdminServer:
             OSError: the address cannot be bound.
             RuntimeError: already started.
         """
-        if self._runner is not None:
+        if self._runner is not None or self._starting:
             raise RuntimeError("admin server already started")
+        self._starting = True  # until bound: a second start() meanwhile is refused
+        try:
+            return await self._start()
+        finally:
+            self._starting = False
+
+    async def _start(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -173,8 +182,14 @@ class AdminServer:
     # -- routes --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         # the OpenMetrics text format when the scraper asks for it (Prometheus does)
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        resp = web.Response(body=encode(self._registry))
+        if _wants_openmetrics(request.headers.get("Accept", "")):
+            body, content_type = (
+                openmetrics.generate_latest(self._registry),  # type: ignore[no-untyped-call]
+                openmetrics.CONTENT_TYPE_LATEST)
+        else:
+            body, content_type = (text_format.generate_latest(self._registry),
+                                  text_format.CONTENT_TYPE_PLAIN_0_0_4)
+        resp = web.Response(body=body)
         resp.headers["Content-Type"] = content_type
         return resp
 
@@ -200,3 +215,33 @@ class AdminServer:
         }
         return web.Response(text=json.dumps(body, indent=2, default=repr),
                             content_type="application/json")
+
+
+def _wants_openmetrics(accept: str) -> bool:
+    """Whether an ``Accept`` header prefers the OpenMetrics text format to Prometheus'
+    text format 0.0.4: its best weight for ``application/openmetrics-text`` is above 0
+    and not below the best for ``text/plain``, ``text/*`` or ``*/*`` (RFC 9110 12.5.1:
+    media types compare case-insensitively, a parameter value may be quoted, ``q=0``
+    means not acceptable; a malformed weight counts as 0). A header prometheus_client's
+    own ``choose_encoder`` raises on (a quoted ``version``) or reads wrongly (``q=0``)
+    is answered here, never with a 500."""
+    best_om = best_text = -1.0
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        kind = media.strip().lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip().strip('"'))
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # NaN too
+                    q = 0.0
+        if kind == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif kind in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0.0 and best_om >= best_text
+

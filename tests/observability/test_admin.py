@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 
 import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as text_families
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -223,3 +229,101 @@ async def test_a_bracketed_ipv6_admin_host_binds() -> None:
             assert r.status == 200
     finally:
         await admin.stop()
+
+
+async def _raw_get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str],
+                                                                          bytes]:
+    """One HTTP/1.1 request over a raw loopback socket: (status, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {k.strip().lower(): v.strip()
+              for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), parsed, body
+
+
+async def test_metrics_accept_with_a_quoted_or_odd_version_is_answered() -> None:
+    """An Accept header with a quoted OpenMetrics version (RFC 9110: the same as unquoted)
+    or a version the server does not know gets a scrape in the format it claims, not a
+    500 (prometheus_client's choose_encoder raised on them)."""
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    async with admin:
+        status, headers, body = await _raw_get(
+            admin.port, "/metrics", {"Accept": 'application/openmetrics-text;version="1.0.0"'})
+        assert status == 200, (status, body[:200])
+        assert headers["content-type"].startswith("application/openmetrics-text"), headers
+        text = body.decode()
+        assert text.endswith("# EOF\n")
+        assert "grpc_server_handled" in {f.name for f in openmetrics_families(text)}
+        # a sloppy version the server does not know: still a scrape, in the format claimed
+        for accept in ("application/openmetrics-text;version=abc", "text/plain;version=x.y"):
+            status, headers, body = await _raw_get(admin.port, "/metrics", {"Accept": accept})
+            assert status == 200, (accept, status, body[:200])
+            parse = (openmetrics_families
+                     if headers["content-type"].startswith("application/openmetrics-text")
+                     else text_families)
+            assert list(parse(body.decode())), accept
+
+
+async def test_a_client_with_an_unfinished_request_body_does_not_hold_stop() -> None:
+    """A client that never finishes a request body holds stop() (and so a server's drain)
+    about a second, not aiohttp's default lingering 10 s."""
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    await admin.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Length: 10\r\n\r\nab")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    t0 = time.monotonic()
+    stop = asyncio.get_running_loop().create_task(admin.stop())
+    done, _ = await asyncio.wait({stop}, timeout=4.0)
+    writer.transport.abort()
+    if not done:  # bound the test: give up the stop (the lingering ends with the loop)
+        stop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(stop, 3)
+        pytest.fail(f"AdminServer.stop() still waiting after {time.monotonic() - t0:.1f} s "
+                    "on one client's unfinished request body")
+    await stop
+
+
+async def test_overlapping_starts_bind_once() -> None:
+    """Two overlapping start() calls: one binds, the other is refused RuntimeError, and
+    stop() leaves nothing listening (the first server was forgotten, still serving)."""
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    results = await asyncio.wait_for(
+        asyncio.gather(admin.start(), admin.start(), return_exceptions=True), 5)
+    await admin.stop()
+    ports = [p for p in results if isinstance(p, int)]
+    listening = []
+    for port in ports:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            continue
+        listening.append(port)
+        writer.close()
+    assert not listening, f"start() results {results}: still serving on {listening} after stop()"
+    assert sum(isinstance(r, RuntimeError) for r in results) == 1, results
+
+
+async def test_metrics_honours_q_0_for_openmetrics() -> None:
+    """``q=0`` for OpenMetrics means not acceptable (RFC 9110 12.4.2): the text format
+    0.0.4 is sent."""
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    async with admin:
+        accept = "application/openmetrics-text;version=1.0.0;q=0, text/plain;version=0.0.4"
+        status, headers, body = await _raw_get(admin.port, "/metrics", {"Accept": accept})
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain; version=0.0.4"), headers
+        assert b"# EOF" not in body
