@@ -22,7 +22,12 @@ from prometheus_client import CollectorRegistry
 from meshkit._config import check_int
 from meshkit.auth import PeerIdentity
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
-from meshkit.messaging._publisher import MSG_ID_HEADER, check_nats_name
+from meshkit.messaging._publisher import (
+    MSG_ID_HEADER,
+    check_nats_name,
+    max_payload,
+    message_size,
+)
 from meshkit.messaging._stream import check_duration_s
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
@@ -127,9 +132,11 @@ class ConsumerOptions:
             (``<stream>/<durable>``) and ``Nats-Msg-Id: dlq-<stream>.<durable>-<event
             id>`` (so the dead letters of one event by several consumers are not
             dropped as duplicates of each other). A stream must capture the subject: if
-            none does (or JetStream refuses it), the message is nak'ed instead, never
-            dropped. The consumer acks messages on its own dead-letter subject without
-            running the handler. A dead letter (any consumer's, e.g. on a dead-letter
+            none does (or JetStream refuses it, or the payload with these headers is
+            larger than the server's ``max_payload``: not sent, since the server would
+            close the connection), the message is nak'ed instead, never dropped. The
+            consumer acks messages on its own dead-letter subject without running the
+            handler. A dead letter (any consumer's, e.g. on a dead-letter
             processor's durable, or another durable's seen by a whole-stream consumer)
             is handled like any message, but is never dead-lettered again: when it
             fails for good (``PoisonMessage``, ``max_deliveries``, refused identity) it
@@ -446,8 +453,10 @@ class Consumer:
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str,
                            delivery: int, outcome: str) -> str:
         """Publish ``msg`` to the dead-letter subject, then ``term`` it; if no stream
-        takes the dead letter, nak it (never drop): with ``backoff`` while deliveries are
-        left, with ``ack_wait_s`` past ``max_deliveries``.
+        takes the dead letter, or it is larger with its headers than the server's
+        ``max_payload`` (not sent: the server would close the connection for good), nak
+        it (never drop): with ``backoff`` while deliveries are left, with ``ack_wait_s``
+        past ``max_deliveries``.
 
         JetStream control headers (the reserved ``Nats-`` namespace) are not copied. A
         duplicate ack counts as success only when the stored message is this consumer's
@@ -477,6 +486,8 @@ class Consumer:
         if headers.get(MSG_ID_HEADER):
             dl[MSG_ID_HEADER] = f"dlq-{o.stream}.{o.durable}-{headers[MSG_ID_HEADER]}"
         try:
+            if message_size(msg.data, dl) > max_payload(self._js):
+                raise nats.errors.MaxPayloadError
             ack = await self._js.publish(self._dead_letter_subject, msg.data, headers=dl,
                                          timeout=2.0)
             if ack.duplicate:

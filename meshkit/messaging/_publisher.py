@@ -59,6 +59,24 @@ class PublishError(MeshError):
     last NATS exception is the ``__cause__``."""
 
 
+def message_size(payload: bytes, headers: Mapping[str, str]) -> int:
+    """The size the NATS server checks against its ``max_payload`` for a message with
+    headers (an ``HPUB``): the payload plus the header block as nats-py encodes it
+    (``NATS/1.0`` line, one ``key: value`` line per header, a blank line). nats-py itself
+    checks only ``len(payload)``; a message over the limit with its headers makes the
+    server answer ``Maximum Payload Violation`` and close the connection, which nats-py
+    does not reopen. An upper bound when a key or value has spaces nats-py trims."""
+    size = len(payload) + 12  # b"NATS/1.0\r\n" ... b"\r\n"
+    for k, v in headers.items():
+        size += len(k) + len(v.encode()) + 4  # b": ", b"\r\n"
+    return size
+
+
+def max_payload(js: JetStreamContext) -> int:
+    """The ``max_payload`` of ``js``'s connection (the server's, from its last ``INFO``)."""
+    return int(js._nc.max_payload)
+
+
 def check_nats_name(name: str, value: object) -> None:
     """Check that ``value`` (the field ``name``) is a JetStream stream or consumer name:
     a non-empty string of printable characters without spaces, dots, wildcards or path
@@ -168,7 +186,11 @@ class Publisher:
 
         Raises:
             PublishError: not acked after the attempts the options and budget allow; or
-                ``msg_id`` is not one (quoted), refused before anything is sent.
+                ``msg_id`` is not one (quoted), refused before anything is sent; or the
+                payload with its headers (the identity and trace headers included) is
+                larger than the server's ``max_payload``, refused before anything is sent
+                (the cause is ``nats.errors.MaxPayloadError``): the server would close
+                the connection for good.
         """
         if (not isinstance(msg_id, str) or not msg_id.isprintable() or not msg_id
                 or msg_id[0] == " " or msg_id[-1] == " "):
@@ -193,8 +215,18 @@ class Publisher:
         if opts.signer is not None:
             opts.signer.sign(hdrs, msg_id=msg_id, subject=subject, payload=payload)
         self._budget.record_request()
-        attempts, outcome, ack, error = 0, "error", None, None
+        attempts, outcome, ack = 0, "error", None
+        error: BaseException | None = None
         try:
+            size = message_size(payload, hdrs)
+            if opts.stream is not None:  # nats-py adds Nats-Expected-Stream
+                size += len(opts.stream) + 24
+            limit = max_payload(self._js)
+            if size > limit:
+                error = nats.errors.MaxPayloadError()
+                raise PublishError(f"message to {subject!r} of {size} bytes with its "
+                                   f"headers exceeds the server's max_payload ({limit})"
+                                   ) from error
             while True:
                 attempts += 1
                 try:
@@ -339,15 +371,23 @@ class OutboxRelay:
     store that has ``count_pending`` (:class:`PendingCounter`), each round ends by
     setting ``meshkit_messaging_outbox_pending{outbox=<name>}`` (one count query).
 
-    An event whose publish fails (``PublishError``: e.g. its subject is in no stream, or
-    JetStream refuses it) does not hold up the others: the events published with it are
+    An event whose publish fails (``PublishError``: e.g. its subject is in no stream,
+    JetStream refuses it, or it is larger with its headers than the server's
+    ``max_payload``) does not hold up the others: the events published with it are
     marked sent, it is logged (its id, subject and error, never its payload) and left
     out of the rounds for ``error_backoff`` (its own count: 100 ms doubling to 5 s by
-    default) before it is tried again, and the round is a normal one. Only a round in
-    which the store failed, or every event of the batch failed (NATS down, most
-    likely), is a failed round, followed by ``error_backoff``. Up to ``batch_size``
-    failing events are remembered (the oldest forgotten first); ``failures`` counts
-    failed rounds, ``event_failures`` failed event publishes.
+    default), counted from the end of the round's publishes, before it is tried again,
+    and the round is a normal one. Only a round in which the store failed, or every
+    event of the batch failed (NATS down, most likely), is a failed round, followed by
+    ``error_backoff``. ``failures`` counts failed rounds, ``event_failures`` failed
+    event publishes.
+
+    Every failing event is remembered (its id, failure count and retry time) until it is
+    published, or until a round reads the whole outbox without it (sent by another
+    relay, deleted). A round asks the store for ``batch_size`` events plus those still
+    backing off, so however many fail, the events behind them are read and published:
+    the memory and the rows read grow with the number of failing events (e.g. every
+    event of a subject no stream captures stays remembered and is read each round).
 
     Args:
         store: the :class:`OutboxStore`.
@@ -406,6 +446,7 @@ class OutboxRelay:
                                       headers=e.headers, context=extract(e.headers))
               for e in events),
             return_exceptions=True)
+        failed_at = asyncio.get_running_loop().time()  # a publish may take its retries
         done = [e.event_id for e, r in zip(events, results, strict=True)
                 if isinstance(r, PubAck)]
         if done:
@@ -418,7 +459,7 @@ class OutboxRelay:
         first: PublishError | None = None
         for e, r in zip(events, results, strict=True):
             if isinstance(r, PublishError):
-                self._hold(e, r, now)
+                self._hold(e, r, failed_at)
                 first = first or r
             elif isinstance(r, BaseException):
                 raise r
@@ -428,14 +469,13 @@ class OutboxRelay:
         return len(done)
 
     def _hold(self, event: OutboxEvent, error: PublishError, now: float) -> None:
-        """Leave ``event`` out of the rounds for its own ``error_backoff`` delay; log its
-        1st, 2nd, 4th, 8th... failure (id, subject, error; never the payload)."""
+        """Leave ``event`` out of the rounds for its own ``error_backoff`` delay from
+        ``now`` (when its publish had failed); log its 1st, 2nd, 4th, 8th... failure
+        (id, subject, error; never the payload)."""
         held = self._held.pop(event.event_id, None)
         failures = (held.failures if held else 0) + 1
         delay = self.options.error_backoff.delay_s(min(failures, 30))
         self._held[event.event_id] = _Held(failures, now + delay)
-        while len(self._held) > self.options.batch_size:  # forget the oldest failure
-            del self._held[next(iter(self._held))]
         self.event_failures += 1
         if failures & (failures - 1) == 0:
             cause = error.__cause__

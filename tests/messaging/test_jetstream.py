@@ -9,11 +9,13 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
+from nats.aio.client import Client
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry
@@ -38,7 +40,14 @@ from meshkit.messaging import (
     ensure_stream,
 )
 from meshkit.resilience import Backoff
-from tests.messaging.conftest import Bus, NatsServer, Tracing, Workloads, nats_problem
+from tests.messaging.conftest import (
+    NATS_URL,
+    Bus,
+    NatsServer,
+    Tracing,
+    Workloads,
+    nats_problem,
+)
 from tests.support.wait import until
 
 FAST = Backoff(base_delay_s=0.01, max_delay_s=0.05)
@@ -46,6 +55,17 @@ FAST = Backoff(base_delay_s=0.01, max_delay_s=0.05)
 
 def _sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
     return reg.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+async def own_nc(bus: Bus) -> AsyncIterator[Client]:
+    """A connection of the code under test's own (the server may close it), reconnecting
+    forever like the ecom relay's and projection's."""
+    nc = await nats.connect(NATS_URL, connect_timeout=2, reconnect_time_wait=0.1,
+                            max_reconnect_attempts=-1)
+    yield nc
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.close(), 5)
 
 
 async def test_shared_nats_is_reachable() -> None:
@@ -479,6 +499,46 @@ async def test_dead_letter_id_taken_by_another_message_is_not_success(
     assert info.num_ack_pending + info.num_pending == 1
 
 
+async def test_dead_letter_too_large_with_its_headers_is_naked_and_consumption_goes_on(
+        bus: Bus, own_nc: Client, prom: CollectorRegistry) -> None:
+    """A message that fitted the server's max_payload when published, but not with the
+    dead-letter headers added, is not sent to the dead letters (the server would close
+    the connection for good, "Maximum Payload Violation", and the consumer stop
+    consuming): it is nak'ed, kept, and the next message is consumed."""
+    payload = b"p" * (own_nc.max_payload - 200)  # fits with its own few headers
+    ack = await bus.js.publish(bus.subject, payload, headers={"Nats-Msg-Id": "poison-1"})
+    assert not ack.duplicate
+    seen: list[str] = []
+
+    async def handle(d: Delivery) -> None:
+        seen.append(d.msg_id)
+        if d.msg_id == "poison-1":
+            raise PoisonMessage("undecodable")
+
+    consumer = Consumer(own_nc.jetstream(), handle, ConsumerOptions(
+        stream=bus.stream, durable="d1", filter_subject=bus.subject,
+        dead_letter_subject=bus.dlq, backoff=Backoff(base_delay_s=0.05, max_delay_s=0.2),
+        batch_size=1, fetch_timeout_s=0.5, registry=prom))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await until(lambda: "poison-1" in seen, timeout_s=8, what="poison message handled")
+        await bus.js.publish(bus.subject, b"ok", headers={"Nats-Msg-Id": "good-1"})
+        await until(lambda: "good-1" in seen, timeout_s=8,
+                    what=f"next message consumed (connection closed={own_nc.is_closed})")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not own_nc.is_closed
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                   consumer="d1", outcome="retry") >= 1
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                   consumer="d1", outcome="dead_letter") == 0
+    assert await _fetch(bus, bus.stream, bus.dlq) == []
+    info = await bus.js.consumer_info(bus.stream, "d1")
+    assert info.num_ack_pending + info.num_pending == 1  # the poison message, kept
+
+
 async def test_consumer_recovers_when_its_stream_is_recreated(
         bus: Bus, prom: CollectorRegistry) -> None:
     """Consumer.run re-creates its durable when the stream (and so the durable) was
@@ -688,6 +748,70 @@ async def test_relay_once_marks_the_good_events_of_a_batch_with_a_bad_one(
     alone = OutboxRelay(_MemOutbox([bad]), Publisher(bus.js, PublishOptions(registry=prom)))
     with pytest.raises(PublishError, match="all 1 events"):
         await alone.relay_once()
+
+
+async def test_event_too_large_with_its_headers_is_refused_and_backs_off_alone(
+        bus: Bus, own_nc: Client, workloads: Workloads, prom: CollectorRegistry) -> None:
+    """An event whose payload fits max_payload but not with the headers the publisher
+    adds (identity, trace context, Nats-Msg-Id) is refused with PublishError before it
+    is sent: sent, the server would close the relay's connection for good ("Maximum
+    Payload Violation"). It backs off alone; the next event goes out."""
+    big = OutboxEvent("big-1", bus.subject, b"x" * (own_nc.max_payload - 300), {})
+    store = _MemOutbox([big])
+    publisher = Publisher(own_nc.jetstream(), PublishOptions(
+        registry=prom, signer=MessageSigner(*workloads.orderd), max_attempts=1))
+    relay = OutboxRelay(store, publisher, RelayOptions(
+        error_backoff=Backoff(base_delay_s=30, max_delay_s=30, rng=_NoJitter())))
+    with pytest.raises(PublishError) as err:
+        await asyncio.wait_for(relay.relay_once(), 8)
+    cause = err.value.__cause__
+    assert isinstance(cause, PublishError) and "max_payload" in str(cause)
+    assert isinstance(cause.__cause__, nats.errors.MaxPayloadError)
+    store.events.append(OutboxEvent("small-1", bus.subject, b"{}", {}))
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 1
+    assert store.sent == ["small-1"] and not own_nc.is_closed
+    assert _sample(prom, "meshkit_messaging_published_total", subject=bus.subject,
+                   outcome="error") == 1
+
+
+async def test_good_event_behind_more_failing_events_than_batch_size_is_published(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """Twice batch_size unpublishable events at the head of the outbox do not starve the
+    good event behind them: every failing event is remembered while it backs off and
+    the read reaches past them (the relay used to remember batch_size of them, so the
+    forgotten ones filled every other round and the good event was never read)."""
+    bad = [OutboxEvent(f"bad-{i}", f"nostream{bus.stream}.x", b"x", {}) for i in range(4)]
+    store = _MemOutbox([*bad, OutboxEvent("good-1", bus.subject, b"g", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom,
+                                                                max_attempts=1)),
+                        RelayOptions(batch_size=2, error_backoff=Backoff(
+                            base_delay_s=30, max_delay_s=30, rng=_NoJitter())))
+    for _ in range(6):  # every bad event is still backing off (30 s) during these rounds
+        with contextlib.suppress(PublishError):
+            await asyncio.wait_for(relay.relay_once(), 8)
+        if store.sent:
+            break
+    assert store.sent == ["good-1"], f"event failures: {relay.event_failures}"
+    assert relay.event_failures == 4  # each bad event tried once
+
+
+async def test_event_backoff_counts_from_its_failed_publish(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A failed event's error_backoff starts when its publish failed, not when the round
+    began: a publish that spent longer in its own retries than the backoff is not tried
+    again in the very next round."""
+    bad = OutboxEvent("bad", f"nostream{bus.stream}.x", b"x", {})
+    store = _MemOutbox([bad])
+    slow = PublishOptions(registry=prom, max_attempts=3,  # two 0.4 s retry waits
+                          backoff=Backoff(base_delay_s=0.4, max_delay_s=0.4,
+                                          rng=_NoJitter()))
+    relay = OutboxRelay(store, Publisher(bus.js, slow), RelayOptions(
+        error_backoff=Backoff(base_delay_s=0.5, max_delay_s=0.5, rng=_NoJitter())))
+    with pytest.raises(PublishError):
+        await asyncio.wait_for(relay.relay_once(), 8)
+    assert relay.event_failures == 1
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 0  # still backing off
+    assert relay.event_failures == 1
 
 
 @pytest.mark.parametrize("bad", ["ORDERS\n", "ORD\tERS", "a b", "a.b", "a*", "a>", "a/b",
