@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections import Counter
 from collections.abc import Sequence
 
@@ -18,10 +19,12 @@ from examples.ecom import events
 from examples.ecom.storage import ItemRecord, NewOrder, Store
 from meshkit.messaging import (
     Consumer,
+    Delivery,
     MessageSigner,
     MessageVerifier,
     OutboxEvent,
     OutboxRelay,
+    PoisonMessage,
     Publisher,
     PublishOptions,
     RelayOptions,
@@ -162,3 +165,47 @@ async def test_relay_exports_the_pending_count(store: Store, bus: Bus) -> None:
         left.append(prom.get_sample_value("meshkit_messaging_outbox_pending",
                                           {"outbox": "orders"}))
     assert left == [3, 1, 0, 0]
+
+
+class _RecordingStore:
+    """The part of the ecom Store the projection uses, recording what it applies."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, str, object]] = []
+
+    async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
+        self.applied.append((event_id, user_id, total_minor))
+        return True
+
+
+@pytest.mark.parametrize("total", ["true", "false", "1.5", '"250"', "null"])
+async def test_projection_refuses_a_total_that_is_not_a_json_integer(total: str) -> None:
+    """total_minor must be a JSON integer: a boolean (a Python int subclass, which
+    isinstance(total, int) let through as an order of 1 or 0 minor units), a float, a
+    string or null is poison (dead letter), never applied."""
+    store = _RecordingStore()
+    projection = events.Projection(store)  # type: ignore[arg-type]
+    body = (b'{"type":"OrderPlaced","event_id":"e-1","user_id":"u-1","total_minor":'
+            + total.encode() + b"}")
+    with pytest.raises(PoisonMessage):
+        await projection(Delivery("ecom.orders.placed", body, "e-1", {}, None, 1))
+    assert store.applied == []
+    ok = body.replace(total.encode(), b"250")
+    await projection(Delivery("ecom.orders.placed", ok, "e-1", {}, None, 1))
+    assert store.applied == [("e-1", "u-1", 250)]
+
+
+def test_projection_redeliveries_outlast_a_store_outage() -> None:
+    """The projection's consumer keeps redelivering an event it failed on (the summary
+    store down) for over a minute before dead-lettering it, in 99 % of cases (full
+    jitter), and about two minutes on average; with the consumer's defaults (5
+    deliveries, 100 ms doubling) a valid event was dead-lettered after a 1.5 s outage."""
+    opts = events.consumer_options(None)
+    rng = random.Random(7)
+    backoff = Backoff(base_delay_s=opts.backoff.base_delay_s,
+                      max_delay_s=opts.backoff.max_delay_s,
+                      multiplier=opts.backoff.multiplier, rng=rng)
+    naks = range(1, opts.max_deliveries)  # the last failed delivery is dead-lettered
+    waits = sorted(sum(backoff.delay_s(n) for n in naks) for _ in range(2000))
+    assert waits[len(waits) // 100] > 60.0, waits[:20]
+    assert 90.0 < waits[len(waits) // 2] < 180.0
