@@ -629,7 +629,8 @@ class MeshServer:
             meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
             info = describe_certificate(load_certificate(opts.tls.cert_file))
-            set_certificate_expiry(self.service, info.not_after.timestamp())
+            set_certificate_expiry(self.service, info.not_after.timestamp(),
+                                   registry=self._metrics_registry())
         host = opts.advertise_host or (
             socket.gethostname() if opts.host in ("0.0.0.0", "::", "[::]") else opts.host
         )
@@ -701,7 +702,14 @@ class MeshServer:
     def _certificate_reloaded(self, material: TLSMaterial) -> None:
         """Keep ``meshkit_certificate_expiry_timestamp_seconds`` on the renewed certificate
         (called by the TLS reloader on a grpc core thread)."""
-        set_certificate_expiry(self.service, material.not_after)
+        set_certificate_expiry(self.service, material.not_after,
+                               registry=self._metrics_registry())
+
+    def _metrics_registry(self) -> Any:
+        """Where this server's metrics go (and ``/metrics`` serves): its telemetry's
+        registry, else ``None`` (the process default)."""
+        telemetry = self.options.telemetry
+        return telemetry.registry if telemetry is not None else None
 
     async def drain(self) -> None:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with

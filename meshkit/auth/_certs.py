@@ -332,20 +332,24 @@ def issue_workload(
 # -- files ----------------------------------------------------------------------------------
 def _write(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not overwrite:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            raise KeyExistsError(f"{path} exists; refusing to overwrite it") from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return
+    if not overwrite and path.exists():
+        raise KeyExistsError(f"{path} exists; refusing to overwrite it")
+    # written whole to a temporary file, then moved into place: a failed write (a full
+    # disk) leaves nothing at ``path``, and without ``overwrite`` os.link refuses a file
+    # that appeared meanwhile (as O_EXCL would)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyExistsError(f"{path} exists; refusing to overwrite it") from None
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -488,9 +492,14 @@ def issue_into_dir(
         KeyExistsError: the workload's key or certificate exists and ``overwrite`` is
             false.
         CertificateError: no CA in ``directory`` (run ``meshkit certs init``).
-        ConfigError: bad arguments (see :func:`issue_workload`).
+        ConfigError: bad arguments (see :func:`issue_workload`), or a ``service`` whose
+            files would be the CA's own (``ca``).
     """
     d = Path(directory)
+    if f"{service}.pem" == CA_CERT or f"{service}.key" == CA_KEY:
+        # its files would be the CA's own: --force would replace the CA key with a leaf's
+        raise ConfigError(f"service {service!r} would write over the CA's files "
+                          f"({CA_CERT}, {CA_KEY}) in {str(d)!r}; name the workload otherwise")
     ca_cert = load_certificate(d / CA_CERT)
     ca_key = load_private_key(d / CA_KEY)
     key, cert = issue_workload(ca_key, ca_cert, service, ttl_h=ttl_h, dns=dns, ips=ips, now=now)

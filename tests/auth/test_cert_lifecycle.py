@@ -1,0 +1,115 @@
+"""The certificate files' and the expiry gauge's life cycle: what the CLI's ``certs``
+commands leave after a failed write or a workload named like the CA, and where serve()
+publishes ``meshkit_certificate_expiry_timestamp_seconds``. Real files, a real CLI process,
+real serve()/dial() pairs on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+import meshkit
+from meshkit.auth import init_ca_dir, load_certificate, load_private_key
+from meshkit.auth.cli import main as certs_main
+from meshkit.discovery import LocalRegistry
+from meshkit.observability import TelemetryOptions
+from tests.auth.conftest import SERVICE, TD, Pki, auth_handler
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A fresh mesh CA for trust domain ``meshkit.test`` (as tests/auth/conftest.py's)."""
+    init_ca_dir(tmp_path / "pki", trust_domain=TD, ttl_days=2)
+    return Pki(tmp_path / "pki")
+
+
+def test_a_failed_first_write_leaves_no_truncated_key_behind(tmp_path: Path) -> None:
+    """A key written for the first time goes to a temporary file, then into place: a write
+    that fails part-way (here EFBIG at 100 bytes, as a full disk) leaves no truncated key
+    that would make every retry refuse to overwrite it."""
+    d = tmp_path / "pki"
+    assert certs_main(["certs", "init", "--dir", str(d), "--trust-domain", TD]) == 0
+    # A real failing write: the file-size limit makes write(2) fail with EFBIG at 100 bytes
+    # (a PKCS#8 P-256 key is ~241), like a full disk would.
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from meshkit.auth.cli import main
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+        sys.exit(main(["certs", "issue", "orderd", "--dir", {str(d)!r}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=_REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr  # the failed write is reported
+    key = d / "orderd.key"
+    if key.exists():  # atomic: either no file, or the whole key
+        load_private_key(key)
+    # and the operator can simply run the command again
+    assert certs_main(["certs", "issue", "orderd", "--dir", str(d)]) == 0
+
+
+def test_issue_never_writes_over_the_mesh_ca(tmp_path: Path) -> None:
+    """A workload named ``ca`` would get the CA's own file names: ``certs issue ca --force``
+    is refused instead of replacing the CA key with a leaf's."""
+    d = tmp_path / "pki"
+    assert certs_main(["certs", "init", "--dir", str(d), "--trust-domain", TD]) == 0
+    ca_key, ca_pem = (d / "ca.key").read_bytes(), (d / "ca.pem").read_bytes()
+    certs_main(["certs", "issue", "ca", "--dir", str(d), "--force"])
+    assert (d / "ca.key").read_bytes() == ca_key, "the CA private key was replaced"
+    assert (d / "ca.pem").read_bytes() == ca_pem, "the CA certificate was replaced"
+    # the CA still issues
+    assert certs_main(["certs", "issue", "orderd", "--dir", str(d)]) == 0
+    assert load_certificate(d / "orderd.pem").issuer == load_certificate(d / "ca.pem").subject
+
+
+async def _get(url: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def test_certificate_expiry_gauge_is_on_the_served_metrics_registry(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With its own telemetry registry (the one /metrics serves), serve() publishes the
+    certificate expiry gauge there, not in the process default registry."""
+    monkeypatch.delenv("MESHKIT_ADMIN_PORT", raising=False)
+    server_tls = pki.issue("userd")
+    client_tls = pki.issue("orderd")
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    own = CollectorRegistry()
+    srv = meshkit.MeshServer("userd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        tls=server_tls, drain_delay_s=0, grace_s=0.5, telemetry=TelemetryOptions(registry=own)))
+    await asyncio.wait_for(srv.start(), 10)
+    try:
+        async with meshkit.dial("userd", registry=reg,
+                                options=meshkit.DialOptions(tls=client_tls)) as ch:
+            await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
+        assert srv.admin is not None
+        text = await asyncio.wait_for(_get(f"http://127.0.0.1:{srv.admin.port}/metrics"), 5)
+        assert 'grpc_method="Whoami"' in text  # /metrics serves the telemetry registry
+        samples: dict[str, Any] = {}
+        for line in text.splitlines():
+            if line.startswith("meshkit_certificate_expiry_timestamp_seconds{"):
+                labels, value = line.rsplit(" ", 1)
+                samples[labels] = float(value)
+        assert samples.get('meshkit_certificate_expiry_timestamp_seconds{service="userd"}') \
+            == server_tls.read().not_after, samples
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+        await reg.close()
