@@ -15,9 +15,10 @@ retried and secured like any client: mTLS with the workload certificate from
 ``--cert-dir``/``--workload`` (default ``$MESHKIT_CERT_DIR``/``$MESHKIT_WORKLOAD``), or
 plaintext with ``--insecure``.
 
-Request metadata comes from ``-H 'KEY: VALUE'``; a ``KEY`` ending in ``-bin`` (gRPC's
-binary metadata) takes its value base64-encoded, standard or URL-safe alphabet, padding
-optional, and sends the decoded bytes (grpcurl's convention). An error never prints a
+Request metadata comes from ``-H 'KEY: VALUE'`` and goes on the reflection requests too;
+a ``KEY`` ending in ``-bin`` (gRPC's binary metadata) takes its value base64-encoded,
+standard or URL-safe alphabet, padding optional, and sends the decoded bytes (grpcurl's
+conventions). An error never prints a
 header's value (it is often a bearer token).
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not an object of
@@ -120,11 +121,15 @@ def parse_target(text: str, service: str | None = None) -> Target:
 
 class Reflection:
     """A server-reflection client over a mesh channel: lists gRPC services and loads
-    their descriptors (with dependencies) into a private descriptor pool."""
+    their descriptors (with dependencies) into a private descriptor pool. Each request
+    carries ``metadata`` (the ``-H`` headers, as grpcurl sends them on reflection too: a
+    server may want the bearer token on every method)."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float,
+                 metadata: tuple[tuple[str, str | bytes], ...] = ()) -> None:
         self.channel = channel
         self.timeout_s = timeout_s
+        self.metadata = metadata or None
         self.pool = descriptor_pool.DescriptorPool()
         self._files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
         self._added: set[str] = set()
@@ -137,7 +142,8 @@ class Reflection:
                 path, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
             try:
-                async for response in rpc(iter([request]), timeout=self.timeout_s):
+                async for response in rpc(iter([request]), timeout=self.timeout_s,
+                                          metadata=self.metadata):
                     self._path = path
                     if response.HasField("error_response"):
                         raise CallError(f"reflection: {response.error_response.error_message}")
@@ -189,15 +195,16 @@ def _matches(full_name: str, wanted: str | None) -> bool:
     return wanted is None or full_name == wanted or full_name.rsplit(".", 1)[-1] == wanted
 
 
-async def _resolve(channel: grpc.aio.Channel, target: Target,
-                   timeout_s: float) -> MethodDescriptor | None:
-    """The one method ``target`` names on the server behind ``channel``; None when the
-    server does not serve it.
+async def _resolve(channel: grpc.aio.Channel, target: Target, timeout_s: float,
+                   metadata: tuple[tuple[str, str | bytes], ...] = (),
+                   ) -> MethodDescriptor | None:
+    """The one method ``target`` names on the server behind ``channel`` (reflection asked
+    with ``metadata``); None when the server does not serve it.
 
     Raises:
         CallError: the name is ambiguous.
     """
-    refl = Reflection(channel, timeout_s)
+    refl = Reflection(channel, timeout_s, metadata)
     found: list[MethodDescriptor] = []
     for svc in await refl.services():
         if _matches(svc, target.grpc_service):
@@ -235,7 +242,7 @@ async def _find_service(args: _Args) -> str:
     for name in names:
         async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
             try:
-                refl = Reflection(ch, args.timeout_s)
+                refl = Reflection(ch, args.timeout_s, args.metadata)
                 if args.target.grpc_service in await refl.services():
                     return name
             except (grpc.aio.AioRpcError, CallError):
@@ -248,7 +255,7 @@ async def _call(args: _Args) -> str:
     """Resolve and make the call; the response as JSON text."""
     service = args.target.service or await _find_service(args)
     async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
-        method = await _resolve(ch, args.target, args.timeout_s)
+        method = await _resolve(ch, args.target, args.timeout_s, args.metadata)
         if method is None:
             raise CallError(f"{service!r} serves no method {args.target.method!r}"
                             + (f" in {args.target.grpc_service!r}"

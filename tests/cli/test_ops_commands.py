@@ -19,6 +19,14 @@ from google.protobuf import duration_pb2, wrappers_pb2
 from grpc_health.v1 import health_pb2
 
 import meshkit
+from meshkit.auth import (
+    AuthOptions,
+    IssuerOptions,
+    JWTVerifier,
+    KeySet,
+    TokenIssuer,
+    VerifierOptions,
+)
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from tests.support.wait import until
 
@@ -71,9 +79,12 @@ def uri(registry: LocalRegistry) -> str:
     return f"local://{o.path}?ttl_s={o.ttl_s}&poll_interval_s={o.poll_interval_s}"
 
 
-async def meshkit_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """Run ``meshkit ARGS`` (the CLI module of this checkout); (status, stdout, stderr)."""
+async def meshkit_cli(*args: str, stdin: bytes | None = None,
+                      env_extra: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``meshkit ARGS`` (the CLI module of this checkout) with no ``MESHKIT_*`` from the
+    caller's environment but ``env_extra``; (status, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env.update(env_extra or {})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meshkit.cli", *args, env=env, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -93,6 +104,26 @@ async def greeter(registry: LocalRegistry) -> AsyncIterator[meshkit.MeshServer]:
                                      drain_delay_s=0, grace_s=1))
     await server.start()
     yield server
+    await server.drain()
+
+
+@pytest.fixture
+async def jwt_greeter(registry: LocalRegistry) -> AsyncIterator[tuple[meshkit.MeshServer, str]]:
+    """A plaintext ``greeter`` whose every method (reflection's too) needs a bearer token
+    (meshkit's JWT auth with its defaults), and a valid token for it."""
+    issuer, audience = "https://issuer.clitest", "greeter"
+    keys = KeySet.generate()
+    verifier = JWTVerifier(VerifierOptions(issuer=issuer, audience=audience), keys)
+    token = TokenIssuer(keys, IssuerOptions(issuer=issuer, audience=audience)).issue("ops")
+    server = meshkit.MeshServer(
+        "greeter", [(services.add_GreeterServicer_to_server, Greeter()),
+                    (services.add_EchoerServicer_to_server, Echoer())],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="greeter-jwt",
+                                     drain_delay_s=0, grace_s=1,
+                                     auth=AuthOptions(verifier=verifier, check_peers=False)))
+    await server.start()
+    yield server, token
     await server.drain()
 
 
@@ -507,3 +538,18 @@ def test_admin_url_and_target_of_an_ipv6_host_have_one_pair_of_brackets() -> Non
         assert inst.address == "[::1]:5000"
         assert admin_url(inst) == "http://[::1]:9100", host
         assert target_groups([inst], [])[0]["targets"] == ["[::1]:9100"], host
+
+
+async def test_call_sends_the_headers_on_the_reflection_requests_too(
+        jwt_greeter: tuple[meshkit.MeshServer, str], registry: LocalRegistry) -> None:
+    """``-H`` metadata goes on the server-reflection requests (and the probes that find the
+    mesh service of a ``/pkg.Svc/Method`` target) as on the call, as grpcurl's does: a
+    server that wants the bearer token on every method is called with it."""
+    _, token = jwt_greeter
+    common = ['{"name": "Ada"}', "--registry", uri(registry), "--insecure",
+              "-H", f"authorization: Bearer {token}", "--timeout-s", "5"]
+    targets = ("greeter/meshkit.clitest.Greeter/SayHello", "/meshkit.clitest.Greeter/SayHello")
+    results = await asyncio.gather(*(meshkit_cli("call", t, *common) for t in targets))
+    for target, (code, out, err) in zip(targets, results, strict=True):
+        assert (code, err) == (0, ""), (target, code, err)
+        assert json.loads(out) == {"message": "Hello, Ada!"}, (target, out)
