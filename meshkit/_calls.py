@@ -643,6 +643,18 @@ class StreamUnaryCall(UnaryResponseCall):
         self._writes = writes
         self._half_closed = False
 
+    def _settle(self, call: Any, error: BaseException | None) -> None:
+        super()._settle(call, error)
+        writes = self._writes
+        if writes is not None:
+            # the call ended (answered before done_writing(), failed, cancelled): end the
+            # request stream, so the task grpc.aio runs to consume it ends too instead of
+            # waiting for ever on a message nobody will write
+            queue = writes.queue
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(_END_OF_WRITES)
+
     async def _put(self, item: Any) -> None:
         """Hand ``item`` to the request stream, starting the call: at once when the one
         before it was taken, else when it is, or raise once the call has ended."""

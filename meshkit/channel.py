@@ -121,6 +121,18 @@ _UNKNOWN = grpc.StatusCode.UNKNOWN
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def _refused_here(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether a status is grpc's own refusal on this side, before the message left: a
+    request over the channel's ``grpc.max_send_message_length`` ("CLIENT: Sent message
+    larger than max" from grpc core; for a stream, grpc.aio's failed batch, ``INTERNAL``
+    "Internal error from Core"). No endpoint's outcome: outlier ejection's failure codes
+    mean the endpoint, not the request, is at fault."""
+    if code is _INTERNAL:
+        return details == "Internal error from Core"
+    return code is _EXHAUSTED and details is not None and details.startswith(
+        "CLIENT: Sent message larger than max")
+
+
 def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
     """The status a failed attempt reports to the balancer: a refusal before any processing
     (:func:`~meshkit.resilience.is_nack`: a stream reset ``REFUSED_STREAM``, or a meshkit
@@ -542,6 +554,9 @@ class MeshChannel(grpc.aio.Channel):
         try:
             response = await call
         except AioRpcError as exc:
+            if _refused_here(exc.code(), exc.details()):  # no endpoint's outcome
+                done(_CANCELLED, _perf() - t0)
+                raise
             ep.failures += 1
             done(_attempt_outcome(exc), _perf() - t0)
             raise
@@ -862,6 +877,10 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
             done(code, latency)
             return
         code = _INTERNAL
+    elif (code is _INTERNAL or code is _EXHAUSTED) and _refused_here(
+            code, await call.details()):
+        done(_CANCELLED, latency)  # grpc refused to send a message: no endpoint's outcome
+        return
     elif code is _DEADLINE_EXCEEDED:
         # the caller's bound on the stream's life (a watch, a subscription renewed every
         # n seconds), not a sign of a broken endpoint: counted as no endpoint's outcome,

@@ -430,3 +430,49 @@ async def test_endpoint_counters_go_on_when_an_instance_comes_back_at_a_new_addr
             assert await asyncio.wait_for(unary(b"x", timeout=3), 5) == b"new|x"
             after_call = calls()
     assert (before, after_move, after_call) == (3, 3, 4)
+
+
+async def test_the_clients_own_send_limit_is_no_failure_of_the_endpoint(
+        registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """A stream message over the channel's own ``grpc.max_send_message_length`` (grpc.aio's
+    INTERNAL "Internal error from Core") is grpc's refusal on this side, no outcome of
+    the endpoint: five of them neither count as its failures nor eject it."""
+    from meshkit.balancer import P2C, OutlierOptions
+
+    reported: list[grpc.StatusCode] = []  # the outcomes the channel gave the balancer
+
+    class Recording(P2C):
+        def pick(self, key: Any = None, exclude: Any = ()) -> Any:
+            got = super().pick(key, exclude)
+            if got is None:
+                return None
+            ep, done = got
+
+            def recorded(code: grpc.StatusCode, latency_s: float) -> None:
+                reported.append(code)
+                done(code, latency_s)
+
+            return ep, recorded
+
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(
+        insecure=True, balancer=Recording,
+        channel_options=(("grpc.max_send_message_length", 1000),))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(1)
+        for _ in range(5):  # OutlierOptions().consecutive_failures
+            call = ch.stream_stream(method("Bidi"))(timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(call.write(b"x" * 2000), 5)
+            await asyncio.wait_for(call.code(), 5)
+        # the stream reports run in tasks of their own
+        await until(lambda: len(reported) >= 5, timeout_s=3, what="5 stream reports")
+        assert len(reported) == 5, reported
+        counted = [c for c in reported if c in OutlierOptions().failure_codes]
+        assert counted == [], (f"the client's own send-limit refusals were reported as the "
+                               f"endpoint's failures: {counted}")
+        ejected = [ep.instance_id for ep in ch.stats().endpoints if ep.ejected]
+        assert ejected == [], "healthy endpoint ejected for the client's own send limit"
+        # the endpoint still serves: a small call goes through
+        assert await asyncio.wait_for(
+            ch.unary_unary(method("Unary"))(b"hi", timeout=5), 8) == b"e1|hi"

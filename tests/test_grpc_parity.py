@@ -15,7 +15,7 @@ import pytest
 
 import meshkit
 from meshkit.discovery import Instance, LocalRegistry
-from tests.support.echo import handler, method, raw_server
+from tests.support.echo import SERVICE, handler, method, raw_server
 from tests.support.wait import until
 
 # default dial options, and without retries (the wrappers they add must change nothing here)
@@ -256,3 +256,59 @@ async def test_writes_to_an_ended_stream_unary_call(registry: LocalRegistry) -> 
         with pytest.raises(grpc.aio.UsageError):
             await iterated.done_writing()
         assert await iterated == b"done"
+
+
+def _pending_request_consumers() -> list[asyncio.Task[Any]]:
+    """grpc.aio's request-iterator consumer tasks still running (``_StreamRequestMixin.
+    _consume_request_iterator``)."""
+    return [t for t in asyncio.all_tasks()
+            if not t.done() and "_consume_request_iterator" in repr(t.get_coro())]
+
+
+async def test_a_written_stream_unary_call_answered_early_leaves_no_task_behind(
+        registry: LocalRegistry) -> None:
+    """A stream-unary call fed with write() that the server answers before done_writing()
+    leaves none of grpc.aio's request-consumer tasks waiting for ever on the mesh's
+    request queue (plain grpc.aio leaves none either)."""
+    async def answers_after_one(requests: Any, context: Any) -> bytes:
+        await context.read()
+        return b"done"
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE,
+            {"AnswersAfterOne": grpc.stream_unary_rpc_method_handler(answers_after_one)}),))
+
+    srv = meshkit.MeshServer("early", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, instance_id="s1",
+                                                          drain_delay_s=0.0, grace_s=1.0))
+    await srv.start()
+    try:
+        raw = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
+        mesh = meshkit.dial("early", registry=registry,
+                            options=meshkit.DialOptions(insecure=True))
+        try:
+            await mesh.wait_for_endpoints(1)
+            before = set(_pending_request_consumers())
+            calls = []  # kept alive, as a caller holding its call objects would
+            for name, ch in (("raw", raw), ("mesh", mesh)):
+                for _ in range(5):
+                    call = ch.stream_unary(method("AnswersAfterOne"))(timeout=5)
+                    await asyncio.wait_for(call.write(b"a"), 5)
+                    assert await asyncio.wait_for(call, 5) == b"done", name
+                    await asyncio.wait_for(call.done_writing(), 5)  # after the end: nothing
+                    assert await call.code() is grpc.StatusCode.OK
+                    calls.append(call)
+            # grpc.aio's consumers of ended calls are gone a few loop turns later
+            with contextlib.suppress(AssertionError):
+                await until(lambda: not set(_pending_request_consumers()) - before,
+                            timeout_s=3.0)
+            left = set(_pending_request_consumers()) - before
+            assert not left, (f"{len(left)} request-consumer task(s) of finished "
+                              f"stream-unary calls still pending")
+        finally:
+            await raw.close()
+            await mesh.close()
+        assert all(c.done() for c in calls)
+    finally:
+        await srv.drain()
