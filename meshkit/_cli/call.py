@@ -230,7 +230,11 @@ async def _find_service(args: _Args) -> str:
     """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn).
 
     Raises:
-        CallError: no listed service serves it.
+        CallError: no listed service serves it (each answered, or serves no reflection).
+        grpc.aio.AioRpcError: none was found serving it and asking one failed with a gRPC
+            status (the first such, e.g. ``UNAUTHENTICATED``; its details name the
+            service): which one serves it is unknown, so the exit status is that call
+            failure's, as for a ``SERVICE/...`` target.
         MeshRpcError: ``UNAVAILABLE``, the registry cannot be read (as a dial through it
             fails), so the exit status is 64 + 14 for either target form.
     """
@@ -239,16 +243,25 @@ async def _find_service(args: _Args) -> str:
     except MeshError as exc:
         raise MeshRpcError(grpc.StatusCode.UNAVAILABLE,
                            f"the service registry cannot be read: {exc}") from None
+    wanted = args.target.grpc_service
+    failed: grpc.aio.AioRpcError | None = None
     for name in names:
         async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
             try:
                 refl = Reflection(ch, args.timeout_s, args.metadata)
-                if args.target.grpc_service in await refl.services():
+                if wanted in await refl.services():
                     return name
-            except (grpc.aio.AioRpcError, CallError):
+            except CallError:  # no reflection there
                 continue
-    raise CallError(f"no service in the registry serves {args.target.grpc_service!r}; "
-                    "name it with --service")
+            except grpc.aio.AioRpcError as exc:
+                if failed is None:
+                    failed = grpc.aio.AioRpcError(
+                        exc.code(), grpc.aio.Metadata(), grpc.aio.Metadata(),
+                        details=f"reflection on {name!r} (finding the service of "
+                                f"{wanted!r}): {exc.details()}")
+    if failed is not None:
+        raise failed
+    raise CallError(f"no service in the registry serves {wanted!r}; name it with --service")
 
 
 async def _call(args: _Args) -> str:

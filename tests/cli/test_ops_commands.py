@@ -553,3 +553,17 @@ async def test_call_sends_the_headers_on_the_reflection_requests_too(
     for target, (code, out, err) in zip(targets, results, strict=True):
         assert (code, err) == (0, ""), (target, code, err)
         assert json.loads(out) == {"message": "Hello, Ada!"}, (target, out)
+
+
+async def test_call_a_refused_reflection_probe_is_its_rpc_status(
+        jwt_greeter: tuple[meshkit.MeshServer, str], registry: LocalRegistry) -> None:
+    """A ``/pkg.Svc/Method`` target whose service finding fails on a probe's gRPC status
+    (here UNAUTHENTICATED: no token) exits 64 + that code with the status on stderr, as
+    the ``SERVICE/...`` form of the same call does, not the usage error "no service in
+    the registry serves it" (the one service may well serve it)."""
+    reg = ["--registry", uri(registry), "--insecure", "--timeout-s", "5"]
+    for target in ("/meshkit.clitest.Greeter/SayHello",
+                   "greeter/meshkit.clitest.Greeter/SayHello"):
+        code, out, err = await meshkit_cli("call", target, "{}", *reg)
+        assert (code, out) == (64 + 16, ""), (target, code, err)
+        assert err.splitlines()[-1].startswith("ERROR: UNAUTHENTICATED: "), (target, err)
