@@ -3,12 +3,14 @@
 The target is ``SERVICE/Method`` (a mesh service as registered and a method of the gRPC
 service it serves, e.g. ``userd/CreateUser``), ``SERVICE/pkg.Svc/Method`` when it serves
 two methods of that name, or a full gRPC name ``/pkg.Svc/Method`` (the mesh service that
-serves it is found in the registry, or named with ``--service``). The request and response
-types come from the server's reflection service (``serve()`` turns it on), so no generated
-code is needed: the request, a JSON object, is parsed with protobuf's ``json_format`` and
-the response printed as JSON (proto field names). An ``Any`` may hold a type the server
-describes or one of protobuf's well-known types (``Duration``, ``Struct``...); a response's
-``Any`` of any other type is printed as ``{"@type": URL, "@value": "<base64>"}``.
+serves it is found in the registry, or named with ``--service``). gRPC's health and
+reflection services match only when named in full (``SERVICE/grpc.health.v1.Health/Check``).
+The request and response types come from the server's reflection service (``serve()``
+turns it on), so no generated code is needed: the request, a JSON object, is parsed with
+protobuf's ``json_format`` and the response printed as JSON (proto field names). An ``Any``
+may hold a type the server describes or one of protobuf's well-known types (``Duration``,
+``Struct``...); a response's ``Any`` of any other type is printed as
+``{"@type": URL, "@value": "<base64>"}``.
 
 The call is dialled with :func:`meshkit.dial` through the registry, so it is balanced,
 retried and secured like any client: mTLS with the workload certificate from
@@ -154,10 +156,9 @@ class Reflection:
         raise CallError("the server does not serve gRPC reflection")
 
     async def services(self) -> list[str]:
-        """The gRPC services the server lists, health and reflection left out."""
+        """The gRPC services the server lists (health and reflection included)."""
         resp = await self._ask(reflection_pb2.ServerReflectionRequest(list_services=""))
-        return [s.name for s in resp.list_services_response.service
-                if not s.name.startswith(_INFRA_PREFIXES)]
+        return [s.name for s in resp.list_services_response.service]
 
     async def _fetch(self, request: reflection_pb2.ServerReflectionRequest) -> None:
         resp = await self._ask(request)
@@ -192,7 +193,13 @@ class Reflection:
 
 
 def _matches(full_name: str, wanted: str | None) -> bool:
-    return wanted is None or full_name == wanted or full_name.rsplit(".", 1)[-1] == wanted
+    """Whether the gRPC service ``full_name`` is the one ``wanted`` (a full or short name,
+    None: any); health and reflection only when named in full."""
+    if full_name == wanted:
+        return True
+    if full_name.startswith(_INFRA_PREFIXES):
+        return False
+    return wanted is None or full_name.rsplit(".", 1)[-1] == wanted
 
 
 async def _resolve(channel: grpc.aio.Channel, target: Target, timeout_s: float,

@@ -567,3 +567,22 @@ async def test_call_a_refused_reflection_probe_is_its_rpc_status(
         code, out, err = await meshkit_cli("call", target, "{}", *reg)
         assert (code, out) == (64 + 16, ""), (target, code, err)
         assert err.splitlines()[-1].startswith("ERROR: UNAUTHENTICATED: "), (target, err)
+
+
+async def test_call_the_health_service_named_in_full(greeter: meshkit.MeshServer,
+                                                     registry: LocalRegistry) -> None:
+    """The gRPC health service serve() starts is called when named in full (``SERVICE/
+    grpc.health.v1.Health/Check``, or ``/grpc.health.v1.Health/Check``); it is left out
+    of matching by method or short name only (``greeter/Check`` serves no such method)."""
+    reg = ["--registry", uri(registry), "--insecure", "--timeout-s", "5"]
+    results = await asyncio.gather(
+        meshkit_cli("call", "greeter/grpc.health.v1.Health/Check", "{}", *reg),
+        meshkit_cli("call", "/grpc.health.v1.Health/Check", "{}", "--service", "greeter",
+                    *reg),
+        meshkit_cli("call", "/grpc.health.v1.Health/Check", "{}", *reg))
+    for code, out, err in results:
+        assert (code, err) == (0, ""), (code, err)
+        assert json.loads(out) == {"status": "SERVING"}, out
+    for target in ("greeter/Check", "greeter/Health/Check"):
+        code, out, err = await meshkit_cli("call", target, "{}", *reg)
+        assert (code, out) == (2, "") and "serves no method 'Check'" in err, (target, err)
