@@ -319,12 +319,13 @@ def _parse_request(text: str, request: Any, pool: descriptor_pool.DescriptorPool
     object; empty text is ``{}``).
 
     Raises:
-        CallError: not JSON, not a JSON object, or not a valid message of its type.
+        CallError: not JSON (or nested deeper than the parser goes), not a JSON object, or
+            not a valid message of its type.
     """
     name = request.DESCRIPTOR.full_name
     try:
         value = json.loads(text or "{}")
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, not UTF-8, too deep
         raise CallError(f"request is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise CallError(f"request must be a JSON object (a {name}), "

@@ -421,6 +421,20 @@ async def test_call_request_must_be_a_json_object(greeter: meshkit.MeshServer,
         assert len(err.splitlines()) == 1 and "request" in err, (body, err)
 
 
+async def test_call_request_nested_too_deeply_is_a_usage_error(
+        greeter: meshkit.MeshServer, registry: LocalRegistry) -> None:
+    """A request nested deeper than Python's JSON parser (or protobuf's) goes is a usage
+    error (exit 2, one line), not a RecursionError traceback."""
+    reg = ["--registry", uri(registry), "--insecure"]
+    deep_struct = '{"payload": {"@type": "type.googleapis.com/google.protobuf.Struct", ' \
+        '"value": ' + '{"a": ' * 900 + "1" + "}" * 900 + "}}"
+    for target, body in (("greeter/Greeter/SayHello", b"[" * 100_000),
+                         ("greeter/Echoer/Wrap", deep_struct.encode())):
+        code, out, err = await meshkit_cli("call", target, "-", *reg, stdin=body)
+        assert (code, out) == (2, ""), (target, code, err[-500:])
+        assert len(err.splitlines()) == 1 and "request" in err, (target, err[-500:])
+
+
 async def test_call_any_of_a_well_known_type_or_an_undescribed_one(
         greeter: meshkit.MeshServer, registry: LocalRegistry) -> None:
     """An ``Any`` holding a well-known type (the proto does not import it) is sent and
