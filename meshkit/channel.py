@@ -222,9 +222,12 @@ class DialOptions:
             raise ConfigError("insecure=True contradicts tls/credentials")
         if self.timeout_s is not None:
             check_number("timeout_s", self.timeout_s, low_open=True, finite=False)
-        MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
+        if not isinstance(self.method_timeouts, Mapping):
+            raise ConfigError("method_timeouts must be a mapping of method patterns, "
+                              f"got {self.method_timeouts!r}")
         for pattern, t in self.method_timeouts.items():
             check_number(f"method_timeouts[{pattern!r}]", t, low_open=True, finite=False)
+        MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
         check_number("deadline_margin_s", self.deadline_margin_s)  # inf: every call spent
         if self.hash_key_metadata is not None and (
                 not isinstance(self.hash_key_metadata, str) or not self.hash_key_metadata
