@@ -46,11 +46,21 @@ def positive_seconds(text: str) -> float:
 
 
 def quiet_logging() -> None:
-    """meshkit's logs on stderr at ``MESHKIT_LOG_LEVEL`` (default ERROR), so stdout
-    carries only the command's output and a failure is the command's own one line: the
-    library's warnings (a registry that cannot be read, ...) say what the command then
-    says itself; ``MESHKIT_LOG_LEVEL=WARNING`` shows them."""
-    configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "ERROR"), json=False)
+    """meshkit's logs on stderr at ``MESHKIT_LOG_LEVEL`` (default ERROR; empty is unset),
+    so stdout carries only the command's output and a failure is the command's own one
+    line: the library's warnings (a registry that cannot be read, ...) say what the command
+    then says itself; ``MESHKIT_LOG_LEVEL=WARNING`` shows them.
+
+    Raises:
+        SystemExit: a bad logging setting in the environment (an unknown level...): exit
+            status 2 (a usage error), after one line on stderr that quotes it.
+    """
+    try:
+        configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "").strip() or "ERROR",
+                          json=False)
+    except ConfigError as exc:
+        print(f"meshkit: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def open_registry(uri: str) -> Registry:

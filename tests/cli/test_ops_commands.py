@@ -271,6 +271,35 @@ async def test_an_unreadable_registry_is_one_line_on_stderr(tmp_path: Path) -> N
         assert (code, out, len(lines)) == (1, "", 1), (command, lines)
 
 
+async def test_a_bad_meshkit_log_level_is_a_usage_error(tmp_path: Path) -> None:
+    """``MESHKIT_LOG_LEVEL=verbose`` ends each command with one line naming the log level
+    and exit 2 (a usage error), not a ConfigError traceback and exit 1 (for ``services``:
+    "no instance or the registry cannot be read")."""
+    env = {"MESHKIT_LOG_LEVEL": "verbose"}
+    reg = ["--registry", f"local://{tmp_path / 'reg'}", "--timeout-s", "2"]
+    commands = (["call", "greeter/Greeter/SayHello", "{}", "--insecure"], ["services"],
+                ["prometheus-targets", "--out", str(tmp_path / "t.json")])
+    results = await asyncio.gather(*(meshkit_cli(*c, *reg, env_extra=env) for c in commands))
+    for command, (code, out, err) in zip(commands, results, strict=True):
+        assert (code, out) == (2, ""), (command, code, err[-400:])
+        assert len(err.splitlines()) == 1 and "log level" in err.lower(), (command, err)
+    assert not (tmp_path / "t.json").exists()
+
+
+async def test_an_empty_meshkit_log_level_is_unset(tmp_path: Path) -> None:
+    """An empty ``MESHKIT_LOG_LEVEL`` (``MESHKIT_LOG_LEVEL= meshkit services``) is unset,
+    as an empty ``MESHKIT_REGISTRY`` is: the commands' quiet default (ERROR) holds, so an
+    unreadable registry is the command's one line, not the library's warning first."""
+    bad = tmp_path / "reg"
+    bad.mkdir()
+    (bad / "registry.db").write_bytes(b"this is not an SQLite database file" * 200)
+    code, out, err = await meshkit_cli("services", "--registry", f"local://{bad}",
+                                       "--timeout-s", "2", env_extra={"MESHKIT_LOG_LEVEL": ""})
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert (code, out) == (1, ""), err
+    assert len(lines) == 1 and "registry cannot be read" in lines[0], lines
+
+
 async def test_call_any_fields_use_the_server_types(greeter: meshkit.MeshServer,
                                                     registry: LocalRegistry) -> None:
     """A ``google.protobuf.Any`` of a type the server's reflection described is parsed in
