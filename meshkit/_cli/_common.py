@@ -14,8 +14,8 @@ from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
 from meshkit.observability import configure_logging
 
-__all__ = ["add_registry_argument", "discover", "open_registry", "positive_seconds",
-           "quiet_logging", "service_names"]
+__all__ = ["add_registry_argument", "discover", "failing_instances", "open_registry",
+           "positive_seconds", "quiet_logging", "service_names"]
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
                  f"(default ${ENV_VAR}, else the default local registry)")
@@ -126,3 +126,22 @@ async def discover(registry: Registry, services: Iterable[str],
 
     found = await asyncio.gather(*(one(n) for n in names))
     return dict(zip(names, found, strict=True))
+
+
+async def failing_instances(registry: Registry, services: Iterable[str],
+                            timeout_s: float) -> list[Instance]:
+    """The instances of ``services`` the registry reports failing (none when it has no
+    ``failing()``); the reads are bounded by ``timeout_s`` seconds in all.
+
+    Raises:
+        MeshError: the registry cannot be read (its own error), or :class:`RegistryError`
+            when it gave no answer within ``timeout_s``.
+    """
+    failing_of = getattr(registry, "failing", None)
+    if failing_of is None:
+        return []
+    try:
+        async with asyncio.timeout(timeout_s):
+            return [i for name in services for i in await failing_of(name)]
+    except TimeoutError:
+        raise RegistryError(f"no answer from the registry within {timeout_s} s") from None

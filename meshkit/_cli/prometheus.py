@@ -34,6 +34,7 @@ from typing import Any
 from meshkit._cli._common import (
     add_registry_argument,
     discover,
+    failing_instances,
     open_registry,
     positive_seconds,
     quiet_logging,
@@ -114,12 +115,13 @@ class TargetWriter:
         if any(v is None for v in found.values()):
             raise MeshError(f"no answer from the registry within {self.timeout_s} s")
         live = [i for v in found.values() if v for i in v]
+        try:
+            failing = await failing_instances(self.registry, names, self.timeout_s)
+        except MeshError as exc:
+            raise RegistryError(f"the registry cannot be read: {exc}") from None
         now = time.monotonic()
-        failing_of = getattr(self.registry, "failing", None)
-        if failing_of is not None:
-            for name in names:
-                for inst in await failing_of(name):
-                    self._failing[inst.instance_id] = (inst, now)
+        for inst in failing:
+            self._failing[inst.instance_id] = (inst, now)
         live_ids = {i.instance_id for i in live}
         self._failing = {k: v for k, v in self._failing.items()
                          if k not in live_ids and now - v[1] <= self.keep_failing_s}

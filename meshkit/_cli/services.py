@@ -26,6 +26,7 @@ import aiohttp
 from meshkit._cli._common import (
     add_registry_argument,
     discover,
+    failing_instances,
     open_registry,
     positive_seconds,
     quiet_logging,
@@ -73,22 +74,23 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
 
     Raises:
         SystemExit: bad URI (status 2); a registry that cannot be read or cannot list
-            services (status 1).
+            services (status 1). Each registry read (listing, watches, failing
+            instances) is bounded by ``timeout_s``.
     """
     registry = open_registry(registry_uri)
     try:
         names = list(dict.fromkeys(only)) or await service_names(registry, timeout_s)
         found = await discover(registry, names, timeout_s)
-        failing_of = getattr(registry, "failing", None)
-        failing = [i for n in names for i in await failing_of(n)] if failing_of else []
+        # read even when a watch had no answer: the registry's error names the cause
+        failing = await failing_instances(registry, names, timeout_s)
     except MeshError as exc:  # RegistryError, a timeout of the listing: one line
         raise SystemExit(f"meshkit services: the registry cannot be read: {exc}") from None
     finally:
         await registry.close()
     unread = [n for n, v in found.items() if v is None]
     if unread:
-        raise SystemExit(f"meshkit services: no answer from the registry for {unread} "
-                         f"within {timeout_s} s")
+        raise SystemExit(f"meshkit services: the registry cannot be read: no answer for "
+                         f"{unread} within {timeout_s} s")
     instances = sorted((i for v in found.values() if v for i in v),
                        key=lambda i: (i.service, i.instance_id))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:

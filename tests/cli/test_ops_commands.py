@@ -490,8 +490,9 @@ async def test_call_any_of_a_well_known_type_or_an_undescribed_one(
 
 async def test_timeout_s_bounds_the_registry_listing(tmp_path: Path) -> None:
     """With a registry that accepts connections and never answers (a hung Consul agent),
-    ``services`` and ``prometheus-targets`` give up ``--timeout-s`` in (exit 1, one line:
-    the registry cannot be read), and ``call /pkg.Svc/Method`` exits 78 (UNAVAILABLE)."""
+    ``services`` (with ``--service`` too: no listing first) and ``prometheus-targets``
+    give up ``--timeout-s`` in (exit 1, one line: the registry cannot be read), and
+    ``call /pkg.Svc/Method`` exits 78 (UNAVAILABLE)."""
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
     hole.listen(64)
@@ -500,6 +501,8 @@ async def test_timeout_s_bounds_the_registry_listing(tmp_path: Path) -> None:
     try:
         for args, status in (
                 (("services", "--registry", registry, "--timeout-s", "1"), 1),
+                (("services", "--service", "greeter", "--registry", registry,
+                  "--timeout-s", "1"), 1),
                 (("prometheus-targets", "--registry", registry, "--timeout-s", "1",
                   "--out", str(tmp_path / "targets.json")), 1),
                 (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--registry", registry,
@@ -629,3 +632,47 @@ async def test_call_the_health_service_named_in_full(greeter: meshkit.MeshServer
     for target in ("greeter/Check", "greeter/Health/Check"):
         code, out, err = await meshkit_cli("call", target, "{}", *reg)
         assert (code, out) == (2, "") and "serves no method 'Check'" in err, (target, err)
+
+
+class _FailingReadHangs:
+    """A registry that lists ``greeter`` and answers its watch at once (no instance), but
+    whose ``failing()`` read never answers."""
+
+    async def services(self) -> list[str]:
+        return ["greeter"]
+
+    async def _watch(self) -> AsyncIterator[frozenset[Instance]]:
+        yield frozenset()
+        await asyncio.sleep(3600)
+
+    def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        return self._watch()
+
+    async def failing(self, service: str) -> list[Instance]:
+        await asyncio.sleep(3600)
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_failing_instances_read_is_bounded_by_timeout_s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read of the instances a registry reports failing is bounded by ``--timeout-s``
+    like the listing and the watches: ``services`` and ``prometheus-targets`` fail saying
+    the registry cannot be read, no file written."""
+    from meshkit._cli import services as services_cli
+    from meshkit._cli.prometheus import TargetWriter
+    from meshkit.errors import MeshError
+
+    hung: Any = _FailingReadHangs()
+    monkeypatch.setattr(services_cli, "open_registry", lambda uri: hung)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(SystemExit, match="the registry cannot be read"):
+        await services_cli.collect("hung://", [], 0.2)
+    writer = TargetWriter(hung, tmp_path / "t.json", keep_failing_s=0, timeout_s=0.2)
+    with pytest.raises(MeshError, match="the registry cannot be read"):
+        await writer.once()
+    assert loop.time() - start < 2.0
+    assert not (tmp_path / "t.json").exists()
