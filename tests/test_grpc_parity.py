@@ -200,8 +200,11 @@ async def test_a_writer_is_woken_when_the_call_fails(registry: LocalRegistry) ->
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(write_forever(), 5)
-        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        # the deadline; or, when it ends a send grpc.aio has in flight (a loaded machine),
+        # grpc.aio's own INTERNAL "Internal error from Core" for the failed send
+        assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    grpc.StatusCode.INTERNAL), err.value
+        assert await call.code() is err.value.code()
 
 
 async def test_cancelling_the_task_awaiting_a_write_cancels_the_call(
