@@ -68,6 +68,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 import meshkit
 from meshkit._cli._common import (
     add_registry_argument,
+    discover,
     open_registry,
     positive_seconds,
     quiet_logging,
@@ -271,9 +272,33 @@ async def _find_service(args: _Args) -> str:
     raise CallError(f"no service in the registry serves {wanted!r}; name it with --service")
 
 
+async def _check_discovery(args: _Args, service: str) -> None:
+    """Read ``service``'s instances once, bounded by ``--timeout-s``, before it is dialled:
+    a registry that never answers would otherwise have the first reflection request wait
+    on discovery until its deadline (``DEADLINE_EXCEEDED``).
+
+    Raises:
+        MeshRpcError: ``UNAVAILABLE``, the registry cannot be read (as for a
+            ``/pkg.Svc/Method`` target's listing).
+    """
+    try:
+        found = await discover(args.registry, [service], args.timeout_s)
+    except MeshError as exc:
+        raise MeshRpcError(grpc.StatusCode.UNAVAILABLE,
+                           f"the service registry cannot be read: {exc}") from None
+    if found[service] is None:
+        raise MeshRpcError(grpc.StatusCode.UNAVAILABLE,
+                           f"the service registry cannot be read: no answer for {service!r} "
+                           f"within {args.timeout_s} s")
+
+
 async def _call(args: _Args) -> str:
     """Resolve and make the call; the response as JSON text."""
-    service = args.target.service or await _find_service(args)
+    if args.target.service is None:
+        service = await _find_service(args)
+    else:
+        service = args.target.service
+        await _check_discovery(args, service)
     async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
         method = await _resolve(ch, args.target, args.timeout_s, args.metadata)
         if method is None:

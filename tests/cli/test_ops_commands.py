@@ -492,7 +492,8 @@ async def test_timeout_s_bounds_the_registry_listing(tmp_path: Path) -> None:
     """With a registry that accepts connections and never answers (a hung Consul agent),
     ``services`` (with ``--service`` too: no listing first) and ``prometheus-targets``
     give up ``--timeout-s`` in (exit 1, one line: the registry cannot be read), and
-    ``call /pkg.Svc/Method`` exits 78 (UNAVAILABLE)."""
+    ``call`` exits 78 (UNAVAILABLE) for every target form (not DEADLINE_EXCEEDED for a
+    ``SERVICE/...`` one, whose reflection request waited on discovery)."""
     hole = socket.socket()
     hole.bind(("127.0.0.1", 0))
     hole.listen(64)
@@ -506,7 +507,11 @@ async def test_timeout_s_bounds_the_registry_listing(tmp_path: Path) -> None:
                 (("prometheus-targets", "--registry", registry, "--timeout-s", "1",
                   "--out", str(tmp_path / "targets.json")), 1),
                 (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--registry", registry,
-                  "--insecure", "--timeout-s", "1"), 64 + 14)):
+                  "--insecure", "--timeout-s", "1"), 64 + 14),
+                (("call", "greeter/meshkit.clitest.Greeter/SayHello", "{}", "--registry",
+                  registry, "--insecure", "--timeout-s", "1"), 64 + 14),
+                (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--service", "greeter",
+                  "--registry", registry, "--insecure", "--timeout-s", "1"), 64 + 14)):
             start = loop.time()
             code, out, err = await meshkit_cli(*args)
             took = loop.time() - start
