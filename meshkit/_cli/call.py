@@ -20,15 +20,14 @@ plaintext with ``--insecure``.
 Request metadata comes from ``-H 'KEY: VALUE'`` and goes on the reflection requests too;
 a ``KEY`` ending in ``-bin`` (gRPC's binary metadata) takes its value base64-encoded,
 standard or URL-safe alphabet, padding optional, and sends the decoded bytes (grpcurl's
-conventions). An error never prints a
-header's value (it is often a bearer token).
+conventions). An error never prints a header's value (it is often a bearer token).
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not an object of
-the request type, registry URI, ``--timeout-s``, header, no transport security; a call
-meshkit refuses to send, e.g. a header gRPC cannot carry); 64 + the gRPC status code number
-when the call fails (as grpcurl does), with the status and its message on stderr: a
-registry that cannot be read within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every
-target form.
+the request type, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key
+included), no transport security; a call meshkit refuses to send, e.g. a header gRPC
+cannot carry); 64 + the gRPC status code number when the call fails (as grpcurl does),
+with the status and its message on stderr: a registry that cannot be read within
+``--timeout-s`` is ``UNAVAILABLE`` (78) for every target form.
 """
 
 from __future__ import annotations
@@ -457,9 +456,10 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
     value base64-decoded, all checked against gRPC's rules.
 
     Raises:
-        CallError: a pair without ``:``, an empty or invalid key, a ``-bin`` value that is
-            not base64, a text value gRPC cannot send. The message may quote a key, never
-            a value (``-H "authorization=Bearer ..."`` is a common slip).
+        CallError: a pair without ``:``, an empty or invalid key, a key gRPC reserves
+            (``grpc-...``: gRPC's own headers, e.g. ``grpc-status``), a ``-bin`` value that
+            is not base64, a text value gRPC cannot send. The message may quote a key,
+            never a value (``-H "authorization=Bearer ..."`` is a common slip).
     """
     out: list[tuple[str, str | bytes]] = []
     for pair in pairs:
@@ -471,6 +471,9 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
             raise CallError(f"-H takes 'KEY: VALUE', got a header with no ':'{named}")
         if not key:
             raise CallError("-H takes 'KEY: VALUE', got an empty key")
+        if key.startswith("grpc-"):
+            raise CallError(f"-H {key!r}: keys starting with 'grpc-' are reserved for "
+                            "gRPC itself")
         out.append((key, _binary(key, value.strip()) if key.endswith("-bin")
                     else value.strip()))
     try:

@@ -317,8 +317,9 @@ async def test_call_any_fields_use_the_server_types(greeter: meshkit.MeshServer,
 async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry) -> None:
     """``-H`` sends text metadata as typed and a ``-bin`` key's value base64-decoded
     (standard or URL-safe alphabet, padding optional), as grpcurl does. A value that is not
-    base64, a key gRPC cannot send and a header without ``:`` are usage errors (2) that
-    name the key and never print a value (it is often a bearer token)."""
+    base64, a key gRPC cannot send (a reserved ``grpc-`` one included) and a header
+    without ``:`` are usage errors (2) that name the key and never print a value (it is
+    often a bearer token)."""
     reg = ["--registry", uri(registry), "--insecure"]
     code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, "-H", "X-Text: a b",
                                        "-H", "trace-bin: AAEC", "-H", "url-bin: -_8")
@@ -330,7 +331,9 @@ async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry
              ("-H", f"Bearer {secret}"): "no ':'",
              ("-H", f"x-bin: {secret}!"): "'x-bin'",
              ("-H", f"x trace: {secret}"): "'x trace'",
-             ("-H", f"x-text: {secret}\u00e9"): "'x-text'"}
+             ("-H", f"x-text: {secret}\u00e9"): "'x-text'",
+             ("-H", f"Grpc-Status: {secret}"): "'grpc-status'",
+             ("-H", f"grpc-trace-bin: {secret}"): "'grpc-trace-bin'"}
     for header, says in cases.items():
         code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, *header)
         assert (code, out) == (2, ""), (header, err)
