@@ -50,12 +50,34 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {details}")
 
 
+_DOWNSTREAM_DEADLINE = "deadline exceeded (in a call the handler made under it)"
+_DEADLINE_SLACK_S = 0.05  # timers, and the call's own deadline timer still to fire
+
+
+def _ran_out_of_this_calls_deadline(exc: Exception, context: Any) -> bool:
+    """Whether ``exc`` is a downstream call's ``DEADLINE_EXCEEDED`` raised when this call's
+    own deadline has (all but) passed: the deadline it ran under was this call's,
+    propagated (:class:`~meshkit.resilience.DeadlineInterceptor`), so the caller's
+    deadline is what ran out, and the caller is told so (as grpc-go's handlers return a
+    downstream status), not ``UNKNOWN``."""
+    if not isinstance(exc, grpc.aio.AioRpcError) or \
+            exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+        return False
+    try:
+        remaining = context.time_remaining()
+    except Exception:  # a stand-in context
+        return False
+    return remaining is not None and remaining <= _DEADLINE_SLACK_S
+
+
 class UnhandledErrorInterceptor(WrappingInterceptor):
     """Answers a handler's unhandled exception ``UNKNOWN`` with
     :func:`unhandled_details`, and logs it at ``error`` on ``meshkit.server`` (event
     ``unhandled exception``, ``method``, ``error_type``, the traceback); with the code the
     handler set (``set_code``) before it raised, when that is not ``OK``, as grpc.aio
-    answers (the details are :func:`unhandled_details` all the same). What the handler
+    answers (the details are :func:`unhandled_details` all the same); with
+    ``DEADLINE_EXCEEDED`` for a downstream call's ``DEADLINE_EXCEEDED`` raised as this
+    call's own deadline ran out (it was that deadline, propagated). What the handler
     answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
     other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
     A unary-response handler that returns ``None``, or a streaming one that yields it,
@@ -82,10 +104,13 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
             # users to raise other types of exception with specified status code")
             code = context.code()
+            details = unhandled_details(exc)
             if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
                 code = grpc.StatusCode.UNKNOWN
+                if _ran_out_of_this_calls_deadline(exc, context):
+                    code, details = grpc.StatusCode.DEADLINE_EXCEEDED, _DOWNSTREAM_DEADLINE
             try:
-                await context.abort(code, unhandled_details(exc))
+                await context.abort(code, details)
             except grpc.aio.AbortError:
                 raise
             except Exception:  # the status is sent already or the call is over

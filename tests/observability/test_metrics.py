@@ -299,7 +299,12 @@ async def test_server_streams_the_client_cancels_or_outlive_their_deadline_are_n
     finally:
         await srv.drain()
     counted = {c: count(c) for c in _CODES}
-    assert counted == {"OK": 0, "Canceled": 3, "DeadlineExceeded": 1, "Unknown": 0}, counted
+    # the late stream: DeadlineExceeded when the server's deadline fires first, Canceled
+    # when the client's (which fires first, by the network's latency) RST_STREAM arrives
+    # first, as on a loaded machine; never OK or Unknown
+    assert counted["OK"] == counted["Unknown"] == 0, counted
+    assert counted["Canceled"] + counted["DeadlineExceeded"] == 4, counted
+    assert counted["Canceled"] >= 3, counted
 
 
 def _catch_all() -> grpc.GenericRpcHandler:

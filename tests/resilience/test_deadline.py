@@ -355,3 +355,50 @@ async def test_a_far_deadline_scope_is_clamped_and_its_calls_go_through(
                 assert await call(b"y") == b"e1|y"
     finally:
         await srv.drain()
+
+
+class _Context:
+    """A stand-in handler context: its time left, and the status it was aborted with."""
+
+    def __init__(self, remaining_s: float | None) -> None:
+        self.remaining_s = remaining_s
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def code(self) -> None:
+        return None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining_s
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+
+@pytest.mark.parametrize(("remaining_s", "downstream", "answer"), [
+    (0.0, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (0.01, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (3.0, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN),  # its own timeout
+    (None, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN),
+    (0.0, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN),
+])
+async def test_a_downstream_deadline_that_was_this_calls_own_is_answered_deadline_exceeded(
+        remaining_s: float | None, downstream: grpc.StatusCode,
+        answer: grpc.StatusCode) -> None:
+    """A downstream call's DEADLINE_EXCEEDED that escapes a handler as the call's own
+    deadline runs out (it ran under that deadline, propagated) is answered
+    DEADLINE_EXCEEDED, not UNKNOWN (a two-hop call on a loaded machine got UNKNOWN when
+    the server answered before the caller's own timer fired); with time left, or another
+    status, it stays UNKNOWN. Neither leaks the downstream details."""
+    from meshkit._unhandled import UnhandledErrorInterceptor
+
+    unhandled = UnhandledErrorInterceptor()._unhandled_for("/hop1/Call")
+    exc = grpc.aio.AioRpcError(downstream, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                               details="hop2 at 10.0.0.7:50051 timed out")
+    ctx = _Context(remaining_s)
+    with pytest.raises(grpc.aio.AbortError):
+        await unhandled(exc, ctx)
+    assert ctx.aborted is not None
+    assert ctx.aborted[0] is answer
+    assert "10.0.0.7" not in ctx.aborted[1]
+
