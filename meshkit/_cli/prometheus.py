@@ -53,7 +53,7 @@ def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[st
     rows = [(i, "passing") for i in live] + [(i, "failing") for i in failing]
     for inst, health in sorted(rows, key=lambda r: (r[0].service, r[0].instance_id)):
         port = inst.meta.get("admin_port", "")
-        if not port.isdigit():
+        if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
             continue
         host = inst.address.rpartition(":")[0]  # an IPv6 host bracketed once, as there
         out.append({"targets": [f"{host}:{port}"],

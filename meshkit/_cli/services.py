@@ -51,9 +51,10 @@ class InstanceRow:
 
 
 def admin_url(instance: Instance) -> str | None:
-    """``http://<host>:<admin_port>`` of ``instance`` from its registry meta, or ``None``."""
+    """``http://<host>:<admin_port>`` of ``instance`` from its registry meta (ASCII digits),
+    or ``None``."""
     port = instance.meta.get("admin_port", "")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
         return None
     host = instance.address.rpartition(":")[0]  # an IPv6 host bracketed once, as there
     return f"http://{host}:{port}"

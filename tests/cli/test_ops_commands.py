@@ -579,6 +579,20 @@ async def test_prometheus_targets_replaces_an_out_file_that_is_not_utf8(
         "greeter-1"]
 
 
+def test_an_admin_port_of_non_ascii_digits_is_no_admin_port() -> None:
+    """An ``admin_port`` meta of digits other than ASCII ones (Arabic-Indic, superscript:
+    ``str.isdigit()`` takes them) is no admin port: no admin URL, no Prometheus target
+    (a URL or target holding them is no address a client can dial)."""
+    from meshkit._cli.prometheus import target_groups
+    from meshkit._cli.services import admin_url
+
+    for port in ("\u0669\u0661\u0660\u0660", "9\u00b9", "\uff19\uff11\uff10\uff10", ""):
+        inst = Instance(service="echo", instance_id="e1", host="127.0.0.1", port=5000,
+                        meta={"admin_port": port})
+        assert admin_url(inst) is None, port
+        assert target_groups([inst], [inst]) == [], port
+
+
 def test_admin_url_and_target_of_an_ipv6_host_have_one_pair_of_brackets() -> None:
     """An instance whose host is an IPv6 literal, bracketed (what serve() registers for
     ``ServeOptions(host="[::1]")``) or not, gets one pair of brackets in its admin URL and
