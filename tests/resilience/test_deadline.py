@@ -357,7 +357,7 @@ async def test_a_far_deadline_scope_is_clamped_and_its_calls_go_through(
         await srv.drain()
 
 
-class _Context:
+class _AbortingContext:
     """A stand-in handler context: its time left, and the status it was aborted with."""
 
     def __init__(self, remaining_s: float | None) -> None:
@@ -395,7 +395,7 @@ async def test_a_downstream_deadline_that_was_this_calls_own_is_answered_deadlin
     unhandled = UnhandledErrorInterceptor()._unhandled_for("/hop1/Call")
     exc = grpc.aio.AioRpcError(downstream, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                details="hop2 at 10.0.0.7:50051 timed out")
-    ctx = _Context(remaining_s)
+    ctx = _AbortingContext(remaining_s)
     with pytest.raises(grpc.aio.AbortError):
         await unhandled(exc, ctx)
     assert ctx.aborted is not None
