@@ -88,6 +88,17 @@ _WELL_KNOWN = (any_pb2, duration_pb2, empty_pb2, field_mask_pb2, source_context_
                struct_pb2, timestamp_pb2, wrappers_pb2, type_pb2, api_pb2)
 
 
+_SEND_ATTEMPTS = 3
+
+
+def _send_refused(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a reflection call failed on grpc.aio's own INTERNAL "Internal error from
+    Core": the server ended the call (e.g. UNAUTHENTICATED, UNIMPLEMENTED) as the request
+    was being sent, and grpc.aio's failed send replaced the server's status. The request,
+    a read, is sent again to learn that status (up to ``_SEND_ATTEMPTS`` times)."""
+    return exc.code() is grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core"
+
+
 class CallError(Exception):
     """A usage problem found while resolving the call (exit status 2)."""
 
@@ -143,16 +154,22 @@ class Reflection:
             rpc = self.channel.stream_stream(
                 path, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
-            try:
-                async for response in rpc(iter([request]), timeout=self.timeout_s,
-                                          metadata=self.metadata):
-                    self._path = path
-                    if response.HasField("error_response"):
-                        raise CallError(f"reflection: {response.error_response.error_message}")
-                    return response
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-                    raise
+            for attempt in range(1, _SEND_ATTEMPTS + 1):
+                try:
+                    async for response in rpc(iter([request]), timeout=self.timeout_s,
+                                              metadata=self.metadata):
+                        self._path = path
+                        if response.HasField("error_response"):
+                            raise CallError(
+                                f"reflection: {response.error_response.error_message}")
+                        return response
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if _send_refused(exc) and attempt < _SEND_ATTEMPTS:
+                        continue
+                    if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    break
         raise CallError("the server does not serve gRPC reflection")
 
     async def services(self) -> list[str]:
