@@ -26,7 +26,7 @@ test: $(STAMP)
 	bash scripts/install-browser.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 # Line coverage of meshkit/ over the whole suite (the call objects, meshkit/_calls.py, >= 95 %).
 coverage: $(STAMP)
