@@ -356,7 +356,8 @@ def responses(result: Any) -> AsyncIterator[Any]:
 
 def wrap_handler(handler: Handler, before: Before | None = None,
                  reporter: Reporter | None = None,
-                 unhandled: Unhandled | None = None) -> Handler:
+                 unhandled: Unhandled | None = None, *,
+                 max_send_bytes: int | None = None) -> Handler:
     """A handler like ``handler`` observed by ``reporter``, checked by ``before``, and whose
     unhandled exceptions ``unhandled`` answers.
 
@@ -398,6 +399,10 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     # returned: the caller got the exception's text, telemetry had counted the call OK)
     empty = None if resp_s else unhandled
     ser = handler.response_serializer if empty is not None else None
+    if empty is not None and max_send_bytes is not None:
+        # the server's grpc.max_send_message_length, checked where the wrap serializes:
+        # grpc core would refuse the response after the wrap reported the call OK
+        ser = _limited(ser if ser is not None else _as_is, max_send_bytes)
     # the request guard's check, when a user's interceptor sits between it and this wrap
     guard = None if req_s else getattr(handler.request_deserializer, UNDECODABLE_MARK, None)
     if reporter is None:
@@ -420,6 +425,32 @@ def wrap_handler(handler: Handler, before: Before | None = None,
 
 def _no_check(context: Any) -> None:
     return None
+
+
+class ResponseTooLarge(Exception):
+    """A serialized unary response over the server's ``grpc.max_send_message_length``:
+    the handler wrap answers it ``RESOURCE_EXHAUSTED`` with grpc core's own message (and
+    telemetry counts that), where grpc core would refuse it after the call was counted
+    ``OK``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"Sent message larger than max ({size} vs. {limit})")
+
+
+def _as_is(message: Any) -> Any:
+    """A method without a response serializer sends its (bytes) responses as they are."""
+    return message
+
+
+def _limited(ser: Callable[[Any], bytes], limit: int) -> Callable[[Any], bytes]:
+    """``ser``, raising :class:`ResponseTooLarge` for a message over ``limit`` bytes."""
+    def serialize(message: Any) -> bytes:
+        data = ser(message)
+        if len(data) > limit:
+            raise ResponseTooLarge(len(data), limit)
+        return data
+
+    return serialize
 
 
 _UNMARKED: Any = object()  # no request is this: what an unguarded behaviour "refuses"
@@ -526,6 +557,8 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                 return result
             try:
                 return ser(result)
+            except ResponseTooLarge as too_large:  # grpc core's answer, here
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
             except Exception:
                 if _set_not_ok(context):  # grpc.aio discards such a response unserialized
                     return b""
@@ -604,6 +637,8 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             elif ser is not None:
                 try:
                     result = ser(result)
+                except ResponseTooLarge as too_large:  # grpc core's answer, counted so
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
                 except Exception:
                     if not _set_not_ok(context):  # else discarded unserialized (_checked)
                         raise
@@ -706,6 +741,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         # a conversion applied outside the wrap (the request gate, folded in: see
         # fold_outermost), or None
         self._convert: Callable[[str, Handler], Handler] | None = None
+        # the server's grpc.max_send_message_length (serve() sets it), checked where a
+        # unary response is serialized in the wrap; None: no limit
+        self.max_send_bytes: int | None = None
 
     def _before_for(self, method: str) -> Before | None:
         """The check of ``method`` (``None``: nothing to check)."""
@@ -767,7 +805,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             return cached[1]
         wrapped = wrap_handler(handler, self._before_for(method),
                                self._reporter_for(method, handler),
-                               self._unhandled_for(method))
+                               self._unhandled_for(method),
+                               max_send_bytes=self.max_send_bytes)
         if self._convert is not None:
             wrapped = self._convert(method, wrapped)
         if len(self._handlers) < MAX_CACHED_METHODS:

@@ -61,6 +61,7 @@ from meshkit._config import check_int, check_number, check_strings
 from meshkit._handlers import (
     Handler,
     Resolver,
+    WrappingInterceptor,
     fold_outermost,
     fuse_interceptors,
     handler_resolver,
@@ -530,6 +531,11 @@ class MeshServer:
         server_args.update(dict(opts.server_options))
         max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         chain = self._interceptors()
+        max_send = server_args.get("grpc.max_send_message_length")
+        if type(max_send) is int and max_send >= 0:  # (-1: no limit, grpc's default)
+            for icpt in chain:
+                if isinstance(icpt, WrappingInterceptor):
+                    icpt.max_send_bytes = max_send
         # The mesh's own chain only transforms each method's handler: apply it once per
         # method where handlers are looked up, and give grpc.aio no interceptor (it runs
         # every interceptor per call, a coroutine each, even for a cached handler).

@@ -23,7 +23,7 @@ from meshkit.observability import (
     set_certificate_expiry,
 )
 from meshkit.resilience import RateLimitOptions
-from tests.support.echo import add_echo, method
+from tests.support.echo import SERVICE, add_echo, method
 from tests.support.wait import until
 
 
@@ -812,3 +812,42 @@ async def test_a_quiet_methods_rate_limit_refusals_are_counted(
     labels = {"grpc_service": "meshkit.test.Echo", "grpc_method": "Unary"}
     await until(lambda: prom.get_sample_value("meshkit_server_rate_limited_total",
                                               labels) == 1, what="the refusal counted")
+
+
+async def test_a_unary_response_over_the_servers_send_limit_is_counted_resource_exhausted(
+        registry: LocalRegistry) -> None:
+    """A unary response over the server's own ``grpc.max_send_message_length`` is
+    answered RESOURCE_EXHAUSTED by the handler wrap, which serializes it, and counted so
+    (grpc core refused it after the wrap had counted the call OK)."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+    from tests.support.echo import add_echo
+
+    metrics = CollectorRegistry()
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, instance_id="e1", drain_delay_s=0.0,
+                                 grace_s=1.0,
+                                 server_options=(("grpc.max_send_message_length", 1000),),
+                                 telemetry=TelemetryOptions(registry=metrics)))
+    await srv.start()
+    try:
+        async with meshkit.dial("echo", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            await ch.wait_for_endpoints(1)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(ch.unary_unary(method("Unary"))(b"x" * 1500,
+                                                                       timeout=5), 8)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def handled(code: str) -> float:
+            return metrics.get_sample_value("grpc_server_handled_total", {
+                "grpc_service": SERVICE, "grpc_method": "Unary", "grpc_type": "unary",
+                "grpc_code": code}) or 0.0
+
+        await until(lambda: handled("OK") + handled("ResourceExhausted") >= 1,
+                    timeout_s=3, what="the call counted")
+        assert (handled("OK"), handled("ResourceExhausted")) == (0.0, 1.0)
+    finally:
+        await srv.drain()
