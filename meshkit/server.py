@@ -55,7 +55,7 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from meshkit._config import check_int, check_number, check_strings
 from meshkit._handlers import (
@@ -552,9 +552,18 @@ class MeshServer:
         self.service_names = list(recorder.names)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
         if opts.reflection:
-            names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                reflection.aio.ReflectionServicer(names), recorder)
+            names = [*self.service_names, health.SERVICE_NAME, _REFLECTION_V1,
+                     reflection.SERVICE_NAME]
+            servicer = reflection.aio.ReflectionServicer(names)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
+            # the stable v1 service too (grpcurl and grpc-js ask it first; grpcio-reflection
+            # serves only v1alpha): the same messages, field for field, under v1's name
+            recorder.add_registered_method_handlers(_REFLECTION_V1, {
+                "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                    servicer.ServerReflectionInfo,
+                    request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                    response_serializer=reflection_pb2.ServerReflectionResponse
+                    .SerializeToString)})
         recorder.install()
         host_part = opts.host if ":" not in opts.host else f"[{opts.host.strip('[]')}]"
         bind = f"{host_part}:{opts.port}"
@@ -879,6 +888,8 @@ class MeshServer:
         if not task.cancelled():
             task.result()
 
+
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 _UNDO_DEREGISTER_S = 5.0
 """How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""

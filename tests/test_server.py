@@ -1230,3 +1230,22 @@ async def test_each_event_loop_has_its_own_shared_admin_server_stopped_with_its_
         await asyncio.wait_for(admin.stop(), 5)
     assert refused, (f"the admin server on port {admin_port} still listens after every "
                      "server using it drained")
+
+
+async def test_reflection_is_served_as_v1_and_v1alpha(echo_servers: EchoFactory) -> None:
+    """serve() answers server reflection under the stable ``grpc.reflection.v1`` name
+    (grpcurl and grpc-js ask it first) as well as ``v1alpha`` (all grpcio-reflection
+    serves); the messages are the same on the wire, and both list both."""
+    srv = await echo_servers("e1")
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        for version in ("v1", "v1alpha"):
+            call = ch.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )(iter([request]), timeout=5)
+            names = {s.name async for answer in call
+                     for s in answer.list_services_response.service}
+            assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                    "grpc.reflection.v1alpha.ServerReflection"} <= names, (version, names)
