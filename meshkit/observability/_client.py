@@ -481,6 +481,7 @@ class AttemptSpanInterceptor(
         span, details = self._begin(client_call_details)
         if span is None:
             return await continuation(details, request)
+        call = None
         try:
             call = await continuation(details, request)
             code = await call.code()
@@ -488,6 +489,11 @@ class AttemptSpanInterceptor(
             self._end(span, e.code())
             raise
         except asyncio.CancelledError:
+            # grpc.aio cancels only this interceptor's task while it runs: the RPC itself
+            # must be cancelled too, or it runs on at its server (a caller's cancel, a
+            # hedge that lost)
+            if call is not None:
+                call.cancel()
             self._end(span, STATUS_CANCELLED)
             raise
         self._end(span, code)

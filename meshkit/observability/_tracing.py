@@ -409,8 +409,12 @@ class _PresetTraceIds:
 
 
 def _is_default_parent_based(sampler: Any) -> bool:
-    """``ParentBased(root)`` with the default parent delegates (follow the parent's flag)."""
-    if _sdk is None or not isinstance(sampler, _sdk.sampling.ParentBased):
+    """``ParentBased(root)`` with the default parent delegates (follow the parent's flag),
+    the SDK's ``ParentBasedTraceIdRatio`` included; a subclass with a ``should_sample``
+    of its own is not (it may decide otherwise: it is asked)."""
+    parent_based = _sdk.sampling.ParentBased if _sdk is not None else None
+    if parent_based is None or not isinstance(sampler, parent_based) or \
+            type(sampler).should_sample is not parent_based.should_sample:
         return False
     on, off = _sdk.sampling.ALWAYS_ON, _sdk.sampling.ALWAYS_OFF
     return (getattr(sampler, "_remote_parent_sampled", None) is on
