@@ -552,8 +552,9 @@ class MeshServer:
         self.service_names = list(recorder.names)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
         if opts.reflection:
-            names = [*self.service_names, health.SERVICE_NAME, _REFLECTION_V1,
-                     reflection.SERVICE_NAME]
+            # v1 is answered but not listed: grpcio-reflection has no v1 descriptor to
+            # describe it with, and a client describes every service listed (grpcurl)
+            names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
             servicer = reflection.aio.ReflectionServicer(names)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
             # the stable v1 service too (grpcurl and grpc-js ask it first; grpcio-reflection

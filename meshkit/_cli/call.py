@@ -232,7 +232,13 @@ async def _resolve(channel: grpc.aio.Channel, target: Target, timeout_s: float,
     found: list[MethodDescriptor] = []
     for svc in await refl.services():
         if _matches(svc, target.grpc_service):
-            found += [m for m in await refl.methods(svc) if m.name == target.method]
+            try:
+                methods = await refl.methods(svc)
+            except CallError:
+                if target.grpc_service is not None:  # the service named: its error
+                    raise
+                continue  # one reflection cannot describe (a generic handler's): not it
+            found += [m for m in methods if m.name == target.method]
     if len(found) > 1:
         names = ", ".join(f"/{m.containing_service.full_name}/{m.name}" for m in found)
         raise CallError(f"{target.method!r} is ambiguous ({names}): "

@@ -698,3 +698,27 @@ async def test_the_failing_instances_read_is_bounded_by_timeout_s(
         await writer.once()
     assert loop.time() - start < 2.0
     assert not (tmp_path / "t.json").exists()
+
+
+async def test_call_service_slash_method_skips_a_service_reflection_cannot_describe(
+    registry: LocalRegistry,
+) -> None:
+    """``SERVICE/Method`` looks the method up in every service the server lists; one that
+    reflection cannot describe (a generic handler's, which serve() lists too) is skipped,
+    not the end of the lookup ("reflection: not found", exit 2) while the method named is
+    served and described."""
+    from tests.support.echo import add_echo
+
+    server = meshkit.MeshServer(
+        "mixed", [(services.add_GreeterServicer_to_server, Greeter()), add_echo("a")],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="mixed-1",
+                                     drain_delay_s=0, grace_s=1))
+    await server.start()
+    try:
+        for target in ("mixed/Greeter/SayHello", "mixed/SayHello"):
+            code, out, err = await meshkit_cli("call", target, '{"name": "x"}',
+                                               "--insecure", "--registry", uri(registry))
+            assert (code, '"Hello, x!"' in out) == (0, True), (target, code, out, err)
+    finally:
+        await server.drain()
