@@ -807,8 +807,9 @@ async def test_methods_stay_registered_under_a_grpc_observability_plugin(
     grpc_plugin.activate(monkeypatch)
     sizes = _spy_on_accept_loop(monkeypatch)
     assert await _one_unary_call(registry, [add_echo("p1", registered=True)]) == b"p1|x"
-    # the echo service's 7 methods, health's 3 and reflection's 1, plus the others' one
-    assert sizes and set(sizes) == {12}
+    # the echo service's 7 methods, health's 3 and reflection's 2 (v1alpha and v1), plus
+    # the others' one
+    assert sizes and set(sizes) == {13}
 
 
 
