@@ -101,6 +101,7 @@ from meshkit.resilience import (
     current_deadline,
     is_nack,
 )
+from meshkit.resilience._retry import NACK_METADATA, REFUSED_STREAM_DETAILS
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
 
@@ -119,6 +120,7 @@ _INTERNAL = grpc.StatusCode.INTERNAL
 _MAX_PLAN_KEYS = 1024
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 def _refused_here(code: grpc.StatusCode, details: str | None) -> bool:
@@ -892,7 +894,22 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
         return
     if code is not _OK:
         ep.failures += 1
+        if (code is _UNAVAILABLE or code is _EXHAUSTED) and await _stream_nacked(call, code):
+            code = _EXHAUSTED  # refused before any of it ran: overload, as a unary attempt's
     done(code, latency)
+
+
+async def _stream_nacked(call: Any, code: grpc.StatusCode) -> bool:
+    """Whether a stream that ended ``code`` was refused before any of it ran (a nack, see
+    :func:`~meshkit.resilience.is_nack`): reset with ``REFUSED_STREAM``, or a meshkit
+    server's "server busy" with ``meshkit-nack: 1``."""
+    try:
+        if code is _UNAVAILABLE and REFUSED_STREAM_DETAILS in (await call.details() or ""):
+            return True
+        return any(key == NACK_METADATA[0] and value == NACK_METADATA[1]
+                   for key, value in (await call.trailing_metadata() or ()))
+    except Exception:  # a call object without them: no nack seen
+        return False
 
 
 # -- multicallables ----------------------------------------------------------------------

@@ -491,7 +491,7 @@ def is_nack(exc: AioRpcError) -> bool:
     """
     if exc.code() is _UNAVAILABLE:
         details = exc.details()
-        if details and _REFUSED_STREAM in details:
+        if details and REFUSED_STREAM_DETAILS in details:
             return True
     md = exc.trailing_metadata()
     if not md:
@@ -502,7 +502,8 @@ def is_nack(exc: AioRpcError) -> bool:
     return False
 
 
-_REFUSED_STREAM = "RST_STREAM with error code 7)"
+REFUSED_STREAM_DETAILS = "RST_STREAM with error code 7)"
+"""What grpc C-core's details of a stream reset with ``REFUSED_STREAM`` contain."""
 
 
 def _replayable(request: Any) -> bool:
