@@ -298,10 +298,7 @@ class EndpointPool:
                 continue  # every endpoint failing (with wait_for_ready): wait below
             if not details.wait_for_ready:
                 if self.endpoints:
-                    why = "failing or ejected" if isinstance(
-                        self.balancer, EjectingBalancer) else "failing"
-                    raise NoEndpointsError(
-                        self.service, f"all {len(self.endpoints)} endpoints are {why}")
+                    raise self._all_failing()
                 raise NoEndpointsError(self.service,
                                        self._registry_problem() or "no endpoint is registered")
             remaining = details.time_remaining_s()
@@ -370,16 +367,18 @@ class EndpointPool:
                 if held is None:
                     if details.wait_for_ready:
                         return None
-                    why = "failing or ejected" if isinstance(
-                        self.balancer, EjectingBalancer) else "failing"
-                    raise NoEndpointsError(
-                        self.service, f"all {len(self.endpoints)} endpoints are {why}")
+                    raise self._all_failing()
                 ep, done = held
         except BaseException:
             if held is not None:
                 done(grpc.StatusCode.CANCELLED, 0.0)
             raise
         return ep, done
+
+    def _all_failing(self) -> NoEndpointsError:
+        """The error of a call no endpoint of the pool can take (``UNAVAILABLE``)."""
+        why = "failing or ejected" if isinstance(self.balancer, EjectingBalancer) else "failing"
+        return NoEndpointsError(self.service, f"all {len(self.endpoints)} endpoints are {why}")
 
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
