@@ -61,6 +61,9 @@ _MIB = 1 << 20
 _DEALLOCATING_STREAMS_ARG = "grpc.http2.max_deallocating_streams"
 # grpc.health.v1's streaming check, held open by clients for their channel's life
 _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+# grpc.health.v1's unary check: what Kubernetes' and Consul's gRPC probes call
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_RESERVE = 8  # slots past the cap a health check may take (see _enter_reserved)
 _DEALLOCATING_STREAMS = 100
 # grpc's channel arguments are C ints: a duration in ms is at most 2**31 - 1 (about 24.8
 # days; grpc.aio.server() raises OverflowError on a larger one), so at most this many s
@@ -514,8 +517,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def convert_for(self, method: str, handler: Handler) -> Handler:
         """:meth:`convert` of the handler of full method name ``method``, except the
-        health service's ``Watch`` (see :meth:`resolve`), which is left as it is."""
-        return handler if method == _HEALTH_WATCH else self.convert(handler)
+        health service's ``Watch`` (see :meth:`resolve`), which is left as it is, and its
+        ``Check``, which may take a reserved slot past the cap (:meth:`_enter_reserved`)."""
+        if method == _HEALTH_WATCH:
+            return handler
+        if method == _HEALTH_CHECK and not handler.request_streaming:
+            return self._convert(handler, reserved=True)
+        return self.convert(handler)
 
     resolves_per_method = True
     """:meth:`intercept_service` is :meth:`resolve` of the method's handler, so a server may
@@ -540,7 +548,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        converted = self._convert(handler)
+        converted = self._convert(handler, reserved=method == _HEALTH_CHECK)
         if len(self._cache) < 4096:
             self._cache[method] = (handler, converted)
         return converted
@@ -729,6 +737,20 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.slots += 1
         return None
 
+    def _enter_reserved(self, context: Any) -> Awaitable[None] | None:
+        """:meth:`_enter` for a health check (``grpc.health.v1.Health/Check``): it may
+        also take one of ``_HEALTH_RESERVE`` slots past the cap, so an overloaded server
+        still answers the probes that decide whether it is restarted or reaped
+        (Kubernetes' and Consul's gRPC checks) instead of failing them "server busy";
+        bounded all the same, and its request still read through the gate."""
+        if self._cap is not None and self.slots >= self._cap + _HEALTH_RESERVE \
+                and not self._evict():
+            self.shed += 1
+            self._warn("shedding calls: every call slot is taken")
+            return _shed(context)
+        self.slots += 1
+        return None
+
     def _release(self, size: int) -> None:
         """A call that took a slot ended (``size``: its admitted request bytes, -1 if it
         was never admitted); an admitted call gives its request bytes back."""
@@ -791,16 +813,17 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self.collections += 1
             gc.collect()
 
-    def _convert(self, handler: Handler) -> Handler:
+    def _convert(self, handler: Handler, reserved: bool = False) -> Handler:
         first = self._first
         gate = self
+        enter = self._enter_reserved if reserved else self._enter
         if handler.response_streaming:
             inner_s = async_behaviour(handler.unary_stream, False, True)
             assert inner_s is not None
 
             async def stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
                 size = -1
-                refused = gate._enter(context)
+                refused = enter(context)
                 if refused is not None:
                     await refused
                 try:
@@ -822,7 +845,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
         async def unary_out(requests: Any, context: Any) -> Any:
             size = -1
-            refused = gate._enter(context)
+            refused = enter(context)
             if refused is not None:
                 await refused
             try:

@@ -585,6 +585,29 @@ async def test_calls_over_the_limits_are_shed_with_resource_exhausted(
         await srv.drain()
 
 
+async def test_health_checks_are_answered_while_every_call_slot_is_taken(
+    registry: LocalRegistry,
+) -> None:
+    """A server whose call slots are all taken sheds new calls "server busy" but still
+    answers ``grpc.health.v1.Health/Check`` (the probe that decides whether it is
+    restarted or reaped) from a small reserve past the cap; the reserve is bounded too."""
+    srv = await _slow_server(registry, max_concurrent_rpcs=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            hold = ch.unary_unary("/test.Slow/Hold")
+            held = [asyncio.ensure_future(hold(b"x", timeout=5)) for _ in range(2)]
+            await asyncio.sleep(0.2)  # both slots taken
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await hold(b"x", timeout=5)
+            assert info.value.details() == "server busy"
+            check = health_pb2_grpc.HealthStub(ch).Check
+            answer = await check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            await asyncio.gather(*held)
+    finally:
+        await srv.drain()
+
+
 def test_bad_server_limits_quote_the_value() -> None:
     """ServerLimits refuses bad values at construction, quoting them."""
     from meshkit.server import ServerLimits
