@@ -133,6 +133,15 @@ def unique_prefix() -> str:
     return f"meshkit-test-{uuid.uuid4().hex}"
 
 
+def _breaker_limiter(proxy: TcpProxy, **breaker: float) -> StorageLimiter:
+    """A limiter on Redis through ``proxy`` (100/second, 0.3 s storage timeout, deny on
+    storage errors) with the storage-breaker options ``breaker``."""
+    return StorageLimiter(RateLimitOptions(
+        default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
+        key_prefix=unique_prefix(), storage_timeout_s=0.3, on_storage_error="deny",
+        **breaker))  # type: ignore[arg-type]
+
+
 def redis_ping(port: int) -> bool:
     """True if a Redis answers PING on 127.0.0.1:``port``."""
     try:
@@ -919,11 +928,8 @@ async def test_a_cancelled_breaker_probe_does_not_stop_rate_limiting_for_good() 
     if not redis_ping(6379):
         skip_or_fail("no Redis on 127.0.0.1:6379")
     async with TcpProxy("127.0.0.1", 6379) as proxy:
-        limiter = StorageLimiter(RateLimitOptions(
-            default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
-            key_prefix=f"probe-{uuid.uuid4().hex}", storage_timeout_s=0.3,
-            on_storage_error="deny", breaker_failures=1, breaker_open_s=0.2,
-            breaker_max_open_s=0.2))
+        limiter = _breaker_limiter(proxy, breaker_failures=1, breaker_open_s=0.2,
+                                   breaker_max_open_s=0.2)
         m = "/svc.v1.Svc/Call"
         try:
             assert await limiter.check(m, "caller") is None  # connected, counting
@@ -997,11 +1003,8 @@ async def test_a_burst_of_storage_timeouts_opens_the_breaker_for_breaker_open_s_
     probe: eight concurrent timeouts kept it open for ``breaker_max_open_s`` (30 s here)
     after Redis was back."""
     async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
-        limiter = StorageLimiter(RateLimitOptions(
-            default_rule="100/second", storage_uri=f"async+redis://{proxy.address}",
-            key_prefix=f"test-brk-{uuid.uuid4().hex}", storage_timeout_s=0.3,
-            on_storage_error="deny", breaker_failures=3, breaker_open_s=1.0,
-            breaker_max_open_s=30.0))
+        limiter = _breaker_limiter(proxy, breaker_failures=3, breaker_open_s=1.0,
+                                   breaker_max_open_s=30.0)
         m = "/svc.v1.Svc/Call"
         try:
             assert await limiter.check(m, "caller") is None  # connected, counting
