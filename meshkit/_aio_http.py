@@ -5,7 +5,11 @@ A low-level module (it imports only aiohttp), so any meshkit package may use it.
 
 from __future__ import annotations
 
+import socket
+
 from aiohttp import web
+
+from meshkit._hosts import bare_host, is_unspecified
 
 __all__ = ["start_app"]
 
@@ -14,6 +18,10 @@ _LINGERING_S = 1.0
 
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (``port`` 0: a free one), without an access log.
+
+    ``host`` may be a bracketed IPv6 literal (``"[::1]"``). The IPv6 unspecified address
+    (``"::"``) listens dual-stack, IPv4 clients included, as grpc servers and Linux's
+    default do (asyncio sets ``IPV6_V6ONLY`` on every IPv6 listening socket).
 
     A request body left unfinished by its client is waited for at most
     ``_LINGERING_S`` seconds after the answer (aiohttp's default, 10 s, held ``cleanup()``
@@ -27,8 +35,15 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
     """
     runner = web.AppRunner(app, access_log=None, lingering_time=_LINGERING_S)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    host = bare_host(host)
     try:
+        site: web.BaseSite
+        if ":" in host and is_unspecified(host) and socket.has_dualstack_ipv6():
+            sock = socket.create_server((host, port), family=socket.AF_INET6,
+                                        dualstack_ipv6=True)
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(runner, host, port)
         await site.start()
     except BaseException:
         await runner.cleanup()

@@ -66,6 +66,7 @@ from meshkit._handlers import (
     fuse_interceptors,
     handler_resolver,
 )
+from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
 from meshkit._limits import (
     RequestGate,
     ServerLimits,
@@ -196,10 +197,13 @@ class ServeOptions:
     """How :class:`MeshServer` listens, registers and drains.
 
     Args:
-        host: address to bind (default ``"127.0.0.1"``; ``"0.0.0.0"`` or ``"[::]"`` for all).
+        host: address to bind (default ``"127.0.0.1"``; ``"0.0.0.0"`` or ``"[::]"`` for all):
+            an IP address (IPv6 bracketed or not) or a host name; registered without
+            brackets.
         port: TCP port to bind; 0 (default) picks a free one, registered as bound.
-        advertise_host: host put in the registry; default ``host``, or the machine's
-            host name when binding all interfaces.
+        advertise_host: host put in the registry (brackets dropped); default ``host``, or
+            the machine's host name when binding all interfaces (the unspecified address,
+            however spelled: ``"0.0.0.0"``, ``"::"``, ``"0:0:0:0:0:0:0:0"``).
         instance_id: unique id in the registry; default ``<service>-<hostname>-<pid>``,
             with ``-<port>`` added when a live server of this process already holds that
             id (a second server of the service in the process: with one id, the second
@@ -240,7 +244,10 @@ class ServeOptions:
         admin: the process's admin HTTP server (``/metrics``, ``/healthz``, ``/readyz``,
             ``/debug/mesh``), started with the first server of the process on
             ``MESHKIT_ADMIN_PORT`` (default an ephemeral loopback port) and announced in the
-            registry meta ``admin_port``; ``None`` for none.
+            registry meta ``admin_port``, with ``admin_host`` when it listens on another
+            address than the registered host (``127.0.0.1`` for a server on ``::1``; not
+            a loopback admin of a server registered under a reachable host); ``None`` for
+            none.
         limits: bounds on in-flight work (:class:`ServerLimits`: concurrent calls per
             server and streams per connection, request size, flow-control windows, how long
             a request may take to arrive, keepalive and idle connections), on by default;
@@ -263,7 +270,8 @@ class ServeOptions:
 
     Raises:
         ConfigError: a value is out of range or of the wrong type (``True`` or a string
-            for a number, one string for ``tags``; quoted in the message), or, for the
+            for a number, one string for ``tags``, a ``host`` or ``advertise_host`` that
+            is neither an IP address nor a host name; quoted in the message), or, for the
             default ``admin``, ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
     """
 
@@ -292,6 +300,9 @@ class ServeOptions:
     expose_exception_text: bool = False
 
     def __post_init__(self) -> None:
+        check_host("host", self.host)
+        if self.advertise_host is not None:
+            check_host("advertise_host", self.advertise_host)
         check_int("port", self.port, low=0, high=65535)
         if self.tls is not None and self.credentials is not None:
             raise ConfigError("give tls or credentials, not both")
@@ -566,8 +577,7 @@ class MeshServer:
                     response_serializer=reflection_pb2.ServerReflectionResponse
                     .SerializeToString)})
         recorder.install()
-        host_part = opts.host if ":" not in opts.host else f"[{opts.host.strip('[]')}]"
-        bind = f"{host_part}:{opts.port}"
+        bind = f"{uri_host(opts.host)}:{opts.port}"
         creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded,
                                              on_handshake=self._handshake_started)
                  if opts.tls is not None else opts.credentials)
@@ -582,7 +592,7 @@ class MeshServer:
         track(self, kind="server")
         if creds is None:
             _log.warning("serving plaintext (no TLS)", service=self.service,
-                         address=f"{host_part}:{port}")
+                         address=f"{uri_host(opts.host)}:{port}")
         instance_id = self._reserve_instance_id(port)
         self._starting = True
         try:
@@ -647,9 +657,20 @@ class MeshServer:
             info = describe_certificate(load_certificate(opts.tls.cert_file))
             set_certificate_expiry(self.service, info.not_after.timestamp(),
                                    registry=self._metrics_registry())
-        host = opts.advertise_host or (
-            socket.gethostname() if opts.host in ("0.0.0.0", "::", "[::]") else opts.host
-        )
+        # registered bare ("::1", not "[::1]"): Instance.host is an address, which
+        # Consul, etcd and span attributes take without brackets (RFC 3986 puts them on
+        # host:port only)
+        host = bare_host(opts.advertise_host) if opts.advertise_host else (
+            socket.gethostname() if is_unspecified(opts.host) else bare_host(opts.host))
+        if self.admin is not None:
+            admin_host = bare_host(self.admin.options.host)
+            # the admin server listens elsewhere than the registered host: say where
+            # (meshkit services, prometheus-targets), unless it is this machine's loopback
+            # while the host is not (nobody else could reach it there; a reader elsewhere
+            # would find its own loopback)
+            if (not is_unspecified(admin_host) and admin_host != host
+                    and (is_loopback(host) or not is_loopback(admin_host))):
+                meta.setdefault("admin_host", admin_host)
         instance = Instance(
             service=self.service,
             instance_id=instance_id,

@@ -1,7 +1,8 @@
 """``meshkit prometheus-targets``: Prometheus ``file_sd`` targets from the registry.
 
 Each instance that announces an admin port (registry meta ``admin_port``, set by
-``serve()``) becomes one target ``host:admin_port`` (its ``/metrics``) with the labels
+``serve()``) becomes one target ``host:admin_port`` (its ``/metrics``; the host is meta
+``admin_host`` when announced, else the instance's) with the labels
 ``mesh_service`` and ``mesh_instance``, and ``__meta_meshkit_health`` for relabelling (a
 meta label, so a change of health does not start new series): ``passing`` for a live
 instance, ``failing`` for one whose heartbeat lapsed or whose checks fail without a
@@ -40,6 +41,7 @@ from meshkit._cli._common import (
     quiet_logging,
     service_names,
 )
+from meshkit._cli.services import admin_address
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshError, RegistryError
 
@@ -52,11 +54,10 @@ def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[st
     out = []
     rows = [(i, "passing") for i in live] + [(i, "failing") for i in failing]
     for inst, health in sorted(rows, key=lambda r: (r[0].service, r[0].instance_id)):
-        port = inst.meta.get("admin_port", "")
-        if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
+        address = admin_address(inst)
+        if address is None:
             continue
-        host = inst.address.rpartition(":")[0]  # an IPv6 host bracketed once, as there
-        out.append({"targets": [f"{host}:{port}"],
+        out.append({"targets": [address],
                     "labels": {"mesh_service": inst.service,
                                "mesh_instance": inst.instance_id,
                                "__meta_meshkit_health": health}})

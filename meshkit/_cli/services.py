@@ -32,10 +32,11 @@ from meshkit._cli._common import (
     quiet_logging,
     service_names,
 )
+from meshkit._hosts import check_host, uri_host
 from meshkit.discovery import Instance
-from meshkit.errors import MeshError
+from meshkit.errors import ConfigError, MeshError
 
-__all__ = ["InstanceRow", "admin_url", "build_parser", "main"]
+__all__ = ["InstanceRow", "admin_address", "admin_url", "build_parser", "main"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,14 +51,28 @@ class InstanceRow:
     meta: dict[str, str]
 
 
-def admin_url(instance: Instance) -> str | None:
-    """``http://<host>:<admin_port>`` of ``instance`` from its registry meta (ASCII digits),
-    or ``None``."""
+def admin_address(instance: Instance) -> str | None:
+    """``host:port`` of ``instance``'s admin server from its registry meta: ``admin_port``
+    (ASCII digits) at ``admin_host`` when announced (``serve()`` does when the admin
+    listens elsewhere than the instance's host), else at the instance's host; an IPv6
+    host bracketed once. ``None`` without a valid port (or with an invalid
+    ``admin_host``)."""
     port = instance.meta.get("admin_port", "")
     if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
         return None
-    host = instance.address.rpartition(":")[0]  # an IPv6 host bracketed once, as there
-    return f"http://{host}:{port}"
+    host = instance.meta.get("admin_host") or instance.host
+    try:
+        check_host("admin_host", host)
+    except ConfigError:
+        return None
+    return f"{uri_host(host)}:{port}"
+
+
+def admin_url(instance: Instance) -> str | None:
+    """``http://<host>:<admin_port>`` of ``instance`` (:func:`admin_address`), or
+    ``None``."""
+    address = admin_address(instance)
+    return None if address is None else f"http://{address}"
 
 
 async def _health(http: aiohttp.ClientSession, url: str | None) -> str:

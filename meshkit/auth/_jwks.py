@@ -25,6 +25,7 @@ from aiohttp import web
 
 from meshkit._aio_http import start_app
 from meshkit._config import check_int, check_number, check_seconds
+from meshkit._hosts import bare_host, uri_host
 from meshkit.auth._errors import JWKSError
 from meshkit.auth._jwt import (
     ASYMMETRIC_ALGORITHMS,
@@ -96,15 +97,14 @@ class JWKSServer:
         if self._runner is not None:
             raise RuntimeError("JWKSServer already started")
         self._runner, self.port = await start_app(self.app, host, port)
-        self.host = host
+        self.host = bare_host(host)
         _log.info("jwks serving", url=self.url)
         return self.port
 
     @property
     def url(self) -> str:
         """``http://host:port/.well-known/jwks.json`` once started."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{JWKS_PATH}"
+        return f"http://{uri_host(self.host)}:{self.port}{JWKS_PATH}"
 
     async def stop(self) -> None:
         """Stop listening (idempotent)."""

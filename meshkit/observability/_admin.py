@@ -16,6 +16,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from meshkit._aio_http import start_app
+from meshkit._hosts import check_host, uri_host
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -38,7 +39,9 @@ class AdminOptions:
 
     Args:
         host: address to bind (default ``"127.0.0.1"``: loopback only; ``"0.0.0.0"`` to let
-            a Prometheus on another machine scrape it).
+            a Prometheus on another machine scrape it; ``"::"`` or ``"[::]"`` listens
+            dual-stack, IPv4 and IPv6): an IP address (IPv6 bracketed or not) or a host
+            name.
         port: TCP port; 0 (default) picks a free one, returned by :meth:`AdminServer.start`.
         registry: registry served at ``/metrics``; default the process's meshkit registry.
         require_server: ``/readyz`` answers 503 while no :class:`~meshkit.MeshServer` is
@@ -46,7 +49,8 @@ class AdminOptions:
             for client-only processes.
 
     Raises:
-        ConfigError: port outside 0..65535 or an empty host (quoted).
+        ConfigError: port outside 0..65535, or a host that is neither an IP address nor a
+            host name (quoted).
     """
 
     host: str = "127.0.0.1"
@@ -55,8 +59,7 @@ class AdminOptions:
     require_server: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.host, str) or not self.host:
-            raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
+        check_host("host", self.host)
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0..65535, got {self.port!r}")
 
@@ -153,10 +156,8 @@ class AdminServer:
                 app.router.add_get(path, handler)
             else:
                 app.router.add_route(method, path, handler)
-        # a bracketed IPv6 host ("[::1]", as ServeOptions takes it) binds without brackets
-        self._runner, self.port = await start_app(app, self.options.host.strip("[]"),
-                                                  self.options.port)
-        _log.info("admin server listening", address=f"{self.options.host}:{self.port}")
+        self._runner, self.port = await start_app(app, self.options.host, self.options.port)
+        _log.info("admin server listening", address=f"{uri_host(self.options.host)}:{self.port}")
         return self.port
 
     async def stop(self) -> None:
@@ -168,9 +169,7 @@ class AdminServer:
     @property
     def url(self) -> str:
         """``http://host:port`` of the running server (IPv6 hosts bracketed)."""
-        host = self.options.host
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        return f"http://{host}:{self.port}"
+        return f"http://{uri_host(self.options.host)}:{self.port}"
 
     async def __aenter__(self) -> AdminServer:
         await self.start()
