@@ -101,7 +101,7 @@ from meshkit.resilience import (
     current_deadline,
     is_nack,
 )
-from meshkit.resilience._retry import NACK_METADATA, REFUSED_STREAM_DETAILS
+from meshkit.resilience._retry import nacked_status
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
 
@@ -904,10 +904,7 @@ async def _stream_nacked(call: Any, code: grpc.StatusCode) -> bool:
     :func:`~meshkit.resilience.is_nack`): reset with ``REFUSED_STREAM``, or a meshkit
     server's "server busy" with ``meshkit-nack: 1``."""
     try:
-        if code is _UNAVAILABLE and REFUSED_STREAM_DETAILS in (await call.details() or ""):
-            return True
-        return any(key == NACK_METADATA[0] and value == NACK_METADATA[1]
-                   for key, value in (await call.trailing_metadata() or ()))
+        return nacked_status(code, await call.details(), await call.trailing_metadata())
     except Exception:  # a call object without them: no nack seen
         return False
 

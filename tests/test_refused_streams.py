@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import struct
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 
 import meshkit
 from meshkit.balancer import OutlierOptions
@@ -86,3 +88,67 @@ async def test_refused_server_streams_count_as_overload_not_ejection_failures(
         await registry.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_status_quoting_a_refused_stream_does_not_replay_a_call_not_safe_to_repeat(
+    tmp_path: Path,
+) -> None:
+    """A method that is not safe to repeat (no ``idempotent``, no ``idempotency-key``),
+    e.g. PlaceOrder: the handler runs (its order written) and answers ``UNAVAILABLE`` with
+    a message that contains grpc's refused-stream words, because it quotes a downstream
+    call's status ("user service: Stream removed (RST_STREAM (Received RST_STREAM with
+    error code 7))"). meshkit took any details containing "RST_STREAM with error code 7)"
+    for a refusal before any processing (a nack) and replayed the call on every attempt:
+    the handler ran 3 times for one call. Only C-core's own words, exactly and with no
+    trailers, are a refused stream (RFC 9113 section 8.7); the call runs once. A
+    ``meshkit-nack`` trailer on another status than ``RESOURCE_EXHAUSTED`` is no nack
+    either (a handler forwarding a downstream call's trailers)."""
+    ran: list[str] = []
+
+    def place_handler(name: str, code: grpc.StatusCode, details: str,
+                      trailers: tuple[tuple[str, str], ...]) -> grpc.GenericRpcHandler:
+        async def place(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            ran.append(name)  # the side effect: an order written
+            if trailers:
+                context.set_trailing_metadata(trailers)
+            await context.abort(code, details)
+            raise AssertionError("unreachable")
+
+        return grpc.method_handlers_generic_handler(
+            "x.Orders", {"Place": grpc.unary_unary_rpc_method_handler(place)})
+
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=30.0,
+                                          poll_interval_s=0.05))
+    quoted = ("user service: Stream removed (RST_STREAM (Received RST_STREAM with error "
+              "code 7))")
+    cases = [(grpc.StatusCode.UNAVAILABLE, quoted, ()),
+             (grpc.StatusCode.UNAVAILABLE, "downstream busy", (("meshkit-nack", "1"),))]
+    try:
+        for n, (code, details, trailers) in enumerate(cases):
+            servers = []
+            for name in ("h1", "h2"):
+                handler = place_handler(name, code, details, trailers)
+
+                def add(_servicer: Any, server: Any,
+                        handler: grpc.GenericRpcHandler = handler) -> None:
+                    server.add_generic_rpc_handlers((handler,))
+
+                srv = meshkit.MeshServer(
+                    f"orders{n}", [(add, None)], registry=registry,
+                    options=meshkit.ServeOptions(insecure=True, instance_id=f"{name}-{n}",
+                                                 drain_delay_s=0.0, grace_s=1.0))
+                await srv.start()
+                servers.append(srv)
+            ran.clear()
+            try:
+                async with meshkit.dial(f"orders{n}", registry=registry,
+                                        options=meshkit.DialOptions(insecure=True)) as ch:
+                    with pytest.raises(grpc.aio.AioRpcError) as got:
+                        await ch.unary_unary("/x.Orders/Place")(b"order-1", timeout=10.0)
+                    assert got.value.code() is code
+            finally:
+                for srv in servers:
+                    await srv.drain()
+            assert len(ran) == 1, f"{details!r}: a call not safe to repeat ran {ran}"
+    finally:
+        await registry.close()

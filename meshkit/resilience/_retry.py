@@ -89,6 +89,7 @@ from meshkit.resilience._budget import BudgetOptions, RetryBudget
 __all__ = ["RetryInterceptor", "RetryOptions", "RetryPolicy", "RetryStats"]
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -466,7 +467,7 @@ def _http_date_delay_s(value: Any) -> float:
         return -1.0
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year past 9999 overflows
         return -1.0
     if when.tzinfo is None:  # asctime carries no zone: HTTP-dates are UTC (GMT)
         when = when.replace(tzinfo=UTC)
@@ -481,29 +482,42 @@ def is_nack(exc: AioRpcError) -> bool:
     """Whether ``exc`` is a nack: the server refused the call before running any of it, so
     another attempt is always safe. Two kinds:
 
-    * a meshkit server's refusal, with trailing metadata :data:`NACK_METADATA`
-      (``RESOURCE_EXHAUSTED`` "server busy" from the request gate);
+    * a meshkit server's refusal: ``RESOURCE_EXHAUSTED`` with trailing metadata
+      :data:`NACK_METADATA` ("server busy" from the request gate; the trailer on any
+      other status is not believed);
     * an HTTP/2 stream the server reset with ``REFUSED_STREAM`` (error code 7), e.g. past
       its ``max_concurrent_streams``: RFC 9113 section 8.7 says such a stream was closed
       "prior to any processing" and "can be safely retried". grpc C-core reports it as
-      ``UNAVAILABLE`` "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"
-      and does not hold calls back at the peer's stream limit itself.
+      ``UNAVAILABLE`` with exactly the details :data:`REFUSED_STREAM_DETAILS` and no
+      trailing metadata, and does not hold calls back at the peer's stream limit itself.
+
+    grpc.aio shows a client no transport state, so a refused stream is told by its status
+    alone; details that merely contain C-core's words (a server application's message
+    quoting a downstream call's status, or a caller's text) are no nack. A server
+    application that forwards a downstream refused stream's status verbatim
+    (``context.abort(e.code(), e.details())``) cannot be told from a refusal.
     """
-    if exc.code() is _UNAVAILABLE:
-        details = exc.details()
-        if details and REFUSED_STREAM_DETAILS in details:
-            return True
-    md = exc.trailing_metadata()
-    if not md:
+    code = exc.code()
+    if code is not _UNAVAILABLE and code is not _EXHAUSTED:
         return False
-    for key, value in md:
-        if key == "meshkit-nack":
-            return value == "1"
+    return nacked_status(code, exc.details(), exc.trailing_metadata())
+
+
+def nacked_status(code: grpc.StatusCode, details: str | None, trailing_metadata: Any) -> bool:
+    """:func:`is_nack` of a call that ended with status ``code``, ``details`` and
+    ``trailing_metadata`` (key/value pairs, or ``None``)."""
+    if code is _UNAVAILABLE:
+        return details == REFUSED_STREAM_DETAILS and not trailing_metadata
+    if code is not _EXHAUSTED or not trailing_metadata:
+        return False
+    for key, value in trailing_metadata:
+        if key == NACK_METADATA[0]:
+            return bool(value == NACK_METADATA[1])
     return False
 
 
-REFUSED_STREAM_DETAILS = "RST_STREAM with error code 7)"
-"""What grpc C-core's details of a stream reset with ``REFUSED_STREAM`` contain."""
+REFUSED_STREAM_DETAILS = "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"
+"""grpc C-core's details of a stream the server reset with ``REFUSED_STREAM``."""
 
 
 def _replayable(request: Any) -> bool:

@@ -149,6 +149,25 @@ async def test_retry_after_as_an_http_date_is_honoured(
         assert served == ["Fail"]
 
 
+async def test_retry_after_of_a_year_past_9999_fails_the_call_with_the_servers_status(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """A server (hostile, broken, or a proxy) answers ``UNAVAILABLE`` with ``retry-after:
+    Mon, 01 Jan 99999999999999999999 00:00:00 GMT``: ``parsedate_to_datetime`` raises
+    ``OverflowError`` for that year, which escaped the retry interceptor, so the caller's
+    ``await`` raised a bare ``OverflowError`` instead of a gRPC error. Now it is what every
+    malformed pushback is (gRFC A6): no more attempts, the server's ``UNAVAILABLE``."""
+    served: list[str] = []
+    await echo_servers("e", served=served)
+    policy = RetryPolicy(idempotent=True, max_attempts=3, backoff=FAST)
+    async with meshkit.dial("echo", registry=registry, options=opts(policy)) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as got:
+            await ch.unary_unary(method("Fail"))(
+                b"UNAVAILABLE:Mon, 01 Jan 99999999999999999999 00:00:00 GMT", timeout=10)
+    assert got.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert served == ["Fail"]
+
+
 async def test_retry_never_sleeps_past_the_deadline(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
