@@ -219,6 +219,9 @@ class ServeOptions:
             (:class:`~meshkit.auth.AuthOptions`). Default: with ``tls``, the peer check
             alone (``AuthOptions()``: the client's chain re-verified against the mesh CA's
             constraints and its SPIFFE ID against ``tls.allowed_peers``); otherwise none.
+            The peer check needs ``tls`` (``credentials=`` are opaque to meshkit): an
+            ``AuthOptions()`` with nothing else to check on a server without it is a
+            ``ConfigError``.
         rate_limit: per-caller rate limits (:class:`~meshkit.resilience.RateLimitOptions`;
             default none); callers over their rule get ``RESOURCE_EXHAUSTED``.
         interceptors: your own ``grpc.aio.ServerInterceptor`` s, run after the mesh's
@@ -336,6 +339,12 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
     Args:
         service: the mesh service name (labels telemetry).
         options: the server's :class:`ServeOptions` (``tls`` already resolved).
+
+    Raises:
+        ConfigError: ``auth`` whose only check is the peer check (``AuthOptions()``) on a
+            server without ``tls`` (``credentials=`` or ``insecure=True``): nothing would be
+            checked. With a verifier or a policy as well, the peer check is left out and a
+            warning logged when the server has ``credentials=``.
     """
     chain: list[grpc.aio.ServerInterceptor] = []
     if options.telemetry is not None:
@@ -346,7 +355,17 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
     if auth is None and options.tls is not None:
         auth = AuthOptions()  # mTLS: the peer's chain and identity are checked by default
     if auth is not None:
-        chain.extend(auth.interceptors(options.tls))
+        checks = auth.interceptors(options.tls)
+        if not checks:  # check_peers alone, without tls: nothing would be checked
+            raise ConfigError(
+                f"serve({service!r}): auth={auth!r} checks peers only with "
+                "ServeOptions(tls=TLSOptions(...)); with credentials= or insecure=True it "
+                "would check nothing: pass tls=, a verifier or a policy, or auth=None")
+        if options.tls is None and auth.check_peers and options.credentials is not None:
+            _log.warning("the peer check (AuthOptions.check_peers) needs ServeOptions(tls=...)"
+                         ": with credentials= the peers' identities are not checked",
+                         service=service)
+        chain.extend(checks)
     if options.rate_limit is not None:
         chain.append(RateLimitInterceptor(options.rate_limit))
     if not options.expose_exception_text:

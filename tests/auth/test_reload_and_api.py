@@ -107,6 +107,35 @@ def test_auth_options_chain_order(pki: Pki) -> None:
         AuthOptions(jwt=JWTAuthOptions())
 
 
+def test_a_peer_check_alone_on_a_server_without_tls_is_refused_when_built(
+    pki: Pki,
+) -> None:
+    """An operator serves mTLS through ``ServeOptions(credentials=<mTLS credentials>)``
+    (the documented alternative to ``tls``) and asks for the peer check,
+    ``auth=AuthOptions()`` (``check_peers=True``). The peer check needs ``tls`` (trust
+    domain, allowed peers; credentials are opaque), so it was left out and the chain held
+    no check at all: a CA-signed client certificate that is no workload was served ``OK``,
+    where the same server with ``tls=`` refuses it ``UNAUTHENTICATED``. A security option
+    accepted and then ignored; now a ``ConfigError`` when the server is built (also with
+    ``insecure=True``), and a warning when a verifier or policy keeps the chain non-empty."""
+    import structlog
+
+    import meshkit
+    from meshkit.server import server_chain
+
+    tls: TLSOptions = pki.issue("userd")
+    for transport in ({"credentials": tls.server_credentials()}, {"insecure": True}):
+        options = meshkit.ServeOptions(auth=AuthOptions(), **transport)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="checks peers only with"):
+            meshkit.MeshServer("userd", [], options=options)
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), KeySet.generate())
+    with structlog.testing.capture_logs() as logs:
+        chain = server_chain("userd", meshkit.ServeOptions(
+            credentials=tls.server_credentials(), auth=AuthOptions(verifier=verifier)))
+    assert any(type(i) is JWTAuthInterceptor for i in chain)
+    assert any("peer check" in e["event"] and e["log_level"] == "warning" for e in logs), logs
+
+
 def test_public_names_exist_and_are_documented() -> None:
     """Every name in meshkit.auth.__all__ exists and public classes/functions have docstrings."""
     assert auth.__doc__ and "authn" in auth.__doc__
