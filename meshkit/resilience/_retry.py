@@ -385,6 +385,7 @@ class RetryInterceptor(ClientInterceptor):
             return response, details.last_call
 
         pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(attempt(0))}
+        done: set[asyncio.Task[Any]] = set()
         sent = 1
         next_at = loop.time() + policy.hedge_delay_s  # when the next attempt is due
         last: BaseException | None = None
@@ -449,6 +450,11 @@ class RetryInterceptor(ClientInterceptor):
             details.last_call = None  # settle on this error (see above)
             raise last
         finally:
+            # attempts that ended in the same turn as the one acted on: read their errors,
+            # else asyncio logs "Task exception was never retrieved" for each
+            for task in done:
+                if not task.cancelled():
+                    task.exception()
             for task in pending:
                 task.cancel()
             if pending:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -574,3 +576,82 @@ async def test_close_during_a_hedged_calls_pushback_ends_it_without_blocking_the
     finally:
         tick.cancel()
         await ch.close()
+
+
+_SERVICE = "test.retry.Pair"
+
+
+def _add_pair(state: dict[str, Any]) -> tuple[Any, None]:
+    """A ``(add_fn, servicer)`` pair whose method ``M`` holds every call until a second
+    one arrives, then fails both at once with ``INVALID_ARGUMENT`` (not retryable)."""
+
+    async def both_fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        state["arrived"] += 1
+        if state["arrived"] % 2 == 0:
+            state["release"].set()
+        await state["release"].wait()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refused")
+        raise AssertionError("unreachable")
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            _SERVICE, {"M": grpc.unary_unary_rpc_method_handler(both_fail)}),))
+
+    return add, None
+
+
+async def test_hedged_attempts_failing_together_leave_no_unretrieved_task_exception(
+    registry: LocalRegistry,
+) -> None:
+    """A user dials with a hedging policy (``RetryPolicy(idempotent=True,
+    hedge_delay_s=0.05, max_attempts=2)``). The first attempt is held by the server until
+    the hedge arrives, and both attempts then fail at once with a non-retryable status.
+
+    What happened: ``RetryInterceptor._hedged`` got both finished attempt tasks in one
+    ``asyncio.wait`` ``done`` set, read the
+    exception of the first one it iterated and raised it; the other task's exception was
+    never read, so when the task was collected asyncio reported "Task exception was never
+    retrieved" through the loop's exception handler (logged at ERROR on ``asyncio``, with
+    the AioRpcError's traceback) once per such call.
+
+    What should happen: the caller gets the status (it does), and every attempt task
+    meshkit starts is settled by meshkit: asyncio's docs ("Detect never-retrieved
+    exceptions", Developing with asyncio) call an unread task exception a bug in the
+    program that made the task. A server answering both attempts of a hedged call in
+    the same instant (a burst of failures, an overloaded server shedding) must not make
+    the client's loop log one ERROR with a traceback per call."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+    state: dict[str, Any] = {"arrived": 0, "release": asyncio.Event()}
+    servers = []
+    try:
+        for name in ("a", "b"):
+            srv = meshkit.MeshServer(
+                "pair", [_add_pair(state)], registry=registry,
+                options=meshkit.ServeOptions(insecure=True, instance_id=name,
+                                             drain_delay_s=0.0, grace_s=1.0))
+            await srv.start()
+            servers.append(srv)
+        policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=2)
+        options = meshkit.DialOptions(insecure=True, outlier=None,
+                                      retry=RetryOptions(default=policy))
+        async with meshkit.dial("pair", registry=registry, options=options) as ch:
+            await ch.wait_for_endpoints(2, timeout_s=10)
+            call = ch.unary_unary(f"/{_SERVICE}/M")
+            for _ in range(10):
+                state["release"] = asyncio.Event()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(b"x", timeout=10)
+                assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                gc.collect()
+                await asyncio.sleep(0)
+        assert state["arrived"] == 20, "each call should have sent its hedge"
+    finally:
+        for srv in servers:
+            await srv.drain()
+        gc.collect()
+        loop.set_exception_handler(previous)
+    unread = [ctx.get("message") for ctx in reported]
+    assert unread == [], unread
