@@ -316,7 +316,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                                limited, log)
         finally:
             if token is not None:
-                detach_context(token)
+                detach_context(token, type(exc) is GeneratorExit)
 
     def _finish_when_answered(self, m: _Method, span: Any, token: Any, duration_s: float,
                               peer: str, context: Any, exc: BaseException | None) -> None:

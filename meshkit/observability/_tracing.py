@@ -1055,14 +1055,23 @@ def attach_context(ctx: Any) -> Any:
     return _RUNTIME[0].set(ctx)
 
 
-def detach_context(token: Any) -> None:
+def detach_context(token: Any, finalized: bool = False) -> None:
     """``opentelemetry.context.detach(token)``: restore the context before the attach that
-    gave ``token`` (a token from another context is logged by the API, never raised)."""
+    gave ``token`` (a token from another context is logged by the API, never raised).
+
+    ``finalized``: the attach was made in a streaming handler's async generator that is
+    now being closed by the event loop's finalizer (``GeneratorExit``), in another task
+    and context than the one it attached in, which is gone: a token from another context
+    is then nothing to restore, and not logged (the API logs "Failed to detach context"
+    with a traceback, for every stream a client cancelled)."""
     if _RUNTIME is not None:
         try:
             _RUNTIME[0].reset(token)
             return
-        except (ValueError, RuntimeError, TypeError):
+        except ValueError:  # created in another Context
+            if finalized:
+                return
+        except (RuntimeError, TypeError):
             pass
     otel_context.detach(token)
 

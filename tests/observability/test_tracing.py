@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 from typing import Any
 
 import grpc
@@ -10,10 +13,12 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, StatusCode
 
+import meshkit
+from meshkit.discovery import LocalRegistry
 from meshkit.observability import TelemetryOptions, render_trace
 from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from tests.observability.conftest import FRONT, ChainFactory, Tracing
-from tests.support.echo import method
+from tests.support.echo import add_echo, method
 from tests.support.wait import until
 
 FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
@@ -610,3 +615,71 @@ async def test_ipv6_peer_is_the_bare_address_on_the_server_span_and_access_line(
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     (line,) = [ln for ln in lines if ln.get("side") == "server"]
     assert line["peer"].startswith("[::1]:"), line
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_client_cancelling_a_traced_server_stream_logs_no_context_error(
+    registry: LocalRegistry,
+) -> None:
+    """A user serves with tracing on (``TelemetryOptions(tracer_provider=<SDK>)``); a
+    client opens a server stream, reads one message and cancels it (a routine end for a
+    watch or feed stream).
+
+    What happened: the server's reported stream handler (``_reported_stream`` in
+    meshkit/_handlers.py) attached the span's OpenTelemetry context when the call
+    started and was left suspended at its ``yield`` when grpc.aio's task was cancelled;
+    the generator was then closed by the event loop's async-generator finalizer, in a
+    task of its own, and the reporter's ``finish`` (``detach_context``) reset the token
+    from that other context: opentelemetry-api logged ``ERROR opentelemetry.context:
+    Failed to detach context`` with a ValueError traceback, once per cancelled stream.
+
+    What should happen: a client's cancellation is an ordinary outcome (gRPC status
+    CANCELLED, which meshkit does record on the span); the server must end the call's
+    telemetry without an ERROR-level log line and traceback on every cancelled stream,
+    which pages operators and hides real context leaks (OpenTelemetry's API says a token
+    is detached in the context that attached it)."""
+    handler = _Records()
+    otel_logger = logging.getLogger("opentelemetry.context")
+    otel_logger.addHandler(handler)
+    telemetry = TelemetryOptions(
+        tracer_provider=_sdk_tracer_provider(), metrics=False, access_log=False)
+    srv = meshkit.MeshServer(
+        "echo", [add_echo("a")], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="a", drain_delay_s=0.0,
+                                     grace_s=1.0, telemetry=telemetry))
+    await srv.start()
+    try:
+        options = meshkit.DialOptions(insecure=True, telemetry=None)
+        async with meshkit.dial("echo", registry=registry, options=options) as ch:
+            await ch.wait_for_endpoints(1, timeout_s=10)
+            stream = ch.unary_stream(method("ServerStream"))
+            for _ in range(3):
+                call = stream(b"100000", timeout=10)
+                assert await call.read() is not grpc.aio.EOF
+                call.cancel()
+                await asyncio.sleep(0.2)
+            gc.collect()
+            await asyncio.sleep(0.2)
+    finally:
+        await srv.drain()
+        otel_logger.removeHandler(handler)
+    errors = [r.getMessage() for r in handler.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
+
+
+def _sdk_tracer_provider() -> Any:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    return provider
