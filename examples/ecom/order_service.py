@@ -109,6 +109,7 @@ async def main(argv: list[str] | None = None) -> None:
         interceptors=(TokenForwarder(services=(USER_SERVICE,)),))
     users_channel = meshkit.dial(USER_SERVICE, options=users_opts)
     signer = MessageSigner.from_dir(args.cert_dir, SERVICE) if args.cert_dir else None
+    jwks: JWKSClient | None = None
     try:
         # A readiness gate: PlaceOrder needs the user service, so do not join the mesh
         # before one is reachable (bounded: after args.wait_users_s serve anyway).
@@ -117,10 +118,9 @@ async def main(argv: list[str] | None = None) -> None:
         except TimeoutError:
             _log.warning("no user service endpoint yet; serving anyway",
                          waited_s=args.wait_users_s)
+        jwks = JWKSClient(jwks_url_from(users_channel))  # closed below: it holds a session
         verifier = JWTVerifier(
-            VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE),
-            JWKSClient(jwks_url_from(users_channel)),
-        )
+            VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE), jwks)
         auth = AuthOptions(verifier=verifier, jwt=security.ORDERD_JWT,
                            policy=security.orderd_policy(insecure=tls_options is None))
         limits = RateLimitOptions(rules=security.RATE_LIMITS, key=by_identity,
@@ -135,6 +135,8 @@ async def main(argv: list[str] | None = None) -> None:
                 on_started=announce,
             )
     finally:
+        if jwks is not None:
+            await jwks.close()
         await users_channel.close()
         await store.close()
 

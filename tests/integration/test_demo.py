@@ -25,6 +25,11 @@ def alive(pid: int) -> bool:
     return True
 
 
+def service_logs(workdir: Path) -> dict[str, str]:
+    """The service processes' logs a demo run left in ``workdir``, by file name."""
+    return {p.name: p.read_text(errors="replace") for p in workdir.glob("*.log")}
+
+
 async def demo(*args: str) -> asyncio.subprocess.Process:
     """Start ``meshkit demo`` (through the CLI module) with ``args``."""
     return await asyncio.create_subprocess_exec(
@@ -33,9 +38,11 @@ async def demo(*args: str) -> asyncio.subprocess.Process:
     )
 
 
-async def test_demo_passes_with_a_killed_instance() -> None:
-    """The demo's small workload survives its SIGKILL, reports, and exits 0."""
-    proc = await demo("--calls", "80", "--concurrency", "4")
+async def test_demo_passes_with_a_killed_instance(tmp_path: Path) -> None:
+    """The demo's small workload survives its SIGKILL, reports, and exits 0; no service
+    process logs a traceback or a resource it left open (the order service's JWKS client
+    once logged "Unclosed client session" at every exit)."""
+    proc = await demo("--calls", "80", "--concurrency", "4", "--workdir", str(tmp_path))
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
     assert proc.returncode == 0, text
@@ -53,6 +60,11 @@ async def test_demo_passes_with_a_killed_instance() -> None:
                      r"0 idempotency keys stored twice", text), text
     pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
     assert len(pids) >= 4 and not any(alive(p) for p in pids)
+    logs = service_logs(tmp_path)
+    assert len(logs) >= 4, sorted(logs)
+    for name, log in logs.items():
+        for bad in ("Traceback", "Unclosed", "never retrieved", "was never awaited"):
+            assert bad not in log, f"{name}: {bad}\n{log[-2000:]}"
 
 
 def run_printed_commands(lines: list[str]) -> list[tuple[str, int, str]]:
