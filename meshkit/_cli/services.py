@@ -2,8 +2,11 @@
 admin URLs.
 
 Health is the instance's admin ``/readyz``: ``ready`` (200), ``not-ready`` (503: draining,
-not registered yet), ``unreachable`` (no answer within ``--timeout-s``), or ``-`` when the
-instance announces no admin port (registry meta ``admin_port``, set by ``serve()``).
+not registered yet), ``unreachable`` (no answer within ``--timeout-s`` of the probe's
+start), or ``-`` when the instance announces no admin port (registry meta ``admin_port``,
+set by ``serve()``). The instances are probed in parallel, :data:`PROBES_AT_ONCE` at a
+time, so N instances take about N / 100 probe times, and each probe's
+timeout starts when its request does (not while it waits for its turn).
 Instances the registry reports as failing (a lapsed heartbeat or a failing Consul check
 without a deregistration: died or hung; clients no longer see them) are listed as
 ``failing``.
@@ -36,7 +39,12 @@ from meshkit._hosts import check_host, uri_host
 from meshkit.discovery import Instance
 from meshkit.errors import ConfigError, MeshError
 
-__all__ = ["InstanceRow", "admin_address", "admin_url", "build_parser", "main"]
+__all__ = ["PROBES_AT_ONCE", "InstanceRow", "admin_address", "admin_url", "build_parser",
+           "main"]
+
+#: ``/readyz`` probes in flight at once (aiohttp's default connection limit, and well
+#: under the usual 1,024 open files).
+PROBES_AT_ONCE = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,14 +83,19 @@ def admin_url(instance: Instance) -> str | None:
     return None if address is None else f"http://{address}"
 
 
-async def _health(http: aiohttp.ClientSession, url: str | None) -> str:
+async def _health(http: aiohttp.ClientSession, turn: asyncio.Semaphore, url: str | None,
+                  timeout_s: float) -> str:
+    """The health of the admin server at ``url`` from its ``/readyz``: the probe waits for
+    its ``turn``, then has ``timeout_s`` seconds (connecting included)."""
     if url is None:
         return "-"
-    try:
-        async with http.get(url + "/readyz") as resp:
-            return {200: "ready", 503: "not-ready"}.get(resp.status, f"http-{resp.status}")
-    except (aiohttp.ClientError, TimeoutError):
-        return "unreachable"
+    async with turn:
+        try:
+            async with asyncio.timeout(timeout_s), http.get(url + "/readyz") as resp:
+                return {200: "ready", 503: "not-ready"}.get(resp.status,
+                                                            f"http-{resp.status}")
+        except (aiohttp.ClientError, TimeoutError):
+            return "unreachable"
 
 
 async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[InstanceRow]:
@@ -91,7 +104,8 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     Raises:
         SystemExit: bad URI (status 2); a registry that cannot be read or cannot list
             services (status 1). Each registry read (listing, watches, failing
-            instances) is bounded by ``timeout_s``.
+            instances) and each ``/readyz`` probe is bounded by ``timeout_s`` seconds
+            from its own start.
     """
     registry = open_registry(registry_uri)
     try:
@@ -109,8 +123,16 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
                          f"{unread} within {timeout_s} s")
     instances = sorted((i for v in found.values() if v for i in v),
                        key=lambda i: (i.service, i.instance_id))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
-        health = await asyncio.gather(*(_health(http, admin_url(i)) for i in instances))
+    # The bound is per probe (asyncio.timeout once its turn comes): a session timeout
+    # would count the wait for a pooled connection too, and probes queued behind slow
+    # ones would time out unsent. The pool is as large as the turns, so no probe waits
+    # for a connection after its turn came.
+    turn = asyncio.Semaphore(PROBES_AT_ONCE)
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=PROBES_AT_ONCE),
+            timeout=aiohttp.ClientTimeout(total=None)) as http:
+        health = await asyncio.gather(*(_health(http, turn, admin_url(i), timeout_s)
+                                        for i in instances))
     rows = [(i, h) for i, h in zip(instances, health, strict=True)]
     rows += [(i, "failing") for i in failing]
     return [InstanceRow(service=i.service, instance_id=i.instance_id, address=i.address,
@@ -138,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list only this service (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     p.add_argument("--timeout-s", type=positive_seconds, default=3.0,
-                   help="bound on the registry read and each /readyz, positive seconds "
+                   help="bound on each registry read and each /readyz, positive seconds "
                         "(default 3)")
     return p
 
