@@ -77,6 +77,7 @@ import consul.aio
 import structlog
 
 from meshkit._config import check_number
+from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._options import (
     check_seconds,
     env_fields,
@@ -540,9 +541,7 @@ class ConsulRegistry:
         """Cancel and await the keep-alive task of ``instance_id``, if it has one."""
         reg = self._keepers.pop(instance_id, None)
         if reg is not None and reg.task is not None:
-            reg.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reg.task
+            await cancel_and_wait(reg.task)
 
     def _get_client(self) -> Any:
         if self._race.closed:

@@ -85,6 +85,7 @@ from typing import NamedTuple, TypeVar
 import structlog
 
 from meshkit._config import check_number, check_seconds
+from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -664,9 +665,7 @@ class LocalRegistry:
         self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
         task = self._heartbeats.pop(instance.instance_id, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._run(lambda c: self._write(c, remove=instance), write=True)
 
     async def instances(self, service: str) -> frozenset[Instance]:
@@ -783,8 +782,7 @@ class LocalRegistry:
         for t in tasks:
             t.cancel()
         for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
 
         def shut() -> None:
             with self._lock:
