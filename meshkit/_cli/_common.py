@@ -8,14 +8,23 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
 from meshkit.observability import configure_logging
 
-__all__ = ["add_registry_argument", "discover", "failing_instances", "open_registry",
-           "positive_seconds", "quiet_logging", "service_names"]
+__all__ = ["REGISTRY_READS_AT_ONCE", "add_registry_argument", "discover", "failing_instances",
+           "open_registry", "positive_seconds", "quiet_logging", "service_names"]
+
+_T = TypeVar("_T")
+
+#: Registry reads (a watch's first answer, a ``failing()`` read) a command has in flight
+#: at once: enough that a pass over hundreds of services takes a few round trips, well
+#: under what a Consul agent allows one client (``limits.http_max_conns_per_client``, 200
+#: by default, shared with the other clients on the host).
+REGISTRY_READS_AT_ONCE = 32
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
                  f"(default ${ENV_VAR}, else the default local registry)")
@@ -111,37 +120,72 @@ async def _first(registry: Registry, service: str) -> frozenset[Instance]:
     return frozenset()
 
 
+async def _read_each(names: list[str], read: Callable[[str], Awaitable[_T]],
+                     timeout_s: float) -> list[_T | None]:
+    """``read(name)`` for each of ``names``, in their order: at most
+    :data:`REGISTRY_READS_AT_ONCE` at once, each bounded by ``timeout_s`` seconds from its
+    own start (not from the pass's: a read waiting for its turn is not running out of
+    time). ``None`` for a read with no answer in time; once one had none, the reads not
+    started yet are not started (``None`` too): the registry is not answering, and each
+    would wait ``timeout_s`` more (a pass over N services would take N /
+    ``REGISTRY_READS_AT_ONCE`` timeouts).
+
+    Raises:
+        Exception: the first error a read raised (the reads in flight are cancelled).
+    """
+    results: list[_T | None] = [None] * len(names)
+    pending = iter(enumerate(names))
+    stalled = False
+
+    async def worker() -> None:
+        nonlocal stalled
+        for k, name in pending:  # shared: each name is taken by one worker
+            if stalled:
+                return
+            try:
+                async with asyncio.timeout(timeout_s):
+                    results[k] = await read(name)
+            except TimeoutError:
+                stalled = True
+                return
+
+    workers = [asyncio.create_task(worker())
+               for _ in range(min(REGISTRY_READS_AT_ONCE, len(names)))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    return results
+
+
 async def discover(registry: Registry, services: Iterable[str],
                    timeout_s: float) -> dict[str, frozenset[Instance] | None]:
     """The live instances of each service: the first answer of a watch on each, in
-    parallel; ``None`` for a service with no answer within ``timeout_s`` seconds (the
-    registry cannot be read)."""
+    parallel (at most :data:`REGISTRY_READS_AT_ONCE` at once), each bounded by
+    ``timeout_s`` seconds from its own start; ``None`` for a service with no answer in
+    time (the registry cannot be read), and for the services not read after that."""
     names = list(services)
-
-    async def one(name: str) -> frozenset[Instance] | None:
-        try:
-            return await asyncio.wait_for(_first(registry, name), timeout_s)
-        except TimeoutError:
-            return None
-
-    found = await asyncio.gather(*(one(n) for n in names))
+    found = await _read_each(names, lambda name: _first(registry, name), timeout_s)
     return dict(zip(names, found, strict=True))
 
 
 async def failing_instances(registry: Registry, services: Iterable[str],
                             timeout_s: float) -> list[Instance]:
     """The instances of ``services`` the registry reports failing (none when it has no
-    ``failing()``); the reads are bounded by ``timeout_s`` seconds in all.
+    ``failing()``): one ``failing()`` read per service, in parallel (at most
+    :data:`REGISTRY_READS_AT_ONCE` at once), each bounded by ``timeout_s`` seconds from
+    its own start.
 
     Raises:
         MeshError: the registry cannot be read (its own error), or :class:`RegistryError`
-            when it gave no answer within ``timeout_s``.
+            when a read gave no answer within ``timeout_s``.
     """
     failing_of = getattr(registry, "failing", None)
     if failing_of is None:
         return []
-    try:
-        async with asyncio.timeout(timeout_s):
-            return [i for name in services for i in await failing_of(name)]
-    except TimeoutError:
-        raise RegistryError(f"no answer from the registry within {timeout_s} s") from None
+    found = await _read_each(list(services), failing_of, timeout_s)
+    if any(v is None for v in found):
+        raise RegistryError(f"no answer from the registry within {timeout_s} s")
+    return [i for v in found if v for i in v]

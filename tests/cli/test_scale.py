@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from meshkit._cli import _common
 from meshkit._cli import services as services_cli
-from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from meshkit._cli.prometheus import TargetWriter
+from meshkit.discovery import ConsulOptions, ConsulRegistry, Instance, LocalOptions, LocalRegistry
+from meshkit.errors import MeshError
+from tests.discovery.consul_double import ConsulDouble
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -122,3 +128,124 @@ async def test_services_hung_admin_servers_do_not_make_healthy_ones_unreachable(
     assert health == {("hung", "unreachable"): 150, ("ok", "ready"): 50}, dict(health)
     # two waves of hung probes (150 over 100 at once) at 1 s each, plus the registry reads
     assert took < 10.0, f"the listing took {took:.1f} s"
+
+
+async def test_prometheus_targets_each_registry_read_is_bounded_on_its_own(
+        tmp_path: Path) -> None:
+    """A Consul datacenter of 400 services whose agent answers each query in 20 ms, read
+    with ``--timeout-s 3``: the pass writes 400 targets.
+
+    ``--timeout-s`` is documented as the "bound on each registry read". The failing
+    instances used to be read one service after another under a single
+    ``asyncio.timeout(timeout_s)``, so 400 reads of 20 ms (8 s) failed the whole pass
+    with "the registry cannot be read: no answer from the registry within 3.0 s" though
+    no read took more than a few tens of milliseconds, and the targets file was never
+    written (``--watch`` failing the same way for ever). Now the reads run in parallel,
+    a bounded number at once, each bounded from its own start."""
+    double = ConsulDouble()
+
+    @web.middleware
+    async def agent_rtt(request: web.Request, handler: Any) -> web.StreamResponse:
+        await asyncio.sleep(0.02)
+        return await handler(request)
+
+    double.app.middlewares.append(agent_rtt)
+    await double.start()
+    out = tmp_path / "targets.json"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(400):
+                async with http.put(f"{double.url}/v1/catalog/register", json={
+                        "Node": "node-2", "Address": "127.0.0.1",
+                        "Service": {"ID": f"svc{i:04d}-1", "Service": f"svc{i:04d}",
+                                    "Address": "127.0.0.1", "Port": 20000 + i,
+                                    "Meta": {"admin_port": str(30000 + i)}}}) as resp:
+                    assert resp.status == 200, await resp.text()
+        reg = ConsulRegistry(ConsulOptions(addr=double.addr))
+        try:
+            writer = TargetWriter(reg, out, keep_failing_s=300.0, timeout_s=3.0)
+            written = await writer.once()
+        finally:
+            await reg.close()
+    finally:
+        await double.stop()
+    assert written == 400
+    assert out.read_text().count('"mesh_instance"') == 400
+
+
+class _CountingRegistry:
+    """A registry of ``n`` services whose watches and ``failing()`` reads each answer in
+    ``delay_s`` (or never, with ``hang``), counting the reads in flight at once."""
+
+    def __init__(self, n: int, delay_s: float, *, hang: bool = False) -> None:
+        self.names = [f"svc{i:04d}" for i in range(n)]
+        self.delay_s = delay_s
+        self.hang = hang
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def _read(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(3600 if self.hang else self.delay_s)
+        finally:
+            self.in_flight -= 1
+
+    async def services(self) -> list[str]:
+        return list(self.names)
+
+    async def _watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        await self._read()
+        yield frozenset({Instance(service=service, instance_id=f"{service}-1",
+                                  host="127.0.0.1", port=20000)})
+        await asyncio.sleep(3600)
+
+    def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        return self._watch(service)
+
+    async def failing(self, service: str) -> frozenset[Instance]:
+        await self._read()
+        return frozenset()
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_registry_reads_run_in_parallel_a_bounded_number_at_once() -> None:
+    """The watches' first answers and the ``failing()`` reads of 300 services each
+    taking 10 ms run in parallel (a pass takes a fraction of 300 x 10 ms), never more
+    than ``REGISTRY_READS_AT_ONCE`` at a time (a Consul agent caps the connections of
+    one client: ``limits.http_max_conns_per_client``, 200 by default)."""
+    reg = _CountingRegistry(300, 0.01)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    found = await _common.discover(reg, reg.names, 5.0)  # type: ignore[arg-type]
+    failing = await _common.failing_instances(reg, reg.names, 5.0)  # type: ignore[arg-type]
+    took = loop.time() - start
+    assert all(v is not None and len(v) == 1 for v in found.values())
+    assert failing == []
+    assert 1 < reg.most_in_flight <= _common.REGISTRY_READS_AT_ONCE, reg.most_in_flight
+    assert took < 0.5 * (2 * 300 * 0.01), f"600 reads of 10 ms took {took:.2f} s"
+
+
+async def test_a_registry_that_stops_answering_fails_the_pass_in_about_one_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry of 500 services that lists them and then answers no read (a hung
+    agent): ``services`` and ``prometheus-targets`` fail "the registry cannot be read"
+    within a few ``--timeout-s`` (0.3 s here), not one timeout per batch of services
+    (500 / ``REGISTRY_READS_AT_ONCE`` batches): once a read had no answer in time, the
+    reads not started yet are not started."""
+    hung: Any = _CountingRegistry(500, 0.0, hang=True)
+    monkeypatch.setattr(services_cli, "open_registry", lambda uri: hung)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(SystemExit, match="the registry cannot be read"):
+        await services_cli.collect("hung://", [], 0.3)
+    writer = TargetWriter(hung, tmp_path / "t.json", keep_failing_s=0, timeout_s=0.3)
+    with pytest.raises(MeshError, match="no answer from the registry"):
+        await writer.once()
+    took = loop.time() - start
+    batches = -(-500 // _common.REGISTRY_READS_AT_ONCE)  # 16: 14 s without stopping
+    assert took < 0.3 * batches, f"two passes took {took:.1f} s"
+    assert not (tmp_path / "t.json").exists()
