@@ -490,3 +490,71 @@ def test_ejection_works_whatever_the_clock_reads(start: float) -> None:
     assert call(eb) == "a"  # the probe, and it succeeds
     assert eb.ejected() == []
     assert {call(eb) for _ in range(4)} == {"a", "b"}
+
+
+# -- 7. the ejection cap holds under a failure every endpoint shares -------------------------
+def _big(n: int, *, weight: int = 1) -> list[Endpoint]:
+    """``n`` READY endpoints of one service (distinct instance ids and ports)."""
+    return [ep(f"big-{i:05d}", port=10000 + i, weight=weight) for i in range(n)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("inner", [RoundRobin, P2C], ids=["round_robin", "p2c"])
+def test_outlier_cap_holds_under_a_shared_partial_failure(inner: type) -> None:
+    """A service of 200 endpoints behind the default outlier ejection; a dependency every
+    endpoint shares fails 85 % of all calls, whichever endpoint takes them (every
+    endpoint equally bad). This is the case ``max_ejection_percent`` exists for: "at most
+    50 % ejected (a shared cause must not empty the service)" (README, Resilience;
+    Envoy's ``max_ejection_percent``, a hard cap); the documented exception is an
+    endpoint that fails *every* call while its peers in rotation succeed.
+
+    It was: an endpoint whose probe succeeded came back with an empty window, and five
+    failures in a row (44 % likely at an 85 % failure rate) made its whole window
+    failures while some peer's latest call had succeeded, so ``_broken_beside_healthy``
+    ejected it beyond the cap; within a minute 199 of the 200 were out and the last one
+    took the whole load, though none failed more often than its peers. Now the exception
+    needs a full window of failures and peers in rotation that rarely fail, so at most
+    the cap is out (a little slack for the one-at-least rule). An injected clock at
+    1,000 calls/s for 60 s; deterministic (seeded)."""
+    n = 200
+    eps = _big(n)
+    clock = Clock()
+    picker = (RoundRobin(rng=random.Random(2)) if inner is RoundRobin
+              else P2C(rng=random.Random(2), clock=clock))
+    balancer = EjectingBalancer(picker, OutlierOptions(), clock=clock)
+    balancer.update(eps)
+    fate = random.Random(1)
+    most_out = 0
+    for k in range(60_000):
+        clock.t += 0.001
+        got = balancer.pick()
+        assert got is not None
+        got[1](UNAVAILABLE if fate.random() < 0.85 else OK, 0.005)
+        if k % 100 == 0:
+            most_out = max(most_out, len(balancer.ejected()))
+    assert most_out <= 0.55 * n, (
+        f"{most_out} of {n} endpoints ejected at once under a failure every endpoint shares "
+        f"(max_ejection_percent 50): the service ran on {n - most_out}")
+
+
+def test_an_endpoint_failing_every_call_beside_peers_that_fail_most_stays_within_the_cap(
+) -> None:
+    """At the cap (two of a, b, c ejected), the third fails every call of a full window
+    while d, the peer in rotation, fails three calls in four: that is a shared fault, not
+    the third's alone, so it stays in rotation (the cap holds). It was ejected beyond the
+    cap as soon as d's latest call had succeeded, leaving d alone."""
+    clock = Clock()
+    eb = EjectingBalancer(RoundRobin(random.Random(0)),
+                          OutlierOptions(consecutive_failures=5, max_ejection_percent=50),
+                          clock=clock)
+    eb.update([ep(k) for k in "abcd"])
+    seen: Counter[str] = Counter()
+    for _ in range(200):
+        got = eb.pick()
+        assert got is not None
+        key = got[0].key
+        seen[key] += 1
+        got[1](OK if key == "d" and seen[key] % 4 == 0 else UNAVAILABLE, 0.001)
+    assert len(eb.ejected()) == 2 and "d" not in eb.ejected()
+    third = ({"a", "b", "c"} - set(eb.ejected())).pop()
+    assert seen[third] > 40  # its window (20 calls) was full of failures many times over

@@ -10,11 +10,17 @@ probe is a real caller's call, so it waits for a usable connection: while the en
 state is ``FAILING`` (no balancer sends a call there) it stays out of rotation with its
 probe pending, and the first pick after the connection recovers probes it. At most
 ``max_ejection_percent`` of the endpoints are ejected at once (at least one may always be):
-the cap guards against a shared cause (a dependency of every endpoint down) ejecting the
-whole service. It does not shelter an endpoint that fails *every* call while another
-endpoint in rotation is succeeding: such an endpoint (``consecutive_failures`` in a row
-and no success in its window) is ejected beyond the cap, since keeping it only feeds it
-calls it will fail (a broken instance that fails fast would otherwise draw most calls).
+the cap guards against a shared cause (a dependency of every endpoint down, or failing
+part of every endpoint's calls) ejecting the whole service, and holds as Envoy's does. It
+does not shelter an endpoint that fails *every* call while its peers in rotation succeed:
+such an endpoint (a full ``failure_rate_window`` of failures and ``consecutive_failures``
+in a row: ``k`` calls, the larger of the two) is ejected beyond the cap when its peers in
+rotation fail so rarely (``f``, their windows' failures pooled) that an endpoint as good
+as they are would fail ``k`` calls in a row less than once in a million (``f ** k <=
+1e-6``; with the default 20-call window, peers failing at most about half their calls),
+since keeping it only feeds it calls it will fail (a broken instance that fails fast
+would otherwise draw most calls). An endpoint that failed a short run (one back from an
+ejection, its window empty) or beside peers failing about as often is within the cap.
 With every endpoint ejected or failing, ``pick`` returns ``None`` and the channel fails the
 call fast with ``UNAVAILABLE`` instead of queueing.
 
@@ -57,6 +63,9 @@ __all__ = ["EjectingBalancer", "OutlierOptions"]
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _FAILING = EndpointState.FAILING
+# the most likely an endpoint as good as its peers fails its whole window and run: beyond
+# it, an endpoint failing every call is ejected beyond max_ejection_percent
+_BROKEN_ODDS = 1e-6
 _DEFAULT_FAILURES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -76,8 +85,10 @@ class OutlierOptions:
         base_ejection_s: first ejection time, seconds (default 10.0); the n-th ejection in a
             row lasts ``n * base_ejection_s``.
         max_ejection_s: cap of one ejection, seconds (default 300.0).
-        max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50);
-            one endpoint may always be ejected.
+        max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50;
+            Envoy's ``max_ejection_percent``); one endpoint may always be ejected, and
+            one failing every call while its peers in rotation succeed may be ejected
+            beyond it (module docstring).
         failure_codes: status codes that count as failures; not ``CANCELLED`` (never an
             endpoint's outcome, see the module docstring).
 
@@ -306,22 +317,35 @@ class EjectingBalancer:
                 self._on_change(ep.key, True)
 
     def _broken_beside_healthy(self, ep: Endpoint, h: _Health) -> bool:
-        """``ep`` failed every call of its window and ``consecutive_failures`` in a row,
-        while an endpoint still in rotation had a success as its latest outcome."""
-        if h.consecutive < self._opts.consecutive_failures or not all(h.window):
+        """``ep`` failed every call of a full window and ``consecutive_failures`` in a
+        row (``k`` calls, the larger of the two), while its peers in rotation failed so
+        rarely (``f``: the failures of their windows, pooled) that an endpoint as good as
+        they are fails ``k`` in a row less than once in a million (``f ** k <= 1e-6``).
+
+        Asked at every failure of an endpoint that tripped at the cap, it looks at the
+        peers once per ``k`` failures in a row (at ``k``, ``2k``...): O(endpoints x
+        window) then, so O(endpoints) per failure at most, and nothing per success."""
+        opts = self._opts
+        window = h.window
+        k = max(opts.failure_rate_window, opts.consecutive_failures)
+        # a full window of failures and consecutive_failures in a row: consecutive >= k
+        if (h.consecutive < k or h.consecutive % k or len(window) != window.maxlen
+                or not all(window)):
             return False
+        failed = calls = 0
+        health = self._health
         for other in self._all:
-            if other is ep or self._out(other.key):
+            oh = health[other.key]
+            if other is ep or oh.ejected_until is not None:
                 continue
-            oh = self._health[other.key]
-            if oh.window and not oh.window[-1]:
-                return True
-        return False
+            failed += sum(oh.window)
+            calls += len(oh.window)
+        return calls > 0 and (failed / calls) ** k <= _BROKEN_ODDS
 
     def _may_eject(self) -> bool:
+        # self._ejected: the endpoints whose ejection is not over (kept by _schedule)
         n = len(self._all)
-        out = sum(1 for ep in self._all if self._health[ep.key].ejected_until is not None)
         # at least one may always be, 0 % included (Envoy: "will eject at least one host
         # regardless of the value")
         cap = max(1, int(n * self._opts.max_ejection_percent / 100))
-        return out + 1 <= cap
+        return len(self._ejected) + 1 <= cap
