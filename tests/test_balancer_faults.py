@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from typing import Any
 
@@ -558,3 +559,125 @@ def test_an_endpoint_failing_every_call_beside_peers_that_fail_most_stays_within
     assert len(eb.ejected()) == 2 and "d" not in eb.ejected()
     third = ({"a", "b", "c"} - set(eb.ejected())).pop()
     assert seen[third] > 40  # its window (20 calls) was full of failures many times over
+
+
+# -- 8. P2C: a pick is O(1) and a snapshot O(n) whatever the latency samples ----------------
+def _best_of(runs: int, fn: Any) -> float:
+    """The shortest of ``runs`` timings of ``fn()``, seconds: the one least disturbed by
+    the other work of a loaded box."""
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _p2c_over(n: int, sampled: bool) -> P2C:
+    """P2C over ``n`` READY endpoints; with ``sampled``, after ``n`` unary calls of 5 ms
+    (some endpoints have a latency sample, the others not yet: a channel warming up, a
+    rolling deploy), else none has one (every outcome so far a stream's)."""
+    p2c = P2C(rng=random.Random(n))
+    p2c.update(_big(n))
+    for _ in range(n if sampled else 0):
+        got = p2c.pick()
+        assert got is not None
+        got[1](OK, 0.005)
+    return p2c
+
+
+def _pick_cost(p2c: P2C, picks: int = 2000) -> float:
+    """Seconds per pick, best of 5, each outcome a stream's (``done(OK, -1.0)``: no
+    latency sample, so the endpoints without one stay so)."""
+
+    def run() -> None:
+        for _ in range(picks):
+            got = p2c.pick()
+            assert got is not None
+            got[1](OK, -1.0)
+
+    run()  # warm up
+    return _best_of(5, run) / picks
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sampled", [False, True], ids=["no_sample", "partly_sampled"])
+def test_p2c_pick_cost_does_not_grow_with_endpoints_without_a_latency_sample(
+        sampled: bool) -> None:
+    """A client of a 2,000-instance service making server-streaming calls only (every
+    outcome reported without a latency sample, ``Done``: "a negative latency_s is an
+    outcome without a latency sample"), or one whose endpoints are partly sampled (a
+    rolling deploy's newcomers): P2C estimates an endpoint without a sample by its prior,
+    the mean estimate of its sampled peers, which ``_prior`` computed by walking every
+    endpoint at every pick: O(n) per pick, 15-20x the cost over 2,000 endpoints as over
+    100 (120-190 us a pick). Power of two choices is O(1) a pick by construction
+    (Mitzenmacher; Finagle's and Linkerd's P2C compare two numbers); the prior is now a
+    running sum. Expected: the cost over 2,000 endpoints within a few times that over
+    100 (best of 5 runs of 2,000 picks each)."""
+    small = _pick_cost(_p2c_over(100, sampled))
+    large = _pick_cost(_p2c_over(2000, sampled))
+    ratio = large / small
+    assert ratio < 4.0, (
+        f"a P2C pick costs {large * 1e6:.1f} us over 2000 endpoints vs {small * 1e6:.1f} us "
+        f"over 100 ({ratio:.1f}x): O(n) per pick while endpoints have no latency sample")
+
+
+@pytest.mark.timeout(180)
+def test_p2c_snapshot_is_linear_in_endpoints() -> None:
+    """``/metrics``, ``/debug/mesh`` and the dashboard (polled every second) read every
+    channel's ``stats()``, which calls ``P2C.snapshot()`` on the event loop. For each
+    endpoint without a latency sample the snapshot computed the prior twice (``rtt_ms``,
+    and ``load_ms`` through ``load()``), each a walk of every endpoint with a
+    ``math.exp`` per sampled one: O(n^2) a scrape, 0.3-0.5 s of blocked event loop at
+    2,000 endpoints, seconds at 4,000. A snapshot of n endpoints is n rows: ten times the
+    endpoints (200 -> 2,000, partly sampled) cost about ten times (was about 100x);
+    expected well under 30x (best of 5)."""
+    small_p2c = _p2c_over(200, True)
+    large_p2c = _p2c_over(2000, True)
+    assert len(large_p2c.snapshot()) == 2000
+    small = _best_of(5, small_p2c.snapshot)
+    large = _best_of(5, large_p2c.snapshot)
+    ratio = large / small
+    assert ratio < 30.0, (
+        f"P2C.snapshot() took {large:.4f} s over 2000 endpoints vs {small:.5f} s over 200 "
+        f"({ratio:.1f}x for 10x the endpoints): quadratic, on the event loop at every scrape")
+
+
+def test_p2c_prior_is_the_mean_decayed_estimate_of_the_sampled_endpoints() -> None:
+    """The prior kept as a running sum means what it meant as a walk: the mean of the
+    sampled endpoints' estimates decayed to now (each ``rtt * exp(-dt / decay_s)``),
+    ``default_rtt_s`` with none sampled, through peak and blended samples, cancelled
+    outcomes that raise an estimate, endpoints leaving and joining, reads that decay an
+    estimate in place, and hours of clock (its reference time moves on)."""
+    clock = Clock()
+    clock.t = -500.0
+    p = P2C(P2COptions(slow_start_s=0), rng=random.Random(5), clock=clock)
+    fate = random.Random(6)
+    eps = [ep(f"e{i}") for i in range(12)]
+    p.update(eps[:8])
+
+    def walked() -> float:
+        now = clock()
+        sampled = [st.estimate(now, 0.0) for st in p._stats.values() if st.rtt_s >= 0]
+        return sum(sampled) / len(sampled) if sampled else P2COptions().default_rtt_s
+
+    assert p._prior(clock()) == P2COptions().default_rtt_s
+    for step in range(3000):
+        clock.t += fate.choice([0.0, 0.001, 0.05, 2.0])
+        if step % 500 == 499:
+            clock.t += 3600.0  # an idle hour: every estimate decays to about nothing
+        if step % 700 == 0:  # some leave, some join (statistics of those that stay kept)
+            p.update(fate.sample(eps, 7))
+        got = p.pick()
+        assert got is not None
+        roll = fate.random()
+        if roll < 0.15:
+            got[1](CANCELLED, fate.uniform(0.0, 0.5))
+        elif roll < 0.3:
+            got[1](OK, -1.0)
+        else:
+            got[1](OK, fate.uniform(0.001, 0.2))
+        if step % 7 == 0:
+            assert p._prior(clock()) == pytest.approx(walked(), rel=1e-9, abs=1e-12)
+    p.update([ep("fresh")])
+    assert p._prior(clock()) == P2COptions().default_rtt_s

@@ -8,10 +8,12 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   weight ``1 - exp(-dt / decay_s)`` (recover slowly); with no samples the estimate decays
   towards zero over ``decay_s`` so an avoided endpoint gets tried again.
 * an endpoint with no sample yet (added later, or never picked so far) is estimated at
-  the mean estimate of its sampled peers, so it competes at once instead of waiting for
-  a sample it would never get (a fixed default above the peers' level loses every
-  comparison and starves the endpoint for good); with no peer sampled yet, at
-  ``default_rtt_s`` (Linkerd's ``default_rtt``);
+  the mean estimate of its sampled peers (each decayed to now), so it competes at once
+  instead of waiting for a sample it would never get (a fixed default above the peers'
+  level loses every comparison and starves the endpoint for good); with no peer sampled
+  yet, at ``default_rtt_s`` (Linkerd's ``default_rtt``). The mean is a running sum,
+  O(1) to read (a pick stays O(1) over thousands of endpoints, a snapshot O(n)), kept
+  only while some endpoint has no sample;
 * a ``CANCELLED`` outcome (a hedge that lost, a call its caller cancelled, an attempt
   that never left, which the channel reports with 0 s) is no latency sample: it lowers
   ``pending`` and, peak-like, raises the estimate to its latency when that exceeds it
@@ -57,6 +59,9 @@ _PENALISED = frozenset({
 })
 _READY = EndpointState.READY
 _IDLE = EndpointState.IDLE
+# time constants (decay_s) after which the prior's running sum takes now as its origin:
+# its factors reach exp(50), about 5e21, far inside a float's range (exp(709))
+_HORIZON = 50.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,11 +94,86 @@ class P2COptions:
                      high=1.0)
 
 
+class _SampledMean:
+    """The prior of an endpoint with no latency sample: the mean estimate of the sampled
+    endpoints, decayed to now, as a running sum (O(1) to read; P2C walked every endpoint
+    for it, O(n) a pick).
+
+    Every estimate decays alike (``rtt_s * exp(-dt / decay_s)``), so a sampled endpoint's
+    estimate at ``t`` is ``share * exp(-(t - origin) / decay_s)``, its ``share``
+    (``rtt_s * exp((stamp - origin) / decay_s)``) fixed until an outcome changes its
+    estimate (a read that decays it in place leaves it), and the mean at ``t`` is
+    ``total / count * exp(-(t - origin) / decay_s)``. ``origin`` moves to now, every share
+    recomputed (O(n)), at each update of the endpoint list and once ``_HORIZON`` time
+    constants have passed, so the factors stay far inside a float's range.
+
+    Nothing asks for the prior while every endpoint has a sample, so the sum is kept only
+    while one has none (``missing``): a stat's ``mean`` is this object then, else
+    ``None``, and the done callback of a sampled endpoint costs one test otherwise."""
+
+    __slots__ = ("count", "decay_s", "default_rtt_s", "missing", "origin", "stats", "total")
+
+    def __init__(self, opts: P2COptions) -> None:
+        self.decay_s = opts.decay_s
+        self.default_rtt_s = opts.default_rtt_s
+        self.stats: dict[str, _Stat] = {}
+        self.origin = 0.0
+        self.total = 0.0
+        self.count = 0  # endpoints with a sample
+        self.missing = 0  # endpoints without one
+
+    def reset(self, stats: dict[str, _Stat], now: float) -> None:
+        """Recompute the sum over ``stats`` with its origin at ``now`` (O(n))."""
+        self.stats = stats
+        self.origin = now
+        sampled = [st for st in stats.values() if st.rtt_s >= 0]
+        self.count = len(sampled)
+        self.missing = len(stats) - len(sampled)
+        kept = self if self.missing else None
+        for st in stats.values():
+            st.mean = kept
+        total, decay_s = 0.0, self.decay_s
+        for st in sampled:
+            st.share = st.rtt_s * math.exp((st.stamp - now) / decay_s)
+            total += st.share
+        self.total = total
+
+    def sampled(self, st: _Stat, now: float, first: bool) -> None:
+        """``st``'s estimate changed at ``now`` (its first sample when ``first``)."""
+        dt = now - self.origin
+        if dt > _HORIZON * self.decay_s:
+            self.reset(self.stats, now)
+            return
+        share = st.rtt_s * math.exp(dt / self.decay_s)
+        if first:
+            self.count += 1
+            self.missing -= 1
+            if not self.missing:  # every endpoint sampled: nothing asks for the prior
+                for other in self.stats.values():
+                    other.mean = None
+                return
+        else:
+            self.total -= st.share
+        self.total += share
+        st.share = share
+
+    def at(self, now: float) -> float:
+        """The mean decayed to ``now``, else ``default_rtt_s`` with no endpoint sampled."""
+        if not self.count:
+            return self.default_rtt_s
+        dt = now - self.origin
+        if dt > _HORIZON * self.decay_s:
+            self.reset(self.stats, now)
+            dt = 0.0
+        mean = self.total / self.count * math.exp(-dt / self.decay_s)
+        return mean if mean > 0.0 else 0.0  # (rounding of a sum of decayed-out shares)
+
+
 class _Stat:
     """Load statistics of one endpoint."""
 
-    __slots__ = ("added_at", "address", "clock", "decay_s", "penalty_s", "pending", "prior",
-                 "rtt_s", "stamp")
+    __slots__ = ("added_at", "address", "clock", "decay_s", "mean", "penalty_s", "pending",
+                 "prior", "rtt_s", "share", "stamp")
 
     def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float,
                  address: str, prior: Callable[[float], float]) -> None:
@@ -106,6 +186,10 @@ class _Stat:
         self.stamp = added_at
         self.pending = 0
         self.added_at = added_at
+        # the running sum of the prior while some endpoint has no sample, and this
+        # endpoint's share in it (_SampledMean)
+        self.mean: _SampledMean | None = None
+        self.share = 0.0
 
     def estimate(self, now: float, default_rtt_s: float) -> float:
         """The decayed RTT estimate at ``now``, seconds."""
@@ -131,12 +215,15 @@ class _Stat:
         if latency_s < 0:  # an outcome without a latency sample (a stream's: see Done)
             return
         now = self.clock()
-        if self.rtt_s < 0 or latency_s > self.rtt_s:
-            self.rtt_s = latency_s  # peak: jump up at once
+        rtt = self.rtt_s
+        if latency_s > rtt:  # peak: jump up at once (the first sample too: rtt_s is -1)
+            self.rtt_s = latency_s
         else:
             w = math.exp(-max(0.0, now - self.stamp) / self.decay_s)
-            self.rtt_s = self.rtt_s * w + latency_s * (1.0 - w)
+            self.rtt_s = rtt * w + latency_s * (1.0 - w)
         self.stamp = now
+        if self.mean is not None:  # some endpoint has no sample: keep the prior's sum
+            self.mean.sampled(self, now, rtt < 0)
 
     def _cancelled(self, latency_s: float) -> None:
         """A cancelled call took at least ``latency_s``: the estimate rises to it if it
@@ -144,10 +231,13 @@ class _Stat:
         if latency_s <= 0:
             return
         now = self.clock()
-        current = self.estimate(now, 0.0) if self.rtt_s >= 0 else self.prior(now)
+        rtt = self.rtt_s
+        current = self.estimate(now, 0.0) if rtt >= 0 else self.prior(now)
         if latency_s > current:
             self.rtt_s = latency_s
             self.stamp = now
+            if self.mean is not None:
+                self.mean.sampled(self, now, rtt < 0)
 
 
 class P2C:
@@ -159,7 +249,7 @@ class P2C:
         clock: monotonic seconds (default ``time.monotonic``).
     """
 
-    __slots__ = ("_clock", "_eps", "_opts", "_rng", "_seeded", "_stats")
+    __slots__ = ("_clock", "_eps", "_mean", "_opts", "_rng", "_seeded", "_stats")
 
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -168,6 +258,7 @@ class P2C:
         self._clock = clock
         self._eps: tuple[Endpoint, ...] = ()
         self._stats: dict[str, _Stat] = {}
+        self._mean = _SampledMean(self._opts)
         self._seeded = False
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
@@ -183,6 +274,7 @@ class P2C:
                 st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
             stats[ep.key] = st
         self._stats = stats
+        self._mean.reset(stats, now)
         self._eps = tuple(endpoints)
         if endpoints:
             self._seeded = True
@@ -195,14 +287,13 @@ class P2C:
         return rtt * (st.pending + 1)
 
     def _prior(self, now: float) -> float:
-        """The estimate of an endpoint with no sample: its sampled peers' mean estimate,
-        else ``default_rtt_s``."""
-        total, n = 0.0, 0
-        for st in self._stats.values():
-            if st.rtt_s >= 0:
-                total += st.estimate(now, 0.0)
-                n += 1
-        return total / n if n else self._opts.default_rtt_s
+        """The estimate of an endpoint with no sample: its sampled peers' mean estimate
+        (each decayed to ``now``), else ``default_rtt_s``. O(1): a running sum
+        (:class:`_SampledMean`), kept while some endpoint has no sample."""
+        mean = self._mean
+        if not mean.missing:  # not kept (nobody lacks a sample): summed afresh, O(n)
+            mean.reset(self._stats, now)
+        return mean.at(now)
 
     def weight(self, ep: Endpoint, now: float | None = None) -> float:
         """Slow-start weight of ``ep`` in (0, 1]: the chance it takes a pick it wins."""
@@ -300,14 +391,21 @@ class P2C:
         return a, st.done
 
     def snapshot(self) -> list[dict[str, float | int | str]]:
-        """Per-endpoint ``{"instance_id", "rtt_ms", "pending", "load_ms"}`` for debugging."""
+        """Per-endpoint ``{"instance_id", "rtt_ms", "pending", "load_ms"}`` for debugging
+        (O(n): the prior is read once)."""
         now = self._clock()
-        return [
-            {"instance_id": ep.key,
-             "rtt_ms": round((self._stats[ep.key].estimate(now, 0.0)
-                              if self._stats[ep.key].rtt_s >= 0 else self._prior(now)) * 1e3, 3),
-             "pending": self._stats[ep.key].pending,
-             "load_ms": round(self.load(ep, now) * 1e3, 3)}
-            for ep in self._eps
-        ]
-
+        stats = self._stats
+        prior: float | None = None
+        rows: list[dict[str, float | int | str]] = []
+        for ep in self._eps:
+            st = stats[ep.key]
+            if st.rtt_s >= 0:
+                rtt = st.estimate(now, 0.0)
+            else:
+                if prior is None:
+                    prior = self._prior(now)
+                rtt = prior
+            rows.append({"instance_id": ep.key, "rtt_ms": round(rtt * 1e3, 3),
+                         "pending": st.pending,
+                         "load_ms": round(rtt * (st.pending + 1) * 1e3, 3)})
+        return rows
