@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import Counter
@@ -681,3 +682,65 @@ def test_p2c_prior_is_the_mean_decayed_estimate_of_the_sampled_endpoints() -> No
             assert p._prior(clock()) == pytest.approx(walked(), rel=1e-9, abs=1e-12)
     p.update([ep("fresh")])
     assert p._prior(clock()) == P2COptions().default_rtt_s
+
+
+# -- 9. ring hash: the ring depends on the weights' ratios, and is bounded ------------------
+def _ring_of(endpoints: list[Endpoint], **opts: Any) -> tuple[RingHash, list[tuple[int, str]]]:
+    """A ring hash updated with ``endpoints``, and its ring as (point, owner's key)."""
+    rh = RingHash(**opts)
+    rh.update(endpoints)
+    return rh, list(zip(rh._points, [e.key for e in rh._owners], strict=True))
+
+
+@pytest.mark.timeout(60)
+def test_ring_hash_ring_depends_on_the_weights_ratios_not_their_magnitude() -> None:
+    """Consul users often write ``Weights.Passing`` as percentages (100 for a full share),
+    and ``Instance.weight`` is a *relative* weight, so 50 endpoints of weight 100 are the
+    same service as 50 of weight 1. ``RingHash.update`` built ``replicas_per_weight *
+    weight`` points per endpoint with no bound: 500,000 blake2b hashes for those 50,
+    sorted on the event loop at every discovery change and every outlier ejection or
+    return (about 100x the time and memory of weight 1); one instance registered with
+    weight 10**6 made 100M points, an update that never finishes. gRPC's ``ring_hash``
+    (gRFC A42: ``max_ring_size``, default 4096, at most 8M) and Envoy's ``RING_HASH``
+    normalise the weights and bound the ring. Now: the same ring for weights 1 and 100,
+    at most ``max_ring_size`` points (one at least per endpoint), each endpoint's share
+    of points its weight's."""
+    _, unit = _ring_of(_big(50, weight=1))
+    _, percent = _ring_of(_big(50, weight=100))
+    assert len(percent) == len(unit), (
+        f"{len(percent)} ring points for 50 endpoints of weight 100, {len(unit)} for weight 1")
+    assert percent == unit
+    assert len(unit) <= 4096
+    huge = [*_big(49), ep("heavy", port=9000, weight=10**6)]
+    _, ring = _ring_of(huge)
+    points = Counter(key for _, key in ring)
+    assert len(ring) <= 4096 + 50 and set(points) == {e.key for e in huge}
+    assert points["heavy"] > 0.95 * len(ring)  # its weight's share, the others one point each
+    _, small = _ring_of([ep("a", weight=1), ep("b", weight=3)])
+    shares = Counter(key for _, key in small)
+    assert shares == {"a": 100, "b": 300}  # replicas_per_weight for the lightest endpoint
+
+
+def test_ring_hash_max_ring_size_bounds_the_ring_and_keeps_the_shares() -> None:
+    """With more points asked (replicas_per_weight x weights over the lightest) than
+    ``max_ring_size``, each endpoint gets its share of the bound (one at least), and
+    keys spread by weight."""
+    weighted = [ep("a", weight=1), ep("b", weight=2), ep("c", weight=5)]
+    rh, ring = _ring_of(weighted, max_ring_size=400)  # 800 asked
+    points = Counter(key for _, key in ring)
+    assert sum(points.values()) <= 400
+    assert points["b"] == pytest.approx(2 * points["a"], abs=2)
+    assert points["c"] == pytest.approx(5 * points["a"], abs=2)
+    owners = Counter(rh.pick(f"user-{i}")[0].key for i in range(8000))  # type: ignore[index]
+    assert owners["c"] / 8000 == pytest.approx(5 / 8, abs=0.08), owners
+    _, many = _ring_of(_big(300), max_ring_size=100)
+    assert Counter(key for _, key in many) == {f"big-{i:05d}": 1 for i in range(300)}
+
+
+@pytest.mark.parametrize("size", [0, 2**23 + 1, math.nan, True, 2.5, "4096"])
+def test_ring_hash_max_ring_size_is_a_count_up_to_8m(size: object) -> None:
+    """``max_ring_size`` is a count in 1..8,388,608 (gRPC's cap, gRFC A42), refused at
+    construction otherwise, quoted."""
+    with pytest.raises(ConfigError, match="max_ring_size") as err:
+        RingHash(max_ring_size=size)  # type: ignore[arg-type]
+    assert repr(size) in str(err.value)

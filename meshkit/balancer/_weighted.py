@@ -16,6 +16,7 @@ __all__ = ["RingHash", "WeightedRoundRobin"]
 
 _FAILING = EndpointState.FAILING
 _READY = EndpointState.READY
+_MAX_RING = 8 * 1024 * 1024  # gRPC's limit of ring_hash's max_ring_size (gRFC A42)
 
 
 class WeightedRoundRobin:
@@ -156,46 +157,91 @@ def _hash64(data: str) -> int:
 
 
 class RingHash:
-    """Consistent hashing on a request key (Karger et al.; Envoy's ``RING_HASH``).
+    """Consistent hashing on a request key (Karger et al.; Envoy's ``RING_HASH``, gRPC's
+    ``ring_hash``, gRFC A42).
 
-    Each endpoint owns ``replicas_per_weight * weight`` points on a 64-bit ring; a call
-    with key ``k`` goes to the first usable endpoint clockwise from ``hash(k)``, so the same
-    key keeps landing on the same endpoint (cache affinity) and only ~1/N of keys move when
-    an endpoint joins or leaves. A call without a key goes to a random usable endpoint, a
-    READY one while there is one (a keyed call waits for its owner to connect, as gRPC's
-    ``ring_hash`` queues it, gRFC A42).
+    Each endpoint owns points on a 64-bit ring in proportion to its weight; a call with
+    key ``k`` goes to the first usable endpoint clockwise from ``hash(k)``, so the same
+    key keeps landing on the same endpoint (cache affinity) and only ~1/N of keys move
+    when an endpoint joins or leaves. A call without a key goes to a random usable
+    endpoint, a READY one while there is one (a keyed call waits for its owner to
+    connect, as gRPC's ``ring_hash`` queues it, gRFC A42).
     ``FAILING`` endpoints are skipped; ``exclude`` is a preference, with or without a key:
     an excluded endpoint is taken only when no other is usable.
 
+    The ring depends on the weights' ratios, not their magnitude (``Instance.weight`` is
+    relative: 50 endpoints of weight 100 are the ring of 50 of weight 1), and is bounded,
+    as Envoy and gRPC normalise weights and cap the ring: the lightest endpoint gets
+    ``replicas_per_weight`` points and each other ``replicas_per_weight * weight /
+    lightest weight`` (rounded); when that asks for more than ``max_ring_size`` points in
+    all, each endpoint gets its share of ``max_ring_size`` (rounded down), one at least.
+    Unlike gRPC's ``min_ring_size``, nothing scales the ring up for few endpoints: an
+    endpoint's points do not depend on how many others there are (below the bound), so a
+    join or leave moves ~1/N of keys (scaled to ``min_ring_size`` 1024, going from 3 to 4
+    endpoints moved 36 % of keys rather than 25 %). An update (every discovery change,
+    ejection or return under outlier ejection) hashes only the points not hashed before:
+    each endpoint's points are kept while it stays, or comes back soon.
+
     Args:
-        replicas_per_weight: ring points per unit of weight (default 100).
+        replicas_per_weight: ring points of the lightest endpoint (default 100), an
+            integer >= 1.
         rng: random source for keyless calls.
+        max_ring_size: most points on the ring (default 4096, gRPC's default ring size
+            cap; at most 8,388,608, gRPC's ``max_ring_size`` limit); the ring holds more
+            only with more endpoints than this (one point each).
 
     Raises:
-        ConfigError: ``replicas_per_weight`` is not an integer >= 1 (NaN, ``True``;
-            quoted).
+        ConfigError: ``replicas_per_weight`` or ``max_ring_size`` is not an integer in
+            range (NaN, ``True``; quoted).
     """
 
-    __slots__ = ("_eps", "_owners", "_points", "_replicas", "_rng")
+    __slots__ = ("_eps", "_hashes", "_max_ring", "_owners", "_points", "_replicas", "_rng")
 
-    def __init__(self, replicas_per_weight: int = 100, rng: random.Random | None = None) -> None:
+    def __init__(self, replicas_per_weight: int = 100, rng: random.Random | None = None, *,
+                 max_ring_size: int = 4096) -> None:
         check_int("replicas_per_weight", replicas_per_weight)
+        check_int("max_ring_size", max_ring_size, high=_MAX_RING)
         self._replicas = replicas_per_weight
+        self._max_ring = max_ring_size
         self._rng = rng or random.Random()
         self._eps: tuple[Endpoint, ...] = ()
         self._points: list[int] = []
         self._owners: list[Endpoint] = []
+        self._hashes: dict[str, list[int]] = {}  # key -> its points hashed so far
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Rebuild the ring for ``endpoints``."""
-        ring = sorted(
-            (_hash64(f"{ep.key}#{i}"), ep.key, ep)
-            for ep in endpoints
-            for i in range(self._replicas * ep.instance.weight)
-        )
-        self._points = [p for p, _, _ in ring]
-        self._owners = [ep for _, _, ep in ring]
+        """Rebuild the ring for ``endpoints``: O(ring size x log), points hashed once."""
+        counts = self._counts([ep.instance.weight for ep in endpoints])
+        hashes = self._hashes
+        ring: list[tuple[int, str]] = []
+        by_key: dict[str, Endpoint] = {}
+        for ep, count in zip(endpoints, counts, strict=True):
+            key = ep.key
+            by_key[key] = ep
+            mine = hashes.get(key)
+            if mine is None:
+                mine = hashes[key] = []
+            for i in range(len(mine), count):
+                mine.append(_hash64(f"{key}#{i}"))
+            ring.extend((h, key) for h in mine[:count])
+        ring.sort()
+        self._points = [p for p, _ in ring]
+        self._owners = [by_key[key] for _, key in ring]
         self._eps = tuple(endpoints)
+        if len(hashes) > 2 * len(by_key):  # forget those gone a while (bounded memory)
+            self._hashes = {key: hashes[key] for key in by_key}
+
+    def _counts(self, weights: list[int]) -> list[int]:
+        """Ring points per endpoint of these weights (integers: exact for any weight)."""
+        if not weights:
+            return []
+        lightest, r = min(weights), self._replicas
+        counts = [(2 * r * w + lightest) // (2 * lightest) for w in weights]  # rounded
+        total = sum(counts)
+        if total <= self._max_ring:
+            return counts
+        cap = self._max_ring
+        return [max(1, c * cap // total) for c in counts]
 
     def pick(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
