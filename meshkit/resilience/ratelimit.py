@@ -372,6 +372,15 @@ class SweepThrottledMemoryStorage(MemoryStorage):
     loop (``loop.call_soon``; without a running loop, ``limits``' own timer thread).
     Measured with ``python -m benchmarks.micro``: see ``ratelimit`` there.
 
+    ``limits``' sweep empties a moving-window key's list of hits once they have all
+    expired but keeps the key (``events[key] == []``): every caller ever seen would stay
+    (about 200 bytes each). After it, this storage deletes the keys whose list is empty, so
+    a caller whose window ended costs nothing, as with the other two strategies (whose
+    expired counters ``limits`` deletes). That runs on the thread that counts (the loop's
+    callback; without a loop, on the calling thread at a due sweep, the lists emptied by
+    the timer thread being dropped at the next one), under each key's lock, re-checking
+    that the list is still empty: a hit never finds its list gone between two steps.
+
     Args:
         uri: ``"memory://"`` (as ``limits`` takes it).
         wrap_exceptions: wrap storage errors in ``limits.errors.StorageError``.
@@ -402,6 +411,7 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop in this thread: limits' own timer thread
+            self._drop_ended_windows()  # here: the timer thread must not delete lists
             getattr(super(), _SCHEDULE_SWEEP)()
             return
         # not "only if none is pending": a handle left on a loop that stopped before running
@@ -411,6 +421,19 @@ class SweepThrottledMemoryStorage(MemoryStorage):
     def _sweep(self) -> None:
         self._sweep_handle = None
         getattr(self, _EXPIRE)()
+        self._drop_ended_windows()
+
+    def _drop_ended_windows(self) -> None:
+        """Delete the moving-window keys whose list of hits is empty (``limits``' sweep
+        empties them and keeps the key), and their locks. Call it on the thread that
+        counts: a hit in ``acquire_entry`` holds the key's lock from ``setdefault`` to
+        its append, so the emptiness is checked again under that lock."""
+        events, locks = self.events, self.locks
+        for key in [key for key, hits in list(events.items()) if not hits]:
+            with locks[key]:
+                if not events.get(key, True):  # still empty (absent: someone cleared it)
+                    del events[key]
+                    locks.pop(key, None)
 
     def close(self) -> None:
         """Cancel a scheduled sweep and ``limits``' timer thread, if any (idempotent)."""

@@ -558,6 +558,57 @@ def test_memory_sweep_without_an_event_loop_uses_limits_timer() -> None:
     storage.close()
 
 
+async def test_moving_window_forgets_callers_whose_window_ended() -> None:
+    """With ``strategy="moving-window"`` on ``memory://`` a caller whose window ended costs
+    nothing once the sweep ran (servers see callers come and go for weeks: pods get new
+    IPs, users come and go). limits' ``MemoryStorage`` sweep empties a key's event list but
+    never deletes the key, so every caller key ever seen stayed in ``events`` as ``[]``
+    (about 200 bytes each, without bound); the fixed-window and sliding-window-counter
+    strategies on the same storage do drop their expired keys, as Envoy's local rate limit
+    or any token-bucket map with idle eviction forgets idle callers."""
+    limiter = StorageLimiter(RateLimitOptions(default_rule="5/second",
+                                              strategy="moving-window"))
+    storage = limiter._storage
+    assert isinstance(storage, SweepThrottledMemoryStorage)
+    serial = 0
+
+    def hit_a_new_caller() -> None:
+        nonlocal serial
+        serial += 1
+        assert limiter.check_now("/svc.v1.S/M", f"caller-{serial}") is None
+
+    try:
+        for _ in range(2):  # two rounds of 1,500 new callers, each window ended between
+            for _ in range(1500):
+                hit_a_new_caller()
+            assert len(storage.events) >= 1500
+            await asyncio.sleep(1.2)  # every window (1 s) ended
+            # a hit after the sweep interval (1 s) schedules a sweep on this loop; what is
+            # left are the few callers still within their window, not the 1,500
+            await until(lambda: (hit_a_new_caller(), len(storage.events) <= 50)[1],
+                        timeout_s=15, interval_s=0.1, what="ended windows swept")
+        assert all(storage.events.values())  # no empty list stays behind
+    finally:
+        await limiter.aclose()
+
+
+def test_moving_window_forgets_ended_callers_without_an_event_loop() -> None:
+    """Used outside an event loop, the moving window's emptied keys are dropped too (on the
+    calling thread, at a due sweep; limits' timer thread only empties them)."""
+    storage = SweepThrottledMemoryStorage("memory://", sweep_interval_s=0.0)
+    limiter = _SYNC_STRATEGY_CLASSES["moving-window"](storage)
+    item = parse_limit("1/second")
+    for k in range(100):
+        assert limiter.hit(item, "m", f"caller-{k}")
+    time.sleep(1.1)
+    deadline = time.monotonic() + 10
+    while len(storage.events) > 5 and time.monotonic() < deadline:
+        limiter.hit(item, "m", "late")  # admitted or not, a hit schedules a due sweep
+        time.sleep(0.05)
+    assert len(storage.events) <= 5, f"{len(storage.events)} moving-window keys kept"
+    storage.close()
+
+
 async def test_aclose_cancels_a_scheduled_sweep() -> None:
     limiter = StorageLimiter(RateLimitOptions(default_rule="5/second"))
     storage = limiter._storage
