@@ -40,7 +40,9 @@ from meshkit.interceptors import ClientCallDetails
 __all__ = ["EndpointPool"]
 
 _log = structlog.get_logger("meshkit.channel")
-_HISTORY_MAX = 256
+# instances that left whose counters are kept (beside every present endpoint's), so that
+# one coming back goes on counting; the oldest to leave are forgotten first
+_RETIRED_MAX = 256
 _DRAIN_POLL_S = 0.05  # how often a draining sub-channel checks for its last attempt
 _CONNECTIVITY = {
     grpc.ChannelConnectivity.READY: EndpointState.READY,
@@ -151,6 +153,7 @@ class EndpointPool:
         for key, inst in wanted.items():
             if key not in self.endpoints:
                 self._add(inst)
+        self._forget()
         self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
         if not self.resolved.is_set():
             self.resolved.set()
@@ -169,13 +172,23 @@ class EndpointPool:
         self.endpoints[key] = ep
         self.conns[key] = _Conn(self._make_channel(inst.address))
         self.history[key] = ep
-        if len(self.history) > _HISTORY_MAX:
-            for old in [k for k in self.history if k not in self.endpoints][:16]:
-                del self.history[old]
         self._state_tasks[key] = self.spawn(self._track_state(ep))
+
+    def _forget(self) -> None:
+        """Keep the counters of the last ``_RETIRED_MAX`` instances to leave, beside the
+        present ones (however many), so the history stays bounded and an instance that
+        left a while ago and comes back starts from 0 (its series gone meanwhile)."""
+        history, present = self.history, self.endpoints
+        excess = len(history) - len(present) - _RETIRED_MAX  # every present one is in it
+        if excess > 0:
+            # the first retired in the dict's order left longest ago (_retire re-inserts)
+            for key in [k for k in history if k not in present][:excess]:
+                del history[key]
 
     def _retire(self, ep: Endpoint) -> None:
         del self.endpoints[ep.key]
+        # kept (its counters go on if it comes back), last in the order of forgetting
+        self.history[ep.key] = self.history.pop(ep.key, ep)
         conn = self.conns.pop(ep.key)
         ep.state = EndpointState.FAILING
         task = self._state_tasks.pop(ep.key, None)

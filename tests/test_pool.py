@@ -671,3 +671,118 @@ async def test_a_call_is_not_held_on_a_connecting_endpoint_while_another_is_read
             states = {e.key: e.state.name for e in ch.endpoints()}
             assert states == {"a-good": "READY", "b-stuck": "IDLE"}  # still connecting
             assert outcomes == [b"a-good"] * 8, outcomes
+
+
+# -- counters of instances that leave and come back, with many endpoints ---------------------
+class _PushedRegistry:
+    """A registry whose watch yields exactly the sets the test pushes (no timing)."""
+
+    def __init__(self) -> None:
+        self._sets: asyncio.Queue[frozenset[Instance]] = asyncio.Queue()
+
+    def push(self, instances: list[Instance]) -> None:
+        self._sets.put_nowait(frozenset(instances))
+
+    async def register(self, instance: Instance) -> None:
+        pass
+
+    async def deregister(self, instance: Instance) -> None:
+        pass
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        while True:
+            yield await self._sets.get()
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+async def test_endpoint_counters_do_not_go_backwards_with_more_than_256_endpoints() -> None:
+    """A client dials a service of 300 instances (round robin) and every instance takes a
+    call, so ``meshkit_client_endpoint_calls_total{instance_id}`` reads 1 for each. One
+    instance flaps out of discovery (a heartbeat lapsed, a Consul check flapped) in the
+    update that brings in a new instance, then comes back.
+
+    The pool keeps each instance's counters in ``history`` so that the same instance back
+    goes on counting ("Counters never go backwards", README Metrics). ``history`` was
+    trimmed whenever it held more than 256 entries, by deleting up to 16 not present
+    *now*; with more than 256 endpoints present it always held more, so the first
+    ``_add`` after an instance left deleted its counters: its series vanished from
+    ``/metrics`` and came back at 0, a counter reset that ``rate()``/``increase()`` read
+    as a restart. Now 256 entries of instances that left are kept beside the present
+    ones, however many those are: the returning instance's count is still at least 1."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler("x"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    reg = _PushedRegistry()
+    insts = [Instance(service="big", instance_id=f"big-{i:04d}", host="127.0.0.1", port=port)
+             for i in range(300)]
+    newcomer = Instance(service="big", instance_id="big-new", host="127.0.0.1", port=port)
+    ch = meshkit.dial("big", registry=reg,  # type: ignore[arg-type]
+                      options=meshkit.DialOptions(insecure=True, balancer=RoundRobin))
+    try:
+        reg.push(insts)
+        await ch.wait_for_endpoints(300, timeout_s=60)
+        call = ch.unary_unary(method("Unary"))
+        for _ in range(300):
+            await call(b"x", timeout=20)
+
+        def calls_of(instance_id: str) -> int | None:
+            return {e.instance_id: e.calls for e in ch.stats().endpoints}.get(instance_id)
+
+        def present() -> set[str]:
+            return {e.key for e in ch.endpoints()}
+
+        flapper = insts[0].instance_id
+        before = calls_of(flapper)
+        assert before is not None and before >= 1
+        reg.push([*insts[1:], newcomer])  # the flapper leaves as a newcomer joins
+        await until(lambda: flapper not in present() and "big-new" in present(),
+                    timeout_s=30, what="the update")
+        during = calls_of(flapper)
+        reg.push([*insts, newcomer])  # ... and comes back
+        await until(lambda: flapper in present(), timeout_s=30, what="the flapper's return")
+        after = calls_of(flapper)
+    finally:
+        await ch.close()
+        await server.stop(None)
+    assert during == before, f"{flapper!r} left the stats while out ({before} -> {during})"
+    assert after is not None and after >= before, (
+        f"meshkit_client_endpoint_calls_total of {flapper!r} went {before} -> "
+        f"{during} (while out) -> {after} (back): a counter going backwards")
+
+
+@pytest.mark.timeout(120)
+async def test_the_history_of_instances_that_left_is_bounded_beside_the_present_ones() -> None:
+    """However many endpoints are present, the pool keeps the counters of at most about
+    256 instances that left (the most recent), so a service whose instances get new ids
+    at every deploy does not grow the history (and ``stats()``, ``/metrics``) forever;
+    an instance among the last 256 to leave keeps its counters when it comes back."""
+    reg = _PushedRegistry()
+    ch = meshkit.dial("big", registry=reg,  # type: ignore[arg-type]
+                      options=meshkit.DialOptions(insecure=True, balancer=RoundRobin,
+                                                  drain_timeout_s=0.0))
+    try:
+        pool = ch._pool
+
+        def gen(g: int, n: int = 300) -> list[Instance]:
+            return [Instance(service="big", instance_id=f"g{g}-{i:04d}", host="127.0.0.1",
+                             port=1) for i in range(n)]
+
+        pool.apply(frozenset(gen(0)))
+        for e in pool.endpoints.values():
+            e.calls = 7
+        for g in range(1, 5):  # four deploys, every instance a new id
+            pool.apply(frozenset(gen(g)))
+            assert len(pool.history) <= 300 + 256 + 16, len(pool.history)
+        for e in pool.endpoints.values():  # generation 4
+            e.calls = 5
+        pool.apply(frozenset(gen(5)))
+        assert len(pool.history) == 300 + 256
+        back = gen(4)[-10:]  # among the last 256 to leave: counters kept
+        pool.apply(frozenset([*gen(5), *back]))
+        assert {pool.endpoints[i.instance_id].calls for i in back} == {5}
+    finally:
+        await ch.close()
