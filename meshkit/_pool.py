@@ -16,7 +16,6 @@ grace to its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import grpc
 import structlog
 
+from meshkit._tasks import cancel_and_wait
 from meshkit.balancer import (
     Balancer,
     Done,
@@ -415,9 +415,7 @@ class EndpointPool:
         self.closed = True
         self.resolved.set()  # wake the calls waiting for discovery: they fail CANCELLED
         self.notify()
-        self._watch_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._watch_task
+        await cancel_and_wait(self._watch_task)
         for task in list(self._state_tasks.values()):
             task.cancel()
         self._state_tasks.clear()
