@@ -42,6 +42,7 @@ __all__ = [
     "DURATION_BUCKETS_S",
     "MAX_SERVER_METHODS",
     "OTHER_METHOD",
+    "RETIRED_ENDPOINTS_MAX",
     "BoundClient",
     "BoundServer",
     "MeshCollector",
@@ -578,6 +579,13 @@ def _server_samples(srv: ServerStats) -> list[_Sample]:
     return out
 
 
+RETIRED_ENDPOINTS_MAX = 256
+"""Endpoints per target whose counters :class:`MeshCollector` keeps after the channels that
+reported them ended (beside those live channels report); the same bound as the endpoints
+that left that a live channel keeps (``meshkit._pool``)."""
+
+_ENDPOINT_COUNTERS = ("ep_calls", "ep_failures")  # the per-endpoint counter families
+
 _SAMPLES_OF: tuple[tuple[str, Callable[[Any], list[_Sample]]], ...] = (
     ("channel", _channel_samples), ("server", _server_samples))
 
@@ -604,8 +612,19 @@ class MeshCollector:
     finds it ended, or, if it was garbage collected before that scrape, the values it
     recorded as it closed (:func:`~meshkit.observability.ended`; a channel or server
     that recorded none keeps its values at the last scrape). Its gauges drop with it.
-    The tally grows with the label sets ever seen (targets, instance ids, services), as a
-    labelled prometheus-client counter does.
+
+    The tally keeps every target's and service's own counters (their number is the
+    application's choice). The per-endpoint counters of ended channels
+    (``meshkit_client_endpoint_{calls,failures}_total{target, instance_id}``; every
+    redeployment brings new instance ids) are kept for at most
+    :data:`RETIRED_ENDPOINTS_MAX` endpoints per target, as a live channel keeps at most
+    that many endpoints that left (``EndpointPool``); past it the oldest to retire are
+    dropped, their series gone (Envoy and Linkerd drop a host's stats when it leaves; a
+    series may disappear, Prometheus). Never one a live channel still reports (the same
+    instance dialed by another channel), which would go backwards while listed; nor is
+    what a dropped series counted added to another series, where the jump would read as
+    new attempts to ``rate()``/``increase()`` (rate first, then sum: a sum over
+    endpoints loses nothing when a series leaves).
     """
 
     def __init__(self) -> None:
@@ -615,6 +634,9 @@ class MeshCollector:
         self._last: dict[weakref.ref[Any],
                          tuple[Callable[[Any], list[_Sample]], list[_Sample]]] = {}
         self._retired: dict[tuple[str, tuple[str, ...]], float] = {}
+        # per target: the instance ids with per-endpoint counters in the tally, the
+        # oldest to retire first (the order dropped in past RETIRED_ENDPOINTS_MAX)
+        self._retired_endpoints: dict[str, dict[str, None]] = {}
 
     def describe(self) -> list[Metric]:
         """No fixed description: the families depend on what is live at scrape time."""
@@ -632,6 +654,7 @@ class MeshCollector:
                 samples_of, last = self._last.pop(ref)
                 final = final_stats(ref)  # its stats() as it closed, when recorded
                 self._retire(self._final(last, [] if final is None else samples_of(final)))
+            self._forget_endpoints(fams)
             for (key, labels), value in self._retired.items():
                 fams[key].add(labels, value)
         for fam in fams.values():
@@ -674,6 +697,29 @@ class MeshCollector:
         return [(fam, labels, value) for (fam, labels), value in final.items()]
 
     def _retire(self, samples: list[_Sample]) -> None:
+        retired, endpoints = self._retired, self._retired_endpoints
         for fam, labels, value in samples:
             key = (fam, labels)
-            self._retired[key] = self._retired.get(key, 0) + value
+            retired[key] = retired.get(key, 0) + value
+            if fam in _ENDPOINT_COUNTERS:  # labels (target, instance_id): newest last
+                order = endpoints.get(labels[0])
+                if order is None:
+                    order = endpoints[labels[0]] = {}
+                order.pop(labels[1], None)
+                order[labels[1]] = None
+
+    def _forget_endpoints(self, fams: dict[str, _Family]) -> None:
+        """Drop the retired per-endpoint counters of a target past
+        :data:`RETIRED_ENDPOINTS_MAX` endpoints, the oldest to retire first, except those
+        a live channel reports in this scrape (``fams`` holds only live samples yet)."""
+        live = [fams[fam].values for fam in _ENDPOINT_COUNTERS]
+        for target, order in self._retired_endpoints.items():
+            excess = len(order) - RETIRED_ENDPOINTS_MAX
+            if excess <= 0:
+                continue
+            gone = [iid for iid in order
+                    if not any((target, iid) in values for values in live)][:excess]
+            for iid in gone:
+                del order[iid]
+                for fam in _ENDPOINT_COUNTERS:
+                    self._retired.pop((fam, (target, iid)), None)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import meshkit
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import Instance, LocalRegistry, RegistryStatus
 from meshkit.errors import ConfigError
 from meshkit.observability import (
     AdminOptions,
@@ -23,7 +23,7 @@ from meshkit.observability import (
     set_certificate_expiry,
 )
 from meshkit.resilience import RateLimitOptions
-from tests.support.echo import SERVICE, add_echo, method
+from tests.support.echo import SERVICE, add_echo, handler, method
 from tests.support.wait import until
 
 
@@ -698,6 +698,147 @@ def test_scrape_time_counters_of_a_server_that_stopped_are_kept() -> None:
     seen.append(scrape())
     assert [s["meshkit_server_deadline_rejections_total"] for s in seen] == [5, 8, 8, 8]
     assert [s.get("meshkit_server_ready") for s in seen] == [1, 1, 1, None]
+
+
+class _FakeChannel:
+    """Stands for a MeshChannel in the introspection registry: one endpoint, one
+    ejection, its counters set by the test."""
+
+    def __init__(self, target: str, instance_id: str, calls: int) -> None:
+        self.live = True
+        self.target = target
+        self.instance_id = instance_id
+        self.calls = calls
+
+    def stats(self) -> Any:
+        from meshkit._stats import ChannelStats, EndpointStats
+
+        return ChannelStats(
+            service=self.target, state="READY", balancer="P2C", ejections=1,
+            watch_errors=0, retry=None, endpoints=(EndpointStats(
+                instance_id=self.instance_id, address="10.0.0.1:50051", state="READY",
+                present=True, ejected=False, calls=self.calls, failures=1, in_flight=0),))
+
+
+def test_closed_channels_keep_a_bounded_number_of_endpoint_series() -> None:
+    """A long-lived process dials a service and closes the channel, again and again, while
+    the service is redeployed (a new instance id per pod): the per-endpoint counters
+    (``meshkit_client_endpoint_{calls,failures}_total{target, instance_id}``) of closed
+    channels were kept for ever, one series per endpoint ever seen (400 after 400
+    redeployments, growing with each), in memory and in Prometheus' cardinality. A live
+    channel keeps at most 256 endpoints that left (``EndpointPool``); closed channels now
+    keep at most as many per target, the oldest to retire dropped first (Envoy and Linkerd
+    drop a host's stats when it leaves; a series may disappear, Prometheus). The target's
+    own counters (``meshkit_client_ejections_total{target}``) stay complete, and no
+    series that stays listed ever goes backwards: one a live channel still reports (the
+    same instance, dialed by another channel) keeps the retired counts in its sum."""
+    from meshkit.observability import track
+    from meshkit.observability._metrics import MeshCollector
+
+    target = "retired-endpoints"
+    collector = MeshCollector()
+
+    def scrape() -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("instance_id", "")): s.value
+                for m in collector.collect() for s in m.samples
+                if s.labels.get("target") == target and s.name.endswith("_total")}
+
+    early = _FakeChannel(target, "pod-kept", calls=5)  # closes first: the oldest retired
+    keeper = _FakeChannel(target, "pod-kept", calls=1)  # the same instance, live throughout
+    track(early, kind="channel")
+    track(keeper, kind="channel")
+    scrape()
+    early.live = False
+    last = scrape()
+    assert last["meshkit_client_endpoint_calls_total", "pod-kept"] == 6
+    series: dict[int, int] = {}
+    for cycle in range(1, 601):
+        ch = _FakeChannel(target, f"pod-{cycle}", calls=1)
+        track(ch, kind="channel")
+        scrape()  # seen live
+        ch.calls, ch.live = 3, False  # two more calls, then closed
+        got = scrape()  # finds it closed: its final counts retired
+        del ch
+        for key, v in last.items():  # a series still listed never went backwards
+            assert got.get(key, v) >= v, (cycle, key, v, got.get(key))
+        last = got
+        series[cycle] = sum(1 for name, _ in got if name ==
+                            "meshkit_client_endpoint_calls_total")
+    assert series[200] == 201  # pod-kept + 200 closed ones, under the bound
+    assert series[600] <= 256 + 2, series[600]  # not one per endpoint ever seen
+    assert series[600] == series[400], (series[400], series[600])
+    assert last["meshkit_client_endpoint_calls_total", "pod-kept"] == 6  # live: kept
+    assert last["meshkit_client_endpoint_calls_total", "pod-600"] == 3  # newest: kept
+    assert ("meshkit_client_endpoint_calls_total", "pod-1") not in last  # oldest: dropped
+    assert ("meshkit_client_endpoint_failures_total", "pod-1") not in last
+    assert last["meshkit_client_ejections_total", ""] == 602  # the target's: complete
+    keeper.live = False
+    scrape()
+
+
+class _FixedRegistry:
+    """A registry whose watch answers one fixed set of instances and then stays quiet
+    (what a channel sees of a service between two redeployments)."""
+
+    def __init__(self, instances: frozenset[Instance]) -> None:
+        self._instances = instances
+
+    async def register(self, instance: Instance) -> None:
+        pass
+
+    async def deregister(self, instance: Instance) -> None:
+        pass
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        yield self._instances
+        await asyncio.Event().wait()
+
+    def status(self) -> RegistryStatus:
+        return RegistryStatus(kind="fixed")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_series() -> None:
+    """A worker dials a service per batch of work and closes the channel after it, while
+    the service is redeployed again and again (each pod a new instance id), and
+    ``/metrics`` is scraped meanwhile: ``meshkit_client_endpoint_calls_total`` listed one
+    series per endpoint of every closed channel (400 after 400 redeployments). Now at most
+    ``RETIRED_ENDPOINTS_MAX`` (256) per target, as a live channel keeps of endpoints that
+    left; the target's own counters are kept whole."""
+    from prometheus_client import generate_latest
+
+    from meshkit.observability import rpc_metrics
+    from meshkit.observability._metrics import RETIRED_ENDPOINTS_MAX
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler("pod"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    prom = CollectorRegistry()
+    rpc_metrics(prom)  # a collector of its own, scraped below as /metrics is
+    service = "redeployed"
+    counts: dict[int, int] = {}
+    try:
+        for cycle in range(1, 401):
+            reg = _FixedRegistry(frozenset({Instance(
+                service=service, instance_id=f"{service}-pod-{cycle}-1234",
+                host="127.0.0.1", port=port)}))
+            ch = meshkit.dial(service, registry=reg, options=meshkit.DialOptions(
+                insecure=True, telemetry=TelemetryOptions(registry=prom, tracing=False,
+                                                          access_log=False)))
+            await ch.unary_unary(method("Unary"))(b"x", timeout=10)
+            generate_latest(prom)  # a scrape while the channel is live
+            await ch.close()
+            if cycle in (200, 400):
+                counts[cycle] = sum(
+                    1 for (name, labels) in samples(prom_text(prom))
+                    if name == "meshkit_client_endpoint_calls_total"
+                    and ("target", service) in labels)
+    finally:
+        await server.stop(None)
+    assert counts == {200: 200, 400: RETIRED_ENDPOINTS_MAX}, counts
 
 
 async def test_a_request_stream_outliving_its_deadline_is_counted_deadline_exceeded(
