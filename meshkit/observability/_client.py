@@ -73,6 +73,9 @@ _time_ns = time.time_ns
 _internal_log = get_logger("meshkit.observability")
 _CLIENT = SpanKind.CLIENT
 _INTERNAL = SpanKind.INTERNAL
+# method names whose split names an AttemptSpanInterceptor keeps (as many as a channel keeps
+# per-method plans); further ones, names a generic proxy's callers chose, are split per call
+_MAX_ATTEMPT_NAMES = 1024
 _TYPES = {
     CallKind.UNARY_UNARY: grpc_type(False, False),
     CallKind.UNARY_STREAM: grpc_type(False, True),
@@ -457,7 +460,9 @@ class AttemptSpanInterceptor(
         method = method.decode() if isinstance(method, bytes) else method
         names = self._names.get(method)
         if names is None:
-            names = self._names[method] = MethodNames(method, "")
+            names = MethodNames(method, "")
+            if len(self._names) < _MAX_ATTEMPT_NAMES:  # method names a proxy's callers chose
+                self._names[method] = names
         attrs: dict[str, Any] = {**names.span_attributes(), SERVER_ADDRESS: call.service,
                                  "meshkit.attempt": len(call.attempts)}
         if call.attempts:

@@ -40,6 +40,7 @@ from meshkit.observability._semconv import MethodNames
 
 __all__ = [
     "DURATION_BUCKETS_S",
+    "MAX_CLIENT_METHODS",
     "MAX_SERVER_METHODS",
     "OTHER_METHOD",
     "RETIRED_ENDPOINTS_MAX",
@@ -71,9 +72,15 @@ caller makes up, and each would otherwise be a set of series kept for ever (gRFC
 generic method names are recorded as ``"other"`` so that callers cannot make metrics grow
 without bound)."""
 
+MAX_CLIENT_METHODS = MAX_SERVER_METHODS
+"""Client methods counted under their own names per registry, as
+:data:`MAX_SERVER_METHODS`: a generic proxy or gateway calls whatever method names its own
+callers send (gRFC A66 records non-registered methods as ``"other"`` on clients too)."""
+
 OTHER_METHOD = "other"
-"""The ``grpc_service`` and ``grpc_method`` label of server calls of methods beyond
-:data:`MAX_SERVER_METHODS` (gRFC A66's ``grpc.method="other"``)."""
+"""The ``grpc_service`` and ``grpc_method`` label of calls of methods beyond
+:data:`MAX_SERVER_METHODS` (server) or :data:`MAX_CLIENT_METHODS` (client) (gRFC A66's
+``grpc.method="other"``)."""
 
 _DEFAULT = CollectorRegistry(auto_describe=True)
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, RpcMetrics] = (
@@ -367,27 +374,27 @@ class RpcMetrics:
         counted in the record of its ``grpc_type`` labelled :data:`OTHER_METHOD` (the
         method names a server sees are its callers' choice when a generic handler serves
         any of them)."""
-        servers = self.servers
-        labels = (names.grpc_type, names.service, names.name)
-        rec = servers.get(labels)
-        if rec is None:
-            if len(servers) >= MAX_SERVER_METHODS:
-                labels = (names.grpc_type, OTHER_METHOD, OTHER_METHOD)
-                rec = servers.get(labels)
-            if rec is None:
-                rec = servers[labels] = BoundServer(labels, self.buckets_s)
-        return rec
+        return self._bind(self.servers, BoundServer, names, MAX_SERVER_METHODS)
 
     def bind_client(self, names: MethodNames) -> BoundClient:
-        """The client-side record of one method (the same one for the same labels)."""
-        return self._bind(self.clients, BoundClient, names)
+        """The client-side record of one method (the same one for the same labels); once
+        the registry has :data:`MAX_CLIENT_METHODS` records, a method not among them is
+        counted in the record of its ``grpc_type`` labelled :data:`OTHER_METHOD` (a
+        generic proxy calls the method names its own callers send)."""
+        return self._bind(self.clients, BoundClient, names, MAX_CLIENT_METHODS)
 
     def _bind(self, records: dict[tuple[str, str, str], _R], record: type[_R],
-              names: MethodNames) -> _R:
+              names: MethodNames, limit: int) -> _R:
+        """The record of ``names`` in ``records``; past ``limit`` records, a method not
+        among them gets its ``grpc_type``'s :data:`OTHER_METHOD` record (gRFC A66)."""
         labels = (names.grpc_type, names.service, names.name)
         rec = records.get(labels)
         if rec is None:
-            rec = records[labels] = record(labels, self.buckets_s)
+            if len(records) >= limit:
+                labels = (names.grpc_type, OTHER_METHOD, OTHER_METHOD)
+                rec = records.get(labels)
+            if rec is None:
+                rec = records[labels] = record(labels, self.buckets_s)
         return rec
 
 

@@ -115,3 +115,39 @@ async def test_a_parent_based_sampler_subclass_is_asked(
         assert [s.name for s in exporter.get_finished_spans()] == []
     finally:
         provider.shutdown()
+
+
+async def test_attempt_span_names_are_bounded_for_caller_chosen_method_names() -> None:
+    """A generic proxy with ``attempt_spans=True`` calls whatever method its callers name:
+    the attempt-span interceptor kept the split names of each method it saw, for ever
+    (1,500 names, 1,500 entries). It now keeps at most as many as the channel keeps
+    per-method plans; further names are split per attempt and their spans still name
+    their own method."""
+    from types import SimpleNamespace
+
+    from meshkit.observability._client import (
+        _MAX_ATTEMPT_NAMES,
+        AttemptSpanInterceptor,
+        _current_call,
+    )
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    interceptor = AttemptSpanInterceptor(TelemetryOptions(tracer_provider=provider))
+    token = _current_call.set(SimpleNamespace(service="proxied", attempts=[]))
+    try:
+        for i in [*range(_MAX_ATTEMPT_NAMES + 500), 0]:
+            details = grpc.aio.ClientCallDetails(f"/proxy.v1.Anything/Method{i}", None,
+                                                 None, None, None)
+            span, _ = interceptor._begin(details)
+            assert span is not None
+            span.end()
+    finally:
+        _current_call.reset(token)
+    assert len(interceptor._names) <= _MAX_ATTEMPT_NAMES
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert names[-2:] == [f"proxy.v1.Anything/Method{_MAX_ATTEMPT_NAMES + 499}",
+                          "proxy.v1.Anything/Method0"]
+    assert exporter.get_finished_spans()[-2].attributes["rpc.method"] == \
+        f"Method{_MAX_ATTEMPT_NAMES + 499}"

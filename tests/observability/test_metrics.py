@@ -841,6 +841,53 @@ async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_seri
     assert counts == {200: 200, 400: RETIRED_ENDPOINTS_MAX}, counts
 
 
+async def test_client_method_labels_are_bounded_for_caller_chosen_method_names() -> None:
+    """A generic proxy (a gateway forwarding whatever method its callers name) calls
+    through one ``dial()`` channel with method names it does not choose: each name bound a
+    record of ``grpc_client_*`` series (started, handled per code, histogram buckets, in
+    flight, messages) for ever, 1,500 after 1,500 names, in memory, on ``/metrics`` and on
+    the dashboard. Past ``MAX_CLIENT_METHODS`` (1,000, as the server side) the further
+    names are counted as ``grpc_service="other", grpc_method="other"`` (gRFC A66 records
+    non-registered methods as "other" on clients too); the methods counted before keep
+    their own labels."""
+    from meshkit.observability import rpc_metrics
+    from meshkit.observability._dashboard import DashboardFeed
+    from meshkit.observability._metrics import MAX_CLIENT_METHODS, OTHER_METHOD
+
+    server = grpc.aio.server()  # no services: every method answers UNIMPLEMENTED at once
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    prom = CollectorRegistry()
+    service = "proxied"
+    reg = _FixedRegistry(frozenset({Instance(service=service, instance_id="proxied-1",
+                                             host="127.0.0.1", port=port)}))
+    ch = meshkit.dial(service, registry=reg, options=meshkit.DialOptions(
+        insecure=True, retry=None, telemetry=TelemetryOptions(
+            registry=prom, tracing=False, access_log=False)))
+    extra = 500
+    try:
+        for i in [*range(MAX_CLIENT_METHODS + extra), 0]:  # the first one again, last
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary(f"/proxy.v1.Anything/Method{i}")(b"x", timeout=10)
+            assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await ch.close()
+        await server.stop(None)
+    records = rpc_metrics(prom).clients
+    assert len(records) <= MAX_CLIENT_METHODS + 4, len(records)  # + "other" per grpc_type
+    got = samples(prom_text(prom))
+    started = "grpc_client_started_total"
+    assert value(got, started, grpc_service="proxy.v1.Anything", grpc_method="Method0") == 2
+    assert value(got, started, grpc_service="proxy.v1.Anything",
+                 grpc_method=f"Method{MAX_CLIENT_METHODS + 1}") == 0
+    assert value(got, started, grpc_type="unary", grpc_service=OTHER_METHOD,
+                 grpc_method=OTHER_METHOD) == extra
+    assert value(got, "grpc_client_handled_total", grpc_type="unary",
+                 grpc_service=OTHER_METHOD, grpc_method=OTHER_METHOD,
+                 grpc_code="Unimplemented") == extra
+    assert len(DashboardFeed(rpc_metrics(prom)).build()["methods"]) <= len(records)
+
+
 async def test_a_request_stream_outliving_its_deadline_is_counted_deadline_exceeded(
     echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
 ) -> None:
