@@ -108,7 +108,9 @@ meaning says: ``min`` (a flag that is 1 only while every one reports it, e.g. he
 ready; the smallest retry budget), ``max`` (1 while any one reports it, e.g. ejected,
 draining; the most endpoints any one sees), ``mean`` (the channels' estimates). A
 channel that closes (or a server that stops) leaves the gauges, but its counters stay in
-the sums (a retired tally per label set), so no counter goes backwards.
+the sums (a retired tally per label set), so no counter goes backwards; the per-endpoint
+series of closed channels are kept for the last 256 endpoints per target (older ones
+disappear, as Prometheus allows, rather than grow with every redeployment).
 
 **Logs** (structlog; :func:`configure_logging`: JSON lines on stderr, console format on a
 terminal, ``MESHKIT_LOG_LEVEL``, ``MESHKIT_LOG_FORMAT``). Quiet until configured: before
