@@ -83,6 +83,56 @@ def render(tmp: Path, targets: Path, am_port: int) -> Path:
     return path
 
 
+def promtool_test(tmp: Path, tests: list[dict[str, Any]]) -> tuple[int, str]:
+    """Prometheus' own rule unit tests (``promtool test rules``, evaluated every minute)
+    on the deploy rule files as shipped, with ``tests``; returns (exit status, output)."""
+    doc = {"rule_files": [str(p) for p in RULE_FILES], "evaluation_interval": "1m",
+           "tests": tests}
+    path = tmp / "unit.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = subprocess.run([binary("promtool"), "test", "rules", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def humanize_duration(seconds: float) -> str:
+    """Prometheus' ``humanizeDuration`` template function, for whole seconds >= 60."""
+    s = int(seconds)
+    days, hours, minutes, secs = s // 86400, s // 3600 % 24, s // 60 % 60, s % 60
+    if days:
+        return f"{days}d {hours}h {minutes}m {secs}s"
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    return f"{minutes}m {secs}s"
+
+
+def exposition(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, labels = head.partition("{")
+        if metric != name:
+            continue
+        pairs = {}
+        for part in labels.rstrip("}").split(","):
+            if part:
+                k, _, v = part.partition("=")
+                pairs[k] = v.strip('"')
+        out.append((pairs, float(value)))
+    return out
+
+
+async def scrape(admin_url: str) -> str:
+    """The text of ``admin_url``/metrics."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
+            http.get(admin_url + "/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
 def check(*cmd: str) -> None:
     """Run a checker; its output is the assertion message."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
@@ -233,3 +283,108 @@ async def test_prometheus_scrapes_the_mesh_and_alerts_on_a_killed_instance(
             assert json.loads(targets.read_text())  # the killed one is still a target
     finally:
         await asyncio.gather(children.close(), stack.stop_all())
+
+
+# -- MeshkitHighLatencyP99: the latency of unary calls, not the lifetime of streams --------
+
+async def test_latency_alert_does_not_fire_on_a_healthy_long_lived_stream(
+        tmp_path: Path) -> None:
+    """A healthy mesh: unary calls answered in microseconds, and a gRPC client with
+    client-side health checking (grpc-go/grpc-java ``healthCheckConfig``) holding a
+    ``grpc.health.v1.Health/Watch`` stream open until it closes its channel.
+
+    ``grpc_server_handling_seconds`` records a stream's whole life (1 s here, minutes in
+    production). The p99 recording rule took every method, streams included, so
+    ``MeshkitHighLatencyP99`` (> 0.5 s for 10m) fired for ``Health/Watch`` (and any stream
+    living longer than 0.5 s) while nothing was slow. A stream's duration is its lifetime,
+    not a latency: the latency rules select ``grpc_type="unary"`` (as go-grpc-prometheus'
+    alerts do). Shown with ``promtool test rules`` on the shipped rule files, fed the
+    bucket counts the live server exported for one such stream and for its unary calls,
+    repeated every minute."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from tests.support.echo import add_echo, method
+
+    binary("promtool")
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=1.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer(
+        "streamd", [add_echo("s1")], registry=reg,
+        options=meshkit.ServeOptions(insecure=True, instance_id="s1", drain_delay_s=0.0,
+                                     grace_s=0.5))
+    await srv.start()
+    try:
+        address, admin = srv.stats().address, srv.stats().admin
+        assert address and admin
+        async with grpc.aio.insecure_channel(address) as ch:
+            for _ in range(20):
+                await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=30)
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            await asyncio.sleep(1.5)  # the stream's lifetime: well above 0.5 s
+            watch.cancel()  # the client closes its channel
+
+        def count(text: str, grpc_method: str) -> float:
+            return sum(v for labels, v in exposition(text, "grpc_server_handling_seconds_count")
+                       if labels.get("grpc_method") == grpc_method)
+
+        text = ""
+
+        async def recorded() -> bool:
+            nonlocal text
+            text = await scrape(admin)
+            return count(text, "Watch") >= 1 and count(text, "Unary") >= 20
+
+        await until(recorded, timeout_s=20, interval_s=0.1, what="the Watch stream counted")
+    finally:
+        await srv.drain()
+        await reg.close()
+
+    buckets = [(labels, v) for labels, v in exposition(
+        text, "grpc_server_handling_seconds_bucket")
+        if labels.get("grpc_method") in ("Watch", "Unary")]
+    watch_slow = [v for labels, v in buckets
+                  if labels["grpc_method"] == "Watch" and labels["le"] == "0.5"]
+    assert watch_slow == [0.0], buckets  # the stream is counted above 0.5 s, as measured
+    series = []
+    for labels, v in buckets:
+        sel = ",".join(f'{k}="{labels[k]}"' for k in sorted(labels))
+        # every minute one such stream ends, and the unary calls go on as measured
+        series.append({"series": f'grpc_server_handling_seconds_bucket{{job="meshkit",'
+                                 f'mesh_service="streamd",mesh_instance="s1",{sel}}}',
+                       "values": f"0+{v:.0f}x30"})
+    rc, out = promtool_test(tmp_path, [{
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [{"eval_time": "20m", "alertname": "MeshkitHighLatencyP99",
+                             "exp_alerts": []}],
+    }])
+    assert rc == 0, ("MeshkitHighLatencyP99 fires on a mesh whose calls all answer in "
+                     f"microseconds, for a health Watch stream's lifetime:\n{out}")
+
+
+def test_latency_alert_fires_on_slow_unary_calls(tmp_path: Path) -> None:
+    """The unary-only latency rule still sees slow unary calls: every call of a method
+    taking 0.5..1 s makes ``MeshkitHighLatencyP99`` fire after its ``for: 10m``, with the
+    p99 (interpolated in the 0.5..1 s bucket) in the summary."""
+    bounds = ["0.1", "0.5", "1", "+Inf"]
+    per_minute = {"0.1": 0, "0.5": 0, "1": 60, "+Inf": 60}  # 60 calls a minute, 0.5..1 s
+    series = [{"series": 'grpc_server_handling_seconds_bucket{job="meshkit",'
+                         'mesh_service="slowd",mesh_instance="w1",grpc_type="unary",'
+                         f'grpc_service="x.Slow",grpc_method="Get",le="{le}"}}',
+               "values": f"0+{per_minute[le]}x40"} for le in bounds]
+    labels = {"severity": "warning", "mesh_service": "slowd", "grpc_service": "x.Slow",
+              "grpc_method": "Get"}
+    rc, out = promtool_test(tmp_path, [{
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "10m", "alertname": "MeshkitHighLatencyP99", "exp_alerts": []},
+            {"eval_time": "30m", "alertname": "MeshkitHighLatencyP99",
+             "exp_alerts": [{"exp_labels": labels, "exp_annotations": {
+                 "summary": "x.Slow/Get p99 is 995ms"}}]}],
+    }])
+    assert rc == 0, out
