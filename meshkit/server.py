@@ -256,7 +256,13 @@ class ServeOptions:
             a request may take to arrive, keepalive and idle connections), on by default;
             calls over a limit get ``RESOURCE_EXHAUSTED``.
         server_options: extra grpc server arguments; they override those ``limits`` sets,
-            key by key.
+            and meshkit's ``("grpc.so_reuseport", 0)``, key by key. By default a port
+            another socket listens on is refused at :meth:`MeshServer.start`
+            (``RuntimeError``: "Failed to bind"), as grpc-go and a plain ``bind()`` do and
+            Envoy unless ``enable_reuse_port``; grpc's own default (``SO_REUSEPORT`` on)
+            would let a second server bind the port and the kernel spread connections
+            over both. Pass ``(("grpc.so_reuseport", 1),)`` to every server that shares
+            a port on purpose (pre-fork workers).
         maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
             ``RESOURCE_EXHAUSTED``; when set it overrides ``limits.max_concurrent_rpcs``
             (default ``None``: the limits' value).
@@ -557,7 +563,9 @@ class MeshServer:
         for icpt in self._chain:  # its count of calls tells telemetry when it is alone
             if isinstance(icpt, TelemetryServerInterceptor):
                 icpt.server_calls = None if self.gate is None else self.gate.calls
-        server_args = dict(limits.channel_args())
+        # a port in use is refused unless the user opts in (see ServeOptions.server_options)
+        server_args: dict[str, Any] = {"grpc.so_reuseport": 0}
+        server_args.update(limits.channel_args())
         server_args.update(dict(opts.server_options))
         max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         chain = self._interceptors()

@@ -1287,3 +1287,49 @@ async def test_reflection_is_served_as_v1_and_v1alpha(echo_servers: EchoFactory)
                 )(iter([ask]), timeout=5)]
                 assert answers and not answers[0].HasField("error_response"), (name,
                                                                                answers)
+
+
+async def test_a_second_server_cannot_bind_a_port_another_server_listens_on(
+        registry: LocalRegistry) -> None:
+    """Two services configured by mistake with one port (two processes of a deployment, or
+    a new instance started while the old one still runs): ``beta`` starting on the port
+    ``alpha`` listens on is refused (``RuntimeError``: failed to bind). grpc turns
+    ``SO_REUSEPORT`` on for server sockets by default, so without meshkit's default of
+    ``grpc.so_reuseport`` 0 beta bound the port too, registered it, and the kernel spread
+    new connections over both processes: callers of either service landed on the other
+    at random (``UNIMPLEMENTED``), with no error at start-up. grpc-go, Envoy
+    (``enable_reuse_port`` opt-in) and a plain ``bind()`` refuse the port the same way."""
+    opts: dict[str, Any] = {"insecure": True, "admin": None, "drain_delay_s": 0.0,
+                            "grace_s": 1.0}
+    alpha = meshkit.MeshServer("alpha", [add_echo("a1")], registry=registry,
+                               options=meshkit.ServeOptions(**opts))
+    await alpha.start()
+    beta = meshkit.MeshServer("beta", [add_echo("b1")], registry=registry,
+                              options=meshkit.ServeOptions(port=alpha.port, **opts))
+    try:
+        with pytest.raises(RuntimeError, match=r"(?i)bind"):
+            await beta.start()
+        assert await registry.instances("beta") == frozenset()
+    finally:
+        await asyncio.wait_for(beta.drain(), 10)
+        await asyncio.wait_for(alpha.drain(), 10)
+
+
+async def test_servers_that_opt_in_to_so_reuseport_share_a_port(
+        registry: LocalRegistry) -> None:
+    """``server_options=(("grpc.so_reuseport", 1),)`` on every server of a port (pre-fork
+    workers sharing one listening port) still lets them all bind it: the default only
+    turns the sharing off, the user's server options win."""
+    opts: dict[str, Any] = {"insecure": True, "admin": None, "drain_delay_s": 0.0,
+                            "grace_s": 1.0, "server_options": (("grpc.so_reuseport", 1),)}
+    first = meshkit.MeshServer("echo", [add_echo("w1")], registry=registry,
+                               options=meshkit.ServeOptions(**opts))
+    await first.start()
+    second = meshkit.MeshServer("echo", [add_echo("w2")], registry=registry,
+                                options=meshkit.ServeOptions(port=first.port, **opts))
+    try:
+        await second.start()
+        assert second.port == first.port
+    finally:
+        await asyncio.wait_for(second.drain(), 10)
+        await asyncio.wait_for(first.drain(), 10)
