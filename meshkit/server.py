@@ -47,6 +47,7 @@ import dataclasses
 import os
 import signal
 import socket
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,35 @@ from meshkit.resilience import (
 __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"]
 
 _log = structlog.get_logger("meshkit.server")
+
+_SignalHandler = Callable[[int, Any], Any] | int | signal.Handlers | None
+
+_installed_signals: list[dict[signal.Signals, _SignalHandler]] = []
+"""The signal handlers :meth:`MeshServer.run_until_signal` replaced, one dict (signal ->
+its previous handler) per run whose handlers are installed, oldest first: what a forked
+child gets back (:func:`_undo_signal_handlers_in_child`)."""
+
+
+def _undo_signal_handlers_in_child() -> None:
+    """In a child forked while ``serve()`` / ``run_until_signal()`` had its handlers
+    installed (a ``multiprocessing`` or ``ProcessPoolExecutor`` worker, a pre-fork
+    worker): give the signals their handlers from before (a signal to the child is then
+    the child's, e.g. SIGTERM kills it) and drop the event loop's wakeup fd, a socket the
+    child shares with its parent's loop (a signal the child got would be run by the
+    parent's loop: the parent would drain). Without handlers installed this does nothing.
+    Run by ``os.register_at_fork(after_in_child=...)``."""
+    if not _installed_signals:
+        return
+    for previous in reversed(_installed_signals):  # the oldest's previous handlers last
+        for sig, handler in previous.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    _installed_signals.clear()  # the parent's runs: the child's own install anew
+    with contextlib.suppress(OSError, ValueError):
+        signal.set_wakeup_fd(-1)
+
+
+os.register_at_fork(after_in_child=_undo_signal_handlers_in_child)
 
 class _AdminSlot:
     """The shared admin server of one event loop, its user count and its lock."""
@@ -873,7 +903,15 @@ class MeshServer:
         """Start if needed, serve until one of ``signals`` arrives, then :meth:`drain`.
 
         The signal handlers are installed first: a signal while the server starts stops
-        the start (undone: nothing stays registered), then this returns.
+        the start (undone: nothing stays registered), then this returns. They stay
+        installed until the drain has ended: a second signal during the drain is logged
+        and the drain goes on (in-flight calls keep their ``grace_s``), instead of killing
+        the process. A child forked meanwhile (``multiprocessing``, a pre-fork worker)
+        gets the signals' previous handlers back: a signal to it is its own.
+
+        Outside the main thread (a thread running its own event loop) no handlers are
+        installed, as signals reach the main thread only (uvicorn does the same): this
+        serves until :meth:`drain` or cancellation ends it.
 
         Cancelled (e.g. the task of a ``TaskGroup`` whose sibling failed), it drains too
         before ``CancelledError`` propagates, so the server does not stay registered and
@@ -892,22 +930,45 @@ class MeshServer:
         """
         loop = asyncio.get_running_loop()
         got = asyncio.Event()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if got.is_set() or self.draining:
+                _log.warning("signal during the drain: the drain goes on",
+                             service=self.service, signal=sig.name,
+                             grace_s=self.options.grace_s)
+            got.set()
+
+        previous: dict[signal.Signals, _SignalHandler] = {}
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if not in_main_thread and signals:
+            _log.info("not in the main thread: no signal handlers, serving until drained "
+                      "or cancelled", service=self.service)
         try:
-            for sig in signals:
-                loop.add_signal_handler(sig, got.set)
-            await self._start_up_unless(got, on_started)
-            waiter = asyncio.ensure_future(got.wait())
-            stopped = asyncio.ensure_future(self._stopped.wait())
             try:
-                await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if in_main_thread:
+                    _installed_signals.append(previous)
+                    for sig in signals:
+                        previous[sig] = signal.getsignal(sig)
+                        loop.add_signal_handler(sig, on_signal, sig)
+                await self._start_up_unless(got, on_started)
+                waiter = asyncio.ensure_future(got.wait())
+                stopped = asyncio.ensure_future(self._stopped.wait())
+                try:
+                    await asyncio.wait({waiter, stopped},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for fut in (waiter, stopped):
+                        fut.cancel()
             finally:
-                for fut in (waiter, stopped):
-                    fut.cancel()
+                # with the handlers still installed: a second signal does not kill the
+                # drain; itself shielded: cancelled, it runs to its end (handlers removed)
+                await self.drain()
         finally:
-            for sig in signals:
+            for sig in previous:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
-            await self.drain()  # itself shielded: cancelled, it runs to its end
+            with contextlib.suppress(ValueError):  # not there: a forked child cleared it
+                _installed_signals.remove(previous)
 
     async def _start_up_unless(self, got: asyncio.Event,
                                on_started: Callable[[MeshServer], Any] | None) -> None:
@@ -974,7 +1035,16 @@ async def serve(
 
     The SIGTERM/SIGINT handlers are installed before the server starts: a signal while
     it starts or while ``on_started`` runs cancels them, then the server drains and
-    ``serve()`` returns. If ``on_started`` raises, or ``serve()`` is cancelled, the server
+    ``serve()`` returns. They stay installed until the drain has ended: a second signal
+    during the drain is logged and does not cut the in-flight calls' ``grace_s`` short.
+    Children forked while serving (``multiprocessing``, ``ProcessPoolExecutor``, pre-fork
+    workers) get the signals' previous handlers back, so a signal sent to one is handled
+    by that child (SIGTERM ends it), never relayed to this server. Outside the main
+    thread (``asyncio.run(serve(...))`` in a ``threading.Thread``) no signal handlers are
+    installed, since signals reach the main thread only (as uvicorn): ``serve()`` serves
+    until it is cancelled or :meth:`MeshServer.drain` is called (from another thread:
+    ``asyncio.run_coroutine_threadsafe(server.drain(), loop)`` with the server
+    ``on_started`` got). If ``on_started`` raises, or ``serve()`` is cancelled, the server
     drains (deregisters, stops; shielded from a second cancellation) before the error
     propagates: no instance stays registered and serving once ``serve()`` has returned
     or raised.

@@ -1333,3 +1333,85 @@ async def test_servers_that_opt_in_to_so_reuseport_share_a_port(
     finally:
         await asyncio.wait_for(second.drain(), 10)
         await asyncio.wait_for(first.drain(), 10)
+
+
+class _Started(Exception):
+    """Raised by an ``on_started`` hook to end ``serve()`` once it has started."""
+
+
+def _in_a_thread(main: Any) -> BaseException | None:
+    """Run ``asyncio.run(main())`` in a new thread (its own event loop); what it raised."""
+    outcome: list[BaseException | None] = []
+
+    def worker() -> None:
+        try:
+            asyncio.run(main())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=worker, name="serve-in-a-thread")
+    t.start()
+    t.join(45)
+    assert not t.is_alive(), "the thread's serve() did not end"
+    return outcome[0]
+
+
+def test_serve_runs_in_a_thread_with_its_own_event_loop(registry_dir: Path) -> None:
+    """An application running a gRPC service in a worker thread (a web app, a test
+    harness, a plugin host: ``asyncio.run(meshkit.serve(...))`` in a ``threading.Thread``)
+    gets a started server: signals reach the main thread only, so serve() outside it
+    installs no signal handlers (as uvicorn and grpc-go's ``Serve`` in a goroutine) and
+    serves until cancelled or drained. It used to call ``loop.add_signal_handler``
+    anyway and fail before starting: ``RuntimeError: set_wakeup_fd only works in main
+    thread of the main interpreter``. ``on_started`` raising shows it started."""
+    ports: list[int] = []
+
+    async def main() -> None:
+        reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=5.0, poll_interval_s=0.05))
+
+        def started(server: meshkit.MeshServer) -> None:
+            ports.append(server.port)
+            raise _Started
+
+        try:
+            await meshkit.serve("echo", [add_echo("t1")], registry=reg,
+                                options=meshkit.ServeOptions(insecure=True, admin=None,
+                                                             drain_delay_s=0.0, grace_s=1.0),
+                                on_started=started)
+        finally:
+            assert await reg.instances("echo") == frozenset()  # drained before raising
+            await reg.close()
+
+    error = _in_a_thread(main)
+    assert isinstance(error, _Started), f"serve() in a thread did not start: {error!r}"
+    assert ports and ports[0] > 0
+
+
+def test_run_until_signal_in_a_thread_serves_until_drained(registry_dir: Path) -> None:
+    """``run_until_signal()`` in a thread with its own loop serves (calls answered) until
+    :meth:`MeshServer.drain` ends it, instead of refusing to start for want of signal
+    handlers; the main thread's own signal handlers are left as they were."""
+    before = signal.getsignal(signal.SIGTERM)
+    answers: list[bytes] = []
+
+    async def main() -> None:
+        reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=5.0, poll_interval_s=0.05))
+        srv = meshkit.MeshServer("echo", [add_echo("t2")], registry=reg,
+                                 options=meshkit.ServeOptions(insecure=True, admin=None,
+                                                              drain_delay_s=0.0, grace_s=1.0))
+        try:
+            run = asyncio.ensure_future(srv.run_until_signal())
+            await until(lambda: srv.ready or run.done(), timeout_s=20, what="serving")
+            assert not run.done(), run.exception()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                answers.append(await ch.unary_unary(method("Unary"))(b"x", timeout=10))
+            await asyncio.wait_for(srv.drain(), 10)
+            await asyncio.wait_for(run, 10)
+        finally:
+            await srv.drain()
+            await reg.close()
+
+    assert _in_a_thread(main) is None
+    assert answers == [b"t2|x"]
+    assert signal.getsignal(signal.SIGTERM) is before

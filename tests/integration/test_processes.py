@@ -1,12 +1,17 @@
-"""Real OS processes sharing one LocalRegistry: SIGKILL, SIGTERM, and a live dial()."""
+"""Real OS processes sharing one LocalRegistry: SIGKILL, SIGTERM, and a live dial(); a
+serving process that forks a worker, signals during a drain, a client ending at once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +20,7 @@ import meshkit
 from meshkit.balancer import RoundRobin
 from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import method
+from tests.support.procs import children
 from tests.support.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,3 +180,134 @@ async def test_sigterm_while_on_started_runs_drains_and_exits_zero(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _run_script(tmp_path: Path, name: str, source: str, *args: str,
+                timeout_s: float = 90.0) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a Python script of its own in the repository root (a process
+    that may fork: never this one, whose grpc threads could hold a lock at the fork);
+    its exit status, stdout and stderr."""
+    script = tmp_path / name
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout_s, env={**os.environ, "PYTHONPATH": str(REPO),
+                                "MESHKIT_LOCAL_DIR": str(tmp_path / "default-registry")})
+
+
+def _last_json(out: str) -> dict[str, Any]:
+    """The last line of ``out`` that is a JSON object."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert lines, f"no result line in {out!r}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+_FORKED_WORKER = r'''
+import asyncio, json, multiprocessing, sys, time
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from tests.support.echo import add_echo
+
+def work():  # a CPU worker of the service (multiprocessing, ProcessPoolExecutor)
+    time.sleep(60)
+
+async def main():
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=5, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, admin=None, drain_delay_s=0.0, grace_s=1.0))
+    result = {}
+
+    async def operate():
+        while srv.instance is None:
+            await asyncio.sleep(0.05)
+        p = multiprocessing.get_context("fork").Process(target=work, daemon=True)
+        p.start()
+        await asyncio.sleep(0.5)
+        p.terminate()  # SIGTERM to the worker, not to the server
+        await asyncio.get_running_loop().run_in_executor(None, p.join, 20.0)
+        result["child_exitcode"] = p.exitcode
+        await asyncio.sleep(1.0)  # time for a signal relayed to this loop to act
+        result["server_draining"] = srv.draining
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+        if not srv.draining:
+            await srv.drain()
+
+    task = asyncio.create_task(operate())
+    await srv.run_until_signal()
+    await task
+    await reg.close()
+    print(json.dumps(result), flush=True)
+
+(meshkit.run if sys.argv[2] == "meshkit.run" else asyncio.run)(main())
+'''
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("runner", ["asyncio.run", "meshkit.run"])
+def test_sigterm_to_a_forked_worker_neither_drains_the_server_nor_is_ignored(
+        tmp_path: Path, runner: str) -> None:
+    """A service serving with ``run_until_signal()`` (what ``serve()`` runs) forks a CPU
+    worker (``multiprocessing``'s 'fork' start method, Linux's default before Python
+    3.14, and ``ProcessPoolExecutor``'s) and ends it with ``Process.terminate()``
+    (SIGTERM to the worker). The worker dies of it (exit -15) and the server goes on
+    serving: meshkit undoes its signal handlers and the loop's wakeup fd in forked
+    children (``os.register_at_fork``). The worker used to inherit asyncio's set-up (a
+    no-op Python handler for SIGTERM, the wakeup fd: a socket shared with the parent's
+    loop), so it ignored SIGTERM and ran on, and the signal number was written into the
+    parent's socket: the parent drained and left the mesh although nobody signalled
+    it. Under asyncio's loop and ``meshkit.run``'s (uvloop's when installed) alike."""
+    proc = _run_script(tmp_path, "forked_worker.py", _FORKED_WORKER, str(tmp_path / "reg"),
+                       runner)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _last_json(proc.stdout)
+    assert result["server_draining"] is False, (
+        f"SIGTERM to a forked worker drained the serving parent: {result}")
+    assert result["child_exitcode"] == -signal.SIGTERM, (
+        f"the forked worker ignored SIGTERM: {result}")
+
+
+@pytest.mark.timeout(120)
+async def test_a_second_signal_during_the_drain_does_not_kill_in_flight_calls(
+        tmp_path: Path) -> None:
+    """An echo service run with ``serve()`` (``drain_delay_s`` 0.5, ``grace_s`` 10) has a
+    3 s call in flight when it gets SIGINT and, 0.3 s later, SIGTERM (Ctrl-C reaches the
+    whole foreground group, then honcho/foreman/overmind send SIGTERM to their children;
+    or an operator presses Ctrl-C, then runs ``kill``). The drain under way goes on: the
+    call completes, the second signal is logged, the process exits 0 (README: "give
+    in-flight ones grace_s, then exit 0"). serve() used to remove its signal handlers
+    before draining, so the second signal met the default disposition: the process was
+    killed at once (exit -15) and the in-flight call failed ``UNAVAILABLE``."""
+    reg_dir = tmp_path / "reg"
+    async with children(tmp_path / "logs") as kids:
+        child = await kids.start(
+            "tests.support.echo", "--registry",
+            f"local://{reg_dir}?ttl_s=5&poll_interval_s=0.05", "--instance-id", "e1",
+            "--drain-delay-s", "0.5", "--grace-s", "10")
+        await child.wait_line("READY", timeout_s=30)
+        reg = LocalRegistry(LocalOptions(path=reg_dir, ttl_s=5.0, poll_interval_s=0.05))
+        try:
+            async with meshkit.dial("echo", registry=reg,
+                                    options=meshkit.DialOptions(insecure=True)) as ch:
+                assert (await ch.unary_unary(method("Unary"))(b"x", timeout=20)
+                        ).startswith(b"e1|")
+                call = asyncio.ensure_future(
+                    ch.unary_unary(method("Sleep"))(b"3000", timeout=30))
+                await asyncio.sleep(0.5)
+                assert not call.done()
+                child.proc.send_signal(signal.SIGINT)
+                await asyncio.sleep(0.3)
+                child.proc.send_signal(signal.SIGTERM)
+                answer: Any
+                try:
+                    answer = await call
+                except Exception as exc:
+                    answer = exc
+                code = await child.wait_exit(timeout_s=40)
+        finally:
+            await reg.close()
+    assert answer == b"e1", f"the in-flight call failed within grace_s: {answer!r}"
+    assert code == 0, f"exit code {code} (stderr: {child.stderr()[-1500:]})"
+    assert "SIGTERM" in child.stderr(), "the second signal was not logged"
