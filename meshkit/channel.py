@@ -92,6 +92,7 @@ from meshkit.observability import (
     attempt_interceptors,
     client_interceptors,
     ended,
+    flush_logs,
     track,
 )
 from meshkit.resilience import (
@@ -799,9 +800,11 @@ class MeshChannel(grpc.aio.Channel):
     async def close(self, grace: float | None = None) -> None:
         """Stop discovery and close every sub-channel, letting calls finish for ``grace``
         seconds (``None``: none), then cancelling them; a registry the channel made itself
-        is closed too. The closing runs to its end even when this ``close()`` is cancelled
-        (e.g. by ``wait_for``); a later ``close()`` waits for it (its ``grace`` is the
-        first one's)."""
+        is closed too. The access log's pending lines are written (as
+        ``MeshServer.drain`` does): the timer that would write them belongs to this event
+        loop, which may end next (``asyncio.run()``). The closing runs to its end even when
+        this ``close()`` is cancelled (e.g. by ``wait_for``); a later ``close()`` waits for
+        it (its ``grace`` is the first one's)."""
         task = self._closing
         if task is None:
             task = self._closing = asyncio.get_running_loop().create_task(
@@ -815,6 +818,7 @@ class MeshChannel(grpc.aio.Channel):
         ended(self)  # its final counters, for /metrics after it is gone
         if self._owns_registry:
             await self.registry.close()
+        flush_logs()  # its calls' access lines, before the loop that would time them ends
 
     async def __aenter__(self) -> MeshChannel:
         return self

@@ -311,3 +311,50 @@ async def test_a_second_signal_during_the_drain_does_not_kill_in_flight_calls(
     assert answer == b"e1", f"the in-flight call failed within grace_s: {answer!r}"
     assert code == 0, f"exit code {code} (stderr: {child.stderr()[-1500:]})"
     assert "SIGTERM" in child.stderr(), "the second signal was not logged"
+
+
+_ACCESS_LOG_THEN_WORK = r'''
+import asyncio, os, sys, time
+import meshkit
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from meshkit.observability import configure_logging
+from tests.support.echo import handler, method, raw_server
+
+configure_logging(json=True, access_log_flush_interval_s=0.2)
+
+async def client():
+    async with raw_server(handler("e9")) as (server, port):
+        reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=5, poll_interval_s=0.05))
+        await reg.register(Instance(service="raw", instance_id="r1", host="127.0.0.1",
+                                    port=port))
+        async with meshkit.dial("raw", registry=reg,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            for i in range(3):
+                await ch.unary_unary(method("Unary"))(f"call{i}".encode(), timeout=20)
+        await reg.close()
+
+asyncio.run(client())
+time.sleep(1.5)  # 7x the flush interval; the process goes on with other work
+sys.stderr.write("MARK 1.5 s after the run\n")
+sys.stderr.flush()
+os._exit(0)  # e.g. killed, or ended by a framework with os._exit
+'''
+
+
+@pytest.mark.timeout(90)
+def test_access_lines_are_written_when_the_channel_closes(tmp_path: Path) -> None:
+    """A client (a CLI tool, a batch job) with JSON logging (access-log flush interval
+    0.2 s) makes three calls through ``dial()`` inside ``asyncio.run()``, closes the
+    channel and goes on with other work, then ends with ``os._exit``. The three access
+    lines are on stderr before it goes on: ``MeshChannel.close()`` flushes the access log
+    as ``MeshServer.drain()`` does. They used to wait for a timer armed on the loop
+    ``asyncio.run()`` then closed, which never fired: nothing was written 1.5 s later,
+    and a process ended by ``os._exit`` (or SIGKILL) lost them, where the README promises
+    them "at most ``MESHKIT_ACCESS_LOG_FLUSH_S`` seconds late"."""
+    proc = _run_script(tmp_path, "late_access.py", _ACCESS_LOG_THEN_WORK,
+                       str(tmp_path / "reg"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before_mark = proc.stderr.split("MARK", 1)[0]
+    rpc_lines = [ln for ln in before_mark.splitlines() if '"event":"rpc"' in ln]
+    assert len(rpc_lines) == 3, (
+        f"access lines not written when the channel closed: {proc.stderr[-2000:]}")
