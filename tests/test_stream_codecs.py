@@ -23,6 +23,7 @@ from meshkit.errors import (
 from tests.conftest import EchoFactory
 from tests.support.attempts import PassAll
 from tests.support.echo import method
+from tests.support.wait import until
 
 _SECRET = "s3cr3t-field"
 
@@ -315,3 +316,113 @@ async def test_a_stream_its_codec_ended_is_counted_internal(
              for s in f.samples if s.name == "grpc_client_handled_total"
              and s.labels.get("grpc_method") == "ServerStream"}
     assert codes == {"Internal": 1.0}, codes
+
+
+_JOIN = "/meshkit.test.Replayed/Join"
+
+
+def _add_join(calls: list[int], first: str) -> Any:
+    """``_JOIN``: a client-streaming method that reads every request message, then fails
+    the first call ``UNAVAILABLE`` (``first="fail"``) or holds it until it is cancelled
+    (``first="hang"``), and answers every later call with the messages joined."""
+
+    async def join(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        parts = [r async for r in requests]
+        calls.append(len(parts))
+        if len(calls) == 1:
+            if first == "fail":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "first attempt fails")
+            await asyncio.sleep(60)  # the hedge answers; this attempt is cancelled
+        return b",".join(parts)
+
+    def add(_servicer: Any, server: Any) -> None:
+        service, name = _JOIN.rsplit("/", 1)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service.lstrip("/"), {name: grpc.stream_unary_rpc_method_handler(join)}),))
+
+    return add, None
+
+
+def _sample(prom: Any, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value
+               for f in text_string_to_metric_families(generate_latest(prom).decode())
+               for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("first", ["fail", "hang"], ids=["retried", "hedged"])
+@pytest.mark.parametrize("container", [list, tuple])
+async def test_a_replayed_client_stream_counts_the_callers_messages_once(
+    registry: LocalRegistry, first: str, container: Any,
+) -> None:
+    """A caller sends a client stream of 3 messages as a list (or tuple), which the mesh
+    may replay, on an idempotent method; its first attempt fails ``UNAVAILABLE`` and is
+    retried (or is slow, and a hedge answers). ``grpc_client_msg_sent_total`` said 6 for
+    that one logical call (``grpc_client_started_total`` 1): the request wrapper counted
+    every message each attempt took from the list. The ``grpc_client_*`` families are
+    per logical call (as go-grpc-prometheus counts what the application sent; the
+    attempts are in ``meshkit_client_attempts_total``), so it says 3: a message is
+    counted by the first attempt to take it."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+    from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+
+    prom = CollectorRegistry()
+    telemetry = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    calls: list[int] = []
+    srv = meshkit.MeshServer(
+        "replayed", [_add_join(calls, first)], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="r1", drain_delay_s=0.0,
+                                     grace_s=1.0, telemetry=telemetry))
+    await srv.start()
+    policy = RetryPolicy(idempotent=True, backoff=Backoff(base_delay_s=0.001,
+                                                          max_delay_s=0.002),
+                         hedge_delay_s=0.2 if first == "hang" else None)
+    ch = meshkit.dial("replayed", registry=registry, options=meshkit.DialOptions(
+        insecure=True, telemetry=telemetry, outlier=None,
+        retry=RetryOptions(default=policy)))
+    try:
+        await ch.wait_for_endpoints(1)
+        answer = await ch.stream_unary(_JOIN)(container([b"a", b"b", b"c"]), timeout=20)
+        assert answer == b"a,b,c"
+        assert calls == [3, 3]  # the server saw the stream twice
+        await until(lambda: _sample(prom, "grpc_client_handled_total",
+                                    grpc_method="Join") == 1, timeout_s=10,
+                    what="the call counted")
+    finally:
+        await ch.close()
+        await srv.drain()
+    assert _sample(prom, "grpc_client_started_total", grpc_method="Join") == 1
+    assert _sample(prom, "meshkit_client_attempts_total", grpc_method="Join") == 2
+    assert _sample(prom, "grpc_client_msg_sent_total", grpc_method="Join") == 3, \
+        "the caller sent 3 messages in one logical call"
+
+
+@pytest.mark.parametrize("source", [_messages, _amessages, lambda: ["a", "b", "c"]],
+                         ids=["iterator", "async-iterator", "list"])
+async def test_a_client_stream_counts_each_message_once(
+    registry: LocalRegistry, echo_servers: EchoFactory, source: Any,
+) -> None:
+    """Without a retry, every message of a request iterator, an async iterator or a list
+    is counted once in ``grpc_client_msg_sent_total``, call after call (a list's count is
+    kept per call, not across calls of the method)."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+
+    prom = CollectorRegistry()
+    telemetry = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    await echo_servers("e1")
+    async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+            insecure=True, telemetry=telemetry, retry=None)) as ch:
+        client = ch.stream_unary(method("ClientStream"),
+                                 request_serializer=lambda m: m.replace("bad", "b").encode())
+        for _ in range(3):
+            assert await client(source(), timeout=5) == b"e1|a,b,c"
+    assert _sample(prom, "grpc_client_msg_sent_total", grpc_method="ClientStream") == 9
