@@ -59,6 +59,14 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
   The new file lists only the owners that have noticed so far, so for ``fault_grace_s``
   after the reopen this process's watches keep their last endpoints merged with it, as after
   a write outage.
+
+**Forks and event loops.** A registry is usable in a child forked after it was used (a
+pre-fork master's workers, ``multiprocessing``): in the child it gets a worker thread and a
+connection of its own (``os.register_at_fork``; SQLite forbids using a connection opened
+before a fork in the child, https://sqlite.org/howtocorrupt.html section 2.6, so the
+inherited one is left alone, not even closed) and forgets its parent's registrations and
+heartbeats. It is usable across event loops, one after another (``asyncio.run()`` again):
+a heartbeat task of a loop that ended is dropped when the instance registers again.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -123,6 +132,19 @@ CREATE TABLE IF NOT EXISTS deregistered (
 _TABLES = frozenset({"instances", "last_write", "deregistered"})
 #: Rows dead for this many TTLs are garbage: their owners are gone for good.
 _GC_TTLS = 10
+
+_registries: weakref.WeakSet[LocalRegistry] = weakref.WeakSet()  # reset in forked children
+_inherited: list[sqlite3.Connection] = []  # a parent's connections, in a child: never used
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: every registry of the process starts
+    afresh in the child (see :meth:`LocalRegistry._forget_parent`)."""
+    for reg in list(_registries):
+        reg._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default_local_path() -> Path:
@@ -316,6 +338,27 @@ class LocalRegistry:
         # A thread of our own: heartbeats must not queue behind the application's
         # asyncio.to_thread work (password hashing, file I/O) in the default pool.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshkit-local")
+        _registries.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's worker thread did not survive the fork (its
+        executor would queue work to a thread that does not exist) and its lock may have
+        been held by it; the SQLite connection is the parent's (kept referenced, so that
+        it is neither used nor closed here); the registrations and heartbeats are the
+        parent's too. Give the child its own thread, lock and (at the next operation)
+        connection, and nothing registered."""
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshkit-local")
+        if self._conn is not None:
+            _inherited.append(self._conn)
+            self._conn = None
+        for task in self._heartbeats.values():  # would run on, should the child go on
+            with contextlib.suppress(Exception):  # running the parent's loop
+                task.cancel()
+        self._heartbeats = {}
+        self._owned = {}
+        self._kept = {}
+        self._probe_lock = None
 
     # -- sqlite plumbing (runs in the worker thread, under _lock) --------------------------
     def _connect(self, database: str, uri: bool = False) -> sqlite3.Connection:
@@ -618,13 +661,21 @@ class LocalRegistry:
         were submitted, so an old-instance write already under way lands before the new
         one, never after it (it would bring back the old address, tags or meta until the
         next heartbeat). If the new write fails, the old heartbeat is started again, so
-        the previous registration is still kept alive.
+        the previous registration is still kept alive. A heartbeat of another event loop
+        (an earlier ``asyncio.run()``: already ended with its loop) is dropped, not
+        awaited; one of a loop still running in another thread is cancelled there.
 
         Raises:
             RegistryError: the registry file cannot be written.
         """
         key = instance.instance_id
         old = self._heartbeats.pop(key, None)
+        if old is not None and old.done():
+            old = None  # ended with its loop (asyncio.run() cancels what is left)
+        if old is not None and old.get_loop() is not asyncio.get_running_loop():
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                old.get_loop().call_soon_threadsafe(old.cancel)
+            old = None
         if old is not None:
             old.cancel()
             # asyncio.wait: a cancellation of register() itself still propagates.

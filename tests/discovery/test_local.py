@@ -464,3 +464,31 @@ async def _instances(path: Path) -> frozenset[Instance]:
         return await reg.instances("svc")
     finally:
         await reg.close()
+
+
+def test_registers_again_in_a_later_asyncio_run(tmp_path: Path) -> None:
+    """A process that keeps one LocalRegistry and runs its async part with
+    ``asyncio.run()`` more than once (a supervisor loop restarting the application after
+    a crash, a CLI tool, a test session with a loop per test) registers the same instance
+    again in each run, and a heartbeat on the current loop keeps it alive. register() used
+    to wait for the previous run's heartbeat task (done, its loop closed) with
+    ``asyncio.wait``, which schedules on that dead loop: ``RuntimeError: Event loop is
+    closed`` in every later run, so the service could never register again."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=1.0, poll_interval_s=0.05))
+    me = inst("i1")
+
+    async def register_and_list() -> frozenset[Instance]:
+        await reg.register(me)
+        return await reg.instances("svc")
+
+    async def still_listed_after_two_ttls() -> frozenset[Instance]:
+        await reg.register(me)
+        await asyncio.sleep(2.0)  # two TTLs: only a heartbeat on this loop keeps it
+        return await reg.instances("svc")
+
+    try:
+        assert asyncio.run(register_and_list()) == {me}
+        assert asyncio.run(register_and_list()) == {me}
+        assert asyncio.run(still_listed_after_two_ttls()) == {me}
+    finally:
+        asyncio.run(reg.close())

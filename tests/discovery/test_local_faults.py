@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -690,3 +691,67 @@ async def test_register_on_an_unusable_path_raises_registry_error(tmp_path: Path
         assert reg.status().writable is False and reg.status().write_errors == 1
     finally:
         await reg.close()
+
+
+_FORKED_WORKER = r'''
+import asyncio, json, os, sys, time
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+
+reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=2, poll_interval_s=0.05))
+# the pre-fork master checks the registry once (it never serves itself)
+asyncio.run(reg.instances("echo"))
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # a worker: registers its instance through the registry it inherited
+    os.close(r)
+    async def worker():
+        inst = Instance(service="echo", instance_id=f"w-{os.getpid()}", host="127.0.0.1",
+                        port=5000)
+        await reg.register(inst)
+        listed = await reg.instances("echo")
+        await reg.deregister(inst)
+        await reg.close()
+        return sorted(i.instance_id for i in listed)
+    try:
+        res = {"listed": asyncio.run(asyncio.wait_for(worker(), 20))}
+    except BaseException as exc:
+        res = {"error": repr(exc)}
+    os.write(w, json.dumps(res).encode())
+    os._exit(0)
+os.close(w)
+deadline = time.monotonic() + 40
+while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+    time.sleep(0.05)
+data = os.read(r, 65536).decode()
+# the master's registry still works after the fork
+after = asyncio.run(reg.instances("echo"))
+asyncio.run(reg.close())
+print(json.dumps({**json.loads(data or '{"error": "no answer from the child"}'),
+                  "master_after": sorted(i.instance_id for i in after)}), flush=True)
+'''
+
+
+@pytest.mark.timeout(90)
+def test_a_registry_used_before_a_fork_works_in_the_forked_worker(tmp_path: Path) -> None:
+    """A pre-fork server (gunicorn's model: the master builds the application, workers
+    are forked from it) uses its LocalRegistry once in the master (a start-up check),
+    then forks a worker that registers through the registry object it inherited: the
+    worker gets a worker thread and a SQLite connection of its own (SQLite forbids using
+    a connection opened before a fork in the child: https://sqlite.org/howtocorrupt.html
+    section 2.6) and none of its parent's heartbeats or registrations, registers at once
+    and is listed; the master's registry goes on working. The child's register() used
+    to be queued to the executor's worker thread, which did not survive the fork (its
+    idle count did, so no thread was started), and never completed. The scenario runs in
+    a script of its own: this process runs grpc's threads and is never forked."""
+    script = tmp_path / "forked_worker.py"
+    script.write_text(_FORKED_WORKER)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "reg")], cwd=REPO,
+                          capture_output=True, text=True, timeout=80,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, proc.stdout + proc.stderr[-3000:]
+    result = json.loads(lines[-1])
+    assert "error" not in result, f"the forked worker could not use the registry: {result}"
+    assert len(result["listed"]) == 1 and result["listed"][0].startswith("w-"), result
+    assert result["master_after"] == [], result
