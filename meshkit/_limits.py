@@ -314,9 +314,9 @@ def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> H
     """``handler`` answering ``INVALID_ARGUMENT`` "request is not a valid <Type>" when its
     request does not decode (see the module docstring). A handler without a request
     deserializer (raw bytes) gets one that passes the bytes on, so their size is counted
-    too. With a ``gate``, a request-streaming handler is first admitted by
-    :meth:`RequestGate.admit_stream` (the gate reads unary requests only, so this is how
-    request streams are capped with its calls)."""
+    too. ``gate`` is accepted for callers that pass the server's :class:`RequestGate`
+    and is not used: the gate admits request streams itself, outermost, before the
+    server's chain (:meth:`RequestGate.convert`), not from inside it."""
     deserializer = handler.request_deserializer
     if deserializer is not None and getattr(deserializer, "_meshkit_guarded", False):
         return handler
@@ -338,14 +338,9 @@ def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> H
     assert inner is not None
     # a plain-function handler runs off the event loop, as grpc.aio runs it
     the_inner = async_behaviour(inner, req_s, resp_s)
-    streams = gate if req_s else None  # the gate counts unary-request calls itself
 
     if resp_s:
         async def stream_behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-            if streams is not None:
-                refused = streams.admit_stream(context)
-                if refused is not None:
-                    await refused
             if request is _UNDECODABLE:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             try:
@@ -363,10 +358,6 @@ def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> H
         awaits = inspect.iscoroutinefunction(the_inner)  # known per method: no check per call
 
         async def unary_behavior(request: Any, context: Any) -> Any:
-            if streams is not None:
-                refused = streams.admit_stream(context)
-                if refused is not None:
-                    await refused
             if request is _UNDECODABLE:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             try:
@@ -466,11 +457,16 @@ class RequestGate(grpc.aio.ServerInterceptor):
     window (64 KiB), but once a read is pending it takes in and holds the whole message;
     so the bound on memory is the reads pending at once plus the requests admitted, and
     shedding before the read costs nothing.
-    Calls ended here end before telemetry sees them; they are counted in :attr:`shed` and
-    :attr:`timed_out` and logged as a warning at most once a minute. Request-streaming
-    calls are not read here; the server's request guard admits them through
-    :meth:`admit_stream` (counted in :attr:`streams`, capped with the slots), after the
-    server's checks and telemetry have started, so telemetry sees those that are shed.
+    Request-streaming calls are not read here: the handler this gate gives grpc for them
+    admits each call (:meth:`admit_stream`: counted in :attr:`streams`, capped with the
+    slots) before it runs the method's handler chain.
+
+    Calls ended here (unary or streaming requests) end before any code of the call ran,
+    the server's chain included: telemetry does not see them (not in
+    ``grpc_server_started_total``/``grpc_server_handled_total``), the rate limit does not
+    charge them, and they are counted in :attr:`shed`, :attr:`timed_out` and
+    :attr:`evicted` (``meshkit_server_gate_refusals_total``) and logged as a warning at
+    most once a minute.
 
     Args:
         limits: the :class:`ServerLimits` (``max_concurrent_rpcs``,
@@ -510,10 +506,14 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def convert(self, handler: Handler) -> Handler:
         """``handler`` reading its request through the gate when it is a unary-request
-        handler (converted to the request-streaming shape), else ``handler`` itself. What
+        handler (converted to the request-streaming shape), else ``handler`` admitted by
+        :meth:`admit_stream` before it runs (:meth:`_admitting`). What
         :meth:`intercept_service` does per method; :func:`meshkit._handlers.fold_outermost`
-        folds it into the server's fused interceptor."""
-        return handler if handler.request_streaming else self._convert(handler)
+        folds it into the server's fused interceptor, outside the chain's wrap, so a call
+        the gate refuses never reaches the chain (telemetry, authentication, rate limit)."""
+        if handler.request_streaming:
+            return self._admitting(handler)
+        return self._convert(handler)
 
     def convert_for(self, method: str, handler: Handler) -> Handler:
         """:meth:`convert` of the handler of full method name ``method``, except the
@@ -538,17 +538,17 @@ class RequestGate(grpc.aio.ServerInterceptor):
                             await continuation(handler_call_details))
 
     def resolve(self, method: str, handler: Handler | None) -> Handler | None:
-        """``handler`` of full method name ``method`` as :meth:`convert` makes it, cached per
-        method (``None`` stays ``None``). The health service's ``Watch`` is left as it is
+        """``handler`` of full method name ``method`` as :meth:`convert_for` makes it,
+        cached per method (``None`` stays ``None``). The health service's ``Watch`` is left as it is
         (no slot): a gRPC client with client-side health checking keeps one open per
         channel for the channel's life, so 32 such clients would hold every slot and
         every other call would be shed."""
-        if handler is None or handler.request_streaming or method == _HEALTH_WATCH:
+        if handler is None or method == _HEALTH_WATCH:
             return handler
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        converted = self._convert(handler, reserved=method == _HEALTH_CHECK)
+        converted = self.convert_for(method, handler)
         if len(self._cache) < 4096:
             self._cache[method] = (handler, converted)
         return converted
@@ -707,7 +707,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         :attr:`streams` until it ends, or, once the calls holding a slot and the open
         request streams reach ``max_concurrent_rpcs`` + 8, refused: the awaitable returned
         sheds it ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (counted in
-        :attr:`shed`). grpc.aio's own ``maximum_concurrent_rpcs``, which capped these calls
+        :attr:`shed`). Run by the handler :meth:`convert` makes, before the method's
+        handler chain. grpc.aio's own ``maximum_concurrent_rpcs``, which capped these calls
         before, costs every call of the server a done callback; it is not set while the
         gate runs."""
         if self._places is not None and self.slots + self.streams >= self._places:
@@ -813,6 +814,59 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self.collections += 1
             gc.collect()
 
+    def _admitting(self, handler: Handler) -> Handler:
+        """The request-streaming ``handler`` run once :meth:`admit_stream` has admitted the
+        call (a refused call is shed before the handler, and so the server's chain, is
+        called). Keeps the behaviour's shape, as the chain's wrap does: an async generator
+        stays one (a layer per response message), a coroutine (a client stream, or a
+        response stream written with ``context.write``) stays a coroutine (nothing per
+        message)."""
+        admit = self.admit_stream
+        if handler.response_streaming:
+            inner_s = async_behaviour(handler.stream_stream, True, True)
+            assert inner_s is not None
+            behaviour: Any
+            if _writes(inner_s):  # answers with context.write: grpc.aio awaits it
+                behaviour = self._admitted_coroutine(inner_s)
+            else:
+                async def admitted_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                    refused = admit(context)
+                    if refused is not None:
+                        await refused
+                    async for item in responses(inner_s(requests, context)):
+                        yield item
+
+                behaviour = admitted_stream
+            admitted: Handler = grpc.stream_stream_rpc_method_handler(
+                behaviour, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+            return admitted
+        inner_u = async_behaviour(handler.stream_unary, True, False)
+        assert inner_u is not None
+        admitted = grpc.stream_unary_rpc_method_handler(
+            self._admitted_coroutine(inner_u),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+        return admitted
+
+    def _admitted_coroutine(self, inner: Any) -> Callable[[Any, Any], Awaitable[Any]]:
+        """``inner`` (a coroutine function, or a function returning an awaitable, an
+        async iterator or a response) run once :meth:`admit_stream` has admitted the call;
+        what it returns is handed on as it is, or awaited when it is awaitable."""
+        admit = self.admit_stream
+        awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
+
+        async def admitted(requests: Any, context: Any) -> Any:
+            refused = admit(context)
+            if refused is not None:
+                await refused
+            result = inner(requests, context)
+            if awaits or inspect.isawaitable(result):
+                return await result
+            return result
+
+        return admitted
+
     def _convert(self, handler: Handler, reserved: bool = False) -> Handler:
         first = self._first
         gate = self
@@ -867,6 +921,14 @@ class RequestGate(grpc.aio.ServerInterceptor):
             unary_out, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
         return converted
+
+
+def _writes(behaviour: Any) -> bool:
+    """Whether grpc.aio runs the response-streaming ``behaviour`` as a coroutine (that
+    answers with ``context.write``) rather than iterating what it returns: a coroutine
+    function, or an object whose ``__call__`` is one."""
+    call = getattr(behaviour, "__call__", None)  # noqa: B004 - the method, not callable()
+    return inspect.iscoroutinefunction(behaviour) or inspect.iscoroutinefunction(call)
 
 
 async def _shed(context: Any) -> None:

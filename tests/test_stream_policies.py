@@ -1,0 +1,132 @@
+"""Streaming calls through the mesh's policies, against real servers: the request gate's
+admission of request streams (outermost, before any of the server chain), and, on the
+client, what an open stream weighs in outlier ejection's half-open probe and in P2C's
+count of pending requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import meshkit
+from meshkit.observability import TelemetryOptions
+from meshkit.resilience import RateLimitOptions
+from tests.conftest import EchoFactory
+from tests.support.echo import method
+from tests.support.wait import until
+
+
+def _value(reg: CollectorRegistry, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(s.value
+               for f in text_string_to_metric_families(generate_latest(reg).decode())
+               for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def _telemetry(prom: CollectorRegistry) -> TelemetryOptions:
+    return TelemetryOptions(registry=prom, tracing=False, access_log=False)
+
+
+async def _held_open(first: bytes = b"a") -> AsyncIterator[bytes]:
+    """A request stream that sends one message and then stays open (a subscription)."""
+    yield first
+    await asyncio.sleep(120)
+
+
+async def _fill_stream_places(raw: grpc.aio.Channel, calls: list[Any]) -> None:
+    """Open the 9 request streams a ``max_concurrent_rpcs=1`` server has places for (1 +
+    the 8 of headroom), each answered once, appended to ``calls``."""
+    bidi = raw.stream_stream(method("Bidi"))
+    for _ in range(9):
+        call = bidi(_held_open(), timeout=60)
+        calls.append(call)
+        assert await call.read() == b"e1|a"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["Bidi", "ClientStream"])
+async def test_a_request_stream_shed_by_the_gate_is_not_counted_as_handled(
+    echo_servers: EchoFactory, kind: str,
+) -> None:
+    """A server with ``ServerLimits(max_concurrent_rpcs=1)`` holds 9 open bidi streams
+    (1 + the 8 places of headroom); a 10th request stream (bidi or client stream) is shed
+    ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer. That refusal was counted
+    twice: in ``meshkit_server_gate_refusals_total{reason="shed"}`` and in
+    ``grpc_server_started_total`` / ``grpc_server_handled_total{grpc_code=
+    "ResourceExhausted"}``, because ``RequestGate.admit_stream`` ran from the request
+    guard, inside the telemetry/auth/rate-limit wrap. The README says gate refusals are
+    "refused by the request gate before any code of the call ran (so not in
+    grpc_server_handled_total)", as a shed unary call is: a request stream is now admitted
+    by the gate's own outermost step."""
+    prom = CollectorRegistry()
+    srv = await echo_servers("e1", telemetry=_telemetry(prom),
+                             limits=meshkit.ServerLimits(max_concurrent_rpcs=1))
+    calls: list[Any] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as raw:
+        try:
+            await _fill_stream_places(raw, calls)
+            shed = (raw.stream_stream(method("Bidi"))(_held_open(), timeout=60)
+                    if kind == "Bidi" else
+                    raw.stream_unary(method("ClientStream"))(_held_open(), timeout=60))
+            assert await asyncio.wait_for(shed.code(), 30) is \
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await shed.details() == "server busy"
+            assert ("meshkit-nack", "1") in tuple(await shed.trailing_metadata())
+            assert srv.stats().gate_shed == 1
+        finally:
+            for call in calls:
+                call.cancel()
+        # the 9 streams' ends are counted after the shed call's (which ended first)
+        await until(lambda: _value(prom, "grpc_server_handled_total",
+                                   grpc_method="Bidi") >= 9, timeout_s=20,
+                    what="the 9 open streams counted as handled")
+    assert _value(prom, "grpc_server_handled_total", grpc_code="ResourceExhausted") == 0, \
+        "a gate refusal counted as a handled call"
+    assert _value(prom, "grpc_server_handled_total", grpc_method="Bidi") == 9
+    assert _value(prom, "grpc_server_started_total", grpc_method="Bidi") == 9
+    assert _value(prom, "grpc_server_started_total", grpc_method="ClientStream") == 0
+    assert _value(prom, "meshkit_server_gate_refusals_total", reason="shed") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_request_stream_shed_by_the_gate_spends_no_rate_limit_quota(
+    echo_servers: EchoFactory,
+) -> None:
+    """A caller allowed ``10/minute`` on a bidi method opens 9 streams on a server with
+    ``ServerLimits(max_concurrent_rpcs=1)`` (9 stream places); its 10th is shed "server
+    busy" (a nack: shed before any code ran), and it closes its 9 streams. Its next call,
+    the 10th the server ever served, was refused ``RESOURCE_EXHAUSTED`` "rate limit
+    exceeded" for a minute: the rate limit, which runs in the chain before the request
+    guard, had counted the shed stream (and a mesh client retrying the nack on other
+    replicas was charged on each). A call refused before any of it ran uses no quota, as
+    a shed unary call never did: the next call is admitted."""
+    limits = RateLimitOptions(rules={method("Bidi"): "10/minute"}, strategy="fixed-window")
+    srv = await echo_servers("e1", limits=meshkit.ServerLimits(max_concurrent_rpcs=1),
+                             rate_limit=limits)
+    calls: list[Any] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as raw:
+        try:
+            await _fill_stream_places(raw, calls)
+            shed = raw.stream_stream(method("Bidi"))(_held_open(), timeout=60)
+            assert await asyncio.wait_for(shed.code(), 30) is \
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await shed.details() == "server busy"
+        finally:
+            for call in calls:
+                call.cancel()
+        await until(lambda: srv.gate is not None and srv.gate.streams == 0, timeout_s=20,
+                    what="the streams ended on the server")
+        tenth = raw.stream_stream(method("Bidi"))(_held_open(b"z"), timeout=60)
+        try:
+            assert await tenth.read() == b"e1|z"
+        except grpc.aio.AioRpcError as e:
+            pytest.fail(f"the 10th served call was refused: {e.code()} {e.details()!r}")
+        finally:
+            tenth.cancel()
