@@ -9,13 +9,19 @@ what it picks from (httpx's client/transport cut).
 Endpoints that leave the registry are removed from the balancer at once and their
 sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish;
 what still runs when the grace is up is cancelled (``CANCELLED``), unary attempts that run
-in the caller's task (:mod:`meshkit._inline`) included. Closing the pool cuts every such
+in the caller's task (:mod:`meshkit._inline`) included. A sub-channel replaced by
+:meth:`EndpointPool.rebuild` (a renewed client certificate) of an endpoint that stays is
+kept until its own last call ends, however long (a watch, a subscription), as grpc-go's
+credential reloading leaves established connections alone; if its endpoint leaves
+meanwhile, it gets that endpoint's ``drain_timeout_s``. Closing the pool cuts every such
 grace to its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +50,9 @@ _log = structlog.get_logger("meshkit.channel")
 # one coming back goes on counting; the oldest to leave are forgotten first
 _RETIRED_MAX = 256
 _DRAIN_POLL_S = 0.05  # how often a draining sub-channel checks for its last attempt
+# ... after its first second of draining (a sub-channel kept after a rebuild may drain for
+# hours under a long stream: a check a second, not twenty)
+_DRAIN_POLL_SLOW_S = 1.0
 _CONNECTIVITY = {
     grpc.ChannelConnectivity.READY: EndpointState.READY,
     grpc.ChannelConnectivity.TRANSIENT_FAILURE: EndpointState.FAILING,
@@ -52,31 +61,55 @@ _CONNECTIVITY = {
 
 
 class _Conn:
-    """An endpoint's sub-channel and its multicallables by method."""
+    """An endpoint's sub-channel and its multicallables by method; ``drain_until``: while
+    it drains, when what still runs on it is cancelled (``time.monotonic()`` seconds;
+    ``math.inf``: once its calls have ended, however long)."""
 
-    __slots__ = ("callables", "channel")
+    __slots__ = ("callables", "channel", "drain_until")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.callables: dict[str, Any] = {}
+        self.drain_until = 0.0
+
+    def calls_in_flight(self, ep: Endpoint) -> int:
+        """The calls still running on this sub-channel: those grpc.aio's channel tracks
+        for its ``close()`` (its ``_active_calls``: streams, and unary calls it runs) and
+        the unary attempts :mod:`meshkit._inline` runs in their callers' tasks (each
+        :class:`~meshkit._inline.InlineUnaryUnary` keeps its own). Where grpc.aio does not
+        expose its calls, ``ep.in_flight``: every attempt of the endpoint, on any of its
+        sub-channels (an upper bound)."""
+        active = getattr(self.channel, "_active_calls", None)
+        if active is None:
+            return ep.in_flight
+        n = len(active)
+        for mc in self.callables.values():
+            inline = getattr(mc, "_active", None)  # InlineUnaryUnary's calls in flight
+            if inline is not None:
+                n += len(inline)
+        return n
 
     async def close(self, ep: Endpoint, grace_s: float | None) -> None:
-        """Close the sub-channel: wait up to ``grace_s`` seconds (``None`` or 0: none) for
-        ``ep``'s attempts in flight to end, then cancel what still runs and destroy it.
+        """Close the sub-channel: wait up to ``grace_s`` seconds (``None`` or 0: none;
+        ``math.inf``: until its calls have ended, however long) for its calls in flight
+        to end, then cancel what still runs and destroy it. The wait may be cut short
+        meanwhile by lowering :attr:`drain_until` (an endpoint that left).
 
         The grace is waited out here, not by grpc.aio's ``Channel.close(grace)``: a
         cancelled ``close(grace)`` leaves grpc's channel marked closing, and a later close
         then returns at once without cancelling its calls (``AioChannel.closed()``). And
         grpc.aio knows nothing of the unary attempts :mod:`meshkit._inline` runs in their
-        callers' tasks. ``ep.in_flight`` counts the endpoint's attempts on any of its
-        sub-channels (after :meth:`EndpointPool.rebuild`, also the new one's), so an old
-        sub-channel under steady load is kept for the whole grace."""
+        callers' tasks. The calls are this sub-channel's own (:meth:`calls_in_flight`),
+        so an endpoint under steady load on its new sub-channel does not hold the old
+        one (after :meth:`EndpointPool.rebuild`)."""
+        start = time.monotonic()
+        self.drain_until = start + grace_s if grace_s else start
         try:
-            if grace_s:
-                deadline = time.monotonic() + grace_s
-                # polled: an event set by the last attempt's end would cost every call
-                while ep.in_flight > 0 and (left := deadline - time.monotonic()) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(min(_DRAIN_POLL_S, left))
+            # polled: an event set by the last attempt's end would cost every call
+            while ((left := self.drain_until - (now := time.monotonic())) > 0
+                   and self.calls_in_flight(ep) > 0):
+                step = _DRAIN_POLL_S if now - start < 1.0 else _DRAIN_POLL_SLOW_S
+                await asyncio.sleep(min(step, left))
         finally:  # also when cancelled: nothing below suspends
             for mc in self.callables.values():
                 cancel_all = getattr(mc, "cancel_all", None)
@@ -116,6 +149,9 @@ class EndpointPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_tasks: dict[str, asyncio.Task[None]] = {}
         self._draining: set[asyncio.Task[None]] = set()  # retired sub-channels' grace
+        # sub-channels replaced by rebuild() and still draining, by endpoint key (cut to
+        # drain_timeout_s if their endpoint leaves)
+        self._replaced: dict[str, set[_Conn]] = {}
         self.resolved = asyncio.Event()
         self._changed = asyncio.Event()
         self.closed = False
@@ -194,18 +230,27 @@ class EndpointPool:
         task = self._state_tasks.pop(ep.key, None)
         if task is not None:
             task.cancel()
-        self._drain(conn, ep)
+        self._drain(conn, ep, self._drain_s)
+        # its sub-channels kept after a rebuild: the same grace, from now
+        until = time.monotonic() + self._drain_s
+        for old in self._replaced.get(ep.key, ()):
+            old.drain_until = min(old.drain_until, until)
 
-    def _drain(self, conn: _Conn, ep: Endpoint) -> None:
-        """Close a sub-channel nothing new is sent on, after ``drain_timeout_s`` of grace
-        (cut short by :meth:`close`)."""
-        task = asyncio.get_running_loop().create_task(conn.close(ep, self._drain_s))
+    def _drain(self, conn: _Conn, ep: Endpoint, grace_s: float) -> asyncio.Task[None]:
+        """Close a sub-channel nothing new is sent on, after ``grace_s`` seconds of grace
+        (``math.inf``: once its calls have ended; cut short by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(conn.close(ep, grace_s))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
+        return task
 
     def rebuild(self) -> None:
-        """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
-        calls in flight finish on the old one, closed with ``drain_timeout_s`` of grace."""
+        """Give every endpoint a new sub-channel (e.g. with a renewed client certificate).
+        New calls go to the new one; the old one is kept until its own last call ends,
+        however long (a watch, a subscription: renewing a certificate fails no call in
+        flight, as grpc-go's credential reloading leaves established connections alone),
+        unless its endpoint leaves the registry meanwhile (then ``drain_timeout_s``) or
+        the pool is closed (then :meth:`close`'s grace)."""
         for key, ep in list(self.endpoints.items()):
             old = self.conns[key]
             self.conns[key] = _Conn(self._make_channel(ep.instance.address))
@@ -213,8 +258,19 @@ class EndpointPool:
             if task is not None:
                 task.cancel()
             self._state_tasks[key] = self.spawn(self._track_state(ep))
-            self._drain(old, ep)
+            replaced = self._replaced.setdefault(key, set())
+            replaced.add(old)
+            self._drain(old, ep, math.inf).add_done_callback(
+                functools.partial(self._forget_replaced, key, old))
         _log.info("sub-channels rebuilt", service=self.service, endpoints=len(self.endpoints))
+
+    def _forget_replaced(self, key: str, conn: _Conn, _task: asyncio.Task[None]) -> None:
+        """A sub-channel replaced by :meth:`rebuild` is closed (its drain ``_task`` done)."""
+        replaced = self._replaced.get(key)
+        if replaced is not None:
+            replaced.discard(conn)
+            if not replaced:
+                del self._replaced[key]
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the pool cancels on close."""

@@ -786,3 +786,131 @@ async def test_the_history_of_instances_that_left_is_bounded_beside_the_present_
         assert {pool.endpoints[i.instance_id].calls for i in back} == {5}
     finally:
         await ch.close()
+
+
+@pytest.mark.timeout(60)
+async def test_client_certificate_renewal_does_not_cut_an_open_stream(
+    registry: LocalRegistry, tmp_path: Path,
+) -> None:
+    """A client over mTLS (``DialOptions(tls=...)``, ``drain_timeout_s=0.5``) has a bidi
+    stream open to a healthy endpoint when its certificate file is renewed. The channel
+    rebuilt the endpoint's sub-channel (``EndpointPool.rebuild``) and closed the old one
+    after ``drain_timeout_s`` whatever still ran on it: the stream was cancelled and its
+    reader got ``MeshRpcError`` ``CANCELLED`` "the channel was closed or its endpoint
+    left" (neither happened); with the default 10 s every stream older than that (a
+    watch, a subscription) was cut at every renewal. README ("clients rebuild their
+    sub-channels with the renewed certificate without failing calls in flight") and
+    ``DialOptions.tls`` promise otherwise, ``drain_timeout_s`` is the grace of "an
+    endpoint that left the registry", and grpc-go's credential reloading never touches
+    established connections: the old sub-channel is kept until its last call ends."""
+    from meshkit.auth import TLSOptions, init_ca_dir, issue_into_dir
+    from tests.support.echo import add_echo
+
+    pki = tmp_path / "pki"
+    init_ca_dir(pki, trust_domain="meshkit.test", ttl_days=2)
+
+    def issue(service: str, overwrite: bool = False) -> TLSOptions:
+        files = issue_into_dir(pki, service, ttl_h=1.0, dns=("localhost",),
+                               ips=("127.0.0.1",), overwrite=overwrite)
+        return TLSOptions(ca_file=files.ca_file, cert_file=files.cert_file,
+                          key_file=files.key_file, reload_interval_s=0.05)
+
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(tls=issue("echo"), drain_delay_s=0.0,
+                                                          grace_s=1.0, instance_id="e1"))
+    await srv.start()
+    client_tls = issue("clientd")
+    try:
+        opts = meshkit.DialOptions(tls=client_tls, retry=None, drain_timeout_s=0.5)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            stream = ch.stream_stream(method("Bidi"))(timeout=45)
+            await stream.write(b"1")
+            assert await asyncio.wait_for(stream.read(), 10) == b"e1|1"
+            key = ch.endpoints()[0].key
+            old = ch._pool.conns[key].channel
+            issue("clientd", overwrite=True)  # the certificate is renewed
+            await until(lambda: ch._pool.conns[key].channel is not old, timeout_s=20,
+                        what="sub-channel rebuilt with the renewed certificate")
+            await asyncio.sleep(2.0)  # four times drain_timeout_s
+            try:
+                await asyncio.wait_for(stream.write(b"2"), 10)
+                got = await asyncio.wait_for(stream.read(), 10)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
+                pytest.fail(f"an open stream was cut by the certificate renewal: {e!r}")
+            assert got == b"e1|2"
+            unary = ch.unary_unary(method("Unary"))
+            assert await unary(b"x", timeout=10) == b"e1|x"  # on the new sub-channel
+            await stream.done_writing()
+            assert await asyncio.wait_for(stream.code(), 10) is grpc.StatusCode.OK
+            # its last call ended: the old sub-channel is closed, the new one stays
+            await until(lambda: not ch._pool._draining, timeout_s=20,
+                        what="the old sub-channel closed after its last call")
+            assert await unary(b"y", timeout=10) == b"e1|y"
+    finally:
+        await srv.drain()
+
+
+@pytest.mark.timeout(60)
+async def test_a_rebuilt_sub_channel_is_kept_under_load_until_its_own_calls_end(
+    registry: LocalRegistry,
+) -> None:
+    """After ``rebuild_sub_channels()`` the old sub-channel of an endpoint under steady
+    load (unary calls on the new one, so the endpoint always has calls in flight) is kept
+    while its own stream runs, past ``drain_timeout_s``, and closed once that stream has
+    ended, the new calls notwithstanding."""
+    async with raw_server(handler("e1")) as (_, port):
+        await registry.register(inst("e1", port))
+        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.2)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            got: list[Any] = []
+            call, reader = await _bidi_read(ch, got)
+            ch.rebuild_sub_channels()
+            sleep = ch.unary_unary(method("Sleep"))
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    await sleep(b"50", timeout=10)
+
+            loaders = [asyncio.ensure_future(load()) for _ in range(3)]
+            try:
+                await asyncio.sleep(1.0)  # five times drain_timeout_s
+                assert not reader.done(), reader
+                assert ch._pool._draining, "the old sub-channel was closed under its stream"
+                await call.write(b"b")
+                assert await asyncio.wait_for(reader, 10) == b"e1|b"
+                await call.done_writing()
+                assert await asyncio.wait_for(call.code(), 10) is grpc.StatusCode.OK
+                await until(lambda: not ch._pool._draining, timeout_s=20,
+                            what="the old sub-channel closed once its stream ended")
+                assert any(e.in_flight for e in ch.endpoints())  # the load went on
+            finally:
+                stop.set()
+                await asyncio.gather(*loaders, return_exceptions=True)
+
+
+@pytest.mark.timeout(60)
+async def test_an_endpoint_that_leaves_cuts_its_rebuilt_sub_channels_after_the_drain(
+    registry: LocalRegistry,
+) -> None:
+    """A sub-channel kept after a rebuild for its open stream belongs to its endpoint:
+    when the endpoint leaves the registry, the stream gets ``drain_timeout_s`` of grace,
+    as on its current sub-channel, and is then cancelled (its reader gets
+    ``MeshRpcError`` ``CANCELLED``)."""
+    async with raw_server(handler("e1")) as (_, port):
+        i1 = inst("e1", port)
+        await registry.register(i1)
+        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.3)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            got: list[Any] = []
+            _, reader = await _bidi_read(ch, got)
+            ch.rebuild_sub_channels()
+            await asyncio.sleep(0.6)  # past drain_timeout_s: kept for its stream
+            assert not reader.done(), reader
+            await registry.deregister(i1)
+            await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=10.0)
+            await until(lambda: not ch._pool._draining, timeout_s=10,
+                        what="every sub-channel of the endpoint closed")
