@@ -26,13 +26,19 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 (etcd.io/docs/v3.4/learning/api/ and .../dev-guide/api_grpc_gateway/) defines them:
 
 ========================  ==========================================================
-``POST /v3/lease/grant``  a lease of ``ttl_s`` seconds for this registry's instances
-``/v3/lease/keepalive``   renews it every ``keepalive_interval_s`` (``TTL`` 0: lost)
-``/v3/lease/revoke``      when the last instance is deregistered
-``/v3/kv/put``            ``<prefix><service>/<instance_id>`` = JSON, under the lease
-``/v3/kv/deleterange``    deregistration
+``POST /v3/lease/grant``  a lease of ``ttl_s`` seconds for this registry's instances, and
+                          one of ``last_seen_ttl_s`` for their last-seen records
+``/v3/lease/keepalive``   renews it every ``keepalive_interval_s`` (``TTL`` 0: lost); the
+                          last-seen lease every ``last_seen_ttl_s / 10``
+``/v3/lease/revoke``      when the last instance is deregistered (both leases)
+``/v3/kv/put``            ``<prefix><service>/<instance_id>`` = JSON, under the lease;
+                          ``<prefix>@last-seen/<service>/<instance_id>``, the same JSON,
+                          under the last-seen lease
+``/v3/kv/deleterange``    deregistration (the last-seen record, then the key)
 ``/v3/kv/range``          a watch's full read (prefix range), at start and after a
-                          compaction or a replaced store
+                          compaction or a replaced store; ``services()`` (keys only)
+``/v3/kv/txn``            ``failing()``: the last-seen records and the keys of a service,
+                          two ranges read at one revision
 ``/v3/watch``             a streaming prefix watch from ``revision + 1``
 ========================  ==========================================================
 
@@ -44,6 +50,17 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   0.5 s of etcd's expiry check). **Lease loss** (the keep-alive answers ``TTL`` 0: the lease
   expired while this process could not reach etcd, or was revoked, or the store was
   replaced) grants a new lease and puts every instance again (``status().reopened`` + 1).
+* **Last seen (failing instances).** Each instance also has a last-seen record,
+  ``<prefix>@last-seen/<service>/<instance_id>`` (``@`` is never in a service name, so
+  no watch or service meets it; under ``prefix``, so the same etcd role grants it), under
+  a second lease of ``last_seen_ttl_s`` (default ``max(10 * ttl_s, 300)``) that the same
+  keep-alive renews. ``deregister`` deletes the record before the key; a process that dies
+  leaves it, so for ``last_seen_ttl_s`` after its last renewal the instance has a record
+  and no key: ``failing()`` lists it and ``services()`` its service, the local registry's
+  semantics (an expired heartbeat not collected yet), which ``meshkit services`` and
+  ``meshkit prometheus-targets`` (``up == 0``, ``MeshkitInstanceDown``) rely on. The record
+  is written after the key at ``register`` and never fails it: a record etcd does not
+  take yet is written by the keep-alive (logged). ``last_seen_ttl_s=0`` writes none.
 * **Ownership.** An instance is this registry's from a successful put until its key is
   deleted: a failed ``deregister`` raises and leaves it registered (kept alive, put again
   after a lease loss, retriable); ``register`` of an id under another key puts the new key
@@ -114,7 +131,13 @@ DEFAULT_PORT = 2379
 _MAX_LEASE_TTL_S = 9_000_000_000
 _FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
                  "connect_timeout_s",
-                 "backoff_base_s", "backoff_max_s", "fault_grace_s")
+                 "backoff_base_s", "backoff_max_s", "fault_grace_s", "last_seen_ttl_s")
+#: The key segment, under ``prefix``, of the last-seen records: ``@`` is never in a service
+#: name (``Instance.service`` is a DNS label), so no watch's range and no service meets it.
+_SEEN = "@last-seen/"
+#: The last-seen lease is renewed every ``last_seen_ttl_s / _SEEN_RENEWALS`` seconds (at the
+#: keep-alive's pace when that is slower): 30 s for the default 300 s.
+_SEEN_RENEWALS = 10
 _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
 #: gRPC codes (as the gateway reports them) after which another member may answer:
 #: UNAVAILABLE ("no leader", "leader changed", "request timed out"), DEADLINE_EXCEEDED.
@@ -211,6 +234,12 @@ class EtcdOptions:
         backoff_max_s: cap of that delay (default 5).
         fault_grace_s: how long a watch keeps the instances a replaced store does not list
             (see the module docstring); default ``ttl_s``; 0 turns it off.
+        last_seen_ttl_s: how long :meth:`EtcdRegistry.failing` lists an instance whose
+            owner died without deregistering: the TTL of the lease of the instances'
+            last-seen records (see :class:`EtcdRegistry`), whole seconds, at least
+            ``ttl_s``. Default ``max(10 * ttl_s, 300)`` (the local registry keeps a lapsed
+            instance 10 TTLs; ``meshkit prometheus-targets`` keeps a failing target 300 s);
+            0 writes no last-seen records (``failing()`` is then always empty).
         ca_file: PEM bundle that verifies the members' certificates (etcdctl ``--cacert``,
             ``ETCDCTL_CACERT``); default: the system's trust store.
         cert_file: PEM client certificate for members run with ``--client-cert-auth``
@@ -231,6 +260,7 @@ class EtcdOptions:
     backoff_base_s: float = 0.1
     backoff_max_s: float = 5.0
     fault_grace_s: float | None = None
+    last_seen_ttl_s: float | None = None
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = field(default=None, repr=False)
@@ -251,13 +281,23 @@ class EtcdOptions:
             object.__setattr__(self, "keepalive_interval_s", float(self.ttl_s) / 3)
         if self.fault_grace_s is None:
             object.__setattr__(self, "fault_grace_s", float(self.ttl_s))
-        check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
+        if self.last_seen_ttl_s is None and isinstance(self.ttl_s, int | float):
+            object.__setattr__(self, "last_seen_ttl_s",
+                               min(_MAX_LEASE_TTL_S, max(10 * self.ttl_s, 300)))
+        check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s", "last_seen_ttl_s"))
         if not float(self.ttl_s).is_integer() or self.ttl_s < 1:
             raise ConfigError(f"ttl_s must be whole seconds >= 1 (etcd's unit), "
                               f"got {self.ttl_s!r}")
         if self.ttl_s > _MAX_LEASE_TTL_S:
             raise ConfigError(f"ttl_s must be <= {_MAX_LEASE_TTL_S} (etcd's longest lease, "
                               f"MaxLeaseTTL), got {self.ttl_s!r}")
+        seen = self.last_seen_ttl_s
+        assert seen is not None
+        if seen != 0 and not (float(seen).is_integer() and self.ttl_s <= seen
+                              <= _MAX_LEASE_TTL_S):
+            raise ConfigError(f"last_seen_ttl_s must be 0 (off) or whole seconds from "
+                              f"ttl_s={self.ttl_s!r} to {_MAX_LEASE_TTL_S} (etcd's longest "
+                              f"lease), got {seen!r}")
         assert self.keepalive_interval_s is not None
         if self.keepalive_interval_s >= self.ttl_s:
             raise ConfigError(f"keepalive_interval_s must be < ttl_s={self.ttl_s!r}, "
@@ -431,6 +471,12 @@ class EtcdRegistry:
             (``ETCDCTL_ENDPOINTS`` etc.).
         rng: random source of the backoff jitter (default a new ``random.Random()``).
 
+    Instances whose owner died without deregistering are listed by :meth:`failing` (and
+    their service by :meth:`services`) for ``last_seen_ttl_s`` (default ``max(10 * ttl_s,
+    300)`` s) after their key went with its lease, from a last-seen record each instance
+    keeps under ``<prefix>@last-seen/`` on a second, longer lease (see the module
+    docstring); a deregistered instance is not. Watches never list those records.
+
     The HTTP session is created on first use, inside the running event loop. Errors:
     ``register``/``deregister`` raise :class:`RegistryError` (chained from the aiohttp or
     etcd error); watches and the keep-alive never raise for etcd errors, they log on
@@ -447,8 +493,20 @@ class EtcdRegistry:
         self._lease: int | None = None
         self._lease_lock = asyncio.Lock()
         self._owned: dict[str, Instance] = {}
-        # Keys of earlier registrations of an id now under another key, not deleted yet.
+        # Keys of earlier registrations of an id now under another key, not deleted yet
+        # (their last-seen records' keys too).
         self._stale: set[bytes] = set()
+        # The last-seen records' lease, when it is next renewed (monotonic), and the ids
+        # of owned instances whose record is not written yet (the keep-alive retries).
+        self._seen_lease: int | None = None
+        self._seen_renew_at = 0.0
+        self._unseen: set[str] = set()
+        seen_ttl_s = self.options.last_seen_ttl_s
+        assert seen_ttl_s is not None
+        self._seen_ttl_s = int(seen_ttl_s)
+        assert self.options.keepalive_interval_s is not None
+        self._seen_period_s = max(self.options.keepalive_interval_s,
+                                  self._seen_ttl_s / _SEEN_RENEWALS)
         self._keeper: asyncio.Task[None] | None = None
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
@@ -614,15 +672,27 @@ class EtcdRegistry:
     def _key(self, instance: Instance) -> bytes:
         return f"{self.options.prefix}{instance.service}/{instance.instance_id}".encode()
 
+    def _seen_key(self, instance: Instance) -> bytes:
+        """The key of ``instance``'s last-seen record:
+        ``<prefix>@last-seen/<service>/<instance_id>``."""
+        return (f"{self.options.prefix}{_SEEN}{instance.service}/"
+                f"{instance.instance_id}").encode()
+
+    def _is_seen_key(self, key: bytes) -> bool:
+        return key.startswith(f"{self.options.prefix}{_SEEN}".encode())
+
     # -- registration --------------------------------------------------------------------
-    async def _grant(self) -> int:
-        data = await self._post("/lease/grant", {"TTL": str(int(self.options.ttl_s))})
+    async def _grant(self, ttl_s: float | None = None) -> int:
+        """Grant a lease of ``ttl_s`` seconds (default ``ttl_s`` of the options)."""
+        ttl = self.options.ttl_s if ttl_s is None else ttl_s
+        data = await self._post("/lease/grant", {"TTL": str(int(ttl))})
         if data.get("error"):
             raise _EtcdError(self.options.endpoints[self._current], 200, -1, str(data["error"]))
         return int(data["ID"])
 
-    async def _put(self, instance: Instance, lease: int) -> None:
-        await self._post("/kv/put", {"key": _b64(self._key(instance)),
+    async def _put(self, instance: Instance, lease: int, key: bytes | None = None) -> None:
+        """Put ``instance`` as JSON at ``key`` (default its own key) under ``lease``."""
+        await self._post("/kv/put", {"key": _b64(self._key(instance) if key is None else key),
                                      "value": _b64(_encode(instance).encode()),
                                      "lease": str(lease)})
 
@@ -647,6 +717,7 @@ class EtcdRegistry:
                 old = self._owned.get(instance.instance_id)
                 # Put again: it must not be deleted as a stale key of an earlier move.
                 self._stale.discard(self._key(instance))
+                self._stale.discard(self._seen_key(instance))
                 if self._lease is None:
                     self._lease = await self._grant()
                 try:
@@ -663,8 +734,11 @@ class EtcdRegistry:
                 raise error from exc
             self._owned[instance.instance_id] = instance
             self._outcome(True, None)
+            await self._record_seen_locked(instance)
             if old is not None and self._key(old) != self._key(instance):
                 self._stale.add(self._key(old))
+                if self._seen_ttl_s:
+                    self._stale.add(self._seen_key(old))
                 await self._delete_stale_locked()
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.create_task(self._keep(), name="meshkit-etcd-keepalive")
@@ -673,7 +747,9 @@ class EtcdRegistry:
         """Delete the keys left behind by re-registrations under another key
         (``_lease_lock`` held); one that cannot be deleted now is tried again by the next
         keep-alive round. Never raises for etcd errors (logged)."""
-        for key in sorted(self._stale):
+        # a last-seen record before its instance's key: no reader finds the instance
+        # failing (a record without a key) while it moves
+        for key in sorted(self._stale, key=lambda k: (not self._is_seen_key(k), k)):
             try:
                 await self._post("/kv/deleterange", {"key": _b64(key)})
             except _FOREIGN as exc:
@@ -686,7 +762,8 @@ class EtcdRegistry:
     async def _regrant_locked(self) -> None:
         """Grant a new lease and put every owned instance under it (``_lease_lock`` held)."""
         self._lease = None
-        self._stale.clear()  # they were under a lost lease: gone with it
+        # the instances' old keys were under the lost lease: gone with it
+        self._stale = {k for k in self._stale if self._is_seen_key(k)}
         lease = await self._grant()
         for instance in list(self._owned.values()):
             await self._put(instance, lease)
@@ -705,16 +782,86 @@ class EtcdRegistry:
                 await self._delete_stale_locked()
         if not self._owned:
             return
+        alive = False
         if lease is not None:
             data = await self._post("/lease/keepalive", {"ID": str(lease)})
-            if int((data.get("result") or {}).get("TTL") or 0) > 0:
+            alive = int((data.get("result") or {}).get("TTL") or 0) > 0
+        if not alive:
+            async with self._lease_lock:
+                # else registered again meanwhile, or nothing left to keep
+                if self._lease == lease and self._owned:
+                    _log.warning("etcd lease lost; registering the instances again",
+                                 lease=lease, instances=sorted(self._owned))
+                    await self._regrant_locked()
+        await self._keep_seen_once()
+
+    # -- last-seen records (failing()) -----------------------------------------------------
+    async def _record_seen_locked(self, instance: Instance) -> None:
+        """Write ``instance``'s last-seen record (``_lease_lock`` held), granting the
+        last-seen lease on first use. Never raises for etcd errors: the registration
+        has succeeded; the keep-alive writes the record once etcd takes it (logged)."""
+        if not self._seen_ttl_s:
+            return
+        self._unseen.add(instance.instance_id)
+        try:
+            await self._put_unseen_locked()
+        except _FOREIGN as exc:
+            _log.warning("cannot write an instance's last-seen record yet; the keep-alive "
+                         "tries again", instance_id=instance.instance_id,
+                         error=describe(exc))
+
+    async def _put_unseen_locked(self) -> None:
+        """Put the last-seen record of every owned instance still without one
+        (``_lease_lock`` held), under the last-seen lease, granted anew when there is
+        none or etcd no longer knows it (then every owned instance's record is put).
+
+        Raises:
+            _EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError: a grant or
+                put failed; the records not written yet stay due.
+        """
+        for regrant in (False, True):
+            if regrant or self._seen_lease is None:
+                self._seen_lease = None
+                # records under a lost lease went with it: nothing left to delete
+                self._stale = {k for k in self._stale if not self._is_seen_key(k)}
+                self._seen_lease = await self._grant(self._seen_ttl_s)
+                self._seen_renew_at = time.monotonic() + self._seen_period_s
+                if regrant:
+                    self._unseen = set(self._owned)
+            try:
+                for instance_id in sorted(self._unseen):
+                    instance = self._owned.get(instance_id)
+                    if instance is not None:
+                        await self._put(instance, self._seen_lease,
+                                        self._seen_key(instance))
+                    self._unseen.discard(instance_id)
                 return
-        async with self._lease_lock:
-            if self._lease != lease or not self._owned:
-                return  # registered again meanwhile, or nothing left to keep
-            _log.warning("etcd lease lost; registering the instances again",
-                         lease=lease, instances=sorted(self._owned))
-            await self._regrant_locked()
+            except _EtcdError as exc:
+                if exc.code != _NOT_FOUND or regrant:
+                    raise
+
+    async def _keep_seen_once(self) -> None:
+        """Renew the last-seen lease when due (every ``last_seen_ttl_s / 10``, at the
+        keep-alive's pace at most) and put the records still due; a lease found lost
+        (``TTL`` 0) is granted anew with every record."""
+        if not self._seen_ttl_s or not self._owned:
+            return
+        seen = self._seen_lease
+        if seen is not None and time.monotonic() >= self._seen_renew_at:
+            data = await self._post("/lease/keepalive", {"ID": str(seen)})
+            if int((data.get("result") or {}).get("TTL") or 0) > 0:
+                self._seen_renew_at = time.monotonic() + self._seen_period_s
+            else:
+                async with self._lease_lock:
+                    if self._seen_lease == seen and self._owned:
+                        _log.warning("etcd last-seen lease lost; writing the records again",
+                                     lease=seen, instances=sorted(self._owned))
+                        self._seen_lease = None
+                        self._unseen = set(self._owned)
+        if self._unseen or self._seen_lease is None:
+            async with self._lease_lock:
+                if self._owned:
+                    await self._put_unseen_locked()
 
     async def _keep(self) -> None:
         """The keep-alive loop; ends when cancelled (close)."""
@@ -748,16 +895,30 @@ class EtcdRegistry:
         """
         async with self._lease_lock:
             owned = self._owned.get(instance.instance_id)
-            keys = {self._key(instance)} | ({self._key(owned)} if owned is not None else set())
+            known = (instance,) if owned is None else (instance, owned)
+            keys = {self._key(i) for i in known}
+            # the last-seen records first: no reader finds the instance failing (a record
+            # without a key) while it leaves
+            seen = {self._seen_key(i) for i in known} if self._seen_ttl_s else set()
             try:
-                for key in sorted(keys):
+                for key in [*sorted(seen), *sorted(keys)]:
                     await self._post("/kv/deleterange", {"key": _b64(key)})
                 self._owned.pop(instance.instance_id, None)
+                self._unseen.discard(instance.instance_id)
+                if not self._owned and self._seen_lease is not None:
+                    # its records are deleted: revoking is tidiness, it would expire
+                    seen_lease, self._seen_lease = self._seen_lease, None
+                    with contextlib.suppress(*_FOREIGN):
+                        await self._post("/lease/revoke", {"ID": str(seen_lease)},
+                                         persist=False)
                 if not self._owned and self._lease is not None:
                     lease, self._lease = self._lease, None
                     with contextlib.suppress(_EtcdError):  # NOT_FOUND: it had expired
                         await self._post("/lease/revoke", {"ID": str(lease)})
             except _FOREIGN as exc:
+                if instance.instance_id in self._owned and self._seen_ttl_s:
+                    # still registered: its record may be deleted already, write it again
+                    self._unseen.add(instance.instance_id)
                 error = RegistryError(f"cannot deregister {instance.instance_id!r} from etcd "
                                       f"{list(self.options.endpoints)}: {describe(exc)}")
                 self._outcome(True, str(error))
@@ -989,8 +1150,9 @@ class EtcdRegistry:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def services(self) -> frozenset[str]:
-        """The names of the services with a registered instance now: one keys-only
-        ``/v3/kv/range`` over ``prefix`` (one pass over the members).
+        """The names of the services with an entry now: a registered instance, or one whose
+        owner died without deregistering (:meth:`failing`, a last-seen record not expired
+        yet). One keys-only ``/v3/kv/range`` over ``prefix`` (one pass over the members).
 
         Raises:
             RegistryError: no member answered (chained).
@@ -1004,18 +1166,58 @@ class EtcdRegistry:
             raise RegistryError(f"etcd: cannot list services: {exc}") from exc
         names = set()
         for kv in data.get("kvs") or ():
-            service, sep, _ = _unb64(kv["key"])[len(prefix):].decode(
-                errors="replace").partition("/")
+            rest = _unb64(kv["key"])[len(prefix):].decode(errors="replace")
+            service, sep, _ = rest.removeprefix(_SEEN).partition("/")
             if sep and service:
                 names.add(service)
         return frozenset(names)
 
     async def failing(self, service: str) -> frozenset[Instance]:
-        """Always empty: an etcd key lives under its owner's lease, so an instance whose
-        owner died disappears with the lease (``ttl_s``) instead of staying as failing.
-        Present so ``meshkit services`` and ``meshkit prometheus-targets`` treat every
-        registry alike."""
-        return frozenset()
+        """Instances of ``service`` whose owner died (or lost etcd for longer than
+        ``ttl_s``) without deregistering: a last-seen record and no key, so watches no
+        longer list them; they stay here ``last_seen_ttl_s`` (default ``max(10 * ttl_s,
+        300)``) after their owner's last renewal. A drained instance deregisters, which
+        deletes its record, so it is never here (as :meth:`LocalRegistry.failing
+        <meshkit.discovery.LocalRegistry.failing>`). One ``/v3/kv/txn`` of two ranges (the
+        records, the keys), so both are read at one revision. Always empty with
+        ``last_seen_ttl_s=0``.
+
+        Raises:
+            ConfigError: ``service`` is empty.
+            RegistryError: no member answered (chained).
+        """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
+        if not self._seen_ttl_s:
+            return frozenset()
+        seen = f"{self.options.prefix}{_SEEN}{service}/".encode()
+        live = f"{self.options.prefix}{service}/".encode()
+        try:
+            data = await self._post("/kv/txn", {"success": [
+                {"request_range": {"key": _b64(seen), "range_end": _b64(_prefix_end(seen))}},
+                {"request_range": {"key": _b64(live), "range_end": _b64(_prefix_end(live)),
+                                   "keys_only": True}},
+            ]}, persist=False)
+            responses: list[dict[str, Any]] = list(data.get("responses") or ())
+            if len(responses) != 2:
+                raise ValueError(f"a txn of two ranges answered {str(data)[:300]}")
+            records, keys = ((r.get("response_range") or {}).get("kvs") or ()
+                             for r in responses)
+        except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise RegistryError(f"etcd: cannot read the failing instances of {service!r}: "
+                                f"{exc}") from exc
+        listed = {_unb64(kv["key"]) for kv in keys}
+        out = set()
+        for kv in records:
+            try:
+                instance = _decode(_unb64(kv.get("value", "")))
+            except (ConfigError, ValueError, KeyError, TypeError):
+                _log.warning("skipping unusable etcd entry",
+                             key=_unb64(kv["key"]).decode(errors="replace"))
+                continue
+            if self._key(instance) not in listed:
+                out.add(instance)
+        return frozenset(out)
 
     def status(self) -> RegistryStatus:
         """This registry's health as its own requests saw it (no I/O).
@@ -1031,7 +1233,9 @@ class EtcdRegistry:
     async def close(self) -> None:
         """Stop the keep-alive, end every watch and close the HTTP session. Idempotent.
 
-        Does not deregister or revoke: the instances go when the lease expires (``ttl_s``).
+        Does not deregister or revoke: the instances go when the lease expires (``ttl_s``)
+        and are :meth:`failing` until their last-seen records expire (``last_seen_ttl_s``),
+        as an owner that died; deregister first to leave at once.
         """
         if self._race.closed:
             return

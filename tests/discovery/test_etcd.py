@@ -238,8 +238,14 @@ class _Gateway:
         self.kv = {k: v for k, v in self.kv.items() if v[1] != lease}
 
     def keys(self) -> set[str]:
-        """The keys stored now, decoded."""
-        return {k.decode() for k in self.kv}
+        """The instances' keys stored now, decoded (not the last-seen records)."""
+        return {k.decode() for k in self.kv if b"/@last-seen/" not in k}
+
+    def records(self) -> set[str]:
+        """The last-seen records' keys stored now, decoded, without the common part
+        (``<service>/<instance_id>``)."""
+        return {k.decode().removeprefix("/meshkit/services/@last-seen/") for k in self.kv
+                if b"/@last-seen/" in k}
 
     async def __aenter__(self) -> _Gateway:
         from aiohttp import web
@@ -291,6 +297,7 @@ async def test_failed_deregister_raises_and_keeps_the_instance_registered(
         await reg.deregister(a)
     gateway.failing.clear()
     assert gateway.keys() == {"/meshkit/services/svc/svc-1", "/meshkit/services/svc/svc-2"}
+    assert gateway.records() == {"svc/svc-1", "svc/svc-2"}
     lease = reg._lease
     assert lease is not None
     gateway.revoke(str(lease))  # a lease loss: the instances still registered come back
@@ -298,12 +305,14 @@ async def test_failed_deregister_raises_and_keeps_the_instance_registered(
                 what="both instances put again under a new lease")
     await reg.deregister(a)  # the retry deletes it
     assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+    assert gateway.records() == {"svc/svc-2"}
     lease = reg._lease
     assert lease is not None
     gateway.revoke(str(lease))
     await until(lambda: reg._lease != lease and len(gateway.keys()) == 1,
                 what="the remaining instance put again")
     assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+    assert gateway.records() == {"svc/svc-2"}  # under their own lease: not lost
 
 
 async def test_etcd_3_3_gateway_paths_are_spoken(registries: list[EtcdRegistry]) -> None:
@@ -322,7 +331,9 @@ async def test_etcd_3_3_gateway_paths_are_spoken(registries: list[EtcdRegistry])
         await until(lambda: reg._lease != lease and len(gateway.keys()) == 1,
                     what="the instance put again under a new lease")
         await reg.deregister(a)
-        assert gateway.keys() == set() and gateway.leases == set()  # deleted, revoked
+        # deleted, and both leases (the instances', the last-seen records') revoked
+        assert gateway.keys() == set() and gateway.records() == set()
+        assert gateway.leases == set()
         assert gateway.not_found == ["/v3/lease/grant"]
 
 
@@ -353,8 +364,10 @@ async def test_register_with_a_changed_key_puts_before_deleting_the_old_key(
         await reg.register(moved)
     gateway.failing.clear()
     assert gateway.keys() == {"/meshkit/services/svc/svc-1"}
+    assert gateway.records() == {"svc/svc-1"}
     await reg.register(moved)
     assert gateway.keys() == {"/meshkit/services/other/svc-1"}
+    assert gateway.records() == {"other/svc-1"}
 
 
 async def test_a_stale_key_whose_delete_failed_is_deleted_later(
@@ -372,12 +385,38 @@ async def test_a_stale_key_whose_delete_failed_is_deleted_later(
     gateway.failing.clear()
     await until(lambda: gateway.keys() == {"/meshkit/services/other/svc-1"},
                 what="the old key deleted by the keep-alive")
+    assert gateway.records() == {"other/svc-1"}
     gateway.failing.add("/kv/deleterange")
     await reg.register(old)  # back: svc/svc-1 put again, other/svc-1 now stale
     await reg.register(moved)  # and forth: other/svc-1 put again, svc/svc-1 stale
     gateway.failing.clear()
     await until(lambda: gateway.keys() == {"/meshkit/services/other/svc-1"},
                 what="only the current key left")
+    assert gateway.records() == {"other/svc-1"}
+
+
+async def test_a_lost_last_seen_lease_is_granted_again_with_every_record(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """The last-seen records' lease is renewed by the keep-alive (every
+    ``last_seen_ttl_s / 10``); found lost (TTL 0: it expired while etcd was unreachable,
+    or was revoked) it is granted anew and every owned instance's record put again, while
+    the instances' own lease and keys are left alone."""
+    reg = EtcdRegistry(EtcdOptions(endpoints=(gateway.endpoint,), ttl_s=3,
+                                   last_seen_ttl_s=3, keepalive_interval_s=0.05,
+                                   request_timeout_s=0.5, operation_timeout_s=0.2,
+                                   backoff_base_s=0.01, backoff_max_s=0.02))
+    registries.append(reg)
+    await reg.register(make_instance("svc", 1))
+    await reg.register(make_instance("svc", 2))
+    lease, seen = reg._lease, reg._seen_lease
+    assert seen is not None and seen != lease
+    assert gateway.records() == {"svc/svc-1", "svc/svc-2"}
+    gateway.revoke(str(seen))
+    assert gateway.records() == set()
+    await until(lambda: gateway.records() == {"svc/svc-1", "svc/svc-2"}, timeout_s=5,
+                what="the records written again under a new last-seen lease")
+    assert reg._seen_lease not in (None, seen) and reg._lease == lease
+    assert len(gateway.keys()) == 2
 
 
 # -- a real etcd node ---------------------------------------------------------------------------
@@ -581,3 +620,166 @@ async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
             await proxy.stop()  # nothing held back: the registries close at once
             await owner.close()
             await reader.close()
+
+
+# -- failing(): instances whose owner died without deregistering -------------------------------
+async def test_an_instance_whose_owner_died_is_failing_and_a_drained_one_is_not(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """An etcd key lives under its owner's lease, so an instance whose process died
+    without deregistering left with the lease (``ttl_s``) and ``failing()`` was always
+    empty: ``meshkit services`` never showed it and ``meshkit prometheus-targets`` dropped
+    its target as the lease expired, so ``up == 0`` never lasted the 1m
+    ``MeshkitInstanceDown`` needs. With the local registry's semantics, an instance whose
+    owner died (its registry closed without deregistering, as SIGKILL leaves it) is
+    listed by ``failing()`` once its key is gone, and its service by ``services()``; a
+    deregistered one is neither; a watch lists neither (the last-seen records are under
+    their own key prefix)."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    alive, dying = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [alive, dying]
+    orders, users = unique_service(), unique_service()
+    stays, dies, drained = make_instance(orders, 1), make_instance(orders, 2), \
+        make_instance(users, 1)
+    watcher = Collector(alive, orders)
+    await alive.register(stays)
+    await dying.register(dies)
+    await alive.register(drained)
+    await watcher.until_set({stays, dies})
+    assert await alive.failing(orders) == frozenset()
+    await alive.deregister(drained)
+    assert users not in await alive.services()
+    await dying.close()  # no deregistration: the key goes with the lease
+    await watcher.until_set({stays}, timeout_s=4 * opts.ttl_s)
+
+    async def failing_ids() -> set[str]:
+        return {i.instance_id for i in await alive.failing(orders)}
+
+    await until(lambda: _is(failing_ids(), {dies.instance_id}), timeout_s=10,
+                what="the dead instance reported failing")
+    assert await alive.failing(orders) == {dies}  # as it was registered
+    assert await alive.failing(users) == frozenset()  # drained: gone, not failing
+    assert {orders} <= await alive.services() and users not in await alive.services()
+    assert watcher.latest == {stays} and watcher.queue.empty()  # no record in the watch
+    await watcher.stop()
+
+
+async def _is(value: Any, want: Any) -> bool:
+    return bool(await value == want)
+
+
+async def test_a_failing_instance_is_listed_until_its_last_seen_record_expires(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """The last-seen record of a dead instance lives ``last_seen_ttl_s`` after its owner's
+    last renewal (default ``max(10 * ttl_s, 300)``), then it is no longer failing and its
+    service (with no other instance) no longer listed; a registry whose only instance was
+    deregistered holds no last-seen lease (revoked with the instances' lease)."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), last_seen_ttl_s=4, **FAST)
+    assert EtcdOptions(ttl_s=10).last_seen_ttl_s == 300
+    assert EtcdOptions(ttl_s=60).last_seen_ttl_s == 600
+    reader, dying, drained = EtcdRegistry(opts), EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [reader, dying, drained]
+    service = unique_service()
+    dies, leaves = make_instance(service, 1), make_instance(service, 2)
+    await dying.register(dies)
+    await drained.register(leaves)
+    await drained.deregister(leaves)
+    assert drained._lease is None and drained._seen_lease is None
+    await dying.close()
+    await until(lambda: _is(reader.failing(service), {dies}), timeout_s=10,
+                what="the dead instance failing")
+    assert service in await reader.services()
+    await until(lambda: _is(reader.failing(service), frozenset()), timeout_s=15,
+                what="the last-seen record expired")
+    assert service not in await reader.services()
+
+
+async def test_last_seen_records_can_be_turned_off(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """``last_seen_ttl_s=0``: no last-seen lease or record is written, and an instance
+    whose owner died leaves with its lease, as before."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), last_seen_ttl_s=0, **FAST)
+    reader, dying = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [reader, dying]
+    service = unique_service()
+    await dying.register(make_instance(service, 1))
+    assert dying._seen_lease is None
+    await dying.close()
+    await until(lambda: _is(reader.services(), frozenset()), timeout_s=10,
+                what="the instance gone with its lease")
+    assert await reader.failing(service) == frozenset()
+
+
+def test_last_seen_ttl_is_checked() -> None:
+    """``last_seen_ttl_s`` is whole seconds, 0 (off) or at least ``ttl_s``, at most etcd's
+    longest lease; the message quotes the value."""
+    for bad in (1.5, 5, -1, 9_000_000_001):
+        with pytest.raises(ConfigError, match="last_seen_ttl_s"):
+            EtcdOptions(ttl_s=10, last_seen_ttl_s=bad)
+    assert EtcdOptions.from_uri("etcd://h:2379?last_seen_ttl_s=60").last_seen_ttl_s == 60
+
+
+@pytest.mark.timeout(120)
+async def test_prometheus_targets_keep_a_killed_instance_and_drop_a_drained_one(
+        tmp_path: Path) -> None:
+    """An operator runs the mesh on etcd and Prometheus on ``meshkit prometheus-targets
+    --watch`` (deploy/prometheus). The README promises that an instance that died without
+    deregistering stays a target (while the registry reports it failing, and
+    ``--keep-failing-s``, 300 s, after), so ``up == 0`` shows it and
+    ``MeshkitInstanceDown`` (``for: 1m``) fires. On etcd the dead instance's key went with
+    its lease (``ttl_s``, 2 s here) and ``failing()`` was always empty, so the writer
+    dropped the target as soon as the lease expired: the alert could never fire on etcd.
+    A SIGKILLed instance must stay a target well after its lease expired (as on the local
+    and Consul registries), while a drained one (SIGTERM: deregistered) leaves."""
+    from tests.support.procs import children
+
+    cluster = EtcdCluster(require_etcd_binary(), tmp_path / "etcd", size=1)
+    await cluster.start()
+    uri = cluster.uri(ttl_s=2)
+    targets = tmp_path / "targets.json"
+    try:
+        async with children(tmp_path / "logs") as kids:
+            killed = await kids.start("tests.support.echo", "--service", "echo",
+                                      "--registry", uri, "--instance-id", "e1")
+            drained = await kids.start("tests.support.echo", "--service", "echo",
+                                       "--registry", uri, "--instance-id", "e2",
+                                       "--drain-delay-s", "0")
+            await killed.wait_line("READY", timeout_s=30)
+            await drained.wait_line("READY", timeout_s=30)
+            writer = await kids.start("meshkit.cli", "prometheus-targets", "--registry", uri,
+                                      "--out", str(targets), "--watch", "--interval-s", "0.2")
+
+            def listed() -> list[str]:
+                try:
+                    groups = json.loads(targets.read_text())
+                except (OSError, ValueError):
+                    return []
+                return sorted(g["labels"]["mesh_instance"] for g in groups)
+
+            await until(lambda: listed() == ["e1", "e2"], timeout_s=30, interval_s=0.1,
+                        what="e1 and e2 targets")
+            await killed.kill()  # SIGKILL: no deregistration
+            drained.proc.terminate()  # SIGTERM: drains, deregisters
+            assert await drained.wait_exit(timeout_s=20) == 0, drained.stderr()
+            await until(lambda: listed() == ["e1"], timeout_s=10, interval_s=0.1,
+                        what="the drained instance gone from the targets")
+
+            def live_keys() -> int:
+                key = base64.b64encode(b"/meshkit/services/echo/").decode()
+                end = base64.b64encode(b"/meshkit/services/echo0").decode()
+                answer = cluster.post(0, "/kv/range", {"key": key, "range_end": end,
+                                                       "count_only": True})
+                return int(str(answer.get("count") or 0))
+
+            async def lease_gone() -> bool:
+                return await asyncio.to_thread(live_keys) == 0
+
+            await until(lease_gone, timeout_s=30, interval_s=0.2,
+                        what="the killed instance's lease expired")
+            await asyncio.sleep(3.0)  # many --interval-s passes of the writer, past the lease
+            assert writer.proc.returncode is None, writer.stderr()
+            assert listed() == ["e1"], (
+                "the SIGKILLed instance left the Prometheus targets as its etcd lease "
+                f"expired (file: {targets.read_text()!r}): up == 0 cannot last the 1m "
+                "MeshkitInstanceDown needs")
+    finally:
+        cluster.close()
