@@ -60,18 +60,22 @@ __all__ = [
 ENV_VAR = "MESHKIT_REGISTRY"
 
 
-def __getattr__(name: str) -> Any:
-    # Consul support imports consul.aio (and aiohttp) only when asked for.
-    if name in ("ConsulOptions", "ConsulRegistry"):
-        try:
-            return getattr(_consul_module(), name)
-        except ConfigError as exc:
-            raise ImportError(str(exc), name=name) from exc.__cause__
-    if name in ("EtcdOptions", "EtcdRegistry"):
-        from meshkit.discovery import _etcd
+if not TYPE_CHECKING:
+    # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
+    # Any), so a misspelled import would pass; they see the lazy names imported above.
 
-        return getattr(_etcd, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        # Consul support imports consul.aio (and aiohttp) only when asked for.
+        if name in ("ConsulOptions", "ConsulRegistry"):
+            try:
+                return getattr(_consul_module(), name)
+            except ConfigError as exc:
+                raise ImportError(str(exc), name=name) from exc.__cause__
+        if name in ("EtcdOptions", "EtcdRegistry"):
+            from meshkit.discovery import _etcd
+
+            return getattr(_etcd, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _consul_module() -> Any:

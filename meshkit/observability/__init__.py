@@ -204,18 +204,22 @@ _SDK_EXPORTS = {"JsonLinesSpanExporter": "meshkit.observability._files",
                 "render_trace": "meshkit.observability._render"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _SDK_EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'meshkit.observability' has no attribute {name!r}")
-    from meshkit.observability._tracing import require_sdk
+if not TYPE_CHECKING:
+    # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
+    # Any), so a misspelled import would pass; they see the lazy names imported above.
 
-    require_sdk(name)
-    import importlib
+    def __getattr__(name: str) -> Any:
+        module = _SDK_EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'meshkit.observability' has no attribute {name!r}")
+        from meshkit.observability._tracing import require_sdk
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+        require_sdk(name)
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 __all__ = [
