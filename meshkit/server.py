@@ -55,6 +55,7 @@ from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
@@ -711,9 +712,7 @@ class MeshServer:
             self._raise_if_draining()
             meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
-            info = describe_certificate(load_certificate(opts.tls.cert_file))
-            set_certificate_expiry(self.service, info.not_after.timestamp(),
-                                   registry=self._metrics_registry())
+            self._publish_certificate(load_certificate(opts.tls.cert_file))
         # registered bare ("::1", not "[::1]"): Instance.host is an address, which
         # Consul, etcd and span attributes take without brackets (RFC 3986 puts them on
         # host:port only)
@@ -794,9 +793,17 @@ class MeshServer:
         self._tls_handshakes += 1
 
     def _certificate_reloaded(self, material: TLSMaterial) -> None:
-        """Keep ``meshkit_certificate_expiry_timestamp_seconds`` on the renewed certificate
-        (called by the TLS reloader on a grpc core thread)."""
-        set_certificate_expiry(self.service, material.not_after,
+        """Keep the certificate gauges on the renewed certificate (called by the TLS
+        reloader on a grpc core thread)."""
+        self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
+
+    def _publish_certificate(self, cert: x509.Certificate) -> None:
+        """Publish ``cert``'s validity period: ``meshkit_certificate_expiry_timestamp_seconds``
+        (notAfter) and ``meshkit_certificate_not_before_timestamp_seconds`` (notBefore),
+        which ``MeshkitCertificateExpiringSoon`` compares (a third of the lifetime left)."""
+        info = describe_certificate(cert)
+        set_certificate_expiry(self.service, info.not_after.timestamp(),
+                               not_before_unix_s=info.not_before.timestamp(),
                                registry=self._metrics_registry())
 
     def _metrics_registry(self) -> Any:

@@ -105,26 +105,45 @@ def rpc_metrics(registry: CollectorRegistry | None = None) -> RpcMetrics:
 
 
 def set_certificate_expiry(service: str, not_after_unix_s: float, *,
+                           not_before_unix_s: float | None = None,
                            registry: CollectorRegistry | None = None) -> None:
-    """Publish when ``service``'s workload certificate expires, for alerting.
+    """Publish the validity period of ``service``'s workload certificate, for alerting.
 
-    Sets ``meshkit_certificate_expiry_timestamp_seconds{service=...}``; ``serve()`` calls it
-    at start and whenever the server's TLS reloader picks up a renewed certificate
-    (``TLSOptions.server_credentials(on_reload=...)``); alert on ``... - time() < 86400``.
+    Sets ``meshkit_certificate_expiry_timestamp_seconds{service=...}`` (``notAfter``) and,
+    given ``not_before_unix_s``, ``meshkit_certificate_not_before_timestamp_seconds``
+    (``notBefore``); ``serve()`` calls it at start and whenever the certificate on disk
+    changes (it looks every ``TLSOptions.reload_interval_s``). deploy/prometheus's
+    ``MeshkitCertificateExpiringSoon`` fires when less than a third of the validity
+    period is left (``expiry - time() < (expiry - not_before) / 3``, for 10 minutes):
+    renewal did not happen, since cert-manager renews at two thirds of a certificate's
+    lifetime (its default ``renewBefore``), and short-lived certificates are renewed far
+    ahead of ``notAfter``; a fixed threshold (``< 86400``) would fire for the whole life
+    of a 24 h certificate. Without ``not_before_unix_s`` the rule falls back to 8 hours
+    left (a third of meshkit's default 24 h lifetime).
 
     Args:
         service: mesh service name the certificate identifies, e.g. ``"orderd"``.
         not_after_unix_s: the certificate's ``notAfter``, Unix epoch seconds.
+        not_before_unix_s: its ``notBefore``, Unix epoch seconds (default: not published).
         registry: default :func:`default_registry`.
 
     Raises:
-        ConfigError: empty ``service`` or a non-finite / negative time (quoted).
+        ConfigError: empty ``service``, a non-finite / negative time, or ``notBefore``
+            after ``notAfter`` (quoted).
     """
     if not isinstance(service, str) or not service:
         raise ConfigError(f"service must be a non-empty string, got {service!r}")
     if not isinstance(not_after_unix_s, int | float) or not 0 <= not_after_unix_s < 1e11:
         raise ConfigError(f"not_after_unix_s must be epoch seconds, got {not_after_unix_s!r}")
-    rpc_metrics(registry).certificate_expiry.labels(service).set(not_after_unix_s)
+    if not_before_unix_s is not None and not (
+            isinstance(not_before_unix_s, int | float)
+            and 0 <= not_before_unix_s <= not_after_unix_s):
+        raise ConfigError(f"not_before_unix_s must be epoch seconds up to not_after_unix_s="
+                          f"{not_after_unix_s!r}, got {not_before_unix_s!r}")
+    metrics = rpc_metrics(registry)
+    if not_before_unix_s is not None:
+        metrics.certificate_not_before.labels(service).set(not_before_unix_s)
+    metrics.certificate_expiry.labels(service).set(not_after_unix_s)
 
 
 _OK = grpc.StatusCode.OK
@@ -364,6 +383,10 @@ class RpcMetrics:
         self.certificate_expiry = Gauge(
             "meshkit_certificate_expiry_timestamp_seconds",
             "notAfter of the workload certificate, Unix seconds.", ("service",),
+            registry=registry)
+        self.certificate_not_before = Gauge(
+            "meshkit_certificate_not_before_timestamp_seconds",
+            "notBefore of the workload certificate, Unix seconds.", ("service",),
             registry=registry)
         self.mesh = MeshCollector()
         registry.register(self.mesh)

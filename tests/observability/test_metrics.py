@@ -402,6 +402,23 @@ def test_certificate_expiry_refuses_bad_values(
         set_certificate_expiry(*bad, registry=prom)
 
 
+def test_certificate_not_before_is_published_beside_the_expiry(prom: CollectorRegistry) -> None:
+    """With ``not_before_unix_s`` the certificate's notBefore is published too
+    (``meshkit_certificate_not_before_timestamp_seconds``, what
+    MeshkitCertificateExpiringSoon measures the lifetime from); one after notAfter, or
+    not an epoch time, is refused quoting it."""
+    set_certificate_expiry("echo", 1_900_086_400.0, not_before_unix_s=1_900_000_000.0,
+                           registry=prom)
+    assert prom.get_sample_value("meshkit_certificate_not_before_timestamp_seconds",
+                                 {"service": "echo"}) == 1_900_000_000.0
+    assert prom.get_sample_value("meshkit_certificate_expiry_timestamp_seconds",
+                                 {"service": "echo"}) == 1_900_086_400.0
+    for bad in (1_900_086_401.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="not_before_unix_s"):
+            set_certificate_expiry("echo", 1_900_086_400.0, not_before_unix_s=bad,
+                                   registry=prom)
+
+
 def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
     """The records rendered at scrape give the same samples (names, labels, cumulative
     buckets, +Inf, sum, count) as prometheus-client's Counter/Gauge/Histogram fed the same

@@ -18,6 +18,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -387,4 +388,132 @@ def test_latency_alert_fires_on_slow_unary_calls(tmp_path: Path) -> None:
              "exp_alerts": [{"exp_labels": labels, "exp_annotations": {
                  "summary": "x.Slow/Get p99 is 995ms"}}]}],
     }])
+    assert rc == 0, out
+
+
+# -- MeshkitCertificateExpiringSoon: renewal that did not happen --------------------------
+
+_CERT_LABELS = 'job="meshkit",mesh_service="certd",mesh_instance="c1",service="certd"'
+
+
+async def test_certificate_alert_does_not_fire_on_a_freshly_issued_default_certificate(
+        tmp_path: Path) -> None:
+    """An operator follows the README: ``meshkit certs init``, ``meshkit certs issue
+    certd`` with the default lifetime (24 h, "short-lived on purpose"), and serves with it.
+
+    ``MeshkitCertificateExpiringSoon`` (critical) was ``expiry - time() < 86400`` with no
+    ``for``: with the lifetime the tool issues by default it was true from the first
+    evaluation, for the whole life of every certificate, renewed or not, though its
+    comment says it "fires when renewal did not happen". Shown with ``promtool test
+    rules`` on the shipped rule files, fed what the live server exports (its notAfter, and
+    its notBefore, which /metrics now carries), evaluated 5 minutes after issue."""
+    from meshkit.auth import tls_from_dir
+    from meshkit.auth.cli import main as certs_main
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from tests.support.echo import add_echo
+
+    binary("promtool")
+    certs = tmp_path / "certs"
+    assert certs_main(["certs", "init", "--dir", str(certs)]) == 0
+    assert certs_main(["certs", "issue", "certd", "--dir", str(certs)]) == 0
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=1.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer(
+        "certd", [add_echo("c1")], registry=reg,
+        options=meshkit.ServeOptions(tls=tls_from_dir(certs, "certd"), instance_id="c1",
+                                     drain_delay_s=0.0, grace_s=0.5))
+    await srv.start()
+    try:
+        admin = srv.stats().admin
+        assert admin
+        text = await scrape(admin)
+    finally:
+        await srv.drain()
+        await reg.close()
+    now = time.time()
+
+    def exported(name: str) -> list[float]:
+        return [v for labels, v in exposition(text, name) if labels.get("service") == "certd"]
+
+    [not_after] = exported("meshkit_certificate_expiry_timestamp_seconds")
+    assert 86000 < not_after - now <= 86400, not_after - now  # the default: 24 h from now
+    # Prometheus' clock starts at 0 in a rule unit test: each series holds its time
+    # relative to now
+    series = [{"series": f"meshkit_certificate_expiry_timestamp_seconds{{{_CERT_LABELS}}}",
+               "values": f"{not_after - now:.0f}+0x30"}]
+    not_before = exported("meshkit_certificate_not_before_timestamp_seconds")
+    series += [{"series": f"meshkit_certificate_not_before_timestamp_seconds{{{_CERT_LABELS}}}",
+                "values": f"{v - now:.0f}+0x30"} for v in not_before]
+    rc, out = promtool_test(tmp_path, [{
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [{"eval_time": "5m", "alertname": "MeshkitCertificateExpiringSoon",
+                             "exp_alerts": []}],
+    }])
+    assert rc == 0, ("MeshkitCertificateExpiringSoon (critical) fires on a certificate "
+                     f"issued 5 minutes ago with meshkit's default lifetime:\n{out}")
+    [nb] = not_before  # notBefore is on /metrics beside notAfter
+    assert now - 3600 <= nb <= now + 60, nb - now
+
+
+@pytest.mark.parametrize("lifetime_s", [2 * 3600, 86400, 90 * 86400],
+                         ids=["2h", "24h", "90d"])
+def test_certificate_alert_fires_once_two_thirds_of_the_lifetime_passed_unrenewed(
+        tmp_path: Path, lifetime_s: int) -> None:
+    """``MeshkitCertificateExpiringSoon`` is silent on a fresh certificate and at 60 % of
+    its life, and fires at 80 % (10 minutes past two thirds, cert-manager's renewal
+    point, plus the rule's ``for: 10m`` with margin), for short and long lifetimes alike;
+    the summary says the time left."""
+    eval_s = 20 * 60  # evaluated 20 minutes into each test
+
+    def case(age_at_eval_s: float, expect: bool) -> dict[str, Any]:
+        age0 = age_at_eval_s - eval_s  # the certificate's age at t=0
+        assert age0 >= 0
+        not_before, not_after = -age0, lifetime_s - age0  # relative to t=0
+        alerts = []
+        if expect:
+            left_s = lifetime_s - age_at_eval_s
+            alerts = [{"exp_labels": {"severity": "critical", "mesh_service": "certd",
+                                      "mesh_instance": "c1", "service": "certd"},
+                       "exp_annotations": {"summary": "c1's workload certificate expires in "
+                                                      + humanize_duration(left_s)}}]
+        return {
+            "interval": "1m",
+            "input_series": [
+                {"series": f"meshkit_certificate_expiry_timestamp_seconds{{{_CERT_LABELS}}}",
+                 "values": f"{not_after:.0f}+0x40"},
+                {"series": "meshkit_certificate_not_before_timestamp_seconds"
+                           f"{{{_CERT_LABELS}}}", "values": f"{not_before:.0f}+0x40"}],
+            "alert_rule_test": [{"eval_time": "20m",
+                                 "alertname": "MeshkitCertificateExpiringSoon",
+                                 "exp_alerts": alerts}],
+        }
+
+    rc, out = promtool_test(tmp_path, [
+        case(eval_s + 300, False),  # issued 5 minutes before t=0
+        case(0.6 * lifetime_s, False),
+        case(0.8 * lifetime_s, True),
+    ])
+    assert rc == 0, out
+
+
+def test_certificate_alert_without_not_before_falls_back_to_8_hours_left(
+        tmp_path: Path) -> None:
+    """A notAfter published without notBefore (``set_certificate_expiry`` called without
+    ``not_before_unix_s``): the alert fires with less than 8 h left (a third of the default
+    24 h lifetime) for 10 minutes, not with 20 h left."""
+    expiry = f"meshkit_certificate_expiry_timestamp_seconds{{{_CERT_LABELS}}}"
+    rc, out = promtool_test(tmp_path, [
+        {"interval": "1m", "input_series": [{"series": expiry, "values": "72000+0x40"}],
+         "alert_rule_test": [{"eval_time": "20m", "alertname": "MeshkitCertificateExpiringSoon",
+                              "exp_alerts": []}]},
+        {"interval": "1m", "input_series": [{"series": expiry, "values": "25200+0x40"}],
+         "alert_rule_test": [{"eval_time": "20m", "alertname": "MeshkitCertificateExpiringSoon",
+                              "exp_alerts": [{
+                                  "exp_labels": {"severity": "critical",
+                                                 "mesh_service": "certd",
+                                                 "mesh_instance": "c1", "service": "certd"},
+                                  "exp_annotations": {
+                                      "summary": "c1's workload certificate expires in "
+                                                 + humanize_duration(25200 - 1200)}}]}]},
+    ])
     assert rc == 0, out
