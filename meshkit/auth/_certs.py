@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from meshkit._config import check_number
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
+    MALFORMED_EXTENSION_ERRORS,
     SpiffeId,
     foreign_identity_name,
     identity_dns_name,
@@ -167,9 +169,10 @@ def trust_domain_of(ca_cert: x509.Certificate) -> str:
     """The trust domain a meshkit CA certificate was made for (its ``spiffe://<td>`` SAN).
 
     Raises:
-        CertificateError: the certificate carries no SPIFFE trust-domain URI.
+        CertificateError: the certificate carries no SPIFFE trust-domain URI, or its
+            extensions are malformed.
     """
-    for uri in _uris(ca_cert):
+    for uri in _uris(ca_cert, "the CA certificate"):
         try:
             sid = SpiffeId.parse(uri)
         except ConfigError:
@@ -178,21 +181,39 @@ def trust_domain_of(ca_cert: x509.Certificate) -> str:
     raise CertificateError("CA certificate names no SPIFFE trust domain (spiffe://<td> URI SAN)")
 
 
-def _uris(cert: x509.Certificate) -> list[str]:
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _extension(cert: x509.Certificate, kind: type[_E], what: str = "the certificate"
+               ) -> _E | None:
+    """``cert``'s extension of type ``kind``, or ``None`` when absent.
+
+    Raises:
+        CertificateError: the certificate's extensions are malformed (cryptography's
+            ValueError, DuplicateExtension...: :data:`MALFORMED_EXTENSION_ERRORS`);
+            ``what`` names the certificate in the message, with the error's text.
+    """
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
+        return None
+    except MALFORMED_EXTENSION_ERRORS as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CertificateError(f"{what} has malformed extensions (RFC 5280 §4.2): "
+                               f"{type(exc).__name__}: {detail}") from None
+
+
+def _uris(cert: x509.Certificate, what: str = "the certificate") -> list[str]:
+    san = _extension(cert, x509.SubjectAlternativeName, what)
+    return [] if san is None else san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _permitted(ca_cert: x509.Certificate) -> tuple[list[str], list[_Network]]:
-    try:
-        nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
+    nc = _extension(ca_cert, x509.NameConstraints, "the CA certificate")
+    if nc is None:
         return [], []
     dns: list[str] = []
     nets: list[_Network] = []
@@ -208,12 +229,9 @@ def _permitted(ca_cert: x509.Certificate) -> tuple[list[str], list[_Network]]:
 
 def _check_issuer(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate) -> None:
     """Refuse to issue with something that is not a CA and its key."""
-    try:
-        is_ca = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        signs = ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        is_ca = signs = False
-    if not (is_ca and signs):
+    bc = _extension(ca_cert, x509.BasicConstraints, "the CA certificate")
+    ku = _extension(ca_cert, x509.KeyUsage, "the CA certificate")
+    if not (bc is not None and bc.ca and ku is not None and ku.key_cert_sign):
         raise ConfigError(f"{ca_cert.subject.rfc4514_string()!r} is not a CA certificate "
                           "(CA:TRUE with keyCertSign); issue with the mesh CA")
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -263,7 +281,8 @@ def issue_workload(
             the workload pass as another; quoted), a validity outliving the CA,
             ``ca_cert`` not a CA (``CA:TRUE`` with ``keyCertSign``) or ``ca_key`` not its
             key.
-        CertificateError: ``ca_cert`` names no SPIFFE trust domain.
+        CertificateError: ``ca_cert`` names no SPIFFE trust domain, or its extensions
+            are malformed.
     """
     _check_issuer(ca_key, ca_cert)
     td = trust_domain_of(ca_cert)

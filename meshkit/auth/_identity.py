@@ -312,6 +312,14 @@ class IdentityMatcher:
 # -- peer certificate verification ---------------------------------------------------------
 _log = structlog.get_logger("meshkit.auth")
 
+MALFORMED_EXTENSION_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+"""What ``cryptography`` raises when a certificate's extensions are read (lazily, on the
+first ``cert.extensions``) and they are malformed: ``ValueError`` (a bad value, e.g. a
+one-byte iPAddress SAN, RFC 5280 §4.2.1.6), ``x509.DuplicateExtension`` (one extension
+twice, which RFC 5280 §4.2 forbids; no ValueError) and ``x509.UnsupportedGeneralNameType``.
+Every place meshkit reads extensions of a certificate it did not make catches these."""
+
 _CERT_KEY = "x509_pem_cert"
 _CHAIN_KEY = "x509_pem_cert_chain"
 _CLIENT_AUTH = (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
@@ -358,9 +366,9 @@ class _Anchor:
             ku = _ext(cert, x509.KeyUsage)
             nc = _ext(cert, x509.NameConstraints)
             san = _ext(cert, x509.SubjectAlternativeName)
-        except ValueError:  # duplicate or malformed extensions
+        except MALFORMED_EXTENSION_ERRORS as exc:  # duplicate or malformed extensions
             bc = ku = nc = san = None
-            problem = "the CA certificate has malformed extensions"
+            problem = f"the CA certificate has malformed extensions ({type(exc).__name__})"
         if problem is None and not (isinstance(bc, x509.BasicConstraints) and bc.ca):
             problem = "the trusted certificate is not a CA (basicConstraints CA:FALSE or absent)"
         elif problem is None and isinstance(ku, x509.KeyUsage) and not ku.key_cert_sign:
@@ -452,8 +460,9 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
         ku = _ext(leaf, x509.KeyUsage)
         eku = _ext(leaf, x509.ExtendedKeyUsage)
         san = _ext(leaf, x509.SubjectAlternativeName)
-    except ValueError:
-        raise _Refused("the certificate has malformed extensions") from None
+    except MALFORMED_EXTENSION_ERRORS as exc:
+        raise _Refused(f"the certificate has malformed extensions ({type(exc).__name__})"
+                       ) from None
     if isinstance(bc, x509.BasicConstraints) and bc.ca:
         raise _Refused("the certificate is a CA certificate (CA:TRUE), not a workload's")
     if isinstance(ku, x509.KeyUsage) and (
@@ -580,8 +589,10 @@ class PeerVerifier:
         """A verifier trusting the CA certificates in ``ca_file`` (PEM) and following it:
         the file is re-checked at most every ``reload_interval_s`` (default 5.0 s; > 0) on
         a call, and at once when a peer's issuer is unknown; a changed, readable bundle
-        replaces the old one and empties the cache (an unreadable one is logged and
-        skipped).
+        replaces the old one and empties the cache (an unreadable one, or any exception
+        reading it, is logged as ``CA bundle reload skipped`` and the old bundle kept). A
+        CA certificate with malformed extensions in it (:data:`MALFORMED_EXTENSION_ERRORS`)
+        is kept but may issue nothing; the bundle's other CAs work.
 
         Raises:
             CertificateError: the file is unreadable or holds no certificate.
@@ -788,8 +799,9 @@ class PeerVerifier:
         try:
             data = self._ca_file.read_bytes()
             changed = self.reload(data)
-        except (OSError, CertificateError) as exc:
-            _log.warning("CA bundle reload skipped", error=type(exc).__name__)
+        except Exception as exc:  # whatever the new file is, the old bundle stays in force
+            _log.warning("CA bundle reload skipped", file=str(self._ca_file),
+                         error=type(exc).__name__)
             return False
         self._stat = stat
         if changed:

@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives import serialization
 from meshkit.auth._certs import CA_CERT, load_certificates, load_private_key, trust_domain_of
 from meshkit.auth._errors import CertificateError
 from meshkit.auth._identity import (
+    MALFORMED_EXTENSION_ERRORS,
     PeerVerifier,
     SpiffeId,
     identity_dns_name,
@@ -124,8 +125,9 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    except ValueError:  # cryptography: a malformed or duplicated extension
-        raise CertificateError(f"{cert_file} has malformed extensions") from None
+    except MALFORMED_EXTENSION_ERRORS as exc:  # cryptography: malformed or duplicated
+        raise CertificateError(f"{cert_file} has malformed extensions "
+                               f"({type(exc).__name__})") from None
     if len(uris) != 1 or not uris[0].startswith("spiffe://"):  # X.509-SVID §2
         raise CertificateError(f"{cert_file} must carry exactly one URI SAN, a SPIFFE ID "
                                f"(X.509-SVID §2); it has {len(uris)} URI SAN(s)")
@@ -178,7 +180,9 @@ class TLSOptions:
 
     Raises:
         CertificateError: a file is missing/unreadable, the key does not match, the
-            certificate has no URI SAN or one besides its SPIFFE ID, its SPIFFE ID is
+            certificate's extensions (or, with no ``trust_domain`` given, those of the
+            bundle's first CA certificate) are malformed, the certificate has no URI SAN
+            or one besides its SPIFFE ID, its SPIFFE ID is
             no workload ID or in another trust domain, or peers would refuse the
             certificate (the message says why).
         ConfigError: a value out of range (quoted).

@@ -19,7 +19,17 @@ from meshkit.auth import (
     load_private_key,
 )
 from meshkit.errors import ConfigError
-from tests.auth.chains import auth_context, ca_of, key_pem, key_usage, leaf, pem, sub_ca
+from tests.auth.chains import (
+    auth_context,
+    ca_of,
+    ca_with_duplicate_extension,
+    key_pem,
+    key_usage,
+    leaf,
+    pem,
+    replace_file,
+    sub_ca,
+)
 from tests.auth.conftest import TD, Pki
 
 
@@ -381,3 +391,50 @@ def test_name_constraints_follow_rfc5280() -> None:
     assert PeerVerifier(pem(below)).identify(auth_context(cert)) is not None
     _k, cert = leaf(key2, below, uris=["spiffe://example/svc/a"], dns=[])  # type: ignore[arg-type]
     assert PeerVerifier(pem(below)).identify(auth_context(cert)) is None
+
+
+def test_bundle_with_a_malformed_ca_keeps_its_good_cas(pki: Pki, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trust bundle that gains a CA certificate with a duplicated extension (RFC 5280
+    §4.2; cryptography raises ``x509.DuplicateExtension``, no ValueError) made every
+    identify() raise it at each reload check (every call failed UNKNOWN on the server),
+    and PeerVerifier / TLSOptions given such a bundle raised it too. Now the malformed CA
+    is unusable (a leaf it signed is refused, saying why) and the bundle's other CAs work;
+    TLSOptions over a bundle whose first certificate is malformed raises CertificateError;
+    and any exception reading a changed bundle is logged and the old bundle kept, as
+    from_file documents."""
+    ca_key, ca = ca_of(pki)
+    _k, cert = leaf(ca_key, ca)
+    odd_key, odd = ca_with_duplicate_extension("odd CA")
+    clock = FakeClock()
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(pem(ca))
+    v = PeerVerifier.from_file(bundle, reload_interval_s=1, clock=clock)
+    assert v.identify(auth_context(cert)) is not None
+    replace_file(bundle, pem(ca, odd))
+    for _ in range(3):
+        clock.now += 2
+        assert v.identify(auth_context(cert)) is not None
+    assert PeerVerifier(pem(odd, ca)).identify(auth_context(cert)) is not None
+    # a leaf under the malformed CA: refused with the reason, not an exception
+    _k, odd_leaf = leaf(odd_key, odd)
+    with structlog.testing.capture_logs() as logs:
+        assert PeerVerifier(pem(odd, ca)).identify(auth_context(odd_leaf)) is None
+    assert "malformed" in refusal(logs)
+    # TLSOptions reads the trust domain from the bundle's first certificate
+    pki.issue("orderd")
+    first_odd = tmp_path / "odd-first.pem"
+    first_odd.write_bytes(pem(odd, ca))
+    with pytest.raises(CertificateError, match="malformed"):
+        TLSOptions(ca_file=first_odd, cert_file=pki.dir / "orderd.pem",
+                   key_file=pki.dir / "orderd.key")
+    # whatever a reload raises, the poll logs it and keeps the bundle
+    def broken(self: PeerVerifier, ca_pem: bytes) -> bool:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(PeerVerifier, "reload", broken)
+    bundle.write_bytes(pem(ca) + b"\n")
+    clock.now += 2
+    with structlog.testing.capture_logs() as logs:
+        assert v.identify(auth_context(cert)) is not None
+    assert any(e["event"] == "CA bundle reload skipped" for e in logs), logs

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from cryptography import x509
 
 import meshkit
@@ -22,7 +23,19 @@ from meshkit.auth import (
     tls_from_dir,
 )
 from meshkit.discovery import LocalRegistry
-from tests.auth.chains import ca_of, client_credentials, key_pem, leaf, pem
+from tests.auth.chains import (
+    ca_of,
+    ca_with_duplicate_extension,
+    client_credentials,
+    foreign_ca,
+    key_pem,
+    leaf,
+    pem,
+    replace_file,
+    secret_dir,
+    secret_tls,
+    svid,
+)
 from tests.auth.conftest import SERVICE, TD, Pki, StartServer, call, rpc_error
 from tests.support.wait import until
 
@@ -294,6 +307,54 @@ async def test_mesh_server_counts_tls_handshakes_refused_ones_included(
                    for fam in MeshCollector().collect() for s in fam.samples}
         assert samples[("meshkit_server_tls_handshakes_total", (("service", "userd"),))] == \
             srv.stats().tls_handshakes
+    finally:
+        await srv.drain()
+        await reg.close()
+
+
+# -- certificates meshkit did not issue (cert-manager, SPIRE) ---------------------------------
+async def test_bundle_update_with_a_malformed_ca_does_not_fail_calls(tmp_path: Path) -> None:
+    """A running server's trust bundle is replaced (a trust-manager update) by one that
+    also holds a CA certificate with a duplicated subjectAltName (malformed, RFC 5280
+    §4.2). From the peer verifier's next poll on, every call failed UNKNOWN ("Unexpected
+    DuplicateExtension"), at each reload interval for as long as the file stayed. Now the
+    bundle is taken with the malformed CA unusable: calls on the open connection and on a
+    new one (whose handshake uses the new bundle) keep succeeding."""
+    root = foreign_ca("mesh CA")
+    skey, scert = svid(root, "userd")
+    ckey, ccert = svid(root, "orderd")
+    sdir = secret_dir(tmp_path, "userd", ca=pem(root[1]), crt=pem(scert), key=key_pem(skey))
+    cdir = secret_dir(tmp_path, "orderd", ca=pem(root[1]), crt=pem(ccert), key=key_pem(ckey))
+    server_tls = secret_tls(sdir, reload_interval_s=0.05)
+    client_tls = secret_tls(cdir, reload_interval_s=60.0)
+    reg = _registry(tmp_path)
+    srv = _userd(reg, tls=server_tls)
+    await srv.start()
+    want = f"spiffe://{TD}/svc/orderd|-".encode()
+    try:
+        async with meshkit.dial("userd", registry=reg,
+                                options=meshkit.DialOptions(tls=client_tls)) as ch:
+            whoami = ch.unary_unary(f"/{SERVICE}/Whoami")
+            assert await whoami(b"", timeout=5) == want
+            replace_file(sdir / "ca.crt", pem(root[1], ca_with_duplicate_extension("odd")[1]))
+            failures: list[str] = []
+            with structlog.testing.capture_logs() as logs:
+                async def reloaded() -> bool:
+                    try:
+                        assert await whoami(b"", timeout=5) == want
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(f"{exc.code().name} {exc.details()!r}")
+                    return any(e["event"] == "CA bundle reloaded for peer verification"
+                               for e in logs)
+
+                await until(reloaded, timeout_s=10, what="the peer verifier's bundle reload")
+                for _ in range(5):  # and calls after it, over several reload intervals
+                    await asyncio.sleep(server_tls.reload_interval_s)
+                    await reloaded()
+            assert not failures, failures
+        async with meshkit.dial("userd", registry=reg,
+                                options=meshkit.DialOptions(tls=client_tls)) as ch:
+            assert await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5) == want
     finally:
         await srv.drain()
         await reg.close()
