@@ -582,26 +582,27 @@ class CertificateInfo:
 
 
 def describe_certificate(cert: x509.Certificate) -> CertificateInfo:
-    """Summarise ``cert``: subject, issuer, SANs incl. SPIFFE ID, validity, fingerprint."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    """Summarise ``cert``: subject, issuer, SANs incl. SPIFFE ID, validity, fingerprint.
+
+    Raises:
+        CertificateError: the certificate's extensions are malformed (e.g. a one-byte
+            iPAddress SAN, RFC 5280 §4.2.1.6, or one extension twice, §4.2); the message
+            names the error cryptography raised.
+    """
+    san = _extension(cert, x509.SubjectAlternativeName)
+    uris: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    if san is not None:
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
         dns = tuple(san.get_values_for_type(x509.DNSName))
         ips = tuple(str(i) for i in san.get_values_for_type(x509.IPAddress))
-    except x509.ExtensionNotFound:
-        uris, dns, ips = (), (), ()
     spiffe = [u for u in uris if u.startswith("spiffe://")]
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    try:
-        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
-        permitted = tuple(
-            f"{type(s).__name__}:{s.value}" for s in (nc.permitted_subtrees or ())
-        )
-    except x509.ExtensionNotFound:
-        permitted = ()
+    bc = _extension(cert, x509.BasicConstraints)
+    is_ca = bc is not None and bc.ca
+    nc = _extension(cert, x509.NameConstraints)
+    permitted = () if nc is None else tuple(
+        f"{type(s).__name__}:{s.value}" for s in (nc.permitted_subtrees or ()))
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     return CertificateInfo(
         subject=cert.subject.rfc4514_string(),

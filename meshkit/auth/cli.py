@@ -13,6 +13,10 @@ key or certificate (``ca.pem`` included: a host holding only the trust bundle) i
 overwritten without ``--force`` (renewal: ``issue <service> --force``; running servers
 pick the new certificate up within their ``reload_interval_s``).
 
+``inspect`` prints every certificate of the file; one with malformed extensions (which
+cryptography cannot read) ends it with exit code 1 and one line naming the file, the
+certificate's place in it and the error.
+
 Exit codes: 0 done, 1 refused or failed (message on stderr), 2 usage error.
 """
 
@@ -28,7 +32,7 @@ from meshkit.auth._certs import (
     issue_into_dir,
     load_certificates,
 )
-from meshkit.auth._errors import AuthError
+from meshkit.auth._errors import AuthError, CertificateError
 from meshkit.auth._identity import DEFAULT_TRUST_DOMAIN
 from meshkit.errors import ConfigError
 
@@ -97,10 +101,15 @@ def main(argv: list[str]) -> int:
             return 0
         certs = load_certificates(ns.file)
         for i, cert in enumerate(certs):
+            try:
+                lines = describe_certificate(cert).lines()
+            except CertificateError as exc:  # the ones before it are printed
+                raise CertificateError(f"{ns.file}: certificate {i + 1} of {len(certs)}: "
+                                       f"{exc}") from None
             if i:
                 print()
-            print("\n".join(describe_certificate(cert).lines()))
+            print("\n".join(lines))
         return 0
     except (AuthError, ConfigError, OSError) as exc:
-        print(f"meshkit certs {ns.cmd}: {exc}", file=sys.stderr)
+        print(f"meshkit certs {ns.cmd}: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ import pytest
 from cryptography import x509
 
 from meshkit.auth import (
+    CertificateError,
     KeyExistsError,
     describe_certificate,
     init_ca_dir,
@@ -17,6 +18,12 @@ from meshkit.auth import (
 )
 from meshkit.auth.cli import main
 from meshkit.errors import ConfigError
+from tests.auth.chains import (
+    ca_with_duplicate_extension,
+    foreign_ca,
+    leaf_with_malformed_ip_san,
+    pem,
+)
 from tests.auth.conftest import TD, Pki
 
 
@@ -245,3 +252,24 @@ def test_the_readme_deployment_commands_run_as_written(
         assert main(command[1:]) == 0, command
     shown = capsys.readouterr().out
     assert "orderd.internal" in shown and "10.0.0.7" in shown
+
+
+@pytest.mark.parametrize("case", ["one_byte_ip_san", "duplicate_extension"])
+def test_cli_inspect_reports_a_malformed_certificate_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    """`meshkit certs inspect` on a certificate with malformed extensions (a one-byte
+    iPAddress SAN, RFC 5280 §4.2.1.6 wants 4 or 16; a subjectAltName twice, §4.2) died with
+    a Python traceback (cryptography's ValueError / DuplicateExtension escaped
+    describe_certificate and the CLI's error handling). The CLI documents "1 refused or
+    failed (message on stderr)", one line: it now exits 1 with one line naming the file
+    and the malformed extensions; describe_certificate raises CertificateError."""
+    cert = (leaf_with_malformed_ip_san(foreign_ca("root")) if case == "one_byte_ip_san"
+            else ca_with_duplicate_extension("odd CA")[1])
+    path = tmp_path / "tls.crt"
+    path.write_bytes(pem(foreign_ca("fine")[1], cert))
+    assert main(["certs", "inspect", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("meshkit certs inspect:") and err.count("\n") == 1, err
+    assert str(path) in err and "malformed" in err and "certificate 2 of 2" in err, err
+    with pytest.raises(CertificateError, match="malformed"):
+        describe_certificate(cert)
