@@ -196,3 +196,102 @@ def test_misspelled_names_of_lazy_modules_are_errors(mypy_check: Checker) -> Non
         f"(module __getattr__ -> Any) though they fail at run time; mypy said: {errors}")
     assert all(e.split(":", 1)[0] in (str(line_a), str(line_b), str(line_b + 1))
                for e in errors), f"the lazily imported names lost their types: {errors}"
+
+
+def test_documented_any_collection_options_type_check(mypy_check: Checker) -> None:
+    """A user follows the docstrings: ``Instance(tags=...)`` takes "any collection of
+    strings, not one string", and ``RetryPolicy(retryable_codes=...)`` /
+    ``OutlierOptions(failure_codes=...)`` take status codes, "default ``{UNAVAILABLE}``",
+    a string being the only collection refused (``check_status_codes`` makes a frozenset
+    of any iterable).
+
+    Was: ``Instance(..., tags=["v2"])``, ``RetryPolicy(retryable_codes={UNAVAILABLE,
+    RESOURCE_EXHAUSTED})`` and ``OutlierOptions(failure_codes={...})`` all run (this test
+    builds them), but the fields were annotated ``tuple[str, ...]`` and
+    ``frozenset[grpc.StatusCode]``, so ``mypy --strict`` rejected a list of tags and a
+    set literal of codes (``arg-type``).
+
+    Should: the documented forms type-check (``Collection[str]`` /
+    ``Collection[grpc.StatusCode]``), and ``dataclasses.replace`` takes them too; the
+    normalised attribute stays a tuple / frozenset for readers; a collection of the wrong
+    items is still an error. (One string is a ``Collection[str]`` to a checker: that one
+    stays a run-time check, ``ConfigError`` quoting it.)"""
+    source = """\
+        import dataclasses
+
+        import grpc
+        from meshkit.balancer import OutlierOptions
+        from meshkit.discovery import Instance
+        from meshkit.resilience import RetryPolicy
+
+
+        def build() -> tuple[Instance, RetryPolicy, OutlierOptions]:
+            inst = Instance(service="orderd", instance_id="orderd-1", host="127.0.0.1",
+                            port=50051, tags=["v2", "canary"])
+            policy = RetryPolicy(retryable_codes={grpc.StatusCode.UNAVAILABLE,
+                                                  grpc.StatusCode.RESOURCE_EXHAUSTED})
+            outlier = OutlierOptions(failure_codes={grpc.StatusCode.UNAVAILABLE,
+                                                    grpc.StatusCode.INTERNAL})
+            return inst, policy, outlier
+
+
+        def read(inst: Instance, policy: RetryPolicy, outlier: OutlierOptions) -> int:
+            tags: tuple[str, ...] = inst.tags + ("zone-a",)
+            codes: frozenset[grpc.StatusCode] = policy.retryable_codes | outlier.failure_codes
+            again = dataclasses.replace(policy, retryable_codes=[grpc.StatusCode.ABORTED])
+            return len(tags) + len(codes) + len(again.retryable_codes)
+
+
+        def wrong() -> None:
+            RetryPolicy(retryable_codes={14})  # line A
+            Instance(service="s", instance_id="s-1", host="h", port=1, tags=[2])  # line B
+    """
+    errors = mypy_check.run("any_collections", source)
+    namespace: dict[str, object] = {}
+    exec(textwrap.dedent(source), namespace)
+    inst, policy, outlier = namespace["build"]()  # type: ignore[operator]
+    assert inst.tags == ("v2", "canary") and policy.retryable_codes == frozenset(
+        {__import__("grpc").StatusCode.UNAVAILABLE,
+         __import__("grpc").StatusCode.RESOURCE_EXHAUSTED})  # they run, normalised
+    assert isinstance(outlier.failure_codes, frozenset)
+    assert namespace["read"](inst, policy, outlier) == 3 + 3 + 1  # type: ignore[operator]
+    line_a, line_b = _line_of(source, "# line A"), _line_of(source, "# line B")
+    wrong_lines = {int(e.split(":", 1)[0]) for e in errors}
+    assert {line_a, line_b} <= wrong_lines, (
+        f"a collection of the wrong item type passes mypy --strict: {errors}")
+    assert [e for e in errors if not e.startswith((f"{line_a}:", f"{line_b}:"))] == [], (
+        "documented collection arguments are rejected by mypy --strict:\n"
+        + "\n".join(errors))
+
+
+def test_normalised_fields_read_as_slots_with_normalised_defaults() -> None:
+    """The options whose fields are given as any collection and stored normalised
+    (``meshkit._fields.Normalised``) keep a plain slot for each such field, read on the
+    per-call path (``OutlierOptions.failure_codes`` on each outcome) as fast as before,
+    and their defaults are the normalised values; on a class without slots the typing aid
+    refuses to act as storage (``TypeError``) instead of silently holding values."""
+    import dataclasses
+    import types
+
+    from meshkit._fields import Normalised
+    from meshkit.balancer import OutlierOptions
+    from meshkit.discovery import Instance
+    from meshkit.resilience import RetryPolicy
+
+    expected = {
+        (Instance, "tags"): (),
+        (RetryPolicy, "retryable_codes"): frozenset({__import__("grpc").StatusCode.UNAVAILABLE}),
+        (OutlierOptions, "failure_codes"): OutlierOptions().failure_codes,
+    }
+    for (cls, name), default in expected.items():
+        assert isinstance(cls.__dict__[name], types.MemberDescriptorType), (cls, name)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert fields[name].default == default, (cls, name, fields[name].default)
+        assert "Normalised[" in str(fields[name].type), (cls, name, fields[name].type)
+
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        items: Normalised[list[int], tuple[int, ...]] = Normalised(())  # noqa: RUF009
+
+    with pytest.raises(TypeError, match="slots=True"):
+        NoSlots(items=[1])

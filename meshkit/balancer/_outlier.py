@@ -38,6 +38,18 @@ the failure-rate window, and a cancelled probe leaves the endpoint half-open (it
 ejection count and window kept; the next pick probes it again). It cannot be made a
 failure code.
 
+A *stream* (a server-streaming or bidirectional call: a watch, a subscription, which may
+live for hours) is picked with :meth:`EjectingBalancer.pick_stream`, whose outcome
+callback also has ``responded()``, which the channel calls at the stream's first
+response message. Sent as the half-open probe, a stream is decided by that first
+response: an endpoint that answers is back in rotation at once, as a unary probe's
+success brings it back, instead of being held out for the stream's whole life (meshkit's
+retry policy commits a stream at its first message for the same reason, gRFC A6; Envoy
+and gRFC A50 never hold an endpoint out behind a stream). Its end outcome then counts as
+an ordinary call's in rotation (a stream that fails after answering is one failure, not
+a failed probe); a stream probe that ends before answering is decided by its end, as a
+unary probe. A stream in rotation counts once, by its end outcome.
+
 Outlier state belongs to an endpoint at its address: an update keeps it for an endpoint
 of the same instance id *and* address only (the endpoint pool makes an instance that
 re-registered at another address, a restarted process, a new endpoint), so a new process
@@ -55,10 +67,11 @@ from dataclasses import dataclass
 import grpc
 
 from meshkit._config import check_int, check_number, check_seconds, check_status_codes
+from meshkit._fields import Normalised
 from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
 from meshkit.errors import ConfigError
 
-__all__ = ["EjectingBalancer", "OutlierOptions"]
+__all__ = ["EjectingBalancer", "OutlierOptions", "StreamDone"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -89,7 +102,8 @@ class OutlierOptions:
             Envoy's ``max_ejection_percent``); one endpoint may always be ejected, and
             one failing every call while its peers in rotation succeed may be ejected
             beyond it (module docstring).
-        failure_codes: status codes that count as failures; not ``CANCELLED`` (never an
+        failure_codes: status codes that count as failures, any collection of
+            ``grpc.StatusCode``, stored as a frozenset; not ``CANCELLED`` (never an
             endpoint's outcome, see the module docstring).
 
     Raises:
@@ -102,7 +116,8 @@ class OutlierOptions:
     base_ejection_s: float = 10.0
     max_ejection_s: float = 300.0
     max_ejection_percent: float = 50.0
-    failure_codes: frozenset[grpc.StatusCode] = _DEFAULT_FAILURES
+    failure_codes: Normalised[Collection[grpc.StatusCode], frozenset[grpc.StatusCode]] = (
+        Normalised(_DEFAULT_FAILURES))  # noqa: RUF009 - immutable: _fields.py
 
     def __post_init__(self) -> None:
         check_int("consecutive_failures", self.consecutive_failures)
@@ -233,7 +248,13 @@ class EjectingBalancer:
         if self._next_expiry <= self._clock():
             probe = self._take_probe()
             if probe is not None:
-                return probe
+                ep, h = probe
+
+                def probe_done(code: grpc.StatusCode, latency_s: float) -> None:
+                    h.probing = False
+                    self._record(ep, h, code, probe=True)
+
+                return ep, probe_done
         got = self._inner.pick(key, exclude)
         if got is None:
             return None
@@ -246,10 +267,40 @@ class EjectingBalancer:
 
         return ep, done
 
-    def _take_probe(self) -> tuple[Endpoint, Done] | None:
-        """The probe of an ejected endpoint whose time is up and whose connection is not
-        ``FAILING``, or ``None``. Looks at the ejected endpoints only, and changes nothing
-        in the inner balancer (the endpoint stays out of its rotation while probed)."""
+    def pick_stream(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, StreamDone] | None:
+        """:meth:`pick` for a streaming-response call (a watch, a subscription): the
+        outcome callback (:class:`StreamDone`) also has ``responded()``, to call once at
+        the stream's first response message. A stream sent as the half-open probe is
+        decided by it (success: back in rotation at once), or by its end when it ends
+        before answering; see the module docstring. The inner balancer's stream pick
+        (``pick_stream``) is used when it has one, else its ``pick``.
+
+        Args:
+            key: the request key (affinity balancers), or ``None``.
+            exclude: endpoints this logical call tried already (a preference).
+
+        Returns:
+            ``(endpoint, done)``, or ``None`` when no endpoint can take the call.
+        """
+        if self._next_expiry <= self._clock():
+            probe = self._take_probe()
+            if probe is not None:
+                ep, h = probe
+                return ep, StreamDone(self, ep, h, None)
+        inner_pick = getattr(self._inner, "pick_stream", None)
+        got = (inner_pick or self._inner.pick)(key, exclude)
+        if got is None:
+            return None
+        ep, inner_done = got
+        return ep, StreamDone(self, ep, self._health[ep.key], inner_done)
+
+    def _take_probe(self) -> tuple[Endpoint, _Health] | None:
+        """The ejected endpoint whose time is up and whose connection is not ``FAILING``,
+        now being probed (``probing`` set), and its health, or ``None``. Looks at the
+        ejected endpoints only, and changes nothing in the inner balancer (the endpoint
+        stays out of its rotation while probed)."""
         now = self._clock()
         health = self._health
         waiting = False
@@ -262,13 +313,7 @@ class EjectingBalancer:
                     continue
                 h.probing = True
                 self._schedule()
-
-                def done(code: grpc.StatusCode, latency_s: float,
-                         ep: Endpoint = ep, h: _Health = h) -> None:
-                    h.probing = False
-                    self._record(ep, h, code, probe=True)
-
-                return ep, done
+                return ep, h
         if not waiting:
             self._schedule()
         return None
@@ -349,3 +394,53 @@ class EjectingBalancer:
         # regardless of the value")
         cap = max(1, int(n * self._opts.max_ejection_percent / 100))
         return len(self._ejected) + 1 <= cap
+
+
+class StreamDone:
+    """The outcome callback of a stream picked by :meth:`EjectingBalancer.pick_stream`:
+    ``done(code, latency_s)`` once when the stream ends (a :data:`~meshkit.balancer.Done`),
+    and ``responded()`` once at its first response message, if it has one, before that.
+
+    A probe is decided by ``responded()`` (a success) or, when the stream ends before
+    answering, by its end outcome; after ``responded()`` the end outcome counts as an
+    ordinary call's in rotation. A stream picked in rotation counts by its end outcome
+    only; ``responded()`` is passed on to the inner balancer's outcome callback when that
+    has one. ``responded()`` after the end does nothing.
+    """
+
+    __slots__ = ("_balancer", "_ended", "_ep", "_h", "_inner", "_probe", "_responded")
+
+    def __init__(self, balancer: EjectingBalancer, ep: Endpoint, h: _Health,
+                 inner: Done | None) -> None:
+        self._balancer = balancer
+        self._ep = ep
+        self._h = h
+        self._inner = inner  # None: the probe (not picked by the inner balancer)
+        self._probe = inner is None
+        self._responded = False
+        self._ended = False
+
+    def responded(self) -> None:
+        """The stream's first response message arrived (the channel calls this once)."""
+        if self._responded or self._ended:
+            return
+        self._responded = True
+        if self._probe:
+            self._probe = False  # decided: its end is an ordinary call's outcome
+            self._h.probing = False
+            self._balancer._record(self._ep, self._h, _OK, probe=True)
+            return
+        inner_responded = getattr(self._inner, "responded", None)
+        if inner_responded is not None:
+            inner_responded()
+
+    def __call__(self, code: grpc.StatusCode, latency_s: float) -> None:
+        """The stream ended with ``code`` (``latency_s``: negative, no sample)."""
+        self._ended = True
+        if self._inner is not None:
+            self._inner(code, latency_s)
+        if self._probe:
+            self._h.probing = False
+            self._balancer._record(self._ep, self._h, code, probe=True)
+        else:
+            self._balancer._record(self._ep, self._h, code)

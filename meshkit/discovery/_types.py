@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from meshkit._config import check_int, check_strings
+from meshkit._fields import Normalised
 from meshkit.errors import ConfigError
 
 __all__ = ["Instance", "Registry", "RegistryStatus"]
@@ -27,8 +28,9 @@ class Instance:
         instance_id: unique id of this instance across the registry, e.g. ``"orderd-1"``.
         host: address clients connect to (an IP or a host name), e.g. ``"127.0.0.1"``.
         port: TCP port, 1 to 65535.
-        tags: free-form tags (Consul ``Tags``), e.g. ``("v2",)``; any collection of
-            strings, not one string (``"v2"`` would be the tags ``v`` and ``2``).
+        tags: free-form tags (Consul ``Tags``), e.g. ``("v2",)`` or ``["v2"]``; any
+            collection of strings, not one string (``"v2"`` would be the tags ``v`` and
+            ``2``); stored as a tuple, in the order given.
         meta: string key/values (Consul ``Meta``), e.g. ``{"version": "v2", "zone": "a"}``.
         weight: relative weight for weighted balancers (Consul ``Weights.Passing``), >= 1.
 
@@ -43,7 +45,8 @@ class Instance:
     instance_id: str
     host: str
     port: int
-    tags: tuple[str, ...] = ()
+    tags: Normalised[Collection[str], tuple[str, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     meta: Mapping[str, str] = field(default_factory=dict, hash=False)
     weight: int = 1
 

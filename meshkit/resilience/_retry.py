@@ -57,7 +57,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -73,6 +73,7 @@ from meshkit._config import (
     check_number,
     check_status_codes,
 )
+from meshkit._fields import Normalised
 from meshkit._metadata import with_previous_attempts
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError, InvalidCallError, MeshRpcError, NoEndpointsError
@@ -101,7 +102,8 @@ class RetryPolicy:
             Not capped at 5 as gRFC A6 caps a service config's ``maxAttempts`` (a cap
             that guards a client against the config a server sends; this is the
             client's own): the retry budget bounds what retries add to the load.
-        retryable_codes: statuses worth another attempt (default ``{UNAVAILABLE}``).
+        retryable_codes: statuses worth another attempt, any collection of
+            ``grpc.StatusCode`` (default ``{UNAVAILABLE}``); stored as a frozenset.
         backoff: delay between attempts (default :class:`Backoff` 25 ms doubling to 1 s).
         idempotent: the method may run twice safely (reads); enables retries of any
             retryable status and hedging (default ``False``).
@@ -125,7 +127,8 @@ class RetryPolicy:
     """
 
     max_attempts: int = 3
-    retryable_codes: frozenset[grpc.StatusCode] = frozenset({_UNAVAILABLE})
+    retryable_codes: Normalised[Collection[grpc.StatusCode], frozenset[grpc.StatusCode]] = (
+        Normalised(frozenset({_UNAVAILABLE})))  # noqa: RUF009 - immutable: _fields.py
     backoff: Backoff = field(default_factory=Backoff)
     idempotent: bool = False
     idempotency_metadata_key: str = "idempotency-key"
