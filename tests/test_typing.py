@@ -295,3 +295,41 @@ def test_normalised_fields_read_as_slots_with_normalised_defaults() -> None:
 
     with pytest.raises(TypeError, match="slots=True"):
         NoSlots(items=[1])
+
+
+def test_message_verifier_from_file_checks_its_keywords(mypy_check: Checker) -> None:
+    """A user builds a verifier from a CA file with a misspelled keyword:
+    ``MessageVerifier.from_file("ca.pem", allowed_publisher=("spiffe://td/svc/orderd",))``
+    (``allowed_publishers``), or a wrong type (``max_entries="256"``).
+
+    Was: ``from_file(cls, ca_file, **kwargs: object)`` forwarded to the constructor behind
+    a ``# type: ignore[arg-type]``, so ``mypy --strict`` accepted any keyword of any type;
+    at run time the call fails with ``TypeError`` (or ``ConfigError``) when the consumer
+    starts.
+
+    Should: ``from_file`` spells out the constructor's keywords, so the checker sees them
+    and the correct call type-checks."""
+    source = """\
+        from meshkit.messaging import MessageVerifier
+
+
+        def verifier() -> MessageVerifier:
+            return MessageVerifier.from_file("ca.pem",  # line A
+                                             allowed_publisher=("spiffe://td/svc/orderd",))
+
+
+        def verifier2() -> MessageVerifier:
+            return MessageVerifier.from_file("ca.pem", max_entries="256")  # line B
+
+
+        def right() -> MessageVerifier:
+            return MessageVerifier.from_file("ca.pem", max_entries=64,
+                                             allowed_publishers=["spiffe://td/svc/orderd"])
+    """
+    errors = mypy_check.run("verifier_kwargs", source)
+    line_a, line_b = _line_of(source, "# line A"), _line_of(source, "# line B")
+    lines = {int(e.split(":", 1)[0]) for e in errors}
+    assert lines & {line_a, line_a + 1} and line_b in lines, (
+        "MessageVerifier.from_file accepts any keyword of any type under mypy --strict: "
+        f"{errors}")
+    assert lines <= {line_a, line_a + 1, line_b}, f"the right call is refused: {errors}"

@@ -35,7 +35,7 @@ import binascii
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +153,8 @@ class MessageVerifier:
     Args:
         ca_pem: the trust bundle (the mesh ``ca.pem``).
         allowed_publishers: identity patterns (``spiffe://<td>/svc/orderd``, ``*``
-            wildcards as :class:`meshkit.auth.IdentityMatcher`); empty (default) admits
-            every verified workload.
+            wildcards as :class:`meshkit.auth.IdentityMatcher`), a tuple or list; empty
+            (default) admits every verified workload.
         max_entries: certificate cache bound (default 256, >= 1).
         clock: wall clock, Unix seconds (default ``time.time``).
 
@@ -165,7 +165,7 @@ class MessageVerifier:
 
     __slots__ = ("_allowed", "_cache", "_clock", "_max", "_verifier")
 
-    def __init__(self, ca_pem: bytes, *, allowed_publishers: tuple[str, ...] = (),
+    def __init__(self, ca_pem: bytes, *, allowed_publishers: Sequence[str] = (),
                  max_entries: int = 256, clock: Callable[[], float] = time.time) -> None:
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
@@ -177,9 +177,17 @@ class MessageVerifier:
         self._clock = clock
 
     @classmethod
-    def from_file(cls, ca_file: str | os.PathLike[str], **kwargs: object) -> MessageVerifier:
-        """A verifier over the CA bundle in ``ca_file``; ``kwargs`` as the constructor."""
-        return cls(Path(ca_file).read_bytes(), **kwargs)  # type: ignore[arg-type]
+    def from_file(cls, ca_file: str | os.PathLike[str], *,
+                  allowed_publishers: Sequence[str] = (), max_entries: int = 256,
+                  clock: Callable[[], float] = time.time) -> MessageVerifier:
+        """A verifier over the CA bundle (PEM) in ``ca_file``; the keywords as the
+        constructor's (spelled out so a type checker sees a misspelled one).
+
+        Raises:
+            OSError: ``ca_file`` cannot be read; the constructor's errors.
+        """
+        return cls(Path(ca_file).read_bytes(), allowed_publishers=allowed_publishers,
+                   max_entries=max_entries, clock=clock)
 
     def _known(self, cert_b64: str, now: float) -> _Known:
         hit = self._cache.get(cert_b64)
