@@ -84,6 +84,7 @@ from meshkit.auth._certs import (
     issue_workload,
     load_certificate,
     load_private_key,
+    load_workload_key,
     write_certificate,
     write_private_key,
 )
@@ -181,6 +182,7 @@ __all__ = [
     "issue_workload",
     "load_certificate",
     "load_private_key",
+    "load_workload_key",
     "parse_jwks",
     "tls_from_dir",
     "workload_id",

@@ -14,6 +14,11 @@ extra name such as another workload's ``userd.svc.<td>`` or ``*.svc.<td>`` (clie
 a server's identity as that host name), and so do ``TLSOptions`` and ``PeerVerifier`` in a
 certificate they read.
 
+Certificates from another issuer (cert-manager, SPIRE) may carry other keys:
+:class:`~meshkit.auth.TLSOptions` takes a workload key that grpc's TLS can use, ECDSA P-256
+or P-384 or RSA of 2048 bits or more (:func:`load_workload_key`); the mesh CA's key and
+the key messages are signed with stay ECDSA (:func:`load_private_key`).
+
 Private keys are written with mode 0600 and never overwritten unless asked to
 (``overwrite=True``; the CLI's ``--force``), atomically (write then rename).
 """
@@ -31,8 +36,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshkit._config import check_number
@@ -58,10 +65,14 @@ __all__ = [
     "load_certificate",
     "load_certificates",
     "load_private_key",
+    "load_workload_key",
     "trust_domain_of",
     "write_certificate",
     "write_private_key",
 ]
+
+WorkloadKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+"""A workload's TLS private key (:func:`load_workload_key`)."""
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -427,20 +438,75 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
     return load_certificates(path)[0]
 
 
-def load_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
-    """An unencrypted PEM ECDSA private key from ``path``.
-
-    Raises:
-        CertificateError: unreadable, encrypted, or not an EC key (never quotes the key).
-    """
+def _read_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertificateError(f"cannot read private key {path}: {type(exc).__name__}"
                                ) from None
+
+
+def _key_kind(key: PrivateKeyTypes) -> str:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"EC {_CURVE_NAMES.get(key.curve.name, key.curve.name)}"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return f"RSA {key.key_size}-bit"
+    return type(key).__name__.removeprefix("_").replace("PrivateKey", "")
+
+
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_TLS_CURVES = frozenset({"secp256r1", "secp384r1"})
+MIN_RSA_BITS = 2048
+"""The smallest RSA workload key :func:`load_workload_key` takes (NIST SP 800-131A
+disallows RSA under 2048 bits for signatures; the CA/Browser Forum baseline requires 2048)."""
+
+
+def load_private_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM ECDSA private key from ``path`` (PKCS#8 or SEC 1): the mesh CA's
+    key, and the key meshkit signs messages with (ECDSA). A workload's TLS key may also
+    be RSA: :func:`load_workload_key`.
+
+    Raises:
+        CertificateError: unreadable, encrypted, or not an EC key (its type named; never
+            quotes the key).
+    """
+    key = _read_key(path)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertificateError(f"private key {path} is not an ECDSA key")
+        raise CertificateError(f"private key {path} is not an ECDSA key "
+                               f"({_key_kind(key)})")
     return key
+
+
+def load_workload_key(path: str | os.PathLike[str]) -> WorkloadKey:
+    """An unencrypted PEM private key for a workload's TLS certificate, from ``path``:
+    ECDSA P-256 or P-384, or RSA of at least :data:`MIN_RSA_BITS` (2048) bits
+    (cert-manager's default), in PKCS#8 (``BEGIN PRIVATE KEY``) or the traditional
+    PKCS#1 / SEC 1 form (``BEGIN RSA PRIVATE KEY``, ``BEGIN EC PRIVATE KEY``).
+
+    These are the keys grpcio's BoringSSL completes an mTLS handshake with: its default
+    signature algorithms (RFC 8446 §4.2.3) offer ECDSA over P-256 and P-384 and RSA
+    (PKCS#1 v1.5 and PSS), but neither ``ecdsa_secp521r1_sha512`` nor ``ed25519``, so a
+    P-521 or Ed25519 certificate fails every handshake (``NO_COMMON_SIGNATURE_ALGORITHMS``,
+    calls ``UNAVAILABLE``; measured with grpcio 1.85); they are refused here, when the
+    options are built, instead.
+
+    Raises:
+        CertificateError: unreadable or encrypted, or another key type, curve or size
+            (named, with the reason; never quotes the key).
+    """
+    key = _read_key(path)
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _TLS_CURVES:
+        return key
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise CertificateError(
+                f"private key {path} is {_key_kind(key)}: RSA workload keys must have at "
+                f"least {MIN_RSA_BITS} bits (NIST SP 800-131A)")
+        return key
+    raise CertificateError(
+        f"private key {path} is {_key_kind(key)}, which grpc's TLS (BoringSSL) cannot "
+        "complete a handshake with: use an ECDSA P-256 or P-384 key, or RSA of at least "
+        f"{MIN_RSA_BITS} bits")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -64,7 +64,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from meshkit.auth._certs import CA_CERT, load_certificates, load_private_key, trust_domain_of
+from meshkit.auth._certs import CA_CERT, load_certificates, load_workload_key, trust_domain_of
 from meshkit.auth._errors import CertificateError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
@@ -107,14 +107,14 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     """Read and check the CA bundle, certificate chain and key files.
 
     Raises:
-        CertificateError: an unreadable file, a key not matching the
-            certificate, malformed extensions, not exactly one URI SAN (X.509-SVID §2), a
-            malformed SPIFFE ID (SPIFFE ID §2) or one that is no workload ID, another trust
-            domain, or a certificate peers would refuse.
+        CertificateError: an unreadable file, a key grpc's TLS cannot use, a key not
+            matching the certificate, malformed extensions, not exactly one URI SAN
+            (X.509-SVID §2), a malformed SPIFFE ID (SPIFFE ID §2) or one that is no
+            workload ID, another trust domain, or a certificate peers would refuse.
     """
     cas = load_certificates(ca_file)
     chain = load_certificates(cert_file)
-    key = load_private_key(key_file)
+    key = load_workload_key(key_file)
     leaf = chain[0]
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
@@ -168,7 +168,9 @@ class TLSOptions:
     Args:
         ca_file: the mesh CA certificate(s) (trust bundle), PEM.
         cert_file: this workload's certificate (chain, leaf first), PEM.
-        key_file: its private key, PEM (mode 0600).
+        key_file: its private key, PEM (mode 0600; PKCS#8, or PKCS#1 / SEC 1): ECDSA P-256
+            or P-384, or RSA of at least 2048 bits (cert-manager's default), the keys
+            grpc's BoringSSL can use (:func:`~meshkit.auth.load_workload_key`).
         trust_domain: the SPIFFE trust domain; default: read from the CA certificate.
         allowed_peers: SPIFFE ID patterns (``*`` wildcards) allowed to connect to servers
             using these options, enforced by :meth:`peer_interceptor`; empty (default)
@@ -179,7 +181,9 @@ class TLSOptions:
             peer verifier reads the wall clock (``time.time``) for validity periods.
 
     Raises:
-        CertificateError: a file is missing/unreadable, the key does not match, the
+        CertificateError: a file is missing/unreadable, the key is of a type or size
+            grpc's TLS cannot use or is too weak (P-521, Ed25519, RSA under 2048 bits:
+            named), the key does not match, the
             certificate's extensions (or, with no ``trust_domain`` given, those of the
             bundle's first CA certificate) are malformed, the certificate has no URI SAN
             or one besides its SPIFFE ID, its SPIFFE ID is

@@ -313,6 +313,59 @@ async def test_mesh_server_counts_tls_handshakes_refused_ones_included(
 
 
 # -- certificates meshkit did not issue (cert-manager, SPIRE) ---------------------------------
+async def test_rsa_workload_certificates_from_cert_manager_are_accepted(tmp_path: Path) -> None:
+    """cert-manager's default key is RSA 2048: each workload's Secret holds an RSA leaf
+    (digitalSignature + keyEncipherment, serverAuth + clientAuth, SPIFFE URI SAN and the
+    identity DNS name) under an RSA CA, the key in PKCS#1 (``BEGIN RSA PRIVATE KEY``) or
+    PKCS#8. ``TLSOptions`` refused to be built ("is not an ECDSA key": the loader took EC
+    keys only) though grpcio's BoringSSL does mTLS with RSA keys; now such workloads serve
+    and call each other like ECDSA ones, and the server reads the caller's identity."""
+    root = foreign_ca("cert-manager RSA CA", kind="rsa")
+    skey, scert = svid(root, "userd", kind="rsa", key_encipherment=True)
+    ckey, ccert = svid(root, "orderd", kind="rsa", key_encipherment=True)
+    sdir = secret_dir(tmp_path, "userd", ca=pem(root[1]), crt=pem(scert),
+                      key=key_pem(skey, "pkcs1"))
+    cdir = secret_dir(tmp_path, "orderd", ca=pem(root[1]), crt=pem(ccert),
+                      key=key_pem(ckey, "pkcs8"))
+    server_tls, client_tls = secret_tls(sdir), secret_tls(cdir)
+    assert server_tls.spiffe_id == f"spiffe://{TD}/svc/userd"
+    reg = _registry(tmp_path)
+    srv = _userd(reg, tls=server_tls)
+    await srv.start()
+    try:
+        async with meshkit.dial("userd", registry=reg,
+                                options=meshkit.DialOptions(tls=client_tls)) as ch:
+            got = await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
+        assert got == f"spiffe://{TD}/svc/orderd|-".encode()
+    finally:
+        await srv.drain()
+        await reg.close()
+
+
+@pytest.mark.parametrize(("kind", "accepted", "reason"), [
+    ("p256", True, ""),
+    ("p384", True, ""),
+    ("rsa", True, ""),
+    ("p521", False, "P-521"),
+    ("ed25519", False, "Ed25519"),
+    ("rsa1024", False, "2048"),
+])
+def test_workload_key_types_grpc_can_use_are_accepted_others_named(
+        tmp_path: Path, kind: str, accepted: bool, reason: str) -> None:
+    """TLSOptions takes the keys grpcio's BoringSSL completes an mTLS handshake with (EC
+    P-256 and P-384, RSA of 2048 bits or more); a P-521 or Ed25519 key (BoringSSL's
+    handshake fails NO_COMMON_SIGNATURE_ALGORITHMS, every call UNAVAILABLE) or an RSA key
+    under 2048 bits (NIST SP 800-131A) is refused when built, the message naming the key."""
+    root = foreign_ca("root")
+    key, cert = svid(root, "orderd", kind=kind)
+    d = secret_dir(tmp_path, kind, ca=pem(root[1]), crt=pem(cert), key=key_pem(key))
+    if accepted:
+        assert secret_tls(d).spiffe_id == f"spiffe://{TD}/svc/orderd"
+    else:
+        with pytest.raises(CertificateError, match=reason):
+            secret_tls(d)
+
+
 async def test_bundle_update_with_a_malformed_ca_does_not_fail_calls(tmp_path: Path) -> None:
     """A running server's trust bundle is replaced (a trust-manager update) by one that
     also holds a CA certificate with a duplicated subjectAltName (malformed, RFC 5280
