@@ -118,8 +118,9 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     leaf = chain[0]
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, pub) != leaf.public_key().public_bytes(enc, pub):
-        raise CertificateError(f"private key {key_file} does not match certificate {cert_file}")
+    spki = key.public_key().public_bytes(enc, pub)
+    if spki != leaf.public_key().public_bytes(enc, pub):
+        _refuse_chain_order(chain, spki, cert_file, key_file)
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
@@ -155,15 +156,47 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
                        digest)
 
 
+def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: Path,
+                        key_file: Path) -> None:
+    """The key matches no certificate first in ``cert_file``: say whether the file is in
+    the wrong order (the key's certificate further down; RFC 8446 §4.4.2 and RFC 5246
+    §7.4.2 want the sender's certificate first, then the CAs that issued it) rather than
+    send the user to regenerate keys. The file is not reordered silently: grpc presents it
+    as written. Always raises :class:`CertificateError`."""
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    at = next((i for i, c in enumerate(chain)
+               if c.public_key().public_bytes(enc, pub) == spki), None)
+    if at is not None:
+        raise CertificateError(
+            f"{cert_file} is in the wrong order: the certificate of {key_file} "
+            f"({chain[at].subject.rfc4514_string()}) is number {at + 1} of {len(chain)}, "
+            f"after {chain[0].subject.rfc4514_string()}; the workload's leaf must come "
+            "first, then the CAs that issued it (RFC 8446 §4.4.2)")
+    try:
+        bc = chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value
+        first_is_ca = bc.ca
+    except x509.ExtensionNotFound:
+        first_is_ca = False
+    except MALFORMED_EXTENSION_ERRORS:
+        first_is_ca = False
+    hint = (f" (and its first certificate, {chain[0].subject.rfc4514_string()}, is a CA: "
+            "the workload's leaf must come first)" if first_is_ca else "")
+    raise CertificateError(f"private key {key_file} does not match certificate "
+                           f"{cert_file}{hint}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TLSOptions:
     """mTLS settings of one workload, from PEM files (see the module docstring).
 
     The files are read and checked when the object is built: the key must match the
-    certificate, which must carry exactly one URI SAN (X.509-SVID §2), a workload ID
-    ``spiffe://<td>/svc/<service>`` in ``trust_domain``, and pass the checks peers make
-    (:class:`~meshkit.auth.PeerVerifier`, validity period aside): issued directly by a CA
-    of ``ca_file``, within its name constraints, not itself a CA.
+    certificate (the first one of ``cert_file``; a file listing the leaf after its CA is
+    refused as in the wrong order, not reordered), which must carry exactly one URI SAN
+    (X.509-SVID §2), a workload ID ``spiffe://<td>/svc/<service>`` in ``trust_domain``,
+    and pass the checks peers make (:class:`~meshkit.auth.PeerVerifier`, validity period
+    aside): issued directly by a CA of ``ca_file``, within its name constraints, not
+    itself a CA.
 
     Args:
         ca_file: the mesh CA certificate(s) (trust bundle), PEM.

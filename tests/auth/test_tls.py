@@ -366,6 +366,32 @@ def test_workload_key_types_grpc_can_use_are_accepted_others_named(
             secret_tls(d)
 
 
+def test_chain_file_in_the_wrong_order_is_named_as_such(tmp_path: Path) -> None:
+    """A certificate file concatenated by hand as ``intermediate + leaf`` (RFC 8446 §4.4.2
+    wants the sender's certificate first), with the leaf's key and a bundle holding the
+    root and the intermediate: TLSOptions said "private key ... does not match
+    certificate", sending the user to regenerate keys. Now it says the file is in the
+    wrong order and the leaf must come first (it does not reorder it silently); the same
+    files in the right order are accepted."""
+    root = foreign_ca("root")
+    inter = foreign_ca("issuing CA", issuer=root, path_length=0)
+    lkey, lcert = svid(inter, "orderd")
+    bundle = pem(root[1], inter[1])
+    good = secret_dir(tmp_path, "ok", ca=bundle, crt=pem(lcert, inter[1]), key=key_pem(lkey))
+    assert secret_tls(good).spiffe_id == f"spiffe://{TD}/svc/orderd"
+    bad = secret_dir(tmp_path, "reversed", ca=bundle, crt=pem(inter[1], lcert),
+                     key=key_pem(lkey))
+    with pytest.raises(CertificateError) as err:
+        secret_tls(bad)
+    msg = str(err.value)
+    assert "does not match" not in msg and "order" in msg and "first" in msg, msg
+    # a key of no certificate in the file is still named a mismatch
+    other = secret_dir(tmp_path, "other", ca=bundle, crt=pem(inter[1], lcert),
+                       key=key_pem(svid(inter, "orderd")[0]))
+    with pytest.raises(CertificateError, match="does not match"):
+        secret_tls(other)
+
+
 async def test_bundle_update_with_a_malformed_ca_does_not_fail_calls(tmp_path: Path) -> None:
     """A running server's trust bundle is replaced (a trust-manager update) by one that
     also holds a CA certificate with a duplicated subjectAltName (malformed, RFC 5280
