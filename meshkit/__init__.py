@@ -14,6 +14,10 @@ Example::
             users = UserServiceStub(channel)
             print(await users.GetUser(GetUserRequest(user_id="u1"), timeout=1.0))
 
+Also here: :func:`server_chain` (the interceptors ``serve()`` installs, in the one
+documented order) and the typed snapshots ``stats()`` returns (:class:`ChannelStats`,
+:class:`ServerStats`, :class:`EndpointStats`, :class:`RetrySnapshot`).
+
 Packages: :mod:`meshkit.discovery` (registries, balancers), :mod:`meshkit.interceptors`
 (per-call client interceptors), :mod:`meshkit.errors` (the error tree).
 """
@@ -21,6 +25,7 @@ Packages: :mod:`meshkit.discovery` (registries, balancers), :mod:`meshkit.interc
 from __future__ import annotations
 
 from meshkit._loop import run, uvloop_installed
+from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot, ServerStats
 from meshkit.channel import DialOptions, MeshChannel, dial
 from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
 from meshkit.errors import (
@@ -36,16 +41,18 @@ from meshkit.errors import (
     ResponseDeserializationError,
 )
 from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
-from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve
+from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve, server_chain
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CallKind",
+    "ChannelStats",
     "ClientCallDetails",
     "ClientInterceptor",
     "ConfigError",
     "DialOptions",
+    "EndpointStats",
     "Instance",
     "InvalidCallError",
     "InvalidMetadataError",
@@ -59,13 +66,16 @@ __all__ = [
     "RequestIteratorError",
     "RequestSerializationError",
     "ResponseDeserializationError",
+    "RetrySnapshot",
     "ServeOptions",
     "ServerLimits",
+    "ServerStats",
     "__version__",
     "dial",
     "registry_from_env",
     "registry_from_uri",
     "run",
     "serve",
+    "server_chain",
     "uvloop_installed",
 ]

@@ -333,3 +333,43 @@ def test_message_verifier_from_file_checks_its_keywords(mypy_check: Checker) -> 
         "MessageVerifier.from_file accepts any keyword of any type under mypy --strict: "
         f"{errors}")
     assert lines <= {line_a, line_a + 1, line_b}, f"the right call is refused: {errors}"
+
+
+def test_server_chain_is_at_its_documented_path(mypy_check: Checker) -> None:
+    """A user follows ``meshkit.observability``'s docstring ("Chain order. Server:
+    telemetry -> deadline -> authn -> authz -> rate limit -> handler
+    (:func:`meshkit.server_chain`, the one place it is written ...)") to inspect the chain
+    ``serve()`` installs: ``meshkit.server_chain("userd", options)``, and annotates what
+    ``stats()`` returns.
+
+    Was: ``server_chain`` is in ``meshkit.server.__all__`` but ``meshkit`` neither
+    imported nor listed it, so ``meshkit.server_chain`` was an ``AttributeError`` and mypy
+    said "Module has no attribute". The typed snapshots the public ``stats()`` methods
+    return (``ChannelStats``, ``ServerStats``) were likewise only in the private
+    ``meshkit._stats``.
+
+    Should: a documented name is importable where it is documented: ``meshkit`` re-exports
+    ``server_chain`` and the snapshot types, and lists them in ``__all__``."""
+    source = """\
+        import meshkit
+        import grpc
+
+
+        def chain() -> tuple[grpc.aio.ServerInterceptor, ...]:
+            return meshkit.server_chain("userd", meshkit.ServeOptions(insecure=True))
+
+
+        def stats(channel: meshkit.MeshChannel, server: meshkit.MeshServer
+                  ) -> tuple[meshkit.ChannelStats, meshkit.ServerStats, int]:
+            snapshot = channel.stats()
+            endpoints: tuple[meshkit.EndpointStats, ...] = tuple(snapshot.endpoints)
+            return snapshot, server.stats(), len(endpoints)
+    """
+    errors = mypy_check.run("server_chain", source)
+    import meshkit
+
+    for name in ("server_chain", "ChannelStats", "ServerStats", "EndpointStats"):
+        assert hasattr(meshkit, name) and name in meshkit.__all__, (
+            f"meshkit.{name} (documented) is missing; mypy: {errors}")
+    assert meshkit.server_chain("userd", meshkit.ServeOptions(insecure=True))
+    assert errors == []
