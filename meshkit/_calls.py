@@ -447,13 +447,14 @@ class StreamResponseCall(MeshCall):
         open_: ``await open_(details, request) -> call``: the per-call chain.
     """
 
-    __slots__ = ("_open", "_request")
+    __slots__ = ("_open", "_request", "_unanswered")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
         super().__init__(details)
         self._request = request
         self._open = open_
+        self._unanswered = True  # no response message read yet (see _first_response)
 
     async def _opening(self) -> None:
         call = await self._open(self._details, self._request)
@@ -483,16 +484,23 @@ class StreamResponseCall(MeshCall):
     async def _iterate(self) -> AsyncIterator[Any]:
         call = await self._opened()
         messages = self._details.messages
+        first = self._unanswered
         try:
             if messages is None:
                 async for response in call:
                     if type(response) is Undecodable:
                         self._undecodable(call, response)
+                    if first:
+                        first = False
+                        self._first_response()
                     yield response
             else:
                 async for response in call:
                     if type(response) is Undecodable:
                         self._undecodable(call, response)
+                    if first:
+                        first = False
+                        self._first_response()
                     messages.msg_received += 1
                     yield response
         except asyncio.CancelledError:
@@ -520,10 +528,21 @@ class StreamResponseCall(MeshCall):
             raise
         if type(response) is Undecodable:
             self._undecodable(call, response)
+        if self._unanswered and response is not _EOF:
+            self._first_response()
         messages = self._details.messages
         if messages is not None and response is not _EOF:
             messages.msg_received += 1
         return response
+
+    def _first_response(self) -> None:
+        """The stream's first response message was read: the channel tells the balancer
+        (``details.codec.answered``: P2C stops counting the stream as pending, a
+        half-open probe is decided), once."""
+        self._unanswered = False
+        answered = getattr(self._details.codec, "answered", None)
+        if answered is not None:
+            answered(self._details, self._call)
 
     def _undecodable(self, call: Any, message: Undecodable) -> None:
         """End the call for a response message its deserializer refused, and raise."""

@@ -41,7 +41,7 @@ from meshkit.balancer import (
 )
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshRpcError, NoEndpointsError
-from meshkit.interceptors import ClientCallDetails
+from meshkit.interceptors import CallKind, ClientCallDetails
 
 __all__ = ["EndpointPool"]
 
@@ -139,6 +139,9 @@ class EndpointPool:
         self.service = service
         self.registry = registry
         self.balancer = balancer
+        # a streaming-response call is picked by pick_stream where the balancer has one
+        # (its outcome callback hears of the stream's first response)
+        self._pick_stream = getattr(balancer, "pick_stream", None) or balancer.pick
         self._filters = tuple(filters)
         self._make_channel = make_channel
         self._drain_s = drain_timeout_s
@@ -357,7 +360,7 @@ class EndpointPool:
             if self.closed:  # closed while this call waited
                 raise MeshRpcError(grpc.StatusCode.CANCELLED,
                                    f"channel to {self.service!r} is closed")
-            picked = self.balancer.pick(details.request_key, details.attempts)
+            picked = self._pick(details)
             if picked is not None:
                 if picked[0].state is EndpointState.READY:
                     return picked
@@ -432,7 +435,7 @@ class EndpointPool:
                     break
                 done(grpc.StatusCode.CANCELLED, 0.0)  # no outcome: picked again below
                 held = None
-                held = self.balancer.pick(details.request_key, details.attempts)
+                held = self._pick(details)
                 if held is None:
                     if details.wait_for_ready:
                         return None
@@ -443,6 +446,14 @@ class EndpointPool:
                 done(grpc.StatusCode.CANCELLED, 0.0)
             raise
         return ep, done
+
+    def _pick(self, details: ClientCallDetails) -> tuple[Endpoint, Done] | None:
+        """The balancer's pick for ``details``' call: ``pick_stream`` for a
+        streaming-response call (where the balancer has one), else ``pick``."""
+        kind = details.kind
+        pick = (self._pick_stream if kind is CallKind.UNARY_STREAM
+                or kind is CallKind.STREAM_STREAM else self.balancer.pick)
+        return pick(details.request_key, details.attempts)
 
     def _all_failing(self) -> NoEndpointsError:
         """The error of a call no endpoint of the pool can take (``UNAVAILABLE``)."""

@@ -322,7 +322,7 @@ class _MethodPlan:
     serializes every request message once, for the check: what grpc.aio would get wrong
     fails the same way on both paths."""
 
-    __slots__ = ("decode", "decodes", "in_mesh", "key", "kind", "method",
+    __slots__ = ("answered", "decode", "decodes", "in_mesh", "key", "kind", "method",
                  "request_serializer", "response_deserializer", "sends_wire",
                  "serializes_stream", "strict_deserializer", "timeout_s", "unary_request")
 
@@ -347,6 +347,9 @@ class _MethodPlan:
         self.strict_deserializer = (strict_deserializer if deser is not None
                                     and (not unary_response or not codecs_in_mesh) else None)
         self.key = method if key is None else key
+        # a streaming-response method: what its call object calls at a stream's first
+        # response message (MeshChannel._stream_answered), None when nothing listens
+        self.answered: Callable[[ClientCallDetails, Any], None] | None = None
 
     def codecs(self) -> tuple[Any, Any]:
         """The serializer and deserializer the sub-channel multicallable is made with."""
@@ -441,6 +444,13 @@ class MeshChannel(grpc.aio.Channel):
         self._plan_seq = 0
         self._unary = chain_unary(chain, self._attempt_unary)
         self._stream = chain_stream(chain, self._attempt_stream)
+        # streams are picked so that their first response can be reported (pick_stream:
+        # an outcome callback with responded(), see balancer._outlier.StreamDone), where
+        # the balancer can; the streams waiting for theirs, by attempt (grpc.aio call)
+        pick_stream = getattr(self._balancer, "pick_stream", None)
+        self._pick_stream = pick_stream or self._balancer.pick
+        self._answers = pick_stream is not None
+        self._answering: dict[Any, Callable[[], None]] = {}
         self._pool = EndpointPool(service, registry, self._balancer, filters=options.filters,
                                   make_channel=self._sub_channel,
                                   drain_timeout_s=options.drain_timeout_s,
@@ -607,17 +617,39 @@ class MeshChannel(grpc.aio.Channel):
             request = serialized(details, plan.request_serializer, request, plan.in_mesh)
         picked = None
         if self._resolved.is_set() and not self._pool.closed:
-            picked = self._balancer.pick(details.request_key, details.attempts)
+            picked = self._pick_stream(details.request_key, details.attempts)
         if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
             picked = await self._pool.pick_slow(details, picked)
         ep, done, call = self._launch(details, picked, request, md)
+        responded = getattr(done, "responded", None)
+        if responded is None:
+            def finished(c: Any) -> None:
+                ep.in_flight -= 1
+                self._pool.spawn(_report_stream(c, ep, done, details))
+        else:  # the balancer hears of the stream's first response (_stream_answered)
+            answering = self._answering
+            answering[call] = responded
 
-        def finished(c: Any) -> None:
-            ep.in_flight -= 1
-            self._pool.spawn(_report_stream(c, ep, done, details))
+            def finished(c: Any) -> None:
+                ep.in_flight -= 1
+                answering.pop(c, None)
+                self._pool.spawn(_report_stream(c, ep, done, details))
 
         call.add_done_callback(finished)
         return call
+
+    def _stream_answered(self, details: ClientCallDetails, call: Any) -> None:
+        """The first response message of a stream was read (from ``call``, the call its
+        call object settled on: the attempt, or a retrying call over it, then the
+        attempt is ``details.last_call``): the balancer's ``responded()`` of that
+        attempt, once (P2C stops counting it as pending, a half-open probe is decided;
+        Finagle's and Linkerd's PeakEwma count a request until its response starts)."""
+        answering = self._answering
+        responded = answering.pop(call, None)
+        if responded is None:
+            responded = answering.pop(details.last_call, None)
+        if responded is not None:
+            responded()
 
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
         in_mesh = not self._attempt_interceptors
@@ -629,6 +661,9 @@ class MeshChannel(grpc.aio.Channel):
                 strict = self._strict[deser] = strict_deserializer(deser)
         plan = _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method),
                            codecs_in_mesh=in_mesh, strict_deserializer=strict)
+        if self._answers and (kind is CallKind.UNARY_STREAM
+                              or kind is CallKind.STREAM_STREAM):
+            plan.answered = self._stream_answered
         # one sub-channel multicallable per method and codec pair (two stubs of one method
         # with other codecs must not share the first's): the first pair ever keys by the
         # method's name, others by a key never given out before. Bounded: past

@@ -744,3 +744,80 @@ def test_ring_hash_max_ring_size_is_a_count_up_to_8m(size: object) -> None:
     with pytest.raises(ConfigError, match="max_ring_size") as err:
         RingHash(max_ring_size=size)  # type: ignore[arg-type]
     assert repr(size) in str(err.value)
+
+
+# -- a stream as the half-open probe: decided by its first response ------------------------
+def _stream_pick(eb: EjectingBalancer) -> tuple[Endpoint, Any]:
+    """A pick for a streaming-response call (``pick_stream``), as the channel makes it."""
+    got = eb.pick_stream()
+    assert got is not None
+    return got
+
+
+def test_a_stream_probe_is_decided_by_its_first_response() -> None:
+    """A long-lived stream (a watch, a subscription) sent to an ejected endpoint as its
+    half-open probe decided nothing until it ended: the endpoint, healthy and answering,
+    stayed out of rotation for the stream's whole life. Its first response now decides:
+    the endpoint is back at once; the stream's end outcome is then an ordinary call's
+    (a failure after the answer counts in rotation, it is no failed probe)."""
+    clock = Clock()
+    eb = ejector(clock, consecutive_failures=2)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    clock.t += 10
+    probe_ep, probe = _stream_pick(eb)
+    assert probe_ep is a  # the probe
+    assert {call(eb) for _ in range(4)} == {"b"}  # a is out while its probe runs
+    probe.responded()  # the stream answered
+    assert eb.ejected() == []
+    assert {call(eb) for _ in range(4)} == {"a", "b"}
+    probe(UNAVAILABLE, -1.0)  # it ends failing: a call in rotation, one in a row
+    assert eb.ejected() == []
+    assert call(eb, {"a": UNAVAILABLE, "b": OK}) in ("a", "b")
+    for _ in range(4):
+        call(eb, {"a": UNAVAILABLE})
+    assert eb.ejected() == ["a"]  # two in a row: ejected again, as any endpoint
+
+
+def test_a_stream_probe_that_fails_before_answering_ejects_again() -> None:
+    """A stream probe that fails before its first response is a failed probe (ejected
+    again, for twice as long); one cancelled before it leaves the endpoint half-open;
+    a late ``responded()`` after its end changes nothing."""
+    clock = Clock()
+    eb = ejector(clock)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    clock.t += 10
+    probe_ep, probe = _stream_pick(eb)
+    assert probe_ep is a
+    probe(CANCELLED, -1.0)
+    assert eb.ejected() == ["a"]
+    probe_ep, probe = _stream_pick(eb)
+    assert probe_ep is a  # probed again
+    probe(UNAVAILABLE, -1.0)
+    probe.responded()
+    assert eb.ejected() == ["a"]
+    clock.t += 15
+    assert call(eb) == "b"  # 2 x 10 s this time
+    clock.t += 5
+    assert call(eb) == "a"
+
+
+def test_stream_picks_in_rotation_record_their_end_outcome() -> None:
+    """A stream picked in rotation counts once, by its end outcome (its first response
+    is no extra success), and hands the inner balancer's pick its outcome."""
+    clock = Clock()
+    eb = EjectingBalancer(P2C(P2COptions(slow_start_s=0.0), rng=random.Random(1),
+                              clock=clock),
+                          OutlierOptions(consecutive_failures=2, max_ejection_percent=100),
+                          clock=clock)
+    a = ep("a")
+    eb.update([a])
+    for _ in range(2):
+        picked, done = _stream_pick(eb)
+        assert picked is a
+        done.responded()
+        done(UNAVAILABLE, -1.0)
+    assert eb.ejected() == ["a"]

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import meshkit
+from meshkit.discovery import LocalRegistry
 from meshkit.observability import TelemetryOptions
 from meshkit.resilience import RateLimitOptions
 from tests.conftest import EchoFactory
@@ -130,3 +131,54 @@ async def test_a_request_stream_shed_by_the_gate_spends_no_rate_limit_quota(
             pytest.fail(f"the 10th served call was refused: {e.code()} {e.details()!r}")
         finally:
             tenth.cancel()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_probe_does_not_keep_a_healthy_endpoint_out_of_rotation(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """Endpoint ``a`` fails a few calls and is ejected (``consecutive_failures=2``,
+    ``base_ejection_s=0.5``). Once its ejection is over, the next call is a long-lived
+    bidi stream (a subscription); the balancer sends it to ``a`` as the half-open probe,
+    and ``a`` answers it at once. ``a`` stayed ejected, and got none of the following
+    unary calls, for as long as that stream stayed open (a watch may live for hours): the
+    probe's verdict came only from the stream's final status. The README says "then one
+    probe call decides (half-open)", and a stream that has answered has shown the endpoint
+    works (meshkit's retry policy commits a stream at its first message for the same
+    reason, gRFC A6; Envoy and gRFC A50 never hold an endpoint out behind a stream): the
+    probe's first response decides, and ``a`` is back in rotation at once."""
+    from meshkit.balancer import OutlierOptions, RoundRobin
+
+    await echo_servers("a")
+    await echo_servers("b")
+    options = meshkit.DialOptions(
+        insecure=True, balancer=RoundRobin, retry=None,
+        outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=0.5))
+
+    def ejected(ch: meshkit.MeshChannel) -> set[str]:
+        return {e.instance_id for e in ch.stats().endpoints if e.ejected}
+
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(2)
+        fail_on_a = ch.unary_stream(method("FailStream"))
+        for _ in range(40):
+            if "a" in ejected(ch):
+                break
+            try:
+                _ = [m async for m in fail_on_a(b"UNAVAILABLE:0@a", timeout=10)]
+            except grpc.aio.AioRpcError as e:  # on a; b answers 3 messages
+                assert e.code() is grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.05)  # stream outcomes are reported from done callbacks
+        await until(lambda: "a" in ejected(ch), timeout_s=10, what="a ejected")
+        await asyncio.sleep(1.0)  # twice its 0.5 s ejection: the next pick probes it
+        probe = ch.stream_stream(method("Bidi"))(_held_open(b"p"), timeout=60)
+        try:
+            assert await asyncio.wait_for(probe.read(), 10) == b"a|p"  # a answered
+            await until(lambda: "a" not in ejected(ch), timeout_s=10,
+                        what="a back in rotation while its probe stream stays open")
+            unary = ch.unary_unary(method("Unary"))
+            served = [(await unary(b"x", timeout=10)).split(b"|")[0] for _ in range(20)]
+            assert not probe.done(), "the probe stream is still open"
+        finally:
+            probe.cancel()
+    assert served.count(b"a") >= 5, served
