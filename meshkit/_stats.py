@@ -146,6 +146,10 @@ class ServerStats:
         tls_handshakes: TLS handshakes started (grpc asks the certificate reloader before
             each one); grpcio tells Python nothing about a handshake's outcome, so refused
             handshakes show as handshakes that no call followed.
+        registry: the health of the registry the server registers in, as JSON-able values
+            (``RegistryStatus`` fields and ``ok``, as :attr:`ChannelStats.registry`), or
+            ``None`` for a registry that reports none: a failing heartbeat or keep-alive
+            (``writable`` False) means the instance will drop out of discovery.
     """
 
     service: str
@@ -163,6 +167,7 @@ class ServerStats:
     gate_timed_out: int = 0
     gate_evicted: int = 0
     tls_handshakes: int = 0
+    registry: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``/debug/mesh`` shows; a float that is not finite, such as

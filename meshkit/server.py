@@ -882,6 +882,11 @@ class MeshServer:
         inst = self.instance
         opts = self.options
         gate = self.gate
+        registry: dict[str, Any] | None = None
+        status = getattr(self.registry, "status", None)
+        if status is not None:
+            st_reg = status()
+            registry = {**dataclasses.asdict(st_reg), "ok": st_reg.ok}
         return ServerStats(
             service=self.service,
             instance_id=inst.instance_id if inst else None,
@@ -898,6 +903,7 @@ class MeshServer:
             gate_timed_out=gate.timed_out if gate is not None else 0,
             gate_evicted=gate.evicted if gate is not None else 0,
             tls_handshakes=self._tls_handshakes,
+            registry=registry,
         )
 
     async def wait_stopped(self) -> None:

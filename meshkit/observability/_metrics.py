@@ -520,14 +520,19 @@ def _families() -> dict[str, _Family]:
         "ep_rtt": _Family("gauge", "meshkit_client_endpoint_rtt_seconds",
                           "Balancer's EWMA latency estimate per endpoint, seconds.", ti,
                           "mean"),
+        # a channel's registry (target: the dialed service) or a server's (service: the
+        # served one, whose registration the registry holds); the other label is empty,
+        # which Prometheus stores as no label
         "registry_ok": _Family("gauge", "meshkit_registry_healthy",
-                               "1 while the dialed service's registry can be read and "
-                               "written, else 0.", t, "min"),
+                               "1 while the registry (of the dialed service, target; or "
+                               "the one a server registers in, service) can be read and "
+                               "written, else 0.", ("target", "service"), "min"),
         "registry_kept": _Family("gauge", "meshkit_registry_kept_endpoints",
                                  "Endpoints kept through a registry fault although the "
                                  "registry does not list them now.", t, "max"),
         "registry_errors": _Family("counter", "meshkit_registry_errors",
-                                   "Failed registry reads and writes.", ("target", "op")),
+                                   "Failed registry reads and writes.",
+                                   ("target", "service", "op")),
         "ready": _Family("gauge", "meshkit_server_ready",
                          "1 when the server is registered and serving, not draining.",
                          ("service",), "min"),
@@ -584,10 +589,10 @@ def _channel_samples(ch: ChannelStats) -> list[_Sample]:
     add("watch_errors", target, ch.watch_errors)
     reg = ch.registry
     if reg is not None:
-        add("registry_ok", target, float(bool(reg.get("ok", True))))
+        add("registry_ok", (ch.service, ""), float(bool(reg.get("ok", True))))
         add("registry_kept", target, reg.get("kept_endpoints", 0))
-        add("registry_errors", (ch.service, "read"), reg.get("read_errors", 0))
-        add("registry_errors", (ch.service, "write"), reg.get("write_errors", 0))
+        add("registry_errors", (ch.service, "", "read"), reg.get("read_errors", 0))
+        add("registry_errors", (ch.service, "", "write"), reg.get("write_errors", 0))
     return out
 
 
@@ -606,6 +611,11 @@ def _server_samples(srv: ServerStats) -> list[_Sample]:
     add("gate", (srv.service, "timed_out"), srv.gate_timed_out)
     add("gate", (srv.service, "evicted"), srv.gate_evicted)
     add("tls_handshakes", svc, srv.tls_handshakes)
+    reg = srv.registry
+    if reg is not None:  # its registration's health (a heartbeat, a keep-alive failing)
+        add("registry_ok", ("", srv.service), float(bool(reg.get("ok", True))))
+        add("registry_errors", ("", srv.service, "read"), reg.get("read_errors", 0))
+        add("registry_errors", ("", srv.service, "write"), reg.get("write_errors", 0))
     return out
 
 

@@ -783,3 +783,54 @@ async def test_prometheus_targets_keep_a_killed_instance_and_drop_a_drained_one(
                 "MeshkitInstanceDown needs")
     finally:
         cluster.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_server_whose_keep_alive_fails_exports_registry_unhealthy(
+        tmp_path: Path) -> None:
+    """A service process (a server that dials nothing, as userd or summaryd) registers in
+    etcd; etcd becomes unreachable, so its keep-alives fail: the registry reports
+    ``writable=False`` and the instance will drop out of discovery when its lease ends.
+    deploy/prometheus's ``MeshkitRegistryUnhealthy`` reads ``meshkit_registry_healthy``,
+    which was produced from channels only: a serving process had no series at 0 and the
+    alert could not fire for it. Its /metrics now carries the server's registry health,
+    0 while the keep-alive fails."""
+    import aiohttp
+
+    from tests.support.echo import add_echo
+
+    cluster = EtcdCluster(require_etcd_binary(), tmp_path / "etcd", size=1)
+    await cluster.start()
+    try:
+        reg = EtcdRegistry.from_uri(cluster.uri(ttl_s=2, request_timeout_s=0.5,
+                                                operation_timeout_s=1, connect_timeout_s=0.5))
+        srv = meshkit.MeshServer(
+            "regd", [add_echo("r1")], registry=reg,
+            options=meshkit.ServeOptions(insecure=True, instance_id="r1", drain_delay_s=0.0,
+                                         grace_s=0.5))
+        await srv.start()
+        try:
+            admin = srv.stats().admin
+            assert admin
+
+            async def healthy() -> list[float]:
+                async with aiohttp.ClientSession(
+                        timeout=aiohttp.ClientTimeout(total=5)) as http, \
+                        http.get(admin + "/metrics") as resp:
+                    text = await resp.text()
+                return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("meshkit_registry_healthy{")
+                        and 'service="regd"' in line]
+
+            assert await healthy() == [1.0]
+            cluster.kill(0)  # the registry is unreachable from now on
+            await until(lambda: reg.status().writable is False, timeout_s=30,
+                        interval_s=0.1, what="the keep-alive failing")
+            assert await healthy() == [0.0], (
+                f"registry status {reg.status()!r}, but /metrics has no "
+                "meshkit_registry_healthy{service=\"regd\"} at 0")
+        finally:
+            await srv.drain()
+            await reg.close()
+    finally:
+        cluster.close()

@@ -1056,3 +1056,49 @@ async def test_a_unary_response_over_the_servers_send_limit_is_counted_resource_
         assert (handled("OK"), handled("ResourceExhausted")) == (0.0, 1.0)
     finally:
         await srv.drain()
+
+
+class _UnwritableRegistry(_FixedRegistry):
+    """A registry that took the registration and now fails every write (its heartbeats or
+    keep-alives): what ``status()`` reports while the store cannot be reached."""
+
+    def __init__(self) -> None:
+        super().__init__(frozenset())
+        self.writable = True
+
+    def status(self) -> RegistryStatus:
+        if self.writable:
+            return RegistryStatus(kind="fixed", readable=True, writable=True)
+        return RegistryStatus(kind="fixed", readable=True, writable=False, write_errors=3,
+                              last_error="keep-alive: connection refused")
+
+
+async def test_a_serving_process_exports_its_own_registry_health(
+        prom: CollectorRegistry) -> None:
+    """A service process that dials nothing (userd, summaryd) registers; its registry
+    then cannot be written (heartbeats or keep-alives fail: the instance will drop out of
+    discovery). ``meshkit_registry_healthy`` and ``meshkit_registry_errors_total`` were
+    produced from channels only (label ``target``) and ``ServerStats`` had no registry,
+    so such a process exported no series at 0 and ``MeshkitRegistryUnhealthy`` could not
+    fire for it. The server's registry now shows in ``ServerStats.registry`` and on
+    /metrics labelled ``service`` (the served service; ``target`` empty), 1 then 0, with
+    its write errors."""
+    reg = _UnwritableRegistry()
+    srv = meshkit.MeshServer("regd", [add_echo("r1")], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, instance_id="r1", drain_delay_s=0.0, grace_s=0.5,
+        telemetry=TelemetryOptions(registry=prom, tracing=False, access_log=False)))
+    await srv.start()
+    try:
+        got = samples(prom_text(prom))
+        assert value(got, "meshkit_registry_healthy", service="regd") == 1
+        reg.writable = False
+        assert srv.stats().registry is not None
+        assert srv.stats().registry["writable"] is False  # type: ignore[index]
+        got = samples(prom_text(prom))
+        healthy = [(labels, v) for (name, labels), v in got.items()
+                   if name == "meshkit_registry_healthy"]
+        assert healthy == [((("service", "regd"), ("target", "")), 0.0)], healthy
+        assert value(got, "meshkit_registry_errors_total", service="regd", op="write") == 3
+        assert value(got, "meshkit_registry_errors_total", service="regd", op="read") == 0
+    finally:
+        await srv.drain()

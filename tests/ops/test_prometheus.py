@@ -517,3 +517,24 @@ def test_certificate_alert_without_not_before_falls_back_to_8_hours_left(
                                                  + humanize_duration(25200 - 1200)}}]}]},
     ])
     assert rc == 0, out
+
+
+def test_registry_alert_fires_for_a_server_whose_registration_fails(tmp_path: Path) -> None:
+    """``MeshkitRegistryUnhealthy`` covers a serving process's own registry
+    (``meshkit_registry_healthy{service=...}``, what a server exports while its heartbeats
+    or keep-alives fail) as well as a channel's (``target=...``): 0 for a minute fires."""
+    labels = 'job="meshkit",mesh_service="regd",mesh_instance="r1"'
+    rc, out = promtool_test(tmp_path, [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'meshkit_registry_healthy{{{labels},service="regd"}}',
+             "values": "1 1 0 0 0 0 0"}],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "MeshkitRegistryUnhealthy", "exp_alerts": []},
+            {"eval_time": "4m", "alertname": "MeshkitRegistryUnhealthy", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "mesh_service": "regd",
+                               "mesh_instance": "r1"},
+                "exp_annotations": {
+                    "summary": "r1 cannot read or write the service registry"}}]}],
+    }])
+    assert rc == 0, out
