@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 import structlog
@@ -56,7 +56,8 @@ from meshkit._codecs import (
     serialized,
     strict_deserializer,
 )
-from meshkit._config import check_number
+from meshkit._config import check_number, refuse_str
+from meshkit._fields import Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
@@ -122,6 +123,10 @@ _MAX_PLAN_KEYS = 1024
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# the message types of a method, bound by its serializers as in types-grpcio's
+# grpc.aio.Channel, so a typed client keeps them through a MeshChannel
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
 
 
 def _refused_here(code: grpc.StatusCode, details: str | None) -> bool:
@@ -168,13 +173,16 @@ class DialOptions:
         filters: which discovered instances to balance over, run in order on each
             discovery answer: :class:`~meshkit.balancer.Subset` (registry meta/tags),
             :class:`~meshkit.balancer.PreferZone` (local zone while any instance is
-            there), or any ``(instances) -> instances`` callable (default none).
+            there), or any ``(instances) -> instances`` callable; a sequence (tuple or
+            list; default none).
         telemetry: client spans with W3C trace-context propagation, RED metrics and an access
             log per call (:class:`meshkit.observability.TelemetryOptions`, on by default,
             outermost); ``None`` turns them off.
-        interceptors: per-call :class:`~meshkit.interceptors.ClientInterceptor` chain, first
-            is outermost (default none); it runs inside telemetry, and retry inside it.
-        attempt_interceptors: ``grpc.aio`` client interceptors installed on every
+        interceptors: per-call :class:`~meshkit.interceptors.ClientInterceptor` chain, a
+            sequence, first is outermost (default none); it runs inside telemetry, and
+            retry inside it.
+        attempt_interceptors: ``grpc.aio`` client interceptors (a sequence, as
+            ``grpc.aio.insecure_channel(interceptors=)`` takes) installed on every
             endpoint's sub-channel; they run once per attempt (default none). One object of
             several kinds runs for each of its kinds (grpc.aio alone would run it for the
             first only). They see the messages: the sub-channels then keep the codecs.
@@ -186,8 +194,12 @@ class DialOptions:
         insecure: plaintext, asked for explicitly (default ``False``); without it, ``tls``
             or ``credentials``, :func:`dial` takes certificates from ``MESHKIT_CERT_DIR`` /
             ``MESHKIT_WORKLOAD`` or refuses.
-        channel_options: extra grpc channel arguments, e.g.
-            ``(("grpc.max_receive_message_length", 8 << 20),)``.
+        channel_options: extra grpc channel arguments, a sequence of ``(name, value)``
+            as ``grpc.aio.insecure_channel(options=)`` takes, e.g.
+            ``[("grpc.max_receive_message_length", 8 << 20)]``.
+
+    The sequences are stored as tuples (a list changed later does not change the
+    options).
         resolve_timeout_s: how long a call waits for the first discovery answer before
             failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline).
         drain_timeout_s: grace given to in-flight calls on an endpoint that left the
@@ -205,14 +217,19 @@ class DialOptions:
     propagate_deadline: bool = True
     deadline_margin_s: float = 0.0
     hash_key_metadata: str | None = None
-    filters: tuple[Filter, ...] = ()
+    filters: Normalised[Sequence[Filter], tuple[Filter, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
-    interceptors: tuple[ClientInterceptor, ...] = ()
-    attempt_interceptors: tuple[grpc.aio.ClientInterceptor, ...] = ()
+    interceptors: Normalised[Sequence[ClientInterceptor], tuple[ClientInterceptor, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
+    attempt_interceptors: Normalised[Sequence[grpc.aio.ClientInterceptor],
+                                     tuple[grpc.aio.ClientInterceptor, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     tls: TLSOptions | None = None
     credentials: grpc.ChannelCredentials | None = None
     insecure: bool = False
-    channel_options: tuple[tuple[str, Any], ...] = ()
+    channel_options: Normalised[Sequence[tuple[str, Any]], tuple[tuple[str, Any], ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     resolve_timeout_s: float = 5.0
     drain_timeout_s: float = 10.0
 
@@ -251,6 +268,8 @@ class DialOptions:
                 raise ConfigError(
                     f"interceptors must be meshkit ClientInterceptor instances, got {icpt!r}"
                 )
+        refuse_str("channel_options", self.channel_options)
+        object.__setattr__(self, "channel_options", tuple(self.channel_options))
 
 
 def dial(
@@ -689,30 +708,52 @@ class MeshChannel(grpc.aio.Channel):
         return plan
 
     # -- grpc.aio.Channel ---------------------------------------------------------------
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None, _registered_method: bool | None = False,
-                    ) -> _UnaryUnaryMultiCallable:
-        """A multicallable for a unary-unary method (what generated stubs call)."""
+    def unary_unary(self, method: str,
+                    request_serializer: Callable[[_TRequest], bytes] | None = None,
+                    response_deserializer: Callable[[bytes], _TResponse] | None = None,
+                    _registered_method: bool | None = False,
+                    ) -> grpc.aio.UnaryUnaryMultiCallable[_TRequest, _TResponse]:
+        """A multicallable for a unary-unary method (what generated stubs call). Typed as
+        types-grpcio types ``grpc.aio.Channel``: generic over the request and response
+        types its codecs take and give, so a request of another type is a type error.
+
+        Args:
+            method: the full method name, ``"/package.Service/Method"``.
+            request_serializer: ``request -> bytes`` (generated stubs pass
+                ``Request.SerializeToString``); ``None`` (default): requests are bytes.
+            response_deserializer: ``bytes -> response`` (``Response.FromString``);
+                ``None`` (default): responses are bytes.
+            _registered_method: grpc's registered-method flag (generated stubs pass it);
+                unused.
+
+        The other three kinds take the same arguments.
+        """
         return _UnaryUnaryMultiCallable(self, self._plan(
             method, CallKind.UNARY_UNARY, request_serializer, response_deserializer))
 
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None, _registered_method: bool | None = False,
-                     ) -> _UnaryStreamMultiCallable:
+    def unary_stream(self, method: str,
+                     request_serializer: Callable[[_TRequest], bytes] | None = None,
+                     response_deserializer: Callable[[bytes], _TResponse] | None = None,
+                     _registered_method: bool | None = False,
+                     ) -> grpc.aio.UnaryStreamMultiCallable[_TRequest, _TResponse]:
         """A multicallable for a unary-stream (server streaming) method."""
         return _UnaryStreamMultiCallable(self, self._plan(
             method, CallKind.UNARY_STREAM, request_serializer, response_deserializer))
 
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None, _registered_method: bool | None = False,
-                     ) -> _StreamUnaryMultiCallable:
+    def stream_unary(self, method: str,
+                     request_serializer: Callable[[_TRequest], bytes] | None = None,
+                     response_deserializer: Callable[[bytes], _TResponse] | None = None,
+                     _registered_method: bool | None = False,
+                     ) -> grpc.aio.StreamUnaryMultiCallable[_TRequest, _TResponse]:
         """A multicallable for a stream-unary (client streaming) method."""
         return _StreamUnaryMultiCallable(self, self._plan(
             method, CallKind.STREAM_UNARY, request_serializer, response_deserializer))
 
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None, _registered_method: bool | None = False,
-                      ) -> _StreamStreamMultiCallable:
+    def stream_stream(self, method: str,
+                      request_serializer: Callable[[_TRequest], bytes] | None = None,
+                      response_deserializer: Callable[[bytes], _TResponse] | None = None,
+                      _registered_method: bool | None = False,
+                      ) -> grpc.aio.StreamStreamMultiCallable[_TRequest, _TResponse]:
         """A multicallable for a bidirectional streaming method."""
         return _StreamStreamMultiCallable(self, self._plan(
             method, CallKind.STREAM_STREAM, request_serializer, response_deserializer))

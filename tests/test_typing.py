@@ -151,6 +151,76 @@ def _calls(channel_type: str, suffix: str) -> str:
 """
 
 
+def test_mesh_channel_multicallables_keep_message_types(mypy_check: Checker) -> None:
+    """A user builds multicallables on the channel ``dial()`` returns (what generated stubs
+    do, and what a hand-written typed client does) and returns the awaited response from a
+    function annotated ``-> Resp``.
+
+    Was: ``MeshChannel.unary_unary/unary_stream/stream_unary/stream_stream`` returned
+    meshkit's private multicallables (``grpc.aio.*MultiCallable[Any, Any]``) whose
+    ``__call__`` was typed ``-> Any``, so every response was ``Any`` and ``mypy --strict``
+    rejected the correct program (``no-any-return``, once per kind). The same code over a
+    ``grpc.aio.Channel`` (types-grpcio: ``unary_unary(...) -> UnaryUnaryMultiCallable[
+    _TRequest, _TResponse]``, inferred from the serializers) type-checks cleanly.
+
+    Should: ``dial()`` is documented to return "a ``grpc.aio.Channel``; give it to any
+    generated stub"; a subclass must not lose the base class's generic typing (Liskov: an
+    override returning ``[Any, Any]`` silently widens it). The control run over
+    ``grpc.aio.Channel`` proves the program is right."""
+    source = MESSAGES + _calls("grpc.aio.Channel", "aio") + _calls("meshkit.MeshChannel", "mesh")
+    errors = mypy_check.run("channel_types", source)
+    control = [e for e in errors if "_aio" in e]
+    assert not control, f"the control program over grpc.aio.Channel has errors: {control}"
+    assert errors == [], (
+        "correct code over meshkit.MeshChannel rejected by mypy --strict "
+        "(its multicallables return Any):\n" + "\n".join(errors))
+
+
+def test_mesh_channel_flags_a_wrong_request_type(mypy_check: Checker) -> None:
+    """A user passes the wrong message to a method (``Other`` where the method's serializer
+    takes ``Req``), to a unary and to a streaming method.
+
+    Was: over ``grpc.aio.Channel`` mypy reports ``arg-type`` (types-grpcio binds
+    ``_TRequest`` to ``Req`` from ``request_serializer``); over the ``MeshChannel`` that
+    ``meshkit.dial()`` returns the same mistake passed ``mypy --strict`` (the
+    multicallable's ``__call__`` took ``request: Any``) and failed only at run time
+    (``RequestSerializationError``, or worse a message of the wrong type serialized).
+
+    Should: the mistake is caught statically exactly as with grpc.aio, which is the point
+    of shipping ``py.typed``."""
+    source = MESSAGES + """
+
+    async def other_requests() -> AsyncIterator[Other]:
+        yield Other()
+
+
+    async def wrong_aio(ch: grpc.aio.Channel) -> None:
+        uu = ch.unary_unary("/p.S/UU", request_serializer=Req.SerializeToString,
+                            response_deserializer=Resp.FromString)
+        await uu(Other())  # line A
+
+
+    async def wrong_mesh() -> None:
+        async with meshkit.dial("svc", options=meshkit.DialOptions(insecure=True)) as ch:
+            uu = ch.unary_unary("/p.S/UU", request_serializer=Req.SerializeToString,
+                                response_deserializer=Resp.FromString)
+            await uu(Other())  # line B
+            ss = ch.stream_stream("/p.S/SS", request_serializer=Req.SerializeToString,
+                                  response_deserializer=Resp.FromString)
+            async for _ in ss(other_requests()):  # line C
+                pass
+    """
+    errors = mypy_check.run("channel_wrong_request", source)
+    assert _on_line(errors, _line_of(source, "# line A"), "arg-type"), (
+        f"control: grpc.aio.Channel should flag the wrong request: {errors}")
+    assert _on_line(errors, _line_of(source, "# line B"), "arg-type"), (
+        "a request of the wrong type passed to a MeshChannel unary multicallable is "
+        f"accepted by mypy --strict: {errors}")
+    assert _on_line(errors, _line_of(source, "# line C"), "arg-type"), (
+        "a request stream of the wrong type passed to a MeshChannel stream multicallable "
+        f"is accepted by mypy --strict: {errors}")
+
+
 def test_misspelled_names_of_lazy_modules_are_errors(mypy_check: Checker) -> None:
     """A user misspells a name imported from ``meshkit.observability`` or
     ``meshkit.discovery`` (``TelemetryOption`` for ``TelemetryOptions``, ``LocalRegistri``).
@@ -196,6 +266,118 @@ def test_misspelled_names_of_lazy_modules_are_errors(mypy_check: Checker) -> Non
         f"(module __getattr__ -> Any) though they fail at run time; mypy said: {errors}")
     assert all(e.split(":", 1)[0] in (str(line_a), str(line_b), str(line_b + 1))
                for e in errors), f"the lazily imported names lost their types: {errors}"
+
+
+_LIST_OPTIONS_HEAD = """\
+    from typing import Any
+
+    import grpc
+    import meshkit
+    from meshkit.balancer import Subset
+
+
+    class Audit(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any,
+                                    handler_call_details: grpc.HandlerCallDetails) -> Any:
+            return await continuation(handler_call_details)
+
+
+    class Stamp(meshkit.ClientInterceptor):
+        pass
+
+
+    class PerAttempt(grpc.aio.UnaryUnaryClientInterceptor):
+        async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+                                        request: Any) -> Any:
+            return await continuation(client_call_details, request)
+"""
+
+_LIST_OPTIONS = {
+    "dial": """
+
+    def options() -> meshkit.DialOptions:
+        return meshkit.DialOptions(insecure=True, interceptors=[Stamp()],
+                                   attempt_interceptors=[PerAttempt()],
+                                   filters=[Subset(meta={"version": "v2"})],
+                                   channel_options=[("grpc.max_receive_message_length",
+                                                     8 << 20)])
+
+
+    def stored(dial: meshkit.DialOptions) -> int:
+        extra: tuple[tuple[str, Any], ...] = dial.channel_options + (("grpc.x", 1),)
+        return len(extra) + len(dial.filters + dial.interceptors)  # 2 + 2
+""",
+    "serve": """
+
+    def options() -> meshkit.ServeOptions:
+        return meshkit.ServeOptions(insecure=True, interceptors=[Audit()], tags=["v2"],
+                                    server_options=[("grpc.so_reuseport", 1)])
+
+
+    def stored(serve: meshkit.ServeOptions) -> int:
+        chain: tuple[grpc.aio.ServerInterceptor, ...] = serve.interceptors + (Audit(),)
+        extra: tuple[tuple[str, Any], ...] = serve.server_options + (("grpc.x", 1),)
+        return len(chain) + len(extra) + len(serve.tags + ("v3",))  # 2 + 2 + 2
+""",
+}
+
+
+@pytest.mark.parametrize("kind", [
+    "dial",
+])
+def test_list_valued_options_type_check_like_grpc_aio(mypy_check: Checker, kind: str) -> None:
+    """A user passes lists where grpc.aio takes any sequence: ``ServeOptions(interceptors=
+    [Audit()], server_options=[...])`` (grpc.aio.server(interceptors: Sequence[...],
+    options: Sequence[...])), ``DialOptions(interceptors=[...], attempt_interceptors=[...],
+    filters=[Subset(...)], channel_options=[...])`` (grpc.aio.insecure_channel(options:
+    Sequence[...], interceptors: Sequence[...])), and ``ServeOptions(tags=[...])`` as
+    ``Instance`` takes them.
+
+    Was: every one of them runs (``__post_init__`` copies ``interceptors``,
+    ``attempt_interceptors``, ``filters`` and ``tags`` with ``tuple()``, grpc takes the
+    option lists as they are; this test builds them), but the fields were annotated
+    ``tuple[X, ...]``, so ``mypy --strict`` rejected each list with ``arg-type``
+    ("list[Audit]"; expected "tuple[ServerInterceptor, ...]").
+
+    Should: the options accept what they accept at run time and what the grpc.aio calls
+    they stand in for accept (``Sequence[X]``), and store the tuple they make, which is
+    what reading the attribute gives (typed as a tuple, so ``options.interceptors + (x,)``
+    still type-checks)."""
+    source = _LIST_OPTIONS_HEAD + _LIST_OPTIONS[kind]
+    errors = mypy_check.run(f"list_options_{kind}", source)
+    namespace: dict[str, object] = {}
+    exec(textwrap.dedent(source), namespace)
+    options = namespace["options"]()  # type: ignore[operator]  # they run
+    assert namespace["stored"](options) == {"dial": 4, "serve": 6}[kind]  # type: ignore[operator]
+    assert errors == [], (
+        "list-valued options that work at run time (and that grpc.aio accepts as "
+        "Sequence) are rejected by mypy --strict:\n" + "\n".join(errors))
+
+
+@pytest.mark.parametrize("kind", [
+    "dial",
+])
+def test_list_valued_options_are_stored_as_tuples(kind: str) -> None:
+    """What a ``Sequence`` option is given as is copied into a tuple when the options are
+    built: a list the caller changes afterwards does not change the frozen options
+    (``channel_options`` and ``server_options`` were kept as given, the caller's list
+    itself); one string, which grpc would take as a list of characters, is refused."""
+    import meshkit
+    from meshkit.errors import ConfigError
+
+    given = [("grpc.max_receive_message_length", 8 << 20)]
+    if kind == "dial":
+        built = meshkit.DialOptions(insecure=True, channel_options=given).channel_options
+        with pytest.raises(ConfigError, match="channel_options"):
+            meshkit.DialOptions(insecure=True, channel_options="grpc.x")  # type: ignore[arg-type]
+    else:
+        serve = meshkit.ServeOptions(insecure=True, server_options=given, tags=["v2"])
+        built = serve.server_options
+        assert serve.tags == ("v2",)
+        with pytest.raises(ConfigError, match="server_options"):
+            meshkit.ServeOptions(insecure=True, server_options="grpc.x")  # type: ignore[arg-type]
+    given.append(("grpc.so_reuseport", 0))
+    assert built == (("grpc.max_receive_message_length", 8 << 20),)
 
 
 def test_documented_any_collection_options_type_check(mypy_check: Checker) -> None:
@@ -273,6 +455,7 @@ def test_normalised_fields_read_as_slots_with_normalised_defaults() -> None:
     import dataclasses
     import types
 
+    import meshkit
     from meshkit._fields import Normalised
     from meshkit.balancer import OutlierOptions
     from meshkit.discovery import Instance
@@ -282,6 +465,10 @@ def test_normalised_fields_read_as_slots_with_normalised_defaults() -> None:
         (Instance, "tags"): (),
         (RetryPolicy, "retryable_codes"): frozenset({__import__("grpc").StatusCode.UNAVAILABLE}),
         (OutlierOptions, "failure_codes"): OutlierOptions().failure_codes,
+        (meshkit.DialOptions, "interceptors"): (),
+        (meshkit.DialOptions, "attempt_interceptors"): (),
+        (meshkit.DialOptions, "filters"): (),
+        (meshkit.DialOptions, "channel_options"): (),
     }
     for (cls, name), default in expected.items():
         assert isinstance(cls.__dict__[name], types.MemberDescriptorType), (cls, name)
