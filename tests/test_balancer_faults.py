@@ -821,3 +821,92 @@ def test_stream_picks_in_rotation_record_their_end_outcome() -> None:
         done.responded()
         done(UNAVAILABLE, -1.0)
     assert eb.ejected() == ["a"]
+
+
+# -- P2C: a stream is pending until its first response ------------------------------------
+def _p2c(clock: Clock) -> P2C:
+    return P2C(P2COptions(slow_start_s=0.0), rng=random.Random(3), clock=clock)
+
+
+def _pending(p: P2C) -> dict[str, int]:
+    return {str(r["instance_id"]): int(r["pending"]) for r in p.snapshot()}
+
+
+def test_p2c_counts_a_stream_as_pending_until_its_first_response() -> None:
+    """P2C counted an open stream as a pending request for its whole life (the channel
+    reports a stream only when it ends), so an endpoint holding idle subscriptions read
+    as loaded ``rtt x (streams + 1)`` and lost every pick to a slower peer. Its
+    ``pending`` is outstanding requests (Finagle's and Linkerd/tower's PeakEwma count a
+    request until its response starts): a stream picked with ``pick_stream`` stops
+    counting at ``responded()``, and its end then takes nothing off again; a stream that
+    ends before answering stops counting at its end, as before."""
+    clock = Clock()
+    p = _p2c(clock)
+    a = ep("a")
+    p.update([a])
+    got = p.pick_stream()
+    assert got is not None and got[0] is a
+    done = got[1]
+    assert _pending(p) == {"a": 1}
+    done.responded()
+    done.responded()  # once only
+    assert _pending(p) == {"a": 0}
+    done(OK, -1.0)
+    assert _pending(p) == {"a": 0}
+    got = p.pick_stream()
+    assert got is not None
+    got[1](UNAVAILABLE, -1.0)  # ended before answering: released at its end
+    assert _pending(p) == {"a": 0}
+    got = p.pick_stream()
+    assert got is not None
+    got[1].responded()
+    got[1](UNAVAILABLE, -1.0)  # failed after answering: still the overload penalty
+    assert _pending(p) == {"a": 0}
+    assert p.snapshot()[0]["rtt_ms"] == 250.0
+
+
+def test_p2c_idle_answered_streams_do_not_push_unary_calls_to_a_slower_endpoint() -> None:
+    """30 subscriptions that answered once and now wait on the faster endpoint ``a``
+    (1 ms, against ``b``'s 16 ms) took every pick away from it: its load read
+    ``1 ms x 31``. Answered streams are no pending requests: ``a`` wins the picks; 30
+    streams still waiting for their first response do count (a slow or stuck endpoint
+    is avoided)."""
+    clock = Clock()
+    p = _p2c(clock)
+    a, b = ep("a"), ep("b")
+    p.update([a, b])
+    for e, rtt in ((a, 0.001), (b, 0.016)):
+        for _ in range(5):
+            got = p.pick(None, [x for x in (a, b) if x is not e])
+            assert got is not None and got[0] is e
+            got[1](OK, rtt)
+    streams = []
+    while len(streams) < 30:
+        got = p.pick_stream()
+        assert got is not None
+        if got[0] is a:
+            got[1].responded()
+            streams.append(got[1])
+        else:
+            got[1](CANCELLED, 0.0)
+    rtts = {"a": 0.001, "b": 0.016}
+
+    def unary_picks(n: int) -> Counter[str]:
+        picks: Counter[str] = Counter()
+        for _ in range(n):
+            got = p.pick()
+            assert got is not None
+            picks[got[0].key] += 1
+            got[1](OK, rtts[got[0].key])
+        return picks
+
+    picks = unary_picks(100)
+    assert picks["a"] == 100, picks
+    waiting = []
+    for _ in range(30):  # streams to a that have not answered yet
+        got = p.pick_stream(None, [b])
+        assert got is not None and got[0] is a
+        waiting.append(got)
+    assert _pending(p) == {"a": 30, "b": 0}
+    picks = unary_picks(100)
+    assert picks["b"] == 100, picks

@@ -182,3 +182,53 @@ async def test_a_stream_probe_does_not_keep_a_healthy_endpoint_out_of_rotation(
         finally:
             probe.cancel()
     assert served.count(b"a") >= 5, served
+
+
+@pytest.mark.timeout(90)
+async def test_idle_open_streams_do_not_starve_their_endpoint_of_unary_calls(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """A client holds 100 idle bidi streams (subscriptions that answered once and now
+    wait) on endpoint ``a``; a second endpoint ``b`` joins, whose unary calls take 20 ms
+    more than ``a``'s. With the default balancer (P2C over peak EWMA; slow start off and
+    a 1 s decay here) every unary call went to the slower ``b``: each open stream stayed
+    counted in ``a``'s ``pending`` until it ended (the channel reported a stream to the
+    balancer only from its done callback), so ``a``'s load read ``rtt x 101`` (measured:
+    ``a`` served 0 of 200 unary calls with 10 idle streams, at a fifth of ``b``'s
+    latency). P2C's ``pending`` is outstanding requests; Finagle's ``p2cPeakEwma`` and
+    Linkerd's ``PeakEwma`` stop counting a call when its response starts, so an answered
+    stream no longer counts, and the faster endpoint gets most of the unary calls; the
+    streams still count in ``in_flight`` (what a draining sub-channel waits for)."""
+    from meshkit.balancer import P2C, P2COptions
+
+    unlimited = meshkit.ServerLimits(max_concurrent_rpcs=None, max_concurrent_streams=None)
+    await echo_servers("a", limits=unlimited)
+    options = meshkit.DialOptions(
+        insecure=True, outlier=None,
+        balancer=lambda: P2C(P2COptions(slow_start_s=0.0, decay_s=1.0)))
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(1)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(10):
+            await unary(b"w", timeout=10)
+        streams = []
+        try:
+            for _ in range(100):
+                s = ch.stream_stream(method("Bidi"))(_held_open(b"s"), timeout=90)
+                assert await asyncio.wait_for(s.read(), 10) == b"a|s"
+                streams.append(s)
+            await echo_servers("b", delay_s=0.02)
+            await ch.wait_for_endpoints(2)
+            for _ in range(10):  # b gets sampled
+                await unary(b"w", timeout=10)
+            served = [(await unary(b"x", timeout=10)).split(b"|")[0] for _ in range(40)]
+            loads = {e.instance_id: (e.pending, e.rtt_ms, e.load_ms)
+                     for e in ch.stats().endpoints}
+            in_flight = {e.instance_id: e.in_flight for e in ch.stats().endpoints}
+        finally:
+            for s in streams:
+                s.cancel()
+    assert in_flight["a"] == 100, in_flight
+    assert served.count(b"a") >= 20, (
+        f"a served {served.count(b'a')} of 40 unary calls; (pending, rtt_ms, load_ms) "
+        f"per endpoint: {loads}")

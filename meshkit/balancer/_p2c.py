@@ -30,6 +30,14 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   (Dividing its load by the weight instead would make a winner-take-all comparison
   starve it.)
 
+``pending`` counts outstanding requests: a call from its pick until its response starts,
+as Finagle's ``p2cPeakEwma`` and Linkerd/tower's ``PeakEwma`` (``CompleteOnResponse``)
+count. A unary call's response is its end; a stream (picked with :meth:`P2C.pick_stream`,
+a watch, a subscription) stops counting at its first response message (the channel calls
+its outcome callback's ``responded()``), not when it ends, so an endpoint holding idle
+subscriptions is not read as loaded by them and starved of calls. (A stream's lifetime
+is no latency sample either: the channel reports its end without one.)
+
 ``pick`` draws two distinct usable endpoints at random and returns the less loaded one
 (Mitzenmacher's "power of two choices"). Statistics belong to an endpoint at its address:
 an update keeps them for the same instance id *and* address only, so an instance that
@@ -49,7 +57,7 @@ import grpc
 from meshkit._config import check_number, check_seconds
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
 
-__all__ = ["P2C", "P2COptions"]
+__all__ = ["P2C", "P2COptions", "StreamPending"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -240,6 +248,40 @@ class _Stat:
                 self.mean.sampled(self, now, rtt < 0)
 
 
+class StreamPending:
+    """The outcome callback of a stream picked by :meth:`P2C.pick_stream`: ``responded()``
+    at its first response message takes it off its endpoint's ``pending`` (once);
+    ``done(code, latency_s)`` when it ends hands its outcome to the pick's own ``done``
+    (a failure's overload penalty included), which takes it off ``pending`` only if
+    ``responded()`` did not.
+
+    Args:
+        stat: the endpoint's statistics.
+        done: the outcome callback :meth:`P2C.pick` returned for the stream (a
+            subclass's own included).
+    """
+
+    __slots__ = ("_done", "_pending", "_stat")
+
+    def __init__(self, stat: _Stat, done: Done) -> None:
+        self._stat = stat
+        self._done = done
+        self._pending = True
+
+    def responded(self) -> None:
+        """The stream's first response message arrived: no longer a pending request."""
+        if self._pending:
+            self._pending = False
+            self._stat.pending -= 1
+
+    def __call__(self, code: grpc.StatusCode, latency_s: float) -> None:
+        """The stream ended with ``code`` (``latency_s``: negative, no sample)."""
+        if not self._pending:
+            self._stat.pending += 1  # taken off at responded(): done takes it off again
+        self._pending = False
+        self._done(code, latency_s)
+
+
 class P2C:
     """Power of two choices over peak-EWMA load; see the module docstring.
 
@@ -374,6 +416,23 @@ class P2C:
         st = self._stats[first.key]
         st.pending += 1
         return first, st.done
+
+    def pick_stream(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, StreamPending] | None:
+        """:meth:`pick` for a streaming-response call: its outcome callback
+        (:class:`StreamPending`) also has ``responded()``, which the channel calls at the
+        stream's first response message; the stream stops counting as pending then (see
+        the module docstring). ``key`` is ignored; ``exclude`` as for :meth:`pick`.
+
+        Returns:
+            ``(endpoint, done)``, or ``None`` if no endpoint is usable.
+        """
+        got = self.pick(key, exclude)
+        if got is None:
+            return None
+        ep, done = got
+        return ep, StreamPending(self._stats[ep.key], done)
 
     def _yield_or_keep(self, a: Endpoint, b: Endpoint, exclude: Collection[Endpoint],
                        now: float) -> tuple[Endpoint, Done]:
