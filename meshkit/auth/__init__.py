@@ -17,8 +17,10 @@ does not apply a trust anchor's path length. So :class:`PeerIdentityInterceptor`
 re-verifies each client certificate with a :class:`PeerVerifier`
 (:meth:`TLSOptions.peer_verifier`, over ``ca_file``, reloaded with it; verdicts cached
 per certificate, about 4 µs per call with grpc's ``auth_context()``): the leaf must be
-issued directly by a CA of the bundle, within its basicConstraints, keyUsage and name
-constraints, not a CA itself, with exactly one SPIFFE ID that is a workload ID
+issued by a CA of the bundle, directly or through intermediate CAs the peer presented
+(SPIRE under an upstream root; RFC 5280 path validation by ``cryptography``, every CA's
+pathlen applied, the anchor's included), within every CA's basicConstraints, keyUsage
+and name constraints, not a CA itself, with exactly one SPIFFE ID that is a workload ID
 ``spiffe://<td>/svc/<service>`` (``/svc/orderd/extra`` is no workload). Anything else is
 ``UNAUTHENTICATED`` ("no verified peer identity") and logged once per certificate
 (``peer certificate refused``). Where no verifier was given (:class:`AuthzInterceptor`

@@ -4,9 +4,11 @@ The CA is an ECDSA P-256 self-signed root whose name constraints (RFC 5280 §4.2
 permit only its trust domain's SPIFFE IDs (URI host ``<td>``), the identity names
 ``*.svc.<td>`` and the extra DNS subtrees given (default ``localhost``); BoringSSL
 enforces them in every handshake, so even a leaked CA-signed leaf outside them is
-refused. BoringSSL does not apply the root's ``pathlen:0``, though: servers re-check that a
-peer's leaf is issued directly by the CA (:class:`~meshkit.auth.PeerVerifier`), and
-:func:`issue_workload` only ever writes ``CA:FALSE`` leaves, with a CA as issuer.
+refused. BoringSSL does not apply the root's ``pathlen:0``, though: servers re-check a
+peer's chain with every CA's path length, the root's included
+(:class:`~meshkit.auth.PeerVerifier`), so a leaf under a sub-CA of a meshkit CA is
+refused, and :func:`issue_workload` only ever writes ``CA:FALSE`` leaves, with a CA as
+issuer.
 Workload certificates are short-lived ECDSA P-256 leaves with exactly one URI SAN (the
 SPIFFE ID), the DNS identity name, and the listen address's DNS/IP names. The identity
 namespace ``svc.<td>`` holds only the workload's own identity name: the issuer refuses an

@@ -9,9 +9,11 @@ How each side verifies the other with what grpcio's Python API allows:
   with the mesh CA key gets through (``openssl verify`` refuses that chain). grpcio offers
   no verify callback in Python, so right after the handshake, per call,
   :class:`~meshkit.auth.PeerIdentityInterceptor` re-verifies the peer certificate from
-  ``context.auth_context()`` with :meth:`TLSOptions.peer_verifier` (leaf issued directly
-  by a CA of ``ca_file``, under its basicConstraints, keyUsage and name constraints, a
-  workload SPIFFE ID; cached per certificate) and refuses anything else with
+  ``context.auth_context()`` with :meth:`TLSOptions.peer_verifier` (leaf issued by a CA
+  of ``ca_file``, directly or through intermediates the client presented along a path
+  that keeps every CA's pathlen, the anchor's included, basicConstraints, keyUsage and
+  name constraints, a workload SPIFFE ID; cached per certificate) and refuses anything
+  else with
   ``UNAUTHENTICATED``; it then decides *which* workload may call (connection-level
   ``allowed_peers``), and :class:`~meshkit.auth.AuthzInterceptor` decides per method.
 * **client → server**: grpcio's Python API gives a client neither the server's
@@ -144,8 +146,9 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
         raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
                                f"expected {td!r}")
     ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
-    try:  # what peers will check: issued directly by the bundle, within its constraints
-        PeerVerifier(ca_pem).verify(leaf)
+    try:  # what peers will check: issued by the bundle (directly or through the chain's
+        # intermediates), within every CA's constraints
+        PeerVerifier(ca_pem).verify(leaf, chain[1:])
     except CertificateError as exc:
         raise CertificateError(f"{cert_file} would be refused by peers: {exc}") from None
     cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
@@ -195,12 +198,13 @@ class TLSOptions:
     refused as in the wrong order, not reordered), which must carry exactly one URI SAN
     (X.509-SVID §2), a workload ID ``spiffe://<td>/svc/<service>`` in ``trust_domain``,
     and pass the checks peers make (:class:`~meshkit.auth.PeerVerifier`, validity period
-    aside): issued directly by a CA of ``ca_file``, within its name constraints, not
-    itself a CA.
+    aside): issued by a CA of ``ca_file`` directly or through the intermediates that
+    follow the leaf in ``cert_file``, within every CA's constraints, not itself a CA.
 
     Args:
         ca_file: the mesh CA certificate(s) (trust bundle), PEM.
-        cert_file: this workload's certificate (chain, leaf first), PEM.
+        cert_file: this workload's certificate (chain, leaf first, then the
+            intermediate CAs up to one of ``ca_file``, if any), PEM.
         key_file: its private key, PEM (mode 0600; PKCS#8, or PKCS#1 / SEC 1): ECDSA P-256
             or P-384, or RSA of at least 2048 bits (cert-manager's default), the keys
             grpc's BoringSSL can use (:func:`~meshkit.auth.load_workload_key`).

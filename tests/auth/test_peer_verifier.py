@@ -23,12 +23,14 @@ from tests.auth.chains import (
     auth_context,
     ca_of,
     ca_with_duplicate_extension,
+    foreign_ca,
     key_pem,
     key_usage,
     leaf,
     pem,
     replace_file,
     sub_ca,
+    svid,
 )
 from tests.auth.conftest import TD, Pki
 
@@ -438,3 +440,79 @@ def test_bundle_with_a_malformed_ca_keeps_its_good_cas(pki: Pki, tmp_path: Path,
     with structlog.testing.capture_logs() as logs:
         assert v.identify(auth_context(cert)) is not None
     assert any(e["event"] == "CA bundle reload skipped" for e in logs), logs
+
+
+def test_leaf_through_a_presented_intermediate_is_identified() -> None:
+    """X.509-SVID §3/§5, RFC 5280 §6: with only the root in the bundle, a leaf issued by
+    an intermediate (pathlen:0) the peer presents is identified (its chain validated per
+    CA); the verdict is cached per leaf and chain; without the intermediate it is refused
+    (no path), and so it was before whatever the chain."""
+    root = foreign_ca("upstream root")
+    inter = foreign_ca("signing CA", issuer=root, path_length=0)
+    _k, cert = svid(inter, "orderd")
+    v = PeerVerifier(pem(root[1]))
+    for ctx in (auth_context(cert, inter[1]), auth_context(cert, inter[1], root[1])):
+        peer = v.identify(ctx)
+        assert peer is not None and peer.spiffe_id == f"spiffe://{TD}/svc/orderd"
+        assert v.identify(ctx) is peer
+    assert v.cached == 2
+    with structlog.testing.capture_logs() as logs:
+        assert v.identify(auth_context(cert)) is None
+    assert "directly" in refusal(logs)
+    assert v.verify(cert, [inter[1]]).service == "orderd"
+    with pytest.raises(CertificateError, match="directly"):
+        v.verify(cert)
+
+
+@pytest.mark.parametrize("case", [
+    "root_pathlen_zero", "intermediate_pathlen_zero", "intermediate_name_constraints",
+    "intermediate_other_trust_domain", "root_other_trust_domain", "intermediate_not_a_ca",
+])
+def test_chains_through_intermediates_breaking_a_ca_constraint_are_refused(case: str) -> None:
+    """Each CA on the path keeps its constraints: a root's or an intermediate's
+    ``pathlen:0`` with a CA below it (BoringSSL ignores the root's), an intermediate's
+    DNS name constraints, a CA naming another SPIFFE trust domain, a non-CA
+    "intermediate"; each is refused with its reason, never identified."""
+    root = foreign_ca("root", path_length=0 if case == "root_pathlen_zero" else None,
+                      spiffe_td="other.test" if case == "root_other_trust_domain" else TD)
+    inter = foreign_ca("inter", issuer=root,
+                       path_length=0 if case == "intermediate_pathlen_zero" else None,
+                       spiffe_td="other.test" if case == "intermediate_other_trust_domain"
+                       else TD,
+                       permitted_dns=([f"billing.svc.{TD}"]
+                                      if case == "intermediate_name_constraints" else None))
+    chain: tuple[x509.Certificate, ...] = (inter[1],)
+    issuer = inter
+    if case in ("root_pathlen_zero", "intermediate_pathlen_zero"):
+        issuer = foreign_ca("below", issuer=inter, path_length=None)
+        chain = (issuer[1], inter[1])
+    if case == "intermediate_not_a_ca":
+        issuer = svid(root, "userd")
+        chain = (issuer[1],)
+    _k, cert = svid(issuer, "orderd")
+    v = PeerVerifier(pem(root[1]))
+    with structlog.testing.capture_logs() as logs:
+        assert v.identify(auth_context(cert, *chain)) is None
+    reason = refusal(logs)
+    expected = {"root_pathlen_zero": "path length", "intermediate_pathlen_zero": "path length",
+                "intermediate_name_constraints": "name constraint",
+                "intermediate_other_trust_domain": "trust domain",
+                "root_other_trust_domain": "trust domain",
+                "intermediate_not_a_ca": "directly"}[case]
+    assert expected in reason, reason
+    with pytest.raises(CertificateError):
+        v.verify(cert, list(chain))
+
+
+def test_validity_through_an_intermediate_is_checked_at_call_time() -> None:
+    """A leaf outliving its intermediate is identified while both are valid and refused
+    once the intermediate has expired (the cached verdict lapses with it)."""
+    clock = FakeClock()
+    root = foreign_ca("root")
+    inter = foreign_ca("short-lived CA", issuer=root, path_length=0, ttl_h=0.5)
+    _k, cert = svid(inter, "orderd", ttl_h=2)
+    v = PeerVerifier(pem(root[1]), clock=clock)
+    ctx = auth_context(cert, inter[1])
+    assert v.identify(ctx) is not None
+    clock.now += 3600
+    assert v.identify(ctx) is None
