@@ -77,6 +77,7 @@ from meshkit._limits import (
 )
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ServerStats
+from meshkit._tasks import cancel_and_wait
 from meshkit._unhandled import UnhandledErrorInterceptor
 from meshkit.auth import (
     AuthOptions,
@@ -557,6 +558,8 @@ class MeshServer:
         self.gate: RequestGate | None = None
         self._tls_handshakes = 0
         self._reserved_id: str | None = None
+        # keeps the certificate gauges on the files on disk (see _follow_certificate)
+        self._certificate_follower: asyncio.Task[None] | None = None
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -713,6 +716,9 @@ class MeshServer:
             meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
             self._publish_certificate(load_certificate(opts.tls.cert_file))
+            self._certificate_follower = asyncio.get_running_loop().create_task(
+                self._follow_certificate(opts.tls),
+                name=f"meshkit-certificate-{self.service}")
         # registered bare ("::1", not "[::1]"): Instance.host is an address, which
         # Consul, etcd and span attributes take without brackets (RFC 3986 puts them on
         # host:port only)
@@ -760,7 +766,8 @@ class MeshServer:
         self._server = None
         self._release_instance_id()
         registering, self._registering = self._registering, None
-        steps: list[tuple[str, Callable[[], Any]]] = []
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("stopping the certificate follower", self._stop_following_certificate)]
         if registering is not None:
             steps.append(("withdrawing the registration",
                           lambda: _bounded(self.registry.deregister(registering),
@@ -796,6 +803,52 @@ class MeshServer:
         """Keep the certificate gauges on the renewed certificate (called by the TLS
         reloader on a grpc core thread)."""
         self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
+
+    async def _follow_certificate(self, tls: TLSOptions) -> None:
+        """Keep the certificate gauges on the certificate on disk, within
+        ``tls.reload_interval_s`` of a renewal: every interval, when a file changed (size,
+        mtime or inode of the CA bundle, certificate or key), read them as the TLS reloader
+        does (off the event loop) and publish the validity period of the pair now served
+        to new connections. The reloader publishes it too, but only before a new
+        connection's handshake, which clients that keep their connections (hours, for
+        gRPC) may not make: the gauges kept the old notAfter, and
+        ``MeshkitCertificateExpiringSoon`` fired although the renewal had happened. Files
+        that are unreadable or do not match (mid-renewal: the key written, not the
+        certificate yet) are read again at the next interval. Runs until cancelled
+        (:meth:`drain`)."""
+        paths = (tls.ca_file, tls.cert_file, tls.key_file)
+
+        def stat() -> tuple[tuple[int, int, int], ...]:
+            out = []
+            for path in paths:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    out.append((0, 0, 0))
+                else:
+                    out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            return tuple(out)
+
+        seen = stat()
+        while True:
+            await asyncio.sleep(tls.reload_interval_s)
+            now = stat()
+            if now == seen:
+                continue
+            try:
+                material = await asyncio.to_thread(tls.read)
+                self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
+            except Exception as exc:  # CertificateError mid-renewal: again next interval
+                _log.debug("certificate files changed but cannot be read yet",
+                           service=self.service, error=str(exc))
+                continue
+            seen = now
+
+    async def _stop_following_certificate(self) -> None:
+        """End :meth:`_follow_certificate` (if started) and wait for it."""
+        task, self._certificate_follower = self._certificate_follower, None
+        if task is not None:
+            await cancel_and_wait(task)
 
     def _publish_certificate(self, cert: x509.Certificate) -> None:
         """Publish ``cert``'s validity period: ``meshkit_certificate_expiry_timestamp_seconds``
@@ -848,6 +901,7 @@ class MeshServer:
             except Exception as exc:  # keep draining; the TTL will expire the entry
                 _log.warning("deregister failed", error=str(exc))
         self._release_instance_id()
+        await self._stop_following_certificate()
         await asyncio.sleep(opts.drain_delay_s)
         await server.stop(opts.grace_s)
         for icpt in self._chain:  # e.g. a rate limiter's Redis connections

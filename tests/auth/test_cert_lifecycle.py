@@ -6,6 +6,7 @@ real serve()/dial() pairs on loopback."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from meshkit.auth.cli import main as certs_main
 from meshkit.discovery import LocalRegistry
 from meshkit.observability import TelemetryOptions
 from tests.auth.conftest import SERVICE, TD, Pki, auth_handler
+from tests.support.wait import until
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -110,6 +112,70 @@ async def test_certificate_expiry_gauge_is_on_the_served_metrics_registry(
                 samples[labels] = float(value)
         assert samples.get('meshkit_certificate_expiry_timestamp_seconds{service="userd"}') \
             == server_tls.read().not_after, samples
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+        await reg.close()
+
+
+async def test_certificate_gauges_follow_a_renewal_on_disk_while_connections_stay_open(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator renews a server's workload certificate the documented way (re-issue
+    with ``--force``; on Kubernetes, a replaced Secret) while its clients stay connected,
+    as gRPC clients do (an HTTP/2 connection lives for hours); here one connection keeps
+    calling and no new one is made.
+
+    The server's TLS reloader looks at the files only when grpc asks it before a *new*
+    handshake, and only then updated ``meshkit_certificate_expiry_timestamp_seconds``: with
+    no new connection the gauge kept the old notAfter for as long as the clients stayed
+    connected, so ``MeshkitCertificateExpiringSoon`` (renewal did not happen) fired
+    although it had, and the dashboard showed the old certificate. The gauges (notAfter
+    and notBefore) now follow the certificate on disk within ``reload_interval_s``
+    (0.2 s here; checked with a 10 s margin)."""
+    from meshkit.auth import describe_certificate
+
+    monkeypatch.delenv("MESHKIT_ADMIN_PORT", raising=False)
+    server_tls = dataclasses.replace(pki.issue("renewd", ttl_h=2), reload_interval_s=0.2)
+    client_tls = pki.issue("callerd")
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    own = CollectorRegistry()
+    srv = meshkit.MeshServer("renewd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        tls=server_tls, drain_delay_s=0, grace_s=0.5, telemetry=TelemetryOptions(registry=own)))
+    await asyncio.wait_for(srv.start(), 10)
+
+    def gauges() -> tuple[float | None, float | None]:
+        return (own.get_sample_value("meshkit_certificate_not_before_timestamp_seconds",
+                                     {"service": "renewd"}),
+                own.get_sample_value("meshkit_certificate_expiry_timestamp_seconds",
+                                     {"service": "renewd"}))
+
+    try:
+        first = describe_certificate(load_certificate(server_tls.cert_file))
+        assert gauges() == (first.not_before.timestamp(), first.not_after.timestamp())
+        assert srv.instance is not None
+        async with grpc.aio.secure_channel(
+                f"127.0.0.1:{srv.instance.port}", client_tls.channel_credentials(),
+                options=client_tls.channel_options("renewd")) as ch:
+            call = ch.unary_unary(f"/{SERVICE}/Whoami")
+            await call(b"", timeout=5)
+            handshakes = srv.stats().tls_handshakes
+            await asyncio.sleep(1.1)  # a later notBefore (whole seconds) for the renewal
+            pki.issue("renewd", ttl_h=30, overwrite=True)
+            renewed = describe_certificate(load_certificate(server_tls.cert_file))
+            want = (renewed.not_before.timestamp(), renewed.not_after.timestamp())
+            assert want[1] > first.not_after.timestamp() + 20 * 3600  # 28 h later
+
+            async def follows() -> bool:
+                await call(b"", timeout=5)  # the client keeps calling meanwhile
+                return gauges() == want
+
+            await until(follows, timeout_s=10, interval_s=0.1,
+                        what=f"the gauges on the renewed certificate {want}, not {gauges()}")
+            assert srv.stats().tls_handshakes == handshakes  # no new connection needed
     finally:
         await asyncio.wait_for(srv.drain(), 10)
         await reg.close()
