@@ -523,7 +523,9 @@ class MeshChannel(grpc.aio.Channel):
 
     def rebuild_sub_channels(self) -> None:
         """Give every endpoint a new sub-channel (e.g. with a renewed client certificate);
-        calls in flight finish on the old one, closed with ``drain_timeout_s`` of grace."""
+        calls in flight finish on the old one, kept until its own last call ends however
+        long (a watch, a subscription), or for ``drain_timeout_s`` once its endpoint
+        leaves the registry (:meth:`meshkit._pool.EndpointPool.rebuild`)."""
         self._pool.rebuild()
 
     # -- attempts ----------------------------------------------------------------------
