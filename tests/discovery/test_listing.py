@@ -63,9 +63,10 @@ async def test_consul_registry_lists_services_and_failing_instances() -> None:
             await dying.close()
 
 
-async def test_etcd_registry_lists_services_and_has_no_failing_state(tmp_path: Path) -> None:
+async def test_etcd_registry_lists_services_and_failing_instances(tmp_path: Path) -> None:
     """etcd (real, one node): the services under the prefix; an instance whose owner died
-    leaves with its lease instead of staying as failing, and a drained one at once."""
+    is failing (its last-seen record outlives its lease) while a drained one leaves at
+    once."""
     from meshkit.discovery import EtcdRegistry
     from tests.support.etcd import EtcdCluster, require_etcd_binary
 
@@ -75,15 +76,7 @@ async def test_etcd_registry_lists_services_and_has_no_failing_state(tmp_path: P
         alive = EtcdRegistry.from_uri(cluster.uri(ttl_s=1))
         dying = EtcdRegistry.from_uri(cluster.uri(ttl_s=1))
         try:
-            stays, dies, drained = make_instance("orderd", 1), make_instance("orderd", 2), \
-                make_instance("userd", 1)
-            await alive.register(stays)
-            await dying.register(dies)
-            await alive.register(drained)
-            assert await alive.services() == {"orderd", "userd"}
-            await alive.deregister(drained)
-            assert await alive.services() == {"orderd"}
-            assert await alive.failing("orderd") == frozenset()
+            await check_listing(alive, dying)
         finally:
             await alive.close()
             await dying.close()
