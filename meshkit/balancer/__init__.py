@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState, noop_done
 from meshkit.balancer._filters import Filter, PreferZone, Subset, apply_filters
-from meshkit.balancer._outlier import EjectingBalancer, OutlierOptions
-from meshkit.balancer._p2c import P2C, P2COptions
+from meshkit.balancer._outlier import EjectingBalancer, OutlierOptions, StreamDone
+from meshkit.balancer._p2c import P2C, P2COptions, StreamPending
 from meshkit.balancer._round_robin import RoundRobin
 from meshkit.balancer._weighted import RingHash, WeightedRoundRobin
 
@@ -42,6 +42,8 @@ __all__ = [
     "PreferZone",
     "RingHash",
     "RoundRobin",
+    "StreamDone",
+    "StreamPending",
     "Subset",
     "WeightedRoundRobin",
     "apply_filters",

@@ -84,6 +84,14 @@ class Balancer(Protocol):
     logical call (retries prefer a different endpoint); it is a preference, not a rule.
     ``pick`` returns ``None`` when no endpoint can take a call (the channel then fails the
     call with ``UNAVAILABLE``).
+
+    Optional: ``pick_stream(key, exclude)``, the same for a streaming-response call, whose
+    outcome callback also has ``responded()``, which the channel calls once at the
+    stream's first response message (before ``done``); :class:`~meshkit.balancer.P2C`
+    stops counting the stream as pending then (:class:`~meshkit.balancer.StreamPending`)
+    and :class:`~meshkit.balancer.EjectingBalancer` decides a half-open probe by it
+    (:class:`~meshkit.balancer.StreamDone`). A balancer without it gets streams through
+    ``pick``, counted until they end.
     """
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
