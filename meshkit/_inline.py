@@ -16,7 +16,8 @@ This uses grpc.aio internals (``grpc.aio._call.Call``, ``cygrpc.AioChannel.call`
 multicallable's private fields), checked once at import (:data:`AVAILABLE`); where they are
 missing or different, and for a sub-channel with grpc.aio interceptors (e.g. the
 OpenTelemetry grpc instrumentor's) or a call with compression, attempts take grpc.aio's
-public path unchanged. ``MESHKIT_INLINE_CALLS=0`` turns it off.
+public path unchanged. ``MESHKIT_INLINE_CALLS=0`` (or ``false``, ``off``, ``no``) turns it
+off (:func:`inline_calls_enabled`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,34 @@ from typing import Any
 
 import grpc
 
-__all__ = ["AVAILABLE", "InlineUnaryUnary", "InlineUnaryUnaryCall", "inline_unary_unary"]
+from meshkit.errors import ConfigError
+
+__all__ = ["AVAILABLE", "InlineUnaryUnary", "InlineUnaryUnaryCall", "inline_calls_enabled",
+           "inline_unary_unary"]
+
+ENV_VAR = "MESHKIT_INLINE_CALLS"
+# the words of Go's strconv.ParseBool plus yes/no, as meshkit.discovery's parse_bool
+_ON = frozenset({"1", "t", "true", "y", "yes", "on"})
+_OFF = frozenset({"0", "f", "false", "n", "no", "off"})
+
+
+def inline_calls_enabled() -> bool:
+    """Whether ``MESHKIT_INLINE_CALLS`` lets unary-unary attempts run inline: a boolean
+    as Go's ``strconv.ParseBool`` reads one, plus yes/no (``1``/``0``, ``true``/``false``,
+    ``on``/``off``, ``yes``/``no``, ``t``/``f``, ``y``/``n``), any case, surrounding
+    blanks ignored; unset or empty: on (the default).
+
+    Raises:
+        ConfigError: a value that is none of those (the variable named, the value quoted).
+    """
+    raw = os.environ.get(ENV_VAR, "")
+    value = raw.strip().lower()
+    if not value or value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ConfigError(f"{ENV_VAR} must be a boolean (1/0, true/false, on/off, yes/no), "
+                      f"got {raw!r}")
 
 
 def _internals() -> tuple[Any, Any, Any, Any] | None:
@@ -53,8 +81,10 @@ def _internals() -> tuple[Any, Any, Any, Any] | None:
 
 
 _FOUND = _internals()
-AVAILABLE: bool = _FOUND is not None and os.environ.get("MESHKIT_INLINE_CALLS", "1") != "0"
-"""Whether attempts of unary-unary methods run inline (see the module docstring)."""
+AVAILABLE: bool = inline_calls_enabled() and _FOUND is not None
+"""Whether attempts of unary-unary methods run inline (see the module docstring): read
+once, at import (a bad ``MESHKIT_INLINE_CALLS`` fails the import, i.e. ``import meshkit``,
+with :class:`~meshkit.errors.ConfigError`)."""
 
 if _FOUND is not None:
     _Call: Any = _FOUND[0]

@@ -5,6 +5,7 @@ interceptors on the sub-channels, ``MESHKIT_INLINE_CALLS=0``) calls behave the s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -127,13 +128,56 @@ async def test_calls_with_compression_or_attempt_interceptors_take_grpcs_path(
     assert [await c.code() for c in seen.calls] == [grpc.StatusCode.OK] * 2
 
 
+_INLINE_SWITCH = """
+import json, os
+from meshkit.errors import ConfigError
+out = {}
+for value in json.loads(os.environ["VALUES"]):
+    os.environ["MESHKIT_INLINE_CALLS"] = value
+    try:
+        out[value] = {"available": inline_calls_enabled()}
+    except ConfigError as e:
+        out[value] = {"raised": str(e)}
+os.environ.pop("MESHKIT_INLINE_CALLS")
+out["unset"] = {"available": inline_calls_enabled()}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(60)
 def test_the_environment_can_turn_inline_calls_off() -> None:
-    check = "import meshkit._inline as m; print(m.AVAILABLE)"
-    for value, expected in (("0", "False"), ("1", "True")):
-        out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                             env={**os.environ, "MESHKIT_INLINE_CALLS": value}, timeout=60,
-                             check=True)
-        assert out.stdout.strip() == expected
+    """``MESHKIT_INLINE_CALLS`` is a boolean as Kubernetes manifests spell one (``0``,
+    ``false``, ``off``, ``no``; ``1``, ``true``, ``on``, ``yes``; any case, blanks
+    around ignored; empty or unset: on). Only exactly ``"0"`` used to turn it off: every
+    other value (``false``, ``off``, ``" 0"``) silently left grpc.aio's internals in use.
+    A value that is neither is refused, naming the variable and quoting the value (at
+    import of :mod:`meshkit._inline`, i.e. of :mod:`meshkit`)."""
+    values = {"0": False, "false": False, "off": False, " 0": False, "0\n": False,
+              "No": False, "FALSE": False, "1": True, "true": True, " on ": True,
+              "yes": True, "": True, "  ": True}
+    bad = ["maybe", "2", "0 1"]
+    check = "from meshkit._inline import inline_calls_enabled\n" + _INLINE_SWITCH
+    env = {**os.environ, "VALUES": json.dumps([*values, *bad])}
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          env=env, timeout=50, check=True)
+    out = json.loads(proc.stdout)
+    assert {v: out[v] for v in values} == {v: {"available": on} for v, on in values.items()}
+    assert out["unset"] == {"available": True}
+    for value in bad:
+        assert "MESHKIT_INLINE_CALLS" in out[value]["raised"], out[value]
+        assert repr(value) in out[value]["raised"], out[value]
+    # what the module reads at import
+    for value, expected in (("off", "False"), (" 1", "True")):
+        done = subprocess.run(
+            [sys.executable, "-c", "import meshkit._inline as m; print(m.AVAILABLE)"],
+            capture_output=True, text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": value},
+            timeout=50, check=True)
+        assert done.stdout.strip() == expected
+    refused = subprocess.run([sys.executable, "-c", "import meshkit"], capture_output=True,
+                             text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": "maybe"},
+                             timeout=50, check=False)
+    assert refused.returncode != 0
+    assert "ConfigError" in refused.stderr and "MESHKIT_INLINE_CALLS" in refused.stderr
 
 
 async def test_an_inline_call_awaited_again_or_twice_at_once_gives_one_outcome(
