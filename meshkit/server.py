@@ -49,7 +49,7 @@ import signal
 import socket
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +59,8 @@ from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from meshkit._config import check_int, check_number, check_strings
+from meshkit._config import check_int, check_number, check_strings, refuse_str
+from meshkit._fields import Normalised
 from meshkit._handlers import (
     Handler,
     Resolver,
@@ -242,7 +243,8 @@ class ServeOptions:
             registration would replace the first and either drain would deregister both).
             The port is added only then, so the usual one-server process keeps the id its
             logs and registry entries have always shown.
-        tags: registry tags, e.g. ``("v2",)``; meta: registry meta, e.g. ``{"zone": "a"}``.
+        tags: registry tags, any collection of strings, e.g. ``("v2",)`` or ``["v2"]``;
+            meta: registry meta, e.g. ``{"zone": "a"}``.
         weight: weight for weighted balancers (>= 1, default 1).
         deadline: deadline admission and propagation
             (:class:`~meshkit.resilience.DeadlineOptions`, on by default); ``None`` turns
@@ -256,8 +258,9 @@ class ServeOptions:
             ``ConfigError``.
         rate_limit: per-caller rate limits (:class:`~meshkit.resilience.RateLimitOptions`;
             default none); callers over their rule get ``RESOURCE_EXHAUSTED``.
-        interceptors: your own ``grpc.aio.ServerInterceptor`` s, run after the mesh's
-            checks, first outermost; those with an ``async aclose()`` method are closed
+        interceptors: your own ``grpc.aio.ServerInterceptor`` s, a sequence (as
+            ``grpc.aio.server(interceptors=)`` takes), run after the mesh's checks, first
+            outermost; those with an ``async aclose()`` method are closed
             after the server stops. meshkit's check interceptors are refused here: use
             ``deadline``, ``auth`` and ``rate_limit``.
         tls: mTLS with workload identities (:class:`meshkit.auth.TLSOptions`): client
@@ -287,7 +290,8 @@ class ServeOptions:
             server and streams per connection, request size, flow-control windows, how long
             a request may take to arrive, keepalive and idle connections), on by default;
             calls over a limit get ``RESOURCE_EXHAUSTED``.
-        server_options: extra grpc server arguments; they override those ``limits`` sets,
+        server_options: extra grpc server arguments, a sequence of ``(name, value)`` (as
+            ``grpc.aio.server(options=)`` takes); they override those ``limits`` sets,
             and meshkit's ``("grpc.so_reuseport", 0)``, key by key. By default a port
             another socket listens on is refused at :meth:`MeshServer.start`
             (``RuntimeError``: "Failed to bind"), as grpc-go and a plain ``bind()`` do and
@@ -306,6 +310,9 @@ class ServeOptions:
             returns ``None`` with no status set gets ``INTERNAL`` (see
             :mod:`meshkit._unhandled`). ``True`` leaves both to grpc.aio.
 
+    The collections are stored as tuples (a list changed later does not change the
+    options).
+
     Every server answers a request that does not decode with ``INVALID_ARGUMENT``
     "request is not a valid <Type>", counted by telemetry like any call.
 
@@ -320,13 +327,16 @@ class ServeOptions:
     port: int = 0
     advertise_host: str | None = None
     instance_id: str | None = None
-    tags: tuple[str, ...] = ()
+    tags: Normalised[Collection[str], tuple[str, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     meta: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
     deadline: DeadlineOptions | None = field(default_factory=DeadlineOptions)
     auth: AuthOptions | None = None
     rate_limit: RateLimitOptions | None = None
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    interceptors: Normalised[Sequence[grpc.aio.ServerInterceptor],
+                             tuple[grpc.aio.ServerInterceptor, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     tls: TLSOptions | None = None
     credentials: grpc.ServerCredentials | None = None
     insecure: bool = False
@@ -336,7 +346,8 @@ class ServeOptions:
     telemetry: TelemetryOptions | None = field(default_factory=TelemetryOptions)
     admin: AdminOptions | None = field(default_factory=_admin_from_env)
     limits: ServerLimits = field(default_factory=ServerLimits)
-    server_options: tuple[tuple[str, Any], ...] = ()
+    server_options: Normalised[Sequence[tuple[str, Any]], tuple[tuple[str, Any], ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     maximum_concurrent_rpcs: int | None = None
     expose_exception_text: bool = False
 
@@ -367,6 +378,8 @@ class ServeOptions:
                 raise ConfigError(
                     f"{type(icpt).__name__} in interceptors: serve() orders the mesh's checks "
                     f"itself; use ServeOptions({option}=...) instead")
+        refuse_str("server_options", self.server_options)
+        object.__setattr__(self, "server_options", tuple(self.server_options))
 
 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:

@@ -324,6 +324,7 @@ _LIST_OPTIONS = {
 
 @pytest.mark.parametrize("kind", [
     "dial",
+    "serve",
 ])
 def test_list_valued_options_type_check_like_grpc_aio(mypy_check: Checker, kind: str) -> None:
     """A user passes lists where grpc.aio takes any sequence: ``ServeOptions(interceptors=
@@ -356,6 +357,7 @@ def test_list_valued_options_type_check_like_grpc_aio(mypy_check: Checker, kind:
 
 @pytest.mark.parametrize("kind", [
     "dial",
+    "serve",
 ])
 def test_list_valued_options_are_stored_as_tuples(kind: str) -> None:
     """What a ``Sequence`` option is given as is copied into a tuple when the options are
@@ -469,6 +471,9 @@ def test_normalised_fields_read_as_slots_with_normalised_defaults() -> None:
         (meshkit.DialOptions, "attempt_interceptors"): (),
         (meshkit.DialOptions, "filters"): (),
         (meshkit.DialOptions, "channel_options"): (),
+        (meshkit.ServeOptions, "interceptors"): (),
+        (meshkit.ServeOptions, "server_options"): (),
+        (meshkit.ServeOptions, "tags"): (),
     }
     for (cls, name), default in expected.items():
         assert isinstance(cls.__dict__[name], types.MemberDescriptorType), (cls, name)
