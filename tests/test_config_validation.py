@@ -27,7 +27,7 @@ from meshkit.auth import AuthOptions, JWTAuthOptions
 from meshkit.auth._jwks import JWKSClientOptions
 from meshkit.auth._jwt import IssuerOptions, VerifierOptions
 from meshkit.balancer import OutlierOptions, P2COptions
-from meshkit.discovery import LocalOptions, registry_from_uri
+from meshkit.discovery import LocalOptions, registry_from_env, registry_from_uri
 from meshkit.discovery._options import check_seconds as discovery_check_seconds
 from meshkit.errors import ConfigError
 from meshkit.messaging import ConsumerOptions, PublishOptions, RelayOptions
@@ -308,6 +308,38 @@ def test_local_uri_bad_query_value_is_an_error(query: str) -> None:
 def test_local_uri_unknown_option_is_an_error() -> None:
     with pytest.raises(ConfigError, match="'ttl'"):
         registry_from_uri("local:///tmp/meshkit-config-validation.db?ttl=3")
+
+
+@pytest.mark.parametrize("uri", [
+    "local:///tmp/meshkit-config-validation?ttl_s=3s",
+    "local:///tmp/meshkit-config-validation?ttl_s=",
+    "consul://consul:8500?ttl_s=15s",
+    "consul://consul:8500?verify=maybe",
+    "etcd://etcd:2379?request_timeout_s=2s",
+], ids=["local", "local-blank", "consul", "consul-bool", "etcd"])
+def test_registry_env_option_error_quotes_the_uri(uri: str) -> None:
+    """A value that is not a number (a Go-style duration, ``?ttl_s=3s``) or a boolean in
+    the URI of ``MESHKIT_REGISTRY``: the ConfigError names the key and quotes the URI
+    (``registry_from_uri``'s promise), so an operator with several configuration sources
+    knows where ``ttl_s`` came from. It used to say only ``ttl_s must be a number, got
+    '3s'``."""
+    if uri.startswith("consul"):
+        pytest.importorskip("consul")
+    with pytest.raises(ConfigError) as info:
+        registry_from_env({"MESHKIT_REGISTRY": uri})
+    text = str(info.value)
+    assert repr(uri) in text, text
+    assert ("verify" if "verify" in uri else "_s") in text.split(" ", 1)[0], text
+
+
+def test_consul_uri_error_masks_the_value_of_a_key_that_is_no_option() -> None:
+    """A Consul URI is quoted in its errors, but the value of a key that is no option (a
+    token under another name, ``?acl_token=...``) is masked: it must not reach a log."""
+    pytest.importorskip("consul")
+    with pytest.raises(ConfigError) as info:
+        registry_from_env({"MESHKIT_REGISTRY": "consul://h:8500?acl_token=s3cret&ttl_s=3"})
+    assert "s3cret" not in str(info.value)
+    assert "'acl_token'" in str(info.value) and "acl_token=***&ttl_s=3" in str(info.value)
 
 
 def test_local_uri_options_are_applied(tmp_path: Path) -> None:

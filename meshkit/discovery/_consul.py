@@ -123,6 +123,7 @@ _FLOAT_FIELDS = (
 )
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
 _STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
+_URI_FIELDS = frozenset(_FLOAT_FIELDS + _BOOL_FIELDS + _STR_FIELDS)
 
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
@@ -374,8 +375,13 @@ class ConsulOptions:
         if "token" in query:
             raise ConfigError("token is not accepted in a Consul URI; "
                               "set CONSUL_HTTP_TOKEN instead")
+        # errors quote the URI, the value of a key that is no option masked (a token
+        # under another name must not reach a log)
+        shown = uri if all(k in _URI_FIELDS for k in query) else urllib.parse.urlunsplit(
+            parts._replace(query="&".join(f"{k}={v[-1] if k in _URI_FIELDS else '***'}"
+                                          for k, v in query.items())))
         kwargs.update(query_fields(query, floats=_FLOAT_FIELDS, bools=_BOOL_FIELDS,
-                                   strs=_STR_FIELDS, where="Consul URI"))
+                                   strs=_STR_FIELDS, where=f"Consul URI {shown!r}"))
         if scheme == "consul+https":
             # TLS whatever supplies the address (this URI, CONSUL_HTTP_ADDR or the default):
             # without it the ACL token would go out in clear text.

@@ -108,9 +108,14 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
     of a repeated key wins), typed by the field names in ``floats``, ``bools`` (see
     :func:`parse_bool`) and ``strs``.
 
+    ``where`` says where the query comes from, the URI quoted (e.g. ``"etcd URI
+    'etcd://h:2379?ttl_s=5'"``): every error names it, so an operator with several
+    configuration sources knows which one to fix.
+
     Raises:
-        ConfigError: a value that is not a number or boolean, or a key that is none of those
-            fields (``unknown option 'key' in <where>``).
+        ConfigError: a value that is not a number or boolean (``ttl_s must be a number,
+            got '3s' (in <where>)``), or a key that is none of those fields
+            (``unknown option 'key' in <where>``).
     """
     out: dict[str, Any] = {}
     for key, values in query.items():
@@ -119,9 +124,13 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
             try:
                 out[key] = float(value)
             except ValueError:
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+                raise ConfigError(f"{key} must be a number, got {value!r} (in {where})"
+                                  ) from None
         elif key in bools:
-            out[key] = parse_bool(key, value)
+            try:
+                out[key] = parse_bool(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (in {where})") from None
         elif key in strs:
             out[key] = value
         else:
