@@ -17,6 +17,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import grpc
 import pytest
 
 mypy_api = pytest.importorskip("mypy.api")
@@ -435,8 +436,7 @@ def test_documented_any_collection_options_type_check(mypy_check: Checker) -> No
     exec(textwrap.dedent(source), namespace)
     inst, policy, outlier = namespace["build"]()  # type: ignore[operator]
     assert inst.tags == ("v2", "canary") and policy.retryable_codes == frozenset(
-        {__import__("grpc").StatusCode.UNAVAILABLE,
-         __import__("grpc").StatusCode.RESOURCE_EXHAUSTED})  # they run, normalised
+        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})  # normalised
     assert isinstance(outlier.failure_codes, frozenset)
     assert namespace["read"](inst, policy, outlier) == 3 + 3 + 1  # type: ignore[operator]
     line_a, line_b = _line_of(source, "# line A"), _line_of(source, "# line B")
@@ -465,7 +465,7 @@ def test_normalised_fields_read_as_slots_with_normalised_defaults() -> None:
 
     expected = {
         (Instance, "tags"): (),
-        (RetryPolicy, "retryable_codes"): frozenset({__import__("grpc").StatusCode.UNAVAILABLE}),
+        (RetryPolicy, "retryable_codes"): frozenset({grpc.StatusCode.UNAVAILABLE}),
         (OutlierOptions, "failure_codes"): OutlierOptions().failure_codes,
         (meshkit.DialOptions, "interceptors"): (),
         (meshkit.DialOptions, "attempt_interceptors"): (),
