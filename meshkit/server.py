@@ -84,6 +84,7 @@ from meshkit.auth import (
     AuthOptions,
     TLSMaterial,
     TLSOptions,
+    check_server_identity,
     describe_certificate,
     load_certificate,
     tls_from_dir,
@@ -518,6 +519,10 @@ class MeshServer:
     Raises:
         ConfigError: bad ``service`` name or options, or no transport security configured
             and ``insecure`` not asked for.
+        CertificateError: with ``tls``, a certificate every meshkit client of ``service``
+            would refuse: another workload's, or one without the DNS SAN
+            ``<service>.svc.<td>`` clients verify (a SPIRE SVID with only its URI SAN);
+            see :func:`meshkit.auth.check_server_identity`.
         RegistryError: (from :meth:`start`) the registry refused the registration.
         RuntimeError: (from :meth:`start`) the port cannot be bound.
     """
@@ -549,6 +554,8 @@ class MeshServer:
                     f"(meshkit certs issue {service}), or ask for plaintext with "
                     "ServeOptions(insecure=True)")
             self.options = dataclasses.replace(opts, tls=tls_from_dir(cert_dir, service))
+        if self.options.tls is not None:  # a certificate every client would refuse: not up
+            check_server_identity(self.options.tls, service)
         self._servicers = list(servicers)
         self._chain = server_chain(self.service, self.options)
         self._deadline = next((i for i in self._chain if isinstance(i, DeadlineInterceptor)),
@@ -1130,7 +1137,8 @@ async def serve(
     or raised.
 
     Raises:
-        ConfigError, RegistryError, RuntimeError: as :class:`MeshServer` documents.
+        ConfigError, CertificateError, RegistryError, RuntimeError: as
+            :class:`MeshServer` documents.
         Exception: what ``on_started`` raised, after the drain.
     """
     server = MeshServer(service, servicers, registry=registry, options=options)

@@ -7,9 +7,11 @@ plus the DNS *identity name* ``<service>.svc.<td>``. Servers require client cert
 and read the caller's verified SPIFFE ID from the call (:func:`current_peer`); clients
 verify the server's identity as its TLS host name (:meth:`TLSOptions.channel_options` sets
 ``grpc.ssl_target_name_override``) because grpcio's Python API has no verify callback.
-The CA's name constraints keep both names inside the trust domain. A certificate from
-another CA, an expired one, a wrong identity or a plaintext client fail the handshake
-(``UNAVAILABLE`` at the caller); plaintext exists only when asked for with
+The CA's name constraints keep both names inside the trust domain. ``serve()`` refuses,
+when built, a certificate that is not the served workload's own (another workload's, or
+a SPIRE SVID without the identity DNS name): :func:`check_server_identity`. A certificate
+from another CA, an expired one, a wrong identity or a plaintext client fail the
+handshake (``UNAVAILABLE`` at the caller); plaintext exists only when asked for with
 ``tls_from_dir(..., insecure=True)``.
 
 **Chains the CA forbids.** The mesh CA is ``CA:TRUE, pathlen:0``, but grpcio's BoringSSL
@@ -129,7 +131,13 @@ from meshkit.auth._jwt import (
 from meshkit.auth._jwt_types import Claims
 from meshkit.auth._propagation import TokenForwarder
 from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor, PeerIdentityInterceptor
-from meshkit.auth._tls import ChannelCredentialsReloader, TLSMaterial, TLSOptions, tls_from_dir
+from meshkit.auth._tls import (
+    ChannelCredentialsReloader,
+    TLSMaterial,
+    TLSOptions,
+    check_server_identity,
+    tls_from_dir,
+)
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -172,6 +180,7 @@ __all__ = [
     "VerifiedTokenCache",
     "VerifierOptions",
     "WorkloadFiles",
+    "check_server_identity",
     "create_ca",
     "current_claims",
     "current_peer",

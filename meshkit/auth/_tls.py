@@ -79,7 +79,13 @@ from meshkit.auth._identity import (
 from meshkit.auth._server import PeerIdentityInterceptor
 from meshkit.errors import ConfigError
 
-__all__ = ["ChannelCredentialsReloader", "TLSMaterial", "TLSOptions", "tls_from_dir"]
+__all__ = [
+    "ChannelCredentialsReloader",
+    "TLSMaterial",
+    "TLSOptions",
+    "check_server_identity",
+    "tls_from_dir",
+]
 
 _log = structlog.get_logger("meshkit.auth.tls")
 Clock = Callable[[], float]
@@ -94,6 +100,7 @@ class TLSMaterial:
         spiffe_id: the certificate's SPIFFE ID.
         not_after: the certificate's expiry, epoch seconds.
         fingerprint: hex SHA-256 over the leaf certificate DER and the CA bundle.
+        dns_names: the leaf's DNS SANs, as written (default none).
     """
 
     ca_pem: bytes
@@ -102,6 +109,7 @@ class TLSMaterial:
     spiffe_id: str
     not_after: float
     fingerprint: str
+    dns_names: tuple[str, ...] = ()
 
 
 def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
@@ -126,8 +134,9 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        dns = tuple(san.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
-        uris = []
+        uris, dns = [], ()
     except MALFORMED_EXTENSION_ERRORS as exc:  # cryptography: malformed or duplicated
         raise CertificateError(f"{cert_file} has malformed extensions "
                                f"({type(exc).__name__})") from None
@@ -156,7 +165,7 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
                                 serialization.NoEncryption())
     digest = hashlib.sha256(leaf.public_bytes(enc) + b"\0" + ca_pem).hexdigest()
     return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
-                       digest)
+                       digest, dns)
 
 
 def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: Path,
@@ -370,6 +379,49 @@ class TLSOptions:
     def channel_reloader(self) -> ChannelCredentialsReloader:
         """A :class:`ChannelCredentialsReloader` over these files."""
         return ChannelCredentialsReloader(self)
+
+
+def check_server_identity(tls: TLSOptions, service: str) -> None:
+    """Refuse a server certificate every meshkit client of ``service`` would refuse, before
+    the server starts (``serve()`` calls it for ``ServeOptions(tls=...)``).
+
+    meshkit clients verify a server's identity as the TLS host name
+    ``<service>.svc.<td>`` (:meth:`TLSOptions.channel_options`: grpcio gives Python
+    clients neither the server's certificate nor a verify hook, so no SPIFFE ID check),
+    which the certificate must carry as a DNS SAN (RFC 6125 §6.4; grpc never looks at the
+    common name of a certificate with SANs). So the certificate ``tls`` reads now must be the
+    workload's own: SPIFFE ID ``spiffe://<td>/svc/<service>`` and DNS SAN
+    ``<service>.svc.<td>``. A SPIRE X.509-SVID carries only its SPIFFE URI SAN unless its
+    registration entry lists DNS names (X.509-SVID §2 asks no more), and a Secret
+    mounted for the wrong workload names another identity: both would start, register
+    and then fail every call ``UNAVAILABLE``.
+
+    Args:
+        tls: the server's :class:`TLSOptions`.
+        service: the mesh service it serves, e.g. ``"orderd"`` (one lowercase DNS label).
+
+    Raises:
+        CertificateError: the certificate is for another workload (its SPIFFE ID and the
+            expected one quoted), or lacks the DNS SAN ``<service>.svc.<td>`` (named),
+            or the files are unreadable or inconsistent right now.
+        ConfigError: ``service`` is not a lowercase DNS label (no identity name, so no
+            meshkit client could verify it).
+    """
+    expected = tls.expected_server_id(service)
+    ident = identity_dns_name(tls.domain, service)
+    m = tls.read()
+    if m.spiffe_id != expected:
+        raise CertificateError(
+            f"{tls.cert_file} is the certificate of {m.spiffe_id}, not of {expected}: "
+            f"clients dialing {service!r} verify the server as {ident} and would refuse "
+            f"it; mount the certificate of {service!r} (meshkit certs issue {service})")
+    if ident not in (d.lower().rstrip(".") for d in m.dns_names):
+        raise CertificateError(
+            f"{tls.cert_file} ({m.spiffe_id}) lacks the DNS SAN {ident}: meshkit clients "
+            "verify a server's identity as that TLS host name (grpcio has no SPIFFE ID "
+            f"check for Python clients), so every call to {service!r} would fail "
+            "UNAVAILABLE; issue the certificate with that DNS name too (SPIRE: the "
+            "registration entry's dns_names; cert-manager: spec.dnsNames)")
 
 
 def _stat(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:

@@ -20,6 +20,7 @@ from meshkit.auth import (
     CertificateError,
     ChannelCredentialsReloader,
     TLSOptions,
+    check_server_identity,
     tls_from_dir,
 )
 from meshkit.discovery import LocalRegistry
@@ -437,3 +438,34 @@ async def test_bundle_update_with_a_malformed_ca_does_not_fail_calls(tmp_path: P
     finally:
         await srv.drain()
         await reg.close()
+
+
+@pytest.mark.parametrize("case", ["svid_with_only_its_uri_san", "another_workloads_svid"])
+async def test_serve_refuses_a_certificate_every_client_would_refuse(tmp_path: Path,
+                                                                     case: str) -> None:
+    """serve("userd") over a SPIRE-style SVID carrying only its SPIFFE URI SAN (X.509-SVID
+    §2 asks no more; SPIRE adds DNS names only when asked), or over another workload's
+    SVID mounted by mistake, started, reported SERVING and registered, and then every
+    dial("userd") failed UNAVAILABLE: meshkit clients verify a server as the TLS host
+    name userd.svc.<td>, which neither certificate carries. The server is now refused
+    when built, with CertificateError naming the missing DNS name or the SPIFFE ID the
+    certificate is for; check_server_identity() says the same for any TLSOptions."""
+    root = foreign_ca("spire CA")
+    key, cert = (svid(root, "userd", dns=(), ips=()) if case == "svid_with_only_its_uri_san"
+                 else svid(root, "orderd"))
+    tls = secret_tls(secret_dir(tmp_path, "userd", ca=pem(root[1]), crt=pem(cert),
+                                key=key_pem(key)))
+    expected = (f"userd.svc.{TD}" if case == "svid_with_only_its_uri_san"
+                else f"spiffe://{TD}/svc/orderd")
+    with pytest.raises(CertificateError, match=expected.replace(".", r"\.")):
+        check_server_identity(tls, "userd")
+    reg = _registry(tmp_path)
+    try:
+        with pytest.raises(CertificateError, match=expected.replace(".", r"\.")):
+            _userd(reg, tls=tls)
+    finally:
+        await reg.close()
+    good_key, good = svid(root, "userd")
+    check_server_identity(secret_tls(secret_dir(tmp_path, "good", ca=pem(root[1]),
+                                                crt=pem(good), key=key_pem(good_key))),
+                          "userd")
