@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import json as _json
 import logging
+import math
 import os
 import re
 import sys
@@ -774,38 +775,59 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     (:func:`get_logger`) and the access log is off (on only if the standard library
     logger ``meshkit.access`` takes ``INFO``).
 
+    The variables' values are read with surrounding blanks ignored, and a blank one is an
+    unset one (as meshkit's other variables).
+
     Args:
         level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL`` (any case);
             default from ``MESHKIT_LOG_LEVEL``, else ``INFO``.
         json: JSON lines (``True``) or console format (``False``); default JSON unless
-            stderr is a terminal, or as ``MESHKIT_LOG_FORMAT`` (``json``/``console``) says.
+            stderr is a terminal, or as ``MESHKIT_LOG_FORMAT`` (``json``/``console``, any
+            case) says.
         access_log_flush_interval_s: how long access-log lines may wait to be written,
-            seconds; default from ``MESHKIT_ACCESS_LOG_FLUSH_S``, else 0.2 for JSON and 0
-            (every line at once) for the console format.
+            seconds in [0, 60]; default from ``MESHKIT_ACCESS_LOG_FLUSH_S``, else 0.2 for
+            JSON and 0 (every line at once) for the console format.
 
     Raises:
-        ConfigError: unknown level or format, or a flush interval that is not a number
-            in [0, 60] (quoted).
+        ConfigError: an unknown level or format, or a flush interval that is not a number
+            in [0, 60]; the argument or the variable named, its value quoted as written.
+            Nothing is changed then.
     """
-    name = (level or os.environ.get("MESHKIT_LOG_LEVEL") or "INFO").upper()
-    if name not in _LEVELS:
-        raise ConfigError(f"log level must be one of {sorted(_LEVELS)}, got {name!r}")
+    env = os.environ
+    if level:
+        name = level.strip().upper()
+        if name not in _LEVELS:
+            raise ConfigError(f"log level must be one of {sorted(_LEVELS)} (any case), "
+                              f"got {level!r}")
+    else:
+        raw = env.get("MESHKIT_LOG_LEVEL", "")
+        name = raw.strip().upper() or "INFO"
+        if name not in _LEVELS:
+            raise ConfigError(f"MESHKIT_LOG_LEVEL must be one of {sorted(_LEVELS)} (any "
+                              f"case), got {raw!r}")
     if json is None:
-        fmt = os.environ.get("MESHKIT_LOG_FORMAT", "").lower()
+        raw = env.get("MESHKIT_LOG_FORMAT", "")
+        fmt = raw.strip().lower()
         if fmt not in ("", "json", "console"):
-            raise ConfigError(f"MESHKIT_LOG_FORMAT must be json or console, got {fmt!r}")
+            raise ConfigError(f"MESHKIT_LOG_FORMAT must be json or console, got {raw!r}")
         json = fmt == "json" or (fmt == "" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=json_dumps) if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     if access_log_flush_interval_s is None:
-        raw = os.environ.get("MESHKIT_ACCESS_LOG_FLUSH_S", "")
+        raw = env.get("MESHKIT_ACCESS_LOG_FLUSH_S", "")
         try:
-            access_log_flush_interval_s = float(raw) if raw else (0.2 if json else 0.0)
+            access_log_flush_interval_s = float(raw) if raw.strip() else (
+                0.2 if json else 0.0)
         except ValueError:
-            raise ConfigError(f"MESHKIT_ACCESS_LOG_FLUSH_S must be seconds, got {raw!r}"
-                              ) from None
+            access_log_flush_interval_s = math.nan
+        if not 0 <= access_log_flush_interval_s <= 60:  # nan too
+            raise ConfigError(f"MESHKIT_ACCESS_LOG_FLUSH_S must be seconds in [0, 60], "
+                              f"got {raw!r}")
+    elif not 0 <= access_log_flush_interval_s <= 60:
+        raise ConfigError(f"access_log_flush_interval_s must be in [0, 60] seconds, "
+                          f"got {access_log_flush_interval_s!r}")
     writer = BufferedLineWriter(sys.stderr, flush_interval_s=access_log_flush_interval_s)
     wrapper = structlog.make_filtering_bound_logger(_LEVELS[name])
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -193,8 +194,8 @@ def test_redact_secrets_masks_pairs_whose_keys_are_bytes() -> None:
 
 def test_configure_logging_validates_level_and_format(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """configure_logging refuses unknown levels and formats, quoting them."""
-    with pytest.raises(ConfigError, match="'LOUD'"):
+    """configure_logging refuses unknown levels and formats, quoting them as written."""
+    with pytest.raises(ConfigError, match=r"level .*'loud'"):
         configure_logging("loud")
     monkeypatch.setenv("MESHKIT_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="'xml'"):
@@ -409,6 +410,70 @@ def test_configure_logging_refuses_a_bad_flush_interval(
     with pytest.raises(ConfigError, match="got 99"):
         configure_logging("info", json=True, access_log_flush_interval_s=99)
     structlog.reset_defaults()
+
+
+_LOG_VARIABLES = ("MESHKIT_LOG_LEVEL", "MESHKIT_LOG_FORMAT", "MESHKIT_ACCESS_LOG_FLUSH_S")
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MESHKIT_LOG_LEVEL", "verbose"),
+    ("MESHKIT_LOG_LEVEL", "info debug"),
+    ("MESHKIT_LOG_FORMAT", "xml"),
+    ("MESHKIT_ACCESS_LOG_FLUSH_S", "120"),
+    ("MESHKIT_ACCESS_LOG_FLUSH_S", "-1"),
+    ("MESHKIT_ACCESS_LOG_FLUSH_S", "nan"),
+    ("MESHKIT_ACCESS_LOG_FLUSH_S", "inf"),
+    ("MESHKIT_ACCESS_LOG_FLUSH_S", "soon"),
+])
+def test_configure_logging_env_errors_name_the_variable(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    """A bad logging variable in a pod's manifest (``MESHKIT_ACCESS_LOG_FLUSH_S=120``,
+    ``MESHKIT_LOG_LEVEL=verbose``): configure_logging's ConfigError names the variable the
+    operator has to fix and quotes the value as written, before anything is changed. It
+    used to say ``flush_interval_s must be in [0, 60] seconds, got 120.0`` (the writer's
+    argument) or ``log level must be one of [...], got 'VERBOSE'``."""
+    monkeypatch.setattr(_AccessLog, "logger", _AccessLog.logger)
+    for k in _LOG_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv(variable, value)
+    before = structlog.get_config()
+    with pytest.raises(ConfigError) as info:
+        configure_logging()
+    assert variable in str(info.value) and repr(value) in str(info.value), info.value
+    assert structlog.get_config() == before
+
+
+@pytest.mark.parametrize(("env", "level", "json_format", "flush_s"), [
+    ({"MESHKIT_LOG_LEVEL": " warning\n", "MESHKIT_LOG_FORMAT": " JSON ",
+      "MESHKIT_ACCESS_LOG_FLUSH_S": " 0.5 "}, logging.WARNING, True, 0.5),
+    ({"MESHKIT_LOG_LEVEL": "  ", "MESHKIT_LOG_FORMAT": "console\t",
+      "MESHKIT_ACCESS_LOG_FLUSH_S": " "}, logging.INFO, False, 0.0),
+    ({"MESHKIT_LOG_LEVEL": "", "MESHKIT_LOG_FORMAT": "",
+      "MESHKIT_ACCESS_LOG_FLUSH_S": ""}, logging.INFO, None, None),
+])
+def test_configure_logging_strips_its_variables(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], level: int,
+        json_format: bool | None, flush_s: float | None) -> None:
+    """Blanks around a logging variable's value (a YAML block scalar's newline, a padded
+    ``value: " warning"``) are ignored, as for meshkit's other variables, and a blank
+    value is an unset one. ``MESHKIT_LOG_LEVEL=" warning"`` used to be refused, and
+    ``MESHKIT_LOG_FORMAT=" json"`` too."""
+    monkeypatch.setattr(_AccessLog, "logger", _AccessLog.logger)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        configure_logging()
+        config = structlog.get_config()
+        assert config["wrapper_class"] is structlog.make_filtering_bound_logger(level)
+        renderer = config["processors"][-1]
+        if json_format is not None:
+            assert isinstance(renderer, structlog.processors.JSONRenderer) is json_format
+        writer = getattr(_AccessLog.logger, "_writer", None) or _AccessLog.logger._logger
+        if flush_s is not None:
+            assert writer.flush_interval_s == flush_s
+    finally:
+        flush_logs()
+        structlog.reset_defaults()
 
 
 def test_json_dumps_uses_orjson_and_falls_back_for_what_it_refuses(
