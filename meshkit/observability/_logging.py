@@ -299,12 +299,28 @@ _writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at 
 
 def flush_logs() -> None:
     """Write every line still buffered by :class:`BufferedLineWriter` s (the access log).
-    ``MeshServer.drain`` and interpreter exit call it."""
+    ``MeshServer.drain``, ``MeshChannel.close``, interpreter exit and ``os.fork`` (before
+    it, in the parent) call it."""
     for w in list(_writers):
         w.flush()
 
 
+def _forked() -> None:
+    """In a forked child: the writers start empty, with locks of their own (a parent's
+    thread may have held one at the fork) and no timer (it was the parent loop's)."""
+    for w in list(_writers):
+        w._lock = threading.Lock()
+        w._buf.clear()
+        w._size = 0
+        w._timer = False
+        w._timer_loop = None
+
+
 atexit.register(flush_logs)
+# Lines buffered at a fork would be written by the parent and again by each child that
+# exits normally (a pre-fork worker, a daemon's double fork): written before the fork,
+# and the child's copies dropped (as the standard library's logging re-creates its locks)
+os.register_at_fork(before=flush_logs, after_in_child=_forked)
 
 
 class _StdlibLine:

@@ -358,3 +358,38 @@ def test_access_lines_are_written_when_the_channel_closes(tmp_path: Path) -> Non
     rpc_lines = [ln for ln in before_mark.splitlines() if '"event":"rpc"' in ln]
     assert len(rpc_lines) == 3, (
         f"access lines not written when the channel closed: {proc.stderr[-2000:]}")
+
+
+_ACCESS_LOG_THEN_FORK = r'''
+import asyncio, os, sys
+from meshkit.observability import configure_logging
+from meshkit.observability._logging import access_logger
+
+configure_logging(json=True, access_log_flush_interval_s=30.0)  # lines wait in the buffer
+
+async def main() -> str:
+    for n in range(3):
+        access_logger().info("rpc", n=n)  # what each call's access record does
+    pid = os.fork()
+    if pid == 0:
+        return "child"
+    os.waitpid(pid, 0)
+    return "parent"
+
+asyncio.run(main())
+sys.exit(0)  # parent and child both end normally: atexit flushes each
+'''
+
+
+@pytest.mark.timeout(90)
+def test_access_lines_buffered_at_a_fork_are_written_once(tmp_path: Path) -> None:
+    """A process with JSON access logging has three access lines buffered (the flush
+    interval not reached) when it forks a child (a pre-fork worker, a daemon's double
+    fork) that ends normally. The child's copy of the buffer was written by its atexit
+    flush, and the parent's at its own exit: each call logged twice, once more per child
+    (access logs feed billing, audits and error-rate alerts). The buffer is written
+    before the fork and the child's copy dropped: three lines."""
+    proc = _run_script(tmp_path, "fork_access.py", _ACCESS_LOG_THEN_FORK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if '"event":"rpc"' in ln]
+    assert len(lines) == 3, proc.stderr[-2500:]
