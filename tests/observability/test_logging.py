@@ -361,7 +361,7 @@ async def main() -> None:
             insecure=True, telemetry=tel)) as ch:
         await ch.unary_unary(method("Unary"))(b"hi", timeout=5, metadata=(
             ("authorization", "Bearer s3cr3t-t0ken-value"),))
-    print("CALLED", file=sys.stderr, flush=True)
+        print("CALLED", file=sys.stderr, flush=True)  # close() and drain() flush
     await srv.drain()
     await reg.close()
     for s in exporter.get_finished_spans():
@@ -384,7 +384,8 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 def test_configured_access_log_is_json_batched_and_carries_trace_ids(tmp_path: Path) -> None:
     """A process that called configure_logging(json=True) writes its access lines to stderr
-    as JSON in a batch (none before the process drains, with a 30 s interval), carrying
+    as JSON in a batch (none before the channel closes or the server drains, with a 30 s
+    interval), carrying
     their spans' trace ids and no credential."""
     proc = subprocess.run([sys.executable, "-c", _CONFIGURED_PROCESS, str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=60, check=False,
