@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, MutableSequence, Sequence
 from contextvars import ContextVar
 from importlib import metadata as importlib_metadata
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import grpc
 from opentelemetry import baggage, propagate, trace
@@ -43,6 +43,7 @@ except ImportError:  # tested with the SDK hidden (tests/observability/test_no_s
     _sdk = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -71,6 +72,14 @@ _SAMPLERS = frozenset({
     "parentbased_always_off", "parentbased_traceidratio",
 })
 _EXPORTERS = frozenset({"otlp", "otlp_proto_grpc", "otlp_proto_http", "console", "none"})
+# OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL -> the exporter ``otlp`` means: the OpenTelemetry
+# SDK's configurator's mapping (opentelemetry.sdk._configuration); the spec's third
+# protocol, http/json, has no Python exporter
+_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
+_OTLP_PROTOCOL_VARS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+_OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+UNKNOWN_SERVICE = "unknown_service"
+"""The OpenTelemetry placeholder ``service.name`` of a process that names no service."""
 _TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 
 
@@ -136,24 +145,117 @@ def require_sdk(what: str) -> None:
 
 
 def _exporter(name: str) -> SpanExporter | None:
-    """The exporter registered under ``name`` (entry point group
-    ``opentelemetry_traces_exporter``), or ``None`` with a warning if not installed."""
-    eps = importlib_metadata.entry_points(group="opentelemetry_traces_exporter", name=name)
+    """The exporter ``OTEL_TRACES_EXPORTER``'s ``name`` loads (entry point group
+    ``opentelemetry_traces_exporter``; ``otlp`` resolved by :func:`_entry_name`), or
+    ``None`` with a warning if not installed (an OTLP one naming its package and the
+    variable that asked for it)."""
+    entry = _entry_name(name)
+    eps = importlib_metadata.entry_points(group="opentelemetry_traces_exporter", name=entry)
     for ep in eps:
         cls = ep.load()
         exporter: SpanExporter = cls()
         return exporter
     if name.startswith("otlp"):
-        _log.warning("OTEL_TRACES_EXPORTER asks for OTLP but opentelemetry-exporter-otlp is "
-                     "not installed; spans are not exported",
-                     exporter=name, fix="pip install opentelemetry-exporter-otlp")
+        asked_by = "OTEL_TRACES_EXPORTER" if os.environ.get(
+            "OTEL_TRACES_EXPORTER", "").strip() else next(
+            (v for v in _OTLP_ENDPOINT_VARS if os.environ.get(v, "").strip()),
+            "OTEL_TRACES_EXPORTER")
+        _log.warning("OTLP export asked for but opentelemetry-exporter-otlp is not "
+                     "installed; spans are not exported", asked_by=asked_by,
+                     exporter=entry, fix="pip install opentelemetry-exporter-otlp")
     else:
         _log.warning("trace exporter not installed; spans are not exported", exporter=name)
     return None
 
 
+def _otlp_protocol() -> str | None:
+    """The OTLP protocol of traces: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else
+    ``OTEL_EXPORTER_OTLP_PROTOCOL`` (case and surrounding blanks ignored, empty is
+    unset); ``None`` when neither says.
+
+    Raises:
+        ConfigError: a protocol other than ``grpc`` and ``http/protobuf`` (the variable
+            named, the value quoted), as the SDK's configurator refuses it.
+    """
+    for var in _OTLP_PROTOCOL_VARS:
+        raw = os.environ.get(var, "")
+        value = raw.strip().lower()
+        if value:
+            if value not in _OTLP_BY_PROTOCOL:
+                raise ConfigError(f"{var} must be grpc or http/protobuf (the OTLP exporters "
+                                  f"for Python), got {raw!r}")
+            return value
+    return None
+
+
+def _entry_name(name: str) -> str:
+    """The entry point an ``OTEL_TRACES_EXPORTER`` ``name`` loads: ``otlp`` is
+    ``otlp_proto_grpc`` or ``otlp_proto_http`` as :func:`_otlp_protocol` says (itself,
+    the gRPC exporter of ``opentelemetry-exporter-otlp``, when unset), as the SDK's
+    configurator maps it; any other name (``otlp_proto_http`` named outright included)
+    is itself."""
+    if name != "otlp":
+        return name
+    protocol = _otlp_protocol()
+    return name if protocol is None else _OTLP_BY_PROTOCOL[protocol]
+
+
+class _TracingEnv(NamedTuple):
+    """The ``OTEL_*`` tracing settings, read and checked (:func:`_tracing_env`)."""
+
+    sampler: str
+    """``OTEL_TRACES_SAMPLER`` normalised (one of ``_SAMPLERS``)."""
+    ratio: float
+    """``OTEL_TRACES_SAMPLER_ARG`` for the ratio samplers, 0..1 (1.0 when unset)."""
+    exporters: tuple[str, ...] | None
+    """``OTEL_TRACES_EXPORTER``'s names, normalised; ``None`` when unset."""
+
+
+def _tracing_env() -> _TracingEnv:
+    """Read and check the ``OTEL_*`` tracing variables as :func:`configure_tracing` uses
+    them (no I/O but an entry point look-up for an exporter name meshkit does not know).
+
+    Raises:
+        ConfigError: an unknown sampler, a sampler argument that is not a ratio in
+            [0, 1], an unknown exporter name, or (OTLP asked for: the exporter unset or
+            ``otlp``) an OTLP protocol no Python exporter speaks; the variable named and
+            its value quoted.
+    """
+    # An empty variable is an unset one (OTel spec, "Configuration: Environment Variable
+    # Specification"). The sampler is built here from the normalised name, not left to
+    # the SDK, which reads the raw value and would take "traceidratio " for unknown and
+    # fall back to parentbased_always_on: every trace sampled.
+    env = os.environ
+    raw_sampler = env.get("OTEL_TRACES_SAMPLER", "")
+    sampler = raw_sampler.strip().lower() or "parentbased_always_on"
+    if sampler not in _SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(_SAMPLERS)}, "
+                          f"got {raw_sampler!r}")
+    ratio = 1.0  # the SDK's default argument
+    if sampler.endswith("traceidratio"):
+        arg = env.get("OTEL_TRACES_SAMPLER_ARG", "")
+        if arg.strip():
+            try:
+                ratio = float(arg)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise ConfigError(
+                    f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
+    raw = env.get("OTEL_TRACES_EXPORTER", "")
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip()) \
+        if raw.strip() else None
+    for name in names or ():
+        if name not in _EXPORTERS and not importlib_metadata.entry_points(
+                group="opentelemetry_traces_exporter", name=name):
+            raise ConfigError(f"OTEL_TRACES_EXPORTER names an unknown exporter {name!r}")
+    if names is None or "otlp" in names:
+        _otlp_protocol()
+    return _TracingEnv(sampler, ratio, names)
+
+
 def configure_tracing(
-    service_name: str,
+    service_name: str | None,
     *,
     exporters: Iterable[SpanExporter] | None = None,
     set_global: bool = True,
@@ -163,7 +265,8 @@ def configure_tracing(
 
     Read from the environment (the SDK's own handling where it has one):
 
-    * ``OTEL_SERVICE_NAME`` (overrides ``service_name``), ``OTEL_RESOURCE_ATTRIBUTES``;
+    * ``OTEL_SERVICE_NAME`` (overrides ``service_name``), ``OTEL_RESOURCE_ATTRIBUTES``
+      (its ``service.name`` names a process that names no service itself);
     * ``OTEL_TRACES_SAMPLER`` (``parentbased_always_on`` by default; ``always_on``,
       ``always_off``, ``traceidratio``, ``parentbased_always_off``,
       ``parentbased_traceidratio``; case and surrounding blanks ignored) and
@@ -171,15 +274,24 @@ def configure_tracing(
     * ``OTEL_TRACES_EXPORTER``: comma list of ``otlp``, ``console``, ``none`` (or any
       installed ``opentelemetry_traces_exporter`` entry point). Unset (or empty, as
       every variable here, per the OTel spec) means ``otlp`` when
-      ``opentelemetry-exporter-otlp`` is installed, else none. Asking for ``otlp`` without
-      the package logs a warning naming it and exports nothing. OTLP endpoint, headers and
-      protocol come from ``OTEL_EXPORTER_OTLP_*`` as the exporter reads them.
+      ``opentelemetry-exporter-otlp`` is installed or an ``OTEL_EXPORTER_OTLP_ENDPOINT``
+      (or ``..._TRACES_ENDPOINT``) is set, else none. ``otlp`` is the exporter of the
+      protocol ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` (else
+      ``OTEL_EXPORTER_OTLP_PROTOCOL``) names: ``grpc`` (the default) or ``http/protobuf``
+      (``otlp_proto_http``), as the SDK's configurator maps it; ``otlp_proto_grpc`` or
+      ``otlp_proto_http`` named outright win over the protocol. OTLP asked for without
+      the package logs a warning naming it and exports nothing. The endpoint, headers
+      and the rest come from ``OTEL_EXPORTER_OTLP_*`` as the exporter reads them.
     * ``OTEL_BSP_*`` for the batch span processor;
     * ``MESHKIT_TRACE_FILE``: also append every span to this JSON-lines file
       (:class:`~meshkit.observability.JsonLinesSpanExporter`).
 
     Args:
-        service_name: ``service.name`` of the resource, e.g. ``"orderd"``.
+        service_name: ``service.name`` of the resource, e.g. ``"orderd"``; ``None`` (or
+            :data:`UNKNOWN_SERVICE`, the OpenTelemetry placeholder) for a process that
+            names no service: ``OTEL_SERVICE_NAME``, else ``OTEL_RESOURCE_ATTRIBUTES``'
+            ``service.name``, else the SDK's ``unknown_service:<executable>`` (the
+            OpenTelemetry resource SDK specification's order).
         exporters: use these exporters (each behind a batch processor) instead of
             ``OTEL_TRACES_EXPORTER``; tests pass an in-memory one behind their own
             ``SimpleSpanProcessor`` by calling ``provider.add_span_processor`` instead.
@@ -191,51 +303,28 @@ def configure_tracing(
 
     Raises:
         ConfigError: empty ``service_name``, unknown sampler, a sampler argument that is
-            not a ratio in [0, 1], or an unknown exporter name (all quoted).
+            not a ratio in [0, 1], an unknown exporter name, or an OTLP protocol other
+            than ``grpc`` and ``http/protobuf`` when OTLP is asked for (the variable
+            named, the value quoted).
     """
-    if not isinstance(service_name, str) or not service_name:
+    if service_name is not None and (not isinstance(service_name, str) or not service_name):
         raise ConfigError(f"service_name must be a non-empty string, got {service_name!r}")
     require_sdk("configure_tracing")
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    # An empty variable is an unset one (OTel spec, "Configuration: Environment Variable
-    # Specification"). The sampler is built here from the normalised name, not left to
-    # the SDK, which reads the raw value and would take "traceidratio " for unknown and
-    # fall back to parentbased_always_on: every trace sampled.
-    raw_sampler = os.environ.get("OTEL_TRACES_SAMPLER", "")
-    sampler = raw_sampler.strip().lower() or "parentbased_always_on"
-    if sampler not in _SAMPLERS:
-        raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(_SAMPLERS)}, "
-                          f"got {raw_sampler!r}")
-    ratio = 1.0  # the SDK's default argument
-    if sampler.endswith("traceidratio"):
-        arg = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "")
-        if arg.strip():
-            try:
-                ratio = float(arg)
-            except ValueError:
-                ratio = -1.0
-            if not 0.0 <= ratio <= 1.0:
-                raise ConfigError(
-                    f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
-    attrs = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
-    provider = TracerProvider(resource=Resource.create(attrs),
-                              sampler=_sampler(sampler, ratio))
+    settings = _tracing_env()
+    provider = TracerProvider(resource=_resource(service_name),
+                              sampler=_sampler(settings.sampler, settings.ratio))
     if exporters is None:
-        raw = os.environ.get("OTEL_TRACES_EXPORTER", "")
-        if not raw.strip():
-            names = ["otlp"] if _has_otlp() else []
-        else:
-            names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+        names = settings.exporters
+        if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
+            names = ("otlp",) if any(os.environ.get(v, "").strip()
+                                     for v in _OTLP_ENDPOINT_VARS) or _has_otlp() else ()
         chosen: list[SpanExporter] = []
         for name in names:
             if name == "none":
                 continue
-            if name not in _EXPORTERS and not importlib_metadata.entry_points(
-                    group="opentelemetry_traces_exporter", name=name):
-                raise ConfigError(f"OTEL_TRACES_EXPORTER names an unknown exporter {name!r}")
             exp = _exporter(name)
             if exp is not None:
                 chosen.append(exp)
@@ -252,6 +341,19 @@ def configure_tracing(
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def _resource(service_name: str | None) -> Resource:
+    """The SDK resource of a provider for ``service_name`` (see :func:`configure_tracing`):
+    the SDK's detectors (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME`` over it) with
+    ``service.name`` set to ``service_name`` unless ``OTEL_SERVICE_NAME`` is set or the
+    process names no service (``None``, :data:`UNKNOWN_SERVICE`)."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    named = service_name is not None and service_name != UNKNOWN_SERVICE
+    attrs = {SERVICE_NAME: service_name} if named and not os.environ.get(
+        "OTEL_SERVICE_NAME") else {}
+    return Resource.create(attrs)
 
 
 def _sampler(name: str, ratio: float) -> Any:
@@ -273,8 +375,9 @@ def _sampler(name: str, ratio: float) -> Any:
 
 
 def _has_otlp() -> bool:
+    """Whether the exporter ``otlp`` means (:func:`_entry_name`) is installed."""
     return bool(importlib_metadata.entry_points(group="opentelemetry_traces_exporter",
-                                                name="otlp"))
+                                                name=_entry_name("otlp")))
 
 
 def _otel_grpc() -> Any:
@@ -318,14 +421,26 @@ def otel_client_interceptors(
     return tuple(_otel_grpc().aio_client_interceptors(tracer_provider=tracer_provider))
 
 
-def tracing_from_env(service_name: str) -> TracerProvider | None:
+def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     """Configure tracing (:func:`configure_tracing`) only when the environment asks for it
-    and no SDK provider is installed yet; ``serve()`` calls this once per process.
+    and no SDK provider is installed yet; ``serve()`` calls this with its service's name,
+    a client channel (a process may only dial) without one at its first call.
 
     Asking means: ``OTEL_TRACES_EXPORTER`` set to something other than ``none``,
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) set, or
     ``MESHKIT_TRACE_FILE`` set. Otherwise the global no-op provider stays and meshkit's
     span code costs almost nothing.
+
+    The order of a process's first call and its ``serve()`` does not change its service
+    name: a provider set up here without a name (``service_name`` ``None`` or
+    :data:`UNKNOWN_SERVICE`, ``OTEL_SERVICE_NAME`` unset) is named by the first later
+    call with a name, as it would have been had that call come first (its resource's
+    ``service.name`` replaced in place, so the tracers and spans already made say it too;
+    every other attribute kept).
+
+    Args:
+        service_name: the service the process serves (e.g. ``"orderd"``); ``None``
+            (default) for none, see :func:`configure_tracing`.
 
     Returns:
         The new provider, or ``None`` when nothing was configured.
@@ -334,23 +449,64 @@ def tracing_from_env(service_name: str) -> TracerProvider | None:
         ConfigError: as :func:`configure_tracing`; the environment asks for tracing but
             the OpenTelemetry SDK is not installed (names the ``meshkit[otel]`` extra).
     """
-    if _sdk is not None and isinstance(trace.get_tracer_provider(), _sdk.TracerProvider):
+    named = service_name is not None and service_name != UNKNOWN_SERVICE
+    if _sdk is not None:
+        installed = trace.get_tracer_provider()
+        if isinstance(installed, _sdk.TracerProvider):
+            if named and _unnamed and _unnamed[0] is installed:
+                _unnamed.clear()
+                _name_provider(installed, str(service_name))
+            return None
+    if not tracing_wanted():
         return None
-    return configure_tracing(service_name) if tracing_wanted() else None
+    provider = configure_tracing(service_name)
+    if not named and not os.environ.get("OTEL_SERVICE_NAME"):
+        _unnamed[:] = [provider]
+    return provider
+
+
+# the provider tracing_from_env installed for a process that had named no service yet
+_unnamed: list[TracerProvider] = []
+
+
+def _name_provider(provider: TracerProvider, service_name: str) -> None:
+    """Set ``service.name`` of ``provider``'s resource to ``service_name``, keeping its
+    other attributes (``service.instance.id`` included). The resource object itself is
+    updated: the provider's tracers and their spans (meshkit's lean span classes too)
+    hold that object, and an exporter reads its attributes when it exports."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    resource = provider.resource
+    renamed = resource.merge(Resource({SERVICE_NAME: service_name}))
+    if type(resource) is Resource and hasattr(resource, "_attributes"):
+        resource._attributes = renamed._attributes
+    else:  # pragma: no cover - another SDK layout: tracers made from now on
+        provider._resource = renamed
 
 
 def tracing_wanted() -> bool:
-    """Whether the environment asks for tracing (see :func:`tracing_from_env`); raises
-    :class:`ConfigError` naming the ``meshkit[otel]`` extra when it does and the SDK is
-    missing."""
+    """Whether the environment asks for tracing (see :func:`tracing_from_env`).
+
+    When it does and no SDK provider is installed yet (so :func:`tracing_from_env` would
+    set one up from it), the ``OTEL_*`` settings are checked as :func:`configure_tracing`
+    checks them: a client channel calls this when it is built, so a bad value fails
+    ``dial()`` as it fails ``serve()``, not (logged, tracing off) at the first call.
+
+    Raises:
+        ConfigError: the environment asks for tracing and the SDK is missing (names the
+            ``meshkit[otel]`` extra), or an ``OTEL_*`` value :func:`configure_tracing`
+            refuses (the variable named, the value quoted).
+    """
     env = os.environ
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    wanted = (exporter not in ("", "none") or bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-              or bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    wanted = (exporter not in ("", "none")
+              or any(env.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS)
               or bool(env.get("MESHKIT_TRACE_FILE", "").strip()))
     if wanted:
         require_sdk("tracing asked for by OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_*"
                     " / MESHKIT_TRACE_FILE")
+        if not isinstance(trace.get_tracer_provider(), _sdk.TracerProvider):
+            _tracing_env()
     return wanted
 
 

@@ -1,5 +1,6 @@
 """Whole processes: quiet until configured, the OpenTelemetry SDK optional, and a process
-that only dials honouring ``OTEL_*``."""
+that only dials honouring ``OTEL_*`` (its service name included, also when it calls before
+it serves)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 _ROOT = Path(__file__).parents[2]
 
@@ -165,6 +169,132 @@ def test_a_process_that_only_dials_honours_otel_env(tmp_path: Path) -> None:
     spans = [json.loads(ln) for ln in trace_file.read_text().splitlines() if ln.strip()]
     assert [s["name"] for s in spans] == ["meshkit.test.Echo/Unary"], spans
     assert spans[0]["attributes"]["server.address"] == "echo"
+
+
+# A process that calls a dependency (a plain grpc.aio server: nothing but the channel can
+# set tracing up) and, with argv[2] == "serve-after", then serves "orderd" and calls the
+# dependency again on the same channel and its own service on another. Prints the global
+# provider's service.name after the first call ("first") and, when serving, the
+# service.name of every span ended after serve() (the client span to the dependency and
+# the client and server spans to orderd), and the process's resource attributes.
+_SERVICE_NAME = """
+import asyncio, json, os, sys, time
+import grpc
+import meshkit
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from opentelemetry import trace
+from tests.support.echo import add_echo, handler, method
+
+async def main() -> dict:
+    out = {}
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    dep = grpc.aio.server()
+    dep.add_generic_rpc_handlers((handler("dep-1"),))
+    port = dep.add_insecure_port("127.0.0.1:0")
+    await dep.start()
+    await reg.register(Instance(service="dep", instance_id="dep-1", host="127.0.0.1",
+                                port=port))
+    opts = meshkit.DialOptions(insecure=True)
+    async with meshkit.dial("dep", registry=reg, options=opts) as ch:
+        await ch.unary_unary(method("Unary"))(b"warm-up", timeout=10)
+        provider = trace.get_tracer_provider()
+        out["provider"] = type(provider).__name__
+        out["first"] = provider.resource.attributes.get("service.name")
+        if sys.argv[2] == "serve-after":
+            deadline = time.monotonic() + 20  # the warm-up's span written (ended)
+            path = os.environ["MESHKIT_TRACE_FILE"]
+            while not (os.path.exists(path) and open(path).read().strip()):
+                assert time.monotonic() < deadline, "the warm-up span never ended"
+                await asyncio.sleep(0.01)
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+                InMemorySpanExporter,
+            )
+            memory = InMemorySpanExporter()
+            provider.add_span_processor(SimpleSpanProcessor(memory))
+            srv = meshkit.MeshServer("orderd", [add_echo("o1")], registry=reg,
+                                     options=meshkit.ServeOptions(
+                                         insecure=True, drain_delay_s=0, grace_s=1.0))
+            await srv.start()
+            await ch.unary_unary(method("Unary"))(b"again", timeout=10)
+            async with meshkit.dial("orderd", registry=reg, options=opts) as own:
+                await own.unary_unary(method("Unary"))(b"own", timeout=10)
+            deadline = time.monotonic() + 20
+            while len(memory.get_finished_spans()) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            out["spans"] = sorted((s.kind.name, s.resource.attributes.get("service.name"))
+                                  for s in memory.get_finished_spans())
+            await srv.drain()
+        out["resource"] = dict(provider.resource.attributes)
+    await dep.stop(None)
+    await reg.close()
+    provider.shutdown()
+    return out
+
+print("RESULT " + json.dumps(asyncio.run(main())), flush=True)
+"""
+
+
+def _service_name_run(tmp_path: Path, mode: str, env: dict[str, str]) -> dict[str, Any]:
+    env = {"MESHKIT_TRACE_FILE": str(tmp_path / "spans.jsonl"),
+           "OTEL_TRACES_EXPORTER": "none", **env}
+    proc = _run(_SERVICE_NAME, str(tmp_path / "r"), mode, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout + proc.stderr
+    out: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    assert out["provider"] == "TracerProvider", out
+    assert (tmp_path / "spans.jsonl").read_text().strip(), "no span written: tracing off"
+    return out
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("env", "name"), [
+    ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=checkout,deployment.environment=prod"},
+     "checkout"),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=checkout,deployment.environment=prod",
+      "OTEL_SERVICE_NAME": "gateway"}, "gateway"),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod"}, "unknown_service"),
+], ids=["resource-attributes", "service-name-first", "neither"])
+def test_a_process_that_only_dials_takes_its_service_name_from_otel_env(
+        tmp_path: Path, env: dict[str, str], name: str) -> None:
+    """A process that only dials, deployed with ``OTEL_RESOURCE_ATTRIBUTES=
+    service.name=checkout,deployment.environment=prod`` (the usual way, e.g. what the
+    OpenTelemetry Operator injects): its spans say ``service.name=checkout``, with
+    ``OTEL_SERVICE_NAME`` first and ``unknown_service`` (the SDK's
+    ``unknown_service:<executable>``) only when neither names it, as the OpenTelemetry
+    resource SDK specifies. The channel used to set tracing up with the explicit
+    placeholder ``unknown_service``, which won over the environment's
+    ``service.name`` while keeping its other attributes."""
+    out = _service_name_run(tmp_path, "dial", env)
+    assert out["first"] == name or (name == "unknown_service" and str(
+        out["first"]).startswith("unknown_service:")), out
+    assert out["resource"]["deployment.environment"] == "prod", out
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("env", "name"), [
+    ({}, "orderd"),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=checkout,deployment.environment=prod"},
+     "orderd"),
+    ({"OTEL_SERVICE_NAME": "from-env"}, "from-env"),
+], ids=["no-name", "resource-attributes", "service-name"])
+def test_a_call_before_serve_does_not_change_the_service_name(
+        tmp_path: Path, env: dict[str, str], name: str) -> None:
+    """A service that calls a dependency at start-up (a warm-up, reading its
+    configuration) before ``serve("orderd")``, tracing asked for by the environment:
+    every span after serve() (its server spans, and the client spans of a channel made
+    before, on tracers made before) says ``service.name=orderd``, what it says when
+    serve() comes first (``OTEL_SERVICE_NAME`` still first, and serve's name over
+    ``OTEL_RESOURCE_ATTRIBUTES``' as then). The first call used to install the global
+    provider as ``unknown_service`` and serve() found a provider installed and left it:
+    the order of two start-up steps named every span of the process."""
+    out = _service_name_run(tmp_path, "serve-after", env)
+    assert out["resource"]["service.name"] == name, out
+    assert {n for _, n in out["spans"]} == {name}, out
+    assert [k for k, _ in out["spans"]].count("CLIENT") >= 2, out
+    assert ["SERVER", name] in out["spans"], out
+    if "OTEL_RESOURCE_ATTRIBUTES" in env:
+        assert out["resource"]["deployment.environment"] == "prod", out
 
 
 def test_the_quiet_default_leaves_structlog_unconfigured_for_the_application() -> None:

@@ -4,16 +4,23 @@ renderer and peer parsing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import structlog
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.errors import ConfigError
 from meshkit.observability import (
     AttemptSpanInterceptor,
@@ -28,6 +35,9 @@ from meshkit.observability import (
     server_interceptors,
 )
 from meshkit.observability._semconv import parse_peer
+from meshkit.observability._tracing import tracing_wanted
+
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _exporters(provider: TracerProvider) -> list[object]:
@@ -141,6 +151,225 @@ def test_configure_tracing_empty_exporter_is_unset(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("MESHKIT_TRACE_FILE", raising=False)
     configure_tracing("orderd", set_global=False).shutdown()
     assert asked == ["otlp"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("env", "variable", "quoted"), [
+    ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+     "OTEL_TRACES_SAMPLER_ARG", "'1.5'"),
+    ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER", "'sometimes'"),
+    ({"OTEL_TRACES_EXPORTER": "console,zipkinish"}, "OTEL_TRACES_EXPORTER", "'zipkinish'"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+     "OTEL_EXPORTER_OTLP_PROTOCOL", "'http/json'"),
+], ids=["sampler-arg-out-of-range", "unknown-sampler", "unknown-exporter",
+        "unsupported-otlp-protocol"])
+async def test_dial_refuses_a_bad_otel_env_like_serve(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str],
+        variable: str, quoted: str) -> None:
+    """A process that only dials (a job, a gateway, ``meshkit call``), tracing asked for
+    (``MESHKIT_TRACE_FILE``) and a bad ``OTEL_*`` value (a ratio of 1.5, an unknown
+    sampler or exporter, an OTLP protocol no Python exporter speaks): ``dial()`` raises
+    the ConfigError naming the variable and quoting the value, as ``MeshServer.start()``
+    does for the same environment. It used to accept it: the channel set tracing up at its
+    first call, logged the error as a warning and ran on without tracing for the life of
+    the process (construction only checked that the SDK was installed)."""
+    assert not isinstance(trace.get_tracer_provider(), TracerProvider), \
+        "a global SDK provider is installed: the environment would not be read"
+    monkeypatch.setenv("MESHKIT_TRACE_FILE", str(tmp_path / "spans.jsonl"))
+    for k in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER",
+              "OTEL_TRACES_SAMPLER_ARG", "OTEL_EXPORTER_OTLP_PROTOCOL",
+              "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    registry = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=1.0,
+                                          poll_interval_s=0.05))
+    try:
+        # the reference: a serving process refuses this environment at start()
+        srv = meshkit.MeshServer("orderd", [], registry=registry,
+                                 options=meshkit.ServeOptions(insecure=True))
+        with pytest.raises(ConfigError, match=variable) as served:
+            await srv.start()
+        assert quoted in str(served.value)
+        await srv.drain()
+        channel = None
+        try:
+            with pytest.raises(ConfigError, match=variable) as dialed:
+                channel = meshkit.dial("echo", registry=registry,
+                                       options=meshkit.DialOptions(insecure=True))
+            assert quoted in str(dialed.value)
+        finally:
+            if channel is not None:
+                await channel.close()
+        # a process whose tracing is already set up does not read the environment again
+        installed = TracerProvider()
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: installed)
+        async with meshkit.dial("echo", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)):
+            pass
+        monkeypatch.undo()
+        installed.shutdown()
+    finally:
+        await registry.close()
+    assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def test_otlp_endpoint_without_the_exporter_package_warns(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` set (the deploy manifests' way to ask for OTLP),
+    ``OTEL_TRACES_EXPORTER`` unset, and the image has the SDK but not
+    ``opentelemetry-exporter-otlp``: tracing is asked for, so configure_tracing logs a
+    warning naming the package, as for ``OTEL_TRACES_EXPORTER=otlp`` without it. It used
+    to install the SDK (every sampled call paying for a span) and export nothing,
+    saying nothing."""
+    try:
+        import opentelemetry.exporter.otlp  # noqa: F401
+        pytest.skip("opentelemetry-exporter-otlp is installed")
+    except ImportError:
+        pass
+    for k in ("OTEL_TRACES_EXPORTER", "MESHKIT_TRACE_FILE", "OTEL_TRACES_SAMPLER",
+              "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL",
+              "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_ENDPOINT",
+              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(k, raising=False)
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:4317")
+        assert tracing_wanted()
+        with structlog.testing.capture_logs() as logs:
+            provider = configure_tracing("orderd", set_global=False)
+        provider.shutdown()
+        assert _exporters(provider) == []
+        warned = [ev for ev in logs if ev["log_level"] == "warning"
+                  and "opentelemetry-exporter-otlp" in ev["event"]]
+        assert len(warned) == 1, logs
+        assert warned[0]["asked_by"] == variable, warned
+        monkeypatch.delenv(variable)
+    # nothing asks for OTLP (a trace file only): nothing to warn about
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    with structlog.testing.capture_logs() as logs:
+        configure_tracing("orderd", set_global=False).shutdown()
+    assert not [ev for ev in logs if ev["log_level"] == "warning"], logs
+
+
+_FAKE_OTLP = '''
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+
+class _Fake(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+
+class GrpcSpanExporter(_Fake):
+    """Stands in for opentelemetry.exporter.otlp.proto.grpc.trace_exporter."""
+
+
+class HttpSpanExporter(_Fake):
+    """Stands in for opentelemetry.exporter.otlp.proto.http.trace_exporter."""
+'''
+
+# The entry points opentelemetry-exporter-otlp (the meta package: ``otlp`` is the gRPC
+# exporter), -otlp-proto-grpc and -otlp-proto-http register (their pyproject.toml).
+_FAKE_ENTRY_POINTS = """\
+[opentelemetry_traces_exporter]
+otlp = fake_otlp_exporters:GrpcSpanExporter
+otlp_proto_grpc = fake_otlp_exporters:GrpcSpanExporter
+otlp_proto_http = fake_otlp_exporters:HttpSpanExporter
+"""
+
+# (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
+# -> the exporter chosen (None: the variable unset)
+_PROTOCOL_CASES = [
+    (None, "http/protobuf", None, "HttpSpanExporter"),
+    ("otlp", "http/protobuf", None, "HttpSpanExporter"),
+    ("otlp", " HTTP/protobuf ", None, "HttpSpanExporter"),
+    (None, "grpc", "http/protobuf", "HttpSpanExporter"),  # the traces variable first
+    (None, "http/protobuf", "grpc", "GrpcSpanExporter"),
+    ("otlp", "http/protobuf", "", "HttpSpanExporter"),  # empty is unset
+    (None, None, None, "GrpcSpanExporter"),  # the Python SDK's default: gRPC
+    ("otlp", "grpc", None, "GrpcSpanExporter"),
+    ("otlp_proto_grpc", "http/protobuf", None, "GrpcSpanExporter"),  # named: it wins
+]
+
+_PROTOCOL_CHILD = """
+    import json, os
+    from meshkit.observability import configure_tracing
+    out = []
+    for exporter, protocol, traces_protocol, _ in json.loads(os.environ["CASES"]):
+        for name, value in (("OTEL_TRACES_EXPORTER", exporter),
+                            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", traces_protocol)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        p = configure_tracing("orderd", set_global=False)
+        out.append([type(sp.span_exporter).__name__
+                    for sp in p._active_span_processor._span_processors])
+        p.shutdown()
+    print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_otlp_protocol_variables_choose_the_otlp_exporter(tmp_path: Path) -> None:
+    """``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` (what the OpenTelemetry Operator
+    injects into Python pods, and the spec's recommended default) with
+    ``OTEL_TRACES_EXPORTER`` unset or ``otlp`` picks the OTLP/HTTP exporter
+    (``otlp_proto_http``), ``grpc`` the gRPC one, ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``
+    first: the OpenTelemetry SDK's configurator's mapping. An explicitly named exporter
+    wins over the protocol. meshkit used to load the ``otlp`` entry point (the gRPC
+    exporter) whatever the protocol said: gRPC sent to the collector's HTTP port, every
+    export failing. ``opentelemetry-exporter-otlp`` is simulated by a distribution
+    registering the same three entry points."""
+    site = tmp_path / "site"
+    dist = site / "fake_otlp_exporters-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (site / "fake_otlp_exporters.py").write_text(_FAKE_OTLP)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-otlp-exporters\n"
+                                   "Version: 1.0\n")
+    (dist / "entry_points.txt").write_text(_FAKE_ENTRY_POINTS)
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(_PROTOCOL_CHILD))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHKIT_"))}
+    env.update({"PYTHONPATH": os.pathsep.join((str(site), str(_ROOT))),
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                "CASES": json.dumps(_PROTOCOL_CASES)})
+    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=str(_ROOT),
+                          capture_output=True, text=True, timeout=50, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stderr[-3000:]
+    chosen = json.loads(lines[-1][len("RESULT "):])
+    expected = [[case[3]] for case in _PROTOCOL_CASES]
+    assert list(zip(_PROTOCOL_CASES, chosen, strict=True)) == list(
+        zip(_PROTOCOL_CASES, expected, strict=True))
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"},
+     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+])
+def test_configure_tracing_refuses_an_otlp_protocol_no_exporter_speaks(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], variable: str) -> None:
+    """An OTLP protocol other than ``grpc`` or ``http/protobuf`` (the two the Python
+    exporters speak) is a ConfigError naming the variable, as the SDK's configurator
+    refuses it, when OTLP is asked for (``OTEL_TRACES_EXPORTER`` unset or ``otlp``); not
+    when another exporter is named."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+    monkeypatch.delenv("MESHKIT_TRACE_FILE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for exporter in ("", "otlp", "console, otlp"):
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", exporter)
+        with pytest.raises(ConfigError, match=variable) as info:
+            configure_tracing("orderd", set_global=False)
+        assert repr(env[variable]) in str(info.value)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    configure_tracing("orderd", set_global=False).shutdown()
 
 
 def test_interceptor_sets_by_implementation() -> None:
