@@ -565,3 +565,54 @@ def test_server_chain_is_at_its_documented_path(mypy_check: Checker) -> None:
             f"meshkit.{name} (documented) is missing; mypy: {errors}")
     assert meshkit.server_chain("userd", meshkit.ServeOptions(insecure=True))
     assert errors == []
+
+
+def test_tls_options_docstring_example_type_checks(mypy_check: Checker) -> None:
+    """A user copies ``TLSOptions``' own docstring example: ``TLSOptions(ca_file=
+    "certs/ca.pem", cert_file="certs/userd.pem", key_file="certs/userd.key")``, with a
+    list of allowed peers. The fields were annotated ``Path`` and ``tuple`` although the
+    options convert what they get, and every other file argument of ``meshkit.auth``
+    takes ``str | os.PathLike[str]``: ``mypy --strict`` refused the documented example
+    three times. The constructor takes paths and any sequence; the fields still read as
+    ``Path`` and ``tuple``."""
+    source = """\
+        from pathlib import Path
+
+        from meshkit.auth import TLSOptions
+
+
+        def tls() -> TLSOptions:
+            return TLSOptions(ca_file="certs/ca.pem", cert_file=Path("certs/userd.pem"),
+                              key_file="certs/userd.key", allowed_peers=["spiffe://t/svc/a"])
+
+
+        def files(t: TLSOptions) -> tuple[Path, tuple[str, ...]]:
+            return t.ca_file, t.allowed_peers
+    """
+    errors = mypy_check.run("tls_paths", source)
+    assert errors == [], "\n".join(errors)
+
+
+def test_tls_options_docstring_shows_what_serve_takes(tmp_path: Path) -> None:
+    """``TLSOptions``' docstring showed ``ServeOptions(credentials=tls.server_credentials(),
+    interceptors=(tls.peer_interceptor(), ...))``, which ``ServeOptions`` refuses
+    (``ConfigError``: serve() orders the mesh's checks itself). It shows
+    ``ServeOptions(tls=tls)`` and ``DialOptions(tls=tls)``, which work; and
+    ``dataclasses.replace`` still builds new options from the written-out constructor."""
+    import dataclasses
+
+    import meshkit
+    from meshkit.auth import TLSOptions, init_ca_dir, issue_into_dir
+
+    doc = TLSOptions.__doc__ or ""
+    assert "ServeOptions(tls=tls)" in doc and "DialOptions(tls=tls)" in doc
+    assert "interceptors=(tls.peer_interceptor()" not in doc
+    init_ca_dir(tmp_path, trust_domain="mesh.test")
+    files = issue_into_dir(tmp_path, "userd")
+    tls = TLSOptions(ca_file=str(files.ca_file), cert_file=files.cert_file,
+                     key_file=str(files.key_file), allowed_peers=["spiffe://mesh.test/svc/*"])
+    assert isinstance(tls.ca_file, Path) and tls.allowed_peers == ("spiffe://mesh.test/svc/*",)
+    meshkit.ServeOptions(tls=tls)
+    meshkit.DialOptions(tls=tls)
+    again = dataclasses.replace(tls, reload_interval_s=1.0)
+    assert again.reload_interval_s == 1.0 and again.spiffe_id == tls.spiffe_id

@@ -56,7 +56,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: P
                            f"{cert_file}{hint}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class TLSOptions:
     """mTLS settings of one workload, from PEM files (see the module docstring).
 
@@ -211,7 +211,8 @@ class TLSOptions:
     follow the leaf in ``cert_file``, within every CA's constraints, not itself a CA.
 
     Args:
-        ca_file: the mesh CA certificate(s) (trust bundle), PEM.
+        ca_file: the mesh CA certificate(s) (trust bundle), PEM; this and the other files
+            are paths (``str`` or ``os.PathLike``), read back as ``Path``.
         cert_file: this workload's certificate (chain, leaf first, then the
             intermediate CAs up to one of ``ca_file``, if any), PEM.
         key_file: its private key, PEM (mode 0600; PKCS#8, or PKCS#1 / SEC 1): ECDSA P-256
@@ -241,10 +242,12 @@ class TLSOptions:
 
         tls = TLSOptions(ca_file="certs/ca.pem", cert_file="certs/userd.pem",
                          key_file="certs/userd.key")
-        ServeOptions(credentials=tls.server_credentials(),
-                     interceptors=(tls.peer_interceptor(), ...))
-        DialOptions(credentials=tls.channel_credentials(),
-                    channel_options=tls.channel_options("orderd"))
+        ServeOptions(tls=tls)  # serve(): mTLS, the peer check, certificate reload
+        DialOptions(tls=tls)   # dial(): the same for the client side
+
+    (``server_credentials()``, ``channel_credentials()`` and :meth:`peer_interceptor`
+    are for plain grpc.aio servers and channels; ``serve()`` refuses a peer check among
+    ``ServeOptions.interceptors`` and installs its own from ``tls``.)
     """
 
     ca_file: Path
@@ -256,6 +259,25 @@ class TLSOptions:
     clock: Clock = time.monotonic
     _initial: TLSMaterial | None = field(init=False, repr=False, compare=False, default=None)
     _verifier: PeerVerifier | None = field(init=False, repr=False, compare=False, default=None)
+
+    # written out (the dataclass' own __init__ is off) so that type checkers take paths
+    # as str or os.PathLike and peers as any sequence, while the fields read as Path and
+    # tuple; dataclasses.replace() calls it with the fields by name
+    def __init__(self, *, ca_file: str | os.PathLike[str], cert_file: str | os.PathLike[str],
+                 key_file: str | os.PathLike[str], trust_domain: str | None = None,
+                 allowed_peers: Sequence[str] = (), reload_interval_s: float = 5.0,
+                 clock: Clock = time.monotonic) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "ca_file", ca_file)
+        setattr_(self, "cert_file", cert_file)
+        setattr_(self, "key_file", key_file)
+        setattr_(self, "trust_domain", trust_domain)
+        setattr_(self, "allowed_peers", allowed_peers)
+        setattr_(self, "reload_interval_s", reload_interval_s)
+        setattr_(self, "clock", clock)
+        setattr_(self, "_initial", None)
+        setattr_(self, "_verifier", None)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         for name in ("ca_file", "cert_file", "key_file"):
@@ -370,7 +392,9 @@ class TLSOptions:
     def peer_interceptor(self, *, exempt_methods: tuple[str, ...] = ()) -> PeerIdentityInterceptor:
         """The server interceptor verifying the peer's certificate chain against
         ``ca_file`` (:meth:`peer_verifier`), enforcing ``allowed_peers`` and publishing
-        :func:`~meshkit.auth.current_peer`; put it first in ``ServeOptions.interceptors``.
+        :func:`~meshkit.auth.current_peer`, for a plain ``grpc.aio`` server (put it first
+        among its interceptors); ``serve()`` installs its own from ``ServeOptions(tls=...)``
+        and refuses this one in ``ServeOptions.interceptors``.
         Status codes: see :class:`~meshkit.auth.PeerIdentityInterceptor`."""
         return PeerIdentityInterceptor(self.domain, self.allowed_peers,
                                        exempt_methods=exempt_methods,
