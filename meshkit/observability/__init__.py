@@ -88,9 +88,9 @@ meshkit_client_endpoint_in_flight             gauge      target, inst.   attempt
 meshkit_client_endpoint_ejected               gauge      target, inst.   1 while ejected; max
 meshkit_client_endpoint_rtt_seconds           gauge      target, inst.   P2C EWMA latency; mean
 meshkit_registry_watch_errors_total           counter    target          registry watch failures
-meshkit_registry_healthy                      gauge      target          1 while it works; min
+meshkit_registry_healthy                      gauge      target|service  1 while it works; min
 meshkit_registry_kept_endpoints               gauge      target          kept through a fault; max
-meshkit_registry_errors_total                 counter    target, op      failed reads / writes
+meshkit_registry_errors_total                 counter    target|svc, op  failed reads / writes
 meshkit_server_ready                          gauge      service         1: registered, serving; min
 meshkit_server_draining                       gauge      service         1 while draining; max
 meshkit_server_deadline_rejections_total      counter    service         refused: deadline passed
@@ -98,6 +98,9 @@ meshkit_server_gate_refusals_total            counter    service,reason  shed|ti
 meshkit_server_tls_handshakes_total           counter    service         TLS handshakes started
 meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
 ============================================  =========  ==============  ==========================
+
+Beside the expiry gauge, ``meshkit_certificate_not_before_timestamp_seconds{service}`` holds
+the certificate's notBefore (the alert rule fires with a third of the validity left).
 
 The ``meshkit_client_*`` (except attempts), ``meshkit_registry_*`` and ``meshkit_server_*``
 families other than ``rate_limited`` are read from live channels and servers at scrape
