@@ -89,6 +89,7 @@ from meshkit.auth import (
     load_certificate,
     tls_from_dir,
 )
+from meshkit.auth._tls import stat_files
 from meshkit.discovery import Instance, Registry, registry_from_env
 from meshkit.errors import ConfigError
 from meshkit.observability import (
@@ -837,22 +838,10 @@ class MeshServer:
         certificate yet) are read again at the next interval. Runs until cancelled
         (:meth:`drain`)."""
         paths = (tls.ca_file, tls.cert_file, tls.key_file)
-
-        def stat() -> tuple[tuple[int, int, int], ...]:
-            out = []
-            for path in paths:
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    out.append((0, 0, 0))
-                else:
-                    out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            return tuple(out)
-
-        seen = stat()
+        seen = stat_files(paths)
         while True:
             await asyncio.sleep(tls.reload_interval_s)
-            now = stat()
+            now = stat_files(paths)
             if now == seen:
                 continue
             try:

@@ -448,7 +448,10 @@ def check_server_identity(tls: TLSOptions, service: str) -> None:
             "registration entry's dns_names; cert-manager: spec.dnsNames)")
 
 
-def _stat(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
+def stat_files(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
+    """``(mtime_ns, size, inode)`` of each of ``paths``, ``(0, 0, 0)`` for one that cannot
+    be stat'ed: what changes when certificate files are renewed (the TLS reloader and
+    the server's certificate gauges compare it, :mod:`meshkit.server`)."""
     out = []
     for p in paths:
         try:
@@ -474,7 +477,7 @@ class _ServerReloader:
         self._lock = threading.Lock()
         m = tls.read()
         self._fingerprint = m.fingerprint
-        self._stat = _stat(self._paths)
+        self._stat = stat_files(self._paths)
         self._checked = tls.clock()
         self.initial = self._config(m)
         self.reloads = 0
@@ -493,7 +496,7 @@ class _ServerReloader:
                 if now - self._checked < self._tls.reload_interval_s:
                     return None
                 self._checked = now
-                st = _stat(self._paths)
+                st = stat_files(self._paths)
                 if st == self._stat:
                     return None
                 try:
