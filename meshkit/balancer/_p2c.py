@@ -315,6 +315,9 @@ class P2C:
             if st is None or st.address != ep.address:
                 st = _Stat(self._opts, self._clock, start, ep.address, self._prior)
             stats[ep.key] = st
+        for key, st in self._stats.items():
+            if stats.get(key) is not st:  # gone (or replaced): a call that ends after it
+                st.mean = None  # left (draining) must not move the others' running sum
         self._stats = stats
         self._mean.reset(stats, now)
         self._eps = tuple(endpoints)

@@ -251,6 +251,45 @@ def test_p2c_slow_start_ramps_new_endpoints() -> None:
     assert p.weight(b) == 1.0
 
 
+@pytest.mark.parametrize(("late_code", "late_latency_s", "first_sample"), [
+    # a's call in flight when a left ends fast: its old share taken off a sum it is no
+    # longer in, the sum went negative and the prior read 0
+    pytest.param(grpc.StatusCode.OK, 0.001, False, id="late-success"),
+    # a newcomer that left before its first answer: its late, slow outcome was added to
+    # the sum and the count as a present endpoint's
+    pytest.param(grpc.StatusCode.DEADLINE_EXCEEDED, 5.0, True, id="late-first-sample"),
+])
+def test_p2c_prior_ignores_the_late_outcome_of_an_endpoint_that_left(
+    late_code: grpc.StatusCode, late_latency_s: float, first_sample: bool,
+) -> None:
+    """P2C over a, b, c, d; b has answered, c and d (newcomers) have not. a leaves (or is
+    ejected, which takes it out of P2C's list the same way) with a call in flight, which
+    ends afterwards, as calls on an endpoint that left do. The newcomers' prior (the mean
+    estimate of their sampled peers: the endpoints present) kept a's late outcome in its
+    running sum: read 0 (c and d won every pick whatever their pending) or a's timeout
+    (they lost every pick, the starvation the prior exists to prevent), until the next
+    update or 500 s. An endpoint that left has no part in it."""
+    clk = Clock()
+    p = P2C(P2COptions(slow_start_s=0), rng=random.Random(1), clock=clk)
+    a, b, c, d = eps("a", "b", "c", "d")
+    p.update([a, b, c, d])
+    got_a = p.pick(exclude=[b, c, d])
+    assert got_a is not None and got_a[0] is a
+    if not first_sample:
+        got_a0 = p.pick(exclude=[b, c, d])
+        assert got_a0 is not None and got_a0[0] is a
+        got_a0[1](grpc.StatusCode.OK, 1.0)  # a answered once, slowly
+    got_b = p.pick(exclude=[a, c, d])
+    assert got_b is not None and got_b[0] is b
+    got_b[1](grpc.StatusCode.OK, 0.01)
+    clk.t += 30.0
+    p.update([b, c, d])  # a leaves, its call still in flight
+    expected = p._stats[b.key].estimate(clk.t, 0.0)  # the only present sampled peer: b
+    assert p._prior(clk.t) == pytest.approx(expected)
+    got_a[1](late_code, late_latency_s)  # a's call ends after it left
+    assert p._prior(clk.t) == pytest.approx(expected, rel=0.01)
+
+
 def test_p2c_new_endpoint_is_not_starved() -> None:
     """With fast peers, an endpoint added later still gets calls and, once ramped up, about
     its fair share (it used to keep the 30 ms default cost and never be picked)."""
