@@ -837,17 +837,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
                         yield item
 
                 behaviour = admitted_stream
-            admitted: Handler = grpc.stream_stream_rpc_method_handler(
-                behaviour, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-            return admitted
+            return _request_streaming(handler, behaviour)
         inner_u = async_behaviour(handler.stream_unary, True, False)
         assert inner_u is not None
-        admitted = grpc.stream_unary_rpc_method_handler(
-            self._admitted_coroutine(inner_u),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
-        return admitted
+        return _request_streaming(handler, self._admitted_coroutine(inner_u))
 
     def _admitted_coroutine(self, inner: Any) -> Callable[[Any, Any], Awaitable[Any]]:
         """``inner`` (a coroutine function, or a function returning an awaitable, an
@@ -889,10 +882,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     request = result = None  # see unary_out
                     gate._release(size)
 
-            converted: Handler = grpc.stream_stream_rpc_method_handler(
-                stream_out, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-            return converted
+            return _request_streaming(handler, stream_out)
         inner_u = async_behaviour(handler.unary_unary, False, False)
         assert inner_u is not None
         awaits = inspect.iscoroutinefunction(inner_u)  # known per method: no check per call
@@ -917,10 +907,18 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 request = result = None
                 gate._release(size)
 
-        converted = grpc.stream_unary_rpc_method_handler(
-            unary_out, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
-        return converted
+        return _request_streaming(handler, unary_out)
+
+
+def _request_streaming(handler: Handler, behaviour: Any) -> Handler:
+    """The request-streaming handler the gate gives grpc for ``handler``: ``behaviour``
+    (a stream-stream one when ``handler`` streams its responses, else stream-unary) with
+    ``handler``'s request deserializer and response serializer. Made once per method."""
+    factory = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
+               else grpc.stream_unary_rpc_method_handler)
+    made: Handler = factory(behaviour, request_deserializer=handler.request_deserializer,
+                            response_serializer=handler.response_serializer)
+    return made
 
 
 def _writes(behaviour: Any) -> bool:
