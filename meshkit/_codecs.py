@@ -248,6 +248,7 @@ async def _aserialized(details: Any, serializer: Callable[[Any], bytes] | None,
         yield message
 
 
+# _serialized's loop written out with the once-per-call count: a shared one costs a call a message
 def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests: Any,
               wire: bool, call: _CallMessages) -> Iterator[Any]:
     """:func:`_serialized` for one attempt of a replayed request, counting message ``k``
@@ -273,6 +274,7 @@ def _replayed(details: Any, serializer: Callable[[Any], bytes] | None, requests:
         yield message
 
 
+# _replayed's loop again for async iterables (anext, awaited), as _aserialized is _serialized's
 async def _areplayed(details: Any, serializer: Callable[[Any], bytes] | None,
                      requests: Any, wire: bool, call: _CallMessages) -> AsyncIterator[Any]:
     """:func:`_replayed` for an async iterable."""
