@@ -78,6 +78,8 @@ _EXPORTERS = frozenset({"otlp", "otlp_proto_grpc", "otlp_proto_http", "console",
 _OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
 _OTLP_PROTOCOL_VARS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 _OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# the trace exporter entry points of opentelemetry-exporter-otlp(-proto-grpc/-http)
+_OTLP_ENTRY_NAMES = ("otlp", "otlp_proto_grpc", "otlp_proto_http")
 UNKNOWN_SERVICE = "unknown_service"
 """The OpenTelemetry placeholder ``service.name`` of a process that names no service."""
 _TRACE_KEYS = frozenset({"traceparent", "tracestate"})
@@ -217,9 +219,10 @@ def _tracing_env() -> _TracingEnv:
 
     Raises:
         ConfigError: an unknown sampler, a sampler argument that is not a ratio in
-            [0, 1], an unknown exporter name, or (OTLP asked for: the exporter unset or
-            ``otlp``) an OTLP protocol no Python exporter speaks; the variable named and
-            its value quoted.
+            [0, 1], an unknown exporter name, or (an OTLP exporter to run: ``otlp`` named,
+            or the exporter unset with an OTLP endpoint set or the package installed) an
+            OTLP protocol no Python exporter speaks; the variable named and its value
+            quoted.
     """
     # An empty variable is an unset one (OTel spec, "Configuration: Environment Variable
     # Specification"). The sampler is built here from the normalised name, not left to
@@ -249,7 +252,14 @@ def _tracing_env() -> _TracingEnv:
         if name not in _EXPORTERS and not importlib_metadata.entry_points(
                 group="opentelemetry_traces_exporter", name=name):
             raise ConfigError(f"OTEL_TRACES_EXPORTER names an unknown exporter {name!r}")
-    if names is None or "otlp" in names:
+    # the protocol matters only to an OTLP exporter that will run: named, or (unset) the
+    # default once an endpoint is set or the package is installed; a value for another
+    # SDK (http/json, the JavaScript SDK's default) is no reason to refuse a process that
+    # traces elsewhere
+    if (names is not None and "otlp" in names) or (names is None and (
+            any(env.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS) or any(
+                importlib_metadata.entry_points(group="opentelemetry_traces_exporter",
+                                                name=n) for n in _OTLP_ENTRY_NAMES))):
         _otlp_protocol()
     return _TracingEnv(sampler, ratio, names)
 

@@ -471,3 +471,29 @@ def test_load_spans_skips_lines_whose_fields_are_malformed(tmp_path: Path) -> No
 def test_parse_peer(peer: str | None, parsed: tuple[str | None, int | None]) -> None:
     """grpc peer strings split into address and port."""
     assert parse_peer(peer) == parsed
+
+
+def test_an_otlp_protocol_for_another_sdk_is_no_error_where_no_otlp_exporter_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process traced to a file (``MESHKIT_TRACE_FILE``; ``OTEL_TRACES_EXPORTER`` unset,
+    no OTLP endpoint, the OTLP exporter not installed) in a pod whose environment sets
+    ``OTEL_EXPORTER_OTLP_PROTOCOL=http/json`` (a spec value, the JavaScript SDK's
+    default, set for every pod of a polyglot deployment): ``dial()`` (tracing_wanted)
+    refused it, "must be grpc or http/protobuf", though no OTLP exporter would run. The
+    protocol is checked only when one will: ``otlp`` named, or an OTLP endpoint set."""
+    from meshkit.errors import ConfigError
+
+    try:
+        import opentelemetry.exporter.otlp  # noqa: F401
+        pytest.skip("opentelemetry-exporter-otlp is installed: OTLP would be chosen")
+    except ImportError:
+        pass
+    for k in ("OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+              "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MESHKIT_TRACE_FILE", "/dev/null")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    assert tracing_wanted()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        tracing_wanted()  # an OTLP exporter would run: its protocol must be one it speaks
