@@ -32,6 +32,20 @@ async def served_by(unary: Any, n: int) -> set[bytes]:
     return {(await unary(b"x", timeout=2)).split(b"|")[0] for _ in range(n)}
 
 
+@contextlib.asynccontextmanager
+async def one_endpoint(registry: LocalRegistry,
+                       drain_timeout_s: float) -> AsyncIterator[tuple[Any, Instance]]:
+    """A channel (no retries, ``drain_timeout_s``) that has found its one endpoint, a raw
+    echo server registered as ``e1``, and that instance (for the test to deregister)."""
+    async with raw_server(handler("e1")) as (_, port):
+        i1 = inst("e1", port)
+        await registry.register(i1)
+        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=drain_timeout_s)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            yield ch, i1
+
+
 class SilentRegistry:
     """A registry whose watch never answers (a slow or partitioned discovery backend)."""
 
@@ -196,36 +210,26 @@ async def test_a_unary_call_on_an_endpoint_that_left_finishes_within_the_drain(
     """An endpoint that leaves the registry gets no new call, and a unary call in flight
     on it (run in the caller's task, which grpc.aio's channel does not track) finishes
     with its answer within ``drain_timeout_s``."""
-    async with raw_server(handler("e1")) as (_, port):
-        i1 = inst("e1", port)
-        await registry.register(i1)
-        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=5)
-        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
-            await ch.wait_for_endpoints(1)
-            call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"600", timeout=5))
-            await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
-            await registry.deregister(i1)
-            await until(lambda: not ch.endpoints(), what="endpoint removed")
-            assert await asyncio.wait_for(call, 4) == b"e1"
+    async with one_endpoint(registry, drain_timeout_s=5) as (ch, i1):
+        call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"600", timeout=5))
+        await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
+        await registry.deregister(i1)
+        await until(lambda: not ch.endpoints(), what="endpoint removed")
+        assert await asyncio.wait_for(call, 4) == b"e1"
 
 
 async def test_a_call_that_outlasts_the_drain_is_cancelled(registry: LocalRegistry) -> None:
     """What still runs on an endpoint that left when ``drain_timeout_s`` is up is
     cancelled (``CANCELLED``), not left running on a sub-channel nobody closes."""
-    async with raw_server(handler("e1")) as (_, port):
-        i1 = inst("e1", port)
-        await registry.register(i1)
-        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.3)
-        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
-            await ch.wait_for_endpoints(1)
-            call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"5000", timeout=8))
-            await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
-            await registry.deregister(i1)
-            t0 = time.monotonic()
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await asyncio.wait_for(call, 4)
-            assert info.value.code() is grpc.StatusCode.CANCELLED
-            assert time.monotonic() - t0 < 3
+    async with one_endpoint(registry, drain_timeout_s=0.3) as (ch, i1):
+        call = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"5000", timeout=8))
+        await until(lambda: any(e.in_flight for e in ch.endpoints()), what="in flight")
+        await registry.deregister(i1)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(call, 4)
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert time.monotonic() - t0 < 3
 
 
 async def test_close_with_grace_lets_a_call_in_flight_finish(
@@ -508,16 +512,11 @@ async def test_a_stream_that_outlasts_the_drain_ends_its_reader_with_cancelled(
     cancelled, and its reader gets ``MeshRpcError`` ``CANCELLED`` (not a
     ``CancelledError`` in a task nobody cancelled)."""
 
-    async with raw_server(handler("e1")) as (_, port):
-        i1 = inst("e1", port)
-        await registry.register(i1)
-        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.3)
-        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
-            await ch.wait_for_endpoints(1)
-            got: list[Any] = []
-            _, reader = await _bidi_read(ch, got)
-            await registry.deregister(i1)
-            await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=4.0)
+    async with one_endpoint(registry, drain_timeout_s=0.3) as (ch, i1):
+        got: list[Any] = []
+        _, reader = await _bidi_read(ch, got)
+        await registry.deregister(i1)
+        await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=4.0)
 
 
 async def test_close_ends_a_blocked_stream_writer_with_cancelled(
@@ -859,36 +858,32 @@ async def test_a_rebuilt_sub_channel_is_kept_under_load_until_its_own_calls_end(
     load (unary calls on the new one, so the endpoint always has calls in flight) is kept
     while its own stream runs, past ``drain_timeout_s``, and closed once that stream has
     ended, the new calls notwithstanding."""
-    async with raw_server(handler("e1")) as (_, port):
-        await registry.register(inst("e1", port))
-        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.2)
-        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
-            await ch.wait_for_endpoints(1)
-            got: list[Any] = []
-            call, reader = await _bidi_read(ch, got)
-            ch.rebuild_sub_channels()
-            sleep = ch.unary_unary(method("Sleep"))
-            stop = asyncio.Event()
+    async with one_endpoint(registry, drain_timeout_s=0.2) as (ch, _):
+        got: list[Any] = []
+        call, reader = await _bidi_read(ch, got)
+        ch.rebuild_sub_channels()
+        sleep = ch.unary_unary(method("Sleep"))
+        stop = asyncio.Event()
 
-            async def load() -> None:
-                while not stop.is_set():
-                    await sleep(b"50", timeout=10)
+        async def load() -> None:
+            while not stop.is_set():
+                await sleep(b"50", timeout=10)
 
-            loaders = [asyncio.ensure_future(load()) for _ in range(3)]
-            try:
-                await asyncio.sleep(1.0)  # five times drain_timeout_s
-                assert not reader.done(), reader
-                assert ch._pool._draining, "the old sub-channel was closed under its stream"
-                await call.write(b"b")
-                assert await asyncio.wait_for(reader, 10) == b"e1|b"
-                await call.done_writing()
-                assert await asyncio.wait_for(call.code(), 10) is grpc.StatusCode.OK
-                await until(lambda: not ch._pool._draining, timeout_s=20,
-                            what="the old sub-channel closed once its stream ended")
-                assert any(e.in_flight for e in ch.endpoints())  # the load went on
-            finally:
-                stop.set()
-                await asyncio.gather(*loaders, return_exceptions=True)
+        loaders = [asyncio.ensure_future(load()) for _ in range(3)]
+        try:
+            await asyncio.sleep(1.0)  # five times drain_timeout_s
+            assert not reader.done(), reader
+            assert ch._pool._draining, "the old sub-channel was closed under its stream"
+            await call.write(b"b")
+            assert await asyncio.wait_for(reader, 10) == b"e1|b"
+            await call.done_writing()
+            assert await asyncio.wait_for(call.code(), 10) is grpc.StatusCode.OK
+            await until(lambda: not ch._pool._draining, timeout_s=20,
+                        what="the old sub-channel closed once its stream ended")
+            assert any(e.in_flight for e in ch.endpoints())  # the load went on
+        finally:
+            stop.set()
+            await asyncio.gather(*loaders, return_exceptions=True)
 
 
 @pytest.mark.timeout(60)
@@ -899,18 +894,13 @@ async def test_an_endpoint_that_leaves_cuts_its_rebuilt_sub_channels_after_the_d
     when the endpoint leaves the registry, the stream gets ``drain_timeout_s`` of grace,
     as on its current sub-channel, and is then cancelled (its reader gets
     ``MeshRpcError`` ``CANCELLED``)."""
-    async with raw_server(handler("e1")) as (_, port):
-        i1 = inst("e1", port)
-        await registry.register(i1)
-        opts = meshkit.DialOptions(insecure=True, retry=None, drain_timeout_s=0.3)
-        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
-            await ch.wait_for_endpoints(1)
-            got: list[Any] = []
-            _, reader = await _bidi_read(ch, got)
-            ch.rebuild_sub_channels()
-            await asyncio.sleep(0.6)  # past drain_timeout_s: kept for its stream
-            assert not reader.done(), reader
-            await registry.deregister(i1)
-            await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=10.0)
-            await until(lambda: not ch._pool._draining, timeout_s=10,
-                        what="every sub-channel of the endpoint closed")
+    async with one_endpoint(registry, drain_timeout_s=0.3) as (ch, i1):
+        got: list[Any] = []
+        _, reader = await _bidi_read(ch, got)
+        ch.rebuild_sub_channels()
+        await asyncio.sleep(0.6)  # past drain_timeout_s: kept for its stream
+        assert not reader.done(), reader
+        await registry.deregister(i1)
+        await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=10.0)
+        await until(lambda: not ch._pool._draining, timeout_s=10,
+                    what="every sub-channel of the endpoint closed")
