@@ -61,16 +61,29 @@ _CONNECTIVITY = {
 
 
 class _Conn:
-    """An endpoint's sub-channel and its multicallables by method; ``drain_until``: while
-    it drains, when what still runs on it is cancelled (``time.monotonic()`` seconds;
-    ``math.inf``: once its calls have ended, however long)."""
+    """An endpoint's sub-channel and its multicallables by method; ``drain_until``: when
+    what still runs on it is cancelled once it drains (``time.monotonic()`` seconds;
+    ``math.inf``, from construction: once its calls have ended, however long). Set when
+    the sub-channel is retired or replaced (:meth:`EndpointPool._drain`), before its
+    drain task starts; from then on only ever lowered (an endpoint that left, the pool
+    closed), never raised, whatever the order in which those land."""
 
     __slots__ = ("callables", "channel", "drain_until")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.callables: dict[str, Any] = {}
-        self.drain_until = 0.0
+        self.drain_until = math.inf
+
+    def cut(self, grace_s: float | None, now: float | None = None) -> None:
+        """Lower :attr:`drain_until` to ``grace_s`` seconds from ``now`` (``None``: the
+        monotonic clock now; ``grace_s`` ``None`` or 0: at once; ``math.inf``: no cut);
+        a lower one already set is kept."""
+        if now is None:
+            now = time.monotonic()
+        until = now + grace_s if grace_s else now
+        if until < self.drain_until:
+            self.drain_until = until
 
     def calls_in_flight(self, ep: Endpoint) -> int:
         """The calls still running on this sub-channel: those grpc.aio's channel tracks
@@ -90,10 +103,11 @@ class _Conn:
         return n
 
     async def close(self, ep: Endpoint, grace_s: float | None) -> None:
-        """Close the sub-channel: wait up to ``grace_s`` seconds (``None`` or 0: none;
-        ``math.inf``: until its calls have ended, however long) for its calls in flight
-        to end, then cancel what still runs and destroy it. The wait may be cut short
-        meanwhile by lowering :attr:`drain_until` (an endpoint that left).
+        """Close the sub-channel: wait up to ``grace_s`` seconds from now (``None`` or 0:
+        none; ``math.inf``: until its calls have ended, however long) for its calls in
+        flight to end, then cancel what still runs and destroy it. A :attr:`drain_until`
+        already lower (set when it was retired, or cut before this task started) is kept;
+        the wait may be cut short meanwhile by lowering it (an endpoint that left).
 
         The grace is waited out here, not by grpc.aio's ``Channel.close(grace)``: a
         cancelled ``close(grace)`` leaves grpc's channel marked closing, and a later close
@@ -103,7 +117,7 @@ class _Conn:
         so an endpoint under steady load on its new sub-channel does not hold the old
         one (after :meth:`EndpointPool.rebuild`)."""
         start = time.monotonic()
-        self.drain_until = start + grace_s if grace_s else start
+        self.cut(grace_s, start)  # only lowers: a cut made before this task ran stands
         try:
             # polled: an event set by the last attempt's end would cost every call
             while ((left := self.drain_until - (now := time.monotonic())) > 0
@@ -234,14 +248,18 @@ class EndpointPool:
         if task is not None:
             task.cancel()
         self._drain(conn, ep, self._drain_s)
-        # its sub-channels kept after a rebuild: the same grace, from now
-        until = time.monotonic() + self._drain_s
+        # its sub-channels kept after a rebuild: the same grace, from now (their drain
+        # tasks may not have started yet: close() only lowers what is set here)
+        now = time.monotonic()
         for old in self._replaced.get(ep.key, ()):
-            old.drain_until = min(old.drain_until, until)
+            old.cut(self._drain_s, now)
 
     def _drain(self, conn: _Conn, ep: Endpoint, grace_s: float) -> asyncio.Task[None]:
         """Close a sub-channel nothing new is sent on, after ``grace_s`` seconds of grace
-        (``math.inf``: once its calls have ended; cut short by :meth:`close`)."""
+        (``math.inf``: once its calls have ended; cut short by :meth:`close`), counted
+        from now: ``conn.drain_until`` is set here, before the task starts, so a cut made
+        in the meantime (its endpoint leaving) is not undone when it does."""
+        conn.cut(grace_s)
         task = asyncio.get_running_loop().create_task(conn.close(ep, grace_s))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
