@@ -79,6 +79,16 @@ def eject(eb: EjectingBalancer, key: str) -> None:
     raise AssertionError(f"{key} not ejected")
 
 
+def a_ejected(clock: Clock, **opts: Any) -> tuple[EjectingBalancer, Endpoint]:
+    """An :func:`ejector` (``opts`` passed on) over endpoints ``a`` and ``b``, with ``a``
+    ejected; and ``a``."""
+    eb = ejector(clock, **opts)
+    a, b = ep("a"), ep("b")
+    eb.update([a, b])
+    eject(eb, "a")
+    return eb, a
+
+
 def call(eb: EjectingBalancer, code_for: dict[str, grpc.StatusCode] | None = None) -> str:
     """One call through ``eb``: its outcome ``code_for[key]`` (default OK)."""
     got = eb.pick()
@@ -93,10 +103,7 @@ def test_probe_waits_while_the_ejected_endpoints_connection_fails() -> None:
     its probe (no balancer sends a call to a FAILING endpoint); it stays out of rotation
     and gets its probe at the first pick after its connection recovers."""
     clock = Clock()
-    eb = ejector(clock)
-    a, b = ep("a"), ep("b")
-    eb.update([a, b])
-    eject(eb, "a")
+    eb, a = a_ejected(clock)
     a.state = FAILING
     clock.t += 10
     assert {call(eb) for _ in range(10)} == {"b"}
@@ -218,10 +225,7 @@ def test_a_cancelled_probe_keeps_the_endpoint_half_open() -> None:
     stays out of rotation, the next pick probes it again, and its ejection count is kept
     (a failing second probe ejects it for 2 x base_ejection_s)."""
     clock = Clock()
-    eb = ejector(clock)
-    a, b = ep("a"), ep("b")
-    eb.update([a, b])
-    eject(eb, "a")
+    eb, a = a_ejected(clock)
     clock.t += 10
     got = eb.pick()
     assert got is not None and got[0] is a  # the probe
@@ -241,10 +245,7 @@ def test_a_failure_after_a_cancelled_probe_is_its_second_ejection() -> None:
     """A cancelled probe is not a success: the next
     failure of the endpoint is its second ejection in a row (20 s)."""
     clock = Clock()
-    eb = ejector(clock)
-    a, b = ep("a"), ep("b")
-    eb.update([a, b])
-    eject(eb, "a")
+    eb, _ = a_ejected(clock)
     clock.t += 10
     got = eb.pick()
     assert got is not None and got[0].key == "a"
@@ -482,10 +483,7 @@ def test_ejection_works_whatever_the_clock_reads(start: float) -> None:
     sentinel itself). Any clock reading now ejects, and the probe comes on time."""
     clock = Clock()
     clock.t = start
-    eb = ejector(clock)
-    a, b = ep("a"), ep("b")
-    eb.update([a, b])
-    eject(eb, "a")
+    eb, _ = a_ejected(clock)
     assert {call(eb) for _ in range(4)} == {"b"}
     assert eb.next_probe_in_s() == pytest.approx(10.0)
     clock.t += 10
@@ -761,10 +759,7 @@ def test_a_stream_probe_is_decided_by_its_first_response() -> None:
     the endpoint is back at once; the stream's end outcome is then an ordinary call's
     (a failure after the answer counts in rotation, it is no failed probe)."""
     clock = Clock()
-    eb = ejector(clock, consecutive_failures=2)
-    a, b = ep("a"), ep("b")
-    eb.update([a, b])
-    eject(eb, "a")
+    eb, a = a_ejected(clock, consecutive_failures=2)
     clock.t += 10
     probe_ep, probe = _stream_pick(eb)
     assert probe_ep is a  # the probe
@@ -785,10 +780,7 @@ def test_a_stream_probe_that_fails_before_answering_ejects_again() -> None:
     again, for twice as long); one cancelled before it leaves the endpoint half-open;
     a late ``responded()`` after its end changes nothing."""
     clock = Clock()
-    eb = ejector(clock)
-    a, b = ep("a"), ep("b")
-    eb.update([a, b])
-    eject(eb, "a")
+    eb, a = a_ejected(clock)
     clock.t += 10
     probe_ep, probe = _stream_pick(eb)
     assert probe_ep is a
