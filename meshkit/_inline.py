@@ -13,10 +13,11 @@ grpc.aio against the same calls made this way): about 18 us less CPU per call (7
 benchmarks/RESULTS.md.
 
 This uses grpc.aio internals (``grpc.aio._call.Call``, ``cygrpc.AioChannel.call``, the
-multicallable's private fields), checked once at import (:data:`AVAILABLE`); where they are
-missing or different, and for a sub-channel with grpc.aio interceptors (e.g. the
-OpenTelemetry grpc instrumentor's) or a call with compression, attempts take grpc.aio's
-public path unchanged. ``MESHKIT_INLINE_CALLS=0`` (or ``false``, ``off``, ``no``) turns it
+multicallable's private fields), checked at import; ``MESHKIT_INLINE_CALLS`` is read once,
+at the first ``dial()`` (:func:`available`). Where the internals are missing or different,
+and for a sub-channel with grpc.aio interceptors (e.g. the OpenTelemetry grpc
+instrumentor's) or a call with compression, attempts take grpc.aio's public path
+unchanged. ``MESHKIT_INLINE_CALLS=0`` (or ``false``, ``off``, ``no``) turns it
 off (:func:`inline_calls_enabled`).
 """
 
@@ -32,7 +33,7 @@ import grpc
 
 from meshkit.errors import ConfigError
 
-__all__ = ["AVAILABLE", "InlineUnaryUnary", "InlineUnaryUnaryCall", "inline_calls_enabled",
+__all__ = ["InlineUnaryUnary", "InlineUnaryUnaryCall", "available", "inline_calls_enabled",
            "inline_unary_unary"]
 
 ENV_VAR = "MESHKIT_INLINE_CALLS"
@@ -81,10 +82,22 @@ def _internals() -> tuple[Any, Any, Any, Any] | None:
 
 
 _FOUND = _internals()
-AVAILABLE: bool = inline_calls_enabled() and _FOUND is not None
-"""Whether attempts of unary-unary methods run inline (see the module docstring): read
-once, at import (a bad ``MESHKIT_INLINE_CALLS`` fails the import, i.e. ``import meshkit``,
-with :class:`~meshkit.errors.ConfigError`)."""
+_AVAILABLE: list[bool] = []  # available(), once read
+
+
+def available() -> bool:
+    """Whether attempts of unary-unary methods run inline (see the module docstring):
+    ``MESHKIT_INLINE_CALLS`` (:func:`inline_calls_enabled`) and grpc.aio's internals as
+    expected; read once, at the first ``dial()`` (an import does not fail on it, so the
+    ``meshkit`` command can report a bad value as the usage error it is).
+
+    Raises:
+        ConfigError: a bad ``MESHKIT_INLINE_CALLS`` (named, quoted), at every call until
+            it is fixed.
+    """
+    if not _AVAILABLE:
+        _AVAILABLE.append(inline_calls_enabled() and _FOUND is not None)
+    return _AVAILABLE[0]
 
 if _FOUND is not None:
     _Call: Any = _FOUND[0]
@@ -239,9 +252,9 @@ class InlineUnaryUnary:
 
 def inline_unary_unary(public: Any) -> Any:
     """``public`` (a sub-channel's unary-unary multicallable) as an
-    :class:`InlineUnaryUnary` when :data:`AVAILABLE` and it is grpc.aio's own without
+    :class:`InlineUnaryUnary` when :func:`available` and it is grpc.aio's own without
     interceptors; else ``public`` itself."""
-    if (AVAILABLE and type(public) is _PublicMultiCallable
+    if (available() and type(public) is _PublicMultiCallable
             and not getattr(public, "_interceptors", True)):
         return InlineUnaryUnary(public)
     return public

@@ -59,6 +59,7 @@ from meshkit._codecs import (
 from meshkit._config import check_number, refuse_str
 from meshkit._fields import Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
+from meshkit._inline import available as inline_available
 from meshkit._metadata import check_metadata
 from meshkit._methods import MethodMatcher
 from meshkit._pool import EndpointPool
@@ -433,6 +434,7 @@ class MeshChannel(grpc.aio.Channel):
     def __init__(
         self, service: str, registry: Registry, options: DialOptions, *, owns_registry: bool
     ) -> None:
+        inline_available()  # a bad MESHKIT_INLINE_CALLS: ConfigError here, at dial()
         self.service = service
         self.registry = registry
         self.options = options

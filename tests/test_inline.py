@@ -150,8 +150,9 @@ def test_the_environment_can_turn_inline_calls_off() -> None:
     ``false``, ``off``, ``no``; ``1``, ``true``, ``on``, ``yes``; any case, blanks
     around ignored; empty or unset: on). Only exactly ``"0"`` used to turn it off: every
     other value (``false``, ``off``, ``" 0"``) silently left grpc.aio's internals in use.
-    A value that is neither is refused, naming the variable and quoting the value (at
-    import of :mod:`meshkit._inline`, i.e. of :mod:`meshkit`)."""
+    A value that is neither is refused, naming the variable and quoting the value, at the
+    first ``dial()`` (not at ``import meshkit``: the ``meshkit`` command reports it as a
+    usage error, one line, exit 2, where a failing import gave a traceback)."""
     values = {"0": False, "false": False, "off": False, " 0": False, "0\n": False,
               "No": False, "FALSE": False, "1": True, "true": True, " on ": True,
               "yes": True, "": True, "  ": True}
@@ -166,18 +167,27 @@ def test_the_environment_can_turn_inline_calls_off() -> None:
     for value in bad:
         assert "MESHKIT_INLINE_CALLS" in out[value]["raised"], out[value]
         assert repr(value) in out[value]["raised"], out[value]
-    # what the module reads at import
+    # what the module reads, once
     for value, expected in (("off", "False"), (" 1", "True")):
         done = subprocess.run(
-            [sys.executable, "-c", "import meshkit._inline as m; print(m.AVAILABLE)"],
+            [sys.executable, "-c", "import meshkit._inline as m; print(m.available())"],
             capture_output=True, text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": value},
             timeout=50, check=True)
         assert done.stdout.strip() == expected
-    refused = subprocess.run([sys.executable, "-c", "import meshkit"], capture_output=True,
-                             text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": "maybe"},
+    dial = ("import meshkit\nfrom meshkit.discovery import LocalOptions, LocalRegistry\n"
+            "reg = LocalRegistry(LocalOptions(path='/nonexistent/never-opened'))\n"
+            "meshkit.dial('echo', registry=reg, options=meshkit.DialOptions(insecure=True))")
+    refused = subprocess.run([sys.executable, "-c", dial], capture_output=True, text=True,
+                             env={**os.environ, "MESHKIT_INLINE_CALLS": "maybe"},
                              timeout=50, check=False)
     assert refused.returncode != 0
     assert "ConfigError" in refused.stderr and "MESHKIT_INLINE_CALLS" in refused.stderr
+    cli = subprocess.run([sys.executable, "-m", "meshkit.cli", "services", "--registry",
+                          "local:///nonexistent/never-opened"], capture_output=True,
+                         text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": "2"},
+                         timeout=50, check=False)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr[-2000:]
+    assert "MESHKIT_INLINE_CALLS" in cli.stderr and "'2'" in cli.stderr
 
 
 async def test_an_inline_call_awaited_again_or_twice_at_once_gives_one_outcome(

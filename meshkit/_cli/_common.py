@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+from meshkit._inline import inline_calls_enabled
 from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
 from meshkit.observability import configure_logging
@@ -61,12 +62,14 @@ def quiet_logging() -> None:
     then says itself; ``MESHKIT_LOG_LEVEL=WARNING`` shows them.
 
     Raises:
-        SystemExit: a bad logging setting in the environment (an unknown level...): exit
+        SystemExit: a bad logging setting in the environment (an unknown level...) or a
+            bad ``MESHKIT_INLINE_CALLS``: exit
             status 2 (a usage error), after one line on stderr that quotes it.
     """
     try:
         configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "").strip() or "ERROR",
                           json=False)
+        inline_calls_enabled()  # MESHKIT_INLINE_CALLS, which dial() would refuse later
     except ConfigError as exc:
         print(f"meshkit: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
