@@ -797,19 +797,14 @@ async def test_a_server_whose_keep_alive_fails_exports_registry_unhealthy(
     0 while the keep-alive fails."""
     import aiohttp
 
-    from tests.support.echo import add_echo
+    from tests.support.echo import mesh_echo
 
     cluster = EtcdCluster(require_etcd_binary(), tmp_path / "etcd", size=1)
     await cluster.start()
     try:
         reg = EtcdRegistry.from_uri(cluster.uri(ttl_s=2, request_timeout_s=0.5,
                                                 operation_timeout_s=1, connect_timeout_s=0.5))
-        srv = meshkit.MeshServer(
-            "regd", [add_echo("r1")], registry=reg,
-            options=meshkit.ServeOptions(insecure=True, instance_id="r1", drain_delay_s=0.0,
-                                         grace_s=0.5))
-        await srv.start()
-        try:
+        async with mesh_echo("regd", "r1", reg) as srv:
             admin = srv.stats().admin
             assert admin
 
@@ -829,8 +824,5 @@ async def test_a_server_whose_keep_alive_fails_exports_registry_unhealthy(
             assert await healthy() == [0.0], (
                 f"registry status {reg.status()!r}, but /metrics has no "
                 "meshkit_registry_healthy{service=\"regd\"} at 0")
-        finally:
-            await srv.drain()
-            await reg.close()
     finally:
         cluster.close()

@@ -306,16 +306,11 @@ async def test_latency_alert_does_not_fire_on_a_healthy_long_lived_stream(
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from meshkit.discovery import LocalOptions, LocalRegistry
-    from tests.support.echo import add_echo, method
+    from tests.support.echo import mesh_echo, method
 
     binary("promtool")
     reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=1.0, poll_interval_s=0.05))
-    srv = meshkit.MeshServer(
-        "streamd", [add_echo("s1")], registry=reg,
-        options=meshkit.ServeOptions(insecure=True, instance_id="s1", drain_delay_s=0.0,
-                                     grace_s=0.5))
-    await srv.start()
-    try:
+    async with mesh_echo("streamd", "s1", reg) as srv:
         address, admin = srv.stats().address, srv.stats().admin
         assert address and admin
         # the process's registry may hold other servers' calls (earlier tests of this
@@ -345,9 +340,6 @@ async def test_latency_alert_does_not_fire_on_a_healthy_long_lived_stream(
             return count(text, "Watch") >= 1 and count(text, "Unary") >= 20
 
         await until(recorded, timeout_s=20, interval_s=0.1, what="the Watch stream counted")
-    finally:
-        await srv.drain()
-        await reg.close()
 
     earlier = {tuple(sorted(labels.items())): v for labels, v in exposition(
         before, "grpc_server_handling_seconds_bucket")}

@@ -161,6 +161,27 @@ async def raw_server(*handlers: grpc.GenericRpcHandler) -> AsyncIterator[tuple[A
         await server.stop(None)
 
 
+@contextlib.asynccontextmanager
+async def mesh_echo(service: str, instance_id: str, registry: Any,
+                    **options: Any) -> AsyncIterator[meshkit.MeshServer]:
+    """A started :class:`meshkit.MeshServer` of ``service`` serving the echo service as
+    ``instance_id``, registered in ``registry``: plaintext, no drain delay, 0.5 s grace
+    (``options``: other :class:`meshkit.ServeOptions` fields). Drained on the way out, and
+    ``registry`` closed after it."""
+    opts: dict[str, Any] = {"insecure": True, "instance_id": instance_id,
+                            "drain_delay_s": 0.0, "grace_s": 0.5, **options}
+    try:
+        srv = meshkit.MeshServer(service, [add_echo(instance_id)], registry=registry,
+                                 options=meshkit.ServeOptions(**opts))
+        await srv.start()
+        try:
+            yield srv
+        finally:
+            await srv.drain()
+    finally:
+        await registry.close()
+
+
 def main() -> None:
     """Run one echo instance until SIGTERM (used by the process tests)."""
     p = argparse.ArgumentParser()
