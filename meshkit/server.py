@@ -116,11 +116,93 @@ __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"
 _log = structlog.get_logger("meshkit.server")
 
 _SignalHandler = Callable[[int, Any], Any] | int | signal.Handlers | None
+_SignalListener = Callable[[signal.Signals], None]
 
-_installed_signals: list[dict[signal.Signals, _SignalHandler]] = []
-"""The signal handlers :meth:`MeshServer.run_until_signal` replaced, one dict (signal ->
-its previous handler) per run whose handlers are installed, oldest first: what a forked
-child gets back (:func:`_undo_signal_handlers_in_child`)."""
+
+class _SignalFanout:
+    """One event loop's handler for one signal, shared by every
+    :meth:`MeshServer.run_until_signal` (and ``serve()``) of that loop: the loop keeps one
+    handler per signal (``loop.add_signal_handler`` replaces the one before), so each
+    server adds a listener here instead, and the signal wakes every one of them.
+    Installed with the first listener (:func:`_listen_for_signal`), removed with the last
+    (:func:`_stop_listening`), which gives the signal its handler from before back.
+
+    ``previous``: ``{signal: its handler before}`` (one entry), what a forked child gets
+    back (:func:`_undo_signal_handlers_in_child`); ``listeners``: an ordered set, woken in
+    the order the servers started listening."""
+
+    __slots__ = ("listeners", "previous", "sig")
+
+    def __init__(self, sig: signal.Signals) -> None:
+        self.sig = sig
+        self.previous: dict[signal.Signals, _SignalHandler] = {sig: signal.getsignal(sig)}
+        self.listeners: dict[_SignalListener, None] = {}
+
+    def dispatch(self) -> None:
+        """The loop's handler: wake every listener (one that raises is logged and the
+        others are still woken)."""
+        for listener in list(self.listeners):
+            try:
+                listener(self.sig)
+            except Exception:
+                _log.exception("signal listener failed", signal=self.sig.name)
+
+
+_fanouts: dict[tuple[asyncio.AbstractEventLoop, signal.Signals], _SignalFanout] = {}
+"""The signal handlers installed by :meth:`MeshServer.run_until_signal`, by event loop
+and signal, oldest first (only ever in the main thread: signals reach it only)."""
+
+
+def _listen_for_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
+                       listener: _SignalListener) -> None:
+    """Call ``listener(sig)`` from ``loop`` when ``sig`` arrives, beside every other
+    listener of the loop (main thread only). The first listener of a loop and signal
+    installs its handler (``loop.add_signal_handler``), replacing the one before it,
+    which :func:`_stop_listening` gives back.
+
+    Raises:
+        ValueError, RuntimeError, OSError: as ``loop.add_signal_handler`` (not the main
+            thread, a signal that cannot be caught); nothing is installed then.
+    """
+    key = (loop, sig)
+    fanout = _fanouts.get(key)
+    if fanout is None:
+        fanout = _SignalFanout(sig)
+        loop.add_signal_handler(sig, fanout.dispatch)
+        _fanouts[key] = fanout
+    fanout.listeners[listener] = None
+
+
+def _stop_listening(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
+                    listener: _SignalListener) -> None:
+    """Undo :func:`_listen_for_signal`. The last listener of a loop and signal removes
+    its handler and gives the signal back the handler it had before (a Python handler:
+    the application's own, ``SIG_IGN``, ``asyncio.run``'s for SIGINT); a handler that
+    was an event loop's own placeholder (another ``loop.add_signal_handler``, whose
+    callback the loop forgot when it was replaced) is not given back: the loop's
+    default stays (``SIG_DFL``; ``default_int_handler`` for SIGINT). Never raises."""
+    key = (loop, sig)
+    fanout = _fanouts.get(key)
+    if fanout is None:  # a forked child's copy of its parent's, or never installed
+        return
+    fanout.listeners.pop(listener, None)
+    if fanout.listeners:
+        return
+    del _fanouts[key]
+    with contextlib.suppress(Exception):
+        loop.remove_signal_handler(sig)
+    before = fanout.previous[sig]
+    if before is not None and not _loop_placeholder(before):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            signal.signal(sig, before)
+
+
+def _loop_placeholder(handler: _SignalHandler) -> bool:
+    """Whether ``handler`` is the Python-level handler an event loop installs for its
+    ``add_signal_handler`` (asyncio's ``_sighandler_noop``, a bound method of uvloop's
+    loop): it only wakes that loop, whose own callback for the signal is elsewhere."""
+    return (isinstance(getattr(handler, "__self__", None), asyncio.AbstractEventLoop)
+            or getattr(handler, "__module__", None) == "asyncio.unix_events")
 
 
 def _undo_signal_handlers_in_child() -> None:
@@ -131,13 +213,13 @@ def _undo_signal_handlers_in_child() -> None:
     child shares with its parent's loop (a signal the child got would be run by the
     parent's loop: the parent would drain). Without handlers installed this does nothing.
     Run by ``os.register_at_fork(after_in_child=...)``."""
-    if not _installed_signals:
+    if not _fanouts:
         return
-    for previous in reversed(_installed_signals):  # the oldest's previous handlers last
-        for sig, handler in previous.items():
+    for fanout in reversed(list(_fanouts.values())):  # the oldest's previous handlers last
+        for sig, handler in fanout.previous.items():
             with contextlib.suppress(OSError, ValueError, TypeError):
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    _installed_signals.clear()  # the parent's runs: the child's own install anew
+    _fanouts.clear()  # the parent's servers: the child's own install anew
     with contextlib.suppress(OSError, ValueError):
         signal.set_wakeup_fd(-1)
 
@@ -985,6 +1067,13 @@ class MeshServer:
         the process. A child forked meanwhile (``multiprocessing``, a pre-fork worker)
         gets the signals' previous handlers back: a signal to it is its own.
 
+        Every server of the event loop sees the signal (several ``serve()`` in one
+        process, e.g. under ``asyncio.gather``): the loop keeps one handler per signal,
+        so the first server installs one that wakes them all, and the last to end its
+        drain removes it and gives the signal back the Python handler it had before (a
+        handler another ``loop.add_signal_handler`` put there is not given back: the
+        loop's default stays).
+
         Outside the main thread (a thread running its own event loop) no handlers are
         installed, as signals reach the main thread only (uvicorn does the same): this
         serves until :meth:`drain` or cancellation ends it.
@@ -1014,7 +1103,7 @@ class MeshServer:
                              grace_s=self.options.grace_s)
             got.set()
 
-        previous: dict[signal.Signals, _SignalHandler] = {}
+        listening: list[signal.Signals] = []
         in_main_thread = threading.current_thread() is threading.main_thread()
         if not in_main_thread and signals:
             _log.info("not in the main thread: no signal handlers, serving until drained "
@@ -1022,10 +1111,11 @@ class MeshServer:
         try:
             try:
                 if in_main_thread:
-                    _installed_signals.append(previous)
                     for sig in signals:
-                        previous[sig] = signal.getsignal(sig)
-                        loop.add_signal_handler(sig, on_signal, sig)
+                        # one handler per loop and signal, shared with the loop's other
+                        # servers (the loop keeps one: a second would replace the first's)
+                        _listen_for_signal(loop, sig, on_signal)
+                        listening.append(sig)
                 await self._start_up_unless(got, on_started)
                 waiter = asyncio.ensure_future(got.wait())
                 stopped = asyncio.ensure_future(self._stopped.wait())
@@ -1040,11 +1130,8 @@ class MeshServer:
                 # drain; itself shielded: cancelled, it runs to its end (handlers removed)
                 await self.drain()
         finally:
-            for sig in previous:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
-            with contextlib.suppress(ValueError):  # not there: a forked child cleared it
-                _installed_signals.remove(previous)
+            for sig in listening:  # the last server of the loop removes the handler
+                _stop_listening(loop, sig, on_signal)
 
     async def _start_up_unless(self, got: asyncio.Event,
                                on_started: Callable[[MeshServer], Any] | None) -> None:
@@ -1115,7 +1202,10 @@ async def serve(
     during the drain is logged and does not cut the in-flight calls' ``grace_s`` short.
     Children forked while serving (``multiprocessing``, ``ProcessPoolExecutor``, pre-fork
     workers) get the signals' previous handlers back, so a signal sent to one is handled
-    by that child (SIGTERM ends it), never relayed to this server. Outside the main
+    by that child (SIGTERM ends it), never relayed to this server. Every ``serve()`` of
+    the process gets the signal (``asyncio.gather(serve("a", ...), serve("b", ...))``:
+    both drain, then ``gather`` returns); once the last has returned, the signals have
+    their handlers from before back (:meth:`MeshServer.run_until_signal`). Outside the main
     thread (``asyncio.run(serve(...))`` in a ``threading.Thread``) no signal handlers are
     installed, since signals reach the main thread only (as uvicorn): ``serve()`` serves
     until it is cancelled or :meth:`MeshServer.drain` is called (from another thread:

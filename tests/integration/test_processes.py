@@ -313,6 +313,103 @@ async def test_a_second_signal_during_the_drain_does_not_kill_in_flight_calls(
     assert "SIGTERM" in child.stderr(), "the second signal was not logged"
 
 
+_TWO_SERVES = r'''
+import asyncio, json, signal, sys
+import meshkit
+from tests.support.echo import add_echo
+
+def own_sigterm(signum, frame):  # the process's own SIGTERM handler from before serve()
+    print("OWN-HANDLER", flush=True)
+
+signal.signal(signal.SIGTERM, own_sigterm)
+
+async def main(mode):
+    reg = meshkit.registry_from_uri(sys.argv[1])
+    opts = meshkit.ServeOptions(insecure=True, admin=None, drain_delay_s=0.0, grace_s=1.0)
+    servers = {}
+    both_started = asyncio.Event()
+    returned = {"alpha": asyncio.Event(), "beta": asyncio.Event()}
+
+    def on_started(server):
+        servers[server.service] = server
+        if len(servers) == 2:
+            both_started.set()
+
+    async def one(service):
+        await meshkit.serve(service, [add_echo(service)], registry=reg, options=opts,
+                            on_started=on_started)
+        print("DRAINED", service, flush=True)
+        returned[service].set()
+
+    async def operate():
+        await both_started.wait()
+        if mode == "one-drained-first":  # alpha drained by the process, its serve() over
+            await servers["alpha"].drain()
+            await returned["alpha"].wait()
+        print("STARTED", flush=True)
+
+    await asyncio.gather(one("alpha"), one("beta"), operate())
+    restored = signal.getsignal(signal.SIGTERM) is own_sigterm
+    await reg.close()
+    print(json.dumps({"sigterm_handler_restored": restored}), flush=True)
+
+(meshkit.run if sys.argv[3] == "meshkit.run" else asyncio.run)(main(sys.argv[2]))
+'''
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("runner", ["asyncio.run", "meshkit.run"])
+@pytest.mark.parametrize("mode", ["together", "one-drained-first"])
+async def test_sigterm_drains_every_serve_of_the_process(
+        tmp_path: Path, mode: str, runner: str) -> None:
+    """Two services served by one process, ``asyncio.gather(serve("alpha"),
+    serve("beta"))`` (a process hosting two services; the README's TaskGroup example is
+    the same shape), then SIGTERM, as Kubernetes sends at pod deletion: both drain
+    (deregister, stop), ``gather`` returns and the process exits 0; with one of them
+    drained by the process first ("one-drained-first"), SIGTERM still drains the other.
+    Once the last ``serve()`` has returned, SIGTERM has the process's own handler from
+    before back. Under asyncio's loop and ``meshkit.run``'s (uvloop's when installed).
+
+    The fault: ``run_until_signal`` installed its handler with
+    ``loop.add_signal_handler(sig, ...)``, and the loop keeps ONE handler per signal: the
+    second serve() replaced the first's. SIGTERM drained "beta" only; its ``finally``
+    then removed the SIGTERM/SIGINT handlers for both, so "alpha" kept serving (and
+    registered) with no handler at all: the process never exited on its own, and the next
+    SIGTERM killed it without a drain. Likewise the first serve() to end removed the
+    handler of the one still serving (killed by SIGTERM's default action, exit -15).
+    serve()'s docstring and the README promise "On SIGTERM/SIGINT: health NOT_SERVING and
+    deregister first, ... then exit 0" for every server run by serve()."""
+    mods, reg_dir = tmp_path / "mods", tmp_path / "reg"
+    mods.mkdir()
+    (mods / "two_serves.py").write_text(_TWO_SERVES)
+    uri = f"local://{reg_dir}?ttl_s=30&poll_interval_s=0.05"
+    env = {"PYTHONPATH": f"{mods}{os.pathsep}{REPO}"}
+    reg = LocalRegistry(LocalOptions(path=reg_dir, ttl_s=30, poll_interval_s=0.05))
+    try:
+        async with children(tmp_path / "logs", env) as kids:
+            child = await kids.start("two_serves", uri, mode, runner)
+            await child.wait_line("STARTED", timeout_s=60)
+            serving = {s for s in ("alpha", "beta") if await reg.instances(s)}
+            assert serving == ({"beta"} if mode == "one-drained-first"
+                               else {"alpha", "beta"})
+            child.proc.send_signal(signal.SIGTERM)
+            try:
+                code: int | None = await child.wait_exit(timeout_s=40)
+            except TimeoutError:
+                code = None
+            assert code == 0, (
+                f"one SIGTERM did not end both serve() of the process (exit {code}; "
+                f"stdout {child.lines}; stderr tail {child.stderr()[-1500:]!r})")
+            assert {ln for ln in child.lines if ln.startswith("DRAINED")} == {
+                "DRAINED alpha", "DRAINED beta"}, child.lines
+            assert "OWN-HANDLER" not in child.lines, child.lines
+            assert _last_json("\n".join(child.lines)) == {"sigterm_handler_restored": True}
+        assert await reg.instances("alpha") == frozenset()
+        assert await reg.instances("beta") == frozenset()
+    finally:
+        await reg.close()
+
+
 _ACCESS_LOG_THEN_WORK = r'''
 import asyncio, os, sys, time
 import meshkit
