@@ -44,7 +44,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from meshkit._config import refuse_str
 from meshkit.auth._errors import CertificateError
@@ -64,6 +70,13 @@ __all__ = [
     "validate_trust_domain",
     "workload_id",
 ]
+
+# path validation's extension policies: none beyond what RFC 5280 §6 itself checks (a CA's
+# basicConstraints, whose cA flag and path length the path builder enforces, either
+# criticality; meshkit's own checks of every CA and of the leaf follow the path)
+_RFC5280_CA = ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, Criticality.AGNOSTIC, None)
+_RFC5280_EE = ExtensionPolicy.permit_all()
 
 DEFAULT_TRUST_DOMAIN = "meshkit.local"
 """Trust domain used when none is given (``certs init`` and :class:`TLSOptions`)."""
@@ -811,8 +824,13 @@ class PeerVerifier:
             when = min(max(self._clock(), leaf.not_valid_before_utc.timestamp()),
                        leaf.not_valid_after_utc.timestamp())
         try:
+            # RFC 5280's profile, not the CA/Browser Forum's (cryptography's default, which
+            # refuses what RFC 5280 allows: a critical EKU, a CA without keyUsage, a leaf
+            # without an authority key identifier): extensions are checked by meshkit,
+            # below and in _Anchor/_check, as for a leaf a bundle CA issued directly
             verifier = (PolicyBuilder().store(roots)
                         .time(dt.datetime.fromtimestamp(when, dt.UTC))
+                        .extension_policies(ca_policy=_RFC5280_CA, ee_policy=_RFC5280_EE)
                         .build_client_verifier())
             path = verifier.verify(leaf, list(chain)).chain
         except VerificationError as exc:
