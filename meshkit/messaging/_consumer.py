@@ -348,9 +348,16 @@ class Consumer:
         """Consume until cancelled; a lost connection or missing stream is logged and
         retried after ``backoff`` (the nats client reconnects by itself). A durable lost
         while running (stream deleted and re-created, server restarted without its
-        store) is noticed after 5 empty fetches and re-created (:meth:`run_once`)."""
+        store) is noticed after 5 empty fetches and re-created (:meth:`run_once`). A cancel
+        that the nats client swallowed ends it at the next fetch (``Task.cancelling()``)."""
         failed = 0
+        task = asyncio.current_task()
         while True:
+            # a cancel that a library swallowed (nats-py's next_msg runs asyncio.wait_for,
+            # which on Python 3.11 returns a message that came as the cancel did, and the
+            # cancel is lost: gh-86296) is still this task's: end here, not never
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 await self.run_once()
                 failed = 0

@@ -882,3 +882,37 @@ async def test_ensure_stream_durations_past_jetstreams_range_are_refused(
     finally:
         with contextlib.suppress(Exception):
             await bus.js.delete_stream(name)
+
+
+async def test_a_cancel_the_nats_client_swallowed_still_ends_the_consumer(
+        bus: Bus, own_nc: Client, prom: CollectorRegistry) -> None:
+    """nats-py's fetch waits with ``asyncio.wait_for``, which on Python 3.11 returns a
+    message that arrived as its task was cancelled and loses the cancel (gh-86296): the
+    consumer's loop went on fetching, so ``task.cancel()`` (a drain, a shutdown) never
+    ended it (seen in ``make test``: a consumer still redelivering 90 s after its test
+    cancelled it). The loop ends at its next turn while its task is being cancelled."""
+    async def handle(d: Delivery) -> None:
+        pass
+
+    consumer = Consumer(own_nc.jetstream(), handle, ConsumerOptions(
+        stream=bus.stream, durable="d-cancel", filter_subject=bus.subject,
+        fetch_timeout_s=0.2, registry=prom))
+    await consumer.start()
+    sub = consumer._sub
+    assert sub is not None
+    fetch = sub.fetch
+
+    async def swallowing_fetch(*args: Any, **kwargs: Any) -> list[Any]:
+        try:
+            return await fetch(*args, **kwargs)
+        except asyncio.CancelledError:
+            return []  # what wait_for does when a message came with the cancel
+
+    sub.fetch = swallowing_fetch  # type: ignore[method-assign]
+    task = asyncio.create_task(consumer.run())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:
+        task.cancel()
+    assert task in done and task.cancelled()
