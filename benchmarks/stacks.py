@@ -285,6 +285,23 @@ def _tls(name: str, secrets: Secrets) -> Any:
                       key_file=d / f"{name}.key", reload_interval_s=60.0)
 
 
+def _server_identity(b: Build) -> str:
+    """The workload the server side presents: the contender's own service (its
+    certificate issued on first use from the benchmark's CA), or ``echo`` with a meshkit
+    that has no ``check_server_identity`` (older trees in an A/B)."""
+    try:
+        from meshkit.auth import (
+            check_server_identity,  # noqa: F401
+            issue_into_dir,
+        )
+    except ImportError:
+        return IDENTITY
+    if not (b.secrets.pki / f"{b.service}.pem").exists():
+        issue_into_dir(b.secrets.pki, b.service, ttl_h=24, dns=("localhost",),
+                       ips=("127.0.0.1",))
+    return b.service
+
+
 def _has_field(cls: type, name: str) -> bool:
     return any(f.name == name for f in dataclasses.fields(cls))
 
@@ -292,7 +309,10 @@ def _has_field(cls: type, name: str) -> bool:
 def _mtls_server(b: Build) -> None:
     import meshkit
 
-    tls = _tls(IDENTITY, b.secrets)
+    # serve() refuses a certificate that is not the served service's (every meshkit
+    # client would refuse it): each contender's service gets its own, issued here
+    name = _server_identity(b)
+    tls = _tls(name, b.secrets)
     if _has_field(meshkit.ServeOptions, "tls"):
         b.serve["tls"] = tls
     else:
@@ -305,9 +325,7 @@ def _mtls_client(b: Build) -> None:
 
     tls = _tls(CLIENT_IDENTITY, b.secrets)
     if _has_field(meshkit.DialOptions, "tls"):
-        b.dial["tls"] = tls
-        # the server's identity is "echo" whatever the benchmark's service is called
-        b.dial["channel_options"] = tls.channel_options(IDENTITY)
+        b.dial["tls"] = tls  # verifies the server as the dialed service, as serve() issued
     else:
         b.dial["credentials"] = tls.channel_credentials()
         b.dial["channel_options"] = tls.channel_options(IDENTITY)

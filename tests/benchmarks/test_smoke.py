@@ -23,6 +23,22 @@ def _numbers(d: dict[str, Any], *keys: str) -> None:
         assert isinstance(d[k], numbers.Real), (k, d[k])
 
 
+def test_the_full_stack_contenders_build(tmp_path: Path) -> None:
+    """The full-stack contenders of the overhead scenario (``make bench`` runs them all;
+    ``--smoke`` only a few) build and answer calls: ``full+mtls`` served each contender's
+    service with the ``echo`` workload's certificate, which serve() now refuses, and
+    ``make bench`` failed its whole overhead scenario while the suite passed."""
+    names = ["raw", "defaults", "full", "full-inline", "full-1pct", "full+mtls"]
+    assert main(["--smoke", "--scenarios", "overhead", "--contenders", ",".join(names),
+                 "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["errors"] == {}, doc["errors"]
+    rows = doc["scenarios"]["overhead"]["by_concurrency"]["32"]
+    assert set(rows) == set(names), sorted(rows)
+    assert all(row["calls"] > 0 for row in rows.values()), rows
+
+
 def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     """A --smoke run exits 0 and its JSON has every scenario with numeric results."""
     assert main(["--smoke", "--out", str(tmp_path)]) == 0
