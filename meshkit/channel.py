@@ -817,7 +817,8 @@ class MeshChannel(grpc.aio.Channel):
                     raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
                 await self._pool.changed()
 
-        await asyncio.wait_for(reached(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancel (3.11)
+            await reached()
 
     def endpoints(self) -> list[Endpoint]:
         """The current endpoints (a snapshot list, sorted by instance id)."""

@@ -182,7 +182,8 @@ async def _run(args: argparse.Namespace) -> int:
             except (MeshError, OSError) as exc:  # keep the last file; try again
                 print(f"meshkit prometheus-targets: {exc}", file=sys.stderr)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.interval_s)
+                async with asyncio.timeout(args.interval_s):  # not wait_for (3.11)
+                    await stop.wait()
         return 0
     finally:
         await registry.close()

@@ -504,5 +504,8 @@ class OutboxRelay:
                 await asyncio.sleep(self.options.error_backoff.delay_s(failed))
                 continue
             if n < self.options.batch_size:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel
+                # that comes in the turn the wake does (gh-86296), and the relay went on
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.options.poll_interval_s)
+                    async with asyncio.timeout(self.options.poll_interval_s):
+                        await self._wake.wait()

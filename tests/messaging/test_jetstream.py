@@ -916,3 +916,23 @@ async def test_a_cancel_the_nats_client_swallowed_still_ends_the_consumer(
     if not done:
         task.cancel()
     assert task in done and task.cancelled()
+
+
+async def test_a_relay_cancelled_as_it_is_woken_ends(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """The relay waits between rounds with ``asyncio.wait_for(wake.wait(), ...)``; on
+    Python 3.11 a cancel that comes in the turn ``notify()`` wakes it is lost (wait_for
+    returns the finished wait, gh-86296) and the relay went on relaying, so a shutdown's
+    ``task.cancel()`` never ended it. It ends."""
+    store = _MemOutbox([])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)),
+                        RelayOptions(poll_interval_s=30.0))
+    task = asyncio.create_task(relay.run())
+    for _ in range(20):  # into the wait between rounds (an empty store: one short round)
+        await asyncio.sleep(0.01)
+    relay.notify()
+    task.cancel()  # in the same turn as the wake
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:
+        task.cancel()
+    assert task in done and task.cancelled()
