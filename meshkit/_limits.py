@@ -310,13 +310,12 @@ def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
     return decode
 
 
-def guard_method_handler(handler: Handler, gate: RequestGate | None = None) -> Handler:
+def guard_method_handler(handler: Handler) -> Handler:
     """``handler`` answering ``INVALID_ARGUMENT`` "request is not a valid <Type>" when its
     request does not decode (see the module docstring). A handler without a request
     deserializer (raw bytes) gets one that passes the bytes on, so their size is counted
-    too. ``gate`` is accepted for callers that pass the server's :class:`RequestGate`
-    and is not used: the gate admits request streams itself, outermost, before the
-    server's chain (:meth:`RequestGate.convert`), not from inside it."""
+    too. (Request streams are admitted by the server's :class:`RequestGate` itself,
+    outermost, before the server's chain: :meth:`RequestGate.convert`.)"""
     deserializer = handler.request_deserializer
     if deserializer is not None and getattr(deserializer, "_meshkit_guarded", False):
         return handler
@@ -380,11 +379,9 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
     """A generic handler whose method handlers are guarded, and then resolved through the
     server's interceptor chain when it was given one (cached per method)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, resolve: Resolver | None = None,
-                 gate: RequestGate | None = None) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, resolve: Resolver | None = None) -> None:
         self._inner = inner
         self._resolve = resolve
-        self._gate = gate
         self._cache: dict[str, tuple[Handler, Handler]] = {}
 
     def service_name(self) -> str | None:
@@ -401,7 +398,7 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guarded = guard_method_handler(handler, self._gate)
+        guarded = guard_method_handler(handler)
         if self._resolve is not None:
             guarded = self._resolve(method, guarded)
         if len(self._cache) < 4096:
@@ -412,13 +409,12 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
 def guard_generic_handler(
     handler: grpc.GenericRpcHandler,
     resolve: Resolver | None = None,
-    gate: RequestGate | None = None,
 ) -> grpc.GenericRpcHandler:
-    """``handler`` whose method handlers are guarded by :func:`guard_method_handler` (with
-    ``gate``), then passed through ``resolve(method, handler)`` (the server's interceptor
+    """``handler`` whose method handlers are guarded by :func:`guard_method_handler`, then
+    passed through ``resolve(method, handler)`` (the server's interceptor
     chain applied per method, :func:`meshkit._handlers.handler_resolver`) when given; both
     once per method."""
-    return _GuardedGenericHandler(handler, resolve, gate)
+    return _GuardedGenericHandler(handler, resolve)
 
 
 # -- reading unary requests: admission and the first-message timer ------------------------

@@ -544,10 +544,9 @@ class _Recorder:
     """
 
     def __init__(self, server: grpc.aio.Server, resolve: Resolver | None = None, *,
-                 register_methods: bool = False, gate: RequestGate | None = None) -> None:
+                 register_methods: bool = False) -> None:
         self._server = server
         self._resolve = resolve
-        self._gate = gate
         self._register = register_methods
         self._methods: dict[str, Handler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
@@ -558,15 +557,14 @@ class _Recorder:
             name = getattr(h, "service_name", None)
             if callable(name) and name() and name() not in self.names:
                 self.names.append(name())
-        self._generic.extend(guard_generic_handler(h, self._resolve, self._gate)
-                             for h in handlers)
+        self._generic.extend(guard_generic_handler(h, self._resolve) for h in handlers)
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
         if service_name not in self.names:
             self.names.append(service_name)
-        resolve, gate = self._resolve, self._gate
-        methods = {name: (guard_method_handler(h, gate) if resolve is None
-                          else resolve(f"/{service_name}/{name}", guard_method_handler(h, gate)))
+        resolve = self._resolve
+        methods = {name: (guard_method_handler(h) if resolve is None
+                          else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
                    for name, h in handlers.items()}
         if self._register:
             self._server.add_registered_method_handlers(service_name, methods)
@@ -720,8 +718,7 @@ class MeshServer:
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )
-        recorder = _Recorder(server, resolve, register_methods=grpc_observability_active(),
-                             gate=self.gate)
+        recorder = _Recorder(server, resolve, register_methods=grpc_observability_active())
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
         self.service_names = list(recorder.names)
