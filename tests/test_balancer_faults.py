@@ -815,6 +815,58 @@ def test_stream_picks_in_rotation_record_their_end_outcome() -> None:
     assert eb.ejected() == ["a"]
 
 
+def test_a_silent_stream_probe_returns_its_endpoint_after_base_ejection_s() -> None:
+    """A stream sent as the half-open probe that neither answers nor ends (a watch whose
+    server speaks only on events) held its endpoint out of rotation for the stream's
+    whole life: no other call may probe while a probe is out. Undecided after
+    ``base_ejection_s`` (10 s here), the next pick returns the endpoint to rotation, as
+    Envoy and gRFC A50 return one when its time is up; it is not forgiven (its ejection
+    count is kept: its next ejection lasts 2 x 10 s), and the stream goes on as a call in
+    rotation (its failing end is one failure, not a failed probe)."""
+    clock = Clock()
+    eb, a = a_ejected(clock, consecutive_failures=2)
+    clock.t += 10
+    probe_ep, probe = _stream_pick(eb)
+    assert probe_ep is a  # the probe
+    assert eb.next_probe_in_s() == pytest.approx(10.0)  # when its verdict is due
+    clock.t += 9.5
+    assert {call(eb) for _ in range(4)} == {"b"}  # still out within the bound
+    clock.t += 0.5
+    assert {call(eb) for _ in range(4)} == {"a", "b"}, "a held out behind a silent probe"
+    assert eb.ejected() == [] and eb.next_probe_in_s() is None
+    probe(UNAVAILABLE, -1.0)  # its end: one failure in rotation, a is not ejected again
+    assert eb.ejected() == []
+    for _ in range(8):
+        call(eb, {"a": UNAVAILABLE})
+    assert eb.ejected() == ["a"]  # two in a row
+    clock.t += 15
+    assert call(eb) == "b", "the ejection count was reset by a probe that decided nothing"
+    clock.t += 5
+    assert call(eb) == "a"
+
+
+def test_a_released_stream_probe_that_answers_late_forgives_its_endpoint() -> None:
+    """A stream probe released undecided whose first response comes later has shown the
+    endpoint works: its ejection count is reset (the next ejection lasts 1 x 10 s again);
+    a unary probe is never released (its deadline decides it: silence is no answer)."""
+    clock = Clock()
+    eb, a = a_ejected(clock)
+    clock.t += 10
+    _, probe = _stream_pick(eb)
+    clock.t += 10
+    assert {call(eb) for _ in range(4)} == {"a", "b"}  # released
+    probe.responded()  # the watch's first event
+    assert eb.ejected() == []
+    eject(eb, "a")
+    clock.t += 10
+    got = eb.pick()  # a unary probe, 1 x 10 s after the ejection
+    assert got is not None and got[0] is a
+    clock.t += 1000
+    assert {call(eb) for _ in range(4)} == {"b"}, "a unary probe was released undecided"
+    got[1](OK, 0.001)
+    assert {call(eb) for _ in range(4)} == {"a", "b"}
+
+
 # -- P2C: a stream is pending until its first response ------------------------------------
 def _p2c(clock: Clock) -> P2C:
     return P2C(P2COptions(slow_start_s=0.0), rng=random.Random(3), clock=clock)

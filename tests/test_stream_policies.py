@@ -184,6 +184,75 @@ async def test_a_stream_probe_does_not_keep_a_healthy_endpoint_out_of_rotation(
     assert served.count(b"a") >= 5, served
 
 
+async def _silent_until(go: asyncio.Event, message: bytes) -> AsyncIterator[bytes]:
+    """A request stream that sends nothing until ``go`` is set, then ``message``, and
+    stays open (a subscription whose server has had nothing to say yet)."""
+    await go.wait()
+    yield message
+    await asyncio.sleep(120)
+
+
+@pytest.mark.timeout(60)
+async def test_a_silent_stream_probe_does_not_keep_a_healthy_endpoint_out_of_rotation(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """Endpoint ``a`` is ejected (``consecutive_failures=2``, ``base_ejection_s=0.5``);
+    once its ejection is over, the next call is a bidi stream whose server has sent
+    nothing yet (a watch that speaks only on events), sent to ``a`` as the half-open
+    probe. A stream probe is decided at its first response or its end: with neither, no
+    other call could probe ``a``, and ``a`` (healthy) got none of the unary calls for as
+    long as the stream stayed silent. Undecided after ``base_ejection_s``, ``a`` is back
+    in rotation (Envoy and gRFC A50 return an endpoint when its time is up), while the
+    stream stays open on ``a`` and answers there when spoken to."""
+    from meshkit.balancer import OutlierOptions, RoundRobin
+
+    await echo_servers("a")
+    await echo_servers("b")
+    options = meshkit.DialOptions(
+        insecure=True, balancer=RoundRobin, retry=None,
+        outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=0.5))
+
+    def on_a(ch: meshkit.MeshChannel) -> Any:
+        return next(e for e in ch.stats().endpoints if e.instance_id == "a")
+
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(2)
+        fail_on_a = ch.unary_stream(method("FailStream"))
+        for _ in range(40):
+            if on_a(ch).ejected:
+                break
+            try:
+                _ = [m async for m in fail_on_a(b"UNAVAILABLE:0@a", timeout=10)]
+            except grpc.aio.AioRpcError as e:  # on a; b answers 3 messages
+                assert e.code() is grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(0.05)  # stream outcomes are reported from done callbacks
+        await until(lambda: on_a(ch).ejected, timeout_s=10, what="a ejected")
+        await asyncio.sleep(1.0)  # twice its 0.5 s ejection: the next pick probes it
+        go = asyncio.Event()
+        probe = ch.stream_stream(method("Bidi"))(_silent_until(go, b"p"), timeout=60)
+        unary = ch.unary_unary(method("Unary"))
+        served: list[bytes] = []
+
+        async def a_serves() -> bool:
+            served.append((await unary(b"x", timeout=10)).split(b"|")[0])
+            return served[-1] == b"a"
+
+        first = asyncio.ensure_future(probe.read())  # opens the stream (calls are lazy)
+        try:
+            await until(lambda: on_a(ch).in_flight == 1, timeout_s=10,
+                        what="the silent stream open on a, as its probe")
+            assert on_a(ch).ejected
+            await until(a_serves, timeout_s=10, interval_s=0.05,
+                        what="a back in rotation while its probe stream stays silent")
+            assert not on_a(ch).ejected
+            assert not probe.done() and not first.done(), "the probe stream is still open"
+            go.set()
+            assert await asyncio.wait_for(first, 10) == b"a|p"  # it was a's
+        finally:
+            probe.cancel()
+            first.cancel()
+
+
 @pytest.mark.timeout(90)
 async def test_idle_open_streams_do_not_starve_their_endpoint_of_unary_calls(
     registry: LocalRegistry, echo_servers: EchoFactory,

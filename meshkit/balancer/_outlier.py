@@ -48,7 +48,18 @@ retry policy commits a stream at its first message for the same reason, gRFC A6;
 and gRFC A50 never hold an endpoint out behind a stream). Its end outcome then counts as
 an ordinary call's in rotation (a stream that fails after answering is one failure, not
 a failed probe); a stream probe that ends before answering is decided by its end, as a
-unary probe. A stream in rotation counts once, by its end outcome.
+unary probe. A stream probe with neither within ``base_ejection_s`` (a watch whose
+server speaks only on events may say nothing for minutes) would hold its endpoint out for
+its whole life, since no other call may probe meanwhile: the first pick after that bound
+returns the endpoint to rotation undecided, as Envoy and gRFC A50 return an endpoint
+when its ejection time is up (neither probes; a silent stream is no failure, and a
+stream's deadline says nothing about the endpoint). It is not forgiven: its ejection
+count is kept, so a relapse ejects it for longer, until the stream answers (a late first
+response resets the count) or a later probe succeeds; the stream's end counts as an
+ordinary call's. The bound is checked against the clock at picks (no timer), and only a
+stream probe has one: a unary probe is decided by its outcome, which its deadline bounds
+(silence is no answer for a unary call). A stream in rotation counts once, by its end
+outcome.
 
 Outlier state belongs to an endpoint at its address: an update keeps it for an endpoint
 of the same instance id *and* address only (the endpoint pool makes an instance that
@@ -76,6 +87,7 @@ __all__ = ["EjectingBalancer", "OutlierOptions", "StreamDone"]
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _FAILING = EndpointState.FAILING
+_NEVER = float("inf")
 # the most likely an endpoint as good as its peers fails its whole window and run: beyond
 # it, an endpoint failing every call is ejected beyond max_ejection_percent
 _BROKEN_ODDS = 1e-6
@@ -96,7 +108,9 @@ class OutlierOptions:
         failure_rate_window: calls in the rate window, >= 1 (default 20); the rule applies
             once the window is full.
         base_ejection_s: first ejection time, seconds (default 10.0); the n-th ejection in a
-            row lasts ``n * base_ejection_s``.
+            row lasts ``n * base_ejection_s``. Also how long a stream sent as the probe
+            may stay silent (no response message, no end) before its endpoint returns
+            to rotation undecided (module docstring).
         max_ejection_s: cap of one ejection, seconds (default 300.0).
         max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50;
             Envoy's ``max_ejection_percent``); one endpoint may always be ejected, and
@@ -141,7 +155,8 @@ class OutlierOptions:
 
 
 class _Health:
-    __slots__ = ("address", "consecutive", "ejected_until", "probing", "times", "window")
+    __slots__ = ("address", "consecutive", "ejected_until", "probe_until", "probing",
+                 "stream_probe", "times", "window")
 
     def __init__(self, window: int, address: str) -> None:
         self.address = address  # whose state this is (an instance that moved is new)
@@ -151,6 +166,10 @@ class _Health:
         # injected clock may read 0 or below)
         self.ejected_until: float | None = None
         self.probing = False
+        # while probing: when an undecided stream probe returns the endpoint (inf for a
+        # unary probe, which its deadline decides), and that stream's outcome callback
+        self.probe_until = _NEVER
+        self.stream_probe: StreamDone | None = None
         self.window: deque[bool] = deque(maxlen=window)
 
 
@@ -214,10 +233,11 @@ class EjectingBalancer:
 
     def _schedule(self) -> None:
         """When the next pick looks for a probe: the earliest end of an ejection whose
-        probe is not out (in the past while a probe waits for its connection)."""
-        pending = [h.ejected_until for h in self._health.values()
-                   if h.ejected_until is not None and not h.probing]
-        self._next_expiry = min(pending, default=float("inf"))
+        probe is not out (in the past while a probe waits for its connection), or of
+        the bound of a stream probe's verdict (its endpoint then returns)."""
+        pending = [h.probe_until if h.probing else h.ejected_until
+                   for h in self._health.values() if h.ejected_until is not None]
+        self._next_expiry = min(pending, default=_NEVER)
         self._ejected = tuple(ep for ep in self._all
                               if self._health[ep.key].ejected_until is not None)
 
@@ -227,11 +247,12 @@ class EjectingBalancer:
         return self._health[key].ejected_until is not None
 
     def next_probe_in_s(self) -> float | None:
-        """Seconds until the next ejected endpoint's time is up and it may be probed
-        (0 when one is due already), ``None`` when none is ejected: how long a call
-        waiting for an endpoint (``wait_for_ready``) sleeps at most before it looks
-        again, since nothing else wakes it when an ejection ends."""
-        if self._next_expiry == float("inf"):
+        """Seconds until the next ejected endpoint's time is up and it may be probed, or
+        an undecided stream probe returns its endpoint (0 when one is due already),
+        ``None`` when none will: how long a call waiting for an endpoint
+        (``wait_for_ready``) sleeps at most before it looks again, since nothing else
+        wakes it when an ejection ends."""
+        if self._next_expiry == _NEVER:
             return None
         return max(0.0, self._next_expiry - self._clock())
 
@@ -246,7 +267,7 @@ class EjectingBalancer:
         """Pick through the inner balancer; an endpoint whose ejection expired and whose
         connection is not ``FAILING`` is sent one probe call first."""
         if self._next_expiry <= self._clock():
-            probe = self._take_probe()
+            probe = self._take_probe(_NEVER)
             if probe is not None:
                 ep, h = probe
 
@@ -274,8 +295,10 @@ class EjectingBalancer:
         outcome callback (:class:`StreamDone`) also has ``responded()``, to call once at
         the stream's first response message. A stream sent as the half-open probe is
         decided by it (success: back in rotation at once), or by its end when it ends
-        before answering; see the module docstring. The inner balancer's stream pick
-        (``pick_stream``) is used when it has one, else its ``pick``.
+        before answering; with neither within ``base_ejection_s``, the first pick after
+        returns its endpoint to rotation, its ejection count kept; see the module
+        docstring. The inner balancer's stream pick (``pick_stream``) is used when it has
+        one, else its ``pick``.
 
         Args:
             key: the request key (affinity balancers), or ``None``.
@@ -285,10 +308,11 @@ class EjectingBalancer:
             ``(endpoint, done)``, or ``None`` when no endpoint can take the call.
         """
         if self._next_expiry <= self._clock():
-            probe = self._take_probe()
+            probe = self._take_probe(self._opts.base_ejection_s)
             if probe is not None:
                 ep, h = probe
-                return ep, StreamDone(self, ep, h, None)
+                h.stream_probe = sd = StreamDone(self, ep, h, None)
+                return ep, sd
         inner_pick = getattr(self._inner, "pick_stream", None)
         got = (inner_pick or self._inner.pick)(key, exclude)
         if got is None:
@@ -296,27 +320,63 @@ class EjectingBalancer:
         ep, inner_done = got
         return ep, StreamDone(self, ep, self._health[ep.key], inner_done)
 
-    def _take_probe(self) -> tuple[Endpoint, _Health] | None:
+    def _take_probe(self, verdict_s: float) -> tuple[Endpoint, _Health] | None:
         """The ejected endpoint whose time is up and whose connection is not ``FAILING``,
-        now being probed (``probing`` set), and its health, or ``None``. Looks at the
+        now being probed (``probing`` set; its endpoint returned undecided after
+        ``verdict_s``, ``inf`` for never), and its health, or ``None``. Looks at the
         ejected endpoints only, and changes nothing in the inner balancer (the endpoint
-        stays out of its rotation while probed)."""
+        stays out of its rotation while probed). A stream probe undecided past its
+        bound returns its endpoint to rotation first (:meth:`_return_undecided`)."""
         now = self._clock()
         health = self._health
         waiting = False
         for ep in self._ejected:
             h = health[ep.key]
             until = h.ejected_until
-            if until is not None and until <= now and not h.probing:
+            if until is None:
+                continue
+            if h.probing:
+                if h.probe_until <= now:
+                    self._return_undecided(ep, h)
+                continue
+            if until <= now:
                 if ep.state is _FAILING:
                     waiting = True  # probed once its connection recovers: look again
                     continue
                 h.probing = True
+                h.probe_until = now + verdict_s
+                h.stream_probe = None
                 self._schedule()
                 return ep, h
         if not waiting:
             self._schedule()
         return None
+
+    def _return_undecided(self, ep: Endpoint, h: _Health) -> None:
+        """A stream probe that neither answered nor ended within ``base_ejection_s``
+        (a watch whose server speaks only on events): its endpoint is back in rotation,
+        as Envoy and gRFC A50 return an endpoint when its time is up, rather than held
+        out for the stream's life (while it is out, no other call may probe). It is not
+        forgiven: its ejection count is kept until the stream answers (then reset, see
+        :meth:`StreamDone.responded`) or a later probe succeeds. The stream goes on as a
+        call in rotation."""
+        sd = h.stream_probe
+        h.stream_probe = None
+        if sd is not None:
+            sd._probe = False  # its end is an ordinary call's outcome
+        h.probing = False
+        h.ejected_until = None
+        h.consecutive = 0
+        h.window.clear()
+        self._sync()
+        if self._on_change:
+            self._on_change(ep.key, False)
+
+    def _forgive(self, ep: Endpoint, h: _Health) -> None:
+        """The stream of a probe returned undecided answered: the endpoint works, so its
+        next ejection counts from the first again (while it is in rotation)."""
+        if h.ejected_until is None and self._health.get(ep.key) is h:
+            h.times = 0
 
     def _record(self, ep: Endpoint, h: _Health, code: grpc.StatusCode,
                 probe: bool = False) -> None:
@@ -403,9 +463,12 @@ class StreamDone:
 
     A probe is decided by ``responded()`` (a success) or, when the stream ends before
     answering, by its end outcome; after ``responded()`` the end outcome counts as an
-    ordinary call's in rotation. A stream picked in rotation counts by its end outcome
-    only; ``responded()`` is passed on to the inner balancer's outcome callback when that
-    has one. ``responded()`` after the end does nothing.
+    ordinary call's in rotation. A probe with neither within ``base_ejection_s`` has its
+    endpoint returned to rotation undecided (at the balancer's next pick), its ejection
+    count kept: its end then counts as an ordinary call's, and a late ``responded()``
+    resets that count. A stream picked in rotation counts by its end outcome only;
+    ``responded()`` is passed on to the inner balancer's outcome callback when that has
+    one. ``responded()`` after the end does nothing.
     """
 
     __slots__ = ("_balancer", "_ended", "_ep", "_h", "_inner", "_probe", "_responded")
@@ -427,8 +490,11 @@ class StreamDone:
         self._responded = True
         if self._probe:
             self._probe = False  # decided: its end is an ordinary call's outcome
-            self._h.probing = False
+            self._free()
             self._balancer._record(self._ep, self._h, _OK, probe=True)
+            return
+        if self._inner is None:  # a probe returned undecided, answering late
+            self._balancer._forgive(self._ep, self._h)
             return
         inner_responded = getattr(self._inner, "responded", None)
         if inner_responded is not None:
@@ -440,7 +506,14 @@ class StreamDone:
         if self._inner is not None:
             self._inner(code, latency_s)
         if self._probe:
-            self._h.probing = False
+            self._free()
             self._balancer._record(self._ep, self._h, code, probe=True)
         else:
             self._balancer._record(self._ep, self._h, code)
+
+    def _free(self) -> None:
+        """The probe is decided: its endpoint's probe slot is free."""
+        h = self._h
+        h.probing = False
+        if h.stream_probe is self:
+            h.stream_probe = None
