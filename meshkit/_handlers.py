@@ -372,7 +372,12 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` and a
     ``None`` a streaming handler yields are answered too (a :class:`NoResponse`; messages
     written with ``context.write`` are not seen), and a unary response is serialized in
-    the wrap: the handler returned has no response serializer. Trailing metadata the
+    the wrap: the handler returned has no response serializer. With ``max_send_bytes``
+    (the server's ``grpc.max_send_message_length``), a unary response serialized in the
+    wrap and every message a streaming handler yields are serialized there too, and one
+    over it is answered ``RESOURCE_EXHAUSTED`` "Sent message larger than max (<size> vs.
+    <limit>)", as grpc core answers it, in the wrap, where the reporter sees that code
+    (messages written with ``context.write`` are left to grpc core). Trailing metadata the
     handler set that gRPC cannot send (:func:`~meshkit._metadata.check_metadata`'s rules)
     is answered ``INTERNAL`` naming the key when it returns, and dropped when it raises
     (see :func:`_unsendable_trailers`); checked only when it set some.
@@ -399,20 +404,24 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     # returned: the caller got the exception's text, telemetry had counted the call OK)
     empty = None if resp_s else unhandled
     ser = handler.response_serializer if empty is not None else None
-    if empty is not None and max_send_bytes is not None:
+    if max_send_bytes is not None and (empty is not None or streams):
         # the server's grpc.max_send_message_length, checked where the wrap serializes:
-        # grpc core would refuse the response after the wrap reported the call OK
-        ser = _limited(ser if ser is not None else _as_is, max_send_bytes)
+        # grpc core would refuse the response after the wrap reported the call OK, and a
+        # stream's message after the wrap yielded it (grpc.aio then cancels the call's
+        # task: the stream looked CANCELLED); a stream's messages are serialized in the
+        # wrap only with a limit, normal streams pay nothing for it
+        base = handler.response_serializer
+        ser = _limited(base if base is not None else _as_is, max_send_bytes)
     # the request guard's check, when a user's interceptor sits between it and this wrap
     guard = None if req_s else getattr(handler.request_deserializer, UNDECODABLE_MARK, None)
     if reporter is None:
-        behavior = (_checked_stream(inner, check, unhandled, guard) if streams
+        behavior = (_checked_stream(inner, check, unhandled, guard, ser) if streams
                     else _checked(inner, check, unhandled, empty, ser, guard))
     else:
         messages = getattr(reporter, "messages", None)
         if messages is not None and req_s:
             inner = _counting_requests(inner, messages)
-        behavior = (_reported_stream(inner, check, reporter, unhandled, messages, guard)
+        behavior = (_reported_stream(inner, check, reporter, unhandled, messages, guard, ser)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
     wrapped: Handler = factory(
@@ -451,6 +460,34 @@ def _limited(ser: Callable[[Any], bytes], limit: int) -> Callable[[Any], bytes]:
         return data
 
     return serialize
+
+
+def _serializing(inner: Any, ser: Callable[[Any], bytes]) -> Any:
+    """``inner`` (a response-streaming behaviour) whose messages are serialized by ``ser``
+    (a :func:`_limited` serializer) as it yields them: a message over the limit closes
+    the handler's generator (its ``finally`` runs in the call's task) and aborts the call
+    ``RESOURCE_EXHAUSTED`` with grpc core's message. A ``None`` goes through unserialized
+    (the wrap answers it)."""
+
+    async def serialized(result: Any, context: Any) -> AsyncIterator[Any]:
+        it = responses(result)
+        async for item in it:
+            if item is None:
+                yield item
+                continue
+            try:
+                data = ser(item)
+            except ResponseTooLarge as too_large:
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
+            yield data
+
+    def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
+        return serialized(inner(request, context), context)
+
+    return behavior
 
 
 _UNMARKED: Any = object()  # no request is this: what an unguarded behaviour "refuses"
@@ -574,8 +611,11 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
 
 
 def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
-                    guard: tuple[Any, str] | None = None) -> Any:
+                    guard: tuple[Any, str] | None = None,
+                    ser: Callable[[Any], bytes] | None = None) -> Any:
     inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
+    if ser is not None:  # a send limit: see wrap_handler
+        inner = _serializing(inner, ser)
 
     async def behavior(request: Any, context: Any) -> Any:
         try:
@@ -673,9 +713,12 @@ def _counting_requests(inner: Any, messages: Any) -> Any:
 
 def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                      unhandled: Unhandled | None, messages: Any = None,
-                     guard: tuple[Any, str] | None = None) -> Any:
+                     guard: tuple[Any, str] | None = None,
+                     ser: Callable[[Any], bytes] | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
     inner, undecodable, message = _unguarded(inner, guard)  # a unary-stream guard, run here
+    if ser is not None:  # a send limit: see wrap_handler
+        inner = _serializing(inner, ser)
 
     # the frame of _reported's behaviour (see there)
     async def behavior(request: Any, context: Any) -> Any:

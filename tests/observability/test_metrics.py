@@ -1058,6 +1058,81 @@ async def test_a_unary_response_over_the_servers_send_limit_is_counted_resource_
         await srv.drain()
 
 
+_BIG = "meshkit.test.Big"
+
+
+def _add_big_stream(_servicer: Any, server: Any) -> None:
+    """Service ``meshkit.test.Big``: ``Stream`` sends a small message, then one of the
+    request's length in bytes (e.g. ``b"1500"``), then a small one."""
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"small"
+        yield b"x" * int(request)
+        yield b"after"
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_BIG, {
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    }),))
+
+
+async def test_a_streamed_response_over_the_servers_send_limit_is_counted_resource_exhausted(
+        registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response stream's message over the server's own ``grpc.max_send_message_length``
+    reaches the caller RESOURCE_EXHAUSTED (grpc core's "Sent message larger than max"),
+    after the messages before it; the server counted it Canceled and logged it CANCELLED
+    (grpc.aio serializes a stream's messages after the handler wrap yielded them, and
+    ends the call's task when grpc core refuses one). The wrap now serializes each
+    message itself when the server has a send limit, and answers a message over it
+    RESOURCE_EXHAUSTED as grpc core does: counted and logged so; a stream within the
+    limit is unchanged."""
+    import io
+    import json
+
+    from meshkit.observability._logging import BufferedLineWriter, _AccessLog, _AccessWriter
+
+    out = io.StringIO()
+    monkeypatch.setattr(_AccessLog, "logger",
+                        _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
+    metrics = CollectorRegistry()
+    srv = meshkit.MeshServer("big", [(_add_big_stream, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, instance_id="b1", drain_delay_s=0.0,
+                                 grace_s=1.0,
+                                 server_options=(("grpc.max_send_message_length", 1000),),
+                                 telemetry=TelemetryOptions(registry=metrics,
+                                                            tracing=False)))
+    await srv.start()
+
+    def handled(code: str) -> float:
+        return metrics.get_sample_value("grpc_server_handled_total", {
+            "grpc_service": _BIG, "grpc_method": "Stream", "grpc_type": "server_stream",
+            "grpc_code": code}) or 0.0
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stream = ch.unary_stream(f"/{_BIG}/Stream")
+            assert [m async for m in stream(b"1000", timeout=5)] == [
+                b"small", b"x" * 1000, b"after"]  # at the limit: sent
+            got: list[bytes] = []
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for m in stream(b"1500", timeout=5):
+                    got.append(m)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "larger than max" in (err.value.details() or "")
+            assert got == [b"small"]
+        await until(lambda: sum(map(handled, ("OK", "ResourceExhausted", "Canceled",
+                                              "Unknown"))) >= 2,
+                    timeout_s=5, what="both calls counted")
+    finally:
+        await srv.drain()
+    assert {c: handled(c) for c in ("OK", "ResourceExhausted", "Canceled", "Unknown")} == {
+        "OK": 1.0, "ResourceExhausted": 1.0, "Canceled": 0.0, "Unknown": 0.0}
+    _AccessLog.logger._writer.flush()
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [ln["code"] for ln in lines if ln.get("method") == f"/{_BIG}/Stream"] == [
+        "OK", "RESOURCE_EXHAUSTED"]
+
+
 class _UnwritableRegistry(_FixedRegistry):
     """A registry that took the registration and now fails every write (its heartbeats or
     keep-alives): what ``status()`` reports while the store cannot be reached."""
