@@ -76,6 +76,7 @@ from meshkit._limits import (
     guard_generic_handler,
     guard_method_handler,
 )
+from meshkit._methods import MethodMatcher
 from meshkit._registration import grpc_observability_active
 from meshkit._stats import ServerStats
 from meshkit._tasks import cancel_and_wait
@@ -393,6 +394,19 @@ class ServeOptions:
             (``meshkit.server``, event ``unhandled exception``); a unary handler that
             returns ``None`` with no status set gets ``INTERNAL`` (see
             :mod:`meshkit._unhandled`). ``True`` leaves both to grpc.aio.
+        generic_methods: method patterns (:mod:`meshkit._methods` spellings, e.g.
+            ``("/proxy.v1.Cache/Get", "proxy.v1.Cache/*")``) of methods your generic
+            handlers serve that telemetry labels by name in the metrics (``grpc_service``,
+            ``grpc_method``) as it labels registered methods (default none). Registered
+            are the methods ``add_registered_method_handlers`` adds (generated
+            ``add_*_to_server`` functions, grpcio-tools 1.62 and later) and those of a
+            ``grpc.method_handlers_generic_handler`` (older generated code, hand-written
+            services); any other method a generic handler serves is counted as
+            ``grpc_service="other", grpc_method="other"`` (gRFC A66: callers choose
+            those names, and each would add series). A glob lets callers choose names
+            again: past ``MAX_SERVER_METHODS`` (1,000) labelled methods per registry, the
+            further ones are ``other`` too. Spans and access-log lines keep the name the
+            caller sent.
 
     The collections are stored as tuples (a list changed later does not change the
     options).
@@ -402,7 +416,8 @@ class ServeOptions:
 
     Raises:
         ConfigError: a value is out of range or of the wrong type (``True`` or a string
-            for a number, one string for ``tags``, a ``host`` or ``advertise_host`` that
+            for a number, one string for ``tags`` or ``generic_methods``, a bad
+            ``generic_methods`` pattern, a ``host`` or ``advertise_host`` that
             is neither an IP address nor a host name; quoted in the message), or, for the
             default ``admin``, ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
     """
@@ -434,6 +449,8 @@ class ServeOptions:
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     maximum_concurrent_rpcs: int | None = None
     expose_exception_text: bool = False
+    generic_methods: Normalised[Collection[str], tuple[str, ...]] = (
+        Normalised(()))  # noqa: RUF009 - immutable: _fields.py
 
     def __post_init__(self) -> None:
         check_host("host", self.host)
@@ -455,6 +472,9 @@ class ServeOptions:
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
         object.__setattr__(self, "tags", check_strings("tags", self.tags))
+        refuse_str("generic_methods", self.generic_methods)
+        object.__setattr__(self, "generic_methods", tuple(self.generic_methods))
+        MethodMatcher.of(self.generic_methods, where="generic_methods")  # validates now
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
         for icpt in self.interceptors:
             option = _MESH_CHECKS.get(type(icpt).__name__)
@@ -521,6 +541,17 @@ class _MethodTable(grpc.GenericRpcHandler):
         return self._methods.get(handler_call_details.method)
 
 
+def _method_table(handler: Any) -> tuple[str, ...]:
+    """The full method names a generic handler made by
+    ``grpc.method_handlers_generic_handler`` serves (what ``add_*_to_server`` functions
+    generated before grpcio-tools 1.62 add, and hand-written services): its table, known
+    when it is added; ``()`` for any other generic handler (one that may serve any name)."""
+    table = getattr(handler, "_method_handlers", None)  # grpc's DictionaryGenericHandler
+    if not isinstance(table, dict):
+        return ()
+    return tuple(m for m in table if isinstance(m, str) and m.startswith("/"))
+
+
 class _Recorder:
     """Stands in for the server while generated ``add_*_to_server`` functions run.
 
@@ -544,24 +575,31 @@ class _Recorder:
     """
 
     def __init__(self, server: grpc.aio.Server, resolve: Resolver | None = None, *,
-                 register_methods: bool = False) -> None:
+                 register_methods: bool = False, known: set[str] | None = None) -> None:
         self._server = server
         self._resolve = resolve
         self._register = register_methods
         self._methods: dict[str, Handler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self.names: list[str] = []
+        self.known: set[str] = set() if known is None else known
+        """The full names (``/pkg.Service/Method``) of the methods registered so far:
+        those of ``add_registered_method_handlers`` and those of a generic handler whose
+        method table is known (:func:`_method_table`), each added before its handler is
+        resolved (telemetry labels these by name)."""
 
     def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
         for h in handlers:
             name = getattr(h, "service_name", None)
             if callable(name) and name() and name() not in self.names:
                 self.names.append(name())
+            self.known.update(_method_table(h))
         self._generic.extend(guard_generic_handler(h, self._resolve) for h in handlers)
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
         if service_name not in self.names:
             self.names.append(service_name)
+        self.known.update(f"/{service_name}/{name}" for name in handlers)
         resolve = self._resolve
         methods = {name: (guard_method_handler(h) if resolve is None
                           else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
@@ -695,9 +733,19 @@ class MeshServer:
         if opts.maximum_concurrent_rpcs is not None:
             limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)
         self.gate = RequestGate(limits) if limits.read_requests else None
+        # the methods this server registers, filled in as the servicers are added (each
+        # before its handler is resolved): telemetry labels these by name, any other
+        # method a generic handler serves "other" (gRFC A66)
+        known: set[str] = set()
+        generic = MethodMatcher.of(opts.generic_methods, where="generic_methods")
+
+        def registered(method: str) -> bool:
+            return method in known or generic.lookup(method)
+
         for icpt in self._chain:  # its count of calls tells telemetry when it is alone
             if isinstance(icpt, TelemetryServerInterceptor):
                 icpt.server_calls = None if self.gate is None else self.gate.calls
+                icpt.registered = registered
         # a port in use is refused unless the user opts in (see ServeOptions.server_options)
         server_args: dict[str, Any] = {"grpc.so_reuseport": 0}
         server_args.update(limits.channel_args())
@@ -718,7 +766,8 @@ class MeshServer:
             options=tuple(server_args.items()),
             maximum_concurrent_rpcs=max_rpcs,
         )
-        recorder = _Recorder(server, resolve, register_methods=grpc_observability_active())
+        recorder = _Recorder(server, resolve, register_methods=grpc_observability_active(),
+                             known=known)
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
         self.service_names = list(recorder.names)

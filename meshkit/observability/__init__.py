@@ -52,10 +52,14 @@ go-grpc-prometheus; one :class:`~prometheus_client.CollectorRegistry` per proces
 ``target`` (dialed mesh service), ``instance_id``, ``service`` (mesh service), ``state``.
 
 Label set ``RPC`` = ``grpc_type, grpc_service, grpc_method``; ``inst.`` = ``instance_id``.
-A registry counts at most 1,000 server methods under their own names; calls of any
-further one (a catch-all generic handler serves whatever method name a caller sends) are
-counted with ``grpc_service`` and ``grpc_method`` ``other``, as gRFC A66 records generic
-methods, so callers cannot make the series grow without bound.
+A server labels a method with its own name only when it registered it (registered method
+handlers, a ``grpc.method_handlers_generic_handler``'s methods, and
+``ServeOptions.generic_methods``); any other method a catch-all generic handler serves is
+counted with ``grpc_service`` and ``grpc_method`` ``other`` from its first call, as gRFC
+A66 records unregistered methods, so callers cannot make the series grow (spans and the
+access log keep the name sent). A client labels methods with their names. A registry
+counts at most 1,000 server and 1,000 client methods under their own names; further ones
+are ``other`` too.
 
 ============================================  =========  ==============  ==========================
 name                                          type       labels          meaning

@@ -66,21 +66,27 @@ _RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
 MAX_SERVER_METHODS = 1000
 """Server methods (``grpc_type``, ``grpc_service``, ``grpc_method`` label sets) counted
-under their own names per registry; calls of any further method are counted under
-:data:`OTHER_METHOD`. A server with a catch-all generic handler serves any method name a
-caller makes up, and each would otherwise be a set of series kept for ever (gRFC A66:
-generic method names are recorded as ``"other"`` so that callers cannot make metrics grow
-without bound)."""
+under their own names per registry, a backstop: a method the server did not register is
+counted under :data:`OTHER_METHOD` from its first call (gRFC A66: a server with a
+catch-all generic handler serves any method name a caller makes up, and each would be a
+set of series kept for ever), so only registered methods, those named by
+``ServeOptions.generic_methods`` and those of a telemetry interceptor that no ``serve()``
+told what its server registered count here; past the bound, further ones are
+:data:`OTHER_METHOD` too."""
 
 MAX_CLIENT_METHODS = MAX_SERVER_METHODS
-"""Client methods counted under their own names per registry, as
-:data:`MAX_SERVER_METHODS`: a generic proxy or gateway calls whatever method names its own
-callers send (gRFC A66 records non-registered methods as ``"other"`` on clients too)."""
+"""Client methods counted under their own names per registry; calls of any further method
+are counted under :data:`OTHER_METHOD`. A client labels every method by its name up to
+this bound: the names are the calling code's (its own ``ch.unary_unary("/pkg.S/M")``,
+which grpc's registered-method flag does not mark, as generated stubs' calls are marked),
+and only a generic proxy or gateway calls whatever names its own callers send, which the
+bound keeps from growing without end (gRFC A66's client records a method not marked
+registered as ``"other"``; meshkit keeps the hand-written calls' names)."""
 
 OTHER_METHOD = "other"
-"""The ``grpc_service`` and ``grpc_method`` label of calls of methods beyond
-:data:`MAX_SERVER_METHODS` (server) or :data:`MAX_CLIENT_METHODS` (client) (gRFC A66's
-``grpc.method="other"``)."""
+"""The ``grpc_service`` and ``grpc_method`` label of calls of methods a server did not
+register, and of methods beyond :data:`MAX_SERVER_METHODS` (server) or
+:data:`MAX_CLIENT_METHODS` (client) (gRFC A66's ``grpc.method="other"``)."""
 
 _DEFAULT = CollectorRegistry(auto_describe=True)
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, RpcMetrics] = (
@@ -391,12 +397,14 @@ class RpcMetrics:
         self.mesh = MeshCollector()
         registry.register(self.mesh)
 
-    def bind_server(self, names: MethodNames) -> BoundServer:
-        """The server-side record of one method (the same one for the same labels); once
-        the registry has :data:`MAX_SERVER_METHODS` records, a method not among them is
-        counted in the record of its ``grpc_type`` labelled :data:`OTHER_METHOD` (the
-        method names a server sees are its callers' choice when a generic handler serves
-        any of them)."""
+    def bind_server(self, names: MethodNames, *, registered: bool = True) -> BoundServer:
+        """The server-side record of one method (the same one for the same labels): a
+        method the server did not register (``registered`` false: its name is the
+        callers' choice when a generic handler serves it) is counted in the record of its
+        ``grpc_type`` labelled :data:`OTHER_METHOD`, and so is one not among the first
+        :data:`MAX_SERVER_METHODS` records of the registry."""
+        if not registered:
+            return self._other(self.servers, BoundServer, names.grpc_type)
         return self._bind(self.servers, BoundServer, names, MAX_SERVER_METHODS)
 
     def bind_client(self, names: MethodNames) -> BoundClient:
@@ -414,10 +422,17 @@ class RpcMetrics:
         rec = records.get(labels)
         if rec is None:
             if len(records) >= limit:
-                labels = (names.grpc_type, OTHER_METHOD, OTHER_METHOD)
-                rec = records.get(labels)
-            if rec is None:
-                rec = records[labels] = record(labels, self.buckets_s)
+                return self._other(records, record, names.grpc_type)
+            rec = records[labels] = record(labels, self.buckets_s)
+        return rec
+
+    def _other(self, records: dict[tuple[str, str, str], _R], record: type[_R],
+               grpc_type: str) -> _R:
+        """The :data:`OTHER_METHOD` record of ``grpc_type`` in ``records``."""
+        labels = (grpc_type, OTHER_METHOD, OTHER_METHOD)
+        rec = records.get(labels)
+        if rec is None:
+            rec = records[labels] = record(labels, self.buckets_s)
         return rec
 
 

@@ -203,7 +203,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
        the call, :func:`meshkit.resilience.rejected_by_rate_limit`) at the end) and makes it
        current, so the handler's logs and outgoing calls belong to it;
     2. counts ``grpc_server_started_total`` / ``grpc_server_in_flight`` and at the end
-       ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``;
+       ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``,
+       labelled with the method's name when the server registered it, else ``other``
+       (see :attr:`registered`);
     3. logs one ``rpc`` event on ``meshkit.access`` (method, code, duration_ms, peer,
        peer_identity, trace_id, span_id).
 
@@ -250,6 +252,16 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         on a loop that does not show its ready queue (uvloop) a finishing call that is the
         only one lets its JSON access record be captured after the answer, as an idle
         asyncio loop does; ``None``: captured inline there."""
+        self.registered: Callable[[str], bool] | None = None
+        """Whether a full method name (``/pkg.Service/Method``) is one the server
+        registered, asked once per method when its handler is resolved; ``serve()`` sets
+        it (its registered methods and ``ServeOptions.generic_methods``). The metrics
+        label a method by its name only when it is, else ``grpc_service="other",
+        grpc_method="other"`` (gRFC A66: the names a generic handler serves, and those of
+        calls failed before any handler was found, are the callers' choice). ``None``
+        (this interceptor on a plain grpc.aio server, where nothing tells it): every
+        method by its name, up to :data:`~meshkit.observability._metrics.MAX_SERVER_METHODS`
+        per registry. Spans and access-log lines always carry the name the caller sent."""
         self._access = _ServerAccess(service_name)
         super().__init__()
 
@@ -445,7 +457,11 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         quiet = self._quiet.lookup(method)
         names = MethodNames(method, grpc_type(handler.request_streaming,
                                               handler.response_streaming))
-        bound = self._metrics.bind_server(names) if self._metrics is not None else None
+        bound = None
+        if self._metrics is not None:
+            registered = self.registered
+            bound = self._metrics.bind_server(
+                names, registered=registered is None or registered(method))
         traced = self._tracing and not quiet
         if bound is None and not traced and (quiet or not opts.access_log):
             return None

@@ -334,56 +334,180 @@ class _Details(NamedTuple):
     invocation_metadata: tuple[Any, ...]
 
 
-async def test_server_method_labels_are_bounded_for_caller_chosen_method_names(
-    registry: LocalRegistry, prom: CollectorRegistry
+async def test_server_method_labels_are_bounded_without_a_list_of_registered_methods(
+    prom: CollectorRegistry
 ) -> None:
-    """A catch-all generic handler serves any method name its callers make up: past
-    MAX_SERVER_METHODS label sets per registry, calls of further methods are counted under
+    """A telemetry interceptor that no ``serve()`` told what its server registers (on a
+    plain grpc.aio server) labels every method by its name, as a glob in
+    ``ServeOptions.generic_methods`` lets callers choose named methods: past
+    MAX_SERVER_METHODS label sets per registry, further methods are counted under
     grpc_service="other", grpc_method="other" (gRFC A66), so /metrics and the dashboard
     stay bounded; the methods counted before keep their labels."""
     from meshkit.observability import TelemetryServerInterceptor
     from meshkit.observability._dashboard import DashboardFeed
     from meshkit.observability._metrics import MAX_SERVER_METHODS, OTHER_METHOD, rpc_metrics
 
-    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
-    add = (lambda _s, server: server.add_generic_rpc_handlers((_catch_all(),)), None)
-    srv = meshkit.MeshServer("catchall", [add_echo("e1"), add], registry=registry,
-                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
-                                                          grace_s=1.0, telemetry=opts))
-    await srv.start()
-    tel = TelemetryServerInterceptor("catchall", opts)
+    tel = TelemetryServerInterceptor(
+        "catchall", TelemetryOptions(registry=prom, tracing=False, access_log=False))
+    assert tel.registered is None
     catch_all = _catch_all()
 
     async def continuation(details: Any) -> Any:
         return catch_all.service(details)
 
     extra = 50
+    for i in range(MAX_SERVER_METHODS + extra):  # grpc.aio's per-call lookup
+        handler = await tel.intercept_service(continuation, _Details(f"/evil.S/M{i}", ()))
+        assert handler is not None
+    await tel.intercept_service(continuation, _Details("/evil.S/AStream", ()))
+    records = rpc_metrics(prom).servers
+    assert len(records) == MAX_SERVER_METHODS + 2  # the "other" of unary and server_stream
+    assert ("unary", "evil.S", f"M{MAX_SERVER_METHODS - 1}") in records
+    assert ("unary", "evil.S", f"M{MAX_SERVER_METHODS}") not in records
+    assert ("unary", OTHER_METHOD, OTHER_METHOD) in records
+    assert ("server_stream", OTHER_METHOD, OTHER_METHOD) in records
+    got = samples(prom_text(prom))  # parses: one rate_limited series for "other"
+    assert value(got, "meshkit_server_rate_limited_total", grpc_service=OTHER_METHOD,
+                 grpc_method=OTHER_METHOD) == 0
+    assert len(DashboardFeed(rpc_metrics(prom)).build()["methods"]) == len(records)
+
+
+_REG = "meshkit.test.Registered"
+
+
+def _add_unregistered_mix(_servicer: Any, server: Any) -> None:
+    """A server's services as generated stubs and hand-written code add them: service
+    ``meshkit.test.Registered`` with its method ``Get`` registered
+    (``add_registered_method_handlers``), then a catch-all generic handler serving every
+    other method name."""
+
+    async def get(request: bytes, context: Any) -> bytes:
+        return b"got"
+
+    server.add_registered_method_handlers(_REG, {
+        "Get": grpc.unary_unary_rpc_method_handler(get)})
+    server.add_generic_rpc_handlers((_catch_all(),))
+
+
+class _RaisingInterceptor(grpc.aio.ServerInterceptor):
+    """A user's interceptor (run by grpc.aio per call) that raises for ``.../Boom``
+    before any handler is looked up."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if details.method.endswith("/Boom"):
+            raise RuntimeError("boom")
+        return await continuation(details)
+
+
+@pytest.mark.parametrize("per_call", [False, True], ids=["resolved", "interceptor"])
+async def test_methods_the_server_did_not_register_are_counted_as_other_from_the_first_call(
+    registry: LocalRegistry, prom: CollectorRegistry, tracing: Any,
+    monkeypatch: pytest.MonkeyPatch, per_call: bool,
+) -> None:
+    """A catch-all generic handler serves any method name a caller makes up: each name
+    was counted under its own labels (a new set of series per name, up to 1,000 per
+    registry). gRFC A66: a method the server did not register is ``other`` from the first
+    call. Registered methods (``add_registered_method_handlers``, and the method table of
+    ``grpc.method_handlers_generic_handler``: both known when the service is added) keep
+    their names, a made-up name under a known service does not; the span and the access
+    line keep the name the caller sent (one record per call, no series). The same when a
+    user's interceptor makes grpc.aio run the chain per call (``interceptor``), and for a
+    call that interceptor fails before any handler was looked up."""
+    import io
+    import json
+
+    from meshkit.observability._logging import BufferedLineWriter, _AccessLog, _AccessWriter
+    from meshkit.observability._metrics import OTHER_METHOD
+
+    out = io.StringIO()
+    monkeypatch.setattr(_AccessLog, "logger",
+                        _AccessWriter(BufferedLineWriter(out, flush_interval_s=30), 20))
+    opts = TelemetryOptions(registry=prom, tracer_provider=tracing.provider)
+    srv = meshkit.MeshServer(
+        "mixed", [add_echo("e1"), (_add_unregistered_mix, None)], registry=registry,
+        options=meshkit.ServeOptions(
+            insecure=True, drain_delay_s=0.0, grace_s=1.0, telemetry=opts,
+            interceptors=[_RaisingInterceptor()] if per_call else []))
+    await srv.start()
+    made_up = ("/made.Up/First", "/made.Up/Second", f"/{SERVICE}/MadeUp")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
             assert await ch.unary_unary(method("Unary"))(b"a", timeout=5) == b"e1|a"
-            for i in range(MAX_SERVER_METHODS + extra):  # grpc.aio's per-call lookup
-                handler = await tel.intercept_service(continuation, _Details(f"/evil.S/M{i}", ()))
-                assert handler is not None
-            for name in ("/made.Up/First", "/made.Up/Second"):  # over the network too
+            assert await ch.unary_unary(f"/{_REG}/Get")(b"g", timeout=5) == b"got"
+            for name in made_up:
                 assert await ch.unary_unary(name)(b"x", timeout=5) == b"ok"
             assert [m async for m in ch.unary_stream("/made.Up/AStream")(b"s", timeout=5)] \
                 == [b"s"]
-            assert await ch.unary_unary(method("Unary"))(b"b", timeout=5) == b"e1|b"
+            if per_call:
+                with pytest.raises(grpc.aio.AioRpcError) as boom:
+                    await ch.unary_unary("/made.Up/Boom")(b"x", timeout=5)
+                assert boom.value.code() is grpc.StatusCode.UNKNOWN
+        calls = 6 + per_call
+        await until(lambda: len(tracing.spans()) >= calls, what="the spans")
     finally:
         await srv.drain()
-    records = rpc_metrics(prom).servers
-    assert len(records) <= MAX_SERVER_METHODS + 4  # the "other" of each grpc_type
-    got = samples(prom_text(prom))  # parses: one rate_limited series for "other"
+    got = samples(prom_text(prom))
     started = "grpc_server_started_total"
-    assert value(got, started, grpc_service="meshkit.test.Echo", grpc_method="Unary") == 2
+    assert value(got, started, grpc_service=SERVICE, grpc_method="Unary") == 1
+    assert value(got, started, grpc_service=_REG, grpc_method="Get") == 1
     assert value(got, started, grpc_type="unary", grpc_service=OTHER_METHOD,
-                 grpc_method=OTHER_METHOD) == 2
+                 grpc_method=OTHER_METHOD) == 3
+    assert value(got, "grpc_server_handled_total", grpc_type="unary",
+                 grpc_service=OTHER_METHOD, grpc_method=OTHER_METHOD, grpc_code="OK") == 3
     assert value(got, started, grpc_type="server_stream", grpc_service=OTHER_METHOD,
                  grpc_method=OTHER_METHOD) == 1
-    assert value(got, "meshkit_server_rate_limited_total", grpc_service=OTHER_METHOD,
-                 grpc_method=OTHER_METHOD) == 0
-    assert not any(dict(ls).get("grpc_service") == "made.Up" for _, ls in got)
-    assert len(DashboardFeed(rpc_metrics(prom)).build()["methods"]) == len(records)
+    if per_call:  # the answer to the interceptor's exception: a bidi stream handler
+        assert value(got, "grpc_server_handled_total", grpc_type="bidi_stream",
+                     grpc_service=OTHER_METHOD, grpc_method=OTHER_METHOD,
+                     grpc_code="Unknown") == 1
+    named = {dict(ls).get("grpc_method") for (n, ls) in got if n == started}
+    assert not named & {"First", "Second", "MadeUp", "AStream", "Boom"}, named
+    spans = {s.name for s in tracing.spans()}
+    assert {"made.Up/First", "made.Up/Second", f"{SERVICE}/MadeUp", "made.Up/AStream"} <= spans
+    _AccessLog.logger._writer.flush()
+    logged = [json.loads(x)["method"] for x in out.getvalue().splitlines()]
+    assert set(made_up) | {"/made.Up/AStream"} <= set(logged), logged
+
+
+async def test_generic_methods_names_the_methods_a_generic_handler_serves(
+    registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """``ServeOptions.generic_methods``: an application whose generic handler serves
+    methods it knows lists them (method patterns), and telemetry labels those by name,
+    as registered ones; any other name the generic handler serves is still ``other``."""
+    from meshkit.observability._metrics import OTHER_METHOD
+
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    add = (lambda _s, server: server.add_generic_rpc_handlers((_catch_all(),)), None)
+    srv = meshkit.MeshServer("generic", [add], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0.0, grace_s=1.0,
+                                 telemetry=opts,
+                                 generic_methods=("/made.Up/First", "Up/*Stream")))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            for name in ("/made.Up/First", "/made.Up/Second"):
+                assert await ch.unary_unary(name)(b"x", timeout=5) == b"ok"
+            assert [m async for m in ch.unary_stream("/made.Up/AStream")(b"s", timeout=5)] \
+                == [b"s"]
+    finally:
+        await srv.drain()
+    got = samples(prom_text(prom))
+    started = "grpc_server_started_total"
+    assert value(got, started, grpc_service="made.Up", grpc_method="First") == 1
+    assert value(got, started, grpc_service="made.Up", grpc_method="AStream") == 1
+    assert value(got, started, grpc_service="made.Up", grpc_method="Second") == 0
+    assert value(got, started, grpc_type="unary", grpc_service=OTHER_METHOD,
+                 grpc_method=OTHER_METHOD) == 1
+
+
+@pytest.mark.parametrize("bad", ["/made.Up/First", ["a.B/*", "/a.B/*"], ["a/b/c"]])
+def test_generic_methods_refuses_bad_patterns(bad: Any) -> None:
+    """``generic_methods`` takes a collection of method patterns: one string, two
+    spellings of one pattern or a malformed one are refused, quoted."""
+    with pytest.raises(ConfigError, match="generic_methods"):
+        meshkit.ServeOptions(insecure=True, generic_methods=bad)
 
 
 def prom_text(reg: CollectorRegistry) -> str:
