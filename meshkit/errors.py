@@ -23,6 +23,8 @@ boundary: ``raise RegistryError(...) from exc``.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 from grpc.aio import AioRpcError, Metadata
 
@@ -98,14 +100,50 @@ class InvalidMetadataError(InvalidCallError):
     ``str`` (or ``bytes``) of printable ASCII (``0x20``-``0x7E``).
 
     Args:
-        key: the offending key; quoted in the status message (the value never is: it may
-            be a credential).
+        key: the offending key (kept as ``.key``); the status message quotes it when it
+            has a key's shape (see :func:`describe_metadata_key`), else describes it
+            without quoting it: a "key" of another shape is most likely a value given in
+            its place (``-H 'authorization=Bearer id:secret'``, a pair swapped). The value
+            is never quoted: it may be a credential.
         reason: what is wrong with the key or its value.
     """
 
     def __init__(self, key: object, reason: str) -> None:
         self.key = key
-        super().__init__(grpc.StatusCode.INTERNAL, f"metadata key {key!r}: {reason}")
+        super().__init__(grpc.StatusCode.INTERNAL,
+                         f"{describe_metadata_key(key)}: {reason}")
+
+
+_KEY_SHAPE = re.compile(r":?[0-9A-Za-z_.\-]{0,64}")
+
+
+def describe_metadata_key(key: object) -> str:
+    """``metadata key 'k'`` for an error message, the key quoted only when it has a key's
+    shape: ``str`` or ``bytes`` of up to 64 characters of ``[0-9A-Za-z-_.]``, after a
+    ``:`` or not (upper case and pseudo-headers such as ``:path`` included, so that a key
+    refused for those is named; the empty key too). Any other key is described
+    without its text (it may be a value or a credential given in a key's place): its
+    length and the characters that make it no key (e.g. ``metadata key of 23 characters
+    (not quoted: it holds ' ', '=')``), or its type for a key neither ``str`` nor
+    ``bytes``."""
+    if isinstance(key, bytes):
+        text = key.decode("latin-1")
+    elif isinstance(key, str):
+        text = key
+    else:
+        return f"metadata key of type {type(key).__name__}"
+    if _KEY_SHAPE.fullmatch(text):
+        return f"metadata key {key!r}"
+    odd = sorted({c for c in text if c.isascii() and c.isprintable()
+                  and not (c.isalnum() or c in "_.-")})
+    held = [repr(c) for c in odd[:5]]
+    if any(not c.isascii() for c in text):
+        held.append("non-ASCII characters")
+    if any(c.isascii() and not c.isprintable() for c in text):
+        held.append("control characters")
+    why = f"it holds {', '.join(held)}" if held else "over 64 characters"
+    plural = "" if len(text) == 1 else "s"
+    return f"metadata key of {len(text)} character{plural} (not quoted: {why})"
 
 
 class RequestSerializationError(InvalidCallError):

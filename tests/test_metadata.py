@@ -26,7 +26,10 @@ _SECRET = "s3cr3t-value"
 
 # (metadata, what the error message must name)
 BAD: list[tuple[tuple[tuple[str, Any], ...], str]] = [
-    ((("Bad Key", "v"),), "'Bad Key'"),
+    ((("Bad Key", "v"),), "metadata key of 7 characters (not quoted: it holds ' ')"),
+    # a pair swapped, a credential in the key's place: described, never quoted
+    (((f"Bearer {_SECRET}", "authorization"),), "(not quoted: it holds ' ')"),
+    (((f"{_SECRET}\u00e9", "x-token"),), "(not quoted: it holds non-ASCII characters)"),
     ((("x-upper-Case", "v"),), "'x-upper-Case'"),
     ((("", "v"),), "''"),
     ((("x-ok", "v"), (":path", "/x")), "':path'"),
@@ -53,8 +56,9 @@ async def test_bad_metadata_fails_the_call_internal_naming_the_key(
 ) -> None:
     """grpc core refuses these keys and values (gRPC's HTTP/2 spec: keys of
     ``[0-9a-z-_.]``, ASCII-printable values, bytes for ``-bin`` keys); meshkit says so as
-    grpc-go does (``INTERNAL``), quoting the key and never the value, before any endpoint is
-    picked: P2C's pending count and the endpoint's counters stay at zero."""
+    grpc-go does (``INTERNAL``), quoting the key (one of a key's shape; another, such as a
+    credential in a swapped pair, is described unquoted) and never the value, before any
+    endpoint is picked: P2C's pending count and the endpoint's counters stay at zero."""
     await echo_servers("e1")
     async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
         unary = ch.unary_unary(method("Unary"))
@@ -87,7 +91,7 @@ async def test_bad_metadata_on_streams_and_through_interceptors(
     async with meshkit.dial("echo", registry=registry, options=_opts()) as ch:
         await ch.wait_for_endpoints(1)
         stream = ch.unary_stream(method("ServerStream"))
-        with pytest.raises(InvalidMetadataError, match="'Bad Key'"):
+        with pytest.raises(InvalidMetadataError, match="key of 7 characters"):
             async for _ in stream(b"2", timeout=5, metadata=(("Bad Key", "v"),)):
                 pass
         bidi = ch.stream_stream(method("Bidi"))
@@ -282,7 +286,7 @@ def test_check_metadata_rules_without_a_server() -> None:
     from meshkit._metadata import check_metadata
 
     check_metadata([(b"x-bytes-key", "v"), (b"x-b-bin", b"\x00"), ("x-sub", _Text("ok"))])
-    for md, named in (([(b"Bad", "v")], "b'Bad'"), ([(7, "v")], "7"),
+    for md, named in (([(b"Bad", "v")], "b'Bad'"), ([(7, "v")], "key of type int"),
                       ([("x-sub", _Text("bad\n"))], "'x-sub'"),
                       ([("x-bytes", b"\xff")], "'x-bytes'")):
         with pytest.raises(InvalidMetadataError, match=named) as err:

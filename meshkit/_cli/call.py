@@ -76,7 +76,13 @@ from meshkit._cli._common import (
 from meshkit._metadata import check_metadata
 from meshkit.auth import tls_from_dir
 from meshkit.discovery import Registry
-from meshkit.errors import ConfigError, InvalidCallError, MeshError, MeshRpcError
+from meshkit.errors import (
+    ConfigError,
+    InvalidCallError,
+    MeshError,
+    MeshRpcError,
+    describe_metadata_key,
+)
 
 __all__ = ["CallError", "Target", "build_parser", "main", "parse_target"]
 
@@ -481,8 +487,10 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
     Raises:
         CallError: a pair without ``:``, an empty or invalid key, a key gRPC reserves
             (``grpc-...``: gRPC's own headers, e.g. ``grpc-status``), a ``-bin`` value that
-            is not base64, a text value gRPC cannot send. The message may quote a key,
-            never a value (``-H "authorization=Bearer ..."`` is a common slip).
+            is not base64, a text value gRPC cannot send. The message may quote a key of a
+            key's shape, never a value, nor a "key" of another shape (``-H
+            "authorization=Bearer id:secret"`` is a common slip: its "key" holds part of the
+            token); see :func:`meshkit.errors.describe_metadata_key`.
     """
     out: list[tuple[str, str | bytes]] = []
     for pair in pairs:
@@ -495,8 +503,8 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
         if not key:
             raise CallError("-H takes 'KEY: VALUE', got an empty key")
         if key.startswith("grpc-"):
-            raise CallError(f"-H {key!r}: keys starting with 'grpc-' are reserved for "
-                            "gRPC itself")
+            raise CallError(f"-H {describe_metadata_key(key)}: keys starting with 'grpc-' "
+                            "are reserved for gRPC itself")
         out.append((key, _binary(key, value.strip()) if key.endswith("-bin")
                     else value.strip()))
     try:
@@ -514,8 +522,8 @@ def _binary(key: str, value: str) -> bytes:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except ValueError:  # binascii.Error, or not ASCII
         pass
-    raise CallError(f"-H {key!r}: a '-bin' key's value must be base64 (standard or "
-                    "URL-safe), this one is not")
+    raise CallError(f"-H {describe_metadata_key(key)}: a '-bin' key's value must be base64 "
+                    "(standard or URL-safe), this one is not")
 
 
 def build_parser() -> argparse.ArgumentParser:

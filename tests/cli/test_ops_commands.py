@@ -318,8 +318,8 @@ async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry
     """``-H`` sends text metadata as typed and a ``-bin`` key's value base64-decoded
     (standard or URL-safe alphabet, padding optional), as grpcurl does. A value that is not
     base64, a key gRPC cannot send (a reserved ``grpc-`` one included) and a header
-    without ``:`` are usage errors (2) that name the key and never print a value (it is
-    often a bearer token)."""
+    without ``:`` are usage errors (2) that name the key (one of a key's shape) and never
+    print a value (it is often a bearer token)."""
     reg = ["--registry", uri(registry), "--insecure"]
     code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, "-H", "X-Text: a b",
                                        "-H", "trace-bin: AAEC", "-H", "url-bin: -_8")
@@ -330,7 +330,7 @@ async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry
     cases = {("-H", f"authorization=Bearer {secret}"): "'authorization'",
              ("-H", f"Bearer {secret}"): "no ':'",
              ("-H", f"x-bin: {secret}!"): "'x-bin'",
-             ("-H", f"x trace: {secret}"): "'x trace'",
+             ("-H", f"x trace: {secret}"): "(not quoted: it holds ' ')",
              ("-H", f"x-text: {secret}\u00e9"): "'x-text'",
              ("-H", f"Grpc-Status: {secret}"): "'grpc-status'",
              ("-H", f"grpc-trace-bin: {secret}"): "'grpc-trace-bin'"}
@@ -338,6 +338,27 @@ async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry
         code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, *header)
         assert (code, out) == (2, ""), (header, err)
         assert says in err and secret not in err, (header, err)
+
+
+async def test_call_header_error_never_prints_part_of_a_value(tmp_path: Path) -> None:
+    """``-H 'authorization=Bearer <id>:<secret>'`` (``=`` for ``:``, with a token that
+    holds a ``:``: an API key ``id:secret``, a Basic pair not yet base64-encoded) splits at
+    that ``:``, so the "key" is ``authorization=bearer <id>``: the usage error describes it
+    without quoting it (it printed the token's first part, lower-cased), and still says
+    what is wrong with it. A key of a key's shape is still quoted."""
+    first, rest = "s3cr3tkeyid", "s3cr3tvalue"
+    reg = ["--registry", f"local://{tmp_path / 'reg'}", "--insecure"]
+    cases = {f"authorization=Bearer {first}:{rest}": "'='",
+             f"Bearer {first}:{rest}": "' '",
+             f"grpc-x=Bearer {first}:{rest}": "'='",
+             f"x=Bearer {first}-bin:{rest}": "'='",
+             f"Authorization: {first}\u00e9": "'authorization'"}
+    results = await asyncio.gather(*(
+        meshkit_cli("call", "greeter/SayHello", "{}", *reg, "-H", header) for header in cases))
+    for (header, says), (code, out, err) in zip(cases.items(), results, strict=True):
+        assert (code, out) == (2, ""), (header, err)
+        assert first not in err.lower() and rest not in err.lower(), (header, err)
+        assert "Traceback" not in err and says in err, (header, err)
 
 
 async def test_usage_errors_exit_2(tmp_path: Path) -> None:
