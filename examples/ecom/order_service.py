@@ -118,7 +118,7 @@ async def main(argv: list[str] | None = None) -> None:
         except TimeoutError:
             _log.warning("no user service endpoint yet; serving anyway",
                          waited_s=args.wait_users_s)
-        jwks = JWKSClient(jwks_url_from(users_channel))  # closed below: it holds a session
+        jwks = JWKSClient(jwks_url_from(users_channel))  # closed below (a refresh in flight)
         verifier = JWTVerifier(
             VerifierOptions(issuer=security.ISSUER, audience=security.AUDIENCE), jwks)
         auth = AuthOptions(verifier=verifier, jwt=security.ORDERD_JWT,

@@ -71,8 +71,8 @@ Example::
     policy = AuthzPolicy(rules={"/ecom.v1.UserService/GetUser": Rule(
         allow_peers=(tls.expected_server_id("orderd"),))})
     opts = ServeOptions(tls=tls, auth=AuthOptions(verifier=verifier, policy=policy))
-    # ... and when the server has drained: await verifier's JWKSClient.close() (its
-    # HTTP session), or use it as ``async with JWKSClient(url) as jwks``
+    # ... and when the server has drained: await verifier's JWKSClient.close() (a
+    # refresh in flight), or use it as ``async with JWKSClient(url) as jwks``
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ the copy is older than ``refresh_interval_s`` (stale keys keep serving meanwhile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import time
@@ -286,8 +287,12 @@ class JWKSClient:
         url: a URL provider: a callable returning the URL (sync or async; called per fetch,
             so it may resolve the issuer through the registry), or a plain URL string.
         options: :class:`JWKSClientOptions`.
-        session: an ``aiohttp.ClientSession`` to use (default: one owned by the client,
-            created on first fetch and closed by :meth:`close`).
+        session: an ``aiohttp.ClientSession`` to use, only from the event loop it was made
+            in (default: the client makes one per fetch and closes it after, so one client
+            serves any event loop: a later ``asyncio.run()``, pytest-asyncio's loop per
+            test, loops of several threads at once. The usual fetch, every
+            ``refresh_interval_s``, comes after aiohttp's 15 s keep-alive closed a kept
+            session's connection anyway).
 
     Fetch failures are logged (URL and error type only; the URL without userinfo, query
     or fragment, so no password or token in it is shown) and keep the old keys; a token
@@ -303,7 +308,6 @@ class JWKSClient:
         self._url: UrlProvider = (lambda: url) if isinstance(url, str) else url
         self.options = options or JWKSClientOptions()
         self._session = session
-        self._owns_session = session is None
         self._keys: dict[str, VerificationKey] = {}
         self._by_alg: dict[tuple[str, str], VerificationKey] = {}
         self._fetched_at: float | None = None
@@ -357,18 +361,23 @@ class JWKSClient:
         )
 
     def _start_refresh(self) -> asyncio.Task[None]:
-        if self._inflight is None:
+        """The fetch in flight in the running loop, started if there is none (a fetch of
+        another loop, e.g. another thread's, is not joined: its task is that loop's)."""
+        loop = asyncio.get_running_loop()
+        task = self._inflight
+        if task is None or task.get_loop() is not loop:
             self._attempted_at = self.options.clock()
-            task = asyncio.get_running_loop().create_task(self._refresh())
+            task = loop.create_task(self._refresh())
             self._inflight = task
 
             def _done(t: asyncio.Task[None]) -> None:
-                self._inflight = None
+                if self._inflight is t:
+                    self._inflight = None
                 if not t.cancelled():
                     t.exception()
 
             task.add_done_callback(_done)
-        return self._inflight
+        return task
 
     async def refresh(self) -> None:
         """Fetch the document now (ignores the rate limit).
@@ -407,13 +416,16 @@ class JWKSClient:
             got = self._url()
             url = await got if inspect.isawaitable(got) else got
             shown = _shown_url(url)
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
             timeout = aiohttp.ClientTimeout(total=opts.fetch_timeout_s)
-            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise JWKSError(f"JWKS fetch from {shown} answered HTTP {resp.status}")
-                body = await _read_capped(resp, opts.max_document_bytes, shown)
+            async with contextlib.AsyncExitStack() as stack:
+                session = self._session
+                if session is None:  # one per fetch: bound to no loop between fetches
+                    session = await stack.enter_async_context(aiohttp.ClientSession())
+                async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                    if resp.status != 200:
+                        raise JWKSError(
+                            f"JWKS fetch from {shown} answered HTTP {resp.status}")
+                    body = await _read_capped(resp, opts.max_document_bytes, shown)
             document = json.loads(body)
         except JWKSError:
             raise
@@ -429,12 +441,18 @@ class JWKSClient:
         return frozenset(self._keys)
 
     async def close(self) -> None:
-        """Cancel a refresh in flight and close the owned HTTP session (idempotent)."""
-        if self._inflight is not None:
-            self._inflight.cancel()
-        if self._owns_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        """Cancel a refresh in flight (idempotent; a given ``session`` is left open, its
+        owner closes it). A refresh of another event loop still running is cancelled in
+        that loop."""
+        task = self._inflight
+        if task is None:
+            return
+        loop = task.get_loop()
+        if loop is asyncio.get_running_loop():
+            task.cancel()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
 
     async def __aenter__(self) -> JWKSClient:
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -14,6 +15,7 @@ import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from meshkit._aio_http import start_app
 from meshkit.auth import (
     IssuerOptions,
     JWKSClient,
@@ -29,6 +31,8 @@ from meshkit.auth import (
 )
 from meshkit.auth._jwt import VerificationKey
 from meshkit.errors import ConfigError
+from tests.support.loops import LoopThread
+from tests.support.loops import run as run_loop
 from tests.support.wait import until
 
 
@@ -395,3 +399,84 @@ async def test_messages_and_logs_never_show_url_credentials(
     for text in (str(info.value), repr(logs)):
         assert "s3cr3t-pw" not in text and "t0k3n" not in text
         assert "/jwks answered HTTP 500" in text
+
+
+def test_client_fetches_in_a_second_asyncio_run(keys: KeySet) -> None:
+    """A client used in one ``asyncio.run()`` (built once, e.g. in ``ServeOptions`` at
+    import, a server started per run or per pytest-asyncio test) fetches in the next: its
+    owned session is made again for the new loop, so a key rotated meanwhile is learned
+    (it kept the first loop's session: every later fetch failed ``Event loop is closed``,
+    "keeping cached keys", and the rotated key's tokens were refused for good)."""
+    server = JWKSServer(keys)
+    thread = LoopThread()
+    try:
+        thread.run(server.start("127.0.0.1", 0))
+        client = JWKSClient(server.url, JWKSClientOptions(min_refresh_interval_s=0))
+
+        async def kid_of(kid: str) -> str | None:
+            async with asyncio.timeout(8):
+                key = await client.get_key(kid)
+                return None if key is None else key.kid
+
+        first = keys.current.kid
+        assert run_loop(kid_of(first)) == first
+        second = keys.rotate().kid
+        assert run_loop(kid_of(second)) == second
+        assert client.fetches == 2
+
+        async def close() -> None:
+            async with asyncio.timeout(8):
+                await client.close()
+
+        run_loop(close())
+    finally:
+        thread.run(server.stop())
+        thread.close()
+
+
+def test_client_fetches_from_two_running_loops_at_once(keys: KeySet) -> None:
+    """One client used by two servers each running its loop in a thread of its own: a
+    fetch in one loop while the other's is in flight both get the keys (neither loop's
+    fetch uses, closes or joins the other loop's session or task)."""
+    arrived: list[int] = []
+
+    async def start() -> tuple[web.AppRunner, str]:
+        both = asyncio.Event()
+
+        async def handle(_r: web.Request) -> web.Response:
+            arrived.append(1)
+            if len(arrived) == 2:
+                both.set()
+            async with asyncio.timeout(8):  # the first answers once the second arrived
+                await both.wait()
+            return web.json_response(keys.jwks())
+
+        app = web.Application()
+        app.router.add_get("/jwks", handle)
+        runner, port = await start_app(app, "127.0.0.1", 0)
+        return runner, f"http://127.0.0.1:{port}/jwks"
+
+    server, other = LoopThread(), LoopThread()
+    try:
+        runner, url = server.run(start())
+        client = JWKSClient(url, JWKSClientOptions(min_refresh_interval_s=0))
+        kid = keys.current.kid
+        first = asyncio.run_coroutine_threadsafe(client.get_key(kid), other.loop)
+        deadline = time.monotonic() + 8
+        while not arrived and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert arrived, "the first fetch never reached the server"
+
+        async def get() -> VerificationKey | None:
+            async with asyncio.timeout(8):
+                return await client.get_key(kid)
+
+        assert run_loop(get()) is not None
+        assert first.result(10) is not None
+        assert client.fetches == 2
+        other.run(client.close())
+        run_loop(client.close())
+        server.run(runner.cleanup())
+    finally:
+        server.close()
+        other.close()

@@ -1,0 +1,50 @@
+"""Event loops for tests of meshkit objects that outlive one loop: ``asyncio.run()`` more
+than once in a process, and a loop in a thread of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop of the suite's kind: uvloop's with ``MESHKIT_TEST_LOOP=uvloop``,
+    else asyncio's."""
+    if os.environ.get("MESHKIT_TEST_LOOP", "asyncio") == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(main)`` on a new loop of the suite's kind (closed after)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = new_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+class LoopThread:
+    """An event loop running in a thread of its own (e.g. a server the test's loops talk
+    to, living across them)."""
+
+    def __init__(self) -> None:
+        self.loop = new_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout_s: float = 10.0) -> _T:
+        """Run ``coro`` on the thread's loop; its result within ``timeout_s``."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        """Stop the loop, join the thread and close the loop."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
