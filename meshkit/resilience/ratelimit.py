@@ -71,10 +71,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, cast
 
@@ -305,6 +307,33 @@ class RateLimitOptions:
         if not self.breaker_max_open_s >= self.breaker_open_s:
             raise ConfigError("breaker_max_open_s must be >= breaker_open_s, got "
                               f"{self.breaker_max_open_s!r}")
+
+    def __repr__(self) -> str:
+        # the fields as the dataclass repr shows them, storage_uri's password redacted
+        # (a startup log or a debugger shows this, and ServeOptions' repr holds it)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        values["storage_uri"] = redact_uri(self.storage_uri)
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+        return f"{type(self).__name__}({shown})"
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:@/\s]*):[^@/\s]*@")
+
+
+def _scrub_uri_secrets(text: str, uri: str) -> str:
+    """``text`` (a foreign library's message about ``uri``) with the password of every
+    ``scheme://user:password@`` in it replaced by ``***`` (as :func:`redact_uri` shows
+    a URI), and any other appearance of ``uri``'s password (as written or decoded)
+    too."""
+    text = _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+    try:
+        password = urllib.parse.urlsplit(uri).password
+    except ValueError:
+        password = None
+    if password:
+        for form in {password, urllib.parse.unquote(password)}:
+            text = text.replace(form, "***")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,9 +622,15 @@ class StorageLimiter:
                 storage = storage_from_string(uri, wrap_exceptions=True)
                 self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
         except (ConfigurationError, NotImplementedError) as exc:
+            # limits' message (and its cause's) quotes the URI as given, password and all:
+            # scrubbed, and not chained (a traceback would print it)
+            reason = str(exc)
+            if isinstance(exc.__cause__, ValueError) and str(exc.__cause__):
+                reason += f" ({exc.__cause__})"  # e.g. "Port out of range 0-65535"
             raise ConfigError(
-                f"storage_uri {self._storage_name!r} with strategy {opts.strategy!r}: {exc}"
-            ) from exc
+                f"storage_uri {self._storage_name!r} with strategy {opts.strategy!r}: "
+                f"{_scrub_uri_secrets(reason, uri)}"
+            ) from None
         self._storage = storage
         self._sliding = opts.strategy == "sliding-window-counter"
         # the sliding-window counter's hit made here (the strategy's own three lines, with

@@ -323,6 +323,43 @@ def test_bad_storage_uri_error_redacts_password() -> None:
     assert "'bogus://:***@127.0.0.1:1'" in str(info.value)
 
 
+def test_options_repr_redacts_the_storage_password() -> None:
+    """``repr(RateLimitOptions)`` (and so ``repr(ServeOptions)``, which holds it, as a
+    startup log or a debugger shows it) quotes ``storage_uri`` with its password redacted:
+    it showed the URI as given, while every error message redacts it."""
+    import meshkit
+
+    secret = "S3cretPw-do-not-print"
+    rl = RateLimitOptions(default_rule="10/second",
+                          storage_uri=f"async+redis://:{secret}@127.0.0.1:6379")
+    assert secret not in repr(rl), repr(rl)
+    assert "storage_uri='async+redis://:***@127.0.0.1:6379'" in repr(rl), repr(rl)
+    assert "default_rule='10/second'" in repr(rl) and repr(rl).startswith("RateLimitOptions(")
+    serve = meshkit.ServeOptions(insecure=True, rate_limit=rl)
+    assert secret not in repr(serve)
+    assert rl == RateLimitOptions(default_rule="10/second",
+                                  storage_uri=f"async+redis://:{secret}@127.0.0.1:6379")
+
+
+@pytest.mark.parametrize("uri", ["async+redis://:{pw}@127.0.0.1:99999",
+                                 "redis://user:{pw}@127.0.0.1:port"])
+def test_storage_the_limits_library_refuses_errors_without_the_password(uri: str) -> None:
+    """A storage URI ``limits`` cannot parse (a port out of range or not a number) fails
+    with a ConfigError that quotes it redacted and keeps the reason ``limits`` gives; that
+    reason quoted the URI password and all (``Unable to parse storage uri
+    redis://:<password>@...``), and so did the chained exception in a traceback."""
+    import traceback
+
+    secret = "S3cretPw-do-not-print"
+    with pytest.raises(ConfigError) as info:
+        StorageLimiter(RateLimitOptions(default_rule="10/second",
+                                        storage_uri=uri.format(pw=secret)))
+    text = "".join(traceback.format_exception(info.value))
+    assert secret not in text, text
+    assert "***@127.0.0.1:" in str(info.value), str(info.value)
+    assert "Unable to parse storage uri" in str(info.value), str(info.value)
+
+
 def test_by_metadata_refuses_binary_or_empty_keys() -> None:
     """by_metadata rejects '-bin' and empty header names with ConfigError."""
     for bad in ("x-token-bin", "", "  "):
