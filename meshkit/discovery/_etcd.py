@@ -38,7 +38,9 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 ``/v3/kv/range``          a watch's full read (prefix range), at start and after a
                           compaction or a replaced store; ``services()`` (keys only)
 ``/v3/kv/txn``            ``failing()``: the last-seen records and the keys of a service,
-                          two ranges read at one revision
+                          two ranges read at one revision; the owned-key check, every
+                          ``ttl_s``: each owned key's ``mod_revision`` compared, the keys
+                          read only when one differs
 ``/v3/watch``             a streaming prefix watch from ``revision + 1``
 ========================  ==========================================================
 
@@ -61,12 +63,36 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   ``meshkit prometheus-targets`` (``up == 0``, ``MeshkitInstanceDown``) rely on. The record
   is written after the key at ``register`` and never fails it: a record etcd does not
   take yet is written by the keep-alive (logged). ``last_seen_ttl_s=0`` writes none.
-* **Ownership.** An instance is this registry's from a successful put until its key is
-  deleted: a failed ``deregister`` raises and leaves it registered (kept alive, put again
-  after a lease loss, retriable); ``register`` of an id under another key puts the new key
-  before it deletes the old one (an old key whose delete fails is deleted by the
-  keep-alive), so a failure never leaves the id unlisted or a key nothing deletes
-  (tested against an in-memory gateway whose calls fail on demand).
+* **Ownership.** An instance is this registry's from a successful put until ``deregister``
+  deletes its key (see "Lost keys" for another's delete): a failed ``deregister`` raises
+  and leaves it registered (kept alive, put again after a lease loss, retriable);
+  ``register`` of an id under another key puts the new key before it deletes the old one
+  (an old key whose delete fails is deleted by the keep-alive), so a failure never leaves
+  the id unlisted or a key nothing deletes (tested against an in-memory gateway whose
+  calls fail on demand).
+* **Lost keys.** A key deleted while its lease lives (``etcdctl del``, a restore, another
+  tool) would leave a healthy instance unlisted for as long as its process lives, the
+  lease being renewed all along. Every ``ttl_s`` the keep-alive checks the keys this
+  registry owns: one ``/v3/kv/txn`` comparing each key's and last-seen record's
+  ``mod_revision`` with that of this registry's latest put of it (64 keys a txn, under
+  etcd's default ``--max-txn-ops`` of 128), reading them (its failure branch, same
+  request) only when one differs. A key that is not this registry's value under its
+  lease, deleted or **overwritten** by another writer (another value, or no lease, which
+  would outlive the owner), is put back (logged, ``status().reopened`` + 1 each): the
+  process that registered an id is its authority, as a Consul agent's anti-entropy is
+  over the catalog, so two processes registering one id each put theirs back once a
+  ``ttl_s`` (logged: a configuration error to fix). A lost last-seen record is written
+  again after the keys. **Bound:** a key lost while etcd answers is put back within
+  ``ttl_s + keepalive_interval_s`` (13.3 s at the defaults), plus the round's own
+  requests; a dead owner's key is gone within ``ttl_s`` too, so watchers already live
+  with a view that old. **Cost:** one request per ``ttl_s`` per registry with
+  instances, whatever their number up to 32 (a third of the keep-alive's requests at
+  the default ``keepalive_interval_s``), compares only while nothing is lost, and no
+  per-call work. A watch of the registry's own keys would notice at once, but holds a
+  stream per range (one per service: one over the whole prefix would carry every other
+  process's changes to each process) with its own failover and compaction handling, for
+  a fault that takes an operator's hand. Only instances owned now are checked, under
+  the lock ``deregister`` takes: a deregistered instance is never put back.
 * **Watch resume.** A watch reads the prefix once, then streams events from the next
   revision. When the stream breaks (member killed, network) it reconnects, to the next
   member if the one it used fails, and resumes from the revision after the last one it
@@ -138,6 +164,10 @@ _SEEN = "@last-seen/"
 #: The last-seen lease is renewed every ``last_seen_ttl_s / _SEEN_RENEWALS`` seconds (at the
 #: keep-alive's pace when that is slower): 30 s for the default 300 s.
 _SEEN_RENEWALS = 10
+#: Keys compared by one ``/kv/txn`` of the owned-key check (its compares, and the ranges of
+#: its failure branch, each at most this many): etcd refuses a txn of more operations than
+#: its ``--max-txn-ops`` (default 128).
+_CHECK_CHUNK = 64
 _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
 #: gRPC codes (as the gateway reports them) after which another member may answer:
 #: UNAVAILABLE ("no leader", "leader changed", "request timed out"), DEADLINE_EXCEEDED.
@@ -477,6 +507,10 @@ class EtcdRegistry:
     keeps under ``<prefix>@last-seen/`` on a second, longer lease (see the module
     docstring); a deregistered instance is not. Watches never list those records.
 
+    A key of a registered instance deleted or overwritten by someone else while the lease
+    lives is put back by the keep-alive within ``ttl_s + keepalive_interval_s`` (one
+    ``/kv/txn`` per ``ttl_s``; see "Lost keys" in the module docstring).
+
     The HTTP session is created on first use, inside the running event loop. Errors:
     ``register``/``deregister`` raise :class:`RegistryError` (chained from the aiohttp or
     etcd error); watches and the keep-alive never raise for etcd errors, they log on
@@ -501,6 +535,10 @@ class EtcdRegistry:
         self._seen_lease: int | None = None
         self._seen_renew_at = 0.0
         self._unseen: set[str] = set()
+        # The revision of this registry's latest put of each key it owns (instances' keys
+        # and last-seen records), and when the owned-key check is next due (monotonic).
+        self._revs: dict[bytes, int] = {}
+        self._check_at = 0.0
         seen_ttl_s = self.options.last_seen_ttl_s
         assert seen_ttl_s is not None
         self._seen_ttl_s = int(seen_ttl_s)
@@ -691,10 +729,14 @@ class EtcdRegistry:
         return int(data["ID"])
 
     async def _put(self, instance: Instance, lease: int, key: bytes | None = None) -> None:
-        """Put ``instance`` as JSON at ``key`` (default its own key) under ``lease``."""
-        await self._post("/kv/put", {"key": _b64(self._key(instance) if key is None else key),
-                                     "value": _b64(_encode(instance).encode()),
-                                     "lease": str(lease)})
+        """Put ``instance`` as JSON at ``key`` (default its own key) under ``lease``, and
+        remember the key's revision (the answer's header revision: the put's own) for the
+        owned-key check (-1 when the answer has none: the check then reads the key)."""
+        key = self._key(instance) if key is None else key
+        data = await self._post("/kv/put", {"key": _b64(key),
+                                            "value": _b64(_encode(instance).encode()),
+                                            "lease": str(lease)})
+        self._revs[key] = int((data.get("header") or {}).get("revision") or -1)
 
     async def register(self, instance: Instance) -> None:
         """Put ``instance`` under this registry's lease and keep the lease alive.
@@ -758,6 +800,7 @@ class EtcdRegistry:
                              error=describe(exc))
                 return
             self._stale.discard(key)
+            self._revs.pop(key, None)
 
     async def _regrant_locked(self) -> None:
         """Grant a new lease and put every owned instance under it (``_lease_lock`` held)."""
@@ -768,10 +811,12 @@ class EtcdRegistry:
         for instance in list(self._owned.values()):
             await self._put(instance, lease)
         self._lease = lease
+        self._check_at = time.monotonic() + self.options.ttl_s  # every key was just put
         self._tracker.reopened += 1
 
     async def _keep_once(self) -> None:
-        """One keep-alive of the lease; on lease loss a new lease and every instance again.
+        """One keep-alive of the lease; on lease loss a new lease and every instance again;
+        when due (every ``ttl_s``), the owned-key check (:meth:`_check_keys_locked`).
 
         The keep-alive itself runs outside ``_lease_lock``, so that a slow registration
         (e.g. during a leader election) cannot hold it back past the lease's TTL.
@@ -793,7 +838,72 @@ class EtcdRegistry:
                     _log.warning("etcd lease lost; registering the instances again",
                                  lease=lease, instances=sorted(self._owned))
                     await self._regrant_locked()
+        elif time.monotonic() >= self._check_at:
+            async with self._lease_lock:
+                if self._lease == lease and self._owned:
+                    await self._check_keys_locked()
+            self._check_at = time.monotonic() + self.options.ttl_s
         await self._keep_seen_once()
+
+    async def _check_keys_locked(self) -> None:
+        """Put back the owned keys that are no longer this registry's (``_lease_lock``
+        held): deleted, or overwritten by another writer, while the lease lives.
+
+        One ``/kv/txn`` per ``_CHECK_CHUNK`` keys (one for up to 32 instances with their
+        last-seen records): it compares each key's ``mod_revision`` with the revision of
+        this registry's latest put of it, and only when one differs reads the keys (its
+        failure branch, same request). A key that holds this registry's value under its
+        lease (e.g. its revision was unknown) is kept as it is; an instance's key that does
+        not is put back (logged, ``status().reopened`` + 1 each); a last-seen record that
+        does not is written again by the keep-alive's record step (after the keys). Only
+        instances owned now are checked, under the lock ``deregister`` takes, so a
+        deregistered instance is never put back.
+
+        Raises:
+            _EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError: the check
+                or a put failed (the keep-alive retries the round).
+        """
+        lease = self._lease
+        if lease is None:
+            return
+        owned: list[tuple[bytes, Instance, bool]] = []  # key, instance, is a record
+        for instance_id, instance in sorted(self._owned.items()):
+            owned.append((self._key(instance), instance, False))
+            if (self._seen_ttl_s and self._seen_lease is not None
+                    and instance_id not in self._unseen):
+                owned.append((self._seen_key(instance), instance, True))
+        for start in range(0, len(owned), _CHECK_CHUNK):
+            chunk = owned[start:start + _CHECK_CHUNK]
+            data = await self._post("/kv/txn", {
+                "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
+                             "mod_revision": str(self._revs.get(key, -1))}
+                            for key, _, _ in chunk],
+                "failure": [{"request_range": {"key": _b64(key)}} for key, _, _ in chunk]})
+            if data.get("succeeded"):
+                continue
+            responses: list[dict[str, Any]] = list(data.get("responses") or ())
+            if len(responses) != len(chunk):
+                raise ValueError(f"a txn of {len(chunk)} ranges answered {str(data)[:300]}")
+            for (key, instance, record), response in zip(chunk, responses, strict=True):
+                kvs = (response.get("response_range") or {}).get("kvs") or ()
+                kv: dict[str, Any] | None = kvs[0] if kvs else None
+                ours = self._seen_lease if record else lease
+                if kv is not None and int(kv.get("lease") or 0) == ours and _unb64(
+                        kv.get("value", "")) == _encode(instance).encode():
+                    self._revs[key] = int(kv.get("mod_revision") or -1)  # ours as it is
+                    continue
+                fields = {"key": key.decode(), "instance_id": instance.instance_id,
+                          "deleted": kv is None,
+                          "other_lease": None if kv is None else int(kv.get("lease") or 0)}
+                if record:
+                    _log.warning("etcd last-seen record of a registered instance was lost; "
+                                 "writing it again", **fields)
+                    self._unseen.add(instance.instance_id)
+                    continue
+                _log.warning("etcd key of a registered instance was lost; putting it back",
+                             **fields)
+                await self._put(instance, lease)
+                self._tracker.reopened += 1
 
     # -- last-seen records (failing()) -----------------------------------------------------
     async def _record_seen_locked(self, instance: Instance) -> None:
@@ -903,6 +1013,7 @@ class EtcdRegistry:
             try:
                 for key in [*sorted(seen), *sorted(keys)]:
                     await self._post("/kv/deleterange", {"key": _b64(key)})
+                    self._revs.pop(key, None)
                 self._owned.pop(instance.instance_id, None)
                 self._unseen.discard(instance.instance_id)
                 if not self._owned and self._seen_lease is not None:
@@ -1223,9 +1334,11 @@ class EtcdRegistry:
         """This registry's health as its own requests saw it (no I/O).
 
         ``readable``/``read_errors``: the watches' reads and streams; ``writable``/
-        ``write_errors``: register, deregister and keep-alives; ``reopened``: lease losses
-        after which every instance was registered again; ``kept_endpoints``: instances the
-        watches keep after a replaced store (see the module docstring).
+        ``write_errors``: register, deregister and keep-alives (with their owned-key
+        checks); ``reopened``: lease losses after which every instance was registered
+        again, plus each key found lost (deleted or overwritten while the lease lived) and
+        put back; ``kept_endpoints``: instances the watches keep after a replaced store
+        (see the module docstring).
         """
         return dataclasses.replace(self._tracker.status(),
                                    kept_endpoints=sum(self._kept.values()))

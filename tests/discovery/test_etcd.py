@@ -1,7 +1,8 @@
 """EtcdRegistry: options and URIs, then its etcd-specific rules against a real etcd node
-(lease loss, watch resume after a disconnect and after a compaction, a replaced store,
-TLS with client certificates). The Registry promises shared with the other backends are in
-test_conformance.py; a 3-member cluster under a routing mesh is in test_etcd_cluster.py.
+(lease loss, a key lost while its lease lives, watch resume after a disconnect and after a
+compaction, a replaced store, TLS with client certificates). The Registry promises shared
+with the other backends are in test_conformance.py; a 3-member cluster under a routing mesh
+is in test_etcd_cluster.py.
 """
 
 from __future__ import annotations
@@ -181,8 +182,11 @@ async def test_many_watches_do_not_starve_the_lease() -> None:
 class _Gateway:
     """A minimal in-memory etcd v3 JSON gateway on loopback for the write paths (shapes of
     etcd's gRPC-gateway API: lease/grant, lease/keepalive, lease/revoke, kv/put,
-    kv/deleterange), whose calls can be made to fail: a path in :attr:`failing` answers
-    HTTP 503 ``UNAVAILABLE`` (gRPC code 14), as a member without a leader does.
+    kv/deleterange, and kv/txn with ``mod_revision`` compares and range requests), whose
+    calls can be made to fail: a path in :attr:`failing` answers HTTP 503 ``UNAVAILABLE``
+    (gRPC code 14), as a member without a leader does. :attr:`calls` counts the requests
+    by path; while :attr:`hold_txn` is set, a txn is answered only once it is cleared
+    (:attr:`txn_waiting` is set meanwhile).
 
     ``api="/v3beta"`` plays etcd 3.3, whose gateway serves ``/v3beta`` only (and binds
     LeaseRevoke to ``/v3beta/kv/lease/revoke``); any other path answers a plain-text 404,
@@ -191,9 +195,13 @@ class _Gateway:
     def __init__(self, api: str = "/v3") -> None:
         self.api = api
         self.not_found: list[str] = []
-        self.kv: dict[bytes, tuple[bytes, str]] = {}  # key -> (value, lease id)
+        self.kv: dict[bytes, tuple[bytes, str, int]] = {}  # key -> (value, lease, mod rev)
         self.leases: set[str] = set()
         self.failing: set[str] = set()
+        self.calls: dict[str, int] = {}
+        self.revision = 5
+        self.hold_txn: asyncio.Event | None = None
+        self.txn_waiting = asyncio.Event()
         self._next_lease = 7587
         self._runner: Any = None
         self.endpoint = ""
@@ -203,7 +211,9 @@ class _Gateway:
 
         path = request.path.removeprefix(self.api)
         body = await request.json()
-        header = {"cluster_id": "1", "member_id": "1", "revision": "5", "raft_term": "2"}
+        self.calls[path] = self.calls.get(path, 0) + 1
+        header = {"cluster_id": "1", "member_id": "1", "revision": str(self.revision),
+                  "raft_term": "2"}
         if path in self.failing:
             return web.json_response({"error": "etcdserver: no leader", "code": 14,
                                       "message": "etcdserver: no leader"}, status=503)
@@ -224,13 +234,49 @@ class _Gateway:
                 return web.json_response({"error": "etcdserver: requested lease not found",
                                           "code": 5, "message": "requested lease not found"},
                                          status=404)
-            key = base64.b64decode(body["key"])
-            self.kv[key] = (base64.b64decode(body["value"]), body["lease"])
-            return web.json_response({"header": header})
+            self.put(base64.b64decode(body["key"]), base64.b64decode(body["value"]),
+                     body["lease"])
+            return web.json_response({"header": {**header, "revision": str(self.revision)}})
         if path == "/kv/deleterange":
-            deleted = self.kv.pop(base64.b64decode(body["key"]), None) is not None
+            deleted = self.delete(base64.b64decode(body["key"]))
             return web.json_response({"header": header, "deleted": str(int(deleted))})
+        if path == "/kv/txn":
+            answer = self._txn(body)
+            if self.hold_txn is not None:  # read now, answered later
+                self.txn_waiting.set()
+                await self.hold_txn.wait()
+            return web.json_response({"header": header, **answer})
         return web.json_response({"error": "not implemented", "code": 12}, status=501)
+
+    def _txn(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A txn's answer: ``mod_revision`` EQUAL compares (a missing key's is 0), then
+        the range requests of the branch taken."""
+        ok = all(c["target"] == "MOD" and c.get("result", "EQUAL") == "EQUAL" and int(
+            c.get("mod_revision") or 0) == self.kv.get(base64.b64decode(c["key"]),
+                                                       (b"", "", 0))[2]
+                 for c in body.get("compare") or ())
+        responses = []
+        for op in body.get("success" if ok else "failure") or ():
+            key = base64.b64decode(op["request_range"]["key"])
+            found = self.kv.get(key)
+            kvs = [] if found is None else [{
+                "key": op["request_range"]["key"],
+                "value": base64.b64encode(found[0]).decode(),
+                "lease": found[1], "mod_revision": str(found[2])}]
+            responses.append({"response_range": {"kvs": kvs, "count": str(len(kvs))}})
+        return {"succeeded": ok, "responses": responses}
+
+    def put(self, key: bytes, value: bytes, lease: str) -> None:
+        """Store ``key`` (a new revision)."""
+        self.revision += 1
+        self.kv[key] = (value, lease, self.revision)
+
+    def delete(self, key: bytes) -> bool:
+        """Delete ``key`` (a new revision if it was there); whether it was."""
+        if self.kv.pop(key, None) is None:
+            return False
+        self.revision += 1
+        return True
 
     def revoke(self, lease: str) -> None:
         """Drop ``lease`` and its keys (a revoke, or an expiry while unreachable)."""
@@ -419,6 +465,61 @@ async def test_a_lost_last_seen_lease_is_granted_again_with_every_record(
     assert len(gateway.keys()) == 2
 
 
+async def test_a_deregister_during_the_key_check_is_not_undone(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """The owned-key check read an instance's key as lost and a ``deregister`` of it comes
+    before the check has put it back: the deregistration wins (the check and
+    ``deregister`` take the same lock, and the check puts back only what is owned), so the
+    instance is not resurrected, then or at a later check."""
+    reg = EtcdRegistry(EtcdOptions(endpoints=(gateway.endpoint,), ttl_s=1,
+                                   keepalive_interval_s=0.1, request_timeout_s=5.0,
+                                   operation_timeout_s=0.5, backoff_base_s=0.01,
+                                   backoff_max_s=0.02))
+    registries.append(reg)
+    a, b = make_instance("svc", 1), make_instance("svc", 2)
+    await reg.register(a)
+    await reg.register(b)
+    gateway.hold_txn = asyncio.Event()
+    gateway.txn_waiting.clear()
+    assert gateway.delete(b"/meshkit/services/svc/svc-1")
+    async with asyncio.timeout(5):
+        await gateway.txn_waiting.wait()  # a check read the key missing; its answer waits
+    leaving = asyncio.create_task(reg.deregister(a))
+    await asyncio.sleep(0.3)  # the deregistration is under way
+    gateway.hold_txn.set()
+    await leaving
+    assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+    assert gateway.records() == {"svc/svc-2"}
+    checks = gateway.calls["/kv/txn"]
+    await until(lambda: gateway.calls["/kv/txn"] >= checks + 2, timeout_s=10,
+                what="two more checks")
+    assert gateway.keys() == {"/meshkit/services/svc/svc-2"}
+    assert gateway.records() == {"svc/svc-2"}
+    assert reg.status().reopened == 1 and reg.status().writable is True
+
+
+async def test_the_key_check_costs_one_txn_per_ttl(
+        gateway: _Gateway, registries: list[EtcdRegistry]) -> None:
+    """The owned-key check is one ``/kv/txn`` (every owned key and record compared in
+    it) per ``ttl_s``, run by the keep-alive: with ``keepalive_interval_s = ttl_s / 4`` at
+    most one request per four keep-alives (plus one, the first round's), and nothing else
+    while no key is lost."""
+    reg = EtcdRegistry(EtcdOptions(endpoints=(gateway.endpoint,), ttl_s=1,
+                                   keepalive_interval_s=0.25, request_timeout_s=0.5,
+                                   operation_timeout_s=0.5, backoff_base_s=0.01,
+                                   backoff_max_s=0.02))
+    registries.append(reg)
+    for n in (1, 2, 3):
+        await reg.register(make_instance("svc", n))
+    gateway.calls.clear()
+    await asyncio.sleep(4.0)
+    calls = dict(gateway.calls)
+    keepalives, txns = calls.pop("/lease/keepalive", 0), calls.pop("/kv/txn", 0)
+    assert calls == {} and keepalives >= 4
+    assert 1 <= txns <= keepalives // 4 + 1 and txns <= 5
+    assert reg.status().reopened == 0
+
+
 # -- a real etcd node ---------------------------------------------------------------------------
 @pytest.fixture
 def binary() -> str:
@@ -474,6 +575,125 @@ async def test_lease_loss_registers_again(node: EtcdCluster,
     assert owner._lease != lease
     assert any(e["event"] == "etcd lease lost; registering the instances again" for e in logs)
     await watcher.stop()
+
+
+# -- a key lost while its lease lives: the owner puts it back ------------------------------------
+def _check_bound_s(opts: EtcdOptions) -> float:
+    """The documented bound within which an owner puts back a key it lost while its lease
+    lives: ``ttl_s + keepalive_interval_s`` (its requests aside)."""
+    assert opts.keepalive_interval_s is not None
+    return opts.ttl_s + opts.keepalive_interval_s
+
+
+async def _stored(node: EtcdCluster, key: str) -> dict[str, Any] | None:
+    """``key`` on the node as ``{"value": decoded text, "lease": int}``, or None."""
+    data = await asyncio.to_thread(node.post, 0, "/kv/range", {"key": _b64(key)})
+    kvs: list[dict[str, Any]] = data.get("kvs") or []  # type: ignore[assignment]
+    if not kvs:
+        return None
+    return {"value": base64.b64decode(kvs[0].get("value", "")).decode(),
+            "lease": int(kvs[0].get("lease") or 0)}
+
+
+async def test_a_key_deleted_while_its_lease_lives_is_put_back(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """An instance's key deleted while its lease lives (``etcdctl del``): the owner kept
+    renewing the lease and never put the key back, so the healthy instance stayed invisible
+    to every watch for as long as the process lived. Now the owner notices within
+    ``ttl_s + keepalive_interval_s`` and puts it back under its lease, logged and counted
+    in ``status().reopened``; the other instance and the lease are left alone."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    await owner.register(a)
+    await owner.register(b)
+    watcher = Collector(reader, service)
+    await watcher.until_set({a, b})
+    lease = owner._lease
+    key = f"/meshkit/services/{service}/{a.instance_id}"
+    with capture_logs() as logs:
+        await asyncio.to_thread(node.post, 0, "/kv/deleterange", {"key": _b64(key)})
+        await watcher.until_set({b})
+        await watcher.until_set({a, b}, timeout_s=_check_bound_s(opts) + 3)
+    stored = await _stored(node, key)
+    assert stored is not None and stored["lease"] == lease == owner._lease
+    assert json.loads(stored["value"])["instance_id"] == a.instance_id
+    await until(lambda: owner.status().reopened == 1, what="the owner to count the put-back")
+    assert [e["key"] for e in logs
+            if e["event"] == "etcd key of a registered instance was lost; putting it back"
+            ] == [key]
+    assert owner.status().writable is True
+    await watcher.stop()
+
+
+async def test_a_key_overwritten_by_another_writer_is_put_back(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """The key of a registered instance overwritten by another writer (another value, no
+    lease: it would outlive the owner) is put back with the owner's value under its lease:
+    the process that registered an id is its authority, as a Consul agent's anti-entropy
+    is over the catalog."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a = make_instance(service, 1)
+    impostor = Instance(service=service, instance_id=a.instance_id, host=a.host,
+                        port=a.port + 1)
+    await owner.register(a)
+    watcher = Collector(reader, service)
+    await watcher.until_set({a})
+    key = f"/meshkit/services/{service}/{a.instance_id}"
+    with capture_logs() as logs:
+        await asyncio.to_thread(node.post, 0, "/kv/put", {
+            "key": _b64(key), "value": _b64(json.dumps({
+                "service": service, "instance_id": a.instance_id, "host": a.host,
+                "port": impostor.port}))})  # no lease
+        await watcher.until_set({impostor})
+        await watcher.until_set({a}, timeout_s=_check_bound_s(opts) + 3)
+    stored = await _stored(node, key)
+    assert stored is not None and stored["lease"] == owner._lease
+    assert [e.get("other_lease") for e in logs
+            if e["event"] == "etcd key of a registered instance was lost; putting it back"
+            ] == [0]
+    await until(lambda: owner.status().reopened == 1, what="the owner to count the put-back")
+    await watcher.stop()
+
+
+async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """``etcdctl del --prefix /meshkit/services/`` deletes the keys and the last-seen
+    records: both are put back (the key first), so an owner that dies afterwards is still
+    ``failing()``; a deregistered instance is not put back."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    await owner.register(a)
+    await owner.register(b)
+    await owner.deregister(b)
+    record = f"/meshkit/services/@last-seen/{service}/{a.instance_id}"
+    assert await _stored(node, record) is not None
+    watcher = Collector(reader, service)
+    await watcher.until_set({a})
+    prefix = b"/meshkit/services/"
+    await asyncio.to_thread(node.post, 0, "/kv/deleterange", {
+        "key": _b64(prefix.decode()), "range_end": _b64(prefix[:-1].decode() + "0")})
+    await watcher.until_set(set())
+    await watcher.until_set({a}, timeout_s=_check_bound_s(opts) + 3)
+    await until(lambda: _present(node, record), timeout_s=5, what="the record put back")
+    assert await _stored(node, f"/meshkit/services/{service}/{b.instance_id}") is None
+    await owner.close()  # dies without deregistering: failing until the record expires
+    await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s,
+                what="the dead instance failing")
+    await watcher.until_set(set())  # gone from the watch with its lease
+    await watcher.stop()
+
+
+async def _present(node: EtcdCluster, key: str) -> bool:
+    return await _stored(node, key) is not None
 
 
 async def _cut_watch(node: EtcdCluster, registries: list[EtcdRegistry],
