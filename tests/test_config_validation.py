@@ -6,6 +6,7 @@ auth, retry, publish and admin-port options."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -340,6 +341,64 @@ def test_consul_uri_error_masks_the_value_of_a_key_that_is_no_option() -> None:
         registry_from_env({"MESHKIT_REGISTRY": "consul://h:8500?acl_token=s3cret&ttl_s=3"})
     assert "s3cret" not in str(info.value)
     assert "'acl_token'" in str(info.value) and "acl_token=***&ttl_s=3" in str(info.value)
+
+
+_PW = "S3cretPw-do-not-print"
+
+
+def test_local_uri_error_masks_the_value_of_a_key_that_is_no_option() -> None:
+    """A local:// URI's error masks the value of a key that is no option, as the Consul
+    URI's does (``?password=...`` was quoted in clear)."""
+    with pytest.raises(ConfigError) as info:
+        registry_from_uri(f"local:///tmp/meshkit-config-validation.db?password={_PW}&ttl_s=3")
+    text = str(info.value)
+    assert _PW not in text, text
+    assert "'password'" in text and "password=***&ttl_s=3" in text, text
+
+
+@pytest.mark.parametrize("uri", [
+    f"https://root:{_PW}@127.0.0.1:2379", f"etcds://root:{_PW}@127.0.0.1:2379",
+    f"etcds://{_PW}@127.0.0.1:2379", f"zk://127.0.0.1:2181/x?auth={_PW}#{_PW}",
+    f"root:{_PW}@127.0.0.1:2379",
+])
+def test_unknown_registry_scheme_error_hides_user_info_and_query_values(uri: str) -> None:
+    """A URI of an unknown scheme (an etcd member's URL given as it is, a typo for
+    ``etcd+https``) is quoted redacted: user info and query values masked. It was quoted
+    whole, so ``meshkit services --registry https://root:<password>@...`` printed the
+    password."""
+    with pytest.raises(ConfigError) as info:
+        registry_from_uri(uri)
+    text = str(info.value)
+    assert _PW not in text, text
+    assert "unknown registry URI" in text and "***" in text, text
+    assert "127.0.0.1:2" in text, text
+
+
+@pytest.mark.parametrize("addr", [
+    f"http://root:{_PW}@127.0.0.1:2379", f"root:{_PW}@127.0.0.1:2379",
+    f"{_PW}@127.0.0.1:2379", f"ftp://root:{_PW}@127.0.0.1:2379",
+    f"http://root:{_PW}@127.0.0.1:99999",
+])
+def test_registry_address_with_user_info_error_hides_it(addr: str) -> None:
+    """A Consul address or etcd endpoint with user info (``ETCDCTL_ENDPOINTS`` or
+    ``CONSUL_HTTP_ADDR`` as ``http://root:<password>@host:port``) is refused without
+    quoting the user info (the whole address was quoted, password and all), whichever
+    check refuses it."""
+    from meshkit.discovery import EtcdOptions
+
+    errors = []
+    with pytest.raises(ConfigError) as info:
+        EtcdOptions.from_env({"ETCDCTL_ENDPOINTS": addr})
+    errors.append(str(info.value))
+    if importlib.util.find_spec("consul") is not None:
+        from meshkit.discovery import ConsulOptions
+
+        with pytest.raises(ConfigError) as info:
+            ConsulOptions.from_env({"CONSUL_HTTP_ADDR": addr})
+        errors.append(str(info.value))
+    for text in errors:
+        assert _PW not in text, text
+        assert "user info" in text or "scheme must be" in text, text
 
 
 def test_local_uri_options_are_applied(tmp_path: Path) -> None:

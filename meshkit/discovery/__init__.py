@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
-from meshkit.discovery._options import query_fields
+from meshkit.discovery._options import query_fields, shown_uri
 from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError
 
@@ -94,6 +94,10 @@ def _consul_module() -> Any:
     return _consul
 
 
+_LOCAL_URI_FIELDS = ("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_timeout_s",
+                     "fault_grace_s")
+
+
 def registry_from_uri(uri: str) -> Registry:
     """Build a registry from a URI.
 
@@ -108,7 +112,8 @@ def registry_from_uri(uri: str) -> Registry:
           ``ETCDCTL_ENDPOINTS``; ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` apply.
 
     Raises:
-        ConfigError: unknown scheme or bad option value (the URI is quoted); a Consul URI
+        ConfigError: unknown scheme or bad option value (the URI is quoted, any user info
+            and the values of query keys that are no option masked: ``***``); a Consul URI
             without py-consul installed (``meshkit[consul]``).
     """
     parts = urlsplit(uri)
@@ -116,10 +121,8 @@ def registry_from_uri(uri: str) -> Registry:
     if scheme == "local":
         # keep_blank_values: ``?ttl_s=`` is an error, not the default silently kept
         kwargs: dict[str, Any] = query_fields(
-            parse_qs(parts.query, keep_blank_values=True),
-            floats=("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_timeout_s",
-                    "fault_grace_s"),
-            strs=(), where=f"registry URI {uri!r}")
+            parse_qs(parts.query, keep_blank_values=True), floats=_LOCAL_URI_FIELDS,
+            strs=(), where=f"registry URI {shown_uri(uri, _LOCAL_URI_FIELDS)!r}")
         raw_path = unquote(parts.netloc + parts.path)
         if raw_path:
             kwargs["path"] = Path(raw_path)
@@ -132,8 +135,8 @@ def registry_from_uri(uri: str) -> Registry:
 
         return EtcdRegistry.from_uri(uri)
     raise ConfigError(
-        f"unknown registry URI {uri!r}: expected local:///path, consul://host:port or "
-        "etcd://host:port[,host:port]"
+        f"unknown registry URI {shown_uri(uri)!r}: expected local:///path, consul://host:port "
+        "or etcd://host:port[,host:port]"
     )
 
 

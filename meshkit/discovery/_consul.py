@@ -85,6 +85,7 @@ from meshkit.discovery._options import (
     options_with,
     parse_bool,
     query_fields,
+    shown_uri,
     split_address,
     split_uri,
 )
@@ -377,11 +378,9 @@ class ConsulOptions:
                               "set CONSUL_HTTP_TOKEN instead")
         # errors quote the URI, the value of a key that is no option masked (a token
         # under another name must not reach a log)
-        shown = uri if all(k in _URI_FIELDS for k in query) else urllib.parse.urlunsplit(
-            parts._replace(query="&".join(f"{k}={v[-1] if k in _URI_FIELDS else '***'}"
-                                          for k, v in query.items())))
         kwargs.update(query_fields(query, floats=_FLOAT_FIELDS, bools=_BOOL_FIELDS,
-                                   strs=_STR_FIELDS, where=f"Consul URI {shown!r}"))
+                                   strs=_STR_FIELDS,
+                                   where=f"Consul URI {shown_uri(uri, _URI_FIELDS)!r}"))
         if scheme == "consul+https":
             # TLS whatever supplies the address (this URI, CONSUL_HTTP_ADDR or the default):
             # without it the ACL token would go out in clear text.

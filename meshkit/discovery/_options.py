@@ -19,6 +19,8 @@ __all__ = [
     "options_with",
     "parse_bool",
     "query_fields",
+    "redact_address",
+    "shown_uri",
     "split_address",
     "split_uri",
 ]
@@ -29,31 +31,72 @@ _TRUE = ("1", "t", "true", "y", "yes", "on")
 _FALSE = ("0", "f", "false", "n", "no", "off")
 
 
+def redact_address(text: str) -> str:
+    """``text`` (an address, ``[scheme://][user[:password]@]host[:port]``) with any user
+    info replaced by ``***``, for error messages: ``http://***@host:2379``."""
+    if "@" not in text:
+        return text
+    scheme, sep, _ = text.partition("://")
+    return f"{scheme}{sep}***@{text.rpartition('@')[2]}" if sep else \
+        f"***@{text.rpartition('@')[2]}"
+
+
+def shown_uri(uri: str, known: Collection[str] = ()) -> str:
+    """``uri`` as an error message may quote it: user info replaced by ``***``, the value
+    of each query key not in ``known`` (the option names) and any fragment masked
+    (``***``), so a password or a token under another name never reaches a log; the rest
+    exactly as written (``etcd://***@h:2379?ttl_s=5&password=***``). A URI with neither
+    comes back unchanged."""
+    rest, hash_, _ = uri.partition("#")
+    base, qmark, query = rest.partition("?")
+    scheme, sep, after = base.partition("://")
+    if sep:
+        authority, slash, path = after.partition("/")
+        if "@" in authority:
+            base = f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+    elif "@" in base:  # no "//": "user:password@host" parses as scheme "user"
+        base = f"***@{base.rpartition('@')[2]}"
+    if query:
+        pieces = []
+        for piece in query.split("&"):
+            key, eq, _ = piece.partition("=")
+            masked = eq and urllib.parse.unquote_plus(key) not in known
+            pieces.append(f"{key}=***" if masked else piece)
+        query = "&".join(pieces)
+    return f"{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+
+
 def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:
     """Split ``[scheme://]host[:port]`` (scheme ``http`` or ``https``, IPv6 hosts in
     brackets) into the scheme (``None``: not given), the host without brackets and the port
     (``None``: not given).
 
     Raises:
-        ConfigError: another scheme, a port outside 1..65535, or more than a host and port;
-            ``what`` names the value (e.g. ``"addr"``), which is quoted.
+        ConfigError: another scheme, a port outside 1..65535, user info (``user:password@``,
+            refused: a password must not sit in an address) or more than a host and port;
+            ``what`` names the value (e.g. ``"addr"``), which is quoted with any user info
+            replaced by ``***`` (see :func:`redact_address`).
     """
     raw = text.strip()
+    shown = redact_address(text)
     scheme: str | None = None
     if "://" in raw:
         scheme, raw = raw.split("://", 1)
         scheme = scheme.lower()
         if scheme not in ("http", "https"):
-            raise ConfigError(f"{what} scheme must be http or https, got {text!r}")
+            raise ConfigError(f"{what} scheme must be http or https, got {shown!r}")
     parts = urllib.parse.urlsplit("//" + raw.rstrip("/"))
+    if "@" in parts.netloc:
+        raise ConfigError(f"{what} must be host:port or scheme://host:port, without user "
+                          f"info, got {shown!r}")
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"{what} port must be 1..65535, got {text!r}") from None
+        raise ConfigError(f"{what} port must be 1..65535, got {shown!r}") from None
     if not parts.hostname or parts.path or parts.query or parts.username or parts.password:
-        raise ConfigError(f"{what} must be host:port or scheme://host:port, got {text!r}")
+        raise ConfigError(f"{what} must be host:port or scheme://host:port, got {shown!r}")
     if port == 0:
-        raise ConfigError(f"{what} port must be 1..65535, got {text!r}")
+        raise ConfigError(f"{what} port must be 1..65535, got {shown!r}")
     return scheme, parts.hostname, port
 
 
@@ -108,9 +151,9 @@ def query_fields(query: Mapping[str, list[str]], *, floats: Collection[str],
     of a repeated key wins), typed by the field names in ``floats``, ``bools`` (see
     :func:`parse_bool`) and ``strs``.
 
-    ``where`` says where the query comes from, the URI quoted (e.g. ``"etcd URI
-    'etcd://h:2379?ttl_s=5'"``): every error names it, so an operator with several
-    configuration sources knows which one to fix.
+    ``where`` says where the query comes from, the URI quoted as :func:`shown_uri` gives
+    it (e.g. ``"etcd URI 'etcd://h:2379?ttl_s=5'"``): every error names it, so an operator
+    with several configuration sources knows which one to fix.
 
     Raises:
         ConfigError: a value that is not a number or boolean (``ttl_s must be a number,

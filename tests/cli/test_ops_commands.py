@@ -378,6 +378,29 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
                 else "--timeout-s" in err), (args, err)
 
 
+async def test_registry_usage_errors_never_print_a_password() -> None:
+    """A registry URI or address refused for its form is quoted with its user info and
+    the values of query keys that are no option masked: ``--registry
+    https://root:<password>@host:2379`` (an unknown scheme) and ``ETCDCTL_ENDPOINTS`` or
+    ``CONSUL_HTTP_ADDR`` with user info printed the password on stderr."""
+    secret = "S3cretPw-do-not-print"
+    cases: list[tuple[tuple[str, ...], dict[str, str], str]] = [
+        (("--registry", f"https://root:{secret}@127.0.0.1:2379"), {}, "unknown registry URI"),
+        (("--registry", f"etcds://root:{secret}@127.0.0.1:2379"), {}, "unknown registry URI"),
+        (("--registry", "etcd://"), {"ETCDCTL_ENDPOINTS": f"http://root:{secret}@127.0.0.1:2379"},
+         "must be host:port"),
+        (("--registry", "consul://"), {"CONSUL_HTTP_ADDR": f"http://acl:{secret}@127.0.0.1:8500"},
+         "must be host:port"),
+    ]
+    results = await asyncio.gather(*(
+        meshkit_cli("services", *args, "--timeout-s", "2", env_extra=env)
+        for args, env, _ in cases))
+    for (args, env, says), (code, out, err) in zip(cases, results, strict=True):
+        assert (code, out) == (2, ""), (args, env, err)
+        assert secret not in err, (args, env, err)
+        assert says in err and "***" in err, (args, env, err)
+
+
 async def test_prometheus_targets_durations_are_usage_errors(tmp_path: Path) -> None:
     """``prometheus-targets`` refuses ``--timeout-s``/``--interval-s`` that are not positive
     finite seconds and a ``--keep-failing-s`` below 0 or NaN: usage errors (exit 2), no
