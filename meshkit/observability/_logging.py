@@ -770,6 +770,16 @@ def json_dumps(obj: Any, **kw: Any) -> str:
     return _json.dumps(obj, **kw)
 
 
+def _plain_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
+    """structlog's plain traceback: the console renderer's default is ``rich``'s
+    traceback when ``rich`` is installed, which prints every frame's local variables
+    (``show_locals=True``; a token or request held in one would reach the log), or
+    ``better_exceptions``', which shows values too. A function of its own, not
+    ``plain_traceback`` itself, which ConsoleRenderer would take for its default when
+    neither is installed and swap for the monochrome default without colors."""
+    structlog.dev.plain_traceback(sio, exc_info)
+
+
 def configure_logging(level: str | None = None, *, json: bool | None = None,
                       access_log_flush_interval_s: float | None = None) -> None:
     """Configure structlog for this process.
@@ -829,7 +839,8 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         json = fmt == "json" or (fmt == "" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=json_dumps) if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+                                           exception_formatter=_plain_traceback)
     )
     if access_log_flush_interval_s is None:
         raw = env.get("MESHKIT_ACCESS_LOG_FLUSH_S", "")

@@ -919,3 +919,47 @@ def test_console_access_lines_redact_credential_named_contextvars(
     err = capsys.readouterr().err
     assert "rpc" in err and "r-2" in err and "[REDACTED]" in err, err
     assert SECRET not in err
+
+
+def test_console_tracebacks_never_print_frame_locals(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """configure_logging's console format prints an exception's traceback without its
+    frames' local variables. structlog's ConsoleRenderer formats exceptions with
+    ``rich`` when it is installed (``show_locals=True``: a token in a local variable of
+    any frame printed) or ``better_exceptions`` (which shows values too); this test stands
+    in such a formatter for structlog's defaults, as an install of ``rich`` would."""
+    import inspect
+
+    def with_locals(sio: Any, exc_info: Any) -> None:
+        tb = exc_info[2]
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        sio.write(f"\nLOCALS {tb.tb_frame.f_locals!r}")
+
+    init = structlog.dev.ConsoleRenderer.__init__
+    params = [p.name for p in inspect.signature(init).parameters.values()
+              if p.default is not inspect.Parameter.empty
+              and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    defaults = list(init.__defaults__ or ())
+    assert len(defaults) == len(params), (params, defaults)
+    defaults[params.index("exception_formatter")] = with_locals
+    monkeypatch.setattr(init, "__defaults__", tuple(defaults))
+    monkeypatch.setattr(structlog.dev, "default_exception_formatter", with_locals)
+    monkeypatch.setattr(structlog.dev, "default_monochrome_exception_formatter", with_locals)
+    monkeypatch.setattr(_AccessLog, "logger", _AccessLog.logger)
+
+    def fails(password: str) -> None:
+        raise RuntimeError("the handler failed")
+
+    configure_logging("info", json=False, access_log_flush_interval_s=0)
+    try:
+        try:
+            fails(SECRET)
+        except RuntimeError:
+            structlog.get_logger("tests.console").exception("call failed")
+        flush_logs()
+    finally:
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert SECRET not in err and "LOCALS" not in err, err
+    assert "call failed" in err and "Traceback" in err and "the handler failed" in err, err
