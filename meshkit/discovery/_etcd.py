@@ -139,6 +139,7 @@ from meshkit.discovery._options import (
     env_value,
     options_with,
     query_fields,
+    shown_uri,
     split_address,
     split_uri,
 )
@@ -169,6 +170,9 @@ _SEEN_RENEWALS = 10
 #: its ``--max-txn-ops`` (default 128).
 _CHECK_CHUNK = 64
 _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
+#: The URI's option names: an error quotes the value of any other key masked (a password
+#: under another name must not reach a log; see :func:`shown_uri`).
+_URI_FIELDS = frozenset(_FLOAT_FIELDS + _STR_FIELDS)
 #: gRPC codes (as the gateway reports them) after which another member may answer:
 #: UNAVAILABLE ("no leader", "leader changed", "request timed out"), DEADLINE_EXCEEDED.
 _TRY_ELSEWHERE = frozenset({4, 14})
@@ -384,11 +388,13 @@ class EtcdOptions:
         by name, e.g. ``etcd://10.0.0.1:2379,10.0.0.2:2379?ttl_s=5&prefix=/prod/``.
 
         Raises:
-            ConfigError: bad scheme, endpoint or option (the offending part is quoted).
+            ConfigError: bad scheme, endpoint or option (the offending part is quoted; the
+                URI with any user info and the values of keys that are no option masked).
         """
         parts, scheme = split_uri(uri, "etcd", "etcd")
         if "@" in parts.netloc:
-            raise ConfigError(f"etcd URI must not carry user info, got {parts.netloc!r}")
+            raise ConfigError(f"etcd URI must not carry user info, got "
+                              f"{shown_uri(uri, _URI_FIELDS)!r}")
         if parts.path not in ("", "/"):
             raise ConfigError(f"etcd URI takes no path (use ?prefix=), got {parts.path!r}")
         kwargs: dict[str, Any] = {}
@@ -397,11 +403,11 @@ class EtcdOptions:
             kwargs["endpoints"] = _split_endpoints(parts.netloc, default_scheme)
         kwargs.update(query_fields(urllib.parse.parse_qs(parts.query, keep_blank_values=True),
                                    floats=_FLOAT_FIELDS, strs=_STR_FIELDS,
-                                   where=f"etcd URI {uri!r}"))
+                                   where=f"etcd URI {shown_uri(uri, _URI_FIELDS)!r}"))
         options = cls.from_env(environ, **kwargs)
         if scheme == "etcd+https" and options.scheme != "https":
-            raise ConfigError(f"{uri!r} asks for https but the endpoints are "
-                              f"{options.endpoints!r}")
+            raise ConfigError(f"{shown_uri(uri, _URI_FIELDS)!r} asks for https but the "
+                              f"endpoints are {options.endpoints!r}")
         return options
 
 

@@ -381,12 +381,17 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
 async def test_registry_usage_errors_never_print_a_password() -> None:
     """A registry URI or address refused for its form is quoted with its user info and
     the values of query keys that are no option masked: ``--registry
-    https://root:<password>@host:2379`` (an unknown scheme) and ``ETCDCTL_ENDPOINTS`` or
-    ``CONSUL_HTTP_ADDR`` with user info printed the password on stderr."""
+    https://root:<password>@host:2379`` (an unknown scheme), ``etcd://root:<password>@...``
+    (etcdctl's ``--user`` moved into the URI), ``etcd://...?password=...`` and
+    ``ETCDCTL_ENDPOINTS`` or ``CONSUL_HTTP_ADDR`` with user info printed the password on
+    stderr."""
     secret = "S3cretPw-do-not-print"
     cases: list[tuple[tuple[str, ...], dict[str, str], str]] = [
         (("--registry", f"https://root:{secret}@127.0.0.1:2379"), {}, "unknown registry URI"),
         (("--registry", f"etcds://root:{secret}@127.0.0.1:2379"), {}, "unknown registry URI"),
+        (("--registry", f"etcd://root:{secret}@127.0.0.1:2379"), {}, "user info"),
+        (("--registry", f"etcd://127.0.0.1:2379?ttl_s=5&password={secret}"), {},
+         "unknown option 'password'"),
         (("--registry", "etcd://"), {"ETCDCTL_ENDPOINTS": f"http://root:{secret}@127.0.0.1:2379"},
          "must be host:port"),
         (("--registry", "consul://"), {"CONSUL_HTTP_ADDR": f"http://acl:{secret}@127.0.0.1:8500"},

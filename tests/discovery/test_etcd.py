@@ -67,13 +67,36 @@ def test_uri_forms_and_etcdctl_environment(tmp_path: Path) -> None:
     ("etcd://h:2379?colour=red", "colour"),
     ("etcd://h:2379?prefix=nolead/", "nolead/"),
     ("etcd://h:2379?ca_file=/nonexistent.pem", "/nonexistent.pem"),
-    ("etcd://u:p@h:2379", "u:p@h:2379"),
+    ("etcd://u:p@h:2379", r"'etcd://\*\*\*@h:2379'"),
     ("etcdx://h:2379", "etcdx"),
 ])
 def test_bad_uris_fail_at_construction(uri: str, quoted: str) -> None:
     """A bad URI or option fails when the registry is built, quoting the bad part."""
     with pytest.raises(ConfigError, match=quoted.replace("?", r"\?")):
         EtcdOptions.from_uri(uri, environ={})
+
+
+@pytest.mark.parametrize(("uri", "says", "shown"), [
+    ("etcd://root:{pw}@127.0.0.1:2379", "must not carry user info",
+     "'etcd://***@127.0.0.1:2379'"),
+    ("etcd+https://{pw}@h1:2379,h2:2379?ttl_s=5", "must not carry user info",
+     "'etcd+https://***@h1:2379,h2:2379?ttl_s=5'"),
+    ("etcd://127.0.0.1:2379?ttl_s=5&password={pw}", "unknown option 'password'",
+     "'etcd://127.0.0.1:2379?ttl_s=5&password=***'"),
+    ("etcd://127.0.0.1:2379?ttl_s=x&token={pw}", "ttl_s must be a number",
+     "'etcd://127.0.0.1:2379?ttl_s=x&token=***'"),
+])
+def test_uri_errors_never_quote_a_password(uri: str, says: str, shown: str) -> None:
+    """An etcd URI refused for its user info (etcdctl's ``--user root:<password>`` moved
+    into the URI) or a query key that is no option (``?password=...``) is quoted with the
+    user info and the value of that key masked, as the Consul URI's errors are; the
+    password was quoted in clear (the netloc, or the whole URI)."""
+    secret = "S3cretPw-do-not-print"
+    with pytest.raises(ConfigError) as info:
+        EtcdOptions.from_uri(uri.format(pw=secret), environ={})
+    text = str(info.value)
+    assert secret not in text, text
+    assert says in text and shown in text, text
 
 
 def test_bad_option_combinations() -> None:
