@@ -239,48 +239,110 @@ class _AdminSlot:
 
 
 class _SharedAdmin:
-    """One admin server per event loop (normally the process's one), shared by every
-    MeshServer of that loop that asks for one. An asyncio lock and an aiohttp server
-    belong to one loop: servers of another loop (``asyncio.run()`` again, a thread's own
-    loop) share one of their own, started with the first of them and stopped with the
-    last."""
+    """The process's admin server, shared by every MeshServer that asks for one.
+
+    An asyncio lock and an aiohttp server belong to one event loop, so the servers of one
+    loop share one admin server, started with the first of them and stopped with the last
+    (their loop's slot is dropped then: it holds a lock bound to the loop, which a slot
+    kept would keep alive). Servers of another loop (``asyncio.run()`` again, a thread's
+    own loop) start one of their own on an ephemeral port; a fixed port
+    (``MESHKIT_ADMIN_PORT``, ``AdminOptions.port``) held by the admin server of another
+    loop still running is not bound again (it would fail ``EADDRINUSE``): the process has
+    its admin server there, which serves every server's ``/readyz`` and ``/debug/mesh``,
+    and the servers of this loop serve without one (a warning, no ``admin_port``
+    announced).
+    """
 
     _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AdminSlot] = \
         weakref.WeakKeyDictionary()
-
-    @classmethod
-    def _slot(cls) -> _AdminSlot:
-        loop = asyncio.get_running_loop()
-        slot = cls._slots.get(loop)
-        if slot is None:
-            slot = cls._slots[loop] = _AdminSlot()
-        return slot
+    # fixed admin ports of this process: port -> the loop whose admin server holds it
+    _fixed: dict[int, weakref.ref[asyncio.AbstractEventLoop]] = {}
+    _fixed_lock = threading.Lock()
 
     @classmethod
     def users(cls) -> int:
         """How many servers of the running loop hold its admin server."""
-        return cls._slot().users
+        slot = cls._slots.get(asyncio.get_running_loop())
+        return 0 if slot is None else slot.users
 
     @classmethod
-    async def acquire(cls, options: AdminOptions) -> AdminServer:
-        slot = cls._slot()
-        async with slot.lock:
-            if slot.server is None:
-                server = AdminServer(options)
-                await server.start()
-                slot.server = server
-                _log.info("admin server", url=server.url)
-            slot.users += 1
-            return slot.server
+    async def acquire(cls, options: AdminOptions) -> AdminServer | None:
+        """The running loop's admin server, started if it has none; ``None`` when
+        ``options.port`` is fixed and held by the admin server of another loop of this
+        process (warned).
+
+        Raises:
+            OSError: the admin server's address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            slot = cls._slots.get(loop)
+            if slot is None:
+                slot = cls._slots[loop] = _AdminSlot()
+            async with slot.lock:
+                if cls._slots.get(loop) is not slot:
+                    continue  # its last user released and dropped it while we waited
+                try:
+                    if slot.server is None:
+                        if not cls._reserve(options.port, loop):
+                            _log.warning("admin port held by the admin server of another "
+                                         "event loop of this process; serving without an "
+                                         "admin server", admin_port=options.port)
+                            return None
+                        server = AdminServer(options)
+                        try:
+                            await server.start()
+                        except BaseException:
+                            cls._unreserve(options.port, loop)
+                            raise
+                        slot.server = server
+                        _log.info("admin server", url=server.url)
+                    slot.users += 1
+                    return slot.server
+                finally:
+                    if slot.users == 0:
+                        del cls._slots[loop]
 
     @classmethod
     async def release(cls) -> None:
-        slot = cls._slot()
+        """One user of the running loop's admin server is gone; the last stops it."""
+        loop = asyncio.get_running_loop()
+        slot = cls._slots.get(loop)
+        if slot is None:
+            return
         async with slot.lock:
             slot.users -= 1
-            if slot.users == 0 and slot.server is not None:
-                server, slot.server = slot.server, None
-                await server.stop()
+            if slot.users > 0:
+                return
+            server, slot.server = slot.server, None
+            if cls._slots.get(loop) is slot:
+                del cls._slots[loop]
+            if server is not None:
+                try:
+                    await server.stop()
+                finally:
+                    cls._unreserve(server.options.port, loop)
+
+    @classmethod
+    def _reserve(cls, port: int, loop: asyncio.AbstractEventLoop) -> bool:
+        """Claim a fixed ``port`` for ``loop``'s admin server; ``False`` when the admin
+        server of another loop, not closed, holds it (port 0 is always ``True``)."""
+        if port == 0:
+            return True
+        with cls._fixed_lock:
+            held = cls._fixed.get(port)
+            holder = None if held is None else held()
+            if holder is not None and holder is not loop and not holder.is_closed():
+                return False
+            cls._fixed[port] = weakref.ref(loop)
+            return True
+
+    @classmethod
+    def _unreserve(cls, port: int, loop: asyncio.AbstractEventLoop) -> None:
+        with cls._fixed_lock:
+            held = cls._fixed.get(port)
+            if held is not None and held() in (loop, None):
+                del cls._fixed[port]
 
 
 _MESH_CHECKS = {
@@ -370,7 +432,12 @@ class ServeOptions:
             registry meta ``admin_port``, with ``admin_host`` when it listens on another
             address than the registered host (``127.0.0.1`` for a server on ``::1``; not
             a loopback admin of a server registered under a reachable host); ``None`` for
-            none.
+            none. The servers of one event loop share it; a server in another loop
+            (another thread's, a later ``asyncio.run()``) starts one of its loop, unless
+            its fixed port (``MESHKIT_ADMIN_PORT``) is held by the admin server of another
+            loop still running: then it serves without one (a warning; no ``admin_port``
+            announced), since that one serves this process's ``/metrics``, ``/readyz``
+            and ``/debug/mesh`` already.
         limits: bounds on in-flight work (:class:`ServerLimits`: concurrent calls per
             server and streams per connection, request size, flow-control windows, how long
             a request may take to arrive, keepalive and idle connections), on by default;
@@ -862,7 +929,8 @@ class MeshServer:
                 admin = dataclasses.replace(admin, registry=telemetry_registry)
             self.admin = await _SharedAdmin.acquire(admin)
             self._raise_if_draining()
-            meta.setdefault("admin_port", str(self.admin.port))
+            if self.admin is not None:
+                meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
             self._publish_certificate(load_certificate(opts.tls.cert_file))
             self._certificate_follower = asyncio.get_running_loop().create_task(

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -27,6 +28,7 @@ from meshkit.server import _SharedAdmin
 from tests.conftest import EchoFactory
 from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
+from tests.support.loops import run as run_loop
 from tests.support.wait import until
 
 
@@ -1254,6 +1256,102 @@ async def test_each_event_loop_has_its_own_shared_admin_server_stopped_with_its_
         await asyncio.wait_for(admin.stop(), 5)
     assert refused, (f"the admin server on port {admin_port} still listens after every "
                      "server using it drained")
+
+
+def test_two_servers_in_two_threads_with_a_fixed_admin_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``MESHKIT_ADMIN_PORT`` set (the scrape port a deployment fixes) and two servers
+    each in a thread of its own (``asyncio.run(serve(...))`` in a ``threading.Thread``,
+    as serve() offers): both serve. The admin server is the process's one: the first
+    thread's holds the port, the other thread's server serves without an admin server
+    (warned; no ``admin_port`` announced) instead of failing ``start()`` with
+    ``EADDRINUSE`` (the admin server was one per event loop, each binding the port)."""
+    from tests.support.ports import free_port
+
+    port = free_port()
+    monkeypatch.setenv("MESHKIT_ADMIN_PORT", str(port))
+    started = threading.Barrier(2, timeout=20)
+    leave = threading.Barrier(2, timeout=20)
+    outcome: dict[str, str] = {}
+    admin_ports: dict[str, str | None] = {}
+
+    async def main(name: str) -> None:
+        async with asyncio.timeout(30):
+            reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=5.0))
+            server = meshkit.MeshServer(
+                f"echo{name}", [add_echo(name)], registry=reg,
+                options=meshkit.ServeOptions(insecure=True, drain_delay_s=0, grace_s=1.0))
+            await asyncio.to_thread(started.wait)
+            try:
+                await server.start()
+                outcome[name] = "serving"
+                assert server.instance is not None
+                admin_ports[name] = server.instance.meta.get("admin_port")
+            except Exception as exc:  # what the second thread got
+                outcome[name] = repr(exc)
+            await asyncio.to_thread(leave.wait)
+            await server.drain()
+            await reg.close()
+
+    with structlog.testing.capture_logs() as logs:
+        threads = [threading.Thread(target=asyncio.run, args=(main(n),)) for n in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+    assert not any(t.is_alive() for t in threads)
+    assert outcome == {"a": "serving", "b": "serving"}
+    assert sorted(admin_ports.values(), key=str) == [str(port), None]
+    assert [e["event"] for e in logs if e.get("admin_port") == port
+            and e["log_level"] == "warning"] == [
+        "admin port held by the admin server of another event loop of this process; "
+        "serving without an admin server"]
+
+
+def test_closed_loops_are_not_kept_by_the_shared_admin_server(tmp_path: Path) -> None:
+    """An ``asyncio.run()`` in which two servers start together (``asyncio.gather(
+    serve("a", ...), serve("b", ...))``) leaves no reference to its loop once they drained
+    (the shared admin server's slot of the loop, kept in a dict weakly keyed by loop, held
+    an ``asyncio.Lock`` bound to that very loop, so the key never died: the loop and all
+    it references leaked, one per run)."""
+    import gc
+    import types
+    import weakref
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main(run: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with asyncio.timeout(20):
+            reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=5.0))
+            servers = [meshkit.MeshServer(
+                "echo", [add_echo(f"e{run}{k}")], registry=reg,
+                options=meshkit.ServeOptions(insecure=True, instance_id=f"e{run}{k}",
+                                             admin=AdminOptions(port=0), drain_delay_s=0,
+                                             grace_s=1.0)) for k in range(2)]
+            await asyncio.gather(*(s.start() for s in servers))
+            await asyncio.gather(*(s.drain() for s in servers))
+            await reg.close()
+
+    for run in range(3):
+        run_loop(main(run))
+    gc.collect()
+    # grpc.aio's poller keeps every loop that ran grpc (a dict of _BoundEventLoop) while
+    # its process-wide state lives (the last loop's, or other tests' channels and servers
+    # keep it alive): only holders other than grpc's count
+    def grpcs(obj: object) -> bool:
+        return type(obj).__module__.startswith("grpc.") or (isinstance(obj, dict) and all(
+            type(v).__module__.startswith("grpc.") for v in obj.values()))
+
+    held = []
+    for ref in loops[:2]:
+        loop = ref()
+        if loop is not None:
+            held.append([type(r).__name__ for r in gc.get_referrers(loop)
+                         if not grpcs(r) and not isinstance(r, types.FrameType)])
+            del loop
+    assert held in ([], [[]], [[], []]), held
 
 
 async def test_reflection_is_served_as_v1_and_v1alpha(echo_servers: EchoFactory) -> None:
