@@ -91,8 +91,9 @@ class RegistryStatus:
         write_errors: failed writes since the registry was built (a counter).
         reopened: times the backing store had to be re-established and this process's
             instances registered again: the local registry file was deleted or replaced,
-            or the Consul agent had forgotten an instance, or the etcd lease was lost
-            (a counter).
+            or the Consul agent had forgotten an instance, or the etcd lease was lost, or
+            an etcd key was deleted or overwritten while its lease lived (one per key put
+            back; a counter).
         last_error: text of the most recent read or write error, None if there never was
             one. It may name the registry file or the agent's address: for logs and the debug
             page, never for a gRPC caller (use :attr:`summary`).
