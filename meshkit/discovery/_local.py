@@ -330,7 +330,9 @@ class LocalRegistry:
         self._reopened_at: float | None = None  # monotonic time of the latest reopen
         self._kept: dict[int, int] = {}  # watch number -> endpoints it keeps (faults)
         self._watch_ids = itertools.count()
-        self._probe_lock: asyncio.Lock | None = None
+        # one write probe at a time: (the event loop, its lock); an asyncio.Lock binds to
+        # a loop, so a later asyncio.run() or another thread's loop makes its own
+        self._probe_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         # (service, instance_id) of an unusable row -> monotonic time it was last logged;
         # used only in the worker thread (under _lock).
         self._unusable_logged: dict[tuple[str, str], float] = {}
@@ -632,17 +634,19 @@ class LocalRegistry:
         and work again since at most ``fault_grace_s``, or the file was found deleted or
         replaced at most ``fault_grace_s`` ago (the owners have not re-registered yet).
         Whether this process can write: its latest write outcome if at most two heartbeat
-        intervals old, else a write probe's; one probe at a time."""
+        intervals old, else a write probe's; one probe at a time (in each event loop)."""
         grace_s = self.options.fault_grace_s
         assert grace_s is not None
         reopened_at = self._reopened_at
         if reopened_at is not None and time.monotonic() - reopened_at <= grace_s:
             return True
-        if self._probe_lock is None:
-            self._probe_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        held = self._probe_lock
+        if held is None or held[0] is not loop:
+            held = self._probe_lock = (loop, asyncio.Lock())
         interval = self.options.heartbeat_interval_s
         assert interval is not None
-        async with self._probe_lock:
+        async with held[1]:
             ok = self._tracker.recent_write(2 * interval)
             if ok is None:
                 try:
@@ -828,6 +832,7 @@ class LocalRegistry:
         if self._closed:
             return
         self._closed = True
+        self._probe_lock = None  # its loop: not kept past close
         tasks = list(self._heartbeats.values())
         self._heartbeats.clear()
         for t in tasks:

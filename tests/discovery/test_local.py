@@ -15,6 +15,7 @@ import pytest
 
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
+from tests.support.loops import run as run_loop
 from tests.support.wait import until
 
 
@@ -492,3 +493,44 @@ def test_registers_again_in_a_later_asyncio_run(tmp_path: Path) -> None:
         assert asyncio.run(still_listed_after_two_ttls()) == {me}
     finally:
         asyncio.run(reg.close())
+
+
+def test_watches_in_a_later_asyncio_run_with_a_dead_owners_entry(tmp_path: Path) -> None:
+    """With an entry whose owner died after the registry's last write (a crashed
+    process: the watches then probe whether this process can write, one probe at a time
+    under a lock), concurrent watches in a later ``asyncio.run()`` (one per dialed
+    service, pytest-asyncio's next test with a shared registry) yield. The probe lock was
+    made once and bound itself to the first loop in which two watches contended for it:
+    later they raised ``RuntimeError: <Lock> is bound to a different event loop``."""
+    opts = LocalOptions(path=tmp_path / "reg", ttl_s=0.6, poll_interval_s=0.05)
+
+    async def owner_dies(suffix: str) -> None:
+        """Another process: registers two instances, deregisters one (the registry's last
+        write) and dies (its loop ends, the other entry is left to expire)."""
+        other = LocalRegistry(opts)
+        await other.register(inst("dead" + suffix))
+        gone = inst("gone" + suffix)
+        await other.register(gone)
+        await asyncio.sleep(0.3)
+        await other.deregister(gone)
+
+    reg = LocalRegistry(opts)
+
+    async def watches() -> list[list[str]]:
+        async def first() -> list[str]:
+            watch = reg.watch("svc")
+            try:
+                return sorted(x.instance_id for x in await watch.__anext__())
+            finally:
+                await watch.aclose()
+
+        async with asyncio.timeout(8):
+            return await asyncio.gather(*(first() for _ in range(8)))
+
+    try:
+        for run in ("1", "2"):
+            run_loop(owner_dies(run))
+            time.sleep(1.0)  # expired, after the last write
+            assert run_loop(watches()) == [[]] * 8, run
+    finally:
+        run_loop(reg.close())
