@@ -69,7 +69,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import importlib
+import importlib.util
 import inspect
 import re
 import threading
@@ -584,6 +587,25 @@ class StorageBreaker:
             self.opened += 1
 
 
+_drivers_lock = threading.Lock()
+
+
+def _import_drivers(cls: type[Any]) -> None:
+    """Import the installed drivers of a ``limits`` storage class (its ``DEPENDENCIES``)
+    before it is built. ``limits`` imports them lazily and takes one as imported once it
+    is in ``sys.modules``, which another thread's import in progress puts it: a storage
+    built meanwhile (two servers starting in two threads) saw a partly initialized driver
+    (``AttributeError``, or a ``ConfigurationError`` finding version 0.0.0). A real
+    import waits for another thread's to finish; once imported this is a dict lookup per
+    driver."""
+    with _drivers_lock:
+        for name in list(getattr(cls, "DEPENDENCIES", None) or ()):
+            if importlib.util.find_spec(name.partition(".")[0]) is None:
+                continue  # not installed: limits finds it missing as before
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+
 class StorageLimiter:
     """A :class:`Limiter` over a ``limits`` strategy and storage, built from options.
 
@@ -619,6 +641,7 @@ class StorageLimiter:
                 storage = SweepThrottledMemoryStorage("memory://", wrap_exceptions=True)
                 self._strategy: Any = _SYNC_STRATEGY_CLASSES[opts.strategy](storage)
             else:
+                _import_drivers(cls)
                 storage = storage_from_string(uri, wrap_exceptions=True)
                 self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
         except (ConfigurationError, NotImplementedError) as exc:

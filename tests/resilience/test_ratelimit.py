@@ -10,6 +10,7 @@ import inspect
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -49,6 +50,8 @@ from tests.support.ports import free_port
 from tests.support.skips import skip_or_fail
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
+
+_REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1153,3 +1156,41 @@ async def test_retry_after_of_a_multi_part_rule_is_when_every_part_admits(
         assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         after = int(dict(err.trailing_metadata() or ())["retry-after"])
         assert 55 <= after <= 60, (after, err.details())
+
+
+_BUILD_TOGETHER = """
+import threading
+from meshkit.resilience import RateLimitInterceptor, RateLimitOptions
+opts = RateLimitOptions(rules={"*": "10/second"}, storage_uri="async+redis://127.0.0.1:6379")
+gate = threading.Barrier(2)
+errors = []
+def build():
+    gate.wait()
+    try:
+        RateLimitInterceptor(opts)
+    except Exception as e:
+        errors.append(repr(e)[:300])
+threads = [threading.Thread(target=build) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join(30)
+print("ERRORS", errors)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_two_threads_build_the_redis_storage_at_once() -> None:
+    """Two servers started at once in two threads (each ``asyncio.run(serve(...))`` with
+    the same ``async+redis`` rate limits) both build the storage. ``limits`` imports the
+    driver lazily and takes it as imported once it is in ``sys.modules``, which another
+    thread's import in progress puts it: one server failed to start with a ConfigError
+    (``partially initialized module 'coredis' has no attribute 'Redis'``, or "minimum
+    version of 3.4.0 for 'coredis' could not be found"). Fresh interpreters (the driver
+    not imported yet), three tries; no Redis needed (the storage connects on first
+    use)."""
+    outputs = []
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", _BUILD_TOGETHER], cwd=_REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(proc.stdout.strip().splitlines()[-1])
+    assert outputs == ["ERRORS []"] * 3, outputs
