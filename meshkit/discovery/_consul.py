@@ -448,6 +448,28 @@ def _without_initial_status(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "Checks": checks}
 
 
+def _drop_keeper(reg: _Registration) -> bool:
+    """Whether ``reg``'s keep-alive task belongs to another event loop than the running
+    one (or has ended): then it is cancelled in its own loop if that still runs (another
+    thread's) and is not to be awaited here; an earlier ``asyncio.run()``'s ended with its
+    loop."""
+    task = reg.task
+    if task is None:
+        return False
+    loop = task.get_loop()
+    if loop is asyncio.get_running_loop() and not task.done():
+        return False
+    if not task.done() and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(task.cancel)
+    return True
+
+
+async def _close_quietly(client: Any) -> None:
+    with contextlib.suppress(*_FOREIGN):
+        await client.close()
+
+
 def _raw_response(response: Any) -> Any:
     """py-consul callback that hands back ``Response(code, headers, body)`` untouched."""
     return response
@@ -472,7 +494,11 @@ class ConsulRegistry:
             failed watch queries (default ``asyncio.sleep``); tests inject a fast one.
 
     The HTTP client is created on first use, inside the running event loop, so the registry
-    can be built anywhere. Errors: ``register``/``deregister`` raise :class:`RegistryError`
+    can be built anywhere; one per event loop (an aiohttp session belongs to one), so the
+    registry carries over from one ``asyncio.run()`` to the next and serves loops of
+    several threads at once: an instance registered again in a later loop is kept alive
+    by that loop, and :meth:`close` ends the watches and keep-alives of every loop still
+    running, each in its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
     (chained from the aiohttp/consul exception); watches and heartbeats never raise for
     agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
 
@@ -492,7 +518,9 @@ class ConsulRegistry:
         self.options = options if options is not None else ConsulOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep if sleep is not None else asyncio.sleep
-        self._client: Any = None
+        # one py-consul client per event loop (an aiohttp session belongs to one): a
+        # later asyncio.run(), or loops of several threads at once
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
         self._keepers: dict[str, _Registration] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
@@ -543,15 +571,24 @@ class ConsulRegistry:
         return error
 
     async def _stop_keeper(self, instance_id: str) -> None:
-        """Cancel and await the keep-alive task of ``instance_id``, if it has one."""
+        """Cancel and await the keep-alive task of ``instance_id``, if it has one (one of
+        another event loop: see :func:`_drop_keeper`)."""
         reg = self._keepers.pop(instance_id, None)
-        if reg is not None and reg.task is not None:
+        if reg is not None and reg.task is not None and not _drop_keeper(reg):
             await cancel_and_wait(reg.task)
 
     def _get_client(self) -> Any:
+        """The running event loop's py-consul client, made on first use in it (those of
+        closed loops are dropped then)."""
         if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
-        if self._client is None:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # a closed loop's client cannot be closed any more (its connections close as
+            # they are collected); it must not be used
+            self._clients = {held: c for held, c in self._clients.items()
+                             if not held.is_closed()}
             opts = self.options
             host = f"[{opts.host}]" if ":" in opts.host else opts.host  # py-consul joins host:port
             verify: bool | str = opts.ca_file if (opts.verify and opts.ca_file) else opts.verify
@@ -577,8 +614,8 @@ class ConsulRegistry:
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).
             client.token = opts.token
-            self._client = client
-        return self._client
+            self._clients[loop] = client
+        return client
 
     def _headers(self, client: Any) -> dict[str, str]:
         return cast(dict[str, str], client.prepare_headers())
@@ -693,6 +730,12 @@ class ConsulRegistry:
         """
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
+        if prior is not None and _drop_keeper(prior):
+            # kept alive by another event loop's task (an earlier asyncio.run(): ended
+            # with it; another thread's: cancelled there): this loop keeps it from now
+            if self._keepers.get(instance.instance_id) is prior:
+                del self._keepers[instance.instance_id]
+            prior = None
         try:
             if prior is None:
                 await self._put_register(payload)
@@ -974,13 +1017,19 @@ class ConsulRegistry:
         """
         if self._race.closed:
             return
-        tasks = [*(r.task for r in self._keepers.values() if r.task is not None),
+        tasks = [*(r.task for r in self._keepers.values()
+                   if r.task is not None and not _drop_keeper(r)),
                  *self._race.close()]
         self._keepers.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(*_FOREIGN):
-                await client.close()
+        clients, self._clients = self._clients, {}
+        running = asyncio.get_running_loop()
+        for loop, client in clients.items():
+            if loop is running:
+                with contextlib.suppress(*_FOREIGN):
+                    await client.close()
+            elif loop.is_running():  # another thread's loop: closed there
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    asyncio.run_coroutine_threadsafe(_close_quietly(client), loop)

@@ -5,9 +5,10 @@ No policy lives here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 __all__ = ["CLOSED", "CloseRace", "Closed", "describe", "full_jitter"]
@@ -26,14 +27,19 @@ CLOSED = Closed.CLOSED
 
 
 class CloseRace:
-    """Lets a registry's waits (a blocking query, a backoff sleep) end when it is closed."""
+    """Lets a registry's waits (a blocking query, a backoff sleep) end when it is closed.
 
-    __slots__ = ("_event", "closed", "inflight")
+    Safe across event loops: a registry kept from one ``asyncio.run()`` to the next, or
+    used by loops of several threads at once. Each wait has a future of its own loop
+    (no event bound to the first loop that waited), and :meth:`close` wakes each in its
+    loop."""
+
+    __slots__ = ("_waiters", "closed", "inflight")
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
         self.closed = False
         self.inflight: set[asyncio.Future[Any]] = set()
+        self._waiters: set[asyncio.Future[None]] = set()
 
     async def race(self, aw: Coroutine[Any, Any, _T]) -> _T | Closed:
         """Await ``aw`` unless :meth:`close` comes first (then cancel it, return CLOSED).
@@ -44,13 +50,18 @@ class CloseRace:
         if self.closed:
             aw.close()
             return CLOSED
-        task = asyncio.ensure_future(aw)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(aw)
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
-        closed = asyncio.ensure_future(self._event.wait())
+        closed: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(closed)
+        if self.closed:  # closed by another thread since the check above
+            closed.set_result(None)
         try:
             await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._waiters.discard(closed)
             closed.cancel()
             if not task.done():
                 task.cancel()
@@ -59,11 +70,41 @@ class CloseRace:
         return CLOSED
 
     def close(self) -> list[asyncio.Future[Any]]:
-        """Mark closed, wake every race; return the in-flight tasks (for the caller to
-        cancel and gather with its own)."""
+        """Mark closed and wake every race, each in its event loop; return the in-flight
+        tasks of the running loop (for the caller to cancel and gather with its own).
+        Those of another loop still running are cancelled in it; those of a closed loop
+        ended with it."""
         self.closed = True
-        self._event.set()
-        return list(self.inflight)
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for waiter in list(self._waiters):
+            _in_loop_of(waiter, running, _wake, waiter)
+        mine: list[asyncio.Future[Any]] = []
+        for task in list(self.inflight):
+            if task.get_loop() is running:
+                mine.append(task)
+            else:
+                _in_loop_of(task, running, task.cancel)
+        return mine
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _in_loop_of(fut: asyncio.Future[Any], running: asyncio.AbstractEventLoop | None,
+                call: Callable[..., object], *args: Any) -> None:
+    """``call(*args)`` now when ``fut`` is of the ``running`` loop, else soon in its own
+    loop (thread-safe); nothing when that loop is closed."""
+    loop = fut.get_loop()
+    if loop is running:
+        call(*args)
+    elif not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(call, *args)
 
 
 def full_jitter(rng: random.Random, attempt: int, base_s: float, max_s: float) -> float:

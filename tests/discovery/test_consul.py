@@ -13,9 +13,9 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import consul
@@ -29,11 +29,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry, _TokenBucket
-from meshkit.discovery._types import Registry, RegistryStatus
+from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError, RegistryError
 from tests.discovery.conformance import Collector, make_instance, unique_service
 from tests.discovery.consul_double import ConsulDouble
+from tests.support.loops import LoopThread
+from tests.support.loops import run as run_loop
 from tests.support.wait import until
+
+_T = TypeVar("_T")
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -1044,3 +1048,119 @@ async def test_options_token_wins_over_environment(monkeypatch: pytest.MonkeyPat
             with pytest.raises(RegistryError, match="HTTP 403: Permission denied"):
                 await anonymous.register(make_instance("orderd", 2))
         assert [r.token for r in d.requests] == ["good", None]
+
+
+# -- event loops: asyncio.run() again, a loop per thread -----------------------------------
+@pytest.fixture
+def double_thread() -> Iterator[ConsulDouble]:
+    """A Consul double served by a loop in a thread of its own, living across the test's
+    event loops."""
+    thread = LoopThread()
+
+    async def start() -> ConsulDouble:
+        double = ConsulDouble()
+        await double.start()
+        return double
+
+    double = thread.run(start())
+    try:
+        yield double
+    finally:
+        thread.run(double.close())
+        thread.close()
+
+
+async def _first_set(reg: ConsulRegistry, service: str) -> list[str]:
+    """The ids of the first set a new watch of ``service`` yields."""
+    watch = cast(AsyncGenerator[frozenset[Instance], None], reg.watch(service))
+    try:
+        return sorted(x.instance_id for x in await watch.__anext__())
+    finally:
+        await watch.aclose()
+
+
+@pytest.mark.timeout(40)
+def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble) -> None:
+    """A registry used in one ``asyncio.run()`` works in the next (a script with two
+    phases, pytest-asyncio's loop per test with a registry built once): register,
+    watch and close work, and an instance registered again there is kept alive by a
+    keeper of the new loop. Its py-consul/aiohttp client (and the CloseRace event) stayed
+    bound to the first, closed loop: register() raised a bare ``RuntimeError: Event loop
+    is closed`` (not RegistryError) and so did watch() (documented never to raise for
+    agent errors); and register() of an id whose keeper died with the first loop took it
+    as kept alive already."""
+    service = unique_service()
+    reg = ConsulRegistry(ConsulOptions(addr=double_thread.addr, **FAST))
+    one, two = make_instance(service, 1), make_instance(service, 2)
+
+    async def phase(*instances: Instance) -> list[str]:
+        async with asyncio.timeout(8):
+            for inst in instances:
+                await reg.register(inst)
+            return await _first_set(reg, service)
+
+    async def kept_alive() -> str | None:
+        async with asyncio.timeout(8):
+            await asyncio.sleep(FAST["ttl_s"] * 3)  # only a keeper of this loop passes it
+            check = double_thread.check(f"service:{one.instance_id}:ttl")
+            return None if check is None else check.status
+
+    async def close() -> None:
+        async with asyncio.timeout(8):
+            await reg.close()
+
+    try:
+        assert run_loop(phase(one)) == [one.instance_id]
+        assert run_loop(phase(two)) == [one.instance_id, two.instance_id]
+        assert run_loop(phase(one)) == [one.instance_id, two.instance_id]
+        # the same loop that registered it again keeps it alive
+        assert run_loop(_then(phase(one), kept_alive())) == "passing"
+    finally:
+        run_loop(close())
+
+
+async def _then(first: Awaitable[object], second: Awaitable[_T]) -> _T:
+    await first
+    return await second
+
+
+@pytest.mark.timeout(40)
+def test_used_from_two_running_loops_and_closed_from_one(
+        double_thread: ConsulDouble) -> None:
+    """One registry used by two loops running at once (servers in two threads): each
+    registers and watches with a client of its own loop, and close() in one ends the
+    other's watch and keeper in that loop (both iterators finish, nothing raises)."""
+    service = unique_service()
+    reg = ConsulRegistry(ConsulOptions(addr=double_thread.addr, **FAST))
+    other = LoopThread()
+    try:
+        one, two = make_instance(service, 1), make_instance(service, 2)
+        other.run(reg.register(one))
+        sets: list[list[str]] = []
+
+        async def watch_until_closed() -> None:
+            async for found in reg.watch(service):
+                sets.append(sorted(x.instance_id for x in found))
+
+        watching = asyncio.run_coroutine_threadsafe(watch_until_closed(), other.loop)
+
+        async def register_watch_close() -> list[str]:
+            async with asyncio.timeout(8):
+                await reg.register(two)
+                first = await _first_set(reg, service)
+                await until(lambda: [one.instance_id, two.instance_id] in sets,
+                            timeout_s=5, what="the other loop's watch sees both")
+                await reg.close()
+                return first
+
+        assert run_loop(register_watch_close()) == [one.instance_id, two.instance_id]
+        watching.result(8)  # ended by close(), in its own loop
+        keepers = other.run(_tasks_named("meshkit-consul-keeper-"))
+        assert keepers == []
+    finally:
+        other.close()
+
+
+async def _tasks_named(prefix: str) -> list[str]:
+    await asyncio.sleep(0.1)  # a cancel sent from another thread lands
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefix)]
