@@ -117,6 +117,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -124,6 +125,7 @@ import json
 import os
 import random
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
@@ -183,6 +185,9 @@ _V3, _V3BETA = "/v3", "/v3beta"
 #: Calls whose path differs under ``/v3beta`` (etcd 3.3's rpc.proto binds LeaseRevoke to
 #: ``/v3beta/kv/lease/revoke``; 3.4 to ``/v3/lease/revoke`` and ``/v3/kv/lease/revoke``).
 _V3BETA_PATHS = {"/lease/revoke": "/kv/lease/revoke"}
+#: How often a task waiting for the registry's lock checks whether its holder's event loop
+#: was closed while holding it (seconds); see :class:`_LeaseLock`.
+_DEAD_HOLDER_CHECK_S = 1.0
 
 
 class _EtcdError(Exception):
@@ -482,6 +487,102 @@ class _Cursor:
     resyncs: int = 0
 
 
+class _LeaseLock:
+    """The registry's lock (``_lease_lock``): one holder at a time among the tasks of
+    every event loop, first come first served. The registry's state (lease, owned keys)
+    is shared by the loops that use it, a later ``asyncio.run()`` or loops of several
+    threads at once, and an ``asyncio.Lock`` binds to the first loop that waits on it;
+    here each waiter waits on a future of its own loop, handed the lock in that loop
+    (thread-safe). A holder whose loop was closed while it held the lock (a loop stopped
+    and closed with the task pending never releases) is passed over: the lock goes to
+    the next waiter, checked when one comes and every ``_DEAD_HOLDER_CHECK_S`` while one
+    waits. Uncontended: a ``threading.Lock`` taken and released, no future."""
+
+    __slots__ = ("_holder", "_mutex", "_waiters")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._holder: asyncio.AbstractEventLoop | None = None  # the holder's loop
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._mutex:
+            if self._holder is None:
+                self._holder = loop
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            if self._holder.is_closed():
+                self._pass_locked()
+        try:
+            while True:
+                done, _ = await asyncio.wait((waiter,), timeout=_DEAD_HOLDER_CHECK_S)
+                if done:
+                    return
+                with self._mutex:
+                    if self._holder is not None and self._holder.is_closed():
+                        self._pass_locked()
+        except asyncio.CancelledError:
+            with self._mutex:
+                if waiter in self._waiters:  # not handed the lock
+                    self._waiters.remove(waiter)
+                    waiter.cancel()
+                    raise
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed and granted: pass it on
+            else:
+                waiter.cancel()  # handed, not granted yet: _grant passes it on
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        with self._mutex:
+            self._pass_locked()
+
+    def _pass_locked(self) -> None:
+        """Hand the lock to the first waiter whose loop is open (granted in that loop),
+        else leave it free (``_mutex`` held)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            loop = waiter.get_loop()
+            if waiter.done() or loop.is_closed():
+                continue
+            try:
+                loop.call_soon_threadsafe(self._grant, waiter)
+            except RuntimeError:  # closed meanwhile
+                continue
+            self._holder = loop
+            return
+        self._holder = None
+
+    def _grant(self, waiter: asyncio.Future[None]) -> None:
+        """In ``waiter``'s loop: wake it, holding the lock; pass the lock on if it has
+        been cancelled since it was handed the lock."""
+        if waiter.done():
+            self._release()
+        else:
+            waiter.set_result(None)
+
+
+def _foreign_keeper(task: asyncio.Task[None] | None) -> bool:
+    """Whether the keep-alive ``task`` belongs to another event loop than the running one
+    (or has ended): then it is cancelled in its own loop if that is still open (another
+    thread's) and is not to be awaited here; an earlier ``asyncio.run()``'s ended with
+    its loop, and one of a loop closed with it pending never ends."""
+    if task is None:
+        return False
+    loop = task.get_loop()
+    if loop is asyncio.get_running_loop() and not task.done():
+        return False
+    if not task.done() and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(task.cancel)
+    return True
+
+
 _LOG_STARTED = {
     False: "etcd cannot be read; watches keep their last endpoints (or wait for a first read)",
     True: "etcd cannot be written; the lease is not renewed",
@@ -517,21 +618,32 @@ class EtcdRegistry:
     lives is put back by the keep-alive within ``ttl_s + keepalive_interval_s`` (one
     ``/kv/txn`` per ``ttl_s``; see "Lost keys" in the module docstring).
 
-    The HTTP session is created on first use, inside the running event loop. Errors:
-    ``register``/``deregister`` raise :class:`RegistryError` (chained from the aiohttp or
-    etcd error); watches and the keep-alive never raise for etcd errors, they log on
-    ``meshkit.discovery.etcd`` once per outage and retry with backoff.
+    The HTTP session is created on first use, inside the running event loop, so the
+    registry can be built anywhere; one per event loop (an aiohttp session belongs to
+    one), so the registry carries over from one ``asyncio.run()`` to the next and serves
+    loops of several threads at once: the keep-alive runs in the loop that registered
+    last (one of another loop is ended there), its lock excludes the tasks of every loop,
+    and :meth:`close` ends the watches and the keep-alive of every loop still running,
+    each in its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
+    (chained from the aiohttp or etcd error); watches and the keep-alive never raise for
+    etcd errors, they log on ``meshkit.discovery.etcd`` once per outage and retry with
+    backoff.
     """
 
     def __init__(self, options: EtcdOptions | None = None, *,
                  rng: random.Random | None = None) -> None:
         self.options = options if options is not None else EtcdOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
-        self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool = True
+        # one aiohttp session per event loop (a session belongs to one): a later
+        # asyncio.run(), or loops of several threads at once; made under _loops_mutex
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._loops_mutex = threading.Lock()
+        self._ssl: ssl.SSLContext | bool | None = None
         self._current = 0  # index of the member requests go to first
         self._lease: int | None = None
-        self._lease_lock = asyncio.Lock()
+        # taken by register, deregister and the keep-alive's lease-loss, key-check and
+        # record steps, from whichever event loop each runs in
+        self._lease_lock = _LeaseLock()
         self._owned: dict[str, Instance] = {}
         # Keys of earlier registrations of an id now under another key, not deleted yet
         # (their last-seen records' keys too).
@@ -584,25 +696,42 @@ class EtcdRegistry:
 
     # -- plumbing ------------------------------------------------------------------------
     def _get_session(self) -> aiohttp.ClientSession:
+        """The running event loop's aiohttp session, made on first use in it (those of
+        closed loops are dropped then).
+
+        Raises:
+            RegistryError: the registry is closed.
+        """
         if self._race.closed:
             raise RegistryError(f"etcd registry for {self.options.endpoints!r} is closed")
-        if self._session is None:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is not None:
+            return session
+        with self._loops_mutex:
             opts = self.options
-            if opts.scheme == "https":
-                ctx = ssl.create_default_context(cafile=opts.ca_file)
-                if opts.cert_file is not None:
-                    ctx.load_cert_chain(opts.cert_file, opts.key_file)
-                self._ssl = ctx
-            self._session = aiohttp.ClientSession(
+            tls = self._ssl
+            if tls is None:
+                tls = True
+                if opts.scheme == "https":
+                    tls = ssl.create_default_context(cafile=opts.ca_file)
+                    if opts.cert_file is not None:
+                        tls.load_cert_chain(opts.cert_file, opts.key_file)
+                self._ssl = tls
+            # a closed loop's session cannot be closed any more (its connections close
+            # as they are collected); it must not be used
+            sessions = {held: s for held, s in self._sessions.items() if not held.is_closed()}
+            session = sessions[loop] = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s),
                 # No connection limit (aiohttp's default is 100): each watch holds one
                 # connection for its watch stream, which never ends, so with a limit 100
                 # watches would leave register, deregister and the keep-alive waiting for
                 # good (the lease would expire): one connection per watch, plus the
                 # requests in flight.
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                connector=aiohttp.TCPConnector(ssl=tls, limit=0),
             )
-        return self._session
+            self._sessions = sessions
+        return session
 
     def _backoff_delay(self, attempt: int) -> float:
         return full_jitter(self._rng, attempt, self.options.backoff_base_s,
@@ -788,8 +917,17 @@ class EtcdRegistry:
                 if self._seen_ttl_s:
                     self._stale.add(self._seen_key(old))
                 await self._delete_stale_locked()
-        if self._keeper is None or self._keeper.done():
-            self._keeper = asyncio.create_task(self._keep(), name="meshkit-etcd-keepalive")
+        self._ensure_keeper()
+
+    def _ensure_keeper(self) -> None:
+        """Start the keep-alive task in the running loop unless one runs there already;
+        one of another loop is ended in its own (an earlier ``asyncio.run()``'s ended with
+        it; another thread's is cancelled there): this loop keeps the lease from now."""
+        with self._loops_mutex:
+            keeper = self._keeper
+            if keeper is None or _foreign_keeper(keeper):
+                self._keeper = asyncio.get_running_loop().create_task(
+                    self._keep(), name="meshkit-etcd-keepalive")
 
     async def _delete_stale_locked(self) -> None:
         """Delete the keys left behind by re-registrations under another key
@@ -1350,7 +1488,10 @@ class EtcdRegistry:
                                    kept_endpoints=sum(self._kept.values()))
 
     async def close(self) -> None:
-        """Stop the keep-alive, end every watch and close the HTTP session. Idempotent.
+        """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent.
+
+        Those of another event loop still running (another thread's) are ended and closed
+        in that loop (not awaited here); those of a closed loop ended with it.
 
         Does not deregister or revoke: the instances go when the lease expires (``ttl_s``)
         and are :meth:`failing` until their last-seen records expire (``last_seen_ttl_s``),
@@ -1358,11 +1499,23 @@ class EtcdRegistry:
         """
         if self._race.closed:
             return
-        tasks = [t for t in (self._keeper, *self._race.close()) if t is not None]
-        self._keeper = None
+        with self._loops_mutex:
+            keeper, self._keeper = self._keeper, None
+        tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
+        if keeper is not None and not _foreign_keeper(keeper):
+            tasks.append(keeper)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        with self._loops_mutex:
+            sessions, self._sessions = self._sessions, {}
+        running = asyncio.get_running_loop()
+        for loop, session in sessions.items():
+            if loop is running:
+                await session.close()
+            elif loop.is_running():  # another thread's loop: closed there
+                closing = session.close()
+                try:
+                    asyncio.run_coroutine_threadsafe(closing, loop)
+                except RuntimeError:  # closed meanwhile
+                    closing.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from structlog.testing import capture_logs
@@ -23,6 +24,8 @@ from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance, registry_from
 from meshkit.errors import ConfigError, RegistryError
 from tests.discovery.conformance import Collector, make_instance, unique_service
 from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary
+from tests.support.loops import LoopThread
+from tests.support.loops import run as run_loop
 from tests.support.ports import free_port
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
@@ -1069,3 +1072,164 @@ async def test_a_server_whose_keep_alive_fails_exports_registry_unhealthy(
                 "meshkit_registry_healthy{service=\"regd\"} at 0")
     finally:
         cluster.close()
+
+
+# -- event loops: asyncio.run() again, a loop per thread ------------------------------------
+async def _first_set(reg: EtcdRegistry, service: str) -> list[str]:
+    """The ids of the first set a new watch of ``service`` yields."""
+    watch = cast(AsyncGenerator[frozenset[Instance], None], reg.watch(service))
+    try:
+        return sorted(x.instance_id for x in await watch.__anext__())
+    finally:
+        await watch.aclose()
+
+
+async def _register_then_list(reg: EtcdRegistry, *instances: Instance,
+                              outlive_ttl: bool = False) -> list[str]:
+    """Register ``instances`` (with ``outlive_ttl``, then wait 2.5 ``ttl_s``: only a lease
+    kept alive meanwhile keeps them) and list their service."""
+    async with asyncio.timeout(20):
+        for inst in instances:
+            await reg.register(inst)
+        if outlive_ttl:
+            await asyncio.sleep(reg.options.ttl_s * 2.5)
+        return await _first_set(reg, instances[0].service)
+
+
+async def _close(reg: EtcdRegistry) -> None:
+    async with asyncio.timeout(8):
+        await reg.close()
+
+
+async def _tasks_named(prefix: str) -> list[str]:
+    await asyncio.sleep(0.1)  # a cancel sent from another thread lands
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefix)]
+
+
+@pytest.mark.timeout(60)
+def test_works_in_a_later_asyncio_run(node: EtcdCluster) -> None:
+    """A registry used in one ``asyncio.run()`` works in the next (a script with two
+    phases, pytest-asyncio's loop per test with a registry built once): register, watch
+    and close work, and the lease is kept alive by a keeper of the new loop. Its aiohttp
+    session stayed bound to the first, closed loop: register() raised a bare
+    ``RuntimeError: Event loop is closed`` (not RegistryError) and a watch ended at once
+    without yielding; on uvloop the process aborted in watch."""
+    service = unique_service()
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    one, two = make_instance(service, 1), make_instance(service, 2)
+    try:
+        assert run_loop(_register_then_list(reg, one)) == [one.instance_id]
+        assert run_loop(_register_then_list(reg, two, outlive_ttl=True)) == [
+            one.instance_id, two.instance_id]
+        assert run_loop(_register_then_list(reg, one)) == [one.instance_id, two.instance_id]
+        assert reg.status().writable and reg.status().readable
+    finally:
+        run_loop(_close(reg))
+
+
+@pytest.mark.timeout(60)
+def test_a_keeper_whose_loop_closed_without_ending_it_is_replaced(node: EtcdCluster) -> None:
+    """A registry whose keep-alive task belongs to a loop that was stopped and closed
+    with it pending (a thread's loop; the task is never done) starts a keeper of the
+    running loop at its next register(): the lease outlives ``ttl_s``. The pending task
+    was taken as the keeper and the lease expired, every instance with it."""
+    service = unique_service()
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    one, two = make_instance(service, 1), make_instance(service, 2)
+    other = LoopThread()
+    try:
+        other.run(reg.register(one))
+    finally:
+        other.close()
+    try:
+        assert run_loop(_register_then_list(reg, two, outlive_ttl=True)) == [
+            one.instance_id, two.instance_id]
+    finally:
+        run_loop(_close(reg))
+
+
+@pytest.mark.timeout(60)
+def test_used_from_two_running_loops_and_closed_from_one(node: EtcdCluster) -> None:
+    """One registry used by two loops running at once (servers in two threads): each
+    registers and watches with a session of its own loop, the keep-alive moves to the
+    loop that registered last and keeps the lease, and close() in one ends the other's
+    watch in that loop (both iterators finish, nothing raises, no task left there)."""
+    service = unique_service()
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    other = LoopThread()
+    try:
+        one, two = make_instance(service, 1), make_instance(service, 2)
+        other.run(reg.register(one))
+        sets: list[list[str]] = []
+
+        async def watch_until_closed() -> None:
+            async for found in reg.watch(service):
+                sets.append(sorted(x.instance_id for x in found))
+
+        watching = asyncio.run_coroutine_threadsafe(watch_until_closed(), other.loop)
+
+        async def register_watch_close() -> list[str]:
+            first = await _register_then_list(reg, two, outlive_ttl=True)
+            await until(lambda: [one.instance_id, two.instance_id] in sets,
+                        timeout_s=5, what="the other loop's watch sees both")
+            await _close(reg)
+            return first
+
+        assert run_loop(register_watch_close()) == [one.instance_id, two.instance_id]
+        watching.result(8)  # ended by close(), in its own loop
+        assert other.run(_tasks_named("meshkit-etcd-")) == []
+    finally:
+        other.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_registry_lock_is_one_across_loops() -> None:
+    """register, deregister and the keep-alive's lease-loss and key-check steps take one
+    lock (a deregistered instance is never put back, e55987f); with the loops of two
+    threads using the registry at once it must exclude across them: a task of another
+    loop waits for the holder, a cancelled waiter does not keep the lock, and a holder
+    whose loop was closed with it pending (it never releases) is passed over."""
+    lock = EtcdRegistry(EtcdOptions())._lease_lock
+    entered = threading.Event()
+    gates: list[asyncio.Event] = []  # the holder's, in the other loop
+
+    async def hold() -> None:
+        async with lock:
+            gates.append(gate := asyncio.Event())
+            entered.set()
+            await gate.wait()
+
+    async def take() -> None:
+        async with lock:
+            pass
+
+    async def wait_for_the_other_loop() -> None:
+        gives_up = asyncio.create_task(take())
+        await asyncio.sleep(0.05)
+        waits = asyncio.create_task(take())
+        await asyncio.sleep(0.5)
+        assert not waits.done() and not gives_up.done()  # the other loop holds it
+        gives_up.cancel()
+        other.loop.call_soon_threadsafe(gates[-1].set)
+        async with asyncio.timeout(5):
+            await waits
+        assert gives_up.cancelled()
+
+    other = LoopThread()
+    try:
+        holding = asyncio.run_coroutine_threadsafe(hold(), other.loop)
+        assert entered.wait(5)
+        run_loop(wait_for_the_other_loop())
+        holding.result(5)
+        entered.clear()
+        asyncio.run_coroutine_threadsafe(hold(), other.loop)
+        assert entered.wait(5)
+    finally:
+        other.close()  # stopped and closed, its holder pending
+
+    async def take_in_time() -> None:
+        async with asyncio.timeout(5):
+            await take()
+
+    run_loop(take_in_time())
+    run_loop(take_in_time())  # released again
