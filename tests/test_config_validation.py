@@ -486,3 +486,40 @@ def test_method_tables_given_as_pairs_are_a_config_error(build: Callable[[], Any
     with pytest.raises(ConfigError, match="must be a mapping of method patterns"):
         build()
 
+
+
+@pytest.mark.parametrize(("channel_options", "quoted"), [
+    ({"grpc.max_receive_message_length": 8 << 20}, "mapping"),
+    ([("grpc.max_receive_message_length",)], "('grpc.max_receive_message_length',)"),
+    ([("grpc.max_receive_message_length", 1, 2)], "('grpc.max_receive_message_length', 1, 2)"),
+    (["ab"], "'ab'"),  # grpc would take it as the option 'a' set to 'b'
+    ([(1, 2)], "(1, 2)"),
+    ([("", 1)], "('', 1)"),
+    ([("grpc.max_receive_message_length", None)], "None"),  # an unset setting
+    ([("grpc.max_receive_message_length", 8.0)], "8.0"),  # grpc takes it for a pointer
+    ([("grpc.primary_user_agent", object)], "<class 'object'>"),
+], ids=["mapping", "one-element-pair", "three-element-item", "string-item", "int-key",
+        "empty-key", "none-value", "float-value", "object-value"])
+def test_malformed_channel_options_are_refused_at_construction(
+        channel_options: Any, quoted: str) -> None:
+    """``DialOptions.channel_options`` is a sequence of ``(name, value)``; a bad option is
+    a ConfigError at construction quoting it. A mapping (turned into the tuple of its
+    keys), a pair without its value, a value grpc refuses (``None``: "Expected int,
+    bytes, or behavior") or misreads (a float, taken for a C pointer) were all accepted:
+    building the first endpoint's sub-channel raised inside the discovery watch, calls
+    waited out their deadline and ``close()`` raised ``KeyError``."""
+    with pytest.raises(ConfigError, match="channel_options") as err:
+        DialOptions(insecure=True, channel_options=channel_options)
+    assert quoted in str(err.value)
+
+
+def test_well_formed_channel_options_are_kept_as_pairs() -> None:
+    """What grpc takes is kept: str or bytes names; int (bool too), str and bytes values;
+    a pair given as a list is stored as a tuple."""
+    given: list[Any] = [["grpc.max_receive_message_length", 8 << 20],
+                        ("grpc.primary_user_agent", "me/1"), (b"grpc.x", b"y"),
+                        ("grpc.enable_retries", False)]
+    built = DialOptions(insecure=True, channel_options=given).channel_options
+    assert built == (("grpc.max_receive_message_length", 8 << 20),
+                     ("grpc.primary_user_agent", "me/1"), (b"grpc.x", b"y"),
+                     ("grpc.enable_retries", False))
