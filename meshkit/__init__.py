@@ -24,24 +24,28 @@ Packages: :mod:`meshkit.discovery` (registries, balancers), :mod:`meshkit.interc
 
 from __future__ import annotations
 
-from meshkit._loop import run, uvloop_installed
-from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot, ServerStats
-from meshkit.channel import DialOptions, MeshChannel, dial
-from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
-from meshkit.errors import (
-    ConfigError,
-    InvalidCallError,
-    InvalidMetadataError,
-    MeshError,
-    MeshRpcError,
-    NoEndpointsError,
-    RegistryError,
-    RequestIteratorError,
-    RequestSerializationError,
-    ResponseDeserializationError,
-)
-from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
-from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve, server_chain
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshkit._loop import run, uvloop_installed
+    from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot, ServerStats
+    from meshkit.channel import DialOptions, MeshChannel, dial
+    from meshkit.discovery import Instance, Registry, registry_from_env, registry_from_uri
+    from meshkit.errors import (
+        ConfigError,
+        InvalidCallError,
+        InvalidMetadataError,
+        MeshError,
+        MeshRpcError,
+        NoEndpointsError,
+        RegistryError,
+        RequestIteratorError,
+        RequestSerializationError,
+        ResponseDeserializationError,
+    )
+    from meshkit.interceptors import CallKind, ClientCallDetails, ClientInterceptor
+    from meshkit.server import MeshServer, ServeOptions, ServerLimits, serve, server_chain
 
 __version__ = "0.1.0"
 
@@ -79,3 +83,42 @@ __all__ = [
     "server_chain",
     "uvloop_installed",
 ]
+
+# Where each public name lives. ``import meshkit`` itself loads none of them (grpc,
+# aiohttp, cryptography, ...): a name's module is imported when the name is first read
+# (PEP 562), so ``meshkit.cli`` starts inside its own ``try`` (a Ctrl-C while the command
+# is still loading is its one line and status 130, not a traceback) and a program pays
+# for the parts it uses.
+_LAZY = {
+    **dict.fromkeys(("run", "uvloop_installed"), "meshkit._loop"),
+    **dict.fromkeys(("ChannelStats", "EndpointStats", "RetrySnapshot", "ServerStats"),
+                    "meshkit._stats"),
+    **dict.fromkeys(("DialOptions", "MeshChannel", "dial"), "meshkit.channel"),
+    **dict.fromkeys(("Instance", "Registry", "registry_from_env", "registry_from_uri"),
+                    "meshkit.discovery"),
+    **dict.fromkeys(("ConfigError", "InvalidCallError", "InvalidMetadataError", "MeshError",
+                     "MeshRpcError", "NoEndpointsError", "RegistryError",
+                     "RequestIteratorError", "RequestSerializationError",
+                     "ResponseDeserializationError"), "meshkit.errors"),
+    **dict.fromkeys(("CallKind", "ClientCallDetails", "ClientInterceptor"),
+                    "meshkit.interceptors"),
+    **dict.fromkeys(("MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"),
+                    "meshkit.server"),
+}
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
+    # Any), so a misspelled import would pass; they see the names imported above.
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'meshkit' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # read once: later reads are plain module attributes
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -453,10 +453,15 @@ async def test_a_closed_stdout_pipe_ends_quietly_with_141(greeter: meshkit.MeshS
 
 
 class _NeverAnswers(grpc.GenericRpcHandler):
-    """Every method (reflection's too) takes the call and never answers."""
+    """Every method (reflection's too) takes the call and never answers; ``called`` is set
+    once a call has come."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
 
     def service(self, handler_call_details: Any) -> Any:
         async def wait(requests: Any, context: Any) -> Any:
+            self.called.set()
             await asyncio.sleep(3600)
             yield b""  # pragma: no cover - never reached
 
@@ -467,9 +472,12 @@ async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) ->
     """Ctrl-C while ``meshkit call`` waits on a server that never answers ends it with one
     line on stderr and status 130 (128 + SIGINT), no traceback, nothing on stdout. (The
     server speaks HTTP/2 and holds every call: a listener that never speaks it fails the
-    connection on a loaded machine before the signal comes.)"""
+    connection on a loaded machine before the signal comes. The signal is sent once the
+    server holds the command's first call: a fixed delay could land in the command's
+    start-up on a loaded machine, which the next test covers.)"""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_NeverAnswers(),))
+    hole = _NeverAnswers()
+    server.add_generic_rpc_handlers((hole,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=5.0, poll_interval_s=0.05))
@@ -481,7 +489,9 @@ async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) ->
             sys.executable, "-m", "meshkit.cli", "call", "hole/Anything", "{}",
             "--registry", f"local://{tmp_path / 'reg'}", "--insecure", "--timeout-s", "30",
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        await asyncio.sleep(3)
+        async with asyncio.timeout(30):
+            await hole.called.wait()
+        await asyncio.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
@@ -489,6 +499,45 @@ async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) ->
         await server.stop(None)
     assert (proc.returncode, out) == (130, b""), err
     assert err.decode().splitlines() == ["meshkit: interrupted"], err
+
+
+# On PYTHONPATH, Python's ``site`` imports it at start-up: when the command's imports reach
+# ``grpc`` the process sends itself SIGINT, a Ctrl-C while the command is still loading.
+_CTRL_C_DURING_IMPORT = """
+import os, signal, sys
+
+class _CtrlC:
+    fired = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "grpc" and not _CtrlC.fired:
+            _CtrlC.fired = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, _CtrlC())
+"""
+
+
+async def test_ctrl_c_while_the_command_loads_is_one_line_and_130(tmp_path: Path) -> None:
+    """A Ctrl-C while ``meshkit`` is still loading (grpc, aiohttp, cryptography: a third of
+    a second unloaded, seconds on a loaded machine) ends it like one while it runs: one
+    line, status 130. It was a KeyboardInterrupt traceback and status -2, since the
+    console script's ``from meshkit.cli import main`` ran ``meshkit/__init__``, which
+    loaded all of them, before ``main()``'s ``try``; ``import meshkit`` now loads nothing
+    until a name is used. Run as the installed console script runs it."""
+    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_DURING_IMPORT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path),
+                                                      env.get("PYTHONPATH", "")]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from meshkit.cli import main; sys.exit(main())",
+        "services", "--registry", f"local://{tmp_path / 'reg'}", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode(errors="replace").splitlines()
+    assert (proc.returncode, out, lines) == (130, b"", ["meshkit: interrupted"]), \
+        (proc.returncode, out, lines[-3:])
 
 
 async def test_call_request_must_be_a_json_object(greeter: meshkit.MeshServer,
