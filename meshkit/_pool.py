@@ -173,6 +173,11 @@ class EndpointPool:
         self._changed = asyncio.Event()
         self.closed = False
         self.watch_errors = 0
+        # sub-channels that could not be built (make_channel raised): counted once per
+        # endpoint and address (as logged), and the last error by instance id of those
+        # kept out of the pool for it (a build is tried again at each discovery answer)
+        self.sub_channel_errors = 0
+        self._unbuilt: dict[str, tuple[str, str]] = {}  # key: (address, error)
         self._watch_task = asyncio.get_running_loop().create_task(
             self._watch(), name=f"meshkit-watch-{service}")
 
@@ -206,6 +211,9 @@ class EndpointPool:
         for key, inst in wanted.items():
             if key not in self.endpoints:
                 self._add(inst)
+        if self._unbuilt:
+            for key in [k for k in self._unbuilt if k not in wanted]:
+                del self._unbuilt[key]
         self._forget()
         self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
         if not self.resolved.is_set():
@@ -214,8 +222,26 @@ class EndpointPool:
         self.notify()
 
     def _add(self, inst: Instance) -> None:
-        ep = Endpoint(inst)
+        """Give a new endpoint its sub-channel and put it in the pool; one whose
+        sub-channel cannot be built (``make_channel`` raises) is kept out, logged and
+        counted once (until it leaves or changes address), and tried again at the next
+        discovery answer."""
         key = inst.instance_id
+        try:
+            conn = _Conn(self._make_channel(inst.address))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            failed = self._unbuilt.get(key)
+            if failed is None or failed[0] != inst.address:
+                self.sub_channel_errors += 1
+                _log.error("sub-channel could not be built; endpoint kept out",
+                           service=self.service, instance_id=key, address=inst.address,
+                           error=error)
+            self._unbuilt[key] = (inst.address, error)
+            return
+        if self._unbuilt:
+            self._unbuilt.pop(key, None)
+        ep = Endpoint(inst)
         before = self.history.get(key)
         if before is not None:
             # the same instance back (at a new address, or after it left): its counters go
@@ -223,7 +249,7 @@ class EndpointPool:
             # sub-channel's attempts still in flight count from now on is not added)
             ep.calls, ep.failures = before.calls, before.failures
         self.endpoints[key] = ep
-        self.conns[key] = _Conn(self._make_channel(inst.address))
+        self.conns[key] = conn
         self.history[key] = ep
         self._state_tasks[key] = self.spawn(self._track_state(ep))
 
@@ -272,9 +298,19 @@ class EndpointPool:
         flight, as grpc-go's credential reloading leaves established connections alone),
         unless its endpoint leaves the registry meanwhile (then ``drain_timeout_s``) or
         the pool is closed (then :meth:`close`'s grace)."""
+        failed = 0
         for key, ep in list(self.endpoints.items()):
+            try:
+                conn = _Conn(self._make_channel(ep.instance.address))
+            except Exception as exc:  # the current sub-channel still serves: kept
+                failed += 1
+                self.sub_channel_errors += 1
+                _log.error("sub-channel could not be rebuilt; keeping the current one",
+                           service=self.service, instance_id=key,
+                           address=ep.instance.address, error=f"{type(exc).__name__}: {exc}")
+                continue
             old = self.conns[key]
-            self.conns[key] = _Conn(self._make_channel(ep.instance.address))
+            self.conns[key] = conn
             task = self._state_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
@@ -283,7 +319,8 @@ class EndpointPool:
             replaced.add(old)
             self._drain(old, ep, math.inf).add_done_callback(
                 functools.partial(self._forget_replaced, key, old))
-        _log.info("sub-channels rebuilt", service=self.service, endpoints=len(self.endpoints))
+        _log.info("sub-channels rebuilt", service=self.service,
+                  endpoints=len(self.endpoints) - failed, failed=failed)
 
     def _forget_replaced(self, key: str, conn: _Conn, _task: asyncio.Task[None]) -> None:
         """A sub-channel replaced by :meth:`rebuild` is closed (its drain ``_task`` done)."""
@@ -389,8 +426,8 @@ class EndpointPool:
             if not details.wait_for_ready:
                 if self.endpoints:
                     raise self._all_failing()
-                raise NoEndpointsError(self.service,
-                                       self._registry_problem() or "no endpoint is registered")
+                raise NoEndpointsError(self.service, self._registry_problem()
+                                       or self._unbuilt_problem() or "no endpoint is registered")
             remaining = details.time_remaining_s()
             # an ejection that ends makes an endpoint pickable (its probe) and wakes
             # nobody: look again then; one already due waits for its connection, whose
@@ -478,6 +515,15 @@ class EndpointPool:
         why = "failing or ejected" if isinstance(self.balancer, EjectingBalancer) else "failing"
         return NoEndpointsError(self.service, f"all {len(self.endpoints)} endpoints are {why}")
 
+    def _unbuilt_problem(self) -> str | None:
+        """Why registered endpoints are not in the pool (their sub-channels could not be
+        built: the last error), or ``None`` when none is kept out."""
+        if not self._unbuilt:
+            return None
+        error = next(reversed(self._unbuilt.values()))[1]
+        return (f"the sub-channel of {len(self._unbuilt)} registered endpoint(s) could not "
+                f"be built ({error})")
+
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
         address or error text), or ``None`` when it reports none or cannot say."""
@@ -504,7 +550,8 @@ class EndpointPool:
         for task in list(self._state_tasks.values()):
             task.cancel()
         self._state_tasks.clear()
-        live = [(self.conns[k], ep) for k, ep in self.endpoints.items()]
+        conns = self.conns  # every endpoint has one (_add); .get: close() never raises
+        live = [(c, ep) for k, ep in self.endpoints.items() if (c := conns.get(k)) is not None]
         self.endpoints.clear()
         self.conns.clear()
         self.balancer.update([])

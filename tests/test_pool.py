@@ -14,8 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 import meshkit
+import meshkit.channel
 from meshkit.balancer import OutlierOptions, RingHash, RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
 from tests.conftest import EchoFactory
@@ -904,3 +906,109 @@ async def test_an_endpoint_that_leaves_cuts_its_rebuilt_sub_channels_after_the_d
         await ended_cancelled_by_the_mesh(reader, "reader", timeout_s=10.0)
         await until(lambda: not ch._pool._draining, timeout_s=10,
                     what="every sub-channel of the endpoint closed")
+
+
+def _failing_for(monkeypatch: pytest.MonkeyPatch, ports: set[int]) -> None:
+    """Make building the sub-channel of an address whose port is in ``ports`` raise (as
+    grpc does for a channel argument it refuses, or a process out of file descriptors),
+    for every channel dialed from now on."""
+    real = meshkit.channel.MeshChannel._sub_channel
+
+    def sub_channel(self: Any, address: str) -> grpc.aio.Channel:
+        if int(address.rsplit(":", 1)[1]) in ports:
+            raise TypeError("Expected int, bytes, or behavior, got <class 'NoneType'>")
+        return real(self, address)
+
+    monkeypatch.setattr(meshkit.channel.MeshChannel, "_sub_channel", sub_channel)
+
+
+async def test_a_sub_channel_that_cannot_be_built_fails_calls_and_closes_cleanly(
+    registry: LocalRegistry, echo_servers: EchoFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``EndpointPool._add`` put the endpoint in ``endpoints`` before its sub-channel was
+    made; when making it raised, the discovery watch logged "discovery watch failed" (and
+    counted a watch error) and retried, the next answer handed the balancer the
+    connection-less endpoint, every call waited for it until its deadline ("deadline
+    exceeded waiting for a connection") and ``MeshChannel.close()`` raised ``KeyError``.
+    Now the endpoint is kept out: a call fails at once ``UNAVAILABLE`` saying why, the
+    failure is logged once per endpoint as a sub-channel error (not at every answer),
+    another endpoint serves, and ``close()`` works."""
+    s1 = await echo_servers("e1")
+    assert s1.port is not None
+    _failing_for(monkeypatch, {s1.port})
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, retry=None))
+    closed = False
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await until(lambda: ch._pool.resolved.is_set(), timeout_s=10,
+                        what="the first discovery answer")
+            unary = ch.unary_unary(method("Unary"))
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(unary(b"x", timeout=4.0), 10)
+            took = time.monotonic() - started
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "sub-channel" in (err.value.details() or ""), err.value.details()
+            assert took < 2.0, f"the call waited {took:.1f}s for an endpoint never usable"
+            await echo_servers("e2")  # another answer: e1 still out, not logged again
+            await ch.wait_for_endpoints(1)
+            assert await asyncio.wait_for(unary(b"x", timeout=4.0), 10) == b"e2|x"
+            assert [e.key for e in ch.endpoints()] == ["e2"]
+        errors = [e for e in logs if "sub-channel" in e["event"]]
+        assert [e.get("instance_id") for e in errors] == ["e1"], errors
+        assert not [e for e in logs if e["event"].startswith("discovery watch failed")]
+        assert ch.watch_errors == 0
+        assert ch._pool.sub_channel_errors == 1
+        async with asyncio.timeout(10):
+            await ch.close()  # KeyError: 'e1' as found
+        closed = True
+    finally:
+        if not closed:
+            await _force_close(ch)
+
+
+async def test_a_sub_channel_that_cannot_be_rebuilt_keeps_the_current_one(
+    registry: LocalRegistry, echo_servers: EchoFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rebuild()`` (a renewed client certificate) whose new sub-channel cannot be built
+    raised out of the certificate watch, ending it (no renewal was applied after), and
+    left the other endpoints unrebuilt. Now the endpoint keeps its current sub-channel
+    (logged), the others are rebuilt, and calls go on."""
+    s1 = await echo_servers("e1")
+    await echo_servers("e2")
+    assert s1.port is not None
+    async with meshkit.dial("echo", registry=registry,
+                            options=meshkit.DialOptions(insecure=True, retry=None)) as ch:
+        await ch.wait_for_endpoints(2)
+        pool = ch._pool
+        before = dict(pool.conns)
+        real = pool._make_channel
+
+        def make_channel(address: str) -> grpc.aio.Channel:
+            if address.endswith(f":{s1.port}"):
+                raise TypeError("Expected int, bytes, or behavior, got <class 'NoneType'>")
+            return real(address)
+
+        monkeypatch.setattr(pool, "_make_channel", make_channel)
+        with structlog.testing.capture_logs() as logs:
+            ch.rebuild_sub_channels()
+        assert pool.conns["e1"] is before["e1"]
+        assert pool.conns["e2"] is not before["e2"]
+        assert [e.get("instance_id") for e in logs if "sub-channel" in e["event"]
+                and e["log_level"] in ("warning", "error")] == ["e1"], logs
+        assert pool.sub_channel_errors == 1
+        unary = ch.unary_unary(method("Unary"))
+        assert await served_by(unary, 8) == {b"e1", b"e2"}
+
+
+async def _force_close(ch: Any) -> None:
+    """What ``close()`` left undone after its KeyError: the pool's sub-channels and tasks
+    (so a failing test leaves nothing running behind it)."""
+    pool = ch._pool
+    for conn in list(pool.conns.values()):
+        await conn.channel.close()
+    tasks = [*pool._tasks, *pool._draining, pool._watch_task]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
