@@ -142,7 +142,8 @@ class EndpointPool:
         filters: run on each discovery answer, in order (:mod:`meshkit.balancer._filters`).
         make_channel: ``make_channel(address) -> grpc.aio.Channel`` builds a sub-channel.
         drain_timeout_s: grace for calls in flight on an endpoint that left, seconds.
-        resolve_timeout_s: how long a pick waits for the first discovery answer, seconds.
+        resolve_timeout_s: how long a pick waits for the first discovery answer, seconds
+            (a ``wait_for_ready`` call waits until its deadline instead).
 
     Must be built with an event loop running.
     """
@@ -362,8 +363,10 @@ class EndpointPool:
     # -- picking -----------------------------------------------------------------------
     async def pick_slow(self, details: ClientCallDetails,
                         picked: tuple[Endpoint, Done] | None = None) -> tuple[Endpoint, Done]:
-        """Pick when the fast path could not: wait for the first discovery answer, and
-        with ``wait_for_ready`` for a usable endpoint, within the call's deadline.
+        """Pick when the fast path could not: wait for the first discovery answer (for
+        ``resolve_timeout_s`` within the call's deadline; with ``wait_for_ready`` until
+        the deadline, however long without one), and with ``wait_for_ready`` for a usable
+        endpoint, within the call's deadline.
 
         A pick of an endpoint still connecting (``picked``, or one made here) is not sent
         on: the call waits, as gRPC's ``round_robin`` picker queues a call while no
@@ -377,7 +380,7 @@ class EndpointPool:
             MeshRpcError: ``CANCELLED`` (the pool is closed, or closed while the call
                 waited), ``DEADLINE_EXCEEDED`` (the call's deadline ended the wait for an
                 endpoint, or for the first discovery answer while the registry reports
-                no fault).
+                no fault or, with ``wait_for_ready``, whatever it reports).
             NoEndpointsError: ``UNAVAILABLE``, naming the service and why.
         """
         if picked is not None:
@@ -387,7 +390,21 @@ class EndpointPool:
         if self.closed:
             raise MeshRpcError(grpc.StatusCode.CANCELLED,
                                f"channel to {self.service!r} is closed")
-        if not self.resolved.is_set():
+        if not self.resolved.is_set() and details.wait_for_ready:
+            # wait-for-ready (gRPC's wait-for-ready.md): wait through a registry that has
+            # not answered yet (or reports a fault) until the call's deadline, however
+            # long without one; close() wakes it (CANCELLED below)
+            try:
+                async with asyncio.timeout(details.time_remaining_s()):  # (not wait_for)
+                    await self.resolved.wait()
+            except TimeoutError:
+                problem = self._registry_problem()
+                raise MeshRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"deadline exceeded waiting for discovery of {self.service!r}"
+                    + (f" ({problem})" if problem else ""),
+                ) from None
+        elif not self.resolved.is_set():
             wait = self._resolve_s
             remaining = details.time_remaining_s()
             by_deadline = remaining is not None and remaining < wait

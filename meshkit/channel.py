@@ -205,7 +205,9 @@ class DialOptions:
     The sequences are stored as tuples (a list changed later does not change the
     options).
         resolve_timeout_s: how long a call waits for the first discovery answer before
-            failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline).
+            failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline);
+            a ``wait_for_ready=True`` call waits until its deadline instead (however long
+            without one) and then fails ``DEADLINE_EXCEEDED``.
         drain_timeout_s: grace given to in-flight calls on an endpoint that left the
             registry before its sub-channel is closed (default 10.0 s).
 

@@ -206,6 +206,96 @@ async def test_a_deadline_that_ends_the_wait_for_discovery_is_deadline_exceeded(
         await ch.close()
 
 
+class LateRegistry:
+    """A registry whose watches give their first answer only once :attr:`opened` is set (a
+    registry not reachable yet while the client starts, e.g. etcd still electing)."""
+
+    def __init__(self, inner: LocalRegistry) -> None:
+        self.inner = inner
+        self.opened = asyncio.Event()
+
+    async def register(self, instance: Instance) -> None:
+        await self.inner.register(instance)
+
+    async def deregister(self, instance: Instance) -> None:
+        await self.inner.deregister(instance)
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        await self.opened.wait()
+        async for instances in self.inner.watch(service):
+            yield instances
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_wait_for_ready_waits_through_a_late_first_discovery_answer(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """``wait_for_ready=True`` makes a call wait for an endpoint instead of failing
+    UNAVAILABLE (gRPC queues wait-for-ready calls through resolver delays and failures
+    until their deadline). While the registry had not answered yet, such a call failed
+    UNAVAILABLE "no discovery answer within 0.3s" (``resolve_timeout_s``; after three such
+    waits with the default retries), long before its deadline, although the registry
+    answered with a live endpoint well within it."""
+    await echo_servers("e1")
+    late = LateRegistry(registry)
+    async with meshkit.dial("echo", registry=late,  # type: ignore[arg-type]
+                            options=meshkit.DialOptions(insecure=True,
+                                                        resolve_timeout_s=0.3)) as ch:
+        asyncio.get_running_loop().call_later(1.5, late.opened.set)
+        async with asyncio.timeout(10):
+            reply = await ch.unary_unary(method("Unary"))(b"x", timeout=6.0,
+                                                          wait_for_ready=True)
+    assert reply == b"e1|x"
+
+
+async def test_wait_for_ready_without_a_discovery_answer_fails_at_its_deadline() -> None:
+    """A wait_for_ready call whose deadline passes before the first discovery answer
+    fails DEADLINE_EXCEEDED at its deadline, once (the default retries do not wait
+    again), not UNAVAILABLE after ``resolve_timeout_s``."""
+    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                      options=meshkit.DialOptions(insecure=True, resolve_timeout_s=0.3))
+    try:
+        unary = ch.unary_unary(method("Unary"))
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(unary(b"x", timeout=1.5, wait_for_ready=True), 10)
+        took = time.monotonic() - started
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
+        assert "discovery" in (info.value.details() or "")
+        assert 1.4 < took < 4.0, took
+    finally:
+        await ch.close()
+
+
+async def test_wait_for_ready_without_a_deadline_waits_for_discovery_until_closed() -> None:
+    """Without a deadline a wait_for_ready call waits for the first discovery answer
+    however long (well past ``resolve_timeout_s``); closing the channel ends it
+    CANCELLED. A call without wait_for_ready still fails UNAVAILABLE "no discovery
+    answer" after ``resolve_timeout_s``."""
+    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                      options=meshkit.DialOptions(insecure=True, retry=None,
+                                                  resolve_timeout_s=0.2))
+    unary = ch.unary_unary(method("Unary"))
+    call = asyncio.ensure_future(unary(b"x", wait_for_ready=True))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(unary(b"x"), 10)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
+        assert "no discovery answer within 0.2s" in (info.value.details() or "")
+        await asyncio.sleep(1.0)  # five times resolve_timeout_s
+        assert not call.done(), call
+        await ch.close()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(call, 5)
+        assert info.value.code() is grpc.StatusCode.CANCELLED, info.value.details()
+    finally:
+        call.cancel()
+        await asyncio.wait({call}, timeout=5)
+        await ch.close()
+
+
 async def test_a_unary_call_on_an_endpoint_that_left_finishes_within_the_drain(
     registry: LocalRegistry,
 ) -> None:
