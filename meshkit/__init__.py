@@ -106,6 +106,12 @@ _LAZY = {
                     "meshkit.server"),
 }
 
+# The public modules ``meshkit.<name>`` reads after a bare ``import meshkit`` (each
+# imported when first read; the import then makes it an attribute of the package).
+_SUBPACKAGES = frozenset({"auth", "balancer", "channel", "cli", "discovery", "errors",
+                          "interceptors", "messaging", "observability", "resilience",
+                          "server"})
+
 
 if not TYPE_CHECKING:
     # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
@@ -114,6 +120,8 @@ if not TYPE_CHECKING:
     def __getattr__(name: str) -> Any:
         module = _LAZY.get(name)
         if module is None:
+            if name in _SUBPACKAGES:  # ``import meshkit; meshkit.auth.current_claims()``
+                return importlib.import_module(f"meshkit.{name}")
             raise AttributeError(f"module 'meshkit' has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # read once: later reads are plain module attributes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +25,22 @@ def test_exports_exist_and_are_documented(name: str) -> None:
         if (inspect.isclass(obj) or inspect.isfunction(obj)) and not inspect.getdoc(obj):
             missing_doc.append(export)
     assert missing_doc == [], f"{name}: no docstring on {missing_doc}"
+
+
+def test_import_meshkit_gives_its_public_modules() -> None:
+    """``import meshkit`` loads no module of its own (names load when read, PEP 562), yet
+    ``meshkit.errors.RegistryError``, ``meshkit.auth.current_claims()`` (the README's
+    handler example) and every public module read after a bare ``import meshkit`` work,
+    as they did when the package imported them all; in a fresh interpreter, where no
+    other code has imported them first."""
+    import subprocess
+    import sys
+
+    code = ("import sys, meshkit\n"
+            "assert 'meshkit.channel' not in sys.modules, 'import meshkit loaded channel'\n"
+            "for name in sorted(meshkit._SUBPACKAGES):\n"
+            "    assert getattr(meshkit, name).__name__ == 'meshkit.' + name, name\n"
+            "meshkit.errors.RegistryError, meshkit.auth.current_claims\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=45, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr[-400:]
