@@ -42,6 +42,7 @@ import grpc
 import structlog
 from grpc.aio import AioRpcError, Metadata
 
+from meshkit._attempts import cancel_through
 from meshkit._calls import (
     StreamResponseCall,
     StreamStreamCall,
@@ -188,6 +189,11 @@ class DialOptions:
             endpoint's sub-channel; they run once per attempt (default none). One object of
             several kinds runs for each of its kinds (grpc.aio alone would run it for the
             first only). They see the messages: the sub-channels then keep the codecs.
+            An attempt cancelled while one of them still runs (awaiting the attempt's
+            status, say: the caller's cancel, a hedge that lost, ``close()``) has its RPC
+            cancelled too, as have those of interceptors a patch of
+            ``grpc.aio.insecure_channel`` adds (``opentelemetry-instrument``'s); grpc.aio
+            alone cancels only the interceptors' task, and the RPC runs on.
         tls: mTLS with workload identities (:class:`meshkit.auth.TLSOptions`): the client
             presents its certificate, checks the server's identity for the dialed service,
             and rebuilds its sub-channels when its certificate file is renewed (checked
@@ -549,11 +555,16 @@ class MeshChannel(grpc.aio.Channel):
         creds = self._reloader.credentials if self._reloader is not None else opts.credentials
         interceptors = self._attempt_interceptors or None
         if creds is None:
-            return grpc.aio.insecure_channel(address, options=opts.channel_options,
-                                             interceptors=interceptors)
-        return grpc.aio.secure_channel(address, creds,
-                                       options=(*opts.channel_options, *self._tls_options),
-                                       interceptors=interceptors)
+            channel = grpc.aio.insecure_channel(address, options=opts.channel_options,
+                                                interceptors=interceptors)
+        else:
+            channel = grpc.aio.secure_channel(
+                address, creds, options=(*opts.channel_options, *self._tls_options),
+                interceptors=interceptors)
+        # its interceptors (these, and any a patch of grpc.aio's functions added, as the
+        # OpenTelemetry grpc instrumentor's) wrapped so that an attempt's cancel reaches
+        # the RPC under an interceptor still running (meshkit._attempts); none: as it is
+        return cancel_through(channel)
 
     async def _watch_certificates(self) -> None:
         assert self._reloader is not None and self.options.tls is not None
