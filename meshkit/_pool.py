@@ -427,7 +427,8 @@ class EndpointPool:
                     ) from None
                 why = f"no discovery answer within {wait:.3g}s"
                 raise NoEndpointsError(
-                    self.service, f"{problem}; {why}" if problem else why) from None
+                    self.service, f"{problem}; {why}" if problem else why,
+                    unresolved=True) from None
         while True:
             if self.closed:  # closed while this call waited
                 raise MeshRpcError(grpc.StatusCode.CANCELLED,

@@ -76,10 +76,15 @@ class NoEndpointsError(MeshRpcError):
     Args:
         service: the dialed service name; it is named in the status message.
         reason: why there is no endpoint (none registered, all failing, ...).
+        unresolved: the registry gave no first answer within the call's wait for it
+            (``DialOptions.resolve_timeout_s``); kept as ``.unresolved``. The channel's
+            retry policy does not retry such a call: a retry would only wait again.
     """
 
-    def __init__(self, service: str, reason: str = "no endpoint is registered") -> None:
+    def __init__(self, service: str, reason: str = "no endpoint is registered", *,
+                 unresolved: bool = False) -> None:
         self.service = service
+        self.unresolved = unresolved
         super().__init__(grpc.StatusCode.UNAVAILABLE, f"service {service!r}: {reason}")
 
 

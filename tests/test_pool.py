@@ -20,6 +20,7 @@ import meshkit
 import meshkit.channel
 from meshkit.balancer import OutlierOptions, RingHash, RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
+from meshkit.resilience import RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import SERVICE, handler, method, raw_server
 from tests.support.wait import until
@@ -293,6 +294,39 @@ async def test_wait_for_ready_without_a_deadline_waits_for_discovery_until_close
     finally:
         call.cancel()
         await asyncio.wait({call}, timeout=5)
+        await ch.close()
+
+
+async def test_no_discovery_answer_is_not_retried() -> None:
+    """A call made before the registry's first answer waits ``resolve_timeout_s`` for it
+    and then fails UNAVAILABLE "no discovery answer" (``DialOptions.resolve_timeout_s``).
+    The default retry policy retried that failure, so each retry waited again: three
+    times the documented wait (15 s at the default 5 s). The wait is the call's
+    retry; the failure is not retried, and the channel's retry stats count no retry."""
+    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                      options=meshkit.DialOptions(insecure=True, resolve_timeout_s=1.0))
+    try:
+        unary = ch.unary_unary(method("Unary"))
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(unary(b"x", timeout=20), 15)
+        took = time.monotonic() - started
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
+        assert "no discovery answer within 1s" in (info.value.details() or "")
+        assert took < 1.9, took  # one wait of 1 s, not three
+    finally:
+        await ch.close()
+    hedged = meshkit.DialOptions(insecure=True, resolve_timeout_s=1.0, retry=RetryOptions(
+        default=RetryPolicy(idempotent=True, hedge_delay_s=0.05)))
+    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                      options=hedged)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(ch.unary_unary(method("Unary"))(b"x", timeout=20), 15)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
+        assert time.monotonic() - started < 1.9  # hedged: no hedge waits again
+    finally:
         await ch.close()
 
 

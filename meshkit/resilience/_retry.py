@@ -42,7 +42,9 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
 * **stream-stream** calls are not retried once opened (their request iterator is
   consumed as it is sent);
 * every kind is retried when the attempt never reached a server (no endpoint could be
-  picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent;
+  picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent, except
+  when the registry gave no first answer within the call's wait for it
+  (``resolve_timeout_s``; ``NoEndpointsError.unresolved``): a retry would only wait again;
 * a **nack** is retried like ``UNAVAILABLE`` and whether or not the call is safe to repeat
   (for unary-stream calls: only those safe to repeat, which are wrapped for their retries
   anyway; the wrapper costs every other stream a task and about 74 bytecodes per message):
@@ -345,6 +347,8 @@ class RetryInterceptor(ClientInterceptor):
             return None
         if isinstance(exc, InvalidCallError):  # the caller's error: no attempt was made
             return None
+        if isinstance(exc, NoEndpointsError) and exc.unresolved:
+            return None  # it waited resolve_timeout_s for discovery: a retry waits again
         if not safe and not nacked and not isinstance(exc, NoEndpointsError):
             return None
         pushback = _pushback_s(exc)
@@ -422,7 +426,8 @@ class RetryInterceptor(ClientInterceptor):
                         if not isinstance(exc, AioRpcError) or isinstance(
                                 exc, InvalidCallError) or (exc.code() not in
                                                            policy.retryable_codes
-                                                           and not is_nack(exc)):
+                                                           and not is_nack(exc)) or (
+                                isinstance(exc, NoEndpointsError) and exc.unresolved):
                             # fatal (a nack never is: none of the call ran); the call
                             # settles on the error itself, not on the attempt launched
                             # last (details.last_call), which may be another one
