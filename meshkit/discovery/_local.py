@@ -255,6 +255,22 @@ def _wal_files_unavailable(exc: sqlite3.Error) -> bool:
     return code == sqlite3.SQLITE_READONLY_DIRECTORY or (code & 0xFF) == sqlite3.SQLITE_CANTOPEN
 
 
+def _stop_elsewhere(task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+    """``task`` (a heartbeat) if it is the running loop's and still runs, for the caller
+    to cancel and await; otherwise None: a task of another loop still running (a server in
+    another thread) is cancelled in that loop, thread-safely, and not awaited (a task
+    cannot be awaited from another loop); one that ended or whose loop was closed (an
+    earlier ``asyncio.run()`` cancels what is left when it ends) is dropped."""
+    if task is None or task.done():
+        return None
+    loop = task.get_loop()
+    if loop is asyncio.get_running_loop():
+        return task
+    with contextlib.suppress(RuntimeError):  # that loop is closed
+        loop.call_soon_threadsafe(task.cancel)
+    return None
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """``(st_dev, st_ino)`` of ``path``; None if it does not exist. Other errors propagate."""
     try:
@@ -266,6 +282,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+class _Stale(Exception):
+    """A heartbeat write found its heartbeat stopped when its turn came: not done."""
 
 
 class _Snapshot(NamedTuple):
@@ -481,17 +501,22 @@ class LocalRegistry:
                          failing_for_s=round(tracker.failing_for_s(write), 1),
                          errors=(tracker.write if write else tracker.read).errors)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool) -> _T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], *, write: bool,
+                   still: Callable[[], bool] | None = None) -> _T:
         """Run ``fn`` on the connection in the worker thread, retrying busy errors until
-        ``busy_timeout_s``; record the outcome as a read or a ``write``.
+        ``busy_timeout_s``; record the outcome as a read or a ``write``. With ``still``,
+        only if it still holds when the worker thread takes the job.
 
         Raises:
             RegistryError: the operation failed (chained from the sqlite3 or OS error).
+            _Stale: ``still`` no longer held (nothing done, nothing recorded).
         """
         if self._closed:
             raise RegistryError(f"local registry {str(self.options.path)!r} is closed")
 
         def call() -> _T:
+            if still is not None and not still():
+                raise _Stale
             deadline = time.monotonic() + self.options.busy_timeout_s
             backoff_s = 0.002
             with self._lock:
@@ -673,13 +698,7 @@ class LocalRegistry:
             RegistryError: the registry file cannot be written.
         """
         key = instance.instance_id
-        old = self._heartbeats.pop(key, None)
-        if old is not None and old.done():
-            old = None  # ended with its loop (asyncio.run() cancels what is left)
-        if old is not None and old.get_loop() is not asyncio.get_running_loop():
-            with contextlib.suppress(RuntimeError):  # that loop is closed
-                old.get_loop().call_soon_threadsafe(old.cancel)
-            old = None
+        old = _stop_elsewhere(self._heartbeats.pop(key, None))
         if old is not None:
             old.cancel()
             # asyncio.wait: a cancellation of register() itself still propagates.
@@ -704,21 +723,33 @@ class LocalRegistry:
     async def _heartbeat(self, instance: Instance) -> None:
         interval = self.options.heartbeat_interval_s
         assert interval is not None
+        key, me = instance.instance_id, asyncio.current_task()
         while True:
             await asyncio.sleep(interval)
             # An upsert, not an update: a row purged while we were stalled comes back.
             # A failure is logged once per outage by _run and counted in status().
-            with contextlib.suppress(RegistryError):
-                await self._run(lambda c: self._write(c, instance), write=True)
+            # Written only while this task is still the id's heartbeat when the worker
+            # thread takes the write: deregister(), register() or close() in another
+            # thread's loop cancel it in its loop without waiting, and a write it submitted
+            # meanwhile must not put back the deregistered or replaced instance.
+            try:
+                await self._run(lambda c: self._write(c, instance), write=True,
+                                still=lambda: self._heartbeats.get(key) is me)
+            except RegistryError:
+                pass
+            except _Stale:
+                return
 
     async def deregister(self, instance: Instance) -> None:
         """Delete ``instance`` at once and stop its heartbeat; unknown ids are ignored.
+        A heartbeat of another event loop still running (a server in another thread) is
+        cancelled in that loop and not awaited; a write it still submits is not done.
 
         Raises:
             RegistryError: the registry file cannot be written.
         """
         self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
-        task = self._heartbeats.pop(instance.instance_id, None)
+        task = _stop_elsewhere(self._heartbeats.pop(instance.instance_id, None))
         if task is not None:
             await cancel_and_wait(task)
         await self._run(lambda c: self._write(c, remove=instance), write=True)
@@ -828,12 +859,14 @@ class LocalRegistry:
 
     async def close(self) -> None:
         """Stop heartbeats and close the file. Registrations expire after their TTL.
-        Idempotent."""
+        Heartbeats of other event loops still running are cancelled in their loops (not
+        awaited; a write they still submit is not done). Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._probe_lock = None  # its loop: not kept past close
-        tasks = list(self._heartbeats.values())
+        tasks = [t for t in map(_stop_elsewhere, list(self._heartbeats.values()))
+                 if t is not None]
         self._heartbeats.clear()
         for t in tasks:
             t.cancel()

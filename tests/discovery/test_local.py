@@ -15,6 +15,7 @@ import pytest
 
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry, registry_from_uri
 from meshkit.errors import ConfigError, RegistryError
+from tests.support.loops import LoopThread
 from tests.support.loops import run as run_loop
 from tests.support.wait import until
 
@@ -534,3 +535,112 @@ def test_watches_in_a_later_asyncio_run_with_a_dead_owners_entry(tmp_path: Path)
             assert run_loop(watches()) == [[]] * 8, run
     finally:
         run_loop(reg.close())
+
+
+# -- a LocalRegistry shared by servers in two threads' event loops ------------------------------
+@pytest.mark.timeout(30)
+def test_deregister_from_another_threads_loop(tmp_path: Path) -> None:
+    """An instance registered from thread A's loop and deregistered from another loop
+    (B's server, a shutdown hook running its own asyncio.run()) is deleted, and A's
+    heartbeat stops. deregister() awaited A's heartbeat task from B's loop: a bare
+    ``RuntimeError: ... attached to a different loop`` (not RegistryError), A's task
+    cancelled from the wrong thread, and the row left listed."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "r.db", ttl_s=5,
+                                     heartbeat_interval_s=0.5))
+    me = inst("i1")
+    a = LoopThread()
+    try:
+        a.run(reg.register(me))
+        heartbeat = reg._heartbeats["i1"]
+
+        async def deregister_and_list() -> frozenset[Instance]:
+            async with asyncio.timeout(5):
+                await reg.deregister(me)
+                return await reg.instances("svc")
+
+        assert run_loop(deregister_and_list()) == frozenset()
+
+        async def ended() -> bool:
+            await until(heartbeat.done, what="A's heartbeat ended")
+            return heartbeat.cancelled()
+
+        assert a.run(ended())
+    finally:
+        a.run(reg.close())
+        a.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_from_another_threads_loop_stops_its_heartbeats(tmp_path: Path) -> None:
+    """close() called in another loop than the one that registered (B's shutdown after
+    A's register) stops A's heartbeat in A's loop and closes the file; it awaited A's
+    task from B's loop: ``RuntimeError: ... attached to a different loop``, the
+    executor and file left open."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "r.db", ttl_s=5,
+                                     heartbeat_interval_s=0.5))
+    a = LoopThread()
+    try:
+        a.run(reg.register(inst("i1")))
+        heartbeat = reg._heartbeats["i1"]
+
+        async def close() -> None:
+            async with asyncio.timeout(5):
+                await reg.close()
+
+        run_loop(close())
+
+        async def ended() -> bool:
+            await until(heartbeat.done, what="A's heartbeat ended")
+            return heartbeat.cancelled()
+
+        assert a.run(ended())
+        assert reg._conn is None
+    finally:
+        a.run(reg.close())
+        a.close()
+
+
+@pytest.mark.timeout(30)
+def test_another_loops_heartbeat_write_never_lands_after_deregister(tmp_path: Path) -> None:
+    """deregister() from B's loop cannot wait for A's heartbeat (another thread's loop):
+    it cancels it there. A heartbeat write A submits after the delete (A's step ran at
+    the same time as B's deregister, before A's loop saw the cancel) must not put the
+    deregistered instance back until its TTL."""
+    import threading
+
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "r.db", ttl_s=30,
+                                     heartbeat_interval_s=0.05))
+    executor = _StartedExecutor()
+    reg._executor.shutdown()
+    reg._executor = executor
+    me = inst("i1")
+    a = LoopThread()
+    armed, held, deleted = threading.Event(), threading.Event(), threading.Event()
+    submit = executor.submit
+
+    def gated_submit(fn: Any, /, *args: Any, **kw: Any) -> concurrent.futures.Future[Any]:
+        # A's next heartbeat write is held in A's thread until B's delete is done.
+        if armed.is_set() and threading.current_thread() is a._thread and not held.is_set():
+            held.set()
+            deleted.wait(5)
+        return submit(fn, *args, **kw)
+
+    executor.submit = gated_submit  # type: ignore[method-assign]
+    try:
+        a.run(reg.register(me))
+        armed.set()
+        assert held.wait(5), "A's heartbeat wrote no more"
+
+        async def deregister_then_list() -> frozenset[Instance]:
+            async with asyncio.timeout(5):
+                await reg.deregister(me)
+                queued = executor.submitted
+                deleted.set()
+                await until(lambda: executor.submitted > queued, what="A's write queued")
+                return await reg.instances("svc")  # runs after A's write
+
+        assert run_loop(deregister_then_list()) == frozenset()
+    finally:
+        deleted.set()
+        a.run(reg.close())
+        a.close()
