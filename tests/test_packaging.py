@@ -57,6 +57,26 @@ def test_consul_uri_without_py_consul_names_the_extra() -> None:
     assert len(lines) == 2 and all("meshkit[consul]" in line for line in lines), proc.stdout
 
 
+def test_messaging_without_nats_py_names_the_extra() -> None:
+    """Without nats-py (``pip install meshkit``, no ``[nats]``) ``import
+    meshkit.messaging`` raised a bare ``ModuleNotFoundError: No module named
+    'nats.errors'``; like ConsulRegistry without py-consul it is an ImportError naming
+    the ``meshkit[nats]`` extra, and ``import meshkit`` keeps working."""
+    proc = _run("nats", """
+        import meshkit
+        meshkit.dial, meshkit.serve
+        try:
+            import meshkit.messaging
+        except ImportError as exc:
+            print("import:", exc)
+        else:
+            print("imported")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("import:"), proc.stdout
+    assert "meshkit[nats]" in proc.stdout, proc.stdout
+
+
 def test_redis_storage_without_a_driver_names_the_extra() -> None:
     """Without a Redis driver, memory:// limits work and an async+redis:// storage is a
     ConfigError at RateLimitOptions construction naming meshkit[redis]."""

@@ -39,6 +39,13 @@ Example::
 
 from __future__ import annotations
 
+try:
+    import nats  # noqa: F401  (nats-py: the meshkit[nats] extra)
+except ImportError as _exc:
+    raise ImportError(f"meshkit.messaging needs nats-py, which is not installed "
+                      f"({_exc.name}): pip install 'meshkit[nats]'",
+                      name=_exc.name) from _exc
+
 from meshkit.messaging._consumer import (
     DLQ_CONSUMER_HEADER,
     DLQ_DELIVERIES_HEADER,
