@@ -360,12 +360,16 @@ def test_local_uri_error_masks_the_value_of_a_key_that_is_no_option() -> None:
     f"https://root:{_PW}@127.0.0.1:2379", f"etcds://root:{_PW}@127.0.0.1:2379",
     f"etcds://{_PW}@127.0.0.1:2379", f"zk://127.0.0.1:2181/x?auth={_PW}#{_PW}",
     f"root:{_PW}@127.0.0.1:2379",
+    # a password holding an unencoded '/', '?' or '#' (generated passwords do): the
+    # user info was taken to end at the first '/', so these were quoted whole
+    f"https://root:pa/{_PW}@127.0.0.1:2379", f"https://root:{_PW}?x@127.0.0.1:2379",
+    f"https://root:pa#{_PW}@127.0.0.1:2379", f"root:pa/{_PW}@127.0.0.1:2379",
 ])
 def test_unknown_registry_scheme_error_hides_user_info_and_query_values(uri: str) -> None:
     """A URI of an unknown scheme (an etcd member's URL given as it is, a typo for
     ``etcd+https``) is quoted redacted: user info and query values masked. It was quoted
     whole, so ``meshkit services --registry https://root:<password>@...`` printed the
-    password."""
+    password; user info is everything up to the last '@', whatever the password holds."""
     with pytest.raises(ConfigError) as info:
         registry_from_uri(uri)
     text = str(info.value)

@@ -359,19 +359,25 @@ class ConsulOptions:
             environ: environment for :meth:`from_env` (default ``os.environ``).
 
         Raises:
-            ConfigError: bad scheme, host, port or option (the offending part is quoted).
+            ConfigError: bad scheme, host, port or option (the offending part is quoted);
+                an ``@`` anywhere after ``//`` (user info, refused unquoted; a path file
+                name holding one goes in :meth:`from_env`'s keywords instead).
         """
         parts, scheme = split_uri(uri, "consul", "Consul")
-        if "@" in parts.netloc:
-            raise ConfigError("Consul URI must not carry user info or a token; "
-                              "set CONSUL_HTTP_TOKEN instead")
+        # Any '@' after "//", not just the netloc's: a password may hold an unencoded '/',
+        # '?' or '#', where the parser ends the netloc (the rest, password's tail and all,
+        # would be quoted as a path or reach the address check as host 'user:password').
+        if "@" in uri.partition("//")[2]:
+            raise ConfigError("Consul URI must not carry user info or a token (it holds "
+                              "'@'); set CONSUL_HTTP_TOKEN instead")
         kwargs: dict[str, Any] = {}
         if parts.netloc:
             kwargs["addr"] = parts.netloc if scheme == "consul" else (
                 f"{scheme.split('+')[1]}://{parts.netloc}"
             )
         if parts.path not in ("", "/"):
-            raise ConfigError(f"Consul URI takes no path, got {parts.path!r}")
+            raise ConfigError(f"Consul URI takes no path, got {parts.path!r} (in "
+                              f"{shown_uri(uri, _URI_FIELDS)!r})")
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         if "token" in query:
             raise ConfigError("token is not accepted in a Consul URI; "

@@ -46,16 +46,19 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
     of each query key not in ``known`` (the option names) and any fragment masked
     (``***``), so a password or a token under another name never reaches a log; the rest
     exactly as written (``etcd://***@h:2379?ttl_s=5&password=***``). A URI with neither
-    comes back unchanged."""
-    rest, hash_, _ = uri.partition("#")
+    comes back unchanged.
+
+    User info is everything after ``scheme://`` up to the last ``@``, wherever that is: a
+    password may hold an unencoded ``/``, ``?`` or ``#`` (generated passwords do), which a
+    URI parser takes for the start of the path, query or fragment
+    (``etcd://root:pa/ss@h:2379`` is shown ``etcd://***@h:2379``)."""
+    scheme, sep, after = uri.partition("://")
+    if not sep or "?" in scheme or "#" in scheme:  # no "//" ("://" only in a query value)
+        scheme, sep, after = "", "", uri
+    if "@" in after:  # without "//", "user:password@host" parses as scheme "user"
+        after = f"***@{after.rpartition('@')[2]}"
+    rest, hash_, _ = after.partition("#")
     base, qmark, query = rest.partition("?")
-    scheme, sep, after = base.partition("://")
-    if sep:
-        authority, slash, path = after.partition("/")
-        if "@" in authority:
-            base = f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
-    elif "@" in base:  # no "//": "user:password@host" parses as scheme "user"
-        base = f"***@{base.rpartition('@')[2]}"
     if query:
         pieces = []
         for piece in query.split("&"):
@@ -63,7 +66,7 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
             masked = eq and urllib.parse.unquote_plus(key) not in known
             pieces.append(f"{key}=***" if masked else piece)
         query = "&".join(pieces)
-    return f"{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+    return f"{scheme}{sep}{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
 
 
 def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:

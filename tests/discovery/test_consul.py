@@ -1029,6 +1029,26 @@ def test_from_uri_rejects(uri: str, message: str) -> None:
     assert "pw" not in str(info.value) and "abc" not in str(info.value)
 
 
+@pytest.mark.parametrize("uri", [
+    "consul://tok:pa/SECRETXYZ@127.0.0.1:8500",      # '/' in a password (base64 ones)
+    "consul://tok:SECRETXYZ?x@127.0.0.1:8500",       # '?' in a password
+    "consul://tok:SECRETXYZ?ttl_s=5@127.0.0.1:8500",
+    "consul+https://tok:pa#SECRETXYZ@127.0.0.1:8500",
+    "consul://SECRETXYZ/@127.0.0.1:8500",
+])
+def test_from_uri_user_info_whatever_the_password_holds_is_refused_unquoted(
+        uri: str) -> None:
+    """User info whose password holds an unencoded '/', '?' or '#' is refused as user
+    info, quoting nothing of it. The URI parser ended the netloc at that character: the
+    "takes no path" error quoted the path (the password's tail), the port check of
+    CONSUL_HTTP_ADDR's rules quoted 'tok:SECRETXYZ'."""
+    with pytest.raises(ConfigError) as info:
+        ConsulOptions.from_uri(uri, environ={})
+    assert "SECRETXYZ" not in str(info.value), str(info.value)
+    assert "must not carry user info" in str(info.value)
+
+
+
 def test_default_options_come_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """ConsulRegistry() with no options is configured by CONSUL_HTTP_ADDR like the CLI."""
     monkeypatch.setenv("CONSUL_HTTP_ADDR", "https://envhost:9501")
