@@ -96,15 +96,18 @@ class TcpProxy:
 
     async def stop(self) -> None:
         """Close the listener and every proxied connection (clients see a reset)."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for task in list(self._handlers):
             task.cancel()
         for link in list(self._links):
             self._drop(link)
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        if server is not None:
+            # after the connections are dropped: from Python 3.12 on wait_closed() waits
+            # for every connection the server accepted to close (it hung here before)
+            await server.wait_closed()
         self._flowing.set()  # nothing is held back any more
 
     def blackhole(self) -> None:
