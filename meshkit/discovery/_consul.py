@@ -64,6 +64,7 @@ import contextlib
 import json
 import os
 import random
+import threading
 import time
 import urllib.parse
 import warnings
@@ -471,9 +472,16 @@ def _drop_keeper(reg: _Registration) -> bool:
     return True
 
 
-async def _close_quietly(client: Any) -> None:
-    with contextlib.suppress(*_FOREIGN):
-        await client.close()
+async def _own_client(client: Any) -> None:
+    """Hold ``client`` (py-consul's, of the running loop) until cancelled, then close it:
+    by :meth:`ConsulRegistry.close`, or as the loop ends (``asyncio.run()``, and
+    ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left and run them to their
+    end while the loop still runs), so no session of an ended loop is left unclosed."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        with contextlib.suppress(*_FOREIGN):
+            await client.close()
 
 
 def _raw_response(response: Any) -> Any:
@@ -525,8 +533,11 @@ class ConsulRegistry:
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep if sleep is not None else asyncio.sleep
         # one py-consul client per event loop (an aiohttp session belongs to one): a
-        # later asyncio.run(), or loops of several threads at once
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        # later asyncio.run(), or loops of several threads at once; each with the task of
+        # its loop that closes it (see _own_client). Replaced, never mutated, under
+        # _clients_lock (loops of two threads may add theirs at once); read without it.
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, asyncio.Task[None]]] = {}
+        self._clients_lock = threading.Lock()
         self._keepers: dict[str, _Registration] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
@@ -585,16 +596,13 @@ class ConsulRegistry:
 
     def _get_client(self) -> Any:
         """The running event loop's py-consul client, made on first use in it (those of
-        closed loops are dropped then)."""
+        closed loops are dropped then), with a task of that loop that closes it when the
+        loop ends or :meth:`close` cancels it (:func:`_own_client`)."""
         if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            # a closed loop's client cannot be closed any more (its connections close as
-            # they are collected); it must not be used
-            self._clients = {held: c for held, c in self._clients.items()
-                             if not held.is_closed()}
+        held = self._clients.get(loop)
+        if held is None:
             opts = self.options
             host = f"[{opts.host}]" if ":" in opts.host else opts.host  # py-consul joins host:port
             verify: bool | str = opts.ca_file if (opts.verify and opts.ca_file) else opts.verify
@@ -620,8 +628,13 @@ class ConsulRegistry:
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).
             client.token = opts.token
-            self._clients[loop] = client
-        return client
+            owner = loop.create_task(_own_client(client), name="meshkit-consul-client")
+            held = (client, owner)
+            with self._clients_lock:
+                # a closed loop's client was closed by its owner as that loop ended
+                self._clients = {**{other: h for other, h in self._clients.items()
+                                    if not other.is_closed()}, loop: held}
+        return held[0]
 
     def _headers(self, client: Any) -> dict[str, str]:
         return cast(dict[str, str], client.prepare_headers())
@@ -1030,12 +1043,12 @@ class ConsulRegistry:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        clients, self._clients = self._clients, {}
+        with self._clients_lock:
+            clients, self._clients = self._clients, {}
         running = asyncio.get_running_loop()
-        for loop, client in clients.items():
+        for loop, (_, owner) in clients.items():
             if loop is running:
-                with contextlib.suppress(*_FOREIGN):
-                    await client.close()
-            elif loop.is_running():  # another thread's loop: closed there
-                with contextlib.suppress(RuntimeError):  # closed meanwhile
-                    asyncio.run_coroutine_threadsafe(_close_quietly(client), loop)
+                await cancel_and_wait(owner)  # it closes the client
+            elif not owner.done():  # another thread's loop: closed there by its owner
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(owner.cancel)

@@ -1184,3 +1184,41 @@ def test_used_from_two_running_loops_and_closed_from_one(
 async def _tasks_named(prefix: str) -> list[str]:
     await asyncio.sleep(0.1)  # a cancel sent from another thread lands
     return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefix)]
+
+
+@pytest.mark.timeout(60)
+def test_client_of_an_ended_run_is_closed_not_left_to_gc(
+        double_thread: ConsulDouble, caplog: pytest.LogCaptureFixture) -> None:
+    """The client a registry made in an ``asyncio.run()`` is closed when that run ends,
+    closed or not (a script with phases, pytest-asyncio's loop per test); close() in
+    another loop closes those of loops still running, in theirs. One of an ended loop was
+    dropped unclosed (at the next loop's first request; close() in a later run skipped
+    it): its connections stayed open until the garbage collector logged ``ERROR asyncio:
+    Unclosed client session`` and ``Unclosed connector`` for each earlier run."""
+    import gc
+    import logging
+
+    service = unique_service()
+    reg = ConsulRegistry(ConsulOptions(addr=double_thread.addr, **FAST))
+    other = LoopThread()
+
+    async def register(n: int) -> None:
+        async with asyncio.timeout(8):
+            await reg.register(make_instance(service, n))
+
+    async def close() -> None:
+        async with asyncio.timeout(8):
+            await reg.close()
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            run_loop(register(1))
+            run_loop(register(2))
+            other.run(register(3))  # a loop still running when close() comes
+            run_loop(close())
+            assert other.run(_tasks_named("meshkit-consul-client")) == []
+            gc.collect()
+        unclosed = [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()]
+        assert unclosed == []
+    finally:
+        other.close()
