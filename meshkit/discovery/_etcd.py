@@ -32,15 +32,18 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
                           last-seen lease every ``last_seen_ttl_s / 10``
 ``/v3/lease/revoke``      when the last instance is deregistered (both leases)
 ``/v3/kv/put``            ``<prefix><service>/<instance_id>`` = JSON, under the lease;
-                          ``<prefix>@last-seen/<service>/<instance_id>``, the same JSON,
+                          ``<prefix minus '/'>@last-seen/<service>/<instance_id>`` (e.g.
+                          ``/meshkit/services@last-seen/orderd/orderd-1``), the same JSON,
                           under the last-seen lease
-``/v3/kv/deleterange``    deregistration (the last-seen record, then the key)
+``/v3/kv/deleterange``    deregistration (the last-seen record, the id's record in the
+                          earlier layout, then the key)
 ``/v3/kv/range``          a watch's full read (prefix range), at start and after a
-                          compaction or a replaced store; ``services()`` (keys only)
-``/v3/kv/txn``            ``failing()``: the last-seen records and the keys of a service,
-                          two ranges read at one revision; the owned-key check, every
-                          ``ttl_s``: each owned key's ``mod_revision`` compared, the keys
-                          read only when one differs
+                          compaction or a replaced store
+``/v3/kv/txn``            ``services()``: the keys of the prefix and of the records'
+                          prefix (keys only); ``failing()``: the last-seen records (both
+                          places) and the keys of a service, ranges read at one revision;
+                          the owned-key check, every ``ttl_s``: each owned key's
+                          ``mod_revision`` compared, the keys read only when one differs
 ``/v3/watch``             a streaming prefix watch from ``revision + 1``
 ========================  ==========================================================
 
@@ -53,16 +56,35 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   expired while this process could not reach etcd, or was revoked, or the store was
   replaced) grants a new lease and puts every instance again (``status().reopened`` + 1).
 * **Last seen (failing instances).** Each instance also has a last-seen record,
-  ``<prefix>@last-seen/<service>/<instance_id>`` (``@`` is never in a service name, so
-  no watch or service meets it; under ``prefix``, so the same etcd role grants it), under
-  a second lease of ``last_seen_ttl_s`` (default ``max(10 * ttl_s, 300)``) that the same
-  keep-alive renews. ``deregister`` deletes the record before the key; a process that dies
-  leaves it, so for ``last_seen_ttl_s`` after its last renewal the instance has a record
-  and no key: ``failing()`` lists it and ``services()`` its service, the local registry's
-  semantics (an expired heartbeat not collected yet), which ``meshkit services`` and
-  ``meshkit prometheus-targets`` (``up == 0``, ``MeshkitInstanceDown``) rely on. The record
-  is written after the key at ``register`` and never fails it: a record etcd does not
-  take yet is written by the keep-alive (logged). ``last_seen_ttl_s=0`` writes none.
+  ``<prefix minus its '/'>@last-seen/<service>/<instance_id>``: a sibling of ``prefix``,
+  outside its range (``@`` sorts after ``0``, the end byte of ``[prefix, prefix_end)``;
+  ``prefix`` always ends with ``/``), so no reader of the prefix meets a record: not a
+  watch, and not a meshkit from before the records, whose ``services()`` takes the first
+  path segment of every key under ``prefix`` for a service. (Earlier builds kept the
+  records at ``<prefix>@last-seen/``: an older reader then listed a service
+  ``@last-seen``, each instance twice in ``meshkit services`` and a dead one a passing
+  target of ``meshkit prometheus-targets`` for ``last_seen_ttl_s``.) An etcd role must
+  grant both ranges: the prefix without its ``/`` (``/meshkit/services``) covers them;
+  a record etcd refuses is logged and tried again by each keep-alive, the registration
+  unharmed. The records are under a second lease of ``last_seen_ttl_s`` (default
+  ``max(10 * ttl_s, 300)``) that the same keep-alive renews. ``deregister`` deletes the
+  record before the key; a process that dies leaves it, so for ``last_seen_ttl_s`` after
+  its last renewal the instance has a record and no key: ``failing()`` lists it and
+  ``services()`` its service, the local registry's semantics (an expired heartbeat not
+  collected yet), which ``meshkit services`` and ``meshkit prometheus-targets`` (``up ==
+  0``, ``MeshkitInstanceDown``) rely on. The record is written after the key at
+  ``register`` and never fails it: a record etcd does not take yet is written by the
+  keep-alive (logged). ``last_seen_ttl_s=0`` writes none.
+  **Transition.** A process of such a build keeps writing its records at
+  ``<prefix>@last-seen/`` while it runs, and leaves one there for up to
+  ``last_seen_ttl_s`` when it dies; ``failing()`` and ``services()`` read that place too
+  (one more range in ``failing()``'s txn; ``services()`` reads it with the prefix), so a
+  rolling upgrade from it keeps reporting its dead instances failing (the alert
+  ``MeshkitInstanceDown`` needs 1 min of it) instead of dropping them as their lease
+  expires; ``services()`` maps such a record to its service, never to ``@last-seen``.
+  ``deregister`` deletes a record of the id at that place too (one more delete), so an
+  id drained by a new process is never listed failing from an old record. Such a build's
+  readers do not read the new place (they see a dead new instance leave with its lease).
 * **Ownership.** An instance is this registry's from a successful put until ``deregister``
   deletes its key (see "Lost keys" for another's delete): a failed ``deregister`` raises
   and leaves it registered (kept alive, put again after a lease loss, retriable);
@@ -161,8 +183,10 @@ _MAX_LEASE_TTL_S = 9_000_000_000
 _FLOAT_FIELDS = ("ttl_s", "keepalive_interval_s", "request_timeout_s", "operation_timeout_s",
                  "connect_timeout_s",
                  "backoff_base_s", "backoff_max_s", "fault_grace_s", "last_seen_ttl_s")
-#: The key segment, under ``prefix``, of the last-seen records: ``@`` is never in a service
-#: name (``Instance.service`` is a DNS label), so no watch's range and no service meets it.
+#: The last-seen records' key segment: they live under ``<prefix minus its '/'>@last-seen/``
+#: (:func:`_seen_prefix`), outside the prefix's range. Records of the earlier layout, under
+#: ``<prefix>@last-seen/``, are still read (see "Last seen" in the module docstring); ``@``
+#: is never in a service name (``Instance.service`` is a DNS label), so no watch meets them.
 _SEEN = "@last-seen/"
 #: The last-seen lease is renewed every ``last_seen_ttl_s / _SEEN_RENEWALS`` seconds (at the
 #: keep-alive's pace when that is slower): 30 s for the default 300 s.
@@ -449,6 +473,16 @@ def _prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _seen_prefix(prefix: str) -> str:
+    """The key prefix of the last-seen records of the instances under ``prefix`` (which
+    ends with ``/``): ``prefix`` without its last ``/``, then ``@last-seen/``. Its range
+    lies outside ``[prefix, _prefix_end(prefix))``: at the byte where they part, ``@``
+    (0x40) sorts after ``0`` (0x30), the prefix range's end byte, so a reader of the
+    prefix (a watch, ``services()``, an older meshkit, ``etcdctl get --prefix``) never
+    meets a record."""
+    return prefix[:-1] + _SEEN
+
+
 def _encode(instance: Instance) -> str:
     return json.dumps({
         "service": instance.service, "instance_id": instance.instance_id,
@@ -611,8 +645,9 @@ class EtcdRegistry:
     Instances whose owner died without deregistering are listed by :meth:`failing` (and
     their service by :meth:`services`) for ``last_seen_ttl_s`` (default ``max(10 * ttl_s,
     300)`` s) after their key went with its lease, from a last-seen record each instance
-    keeps under ``<prefix>@last-seen/`` on a second, longer lease (see the module
-    docstring); a deregistered instance is not. Watches never list those records.
+    keeps under ``<prefix minus '/'>@last-seen/`` (outside the prefix's range) on a
+    second, longer lease (see the module docstring); a deregistered instance is not.
+    Watches never list those records.
 
     A key of a registered instance deleted or overwritten by someone else while the lease
     lives is put back by the keep-alive within ``ttl_s + keepalive_interval_s`` (one
@@ -660,6 +695,10 @@ class EtcdRegistry:
         seen_ttl_s = self.options.last_seen_ttl_s
         assert seen_ttl_s is not None
         self._seen_ttl_s = int(seen_ttl_s)
+        # the records' prefix, and that of the earlier layout (inside the prefix's range;
+        # read by services()/failing() and deleted by deregister, see the module docstring)
+        self._seen_root = _seen_prefix(self.options.prefix)
+        self._legacy_seen_root = f"{self.options.prefix}{_SEEN}"
         assert self.options.keepalive_interval_s is not None
         self._seen_period_s = max(self.options.keepalive_interval_s,
                                   self._seen_ttl_s / _SEEN_RENEWALS)
@@ -847,12 +886,16 @@ class EtcdRegistry:
 
     def _seen_key(self, instance: Instance) -> bytes:
         """The key of ``instance``'s last-seen record:
+        ``<prefix minus '/'>@last-seen/<service>/<instance_id>``."""
+        return f"{self._seen_root}{instance.service}/{instance.instance_id}".encode()
+
+    def _legacy_seen_key(self, instance: Instance) -> bytes:
+        """Where earlier builds kept ``instance``'s last-seen record:
         ``<prefix>@last-seen/<service>/<instance_id>``."""
-        return (f"{self.options.prefix}{_SEEN}{instance.service}/"
-                f"{instance.instance_id}").encode()
+        return f"{self._legacy_seen_root}{instance.service}/{instance.instance_id}".encode()
 
     def _is_seen_key(self, key: bytes) -> bool:
-        return key.startswith(f"{self.options.prefix}{_SEEN}".encode())
+        return key.startswith(self._seen_root.encode())
 
     # -- registration --------------------------------------------------------------------
     async def _grant(self, ttl_s: float | None = None) -> int:
@@ -1152,8 +1195,10 @@ class EtcdRegistry:
             known = (instance,) if owned is None else (instance, owned)
             keys = {self._key(i) for i in known}
             # the last-seen records first: no reader finds the instance failing (a record
-            # without a key) while it leaves
+            # without a key) while it leaves; also a record of the id in the earlier
+            # layout, left by a process of such a build that died (read by failing())
             seen = {self._seen_key(i) for i in known} if self._seen_ttl_s else set()
+            seen |= {self._legacy_seen_key(i) for i in known}
             try:
                 for key in [*sorted(seen), *sorted(keys)]:
                     await self._post("/kv/deleterange", {"key": _b64(key)})
@@ -1407,24 +1452,31 @@ class EtcdRegistry:
     async def services(self) -> frozenset[str]:
         """The names of the services with an entry now: a registered instance, or one whose
         owner died without deregistering (:meth:`failing`, a last-seen record not expired
-        yet). One keys-only ``/v3/kv/range`` over ``prefix`` (one pass over the members).
+        yet, also one an earlier build left under ``<prefix>@last-seen/``, never taken
+        for a service ``@last-seen``). One ``/v3/kv/txn`` of two keys-only ranges, over
+        ``prefix`` and over the records' prefix (one pass over the members).
 
         Raises:
             RegistryError: no member answered (chained).
         """
-        prefix = self.options.prefix.encode()
+        ranges = (self.options.prefix.encode(), self._seen_root.encode())
         try:
-            data = await self._post("/kv/range", {
-                "key": _b64(prefix), "range_end": _b64(_prefix_end(prefix)),
-                "keys_only": True}, persist=False)
+            data = await self._post("/kv/txn", {"success": [
+                {"request_range": {"key": _b64(p), "range_end": _b64(_prefix_end(p)),
+                                   "keys_only": True}} for p in ranges]}, persist=False)
+            responses: list[dict[str, Any]] = list(data.get("responses") or ())
+            if len(responses) != 2:
+                raise ValueError(f"a txn of two ranges answered {str(data)[:300]}")
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise RegistryError(f"etcd: cannot list services: {exc}") from exc
         names = set()
-        for kv in data.get("kvs") or ():
-            rest = _unb64(kv["key"])[len(prefix):].decode(errors="replace")
-            service, sep, _ = rest.removeprefix(_SEEN).partition("/")
-            if sep and service:
-                names.add(service)
+        for prefix, response in zip(ranges, responses, strict=True):
+            for kv in (response.get("response_range") or {}).get("kvs") or ():
+                rest = _unb64(kv["key"])[len(prefix):].decode(errors="replace")
+                # a record of the earlier layout: <prefix>@last-seen/<service>/<id>
+                service, sep, _ = rest.removeprefix(_SEEN).partition("/")
+                if sep and service:
+                    names.add(service)
         return frozenset(names)
 
     async def failing(self, service: str) -> frozenset[Instance]:
@@ -1433,9 +1485,9 @@ class EtcdRegistry:
         longer list them; they stay here ``last_seen_ttl_s`` (default ``max(10 * ttl_s,
         300)``) after their owner's last renewal. A drained instance deregisters, which
         deletes its record, so it is never here (as :meth:`LocalRegistry.failing
-        <meshkit.discovery.LocalRegistry.failing>`). One ``/v3/kv/txn`` of two ranges (the
-        records, the keys), so both are read at one revision. Always empty with
-        ``last_seen_ttl_s=0``.
+        <meshkit.discovery.LocalRegistry.failing>`). One ``/v3/kv/txn`` of three ranges
+        (the records, those an earlier build left under ``<prefix>@last-seen/``, the
+        keys), so all are read at one revision. Always empty with ``last_seen_ttl_s=0``.
 
         Raises:
             ConfigError: ``service`` is empty.
@@ -1445,25 +1497,28 @@ class EtcdRegistry:
             raise ConfigError(f"service must not be empty, got {service!r}")
         if not self._seen_ttl_s:
             return frozenset()
-        seen = f"{self.options.prefix}{_SEEN}{service}/".encode()
+        seen = f"{self._seen_root}{service}/".encode()
+        legacy = f"{self._legacy_seen_root}{service}/".encode()
         live = f"{self.options.prefix}{service}/".encode()
         try:
             data = await self._post("/kv/txn", {"success": [
                 {"request_range": {"key": _b64(seen), "range_end": _b64(_prefix_end(seen))}},
+                {"request_range": {"key": _b64(legacy),
+                                   "range_end": _b64(_prefix_end(legacy))}},
                 {"request_range": {"key": _b64(live), "range_end": _b64(_prefix_end(live)),
                                    "keys_only": True}},
             ]}, persist=False)
             responses: list[dict[str, Any]] = list(data.get("responses") or ())
-            if len(responses) != 2:
-                raise ValueError(f"a txn of two ranges answered {str(data)[:300]}")
-            records, keys = ((r.get("response_range") or {}).get("kvs") or ()
-                             for r in responses)
+            if len(responses) != 3:
+                raise ValueError(f"a txn of three ranges answered {str(data)[:300]}")
+            records, legacy_records, keys = (
+                (r.get("response_range") or {}).get("kvs") or () for r in responses)
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise RegistryError(f"etcd: cannot read the failing instances of {service!r}: "
                                 f"{exc}") from exc
         listed = {_unb64(kv["key"]) for kv in keys}
         out = set()
-        for kv in records:
+        for kv in [*records, *legacy_records]:
             try:
                 instance = _decode(_unb64(kv.get("value", "")))
             except (ConfigError, ValueError, KeyError, TypeError):

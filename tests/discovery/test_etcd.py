@@ -311,13 +311,13 @@ class _Gateway:
 
     def keys(self) -> set[str]:
         """The instances' keys stored now, decoded (not the last-seen records)."""
-        return {k.decode() for k in self.kv if b"/@last-seen/" not in k}
+        return {k.decode() for k in self.kv if b"@last-seen/" not in k}
 
     def records(self) -> set[str]:
         """The last-seen records' keys stored now, decoded, without the common part
         (``<service>/<instance_id>``)."""
-        return {k.decode().removeprefix("/meshkit/services/@last-seen/") for k in self.kv
-                if b"/@last-seen/" in k}
+        return {k.decode().removeprefix("/meshkit/services@last-seen/") for k in self.kv
+                if b"@last-seen/" in k}
 
     async def __aenter__(self) -> _Gateway:
         from aiohttp import web
@@ -689,7 +689,8 @@ async def test_a_key_overwritten_by_another_writer_is_put_back(
 
 async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
         node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
-    """``etcdctl del --prefix /meshkit/services/`` deletes the keys and the last-seen
+    """``etcdctl del --prefix /meshkit/services`` (no ``/``: the instances' prefix and the
+    records' sibling ``/meshkit/services@last-seen/``) deletes the keys and the last-seen
     records: both are put back (the key first), so an owner that dies afterwards is still
     ``failing()``; a deregistered instance is not put back."""
     opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
@@ -700,13 +701,13 @@ async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
     await owner.register(a)
     await owner.register(b)
     await owner.deregister(b)
-    record = f"/meshkit/services/@last-seen/{service}/{a.instance_id}"
+    record = f"/meshkit/services@last-seen/{service}/{a.instance_id}"
     assert await _stored(node, record) is not None
     watcher = Collector(reader, service)
     await watcher.until_set({a})
-    prefix = b"/meshkit/services/"
     await asyncio.to_thread(node.post, 0, "/kv/deleterange", {
-        "key": _b64(prefix.decode()), "range_end": _b64(prefix[:-1].decode() + "0")})
+        "key": _b64("/meshkit/services"), "range_end": _b64("/meshkit/servicet")})
+    assert await _stored(node, record) is None
     await watcher.until_set(set())
     await watcher.until_set({a}, timeout_s=_check_bound_s(opts) + 3)
     await until(lambda: _present(node, record), timeout_s=5, what="the record put back")
@@ -962,6 +963,99 @@ def test_last_seen_ttl_is_checked() -> None:
         with pytest.raises(ConfigError, match="last_seen_ttl_s"):
             EtcdOptions(ttl_s=10, last_seen_ttl_s=bad)
     assert EtcdOptions.from_uri("etcd://h:2379?last_seen_ttl_s=60").last_seen_ttl_s == 60
+
+
+# -- rolling upgrades: readers of another meshkit version share the prefix ---------------------
+async def _old_reader_view(node: EtcdCluster, prefix: str) -> dict[str, set[str]]:
+    """What a meshkit before the last-seen records (a3d59d4 and earlier) reads of
+    ``prefix``: its ``services()`` takes the first path segment of every key in the range
+    ``[prefix, prefix_end)`` as a service, and ``meshkit services``/``prometheus-targets``
+    then read each service's range ``<prefix><service>/`` as its instances. Returned as
+    ``{service: {key read as an instance}}``."""
+    raw = prefix.encode()
+    data = await asyncio.to_thread(node.post, 0, "/kv/range", {
+        "key": _b64(prefix), "range_end": _b64(raw[:-1].decode() + chr(raw[-1] + 1)),
+        "keys_only": True})
+    kvs: list[dict[str, Any]] = data.get("kvs") or []  # type: ignore[assignment]
+    view: dict[str, set[str]] = {}
+    for kv in kvs:
+        rest = base64.b64decode(kv["key"]).decode()[len(prefix):]
+        service, sep, _ = rest.partition("/")
+        if sep and service:
+            view.setdefault(service, set()).add(base64.b64decode(kv["key"]).decode())
+    return view
+
+
+async def test_an_older_reader_of_the_prefix_sees_each_instance_once(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """During a rolling upgrade older meshkits read the prefix this registry writes. Their
+    ``services()`` takes the first path segment of every key under ``prefix`` as a service:
+    with the last-seen records at ``<prefix>@last-seen/<service>/<id>`` they listed a
+    service ``@last-seen``, ``meshkit services --json`` showed each new instance twice
+    (once under ``@last-seen``) and ``meshkit prometheus-targets`` kept a dead new
+    instance a passing target for ``last_seen_ttl_s`` (300 s). The records now lie outside
+    the prefix's range, under the sibling prefix ``<prefix without its '/'>@last-seen/``,
+    and the new reader still lists a dead instance failing from there."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a = make_instance(service, 1)
+    await owner.register(a)
+    assert owner._seen_lease is not None and not owner._unseen  # the record is written
+    assert await _old_reader_view(node, opts.prefix) == {
+        service: {f"/meshkit/services/{service}/{a.instance_id}"}}
+    assert await _stored(node, f"/meshkit/services@last-seen/{service}/{a.instance_id}")
+    await owner.close()  # dies: the new reader lists it failing, the old one not at all
+    await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s,
+                what="the dead instance failing")
+    assert await reader.services() == {service}
+    assert await _old_reader_view(node, opts.prefix) == {}
+
+
+@pytest.mark.parametrize("prefix", ["/meshkit/services/", "/", "/prod/", "/a/b/",
+                                    "/x-y_z.0/", "/\u00e9t\u00e9/", "/~/"])
+def test_last_seen_records_sort_outside_the_prefix_range(prefix: str) -> None:
+    """The records' range ``[<prefix minus '/'>@last-seen/, its end)`` and the instances'
+    ``[prefix, prefix_end)`` are disjoint in etcd's byte order for any prefix EtcdOptions
+    takes (it must end with ``/``, and ``@`` sorts after ``0``, the prefix range's end
+    byte), so no reader of the prefix, of any version, meets a record."""
+    from meshkit.discovery._etcd import _prefix_end, _seen_prefix
+
+    p = EtcdOptions(prefix=prefix).prefix.encode()
+    s = _seen_prefix(prefix).encode()
+    assert s == prefix[:-1].encode() + b"@last-seen/"
+    assert _prefix_end(p) <= s or _prefix_end(s) <= p
+    with pytest.raises(ConfigError, match="end with '/'"):
+        EtcdOptions(prefix=prefix.rstrip("/") or "/x")
+
+
+async def test_last_seen_records_of_the_previous_layout_are_read_during_a_transition(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """A process of an earlier build (records at ``<prefix>@last-seen/<service>/<id>``)
+    that died leaves its record there for up to ``last_seen_ttl_s``: the new reader lists
+    that instance failing and its service (never ``@last-seen`` as a service), and a new
+    process that registers and drains the same id deletes that record too (a drained
+    instance is never failing)."""
+    from meshkit.discovery._etcd import _encode
+
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    reader, heir = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [reader, heir]
+    service = unique_service()
+    dead = make_instance(service, 1)
+    lease = await asyncio.to_thread(node.post, 0, "/lease/grant", {"TTL": "60"})
+    old_record = f"/meshkit/services/@last-seen/{service}/{dead.instance_id}"
+    await asyncio.to_thread(node.post, 0, "/kv/put", {
+        "key": _b64(old_record), "value": _b64(_encode(dead)), "lease": lease["ID"]})
+    assert await reader.failing(service) == {dead}
+    assert await reader.services() == {service}
+    await heir.register(dead)  # the same id, now a new process's: listed, not failing
+    assert await reader.failing(service) == frozenset()
+    await heir.deregister(dead)
+    assert await _stored(node, old_record) is None
+    assert await reader.failing(service) == frozenset()
+    assert await reader.services() == frozenset()
 
 
 @pytest.mark.timeout(120)
