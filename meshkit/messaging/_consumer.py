@@ -59,8 +59,28 @@ _CHECK_AFTER_EMPTY_FETCHES = 5
 
 def is_dead_letter(headers: Mapping[str, str] | None) -> bool:
     """Whether a message with these headers is a dead letter written by a
-    :class:`Consumer` (it carries ``Meshkit-Dead-Letter-Consumer``)."""
-    return headers is not None and DLQ_CONSUMER_HEADER in headers
+    :class:`Consumer`: it carries ``Meshkit-Dead-Letter-Consumer``, or (a dead letter of
+    an older meshkit, whose consumers did not write that header: still stored in a
+    dead-letter stream after an upgrade) both ``Meshkit-Original-Subject`` and
+    ``Meshkit-Dead-Letter-Reason``."""
+    return headers is not None and (DLQ_CONSUMER_HEADER in headers or (
+        DLQ_SUBJECT_HEADER in headers and DLQ_REASON_HEADER in headers))
+
+
+def _original_msg_id(headers: Mapping[str, str]) -> str:
+    """The original event id of a dead letter: ``Meshkit-Original-Msg-Id``; without it
+    (written by an older meshkit) its ``Nats-Msg-Id`` without the prefix that consumer
+    put before the event id, ``dlq-<stream>.<durable>-`` (its
+    ``Meshkit-Dead-Letter-Consumer`` naming ``<stream>/<durable>``) or ``dlq-``; ``""``
+    when there is none (the original had no ``Nats-Msg-Id``)."""
+    original = headers.get(DLQ_MSG_ID_HEADER)
+    if original is not None:
+        return original
+    dead_id = headers.get(MSG_ID_HEADER, "")
+    stream, sep, durable = headers.get(DLQ_CONSUMER_HEADER, "").partition("/")
+    if sep and dead_id.startswith(tagged := f"dlq-{stream}.{durable}-"):
+        return dead_id[len(tagged):]
+    return dead_id[4:] if dead_id.startswith("dlq-") else ""
 
 
 class _ForeignDuplicate(Exception):
@@ -89,7 +109,9 @@ class Delivery:
             the message it is the dead letter of (``Meshkit-Original-Subject``); ``""``
             for any other message.
         original_msg_id: for a dead letter, the original event id
-            (``Meshkit-Original-Msg-Id``, ``""`` if it had none); ``""`` otherwise.
+            (``Meshkit-Original-Msg-Id``; in one an older meshkit wrote, which lacks that
+            header, its ``Nats-Msg-Id`` without the ``dlq-<stream>.<durable>-`` or
+            ``dlq-`` put before it; ``""`` if it had none); ``""`` otherwise.
     """
 
     subject: str
@@ -136,11 +158,13 @@ class ConsumerOptions:
             larger than the server's ``max_payload``: not sent, since the server would
             close the connection), the message is nak'ed instead, never dropped. The
             consumer acks messages on its own dead-letter subject without running the
-            handler. A dead letter (any consumer's, e.g. on a dead-letter
-            processor's durable, or another durable's seen by a whole-stream consumer)
-            is handled like any message, but is never dead-lettered again: when it
-            fails for good (``PoisonMessage``, ``max_deliveries``, refused identity) it
-            is ``term``'ed and logged (outcome ``terminated``, or ``refused``) and stays
+            handler. A dead letter (:func:`is_dead_letter`: any consumer's, also one an
+            older meshkit wrote without ``Meshkit-Dead-Letter-Consumer`` and
+            ``Meshkit-Original-Msg-Id``; e.g. on a dead-letter processor's durable, or
+            another durable's seen by a whole-stream consumer) is handled like any
+            message, but is never dead-lettered again: when it fails for good
+            (``PoisonMessage``, ``max_deliveries``, refused identity) it is ``term``'ed
+            and logged (outcome ``terminated``, or ``refused``) and stays
             stored where it is; otherwise two consumers whose filters cover each
             other's dead-letter subjects would dead-letter each other's dead letters
             forever.
@@ -422,7 +446,7 @@ class Consumer:
         original_subject = original_msg_id = ""
         if is_dead_letter(headers):  # the signature binds the original subject and id
             original_subject = headers.get(DLQ_SUBJECT_HEADER, "")
-            original_msg_id = headers.get(DLQ_MSG_ID_HEADER, "")
+            original_msg_id = _original_msg_id(headers)
         if o.verifier is not None:
             try:
                 publisher = o.verifier.verify(

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from meshkit.errors import ConfigError
 from meshkit.messaging import (
+    DLQ_CONSUMER_HEADER,
     DLQ_MSG_ID_HEADER,
     DLQ_REASON_HEADER,
     DLQ_SUBJECT_HEADER,
@@ -38,6 +39,7 @@ from meshkit.messaging import (
     PublishOptions,
     RelayOptions,
     ensure_stream,
+    is_dead_letter,
 )
 from meshkit.resilience import Backoff
 from tests.messaging.conftest import (
@@ -269,6 +271,59 @@ async def test_dead_letter_keeps_a_verifiable_publisher_identity(
     assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.dlq,
                    consumer="dlqproc", outcome="refused") == 1
     assert await _fetch(bus, bus.stream, f"{bus.dlq}2") == []
+
+
+@pytest.mark.parametrize("layout", ["a3d59d4", "c54979d"])
+async def test_a_dead_letter_an_older_consumer_wrote_is_still_a_dead_letter(
+        bus: Bus, prom: CollectorRegistry, workloads: Workloads, layout: str) -> None:
+    """Upgrading the consumers of a stream leaves the dead letters older consumers wrote
+    stored in it, in their header layouts: up to a3d59d4 the original headers plus
+    Meshkit-Dead-Letter-Reason, Meshkit-Original-Subject, Meshkit-Deliveries and
+    ``Nats-Msg-Id: dlq-<event id>``; from c54979d also Meshkit-Dead-Letter-Consumer and
+    ``Nats-Msg-Id: dlq-<stream>.<durable>-<event id>``; neither carries
+    Meshkit-Original-Msg-Id. A new dead-letter processor with a verifier took the first
+    for an ordinary message (a dead letter was known by Meshkit-Dead-Letter-Consumer
+    alone), verified it against the dead-letter subject, refused it ("message signature
+    does not match") and dead-lettered it again; the second it verified against the
+    original subject with an empty event id, and refused it too. Both are dead letters:
+    the handler gets them with the original subject and event id (taken from Nats-Msg-Id)
+    and the publisher verified against those, and neither is dead-lettered again."""
+    signed = Publisher(bus.js, PublishOptions(registry=prom,
+                                              signer=MessageSigner(*workloads.orderd)))
+    ack = await signed.publish(bus.subject, b"x", msg_id="s-1")
+    original = await bus.js.get_msg(bus.stream, ack.seq)
+    old = {k: v for k, v in (original.headers or {}).items() if k != "Nats-Msg-Id"}
+    old.update({DLQ_REASON_HEADER: "poison: the old consumer refuses it",
+                DLQ_SUBJECT_HEADER: bus.subject, "Meshkit-Deliveries": "1",
+                "Nats-Msg-Id": "dlq-s-1"})
+    if layout == "c54979d":
+        old.update({DLQ_CONSUMER_HEADER: f"{bus.stream}/oldmain",
+                    "Nats-Msg-Id": f"dlq-{bus.stream}.oldmain-s-1"})
+    await bus.js.publish(bus.dlq, b"x", headers=old)
+    got: list[tuple[str | None, str, str, bool]] = []
+
+    async def dlq_handler(d: Delivery) -> None:
+        got.append((d.publisher.spiffe_id if d.publisher else None, d.original_subject,
+                    d.original_msg_id, is_dead_letter(d.headers)))
+
+    processor = _consumer(bus, dlq_handler, prom, durable="dlqproc", filter_subject=bus.dlq,
+                          dead_letter_subject=f"{bus.dlq}2",
+                          verifier=MessageVerifier(workloads.ca_pem))
+    await until(lambda: processor.run_once(), timeout_s=5,  # type: ignore[arg-type,return-value]
+                what="the old dead letter handled")
+    assert got == [("spiffe://meshkit.test/svc/orderd", bus.subject, "s-1", True)]
+    assert await _fetch(bus, bus.stream, f"{bus.dlq}2") == []
+
+    async def refuse(d: Delivery) -> None:
+        raise PoisonMessage("still bad")
+
+    again = _consumer(bus, refuse, prom, durable="dlqproc2", filter_subject=bus.dlq,
+                      dead_letter_subject=f"{bus.dlq}2")
+    await until(lambda: again.run_once(), timeout_s=5,  # type: ignore[arg-type,return-value]
+                what="the old dead letter refused")
+    assert await _fetch(bus, bus.stream, f"{bus.dlq}2") == []  # term'ed, stored where it is
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.dlq,
+                   consumer="dlqproc2", outcome="terminated") == 1
 
 
 async def test_an_unverified_publishers_subjects_are_recorded_as_the_filter_subject(
