@@ -1,9 +1,14 @@
 """Rate limiting for grpc.aio servers, on the ``limits`` library.
 
-:class:`RateLimitInterceptor` is a standard ``grpc.aio.ServerInterceptor`` (put it in
-``ServeOptions.interceptors``). It counts calls per *(method, caller)* and rejects the calls
-over the limit before the handler runs; all four call kinds (unary and the three streaming
-kinds) are limited, a stream counting once when it opens.
+:class:`RateLimitInterceptor` is a standard ``grpc.aio.ServerInterceptor``. With
+:func:`meshkit.serve` give its options, ``ServeOptions(rate_limit=RateLimitOptions(...))``:
+the server builds the interceptor and puts it in its place in the chain, after
+authentication (``ServeOptions.interceptors`` refuses a ``RateLimitInterceptor`` with a
+:class:`~meshkit.errors.ConfigError`); on a plain ``grpc.aio`` server pass
+``RateLimitInterceptor(options)`` in ``grpc.aio.server(interceptors=...)`` (and ``await
+aclose()`` it once the server has stopped). It counts calls per *(method, caller)* and
+rejects the calls over the limit before the handler runs; all four call kinds (unary and
+the three streaming kinds) are limited, a stream counting once when it opens.
 
 Rules (:class:`RateLimitOptions`) are strings in ``limits`` notation, ``"100/second"`` or
 ``"10 per minute;1000 per hour"`` (every part must admit the call; parts are counted in
@@ -58,12 +63,12 @@ Chain order (server): tracing -> metrics -> authn -> authz -> **rate limit** -> 
 
 Example::
 
-    limiter = RateLimitInterceptor(RateLimitOptions(
+    limits = RateLimitOptions(
         default_rule="100/second",
         rules={"/ecom.v1.OrderService/PlaceOrder": "10 per minute;1000 per hour",
                "/grpc.health.v1.Health/*": None},
-        storage_uri="async+redis://127.0.0.1:6379", key=by_metadata("x-user")))
-    await meshkit.serve("orderd", servicers, options=ServeOptions(interceptors=(limiter,)))
+        storage_uri="async+redis://127.0.0.1:6379", key=by_metadata("x-user"))
+    await meshkit.serve("orderd", servicers, options=ServeOptions(rate_limit=limits))
 """
 
 from __future__ import annotations
