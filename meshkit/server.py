@@ -8,8 +8,13 @@ error:
 1. health ``NOT_SERVING`` for every service and deregistration, so balancers stop picking
    this instance (they see it within their watch interval);
 2. wait ``drain_delay_s`` for that news to reach callers, still serving;
-3. stop taking new calls and give in-flight calls ``grace_s`` to finish;
+3. end the health ``Watch`` streams (``OK``, once each watcher has been sent
+   ``NOT_SERVING``), stop taking new calls and give in-flight calls ``grace_s`` to finish;
 4. return, so the process exits 0.
+
+The health service is meshkit's own ``grpc_health.v1.health.aio.HealthServicer`` unless
+the servicers include one of yours (``(health_pb2_grpc.add_HealthServicer_to_server,
+yours)``): that one is served instead and driven the same way (see :class:`MeshServer`).
 
 **The server chain** is built here and only here, in one fixed order, from the options:
 
@@ -44,12 +49,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import os
 import signal
 import socket
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -418,6 +432,10 @@ class ServeOptions:
             Without it, ``tls`` or ``credentials``, the server takes its certificate from
             ``MESHKIT_CERT_DIR`` or refuses to start.
         grace_s: seconds in-flight calls get to finish when stopping (default 10.0).
+            Open health ``Watch`` streams (clients with client-side health checking
+            keep one per channel) are not waited for: the drain ends them (``OK``) once
+            they have been sent ``NOT_SERVING``, so a server with nothing else in flight
+            stops at once.
         drain_delay_s: seconds between deregistering and refusing new calls, so that
             callers' discovery catches up (default 1.0).
         reflection: serve gRPC server reflection (default ``True``).
@@ -619,6 +637,156 @@ def _method_table(handler: Any) -> tuple[str, ...]:
     return tuple(m for m in table if isinstance(m, str) and m.startswith("/"))
 
 
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
+
+
+class _WatchContext:
+    """The call's context as a health ``Watch`` handler wrapped by :class:`_HealthWatches`
+    sees it: ``write`` is tracked (whether one is under way, the status last written), so
+    the drain ends the watch between two writes, never during one; everything else is
+    the call's own context."""
+
+    __slots__ = ("_context", "_idle", "last_status")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.last_status: Any = None
+
+    async def write(self, message: Any) -> None:
+        """The call's ``context.write(message)``, tracked."""
+        self._idle.clear()
+        try:
+            await self._context.write(message)
+        finally:
+            self._idle.set()
+        self.last_status = getattr(message, "status", None)
+
+    async def idle(self) -> None:
+        """Return once no ``write`` is under way (at once when none is)."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _HealthWatches:
+    """Ends one server's health ``Watch`` calls when it drains.
+
+    A gRPC client with client-side health checking keeps a ``grpc.health.v1.Health/Watch``
+    call open for its channel's life; it never ends by itself, so ``server.stop(grace_s)``
+    waited the whole ``grace_s`` for it (then cut it ``UNAVAILABLE``) at every drain,
+    however idle the server. :meth:`wrap` makes each ``Watch`` handler (meshkit's servicer
+    or the user's, an ``async def`` writing with ``context.write`` or an async generator)
+    end when :meth:`end` is called: after a ``write`` under way has finished, the
+    servicer's ``Watch`` is cancelled, the watcher is sent ``NOT_SERVING`` unless that is
+    the status it was last sent, and the call ends ``OK``. A ``Watch`` that is a plain
+    function (run off the event loop) is left as it is."""
+
+    __slots__ = ("_ending",)
+
+    def __init__(self) -> None:
+        self._ending = asyncio.Event()
+
+    def end(self) -> None:
+        """End every open ``Watch`` call (and answer one opened later ``NOT_SERVING``,
+        then end it); they end as their tasks next run."""
+        self._ending.set()
+
+    def wrap(self, handler: Handler) -> Handler:
+        """``handler`` (the health service's ``Watch``, unary-stream) ending at
+        :meth:`end` as the class says; any other shape is returned as it is."""
+        behavior: Any = handler.unary_stream
+        if behavior is None or handler.request_streaming or not handler.response_streaming:
+            return handler
+        stream: Callable[[Any, Any], AsyncGenerator[Any, None]]
+        if inspect.isasyncgenfunction(behavior):
+            stream = behavior
+        elif inspect.iscoroutinefunction(behavior):
+            writer = behavior
+
+            async def written(request: Any, context: Any) -> AsyncGenerator[Any, None]:
+                await writer(request, context)
+                return
+                yield  # (an async generator that yields nothing: the writer wrote)
+
+            stream = written
+        else:
+            return handler
+        ending = self._ending
+
+        async def watch(request: Any, context: Any) -> AsyncIterator[Any]:
+            ctx = _WatchContext(context)
+            responses = stream(request, ctx)
+            told = asyncio.ensure_future(ending.wait())
+            step: asyncio.Future[Any] | None = None
+            try:
+                while True:
+                    step = asyncio.ensure_future(responses.__anext__())
+                    await asyncio.wait((step, told), return_when=asyncio.FIRST_COMPLETED)
+                    if not step.done():
+                        break
+                    try:
+                        item = step.result()
+                    except StopAsyncIteration:
+                        return  # the servicer ended the watch itself
+                    ctx.last_status = getattr(item, "status", None)
+                    yield item
+                # the server drains: end the watch between two of the servicer's writes
+                await ctx.idle()
+                if not step.done():
+                    step.cancel()  # no await since idle(): no write can have begun
+                await asyncio.wait((step,))
+                if not step.cancelled():
+                    try:
+                        item = step.result()
+                    except StopAsyncIteration:
+                        return
+                    ctx.last_status = getattr(item, "status", None)
+                    yield item
+                if ctx.last_status != _NOT_SERVING:
+                    yield health_pb2.HealthCheckResponse(status=_NOT_SERVING)
+            finally:
+                told.cancel()
+                if step is not None and not step.done():
+                    step.cancel()  # the call was cancelled (the watcher left)
+                    await asyncio.wait((step,))
+                await responses.aclose()
+
+        return grpc.unary_stream_rpc_method_handler(
+            watch, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+class _WatchEndingHandler(grpc.GenericRpcHandler):
+    """A generic handler of the health service (``grpc.method_handlers_generic_handler``,
+    as generated ``add_HealthServicer_to_server`` adds beside the registered methods)
+    whose ``Watch`` is wrapped by :meth:`_HealthWatches.wrap` (once per handler)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, watches: _HealthWatches) -> None:
+        self._inner = inner
+        self._watches = watches
+        self._wrapped: tuple[Handler, Handler] | None = None
+
+    def service_name(self) -> str | None:
+        """The wrapped handler's service name."""
+        name = getattr(self._inner, "service_name", None)
+        return name() if callable(name) else None
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        """The wrapped handler's method handler, its ``Watch`` ending at the drain."""
+        handler: Handler | None = self._inner.service(handler_call_details)
+        if handler is None or handler_call_details.method != _HEALTH_WATCH:
+            return handler
+        wrapped = self._wrapped
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped = (handler, self._watches.wrap(handler))
+        return wrapped[1]
+
+
 class _Recorder:
     """Stands in for the server while generated ``add_*_to_server`` functions run.
 
@@ -642,13 +810,16 @@ class _Recorder:
     """
 
     def __init__(self, server: grpc.aio.Server, resolve: Resolver | None = None, *,
-                 register_methods: bool = False, known: set[str] | None = None) -> None:
+                 register_methods: bool = False, known: set[str] | None = None,
+                 watches: _HealthWatches | None = None) -> None:
         self._server = server
         self._resolve = resolve
         self._register = register_methods
+        self._watches = watches
         self._methods: dict[str, Handler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self.names: list[str] = []
+        self._added: set[str] = set()  # the service names added since take_added()
         self.known: set[str] = set() if known is None else known
         """The full names (``/pkg.Service/Method``) of the methods registered so far:
         those of ``add_registered_method_handlers`` and those of a generic handler whose
@@ -656,17 +827,27 @@ class _Recorder:
         resolved (telemetry labels these by name)."""
 
     def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        watches = self._watches
         for h in handlers:
             name = getattr(h, "service_name", None)
-            if callable(name) and name() and name() not in self.names:
-                self.names.append(name())
+            service = name() if callable(name) else None
+            if service:
+                self._added.add(service)
+                if service not in self.names:
+                    self.names.append(service)
             self.known.update(_method_table(h))
-        self._generic.extend(guard_generic_handler(h, self._resolve) for h in handlers)
+            if watches is not None and service == health.SERVICE_NAME:
+                h = _WatchEndingHandler(h, watches)
+            self._generic.append(guard_generic_handler(h, self._resolve))
 
     def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+        self._added.add(service_name)
         if service_name not in self.names:
             self.names.append(service_name)
         self.known.update(f"/{service_name}/{name}" for name in handlers)
+        if (self._watches is not None and service_name == health.SERVICE_NAME
+                and "Watch" in handlers):
+            handlers = {**handlers, "Watch": self._watches.wrap(handlers["Watch"])}
         resolve = self._resolve
         methods = {name: (guard_method_handler(h) if resolve is None
                           else resolve(f"/{service_name}/{name}", guard_method_handler(h)))
@@ -675,6 +856,11 @@ class _Recorder:
             self._server.add_registered_method_handlers(service_name, methods)
         else:
             self._methods.update({f"/{service_name}/{name}": h for name, h in methods.items()})
+
+    def take_added(self) -> set[str]:
+        """The service names added since the last call (or since the recorder was made)."""
+        added, self._added = self._added, set()
+        return added
 
     def install(self) -> None:
         """Give the grpc server the handlers added so far: the method table first, then
@@ -693,10 +879,28 @@ class MeshServer:
 
     Args:
         service: mesh service name to register, e.g. ``"userd"``.
-        servicers: ``[(add_XServicer_to_server, servicer), ...]``.
+        servicers: ``[(add_XServicer_to_server, servicer), ...]``. One of them may be
+            your own health servicer, ``(health_pb2_grpc.add_HealthServicer_to_server,
+            yours)`` with ``yours`` a ``grpc_health.v1.health.aio.HealthServicer`` (or a
+            subclass): it is served instead of meshkit's (see :attr:`health`).
         registry: where to register; default :func:`meshkit.discovery.registry_from_env`
             (owned and closed by the server).
         options: :class:`ServeOptions`.
+
+    Attributes:
+        health: the ``grpc.health.v1`` servicer the server answers with, a
+            ``grpc_health.v1.health.aio.HealthServicer``: meshkit's own, or from
+            :meth:`start` on yours when ``servicers`` include one. Set the statuses of
+            your own checks on it (``await server.health.set("db", NOT_SERVING)``, e.g.
+            in ``serve()``'s ``on_started``). :meth:`start` sets ``SERVING`` for ``""``
+            (the whole server), the mesh service name (what Consul's gRPC check asks)
+            and every service the server serves, except the names your own servicer
+            already has a status for (set before :meth:`start`: left as you set them;
+            the reference servicer has ``""`` ``SERVING`` from the start). :meth:`drain`
+            sets every status ``NOT_SERVING`` (``enter_graceful_shutdown()``: later
+            ``set()`` calls are ignored), then ends the open ``Watch`` streams. Give a
+            servicer to one server only: the first drain sets it ``NOT_SERVING`` for
+            good.
 
     Transport security is required: ``options.tls``, other ``credentials``, or
     ``MESHKIT_CERT_DIR`` (the service's own certificate); plaintext only with
@@ -704,7 +908,10 @@ class MeshServer:
 
     Raises:
         ConfigError: bad ``service`` name or options, or no transport security configured
-            and ``insecure`` not asked for.
+            and ``insecure`` not asked for; from :meth:`start`, before binding: a health
+            servicer meshkit cannot drive (not a ``grpc_health.v1.health.aio``
+            ``HealthServicer``: the synchronous ``health.HealthServicer``, one of your
+            own making) or two health servicers in ``servicers``.
         CertificateError: with ``tls``, a certificate every meshkit client of ``service``
             would refuse: another workload's, or one without the DNS SAN
             ``<service>.svc.<td>`` clients verify (a SPIRE SVID with only its URI SAN);
@@ -748,7 +955,9 @@ class MeshServer:
                               None)
         self._owns_registry = registry is None
         self.registry = registry_from_env() if registry is None else registry
-        self.health = health.aio.HealthServicer()
+        self.health: health.aio.HealthServicer = health.aio.HealthServicer()
+        self._kept_statuses: frozenset[str] = frozenset()  # set in your servicer: see start()
+        self._watches = _HealthWatches()
         self.service_names: list[str] = []
         self.instance: Instance | None = None
         self.port = 0
@@ -790,6 +999,8 @@ class MeshServer:
         ``RuntimeError``; that :meth:`drain` returns once the undoing is done.
 
         Raises:
+            ConfigError: (before binding) a health servicer in the servicers meshkit
+                cannot drive, or two (see :class:`MeshServer`).
             RuntimeError: the address cannot be bound, or :meth:`drain` was called while
                 starting.
             RegistryError: registration failed (the server is stopped again).
@@ -834,15 +1045,26 @@ class MeshServer:
             maximum_concurrent_rpcs=max_rpcs,
         )
         recorder = _Recorder(server, resolve, register_methods=grpc_observability_active(),
-                             known=known)
+                             known=known, watches=self._watches)
+        yours: health.aio.HealthServicer | None = None
         for add_fn, servicer in self._servicers:
             add_fn(servicer, recorder)
-        self.service_names = list(recorder.names)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
+            if health.SERVICE_NAME in recorder.take_added():
+                yours = self._your_health(servicer, yours)
+        self.service_names = [n for n in recorder.names if n != health.SERVICE_NAME]
+        if yours is None:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
+        else:
+            self.health = yours
+            # the statuses you set before start() are yours: start() leaves them as set
+            statuses = getattr(yours, "_server_status", None)
+            self._kept_statuses = frozenset(statuses if isinstance(statuses, Mapping)
+                                            else ())
         if opts.reflection:
             # v1 is answered but not listed: grpcio-reflection has no v1 descriptor to
             # describe it with, and a client describes every service listed (grpcurl)
-            names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            names = list(dict.fromkeys(
+                (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)))
             servicer = reflection.aio.ReflectionServicer(names)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
             # the stable v1 service too (grpcurl and grpc-js ask it first; grpcio-reflection
@@ -884,6 +1106,29 @@ class MeshServer:
                   address=self.instance.address, services=self.service_names)
         return self.instance
 
+    def _your_health(self, servicer: Any,
+                     before: health.aio.HealthServicer | None) -> health.aio.HealthServicer:
+        """``servicer``, whose ``add_*_to_server`` added ``grpc.health.v1.Health``, as the
+        server's health servicer (see :class:`MeshServer`'s ``servicers``).
+
+        Raises:
+            ConfigError: a second one (``before``), or one meshkit cannot drive (not a
+                ``grpc_health.v1.health.aio.HealthServicer``: the synchronous
+                ``health.HealthServicer``, a servicer of your own making).
+        """
+        if before is not None:
+            raise ConfigError(
+                f"serve({self.service!r}): two grpc.health.v1.Health servicers "
+                f"({type(before).__name__} and {type(servicer).__name__}); give one")
+        if not isinstance(servicer, health.aio.HealthServicer):
+            raise ConfigError(
+                f"serve({self.service!r}): the grpc.health.v1.Health servicer "
+                f"{type(servicer).__module__}.{type(servicer).__qualname__} cannot be "
+                "driven by meshkit (SERVING once started, NOT_SERVING when draining): "
+                "give a grpc_health.v1.health.aio.HealthServicer (or a subclass), or none "
+                "and set your statuses on MeshServer.health (on_started)")
+        return servicer
+
     def _reserve_instance_id(self, port: int) -> str:
         """The instance id (``ServeOptions.instance_id``'s rule), held in
         :attr:`_ids_in_use` until :meth:`drain` ends or :meth:`start` fails."""
@@ -915,8 +1160,10 @@ class MeshServer:
         self._raise_if_draining()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
-        for name in ("", self.service, *self.service_names):
-            await self.health.set(name, serving)
+        # (Your own servicer keeps the statuses you set before start().)
+        for name in dict.fromkeys(("", self.service, *self.service_names)):
+            if name not in self._kept_statuses:
+                await self.health.set(name, serving)
         self._raise_if_draining()
         meta = dict(opts.meta)
         if opts.admin is not None:
@@ -1071,10 +1318,12 @@ class MeshServer:
         return telemetry.registry if telemetry is not None else None
 
     async def drain(self) -> None:
-        """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, then stop with
-        ``grace_s`` for in-flight calls. The drain runs to its end even when this
-        ``drain()`` is cancelled (e.g. by ``wait_for``), so the server never stays
-        deregistered but serving. Safe to call twice: a second call waits for the
+        """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, end the health
+        ``Watch`` streams (each sent ``NOT_SERVING`` first, unless it was already, then
+        ended ``OK``: a watch never ends by itself and would hold the stop for the whole
+        ``grace_s``), then stop with ``grace_s`` for in-flight calls. The drain runs to
+        its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
+        server never stays deregistered but serving. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
         or its :meth:`start` failed and was undone). Called while :meth:`start` runs, it
         makes that start stop and undo itself (see there) and returns once it has."""
@@ -1108,6 +1357,9 @@ class MeshServer:
         self._release_instance_id()
         await self._stop_following_certificate()
         await asyncio.sleep(opts.drain_delay_s)
+        # the health watchers have been told NOT_SERVING: their calls end now, so that
+        # grace_s is the in-flight calls' only (a Watch never ends by itself)
+        self._watches.end()
         await server.stop(opts.grace_s)
         for icpt in self._chain:  # e.g. a rate limiter's Redis connections
             aclose = getattr(icpt, "aclose", None)
@@ -1305,7 +1557,9 @@ async def serve(
 
     Args:
         service: mesh service name, e.g. ``"userd"``.
-        servicers: ``[(add_XServicer_to_server, servicer), ...]``.
+        servicers: ``[(add_XServicer_to_server, servicer), ...]``; may include your own
+            ``grpc_health.v1.health.aio.HealthServicer``, served instead of meshkit's
+            and driven the same way (:class:`MeshServer`).
         registry: default :func:`meshkit.discovery.registry_from_env`.
         options: :class:`ServeOptions`.
         on_started: called with the :class:`MeshServer` once it is registered (may be async).

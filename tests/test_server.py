@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import meshkit
@@ -1036,6 +1036,148 @@ async def test_health_watch_streams_hold_no_call_slot(
         finally:
             for w in watches:
                 w.cancel()
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _drainable(instance_id: str, **kw: Any) -> meshkit.ServeOptions:
+    kw.setdefault("grace_s", 1.0)
+    return meshkit.ServeOptions(insecure=True, instance_id=instance_id, drain_delay_s=0.0,
+                                admin=None, **kw)
+
+
+async def _check(stub: health_pb2_grpc.HealthStub, service: str) -> Any:
+    """The status ``Check`` answers for ``service``, or the call's error code."""
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return reply.status
+
+
+async def test_a_users_own_health_servicer_is_the_one_served_and_driven(
+        registry: LocalRegistry) -> None:
+    """A service that brings its own ``grpcio-health-checking`` servicer (reporting, say, a
+    dependency NOT_SERVING) passes it to ``serve()`` like any servicer. meshkit added its
+    own health servicer after it, under the same method paths, so the user's was silently
+    dropped: a Check of the service the user marked NOT_SERVING answered NOT_FOUND, and
+    reflection listed ``grpc.health.v1.Health`` twice. Now the user's servicer answers,
+    listed once, and meshkit drives it: SERVING once started for the whole server and
+    the mesh service (the statuses the user set before start() are left as set), and
+    NOT_SERVING for everything at the drain."""
+    mine = health.aio.HealthServicer()
+    await mine.set("custom.Dependency", _NOT_SERVING)
+    await mine.set(SERVICE, _NOT_SERVING)  # warming up: the user's to turn SERVING
+    srv = meshkit.MeshServer(
+        "healthd", [add_echo("h1"), (health_pb2_grpc.add_HealthServicer_to_server, mine)],
+        registry=registry, options=_drainable("h1"))
+    await srv.start()
+    try:
+        async with asyncio.timeout(10), \
+                grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            assert await _check(stub, "custom.Dependency") == _NOT_SERVING, (
+                "the user's health servicer is not the one answering")
+            assert srv.health is mine
+            assert srv.service_names == [SERVICE]
+            assert await _check(stub, SERVICE) == _NOT_SERVING  # as the user set it
+            assert await _check(stub, "") == _SERVING
+            assert await _check(stub, "healthd") == _SERVING
+            await mine.set(SERVICE, _SERVING)
+            assert await _check(stub, SERVICE) == _SERVING
+
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            names = [s.name async for answer in reflection_pb2_grpc.ServerReflectionStub(ch)
+                     .ServerReflectionInfo(iter([request]), timeout=3)
+                     for s in answer.list_services_response.service]
+            assert sorted(names) == sorted(set(names)), f"listed twice: {names}"
+            assert "grpc.health.v1.Health" in names
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+    for name in ("", "healthd", SERVICE, "custom.Dependency"):
+        reply = await mine.Check(health_pb2.HealthCheckRequest(service=name), None)
+        assert reply.status == _NOT_SERVING, name
+
+
+@pytest.mark.parametrize("servicers", ["sync", "two"])
+async def test_a_health_servicer_meshkit_cannot_drive_is_refused(
+        registry: LocalRegistry, servicers: str) -> None:
+    """A health servicer meshkit cannot set SERVING and NOT_SERVING on (the synchronous
+    ``health.HealthServicer``, whose ``Watch`` does not run on grpc.aio either), or two
+    of them, are refused with a ``ConfigError`` before anything is bound or registered,
+    instead of one being dropped in silence."""
+    given: list[tuple[Any, Any]] = [add_echo("h1")]
+    if servicers == "sync":
+        given.append((health_pb2_grpc.add_HealthServicer_to_server, health.HealthServicer()))
+    else:
+        given += [(health_pb2_grpc.add_HealthServicer_to_server, health.aio.HealthServicer())
+                  for _ in range(2)]
+    srv = meshkit.MeshServer("healthd", given, registry=registry, options=_drainable("h1"))
+    with pytest.raises(meshkit.ConfigError,
+                       match=r"health\.HealthServicer.*cannot be driven|two grpc\.health"):
+        await srv.start()
+    assert srv.port == 0 and not srv.live
+    assert await registry.instances("healthd") == frozenset()
+
+
+@pytest.mark.parametrize("health_servicer", ["meshkit's", "the user's"])
+async def test_an_open_health_watch_does_not_hold_the_drain_for_grace_s(
+        registry: LocalRegistry, health_servicer: str) -> None:
+    """gRPC clients with client-side health checking keep a ``Health/Watch`` stream open
+    per channel (the request gate exempts it for that reason). On drain meshkit set
+    NOT_SERVING, which the watcher received, and then ``server.stop(grace_s)`` waited for
+    that stream, which never ends by itself: every drain took the full ``grace_s``, and
+    the watcher was then cut ``UNAVAILABLE``, although no call was in flight. Now the
+    drain ends the watches once NOT_SERVING is sent (OK status); a watch of a service
+    with no status is told NOT_SERVING too; a call in flight still gets its grace."""
+    grace_s = 8.0
+    servicers: list[tuple[Any, Any]] = [add_echo("w1")]
+    if health_servicer == "the user's":
+        servicers.append((health_pb2_grpc.add_HealthServicer_to_server,
+                          health.aio.HealthServicer()))
+    srv = meshkit.MeshServer("watchd", servicers, registry=registry,
+                             options=_drainable("w1", grace_s=grace_s))
+    await srv.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        watches = {name: stub.Watch(health_pb2.HealthCheckRequest(service=name))
+                   for name in ("", "no.such.Service")}
+        seen: dict[str, list[Any]] = {name: [] for name in watches}
+
+        async def read(name: str) -> grpc.StatusCode:
+            try:
+                async for resp in watches[name]:
+                    seen[name].append(resp.status)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return await watches[name].code()
+
+        readers = {name: asyncio.ensure_future(read(name)) for name in watches}
+        try:
+            await until(lambda: all(seen.values()), timeout_s=5)
+            assert seen == {"": [_SERVING],
+                            "no.such.Service": [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]}
+            in_flight = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"1000",
+                                                                                timeout=6))
+            await asyncio.sleep(0.2)  # the call is in flight
+            started = time.monotonic()
+            async with asyncio.timeout(grace_s + 5):
+                await srv.drain()
+            took = time.monotonic() - started
+            assert await in_flight == b"w1"  # the call in flight had its grace
+            async with asyncio.timeout(5):
+                codes = {name: await reader for name, reader in readers.items()}
+        finally:
+            for watch in watches.values():
+                watch.cancel()
+            await asyncio.gather(*readers.values(), return_exceptions=True)
+    assert took < grace_s / 2, (
+        f"drain took {took:.1f}s of grace_s={grace_s}: the health Watch held it")
+    for name in watches:  # told, then ended cleanly
+        assert seen[name][-1] == _NOT_SERVING, (name, seen[name])
+    assert codes == {name: grpc.StatusCode.OK for name in watches}, codes
 
 
 class _SlowRegistry(LocalRegistry):
