@@ -461,7 +461,10 @@ class ServeOptions:
             a request may take to arrive, keepalive and idle connections), on by default;
             calls over a limit get ``RESOURCE_EXHAUSTED``.
         server_options: extra grpc server arguments, a sequence of ``(name, value)`` (as
-            ``grpc.aio.server(options=)`` takes); they override those ``limits`` sets,
+            ``grpc.aio.server(options=)`` takes; not a mapping: give
+            ``tuple(mapping.items())``), checked here: an item that is not a pair of a
+            non-empty name and a value (not ``None``) is a ``ConfigError`` quoting it;
+            they override those ``limits`` sets,
             and meshkit's ``("grpc.so_reuseport", 0)``, key by key. By default a port
             another socket listens on is refused at :meth:`MeshServer.start`
             (``RuntimeError``: "Failed to bind"), as grpc-go and a plain ``bind()`` do and
@@ -502,9 +505,10 @@ class ServeOptions:
     Raises:
         ConfigError: a value is out of range or of the wrong type (``True`` or a string
             for a number, one string for ``tags`` or ``generic_methods``, a bad
-            ``generic_methods`` pattern, a ``host`` or ``advertise_host`` that
-            is neither an IP address nor a host name; quoted in the message), or, for the
-            default ``admin``, ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
+            ``generic_methods`` pattern, a mapping or a bad item in ``server_options``,
+            a ``host`` or ``advertise_host`` that is neither an IP address nor a host
+            name; quoted in the message), or, for the default ``admin``,
+            ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
     """
 
     host: str = "127.0.0.1"
@@ -567,8 +571,35 @@ class ServeOptions:
                 raise ConfigError(
                     f"{type(icpt).__name__} in interceptors: serve() orders the mesh's checks "
                     f"itself; use ServeOptions({option}=...) instead")
-        refuse_str("server_options", self.server_options)
-        object.__setattr__(self, "server_options", tuple(self.server_options))
+        object.__setattr__(self, "server_options", _server_options(self.server_options))
+
+
+def _server_options(value: Any) -> tuple[tuple[str, Any], ...]:
+    """``ServeOptions.server_options`` as a tuple of ``(name, value)`` pairs, checked when
+    the options are built (grpc refused a bad one only at :meth:`MeshServer.start`, with
+    a bare ``ValueError`` or ``TypeError``).
+
+    Raises:
+        ConfigError: a string or a mapping (its keys are no pairs: give
+            ``tuple(mapping.items())``), not iterable, or an item that is not a pair of a
+            name (a non-empty ``str``, or ``bytes``) and a value that is not ``None``;
+            the item quoted.
+    """
+    refuse_str("server_options", value)
+    if isinstance(value, Mapping):
+        raise ConfigError("server_options must be a sequence of (name, value) pairs, not a "
+                          f"mapping: give tuple(server_options.items()), got {value!r}")
+    try:
+        items: tuple[Any, ...] = tuple(value)
+    except TypeError:
+        raise ConfigError("server_options must be a sequence of (name, value) pairs, got "
+                          f"{value!r}") from None
+    for item in items:
+        if (not isinstance(item, (tuple, list)) or len(item) != 2
+                or not isinstance(item[0], (str, bytes)) or not item[0] or item[1] is None):
+            raise ConfigError("server_options: each item must be a (name, value) pair, a "
+                              f"non-empty str name and a value (not None), got {item!r}")
+    return tuple((name, option) for name, option in items)
 
 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:

@@ -180,6 +180,23 @@ def test_bad_serve_options_quote_the_value() -> None:
         )
 
 
+@pytest.mark.parametrize(("server_options", "quoted"), [
+    ({"grpc.max_receive_message_length": 8 << 20}, "mapping"),
+    ([("grpc.max_receive_message_length",)], r"\('grpc.max_receive_message_length',\)"),
+    ([("grpc.max_receive_message_length", None)], "None"),
+    ([8 << 20], "8388608"),
+], ids=["mapping", "one-element-pair", "none-value", "not-a-pair"])
+def test_malformed_server_options_are_refused_at_construction(
+        server_options: Any, quoted: str) -> None:
+    """``ServeOptions.server_options`` given as a mapping (how most settings are written)
+    or with an item that is not a ``(name, value)`` pair grpc accepts was taken as given
+    and failed only at ``start()``, with a bare ``ValueError`` ("dictionary update
+    sequence element") or ``TypeError`` from grpc; now a ``ConfigError`` at construction
+    quotes it."""
+    with pytest.raises(meshkit.ConfigError, match=rf"server_options.*{quoted}"):
+        meshkit.ServeOptions(insecure=True, server_options=server_options)
+
+
 def test_serve_builds_the_one_chain_order() -> None:
     """serve() orders the mesh's checks itself: telemetry, deadline, auth, rate limit, the
     answer to unhandled exceptions, then the user's interceptors; the deadline check and
