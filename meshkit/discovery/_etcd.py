@@ -418,14 +418,20 @@ class EtcdOptions:
 
         Raises:
             ConfigError: bad scheme, endpoint or option (the offending part is quoted; the
-                URI with any user info and the values of keys that are no option masked).
+                URI with any user info and the values of keys that are no option masked);
+                user info, that is any ``@`` after ``//`` (a ``prefix`` or file name
+                holding one goes in :meth:`from_env`'s keywords instead).
         """
         parts, scheme = split_uri(uri, "etcd", "etcd")
-        if "@" in parts.netloc:
+        # Any '@' after "//", not just the netloc's: a password may hold an unencoded '/',
+        # '?' or '#', where the parser ends the netloc (the rest, password's tail and all,
+        # would be quoted as a path, or reach the endpoint check as 'root:<password>').
+        if "@" in uri.partition("//")[2]:
             raise ConfigError(f"etcd URI must not carry user info, got "
                               f"{shown_uri(uri, _URI_FIELDS)!r}")
         if parts.path not in ("", "/"):
-            raise ConfigError(f"etcd URI takes no path (use ?prefix=), got {parts.path!r}")
+            raise ConfigError(f"etcd URI takes no path (use ?prefix=), got {parts.path!r} "
+                              f"(in {shown_uri(uri, _URI_FIELDS)!r})")
         kwargs: dict[str, Any] = {}
         default_scheme = "https" if scheme == "etcd+https" else "http"
         if parts.netloc:

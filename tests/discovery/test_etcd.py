@@ -88,12 +88,22 @@ def test_bad_uris_fail_at_construction(uri: str, quoted: str) -> None:
      "'etcd://127.0.0.1:2379?ttl_s=5&password=***'"),
     ("etcd://127.0.0.1:2379?ttl_s=x&token={pw}", "ttl_s must be a number",
      "'etcd://127.0.0.1:2379?ttl_s=x&token=***'"),
+    # a password holding an unencoded '/', '?' or '#' (generated, base64 passwords): the
+    # netloc ended there, so the "takes no path" error quoted '/<pw>@127.0.0.1:2379' and
+    # the port check 'root:<pw>'
+    ("etcd://root:pa/{pw}@127.0.0.1:2379", "must not carry user info",
+     "'etcd://***@127.0.0.1:2379'"),
+    ("etcd://root:{pw}?x@127.0.0.1:2379", "must not carry user info",
+     "'etcd://***@127.0.0.1:2379'"),
+    ("etcd+https://root:pa#{pw}@h1:2379?ttl_s=5", "must not carry user info",
+     "'etcd+https://***@h1:2379?ttl_s=5'"),
 ])
 def test_uri_errors_never_quote_a_password(uri: str, says: str, shown: str) -> None:
     """An etcd URI refused for its user info (etcdctl's ``--user root:<password>`` moved
     into the URI) or a query key that is no option (``?password=...``) is quoted with the
     user info and the value of that key masked, as the Consul URI's errors are; the
-    password was quoted in clear (the netloc, or the whole URI)."""
+    password was quoted in clear (the netloc, or the whole URI). User info is refused
+    whatever its password holds (any '@' after '//')."""
     secret = "S3cretPw-do-not-print"
     with pytest.raises(ConfigError) as info:
         EtcdOptions.from_uri(uri.format(pw=secret), environ={})
