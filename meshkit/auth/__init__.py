@@ -77,6 +77,7 @@ Example::
 
 from __future__ import annotations
 
+import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
 from meshkit.auth._authz import AuthzPolicy, Decision, Rule
 from meshkit.auth._certs import (
     CertificateInfo,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
 from meshkit.discovery._options import query_fields, shown_uri
 from meshkit.discovery._types import Instance, Registry, RegistryStatus

@@ -39,6 +39,8 @@ Example::
 
 from __future__ import annotations
 
+import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
+
 try:
     import nats  # noqa: F401  (nats-py: the meshkit[nats] extra)
 except ImportError as _exc:

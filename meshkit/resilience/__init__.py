@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
 from meshkit.resilience._backoff import Backoff
 from meshkit.resilience._budget import BudgetOptions, RetryBudget
 from meshkit.resilience._deadline import (

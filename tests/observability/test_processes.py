@@ -68,6 +68,40 @@ def test_unconfigured_process_writes_nothing_to_stdout(tmp_path: Path) -> None:
     assert "serving plaintext" in proc.stderr
 
 
+# One part of meshkit alone, never dial() or serve(): the local registry finds its file
+# deleted (a warning), and a JWKS publisher starts (an info line). sys.argv[1]: a directory.
+_PART_ALONE = """
+import asyncio, os, sys
+from meshkit.auth import JWKSServer, KeySet
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+
+async def main() -> None:
+    reg = LocalRegistry(LocalOptions(path=os.path.join(sys.argv[1], "reg"), ttl_s=1.0))
+    await reg.register(Instance(service="orderd", instance_id="orderd-1",
+                                host="127.0.0.1", port=50051))
+    os.remove(os.path.join(sys.argv[1], "reg", "registry.db"))
+    await asyncio.sleep(1.0)  # a heartbeat finds the file gone: logged, reopened
+    await reg.close()
+    server = JWKSServer(KeySet.generate())
+    await server.start("127.0.0.1", 0)
+    await server.stop()
+
+asyncio.run(main())
+assert "meshkit.channel" not in sys.modules and "meshkit.server" not in sys.modules
+"""
+
+
+def test_a_part_of_meshkit_alone_writes_nothing_to_stdout(tmp_path: Path) -> None:
+    """A program using ``meshkit.discovery`` or ``meshkit.auth`` alone (a registration
+    script, a JWKS publisher) is quiet until configured too: the local registry's warning
+    about its deleted file and the JWKS server's info line went to stdout (structlog's own
+    default) once ``import meshkit`` stopped loading ``meshkit.observability``, which
+    installed the quiet default; each logging package now installs it."""
+    proc = _run(_PART_ALONE, str(tmp_path))
+    assert proc.stdout == "", proc.stdout
+    assert "deleted or replaced" in proc.stderr  # the warning still reaches stderr
+    assert "jwks serving" not in proc.stderr  # info: dropped, as the stdlib would
+
 def test_unconfigured_access_log_follows_stdlib_logging(tmp_path: Path) -> None:
     """An application that routes the standard library's ``meshkit.access`` at INFO gets
     the access lines there (JSON, on its handler), still nothing on stdout."""
@@ -300,11 +334,15 @@ def test_a_call_before_serve_does_not_change_the_service_name(
 def test_the_quiet_default_leaves_structlog_unconfigured_for_the_application() -> None:
     """Importing meshkit keeps ``structlog.is_configured()`` false, so an application's
     ``configure_once`` still applies (no warning), and its own loggers print as
-    structlog's default does while meshkit's stay off stdout."""
+    structlog's default does while meshkit's stay off stdout. (``import meshkit`` alone
+    loads none of meshkit's modules, structlog neither; each package that logs installs
+    the quiet default, here ``meshkit.discovery``.)"""
     script = """
-import warnings, structlog
+import sys, warnings, structlog
 warnings.simplefilter("error")
 import meshkit
+assert "meshkit._log" not in sys.modules
+import meshkit.discovery
 assert not structlog.is_configured()
 structlog.get_logger("app").info("app line")
 structlog.get_logger("meshkit.channel").warning("meshkit line")
