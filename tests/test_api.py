@@ -44,3 +44,17 @@ def test_import_meshkit_gives_its_public_modules() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=45, cwd=str(Path(__file__).resolve().parents[1]))
     assert done.returncode == 0, done.stderr[-400:]
+
+
+def test_the_readmes_layout_names_every_module_and_the_local_dir_variable() -> None:
+    """The README's Layout lists meshkit's modules one per line: a module added without a
+    line there (``_attempts.py`` was) is missing from it; and the Discovery table names
+    ``MESHKIT_LOCAL_DIR``, which moves every default local registry of a process (two
+    processes with different values do not see each other)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(p.name for p in (root / "meshkit").glob("*.py")
+                     if p.name != "__init__.py" and p.name not in layout)
+    assert not missing, f"meshkit modules missing from the README's Layout: {missing}"
+    assert "MESHKIT_LOCAL_DIR" in readme.split("## Layout", 1)[0]
