@@ -607,6 +607,18 @@ class _LeaseLock:
             waiter.set_result(None)
 
 
+async def _own_session(session: aiohttp.ClientSession) -> None:
+    """Hold ``session`` (of the running loop) until cancelled, then close it: by
+    :meth:`EtcdRegistry.close`, or as the loop ends (``asyncio.run()``, and
+    ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left and run them to their
+    end while the loop still runs), so no session of an ended loop is left unclosed."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        with contextlib.suppress(*_FOREIGN):
+            await session.close()
+
+
 def _foreign_keeper(task: asyncio.Task[None] | None) -> bool:
     """Whether the keep-alive ``task`` belongs to another event loop than the running one
     (or has ended): then it is cancelled in its own loop if that is still open (another
@@ -662,9 +674,11 @@ class EtcdRegistry:
     The HTTP session is created on first use, inside the running event loop, so the
     registry can be built anywhere; one per event loop (an aiohttp session belongs to
     one), so the registry carries over from one ``asyncio.run()`` to the next and serves
-    loops of several threads at once: the keep-alive runs in the loop that registered
-    last (one of another loop is ended there), its lock excludes the tasks of every loop,
-    and :meth:`close` ends the watches and the keep-alive of every loop still running,
+    loops of several threads at once: each loop that registered runs a keep-alive while
+    it runs (about one round per interval between them), so the lease lives while any of
+    them does; the registry's lock excludes the tasks of every loop; a loop's session is
+    closed as that loop ends (``asyncio.run()`` cancelling what is left); and
+    :meth:`close` ends the watches, keep-alives and sessions of every loop still running,
     each in its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
     (chained from the aiohttp or etcd error); watches and the keep-alive never raise for
     etcd errors, they log on ``meshkit.discovery.etcd`` once per outage and retry with
@@ -676,8 +690,10 @@ class EtcdRegistry:
         self.options = options if options is not None else EtcdOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
         # one aiohttp session per event loop (a session belongs to one): a later
-        # asyncio.run(), or loops of several threads at once; made under _loops_mutex
-        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        # asyncio.run(), or loops of several threads at once, each with the task of its
+        # loop that closes it (_own_session); replaced under _loops_mutex, read without
+        self._sessions: dict[asyncio.AbstractEventLoop,
+                             tuple[aiohttp.ClientSession, asyncio.Task[None]]] = {}
         self._loops_mutex = threading.Lock()
         self._ssl: ssl.SSLContext | bool | None = None
         self._current = 0  # index of the member requests go to first
@@ -708,7 +724,10 @@ class EtcdRegistry:
         assert self.options.keepalive_interval_s is not None
         self._seen_period_s = max(self.options.keepalive_interval_s,
                                   self._seen_ttl_s / _SEEN_RENEWALS)
-        self._keeper: asyncio.Task[None] | None = None
+        # the keep-alive task of each event loop that registered (under _loops_mutex),
+        # and when one of them last did a round (monotonic): one round per interval
+        self._keepers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+        self._kept_at = -float("inf")
         self._race = CloseRace()
         self._tracker = StatusTracker("etcd")
         self._kept: dict[int, int] = {}
@@ -742,7 +761,8 @@ class EtcdRegistry:
     # -- plumbing ------------------------------------------------------------------------
     def _get_session(self) -> aiohttp.ClientSession:
         """The running event loop's aiohttp session, made on first use in it (those of
-        closed loops are dropped then).
+        closed loops are dropped then), with a task of that loop that closes it when the
+        loop ends or :meth:`close` cancels it (:func:`_own_session`).
 
         Raises:
             RegistryError: the registry is closed.
@@ -750,9 +770,9 @@ class EtcdRegistry:
         if self._race.closed:
             raise RegistryError(f"etcd registry for {self.options.endpoints!r} is closed")
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is not None:
-            return session
+        held = self._sessions.get(loop)
+        if held is not None:
+            return held[0]
         with self._loops_mutex:
             opts = self.options
             tls = self._ssl
@@ -763,10 +783,10 @@ class EtcdRegistry:
                     if opts.cert_file is not None:
                         tls.load_cert_chain(opts.cert_file, opts.key_file)
                 self._ssl = tls
-            # a closed loop's session cannot be closed any more (its connections close
-            # as they are collected); it must not be used
-            sessions = {held: s for held, s in self._sessions.items() if not held.is_closed()}
-            session = sessions[loop] = aiohttp.ClientSession(
+            # a closed loop's session was closed by its owner as that loop ended
+            sessions = {other: h for other, h in self._sessions.items()
+                        if not other.is_closed()}
+            session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s),
                 # No connection limit (aiohttp's default is 100): each watch holds one
                 # connection for its watch stream, which never ends, so with a limit 100
@@ -775,6 +795,8 @@ class EtcdRegistry:
                 # requests in flight.
                 connector=aiohttp.TCPConnector(ssl=tls, limit=0),
             )
+            sessions[loop] = (session, loop.create_task(_own_session(session),
+                                                        name="meshkit-etcd-session"))
             self._sessions = sessions
         return session
 
@@ -969,14 +991,17 @@ class EtcdRegistry:
         self._ensure_keeper()
 
     def _ensure_keeper(self) -> None:
-        """Start the keep-alive task in the running loop unless one runs there already;
-        one of another loop is ended in its own (an earlier ``asyncio.run()``'s ended with
-        it; another thread's is cancelled there): this loop keeps the lease from now."""
+        """Start a keep-alive task in the running loop unless one runs there already. Those
+        of other loops still running (servers in other threads) run on: the lease is kept
+        while any loop that registered runs, whichever of them ends first (one that
+        ended, or whose loop was closed with it pending, is dropped)."""
+        loop = asyncio.get_running_loop()
         with self._loops_mutex:
-            keeper = self._keeper
-            if keeper is None or _foreign_keeper(keeper):
-                self._keeper = asyncio.get_running_loop().create_task(
-                    self._keep(), name="meshkit-etcd-keepalive")
+            keepers = {other: task for other, task in self._keepers.items()
+                       if not task.done() and not other.is_closed()}
+            if loop not in keepers:
+                keepers[loop] = loop.create_task(self._keep(), name="meshkit-etcd-keepalive")
+            self._keepers = keepers
 
     async def _delete_stale_locked(self) -> None:
         """Delete the keys left behind by re-registrations under another key
@@ -1167,12 +1192,16 @@ class EtcdRegistry:
                     await self._put_unseen_locked()
 
     async def _keep(self) -> None:
-        """The keep-alive loop; ends when cancelled (close)."""
+        """The keep-alive loop of one event loop; ends when cancelled (close, or its loop
+        ending). A round another loop's keeper did less than half an interval ago is
+        skipped (with several loops, about one round per interval between them)."""
         interval = self.options.keepalive_interval_s
         assert interval is not None
         delay, failures = interval, 0
         while True:
             await asyncio.sleep(delay)
+            if not failures and time.monotonic() - self._kept_at < interval / 2:
+                continue
             try:
                 await self._keep_once()
             except _FOREIGN as exc:
@@ -1181,6 +1210,7 @@ class EtcdRegistry:
                 self._outcome(True, f"keep-alive: {describe(exc)}")
                 continue
             failures, delay = 0, interval
+            self._kept_at = time.monotonic()
             self._outcome(True, None)
 
     async def deregister(self, instance: Instance) -> None:
@@ -1561,22 +1591,19 @@ class EtcdRegistry:
         if self._race.closed:
             return
         with self._loops_mutex:
-            keeper, self._keeper = self._keeper, None
+            keepers, self._keepers = self._keepers, {}
         tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
-        if keeper is not None and not _foreign_keeper(keeper):
-            tasks.append(keeper)
+        tasks += [k for k in keepers.values() if not _foreign_keeper(k)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with self._loops_mutex:
             sessions, self._sessions = self._sessions, {}
         running = asyncio.get_running_loop()
-        for loop, session in sessions.items():
+        for loop, (_, owner) in sessions.items():
             if loop is running:
-                await session.close()
-            elif loop.is_running():  # another thread's loop: closed there
-                closing = session.close()
-                try:
-                    asyncio.run_coroutine_threadsafe(closing, loop)
-                except RuntimeError:  # closed meanwhile
-                    closing.close()
+                owner.cancel()  # it closes the session
+                await asyncio.gather(owner, return_exceptions=True)
+            elif not owner.done():  # another thread's loop: closed there by its owner
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(owner.cancel)

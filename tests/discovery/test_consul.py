@@ -1210,6 +1210,7 @@ def test_client_of_an_ended_run_is_closed_not_left_to_gc(
         async with asyncio.timeout(8):
             await reg.close()
 
+    gc.collect()  # what earlier tests left
     try:
         with caplog.at_level(logging.ERROR, logger="asyncio"):
             run_loop(register(1))
