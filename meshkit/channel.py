@@ -886,6 +886,14 @@ class MeshChannel(grpc.aio.Channel):
         """Open (not closed yet); what the introspection registry lists."""
         return not self._pool.closed
 
+    @property
+    def closing(self) -> bool:
+        """:meth:`close` has begun and not finished (calls in flight may still end in its
+        grace): ``/metrics`` reads such a channel on until it has recorded its final
+        counters."""
+        task = self._closing
+        return task is not None and not task.done()
+
     def stats(self) -> ChannelStats:
         """A typed snapshot for ``/metrics`` and ``/debug/mesh``: connectivity, every
         endpoint (also recently removed ones) with state, counters, ejection and the

@@ -115,7 +115,10 @@ meaning says: ``min`` (a flag that is 1 only while every one reports it, e.g. he
 ready; the smallest retry budget), ``max`` (1 while any one reports it, e.g. ejected,
 draining; the most endpoints any one sees), ``mean`` (the channels' estimates). A
 channel that closes (or a server that stops) leaves the gauges, but its counters stay in
-the sums (a retired tally per label set), so no counter goes backwards; the per-endpoint
+the sums (a retired tally per label set), so no counter goes backwards: the final counts
+it records as it ends (:func:`ended`) are added once at the next scrape, also for one
+that lived between two scrapes; a channel closing with a grace is read as live until
+then (its calls still end). The per-endpoint
 series of closed channels are kept for the last 256 endpoints per target (older ones
 disappear, as Prometheus allows, rather than grow with every redeployment).
 

@@ -9,13 +9,14 @@ leaves the registry by itself.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any, Protocol
 
 from meshkit._stats import ChannelStats, ServerStats
 
-__all__ = ["ended", "final_stats", "live_channel_stats", "live_server_stats", "track",
-           "tracked"]
+__all__ = ["ended", "ended_since", "final_stats", "last_ended", "live_channel_stats",
+           "live_server_stats", "track", "tracked"]
 
 
 class _HasChannelStats(Protocol):
@@ -37,30 +38,60 @@ def track(obj: _HasChannelStats | _HasServerStats, *, kind: str) -> None:
 
 
 # the last stats() of channels and servers that closed or stopped, by their (basic) weak
-# reference: what a collector that saw one live retires, even when it is garbage collected
-# before the collector's next scrape; the oldest dropped past _FINAL_MAX
-_FINAL: dict[weakref.ref[Any], Any] = {}
+# reference, each with the sequence number of its recording: what a collector retires once,
+# whether it saw the object live or not, even when it is garbage collected before the
+# collector's next scrape; the oldest dropped past _FINAL_MAX. In the order recorded (the
+# numbers increase along it); a lock, as scrapes read it from other threads
+_FINAL: dict[weakref.ref[Any], tuple[int, Any]] = {}
 _FINAL_MAX = 1024
+_final_lock = threading.Lock()
+_final_seq = 0
 
 
 def ended(obj: _HasChannelStats | _HasServerStats) -> None:
     """Record ``obj``'s final ``stats()`` as it closes or stops (a tracked channel or
-    server calls this last), for :func:`final_stats`."""
+    server calls this last), for :func:`final_stats` and :func:`ended_since`."""
+    global _final_seq
     try:
         snapshot = obj.stats()
     except Exception:  # nothing more to say of it
         return
     # CPython hands out one weak reference (without a callback) per object: the key a
     # collector holds for it is this very object, equal to it after its referent is gone
-    _FINAL[weakref.ref(obj)] = snapshot
-    while len(_FINAL) > _FINAL_MAX:
-        del _FINAL[next(iter(_FINAL))]
+    ref = weakref.ref(obj)
+    with _final_lock:
+        _final_seq += 1
+        _FINAL.pop(ref, None)  # recorded again (a server started anew): the newest last
+        _FINAL[ref] = (_final_seq, snapshot)
+        while len(_FINAL) > _FINAL_MAX:
+            del _FINAL[next(iter(_FINAL))]
 
 
 def final_stats(ref: weakref.ref[Any]) -> Any:
     """The final ``stats()`` recorded by :func:`ended` for the object ``ref`` refers (or
     referred) to, or ``None``."""
-    return _FINAL.get(ref)
+    entry = _FINAL.get(ref)
+    return None if entry is None else entry[1]
+
+
+def last_ended() -> int:
+    """The number of :func:`ended`'s latest recording (``0``: none yet): where a reader of
+    :func:`ended_since` starts to see only what ends from now on."""
+    return _final_seq
+
+
+def ended_since(seq: int) -> tuple[list[tuple[weakref.ref[Any], Any]], int]:
+    """The ``(weak reference, final stats())`` pairs :func:`ended` recorded after the one
+    numbered ``seq`` (see :func:`last_ended`), oldest first (those still kept: at most
+    the latest 1024), and the number of the latest recording, to pass next time."""
+    with _final_lock:
+        out = []
+        for ref, (n, snapshot) in reversed(_FINAL.items()):
+            if n <= seq:
+                break
+            out.append((ref, snapshot))
+        out.reverse()
+        return out, _final_seq
 
 
 def tracked(kind: str) -> list[Any]:

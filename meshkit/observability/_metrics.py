@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
-from meshkit.observability._live import final_stats, tracked
+from meshkit.observability._live import ended_since, final_stats, last_ended, tracked
 from meshkit.observability._semconv import MethodNames
 
 __all__ = [
@@ -582,7 +582,9 @@ def _channel_samples(ch: ChannelStats) -> list[_Sample]:
         key = (ch.service, ep.instance_id)
         add("ep_calls", key, ep.calls)
         add("ep_failures", key, ep.failures)
-        if not ep.present:
+        if not ep.present:  # left (or the channel is closing): its attempts still running
+            if ep.in_flight:
+                add("ep_in_flight", key, ep.in_flight)
             continue
         states[ep.state] = states.get(ep.state, 0) + 1
         ejected += ep.ejected
@@ -661,12 +663,18 @@ class MeshCollector:
 
     Counters never go backwards (Prometheus/OpenMetrics: a counter is monotonically
     non-decreasing; a drop reads as a restart, and ``rate()``/``increase()`` count the
-    remaining value again): the counters of a channel that closed or a server that
-    stopped, once this collector has seen it live, are kept in a retired tally per label
-    set and added at every later scrape; its final values, read at the first scrape that
-    finds it ended, or, if it was garbage collected before that scrape, the values it
-    recorded as it closed (:func:`~meshkit.observability.ended`; a channel or server
-    that recorded none keeps its values at the last scrape). Its gauges drop with it.
+    remaining value again), and a channel or server that ended keeps its counters in the
+    sums (a retired tally per label set, added at every later scrape): the final values it
+    recorded as it closed or stopped (:func:`~meshkit.observability.ended`), retired once,
+    at the first scrape after, whether this collector saw it live or not (a channel dialed
+    and closed between two scrapes, a server started and drained between them), and
+    whether it is still in memory or not; none below what an earlier scrape reported. A
+    channel closing with a grace (``close(grace)``) is read on as if live, gauges too,
+    until it has recorded its final values: calls still end in it. One that ended before
+    this collector was made is not its business. A channel or server that recorded none
+    (e.g. evicted past the 1024 kept) keeps its values at the first scrape that finds it
+    ended, or at the last scrape before it was garbage collected. Its gauges drop with
+    it.
 
     The tally keeps every target's and service's own counters (their number is the
     application's choice). The per-endpoint counters of ended channels
@@ -692,6 +700,9 @@ class MeshCollector:
         # per target: the instance ids with per-endpoint counters in the tally, the
         # oldest to retire first (the order dropped in past RETIRED_ENDPOINTS_MAX)
         self._retired_endpoints: dict[str, dict[str, None]] = {}
+        # the number of the latest final stats() retired (observability.ended_since):
+        # those recorded before this collector was made are not its business
+        self._ended_seq = last_ended()
 
     def describe(self) -> list[Metric]:
         """No fixed description: the families depend on what is live at scrape time."""
@@ -702,13 +713,19 @@ class MeshCollector:
         counters of those that ended."""
         fams = _families()
         with self._lock:
+            # first the final counts recorded since the last scrape, each retired once;
+            # one recorded while this scrape runs is retired at the next (see _read)
+            finals, self._ended_seq = ended_since(self._ended_seq)
+            for ref, final in finals:
+                entry = self._last.pop(ref, None)
+                now = (_channel_samples(final) if isinstance(final, ChannelStats)
+                       else _server_samples(final))
+                self._retire(self._final([] if entry is None else entry[1], now))
             for kind, samples_of in _SAMPLES_OF:
                 for obj in tracked(kind):
                     self._read(obj, samples_of, fams)
             for ref in [r for r in self._last if r() is None]:  # collected since
-                samples_of, last = self._last.pop(ref)
-                final = final_stats(ref)  # its stats() as it closed, when recorded
-                self._retire(self._final(last, [] if final is None else samples_of(final)))
+                self._retire(self._last.pop(ref)[1])  # (with no final counts recorded)
             self._forget_endpoints(fams)
             for (key, labels), value in self._retired.items():
                 fams[key].add(labels, value)
@@ -718,27 +735,39 @@ class MeshCollector:
 
     def _read(self, obj: Any, samples_of: Callable[[Any], list[_Sample]],
               fams: dict[str, _Family]) -> None:
-        """Add a live ``obj``'s samples to ``fams`` and remember its counters; retire the
-        counters of one that ended since the last scrape."""
-        live = getattr(obj, "live", False)
+        """Add a live (or closing) ``obj``'s samples to ``fams`` and remember its
+        counters; retire the counters of one that ended since the last scrape without
+        recording its final ones."""
         ref = weakref.ref(obj)
-        if not live and ref not in self._last:
-            return  # never seen live here: nothing of it was reported
+        if not getattr(obj, "live", False):
+            final = final_stats(ref)
+            if final is None and getattr(obj, "closing", False):
+                pass  # closing (a grace for its calls): read on until it has ended
+            elif ref not in self._last:
+                return  # never seen live (not started), or retired already
+            elif final is not None:
+                # ended after this scrape took the final counts to retire (another
+                # thread): retired at the next scrape; meanwhile as last read
+                for fam, labels, value in self._last[ref][1]:
+                    fams[fam].add(labels, value)
+                return
+            else:  # ended without final counts recorded: its counters now
+                try:
+                    now = samples_of(obj.stats())
+                except Exception:
+                    now = []
+                self._retire(self._final(self._last.pop(ref)[1], now))
+                return
         try:
             samples = samples_of(obj.stats())
-        except Exception:  # closing while we looked
-            if live:
-                return
-            self._retire(self._last.pop(ref)[1])
-            return
-        if live:
-            for fam, labels, value in samples:
+        except Exception:  # closing while we looked: as last read, read again next time
+            entry = self._last.get(ref)
+            for fam, labels, value in entry[1] if entry is not None else ():
                 fams[fam].add(labels, value)
-            self._last[ref] = (samples_of,
-                               [s for s in samples if fams[s[0]].kind == "counter"])
             return
-        # ended: its final counters, none below what the last scrape reported
-        self._retire(self._final(self._last.pop(ref)[1], samples))
+        for fam, labels, value in samples:
+            fams[fam].add(labels, value)
+        self._last[ref] = (samples_of, [s for s in samples if fams[s[0]].kind == "counter"])
 
     @staticmethod
     def _final(last: list[_Sample], now: list[_Sample]) -> list[_Sample]:

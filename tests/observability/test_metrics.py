@@ -787,6 +787,143 @@ async def test_a_channel_collected_before_the_next_scrape_keeps_its_final_counts
     assert calls == [1, 3], calls
 
 
+async def test_a_channel_dialed_and_closed_between_two_scrapes_keeps_its_mesh_counters(
+    echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """A channel that lives between two scrapes of ``/metrics`` (a per-job or per-request
+    ``dial()``, any channel shorter than the scrape interval) had its scrape-time counters
+    (``meshkit_client_retries_total``, ``meshkit_client_endpoint_{calls,failures}_total``)
+    never counted: the collector skipped an ended channel it had not seen live, although
+    ``close()`` recorded its final counts (``observability.ended``) for this. A 3-attempt
+    call read 0/0/0 where the call-path counters read 3. Now an ended channel's final
+    counts are retired once, also after it was garbage collected, and never again at a
+    later scrape."""
+    import gc
+
+    from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    await echo_servers("e1", telemetry=opts)
+    prom_text(prom)  # a scrape before the channel exists
+    retry = RetryOptions(default=RetryPolicy(
+        idempotent=True, max_attempts=3, backoff=Backoff(base_delay_s=0.001,
+                                                         max_delay_s=0.005)))
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts, retry=retry))
+    try:
+        async with asyncio.timeout(10):
+            await ch.wait_for_endpoints(1)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=5)
+            assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        await ch.close()
+
+    def mesh(got: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+             ) -> tuple[float, float, float, float]:
+        return (value(got, "meshkit_client_attempts_total", grpc_method="Fail"),
+                value(got, "meshkit_client_retries_total", target="echo"),
+                value(got, "meshkit_client_endpoint_calls_total", target="echo",
+                      instance_id="e1"),
+                value(got, "meshkit_client_endpoint_failures_total", target="echo",
+                      instance_id="e1"))
+
+    closed = samples(prom_text(prom))
+    again = samples(prom_text(prom))  # counted once, not at every scrape
+    del ch
+    gc.collect()
+    collected = samples(prom_text(prom))
+    assert [mesh(got) for got in (closed, again, collected)] == [(3, 2, 3, 3)] * 3
+
+
+def test_ended_channels_and_servers_never_seen_live_are_counted_once() -> None:
+    """A server started and drained between two scrapes, and a channel closed and garbage
+    collected between them, left no trace in the scrape-time counters; a channel or
+    server that ended before the collector was made is none of its business."""
+    import gc
+
+    from meshkit.observability import ended, track
+    from meshkit.observability._metrics import MeshCollector
+
+    before = _FakeServer(100)  # ended before the collector existed
+    track(before, kind="server")
+    before.live = False
+    ended(before)
+    collector = MeshCollector()
+
+    def scrape() -> tuple[float, float]:
+        got = {(s.name, s.labels.get("service") or s.labels.get("target")): s.value
+               for m in collector.collect() for s in m.samples}
+        return (got.get(("meshkit_server_deadline_rejections_total", "fake-svc"), 0.0),
+                got.get(("meshkit_client_ejections_total", "fake-target"), 0.0))
+
+    assert scrape() == (0, 0)
+    srv = _FakeServer(2)  # started, two rejections, stopped: all between two scrapes
+    track(srv, kind="server")
+    srv.live = False
+    ended(srv)
+    ch = _FakeChannel("fake-target", "pod-1", calls=4)
+    track(ch, kind="channel")
+    ch.live = False
+    ended(ch)
+    del ch
+    gc.collect()
+    seen = [scrape(), scrape()]
+    del srv
+    gc.collect()
+    seen.append(scrape())
+    assert seen == [(2, 1)] * 3, seen
+
+
+async def test_a_scrape_during_close_grace_keeps_the_calls_that_end_in_it(
+    echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """``close(grace)`` lets calls in flight finish, but the channel is not ``live`` from
+    the start of the close: a scrape in that window retired it with its counts as they
+    were then, and it was never read again. A call failing during the grace (here
+    DEADLINE_EXCEEDED) was in the channel's final ``stats()`` but never in
+    ``meshkit_client_endpoint_failures_total``, and the endpoint's in-flight gauge
+    dropped while the call still ran. Now a closing channel is read on until its final
+    counts are recorded, and those are retired; an attempt in flight on an endpoint the
+    channel no longer lists (closing, or left the registry) is still in its gauge."""
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    await echo_servers("e1", telemetry=opts)
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts, retry=None))
+    closing: asyncio.Future[None] | None = None
+    try:
+        async with asyncio.timeout(10):
+            await ch.wait_for_endpoints(1)
+            await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            live = samples(prom_text(prom))
+            assert value(live, "meshkit_client_endpoint_calls_total", instance_id="e1") == 1
+            call: asyncio.Future[Any] = asyncio.ensure_future(
+                ch.unary_unary(method("Sleep"))(b"3000", timeout=1.0))
+            await until(lambda: any(ep.in_flight for ep in ch.stats().endpoints),
+                        what="the call in flight")
+            closing = asyncio.ensure_future(ch.close(grace=4.0))
+            await until(lambda: not ch.live, what="the close started")
+            assert not call.done()
+            during = samples(prom_text(prom))  # a scrape during the grace
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await call
+            assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await closing
+    finally:
+        if closing is None:
+            await ch.close()
+    (ep,) = ch.stats().endpoints
+    assert (ep.calls, ep.failures) == (2, 1)  # the channel counted it
+    after = samples(prom_text(prom))
+    assert [(value(got, "meshkit_client_endpoint_calls_total", target="echo",
+                   instance_id="e1"),
+             value(got, "meshkit_client_endpoint_failures_total", target="echo",
+                   instance_id="e1")) for got in (during, after)] == [(2, 0), (2, 1)]
+    # the attempt still in flight during the grace is in the endpoint's gauge, then leaves
+    assert [value(got, "meshkit_client_endpoint_in_flight", target="echo", instance_id="e1")
+            for got in (during, after)] == [1, 0]
+
+
 class _FakeServer:
     """Stands for a MeshServer in the introspection registry."""
 
