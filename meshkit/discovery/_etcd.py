@@ -1504,7 +1504,7 @@ class EtcdRegistry:
             if len(responses) != 2:
                 raise ValueError(f"a txn of two ranges answered {str(data)[:300]}")
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise RegistryError(f"etcd: cannot list services: {exc}") from exc
+            raise RegistryError(f"etcd: cannot list services: {describe(exc)}") from exc
         names = set()
         for prefix, response in zip(ranges, responses, strict=True):
             for kv in (response.get("response_range") or {}).get("kvs") or ():
@@ -1551,7 +1551,7 @@ class EtcdRegistry:
                 (r.get("response_range") or {}).get("kvs") or () for r in responses)
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise RegistryError(f"etcd: cannot read the failing instances of {service!r}: "
-                                f"{exc}") from exc
+                                f"{describe(exc)}") from exc
         listed = {_unb64(kv["key"]) for kv in keys}
         out = set()
         for kv in [*records, *legacy_records]:

@@ -851,6 +851,30 @@ async def test_tls_with_client_certificates(binary: str, tmp_path: Path) -> None
         cluster.close()
 
 
+async def test_reads_of_a_silent_member_say_what_failed(node: EtcdCluster) -> None:
+    """``failing()`` and ``services()`` against a member that does not answer (a
+    partition; a proxy that stops forwarding) raised RegistryError with ``str()`` of a
+    bare TimeoutError, i.e. nothing after the colon (``meshkit prometheus-targets``
+    printed "etcd: cannot read the failing instances of 'echo': "); they name the error
+    as register() does (``TimeoutError: ...``)."""
+    async with TcpProxy("127.0.0.1", node.members[0].client_port) as proxy:
+        reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{proxy.port}",),
+                                       ttl_s=2, request_timeout_s=1.0,
+                                       operation_timeout_s=1.0))
+        try:
+            proxy.blackhole()
+            messages = []
+            async with asyncio.timeout(20):
+                for read in (lambda: reg.failing("echo"), reg.services):
+                    with pytest.raises(RegistryError) as info:
+                        await read()
+                    messages.append(str(info.value))
+            assert all("TimeoutError" in m and not m.rstrip().endswith(":")
+                       for m in messages), messages
+        finally:
+            await reg.close()
+
+
 async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
     """The member a watch streams from goes silent without closing the connection (a
     partition, a frozen process or VM; here a proxy that stops forwarding): the stream had
