@@ -92,6 +92,8 @@ from meshkit.interceptors import (
     chain_unary,
 )
 from meshkit.observability import (
+    AttemptSpanInterceptor,
+    TelemetryClientInterceptor,
     TelemetryOptions,
     attempt_interceptors,
     client_interceptors,
@@ -183,12 +185,20 @@ class DialOptions:
             outermost); ``None`` turns them off.
         interceptors: per-call :class:`~meshkit.interceptors.ClientInterceptor` chain, a
             sequence, first is outermost (default none); it runs inside telemetry, and
-            retry inside it.
+            retry inside it. A :class:`~meshkit.observability.TelemetryClientInterceptor`
+            (:func:`~meshkit.observability.client_interceptors`) is refused here while
+            ``telemetry`` is set, which installs its own (each call would count twice):
+            give ``telemetry=None`` to install one here.
         attempt_interceptors: ``grpc.aio`` client interceptors (a sequence, as
             ``grpc.aio.insecure_channel(interceptors=)`` takes) installed on every
             endpoint's sub-channel; they run once per attempt (default none). One object of
             several kinds runs for each of its kinds (grpc.aio alone would run it for the
             first only). They see the messages: the sub-channels then keep the codecs.
+            ``telemetry`` adds :func:`~meshkit.observability.attempt_interceptors` of its
+            own in front of them (with ``attempt_spans=True``, a CLIENT span per attempt),
+            so an :class:`~meshkit.observability.AttemptSpanInterceptor` is refused here
+            while it is set; with ``telemetry=None`` give one here, beside
+            :func:`~meshkit.observability.client_interceptors` in ``interceptors``.
             An attempt cancelled while one of them still runs (awaiting the attempt's
             status, say: the caller's cancel, a hedge that lost, ``close()``) has its RPC
             cancelled too, as have those of interceptors a patch of
@@ -218,7 +228,10 @@ class DialOptions:
             registry before its sub-channel is closed (default 10.0 s).
 
     Raises:
-        ConfigError: a value is out of range or malformed (quoted in the message).
+        ConfigError: a value is out of range or malformed (quoted in the message); a
+            telemetry interceptor of meshkit in ``interceptors`` or
+            ``attempt_interceptors`` while ``telemetry`` is set (quoted; the message
+            says ``telemetry=None``).
     """
 
     balancer: Callable[[], Balancer] = P2C
@@ -280,6 +293,21 @@ class DialOptions:
                 raise ConfigError(
                     f"interceptors must be meshkit ClientInterceptor instances, got {icpt!r}"
                 )
+            if self.telemetry is not None and isinstance(icpt, TelemetryClientInterceptor):
+                raise ConfigError(
+                    f"{icpt!r} in interceptors while telemetry is set (it defaults to "
+                    "TelemetryOptions() and installs its own): every call would be counted, "
+                    "traced and logged twice; give telemetry=None to install "
+                    "client_interceptors() yourself, or leave it out and set "
+                    "telemetry=TelemetryOptions(...)")
+        for attempt_icpt in self.attempt_interceptors:
+            if self.telemetry is not None and isinstance(attempt_icpt, AttemptSpanInterceptor):
+                raise ConfigError(
+                    f"{attempt_icpt!r} in attempt_interceptors while telemetry is set: dial() "
+                    "installs attempt spans from telemetry itself (two CLIENT spans per "
+                    "attempt); set telemetry=TelemetryOptions(attempt_spans=True) and leave "
+                    "it out, or give telemetry=None to install client_interceptors() and "
+                    "attempt_interceptors() yourself")
         object.__setattr__(self, "channel_options",
                            _check_channel_options(self.channel_options))
 

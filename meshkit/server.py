@@ -423,7 +423,11 @@ class ServeOptions:
             ``grpc.aio.server(interceptors=)`` takes), run after the mesh's checks, first
             outermost; those with an ``async aclose()`` method are closed
             after the server stops. meshkit's check interceptors are refused here: use
-            ``deadline``, ``auth`` and ``rate_limit``.
+            ``deadline``, ``auth`` and ``rate_limit``; so is a
+            :class:`~meshkit.observability.TelemetryServerInterceptor`
+            (:func:`~meshkit.observability.server_interceptors`) while ``telemetry`` is
+            set, which installs its own (each call would count twice): give
+            ``telemetry=None`` to install one here.
         tls: mTLS with workload identities (:class:`meshkit.auth.TLSOptions`): client
             certificates are required and verified; a renewed certificate file is picked up
             for new connections without restart.
@@ -508,7 +512,10 @@ class ServeOptions:
             ``generic_methods`` pattern, a mapping or a bad item in ``server_options``,
             a ``host`` or ``advertise_host`` that is neither an IP address nor a host
             name; quoted in the message), or, for the default ``admin``,
-            ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted).
+            ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted), or
+            ``interceptors`` holds one of meshkit's check interceptors (the option to
+            use named) or a ``TelemetryServerInterceptor`` while ``telemetry`` is set
+            (quoted; the message says ``telemetry=None``).
     """
 
     host: str = "127.0.0.1"
@@ -571,6 +578,13 @@ class ServeOptions:
                 raise ConfigError(
                     f"{type(icpt).__name__} in interceptors: serve() orders the mesh's checks "
                     f"itself; use ServeOptions({option}=...) instead")
+            if self.telemetry is not None and isinstance(icpt, TelemetryServerInterceptor):
+                raise ConfigError(
+                    f"{icpt!r} in interceptors while telemetry is set (it defaults to "
+                    "TelemetryOptions() and installs its own): every call would be counted, "
+                    "traced and logged twice; give telemetry=None to install "
+                    "server_interceptors() yourself, or leave it out and set "
+                    "telemetry=TelemetryOptions(...)")
         object.__setattr__(self, "server_options", _server_options(self.server_options))
 
 

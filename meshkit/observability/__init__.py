@@ -5,8 +5,10 @@
 wrap); :func:`client_interceptors` one fused per-call :class:`TelemetryClientInterceptor`
 (retries run inside it). Each part is switched by :class:`TelemetryOptions` (``tracing``,
 ``metrics``, ``access_log``, all on by default). Health checks and reflection get metrics
-only (``quiet_methods``). ``implementation="otel"`` swaps the spans for
-opentelemetry-instrumentation-grpc's interceptors, for comparison.
+only (``quiet_methods``). ``ServeOptions.telemetry`` and ``DialOptions.telemetry`` (on by
+default) install them; give them in ``interceptors`` yourself only with ``telemetry=None``
+(beside it they are refused: every call would count twice). ``implementation="otel"``
+swaps the spans for opentelemetry-instrumentation-grpc's interceptors, for comparison.
 
 Chain order. Server: **telemetry** -> deadline -> authn -> authz -> rate limit -> handler
 (:func:`meshkit.server_chain`, the one place it is written; telemetry first, so it sees
@@ -25,10 +27,11 @@ name ``{rpc.service}/{rpc.method}``, ``rpc.system=grpc``, ``rpc.service``,
 ``rpc.method``, ``rpc.grpc.status_code``; client: ``server.address`` (the dialed mesh
 service), ``network.peer.address``/``port`` (the endpoint of the last attempt),
 ``meshkit.attempts``, ``meshkit.instance_id``, one ``attempt`` event per endpoint when
-retried or hedged (or a CLIENT span per attempt with ``attempt_spans=True`` and
-:func:`attempt_interceptors`); server: ``network.peer.address``/``port`` (the caller),
-``meshkit.peer.identity`` (caller's SPIFFE ID under mTLS), ``meshkit.rate_limited`` when
-the rate limiter refused the call (client spans: on any ``RESOURCE_EXHAUSTED`` answer).
+retried or hedged (or a CLIENT span per attempt with
+``DialOptions(telemetry=TelemetryOptions(attempt_spans=True))``); server:
+``network.peer.address``/``port`` (the caller), ``meshkit.peer.identity`` (caller's
+SPIFFE ID under mTLS), ``meshkit.rate_limited`` when the rate limiter refused the call
+(client spans: on any ``RESOURCE_EXHAUSTED`` answer).
 :func:`render_trace` draws a finished trace as a tree.
 
 **Spans cost what they must.** An SDK span is built only when the trace is sampled (the

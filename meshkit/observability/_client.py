@@ -428,7 +428,9 @@ class AttemptSpanInterceptor(
     grpc.aio.StreamUnaryClientInterceptor,
     grpc.aio.StreamStreamClientInterceptor,
 ):
-    """One CLIENT span per attempt, for ``DialOptions.attempt_interceptors`` (opt-in).
+    """One CLIENT span per attempt (opt-in): what ``DialOptions.telemetry`` with
+    ``attempt_spans=True`` installs; by hand (:func:`attempt_interceptors`) only in the
+    ``DialOptions.attempt_interceptors`` of a channel dialed with ``telemetry=None``.
 
     Runs on each endpoint's sub-channel, under the logical span of a
     :class:`TelemetryClientInterceptor` built with ``attempt_spans=True``: names the span

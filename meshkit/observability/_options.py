@@ -61,10 +61,14 @@ class TelemetryOptions:
             ``cookie``, ... see :func:`~meshkit.observability.is_sensitive_key`) and
             binary ``-bin`` keys are refused.
         attempt_spans: client side: one CLIENT span per attempt under an INTERNAL logical
-            span (needs :func:`~meshkit.observability.attempt_interceptors` installed as
-            ``DialOptions.attempt_interceptors``, which costs one extra task per attempt
-            in grpc.aio); default ``False``: one CLIENT span per logical call, with an
-            ``attempt`` event per attempt when there were several.
+            span; ``DialOptions(telemetry=TelemetryOptions(attempt_spans=True))`` is all
+            it takes (``dial()`` installs the
+            :func:`~meshkit.observability.attempt_interceptors` itself, which cost one
+            extra task per attempt in grpc.aio; install them as
+            ``DialOptions.attempt_interceptors`` only with ``telemetry=None``, beside
+            :func:`~meshkit.observability.client_interceptors`); default ``False``: one
+            CLIENT span per logical call, with an ``attempt`` event per attempt when
+            there were several.
         peer_identity: server side: how to learn the verified caller identity after the
             handler ran; default reads :func:`meshkit.auth.current_peer` when available.
         complete_after_response_max_in_flight: while at most this many calls are in

@@ -33,7 +33,14 @@ def server_interceptors(
     *,
     implementation: Implementation = "meshkit",
 ) -> tuple[grpc.aio.ServerInterceptor, ...]:
-    """The observability part of ``ServeOptions.interceptors``: put it first.
+    """The observability interceptors of a server, for ``ServeOptions.interceptors`` with
+    ``ServeOptions(telemetry=None)`` (put them first), or for a plain ``grpc.aio`` server.
+
+    ``ServeOptions.telemetry`` (``TelemetryOptions()`` by default) installs these itself,
+    outermost: that is the usual way. Beside it they would count, trace and log every
+    call twice, so ``ServeOptions`` refuses a :class:`TelemetryServerInterceptor` in
+    ``interceptors`` while ``telemetry`` is set (``ConfigError``). Give them yourself
+    with ``telemetry=None``, e.g. for ``implementation="otel"``.
 
     With ``implementation="meshkit"`` (default) it is one fused
     :class:`TelemetryServerInterceptor` doing tracing -> metrics -> access log in one
@@ -67,8 +74,16 @@ def client_interceptors(
     *,
     implementation: Implementation = "meshkit",
 ) -> tuple[ClientInterceptor, ...]:
-    """The observability part of ``DialOptions.interceptors``: put it first (retries run
-    inside it, so one logical span, count and log line cover every attempt).
+    """The observability interceptor of a channel, for ``DialOptions.interceptors`` with
+    ``DialOptions(telemetry=None)``: put it first (retries run inside it, so one logical
+    span, count and log line cover every attempt).
+
+    ``DialOptions.telemetry`` (``TelemetryOptions()`` by default) installs it itself,
+    outermost, with :func:`attempt_interceptors`: that is the usual way. Beside it every
+    call would be counted, traced and logged twice, so ``DialOptions`` refuses a
+    :class:`TelemetryClientInterceptor` in ``interceptors`` while ``telemetry`` is set
+    (``ConfigError``). Give it yourself with ``telemetry=None``, e.g. for
+    ``implementation="otel"``.
 
     With ``implementation="otel"`` the spans come from :func:`attempt_interceptors`
     instead and this returns the metrics/log part only.
@@ -94,7 +109,11 @@ def attempt_interceptors(
     *,
     implementation: Implementation = "meshkit",
 ) -> tuple[grpc.aio.ClientInterceptor, ...]:
-    """The observability part of ``DialOptions.attempt_interceptors`` (run per attempt).
+    """The observability part of ``DialOptions.attempt_interceptors`` (run per attempt),
+    for a channel dialed with ``DialOptions(telemetry=None)`` and
+    :func:`client_interceptors` of the same options; ``DialOptions.telemetry`` installs
+    these itself (``DialOptions`` refuses an :class:`AttemptSpanInterceptor` in
+    ``attempt_interceptors`` while ``telemetry`` is set: two CLIENT spans per attempt).
 
     ``"meshkit"``: an :class:`AttemptSpanInterceptor` when ``options.attempt_spans`` is
     on, else nothing (the default: attempts are events on the logical span, with no

@@ -395,6 +395,73 @@ def test_interceptor_sets_by_implementation() -> None:
         server_interceptors("")
 
 
+def test_telemetry_interceptors_beside_the_telemetry_option_are_refused() -> None:
+    """``server_interceptors()``/``client_interceptors()`` were documented as "the
+    observability part of ``ServeOptions.interceptors`` / ``DialOptions.interceptors``",
+    but ``ServeOptions.telemetry`` and ``DialOptions.telemetry`` default to
+    ``TelemetryOptions()`` and install their own: so set up, every call was counted,
+    traced and logged twice on each side. And ``TelemetryOptions.attempt_spans`` said to
+    install ``attempt_interceptors()`` as ``DialOptions.attempt_interceptors``, which
+    ``dial()`` already adds from ``telemetry``: two CLIENT spans per attempt. Now each is
+    a ``ConfigError`` that quotes the interceptor and says ``telemetry=None``; with
+    ``telemetry=None`` the sets are taken."""
+    opts = TelemetryOptions(attempt_spans=True)
+    for serve_set in (server_interceptors("orderd"),
+                      server_interceptors("orderd", implementation="otel")):
+        with pytest.raises(ConfigError, match="telemetry=None") as info:
+            meshkit.ServeOptions(interceptors=serve_set)
+        assert "TelemetryServerInterceptor" in str(info.value)
+        assert meshkit.ServeOptions(interceptors=serve_set, telemetry=None).interceptors \
+            == serve_set
+    with pytest.raises(ConfigError, match="telemetry=None") as info:
+        meshkit.DialOptions(interceptors=client_interceptors(opts))
+    assert "TelemetryClientInterceptor" in str(info.value)
+    with pytest.raises(ConfigError, match="telemetry=None") as info:
+        meshkit.DialOptions(telemetry=opts, attempt_interceptors=attempt_interceptors(opts))
+    assert "AttemptSpanInterceptor" in str(info.value)
+    assert "attempt_spans=True" in str(info.value)
+    dial = meshkit.DialOptions(telemetry=None, interceptors=client_interceptors(opts),
+                               attempt_interceptors=attempt_interceptors(opts))
+    assert len(dial.interceptors) == len(dial.attempt_interceptors) == 1
+
+
+async def test_the_documented_interceptor_sets_count_each_call_once(
+        registry: LocalRegistry) -> None:
+    """The interceptor sets installed as documented (``telemetry=None`` on both sides)
+    count a call once in ``/metrics`` on each side."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.echo import add_echo, method
+
+    prom = CollectorRegistry()
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+
+    def counts() -> tuple[float, float]:
+        got = {s.name: s.value
+               for fam in text_string_to_metric_families(generate_latest(prom).decode())
+               for s in fam.samples if s.labels.get("grpc_method") == "ClientStream"}
+        return (got.get("grpc_server_started_total", 0.0),
+                got.get("grpc_client_started_total", 0.0))
+
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0.0, grace_s=1.0,
+                                 telemetry=None,
+                                 interceptors=server_interceptors("echo", opts)))
+    await srv.start()
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+        insecure=True, telemetry=None, interceptors=client_interceptors(opts)))
+    try:
+        await ch.wait_for_endpoints(1)
+        call = ch.stream_unary(method("ClientStream"))
+        assert await call(iter([b"a"]), timeout=5) == b"e1|a"
+    finally:
+        await ch.close()
+        await srv.drain()
+    assert counts() == (1, 1)
+
+
 def test_render_trace_draws_a_tree_with_timings() -> None:
     """render_trace nests children under parents with kind, offset, duration, status and
     attempt events."""

@@ -64,6 +64,7 @@ async def _open(
             drain_delay_s=0.0,
             grace_s=1.0,
             reflection=False,
+            telemetry=None,
             interceptors=server_icpts,
         ),
     )
@@ -72,7 +73,8 @@ async def _open(
         f"t-{name}",
         registry=reg,
         options=meshkit.DialOptions(
-            insecure=True, interceptors=client_icpts, attempt_interceptors=attempt_icpts
+            insecure=True, telemetry=None, interceptors=client_icpts,
+            attempt_interceptors=attempt_icpts
         ),
     )
     await ch.wait_for_endpoints(1)
