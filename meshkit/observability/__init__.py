@@ -25,8 +25,9 @@ metadata through the global propagator (W3C ``traceparent``/``tracestate``, ``ba
 so A -> B -> C is one trace. Spans follow the RPC semantic conventions (v1.37 gRPC):
 name ``{rpc.service}/{rpc.method}``, ``rpc.system=grpc``, ``rpc.service``,
 ``rpc.method``, ``rpc.grpc.status_code``; client: ``server.address`` (the dialed mesh
-service), ``network.peer.address``/``port`` (the endpoint of the last attempt),
-``meshkit.attempts``, ``meshkit.instance_id``, one ``attempt`` event per endpoint when
+service), ``network.peer.address``/``port`` (the endpoint the call settled on: the last
+attempt's, or a hedged call's that answered), ``meshkit.attempts``,
+``meshkit.instance_id``, one ``attempt`` event per endpoint when
 retried or hedged (or a CLIENT span per attempt with
 ``DialOptions(telemetry=TelemetryOptions(attempt_spans=True))``); server:
 ``network.peer.address``/``port`` (the caller), ``meshkit.peer.identity`` (caller's
@@ -137,10 +138,11 @@ span is current carries ``trace_id``/``span_id`` (:func:`add_trace_context`); fi
 named like credentials are redacted (:func:`redact_secrets`). One access-log event per
 call, logger ``meshkit.access``, event ``rpc``: ``side`` (``server``/``client``),
 ``service`` (server) or ``target`` (client), ``method`` (``/pkg.Svc/Method``),
-``grpc_type``, ``code``, ``duration_ms``, ``peer`` (caller address, or the endpoint of
-the last attempt), ``peer_identity`` (server, when mTLS verified one), ``attempts``
-(client), ``trace_id``, ``span_id``; level ``warning`` for server-side errors
-(``UNKNOWN``, ``INTERNAL``, ``UNAVAILABLE``...), else ``info``. Metadata values and
+``grpc_type``, ``code``, ``duration_ms``, ``peer`` (caller address, or the endpoint the
+call settled on: the last attempt's, a hedged call's that answered), ``peer_identity``
+(server, when mTLS verified one), ``attempts`` (client), ``trace_id``, ``span_id``; level
+``warning`` for server-side errors (``UNKNOWN``, ``INTERNAL``, ``UNAVAILABLE``...), else
+``info``. Metadata values and
 message bodies are never logged; ``log_metadata`` opts non-credential keys in. Under
 :func:`configure_logging` access-log lines take a lean chain and are written in batches
 (:class:`BufferedLineWriter`, every 0.2 s by default, ``MESHKIT_ACCESS_LOG_FLUSH_S``, like

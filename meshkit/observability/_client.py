@@ -324,10 +324,11 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 return
             attempts = details.attempts
             if span.is_recording():
+                n = len(attempts)
                 attrs: dict[str, Any] = {RPC_GRPC_STATUS_CODE: code._value_[0],
-                                         ATTR_ATTEMPTS: len(attempts)}
-                if attempts:
-                    inst = attempts[-1].instance
+                                         ATTR_ATTEMPTS: n}
+                if n:
+                    inst = (attempts[0] if n == 1 else _answered(attempts)).instance
                     attrs[NETWORK_PEER_ADDRESS] = inst.host
                     attrs[NETWORK_PEER_PORT] = inst.port
                     attrs[ATTR_INSTANCE_ID] = inst.instance_id
@@ -380,15 +381,24 @@ class TelemetryClientInterceptor(ClientInterceptor):
         md = None
         if self.options.log_metadata and details.metadata:
             md = logged_metadata(details.metadata, self.options.log_metadata)
+        n = len(attempts)
         write_access(False, _CLIENT_ACCESS, (
-            m, details.service, attempts[-1].address if attempts else None, len(attempts),
-            code, duration_s, md), span_context)
+            m, details.service, (attempts[0] if n == 1 else _answered(attempts)).address
+            if n else None, n, code, duration_s, md), span_context)
+
+
+def _answered(attempts: list[Any]) -> Any:
+    """The endpoint a call of several attempts settled on: a hedged call's
+    (``HedgedAttempts.answered``: attempts run side by side), else the last one tried
+    (retries run one after another)."""
+    answered = getattr(attempts, "answered", None)
+    return answered if answered is not None else attempts[-1]
 
 
 class _ClientAccess(AccessEvent):
-    """A client's ``rpc`` access-log event; its arguments are ``(method, target, the last
-    attempt's endpoint address or None, attempts, code, duration_s, logged metadata or
-    None)``."""
+    """A client's ``rpc`` access-log event; its arguments are ``(method, target, the
+    address of the endpoint the call settled on (the last attempt's, a hedged call's
+    that answered) or None, attempts, code, duration_s, logged metadata or None)``."""
 
     __slots__ = ()
 

@@ -200,6 +200,36 @@ class RetryStats:
     gave_up_deadline: int = 0
 
 
+class HedgedAttempts(list[Any]):
+    """``ClientCallDetails.attempts`` of a hedged call: the endpoints tried, in order (a
+    list, as for any call), and :attr:`answered`, the endpoint of the attempt the call
+    settled on (the one that answered, or whose error ended the call; ``None`` when
+    that attempt found no endpoint). Attempts run side by side, so the last endpoint
+    tried is not the one that answered; telemetry names this one (``peer``,
+    ``network.peer.*``, ``meshkit.instance_id``). Each endpoint is filed under the task
+    of the attempt that appended it (the channel does, in that attempt's task)."""
+
+    __slots__ = ("_by_task", "answered")
+
+    def __init__(self, items: Collection[Any] = ()) -> None:
+        super().__init__(items)
+        self.answered: Any = None
+        self._by_task: dict[asyncio.Task[Any], Any] = {}
+
+    def append(self, endpoint: Any) -> None:
+        """Add ``endpoint``, tried by the attempt running in the current task."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._by_task[task] = endpoint
+        super().append(endpoint)
+
+    def settle(self, task: asyncio.Task[Any]) -> None:
+        """The call settles on the attempt run by ``task``: :attr:`answered` is its
+        endpoint (``None`` if it appended none); the tasks are let go."""
+        self.answered = self._by_task.get(task)
+        self._by_task.clear()
+
+
 class RetryInterceptor(ClientInterceptor):
     """Retries and hedging; see the module docstring. Install it with
     ``DialOptions(retry=RetryOptions(...))`` (innermost per-call interceptor).
@@ -381,6 +411,10 @@ class RetryInterceptor(ClientInterceptor):
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         base_md: list[tuple[str, Any]] = details.metadata
+        # which attempt tried which endpoint: the span and access line name the one that
+        # answered, not the last one sent (only hedged calls pay for this)
+        attempts = details.attempts = HedgedAttempts(details.attempts)
+        last_task: asyncio.Task[Any] | None = None
 
         async def attempt(previous: int) -> tuple[Any, Any]:
             if previous:  # gRFC A6: a hedge says how many attempts went before it (taken
@@ -422,6 +456,7 @@ class RetryInterceptor(ClientInterceptor):
                         if exc is None:
                             self._observe(details.method, time.monotonic() - t0)
                             response, details.last_call = task.result()
+                            attempts.settle(task)
                             return response
                         if not isinstance(exc, AioRpcError) or isinstance(
                                 exc, InvalidCallError) or (exc.code() not in
@@ -432,8 +467,9 @@ class RetryInterceptor(ClientInterceptor):
                             # settles on the error itself, not on the attempt launched
                             # last (details.last_call), which may be another one
                             details.last_call = None
+                            attempts.settle(task)
                             raise exc
-                        last = exc
+                        last, last_task = exc, task
                         pushback = _pushback_s(exc)
                         if pushback is not None and (pushback < 0
                                                      or pushback > policy.max_pushback_s):
@@ -454,8 +490,9 @@ class RetryInterceptor(ClientInterceptor):
                 else:
                     self.stats.budget_exhausted += 1
                     sent = policy.max_attempts  # no budget: stop hedging, keep waiting
-            assert last is not None
+            assert last is not None and last_task is not None
             details.last_call = None  # settle on this error (see above)
+            attempts.settle(last_task)
             raise last
         finally:
             # attempts that ended in the same turn as the one acted on: read their errors,

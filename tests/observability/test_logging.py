@@ -104,6 +104,45 @@ async def test_access_log_can_include_allowed_metadata_only(
     assert SECRET not in json_lines.getvalue()
 
 
+async def test_a_hedged_calls_access_line_names_the_endpoint_that_answered(
+        echo_servers: Any, registry: Any, json_lines: io.StringIO) -> None:
+    """A hedged call answered by its first attempt (the hedge, sent 0.5 s later to the
+    other instance, is cancelled) wrote the hedge's endpoint as its ``peer`` (the
+    endpoint picked last), pointing the operator at the server that logged the call
+    CANCELLED. Now ``peer`` is the endpoint that answered."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    import meshkit
+    from meshkit.resilience import RetryOptions, RetryPolicy
+    from tests.support.echo import method
+
+    opts = TelemetryOptions(tracing=False, registry=CollectorRegistry())
+    ports = {}
+    for iid in ("e1", "e2"):
+        ports[iid] = (await echo_servers(iid, telemetry=opts)).port
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2,
+                                             hedge_delay_s=0.5))
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+        insecure=True, telemetry=opts, retry=retry))
+
+    def client_lines() -> list[dict[str, Any]]:
+        return [ln for ln in map(json.loads, json_lines.getvalue().splitlines())
+                if ln["event"] == "rpc" and ln["side"] == "client"
+                and ln["method"].endswith("/Sleep")]
+
+    try:
+        async with asyncio.timeout(10):
+            await ch.wait_for_endpoints(2)
+            answer = await ch.unary_unary(method("Sleep"))(b"1000", timeout=5)
+            await until(lambda: bool(client_lines()), what="the client's access line")
+    finally:
+        await ch.close()
+    winner = answer.decode()
+    (line,) = client_lines()
+    assert (line["attempts"], line["peer"]) == (2, f"127.0.0.1:{ports[winner]}")
+
 async def test_access_log_metadata_shows_bytes_values_and_every_value_of_a_repeated_key(
         chain: ChainFactory, tracing: Tracing, telemetry: TelemetryOptions,
         json_lines: io.StringIO) -> None:

@@ -257,6 +257,45 @@ async def test_attempt_spans_cover_streaming_calls_too(
         assert attempt.attributes.get("server.address") == "echo", name
 
 
+async def test_a_hedged_calls_span_names_the_endpoint_that_answered(
+    echo_servers: Any, registry: LocalRegistry, tracing: Tracing
+) -> None:
+    """A hedged call answered by its first attempt (the hedge, sent 0.5 s later to the
+    other instance, is cancelled) was recorded as answered by the hedge: the client span's
+    ``network.peer.*`` and ``meshkit.instance_id`` were those of ``details.attempts[-1]``,
+    the endpoint picked last, whose own server span says CANCELLED. Now they name the
+    endpoint of the attempt that answered."""
+    from prometheus_client import CollectorRegistry
+
+    import meshkit
+
+    opts = TelemetryOptions(tracer_provider=tracing.provider, registry=CollectorRegistry(),
+                            access_log=False)
+    ports = {}
+    for iid in ("e1", "e2"):
+        ports[iid] = (await echo_servers(iid, telemetry=opts)).port
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2,
+                                             hedge_delay_s=0.5))
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+        insecure=True, telemetry=opts, retry=retry))
+    name = "meshkit.test.Echo/Sleep"
+    try:
+        async with asyncio.timeout(10):
+            await ch.wait_for_endpoints(2)
+            answer = await ch.unary_unary(method("Sleep"))(b"1000", timeout=5)
+            await until(lambda: bool(by_name(tracing.spans(), name, SpanKind.CLIENT)),
+                        what="the client span")
+    finally:
+        await ch.close()
+    winner = answer.decode()
+    (client,) = by_name(tracing.spans(), name, SpanKind.CLIENT)
+    assert client.attributes["meshkit.attempts"] == 2  # it was hedged
+    assert (client.attributes["meshkit.instance_id"], client.attributes["network.peer.port"]
+            ) == (winner, ports[winner])
+    assert [e.attributes["meshkit.instance_id"] for e in client.events
+            if e.name == "attempt"] == [winner, ({"e1", "e2"} - {winner}).pop()]
+
+
 async def test_a_shared_client_interceptor_names_each_channels_server_address(
     echo_servers: Any, registry: Any, tracing: Tracing, telemetry: TelemetryOptions
 ) -> None:
