@@ -71,7 +71,9 @@ class RetrySnapshot:
     """Retry and hedging counters of a channel since it opened.
 
     Args:
-        calls: logical calls seen; retries / hedges: extra attempts sent;
+        calls: logical calls seen; retries / hedges: extra attempts granted (each spent a
+        retry-budget token), sent or not (one that finds no endpoint, or whose channel
+        closes in its backoff, sends nothing);
         budget_exhausted: retries or hedges the budget refused; gave_up_deadline: retries
         not sent because the deadline was too close; budget_left: retries the budget still
         allows in its window; budget: the budget's options, as text.

@@ -81,8 +81,8 @@ grpc_client_in_flight                         gauge      RPC             logical
 meshkit_client_attempts_total                 counter    RPC             attempts of finished calls
 grpc_server_msg_{received,sent}_total         counter    RPC             messages; a unary one
 grpc_client_msg_{received,sent}_total         counter    RPC             per started/OK call
-meshkit_client_retries_total                  counter    target          retry attempts sent
-meshkit_client_hedges_total                   counter    target          hedged attempts sent
+meshkit_client_retries_total                  counter    target          retries granted (1)
+meshkit_client_hedges_total                   counter    target          hedges granted (1)
 meshkit_client_retry_budget_exhausted_total   counter    target          retries refused by budget
 meshkit_client_retry_deadline_giveups_total   counter    target          retries skipped: deadline
 meshkit_client_retry_budget_available         gauge      target          budget allows now; min
@@ -106,6 +106,11 @@ meshkit_server_gate_refusals_total            counter    service,reason  shed|ti
 meshkit_server_tls_handshakes_total           counter    service         TLS handshakes started
 meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
 ============================================  =========  ==============  ==========================
+
+(1) Granted by the retry policy and budget (a token each), sent or not: a retry or hedge
+that finds no endpoint, or whose channel closes during its backoff, sends nothing; the
+attempts sent are ``meshkit_client_attempts_total`` (per method) and
+``meshkit_client_endpoint_calls_total`` (per endpoint).
 
 Beside the expiry gauge, ``meshkit_certificate_not_before_timestamp_seconds{service}`` holds
 the certificate's notBefore (the alert rule fires with a third of the validity left).

@@ -511,9 +511,13 @@ def _families() -> dict[str, _Family]:
         "ejections": _Family("counter", "meshkit_client_ejections",
                              "Outlier ejections since the channel opened.", t),
         "retries": _Family("counter", "meshkit_client_retries",
-                           "Retry attempts sent (after a failed attempt).", t),
+                           "Retries granted after a failed attempt (each spent a retry-budget "
+                           "token), sent or not: one that finds no endpoint, or whose channel "
+                           "closes in its backoff, sends nothing (attempts sent: "
+                           "meshkit_client_attempts_total).", t),
         "hedges": _Family("counter", "meshkit_client_hedges",
-                          "Hedged attempts sent.", t),
+                          "Hedged attempts granted (each spent a retry-budget token), sent "
+                          "or not.", t),
         "budget_exhausted": _Family("counter", "meshkit_client_retry_budget_exhausted",
                                     "Retries or hedges refused by the retry budget.", t),
         "gave_up": _Family("counter", "meshkit_client_retry_deadline_giveups",

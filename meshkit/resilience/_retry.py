@@ -191,7 +191,11 @@ class RetryOptions:
 
 @dataclass(slots=True)
 class RetryStats:
-    """Counters of a :class:`RetryInterceptor` (cumulative)."""
+    """Counters of a :class:`RetryInterceptor` (cumulative): ``calls`` seen; ``retries``
+    and ``hedges`` granted (each spent a retry-budget token: counted before the backoff,
+    sent or not; one that finds no endpoint, or whose channel closes meanwhile, sends
+    nothing); ``budget_exhausted``: retries or hedges the budget refused;
+    ``gave_up_deadline``: retries not sent because the deadline was too close."""
 
     calls: int = 0
     retries: int = 0

@@ -924,6 +924,53 @@ async def test_a_scrape_during_close_grace_keeps_the_calls_that_end_in_it(
             for got in (during, after)] == [1, 0]
 
 
+async def test_retries_total_counts_the_retries_granted_sent_or_not(
+    echo_servers: Any, registry: LocalRegistry, prom: CollectorRegistry
+) -> None:
+    """``meshkit_client_retries_total`` was documented as "retry attempts sent", but it
+    counts each retry when the policy grants it (a retry-budget token spent), before its
+    backoff: one the channel's ``close()`` wakes from its backoff, or that finds no
+    endpoint, sends nothing. The documented meaning is now what is counted: retries
+    granted, sent or not; the attempts sent are ``meshkit_client_attempts_total`` and
+    ``meshkit_client_endpoint_calls_total``."""
+    import random
+
+    from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+
+    class Longest(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b  # the backoff's whole cap: 30 s
+
+    opts = TelemetryOptions(registry=prom, tracing=False, access_log=False)
+    await echo_servers("e1", telemetry=opts)
+    slow = Backoff(base_delay_s=30.0, max_delay_s=30.0, rng=Longest())
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2, backoff=slow))
+    ch = meshkit.dial("echo", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=opts, retry=retry))
+    try:
+        async with asyncio.timeout(10):
+            await ch.wait_for_endpoints(1)
+            call = asyncio.ensure_future(ch.unary_unary(method("Fail"))(b"UNAVAILABLE",
+                                                                       timeout=60))
+            await until(lambda: ch.stats().retry.retries == 1,  # type: ignore[union-attr]
+                        what="the retry granted, in its backoff")
+            await ch.close()
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await call
+            assert failed.value.code() is grpc.StatusCode.CANCELLED
+    finally:
+        await ch.close()
+    text = prom_text(prom)
+    got = samples(text)
+    assert (value(got, "meshkit_client_retries_total", target="echo"),
+            value(got, "meshkit_client_attempts_total", grpc_method="Fail"),
+            value(got, "meshkit_client_endpoint_calls_total", target="echo",
+                  instance_id="e1")) == (1, 1, 1)
+    (help_line,) = [ln for ln in text.splitlines()
+                    if ln.startswith("# HELP meshkit_client_retries_total")]
+    assert "granted" in help_line and "sent or not" in help_line, help_line
+
+
 class _FakeServer:
     """Stands for a MeshServer in the introspection registry."""
 
