@@ -954,3 +954,101 @@ def test_p2c_idle_answered_streams_do_not_push_unary_calls_to_a_slower_endpoint(
     assert _pending(p) == {"a": 30, "b": 0}
     picks = unary_picks(100)
     assert picks["b"] == 100, picks
+
+
+# -- panic routing: ejection never empties a service --------------------------------------------
+def test_the_only_endpoint_ejected_still_takes_calls_until_its_probe_decides() -> None:
+    """With the only endpoint ejected (nothing left in rotation) and its connection not
+    FAILING, pick gives it anyway (panic routing, Envoy's below its healthy panic
+    threshold), counted in ``panic_picks``; such a call's outcome neither ends nor extends
+    the ejection, whose probe still takes the first pick once its time is up."""
+    clock = Clock()
+    eb = ejector(clock)
+    a = ep("a")
+    eb.update([a])
+    got = eb.pick()
+    assert got is not None
+    got[1](UNAVAILABLE, 0.001)
+    assert eb.ejected() == ["a"]
+    for code in (UNAVAILABLE, OK, UNAVAILABLE):
+        got = eb.pick()
+        assert got is not None and got[0] is a
+        got[1](code, 0.001)
+    stream = eb.pick_stream()
+    assert stream is not None and stream[0] is a
+    stream[1].responded()
+    stream[1](OK, 0.001)
+    assert eb.panic_picks == 4
+    assert eb.ejected() == ["a"]  # neutral: still out, its ejection not extended
+    assert eb.next_probe_in_s() == 10.0
+    clock.t += 10
+    probe = eb.pick()
+    assert probe is not None and probe[0] is a
+    assert eb.panic_picks == 4  # the probe, not a panic pick
+    got = eb.pick()  # while the probe is out: panic routing again
+    assert got is not None and got[0] is a and eb.panic_picks == 5
+    probe[1](OK, 0.001)
+    assert eb.ejected() == []
+    assert call(eb) == "a" and eb.panic_picks == 5
+
+
+def test_panic_routing_prefers_an_ejected_endpoint_the_call_has_not_tried() -> None:
+    """With every endpoint ejected (no cap), panic picks skip a FAILING one, prefer those
+    not in ``exclude`` (the call's earlier attempts) and take the others in turn."""
+    clock = Clock()
+    eb = ejector(clock)
+    a, b, c = ep("a"), ep("b"), ep("c")
+    eb.update([a, b, c])
+    for _ in range(10):
+        if len(eb.ejected()) == 3:
+            break
+        got = eb.pick()
+        assert got is not None
+        got[1](UNAVAILABLE, 0.001)
+    assert sorted(eb.ejected()) == ["a", "b", "c"]
+    c.state = FAILING
+    picked = []
+    for _ in range(4):
+        got = eb.pick()
+        assert got is not None
+        picked.append(got[0].key)
+    assert sorted(set(picked)) == ["a", "b"]
+    assert all(eb.pick(exclude=(a,)) is not None and eb.pick(exclude=(a,))[0] is b  # type: ignore[index]
+               for _ in range(3))
+    assert eb.pick(exclude=(a, b))[0] in (a, b)  # type: ignore[index]
+
+
+async def test_dial_a_burst_of_timeouts_does_not_take_out_a_single_endpoint_service(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """A burst of calls that time out together while the only server is briefly
+    overloaded ejects its endpoint, but calls still reach it (panic routing): the server,
+    idle and healthy again, answers the next call. (It used to fail every call at once
+    UNAVAILABLE "all 1 endpoints are failing or ejected" for base_ejection_s, 10 s: a
+    sub-second overload became a 10 s outage.)"""
+    await echo_servers("only", admin=None)
+    async with asyncio.timeout(15):
+        async with meshkit.dial("echo", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            unary = ch.unary_unary(method("Unary"))
+            assert (await unary(b"warm", timeout=3)).startswith(b"only|")
+            sleep = ch.unary_unary(method("Sleep"))
+
+            async def times_out() -> grpc.StatusCode:
+                try:
+                    await sleep(b"1500", timeout=0.3)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            codes = await asyncio.gather(*(times_out() for _ in range(8)))
+            assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+            assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == ["only"]
+            await asyncio.sleep(1.5)  # the slow calls are over: the server is idle
+            try:
+                answer = await unary(b"after", timeout=3)
+            except grpc.aio.AioRpcError as exc:
+                raise AssertionError(
+                    f"the only endpoint, idle and healthy, is out: {exc.code().name} "
+                    f"{exc.details()!r}") from None
+            assert answer.startswith(b"only|")

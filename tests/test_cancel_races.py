@@ -111,9 +111,11 @@ def _eject_fast() -> meshkit.DialOptions:
 async def test_wait_for_ready_call_wakes_when_a_probe_is_cancelled(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
-    """The only endpoint is ejected; its ejection ends and call A is its probe; call B
-    (wait_for_ready) waits. A is cancelled: the endpoint is half-open again and the next
-    pick probes it, but nothing wakes B, which waits out its whole deadline."""
+    """The only endpoint is ejected; its ejection ends and call A is its probe. Call B
+    (wait_for_ready) used to wait for A's verdict, and when A was cancelled nothing woke
+    it: it waited out its whole deadline. Now nothing left in rotation sends B to the
+    ejected endpoint at once (panic routing); A cancelled leaves the endpoint half-open,
+    and the next call probes it and brings it back."""
     await echo_servers("e1")
     async with meshkit.dial("echo", registry=registry, options=_eject_fast()) as ch:
         await ch.wait_for_endpoints(1)
@@ -122,14 +124,15 @@ async def test_wait_for_ready_call_wakes_when_a_probe_is_cancelled(
         await asyncio.sleep(0.4)  # the ejection is over: the next pick is the probe
         probe = asyncio.ensure_future(ch.unary_unary(method("Sleep"))(b"3000", timeout=5))
         await until(lambda: ch.stats().endpoints[0].in_flight == 1)
+        t0 = time.monotonic()
         waiter = asyncio.ensure_future(
             ch.unary_unary(method("Unary"))(b"x", timeout=3, wait_for_ready=True))
-        await asyncio.sleep(0.1)
-        assert not waiter.done()
+        assert await asyncio.wait_for(waiter, 5) == b"e1|x"
+        assert time.monotonic() - t0 < 1.0  # not held behind the probe
+        assert not probe.done()
         probe.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await probe
-        t0 = time.monotonic()
-        # expected: b"e1|x" at once (B is the next probe); got: DEADLINE_EXCEEDED after 3 s
-        assert await asyncio.wait_for(waiter, 5) == b"e1|x"
-        assert time.monotonic() - t0 < 1.0
+        assert [e.ejected for e in ch.stats().endpoints] == [True]
+        assert await ch.unary_unary(method("Unary"))(b"y", timeout=3) == b"e1|y"  # probe
+        await until(lambda: [e.ejected for e in ch.stats().endpoints] == [False])

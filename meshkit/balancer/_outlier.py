@@ -21,8 +21,22 @@ as they are would fail ``k`` calls in a row less than once in a million (``f ** 
 since keeping it only feeds it calls it will fail (a broken instance that fails fast
 would otherwise draw most calls). An endpoint that failed a short run (one back from an
 ejection, its window empty) or beside peers failing about as often is within the cap.
-With every endpoint ejected or failing, ``pick`` returns ``None`` and the channel fails the
-call fast with ``UNAVAILABLE`` instead of queueing.
+
+Ejection never empties a service (*panic routing*, Envoy's answer below its healthy panic
+threshold: balance across all hosts). ``max_ejection_percent`` allows at least one
+ejection, so a service of one endpoint (or of two, with one failing its connection) could
+have nothing left in rotation: a burst of calls that time out together while the only
+server is briefly overloaded would eject it, and every call would fail ``UNAVAILABLE``
+for ``base_ejection_s`` although the server answers again at once. Instead, when the
+inner balancer has no endpoint to give (none left in rotation, or every one there
+``FAILING``), ``pick`` gives an ejected endpoint whose connection is not ``FAILING``
+(those the call has not tried first, in turn), counted in
+:attr:`EjectingBalancer.panic_picks`. Such a call's outcome is neutral: it neither ends
+nor extends the ejection, which ends by its probe as always (the probe still takes the
+first pick once the ejection time is up). Only with every endpoint ejected or ``FAILING``
+and no ejected one connectable does ``pick`` return ``None``, and the channel fails the
+call fast with ``UNAVAILABLE`` instead of queueing. Nothing changes while an endpoint is
+in rotation and usable: the picks then are the inner balancer's.
 
 Which status codes count as failures: ``failure_codes`` (default the ones that mean the
 endpoint, not the request, is at fault: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
@@ -115,7 +129,10 @@ class OutlierOptions:
         max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50;
             Envoy's ``max_ejection_percent``); one endpoint may always be ejected, and
             one failing every call while its peers in rotation succeed may be ejected
-            beyond it (module docstring).
+            beyond it (module docstring). When nothing usable is left in rotation
+            (a single-endpoint service whose one endpoint was ejected), calls go to the
+            ejected endpoints whose connection is not ``FAILING`` anyway (panic routing,
+            module docstring): ejection never empties a service.
         failure_codes: status codes that count as failures, any collection of
             ``grpc.StatusCode``, stored as a frozenset; not ``CANCELLED`` (never an
             endpoint's outcome, see the module docstring).
@@ -185,10 +202,15 @@ class EjectingBalancer:
         on_probe_free: called with ``endpoint_key`` when a probe ends without a verdict
             (cancelled): the endpoint may be probed by the next pick again, which nothing
             else announces (a caller waiting for an endpoint wakes on it).
+
+    Attributes:
+        ejections: ejections since the balancer was made.
+        panic_picks: picks of an ejected endpoint because nothing usable was left in
+            rotation (panic routing, module docstring).
     """
 
     __slots__ = ("_all", "_clock", "_ejected", "_health", "_inner", "_next_expiry", "_ok_fails",
-                 "_on_change", "_on_probe_free", "_opts", "ejections")
+                 "_on_change", "_on_probe_free", "_opts", "ejections", "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -205,6 +227,7 @@ class EjectingBalancer:
         self._ejected: tuple[Endpoint, ...] = ()  # ejection not over (kept by _schedule)
         self._next_expiry = float("inf")
         self.ejections = 0
+        self.panic_picks = 0
 
     @property
     def inner(self) -> Balancer:
@@ -265,7 +288,10 @@ class EjectingBalancer:
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
     ) -> tuple[Endpoint, Done] | None:
         """Pick through the inner balancer; an endpoint whose ejection expired and whose
-        connection is not ``FAILING`` is sent one probe call first."""
+        connection is not ``FAILING`` is sent one probe call first. When the inner
+        balancer has nothing to give, an ejected endpoint whose connection is not
+        ``FAILING`` (panic routing, module docstring; its outcome is neutral), else
+        ``None``."""
         if self._next_expiry <= self._clock():
             probe = self._take_probe(_NEVER)
             if probe is not None:
@@ -278,7 +304,7 @@ class EjectingBalancer:
                 return ep, probe_done
         got = self._inner.pick(key, exclude)
         if got is None:
-            return None
+            return self._panic(exclude) if self._ejected else None
         ep, inner_done = got
         h = self._health[ep.key]
 
@@ -305,7 +331,9 @@ class EjectingBalancer:
             exclude: endpoints this logical call tried already (a preference).
 
         Returns:
-            ``(endpoint, done)``, or ``None`` when no endpoint can take the call.
+            ``(endpoint, done)``, or ``None`` when no endpoint can take the call (an
+            ejected one whose connection is not ``FAILING`` can, when nothing in rotation
+            can: panic routing, see :meth:`pick`).
         """
         if self._next_expiry <= self._clock():
             probe = self._take_probe(self._opts.base_ejection_s)
@@ -316,9 +344,28 @@ class EjectingBalancer:
         inner_pick = getattr(self._inner, "pick_stream", None)
         got = (inner_pick or self._inner.pick)(key, exclude)
         if got is None:
-            return None
+            if not self._ejected:
+                return None
+            panic = self._panic(exclude)
+            if panic is None:
+                return None
+            ep = panic[0]
+            return ep, _PanicStreamDone(self, ep, self._health[ep.key], panic[1])
         ep, inner_done = got
         return ep, StreamDone(self, ep, self._health[ep.key], inner_done)
+
+    def _panic(self, exclude: Collection[Endpoint]) -> tuple[Endpoint, Done] | None:
+        """Nothing usable in rotation: an ejected endpoint whose connection is not
+        ``FAILING`` (one not in ``exclude`` if there is one; in turn), with an outcome
+        callback that records nothing, or ``None`` when there is none (module
+        docstring, panic routing)."""
+        usable = [ep for ep in self._ejected if ep.state is not _FAILING]
+        if not usable:
+            return None
+        untried = [ep for ep in usable if ep not in exclude] if exclude else usable
+        choices = untried or usable
+        self.panic_picks += 1
+        return choices[self.panic_picks % len(choices)], _neutral
 
     def _take_probe(self, verdict_s: float) -> tuple[Endpoint, _Health] | None:
         """The ejected endpoint whose time is up and whose connection is not ``FAILING``,
@@ -456,6 +503,10 @@ class EjectingBalancer:
         return len(self._ejected) + 1 <= cap
 
 
+def _neutral(code: grpc.StatusCode, latency_s: float) -> None:
+    """The outcome callback of a panic pick: its outcome decides nothing."""
+
+
 class StreamDone:
     """The outcome callback of a stream picked by :meth:`EjectingBalancer.pick_stream`:
     ``done(code, latency_s)`` once when the stream ends (a :data:`~meshkit.balancer.Done`),
@@ -517,3 +568,17 @@ class StreamDone:
         h.probing = False
         if h.stream_probe is self:
             h.stream_probe = None
+
+
+class _PanicStreamDone(StreamDone):
+    """The :class:`StreamDone` of a stream sent to an ejected endpoint by panic routing:
+    neither its first response nor its end decides anything."""
+
+    __slots__ = ()
+
+    def responded(self) -> None:
+        """Nothing to decide."""
+
+    def __call__(self, code: grpc.StatusCode, latency_s: float) -> None:
+        """Nothing to record."""
+        self._ended = True

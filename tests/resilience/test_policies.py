@@ -577,7 +577,9 @@ def test_failure_rate_rule() -> None:
         assert got is not None
         got[1](UNAVAILABLE if i % 2 else OK, 0.001)
     assert eb.ejected() == ["a"]
-    assert eb.pick() is None  # every endpoint ejected: fail fast
+    # nothing left in rotation: the ejected endpoint still takes calls (panic routing)
+    got = eb.pick()
+    assert got is not None and got[0] is a and eb.panic_picks == 1
 
 
 def test_max_ejection_percent_caps_ejections() -> None:

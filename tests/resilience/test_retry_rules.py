@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import OutlierOptions, RoundRobin
+from meshkit.balancer import RoundRobin
 from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 
@@ -177,9 +177,11 @@ async def test_hedged_call_failure_reports_the_failing_attempts_metadata(
 async def test_a_retry_that_finds_no_endpoint_reports_its_own_error(
     registry: LocalRegistry
 ) -> None:
-    """A call whose retry finds no endpoint (the one it tried was ejected meanwhile) ends
-    with that error: its code, details and metadata are the mesh's, not a mix with the
-    first attempt's trailing metadata."""
+    """A call whose retry finds no endpoint (here the balancer has none after the first
+    pick; an ejected endpoint still takes calls when nothing else is left, panic routing,
+    so ejection alone no longer leaves a retry without one) ends with that error: its
+    code, details and metadata are the mesh's, not a mix with the first attempt's
+    trailing metadata."""
     async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         context.set_trailing_metadata((("x-from", "h1"),))
         await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
@@ -188,7 +190,14 @@ async def test_a_retry_that_finds_no_endpoint_reports_its_own_error(
     srv = await start_custom(registry, "h1", {"Get": grpc.unary_unary_rpc_method_handler(get)})
     try:
         policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)
-        options = opts(policy, outlier=OutlierOptions(consecutive_failures=1))
+        picks: list[int] = []
+
+        class OnePick(RoundRobin):
+            def pick(self, key: str | None = None, exclude: Any = ()) -> Any:
+                picks.append(1)
+                return super().pick(key, exclude) if len(picks) == 1 else None
+
+        options = opts(policy, balancer=OnePick)
         async with meshkit.dial("echo", registry=registry, options=options) as ch:
             await ch.wait_for_endpoints(1)
             call = ch.unary_unary(custom("Get"))(b"", timeout=5)
