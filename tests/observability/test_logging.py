@@ -135,7 +135,9 @@ async def test_a_hedged_calls_access_line_names_the_endpoint_that_answered(
     try:
         async with asyncio.timeout(10):
             await ch.wait_for_endpoints(2)
-            answer = await ch.unary_unary(method("Sleep"))(b"1000", timeout=5)
+            sleep: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+                method("Sleep"))
+            answer = await sleep(b"1000", timeout=5)
             await until(lambda: bool(client_lines()), what="the client's access line")
     finally:
         await ch.close()

@@ -813,8 +813,10 @@ async def test_a_channel_dialed_and_closed_between_two_scrapes_keeps_its_mesh_co
     try:
         async with asyncio.timeout(10):
             await ch.wait_for_endpoints(1)
+            fail: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+                method("Fail"))
             with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await ch.unary_unary(method("Fail"))(b"UNAVAILABLE", timeout=5)
+                await fail(b"UNAVAILABLE", timeout=5)
             assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         await ch.close()
@@ -894,11 +896,14 @@ async def test_a_scrape_during_close_grace_keeps_the_calls_that_end_in_it(
     try:
         async with asyncio.timeout(10):
             await ch.wait_for_endpoints(1)
-            await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+                method("Unary"))
+            sleep: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+                method("Sleep"))
+            await unary(b"x", timeout=5)
             live = samples(prom_text(prom))
             assert value(live, "meshkit_client_endpoint_calls_total", instance_id="e1") == 1
-            call: asyncio.Future[Any] = asyncio.ensure_future(
-                ch.unary_unary(method("Sleep"))(b"3000", timeout=1.0))
+            call = asyncio.ensure_future(sleep(b"3000", timeout=1.0))
             await until(lambda: any(ep.in_flight for ep in ch.stats().endpoints),
                         what="the call in flight")
             closing = asyncio.ensure_future(ch.close(grace=4.0))
@@ -950,8 +955,9 @@ async def test_retries_total_counts_the_retries_granted_sent_or_not(
     try:
         async with asyncio.timeout(10):
             await ch.wait_for_endpoints(1)
-            call = asyncio.ensure_future(ch.unary_unary(method("Fail"))(b"UNAVAILABLE",
-                                                                       timeout=60))
+            fail: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+                method("Fail"))
+            call = asyncio.ensure_future(fail(b"UNAVAILABLE", timeout=60))
             await until(lambda: ch.stats().retry.retries == 1,  # type: ignore[union-attr]
                         what="the retry granted, in its backoff")
             await ch.close()

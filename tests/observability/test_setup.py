@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import grpc
 import pytest
 import structlog
 from opentelemetry import trace
@@ -454,7 +455,8 @@ async def test_the_documented_interceptor_sets_count_each_call_once(
         insecure=True, telemetry=None, interceptors=client_interceptors(opts)))
     try:
         await ch.wait_for_endpoints(1)
-        call = ch.stream_unary(method("ClientStream"))
+        call: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = ch.stream_unary(
+            method("ClientStream"))
         assert await call(iter([b"a"]), timeout=5) == b"e1|a"
     finally:
         await ch.close()
