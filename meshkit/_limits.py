@@ -64,6 +64,8 @@ _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 # grpc.health.v1's unary check: what Kubernetes' and Consul's gRPC probes call
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _HEALTH_RESERVE = 8  # slots past the cap a health check may take (see _enter_reserved)
+# the largest request a reserved health check reads (a HealthCheckRequest names a service)
+_HEALTH_REQUEST_BYTES = 4096
 _DEALLOCATING_STREAMS = 100
 # grpc's channel arguments are C ints: a duration in ms is at most 2**31 - 1 (about 24.8
 # days; grpc.aio.server() raises OverflowError on a larger one), so at most this many s
@@ -91,8 +93,14 @@ class ServerLimits:
             retry it on another endpoint). Request-streaming calls, which the gate does
             not read, are capped with them: a new one is shed the same way once the calls
             holding a slot and the open request streams reach this plus 8
-            (:meth:`RequestGate.admit_stream`). grpc.aio's own ``maximum_concurrent_rpcs``
-            is not set (it would cost every call a done callback). ``None``: no cap.
+            (:meth:`RequestGate.admit_stream`). The health service's ``Watch`` takes no
+            slot; its ``Check`` (Kubernetes' and Consul's gRPC probes) may take one of 8
+            slots past the cap, and up to 8 checks at once read their request without
+            waiting for a read permit (``max_concurrent_reads``) and are never evicted,
+            so an overloaded server still answers its probes at once; such a check's
+            request over 4 KiB is refused ``RESOURCE_EXHAUSTED``. grpc.aio's own
+            ``maximum_concurrent_rpcs`` is not set (it would cost every call a done
+            callback). ``None``: no cap.
         max_concurrent_reads: unary-request calls that may be receiving their request
             message at once (default 4; :class:`RequestGate`). grpc core lets a client
             send no more of a request nobody reads than the stream's flow-control window
@@ -493,6 +501,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.slots = 0  # unary-request calls holding a slot (waiting for or past their request)
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
         self._evicting: set[asyncio.Task[Any]] = set()  # evicted or timed out
+        # health checks holding a reserved place (_enter_reserved): read without a permit,
+        # never evicted
+        self._reserved: set[asyncio.Task[Any]] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._loops = LoopCache()  # the call's task without a getpid per call
         self._logged_at = -1e9
@@ -626,6 +637,50 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.active += 1
         return request, size
 
+    async def _first_reserved(self, context: Any) -> tuple[Any, int]:
+        """:meth:`_first` for a call that entered by :meth:`_enter_reserved`: one holding a
+        reserved place reads its request at once, without a read permit (which, under a
+        backlog of slow uploads, go to the newest waiter first: a probe waited until it
+        was evicted "server busy") nor the byte budget's check before the read, and is
+        never evicted (``first_message_timeout_s`` still ends it). Its request is
+        bounded instead: one over ``_HEALTH_REQUEST_BYTES`` (4096; a HealthCheckRequest
+        names a service) is refused ``RESOURCE_EXHAUSTED`` once read (counted in
+        :attr:`shed`), so at most 8 such reads hold ``max_receive_message_bytes`` each,
+        for the read only. Any other call, :meth:`_first`."""
+        task = self._loops.current_task()
+        assert task is not None
+        if task not in self._reserved:
+            return await self._first(context)
+        self._waiting[task] = time.monotonic()
+        if self._timeout_s is not None and self._sweep is None:
+            self._arm_sweep(asyncio.get_running_loop())
+        request: Any = _LATE
+        try:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if task not in self._evicting:
+                raise
+            task.uncancel()  # timed out (never evicted): request stays _LATE
+        finally:
+            self._waiting.pop(task, None)
+            self._evicting.discard(task)
+        if request is _LATE:
+            self.timed_out += 1
+            self._warn("ended calls whose request did not arrive in time")
+            await context.abort(grpc.StatusCode.CANCELLED, "request did not arrive in time")
+        if request is _EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request message missing")
+        size = _request_size.get()
+        if size > _HEALTH_REQUEST_BYTES:
+            request = None
+            self.shed += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"health check request of {size} bytes is over "
+                                f"{_HEALTH_REQUEST_BYTES}")
+        self.inflight_bytes += size
+        self.active += 1
+        return request, size
+
     async def _acquire_read(self, task: asyncio.Task[Any]) -> None:
         """Take a read permit (``max_concurrent_reads``) for ``task`` (already in
         ``_waiting``): at once if one is free and nobody waits, else wait, newest waiter
@@ -735,18 +790,26 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return None
 
     def _enter_reserved(self, context: Any) -> Awaitable[None] | None:
-        """:meth:`_enter` for a health check (``grpc.health.v1.Health/Check``): it may
-        also take one of ``_HEALTH_RESERVE`` slots past the cap, so an overloaded server
-        still answers the probes that decide whether it is restarted or reaped
-        (Kubernetes' and Consul's gRPC checks) instead of failing them "server busy";
-        bounded all the same, and its request still read through the gate."""
-        if self._cap is not None and self.slots >= self._cap + _HEALTH_RESERVE \
-                and not self._evict():
-            self.shed += 1
-            self._warn("shedding calls: every call slot is taken")
-            return _shed(context)
+        """:meth:`_enter` for a health check (``grpc.health.v1.Health/Check``), so that an
+        overloaded server still answers the probes that decide whether it is restarted or
+        reaped (Kubernetes' and Consul's gRPC checks, 1 s timeouts) instead of failing
+        them "server busy": while fewer than ``_HEALTH_RESERVE`` (8) checks hold a
+        reserved place, the check takes one, a slot that may lie past the cap
+        (:attr:`slots` counts it), and :meth:`_first_reserved` reads its request without
+        waiting for a read permit and never evicts it. A ninth check at once is any call
+        (:meth:`_enter`, a read permit)."""
+        if len(self._reserved) >= _HEALTH_RESERVE:
+            return self._enter(context)
+        task = self._loops.current_task()
+        assert task is not None
+        self._reserved.add(task)
         self.slots += 1
         return None
+
+    def _release_reserved(self, size: int) -> None:
+        """:meth:`_release` of a call that entered by :meth:`_enter_reserved`."""
+        self._reserved.discard(self._loops.current_task())
+        self._release(size)
 
     def _release(self, size: int) -> None:
         """A call that took a slot ended (``size``: its admitted request bytes, -1 if it
@@ -767,7 +830,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         for task, since in self._waiting.items():
             if now - since < self._evict_after:
                 return False  # oldest first: none of the rest has waited longer
-            if task not in self._evicting and not task.done():
+            if task not in self._evicting and task not in self._reserved \
+                    and not task.done():
                 self._evicting.add(task)
                 self.evicted += 1
                 self._warn("evicting calls whose request did not arrive: every slot taken")
@@ -857,9 +921,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return admitted
 
     def _convert(self, handler: Handler, reserved: bool = False) -> Handler:
-        first = self._first
-        gate = self
+        first = self._first_reserved if reserved else self._first
         enter = self._enter_reserved if reserved else self._enter
+        release = self._release_reserved if reserved else self._release
         if handler.response_streaming:
             inner_s = async_behaviour(handler.unary_stream, False, True)
             assert inner_s is not None
@@ -876,7 +940,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                         yield item
                 finally:
                     request = result = None  # see unary_out
-                    gate._release(size)
+                    release(size)
 
             return _request_streaming(handler, stream_out)
         inner_u = async_behaviour(handler.unary_unary, False, False)
@@ -901,7 +965,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 # meshkit._handlers): a cycle through it is freed only by the cyclic GC,
                 # which large objects do not trigger.
                 request = result = None
-                gate._release(size)
+                release(size)
 
         return _request_streaming(handler, unary_out)
 

@@ -627,6 +627,85 @@ async def test_health_checks_are_answered_while_every_call_slot_is_taken(
         await srv.drain()
 
 
+async def _never_sends() -> Any:
+    """A request iterator that sends nothing: the call's headers go out, its message never
+    does (a slow uploader, as the request gate sees one)."""
+    await asyncio.sleep(60)
+    yield b""
+
+
+async def test_health_check_is_not_starved_behind_slow_uploads(
+    echo_servers: EchoFactory,
+) -> None:
+    """With the read stage overloaded by clients slow to send their requests (20 new calls
+    a second, default ``ServerLimits``), the health ``Check`` is still answered at once:
+    a reserved call reads its (tiny) request without waiting for one of the read permits,
+    which go to the newest waiter first, and is never evicted (it used to wait behind every
+    newer call until it was evicted "server busy", after 4.7 s: a Kubernetes or Consul gRPC
+    probe, 1 s, failed)."""
+    srv = await echo_servers("p1", admin=None)
+    flood_ch = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
+    probe_ch = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
+    upload = flood_ch.stream_unary(method("Unary"))  # the server reads it as a unary call
+    calls: list[grpc.aio.StreamUnaryCall] = []
+
+    async def flood() -> None:
+        while True:
+            calls.append(upload(_never_sends(), timeout=15))
+            await asyncio.sleep(0.05)
+
+    flooding = asyncio.ensure_future(flood())
+    try:
+        async with asyncio.timeout(15):
+            # the read permits held, calls waiting for one, holders evicted
+            await until(lambda: srv.gate is not None and srv.gate.slots >= 8
+                        and srv.gate.evicted > 0, timeout_s=8, what="a read backlog")
+            assert srv.gate is not None
+            probe = health_pb2_grpc.HealthStub(probe_ch).Check
+            for _ in range(3):
+                try:
+                    answer = await probe(health_pb2.HealthCheckRequest(), timeout=3.0)
+                except grpc.aio.AioRpcError as exc:
+                    raise AssertionError(
+                        f"health Check under a read backlog: {exc.code().name} "
+                        f"{exc.details()!r} (gate: slots={srv.gate.slots}, "
+                        f"evicted={srv.gate.evicted}, shed={srv.gate.shed})") from None
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+                await asyncio.sleep(0.3)
+    finally:
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding
+        for call in calls:
+            call.cancel()
+        await flood_ch.close()
+        await probe_ch.close()
+
+
+async def test_a_reserved_health_check_with_a_large_request_is_refused(
+    registry: LocalRegistry,
+) -> None:
+    """A health ``Check`` reads its request without a read permit, so its request is
+    bounded: one larger than a health check's (4 KiB) is refused ``RESOURCE_EXHAUSTED``
+    (counted in ``shed``) rather than held while the handler runs; a normal one is
+    answered."""
+    srv = await _slow_server(registry)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            check = health_pb2_grpc.HealthStub(ch).Check
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await check(health_pb2.HealthCheckRequest(service="s" * 100_000), timeout=5)
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "4096" in (info.value.details() or "")
+            answer = await check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert srv.gate is not None and srv.gate.shed == 1
+        await until(lambda: srv.gate is not None and srv.gate.slots == 0
+                    and srv.gate.inflight_bytes == 0, timeout_s=5)
+    finally:
+        await srv.drain()
+
+
 def test_bad_server_limits_quote_the_value() -> None:
     """ServerLimits refuses bad values at construction, quoting them."""
     from meshkit.server import ServerLimits
