@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import grpc
 
@@ -125,6 +125,22 @@ def check_strings(name: str, value: object) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise ConfigError(f"{name} must hold strings, got {item!r}")
     return out
+
+
+def check_string_map(name: str, value: object) -> dict[str, str]:
+    """``value`` (the field ``name``, a mapping of strings to strings) as a new dict.
+
+    Raises:
+        ConfigError: ``value`` is not a mapping (a string such as ``"version=v2"``
+            included), or a key or value is not a string; ``name`` and the bad item
+            quoted.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a mapping of strings to strings, got {value!r}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigError(f"{name} keys and values must be strings, got {k!r}: {v!r}")
+    return dict(value)
 
 
 def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:

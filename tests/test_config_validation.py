@@ -527,3 +527,28 @@ def test_well_formed_channel_options_are_kept_as_pairs() -> None:
     assert built == (("grpc.max_receive_message_length", 8 << 20),
                      ("grpc.primary_user_agent", "me/1"), (b"grpc.x", b"y"),
                      ("grpc.enable_retries", False))
+
+
+@pytest.mark.parametrize("fields", [
+    {"meta": {"version": 2}},
+    {"meta": "version=v2"},  # was a bare ValueError out of dict() at start()
+    {"meta": [("version", "v2")]},
+    {"instance_id": ""},
+    {"instance_id": "x" * 129},
+    {"instance_id": 7},
+], ids=["meta-int-value", "meta-string", "meta-pairs", "instance-id-empty",
+        "instance-id-129", "instance-id-int"])
+def test_an_instances_registration_fields_are_checked(
+        fields: dict[str, Any]) -> None:
+    """A registry ``Instance`` refuses a ``meta`` that is no mapping of strings (a string
+    ``"version=v2"`` was an AttributeError) and an ``instance_id`` that is no string of
+    1..128 characters (an int was a TypeError), naming the field; ``meta`` is kept as a
+    copy."""
+    from meshkit.discovery import Instance
+
+    with pytest.raises(ConfigError, match=next(iter(fields))):
+        Instance(**{"service": "a", "instance_id": "a-1", "host": "h", "port": 1, **fields})
+    meta = {"version": "v2"}
+    inst = Instance(service="a", instance_id="x" * 128, host="h", port=1, meta=meta)
+    meta["version"] = "v3"
+    assert inst.meta == {"version": "v2"}

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from meshkit._config import check_int, check_strings
+from meshkit._config import check_int, check_string_map, check_strings
 from meshkit._fields import Normalised
 from meshkit.errors import ConfigError
 
@@ -53,16 +53,14 @@ class Instance:
     def __post_init__(self) -> None:
         if not isinstance(self.service, str) or not _NAME_RE.fullmatch(self.service):
             raise ConfigError(f"service name must match {_NAME_RE.pattern}, got {self.service!r}")
-        if not self.instance_id or len(self.instance_id) > 128:
+        if not isinstance(self.instance_id, str) or not 1 <= len(self.instance_id) <= 128:
             raise ConfigError(f"instance_id must be 1..128 characters, got {self.instance_id!r}")
         if not self.host:
             raise ConfigError(f"host must not be empty, got {self.host!r}")
         check_int("port", self.port, high=65535)
         check_int("weight", self.weight)
         object.__setattr__(self, "tags", check_strings("tags", self.tags))
-        for k, v in self.meta.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise ConfigError(f"meta keys and values must be strings, got {k!r}: {v!r}")
+        object.__setattr__(self, "meta", check_string_map("meta", self.meta))
 
     @property
     def address(self) -> str:
