@@ -321,6 +321,30 @@ def test_round_robin_prefers_an_excluded_ready_endpoint_to_an_excluded_idle_one(
     assert {rr.pick(None, [a, b])[0].key for _ in range(4)} == {"b"}  # type: ignore[index]
 
 
+def test_wrr_prefers_an_excluded_ready_endpoint_to_an_excluded_idle_one() -> None:
+    """A retry's ``exclude`` holds every endpoint (two endpoints, third attempt):
+    WeightedRoundRobin took the endpoint still connecting (IDLE) over the READY one
+    whenever its turn was due first (the first excluded entry popped was the fallback),
+    against its "An endpoint still connecting is taken only when no READY one is usable"
+    and unlike RoundRobin, P2C and RingHash: the retry then waited for a connection, or
+    failed on it, beside a ready peer. Both turns pass; the READY one is taken."""
+    for seed in range(10):
+        w = WeightedRoundRobin(random.Random(seed))
+        ready, connecting = ep("a"), ep("b", IDLE)
+        w.update([ready, connecting])
+        for _ in range(4):
+            got = w.pick(None, [ready, connecting])
+            assert got is not None and got[0] is ready, f"seed {seed}: took {got}"
+        # the connecting one's turns passed meanwhile: no burst of it once it is READY
+        connecting.state = READY
+        assert Counter(w.pick()[0].key for _ in range(4)) == {"a": 2, "b": 2}  # type: ignore[index]
+    w = WeightedRoundRobin(random.Random(0))
+    idle = ep("c", IDLE)
+    w.update([idle, ep("d", FAILING)])
+    got = w.pick(None, [idle])
+    assert got is not None and got[0] is idle  # an excluded IDLE one when nothing else
+
+
 def test_ring_hash_without_a_key_takes_an_excluded_endpoint_when_it_is_the_only_one(
 ) -> None:
     """RingHash without a key: excluded endpoints are avoided while another usable one
@@ -682,7 +706,7 @@ def test_p2c_prior_is_the_mean_decayed_estimate_of_the_sampled_endpoints() -> No
     assert p._prior(clock()) == P2COptions().default_rtt_s
 
 
-# -- 9. ring hash: the ring depends on the weights' ratios, and is bounded ------------------
+# -- 9. ring hash: the ring is bounded, and an endpoint's points are its weight's alone ----
 def _ring_of(endpoints: list[Endpoint], **opts: Any) -> tuple[RingHash, list[tuple[int, str]]]:
     """A ring hash updated with ``endpoints``, and its ring as (point, owner's key)."""
     rh = RingHash(**opts)
@@ -691,7 +715,7 @@ def _ring_of(endpoints: list[Endpoint], **opts: Any) -> tuple[RingHash, list[tup
 
 
 @pytest.mark.timeout(60)
-def test_ring_hash_ring_depends_on_the_weights_ratios_not_their_magnitude() -> None:
+def test_ring_hash_ring_is_bounded_whatever_the_weights_magnitude() -> None:
     """Consul users often write ``Weights.Passing`` as percentages (100 for a full share),
     and ``Instance.weight`` is a *relative* weight, so 50 endpoints of weight 100 are the
     same service as 50 of weight 1. ``RingHash.update`` built ``replicas_per_weight *
@@ -700,9 +724,9 @@ def test_ring_hash_ring_depends_on_the_weights_ratios_not_their_magnitude() -> N
     return (about 100x the time and memory of weight 1); one instance registered with
     weight 10**6 made 100M points, an update that never finishes. gRPC's ``ring_hash``
     (gRFC A42: ``max_ring_size``, default 4096, at most 8M) and Envoy's ``RING_HASH``
-    normalise the weights and bound the ring. Now: the same ring for weights 1 and 100,
-    at most ``max_ring_size`` points (one at least per endpoint), each endpoint's share
-    of points its weight's."""
+    bound the ring. Now: at most ``max_ring_size`` points (one at least per endpoint),
+    each endpoint's share of points its weight's (50 endpoints of weight 100 and 50 of
+    weight 1 both ask for more than the bound, and make the same ring)."""
     _, unit = _ring_of(_big(50, weight=1))
     _, percent = _ring_of(_big(50, weight=100))
     assert len(percent) == len(unit), (
@@ -716,11 +740,11 @@ def test_ring_hash_ring_depends_on_the_weights_ratios_not_their_magnitude() -> N
     assert points["heavy"] > 0.95 * len(ring)  # its weight's share, the others one point each
     _, small = _ring_of([ep("a", weight=1), ep("b", weight=3)])
     shares = Counter(key for _, key in small)
-    assert shares == {"a": 100, "b": 300}  # replicas_per_weight for the lightest endpoint
+    assert shares == {"a": 100, "b": 300}  # replicas_per_weight per unit of weight
 
 
 def test_ring_hash_max_ring_size_bounds_the_ring_and_keeps_the_shares() -> None:
-    """With more points asked (replicas_per_weight x weights over the lightest) than
+    """With more points asked (replicas_per_weight x the sum of the weights) than
     ``max_ring_size``, each endpoint gets its share of the bound (one at least), and
     keys spread by weight."""
     weighted = [ep("a", weight=1), ep("b", weight=2), ep("c", weight=5)]
@@ -733,6 +757,60 @@ def test_ring_hash_max_ring_size_bounds_the_ring_and_keeps_the_shares() -> None:
     assert owners["c"] / 8000 == pytest.approx(5 / 8, abs=0.08), owners
     _, many = _ring_of(_big(300), max_ring_size=100)
     assert Counter(key for _, key in many) == {f"big-{i:05d}": 1 for i in range(300)}
+
+
+def _owners(rh: RingHash | EjectingBalancer, keys: list[str]) -> dict[str, str]:
+    """The endpoint each key of ``keys`` goes to (its key), each call ending OK."""
+    out = {}
+    for k in keys:
+        got = rh.pick(k)
+        assert got is not None
+        got[1](OK, 0.001)
+        out[k] = got[0].key
+    return out
+
+
+def test_ring_hash_a_lighter_endpoint_joining_moves_keys_only_to_itself() -> None:
+    """RingHash's "only ~1/N of keys move when an endpoint joins or leaves": each
+    endpoint's points were ``replicas_per_weight * weight / lightest weight``, so a canary
+    of weight 1 joining four endpoints of weight 5 made every other endpoint's points 5x
+    as many (100 -> 500) and 1184 of 2000 keys changed owner between the four that
+    stayed (the canary took its ~5 %); its leaving moved them all back. Now an
+    endpoint's points are ``replicas_per_weight * weight`` whoever else is there (below
+    ``max_ring_size``): a key moves to the newcomer or not at all, and back."""
+    four = [ep(f"i{i}", weight=5) for i in range(4)]
+    rh = RingHash()
+    rh.update(four)
+    keys = [f"user-{i}" for i in range(2000)]
+    before = _owners(rh, keys)
+    canary = ep("canary", weight=1)
+    rh.update([*four, canary])
+    after = _owners(rh, keys)
+    between = [k for k in keys if after[k] not in (before[k], "canary")]
+    assert between == [], f"{len(between)} of {len(keys)} keys moved between the four"
+    assert 0 < sum(after[k] == "canary" for k in keys) < 200  # its weight's ~5 %
+    rh.update(four)
+    assert _owners(rh, keys) == before  # it left: its keys only went back
+
+
+def test_ring_hash_ejecting_the_lightest_endpoint_moves_only_its_keys() -> None:
+    """The same cause through outlier ejection (an update of the inner ring): ejecting a
+    weight-1 canary among four endpoints of weight 5 moved keys between the healthy
+    ones; now only the canary's keys move."""
+    clock = Clock()
+    canary = ep("canary", weight=1)
+    eb = EjectingBalancer(RingHash(), OutlierOptions(consecutive_failures=1),
+                          clock=clock)
+    eb.update([*(ep(f"i{i}", weight=5) for i in range(4)), canary])
+    keys = [f"user-{i}" for i in range(2000)]
+    before = _owners(eb, keys)
+    got = eb.pick(next(k for k in keys if before[k] == "canary"))
+    assert got is not None and got[0] is canary
+    got[1](UNAVAILABLE, 0.001)
+    assert eb.ejected() == ["canary"]
+    after = _owners(eb, keys)
+    moved = [k for k in keys if before[k] != "canary" and after[k] != before[k]]
+    assert moved == [], f"ejecting the canary moved {len(moved)} of {len(keys)} keys"
 
 
 @pytest.mark.parametrize("size", [0, 2**23 + 1, math.nan, True, 2.5, "4096"])

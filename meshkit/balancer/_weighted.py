@@ -41,8 +41,9 @@ class WeightedRoundRobin:
     at a random point of its first interval, so that many clients started together do
     not all send their first calls to the same endpoints (Envoy seeds its scheduler with
     random picks; :class:`RoundRobin` starts at a random position). An endpoint still
-    connecting is taken only when no READY one is usable (as :class:`RoundRobin`); its
-    turn passes meanwhile.
+    connecting is taken only when no READY one is usable (as :class:`RoundRobin`), also
+    among excluded ones (every usable endpoint excluded: an excluded READY one first);
+    its turn passes meanwhile.
 
     Args:
         rng: random source for the first turns (default: a new ``random.Random()``).
@@ -118,8 +119,13 @@ class WeightedRoundRobin:
             if ep.state is _FAILING:
                 self._out.append(ep)  # out of the schedule until usable (_rejoin)
             elif exclude and ep in exclude:
+                # taken if nothing else is usable: the first READY one due, else the first
+                # connecting one due (a READY one found later takes its place)
                 if fallback is None:
-                    fallback = entry  # taken if nothing else is usable
+                    fallback = entry
+                elif ep.state is _READY and fallback[2].state is not _READY:
+                    passed.append(fallback)
+                    fallback = entry
                 else:
                     passed.append(entry)
             else:
@@ -169,12 +175,18 @@ class RingHash:
     ``FAILING`` endpoints are skipped; ``exclude`` is a preference, with or without a key:
     an excluded endpoint is taken only when no other is usable.
 
-    The ring depends on the weights' ratios, not their magnitude (``Instance.weight`` is
-    relative: 50 endpoints of weight 100 are the ring of 50 of weight 1), and is bounded,
-    as Envoy and gRPC normalise weights and cap the ring: the lightest endpoint gets
-    ``replicas_per_weight`` points and each other ``replicas_per_weight * weight /
-    lightest weight`` (rounded); when that asks for more than ``max_ring_size`` points in
-    all, each endpoint gets its share of ``max_ring_size`` (rounded down), one at least.
+    An endpoint of weight ``w`` gets ``replicas_per_weight * w`` points, whatever the
+    other endpoints are, so below the bound a join, leave or ejection moves only the
+    keys of the endpoint that came or went (normalising by the lightest weight, as this
+    did, rescaled every other endpoint whenever the lightest one changed: a weight-1
+    canary joining four endpoints of weight 5 moved 59 % of keys between the four). The
+    ring is bounded, as Envoy and gRPC bound it: when that asks for more than
+    ``max_ring_size`` points in all, each endpoint gets its weight's share of
+    ``max_ring_size`` (rounded down), one at least, so weights written as percentages
+    or 10**6 still make at most ``max_ring_size`` points (plus one per endpoint whose
+    share rounds to nothing); above the bound a join or leave also trims or extends
+    every endpoint's points a little. An endpoint's points are always a prefix of the
+    same sequence of hashes, so a key moves only with the points that came or went.
     Unlike gRPC's ``min_ring_size``, nothing scales the ring up for few endpoints: an
     endpoint's points do not depend on how many others there are (below the bound), so a
     join or leave moves ~1/N of keys (scaled to ``min_ring_size`` 1024, going from 3 to 4
@@ -183,8 +195,8 @@ class RingHash:
     each endpoint's points are kept while it stays, or comes back soon.
 
     Args:
-        replicas_per_weight: ring points of the lightest endpoint (default 100), an
-            integer >= 1.
+        replicas_per_weight: ring points per unit of weight (default 100), an integer
+            >= 1.
         rng: random source for keyless calls.
         max_ring_size: most points on the ring (default 4096, gRPC's default ring size
             cap; at most 8,388,608, gRPC's ``max_ring_size`` limit); the ring holds more
@@ -235,8 +247,8 @@ class RingHash:
         """Ring points per endpoint of these weights (integers: exact for any weight)."""
         if not weights:
             return []
-        lightest, r = min(weights), self._replicas
-        counts = [(2 * r * w + lightest) // (2 * lightest) for w in weights]  # rounded
+        r = self._replicas
+        counts = [r * w for w in weights]  # its own weight only: others never rescale it
         total = sum(counts)
         if total <= self._max_ring:
             return counts
