@@ -36,8 +36,10 @@ from meshkit._config import check_int, check_number, check_seconds
 from meshkit._handlers import (
     GUARD_MARK,
     UNDECODABLE_MARK,
+    Before,
     Handler,
     Resolver,
+    WrappingInterceptor,
     async_behaviour,
     responses,
 )
@@ -45,6 +47,7 @@ from meshkit._loop import LoopCache
 from meshkit.resilience._retry import NACK_METADATA
 
 __all__ = [
+    "CallSlots",
     "RequestGate",
     "ServerLimits",
     "UndecodableRequest",
@@ -177,8 +180,14 @@ class ServerLimits:
             (measured +4 us of server CPU per call at concurrency 32, and 60k of about
             1.1M instructions per call under callgrind, ``python -m
             benchmarks.instructions``). ``False``: grpc.aio reads requests, those five
-            limits do nothing, and ``max_concurrent_rpcs`` is grpc.aio's own cap (which
-            sheds new calls while header-only streams hold every slot).
+            limits do nothing (no defence against header-only streams, which hold their
+            slot until the client leaves, nor against request bytes in flight), and
+            ``max_concurrent_rpcs`` is counted by :class:`CallSlots` in the server's
+            handler wrap: every call (all four kinds) but the health ``Watch`` takes a
+            slot, the health ``Check`` may take one of 8 past the cap, and a call over
+            it is shed ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer,
+            counted in ``ServerStats.gate_shed``; grpc.aio's own cap, which has none of
+            the three, is never set.
         keepalive_time_s: seconds between the server's keepalive pings on an idle
             transport (default 60.0; ``grpc.keepalive_time_ms``), so dead peers are found.
         keepalive_timeout_s: seconds to wait for a ping's ack before closing the
@@ -224,19 +233,6 @@ class ServerLimits:
             ms_fields += ("max_connection_idle_s",)
         for name in ms_fields:
             check_number(name, getattr(self, name), low_open=True, high=_MAX_MS_ARG_S)
-
-    def grpc_maximum_concurrent_rpcs(self) -> int | None:
-        """grpc.aio's ``maximum_concurrent_rpcs`` for these limits: ``max_concurrent_rpcs``
-        when grpc.aio reads the requests (``read_requests=False``), else ``None``: then
-        :class:`RequestGate` counts, evicts or sheds unary-request calls itself (which
-        grpc.aio's cap could not do: it sheds a new call even when every slot is held by a
-        call that never sent its request) and caps request-streaming calls with them
-        (:meth:`RequestGate.admit_stream`), and grpc.aio's limiter, which costs every call
-        a done callback (about 10,800 instructions per call, ``benchmarks/RESULTS.md``),
-        is not needed."""
-        if self.max_concurrent_rpcs is None or self.read_requests:
-            return None
-        return self.max_concurrent_rpcs
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
@@ -968,6 +964,72 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 release(size)
 
         return _request_streaming(handler, unary_out)
+
+
+class CallSlots(WrappingInterceptor):
+    """``max_concurrent_rpcs`` when grpc.aio reads the requests
+    (``ServerLimits(read_requests=False)``): a count of the calls running, checked in the
+    server's fused handler wrap (no frame of its own: a check and a done callback per
+    call), with the request gate's rules, not grpc.aio's cap (which counted the health
+    ``Check`` like any call and shed without the nack trailer, uncounted).
+
+    * the health service's ``Watch`` takes no slot (a client with client-side health
+      checking holds one open per channel for the channel's life);
+    * its ``Check`` may also take one of 8 slots past the cap, so an overloaded server
+      still answers its probes;
+    * any other call (all four kinds) over the cap is shed ``RESOURCE_EXHAUSTED`` "server
+      busy" with the nack trailer (``meshkit-nack: 1``: meshkit clients retry it on
+      another endpoint), counted in :attr:`shed` (``ServerStats.gate_shed``) and logged
+      as a warning at most once a minute.
+
+    The check runs first in the wrap, before the server's other checks (authentication,
+    rate limit), and after telemetry has started observing the call, so a shed call is
+    seen by telemetry as ``RESOURCE_EXHAUSTED`` (the request gate sheds before it).
+
+    Args:
+        cap: the most calls running at once (``max_concurrent_rpcs``), >= 1.
+    """
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+        self.slots = 0  # calls holding a slot (health Check included, Watch not)
+        self.shed = 0
+        self._logged_at = -1e9
+
+    def calls(self) -> int:
+        """The calls holding a slot now."""
+        return self.slots
+
+    def _before_for(self, method: str) -> Before | None:
+        if method == _HEALTH_WATCH:
+            return None
+        return self._enter_reserved if method == _HEALTH_CHECK else self._enter
+
+    def _enter(self, context: Any) -> Awaitable[None] | None:
+        if self.slots >= self.cap:
+            return self._refuse(context)
+        self.slots += 1
+        context.add_done_callback(self._left)
+        return None
+
+    def _enter_reserved(self, context: Any) -> Awaitable[None] | None:
+        if self.slots >= self.cap + _HEALTH_RESERVE:
+            return self._refuse(context)
+        self.slots += 1
+        context.add_done_callback(self._left)
+        return None
+
+    def _left(self, context: Any) -> None:
+        self.slots -= 1
+
+    def _refuse(self, context: Any) -> Awaitable[None]:
+        self.shed += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 60.0:
+            self._logged_at = now
+            _log.warning("shedding calls: every call slot is taken", shed=self.shed)
+        return _shed(context)
 
 
 def _request_streaming(handler: Handler, behaviour: Any) -> Handler:

@@ -85,6 +85,7 @@ from meshkit._handlers import (
 )
 from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
 from meshkit._limits import (
+    CallSlots,
     RequestGate,
     ServerLimits,
     guard_generic_handler,
@@ -1016,6 +1017,8 @@ class MeshServer:
         self._registering: Instance | None = None  # what start() registers, until it returns
         self.admin: AdminServer | None = None
         self.gate: RequestGate | None = None
+        # max_concurrent_rpcs without the gate (ServerLimits(read_requests=False))
+        self.call_slots: CallSlots | None = None
         self._tls_handshakes = 0
         self._reserved_id: str | None = None
         # keeps the certificate gauges on the files on disk (see _follow_certificate)
@@ -1056,6 +1059,11 @@ class MeshServer:
         if opts.maximum_concurrent_rpcs is not None:
             limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)
         self.gate = RequestGate(limits) if limits.read_requests else None
+        # without the gate, meshkit's own count in the fused wrap (its health reserve, the
+        # nack, the count of sheds), never grpc.aio's cap (none of the three)
+        self.call_slots = (CallSlots(limits.max_concurrent_rpcs)
+                           if self.gate is None and limits.max_concurrent_rpcs is not None
+                           else None)
         # the methods this server registers, filled in as the servicers are added (each
         # before its handler is resolved): telemetry labels these by name, any other
         # method a generic handler serves "other" (gRFC A66)
@@ -1073,7 +1081,6 @@ class MeshServer:
         server_args: dict[str, Any] = {"grpc.so_reuseport": 0}
         server_args.update(limits.channel_args())
         server_args.update(dict(opts.server_options))
-        max_rpcs = limits.grpc_maximum_concurrent_rpcs()
         chain = self._interceptors()
         max_send = server_args.get("grpc.max_send_message_length")
         if type(max_send) is int and max_send >= 0:  # (-1: no limit, grpc's default)
@@ -1087,7 +1094,6 @@ class MeshServer:
         server = grpc.aio.server(
             interceptors=(chain or None) if resolve is None else None,
             options=tuple(server_args.items()),
-            maximum_concurrent_rpcs=max_rpcs,
         )
         recorder = _Recorder(server, resolve, register_methods=grpc_observability_active(),
                              known=known, watches=self._watches)
@@ -1298,7 +1304,10 @@ class MeshServer:
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
         """The server's interceptors: the chain fused, the request gate outermost (folded
-        into the fused checks when they come first: one interceptor per call)."""
+        into the fused checks when they come first: one interceptor per call); without the
+        gate, the call slots' check first in the fused checks."""
+        if self.call_slots is not None:
+            return fuse_interceptors((self.call_slots, *self._chain))
         chain = fuse_interceptors(self._chain)
         if self.gate is None:
             return chain
@@ -1455,7 +1464,8 @@ class MeshServer:
             telemetry=opts.telemetry is not None,
             admin=self.admin.url if self.admin is not None else None,
             deadline_rejections=self._deadline.rejected if self._deadline is not None else 0,
-            gate_shed=gate.shed if gate is not None else 0,
+            gate_shed=(gate.shed if gate is not None else
+                       self.call_slots.shed if self.call_slots is not None else 0),
             gate_timed_out=gate.timed_out if gate is not None else 0,
             gate_evicted=gate.evicted if gate is not None else 0,
             tls_handshakes=self._tls_handshakes,

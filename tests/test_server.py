@@ -706,6 +706,68 @@ async def test_a_reserved_health_check_with_a_large_request_is_refused(
         await srv.drain()
 
 
+async def test_read_requests_false_keeps_the_health_reserve_and_the_nack(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """``ServerLimits(read_requests=False)`` gives up the request gate's defences against
+    header-only streams and request bytes in flight, and nothing else: the health
+    ``Check`` still has its reserve past ``max_concurrent_rpcs``, a shed call carries the
+    ``meshkit-nack`` trailer (mesh clients retry it on the free endpoint: no call fails),
+    and sheds are counted (``ServerStats.gate_shed``). It used to be grpc.aio's own cap:
+    the probe failed "Concurrent RPC limit exceeded!", 20 of 40 calls failed with a free
+    endpoint there, and sheds were counted nowhere."""
+    limits = meshkit.ServerLimits(max_concurrent_rpcs=2, read_requests=False)
+    busy = await echo_servers("busy", limits=limits, admin=None)
+    await echo_servers("free", limits=meshkit.ServerLimits(max_concurrent_rpcs=256,
+                                                          read_requests=False), admin=None)
+    assert busy.gate is None
+    raw = grpc.aio.insecure_channel(f"127.0.0.1:{busy.port}")
+    hold = [asyncio.ensure_future(raw.unary_unary(method("Sleep"))(b"4000", timeout=8))
+            for _ in range(2)]
+    problems: list[str] = []
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.sleep(0.3)  # both of busy's slots are taken
+            try:
+                answer = await health_pb2_grpc.HealthStub(raw).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2)
+                if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                    problems.append(f"health Check answered {answer.status}")
+            except grpc.aio.AioRpcError as exc:
+                problems.append(f"health Check: {exc.code().name} {exc.details()!r}")
+            shed = raw.unary_unary(method("Unary"))(b"x", timeout=3)
+            try:
+                await shed
+                problems.append("a third call was not shed")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or \
+                        ("meshkit-nack", "1") not in tuple(exc.trailing_metadata() or ()):
+                    problems.append(f"shed without the nack: {exc.code().name} "
+                                    f"{exc.details()!r} {exc.trailing_metadata()!r}")
+            async with meshkit.dial("echo", registry=registry,
+                                    options=meshkit.DialOptions(insecure=True)) as ch:
+                unary = ch.unary_unary(method("Unary"))
+
+                async def one() -> str:
+                    try:
+                        return (await unary(b"x", timeout=3)).split(b"|")[0].decode()
+                    except grpc.aio.AioRpcError as exc:
+                        return f"{exc.code().name}: {exc.details()}"
+
+                got = await asyncio.gather(*(one() for _ in range(40)))
+            failed = [g for g in got if g not in ("busy", "free")]
+            if failed:
+                problems.append(f"{len(failed)} of 40 calls failed with a free endpoint "
+                                f"there, e.g. {failed[0]!r}")
+            if busy.stats().gate_shed < 1:
+                problems.append(f"sheds not counted: {busy.stats().gate_shed}")
+    finally:
+        for h in hold:
+            h.cancel()
+        await raw.close()
+    assert not problems, problems
+
+
 def test_bad_server_limits_quote_the_value() -> None:
     """ServerLimits refuses bad values at construction, quoting them."""
     from meshkit.server import ServerLimits
@@ -831,10 +893,11 @@ async def test_request_streams_over_the_cap_are_shed_with_the_nack_trailer(
 
 async def test_read_requests_false_leaves_requests_to_grpc(registry: LocalRegistry) -> None:
     """ServerLimits(read_requests=False) installs no RequestGate: calls are served by
-    grpc.aio's unary path, and max_concurrent_rpcs is grpc.aio's own cap."""
+    grpc.aio's unary path, and max_concurrent_rpcs is meshkit's count in the handler
+    wrap (CallSlots), never grpc.aio's own cap."""
     srv = await _slow_server(registry, read_requests=False, max_concurrent_rpcs=1)
     try:
-        assert srv.gate is None
+        assert srv.gate is None and srv.call_slots is not None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
             hold = ch.unary_unary("/test.Slow/Hold")
             got = await asyncio.gather(hold(b"x", timeout=5), hold(b"y", timeout=5),
