@@ -73,7 +73,13 @@ from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from meshkit._config import check_int, check_number, check_strings, refuse_str
+from meshkit._config import (
+    check_int,
+    check_number,
+    check_string_map,
+    check_strings,
+    refuse_str,
+)
 from meshkit._fields import Normalised
 from meshkit._handlers import (
     Handler,
@@ -367,20 +373,28 @@ _MESH_CHECKS = {
 }
 
 def _admin_from_env() -> AdminOptions:
-    """The admin server's options from ``MESHKIT_ADMIN_PORT`` (unset or empty: 0, an
-    ephemeral port); the default of :attr:`ServeOptions.admin`.
+    """The admin server's options from ``MESHKIT_ADMIN_HOST`` (unset or empty:
+    ``127.0.0.1``) and ``MESHKIT_ADMIN_PORT`` (unset or empty: 0, an ephemeral port); the
+    default of :attr:`ServeOptions.admin`.
 
     Raises:
-        ConfigError: ``MESHKIT_ADMIN_PORT`` is not a port number 0..65535 (the variable
+        ConfigError: ``MESHKIT_ADMIN_PORT`` is not a port number 0..65535, or
+            ``MESHKIT_ADMIN_HOST`` is neither an IP address nor a host name (the variable
             named, its value quoted).
     """
+    host = os.environ.get("MESHKIT_ADMIN_HOST", "").strip() or "127.0.0.1"
     raw = os.environ.get("MESHKIT_ADMIN_PORT", "")
     text = raw.strip()
-    if not text:
-        return AdminOptions(port=0)
-    if not (text.isascii() and text.isdigit() and int(text) < 65536):
-        raise ConfigError(f"MESHKIT_ADMIN_PORT must be a port number 0..65535, got {raw!r}")
-    return AdminOptions(port=int(text))
+    port = 0
+    if text:
+        if not (text.isascii() and text.isdigit() and int(text) < 65536):
+            raise ConfigError(
+                f"MESHKIT_ADMIN_PORT must be a port number 0..65535, got {raw!r}")
+        port = int(text)
+    try:
+        return AdminOptions(host=host, port=port)
+    except ConfigError as exc:
+        raise ConfigError(f"MESHKIT_ADMIN_HOST: {exc}") from None
 
 
 AddServicer = Callable[[Any, Any], None]
@@ -404,9 +418,10 @@ class ServeOptions:
             id (a second server of the service in the process: with one id, the second
             registration would replace the first and either drain would deregister both).
             The port is added only then, so the usual one-server process keeps the id its
-            logs and registry entries have always shown.
+            logs and registry entries have always shown. A string of 1..128 characters.
         tags: registry tags, any collection of strings, e.g. ``("v2",)`` or ``["v2"]``;
-            meta: registry meta, e.g. ``{"zone": "a"}``.
+            meta: registry meta, a mapping of strings to strings, e.g. ``{"zone": "a"}``
+            (kept as a copy).
         weight: weight for weighted balancers (>= 1, default 1).
         deadline: deadline admission and propagation
             (:class:`~meshkit.resilience.DeadlineOptions`, on by default); ``None`` turns
@@ -451,7 +466,9 @@ class ServeOptions:
             ``MESHKIT_TRACE_FILE``).
         admin: the process's admin HTTP server (``/metrics``, ``/healthz``, ``/readyz``,
             ``/debug/mesh``), started with the first server of the process on
-            ``MESHKIT_ADMIN_PORT`` (default an ephemeral loopback port) and announced in the
+            ``MESHKIT_ADMIN_HOST`` (default ``127.0.0.1``; ``0.0.0.0`` for probes and a
+            remote Prometheus, as ``deploy/k8s`` sets it) and ``MESHKIT_ADMIN_PORT``
+            (default an ephemeral port) and announced in the
             registry meta ``admin_port``, with ``admin_host`` when it listens on another
             address than the registered host (``127.0.0.1`` for a server on ``::1``; not
             a loopback admin of a server registered under a reachable host); ``None`` for
@@ -512,8 +529,10 @@ class ServeOptions:
             for a number, one string for ``tags`` or ``generic_methods``, a bad
             ``generic_methods`` pattern, a mapping or a bad item in ``server_options``,
             a ``host`` or ``advertise_host`` that is neither an IP address nor a host
-            name; quoted in the message), or, for the default ``admin``,
-            ``MESHKIT_ADMIN_PORT`` is not a port number (named, quoted), or
+            name, a ``meta`` that is no mapping of strings to strings, an
+            ``instance_id`` that is no string of 1..128 characters; quoted in the
+            message), or, for the default ``admin``, ``MESHKIT_ADMIN_PORT`` is not a port
+            number or ``MESHKIT_ADMIN_HOST`` not a host (named, quoted), or
             ``interceptors`` holds one of meshkit's check interceptors (the option to
             use named) or a ``TelemetryServerInterceptor`` while ``telemetry`` is set
             (quoted; the message says ``telemetry=None``).
@@ -559,6 +578,11 @@ class ServeOptions:
         if self.insecure and (self.tls is not None or self.credentials is not None):
             raise ConfigError("insecure=True contradicts tls/credentials")
         check_int("weight", self.weight)
+        if self.instance_id is not None and not (
+                isinstance(self.instance_id, str) and 1 <= len(self.instance_id) <= 128):
+            raise ConfigError(
+                f"instance_id must be 1..128 characters, got {self.instance_id!r}")
+        object.__setattr__(self, "meta", check_string_map("meta", self.meta))
         check_number("grace_s", self.grace_s, finite=False)
         check_number("drain_delay_s", self.drain_delay_s)  # inf: a drain that never stops
         if self.maximum_concurrent_rpcs is not None:

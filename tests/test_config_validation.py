@@ -552,3 +552,40 @@ def test_an_instances_registration_fields_are_checked(
     inst = Instance(service="a", instance_id="x" * 128, host="h", port=1, meta=meta)
     meta["version"] = "v3"
     assert inst.meta == {"version": "v2"}
+
+
+@pytest.mark.parametrize("fields", [
+    {"meta": {"version": 2}},
+    {"meta": "version=v2"},  # was a bare ValueError out of dict() at start()
+    {"instance_id": ""},
+    {"instance_id": "x" * 129},
+], ids=["meta-int-value", "meta-string", "instance-id-empty", "instance-id-129"])
+def test_serve_options_check_registration_fields_when_built(fields: dict[str, Any]) -> None:
+    """``ServeOptions.meta`` and ``instance_id`` were checked only when ``start()`` built
+    the registry ``Instance``, after the server had bound its port (a string ``meta``
+    failed there with a bare ValueError): they are ConfigErrors when the options are
+    built, naming the field; ``meta`` is kept as a copy."""
+    with pytest.raises(ConfigError, match=next(iter(fields))):
+        ServeOptions(insecure=True, **fields)
+    meta = {"version": "v2"}
+    opts = ServeOptions(insecure=True, meta=meta, instance_id="x" * 128)
+    meta["version"] = "v3"
+    assert opts.meta == {"version": "v2"}
+
+
+def test_serve_reads_meshkit_admin_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``deploy/k8s`` sets ``MESHKIT_ADMIN_HOST=0.0.0.0`` so probes and a remote Prometheus
+    reach the admin server, and the README says the admin server binds there; only the
+    ecom example read it, so a service of the user's own built on ``serve()`` kept its
+    admin server on loopback and failed its probes. ``ServeOptions``' default admin reads
+    it (checked, named, quoted), beside ``MESHKIT_ADMIN_PORT``."""
+    monkeypatch.setenv("MESHKIT_ADMIN_HOST", "0.0.0.0")
+    monkeypatch.setenv("MESHKIT_ADMIN_PORT", "9464")
+    admin = ServeOptions(insecure=True).admin
+    assert admin is not None and (admin.host, admin.port) == ("0.0.0.0", 9464)
+    monkeypatch.setenv("MESHKIT_ADMIN_HOST", "")
+    admin = ServeOptions(insecure=True).admin
+    assert admin is not None and admin.host == "127.0.0.1"
+    monkeypatch.setenv("MESHKIT_ADMIN_HOST", "no such host!")
+    with pytest.raises(ConfigError, match=r"MESHKIT_ADMIN_HOST.*'no such host!'"):
+        ServeOptions(insecure=True)
