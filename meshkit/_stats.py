@@ -97,6 +97,8 @@ class ChannelStats:
         state: the channel's connectivity name (``READY``, ``CONNECTING``...).
         balancer: the balancer's class name (inside ejection).
         ejections: outlier ejections since the channel opened.
+        panic_picks: calls sent to an ejected endpoint because no endpoint in rotation
+            could take them (panic routing: ejection never empties the service).
         watch_errors: discovery watch failures (the channel kept its last endpoints).
         endpoints: every current endpoint and recently removed ones, by instance id.
         retry: retry counters, or ``None`` with retries off.
@@ -112,6 +114,7 @@ class ChannelStats:
     balancer: str
     ejections: int
     watch_errors: int
+    panic_picks: int = 0
     endpoints: tuple[EndpointStats, ...]
     retry: RetrySnapshot | None
     policies: dict[str, Any] = field(default_factory=dict)
@@ -139,8 +142,9 @@ class ServerStats:
         telemetry: telemetry on.
         admin: the admin server's URL, or ``None``.
         deadline_rejections: calls refused because their deadline had passed.
-        gate_shed: calls the request gate shed ``RESOURCE_EXHAUSTED`` "server busy" (the
-            nack trailer: no code of theirs ran), calls and request streams together.
+        gate_shed: calls the request gate (with ``ServerLimits(read_requests=False)``, the
+            call-slot count) shed ``RESOURCE_EXHAUSTED`` "server busy" (the nack trailer:
+            no code of theirs ran), calls and request streams together.
         gate_timed_out: unary calls the gate ended because their request did not arrive
             within ``first_message_timeout_s`` (``CANCELLED``).
         gate_evicted: calls waiting for their request that gave up their slot or read

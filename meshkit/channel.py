@@ -849,9 +849,10 @@ class MeshChannel(grpc.aio.Channel):
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """Best connectivity over the endpoints in rotation: READY if any is, else
         IDLE/CONNECTING, else TRANSIENT_FAILURE; an ejected endpoint counts as failing
-        until a probe brings it back (calls fail ``UNAVAILABLE`` while every endpoint is
-        out), so TRANSIENT_FAILURE when all are; IDLE with no endpoint; SHUTDOWN once
-        closed."""
+        while another is in rotation, and by its connection when none can take a call
+        (panic routing sends calls to it then: see :mod:`meshkit.balancer`'s outlier
+        ejection), so TRANSIENT_FAILURE only when no endpoint can connect; IDLE with no
+        endpoint; SHUTDOWN once closed."""
         if self._closed:
             return grpc.ChannelConnectivity.SHUTDOWN
         endpoints = self._pool.endpoints
@@ -861,6 +862,9 @@ class MeshChannel(grpc.aio.Channel):
         out = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else ()
         best = min((EndpointState.FAILING if key in out else ep.state
                     for key, ep in endpoints.items()), default=EndpointState.FAILING)
+        if best is EndpointState.FAILING and out:  # panic routing takes the ejected ones
+            best = min((ep.state for key, ep in endpoints.items() if key in out),
+                       default=EndpointState.FAILING)
         return {
             EndpointState.READY: grpc.ChannelConnectivity.READY,
             EndpointState.IDLE: grpc.ChannelConnectivity.CONNECTING,
@@ -959,6 +963,7 @@ class MeshChannel(grpc.aio.Channel):
         return ChannelStats(
             service=self.service, state=self.get_state().name, balancer=type(inner).__name__,
             ejections=balancer.ejections if isinstance(balancer, EjectingBalancer) else 0,
+            panic_picks=balancer.panic_picks if isinstance(balancer, EjectingBalancer) else 0,
             watch_errors=self._pool.watch_errors, endpoints=tuple(endpoints), retry=retry,
             policies={
                 "outlier": repr(opts.outlier) if ejecting else None,

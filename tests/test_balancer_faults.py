@@ -1130,3 +1130,18 @@ async def test_dial_a_burst_of_timeouts_does_not_take_out_a_single_endpoint_serv
                     f"the only endpoint, idle and healthy, is out: {exc.code().name} "
                     f"{exc.details()!r}") from None
             assert answer.startswith(b"only|")
+            # what the channel reports agrees: it takes calls (not TRANSIENT_FAILURE, as
+            # when an ejected endpoint counted as failing), and counts the panic picks
+            stats = ch.stats()
+            assert ch.get_state() is grpc.ChannelConnectivity.READY, stats.state
+            assert stats.panic_picks >= 1, stats
+            from prometheus_client import CollectorRegistry, generate_latest
+
+            from meshkit.observability import MeshCollector
+
+            prom = CollectorRegistry()
+            prom.register(MeshCollector())
+            text = generate_latest(prom).decode()
+            assert any(line.startswith("meshkit_client_panic_picks_total{")
+                       and float(line.rsplit(" ", 1)[1]) >= 1
+                       for line in text.splitlines()), text

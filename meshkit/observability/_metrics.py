@@ -510,6 +510,9 @@ def _families() -> dict[str, _Family]:
                            "max"),
         "ejections": _Family("counter", "meshkit_client_ejections",
                              "Outlier ejections since the channel opened.", t),
+        "panic_picks": _Family("counter", "meshkit_client_panic_picks",
+                               "Calls sent to an ejected endpoint because no endpoint in "
+                               "rotation could take them (panic routing).", t),
         "retries": _Family("counter", "meshkit_client_retries",
                            "Retries granted after a failed attempt (each spent a retry-budget "
                            "token), sent or not: one that finds no endpoint, or whose channel "
@@ -600,6 +603,7 @@ def _channel_samples(ch: ChannelStats) -> list[_Sample]:
         add("endpoints", (ch.service, state), n)
     add("ejected", target, ejected)
     add("ejections", target, ch.ejections)
+    add("panic_picks", target, ch.panic_picks)
     retry = ch.retry
     if retry is not None:
         add("retries", target, retry.retries)
