@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from meshkit._config import check_seconds
+from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
 
 __all__ = [
@@ -51,12 +52,12 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
     User info is everything after ``scheme://`` up to the last ``@``, wherever that is: a
     password may hold an unencoded ``/``, ``?`` or ``#`` (generated passwords do), which a
     URI parser takes for the start of the path, query or fragment
-    (``etcd://root:pa/ss@h:2379`` is shown ``etcd://***@h:2379``)."""
-    scheme, sep, after = uri.partition("://")
-    if not sep or "?" in scheme or "#" in scheme:  # no "//" ("://" only in a query value)
-        scheme, sep, after = "", "", uri
-    if "@" in after:  # without "//", "user:password@host" parses as scheme "user"
-        after = f"***@{after.rpartition('@')[2]}"
+    (``etcd://root:pa/ss@h:2379`` is shown ``etcd://***@h:2379``; see
+    :func:`meshkit._uris.split_userinfo`)."""
+    # without "//", "user:password@host" parses as scheme "user": masked all the same
+    head, userinfo, after = split_userinfo(uri)
+    if userinfo:
+        head = f"{head}***@"
     rest, hash_, _ = after.partition("#")
     base, qmark, query = rest.partition("?")
     if query:
@@ -66,7 +67,7 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
             masked = eq and urllib.parse.unquote_plus(key) not in known
             pieces.append(f"{key}=***" if masked else piece)
         query = "&".join(pieces)
-    return f"{scheme}{sep}{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+    return f"{head}{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
 
 
 def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:

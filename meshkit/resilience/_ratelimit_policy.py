@@ -29,6 +29,7 @@ from limits.aio.storage import Storage as AsyncStorage
 from limits.util import parse_many
 
 from meshkit._methods import MethodMatcher
+from meshkit._uris import hide_userinfo
 from meshkit.errors import ConfigError
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
@@ -193,16 +194,15 @@ def sliding_window_wait_s(*, amount: int, window_s: float, previous_count: int,
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, for logs and error messages."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:
-        return "<unparseable uri>"
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """``uri`` with any user info replaced by ``***``, for logs and error messages:
+    ``"async+redis://user:pw@h:6379/0"`` -> ``"async+redis://***@h:6379/0"``; a URI
+    without ``@`` comes back unchanged.
+
+    User info is everything after ``scheme://`` up to the last ``@`` (as registry URIs
+    are shown, :func:`meshkit._uris.hide_userinfo`): a password may hold an unencoded
+    ``/``, ``?`` or ``#``, where ``urllib.parse.urlsplit`` would find none and show it.
+    """
+    return hide_userinfo(uri)
 
 
 def _installed(module: str) -> bool:

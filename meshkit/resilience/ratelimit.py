@@ -104,6 +104,7 @@ from limits.storage import MemoryStorage, storage_from_string
 from meshkit._config import check_int, check_number, check_seconds
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._metadata import call_metadata
+from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
 from meshkit.resilience._ratelimit_policy import (
     STRATEGIES,
@@ -325,21 +326,23 @@ class RateLimitOptions:
         return f"{type(self).__name__}({shown})"
 
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:@/\s]*):[^@/\s]*@")
+# "scheme://<user info>@" in a foreign message: everything up to an "@" before a space
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^@\s]*@")
 
 
 def _scrub_uri_secrets(text: str, uri: str) -> str:
-    """``text`` (a foreign library's message about ``uri``) with the password of every
+    """``text`` (a foreign library's message about ``uri``) with the user info of every
     ``scheme://user:password@`` in it replaced by ``***`` (as :func:`redact_uri` shows
     a URI), and any other appearance of ``uri``'s password (as written or decoded)
-    too."""
-    text = _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
-    try:
-        password = urllib.parse.urlsplit(uri).password
-    except ValueError:
-        password = None
+    too, and of each piece of 3 characters or more of it between unencoded ``/``,
+    ``?``, ``#`` or ``@`` (where a URI parser cuts it: ``Port could not be cast to
+    integer value as 's3cr'`` for ``redis://:s3cr/et@h:6379``)."""
+    text = _USERINFO.sub(r"\g<scheme>***@", text)
+    password = split_userinfo(uri)[1][:-1].partition(":")[2]
     if password:
-        for form in {password, urllib.parse.unquote(password)}:
+        forms = {password, urllib.parse.unquote(password)}
+        forms.update(p for p in re.split(r"[/?#@]", password) if len(p) >= 3)
+        for form in sorted(forms, key=len, reverse=True):
             text = text.replace(form, "***")
     return text
 

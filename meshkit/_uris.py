@@ -1,0 +1,39 @@
+"""URIs as logs and error messages may quote them: user info (a password) masked.
+
+A low-level module (standard library only), so any meshkit package may use it (the
+registry URIs of :mod:`meshkit.discovery`, the storage URI of the rate limiter).
+"""
+
+from __future__ import annotations
+
+__all__ = ["hide_userinfo", "split_userinfo"]
+
+
+def split_userinfo(uri: str) -> tuple[str, str, str]:
+    """``uri`` as ``(scheme://, user info and its @, the rest)``:
+    ``"redis://u:pw@h:6379/0"`` -> ``("redis://", "u:pw@", "h:6379/0")``; ``""`` for a
+    part it has not. A URI without
+    ``scheme://`` (or with ``://`` only in its query or fragment) is taken as
+    ``[user[:password]@]host...``.
+
+    User info is everything after ``scheme://`` up to the *last* ``@``, wherever that is:
+    a password may hold an unencoded ``/``, ``?``, ``#`` or ``@`` (generated and base64
+    passwords do), where a URI parser (``urllib.parse.urlsplit``) ends the host part at
+    the first ``/``, ``?`` or ``#`` and so finds no password at all. An ``@`` in a query
+    or fragment makes what comes before it user info too: more is masked, never less.
+    """
+    scheme, sep, after = uri.partition("://")
+    if not sep or "?" in scheme or "#" in scheme:  # no "//" ("://" only in a query value)
+        scheme, sep, after = "", "", uri
+    userinfo, at, rest = after.rpartition("@")
+    return f"{scheme}{sep}", f"{userinfo}{at}", rest
+
+
+def hide_userinfo(uri: str) -> str:
+    """``uri`` with its user info (see :func:`split_userinfo`) replaced by ``***``:
+    ``"redis://u:pa/ss@h:6379/0"`` -> ``"redis://***@h:6379/0"``; a URI without ``@``
+    comes back unchanged."""
+    if "@" not in uri:
+        return uri
+    prefix, _, rest = split_userinfo(uri)
+    return f"{prefix}***@{rest}"
