@@ -31,11 +31,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
-from meshkit.discovery._options import query_fields, shown_uri
+from meshkit.discovery._options import parse_uri, query_fields, shown_uri
 from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError
 
@@ -113,11 +113,12 @@ def registry_from_uri(uri: str) -> Registry:
           ``ETCDCTL_ENDPOINTS``; ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` apply.
 
     Raises:
-        ConfigError: unknown scheme or bad option value (the URI is quoted, any user info
+        ConfigError: unknown scheme, bad option value or a URI that cannot be parsed (an
+            unbalanced ``[``: ``consul://[::1:8500``) (the URI is quoted, any user info
             and the values of query keys that are no option masked: ``***``); a Consul URI
             without py-consul installed (``meshkit[consul]``).
     """
-    parts = urlsplit(uri)
+    parts = parse_uri(uri, "registry URI")
     scheme = parts.scheme.lower()
     if scheme == "local":
         # keep_blank_values: ``?ttl_s=`` is an error, not the default silently kept

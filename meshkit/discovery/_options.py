@@ -19,6 +19,7 @@ __all__ = [
     "env_value",
     "options_with",
     "parse_bool",
+    "parse_uri",
     "query_fields",
     "redact_address",
     "shown_uri",
@@ -70,6 +71,30 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
     return f"{head}{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
 
 
+def _why_unparseable(text: str) -> str:
+    """Why ``urllib.parse.urlsplit`` refused ``text`` (its own message may quote the
+    whole host part, password and all, so it is not repeated)."""
+    if "[" in text or "]" in text:
+        return "an IPv6 host goes in brackets, both of them, as in [::1]:8500"
+    return "it holds characters a URL may not"
+
+
+def parse_uri(uri: str, what: str, known: Collection[str] = ()) -> urllib.parse.SplitResult:
+    """``urllib.parse.urlsplit(uri)``, its refusal a ConfigError.
+
+    Raises:
+        ConfigError: a URI the parser refuses (an unbalanced ``[`` or ``]``, as in a typo'd
+            IPv6 literal ``consul://[::1:8500``; a bracketed host that is no IPv6
+            address); ``what`` names it (e.g. ``"registry URI"``), and it is quoted as
+            :func:`shown_uri` gives it (``known``: the option names of its query).
+    """
+    try:
+        return urllib.parse.urlsplit(uri)
+    except ValueError:  # urllib's bare 'Invalid IPv6 URL', naming nothing
+        raise ConfigError(f"{what} {shown_uri(uri, known)!r} cannot be parsed: "
+                          f"{_why_unparseable(uri)}") from None
+
+
 def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:
     """Split ``[scheme://]host[:port]`` (scheme ``http`` or ``https``, IPv6 hosts in
     brackets) into the scheme (``None``: not given), the host without brackets and the port
@@ -77,7 +102,8 @@ def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:
 
     Raises:
         ConfigError: another scheme, a port outside 1..65535, user info (``user:password@``,
-            refused: a password must not sit in an address) or more than a host and port;
+            refused: a password must not sit in an address), more than a host and port,
+            or an unbalanced ``[`` or ``]`` (a typo'd IPv6 literal ``[::1:8500``);
             ``what`` names the value (e.g. ``"addr"``), which is quoted with any user info
             replaced by ``***`` (see :func:`redact_address`).
     """
@@ -89,7 +115,11 @@ def split_address(text: str, what: str) -> tuple[str | None, str, int | None]:
         scheme = scheme.lower()
         if scheme not in ("http", "https"):
             raise ConfigError(f"{what} scheme must be http or https, got {shown!r}")
-    parts = urllib.parse.urlsplit("//" + raw.rstrip("/"))
+    try:
+        parts = urllib.parse.urlsplit("//" + raw.rstrip("/"))
+    except ValueError:  # urllib's bare 'Invalid IPv6 URL', naming nothing
+        raise ConfigError(f"{what} must be host:port or scheme://host:port "
+                          f"({_why_unparseable(raw)}), got {shown!r}") from None
     if "@" in parts.netloc:
         raise ConfigError(f"{what} must be host:port or scheme://host:port, without user "
                           f"info, got {shown!r}")
@@ -108,10 +138,11 @@ def split_uri(uri: str, kind: str, label: str) -> tuple[urllib.parse.SplitResult
     """``uri`` split, and its scheme lower-cased: ``kind``, ``kind+http`` or ``kind+https``.
 
     Raises:
-        ConfigError: another scheme (quoted); ``label`` names the registry in the message
-            (e.g. ``"Consul"``).
+        ConfigError: another scheme (quoted), or a URI the parser refuses (see
+            :func:`parse_uri`); ``label`` names the registry in the message (e.g.
+            ``"Consul"``).
     """
-    parts = urllib.parse.urlsplit(uri)
+    parts = parse_uri(uri, f"{label} URI")
     scheme = parts.scheme.lower()
     if scheme not in (kind, f"{kind}+http", f"{kind}+https"):
         raise ConfigError(f"{label} URI scheme must be {kind}, {kind}+http or {kind}+https, "

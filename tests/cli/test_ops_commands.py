@@ -378,6 +378,20 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
                 else "--timeout-s" in err), (args, err)
 
 
+async def test_an_unbalanced_bracket_in_the_registry_uri_is_a_usage_error() -> None:
+    """``meshkit services --registry 'consul://[::1:8500'`` (a typo'd IPv6 literal)
+    printed a traceback ending in urllib's ``ValueError: Invalid IPv6 URL``; it is a usage
+    error (exit 2, one line quoting the URI) as any other bad registry URI."""
+    cases = [("services", "--registry", "consul://[::1:8500"),
+             ("services", "--registry", "etcd://root:SECRETXYZ@[::1:2379")]
+    results = await asyncio.gather(*(meshkit_cli(*args, "--timeout-s", "2")
+                                     for args in cases))
+    for args, (code, out, err) in zip(cases, results, strict=True):
+        assert (code, out) == (2, ""), (args, err)
+        assert "Traceback" not in err and "SECRETXYZ" not in err, (args, err)
+        assert "[::1:" in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
 async def test_registry_usage_errors_never_print_a_password() -> None:
     """A registry URI or address refused for its form is quoted with its user info and
     the values of query keys that are no option masked: ``--registry

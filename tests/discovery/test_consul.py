@@ -1049,6 +1049,33 @@ def test_from_uri_user_info_whatever_the_password_holds_is_refused_unquoted(
 
 
 
+@pytest.mark.parametrize("build", [
+    lambda: ConsulOptions(addr="[::1:8500"),
+    lambda: ConsulOptions(addr="http://[::1:8500"),
+    lambda: ConsulOptions(addr="::1]:8500"),
+    lambda: ConsulOptions.from_uri("consul://[::1:8500", environ={}),
+    lambda: ConsulOptions.from_env({"CONSUL_HTTP_ADDR": "[::1:8500"}),
+], ids=["addr", "addr-scheme", "addr-close", "from_uri", "env"])
+def test_an_unbalanced_bracket_is_a_config_error_quoting_the_address(
+        build: Callable[[], object]) -> None:
+    """A typo'd IPv6 literal (``[::1:8500``, its ``]`` left out) raised urllib's bare
+    ``ValueError('Invalid IPv6 URL')``, naming neither the option nor the value, where
+    every other bad address or URI is a ConfigError quoting it."""
+    with pytest.raises(ConfigError, match=r"::1") as info:
+        build()
+    assert "Invalid IPv6 URL" not in str(info.value)
+
+
+def test_an_unbalanced_bracket_after_user_info_is_quoted_masked() -> None:
+    """Its error quotes the address or URI with the user info masked, as the others."""
+    for build in (lambda: ConsulOptions(addr="http://tok:SECRETXYZ@[::1:8500"),
+                  lambda: ConsulOptions.from_uri("consul://tok:SECRETXYZ@[::1:8500",
+                                                 environ={})):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert "SECRETXYZ" not in str(info.value) and "***@[::1:8500" in str(info.value)
+
+
 def test_default_options_come_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """ConsulRegistry() with no options is configured by CONSUL_HTTP_ADDR like the CLI."""
     monkeypatch.setenv("CONSUL_HTTP_ADDR", "https://envhost:9501")

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -110,6 +110,41 @@ def test_uri_errors_never_quote_a_password(uri: str, says: str, shown: str) -> N
     text = str(info.value)
     assert secret not in text, text
     assert says in text and shown in text, text
+
+
+@pytest.mark.parametrize("build", [
+    lambda: EtcdOptions(endpoints=("[::1:2379",)),
+    lambda: EtcdOptions(endpoints=("http://[::1:2379",)),
+    lambda: EtcdOptions.from_uri("etcd://[::1:2379", environ={}),
+    lambda: EtcdOptions.from_uri("etcd://h:2379,[::1:2379", environ={}),
+    lambda: EtcdOptions.from_env({"ETCDCTL_ENDPOINTS": "[::1:2379"}),
+    lambda: registry_from_uri("etcd://[::1:2379"),
+    lambda: registry_from_uri("consul://[::1:8500"),
+    lambda: registry_from_uri("local://[::1:1/x"),
+    lambda: registry_from_uri("bogus://[::1:1"),
+], ids=["endpoint", "endpoint-scheme", "from_uri", "second", "env", "registry-etcd",
+        "registry-consul", "registry-local", "registry-unknown"])
+def test_an_unbalanced_bracket_is_a_config_error_quoting_the_uri(
+        build: Callable[[], object]) -> None:
+    """``registry_from_uri("etcd://[::1:2379")`` (a typo'd IPv6 literal), the same Consul
+    URI and an etcd endpoint ``[::1:2379`` raised urllib's bare ``ValueError('Invalid
+    IPv6 URL')``, naming neither the option nor the value, where every other bad URI or
+    address is a ConfigError quoting it (``meshkit services --registry`` printed a
+    traceback)."""
+    with pytest.raises(ConfigError, match=r"\[::1:") as info:
+        build()
+    assert "Invalid IPv6 URL" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_an_unbalanced_bracket_after_user_info_is_quoted_masked() -> None:
+    """Its error quotes the URI or address with the user info masked, as the others."""
+    for build in (lambda: registry_from_uri("etcd://root:SECRETXYZ@[::1:2379"),
+                  lambda: registry_from_uri("consul://tok:SECRETXYZ@[::1:8500"),
+                  lambda: EtcdOptions(endpoints=("http://root:SECRETXYZ@[::1:2379",))):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert "SECRETXYZ" not in str(info.value) and "***@[::1:" in str(info.value)
 
 
 def test_bad_option_combinations() -> None:
