@@ -19,6 +19,8 @@ __all__ = ["bare_host", "check_host", "is_loopback", "is_unspecified", "uri_host
 _LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
 _NAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 _DOTTED_RE = re.compile(r"[0-9.]+")
+# an IPv6 zone (RFC 6874's ZoneID: unreserved characters); ipaddress takes any but % and /
+_ZONE_RE = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 def bare_host(host: str) -> str:
@@ -36,42 +38,55 @@ def uri_host(host: str) -> str:
     return f"[{bare}]" if ":" in bare else bare
 
 
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` (bracketed or not) as an address, an IPv4-mapped IPv6 one
+    (``::ffff:127.0.0.1``) as the IPv4 address it maps (Python 3.11's ``ipaddress`` finds
+    ``::ffff:127.0.0.1`` no loopback); ``None`` for a name."""
+    try:
+        address = ipaddress.ip_address(bare_host(host))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def is_unspecified(host: str) -> bool:
     """Whether ``host`` is the unspecified (wildcard) address of IPv4 or IPv6, however it
-    is spelled: ``"0.0.0.0"``, ``"::"``, ``"[::]"``, ``"0:0:0:0:0:0:0:0"``, ``"::0"``."""
-    try:
-        return ipaddress.ip_address(bare_host(host)).is_unspecified
-    except ValueError:
-        return False
+    is spelled: ``"0.0.0.0"``, ``"::"``, ``"[::]"``, ``"0:0:0:0:0:0:0:0"``, ``"::0"``,
+    ``"::ffff:0.0.0.0"``."""
+    address = _address(host)
+    return address is not None and address.is_unspecified
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine's loopback: ``127.0.0.0/8``, ``::1`` (bracketed
-    or not) or ``localhost``."""
-    bare = bare_host(host)
-    if bare.lower().rstrip(".") == "localhost":
+    """Whether ``host`` names this machine's loopback: ``127.0.0.0/8`` (also IPv4-mapped,
+    ``::ffff:127.0.0.1``), ``::1`` (bracketed or not) or ``localhost``."""
+    if bare_host(host).lower().rstrip(".") == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(bare).is_loopback
-    except ValueError:
-        return False
+    address = _address(host)
+    return address is not None and address.is_loopback
 
 
 def check_host(name: str, value: object) -> None:
     """Check that option ``name`` is a host: an IPv4 address, an IPv6 address (bracketed or
-    not, with an optional ``%zone``) or a DNS host name (RFC 1123, at most 253
-    characters).
+    not, with an optional ``%zone`` of letters, digits, ``.``, ``_``, ``~`` and ``-``, RFC
+    6874's unreserved characters: ``fe80::1%eth0``) or a DNS host name (RFC 1123, at
+    most 253 characters).
 
     Raises:
         ConfigError: anything else (an empty string, unbalanced brackets, a bracketed
-            name, spaces...), naming the option and quoting the value.
+            name, spaces, also in a zone: ``"fe80::1%eth0 "``...), naming the option and
+            quoting the value.
     """
     if isinstance(value, str) and value:
         bare = bare_host(value)
         if ":" in bare or bare != value:  # an IPv6 literal, or something bracketed
+            _, pct, zone = bare.partition("%")
             try:
                 ipaddress.IPv6Address(bare)
-                return
+                if not pct or _ZONE_RE.fullmatch(zone) is not None:
+                    return
             except ValueError:
                 pass
         elif len(value) <= 253 and _NAME_RE.fullmatch(value) is not None:

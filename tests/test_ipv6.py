@@ -203,7 +203,11 @@ async def test_serving_on_a_spelled_out_ipv6_wildcard_advertises_the_host_name(
 
 
 @pytest.mark.parametrize("host", ["::1]", "[::1", "[localhost]", "", "a b", "999.1.1.1",
-                                  "host-.example", "[::1]:50051", "::1::2", " ::1"])
+                                  "host-.example", "[::1]:50051", "::1::2", " ::1",
+                                  # an IPv6 zone with a space in it (a trailing one from a
+                                  # config file), or any other character RFC 6874 leaves out
+                                  "fe80::1%eth0 ", "::1%a b", "[::1%\n]", "[fe80::1%eth0 ]",
+                                  "fe80::1%eth0/64", "fe80::1%"])
 def test_a_host_that_is_neither_an_address_nor_a_name_is_refused_at_construction(
     host: str,
 ) -> None:
@@ -224,13 +228,31 @@ def test_a_host_that_is_neither_an_address_nor_a_name_is_refused_at_construction
 
 @pytest.mark.parametrize("host", ["::1", "[::1]", "::", "[::]", "fe80::1%eth0", "127.0.0.1",
                                   "0.0.0.0", "localhost", "svc.ns.svc.cluster.local.",
-                                  "my_host", "10.0.0.5"])
+                                  "my_host", "10.0.0.5", "[fe80::1%eth0.100]", "fe80::1%12",
+                                  "fe80::1%en~1_a-b"])
 def test_addresses_and_names_are_accepted_as_hosts(host: str) -> None:
     """Every documented spelling of a host passes: IPv6 bracketed or not (with a zone),
     IPv4, the wildcards, DNS names (a trailing dot, an underscore as Docker names have)."""
     assert _serve_opts(host=host, admin=None).host == host
     assert _serve_opts(advertise_host=host, admin=None).advertise_host == host
     assert AdminOptions(host=host).host == host
+
+
+def test_ipv4_mapped_loopback_and_wildcard_are_what_they_map() -> None:
+    """``::ffff:127.0.0.1`` is the IPv4 loopback and ``::ffff:0.0.0.0`` the IPv4
+    wildcard, spelled as IPv6; Python 3.11's ``ipaddress`` says neither, so a server on
+    ``::ffff:0.0.0.0`` registered that wildcard as its address (not its host name), and
+    an admin server on ``::ffff:127.0.0.1`` beside a public host was advertised in
+    ``admin_host``, where no other machine reaches it."""
+    from meshkit._hosts import is_loopback, is_unspecified
+
+    for host in ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]", "::ffff:7f00:1", "::1",
+                 "127.0.0.2"):
+        assert is_loopback(host), host
+    for host in ("::ffff:0.0.0.0", "[::ffff:0.0.0.0]", "::", "0.0.0.0"):
+        assert is_unspecified(host), host
+    for host in ("::ffff:10.0.0.1", "::ffff:1.2.3.4", "10.0.0.1", "example.com"):
+        assert not is_loopback(host) and not is_unspecified(host), host
 
 
 async def test_jwks_server_on_a_bracketed_ipv6_host_binds_and_names_it_once() -> None:
