@@ -620,9 +620,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if request is _BUSY:
             await self._busy(context, "shedding calls: too many requests being read")
         if request is _LATE:
-            self.timed_out += 1
-            self._warn("ended calls whose request did not arrive in time")
-            await context.abort(grpc.StatusCode.CANCELLED, "request did not arrive in time")
+            await self._abort_late(context)
         if request is _MISSING:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request message missing")
         size = _request_size.get()
@@ -632,6 +630,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.inflight_bytes += size
         self.active += 1
         return request, size
+
+    async def _abort_late(self, context: Any) -> None:
+        """End a call whose request did not arrive within ``first_message_timeout_s``:
+        ``CANCELLED`` (counted in :attr:`timed_out`, warned about)."""
+        self.timed_out += 1
+        self._warn("ended calls whose request did not arrive in time")
+        await context.abort(grpc.StatusCode.CANCELLED, "request did not arrive in time")
 
     async def _first_reserved(self, context: Any) -> tuple[Any, int]:
         """:meth:`_first` for a call that entered by :meth:`_enter_reserved`: one holding a
@@ -661,9 +666,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
             self._waiting.pop(task, None)
             self._evicting.discard(task)
         if request is _LATE:
-            self.timed_out += 1
-            self._warn("ended calls whose request did not arrive in time")
-            await context.abort(grpc.StatusCode.CANCELLED, "request did not arrive in time")
+            await self._abort_late(context)
         if request is _EOF:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request message missing")
         size = _request_size.get()
