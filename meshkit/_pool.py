@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,6 +54,10 @@ _DRAIN_POLL_S = 0.05  # how often a draining sub-channel checks for its last att
 # ... after its first second of draining (a sub-channel kept after a rebuild may drain for
 # hours under a long stream: a check a second, not twenty)
 _DRAIN_POLL_SLOW_S = 1.0
+# the backoff of a sub-channel build (or rebuild) retried after it failed: from 0.1 s,
+# doubling to 5 s, each sleep jittered down to half of it
+_BUILD_RETRY_FIRST_S = 0.1
+_BUILD_RETRY_MAX_S = 5.0
 _CONNECTIVITY = {
     grpc.ChannelConnectivity.READY: EndpointState.READY,
     grpc.ChannelConnectivity.TRANSIENT_FAILURE: EndpointState.FAILING,
@@ -175,10 +180,15 @@ class EndpointPool:
         self.closed = False
         self.watch_errors = 0
         # sub-channels that could not be built (make_channel raised): counted once per
-        # endpoint and address (as logged), and the last error by instance id of those
-        # kept out of the pool for it (a build is tried again at each discovery answer)
+        # endpoint and address (as logged), and the instance and last error by instance id
+        # of those kept out of the pool for it (a build is tried again at each discovery
+        # answer, and by _retry_builds with a backoff meanwhile)
         self.sub_channel_errors = 0
-        self._unbuilt: dict[str, tuple[str, str]] = {}  # key: (address, error)
+        self._unbuilt: dict[str, tuple[Instance, str]] = {}  # key: (instance, error)
+        # endpoints whose rebuild() failed (they keep their current sub-channel, with the
+        # old credentials): retried by _retry_builds until built or gone
+        self._stale: set[str] = set()
+        self._retry_task: asyncio.Task[None] | None = None
         self._watch_task = asyncio.get_running_loop().create_task(
             self._watch(), name=f"meshkit-watch-{service}")
 
@@ -215,6 +225,7 @@ class EndpointPool:
         if self._unbuilt:
             for key in [k for k in self._unbuilt if k not in wanted]:
                 del self._unbuilt[key]
+            self._retry_builds_later()
         self._forget()
         self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
         if not self.resolved.is_set():
@@ -222,24 +233,25 @@ class EndpointPool:
         _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
         self.notify()
 
-    def _add(self, inst: Instance) -> None:
-        """Give a new endpoint its sub-channel and put it in the pool; one whose
-        sub-channel cannot be built (``make_channel`` raises) is kept out, logged and
-        counted once (until it leaves or changes address), and tried again at the next
-        discovery answer."""
+    def _add(self, inst: Instance) -> bool:
+        """Give a new endpoint its sub-channel and put it in the pool (``True``); one
+        whose sub-channel cannot be built (``make_channel`` raises) is kept out
+        (``False``), logged and counted once (until it leaves or changes address), and
+        tried again at the next discovery answer and, meanwhile, by
+        :meth:`_retry_builds` (the caller starts it: :meth:`_retry_builds_later`)."""
         key = inst.instance_id
         try:
             conn = _Conn(self._make_channel(inst.address))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             failed = self._unbuilt.get(key)
-            if failed is None or failed[0] != inst.address:
+            if failed is None or failed[0].address != inst.address:
                 self.sub_channel_errors += 1
                 _log.error("sub-channel could not be built; endpoint kept out",
                            service=self.service, instance_id=key, address=inst.address,
                            error=error)
-            self._unbuilt[key] = (inst.address, error)
-            return
+            self._unbuilt[key] = (inst, error)
+            return False
         if self._unbuilt:
             self._unbuilt.pop(key, None)
         ep = Endpoint(inst)
@@ -253,6 +265,45 @@ class EndpointPool:
         self.conns[key] = conn
         self.history[key] = ep
         self._state_tasks[key] = self.spawn(self._track_state(ep))
+        return True
+
+    def _retry_builds_later(self) -> None:
+        """Start :meth:`_retry_builds` unless it runs (or the pool is closed)."""
+        if (self._retry_task is None or self._retry_task.done()) and not self.closed:
+            self._retry_task = self.spawn(self._retry_builds())
+
+    async def _retry_builds(self) -> None:
+        """While endpoints are kept out for a sub-channel that could not be built, or keep
+        one a :meth:`rebuild` could not replace, try again with a backoff (0.1 s doubling
+        to 5 s, jittered): a transient failure (a process briefly out of file
+        descriptors) does not keep the only endpoint out until a discovery answer that a
+        stable registry never sends, nor the old credentials until the next renewal. An
+        endpoint built is put in the pool and the balancer, and waiting calls woken; a
+        failure again is not logged or counted again. Ends when nothing is left to
+        build, or with :meth:`close`."""
+        delay = _BUILD_RETRY_FIRST_S
+        while (self._unbuilt or self._stale) and not self.closed:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, _BUILD_RETRY_MAX_S)
+            if self.closed:
+                return
+            added = False
+            for inst, _error in list(self._unbuilt.values()):
+                key = inst.instance_id
+                if key not in self.endpoints and self._add(inst):
+                    added = True
+                    _log.info("sub-channel built; endpoint added", service=self.service,
+                              instance_id=key, address=inst.address)
+            if added:
+                self.balancer.update([self.endpoints[k] for k in sorted(self.endpoints)])
+                self.notify()
+            for key in list(self._stale):
+                ep = self.endpoints.get(key)
+                if ep is None:  # left meanwhile
+                    self._stale.discard(key)
+                elif self._rebuild_one(key, ep, retried=True):
+                    _log.info("sub-channel rebuilt", service=self.service, instance_id=key,
+                              address=ep.instance.address)
 
     def _forget(self) -> None:
         """Keep the counters of the last ``_RETIRED_MAX`` instances to leave, beside the
@@ -267,6 +318,8 @@ class EndpointPool:
 
     def _retire(self, ep: Endpoint) -> None:
         del self.endpoints[ep.key]
+        if self._stale:
+            self._stale.discard(ep.key)  # its new endpoint (if any) is built afresh
         # kept (its counters go on if it comes back), last in the order of forgetting
         self.history[ep.key] = self.history.pop(ep.key, ep)
         conn = self.conns.pop(ep.key)
@@ -298,30 +351,44 @@ class EndpointPool:
         however long (a watch, a subscription: renewing a certificate fails no call in
         flight, as grpc-go's credential reloading leaves established connections alone),
         unless its endpoint leaves the registry meanwhile (then ``drain_timeout_s``) or
-        the pool is closed (then :meth:`close`'s grace)."""
+        the pool is closed (then :meth:`close`'s grace). An endpoint whose new
+        sub-channel cannot be built keeps its current one (logged and counted) and its
+        rebuild is retried with a backoff (:meth:`_retry_builds`) until it is built."""
         failed = 0
         for key, ep in list(self.endpoints.items()):
-            try:
-                conn = _Conn(self._make_channel(ep.instance.address))
-            except Exception as exc:  # the current sub-channel still serves: kept
+            if not self._rebuild_one(key, ep, retried=False):
                 failed += 1
+        if self._stale:
+            self._retry_builds_later()
+        _log.info("sub-channels rebuilt", service=self.service,
+                  endpoints=len(self.endpoints) - failed, failed=failed)
+
+    def _rebuild_one(self, key: str, ep: Endpoint, *, retried: bool) -> bool:
+        """Give endpoint ``key`` a new sub-channel (``True``), the old one drained once its
+        own calls end; when it cannot be built (``False``) the current one is kept and
+        the endpoint is left to :meth:`_retry_builds`, the failure logged and counted
+        unless ``retried`` (a retry's failure again)."""
+        try:
+            conn = _Conn(self._make_channel(ep.instance.address))
+        except Exception as exc:  # the current sub-channel still serves: kept
+            if not retried:
                 self.sub_channel_errors += 1
                 _log.error("sub-channel could not be rebuilt; keeping the current one",
                            service=self.service, instance_id=key,
                            address=ep.instance.address, error=f"{type(exc).__name__}: {exc}")
-                continue
-            old = self.conns[key]
-            self.conns[key] = conn
-            task = self._state_tasks.pop(key, None)
-            if task is not None:
-                task.cancel()
-            self._state_tasks[key] = self.spawn(self._track_state(ep))
-            replaced = self._replaced.setdefault(key, set())
-            replaced.add(old)
-            self._drain(old, ep, math.inf).add_done_callback(
-                functools.partial(self._forget_replaced, key, old))
-        _log.info("sub-channels rebuilt", service=self.service,
-                  endpoints=len(self.endpoints) - failed, failed=failed)
+            self._stale.add(key)
+            return False
+        self._stale.discard(key)
+        old = self.conns[key]
+        self.conns[key] = conn
+        task = self._state_tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self._state_tasks[key] = self.spawn(self._track_state(ep))
+        self._replaced.setdefault(key, set()).add(old)
+        self._drain(old, ep, math.inf).add_done_callback(
+            functools.partial(self._forget_replaced, key, old))
+        return True
 
     def _forget_replaced(self, key: str, conn: _Conn, _task: asyncio.Task[None]) -> None:
         """A sub-channel replaced by :meth:`rebuild` is closed (its drain ``_task`` done)."""
@@ -565,6 +632,10 @@ class EndpointPool:
         self.resolved.set()  # wake the calls waiting for discovery: they fail CANCELLED
         self.notify()
         await cancel_and_wait(self._watch_task)
+        if self._retry_task is not None:
+            self._retry_task.cancel()  # (one of the pool's tasks: awaited below)
+        self._unbuilt.clear()
+        self._stale.clear()
         for task in list(self._state_tasks.values()):
             task.cancel()
         self._state_tasks.clear()

@@ -1126,6 +1126,82 @@ async def test_a_sub_channel_that_cannot_be_rebuilt_keeps_the_current_one(
         assert await served_by(unary, 8) == {b"e1", b"e2"}
 
 
+async def test_a_sub_channel_that_failed_to_build_once_is_built_again(
+    registry: LocalRegistry, echo_servers: EchoFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """0cf258b kept an endpoint whose sub-channel could not be built out of the pool and
+    tried again only at the next discovery answer. A registry whose set of instances does
+    not change gives none, so a transient failure (a process briefly out of file
+    descriptors: ``OSError(EMFILE)``) kept the only endpoint out for good: every call
+    failed UNAVAILABLE "could not be built" although building worked again at once. Now
+    the build is retried with a backoff while an endpoint is kept out."""
+    await echo_servers("e1")
+    real = meshkit.channel.MeshChannel._sub_channel
+    fails = [1]
+
+    def sub_channel(self: Any, address: str) -> grpc.aio.Channel:
+        if fails:
+            fails.pop()
+            raise OSError(24, "Too many open files")
+        return real(self, address)
+
+    monkeypatch.setattr(meshkit.channel.MeshChannel, "_sub_channel", sub_channel)
+    async with asyncio.timeout(20), meshkit.dial(
+            "echo", registry=registry,
+            options=meshkit.DialOptions(insecure=True, retry=None)) as ch:
+        unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary(
+            method("Unary"))
+        got: list[Any] = []
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline:
+            try:
+                got.append(await unary(b"x", timeout=2.0))
+                break
+            except grpc.aio.AioRpcError as exc:
+                got.append(exc.details())
+            await asyncio.sleep(0.5)
+        assert got[-1] == b"e1|x", (
+            f"8 s after one failed build the endpoint is still kept out: {got[-1]!r}")
+        assert not fails
+        assert ch._pool.sub_channel_errors == 1
+
+
+async def test_a_sub_channel_that_failed_to_rebuild_once_is_rebuilt_again(
+    registry: LocalRegistry, echo_servers: EchoFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild (a renewed client certificate) that failed for an endpoint kept its
+    current sub-channel, with the old credentials, until the next renewal (the next
+    ``rebuild()``), however long. Now the rebuild of that endpoint is retried with a
+    backoff, and counted and logged once."""
+    await echo_servers("e1")
+    async with asyncio.timeout(20), meshkit.dial(
+            "echo", registry=registry,
+            options=meshkit.DialOptions(insecure=True, retry=None)) as ch:
+        await ch.wait_for_endpoints(1)
+        pool = ch._pool
+        before = pool.conns["e1"]
+        real = pool._make_channel
+        fails = [1]
+
+        def make_channel(address: str) -> grpc.aio.Channel:
+            if fails:
+                fails.pop()
+                raise OSError(24, "Too many open files")
+            return real(address)
+
+        monkeypatch.setattr(pool, "_make_channel", make_channel)
+        with structlog.testing.capture_logs() as logs:
+            ch.rebuild_sub_channels()
+            assert pool.conns["e1"] is before
+            await until(lambda: pool.conns["e1"] is not before, timeout_s=8,
+                        what="the failed rebuild retried")
+        assert [e.get("instance_id") for e in logs if "sub-channel" in e["event"]
+                and e["log_level"] in ("warning", "error")] == ["e1"], logs
+        assert pool.sub_channel_errors == 1
+        unary = ch.unary_unary(method("Unary"))
+        assert await served_by(unary, 4) == {b"e1"}
+
+
 async def _force_close(ch: Any) -> None:
     """What ``close()`` left undone after its KeyError: the pool's sub-channels and tasks
     (so a failing test leaves nothing running behind it)."""
