@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import os
 import signal
@@ -136,6 +137,26 @@ from meshkit.resilience import (
 __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"]
 
 _log = structlog.get_logger("meshkit.server")
+
+_ID_MAX = 128  # the registry's longest instance id (Instance)
+_ID_HASH_LEN = 8  # hex digits of the host name's hash in a shortened default id
+
+
+def _default_instance_id(service: str, hostname: str, rest: str) -> str:
+    """``<service>-<hostname><rest>`` (``rest``: ``-<pid>``, maybe ``-<port>[-<n>]``), or,
+    when that is longer than the registry takes (128 characters), the host name cut
+    short and followed by ``-`` and 8 hex digits of its SHA-256, so the id stays
+    deterministic and distinct for two hosts sharing a long prefix:
+    ``<service>-<hostname prefix>-<hash><rest>`` (the host name dropped, the hash kept,
+    if even that does not fit)."""
+    ident = f"{service}-{hostname}{rest}"
+    if len(ident) <= _ID_MAX:
+        return ident
+    digest = hashlib.sha256(hostname.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = digest[:_ID_HASH_LEN]
+    room = _ID_MAX - len(service) - len(rest) - len(digest) - 2  # the two '-'
+    head = hostname[:room].rstrip("-.") if room > 0 else ""
+    return f"{service}-{head}-{digest}{rest}" if head else f"{service}-{digest}{rest}"
 
 _SignalHandler = Callable[[int, Any], Any] | int | signal.Handlers | None
 _SignalListener = Callable[[signal.Signals], None]
@@ -418,7 +439,11 @@ class ServeOptions:
             id (a second server of the service in the process: with one id, the second
             registration would replace the first and either drain would deregister both).
             The port is added only then, so the usual one-server process keeps the id its
-            logs and registry entries have always shown. A string of 1..128 characters.
+            logs and registry entries have always shown. A default longer than 128
+            characters (a long service name on a long host name) keeps the service and
+            the rest, shortens the host name and adds 8 hex digits of its SHA-256:
+            ``<service>-<hostname prefix>-<hash>-<pid>[-<port>]``. A string of 1..128
+            characters.
         tags: registry tags, any collection of strings, e.g. ``("v2",)`` or ``["v2"]``;
             meta: registry meta, a mapping of strings to strings, e.g. ``{"zone": "a"}``
             (kept as a copy).
@@ -1209,13 +1234,14 @@ class MeshServer:
         :attr:`_ids_in_use` until :meth:`drain` ends or :meth:`start` fails."""
         instance_id = self.options.instance_id
         if instance_id is None:
-            instance_id = f"{self.service}-{socket.gethostname()}-{os.getpid()}"
+            hostname, pid = socket.gethostname(), os.getpid()
+            instance_id = _default_instance_id(self.service, hostname, f"-{pid}")
             if instance_id in self._ids_in_use:
-                base, n = f"{instance_id}-{port}", 1
-                instance_id = base
+                base, n = f"-{pid}-{port}", 1
+                instance_id = _default_instance_id(self.service, hostname, base)
                 while instance_id in self._ids_in_use:  # another host, the same port
                     n += 1
-                    instance_id = f"{base}-{n}"
+                    instance_id = _default_instance_id(self.service, hostname, f"{base}-{n}")
             self._ids_in_use.add(instance_id)
             self._reserved_id = instance_id
         return instance_id

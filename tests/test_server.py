@@ -1174,6 +1174,53 @@ async def test_two_servers_of_one_service_in_a_process_get_distinct_instance_ids
         await asyncio.wait_for(c.drain(), 10)
 
 
+async def test_the_default_instance_id_fits_128_characters_whatever_the_hostname(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default id ``<service>-<hostname>-<pid>`` exceeded the registry's 128
+    characters for a 63-character service (a DNS label, the longest the registry takes)
+    on a host with a 63-character name (Kubernetes pod names run long; some hosts give
+    their FQDN): start() failed with a ConfigError after binding. Now a default id that
+    would be too long keeps the service and pid, shortens the hostname and adds a hash
+    of the whole of it (deterministic, distinct per host), and so does a second server's
+    id with its port added."""
+    service = "s" * 63
+    host_a, host_b = "h" * 60 + "-aa", "h" * 60 + "-bb"
+    monkeypatch.setattr(socket, "gethostname", lambda: host_a)
+    opts = meshkit.ServeOptions(insecure=True, drain_delay_s=0, grace_s=0.5, admin=None)
+    a = meshkit.MeshServer(service, [add_echo("a")], registry=registry, options=opts)
+    b = meshkit.MeshServer(service, [add_echo("b")], registry=registry, options=opts)
+    async with asyncio.timeout(20):
+        await asyncio.gather(a.start(), b.start())
+        try:
+            assert a.instance is not None and b.instance is not None
+            ids = [a.instance.instance_id, b.instance.instance_id]
+            assert len(set(ids)) == 2, ids
+            for ident in ids:
+                assert len(ident) <= 128, ident
+                assert ident.startswith(f"{service}-hhh"), ident
+                assert f"-{os.getpid()}" in ident, ident
+            listed = {i.instance_id for i in await registry.instances(service)}
+            assert listed == set(ids)
+        finally:
+            await asyncio.gather(a.drain(), b.drain())
+        c = meshkit.MeshServer(service, [add_echo("c")], registry=registry, options=opts)
+        await c.start()
+        try:
+            assert c.instance is not None and c.instance.instance_id in ids  # deterministic
+            first = c.instance.instance_id
+        finally:
+            await c.drain()
+        monkeypatch.setattr(socket, "gethostname", lambda: host_b)
+        d = meshkit.MeshServer(service, [add_echo("d")], registry=registry, options=opts)
+        await d.start()
+        try:
+            assert d.instance is not None and d.instance.instance_id != first
+            assert len(d.instance.instance_id) <= 128
+        finally:
+            await d.drain()
+
+
 async def test_health_watch_streams_hold_no_call_slot(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
