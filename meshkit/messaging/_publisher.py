@@ -100,7 +100,10 @@ class PublishOptions:
     Args:
         stream: the stream the subject must land in (sent as ``Nats-Expected-Stream``;
             default ``None``: any stream capturing the subject).
-        timeout_s: bound on one attempt, until the stream's ack (default 2.0, > 0).
+        timeout_s: bound on one attempt, until the stream's ack (default 2.0, > 0),
+            whole: also when the connection is silent (a partition) and nats-py's
+            flush of its full pending buffer blocks; an attempt past it fails as a
+            retryable timeout.
         max_attempts: attempts per publish, first included (default 3, >= 1); a retry
             follows only a retryable failure (timeout, no responders, JetStream 503,
             reconnecting).
@@ -230,12 +233,16 @@ class Publisher:
             while True:
                 attempts += 1
                 try:
-                    ack = await self._js.publish(subject, payload, timeout=opts.timeout_s,
-                                                 stream=opts.stream, headers=hdrs)
+                    ack = await self._attempt(subject, payload, hdrs)
                     outcome = "duplicate" if ack.duplicate else "ok"
                     return ack
                 except _RETRYABLE as exc:
                     error = exc
+                    # a cancel that nats-py swallowed (its forced flush catches
+                    # CancelledError) is still this task's: end here, do not retry
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from None
                     if attempts >= opts.max_attempts:
                         raise PublishError(f"publish to {subject!r} failed after "
                                            f"{attempts} attempts") from exc
@@ -251,6 +258,9 @@ class Publisher:
                     error = exc
                     raise PublishError(f"publish to {subject!r} failed: "
                                        f"{type(exc).__name__}") from exc
+        except asyncio.CancelledError:
+            error = None  # reported as "cancelled", not as the failure before it
+            raise
         finally:
             elapsed = time.perf_counter() - started
             if self._metrics is not None:
@@ -272,6 +282,41 @@ class Publisher:
                 else:
                     with ctx:
                         log_message(outcome == "error", fields)
+
+    async def _attempt(self, subject: str, payload: bytes, headers: dict[str, str]
+                       ) -> PubAck:
+        """One attempt, bounded by ``timeout_s`` as a whole: nats-py's ``timeout`` covers
+        only the wait for the reply, not its forced flush of a full pending buffer, which
+        on a silent (black-holed) connection blocks until the connection is declared
+        stale (minutes) and swallows a cancel. So the attempt runs in a task of its own:
+        past ``timeout_s`` it is cancelled and left behind (nats-py may finish it; its
+        result is dropped) and the attempt fails with ``nats.errors.TimeoutError``
+        (retryable: ``Nats-Msg-Id`` makes a repeat a no-op); a cancel of the caller
+        cancels it and propagates at once."""
+        attempt = asyncio.create_task(self._js.publish(
+            subject, payload, timeout=self.options.timeout_s, stream=self.options.stream,
+            headers=headers))
+        try:
+            done, _ = await asyncio.wait((attempt,), timeout=self.options.timeout_s)
+        except asyncio.CancelledError:
+            _abandon(attempt)
+            raise
+        if not done:
+            _abandon(attempt)
+            raise nats.errors.TimeoutError
+        return attempt.result()
+
+
+def _abandon(attempt: asyncio.Future[PubAck]) -> None:
+    """Cancel an attempt no one waits for any more; its outcome (nats-py may swallow the
+    cancel and end it later with an error) is retrieved, so asyncio logs nothing."""
+    attempt.cancel()
+    attempt.add_done_callback(_drop_outcome)
+
+
+def _drop_outcome(attempt: asyncio.Future[PubAck]) -> None:
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from tests.messaging.conftest import (
     Workloads,
     nats_problem,
 )
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
 FAST = Backoff(base_delay_s=0.01, max_delay_s=0.05)
@@ -991,3 +992,106 @@ async def test_a_relay_cancelled_as_it_is_woken_ends(
     if not done:
         task.cancel()
     assert task in done and task.cancelled()
+
+
+# --- A network partition (a TcpProxy between the client and NATS) and stream set-up ---
+
+#: Large enough that a few dozen of them fill the socket buffers and nats-py's 2 MiB
+#: pending buffer of a connection that moves no byte; under the default 1 MiB max_payload.
+_BIG = b"x" * 500_000
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: the proxy's resets and refusals are expected here."""
+
+
+@contextlib.asynccontextmanager
+async def _proxied_nc(bus: Bus, **kw: Any) -> AsyncIterator[tuple[TcpProxy, Client]]:
+    """A connection to the shared NATS through a TcpProxy (by default reconnecting
+    forever, like the ecom relay's); on exit the proxy is stopped (the held bytes
+    dropped) and the connection closed."""
+    host, port = bus.url.rsplit("//", 1)[1].split(":")
+    opts: dict[str, Any] = {"reconnect_time_wait": 0.1, "max_reconnect_attempts": -1}
+    opts.update(kw)
+    async with TcpProxy(host, int(port)) as proxy:
+        nc = await nats.connect(f"nats://{proxy.address}", connect_timeout=2,
+                                error_cb=_quiet, **opts)
+        try:
+            yield proxy, nc
+        finally:
+            await proxy.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+
+
+async def _reap(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and give them a bounded time to end (they may swallow it)."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.wait(tasks, timeout=10)
+
+
+async def test_publish_attempt_on_a_silent_connection_is_bounded_by_timeout_s(
+        bus: Bus) -> None:
+    """PublishOptions.timeout_s bounds one attempt "until the stream's ack". On a
+    black-holed connection (a partition: no RST, no byte moves) whose socket buffers
+    have filled, nats-py's request blocks *before* its timed wait, in the forced flush of
+    its pending buffer (``_flush_pending(force_flush=True)``, no flush timeout), so
+    ``Publisher.publish`` hung until nats-py's ping check declared the connection stale
+    (2-3 x 120 s by default). Each publish now fails with ``PublishError`` (cause
+    ``nats.errors.TimeoutError``) after ``timeout_s`` x ``max_attempts``."""
+    async with _proxied_nc(bus) as (proxy, nc):
+        pub = Publisher(nc.jetstream(), PublishOptions(
+            timeout_s=1.0, max_attempts=1, tracing=False, metrics=False, access_log=False))
+        await pub.publish(bus.subject, b"warm-up", msg_id=f"warm-{uuid.uuid4().hex}")
+        proxy.blackhole()
+
+        async def one(i: int) -> BaseException | None:
+            try:
+                await pub.publish(bus.subject, _BIG, msg_id=f"big-{i}")
+            except PublishError as exc:
+                return exc.__cause__
+            return None
+
+        tasks = [asyncio.create_task(one(i)) for i in range(80)]
+        try:
+            _, hung = await asyncio.wait(tasks, timeout=8.0)
+            assert not hung, (
+                f"{len(hung)} of {len(tasks)} publishes with timeout_s=1, max_attempts=1 "
+                f"still running after 8 s on a black-holed connection")
+            causes = {type(t.result()).__name__ for t in tasks}
+            assert causes == {"TimeoutError"}, causes
+        finally:
+            await proxy.stop()
+            await _reap(tasks)
+
+
+async def test_relay_cancelled_during_a_network_partition_ends(bus: Bus) -> None:
+    """Shutdown (``task.cancel()``) of a relay whose NATS connection is black-holed with
+    its buffers full: nats-py's ``_flush_pending`` catches ``CancelledError`` and passes,
+    so the cancel of a publish blocked in the forced flush was lost; the Publisher took
+    the timeout that followed as a retryable failure, slept and tried again (blocking
+    again), and the relay task never ended. The attempt runs in a task of its own (the
+    caller's cancel reaches the caller) and a cancel pending on the caller's task ends
+    the publish before a retry."""
+    async with _proxied_nc(bus) as (proxy, nc):
+        pub = Publisher(nc.jetstream(), PublishOptions(
+            timeout_s=1.0, max_attempts=3, backoff=Backoff(base_delay_s=0.05),
+            tracing=False, metrics=False, access_log=False))
+        await pub.publish(bus.subject, b"warm-up", msg_id=f"warm-{uuid.uuid4().hex}")
+        store = _MemOutbox([OutboxEvent(f"ev-{i:03d}", bus.subject, _BIG, {})
+                            for i in range(80)])
+        relay = OutboxRelay(store, pub, RelayOptions(batch_size=80, poll_interval_s=0.1))
+        proxy.blackhole()
+        task = asyncio.create_task(relay.run())
+        try:
+            await asyncio.sleep(3.0)  # the round's publishes are written and blocked
+            assert not task.done()
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=6.0)
+            assert done, "relay.run() still running 6 s after task.cancel()"
+            assert task.cancelled()
+            assert store.sent == []
+        finally:
+            await proxy.stop()
+            await _reap([task])
