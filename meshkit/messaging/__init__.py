@@ -21,8 +21,9 @@ What gRPC calls get from meshkit, asynchronous messages get here:
   continues the producer's trace, the publisher's identity checked against the mesh CA
   (:class:`MessageVerifier`; see :mod:`meshkit.messaging._identity` for why a signature
   rather than NATS credentials).
-* :func:`ensure_stream` creates or updates a stream (with its duplicate window: 2 min,
-  or the max age if shorter, by default).
+* :func:`ensure_stream` creates a stream, or updates an existing one's subjects,
+  duplicate window (2 min, or the max age if shorter, by default) and max age, keeping
+  its other settings.
 
 Defaults: publish 3 attempts, 2 s each; consumer 5 deliveries, 100 ms..5 s backoff, 30 s
 ack wait; tracing, metrics and access log on. Needs the ``meshkit[nats]`` extra (nats-py).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import nats.js.errors
@@ -12,6 +13,9 @@ from meshkit._config import check_number
 from meshkit.errors import ConfigError
 
 __all__ = ["ensure_stream"]
+
+#: JetStream's error code for "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
 
 #: JetStream's default duplicate window when the stream keeps messages longer, seconds.
 _DEFAULT_DUPLICATE_WINDOW_S = 120.0
@@ -40,6 +44,13 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
     """Create stream ``name`` capturing ``subjects`` (file storage), or update an existing
     one to them; safe when several processes start at once.
 
+    An existing stream keeps every setting not named here (limits such as ``max_bytes``,
+    ``max_msgs``, ``max_msgs_per_subject``, ``num_replicas``, storage, description...,
+    e.g. set by an operator): only its subjects, duplicate window and max age are made
+    the ones asked for (read with ``stream_info``, then ``update_stream`` if they
+    differ). ``None`` for ``max_age_s`` means "keep messages" here too: an existing
+    stream's max age is then removed.
+
     Args:
         js: a ``nats`` JetStream context.
         name: the stream name.
@@ -57,8 +68,11 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
 
     Raises:
         ConfigError: no subjects, a window or ``max_age_s`` <= 0, infinite or longer than
-            9223372036 s, or a window longer than ``max_age_s`` (values quoted); the NATS
-            error if JetStream refuses.
+            9223372036 s, or a window longer than ``max_age_s`` (values quoted);
+        nats.js.errors.APIError: JetStream refused the stream or the update, as JetStream
+            said it (e.g. ``BadRequestError`` 10065, subjects overlapping another
+            stream's; only 10058, the name in use with another config, leads to the
+            update); other ``nats.errors.Error`` for the connection.
     """
     if not subjects:
         raise ConfigError(f"stream {name!r} needs at least one subject")
@@ -71,9 +85,19 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
     if max_age_s is not None and duplicate_window_s > max_age_s:
         raise ConfigError(f"duplicate_window_s must not exceed max_age_s ({max_age_s!r}), "
                           f"got {duplicate_window_s!r}")
-    config = StreamConfig(name=name, subjects=list(subjects),
-                          duplicate_window=duplicate_window_s, max_age=max_age_s)
+    wanted = list(subjects)
     try:
-        return await js.add_stream(config)
-    except nats.js.errors.BadRequestError:  # exists with another config: bring it in line
-        return await js.update_stream(config)
+        return await js.add_stream(StreamConfig(
+            name=name, subjects=wanted, duplicate_window=duplicate_window_s,
+            max_age=max_age_s))
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+    # exists with another config: change what was asked for, keep the rest
+    info = await js.stream_info(name)
+    current = info.config
+    if (current.subjects, current.duplicate_window, current.max_age or None) == \
+            (wanted, duplicate_window_s, max_age_s):
+        return info  # it differs only in what the caller left alone
+    return await js.update_stream(dataclasses.replace(
+        current, subjects=wanted, duplicate_window=duplicate_window_s, max_age=max_age_s))

@@ -14,8 +14,10 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.js.api import StreamConfig
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry
@@ -1095,3 +1097,50 @@ async def test_relay_cancelled_during_a_network_partition_ends(bus: Bus) -> None
         finally:
             await proxy.stop()
             await _reap([task])
+
+
+async def test_ensure_stream_keeps_the_settings_it_was_not_given(bus: Bus) -> None:
+    """``ensure_stream`` on an existing stream whose config differs in anything (here:
+    limits an operator set) fell back to ``update_stream`` with a fresh ``StreamConfig``
+    of name, subjects, window and max age: every other setting was reset to the server
+    default (limits unlimited; on a cluster ``num_replicas`` 3 -> 1), silently, at every
+    service start. It reads the existing config and changes only subjects, duplicate
+    window and max age."""
+    name = f"{bus.stream}KL"
+    subjects = [f"{name.lower()}.>"]
+    await bus.js.add_stream(StreamConfig(
+        name=name, subjects=subjects, duplicate_window=120.0, max_bytes=50_000_000,
+        max_msgs=100_000, max_msgs_per_subject=1_000, description="set by an operator"))
+    try:
+        info = await ensure_stream(bus.js, name, subjects, duplicate_window_s=120.0)
+        c = info.config
+        assert (c.max_bytes, c.max_msgs, c.max_msgs_per_subject, c.description) == \
+            (50_000_000, 100_000, 1_000, "set by an operator"), c
+        # what it was given does change; the rest stays
+        more = [*subjects, f"{name.lower()}x.>"]
+        info = await ensure_stream(bus.js, name, more, duplicate_window_s=30.0,
+                                   max_age_s=3600.0)
+        c = (await bus.js.stream_info(name)).config
+        assert (c.subjects, c.duplicate_window, c.max_age) == (more, 30.0, 3600.0)
+        assert info.config.subjects == more
+        assert (c.max_bytes, c.max_msgs, c.max_msgs_per_subject, c.description) == \
+            (50_000_000, 100_000, 1_000, "set by an operator"), c
+    finally:
+        await bus.js.delete_stream(name)
+
+
+async def test_ensure_stream_reports_why_jetstream_refused_a_new_stream(bus: Bus) -> None:
+    """``ensure_stream`` took every ``BadRequestError`` of ``add_stream`` for "exists with
+    another config" (10058) and called ``update_stream``: a new stream JetStream refused
+    for another reason (here: its subjects overlap an existing stream's, 10065) raised
+    ``NotFoundError`` "stream not found" (10059) from the update, the real cause only in
+    ``__context__``. Only 10058 falls back to the update; the refusal propagates."""
+    name = f"{bus.stream}OV"
+    with pytest.raises(nats.js.errors.APIError) as caught:
+        await ensure_stream(bus.js, name, [bus.subject])  # bus.stream captures it
+    try:
+        assert caught.value.err_code == 10065 and "overlap" in str(caught.value), \
+            f"got {caught.value!r} for a stream whose subjects overlap {bus.stream}'s"
+    finally:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await bus.js.delete_stream(name)
