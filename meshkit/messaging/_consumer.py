@@ -87,6 +87,28 @@ class _ForeignDuplicate(Exception):
     """The dead-letter stream already holds another message under the dead letter's id."""
 
 
+class _SettleFailed(Exception):
+    """An ack, nak or term (``what``) of a delivery raised ``__cause__`` (e.g. the
+    connection closed): :meth:`Consumer.handle` reports the delivery with it, then
+    raises the cause."""
+
+    def __init__(self, what: str, publisher: PeerIdentity | None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.publisher = publisher
+
+
+async def _settle(what: str, call: Awaitable[None],
+                  publisher: PeerIdentity | None = None) -> None:
+    """Await ``msg.ack()`` / ``nak()`` / ``term()`` (``what``: its name) of a delivery
+    from ``publisher``; what it raises comes out as :class:`_SettleFailed`
+    (``CancelledError`` as it is)."""
+    try:
+        await call
+    except Exception as exc:
+        raise _SettleFailed(what, publisher) from exc
+
+
 class PoisonMessage(Exception):
     """Raised by a handler for a message that can never be handled (undecodable, invalid):
     it goes to the dead-letter subject at once instead of being redelivered."""
@@ -398,7 +420,15 @@ class Consumer:
         """Handle one delivered message; returns its outcome (``ack``, ``retry``,
         ``dead_letter``, ``refused``, ``terminated``: a dead letter that failed for good,
         ``term``'ed rather than dead-lettered again, or ``skipped``: a message on this
-        consumer's own dead-letter subject, acked without running the handler)."""
+        consumer's own dead-letter subject, acked without running the handler).
+
+        Raises:
+            nats.errors.Error: the ack, nak or term that settles the delivery failed
+                (e.g. ``ConnectionClosedError``: the connection went away while the
+                handler ran); the delivery is reported (span status, access log
+                ``reason``, ``outcome="error"``) as ``ack failed: <error>`` (``nak`` /
+                ``term``), and JetStream redelivers it after ``ack_wait_s``.
+        """
         o = self.options
         headers: dict[str, str] = dict(msg.headers or {})
         msg_id = headers.get(MSG_ID_HEADER, "")
@@ -422,13 +452,21 @@ class Consumer:
         # (an event, a gRPC call) carries the baggage too.
         token = otel_context.attach(trace.set_span_in_context(span, carried)
                                     if span is not None else carried)
+        failed: BaseException | None = None
         try:
-            result = await self._process(msg, headers, msg_id, delivery, span)
+            try:
+                result = await self._process(msg, headers, msg_id, delivery, span)
+            except _SettleFailed as exc:  # the handling is done, telling NATS failed
+                failed = exc.__cause__
+                result = ("error", exc.publisher,
+                          f"{exc.what} failed: {type(failed).__name__}")
         finally:
             outcome, publisher, reason = result
             self._report(msg, msg_id, headers, delivery, started, span, publisher,
                          outcome, reason)
             otel_context.detach(token)
+        if failed is not None:
+            raise failed
         return result[0]
 
     async def _process(self, msg: Msg, headers: dict[str, str], msg_id: str, delivery: int,
@@ -437,7 +475,7 @@ class Consumer:
         o = self.options
         publisher: PeerIdentity | None = None
         if msg.subject == self._dead_letter_subject:  # our own dead letter: never handle
-            await msg.ack()
+            await _settle("ack", msg.ack())
             return "skipped", None, "own dead letter"
         if delivery > o.max_deliveries:  # never acked: the handler died or timed out
             reason = f"not acked after {o.max_deliveries} deliveries"
@@ -464,8 +502,8 @@ class Consumer:
                                          original_msg_id))
         except PoisonMessage as exc:
             reason = f"poison: {exc}"
-            return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter"),
-                    publisher, reason)
+            return (await self._dead_letter(msg, headers, reason, delivery, "dead_letter",
+                                            publisher), publisher, reason)
         except (Exception, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 task = asyncio.current_task()
@@ -475,14 +513,15 @@ class Consumer:
             if delivery >= o.max_deliveries:
                 reason = f"failed {delivery} times: {reason}"
                 return (await self._dead_letter(msg, headers, reason, delivery,
-                                                "dead_letter"), publisher, reason)
-            await msg.nak(delay=o.backoff.delay_s(delivery))
+                                                "dead_letter", publisher), publisher, reason)
+            await _settle("nak", msg.nak(delay=o.backoff.delay_s(delivery)), publisher)
             return "retry", publisher, reason
-        await msg.ack()
+        await _settle("ack", msg.ack(), publisher)
         return "ack", publisher, ""
 
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str,
-                           delivery: int, outcome: str) -> str:
+                           delivery: int, outcome: str,
+                           publisher: PeerIdentity | None = None) -> str:
         """Publish ``msg`` to the dead-letter subject, then ``term`` it; if no stream
         takes the dead letter, or it is larger with its headers than the server's
         ``max_payload`` (not sent: the server would close the connection for good), nak
@@ -498,10 +537,11 @@ class Consumer:
         A message that already is a dead letter (:func:`is_dead_letter`) is not
         published again: it is ``term``'ed and logged (its id, reason and the consumer
         that dead-lettered it), and stays stored on its dead-letter subject; the
-        outcome is ``terminated`` (``refused`` stays ``refused``)."""
+        outcome is ``terminated`` (``refused`` stays ``refused``). ``publisher``: the
+        verified publisher, for the report of a term or nak that fails."""
         o = self.options
         if is_dead_letter(headers):
-            await msg.term()
+            await _settle("term", msg.term(), publisher)
             _log.warning("dead letter failed again; term'ed, not dead-lettered again",
                          subject=msg.subject, msg_id=headers.get(MSG_ID_HEADER, ""),
                          dead_lettered_by=headers.get(DLQ_CONSUMER_HEADER, ""),
@@ -531,10 +571,10 @@ class Consumer:
             _log.warning("dead-letter publish failed; message left for redelivery",
                          subject=msg.subject, dead_letter_subject=self._dead_letter_subject,
                          error=type(exc).__name__)
-            await msg.nak(delay=o.ack_wait_s if delivery > o.max_deliveries
-                          else o.backoff.delay_s(delivery))
+            await _settle("nak", msg.nak(delay=o.ack_wait_s if delivery > o.max_deliveries
+                                         else o.backoff.delay_s(delivery)), publisher)
             return "retry"
-        await msg.term()
+        await _settle("term", msg.term(), publisher)
         _log.warning("message dead-lettered", subject=msg.subject,
                      msg_id=headers.get(MSG_ID_HEADER, ""), reason=reason[:200],
                      delivery=delivery)

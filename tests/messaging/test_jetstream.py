@@ -1144,3 +1144,29 @@ async def test_ensure_stream_reports_why_jetstream_refused_a_new_stream(bus: Bus
     finally:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await bus.js.delete_stream(name)
+
+
+async def test_an_ack_lost_with_the_connection_is_not_reported_as_cancelled(
+        bus: Bus, tracing: Tracing, prom: CollectorRegistry) -> None:
+    """The handler succeeded but the connection went away before the ack could be sent
+    (a connection without reconnect, cut while the handler ran): ``msg.ack()`` raises
+    ``ConnectionClosedError``, and ``Consumer.handle`` reported the delivery with its
+    default result, ``("error", None, "cancelled")``: the CONSUMER span's status (and the
+    access log's ``reason``) said "cancelled" though nothing was, the cause nowhere in
+    the delivery's telemetry. The reason names the failed ack; the error propagates."""
+    async with _proxied_nc(bus, allow_reconnect=False) as (proxy, nc):
+        await bus.js.publish(bus.subject, b"event", headers={"Nats-Msg-Id": "ev-1"})
+
+        async def handler(_: object) -> None:
+            await proxy.stop()  # the connection is cut while the handler runs
+            await until(lambda: nc.is_closed, timeout_s=5, what="connection closed")
+
+        consumer = Consumer(nc.jetstream(timeout=3), handler, ConsumerOptions(
+            stream=bus.stream, durable="d", filter_subject=bus.subject,
+            fetch_timeout_s=1.0, registry=prom, tracer_provider=tracing.provider))
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await consumer.run_once()
+        [span] = [s for s in tracing.spans() if s.name.startswith("process ")]
+        assert span.status.description == "error: ack failed: ConnectionClosedError"
+        assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
+                       consumer="d", outcome="error") == 1
