@@ -19,8 +19,9 @@ What gRPC calls get from meshkit, asynchronous messages get here:
   that kills its consumer process every time is dead-lettered on the next delivery, and
   one whose dead letter cannot be published is kept, never dropped), a CONSUMER span that
   continues the producer's trace, the publisher's identity checked against the mesh CA
+  at the message's signed send time, within ``max_message_age_s`` (7 days) of now
   (:class:`MessageVerifier`; see :mod:`meshkit.messaging._identity` for why a signature
-  rather than NATS credentials).
+  rather than NATS credentials, and for that bound).
 * :func:`ensure_stream` creates a stream, or updates an existing one's subjects,
   duplicate window (2 min, or the max age if shorter, by default) and max age, keeping
   its other settings.

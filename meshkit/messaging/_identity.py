@@ -21,11 +21,21 @@ Headers written by :class:`MessageSigner` (all ASCII, no line breaks):
 * ``Meshkit-Signature``: base64 ECDSA-P256-SHA256 over
   ``meshkit-msg-v1 \\n <Nats-Msg-Id> \\n <subject> \\n <sent-at-ms> \\n sha256(payload)``.
 
-The signature binds the event id, the subject and the payload, so neither can be changed
-or moved to another subject. It does not expire: a JetStream message is legitimately
-redelivered long after it was published; replays are harmless because consumers are
+The signature binds the event id, the subject, the send time and the payload, so none
+can be changed or moved to another subject. The certificate is checked at the signed send
+time (``Meshkit-Sent-At-Ms``), not at the time of the check: a JetStream message is
+legitimately consumed long after it was published (a consumer catching up after an
+outage, a redelivery, a new durable reading a stream that keeps a day) and workload
+certificates live 24 h, so checking them "now" would dead-letter validly signed events
+once their signer's certificate expired. The send time is bounded instead: at most 60 s
+in the future (clock skew), and at most ``max_message_age_s`` in the past (7 days by
+default). That bound is the price of the rule: whoever steals a workload key can still
+sign messages backdated into its certificate's validity period until
+``max_message_age_s`` after the certificate expired (a stolen key of a live certificate
+signs anything anyway until it expires). Replays are harmless because consumers are
 idempotent by event id. Cost (measured on the 2-core VM): signing ~40 µs, checking ~90 µs
-per message, the certificate chain check cached per certificate until it expires.
+per message, the certificate chain check cached per certificate for send times within its
+validity period.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshkit._config import check_number
 from meshkit.auth import CertificateError, IdentityMatcher, PeerIdentity, PeerVerifier
 from meshkit.auth._certs import load_certificate, load_private_key
 from meshkit.errors import ConfigError, MeshError
@@ -64,6 +75,14 @@ HDR_SENT_AT_MS = "Meshkit-Sent-At-Ms"
 HDR_SIGNATURE = "Meshkit-Signature"
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
+
+#: How far a message's signed send time may be ahead of the verifier's clock (the
+#: publisher's clock running ahead), seconds.
+_FUTURE_SKEW_S = 60.0
+
+#: :class:`MessageVerifier`'s default ``max_message_age_s``: 7 days, longer than a stream
+#: usually keeps messages (ecom's keeps one day) plus a consumer's redeliveries.
+_DEFAULT_MAX_MESSAGE_AGE_S = 7 * 24 * 3600.0
 
 
 class MessageIdentityError(MeshError):
@@ -138,17 +157,34 @@ class MessageSigner:
 
 @dataclass(frozen=True, slots=True)
 class _Known:
+    """A certificate verified for every send time in ``[valid_from_s, not_after_s)``:
+    from the earliest one it was checked at (it passed) to its expiry."""
+
     identity: PeerIdentity
     public_key: ec.EllipticCurvePublicKey
+    valid_from_s: float
     not_after_s: float
 
 
 class MessageVerifier:
     """Checks the identity headers of incoming messages against the mesh CA.
 
-    The certificate must pass :meth:`meshkit.auth.PeerVerifier.verify` at the time of
-    the check (issued directly by a CA of ``ca_pem``, a workload, in its validity period);
-    verdicts are cached per certificate (bounded by ``max_entries``) until it expires.
+    The certificate must pass :meth:`meshkit.auth.PeerVerifier.verify` (issued directly
+    by a CA of ``ca_pem``, a workload) at the message's signed send time
+    (``Meshkit-Sent-At-Ms``), not at the time of the check: a message signed while its
+    publisher's certificate was valid stays verifiable after the certificate expired (a
+    consumer catching up after an outage, a redelivery). The send time itself must be at
+    most 60 s ahead of ``clock`` and at most
+    ``max_message_age_s`` behind it. Verdicts are cached per certificate (bounded by
+    ``max_entries``) for send times within its validity period.
+
+    The trade-off: ``max_message_age_s`` is also how long after its certificate expired a
+    stolen workload key can still sign messages that pass (backdated into the
+    certificate's validity period). Keep it above the longest a stream keeps a message
+    plus the consumer's redeliveries (or a longer outage you want consumers to catch up
+    from), and no longer. Dead letters are verified by their original send time too: a
+    consumer reprocessing dead letters older than the bound needs a verifier with a
+    longer one (or ``None``).
 
     Args:
         ca_pem: the trust bundle (the mesh ``ca.pem``).
@@ -156,19 +192,28 @@ class MessageVerifier:
             wildcards as :class:`meshkit.auth.IdentityMatcher`), a tuple or list; empty
             (default) admits every verified workload.
         max_entries: certificate cache bound (default 256, >= 1).
+        max_message_age_s: refuse a message signed longer ago than this, seconds
+            (default 604800.0, 7 days; > 0, finite);
+            ``None``: no bound (a stolen key then signs backdated messages for ever).
         clock: wall clock, Unix seconds (default ``time.time``).
 
     Raises:
-        ConfigError: bad ``max_entries`` or pattern, or ``allowed_publishers`` given as
-            one string; CertificateError: ``ca_pem`` has no certificate.
+        ConfigError: bad ``max_entries``, ``max_message_age_s`` or pattern, or
+            ``allowed_publishers`` given as one string (values quoted);
+            CertificateError: ``ca_pem`` has no certificate.
     """
 
-    __slots__ = ("_allowed", "_cache", "_clock", "_max", "_verifier")
+    __slots__ = ("_allowed", "_cache", "_clock", "_max", "_max_age_s", "_verifier")
 
     def __init__(self, ca_pem: bytes, *, allowed_publishers: Sequence[str] = (),
-                 max_entries: int = 256, clock: Callable[[], float] = time.time) -> None:
+                 max_entries: int = 256,
+                 max_message_age_s: float | None = _DEFAULT_MAX_MESSAGE_AGE_S,
+                 clock: Callable[[], float] = time.time) -> None:
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
+        if max_message_age_s is not None:
+            check_number("max_message_age_s", max_message_age_s, low_open=True)
+        self._max_age_s = max_message_age_s
         self._verifier = PeerVerifier(ca_pem, clock=clock)
         self._allowed = (IdentityMatcher(allowed_publishers, where="allowed_publishers")
                          if allowed_publishers else None)
@@ -179,6 +224,7 @@ class MessageVerifier:
     @classmethod
     def from_file(cls, ca_file: str | os.PathLike[str], *,
                   allowed_publishers: Sequence[str] = (), max_entries: int = 256,
+                  max_message_age_s: float | None = _DEFAULT_MAX_MESSAGE_AGE_S,
                   clock: Callable[[], float] = time.time) -> MessageVerifier:
         """A verifier over the CA bundle (PEM) in ``ca_file``; the keywords as the
         constructor's (spelled out so a type checker sees a misspelled one).
@@ -187,24 +233,30 @@ class MessageVerifier:
             OSError: ``ca_file`` cannot be read; the constructor's errors.
         """
         return cls(Path(ca_file).read_bytes(), allowed_publishers=allowed_publishers,
-                   max_entries=max_entries, clock=clock)
+                   max_entries=max_entries, max_message_age_s=max_message_age_s,
+                   clock=clock)
 
-    def _known(self, cert_b64: str, now: float) -> _Known:
+    def _known(self, cert_b64: str, at: float) -> _Known:
+        """The certificate ``cert_b64``, verified at ``at`` (the send time), cached."""
         hit = self._cache.get(cert_b64)
-        if hit is not None and now < hit.not_after_s:
+        if hit is not None and hit.valid_from_s <= at < hit.not_after_s:
             return hit
         try:
             cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64, validate=True))
         except (ValueError, binascii.Error):
             raise MessageIdentityError("unreadable publisher certificate") from None
         try:
-            identity = self._verifier.verify(cert, at=now)
+            identity = self._verifier.verify(cert, at=at)
         except CertificateError as exc:
-            raise MessageIdentityError(f"publisher certificate refused: {exc}") from None
+            raise MessageIdentityError(
+                f"publisher certificate refused at the message's send time: {exc}") from None
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise MessageIdentityError("publisher certificate has no ECDSA key")
-        known = _Known(identity, key, cert.not_valid_after_utc.timestamp())
+        # every time between two that passed passes too (validity periods are intervals)
+        known = _Known(identity, key, at if hit is None else min(at, hit.valid_from_s),
+                       cert.not_valid_after_utc.timestamp())
+        self._cache.pop(cert_b64, None)
         while len(self._cache) >= self._max:
             del self._cache[next(iter(self._cache))]
         self._cache[cert_b64] = known
@@ -215,15 +267,29 @@ class MessageVerifier:
         """The verified publisher of a message.
 
         Raises:
-            MessageIdentityError: no or malformed identity headers, a certificate the
-                mesh CA does not vouch for, a signature that does not match the message
-                id, subject and payload, or a publisher not in ``allowed_publishers``.
+            MessageIdentityError: no or malformed identity headers, a send time more than
+                60 s in the future or older than ``max_message_age_s``, a certificate the
+                mesh CA does not vouch for at the send time, a signature that does not
+                match the message id, subject, send time and payload, or a publisher not
+                in ``allowed_publishers``.
         """
         h = headers or {}
         cert_b64, sig_b64, sent = h.get(HDR_CERT), h.get(HDR_SIGNATURE), h.get(HDR_SENT_AT_MS)
         if not cert_b64 or not sig_b64 or not sent:
             raise MessageIdentityError("message carries no publisher identity")
-        known = self._known(cert_b64, self._clock())
+        if not (len(sent) <= 15 and sent.isascii() and sent.isdigit()):
+            raise MessageIdentityError(f"malformed {HDR_SENT_AT_MS} header")
+        sent_s = int(sent) / 1000
+        now = self._clock()
+        if sent_s > now + _FUTURE_SKEW_S:
+            raise MessageIdentityError(
+                f"message sent {sent_s - now:.0f} s in the future (more than "
+                f"{_FUTURE_SKEW_S:.0f} s ahead of this clock)")
+        if self._max_age_s is not None and now - sent_s > self._max_age_s:
+            raise MessageIdentityError(
+                f"message older than max_message_age_s ({self._max_age_s:.10g} s): "
+                f"sent {now - sent_s:.0f} s ago")
+        known = self._known(cert_b64, sent_s)
         try:
             sig = base64.b64decode(sig_b64, validate=True)
             known.public_key.verify(sig, _signed_bytes(msg_id, subject, sent, payload), _ECDSA)

@@ -66,3 +66,81 @@ def test_signer_refuses_a_key_of_another_certificate(workloads: Workloads) -> No
     """A key that does not match the certificate fails at construction."""
     with pytest.raises(ConfigError, match="does not belong"):
         MessageSigner(workloads.orderd[0], workloads.userd[1])
+
+
+def _signed_at(w: Workloads, at_s: float, who: str = "orderd") -> dict[str, str]:
+    cert, key = getattr(w, who)
+    headers: dict[str, str] = {}
+    MessageSigner(cert, key, clock=lambda: at_s).sign(
+        headers, msg_id="e1", subject="orders.placed", payload=b"{}")
+    return headers
+
+
+def _verify(v: MessageVerifier, headers: dict[str, str]) -> str:
+    return v.verify(headers, msg_id="e1", subject="orders.placed", payload=b"{}").spiffe_id
+
+
+def test_the_certificate_is_checked_at_the_signed_send_time(workloads: Workloads) -> None:
+    """A message signed while its publisher's certificate was valid verifies after the
+    certificate expired (it was refused: checked at the time of the check, a consumer
+    catching up after an outage dead-lettered validly signed events); one signed (with
+    the same key) after the expiry or before the validity began is refused, also when
+    the certificate's verdict is cached from a message signed within it."""
+    cert = workloads.orderd[0]
+    not_before = cert.not_valid_before_utc.timestamp()
+    expiry = cert.not_valid_after_utc.timestamp()
+    now = expiry + 3600.0  # an hour after the certificate expired
+    v = MessageVerifier(workloads.ca_pem, clock=lambda: now)
+    for sent in (expiry - 60.0, not_before + 60.0, expiry - 1.0):
+        assert _verify(v, _signed_at(workloads, sent)).endswith("/svc/orderd")
+    for sent in (expiry + 60.0, not_before - 60.0):
+        with pytest.raises(MessageIdentityError, match="certificate refused at the "
+                           "message's send time"):
+            _verify(v, _signed_at(workloads, sent))
+    fresh = MessageVerifier(workloads.ca_pem, clock=lambda: now)
+    with pytest.raises(MessageIdentityError, match="not valid yet"):
+        _verify(fresh, _signed_at(workloads, not_before - 60.0))
+
+
+def test_a_message_older_than_max_message_age_s_is_refused(workloads: Workloads) -> None:
+    """The send time is bounded: older than ``max_message_age_s`` (7 days by default;
+    the window in which a stolen key of an expired certificate could still sign
+    backdated messages) is refused with that reason; ``None`` lifts the bound."""
+    cert = workloads.orderd[0]
+    sent = cert.not_valid_after_utc.timestamp() - 60.0
+    headers = _signed_at(workloads, sent)
+    week = 7 * 24 * 3600.0
+    assert _verify(MessageVerifier(workloads.ca_pem, clock=lambda: sent + week - 1.0),
+                   headers)
+    with pytest.raises(MessageIdentityError,
+                       match=r"older than max_message_age_s \(604800 s\): sent 604801 s ago"):
+        _verify(MessageVerifier(workloads.ca_pem, clock=lambda: sent + week + 1.0), headers)
+    with pytest.raises(MessageIdentityError, match=r"max_message_age_s \(3600 s\)"):
+        _verify(MessageVerifier(workloads.ca_pem, max_message_age_s=3600,
+                                clock=lambda: sent + 3601.0), headers)
+    assert _verify(MessageVerifier(workloads.ca_pem, max_message_age_s=None,
+                                   clock=lambda: sent + 400 * 24 * 3600.0), headers)
+
+
+def test_a_send_time_in_the_future_or_malformed_is_refused(workloads: Workloads) -> None:
+    """A send time more than 60 s ahead of the verifier's clock is refused (a publisher's
+    clock a little ahead is not); a malformed one too, before any certificate check."""
+    cert = workloads.orderd[0]
+    now = cert.not_valid_before_utc.timestamp() + 3600.0
+    v = MessageVerifier(workloads.ca_pem, clock=lambda: now)
+    assert _verify(v, _signed_at(workloads, now + 30.0))
+    with pytest.raises(MessageIdentityError, match="120 s in the future"):
+        _verify(v, _signed_at(workloads, now + 120.0))
+    for bad in ("-1", "1.5", "\u0661\u0662\u0663", "9" * 16, "12 "):
+        headers = _signed_at(workloads, now)
+        headers["Meshkit-Sent-At-Ms"] = bad
+        with pytest.raises(MessageIdentityError, match="malformed Meshkit-Sent-At-Ms"):
+            _verify(v, headers)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), "7d", True])
+def test_max_message_age_s_out_of_range_is_refused(workloads: Workloads, bad: object) -> None:
+    """max_message_age_s is a finite number of seconds > 0 or None."""
+    with pytest.raises(ConfigError, match="max_message_age_s") as err:
+        MessageVerifier(workloads.ca_pem, max_message_age_s=bad)  # type: ignore[arg-type]
+    assert repr(bad) in str(err.value)

@@ -1170,3 +1170,39 @@ async def test_an_ack_lost_with_the_connection_is_not_reported_as_cancelled(
         assert span.status.description == "error: ack failed: ConnectionClosedError"
         assert _sample(prom, "meshkit_messaging_consumed_total", subject=bus.subject,
                        consumer="d", outcome="error") == 1
+
+
+async def test_a_signed_event_consumed_after_its_signers_certificate_expired_is_handled(
+        bus: Bus, workloads: Workloads, prom: CollectorRegistry) -> None:
+    """The identity module says a signature "does not expire: a JetStream message is
+    legitimately redelivered long after it was published", but ``MessageVerifier``
+    checked the publisher's certificate at the time of the *check*: an event consumed
+    after its signer's 24 h certificate expired (a consumer catching up after an outage,
+    a new durable reading a stream that keeps a day, as ecom's does) was refused and
+    dead-lettered though it was validly signed. The certificate is checked at the signed
+    ``Meshkit-Sent-At-Ms``; a message older than ``max_message_age_s`` is refused."""
+    later = time.time() + 25 * 3600  # the publisher's 24 h certificate has expired
+    await Publisher(bus.js, PublishOptions(signer=MessageSigner(*workloads.orderd),
+                                           registry=prom)
+                    ).publish(bus.subject, b"order placed", msg_id="ev-signed-1")
+    handled: list[str] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.msg_id)
+
+    async def consume(durable: str, **kw: Any) -> None:
+        consumer = _consumer(bus, handler, prom, durable=durable,
+                             filter_subject=bus.subject, fetch_timeout_s=1.0,
+                             verifier=MessageVerifier(workloads.ca_pem, clock=lambda: later,
+                                                      **kw))
+        async with asyncio.timeout(10):
+            while not await consumer.run_once():
+                pass
+
+    await consume("late")  # max_message_age_s: 7 days by default
+    assert handled == ["ev-signed-1"], await _dead_letters(bus)
+    await consume("strict", max_message_age_s=24 * 3600.0)
+    assert handled == ["ev-signed-1"]
+    [dead] = await _dead_letters(bus)
+    assert (dead.headers or {})[DLQ_REASON_HEADER].startswith(
+        "message older than max_message_age_s (86400 s)"), dead.headers
