@@ -90,7 +90,13 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._shared import CLOSED, CloseRace, describe, full_jitter
+from meshkit.discovery._shared import (
+    CLOSED,
+    CloseRace,
+    describe,
+    full_jitter,
+    outlast_the_sweep,
+)
 from meshkit.discovery._types import Instance, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -472,13 +478,19 @@ def _drop_keeper(reg: _Registration) -> bool:
     return True
 
 
-async def _own_client(client: Any) -> None:
+async def _own_client(client: Any, race: CloseRace, bound_s: float) -> None:
     """Hold ``client`` (py-consul's, of the running loop) until cancelled, then close it:
-    by :meth:`ConsulRegistry.close`, or as the loop ends (``asyncio.run()``, and
+    by :meth:`ConsulRegistry.close` (at once), or as the loop ends (``asyncio.run()``, and
     ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left and run them to their
-    end while the loop still runs), so no session of an ended loop is left unclosed."""
+    end while the loop still runs), so no session of an ended loop is left unclosed; then
+    once the other tasks cancelled with it have ended, at most ``bound_s`` seconds later
+    (:func:`~meshkit.discovery._shared.outlast_the_sweep`: a ``serve()`` task among them
+    deregisters with it as it drains)."""
     try:
         await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        await outlast_the_sweep(race, bound_s)
+        raise
     finally:
         with contextlib.suppress(*_FOREIGN):
             await client.close()
@@ -597,12 +609,13 @@ class ConsulRegistry:
     def _get_client(self) -> Any:
         """The running event loop's py-consul client, made on first use in it (those of
         closed loops are dropped then), with a task of that loop that closes it when the
-        loop ends or :meth:`close` cancels it (:func:`_own_client`)."""
+        loop ends or :meth:`close` cancels it (:func:`_own_client`); one whose task has
+        ended (closed it) is replaced."""
         if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
         loop = asyncio.get_running_loop()
         held = self._clients.get(loop)
-        if held is None:
+        if held is None or held[1].done():
             opts = self.options
             host = f"[{opts.host}]" if ":" in opts.host else opts.host  # py-consul joins host:port
             verify: bool | str = opts.ca_file if (opts.verify and opts.ca_file) else opts.verify
@@ -628,7 +641,10 @@ class ConsulRegistry:
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).
             client.token = opts.token
-            owner = loop.create_task(_own_client(client), name="meshkit-consul-client")
+            # bound: the longest a deregister takes (the keeper it stops, then its request)
+            owner = loop.create_task(
+                _own_client(client, self._race, 2 * opts.request_timeout_s),
+                name="meshkit-consul-client")
             held = (client, owner)
             with self._clients_lock:
                 # a closed loop's client was closed by its owner as that loop ended

@@ -167,7 +167,13 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._shared import CLOSED, CloseRace, describe, full_jitter
+from meshkit.discovery._shared import (
+    CLOSED,
+    CloseRace,
+    describe,
+    full_jitter,
+    outlast_the_sweep,
+)
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
 
@@ -607,13 +613,20 @@ class _LeaseLock:
             waiter.set_result(None)
 
 
-async def _own_session(session: aiohttp.ClientSession) -> None:
+async def _own_session(session: aiohttp.ClientSession, race: CloseRace,
+                       bound_s: float) -> None:
     """Hold ``session`` (of the running loop) until cancelled, then close it: by
-    :meth:`EtcdRegistry.close`, or as the loop ends (``asyncio.run()``, and
+    :meth:`EtcdRegistry.close` (at once), or as the loop ends (``asyncio.run()``, and
     ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left and run them to their
-    end while the loop still runs), so no session of an ended loop is left unclosed."""
+    end while the loop still runs), so no session of an ended loop is left unclosed; then
+    once the other tasks cancelled with it have ended, at most ``bound_s`` seconds later
+    (:func:`~meshkit.discovery._shared.outlast_the_sweep`: a ``serve()`` task among them
+    deregisters with it as it drains)."""
     try:
         await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        await outlast_the_sweep(race, bound_s)
+        raise
     finally:
         with contextlib.suppress(*_FOREIGN):
             await session.close()
@@ -762,7 +775,8 @@ class EtcdRegistry:
     def _get_session(self) -> aiohttp.ClientSession:
         """The running event loop's aiohttp session, made on first use in it (those of
         closed loops are dropped then), with a task of that loop that closes it when the
-        loop ends or :meth:`close` cancels it (:func:`_own_session`).
+        loop ends or :meth:`close` cancels it (:func:`_own_session`); one whose task has
+        ended (closed it) is replaced.
 
         Raises:
             RegistryError: the registry is closed.
@@ -771,7 +785,7 @@ class EtcdRegistry:
             raise RegistryError(f"etcd registry for {self.options.endpoints!r} is closed")
         loop = asyncio.get_running_loop()
         held = self._sessions.get(loop)
-        if held is not None:
+        if held is not None and not held[1].done():
             return held[0]
         with self._loops_mutex:
             opts = self.options
@@ -795,8 +809,10 @@ class EtcdRegistry:
                 # requests in flight.
                 connector=aiohttp.TCPConnector(ssl=tls, limit=0),
             )
-            sessions[loop] = (session, loop.create_task(_own_session(session),
-                                                        name="meshkit-etcd-session"))
+            # the longest a write (a drain's deregister) takes
+            bound_s = opts.operation_timeout_s + opts.request_timeout_s
+            sessions[loop] = (session, loop.create_task(
+                _own_session(session, self._race, bound_s), name="meshkit-etcd-session"))
             self._sessions = sessions
         return session
 

@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["CLOSED", "CloseRace", "Closed", "describe", "full_jitter"]
+__all__ = ["CLOSED", "CloseRace", "Closed", "describe", "full_jitter",
+           "outlast_the_sweep"]
 
 _T = TypeVar("_T")
 
@@ -105,6 +106,28 @@ def _in_loop_of(fut: asyncio.Future[Any], running: asyncio.AbstractEventLoop | N
     elif not loop.is_closed():
         with contextlib.suppress(RuntimeError):  # closed meanwhile
             loop.call_soon_threadsafe(call, *args)
+
+
+async def outlast_the_sweep(race: CloseRace, bound_s: float) -> None:
+    """In the task that owns an event loop's HTTP client, cancelled: before it closes the
+    client, wait up to ``bound_s`` seconds for the loop's other tasks pending now to end,
+    unless the registry is closed (``race``: its :class:`CloseRace`, closed by its
+    ``close()`` before it cancels the owners: no wait).
+
+    ``asyncio.run()`` (and ``asyncio.Runner``) cancel every task left in one sweep as the
+    loop ends and run them all to their end: a ``serve()`` task among them drains and
+    deregisters with this client, so closing it at once failed that deregister ("Session
+    is closed") and left the instance registered for its TTL. The sweep waits for those
+    tasks anyway, so this wait delays nothing; ``bound_s`` (the registry's longest write)
+    only keeps a task that never ends from holding the client open for good. Another
+    cancel (the registry's ``close()`` from one of those tasks) ends the wait."""
+    if race.closed:
+        return
+    me = asyncio.current_task()
+    others = {t for t in asyncio.all_tasks() if t is not me and not t.done()}
+    if others:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(others, timeout=bound_s)
 
 
 def full_jitter(rng: random.Random, attempt: int, base_s: float, max_s: float) -> float:
