@@ -80,6 +80,7 @@ import structlog
 from meshkit._config import check_number
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._options import (
+    at_sign_may_be_userinfo,
     check_seconds,
     env_fields,
     env_value,
@@ -132,6 +133,12 @@ _FLOAT_FIELDS = (
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
 _STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
 _URI_FIELDS = frozenset(_FLOAT_FIELDS + _BOOL_FIELDS + _STR_FIELDS)
+#: The URI's options whose value may hold an unencoded '@' (a file path): anywhere else
+#: after '//' one is taken for user info (see :func:`at_sign_may_be_userinfo`).
+_AT_FIELDS = frozenset({"ca_file", "cert_file", "key_file"})
+_USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' after '//' is "
+                     "taken for user info unless it is in the value of ca_file, cert_file "
+                     "or key_file; write any other as %40); set CONSUL_HTTP_TOKEN instead")
 
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
@@ -367,17 +374,23 @@ class ConsulOptions:
 
         Raises:
             ConfigError: bad scheme, host, port or option (the offending part is quoted);
-                an ``@`` anywhere after ``//`` (user info, refused unquoted; a path file
-                name holding one goes in :meth:`from_env`'s keywords instead).
+                an ``@`` after ``//`` anywhere but in the value of ``ca_file``,
+                ``cert_file`` or ``key_file`` (user info, refused unquoted; write any
+                other as ``%40``).
         """
         parts, scheme = split_uri(uri, "consul", "Consul")
-        # Any '@' after "//", not just the netloc's: a password may hold an unencoded '/',
+        # An '@' after "//", not just the netloc's: a password may hold an unencoded '/',
         # '?' or '#', where the parser ends the netloc (the rest, password's tail and all,
-        # would be quoted as a path or reach the address check as host 'user:password').
-        if "@" in uri.partition("//")[2]:
-            raise ConfigError("Consul URI must not carry user info or a token (it holds "
-                              "'@'); set CONSUL_HTTP_TOKEN instead")
+        # would be quoted as a path or reach the address check as host 'user:password');
+        # one in a TLS file's path in the query is no user info
+        if at_sign_may_be_userinfo(uri, _AT_FIELDS):
+            raise ConfigError(_USERINFO_REFUSED)
         kwargs: dict[str, Any] = {}
+        if parts.netloc and "@" in uri:
+            try:  # 'tok:<pw>' of 'consul://tok:<pw>?ca_file=x@h': refused unquoted
+                split_address(parts.netloc, "addr")
+            except ConfigError:
+                raise ConfigError(_USERINFO_REFUSED) from None
         if parts.netloc:
             kwargs["addr"] = parts.netloc if scheme == "consul" else (
                 f"{scheme.split('+')[1]}://{parts.netloc}"

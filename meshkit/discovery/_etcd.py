@@ -158,6 +158,7 @@ import aiohttp
 import structlog
 
 from meshkit.discovery._options import (
+    at_sign_may_be_userinfo,
     check_seconds,
     env_fields,
     env_value,
@@ -205,6 +206,9 @@ _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
 #: The URI's option names: an error quotes the value of any other key masked (a password
 #: under another name must not reach a log; see :func:`shown_uri`).
 _URI_FIELDS = frozenset(_FLOAT_FIELDS + _STR_FIELDS)
+#: The URI's options whose value may hold an unencoded '@' (a file path): anywhere else
+#: after '//' one is taken for user info (see :func:`at_sign_may_be_userinfo`).
+_AT_FIELDS = frozenset({"ca_file", "cert_file", "key_file"})
 #: gRPC codes (as the gateway reports them) after which another member may answer:
 #: UNAVAILABLE ("no leader", "leader changed", "request timed out"), DEADLINE_EXCEEDED.
 _TRY_ELSEWHERE = frozenset({4, 14})
@@ -266,6 +270,13 @@ def _parse_endpoint(text: str, default_scheme: str) -> str:
     scheme, host, port = split_address(text, "etcd endpoint")
     host = f"[{host}]" if ":" in host else host
     return f"{scheme or default_scheme}://{host}:{port or DEFAULT_PORT}"
+
+
+def _userinfo_refused(uri: str) -> str:
+    """The error of an etcd URI refused for user info (quoted as :func:`shown_uri` does)."""
+    return (f"etcd URI must not carry user info, got {shown_uri(uri, _URI_FIELDS)!r} (an "
+            f"'@' after '//' is taken for user info unless it is in the value of ca_file, "
+            f"cert_file or key_file; write any other as %40)")
 
 
 def _split_endpoints(text: str, default_scheme: str) -> tuple[str, ...]:
@@ -425,23 +436,29 @@ class EtcdOptions:
         Raises:
             ConfigError: bad scheme, endpoint or option (the offending part is quoted; the
                 URI with any user info and the values of keys that are no option masked);
-                user info, that is any ``@`` after ``//`` (a ``prefix`` or file name
-                holding one goes in :meth:`from_env`'s keywords instead).
+                user info, that is an ``@`` after ``//`` anywhere but in the value of
+                ``ca_file``, ``cert_file`` or ``key_file`` (a ``prefix`` holding one
+                writes it ``%40``).
         """
         parts, scheme = split_uri(uri, "etcd", "etcd")
-        # Any '@' after "//", not just the netloc's: a password may hold an unencoded '/',
+        # An '@' after "//", not just the netloc's: a password may hold an unencoded '/',
         # '?' or '#', where the parser ends the netloc (the rest, password's tail and all,
-        # would be quoted as a path, or reach the endpoint check as 'root:<password>').
-        if "@" in uri.partition("//")[2]:
-            raise ConfigError(f"etcd URI must not carry user info, got "
-                              f"{shown_uri(uri, _URI_FIELDS)!r}")
+        # would be quoted as a path, or reach the endpoint check as 'root:<password>'); one
+        # in a TLS file's path in the query is no user info
+        if at_sign_may_be_userinfo(uri, _AT_FIELDS):
+            raise ConfigError(_userinfo_refused(uri))
         if parts.path not in ("", "/"):
             raise ConfigError(f"etcd URI takes no path (use ?prefix=), got {parts.path!r} "
                               f"(in {shown_uri(uri, _URI_FIELDS)!r})")
         kwargs: dict[str, Any] = {}
         default_scheme = "https" if scheme == "etcd+https" else "http"
         if parts.netloc:
-            kwargs["endpoints"] = _split_endpoints(parts.netloc, default_scheme)
+            try:
+                kwargs["endpoints"] = _split_endpoints(parts.netloc, default_scheme)
+            except ConfigError:
+                if "@" in uri:  # 'root:<pw>' of 'etcd://root:<pw>?ca_file=x@h': unquoted
+                    raise ConfigError(_userinfo_refused(uri)) from None
+                raise
         kwargs.update(query_fields(urllib.parse.parse_qs(parts.query, keep_blank_values=True),
                                    floats=_FLOAT_FIELDS, strs=_STR_FIELDS,
                                    where=f"etcd URI {shown_uri(uri, _URI_FIELDS)!r}"))

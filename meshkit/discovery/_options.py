@@ -14,6 +14,7 @@ from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
 
 __all__ = [
+    "at_sign_may_be_userinfo",
     "check_seconds",
     "env_fields",
     "env_value",
@@ -69,6 +70,33 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
             pieces.append(f"{key}=***" if masked else piece)
         query = "&".join(pieces)
     return f"{head}{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+
+
+def at_sign_may_be_userinfo(uri: str, allowed: Collection[str]) -> bool:
+    """Whether an ``@`` after ``scheme://`` in ``uri`` may be user info, which a registry
+    URI refuses: one in the authority (before the first ``/``, ``?`` or ``#`` after
+    ``//``), the path or the fragment (a password holding an unencoded ``/`` or ``#``
+    ends the authority there: ``etcd://root:pa/ss@h``, ``etcd://root:pa#ss@h``), or in a
+    query piece other than the value of an option named in ``allowed`` (a password
+    holding ``?``: ``etcd://root:pw?x@h:2379`` gives the key ``x@h:2379``). An ``@`` in
+    the value of an ``allowed`` option (a TLS file path,
+    ``?ca_file=/run/credentials/orderd@1.service/ca.pem``) is plain URI text (RFC 3986
+    allows it in a query); so is ``%40``. The caller still refuses an authority that is
+    no list of addresses, unquoted, when the URI holds an ``@``
+    (``etcd://root:pw?ca_file=x@h:2379`` keeps ``root:pw`` there)."""
+    after = uri.partition("//")[2]
+    if "@" not in after:
+        return False
+    rest, _, fragment = after.partition("#")
+    base, _, query = rest.partition("?")
+    if "@" in fragment or "@" in base:
+        return True
+    for piece in query.split("&"):
+        key, eq, _value = piece.partition("=")
+        if "@" in piece and (not eq or "@" in key
+                             or urllib.parse.unquote_plus(key) not in allowed):
+            return True
+    return False
 
 
 def _why_unparseable(text: str) -> str:

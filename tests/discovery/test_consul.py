@@ -1037,6 +1037,7 @@ def test_from_uri_rejects(uri: str, message: str) -> None:
     "consul://tok:SECRETXYZ?ttl_s=5@127.0.0.1:8500",
     "consul+https://tok:pa#SECRETXYZ@127.0.0.1:8500",
     "consul://SECRETXYZ/@127.0.0.1:8500",
+    "consul://tok:SECRETXYZ?ca_file=x@127.0.0.1:8500",  # netloc 'tok:SECRETXYZ' left
 ])
 def test_from_uri_user_info_whatever_the_password_holds_is_refused_unquoted(
         uri: str) -> None:
@@ -1066,6 +1067,26 @@ def test_an_unbalanced_bracket_is_a_config_error_quoting_the_address(
     with pytest.raises(ConfigError, match=r"::1") as info:
         build()
     assert "Invalid IPv6 URL" not in str(info.value)
+
+
+def test_a_tls_file_path_holding_an_at_sign_is_no_user_info(tmp_path: Path) -> None:
+    """23e81ca refused any '@' after '//' as user info or a token. An '@' is plain URI
+    text in a query (RFC 3986 pchar), and TLS files live in such directories: a systemd
+    template unit's credentials (``/run/credentials/orderd@1.service/``), an AD-joined
+    machine's home (``/home/john@corp.com/``). ``?ca_file=<that path>`` failed "... or a
+    token (it holds '@'); set CONSUL_HTTP_TOKEN instead", naming neither the real cause
+    nor the way out. Now an '@' in the value of ca_file, cert_file or key_file is taken
+    as written; one anywhere else is still refused, the error saying to write it %40."""
+    ca_dir = tmp_path / "orderd@1.service"
+    ca_dir.mkdir()
+    ca = ca_dir / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    options = ConsulOptions.from_uri(f"consul+https://127.0.0.1:8501?ca_file={ca}",
+                                     environ={})
+    assert options.ca_file == str(ca)
+    assert options.base_url == "https://127.0.0.1:8501"
+    with pytest.raises(ConfigError, match="%40"):
+        ConsulOptions.from_uri("consul://127.0.0.1:8500?check=a@b", environ={})
 
 
 def test_an_unbalanced_bracket_after_user_info_is_quoted_masked() -> None:

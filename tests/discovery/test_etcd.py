@@ -98,6 +98,12 @@ def test_bad_uris_fail_at_construction(uri: str, quoted: str) -> None:
      "'etcd://***@127.0.0.1:2379'"),
     ("etcd+https://root:pa#{pw}@h1:2379?ttl_s=5", "must not carry user info",
      "'etcd+https://***@h1:2379?ttl_s=5'"),
+    # an '@' in a query value is user info unless the key is a TLS file option, and the
+    # netloc left before a '?' of the password is refused unquoted
+    ("etcd://root:{pw}?ttl_s=5@127.0.0.1:2379", "must not carry user info",
+     "'etcd://***@127.0.0.1:2379'"),
+    ("etcd://root:{pw}?ca_file=x@127.0.0.1:2379", "must not carry user info",
+     "'etcd://***@127.0.0.1:2379'"),
 ])
 def test_uri_errors_never_quote_a_password(uri: str, says: str, shown: str) -> None:
     """An etcd URI refused for its user info (etcdctl's ``--user root:<password>`` moved
@@ -136,6 +142,28 @@ def test_an_unbalanced_bracket_is_a_config_error_quoting_the_uri(
         build()
     assert "Invalid IPv6 URL" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_tls_file_path_holding_an_at_sign_is_no_user_info(tmp_path: Path) -> None:
+    """96bdcde refused any '@' after '//' as user info. An '@' is plain URI text in a
+    query (RFC 3986 pchar), and TLS files live in such directories: a systemd template
+    unit's credentials (``/run/credentials/orderd@1.service/``), an AD-joined machine's
+    home (``/home/john@corp.com/``). The README says every etcd field is also a URI query
+    parameter, but ``?ca_file=<that path>`` failed "etcd URI must not carry user info,
+    got 'etcd+https://***@1.service/ca.pem'". Now an '@' in the value of ca_file,
+    cert_file or key_file is taken as written; one anywhere else is still refused, the
+    error saying to write it %40 (which works)."""
+    ca_dir = tmp_path / "orderd@1.service"
+    ca_dir.mkdir()
+    ca = ca_dir / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    options = EtcdOptions.from_uri(f"etcd+https://127.0.0.1:2379?ca_file={ca}", environ={})
+    assert options.ca_file == str(ca)
+    assert options.endpoints == ("https://127.0.0.1:2379",)
+    with pytest.raises(ConfigError, match="%40"):
+        EtcdOptions.from_uri("etcd://127.0.0.1:2379?prefix=/a@b/", environ={})
+    assert EtcdOptions.from_uri("etcd://127.0.0.1:2379?prefix=/a%40b/",
+                                environ={}).prefix == "/a@b/"
 
 
 def test_an_unbalanced_bracket_after_user_info_is_quoted_masked() -> None:
