@@ -434,12 +434,14 @@ async def test_wait_for_ready_call_gets_the_endpoint_back_when_its_ejection_ends
             assert got == b"e1|x"
 
 
-async def test_a_channel_whose_endpoints_are_all_ejected_is_not_ready(
+async def test_a_channel_whose_endpoints_are_all_ejected_reports_what_panic_routing_uses(
     registry: LocalRegistry,
 ) -> None:
-    """With its only endpoint ejected, calls fail fast ``UNAVAILABLE``: the channel's
-    state says TRANSIENT_FAILURE, not READY, and turns READY again once a probe brings
-    the endpoint back (a wait_for_state_change wakes for both)."""
+    """With its only endpoint ejected, calls still go to it (panic routing: ejection never
+    empties a service) and fail with its own answer, not "ejected"; the channel's state is
+    that endpoint's connection (READY), as it takes the calls, and the endpoint is back in
+    rotation once a probe succeeds. (Before panic routing such calls failed fast and the
+    state said TRANSIENT_FAILURE.)"""
     broken = [True]
     async with raw_server(toggled_handler("e1", broken)) as (_, port):
         await registry.register(inst("e1", port))
@@ -453,10 +455,16 @@ async def test_a_channel_whose_endpoints_are_all_ejected_is_not_ready(
             for _ in range(2):
                 with pytest.raises(grpc.aio.AioRpcError):
                     await unary(b"x", timeout=2)
-            assert ch.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            assert [e.ejected for e in ch.stats().endpoints] == [True]
+            assert ch.get_state() is grpc.ChannelConnectivity.READY
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(b"x", timeout=2)
+            assert info.value.details() == "broken", info.value.details()
+            assert ch.stats().panic_picks >= 1
             broken[0] = False
             await asyncio.sleep(0.35)
             assert await unary(b"x", timeout=2) == b"e1|x"  # the probe
+            assert [e.ejected for e in ch.stats().endpoints] == [False]
             assert ch.get_state() is grpc.ChannelConnectivity.READY
 
 
