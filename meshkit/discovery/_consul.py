@@ -95,8 +95,9 @@ from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
     describe,
+    foreign_task,
     full_jitter,
-    outlast_the_sweep,
+    hold_until_cancelled,
 )
 from meshkit.discovery._types import Instance, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
@@ -474,41 +475,6 @@ def _without_initial_status(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "Checks": checks}
 
 
-def _drop_keeper(reg: _Registration) -> bool:
-    """Whether ``reg``'s keep-alive task belongs to another event loop than the running
-    one (or has ended): then it is cancelled in its own loop if that still runs (another
-    thread's) and is not to be awaited here; an earlier ``asyncio.run()``'s ended with its
-    loop."""
-    task = reg.task
-    if task is None:
-        return False
-    loop = task.get_loop()
-    if loop is asyncio.get_running_loop() and not task.done():
-        return False
-    if not task.done() and not loop.is_closed():
-        with contextlib.suppress(RuntimeError):  # closed meanwhile
-            loop.call_soon_threadsafe(task.cancel)
-    return True
-
-
-async def _own_client(client: Any, race: CloseRace, bound_s: float) -> None:
-    """Hold ``client`` (py-consul's, of the running loop) until cancelled, then close it:
-    by :meth:`ConsulRegistry.close` (at once), or as the loop ends (``asyncio.run()``, and
-    ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left and run them to their
-    end while the loop still runs), so no session of an ended loop is left unclosed; then
-    once the other tasks cancelled with it have ended, at most ``bound_s`` seconds later
-    (:func:`~meshkit.discovery._shared.outlast_the_sweep`: a ``serve()`` task among them
-    deregisters with it as it drains)."""
-    try:
-        await asyncio.get_running_loop().create_future()
-    except asyncio.CancelledError:
-        await outlast_the_sweep(race, bound_s)
-        raise
-    finally:
-        with contextlib.suppress(*_FOREIGN):
-            await client.close()
-
-
 def _raw_response(response: Any) -> Any:
     """py-consul callback that hands back ``Response(code, headers, body)`` untouched."""
     return response
@@ -559,7 +525,7 @@ class ConsulRegistry:
         self._sleep = sleep if sleep is not None else asyncio.sleep
         # one py-consul client per event loop (an aiohttp session belongs to one): a
         # later asyncio.run(), or loops of several threads at once; each with the task of
-        # its loop that closes it (see _own_client). Replaced, never mutated, under
+        # its loop that closes it (see hold_until_cancelled). Replaced, never mutated, under
         # _clients_lock (loops of two threads may add theirs at once); read without it.
         self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, asyncio.Task[None]]] = {}
         self._clients_lock = threading.Lock()
@@ -614,15 +580,16 @@ class ConsulRegistry:
 
     async def _stop_keeper(self, instance_id: str) -> None:
         """Cancel and await the keep-alive task of ``instance_id``, if it has one (one of
-        another event loop: see :func:`_drop_keeper`)."""
+        another event loop: see :func:`~meshkit.discovery._shared.foreign_task`)."""
         reg = self._keepers.pop(instance_id, None)
-        if reg is not None and reg.task is not None and not _drop_keeper(reg):
+        if reg is not None and reg.task is not None and not foreign_task(reg.task):
             await cancel_and_wait(reg.task)
 
     def _get_client(self) -> Any:
         """The running event loop's py-consul client, made on first use in it (those of
         closed loops are dropped then), with a task of that loop that closes it when the
-        loop ends or :meth:`close` cancels it (:func:`_own_client`); one whose task has
+        loop ends or :meth:`close` cancels it
+        (:func:`~meshkit.discovery._shared.hold_until_cancelled`); one whose task has
         ended (closed it) is replaced."""
         if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
@@ -656,7 +623,8 @@ class ConsulRegistry:
             client.token = opts.token
             # bound: the longest a deregister takes (the keeper it stops, then its request)
             owner = loop.create_task(
-                _own_client(client, self._race, 2 * opts.request_timeout_s),
+                hold_until_cancelled(client.close, self._race, 2 * opts.request_timeout_s,
+                                     _FOREIGN),
                 name="meshkit-consul-client")
             held = (client, owner)
             with self._clients_lock:
@@ -778,7 +746,7 @@ class ConsulRegistry:
         """
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
-        if prior is not None and _drop_keeper(prior):
+        if prior is not None and foreign_task(prior.task):
             # kept alive by another event loop's task (an earlier asyncio.run(): ended
             # with it; another thread's: cancelled there): this loop keeps it from now
             if self._keepers.get(instance.instance_id) is prior:
@@ -1066,7 +1034,7 @@ class ConsulRegistry:
         if self._race.closed:
             return
         tasks = [*(r.task for r in self._keepers.values()
-                   if r.task is not None and not _drop_keeper(r)),
+                   if r.task is not None and not foreign_task(r.task)),
                  *self._race.close()]
         self._keepers.clear()
         for task in tasks:

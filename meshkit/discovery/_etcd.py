@@ -172,8 +172,9 @@ from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
     describe,
+    foreign_task,
     full_jitter,
-    outlast_the_sweep,
+    hold_until_cancelled,
 )
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
@@ -630,41 +631,6 @@ class _LeaseLock:
             waiter.set_result(None)
 
 
-async def _own_session(session: aiohttp.ClientSession, race: CloseRace,
-                       bound_s: float) -> None:
-    """Hold ``session`` (of the running loop) until cancelled, then close it: by
-    :meth:`EtcdRegistry.close` (at once), or as the loop ends (``asyncio.run()``, and
-    ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left and run them to their
-    end while the loop still runs), so no session of an ended loop is left unclosed; then
-    once the other tasks cancelled with it have ended, at most ``bound_s`` seconds later
-    (:func:`~meshkit.discovery._shared.outlast_the_sweep`: a ``serve()`` task among them
-    deregisters with it as it drains)."""
-    try:
-        await asyncio.get_running_loop().create_future()
-    except asyncio.CancelledError:
-        await outlast_the_sweep(race, bound_s)
-        raise
-    finally:
-        with contextlib.suppress(*_FOREIGN):
-            await session.close()
-
-
-def _foreign_keeper(task: asyncio.Task[None] | None) -> bool:
-    """Whether the keep-alive ``task`` belongs to another event loop than the running one
-    (or has ended): then it is cancelled in its own loop if that is still open (another
-    thread's) and is not to be awaited here; an earlier ``asyncio.run()``'s ended with
-    its loop, and one of a loop closed with it pending never ends."""
-    if task is None:
-        return False
-    loop = task.get_loop()
-    if loop is asyncio.get_running_loop() and not task.done():
-        return False
-    if not task.done() and not loop.is_closed():
-        with contextlib.suppress(RuntimeError):  # closed meanwhile
-            loop.call_soon_threadsafe(task.cancel)
-    return True
-
-
 _LOG_STARTED = {
     False: "etcd cannot be read; watches keep their last endpoints (or wait for a first read)",
     True: "etcd cannot be written; the lease is not renewed",
@@ -721,7 +687,7 @@ class EtcdRegistry:
         self._rng = rng if rng is not None else random.Random()
         # one aiohttp session per event loop (a session belongs to one): a later
         # asyncio.run(), or loops of several threads at once, each with the task of its
-        # loop that closes it (_own_session); replaced under _loops_mutex, read without
+        # loop that closes it (hold_until_cancelled); replaced under _loops_mutex, read without
         self._sessions: dict[asyncio.AbstractEventLoop,
                              tuple[aiohttp.ClientSession, asyncio.Task[None]]] = {}
         self._loops_mutex = threading.Lock()
@@ -792,7 +758,8 @@ class EtcdRegistry:
     def _get_session(self) -> aiohttp.ClientSession:
         """The running event loop's aiohttp session, made on first use in it (those of
         closed loops are dropped then), with a task of that loop that closes it when the
-        loop ends or :meth:`close` cancels it (:func:`_own_session`); one whose task has
+        loop ends or :meth:`close` cancels it
+        (:func:`~meshkit.discovery._shared.hold_until_cancelled`); one whose task has
         ended (closed it) is replaced.
 
         Raises:
@@ -829,7 +796,8 @@ class EtcdRegistry:
             # the longest a write (a drain's deregister) takes
             bound_s = opts.operation_timeout_s + opts.request_timeout_s
             sessions[loop] = (session, loop.create_task(
-                _own_session(session, self._race, bound_s), name="meshkit-etcd-session"))
+                hold_until_cancelled(session.close, self._race, bound_s, _FOREIGN),
+                name="meshkit-etcd-session"))
             self._sessions = sessions
         return session
 
@@ -1626,7 +1594,7 @@ class EtcdRegistry:
         with self._loops_mutex:
             keepers, self._keepers = self._keepers, {}
         tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
-        tasks += [k for k in keepers.values() if not _foreign_keeper(k)]
+        tasks += [k for k in keepers.values() if not foreign_task(k)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -130,6 +130,44 @@ async def outlast_the_sweep(race: CloseRace, bound_s: float) -> None:
             await asyncio.wait(others, timeout=bound_s)
 
 
+async def hold_until_cancelled(close: Callable[[], Coroutine[Any, Any, Any]],
+                               race: CloseRace, bound_s: float,
+                               ignore: tuple[type[BaseException], ...]) -> None:
+    """The task that owns an event loop's HTTP client (etcd's aiohttp session, Consul's
+    py-consul client): hold it until cancelled, then ``close()`` it, ignoring the client's
+    own errors (``ignore``): by the registry's ``close()`` (at once), or as the loop ends
+    (``asyncio.run()``, and ``asyncio.Runner`` under pytest-asyncio, cancel the tasks left
+    and run them to their end while the loop still runs), so no client of an ended loop is
+    left unclosed; then once the other tasks cancelled with it have ended, at most
+    ``bound_s`` seconds later (:func:`outlast_the_sweep`: a ``serve()`` task among them
+    deregisters with it as it drains)."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        await outlast_the_sweep(race, bound_s)
+        raise
+    finally:
+        with contextlib.suppress(*ignore):
+            await close()
+
+
+def foreign_task(task: asyncio.Task[Any] | None) -> bool:
+    """Whether a registry's background ``task`` (a keep-alive) belongs to another event
+    loop than the running one, or has ended: then it is cancelled in its own loop if that
+    is still open (another thread's) and is not to be awaited here; an earlier
+    ``asyncio.run()``'s ended with its loop, and one of a loop closed with it pending
+    never ends. ``None``: ``False``."""
+    if task is None:
+        return False
+    loop = task.get_loop()
+    if loop is asyncio.get_running_loop() and not task.done():
+        return False
+    if not task.done() and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(task.cancel)
+    return True
+
+
 def full_jitter(rng: random.Random, attempt: int, base_s: float, max_s: float) -> float:
     """Full-jitter exponential backoff, seconds: ``uniform(0, min(max_s, base_s *
     2**(attempt-1)))`` for the ``attempt``-th retry (1-based)."""
