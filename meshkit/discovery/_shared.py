@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import enum
 import random
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -108,10 +109,15 @@ def _in_loop_of(fut: asyncio.Future[Any], running: asyncio.AbstractEventLoop | N
             loop.call_soon_threadsafe(call, *args)
 
 
+#: The tasks of :func:`hold_until_cancelled`: left out of each other's waits.
+_OWNERS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
 async def outlast_the_sweep(race: CloseRace, bound_s: float) -> None:
     """In the task that owns an event loop's HTTP client, cancelled: before it closes the
-    client, wait up to ``bound_s`` seconds for the loop's other tasks pending now to end,
-    unless the registry is closed (``race``: its :class:`CloseRace`, closed by its
+    client, wait up to ``bound_s`` seconds for the loop's other tasks being cancelled with
+    it to end (not a task that cancelled them and waits for them, nor another registry's
+    owner: each would wait for the other for ``bound_s``), unless the registry is closed (``race``: its :class:`CloseRace`, closed by its
     ``close()`` before it cancels the owners: no wait).
 
     ``asyncio.run()`` (and ``asyncio.Runner``) cancel every task left in one sweep as the
@@ -124,7 +130,12 @@ async def outlast_the_sweep(race: CloseRace, bound_s: float) -> None:
     if race.closed:
         return
     me = asyncio.current_task()
-    others = {t for t in asyncio.all_tasks() if t is not me and not t.done()}
+    # only tasks being cancelled with this one (the sweep cancels every task left): a
+    # task that cancelled the others and waits for them (a shutdown's gather) is not one,
+    # nor another registry's owner (they never use each other's clients): either would
+    # wait for this one while this one waited for it, for bound_s
+    others = {t for t in asyncio.all_tasks()
+              if t is not me and not t.done() and t.cancelling() and t not in _OWNERS}
     if others:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait(others, timeout=bound_s)
@@ -141,6 +152,9 @@ async def hold_until_cancelled(close: Callable[[], Coroutine[Any, Any, Any]],
     left unclosed; then once the other tasks cancelled with it have ended, at most
     ``bound_s`` seconds later (:func:`outlast_the_sweep`: a ``serve()`` task among them
     deregisters with it as it drains)."""
+    me = asyncio.current_task()
+    if me is not None:
+        _OWNERS.add(me)
     try:
         await asyncio.get_running_loop().create_future()
     except asyncio.CancelledError:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -1541,3 +1542,78 @@ def test_the_registry_lock_is_one_across_loops() -> None:
 
     run_loop(take_in_time())
     run_loop(take_in_time())  # released again
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_all_shutdown_is_not_held_by_the_session_owner() -> None:
+    """e70d73a: the loop's meshkit-etcd-session owner, cancelled while the registry is
+    open, waits for *every* task pending then (outlast_the_sweep), up to
+    operation_timeout_s + request_timeout_s (12 s by default). The common graceful
+    shutdown pattern (a task cancels all the others and gathers them) is itself one of
+    those tasks, waiting for the owner: each waits for the other, and shutdown hangs for
+    the whole bound instead of ending at once (the commit says "shutdown takes no
+    longer")."""
+    gw_loop = LoopThread()
+    gw = _Gateway()
+    gw_loop.run(gw.__aenter__())
+    elapsed: list[float] = []
+
+    async def main() -> None:
+        reg = EtcdRegistry(EtcdOptions(endpoints=(gw.endpoint,), ttl_s=5))
+        service = unique_service()
+        async with asyncio.timeout(10):
+            await reg.register(make_instance(service, 1))
+
+        # the shutdown: cancel every other task and wait for them (this task is not one)
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        started = time.monotonic()
+        try:
+            for t in tasks:
+                t.cancel()
+            async with asyncio.timeout(30):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            elapsed.append(time.monotonic() - started)
+            await reg.close()
+
+    try:
+        run_loop(main())
+    finally:
+        gw_loop.run(gw.__aexit__())
+        gw_loop.close()
+    assert elapsed[0] < 5.0, (
+        f"cancel-all-and-gather shutdown took {elapsed[0]:.1f} s: the etcd session owner "
+        f"waited for the shutdown task that waits for it")
+
+
+@pytest.mark.timeout(60)
+def test_two_registries_left_open_at_the_end_of_asyncio_run_do_not_hold_it() -> None:
+    """e70d73a: at the end of asyncio.run() every registry's client owner is cancelled in
+    the same sweep and waits for the loop's other pending tasks, up to its bound (etcd:
+    operation_timeout_s + request_timeout_s, 12 s by default). With two registries (a
+    server's and a channel's, each from registry_from_uri, or two clusters) each owner
+    waits for the other owner, which waits for it: the program's exit is held for the
+    whole bound though no task uses either client (the commit says "shutdown takes no
+    longer")."""
+    gw_loop = LoopThread()
+    gw = _Gateway()
+    gw_loop.run(gw.__aenter__())
+
+    async def main() -> None:
+        service = unique_service()
+        for n in (1, 2):
+            reg = EtcdRegistry(EtcdOptions(endpoints=(gw.endpoint,), ttl_s=5))
+            async with asyncio.timeout(10):
+                await reg.register(make_instance(service, n))  # left open, as a program may
+
+    started = time.monotonic()
+    try:
+        run_loop(main())
+    finally:
+        elapsed = time.monotonic() - started
+        gw_loop.run(gw.__aexit__())
+        gw_loop.close()
+    assert elapsed < 6.0, (
+        f"asyncio.run() took {elapsed:.1f} s to end: each registry's client owner waited "
+        f"for the other's")
