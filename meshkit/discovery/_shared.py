@@ -117,8 +117,9 @@ async def outlast_the_sweep(race: CloseRace, bound_s: float) -> None:
     """In the task that owns an event loop's HTTP client, cancelled: before it closes the
     client, wait up to ``bound_s`` seconds for the loop's other tasks being cancelled with
     it to end (not a task that cancelled them and waits for them, nor another registry's
-    owner: each would wait for the other for ``bound_s``), unless the registry is closed (``race``: its :class:`CloseRace`, closed by its
-    ``close()`` before it cancels the owners: no wait).
+    owner: each would wait for the other for ``bound_s``), unless the registry is closed
+    (``race``: its :class:`CloseRace`, closed by its ``close()`` before it cancels the
+    owners: no wait).
 
     ``asyncio.run()`` (and ``asyncio.Runner``) cancel every task left in one sweep as the
     loop ends and run them all to their end: a ``serve()`` task among them drains and
