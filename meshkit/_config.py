@@ -9,8 +9,10 @@ only, never per call.
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -141,6 +143,46 @@ def check_string_map(name: str, value: object) -> dict[str, str]:
         if not isinstance(k, str) or not isinstance(v, str):
             raise ConfigError(f"{name} keys and values must be strings, got {k!r}: {v!r}")
     return dict(value)
+
+
+def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
+    """``value`` (the field ``name``: grpc channel or server arguments,
+    ``DialOptions.channel_options`` / ``ServeOptions.server_options``) as a tuple of
+    ``(name, value)`` pairs, checked when the options are built: grpc unpacks and
+    converts each only when it builds a channel or server (with meshkit, for the first
+    endpoint inside the discovery watch, or at ``MeshServer.start()``), refusing a bad one
+    with a bare ``ValueError``/``TypeError`` or misreading it.
+
+    An argument's name is a non-empty ``str`` (or ``bytes``, as grpc takes it); its value
+    an ``int`` (``bool`` too), ``str`` or ``bytes``, or another object grpc takes for a C
+    pointer (one with ``__int__``, as grpc's own pointer objects). ``None`` (grpc:
+    "Expected int, bytes, or behavior") and non-integral numbers such as a float (which
+    grpc would take for a pointer's address) are refused.
+
+    Raises:
+        ConfigError: ``value`` is a string, a mapping (give ``tuple(mapping.items())``) or
+            not iterable, or an item is not such a pair; ``name`` and the item quoted.
+    """
+    refuse_str(name, value)
+    if isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a sequence of (name, value) pairs, not a "
+                          f"mapping (give tuple({name}.items())): got {value!r}")
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a sequence of (name, value) pairs, got {value!r}")
+    out: list[tuple[str, Any]] = []
+    for item in value:
+        if (isinstance(item, (str, bytes)) or not isinstance(item, Sequence)
+                or len(item) != 2):
+            raise ConfigError(f"{name} must hold (name, value) pairs, got {item!r}")
+        key, val = item
+        if not isinstance(key, (str, bytes)) or not key:
+            raise ConfigError(f"{name}: a name must be a non-empty string, got {item!r}")
+        if (val is None or (isinstance(val, numbers.Number)
+                            and not isinstance(val, numbers.Integral))
+                or not (isinstance(val, (int, str, bytes)) or hasattr(val, "__int__"))):
+            raise ConfigError(f"{name}: a value must be an int, str or bytes, got {item!r}")
+        out.append((key, val))  # type: ignore[arg-type]  # bytes names as grpc takes them
+    return tuple(out)
 
 
 def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:

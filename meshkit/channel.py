@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import numbers
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -58,7 +57,7 @@ from meshkit._codecs import (
     serialized,
     strict_deserializer,
 )
-from meshkit._config import check_number, refuse_str
+from meshkit._config import check_grpc_options, check_number
 from meshkit._fields import Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
@@ -309,47 +308,7 @@ class DialOptions:
                     "it out, or give telemetry=None to install client_interceptors() and "
                     "attempt_interceptors() yourself")
         object.__setattr__(self, "channel_options",
-                           _check_channel_options(self.channel_options))
-
-
-def _check_channel_options(value: object) -> tuple[tuple[str, Any], ...]:
-    """``value`` (``DialOptions.channel_options``) as a tuple of ``(name, value)`` pairs.
-
-    grpc unpacks each item into a name and a value when a channel is built, which with
-    meshkit happens for the first endpoint, inside the discovery watch: what it would
-    refuse or misread is refused here instead. A name is a non-empty ``str`` (or
-    ``bytes``); a value an ``int`` (``bool`` too), ``str`` or ``bytes``, or another
-    object grpc takes for a C pointer (one with ``__int__``, as grpc's own pointer
-    objects). ``None`` (grpc: "Expected int, bytes, or behavior") and non-integral
-    numbers such as a float (which grpc would take for a pointer's address) are refused.
-
-    Raises:
-        ConfigError: ``value`` is a string, a mapping or not iterable, or an item is not
-            such a pair; the item quoted.
-    """
-    refuse_str("channel_options", value)
-    if isinstance(value, Mapping):
-        raise ConfigError("channel_options must be a sequence of (name, value) pairs, not a "
-                          f"mapping (pass list(....items())): got {value!r}")
-    if not isinstance(value, Iterable):
-        raise ConfigError(f"channel_options must be a sequence of (name, value) pairs, "
-                          f"got {value!r}")
-    out: list[tuple[str, Any]] = []
-    for item in value:
-        if (isinstance(item, (str, bytes)) or not isinstance(item, Sequence)
-                or len(item) != 2):
-            raise ConfigError(f"channel_options must hold (name, value) pairs, got {item!r}")
-        name, val = item
-        if not isinstance(name, (str, bytes)) or not name:
-            raise ConfigError(f"channel_options: a name must be a non-empty string, got "
-                              f"{item!r}")
-        if (val is None or (isinstance(val, numbers.Number)
-                            and not isinstance(val, numbers.Integral))
-                or not (isinstance(val, (int, str, bytes)) or hasattr(val, "__int__"))):
-            raise ConfigError(f"channel_options: a value must be an int, str or bytes, got "
-                              f"{item!r}")
-        out.append((name, val))  # type: ignore[arg-type]  # bytes names as grpc takes them
-    return tuple(out)
+                           check_grpc_options("channel_options", self.channel_options))
 
 
 def dial(

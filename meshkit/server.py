@@ -75,6 +75,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from meshkit._config import (
+    check_grpc_options,
     check_int,
     check_number,
     check_string_map,
@@ -635,35 +636,8 @@ class ServeOptions:
                     "traced and logged twice; give telemetry=None to install "
                     "server_interceptors() yourself, or leave it out and set "
                     "telemetry=TelemetryOptions(...)")
-        object.__setattr__(self, "server_options", _server_options(self.server_options))
-
-
-def _server_options(value: Any) -> tuple[tuple[str, Any], ...]:
-    """``ServeOptions.server_options`` as a tuple of ``(name, value)`` pairs, checked when
-    the options are built (grpc refused a bad one only at :meth:`MeshServer.start`, with
-    a bare ``ValueError`` or ``TypeError``).
-
-    Raises:
-        ConfigError: a string or a mapping (its keys are no pairs: give
-            ``tuple(mapping.items())``), not iterable, or an item that is not a pair of a
-            name (a non-empty ``str``, or ``bytes``) and a value that is not ``None``;
-            the item quoted.
-    """
-    refuse_str("server_options", value)
-    if isinstance(value, Mapping):
-        raise ConfigError("server_options must be a sequence of (name, value) pairs, not a "
-                          f"mapping: give tuple(server_options.items()), got {value!r}")
-    try:
-        items: tuple[Any, ...] = tuple(value)
-    except TypeError:
-        raise ConfigError("server_options must be a sequence of (name, value) pairs, got "
-                          f"{value!r}") from None
-    for item in items:
-        if (not isinstance(item, (tuple, list)) or len(item) != 2
-                or not isinstance(item[0], (str, bytes)) or not item[0] or item[1] is None):
-            raise ConfigError("server_options: each item must be a (name, value) pair, a "
-                              f"non-empty str name and a value (not None), got {item!r}")
-    return tuple((name, option) for name, option in items)
+        object.__setattr__(self, "server_options",
+                           check_grpc_options("server_options", self.server_options))
 
 
 def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerInterceptor, ...]:
