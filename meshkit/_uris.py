@@ -6,7 +6,10 @@ registry URIs of :mod:`meshkit.discovery`, the storage URI of the rate limiter).
 
 from __future__ import annotations
 
-__all__ = ["hide_userinfo", "split_userinfo"]
+import urllib.parse
+from collections.abc import Collection
+
+__all__ = ["hide_userinfo", "mask_query", "split_userinfo"]
 
 
 def split_userinfo(uri: str) -> tuple[str, str, str]:
@@ -37,3 +40,22 @@ def hide_userinfo(uri: str) -> str:
         return uri
     prefix, _, rest = split_userinfo(uri)
     return f"{prefix}***@{rest}"
+
+
+def mask_query(rest: str, known: Collection[str] = ()) -> str:
+    """``rest`` (what follows a URI's user info: ``host:port/path?query#fragment``) with
+    the value of each query key not in ``known`` (option names whose values are no
+    secret) and any fragment replaced by ``***``: ``"h:6379/0?db=1&password=pw"`` with
+    ``known={"db"}`` -> ``"h:6379/0?db=1&password=***"``. A token or password passed
+    under a query name a driver reads (or one it ignores) never reaches a log; keys and
+    the rest are shown as written."""
+    rest, hash_, _ = rest.partition("#")
+    base, qmark, query = rest.partition("?")
+    if query:
+        pieces = []
+        for piece in query.split("&"):
+            key, eq, _ = piece.partition("=")
+            masked = eq and urllib.parse.unquote_plus(key) not in known
+            pieces.append(f"{key}=***" if masked else piece)
+        query = "&".join(pieces)
+    return f"{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 from meshkit._config import check_seconds
-from meshkit._uris import split_userinfo
+from meshkit._uris import mask_query, split_userinfo
 from meshkit.errors import ConfigError
 
 __all__ = [
@@ -60,16 +60,7 @@ def shown_uri(uri: str, known: Collection[str] = ()) -> str:
     head, userinfo, after = split_userinfo(uri)
     if userinfo:
         head = f"{head}***@"
-    rest, hash_, _ = after.partition("#")
-    base, qmark, query = rest.partition("?")
-    if query:
-        pieces = []
-        for piece in query.split("&"):
-            key, eq, _ = piece.partition("=")
-            masked = eq and urllib.parse.unquote_plus(key) not in known
-            pieces.append(f"{key}=***" if masked else piece)
-        query = "&".join(pieces)
-    return f"{head}{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+    return f"{head}{mask_query(after, known)}"
 
 
 def at_sign_may_be_userinfo(uri: str, allowed: Collection[str]) -> bool:

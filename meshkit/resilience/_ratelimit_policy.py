@@ -29,7 +29,7 @@ from limits.aio.storage import Storage as AsyncStorage
 from limits.util import parse_many
 
 from meshkit._methods import MethodMatcher
-from meshkit._uris import hide_userinfo
+from meshkit._uris import hide_userinfo, mask_query, split_userinfo
 from meshkit.errors import ConfigError
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
@@ -193,16 +193,34 @@ def sliding_window_wait_s(*, amount: int, window_s: float, previous_count: int,
     return max(0.0, current_ends_in) + after
 
 
+#: storage URI query options whose values are no secret, shown as written by
+#: :func:`redact_uri`: coredis' connection options (``ConnectionPool.from_url``), the
+#: database and TLS file paths, and limits' own Redis options
+_STORAGE_OPTIONS = frozenset({
+    "db", "client_name", "stream_timeout", "connect_timeout", "max_connections",
+    "max_idle_time", "protocol_version", "idle_check_interval", "noreply", "noevict",
+    "notouch", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs",
+    "ssl_check_hostname", "decode_responses", "socket_timeout", "socket_connect_timeout",
+    "health_check_interval", "retry_on_timeout", "implementation", "key_prefix",
+})
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` with any user info replaced by ``***``, for logs and error messages:
-    ``"async+redis://user:pw@h:6379/0"`` -> ``"async+redis://***@h:6379/0"``; a URI
-    without ``@`` comes back unchanged.
+    ``"async+redis://user:pw@h:6379/0"`` -> ``"async+redis://***@h:6379/0"``; likewise the
+    value of any query option that is not a known harmless one (the database, timeouts,
+    TLS file paths, ...: ``?password=pw`` -> ``?password=***``) and any fragment. A URI
+    with none of these comes back unchanged.
 
     User info is everything after ``scheme://`` up to the last ``@`` (as registry URIs
     are shown, :func:`meshkit._uris.hide_userinfo`): a password may hold an unencoded
     ``/``, ``?`` or ``#``, where ``urllib.parse.urlsplit`` would find none and show it.
     """
-    return hide_userinfo(uri)
+    masked = hide_userinfo(uri)
+    if "?" not in masked and "#" not in masked:
+        return masked
+    prefix, userinfo, rest = split_userinfo(masked)
+    return f"{prefix}{userinfo}{mask_query(rest, _STORAGE_OPTIONS)}"
 
 
 def _installed(module: str) -> bool:

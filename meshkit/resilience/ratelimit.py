@@ -107,6 +107,7 @@ from meshkit._metadata import call_metadata
 from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
 from meshkit.resilience._ratelimit_policy import (
+    _STORAGE_OPTIONS,
     STRATEGIES,
     OutageTracker,
     Rule,
@@ -336,14 +337,23 @@ def _scrub_uri_secrets(text: str, uri: str) -> str:
     a URI), and any other appearance of ``uri``'s password (as written or decoded)
     too, and of each piece of 3 characters or more of it between unencoded ``/``,
     ``?``, ``#`` or ``@`` (where a URI parser cuts it: ``Port could not be cast to
-    integer value as 's3cr'`` for ``redis://:s3cr/et@h:6379``)."""
+    integer value as 's3cr'`` for ``redis://:s3cr/et@h:6379``), and of each value of 3
+    characters or more that :func:`redact_uri` masks in the query or fragment."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
-    password = split_userinfo(uri)[1][:-1].partition(":")[2]
+    _, userinfo, rest = split_userinfo(uri)
+    password = userinfo[:-1].partition(":")[2]
+    forms: set[str] = set()
     if password:
-        forms = {password, urllib.parse.unquote(password)}
+        forms.update((password, urllib.parse.unquote(password)))
         forms.update(p for p in re.split(r"[/?#@]", password) if len(p) >= 3)
-        for form in sorted(forms, key=len, reverse=True):
-            text = text.replace(form, "***")
+    # the values redact_uri masks in the query (``?password=...``) and the fragment
+    rest, _, fragment = rest.partition("#")
+    for key, value in urllib.parse.parse_qsl(rest.partition("?")[2], keep_blank_values=True):
+        if key not in _STORAGE_OPTIONS:
+            forms.add(value)
+    forms.add(fragment)
+    for form in sorted((f for f in forms if len(f) >= 3), key=len, reverse=True):
+        text = text.replace(form, "***")
     return text
 
 

@@ -323,6 +323,31 @@ def test_a_password_with_slash_question_mark_or_hash_is_never_shown(password: st
     assert "s3cr" not in text, text
 
 
+def test_a_secret_in_the_storage_uris_query_or_fragment_is_never_shown() -> None:
+    """A token or password passed as a query value (``?password=...``, ``?token=...``:
+    some Redis clients read them, coredis ignores them) or in a fragment was shown as
+    written by ``repr(RateLimitOptions)``, the storage_uri ConfigErrors and the limiter's
+    storage name. Every query value but the known harmless options (``db``, timeouts, TLS
+    file paths, ...) and the fragment are now masked, as ``shown_uri`` does for registry
+    URIs; a foreign library's message quoting one is scrubbed too."""
+    from meshkit.resilience.ratelimit import _scrub_uri_secrets
+
+    uri = "async+redis://127.0.0.1:6379/0?db=1&password=hunter22&token=t0k3n#fr4gment"
+    shown = redact_uri(uri)
+    assert shown == "async+redis://127.0.0.1:6379/0?db=1&password=***&token=***#***", shown
+    options = RateLimitOptions(default_rule="10/second", storage_uri=uri)
+    assert "hunter22" not in repr(options) and "t0k3n" not in repr(options), repr(options)
+    assert "db=1" in repr(options)
+    with pytest.raises(ConfigError) as info:
+        RateLimitOptions(storage_uri="bogus://127.0.0.1:1?password=hunter22")
+    assert "hunter22" not in str(info.value), str(info.value)
+    assert "'bogus://127.0.0.1:1?password=***'" in str(info.value)
+    limiter = StorageLimiter(options)
+    assert "hunter22" not in limiter._storage_name, limiter._storage_name
+    said = _scrub_uri_secrets(f"cannot connect to {uri}: password hunter22 refused", uri)
+    assert "hunter22" not in said and "t0k3n" not in said and "fr4gment" not in said, said
+
+
 # --- configuration errors -----------------------------------------------------------------
 
 
