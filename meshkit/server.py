@@ -484,7 +484,11 @@ class ServeOptions:
             stops at once.
         drain_delay_s: seconds between deregistering and refusing new calls, so that
             callers' discovery catches up (default 1.0).
-        reflection: serve gRPC server reflection (default ``True``).
+        reflection: serve gRPC server reflection (default ``True``): the
+            ``grpc.reflection.v1alpha`` service and the same under ``grpc.reflection.v1``,
+            listing the services given, health and reflection. A reflection servicer
+            among the servicers given (either version) is served instead, and meshkit
+            adds none of its own.
         telemetry: traces, RED metrics and access logs for every call
             (:class:`meshkit.observability.TelemetryOptions`, on by default, installed
             outermost); ``None`` turns them off. Spans are exported when the environment
@@ -1125,7 +1129,11 @@ class MeshServer:
             add_fn(servicer, recorder)
             if health.SERVICE_NAME in recorder.take_added():
                 yours = self._your_health(servicer, yours)
-        self.service_names = [n for n in recorder.names if n != health.SERVICE_NAME]
+        # a reflection service of your own (say, over a descriptor pool of your own) is
+        # the one served: meshkit adds none beside it
+        own_reflection = [n for n in recorder.names if n in _REFLECTION_NAMES]
+        self.service_names = [n for n in recorder.names
+                              if n != health.SERVICE_NAME and n not in _REFLECTION_NAMES]
         if yours is None:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
         else:
@@ -1134,7 +1142,7 @@ class MeshServer:
             statuses = getattr(yours, "_server_status", None)
             self._kept_statuses = frozenset(statuses if isinstance(statuses, Mapping)
                                             else ())
-        if opts.reflection:
+        if opts.reflection and not own_reflection:
             # v1 is answered but not listed: grpcio-reflection has no v1 descriptor to
             # describe it with, and a client describes every service listed (grpcurl)
             names = list(dict.fromkeys(
@@ -1608,6 +1616,7 @@ class MeshServer:
 
 
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_REFLECTION_NAMES = frozenset((_REFLECTION_V1, reflection.SERVICE_NAME))
 
 _UNDO_DEREGISTER_S = 5.0
 """How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""

@@ -1307,6 +1307,43 @@ async def test_a_users_own_health_servicer_is_the_one_served_and_driven(
         assert reply.status == _NOT_SERVING, name
 
 
+async def test_a_users_own_reflection_servicer_is_the_one_served(
+        registry: LocalRegistry) -> None:
+    """A service that brings its own ``grpcio-reflection`` servicer (listing, say, a
+    service it serves through a generic handler, or over a descriptor pool of its own)
+    passes it to ``serve()`` like any servicer. meshkit added its own reflection servicer
+    after it, under the same method paths, so the user's was silently replaced: a client
+    listing the services never saw the one the user listed, and the user's reflection
+    name was taken for a service of theirs (set SERVING in health). Now the user's
+    servicer answers, on both versions' clients' first choice as the user registered it,
+    and meshkit adds none of its own."""
+    from grpc_reflection.v1alpha import reflection
+
+    mine = reflection.aio.ReflectionServicer(
+        ["custom.Generic", reflection.SERVICE_NAME, "grpc.health.v1.Health"])
+    srv = meshkit.MeshServer(
+        "reflectd",
+        [add_echo("r1"), (reflection_pb2_grpc.add_ServerReflectionServicer_to_server, mine)],
+        registry=registry, options=_drainable("r1"))
+    await srv.start()
+    try:
+        async with asyncio.timeout(10), \
+                grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            names = [s.name async for answer in reflection_pb2_grpc.ServerReflectionStub(ch)
+                     .ServerReflectionInfo(iter([request]), timeout=3)
+                     for s in answer.list_services_response.service]
+            assert "custom.Generic" in names, f"the user's reflection is not served: {names}"
+            assert srv.service_names == [SERVICE]
+            v1 = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # theirs has no v1: none
+                async for _ in v1(iter([request.SerializeToString()]), timeout=3):
+                    pass
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+
+
 @pytest.mark.parametrize("servicers", ["sync", "two"])
 async def test_a_health_servicer_meshkit_cannot_drive_is_refused(
         registry: LocalRegistry, servicers: str) -> None:
