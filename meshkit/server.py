@@ -172,14 +172,23 @@ class _SignalFanout:
     (:func:`_stop_listening`), which gives the signal its handler from before back.
 
     ``previous``: ``{signal: its handler before}`` (one entry), what a forked child gets
-    back (:func:`_undo_signal_handlers_in_child`); ``listeners``: an ordered set, woken in
-    the order the servers started listening."""
+    back (:func:`_undo_signal_handlers_in_child`); ``loop_callback``: the callback and
+    arguments another ``loop.add_signal_handler`` had given the loop for the signal
+    (asyncio's loop, which keeps them in ``_signal_handlers``; ``None`` for none, or on
+    uvloop, whose handlers cannot be read); ``listeners``: an ordered set, woken in the
+    order the servers started listening."""
 
-    __slots__ = ("listeners", "previous", "sig")
+    __slots__ = ("listeners", "loop_callback", "previous", "sig")
 
-    def __init__(self, sig: signal.Signals) -> None:
+    def __init__(self, sig: signal.Signals, loop: asyncio.AbstractEventLoop) -> None:
         self.sig = sig
         self.previous: dict[signal.Signals, _SignalHandler] = {sig: signal.getsignal(sig)}
+        self.loop_callback: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+        handlers = getattr(loop, "_signal_handlers", None)
+        handle = handlers.get(sig) if isinstance(handlers, dict) else None
+        callback = getattr(handle, "_callback", None)
+        if callable(callback) and not getattr(handle, "_cancelled", True):
+            self.loop_callback = (callback, tuple(getattr(handle, "_args", None) or ()))
         self.listeners: dict[_SignalListener, None] = {}
 
     def dispatch(self) -> None:
@@ -211,7 +220,7 @@ def _listen_for_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
     key = (loop, sig)
     fanout = _fanouts.get(key)
     if fanout is None:
-        fanout = _SignalFanout(sig)
+        fanout = _SignalFanout(sig, loop)
         loop.add_signal_handler(sig, fanout.dispatch)
         _fanouts[key] = fanout
     fanout.listeners[listener] = None
@@ -220,10 +229,10 @@ def _listen_for_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
 def _stop_listening(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
                     listener: _SignalListener) -> None:
     """Undo :func:`_listen_for_signal`. The last listener of a loop and signal removes
-    its handler and gives the signal back the handler it had before (a Python handler:
-    the application's own, ``SIG_IGN``, ``asyncio.run``'s for SIGINT); a handler that
-    was an event loop's own placeholder (another ``loop.add_signal_handler``, whose
-    callback the loop forgot when it was replaced) is not given back: the loop's
+    its handler and gives the signal back the handler it had before: a Python handler
+    (the application's own, ``SIG_IGN``, ``asyncio.run``'s for SIGINT), or the callback
+    of the application's own ``loop.add_signal_handler`` on asyncio's loop. On uvloop,
+    whose loop handlers cannot be read, such a callback is not given back: the loop's
     default stays (``SIG_DFL``; ``default_int_handler`` for SIGINT). Never raises."""
     key = (loop, sig)
     fanout = _fanouts.get(key)
@@ -235,6 +244,11 @@ def _stop_listening(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
     del _fanouts[key]
     with contextlib.suppress(Exception):
         loop.remove_signal_handler(sig)
+    if fanout.loop_callback is not None and not loop.is_closed():
+        callback, args = fanout.loop_callback
+        with contextlib.suppress(Exception):
+            loop.add_signal_handler(sig, callback, *args)
+            return
     before = fanout.previous[sig]
     if before is not None and not _loop_placeholder(before):
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -1523,8 +1537,9 @@ class MeshServer:
         Every server of the event loop sees the signal (several ``serve()`` in one
         process, e.g. under ``asyncio.gather``): the loop keeps one handler per signal,
         so the first server installs one that wakes them all, and the last to end its
-        drain removes it and gives the signal back the Python handler it had before (a
-        handler another ``loop.add_signal_handler`` put there is not given back: the
+        drain removes it and gives the signal back the handler it had before: a Python
+        handler, or your own ``loop.add_signal_handler`` callback on asyncio's loop (on
+        uvloop, whose loop handlers cannot be read, that one is not given back: the
         loop's default stays).
 
         Outside the main thread (a thread running its own event loop) no handlers are

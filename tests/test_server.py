@@ -1561,6 +1561,35 @@ async def test_a_signal_while_starting_undoes_the_start_and_returns(registry_dir
         await reg.close()
 
 
+async def test_the_applications_own_loop_signal_handler_is_given_back_after_the_drain(
+        registry: LocalRegistry) -> None:
+    """An application that set its own ``loop.add_signal_handler`` for a signal (to
+    reload its configuration on SIGUSR1, say) and then ran ``run_until_signal()`` for
+    that signal lost its handler for good once the server had drained: the loop's
+    handler was removed and the signal left to its default action, so the next SIGUSR1
+    killed the process. Now the application's callback is the loop's handler again
+    (asyncio's loop; uvloop's handlers cannot be read, as the docstring says)."""
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    loop.add_signal_handler(signal.SIGUSR1, seen.append, "reload")
+    srv = meshkit.MeshServer("echo", [add_echo("g1")], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=0.2, admin=None))
+    try:
+        run = asyncio.ensure_future(srv.run_until_signal((signal.SIGUSR1,)))
+        await until(lambda: srv.ready or run.done(), timeout_s=10, what="serving")
+        os.kill(os.getpid(), signal.SIGUSR1)  # the server's: it drains
+        await asyncio.wait_for(run, 10)
+        assert seen == []
+        handlers = getattr(loop, "_signal_handlers", {})
+        assert signal.SIGUSR1 in handlers, "the application's handler was not given back"
+        os.kill(os.getpid(), signal.SIGUSR1)  # the application's again
+        await until(lambda: seen == ["reload"], timeout_s=5, what="the app's handler")
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        await asyncio.wait_for(srv.drain(), 5)
+
+
 def test_servers_starting_together_in_a_later_event_loop_share_a_new_admin_server(
         tmp_path: Path) -> None:
     """The process's shared admin server and the lock that guards it belong to one event
