@@ -46,7 +46,10 @@ class Rule:
             (default ``False``; for health checks on plaintext servers).
 
     Raises:
-        ConfigError: a pattern is empty or not a string.
+        ConfigError: a pattern is empty or not a string, or a peer pattern can match no
+            workload's SPIFFE ID (``spiffe://<trust domain>/svc/<service>``: an upper-case
+            trust domain, a trailing ``/``, another path; quoted, with why), which in
+            ``deny_peers`` would refuse no one.
     """
 
     allow_peers: tuple[str, ...] = ()
@@ -63,7 +66,8 @@ class Rule:
                 raise ConfigError(f"{name} must be a tuple of patterns, got the string {value!r}")
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "_m", (
-            IdentityMatcher(self.allow_peers), IdentityMatcher(self.deny_peers),
+            IdentityMatcher(self.allow_peers, where="allow_peers", peers=True),
+            IdentityMatcher(self.deny_peers, where="deny_peers", peers=True),
             IdentityMatcher(self.allow_subjects), IdentityMatcher(self.deny_subjects),
         ))
 

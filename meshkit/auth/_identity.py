@@ -268,6 +268,40 @@ def _is_uri(name: bytes) -> bool:
     return False
 
 
+def _glob(pattern: str) -> re.Pattern[str]:
+    """``pattern`` (``*``: any run of characters but ``/``) as a regex, for fullmatch."""
+    return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")))
+
+
+_PEER_SHAPE = "spiffe://<trust domain>/svc/<service>, or '*'"
+
+
+def peer_pattern_problem(pattern: str) -> str | None:
+    """Why the SPIFFE ID pattern ``pattern`` (``*`` wildcards that never cross ``/``)
+    can match no workload identity, or ``None`` when it can. A peer's identity, as
+    :class:`PeerVerifier` yields it, is always ``spiffe://<trust domain>/svc/<service>``
+    with a lower-case trust domain (SPIFFE ID §2.1) and a lower-case DNS label for the
+    service; a pattern of another shape (an upper-case trust domain, a trailing ``/``,
+    no ``/svc/``, a Kubernetes-style ``/ns/x/sa/y`` path, no ``spiffe://``) matches
+    nothing, so in a deny list it would refuse no one."""
+    if pattern == "*":
+        return None
+    if not pattern.startswith("spiffe://"):
+        return f"not a SPIFFE ID pattern ({_PEER_SHAPE})"
+    parts = pattern[len("spiffe://"):].split("/")
+    if len(parts) != 3:
+        return (f"a workload's SPIFFE ID is {_PEER_SHAPE}, and '*' never crosses a '/'")
+    td, svc, service = parts
+    if not td or not re.fullmatch(r"[a-z0-9._*-]+", td):
+        return "the trust domain must be lower-case letters, digits, '.', '-', '_' or '*'"
+    if _glob(svc).fullmatch("svc") is None:
+        return f"the path must be /svc/<service> ({_PEER_SHAPE})"
+    if not re.fullmatch(r"[a-z0-9*-]+", service) or (
+            "*" not in service and not _LABEL_RE.fullmatch(service)):
+        return "the service must be a lower-case DNS label ('*' wildcards allowed)"
+    return None
+
+
 class IdentityMatcher:
     """Matches identities (SPIFFE IDs or JWT subjects) against ``*`` patterns, compiled once.
 
@@ -275,21 +309,27 @@ class IdentityMatcher:
     than ``/`` — it never crosses a path segment — except that the pattern ``"*"`` alone
     matches every identity. So ``"spiffe://meshkit.local/svc/*"`` matches every workload
     of the trust domain and not ``spiffe://meshkit.local/svc/orderd/extra`` (no
-    workload), and ``"spiffe://meshkit.local/*"`` matches no workload at all.
+    workload); with ``peers=True`` a pattern that can match no workload
+    (``"spiffe://meshkit.local/*"``, see :func:`peer_pattern_problem`) is refused.
 
     Args:
         patterns: the patterns; an empty sequence matches nothing.
         where: the field the patterns come from, named in errors (default
             ``"patterns"``).
+        peers: the patterns are matched against peers' SPIFFE IDs (default ``False``:
+            JWT subjects, any string): each must be able to match a workload's ID, so
+            that a typo in a deny list cannot refuse no one in silence.
 
     Raises:
         ConfigError: ``patterns`` is one string (split into its characters it would hold
-            ``"*"`` and match every identity), or a pattern is not a non-empty string.
+            ``"*"`` and match every identity), a pattern is not a non-empty string, or
+            (``peers=True``) a pattern can match no workload (quoted, with why).
     """
 
     __slots__ = ("_any", "_exact", "_patterns", "_regex")
 
-    def __init__(self, patterns: Sequence[str], *, where: str = "patterns") -> None:
+    def __init__(self, patterns: Sequence[str], *, where: str = "patterns",
+                 peers: bool = False) -> None:
         refuse_str(where, patterns)
         self._patterns = tuple(patterns)
         exact: set[str] = set()
@@ -297,6 +337,9 @@ class IdentityMatcher:
         for p in self._patterns:
             if not isinstance(p, str) or not p:
                 raise ConfigError(f"identity patterns must be non-empty strings, got {p!r}")
+            problem = peer_pattern_problem(p) if peers else None
+            if problem is not None:
+                raise ConfigError(f"{where}: {p!r} can match no peer: {problem}")
             if "*" in p:
                 wild.append("[^/]*".join(re.escape(part) for part in p.split("*")))
             else:

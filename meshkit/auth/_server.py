@@ -86,7 +86,7 @@ class PeerIdentityInterceptor(WrappingInterceptor):
                  verifier: PeerVerifier | None = None) -> None:
         super().__init__()
         self.trust_domain = trust_domain
-        self._allowed = (IdentityMatcher(allowed_peers, where="allowed_peers")
+        self._allowed = (IdentityMatcher(allowed_peers, where="allowed_peers", peers=True)
                          if allowed_peers else None)
         self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
         self.verifier = verifier if verifier is not None else default_peer_verifier()

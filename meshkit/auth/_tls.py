@@ -70,6 +70,7 @@ from meshkit.auth._certs import CA_CERT, load_certificates, load_workload_key, t
 from meshkit.auth._errors import CertificateError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
+    IdentityMatcher,
     PeerVerifier,
     SpiffeId,
     identity_dns_name,
@@ -236,7 +237,8 @@ class TLSOptions:
             or one besides its SPIFFE ID, its SPIFFE ID is
             no workload ID or in another trust domain, or peers would refuse the
             certificate (the message says why).
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range (quoted), or an ``allowed_peers`` pattern that
+            can match no workload's SPIFFE ID (``spiffe://<trust domain>/svc/<service>``).
 
     Example::
 
@@ -287,6 +289,7 @@ class TLSOptions:
         if isinstance(self.allowed_peers, str):
             raise ConfigError(f"allowed_peers must be a tuple, got {self.allowed_peers!r}")
         object.__setattr__(self, "allowed_peers", tuple(self.allowed_peers))
+        IdentityMatcher(self.allowed_peers, where="allowed_peers", peers=True)  # checked now
         if self.trust_domain is not None:
             validate_trust_domain(self.trust_domain)
         else:

@@ -215,7 +215,8 @@ class MessageVerifier:
             check_number("max_message_age_s", max_message_age_s, low_open=True)
         self._max_age_s = max_message_age_s
         self._verifier = PeerVerifier(ca_pem, clock=clock)
-        self._allowed = (IdentityMatcher(allowed_publishers, where="allowed_publishers")
+        self._allowed = (IdentityMatcher(allowed_publishers, where="allowed_publishers",
+                                         peers=True)
                          if allowed_publishers else None)
         self._cache: dict[str, _Known] = {}
         self._max = max_entries

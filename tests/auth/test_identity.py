@@ -153,3 +153,42 @@ def test_policy_wildcard_does_not_admit_non_workload_ids() -> None:
     assert not policy.evaluate("/p.S/M", "spiffe://td/svc/orderd/extra", None).allowed
     deny = AuthzPolicy(default=Rule(allow_peers=("*",), deny_peers=("spiffe://td/svc/*",)))
     assert not deny.evaluate("/p.S/M", "spiffe://td/svc/orderd", None).allowed
+
+
+@pytest.mark.parametrize("pattern", [
+    "spiffe://MeshKit.local/svc/evil",  # SPIFFE trust domains are lower case
+    "spiffe://meshkit.local/svc/evil/",  # a trailing slash
+    "spiffe://meshkit.local/evil",  # no /svc/
+    "spiffe://meshkit.local/*",  # '*' never crosses '/'
+    "spiffe://cluster.local/ns/default/sa/evil",  # a Kubernetes-style path
+    "meshkit.local/svc/evil",  # no scheme
+    "SPIFFE://meshkit.local/svc/evil",
+    "spiffe://meshkit.local/svc/Evil",  # a service is a lower-case DNS label
+    "spiffe://meshkit.local",
+])
+def test_a_peer_pattern_that_can_match_no_workload_is_refused(pattern: str) -> None:
+    """A peer's identity is always ``spiffe://<trust domain>/svc/<service>``, lower case
+    (what PeerVerifier yields). A ``deny_peers`` entry of another shape (an upper-case
+    trust domain, a trailing slash, a path of another mesh) was accepted and matched no
+    one, so the peer it was meant to refuse was let in, in silence; in ``allow_peers``,
+    ``allowed_peers`` or ``allowed_publishers`` it refused every caller with no clue why.
+    Each is now a ConfigError at construction, quoting the pattern and saying why; JWT
+    subject patterns (any string) are not checked."""
+    from meshkit.auth import AuthzPolicy, Rule
+
+    for make in (lambda: Rule(allow_peers=("*",), deny_peers=(pattern,)),
+                 lambda: Rule(allow_peers=(pattern,)),
+                 lambda: PeerIdentityInterceptor("meshkit.local", (pattern,))):
+        with pytest.raises(ConfigError, match=r"can match no peer") as info:
+            make()
+        assert repr(pattern) in str(info.value)
+    assert AuthzPolicy(default=Rule(allow_subjects=(pattern,))) is not None  # subjects: any
+
+
+@pytest.mark.parametrize("pattern", [
+    "*", "spiffe://meshkit.local/svc/orderd", "spiffe://meshkit.local/svc/*",
+    "spiffe://*/svc/orderd", "spiffe://meshkit.local/svc/order-*", "spiffe://m*.local/*/x",
+])
+def test_peer_patterns_that_can_match_a_workload_are_accepted(pattern: str) -> None:
+    """Every pattern that can match ``spiffe://<trust domain>/svc/<service>`` is kept."""
+    assert IdentityMatcher((pattern,), peers=True).patterns == (pattern,)
