@@ -527,6 +527,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))  # W3C Trace Context level 2
 _FLAGS = tuple(TraceFlags(i) for i in range(4))
+_KEPT_FLAGS = _SAMPLED | _RANDOM  # the trace flags sent on; the others are reserved (W3C)
 _TRACE_ID_LIMIT = (1 << 64) - 1  # a trace id's low 64 bits (the ratio rule); the largest span id
 _TRACE_ID_MAX = (1 << 128) - 1  # and the largest valid trace id (W3C Trace Context)
 _UNSET_STATUS = Status(StatusCode.UNSET)
@@ -1012,14 +1013,18 @@ _PROXY_PROVIDER = trace.ProxyTracerProvider()  # no global provider yet: no SDK 
 class SpanStarter:
     """Starts meshkit's spans, building an SDK span only when the trace is sampled.
 
-    When the provider's sampler drops the trace, or without an SDK :class:`TracerProvider`
-    (the API's no-op or proxy one) under a valid parent, the span is a
+    When the provider's sampler drops the trace, the span is a
     :class:`~opentelemetry.trace.NonRecordingSpan` carrying a fresh span id
     (``random.getrandbits``, like the SDK's generator) under the parent's (or a fresh)
-    trace id, so trace context still propagates (``traceparent`` with the sampled flag
-    cleared, or the parent's flag passed through without an SDK) and log lines still
-    carry ``trace_id``/``span_id``. Without an SDK and without a parent it is the invalid
-    span (nothing to continue or record; a downstream service samples on its own).
+    trace id, the sampled flag cleared and the sampler's tracestate, as the SDK's
+    ``start_span`` builds it. Without an SDK :class:`TracerProvider` (the API's no-op or
+    proxy one) under a valid parent, it is a ``NonRecordingSpan`` carrying the parent's
+    own span context, as the OpenTelemetry API gives it without an SDK ("Behavior of the
+    API in the absence of an installed SDK"): the next hop's parent is the caller's span,
+    the sampled flag passed through (reserved flags cleared, W3C Trace Context). Either
+    way trace context still propagates and log lines carry ``trace_id``/``span_id``.
+    Without an SDK and without a parent there is no span (nothing to continue or record;
+    a downstream service samples on its own).
     The provider's sampler (the configured one) decides once, as it would in the SDK
     (``ParentBased`` with a ratio, ``ALWAYS_ON`` or ``ALWAYS_OFF`` root, and the static
     samplers, are evaluated here on the trace id; any other sampler is asked). A sampled
@@ -1094,9 +1099,11 @@ class SpanStarter:
             return None
         if parent is not None:
             if _SC_TUPLE:
-                tid, _, _, flags, state, _ = parent
+                tid, sid, remote, flags, state, _ = parent
             else:  # pragma: no cover - another SpanContext layout
-                tid, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+                tid, sid, remote, flags, state = (parent.trace_id, parent.span_id,
+                                                  parent.is_remote, parent.trace_flags,
+                                                  parent.trace_state)
         else:
             tid = (_getrandbits(128) or _new_trace_id()) if sdk is None or sdk.default_ids \
                 else sdk.new_trace_id()
@@ -1104,10 +1111,14 @@ class SpanStarter:
         if sdk is None:
             if parent is None:  # nothing to continue, nothing to record: no trace context
                 return None
-            # the sampled and random-trace-id flags go on; the others are reserved, and
-            # W3C Trace Context says vendors MUST set them to zero
-            return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,
-                                                _FLAGS[flags & (_SAMPLED | _RANDOM)], state))
+            # the parent's span context, as the API without an SDK gives it (so the next
+            # hop's parent is the caller's span, one that exists); the sampled and
+            # random-trace-id flags go on, the others are reserved, and W3C Trace Context
+            # says vendors MUST set them to zero
+            kept = flags & _KEPT_FLAGS
+            if kept == flags:
+                return NonRecordingSpan(parent)
+            return NonRecordingSpan(SpanContext(tid, sid, remote, _FLAGS[kept], state))
         if sdk.generic:
             generic: Span = sdk.tracer.start_span(name, _parent_context(parent, context),
                                                   self._kind, attributes)

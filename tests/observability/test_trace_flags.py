@@ -86,5 +86,29 @@ async def test_flags_sent_on_when_a_trace_continues(
         tracer_provider=NoOpTracerProvider(), registry=prom)
     out = await _relayed_traceparent(registry, opts, f"00-{_TID}-{_SID}-{incoming}")
     version, out_tid, out_sid, flags = out.split("-")
-    assert (version, out_tid) == ("00", _TID) and out_sid != _SID, out
+    # with an SDK the parent is meshkit's own (unsampled or exported) client span; without
+    # one it is the caller's span, as the OpenTelemetry API passes a parent through
+    assert (version, out_tid) == ("00", _TID) and (out_sid != _SID) is sdk, out
     assert int(flags, 16) == sent, (incoming, out)
+
+
+async def test_without_an_sdk_a_relayed_trace_keeps_the_callers_span_as_parent(
+        registry: LocalRegistry, prom: CollectorRegistry) -> None:
+    """A meshkit service with tracing on but no SDK provider (the shipped default when no
+    ``OTEL_*`` variable asks for tracing) between two traced services: A (sampled, span
+    ``b7ad...``) -> B (meshkit, no SDK) -> C.
+
+    What was wrong: B's server and client spans were non-recording spans with span ids B
+    made up, and B sent C a ``traceparent`` naming one of them as parent, with the sampled
+    flag passed through. C sampled and exported a span whose parent no service ever
+    exported: trace back-ends showed C's subtree detached from A's span (an orphan), the
+    trace broken at every untraced meshkit hop.
+
+    Now: as the OpenTelemetry Trace API specifies without an SDK ("Behavior of the API in
+    the absence of an installed SDK": a non-recording span with the parent's
+    SpanContext; Python's ``NoOpTracer`` does that), B's spans carry the caller's span
+    context, so C receives A's span id as its parent."""
+    opts = TelemetryOptions(tracer_provider=NoOpTracerProvider(), registry=prom)
+    incoming = f"00-{_TID}-{_SID}-01"
+    out = await _relayed_traceparent(registry, opts, incoming)
+    assert out == incoming, f"B sent {out!r}; expected the caller's own {incoming!r}"
