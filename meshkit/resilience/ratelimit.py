@@ -34,6 +34,15 @@ replicas (needs ``limits[async-redis]``, i.e. the ``coredis`` driver). A strateg
 cannot run is refused when the options are built, like every other bad value
 (:class:`~meshkit.errors.ConfigError` quoting it).
 
+On Redis every hit is one atomic round trip: a Lua script of ``limits`` (for the fixed
+window its ``incr_expire.lua``: the count and the window's expiry set together, never a
+counter left without a TTL) run once. A Redis call is not retried by the client (coredis'
+``NoRetryPolicy``; ``coredis.Redis.from_url`` would retry twice on a connection error or
+timeout): a hit is not idempotent, and one whose answer was lost (connection reset after
+Redis ran it) would be counted again. Such a call is a storage failure, handled as the
+table below says; the call after it counts normally. (``async+redis+cluster`` keeps
+coredis' cluster retries, which also follow a failed node to its replacement.)
+
 ==========================================  =============================================
 outcome                                     gRPC status
 ==========================================  =============================================
@@ -92,6 +101,8 @@ import grpc
 import structlog
 from limits import strategies as _sync_strategies
 from limits.aio.storage import MemoryStorage as AsyncMemoryStorage
+from limits.aio.storage import RedisStorage as AsyncRedisStorage
+from limits.aio.storage.redis.coredis import CoredisBridge
 from limits.aio.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -605,6 +616,48 @@ class StorageBreaker:
             self.opened += 1
 
 
+def _storage_options(uri: str, cls: type[Any]) -> dict[str, Any]:
+    """Keyword options for ``storage_from_string(uri)`` beyond ``wrap_exceptions``: for a
+    single Redis server through coredis (``async+redis://``, ``async+rediss://``,
+    ``async+redis+unix://``), ``retry_policy=NoRetryPolicy()``. ``coredis.Redis.from_url``
+    retries a command twice on a connection error or timeout; a rate-limit hit is not
+    idempotent, and one whose answer was lost after Redis ran it was counted two or three
+    times (a "1/minute" caller refused its only call). Other storages: none."""
+    if cls is not AsyncRedisStorage or uri.startswith("async+valkey"):
+        return {}
+    try:
+        from coredis.retry import NoRetryPolicy
+    except ImportError:  # no coredis: limits reports the missing driver itself
+        return {}
+    return {"retry_policy": NoRetryPolicy()}
+
+
+def _count_fixed_windows_atomically(storage: Any) -> None:
+    """Make a coredis-backed Redis storage count fixed windows in one atomic script.
+
+    ``limits``' coredis bridge counts with ``INCRBY`` and then, in a second round trip
+    and only when the new value equals the amount, ``EXPIRE``. When that second step is
+    lost (the connection reset after the ``INCRBY`` ran, or ``storage_timeout_s``
+    cancelling the call while its ``INCRBY`` was held up), the counter stays with no TTL
+    and no later hit sets one: the caller was refused (``retry-after: 1``) for good. Its
+    redis-py bridge runs ``limits``' own ``incr_expire.lua`` (both steps in one script)
+    instead, which the coredis bridge registers too (``lua_incr_expire``) without using:
+    here the bridge's ``incr`` runs that script. Other storages are left as they are.
+    """
+    bridge: Any = getattr(storage, "bridge", None)
+    if not isinstance(bridge, CoredisBridge):
+        return
+    script = bridge.lua_incr_expire
+    prefixed = bridge.prefixed_key
+
+    async def incr(key: str, expiry: int, amount: int = 1) -> int:
+        """``INCRBY key amount``, and ``EXPIRE key expiry`` (seconds) when it created the
+        counter, atomically; the new count."""
+        return int(cast(int, await script.execute([prefixed(key)], [expiry, amount])))
+
+    bridge.incr = incr  # type: ignore[method-assign]  # this bridge instance only
+
+
 _drivers_lock = threading.Lock()
 
 
@@ -630,6 +683,8 @@ class StorageLimiter:
     Storage keys are ``<key_prefix>/<method>/<caller key>/<limit>``. Rejections carry
     ``RESOURCE_EXHAUSTED`` with ``retry_after_s`` from the storage's window stats
     (``ceil(reset_time - now)``, at least 1) or ``UNAVAILABLE`` when failing closed.
+    On a single Redis server each hit is one atomic script, sent once (not retried by the
+    client: see the module docstring).
 
     Args:
         options: :class:`RateLimitOptions` (default: all defaults, which limit nothing).
@@ -660,7 +715,9 @@ class StorageLimiter:
                 self._strategy: Any = _SYNC_STRATEGY_CLASSES[opts.strategy](storage)
             else:
                 _import_drivers(cls)
-                storage = storage_from_string(uri, wrap_exceptions=True)
+                storage = storage_from_string(uri, wrap_exceptions=True,
+                                              **_storage_options(uri, cls))
+                _count_fixed_windows_atomically(storage)
                 self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
         except (ConfigurationError, NotImplementedError) as exc:
             # limits' message (and its cause's) quotes the URI as given, password and all:

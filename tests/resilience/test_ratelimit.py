@@ -155,6 +155,27 @@ def redis_ping(port: int) -> bool:
         return False
 
 
+def redis_keys(pattern: str) -> dict[str, int]:
+    """``{key: TTL in seconds}`` of the shared Redis' keys matching ``pattern`` (``KEYS``,
+    then ``TTL`` each; -1: no expiry); empty when no Redis answers."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(OSError), \
+            socket.create_connection(("127.0.0.1", SHARED_REDIS_PORT), timeout=2) as s:
+        reader = s.makefile("rb")
+
+        def command(*words: str) -> bytes:
+            s.sendall(b"*%d\r\n" % len(words) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words))
+            return reader.readline().rstrip(b"\r\n")
+
+        count = int(command("KEYS", pattern)[1:])
+        keys = [reader.readline() and reader.readline().rstrip(b"\r\n").decode()
+                for _ in range(count)]
+        for key in keys:
+            found[key] = int(command("TTL", key)[1:])
+    return found
+
+
 class PrivateRedis:
     """A throw-away redis-server on a free port (no persistence) that tests may kill."""
 
@@ -867,6 +888,75 @@ async def test_two_replicas_share_one_limit_in_redis(shared_redis: str,
             assert await attempt(channel) is None
         assert_limited(await attempt(a))
         assert_limited(await attempt(b))
+
+
+@pytest.mark.parametrize("fault", ["reset", "slow"])
+async def test_a_lost_fixed_window_count_never_locks_the_caller_out(
+        shared_redis: str, fault: str) -> None:
+    """Fixed window on Redis: limits' coredis bridge counted with ``INCRBY`` and then, in a
+    second round trip and only when the count was 1, ``EXPIRE``. When the connection was
+    reset after the ``INCRBY`` ran (``reset``), or ``storage_timeout_s`` cancelled the
+    call while Redis held the ``INCRBY`` (``slow``: run late), the ``EXPIRE`` was never
+    sent and no later hit sent it: the counter stayed with no TTL and the caller, a
+    "2/second" one, was refused ``RESOURCE_EXHAUSTED`` (``retry-after: 1``) on every
+    call, for good. Now the count and its expiry are one atomic script (limits'
+    ``incr_expire.lua``): the failed call fails open, and the caller is admitted again
+    once its window has ended."""
+    prefix = unique_prefix()
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="2/second", strategy="fixed-window",
+            storage_uri=f"async+redis://{proxy.address}", key_prefix=prefix,
+            storage_timeout_s=0.3, breaker_failures=100))
+        m = "/svc.v1.Svc/Call"
+        try:
+            assert await limiter.check(m, "bob") is None  # connected, scripts loaded
+            if fault == "reset":
+                proxy.reset_after(b"/alice/")  # alice's count runs, its answer is lost
+                assert await limiter.check(m, "alice") is None  # fails open
+                assert proxy.lost_answers == 1
+            else:
+                proxy.blackhole()
+                assert await limiter.check(m, "alice") is None  # timed out: fails open
+                await proxy.start()  # the held count now runs in Redis
+            for _ in range(4):  # use up alice's window
+                if await limiter.check(m, "alice") is not None:
+                    break
+            ttls = redis_keys(f"*{prefix}*alice*")
+            assert ttls and all(ttl > 0 for ttl in ttls.values()), ttls
+            await asyncio.sleep(1.5)  # her 1-second window is long over
+            assert await limiter.check(m, "alice") is None, redis_keys(f"*{prefix}*alice*")
+        finally:
+            await limiter.aclose()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_hit_whose_answer_was_lost_counts_once(shared_redis: str,
+                                                       strategy: Strategy) -> None:
+    """The Redis storage was built with coredis' ``Redis.from_url`` defaults, which retry
+    a command twice on a connection error or timeout. A hit is not idempotent: when the
+    connection was reset after Redis ran it (the answer lost), coredis ran it again on a
+    new connection, so one call counted two or three times: a "3/minute" caller got 2 of
+    5 calls admitted (a "1/minute" caller had its only call refused). Now the client
+    retries nothing (``NoRetryPolicy``): the call whose answer was lost is a storage
+    failure (fails open here) counted once, and the caller gets exactly 3."""
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="3/minute", strategy=strategy,
+            storage_uri=f"async+redis://{proxy.address}", key_prefix=unique_prefix(),
+            storage_timeout_s=1.0, breaker_failures=100))
+        m = "/svc.v1.Svc/Call"
+        try:
+            assert await limiter.check(m, "bob") is None  # connected, scripts loaded
+            proxy.reset_after(b"/alice/")  # alice's hit runs in Redis, its answer is lost
+            results = [await limiter.check(m, "alice") for _ in range(5)]
+            assert proxy.lost_answers == 1
+            assert all(r is None or r.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                       for r in results), results
+            admitted = sum(r is None for r in results)
+            assert admitted == 3, f"{admitted} of 5 calls admitted under 3/minute"
+        finally:
+            await limiter.aclose()
 
 
 LogEntries = list[MutableMapping[str, Any]]
