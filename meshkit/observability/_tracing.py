@@ -1133,13 +1133,15 @@ class SpanStarter:
             context = _parent_context(parent, context)
             result = sdk.sampler.should_sample(context, tid, name, self._kind, attributes)
             record, sampled = result.decision.is_recording(), result.decision.is_sampled()
+            state = result.trace_state  # the span's, recorded or not, as in the SDK
             if record and sdk.lean is not None:  # what the sampler added and set
-                return sdk.span(name, parent, context, self._kind, tid, sampled,
-                                result.trace_state, dict(result.attributes or {}))
+                return sdk.span(name, parent, context, self._kind, tid, sampled, state,
+                                dict(result.attributes or {}))
         if not record:
             # not sampled, but the random-trace-id flag goes on (W3C Trace Context level 2:
             # it "MUST also be set in all outgoing traceparent headers" of that trace id),
-            # as on the sampled path (_Sdk.span)
+            # as on the sampled path (_Sdk.span); the tracestate is the parent's, or the
+            # one a sampler that was asked returned (the SDK's start_span does the same)
             random_ids = flags & _RANDOM if parent is not None \
                 else (_RANDOM if sdk.random_ids else 0)
             return NonRecordingSpan(SpanContext(tid, _new_span_id(), False,

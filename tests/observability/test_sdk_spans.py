@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
 )
 from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState
+from prometheus_client import CollectorRegistry
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -300,6 +301,61 @@ async def test_record_only_spans_reach_processors_unsampled(
     assert not any(s.context.trace_flags.sampled for s in recorder.ended)
     assert exporter.get_finished_spans() == ()
     provider.shutdown()
+
+
+HEADERS = "meshkit.test.Headers"
+
+
+async def header_sent(registry: LocalRegistry, telemetry: TelemetryOptions, name: str) -> str:
+    """One call through a channel with ``telemetry`` to a server without telemetry, whose
+    ``meshkit.test.Headers/Get`` answers the value of the request header ``name`` it
+    received (``""`` when none)."""
+
+    async def get(request: bytes, context: Any) -> bytes:
+        return str(dict(context.invocation_metadata() or ()).get(name, "")).encode()
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            HEADERS, {"Get": grpc.unary_unary_rpc_method_handler(get)}),))
+
+    srv = meshkit.MeshServer("headers", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, instance_id="h1", drain_delay_s=0.0,
+                                 grace_s=1.0, telemetry=None))
+    await srv.start()
+    try:
+        async with meshkit.dial("headers", registry=registry, options=meshkit.DialOptions(
+                insecure=True, telemetry=telemetry)) as ch:
+            await ch.wait_for_endpoints(1)
+            got = await ch.unary_unary(f"/{HEADERS}/Get")(b"", timeout=5)
+    finally:
+        await srv.drain()
+    return bytes(got).decode()
+
+
+@pytest.mark.parametrize("limits", [None, SpanLimits(max_span_attributes=31)],
+                         ids=["lean", "sdk_path"])
+async def test_a_dropping_samplers_tracestate_travels_as_in_the_sdk(
+        registry: LocalRegistry, prom: CollectorRegistry, limits: SpanLimits | None) -> None:
+    """A sampler that drops a span but returns a tracestate (``SamplingResult.trace_state``,
+    "a Tracestate that will be associated with the Span through the new SpanContext":
+    vendor and consistent-probability samplers put their decision data there, so later
+    hops decide consistently).
+
+    What was wrong: meshkit built the non-recording span with the parent's tracestate
+    (none for a root) and threw the sampler's away, so the callee received no
+    ``tracestate`` although the SDK's own ``start_span`` puts the sampler's in the
+    non-recording span's context.
+
+    Now: the sampler's tracestate is the span's, as in the SDK, and travels (``vendor=x``)."""
+    provider = TracerProvider(sampler=Tagging(Decision.DROP), span_limits=limits)
+    reference = provider.get_tracer("ref").start_span("ref", kind=SpanKind.CLIENT)
+    assert reference.get_span_context().trace_state.to_header() == "vendor=x"  # the SDK's
+    opts = TelemetryOptions(tracer_provider=provider, registry=prom)
+    try:
+        assert await header_sent(registry, opts, "tracestate") == "vendor=x"
+    finally:
+        provider.shutdown()
 
 
 async def test_an_sdk_whose_span_has_other_fields_gets_its_own_path(
