@@ -28,7 +28,9 @@ breaker (:class:`meshkit.resilience.ratelimit.StorageBreaker`, opened by one fai
 skips the cache for ``breaker_open_s`` (doubling up to ``breaker_max_open_s``) before one
 call probes it again, so a down Redis costs no round trip per call. An invalidation that
 fails is remembered (at most :data:`MAX_PENDING` ids) and retried before the cache is
-used again; until then *other* replicas may read the old entry for at most ``ttl_s``.
+used again, by a lookup or a fill (so a fill under a lease that the failed invalidation
+should have revoked is refused once it has run); until then *other* replicas may read the
+entry that was there before the write, for at most ``ttl_s``.
 With ``memory://`` each process has its own cache: a change made through one replica
 reaches another's cache after at most ``ttl_s``.
 
@@ -400,7 +402,11 @@ class CachedUsers:
     async def get(self, user_id: str,
                   load: Callable[[], Awaitable[user_pb2.User | None]]) -> user_pb2.User | None:
         """The user ``user_id`` from the cache, else from ``load()`` (filling the cache
-        when this call holds the lease); ``None`` when ``load`` finds no such user."""
+        when this call holds the lease); ``None`` when ``load`` finds no such user.
+
+        Invalidations that failed earlier (:meth:`changed`) are retried first, before the
+        lookup and again before the fill, within the same ``timeout_s``; while they keep
+        failing the cache is neither read nor filled (the database answers)."""
         lookup: Lookup | None = None
         user: user_pb2.User | None = None
         breaker = self._breaker
@@ -433,6 +439,8 @@ class CachedUsers:
             probe = breaker.is_open
             try:
                 async with asyncio.timeout(self._timeout_s):
+                    if self._pending:  # a failed invalidation may be of this very id:
+                        await self._flush_pending()  # it revokes our lease, refusing the fill
                     await self.cache.set(user_id, user.SerializeToString(), lookup.lease)
             except Exception as exc:
                 self._failed(exc, probe)

@@ -368,6 +368,37 @@ async def test_an_invalidation_failing_while_another_succeeds_is_retried() -> No
     assert found is not None and found.name == "new"
 
 
+async def test_a_fill_retries_failed_invalidations_first() -> None:
+    """Reader R misses (takes the lease) and reads v1; writer W commits v2 and its
+    invalidation fails (the id remembered, R's lease not revoked); the cache is back when
+    R fills. The fill ran without retrying the failed invalidation (only a lookup did), so
+    it stored v1 under the lease the invalidation should have revoked: against "a fill
+    whose read may predate a commit is refused". Now the pending invalidations are
+    retried before the fill too: the lease is gone and the fill refused."""
+    clock = FakeClock()
+    cache = ScriptedCache()
+    cached = scripted(cache, clock)
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> user_pb2.User | None:
+        found = user("u", "v1")  # the database read, before the write commits
+        read.set()
+        await release.wait()
+        return found
+
+    reader = asyncio.create_task(cached.get("u", slow_load))
+    await asyncio.wait_for(read.wait(), 5)  # R holds the lease
+    cache.fail_invalidate = {"u"}
+    await asyncio.wait_for(cached.changed("u"), 5)  # W's invalidation fails: remembered
+    cache.fail_invalidate = set()
+    clock.now += 1.5  # the breaker is due to probe: R's fill is the probe
+    release.set()
+    assert (await asyncio.wait_for(reader, 5)).name == "v1"  # type: ignore[union-attr]
+    assert len(cache) == 0, "the fill stored v1 after v2 was committed"
+    found = await asyncio.wait_for(cached.get("u", loader("u", "v2")), 5)
+    assert found is not None and found.name == "v2"
+
+
 async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
     """The breaker's half-open probe (a GetUser's lookup) is cancelled by its caller: the
     breaker must not stay "probing" for ever; a later GetUser asks the cache again."""
@@ -446,6 +477,54 @@ async def test_redis_fill_hit_ttl_and_invalidation(shared_redis: str,
     finally:
         await raw_redis.delete([f"ecom:user:{uid}", f"ecom:user-lease:{uid}"])
         await cache.aclose()
+
+
+async def test_redis_fill_after_a_failed_invalidation_is_refused(
+        shared_redis: str, raw_redis: coredis.Redis[bytes]) -> None:
+    """Replica A: reader R misses (takes the lease) and reads v1; writer W commits v2 and
+    A's invalidation cannot reach Redis (connection refused: remembered, R's lease still
+    there); Redis is back and R's fill, the breaker's probe, stored v1 under that lease
+    (only a lookup retried failed invalidations). Replica B, on the same Redis, then
+    served the old user for up to ``ttl_s`` after the write had committed. Now the fill
+    retries the invalidation first: it revokes the lease, the fill is refused, and B
+    reads v2 from its database."""
+    uid = f"u-{uuid.uuid4().hex}"
+    db = {"name": "v1"}
+    read, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> user_pb2.User | None:
+        found = user(uid, db["name"])  # the database read, before the write commits
+        read.set()
+        await release.wait()
+        return found
+
+    async def load() -> user_pb2.User | None:
+        return user(uid, db["name"])
+
+    async with TcpProxy("127.0.0.1", SHARED_REDIS_PORT) as proxy:
+        a = open_user_cache(UserCacheOptions(
+            uri=f"async+redis://{proxy.address}", timeout_s=1.0, breaker_open_s=0.2,
+            breaker_max_open_s=0.4), registry=CollectorRegistry())
+        b = open_user_cache(UserCacheOptions(uri=shared_redis, timeout_s=1.0),
+                            registry=CollectorRegistry())
+        assert a is not None and b is not None
+        try:
+            reader = asyncio.create_task(a.get(uid, slow_load))
+            await asyncio.wait_for(read.wait(), 5)  # R missed and holds the lease
+            db["name"] = "v2"  # W commits
+            await proxy.stop()  # Redis unreachable for W's invalidation
+            await a.changed(uid)  # fails: remembered
+            await proxy.start()
+            await asyncio.sleep(0.5)  # Redis back; A's breaker is due to probe (0.2 s)
+            release.set()
+            assert (await asyncio.wait_for(reader, 5)).name == "v1"  # type: ignore[union-attr]
+            assert await raw_redis.get(f"ecom:user:{uid}") is None
+            seen = await b.get(uid, load)
+            assert seen is not None and seen.name == "v2", seen
+        finally:
+            await a.aclose()
+            await b.aclose()
+            await raw_redis.delete([f"ecom:user:{uid}", f"ecom:user-lease:{uid}"])
 
 
 async def wait_for_hit(stack: Stack, user_id: str, registry: CollectorRegistry) -> None:
