@@ -37,7 +37,19 @@ interval check (``GRPC``) for the first time only after a random stagger within 
 ``serve()`` registers only once the server serves and its health says ``SERVING``; a TTL
 check must be passed within ``ttl_s`` and the gRPC check's first run corrects a wrong start
 within ``check_interval_s``. ``register()`` of an id already registered starts the checks
-passing in the same way (the caller registers it again because it serves). The keeper's
+passing in the same way (the caller registers it again because it serves). For that the
+CheckIDs are new to the agent at each ``register()``: ``service:<instance_id>:ttl:<tag>``
+and ``service:<instance_id>:grpc:<tag>``, ``<tag>`` 8 random hex digits drawn per call. The
+agent ignores the ``Status`` of a check whose CheckID it already holds and keeps that check's
+current status (Consul ``agent/agent.go``, ``addServiceInternal``: "Restore the fields from
+the snapshot"), so with fixed ids an instance whose process crashed and came back with the
+same id (serve()'s default id ``<service>-<hostname>-<pid>`` is the same again in a
+container, pid 1) before the agent reaped it would stay critical, out of every watch, until
+its first heartbeat or the agent's next run of its gRPC check. ``replace-existing-checks``
+removes the previous registration's checks in the same request. An ``instance_id`` must
+name one live process: two that register the same one with one agent take each other's
+checks away, and each keeper, finding its check gone, registers its own again (a warning
+each time). The keeper's
 re-registration after the agent forgot the instance (HTTP 404) does **not**: it runs
 whatever the instance's health says, and the agent may have reaped the instance precisely
 because its gRPC check stayed critical (a server that says ``NOT_SERVING``), so claiming
@@ -64,6 +76,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import threading
 import time
 import urllib.parse
@@ -450,9 +463,10 @@ class _TokenBucket:
 @dataclass(slots=True)
 class _Registration:
     """What one instance's keep-alive task works from. ``register()`` of the same id
-    updates ``instance``/``payload`` in place once the agent has accepted the new
-    registration; ``lock`` keeps that update and the keeper's re-registration (after the
-    agent forgot the instance) from interleaving, so the older payload never lands last."""
+    updates ``instance``/``payload``/``ttl_check_id`` in place once the agent has accepted
+    the new registration (whose checks have new CheckIDs: module docstring, "Initial
+    status"); ``lock`` keeps that update and the keeper's re-registration (after the agent
+    forgot the instance) from interleaving, so the older payload never lands last."""
 
     instance: Instance
     payload: dict[str, Any]
@@ -655,18 +669,24 @@ class ConsulRegistry:
 
     # -- registration --------------------------------------------------------------------
     def _payload(self, instance: Instance) -> tuple[dict[str, Any], str | None]:
-        """The ``PUT /v1/agent/service/register`` body for ``instance`` and its TTL check id."""
+        """The ``PUT /v1/agent/service/register`` body for ``instance`` and its TTL check id.
+
+        The checks' CheckIDs end in a tag drawn here, 8 random hex digits, so that they are
+        new to the agent and their ``Status`` applies (module docstring, "Initial status").
+        """
         opts = self.options
         checks: list[dict[str, Any]] = []
         deregister_after = _go_duration(opts.deregister_critical_after_s)
+        tag = secrets.token_hex(4)
         ttl_check_id: str | None = None
         if opts.check in ("ttl", "both"):
-            ttl_check_id = f"service:{instance.instance_id}:ttl"
+            ttl_check_id = f"service:{instance.instance_id}:ttl:{tag}"
             checks.append({
                 "CheckID": ttl_check_id,
                 "Name": f"meshkit heartbeat of {instance.instance_id}",
                 "TTL": _go_duration(opts.ttl_s),
-                # Passing from the start: register() returning means "discoverable now".
+                # Passing from the start: register() returning means "discoverable now"
+                # (a CheckID new to the agent, which keeps the status of one it holds).
                 "Status": "passing",
                 "DeregisterCriticalServiceAfter": deregister_after,
             })
@@ -674,7 +694,7 @@ class ConsulRegistry:
             health = (instance.service if opts.grpc_health_service is None
                       else opts.grpc_health_service)
             checks.append({
-                "CheckID": f"service:{instance.instance_id}:grpc",
+                "CheckID": f"service:{instance.instance_id}:grpc:{tag}",
                 "Name": f"gRPC health of {instance.instance_id}",
                 "GRPC": f"{instance.address}/{health}" if health else instance.address,
                 "GRPCUseTLS": opts.grpc_use_tls,
@@ -728,13 +748,17 @@ class ConsulRegistry:
         Sends ``PUT /v1/agent/service/register?replace-existing-checks=true`` with ``ID``,
         ``Name``, ``Address``, ``Port``, ``Tags``, ``Meta``, ``Weights`` ``{Passing: weight,
         Warning: 1}`` and the checks of ``options.check``, each with the initial ``Status``
-        ``"passing"`` (see the module docstring); then a background task passes the
+        ``"passing"`` and a CheckID new to the agent (``service:<instance_id>:ttl:<tag>``,
+        ``service:<instance_id>:grpc:<tag>``, ``<tag>`` random for each call: see the module
+        docstring, "Initial status"); then a background task passes the
         TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
         ``check_interval_s``) and registers it again with the same payload, less the checks'
         initial ``Status`` (so a gRPC check starts critical, Consul's default: module
         docstring, "Initial status"), if the agent has forgotten or reaped it. Registering
         the same ``instance_id`` again replaces the registration (its checks start passing,
-        as the first one's do): once the agent has accepted it, the running keep-alive goes
+        as the first one's do, even where the agent still holds the id with a critical
+        check: a crashed process back with the same id): once the agent has accepted it,
+        the running keep-alive goes
         on with the new payload; if it fails, the previous registration (still in the
         agent) stays as it was and is still kept alive, as the
         :class:`~meshkit.discovery.Registry` contract says ("keep it alive until
@@ -759,6 +783,7 @@ class ConsulRegistry:
                 async with prior.lock:  # no re-registration of the old payload meanwhile
                     await self._put_register(payload)
                     prior.instance, prior.payload = instance, payload
+                    prior.ttl_check_id = ttl_check_id
         except _FOREIGN as exc:
             error = self._write_error(f"cannot register {instance.instance_id!r} with", exc)
             raise error from exc
@@ -770,6 +795,7 @@ class ConsulRegistry:
         if current is not None:
             # kept alive already (prior, or a concurrent register() of the same id)
             current.instance, current.payload = instance, payload
+            current.ttl_check_id = ttl_check_id
             return
         reg = _Registration(instance=instance, payload=payload, ttl_check_id=ttl_check_id)
         reg.task = asyncio.create_task(
@@ -777,13 +803,14 @@ class ConsulRegistry:
         )
         self._keepers[instance.instance_id] = reg
 
-    async def _still_known(self, reg: _Registration) -> bool:
-        """One liveness round: pass the TTL check, or look the service up. False: forgotten."""
+    async def _still_known(self, reg: _Registration, ttl_check_id: str | None) -> bool:
+        """One liveness round: pass the TTL check ``ttl_check_id`` (None: look the service
+        up instead). False: forgotten."""
         client = self._get_client()
         timeout = self.options.request_timeout_s
-        if reg.ttl_check_id is not None:
+        if ttl_check_id is not None:
             # py-consul returns False for 404 ("Unknown check ID ..."), raises for other errors.
-            return bool(await self._bounded(client.agent.check.ttl_pass(reg.ttl_check_id),
+            return bool(await self._bounded(client.agent.check.ttl_pass(ttl_check_id),
                                             timeout))
         # Raw GET: py-consul's agent.service_definition() does not send the ACL token.
         response = await self._bounded(
@@ -805,17 +832,24 @@ class ConsulRegistry:
         while True:
             await asyncio.sleep(interval)
             try:
-                if await self._still_known(reg):
+                passed = reg.ttl_check_id
+                if await self._still_known(reg, passed):
                     self._tracker.write_ok()
                     continue
-                _log.warning("consul agent forgot the instance; registering it again", **ids)
                 async with reg.lock:  # the payload of the latest successful register()
+                    if reg.ttl_check_id != passed:
+                        # a register() meanwhile replaced the check just passed (404): the
+                        # agent knows the instance, under the new CheckID
+                        continue
+                    _log.warning("consul agent forgot the instance; registering it again",
+                                 **ids)
                     # Not claiming passing: the agent may have reaped it for being critical.
                     await self._put_register(_without_initial_status(reg.payload))
+                    passed = reg.ttl_check_id
                 self._tracker.reopened += 1
-                if reg.ttl_check_id is not None:
+                if passed is not None:
                     # The heartbeat itself, without waiting ttl_s / 3: this process is alive.
-                    await self._still_known(reg)
+                    await self._still_known(reg, passed)
                 self._tracker.write_ok()
             except _RETRYABLE as exc:
                 self._tracker.write_failed(

@@ -39,7 +39,11 @@ its page under https://developer.hashicorp.com/consul/api-docs/ :
 
 A check starts with its ``Status`` (``critical`` when none is given: Consul's "Initial
 Health Check Status", so that a service does not enter the pool before it is confirmed
-healthy; checks configuration reference, ``status``). TTL checks turn ``critical`` when not
+healthy; checks configuration reference, ``status``), unless the agent already holds a check
+with its ``CheckID``: registering again keeps that check's status and output, whatever
+``Status`` the new definition carries, as Consul's agent does (``agent/agent.go``,
+``addServiceInternal``: it snapshots ``State.AllChecks()`` and "Restore[s] the fields from
+the snapshot", ``check.Status = prev.Status``). TTL checks turn ``critical`` when not
 passed within their TTL; a check critical for longer than its
 ``DeregisterCriticalServiceAfter`` has its service removed (the double honours any value,
 where Consul's minimum is one minute, so tests stay fast). ``GRPC`` checks really call
@@ -59,7 +63,9 @@ Test hooks: :meth:`ConsulDouble.forget_all` (an agent restart that lost its stat
 index moves with no change: a spurious wakeup), :meth:`ConsulDouble.set_down` (every request
 answers 500 ``No cluster leader``), :meth:`ConsulDouble.stop`/:meth:`ConsulDouble.start`
 (connection refused, then back on the same port). Every request is recorded in
-:attr:`ConsulDouble.requests`.
+:attr:`ConsulDouble.requests`; TTL passes are counted by CheckID (:attr:`ConsulDouble.passes`)
+and by service ID (:attr:`ConsulDouble.service_passes`), and
+:meth:`ConsulDouble.service_check` finds a service's TTL or gRPC check whatever its CheckID.
 """
 
 from __future__ import annotations
@@ -210,6 +216,8 @@ class ConsulDouble:
         self.requests: list[RecordedRequest] = []
         self.services: dict[str, _Service] = {}
         self.passes: Counter[str] = Counter()
+        #: TTL passes by service ID (whatever the CheckIDs of its registrations)
+        self.service_passes: Counter[str] = Counter()
         self.status_history: list[tuple[str, str]] = []
         self.registrations: list[dict[str, Any]] = []
         #: services on other nodes (PUT /v1/catalog/register): node -> (address, {id: svc})
@@ -318,6 +326,15 @@ class ConsulDouble:
         for svc in self.services.values():
             if check_id in svc.checks:
                 return svc.checks[check_id]
+        return None
+
+    def service_check(self, service_id: str, kind: str = "ttl") -> _Check | None:
+        """The ``kind`` check (``"ttl"`` or ``"grpc"``) of the service with this ID, if it
+        has one (the first registered, if several)."""
+        svc = self.services.get(service_id)
+        for check in (svc.checks.values() if svc is not None else ()):
+            if (check.ttl_s is not None) == (kind == "ttl"):
+                return check
         return None
 
     def health_requests(self, service: str) -> list[RecordedRequest]:
@@ -490,6 +507,14 @@ class ConsulDouble:
         except (ValueError, TypeError, AttributeError) as exc:
             return web.Response(status=400, text=f"Request decode failed: {exc}")
         self.registrations.append(rec.body)
+        # A CheckID the agent holds keeps its current status and output (Consul's
+        # addServiceInternal restores them from its snapshot of every check).
+        held = {cid: c for s in self.services.values() for cid, c in s.checks.items()}
+        for c in checks:
+            prev = held.get(c.check_id)
+            if prev is not None:
+                c.status, c.output, c.critical_since = (prev.status, prev.output,
+                                                        prev.critical_since)
         replace = rec.query.get("replace-existing-checks", "false").lower() in ("", "1", "true")
         old = self.services.get(sid)
         if old is not None:
@@ -543,6 +568,7 @@ class ConsulDouble:
                 return web.Response(status=500,
                                     text=f'CheckID "{check_id}" does not have associated TTL')
             self.passes[check_id] += 1
+            self.service_passes[svc.id] += 1
             check.last_pass = time.monotonic()
             self._set_status(svc, check, "passing", request.query.get("note", ""))
             return web.Response(status=200)

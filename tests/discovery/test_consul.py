@@ -7,10 +7,13 @@ The ``check_*`` coroutines observe the agent only through its HTTP API, so
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import ipaddress
 import os
 import random
+import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -21,6 +24,7 @@ import aiohttp
 import consul
 import grpc
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -134,6 +138,53 @@ async def check_heartbeat(opts: ConsulOptions) -> None:
         await cleanup.close()
 
 
+async def service_checks(opts: ConsulOptions, service: str) -> dict[str, dict[str, str]]:
+    """``{instance_id: {CheckID: Status}}`` of every instance of ``service``, passing or not
+    (its service checks only, not the node's ``serfHealth``), read straight from the agent."""
+    headers = {"X-Consul-Token": opts.token} if opts.token else {}
+    async with aiohttp.ClientSession() as session, session.get(
+        f"{opts.base_url}/v1/health/service/{service}", headers=headers, ssl=_ssl_for(opts),
+    ) as resp:
+        resp.raise_for_status()
+        return {e["Service"]["ID"]: {c["CheckID"]: c["Status"] for c in e["Checks"]
+                                     if c.get("ServiceID")}
+                for e in await resp.json()}
+
+
+async def check_register_again_of_a_critical_id(opts: ConsulOptions) -> None:
+    """An instance id the agent still holds with a critical TTL check (its process crashed
+    and restarted before the agent reaped it: serve()'s default id
+    ``<service>-<hostname>-<pid>`` is the same again in a container, pid 1) is passing, in
+    every ``?passing`` watch, as soon as register() returns, as it documents; and the agent
+    holds only the new registration's check, the crashed one's is gone."""
+    service = unique_service()
+    a = make_instance(service, 1)
+    crashed = ConsulRegistry(opts)
+    await crashed.register(a)
+    await crashed.close()  # the process dies: no deregistration, the heartbeat stops
+
+    async def lapsed() -> bool:
+        statuses = (await service_checks(opts, service)).get(a.instance_id, {})
+        return bool(statuses) and set(statuses.values()) == {"critical"}
+
+    await until(lapsed, timeout_s=3 * opts.ttl_s + 3, what="TTL check to lapse")
+    # the first heartbeat of the restarted process comes ttl_s * 10 / 3 later, well after
+    # the reads below
+    restarted = ConsulRegistry(dataclasses.replace(opts, ttl_s=opts.ttl_s * 10))
+    try:
+        await restarted.register(a)
+        assert await passing_ids(opts, service) == {a.instance_id}, (
+            f"register() returned but the instance is not passing: "
+            f"{await service_checks(opts, service)}")
+        checks = (await service_checks(opts, service))[a.instance_id]
+        assert list(checks.values()) == ["passing"], checks  # the crashed one's check is gone
+    finally:
+        try:
+            await restarted.deregister(a)
+        finally:
+            await restarted.close()
+
+
 # -- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture
 async def double() -> AsyncIterator[ConsulDouble]:
@@ -184,7 +235,7 @@ async def test_register_watch_deregister(double: ConsulDouble) -> None:
 async def test_heartbeat_keeps_ttl_instance_passing(double: ConsulDouble) -> None:
     """The heartbeat passes the TTL check every ttl/3 so the check never turns critical."""
     await check_heartbeat(_opts(double, ttl_s=1.0))
-    check_ids = [cid for cid in double.passes if cid.endswith(":ttl")]
+    check_ids = [cid for cid in double.passes if ":ttl:" in cid]
     assert len(check_ids) == 1
     assert double.passes[check_ids[0]] >= 6  # about 3 TTLs at ttl/3
     assert double.status_history.count((check_ids[0], "critical")) == 1  # only after close()
@@ -199,16 +250,83 @@ async def test_register_payload_ttl(double: ConsulDouble, make_registry: Any) ->
     put = [r for r in double.requests if r.path == "/v1/agent/service/register"][-1]
     assert put.method == "PUT"
     assert put.query == {"replace-existing-checks": "true"}
+    check_id = put.body["Checks"][0]["CheckID"]
+    assert re.fullmatch(r"service:orderd-3:ttl:[0-9a-f]{8}", check_id), check_id
     assert put.body == {
         "ID": "orderd-3", "Name": "orderd", "Address": "127.0.0.1", "Port": 41003,
         "Tags": ["v2", "n3"], "Meta": {"zone": "a", "n": "3"},
         "Weights": {"Passing": 3, "Warning": 1},
         "Checks": [{
-            "CheckID": "service:orderd-3:ttl", "Name": "meshkit heartbeat of orderd-3",
+            "CheckID": check_id, "Name": "meshkit heartbeat of orderd-3",
             "TTL": "15s", "Status": "passing", "DeregisterCriticalServiceAfter": "90s",
         }],
     }
-    assert double.services["orderd-3"].checks["service:orderd-3:ttl"].status == "passing"
+    assert double.services["orderd-3"].checks[check_id].status == "passing"
+
+
+async def test_each_registration_has_check_ids_new_to_the_agent(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """register() of an id already registered gives its checks CheckIDs of their own (the
+    agent would keep the status of a CheckID it holds, ignoring the new Status), replaces
+    the previous ones (replace-existing-checks) and the heartbeat passes the new one."""
+    reg = make_registry(check="both", ttl_s=0.6, check_interval_s=30.0)
+    await reg.register(make_instance("orderd", 1))
+    first = {c["CheckID"] for c in double.registrations[-1]["Checks"]}
+    await reg.register(make_instance("orderd", 1, weight=5))
+    second = {c["CheckID"] for c in double.registrations[-1]["Checks"]}
+    assert len(first) == len(second) == 2 and not first & second
+    assert set(double.services["orderd-1"].checks) == second
+    old_ttl_id = next(cid for cid in first if ":ttl:" in cid)
+    old_passes = double.passes[old_ttl_id]
+    ttl_id = next(cid for cid in second if ":ttl:" in cid)
+    await until(lambda: double.passes[ttl_id] >= 2, what="heartbeats of the new check")
+    assert double.passes[old_ttl_id] == old_passes  # the old check is no longer passed
+    assert len(double.registrations) == 2 and reg.status().reopened == 0
+    await reg.deregister(make_instance("orderd", 1))
+    assert "orderd-1" not in double.services
+
+
+class _SlowPassDouble(ConsulDouble):
+    """The double with TTL passes held ``pass_delay_s`` before they are applied."""
+
+    pass_delay_s = 0.0
+
+    async def _check_pass(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.pass_delay_s)
+        return await super()._check_pass(request)
+
+
+async def test_a_heartbeat_crossing_a_register_is_no_lost_instance() -> None:
+    """A heartbeat sent for the previous registration's TTL check just before register()
+    replaced it gets 404 (the CheckID is gone): the keeper takes that for a registration
+    superseded, not for an agent that forgot the instance (which it would register again,
+    critical, logging a warning and counting status().reopened)."""
+    async with _SlowPassDouble() as double:
+        reg = ConsulRegistry(_opts(double, ttl_s=0.6), sleep=FastSleep())
+        try:
+            await reg.register(make_instance("orderd", 1))
+            first = double.service_check("orderd-1")
+            assert first is not None
+            double.pass_delay_s = 0.5
+
+            def passes_sent() -> int:
+                return sum(1 for r in double.requests
+                           if r.path == f"/v1/agent/check/pass/{first.check_id}")
+
+            sent = passes_sent()
+            with capture_logs() as logs:
+                await until(lambda: passes_sent() > sent, what="a heartbeat in flight")
+                await reg.register(make_instance("orderd", 1, weight=5))  # before it lands
+                second = double.service_check("orderd-1")
+                assert second is not None and second.check_id != first.check_id
+                await until(lambda: double.passes[second.check_id] >= 1, timeout_s=5.0,
+                            what="a heartbeat of the new check")
+            assert len(double.registrations) == 2, double.registrations
+            assert reg.status().reopened == 0
+            assert not [e for e in logs if "forgot" in e["event"]], logs
+        finally:
+            await reg.close()
 
 
 @pytest.mark.parametrize("kind", ["grpc", "both"])
@@ -219,8 +337,10 @@ async def test_register_payload_grpc(double: ConsulDouble, make_registry: Any, k
                         deregister_critical_after_s=60.0)
     await reg.register(make_instance("orderd", 1))
     checks = double.registrations[-1]["Checks"]
+    check_id = checks[-1]["CheckID"]
+    assert re.fullmatch(r"service:orderd-1:grpc:[0-9a-f]{8}", check_id), check_id
     grpc_check = {
-        "CheckID": "service:orderd-1:grpc", "Name": "gRPC health of orderd-1",
+        "CheckID": check_id, "Name": "gRPC health of orderd-1",
         "GRPC": "127.0.0.1:41001/orderd", "GRPCUseTLS": True, "Interval": "5s",
         "Timeout": "2s", "Status": "passing", "DeregisterCriticalServiceAfter": "60s",
     }
@@ -275,7 +395,7 @@ async def test_grpc_checked_instance_is_discoverable_at_once(
         assert await watcher.next() == frozenset()
         await reg.register(a)
         await watcher.until_set({a}, timeout_s=3.0)
-        check = double.check("service:orderd-1:grpc")
+        check = double.service_check("orderd-1", "grpc")
         assert check is not None and check.status == "passing"
         await watcher.stop()
     finally:
@@ -289,11 +409,66 @@ async def test_deregister_removes_and_stops_heartbeat(
     reg = make_registry()
     a = make_instance("orderd", 1)
     await reg.register(a)
-    await until(lambda: double.passes["service:orderd-1:ttl"] >= 1, what="first heartbeat")
+    await until(lambda: double.service_passes["orderd-1"] >= 1, what="first heartbeat")
     await reg.deregister(a)
     assert "orderd-1" not in double.services
     assert not reg._keepers  # no heartbeat task left behind
     await reg.deregister(a)  # unknown instance: ignored
+
+
+async def test_register_again_of_a_critical_id_is_passing_at_once(double: ConsulDouble) -> None:
+    """register() of an instance id the agent still held with a critical TTL check (a
+    crashed process restarted with the same id before the agent reaped it) left it out of
+    every ``?passing`` watch until its first heartbeat, ``ttl_s / 3`` later (5 s by
+    default), although register() (and so serve()) had returned: the registration reused
+    the check's CheckID and sent ``Status: "passing"``, which Consul ignores for a CheckID it
+    holds (it keeps the check's current status, agent.go addServiceInternal). Each
+    registration's checks now have CheckIDs new to the agent, so their Status applies."""
+    await check_register_again_of_a_critical_id(_opts(double, ttl_s=0.3))
+
+
+async def test_register_again_of_a_critical_grpc_checked_id_is_passing_at_once(
+    double: ConsulDouble,
+) -> None:
+    """check="grpc": the same restart, its gRPC check critical (the crashed process no longer
+    answers grpc.health.v1), stayed out of every watch until the agent's next run of the
+    check, up to check_interval_s (10 s by default) after register() returned. Now passing
+    at once; the agent's own run of the new check then keeps it so while it serves."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await servicer.set("orderd", health_pb2.HealthCheckResponse.SERVING)
+        # the crashed process's address answers nothing: its check turns critical
+        a = make_instance("orderd", 1, port=_free_port())
+        crashed = ConsulRegistry(_opts(double, check="grpc", check_interval_s=0.2))
+        await crashed.register(a)
+        await crashed.close()
+        await until(lambda: [c.status for c in double.services["orderd-1"].checks.values()]
+                    == ["critical"], what="gRPC check to fail", timeout_s=5.0)
+        # restarted on a new port; the agent's first run of its check 30 s away
+        b = make_instance("orderd", 1, port=port)
+        restarted = ConsulRegistry(_opts(double, check="grpc", check_interval_s=30.0))
+        try:
+            await restarted.register(b)
+            opts = _opts(double)
+            assert await passing_ids(opts, "orderd") == {"orderd-1"}, (
+                await service_checks(opts, "orderd"))
+            assert list((await service_checks(opts, "orderd"))["orderd-1"].values()) == [
+                "passing"]
+        finally:
+            await restarted.close()
+    finally:
+        await server.stop(None)
+
+
+def _free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _no_status(payload: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +491,7 @@ async def test_reregisters_after_agent_forgets_ttl(
     assert len(double.registrations) == 2
     assert double.registrations[-1] == _no_status(original)
     # passed at once, not at the next heartbeat 2 s later
-    await until(lambda: (c := double.check("service:orderd-1:ttl")) is not None
+    await until(lambda: (c := double.service_check("orderd-1")) is not None
                 and c.status == "passing", what="TTL check passed after re-registration",
                 timeout_s=1.0)
     passes = [r for r in double.requests if r.path.startswith("/v1/agent/check/pass/")]
@@ -390,12 +565,12 @@ async def test_failed_reregistration_keeps_previous_registration_alive(
     with pytest.raises(RegistryError):
         await reg.register(make_instance("orderd", 1, weight=5))
     double.set_down(False)
-    passes = double.passes["service:orderd-1:ttl"]
-    await until(lambda: double.passes["service:orderd-1:ttl"] >= passes + 3,
+    passes = double.service_passes["orderd-1"]
+    await until(lambda: double.service_passes["orderd-1"] >= passes + 3,
                 what="three more heartbeats")
-    check = double.check("service:orderd-1:ttl")
+    check = double.service_check("orderd-1")
     assert check is not None and check.status == "passing"
-    assert ("service:orderd-1:ttl", "critical") not in double.status_history
+    assert not any(s == "critical" for _, s in double.status_history)
 
 
 async def test_reregistration_replaces_payload_of_the_heartbeat(
@@ -431,7 +606,7 @@ async def test_many_watches_do_not_starve_registration(double: ConsulDouble) -> 
 
             await until(lambda: blocked() >= 100, what="100 blocked watches")
         await reg.register(make_instance("gateway", 1))
-        await until(lambda: double.passes["service:gateway-1:ttl"] >= 2, what="heartbeats")
+        await until(lambda: double.service_passes["gateway-1"] >= 2, what="heartbeats")
     finally:
         for w in watchers:
             w.task.cancel()
@@ -774,7 +949,7 @@ async def test_acl_token_sent_on_every_request() -> None:
         assert await watcher.next() == frozenset()
         await reg.register(a)
         assert await watcher.next() == {a}
-        await until(lambda: d.passes["service:orderd-1:ttl"] >= 1, what="heartbeat")
+        await until(lambda: d.service_passes["orderd-1"] >= 1, what="heartbeat")
         await reg.deregister(a)
         await reg.close()
         await watcher.stop()
@@ -1172,7 +1347,7 @@ def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble) -> None:
     async def kept_alive() -> str | None:
         async with asyncio.timeout(8):
             await asyncio.sleep(FAST["ttl_s"] * 3)  # only a keeper of this loop passes it
-            check = double_thread.check(f"service:{one.instance_id}:ttl")
+            check = double_thread.service_check(one.instance_id)
             return None if check is None else check.status
 
     async def close() -> None:

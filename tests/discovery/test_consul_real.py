@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 
 from meshkit.discovery._consul import ConsulOptions
-from tests.discovery.test_consul import check_heartbeat, check_register_watch_deregister
+from tests.discovery.test_consul import (
+    check_heartbeat,
+    check_register_again_of_a_critical_id,
+    check_register_watch_deregister,
+)
 
 pytestmark = [
     pytest.mark.skipif(
@@ -48,3 +52,10 @@ async def test_register_watch_deregister_real(real_options: ConsulOptions) -> No
 async def test_heartbeat_real(real_options: ConsulOptions) -> None:
     """Against a real agent: the heartbeat keeps a TTL instance passing, and it lapses after."""
     await check_heartbeat(real_options)
+
+
+async def test_register_again_of_a_critical_id_real(real_options: ConsulOptions) -> None:
+    """Against a real agent (which keeps the status of a CheckID it holds, whatever Status a
+    registration sends): an id registered again while its TTL check is critical is passing
+    as soon as register() returns, with only the new registration's check."""
+    await check_register_again_of_a_critical_id(real_options)
