@@ -575,6 +575,46 @@ class _PresetTraceIds:
         return bool(getattr(self._inner, "is_trace_id_random", lambda: True)())
 
 
+class _ReplaySampler:
+    """The sampler of meshkit's own SDK tracer where the SDK's ``start_span`` builds
+    meshkit's spans (span limits that could cut its attributes, an SDK of another shape):
+    a span whose sampling decision meshkit already asked the provider's sampler for
+    (:meth:`start_span`) gets that answer again instead of a second question; any other
+    question (a span decided without asking, e.g. by the parent's flag, or a user's span
+    on the same tracer) goes to the provider's sampler. The answer is kept per thread
+    for the one ``start_span`` call, so concurrent threads do not see each other's.
+
+    A second question is not harmless: a stateful sampler (rate-limiting, reservoir, or
+    random without the trace id) is consumed twice per span and its second answer wins
+    (50 % random sampling became 25 %)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self._local = threading.local()
+
+    def start_span(self, result: Any, tracer: Any, name: str, context: Any,
+                   kind: SpanKind, attributes: dict[str, Any]) -> Span:
+        """``tracer.start_span(name, context, kind, attributes)``, its sampler answering
+        with ``result`` (the provider's sampler's ``SamplingResult`` for this span)."""
+        local = self._local
+        local.result = result
+        try:
+            span: Span = tracer.start_span(name, context, kind, attributes)
+        finally:  # a disabled tracer asks nothing: the answer is not left for another span
+            local.result = None
+        return span
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self._local, "result", None)
+        if result is None:
+            return self.inner.should_sample(*args, **kwargs)
+        self._local.result = None
+        return result
+
+    def get_description(self) -> str:
+        return str(self.inner.get_description())
+
+
 def _is_default_parent_based(sampler: Any) -> bool:
     """``ParentBased(root)`` with the default parent delegates (follow the parent's flag),
     the SDK's ``ParentBasedTraceIdRatio`` included; a subclass with a ``should_sample``
@@ -855,7 +895,8 @@ class _Sdk:
 
     __slots__ = ("config_enabled", "default_ids", "enabled", "generic", "hooks", "ids",
                  "lean", "metrics", "multi", "new_span_id", "new_trace_id", "parent_based",
-                 "processor", "random_ids", "root_bound", "sampler", "static", "tracer")
+                 "processor", "random_ids", "replay", "root_bound", "sampler", "static",
+                 "tracer")
 
     def __init__(self, provider: Any, *, generic: bool = False) -> None:
         self.tracer = provider.get_tracer("meshkit.observability")
@@ -863,6 +904,7 @@ class _Sdk:
         self.sampler: Any = None if generic else provider.sampler
         self.parent_based = not generic and _is_default_parent_based(self.sampler)
         self.ids: _PresetTraceIds | None = None
+        self.replay: _ReplaySampler | None = None
         self.lean: Any = None
         # ids as the provider's generator makes them (the SDK's random one: drawn here)
         gen: Any = getattr(self.tracer, "id_generator", None)
@@ -923,9 +965,16 @@ class _Sdk:
             counting = getattr(t, "_tracer_metrics", None)  # the SDK's own span metrics
             self.metrics = None if counting is None or type(counting).__name__ == \
                 "NoOpTracerMetrics" else counting.start_span
-        elif gen is not None:
-            self.ids = _PresetTraceIds(gen)
-            self.tracer.id_generator = self.ids
+        else:  # the SDK's start_span builds spans, with meshkit's trace id and decision
+            # (the provider's tracer is shared: a wrapper set by another _Sdk is reused)
+            if gen is not None:
+                self.ids = gen if isinstance(gen, _PresetTraceIds) else _PresetTraceIds(gen)
+                t.id_generator = self.ids
+            inner = getattr(t, "sampler", None)
+            if isinstance(inner, _ReplaySampler):
+                self.replay = inner
+            elif inner is not None:
+                self.replay = t.sampler = _ReplaySampler(inner)
 
     def rehook(self) -> tuple[Any, ...]:
         """The processors' hooks a lean span calls: ``(processors, on_start, _on_ending,
@@ -1032,7 +1081,8 @@ class SpanStarter:
     ``LeanSdkSpan``, see :func:`_lean_span_type`), with ids from the provider's id
     generator; where span limits could cut meshkit's attributes, or the installed SDK's
     span has fields a lean span does not set, the SDK tracer builds it with the trace id
-    meshkit sampled on.
+    meshkit sampled on and, when the sampler was asked, its answer (:class:`_ReplaySampler`:
+    not a second question).
 
     Args:
         provider: the :class:`TelemetryOptions` ``tracer_provider``; ``None`` follows the
@@ -1137,6 +1187,11 @@ class SpanStarter:
             if record and sdk.lean is not None:  # what the sampler added and set
                 return sdk.span(name, parent, context, self._kind, tid, sampled, state,
                                 dict(result.attributes or {}))
+            if record and sdk.replay is not None:  # the SDK's path, without a 2nd question
+                if parent is None and sdk.ids is not None:
+                    sdk.ids.preset(tid)
+                return sdk.replay.start_span(result, sdk.tracer, name, context, self._kind,
+                                             attributes)
         if not record:
             # not sampled, but the random-trace-id flag goes on (W3C Trace Context level 2:
             # it "MUST also be set in all outgoing traceparent headers" of that trace id),

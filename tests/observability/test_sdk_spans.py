@@ -358,6 +358,60 @@ async def test_a_dropping_samplers_tracestate_travels_as_in_the_sdk(
         provider.shutdown()
 
 
+class Reservoir(Sampler):
+    """A rate-limiting sampler (Jaeger's ``ratelimiting``, X-Ray's reservoir): samples the
+    first ``budget`` spans it is asked about and drops the rest; counts the questions."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.asked = 0
+
+    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Any = None,
+                      links: Sequence[Link] | None = None,
+                      trace_state: TraceState | None = None) -> SamplingResult:
+        self.asked += 1
+        if self.budget > 0:
+            self.budget -= 1
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return "Reservoir"
+
+
+@pytest.mark.parametrize("limits", [None, SpanLimits(max_span_attributes=31)],
+                         ids=["lean", "sdk_path"])
+async def test_the_sampler_decides_once_also_on_the_sdk_span_path(
+        registry: LocalRegistry, prom: CollectorRegistry, limits: SpanLimits | None) -> None:
+    """Under span limits that send spans through the SDK's own ``start_span`` (fewer than
+    32 attributes per span here), with a sampler meshkit does not evaluate itself.
+
+    What was wrong: meshkit asked the sampler, then called the SDK's ``start_span``,
+    which asked it again, and the second answer won: a stateful sampler (rate-limiting,
+    reservoir, a random one not keyed on the trace id) was consumed twice per span and
+    its decision overridden (a reservoir of one said "sample" to meshkit, then "drop" to
+    the SDK, and the one call that should have been traced exported nothing; a random
+    50 % sampler sampled 25 %).
+
+    Now: the sampler is asked once per span on either path; the SDK builds the span from
+    that answer (one question, one exported span)."""
+    sampler = Reservoir(budget=1)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    opts = TelemetryOptions(tracer_provider=provider, registry=prom,
+                            complete_after_response_max_in_flight=0)
+    try:
+        await header_sent(registry, opts, "traceparent")
+        await until(lambda: len(exporter.get_finished_spans()) >= 1 or sampler.asked > 1,
+                    what="the sampled client span, or a second question")
+        assert (sampler.asked, len(exporter.get_finished_spans())) == (1, 1), \
+            "(questions to the sampler, exported spans) for one call"
+    finally:
+        provider.shutdown()
+
+
 async def test_an_sdk_whose_span_has_other_fields_gets_its_own_path(
         chain: ChainFactory, telemetry: TelemetryOptions,
         monkeypatch: pytest.MonkeyPatch) -> None:
