@@ -152,7 +152,8 @@ _URI_FIELDS = frozenset(_FLOAT_FIELDS + _BOOL_FIELDS + _STR_FIELDS)
 _AT_FIELDS = frozenset({"ca_file", "cert_file", "key_file"})
 _USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' after '//' is "
                      "taken for user info unless it is in the value of ca_file, cert_file "
-                     "or key_file; write any other as %40); set CONSUL_HTTP_TOKEN instead")
+                     "or key_file; write any other as %40); set CONSUL_HTTP_TOKEN or "
+                     "CONSUL_HTTP_TOKEN_FILE instead")
 
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
@@ -339,10 +340,18 @@ class ConsulOptions:
     ) -> ConsulOptions:
         """Options from Consul's CLI environment variables, then ``overrides``.
 
-        Reads ``CONSUL_HTTP_ADDR`` (``addr``), ``CONSUL_HTTP_TOKEN`` (``token``),
-        ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``), ``CONSUL_CACERT`` (``ca_file``),
-        ``CONSUL_CLIENT_CERT`` (``cert_file``), ``CONSUL_CLIENT_KEY`` (``key_file``) and
-        ``CONSUL_HTTP_SSL_VERIFY`` (``verify``); empty variables count as unset.
+        Reads ``CONSUL_HTTP_ADDR`` (``addr``), ``CONSUL_HTTP_TOKEN_FILE`` and
+        ``CONSUL_HTTP_TOKEN`` (``token``), ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``),
+        ``CONSUL_CACERT`` (``ca_file``), ``CONSUL_CLIENT_CERT`` (``cert_file``),
+        ``CONSUL_CLIENT_KEY`` (``key_file``) and ``CONSUL_HTTP_SSL_VERIFY`` (``verify``);
+        empty variables count as unset.
+
+        ``CONSUL_HTTP_TOKEN_FILE`` is the path of a file holding the ACL token (how Vault
+        agent, Kubernetes secrets or Nomad templates hand one over); it is read here, once
+        (a token rotated in the file later is not followed), UTF-8, stripped of surrounding
+        white space. As in Consul's own client its token wins over ``CONSUL_HTTP_TOKEN``,
+        which serves only when the file holds nothing; a ``token`` override wins over both
+        and the file is then not read.
 
         Args:
             environ: the variables (default ``os.environ``).
@@ -350,7 +359,10 @@ class ConsulOptions:
 
         Raises:
             ConfigError: a variable or override is invalid (the value is quoted, never the
-                token), or an override names no field.
+                token), or an override names no field; ``CONSUL_HTTP_TOKEN_FILE`` names a
+                file that cannot be read, is not UTF-8 text, holds more than one line, or
+                holds nothing while ``CONSUL_HTTP_TOKEN`` is unset (the path is quoted, never
+                what the file holds).
         """
         env = os.environ if environ is None else environ
         kwargs = env_fields(env, {
@@ -360,6 +372,12 @@ class ConsulOptions:
             "CONSUL_CLIENT_CERT": "cert_file",
             "CONSUL_CLIENT_KEY": "key_file",
         })
+        token_file = env_value(env, "CONSUL_HTTP_TOKEN_FILE")
+        if token_file is not None and "token" not in overrides:
+            if (token := _read_token_file(token_file)) is not None:
+                kwargs["token"] = token
+            elif "token" not in kwargs:
+                raise ConfigError(f"CONSUL_HTTP_TOKEN_FILE={token_file!r} holds no token")
         ssl = env_value(env, "CONSUL_HTTP_SSL")
         if ssl is not None and parse_bool("CONSUL_HTTP_SSL", ssl):
             kwargs["scheme"] = "https"
@@ -379,8 +397,8 @@ class ConsulOptions:
         place wins, as in Consul's own client), so the ACL token never goes out in clear
         text. Query parameters set fields by name,
         e.g. ``consul://127.0.0.1:8500?check=grpc&ttl_s=10&verify=false``. The token comes
-        only from ``CONSUL_HTTP_TOKEN``: a token or user info in the URI is refused so that
-        it never ends up in logs.
+        only from ``CONSUL_HTTP_TOKEN_FILE`` or ``CONSUL_HTTP_TOKEN`` (:meth:`from_env`): a
+        token or user info in the URI is refused so that it never ends up in logs.
 
         Args:
             uri: the registry URI.
@@ -415,7 +433,7 @@ class ConsulOptions:
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         if "token" in query:
             raise ConfigError("token is not accepted in a Consul URI; "
-                              "set CONSUL_HTTP_TOKEN instead")
+                              "set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE instead")
         # errors quote the URI, the value of a key that is no option masked (a token
         # under another name must not reach a log)
         kwargs.update(query_fields(query, floats=_FLOAT_FIELDS, bools=_BOOL_FIELDS,
@@ -426,6 +444,30 @@ class ConsulOptions:
             # without it the ACL token would go out in clear text.
             kwargs["scheme"] = "https"
         return cls.from_env(environ, **kwargs)
+
+
+def _read_token_file(path: str) -> str | None:
+    """The ACL token in the file at ``path`` (``CONSUL_HTTP_TOKEN_FILE``), stripped of
+    surrounding white space; None when it holds nothing else.
+
+    Raises:
+        ConfigError: the file cannot be read, is not UTF-8 text or holds more than one line;
+            the message quotes the path, never what the file holds.
+    """
+    where = f"CONSUL_HTTP_TOKEN_FILE={path!r}"
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{where} cannot be read: {reason}") from None
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    if any(c in token for c in "\r\n"):
+        raise ConfigError(f"{where} must hold one token on one line")
+    return token or None
 
 
 class _TokenBucket:
@@ -558,12 +600,14 @@ class ConsulRegistry:
     ) -> ConsulRegistry:
         """A registry from ``consul://host:port`` / ``consul+https://host:port?opt=value``.
 
-        See :meth:`ConsulOptions.from_uri` for the forms; ``CONSUL_HTTP_TOKEN`` and the other
-        Consul variables in ``environ`` (default ``os.environ``) apply. ``rng``/``sleep`` as
+        See :meth:`ConsulOptions.from_uri` for the forms; ``CONSUL_HTTP_TOKEN_FILE``,
+        ``CONSUL_HTTP_TOKEN`` and the other Consul variables in ``environ`` (default
+        ``os.environ``) apply. ``rng``/``sleep`` as
         in the constructor.
 
         Raises:
-            ConfigError: the URI or an option in it is invalid.
+            ConfigError: the URI or an option in it is invalid, or so is a variable (e.g. an
+                unreadable ``CONSUL_HTTP_TOKEN_FILE``).
         """
         return cls(ConsulOptions.from_uri(uri, environ), rng=rng, sleep=sleep)
 

@@ -1128,6 +1128,51 @@ def test_from_env(env: dict[str, str], expected: dict[str, Any]) -> None:
         assert getattr(opts, name) == value, name
 
 
+def test_from_env_reads_the_token_file(tmp_path: Path) -> None:
+    """``CONSUL_HTTP_TOKEN_FILE`` (Consul's CLI variable: the path of a file holding the ACL
+    token, how Vault agent, Kubernetes secrets or Nomad templates hand it over) was ignored:
+    the registry ran anonymous, register() failed 403 and a client that only discovers got
+    Consul's ACL-filtered empty instance list, status() readable. from_env now reads it
+    once, stripped of surrounding white space; as in Consul's client the file's token wins
+    over ``CONSUL_HTTP_TOKEN``, which serves only when the file holds nothing; an explicit
+    ``token`` override wins over both, the file then not read."""
+    token_file = tmp_path / "consul.token"
+    token_file.write_text("8f5c1f0e-token-from-file\n")
+    env = {"CONSUL_HTTP_ADDR": "127.0.0.1:8500", "CONSUL_HTTP_TOKEN_FILE": str(token_file)}
+    assert ConsulOptions.from_env(env).token == "8f5c1f0e-token-from-file"
+    both = {**env, "CONSUL_HTTP_TOKEN": "from-env"}
+    assert ConsulOptions.from_env(both).token == "8f5c1f0e-token-from-file"
+    assert ConsulOptions.from_env(both, token="explicit").token == "explicit"
+    assert ConsulRegistry.from_uri("consul://h:8500", environ=env).options.token == (
+        "8f5c1f0e-token-from-file")
+    token_file.write_text(" \n")
+    assert ConsulOptions.from_env(both).token == "from-env"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot be read"),
+    (b"", "holds no token"),
+    (b"tok-one\ntok-two\n", "one token on one line"),
+    (b"\xff\xfe-secret", "not UTF-8 text"),
+])
+def test_from_env_refuses_an_unusable_token_file(
+    tmp_path: Path, content: bytes | None, message: str,
+) -> None:
+    """A token file that cannot be read, holds nothing (CONSUL_HTTP_TOKEN unset too) or is
+    no single-line text is a ConfigError naming the variable and the path, never quoting
+    what the file holds: not a registry that silently runs anonymous."""
+    path = tmp_path / "missing.token" if content is None else tmp_path / "consul.token"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        ConsulOptions.from_env({"CONSUL_HTTP_TOKEN_FILE": str(path)})
+    text = str(info.value)
+    assert "CONSUL_HTTP_TOKEN_FILE" in text and str(path) in text
+    assert all(secret not in text for secret in ("tok-one", "tok-two", "secret"))
+    assert ConsulOptions.from_env({"CONSUL_HTTP_TOKEN_FILE": str(path)},
+                                  token="explicit").token == "explicit"
+
+
 def test_from_env_tls_files_and_overrides(tmp_path: Path) -> None:
     """CONSUL_CACERT/CLIENT_CERT/CLIENT_KEY map to the TLS fields; keyword overrides win."""
     files = {}
