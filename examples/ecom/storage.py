@@ -32,6 +32,10 @@ reached raises :class:`StoreUnavailable`; any other database failure raises
 (the driver's exception is the ``__cause__``). The store logs one warning
 (``store unavailable``, with the cause) when an outage starts and one info
 line (``store available again``) when it ends, and reconnects by itself.
+A PostgreSQL transaction the server aborted for a conflict with concurrent ones
+(a deadlock, 40P01, or a serialization failure, 40001) is run again, up to
+:data:`PG_CONFLICT_ATTEMPTS` attempts in all; it does not fail the call unless every
+attempt is aborted so.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import asyncpg
 import structlog
 
 from meshkit.messaging import OutboxEvent
+from meshkit.resilience import Backoff, current_deadline
 
 ORDER_STATUS_PLACED = "PLACED"
 
@@ -83,7 +88,9 @@ class StoreUnavailable(StoreError):
 
     Raised for connection-level failures: PostgreSQL refusing, dropping or not
     answering a connection within the store's timeouts, shutting down, or out of
-    connections; SQLite unable to open the file, an I/O error, a read-only or
+    connections, or aborting the transaction for a conflict with concurrent ones
+    (deadlock, serialization failure) on each of :data:`PG_CONFLICT_ATTEMPTS`
+    attempts; SQLite unable to open the file, an I/O error, a read-only or
     full disk, or the write lock not obtained within ``busy_timeout_s``.
 
     The operation did not take effect, except that a commit whose answer was
@@ -886,6 +893,21 @@ _PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+#: Errors of a PostgreSQL transaction the server aborted to resolve a conflict with
+#: concurrent ones: nothing of it took effect, and the same transaction run again sees
+#: the others' outcome (PostgreSQL docs, "Serialization Failure Handling").
+_PG_CONFLICT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,  # 40P01
+    asyncpg.exceptions.SerializationError,  # 40001
+)
+
+#: Attempts in all (first included) of a PostgreSQL transaction aborted by conflicts.
+PG_CONFLICT_ATTEMPTS = 3
+
+#: Pause before each new attempt: full jitter, at most 10 ms, then 20 ms.
+_PG_CONFLICT_BACKOFF = Backoff(base_delay_s=0.01, max_delay_s=0.02)
+
+
 def _pg_failure(exc: BaseException, *, connection_lost: bool) -> BaseException | None:
     """:func:`_failure` for PostgreSQL; ``connection_lost``: the call's connection closed."""
     return _failure(
@@ -913,6 +935,15 @@ class PostgresStore:
     rolls back). When the server cannot be reached, calls raise
     :class:`StoreUnavailable` within the store's timeouts; the pool replaces
     lost connections, so the store recovers by itself when the server is back.
+
+    A transaction the server aborts for a deadlock (40P01, e.g. two concurrent
+    update_user calls swapping two emails, which wait on each other in the unique
+    index until the ``deadlock_timeout``, 1 s by default) or a serialization failure
+    (40001) is run again after a jittered pause (:data:`_PG_CONFLICT_BACKOFF`), up to
+    :data:`PG_CONFLICT_ATTEMPTS` attempts, and never past the deadline of the gRPC call
+    being handled (:func:`meshkit.resilience.current_deadline`); when they are used up
+    the call raises :class:`StoreUnavailable` and logs a warning
+    (``store transaction aborted by conflicts``).
     """
 
     def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float) -> None:
@@ -991,29 +1022,57 @@ class PostgresStore:
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
         """Run ``op`` on a pooled connection; translate failures.
 
+        ``op`` must be one whole transaction (or one statement): when the server
+        aborts it for a conflict with concurrent transactions it is run again, on a
+        fresh connection, as :class:`PostgresStore` describes.
+
         Raises :class:`StoreUnavailable`, :class:`StoreError` or what ``op``
         raises on purpose; a cancelled call raises ``CancelledError``.
         """
         started = time.monotonic()
         lost = False
+        attempts = 0
         try:
-            conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
-            try:
-                result = await op(conn)
-            except BaseException:
-                lost = _pg_lost(conn)
-                raise
-            finally:
-                await self._release(conn)
+            while True:
+                attempts += 1
+                conn = await self._pool.acquire(timeout=self._acquire_timeout_s)
+                try:
+                    result = await op(conn)
+                    break
+                except BaseException as exc:
+                    lost = _pg_lost(conn)
+                    if lost or not isinstance(exc, _PG_CONFLICT):
+                        raise
+                    pause_s = _PG_CONFLICT_BACKOFF.delay_s(attempts)
+                    if not self._may_run_again(attempts, pause_s):
+                        raise
+                finally:
+                    await self._release(conn)
+                await asyncio.sleep(pause_s)
         except BaseException as exc:
             mapped = _pg_failure(exc, connection_lost=lost)
-            if isinstance(exc if mapped is None else mapped, StoreUnavailable):
+            if isinstance(exc, _PG_CONFLICT) and type(mapped) is StoreError:
+                # aborted on every attempt: contention, not an outage of the database
+                _log.warning("store transaction aborted by conflicts", backend="postgresql",
+                             attempts=attempts, cause=f"{type(exc).__name__}: {exc}")
+                mapped = StoreUnavailable("the postgresql store is unavailable")
+            elif isinstance(exc if mapped is None else mapped, StoreUnavailable):
                 self._availability.failed(exc, started)
             if mapped is None:
                 raise
             raise mapped from exc
         self._availability.succeeded(started)
         return result
+
+    @staticmethod
+    def _may_run_again(attempt: int, pause_s: float) -> bool:
+        """Whether a transaction aborted by a conflict on attempt ``attempt`` (1-based)
+        is run again after ``pause_s`` seconds: attempts are left, and the deadline of
+        the call being handled, if any, is not reached by the end of the pause."""
+        if attempt >= PG_CONFLICT_ATTEMPTS:
+            return False
+        deadline = current_deadline()
+        return deadline is None or time.monotonic() + pause_s < deadline
 
     async def _release(self, conn: asyncpg.Connection) -> None:
         """Give ``conn`` back to the pool; a failure to reset it does not fail the call.

@@ -6,19 +6,28 @@ import asyncio
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from examples.ecom.storage import (
     DuplicateEmailError,
     ItemRecord,
     NewOrder,
+    PostgresStore,
     RowCounts,
     Store,
+    StoreUnavailable,
     open_store,
 )
+from meshkit.resilience import deadline_scope
+
+from .conftest import PG_URL
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,6 +85,89 @@ async def test_update_user_taken_email_changes_nothing(store: Store) -> None:
     assert await store.get_user(grace.id) == grace
     assert await store.update_user(ada.id, name="Ada L.") == dataclasses.replace(
         ada, name="Ada L.")
+
+
+async def test_pg_update_user_deadlock_victim_is_run_again(store_url: str, store: Store) -> None:
+    """update_user picked as the victim of a PostgreSQL deadlock is run again, not failed.
+
+    What was wrong: two transactions changing two users' emails to each other's (a swap)
+    wait for each other on the unique email index; PostgreSQL breaks the cycle after
+    ``deadlock_timeout`` (1 s) with 40P01 ``DeadlockDetectedError``, which the store
+    raised as a plain :class:`StoreError`.
+
+    What a user saw: one of two concurrent UpdateUser calls swapping emails answered
+    INTERNAL "user store failed" after a 1 s stall and logged an exception, where any
+    serial order (and SQLite) answers ALREADY_EXISTS to both (5 runs of 5 on the gRPC
+    swap).
+
+    Now: the store runs a transaction PostgreSQL aborted for a deadlock (or a
+    serialization failure, 40001) again, up to 3 attempts with a jittered pause; the new
+    attempt sees the other transaction's outcome, here the email still taken:
+    :class:`DuplicateEmailError`.
+
+    The cycle is made certain: ``other`` moves grace's email away (holding grace's row
+    and her email's index entry), ``update_user(ada, email=grace's)`` waits on that;
+    ``other`` then writes ada's row, which update_user holds. update_user waited first
+    (by 0.5 s), so its deadlock check runs first and it is the victim.
+    """
+    if not store_url.startswith("postgres"):
+        pytest.skip("a PostgreSQL deadlock")
+    ada = await store.create_user("ada@example.com", "Ada", "h")
+    grace = await store.create_user("grace@example.com", "Grace", "h")
+    schema = dict(parse_qsl(urlsplit(store_url).query))["schema"]
+    other = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("UPDATE users SET email = 'moved@example.com' WHERE id = $1",
+                            grace.id)
+        swap = asyncio.create_task(store.update_user(ada.id, email="grace@example.com"))
+        pid = other.get_server_pid()
+        for _ in range(500):  # at most 10 s until update_user waits on ``other``
+            if await other.fetchval("SELECT count(*) FROM pg_stat_activity"
+                                    " WHERE $1 = ANY(pg_blocking_pids(pid))", pid):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("update_user never waited on the other transaction")
+        await asyncio.sleep(0.5)
+        # waits on update_user's row lock until PostgreSQL aborts update_user (1 s)
+        await other.execute("UPDATE users SET name = 'Other' WHERE id = $1", ada.id)
+        await tx.rollback()
+        with pytest.raises(DuplicateEmailError):
+            await asyncio.wait_for(swap, 15)
+    finally:
+        await other.close()
+    assert await store.get_user(ada.id) == ada
+    assert await store.get_user(grace.id) == grace
+
+
+async def test_pg_conflict_retries_are_bounded(store_url: str, store: Store) -> None:
+    """A transaction PostgreSQL aborts on every attempt is tried 3 times, then raises
+    StoreUnavailable (UNAVAILABLE: the operation did not take effect, a later one may)
+    with one warning, not the outage's; past the handled call's deadline no new attempt
+    starts."""
+    if not store_url.startswith("postgres"):
+        pytest.skip("PostgreSQL's transaction aborts")
+    assert isinstance(store, PostgresStore)
+    attempts = 0
+
+    async def op(conn: asyncpg.Connection) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise asyncpg.exceptions.SerializationError("could not serialize access")
+
+    with capture_logs() as logs, pytest.raises(StoreUnavailable):
+        await store._run(op)
+    assert attempts == 3
+    # contention, not an outage: one warning, no "store unavailable"
+    assert [(e["log_level"], e["event"], e["attempts"]) for e in logs] == [
+        ("warning", "store transaction aborted by conflicts", 3)], logs
+    attempts = 0
+    with deadline_scope(time.monotonic()), pytest.raises(StoreUnavailable):
+        await store._run(op)
+    assert attempts == 1
+    assert (await store.count_rows()).users == 0  # the store works on
 
 
 async def test_place_and_get_order(store: Store) -> None:
