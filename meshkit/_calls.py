@@ -27,6 +27,12 @@ outcome (``CANCELLED``) at once: ``done()`` is true when it returns. A stream th
 cancels (the channel closed, or its endpoint left and ``drain_timeout_s`` ran out) ends
 its reader or writer with :class:`~meshkit.errors.MeshRpcError` ``CANCELLED``, as a unary
 call in flight, not with grpc.aio's ``CancelledError`` in a task nobody cancelled.
+
+A call's ``DEADLINE_EXCEEDED`` that ran out the propagated deadline of the call being
+handled (``DialOptions.deadline_margin_s`` before it) is marked as it is raised
+(:func:`propagated_deadline_of`), so a meshkit server answers the handler that lets it
+escape ``DEADLINE_EXCEEDED`` (meshkit._unhandled); nothing is done on a call that ends
+otherwise.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from meshkit.errors import MeshRpcError
 from meshkit.interceptors import ClientCallDetails
 
 __all__ = [
+    "DEADLINE_SLACK_S",
     "MeshCall",
     "RetryingStreamCall",
     "StreamResponseCall",
@@ -55,9 +62,11 @@ __all__ = [
     "UnaryResponseCall",
     "UnaryStreamCall",
     "UnaryUnaryCall",
+    "propagated_deadline_of",
 ]
 
 _CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
 _OK = grpc.StatusCode.OK
 _EOF = grpc.aio.EOF
@@ -101,6 +110,38 @@ _NO_TASK: Any = _NoTask()
 async def _not_sent(details: ClientCallDetails, request: Any) -> Any:
     """The chain of a unary call cancelled before it started: sends nothing."""
     raise asyncio.CancelledError()
+
+
+DEADLINE_SLACK_S = 0.05
+"""Seconds a deadline may still have left and count as run out (0.05): timers, and the
+deadline's own timer still to fire."""
+
+# the attribute of a DEADLINE_EXCEEDED error that ran out the propagated deadline
+_PROPAGATED = "_meshkit_propagated_deadline"
+
+
+def _mark_propagated_deadline(details: ClientCallDetails, error: BaseException) -> None:
+    """On a call's ``DEADLINE_EXCEEDED`` (the error path only): when the call ran under the
+    deadline of the call being handled (``current_deadline()`` less
+    ``DialOptions.deadline_margin_s``, propagated) and that deadline has run out, ``error``
+    carries the handled call's deadline (``time.monotonic()`` seconds), for
+    :func:`propagated_deadline_of`. The channel's method record
+    (``details.codec.propagated_deadline``) knows whether it propagates and its margin."""
+    propagated = getattr(getattr(details, "codec", None), "propagated_deadline", None)
+    if propagated is None:
+        return
+    deadline = propagated(details)
+    if deadline is not None:
+        with contextlib.suppress(AttributeError):  # an error class with __slots__
+            setattr(error, _PROPAGATED, deadline)
+
+
+def propagated_deadline_of(error: BaseException) -> float | None:
+    """The deadline (``time.monotonic()`` seconds) of the handled call whose propagated
+    deadline a mesh channel's call ran out with ``error`` (``DEADLINE_EXCEEDED``), or
+    ``None`` when it did not (a timeout of its own, no propagation, another status)."""
+    deadline = getattr(error, _PROPAGATED, None)
+    return deadline if isinstance(deadline, float) else None
 
 
 def _code_of(error: BaseException) -> grpc.StatusCode:
@@ -153,8 +194,11 @@ class MeshCall:
         self._call = call
         if error is not None:  # else _error stays None, as made
             self._error = error
-            if _code_of(error) is _CANCELLED:
+            code = _code_of(error)
+            if code is _CANCELLED:
                 self._cancelled = True
+            elif code is _DEADLINE_EXCEEDED:
+                _mark_propagated_deadline(self._details, error)
         fut = self._settled_fut
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -507,6 +551,10 @@ class StreamResponseCall(MeshCall):
             self._raise_codec_error()
             self._raise_if_cancelled_by_mesh()
             raise
+        except AioRpcError as exc:
+            if exc.code() is _DEADLINE_EXCEEDED:
+                _mark_propagated_deadline(self._details, exc)
+            raise
 
     async def read(self) -> Any:
         """Read one response; ``grpc.aio.EOF`` at the end.
@@ -525,6 +573,10 @@ class StreamResponseCall(MeshCall):
         except asyncio.CancelledError:
             self._raise_codec_error()
             self._raise_if_cancelled_by_mesh()
+            raise
+        except AioRpcError as exc:
+            if exc.code() is _DEADLINE_EXCEEDED:
+                _mark_propagated_deadline(self._details, exc)
             raise
         if type(response) is Undecodable:
             self._undecodable(call, response)
@@ -864,7 +916,12 @@ class RetryingStreamCall(MeshCall):
         if first is not _NOTHING:
             self._first = _NOTHING
             return first
-        return await call.read()
+        try:
+            return await call.read()
+        except AioRpcError as exc:
+            if exc.code() is _DEADLINE_EXCEEDED:
+                _mark_propagated_deadline(self._details, exc)
+            raise
 
     async def wait_for_connection(self) -> None:
         """Wait until an attempt is connected (its grpc.aio ``wait_for_connection``: for a

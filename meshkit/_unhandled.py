@@ -12,11 +12,13 @@ and span ids of the call join it when the logs carry them.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 import structlog
 
+from meshkit._calls import DEADLINE_SLACK_S, propagated_deadline_of
 from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
 
 __all__ = ["UnhandledErrorInterceptor", "unhandled_details"]
@@ -51,15 +53,18 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
 
 
 _DOWNSTREAM_DEADLINE = "deadline exceeded (in a call the handler made under it)"
-_DEADLINE_SLACK_S = 0.05  # timers, and the call's own deadline timer still to fire
 
 
 def _ran_out_of_this_calls_deadline(exc: Exception, context: Any) -> bool:
-    """Whether ``exc`` is a downstream call's ``DEADLINE_EXCEEDED`` raised when this call's
-    own deadline has (all but) passed: the deadline it ran under was this call's,
-    propagated (:class:`~meshkit.resilience.DeadlineInterceptor`), so the caller's
-    deadline is what ran out, and the caller is told so (as grpc-go's handlers return a
-    downstream status), not ``UNKNOWN``."""
+    """Whether ``exc`` is a downstream call's ``DEADLINE_EXCEEDED`` that ran out this
+    call's own deadline, propagated (:class:`~meshkit.resilience.DeadlineInterceptor`):
+    raised when this call has (all but: :data:`~meshkit._calls.DEADLINE_SLACK_S`) no time
+    left, or by a mesh channel's call that ran under this call's deadline less its
+    ``DialOptions.deadline_margin_s`` and ran that out (the error carries this call's
+    deadline: :func:`~meshkit._calls.propagated_deadline_of`, matched within the slack).
+    The caller's deadline is what ran out, and the caller is told so (as grpc-go's
+    handlers return a downstream status), not ``UNKNOWN``. A downstream call with a
+    shorter timeout of its own, run out with this call's time left, is no such error."""
     if not isinstance(exc, grpc.aio.AioRpcError) or \
             exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
         return False
@@ -67,7 +72,13 @@ def _ran_out_of_this_calls_deadline(exc: Exception, context: Any) -> bool:
         remaining = context.time_remaining()
     except Exception:  # a stand-in context
         return False
-    return remaining is not None and remaining <= _DEADLINE_SLACK_S
+    if remaining is None:
+        return False
+    if remaining <= DEADLINE_SLACK_S:
+        return True
+    propagated = propagated_deadline_of(exc)  # a margin's time left
+    return propagated is not None and \
+        abs(time.monotonic() + remaining - propagated) <= DEADLINE_SLACK_S
 
 
 class UnhandledErrorInterceptor(WrappingInterceptor):
@@ -77,7 +88,9 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     handler set (``set_code``) before it raised, when that is not ``OK``, as grpc.aio
     answers (the details are :func:`unhandled_details` all the same); with
     ``DEADLINE_EXCEEDED`` for a downstream call's ``DEADLINE_EXCEEDED`` raised as this
-    call's own deadline ran out (it was that deadline, propagated). What the handler
+    call's own deadline ran out, or as a mesh channel's call ran out that deadline less
+    its ``DialOptions.deadline_margin_s`` (it was that deadline, propagated; details
+    ``"deadline exceeded (in a call the handler made under it)"``). What the handler
     answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
     other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
     A unary-response handler that returns ``None``, or a streaming one that yields it,

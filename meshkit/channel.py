@@ -43,6 +43,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from meshkit._attempts import cancel_through
 from meshkit._calls import (
+    DEADLINE_SLACK_S,
     StreamResponseCall,
     StreamStreamCall,
     StreamUnaryCall,
@@ -171,7 +172,11 @@ class DialOptions:
         propagate_deadline: inside a handler (see
             :class:`~meshkit.resilience.DeadlineInterceptor`) run outgoing calls under the
             incoming call's remaining time, never longer (default ``True``).
-        deadline_margin_s: subtracted from a propagated deadline, seconds (default 0.0).
+        deadline_margin_s: subtracted from a propagated deadline, seconds (default 0.0):
+            time the handler keeps to answer. A call that runs that deadline out fails
+            ``DEADLINE_EXCEEDED``, and a meshkit server answers the handler that lets
+            the error escape ``DEADLINE_EXCEEDED`` too (the caller's deadline, propagated,
+            ran out), as without a margin.
         hash_key_metadata: metadata key whose value is the request key for affinity
             balancers such as :class:`~meshkit.balancer.RingHash` (default none).
         filters: which discovered instances to balance over, run in order on each
@@ -378,15 +383,20 @@ class _MethodPlan:
     (:attr:`in_mesh`). With ``attempt_interceptors`` (which see the messages) the
     sub-channel keeps the codecs, with the deserializer made strict, and the mesh still
     serializes every request message once, for the check: what grpc.aio would get wrong
-    fails the same way on both paths."""
+    fails the same way on both paths.
 
-    __slots__ = ("answered", "decode", "decodes", "in_mesh", "key", "kind", "method",
-                 "request_serializer", "response_deserializer", "sends_wire",
+    ``margin_s`` is the channel's ``deadline_margin_s`` when it propagates deadlines
+    (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
+
+    __slots__ = ("answered", "decode", "decodes", "in_mesh", "key", "kind", "margin_s",
+                 "method", "request_serializer", "response_deserializer", "sends_wire",
                  "serializes_stream", "strict_deserializer", "timeout_s", "unary_request")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
                  timeout_s: float | None, *, codecs_in_mesh: bool = True,
-                 strict_deserializer: Any = None, key: str | None = None) -> None:
+                 strict_deserializer: Any = None, key: str | None = None,
+                 margin_s: float | None = None) -> None:
+        self.margin_s = margin_s
         self.method = method
         self.kind = kind
         self.request_serializer = ser
@@ -408,6 +418,24 @@ class _MethodPlan:
         # a streaming-response method: what its call object calls at a stream's first
         # response message (MeshChannel._stream_answered), None when nothing listens
         self.answered: Callable[[ClientCallDetails, Any], None] | None = None
+
+    def propagated_deadline(self, details: ClientCallDetails) -> float | None:
+        """The deadline of the call being handled (:func:`current_deadline`,
+        ``time.monotonic()`` seconds) when ``details`` ran under it, propagated (less the
+        margin, as :meth:`_MultiCallable._details` sets it, not a shorter timeout of the
+        call's own) and that deadline has (all but: :data:`DEADLINE_SLACK_S`) run out;
+        else ``None``. Read on a call's ``DEADLINE_EXCEEDED`` only (meshkit._calls), so
+        the server answers it ``DEADLINE_EXCEEDED`` (meshkit._unhandled)."""
+        margin = self.margin_s
+        deadline = details.deadline
+        if margin is None or deadline is None:
+            return None
+        inherited = current_deadline()
+        if inherited is None or deadline != inherited - margin:  # the same sum: exact
+            return None
+        if deadline - time.monotonic() > DEADLINE_SLACK_S:  # a status the peer answered
+            return None
+        return inherited
 
     def codecs(self) -> tuple[Any, Any]:
         """The serializer and deserializer the sub-channel multicallable is made with."""
@@ -725,8 +753,11 @@ class MeshChannel(grpc.aio.Channel):
             strict = self._strict.get(deser)  # one wrapper per deserializer: keys compare
             if strict is None:
                 strict = self._strict[deser] = strict_deserializer(deser)
+        opts = self.options
         plan = _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method),
-                           codecs_in_mesh=in_mesh, strict_deserializer=strict)
+                           codecs_in_mesh=in_mesh, strict_deserializer=strict,
+                           margin_s=opts.deadline_margin_s if opts.propagate_deadline
+                           else None)
         if self._answers and (kind is CallKind.UNARY_STREAM
                               or kind is CallKind.STREAM_STREAM):
             plan.answered = self._stream_answered

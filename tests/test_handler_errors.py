@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2
 import meshkit
 from meshkit.discovery import LocalRegistry
 from meshkit.resilience import DeadlineOptions
+from tests.support.echo import add_echo
+from tests.support.echo import method as echo_method
 
 _SERVICE = "errs.v1.Errs"
 _SECRET = "postgres://app:hunter2@db.internal/orders"
@@ -514,6 +516,68 @@ async def test_expose_exception_text_keeps_grpc_aio_s_details(registry: LocalReg
     assert err.value.code() is grpc.StatusCode.UNKNOWN
     assert _SECRET in (err.value.details() or "")
 
+
+
+@pytest.mark.parametrize("downstream", ["unary", "stream", "own-timeout"])
+async def test_a_propagated_deadline_run_out_under_a_margin_is_answered_deadline_exceeded(
+        registry: LocalRegistry, downstream: str) -> None:
+    """A handler's outgoing call runs under the incoming call's deadline less
+    ``DialOptions.deadline_margin_s``. When that deadline ran out and the downstream's
+    ``DEADLINE_EXCEEDED`` escaped the handler, the server answered ``UNKNOWN``
+    "Unexpected AioRpcError in the handler": it took a downstream ``DEADLINE_EXCEEDED``
+    for this call's own only with under 50 ms of the call left, i.e. only without a
+    margin, so the margin a user sets to leave time for a proper answer got the caller
+    the wrong status (and alerts or retries keyed on it misfired). Now the mesh channel
+    marks the error of a call that ran under the propagated deadline and ran it out, and
+    the server answers ``DEADLINE_EXCEEDED`` (details naming no downstream), a margin
+    before the caller's own timer: a unary call, or a stream's read. A handler's call
+    with its own shorter timeout that ran out is still ``UNKNOWN`` (the caller's
+    deadline did not run out)."""
+    echo = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                              options=meshkit.ServeOptions(insecure=True, instance_id="e1",
+                                                           drain_delay_s=0.0, grace_s=1.0))
+    await echo.start()
+    down = meshkit.dial("echo", registry=registry,
+                        options=meshkit.DialOptions(insecure=True, deadline_margin_s=1.0))
+
+    async def front(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if downstream == "unary":  # no timeout of its own: the propagated one
+            return await down.unary_unary(echo_method("Sleep"))(b"30000")  # type: ignore[no-any-return]
+        if downstream == "stream":
+            call = down.stream_stream(echo_method("Bidi"))()
+            await call.read()  # nothing written: no answer before the deadline
+            raise AssertionError("unreachable")
+        return await down.unary_unary(echo_method("Sleep"))(  # type: ignore[no-any-return]
+            b"30000", timeout=0.5)
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "errs.v1.Front", {"Call": grpc.unary_unary_rpc_method_handler(front)}),))
+
+    srv = meshkit.MeshServer("front", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, instance_id="f1",
+                                                          drain_delay_s=0.0, grace_s=1.0))
+    await srv.start()
+    try:
+        await asyncio.wait_for(down.wait_for_endpoints(1), 10)
+        async with meshkit.dial("front", registry=registry,
+                                options=meshkit.DialOptions(insecure=True, retry=None)) as ch:
+            await asyncio.wait_for(ch.wait_for_endpoints(1), 10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(ch.unary_unary("/errs.v1.Front/Call")(b"", timeout=2.5),
+                                       10)
+        code, details = info.value.code(), info.value.details() or ""
+        if downstream == "own-timeout":
+            assert code is grpc.StatusCode.UNKNOWN, (code, details)
+            assert details.startswith("Unexpected AioRpcError"), details
+        else:
+            # the server's answer (the caller's own timer says "Deadline Exceeded")
+            assert code is grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+            assert details == "deadline exceeded (in a call the handler made under it)", details
+    finally:
+        await down.close()
+        await srv.drain()
+        await echo.drain()
 
 _JSON_PROCESS = """
 import asyncio, sys
