@@ -1288,24 +1288,50 @@ class PostgresStore:
             await asyncio.wait_for(self._pool.close(), self._acquire_timeout_s)
 
 
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://)?")
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as an error message may quote it, without credentials: user info
+    (everything after ``scheme:`` or ``scheme://`` up to the *last* ``@``, so a password
+    holding ``/``, ``?``, ``#`` or ``@`` too) and any query or fragment (which may carry
+    ``password=``) replaced by ``***``:
+    ``postgresql+asyncpg://app:pw@db:5432/shop?sslmode=require`` ->
+    ``postgresql+asyncpg://***@db:5432/shop?***``."""
+    scheme = _URL_SCHEME.match(url)
+    head = scheme.group() if scheme else ""
+    rest = url[len(head):]
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    for mark in "?#":
+        before, found, _ = rest.partition(mark)
+        if found:
+            rest = f"{before}{mark}***"
+    return head + rest
+
+
 async def open_store(url: str) -> Store:
     """Open (and create the schema of) the store named by ``url``.
 
     ``sqlite:///path.db`` opens an SQLite file (``sqlite:////abs/path.db`` for an
     absolute path); ``postgresql://...`` (or ``postgres://``) a PostgreSQL pool,
     with an optional ``schema=NAME`` query parameter. Raises ``ValueError`` for
-    any other scheme or a malformed URL, :class:`StoreUnavailable` if the
-    database cannot be reached, and :class:`StoreError` for other failures.
+    any other scheme or a malformed URL (quoting it with user info, query and
+    fragment hidden: ``***``), :class:`StoreUnavailable` if the database cannot be
+    reached, and :class:`StoreError` for other failures.
     """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if parts.netloc or not path:
-            raise ValueError(f"expected sqlite:///path/to/file.db, got {url!r}")
+            raise ValueError(f"expected sqlite:///path/to/file.db, got {_shown_url(url)!r}")
         return await SqliteStore.open(path)
     if parts.scheme in ("postgresql", "postgres"):
         query = dict(parse_qsl(parts.query))
         schema = query.pop("schema", None)
         dsn = urlunsplit(parts._replace(query=urlencode(query)))
         return await PostgresStore.open(dsn, schema=schema)
-    raise ValueError(f"unsupported store URL scheme {parts.scheme!r} in {url!r}")
+    raise ValueError(
+        f"unsupported store URL scheme {parts.scheme!r} in {_shown_url(url)!r}; expected"
+        " sqlite:///path/to/file.db or postgresql://user@host:port/db"
+    )

@@ -256,6 +256,33 @@ async def test_open_store_rejects_unknown_scheme() -> None:
         await open_store("sqlite://")
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql+asyncpg://app:s3cret-pw@127.0.0.1:5432/test",
+     "'postgresql+asyncpg://***@127.0.0.1:5432/test'"),
+    ("mysql://app:s3cret/pw?x@db:3306/shop", "'mysql://***@db:3306/shop'"),
+    ("mysql://db/shop?user=app&password=s3cret-pw", "'mysql://db/shop?***'"),
+    ("postgresql+asyncpg:app:s3cret-pw@db/shop", "'postgresql+asyncpg:***@db/shop'"),
+    ("sqlite://app:s3cret-pw@host/ecom.db", "'sqlite://***@host/ecom.db'"),
+])
+async def test_open_store_error_hides_credentials(url: str, shown: str) -> None:
+    """open_store's ValueError for a URL it cannot use quotes it without its password.
+
+    What was wrong: the message quoted the whole URL (``unsupported store URL scheme
+    'postgresql+asyncpg' in 'postgresql+asyncpg://app:<password>@...'``).
+
+    What a user saw: a service started with the common SQLAlchemy-style
+    ``DATABASE_URL=postgresql+asyncpg://app:<password>@db/shop`` exited with the
+    database password on the last line of its traceback, in the pod's log stream.
+
+    Now: user info (up to the last ``@``: a password may hold ``/``, ``?`` or ``#``) and
+    the query or fragment (``?password=``) are shown as ``***``.
+    """
+    with pytest.raises(ValueError) as info:
+        await open_store(url)
+    assert shown in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _WORKER = """
