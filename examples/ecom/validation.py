@@ -40,7 +40,8 @@ CURRENCIES = frozenset(
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode's control characters (General Category Cc): C0, DEL and C1.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidArgument(Exception):
@@ -108,7 +109,8 @@ def normalize_email(email: str) -> str:
 
 
 def check_email(v: Violations, field: str, email: str) -> None:
-    """Check an email address: required, at most 254 characters, ``local@domain.tld``."""
+    """Check an email address: required, at most 254 characters, ``local@domain.tld``,
+    no control characters (as :func:`check_name`)."""
     if not _text(v, field, email, MAX_EMAIL):
         return
     if not _EMAIL.fullmatch(email) or _CONTROL.search(email):
@@ -118,7 +120,8 @@ def check_email(v: Violations, field: str, email: str) -> None:
 
 
 def check_name(v: Violations, field: str, name: str) -> None:
-    """Check a display name: not blank, at most 200 characters, no control characters."""
+    """Check a display name: not blank, at most 200 characters, no control characters
+    (Unicode category Cc: U+0000..U+001F, U+007F..U+009F)."""
     if not _text(v, field, name, MAX_NAME):
         return
     if not name.strip():

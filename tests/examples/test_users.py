@@ -105,6 +105,42 @@ async def test_create_user_invalid(
     assert await stack.store.count_rows() == RowCounts(0, 0, 0)
 
 
+@pytest.mark.parametrize(
+    ("email", "name", "expected"),
+    [
+        ("eve@example.com", "Eve\x9b2J", "name: must not contain control characters"),
+        ("eve@example.com", "Eve\x85Mallory", "name: must not contain control characters"),
+        ("eve@example.com", "Eve\x80", "name: must not contain control characters"),
+        ("eve\x9f@example.com", "Eve", "email: must be an email address"),
+    ],
+)
+async def test_create_and_update_user_refuse_c1_controls(
+    stack: Stack, email: str, name: str, expected: str
+) -> None:
+    """CreateUser and UpdateUser refuse a name or email holding a C1 control character.
+
+    What was wrong: validation's control-character pattern was ``[\\x00-\\x1f\\x7f]``,
+    the C0 controls and DEL only, while Unicode's control characters (category Cc) are
+    U+0000..U+001F and U+007F..U+009F.
+
+    What a user saw: a display name such as ``"Eve\\x9b2J"`` (U+009B, the 8-bit CSI
+    that starts a terminal escape sequence) was stored and served back by GetUser, to
+    end up in consoles and tools that print names; an email the same.
+
+    Now: INVALID_ARGUMENT naming the field, as for ``"A\\x00"``, and nothing stored.
+    """
+    err = await rpc_error(stack.users.CreateUser(
+        user_pb2.CreateUserRequest(email=email, name=name, password=PASSWORD)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in (err.details() or "")
+    assert await stack.store.count_rows() == RowCounts(0, 0, 0)
+    ada = await create(stack)
+    err = await rpc_error(update(stack, ada.id, name if name != "Eve" else "", email))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in (err.details() or "")
+    assert await stack.users.GetUser(user_pb2.GetUserRequest(user_id=ada.id)) == ada
+
+
 async def test_get_user_errors(stack: Stack) -> None:
     """GetUser answers NOT_FOUND for an unknown id and INVALID_ARGUMENT for a malformed one."""
     missing = "00000000-0000-4000-8000-000000000000"
