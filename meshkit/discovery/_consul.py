@@ -13,6 +13,8 @@ call                                        Consul API doc (developer.hashicorp.
 ``GET /v1/health/service/<name>?passing``   ``api-docs/health#list-service-instances-for-service``
 blocking queries (``index``, ``wait``)      ``api-docs/features/blocking``
 ACL token (``X-Consul-Token``)              ``api-docs/api-structure#authentication``
+ACL-filtered reads (response headers)       ``api-docs/api-structure`` ("Results Filtered
+                                            by ACLs", "Default ACL Policy")
 ``CONSUL_HTTP_*`` environment variables     ``commands#environment-variables``
 ==========================================  =================================================
 
@@ -89,6 +91,7 @@ import aiohttp
 import consul
 import consul.aio
 import structlog
+from consul.callback import CB
 
 from meshkit._config import check_number
 from meshkit._tasks import cancel_and_wait
@@ -536,6 +539,41 @@ def _raw_response(response: Any) -> Any:
     return response
 
 
+#: Set ``true`` on a read whose answer lost entries the request's token may not read
+#: (``api-docs/api-structure``, "Results Filtered by ACLs"); Consul never sets it for the
+#: anonymous token (no token sent), so as not to tell an unauthenticated client that there
+#: is something it cannot see.
+_FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+#: The agent's ``acl.default_policy`` (``allow``/``deny``), on every answer of Consul 1.9
+#: and later: also what the anonymous token may do unless given policies of its own.
+_DEFAULT_POLICY_HEADER = "X-Consul-Default-ACL-Policy"
+#: Least seconds between two warnings about ACLs hiding the entries of one read.
+_ACL_WARN_EVERY_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """A listing read's answer: its ``X-Consul-Index``, body, and what its headers say of
+    ACLs (``filtered``: entries removed; ``default_deny``: the agent denies by default)."""
+
+    index: int
+    body: Any
+    filtered: bool
+    default_deny: bool
+
+
+def _listing(response: Any) -> _Listing:
+    """py-consul callback of a listing read: errors as py-consul's own ``CB.json``
+    (``ACLPermissionDenied`` for 403, ``ConsulException`` for 5xx or a missing index), and
+    the ACL headers, which py-consul's own calls drop."""
+    raw_index, body = CB.json(index=True)(response)
+    headers = response.headers
+    return _Listing(
+        index=int(raw_index), body=body,
+        filtered=str(headers.get(_FILTERED_HEADER, "")).lower() == "true",
+        default_deny=str(headers.get(_DEFAULT_POLICY_HEADER, "")).lower() == "deny")
+
+
 class ConsulRegistry:
     """A :class:`~meshkit.discovery.Registry` backed by a Consul agent.
 
@@ -586,6 +624,8 @@ class ConsulRegistry:
         self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, asyncio.Task[None]]] = {}
         self._clients_lock = threading.Lock()
         self._keepers: dict[str, _Registration] = {}
+        # monotonic time of the latest warning about ACLs hiding entries, per read
+        self._acl_warned: dict[str, float] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
 
@@ -921,19 +961,56 @@ class ConsulRegistry:
         self._tracker.write_ok()
 
     # -- discovery -----------------------------------------------------------------------
-    async def _health(self, service: str, index: int) -> tuple[int, list[Any]]:
-        """One ``GET /v1/health/service/<service>?passing`` (blocking when ``index`` >= 1)."""
+    def _get_listing(self, path: str, params: list[tuple[str, str]]) -> Awaitable[_Listing]:
+        """``GET <path>?<params>`` with the ACL token, answered as a :class:`_Listing`
+        (through py-consul's HTTP client: its ``health.service()`` and
+        ``catalog.services()`` drop the headers that say an answer was filtered by ACLs)."""
         client = self._get_client()
+        return cast(Awaitable[_Listing], client.http.get(
+            _listing, path, params=params, headers=self._headers(client)))
+
+    def _check_acl_filtering(self, what: str, listing: _Listing) -> None:
+        """Say so when ACLs may have hidden entries of a read (``what``, e.g. ``"watch of
+        'orderd'"``), which Consul answers as if they did not exist (HTTP 200).
+
+        ``X-Consul-Results-Filtered-By-ACLs: true``: the token may not read every entry
+        (an instance needs ``service:read`` on its service and ``node:read`` on its node);
+        recorded as :attr:`RegistryStatus.last_error` and logged as a warning. An empty
+        answer to a request without a token from an agent whose default ACL policy is
+        ``deny`` (Consul does not tell the anonymous token what it filtered) is logged as
+        a warning only: the anonymous token may have been granted reads, and the service
+        may have no instance. Each warning at most once every 10 minutes per ``what``.
+        """
+        if listing.filtered:
+            self._tracker.last_error = (
+                f"{what} on Consul agent {self.options.base_url}: results filtered by ACLs "
+                "(X-Consul-Results-Filtered-By-ACLs): the ACL token may not read every "
+                "entry (an instance needs service:read on its service and node:read on its "
+                "node)")
+            event = "consul read filtered by ACLs: the token may not read every instance"
+        elif self.options.token is None and listing.default_deny and not listing.body:
+            event = ("consul read empty with no ACL token while the agent's default ACL "
+                     "policy is deny: if instances are missing, set CONSUL_HTTP_TOKEN or "
+                     "CONSUL_HTTP_TOKEN_FILE")
+        else:
+            return
+        now = time.monotonic()
+        last = self._acl_warned.get(what)
+        if last is None or now - last >= _ACL_WARN_EVERY_S:
+            self._acl_warned[what] = now
+            _log.warning(event, read=what, agent=self.options.base_url)
+
+    async def _health(self, service: str, index: int) -> _Listing:
+        """One ``GET /v1/health/service/<service>?passing`` (blocking when ``index`` >= 1)."""
         opts = self.options
+        params = [("passing", "1")]
         if index >= 1:
             timeout = self._blocking_timeout_s
-            call = client.health.service(service, passing=True, index=str(index),
-                                         wait=_go_duration(opts.wait_s))
+            params += [("index", str(index)), ("wait", _go_duration(opts.wait_s))]
         else:
             timeout = opts.request_timeout_s
-            call = client.health.service(service, passing=True)
-        raw_index, entries = await self._bounded(call, timeout)
-        return int(raw_index), list(entries or [])
+        return await self._bounded(
+            self._get_listing(f"/v1/health/service/{service}", params), timeout)
 
     def _to_instances(self, service: str, entries: list[Any]) -> frozenset[Instance]:
         """The instances of ``/v1/health/service/<service>`` entries.
@@ -977,22 +1054,25 @@ class ConsulRegistry:
                              instance_id=svc.get("ID"), error=str(exc))
         return frozenset(out)
 
-    async def _read_once(self, call: Awaitable[tuple[Any, Any]], what: str) -> Any:
-        """One non-blocking read bounded by ``request_timeout_s``, recorded in
-        :meth:`status`; returns the body of the answer.
+    async def _read_once(self, path: str, what: str) -> Any:
+        """One non-blocking ``GET <path>`` bounded by ``request_timeout_s``, recorded in
+        :meth:`status` (ACL filtering too: :meth:`_check_acl_filtering`); returns the body
+        of the answer.
 
         Raises:
             RegistryError: the agent cannot be reached or refused (chained).
         """
         try:
-            _index, body = await self._bounded(call, self.options.request_timeout_s)
+            listing = await self._bounded(self._get_listing(path, []),
+                                          self.options.request_timeout_s)
         except _RETRYABLE as exc:
             self._tracker.read_failed(f"{what} on Consul agent {self.options.base_url}: "
                                       f"{self._describe(exc)}")
             raise RegistryError(f"Consul agent {self.options.base_url}: "
                                 f"{self._describe(exc)}") from exc
         self._tracker.read_ok()
-        return body
+        self._check_acl_filtering(what, listing)
+        return listing.body
 
     async def services(self) -> frozenset[str]:
         """The names of the services in the agent's catalog now (``GET /v1/catalog/services``,
@@ -1002,7 +1082,7 @@ class ConsulRegistry:
         Raises:
             RegistryError: the agent cannot be reached or refused (chained).
         """
-        names = await self._read_once(self._get_client().catalog.services(), "catalog")
+        names = await self._read_once("/v1/catalog/services", "catalog")
         return frozenset(str(n) for n in (names or {}) if n != "consul")
 
     async def failing(self, service: str) -> frozenset[Instance]:
@@ -1014,7 +1094,7 @@ class ConsulRegistry:
         Raises:
             RegistryError: the agent cannot be reached or refused (chained).
         """
-        entries = await self._read_once(self._get_client().health.service(service),
+        entries = await self._read_once(f"/v1/health/service/{service}",
                                         f"health of {service!r}")
         bad = [e for e in entries or [] if any(
             c.get("Status") != "passing" for c in e.get("Checks") or ())]
@@ -1034,8 +1114,10 @@ class ConsulRegistry:
         (``backoff_base_s`` .. ``backoff_max_s``) and retries forever; the backoff grows
         with each failure until a blocking query succeeds (the non-blocking re-read after
         an error does not reset it, so a watch whose blocking queries keep failing backs
-        off to ``backoff_max_s``). The iterator ends when the registry is closed; it can be
-        cancelled at any await.
+        off to ``backoff_max_s``). Instances the ACL token may not read are not listed (the
+        agent filters them out, HTTP 200); when the agent says so a warning is logged and
+        :meth:`status` records it (see there). The iterator ends when the registry is
+        closed; it can be cancelled at any await.
 
         Args:
             service: the Consul service name, e.g. ``"orderd"``.
@@ -1073,11 +1155,12 @@ class ConsulRegistry:
                 continue
             if result is CLOSED:
                 return
-            new_index, entries = result
+            new_index, entries = result.index, list(result.body or [])
             if blocking:
                 failures = 0
                 after_blocking_answer = True
             self._tracker.read_ok()
+            self._check_acl_filtering(f"watch of {service!r}", result)
             if new_index < 1:
                 index = 1  # never block on 0: Consul would answer at once, every time
             elif new_index < index:
@@ -1099,7 +1182,10 @@ class ConsulRegistry:
         ``readable``/``read_errors``: the watches' health queries; ``writable``/
         ``write_errors``: register, deregister and the heartbeats (TTL passes or lookups);
         ``reopened``: instances registered again because the agent had forgotten them;
-        ``last_error`` may name the agent's address and an instance id, never the token.
+        ``last_error`` may name the agent's address and an instance id, never the token. A
+        read the agent answered with entries filtered out by ACLs (the token may not read
+        them: ``X-Consul-Results-Filtered-By-ACLs``) succeeded, so it counts as readable,
+        but sets ``last_error`` to say so (and logs a warning at most every 10 minutes).
         """
         return self._tracker.status()
 

@@ -54,9 +54,20 @@ until then the check keeps its initial status; the double waits ``grpc_stagger_s
 a check's first run, by default the whole ``Interval`` (the stagger's worst case, and
 deterministic).
 
-ACLs (``api-docs/api-structure#authentication``): built with ``required_token``, every request
-must carry it in ``X-Consul-Token`` (or ``Authorization: Bearer``); none gives 403
-``Permission denied: ...`` (the anonymous token), a wrong one 403 ``ACL not found``.
+ACLs (``api-docs/api-structure#authentication``), as an agent with ``acl.default_policy =
+"deny"``: built with ``required_token``, the token that may do everything, sent in
+``X-Consul-Token`` (or ``Authorization: Bearer``, or ``?token=``). A token the agent does not
+know gets 403 ``ACL not found`` for every request. A request with no token (the anonymous
+token) or with one of ``limited_tokens`` (tokens that exist but may neither read nor write
+services and nodes) gets 403 ``Permission denied: token with AccessorID '...' lacks
+permission ...`` for writes and for ``GET /v1/agent/service/<id>``, while the listing reads
+(``/v1/health/service/<name>``, ``/v1/catalog/services``) answer 200 with what the token
+may not read filtered out, here everything, as Consul's ACL filtering does. Such a filtered
+answer carries ``X-Consul-Results-Filtered-By-ACLs: true`` when something was removed,
+except for the anonymous token: Consul masks the header for a request without a token "to
+prevent information leaking" (``agent/consul/rpc.go``, ``maskResultsFilteredByACLs``).
+Every JSON answer carries ``X-Consul-Default-ACL-Policy`` (``deny`` in ACL mode, else
+``allow``, Consul's default), as Consul's agents after 1.9 do.
 
 Test hooks: :meth:`ConsulDouble.forget_all` (an agent restart that lost its state),
 :meth:`ConsulDouble.reset_index` (the index jumps back), :meth:`ConsulDouble.touch` (the
@@ -78,6 +89,7 @@ import re
 import ssl
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +146,10 @@ class RecordedRequest:
 
 
 _RECORDED: web.RequestKey[RecordedRequest] = web.RequestKey("recorded", RecordedRequest)
+#: In ACL mode, whether the request may read and write everything (``required_token``).
+_ALL_RIGHTS: web.RequestKey[bool] = web.RequestKey("all_rights", bool)
+#: The listing reads Consul filters by ACLs (200, entries removed) rather than refuse.
+_FILTERED_READS = ("/v1/health/service/", "/v1/catalog/services")
 
 
 @dataclass
@@ -187,7 +203,10 @@ class ConsulDouble:
     """A single-node Consul agent stand-in; see the module docstring for what it follows.
 
     Args:
-        required_token: when set, the ACL token every request must carry (ACL mode).
+        required_token: when set, the ACL token that may do everything (ACL mode, default
+            policy deny; see the module docstring for what others get).
+        limited_tokens: in ACL mode, tokens the agent knows that may neither read nor write
+            services and nodes: their writes are refused 403, their listings filtered.
         ssl_context: serve HTTPS with this server context (e.g. one requiring client certs).
         node: the node name reported in health entries.
         reap_interval_s: how often TTLs and ``DeregisterCriticalServiceAfter`` are checked.
@@ -202,12 +221,14 @@ class ConsulDouble:
         self,
         *,
         required_token: str | None = None,
+        limited_tokens: Collection[str] = (),
         ssl_context: ssl.SSLContext | None = None,
         node: str = "consul-double",
         reap_interval_s: float = 0.02,
         grpc_stagger_s: float | None = None,
     ) -> None:
         self.required_token = required_token
+        self.limited_tokens = frozenset(limited_tokens)
         self.ssl_context = ssl_context
         self.node = node
         self.reap_interval_s = reap_interval_s
@@ -427,22 +448,45 @@ class ConsulDouble:
         request[_RECORDED] = rec
         if self._down or self._stopping:
             return web.Response(status=500, text="No cluster leader")
+        request[_ALL_RIGHTS] = True
         if self.required_token is not None:
             token = rec.token
-            if not token:
-                return web.Response(status=403, text=(
-                    f"Permission denied: token with AccessorID '{ANONYMOUS_ACCESSOR}' lacks "
-                    "permission"))
-            if token != self.required_token:
+            if token and token != self.required_token and token not in self.limited_tokens:
                 return web.Response(status=403, text="ACL not found")
+            if token != self.required_token:
+                # the anonymous token or a limited one: listings are filtered, not refused
+                request[_ALL_RIGHTS] = False
+                if request.method != "GET" or not request.path.startswith(_FILTERED_READS):
+                    accessor = ANONYMOUS_ACCESSOR if not token else (
+                        f"00000000-0000-0000-0000-{hashlib.sha256(token.encode()).hexdigest()[:12]}")
+                    return web.Response(status=403, text=(
+                        f"Permission denied: token with AccessorID '{accessor}' lacks "
+                        "permission"))
         result: web.StreamResponse = await handler(request)
         return result
 
-    def _json(self, data: Any, index: int | None = None) -> web.Response:
-        headers = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+    def _json(self, data: Any, index: int | None = None, *,
+              filtered: bool = False) -> web.Response:
+        """A JSON answer with Consul's headers; ``filtered``: entries were removed by ACLs
+        for a request that carried a token (``X-Consul-Results-Filtered-By-ACLs``)."""
+        headers = {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0",
+                   "X-Consul-Default-ACL-Policy":
+                       "deny" if self.required_token is not None else "allow"}
         if index is not None:
             headers["X-Consul-Index"] = str(index)
+        if filtered:
+            headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
         return web.json_response(data, headers=headers)
+
+    def _acl_filtered(self, request: web.Request, data: Any, index: int) -> web.Response:
+        """The answer to a listing read: ``data`` as it is for a token that may read
+        everything, else with every entry filtered out (the token may read none), the
+        header saying so only for a request that carried a token (Consul masks it for the
+        anonymous token)."""
+        if request[_ALL_RIGHTS]:
+            return self._json(data, index)
+        return self._json(type(data)(), index,
+                          filtered=bool(data) and request[_RECORDED].token is not None)
 
     # -- handlers ------------------------------------------------------------------------
     def _parse_check(self, raw: Any, default_id: str, service_id: str) -> _Check:
@@ -632,7 +676,7 @@ class ConsulDouble:
                 if svc.name == name and all(t in svc.tags for t in tags):
                     out.append({"Node": other_node, "Service": svc.to_json(),
                                 "Checks": [other_serf]})
-        return self._json(out, current())
+        return self._acl_filtered(request, out, current())
 
     def _node_json(self, name: str, address: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A health entry's ``Node`` object and the node's passing ``serfHealth`` check."""
@@ -689,4 +733,4 @@ class ConsulDouble:
         others = [svc for _, services in self.other_nodes.values() for svc in services.values()]
         for svc in [*self.services.values(), *others]:
             out[svc.name] = sorted(set(out.get(svc.name, [])) | set(svc.tags))
-        return self._json(out, current())
+        return self._acl_filtered(request, out, current())

@@ -957,6 +957,84 @@ async def test_acl_token_sent_on_every_request() -> None:
         assert {r.token for r in d.requests} == {"s3cret-good-token"}
 
 
+async def test_a_read_filtered_by_acls_is_warned_of_and_in_status() -> None:
+    """A token that may not read a service's instances (it lacks service:read or node:read)
+    gets an empty list from Consul, HTTP 200, with X-Consul-Results-Filtered-By-ACLs: true:
+    the watch yielded the empty set, status() said readable with no error, nothing was
+    logged, and dial() just found no endpoints. The header is now read: a warning (once per
+    read, at most every 10 minutes) and status().last_error say the ACLs hid entries; the
+    read still counts as readable, and the set is still what the agent lists."""
+    good, limited = "s3cret-good-token", "limited-token-2"
+    async with ConsulDouble(required_token=good, limited_tokens=[limited]) as d:
+        owner = ConsulRegistry(_opts(d, token=good))
+        reg = ConsulRegistry(_opts(d, token=limited), sleep=FastSleep())
+        try:
+            await owner.register(make_instance("orderd", 1))
+            with capture_logs() as logs:
+                watcher = Collector(reg, "orderd")
+                assert await watcher.next() == frozenset()
+                await until(lambda: len(d.health_requests("orderd")) >= 4,
+                            what="several reads of the watch")
+                assert await reg.failing("orderd") == frozenset()
+                assert await reg.services() == frozenset()
+                await watcher.stop()
+            warned = [e for e in logs if "filtered by ACLs" in e["event"]]
+            assert sorted(e["read"] for e in warned) == [
+                "catalog", "health of 'orderd'", "watch of 'orderd'"], logs
+            assert all(e["log_level"] == "warning" for e in warned)
+            status = reg.status()
+            assert status.readable is True and status.read_errors == 0, status
+            assert "filtered by ACLs" in (status.last_error or ""), status
+            assert limited not in repr(status) and all(limited not in repr(e) for e in logs)
+        finally:
+            await owner.close()
+            await reg.close()
+
+
+async def test_an_anonymous_empty_read_from_a_deny_agent_is_warned_of() -> None:
+    """No token at all (CONSUL_HTTP_TOKEN unset) against an agent whose default ACL policy
+    is deny: Consul filters what the anonymous token may not read and, for it, never says
+    so; the watch quietly stayed empty. An empty answer there now logs a warning naming the
+    variables to set (once per read), not an error in status(): the anonymous token may
+    have been granted reads, and a service may have no instance."""
+    async with ConsulDouble(required_token="s3cret-good-token") as d:
+        owner = ConsulRegistry(_opts(d, token="s3cret-good-token"))
+        reg = ConsulRegistry(_opts(d), sleep=FastSleep())
+        try:
+            await owner.register(make_instance("orderd", 1))
+            with capture_logs() as logs:
+                watcher = Collector(reg, "orderd")
+                assert await watcher.next() == frozenset()
+                await until(lambda: len(d.health_requests("orderd")) >= 4,
+                            what="several reads of the watch")
+                await watcher.stop()
+            warned = [e for e in logs if "no ACL token" in e["event"]]
+            assert len(warned) == 1 and "CONSUL_HTTP_TOKEN_FILE" in warned[0]["event"], logs
+            status = reg.status()
+            assert status.readable is True and status.last_error is None, status
+        finally:
+            await owner.close()
+            await reg.close()
+
+
+async def test_no_acl_warning_when_the_token_reads_everything() -> None:
+    """A token that may read everything, or an agent without ACLs: no warning, even for a
+    service without instances."""
+    for token in ("s3cret-good-token", None):
+        async with ConsulDouble(required_token=token) as d:
+            reg = ConsulRegistry(_opts(d, token=token), sleep=FastSleep())
+            try:
+                with capture_logs() as logs:
+                    watcher = Collector(reg, "orderd")
+                    assert await watcher.next() == frozenset()
+                    assert await reg.services() == frozenset()
+                    await watcher.stop()
+                assert not [e for e in logs if "ACL" in e["event"]], logs
+                assert reg.status().last_error is None
+            finally:
+                await reg.close()
+
+
 async def test_wrong_token_fails_without_leaking_it() -> None:
     """A wrong token makes register/deregister raise RegistryError whose text never holds it."""
     secret = "wrong-secret-4711"
