@@ -328,6 +328,66 @@ def test_p2c_newcomer_does_not_yield_its_picks_to_a_slow_replica() -> None:
     assert picks["new"] > 0 and picks["a"] > picks["new"]
 
 
+@pytest.mark.parametrize(("added", "most", "least"), [
+    pytest.param(10, 0.15, 0.04, id="10-beside-10"),  # fair 50 %, Envoy's weights 9 %
+    pytest.param(30, 0.35, 0.12, id="30-beside-10"),  # fair 75 %, Envoy's weights 23 %
+])
+def test_p2c_slow_start_holds_when_many_endpoints_are_added_at_once(
+    added: int, most: float, least: float,
+) -> None:
+    """Endpoints added together beside ten warm ones take about their slow-start weight
+    of their fair share, weights normalised (Envoy scales each host's weight by its
+    slow-start factor: 10 newcomers at 0.1 beside 10 warm hosts get 10 x 0.1 / (10 x
+    0.1 + 10), about 9 % of calls; 30 beside 10, 23 %).
+
+    What was wrong: only the winner's weight was checked; a pick it yielded went to the
+    loser or a third endpoint unchecked, and after a scale-out (an autoscaler's batch, a
+    blue/green switch) those are newcomers too. A user saw 10 newcomers at weight 0.1 take
+    ~32 % of calls (30 of them: ~65 %), flooding the cold replicas the ramp protects. Now
+    a newcomer keeps a pick it wins with probability its weight over the mean weight,
+    and a yielded pick goes only to endpoints whose ramp is over: ~13 % and ~28 % (the
+    margin over Envoy's figures is P2C's pull towards the endpoints it held back, whose
+    estimates decay while they wait)."""
+    clock = Clock()
+    lat = random.Random(2)
+    p = P2C(clock=clock, rng=random.Random(1))  # slow_start_s=5, min weight 0.1
+    warm = eps(*(f"w{i}" for i in range(10)))
+    p.update(warm)  # the first discovery answer: no slow start
+    for _ in range(2000):
+        clock.t += 0.001
+        got = p.pick()
+        assert got is not None
+        got[1](OK, lat.uniform(0.009, 0.011))
+    fresh = [Endpoint(Instance(service="s", instance_id=f"n{i}", host="127.0.0.1",
+                               port=2000 + i)) for i in range(added)]
+    for ep in fresh:
+        ep.state = EndpointState.READY
+    p.update([*warm, *fresh])  # a scale-out: replicas registered together
+    picks: Counter[str] = Counter()
+    for _ in range(4000):
+        clock.t += 0.0001  # 0.4 s in all: every newcomer's weight stays at 0.1
+        got = p.pick()
+        assert got is not None
+        picks[got[0].key[0]] += 1
+        got[1](OK, lat.uniform(0.009, 0.011))
+    assert p.weight(fresh[0]) == pytest.approx(0.1)
+    share = picks["n"] / 4000
+    assert least < share <= most, f"{added} newcomers at weight 0.1 took {share:.1%}"
+
+
+def test_p2c_slow_start_does_not_hold_back_when_every_endpoint_ramps() -> None:
+    """With every endpoint slow-starting at the same weight (none past its ramp), there
+    is no one to yield to: the picks are P2C's, spread over all of them."""
+    clock = Clock()
+    p = P2C(P2COptions(slow_start_s=10), clock=clock, rng=random.Random(3))
+    p.update(eps("seed"))
+    fresh = eps("a", "b", "c", "d")
+    p.update(fresh)  # every endpoint replaced
+    assert p.weight(fresh[0]) == pytest.approx(0.1)
+    picks = drive(p, clock, 2000)
+    assert all(350 < picks[k] < 650 for k in "abcd"), picks
+
+
 def test_p2c_skips_failing_and_honours_exclude() -> None:
     """FAILING endpoints are never picked; excluded ones only when nothing else is usable."""
     p = P2C(P2COptions(slow_start_s=0), rng=random.Random(3))
