@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import metrics as _prometheus_metrics
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -287,11 +288,20 @@ def _message_counts(side: str, r: _Record) -> tuple[int, int]:
             r.msg_sent if requests_ is None else requests_)
 
 
+def _created_series() -> bool:
+    """Whether prometheus-client prints ``_created`` series: false once the application
+    called ``prometheus_client.disable_created_metrics()`` or set
+    ``PROMETHEUS_DISABLE_CREATED_SERIES=True`` (read at each scrape, as its own
+    Counter and Histogram read it; true for a version without the setting)."""
+    return bool(getattr(_prometheus_metrics, "_use_created", True))
+
+
 class _RpcCollector:
     """Renders the bound records of one :class:`RpcMetrics` as the go-grpc-prometheus
     families at scrape time (counters with ``_total``/``_created``, histograms with
     cumulative ``_bucket{le}``, ``_count``, ``_sum``, ``_created``), exactly as
-    prometheus-client's own Counter/Gauge/Histogram would."""
+    prometheus-client's own Counter/Gauge/Histogram would: without the ``_created``
+    samples while prometheus-client's are disabled (:func:`_created_series`)."""
 
     def __init__(self, rpc: RpcMetrics) -> None:
         self._rpc = rpc
@@ -309,6 +319,7 @@ class _RpcCollector:
                   ) -> Iterator[Metric]:
         servers, clients = records if records else ([], [])
         lbl = list(_RPC_LABELS)
+        with_created = _created_series()
         for side, recs in (("server", servers), ("client", clients)):
             started = CounterMetricFamily(*_RPC_DOCS[f"{side}_started"], labels=lbl)
             handled = CounterMetricFamily(*_RPC_DOCS[f"{side}_handled"],
@@ -318,26 +329,29 @@ class _RpcCollector:
             in_flight = GaugeMetricFamily(*_RPC_DOCS[f"{side}_in_flight"], labels=lbl)
             for r in recs:
                 labels = list(r.labels)
-                started.add_metric(labels, r.started, created=r.created)
+                created = r.created if with_created else None
+                started.add_metric(labels, r.started, created=created)
                 if r.ok:
-                    handled.add_metric([*labels, "OK"], r.ok, created=r.created)
+                    handled.add_metric([*labels, "OK"], r.ok, created=created)
                 for code, n in list(r.handled.items()):
-                    handled.add_metric([*labels, GRPC_CODE_LABELS[code]], n, created=r.created)
+                    handled.add_metric([*labels, GRPC_CODE_LABELS[code]], n, created=created)
                 counts = list(r.counts)
                 cumulative, buckets = 0, []
                 for le, n in zip(self._rpc.le, counts, strict=True):
                     cumulative += n
                     buckets.append((le, cumulative))
                 handling.add_metric(labels, buckets, r.sum_s)
-                handling.samples.append(Sample(f"{name}_created", dict(zip(
-                    _RPC_LABELS, labels, strict=True)), r.created))
+                if with_created:
+                    handling.samples.append(Sample(f"{name}_created", dict(zip(
+                        _RPC_LABELS, labels, strict=True)), r.created))
                 in_flight.add_metric(labels, r.in_flight)
             received = CounterMetricFamily(*_RPC_DOCS[f"{side}_msg_received"], labels=lbl)
             sent = CounterMetricFamily(*_RPC_DOCS[f"{side}_msg_sent"], labels=lbl)
             for r in recs:
                 n_received, n_sent = _message_counts(side, r)
-                received.add_metric(list(r.labels), n_received, created=r.created)
-                sent.add_metric(list(r.labels), n_sent, created=r.created)
+                created = r.created if with_created else None
+                received.add_metric(list(r.labels), n_received, created=created)
+                sent.add_metric(list(r.labels), n_sent, created=created)
             yield from (started, handled, handling, in_flight, received, sent)
             if side == "server":
                 limited = CounterMetricFamily(*_RPC_DOCS["server_rate_limited"],
@@ -347,15 +361,17 @@ class _RpcCollector:
                 by_method: dict[tuple[str, str], tuple[int, float]] = {}
                 for r in servers:
                     key = (r.labels[1], r.labels[2])
-                    n, created = by_method.get(key, (0, r.created))
-                    by_method[key] = (n + r.rate_limited, min(created, r.created))
-                for (service, method), (n, created) in by_method.items():
-                    limited.add_metric([service, method], n, created=created)
+                    n, first = by_method.get(key, (0, r.created))
+                    by_method[key] = (n + r.rate_limited, min(first, r.created))
+                for (service, method), (n, since) in by_method.items():
+                    limited.add_metric([service, method], n,
+                                       created=since if with_created else None)
                 yield limited
             else:
                 attempts = CounterMetricFamily(*_RPC_DOCS["client_attempts"], labels=lbl)
                 for r in clients:
-                    attempts.add_metric(list(r.labels), r.attempts, created=r.created)
+                    attempts.add_metric(list(r.labels), r.attempts,
+                                        created=r.created if with_created else None)
                 yield attempts
 
 

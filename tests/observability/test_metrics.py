@@ -599,6 +599,55 @@ def test_rpc_families_render_as_prometheus_clients_own_types() -> None:
         ("le", "0.001")))] == 2
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_rpc_families_print_no_created_series_when_prometheus_client_disables_them(
+        side: str) -> None:
+    """prometheus-client lets an application turn the ``_created`` series off
+    (``disable_created_metrics()`` or ``PROMETHEUS_DISABLE_CREATED_SERIES=True``; in the
+    text format each is a gauge series of its own, doubling a counter's series), and its
+    own Counter and Histogram then print none. The RPC families always printed them
+    (``grpc_*_started``/``handled``/``msg_*``/``handling_seconds``,
+    ``meshkit_server_rate_limited``, ``meshkit_client_attempts``): a user who disabled them
+    still got a ``*_created`` series per label set of every meshkit counter and
+    histogram. They now follow the setting at each scrape, as prometheus-client's own
+    types do (and print them again once re-enabled)."""
+    import prometheus_client
+    from prometheus_client import Counter, Histogram
+
+    from meshkit.observability import rpc_metrics
+    from meshkit.observability._semconv import MethodNames
+
+    ours = CollectorRegistry()
+    rpc = rpc_metrics(ours)
+    names = MethodNames("/pkg.v1.Svc/Get", "unary")
+    if side == "server":
+        srv = rpc.bind_server(names)
+        srv.start()
+        srv.finished(grpc.StatusCode.UNAVAILABLE, 0.001, rate_limited=True)
+    else:
+        cli = rpc.bind_client(names)
+        cli.start()
+        cli.finished(grpc.StatusCode.OK, 0.001, attempts=2)
+
+    def created(reg: CollectorRegistry) -> set[str]:
+        return {s.name for fam in reg.collect() for s in fam.samples
+                if s.name.endswith("_created")}
+
+    prometheus_client.disable_created_metrics()
+    try:
+        ref = CollectorRegistry()
+        Counter("c", "x", ("a",), registry=ref).labels("1").inc()
+        Histogram("h", "x", ("a",), registry=ref).labels("1").observe(1.0)
+        assert created(ref) == set()  # prometheus-client's own types
+        assert created(ours) == set()
+    finally:
+        prometheus_client.enable_created_metrics()
+    assert created(ours) == {f"grpc_{side}_{fam}_created" for fam in (
+        "started", "handled", "handling_seconds", "msg_received", "msg_sent")} | {
+        "meshkit_server_rate_limited_created" if side == "server"
+        else "meshkit_client_attempts_created"}
+
+
 async def test_mesh_gauges_of_two_channels_to_one_service_are_combined_by_meaning(
     registry: LocalRegistry, prom: CollectorRegistry
 ) -> None:
