@@ -296,6 +296,10 @@ def configure_tracing(
     * ``MESHKIT_TRACE_FILE``: also append every span to this JSON-lines file
       (:class:`~meshkit.observability.JsonLinesSpanExporter`).
 
+    Under ``OTEL_SDK_DISABLED=true`` the SDK's provider built here is its disabled one
+    (no spans; meshkit propagates trace context as without an SDK), and
+    :func:`tracing_from_env` does not call this at all.
+
     Args:
         service_name: ``service.name`` of the resource, e.g. ``"orderd"``; ``None`` (or
             :data:`UNKNOWN_SERVICE`, the OpenTelemetry placeholder) for a process that
@@ -438,8 +442,10 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
 
     Asking means: ``OTEL_TRACES_EXPORTER`` set to something other than ``none``,
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) set, or
-    ``MESHKIT_TRACE_FILE`` set. Otherwise the global no-op provider stays and meshkit's
-    span code costs almost nothing.
+    ``MESHKIT_TRACE_FILE`` set, and ``OTEL_SDK_DISABLED`` not ``true`` (case and
+    surrounding blanks ignored: OpenTelemetry's switch for a no-op SDK, which overrides
+    the others; then no SDK is needed either). Otherwise the global no-op provider stays
+    and meshkit's span code costs almost nothing.
 
     The order of a process's first call and its ``serve()`` does not change its service
     name: a provider set up here without a name (``service_name`` ``None`` or
@@ -494,8 +500,16 @@ def _name_provider(provider: TracerProvider, service_name: str) -> None:
         provider._resource = renamed
 
 
+def sdk_disabled() -> bool:
+    """Whether ``OTEL_SDK_DISABLED`` is ``true`` (case and surrounding blanks ignored, as
+    the SDK reads it; unset or anything else: ``False``): OpenTelemetry's "a no-op SDK
+    implementation will be used for all telemetry signals"."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
 def tracing_wanted() -> bool:
-    """Whether the environment asks for tracing (see :func:`tracing_from_env`).
+    """Whether the environment asks for tracing (see :func:`tracing_from_env`); never
+    under ``OTEL_SDK_DISABLED=true`` (:func:`sdk_disabled`).
 
     When it does and no SDK provider is installed yet (so :func:`tracing_from_env` would
     set one up from it), the ``OTEL_*`` settings are checked as :func:`configure_tracing`
@@ -508,6 +522,8 @@ def tracing_wanted() -> bool:
             refuses (the variable named, the value quoted).
     """
     env = os.environ
+    if sdk_disabled():
+        return False
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     wanted = (exporter not in ("", "none")
               or any(env.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS)
@@ -1103,7 +1119,9 @@ class SpanStarter:
         if p is not self._provider:
             self._provider = p
             if _sdk is not None and isinstance(p, _sdk.TracerProvider):
-                self._sdk = _Sdk(p)
+                # a provider built under OTEL_SDK_DISABLED=true makes no spans (its
+                # tracers are the API's no-op one): trace context passes as without an SDK
+                self._sdk = None if getattr(p, "_disabled", False) is True else _Sdk(p)
             elif isinstance(p, trace.NoOpTracerProvider | trace.ProxyTracerProvider):
                 self._sdk = None
             else:  # another API implementation: its tracer decides everything

@@ -205,6 +205,37 @@ def test_a_process_that_only_dials_honours_otel_env(tmp_path: Path) -> None:
     assert spans[0]["attributes"]["server.address"] == "echo"
 
 
+_SDK_DISABLED = _UNCONFIGURED + """
+import os
+from opentelemetry import trace
+print(type(trace.get_tracer_provider()).__name__,
+      os.path.exists(os.environ["MESHKIT_TRACE_FILE"]))
+"""
+
+
+@pytest.mark.parametrize("sdk", [True, False], ids=["sdk", "api_only"])
+def test_otel_sdk_disabled_turns_the_env_tracing_set_up_off(tmp_path: Path, sdk: bool) -> None:
+    """``OTEL_SDK_DISABLED=true`` is OpenTelemetry's switch for "a no-op SDK for all
+    telemetry signals" (General SDK Configuration; case-insensitive), e.g. for a service
+    the OpenTelemetry Operator injects ``OTEL_EXPORTER_OTLP_ENDPOINT`` into that should
+    not trace.
+
+    What was wrong: meshkit's environment set-up never read it, so an OTLP endpoint (or
+    ``MESHKIT_TRACE_FILE``) still asked for tracing: a service installed without
+    ``meshkit[otel]`` could neither serve nor dial (``ConfigError: ... needs the
+    OpenTelemetry SDK``), and with the SDK meshkit installed a provider, its exporters
+    and their batch thread anyway.
+
+    Now: with it set the environment asks for no tracing: nothing is set up (the global
+    provider stays the API's, no span file), no SDK is needed, and calls propagate trace
+    context as without an SDK."""
+    env = {"OTEL_SDK_DISABLED": "TRUE" if sdk else "true",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+           "MESHKIT_TRACE_FILE": str(tmp_path / "spans.jsonl")}
+    proc = _run(("" if sdk else _HIDE_SDK) + _SDK_DISABLED, str(tmp_path / "r"), env=env)
+    assert proc.stdout.split() == ["ProxyTracerProvider", "False"], proc.stdout
+
+
 # A process that calls a dependency (a plain grpc.aio server: nothing but the channel can
 # set tracing up) and, with argv[2] == "serve-after", then serves "orderd" and calls the
 # dependency again on the same channel and its own service on another. Prints the global

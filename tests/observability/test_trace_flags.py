@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CollectorRegistry
 
@@ -92,8 +93,11 @@ async def test_flags_sent_on_when_a_trace_continues(
     assert int(flags, 16) == sent, (incoming, out)
 
 
+@pytest.mark.parametrize("flags", ["01", "00"])
+@pytest.mark.parametrize("provider", ["noop", "sdk_disabled"])
 async def test_without_an_sdk_a_relayed_trace_keeps_the_callers_span_as_parent(
-        registry: LocalRegistry, prom: CollectorRegistry) -> None:
+        registry: LocalRegistry, prom: CollectorRegistry, provider: str, flags: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A meshkit service with tracing on but no SDK provider (the shipped default when no
     ``OTEL_*`` variable asks for tracing) between two traced services: A (sampled, span
     ``b7ad...``) -> B (meshkit, no SDK) -> C.
@@ -107,8 +111,14 @@ async def test_without_an_sdk_a_relayed_trace_keeps_the_callers_span_as_parent(
     Now: as the OpenTelemetry Trace API specifies without an SDK ("Behavior of the API in
     the absence of an installed SDK": a non-recording span with the parent's
     SpanContext; Python's ``NoOpTracer`` does that), B's spans carry the caller's span
-    context, so C receives A's span id as its parent."""
-    opts = TelemetryOptions(tracer_provider=NoOpTracerProvider(), registry=prom)
-    incoming = f"00-{_TID}-{_SID}-01"
+    context, so C receives A's span id as its parent. An SDK provider built under
+    ``OTEL_SDK_DISABLED=true`` (its tracers the API's no-op one) is no SDK either."""
+    if provider == "sdk_disabled":
+        monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+        tracer_provider: Any = TracerProvider()
+    else:
+        tracer_provider = NoOpTracerProvider()
+    opts = TelemetryOptions(tracer_provider=tracer_provider, registry=prom)
+    incoming = f"00-{_TID}-{_SID}-{flags}"
     out = await _relayed_traceparent(registry, opts, incoming)
     assert out == incoming, f"B sent {out!r}; expected the caller's own {incoming!r}"
