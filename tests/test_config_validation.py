@@ -286,6 +286,18 @@ def test_infinite_seconds_are_refused(build: Build) -> None:
     _refused_quoting(build, math.inf)
 
 
+@pytest.mark.parametrize("ttl_s", [1e-310, 5e-324, 1e-6])
+def test_a_budget_window_too_small_to_count_in_is_refused(ttl_s: float) -> None:
+    """``BudgetOptions(ttl_s=1e-310)`` passed its check (> 0) and ``RetryBudget`` then
+    failed with a bare ``OverflowError`` (``5e-324``: ``ZeroDivisionError``), its buckets
+    ``ttl_s / 10`` wide and the clock divided by that; a window under a millisecond is
+    now a ConfigError quoting it, and a millisecond still counts."""
+    from meshkit.resilience import RetryBudget
+
+    _refused_quoting(lambda: BudgetOptions(ttl_s=ttl_s), ttl_s)
+    assert RetryBudget(BudgetOptions(ttl_s=0.001)).options.ttl_s == 0.001
+
+
 def test_where_infinity_means_no_bound_it_is_kept() -> None:
     """Fields where inf reads as "no cap" keep accepting it."""
     assert Backoff(max_delay_s=math.inf).max_delay_s == math.inf

@@ -37,7 +37,9 @@ SPIFFE ID under mTLS), ``meshkit.rate_limited`` when the rate limiter refused th
 
 **Spans cost what they must.** An SDK span is built only when the trace is sampled (the
 provider's sampler decides, on the trace id meshkit draws); otherwise, and without an SDK
-provider under a traced caller, the span is a non-recording one with fresh ids, so
+provider under a traced caller, the span is a non-recording one: with an SDK it has
+fresh ids, without one it carries the caller's span context on unchanged (as the
+OpenTelemetry API does, so the next hop's parent is a span that exists), so
 ``traceparent`` (sampled flag as decided) still travels and log lines carry trace ids.
 Without an SDK and without a caller's context there is no trace context at all. The
 default W3C propagator pair is read and written by meshkit itself (any other propagator,

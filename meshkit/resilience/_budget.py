@@ -25,7 +25,8 @@ class BudgetOptions:
     Args:
         retry_ratio: retries allowed per request, 0..1 (default 0.2).
         min_retries_per_s: retries always allowed per second, >= 0 (default 10).
-        ttl_s: window over which requests and retries are counted, seconds (default 10).
+        ttl_s: window over which requests and retries are counted, seconds, at least
+            0.001 (default 10); counted in 10 buckets of ``ttl_s / 10``.
 
     Raises:
         ConfigError: a value out of range (quoted).
@@ -39,6 +40,9 @@ class BudgetOptions:
         check_number("retry_ratio", self.retry_ratio, high=1.0)
         check_number("min_retries_per_s", self.min_retries_per_s)
         check_seconds(self, ("ttl_s",))
+        # the window's buckets are ttl_s / 10 wide and the clock is divided by that: a
+        # sub-millisecond window would overflow the division (1e-310) or divide by zero
+        check_number("ttl_s", self.ttl_s, low=0.001)
 
 
 class RetryBudget:
