@@ -11,13 +11,16 @@ Pure policy, no I/O, injectable clocks and random sources; the balanced channel
   weights), :class:`RingHash` (consistent hashing on a request key);
 * :class:`EjectingBalancer` with :class:`OutlierOptions`: outlier ejection in front of any
   balancer (Envoy's consecutive-failure detection);
-* filters run per discovery change: :class:`Subset`, :class:`PreferZone`, or any callable
+* :class:`ZoneAwareBalancer`: the local zone's endpoints while one is READY, the other
+  zones' otherwise, decided per call (Envoy's and Linkerd's locality failover);
+* filters run per discovery change: :class:`Subset`, :class:`PreferZone` (the local zone
+  while an instance of it is registered, usable or not), or any callable
   (:data:`Filter`).
 
 Example::
 
-    opts = DialOptions(balancer=RoundRobin, filters=(Subset(meta={"version": "v2"}),
-                                                     PreferZone("a")))
+    opts = DialOptions(balancer=functools.partial(ZoneAwareBalancer, "a", RoundRobin),
+                       filters=(Subset(meta={"version": "v2"}),))
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from meshkit.balancer._outlier import EjectingBalancer, OutlierOptions, StreamDo
 from meshkit.balancer._p2c import P2C, P2COptions, StreamPending
 from meshkit.balancer._round_robin import RoundRobin
 from meshkit.balancer._weighted import RingHash, WeightedRoundRobin
+from meshkit.balancer._zone import ZoneAwareBalancer
 
 __all__ = [
     "P2C",
@@ -46,6 +50,7 @@ __all__ = [
     "StreamPending",
     "Subset",
     "WeightedRoundRobin",
+    "ZoneAwareBalancer",
     "apply_filters",
     "noop_done",
 ]

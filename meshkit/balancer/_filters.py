@@ -7,7 +7,10 @@ call, in the order given in ``DialOptions.filters``. Two are built in:
 * :class:`Subset`: only instances whose registry meta and tags match (a version subset,
   a canary pool);
 * :class:`PreferZone`: only the instances of one zone (meta ``zone``) while any of them
-  is there, otherwise all (Envoy's and Linkerd's locality preference, failing over).
+  is *registered*, otherwise all. Decided per discovery answer, it cannot fail over from
+  local instances that are registered but cannot take calls (partitioned, wedged, within
+  a crashed one's TTL, ejected); :class:`~meshkit.balancer.ZoneAwareBalancer` decides per
+  call, by connectivity and ejection (Envoy's and Linkerd's locality failover).
 
 Any callable ``(Sequence[Instance]) -> list[Instance]`` is a filter too.
 """
@@ -59,8 +62,19 @@ class Subset:
 
 @dataclass(frozen=True, slots=True)
 class PreferZone:
-    """Use only instances whose meta ``zone`` equals ``zone`` while at least one exists;
-    otherwise every instance (fail over to other zones rather than to nothing).
+    """Use only instances whose meta ``zone`` equals ``zone`` while the registry lists at
+    least one; otherwise every instance (a zone with no instance registered fails over to
+    the other zones rather than to nothing).
+
+    A filter runs per discovery answer, before the balancer: while a local instance is
+    registered the channel does not see the other zones, so a local instance that is
+    registered but cannot take calls (a network partition, a wedged process that still
+    heartbeats, a crash inside its registration's TTL, an ejected outlier) fails the
+    calls ``UNAVAILABLE`` although another zone is healthy. For failover on health use
+    :class:`~meshkit.balancer.ZoneAwareBalancer` as the balancer instead
+    (``DialOptions(balancer=functools.partial(ZoneAwareBalancer, "a"))``), which decides
+    per call; :func:`~meshkit.balancer._zone.split_zone_preference` turns a ``PreferZone``
+    of a filter list into one.
 
     Args:
         zone: the local zone, e.g. ``"eu-west-1a"``.

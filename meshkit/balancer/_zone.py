@@ -1,0 +1,184 @@
+"""Zone-aware balancing: the local zone's endpoints while one of them can take the call,
+the other zones' otherwise, decided per call (pure policy, no I/O).
+
+Envoy's zone-aware routing and locality failover, and gRPC's priority failover (gRFC
+A56), send traffic to another locality when the local one has no *healthy* host, not
+only when it has none registered. :class:`~meshkit.balancer.PreferZone`, a
+discovery filter, cannot: it runs when discovery changes, and while the registry lists
+a local instance the balancer never sees the other zones, so a local instance that is
+registered but cannot take calls (a network partition, a wedged process that still
+heartbeats, a crash inside its registration's TTL) fails every call ``UNAVAILABLE``
+while another zone is healthy. :class:`ZoneAwareBalancer` wraps a balancer per zone
+group and chooses at each pick, from the endpoints' connectivity and, under outlier
+ejection (it sits inside :class:`~meshkit.balancer.EjectingBalancer`, which hands it
+only the endpoints in rotation), their ejection.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Sequence
+
+import grpc
+
+from meshkit.balancer._endpoint import Balancer, Done, Endpoint, EndpointState
+from meshkit.balancer._filters import Filter, PreferZone
+from meshkit.balancer._p2c import P2C
+from meshkit.errors import ConfigError
+
+__all__ = ["ZoneAwareBalancer", "split_zone_preference"]
+
+_READY = EndpointState.READY
+_CANCELLED = grpc.StatusCode.CANCELLED
+
+Pick = Callable[[str | None, Collection[Endpoint]], tuple[Endpoint, Done] | None]
+
+
+class ZoneAwareBalancer:
+    """Balances over the endpoints of the local zone (registry meta ``zone`` equal to
+    ``zone``) while one of them is READY, and over the other zones' endpoints when none
+    is; an endpoint is the local zone's by the meta of its latest registration.
+
+    Each pick asks the local zone's balancer first. Its pick stands when the endpoint is
+    READY (connected) and not one this call tried already (``exclude``: a retry), or when
+    another local endpoint is (the inner balancer's choice of a connecting one, e.g. a
+    ring hash's key owner, is kept). Otherwise the other zones' balancer picks too and
+    the better of the two takes the call: untried before tried, then READY before
+    connecting, the local zone on a tie; the other pick is settled as no outcome
+    (``done(CANCELLED, 0.0)``, as the channel settles an abandoned pick). So:
+
+    * every local endpoint ``FAILING`` (connection refused or lost), ejected, or not
+      registered: the call goes to another zone;
+    * local endpoints still connecting while another zone has a READY one: to the READY
+      one (gRPC's priority policy waits up to 10 s for a connecting priority; a local
+      endpoint behind a partition may stay connecting for its whole connect timeout);
+      before any endpoint connects, to the local zone;
+    * a retry whose call tried every usable local endpoint: to an untried endpoint of
+      another zone, since the ``exclude`` preference of :class:`~meshkit.balancer.Balancer`
+      asks for a different endpoint; with none, to the local one again;
+    * no endpoint usable anywhere: ``None`` (under outlier ejection, panic routing then
+      takes an ejected endpoint whose connection is not failing).
+
+    The common pick (a READY local endpoint) costs one inner pick and two tests. Give it
+    as the channel's balancer factory (the channel puts outlier ejection around it)::
+
+        DialOptions(balancer=functools.partial(ZoneAwareBalancer, "eu-west-1a"))
+        DialOptions(balancer=functools.partial(ZoneAwareBalancer, "a", RoundRobin))
+
+    Args:
+        zone: the local zone, e.g. ``"eu-west-1a"``.
+        inner: factory of the balancer used within each group (called twice: one for
+            the local zone's endpoints, one for the others'); default
+            :class:`~meshkit.balancer.P2C`.
+
+    Raises:
+        ConfigError: an empty zone, or one that is not a string (quoted).
+    """
+
+    __slots__ = ("_local", "_local_eps", "_local_stream", "_other", "_other_stream", "zone")
+
+    def __init__(self, zone: str, inner: Callable[[], Balancer] = P2C) -> None:
+        if not isinstance(zone, str) or not zone:
+            raise ConfigError(
+                f"ZoneAwareBalancer zone must be a non-empty string, got {zone!r}")
+        self.zone = zone
+        self._local = inner()
+        self._other = inner()
+        self._local_eps: tuple[Endpoint, ...] = ()
+        # a streaming-response call is picked by the inner pick_stream where there is one
+        self._local_stream: Pick = getattr(self._local, "pick_stream", None) or self._local.pick
+        self._other_stream: Pick = getattr(self._other, "pick_stream", None) or self._other.pick
+
+    @property
+    def local(self) -> Balancer:
+        """The balancer over the local zone's endpoints."""
+        return self._local
+
+    @property
+    def other(self) -> Balancer:
+        """The balancer over the other zones' endpoints."""
+        return self._other
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the endpoint list: each inner balancer gets its zone group's endpoints,
+        in the order given."""
+        zone = self.zone
+        local: list[Endpoint] = []
+        other: list[Endpoint] = []
+        for ep in endpoints:
+            (local if ep.instance.meta.get("zone") == zone else other).append(ep)
+        self._local.update(local)
+        self._other.update(other)
+        self._local_eps = tuple(local)
+
+    def pick(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, Done] | None:
+        """An endpoint of the local zone while one can take the call, else of another
+        zone (see the class docstring); ``None`` when none is usable. ``key`` and
+        ``exclude`` go to the inner balancers."""
+        return self._choose(self._local.pick, self._other.pick, key, exclude)
+
+    def pick_stream(
+        self, key: str | None = None, exclude: Collection[Endpoint] = ()
+    ) -> tuple[Endpoint, Done] | None:
+        """:meth:`pick` for a streaming-response call, through the inner balancers'
+        ``pick_stream`` where they have one (its outcome callback then has
+        ``responded()``, see :class:`~meshkit.balancer.Balancer`), else their ``pick``."""
+        return self._choose(self._local_stream, self._other_stream, key, exclude)
+
+    def snapshot(self) -> list[dict[str, float | int | str]]:
+        """The inner balancers' debugging rows (``snapshot()``, as
+        :meth:`P2C.snapshot <meshkit.balancer.P2C.snapshot>`), local zone first; none from
+        an inner balancer without one."""
+        rows: list[dict[str, float | int | str]] = []
+        for inner in (self._local, self._other):
+            snapshot = getattr(inner, "snapshot", None)
+            if snapshot is not None:
+                rows.extend(snapshot())
+        return rows
+
+    def _choose(self, local: Pick, other: Pick, key: str | None,
+                exclude: Collection[Endpoint]) -> tuple[Endpoint, Done] | None:
+        got = local(key, exclude) if self._local_eps else None
+        if got is not None:
+            ep = got[0]
+            if ep.state is _READY and not (exclude and ep in exclude):
+                return got
+            if any(e.state is _READY and not (exclude and e in exclude)
+                   for e in self._local_eps):
+                return got  # the local balancer's choice among usable local endpoints
+        alt = other(key, exclude)
+        if alt is None:
+            return got
+        if got is None:
+            return alt
+        if _rank(alt[0], exclude) < _rank(got[0], exclude):
+            got, alt = alt, got
+        alt[1](_CANCELLED, 0.0)  # not sent: no outcome
+        return got
+
+
+def _rank(ep: Endpoint, exclude: Collection[Endpoint]) -> tuple[bool, int]:
+    """Order of preference: untried before tried, then READY before connecting."""
+    return bool(exclude) and ep in exclude, int(ep.state)
+
+
+def split_zone_preference(
+    filters: Sequence[Filter], balancer: Callable[[], Balancer],
+) -> tuple[tuple[Filter, ...], Callable[[], Balancer]]:
+    """Move the :class:`~meshkit.balancer.PreferZone` filters of ``filters`` to the
+    balancer: the other filters, and a factory of ``balancer`` wrapped in a
+    :class:`ZoneAwareBalancer` per zone (the first one outermost), so that the zone
+    preference is decided per call, with failover on health, rather than per discovery
+    answer. For the balanced channel, which builds its balancer and its discovery filters
+    from ``DialOptions.filters`` and ``DialOptions.balancer``; ``filters`` and
+    ``balancer`` come back unchanged without a ``PreferZone``."""
+    zones = [f.zone for f in filters if isinstance(f, PreferZone)]
+    if not zones:
+        return tuple(filters), balancer
+    kept = tuple(f for f in filters if not isinstance(f, PreferZone))
+    factory = balancer
+    for zone in reversed(zones):
+        factory = functools.partial(ZoneAwareBalancer, zone, factory)
+    return kept, factory
