@@ -11,12 +11,17 @@
 Every command ends quietly when the reader of its output goes away (``meshkit services |
 head -1``): exit status 141 (128 + SIGPIPE, what a shell reports for a filter killed by
 SIGPIPE), nothing on stderr. Ctrl-C (SIGINT) ends it with status 130 (128 + SIGINT) and
-one line on stderr, no traceback.
+one line on stderr, no traceback. Started with stdout closed (``meshkit ... >&-``), a
+command that has something to print fails with one line on stderr and status 1 (as
+``ls >&-`` does); one with nothing for stdout (``prometheus-targets --out F``) runs as
+usual.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -84,16 +89,41 @@ def _from_checkout(module: str, what: str) -> ModuleType:
 
 _EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 _EXIT_INTERRUPTED = 128 + 2  # SIGINT
+_EXIT_FAILED = 1
+
+
+class _StdoutClosedError(OSError):
+    """A command wrote to stdout, and the process started with file descriptor 1 closed
+    (``errno`` ``EBADF``)."""
+
+
+class _ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` while a command runs with file descriptor 1 closed (Python sets
+    ``sys.stdout`` to ``None`` then, and ``print`` drops what it is given): writing
+    anything raises :class:`_StdoutClosedError`, so the output is not lost silently."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if s:
+            raise _StdoutClosedError(errno.EBADF, "stdout is closed, the output cannot be "
+                                                 "written")
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``meshkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the
     process exit code: 2 for a usage error, 141 when stdout's reader went away (nothing
-    printed), 130 after Ctrl-C (one line on stderr), else the command's own.
+    printed), 130 after Ctrl-C (one line on stderr), 1 when there is output and stdout
+    is closed (one line on stderr), else the command's own.
 
     Raises:
         SystemExit: a command ended with a message (argparse, a refused run); its status.
     """
+    no_stdout = sys.stdout is None
+    if no_stdout:
+        sys.stdout = _ClosedStdout()
     try:
         try:
             return _dispatch(list(sys.argv[1:] if argv is None else argv))
@@ -102,9 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _stdout_to_devnull()
         return _EXIT_BROKEN_PIPE
+    except _StdoutClosedError as exc:
+        print(f"meshkit: {exc.strerror}", file=sys.stderr)
+        return _EXIT_FAILED
     except KeyboardInterrupt:
         print("meshkit: interrupted", file=sys.stderr)
         return _EXIT_INTERRUPTED
+    finally:
+        if no_stdout:
+            sys.stdout = None  # as the interpreter had it
 
 
 def _stdout_to_devnull() -> None:

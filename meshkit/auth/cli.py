@@ -72,7 +72,10 @@ def main(argv: list[str]) -> int:
     skipped); returns the exit code: 0 done, 1 refused/failed, 2 usage error.
 
     Errors (:class:`~meshkit.errors.ConfigError`, :class:`KeyExistsError`, unreadable
-    files) are printed to stderr as one line, never with key material.
+    files, a closed stdout) are printed to stderr as one line, never with key material.
+
+    Raises:
+        BrokenPipeError: stdout's reader went away (``meshkit.cli.main`` ends with 141).
     """
     args = list(argv)
     if args and args[0] == "certs":
@@ -110,6 +113,8 @@ def main(argv: list[str]) -> int:
                 print()
             print("\n".join(lines))
         return 0
+    except BrokenPipeError:  # stdout's reader went away: meshkit.cli ends quietly (141)
+        raise
     except (AuthError, ConfigError, OSError) as exc:
         print(f"meshkit certs {ns.cmd}: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 1
