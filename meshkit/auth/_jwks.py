@@ -44,7 +44,9 @@ _log = structlog.get_logger("meshkit.auth.jwks")
 JWKS_PATH = "/.well-known/jwks.json"
 
 UrlProvider = Callable[[], str | Awaitable[str]]
-"""Returns the JWKS URL (sync or async), e.g. resolved through the registry per fetch."""
+"""Returns the JWKS URL (sync or async), e.g. resolved through the registry per fetch. An
+async provider's await counts in the fetch's ``fetch_timeout_s``; a sync one runs on the
+event loop and must not block."""
 
 
 class JWKSServer:
@@ -230,7 +232,8 @@ class JWKSClientOptions:
             (default 300).
         min_refresh_interval_s: at most one fetch per this many seconds, however many
             unknown ``kid``\\ s arrive (default 10).
-        fetch_timeout_s: timeout of one fetch (default 5).
+        fetch_timeout_s: timeout of one fetch, in seconds (default 5): the URL provider's
+            await, the HTTP GET and reading the body, together.
         max_document_bytes: larger documents are refused (default 65536): a larger
             ``Content-Length`` before the body is read, a body without one (chunked) once
             the bytes read pass it. The body is read to its end, whatever the number of
@@ -285,7 +288,10 @@ class JWKSClient:
 
     Args:
         url: a URL provider: a callable returning the URL (sync or async; called per fetch,
-            so it may resolve the issuer through the registry), or a plain URL string.
+            so it may resolve the issuer through the registry), or a plain URL string. An
+            async provider is awaited within ``fetch_timeout_s`` (one that hangs fails that
+            fetch, and a later one calls it again); a sync one runs on the event loop and
+            must not block.
         options: :class:`JWKSClientOptions`.
         session: an ``aiohttp.ClientSession`` to use, only from the event loop it was made
             in (default: the client makes one per fetch and closes it after, so one client
@@ -408,24 +414,34 @@ class JWKSClient:
         _log.debug("jwks refreshed", keys=len(keys))
 
     async def _fetch(self) -> dict[tuple[str, str], VerificationKey]:
+        """Fetch and parse the document: URL provider, GET and body within
+        ``fetch_timeout_s`` together.
+
+        Raises:
+            JWKSError: the fetch failed or timed out, or the document is malformed.
+        """
         self.fetches += 1
         opts = self.options
         url = ""
         shown = "<url>"
         try:
-            got = self._url()
-            url = await got if inspect.isawaitable(got) else got
-            shown = _shown_url(url)
-            timeout = aiohttp.ClientTimeout(total=opts.fetch_timeout_s)
-            async with contextlib.AsyncExitStack() as stack:
-                session = self._session
-                if session is None:  # one per fetch: bound to no loop between fetches
-                    session = await stack.enter_async_context(aiohttp.ClientSession())
-                async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                    if resp.status != 200:
-                        raise JWKSError(
-                            f"JWKS fetch from {shown} answered HTTP {resp.status}")
-                    body = await _read_capped(resp, opts.max_document_bytes, shown)
+            # one deadline for the whole fetch: a provider that hangs (a registry lookup
+            # never answering) must not keep this fetch, which later ones join, alive
+            async with asyncio.timeout(opts.fetch_timeout_s):
+                got = self._url()
+                url = await got if inspect.isawaitable(got) else got
+                shown = _shown_url(url)
+                timeout = aiohttp.ClientTimeout(total=opts.fetch_timeout_s)
+                async with contextlib.AsyncExitStack() as stack:
+                    session = self._session
+                    if session is None:  # one per fetch: bound to no loop between fetches
+                        session = await stack.enter_async_context(aiohttp.ClientSession())
+                    async with session.get(url, timeout=timeout,
+                                           allow_redirects=False) as resp:
+                        if resp.status != 200:
+                            raise JWKSError(
+                                f"JWKS fetch from {shown} answered HTTP {resp.status}")
+                        body = await _read_capped(resp, opts.max_document_bytes, shown)
             document = json.loads(body)
         except JWKSError:
             raise

@@ -480,3 +480,41 @@ def test_client_fetches_from_two_running_loops_at_once(keys: KeySet) -> None:
     finally:
         server.close()
         other.close()
+
+
+# -- fetch_timeout_s bounds the whole fetch ------------------------------------------------
+async def test_hung_async_url_provider_is_bounded_by_fetch_timeout(keys: KeySet) -> None:
+    """``fetch_timeout_s`` is the timeout of one fetch, and the URL provider is called per
+    fetch (e.g. to resolve the issuer through the registry). Only the HTTP GET was under
+    the timeout: a provider that hung once (a registry lookup never answered) left the
+    refresh task running for good, every later unknown ``kid`` joined it and no fetch was
+    ever started again, so after a key rotation every token was refused for the life of
+    the process. Now the provider's await is inside the fetch's timeout: that fetch fails
+    (logged, TimeoutError; ``refresh()`` raises JWKSError) and the next one finds the
+    key."""
+    server = JWKSServer(keys)
+    await server.start("127.0.0.1", 0)
+    calls = 0
+
+    async def url() -> str:
+        nonlocal calls
+        calls += 1
+        if calls in (1, 2):
+            await asyncio.Event().wait()  # this registry lookup never answers
+        return server.url
+
+    opts = JWKSClientOptions(fetch_timeout_s=1, min_refresh_interval_s=0)
+    try:
+        async with JWKSClient(url, opts) as client:
+            with structlog.testing.capture_logs() as logs:
+                async with asyncio.timeout(8):
+                    assert await client.get_key(keys.current.kid) is None
+            assert any("TimeoutError" in str(e.get("error")) for e in logs), logs
+            with pytest.raises(JWKSError, match="TimeoutError"):
+                async with asyncio.timeout(8):
+                    await client.refresh()
+            async with asyncio.timeout(8):
+                assert await client.get_key(keys.current.kid) is not None
+            assert calls == 3
+    finally:
+        await server.stop()
