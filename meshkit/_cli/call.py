@@ -23,11 +23,12 @@ standard or URL-safe alphabet, padding optional, and sends the decoded bytes (gr
 conventions). An error never prints a header's value (it is often a bearer token).
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not an object of
-the request type, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key
-included), no transport security; a call meshkit refuses to send, e.g. a header gRPC
-cannot carry); 64 + the gRPC status code number when the call fails (as grpcurl does),
-with the status and its message on stderr: a registry that cannot be read within
-``--timeout-s`` is ``UNAVAILABLE`` (78) for every target form.
+the request type, a request on stdin (``-``) that is not UTF-8, registry URI,
+``--timeout-s``, header (a reserved ``grpc-`` key included), no transport security; a call
+meshkit refuses to send, e.g. a header gRPC cannot carry); 64 + the gRPC status code
+number when the call fails (as grpcurl does), with the status and its message on stderr:
+a registry that cannot be read within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every
+target form.
 """
 
 from __future__ import annotations
@@ -562,6 +563,29 @@ def _dial_options(args: argparse.Namespace) -> meshkit.DialOptions:
     return meshkit.DialOptions(tls=tls_from_dir(args.cert_dir, args.workload), telemetry=None)
 
 
+def _read_stdin() -> str:
+    """The request given on stdin (``-``): all its bytes, decoded as UTF-8 (JSON text is
+    UTF-8, RFC 8259 8.1), whatever the locale's encoding.
+
+    Raises:
+        CallError: stdin is closed, cannot be read, or is not UTF-8.
+    """
+    if sys.stdin is None:  # the process started with file descriptor 0 closed
+        raise CallError("the request is '-' but stdin is closed")
+    buffer = getattr(sys.stdin, "buffer", None)  # None: a text stream with no bytes under it
+    try:
+        data: bytes | str = sys.stdin.read() if buffer is None else buffer.read()
+    except OSError as exc:
+        raise CallError(f"the request cannot be read from stdin: {exc}") from None
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CallError(f"the request on stdin is not UTF-8 (byte {exc.start}: "
+                        f"{exc.reason})") from None
+
+
 def main(argv: list[str]) -> int:
     """Run ``meshkit call``; returns the exit status (see the module docstring)."""
     ns = build_parser().parse_args(argv)
@@ -569,7 +593,7 @@ def main(argv: list[str]) -> int:
     try:
         target, metadata = parse_target(ns.target, ns.service), _metadata(ns.header)
         options = _dial_options(ns)
-        body = sys.stdin.read() if ns.request == "-" else ns.request
+        body = _read_stdin() if ns.request == "-" else ns.request
         args = _Args(target, body, open_registry(ns.registry), options, metadata,
                      ns.timeout_s)
         text = asyncio.run(_run(args))

@@ -14,7 +14,9 @@ failing instance stays a target while the registry still reports it and, with
 
 The file is written atomically (a temporary file in the same directory, then
 ``os.replace``), and only when its content changes, so Prometheus never reads half a file.
-``--watch`` rewrites it every ``--interval-s`` until SIGINT/SIGTERM; without it, one pass.
+``--watch`` rewrites it every ``--interval-s`` until SIGTERM (exit status 0) or Ctrl-C
+(SIGINT: one line on stderr and status 130, as for every ``meshkit`` command); either
+lets the pass under way finish and closes the registry. Without it, one pass.
 """
 
 from __future__ import annotations
@@ -147,12 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshkit prometheus-targets",
                                 description=__doc__.split("\n\n")[0],
                                 epilog="Exit status: 0 ok, 1 a one-shot pass failed, "
-                                       "2 usage error.")
+                                       "2 usage error, 130 Ctrl-C.")
     add_registry_argument(p)
     p.add_argument("--out", required=True, type=Path,
                    help="the file_sd JSON file to write (e.g. /etc/prometheus/meshkit.json)")
     p.add_argument("--watch", action="store_true",
-                   help="keep rewriting it every --interval-s until SIGINT/SIGTERM")
+                   help="keep rewriting it every --interval-s until SIGTERM (status 0) or "
+                        "Ctrl-C (status 130)")
     p.add_argument("--interval-s", type=positive_seconds, default=5.0,
                    help="seconds between passes with --watch (default 5)")
     p.add_argument("--keep-failing-s", type=_non_negative_seconds, default=300.0,
@@ -163,7 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace) -> signal.Signals | None:
+    """One pass, or with ``--watch`` passes until a signal; returns the signal that ended
+    the watch (SIGINT or SIGTERM), ``None`` after the one pass.
+
+    Raises:
+        MeshError: the one pass could not read the registry.
+        OSError: the one pass could not write the file.
+    """
     registry = open_registry(args.registry)
     writer = TargetWriter(registry, args.out, keep_failing_s=args.keep_failing_s,
                           timeout_s=args.timeout_s)
@@ -171,11 +181,17 @@ async def _run(args: argparse.Namespace) -> int:
         if not args.watch:
             n = await writer.once()
             print(f"wrote {n} target(s) to {args.out}", file=sys.stderr)
-            return 0
+            return None
         stop = asyncio.Event()
+        stopped_by: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            stopped_by.append(sig)
+            stop.set()
+
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT even when inherited ignored
+            loop.add_signal_handler(sig, on_signal, sig)
         while not stop.is_set():
             try:
                 await writer.once()
@@ -184,19 +200,28 @@ async def _run(args: argparse.Namespace) -> int:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(args.interval_s):  # not wait_for (3.11)
                     await stop.wait()
-        return 0
+        return stopped_by[0]
     finally:
         await registry.close()
 
 
 def main(argv: list[str]) -> int:
-    """Run ``meshkit prometheus-targets``; exit status 0, 1 when a one-shot pass fails, 2
-    for a usage error (argparse's, a bad duration or registry URI)."""
+    """Run ``meshkit prometheus-targets``; exit status 0 (after one pass, or a watch ended
+    by SIGTERM), 1 when a one-shot pass fails, 2 for a usage error (argparse's, a bad
+    duration or registry URI).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (SIGINT) ended the watch, once it stopped cleanly
+            (:func:`meshkit.cli.main` makes it one line and status 130).
+    """
     args = build_parser().parse_args(argv)
     quiet_logging()
     args.out = args.out.resolve()
     try:
-        return asyncio.run(_run(args))
+        stopped_by = asyncio.run(_run(args))
     except (MeshError, OSError) as exc:
         print(f"meshkit prometheus-targets: {exc}", file=sys.stderr)
         return 1
+    if stopped_by is signal.SIGINT:
+        raise KeyboardInterrupt
+    return 0

@@ -197,6 +197,30 @@ async def test_services_lists_ready_and_failing_instances(greeter: meshkit.MeshS
         "greeter-1", "greeter-dead"]
 
 
+async def test_prometheus_targets_watch_ctrl_c_is_one_line_and_130(tmp_path: Path) -> None:
+    """Ctrl-C on ``meshkit prometheus-targets --watch`` ended it with status 0 and nothing
+    on stderr, like SIGTERM, so a script could not tell an interrupted watcher from one
+    that finished. It now stops as cleanly (the pass under way ends, the registry is
+    closed) and then reports the interrupt as every command does: one line on stderr and
+    status 130. SIGTERM, a supervisor's stop, still ends it with 0."""
+    out = tmp_path / "targets.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", "prometheus-targets", "--registry",
+        f"local://{tmp_path / 'reg'}", "--out", str(out), "--watch", "--interval-s", "0.2",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await until(out.exists, timeout_s=30, what="the watcher's first pass")
+        proc.send_signal(signal.SIGINT)  # its handlers are in place: the pass is written
+        stdout, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (proc.returncode, stdout) == (130, b""), err
+    assert err.decode().splitlines() == ["meshkit: interrupted"], err
+
+
 async def _failing(registry: LocalRegistry) -> bool:
     return bool(await registry.failing("greeter"))
 
@@ -577,6 +601,22 @@ async def test_call_request_nested_too_deeply_is_a_usage_error(
         code, out, err = await meshkit_cli("call", target, "-", *reg, stdin=body)
         assert (code, out) == (2, ""), (target, code, err[-500:])
         assert len(err.splitlines()) == 1 and "request" in err, (target, err[-500:])
+
+
+async def test_call_request_on_stdin_that_is_not_utf8_is_a_usage_error(
+        tmp_path: Path) -> None:
+    """``meshkit call SERVICE/Method - < request.json`` with a request that is not UTF-8
+    (a Latin-1 ``é``) ended in a ``UnicodeDecodeError`` traceback and status 1 in a UTF-8
+    locale (``PYTHONIOENCODING=utf-8`` here, the same strict decoding of stdin): the
+    command read stdin as text. It now reads the bytes and takes them as UTF-8, as JSON
+    text is (RFC 8259 8.1): anything else is a usage error, one line, status 2."""
+    code, out, err = await meshkit_cli(
+        "call", "greeter/Greeter/SayHello", "-", "--insecure",
+        "--registry", f"local://{tmp_path / 'reg'}",
+        stdin='{"name": "Jos\u00e9"}'.encode("latin-1"),
+        env_extra={"PYTHONIOENCODING": "utf-8"})
+    assert (code, out) == (2, ""), (code, err[-500:])
+    assert len(err.splitlines()) == 1 and "UTF-8" in err, err
 
 
 async def test_call_any_of_a_well_known_type_or_an_undescribed_one(
