@@ -34,9 +34,17 @@ class Instance:
         meta: string key/values (Consul ``Meta``), e.g. ``{"version": "v2", "zone": "a"}``.
         weight: relative weight for weighted balancers (Consul ``Weights.Passing``), >= 1.
 
+    Every string (``instance_id``, ``host``, each tag, each ``meta`` key and value) must
+    be encodable as UTF-8: a lone surrogate (``"orderd-\\ud83d"``, what JavaScript's
+    ``JSON.stringify`` writes for an id cut in the middle of an emoji, read back from a
+    registry's JSON) is refused, so a registry skips such a record as it skips any other
+    malformed one, rather than handing clients a name no UTF-8 protocol (gRPC metadata,
+    the Prometheus exposition, JSON logs) can carry.
+
     Raises:
         ConfigError: a field is out of range or of the wrong type (``True`` for
-            ``port``, one string for ``tags``); the message quotes the bad value.
+            ``port``, one string for ``tags``), or a string is not encodable as UTF-8;
+            the message quotes the bad value (escaped: ``repr``).
 
     Equality and hashing use every field but ``meta`` takes part in equality only.
     """
@@ -55,18 +63,41 @@ class Instance:
             raise ConfigError(f"service name must match {_NAME_RE.pattern}, got {self.service!r}")
         if not isinstance(self.instance_id, str) or not 1 <= len(self.instance_id) <= 128:
             raise ConfigError(f"instance_id must be 1..128 characters, got {self.instance_id!r}")
-        if not self.host:
-            raise ConfigError(f"host must not be empty, got {self.host!r}")
+        _check_utf8("instance_id", self.instance_id)
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
+        _check_utf8("host", self.host)
         check_int("port", self.port, high=65535)
         check_int("weight", self.weight)
-        object.__setattr__(self, "tags", check_strings("tags", self.tags))
-        object.__setattr__(self, "meta", check_string_map("meta", self.meta))
+        tags = check_strings("tags", self.tags)
+        for tag in tags:
+            _check_utf8("tags", tag)
+        object.__setattr__(self, "tags", tags)
+        meta = check_string_map("meta", self.meta)
+        for key, value in meta.items():
+            _check_utf8("meta keys", key)
+            _check_utf8(f"meta[{key!r}]", value)
+        object.__setattr__(self, "meta", meta)
 
     @property
     def address(self) -> str:
         """``host:port`` as a gRPC target (IPv6 hosts are bracketed)."""
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
+
+
+def _check_utf8(name: str, value: str) -> None:
+    """Check that ``value`` (the field ``name``) is encodable as UTF-8 (no lone surrogate).
+
+    Raises:
+        ConfigError: it is not; ``name`` and the value (``repr``, so escaped) quoted.
+    """
+    if not value.isascii():  # ASCII, by far the most common: encodable, nothing to do
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name} must be encodable as UTF-8 (it holds a lone "
+                              f"surrogate), got {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

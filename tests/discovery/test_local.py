@@ -245,6 +245,29 @@ def test_instance_fields_of_the_wrong_type_are_refused(field: str, value: object
     assert quoted in str(err.value)
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("instance_id", "orderd-\ud83d"), ("host", "h\udc80st"), ("tags", ("v2", "\ud83d")),
+    ("meta", {"zone": "eu-\udfff"}), ("meta", {"\ud800": "v"}),
+])
+def test_instance_strings_not_encodable_as_utf8_are_refused(field: str, value: object) -> None:
+    """A registry record read from JSON can hold a lone surrogate (``"\\ud83d"``: what
+    JavaScript's ``JSON.stringify`` writes for an id cut in the middle of an emoji).
+    ``Instance`` accepted it (any 1..128 characters), the channel listed it, and the
+    ``instance_id`` label made prometheus-client fail to encode the exposition: every
+    ``/metrics`` scrape answered 500 while the record was listed. Such a string is now a
+    ConfigError (quoted escaped), which every registry's decoding catches to skip the
+    record with a warning; the same characters paired (one emoji) are accepted."""
+    kw: dict[str, Any] = {"service": "s", "instance_id": "x", "host": "h", "port": 1,
+                          field: value}
+    with pytest.raises(ConfigError, match="UTF-8") as err:
+        Instance(**kw)
+    assert "\\ud" in str(err.value) or "\\udc80" in str(err.value)  # escaped, printable
+    str(err.value).encode("utf-8")
+    ok = Instance(service="s", instance_id="orderd-\U0001f600", host="h", port=1,
+                  tags=("\u00e9t\u00e9",), meta={"z\u00f6ne": "\u4e2d"})
+    assert ok.instance_id == "orderd-\U0001f600"
+
+
 def test_instance_tags_take_any_collection_of_strings() -> None:
     inst = Instance(service="s", instance_id="x", host="h", port=1, tags=["v2", "canary"])
     assert inst.tags == ("v2", "canary")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,13 +17,20 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as text_families
+from structlog.testing import capture_logs
 
 import meshkit
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import EtcdOptions, EtcdRegistry, LocalRegistry
 from meshkit.errors import ConfigError
 from meshkit.observability import AdminOptions, AdminServer
 from tests.support.echo import add_echo, method
+from tests.support.etcd import EtcdCluster, require_etcd_binary
 from tests.support.wait import until
+
+# What Prometheus 2.x sends by default (scrape_protocols): OpenMetrics preferred.
+_PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
+                      "application/openmetrics-text;version=0.0.1;q=0.75,"
+                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -327,3 +336,53 @@ async def test_metrics_honours_q_0_for_openmetrics() -> None:
         assert status == 200
         assert headers["content-type"].startswith("text/plain; version=0.0.4"), headers
         assert b"# EOF" not in body
+
+
+async def test_a_registry_record_with_a_lone_surrogate_id_is_skipped_and_metrics_answer(
+        tmp_path: Path) -> None:
+    """An etcd record whose JSON holds ``"instance_id": "orderd-\\ud83d"`` (a lone
+    surrogate: what JavaScript's ``JSON.stringify`` writes for an id cut in the middle of
+    an emoji) was accepted as an ``Instance`` and listed by the channel; its id became an
+    ``instance_id`` label that prometheus-client could not encode
+    (``UnicodeEncodeError``), and ``/metrics`` answered 500 in both formats on every
+    scrape while the record was listed: every series of the process gone, RPC RED
+    metrics included. ``Instance`` now refuses a string not encodable as UTF-8, so the
+    registry skips the record with a warning like any malformed one; the channel lists
+    the good record beside it and ``/metrics`` answers 200 with UTF-8 text."""
+    node = EtcdCluster(require_etcd_binary(), tmp_path, size=1)
+    await node.start()
+    reg = ch = admin = None
+    try:
+        records = {
+            "orderd-1": r'{"service": "orderd", "instance_id": "orderd-\ud83d",'
+                        r' "host": "127.0.0.1", "port": 1, "tags": [], "meta": {}}',
+            "orderd-2": r'{"service": "orderd", "instance_id": "orderd-2",'
+                        r' "host": "127.0.0.1", "port": 2, "tags": [], "meta": {}}',
+        }
+        for name, value in records.items():
+            await asyncio.to_thread(node.post, 0, "/kv/put", {
+                "key": base64.b64encode(f"/meshkit/services/orderd/{name}".encode()).decode(),
+                "value": base64.b64encode(value.encode()).decode()})
+        with capture_logs() as logs:
+            reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints)))
+            ch = meshkit.dial("orderd", registry=reg,
+                              options=meshkit.DialOptions(insecure=True))
+            await until(lambda: bool(ch.stats().endpoints), timeout_s=10.0,
+                        what="the channel to list the good etcd record")
+        assert [ep.instance_id for ep in ch.stats().endpoints] == ["orderd-2"]
+        assert any(e["event"] == "skipping unusable etcd entry"
+                   and e["key"] == "/meshkit/services/orderd/orderd-1" for e in logs), logs
+        admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+        port = await admin.start()
+        for accept in ("text/plain", _PROMETHEUS_ACCEPT):
+            status, _, body = await _raw_get(port, "/metrics", {"Accept": accept})
+            assert status == 200, (accept, body[:200])
+            assert 'instance_id="orderd-2"' in body.decode("utf-8")
+    finally:
+        if admin is not None:
+            await admin.stop()
+        if ch is not None:
+            await ch.close()
+        if reg is not None:
+            await reg.close()
+        node.close()
