@@ -5,7 +5,8 @@ each on its own port and registered in a fresh local registry, runs a workload o
 calls through :func:`meshkit.dial` (create users, authenticate, place and read back orders),
 kills one order-service instance with SIGKILL halfway through, verifies the stored orders
 through ListOrders, prints a report and exits 0 only if every call succeeded except those
-that were on the killed instance. Every process it started is stopped on exit and Ctrl-C.
+that were on the killed instance. Every process it started is stopped, and a temporary
+workdir removed, on exit, Ctrl-C (status 130) and SIGTERM (status 143).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,9 +536,8 @@ async def run(args: argparse.Namespace) -> int:
             await run_workload(users, orders, w, args.concurrency, args.timeout_s)
             elapsed = time.monotonic() - t1
             if kill_task is not None:
-                kill_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await kill_task
+                kill_task.cancel()  # gather: a cancel of the run (SIGTERM) still ends it
+                await asyncio.gather(kill_task, return_exceptions=True)
             journal.phase = "verify"
             verify = await verify_orders(orders, w, args.timeout_s)
             code = report(journal, stack, killed, verify, w, elapsed)
@@ -738,11 +738,27 @@ def print_how_to_call(stack: Stack, registry_uri: str) -> None:
           "'Using it'.")
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum`` (anything else is a usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit demo``."""
     p = argparse.ArgumentParser(prog="meshkit demo", description=__doc__.split("\n")[0])
-    p.add_argument("--calls", type=int, default=300, help="workload size (default 300)")
-    p.add_argument("--concurrency", type=int, default=8, help="concurrent workers (default 8)")
+    p.add_argument("--calls", type=_at_least(10), default=300,
+                   help="workload size, >= 10 (default 300)")
+    p.add_argument("--concurrency", type=_at_least(1), default=8,
+                   help="concurrent workers, >= 1 (default 8)")
     p.add_argument("--timeout-s", type=float, default=5.0, help="per-call deadline, seconds")
     p.add_argument("--ttl-s", type=float, default=2.0, help="registry TTL, seconds")
     p.add_argument("--no-kill", action="store_true", help="do not kill an instance")
@@ -759,22 +775,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_EXIT_INTERRUPTED = 128 + signal.SIGINT
+_EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+async def run_until_terminated(args: argparse.Namespace) -> int:
+    """:func:`run`, cancelled by SIGTERM as ``asyncio.run`` cancels it on Ctrl-C, so that
+    its ``finally`` stops every process it started and removes a temporary workdir;
+    returns its exit code, or 143 (128 + SIGTERM) after SIGTERM. A second SIGTERM while
+    the clean-up runs is ignored (SIGKILL remains)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        if not terminated:
+            terminated = True
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await run(args)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("Terminated (SIGTERM); every process was stopped.")
+        return _EXIT_TERMINATED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``meshkit demo``; returns the exit code."""
+    """Entry point of ``meshkit demo``; returns the exit code: the run's (0 passed, 1
+    failed), 130 after Ctrl-C, 143 after SIGTERM, every process stopped either way.
+
+    Raises:
+        SystemExit: a usage error (status 2, nothing created), or a CA in ``--workdir``
+            the demo cannot use.
+    """
     args = build_parser().parse_args(argv)
     configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "WARNING"), json=False)
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix="meshkit-demo-")
         args.own_workdir = True
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    if args.calls < 10 or args.concurrency < 1:
-        raise SystemExit(f"--calls must be >= 10 and --concurrency >= 1, got "
-                         f"{args.calls!r} and {args.concurrency!r}")
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run_until_terminated(args))
     except KeyboardInterrupt:
         print("Interrupted; every process was stopped.")
-        return 130
+        return _EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

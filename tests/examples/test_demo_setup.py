@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,20 @@ def test_an_unusable_ca_in_the_workdir_ends_with_what_to_do(tmp_path: Path,
     assert f"cannot use the CA in {cert_dir}" in message
     assert f"Delete {cert_dir}" in message and "--workdir" in message
     assert {f.name: f.read_bytes() for f in cert_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("argv", [["--calls", "5"], ["--concurrency", "0"],
+                                  ["--calls", "many"]])
+def test_a_bad_calls_or_concurrency_is_a_usage_error_that_creates_nothing(
+        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``meshkit demo --calls 5`` (fewer than the 10 the demo needs) or
+    ``--concurrency 0`` exited with status 1 and left an empty ``meshkit-demo-*``
+    directory in $TMPDIR each time: the workdir was made before the check. They are now
+    usage errors like ``--calls many``: status 2, argparse's message, nothing made."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        demo.main(argv)
+    assert info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,75 @@
+"""The demo (examples/ecom/demo.py, ``meshkit demo``) as a process, stopped by a signal
+while it starts its stack: whatever it started is stopped. The whole run on real
+processes is tests/integration/test_demo.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def processes_naming(text: str) -> list[int]:
+    """The live processes (zombies left out) whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
+            if text not in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            if (entry / "stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+                continue
+            found.append(int(entry.name))
+    return found
+
+
+def left_behind(workdir: str) -> tuple[list[int], bool]:
+    """The processes naming ``workdir`` still running, and whether it still exists."""
+    return processes_naming(workdir), Path(workdir).exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+async def test_sigterm_while_the_stack_starts_stops_every_process_and_the_workdir(
+        tmp_path: Path) -> None:
+    """SIGTERM to ``meshkit demo`` (a CI job's cancel, ``docker stop``, ``kill PID``)
+    killed the demo (status -15) and left the service processes it had started running,
+    registered and holding their ports, and its temporary workdir behind: the demo took
+    SIGTERM only with ``--keep-running``, so its clean-up never ran. SIGTERM now stops
+    it as Ctrl-C does: every process it started is stopped, the workdir removed, status
+    143 (128 + SIGTERM). Signalled as soon as its first service process exists (a
+    second or two of the demo, not a whole run)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "local registry in " in first, first
+        workdir = first.rsplit("local registry in ", 1)[1].strip()
+        assert Path(workdir).parent == tmp_path, first
+        await until(lambda: bool(processes_naming(workdir)), timeout_s=60,
+                    what="the demo's first service process")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert (proc.returncode, *left_behind(workdir)) == (143, [], False), \
+            out.decode(errors="replace")[-2000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the demo and what it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            await proc.wait()
