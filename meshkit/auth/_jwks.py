@@ -34,6 +34,7 @@ from meshkit.auth._jwt import (
     KeySet,
     VerificationKey,
     check_algorithms,
+    rsa_key_too_small,
 )
 from meshkit.errors import ConfigError
 
@@ -141,10 +142,13 @@ def _algorithm_of(jwk: dict[str, Any], algorithms: frozenset[str]) -> str | None
     return "RS256" if "RS256" in rsa_algs else None
 
 
-def _verification_key(jwk: object, algorithms: frozenset[str]) -> VerificationKey | None:
+def _verification_key(
+    jwk: object, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None
+) -> VerificationKey | None:
     """The verification key the JWK ``jwk`` describes, or ``None`` when it is to be
     ignored (RFC 7517 §5: JWKs not understood, missing required members or out of the
-    supported ranges SHOULD be ignored)."""
+    supported ranges SHOULD be ignored). An RSA key under 2048 bits (RFC 7518 §3.3) is
+    ignored and its ``(kid, bits)`` appended to ``weak``."""
     if not isinstance(jwk, dict):
         return None
     kid = jwk.get("kid")
@@ -165,14 +169,19 @@ def _verification_key(jwk: object, algorithms: frozenset[str]) -> VerificationKe
         return None
     if parsed.algorithm_name not in algorithms:
         return None
+    if rsa_key_too_small(parsed.key):
+        if weak is not None:
+            weak.append((kid, parsed.key.key_size))
+        return None
     return VerificationKey(kid, parsed.algorithm_name, parsed.key)
 
 
 def _parse_keys(
-    document: Any, algorithms: frozenset[str]
+    document: Any, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None
 ) -> dict[tuple[str, str], VerificationKey]:
     """The usable keys of a JWKS document by ``(kid, algorithm)``, in document order (the
-    first key of a pair wins).
+    first key of a pair wins); RSA keys ignored for their size are appended to ``weak``
+    as ``(kid, bits)``.
 
     Raises:
         JWKSError: not an object with a ``keys`` list.
@@ -181,7 +190,7 @@ def _parse_keys(
         raise JWKSError("JWKS document has no 'keys' list")
     out: dict[tuple[str, str], VerificationKey] = {}
     for jwk in document["keys"]:
-        key = _verification_key(jwk, algorithms)
+        key = _verification_key(jwk, algorithms, weak)
         if key is not None:
             out.setdefault((key.kid, key.algorithm), key)
     return out
@@ -195,8 +204,9 @@ def parse_jwks(
     Keys are ignored, never fatal (RFC 7517 §5), when they have no ``kid``, a ``use``
     other than ``sig``, a ``key_ops`` without ``verify`` (RFC 7517 §4.3), a symmetric or
     unknown type (``kty: oct``), an algorithm outside ``algorithms`` (``alg: none``...),
-    or members pyjwt cannot load. Each key is bound to one algorithm (RFC 8725 §3.1): its
-    ``alg``, or without one (RFC 7517 §4.4) the one its type allows among
+    an RSA modulus under 2048 bits (RFC 7518 §3.3: RS*/PS* keys MUST have 2048 bits or
+    more), or members pyjwt cannot load. Each key is bound to one algorithm (RFC 8725
+    §3.1): its ``alg``, or without one (RFC 7517 §4.4) the one its type allows among
     ``algorithms`` (EC: by curve; OKP: EdDSA; RSA: the one RS*/PS* algorithm allowed,
     RS256 when several are and RS256 is one of them, else the key is ignored: narrow
     ``algorithms`` to the one in use). When several usable keys share a ``kid`` (RFC 7517
@@ -302,7 +312,10 @@ class JWKSClient:
 
     Fetch failures are logged (URL and error type only; the URL without userinfo, query
     or fragment, so no password or token in it is shown) and keep the old keys; a token
-    whose ``kid`` stays unknown is refused by the verifier with ``UNAUTHENTICATED``.
+    whose ``kid`` stays unknown is refused by the verifier with ``UNAUTHENTICATED``. Keys
+    :func:`parse_jwks` ignores are ignored here too; RSA keys ignored for being under
+    2048 bits are logged as a warning (their ``kid``\\ s and sizes) once, and again only
+    when that list changes.
 
     Keys are kept by ``(kid, algorithm)``, so keys sharing a ``kid`` (RFC 7517 §4.5, e.g.
     an EC and an OKP key) each verify the tokens of their algorithm
@@ -319,6 +332,7 @@ class JWKSClient:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
+        self._weak_logged: list[tuple[str, int]] = []
         self.fetches = 0
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -449,7 +463,15 @@ class JWKSClient:
                 RecursionError) as exc:  # RecursionError: a deeply nested document
             raise JWKSError(f"JWKS fetch from {shown} failed: "
                             f"{type(exc).__name__}") from None
-        return _parse_keys(document, opts.algorithms)
+        weak: list[tuple[str, int]] = []
+        keys = _parse_keys(document, opts.algorithms, weak)
+        if weak != self._weak_logged:
+            self._weak_logged = weak
+            if weak:
+                _log.warning("jwks keys ignored: RSA under 2048 bits (RFC 7518 §3.3)",
+                             url=shown, kids=[k for k, _ in weak],
+                             bits=[b for _, b in weak])
+        return keys
 
     @property
     def kids(self) -> frozenset[str]:

@@ -8,6 +8,7 @@ Follows RFC 7519 (JWT), RFC 7517 (JWK/JWKS), RFC 7638 (JWK thumbprint ``kid``), 
   ``HS*`` cannot even be configured, so a token HMAC-signed with a public key (key
   confusion) is refused before any key is used;
 * every token carries a ``kid``; the key found for it must be of the token's algorithm;
+  an RSA key must have at least :data:`MIN_RSA_KEY_BITS` (2048) bits (RFC 7518 §3.3);
 * ``iss`` and ``aud`` must equal the configured values; ``exp``/``nbf``/``iat`` are
   checked against an injectable clock with ``leeway_s`` and must be finite numbers (RFC
   7519 §2 NumericDate; NaN, Infinity, ``1e400`` or ``10**400`` make a malformed token);
@@ -34,7 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from meshkit._config import (
     check_int,
@@ -49,6 +50,7 @@ from meshkit.errors import ConfigError
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "MIN_RSA_KEY_BITS",
     "Clock",
     "IssuerOptions",
     "JWTAuthOptions",
@@ -73,6 +75,10 @@ ASYMMETRIC_ALGORITHMS = frozenset({
 })
 """The JWS algorithms a verifier may be configured with (RFC 7518; RFC 8037 EdDSA)."""
 
+MIN_RSA_KEY_BITS = 2048
+"""The smallest RSA modulus, in bits, a token is verified with (RFC 7518 §3.3: "A key of
+size 2048 bits or larger MUST be used" with RS*/PS*)."""
+
 _sha256 = hashlib.sha256
 _SIGNING_ALGORITHMS = ("ES256", "EdDSA")
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -90,7 +96,8 @@ class VerificationKey:
     Attributes:
         kid: the key id tokens name in their header.
         algorithm: the one JWS algorithm this key verifies, e.g. ``"ES256"``.
-        key: the ``cryptography`` public key object.
+        key: the ``cryptography`` public key object; an RSA key under
+            :data:`MIN_RSA_KEY_BITS` (2048) bits verifies no token.
     """
 
     kid: str
@@ -173,6 +180,13 @@ class SigningKey:
     def verification_key(self) -> VerificationKey:
         """The public half as a :class:`VerificationKey`."""
         return VerificationKey(self.kid, self.algorithm, self.private_key.public_key())
+
+
+def rsa_key_too_small(key: object) -> bool:
+    """Whether ``key`` is an RSA key (public or private) under :data:`MIN_RSA_KEY_BITS`
+    bits, which no token is verified with (RFC 7518 §3.3)."""
+    return (isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey)
+            and key.key_size < MIN_RSA_KEY_BITS)
 
 
 def _public_jwk(pub: Any) -> dict[str, str]:
@@ -630,17 +644,24 @@ class TokenVerifier:
             The :class:`Claims`.
 
         Raises:
-            InvalidTokenError: key/algorithm mismatch, bad signature, wrong ``iss`` or
-                ``aud``, missing required claim, expired (``exp``), not yet valid
-                (``nbf``), issued in the future (``iat``), or malformed claims.
+            InvalidTokenError: key/algorithm mismatch or an RSA key under
+                :data:`MIN_RSA_KEY_BITS` (2048) bits (RFC 7518 §3.3; ``"token signature or
+                key not accepted"``, as for a bad signature), wrong ``iss`` or ``aud``,
+                missing required claim, expired (``exp``), not yet valid (``nbf``), issued
+                in the future (``iat``), or malformed claims.
         """
         opts = self._options
-        if key.algorithm != alg or alg not in self._algs:
+        if key.algorithm != alg or alg not in self._algs or (
+            alg[0] != "E" and rsa_key_too_small(key.key)  # RS*/PS* (not ES*, EdDSA)
+        ):
             raise InvalidTokenError(_BAD_SIG)
         try:
             payload = self._decoder.decode(
                 token, key.key, algorithms=[alg], audience=opts.audience, issuer=opts.issuer,
+                # enforce_minimum_key_length: pyjwt's own check, for a key given in another
+                # form (PEM text) by a pyjwt that has it; it raises InvalidKeyError
                 options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                         "enforce_minimum_key_length": True,
                          "require": list(opts.required_claims)},
             )
         except jwt.InvalidSignatureError:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from meshkit._aio_http import start_app
 from meshkit.auth import (
+    InvalidTokenError,
     IssuerOptions,
     JWKSClient,
     JWKSClientOptions,
@@ -480,6 +482,49 @@ def test_client_fetches_from_two_running_loops_at_once(keys: KeySet) -> None:
     finally:
         server.close()
         other.close()
+
+
+# -- RFC 7518 §3.3: RSA keys of 2048 bits or more -------------------------------------------
+async def test_rsa_key_under_2048_bits_is_ignored(
+        serve_jwks: Callable[[Handler], Awaitable[str]]) -> None:
+    """RFC 7518 §3.3: an RS*/PS* key MUST be 2048 bits or larger; RFC 7517 §5: a JWK out
+    of the supported ranges SHOULD be ignored. A 1024-bit RSA key in the IdP's JWKS was
+    used: pyjwt only warned (``InsecureKeyLengthWarning``; under ``-W error`` the call
+    failed UNKNOWN) and a token signed with it was accepted, so whoever factors the
+    modulus mints any identity. Now the key is ignored like ``alg: none`` (its tokens are
+    refused ``token key id unknown``, UNAUTHENTICATED, with no warning raised), the client
+    logs it once (kid and size, not again on the next refresh) and a 2048-bit key of the
+    same document still verifies."""
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(weak.public_key()))
+    weak_jwk.update(kid="weak", alg="RS256", use="sig")
+    strong, strong_jwk = rsa_jwk("strong")
+    doc = {"keys": [weak_jwk, strong_jwk]}
+    assert set(parse_jwks(doc)) == {"strong"}
+    url = await serve_jwks(serve_doc(doc))
+    opts = JWKSClientOptions(min_refresh_interval_s=0)
+    with structlog.testing.capture_logs() as logs:
+        async with JWKSClient(url, opts) as client:
+            verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE,
+                                                   algorithms=("RS256",)), client,
+                                   clock=lambda: T0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pyjwt warns when it signs with it
+                forged = jwt.encode(claims(), weak, algorithm="RS256",
+                                    headers={"kid": "weak", "typ": "at+jwt"})
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with pytest.raises(InvalidTokenError, match="key id unknown"):
+                    await verifier.verify(forged)
+                token = jwt.encode(claims(), strong, algorithm="RS256",
+                                   headers={"kid": "strong", "typ": "at+jwt"})
+                assert (await verifier.verify(token)).subject == "u"
+            assert client.kids == {"strong"}
+            await client.refresh()
+            assert client.fetches >= 2
+    ignored = [e for e in logs if "under 2048 bits" in e["event"]]
+    assert len(ignored) == 1, logs
+    assert ignored[0]["kids"] == ["weak"] and ignored[0]["bits"] == [1024]
 
 
 # -- fetch_timeout_s bounds the whole fetch ------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from meshkit.auth import (
     InvalidTokenError,
@@ -25,6 +27,7 @@ from meshkit.auth import (
     VerifierOptions,
     extract_bearer,
 )
+from meshkit.auth._jwt import VerificationKey
 from meshkit.errors import ConfigError
 from tests.auth.conftest import AUDIENCE, ISSUER
 
@@ -518,3 +521,39 @@ def test_keyset_directory_processes_starting_together_share_one_key(tmp_path: ob
     assert len(set(kids)) == 1, kids
     assert len(list(Path(d).glob("jwt-*.key"))) == 1
     assert not list(Path(d).glob("*.tmp"))
+
+
+class OneKey:
+    """A custom KeySource answering one key for any kid."""
+
+    def __init__(self, key: VerificationKey) -> None:
+        self.key = key
+
+    async def get_key(self, kid: str) -> VerificationKey | None:
+        return self.key
+
+
+async def test_rsa_key_under_2048_bits_from_a_key_source_is_refused(clock: FakeClock) -> None:
+    """RFC 7518 §3.3: an RS*/PS* key MUST be 2048 bits or larger. A custom KeySource's
+    1024-bit RSA key verified tokens: pyjwt only warned (``InsecureKeyLengthWarning``;
+    under ``-W error`` the call failed UNKNOWN), so a forged token signed with a factored
+    small key was accepted. Now such a key is refused before the signature is checked
+    (``token signature or key not accepted``, UNAUTHENTICATED, no warning), while a
+    2048-bit key verifies."""
+    opts = VerifierOptions(issuer=ISSUER, audience=AUDIENCE, algorithms=("RS256",))
+    payload = {"iss": ISSUER, "sub": "admin", "aud": AUDIENCE, "iat": int(T0),
+               "exp": int(T0) + 300, "jti": "j1", "scope": "admin"}
+    for bits, accepted in ((1024, False), (2048, True)):
+        priv = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        source = OneKey(VerificationKey("k", "RS256", priv.public_key()))
+        verifier = JWTVerifier(opts, source, clock=clock)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pyjwt warns when it signs with 1024 bits
+            token = jwt.encode(payload, priv, algorithm="RS256",
+                               headers={"kid": "k", "typ": "at+jwt"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if accepted:
+                assert (await verifier.verify(token)).subject == "admin"
+            else:
+                await refused(verifier, token, "token signature or key not accepted")
