@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from meshkit._aio_http import start_app
@@ -20,7 +23,7 @@ from meshkit._hosts import check_host, uri_host
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
-from meshkit.observability._metrics import default_registry, rpc_metrics
+from meshkit.observability._metrics import default_registry, reading_on, rpc_metrics
 
 __all__ = ["AdminOptions", "AdminServer", "Handler"]
 
@@ -76,7 +79,11 @@ class AdminServer:
     /debug/dashboard.json  the dashboard's data (:class:`DashboardFeed`): the snapshots below
                            plus per method rate, errors by code and p50/p99 over 10 s
     /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
-                           text format, or OpenMetrics when the Accept header asks for it
+                           text format, or OpenMetrics when the Accept header asks for it;
+                           collected and rendered in a worker thread (the channels and
+                           servers are read on this loop), so a scrape does not stall the
+                           calls the loop serves; text not encodable as UTF-8 (a lone
+                           surrogate) is sent as U+FFFD with a warning, not as a 500
     /healthz               200 ``ok`` while the process's event loop answers (liveness)
     /readyz                200 when every live MeshServer is registered and not draining;
                            503 with the reasons (JSON) during drain, before registration,
@@ -85,6 +92,10 @@ class AdminServer:
                            (``MeshChannel.stats()``: endpoints, balancer load, EWMA,
                            ejection, policies) of this process
     =====================  ================================================================
+
+    Collectors on the registry are called in a worker thread (``asyncio.to_thread``), as
+    prometheus-client's own HTTP server calls them: they must be thread-safe, as its own
+    metric types and meshkit's are.
 
     Extra routes (a JWKS document, say) are added with :meth:`add_route` before
     :meth:`start`. Example::
@@ -104,6 +115,7 @@ class AdminServer:
         # the families exist before the first scrape
         self._dashboard = DashboardFeed(rpc_metrics(self._registry))
         self._extra: list[tuple[str, str, Handler]] = []
+        self._unencodable: set[str] = set()  # families warned about (see _metrics)
         self._runner: web.AppRunner | None = None
         self._starting = False
         self.port = 0
@@ -181,16 +193,42 @@ class AdminServer:
     # -- routes --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         # the OpenMetrics text format when the scraper asks for it (Prometheus does)
-        if _wants_openmetrics(request.headers.get("Accept", "")):
-            body, content_type = (
-                openmetrics.generate_latest(self._registry),  # type: ignore[no-untyped-call]
-                openmetrics.CONTENT_TYPE_LATEST)
-        else:
-            body, content_type = (text_format.generate_latest(self._registry),
-                                  text_format.CONTENT_TYPE_PLAIN_0_0_4)
+        om = _wants_openmetrics(request.headers.get("Accept", ""))
+        # off the loop: rendering thousands of samples (a channel to a 1,000-endpoint
+        # service: ~5,000) takes tens of milliseconds, which every call in flight on
+        # this loop would wait
+        body, fixed = await asyncio.to_thread(self._render, om, asyncio.get_running_loop())
+        new = sorted(fixed - self._unencodable)
+        if new:
+            self._unencodable.update(new)
+            _log.warning("metric text not encodable as UTF-8 (a lone surrogate) sent as "
+                         "U+FFFD", families=new)
         resp = web.Response(body=body)
-        resp.headers["Content-Type"] = content_type
+        resp.headers["Content-Type"] = (openmetrics.CONTENT_TYPE_LATEST if om
+                                        else text_format.CONTENT_TYPE_PLAIN_0_0_4)
         return resp
+
+    def _render(self, om: bool, loop: asyncio.AbstractEventLoop) -> tuple[bytes, set[str]]:
+        """The exposition of the registry, OpenMetrics if ``om`` else the text format
+        0.0.4, and the names of the families whose text had to be fixed; run in a worker
+        thread, the mesh read on ``loop`` (:func:`reading_on`).
+
+        Text not encodable as UTF-8 (a lone surrogate in a label value or help text:
+        prometheus-client raises ``UnicodeEncodeError`` on it, which would make every
+        scrape a 500 while it lasts) is rendered with each lone surrogate replaced by
+        U+FFFD (:func:`_utf8_metric`); :meth:`_metrics` warns once per family.
+        """
+        generate: Callable[[Any], bytes] = (
+            openmetrics.generate_latest if om else text_format.generate_latest)
+        with reading_on(loop):
+            metrics = list(self._registry.collect())
+        try:
+            return generate(_Collected(metrics)), set()
+        except UnicodeEncodeError:
+            pass
+        fixed = [_utf8_metric(m) for m in metrics]
+        return generate(_Collected(fixed)), {
+            m.name for m, f in zip(metrics, fixed, strict=True) if f is not m}
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -214,6 +252,55 @@ class AdminServer:
         }
         return web.Response(text=json.dumps(body, indent=2, default=repr),
                             content_type="application/json")
+
+
+class _Collected:
+    """Metrics collected already, as a collector for ``generate_latest``."""
+
+    __slots__ = ("_metrics",)
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
+
+
+def _utf8(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (a pair of surrogates is
+    joined into its character), so that it encodes as UTF-8."""
+    if text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _utf8_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {_utf8(k): _utf8(v) for k, v in labels.items()}
+
+
+def _utf8_metric(metric: Metric) -> Metric:
+    """``metric`` itself if all its text encodes as UTF-8, else a copy in which the lone
+    surrogates of its help text, names, label names and values (its exemplars' too) are
+    replaced (:func:`_utf8`); the collector's own object is left as it is."""
+    def encodable(text: str) -> bool:
+        return _utf8(text) == text
+
+    if encodable(metric.documentation) and encodable(metric.name) and all(
+            encodable(s.name) and all(encodable(k) and encodable(v)
+                                      for k, v in s.labels.items())
+            and (s.exemplar is None or all(encodable(k) and encodable(v)
+                                           for k, v in s.exemplar.labels.items()))
+            for s in metric.samples):
+        return metric
+    fixed = copy.copy(metric)
+    fixed.name = _utf8(metric.name)
+    fixed.documentation = _utf8(metric.documentation)
+    fixed.samples = [s._replace(
+        name=_utf8(s.name), labels=_utf8_labels(s.labels),
+        exemplar=None if s.exemplar is None else s.exemplar._replace(
+            labels=_utf8_labels(s.exemplar.labels)))
+        for s in metric.samples]
+    return fixed
 
 
 def _wants_openmetrics(accept: str) -> bool:

@@ -10,16 +10,21 @@ and names (go-grpc-prometheus) are what Prometheus dashboards already know.
 
 Mesh internals (retries, hedges, ejections, endpoints...) are not counted on the hot path
 at all: :class:`MeshCollector` reads the typed snapshots of the live channels and servers
-(:mod:`meshkit.observability._live`) when ``/metrics`` is scraped.
+(:mod:`meshkit.observability._live`) when ``/metrics`` is scraped: on their event loop when
+the scrape renders in a worker thread (:func:`reading_on`), as the admin server's does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import threading
 import time
 import weakref
 from bisect import bisect_left as _bisect
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -41,6 +46,7 @@ from meshkit.observability._semconv import MethodNames
 
 __all__ = [
     "DURATION_BUCKETS_S",
+    "LOOP_READ_TIMEOUT_S",
     "MAX_CLIENT_METHODS",
     "MAX_SERVER_METHODS",
     "OTHER_METHOD",
@@ -50,11 +56,13 @@ __all__ = [
     "MeshCollector",
     "RpcMetrics",
     "default_registry",
+    "reading_on",
     "rpc_metrics",
     "set_certificate_expiry",
 ]
 
 _R = TypeVar("_R", bound="_Record")
+_T = TypeVar("_T")
 
 DURATION_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -667,6 +675,66 @@ that left that a live channel keeps (``meshkit._pool``)."""
 
 _ENDPOINT_COUNTERS = ("ep_calls", "ep_failures")  # the per-endpoint counter families
 
+LOOP_READ_TIMEOUT_S = 5.0
+"""Longest wait, seconds, of a scrape rendering in a worker thread for the event loop to
+take its read of the live channels and servers (:func:`reading_on`): a loop blocked that
+long could not send the answer either (Prometheus' default scrape timeout is 10 s)."""
+
+_OWNER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
+    "meshkit_metrics_owner_loop", default=None)
+
+
+@contextlib.contextmanager
+def reading_on(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Within the block (in the calling thread's context), :class:`MeshCollector` reads the
+    live channels and servers on ``loop`` (their ``stats()`` and its own bookkeeping, one
+    callback per scrape, under :data:`LOOP_READ_TIMEOUT_S`) and builds the families in the
+    calling thread; the rest of the registry is collected and rendered there too. For a
+    scrape rendered off the event loop (``asyncio.to_thread``) so that it does not stall
+    the calls the loop serves: a channel's ``stats()`` reads its balancer, pool and retry
+    budget, which only their loop may touch (the budget's window moves as it is read)."""
+    token = _OWNER_LOOP.set(loop)
+    try:
+        yield
+    finally:
+        _OWNER_LOOP.reset(token)
+
+
+def _on_owner_loop(read: Callable[[], _T]) -> _T:
+    """``read()`` run on the loop set by :func:`reading_on` (directly without one, or on
+    that loop's own thread), its result or exception handed back.
+
+    Raises:
+        TimeoutError: the loop did not run it within :data:`LOOP_READ_TIMEOUT_S`.
+        RuntimeError: the loop is closed.
+    """
+    loop = _OWNER_LOOP.get()
+    if loop is None:
+        return read()
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return read()
+    done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if done.set_running_or_notify_cancel():  # not given up on meanwhile
+            try:
+                done.set_result(read())
+            except Exception as exc:
+                done.set_exception(exc)
+
+    loop.call_soon_threadsafe(run)
+    try:
+        return done.result(timeout=LOOP_READ_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        done.cancel()
+        raise TimeoutError(f"the event loop did not read the channels and servers within "
+                           f"{LOOP_READ_TIMEOUT_S} s") from None
+
+
 _SAMPLES_OF: tuple[tuple[str, Callable[[Any], list[_Sample]]], ...] = (
     ("channel", _channel_samples), ("server", _server_samples))
 
@@ -734,7 +802,16 @@ class MeshCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Build the families from the live channels and servers, and the retired
-        counters of those that ended."""
+        counters of those that ended: read on their event loop within
+        :func:`reading_on`, the families built in the calling thread."""
+        fams = _on_owner_loop(self._gather)
+        for fam in fams.values():
+            if fam.values:
+                yield fam.metric()
+
+    def _gather(self) -> dict[str, _Family]:
+        """The samples of one scrape, by family: the live channels' and servers', and the
+        retired counters (the collector's bookkeeping moves on, under its lock)."""
         fams = _families()
         with self._lock:
             # first the final counts recorded since the last scrape, each retired once;
@@ -753,9 +830,7 @@ class MeshCollector:
             self._forget_endpoints(fams)
             for (key, labels), value in self._retired.items():
                 fams[key].add(labels, value)
-        for fam in fams.values():
-            if fam.values:
-                yield fam.metric()
+        return fams
 
     def _read(self, obj: Any, samples_of: Callable[[Any], list[_Sample]],
               fams: dict[str, _Family]) -> None:
