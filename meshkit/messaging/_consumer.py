@@ -25,6 +25,7 @@ from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, Me
 from meshkit.messaging._publisher import (
     MSG_ID_HEADER,
     check_nats_name,
+    check_nats_subject,
     max_payload,
     message_size,
 )
@@ -189,7 +190,8 @@ class ConsumerOptions:
             and logged (outcome ``terminated``, or ``refused``) and stays
             stored where it is; otherwise two consumers whose filters cover each
             other's dead-letter subjects would dead-letter each other's dead letters
-            forever.
+            forever. A subject no message can be published to (a space or other
+            whitespace, an empty token, a wildcard ``*`` / ``>``) is a ``ConfigError``.
         max_deliveries: deliveries of one message to the handler before it is
             dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver``
             is unlimited (-1): the server never drops a message, the consumer counts
@@ -251,6 +253,8 @@ class ConsumerOptions:
         for name in ("stream", "durable"):
             value = getattr(self, name)
             check_nats_name(name, value)
+        if self.dead_letter_subject is not None:
+            check_nats_subject("dead_letter_subject", self.dead_letter_subject)
         check_int("max_deliveries", self.max_deliveries)
         check_int("batch_size", self.batch_size)
         # sent to JetStream in int64 nanoseconds (AckWait, a pull's expires)

@@ -93,6 +93,26 @@ def check_nats_name(name: str, value: object) -> None:
                           f"without spaces, dots, wildcards or slashes, got {value!r}")
 
 
+def check_nats_subject(name: str, value: object) -> None:
+    """Check that ``value`` (the field ``name``) is a subject a message can be published
+    to: a non-empty string of printable characters without spaces, whose ``.``-separated
+    tokens are non-empty and hold no wildcard (NATS docs, Subject-Based Messaging: "The
+    period . ... and * and also > (the * and > are used as wildcards) are reserved";
+    "Publishers will always send a message to a fully specified subject"). nats-py
+    refuses a subject with whitespace (``BadSubjectError``) and no stream captures one
+    with an empty token or a wildcard, so such a subject would fail only at the first
+    publish.
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted.
+    """
+    if (not isinstance(value, str) or not value or not value.isprintable() or " " in value
+            or "*" in value or ">" in value or "" in value.split(".")):
+        raise ConfigError(f"{name} must be a NATS subject to publish to: non-empty "
+                          "tokens separated by dots, of printable characters without "
+                          f"spaces or wildcards (* >), got {value!r}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishOptions:
     """How :class:`Publisher` publishes.

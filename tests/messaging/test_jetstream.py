@@ -887,6 +887,27 @@ def test_stream_and_durable_names_follow_nats_naming_rules(bad: object) -> None:
         PublishOptions(stream=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", ["dlq orders", "dlq\torders", "dlq..orders", ".dlq",
+                                 "dlq.", "dlq.orders.>", "dlq.*.orders", "dlq\n", "", 7])
+def test_dead_letter_subject_that_cannot_be_published_to_is_refused(bad: object) -> None:
+    """A dead_letter_subject with whitespace, an empty token or a wildcard was accepted
+    (only stream and durable were checked): the consumer started and consumed, and the
+    mistake showed only when a message was to be dead-lettered: every poison message,
+    refused forgery and exhausted retry was nak'ed for ever, each time with a warning
+    "dead-letter publish failed; message left for redelivery" (nats-py refuses a space,
+    no stream captures an empty token or a wildcard). It is a ConfigError at
+    construction naming the field and quoting the value; a subject to publish to is
+    accepted."""
+    with pytest.raises(ConfigError, match="dead_letter_subject must be a NATS subject"
+                       ) as err:
+        ConsumerOptions(stream="ORDERS", durable="summary",
+                        dead_letter_subject=bad)  # type: ignore[arg-type]
+    assert repr(bad) in str(err.value)
+    for good in ("dlq", "dlq.orders.summary", "dlq-orders_1.x"):
+        assert ConsumerOptions(stream="ORDERS", durable="summary",
+                               dead_letter_subject=good).dead_letter_for() == good
+
+
 _MAX_DURATION_S = (2**63 - 1) // 10**9  # JetStream's int64 nanoseconds, in whole seconds
 
 
