@@ -223,7 +223,9 @@ class ConsumerOptions:
             per subject they make up (OpenTelemetry messaging conventions: a destination
             name not known to be low-cardinality is recorded as its template).
         tracing, metrics, access_log: a CONSUMER span per delivery (child of the
-            publisher's), the consume metrics, one ``message`` access-log event per
+            publisher's), the consume metrics (labelled with at most 1,000 subjects per
+            registry, publishes included, then ``other``: see
+            :mod:`meshkit.messaging._telemetry`), one ``message`` access-log event per
             delivery (all default ``True``).
         registry: Prometheus registry (default the process's meshkit registry).
         tracer_provider: where spans go (default ``None``: the global provider).
@@ -594,15 +596,17 @@ class Consumer:
         # recorded under the consumer's filter subject (see ConsumerOptions.verifier).
         label = subject if (publisher is not None or self.options.verifier is None
                             or subject == self._dead_letter_subject) else self._template
-        if self._metrics is not None:
-            self._metrics.consumed.labels(label, durable, outcome).inc()
+        metrics = self._metrics
+        if metrics is not None:
+            labelled = metrics.subject(label)  # MAX_SUBJECTS per registry, then "other"
+            metrics.consumed.labels(labelled, durable, outcome).inc()
             if delivery > 1:
-                self._metrics.redelivered.labels(label, durable).inc()
-            self._metrics.handling.labels(label, durable).observe(elapsed)
+                metrics.redelivered.labels(labelled, durable).inc()
+            metrics.handling.labels(labelled, durable).observe(elapsed)
             sent = headers.get(HDR_SENT_AT_MS)
             if outcome == "ack" and sent and sent.isdigit():
                 lag = time.time() - int(sent) / 1000
-                self._metrics.lag.labels(label, durable).observe(max(lag, 0.0))
+                metrics.lag.labels(labelled, durable).observe(max(lag, 0.0))
         failed = outcome not in ("ack", "skipped")
         if span is not None:
             if label != subject:

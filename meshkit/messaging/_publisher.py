@@ -134,7 +134,10 @@ class PublishOptions:
             identity headers).
         tracing: a PRODUCER span per publish and the W3C context in the headers
             (default ``True``).
-        metrics: the publish metrics (default ``True``).
+        metrics: the publish metrics (default ``True``), labelled with the subject, up
+            to 1,000 subjects per registry (deliveries included), then ``other`` (see
+            :mod:`meshkit.messaging._telemetry`): a subject per entity does not add
+            series without bound. Spans and access-log events keep the subject.
         access_log: one ``message`` access-log event per publish (default ``True``).
         registry: Prometheus registry (default the process's meshkit registry).
         tracer_provider: where spans go (default ``None``: the global provider).
@@ -238,6 +241,8 @@ class Publisher:
         if opts.signer is not None:
             opts.signer.sign(hdrs, msg_id=msg_id, subject=subject, payload=payload)
         self._budget.record_request()
+        metrics = self._metrics
+        label = metrics.subject(subject) if metrics is not None else subject
         attempts, outcome, ack = 0, "error", None
         error: BaseException | None = None
         try:
@@ -267,12 +272,12 @@ class Publisher:
                         raise PublishError(f"publish to {subject!r} failed after "
                                            f"{attempts} attempts") from exc
                     if not self._budget.try_withdraw():
-                        if self._metrics is not None:
-                            self._metrics.budget_exhausted.labels(subject).inc()
+                        if metrics is not None:
+                            metrics.budget_exhausted.labels(label).inc()
                         raise PublishError(f"publish to {subject!r} failed; retry budget "
                                            "exhausted") from exc
-                    if self._metrics is not None:
-                        self._metrics.retries.labels(subject).inc()
+                    if metrics is not None:
+                        metrics.retries.labels(label).inc()
                     await asyncio.sleep(opts.backoff.delay_s(attempts))
                 except nats.errors.Error as exc:
                     error = exc
@@ -283,9 +288,9 @@ class Publisher:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            if self._metrics is not None:
-                self._metrics.published.labels(subject, outcome).inc()
-                self._metrics.publish_seconds.labels(subject).observe(elapsed)
+            if metrics is not None:
+                metrics.published.labels(label, outcome).inc()
+                metrics.publish_seconds.labels(label).observe(elapsed)
             if span is not None:
                 span.set_attribute("meshkit.attempts", attempts)
                 if outcome == "error":

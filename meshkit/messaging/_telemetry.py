@@ -20,11 +20,17 @@ served at ``/metrics``; histograms in seconds with the RPC buckets, 100 µs..10 
 ``Nats-Msg-Id``), ``error``. Of a delivery: ``ack``, ``retry`` (nak with backoff),
 ``dead_letter``, ``refused`` (identity check failed: dead-lettered too).
 
-``subject`` of a delivery is the subject it came on, except for a consumer with a verifier
-and a message whose publisher it did not verify (``refused``, or dead-lettered unverified):
-then the consumer's filter subject (``>`` without one), the destination's template in the
-OpenTelemetry messaging conventions, so an unauthenticated sender cannot make a series per
-subject it makes up.
+``subject`` of a publish is the subject published to. Of a delivery it is the subject it
+came on, except for a consumer with a verifier and a message whose publisher it did not
+verify (``refused``, or dead-lettered unverified): then the consumer's filter subject
+(``>`` without one), the destination's template in the OpenTelemetry messaging
+conventions, so an unauthenticated sender cannot make a series per subject it makes up.
+A registry labels at most :data:`MAX_SUBJECTS` (1,000) subjects with their own names,
+publishes and deliveries together, then further ones :data:`OTHER_SUBJECT` (``other``),
+as the RPC metrics do client and server methods: with a subject per entity
+(``orders.<order id>``) every new subject would otherwise add series (a histogram's
+buckets, sum and count each) kept for ever, on ``/metrics`` and in memory. The subjects
+labelled first keep their labels; spans and access-log events keep the real subject.
 
 Spans follow the OpenTelemetry messaging conventions: ``send <subject>`` (PRODUCER) and
 ``process <subject>`` (CONSUMER; ``process <filter subject>`` for a message whose
@@ -50,7 +56,25 @@ from meshkit.observability import default_registry
 from meshkit.observability._logging import access_active, access_logger
 from meshkit.observability._metrics import DURATION_BUCKETS_S
 
-__all__ = ["MessagingMetrics", "capture_context", "log_message", "messaging_metrics", "tracer"]
+__all__ = [
+    "MAX_SUBJECTS",
+    "OTHER_SUBJECT",
+    "MessagingMetrics",
+    "capture_context",
+    "log_message",
+    "messaging_metrics",
+    "tracer",
+]
+
+MAX_SUBJECTS = 1000
+"""Subjects a registry's messaging metrics label with their own names (publish and consume
+sides together, as many as :data:`meshkit.observability._metrics.MAX_CLIENT_METHODS`);
+further ones are labelled :data:`OTHER_SUBJECT`. Subjects are the calling code's choice
+(a subject per entity is NATS' usual addressing), each one a set of series kept for ever."""
+
+OTHER_SUBJECT = "other"
+"""The ``subject`` label of publishes and deliveries of subjects beyond
+:data:`MAX_SUBJECTS` (gRFC A66's ``"other"`` for methods, here for subjects)."""
 
 
 class MessagingMetrics:
@@ -58,6 +82,7 @@ class MessagingMetrics:
 
     __slots__ = (
         "__weakref__",
+        "_subjects",
         "budget_exhausted",
         "consumed",
         "handling",
@@ -71,6 +96,7 @@ class MessagingMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
+        self._subjects: set[str] = set()
         self.published = Counter("meshkit_messaging_published_total",
                                  "Messages published to JetStream, by outcome.",
                                  ("subject", "outcome"), registry=r)
@@ -99,6 +125,17 @@ class MessagingMetrics:
         self.outbox_pending = Gauge("meshkit_messaging_outbox_pending",
                                     "Outbox events not yet published (the relay's last "
                                     "count).", ("outbox",), registry=r)
+
+    def subject(self, subject: str) -> str:
+        """The ``subject`` label of ``subject``: itself if it is one of the first
+        :data:`MAX_SUBJECTS` subjects labelled in this registry (publishes and deliveries
+        together), else :data:`OTHER_SUBJECT`."""
+        subjects = self._subjects
+        if subject not in subjects:
+            if len(subjects) >= MAX_SUBJECTS:
+                return OTHER_SUBJECT
+            subjects.add(subject)
+        return subject
 
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, MessagingMetrics] = (

@@ -369,6 +369,53 @@ async def test_an_unverified_publishers_subjects_are_recorded_as_the_filter_subj
     assert proc.attributes["messaging.destination.name"].startswith(f"{bus.subject}.")
 
 
+async def test_subject_labels_are_bounded_for_a_subject_per_entity(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A subject per entity (``orders.<order id>``) added series for ever: the publish
+    metrics (published_total, the publish_seconds histogram, 22 samples a subject) and
+    the consume metrics were labelled with every subject as given, 1,100 subject labels
+    and 24,200 publish samples after 1,100 subjects, on /metrics and in memory. A
+    registry now labels at most MAX_SUBJECTS (1,000) subjects with their own names,
+    publishes and deliveries together, then ``other``; the first ones keep theirs."""
+    from meshkit.messaging._telemetry import MAX_SUBJECTS, OTHER_SUBJECT
+
+    pub = Publisher(bus.js, PublishOptions(registry=prom, tracing=False, access_log=False))
+    n, extra = MAX_SUBJECTS + 100, 100
+    for start in range(0, n, 100):
+        await asyncio.wait_for(asyncio.gather(*(
+            pub.publish(f"{bus.subject}.{i}", b"x", msg_id=f"c{i}")
+            for i in range(start, start + 100))), 20)
+
+    def labels(name: str) -> set[str]:
+        return {s.labels["subject"] for fam in prom.collect() for s in fam.samples
+                if s.name == name}
+
+    published = labels("meshkit_messaging_published_total")
+    assert len(published) == MAX_SUBJECTS + 1, len(published)
+    assert _sample(prom, "meshkit_messaging_published_total", subject=f"{bus.subject}.0",
+                   outcome="ok") == 1
+    assert _sample(prom, "meshkit_messaging_published_total", subject=OTHER_SUBJECT,
+                   outcome="ok") == extra
+    assert _sample(prom, "meshkit_messaging_publish_seconds_count",
+                   subject=OTHER_SUBJECT) == extra
+    await pub.publish(f"{bus.subject}.0", b"x", msg_id="c0-again")  # a known subject
+    assert _sample(prom, "meshkit_messaging_published_total", subject=f"{bus.subject}.0",
+                   outcome="ok") == 2
+
+    async def handle(d: Delivery) -> None:
+        pass
+
+    c = _consumer(bus, handle, prom, filter_subject=f"{bus.subject}.>", batch_size=256)
+    done = 0
+    async with asyncio.timeout(30):
+        while done < n + 1:
+            done += await c.run_once()
+    consumed = labels("meshkit_messaging_consumed_total")
+    assert consumed <= published and len(consumed) == MAX_SUBJECTS + 1, len(consumed)
+    assert _sample(prom, "meshkit_messaging_consumed_total", subject=OTHER_SUBJECT,
+                   consumer="d1", outcome="ack") == extra
+
+
 async def test_consumer_killed_mid_batch_redelivers_unacked(
         bus: Bus, prom: CollectorRegistry) -> None:
     """A consumer that dies mid-batch (connection gone, no acks) leaves the rest to be
