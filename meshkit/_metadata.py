@@ -27,11 +27,20 @@ from meshkit.errors import InvalidMetadataError
 __all__ = ["PREVIOUS_ATTEMPTS", "LoggedMetadata", "call_metadata", "check_metadata",
            "logged_metadata", "with_previous_attempts"]
 
-PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"
-"""The request header of a retry or a hedge: how many attempts of the call went before it
-(gRFC A6, "Exposed Retry Metadata"; grpc-java and grpc core send it). A grpc-python
-server does not show it to the application (grpc core keeps it); servers in other
-languages and proxies see it."""
+PREVIOUS_ATTEMPTS = "meshkit-previous-rpc-attempts"
+"""The request header of a retry or a hedge meshkit sends: how many attempts of the call
+went before it (``"1"`` on the second attempt; none on the first), the value gRFC A6's
+``grpc-previous-rpc-attempts`` ("Exposed Retry Metadata") carries. Any server or proxy
+sees it (a grpc-python handler in ``invocation_metadata()``), as do attempt interceptors.
+
+Not A6's own key: grpc core's client retry filter owns that one and sets it from its
+*own* attempts (its transparent retries), removing it from every first attempt, and each
+meshkit attempt is a first attempt to grpc core; a value meshkit set never reached the
+wire (seen on the wire with grpcio 1.85). Taking the filter out
+(``grpc.enable_retries=0``) would let it through, but would end grpc core's transparent
+retries: a call that met a GOAWAY before the server saw it, which grpc core sends again
+on a new connection, then fails ``UNAVAILABLE``, and meshkit cannot tell such a call from
+one the server ran, so a call not safe to repeat would not be retried."""
 
 
 def with_previous_attempts(metadata: list[tuple[str, Any]],

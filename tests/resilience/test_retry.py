@@ -13,10 +13,12 @@ import grpc
 import pytest
 
 import meshkit
+from meshkit._metadata import PREVIOUS_ATTEMPTS
 from meshkit.balancer import OutlierOptions, RoundRobin
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import Instance, LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
+from tests.faults._h2 import _Decoder
 from tests.support.echo import method
 from tests.support.wait import until
 
@@ -392,14 +394,14 @@ async def test_streams_the_server_refused_are_retried_even_when_not_idempotent(
 
 class _AttemptHeaders(grpc.aio.UnaryUnaryClientInterceptor,
                       grpc.aio.UnaryStreamClientInterceptor):
-    """An attempt interceptor recording each attempt's ``grpc-previous-rpc-attempts``."""
+    """An attempt interceptor recording each attempt's ``meshkit-previous-rpc-attempts``."""
 
     def __init__(self) -> None:
         self.seen: list[str | None] = []
 
     def _record(self, details: grpc.aio.ClientCallDetails) -> None:
         md = dict(details.metadata or ())
-        value = md.get("grpc-previous-rpc-attempts")
+        value = md.get(PREVIOUS_ATTEMPTS)
         self.seen.append(None if value is None else str(value))
 
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
@@ -412,13 +414,12 @@ class _AttemptHeaders(grpc.aio.UnaryUnaryClientInterceptor,
 
 
 @pytest.mark.parametrize("attempt_interceptors", [False, True])
-async def test_retries_and_hedges_carry_grpc_previous_rpc_attempts(
+async def test_retries_and_hedges_carry_the_previous_attempts(
     registry: LocalRegistry, echo_servers: EchoFactory, attempt_interceptors: bool
 ) -> None:
-    """gRFC A6, "Exposed Retry Metadata": each retry and hedge carries
-    ``grpc-previous-rpc-attempts``, the number of attempts before it (the first attempt
-    none). grpc core accepts the header (the attempts are made; a grpc-python server does
-    not show it to handlers), on the inline path and on grpc.aio's public one."""
+    """Each retry and hedge carries ``meshkit-previous-rpc-attempts``, the number of
+    attempts before it (the first attempt none; gRFC A6's count), on the inline path and
+    on grpc.aio's public one (with attempt interceptors, which see it)."""
     served: list[str] = []
     await echo_servers("a", served=served)
     seen = _AttemptHeaders()
@@ -451,7 +452,8 @@ async def test_hedges_waiting_for_an_endpoint_each_carry_their_own_attempt_count
 ) -> None:
     """Hedges share the call's details; when they all wait for an endpoint
     (``wait_for_ready``, none registered yet), each still sends its own
-    ``grpc-previous-rpc-attempts`` (none, 1, 2; gRFC A6), not the last hedge's."""
+    ``meshkit-previous-rpc-attempts`` (none, 1, 2; gRFC A6's count), not the last
+    hedge's."""
     seen = _AttemptHeaders()
     hedged = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=3)
     async with meshkit.dial("echo", registry=registry,
@@ -464,6 +466,108 @@ async def test_hedges_waiting_for_an_endpoint_each_carry_their_own_attempt_count
         assert await asyncio.wait_for(call, 9) == b"e1|hi"
     assert sorted(seen.seen, key=lambda v: v or "") == [None, "1", "2"]
 
+
+def _request_headers(recorded: bytes) -> list[dict[str, str]]:
+    """The header blocks (HEADERS + CONTINUATION) a client sent on one HTTP/2
+    connection (its bytes to the server, recorded), decoded with HPACK."""
+    data = recorded[24:]  # the connection preface
+    decoder = _Decoder()
+    blocks: list[dict[str, str]] = []
+    pos, block = 0, b""
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        kind, flags = data[pos + 3], data[pos + 4]
+        payload = data[pos + 9:pos + 9 + length]
+        pos += 9 + length
+        if kind == 1:  # HEADERS
+            if flags & 0x8:  # PADDED
+                payload = payload[1:len(payload) - payload[0]]
+            if flags & 0x20:  # PRIORITY
+                payload = payload[5:]
+            block = payload
+        elif kind == 9:  # CONTINUATION
+            block += payload
+        else:
+            continue
+        if flags & 0x4:  # END_HEADERS
+            blocks.append(dict(decoder.decode(block)))
+            block = b""
+    return blocks
+
+
+async def test_the_previous_attempts_of_retries_and_hedges_reach_the_wire(
+    registry: LocalRegistry,
+) -> None:
+    """The count of previous attempts (gRFC A6, "Exposed Retry Metadata") is on the wire,
+    for a server or a proxy to see: meshkit set it as A6's ``grpc-previous-rpc-attempts``
+    on every retry and hedge, but grpc core's client retry filter owns that key (it sets
+    it from its own attempts and removes it from a first one, and every meshkit attempt
+    is a first attempt to grpc core): no HEADERS frame carried it, so no server, proxy
+    or log could tell a retry from a first attempt. meshkit now sends it as
+    ``meshkit-previous-rpc-attempts``. Recorded by a TCP proxy between the mesh channel
+    and a plain grpc.aio server failing the first two attempts of each call
+    ``UNAVAILABLE``: the attempts carry none, ``"1"`` and ``"2"``, retried and hedged."""
+    count = 0
+    handler_saw: list[str | None] = []
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        nonlocal count
+        count += 1
+        handler_saw.append(dict(context.invocation_metadata() or ()).get(PREVIOUS_ATTEMPTS))
+        if count % 3:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return b"ok"
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "retry.Svc", {"Get": grpc.unary_unary_rpc_method_handler(get)}),))
+    upstream = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    recorded: list[bytearray] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   into: bytearray | None) -> None:
+        try:
+            while data := await reader.read(65536):
+                if into is not None:
+                    into.extend(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def link(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        ureader, uwriter = await asyncio.open_connection("127.0.0.1", upstream)
+        sent = bytearray()
+        recorded.append(sent)
+        await asyncio.gather(pipe(creader, uwriter, sent), pipe(ureader, cwriter, None))
+
+    proxy = await asyncio.start_server(link, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        await registry.register(Instance(service="wire", instance_id="w1",
+                                         host="127.0.0.1", port=port))
+        retried = RetryPolicy(idempotent=True, max_attempts=3, backoff=FAST)
+        hedged = RetryPolicy(idempotent=True, max_attempts=3, hedge_delay_s=5.0)
+        for policy in (retried, hedged):
+            async with meshkit.dial("wire", registry=registry, options=opts(policy)) as ch:
+                got = await asyncio.wait_for(ch.unary_unary("/retry.Svc/Get")(
+                    b"", timeout=5, metadata=(("x-probe", "1"),)), 8)
+                assert got == b"ok"
+        assert count == 6
+        await until(lambda: sum(len(_request_headers(bytes(c))) for c in recorded) >= 6,
+                    what="six requests recorded")
+        headers = [h for conn in recorded for h in _request_headers(bytes(conn))
+                   if h.get(":path") == "/retry.Svc/Get"]
+        assert len(headers) == 6 and all(h.get("x-probe") == "1" for h in headers), headers
+        on_the_wire = [h.get(PREVIOUS_ATTEMPTS) for h in headers]
+        assert on_the_wire == [None, "1", "2"] * 2, on_the_wire
+        assert handler_saw == on_the_wire  # a grpc-python handler sees it too
+    finally:
+        proxy.close()
+        await server.stop(0)
 
 async def test_close_ends_calls_waiting_out_a_retry_delay(
     registry: LocalRegistry, echo_servers: EchoFactory,
