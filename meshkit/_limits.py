@@ -189,9 +189,12 @@ class ServerLimits:
             counted in ``ServerStats.gate_shed``; grpc.aio's own cap, which has none of
             the three, is never set.
         keepalive_time_s: seconds between the server's keepalive pings on an idle
-            transport (default 60.0; ``grpc.keepalive_time_ms``), so dead peers are found.
+            transport, with calls or without (default 60.0; ``grpc.keepalive_time_ms``
+            and ``grpc.keepalive_permit_without_calls``), so dead peers are found.
         keepalive_timeout_s: seconds to wait for a ping's ack before closing the
-            connection (default 20.0; ``grpc.keepalive_timeout_ms``).
+            connection, its calls cancelled and their slots freed (default 20.0;
+            ``grpc.keepalive_timeout_ms`` and ``grpc.http2.ping_timeout_ms``, the one
+            grpc core applies).
         max_connection_idle_s: a connection without calls for this long is closed with
             GOAWAY (default 300.0; ``grpc.max_connection_idle_ms``); clients reconnect on
             their next call. ``None``: never.
@@ -244,6 +247,12 @@ class ServerLimits:
             ("grpc.http2.bdp_probe", int(self.bdp_probe)),
             ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            # grpc core (1.85) times an unanswered keepalive ping out by the ping timeout
+            # (default 60 s), not keepalive_timeout_ms (grpc/grpc#39239)
+            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            # and pings only connections with calls unless this is set: a client that
+            # died while idle would never be found
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
         if self.max_connection_idle_s is not None:
             args.append(("grpc.max_connection_idle_ms", int(self.max_connection_idle_s * 1000)))

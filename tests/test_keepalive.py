@@ -1,0 +1,138 @@
+"""Server keepalive over real sockets: a client that vanishes (a black hole, no RST) or
+goes silent after the HTTP/2 handshake is found by ``ServerLimits``' keepalive pings, and
+its connection, calls and call slots are freed within ``keepalive_time_s +
+keepalive_timeout_s``."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+
+import grpc
+
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from tests.support.echo import mesh_echo, method
+from tests.support.tcp_proxy import TcpProxy
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_SETTINGS, _PING, _GOAWAY = 4, 6, 7
+
+
+def _registry(tmp_path: Path) -> LocalRegistry:
+    return LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=30.0, poll_interval_s=0.05))
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (len(payload).to_bytes(3, "big") + bytes([kind, flags])
+            + struct.pack(">I", stream) + payload)
+
+
+async def _first_free_slot(port: int, within_s: float) -> float | None:
+    """Seconds until a call straight to the server (not through the proxy) is served, or
+    ``None`` if every try within ``within_s`` failed (shed ``RESOURCE_EXHAUSTED``)."""
+    t0 = time.monotonic()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as direct:
+        call = direct.unary_unary(method("Unary"))
+        while time.monotonic() - t0 < within_s:
+            try:
+                await call(b"direct", timeout=1.0)
+                return time.monotonic() - t0
+            except grpc.aio.AioRpcError:
+                pass  # shed: the dead client's call still holds the slot
+            await asyncio.sleep(0.25)
+    return None
+
+
+async def test_keepalive_timeout_s_bounds_how_long_a_dead_client_holds_its_call_slot(
+    tmp_path: Path,
+) -> None:
+    """``ServerLimits.keepalive_timeout_s`` ("seconds to wait for a ping's ack before
+    closing the connection") was set as ``grpc.keepalive_timeout_ms`` only, which grpc
+    core (1.85) never arms: an unanswered keepalive ping is timed out by
+    ``grpc.http2.ping_timeout_ms`` (default 60 s; grpc/grpc#39239), which meshkit did not
+    set. A client whose host vanished (black hole, no RST) while its call ran kept that
+    call, its handler and its ``max_concurrent_rpcs`` slot for ``keepalive_time_s`` + 60
+    s whatever ``keepalive_timeout_s`` said (measured 61.0 s with both at 1 s). Both are
+    now set: the slot is free about 2 s after the black hole (asserted within 8 s)."""
+    # nothing but the connection's end frees the slot: no eviction, no request timeout
+    limits = meshkit.ServerLimits(keepalive_time_s=1.0, keepalive_timeout_s=1.0,
+                                  max_concurrent_rpcs=1, evict_waiting_after_s=None,
+                                  first_message_timeout_s=None)
+    async with (
+        mesh_echo("echo", "e1", _registry(tmp_path), limits=limits, telemetry=None) as srv,
+        TcpProxy("127.0.0.1", srv.port) as proxy,
+        grpc.aio.insecure_channel(proxy.address) as doomed,
+    ):
+        call = doomed.unary_unary(method("Sleep"))(b"30000", timeout=60)
+        # the call holds the only slot once a direct call is shed
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as direct:
+            for _ in range(40):
+                try:
+                    await direct.unary_unary(method("Unary"))(b"probe", timeout=1.0)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the doomed call never took the slot")
+        proxy.blackhole()  # the client's host vanishes: no byte, no RST
+        freed_after = await _first_free_slot(srv.port, within_s=8.0)
+        call.cancel()
+    assert freed_after is not None, (
+        "a dead client's call still held its slot 8 s after the black hole with "
+        "keepalive_time_s=1, keepalive_timeout_s=1 (expected about 2 s)")
+
+
+async def test_keepalive_finds_a_dead_client_on_a_connection_without_calls(
+    tmp_path: Path,
+) -> None:
+    """``ServerLimits.keepalive_time_s``: "seconds between the server's keepalive pings on
+    an idle transport ..., so dead peers are found". grpc core's server pings only while
+    a connection has calls unless ``grpc.keepalive_permit_without_calls`` is set, which
+    meshkit did not set: a client that died on a connection without calls was never
+    found, its connection held until ``max_connection_idle_s`` (300 s) or, with ``None``,
+    for the server's life (connections of vanished clients piled up). A bare HTTP/2 peer
+    that completes the handshake and then never acks a PING is now pinged after about
+    ``keepalive_time_s`` and its connection closed about ``keepalive_timeout_s`` later
+    (asserted within 6 s; before: no PING sent, still open after 6 s)."""
+    limits = meshkit.ServerLimits(keepalive_time_s=1.0, keepalive_timeout_s=1.0,
+                                  max_connection_idle_s=None)
+    async with mesh_echo("echo", "e1", _registry(tmp_path), limits=limits,
+                         telemetry=None) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        pings = 0
+        closed_after: float | None = None
+        try:
+            writer.write(_PREFACE + _frame(_SETTINGS, 0, 0))
+            await writer.drain()
+            acked = False
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 6.0:
+                try:
+                    async with asyncio.timeout(max(0.0, 6.0 - (time.monotonic() - t0))):
+                        head = await reader.readexactly(9)
+                        payload = await reader.readexactly(int.from_bytes(head[:3], "big"))
+                except TimeoutError:
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    closed_after = time.monotonic() - t0
+                    break
+                kind, flags = head[3], head[4]
+                del payload
+                if kind == _SETTINGS and not flags & 1 and not acked:
+                    writer.write(_frame(_SETTINGS, 1, 0))  # the handshake, then silence
+                    await writer.drain()
+                    acked = True
+                elif kind == _PING and not flags & 1:
+                    pings += 1  # never acked: this peer is dead from here on
+                elif kind == _GOAWAY:
+                    closed_after = time.monotonic() - t0
+                    break
+        finally:
+            writer.close()
+    assert closed_after is not None, (
+        f"a silent peer's connection without calls was still open 6 s in with "
+        f"keepalive_time_s=1 (keepalive PINGs sent to it: {pings})")
