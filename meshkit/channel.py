@@ -77,6 +77,7 @@ from meshkit.balancer import (
     Filter,
     OutlierOptions,
 )
+from meshkit.balancer._zone import split_zone_preference
 from meshkit.discovery import Registry, registry_from_env
 from meshkit.errors import (
     ConfigError,
@@ -181,9 +182,11 @@ class DialOptions:
             balancers such as :class:`~meshkit.balancer.RingHash` (default none).
         filters: which discovered instances to balance over, run in order on each
             discovery answer: :class:`~meshkit.balancer.Subset` (registry meta/tags),
-            :class:`~meshkit.balancer.PreferZone` (local zone while any instance is
-            there), or any ``(instances) -> instances`` callable; a sequence (tuple or
-            list; default none).
+            :class:`~meshkit.balancer.PreferZone` (the local zone's instances while
+            one of them is READY and in rotation, else the other zones', decided per
+            call: the channel turns it into a :class:`~meshkit.balancer.ZoneAwareBalancer`
+            around ``balancer``), or any ``(instances) -> instances`` callable; a
+            sequence (tuple or list; default none).
         telemetry: client spans with W3C trace-context propagation, RED metrics and an access
             log per call (:class:`meshkit.observability.TelemetryOptions`, on by default,
             outermost); ``None`` turns them off.
@@ -505,7 +508,10 @@ class MeshChannel(grpc.aio.Channel):
         self.registry = registry
         self.options = options
         self._owns_registry = owns_registry
-        inner = options.balancer()
+        # PreferZone filters move to the balancer: the zone is then preferred per call,
+        # failing over on health (ZoneAwareBalancer), not per discovery answer
+        filters, make_balancer = split_zone_preference(options.filters, options.balancer)
+        inner = make_balancer()
         self._balancer: Balancer = (
             EjectingBalancer(inner, options.outlier, on_change=self._on_ejection,
                              on_probe_free=self._on_probe_free)
@@ -538,7 +544,7 @@ class MeshChannel(grpc.aio.Channel):
         self._pick_stream = pick_stream or self._balancer.pick
         self._answers = pick_stream is not None
         self._answering: dict[Any, Callable[[], None]] = {}
-        self._pool = EndpointPool(service, registry, self._balancer, filters=options.filters,
+        self._pool = EndpointPool(service, registry, self._balancer, filters=filters,
                                   make_channel=self._sub_channel,
                                   drain_timeout_s=options.drain_timeout_s,
                                   resolve_timeout_s=options.resolve_timeout_s)
@@ -925,8 +931,9 @@ class MeshChannel(grpc.aio.Channel):
         ejected = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else set()
         inner = balancer.inner if isinstance(balancer, EjectingBalancer) else balancer
         loads: dict[str, dict[str, Any]] = {}
-        if isinstance(inner, P2C):
-            loads = {str(row["instance_id"]): row for row in inner.snapshot()}
+        snapshot = getattr(inner, "snapshot", None)  # P2C's, or a ZoneAwareBalancer's
+        if callable(snapshot):
+            loads = {str(row["instance_id"]): row for row in snapshot()}
         present = self._pool.endpoints
         endpoints = []
         for key, ep in sorted(self._pool.history.items()):

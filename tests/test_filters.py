@@ -258,16 +258,14 @@ async def test_dial_zone_aware_fails_over_when_the_local_instances_cannot_be_rea
             assert got.split(b"|")[0] == b"remote"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "filters=(PreferZone(...),) needs the channel (meshkit/channel.py, not this area's) to "
-    "call balancer._zone.split_zone_preference(options.filters, options.balancer) and "
-    "build its balancer and EndpointPool filters from the result"))
 async def test_dial_prefer_zone_filter_fails_over_when_the_local_instances_cannot_be_reached(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:
-    """The same with the zone preference given as a filter, ``filters=(PreferZone("a"),)``:
-    still discovery-time, so the calls fail UNAVAILABLE until the channel moves a
-    PreferZone to the balancer (split_zone_preference)."""
+    """The same with the zone preference given as a filter, ``filters=(PreferZone("a"),)``,
+    as the README shows it: it was applied to each discovery answer, so the balancer
+    never saw zone b and every call failed UNAVAILABLE "all 1 endpoints are failing or
+    ejected". The channel now moves a PreferZone to the balancer
+    (split_zone_preference): the calls are answered by zone b."""
     await _dead_local_and_healthy_remote(registry, echo_servers)
     opts = meshkit.DialOptions(insecure=True, filters=(PreferZone("a"),))
     async with meshkit.dial("echo", registry=registry, options=opts) as ch:

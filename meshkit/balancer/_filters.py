@@ -62,19 +62,21 @@ class Subset:
 
 @dataclass(frozen=True, slots=True)
 class PreferZone:
-    """Use only instances whose meta ``zone`` equals ``zone`` while the registry lists at
-    least one; otherwise every instance (a zone with no instance registered fails over to
-    the other zones rather than to nothing).
+    """Prefer the instances whose meta ``zone`` equals ``zone``.
 
-    A filter runs per discovery answer, before the balancer: while a local instance is
-    registered the channel does not see the other zones, so a local instance that is
-    registered but cannot take calls (a network partition, a wedged process that still
-    heartbeats, a crash inside its registration's TTL, an ejected outlier) fails the
-    calls ``UNAVAILABLE`` although another zone is healthy. For failover on health use
-    :class:`~meshkit.balancer.ZoneAwareBalancer` as the balancer instead
-    (``DialOptions(balancer=functools.partial(ZoneAwareBalancer, "a"))``), which decides
-    per call; :func:`~meshkit.balancer._zone.split_zone_preference` turns a ``PreferZone``
-    of a filter list into one.
+    In ``DialOptions.filters`` the balanced channel does not run it per discovery answer:
+    it turns it into a :class:`~meshkit.balancer.ZoneAwareBalancer` around
+    ``DialOptions.balancer`` (:func:`~meshkit.balancer._zone.split_zone_preference`),
+    which decides per call: the local zone's endpoints while one is READY and in
+    rotation, else the other zones' (Envoy's and Linkerd's locality failover), so a
+    local instance that is registered but cannot take calls (a partition, a wedged
+    process that still heartbeats, an ejected outlier) does not fail the calls while
+    another zone is healthy.
+
+    Called as a plain filter (:func:`apply_filters`, or a filter list of your own), it
+    keeps only the local zone's instances while the list holds at least one, else every
+    instance (a zone with no instance registered fails over to the others rather than to
+    nothing); that is discovery-time only, with no failover on health.
 
     Args:
         zone: the local zone, e.g. ``"eu-west-1a"``.
