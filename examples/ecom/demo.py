@@ -565,6 +565,7 @@ async def run(args: argparse.Namespace) -> int:
         await registry.close()
         return code
     finally:
+        args.cleaning_up = True  # a SIGTERM from here on lets the clean-up finish
         codes = await stack.stop_all()
         clean = {k: v for k, v in codes.items() if not stack.procs[k].killed}
         print(f"Stopped every process (SIGTERM, drained): exit codes {clean}")
@@ -782,29 +783,36 @@ _EXIT_TERMINATED = 128 + signal.SIGTERM
 async def run_until_terminated(args: argparse.Namespace) -> int:
     """:func:`run`, cancelled by SIGTERM as ``asyncio.run`` cancels it on Ctrl-C, so that
     its ``finally`` stops every process it started and removes a temporary workdir;
-    returns its exit code, or 143 (128 + SIGTERM) after SIGTERM. A second SIGTERM while
-    the clean-up runs is ignored (SIGKILL remains)."""
+    returns its exit code, or 143 (128 + SIGTERM) after SIGTERM. A SIGTERM while the
+    clean-up runs (``run`` sets ``args.cleaning_up`` as it starts it: after the workload
+    ended, Ctrl-C or a first SIGTERM) does not cut it short: it runs to its end (SIGKILL
+    remains), then 143."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     terminated = False
+    args.cleaning_up = False
 
     def on_sigterm() -> None:
         nonlocal terminated
         if not terminated:
             terminated = True
-            task.cancel()
+            if not args.cleaning_up:
+                task.cancel()
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        return await run(args)
+        code = await run(args)
     except asyncio.CancelledError:
         if not terminated:
             raise
-        print("Terminated (SIGTERM); every process was stopped.")
-        return _EXIT_TERMINATED
+        code = _EXIT_TERMINATED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+    if terminated:
+        print("Terminated (SIGTERM); every process was stopped.")
+        return _EXIT_TERMINATED
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -826,6 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; every process was stopped.")
         return _EXIT_INTERRUPTED
+    finally:
+        # run() removes it too; not if it failed before its clean-up started (its first
+        # line printed to a closed stdout, say), with the demo CA's key in it
+        if getattr(args, "own_workdir", False) and not args.keep_workdir:
+            shutil.rmtree(args.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

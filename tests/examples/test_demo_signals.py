@@ -4,10 +4,12 @@ processes is tests/integration/test_demo.py."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,3 +75,59 @@ async def test_sigterm_while_the_stack_starts_stops_every_process_and_the_workdi
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.returncode is None:
             await proc.wait()
+
+
+def test_demo_sigterm_during_clean_up_does_not_cut_it_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGTERM that arrived while ``run()`` was already in its clean-up (the workload
+    over, or Ctrl-C; ``docker stop`` or a CI cancel landing in those seconds of
+    draining) cancelled the clean-up at its first await: the processes' drain was not
+    waited for and the temporary workdir was left, while the demo printed "every
+    process was stopped" and exited 143. ``run()`` now marks its clean-up
+    (``args.cleaning_up``) and a SIGTERM then lets it finish, then 143. ``run`` is a
+    stand-in of the same shape (work, then a marked, awaited clean-up), so that the
+    signal lands in the clean-up deterministically."""
+    from examples.ecom import demo
+
+    cleaned: list[str] = []
+
+    async def fake_run(args: argparse.Namespace) -> int:
+        try:
+            await asyncio.sleep(0.05)  # the workload
+            return 0
+        finally:
+            args.cleaning_up = True
+            # stop_all(): SIGTERM sent, the drain awaited; SIGTERM arrives meanwhile
+            asyncio.get_running_loop().call_later(0.05, signal.raise_signal,
+                                                  signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            cleaned.append("stopped and removed")
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = asyncio.run(asyncio.wait_for(demo.run_until_terminated(argparse.Namespace()), 5))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert cleaned == ["stopped and removed"], (
+        f"clean-up cut short by SIGTERM (exit {code}): processes not drained, workdir left")
+    assert code == 143
+
+
+def test_demo_with_stdout_closed_leaves_no_workdir_with_keys_behind(tmp_path: Path) -> None:
+    """``meshkit demo >&-`` (file descriptor 1 closed by a supervisor or a CI step) left
+    its temporary workdir behind with the demo CA's private key and every workload key
+    in it: ``meshkit.cli.main``'s stand-in stdout raises on write (a538de9), and
+    ``run()`` printed its first line after making the certificates and before the
+    ``try`` that removes the workdir. ``main()`` now removes its own workdir whatever
+    ended the run: TMPDIR holds nothing once the command has ended (status 1, one
+    line)."""
+    meshkit_bin = Path(sys.executable).with_name("meshkit")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        ["sh", "-c", f'exec "{meshkit_bin}" demo --calls 10 >&-'],
+        env=env, stderr=subprocess.PIPE, timeout=120, cwd=REPO)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == [], (f"exit {proc.returncode}, stderr {proc.stderr[-200:]!r}; "
+                        f"left in TMPDIR: {left}")
