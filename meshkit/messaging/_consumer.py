@@ -57,6 +57,15 @@ DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
 #: status for "no messages"), so only asking tells a lost durable from a quiet stream.
 _CHECK_AFTER_EMPTY_FETCHES = 5
 
+#: While a fetched batch is handled, its messages still waiting their turn get an
+#: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
+#: times this fraction.
+_KEEP_WAITING_EVERY = 0.5
+#: A message whose turn comes more than ``ack_wait_s`` times this fraction after its last
+#: (re)start of the ack wait gets an in-progress ack before its handler runs, so the
+#: handler has at least 90 % of ``ack_wait_s``; a batch handled faster sends none.
+_REFRESH_TURN_AFTER = 0.1
+
 
 def is_dead_letter(headers: Mapping[str, str] | None) -> bool:
     """Whether a message with these headers is a dead letter written by a
@@ -108,6 +117,29 @@ async def _settle(what: str, call: Awaitable[None],
         await call
     except Exception as exc:
         raise _SettleFailed(what, publisher) from exc
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A fetched batch being handled: ``msgs[turn]`` is handled since ``turn_started``,
+    ``msgs[turn + 1:]`` wait, their ack wait last (re)started at ``touched`` (all
+    :func:`time.monotonic`)."""
+
+    msgs: list[Msg]
+    touched: float
+    turn: int = 0
+    turn_started: float = 0.0
+
+
+async def _in_progress(msg: Msg) -> bool:
+    """Send ``msg``'s in-progress ack (``+WPI``: JetStream restarts its ack wait; one
+    publish, no reply awaited); False if the connection refused it (closed, draining,
+    buffer full): the message is then redelivered after its ack wait, as without."""
+    try:
+        await msg.in_progress()
+    except nats.errors.Error:
+        return False
+    return True
 
 
 class PoisonMessage(Exception):
@@ -208,7 +240,19 @@ class ConsumerOptions:
         backoff: delay before a failed message is redelivered (nak with delay; default
             full jitter 100 ms doubling to 5 s).
         ack_wait_s: the server redelivers a message not acked in this time, e.g. after
-            the consumer process died (default 30 s, > 0).
+            the consumer process died (default 30 s, > 0): it bounds each handler call,
+            counted from the message's turn, not from the fetch of its batch. The
+            messages of a batch waiting their turn get an in-progress ack (``+WPI``,
+            which restarts the ack wait) every ``ack_wait_s / 2`` while the handler
+            before them runs, and a message whose turn comes more than
+            ``ack_wait_s / 10`` after its ack wait (re)started gets one as its handler
+            starts, so a handler has at least 90 % of ``ack_wait_s`` however long the
+            ones before it took, and another process of the durable is not handed the
+            waiting messages meanwhile. A handler that outruns ``ack_wait_s`` has its
+            message redelivered (it is not kept in progress), and the messages waiting
+            behind it are no longer kept either: they are redelivered ``ack_wait_s``
+            after their last in-progress ack, so a stuck handler does not hold its
+            batch. A batch handled within ``ack_wait_s / 10`` sends none.
         batch_size: messages fetched per pull (default 64, >= 1).
         fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0); after
             5 empty pulls in a row the consumer checks that its durable still exists
@@ -278,9 +322,10 @@ class Consumer:
     a failure naks with ``backoff`` until ``max_deliveries``, then dead-letters; a
     :class:`PoisonMessage` or a refused identity dead-letters at once. A dead-lettered
     message is ``term``'ed only after the dead-letter publish was acked. Messages of a
-    batch are handled one after another, in stream order. A consumer killed mid-batch
-    leaves its unacked messages to be redelivered after ``ack_wait_s``: handlers must be
-    idempotent by :attr:`Delivery.msg_id`.
+    batch are handled one after another, in stream order, those waiting their turn kept
+    from redelivery by in-progress acks (see ``ConsumerOptions.ack_wait_s``). A consumer
+    killed mid-batch leaves its unacked messages to be redelivered within ``ack_wait_s``:
+    handlers must be idempotent by :attr:`Delivery.msg_id`.
 
     Args:
         js: a ``nats`` JetStream context.
@@ -353,10 +398,12 @@ class Consumer:
         self._sub = sub
 
     async def run_once(self) -> int:
-        """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it; returns how
-        many messages were handled (0 when none came). Every 5th empty fetch in a row,
-        and after a fetch the server refused, it checks that the durable still exists and
-        re-creates it if not (a pull from a deleted durable only ever comes back empty)."""
+        """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it, its messages
+        one after another, those waiting kept in progress (see
+        ``ConsumerOptions.ack_wait_s``); returns how many messages were handled (0 when
+        none came). Every 5th empty fetch in a row, and after a fetch the server refused,
+        it checks that the durable still exists and re-creates it if not (a pull from a
+        deleted durable only ever comes back empty)."""
         if self._sub is None:
             await self.start()
         assert self._sub is not None
@@ -373,9 +420,55 @@ class Consumer:
             await self._rebind_if_gone()
             raise
         self._empty_fetches = 0
-        for msg in msgs:
-            await self.handle(msg)
+        if len(msgs) == 1:
+            await self.handle(msgs[0])
+        else:
+            await self._handle_batch(msgs)
         return len(msgs)
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Handle ``msgs`` in order. JetStream started each one's ack wait when it
+        delivered the batch, so the later ones would be redelivered (to another process
+        of the durable, while this one is about to handle them) once the handlers before
+        them took ``ack_wait_s`` together: a task sends the waiting ones in-progress
+        acks every ``ack_wait_s / 2`` (:meth:`_keep_waiting`), and a message whose ack
+        wait (re)started more than ``ack_wait_s / 10`` before its turn gets one as its
+        turn comes. The task ends with the batch (also on a cancel or an error)."""
+        ack_wait = self.options.ack_wait_s
+        clock = time.monotonic
+        batch = _Batch(msgs, touched=clock(), turn_started=clock())
+        keeper = asyncio.create_task(self._keep_waiting(batch))
+        try:
+            for i, msg in enumerate(msgs):
+                now = clock()
+                batch.turn, batch.turn_started = i, now
+                if now - batch.touched > ack_wait * _REFRESH_TURN_AFTER:
+                    await _in_progress(msg)
+                await self.handle(msg)
+        finally:
+            # not awaited: awaiting here could swallow a cancel of this task
+            keeper.cancel()
+
+    async def _keep_waiting(self, batch: _Batch) -> None:
+        """Every ``ack_wait_s / 2`` send the messages of ``batch`` waiting their turn
+        an in-progress ack, unless the handler whose turn it is has run longer than
+        ``ack_wait_s`` (its message is being redelivered: the ones behind it are let go
+        too, rather than held by a stuck handler). Runs until cancelled."""
+        ack_wait = self.options.ack_wait_s
+        every = ack_wait * _KEEP_WAITING_EVERY
+        clock = time.monotonic
+        wake = batch.touched + every
+        while True:
+            await asyncio.sleep(max(wake - clock(), 0.0))
+            now = clock()
+            wake = now + every
+            if now - batch.turn_started > ack_wait:  # stuck: let the batch go
+                continue
+            for msg in batch.msgs[batch.turn + 1:]:
+                if not await _in_progress(msg):
+                    break  # the connection refused it: try again next time
+            else:
+                batch.touched = now
 
     async def _rebind_if_gone(self) -> None:
         """Ask the server for the durable (``consumer_info``); if it or its stream is gone

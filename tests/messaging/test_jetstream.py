@@ -463,6 +463,144 @@ async def test_consumer_killed_mid_batch_redelivers_unacked(
     assert time.monotonic() - t0 < 10
 
 
+async def test_messages_waiting_in_a_fetched_batch_are_not_redelivered_to_a_peer(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A batch's later messages outran ack_wait while they waited their turn: JetStream
+    starts every message's ack wait when it delivers the batch, and the consumer sent no
+    in-progress ack, so message k was redelivered once the k-1 handlers before it took
+    ack_wait together, though each took a fraction of it (defaults: 64 messages, 30 s, a
+    0.5 s handler). Another process of the durable then handled it while this one was
+    about to: measured with 6 messages, ack_wait 1 s, 0.3 s each: e3..e5 handled by
+    both, their delivery counts rising (with max_deliveries=1 they were dead-lettered
+    "not acked after 1 deliveries" while handled and acked). Now the waiting messages get
+    an in-progress ack every ack_wait/2, and one at their turn: no message is handled
+    twice or redelivered."""
+    pub = Publisher(bus.js, PublishOptions(registry=prom))
+    for i in range(6):
+        await pub.publish(bus.subject, b"x", msg_id=f"e{i}")
+    handled: list[tuple[str, str, float, float]] = []  # (consumer, msg_id, start, end)
+    first_started = asyncio.Event()
+
+    def handler(name: str) -> Any:
+        async def handle(d: Delivery) -> None:
+            first_started.set()
+            t0 = time.monotonic()
+            await asyncio.sleep(0.5)
+            handled.append((name, d.msg_id, t0, time.monotonic()))
+        return handle
+
+    def consumer(name: str) -> Consumer:  # 6 x 0.5 s: the batch takes 1.5 x ack_wait
+        return _consumer(bus, handler(name), prom, durable="shared", ack_wait_s=2.0,
+                         batch_size=6, fetch_timeout_s=0.3, filter_subject=bus.subject)
+
+    a, b = consumer("a"), consumer("b")
+    task_a = asyncio.create_task(a.run_once())  # fetches all 6 at once
+    await asyncio.wait_for(first_started.wait(), 5)
+    await b.start()
+    task_b = asyncio.create_task(b.run())  # a peer polling the durable meanwhile
+    try:
+        assert await asyncio.wait_for(task_a, 15) == 6
+
+        async def all_acked() -> bool:
+            info = await bus.js.consumer_info(bus.stream, "shared")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await until(all_acked, timeout_s=10, what="every message acked")
+        await asyncio.sleep(0.5)  # b would be handling a redelivered one by now
+    finally:
+        task_b.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task_b
+    assert max(end - start for _, _, start, end in handled) < 1.6  # each within ack_wait
+    ids = [m for _, m, _, _ in handled]
+    assert sorted(ids) == [f"e{i}" for i in range(6)], handled  # each once, all by a
+    assert {c for c, _, _, _ in handled} == {"a"}
+    info = await bus.js.consumer_info(bus.stream, "shared")
+    assert info.num_redelivered == 0
+    assert _sample(prom, "meshkit_messaging_redelivered_total", subject=bus.subject,
+                   consumer="shared") == 0
+
+
+async def test_a_stuck_handler_does_not_hold_the_rest_of_its_batch(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """The waiting messages of a batch are kept in progress only while the handler
+    whose turn it is runs within ack_wait: a handler that never returns has its message
+    redelivered after ack_wait, and the messages behind it within twice that, so a peer
+    of the durable handles the whole batch."""
+    for i in range(4):
+        await bus.js.publish(bus.subject, b"x", headers={"Nats-Msg-Id": f"s{i}"})
+    stuck = asyncio.Event()
+    by_b: set[str] = set()
+
+    async def never_returns(d: Delivery) -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    async def handle(d: Delivery) -> None:
+        by_b.add(d.msg_id)
+
+    a = _consumer(bus, never_returns, prom, durable="shared", ack_wait_s=1.0,
+                  batch_size=4, filter_subject=bus.subject)
+    b = _consumer(bus, handle, prom, durable="shared", ack_wait_s=1.0,
+                  filter_subject=bus.subject)
+    task_a = asyncio.create_task(a.run_once())
+    try:
+        await asyncio.wait_for(stuck.wait(), 5)
+        await b.start()
+        task_b = asyncio.create_task(b.run())
+        try:
+            await until(lambda: len(by_b) == 4, timeout_s=10,
+                        what="the stuck batch handled by the peer")
+        finally:
+            task_b.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task_b
+    finally:
+        task_a.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task_a
+
+
+async def test_in_progress_acks_only_for_messages_whose_turn_comes_late(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A batch handled fast sends no in-progress ack (``+WPI``) at all; in a batch of
+    slow handlers every message after the first gets one before it is acked (its turn
+    came more than ack_wait/10 after the fetch), the first none."""
+    from nats.aio.msg import Msg
+
+    progress: dict[int, int] = {}
+    acks: list[int] = []
+
+    async def spy(m: Msg) -> None:
+        seq = Msg.Metadata._from_reply(m.subject).sequence.stream
+        if m.data == b"+WPI":
+            progress[seq] = progress.get(seq, 0) + 1
+        elif m.data in (b"", b"+ACK"):
+            acks.append(seq)
+
+    sub = await bus.nc.subscribe(f"$JS.ACK.{bus.stream}.>", cb=spy)
+    try:
+        async def fast(d: Delivery) -> None:
+            pass
+
+        async def slow(d: Delivery) -> None:
+            await asyncio.sleep(0.3)
+
+        seqs: list[int] = []
+        for i in range(12):
+            seqs.append((await bus.js.publish(bus.subject, b"x",
+                                              headers={"Nats-Msg-Id": f"p{i}"})).seq)
+        for handler in (fast, slow):
+            c = _consumer(bus, handler, prom, ack_wait_s=2.0, batch_size=6,
+                          filter_subject=bus.subject)
+            assert await asyncio.wait_for(c.run_once(), 10) == 6
+        await until(lambda: len(acks) == 12, timeout_s=5, what="12 acks seen")
+    finally:
+        await sub.unsubscribe()
+    assert all(seq not in progress for seq in seqs[:7]), progress
+    assert all(progress.get(seq, 0) >= 1 for seq in seqs[7:]), progress
+
+
 async def test_one_trace_from_publish_to_consume(
         bus: Bus, prom: CollectorRegistry, tracing: Tracing) -> None:
     """The CONSUMER span is a child of the PRODUCER span, itself a child of the caller's."""
