@@ -10,7 +10,11 @@ healthy ones as ``healthyrep``. One client process drives closed-loop load, inte
   over ``slowrep``, to show whether the EWMA's time constant is what lets the slow replica
   in.
 
-Reports p50/p99 and each replica's share of calls (from the instance id in each answer).
+Reports p50/p99 and each replica's share of calls (from the instance id in each answer):
+medians over rounds, a replica that answered no call in a round counting 0 there.
+``p2c_p99_vs_healthy`` (the target's figure) is the median of the per-round ratios of
+``p2c``'s p99 to ``p2c-healthy``'s in the same round, ``p2c_p99_vs_healthy_range`` their
+lowest and highest (``None`` without a round to compare).
 """
 
 from __future__ import annotations
@@ -69,25 +73,45 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             rounds[name].append(await load(name, plan.slow_round_s))
     out: dict[str, Any] = {}
     for name, rs in rounds.items():
-        shares: dict[str, list[float]] = {}
-        for res in rs:
-            total = sum(res["tags"].values()) or 1
-            for tag, n in res["tags"].items():
-                shares.setdefault(tag, []).append(n / total)
+        service = contenders[name][0]
         out[name] = {
-            "service": contenders[name][0],
+            "service": service,
             "layers": list(contenders[name][1]),
             "qps": median([r["qps"] for r in rs]),
             "p50_us": median([r["p50_us"] for r in rs]),
             "p99_us": median([r["p99_us"] for r in rs]),
             "errors": sum(sum(r["errors"].values()) for r in rs),
             "calls": sum(r["calls"] for r in rs),
-            "shares": {tag: median(v) for tag, v in sorted(shares.items())},
+            "shares": _shares([s[0] for s in specs if s[1] == service], rs),
             "slow_share": median([r["tags"].get(SLOW_ID, 0) / (sum(r["tags"].values()) or 1)
                                   for r in rs]),
         }
-    healthy = out["p2c-healthy"]["p99_us"]
+    # paired with the all-healthy p99 of the same round (the contenders are interleaved)
+    ratios = [p["p99_us"] / h["p99_us"]
+              for p, h in zip(rounds["p2c"], rounds["p2c-healthy"], strict=True)
+              if h["p99_us"]]
     return {"slow_instance": SLOW_ID, "delay_ms": DELAY_S * 1000,
             "concurrency": plan.slow_concurrency, "rounds": plan.slow_rounds,
             "round_s": plan.slow_round_s, "contenders": out,
-            "p2c_p99_vs_healthy": out["p2c"]["p99_us"] / healthy if healthy else None}
+            "p2c_p99_vs_healthy": median(ratios) if ratios else None,
+            "p2c_p99_vs_healthy_range": [min(ratios), max(ratios)] if ratios else None}
+
+
+def _shares(instances: list[str], rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Each instance's median share of a round's answered calls (0 to 1), by instance id.
+
+    Args:
+        instances: the instances registered for the contender's service; one that
+            answered no call in a round counts 0 for that round (as in ``slow_share``),
+            so shares of one round sum to 1 and a replica the balancer avoids is not
+            overstated by the rounds it was not avoided in.
+        rounds: the load answers, each with ``tags`` (answered calls by instance id); an
+            instance answering though not in ``instances`` is counted as well.
+    """
+    known = sorted(set(instances).union(*(r["tags"] for r in rounds)))
+    out: dict[str, list[float]] = {iid: [] for iid in known}
+    for r in rounds:
+        total = sum(r["tags"].values()) or 1
+        for iid in known:
+            out[iid].append(r["tags"].get(iid, 0) / total)
+    return {iid: median(v) for iid, v in out.items()}
