@@ -66,38 +66,82 @@ def machine_note(results: dict[str, Any]) -> str | None:
     return note
 
 
+def _failed(label: str, row: Any) -> str | None:
+    """``"'defaults' failed 12 of 9,000 calls (UNAVAILABLE 10, INTERNAL 2)"`` when the
+    contender summary ``row`` (``summarize``'s, or a slow-replica row) counted errors,
+    else ``None``."""
+    if not isinstance(row, dict) or not row.get("errors"):
+        return None
+    by = row.get("errors_by_status") or {}
+    codes = ", ".join(f"{k} {v:,}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+    return (f"{label!r} failed {row['errors']:,} of {row.get('calls', 0):,} calls"
+            + (f" ({codes})" if codes else ""))
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets with the measured value and whether each is met (``None``: not
-    measured in this run)."""
+    """The issue's targets with the measured value and whether each is met.
+
+    Each row has ``target``, ``goal``, ``value``, ``unit`` and ``met``: ``True``/``False``,
+    or ``None`` when not measured in this run. A throughput or latency target is judged on
+    successful calls only, so when the contender it is about failed calls it is **not
+    met** (``met=False``), and when only its baseline did (``raw``, ``hand``,
+    ``p2c-healthy``) the comparison is not trusted (``met=None``); such rows carry a
+    ``note`` naming the failed calls by status code.
+    """
     sc = results.get("scenarios", {})
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, goal: str, value: Any, ok: Callable[[Any], bool], unit: str = "") -> None:
-        rows.append({"target": name, "goal": goal, "value": value, "unit": unit,
-                     "met": None if value is None else bool(ok(value))})
+    def add(name: str, goal: str, value: Any, ok: Callable[[Any], bool], unit: str = "",
+            *, contender: tuple[str, Any] | None = None,
+            baseline: tuple[str, Any] | None = None) -> None:
+        row = {"target": name, "goal": goal, "value": value, "unit": unit,
+               "met": None if value is None else bool(ok(value))}
+        mine = _failed(*contender) if contender is not None else None
+        theirs = _failed(*baseline) if baseline is not None else None
+        if mine is not None:
+            row["met"] = False
+            row["note"] = mine + (f"; baseline {theirs}" if theirs else "")
+        elif theirs is not None:
+            row["met"] = None
+            row["note"] = f"baseline {theirs}"
+        rows.append(row)
 
     ov = sc.get("overhead", {})
+
+    def overhead(conc: str, name: str) -> dict[str, Any]:
+        return {"contender": (name, _get(ov, "by_concurrency", conc, name)),
+                "baseline": ("raw", _get(ov, "by_concurrency", conc, "raw"))}
+
     add("defaults (dial()/serve() as shipped) QPS vs raw grpc.aio, concurrency 32", ">= 0.90x",
-        _get(ov, "by_concurrency", "32", "defaults", "qps_ratio"), lambda v: v >= 0.90, "x")
+        _get(ov, "by_concurrency", "32", "defaults", "qps_ratio"), lambda v: v >= 0.90, "x",
+        **overhead("32", "defaults"))
     add("defaults added p50, concurrency 1", "<= 60 us",
-        _get(ov, "by_concurrency", "1", "defaults", "added_p50_us"), lambda v: v <= 60, "us")
+        _get(ov, "by_concurrency", "1", "defaults", "added_p50_us"), lambda v: v <= 60, "us",
+        **overhead("1", "defaults"))
     add("full-1pct (full, 1 % traced) QPS vs raw, concurrency 32", ">= 0.80x",
-        _get(ov, "by_concurrency", "32", "full-1pct", "qps_ratio"), lambda v: v >= 0.80, "x")
+        _get(ov, "by_concurrency", "32", "full-1pct", "qps_ratio"), lambda v: v >= 0.80, "x",
+        **overhead("32", "full-1pct"))
     add("full (100 % traced) QPS vs raw, concurrency 32", ">= 0.70x",
-        _get(ov, "by_concurrency", "32", "full", "qps_ratio"), lambda v: v >= 0.70, "x")
+        _get(ov, "by_concurrency", "32", "full", "qps_ratio"), lambda v: v >= 0.70, "x",
+        **overhead("32", "full"))
     add("full: CPU added per call, client + server, concurrency 32", "<= 200 us",
         _get(ov, "by_concurrency", "32", "full", "added_cpu_us_per_call"),
-        lambda v: v <= 200, "us")
+        lambda v: v <= 200, "us", **overhead("32", "full"))
     cmp_ = sc.get("compare", {})
     add("full stack QPS vs hand-assembled stack, concurrency 32", ">= 1.5x",
         _get(cmp_, "by_concurrency", "32", "full", "qps_ratio_vs_hand"),
-        lambda v: v >= 1.5, "x")
+        lambda v: v >= 1.5, "x",
+        contender=("full", _get(cmp_, "by_concurrency", "32", "full")),
+        baseline=("hand", _get(cmp_, "by_concurrency", "32", "hand")))
     sr = sc.get("slow_replica", {})
+    p2c = ("p2c", _get(sr, "contenders", "p2c"))
     add("slow replica: P2C/EWMA p99 vs all-healthy p99", "<= 2x",
-        _get(sr, "p2c_p99_vs_healthy"), lambda v: v <= 2.0, "x")
+        _get(sr, "p2c_p99_vs_healthy"), lambda v: v <= 2.0, "x", contender=p2c,
+        baseline=("p2c-healthy", _get(sr, "contenders", "p2c-healthy")))
     add("slow replica: its share of calls under P2C/EWMA", "< 2 %",
         None if _get(sr, "contenders", "p2c", "slow_share") is None
-        else _get(sr, "contenders", "p2c", "slow_share") * 100, lambda v: v < 2.0, "%")
+        else _get(sr, "contenders", "p2c", "slow_share") * 100, lambda v: v < 2.0, "%",
+        contender=p2c)
     fo = _get(sc, "failover", "contenders", "default") or {}
     add("failover: failed calls (meshkit defaults)", "0", fo.get("failed_calls"),
         lambda v: v == 0)
@@ -149,6 +193,13 @@ def _measured(target: dict[str, Any]) -> str:
     if target["value"] is None:
         return "-"
     return f"{_fmt(target['value'], _digits(target))} {target['unit']}".strip()
+
+
+def _status(target: dict[str, Any], missed: str) -> str:
+    """A target's status (``met``, ``missed``, ``not measured``), with its note if any."""
+    status = {True: "met", False: missed, None: "not measured"}[target["met"]]
+    note = target.get("note")
+    return f"{status} ({note})" if note else status
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -286,9 +337,7 @@ def print_scenario(name: str, res: dict[str, Any]) -> None:
 
 def print_targets(rows: list[dict[str, Any]], note: str | None = None) -> None:
     """Print the target table, then ``note`` (:func:`machine_note`) when given."""
-    table = [[r["target"], r["goal"],
-              _measured(r),
-              {True: "met", False: "MISSED", None: "not measured"}[r["met"]]] for r in rows]
+    table = [[r["target"], r["goal"], _measured(r), _status(r, "MISSED")] for r in rows]
     print(f"\nTargets\n{_table(['target', 'goal', 'measured', 'status'], table)}", flush=True)
     if note:
         print(note, flush=True)
@@ -306,9 +355,7 @@ def markdown(results: dict[str, Any]) -> str:
         return "\n".join(lines)
 
     parts = []
-    rows = [[r["target"], r["goal"],
-             _measured(r),
-             {True: "met", False: "**missed**", None: "not measured"}[r["met"]]]
+    rows = [[r["target"], r["goal"], _measured(r), _status(r, "**missed**")]
             for r in results.get("targets", [])]
     parts.append("### Targets\n\n" + md(["target", "goal", "measured", "status"], rows))
     note = machine_note(results)
@@ -344,7 +391,7 @@ def plot(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
             names = list(data)
             for i, (key, label) in enumerate((("qps", "QPS"), ("p99_us", "p99 (us)"))):
                 ax = axes[i][j]
-                vals = [data[n][key] for n in names]
+                vals = [data[n][key] or 0.0 for n in names]  # None: no call succeeded
                 colors = ["#888888" if n == "raw" else "#1f77b4" if n.startswith("+")
                           else "#d62728" for n in names]
                 ax.barh(names, vals, color=colors)

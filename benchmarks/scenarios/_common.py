@@ -236,24 +236,37 @@ async def interleave(pairs: Sequence[Pair], *, concurrency: int, rounds: int, ro
 def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> dict[str, Any]:
     """Medians over rounds, and paired comparisons with the baseline's same rounds.
 
+    Throughput, latencies and CPU per call are those of *successful* calls (each round's
+    ``ok``): a failed call is counted in ``errors``, not served, so a stack failing calls
+    fast reads slower, not faster. A round without a successful call has no latency or
+    CPU per call and is left out of those medians and comparisons.
+
     Returns:
-        ``qps``, ``p50_us``, ``p99_us``, ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
-        (CPU seconds per 1000 calls), ``calls``, ``errors`` (``errors_by_status``: by status
-        code name), ``rounds``, and with a baseline
-        ``qps_ratio`` (median of per-round ratios), ``qps_ratio_range`` (their lowest and
-        highest), ``added_p50_us``/``added_p99_us`` and ``added_cpu_us_per_call`` (client +
-        server CPU per call over the baseline's, median of per-round differences, us).
+        ``qps`` (successful calls per second), ``p50_us``, ``p99_us`` (``None`` when no
+        round had a successful call), ``client_cpu_s_per_1k``, ``server_cpu_s_per_1k``
+        (CPU seconds per 1000 successful calls), ``calls`` (every call that ended),
+        ``ok``, ``errors`` (``errors_by_status``: by status code name), ``rounds``, and
+        with a baseline ``qps_ratio`` (median of per-round ratios), ``qps_ratio_range``
+        (their lowest and highest), ``added_p50_us``/``added_p99_us`` and
+        ``added_cpu_us_per_call`` (client + server CPU per call over the baseline's,
+        median of per-round differences, us; ``None`` when no round of both succeeded).
     """
+    served = [r for r in rounds if r["ok"]]
+
     def per_1k(key: str) -> float:
-        return median([r[key] / r["calls"] * 1000 for r in rounds if r["calls"]])
+        return median([r[key] / r["ok"] * 1000 for r in served])
+
+    def latency(key: str) -> float | None:
+        return median([r[key] for r in served]) if served else None
 
     out: dict[str, Any] = {
         "qps": median([r["qps"] for r in rounds]),
-        "p50_us": median([r["p50_us"] for r in rounds]),
-        "p99_us": median([r["p99_us"] for r in rounds]),
+        "p50_us": latency("p50_us"),
+        "p99_us": latency("p99_us"),
         "client_cpu_s_per_1k": per_1k("cpu_s"),
         "server_cpu_s_per_1k": per_1k("server_cpu_s"),
         "calls": sum(r["calls"] for r in rounds),
+        "ok": sum(r["ok"] for r in rounds),
         "errors": sum(sum(r["errors"].values()) for r in rounds),
         "errors_by_status": dict(sum((Counter(r["errors"]) for r in rounds), Counter())),
         "rounds": len(rounds),
@@ -264,12 +277,15 @@ def summarize(rounds: list[dict[str, Any]], base: list[dict[str, Any]] | None) -
         ratios = [r["qps"] / b["qps"] for r, b in pairs if b["qps"]]
         out["qps_ratio"] = median(ratios)
         out["qps_ratio_range"] = [min(ratios), max(ratios)] if ratios else None
-        out["added_p50_us"] = median([r["p50_us"] - b["p50_us"] for r, b in pairs])
-        out["added_p99_us"] = median([r["p99_us"] - b["p99_us"] for r, b in pairs])
+        both = [(r, b) for r, b in pairs if r["ok"] and b["ok"]]
+
+        def added(diff: list[float]) -> float | None:
+            return median(diff) if both else None
 
         def cpu_us(r: dict[str, Any]) -> float:
-            return (r["cpu_s"] + r["server_cpu_s"]) / r["calls"] * 1e6
+            return float((r["cpu_s"] + r["server_cpu_s"]) / r["ok"] * 1e6)
 
-        out["added_cpu_us_per_call"] = median([cpu_us(r) - cpu_us(b) for r, b in pairs
-                                               if r["calls"] and b["calls"]])
+        out["added_p50_us"] = added([r["p50_us"] - b["p50_us"] for r, b in both])
+        out["added_p99_us"] = added([r["p99_us"] - b["p99_us"] for r, b in both])
+        out["added_cpu_us_per_call"] = added([cpu_us(r) - cpu_us(b) for r, b in both])
     return out

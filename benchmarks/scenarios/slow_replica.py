@@ -10,11 +10,13 @@ healthy ones as ``healthyrep``. One client process drives closed-loop load, inte
   over ``slowrep``, to show whether the EWMA's time constant is what lets the slow replica
   in.
 
-Reports p50/p99 and each replica's share of calls (from the instance id in each answer):
-medians over rounds, a replica that answered no call in a round counting 0 there.
+Reports QPS (successful calls), p50/p99 (of successful calls, ``None`` when none
+succeeded), errors, and each replica's share of calls (from the instance id in each
+answer): medians over rounds, a replica that answered no call in a round counting 0 there.
 ``p2c_p99_vs_healthy`` (the target's figure) is the median of the per-round ratios of
-``p2c``'s p99 to ``p2c-healthy``'s in the same round, ``p2c_p99_vs_healthy_range`` their
-lowest and highest (``None`` without a round to compare).
+``p2c``'s p99 to ``p2c-healthy``'s in the same round (rounds where both had successful
+calls), ``p2c_p99_vs_healthy_range`` their lowest and highest (``None`` without a round
+to compare).
 """
 
 from __future__ import annotations
@@ -74,12 +76,13 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, rs in rounds.items():
         service = contenders[name][0]
+        served = [r for r in rs if r["ok"]]  # latencies are those of successful calls
         out[name] = {
             "service": service,
             "layers": list(contenders[name][1]),
             "qps": median([r["qps"] for r in rs]),
-            "p50_us": median([r["p50_us"] for r in rs]),
-            "p99_us": median([r["p99_us"] for r in rs]),
+            "p50_us": median([r["p50_us"] for r in served]) if served else None,
+            "p99_us": median([r["p99_us"] for r in served]) if served else None,
             "errors": sum(sum(r["errors"].values()) for r in rs),
             "calls": sum(r["calls"] for r in rs),
             "shares": _shares([s[0] for s in specs if s[1] == service], rs),
@@ -89,7 +92,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     # paired with the all-healthy p99 of the same round (the contenders are interleaved)
     ratios = [p["p99_us"] / h["p99_us"]
               for p, h in zip(rounds["p2c"], rounds["p2c-healthy"], strict=True)
-              if h["p99_us"]]
+              if p["ok"] and h["ok"] and h["p99_us"]]
     return {"slow_instance": SLOW_ID, "delay_ms": DELAY_S * 1000,
             "concurrency": plan.slow_concurrency, "rounds": plan.slow_rounds,
             "round_s": plan.slow_round_s, "contenders": out,

@@ -1,12 +1,17 @@
-"""The benchmark report's note on the machine's speed (``benchmarks.report.machine_note``)."""
+"""The benchmark report: its note on the machine's speed (``benchmarks.report.machine_note``),
+its tables, and the targets' verdicts on the figures the workers measure."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 
-from benchmarks import report
+from benchmarks import _worker, report
+from benchmarks.scenarios._common import summarize
 
 
 def _results(qps: float, client_s_per_1k: float, server_s_per_1k: float) -> dict[str, Any]:
@@ -81,3 +86,107 @@ def test_error_counts_name_their_status_codes() -> None:
                                                              "errors_by_status": {}}}}}
     (_, _, rows), = report.scenario_tables("overhead", res)
     assert rows[0][-1] == "12 (UNAVAILABLE 10, INTERNAL 2)" and rows[1][-1] == 0
+
+
+# -- failed calls are not served calls ---------------------------------------------------------
+def _target(call: Callable[[bytes], Awaitable[bytes]]) -> _worker._Target:
+    return _worker._Target(channel=None, call=call, mesh=False)
+
+
+async def _answered(request: bytes) -> bytes:
+    await asyncio.sleep(0.002)  # an answered call: 2 ms
+    return b"e1|" + request
+
+
+async def _refused(request: bytes) -> bytes:
+    await asyncio.sleep(0)  # a refused call: answered at once with an error
+    raise grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(),
+                               grpc.aio.Metadata(), details="bad token")
+
+
+async def _rounds(call: Callable[[bytes], Awaitable[bytes]], concurrency: int,
+                  n: int = 3) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(n):
+        r = await _worker._load(_target(call), {"concurrency": concurrency,
+                                                "duration_s": 0.1, "max_calls": 20_000})
+        r["server_cpu_s"] = 0.0  # no server process here
+        out.append(r)
+    return out
+
+
+@pytest.mark.timeout(30)
+async def test_a_contender_failing_every_call_does_not_meet_the_targets() -> None:
+    """A contender whose every call failed read as faster than raw grpc.aio, and the
+    targets table reported the ``defaults`` throughput and p50 targets as met.
+
+    ``_worker._load`` counted a failed call as a served one (``qps`` = every call that
+    ended / elapsed; the failed calls' short latencies in p50/p99; CPU divided by every
+    call), ``summarize`` built ``qps_ratio``/``added_p50_us`` from those and
+    ``report.targets`` judged them without looking at ``errors``: a stack refusing every
+    call at once (an expired token, ``UNAUTHENTICATED``) read "QPS ratio 70x, met" and
+    "added p50 -2088 us, met" (RESULTS.md records a ``+retry`` round of 10,656 failed
+    calls at 10,465 QPS, about 1.7x raw's). Now throughput, latencies and CPU per call
+    are those of successful calls (goodput; errors still counted), and a target whose
+    contender had errors is not met, with a note naming them."""
+    raw1, raw32 = await _rounds(_answered, 1), await _rounds(_answered, 8)
+    bad1, bad32 = await _rounds(_refused, 1), await _rounds(_refused, 8)
+    assert all(r["ok"] == 0 and r["calls"] > 0 for r in bad1 + bad32)  # every call failed
+    assert all(r["qps"] == 0 for r in bad1 + bad32)  # no call served
+    results = {"scenarios": {"overhead": {"by_concurrency": {
+        "1": {"raw": summarize(raw1, raw1), "defaults": summarize(bad1, raw1)},
+        "32": {"raw": summarize(raw32, raw32), "defaults": summarize(bad32, raw32)},
+    }}}}
+    defaults32 = results["scenarios"]["overhead"]["by_concurrency"]["32"]["defaults"]
+    assert defaults32["qps_ratio"] == 0 and defaults32["errors"] == defaults32["calls"] > 0
+    rows = {t["target"]: t for t in report.targets(results)}
+    qps = rows["defaults (dial()/serve() as shipped) QPS vs raw grpc.aio, concurrency 32"]
+    p50 = rows["defaults added p50, concurrency 1"]
+    assert qps["met"] is False and p50["met"] is False, (qps, p50)
+    assert "UNAUTHENTICATED" in qps["note"] and "UNAUTHENTICATED" in p50["note"]
+    raw_row = rows["full (100 % traced) QPS vs raw, concurrency 32"]
+    assert raw_row["met"] is None and "note" not in raw_row  # not run: no note
+
+
+@pytest.mark.timeout(30)
+async def test_latencies_and_throughput_are_those_of_successful_calls() -> None:
+    """A round where some calls fail fast: its QPS counts the answered calls only and its
+    percentiles are theirs (the refused calls' near-zero latencies no longer pull p50
+    down); the round still reports every call and the errors by status."""
+    flip = [0]
+
+    async def half(request: bytes) -> bytes:
+        flip[0] += 1
+        return await (_refused if flip[0] % 2 else _answered)(request)
+
+    (r,) = await _rounds(half, 4, n=1)
+    assert r["ok"] > 0 and r["errors"] == {"UNAUTHENTICATED": r["calls"] - r["ok"]}
+    assert r["qps"] == pytest.approx(r["ok"] / r["elapsed_s"])
+    assert r["p50_us"] >= 1500, r  # the answered calls' 2 ms, not a refused call's ~0
+
+
+def _summary(errors: int, qps_ratio: float = 1.0) -> dict[str, Any]:
+    return {"qps_ratio": qps_ratio, "added_p50_us": 10.0, "calls": 1000, "errors": errors,
+            "errors_by_status": {"UNAVAILABLE": errors} if errors else {}}
+
+
+@pytest.mark.parametrize(("contender", "baseline", "met"),
+                         [(0, 0, True), (3, 0, False), (0, 3, None), (3, 3, False)])
+def test_errors_decide_the_verdict_and_are_named(contender: int, baseline: int,
+                                                 met: bool | None,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Failed calls of the contender make its target not met; failed calls of the baseline
+    only (raw) leave the comparison unjudged; either way the row says which failed."""
+    conc = {"raw": _summary(baseline), "defaults": _summary(contender)}
+    results = {"scenarios": {"overhead": {"by_concurrency": {"1": conc, "32": conc}}}}
+    (row,) = [t for t in report.targets(results) if t["target"].startswith("defaults added")]
+    assert row["met"] is met and row["value"] == 10.0
+    if contender:
+        assert row["note"].startswith("'defaults' failed 3 of 1,000 calls (UNAVAILABLE 3)")
+    if baseline:
+        assert "baseline 'raw' failed 3 of 1,000 calls (UNAVAILABLE 3)" in row["note"]
+    if not contender and not baseline:
+        assert "note" not in row
+    report.print_targets([row])
+    status = {True: "met", False: "MISSED", None: "not measured"}[met]
+    assert f"{status} (" in capsys.readouterr().out or met is True
