@@ -8,12 +8,11 @@ import json as _json
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, MutableMapping
+from collections.abc import Callable, MutableMapping
 from contextvars import Context, ContextVar, copy_context
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -21,7 +20,12 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry import trace
 
-from meshkit._log import get_logger  # installs the quiet default
+from meshkit._log import (  # installs the quiet default
+    _plain_traceback,
+    get_logger,
+    is_sensitive_key,
+    redact_secrets,
+)
 from meshkit.errors import ConfigError
 
 try:  # optional (``meshkit[fast]``): the JSON encoder structlog recommends for speed
@@ -56,35 +60,6 @@ __all__ = [
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
            "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 
-# Keys whose values are credentials, whatever the case or separator: ``authorization``,
-# ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...
-_SENSITIVE_RE = re.compile(
-    r"(authorization|auth[-_]?token|token|secret|password|passwd|cookie|api[-_]?key"
-    r"|private[-_]?key|credential|session[-_]?id|jwt|bearer)",
-    re.IGNORECASE,
-)
-REDACTED = "[REDACTED]"
-
-
-def is_sensitive_key(key: str) -> bool:
-    """Whether a metadata or log field name ``key`` names a credential.
-
-    Matches (case-insensitively, anywhere in the name) ``authorization``, ``token``,
-    ``secret``, ``password``, ``passwd``, ``cookie``, ``api-key``/``api_key``,
-    ``private-key``, ``credential``, ``session-id``, ``jwt`` and ``bearer``; so
-    ``x-auth-token`` and ``grpc-trace-bin`` -> ``True``/``False`` respectively.
-    """
-    hit = _sensitive_cache.get(key)
-    if hit is None:
-        hit = _SENSITIVE_RE.search(key) is not None
-        if len(_sensitive_cache) < 4096:  # field names repeat; bounded all the same
-            _sensitive_cache[key] = hit
-    return hit
-
-
-_sensitive_cache: dict[str, bool] = {}
-
-
 def _span_context_is_tuple() -> bool:
     """Whether a ``SpanContext`` is the tuple ``(trace_id, span_id, is_remote,
     trace_flags, trace_state, is_valid)`` (opentelemetry-api's layout since 1.0): the hot
@@ -116,45 +91,6 @@ def add_trace_context(
             event_dict["trace_id"] = format(ctx.trace_id, "032x")
             event_dict["span_id"] = format(ctx.span_id, "016x")
     return event_dict
-
-
-def redact_secrets(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: replace the value of every field named like a credential
-    (:func:`is_sensitive_key`) with ``"[REDACTED]"``, one level deep into dicts, and in
-    ``(key, value)`` pair collections such as gRPC metadata: lists and tuples of pairs,
-    ``grpc.aio.Metadata`` (what ``initial_metadata()``/``trailing_metadata()`` and a
-    client interceptor's ``client_call_details.metadata`` are) and any other re-iterable
-    collection of ``(key, value)`` pairs (not a string, bytes or a one-shot iterator, which
-    reading would consume); such a collection is logged as the list of its pairs. A key
-    may be ``str`` or ``bytes`` (as gRPC metadata keys may), in dicts as in pairs.
-
-    A defence in depth: meshkit never logs metadata values or message bodies itself.
-    """
-    for key, value in event_dict.items():
-        if key != "event" and is_sensitive_key(key):
-            event_dict[key] = REDACTED
-        elif isinstance(value, dict):
-            event_dict[key] = {k: REDACTED if isinstance(k, str | bytes) and _named_secret(k)
-                               else v for k, v in value.items()}
-        elif (isinstance(value, list | tuple) or (
-                not isinstance(value, _NOT_PAIRS) and isinstance(value, Collection))) and (
-                value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(
-                    p[0], str | bytes) for p in value)):
-            event_dict[key] = [(k, REDACTED if _named_secret(k) else v) for k, v in value]
-    return event_dict
-
-
-def _named_secret(key: str | bytes) -> bool:
-    """:func:`is_sensitive_key` of a key given as ``str`` or as ``bytes`` (as metadata
-    keys may be; a byte that is not ASCII is read as Latin-1, so never fails)."""
-    return is_sensitive_key(key if isinstance(key, str) else key.decode("latin-1"))
-
-
-# values redact_secrets never reads as pair collections (strings and bytes iterate over
-# characters; the scalars are tested first because the Collection ABC check costs more)
-_NOT_PAIRS = (str, bytes, bytearray, memoryview, int, float, bool, type(None))
 
 
 def _merge_contextvars_redacted(
@@ -667,16 +603,6 @@ def json_dumps(obj: Any, **kw: Any) -> str:
         except TypeError:
             pass
     return _json.dumps(obj, **kw)
-
-
-def _plain_traceback(sio: TextIO, exc_info: structlog.typing.ExcInfo) -> None:
-    """structlog's plain traceback: the console renderer's default is ``rich``'s
-    traceback when ``rich`` is installed, which prints every frame's local variables
-    (``show_locals=True``; a token or request held in one would reach the log), or
-    ``better_exceptions``', which shows values too. A function of its own, not
-    ``plain_traceback`` itself, which ConsoleRenderer would take for its default when
-    neither is installed and swap for the monochrome default without colors."""
-    structlog.dev.plain_traceback(sio, exc_info)
 
 
 def configure_logging(level: str | None = None, *, json: bool | None = None,

@@ -1004,3 +1004,95 @@ def test_console_tracebacks_never_print_frame_locals(
     err = capsys.readouterr().err
     assert SECRET not in err and "LOCALS" not in err, err
     assert "call failed" in err and "Traceback" in err and "the handler failed" in err, err
+
+
+def _process(script: str, *args: str, extra_path: Path | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child Python process (it may configure structlog, fork or share
+    a pipe, none of which may leak into the test session), ``OTEL_*`` and ``MESHKIT_*``
+    variables removed and ``extra_path`` first on its ``PYTHONPATH``; it must succeed."""
+    import os
+
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHKIT_"))}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [*([str(extra_path)] if extra_path is not None else []), str(root)])
+    proc = subprocess.run([sys.executable, *(() if script.endswith(".py") else ("-c",)),
+                           script, *args], capture_output=True, text=True, timeout=60,
+                          check=False, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+# A stand-in for ``better_exceptions`` (structlog's ConsoleRenderer takes it, or ``rich``
+# with show_locals=True, for its default exception formatter when it is installed): the
+# traceback, then the values of the failing frame's local variables, as both show them.
+_BETTER_EXCEPTIONS = '''
+import traceback
+
+def format_exception(etype, value, tb):
+    out = traceback.format_exception(etype, value, tb)
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    out.append(f"LOCALS {tb.tb_frame.f_locals!r}\\n")
+    return out
+'''
+
+# A server whose handler raises while a token sits in a local variable and another is bound
+# with structlog.contextvars; no configure_logging(): the server's "unhandled exception"
+# error goes through the standard library bridge. sys.argv[1]: the registry's path.
+_UNHANDLED_UNCONFIGURED = """
+import asyncio, sys
+import grpc
+import structlog
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+
+async def boom(request, context):
+    api_token = "@SECRET@"  # e.g. the caller's bearer token, read by the handler
+    structlog.contextvars.bind_contextvars(request_id="r-9", session_id="@SECRET@")
+    raise RuntimeError("the database is down")
+
+def add(_servicer, server):
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.S", {"M": grpc.unary_unary_rpc_method_handler(boom)}),))
+
+async def main():
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("t", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, drain_delay_s=0, grace_s=1.0, telemetry=None))
+    await srv.start()
+    async with meshkit.dial("t", registry=reg, options=meshkit.DialOptions(
+            insecure=True, telemetry=None)) as ch:
+        try:
+            await ch.unary_unary("/t.S/M")(b"x", timeout=5)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() is grpc.StatusCode.UNKNOWN, e
+    await srv.drain()
+    await reg.close()
+
+asyncio.run(main())
+""".replace("@SECRET@", SECRET)
+
+
+def test_unconfigured_logging_never_prints_frame_locals_or_bound_secrets(
+        tmp_path: Path) -> None:
+    """With logging left unconfigured (the default: meshkit's lines go through the
+    standard library, warnings and errors reach stderr), meshkit rendered its lines with
+    structlog's default ConsoleRenderer, whose exception formatter is ``rich``'s
+    (``show_locals=True``) or ``better_exceptions``' when either is installed: the
+    server's ``unhandled exception`` error printed on stderr the value of every local of
+    the failing handler frame (a token the handler held) and, unredacted, a
+    credential-named value the handler bound with ``structlog.contextvars``; both are
+    kept off configure_logging()'s lines. meshkit's lines in the quiet default now get
+    the same plain traceback (no locals) and credential redaction; the application's
+    own unconfigured structlog loggers keep structlog's defaults."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "better_exceptions.py").write_text(_BETTER_EXCEPTIONS)
+    proc = _process(_UNHANDLED_UNCONFIGURED, str(tmp_path / "reg"), extra_path=stubs)
+    err = proc.stderr
+    assert proc.stdout == ""
+    assert "unhandled exception" in err and "the database is down" in err, err
+    assert "Traceback" in err and "r-9" in err and "[REDACTED]" in err, err
+    assert "s3cr3t" not in err and "LOCALS" not in err, err
