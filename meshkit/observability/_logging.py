@@ -621,6 +621,12 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     lines written in batches by a :class:`BufferedLineWriter`; in JSON each event is
     captured as a tuple and rendered when its batch is written.
 
+    It may be called again (e.g. once the command line is parsed): the configuration set
+    last applies to every logger, meshkit's module loggers already used included (loggers
+    are not cached, ``cache_logger_on_first_use=False``: about 1.8 us more per line; an
+    application may pass ``cache_logger_on_first_use=True`` to ``structlog.configure``
+    after this, and a logger then keeps the configuration in force at its first line).
+
     Until this is called (and unless the application configured structlog itself) meshkit
     writes nothing to stdout: its loggers go through the standard library's ``logging``
     (:func:`get_logger`) and the access log is off (on only if the standard library
@@ -697,7 +703,9 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         ],
         wrapper_class=wrapper,
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        # not cached: a logger already used (meshkit's module loggers) follows a later
+        # configure_logging() or structlog.configure() (~1.8 us more per line logged)
+        cache_logger_on_first_use=False,
     )
     flush_logs()  # what the previous access logger still holds
     if json:

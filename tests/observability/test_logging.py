@@ -1096,3 +1096,30 @@ def test_unconfigured_logging_never_prints_frame_locals_or_bound_secrets(
     assert "unhandled exception" in err and "the database is down" in err, err
     assert "Traceback" in err and "r-9" in err and "[REDACTED]" in err, err
     assert "s3cr3t" not in err and "LOCALS" not in err, err
+
+
+# configure_logging() twice, the first time at WARNING (e.g. a CLI before it parsed
+# --verbose), with a meshkit module logger used in between.
+_RECONFIGURE = """
+import meshkit.server as server_mod
+from meshkit.observability import configure_logging
+
+configure_logging("WARNING", json=True)
+server_mod._log.warning("first, at warning")          # meshkit.server's module logger
+server_mod._log.info("dropped at WARNING, as asked")
+configure_logging("INFO", json=True)
+server_mod._log.info("second, at info")
+"""
+
+
+def test_configure_logging_again_applies_to_meshkit_loggers_already_used() -> None:
+    """configure_logging() passed ``cache_logger_on_first_use=True``: each meshkit module
+    logger (a structlog proxy) bound itself for good to the configuration in force when it
+    first logged, so a second configure_logging() (a CLI raising the level after parsing
+    ``--verbose``, a switch to the console format), or the application's own
+    ``structlog.configure`` after it, did not reach meshkit's loggers already used: here
+    meshkit.server's info line after ``configure_logging("INFO")`` was dropped. Loggers
+    are no longer cached: the configuration set last applies to every line."""
+    proc = _process(_RECONFIGURE)
+    events = [ln["event"] for ln in _json_lines(proc.stderr)]
+    assert events == ["first, at warning", "second, at info"], proc.stderr
