@@ -9,12 +9,16 @@ nothing outlives the runner.
 server (``--kind raw``), the hand-assembled stack (``hand``) or a :class:`meshkit.MeshServer`
 with the named layers (``mesh``), prints ``{"ready": ..., "port": ..., "t": <monotonic s at
 registration>}`` and serves until SIGTERM/SIGINT or stdin EOF (meshkit servers then drain:
-deregister, ``drain_delay_s``, stop).
+deregister, ``drain_delay_s``, stop). ``{"op": "flush"}`` writes the access-log lines it
+still buffers and answers ``{"ok": true}``: the runner sends it at the end of a measured
+round, before it reads the server's CPU time, so that the round's lines are written (and
+their CPU counted) in that round.
 
 ``client``: opens named channels (``open``) and drives closed-loop load on them (``load``):
 ``concurrency`` coroutines calling ``Unary`` back to back until ``duration_s`` or
 ``max_calls``; answers with latency percentiles, errors by status, the CPU seconds of this
-process, calls per serving instance, and optionally every call's (start, latency, instance).
+process (access-log lines of the round written within it), calls per serving instance, and
+optionally every call's (start, latency, instance).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import grpc
 import meshkit
 from benchmarks import stacks
 from benchmarks.procs import LOOP_ENV
+from meshkit.observability import flush_logs
 from tests.support import echo
 
 _perf = time.perf_counter
@@ -128,12 +133,14 @@ async def _serve(args: argparse.Namespace) -> int:
         if await wire.recv() is None:
             return 0
 
-    async def eof() -> None:
-        while await wire.recv() is not None:
-            pass
+    async def commands() -> None:
+        while (cmd := await wire.recv()) is not None:
+            if cmd.get("op") == "flush":  # end of a measured round: its lines, its CPU
+                flush_logs()
+                wire.send({"ok": True})
         stop.set()
 
-    eof_task = loop.create_task(eof())
+    eof_task = loop.create_task(commands())
     try:
         if raw_server is not None:
             port = raw_server.add_insecure_port("127.0.0.1:0")
@@ -214,9 +221,10 @@ async def _load(target: _Target, cmd: dict[str, Any]) -> dict[str, Any]:
         second (goodput: a stack failing calls fast is not faster); ``p50_us``,
         ``p90_us``, ``p99_us``, ``max_us``, ``mean_us``: latencies of the successful calls
         in microseconds (0.0 when none succeeded); ``cpu_s``: this process's CPU seconds
-        during the round; ``tags``: successful calls by instance id; ``timeline`` when
-        asked: ``(monotonic start s, latency s, instance id or "!" + status code)`` of
-        every call, failed ones included.
+        during the round, the access-log lines it buffered written within it (those
+        pending before it are written first, outside it); ``tags``: successful calls by
+        instance id; ``timeline`` when asked: ``(monotonic start s, latency s, instance
+        id or "!" + status code)`` of every call, failed ones included.
     """
     concurrency = int(cmd["concurrency"])
     duration_s = float(cmd["duration_s"])
@@ -271,10 +279,17 @@ async def _load(target: _Target, cmd: dict[str, Any]) -> dict[str, Any]:
             if want_timeline:
                 timeline.append((round(m0, 6), round(dt, 6), tag))
 
+    flush_logs()  # lines of earlier work are not this round's
     cpu0 = time.process_time()
     t_start = _perf()
     worker = slow if detailed else fast
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    # The access log writes in batches (a 0.2 s timer): the round's last lines are written
+    # now, in the measured window, not by the timer after its CPU time was read. A client
+    # call's line is captured up to two loop turns after its response: let them run.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    flush_logs()
     elapsed = _perf() - t_start
     cpu = time.process_time() - cpu0
     latencies.sort()

@@ -123,12 +123,15 @@ class Pair:
     tracing: bool = True
 
     async def load(self, concurrency: int, duration_s: float, **extra: Any) -> dict[str, Any]:
-        """One bounded load round on this pair; adds the server's CPU seconds."""
+        """One bounded load round on this pair; adds the server's CPU seconds
+        (``server_cpu_s``), read after the server wrote the access-log lines it still
+        buffered (``{"op": "flush"}``), so that the round's lines count in the round."""
         s0 = self.server.cpu_s() or 0.0
         res = await self.client.request(
             {"op": "load", "name": "main", "concurrency": concurrency,
              "duration_s": duration_s, "max_calls": int(duration_s * 100_000) + 1000, **extra},
             timeout_s=duration_s + 60)
+        await self.server.request({"op": "flush"}, timeout_s=30)
         res["server_cpu_s"] = (self.server.cpu_s() or 0.0) - s0
         return res
 
