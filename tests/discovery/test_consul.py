@@ -1072,7 +1072,18 @@ def _write_pki(tmp: Path) -> dict[str, str]:
              .serial_number(x509.random_serial_number())
              .not_valid_before(now - datetime.timedelta(minutes=5))
              .not_valid_after(now + datetime.timedelta(hours=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             # Python 3.13's ssl verifies with VERIFY_X509_STRICT, which refuses a CA
+             # without keyUsage or subjectKeyIdentifier and a leaf without an
+             # authorityKeyIdentifier (real Consul/OpenSSL-made certificates carry them)
+             .add_extension(x509.KeyUsage(
+                 digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                 data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                 crl_sign=ca, encipher_only=False, decipher_only=False), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                            critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                 issuer_key.public_key()), critical=False))
         if ip:
             b = b.add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
