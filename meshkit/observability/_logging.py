@@ -8,6 +8,7 @@ import json as _json
 import logging
 import math
 import os
+import select
 import sys
 import threading
 import time
@@ -120,8 +121,14 @@ class BufferedLineWriter:
     Outside an event loop every line is written at once.
 
     This is how the access log is written (Envoy's access logs flush on a 1 s interval by
-    default, ``file_flush_interval_msec``): one ``write()`` per batch instead of per call.
-    A process killed with SIGKILL loses at most the last ``flush_interval_s`` of lines.
+    default, ``file_flush_interval_msec``): a few ``write()`` s per batch instead of one
+    per call. A batch goes out in chunks of whole lines, each at most ``PIPE_BUF`` bytes
+    (4096 on Linux) once encoded and flushed on its own (a line longer than that goes
+    alone): a pipe write of up to ``PIPE_BUF`` bytes is atomic (POSIX ``write(2)``), so
+    processes sharing a stderr pipe (pre-fork workers, a container's processes) never
+    splice each other's lines, whereas a larger write may be cut anywhere while the
+    reader lags. A process killed with SIGKILL loses at most the last
+    ``flush_interval_s`` of lines.
 
     Args:
         file: a text stream (default ``sys.stderr`` at write time).
@@ -205,15 +212,63 @@ class BufferedLineWriter:
         if not self._buf:
             return
         lines = _render_lines(self._buf)
-        data = "\n".join(lines) + "\n"
         self._buf.clear()
         self._size = 0
         out = self._file if self._file is not None else sys.stderr
         try:
-            out.write(data)
-            out.flush()
+            chunks = _atomic_chunks(lines, getattr(out, "encoding", None),
+                                    getattr(out, "errors", None))
+            if len(chunks) > 1:
+                out.flush()  # what others left in the stream's buffer goes out on its own
+            for chunk in chunks:
+                out.write(chunk)
+                out.flush()  # one write(2) per chunk
         except (OSError, ValueError):  # closed or broken stream: logs must not break calls
             pass
+
+
+#: Bytes a pipe write is atomic up to (POSIX: at least 512; 4096 on Linux).
+PIPE_BUF: int = getattr(select, "PIPE_BUF", 512)
+
+
+def _atomic_chunks(lines: list[str], encoding: str | None = None,
+                   errors: str | None = None) -> list[str]:
+    """``lines`` as newline-terminated chunks of whole lines, each at most
+    :data:`PIPE_BUF` bytes once encoded with ``encoding`` and ``errors`` (a stream's;
+    default UTF-8, strict), but a line longer than that, which makes a chunk alone. The
+    usual all-ASCII batch is cut in one pass over the joined text (a character is a byte
+    in every ASCII-compatible encoding); any other is measured line by line."""
+    data = "\n".join(lines) + "\n"
+    chunks: list[str] = []
+    if data.isascii():
+        end = len(data)
+        if end <= PIPE_BUF:
+            return [data]
+        start = 0
+        while end - start > PIPE_BUF:
+            cut = data.rfind("\n", start, start + PIPE_BUF)  # the chunk ends at cut + 1
+            if cut < 0:  # the first line alone is longer than PIPE_BUF
+                cut = data.index("\n", start + PIPE_BUF)
+            chunks.append(data[start:cut + 1])
+            start = cut + 1
+        if start < end:
+            chunks.append(data[start:])
+        return chunks
+    enc, err = encoding or "utf-8", errors or "strict"
+    held: list[str] = []
+    size = 0
+    for line in lines:
+        try:
+            n = len(line.encode(enc, err)) + 1
+        except (LookupError, UnicodeError):  # its write fails too, alone
+            n = PIPE_BUF + 1
+        if held and size + n > PIPE_BUF:
+            chunks.append("\n".join(held) + "\n")
+            held, size = [], 0
+        held.append(line)
+        size += n
+    chunks.append("\n".join(held) + "\n")
+    return chunks
 
 
 def _render_lines(buf: list[Any]) -> list[str]:

@@ -1123,3 +1123,99 @@ def test_configure_logging_again_applies_to_meshkit_loggers_already_used() -> No
     proc = _process(_RECONFIGURE)
     events = [ln["event"] for ln in _json_lines(proc.stderr)]
     assert events == ["first, at warning", "second, at info"], proc.stderr
+
+
+# Writes 2,500 JSON access lines of about 330 bytes with configure_logging's defaults
+# (batched every 0.2 s), yielding to the loop every 50. sys.argv[1]: a tag for its lines.
+_ACCESS_WRITER = """
+import asyncio, sys
+from meshkit.observability._logging import configure_logging, write_access
+
+configure_logging("info", json=True)
+TAG = sys.argv[1]
+
+def build(i, tag):
+    return {"side": "server", "service": tag, "method": "/ecom.v1.OrderService/GetOrder",
+            "grpc_type": "unary", "code": "OK", "duration_ms": 1.234, "i": i,
+            "peer": "10.0.0.17:51234", "pad": "x" * 60}
+
+async def main():
+    for i in range(2500):
+        write_access(False, build, (i, TAG))
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+
+asyncio.run(main())
+"""
+
+
+def test_access_lines_of_processes_sharing_stderr_never_interleave() -> None:
+    """Two processes share one stderr pipe (pre-fork workers, a container's processes)
+    and a reader that lags. The access log's BufferedLineWriter wrote a whole batch, up
+    to 64 KiB, in one write(); a pipe write is atomic only up to PIPE_BUF (4096 bytes on
+    Linux, POSIX write(2)), so the two processes' batches were spliced mid-line: 145-216
+    of 5,000 lines reached the collector as broken JSON. A batch is now written in chunks
+    cut at line ends, each at most PIPE_BUF bytes: every line arrives whole."""
+    import os
+    import time
+
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESHKIT_"))}
+    r, w = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", _ACCESS_WRITER, tag], stderr=w,
+                              stdout=subprocess.DEVNULL, cwd=root, env=env)
+             for tag in ("svc-a", "svc-b")]
+    os.close(w)
+    data = bytearray()
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            chunk = os.read(r, 1024)  # a collector a little slower than the writers
+            if not chunk:
+                break
+            data += chunk
+            time.sleep(0.0005)
+    finally:
+        os.close(r)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0]
+    lines = data.decode(errors="replace").splitlines()
+    broken = [ln for ln in lines if not _json_lines(ln)]
+    assert not broken, (f"{len(broken)} of {len(lines)} lines broken by interleaved "
+                        f"writes, e.g. {broken[0][:200]!r}")
+    assert len(lines) == 5000, len(lines)
+
+
+@pytest.mark.parametrize("lines", [
+    pytest.param(["a" * 300] * 40, id="ascii"),
+    pytest.param(["b" * 4095, "c" * 4095, "d"], id="ascii-exactly-PIPE_BUF"),
+    pytest.param(["e" * 10, "f" * 9000, "g" * 10, "h" * 5000], id="ascii-longer-lines-alone"),
+    pytest.param(["é" * 150, "x" * 300, "€" * 1400, "y"] * 6, id="utf-8"),
+    pytest.param(["z" * 100, "\ud800 lone surrogate", "z"], id="unencodable-alone"),
+])
+def test_a_batch_is_cut_at_line_ends_into_pipe_atomic_chunks(lines: list[str]) -> None:
+    """The chunks of a batch hold its lines, in order and whole, each chunk at most
+    PIPE_BUF bytes once encoded unless it is one line longer than that (or one that does
+    not encode), and as few chunks as that allows."""
+    from meshkit.observability._logging import PIPE_BUF, _atomic_chunks
+
+    chunks = _atomic_chunks(lines, "utf-8", "strict")
+    assert "".join(chunks) == "\n".join(lines) + "\n"
+    assert all(c.endswith("\n") for c in chunks)
+    for i, c in enumerate(chunks):
+        try:
+            size = len(c.encode())
+        except UnicodeEncodeError:
+            size = PIPE_BUF + 1
+        assert size <= PIPE_BUF or c.count("\n") == 1, (i, size)
+        if i + 1 < len(chunks):  # the next chunk's first line did not fit in this one
+            first = chunks[i + 1].split("\n", 1)[0] + "\n"
+            try:
+                more = len(first.encode())
+            except UnicodeEncodeError:
+                more = PIPE_BUF + 1
+            assert size + more > PIPE_BUF, i
