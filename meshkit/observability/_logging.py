@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json as _json
 import logging
 import math
@@ -117,7 +118,8 @@ class BufferedLineWriter:
     """A structlog logger that writes rendered lines to ``file`` in batches: at most
     ``flush_interval_s`` after the first unwritten line (a timer on the running asyncio
     loop; re-armed on the next writing loop if that one has stopped), as soon as
-    ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at interpreter exit.
+    ``max_buffer_bytes`` are pending, at :func:`flush_logs` and at interpreter exit (a
+    ``multiprocessing`` worker's too).
     Outside an event loop every line is written at once.
 
     This is how the access log is written (Envoy's access logs flush on a 1 s interval by
@@ -291,8 +293,10 @@ _writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at 
 
 def flush_logs() -> None:
     """Write every line still buffered by :class:`BufferedLineWriter` s (the access log).
-    ``MeshServer.drain``, ``MeshChannel.close``, interpreter exit and ``os.fork`` (before
-    it, in the parent) call it."""
+    ``MeshServer.drain``, ``MeshChannel.close``, interpreter exit, the exit of a
+    ``multiprocessing`` worker (fork and fork server start methods: at threading's
+    shutdown, before its ``os._exit()``) and ``os.fork`` (before it, in the parent) call
+    it."""
     for w in list(_writers):
         w.flush()
 
@@ -309,6 +313,15 @@ def _forked() -> None:
 
 
 atexit.register(flush_logs)
+# A multiprocessing worker started by fork or by the fork server ends with os._exit(),
+# which runs no atexit handler, after its _bootstrap ran threading's shutdown (as the
+# interpreter does before atexit at a normal exit): the lines its last calls left are
+# written there. The hook is private but stable (concurrent.futures uses it since 3.9).
+_register_threading_atexit: Callable[[Callable[[], None]], None] | None = getattr(
+    threading, "_register_atexit", None)
+if _register_threading_atexit is not None:
+    with contextlib.suppress(RuntimeError):  # imported while the interpreter shuts down
+        _register_threading_atexit(flush_logs)
 # Lines buffered at a fork would be written by the parent and again by each child that
 # exits normally (a pre-fork worker, a daemon's double fork): written before the fork,
 # and the child's copies dropped (as the standard library's logging re-creates its locks)

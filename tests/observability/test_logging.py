@@ -1219,3 +1219,46 @@ def test_a_batch_is_cut_at_line_ends_into_pipe_atomic_chunks(lines: list[str]) -
             except UnicodeEncodeError:
                 more = PIPE_BUF + 1
             assert size + more > PIPE_BUF, i
+
+
+# A multiprocessing worker (start method sys.argv[1]) whose calls leave access lines in
+# the buffer when its target returns (its asyncio.run() ended before the 0.2 s timer).
+_MP_WORKER = """
+import asyncio, multiprocessing, sys
+from meshkit.observability._logging import configure_logging, write_access
+
+configure_logging("info", json=True)
+
+def build(i):
+    return {"side": "client", "target": "orderd", "method": "/m/M", "code": "OK",
+            "worker_call": i}
+
+def worker():
+    async def main():
+        for i in range(3):
+            write_access(False, build, (i,))
+    asyncio.run(main())
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    p = multiprocessing.Process(target=worker)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0, p.exitcode
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_access_lines_buffered_in_a_multiprocessing_worker_are_written_at_its_exit(
+        tmp_path: Path, start_method: str) -> None:
+    """Access lines are written at interpreter exit (``atexit``), but a ``multiprocessing``
+    worker started by fork (Linux's default) or by the fork server ends with
+    ``os._exit()``, which runs no ``atexit`` handler: the lines its last calls left in the
+    buffer were lost, without a trace. The buffers are now also flushed at threading's
+    shutdown, which such a worker runs before ``os._exit()`` (a spawned one exits
+    normally)."""
+    script = tmp_path / "mp_worker.py"  # multiprocessing needs a __main__ module file
+    script.write_text(_MP_WORKER)
+    proc = _process(str(script), start_method)
+    calls = sorted(ln["worker_call"] for ln in _json_lines(proc.stderr) if "worker_call" in ln)
+    assert calls == [0, 1, 2], f"the worker's access lines were lost: {proc.stderr!r}"
