@@ -9,11 +9,12 @@ runs, for each variant, one process holding a real :class:`meshkit.MeshServer` a
 :func:`meshkit.dial` channel (plaintext, loopback, unary ``Echo/Unary``, ``--callers``
 concurrent callers, default 1), twice under callgrind: with ``--calls-low`` and with
 ``--calls-high`` calls. The difference of the two totals divided by the difference of the
-call counts is the instructions per call, client and server together, with start-up and
-shutdown cancelled out. With one caller the count repeats closely; with several, how many
-calls one event-loop turn or one poll serves depends on timing, and counts on a loaded
-machine moved by about 4 % between runs. Access lines go through
-:func:`meshkit.observability.configure_logging` (JSON) to ``/dev/null``.
+calls the two ran (``calls // callers`` per caller) is the instructions per call, client
+and server together, with start-up and shutdown cancelled out. With one caller the count
+repeats closely; with several, how many calls one event-loop turn or one poll serves
+depends on timing, and counts on a loaded machine moved by about 4 % between runs.
+Access lines go through :func:`meshkit.observability.configure_logging` (JSON) to
+``/dev/null``.
 
 Work that runs per unit of *time* rather than per call does not cancel out: callgrind runs
 a process about 50 times slower, so a registry watch polling every 50 ms would run once
@@ -85,7 +86,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["VARIANTS", "callgrind_total", "main", "measure", "mesh_options"]
+__all__ = ["VARIANTS", "callgrind_total", "calls_run", "main", "measure", "mesh_options"]
 
 VARIANTS = ("raw", "bare", "nolog", "metrics", "defaults", "shipped", "nogate", "registered",
             "noop", "bare-server", "traced", "full", "header")
@@ -230,6 +231,12 @@ _rusage: dict[str, float] = {}  # the measured calls' getrusage figures per call
 around_measured: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
 
+def calls_run(calls: int, callers: int) -> int:
+    """The calls a child asked for ``calls`` with ``callers`` callers runs after its
+    warm-up: ``calls // callers`` per caller."""
+    return calls // callers * callers
+
+
 async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> None:
     for _ in range(200):  # warm-up: connections, caches, first-call set-up
         await call(b"x", timeout=60, metadata=metadata)
@@ -256,7 +263,7 @@ async def _drive(call: Any, calls: int, callers: int, metadata: Any = None) -> N
     finally:
         r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         gc.callbacks.remove(on_gc)
-    n = calls // callers * callers
+    n = calls_run(calls, callers)
     _rusage.update(user_us=(r1.ru_utime - r0.ru_utime) / n * 1e6,
                    system_us=(r1.ru_stime - r0.ru_stime) / n * 1e6,
                    voluntary_cs=(r1.ru_nvcsw - r0.ru_nvcsw) / n,
@@ -315,11 +322,21 @@ def _count(variant: str, calls: int, callers: int, out_dir: str) -> int:
 
 
 def measure(variant: str, low: int, high: int, callers: int = 1) -> float:
-    """Instructions per call of ``variant`` (see the module docstring)."""
+    """Instructions per call of ``variant`` (see the module docstring): the difference of
+    the counts of a child asked for ``high`` calls and one asked for ``low``, divided by
+    the difference of the calls they ran (:func:`calls_run`: a whole number per caller).
+
+    Raises:
+        ValueError: ``high`` does not run more calls than ``low`` with ``callers``.
+    """
+    ran = calls_run(high, callers) - calls_run(low, callers)
+    if ran <= 0:
+        raise ValueError(f"{high} and {low} calls with {callers} callers do not differ in "
+                         "the calls run")
     with tempfile.TemporaryDirectory() as tmp:
         a = _count(variant, low, callers, tmp)
         b = _count(variant, high, callers, tmp)
-    return (b - a) / (high - low)
+    return (b - a) / ran
 
 
 _CPU_FIELDS = ("user_us", "system_us", "voluntary_cs", "involuntary_cs", "minor_faults",
@@ -416,12 +433,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need 0 < --calls-low < --calls-high")
     if not 1 <= args.callers <= args.calls_low:
         parser.error("need 1 <= --callers <= --calls-low")
+    low_run, high_run = (calls_run(n, args.callers) for n in (args.calls_low, args.calls_high))
+    if high_run == low_run:
+        parser.error(f"--calls-low {args.calls_low} and --calls-high {args.calls_high} run "
+                     f"{low_run} calls each with {args.callers} callers (a whole number per "
+                     "caller): make them further apart")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
     print(f"Instructions per call (callgrind), client and server in one process, "
-          f"{args.callers} caller(s), {args.loop} event loop; ({args.calls_high} - "
-          f"{args.calls_low} calls)\n")
+          f"{args.callers} caller(s), {args.loop} event loop; ({high_run} - "
+          f"{low_run} calls)\n")
     print("| variant | instructions per call | vs raw |\n|---|---:|---:|")
     raw: float | None = None
     for v in variants:

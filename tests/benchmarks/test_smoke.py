@@ -224,6 +224,37 @@ def test_instruction_count_child_runs_each_variant(variant: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_instructions_per_call_divide_by_the_calls_the_children_ran(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each callgrind child runs ``calls // callers`` calls per caller, so with 3 callers
+    the default 800 and 2400 calls ran 798 and 2400: ``measure`` divided the difference
+    of the counts by 1600 calls, not the 1602 run (0.1 % high; more with small counts
+    and many callers). It now divides by the calls the children ran."""
+    from benchmarks import instructions
+
+    def count(variant: str, calls: int, callers: int, out_dir: str) -> int:
+        return 5_000_000 + 1000 * (calls // callers * callers)  # 1000 per call run
+
+    monkeypatch.setattr(instructions, "_count", count)
+    assert instructions.measure("raw", 800, 2400, callers=3) == 1000.0
+    assert instructions.measure("raw", 10, 21, callers=4) == 1000.0  # 8 and 20 calls
+
+
+def test_instructions_refuse_counts_that_run_the_same_calls(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--calls-low`` and ``--calls-high`` that run as many calls with ``--callers``
+    (5 and 7 with 4 callers: 4 each) would divide by zero: a usage error."""
+    from benchmarks import instructions
+
+    def no_callgrind(*args: Any) -> float:
+        raise AssertionError("callgrind started")
+
+    monkeypatch.setattr(instructions, "measure", no_callgrind)
+    with pytest.raises(SystemExit) as exc:
+        instructions.main(["--calls-low", "5", "--calls-high", "7", "--callers", "4"])
+    assert exc.value.code == 2 and "4 calls each" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("tool", ["instructions", "opcodes"])
 def test_count_tools_refuse_unknown_variants(tool: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
