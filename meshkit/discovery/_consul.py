@@ -547,6 +547,9 @@ _FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
 #: The agent's ``acl.default_policy`` (``allow``/``deny``), on every answer of Consul 1.9
 #: and later: also what the anonymous token may do unless given policies of its own.
 _DEFAULT_POLICY_HEADER = "X-Consul-Default-ACL-Policy"
+#: Seconds between two warnings about the same unusable entry (every answer reads it again).
+_UNUSABLE_LOG_EVERY_S = 60.0
+
 #: Least seconds between two warnings about ACLs hiding the entries of one read.
 _ACL_WARN_EVERY_S = 600.0
 
@@ -626,6 +629,8 @@ class ConsulRegistry:
         self._keepers: dict[str, _Registration] = {}
         # monotonic time of the latest warning about ACLs hiding entries, per read
         self._acl_warned: dict[str, float] = {}
+        # (service, instance id) of an unusable entry -> monotonic time it was last logged
+        self._unusable_logged: dict[tuple[str, str], float] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
 
@@ -1027,7 +1032,9 @@ class ConsulRegistry:
         second node starts reporting an ID, the first node's instance takes the qualified
         id too, so a balanced channel replaces that one endpoint once. (Qualifying every
         id would instead make every discovered id differ from the registered one.) An id
-        longer than ``Instance`` allows (128) is skipped with a warning.
+        longer than ``Instance`` allows (128) is skipped, as is any other entry
+        ``Instance`` refuses, with a warning naming the error's type only
+        (:meth:`_log_unusable`).
         """
         ids = [str((entry.get("Service") or {}).get("ID") or "") for entry in entries]
         repeated = {i for i, n in collections.Counter(ids).items() if n > 1}
@@ -1050,9 +1057,27 @@ class ConsulRegistry:
                     weight=max(1, int(weights.get("Passing") or 1)),
                 ))
             except (ConfigError, TypeError, ValueError) as exc:
-                _log.warning("skipping unusable consul service entry", service=service,
-                             instance_id=svc.get("ID"), error=str(exc))
+                self._log_unusable(service, sid, exc)
         return frozenset(out)
+
+    def _log_unusable(self, service: str, instance_id: str, exc: BaseException) -> None:
+        """Warn that an entry of ``service`` is skipped: once per entry, then at most every
+        ``_UNUSABLE_LOG_EVERY_S`` seconds while it stays unusable (every answer of a watch
+        reads it again). Only the ids and the error's type are logged, as the local
+        registry does: the error's message may quote the entry's values (meta may hold
+        secrets)."""
+        now = time.monotonic()
+        key = (service, instance_id)
+        logged = self._unusable_logged
+        if now - logged.get(key, -float("inf")) < _UNUSABLE_LOG_EVERY_S:
+            return
+        # list(): one step under the GIL, as loops of other threads may read entries too
+        for stale, at in list(logged.items()):
+            if now - at >= _UNUSABLE_LOG_EVERY_S:
+                logged.pop(stale, None)
+        logged[key] = now
+        _log.warning("skipping unusable consul service entry", service=service,
+                     instance_id=instance_id[:128], error=type(exc).__name__)
 
     async def _read_once(self, path: str, what: str) -> Any:
         """One non-blocking ``GET <path>`` bounded by ``request_timeout_s``, recorded in

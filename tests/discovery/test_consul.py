@@ -939,6 +939,41 @@ async def test_node_address_used_when_service_address_empty(
     await watcher.stop()
 
 
+
+async def test_an_unusable_entry_is_warned_of_once_by_error_type_never_its_values(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """An entry Instance refuses (here a meta value with a lone surrogate) is skipped with
+    a warning. That warning came on every answer of the watch (each blocking query's end,
+    every change of the service) and quoted the error's text, which quotes the refused
+    value: a meta value may hold a secret (a DSN with its password). As the local
+    registry does, it now names the service, the instance id and the error's type only,
+    once per entry and then at most every 60 s while the entry stays unusable."""
+    async with aiohttp.ClientSession() as session, session.put(
+        f"{double.url}/v1/catalog/register", json={
+            "Node": "node-b", "Address": "127.0.0.3", "Service": {
+                "Service": "orderd", "ID": "bad", "Port": 50051,
+                "Meta": {"db_url": "postgres://app:s3cret-pw@db/orders\ud800"}}},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    reg = make_registry()
+    mine = make_instance("orderd", 1)
+    await reg.register(mine)
+    watcher = Collector(reg, "orderd")
+    try:
+        with capture_logs() as logs:
+            assert await watcher.next() == frozenset({mine})
+            before = len(double.health_requests("orderd"))
+            await until(lambda: len(double.health_requests("orderd")) >= before + 3,
+                        what="three more watch answers", timeout_s=10)
+    finally:
+        await watcher.stop()
+    skipped = [e for e in logs if e["event"] == "skipping unusable consul service entry"]
+    assert [(e["service"], e["instance_id"], e["error"]) for e in skipped] == [
+        ("orderd", "bad", "ConfigError")], skipped
+    assert "s3cret" not in repr(logs)
+
+
 # -- ACL ---------------------------------------------------------------------------------------
 async def test_acl_token_sent_on_every_request() -> None:
     """With a token every request carries it in X-Consul-Token, and an ACL agent accepts them."""
