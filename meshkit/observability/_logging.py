@@ -316,12 +316,29 @@ atexit.register(flush_logs)
 # A multiprocessing worker started by fork or by the fork server ends with os._exit(),
 # which runs no atexit handler, after its _bootstrap ran threading's shutdown (as the
 # interpreter does before atexit at a normal exit): the lines its last calls left are
-# written there. The hook is private but stable (concurrent.futures uses it since 3.9).
+# written there, and the lines of its non-daemon threads, which threading joins after
+# the hook, as they come. The hook is private but stable (concurrent.futures uses it
+# since 3.9).
 _register_threading_atexit: Callable[[Callable[[], None]], None] | None = getattr(
     threading, "_register_atexit", None)
+
+
+def _at_threading_shutdown() -> None:
+    """threading's exit hook: write every pending line, and every line from here on at
+    once. The hook runs *before* threading joins the non-daemon threads, whose loops
+    may still log (a server answering its last calls, its drain), and a worker's
+    ``os._exit()`` follows the join with no other flush: their lines are written as they
+    come instead of waiting for a batch nobody writes."""
+    for w in list(_writers):
+        with w._lock:
+            w._write_locked()
+            w.flush_interval_s = 0  # msg() writes at once; add() takes msg()'s path
+            w._timer = False
+
+
 if _register_threading_atexit is not None:
     with contextlib.suppress(RuntimeError):  # imported while the interpreter shuts down
-        _register_threading_atexit(flush_logs)
+        _register_threading_atexit(_at_threading_shutdown)
 # Lines buffered at a fork would be written by the parent and again by each child that
 # exits normally (a pre-fork worker, a daemon's double fork): written before the fork,
 # and the child's copies dropped (as the standard library's logging re-creates its locks)

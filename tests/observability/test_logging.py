@@ -1262,3 +1262,52 @@ def test_access_lines_buffered_in_a_multiprocessing_worker_are_written_at_its_ex
     proc = _process(str(script), start_method)
     calls = sorted(ln["worker_call"] for ln in _json_lines(proc.stderr) if "worker_call" in ln)
     assert calls == [0, 1, 2], f"the worker's access lines were lost: {proc.stderr!r}"
+
+
+# A multiprocessing worker whose server (an asyncio loop in a non-daemon thread, as a
+# worker running its server beside other work does) still answers its last calls when the
+# worker's target returns: multiprocessing's _bootstrap then runs threading._shutdown(),
+# which calls the threading exit hooks *first* and only then joins the non-daemon threads.
+_MP_THREAD_WORKER = """
+import asyncio, multiprocessing, sys, threading, time
+from meshkit.observability._logging import configure_logging, write_access
+
+configure_logging("info", json=True)
+
+def build(i):
+    return {"side": "server", "target": "orderd", "method": "/m/M", "code": "OK",
+            "worker_call": i}
+
+def serve():
+    async def main():
+        await asyncio.sleep(0.5)  # the last calls end after the target returned
+        for i in range(3):
+            write_access(False, build, (i,))
+    asyncio.run(main())
+
+def worker():
+    threading.Thread(target=serve).start()  # non-daemon: joined before the worker exits
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    p = multiprocessing.Process(target=worker)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0, p.exitcode
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_access_lines_of_a_workers_non_daemon_thread_are_written_at_its_exit(
+        tmp_path: Path, start_method: str) -> None:
+    """The threading exit hook that writes a fork / fork-server worker's buffered
+    access lines (e98e668) runs *before* ``threading._shutdown()`` joins the non-daemon
+    threads, and the worker's ``os._exit()`` follows the join with no other flush: every
+    line a non-daemon thread's event loop logged while the worker waited for it (its
+    last calls, its drain) was dropped (0 of 3). The hook now also makes every writer
+    write through from then on: the 3 lines are written."""
+    script = tmp_path / "mp_thread_worker.py"
+    script.write_text(_MP_THREAD_WORKER)
+    proc = _process(str(script), start_method)
+    calls = sorted(ln["worker_call"] for ln in _json_lines(proc.stderr) if "worker_call" in ln)
+    assert calls == [0, 1, 2], f"the worker thread's access lines were lost: {proc.stderr!r}"
