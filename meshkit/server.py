@@ -1087,13 +1087,18 @@ class MeshServer:
         step and is undone as above (nothing stays registered), then raises
         ``RuntimeError``; that :meth:`drain` returns once the undoing is done.
 
+        A server starts once: a second ``start()`` (while the first runs, once it has
+        returned, after :meth:`drain` or after a failed start) raises ``RuntimeError``
+        and changes nothing; the server keeps its port, instance and registration.
+
         Raises:
             ConfigError: (before binding) a health servicer in the servicers meshkit
                 cannot drive, or two (see :class:`MeshServer`).
-            RuntimeError: the address cannot be bound, or :meth:`drain` was called while
-                starting.
+            RuntimeError: the server was started before (see above), the address cannot
+                be bound, or :meth:`drain` was called while starting.
             RegistryError: registration failed (the server is stopped again).
         """
+        self._refuse_second_start()
         opts = self.options
         tracing_from_env(self.service)
         limits = opts.limits
@@ -1201,6 +1206,25 @@ class MeshServer:
         _log.info("serving", service=self.service, instance_id=self.instance.instance_id,
                   address=self.instance.address, services=self.service_names)
         return self.instance
+
+    def _refuse_second_start(self) -> None:
+        """Raise ``RuntimeError`` when :meth:`start` ran before on this server: a second
+        one would bind and register a second instance and drop the first grpc server with
+        its registration still renewed by the registry (listed for good, nobody
+        listening), since :meth:`drain` withdraws the last one only.
+
+        Raises:
+            RuntimeError: started, starting, drained (or draining), or its start failed;
+                the message says which.
+        """
+        if self.draining:
+            raise RuntimeError(f"start() of {self.service!r} after drain(): a drained "
+                               "MeshServer cannot start again; build a new one")
+        if self._stopped.is_set():  # undone by a failed start (see start())
+            raise RuntimeError(f"start() of {self.service!r} after a failed start(): "
+                               "build a new MeshServer to try again")
+        if self._starting or self._server is not None:
+            raise RuntimeError(f"start() of {self.service!r}: already started")
 
     def _your_health(self, servicer: Any,
                      before: health.aio.HealthServicer | None) -> health.aio.HealthServicer:

@@ -1538,6 +1538,54 @@ async def test_wait_stopped_returns_after_a_failed_start(registry: LocalRegistry
         await refusing.close()
 
 
+async def test_a_second_start_is_refused_and_changes_nothing(registry: LocalRegistry) -> None:
+    """``start()`` had no "already started" check: a second call (a retry loop around
+    start-up, two code paths both starting the server) bound a second grpc server,
+    registered a second instance (``<id>-<port>``) and replaced ``instance`` and ``port``;
+    ``drain()`` then withdrew only the second, and the registry kept renewing the first
+    (still listed seconds after the drain, its port closed: callers were sent to it).
+    Now a second ``start()``, at once or after the first returned, raises
+    ``RuntimeError`` and leaves the server as it was, and so does a ``start()`` after
+    ``drain()``; once drained nothing of the server is listed."""
+    srv = meshkit.MeshServer("echo", [add_echo("t1")], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=1.0, admin=None))
+    try:
+        first = asyncio.ensure_future(srv.start())
+        await asyncio.sleep(0)  # the first start has bound its port and runs on
+        with pytest.raises(RuntimeError, match="already started"):
+            await srv.start()
+        instance = await asyncio.wait_for(first, 10)
+        port = srv.port
+        with pytest.raises(RuntimeError, match="already started"):
+            await srv.start()
+        assert (srv.instance, srv.port) == (instance, port)
+        assert await registry.instances("echo") == {instance}
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+    assert await registry.instances("echo") == frozenset()
+    with pytest.raises(RuntimeError, match=r"after drain\(\)"):
+        await srv.start()
+    assert await registry.instances("echo") == frozenset()
+
+
+async def test_a_start_after_a_failed_start_is_refused(registry: LocalRegistry) -> None:
+    """A failed start() is undone and stopped for good (``wait_stopped()`` returns, as
+    the docstring says: build a new MeshServer to try again); a later ``start()`` is
+    refused saying so, instead of binding again on a server already reported stopped."""
+    refusing = _RefusingRegistry(registry.options)
+    srv = meshkit.MeshServer("echo", [add_echo("w2")], registry=refusing,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          admin=None))
+    try:
+        with pytest.raises(RegistryError):
+            await srv.start()
+        with pytest.raises(RuntimeError, match="failed start"):
+            await srv.start()
+    finally:
+        await refusing.close()
+
+
 async def test_a_signal_while_starting_undoes_the_start_and_returns(registry_dir: Path) -> None:
     """run_until_signal() listens from its first step: a signal while start() registers
     undoes the start (nothing stays registered or serving) and run_until_signal() returns,
