@@ -18,6 +18,10 @@ from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from meshkit.resilience import RetryOptions, RetryPolicy
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# the connections _refuse_every_stream holds, for the test to close: grpc keeps a channel's
+# connection open after close() while a call object of it is referenced, and from Python
+# 3.12 on Server.wait_closed() waits for every connection's handler to return
+_writers: set[asyncio.StreamWriter] = set()
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -29,6 +33,7 @@ async def _refuse_every_stream(reader: asyncio.StreamReader,
                                writer: asyncio.StreamWriter) -> None:
     """A bare HTTP/2 server that resets every stream with REFUSED_STREAM (error code 7),
     as a server over its SETTINGS_MAX_CONCURRENT_STREAMS does (RFC 9113 section 8.7)."""
+    _writers.add(writer)
     try:
         await reader.readexactly(len(_PREFACE))
         writer.write(_frame(4, 0, 0))  # our SETTINGS (none)
@@ -47,6 +52,7 @@ async def _refuse_every_stream(reader: asyncio.StreamReader,
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
         pass
     finally:
+        _writers.discard(writer)
         writer.close()
 
 
@@ -87,6 +93,8 @@ async def test_refused_server_streams_count_as_overload_not_ejection_failures(
     finally:
         await registry.close()
         server.close()
+        for writer in list(_writers):
+            writer.close()
         await server.wait_closed()
 
 
