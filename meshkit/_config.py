@@ -1,5 +1,6 @@
 """Construction-time checks shared by every options class: numbers of seconds, counts,
-bounded numbers, collections given as one string, status-code sets and metadata keys.
+bounded numbers, flags, option objects of the right class, collections given as one
+string, status-code sets and metadata keys.
 
 Each check raises :class:`~meshkit.errors.ConfigError` naming the field and quoting the
 bad value (``!r``), the project's rule for a wrong config. They run in ``__post_init__``
@@ -19,12 +20,15 @@ import grpc
 from meshkit.errors import ConfigError
 
 __all__ = [
+    "check_bool",
+    "check_instance",
     "check_int",
     "check_metadata_key",
     "check_number",
     "check_seconds",
     "check_status_codes",
     "check_strings",
+    "check_tuple",
     "refuse_str",
 ]
 
@@ -98,6 +102,66 @@ def check_seconds(options: object, names: tuple[str, ...],
     """
     for name in names:
         check_number(name, getattr(options, name), low=0.0, low_open=name not in zero_ok)
+
+
+def check_bool(name: str, value: object) -> None:
+    """Check that ``value`` (the flag ``name``) is ``True`` or ``False``: a string read
+    from the environment or a config file (``"false"``, ``"0"``) is truthy and would turn
+    the flag on.
+
+    Raises:
+        ConfigError: ``value`` is not a ``bool``; ``name`` and the value quoted.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def _class_names(kind: type | tuple[type, ...]) -> str:
+    """``"an OutlierOptions"``, ``"a TLSOptions or a ..."``: the classes, each with its
+    article."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(f"{'an' if k.__name__[:1] in 'AEIOU' else 'a'} {k.__name__}"
+                       for k in kinds)
+
+
+def check_instance(name: str, value: object, kind: type | tuple[type, ...], *,
+                   optional: bool = True, what: str | None = None) -> None:
+    """Check that ``value`` (the field ``name``) is an instance of ``kind`` (a class or a
+    tuple of classes; subclasses too), or ``None`` when ``optional``: an option object
+    given as ``True`` ("on"), a mapping or a string would otherwise fail later, at the
+    first use of one of its attributes.
+
+    Args:
+        what: how the message names what is expected (default ``kind``'s class names).
+
+    Raises:
+        ConfigError: any other value; ``name``, what is expected and the value quoted
+            (for a ``bool``, how to ask for the defaults or for none).
+    """
+    if isinstance(value, kind) or (optional and value is None):
+        return
+    expected = what if what is not None else _class_names(kind)
+    if optional:
+        expected += " or None"
+    hint = ""
+    if isinstance(value, bool) and what is None and not isinstance(kind, tuple):
+        hint = f" (give {kind.__name__}() for the defaults" + (
+            ", None for none)" if optional else ")")
+    raise ConfigError(f"{name} must be {expected}, got {value!r}{hint}")
+
+
+def check_tuple(name: str, value: object) -> tuple[Any, ...]:
+    """``value`` (the field ``name``, a sequence of objects such as interceptors) as a
+    tuple.
+
+    Raises:
+        ConfigError: ``value`` is one string or not iterable (one object given where a
+            sequence of them is expected); ``name`` and the value quoted.
+    """
+    refuse_str(name, value)
+    if not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a sequence (e.g. a tuple), got {value!r}")
+    return tuple(value)
 
 
 def refuse_str(name: str, value: object) -> None:

@@ -58,7 +58,13 @@ from meshkit._codecs import (
     serialized,
     strict_deserializer,
 )
-from meshkit._config import check_grpc_options, check_number
+from meshkit._config import (
+    check_bool,
+    check_grpc_options,
+    check_instance,
+    check_number,
+    check_tuple,
+)
 from meshkit._fields import Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
@@ -133,6 +139,15 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # grpc.aio.Channel, so a typed client keeps them through a MeshChannel
 _TRequest = TypeVar("_TRequest")
 _TResponse = TypeVar("_TResponse")
+
+
+# the grpc.aio client interceptors a channel takes (grpc/aio/_channel.py)
+_ATTEMPT_KINDS: tuple[type, ...] = (
+    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor)
+_ATTEMPT_KINDS_TEXT = ("grpc.aio client interceptors (UnaryUnaryClientInterceptor, "
+                       "UnaryStreamClientInterceptor, StreamUnaryClientInterceptor or "
+                       "StreamStreamClientInterceptor instances)")
 
 
 def _refused_here(code: grpc.StatusCode, details: str | None) -> bool:
@@ -235,7 +250,14 @@ class DialOptions:
             registry before its sub-channel is closed (default 10.0 s).
 
     Raises:
-        ConfigError: a value is out of range or malformed (quoted in the message); a
+        ConfigError: a value is out of range, malformed or of the wrong type (quoted in
+            the message, the field named): a flag (``insecure``, ``propagate_deadline``)
+            that is not ``True`` or ``False`` (a string such as ``"false"`` from the
+            environment would be truthy), an options field (``outlier``, ``retry``,
+            ``telemetry``, ``tls``, ``credentials``) that is not an instance of its class
+            (or a subclass) or ``None`` (``True``, a mapping, a path), a ``balancer``
+            that is not callable, a sequence field given as one object or string, an
+            ``attempt_interceptors`` item that grpc.aio would refuse; a
             telemetry interceptor of meshkit in ``interceptors`` or
             ``attempt_interceptors`` while ``telemetry`` is set (quoted; the message
             says ``telemetry=None``).
@@ -266,6 +288,18 @@ class DialOptions:
     drain_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if not callable(self.balancer):
+            raise ConfigError("balancer must be a factory of Balancers, called once per "
+                              "channel (e.g. P2C, or lambda: P2C(P2COptions(...))), got "
+                              f"{self.balancer!r}")
+        check_instance("outlier", self.outlier, OutlierOptions)
+        check_instance("retry", self.retry, RetryOptions)
+        check_instance("telemetry", self.telemetry, TelemetryOptions)
+        check_instance("tls", self.tls, TLSOptions)
+        check_instance("credentials", self.credentials, grpc.ChannelCredentials,
+                       what="a grpc.ChannelCredentials (grpc.ssl_channel_credentials()...)")
+        check_bool("insecure", self.insecure)
+        check_bool("propagate_deadline", self.propagate_deadline)
         check_number("resolve_timeout_s", self.resolve_timeout_s, low_open=True, finite=False)
         check_number("drain_timeout_s", self.drain_timeout_s, finite=False)
         if self.tls is not None and self.credentials is not None:
@@ -288,13 +322,14 @@ class DialOptions:
                 f"hash_key_metadata must be a non-empty lower-case string (gRPC metadata "
                 f"keys are), got "
                 f"{self.hash_key_metadata!r}")
-        object.__setattr__(self, "filters", tuple(self.filters))
+        object.__setattr__(self, "filters", check_tuple("filters", self.filters))
         for f in self.filters:
             if not callable(f):
                 raise ConfigError(f"filters must be callables (instances -> instances), "
                                   f"got {f!r}")
-        object.__setattr__(self, "interceptors", tuple(self.interceptors))
-        object.__setattr__(self, "attempt_interceptors", tuple(self.attempt_interceptors))
+        object.__setattr__(self, "interceptors", check_tuple("interceptors", self.interceptors))
+        object.__setattr__(self, "attempt_interceptors",
+                           check_tuple("attempt_interceptors", self.attempt_interceptors))
         for icpt in self.interceptors:
             if not isinstance(icpt, ClientInterceptor):
                 raise ConfigError(
@@ -308,6 +343,10 @@ class DialOptions:
                     "client_interceptors() yourself, or leave it out and set "
                     "telemetry=TelemetryOptions(...)")
         for attempt_icpt in self.attempt_interceptors:
+            # what grpc.aio's channel takes (it raises ValueError for anything else, when
+            # the first endpoint's sub-channel is built: every call then UNAVAILABLE)
+            check_instance("attempt_interceptors", attempt_icpt, _ATTEMPT_KINDS,
+                           optional=False, what=_ATTEMPT_KINDS_TEXT)
             if self.telemetry is not None and isinstance(attempt_icpt, AttemptSpanInterceptor):
                 raise ConfigError(
                     f"{attempt_icpt!r} in attempt_interceptors while telemetry is set: dial() "
@@ -342,12 +381,19 @@ def dial(
     plaintext only with ``DialOptions(insecure=True)``.
 
     Raises:
-        ConfigError: ``service`` is not a valid service name, the registry URI is bad, or
+        ConfigError: ``service`` is not a valid service name, ``options`` is not a
+            :class:`DialOptions` (a ``ServeOptions``, say), the registry URI is bad, or
             no transport security is configured and ``insecure`` was not asked for.
         RuntimeError: no event loop is running.
     """
     if not isinstance(service, str) or not _SERVICE_RE.fullmatch(service):
         raise ConfigError(f"service name must match {_SERVICE_RE.pattern}, got {service!r}")
+    if options is not None and not isinstance(options, DialOptions):
+        # named by its type only: an options object's repr may carry credentials
+        raise ConfigError(f"dial({service!r}): options must be a DialOptions, got a "
+                          f"{type(options).__qualname__}" + (
+                              " (ServeOptions are MeshServer's)"
+                              if type(options).__name__ == "ServeOptions" else ""))
     opts = _with_transport(options or DialOptions(), service)
     owns = registry is None
     reg = registry_from_env() if registry is None else registry

@@ -75,11 +75,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from meshkit._config import (
+    check_bool,
     check_grpc_options,
+    check_instance,
     check_int,
     check_number,
     check_string_map,
     check_strings,
+    check_tuple,
     refuse_str,
 )
 from meshkit._fields import Normalised
@@ -570,7 +573,13 @@ class ServeOptions:
 
     Raises:
         ConfigError: a value is out of range or of the wrong type (``True`` or a string
-            for a number, one string for ``tags`` or ``generic_methods``, a bad
+            for a number, a flag such as ``insecure`` that is not ``True`` or ``False``
+            (a string ``"false"`` would be truthy), an options field (``deadline``,
+            ``auth``, ``rate_limit``, ``tls``, ``credentials``, ``telemetry``, ``admin``,
+            ``limits``) that is not an instance of its class (or a subclass) or ``None``
+            (``True``, a mapping, a path), an ``interceptors`` item that is no
+            ``grpc.aio.ServerInterceptor``, one string for ``tags`` or
+            ``generic_methods``, a bad
             ``generic_methods`` pattern, a mapping or a bad item in ``server_options``,
             a ``host`` or ``advertise_host`` that is neither an IP address nor a host
             name, a ``meta`` that is no mapping of strings to strings, an
@@ -613,6 +622,17 @@ class ServeOptions:
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
 
     def __post_init__(self) -> None:
+        check_instance("deadline", self.deadline, DeadlineOptions)
+        check_instance("auth", self.auth, AuthOptions)
+        check_instance("rate_limit", self.rate_limit, RateLimitOptions)
+        check_instance("tls", self.tls, TLSOptions)
+        check_instance("credentials", self.credentials, grpc.ServerCredentials,
+                       what="a grpc.ServerCredentials (grpc.ssl_server_credentials()...)")
+        check_instance("telemetry", self.telemetry, TelemetryOptions)
+        check_instance("admin", self.admin, AdminOptions)
+        check_bool("insecure", self.insecure)
+        check_bool("reflection", self.reflection)
+        check_bool("expose_exception_text", self.expose_exception_text)
         check_host("host", self.host)
         if self.advertise_host is not None:
             check_host("advertise_host", self.advertise_host)
@@ -631,22 +651,22 @@ class ServeOptions:
         check_number("drain_delay_s", self.drain_delay_s)  # inf: a drain that never stops
         if self.maximum_concurrent_rpcs is not None:
             check_int("maximum_concurrent_rpcs", self.maximum_concurrent_rpcs)
-        if not isinstance(self.expose_exception_text, bool):
-            raise ConfigError("expose_exception_text must be True or False, got "
-                              f"{self.expose_exception_text!r}")
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
         object.__setattr__(self, "tags", check_strings("tags", self.tags))
         refuse_str("generic_methods", self.generic_methods)
         object.__setattr__(self, "generic_methods", tuple(self.generic_methods))
         MethodMatcher.of(self.generic_methods, where="generic_methods")  # validates now
-        object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "interceptors", check_tuple("interceptors", self.interceptors))
         for icpt in self.interceptors:
             option = _MESH_CHECKS.get(type(icpt).__name__)
             if option is not None:
                 raise ConfigError(
                     f"{type(icpt).__name__} in interceptors: serve() orders the mesh's checks "
                     f"itself; use ServeOptions({option}=...) instead")
+            # what grpc.aio.server() takes (anything else: a ValueError at start())
+            check_instance("interceptors", icpt, grpc.aio.ServerInterceptor, optional=False,
+                           what="grpc.aio.ServerInterceptor instances")
             if self.telemetry is not None and isinstance(icpt, TelemetryServerInterceptor):
                 raise ConfigError(
                     f"{icpt!r} in interceptors while telemetry is set (it defaults to "
@@ -994,8 +1014,9 @@ class MeshServer:
     ``ServeOptions(insecure=True)``, and then logged as a warning.
 
     Raises:
-        ConfigError: bad ``service`` name or options, or no transport security configured
-            and ``insecure`` not asked for; from :meth:`start`, before binding: a health
+        ConfigError: bad ``service`` name or options (``options`` not a
+            :class:`ServeOptions`: a ``DialOptions``, say), or no transport security
+            configured and ``insecure`` not asked for; from :meth:`start`, before binding: a health
             servicer meshkit cannot drive (not a ``grpc_health.v1.health.aio``
             ``HealthServicer``: the synchronous ``health.HealthServicer``, one of your
             own making) or two health servicers in ``servicers``.
@@ -1020,6 +1041,12 @@ class MeshServer:
         registry: Registry | None = None,
         options: ServeOptions | None = None,
     ) -> None:
+        if options is not None and not isinstance(options, ServeOptions):
+            # named by its type only: an options object's repr may carry credentials
+            raise ConfigError(f"serve({service!r}): options must be a ServeOptions, got a "
+                              f"{type(options).__qualname__}" + (
+                                  " (DialOptions are dial()'s)"
+                                  if type(options).__name__ == "DialOptions" else ""))
         self.service = service
         self.options = options or ServeOptions()
         # Validate the name now (Instance checks it), with a placeholder address.

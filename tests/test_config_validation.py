@@ -601,3 +601,145 @@ def test_serve_reads_meshkit_admin_host(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MESHKIT_ADMIN_HOST", "no such host!")
     with pytest.raises(ConfigError, match=r"MESHKIT_ADMIN_HOST.*'no such host!'"):
         ServeOptions(insecure=True)
+
+
+# -- options objects, flags and the options class itself ------------------------------------
+def _serve(**kw: Any) -> ServeOptions:
+    return ServeOptions(drain_delay_s=0.0, admin=None, **kw)
+
+
+@pytest.mark.parametrize(("field", "build"), [
+    ("outlier", lambda: DialOptions(insecure=True, outlier=True)),
+    ("telemetry", lambda: DialOptions(insecure=True, telemetry=True)),
+    ("retry", lambda: DialOptions(insecure=True, retry={"max_attempts": 5})),
+    ("retry", lambda: DialOptions(insecure=True, retry={})),
+    ("tls", lambda: DialOptions(tls="/etc/meshkit/certs")),
+    ("credentials", lambda: DialOptions(credentials="token")),
+    ("attempt_interceptors",
+     lambda: DialOptions(insecure=True, attempt_interceptors=[object()])),
+    ("attempt_interceptors",
+     lambda: DialOptions(insecure=True, attempt_interceptors=_Stamp())),
+    ("interceptors", lambda: DialOptions(insecure=True, interceptors=_Stamp())),
+    ("filters", lambda: DialOptions(insecure=True, filters=5)),
+    ("balancer", lambda: DialOptions(insecure=True, balancer="p2c")),
+    ("deadline", lambda: _serve(insecure=True, deadline=True)),
+    ("auth", lambda: _serve(insecure=True, auth=True)),
+    ("rate_limit", lambda: _serve(insecure=True, rate_limit={"rate": "10/second"})),
+    ("telemetry", lambda: _serve(insecure=True, telemetry=True)),
+    ("admin", lambda: ServeOptions(insecure=True, admin=True)),
+    ("tls", lambda: _serve(tls="/etc/meshkit/certs")),
+    ("credentials", lambda: _serve(credentials="cert.pem")),
+    ("interceptors", lambda: _serve(insecure=True, interceptors=[object()])),
+    ("interceptors", lambda: _serve(insecure=True, interceptors=_Audit())),
+], ids=["dial-outlier", "dial-telemetry", "dial-retry-dict", "dial-retry-empty-dict",
+        "dial-tls-path", "dial-credentials-str", "dial-attempt-interceptor-object",
+        "dial-attempt-interceptors-one", "dial-interceptors-one", "dial-filters-int",
+        "dial-balancer-str", "serve-deadline", "serve-auth", "serve-rate-limit-dict",
+        "serve-telemetry", "serve-admin", "serve-tls-path", "serve-credentials-str",
+        "serve-interceptor-object", "serve-interceptors-one"])
+def test_options_objects_of_the_wrong_type_are_refused_when_built(
+        field: str, build: Callable[[], Any]) -> None:
+    """``DialOptions``/``ServeOptions`` took any object for their options fields, so the
+    mistake surfaced later: ``outlier=True`` as ``AttributeError: 'bool' object has no
+    attribute 'failure_codes'`` at ``dial()``, ``rate_limit={...}`` as ``'dict' object
+    has no attribute 'rules'``, ``admin=True`` only inside ``start()`` after the port was
+    bound, ``credentials="..."`` or ``attempt_interceptors=[object()]`` with ``dial()``
+    working and every call failing ``UNAVAILABLE`` "sub-channel could not be built",
+    ServeOptions' ``interceptors=[object()]`` as grpc's ``ValueError`` reading
+    ``{invalid_interceptors}``; ``retry={}`` silently meant the default retries. Each is
+    a ConfigError when the options are built, naming the field and quoting the value; a
+    sequence field given as one object (an interceptor, not a tuple of them) too."""
+    with pytest.raises(ConfigError, match=rf"^{field}\b"):
+        build()
+
+
+def test_a_flag_for_an_options_object_says_how_to_ask_for_it() -> None:
+    """``outlier=True`` ("on") is refused with how to say it: the class called for its
+    defaults, ``None`` for none."""
+    with pytest.raises(ConfigError) as err:
+        DialOptions(insecure=True, outlier=True)  # type: ignore[arg-type]
+    assert str(err.value) == ("outlier must be an OutlierOptions or None, got True (give "
+                              "OutlierOptions() for the defaults, None for none)")
+
+
+class _Stamp(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                    request: Any) -> Any:
+        return await continuation(details, request)
+
+
+class _Audit(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
+def test_subclasses_and_grpcs_own_kinds_are_taken() -> None:
+    """What the checks refuse is no instance of the field's class: a subclass of an
+    options class, grpc's credentials and grpc.aio interceptors of any kind are kept."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class MyOutlier(OutlierOptions):
+        pass
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class MyTelemetry(TelemetryOptions):
+        pass
+
+    class Both(grpc.aio.StreamStreamClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+        async def intercept_stream_stream(self, *a: Any) -> Any: ...
+        async def intercept_unary_stream(self, *a: Any) -> Any: ...
+
+    dial = DialOptions(outlier=MyOutlier(), telemetry=MyTelemetry(), retry=None,
+                       credentials=grpc.local_channel_credentials(),
+                       attempt_interceptors=[_Stamp(), Both()], propagate_deadline=False)
+    assert isinstance(dial.outlier, MyOutlier) and len(dial.attempt_interceptors) == 2
+    serve = _serve(credentials=grpc.local_server_credentials(), interceptors=[_Audit()],
+                   deadline=DeadlineOptions(), rate_limit=None, reflection=False,
+                   telemetry=MyTelemetry())
+    assert serve.interceptors[0].__class__ is _Audit
+
+
+@pytest.mark.parametrize(("field", "build"), [
+    ("insecure", lambda: DialOptions(insecure="false")),
+    ("insecure", lambda: DialOptions(insecure=1)),
+    ("propagate_deadline", lambda: DialOptions(insecure=True, propagate_deadline="no")),
+    ("insecure", lambda: _serve(insecure="false")),
+    ("reflection", lambda: _serve(insecure=True, reflection="false")),
+    ("expose_exception_text", lambda: _serve(insecure=True, expose_exception_text="0")),
+], ids=["dial-insecure-str", "dial-insecure-int", "dial-propagate-deadline",
+        "serve-insecure-str", "serve-reflection", "serve-expose-exception-text"])
+def test_flags_must_be_true_or_false(field: str, build: Callable[[], Any]) -> None:
+    """Flags were read by truthiness: ``insecure="false"`` (from the environment, e.g.
+    ``os.environ.get("INSECURE", "false")``) turned plaintext ON, client and server,
+    where the user meant the secure default (which refuses to run without
+    certificates). A flag that is not ``True`` or ``False`` is a ConfigError naming it and
+    quoting the value, as ``expose_exception_text`` already was."""
+    with pytest.raises(ConfigError, match=rf"^{field} must be True or False, got "):
+        build()
+
+
+async def test_dial_and_serve_refuse_the_other_options_class() -> None:
+    """``dial(options=ServeOptions(...))`` (the two share ``insecure``, ``tls``,
+    ``telemetry``, ``interceptors``) died with a bare ``AttributeError: 'ServeOptions'
+    object has no attribute 'filters'``; ``MeshServer(options=DialOptions(...))`` with
+    ``... no attribute 'deadline'``. Both are a ConfigError naming ``options``, the class
+    wanted and the class given (not its repr, which may carry credentials)."""
+    import meshkit
+    from meshkit.discovery import LocalRegistry
+    from tests.support.echo import add_echo
+
+    reg = LocalRegistry()
+    try:
+        with pytest.raises(ConfigError, match=r"options must be a DialOptions, got a "
+                                              r"ServeOptions \(ServeOptions are MeshServer's\)"):
+            meshkit.dial("echo", registry=reg,
+                         options=ServeOptions(insecure=True))  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="options must be a ServeOptions, got a "
+                                              "DialOptions"):
+            meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
+                               options=DialOptions(insecure=True))  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="options must be a DialOptions, got a dict"):
+            meshkit.dial("echo", registry=reg, options={"insecure": True})  # type: ignore[arg-type]
+    finally:
+        await reg.close()
