@@ -13,11 +13,14 @@ import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from meshkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshkit.discovery import Registry
 
 __all__ = [
     "check_bool",
@@ -30,6 +33,7 @@ __all__ = [
     "check_strings",
     "check_tuple",
     "refuse_str",
+    "registry_argument",
 ]
 
 
@@ -162,6 +166,39 @@ def check_tuple(name: str, value: object) -> tuple[Any, ...]:
     if not isinstance(value, Iterable):
         raise ConfigError(f"{name} must be a sequence (e.g. a tuple), got {value!r}")
     return tuple(value)
+
+
+def registry_argument(where: str, registry: object,
+                      methods: tuple[str, ...]) -> tuple[Registry, bool]:
+    """The registry ``registry`` (the ``registry=`` argument of ``where``: ``dial(...)``,
+    ``serve(...)``; its caller takes ``None`` for :func:`~meshkit.discovery.registry_from_env`)
+    names, and whether its user owns it (built it, closes it):
+
+    * a ``str``: a registry URI, as ``MESHKIT_REGISTRY`` takes
+      (:func:`~meshkit.discovery.registry_from_uri`), owned;
+    * anything else with the ``methods`` of the
+      :class:`~meshkit.discovery.Registry` protocol its user calls (a registry of your
+      own needs no base class), as given, not owned.
+
+    Raises:
+        ConfigError: a bad URI (quoted, secrets masked), or an object without those
+            methods (its type named: an object's repr may carry a token).
+    """
+    from meshkit.discovery import registry_from_uri  # (it imports this module)
+
+    if isinstance(registry, str):
+        return registry_from_uri(registry), True
+    if isinstance(registry, type):  # LocalRegistry, not LocalRegistry()
+        given = f"the class {registry.__qualname__}"
+    elif any(not callable(getattr(registry, m, None)) for m in methods):
+        given = f"a {type(registry).__qualname__}"
+    else:
+        return cast("Registry", registry), False  # duck-typed: the methods it is used by
+    raise ConfigError(
+        f"{where}: registry must be a Registry (an instance: LocalRegistry(), "
+        f"ConsulRegistry(...), EtcdRegistry(...) or your own with "
+        f"{', '.join(m + '()' for m in methods)}), a registry URI such as "
+        f"'local:///var/lib/meshkit', or None; got {given}")
 
 
 def refuse_str(name: str, value: object) -> None:

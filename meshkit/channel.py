@@ -64,6 +64,7 @@ from meshkit._config import (
     check_instance,
     check_number,
     check_tuple,
+    registry_argument,
 )
 from meshkit._fields import Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
@@ -359,7 +360,8 @@ class DialOptions:
 
 
 def dial(
-    service: str, *, registry: Registry | None = None, options: DialOptions | None = None
+    service: str, *, registry: Registry | str | None = None,
+    options: DialOptions | None = None,
 ) -> MeshChannel:
     """Open a balanced channel to ``service``; pass it to any generated stub.
 
@@ -368,8 +370,13 @@ def dial(
 
     Args:
         service: mesh service name as registered, e.g. ``"orderd"``.
-        registry: where to discover it; default :func:`meshkit.discovery.registry_from_env`
-            (``MESHKIT_REGISTRY``, else the local registry), owned and closed by the channel.
+        registry: where to discover it: a :class:`~meshkit.discovery.Registry` (kept
+            open by the channel's ``close()``: yours to close), or a registry URI as
+            ``MESHKIT_REGISTRY`` takes (``"local:///var/lib/meshkit"``,
+            ``"consul://127.0.0.1:8500"``: :func:`meshkit.discovery.registry_from_uri`);
+            default :func:`meshkit.discovery.registry_from_env` (``MESHKIT_REGISTRY``,
+            else the local registry). A registry built from a URI or the environment is
+            owned and closed by the channel.
         options: :class:`DialOptions` (defaults apply when omitted).
 
     Returns:
@@ -382,8 +389,10 @@ def dial(
 
     Raises:
         ConfigError: ``service`` is not a valid service name, ``options`` is not a
-            :class:`DialOptions` (a ``ServeOptions``, say), the registry URI is bad, or
-            no transport security is configured and ``insecure`` was not asked for.
+            :class:`DialOptions` (a ``ServeOptions``, say), the registry URI is bad,
+            ``registry`` is neither a URI nor an object with ``watch()`` (a class instead
+            of an instance, say), or no transport security is configured and
+            ``insecure`` was not asked for.
         RuntimeError: no event loop is running.
     """
     if not isinstance(service, str) or not _SERVICE_RE.fullmatch(service):
@@ -395,8 +404,10 @@ def dial(
                               " (ServeOptions are MeshServer's)"
                               if type(options).__name__ == "ServeOptions" else ""))
     opts = _with_transport(options or DialOptions(), service)
-    owns = registry is None
-    reg = registry_from_env() if registry is None else registry
+    if registry is None:
+        reg, owns = registry_from_env(), True
+    else:
+        reg, owns = registry_argument(f"dial({service!r})", registry, ("watch",))
     return MeshChannel(service, reg, opts, owns_registry=owns)
 
 

@@ -84,6 +84,7 @@ from meshkit._config import (
     check_strings,
     check_tuple,
     refuse_str,
+    registry_argument,
 )
 from meshkit._fields import Normalised
 from meshkit._handlers import (
@@ -990,8 +991,12 @@ class MeshServer:
             your own health servicer, ``(health_pb2_grpc.add_HealthServicer_to_server,
             yours)`` with ``yours`` a ``grpc_health.v1.health.aio.HealthServicer`` (or a
             subclass): it is served instead of meshkit's (see :attr:`health`).
-        registry: where to register; default :func:`meshkit.discovery.registry_from_env`
-            (owned and closed by the server).
+        registry: where to register: a :class:`~meshkit.discovery.Registry` (left open
+            by :meth:`drain`: yours to close), or a registry URI as ``MESHKIT_REGISTRY``
+            takes (``"local:///var/lib/meshkit"``, ``"consul://127.0.0.1:8500"``:
+            :func:`meshkit.discovery.registry_from_uri`); default
+            :func:`meshkit.discovery.registry_from_env`. A registry built from a URI or
+            the environment is owned and closed by the server.
         options: :class:`ServeOptions`.
 
     Attributes:
@@ -1015,9 +1020,11 @@ class MeshServer:
 
     Raises:
         ConfigError: bad ``service`` name or options (``options`` not a
-            :class:`ServeOptions`: a ``DialOptions``, say), or no transport security
-            configured and ``insecure`` not asked for; from :meth:`start`, before binding: a health
-            servicer meshkit cannot drive (not a ``grpc_health.v1.health.aio``
+            :class:`ServeOptions`: a ``DialOptions``, say), a bad registry URI or a
+            ``registry`` without ``register()``/``deregister()`` (a class instead of an
+            instance, say), or no transport security configured and ``insecure`` not
+            asked for; from :meth:`start`, before binding: a health servicer meshkit
+            cannot drive (not a ``grpc_health.v1.health.aio``
             ``HealthServicer``: the synchronous ``health.HealthServicer``, one of your
             own making) or two health servicers in ``servicers``.
         CertificateError: with ``tls``, a certificate every meshkit client of ``service``
@@ -1038,7 +1045,7 @@ class MeshServer:
         service: str,
         servicers: Sequence[tuple[AddServicer, Any]] = (),
         *,
-        registry: Registry | None = None,
+        registry: Registry | str | None = None,
         options: ServeOptions | None = None,
     ) -> None:
         if options is not None and not isinstance(options, ServeOptions):
@@ -1067,8 +1074,11 @@ class MeshServer:
         self._chain = server_chain(self.service, self.options)
         self._deadline = next((i for i in self._chain if isinstance(i, DeadlineInterceptor)),
                               None)
-        self._owns_registry = registry is None
-        self.registry = registry_from_env() if registry is None else registry
+        if registry is None:
+            self.registry, self._owns_registry = registry_from_env(), True
+        else:
+            self.registry, self._owns_registry = registry_argument(
+                f"serve({service!r})", registry, ("register", "deregister"))
         self.health: health.aio.HealthServicer = health.aio.HealthServicer()
         self._kept_statuses: frozenset[str] = frozenset()  # set in your servicer: see start()
         self._watches = _HealthWatches()
@@ -1703,7 +1713,7 @@ async def serve(
     service: str,
     servicers: Sequence[tuple[AddServicer, Any]],
     *,
-    registry: Registry | None = None,
+    registry: Registry | str | None = None,
     options: ServeOptions | None = None,
     on_started: Callable[[MeshServer], Any] | None = None,
 ) -> None:
@@ -1714,7 +1724,8 @@ async def serve(
         servicers: ``[(add_XServicer_to_server, servicer), ...]``; may include your own
             ``grpc_health.v1.health.aio.HealthServicer``, served instead of meshkit's
             and driven the same way (:class:`MeshServer`).
-        registry: default :func:`meshkit.discovery.registry_from_env`.
+        registry: a :class:`~meshkit.discovery.Registry` or a registry URI
+            (:class:`MeshServer`); default :func:`meshkit.discovery.registry_from_env`.
         options: :class:`ServeOptions`.
         on_started: called with the :class:`MeshServer` once it is registered (may be async).
 

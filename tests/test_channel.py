@@ -263,6 +263,36 @@ async def test_bad_dial_arguments_fail_at_construction(registry: LocalRegistry) 
         meshkit.DialOptions(insecure=True, interceptors=(object(),))  # type: ignore[arg-type]
 
 
+async def test_a_registry_uri_is_dialed_and_owned_by_the_channel(
+    registry: LocalRegistry, registry_dir: Any, echo_servers: EchoFactory,
+) -> None:
+    """``dial("echo", registry="local:///...")`` (a URI where a Registry was expected:
+    ``MESHKIT_REGISTRY`` takes exactly that) was accepted as is: the discovery watch
+    failed forever (``'str' object has no attribute 'watch'``, a warning per retry) and
+    every call waited out ``resolve_timeout_s`` or its deadline, ``DEADLINE_EXCEEDED``
+    "waiting for discovery". A URI is now built into a registry
+    (``registry_from_uri``), which the channel owns and closes; an object that is no
+    registry (a class given for an instance, a dict) is a ConfigError naming
+    ``registry`` at ``dial()``."""
+    await echo_servers("e1")
+    ch = meshkit.dial("echo", registry=f"local://{registry_dir}?poll_interval_s=0.05",
+                      options=meshkit.DialOptions(insecure=True))
+    try:
+        reply = await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        assert reply == b"e1|x"
+        owned = ch.registry
+        assert isinstance(owned, LocalRegistry) and owned is not registry
+    finally:
+        await ch.close()
+    assert owned._closed
+    for wrong, given in ((LocalRegistry, "the class LocalRegistry"), ({}, "a dict")):
+        with pytest.raises(meshkit.ConfigError, match=rf"registry must be .* got {given}$"):
+            meshkit.dial("echo", registry=wrong,  # type: ignore[arg-type]
+                         options=meshkit.DialOptions(insecure=True))
+    with pytest.raises(meshkit.ConfigError, match="registry URI"):
+        meshkit.dial("echo", registry="nosuch://x", options=meshkit.DialOptions(insecure=True))
+
+
 async def test_stats_and_the_live_registry(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:

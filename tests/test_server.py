@@ -1569,6 +1569,31 @@ async def test_a_second_start_is_refused_and_changes_nothing(registry: LocalRegi
     assert await registry.instances("echo") == frozenset()
 
 
+async def test_a_registry_uri_is_registered_in_and_owned_by_the_server(
+    registry: LocalRegistry, registry_dir: Path,
+) -> None:
+    """``MeshServer(..., registry="local:///...")`` kept the string as its registry and
+    failed only in ``start()``, after binding (``'str' object has no attribute
+    'register'``). A URI is now built into a registry (``registry_from_uri``) that the
+    server registers in, owns and closes when drained; an object without
+    ``register()``/``deregister()`` is a ConfigError naming ``registry`` at once."""
+    srv = meshkit.MeshServer("echo", [add_echo("u1")], registry=f"local://{registry_dir}",
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          admin=None))
+    owned = srv.registry
+    assert isinstance(owned, LocalRegistry) and owned is not registry
+    instance = await srv.start()
+    try:
+        assert await registry.instances("echo") == {instance}
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+    assert await registry.instances("echo") == frozenset()
+    assert owned._closed
+    with pytest.raises(meshkit.ConfigError, match=r"registry must be .* got a dict$"):
+        meshkit.MeshServer("echo", [add_echo("u2")], registry={},  # type: ignore[arg-type]
+                           options=meshkit.ServeOptions(insecure=True, admin=None))
+
+
 async def test_a_start_after_a_failed_start_is_refused(registry: LocalRegistry) -> None:
     """A failed start() is undone and stopped for good (``wait_stopped()`` returns, as
     the docstring says: build a new MeshServer to try again); a later ``start()`` is
