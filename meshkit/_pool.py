@@ -120,10 +120,12 @@ class _Conn:
         grpc.aio knows nothing of the unary attempts :mod:`meshkit._inline` runs in their
         callers' tasks. The calls are this sub-channel's own (:meth:`calls_in_flight`),
         so an endpoint under steady load on its new sub-channel does not hold the old
-        one (after :meth:`EndpointPool.rebuild`)."""
+        one (after :meth:`EndpointPool.rebuild`). The sub-channel is closed whatever
+        happens before (a ``grace_s`` :meth:`cut` refuses included: its error is raised
+        once it is closed)."""
         start = time.monotonic()
-        self.cut(grace_s, start)  # only lowers: a cut made before this task ran stands
         try:
+            self.cut(grace_s, start)  # only lowers: a cut made before this task ran stands
             # polled: an event set by the last attempt's end would cost every call
             while ((left := self.drain_until - (now := time.monotonic())) > 0
                    and self.calls_in_flight(ep) > 0):

@@ -1036,7 +1036,18 @@ class MeshChannel(grpc.aio.Channel):
         ``MeshServer.drain`` does): the timer that would write them belongs to this event
         loop, which may end next (``asyncio.run()``). The closing runs to its end even when
         this ``close()`` is cancelled (e.g. by ``wait_for``); a later ``close()`` waits for
-        it (its ``grace`` is the first one's)."""
+        it (its ``grace`` is the first one's).
+
+        Args:
+            grace: seconds, ``None`` or >= 0 (``math.inf``: until the calls have ended,
+                however long); default ``None``.
+
+        Raises:
+            ConfigError: ``grace`` is not such a number (NaN, negative, a string, a
+                ``bool``), quoted; nothing is closed.
+        """
+        if grace is not None:
+            check_number("grace", grace, finite=False)  # NaN would wait for ever
         task = self._closing
         if task is None:
             task = self._closing = asyncio.get_running_loop().create_task(

@@ -293,6 +293,39 @@ async def test_a_registry_uri_is_dialed_and_owned_by_the_channel(
         meshkit.dial("echo", registry="nosuch://x", options=meshkit.DialOptions(insecure=True))
 
 
+@pytest.mark.parametrize("grace", [float("nan"), "1", -1.0, True],
+                         ids=["nan", "str", "negative", "bool"])
+async def test_close_with_a_bad_grace_is_refused_and_closes_nothing(
+        registry: LocalRegistry, echo_servers: EchoFactory, grace: Any) -> None:
+    """``close(grace)`` never checked ``grace``. With a stream open, ``grace=nan`` left
+    the sub-channel's drain unbounded (``now + nan`` compares false), so ``close()``
+    waited for the stream to end by itself (a watch: for ever); ``grace="1"`` (from the
+    environment) raised ``TypeError`` inside the pool's close before the sub-channel was
+    closed, the error was dropped, ``close()`` returned and the channel read SHUTDOWN
+    while the stream kept running and answering (a leaked sub-channel). A bad ``grace``
+    is now a ConfigError quoting it, raised at once, nothing closed: the stream runs on
+    and a later ``close()`` closes it all."""
+    await echo_servers("e1")
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(insecure=True))
+    stream = ch.stream_stream(method("Bidi"))(timeout=30)
+    try:
+        await stream.write(b"a")
+        assert await asyncio.wait_for(stream.read(), 5) == b"e1|a"
+        with pytest.raises(meshkit.ConfigError, match=r"^grace must be .*, got "):
+            await asyncio.wait_for(ch.close(grace=grace), 5)
+        assert ch.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
+        await stream.write(b"b")
+        assert await asyncio.wait_for(stream.read(), 5) == b"e1|b"
+        await asyncio.wait_for(ch.close(grace=0.1), 5)
+        assert ch.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(stream.read(), 5)
+        assert err.value.code() is grpc.StatusCode.CANCELLED
+    finally:
+        stream.cancel()
+        await ch.close()
+
+
 async def test_stats_and_the_live_registry(
     registry: LocalRegistry, echo_servers: EchoFactory
 ) -> None:

@@ -1221,3 +1221,30 @@ async def _force_close(ch: Any) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _SubChannel:
+    """What ``_Conn.close`` uses of a grpc.aio channel: its calls and ``close()``."""
+
+    def __init__(self) -> None:
+        self._active_calls: set[Any] = set()
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_sub_channel_is_closed_even_when_its_grace_is_refused() -> None:
+    """``_Conn.close`` computed the drain's end (``cut()``) before its ``try``: a grace
+    ``cut()`` refused (``"1"``: ``TypeError``) skipped the ``finally`` that closes the
+    sub-channel, and ``EndpointPool.close`` (gathering with ``return_exceptions``) dropped
+    the error: the sub-channel and its calls lived on. The error is now raised once the
+    sub-channel is closed (``MeshChannel.close`` refuses such a grace before)."""
+    from meshkit._pool import _Conn
+    from meshkit.balancer import Endpoint
+
+    sub = _SubChannel()
+    conn = _Conn(sub)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await conn.close(Endpoint(inst("e1", 1)), "1")  # type: ignore[arg-type]
+    assert sub.closed
