@@ -87,6 +87,7 @@ async def test_update_user_taken_email_changes_nothing(store: Store) -> None:
         ada, name="Ada L.")
 
 
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)  # PG only
 async def test_pg_update_user_deadlock_victim_is_run_again(store_url: str, store: Store) -> None:
     """update_user picked as the victim of a PostgreSQL deadlock is run again, not failed.
 
@@ -110,8 +111,6 @@ async def test_pg_update_user_deadlock_victim_is_run_again(store_url: str, store
     ``other`` then writes ada's row, which update_user holds. update_user waited first
     (by 0.5 s), so its deadlock check runs first and it is the victim.
     """
-    if not store_url.startswith("postgres"):
-        pytest.skip("a PostgreSQL deadlock")
     ada = await store.create_user("ada@example.com", "Ada", "h")
     grace = await store.create_user("grace@example.com", "Grace", "h")
     schema = dict(parse_qsl(urlsplit(store_url).query))["schema"]
@@ -142,13 +141,12 @@ async def test_pg_update_user_deadlock_victim_is_run_again(store_url: str, store
     assert await store.get_user(grace.id) == grace
 
 
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)  # PG only
 async def test_pg_conflict_retries_are_bounded(store_url: str, store: Store) -> None:
     """A transaction PostgreSQL aborts on every attempt is tried 3 times, then raises
     StoreUnavailable (UNAVAILABLE: the operation did not take effect, a later one may)
     with one warning, not the outage's; past the handled call's deadline no new attempt
     starts."""
-    if not store_url.startswith("postgres"):
-        pytest.skip("PostgreSQL's transaction aborts")
     assert isinstance(store, PostgresStore)
     attempts = 0
 
