@@ -420,6 +420,25 @@ class EndpointPool:
             # before a call is sent to it rather than after.
             state = ch.get_state(try_to_connect=True)
 
+    def observed(self, ep: Endpoint, state: EndpointState) -> None:
+        """Set ``ep``'s state to ``state`` now, ahead of :meth:`_track_state`: the
+        connectivity its sub-channel showed on a call's failure path (grpc failed an
+        attempt because the sub-channel could not connect; the channel reads the
+        sub-channel's state then). :meth:`_track_state` hears of a sub-channel's changes
+        through ``wait_for_state_change``, a moment after grpc itself: until then the
+        endpoint read ``READY`` and further calls were picked onto it. The sub-channel
+        having left ``READY``, :meth:`_track_state` then sets the state it finds, as
+        always. An endpoint no longer in the pool (it left, or the pool closed) is left
+        alone; waiting calls are woken when the state changes."""
+        if ep.state is not state and self.endpoints.get(ep.key) is ep:
+            ep.state = state
+            self.notify()
+
+    @staticmethod
+    def state_of(connectivity: grpc.ChannelConnectivity) -> EndpointState:
+        """The :class:`EndpointState` of a sub-channel in ``connectivity``."""
+        return _CONNECTIVITY.get(connectivity, EndpointState.IDLE)
+
     def notify(self) -> None:
         """Wake everything waiting in :meth:`changed`."""
         ev, self._changed = self._changed, asyncio.Event()

@@ -116,7 +116,12 @@ from meshkit.resilience import (
     current_deadline,
     is_nack,
 )
-from meshkit.resilience._retry import nacked_status
+from meshkit.resilience._retry import (
+    ConnectFailedError,
+    draining_refusal,
+    nacked_status,
+    never_connected,
+)
 
 __all__ = ["DialOptions", "MeshChannel", "dial"]
 
@@ -167,8 +172,13 @@ def _attempt_outcome(exc: AioRpcError) -> grpc.StatusCode:
     """The status a failed attempt reports to the balancer: a refusal before any processing
     (:func:`~meshkit.resilience.is_nack`: a stream reset ``REFUSED_STREAM``, or a meshkit
     server's "server busy") is overload, ``RESOURCE_EXHAUSTED`` (P2C's penalty, not an
-    outlier-ejection failure); anything else its own status."""
-    return _EXHAUSTED if is_nack(exc) else exc.code()
+    outlier-ejection failure), except a draining server's refusal
+    (:func:`~meshkit.resilience._retry.draining_refusal`), ``UNAVAILABLE``: that endpoint
+    is leaving; anything else its own status."""
+    code = exc.code()
+    if is_nack(exc) and not draining_refusal(code, exc.details(), exc.trailing_metadata()):
+        return _EXHAUSTED
+    return code
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -555,6 +565,14 @@ class MeshChannel(grpc.aio.Channel):
     unary request that does not serialize; raised before the pick) and for a unary-unary
     response that does not deserialize
     (:class:`~meshkit.errors.ResponseDeserializationError`).
+
+    An attempt of a unary-response call that grpc failed because its endpoint's
+    sub-channel could not connect (``UNAVAILABLE`` "failed to connect to all addresses",
+    no metadata, the sub-channel not ``READY``: an endpoint whose server just stopped,
+    still read ``READY`` for a moment) is raised as
+    :class:`~meshkit.resilience._retry.ConnectFailedError` (grpc's code and details), which
+    the retry policy sends to another endpoint whatever the method's idempotency: its
+    request never left (:func:`~meshkit.resilience._retry.never_connected`).
     """
 
     def __init__(
@@ -732,6 +750,10 @@ class MeshChannel(grpc.aio.Channel):
                 raise
             ep.failures += 1
             done(_attempt_outcome(exc), _perf() - t0)
+            if exc.code() is _UNAVAILABLE:
+                unsent = self._unavailable(ep, exc)
+                if unsent is not None:
+                    raise unsent from exc
             raise
         except asyncio.CancelledError:
             done(_CANCELLED, _perf() - t0)
@@ -762,6 +784,35 @@ class MeshChannel(grpc.aio.Channel):
         done(_OK, _perf() - t0)
         details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
+
+    def _unavailable(self, ep: Endpoint, exc: AioRpcError) -> ConnectFailedError | None:
+        """The failure path of a unary-response attempt on ``ep`` that ended
+        ``UNAVAILABLE`` (``exc``), after its outcome was reported: when grpc failed it
+        because the endpoint's sub-channel could not connect
+        (:func:`~meshkit.resilience._retry.never_connected`, with the sub-channel's
+        connectivity read now), the endpoint takes that state at once (the pool's own
+        tracking hears of it a moment later, and meanwhile more calls were picked onto an
+        endpoint read ``READY``), and a
+        :class:`~meshkit.resilience._retry.ConnectFailedError` is returned for the caller
+        to raise, which the retry interceptor sends to another endpoint whatever the
+        method's idempotency. ``None`` otherwise (the error stays as it is), also when
+        ``ep`` has left the pool or its sub-channel cannot be read."""
+        details = exc.details()
+        trailers = exc.trailing_metadata()
+        pool = self._pool
+        if trailers or details is None or pool.endpoints.get(ep.key) is not ep:
+            return None
+        conn = self._conns.get(ep.key)
+        if conn is None:
+            return None
+        try:
+            state = conn.channel.get_state()
+        except Exception:  # a closed or foreign sub-channel: nothing known
+            return None
+        if not never_connected(_UNAVAILABLE, details, exc.initial_metadata(), trailers, state):
+            return None
+        pool.observed(ep, pool.state_of(state))
+        return ConnectFailedError(details, exc.debug_error_string())
 
     async def _attempt_stream(self, details: ClientCallDetails, request: Any) -> Any:
         md = details.metadata
@@ -1141,19 +1192,23 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
         return
     if code is not _OK:
         ep.failures += 1
-        if (code is _UNAVAILABLE or code is _EXHAUSTED) and await _stream_nacked(call, code):
+        if (code is _UNAVAILABLE or code is _EXHAUSTED) and await _stream_shed(call, code):
             code = _EXHAUSTED  # refused before any of it ran: overload, as a unary attempt's
     done(code, latency)
 
 
-async def _stream_nacked(call: Any, code: grpc.StatusCode) -> bool:
-    """Whether a stream that ended ``code`` was refused before any of it ran (a nack, see
-    :func:`~meshkit.resilience.is_nack`): reset with ``REFUSED_STREAM``, or a meshkit
-    server's "server busy" with ``meshkit-nack: 1``."""
+async def _stream_shed(call: Any, code: grpc.StatusCode) -> bool:
+    """Whether a stream that ended ``code`` was refused before any of it ran for overload
+    (a nack, see :func:`~meshkit.resilience.is_nack`): reset with ``REFUSED_STREAM``, or a
+    meshkit server's "server busy" with ``meshkit-nack: 1``. A draining server's refusal
+    (:func:`~meshkit.resilience._retry.draining_refusal`) is a nack but no overload: its
+    endpoint is leaving, reported ``UNAVAILABLE``."""
     try:
-        return nacked_status(code, await call.details(), await call.trailing_metadata())
+        details, trailers = await call.details(), await call.trailing_metadata()
     except Exception:  # a call object without them: no nack seen
         return False
+    return (nacked_status(code, details, trailers)
+            and not draining_refusal(code, details, trailers))
 
 
 # -- multicallables ----------------------------------------------------------------------

@@ -9,8 +9,13 @@ error:
    this instance (they see it within their watch interval);
 2. wait ``drain_delay_s`` for that news to reach callers, still serving;
 3. end the health ``Watch`` streams (``OK``, once each watcher has been sent
-   ``NOT_SERVING``), stop taking new calls and give in-flight calls ``grace_s`` to finish;
-4. return, so the process exits 0.
+   ``NOT_SERVING``) and refuse new calls (``UNAVAILABLE`` with the nack trailer
+   ``meshkit-nack: 1``, before any code of them runs: mesh clients retry them on another
+   endpoint whatever the method) until they stop arriving (0.05 s without one, 0.5 s at
+   most), so that no call is waiting in grpc when it stops: grpc core ends those
+   ``CANCELLED``, which no client retries;
+4. stop taking new calls and give in-flight calls ``grace_s`` to finish;
+5. return, so the process exits 0.
 
 The health service is meshkit's own ``grpc_health.v1.health.aio.HealthServicer`` unless
 the servicers include one of yours (``(health_pb2_grpc.add_HealthServicer_to_server,
@@ -138,6 +143,7 @@ from meshkit.resilience import (
     RateLimitInterceptor,
     RateLimitOptions,
 )
+from meshkit.resilience._retry import DRAINING_DETAILS, NACK_METADATA
 
 __all__ = ["MeshServer", "ServeOptions", "ServerLimits", "serve", "server_chain"]
 
@@ -501,7 +507,9 @@ class ServeOptions:
             they have been sent ``NOT_SERVING``, so a server with nothing else in flight
             stops at once.
         drain_delay_s: seconds between deregistering and refusing new calls, so that
-            callers' discovery catches up (default 1.0).
+            callers' discovery catches up (default 1.0). The refusal phase that follows
+            (:meth:`MeshServer.drain`) adds 0.05 s to a drain nobody calls during, 0.5 s
+            at most.
         reflection: serve gRPC server reflection (default ``True``): the
             ``grpc.reflection.v1alpha`` service and the same under ``grpc.reflection.v1``,
             listing the services given, health and reflection. A reflection servicer
@@ -724,14 +732,34 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
 
 class _MethodTable(grpc.GenericRpcHandler):
     """The registered method handlers of a server's services, by full method path, as one
-    generic handler (what :class:`_Recorder` gives grpc instead of registering them)."""
+    generic handler (what :class:`_Recorder` gives grpc instead of registering them), the
+    first one grpc asks.
+
+    :meth:`refuse` makes it answer every call but the health service's with a refusal
+    from then on, generic handlers' methods included: the drain's refusal phase
+    (:meth:`MeshServer.drain`). It swaps the lookup the table answers with, so a call
+    looked up before pays nothing for it."""
 
     def __init__(self, methods: dict[str, Handler]) -> None:
         self._methods = methods
+        self._lookup: Callable[[str], Handler | None] = methods.get
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         """The method's handler, or ``None`` (another handler, or ``UNIMPLEMENTED``)."""
-        return self._methods.get(handler_call_details.method)
+        return self._lookup(handler_call_details.method)
+
+    def refuse(self, refusal: Handler) -> None:
+        """From now on answer every method but the health service's (``Check``,
+        ``Watch``: probes and watchers are told ``NOT_SERVING``) with ``refusal``, also
+        those the generic handlers after this table would serve, and unknown ones."""
+        methods = self._methods
+
+        def refusing(method: str) -> Handler | None:
+            if method.startswith(_HEALTH_PREFIX):
+                return methods.get(method)  # (or the health service's generic handler)
+            return refusal
+
+        self._lookup = refusing
 
 
 def _method_table(handler: Any) -> tuple[str, ...]:
@@ -746,7 +774,8 @@ def _method_table(handler: Any) -> tuple[str, ...]:
 
 
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-_HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
+_HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
+_HEALTH_WATCH = f"{_HEALTH_PREFIX}Watch"
 
 
 class _WatchContext:
@@ -970,13 +999,17 @@ class _Recorder:
         added, self._added = self._added, set()
         return added
 
-    def install(self) -> None:
+    def install(self) -> _MethodTable | None:
         """Give the grpc server the handlers added so far: the method table first, then
-        the generic handlers in the order they were added."""
-        handlers = ([_MethodTable(self._methods)] if self._methods else []) + self._generic
+        the generic handlers in the order they were added. Returns the method table
+        (``None`` when no method was registered: a grpc observability plugin is active,
+        or every service was added as a generic handler)."""
+        table = _MethodTable(self._methods) if self._methods else None
+        handlers = ([table] if table is not None else []) + self._generic
         if handlers:
             self._server.add_generic_rpc_handlers(handlers)
         self._methods, self._generic = {}, []
+        return table
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
@@ -1013,6 +1046,8 @@ class MeshServer:
             ``set()`` calls are ignored), then ends the open ``Watch`` streams. Give a
             servicer to one server only: the first drain sets it ``NOT_SERVING`` for
             good.
+        drain_refused: calls the drain refused before it stopped (see :meth:`drain`);
+            not seen by telemetry (no code of theirs ran), logged with ``stopped``.
 
     Transport security is required: ``options.tls``, other ``credentials``, or
     ``MESHKIT_CERT_DIR`` (the service's own certificate); plaintext only with
@@ -1098,6 +1133,8 @@ class MeshServer:
         # max_concurrent_rpcs without the gate (ServerLimits(read_requests=False))
         self.call_slots: CallSlots | None = None
         self._tls_handshakes = 0
+        self._table: _MethodTable | None = None  # what the drain makes refuse new calls
+        self.drain_refused = 0  # see the class docstring
         self._reserved_id: str | None = None
         # keeps the certificate gauges on the files on disk (see _follow_certificate)
         self._certificate_follower: asyncio.Task[None] | None = None
@@ -1213,7 +1250,7 @@ class MeshServer:
                     request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
                     response_serializer=reflection_pb2.ServerReflectionResponse
                     .SerializeToString)})
-        recorder.install()
+        self._table = recorder.install()
         bind = f"{uri_host(opts.host)}:{opts.port}"
         creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded,
                                              on_handshake=self._handshake_started)
@@ -1482,7 +1519,12 @@ class MeshServer:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, end the health
         ``Watch`` streams (each sent ``NOT_SERVING`` first, unless it was already, then
         ended ``OK``: a watch never ends by itself and would hold the stop for the whole
-        ``grace_s``), then stop with ``grace_s`` for in-flight calls. The drain runs to
+        ``grace_s``), refuse new calls until they stop arriving (every method but the
+        health service's: ``UNAVAILABLE`` "server draining: call refused before it ran"
+        with the nack trailer ``meshkit-nack: 1``, which mesh clients retry on another
+        endpoint whatever the method; until no call came for 0.05 s, 0.5 s at most;
+        counted in :attr:`drain_refused`; see :meth:`_refuse_new_calls`), then stop with
+        ``grace_s`` for in-flight calls. The drain runs to
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
         server never stays deregistered but serving. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
@@ -1521,6 +1563,7 @@ class MeshServer:
         # the health watchers have been told NOT_SERVING: their calls end now, so that
         # grace_s is the in-flight calls' only (a Watch never ends by itself)
         self._watches.end()
+        await self._refuse_new_calls()
         await server.stop(opts.grace_s)
         for icpt in self._chain:  # e.g. a rate limiter's Redis connections
             aclose = getattr(icpt, "aclose", None)
@@ -1534,10 +1577,43 @@ class MeshServer:
             await _SharedAdmin.release()
         if self._owns_registry:
             await self.registry.close()
-        _log.info("stopped", service=self.service)
+        _log.info("stopped", service=self.service, refused=self.drain_refused)
         flush_logs()  # the access log's last batch
         self._stopped.set()
         ended(self)  # its final counters, for /metrics after it is gone
+
+    async def _refuse_new_calls(self) -> None:
+        """The drain's refusal phase, right before ``server.stop()``: every new call but
+        the health service's is answered ``UNAVAILABLE`` :data:`DRAINING_DETAILS` with the
+        nack trailer (``meshkit-nack: 1``) before any code of it runs (no telemetry, no
+        check: counted in :attr:`drain_refused`), until no call has been refused for
+        :data:`_REFUSE_QUIET_S` or for :data:`_REFUSE_MAX_S` at most.
+
+        grpc core ends the calls a server has accepted but not yet handed to Python when
+        it stops with ``CANCELLED`` (grpc/grpc#41785), a status no client retries; a
+        caller that has not seen the deregistration (its registry unreachable, a plain
+        gRPC client) got those. A refusal is retried on another endpoint by mesh clients
+        (a nack: whatever the method's idempotency), whose balancers charge this
+        endpoint a failure (P2C's penalty, outlier ejection's count) and so stop
+        picking it: calls stop arriving and the stop finds none waiting. Other clients
+        see ``UNAVAILABLE``, which their retry policies may retry; one that goes on
+        sending to this server keeps the phase going to :data:`_REFUSE_MAX_S`, and its
+        calls that reach grpc in the moment of the stop are still ended ``CANCELLED``
+        (grpc core's behaviour; only a client that stops sending avoids it). The table
+        is swapped once (:meth:`_MethodTable.refuse`): calls before the drain pay
+        nothing. A server without a method table (a grpc observability plugin active at
+        start, which keeps the methods registered with grpc) has no refusal phase."""
+        table = self._table
+        if table is None:
+            return
+        table.refuse(_refusal(self))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + _REFUSE_MAX_S
+        while (left := end - loop.time()) > 0:
+            before = self.drain_refused
+            await asyncio.sleep(min(_REFUSE_QUIET_S, left))
+            if self.drain_refused == before:
+                break
 
     @property
     def ready(self) -> bool:
@@ -1696,6 +1772,27 @@ _REFLECTION_NAMES = frozenset((_REFLECTION_V1, reflection.SERVICE_NAME))
 
 _UNDO_DEREGISTER_S = 5.0
 """How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""
+
+_REFUSE_QUIET_S = 0.05
+"""The drain's refusal phase ends once no call was refused for this many seconds..."""
+_REFUSE_MAX_S = 0.5
+"""... or after this many seconds at most (callers that keep sending: plain gRPC clients
+that do not retry elsewhere); see :meth:`MeshServer._refuse_new_calls`."""
+
+
+def _refusal(server: MeshServer) -> Handler:
+    """The handler of every call (but health's) in ``server``'s drain refusal phase: counts
+    the call in ``server.drain_refused`` and answers ``UNAVAILABLE``
+    :data:`DRAINING_DETAILS` with the nack trailer :data:`NACK_METADATA`. A stream-stream
+    handler, which starts without reading a request, so it answers calls of every kind."""
+
+    async def refuse(requests: Any, context: Any) -> None:
+        server.drain_refused += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_DETAILS,
+                            trailing_metadata=(NACK_METADATA,))
+
+    handler: Handler = grpc.stream_stream_rpc_method_handler(refuse)
+    return handler
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:

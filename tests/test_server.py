@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import meshkit
 import meshkit.server
-from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from meshkit.errors import RegistryError
 from meshkit.observability import AdminOptions
 from meshkit.observability._live import live_server_stats
+from meshkit.resilience import RetryOptions, RetryPolicy
+from meshkit.resilience._retry import DRAINING_DETAILS
 from meshkit.server import _SharedAdmin
 from tests.conftest import EchoFactory
 from tests.support import grpc_plugin
@@ -2000,3 +2004,150 @@ def test_run_until_signal_in_a_thread_serves_until_drained(registry_dir: Path) -
     assert _in_a_thread(main) is None
     assert answers == [b"t2|x"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class _FrozenView:
+    """A registry view that never changes after its first answer: a client cut off from
+    its registry, whose watch keeps its last set (the README's promise for an outage)."""
+
+    def __init__(self, instances: frozenset[Instance]) -> None:
+        self._instances = instances
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        yield self._instances
+        await asyncio.Event().wait()  # no news, ever
+
+
+async def test_calls_racing_a_drained_server_stop_are_refused_with_a_nack_not_cancelled(
+    registry: LocalRegistry,
+) -> None:
+    """A rolling restart (e0 then e1 drained, e2 always up) under 16 tasks of continuous
+    idempotent unary calls, from a client that never sees the deregistrations.
+
+    What was wrong: ``_drain`` went from ``drain_delay_s`` straight to
+    ``server.stop(grace_s)``, and grpc core ends every call it has accepted but not yet
+    handed to Python then with ``CANCELLED`` "CANCELLED" (grpc/grpc#41785). What a user
+    saw: a client that had not seen the deregistration (its registry unreachable, or any
+    plain gRPC client) got a few calls failed ``CANCELLED`` per drained instance (5-12
+    in this test), the handler never having run, and not retried even for an idempotent
+    method (``CANCELLED`` is in no retry codes) while e2 was healthy. What happens now:
+    before the stop, the drain refuses new calls ``UNAVAILABLE`` with the nack trailer
+    (``meshkit-nack: 1``), which the mesh client retries on another endpoint, charging
+    the draining one a failure, so calls stop arriving and the stop finds none waiting:
+    no call is ``CANCELLED``."""
+    servers: dict[str, meshkit.MeshServer] = {}
+
+    async def start(iid: str) -> meshkit.MeshServer:
+        srv = meshkit.MeshServer("echo", [add_echo(iid)], registry=registry,
+                                 options=meshkit.ServeOptions(
+                                     insecure=True, instance_id=iid, admin=None,
+                                     drain_delay_s=0.3, grace_s=5))
+        await srv.start()
+        servers[iid] = srv
+        return srv
+
+    try:
+        for i in range(3):
+            await start(f"e{i}")
+        view = _FrozenView(frozenset(s.instance for s in servers.values()
+                                     if s.instance is not None))
+        ok = 0
+        fails: collections.Counter[tuple[grpc.StatusCode, str]] = collections.Counter()
+        refused = 0
+        opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(
+            methods={method("Unary"): RetryPolicy(idempotent=True)}))
+        async with meshkit.dial("echo", registry=view, options=opts) as ch:
+            await ch.wait_for_endpoints(3, timeout_s=10)
+            unary = ch.unary_unary(method("Unary"))
+            stop = asyncio.Event()
+
+            async def worker() -> None:
+                nonlocal ok
+                while not stop.is_set():
+                    try:
+                        await unary(b"x", timeout=5)
+                        ok += 1
+                    except grpc.aio.AioRpcError as exc:
+                        fails[(exc.code(), (exc.details() or "")[:60])] += 1
+
+            tasks = [asyncio.create_task(worker()) for _ in range(16)]
+            try:
+                await asyncio.sleep(0.3)
+                for i in range(2):
+                    drained = servers.pop(f"e{i}")
+                    await asyncio.wait_for(drained.drain(), 15)
+                    refused += getattr(drained, "drain_refused", 0)  # (none before)
+                    await start(f"e{i}-new")  # which this client cannot learn of
+                    await asyncio.sleep(0.3)
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert ok > 100, (ok, dict(fails))
+        cancelled = {k: v for k, v in fails.items() if k[0] is grpc.StatusCode.CANCELLED}
+        assert not cancelled, (f"{sum(cancelled.values())} idempotent calls failed "
+                               f"CANCELLED as a drained server stopped: {cancelled}")
+        assert refused > 0  # the refusal phase answered the calls that raced the stop
+    finally:
+        for srv in servers.values():
+            await asyncio.wait_for(srv.drain(), 15)
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["generic", "registered"])
+async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch, registered: bool,
+) -> None:
+    """Between ``drain_delay_s`` and the stop, the drain answers every new call (any kind,
+    a method of a generic handler or a registered one, an unknown method) ``UNAVAILABLE``
+    :data:`DRAINING_DETAILS` with the nack trailer before any code of it runs, counted in
+    ``drain_refused``; the health service still answers (``NOT_SERVING``). The phase ends
+    once no call was refused for ``_REFUSE_QUIET_S`` (widened here so the test can look
+    inside it); the calls before the drain ran as usual. Before, the drain stopped at
+    once after ``drain_delay_s``: no refusal phase, the calls racing the stop were
+    ``CANCELLED``."""
+    monkeypatch.setattr(meshkit.server, "_REFUSE_QUIET_S", 1.0, raising=False)
+    monkeypatch.setattr(meshkit.server, "_REFUSE_MAX_S", 20.0, raising=False)
+    served: list[str] = []
+    srv = meshkit.MeshServer("echo", [add_echo("r1", served=served, registered=registered)],
+                             registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, admin=None,
+                                                          drain_delay_s=0.1, grace_s=5))
+    await srv.start()
+    drain: asyncio.Future[None] | None = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            unary = ch.unary_unary(method("Unary"))
+            assert await unary(b"x", timeout=5) == b"r1|x"
+            drain = asyncio.ensure_future(srv.drain())
+            refusal: grpc.aio.AioRpcError | None = None
+            deadline = time.monotonic() + 10
+            while refusal is None and time.monotonic() < deadline:
+                try:
+                    await unary(b"y", timeout=5)  # served while drain_delay_s runs
+                except grpc.aio.AioRpcError as exc:
+                    refusal = exc
+                await asyncio.sleep(0.01)
+            assert refusal is not None
+            nack = (("meshkit-nack", "1"),)
+            assert (refusal.code(), refusal.details(), tuple(refusal.trailing_metadata())) \
+                == (grpc.StatusCode.UNAVAILABLE, DRAINING_DETAILS, nack)
+            n_served = len(served)
+            stream = ch.unary_stream(method("ServerStream"))(b"3", timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stream:
+                    pass
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert info.value.details() == DRAINING_DETAILS
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.unary_unary("/no.Such/Method")(b"z", timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            resp = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert len(served) == n_served  # no handler ran for the refused calls
+            assert srv.drain_refused == 3
+            assert not drain.done()
+            await asyncio.wait_for(drain, 10)  # once quiet for _REFUSE_QUIET_S
+    finally:
+        if drain is not None:
+            await asyncio.wait_for(drain, 10)
+        await srv.drain()

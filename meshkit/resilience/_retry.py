@@ -45,13 +45,26 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent, except
   when the registry gave no first answer within the call's wait for it
   (``resolve_timeout_s``; ``NoEndpointsError.unresolved``): a retry would only wait again;
+  so is a unary-response attempt that grpc failed because its endpoint's sub-channel
+  could not connect (:class:`ConnectFailedError`, see :func:`never_connected`: the
+  request never left), unless its request was an iterator the attempt spent;
 * a **nack** is retried like ``UNAVAILABLE`` and whether or not the call is safe to repeat
   (for unary-stream calls: only those safe to repeat, which are wrapped for their retries
   anyway; the wrapper costs every other stream a task and about 74 bytecodes per message):
-  a meshkit server that sheds a call before any of its code ran (``RESOURCE_EXHAUSTED``
-  "server busy" from :class:`meshkit.server.ServerLimits`) says so with the trailing
-  metadata ``meshkit-nack: 1``, so the call goes to another endpoint, within the budget
-  (Finagle's restartable failures, its ``RequeueFilter``).
+  a meshkit server that refuses a call before any of its code ran says so with the
+  trailing metadata ``meshkit-nack: 1`` (``RESOURCE_EXHAUSTED`` "server busy" when it
+  sheds it, :class:`meshkit.server.ServerLimits`; ``UNAVAILABLE``
+  :data:`DRAINING_DETAILS` while it drains, :meth:`meshkit.server.MeshServer.drain`), so
+  the call goes to another endpoint, within the budget (Finagle's restartable failures,
+  its ``RequeueFilter``).
+
+A call a server ends ``CANCELLED`` is never retried, even when no code of it ran: grpc
+core ends the calls a server accepted but had not yet handed to its application when it
+stops (``grpc.aio``'s ``server.stop()``, grpc/grpc#41785) with the same trailers-only
+``CANCELLED`` "CANCELLED" that a handler's ``context.abort(grpc.StatusCode.CANCELLED,
+"CANCELLED")`` sends, so a client cannot tell the one (safe to repeat) from the other. A
+meshkit server refuses new calls with a nack before it stops instead (see
+:meth:`meshkit.server.MeshServer.drain`).
 """
 
 from __future__ import annotations
@@ -66,7 +79,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import grpc
-from grpc.aio import AioRpcError
+from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import RetryingStreamCall
 from meshkit._config import (
@@ -313,7 +326,7 @@ class RetryInterceptor(ClientInterceptor):
                          if replayable or isinstance(exc, NoEndpointsError) else None)
                 if delay is None:
                     raise
-                if not isinstance(exc, NoEndpointsError):
+                if not isinstance(exc, _NOT_SENT):
                     sent += 1
                 # gRFC A6: after a pushback "retry delay will reset to initial backoff"
                 step = 1 if _pushback_s(exc) is not None else step + 1
@@ -383,7 +396,7 @@ class RetryInterceptor(ClientInterceptor):
             return None
         if isinstance(exc, NoEndpointsError) and exc.unresolved:
             return None  # it waited resolve_timeout_s for discovery: a retry waits again
-        if not safe and not nacked and not isinstance(exc, NoEndpointsError):
+        if not safe and not nacked and not isinstance(exc, _NOT_SENT):
             return None
         pushback = _pushback_s(exc)
         if pushback is not None and (pushback < 0 or pushback > policy.max_pushback_s):
@@ -537,9 +550,11 @@ def is_nack(exc: AioRpcError) -> bool:
     """Whether ``exc`` is a nack: the server refused the call before running any of it, so
     another attempt is always safe. Two kinds:
 
-    * a meshkit server's refusal: ``RESOURCE_EXHAUSTED`` with trailing metadata
-      :data:`NACK_METADATA` ("server busy" from the request gate; the trailer on any
-      other status is not believed);
+    * a meshkit server's refusal, with trailing metadata :data:`NACK_METADATA`:
+      ``RESOURCE_EXHAUSTED`` ("server busy" from the request gate), or ``UNAVAILABLE``
+      with exactly the details :data:`DRAINING_DETAILS` (a draining server's refusal of
+      new calls, :func:`draining_refusal`); the trailer on any other status, or on
+      ``UNAVAILABLE`` with other details, is not believed;
     * an HTTP/2 stream the server reset with ``REFUSED_STREAM`` (error code 7), e.g. past
       its ``max_concurrent_streams``: RFC 9113 section 8.7 says such a stream was closed
       "prior to any processing" and "can be safely retried". grpc C-core reports it as
@@ -550,7 +565,9 @@ def is_nack(exc: AioRpcError) -> bool:
     alone; details that merely contain C-core's words (a server application's message
     quoting a downstream call's status, or a caller's text) are no nack. A server
     application that forwards a downstream refused stream's status verbatim
-    (``context.abort(e.code(), e.details())``) cannot be told from a refusal.
+    (``context.abort(e.code(), e.details())``), or a downstream meshkit server's nack with
+    its trailing metadata (``context.abort(e.code(), e.details(), e.trailing_metadata())``)
+    cannot be told from a refusal.
     """
     code = exc.code()
     if code is not _UNAVAILABLE and code is not _EXHAUSTED:
@@ -562,8 +579,28 @@ def nacked_status(code: grpc.StatusCode, details: str | None, trailing_metadata:
     """:func:`is_nack` of a call that ended with status ``code``, ``details`` and
     ``trailing_metadata`` (key/value pairs, or ``None``)."""
     if code is _UNAVAILABLE:
+        if details == DRAINING_DETAILS:
+            return _nack_trailer(trailing_metadata)
         return details == REFUSED_STREAM_DETAILS and not trailing_metadata
-    if code is not _EXHAUSTED or not trailing_metadata:
+    return code is _EXHAUSTED and _nack_trailer(trailing_metadata)
+
+
+def draining_refusal(code: grpc.StatusCode, details: str | None,
+                     trailing_metadata: Any) -> bool:
+    """Whether a call that ended with status ``code``, ``details`` and
+    ``trailing_metadata`` was refused by a draining meshkit server before any of it ran:
+    ``UNAVAILABLE``, exactly :data:`DRAINING_DETAILS`, and the nack trailer. A nack
+    (:func:`nacked_status`: retried whatever the method) that also says the endpoint is
+    leaving: the channel reports the attempt to the balancer as ``UNAVAILABLE`` (a
+    failure: P2C's penalty, outlier ejection's count), not as overload."""
+    return (code is _UNAVAILABLE and details == DRAINING_DETAILS
+            and _nack_trailer(trailing_metadata))
+
+
+def _nack_trailer(trailing_metadata: Any) -> bool:
+    """Whether ``trailing_metadata`` (key/value pairs, or ``None``) holds the nack
+    trailer :data:`NACK_METADATA`."""
+    if not trailing_metadata:
         return False
     for key, value in trailing_metadata:
         if key == NACK_METADATA[0]:
@@ -573,6 +610,70 @@ def nacked_status(code: grpc.StatusCode, details: str | None, trailing_metadata:
 
 REFUSED_STREAM_DETAILS = "Stream removed (RST_STREAM (Received RST_STREAM with error code 7))"
 """grpc C-core's details of a stream the server reset with ``REFUSED_STREAM``."""
+
+DRAINING_DETAILS = "server draining: call refused before it ran"
+"""The details of the ``UNAVAILABLE`` (with the nack trailer, :data:`NACK_METADATA`) a
+draining meshkit server answers new calls with between its ``drain_delay_s`` and its
+stop (:meth:`meshkit.server.MeshServer.drain`)."""
+
+CONNECT_FAILED_DETAILS = "failed to connect to all addresses"
+"""The start of grpc C-core's details of a call it failed because its channel could not
+connect (``UNAVAILABLE`` "failed to connect to all addresses; last error: ...": the
+connection was refused, timed out, or its handshake failed), without ``wait_for_ready``."""
+
+
+def never_connected(code: grpc.StatusCode, details: str | None, initial_metadata: Any,
+                    trailing_metadata: Any, state: grpc.ChannelConnectivity) -> bool:
+    """Whether an attempt that ended with status ``code``, ``details``, response metadata
+    ``initial_metadata`` and ``trailing_metadata`` failed before its request left the
+    client, its sub-channel being in connectivity ``state`` when the failure was seen.
+    All of:
+
+    * ``UNAVAILABLE`` whose details start with :data:`CONNECT_FAILED_DETAILS` (what grpc
+      core answers a call picked onto a sub-channel that could not connect);
+    * no initial and no trailing metadata (a server's answer that merely quotes those
+      words may carry some);
+    * the sub-channel is not ``READY``: a status a server sends arrives over a ready
+      connection, so a server application forwarding a downstream call's "failed to
+      connect" verbatim (``context.abort(e.code(), e.details())``, common in proxies and
+      aggregators) is not taken for one.
+
+    Residual risk: such a forwarded status, arriving in the moment its connection is lost
+    (the server stopped just after answering), reads as never sent, and the retry
+    interceptor sends the call again although the server ran it. The window is the time
+    between the answer's arrival and the check, on the caller's failure path (microseconds
+    on an idle loop); a method that must never run twice keeps an idempotency key or a
+    deduplication of its own, as for any retry.
+
+    Checked on the failure path only (the channel reads ``state`` from the sub-channel
+    there); a call's success costs nothing.
+    """
+    return (code is _UNAVAILABLE and details is not None
+            and details.startswith(CONNECT_FAILED_DETAILS)
+            and not initial_metadata and not trailing_metadata
+            and state is not grpc.ChannelConnectivity.READY)
+
+
+class ConnectFailedError(MeshRpcError):
+    """A unary-response attempt grpc failed ``UNAVAILABLE`` because its endpoint's
+    sub-channel could not connect (:func:`never_connected`): the request never left the
+    client. The retry interceptor sends it to another endpoint whatever the method's
+    idempotency, as a call that found no endpoint (within the budget, the deadline and
+    ``max_attempts``); once retries are spent the caller gets it, with grpc's code and
+    details unchanged (``debug_error_string()`` too) and no metadata.
+
+    Args:
+        details: grpc's status details ("failed to connect to all addresses; ...").
+        debug_error_string: grpc's debug string of the attempt's error.
+    """
+
+    def __init__(self, details: str, debug_error_string: str | None = None) -> None:
+        AioRpcError.__init__(self, _UNAVAILABLE, Metadata(), Metadata(), details=details,
+                             debug_error_string=debug_error_string)
+
+
+# attempts that never reached a server: retried whatever the method's idempotency
+_NOT_SENT = (NoEndpointsError, ConnectFailedError)
 
 
 def _replayable(request: Any) -> bool:

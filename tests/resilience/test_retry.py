@@ -6,6 +6,7 @@ import asyncio
 import gc
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,9 +15,18 @@ import pytest
 
 import meshkit
 from meshkit._metadata import PREVIOUS_ATTEMPTS
-from meshkit.balancer import OutlierOptions, RoundRobin
+from meshkit.balancer import EndpointState, OutlierOptions, RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
+from meshkit.resilience._retry import (
+    CONNECT_FAILED_DETAILS,
+    DRAINING_DETAILS,
+    REFUSED_STREAM_DETAILS,
+    ConnectFailedError,
+    draining_refusal,
+    nacked_status,
+    never_connected,
+)
 from tests.conftest import EchoFactory
 from tests.faults._h2 import _Decoder
 from tests.support.echo import method
@@ -757,3 +767,149 @@ async def test_hedged_attempts_failing_together_leave_no_unretrieved_task_except
         loop.set_exception_handler(previous)
     unread = [ctx.get("message") for ctx in reported]
     assert unread == [], unread
+
+
+class _FrozenView:
+    """A registry view that never changes after its first answer: a client cut off from
+    its registry, whose watch keeps its last set (the README's promise for an outage)."""
+
+    def __init__(self, instances: frozenset[Instance]) -> None:
+        self._instances = instances
+
+    async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        yield self._instances
+        await asyncio.Event().wait()  # no news, ever
+
+
+@pytest.mark.parametrize("telemetry", [True, False], ids=["intercepted", "inline"])
+async def test_calls_picked_onto_a_stopped_endpoint_that_still_reads_ready_are_retried(
+    registry: LocalRegistry, echo_servers: EchoFactory, telemetry: bool
+) -> None:
+    """An endpoint whose server has just stopped still reads ``READY`` in the pool for a
+    moment (until ``_track_state``'s ``wait_for_state_change`` reports; frozen here for
+    the test), and stays listed while the client's registry is cut off.
+
+    What was wrong: a call picked onto it then went to a reconnecting sub-channel and grpc
+    failed it ``UNAVAILABLE`` "failed to connect to all addresses ... Connection refused";
+    the retry interceptor counted only ``NoEndpointsError`` as "never reached a server",
+    so a call not marked idempotent (the default) was not retried. What a user saw: calls
+    failing "failed to connect" during a rolling restart while another endpoint was
+    healthy (here the first call picked onto it; P2C's failure penalty kept the others
+    off), although the request never left the client.
+    What happens now: such an attempt (that status, no metadata, and the sub-channel not
+    ``READY`` at that moment) is a ``ConnectFailedError``, retried on another endpoint
+    whatever the idempotency, and the endpoint takes its sub-channel's state at once.
+    Attempts through grpc.aio's intercepted call (telemetry's attempt interceptors) and
+    through meshkit's inline one (none) alike."""
+    served: list[str] = []
+    live = await echo_servers("e1", served=served)
+    stopped = await echo_servers("e2")
+    assert live.instance is not None and stopped.instance is not None
+    view = _FrozenView(frozenset({live.instance, stopped.instance}))
+    options = (meshkit.DialOptions(insecure=True) if telemetry
+               else meshkit.DialOptions(insecure=True, telemetry=None))
+    async with meshkit.dial("echo", registry=view, options=options) as ch:
+        await ch.wait_for_endpoints(2, timeout_s=10)
+        unary = ch.unary_unary(method("Unary"))
+        pool = ch._pool
+        await until(lambda: all(ep.state is EndpointState.READY
+                                for ep in pool.endpoints.values()),
+                    timeout_s=10, what="both endpoints READY")
+        await stopped.drain()
+        task = pool._state_tasks.pop("e2")  # the pool does not hear of e2's stop ...
+        task.cancel()
+        await asyncio.wait({task})
+        gone = pool.endpoints["e2"]
+        gone.state = EndpointState.READY  # ... and reads it READY, as in that moment
+        served.clear()
+        picked = gone.calls
+        failed: list[tuple[grpc.StatusCode, str]] = []
+        calls = 0
+        while calls < 200 and (gone.calls == picked or calls < 20):  # until e2 was tried
+            calls += 1
+            try:
+                assert await unary(b"x", timeout=5) == b"e1|x"
+            except grpc.aio.AioRpcError as exc:
+                failed.append((exc.code(), (exc.details() or "")[:40]))
+        assert gone.calls > picked  # a call was picked onto the stopped endpoint
+        assert failed == []
+        assert len(served) == calls  # each ran once, on e1
+        assert gone.state is not EndpointState.READY  # marked at its first failure
+        assert ch.retry is not None and ch.retry.stats.retries == gone.calls - picked
+
+
+async def test_a_forwarded_failed_to_connect_status_is_not_retried_when_not_idempotent(
+    registry: LocalRegistry,
+) -> None:
+    """A server application that forwards a downstream call's status verbatim
+    (``context.abort(e.code(), e.details())``) answers grpc's own "failed to connect to
+    all addresses" text; that answer came over a READY connection, so the handler ran:
+    a call not safe to repeat is not retried (each ran once), and the caller gets the
+    server's status as it is, not a ``ConnectFailedError``."""
+    ran: list[str] = []
+    text = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.9:50051: "
+            "Failed to connect to remote host: Connection refused")
+
+    async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        ran.append("Call")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, text)
+        raise AssertionError("unreachable")
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "fwd.Proxy", {"Call": grpc.unary_unary_rpc_method_handler(forward)}),))
+
+    servers = [meshkit.MeshServer("fwd", [(add, None)], registry=registry,
+                                  options=meshkit.ServeOptions(insecure=True, admin=None,
+                                                               instance_id=f"f{i}",
+                                                               drain_delay_s=0))
+               for i in (1, 2)]
+    try:
+        for srv in servers:
+            await srv.start()
+        async with meshkit.dial("fwd", registry=registry,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            await ch.wait_for_endpoints(2, timeout_s=10)
+            for n in range(1, 6):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await ch.unary_unary("/fwd.Proxy/Call")(b"x", timeout=5)
+                assert (info.value.code(), info.value.details()) == (
+                    grpc.StatusCode.UNAVAILABLE, text)
+                assert not isinstance(info.value, ConnectFailedError)
+                assert len(ran) == n
+            assert ch.retry is not None and ch.retry.stats.retries == 0
+    finally:
+        for srv in servers:
+            await srv.drain()
+
+
+def test_never_connected_needs_every_condition() -> None:
+    """The rule that makes an attempt "never sent": ``UNAVAILABLE``, grpc's "failed to
+    connect to all addresses" text, no initial or trailing metadata, and a sub-channel
+    that is not ``READY``; any one missing, and the attempt may have reached a server."""
+    unavailable, text = grpc.StatusCode.UNAVAILABLE, CONNECT_FAILED_DETAILS + "; last error: x"
+    failing = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    assert never_connected(unavailable, text, (), (), failing)
+    assert never_connected(unavailable, text, None, None, grpc.ChannelConnectivity.IDLE)
+    assert not never_connected(unavailable, text, (), (), grpc.ChannelConnectivity.READY)
+    assert not never_connected(grpc.StatusCode.UNKNOWN, text, (), (), failing)
+    assert not never_connected(unavailable, "upstream: " + text, (), (), failing)
+    assert not never_connected(unavailable, None, (), (), failing)
+    assert not never_connected(unavailable, text, (("x", "1"),), (), failing)
+    assert not never_connected(unavailable, text, (), (("x", "1"),), failing)
+
+
+def test_a_draining_servers_refusal_is_a_nack_only_with_its_details_and_trailer() -> None:
+    """``UNAVAILABLE`` with the nack trailer is a nack (retried whatever the method) only
+    with the draining server's exact details; the trailer on other details, or those
+    details without it, are not believed (a server forwarding them verbatim)."""
+    unavailable, nack = grpc.StatusCode.UNAVAILABLE, (("meshkit-nack", "1"),)
+    assert nacked_status(unavailable, DRAINING_DETAILS, nack)
+    assert draining_refusal(unavailable, DRAINING_DETAILS, nack)
+    assert not nacked_status(unavailable, DRAINING_DETAILS, ())
+    assert not nacked_status(unavailable, DRAINING_DETAILS, (("meshkit-nack", "0"),))
+    assert not nacked_status(unavailable, "busy", nack)
+    assert not draining_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, DRAINING_DETAILS, nack)
+    assert nacked_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy", nack)
+    assert not draining_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy", nack)
+    assert nacked_status(unavailable, REFUSED_STREAM_DETAILS, ())
