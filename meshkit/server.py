@@ -1558,29 +1558,48 @@ class MeshServer:
             except Exception as exc:  # keep draining; the TTL will expire the entry
                 _log.warning("deregister failed", error=str(exc))
         self._release_instance_id()
-        await self._stop_following_certificate()
-        await asyncio.sleep(opts.drain_delay_s)
-        # the health watchers have been told NOT_SERVING: their calls end now, so that
-        # grace_s is the in-flight calls' only (a Watch never ends by itself)
-        self._watches.end()
-        await self._refuse_new_calls()
-        await server.stop(opts.grace_s)
-        for icpt in self._chain:  # e.g. a rate limiter's Redis connections
-            aclose = getattr(icpt, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception as exc:
-                    _log.warning("closing an interceptor failed", error=repr(exc))
-        if self.admin is not None:
-            self.admin = None
-            await _SharedAdmin.release()
-        if self._owns_registry:
-            await self.registry.close()
-        _log.info("stopped", service=self.service, refused=self.drain_refused)
-        flush_logs()  # the access log's last batch
-        self._stopped.set()
-        ended(self)  # its final counters, for /metrics after it is gone
+        stopped = False
+        try:
+            await self._stop_following_certificate()
+            await asyncio.sleep(opts.drain_delay_s)
+            # the health watchers have been told NOT_SERVING: their calls end now, so
+            # that grace_s is the in-flight calls' only (a Watch never ends by itself)
+            self._watches.end()
+            await self._refuse_new_calls()
+            await server.stop(opts.grace_s)
+            stopped = True
+        finally:
+            # Also when the steps above were cancelled: asyncio.run()'s sweep at the end
+            # of a run cancels this task and grpc.aio's own server tasks alike (a serve()
+            # task left running), and the server must still end stopped, closed and out
+            # of the live registry (/readyz, /metrics), not listed as live for good.
+            if not stopped:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await server.stop(None)
+            await self._close_after_stop()
+
+    async def _close_after_stop(self) -> None:
+        """The drain's last steps: close the interceptors' resources, release the admin
+        server, close an owned registry, mark the server stopped and record its final
+        counters (:func:`ended`). Each step is attempted whatever the one before did."""
+        try:
+            for icpt in self._chain:  # e.g. a rate limiter's Redis connections
+                aclose = getattr(icpt, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception as exc:
+                        _log.warning("closing an interceptor failed", error=repr(exc))
+            if self.admin is not None:
+                self.admin = None
+                await _SharedAdmin.release()
+            if self._owns_registry:
+                await self.registry.close()
+        finally:
+            _log.info("stopped", service=self.service, refused=self.drain_refused)
+            flush_logs()  # the access log's last batch
+            self._stopped.set()
+            ended(self)  # its final counters, for /metrics after it is gone
 
     async def _refuse_new_calls(self) -> None:
         """The drain's refusal phase, right before ``server.stop()``: every new call but

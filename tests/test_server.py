@@ -8,6 +8,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -2151,3 +2153,52 @@ async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
         if drain is not None:
             await asyncio.wait_for(drain, 10)
         await srv.drain()
+
+
+_LEFTOVER_SERVE = r'''
+import asyncio, pathlib, tempfile
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.observability._live import live_server_stats
+from tests.support.echo import add_echo
+
+reg = LocalRegistry(LocalOptions(path=pathlib.Path(tempfile.mkdtemp()) / "reg", ttl_s=5.0))
+held = []
+
+async def main() -> None:
+    started = asyncio.Event()
+
+    def on_started(server: meshkit.MeshServer) -> None:
+        held.append(server)
+        started.set()
+
+    asyncio.get_running_loop().create_task(meshkit.serve(
+        "svc", [add_echo("e1")], registry=reg,
+        options=meshkit.ServeOptions(insecure=True, instance_id="e1", drain_delay_s=0.0,
+                                     grace_s=1.0, admin=None),
+        on_started=on_started))
+    await asyncio.wait_for(started.wait(), 10)
+
+asyncio.run(main())
+server = held[0]
+print(server.live, server._stopped.is_set(), len(live_server_stats()))
+'''
+
+
+def test_a_serve_task_left_at_the_end_of_asyncio_run_ends_stopped() -> None:
+    """A ``serve()`` task still running when ``asyncio.run()`` ends is cancelled by the
+    run's sweep and drains, but the sweep cancels grpc.aio's own server tasks too:
+    ``await server.stop(grace_s)`` in the drain raised ``CancelledError`` right after the
+    deregistration, so the server never ended stopped (``live`` stayed true), its final
+    counters were not recorded and its interceptors, admin server and registry were not
+    closed: while anything held it (on Python 3.13 even after ``gc.collect()``) the
+    process listed it as live (``/readyz`` 503, ``/metrics`` and ``/debug/mesh`` showing
+    it), which broke the admin tests after it in the 3.13 suite. The steps after the
+    deregistration now end in a ``finally``: it ends stopped and out of the live
+    registry. Run in a child process: the fault leaves the server behind."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _LEFTOVER_SERVE], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False True 0", proc.stdout
