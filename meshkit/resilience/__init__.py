@@ -42,6 +42,7 @@ from meshkit.resilience._deadline import (
 )
 from meshkit.resilience._retry import (
     NACK_METADATA,
+    ConnectFailedError,
     RetryInterceptor,
     RetryOptions,
     RetryPolicy,
@@ -67,6 +68,7 @@ __all__ = [
     "NACK_METADATA",
     "Backoff",
     "BudgetOptions",
+    "ConnectFailedError",
     "DeadlineInterceptor",
     "DeadlineOptions",
     "KeyFunc",
