@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._config import check_int, check_number, check_seconds
+from meshkit._config import check_bool, check_int, check_number, check_seconds
 from meshkit._handlers import (
     GUARD_MARK,
     UNDECODABLE_MARK,
@@ -221,6 +221,8 @@ class ServerLimits:
     read_requests: bool = True
 
     def __post_init__(self) -> None:
+        check_bool("bdp_probe", self.bdp_probe)
+        check_bool("read_requests", self.read_requests)
         for name in ("max_inflight_request_bytes", "gc_after_request_bytes",
                      "max_concurrent_rpcs", "max_concurrent_reads", "max_concurrent_streams"):
             if getattr(self, name) is not None:

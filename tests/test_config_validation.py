@@ -743,3 +743,39 @@ async def test_dial_and_serve_refuse_the_other_options_class() -> None:
             meshkit.dial("echo", registry=reg, options={"insecure": True})  # type: ignore[arg-type]
     finally:
         await reg.close()
+
+
+def _consul_options(**kw: Any) -> Any:
+    from meshkit.discovery import ConsulOptions
+
+    return ConsulOptions(**kw)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda v: TelemetryOptions(tracing=v), id="TelemetryOptions.tracing"),
+    pytest.param(lambda v: TelemetryOptions(metrics=v), id="TelemetryOptions.metrics"),
+    pytest.param(lambda v: TelemetryOptions(access_log=v), id="TelemetryOptions.access_log"),
+    pytest.param(lambda v: TelemetryOptions(attempt_spans=v),
+                 id="TelemetryOptions.attempt_spans"),
+    pytest.param(lambda v: __import__("meshkit.observability", fromlist=["AdminOptions"])
+                 .AdminOptions(require_server=v), id="AdminOptions.require_server"),
+    pytest.param(lambda v: ServerLimits(bdp_probe=v), id="ServerLimits.bdp_probe"),
+    pytest.param(lambda v: ServerLimits(read_requests=v), id="ServerLimits.read_requests"),
+    pytest.param(lambda v: __import__("meshkit.auth", fromlist=["Rule"])
+                 .Rule(allow_anonymous=v), id="Rule.allow_anonymous"),
+    pytest.param(lambda v: AuthOptions(check_peers=v, policy=__import__(
+        "meshkit.auth", fromlist=["AuthzPolicy"]).AuthzPolicy()), id="AuthOptions.check_peers"),
+    pytest.param(lambda v: __import__("meshkit.resilience", fromlist=["RetryPolicy"])
+                 .RetryPolicy(idempotent=v), id="RetryPolicy.idempotent"),
+    pytest.param(lambda v: _consul_options(verify=v), id="ConsulOptions.verify"),
+    pytest.param(lambda v: _consul_options(grpc_use_tls=v), id="ConsulOptions.grpc_use_tls"),
+])
+def test_a_flag_given_as_a_string_is_refused(build: Callable[[object], object]) -> None:
+    """A flag read from the environment or a config file as a string (``"false"``,
+    ``"0"``) is truthy: ``Rule(allow_anonymous="false")`` let anonymous callers in,
+    ``RetryPolicy(idempotent="false")`` replayed calls not safe to repeat,
+    ``TelemetryOptions(tracing="false")`` traced. As ``insecure`` (b79a4fe), every flag
+    of the options classes is now ``True`` or ``False`` or a ConfigError quoting it."""
+    _refused_quoting(lambda: build("false"), "false")
+    build(True)
+    build(False)

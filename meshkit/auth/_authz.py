@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 import grpc
 
+from meshkit._config import check_bool
 from meshkit._methods import MethodMatcher
 from meshkit.auth._identity import IdentityMatcher
 from meshkit.auth._jwt_types import Claims
@@ -60,6 +61,7 @@ class Rule:
     _m: tuple[IdentityMatcher, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
+        check_bool("allow_anonymous", self.allow_anonymous)  # "false" would allow them
         for name in ("allow_peers", "deny_peers", "allow_subjects", "deny_subjects"):
             value = getattr(self, name)
             if isinstance(value, str):

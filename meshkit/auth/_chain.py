@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshkit._config import check_bool
 from meshkit._handlers import WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
@@ -52,6 +53,7 @@ class AuthOptions:
     exempt_methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_bool("check_peers", self.check_peers)
         if self.jwt is not None and self.verifier is None:
             raise ConfigError("AuthOptions(jwt=...) needs a verifier")
         if self.verifier is None and self.policy is None and not self.check_peers:

@@ -93,7 +93,7 @@ import consul.aio
 import structlog
 from consul.callback import CB
 
-from meshkit._config import check_number
+from meshkit._config import check_bool, check_number
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
@@ -270,6 +270,8 @@ class ConsulOptions:
     watch_query_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
+        check_bool("verify", self.verify)
+        check_bool("grpc_use_tls", self.grpc_use_tls)
         split_address(self.addr, "addr")
         if self.scheme not in (None, "http", "https"):
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")

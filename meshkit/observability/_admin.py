@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from meshkit._aio_http import start_app
+from meshkit._config import check_bool
 from meshkit._hosts import check_host, uri_host
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
@@ -63,6 +64,7 @@ class AdminOptions:
 
     def __post_init__(self) -> None:
         check_host("host", self.host)
+        check_bool("require_server", self.require_server)
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0..65535, got {self.port!r}")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import refuse_str
+from meshkit._config import check_bool, refuse_str
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import is_sensitive_key
@@ -120,6 +120,8 @@ class TelemetryOptions:
     complete_after_response_max_in_flight: int = 4
 
     def __post_init__(self) -> None:
+        for flag in ("tracing", "metrics", "access_log", "attempt_spans"):
+            check_bool(flag, getattr(self, flag))
         refuse_str("quiet_methods", self.quiet_methods)
         refuse_str("log_metadata", self.log_metadata)
         object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))

@@ -83,6 +83,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from meshkit._calls import RetryingStreamCall
 from meshkit._config import (
+    check_bool,
     check_int,
     check_metadata_key,
     check_number,
@@ -152,6 +153,7 @@ class RetryPolicy:
     max_pushback_s: float = 10.0
 
     def __post_init__(self) -> None:
+        check_bool("idempotent", self.idempotent)  # "false" would replay unsafe calls
         check_int("max_attempts", self.max_attempts)
         if not isinstance(self.backoff, Backoff):
             raise ConfigError(f"backoff must be a Backoff, got {self.backoff!r}")
