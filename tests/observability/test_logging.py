@@ -1221,10 +1221,10 @@ def test_a_batch_is_cut_at_line_ends_into_pipe_atomic_chunks(lines: list[str]) -
             assert size + more > PIPE_BUF, i
 
 
-# A multiprocessing worker (start method sys.argv[1]) whose calls leave access lines in
-# the buffer when its target returns (its asyncio.run() ended before the 0.2 s timer).
-_MP_WORKER = """
-import asyncio, multiprocessing, sys
+# A multiprocessing worker (start method sys.argv[1]) that logs three access lines with
+# ``worker_call`` 0..2 from the code WORKER_BODY puts in ``worker()``.
+_MP_SCRIPT = """
+import asyncio, multiprocessing, sys, threading
 from meshkit.observability._logging import configure_logging, write_access
 
 configure_logging("info", json=True)
@@ -1233,11 +1233,7 @@ def build(i):
     return {"side": "client", "target": "orderd", "method": "/m/M", "code": "OK",
             "worker_call": i}
 
-def worker():
-    async def main():
-        for i in range(3):
-            write_access(False, build, (i,))
-    asyncio.run(main())
+WORKER_BODY
 
 if __name__ == "__main__":
     multiprocessing.set_start_method(sys.argv[1])
@@ -1246,6 +1242,42 @@ if __name__ == "__main__":
     p.join(30)
     assert p.exitcode == 0, p.exitcode
 """
+
+# its calls leave the lines in the buffer when its target returns (its asyncio.run()
+# ended before the 0.2 s timer)
+_IN_THE_TARGET = """
+def worker():
+    async def main():
+        for i in range(3):
+            write_access(False, build, (i,))
+    asyncio.run(main())
+"""
+
+# its server (an asyncio loop in a non-daemon thread, as a worker running its server
+# beside other work does) still answers its last calls when the worker's target returns:
+# multiprocessing's _bootstrap then runs threading._shutdown(), which calls the threading
+# exit hooks *first* and only then joins the non-daemon threads
+_IN_A_THREAD = """
+def serve():
+    async def main():
+        await asyncio.sleep(0.5)  # the last calls end after the target returned
+        for i in range(3):
+            write_access(False, build, (i,))
+    asyncio.run(main())
+
+def worker():
+    threading.Thread(target=serve).start()  # non-daemon: joined before the worker exits
+"""
+
+
+def _worker_calls(tmp_path: Path, body: str, start_method: str) -> tuple[list[int], str]:
+    """The ``worker_call`` values of the access lines a worker running ``body`` wrote to
+    stderr, and that stderr."""
+    script = tmp_path / "mp_worker.py"  # multiprocessing needs a __main__ module file
+    script.write_text(_MP_SCRIPT.replace("WORKER_BODY", body))
+    proc = _process(str(script), start_method)
+    lines = _json_lines(proc.stderr)
+    return sorted(ln["worker_call"] for ln in lines if "worker_call" in ln), proc.stderr
 
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
@@ -1257,44 +1289,8 @@ def test_access_lines_buffered_in_a_multiprocessing_worker_are_written_at_its_ex
     buffer were lost, without a trace. The buffers are now also flushed at threading's
     shutdown, which such a worker runs before ``os._exit()`` (a spawned one exits
     normally)."""
-    script = tmp_path / "mp_worker.py"  # multiprocessing needs a __main__ module file
-    script.write_text(_MP_WORKER)
-    proc = _process(str(script), start_method)
-    calls = sorted(ln["worker_call"] for ln in _json_lines(proc.stderr) if "worker_call" in ln)
-    assert calls == [0, 1, 2], f"the worker's access lines were lost: {proc.stderr!r}"
-
-
-# A multiprocessing worker whose server (an asyncio loop in a non-daemon thread, as a
-# worker running its server beside other work does) still answers its last calls when the
-# worker's target returns: multiprocessing's _bootstrap then runs threading._shutdown(),
-# which calls the threading exit hooks *first* and only then joins the non-daemon threads.
-_MP_THREAD_WORKER = """
-import asyncio, multiprocessing, sys, threading, time
-from meshkit.observability._logging import configure_logging, write_access
-
-configure_logging("info", json=True)
-
-def build(i):
-    return {"side": "server", "target": "orderd", "method": "/m/M", "code": "OK",
-            "worker_call": i}
-
-def serve():
-    async def main():
-        await asyncio.sleep(0.5)  # the last calls end after the target returned
-        for i in range(3):
-            write_access(False, build, (i,))
-    asyncio.run(main())
-
-def worker():
-    threading.Thread(target=serve).start()  # non-daemon: joined before the worker exits
-
-if __name__ == "__main__":
-    multiprocessing.set_start_method(sys.argv[1])
-    p = multiprocessing.Process(target=worker)
-    p.start()
-    p.join(30)
-    assert p.exitcode == 0, p.exitcode
-"""
+    calls, stderr = _worker_calls(tmp_path, _IN_THE_TARGET, start_method)
+    assert calls == [0, 1, 2], f"the worker's access lines were lost: {stderr!r}"
 
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
@@ -1306,8 +1302,5 @@ def test_access_lines_of_a_workers_non_daemon_thread_are_written_at_its_exit(
     line a non-daemon thread's event loop logged while the worker waited for it (its
     last calls, its drain) was dropped (0 of 3). The hook now also makes every writer
     write through from then on: the 3 lines are written."""
-    script = tmp_path / "mp_thread_worker.py"
-    script.write_text(_MP_THREAD_WORKER)
-    proc = _process(str(script), start_method)
-    calls = sorted(ln["worker_call"] for ln in _json_lines(proc.stderr) if "worker_call" in ln)
-    assert calls == [0, 1, 2], f"the worker thread's access lines were lost: {proc.stderr!r}"
+    calls, stderr = _worker_calls(tmp_path, _IN_A_THREAD, start_method)
+    assert calls == [0, 1, 2], f"the worker thread's access lines were lost: {stderr!r}"
