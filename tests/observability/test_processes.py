@@ -25,7 +25,7 @@ from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import add_echo, method
 
 async def main() -> None:
-    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=30.0, poll_interval_s=0.05))
     srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
                                                           grace_s=1.0))
@@ -174,7 +174,7 @@ from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from tests.support.echo import handler, method
 
 async def main() -> None:
-    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=30.0, poll_interval_s=0.05))
     # a plain grpc.aio server (MeshServer.start would set tracing up from OTEL_* itself)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler("e1"),))
@@ -252,7 +252,7 @@ from tests.support.echo import add_echo, handler, method
 
 async def main() -> dict:
     out = {}
-    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=1.0, poll_interval_s=0.05))
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=30.0, poll_interval_s=0.05))
     dep = grpc.aio.server()
     dep.add_generic_rpc_handlers((handler("dep-1"),))
     port = dep.add_insecure_port("127.0.0.1:0")
