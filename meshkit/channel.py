@@ -128,6 +128,10 @@ __all__ = ["DialOptions", "MeshChannel", "dial"]
 _log = structlog.get_logger("meshkit.channel")
 _perf = time.perf_counter
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+# the channel argument with which TLSOptions.channel_options makes the handshake verify the
+# dialed service's identity: refused in channel_options with tls (as grpc takes names too)
+_IDENTITY_OPTIONS = frozenset({"grpc.ssl_target_name_override",
+                               b"grpc.ssl_target_name_override"})
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _READY = EndpointState.READY
@@ -249,7 +253,9 @@ class DialOptions:
             as ``grpc.aio.insecure_channel(options=)`` takes, e.g.
             ``[("grpc.max_receive_message_length", 8 << 20)]``; names are non-empty
             strings, values ``int``, ``str`` or ``bytes`` (a mapping, an item that is no
-            pair, a ``None`` or float value is a ``ConfigError``).
+            pair, a ``None`` or float value is a ``ConfigError``). With ``tls``,
+            ``grpc.ssl_target_name_override`` is refused (``ConfigError``): it is the
+            argument by which meshkit checks the dialed service's identity.
 
     The sequences are stored as tuples (a list changed later does not change the
     options).
@@ -268,7 +274,8 @@ class DialOptions:
             ``telemetry``, ``tls``, ``credentials``) that is not an instance of its class
             (or a subclass) or ``None`` (``True``, a mapping, a path), a ``balancer``
             that is not callable, a sequence field given as one object or string, an
-            ``attempt_interceptors`` item that grpc.aio would refuse; a
+            ``attempt_interceptors`` item that grpc.aio would refuse;
+            ``grpc.ssl_target_name_override`` in ``channel_options`` with ``tls``; a
             telemetry interceptor of meshkit in ``interceptors`` or
             ``attempt_interceptors`` while ``telemetry`` is set (quoted; the message
             says ``telemetry=None``).
@@ -367,6 +374,15 @@ class DialOptions:
                     "attempt_interceptors() yourself")
         object.__setattr__(self, "channel_options",
                            check_grpc_options("channel_options", self.channel_options))
+        if self.tls is not None:
+            for item in self.channel_options:
+                if item[0] in _IDENTITY_OPTIONS:
+                    raise ConfigError(
+                        f"channel_options: {item!r} with tls: meshkit checks the server's "
+                        "identity for the dialed service as <service>.svc.<trust domain> "
+                        "with this argument, which the override would replace (a server "
+                        "of another workload would be accepted); leave it out, or give "
+                        "credentials=grpc.ssl_channel_credentials(...) instead of tls")
 
 
 def dial(
@@ -654,8 +670,9 @@ class MeshChannel(grpc.aio.Channel):
             channel = grpc.aio.insecure_channel(address, options=opts.channel_options,
                                                 interceptors=interceptors)
         else:
+            # meshkit's first: grpc core keeps the first value of a repeated argument
             channel = grpc.aio.secure_channel(
-                address, creds, options=(*opts.channel_options, *self._tls_options),
+                address, creds, options=(*self._tls_options, *opts.channel_options),
                 interceptors=interceptors)
         # its interceptors (these, and any a patch of grpc.aio's functions added, as the
         # OpenTelemetry grpc instrumentor's) wrapped so that an attempt's cancel reaches

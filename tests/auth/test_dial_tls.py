@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 
 import meshkit
-from meshkit.discovery import LocalRegistry
-from tests.auth.conftest import Pki
+from meshkit.discovery import Instance, LocalRegistry
+from tests.auth.conftest import TD, Pki
 from tests.support.wait import until
 
 
@@ -108,5 +108,45 @@ async def test_plaintext_must_be_asked_for_and_env_certificates_are_used(
             assert ch.stats().policies["tls"] is True
             assert await ch.unary_unary("/t.Who/Who")(b"", timeout=5)
         assert srv.stats().tls is True
+    finally:
+        await srv.drain()
+
+
+@pytest.mark.parametrize("name", ["grpc.ssl_target_name_override",
+                                  b"grpc.ssl_target_name_override"], ids=["str", "bytes"])
+async def test_channel_options_cannot_override_the_dialed_identity_with_tls(
+    pki: Pki, registry: LocalRegistry, name: str | bytes,
+) -> None:
+    """A user dialed ``"whod"`` over mTLS passing ``("grpc.ssl_target_name_override",
+    "otherd.svc.meshkit.test")`` in ``channel_options`` (as plain-grpc configurations
+    commonly do): an endpoint listed under ``whod`` that was really ``otherd`` answered,
+    since meshkit put its own override (the identity check of the dialed service) after
+    the user's and grpc keeps the first value of a repeated channel argument. Now the
+    override is refused with ``tls`` (ConfigError quoting it; also as a ``bytes`` name, as
+    grpc takes them), and meshkit's own arguments come first: the endpoint holding
+    otherd's certificate fails the handshake."""
+    client_tls = pki.issue("clientd")
+    override = ((name, f"otherd.svc.{TD}"),)
+    with pytest.raises(meshkit.ConfigError, match="ssl_target_name_override") as info:
+        meshkit.DialOptions(tls=client_tls, channel_options=override)
+    assert "otherd.svc." in str(info.value)
+    # without tls (other credentials, or plaintext) the argument is the caller's to give
+    meshkit.DialOptions(credentials=grpc.local_channel_credentials(),
+                        channel_options=override)
+
+    srv = meshkit.MeshServer("otherd", [peer_serial_service()], registry=registry,
+                             options=meshkit.ServeOptions(tls=pki.issue("otherd"),
+                                                          instance_id="o1", drain_delay_s=0))
+    inst = await srv.start()
+    try:
+        # an endpoint listed under "whod" that is in fact otherd (a stale or forged record)
+        await registry.register(Instance(service="whod", instance_id="w1", host="127.0.0.1",
+                                         port=inst.port))
+        opts = meshkit.DialOptions(tls=client_tls, retry=None, outlier=None,
+                                   channel_options=(("grpc.primary_user_agent", "t"),))
+        async with meshkit.dial("whod", registry=registry, options=opts) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as call:
+                await ch.unary_unary("/t.Who/Who")(b"", timeout=5)
+            assert call.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         await srv.drain()
