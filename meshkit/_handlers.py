@@ -160,9 +160,12 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
     response-streaming behaviour (a plain function returning a list or an iterator) is
     called in the executor, as it may abort, send metadata or read its requests before
     returning. What it returns is consumed on the loop when it is an async iterator or an
-    awaitable. A response generator that ends early (the call cancelled) is closed in the
-    executor with the call's context variables, once its ``next`` under way has returned.
-    Decided once per method: an async behaviour's calls cost nothing more.
+    awaitable (a plain decorator around an ``async def`` handler), which then awaits the
+    synchronous context's ``abort``, ``abort_with_status`` and ``send_initial_metadata``
+    as an async handler awaits its context's. A response generator that ends early (the
+    call cancelled) is closed in the executor with the call's context variables, once its
+    ``next`` under way has returned. Decided once per method: an async behaviour's calls
+    cost nothing more.
     """
     if _is_async(behaviour):
         return behaviour
@@ -200,33 +203,48 @@ class _SyncContext:
     with ``add_callback`` run after a unary-response handler returns; anything else is
     the call's context's own. Blocking on the loop from the loop's own thread would
     deadlock it: ``abort``, ``abort_with_status`` and ``send_initial_metadata`` called
-    there raise ``RuntimeError`` instead."""
+    there raise ``RuntimeError`` instead, except once the handler returned an awaitable
+    or an async iterator (a plain decorator around an ``async def`` handler), which is
+    consumed on the loop with this context (see :meth:`awaited_on_loop`): there they
+    return the call's context's own coroutine, for the handler to await."""
 
-    __slots__ = ("_callbacks", "_context", "_loop")
+    __slots__ = ("_awaited", "_callbacks", "_context", "_loop")
 
     def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._context = context
         self._loop = loop
         self._callbacks: list[Callable[[], Any]] = []
+        self._awaited = False
+
+    def awaited_on_loop(self) -> None:
+        """The handler returned an awaitable or an async iterator, about to be consumed
+        on the loop: from now on, on the loop's thread, the blocking methods return the
+        call's context's coroutine (``await context.abort(...)`` there answers the call
+        as on any async handler's context)."""
+        self._awaited = True
 
     def _on_loop(self, coro: Any) -> Any:
         if asyncio._get_running_loop() is self._loop:
+            if self._awaited:  # an async result of the handler: it awaits this
+                return coro
             coro.close()
             raise RuntimeError(_ON_LOOP_THREAD.format("a synchronous servicer context"))
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def abort(self, code: grpc.StatusCode, details: str = "",
-              trailing_metadata: Any = ()) -> None:
-        """End the call with ``code``; raises grpc.aio's ``AbortError``."""
-        self._on_loop(self._context.abort(code, details, trailing_metadata))
+              trailing_metadata: Any = ()) -> Any:
+        """End the call with ``code``; raises grpc.aio's ``AbortError`` (on the loop's
+        thread, in an async result of the handler: returns the coroutine that does)."""
+        return self._on_loop(self._context.abort(code, details, trailing_metadata))
 
-    def abort_with_status(self, status: Any) -> None:
-        """End the call with ``status`` (a ``grpc.Status``)."""
-        self._on_loop(self._context.abort_with_status(status))
+    def abort_with_status(self, status: Any) -> Any:
+        """End the call with ``status`` (a ``grpc.Status``); as :meth:`abort`."""
+        return self._on_loop(self._context.abort_with_status(status))
 
-    def send_initial_metadata(self, metadata: Any) -> None:
-        """Send the call's initial metadata now."""
-        self._on_loop(self._context.send_initial_metadata(metadata))
+    def send_initial_metadata(self, metadata: Any) -> Any:
+        """Send the call's initial metadata now (on the loop's thread, in an async result
+        of the handler: returns the coroutine that does)."""
+        return self._on_loop(self._context.send_initial_metadata(metadata))
 
     def add_callback(self, callback: Callable[[], Any]) -> None:
         """Call ``callback`` once a unary-response handler has returned."""
@@ -247,6 +265,7 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
         for callback in sync._callbacks:
             callback()
         if inspect.isawaitable(result):
+            sync.awaited_on_loop()
             result = await result
         return result
 
@@ -309,6 +328,7 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
             result = await loop.run_in_executor(None, run, _call_sync, behaviour, request,
                                                 sync)
         if result is None or hasattr(result, "__aiter__") or inspect.isawaitable(result):
+            sync.awaited_on_loop()
             async for item in responses(result):  # not a plain iterable: on the loop
                 yield item
             return

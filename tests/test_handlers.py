@@ -852,3 +852,89 @@ async def test_a_synchronous_response_generator_closed_on_cancel_sees_the_calls_
     finally:
         await server.stop(None)
     assert seen[-1] == ("finally", f"/{_SYNC}/Forever"), seen[-3:]
+
+
+class _Status(grpc.Status):
+    """A ``grpc.Status`` (what ``grpc_status.rpc_status.to_status`` returns), here with a
+    stand-in for a serialized ``google.rpc.Status`` under ``grpc-status-details-bin``."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+
+
+_DETAILS_BIN = ("grpc-status-details-bin", b"\x08\x05\x12\x11order 7 not found")
+
+
+def _plain_decorator(fn: Any) -> Any:
+    """A decorator written as many are (no ``functools.wraps``, no ``async def``): the
+    wrapper is a plain function returning what the async handler returns (a coroutine or
+    an async generator)."""
+
+    def wrapper(request: Any, context: Any) -> Any:
+        return fn(request, context)
+
+    return wrapper
+
+
+@_plain_decorator
+async def _decorated_unary(request: bytes, context: Any) -> bytes:
+    await context.send_initial_metadata((("x-seen", "yes"),))
+    await context.abort_with_status(_Status(grpc.StatusCode.NOT_FOUND, "order 7 not found",
+                                            (_DETAILS_BIN,)))
+    raise AssertionError("unreachable")
+
+
+@_plain_decorator
+async def _decorated_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"first"
+    await context.abort(grpc.StatusCode.NOT_FOUND, "order 7 not found", (_DETAILS_BIN,))
+
+
+@_plain_decorator
+async def _decorated_written(request: bytes, context: Any) -> None:
+    await context.write(b"written")
+    await context.abort(grpc.StatusCode.NOT_FOUND, "order 7 not found", (_DETAILS_BIN,))
+
+
+@pytest.mark.parametrize("name", ["Unary", "Stream", "Written"])
+async def test_an_async_result_of_a_plain_function_handler_may_await_its_context(
+    registry: LocalRegistry, name: str,
+) -> None:
+    """A handler behind a plain (non-``async``) decorator returns a coroutine or an async
+    generator, which meshkit awaits on the loop (``async_behaviour``: "What it returns is
+    consumed on the loop when it is an async iterator or an awaitable"). It was handed the
+    synchronous context the wrapper ran with, whose ``abort``/``abort_with_status``/
+    ``send_initial_metadata`` raised ``RuntimeError`` on the loop's thread: the caller got
+    ``UNKNOWN`` "Unexpected RuntimeError in the handler" instead of the ``NOT_FOUND`` the
+    handler aborted with, and its ``grpc-status-details-bin`` (google.rpc.Status) details
+    were lost. Now those awaited there are the call's own: ``NOT_FOUND`` with the details,
+    after the messages sent before it."""
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SYNC, {
+            "Unary": grpc.unary_unary_rpc_method_handler(_decorated_unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(_decorated_stream),
+            "Written": grpc.unary_stream_rpc_method_handler(_decorated_written),
+        }),))
+
+    srv = meshkit.MeshServer("sync", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=1.0, admin=None))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got: list[bytes] = []
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                if name == "Unary":
+                    await ch.unary_unary(f"/{_SYNC}/Unary")(b"x", timeout=5)
+                else:
+                    async for m in ch.unary_stream(f"/{_SYNC}/{name}")(b"x", timeout=5):
+                        got.append(m)
+    finally:
+        await srv.drain()
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.NOT_FOUND, "order 7 not found"), err.value.details()
+    assert _DETAILS_BIN in tuple(err.value.trailing_metadata() or ())
+    if name == "Unary":
+        assert ("x-seen", "yes") in tuple(err.value.initial_metadata() or ())
+    else:
+        assert got == [b"first" if name == "Stream" else b"written"]
