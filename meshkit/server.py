@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import inspect
@@ -67,11 +68,12 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
+    Coroutine,
     Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -358,7 +360,8 @@ class _SharedAdmin:
                             return None
                         server = AdminServer(options)
                         try:
-                            await server.start()
+                            await _in_a_context_of_its_own(server.start(),
+                                                           "meshkit-admin-start")
                         except BaseException:
                             cls._unreserve(options.port, loop)
                             raise
@@ -1148,6 +1151,15 @@ class MeshServer:
     async def start(self) -> Instance:
         """Bind, start serving, set health SERVING and register; returns the instance.
 
+        The calls served run in a context of their own (a new, empty
+        :class:`contextvars.Context`, as for a server started at the top of a process),
+        whatever the code that awaits ``start()`` set in context variables: started from a
+        handler, the server does not hand that handler's caller identity
+        (``current_claims()``, ``current_peer()``, the token ``TokenForwarder`` sends) or
+        deadline to its own callers; nor does a ``deadline_scope``, a current span or
+        ``structlog.contextvars`` around ``start()`` reach them (the admin server's
+        requests alike).
+
         When a step after binding fails (the registration refused, the admin port taken,
         or ``start()`` cancelled), the server is undone before the error is re-raised: the
         grpc server is stopped, the admin server released, a registry the server owns
@@ -1351,7 +1363,7 @@ class MeshServer:
         after each step, raise when :meth:`drain` was called meanwhile (the caller undoes
         the start)."""
         opts = self.options
-        await server.start()
+        await _in_a_context_of_its_own(server.start(), f"meshkit-start-{self.service}")
         self._raise_if_draining()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
@@ -1812,6 +1824,23 @@ def _refusal(server: MeshServer) -> Handler:
 
     handler: Handler = grpc.stream_stream_rpc_method_handler(refuse)
     return handler
+
+
+_T = TypeVar("_T")
+
+
+async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str) -> _T:
+    """Await ``aw`` in a task that runs in a new, empty :class:`contextvars.Context`
+    (cancelling the caller cancels it). For starting a server: grpc.aio runs every call,
+    and asyncio every connection of an aiohttp server, in a copy of the context the server
+    started in, so a server started from a handler (or inside ``deadline_scope``, or a
+    span) would hand that handler's caller identity (``current_claims()``, the bearer
+    token ``TokenForwarder`` sends), its propagated deadline, its current span and its
+    ``structlog.contextvars`` to every call it serves, for its whole life. Started in a
+    context of their own, the calls begin as those of a server started at the top of a
+    process, and cost nothing more per call."""
+    return await asyncio.get_running_loop().create_task(
+        aw, name=name, context=contextvars.Context())
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:

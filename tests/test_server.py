@@ -24,11 +24,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import meshkit
 import meshkit.server
+from meshkit.auth import current_claims
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from meshkit.errors import RegistryError
 from meshkit.observability import AdminOptions
 from meshkit.observability._live import live_server_stats
-from meshkit.resilience import RetryOptions, RetryPolicy
+from meshkit.resilience import RetryOptions, RetryPolicy, current_deadline, deadline_scope
 from meshkit.resilience._retry import DRAINING_DETAILS
 from meshkit.server import _SharedAdmin
 from tests.conftest import EchoFactory
@@ -2202,3 +2203,39 @@ def test_a_serve_task_left_at_the_end_of_asyncio_run_ends_stopped() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False True 0", proc.stdout
+
+
+def _add_whoami(_servicer: object, server: Any) -> None:
+    """``t.Tenant/Whoami``: ``<current_claims() subject or ->|<set or -: current_deadline()>``."""
+    async def whoami(request: bytes, context: Any) -> bytes:
+        claims = current_claims()
+        deadline = current_deadline()
+        return f"{claims.subject if claims else '-'}|{'set' if deadline else '-'}".encode()
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.Tenant", {"Whoami": grpc.unary_unary_rpc_method_handler(whoami)}),))
+
+
+async def test_a_server_started_in_a_deadline_scope_does_not_propagate_that_deadline(
+        registry: LocalRegistry) -> None:
+    """``deadline_scope`` is documented "for tests and for code that starts work outside
+    gRPC": an application that bounded its start-up with it (``with deadline_scope(t):
+    await server.start()``) got that start-up deadline propagated into every outgoing
+    call of every handler of a server without deadline admission
+    (``ServeOptions(deadline=None)``: no propagation), for the server's whole life: once
+    the start-up deadline had passed, every call the handlers made failed
+    ``DEADLINE_EXCEEDED`` at once (grpc.aio runs each call in a copy of the context
+    ``server.start()`` ran in). Now the grpc server starts in a context of its own:
+    ``current_deadline()`` in the handler is ``None``, as without the scope."""
+    srv = meshkit.MeshServer("tenant", [(_add_whoami, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, deadline=None,
+                                                          drain_delay_s=0.0, grace_s=1.0,
+                                                          admin=None))
+    with deadline_scope(time.monotonic() + 1000.0):
+        await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got = await ch.unary_unary("/t.Tenant/Whoami")(b"", timeout=5)
+    finally:
+        await srv.drain()
+    assert got == b"-|-", got

@@ -41,7 +41,17 @@ from meshkit.auth import (
     VerifierOptions,
 )
 from meshkit.discovery import LocalOptions, LocalRegistry
-from tests.auth.conftest import AUDIENCE, ISSUER, TD, Pki, StartServer, call, method, rpc_error
+from tests.auth.conftest import (
+    AUDIENCE,
+    ISSUER,
+    TD,
+    Pki,
+    StartServer,
+    auth_handler,
+    call,
+    method,
+    rpc_error,
+)
 
 ORDERD = f"spiffe://{TD}/svc/orderd"
 GATEWAY = f"spiffe://{TD}/svc/gateway"
@@ -279,7 +289,6 @@ async def test_token_forwarded_on_outgoing_calls(pki: Pki, start_server: StartSe
     reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=2.0, poll_interval_s=0.05))
     user_tls = pki.issue("userd")
     order_tls = pki.issue("orderd")
-    from tests.auth.conftest import auth_handler
 
     def add(_s: object, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((auth_handler(),))
@@ -318,3 +327,55 @@ async def test_token_forwarded_on_outgoing_calls(pki: Pki, start_server: StartSe
         await channel.close()
         await userd.drain()
         await reg.close()
+
+
+async def test_a_server_started_in_a_handler_does_not_give_callers_that_callers_identity(
+        keys: KeySet, issuer: TokenIssuer, registry: LocalRegistry) -> None:
+    """A control server (JWT auth) starts a tenant server from its handler ``Spawn`` (a
+    hot reload, a per-tenant listener triggered by an admin RPC, or a task that handler
+    created). The tenant serves ``Whoami`` publicly (``JWTAuthOptions(public_methods=)``:
+    optional auth, personalised when a token comes). An anonymous caller of the tenant
+    got ``current_claims()`` of the *admin who called Spawn* (``-|admin``): the handler,
+    ``AuthzPolicy`` subject rules, ``by_identity`` rate-limit keys and ``TokenForwarder``
+    (the admin's bearer token sent downstream for the anonymous caller) all saw the
+    admin. grpc.aio runs each call in a task copied from the context ``server.start()``
+    ran in, and the JWT check sets the identity only when a token comes. Now the grpc
+    server starts in a fresh context: an anonymous caller has no claims (``-|-``)."""
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys)
+    tenants: list[meshkit.MeshServer] = []
+
+    def add_tenant(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    def add_control(_s: object, server: grpc.aio.Server) -> None:
+        async def spawn(request: bytes, context: Any) -> bytes:
+            tenant = meshkit.MeshServer(
+                "tenant", [(add_tenant, None)], registry=registry,
+                options=meshkit.ServeOptions(
+                    insecure=True, drain_delay_s=0.0, grace_s=1.0, admin=None,
+                    auth=AuthOptions(verifier=verifier, check_peers=False,
+                                     jwt=JWTAuthOptions(public_methods=(method("Whoami"),)))))
+            await tenant.start()
+            tenants.append(tenant)
+            return str(tenant.port).encode()
+
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Control", {"Spawn": grpc.unary_unary_rpc_method_handler(spawn)}),))
+
+    control = meshkit.MeshServer(
+        "control", [(add_control, None)], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=1.0,
+                                     admin=None, auth=AuthOptions(verifier=verifier,
+                                                                  check_peers=False)))
+    await control.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{control.port}") as ch:
+            port = int(await ch.unary_unary("/t.Control/Spawn")(
+                b"", timeout=5,
+                metadata=(("authorization", f"Bearer {issuer.issue('admin')}"),)))
+        anonymous = await call(port, "Whoami", credentials=None)
+    finally:
+        for tenant in tenants:
+            await tenant.drain()
+        await control.drain()
+    assert anonymous == b"-|-", anonymous
