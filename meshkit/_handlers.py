@@ -397,10 +397,11 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     wrap and every message a streaming handler yields are serialized there too, and one
     over it is answered ``RESOURCE_EXHAUSTED`` "Sent message larger than max (<size> vs.
     <limit>)", as grpc core answers it, in the wrap, where the reporter sees that code
-    (messages written with ``context.write`` are left to grpc core). Trailing metadata the
-    handler set that gRPC cannot send (:func:`~meshkit._metadata.check_metadata`'s rules)
-    is answered ``INTERNAL`` naming the key when it returns, and dropped when it raises
-    (see :func:`_unsendable_trailers`); checked only when it set some.
+    (messages written with ``context.write`` are serialized by grpc.aio with the method's
+    serializer, and left to grpc core). Trailing metadata the handler set that gRPC
+    cannot send (:func:`~meshkit._metadata.check_metadata`'s rules) is answered
+    ``INTERNAL`` naming the key when it returns, and dropped when it raises (see
+    :func:`_unsendable_trailers`); checked only when it set some.
     """
     if before is None and reporter is None and unhandled is None:
         return handler
@@ -423,15 +424,21 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     # is answered and reported as the call's (grpc.aio serializes after the handler
     # returned: the caller got the exception's text, telemetry had counted the call OK)
     empty = None if resp_s else unhandled
-    ser = handler.response_serializer if empty is not None else None
+    base = handler.response_serializer
+    ser = base if empty is not None else None
+    sends = base if ser is None else None  # the serializer grpc.aio is given
     if max_send_bytes is not None and (empty is not None or streams):
         # the server's grpc.max_send_message_length, checked where the wrap serializes:
         # grpc core would refuse the response after the wrap reported the call OK, and a
         # stream's message after the wrap yielded it (grpc.aio then cancels the call's
         # task: the stream looked CANCELLED); a stream's messages are serialized in the
         # wrap only with a limit, normal streams pay nothing for it
-        base = handler.response_serializer
-        ser = _limited(base if base is not None else _as_is, max_send_bytes)
+        if base is None:
+            ser = _limited(_as_is, max_send_bytes)
+        elif streams:  # messages written with context.write still need the serializer
+            ser, sends = _limited(base, max_send_bytes, marked=True), _passing(base)
+        else:
+            ser = _limited(base, max_send_bytes)
     # the request guard's check, when a user's interceptor sits between it and this wrap
     guard = None if req_s else getattr(handler.request_deserializer, UNDECODABLE_MARK, None)
     if reporter is None:
@@ -447,7 +454,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer if ser is None else None,
+        response_serializer=sends,
     )
     return wrapped
 
@@ -471,13 +478,46 @@ def _as_is(message: Any) -> Any:
     return message
 
 
-def _limited(ser: Callable[[Any], bytes], limit: int) -> Callable[[Any], bytes]:
-    """``ser``, raising :class:`ResponseTooLarge` for a message over ``limit`` bytes."""
+def _limited(ser: Callable[[Any], bytes], limit: int,
+             marked: bool = False) -> Callable[[Any], Any]:
+    """``ser``, raising :class:`ResponseTooLarge` for a message over ``limit`` bytes;
+    ``marked``: its bytes handed on as a :class:`_Serialized` (for :func:`_passing`)."""
+    if marked:
+        def serialize_marked(message: Any) -> _Serialized:
+            data = ser(message)
+            if len(data) > limit:
+                raise ResponseTooLarge(len(data), limit)
+            return _Serialized(data)
+
+        return serialize_marked
+
     def serialize(message: Any) -> bytes:
         data = ser(message)
         if len(data) > limit:
             raise ResponseTooLarge(len(data), limit)
         return data
+
+    return serialize
+
+
+class _Serialized:
+    """A response stream's message the wrap serialized (``data``, its bytes) on its way to
+    grpc.aio, whose serializer for the method is :func:`_passing`: the method keeps its
+    serializer for the messages the handler writes with ``context.write``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _passing(ser: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``ser`` for grpc.aio: a :class:`_Serialized` message's bytes pass as they are (the
+    wrap serialized and checked it), anything else (written with ``context.write``) is
+    serialized by ``ser`` (one object and one call per message more than a stream
+    without a send limit, whose serializer grpc.aio calls itself)."""
+    def serialize(message: Any) -> bytes:
+        return message.data if type(message) is _Serialized else ser(message)
 
     return serialize
 

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
+from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2
 
 import meshkit
@@ -25,12 +27,13 @@ def _m(name: str) -> str:
 @contextlib.asynccontextmanager
 async def _side_by_side(
     registry: LocalRegistry, handlers: dict[str, grpc.RpcMethodHandler], *,
-    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (), **options: Any,
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+    server_options: tuple[tuple[str, Any], ...] = (), **options: Any,
 ) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
     """A plain grpc.aio server and a meshkit server (``serve()`` defaults plus
-    ``options``) serving the same ``handlers`` (with the same user ``interceptors``);
-    yields a channel to each: ``(plain, mesh)``."""
-    plain = grpc.aio.server(interceptors=interceptors or None)
+    ``options``) serving the same ``handlers`` (with the same user ``interceptors`` and
+    grpc ``server_options``); yields a channel to each: ``(plain, mesh)``."""
+    plain = grpc.aio.server(interceptors=interceptors or None, options=server_options)
     plain.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
     plain_port = plain.add_insecure_port("127.0.0.1:0")
     await plain.start()
@@ -42,7 +45,8 @@ async def _side_by_side(
     mesh = meshkit.MeshServer("parity", [(add, None)], registry=registry,
                               options=meshkit.ServeOptions(
                                   insecure=True, drain_delay_s=0.0, grace_s=1.0, admin=None,
-                                  interceptors=interceptors, **options))
+                                  interceptors=interceptors, server_options=server_options,
+                                  **options))
     await mesh.start()
     plain_ch = grpc.aio.insecure_channel(f"127.0.0.1:{plain_port}")
     mesh_ch = grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}")
@@ -234,3 +238,71 @@ async def test_a_response_returned_after_set_code_is_discarded_not_serialized(
         expected = (grpc.StatusCode.NOT_FOUND, "no order 7")
         assert await _unary_status(plain, "Get") == expected
         assert await _unary_status(mesh, "Get") == expected
+
+
+# -- 4. the server's send limit (grpc.max_send_message_length) -------------------------------
+_SV = wrappers_pb2.StringValue
+_SEND_LIMIT = (("grpc.max_send_message_length", 1000),)
+
+
+async def _written_stream(request: Any, context: Any) -> None:
+    await context.write(_SV(value="first:" + request.value))
+    await context.write(_SV(value="second"))
+
+
+async def _written_bidi(requests: Any, context: Any) -> None:
+    async for request in requests:
+        await context.write(_SV(value="echo:" + request.value))
+
+
+async def _mixed_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+    await context.write(_SV(value="written"))
+    yield _SV(value="yielded")
+
+
+async def _written_answers(ch: grpc.aio.Channel, name: str
+                           ) -> tuple[grpc.StatusCode, list[str]]:
+    if name == "WrittenBidi":
+        async def requests() -> AsyncIterator[Any]:
+            yield _SV(value="x")
+
+        call: Any = ch.stream_stream(_m(name), request_serializer=_SV.SerializeToString,
+                                     response_deserializer=_SV.FromString)(
+            requests(), timeout=5)
+    else:
+        call = ch.unary_stream(_m(name), request_serializer=_SV.SerializeToString,
+                               response_deserializer=_SV.FromString)(_SV(value="x"), timeout=5)
+    got: list[str] = []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for msg in call:
+            got.append(msg.value)
+    return await call.code(), got
+
+
+@pytest.mark.parametrize("name", ["WrittenStream", "WrittenBidi", "MixedStream"])
+async def test_context_write_keeps_the_response_serializer_under_a_send_limit(
+    registry: LocalRegistry, name: str,
+) -> None:
+    """A streaming handler answering with ``await context.write(message)`` (grpc.aio's
+    way for a coroutine handler, also allowed beside ``yield``) failed every call
+    ``UNKNOWN`` "Unexpected TypeError" ("Expected bytes, got StringValue") as soon as the
+    server had ``grpc.max_send_message_length`` in ``server_options``: with the limit,
+    the wrap serializes yielded messages itself and handed grpc the handler without the
+    method's response serializer, so a written message reached grpc unserialized. A
+    plain grpc.aio server with the same option answers them; now meshkit does too (the
+    README: messages sent with ``context.write`` "are still left to grpc core")."""
+    handlers = {
+        "WrittenStream": grpc.unary_stream_rpc_method_handler(
+            _written_stream, request_deserializer=_SV.FromString,
+            response_serializer=_SV.SerializeToString),
+        "WrittenBidi": grpc.stream_stream_rpc_method_handler(
+            _written_bidi, request_deserializer=_SV.FromString,
+            response_serializer=_SV.SerializeToString),
+        "MixedStream": grpc.unary_stream_rpc_method_handler(
+            _mixed_stream, request_deserializer=_SV.FromString,
+            response_serializer=_SV.SerializeToString),
+    }
+    async with _side_by_side(registry, handlers, server_options=_SEND_LIMIT) as (plain, mesh):
+        expected = await _written_answers(plain, name)
+        assert expected[0] is grpc.StatusCode.OK  # the baseline
+        assert await _written_answers(mesh, name) == expected
