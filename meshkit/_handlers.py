@@ -588,9 +588,10 @@ _GRPC_ERRORS = grpc.aio.BaseError
 
 def _set_not_ok(context: Any) -> bool:
     """Whether the handler set a code other than ``OK`` (``context.set_code``): then a
-    unary response its serializer refuses is no error, grpc.aio discards the response of
-    such a call unserialized ("Discards the response message if the status code is
-    non-OK") and the code set is the answer. Only asked when the serializer raised."""
+    unary response its serializer refuses, or one over the send limit, is no error,
+    grpc.aio discards the response of such a call unserialized ("Discards the response
+    message if the status code is non-OK") and the code set is the answer. Only asked
+    when the serializer raised (or the response was too large)."""
     code = context.code()
     return isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK
 
@@ -655,6 +656,8 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
             try:
                 return ser(result)
             except ResponseTooLarge as too_large:  # grpc core's answer, here
+                if _set_not_ok(context):  # discarded unserialized, as below
+                    return b""
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
             except Exception:
                 if _set_not_ok(context):  # grpc.aio discards such a response unserialized
@@ -738,7 +741,10 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                 try:
                     result = ser(result)
                 except ResponseTooLarge as too_large:  # grpc core's answer, counted so
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(too_large))
+                    if not _set_not_ok(context):  # else discarded unserialized (_checked)
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            str(too_large))
+                    result = b""
                 except Exception:
                     if not _set_not_ok(context):  # else discarded unserialized (_checked)
                         raise

@@ -306,3 +306,28 @@ async def test_context_write_keeps_the_response_serializer_under_a_send_limit(
         expected = await _written_answers(plain, name)
         assert expected[0] is grpc.StatusCode.OK  # the baseline
         assert await _written_answers(mesh, name) == expected
+
+
+async def _not_found_with_big_response(request: bytes, context: Any) -> bytes:
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("no such order")
+    return b"\0" * 5000  # discarded by grpc.aio: the status is not OK
+
+
+@pytest.mark.parametrize("expose", [False, True])
+async def test_a_status_set_by_the_handler_is_kept_with_a_response_over_the_send_limit(
+    registry: LocalRegistry, expose: bool,
+) -> None:
+    """A unary handler that sets ``NOT_FOUND`` (``set_code``/``set_details``) and returns
+    a response over the server's ``grpc.max_send_message_length`` reached the caller
+    ``RESOURCE_EXHAUSTED`` "Sent message larger than max": the wrap serialized and
+    size-checked the response before looking at the status set. grpc.aio discards the
+    response of a non-OK call unserialized, so a plain server answers ``NOT_FOUND`` "no
+    such order"; so does meshkit now, with either ``expose_exception_text`` setting (as
+    it already did for a response its serializer refuses)."""
+    handlers = {"NotFound": grpc.unary_unary_rpc_method_handler(_not_found_with_big_response)}
+    async with _side_by_side(registry, handlers, server_options=_SEND_LIMIT,
+                             expose_exception_text=expose) as (plain, mesh):
+        expected = await _unary_status(plain, "NotFound")
+        assert expected == (grpc.StatusCode.NOT_FOUND, "no such order")  # the baseline
+        assert await _unary_status(mesh, "NotFound") == expected
