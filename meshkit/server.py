@@ -134,11 +134,13 @@ from meshkit.observability import (
     TelemetryServerInterceptor,
     ended,
     flush_logs,
+    rpc_metrics,
     server_interceptors,
     set_certificate_expiry,
     tracing_from_env,
     track,
 )
+from meshkit.observability._metrics import remove_certificate_expiry
 from meshkit.resilience import (
     DeadlineInterceptor,
     DeadlineOptions,
@@ -413,6 +415,61 @@ class _SharedAdmin:
             held = cls._fixed.get(port)
             if held is not None and held() in (loop, None):
                 del cls._fixed[port]
+
+
+class _CertificateGauges:
+    """The certificate gauges the servers of this process publish
+    (``meshkit_certificate_expiry_timestamp_seconds`` and
+    ``meshkit_certificate_not_before_timestamp_seconds``, label ``service``), one pair per
+    metrics registry and service, kept to the servers that serve with those certificates:
+    a server that stops (drained, or its start undone) leaves them, as its other gauges
+    leave ``/metrics``; while another live server of the service publishes into that
+    registry, they show the period of the one that published last, else they are removed
+    (a certificate nothing serves and nothing follows on disk would fire
+    ``MeshkitCertificateExpiringSoon`` two thirds into its life). Called on event loops
+    and on grpc core threads (the TLS reloader): under a lock."""
+
+    _lock = threading.Lock()
+    # (the registry, service) -> the live servers publishing there -> (notBefore,
+    # notAfter) Unix s, the latest published last
+    _published: dict[tuple[Any, str], dict[MeshServer, tuple[float, float]]] = {}
+    _withdrawn: weakref.WeakSet[MeshServer] = weakref.WeakSet()
+
+    @classmethod
+    def publish(cls, server: MeshServer, not_before_unix_s: float,
+                not_after_unix_s: float) -> None:
+        """``server`` serves with a certificate valid from ``not_before_unix_s`` to
+        ``not_after_unix_s`` (Unix s): publish it; nothing once ``server`` is withdrawn (a
+        TLS reload racing its stop)."""
+        registry = server._metrics_registry()
+        key = (rpc_metrics(registry).registry, server.service)
+        with cls._lock:
+            if server in cls._withdrawn:
+                return
+            servers = cls._published.setdefault(key, {})
+            servers.pop(server, None)  # the latest published last
+            servers[server] = (not_before_unix_s, not_after_unix_s)
+            set_certificate_expiry(server.service, not_after_unix_s,
+                                   not_before_unix_s=not_before_unix_s, registry=registry)
+
+    @classmethod
+    def withdraw(cls, server: MeshServer) -> None:
+        """``server`` has stopped: its certificate leaves the gauges (those of the last
+        other live server publishing there are shown, else they are removed)."""
+        registry = server._metrics_registry()
+        key = (rpc_metrics(registry).registry, server.service)
+        with cls._lock:
+            cls._withdrawn.add(server)
+            servers = cls._published.get(key)
+            if servers is None or servers.pop(server, None) is None:
+                return
+            if servers:
+                not_before, not_after = next(reversed(servers.values()))
+                set_certificate_expiry(server.service, not_after,
+                                       not_before_unix_s=not_before, registry=registry)
+            else:
+                del cls._published[key]
+                remove_certificate_expiry(server.service, registry=registry)
 
 
 _MESH_CHECKS = {
@@ -1456,6 +1513,7 @@ class MeshServer:
                 except Exception as exc:
                     _log.warning(f"{what} after a failed start failed", error=repr(exc))
         finally:
+            _CertificateGauges.withdraw(self)
             self._stopped.set()
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
@@ -1515,11 +1573,11 @@ class MeshServer:
     def _publish_certificate(self, cert: x509.Certificate) -> None:
         """Publish ``cert``'s validity period: ``meshkit_certificate_expiry_timestamp_seconds``
         (notAfter) and ``meshkit_certificate_not_before_timestamp_seconds`` (notBefore),
-        which ``MeshkitCertificateExpiringSoon`` compares (a third of the lifetime left)."""
+        which ``MeshkitCertificateExpiringSoon`` compares (a third of the lifetime left);
+        nothing once the server has stopped (see :class:`_CertificateGauges`)."""
         info = describe_certificate(cert)
-        set_certificate_expiry(self.service, info.not_after.timestamp(),
-                               not_before_unix_s=info.not_before.timestamp(),
-                               registry=self._metrics_registry())
+        _CertificateGauges.publish(self, info.not_before.timestamp(),
+                                   info.not_after.timestamp())
 
     def _metrics_registry(self) -> Any:
         """Where this server's metrics go (and ``/metrics`` serves): its telemetry's
@@ -1608,6 +1666,7 @@ class MeshServer:
             if self._owns_registry:
                 await self.registry.close()
         finally:
+            _CertificateGauges.withdraw(self)
             _log.info("stopped", service=self.service, refused=self.drain_refused)
             flush_logs()  # the access log's last batch
             self._stopped.set()

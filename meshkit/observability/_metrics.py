@@ -127,7 +127,8 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
     Sets ``meshkit_certificate_expiry_timestamp_seconds{service=...}`` (``notAfter``) and,
     given ``not_before_unix_s``, ``meshkit_certificate_not_before_timestamp_seconds``
     (``notBefore``); ``serve()`` calls it at start and whenever the certificate on disk
-    changes (it looks every ``TLSOptions.reload_interval_s``). deploy/prometheus's
+    changes (it looks every ``TLSOptions.reload_interval_s``), and withdraws them when the
+    server stops (:func:`remove_certificate_expiry`). deploy/prometheus's
     ``MeshkitCertificateExpiringSoon`` fires when less than a third of the validity
     period is left (``expiry - time() < (expiry - not_before) / 3``, for 10 minutes):
     renewal did not happen, since cert-manager renews at two thirds of a certificate's
@@ -159,6 +160,20 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
     if not_before_unix_s is not None:
         metrics.certificate_not_before.labels(service).set(not_before_unix_s)
     metrics.certificate_expiry.labels(service).set(not_after_unix_s)
+
+
+def remove_certificate_expiry(service: str, *,
+                              registry: CollectorRegistry | None = None) -> None:
+    """Withdraw the certificate gauges of ``service`` (what :func:`set_certificate_expiry`
+    set: ``meshkit_certificate_expiry_timestamp_seconds`` and
+    ``meshkit_certificate_not_before_timestamp_seconds``) from ``registry`` (default
+    :func:`default_registry`): nothing serves with that certificate any more, so
+    ``MeshkitCertificateExpiringSoon`` must not fire for it. ``serve()`` calls it when the
+    last server of ``service`` publishing into ``registry`` stops. Nothing happens for a
+    service without them."""
+    metrics = rpc_metrics(registry)
+    metrics.certificate_expiry.remove(service)
+    metrics.certificate_not_before.remove(service)
 
 
 _OK = grpc.StatusCode.OK

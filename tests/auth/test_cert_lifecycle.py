@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -179,3 +180,67 @@ async def test_certificate_gauges_follow_a_renewal_on_disk_while_connections_sta
     finally:
         await asyncio.wait_for(srv.drain(), 10)
         await reg.close()
+
+
+async def test_certificate_gauges_of_a_drained_server_are_not_left_on_metrics(
+        pki: Pki, registry: LocalRegistry, tmp_path: Path) -> None:
+    """A process that served ``echo`` over mTLS and drained that server (a reload that
+    replaced it, a process that goes on as a client, one of two servers of the process
+    stopped) kept exporting ``meshkit_certificate_expiry_timestamp_seconds{service=
+    "echo"}`` and ``..._not_before_...`` with the notAfter of a certificate nothing served
+    any more and nothing followed on disk: two thirds into its life
+    ``MeshkitCertificateExpiringSoon`` fired for it. README: a server that stops "leaves
+    the gauges". Now the drain withdraws them; while another live server of the same
+    service publishes into the registry, they stay, on that server's certificate."""
+    first_tls = pki.issue("echo", ttl_h=1.0)
+    own = CollectorRegistry()
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    def server(tls: Any, instance_id: str) -> meshkit.MeshServer:
+        return meshkit.MeshServer("echo", [(add, None)], registry=registry,
+                                  options=meshkit.ServeOptions(
+                                      tls=tls, instance_id=instance_id, drain_delay_s=0,
+                                      grace_s=0.5, admin=None,
+                                      telemetry=TelemetryOptions(registry=own)))
+
+    def gauges() -> tuple[float | None, float | None]:
+        return (own.get_sample_value("meshkit_certificate_not_before_timestamp_seconds",
+                                     {"service": "echo"}),
+                own.get_sample_value("meshkit_certificate_expiry_timestamp_seconds",
+                                     {"service": "echo"}))
+
+    first = server(first_tls, "e1")
+    await asyncio.wait_for(first.start(), 10)
+    try:
+        assert gauges()[1] == first_tls.read().not_after
+        assert own.get_sample_value("meshkit_server_ready", {"service": "echo"}) == 1
+    finally:
+        await asyncio.wait_for(first.drain(), 10)
+    assert own.get_sample_value("meshkit_server_ready", {"service": "echo"}) is None
+    assert gauges() == (None, None)  # the server's gauges left, its certificate's too
+
+    # two servers of the service, each with a certificate of its own: the gauges stay
+    # while one serves, on its certificate
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for src in (first_tls.ca_file, first_tls.cert_file, first_tls.key_file):
+        shutil.copy(src, kept / Path(src).name)
+    old_tls = dataclasses.replace(first_tls, ca_file=kept / Path(first_tls.ca_file).name,
+                                  cert_file=kept / Path(first_tls.cert_file).name,
+                                  key_file=kept / Path(first_tls.key_file).name)
+    await asyncio.sleep(1.1)  # a later notBefore (whole seconds)
+    new_tls = pki.issue("echo", ttl_h=5.0, overwrite=True)
+    old, new = server(old_tls, "e2"), server(new_tls, "e3")
+    await asyncio.wait_for(old.start(), 10)
+    try:
+        await asyncio.wait_for(new.start(), 10)
+        try:
+            assert gauges()[1] == new_tls.read().not_after  # the latest published
+        finally:
+            await asyncio.wait_for(new.drain(), 10)
+        assert gauges()[1] == old_tls.read().not_after  # the one still served
+    finally:
+        await asyncio.wait_for(old.drain(), 10)
+    assert gauges() == (None, None)
