@@ -393,15 +393,15 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     ``None`` a streaming handler yields are answered too (a :class:`NoResponse`; messages
     written with ``context.write`` are not seen), and a unary response is serialized in
     the wrap: the handler returned has no response serializer. With ``max_send_bytes``
-    (the server's ``grpc.max_send_message_length``), a unary response serialized in the
-    wrap and every message a streaming handler yields are serialized there too, and one
-    over it is answered ``RESOURCE_EXHAUSTED`` "Sent message larger than max (<size> vs.
-    <limit>)", as grpc core answers it, in the wrap, where the reporter sees that code
-    (messages written with ``context.write`` are serialized by grpc.aio with the method's
-    serializer, and left to grpc core). Trailing metadata the handler set that gRPC
-    cannot send (:func:`~meshkit._metadata.check_metadata`'s rules) is answered
-    ``INTERNAL`` naming the key when it returns, and dropped when it raises (see
-    :func:`_unsendable_trailers`); checked only when it set some.
+    (the server's ``grpc.max_send_message_length``), a unary response (also without
+    ``unhandled``) and every message a streaming handler yields are serialized there
+    too, and one over it is answered ``RESOURCE_EXHAUSTED`` "Sent message larger than
+    max (<size> vs. <limit>)", as grpc core answers it, in the wrap, where the reporter
+    sees that code (messages written with ``context.write`` are serialized by grpc.aio
+    with the method's serializer, and left to grpc core). Trailing metadata the handler
+    set that gRPC cannot send (:func:`~meshkit._metadata.check_metadata`'s rules) is
+    answered ``INTERNAL`` naming the key when it returns, and dropped when it raises
+    (see :func:`_unsendable_trailers`); checked only when it set some.
     """
     if before is None and reporter is None and unhandled is None:
         return handler
@@ -427,12 +427,13 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     base = handler.response_serializer
     ser = base if empty is not None else None
     sends = base if ser is None else None  # the serializer grpc.aio is given
-    if max_send_bytes is not None and (empty is not None or streams):
-        # the server's grpc.max_send_message_length, checked where the wrap serializes:
-        # grpc core would refuse the response after the wrap reported the call OK, and a
-        # stream's message after the wrap yielded it (grpc.aio then cancels the call's
-        # task: the stream looked CANCELLED); a stream's messages are serialized in the
-        # wrap only with a limit, normal streams pay nothing for it
+    if max_send_bytes is not None and (not resp_s or streams):
+        # the server's grpc.max_send_message_length, checked where the wrap serializes
+        # (a unary response also without unhandled): grpc core would refuse the response
+        # after the wrap reported the call OK, and a stream's message after the wrap
+        # yielded it (grpc.aio then cancels the call's task: the stream looked
+        # CANCELLED); a stream's messages are serialized in the wrap only with a limit,
+        # normal streams pay nothing for it
         if base is None:
             ser = _limited(_as_is, max_send_bytes)
         elif streams:  # messages written with context.write still need the serializer
@@ -493,8 +494,14 @@ def _limited(ser: Callable[[Any], bytes], limit: int,
 
     def serialize(message: Any) -> bytes:
         data = ser(message)
-        if len(data) > limit:
-            raise ResponseTooLarge(len(data), limit)
+        try:
+            size = len(data)
+        except TypeError:
+            if data is None:  # a unary None left to grpc.aio (no unhandled): its answer
+                return data
+            raise
+        if size > limit:
+            raise ResponseTooLarge(size, limit)
         return data
 
     return serialize
@@ -647,9 +654,8 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                 bad = _unsendable_trailers(context)
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
-            if result is None:
-                if empty is not None:
-                    await empty(NoResponse(), context)  # aborts, unless a status was set
+            if result is None and empty is not None:
+                await empty(NoResponse(), context)  # aborts, unless a status was set
                 return None
             if ser is None:
                 return result

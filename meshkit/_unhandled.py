@@ -97,7 +97,9 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     with no status set gets ``INTERNAL`` instead (:func:`_no_response`). A unary response
     is serialized inside the wrap, so an exception of the method's response serializer is
     answered (and counted by telemetry) as the handler's; a streaming response's messages
-    are still serialized by grpc.aio.
+    are still serialized by grpc.aio (in the wrap, when the server has a
+    ``grpc.max_send_message_length``: see :func:`meshkit._handlers.wrap_handler`, which
+    also serializes a unary response with one when this is not installed).
 
     ``serve()`` installs it innermost of the mesh's own checks, fused into their one handler
     wrap (no cost on a call that does not raise), unless

@@ -13,9 +13,12 @@ import grpc
 import pytest
 from google.protobuf import wrappers_pb2
 from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry
 
 import meshkit
 from meshkit.discovery import LocalRegistry
+from meshkit.observability import TelemetryOptions
+from tests.support.wait import until
 
 _SERVICE = "parity.v1.Parity"
 
@@ -331,3 +334,61 @@ async def test_a_status_set_by_the_handler_is_kept_with_a_response_over_the_send
         expected = await _unary_status(plain, "NotFound")
         assert expected == (grpc.StatusCode.NOT_FOUND, "no such order")  # the baseline
         assert await _unary_status(mesh, "NotFound") == expected
+
+
+async def _big_response(request: bytes, context: Any) -> bytes:
+    return b"\0" * 5000
+
+
+async def test_a_unary_response_over_the_send_limit_is_counted_so_with_expose_exception_text(
+    registry: LocalRegistry,
+) -> None:
+    """With ``expose_exception_text=True``, a unary response over the server's
+    ``grpc.max_send_message_length`` reached the caller ``RESOURCE_EXHAUSTED`` (from grpc
+    core) while ``grpc_server_handled_total`` counted it ``OK``: the wrap serialized and
+    checked a unary response only when the unhandled-exception answer was installed. The
+    README: such a response "is answered ``RESOURCE_EXHAUSTED`` there and counted so";
+    now it is, with either setting."""
+    metrics = CollectorRegistry()
+    handlers = {"Big": grpc.unary_unary_rpc_method_handler(_big_response)}
+    async with _side_by_side(registry, handlers, server_options=_SEND_LIMIT,
+                             expose_exception_text=True,
+                             telemetry=TelemetryOptions(registry=metrics, tracing=False)
+                             ) as (_plain, mesh):
+        code, _ = await _unary_status(mesh, "Big")
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def handled(code: str) -> float:
+            return metrics.get_sample_value("grpc_server_handled_total", {
+                "grpc_service": _SERVICE, "grpc_method": "Big", "grpc_type": "unary",
+                "grpc_code": code}) or 0.0
+
+        await until(lambda: handled("OK") + handled("ResourceExhausted") >= 1,
+                    timeout_s=5, what="the call counted")
+        assert (handled("OK"), handled("ResourceExhausted")) == (0.0, 1.0)
+
+
+async def _none_response(request: bytes, context: Any) -> Any:
+    return None
+
+
+async def test_a_unary_none_under_a_send_limit_with_expose_exception_text_is_grpc_aios(
+    registry: LocalRegistry,
+) -> None:
+    """A unary handler returning ``None`` on a server with a send limit and
+    ``expose_exception_text=True`` (which leaves ``None`` to grpc.aio) is answered as a
+    plain grpc.aio server answers it: an empty message without a response serializer,
+    ``UNKNOWN`` with the serializer's exception with one (now that the wrap serializes
+    such a response to check its size)."""
+    handlers = {
+        "Raw": grpc.unary_unary_rpc_method_handler(_none_response),
+        "Proto": grpc.unary_unary_rpc_method_handler(
+            _none_response, response_serializer=_SV.SerializeToString),
+    }
+    async with _side_by_side(registry, handlers, server_options=_SEND_LIMIT,
+                             expose_exception_text=True) as (plain, mesh):
+        assert await plain.unary_unary(_m("Raw"))(b"x", timeout=5) == b""  # the baseline
+        assert await mesh.unary_unary(_m("Raw"))(b"x", timeout=5) == b""
+        code, details = await _unary_status(plain, "Proto")
+        assert code is grpc.StatusCode.UNKNOWN  # the baseline
+        assert await _unary_status(mesh, "Proto") == (code, details)
