@@ -395,13 +395,13 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     the wrap: the handler returned has no response serializer. With ``max_send_bytes``
     (the server's ``grpc.max_send_message_length``), a unary response (also without
     ``unhandled``) and every message a streaming handler yields are serialized there
-    too, and one over it is answered ``RESOURCE_EXHAUSTED`` "Sent message larger than
-    max (<size> vs. <limit>)", as grpc core answers it, in the wrap, where the reporter
-    sees that code (messages written with ``context.write`` are serialized by grpc.aio
-    with the method's serializer, and left to grpc core). Trailing metadata the handler
-    set that gRPC cannot send (:func:`~meshkit._metadata.check_metadata`'s rules) is
-    answered ``INTERNAL`` naming the key when it returns, and dropped when it raises
-    (see :func:`_unsendable_trailers`); checked only when it set some.
+    too, and one over it is answered ``RESOURCE_EXHAUSTED`` "SERVER: Sent message larger
+    than max (<size> vs. <limit>)", as grpc core answers it, in the wrap, where the
+    reporter sees that code (messages written with ``context.write`` are serialized by
+    grpc.aio with the method's serializer, and left to grpc core). Trailing metadata the
+    handler set that gRPC cannot send (:func:`~meshkit._metadata.check_metadata`'s
+    rules) is answered ``INTERNAL`` naming the key when it returns, and dropped when it
+    raises (see :func:`_unsendable_trailers`); checked only when it set some.
     """
     if before is None and reporter is None and unhandled is None:
         return handler
@@ -465,13 +465,15 @@ def _no_check(context: Any) -> None:
 
 
 class ResponseTooLarge(Exception):
-    """A serialized unary response over the server's ``grpc.max_send_message_length``:
-    the handler wrap answers it ``RESOURCE_EXHAUSTED`` with grpc core's own message (and
-    telemetry counts that), where grpc core would refuse it after the call was counted
-    ``OK``."""
+    """A serialized response (a unary one, or a message of a stream) over the server's
+    ``grpc.max_send_message_length``: the handler wrap answers it ``RESOURCE_EXHAUSTED``
+    with grpc core's own message, "SERVER: Sent message larger than max (<size> vs.
+    <limit>)" (sizes in bytes; the channel's refusal of a request says "CLIENT: ..."),
+    and telemetry counts that, where grpc core would refuse it after the call was
+    counted ``OK`` (a stream's: ``CANCELLED``)."""
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"Sent message larger than max ({size} vs. {limit})")
+        super().__init__(f"SERVER: Sent message larger than max ({size} vs. {limit})")
 
 
 def _as_is(message: Any) -> Any:

@@ -392,3 +392,40 @@ async def test_a_unary_none_under_a_send_limit_with_expose_exception_text_is_grp
         code, details = await _unary_status(plain, "Proto")
         assert code is grpc.StatusCode.UNKNOWN  # the baseline
         assert await _unary_status(mesh, "Proto") == (code, details)
+
+
+async def _big_proto_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+    yield _SV(value="small")
+    yield _SV(value="x" * 5000)  # 5003 bytes serialized
+
+
+async def _stream_status(ch: grpc.aio.Channel, name: str
+                         ) -> tuple[grpc.StatusCode, str | None, list[bytes]]:
+    call = ch.unary_stream(_m(name))(b"x", timeout=5)
+    got: list[bytes] = []
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for m in call:
+            got.append(m)
+    return await call.code(), await call.details(), got
+
+
+async def test_the_send_limit_details_are_grpc_cores(registry: LocalRegistry) -> None:
+    """A response over the server's ``grpc.max_send_message_length`` was answered
+    ``RESOURCE_EXHAUSTED`` "Sent message larger than max (5000 vs. 1000)" by meshkit's
+    wrap, where grpc core (a plain grpc.aio server) answers "SERVER: Sent message larger
+    than max (5000 vs. 1000)" (its "CLIENT: ..." one is the channel's refusal), though
+    ``ResponseTooLarge`` promised grpc core's own message; now the texts are the same, for
+    a unary response and a streamed one (with and without a response serializer)."""
+    handlers = {"Big": grpc.unary_unary_rpc_method_handler(_big_response),
+                "BigProtoStream": grpc.unary_stream_rpc_method_handler(
+                    _big_proto_stream, response_serializer=_SV.SerializeToString)}
+    async with _side_by_side(registry, handlers, server_options=_SEND_LIMIT) as (plain, mesh):
+        expected = await _unary_status(plain, "Big")
+        assert expected == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            "SERVER: Sent message larger than max (5000 vs. 1000)")
+        assert await _unary_status(mesh, "Big") == expected
+        expected_s = await _stream_status(plain, "BigProtoStream")
+        assert expected_s == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "SERVER: Sent message larger than max (5003 vs. 1000)",
+                              [_SV(value="small").SerializeToString()])
+        assert await _stream_status(mesh, "BigProtoStream") == expected_s
