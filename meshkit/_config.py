@@ -254,15 +254,19 @@ def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
     endpoint inside the discovery watch, or at ``MeshServer.start()``), refusing a bad one
     with a bare ``ValueError``/``TypeError`` or misreading it.
 
-    An argument's name is a non-empty ``str`` (or ``bytes``, as grpc takes it); its value
-    an ``int`` (``bool`` too), ``str`` or ``bytes``, or another object grpc takes for a C
-    pointer (one with ``__int__``, as grpc's own pointer objects). ``None`` (grpc:
-    "Expected int, bytes, or behavior") and non-integral numbers such as a float (which
-    grpc would take for a pointer's address) are refused.
+    An argument's name is a non-empty ``str``, or ``bytes`` as grpc takes it, decoded
+    (ASCII) here: meshkit merges the options with the arguments it sets itself by name
+    (``ServerLimits``' ``grpc.max_receive_message_length``, say), which a bytes name would
+    sit beside instead of replacing. Its value an ``int`` (``bool`` too), ``str`` or
+    ``bytes``, or another object grpc takes for a C pointer (one with ``__int__``, as
+    grpc's own pointer objects). ``None`` (grpc: "Expected int, bytes, or behavior") and
+    non-integral numbers such as a float (which grpc would take for a pointer's address)
+    are refused.
 
     Raises:
         ConfigError: ``value`` is a string, a mapping (give ``tuple(mapping.items())``) or
-            not iterable, or an item is not such a pair; ``name`` and the item quoted.
+            not iterable, or an item is not such a pair, or its bytes name is not ASCII;
+            ``name`` and the item quoted.
     """
     refuse_str(name, value)
     if isinstance(value, Mapping):
@@ -278,11 +282,17 @@ def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
         key, val = item
         if not isinstance(key, (str, bytes)) or not key:
             raise ConfigError(f"{name}: a name must be a non-empty string, got {item!r}")
+        if isinstance(key, bytes):
+            try:
+                key = key.decode("ascii")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{name}: a name given as bytes must be ASCII (grpc's "
+                                  f"argument names are), got {item!r}") from None
         if (val is None or (isinstance(val, numbers.Number)
                             and not isinstance(val, numbers.Integral))
                 or not (isinstance(val, (int, str, bytes)) or hasattr(val, "__int__"))):
             raise ConfigError(f"{name}: a value must be an int, str or bytes, got {item!r}")
-        out.append((key, val))  # type: ignore[arg-type]  # bytes names as grpc takes them
+        out.append((key, val))
     return tuple(out)
 
 

@@ -602,7 +602,8 @@ class ServeOptions:
             ``grpc.aio.server(options=)`` takes; not a mapping: give
             ``tuple(mapping.items())``), checked here: an item that is not a pair of a
             non-empty name and a value (not ``None``) is a ``ConfigError`` quoting it;
-            they override those ``limits`` sets,
+            a name given as ``bytes`` is decoded (ASCII, else a ``ConfigError``), so it
+            is the argument of its ``str`` spelling; they override those ``limits`` sets,
             and meshkit's ``("grpc.so_reuseport", 0)``, key by key. By default a port
             another socket listens on is refused at :meth:`MeshServer.start`
             (``RuntimeError``: "Failed to bind"), as grpc-go and a plain ``bind()`` do and

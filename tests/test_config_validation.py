@@ -514,8 +514,9 @@ def test_method_tables_given_as_pairs_are_a_config_error(build: Callable[[], Any
     ([("grpc.max_receive_message_length", None)], "None"),  # an unset setting
     ([("grpc.max_receive_message_length", 8.0)], "8.0"),  # grpc takes it for a pointer
     ([("grpc.primary_user_agent", object)], "<class 'object'>"),
+    ([(b"grpc.\xffx", 1)], "b'grpc.\\xffx'"),  # grpc's names are ASCII
 ], ids=["mapping", "one-element-pair", "three-element-item", "string-item", "int-key",
-        "empty-key", "none-value", "float-value", "object-value"])
+        "empty-key", "none-value", "float-value", "object-value", "non-ascii-bytes-key"])
 def test_malformed_channel_options_are_refused_at_construction(
         channel_options: Any, quoted: str) -> None:
     """``DialOptions.channel_options`` is a sequence of ``(name, value)``; a bad option is
@@ -530,15 +531,36 @@ def test_malformed_channel_options_are_refused_at_construction(
 
 
 def test_well_formed_channel_options_are_kept_as_pairs() -> None:
-    """What grpc takes is kept: str or bytes names; int (bool too), str and bytes values;
-    a pair given as a list is stored as a tuple."""
+    """What grpc takes is kept: str or bytes names (a bytes name decoded, so that it is
+    the same argument as its str spelling, see
+    ``test_bytes_named_grpc_options_are_the_arguments_of_their_str_names``); int (bool
+    too), str and bytes values; a pair given as a list is stored as a tuple."""
     given: list[Any] = [["grpc.max_receive_message_length", 8 << 20],
                         ("grpc.primary_user_agent", "me/1"), (b"grpc.x", b"y"),
                         ("grpc.enable_retries", False)]
     built = DialOptions(insecure=True, channel_options=given).channel_options
     assert built == (("grpc.max_receive_message_length", 8 << 20),
-                     ("grpc.primary_user_agent", "me/1"), (b"grpc.x", b"y"),
+                     ("grpc.primary_user_agent", "me/1"), ("grpc.x", b"y"),
                      ("grpc.enable_retries", False))
+
+
+def test_bytes_named_grpc_options_are_the_arguments_of_their_str_names() -> None:
+    """grpc takes an argument's name as ``str`` or ``bytes``; meshkit merges
+    ``ServeOptions.server_options`` over the arguments ``ServerLimits`` sets by name, so
+    a bytes name (``b"grpc.max_receive_message_length"``) sat beside meshkit's own str
+    one and grpc core applied meshkit's: the override was silently ignored. Names are now
+    decoded (ASCII) where the options are checked, server and channel alike; a name
+    that is not ASCII is refused, quoted."""
+    opts = ServeOptions(insecure=True, server_options=(
+        (b"grpc.max_receive_message_length", 1000), (b"grpc.max_send_message_length", 2000)))
+    assert opts.server_options == (("grpc.max_receive_message_length", 1000),
+                                   ("grpc.max_send_message_length", 2000))
+    assert DialOptions(insecure=True, channel_options=(
+        (b"grpc.max_receive_message_length", 1000),)).channel_options == (
+        ("grpc.max_receive_message_length", 1000),)
+    with pytest.raises(ConfigError, match="server_options") as err:
+        ServeOptions(insecure=True, server_options=((b"grpc.\xe9", 1),))
+    assert "b'grpc.\\xe9'" in str(err.value)
 
 
 @pytest.mark.parametrize("fields", [

@@ -2239,3 +2239,38 @@ async def test_a_server_started_in_a_deadline_scope_does_not_propagate_that_dead
     finally:
         await srv.drain()
     assert got == b"-|-", got
+
+
+async def _request_length(request: bytes, context: Any) -> bytes:
+    return b"%d" % len(request)
+
+
+async def test_a_bytes_named_server_option_overrides_the_limits_receive_size(
+        registry: LocalRegistry) -> None:
+    """``ServeOptions(server_options=((b"grpc.max_receive_message_length", 1000),))`` (a
+    bytes name, as grpc takes them and plain ``grpc.aio.server(options=)`` applies) was
+    silently ignored: meshkit merged the options into a dict keyed by name, the bytes key
+    sat beside ``ServerLimits``' own ``"grpc.max_receive_message_length"`` (4 MiB) and
+    grpc core applied that one, so a 5000-byte request was accepted where the operator
+    capped requests at 1000 bytes (a plain grpc.aio server answers
+    ``RESOURCE_EXHAUSTED``). Names are decoded where the options are checked: the
+    override applies, key by key, as documented."""
+    def add(_servicer: object, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Sizes", {"Length": grpc.unary_unary_rpc_method_handler(_request_length)}),))
+
+    srv = meshkit.MeshServer("sizes", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0.0, grace_s=1.0, admin=None,
+                                 server_options=((b"grpc.max_receive_message_length",
+                                                  1000),)))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            length = ch.unary_unary("/t.Sizes/Length")
+            assert await length(b"\0" * 900, timeout=5) == b"900"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await length(b"\0" * 5000, timeout=5)
+    finally:
+        await srv.drain()
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
