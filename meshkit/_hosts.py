@@ -33,9 +33,23 @@ def bare_host(host: str) -> str:
 
 def uri_host(host: str) -> str:
     """``host`` as the host part of ``host:port`` or a URI: an IPv6 literal bracketed once
-    (``"::1"`` and ``"[::1]"`` -> ``"[::1]"``), anything else as it is."""
+    (``"::1"`` and ``"[::1]"`` -> ``"[::1]"``) with its zone's ``%`` written ``%25``
+    (RFC 6874: ``"fe80::1%eth0"`` -> ``"[fe80::1%25eth0]"``; grpc percent-decodes
+    ``host:port`` text, so ``[::1%11]`` would be the zone byte 0x11, and URL parsers do the
+    same), anything else as it is.
+
+    A bracketed host whose zone is already so escaped (``"[fe80::1%25eth0]"``, URI text:
+    ``%25`` and at least one character more) is kept as it is, so that ``uri_host`` of its
+    own result is that result; an unbracketed one is an address as written outside URIs
+    (RFC 4007), whose zone is escaped whatever it is (``"fe80::1%25"`` -> zone ``25``)."""
     bare = bare_host(host)
-    return f"[{bare}]" if ":" in bare else bare
+    if ":" not in bare:
+        return bare
+    address, pct, zone = bare.partition("%")
+    escaped = bare != host and zone.startswith("25") and len(zone) > 2  # bracketed URI text
+    if pct and not escaped:
+        return f"[{address}%25{zone}]"
+    return f"[{bare}]"
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

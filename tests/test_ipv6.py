@@ -271,3 +271,50 @@ async def test_jwks_server_on_a_bracketed_ipv6_host_binds_and_names_it_once() ->
             assert (await resp.json())["keys"]
     finally:
         await server.stop()
+
+
+async def test_an_ipv6_host_with_a_two_digit_zone_is_served_and_dialed(
+    registry: LocalRegistry,
+) -> None:
+    """``ServeOptions(host="::1%11")`` (check_host takes numeric zones: a link-local
+    address on an interface of index 10 or more, as containers and Kubernetes nodes with a
+    few veth interfaces have) failed ``MeshServer.start()`` with ``RuntimeError: Failed to
+    bind to address [::1%11]:0``, and an instance registered with that host was never
+    reached by dial() (every call ``UNAVAILABLE``, "Misformatted domain name"): grpc
+    percent-decodes ``host:port`` text, so ``%11`` was the byte 0x11. The zone's ``%`` is
+    now written ``%25`` in that text (RFC 6874: ``[::1%2511]:<port>``, what plain grpc
+    binds and dials): the server binds, registers the host as it is, and dial() reaches
+    it."""
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=_serve_opts(host="::1%11", admin=None))
+    inst = await srv.start()
+    try:
+        assert inst.host == "::1%11"
+        assert inst.address == f"[::1%2511]:{inst.port}"
+        opts = meshkit.DialOptions(insecure=True, retry=None, outlier=None,
+                                   resolve_timeout_s=3.0)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+    finally:
+        await srv.drain()
+
+
+@pytest.mark.parametrize(("host", "text"), [
+    ("::1", "[::1]"), ("[::1]", "[::1]"), ("fe80::1%eth0", "[fe80::1%25eth0]"),
+    ("fe80::1%11", "[fe80::1%2511]"), ("[fe80::1%11]", "[fe80::1%2511]"),
+    ("fe80::1%25", "[fe80::1%2525]"),  # zone 25, not an escape of nothing
+    ("[fe80::1%25eth0]", "[fe80::1%25eth0]"),  # URI text already: not escaped twice
+    ("127.0.0.1", "127.0.0.1"), ("localhost", "localhost"),
+])
+def test_an_ipv6_zone_is_percent_escaped_in_host_port_text(host: str, text: str) -> None:
+    """The host part of ``host:port`` and URI text (the server's bind address, the
+    ``Instance.address`` that dial() connects to, the admin and JWKS URLs) writes a zone's
+    ``%`` as ``%25`` (RFC 6874), once; ``Instance.host`` keeps the address as given."""
+    from meshkit._hosts import uri_host
+    from meshkit.discovery import Instance
+
+    assert uri_host(host) == text
+    assert uri_host(text) == text
+    inst = Instance(service="echo", instance_id="e1", host=host, port=50051)
+    assert inst.host == host
+    assert inst.address == f"{text}:50051"

@@ -10,6 +10,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from meshkit._config import check_int, check_string_map, check_strings
 from meshkit._fields import Normalised
+from meshkit._hosts import uri_host
 from meshkit.errors import ConfigError
 
 __all__ = ["Instance", "Registry", "RegistryStatus"]
@@ -81,9 +82,11 @@ class Instance:
 
     @property
     def address(self) -> str:
-        """``host:port`` as a gRPC target (IPv6 hosts are bracketed)."""
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"{host}:{self.port}"
+        """``host:port`` as a gRPC target: IPv6 hosts bracketed, a zone's ``%`` written
+        ``%25`` (RFC 6874: ``host="fe80::1%eth0"`` -> ``"[fe80::1%25eth0]:50051"``; grpc
+        percent-decodes target text, as grpc-go does, so ``[::1%11]`` would name the zone
+        byte 0x11)."""
+        return f"{uri_host(self.host)}:{self.port}"
 
 
 def _check_utf8(name: str, value: str) -> None:

@@ -351,6 +351,21 @@ async def test_register_payload_grpc(double: ConsulDouble, make_registry: Any, k
         assert checks[1] == grpc_check
 
 
+async def test_register_payload_of_a_zoned_ipv6_host(double: ConsulDouble,
+                                                      make_registry: Any) -> None:
+    """An instance on a zoned IPv6 address (``fe80::1%eth0``) registers its ``Address``
+    as it is and its GRPC check target as ``Instance.address``, the zone's ``%`` written
+    ``%25``: Consul's check dials ``passthrough:///<host:port>`` and grpc-go takes that
+    text as a URI, percent-decoding it (a raw ``%eth0`` is an invalid escape to it, a raw
+    ``%11`` the byte 0x11)."""
+    reg = make_registry(check="grpc")
+    await reg.register(Instance(service="orderd", instance_id="orderd-1",
+                                host="fe80::1%eth0", port=41001))
+    sent = double.registrations[-1]
+    assert sent["Address"] == "fe80::1%eth0"
+    assert sent["Checks"][-1]["GRPC"] == "[fe80::1%25eth0]:41001/orderd"
+
+
 async def test_grpc_check_follows_grpc_health(double: ConsulDouble, make_registry: Any) -> None:
     """With check=grpc the instance is discoverable only while its grpc.health.v1 is SERVING."""
     server = grpc.aio.server()
