@@ -103,7 +103,8 @@ def registry_from_uri(uri: str) -> Registry:
     """Build a registry from a URI.
 
     Forms:
-        * ``local:///abs/path`` (directory or ``.db`` file) or ``local://`` (default path);
+        * ``local:///abs/path`` (directory or ``.db`` file; ``local://localhost/abs/path``
+          the same, as ``file:`` URIs have it) or ``local://`` (default path);
           query ``?ttl_s=3&poll_interval_s=0.25`` (also ``heartbeat_interval_s``,
           ``busy_timeout_s``, ``fault_grace_s``) sets :class:`LocalOptions`.
         * ``consul://host:port`` or ``consul+https://host:port`` (query options as
@@ -114,7 +115,10 @@ def registry_from_uri(uri: str) -> Registry:
 
     Raises:
         ConfigError: unknown scheme, bad option value or a URI that cannot be parsed (an
-            unbalanced ``[``: ``consul://[::1:8500``) (the URI is quoted, any user info
+            unbalanced ``[``: ``consul://[::1:8500``), a ``local:`` URI with a host other
+            than ``localhost`` or a relative path (``local://tmp/mesh``, two slashes,
+            names the host ``tmp``; ``local:tmp/mesh``), which would be a path under each
+            process's working directory (the URI is quoted, any user info
             and the values of query keys that are no option masked: ``***``); a Consul URI
             without py-consul installed (``meshkit[consul]``).
     """
@@ -125,7 +129,16 @@ def registry_from_uri(uri: str) -> Registry:
         kwargs: dict[str, Any] = query_fields(
             parse_qs(parts.query, keep_blank_values=True), floats=_LOCAL_URI_FIELDS,
             strs=(), where=f"registry URI {shown_uri(uri, _LOCAL_URI_FIELDS)!r}")
-        raw_path = unquote(parts.netloc + parts.path)
+        raw_path = unquote(parts.path)
+        # "local://tmp/mesh" (two slashes) has the host "tmp", "local:tmp/mesh" a relative
+        # path: either would be a path under each process's working directory, so a server
+        # and a client started from two directories would use two registries unawares
+        if (parts.netloc.lower() not in ("", "localhost")
+                or (raw_path and not Path(raw_path).is_absolute())):
+            raise ConfigError(
+                f"registry URI {shown_uri(uri, _LOCAL_URI_FIELDS)!r}: a local registry "
+                "needs an absolute path, local:///abs/path (three slashes; or "
+                "local://localhost/abs/path), or local:// for the default path")
         if raw_path:
             kwargs["path"] = Path(raw_path)
         return LocalRegistry(LocalOptions(**kwargs))

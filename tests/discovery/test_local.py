@@ -297,6 +297,36 @@ def test_registry_uri_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert env_reg.options.path == tmp_path / "env" / "registry.db"
 
 
+@pytest.mark.parametrize("uri", ["local://tmp/meshkit-uri-test", "local:tmp/meshkit-uri-test",
+                                 "local://other-host/tmp/meshkit-uri-test",
+                                 "local://localhost:80/tmp/meshkit-uri-test",
+                                 "local:./x?ttl_s=2"])
+def test_a_local_registry_uri_without_an_absolute_path_is_refused(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``registry_from_uri("local://tmp/mesh")`` (two slashes, the usual typo of the
+    documented ``local:///path``: ``tmp`` is the host) and ``local:tmp/mesh`` were accepted
+    as the relative path ``tmp/mesh/registry.db``, under each process's working
+    directory: a server and a client started from two directories used two registries and
+    dial() failed ``UNAVAILABLE`` with no hint why. A ``local:`` URI with a host other
+    than ``localhost`` or a relative path is now refused, the URI quoted."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="absolute path") as info:
+        registry_from_uri(uri)
+    assert repr(uri) in str(info.value)
+    assert not any(tmp_path.iterdir())  # nothing created under the working directory
+
+
+def test_a_local_registry_uri_may_name_localhost(tmp_path: Path) -> None:
+    """``local://localhost/abs/path`` is the local machine's ``/abs/path``, as in ``file:``
+    URIs (RFC 8089), and ``local:/abs/path`` the same; neither depends on the working
+    directory (``localhost/abs/path`` under it, before)."""
+    for uri in (f"local://localhost{tmp_path}/reg", f"local://LocalHost{tmp_path}/reg",
+                f"local:{tmp_path}/reg"):
+        reg = registry_from_uri(uri)
+        assert reg.options.path == tmp_path / "reg" / "registry.db", uri  # type: ignore[attr-defined]
+
+
 def test_path_rule_directory_or_database_file(tmp_path: Path) -> None:
     """A path is the database file only if it is an existing file, or does not exist and
     ends in .db/.sqlite/.sqlite3 without a trailing slash; anything else (an existing
