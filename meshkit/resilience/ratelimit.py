@@ -59,7 +59,11 @@ caller is not over any quota: the server cannot decide, which is the transient "
 with backoff" condition ``UNAVAILABLE`` means, and it must not carry a ``retry-after``
 the limiter cannot compute. A storage outage is logged once as a warning on
 ``meshkit.resilience.ratelimit`` when it starts and once as info when it ends; a storage
-call slower than ``storage_timeout_s`` counts as a failure.
+round trip slower than ``storage_timeout_s`` counts as a failure. Each round trip has the
+timeout to itself: the hit (one per part of a rule) and, once a hit refused, the reads of
+the window state ``retry-after`` comes from. A call a hit refused is refused whatever
+those reads do: one that fails or is too slow makes ``retry-after`` the window's length
+(rounded up), and is not a storage failure.
 
 A storage that hangs would make every limited call wait ``storage_timeout_s``. A breaker
 (:class:`StorageBreaker`) opens after ``breaker_failures`` consecutive storage failures:
@@ -88,6 +92,7 @@ import contextvars
 import importlib
 import importlib.util
 import inspect
+import math
 import re
 import threading
 import time
@@ -111,6 +116,7 @@ from limits.aio.strategies import (
 from limits.aio.strategies import RateLimiter as _LimitsStrategy
 from limits.errors import ConfigurationError
 from limits.storage import MemoryStorage, storage_from_string
+from limits.util import WindowStats
 
 from meshkit._config import check_int, check_number, check_seconds
 from meshkit._handlers import Before, WrappingInterceptor
@@ -280,7 +286,9 @@ class RateLimitOptions:
         key_prefix: first part of every storage key (default ``"meshkit"``), so several
             services or test runs can share one Redis without sharing budgets.
         storage_timeout_s: seconds a storage round trip may take before it counts as a
-            storage failure (default 0.25; not applied to ``memory://``).
+            storage failure (default 0.25; not applied to ``memory://``); each round trip
+            of a call (a hit per part of the rule, and when refused the reads behind
+            ``retry-after``) has it to itself (see :meth:`StorageLimiter.check`).
         breaker_failures: consecutive storage failures that open the breaker (default 3).
         breaker_open_s: seconds the breaker stays open before a probe (default 1.0);
             doubled after each failed probe up to ``breaker_max_open_s`` (default 5.0).
@@ -695,8 +703,8 @@ class StorageLimiter:
             (``async+redis`` needs ``limits[async-redis]``).
     """
 
-    __slots__ = ("_acquire_window", "_checkers", "_deny", "_outage", "_prefix", "_sliding",
-                 "_storage", "_storage_name", "_strategy", "_table", "_timeout_s",
+    __slots__ = ("_acquire_window", "_checkers", "_deny", "_fixed", "_outage", "_prefix",
+                 "_sliding", "_storage", "_storage_name", "_strategy", "_table", "_timeout_s",
                  "_window_keys", "breaker", "synchronous")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
@@ -731,6 +739,7 @@ class StorageLimiter:
             ) from None
         self._storage = storage
         self._sliding = opts.strategy == "sliding-window-counter"
+        self._fixed = opts.strategy == "fixed-window"
         # the sliding-window counter's hit made here (the strategy's own three lines, with
         # the storage key remembered): storage.acquire_sliding_window_entry is limits'
         # storage interface for that strategy
@@ -752,6 +761,13 @@ class StorageLimiter:
     async def check(self, method: str, key: str) -> Rejection | None:
         """Count one call to ``method`` by ``key`` against its rule; ``None`` admits it.
 
+        Each storage round trip (the hit of each part of the rule; once one refuses, each
+        read of the window state behind ``retry_after_s``) may take ``storage_timeout_s``.
+        A hit that fails or takes longer is a storage failure; a hit that refused refuses
+        the call whatever happens to the reads after it: a read that fails or takes
+        longer makes ``retry_after_s`` that part's window length (rounded up), and is no
+        storage failure.
+
         Returns:
             ``None`` to admit; a ``RESOURCE_EXHAUSTED`` :class:`Rejection` with
             ``retry_after_s`` over the limit; when the storage fails, ``None``
@@ -767,11 +783,7 @@ class StorageLimiter:
             return self._storage_skipped(method)
         probe = breaker.is_open  # let through while open: the probe
         try:
-            if self._timeout_s is None:
-                rejection = await self._hit(rule, method, key)
-            else:
-                async with asyncio.timeout(self._timeout_s):
-                    rejection = await self._hit(rule, method, key)
+            rejection = await self._hit(rule, method, key)
         except Exception as exc:  # any storage failure: fail as configured, never crash
             breaker.failure(probe)
             return self._storage_failed(method, exc)
@@ -907,22 +919,63 @@ class StorageLimiter:
         return None
 
     async def _hit(self, rule: Rule, method: str, key: str) -> Rejection | None:
+        """Count the call against each part of ``rule``, each hit one storage round trip
+        bounded by ``storage_timeout_s`` (raising, as the storage or the timeout does);
+        the first part that refuses ends it with the :meth:`_refused` rejection."""
         acquire = self._acquire_window
         for item in rule.items:
-            if acquire is not None:  # SlidingWindowCounterRateLimiter.hit, its key cached
-                _, wkey, amount, window_s = self._window_key(item, method, key)
-                admitted = await acquire(wkey, amount, window_s, 1)
-            else:
-                admitted = await self._strategy.hit(item, self._prefix, method, key)
+            async with asyncio.timeout(self._timeout_s):
+                if acquire is not None:  # SlidingWindowCounterRateLimiter.hit, key cached
+                    _, wkey, amount, window_s = self._window_key(item, method, key)
+                    admitted = await acquire(wkey, amount, window_s, 1)
+                else:
+                    admitted = await self._strategy.hit(item, self._prefix, method, key)
             if not admitted:
-                rejection = self._rejection(item, method,
-                                            await self._window(item, method, key))
-                for other in rule.items:  # another part spent too: the longest wait
-                    if other is not item:
-                        rejection = self._longer(rejection, other, method,
-                                                 await self._window(other, method, key))
-                return rejection
+                return await self._refused(rule, item, method, key)
         return None
+
+    async def _refused(self, rule: Rule, item: Any, method: str, key: str) -> Rejection:
+        """The rejection of a call part ``item`` of ``rule`` refused (a storage's answer:
+        never a storage failure). Its ``retry_after_s`` comes from the window states read
+        from the storage (:meth:`_read_window`); when the refusing part's cannot be read,
+        it is that part's window length, rounded up; another part whose state cannot be
+        read is left out."""
+        window = await self._read_window(item, method, key, counts=False)
+        if window is None:
+            rejection = Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"rate limit exceeded for {method}: {item}",
+                                  max(1, math.ceil(item.get_expiry())))
+        else:
+            rejection = self._rejection(item, method, window)
+        for other in rule.items:  # another part spent too: the longest wait
+            if other is not item:
+                window = await self._read_window(other, method, key, counts=True)
+                if window is not None:
+                    rejection = self._longer(rejection, other, method, window)
+        return rejection
+
+    async def _read_window(self, item: Any, method: str, key: str, *,
+                           counts: bool) -> Any | None:
+        """:meth:`_window` from the (async) storage, each round trip bounded by
+        ``storage_timeout_s``; ``None`` when a read fails or times out (logged at debug
+        level). For a fixed window the count (a second round trip) is read only with
+        ``counts``: a refusing part's ``retry_after_s`` needs only its expiry."""
+        try:
+            if self._fixed:
+                storage_key = item.key_for(self._prefix, method, key)
+                async with asyncio.timeout(self._timeout_s):
+                    reset = await self._storage.get_expiry(storage_key)
+                if not counts:
+                    return WindowStats(reset, 0)
+                async with asyncio.timeout(self._timeout_s):
+                    count = await self._storage.get(storage_key)
+                return WindowStats(reset, max(0, item.amount - count))
+            async with asyncio.timeout(self._timeout_s):
+                return await self._window(item, method, key)
+        except Exception as exc:  # the hit refused: a lost read only loses retry-after
+            _log.debug("rate limit window not read", storage=self._storage_name,
+                       limit=str(item), error=f"{type(exc).__name__}: {exc}")
+            return None
 
     def _window(self, item: Any, method: str, key: str) -> Any:
         """The window state a rejection's ``retry_after_s`` comes from (an awaitable from

@@ -209,6 +209,55 @@ class PrivateRedis:
         self.proc = None
 
 
+class LatencyProxy:
+    """A loopback TCP proxy to Redis that holds every client->server chunk for ``delay_s``
+    (0 at first) before passing it on: a Redis whose every round trip takes ``delay_s``,
+    as a Redis in another zone, or a busy one, is."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self.delay_s = 0.0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def __aenter__(self) -> LatencyProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       slow: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if slow and self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        for task in (asyncio.create_task(pump(reader, up_writer, True)),
+                     asyncio.create_task(pump(up_reader, writer, False))):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
 @pytest.fixture(autouse=True)
 def _clear_of_a_minutes_edge(request: pytest.FixtureRequest) -> None:
     """A fixed window's count starts again at each window's edge (per minute: at each
@@ -994,6 +1043,81 @@ def recoveries_logged(logs: LogEntries) -> LogEntries:
     """The 'storage recovered' info entries among captured log entries."""
     return [e for e in logs
             if e["log_level"] == "info" and e["event"] == "rate limit storage recovered"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_caller_over_the_limit_is_admitted_when_each_redis_round_trip_is_within_the_timeout(
+        shared_redis: str, strategy: Strategy) -> None:
+    """A Redis whose every round trip takes 0.35 s, well within ``storage_timeout_s=0.6``
+    (RateLimitOptions: "seconds a storage round trip may take before it counts as a
+    storage failure"). Rule "1/hour": the caller's first call was admitted in one round
+    trip, but its second call, over the limit, was *admitted too*, and every later one:
+    the limiter counted the hit (one round trip: "refused"), then read the window's stats
+    for ``retry-after`` (one more round trip for the moving and sliding windows, two for
+    the fixed window: GET and TTL), all under one ``asyncio.timeout(storage_timeout_s)``.
+    The sum passed the timeout, the refusal was thrown away as a "storage failure" ("rate
+    limit storage unavailable" logged) and the call failed open (``UNAVAILABLE`` with
+    ``on_storage_error="deny"``); three such callers in a row opened the breaker, turning
+    limits off for every caller. Now each round trip has the timeout to itself: the
+    over-limit call is refused ``RESOURCE_EXHAUSTED``, as with a fast Redis."""
+    async with LatencyProxy(SHARED_REDIS_PORT) as proxy:
+        limiter = StorageLimiter(RateLimitOptions(
+            default_rule="1/hour", strategy=strategy,
+            storage_uri=f"async+redis://127.0.0.1:{proxy.port}",
+            key_prefix=unique_prefix(), storage_timeout_s=0.6, breaker_failures=100))
+        m = "/svc.v1.Svc/Call"
+        try:
+            # connect and load every script the strategy uses, at full speed
+            assert await limiter.check(m, "warm-up") is None
+            warm = await limiter.check(m, "warm-up")
+            assert warm is not None and warm.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            proxy.delay_s = 0.35
+            t0 = time.monotonic()
+            assert await limiter.check(m, "alice") is None  # her one call this hour
+            assert time.monotonic() - t0 < 0.6, "one round trip should fit the timeout"
+            with capture_logs() as logs:
+                second = await limiter.check(m, "alice")
+            assert second is not None, (
+                "alice's second call under '1/hour' was admitted: the refusal's extra round "
+                "trips ran past storage_timeout_s and the limiter failed open")
+            assert second.code is grpc.StatusCode.RESOURCE_EXHAUSTED, second
+            assert second.retry_after_s is not None and 3500 <= second.retry_after_s <= 3600
+            assert not warnings_logged(logs) and not limiter.breaker.dirty
+        finally:
+            await limiter.aclose()
+
+
+_WINDOW_READS = {"fixed-window": "get_expiry", "moving-window": "get_moving_window",
+                 "sliding-window-counter": "get_sliding_window"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_refusal_whose_window_read_fails_is_still_refused(
+        shared_redis: str, strategy: Strategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the hit said "refused", the call is refused whatever happens to the read of
+    the window's state behind ``retry-after``: when that read fails (or takes longer
+    than ``storage_timeout_s``), ``retry-after`` is the window's length, and it is not a
+    storage failure (no warning, the breaker untouched)."""
+    limiter = StorageLimiter(RateLimitOptions(
+        default_rule="1/hour", strategy=strategy, storage_uri=shared_redis,
+        key_prefix=unique_prefix(), on_storage_error="deny", breaker_failures=1))
+    m = "/svc.v1.Svc/Call"
+    try:
+        assert await limiter.check(m, "alice") is None
+
+        async def fails(*args: Any) -> Any:
+            raise ConnectionError("lost the read")
+
+        monkeypatch.setattr(limiter._storage, _WINDOW_READS[strategy], fails)
+        with capture_logs() as logs:
+            for _ in range(3):
+                refused = await limiter.check(m, "alice")
+                assert refused is not None, "admitted over the limit"
+                assert refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+                assert refused.retry_after_s == 3600, refused
+        assert not warnings_logged(logs) and not limiter.breaker.dirty
+    finally:
+        await limiter.aclose()
 
 
 async def test_redis_outage_fails_open_logs_once_and_recovers(
