@@ -641,7 +641,8 @@ def _storage_options(uri: str, cls: type[Any]) -> dict[str, Any]:
 
 
 def _count_fixed_windows_atomically(storage: Any) -> None:
-    """Make a coredis-backed Redis storage count fixed windows in one atomic script.
+    """Make a coredis-backed Redis storage count fixed windows in one atomic script, and
+    read their expiry to the millisecond.
 
     ``limits``' coredis bridge counts with ``INCRBY`` and then, in a second round trip
     and only when the new value equals the amount, ``EXPIRE``. When that second step is
@@ -650,7 +651,15 @@ def _count_fixed_windows_atomically(storage: Any) -> None:
     and no later hit sets one: the caller was refused (``retry-after: 1``) for good. Its
     redis-py bridge runs ``limits``' own ``incr_expire.lua`` (both steps in one script)
     instead, which the coredis bridge registers too (``lua_incr_expire``) without using:
-    here the bridge's ``incr`` runs that script. Other storages are left as they are.
+    here the bridge's ``incr`` runs that script.
+
+    The bridge's ``get_expiry`` (a fixed window's reset time, behind ``retry-after``)
+    read ``TTL``: whole seconds, rounded to the *nearest* (a window with 3.25 s left read
+    3), so ``ceil(reset_time - now)`` rounded nothing up and a caller that waited the
+    ``retry-after`` it was sent was refused again. Here it reads ``PTTL`` (milliseconds),
+    added to the time its answer arrived: never before the window really ends, so
+    ``retry-after`` is never shorter than the real wait. Other storages are left as they
+    are.
     """
     bridge: Any = getattr(storage, "bridge", None)
     if not isinstance(bridge, CoredisBridge):
@@ -663,7 +672,14 @@ def _count_fixed_windows_atomically(storage: Any) -> None:
         counter, atomically; the new count."""
         return int(cast(int, await script.execute([prefixed(key)], [expiry, amount])))
 
+    async def get_expiry(key: str) -> float:
+        """When ``key`` expires, in seconds since the epoch (now for a key without a TTL,
+        or missing)."""
+        milliseconds = int(await bridge.get_connection().pttl(prefixed(key)))
+        return max(milliseconds, 0) / 1000 + time.time()
+
     bridge.incr = incr  # type: ignore[method-assign]  # this bridge instance only
+    bridge.get_expiry = get_expiry  # type: ignore[method-assign]
 
 
 _drivers_lock = threading.Lock()

@@ -1120,6 +1120,38 @@ async def test_a_refusal_whose_window_read_fails_is_still_refused(
         await limiter.aclose()
 
 
+async def test_fixed_window_retry_after_on_redis_is_never_shorter_than_the_real_wait(
+        shared_redis: str) -> None:
+    """Fixed window on Redis, rule "1 per 4 seconds". The caller's one call starts the
+    window; 0.75 s later its second call was refused with ``retry-after: 3``, though the
+    window still had 3.25 s to run: a client that waited the 3 s it was told (as meshkit's
+    own retry policy does) was refused again. ``retry-after`` came from limits'
+    ``get_expiry``, which reads Redis ``TTL``: whole seconds rounded to the *nearest*
+    second (3.25 -> 3), so ``ceil(reset_time - now)`` rounded nothing up (memory:// and
+    the other two strategies on Redis sent 4). Now the expiry is read with ``PTTL``
+    (milliseconds): ``retry-after`` is at least the time the window really has left, and
+    a call made once it has passed is admitted."""
+    options = RateLimitOptions(default_rule="1 per 4 second", strategy="fixed-window",
+                               storage_uri=shared_redis, key=by_metadata("x-user"),
+                               key_prefix=unique_prefix())
+    async with echo_server(options) as channel:
+        assert await attempt(channel, user="warm-up") is None  # connected, script loaded
+        sent = time.time()  # alice's window starts after this, so it ends after sent + 4
+        assert await attempt(channel, user="alice") is None
+        await asyncio.sleep(0.75)
+        err = await attempt(channel, user="alice")
+        refused_at = time.time()
+        told = assert_limited(err)
+        left = sent + 4.0 - refused_at  # the window had at least this long left
+        assert told >= left, f"retry-after: {told}, but the window had {left:.2f} s left"
+        assert told <= 4, told
+        await asyncio.sleep(max(0.0, told - (time.time() - refused_at)) + 0.1)
+        again = await attempt(channel, user="alice")
+        assert again is None, (
+            f"refused again {told} s after 'retry-after: {told}' "
+            f"(retry-after {assert_limited(again)} this time)")
+
+
 async def test_redis_outage_fails_open_logs_once_and_recovers(
         private_redis: PrivateRedis) -> None:
     """With fail-open, calls pass while Redis is down (one warning), then limits resume."""
