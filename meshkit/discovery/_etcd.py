@@ -826,6 +826,8 @@ class EtcdRegistry:
             _EtcdError: an error answer that another member would give too (e.g. NOT_FOUND),
                 or the last member's error.
             aiohttp.ClientError, OSError, TimeoutError, ValueError: the last member's error.
+            RegistryError: the registry was closed meanwhile, before an attempt (chained
+                from the previous attempt's error, if any): its session is closed.
         """
         session = self._get_session()
         endpoints = self.options.endpoints
@@ -834,6 +836,8 @@ class EtcdRegistry:
         for attempt in itertools.count(1):
             start = self._current
             for i in range(start, start + len(endpoints)):
+                if self._race.closed:  # close() closes the session: aiohttp's RuntimeError
+                    raise RegistryError(f"etcd registry for {endpoints!r} is closed") from error
                 try:
                     return await self._post_one(session, endpoints[i % len(endpoints)],
                                                 path, body)
@@ -958,8 +962,8 @@ class EtcdRegistry:
 
         Raises:
             RegistryError: no member could be reached or one refused (chained from the
-                aiohttp error or etcd's answer); the previous registration of the id, if
-                any, is unchanged.
+                aiohttp error or etcd's answer), or the registry was closed meanwhile; the
+                previous registration of the id, if any, is unchanged.
         """
         async with self._lease_lock:
             try:
@@ -1224,8 +1228,8 @@ class EtcdRegistry:
         deletes while the lease lives on for other instances.
 
         Raises:
-            RegistryError: no member could be reached or one refused; the instance is
-                still registered.
+            RegistryError: no member could be reached or one refused, or the registry was
+                closed meanwhile; the instance is still registered.
         """
         async with self._lease_lock:
             owned = self._owned.get(instance.instance_id)

@@ -940,6 +940,31 @@ async def test_reads_of_a_silent_member_say_what_failed(node: EtcdCluster) -> No
             await reg.close()
 
 
+async def test_a_register_in_flight_when_the_registry_closes_raises_registry_error(
+        node: EtcdCluster) -> None:
+    """``close()`` while a ``register()`` waited on a member that did not answer: the
+    register escaped with a bare ``RuntimeError('Session is closed')`` from aiohttp (its
+    retry used the closed session) instead of the documented :class:`RegistryError`,
+    which a server's start or a drain racing a shutdown handles. It now raises
+    RegistryError ("... is closed", chained from the request's error)."""
+    async with TcpProxy("127.0.0.1", node.members[0].client_port) as proxy:
+        reg = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{proxy.port}",), ttl_s=10,
+                                       request_timeout_s=3.0, operation_timeout_s=6.0))
+        service = unique_service()
+        try:
+            await reg.register(make_instance(service, 1))
+            proxy.blackhole()
+            pending = asyncio.create_task(reg.register(make_instance(service, 2)))
+            await asyncio.sleep(0.5)  # the put is on the wire, unanswered
+            await reg.close()
+            async with asyncio.timeout(8):
+                with pytest.raises(RegistryError, match="is closed"):
+                    await pending
+        finally:
+            await proxy.start()
+            await reg.close()
+
+
 async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
     """The member a watch streams from goes silent without closing the connection (a
     partition, a frozen process or VM; here a proxy that stops forwarding): the stream had
