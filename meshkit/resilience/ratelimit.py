@@ -194,8 +194,27 @@ OnStorageError = Literal["allow", "deny"]
 
 KeyFunc = Callable[[str, "grpc.aio.ServicerContext[Any, Any]"], str]
 """``(full method name, servicer context) -> caller key``; calls with equal keys share a
-budget. It runs on every limited call, so it should be cheap; an exception it raises fails
-the call with ``UNKNOWN``."""
+budget. It runs on every limited call, on the event loop, so it should be cheap and must
+be a plain function: :class:`RateLimitOptions` refuses an ``async def`` one. An exception
+it raises fails the call with ``UNKNOWN``, and so does a result that is not a ``str``
+(e.g. an awaitable: a ``TypeError`` naming the function)."""
+
+
+def _is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` gives a coroutine or an async generator: an ``async def``
+    (or ``functools.partial`` of one), or an object whose ``__call__`` is one."""
+    return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+               for f in (func, type(func).__call__))
+
+
+def _not_a_key(key_of: KeyFunc, key: object) -> TypeError:
+    """The error of a key function ``key_of`` that returned ``key``, not a ``str`` (a
+    coroutine it returned is closed: no "never awaited" warning besides)."""
+    if inspect.iscoroutine(key):
+        key.close()
+    return TypeError(f"rate limit key function {key_of!r} returned {type(key).__name__} "
+                     f"{key!r}, not a caller key (str): the call is not counted; a key "
+                     "function must be a plain function returning a str")
 
 
 def by_peer(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -282,7 +301,8 @@ class RateLimitOptions:
         on_storage_error: ``"allow"`` (default: fail open, the call proceeds) or
             ``"deny"`` (fail closed, ``UNAVAILABLE``) when the storage fails or is slower
             than ``storage_timeout_s``.
-        key: caller key function ``(method, context) -> str``; default :func:`by_peer`.
+        key: caller key function ``(method, context) -> str``, a plain function (not
+            ``async def``: see :data:`KeyFunc`); default :func:`by_peer`.
         key_prefix: first part of every storage key (default ``"meshkit"``), so several
             services or test runs can share one Redis without sharing budgets.
         storage_timeout_s: seconds a storage round trip may take before it counts as a
@@ -296,7 +316,7 @@ class RateLimitOptions:
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
             malformed rule or rules key; a strategy the storage cannot run; a
-            non-callable key; an empty key_prefix; ``storage_timeout_s <= 0``;
+            non-callable or ``async def`` key; an empty key_prefix; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
             ``breaker_max_open_s``. The bad
             value is quoted (storage passwords redacted).
@@ -327,6 +347,12 @@ class RateLimitOptions:
         storage_class(self.storage_uri, self.strategy)
         if not callable(self.key):
             raise ConfigError(f"key must be a callable (method, context) -> str, got {self.key!r}")
+        if _is_async_callable(self.key):
+            raise ConfigError(
+                f"key must be a plain function (method, context) -> str, got {self.key!r}, "
+                "which returns a coroutine (an un-awaited coroutine would be a new caller "
+                "key on every call): read what it awaits in a plain function instead, e.g. "
+                "from metadata or the identity an interceptor before this one set")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigError(f"key_prefix must be a non-empty string, got {self.key_prefix!r}")
         check_seconds(self, ("storage_timeout_s",))
@@ -1093,14 +1119,20 @@ class RateLimitInterceptor(WrappingInterceptor):
                 return None
 
             def before_now(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                rejection = check_now(key_of(method, context))
+                key = key_of(method, context)
+                if not isinstance(key, str):
+                    raise _not_a_key(key_of, key)
+                rejection = check_now(key)
                 return None if rejection is None else refuse(rejection, context)
 
             return before_now
         check = limiter.check
 
         async def before(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            rejection = await check(method, key_of(method, context))
+            key = key_of(method, context)
+            if not isinstance(key, str):
+                raise _not_a_key(key_of, key)
+            rejection = await check(method, key)
             if rejection is not None:
                 await refuse(rejection, context)
 

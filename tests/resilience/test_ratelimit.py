@@ -513,6 +513,66 @@ def test_by_metadata_refuses_binary_or_empty_keys() -> None:
             by_metadata(bad)
 
 
+class _CoroutineLimiter:
+    """A :class:`~meshkit.resilience.ratelimit.Limiter` that only has ``check()`` (no
+    ``synchronous`` path): the interceptor's coroutine path, over ``limiter``."""
+
+    def __init__(self, limiter: StorageLimiter) -> None:
+        self._limiter = limiter
+
+    def applies_to(self, method: str) -> bool:
+        return self._limiter.applies_to(method)
+
+    async def check(self, method: str, key: str) -> Any:
+        return self._limiter.check_now(method, key)
+
+
+@pytest.mark.parametrize("path", ["synchronous", "coroutine"])
+async def test_an_async_key_function_is_refused_not_silently_unlimited(path: str) -> None:
+    """``RateLimitOptions(key=...)`` takes any function; a user whose key needs a lookup
+    writes ``async def key(method, context)``. The options accepted it (only
+    ``callable()`` was checked), and at run time its un-awaited coroutine object became
+    the caller key: a new key on every call, so rule "1/hour" admitted every call of
+    every caller, silently (only a "coroutine ... was never awaited" RuntimeWarning at
+    garbage collection). Now such a key (an ``async def``, or an object whose
+    ``__call__`` is one) is a ConfigError quoting it, and a key function that returns
+    anything but a string (an awaitable from a plain function) fails the call
+    ``UNKNOWN`` like a key function that raises, never admitting it unlimited."""
+
+    async def key(method_name: str, context: Any) -> str:
+        return "tenant-a"
+
+    class AsyncKey:
+        async def __call__(self, method_name: str, context: Any) -> str:
+            return "tenant-a"
+
+    for bad in (key, AsyncKey()):
+        with pytest.raises(ConfigError, match="coroutine") as info:
+            RateLimitOptions(default_rule="1/hour", key=bad)  # type: ignore[arg-type]
+        assert repr(bad) in str(info.value)
+
+    def wrapped(method_name: str, context: Any) -> Any:  # a plain decorator's wrapper
+        return key(method_name, context)
+
+    options = RateLimitOptions(default_rule="1/hour", key=wrapped)
+    interceptor = RateLimitInterceptor(options) if path == "synchronous" else \
+        RateLimitInterceptor(options, limiter=_CoroutineLimiter(StorageLimiter(options)))
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            results = [await attempt(channel) for _ in range(3)]
+    finally:
+        await server.stop(None)
+        await interceptor.aclose()
+    for err in results:
+        assert err is not None, "a call was admitted under '1/hour'"
+        assert err.code() is grpc.StatusCode.UNKNOWN, err
+        assert "wrapped" in (err.details() or ""), err.details()
+
+
 @pytest.mark.parametrize("uri", ["memory://", "async+memory://"])
 def test_memory_uri_accepted_with_or_without_async_prefix(uri: str) -> None:
     """'memory://' is an alias of limits' 'async+memory://'."""
