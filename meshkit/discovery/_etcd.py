@@ -121,10 +121,14 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   applied, so no event is lost or applied twice. If etcd compacted past that revision (the
   watch is cancelled with ``compact_revision``) it reads the prefix again and resumes from
   there. Streams ask for ``hasleader``, so a member that loses its leader ends them. A
-  stream quiet for ``ttl_s`` probes its member (one ``/maintenance/status``, within
-  ``request_timeout_s``): a member that went silent without closing the connection (a
-  partition, a frozen process or VM) ends the stream, and the watch fails over, instead
-  of waiting on it for good (etcd's own client uses gRPC keepalive for this).
+  stream quiet for ``ttl_s`` is ended and resumed from its revision (a new watch request,
+  on a new connection; one request per ``ttl_s`` of quiet, none while events flow): a
+  stream whose connection died without a sign (a dropped NAT or conntrack entry, a load
+  balancer's idle timeout) is left, and one whose member went silent (a partition, a
+  frozen process or VM) too, the new request failing over to the next member after
+  ``request_timeout_s``, instead of waiting on it for good (etcd's own client uses gRPC
+  keepalive on the stream's connection for this; a request over another connection, as
+  a probe of the member, would not tell a dead connection).
 * **Last known good.** While etcd cannot be read, a watch keeps its last set (yields
   nothing), never an empty set because of an error; ``status()`` says ``readable=False``
   and the outage is logged once (a reminder every 60 s, a line when it ends). If after an
@@ -1361,8 +1365,6 @@ class EtcdRegistry:
                     if cur.resyncs > 2:  # re-read again and again: do not spin
                         await asyncio.sleep(self._backoff_delay(cur.resyncs - 2))
                 await self._stream(prefix, cur, queue)
-                if cur.revision:  # the stream ended without an error: the member went away
-                    raise ConnectionResetError("the watch stream ended")
             except _FOREIGN as exc:
                 failures += 1
                 self._outcome(False, f"watch of {service!r}: {describe(exc)}")
@@ -1374,11 +1376,14 @@ class EtcdRegistry:
         """Follow one watch stream from ``cur.revision + 1``, applying its events to ``cur``
         (state and revision, as they come, so a broken stream resumes after the last one).
 
-        Returns when the stream ends; ``cur.revision`` is 0 then if a full read is due
-        (compacted past the revision, or the member belongs to a replaced store).
+        Returns when the stream is to be followed anew: ``cur.revision`` is 0 then if a
+        full read is due (compacted past the revision, or the member belongs to a replaced
+        store), else it was quiet for ``ttl_s`` and is resumed (see
+        :meth:`_leave_when_quiet`).
 
         Raises:
             _EtcdError, aiohttp.ClientError, OSError, ValueError: the stream failed.
+            ConnectionResetError: the stream ended (the member went away).
         """
         session = self._get_session()
         index = self._current
@@ -1405,8 +1410,7 @@ class EtcdRegistry:
                     self._failed_over(index)
                 raise error
             heard = [time.monotonic()]  # when the stream last gave a message
-            liveness = asyncio.ensure_future(
-                self._probe_when_quiet(session, endpoint, resp, heard))
+            liveness = asyncio.ensure_future(self._leave_when_quiet(resp, heard))
             try:
                 async for message in _messages(resp.content):
                     heard[0] = time.monotonic()
@@ -1461,33 +1465,34 @@ class EtcdRegistry:
                     queue.put_nowait(_Update(frozenset(state.values()), frozenset(deleted),
                                              False))
             except (aiohttp.ClientError, OSError):
-                self._failed_over(index)
-                raise
+                if not liveness.done():  # not left for being quiet: broken
+                    self._failed_over(index)
+                    raise
             finally:
+                left = liveness.done()
                 liveness.cancel()
                 await asyncio.gather(liveness, return_exceptions=True)
+        if left:  # quiet for ttl_s: the caller resumes it from cur.revision + 1 at once
+            return
         self._failed_over(index)
+        raise ConnectionResetError("the watch stream ended")
 
-    async def _probe_when_quiet(self, session: aiohttp.ClientSession, endpoint: str,
-                                resp: aiohttp.ClientResponse, heard: list[float]) -> None:
-        """While the watch stream ``resp`` from ``endpoint`` is quiet for ``ttl_s``, probe
-        the member (``/maintenance/status``, within ``request_timeout_s``); when it does not
-        answer, close the stream: its reader fails (``aiohttp.ClientError``) and the watch
-        fails over to the next member. ``heard[0]``: when the stream last gave a message."""
+    async def _leave_when_quiet(self, resp: aiohttp.ClientResponse,
+                                heard: list[float]) -> None:
+        """Close the watch stream ``resp`` once it has been quiet for ``ttl_s``
+        (``heard[0]``: when it last gave a message, monotonic seconds), then return, so
+        the watch resumes from its revision with a new request on a new connection: its
+        stream's own connection may be dead without a sign (a dropped NAT or conntrack
+        entry, a load balancer's idle timeout, a partition, a frozen member), which no
+        request over another connection would tell. The new request fails over to the
+        next member if this one does not answer within ``request_timeout_s``. Cost: one
+        watch request per ``ttl_s`` of quiet per watch; none while events flow."""
         quiet_s = float(self.options.ttl_s)
         while True:
             await asyncio.sleep(max(0.0, heard[0] + quiet_s - time.monotonic()))
-            if time.monotonic() - heard[0] < quiet_s:
-                continue
-            try:
-                async with asyncio.timeout(self.options.request_timeout_s):
-                    await self._post_one(session, endpoint, "/maintenance/status", {})
-            except Exception as exc:  # the member is gone quiet: leave it
-                _log.warning("etcd member does not answer: its watch stream fails over",
-                             endpoint=endpoint, error=describe(exc))
-                resp.close()
+            if time.monotonic() - heard[0] >= quiet_s:
+                resp.close()  # its reader fails (aiohttp.ClientError) or ends
                 return
-            heard[0] = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def services(self) -> frozenset[str]:

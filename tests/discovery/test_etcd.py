@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -969,8 +970,9 @@ async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
     """The member a watch streams from goes silent without closing the connection (a
     partition, a frozen process or VM; here a proxy that stops forwarding): the stream had
     no idle check, so the watch waited on it for good and never saw another change though
-    another endpoint was listed. A stream quiet for ``ttl_s`` now probes its member and,
-    without an answer, fails over to the next one."""
+    another endpoint was listed. A stream quiet for ``ttl_s`` is now ended and resumed
+    with a new request, which fails over to the next member when this one does not
+    answer."""
     direct = node.endpoints[0]
     port = node.members[0].client_port
     async with TcpProxy("127.0.0.1", port) as proxy:
@@ -989,6 +991,113 @@ async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
             await watcher.stop()
         finally:
             await proxy.stop()  # nothing held back: the registries close at once
+            await owner.close()
+            await reader.close()
+
+
+class _FrozenLink:
+    """One connection of :class:`_FreezingProxy`: its first client bytes, and whether it
+    flows (the event set) or is frozen."""
+
+    def __init__(self) -> None:
+        self.first = b""
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.writers: list[asyncio.StreamWriter] = []
+
+
+class _FreezingProxy:
+    """A loopback TCP proxy whose connections can be frozen one by one: a frozen
+    connection stays open but moves no byte either way (a NAT/conntrack entry or a load
+    balancer's idle timer dropped it silently), while new connections flow normally
+    (:meth:`TcpProxy.blackhole` stops every connection, old and new)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self._server: asyncio.Server | None = None
+        self.links: list[_FrozenLink] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> _FreezingProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for link in self.links:
+            for writer in link.writers:
+                writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def freeze(self, marker: bytes) -> int:
+        """Freeze every flowing connection whose first request contains ``marker``; how
+        many."""
+        frozen = [link for link in self.links
+                  if marker in link.first and link.flowing.is_set()]
+        for link in frozen:
+            link.flowing.clear()
+        return len(frozen)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = _FrozenLink()
+        self.links.append(link)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
+        link.writers = [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       outbound: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    if outbound and len(link.first) < 4096:
+                        link.first += data
+                    await link.flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(OSError):
+                dst.close()
+
+        tasks = [asyncio.create_task(pump(reader, up_writer, True)),
+                 asyncio.create_task(pump(up_reader, writer, False))]
+        self._tasks.update(tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_watch_leaves_its_own_connection_dropped_silently(node: EtcdCluster) -> None:
+    """The watch stream's own TCP connection was dropped silently (a NAT/conntrack entry
+    or a load balancer's idle timeout) while the member stayed healthy and new connections
+    worked. The quiet-stream check probed the member over *another* pooled connection
+    (``/maintenance/status``), which answered, so the dead stream was kept for good: a
+    new instance was never listed (still missing after 6 s with ``ttl_s=1``) while
+    ``status()`` said readable. A stream quiet for ``ttl_s`` is now ended and resumed from
+    its revision on a new connection, so the change arrives within about ``ttl_s``."""
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    owner = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    async with _FreezingProxy(node.members[0].client_port) as proxy:
+        reader = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{proxy.port}",),
+                                          **{**FAST, "ttl_s": 1}))
+        try:
+            await owner.register(a)
+            watcher = Collector(reader, service)
+            assert await watcher.next() == {a}
+            await until(lambda: any(b"/watch" in link.first for link in proxy.links),
+                        what="the watch stream through the proxy")
+            await asyncio.sleep(0.3)
+            assert proxy.freeze(b"/watch") == 1
+            await owner.register(b)
+            # the reader's ttl_s = 1: a quiet stream is left after 1 s; allow 5 rounds
+            await watcher.until_set({a, b}, timeout_s=6.0)
+            assert reader.status().readable is True
+            await watcher.stop()
+        finally:
             await owner.close()
             await reader.close()
 
