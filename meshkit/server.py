@@ -80,6 +80,7 @@ import structlog
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from meshkit._config import (
     check_bool,
@@ -132,6 +133,7 @@ from meshkit.observability import (
     AdminServer,
     TelemetryOptions,
     TelemetryServerInterceptor,
+    default_registry,
     ended,
     flush_logs,
     rpc_metrics,
@@ -322,6 +324,13 @@ class _SharedAdmin:
     its admin server there, which serves every server's ``/readyz`` and ``/debug/mesh``,
     and the servers of this loop serve without one (a warning, no ``admin_port``
     announced).
+
+    Its ``/metrics`` serves the registry of its options (default: the process's
+    :func:`~meshkit.observability.default_registry`) and the registry each of its users
+    counts into (``TelemetryOptions.registry``), each while a user counts there
+    (:meth:`AdminServer.add_registry`: one exposition, nothing counted twice); which
+    series a scrape sees does not depend on which server started first. Its dashboard
+    shows the RPC records of the first user's registry.
     """
 
     _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AdminSlot] = \
@@ -337,10 +346,12 @@ class _SharedAdmin:
         return 0 if slot is None else slot.users
 
     @classmethod
-    async def acquire(cls, options: AdminOptions) -> AdminServer | None:
-        """The running loop's admin server, started if it has none; ``None`` when
-        ``options.port`` is fixed and held by the admin server of another loop of this
-        process (warned).
+    async def acquire(cls, options: AdminOptions,
+                      registry: CollectorRegistry | None = None) -> AdminServer | None:
+        """The running loop's admin server, started if it has none, serving ``registry``
+        (where the user's metrics go) at ``/metrics`` until :meth:`release`; ``None``
+        when ``options.port`` is fixed and held by the admin server of another loop of
+        this process (warned).
 
         Raises:
             OSError: the admin server's address cannot be bound.
@@ -360,7 +371,7 @@ class _SharedAdmin:
                                          "event loop of this process; serving without an "
                                          "admin server", admin_port=options.port)
                             return None
-                        server = AdminServer(options)
+                        server = AdminServer(options, dashboard_registry=registry)
                         try:
                             await _in_a_context_of_its_own(server.start(),
                                                            "meshkit-admin-start")
@@ -370,14 +381,18 @@ class _SharedAdmin:
                         slot.server = server
                         _log.info("admin server", url=server.url)
                     slot.users += 1
+                    if registry is not None:
+                        slot.server.add_registry(registry)
                     return slot.server
                 finally:
                     if slot.users == 0:
                         del cls._slots[loop]
 
     @classmethod
-    async def release(cls) -> None:
-        """One user of the running loop's admin server is gone; the last stops it."""
+    async def release(cls, registry: CollectorRegistry | None = None) -> None:
+        """One user of the running loop's admin server is gone (its ``registry``, as
+        given to :meth:`acquire`, leaves ``/metrics`` unless another user counts there);
+        the last stops it."""
         loop = asyncio.get_running_loop()
         slot = cls._slots.get(loop)
         if slot is None:
@@ -385,6 +400,8 @@ class _SharedAdmin:
         async with slot.lock:
             slot.users -= 1
             if slot.users > 0:
+                if registry is not None and slot.server is not None:
+                    slot.server.remove_registry(registry)
                 return
             server, slot.server = slot.server, None
             if cls._slots.get(loop) is slot:
@@ -1190,6 +1207,7 @@ class MeshServer:
         self._starting = False
         self._registering: Instance | None = None  # what start() registers, until it returns
         self.admin: AdminServer | None = None
+        self._admin_registry: CollectorRegistry | None = None  # what it serves for us
         self.gate: RequestGate | None = None
         # max_concurrent_rpcs without the gate (ServerLimits(read_requests=False))
         self.call_slots: CallSlots | None = None
@@ -1432,14 +1450,10 @@ class MeshServer:
         self._raise_if_draining()
         meta = dict(opts.meta)
         if opts.admin is not None:
-            admin = opts.admin
-            telemetry_registry = opts.telemetry.registry if opts.telemetry else None
-            if admin.registry is None and telemetry_registry is not None:
-                # serve the registry the RPC metrics go to: the process default would
-                # leave them out of /metrics (the admin is shared per process: the
-                # first server's registry is the one served)
-                admin = dataclasses.replace(admin, registry=telemetry_registry)
-            self.admin = await _SharedAdmin.acquire(admin)
+            # /metrics serves the registry this server's metrics go to, beside those of
+            # the other users of the shared admin server and the process default
+            self._admin_registry = self._metrics_registry() or default_registry()
+            self.admin = await _SharedAdmin.acquire(opts.admin, self._admin_registry)
             self._raise_if_draining()
             if self.admin is not None:
                 meta.setdefault("admin_port", str(self.admin.port))
@@ -1504,7 +1518,8 @@ class MeshServer:
         steps.append(("stopping the server", lambda: server.stop(0)))
         if self.admin is not None:
             self.admin = None
-            steps.append(("releasing the admin server", _SharedAdmin.release))
+            steps.append(("releasing the admin server",
+                          lambda: _SharedAdmin.release(self._admin_registry)))
         if self._owns_registry:
             steps.append(("closing the registry", self.registry.close))
         try:
@@ -1663,7 +1678,7 @@ class MeshServer:
                         _log.warning("closing an interceptor failed", error=repr(exc))
             if self.admin is not None:
                 self.admin = None
-                await _SharedAdmin.release()
+                await _SharedAdmin.release(self._admin_registry)
             if self._owns_registry:
                 await self.registry.close()
         finally:

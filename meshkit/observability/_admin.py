@@ -24,7 +24,12 @@ from meshkit._hosts import check_host, uri_host
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
-from meshkit.observability._metrics import default_registry, reading_on, rpc_metrics
+from meshkit.observability._metrics import (
+    default_registry,
+    mesh_read_elsewhere,
+    reading_on,
+    rpc_metrics,
+)
 
 __all__ = ["AdminOptions", "AdminServer", "Handler"]
 
@@ -99,6 +104,10 @@ class AdminServer:
     prometheus-client's own HTTP server calls them: they must be thread-safe, as its own
     metric types and meshkit's are.
 
+    ``/metrics`` serves further registries given with :meth:`add_registry` (the shared
+    admin server of ``serve()``: the default registry and every server's telemetry
+    registry), merged into one exposition (see :meth:`add_registry`).
+
     Extra routes (a JWKS document, say) are added with :meth:`add_route` before
     :meth:`start`. Example::
 
@@ -111,11 +120,15 @@ class AdminServer:
         options: :class:`AdminOptions` (default: loopback, a free port).
     """
 
-    def __init__(self, options: AdminOptions | None = None) -> None:
+    def __init__(self, options: AdminOptions | None = None, *,
+                 dashboard_registry: CollectorRegistry | None = None) -> None:
         self.options = options or AdminOptions()
         self._registry = self.options.registry or default_registry()
-        # the families exist before the first scrape
-        self._dashboard = DashboardFeed(rpc_metrics(self._registry))
+        # served beside it (add_registry): id -> (registry, how many added it)
+        self._more: dict[int, tuple[CollectorRegistry, int]] = {}
+        # the families exist before the first scrape; the dashboard shows the RPC records
+        # of one registry (``dashboard_registry``, default the served one)
+        self._dashboard = DashboardFeed(rpc_metrics(dashboard_registry or self._registry))
         self._extra: list[tuple[str, str, Handler]] = []
         self._unencodable: set[str] = set()  # families warned about (see _metrics)
         self._runner: web.AppRunner | None = None
@@ -142,6 +155,38 @@ class AdminServer:
         if not callable(handler):
             raise ConfigError(f"handler must be an async callable, got {handler!r}")
         self._extra.append((method.upper(), path, handler))
+
+    def add_registry(self, registry: CollectorRegistry) -> None:
+        """Serve ``registry`` at ``/metrics`` too, until :meth:`remove_registry` was
+        called for it as many times as this (the admin server's own registry is served
+        anyway: adding it does nothing). For one admin server shared by servers that
+        count into registries of their own; call on the admin server's event loop.
+
+        The registries make one exposition: the own registry's families first, then each
+        added registry's, in the order added; a family of a name already there is merged
+        into it: a series (name and labels) counted in two registries (one method served
+        by two servers, each counting into its own) is their sum for counters,
+        histograms, summaries and the ``grpc_*_in_flight`` gauges (``_created`` the
+        earliest), the first registry's for other gauges (a certificate's notAfter) and
+        quantiles; a family whose type differs from the first's of its name is left out.
+        The ``meshkit_client_*``/``meshkit_registry_*``/``meshkit_server_*`` families
+        read from the live channels and servers come once (those of the own registry's
+        :class:`MeshCollector`: every registry's reads the same ones)."""
+        if registry is self._registry:
+            return
+        held = self._more.get(id(registry))
+        self._more[id(registry)] = (registry, 1 if held is None else held[1] + 1)
+
+    def remove_registry(self, registry: CollectorRegistry) -> None:
+        """Undo one :meth:`add_registry` of ``registry``: once undone as often as added,
+        ``/metrics`` no longer serves it (nothing happens for one not added)."""
+        held = self._more.get(id(registry))
+        if held is None or held[0] is not registry:
+            return
+        if held[1] > 1:
+            self._more[id(registry)] = (registry, held[1] - 1)
+        else:
+            del self._more[id(registry)]
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port.
@@ -199,7 +244,9 @@ class AdminServer:
         # off the loop: rendering thousands of samples (a channel to a 1,000-endpoint
         # service: ~5,000) takes tens of milliseconds, which every call in flight on
         # this loop would wait
-        body, fixed = await asyncio.to_thread(self._render, om, asyncio.get_running_loop())
+        more = tuple(registry for registry, _ in self._more.values())
+        body, fixed = await asyncio.to_thread(self._render, om, asyncio.get_running_loop(),
+                                              more)
         new = sorted(fixed - self._unencodable)
         if new:
             self._unencodable.update(new)
@@ -210,10 +257,12 @@ class AdminServer:
                                         else text_format.CONTENT_TYPE_PLAIN_0_0_4)
         return resp
 
-    def _render(self, om: bool, loop: asyncio.AbstractEventLoop) -> tuple[bytes, set[str]]:
-        """The exposition of the registry, OpenMetrics if ``om`` else the text format
-        0.0.4, and the names of the families whose text had to be fixed; run in a worker
-        thread, the mesh read on ``loop`` (:func:`reading_on`).
+    def _render(self, om: bool, loop: asyncio.AbstractEventLoop,
+                more: tuple[CollectorRegistry, ...] = ()) -> tuple[bytes, set[str]]:
+        """The exposition of the registry and ``more`` registries (merged, see
+        :meth:`add_registry`), OpenMetrics if ``om`` else the text format 0.0.4, and the
+        names of the families whose text had to be fixed; run in a worker thread, the mesh
+        read on ``loop`` (:func:`reading_on`).
 
         Text not encodable as UTF-8 (a lone surrogate in a label value or help text:
         prometheus-client raises ``UnicodeEncodeError`` on it, which would make every
@@ -224,6 +273,10 @@ class AdminServer:
             openmetrics.generate_latest if om else text_format.generate_latest)
         with reading_on(loop):
             metrics = list(self._registry.collect())
+            if more:
+                with mesh_read_elsewhere():
+                    for registry in more:
+                        metrics = _merged(metrics, registry.collect())
         try:
             return generate(_Collected(metrics)), set()
         except UnicodeEncodeError:
@@ -266,6 +319,46 @@ class _Collected:
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics
+
+
+# families whose series counted in two registries add up (see AdminServer.add_registry)
+_SUMMED_TYPES = frozenset({"counter", "histogram", "gaugehistogram", "summary"})
+_SUMMED_GAUGES = frozenset({"grpc_server_in_flight", "grpc_client_in_flight"})
+
+
+def _merged(metrics: list[Metric], more: Iterable[Metric]) -> list[Metric]:
+    """``metrics`` (the families of the registries collected so far) with ``more`` (those
+    of one more registry) merged in, as :meth:`AdminServer.add_registry` says; the
+    collectors' own family objects are left as they are (a merged family is a copy)."""
+    out = list(metrics)
+    where = {m.name: i for i, m in enumerate(out)}
+    for metric in more:
+        i = where.get(metric.name)
+        if i is None:
+            where[metric.name] = len(out)
+            out.append(metric)
+            continue
+        first = out[i]
+        if first.type != metric.type:
+            continue  # an exposition names a family once, with one type
+        summed = first.type in _SUMMED_TYPES or first.name in _SUMMED_GAUGES
+        merged = copy.copy(first)
+        merged.samples = list(first.samples)
+        series = {(s.name, tuple(sorted(s.labels.items()))): j
+                  for j, s in enumerate(merged.samples)}
+        for sample in metric.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            j = series.get(key)
+            if j is None:
+                series[key] = len(merged.samples)
+                merged.samples.append(sample)
+            elif summed and "quantile" not in sample.labels:
+                had = merged.samples[j]
+                merged.samples[j] = had._replace(
+                    value=min(had.value, sample.value) if sample.name.endswith("_created")
+                    else had.value + sample.value)
+        out[i] = merged
+    return out
 
 
 def _utf8(text: str) -> str:

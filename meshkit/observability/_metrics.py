@@ -715,6 +715,24 @@ def reading_on(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
         _OWNER_LOOP.reset(token)
 
 
+_MESH_READ_ELSEWHERE: ContextVar[bool] = ContextVar("meshkit_metrics_mesh_read_elsewhere",
+                                                   default=False)
+
+
+@contextlib.contextmanager
+def mesh_read_elsewhere() -> Iterator[None]:
+    """Within the block (in the calling thread's context), every :class:`MeshCollector`
+    yields nothing: for collecting further registries into an exposition whose first
+    registry's collector has read the live channels and servers already (each registry
+    of :func:`rpc_metrics` has one, and they all read the same channels and servers:
+    their families would come twice, and each read costs a callback on the loop)."""
+    token = _MESH_READ_ELSEWHERE.set(True)
+    try:
+        yield
+    finally:
+        _MESH_READ_ELSEWHERE.reset(token)
+
+
 def _on_owner_loop(read: Callable[[], _T]) -> _T:
     """``read()`` run on the loop set by :func:`reading_on` (directly without one, or on
     that loop's own thread), its result or exception handed back.
@@ -818,7 +836,10 @@ class MeshCollector:
     def collect(self) -> Iterator[Metric]:
         """Build the families from the live channels and servers, and the retired
         counters of those that ended: read on their event loop within
-        :func:`reading_on`, the families built in the calling thread."""
+        :func:`reading_on`, the families built in the calling thread; nothing within
+        :func:`mesh_read_elsewhere`."""
+        if _MESH_READ_ELSEWHERE.get():
+            return
         fams = _on_owner_loop(self._gather)
         for fam in fams.values():
             if fam.values:

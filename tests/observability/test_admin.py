@@ -9,11 +9,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_generate
 from prometheus_client.openmetrics.parser import (
@@ -27,9 +29,9 @@ import meshkit
 from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.discovery import EtcdOptions, EtcdRegistry, LocalRegistry
 from meshkit.errors import ConfigError
-from meshkit.observability import AdminOptions, AdminServer
+from meshkit.observability import AdminOptions, AdminServer, TelemetryOptions
 from meshkit.observability._live import track
-from tests.support.echo import add_echo, method
+from tests.support.echo import SERVICE, add_echo, method
 from tests.support.etcd import EtcdCluster, require_etcd_binary
 from tests.support.wait import until
 
@@ -164,8 +166,9 @@ async def test_metrics_serve_the_telemetry_registry_by_default(
 ) -> None:
     """``serve()`` with ``TelemetryOptions(registry=...)`` and the default admin options
     serves that registry at ``/metrics``: the process default registry lacked the RPC
-    metrics."""
-    from meshkit.observability import TelemetryOptions
+    metrics. (The default registry is served too, merged: a series both count is their
+    sum; here the earlier tests' servers of this process counted into the default.)"""
+    from meshkit.observability import TelemetryOptions, default_registry
 
     srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
                              options=meshkit.ServeOptions(
@@ -184,7 +187,12 @@ async def test_metrics_serve_the_telemetry_registry_by_default(
         handled = [s.value for f in text_string_to_metric_families(body)
                    if f.name == "grpc_server_handled" for s in f.samples
                    if s.labels.get("grpc_method") == "Unary"]
-        assert handled == [1.0], handled
+        labels = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "Unary",
+                  "grpc_code": "OK"}
+        assert prom.get_sample_value("grpc_server_handled_total", labels) == 1.0
+        elsewhere = default_registry().get_sample_value("grpc_server_handled_total",
+                                                        labels) or 0.0
+        assert handled == [1.0 + elsewhere], handled
     finally:
         await srv.drain()
 
@@ -535,3 +543,108 @@ async def test_metric_text_not_encodable_as_utf8_is_replaced_not_a_500() -> None
                 assert "Help \ufffd." in text and "fine 3.0" in text
     warned = [e for e in logs if "UTF-8" in e["event"]]
     assert [e["families"] for e in warned] == [["odd"]], warned
+
+
+async def test_admin_metrics_keep_the_default_registry_when_the_first_server_uses_its_own(
+        registry: LocalRegistry) -> None:
+    """Two servers in one process (one event loop, so one shared admin server): ``audit``
+    first, whose telemetry counts into an application registry
+    (``TelemetryOptions(registry=app_registry)``), then ``echo`` with the defaults. The
+    admin server took the *first* server's registry and ``/metrics`` never showed the
+    process's default registry: every ``grpc_server_*`` series of ``echo`` (and every
+    ``grpc_client_*`` series of a ``dial()`` with default telemetry) was counted and never
+    exported; swap the start order and ``audit``'s vanished. ``default_registry()``: "The
+    process's meshkit CollectorRegistry ... ``/metrics`` serves it".
+
+    Now ``/metrics`` serves the default registry and the registry of every server of the
+    loop, merged into one exposition (OpenMetrics and text): a series counted in both
+    (both serve ``meshkit.test.Echo``) is their sum, the mesh families come once, and a
+    registry leaves with its last server."""
+    app_registry = CollectorRegistry()
+    orders = Counter("app_orders", "Orders taken.", registry=app_registry)
+    orders.inc(7)
+
+    def options(instance_id: str, **kw: Any) -> meshkit.ServeOptions:
+        return meshkit.ServeOptions(insecure=True, instance_id=instance_id, drain_delay_s=0.0,
+                                    grace_s=1.0, admin=AdminOptions(), **kw)
+
+    audit = meshkit.MeshServer("audit", [add_echo("a1")], registry=registry,
+                               options=options("a1", telemetry=TelemetryOptions(
+                                   registry=app_registry, tracing=False)))
+    echo = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                              options=options("e1"))
+    await audit.start()
+    try:
+        await echo.start()
+        try:
+            assert audit.admin is not None and audit.admin is echo.admin  # one per loop
+            url = f"{echo.admin.url}/metrics"
+
+            async def scrape(accept: str = _PROMETHEUS_ACCEPT) -> list[Metric]:
+                async with aiohttp.ClientSession() as http, \
+                        http.get(url, headers={"Accept": accept}) as resp:
+                    text = await resp.text()
+                    om = resp.headers["Content-Type"].startswith("application/openmetrics")
+                # the OpenMetrics parser refuses a family named twice
+                return list(openmetrics_families(text) if om else text_families(text))
+
+            def started(fams: list[Metric]) -> float:
+                return sum(s.value for f in fams for s in f.samples
+                           if s.name == "grpc_server_started_total"
+                           and s.labels.get("grpc_method") == "Unary")
+
+            before = started(await scrape())
+            for srv, calls in ((echo, 3), (audit, 2)):
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                    for _ in range(calls):
+                        await ch.unary_unary(method("Unary"))(b"x", timeout=5)
+            for accept in (_PROMETHEUS_ACCEPT, "text/plain"):
+                fams = await scrape(accept)
+                assert started(fams) - before == 5  # echo's 3 and audit's 2, each once
+                names = [f.name for f in fams]
+                assert len(names) == len(set(names)), names
+                ready = [s.labels["service"] for f in fams for s in f.samples
+                         if s.name == "meshkit_server_ready"]
+                assert sorted(ready) == ["audit", "echo"], ready  # once each
+                assert [s.value for f in fams for s in f.samples
+                        if s.name == "app_orders_total"] == [7.0]
+        finally:
+            await echo.drain()
+    finally:
+        await audit.drain()
+    # (both released: the admin server stopped with its last user)
+
+
+async def test_a_registry_leaves_admin_metrics_with_its_last_server(
+        registry: LocalRegistry) -> None:
+    """The registry of a server that stopped leaves the shared admin server's
+    ``/metrics`` (a reload that replaces a server and its registry must not keep the old
+    one's gauges beside the new one's), the default registry and the other servers'
+    stay."""
+    app_registry = CollectorRegistry()
+    Counter("app_orders", "Orders taken.", registry=app_registry).inc()
+
+    def options(instance_id: str, **kw: Any) -> meshkit.ServeOptions:
+        return meshkit.ServeOptions(insecure=True, instance_id=instance_id, drain_delay_s=0.0,
+                                    grace_s=1.0, admin=AdminOptions(), **kw)
+
+    audit = meshkit.MeshServer("audit", [add_echo("a1")], registry=registry,
+                               options=options("a1", telemetry=TelemetryOptions(
+                                   registry=app_registry, tracing=False)))
+    echo = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                              options=options("e1"))
+    await audit.start()
+    try:
+        await echo.start()
+        assert echo.admin is not None
+        url = f"{echo.admin.url}/metrics"
+        status, text = await get(url)
+        assert status == 200 and "app_orders_total 1.0" in text
+    finally:
+        await audit.drain()
+    try:
+        status, text = await get(url)
+        assert status == 200 and "app_orders_total" not in text
+        assert 'meshkit_server_ready{service="echo"} 1.0' in text
+    finally:
+        await echo.drain()
