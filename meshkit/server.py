@@ -1227,14 +1227,13 @@ class MeshServer:
     async def start(self) -> Instance:
         """Bind, start serving, set health SERVING and register; returns the instance.
 
-        The calls served run in a context of their own (a new, empty
-        :class:`contextvars.Context`, as for a server started at the top of a process),
-        whatever the code that awaits ``start()`` set in context variables: started from a
-        handler, the server does not hand that handler's caller identity
-        (``current_claims()``, ``current_peer()``, the token ``TokenForwarder`` sends) or
-        deadline to its own callers; nor does a ``deadline_scope``, a current span or
-        ``structlog.contextvars`` around ``start()`` reach them (the admin server's
-        requests alike).
+        The calls served start without meshkit's per-call context variables, whatever
+        the code that awaits ``start()`` set: started from a handler, the server does not
+        hand that handler's caller identity (``current_claims()``, ``current_peer()``, the
+        token ``TokenForwarder`` sends) or deadline to its own callers, nor does a
+        ``deadline_scope`` around ``start()`` reach them. The application's own context
+        variables (``structlog.contextvars`` bound at start-up) reach them as on a plain
+        grpc.aio server (the admin server's requests alike).
 
         When a step after binding fails (the registration refused, the admin port taken,
         or ``start()`` cancelled), the server is undone before the error is re-raised: the
@@ -1905,17 +1904,34 @@ _T = TypeVar("_T")
 
 
 async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str) -> _T:
-    """Await ``aw`` in a task that runs in a new, empty :class:`contextvars.Context`
-    (cancelling the caller cancels it). For starting a server: grpc.aio runs every call,
-    and asyncio every connection of an aiohttp server, in a copy of the context the server
-    started in, so a server started from a handler (or inside ``deadline_scope``, or a
-    span) would hand that handler's caller identity (``current_claims()``, the bearer
-    token ``TokenForwarder`` sends), its propagated deadline, its current span and its
-    ``structlog.contextvars`` to every call it serves, for its whole life. Started in a
-    context of their own, the calls begin as those of a server started at the top of a
-    process, and cost nothing more per call."""
+    """Await ``aw`` in a task that runs in a copy of the current context without meshkit's
+    own context variables (every one named ``meshkit_...``; cancelling the caller cancels
+    it). For starting a server: grpc.aio runs every call, and asyncio every connection of
+    an aiohttp server, in a copy of the context the server started in, so a server started
+    from a handler (or inside ``deadline_scope``) would hand that handler's caller identity
+    (``current_claims()``, ``current_peer()``, the bearer token ``TokenForwarder`` sends)
+    and its propagated deadline to every call it serves, for its whole life. The
+    application's own variables (``structlog.contextvars`` bound at start-up, say) still
+    reach the calls, as on a plain grpc.aio server; the current span does not parent them
+    (a call without a ``traceparent`` starts a root span either way). Nothing more per
+    call."""
     return await asyncio.get_running_loop().create_task(
-        aw, name=name, context=contextvars.Context())
+        aw, name=name, context=_context_without_meshkit())
+
+
+def _context_without_meshkit() -> contextvars.Context:
+    """A copy of the current context holding every variable but meshkit's own."""
+    kept = [(var, value) for var, value in contextvars.copy_context().items()
+            if not var.name.startswith("meshkit_")]
+    ctx = contextvars.Context()
+    if kept:
+        ctx.run(_set_each, kept)
+    return ctx
+
+
+def _set_each(pairs: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
+    for var, value in pairs:
+        var.set(value)
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import os
 import signal
 import socket
@@ -2239,6 +2240,42 @@ async def test_a_server_started_in_a_deadline_scope_does_not_propagate_that_dead
     finally:
         await srv.drain()
     assert got == b"-|-", got
+
+
+_APP_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("app_region", default="-")
+
+
+async def test_a_server_keeps_the_applications_context_variables_of_its_start(
+        registry: LocalRegistry) -> None:
+    """What a plain grpc.aio server does: an application that binds its own context
+    variables before ``start()`` (``structlog.contextvars.bind_contextvars(region=...)``
+    at start-up, for every log line) sees them in its handlers. Starting the grpc server
+    without meshkit's per-call variables (the test above) must not drop the
+    application's: the first fix started it in an empty context, and the handler read
+    the default."""
+    def add(_servicer: object, server: Any) -> None:
+        async def region(request: bytes, context: Any) -> bytes:
+            return f"{_APP_VAR.get()}|{'set' if current_deadline() else '-'}".encode()
+
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.App", {"Region": grpc.unary_unary_rpc_method_handler(region)}),))
+
+    srv = meshkit.MeshServer("app", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, deadline=None,
+                                                          drain_delay_s=0.0, grace_s=1.0,
+                                                          admin=None))
+    token = _APP_VAR.set("eu-west")
+    try:
+        with deadline_scope(time.monotonic() + 1000.0):
+            await srv.start()
+    finally:
+        _APP_VAR.reset(token)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got = await ch.unary_unary("/t.App/Region")(b"", timeout=5)
+    finally:
+        await srv.drain()
+    assert got == b"eu-west|-", got
 
 
 async def _request_length(request: bytes, context: Any) -> bytes:
