@@ -318,3 +318,19 @@ def test_an_ipv6_zone_is_percent_escaped_in_host_port_text(host: str, text: str)
     inst = Instance(service="echo", instance_id="e1", host=host, port=50051)
     assert inst.host == host
     assert inst.address == f"{text}:50051"
+
+
+def test_a_zoned_admin_host_is_escaped_in_the_admin_url_not_in_the_prometheus_target() -> None:
+    """``meshkit services`` probes ``admin_url`` with aiohttp, a URL: the zone's ``%`` is
+    ``%25`` there (RFC 6874), as in ``Instance.address``. ``meshkit prometheus-targets``
+    hands ``admin_address`` to Prometheus, which builds the scrape URL from the target
+    itself (escaping the ``%``): the target keeps the zone as it is, as it did."""
+    from meshkit._cli.prometheus import target_groups
+    from meshkit._cli.services import admin_address, admin_url
+    from meshkit.discovery import Instance
+
+    inst = Instance(service="echo", instance_id="e1", host="fe80::1%eth0", port=5000,
+                    meta={"admin_port": "9100"})
+    assert admin_url(inst) == "http://[fe80::1%25eth0]:9100"
+    assert admin_address(inst) == "[fe80::1%eth0]:9100"
+    assert target_groups([inst], [])[0]["targets"] == ["[fe80::1%eth0]:9100"]

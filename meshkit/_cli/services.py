@@ -35,7 +35,7 @@ from meshkit._cli._common import (
     quiet_logging,
     service_names,
 )
-from meshkit._hosts import check_host, uri_host
+from meshkit._hosts import bare_host, check_host, uri_host
 from meshkit.discovery import Instance
 from meshkit.errors import ConfigError, MeshError
 
@@ -59,12 +59,11 @@ class InstanceRow:
     meta: dict[str, str]
 
 
-def admin_address(instance: Instance) -> str | None:
-    """``host:port`` of ``instance``'s admin server from its registry meta: ``admin_port``
-    (ASCII digits) at ``admin_host`` when announced (``serve()`` does when the admin
-    listens elsewhere than the instance's host), else at the instance's host; an IPv6
-    host bracketed once. ``None`` without a valid port (or with an invalid
-    ``admin_host``)."""
+def _admin_endpoint(instance: Instance) -> tuple[str, str] | None:
+    """``(host, port)`` of ``instance``'s admin server from its registry meta:
+    ``admin_port`` (ASCII digits) at ``admin_host`` when announced (``serve()`` does when
+    the admin listens elsewhere than the instance's host), else at the instance's host;
+    ``None`` without a valid port (or with an invalid ``admin_host``)."""
     port = instance.meta.get("admin_port", "")
     if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
         return None
@@ -73,14 +72,27 @@ def admin_address(instance: Instance) -> str | None:
         check_host("admin_host", host)
     except ConfigError:
         return None
-    return f"{uri_host(host)}:{port}"
+    return host, port
+
+
+def admin_address(instance: Instance) -> str | None:
+    """``host:port`` of ``instance``'s admin server (a Prometheus target): ``admin_port``
+    at ``admin_host`` or the instance's host; an IPv6 host bracketed once, its zone as it
+    is (``[fe80::1%eth0]:9100``: Prometheus dials the target's host as written). ``None``
+    without a valid port (or with an invalid ``admin_host``)."""
+    endpoint = _admin_endpoint(instance)
+    if endpoint is None:
+        return None
+    bare = bare_host(endpoint[0])
+    return f"[{bare}]:{endpoint[1]}" if ":" in bare else f"{bare}:{endpoint[1]}"
 
 
 def admin_url(instance: Instance) -> str | None:
-    """``http://<host>:<admin_port>`` of ``instance`` (:func:`admin_address`), or
+    """``http://<host>:<admin_port>`` of ``instance`` (the address of
+    :func:`admin_address`, a zone's ``%`` written ``%25`` as URLs have it, RFC 6874), or
     ``None``."""
-    address = admin_address(instance)
-    return None if address is None else f"http://{address}"
+    endpoint = _admin_endpoint(instance)
+    return None if endpoint is None else f"http://{uri_host(endpoint[0])}:{endpoint[1]}"
 
 
 async def _health(http: aiohttp.ClientSession, turn: asyncio.Semaphore, url: str | None,
