@@ -10,13 +10,17 @@ from typing import Literal, Protocol, runtime_checkable
 
 from meshkit._config import check_int, check_string_map, check_strings
 from meshkit._fields import Normalised
-from meshkit._hosts import uri_host
+from meshkit._hosts import check_host, uri_host
 from meshkit.errors import ConfigError
 
 __all__ = ["Instance", "Registry", "RegistryStatus"]
 
 # Used with fullmatch: ``$`` would also match before a final newline ("orderd\n").
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+# hosts check_host has accepted (it parses addresses: some microseconds, and registries
+# build an Instance per record at every read); cleared when it reaches _HOSTS_OK_MAX
+_HOSTS_OK: set[str] = set()
+_HOSTS_OK_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,7 +31,10 @@ class Instance:
         service: service name, e.g. ``"orderd"``; letters, digits, ``-``, ``_``, ``.``,
             1 to 63 characters (a DNS label, as Consul recommends for service names).
         instance_id: unique id of this instance across the registry, e.g. ``"orderd-1"``.
-        host: address clients connect to (an IP or a host name), e.g. ``"127.0.0.1"``.
+        host: address clients connect to, an IP address (IPv6 bracketed or not, with an
+            optional zone: ``"fe80::1%eth0"``) or a DNS host name, e.g. ``"127.0.0.1"``;
+            anything else (``"127.0.0.1:50051"``, ``"unix:/tmp/orderd.sock"``, a
+            trailing space, an unbalanced ``"[::1"``) is refused, as ``ServeOptions.host``.
         port: TCP port, 1 to 65535.
         tags: free-form tags (Consul ``Tags``), e.g. ``("v2",)`` or ``["v2"]``; any
             collection of strings, not one string (``"v2"`` would be the tags ``v`` and
@@ -44,7 +51,8 @@ class Instance:
 
     Raises:
         ConfigError: a field is out of range or of the wrong type (``True`` for
-            ``port``, one string for ``tags``), or a string is not encodable as UTF-8;
+            ``port``, one string for ``tags``), ``host`` is no address nor host name, or
+            a string is not encodable as UTF-8;
             the message quotes the bad value (escaped: ``repr``).
 
     Equality and hashing use every field but ``meta`` takes part in equality only.
@@ -68,6 +76,11 @@ class Instance:
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"host must be a non-empty string, got {self.host!r}")
         _check_utf8("host", self.host)
+        if self.host not in _HOSTS_OK:  # an Instance is built per record read: checked once
+            check_host("host", self.host)
+            if len(_HOSTS_OK) >= _HOSTS_OK_MAX:
+                _HOSTS_OK.clear()
+            _HOSTS_OK.add(self.host)
         check_int("port", self.port, high=65535)
         check_int("weight", self.weight)
         tags = check_strings("tags", self.tags)

@@ -221,6 +221,37 @@ def test_bad_instances_are_refused() -> None:
     assert Instance(service="s", instance_id="x", host="::1", port=5).address == "[::1]:5"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:50051", "unix:/tmp/orderd.sock", "10.0.0.5 ",
+                                  "[::1", "::1]", "[orderd]", "http://orderd", "a b"])
+def test_an_instance_host_that_is_no_address_nor_name_is_refused(host: str) -> None:
+    """``Instance(host="127.0.0.1:50051", port=50051)`` (a host:port pasted where a host
+    goes), ``"unix:/tmp/orderd.sock"``, a trailing space from a config file or an
+    unbalanced ``"[::1"`` were accepted: registered and discovered as if valid, with the
+    address ``[127.0.0.1:50051]:50051``..., every call then failed ``UNAVAILABLE`` "all 1
+    endpoints are failing" with nothing naming the bad value. The host is now checked as
+    ``ServeOptions.host`` is (ConfigError quoting it), so a registry skips such a record
+    with a warning."""
+    with pytest.raises(ConfigError, match="host") as info:
+        Instance(service="orderd", instance_id="o1", host=host, port=50051)
+    assert repr(host) in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "fe80::1%eth0", "orderd",
+                                  "orderd-1.orders.svc.cluster.local.", "my_host"])
+async def test_an_instance_host_may_be_any_address_or_name(tmp_path: Path, host: str) -> None:
+    """Every spelling of a host ``ServeOptions`` takes is an instance's host, also the
+    bracketed IPv6 ``"[::1]"`` that older meshkit versions registered (``serve()`` on
+    ``host="[::1]"``): such a record still loads."""
+    inst = Instance(service="orderd", instance_id="o1", host=host, port=50051)
+    assert inst.host == host
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=5.0, poll_interval_s=0.05))
+    try:
+        await reg.register(inst)
+        assert await reg.instances("orderd") == frozenset({inst})
+    finally:
+        await reg.close()
+
+
 @pytest.mark.parametrize("service", ["orderd\n", "orderd\r", "a" * 63 + "\n", 3])
 def test_instance_service_name_is_matched_whole(service: object) -> None:
     """``$`` also matches before a final newline: ``"orderd\n"`` was a valid service name

@@ -419,7 +419,7 @@ async def test_corrupt_registry_yields_nothing_until_it_can_be_read(tmp_path: Pa
 @pytest.mark.parametrize(
     ("column", "value"),
     [("tags", "not json"), ("tags", "5"), ("meta", "[1, 2]"), ("host", ""),
-     ("expires_at", "soon")],
+     ("host", "127.0.0.1:41009"), ("expires_at", "soon")],
 )
 async def test_watch_skips_a_malformed_row_and_goes_on(
     tmp_path: Path, column: str, value: str
