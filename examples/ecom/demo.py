@@ -491,7 +491,8 @@ def report(journal: Journal, stack: Stack, killed: str | None, verify: tuple[int
 async def run(args: argparse.Namespace) -> int:
     """Run the demo as ``args`` says; returns the exit code."""
     own_dir = getattr(args, "own_workdir", False)
-    workdir = Path(args.workdir)
+    # local:// takes an absolute path only (one getcwd(), not blocking I/O)
+    workdir = Path(os.path.abspath(args.workdir))  # noqa: ASYNC240
     registry_uri = f"local://{workdir / 'registry'}?ttl_s={args.ttl_s}&poll_interval_s=0.1"
     cert_dir = None if args.insecure else make_certificates(workdir / "certs")
     stack = Stack(workdir, registry_uri, args.database_url, cert_dir)

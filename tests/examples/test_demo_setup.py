@@ -47,6 +47,26 @@ async def test_a_run_in_a_used_workdir_reuses_its_ca(tmp_path: Path,
     assert load_certificate(cert_dir / "orderd.pem").serial_number != old.serial_number
 
 
+async def test_a_relative_workdir_gets_an_absolute_registry_uri(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``meshkit demo --workdir run`` (a relative directory): the demo wrote its registry
+    URI as ``local://run/registry``, which the local registry now refuses (a relative
+    path resolves against each process's working directory), so the run ended with a
+    ConfigError. The workdir is made absolute first."""
+    monkeypatch.chdir(tmp_path)
+    seen: list[str] = []
+    real = demo.Stack.__init__
+
+    def init(self: demo.Stack, workdir: Path, registry_uri: str, *rest: object) -> None:
+        seen.append(registry_uri)
+        real(self, workdir, registry_uri, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(demo.Stack, "__init__", init)
+    args = demo.build_parser().parse_args(["--calls", "10", "--no-kill", "--workdir", "run"])
+    await run_until_start(args, monkeypatch)
+    assert seen and seen[0].startswith(f"local://{tmp_path / 'run' / 'registry'}?"), seen
+
+
 @pytest.mark.parametrize("problem", ["foreign trust domain", "unreadable", "no key"])
 def test_an_unusable_ca_in_the_workdir_ends_with_what_to_do(tmp_path: Path,
                                                              problem: str) -> None:
