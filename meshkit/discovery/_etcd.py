@@ -38,7 +38,7 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 ``/v3/kv/deleterange``    deregistration (the last-seen record, the id's record in the
                           earlier layout, then the key)
 ``/v3/kv/range``          a watch's full read (prefix range), at start and after a
-                          compaction or a replaced store
+                          broken stream, a compaction or a replaced store
 ``/v3/kv/txn``            ``services()``: the keys of the prefix and of the records'
                           prefix (keys only); ``failing()``: the last-seen records (both
                           places) and the keys of a service, ranges read at one revision;
@@ -117,26 +117,32 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   the lock ``deregister`` takes: a deregistered instance is never put back.
 * **Watch resume.** A watch reads the prefix once, then streams events from the next
   revision. When the stream breaks (member killed, network) it reconnects, to the next
-  member if the one it used fails, and resumes from the revision after the last one it
-  applied, so no event is lost or applied twice. If etcd compacted past that revision (the
-  watch is cancelled with ``compact_revision``) it reads the prefix again and resumes from
-  there. Streams ask for ``hasleader``, so a member that loses its leader ends them. A
-  stream quiet for ``ttl_s`` is ended and resumed from its revision (a new watch request,
-  on a new connection; one request per ``ttl_s`` of quiet, none while events flow): a
-  stream whose connection died without a sign (a dropped NAT or conntrack entry, a load
-  balancer's idle timeout) is left, and one whose member went silent (a partition, a
-  frozen process or VM) too, the new request failing over to the next member after
-  ``request_timeout_s``, instead of waiting on it for good (etcd's own client uses gRPC
-  keepalive on the stream's connection for this; a request over another connection, as
-  a probe of the member, would not tell a dead connection).
+  member if the one it used fails, reads the prefix again (one range, as Kubernetes'
+  reflectors list again) and streams from that read's revision, so no change is lost and
+  a replaced store is told (see "Last known good"). If etcd compacted past the revision a
+  stream resumes from (the watch is cancelled with ``compact_revision``) it reads the
+  prefix again and resumes from there. Streams ask for ``hasleader``, so a member that
+  loses its leader ends them. A stream quiet for ``ttl_s`` is ended and resumed from its
+  revision, without a read (a new watch request, on a new connection; one request per
+  ``ttl_s`` of quiet, none while events flow): a stream whose connection died without a
+  sign (a dropped NAT or conntrack entry, a load balancer's idle timeout) is left, and
+  one whose member went silent (a partition, a frozen process or VM) too, the new
+  request failing over to the next member after ``request_timeout_s``, instead of
+  waiting on it for good (etcd's own client uses gRPC keepalive on the stream's
+  connection for this; a request over another connection, as a probe of the member,
+  would not tell a dead connection).
 * **Last known good.** While etcd cannot be read, a watch keeps its last set (yields
   nothing), never an empty set because of an error; ``status()`` says ``readable=False``
   and the outage is logged once (a reminder every 60 s, a line when it ends). If after an
-  outage etcd comes back with a *replaced store* (another cluster id, or a revision lower
-  than one already seen: a restored or wiped data directory), the instances of the last set
-  that it does not list are kept for ``fault_grace_s`` (default ``ttl_s``), merged with what
-  it lists, as their owners need up to one keep-alive interval to find their lease gone and
-  register again; an explicit deletion seen meanwhile drops one at once.
+  outage etcd comes back with a *replaced store* (another cluster id, a revision lower
+  than one already seen, or a key whose ``mod_revision`` is at most the watch's revision
+  but not the one the watch knew: a restored or wiped data directory, also one restarted
+  with the same flags, so the same cluster id, whose revision passed the watch's), the
+  instances of the last set that it does not list are kept for ``fault_grace_s`` (default
+  ``ttl_s``), merged with what it lists, as their owners need up to one keep-alive
+  interval to find their lease gone and register again; an explicit deletion seen
+  meanwhile drops one at once. (A wiped store of the same cluster id none of whose keys
+  under the watch's prefix is that old is not told: its view applies at once.)
 """
 
 from __future__ import annotations
@@ -544,14 +550,16 @@ class _Update:
 
 @dataclass(slots=True)
 class _Cursor:
-    """Where a watch's follower is: the state it built, the last revision applied (0: a
-    full read is due), the cluster id and the highest revision seen from it, and how many
-    full reads in a row came without an event between them."""
+    """Where a watch's follower is: the state it built and the ``mod_revision`` of each
+    key of it (also of a key whose value is unusable), the last revision applied, whether
+    a full read is due, the cluster id, and how many full reads in a row came without an
+    event between them."""
 
     state: dict[bytes, Instance] = field(default_factory=dict)
+    mods: dict[bytes, int] = field(default_factory=dict)
     revision: int = 0
+    reread: bool = True
     cluster: str | None = None
-    highest: int = 0
     resyncs: int = 0
 
 
@@ -1330,42 +1338,62 @@ class EtcdRegistry:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
 
-    async def _range(self, prefix: bytes) -> tuple[dict[str, Any], dict[bytes, Instance]]:
+    async def _range(self, prefix: bytes) -> tuple[dict[str, Any], dict[bytes, Instance],
+                                                   dict[bytes, int]]:
+        """The prefix read in full: the answer's header, the instances by key, and the
+        ``mod_revision`` of every key (also one whose value is unusable, skipped, logged)."""
         data = await self._post("/kv/range", {"key": _b64(prefix),
                                               "range_end": _b64(_prefix_end(prefix))},
                                 persist=False)
         state: dict[bytes, Instance] = {}
+        mods: dict[bytes, int] = {}
         for kv in data.get("kvs") or ():
             key = _unb64(kv["key"])
+            mods[key] = int(kv.get("mod_revision") or 0)
             with contextlib.suppress(ConfigError, ValueError, KeyError, TypeError):
                 state[key] = _decode(_unb64(kv.get("value", "")))
                 continue
             _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"))
-        return data.get("header") or {}, state
+        return data.get("header") or {}, state, mods
 
     async def _follow(self, service: str, queue: asyncio.Queue[_Update]) -> None:
         """Read ``service``'s prefix and follow its watch stream, forever; put each new
-        state on ``queue``. Errors are recorded and retried with backoff."""
+        state on ``queue``. Errors are recorded and retried with backoff.
+
+        The prefix is read in full at start, after a compaction, and after any broken
+        stream (as Kubernetes' reflectors list again): the read's view replaces the
+        state, whatever happened meanwhile, and the stream resumes from its revision. The
+        store is taken for a replaced one (a restored or wiped data directory) when the
+        read has another cluster id, a revision below the one applied, or a key whose
+        ``mod_revision`` is at most the one applied but not the one known (in the same
+        store such a key is unchanged since: a wiped store restarted with the same flags
+        keeps its cluster id, and its revision may have passed the watch's by the time it
+        reconnects); then no key it lacks counts as deleted (see :meth:`watch`)."""
         prefix = f"{self.options.prefix}{service}/".encode()
         cur = _Cursor()
         failures = 0
         while not self._race.closed:
             try:
-                if cur.revision == 0:
-                    header, cur.state = await self._range(prefix)
+                if cur.reread:
+                    header, state, mods = await self._range(prefix)
                     rev = int(header.get("revision") or 0)
                     replaced = cur.cluster is not None and (
-                        header.get("cluster_id") != cur.cluster or rev < cur.highest)
-                    cur.cluster, cur.revision = header.get("cluster_id"), rev
-                    cur.highest = rev if replaced else max(cur.highest, rev)
+                        header.get("cluster_id") != cur.cluster or rev < cur.revision
+                        or any(mod <= cur.revision and cur.mods.get(key) != mod
+                               for key, mod in mods.items()))
+                    deleted = frozenset() if replaced else frozenset(
+                        i.instance_id for key, i in cur.state.items() if key not in state)
+                    cur.state, cur.mods, cur.revision = state, mods, rev
+                    cur.cluster, cur.reread = header.get("cluster_id"), False
                     self._outcome(False, None)
-                    queue.put_nowait(_Update(frozenset(cur.state.values()), frozenset(),
-                                             replaced))
+                    queue.put_nowait(_Update(frozenset(state.values()), deleted, replaced))
                     cur.resyncs += 1
                     if cur.resyncs > 2:  # re-read again and again: do not spin
                         await asyncio.sleep(self._backoff_delay(cur.resyncs - 2))
                 await self._stream(prefix, cur, queue)
             except _FOREIGN as exc:
+                if not cur.reread:  # a broken stream: read in full (failures back off)
+                    cur.reread, cur.resyncs = True, 0
                 failures += 1
                 self._outcome(False, f"watch of {service!r}: {describe(exc)}")
                 await asyncio.sleep(self._backoff_delay(failures))
@@ -1376,7 +1404,7 @@ class EtcdRegistry:
         """Follow one watch stream from ``cur.revision + 1``, applying its events to ``cur``
         (state and revision, as they come, so a broken stream resumes after the last one).
 
-        Returns when the stream is to be followed anew: ``cur.revision`` is 0 then if a
+        Returns when the stream is to be followed anew: ``cur.reread`` is set then if a
         full read is due (compacted past the revision, or the member belongs to a replaced
         store), else it was quiet for ``ttl_s`` and is resumed (see
         :meth:`_leave_when_quiet`).
@@ -1424,8 +1452,7 @@ class EtcdRegistry:
                     if result.get("created"):
                         if header.get("cluster_id") != cur.cluster or int(
                                 header.get("revision") or 0) < cur.revision:
-                            cur.highest = max(cur.highest, cur.revision)
-                            cur.revision = 0  # another store answers: read it in full
+                            cur.reread = True  # another store answers: read it in full
                             return
                         self._outcome(False, None)
                         continue
@@ -1434,8 +1461,7 @@ class EtcdRegistry:
                             _log.info("etcd compacted past a watch's revision; re-reading",
                                       prefix=prefix.decode(), revision=cur.revision,
                                       compact_revision=int(result["compact_revision"]))
-                            cur.highest = max(cur.highest, cur.revision)
-                            cur.revision = 0
+                            cur.reread = True
                             return
                         raise _EtcdError(endpoint, 200, -1, "watch canceled: " + str(
                             result.get("cancel_reason") or "no reason given"))
@@ -1443,15 +1469,17 @@ class EtcdRegistry:
                     if not events:  # a progress notification
                         continue
                     deleted: set[str] = set()
-                    state = cur.state
+                    state, mods = cur.state, cur.mods
                     for event in events:
                         kv = event["kv"]
                         key = _unb64(kv["key"])
                         if event.get("type") == "DELETE":
+                            mods.pop(key, None)
                             gone = state.pop(key, None)
                             deleted.add(gone.instance_id if gone is not None
                                         else key.rsplit(b"/", 1)[-1].decode(errors="replace"))
                             continue
+                        mods[key] = int(kv.get("mod_revision") or 0)
                         try:
                             state[key] = _decode(_unb64(kv.get("value", "")))
                         except (ConfigError, ValueError, KeyError, TypeError):

@@ -830,10 +830,11 @@ async def _cut_watch(node: EtcdCluster, registries: list[EtcdRegistry],
     return seen, logs
 
 
-async def test_watch_resumes_from_its_revision_after_a_disconnect(
+async def test_watch_catches_up_after_a_disconnect(
         node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
-    """Changes made while a watch was cut off reach it when it reconnects, by resuming the
-    stream from its revision (no full re-read), with no intermediate empty set."""
+    """Changes made while a watch was cut off reach it when it reconnects (it reads the
+    prefix again, then streams from that read's revision), with no intermediate empty
+    set."""
     async def nothing(_owner: EtcdRegistry) -> None:
         return None
 
@@ -844,15 +845,30 @@ async def test_watch_resumes_from_its_revision_after_a_disconnect(
 
 async def test_watch_reads_again_after_a_compaction(
         node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
-    """If etcd compacted past the revision a cut-off watch would resume from, the watch is
-    cancelled with compact_revision, reads the prefix in full and goes on from there."""
-    async def compact(_owner: EtcdRegistry) -> None:
+    """If etcd compacted past the revision a watch resumes from (a stream quiet for
+    ``ttl_s`` is resumed from its revision; others' writes outside its prefix moved the
+    store on), the watch is cancelled with compact_revision, reads the prefix in full and
+    goes on from there."""
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries += [owner, reader]
+    service = unique_service()
+    a, b = make_instance(service, 1), make_instance(service, 2)
+    await owner.register(a)
+    watcher = Collector(reader, service)
+    assert await watcher.next() == {a}
+    with capture_logs() as logs:
+        for i in range(5):
+            await asyncio.to_thread(node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"),
+                                                              "value": ""})
         status = await asyncio.to_thread(node.post, 0, "/kv/range", {"key": _b64("x")})
         rev = int(status["header"]["revision"])  # type: ignore[index]
         await asyncio.to_thread(node.post, 0, "/kv/compaction", {"revision": str(rev)})
-
-    _seen, logs = await _cut_watch(node, registries, compact)
-    assert [e for e in logs if e["event"].startswith("etcd compacted past")]
+        await until(lambda: any(e["event"].startswith("etcd compacted past") for e in logs),
+                    timeout_s=opts.ttl_s + 3, what="the quiet stream's compacted resume")
+        await owner.register(b)
+        await watcher.until_set({a, b})
+    await watcher.stop()
 
 
 async def test_replaced_store_keeps_last_endpoints_until_owners_return(
@@ -883,6 +899,47 @@ async def test_replaced_store_keeps_last_endpoints_until_owners_return(
     while not watcher.queue.empty():
         assert watcher.queue.get_nowait() == {a}
     await watcher.stop()
+
+
+async def test_a_wiped_store_whose_revision_passed_the_watch_is_read_again(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """etcd restarted on a wiped data directory with its usual flags (so the *same*
+    cluster id) while a watch was cut off, and by the time the watch reconnected the new
+    store's revision was past the watch's (other tenants' writes, re-registrations). The
+    watch took the new store for the old one and resumed its stream from its old
+    revision: the instance registered in the new store below that revision was never
+    listed and the dead one of the old store never left. A watch now reads the prefix
+    again after any broken stream (and tells a replaced store by a key whose
+    ``mod_revision`` is at most the watch's revision but not the one it knew): the dead
+    instance is kept for ``fault_grace_s``, then the new store's view applies."""
+    service = unique_service()
+    a, c = make_instance(service, 1), make_instance(service, 3)
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    dead_owner = EtcdRegistry(opts)
+    await dead_owner.register(a)
+    await dead_owner.close()  # its process dies during the outage: never registers again
+    async with TcpProxy("127.0.0.1", node.members[0].client_port) as proxy:
+        reader = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{proxy.port}",), **FAST))
+        new_owner = EtcdRegistry(opts)
+        registries += [reader, new_owner]
+        watcher = Collector(reader, service)
+        assert await watcher.next() == {a}
+        await proxy.stop()
+        await until(lambda: reader.status().readable is False, what="watch cut")
+        node.kill(0)
+        node.wipe(0)
+        node.start_member(0)
+        await node.wait_healthy()
+        await new_owner.register(c)  # a live instance, in the new store
+        for i in range(20):  # other tenants' writes move the new store on
+            await asyncio.to_thread(node.post, 0, "/kv/put",
+                                    {"key": _b64(f"/other/{i}"), "value": ""})
+        await proxy.start()
+        await until(lambda: reader.status().readable is True, timeout_s=5,
+                    what="watch back")
+        assert await watcher.next() == {a, c}  # a kept for fault_grace_s
+        await watcher.until_set({c}, timeout_s=opts.ttl_s + 4)
+        await watcher.stop()
 
 
 async def test_tls_with_client_certificates(binary: str, tmp_path: Path) -> None:
