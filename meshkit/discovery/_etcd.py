@@ -1428,7 +1428,13 @@ class EtcdRegistry:
             raise
         async with resp:
             if resp.status != 200:
-                error = _EtcdError.of(endpoint, resp.status, await resp.text())
+                try:  # a body that stalls after error headers must not hold the watch
+                    async with asyncio.timeout(self.options.request_timeout_s):
+                        text = await resp.text()
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    self._failed_over(index)
+                    raise
+                error = _EtcdError.of(endpoint, resp.status, text)
                 if error.no_route and api == self._api:
                     # the member serves the other prefix (etcd 3.3: /v3beta only); the
                     # retry uses it (a watch's full read through _post_one usually finds

@@ -280,6 +280,45 @@ async def test_many_watches_do_not_starve_the_lease() -> None:
         await reg.close()
         await runner.cleanup()
 
+async def test_a_watch_answered_with_an_error_whose_body_stalls_is_retried() -> None:
+    """A member (or a proxy before it) answered the watch request with error headers
+    (HTTP 503) and then sent no body: the watch read that body without a time limit and
+    waited on it for good (no read error, no retry, no failover). The error's body is now
+    read within ``request_timeout_s``, after which the watch counts a failed read and
+    tries again."""
+    from aiohttp import web
+
+    watches = 0
+
+    async def range_(_request: web.Request) -> web.Response:
+        return web.json_response({"header": {"cluster_id": "1", "revision": "5"}})
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        nonlocal watches
+        watches += 1
+        resp = web.StreamResponse(status=503, headers={"Content-Length": "100"})
+        await resp.prepare(request)
+        await asyncio.Event().wait()  # the body never comes
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v3/kv/range", range_)
+    app.router.add_post("/v3/watch", watch)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{runner.addresses[0][1]}",),
+                                   **{**FAST, "ttl_s": 10, "request_timeout_s": 0.5}))
+    try:
+        watcher = Collector(reg, "svc")
+        assert await watcher.next() == frozenset()
+        await until(lambda: watches >= 2, timeout_s=5, what="the watch to try again")
+        assert reg.status().read_errors >= 1
+        await watcher.stop()
+    finally:
+        await reg.close()
+        await runner.cleanup()
+
 
 class _Gateway:
     """A minimal in-memory etcd v3 JSON gateway on loopback for the write paths (shapes of
