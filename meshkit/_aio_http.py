@@ -14,6 +14,8 @@ from meshkit._hosts import bare_host, is_unspecified
 __all__ = ["start_app"]
 
 _LINGERING_S = 1.0
+_SHUTDOWN_S = 1.0
+_KEEPALIVE_S = 75.0
 
 
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -25,7 +27,12 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
 
     A request body left unfinished by its client is waited for at most
     ``_LINGERING_S`` seconds after the answer (aiohttp's default, 10 s, held ``cleanup()``
-    and so a server's drain that long after such a client).
+    and so a server's drain that long after such a client); ``cleanup()`` waits for
+    handlers still running (one writing an answer its client does not read) at most
+    ``_SHUTDOWN_S`` seconds (aiohttp's default, 60 s, held a server's drain that long
+    after a scraper that stopped reading). A connection idle between requests is closed
+    after ``_KEEPALIVE_S`` seconds (``web.run_app``'s default; the runner's own, 3630 s,
+    let clients that send nothing hold file descriptors for an hour).
 
     Returns:
         The runner (``await runner.cleanup()`` stops serving) and the bound port.
@@ -33,7 +40,8 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
     Raises:
         OSError: the address cannot be bound; the runner is cleaned up first.
     """
-    runner = web.AppRunner(app, access_log=None, lingering_time=_LINGERING_S)
+    runner = web.AppRunner(app, access_log=None, lingering_time=_LINGERING_S,
+                           shutdown_timeout=_SHUTDOWN_S, keepalive_timeout=_KEEPALIVE_S)
     await runner.setup()
     host = bare_host(host)
     try:

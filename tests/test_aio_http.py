@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import aiohttp
 import pytest
 from aiohttp import web
 
+from meshkit import _aio_http
 from meshkit._aio_http import start_app
 
 
@@ -48,3 +52,24 @@ async def test_start_app_cleans_up_when_the_port_is_taken() -> None:
         assert cleaned == [True]
     finally:
         await first.cleanup()
+
+
+async def test_a_connection_that_sends_nothing_is_closed_after_the_keepalive_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection idle between requests (or before its first) is closed after
+    ``_KEEPALIVE_S`` (75 s, ``web.run_app``'s default): with the runner's own default,
+    3630 s, clients that open connections and send nothing held the process's file
+    descriptors (shared with the gRPC server) for an hour. Patched small here."""
+    assert _aio_http._KEEPALIVE_S == 75.0
+    monkeypatch.setattr(_aio_http, "_KEEPALIVE_S", 0.3)
+    runner, port = await start_app(_app([]), "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            assert time.monotonic() - t0 < 3
+        finally:
+            writer.close()
+    finally:
+        await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -648,3 +649,55 @@ async def test_a_registry_leaves_admin_metrics_with_its_last_server(
         assert 'meshkit_server_ready{service="echo"} 1.0' in text
     finally:
         await echo.drain()
+
+
+class _Big:
+    """A collector of ``n`` gauge series (a large mesh: ~150 bytes a series)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("big_endpoint_load_ms", "P2C load per endpoint",
+                              labels=["mesh_service", "mesh_instance", "address"])
+        for i in range(self.n):
+            g.add_metric(["orders-service-production", f"orders-{i:08d}-{'x' * 40}",
+                          f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:50051"], float(i))
+        yield g
+
+
+async def test_a_scraper_that_stops_reading_metrics_does_not_hold_stop() -> None:
+    """A scraper that sends ``GET /metrics`` and then stops reading (a hung Prometheus, a
+    client on a stalled network, or anyone who can reach the port) keeps the response's
+    handler waiting to write; ``AdminServer.stop()`` -- and so ``MeshServer.drain()``,
+    which stops the shared admin server with its last user -- then waited for aiohttp's
+    default ``shutdown_timeout`` (60 s) before it returned. The runner's shutdown_timeout
+    is now ~1 s (as ``lingering_time`` bounds an unfinished request body), so stop()
+    returns within a few seconds."""
+    reg = CollectorRegistry()
+    reg.register(_Big(80_000))  # ~12 MB: more than the kernel buffers on loopback hold
+    admin = AdminServer(AdminOptions(registry=reg, require_server=False))
+    port = await admin.start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.transport.pause_reading()  # the scraper never reads its answer
+    stop: asyncio.Task[None] | None = None
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1.5)  # the request is in: rendered, then stuck writing
+        t0 = time.monotonic()
+        stop = asyncio.get_running_loop().create_task(admin.stop())
+        done, _ = await asyncio.wait({stop}, timeout=4.0)
+        waited = time.monotonic() - t0
+        assert done, (f"AdminServer.stop() still waiting after {waited:.1f} s on one "
+                      "scraper that does not read its /metrics answer")
+    finally:
+        writer.transport.abort()  # releases the handler, and so the stop
+        if stop is not None:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(stop, 5)
+        await admin.stop()
