@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
@@ -240,7 +240,8 @@ class AdminServer:
     # -- routes --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         # the OpenMetrics text format when the scraper asks for it (Prometheus does)
-        om = _wants_openmetrics(request.headers.get("Accept", ""))
+        # every Accept field line: several mean their comma-joined list (RFC 9110 5.3)
+        om = _wants_openmetrics(", ".join(request.headers.getall(hdrs.ACCEPT, [])))
         # off the loop: rendering thousands of samples (a channel to a 1,000-endpoint
         # service: ~5,000) takes tens of milliseconds, which every call in flight on
         # this loop would wait

@@ -651,6 +651,27 @@ async def test_a_registry_leaves_admin_metrics_with_its_last_server(
         await echo.drain()
 
 
+async def _raw(port: int, request: bytes, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """Send one raw HTTP request to 127.0.0.1:port: (status, head)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout_s)
+    finally:
+        writer.close()
+    head = data.split(b"\r\n\r\n", 1)[0]
+    return int(head.split(b" ", 2)[1]), head
+
+
+def _request(path: str, host: str | None, *extra: str, version: str = "1.1") -> bytes:
+    """``GET path`` with ``Host: host`` (none if ``None``), ``extra`` header lines (a
+    field may come twice), ``Connection: close``."""
+    lines = [f"GET {path} HTTP/{version}", *([f"Host: {host}"] if host is not None else []),
+             *extra, "Connection: close", "", ""]
+    return "\r\n".join(lines).encode()
+
+
 class _Big:
     """A collector of ``n`` gauge series (a large mesh: ~150 bytes a series)."""
 
@@ -701,3 +722,23 @@ async def test_a_scraper_that_stops_reading_metrics_does_not_hold_stop() -> None
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(stop, 5)
         await admin.stop()
+
+
+async def test_metrics_negotiation_reads_every_accept_field_line() -> None:
+    """``Accept`` is a list-based field: a request may carry it on several field lines,
+    which mean the same as one line joining them with commas (RFC 9110 5.2/5.3). Here the
+    scraper says OpenMetrics q=0.9 and the text format q=0.3, on two lines; meshkit read
+    only the first line, saw the text format alone and answered ``text/plain;
+    version=0.0.4``, the format the client likes least. Every Accept line is weighed now:
+    OpenMetrics, as when the same media ranges come on one line."""
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    port = await admin.start()
+    text, om = "text/plain;version=0.0.4;q=0.3", "application/openmetrics-text;version=1.0.0;q=0.9"
+    try:
+        _, one_line = await _raw(port, _request("/metrics", "127.0.0.1", f"Accept: {text}, {om}"))
+        assert b"Content-Type: application/openmetrics-text" in one_line, one_line
+        _, two_lines = await _raw(port, _request("/metrics", "127.0.0.1", f"Accept: {text}",
+                                                 f"Accept: {om}"))
+    finally:
+        await admin.stop()
+    assert b"Content-Type: application/openmetrics-text" in two_lines, two_lines
