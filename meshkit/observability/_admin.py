@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import re
 import time
@@ -20,7 +21,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 
 from meshkit._aio_http import start_app
 from meshkit._config import check_bool
-from meshkit._hosts import check_host, uri_host
+from meshkit._hosts import check_host, is_loopback, uri_host
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -35,6 +36,8 @@ __all__ = ["AdminOptions", "AdminServer", "Handler"]
 
 _log = structlog.get_logger("meshkit.observability.admin")
 _PATH_RE = re.compile(r"/[A-Za-z0-9._~\-/]*")  # fullmatch: ``$`` passes "/x\n"
+# a Host header: a bracketed IPv6 literal or a name/IPv4 address, then an optional port
+_HOST_HEADER_RE = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 _RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
@@ -99,6 +102,13 @@ class AdminServer:
                            (``MeshChannel.stats()``: endpoints, balancer load, EWMA,
                            ejection, policies) of this process
     =====================  ================================================================
+
+    A server bound to a loopback address (the default ``127.0.0.1``, ``::1``,
+    ``localhost``) answers only requests whose ``Host`` header is an IP address or
+    ``localhost`` (``*.localhost`` too), any port, and others ``403``: a web page whose
+    name was re-resolved to 127.0.0.1 (DNS rebinding) cannot read its routes from a
+    browser on this machine. A server bound to another or the wildcard address answers
+    any ``Host`` (a Prometheus scrapes it by pod IP or DNS name).
 
     Collectors on the registry are called in a worker thread (``asyncio.to_thread``), as
     prometheus-client's own HTTP server calls them: they must be thread-safe, as its own
@@ -204,7 +214,8 @@ class AdminServer:
             self._starting = False
 
     async def _start(self) -> int:
-        app = web.Application()
+        app = web.Application(middlewares=[_local_host_only]
+                              if is_loopback(self.options.host) else [])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -308,6 +319,40 @@ class AdminServer:
         }
         return web.Response(text=json.dumps(body, indent=2, default=repr),
                             content_type="application/json")
+
+
+def _is_local_host_header(value: str) -> bool:
+    """Whether a ``Host`` header value names an IP address (IPv4, or IPv6 bracketed, a
+    zone allowed) or ``localhost`` / ``*.localhost`` (RFC 6761; a trailing dot allowed),
+    with or without a port: a name a browser cannot have had re-resolved to this machine
+    by a page's DNS (rebinding)."""
+    match = _HOST_HEADER_RE.fullmatch(value)
+    if match is None:
+        return False
+    host = match.group(1)
+    try:
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:-1])
+        else:
+            ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.lower().removesuffix(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+@web.middleware
+async def _local_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The Host check of a loopback-bound admin server (see :class:`AdminServer`): a
+    request without ``Host`` (HTTP/1.0: no browser's) or with a local one goes on, others
+    are answered 403."""
+    host = request.headers.get(hdrs.HOST)
+    if host is None or _is_local_host_header(host):
+        return await handler(request)
+    return web.Response(status=403, text=(
+        "403: this admin server listens on loopback and answers only requests addressed "
+        "to an IP address or localhost (Host header), against DNS rebinding\n"))
 
 
 class _Collected:

@@ -672,6 +672,56 @@ def _request(path: str, host: str | None, *extra: str, version: str = "1.1") -> 
     return "\r\n".join(lines).encode()
 
 
+async def test_loopback_admin_server_refuses_a_foreign_host_header_dns_rebinding() -> None:
+    """The admin server binds loopback by default, and the README's only protection for
+    its unauthenticated routes is "keep the admin port on loopback or a trusted network".
+    A page on ``http://attacker.example:PORT`` in a developer's browser whose name is then
+    re-resolved to 127.0.0.1 (DNS rebinding) read ``/debug/mesh``,
+    ``/debug/dashboard.json`` and ``/metrics`` as same-origin requests: the server
+    answered them 200 whatever the ``Host`` header named (the dashboard's CSP
+    ``connect-src 'self'`` even allowed it, 'self' being the rebound origin). A
+    loopback-bound server now answers only requests addressed to an IP literal or
+    ``localhost`` (``127.0.0.1:PORT``, ``[::1]:PORT``, ``localhost:PORT``, any port) and
+    refuses others 403, the defence Node's inspector (CVE-2018-7160), Jupyter and
+    webpack/Vite dev servers use."""
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    port = await admin.start()
+    try:
+        for good in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "LOCALHOST",
+                     f"localhost.:{port}", f"app.localhost:{port}", f"[::1]:{port}",
+                     "[::ffff:127.0.0.1]", f"[fe80::1%25eth0]:{port}", f"10.0.0.5:{port}"):
+            status, head = await _raw(port, _request("/debug/mesh", good))
+            assert status == 200, (good, head)  # a loopback name or an address keeps working
+        status, head = await _raw(port, _request("/healthz", None, version="1.0"))
+        assert status == 200, head  # HTTP/1.0 without Host: no browser's request
+        served = {}
+        for path in ("/debug/mesh", "/debug/dashboard.json", "/metrics", "/"):
+            for bad in (f"attacker.example:{port}", "attacker.example", "localhost.evil.com",
+                        f"127.0.0.1.nip.io:{port}", f"localhost:{port}x", "[::1", "[evil]:80",
+                        "::1", "127.0.0.1:80:80"):
+                status, head = await _raw(port, _request(path, bad,
+                                                         "Origin: http://attacker.example"))
+                served[path, bad] = status
+                assert b"Content-Type: text/plain" in head, head
+        assert all(s == 403 for s in served.values()), (
+            f"loopback admin server answered a rebound Host: {served}")
+    finally:
+        await admin.stop()
+
+
+async def test_an_admin_server_on_a_wildcard_address_answers_any_host() -> None:
+    """On ``0.0.0.0`` (a Prometheus on another machine scrapes it by pod IP or DNS name)
+    the Host header is not checked."""
+    admin = AdminServer(AdminOptions(host="0.0.0.0", registry=CollectorRegistry(),
+                                     require_server=False))
+    port = await admin.start()
+    try:
+        status, head = await _raw(port, _request("/metrics", f"orders-7.pods.example:{port}"))
+        assert status == 200, head
+    finally:
+        await admin.stop()
+
+
 class _Big:
     """A collector of ``n`` gauge series (a large mesh: ~150 bytes a series)."""
 
