@@ -4,11 +4,11 @@
 CSS and JavaScript, no external resource, no build step) that polls
 ``/debug/dashboard.json`` every second and draws tables with inline SVG sparklines and
 bars: the services this process serves and dials, each endpoint's state, P2C load, EWMA
-latency, calls and failures, ejections, the retry budget's balance, and RED per method
-(rate, errors by status code, p50/p99 latency). The page builds its DOM with
-``textContent`` and attributes only, never HTML from data, and is served with a Content
-Security Policy that allows its own inline script (by hash) and requests to its own
-origin only.
+latency, calls and failures, ejections, the retry budget's balance, and RED per method over
+the window (rate, errors by status code and their share, p50/p99 latency). The page builds
+its DOM with ``textContent`` and attributes only, never HTML from data, and is served with
+a Content Security Policy that allows its own inline script (by hash) and requests to its
+own origin only.
 
 The JSON comes from :class:`DashboardFeed`: the typed snapshots of the live channels and
 servers (:mod:`meshkit.observability._live`) and the per-method RPC records of the admin
@@ -85,13 +85,15 @@ def histogram_quantile(q: float, bounds_s: Sequence[float], counts: Sequence[int
 
 
 class _Sample:
-    __slots__ = ("counts", "errors", "finished", "t_s")
+    __slots__ = ("by_code", "counts", "errors", "finished", "t_s")
 
-    def __init__(self, t_s: float, finished: int, errors: int, counts: tuple[int, ...]) -> None:
+    def __init__(self, t_s: float, finished: int, errors: int, counts: tuple[int, ...],
+                 by_code: dict[str, int]) -> None:
         self.t_s = t_s
         self.finished = finished
         self.errors = errors
         self.counts = counts
+        self.by_code = by_code  # errors by code name, since the record's creation
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -109,7 +111,8 @@ class DashboardFeed:
     ``"client"``): ``started``, ``in_flight``, ``finished``, ``ok``, ``errors`` (finished
     non-OK calls by go-grpc-prometheus code name, e.g. ``{"Unavailable": 3}``),
     ``error_total``, ``mean_ms`` (since start), and over the window: ``rate_per_s``
-    (finished calls), ``error_rate_per_s``, ``p50_ms`` / ``p99_ms`` (from the histogram
+    (finished calls), ``error_rate_per_s``, ``window_errors`` (the window's non-OK calls
+    by code name, as ``errors``), ``p50_ms`` / ``p99_ms`` (from the histogram
     buckets; ``None`` without calls in the window) and ``window_s``, the span actually
     covered (shorter just after the method's first call, longer until a sample is
     ``window_s`` old when the page was not watched).
@@ -172,10 +175,12 @@ class DashboardFeed:
                 errors = {GRPC_CODE_LABELS[c]: n for c, n in list(rec.handled.items()) if n}
                 error_total = sum(errors.values())
                 finished = rec.ok + error_total
-                cur = _Sample(now, finished, error_total, tuple(rec.counts))
+                cur = _Sample(now, finished, error_total, tuple(rec.counts), errors)
                 base = self._advance((side, *rec.labels), rec.created, cur)
                 span_s = now - base.t_s
                 window = [a - b for a, b in zip(cur.counts, base.counts, strict=True)]
+                window_errors = {c: n - base.by_code.get(c, 0) for c, n in errors.items()
+                                 if n > base.by_code.get(c, 0)}
                 row: dict[str, Any] = {
                     "side": side, "type": grpc_type, "service": service, "method": name,
                     "path": f"/{service}/{name}", "started": rec.started,
@@ -187,6 +192,7 @@ class DashboardFeed:
                                    if span_s > 0 else None),
                     "error_rate_per_s": (round((error_total - base.errors) / span_s, 6)
                                          if span_s > 0 else None),
+                    "window_errors": dict(sorted(window_errors.items())),
                     "p50_ms": _ms(histogram_quantile(0.5, rec.bounds, window)),
                     "p99_ms": _ms(histogram_quantile(0.99, rec.bounds, window)),
                 }
@@ -209,7 +215,7 @@ class DashboardFeed:
         ring = self._rings.get(key)
         if ring is None:
             zeros = (0,) * len(cur.counts)
-            ring = self._rings[key] = deque([_Sample(created_s, 0, 0, zeros)],
+            ring = self._rings[key] = deque([_Sample(created_s, 0, 0, zeros, {})],
                                             maxlen=_MAX_SAMPLES)
         start = cur.t_s - self.window_s
         while len(ring) > 1 and ring[1].t_s <= start:

@@ -3,10 +3,11 @@ headless Chromium (driven by playwright through Debian's chromium binary)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,3 +229,142 @@ async def test_dashboard_draws_live_in_chromium(mesh: Mesh, tmp_path: Path) -> N
     width, height = _png_size(png)
     assert width == 1280 and height >= 400 and len(png) > 20_000, (width, height, len(png))
     assert not problems, problems
+
+
+def test_feed_counts_errors_by_code_over_the_window() -> None:
+    """``window_errors`` counts a method's failed calls by code over the window (the
+    page's error badges), ``errors`` since the record's creation: failures that left the
+    window leave ``window_errors``."""
+    now = [1000.0]
+    rpc = rpc_metrics(CollectorRegistry())
+    rec = rpc.bind_server(MethodNames("/pkg.Svc/Get", "unary"))
+    rec.created = 1000.0
+    feed = DashboardFeed(rpc, window_s=10, clock=lambda: now[0])
+    for code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND,
+                 grpc.StatusCode.UNAVAILABLE):
+        now[0] += 0.5
+        rec.start()
+        rec.finished(code, 0.001)
+        feed.build()
+    (row,) = feed.build()["methods"]
+    assert row["window_errors"] == {"NotFound": 2, "Unavailable": 1} == row["errors"]
+    now[0] += 11.0  # the failures leave the window, a new one comes
+    feed.build()
+    now[0] += 0.5
+    rec.start()
+    rec.finished(grpc.StatusCode.UNAVAILABLE, 0.001)
+    (row,) = feed.build()["methods"]
+    assert row["window_errors"] == {"Unavailable": 1}
+    assert row["errors"] == {"NotFound": 2, "Unavailable": 2}
+    now[0] += 20.0
+    feed.build()
+    (row,) = feed.build()["methods"]
+    assert row["window_errors"] == {} and row["error_rate_per_s"] == 0
+
+
+FLAKY = "meshkit.test.Flaky"
+FLAKY_CALL = f"/{FLAKY}/Call"
+
+
+def _add_flaky(state: dict[str, bool]) -> tuple[Callable[[object, grpc.aio.Server], None],
+                                                None]:
+    """A service whose ``Call`` answers NOT_FOUND while ``state["fail"]``, else OK."""
+
+    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if state["fail"]:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "asked to fail")
+        return request
+
+    def add(_servicer: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            FLAKY, {"Call": grpc.unary_unary_rpc_method_handler(call)}),))
+
+    return add, None
+
+
+@pytest.fixture
+async def flaky_mesh(registry: LocalRegistry, telemetry: TelemetryOptions,
+                     prom: CollectorRegistry) -> AsyncIterator[tuple[Mesh, dict[str, bool]]]:
+    """A flaky server (``_add_flaky``), a channel to it and an admin server whose
+    dashboard window is 1 s instead of 10 s (to keep the test short; same code)."""
+    state = {"fail": True}
+    srv = meshkit.MeshServer("flaky", [_add_flaky(state)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, instance_id="f1", drain_delay_s=0.0,
+                                 grace_s=1.0, telemetry=telemetry))
+    admin = AdminServer(AdminOptions(registry=prom))
+    admin._dashboard = DashboardFeed(rpc_metrics(prom), window_s=1.0)
+    await admin.start()
+    await srv.start()
+    ch = meshkit.dial("flaky", registry=registry,
+                      options=meshkit.DialOptions(insecure=True, telemetry=telemetry))
+    try:
+        await ch.wait_for_endpoints(1)
+        yield Mesh(admin, ch), state
+    finally:
+        await ch.close()
+        await srv.drain()
+        await admin.stop()
+
+
+async def test_dashboard_error_percent_is_over_the_window_its_heading_names(
+        flaky_mesh: tuple[Mesh, dict[str, bool]]) -> None:
+    """The dashboard's Methods table is headed "rate, errors and latency over the last
+    <window> s" and ``/debug/dashboard.json`` gives ``error_rate_per_s`` and
+    ``rate_per_s`` over that window, but the page computed "error %" as
+    ``error_total / finished`` since the process started, and its error badges were
+    since-start counts: after an incident ended the method stayed red with the old ratio
+    for ever (here 4 failures, then the window passes and 4 successes: 50.0 % in red
+    while the window held no error). The error % is now the window's
+    ``error_rate_per_s / rate_per_s`` and the badges count the window's errors by code
+    (``window_errors``; the since-start counts in their title)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        skip_or_fail("chromium is not installed (scripts/install-browser.sh installs it)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
+    mesh, state = flaky_mesh
+    call = mesh.channel.unary_unary(FLAKY_CALL)
+    row = f'tr.method[data-side="server"][data-path="{FLAKY_CALL}"]'
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = await browser.new_page()
+            await page.goto(mesh.admin.url + "/")
+            await page.wait_for_function("Number(document.body.dataset.polls) >= 1",
+                                         timeout=8_000)
+            for _ in range(4):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await call(b"x", timeout=5)
+            await page.wait_for_function(  # during the incident: red, its errors shown
+                "s => document.querySelector(s + ' td.calls')?.textContent === '4'",
+                arg=row, timeout=8_000)
+            assert await page.locator(f"{row} td.errors").text_content() == "NotFound 4"
+            assert await page.locator(f"{row} td:nth-child(5)").text_content() == "100.0"
+            await asyncio.sleep(2.5)  # the 1 s window passes: the failures leave it
+            state["fail"] = False
+            for _ in range(4):
+                await call(b"x", timeout=5)
+            await page.wait_for_function(
+                "s => document.querySelector(s + ' td.calls')?.textContent === '8'",
+                arg=row, timeout=8_000)
+            feed = await page.evaluate(
+                "fetch('debug/dashboard.json').then(r => r.json())")
+            (method_row,) = [m for m in feed["methods"]
+                             if m["side"] == "server" and m["path"] == FLAKY_CALL]
+            assert method_row["error_rate_per_s"] == 0, method_row  # the window's truth
+            cell = page.locator(f"{row} td:nth-child(5)")
+            shown = await cell.text_content()
+            css = await cell.get_attribute("class") or ""
+            errors = page.locator(f"{row} td.errors")
+            badges = await errors.text_content()
+            since_start = await errors.get_attribute("title")
+        finally:
+            await browser.close()
+    assert shown in ("0.0", "0", "\u2013") and "bad" not in css, (
+        f"error % over the last window shown as {shown!r} (class {css!r}); the window "
+        f"holds {method_row['rate_per_s']} calls/s and 0 errors/s")
+    assert badges == "\u2013" and since_start == "since start: NotFound 4", (badges,
+                                                                            since_start)
