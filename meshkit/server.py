@@ -80,6 +80,7 @@ import structlog
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry
 
 from meshkit._config import (
@@ -1912,26 +1913,29 @@ async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str) -> _T
     (``current_claims()``, ``current_peer()``, the bearer token ``TokenForwarder`` sends)
     and its propagated deadline to every call it serves, for its whole life. The
     application's own variables (``structlog.contextvars`` bound at start-up, say) still
-    reach the calls, as on a plain grpc.aio server; the current span does not parent them
-    (a call without a ``traceparent`` starts a root span either way). Nothing more per
-    call."""
+    reach the calls, as on a plain grpc.aio server; OpenTelemetry's context does not (the
+    starter's current span would parent every call without a ``traceparent`` and its W3C
+    baggage reach them all). Nothing more per call."""
     return await asyncio.get_running_loop().create_task(
         aw, name=name, context=_context_without_meshkit())
 
 
 def _context_without_meshkit() -> contextvars.Context:
-    """A copy of the current context holding every variable but meshkit's own."""
+    """A copy of the current context holding every variable but meshkit's own, with an
+    empty OpenTelemetry context (no current span, no baggage)."""
     kept = [(var, value) for var, value in contextvars.copy_context().items()
             if not var.name.startswith("meshkit_")]
     ctx = contextvars.Context()
-    if kept:
-        ctx.run(_set_each, kept)
+    ctx.run(_set_each, kept)
     return ctx
 
 
 def _set_each(pairs: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
     for var, value in pairs:
         var.set(value)
+    # the starter's span and W3C baggage (a handler's caller's user.id, say) are the
+    # starter's call's, not the served calls'
+    otel_context.attach(otel_context.Context())
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:

@@ -2278,6 +2278,51 @@ async def test_a_server_keeps_the_applications_context_variables_of_its_start(
     assert got == b"eu-west|-", got
 
 
+_STARTER_TRACE_ID = 0x1234567890ABCDEF1234567890ABCDEF
+
+
+async def test_a_server_started_under_a_span_and_baggage_does_not_hand_them_to_its_calls(
+        registry: LocalRegistry) -> None:
+    """A server started from a handler serving a traced call of user "admin" (its current
+    span, W3C baggage ``user.id=admin``): d2ded0f kept every context variable but
+    meshkit's, OpenTelemetry's among them, so every call the new server served ran under
+    the starter's span (without an SDK, the calls' current span; their outgoing calls
+    carried that trace) with the starter's baggage. The calls now start with an empty
+    OpenTelemetry context."""
+    from opentelemetry import baggage, trace
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    def add(_servicer: object, server: Any) -> None:
+        async def seen(request: bytes, context: Any) -> bytes:
+            sc = trace.get_current_span().get_span_context()
+            return f"{sc.trace_id:032x}|{baggage.get_baggage('user.id')}".encode()
+
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Seen", {"Seen": grpc.unary_unary_rpc_method_handler(seen)}),))
+
+    srv = meshkit.MeshServer("seen", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0,
+                                                          grace_s=1.0, admin=None))
+    starter = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        _STARTER_TRACE_ID, 0x1122334455667788, is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED))))
+    starter = baggage.set_baggage("user.id", "admin", context=starter)
+    token = otel_context.attach(starter)
+    try:
+        await srv.start()
+    finally:
+        otel_context.detach(token)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got = (await ch.unary_unary("/t.Seen/Seen")(b"", timeout=5)).decode()
+    finally:
+        await srv.drain()
+    trace_id, user = got.split("|")
+    assert int(trace_id, 16) != _STARTER_TRACE_ID, "the starter's span is the calls' span"
+    assert user == "None", f"the starter's baggage reached the calls: user.id={user}"
+
+
 async def _request_length(request: bytes, context: Any) -> bytes:
     return b"%d" % len(request)
 
