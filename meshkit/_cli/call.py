@@ -6,11 +6,14 @@ two methods of that name, or a full gRPC name ``/pkg.Svc/Method`` (the mesh serv
 serves it is found in the registry, or named with ``--service``). gRPC's health and
 reflection services match only when named in full (``SERVICE/grpc.health.v1.Health/Check``).
 The request and response types come from the server's reflection service (``serve()``
-turns it on), so no generated code is needed: the request, a JSON object, is parsed with
-protobuf's ``json_format`` and the response printed as JSON (proto field names). An ``Any``
-may hold a type the server describes or one of protobuf's well-known types (``Duration``,
-``Struct``...); a response's ``Any`` of any other type is printed as
-``{"@type": URL, "@value": "<base64>"}``.
+turns it on), so no generated code is needed: the request, in the proto3 JSON form of its
+type (protobuf.dev/programming-guides/json: a JSON object for most messages, a string for
+a ``Timestamp`` or a ``StringValue``...; none or empty text: the empty message), is parsed
+with protobuf's ``json_format`` and the response printed as JSON (proto field names). A key
+given twice in a JSON object (at any depth) is refused, as ``json_format.Parse`` and
+grpcurl refuse it. An ``Any`` may hold a type the server describes or one of protobuf's
+well-known types (``Duration``, ``Struct``...); a response's ``Any`` of any other type is
+printed as ``{"@type": URL, "@value": "<base64>"}``.
 
 The call is dialled with :func:`meshkit.dial` through the registry, so it is balanced,
 retried and secured like any client: mTLS with the workload certificate from
@@ -22,13 +25,13 @@ a ``KEY`` ending in ``-bin`` (gRPC's binary metadata) takes its value base64-enc
 standard or URL-safe alphabet, padding optional, and sends the decoded bytes (grpcurl's
 conventions). An error never prints a header's value (it is often a bearer token).
 
-Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not an object of
-the request type, a request on stdin (``-``) that is not UTF-8, registry URI,
-``--timeout-s``, header (a reserved ``grpc-`` key included), no transport security; a call
-meshkit refuses to send, e.g. a header gRPC cannot carry); 64 + the gRPC status code
-number when the call fails (as grpcurl does), with the status and its message on stderr:
-a registry that cannot be read within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every
-target form.
+Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not a valid
+request of its type (a key given twice included), a request on stdin (``-``) that is not
+UTF-8, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included), no
+transport security; a call meshkit refuses to send, e.g. a header gRPC cannot carry);
+64 + the gRPC status code number when the call fails (as grpcurl does), with the status
+and its message on stderr: a registry that cannot be read within ``--timeout-s`` is
+``UNAVAILABLE`` (78) for every target form.
 """
 
 from __future__ import annotations
@@ -93,6 +96,13 @@ _INFRA_PREFIXES = ("grpc.health.", "grpc.reflection.")
 # protobuf's well-known types, each after the files it imports
 _WELL_KNOWN = (any_pb2, duration_pb2, empty_pb2, field_mask_pb2, source_context_pb2,
                struct_pb2, timestamp_pb2, wrappers_pb2, type_pb2, api_pb2)
+# the well-known types whose proto3 JSON form is not (or not only) a JSON object
+_JSON_NOT_OBJECT = frozenset(
+    {"google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.FieldMask",
+     "google.protobuf.Value", "google.protobuf.ListValue"}
+    | {f"google.protobuf.{name}" for name in (
+        "DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value",
+        "UInt32Value", "BoolValue", "StringValue", "BytesValue")})
 
 
 _SEND_ATTEMPTS = 3
@@ -343,7 +353,9 @@ async def _call(args: _Args) -> str:
         response_cls = _message_class(method.output_type)
         pool = method.input_type.file.pool  # reflection's: where an Any's type is found
         _add_well_known_types(pool)
-        request = _parse_request(args.request_json, request_cls(), pool)
+        request = request_cls()
+        if args.request_json:
+            _parse_request(_load_json(args.request_json, request_cls.DESCRIPTOR), request, pool)
         rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
                              request_serializer=request_cls.SerializeToString,
                              response_deserializer=response_cls.FromString)
@@ -368,26 +380,63 @@ def _add_well_known_types(pool: descriptor_pool.DescriptorPool) -> None:
             pool.Add(proto)
 
 
-def _parse_request(text: str, request: Any, pool: descriptor_pool.DescriptorPool) -> Any:
-    """``request`` filled from the JSON ``text`` (proto3 JSON mapping: a message is a JSON
-    object; empty text is ``{}``).
+def _load_json(text: str, descriptor: Any) -> Any:
+    """The JSON ``text`` of a request of the message type ``descriptor``, loaded.
 
     Raises:
-        CallError: not JSON (or nested deeper than the parser goes), not a JSON object, or
-            not a valid message of its type.
+        CallError: not JSON (or nested deeper than the parser goes), a key given twice in
+            an object (at any depth: RFC 8259 4 leaves which one counts unpredictable),
+            or not a JSON object when the type's proto3 JSON form is one (all but some
+            well-known types, ``_JSON_NOT_OBJECT``).
     """
-    name = request.DESCRIPTOR.full_name
     try:
-        value = json.loads(text or "{}")
+        value = json.loads(text, object_pairs_hook=_object)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, not UTF-8, too deep
-        raise CallError(f"request is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise CallError(f"request must be a JSON object (a {name}), "
+        raise CallError(f"request is not valid JSON: {_one_line(exc)}") from None
+    if not isinstance(value, dict) and descriptor.full_name not in _JSON_NOT_OBJECT:
+        raise CallError(f"request must be a JSON object (a {descriptor.full_name}), "
                         f"got {type(value).__name__}")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of ``pairs``, with no key twice (``json.loads``' object hook).
+
+    Raises:
+        CallError: a key given twice (named).
+    """
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise CallError(f"request has a duplicate key {key!r}: give each key once")
+            seen.add(key)
+    return out
+
+
+def _parse_request(value: Any, request: Any, pool: descriptor_pool.DescriptorPool) -> Any:
+    """``request`` filled from the JSON ``value`` (see :func:`_load_json`), per the proto3
+    JSON mapping.
+
+    Raises:
+        CallError: not a valid message of its type (what ``json_format.Parse`` refuses,
+            the errors ``ParseDict`` lets out, e.g. ``OverflowError``, included).
+    """
     try:
         return json_format.ParseDict(value, request, descriptor_pool=pool)
     except json_format.ParseError as exc:
-        raise CallError(f"request is not a valid {name}: {exc}") from None
+        raise CallError(f"request is not a valid {request.DESCRIPTOR.full_name}: "
+                        f"{_one_line(exc)}") from None
+    except (ValueError, TypeError, OverflowError, AttributeError, KeyError, IndexError,
+            RecursionError) as exc:  # json_format.Parse makes them a ParseError too
+        raise CallError(f"request is not a valid {request.DESCRIPTOR.full_name}: "
+                        f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a value it quotes may hold line breaks)."""
+    return str(exc).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> str:
@@ -534,8 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "meshkit refuses to send), 64 + gRPC code when the "
                                        "call fails.")
     p.add_argument("target", help="SERVICE/Method, SERVICE/pkg.Svc/Method or /pkg.Svc/Method")
-    p.add_argument("request", nargs="?", default="{}",
-                   help="the request as JSON (default {}; - reads it from stdin)")
+    p.add_argument("request", nargs="?", default="",
+                   help="the request in its type's proto3 JSON form, e.g. a JSON object "
+                        "(default: the empty message; - reads it from stdin)")
     add_registry_argument(p)
     p.add_argument("--service", default=None,
                    help="mesh service to dial for a /pkg.Svc/Method target")

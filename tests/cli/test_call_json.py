@@ -1,0 +1,194 @@
+"""``meshkit call``'s JSON <-> protobuf conversion (meshkit/_cli/call.py) against the proto3
+JSON mapping and protobuf's reference implementation (``json_format.Parse`` /
+``MessageToJson``), as a user runs it: the CLI in a subprocess against an in-process
+``serve()`` server.
+
+The server's types come from proto files written here: ``rich.proto`` (the called
+service), and ``events.proto`` and ``envelope.proto``, which ``rich.proto`` does not import
+(types packed into an ``Any``, as events and error details usually are); ``events.proto``
+has a service of the same server, ``envelope.proto`` only a message the server's
+reflection describes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import LocalRegistry
+
+pytestmark = pytest.mark.timeout(60)
+
+_PROTO_DIR = Path(tempfile.mkdtemp(prefix="meshkit-test-call-json-"))
+(_PROTO_DIR / "meshkit_call_json").mkdir()
+(_PROTO_DIR / "meshkit_call_json" / "rich.proto").write_text("""
+syntax = "proto3";
+package meshkit.calljson;
+import "google/protobuf/any.proto";
+import "google/protobuf/struct.proto";
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+enum Color { COLOR_UNSPECIFIED = 0; RED = 1; }
+message Rich {
+  Color color = 1;
+  string a = 2;
+  google.protobuf.Struct st = 3;
+  google.protobuf.Timestamp ts = 4;
+  google.protobuf.Any any = 5;
+  int64 amount_cents = 6;
+  map<string, google.protobuf.Any> extras = 7;
+}
+service RichService {
+  rpc Echo (Rich) returns (Rich);
+  rpc Make (Rich) returns (Rich);
+  rpc Lookup (google.protobuf.StringValue) returns (Rich);
+  rpc At (google.protobuf.Timestamp) returns (Rich);
+}
+""")
+(_PROTO_DIR / "meshkit_call_json" / "events.proto").write_text("""
+syntax = "proto3";
+package meshkit.calljson.events;
+message OrderPlaced { string order_id = 1; int64 cents = 2; }
+service Audit { rpc Last (OrderPlaced) returns (OrderPlaced); }
+""")
+(_PROTO_DIR / "meshkit_call_json" / "envelope.proto").write_text("""
+syntax = "proto3";
+package meshkit.calljson.envelope;
+import "google/protobuf/any.proto";
+message Envelope { repeated google.protobuf.Any items = 1; }
+""")
+sys.path.insert(0, str(_PROTO_DIR))
+rich_pb, rich_grpc = grpc.protos_and_services("meshkit_call_json/rich.proto")
+events_pb, events_grpc = grpc.protos_and_services("meshkit_call_json/events.proto")
+envelope_pb = grpc.protos("meshkit_call_json/envelope.proto")
+sys.path.remove(str(_PROTO_DIR))
+
+RICH = "meshkit.calljson.RichService"
+EVENT_URL = "type.googleapis.com/meshkit.calljson.events.OrderPlaced"
+ENVELOPE_URL = "type.googleapis.com/meshkit.calljson.envelope.Envelope"
+UNDESCRIBED_URL = "type.googleapis.com/meshkit.calljson.Undescribed"
+
+
+class Rich(rich_grpc.RichServiceServicer):  # type: ignore[misc,name-defined]
+    """``Echo`` answers the request; ``Make`` answers what its ``a`` names; ``Lookup`` and
+    ``At`` answer their well-known request type in ``a`` and ``ts``."""
+
+    async def Echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return request
+
+    async def Make(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        out = rich_pb.Rich(a="the call ran")
+        if request.a == "event":
+            out.any.Pack(events_pb.OrderPlaced(order_id="o-1", cents=5))
+        elif request.a == "nested-event":
+            inner = envelope_pb.Envelope()
+            inner.items.add().Pack(events_pb.OrderPlaced(order_id="o-3", cents=9))
+            out.extras["e"].Pack(inner)
+        elif request.a == "nan-in-struct":
+            out.st["ratio"] = float("nan")
+        elif request.a == "bad-timestamp":
+            out.ts.seconds = 253402300800  # 10000-01-01: beyond RFC 3339
+        elif request.a == "any-without-type-url":
+            out.any.value = b"\x08\x01"
+        elif request.a == "undescribed":
+            out.any.type_url = UNDESCRIBED_URL
+            out.any.value = b"\x08\x01"
+        return out
+
+    async def Lookup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return rich_pb.Rich(a=request.value)
+
+    async def At(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return rich_pb.Rich(ts=request)
+
+
+class Audit(events_grpc.AuditServicer):  # type: ignore[misc,name-defined]
+    async def Last(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return request
+
+
+def _uri(registry: LocalRegistry) -> str:
+    o = registry.options
+    return f"local://{o.path}?ttl_s={o.ttl_s}&poll_interval_s={o.poll_interval_s}"
+
+
+async def _cli(registry: LocalRegistry, *args: str) -> tuple[int, str, str]:
+    """``meshkit call ARGS --registry ... --insecure`` in a subprocess; (status, out, err)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", "call", *args, "--registry", _uri(registry),
+        "--insecure", "--timeout-s", "5", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def rich(registry: LocalRegistry) -> AsyncIterator[meshkit.MeshServer]:
+    """A plaintext ``rich`` instance serving RichService and Audit (reflection on)."""
+    server = meshkit.MeshServer(
+        "rich", [(rich_grpc.add_RichServiceServicer_to_server, Rich()),
+                 (events_grpc.add_AuditServicer_to_server, Audit())],
+        registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="rich-1",
+                                     drain_delay_s=0, grace_s=1))
+    await server.start()
+    yield server
+    await server.drain()
+
+
+async def test_request_with_a_duplicate_json_key_is_refused_not_last_value_wins(
+        rich: meshkit.MeshServer, registry: LocalRegistry) -> None:
+    """``{"amount_cents": 100, "amount_cents": 100000}`` was sent with 100000 (the last
+    value silently won, exit 0). protobuf's ``json_format.Parse`` and Go's protojson
+    (grpcurl) refuse duplicate names: a request whose meaning depends on which one a
+    parser keeps is now a usage error (exit 2, one line naming the key), nothing sent, at
+    any depth."""
+    for body in ('{"amount_cents": 100, "amount_cents": 100000}',
+                 '{"st": {"limit": 1, "limit": 2}}'):
+        code, out, err = await _cli(registry, f"rich/{RICH}/Echo", body)
+        assert (code, out) == (2, ""), (body, code, out, err)
+        assert len(err.splitlines()) == 1 and "duplicate" in err, (body, err)
+        assert ("amount_cents" if "amount" in body else "limit") in err, (body, err)
+
+
+@pytest.mark.parametrize(("method", "body"), [("Echo", '{"color": 1e400}'),
+                                              ("Lookup", '{"value": "abc"}')])
+async def test_request_json_protobuf_rejects_without_a_parse_error_is_a_usage_error(
+        rich: meshkit.MeshServer, registry: LocalRegistry, method: str, body: str) -> None:
+    """``{"color": 1e400}`` (an enum given a number that overflows) ended in an
+    ``OverflowError`` traceback and exit 1, and ``{"value": "abc"}`` for a
+    ``google.protobuf.StringValue`` request (whose JSON form is a bare string) in a
+    ``TypeError`` one: only ``json_format.ParseError`` was caught, and ``ParseDict`` lets
+    others out. Either is now a usage error: exit 2, one line."""
+    code, out, err = await _cli(registry, f"rich/{RICH}/{method}", body)
+    assert (code, out) == (2, ""), (code, err[-400:])
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err[-400:]
+    assert "request is not a valid" in err, err
+
+
+@pytest.mark.parametrize(("method", "body", "answer"), [
+    ("Lookup", '"abc"', {"a": "abc"}),
+    ("At", '"2024-05-01T12:00:00Z"', {"ts": "2024-05-01T12:00:00Z"})])
+async def test_a_request_type_whose_json_form_is_not_an_object_can_be_called(
+        rich: meshkit.MeshServer, registry: LocalRegistry, method: str, body: str,
+        answer: dict[str, Any]) -> None:
+    """A method whose request type is a well-known type with a non-object JSON form
+    (``rpc Lookup(google.protobuf.StringValue)``, ``rpc At(google.protobuf.Timestamp)``)
+    could not be called at all: its proto3 JSON form (``"abc"``, an RFC 3339 string) was
+    refused as "request must be a JSON object" (exit 2). Such a request is now parsed as
+    the proto3 JSON mapping says (as ``json_format.Parse`` and grpcurl do)."""
+    code, out, err = await _cli(registry, f"rich/{RICH}/{method}", body)
+    assert code == 0, (code, err[-400:])
+    assert json.loads(out) == answer, out
