@@ -12,8 +12,11 @@ a ``Timestamp`` or a ``StringValue``...; none or empty text: the empty message),
 with protobuf's ``json_format`` and the response printed as JSON (proto field names). A key
 given twice in a JSON object (at any depth) is refused, as ``json_format.Parse`` and
 grpcurl refuse it. An ``Any`` may hold a type the server describes or one of protobuf's
-well-known types (``Duration``, ``Struct``...); a response's ``Any`` of any other type is
-printed as ``{"@type": URL, "@value": "<base64>"}``.
+well-known types (``Duration``, ``Struct``...); a response's ``Any`` of any other type (or
+with bytes and no type URL) is printed as ``{"@type": URL, "@value": "<base64>"}``. A
+response with no proto3 JSON form (a ``Struct`` holding NaN, a ``Timestamp`` after year
+9999) is printed in protobuf's text format instead, which keeps every value, after one
+warning line on stderr saying why: the call succeeded (exit 0).
 
 The call is dialled with :func:`meshkit.dial` through the registry, so it is balanced,
 retried and secured like any client: mTLS with the workload certificate from
@@ -60,6 +63,7 @@ from google.protobuf import (
     message_factory,
     source_context_pb2,
     struct_pb2,
+    text_format,
     timestamp_pb2,
     type_pb2,
     wrappers_pb2,
@@ -331,8 +335,9 @@ async def _check_discovery(args: _Args, service: str) -> None:
                            f"within {args.timeout_s} s")
 
 
-async def _call(args: _Args) -> str:
-    """Resolve and make the call; the response as JSON text."""
+async def _call(args: _Args) -> tuple[str, str | None]:
+    """Resolve and make the call; the response's text and a warning or None (as
+    :func:`_to_json` gives them)."""
     if args.target.service is None:
         service = await _find_service(args)
     else:
@@ -439,22 +444,46 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> str:
-    """``response`` as indented JSON (proto field names). An ``Any`` of a type neither the
-    server's reflection nor the well-known types describe is printed as
-    ``{"@type": URL, "@value": "<base64 of its bytes>"}`` (grpcurl's fallback), so the
-    answer of a call that ran is never lost."""
+def _json_text(response: Any, pool: descriptor_pool.DescriptorPool) -> str:
+    """``response`` as indented JSON (proto field names).
+
+    Raises:
+        TypeError, DecodeError: an ``Any`` of a type ``pool`` lacks, or whose bytes are not
+            of its type.
+        json_format.SerializeToJsonError, ValueError: a value with no proto3 JSON form.
+    """
+    text: str = json_format.MessageToJson(response, preserving_proto_field_name=True,
+                                          indent=2, descriptor_pool=pool)
+    return text
+
+
+def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> tuple[str, str | None]:
+    """``response`` as indented JSON (proto field names), and None; the answer of a call
+    that ran is never lost: an ``Any`` of a type neither the server's reflection nor the
+    well-known types describe (or with bytes and no type URL) is printed as ``{"@type":
+    URL, "@value": "<base64 of its bytes>"}`` (grpcurl's fallback), and a response with no
+    proto3 JSON form (a ``Struct`` holding NaN or infinity, a ``Timestamp`` or
+    ``Duration`` out of its JSON range...) in protobuf's text format, which keeps every
+    value, with a warning (one line, saying why) in place of None."""
     try:
-        text: str = json_format.MessageToJson(response, preserving_proto_field_name=True,
-                                              indent=2, descriptor_pool=pool)
-        return text
-    except (TypeError, DecodeError):  # "Can not find message descriptor by type_url"
-        pass
-    opaque: dict[str, tuple[str, bytes]] = {}
-    marked = _mark_unknown_anys(response, pool, opaque)
-    tree = json_format.MessageToDict(marked, preserving_proto_field_name=True,
-                                     descriptor_pool=pool)
-    return json.dumps(_unmark(tree, opaque), indent=2, ensure_ascii=False)
+        try:
+            return _json_text(response, pool), None
+        except (TypeError, DecodeError):  # "Can not find message descriptor by type_url"
+            pass
+        opaque: dict[str, tuple[str, bytes]] = {}
+        marked = _mark_unknown_anys(response, pool, opaque)
+        tree = json_format.MessageToDict(marked, preserving_proto_field_name=True,
+                                         descriptor_pool=pool)
+        return json.dumps(_unmark(tree, opaque), indent=2, ensure_ascii=False), None
+    except (json_format.SerializeToJsonError, ValueError, TypeError) as exc:
+        why = _one_line(exc)
+    try:
+        text = text_format.MessageToString(response, descriptor_pool=pool)
+    except DecodeError:  # an Any's bytes not of its type: each Any as its bytes
+        text = text_format.MessageToString(
+            response, descriptor_pool=descriptor_pool.DescriptorPool())
+    return text, (f"the response has no proto3 JSON form ({why}): printed in protobuf "
+                  "text format")
 
 
 _ANY = "google.protobuf.Any"
@@ -475,7 +504,7 @@ def _mark_unknown_anys(message: Any, pool: descriptor_pool.DescriptorPool,
 def _mark_in_place(message: Any, pool: descriptor_pool.DescriptorPool,
                    opaque: dict[str, tuple[str, bytes]]) -> None:
     if message.DESCRIPTOR.full_name == _ANY:
-        if not message.type_url:
+        if not message.type_url and not message.value:  # the empty Any: {}
             return
         try:
             inner_desc = pool.FindMessageTypeByName(message.type_url.rsplit("/", 1)[-1])
@@ -646,7 +675,7 @@ def main(argv: list[str]) -> int:
         body = _read_stdin() if ns.request == "-" else ns.request
         args = _Args(target, body, open_registry(ns.registry), options, metadata,
                      ns.timeout_s)
-        text = asyncio.run(_run(args))
+        text, warning = asyncio.run(_run(args))
     except (CallError, ConfigError) as exc:
         print(f"meshkit call: {exc}", file=sys.stderr)
         return 2
@@ -657,11 +686,13 @@ def main(argv: list[str]) -> int:
         code: Any = exc.code()
         print(f"ERROR: {code.name}: {exc.details()}", file=sys.stderr)
         return 64 + int(code.value[0])
+    if warning is not None:
+        print(f"meshkit call: warning: {warning}", file=sys.stderr)
     print(text)
     return 0
 
 
-async def _run(args: _Args) -> str:
+async def _run(args: _Args) -> tuple[str, str | None]:
     try:
         return await _call(args)
     finally:

@@ -192,3 +192,32 @@ async def test_a_request_type_whose_json_form_is_not_an_object_can_be_called(
     code, out, err = await _cli(registry, f"rich/{RICH}/{method}", body)
     assert code == 0, (code, err[-400:])
     assert json.loads(out) == answer, out
+
+
+@pytest.mark.parametrize(("what", "kept"), [("nan-in-struct", "nan"),
+                                            ("bad-timestamp", "253402300800")])
+async def test_a_response_with_no_proto3_json_form_is_printed_with_a_warning(
+        rich: meshkit.MeshServer, registry: LocalRegistry, what: str, kept: str) -> None:
+    """A call that ran and answered a ``Struct`` holding NaN (a 0/0 ratio) or a
+    ``Timestamp`` beyond year 9999 (neither has a proto3 JSON form) ended in a
+    ``SerializeToJsonError``/``ValueError`` traceback and exit 1: the answer was lost. It
+    is now printed in protobuf's text format (which keeps every value), with one warning
+    line on stderr saying why, and exit 0 (the call succeeded)."""
+    code, out, err = await _cli(registry, f"rich/{RICH}/Make", json.dumps({"a": what}))
+    assert code == 0, (code, err[-600:])
+    assert len(err.splitlines()) == 1 and "no proto3 JSON form" in err, err
+    assert 'a: "the call ran"' in out and kept in out, out
+
+
+@pytest.mark.parametrize(("what", "url"), [("any-without-type-url", ""),
+                                         ("undescribed", UNDESCRIBED_URL)])
+async def test_a_response_any_of_no_type_the_server_describes_is_printed_opaque(
+        rich: meshkit.MeshServer, registry: LocalRegistry, what: str, url: str) -> None:
+    """A response ``Any`` with bytes but an empty ``type_url`` (a server that set
+    ``value`` without packing) ended in ``TypeError: Can not find message descriptor by
+    type_url:`` and a traceback (exit 1): the opaque fallback skipped an ``Any`` with no
+    type URL. It now prints as ``{"@type": "", "@value": "<base64>"}``, exit 0, as an
+    ``Any`` of a type the server's reflection does not describe does (with its URL)."""
+    code, out, err = await _cli(registry, f"rich/{RICH}/Make", json.dumps({"a": what}))
+    assert (code, err) == (0, ""), (code, err[-600:])
+    assert json.loads(out) == {"a": "the call ran", "any": {"@type": url, "@value": "CAE="}}
