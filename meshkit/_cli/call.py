@@ -11,10 +11,12 @@ type (protobuf.dev/programming-guides/json: a JSON object for most messages, a s
 a ``Timestamp`` or a ``StringValue``...; none or empty text: the empty message), is parsed
 with protobuf's ``json_format`` and the response printed as JSON (proto field names). A key
 given twice in a JSON object (at any depth) is refused, as ``json_format.Parse`` and
-grpcurl refuse it. An ``Any`` may hold a type the server describes or one of protobuf's
-well-known types (``Duration``, ``Struct``...); a response's ``Any`` of any other type (or
-with bytes and no type URL) is printed as ``{"@type": URL, "@value": "<base64>"}``. A
-response with no proto3 JSON form (a ``Struct`` holding NaN, a ``Timestamp`` after year
+grpcurl refuse it. An ``Any`` may hold a type the server describes (one the method's files
+do not bring is looked up through reflection's ``file_containing_symbol``, as grpcurl
+does: at most 16 types for the request, as many for the response) or one of protobuf's
+well-known types (``Duration``, ``Struct``...); a response's ``Any`` of any other type
+(or with bytes and no type URL) is printed as ``{"@type": URL, "@value": "<base64>"}``.
+A response with no proto3 JSON form (a ``Struct`` holding NaN, a ``Timestamp`` after year
 9999) is printed in protobuf's text format instead, which keeps every value, after one
 warning line on stderr saying why: the call succeeded (exit 0).
 
@@ -47,6 +49,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +110,11 @@ _JSON_NOT_OBJECT = frozenset(
     | {f"google.protobuf.{name}" for name in (
         "DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value",
         "UInt32Value", "BoolValue", "StringValue", "BytesValue")})
+#: Message types looked up through reflection (one ``file_containing_symbol`` request each)
+#: for the ``Any`` values of a request, and as many for those of a response: a response
+#: of many ``Any`` types the server does not describe costs at most that many round trips.
+_MAX_TYPE_LOOKUPS = 16
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 _SEND_ATTEMPTS = 3
@@ -198,14 +206,21 @@ class Reflection:
         resp = await self._ask(reflection_pb2.ServerReflectionRequest(list_services=""))
         return [s.name for s in resp.list_services_response.service]
 
-    async def _fetch(self, request: reflection_pb2.ServerReflectionRequest) -> None:
+    async def _fetch(self, request: reflection_pb2.ServerReflectionRequest,
+                     ) -> list[descriptor_pb2.FileDescriptorProto]:
         resp = await self._ask(request)
-        for raw in resp.file_descriptor_response.file_descriptor_proto:
-            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        out = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+               for raw in resp.file_descriptor_response.file_descriptor_proto]
+        for fd in out:
             self._files.setdefault(fd.name, fd)
+        return out
 
     async def _add(self, name: str) -> None:
         if name in self._added:
+            return
+        with contextlib.suppress(KeyError):  # there already (a well-known type's, added here)
+            self.pool.FindFileByName(name)
+            self._added.add(name)
             return
         if name not in self._files:
             await self._fetch(reflection_pb2.ServerReflectionRequest(file_by_filename=name))
@@ -229,6 +244,133 @@ class Reflection:
         await self._add(owner)
         return list(self.pool.FindServiceByName(grpc_service).methods)
 
+    async def add_type(self, name: str) -> bool:
+        """Load the message type ``name`` (a full name) into the pool, with its file's
+        imports, asking reflection (``file_containing_symbol``) when the pool lacks it.
+
+        Returns:
+            Whether the pool has it now: False when the server does not describe it, or
+            its file cannot join the pool (it differs from a file of that name there).
+
+        Raises:
+            grpc.aio.AioRpcError: the reflection request failed.
+        """
+        if _known(self.pool, name):
+            return True
+        try:
+            files = await self._fetch(reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol=name))
+            owner = next((f.name for f in files if _defines(f, name)), None)
+            if owner is None:
+                return False
+            await self._add(owner)
+        except (CallError, TypeError, ValueError, KeyError):  # not found; a clashing file
+            return False
+        return _known(self.pool, name)
+
+
+def _known(pool: descriptor_pool.DescriptorPool, name: str) -> bool:
+    """Whether ``pool`` has the message type ``name``."""
+    try:
+        pool.FindMessageTypeByName(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _defines(fd: descriptor_pb2.FileDescriptorProto, name: str) -> bool:
+    """Whether the file ``fd`` defines the message type ``name`` (nested ones included)."""
+    prefix = f"{fd.package}." if fd.package else ""
+    stack = [(prefix + m.name, m) for m in fd.message_type]
+    while stack:
+        full, message = stack.pop()
+        if full == name:
+            return True
+        stack += [(f"{full}.{m.name}", m) for m in message.nested_type]
+    return False
+
+
+async def _add_types(refl: Reflection, missing: Callable[[], list[str]]) -> bool:
+    """Load through ``refl`` the message types ``missing()`` names (the ``Any`` types the
+    pool lacks; asked again after each round, as a type loaded may hold ``Any`` values of
+    more), at most ``_MAX_TYPE_LOOKUPS`` of them; whether any was loaded.
+
+    Raises:
+        grpc.aio.AioRpcError: a reflection request failed.
+    """
+    tried: set[str] = set()
+    added = False
+    while len(tried) < _MAX_TYPE_LOOKUPS:
+        names = [n for n in missing() if n not in tried][:_MAX_TYPE_LOOKUPS - len(tried)]
+        if not names:
+            break
+        for name in names:
+            tried.add(name)
+            added = await refl.add_type(name) or added
+    return added
+
+
+def _type_name(url: str) -> str:
+    """The message type an ``Any``'s type URL names (json_format's reading: what follows
+    the last ``/``); empty when that is no protobuf full name."""
+    name = url.rsplit("/", 1)[-1]
+    return name if _TYPE_NAME.fullmatch(name) else ""
+
+
+def _json_types(value: Any, pool: descriptor_pool.DescriptorPool) -> list[str]:
+    """The types the ``"@type"`` values in the JSON ``value`` (at any depth) name that
+    ``pool`` lacks."""
+    names: dict[str, None] = {}
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            url = item.get("@type")
+            if isinstance(url, str) and (name := _type_name(url)):
+                names[name] = None
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return [n for n in names if not _known(pool, n)]
+
+
+def _any_types(message: Any, pool: descriptor_pool.DescriptorPool) -> list[str]:
+    """The types the ``Any`` values in ``message`` (at any depth, inside the ``Any``
+    values of types ``pool`` has too) name that ``pool`` lacks."""
+    names: dict[str, None] = {}
+    stack = [message]
+    while stack:
+        item = stack.pop()
+        if item.DESCRIPTOR.full_name == _ANY:
+            name = _type_name(item.type_url)
+            if not name:
+                continue
+            try:
+                stack.append(_message_class(pool.FindMessageTypeByName(name))
+                             .FromString(item.value))
+            except KeyError:
+                names[name] = None
+            except DecodeError:  # bytes that are not that type: printed as they are
+                pass
+            continue
+        stack += _sub_messages(item)
+    return list(names)
+
+
+def _sub_messages(message: Any) -> list[Any]:
+    """The messages held in ``message``'s fields (singular, repeated and map values)."""
+    out: list[Any] = []
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            out += [v for v in value.values() if isinstance(v, Message)]
+        elif isinstance(value, Message):
+            out.append(value)
+        else:  # a repeated message field's container
+            out += value
+    return out
+
 
 def _matches(full_name: str, wanted: str | None) -> bool:
     """Whether the gRPC service ``full_name`` is the one ``wanted`` (a full or short name,
@@ -240,16 +382,13 @@ def _matches(full_name: str, wanted: str | None) -> bool:
     return wanted is None or full_name.rsplit(".", 1)[-1] == wanted
 
 
-async def _resolve(channel: grpc.aio.Channel, target: Target, timeout_s: float,
-                   metadata: tuple[tuple[str, str | bytes], ...] = (),
-                   ) -> MethodDescriptor | None:
-    """The one method ``target`` names on the server behind ``channel`` (reflection asked
-    with ``metadata``); None when the server does not serve it.
+async def _resolve(refl: Reflection, target: Target) -> MethodDescriptor | None:
+    """The one method ``target`` names on the server ``refl`` asks; None when the server
+    does not serve it.
 
     Raises:
         CallError: the name is ambiguous.
     """
-    refl = Reflection(channel, timeout_s, metadata)
     found: list[MethodDescriptor] = []
     for svc in await refl.services():
         if _matches(svc, target.grpc_service):
@@ -344,7 +483,8 @@ async def _call(args: _Args) -> tuple[str, str | None]:
         service = args.target.service
         await _check_discovery(args, service)
     async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
-        method = await _resolve(ch, args.target, args.timeout_s, args.metadata)
+        refl = Reflection(ch, args.timeout_s, args.metadata)
+        method = await _resolve(refl, args.target)
         if method is None:
             raise CallError(f"{service!r} serves no method {args.target.method!r}"
                             + (f" in {args.target.grpc_service!r}"
@@ -356,15 +496,27 @@ async def _call(args: _Args) -> tuple[str, str | None]:
                             "streaming method: meshkit call makes unary calls only")
         request_cls = _message_class(method.input_type)
         response_cls = _message_class(method.output_type)
-        pool = method.input_type.file.pool  # reflection's: where an Any's type is found
+        pool = refl.pool  # where an Any's type is found
         _add_well_known_types(pool)
         request = request_cls()
         if args.request_json:
-            _parse_request(_load_json(args.request_json, request_cls.DESCRIPTOR), request, pool)
+            value = _load_json(args.request_json, request_cls.DESCRIPTOR)
+            try:
+                _parse_request(value, request, pool)
+            except CallError:  # an Any of a type the method's files do not bring?
+                if not await _add_types(refl, lambda: _json_types(value, pool)):
+                    raise
+                request = _parse_request(value, request_cls(), pool)
         rpc = ch.unary_unary(f"/{method.containing_service.full_name}/{method.name}",
                              request_serializer=request_cls.SerializeToString,
                              response_deserializer=response_cls.FromString)
         response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
+        try:
+            return _json_text(response, pool), None
+        except (TypeError, DecodeError, json_format.SerializeToJsonError, ValueError):
+            pass  # an Any of a type the method's files do not bring? (see _to_json)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # the answer is kept: opaque Anys
+            await _add_types(refl, lambda: _any_types(response, pool))
         return _to_json(response, pool)
 
 
@@ -523,15 +675,8 @@ def _mark_in_place(message: Any, pool: descriptor_pool.DescriptorPool,
         _mark_in_place(inner, pool, opaque)
         message.value = inner.SerializeToString()
         return
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if field.message_type.GetOptions().map_entry:
-            items = [v for v in value.values() if isinstance(v, Message)]
-        else:  # a singular message, or a repeated one's container
-            items = [value] if isinstance(value, Message) else list(value)
-        for item in items:
-            _mark_in_place(item, pool, opaque)
+    for item in _sub_messages(message):
+        _mark_in_place(item, pool, opaque)
 
 
 def _unmark(tree: Any, opaque: dict[str, tuple[str, bytes]]) -> Any:

@@ -148,6 +148,39 @@ async def rich(registry: LocalRegistry) -> AsyncIterator[meshkit.MeshServer]:
     await server.drain()
 
 
+async def test_request_any_of_a_type_the_server_describes_in_another_file_is_parsed(
+        rich: meshkit.MeshServer, registry: LocalRegistry) -> None:
+    """A request ``Any`` holding ``OrderPlaced`` -- a type the server's reflection
+    describes (``file_containing_symbol`` answers it) in a file the called method's file
+    does not import -- was refused as a usage error (exit 2, "Can not find message
+    descriptor by type_url") when the target named the gRPC service
+    (``rich/pkg.RichService/Echo``), while ``rich/Echo`` worked (that form happened to
+    load every listed service's file). The request's ``@type`` names are now looked up
+    through reflection first, as grpcurl does: both forms work."""
+    body = json.dumps({"any": {"@type": EVENT_URL, "orderId": "o-2", "cents": "7"}})
+    code, out, err = await _cli(registry, f"rich/{RICH}/Echo", body)
+    assert code == 0, (code, err)
+    assert json.loads(out) == {"any": {"@type": EVENT_URL, "order_id": "o-2", "cents": "7"}}
+
+
+@pytest.mark.parametrize(("what", "answer"), [
+    ("event", {"any": {"@type": EVENT_URL, "order_id": "o-1", "cents": "5"}}),
+    ("nested-event", {"extras": {"e": {"@type": ENVELOPE_URL, "items": [
+        {"@type": EVENT_URL, "order_id": "o-3", "cents": "9"}]}}})])
+async def test_response_any_of_a_type_the_server_describes_in_another_file_is_printed(
+        rich: meshkit.MeshServer, registry: LocalRegistry, what: str,
+        answer: dict[str, Any]) -> None:
+    """A response ``Any`` holding a type the server's reflection describes in a file the
+    method's file does not import (in a map value, and inside another such ``Any``'s
+    repeated field too) printed as the opaque ``{"@type": URL, "@value": "<base64>"}``
+    with a ``SERVICE/pkg.Svc/Method`` target; README keeps that form for the types the
+    server does not describe. Each such type is now looked up through reflection and
+    printed with its fields."""
+    code, out, err = await _cli(registry, f"rich/{RICH}/Make", json.dumps({"a": what}))
+    assert code == 0, (code, err)
+    assert json.loads(out) == {"a": "the call ran", **answer}
+
+
 async def test_request_with_a_duplicate_json_key_is_refused_not_last_value_wins(
         rich: meshkit.MeshServer, registry: LocalRegistry) -> None:
     """``{"amount_cents": 100, "amount_cents": 100000}`` was sent with 100000 (the last
