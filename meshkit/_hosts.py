@@ -25,9 +25,17 @@ _ZONE_RE = re.compile(r"[A-Za-z0-9._~-]+")
 
 def bare_host(host: str) -> str:
     """``host`` without the brackets of a bracketed IPv6 literal: ``"[::1]"`` -> ``"::1"``;
-    anything else as it is."""
+    anything else as it is. A bracketed literal whose zone is written as in a URI (RFC
+    6874: ``%25`` and at least one character more, ``"[fe80::1%25eth0]"``) has its zone's
+    ``%`` unescaped (``"fe80::1%eth0"``), so that the address it names is the one
+    :func:`uri_host` writes back (``"[fe80::1%25eth0]"``), and is registered and announced
+    as that address."""
     if host.startswith("[") and host.endswith("]"):
-        return host[1:-1]
+        inner = host[1:-1]
+        address, pct, zone = inner.partition("%")
+        if pct and zone.startswith("25") and len(zone) > 2:
+            return f"{address}%{zone[2:]}"
+        return inner
     return host
 
 
@@ -39,15 +47,15 @@ def uri_host(host: str) -> str:
     same), anything else as it is.
 
     A bracketed host whose zone is already so escaped (``"[fe80::1%25eth0]"``, URI text:
-    ``%25`` and at least one character more) is kept as it is, so that ``uri_host`` of its
-    own result is that result; an unbracketed one is an address as written outside URIs
-    (RFC 4007), whose zone is escaped whatever it is (``"fe80::1%25"`` -> zone ``25``)."""
+    ``%25`` and at least one character more) names zone ``eth0`` (see :func:`bare_host`),
+    so that ``uri_host`` of its own result is that result; an unbracketed one is an
+    address as written outside URIs (RFC 4007), whose zone is escaped whatever it is
+    (``"fe80::1%25"`` -> zone ``25``)."""
     bare = bare_host(host)
     if ":" not in bare:
         return bare
     address, pct, zone = bare.partition("%")
-    escaped = bare != host and zone.startswith("25") and len(zone) > 2  # bracketed URI text
-    if pct and not escaped:
+    if pct:
         return f"[{address}%25{zone}]"
     return f"[{bare}]"
 

@@ -299,6 +299,29 @@ async def test_an_ipv6_host_with_a_two_digit_zone_is_served_and_dialed(
         await srv.drain()
 
 
+async def test_a_server_on_a_bracketed_escaped_zone_host_is_dialed(
+    registry: LocalRegistry,
+) -> None:
+    """``ServeOptions(host="[::1%2511]")`` (the URI form of zone 11, which uri_host keeps):
+    the server bound zone 11 but registered ``"::1%2511"`` (brackets dropped, the escape
+    kept), whose address escaped the zone again, ``[::1%252511]:<port>`` (zone 2511), so
+    dial() never reached the server it had just registered. A bracketed host in URI form
+    now names the unescaped zone everywhere: registered ``"::1%11"``, dialed at
+    ``[::1%2511]``."""
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=_serve_opts(host="[::1%2511]", admin=None))
+    inst = await srv.start()
+    try:
+        assert inst.host == "::1%11"
+        assert inst.address == f"[::1%2511]:{inst.port}", inst.address
+        opts = meshkit.DialOptions(insecure=True, retry=None, outlier=None,
+                                   resolve_timeout_s=3.0)
+        async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=5) == b"e1|x"
+    finally:
+        await srv.drain()
+
+
 @pytest.mark.parametrize(("host", "text"), [
     ("::1", "[::1]"), ("[::1]", "[::1]"), ("fe80::1%eth0", "[fe80::1%25eth0]"),
     ("fe80::1%11", "[fe80::1%2511]"), ("[fe80::1%11]", "[fe80::1%2511]"),
