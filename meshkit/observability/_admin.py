@@ -136,9 +136,12 @@ class AdminServer:
         self._registry = self.options.registry or default_registry()
         # served beside it (add_registry): id -> (registry, how many added it)
         self._more: dict[int, tuple[CollectorRegistry, int]] = {}
-        # the families exist before the first scrape; the dashboard shows the RPC records
-        # of one registry (``dashboard_registry``, default the served one)
-        self._dashboard = DashboardFeed(rpc_metrics(dashboard_registry or self._registry))
+        # the families (and the live mesh's collector, which the added registries' leave
+        # to this one) exist in the own registry before the first scrape; the dashboard
+        # shows the RPC records of one registry (``dashboard_registry``, default the own)
+        own = rpc_metrics(self._registry)
+        self._dashboard = DashboardFeed(own if dashboard_registry is None
+                                        else rpc_metrics(dashboard_registry))
         self._extra: list[tuple[str, str, Handler]] = []
         self._unencodable: set[str] = set()  # families warned about (see _metrics)
         self._runner: web.AppRunner | None = None

@@ -792,3 +792,33 @@ async def test_metrics_negotiation_reads_every_accept_field_line() -> None:
     finally:
         await admin.stop()
     assert b"Content-Type: application/openmetrics-text" in two_lines, two_lines
+
+
+async def test_admin_metrics_keep_the_mesh_families_with_an_admin_registry_of_its_own(
+        registry: LocalRegistry) -> None:
+    """``AdminOptions(registry=<the app's registry>)`` with
+    ``TelemetryOptions(registry=<another>)``: 0cda919 gave the admin server's own registry
+    no RPC metrics (so no collector of the live channels and servers) once a dashboard
+    registry was named, and silenced the added registries' collectors, so ``/metrics``
+    had no ``meshkit_server_*``/``meshkit_client_*``/``meshkit_registry_*`` family at
+    all. The own registry always has them."""
+    admin_registry = CollectorRegistry()
+    Counter("app_orders", "Orders.", registry=admin_registry).inc()
+    telemetry_registry = CollectorRegistry()
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0.0, grace_s=1.0,
+                                 admin=AdminOptions(port=0, registry=admin_registry),
+                                 telemetry=TelemetryOptions(registry=telemetry_registry,
+                                                            tracing=False)))
+    await srv.start()
+    try:
+        assert srv.admin is not None
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{srv.admin.port}/metrics",
+                         timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            text = await resp.text()
+        assert "app_orders_total 1.0" in text
+        assert 'meshkit_server_ready{service="echo"} 1.0' in text, text
+    finally:
+        await srv.drain()
