@@ -38,7 +38,8 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 ``/v3/kv/deleterange``    deregistration (the last-seen record, the id's record in the
                           earlier layout, then the key)
 ``/v3/kv/range``          a watch's full read (prefix range), at start and after a
-                          broken stream, a compaction or a replaced store
+                          broken stream, a compaction or a replaced store; keys only
+                          before a quiet stream is resumed
 ``/v3/kv/txn``            ``services()``: the keys of the prefix and of the records'
                           prefix (keys only); ``failing()``: the last-seen records (both
                           places) and the keys of a service, ranges read at one revision;
@@ -123,14 +124,18 @@ Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``)
   stream resumes from (the watch is cancelled with ``compact_revision``) it reads the
   prefix again and resumes from there. Streams ask for ``hasleader``, so a member that
   loses its leader ends them. A stream quiet for ``ttl_s`` is ended and resumed from its
-  revision, without a read (a new watch request, on a new connection; one request per
-  ``ttl_s`` of quiet, none while events flow): a stream whose connection died without a
-  sign (a dropped NAT or conntrack entry, a load balancer's idle timeout) is left, and
-  one whose member went silent (a partition, a frozen process or VM) too, the new
-  request failing over to the next member after ``request_timeout_s``, instead of
+  revision on a new watch request, after a keys-only read of the prefix (keys and their
+  ``mod_revision``, no values) finds the keys the watch knew: a stream whose connection
+  died without a sign (a dropped NAT or conntrack entry, a load balancer's idle timeout)
+  is left, and one whose member went silent (a partition, a frozen process or VM) too,
+  the requests failing over to the next member after ``request_timeout_s``, instead of
   waiting on it for good (etcd's own client uses gRPC keepalive on the stream's
   connection for this; a request over another connection, as a probe of the member,
-  would not tell a dead connection).
+  would not tell a dead connection). The keys tell a store replaced while such a
+  stream was dead (see "Last known good"; its ``created`` answer alone would not when
+  the new store's revision passed the watch's) and a key deleted meanwhile: then the
+  prefix is read in full, as after a broken stream. **Cost:** one keys-only range and
+  one watch request per ``ttl_s`` of quiet per watch; none while events flow.
 * **Last known good.** While etcd cannot be read, a watch keeps its last set (yields
   nothing), never an empty set because of an error; ``status()`` says ``readable=False``
   and the outage is logged once (a reminder every 60 s, a line when it ends). If after an
@@ -1368,7 +1373,9 @@ class EtcdRegistry:
         ``mod_revision`` is at most the one applied but not the one known (in the same
         store such a key is unchanged since: a wiped store restarted with the same flags
         keeps its cluster id, and its revision may have passed the watch's by the time it
-        reconnects); then no key it lacks counts as deleted (see :meth:`watch`)."""
+        reconnects); then no key it lacks counts as deleted (see :meth:`watch`). A stream
+        left quiet is resumed from the revision applied once the prefix's keys say
+        nothing was missed (:meth:`_unchanged`), else the prefix is read in full."""
         prefix = f"{self.options.prefix}{service}/".encode()
         cur = _Cursor()
         failures = 0
@@ -1391,6 +1398,8 @@ class EtcdRegistry:
                     if cur.resyncs > 2:  # re-read again and again: do not spin
                         await asyncio.sleep(self._backoff_delay(cur.resyncs - 2))
                 await self._stream(prefix, cur, queue)
+                if not cur.reread:  # left quiet: its connection may have died long ago
+                    cur.reread = not await self._unchanged(prefix, cur)
             except _FOREIGN as exc:
                 if not cur.reread:  # a broken stream: read in full (failures back off)
                     cur.reread, cur.resyncs = True, 0
@@ -1400,14 +1409,50 @@ class EtcdRegistry:
             else:
                 failures = 0
 
+    async def _unchanged(self, prefix: bytes, cur: _Cursor) -> bool:
+        """Whether the stream of a watch left quiet can be resumed from ``cur.revision + 1``
+        (else the prefix is to be read in full): one keys-only range of the prefix (keys
+        and ``mod_revision``, no values) says the store is the one ``cur`` was built from,
+        and no change is missed. Not so when it has another cluster id, a revision below
+        ``cur.revision``, a key whose ``mod_revision`` is at most ``cur.revision`` but not
+        the one known (a wiped store restarted with the same flags whose revision passed
+        the watch's while the stream's connection was dead without a sign), or lacks a
+        known key (deleted meanwhile, or a replaced store: the read tells which). Keys
+        changed after ``cur.revision`` come as the resumed stream's events. Cost: one
+        keys-only ``/v3/kv/range`` per quiet resume.
+
+        Raises:
+            _EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError:
+                the read failed (then the watch reads in full once it can).
+            RegistryError: the registry was closed meanwhile.
+        """
+        data = await self._post("/kv/range", {"key": _b64(prefix),
+                                              "range_end": _b64(_prefix_end(prefix)),
+                                              "keys_only": True}, persist=False)
+        header = data.get("header") or {}
+        if header.get("cluster_id") != cur.cluster or int(
+                header.get("revision") or 0) < cur.revision:
+            return False
+        seen = 0
+        for kv in data.get("kvs") or ():
+            mod = int(kv.get("mod_revision") or 0)
+            known = cur.mods.get(_unb64(kv["key"]))
+            if known is not None:
+                seen += 1
+                if mod != known and mod <= cur.revision:
+                    return False
+            elif mod <= cur.revision:
+                return False
+        return seen == len(cur.mods)
+
     async def _stream(self, prefix: bytes, cur: _Cursor, queue: asyncio.Queue[_Update]) -> None:
         """Follow one watch stream from ``cur.revision + 1``, applying its events to ``cur``
         (state and revision, as they come, so a broken stream resumes after the last one).
 
         Returns when the stream is to be followed anew: ``cur.reread`` is set then if a
         full read is due (compacted past the revision, or the member belongs to a replaced
-        store), else it was quiet for ``ttl_s`` and is resumed (see
-        :meth:`_leave_when_quiet`).
+        store), else it was quiet for ``ttl_s`` and is resumed once :meth:`_unchanged`
+        finds the keys the watch knew (see :meth:`_leave_when_quiet`).
 
         Raises:
             _EtcdError, aiohttp.ClientError, OSError, ValueError: the stream failed.
@@ -1506,7 +1551,7 @@ class EtcdRegistry:
                 left = liveness.done()
                 liveness.cancel()
                 await asyncio.gather(liveness, return_exceptions=True)
-        if left:  # quiet for ttl_s: the caller resumes it from cur.revision + 1 at once
+        if left:  # quiet for ttl_s: the caller resumes it (its keys read first)
             return
         self._failed_over(index)
         raise ConnectionResetError("the watch stream ended")
@@ -1515,12 +1560,13 @@ class EtcdRegistry:
                                 heard: list[float]) -> None:
         """Close the watch stream ``resp`` once it has been quiet for ``ttl_s``
         (``heard[0]``: when it last gave a message, monotonic seconds), then return, so
-        the watch resumes from its revision with a new request on a new connection: its
-        stream's own connection may be dead without a sign (a dropped NAT or conntrack
-        entry, a load balancer's idle timeout, a partition, a frozen member), which no
-        request over another connection would tell. The new request fails over to the
-        next member if this one does not answer within ``request_timeout_s``. Cost: one
-        watch request per ``ttl_s`` of quiet per watch; none while events flow."""
+        the watch resumes from its revision with a new request (after a keys-only read
+        of the prefix, :meth:`_unchanged`): its stream's own connection may be dead
+        without a sign (a dropped NAT or conntrack entry, a load balancer's idle timeout,
+        a partition, a frozen member), which no request over another connection would
+        tell. The requests fail over to the next member if this one does not answer
+        within ``request_timeout_s``. Cost: one keys-only range and one watch request
+        per ``ttl_s`` of quiet per watch; none while events flow."""
         quiet_s = float(self.options.ttl_s)
         while True:
             await asyncio.sleep(max(0.0, heard[0] + quiet_s - time.monotonic()))

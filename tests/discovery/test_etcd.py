@@ -1104,14 +1104,19 @@ class _FrozenLink:
 
 class _FreezingProxy:
     """A loopback TCP proxy whose connections can be frozen one by one: a frozen
-    connection stays open but moves no byte either way (a NAT/conntrack entry or a load
-    balancer's idle timer dropped it silently), while new connections flow normally
-    (:meth:`TcpProxy.blackhole` stops every connection, old and new)."""
+    connection stays open but moves no byte either way, nor a close (a NAT/conntrack
+    entry or a load balancer's idle timer dropped it silently), while new connections
+    flow normally (:meth:`TcpProxy.blackhole` stops every connection, old and new).
+    While :meth:`hold` is in force, a new connection is held (not connected upstream)
+    until :meth:`release`; ``held`` counts them."""
 
     def __init__(self, upstream_port: int) -> None:
         self._upstream = upstream_port
         self._server: asyncio.Server | None = None
         self.links: list[_FrozenLink] = []
+        self.held = 0
+        self._admit = asyncio.Event()
+        self._admit.set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -1142,11 +1147,24 @@ class _FreezingProxy:
             link.flowing.clear()
         return len(frozen)
 
+    def hold(self) -> None:
+        """Hold every new connection until :meth:`release`."""
+        self._admit.clear()
+
+    def release(self) -> None:
+        """Let the held connections, and new ones, through."""
+        self._admit.set()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         link = _FrozenLink()
         self.links.append(link)
+        link.writers = [writer]
+        if not self._admit.is_set():
+            self.held += 1
+            await self._admit.wait()
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
-        link.writers = [writer, up_writer]
+        link.writers.append(up_writer)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                        outbound: bool) -> None:
@@ -1157,8 +1175,9 @@ class _FreezingProxy:
                     await link.flowing.wait()
                     dst.write(data)
                     await dst.drain()
-            with contextlib.suppress(OSError):
-                dst.close()
+            if link.flowing.is_set():  # a frozen connection passes no close on either
+                with contextlib.suppress(OSError):
+                    dst.close()
 
         tasks = [asyncio.create_task(pump(reader, up_writer, True)),
                  asyncio.create_task(pump(up_reader, writer, False))]
@@ -1196,6 +1215,56 @@ async def test_a_watch_leaves_its_own_connection_dropped_silently(node: EtcdClus
         finally:
             await owner.close()
             await reader.close()
+
+
+async def test_a_quiet_resume_onto_a_wiped_store_whose_revision_passed_is_told(
+        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+    """A watch stream quiet for ``ttl_s`` was resumed from its revision without a read (only
+    a *broken* stream read the prefix again). A quiet stream is exactly the one whose
+    connection may have died without a sign; meanwhile etcd was restarted on a wiped data
+    directory with its usual flags (same cluster id) and the new store's revision passed
+    the watch's, so the resumed stream was taken for the old store's: the live instance
+    registered in the new store was never listed and the dead one of the old store stayed
+    listed for good. A quiet resume now first reads the prefix's keys (keys only) and,
+    as here, when they are not those the watch knew reads the prefix in full: the new
+    instance is listed (the dead one kept for ``fault_grace_s``, then dropped)."""
+    service = unique_service()
+    a, c = make_instance(service, 1), make_instance(service, 3)
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    dead_owner, new_owner = EtcdRegistry(opts), EtcdRegistry(opts)
+    registries.append(new_owner)
+    for i in range(10):  # the old store's revision: about 12 at the watch's read
+        await asyncio.to_thread(node.post, 0, "/kv/put", {"key": _b64(f"/o/{i}"), "value": ""})
+    await dead_owner.register(a)
+    await dead_owner.close()  # dies with the old store: never registers again
+    async with _FreezingProxy(node.members[0].client_port) as proxy:
+        # request_timeout_s long enough for a held request to wait for the release
+        reader = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{proxy.port}",),
+                                          **{**FAST, "request_timeout_s": 20.0}))
+        registries.append(reader)
+        watcher = Collector(reader, service)
+        try:
+            assert await watcher.next() == {a}
+            await until(lambda: any(b"/watch" in link.first for link in proxy.links),
+                        what="the watch stream through the proxy")
+            await asyncio.sleep(0.2)
+            assert proxy.freeze(b"") >= 1  # its connection dies without a sign
+            proxy.hold()  # the quiet resume reaches etcd only once its revision passed
+            node.kill(0)
+            node.wipe(0)
+            node.start_member(0)
+            await node.wait_healthy()
+            await new_owner.register(c)  # a live instance of the new store (revision ~2)
+            for i in range(30):  # the new store's revision passes the watch's
+                await asyncio.to_thread(node.post, 0, "/kv/put",
+                                        {"key": _b64(f"/other/{i}"), "value": ""})
+            # the quiet stream is left after ttl_s; its resume waits here
+            await until(lambda: proxy.held >= 1, timeout_s=8, what="the quiet resume")
+            proxy.release()
+            assert await watcher.next(timeout_s=5) == {a, c}  # a kept for fault_grace_s
+            await watcher.until_set({c}, timeout_s=opts.ttl_s + 4)
+        finally:
+            await watcher.stop()
 
 
 # -- failing(): instances whose owner died without deregistering -------------------------------
