@@ -157,6 +157,9 @@ class BufferedLineWriter:
         self._timer = False
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        # the structlog configuration (_structlog_config()) configure_logging() built this
+        # access-log writer under; None: a writer of someone else's, never handed over
+        self._config: tuple[Any, ...] | None = None
         _writers.add(self)
 
     def msg(self, message: str) -> None:
@@ -213,6 +216,19 @@ class BufferedLineWriter:
     def _write_locked(self) -> None:
         if not self._buf:
             return
+        if self._config is not None and not _same_config(self._config):
+            # structlog was configured again since configure_logging() built this writer
+            # (checked here, once per batch, not per call): its captured records go
+            # through that configuration, as every later access line does
+            self._config = None
+            _hand_over(self)
+            records = [m for m in self._buf if type(m) is not str]
+            self._buf[:] = [m for m in self._buf if type(m) is str]
+            for record in records:
+                _log_generic(record)
+            if not self._buf:
+                self._size = 0
+                return
         lines = _render_lines(self._buf)
         self._buf.clear()
         self._size = 0
@@ -373,12 +389,77 @@ _STDLIB_ACCESS = _StdlibAccess()
 
 
 class _AccessLog:
-    """Where access-log events go: the logger :func:`configure_logging` builds; when it
-    was not called, ``structlog.get_logger("meshkit.access")`` if the application
-    configured structlog itself (``structlog.is_configured()``, whatever it set: its
-    processors alone are enough), else the standard library (:class:`_StdlibAccess`)."""
+    """Where access-log events go: the logger :func:`configure_logging` builds, until
+    structlog is configured again (:func:`_hand_over`); otherwise
+    ``structlog.get_logger("meshkit.access")`` if structlog is configured
+    (``structlog.is_configured()``, whatever the application set: its processors alone
+    are enough), else the standard library (:class:`_StdlibAccess`)."""
 
     logger: Any = None
+    #: the logger configure_logging() built last and the BufferedLineWriter it writes to
+    built: tuple[Any, BufferedLineWriter] | None = None
+
+
+def _structlog_config() -> tuple[Any, ...]:
+    """What decides where, how and from which level structlog writes a line: its
+    processors, wrapper class and logger factory, compared by identity
+    (``structlog.configure`` replaces what it is given; ``cache_logger_on_first_use``
+    alone changes none of them)."""
+    cfg = structlog.get_config()
+    return cfg["processors"], cfg["wrapper_class"], cfg["logger_factory"]
+
+
+def _same_config(config: tuple[Any, ...]) -> bool:
+    """Whether structlog's configuration is still ``config`` (:func:`_structlog_config`)."""
+    return all(a is b for a, b in zip(_structlog_config(), config, strict=True))
+
+
+def _hand_over(writer: BufferedLineWriter) -> None:
+    """structlog was configured again after :func:`configure_logging` built the access
+    logger writing to ``writer``: drop that logger, so access lines go through the
+    configuration in force (:func:`access_logger`), like every other line."""
+    built = _AccessLog.built
+    if built is not None and built[1] is writer:
+        _AccessLog.built = None
+        if _AccessLog.logger is built[0]:
+            _AccessLog.logger = None
+
+
+def _log_generic(record: tuple[float, str, str, Any, Any, Context | None, Any]) -> None:
+    """A record captured by :class:`_AccessWriter`, logged through :func:`access_logger`
+    (structlog's configuration in force) in the context it was captured in (an empty one
+    when nothing was bound), stamped when it is logged."""
+    _, level, event, fields, args, ctx, sc = record
+    try:
+        fields = fields(*args) if args is not None else dict(fields)
+        if "trace_id" not in fields and sc is not None and sc.is_valid:
+            fields["trace_id"] = format(sc.trace_id, "032x")
+            fields["span_id"] = format(sc.span_id, "016x")
+        lg = access_logger()
+        (ctx if ctx is not None else Context()).run(
+            getattr(lg, level, lg.info), event, **fields)
+    except Exception:  # logs must not break calls (or the batch's other lines)
+        pass
+
+
+def _console_hand_over(config: tuple[Any, ...]) -> structlog.typing.Processor:
+    """The console access log's first processor: while structlog's configuration is still
+    ``config`` (the one :func:`configure_logging` set, checked per line: a console line's
+    rendering costs far more), nothing; else the event goes through the configuration in
+    force instead, and from then on every access line (:func:`_hand_over`)."""
+
+    def hand_over(logger: Any, method_name: str,
+                  event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if _same_config(config):
+            return event_dict
+        if isinstance(logger, BufferedLineWriter):
+            _hand_over(logger)
+        lg = access_logger()
+        fields = dict(event_dict)
+        getattr(lg, method_name, lg.info)(fields.pop("event", "rpc"), **fields)
+        raise structlog.DropEvent
+
+    return hand_over
 
 
 def access_logger() -> Any:
@@ -711,6 +792,10 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     are not cached, ``cache_logger_on_first_use=False``: about 1.8 us more per line; an
     application may pass ``cache_logger_on_first_use=True`` to ``structlog.configure``
     after this, and a logger then keeps the configuration in force at its first line).
+    Once the application configures structlog itself after this (other processors, wrapper
+    class or logger factory), the access log goes through that configuration too: the
+    JSON one from the batch it writes next (its pending lines included; checked once per
+    batch, nothing per call), the console one from its next line.
 
     Until this is called (and unless the application configured structlog itself) meshkit
     writes nothing to stdout: its loggers go through the standard library's ``logging``
@@ -774,6 +859,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     writer = BufferedLineWriter(sys.stderr, flush_interval_s=access_log_flush_interval_s)
     wrapper = structlog.make_filtering_bound_logger(_LEVELS[name])
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    flush_logs()  # what the previous access logger still holds, in its configuration
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -792,15 +878,18 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         # configure_logging() or structlog.configure() (~1.8 us more per line logged)
         cache_logger_on_first_use=False,
     )
-    flush_logs()  # what the previous access logger still holds
+    # Until structlog is configured again: the JSON writer checks at each batch it
+    # writes (nothing per call), the console chain at each line.
+    writer._config = config = _structlog_config()
     if json:
         _AccessLog.logger = _AccessWriter(writer, _LEVELS[name])
     else:
         _AccessLog.logger = structlog.wrap_logger(
             writer,
-            processors=[_merge_contextvars_redacted,
+            processors=[_console_hand_over(config), _merge_contextvars_redacted,
                         structlog.processors.add_log_level, stamp, add_trace_context,
                         renderer],
             wrapper_class=wrapper,
             cache_logger_on_first_use=True,
         )
+    _AccessLog.built = (_AccessLog.logger, writer)

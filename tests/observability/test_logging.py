@@ -1304,3 +1304,79 @@ def test_access_lines_of_a_workers_non_daemon_thread_are_written_at_its_exit(
     write through from then on: the 3 lines are written."""
     calls, stderr = _worker_calls(tmp_path, _IN_A_THREAD, start_method)
     assert calls == [0, 1, 2], f"the worker thread's access lines were lost: {stderr!r}"
+
+
+# serve "echo", call it once (Unary) and drain, after the script's own logging set-up
+_ONE_CALL_AFTER = """
+import asyncio, io, logging, sys, tempfile
+import structlog
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.observability import configure_logging
+from tests.support.echo import add_echo, method
+
+async def one_call():
+    reg = LocalRegistry(LocalOptions(path=tempfile.mkdtemp(), ttl_s=30.0,
+                                     poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1", registered=True)], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, instance_id="e1",
+                                                          drain_delay_s=0, grace_s=1.0))
+    await srv.start()
+    try:
+        async with meshkit.dial("echo", registry=reg,
+                                options=meshkit.DialOptions(insecure=True)) as ch:
+            assert await ch.unary_unary(method("Unary"))(b"hi", timeout=5) == b"e1|hi"
+    finally:
+        await srv.drain()
+        await reg.close()
+
+SETUP
+asyncio.run(one_call())
+print(sink.getvalue(), end="")
+"""
+
+
+@pytest.mark.parametrize("json_format", [True, False])
+def test_access_log_follows_an_application_structlog_configure_after_configure_logging(
+        json_format: bool) -> None:
+    """An application (or a framework's entry point) calls ``configure_logging()`` and
+    then configures structlog itself (its own sink, renderer and level). Every meshkit
+    line followed the new configuration but the access log: its ``rpc`` lines were still
+    written by ``configure_logging()``'s writer, in its format, on the stderr it captured,
+    at its level (``_AccessLog.logger`` was only ever replaced by ``configure_logging()``).
+    configure_logging's docstring says the configuration set last applies to every logger;
+    the access lines now go where the application's configuration sends every other line
+    (the JSON writer sees the new configuration when it writes its batch, the console
+    one at its next line, and both then hand over to it)."""
+    setup = f"""
+configure_logging("INFO", json={json_format})
+sink = io.StringIO()
+structlog.configure(
+    processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+    logger_factory=structlog.PrintLoggerFactory(sink),
+    wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+"""
+    proc = _process(_ONE_CALL_AFTER.replace("SETUP", setup))
+    app = _json_lines(proc.stdout)
+    assert any(e.get("event") == "serving" for e in app), proc.stdout  # the others follow
+    assert "rpc" not in proc.stderr, f"access lines written by configure_logging()'s " \
+        f"writer: {proc.stderr}"
+    rpc = [e for e in app if e.get("event") == "rpc"]
+    assert {e.get("side") for e in rpc} == {"server", "client"}, proc.stdout
+    assert all(e["level"] == "info" and "timestamp" not in e for e in rpc), rpc
+
+
+def test_access_log_stays_on_configure_logging_when_only_logger_caching_is_turned_on(
+        ) -> None:
+    """configure_logging's docstring invites ``structlog.configure(
+    cache_logger_on_first_use=True)`` after it: that changes neither processors, sink nor
+    level, so the access log keeps configure_logging()'s batched JSON writer."""
+    setup = """
+configure_logging("INFO", json=True)
+structlog.configure(cache_logger_on_first_use=True)
+sink = io.StringIO()
+"""
+    proc = _process(_ONE_CALL_AFTER.replace("SETUP", setup))
+    rpc = [e for e in _json_lines(proc.stderr) if e.get("event") == "rpc"]
+    assert {e.get("side") for e in rpc} == {"server", "client"}, proc.stderr
+    assert all("timestamp" in e for e in rpc), rpc
