@@ -597,7 +597,11 @@ class ServeOptions:
             (:class:`meshkit.observability.TelemetryOptions`, on by default, installed
             outermost); ``None`` turns them off. Spans are exported when the environment
             asks (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``,
-            ``MESHKIT_TRACE_FILE``).
+            ``MESHKIT_TRACE_FILE``): :meth:`MeshServer.start` sets the global provider up
+            from it (:func:`~meshkit.observability.tracing_from_env`) only when the
+            telemetry traces to the global provider (``tracing`` on, no
+            ``tracer_provider``), as ``dial()`` does; with a provider of the
+            application's own, or telemetry off, the global one is left alone.
         admin: the process's admin HTTP server (``/metrics``, ``/healthz``, ``/readyz``,
             ``/debug/mesh``), started with the first server of the process on
             ``MESHKIT_ADMIN_HOST`` (default ``127.0.0.1``; ``0.0.0.0`` for probes and a
@@ -1262,7 +1266,12 @@ class MeshServer:
         """
         self._refuse_second_start()
         opts = self.options
-        tracing_from_env(self.service)
+        # OTEL_* / MESHKIT_TRACE_FILE set up the global provider only for a telemetry
+        # interceptor that traces to it (as dial() does): with the application's own
+        # provider, or telemetry off, the global one is the application's to install
+        if any(isinstance(icpt, TelemetryServerInterceptor) and icpt.options.tracing
+               and icpt.options.tracer_provider is None for icpt in self._chain):
+            tracing_from_env(self.service)
         limits = opts.limits
         if opts.maximum_concurrent_rpcs is not None:
             limits = dataclasses.replace(limits, max_concurrent_rpcs=opts.maximum_concurrent_rpcs)

@@ -410,3 +410,78 @@ structlog.get_logger("app").info("app done")
     rpc = [ln for ln in lines if ln.get("event") == "rpc"]
     assert sorted(ln["side"] for ln in rpc) == ["client"] * 4 + ["server"] * 4, proc.stdout
     assert any(ln.get("event") == "serving plaintext (no TLS)" for ln in lines), proc.stdout
+
+
+# Serve "echo" and dial it once, both with TELEMETRY (None: telemetry off), then print
+# the global provider's class and whether the application may still install its own.
+_OWN_PROVIDER = """
+import asyncio, sys
+import meshkit
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.observability import TelemetryOptions
+from tests.support.echo import add_echo, method
+
+app_provider = TracerProvider()
+telemetry = TELEMETRY
+
+async def main() -> None:
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=30.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=1.0, telemetry=telemetry))
+    await srv.start()
+    try:
+        async with meshkit.dial("echo", registry=reg, options=meshkit.DialOptions(
+                insecure=True, telemetry=telemetry)) as ch:
+            assert await ch.unary_unary(method("Unary"))(b"hi", timeout=5) == b"e1|hi"
+    finally:
+        await srv.drain()
+        await reg.close()
+
+asyncio.run(main())
+print("GLOBAL", type(trace.get_tracer_provider()).__name__)
+trace.set_tracer_provider(app_provider)  # the application installs its own, later
+print("APP_PROVIDER_INSTALLED", trace.get_tracer_provider() is app_provider)
+"""
+
+
+@pytest.mark.parametrize("telemetry", ["TelemetryOptions(tracer_provider=app_provider)",
+                                       "None"], ids=["own-provider", "telemetry-off"])
+@pytest.mark.parametrize("env", [
+    {"MESHKIT_TRACE_FILE": "spans.jsonl"},
+    {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317", "OTEL_TRACES_SAMPLER": "bogus"},
+], ids=["trace-file", "bad-otel-value"])
+def test_serve_leaves_the_global_provider_alone_when_its_telemetry_does_not_use_it(
+        tmp_path: Path, telemetry: str, env: dict[str, str]) -> None:
+    """An application that hands meshkit its own provider
+    (``TelemetryOptions(tracer_provider=app_provider)``) or turns meshkit's telemetry off
+    (``ServeOptions(telemetry=None)``, e.g. to install its own interceptors) runs with the
+    ``OTEL_*`` / ``MESHKIT_TRACE_FILE`` variables its own exporters read. ``serve()`` used
+    to build an SDK provider from them and install it as the *global* one all the same, so
+    the application's own ``trace.set_tracer_provider()`` afterwards was refused, every
+    other library's spans went to exporters it never asked for, and a value meshkit's
+    set-up refuses failed ``start()`` although meshkit used no such provider. Now, as
+    ``dial()`` already did, ``serve()`` sets tracing up from the environment only for a
+    telemetry interceptor that traces to the global provider: the global provider is left
+    alone, and the application installs its own."""
+    env = {k: str(tmp_path / v) if k == "MESHKIT_TRACE_FILE" else v for k, v in env.items()}
+    proc = _run(_OWN_PROVIDER.replace("TELEMETRY", telemetry), str(tmp_path / "r"), env=env)
+    out = proc.stdout.splitlines()
+    assert "GLOBAL ProxyTracerProvider" in out and "APP_PROVIDER_INSTALLED True" in out, (
+        out, proc.stderr[-600:])
+    assert not (tmp_path / "spans.jsonl").exists()
+
+
+def test_serve_with_default_telemetry_sets_the_global_provider_up_from_the_env(
+        tmp_path: Path) -> None:
+    """The default telemetry traces to the global provider: ``serve()`` sets it up from
+    ``MESHKIT_TRACE_FILE`` (its spans land in the file)."""
+    trace_file = tmp_path / "spans.jsonl"
+    proc = _run(_OWN_PROVIDER.replace("TELEMETRY", "TelemetryOptions()"), str(tmp_path / "r"),
+                env={"MESHKIT_TRACE_FILE": str(trace_file)})
+    assert "GLOBAL TracerProvider" in proc.stdout.splitlines(), proc.stdout
+    spans = [json.loads(ln) for ln in trace_file.read_text().splitlines() if ln.strip()]
+    assert {s["kind"] for s in spans} >= {"SpanKind.SERVER", "SpanKind.CLIENT"} or len(
+        spans) >= 2, spans
