@@ -25,7 +25,9 @@ against ``grpc.health.v1.Health/Check`` of the instance (``check="grpc"``). Both
 forgets an instance (it restarted without persisted state, or reaped it because its checks
 stayed critical for ``DeregisterCriticalServiceAfter``), the next heartbeat gets 404 and the
 instance is registered again with the same payload, less the checks' initial ``Status``
-(see "Initial status").
+(see "Initial status"). A heartbeat is due ``ttl_s / 3`` after the last one that got
+through, is bounded by that and by the time left before the TTL runs out, and is retried
+after a short backoff when it fails, so one unanswered request does not let the TTL lapse.
 
 Initial status: every check is registered with ``Status: "passing"``. A check registered
 without one starts ``critical`` (Consul's "Initial Health Check Status": by default the
@@ -217,7 +219,11 @@ class ConsulOptions:
             with ``check="grpc"``, how often we ask the agent whether it still knows the
             instance (``GET /v1/agent/service/<id>``). Default 10.
         ttl_s: TTL of the TTL check (Consul ``TTL``); the heartbeat passes it every
-            ``ttl_s / 3``. Default 15.
+            ``ttl_s / 3`` (counted from the last pass that got through), each pass bounded
+            by ``min(request_timeout_s, ttl_s / 3)`` and by the time left before the TTL
+            runs out, a failed one retried after a short backoff (full jitter from
+            ``backoff_base_s``, at most ``ttl_s / 3``), so one lost or unanswered request
+            does not let the check of a live instance go critical. Default 15.
         deregister_critical_after_s: the agent removes an instance whose checks stay critical
             this long (Consul ``DeregisterCriticalServiceAfter``; Consul's minimum is 60 and
             its reaper runs every 30 s). Default 60. With ``check="grpc"`` it must exceed
@@ -554,6 +560,8 @@ _UNUSABLE_LOG_EVERY_S = 60.0
 
 #: Least seconds between two warnings about ACLs hiding the entries of one read.
 _ACL_WARN_EVERY_S = 600.0
+#: The shortest bound of a TTL pass sent shortly before the TTL runs out, seconds.
+_PASS_FLOOR_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -843,9 +851,11 @@ class ConsulRegistry:
         ``service:<instance_id>:grpc:<tag>``, ``<tag>`` random for each call: see the module
         docstring, "Initial status"); then a background task passes the
         TTL check every ``ttl_s / 3`` (or, for ``check="grpc"``, looks the instance up every
-        ``check_interval_s``) and registers it again with the same payload, less the checks'
-        initial ``Status`` (so a gRPC check starts critical, Consul's default: module
-        docstring, "Initial status"), if the agent has forgotten or reaped it. Registering
+        ``check_interval_s``; a failed round retried after a short backoff, see
+        :class:`ConsulOptions` ``ttl_s``) and registers it again with the same payload,
+        less the checks' initial ``Status`` (so a gRPC check starts critical, Consul's
+        default: module docstring, "Initial status"), if the agent has forgotten or reaped
+        it. Registering
         the same ``instance_id`` again replaces the registration (its checks start passing,
         as the first one's do, even where the agent still holds the id with a critical
         check: a crashed process back with the same id): once the agent has accepted it,
@@ -894,20 +904,20 @@ class ConsulRegistry:
         )
         self._keepers[instance.instance_id] = reg
 
-    async def _still_known(self, reg: _Registration, ttl_check_id: str | None) -> bool:
+    async def _still_known(self, reg: _Registration, ttl_check_id: str | None,
+                           timeout_s: float) -> bool:
         """One liveness round: pass the TTL check ``ttl_check_id`` (None: look the service
-        up instead). False: forgotten."""
+        up instead), bounded by ``timeout_s`` seconds. False: forgotten."""
         client = self._get_client()
-        timeout = self.options.request_timeout_s
         if ttl_check_id is not None:
             # py-consul returns False for 404 ("Unknown check ID ..."), raises for other errors.
             return bool(await self._bounded(client.agent.check.ttl_pass(ttl_check_id),
-                                            timeout))
+                                            timeout_s))
         # Raw GET: py-consul's agent.service_definition() does not send the ACL token.
         response = await self._bounded(
             client.http.get(_raw_response, f"/v1/agent/service/{reg.instance.instance_id}",
                             headers=self._headers(client)),
-            timeout,
+            timeout_s,
         )
         if response.code == 404:
             return False
@@ -916,21 +926,49 @@ class ConsulRegistry:
         return True
 
     async def _keep(self, reg: _Registration) -> None:
-        """Heartbeat/re-registration loop of one instance; ends when cancelled."""
+        """Heartbeat/re-registration loop of one instance; ends when cancelled.
+
+        A round is due ``interval`` seconds (``ttl_s / 3`` with a TTL check, else
+        ``check_interval_s``) after the start of the last one that got through (at first,
+        ``register()``'s). With a TTL check, Consul's contract is that the check is passed
+        *within* ``ttl_s``: each pass is bounded by ``min(request_timeout_s, ttl_s / 3)``
+        and, while the TTL has not run out, by the time left before it does (at least
+        ``_PASS_FLOOR_S``), so a pass that is never answered (a silently dead pooled
+        connection, a hung agent thread) leaves time for another. A failed round is
+        retried after a full-jitter backoff (``backoff_base_s`` doubling, at most
+        ``interval``), not a whole interval later. Logs the first failure of a run and
+        the status tracker's reminders, not every retry.
+        """
         opts = self.options
-        interval = opts.ttl_s / 3 if reg.ttl_check_id is not None else opts.check_interval_s
+        ttl = reg.ttl_check_id is not None
+        interval = opts.ttl_s / 3 if ttl else opts.check_interval_s
+        budget = min(opts.request_timeout_s, interval) if ttl else opts.request_timeout_s
         ids = {"service": reg.instance.service, "instance_id": reg.instance.instance_id}
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()  # register() has just registered the checks passing
+        failures = 0
         while True:
-            await asyncio.sleep(interval)
+            if failures:
+                delay = full_jitter(self._rng, failures, opts.backoff_base_s,
+                                    min(opts.backoff_max_s, interval))
+            else:
+                delay = last_ok + interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            started = loop.time()
+            timeout = budget
+            if ttl and 0 < (left := last_ok + opts.ttl_s - started) < budget:
+                timeout = max(left, min(budget, _PASS_FLOOR_S))
             try:
                 passed = reg.ttl_check_id
-                if await self._still_known(reg, passed):
+                if await self._still_known(reg, passed, timeout):
                     self._tracker.write_ok()
+                    last_ok, failures = started, 0
                     continue
                 async with reg.lock:  # the payload of the latest successful register()
                     if reg.ttl_check_id != passed:
                         # a register() meanwhile replaced the check just passed (404): the
-                        # agent knows the instance, under the new CheckID
+                        # agent knows the instance, under the new CheckID (passed next)
                         continue
                     _log.warning("consul agent forgot the instance; registering it again",
                                  **ids)
@@ -938,15 +976,19 @@ class ConsulRegistry:
                     await self._put_register(_without_initial_status(reg.payload))
                     passed = reg.ttl_check_id
                 self._tracker.reopened += 1
+                started = loop.time()
                 if passed is not None:
                     # The heartbeat itself, without waiting ttl_s / 3: this process is alive.
-                    await self._still_known(reg, passed)
+                    await self._still_known(reg, passed, budget)
                 self._tracker.write_ok()
+                last_ok, failures = started, 0
             except _RETRYABLE as exc:
-                self._tracker.write_failed(
+                failures += 1
+                outage = self._tracker.write_failed(
                     f"heartbeat of {reg.instance.instance_id!r}: {self._describe(exc)}")
-                _log.warning("consul heartbeat failed; retrying", **ids,
-                             error=self._describe(exc))
+                if failures == 1 or outage == "reminder":
+                    _log.warning("consul heartbeat failed; retrying", **ids, attempt=failures,
+                                 error=self._describe(exc))
 
     async def deregister(self, instance: Instance) -> None:
         """Stop keeping ``instance`` alive and remove it from the agent at once.

@@ -7,6 +7,7 @@ The ``check_*`` coroutines observe the agent only through its HTTP API, so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -226,6 +227,84 @@ def _opts(double: ConsulDouble, **overrides: Any) -> ConsulOptions:
     return ConsulOptions(**{"addr": double.addr, **FAST, **overrides})
 
 
+class StallingProxy:
+    """A loopback TCP proxy in front of the double that decides per request (each chunk a
+    client sends): ``rule(chunk)`` returns ``"pass"`` (forward it) or ``"stall"`` (never
+    forward it and never answer: the connection stays open and silent, as one whose path
+    died without a reset, a hung agent thread, a black-holed NAT entry)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.rule: Callable[[bytes], str] = lambda chunk: "pass"
+        self.stalled: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
+        back: asyncio.Task[None] | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            self._writers.add(up_writer)
+            back = asyncio.create_task(self._pump(up_reader, writer))
+            self._tasks.add(back)
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                if self.rule(chunk) == "stall":
+                    self.stalled.append(chunk)
+                    back.cancel()
+                    await asyncio.get_running_loop().create_future()  # silent forever
+                up_writer.write(chunk)
+                await up_writer.drain()
+            await asyncio.wait({back}, timeout=1.0)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.transport.abort()
+                    self._writers.discard(w)
+            if back is not None:
+                back.cancel()
+                self._tasks.discard(back)
+            self._tasks.discard(task)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await src.read(65536):
+                dst.write(chunk)
+                await dst.drain()
+        with contextlib.suppress(OSError):
+            dst.transport.abort()
+
+
+
 # -- the shared checks, against the double ------------------------------------------------------
 async def test_register_watch_deregister(double: ConsulDouble) -> None:
     """Watch yields the empty set, then each registration and deregistration, and ends on close."""
@@ -239,6 +318,83 @@ async def test_heartbeat_keeps_ttl_instance_passing(double: ConsulDouble) -> Non
     assert len(check_ids) == 1
     assert double.passes[check_ids[0]] >= 6  # about 3 TTLs at ttl/3
     assert double.status_history.count((check_ids[0], "critical")) == 1  # only after close()
+
+
+@pytest.mark.timeout(30)
+async def test_one_stalled_ttl_pass_drops_a_live_instance_from_discovery() -> None:
+    """A single heartbeat (``PUT /v1/agent/check/pass``) that is never answered (one
+    silently dead pooled connection, a hung agent thread) made a healthy, heartbeating
+    instance's TTL check go critical, so it left every watch (``?passing``) and every
+    balanced channel, until the next heartbeat.
+
+    The keeper slept ``ttl_s / 3``, then waited up to ``request_timeout_s`` for the pass,
+    then slept ``ttl_s / 3`` again before the next try: with the defaults (ttl 15 s,
+    request_timeout 10 s) one unanswered pass meant 5 + 10 + 5 = 20 s between passes on
+    the agent, past the 15 s TTL (here the defaults scaled by 1/5: ttl 3 s, timeout 2 s).
+    README: the TTL is "renewed every ``ttl_s / 3``", and a registry fault is not "every
+    instance left"; Consul's TTL check contract is that the application updates the check
+    *within* the TTL. Now passes are due ``ttl_s / 3`` after the last one that got
+    through, each is bounded by ``ttl_s / 3`` and by what is left of the TTL, and a failed
+    one is retried after a short backoff: one lost request no longer costs a live
+    instance its health."""
+    async with ConsulDouble() as double:
+        proxy = StallingProxy(double.port)
+        await proxy.start()
+        reg = ConsulRegistry(ConsulOptions(addr=proxy.addr, ttl_s=3.0, request_timeout_s=2.0,
+                                           wait_s=1.0, deregister_critical_after_s=60.0))
+        try:
+            a = make_instance("orderd", 1)
+            await reg.register(a)
+            first = {"done": False}
+
+            def stall_first_pass(chunk: bytes) -> str:
+                if b"/v1/agent/check/pass/" in chunk and not first["done"]:
+                    first["done"] = True
+                    return "stall"
+                return "pass"
+
+            proxy.rule = stall_first_pass
+            await until(lambda: bool(proxy.stalled), timeout_s=5.0,
+                        what="the first TTL pass to be stalled")
+            stalled_at = time.monotonic()
+            # the stalled pass is given up; observe past the TTL and a later pass
+            await until(lambda: double.service_passes["orderd-1"] >= 1
+                        and time.monotonic() - stalled_at > 3.5, timeout_s=8.0,
+                        what="a later TTL pass")
+            went_critical = [s for _, s in double.status_history if s == "critical"]
+            assert not went_critical, (
+                "one unanswered TTL pass let the check of a live, heartbeating instance go "
+                f"critical (status history: {double.status_history}): it left discovery")
+        finally:
+            await reg.close()
+            await proxy.close()
+
+
+async def test_a_failed_heartbeat_is_retried_before_the_ttl_runs_out(
+    double: ConsulDouble, make_registry: Any
+) -> None:
+    """A heartbeat that fails at once (the agent answers 500, a reset connection) is
+    retried after a short backoff, not a whole ``ttl_s / 3`` later, so two failures in a
+    row no longer use up the TTL: the check stays passing through a short agent hiccup."""
+    reg = make_registry(ttl_s=3.0)  # a heartbeat every second
+    await reg.register(make_instance("orderd", 1))
+    check = double.service_check("orderd-1")
+    assert check is not None
+
+    def passes_sent() -> int:
+        return sum(1 for r in double.requests if r.path == f"/v1/agent/check/pass/{check.check_id}")
+
+    await until(lambda: passes_sent() >= 1, timeout_s=3.0, what="a first heartbeat")
+    sent = passes_sent()
+    double.set_down(True)
+    await until(lambda: reg.status().writable is False, timeout_s=3.0,
+                what="a failed heartbeat")
+    await asyncio.sleep(0.8)  # shorter than ttl_s / 3: the keeper goes on trying
+    double.set_down(False)
+    await until(lambda: reg.status().writable is True, timeout_s=1.5,
+                what="a retried heartbeat soon after the agent answers again")
+    assert passes_sent() >= sent + 3  # retried within one interval
+    assert not any(s == "critical" for _, s in double.status_history)
 
 
 # -- registration --------------------------------------------------------------------------------
@@ -836,6 +992,7 @@ async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
         await w1.ended.wait()
     assert time.monotonic() - t0 < 2
     assert not reg._race.inflight
+
 
 
 async def test_watch_rate_limits_a_churning_index(double: ConsulDouble) -> None:
