@@ -867,7 +867,9 @@ class ConsulRegistry:
 
         Raises:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403 for
-                a missing or wrong ACL token); chained from the underlying exception.
+                a missing or wrong ACL token); chained from the underlying exception. Also
+                when :meth:`close` ran while the agent answered: no keep-alive is started
+                then (the instance is left to its TTL, as :meth:`close` leaves every one).
         """
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
@@ -891,6 +893,12 @@ class ConsulRegistry:
         except RegistryError as exc:
             self._tracker.write_failed(str(exc))
             raise
+        if self._race.closed:
+            # close() ran while the agent answered: it stopped the keep-alives and closed
+            # the client, so no keeper may start (it would run for good) and no deregister
+            # can be sent; the instance goes as close() leaves every other one
+            raise RegistryError(f"cannot keep {instance.instance_id!r} alive: Consul registry "
+                                f"for {self.options.base_url} is closed")
         self._tracker.write_ok()
         current = self._keepers.get(instance.instance_id)
         if current is not None:
@@ -926,7 +934,8 @@ class ConsulRegistry:
         return True
 
     async def _keep(self, reg: _Registration) -> None:
-        """Heartbeat/re-registration loop of one instance; ends when cancelled.
+        """Heartbeat/re-registration loop of one instance; ends when cancelled or when it
+        finds the registry closed.
 
         A round is due ``interval`` seconds (``ttl_s / 3`` with a TTL check, else
         ``check_interval_s``) after the start of the last one that got through (at first,
@@ -983,6 +992,8 @@ class ConsulRegistry:
                 self._tracker.write_ok()
                 last_ok, failures = started, 0
             except _RETRYABLE as exc:
+                if self._race.closed:  # "... is closed": close() ran, nothing to keep
+                    return
                 failures += 1
                 outage = self._tracker.write_failed(
                     f"heartbeat of {reg.instance.instance_id!r}: {self._describe(exc)}")

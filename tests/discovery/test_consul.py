@@ -304,6 +304,11 @@ class StallingProxy:
             dst.transport.abort()
 
 
+def _keepers() -> list[asyncio.Task[Any]]:
+    """The keep-alive tasks of Consul registries still running in this loop."""
+    return [t for t in asyncio.all_tasks()
+            if t.get_name().startswith("meshkit-consul-keeper-") and not t.done()]
+
 
 # -- the shared checks, against the double ------------------------------------------------------
 async def test_register_watch_deregister(double: ConsulDouble) -> None:
@@ -993,6 +998,43 @@ async def test_close_ends_blocked_watch(double: ConsulDouble) -> None:
     assert time.monotonic() - t0 < 2
     assert not reg._race.inflight
 
+
+async def test_register_finishing_during_close_starts_no_keeper(double: ConsulDouble) -> None:
+    """``close()`` while a ``register()`` is in flight (a server shutting down as it
+    starts, a task group cancelled): when the agent's answer arrived as ``close()`` ran,
+    ``register()`` returned normally *after* ``close()`` and started a keep-alive task on
+    the closed registry that nothing ever cancelled: it woke every ``ttl_s / 3`` forever,
+    logged ``consul heartbeat failed; retrying ... Consul registry ... is closed`` each
+    time and flipped the closed registry's ``status()`` to ``writable=False``.
+
+    ``Registry.close()``: "Stop heartbeats and watches and release resources". Now such a
+    ``register()`` raises ``RegistryError`` (the registry is closed) and starts no keeper,
+    and a keeper that finds its registry closed ends."""
+    leaked: list[str] = []
+    try:
+        for attempt in range(12):
+            reg = ConsulRegistry(ConsulOptions(addr=double.addr, ttl_s=0.6))
+            await reg.register(make_instance("warm", attempt + 1))  # the client exists
+            sent = len(double.registrations)
+            task = asyncio.create_task(reg.register(make_instance("orderd", attempt + 1)))
+            async with asyncio.timeout(5):  # spin the loop: close() lands as the answer does
+                while len(double.registrations) == sent:  # noqa: ASYNC110 - the agent got the PUT
+                    await asyncio.sleep(0)
+            for _ in range(attempt % 3):
+                await asyncio.sleep(0)
+            await reg.close()
+            with contextlib.suppress(RegistryError):
+                await task
+            await asyncio.sleep(0.05)
+            leaked += [t.get_name() for t in _keepers()]
+            for t in _keepers():
+                t.cancel()
+        assert not leaked, (
+            f"keep-alive tasks still running after close(): {leaked} (each logs a "
+            "warning every ttl_s / 3 forever)")
+    finally:
+        for t in _keepers():
+            t.cancel()
 
 
 async def test_watch_rate_limits_a_churning_index(double: ConsulDouble) -> None:
