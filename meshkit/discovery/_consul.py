@@ -25,7 +25,8 @@ against ``grpc.health.v1.Health/Check`` of the instance (``check="grpc"``). Both
 forgets an instance (it restarted without persisted state, or reaped it because its checks
 stayed critical for ``DeregisterCriticalServiceAfter``), the next heartbeat gets 404 and the
 instance is registered again with the same payload, less the checks' initial ``Status``
-(see "Initial status"). A heartbeat is due ``ttl_s / 3`` after the last one that got
+(see "Initial status"); meanwhile the watches keep it (``fault_grace_s``, see
+:meth:`ConsulRegistry.watch`). A heartbeat is due ``ttl_s / 3`` after the last one that got
 through, is bounded by that and by the time left before the TTL runs out, and is retried
 after a short backoff when it fails, so one unanswered request does not let the TTL lapse.
 
@@ -77,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -86,7 +88,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
 
 import aiohttp
@@ -148,6 +150,7 @@ _FLOAT_FIELDS = (
     "backoff_max_s",
     "request_timeout_s",
     "watch_query_interval_s",
+    "fault_grace_s",
 )
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
 _STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
@@ -245,6 +248,11 @@ class ConsulOptions:
             once per ``watch_query_interval_s`` instead of in a busy loop: the watch then sees
             changes up to this late. Queries after an error are spaced by the backoff
             instead. Default 1.0.
+        fault_grace_s: how long a watch keeps the instances of its last set that the agent
+            no longer lists after it answered with an ``X-Consul-Index`` below one already
+            seen (an agent restarted without its state, a restored snapshot), until their
+            owners have registered again; default ``ttl_s`` (owners notice within
+            ``ttl_s / 3``); 0 turns it off. See :meth:`ConsulRegistry.watch`.
 
     ``check_interval_s``, ``ttl_s`` and ``deregister_critical_after_s`` are at most
     9223372036 s, about 292 years (Consul reads them as Go durations, int64 nanoseconds).
@@ -274,6 +282,7 @@ class ConsulOptions:
     backoff_max_s: float = 30.0
     request_timeout_s: float = 10.0
     watch_query_interval_s: float = 1.0
+    fault_grace_s: float | None = None
 
     def __post_init__(self) -> None:
         check_bool("verify", self.verify)
@@ -283,7 +292,9 @@ class ConsulOptions:
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
         if self.check not in _CHECK_KINDS:
             raise ConfigError(f"check must be one of {_CHECK_KINDS}, got {self.check!r}")
-        check_seconds(self, _FLOAT_FIELDS)
+        if self.fault_grace_s is None:
+            object.__setattr__(self, "fault_grace_s", self.ttl_s)
+        check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
         for name in _DURATION_FIELDS:
             check_number(name, getattr(self, name), low_open=True, high=_MAX_GO_DURATION_S)
         if self.wait_s > 600:
@@ -643,6 +654,9 @@ class ConsulRegistry:
         self._unusable_logged: dict[tuple[str, str], float] = {}
         self._race = CloseRace()
         self._tracker = StatusTracker("consul")
+        # watch number -> instances it keeps after the agent lost its state (status())
+        self._kept: dict[int, int] = {}
+        self._watch_ids = itertools.count()
 
     @classmethod
     def from_uri(
@@ -1196,8 +1210,21 @@ class ConsulRegistry:
         an error does not reset it, so a watch whose blocking queries keep failing backs
         off to ``backoff_max_s``). Instances the ACL token may not read are not listed (the
         agent filters them out, HTTP 200); when the agent says so a warning is logged and
-        :meth:`status` records it (see there). The iterator ends when the registry is
-        closed; it can be cancelled at any await.
+        :meth:`status` records it (see there).
+
+        An agent that lost its state (restarted without it: dev mode, a container without
+        a volume) or had an older one restored answers with an ``X-Consul-Index`` below
+        the highest one the watch has seen (remembered across errors), listing only the
+        instances registered since. A registry fault is not "every instance left": the
+        instances of the last set that the answer does not list are then kept for
+        ``fault_grace_s`` (default ``ttl_s``), merged with what the agent lists, as their
+        owners' keepers find them forgotten at their next heartbeat (``ttl_s / 3``) and
+        register them again; :attr:`RegistryStatus.kept_endpoints` counts them. One that
+        the agent lists again is no longer kept, so its later deregistration (the index
+        moving forward) removes it at once; one whose owner never comes back goes when the
+        grace ends (a long poll is cut then). An agent whose new index has already passed
+        the one the watch saw is not told: its answer applies at once. The iterator ends
+        when the registry is closed; it can be cancelled at any await.
 
         Args:
             service: the Consul service name, e.g. ``"orderd"``.
@@ -1207,50 +1234,90 @@ class ConsulRegistry:
         """
         if not service:
             raise ConfigError(f"service must not be empty, got {service!r}")
+        grace_s = self.options.fault_grace_s
+        assert grace_s is not None
+        loop = asyncio.get_running_loop()
+        me = next(self._watch_ids)
         index = 0
+        highest = 0  # the highest X-Consul-Index answered, kept across errors
         last: frozenset[Instance] | None = None
+        listed: frozenset[Instance] = frozenset()
+        kept: frozenset[Instance] = frozenset()  # of an agent that lost its state
+        keep_until: float | None = None  # loop time
         failures = 0
         bucket = _TokenBucket(self.options.watch_query_interval_s, _WATCH_BURST)
         after_blocking_answer = False
-        while not self._race.closed:
-            if after_blocking_answer:
-                wait_s = bucket.reserve()
-                if wait_s > 0 and await self._race.race(asyncio.sleep(wait_s)) is CLOSED:
+        try:
+            while not self._race.closed:
+                if after_blocking_answer:
+                    wait_s = bucket.reserve()
+                    if wait_s > 0 and await self._race.race(asyncio.sleep(wait_s)) is CLOSED:
+                        return
+                blocking = index >= 1
+                after_blocking_answer = False
+                grace = asyncio.timeout_at(keep_until)  # ends a long poll when it ends
+                try:
+                    async with grace:
+                        result = await self._race.race(self._health(service, index))
+                except _RETRYABLE as exc:
+                    if not grace.expired():
+                        failures += 1
+                        delay = self._backoff_delay(failures)
+                        self._tracker.read_failed(
+                            f"watch of {service!r} on Consul agent {self.options.base_url}: "
+                            f"{self._describe(exc)}")
+                        _log.warning("consul watch failed; keeping the last known endpoints",
+                                     service=service, attempt=failures,
+                                     retry_in_s=round(delay, 3), error=self._describe(exc))
+                        index = 0  # the agent may have restarted: re-read at once
+                        if await self._race.race(self._sleep_coro(delay)) is CLOSED:
+                            return
+                        continue
+                    result = None  # the grace ended during a long poll: asked again below
+                if result is CLOSED:
                     return
-            blocking = index >= 1
-            after_blocking_answer = False
-            try:
-                result = await self._race.race(self._health(service, index))
-            except _RETRYABLE as exc:
-                failures += 1
-                delay = self._backoff_delay(failures)
-                self._tracker.read_failed(f"watch of {service!r} on Consul agent "
-                                         f"{self.options.base_url}: {self._describe(exc)}")
-                _log.warning("consul watch failed; keeping the last known endpoints",
-                             service=service, attempt=failures, retry_in_s=round(delay, 3),
-                             error=self._describe(exc))
-                index = 0  # the agent may have restarted with a lower index: re-read at once
-                if await self._race.race(self._sleep_coro(delay)) is CLOSED:
-                    return
-                continue
-            if result is CLOSED:
-                return
-            new_index, entries = result.index, list(result.body or [])
-            if blocking:
-                failures = 0
-                after_blocking_answer = True
-            self._tracker.read_ok()
-            self._check_acl_filtering(f"watch of {service!r}", result)
-            if new_index < 1:
-                index = 1  # never block on 0: Consul would answer at once, every time
-            elif new_index < index:
-                index = 0  # went backwards (e.g. state restored): reset, non-blocking re-read
-            else:
-                index = new_index
-            current = self._to_instances(service, entries)
-            if current != last:
-                last = current
-                yield current
+                if result is not None:
+                    new_index, entries = result.index, list(result.body or [])
+                    if blocking:
+                        failures = 0
+                        after_blocking_answer = True
+                    self._tracker.read_ok()
+                    self._check_acl_filtering(f"watch of {service!r}", result)
+                    if new_index < highest and last is not None and grace_s > 0:
+                        # An index below one already answered: an agent (or cluster) that
+                        # lost or restored its state, not instances that all left.
+                        kept, keep_until = last, loop.time() + grace_s
+                        _log.info("consul index went backwards (agent restarted without "
+                                  "its state?): a watch keeps its last endpoints until their "
+                                  "owners register again", service=service,
+                                  index=new_index, highest=highest, grace_s=grace_s)
+                    highest = new_index  # lower: counted from the new state from now on
+                    if new_index < 1:
+                        index = 1  # never block on 0: Consul would answer at once, every time
+                    elif new_index < index:
+                        index = 0  # went backwards: reset, non-blocking re-read
+                    else:
+                        index = new_index
+                    listed = self._to_instances(service, entries)
+                if kept:  # after a fault only: no work per answer otherwise
+                    if keep_until is not None and loop.time() < keep_until:
+                        # one the agent lists again is its own from now on: a later
+                        # deregistration (or a failing check) of it removes it at once
+                        ids = {i.instance_id for i in listed}
+                        kept = frozenset(i for i in kept if i.instance_id not in ids)
+                    else:
+                        kept = frozenset()  # the grace ended
+                    if kept:
+                        self._kept[me] = len(kept)
+                    else:
+                        keep_until = None
+                        self._kept.pop(me, None)
+                current = listed | kept if kept else listed
+                if current != last:
+                    last = current
+                    yield current
+        finally:
+            self._kept.pop(me, None)
 
     async def _sleep_coro(self, delay: float) -> None:
         await self._sleep(delay)
@@ -1266,8 +1333,13 @@ class ConsulRegistry:
         read the agent answered with entries filtered out by ACLs (the token may not read
         them: ``X-Consul-Results-Filtered-By-ACLs``) succeeded, so it counts as readable,
         but sets ``last_error`` to say so (and logs a warning at most every 10 minutes).
+        ``kept_endpoints``: instances the watches keep after the agent answered with an
+        index below one already seen (see :meth:`watch`).
         """
-        return self._tracker.status()
+        status = self._tracker.status()
+        if not self._kept:
+            return status
+        return replace(status, kept_endpoints=sum(self._kept.values()))
 
     async def close(self) -> None:
         """Stop heartbeats, end every watch (their iterators finish) and close the client.

@@ -847,6 +847,103 @@ async def test_watch_index_backwards_resets(double: ConsulDouble, make_registry:
     await watcher.stop()
 
 
+async def test_agent_restarted_without_state_keeps_the_live_instances() -> None:
+    """A Consul agent that restarts without its persisted state (dev mode, a container
+    without a volume: the case the module docstring names, "If the agent forgets an
+    instance (it restarted without persisted state ...)") comes back answering an empty
+    ``/v1/health/service/orderd`` with an ``X-Consul-Index`` far below the one the watch
+    had seen. The watch yielded the empty set at once, so every balanced channel dropped
+    every endpoint and calls failed ``UNAVAILABLE`` until each owner's keeper noticed (its
+    next heartbeat, up to ``ttl_s / 3`` = 5 s later) and registered again, although every
+    instance was alive: the watch reset its index to 0 after the error, so the index that
+    went backwards was never told.
+
+    README, "A registry fault is not 'every instance left'": as the etcd registry does
+    with a replaced store, the watch now remembers the highest index it saw and, when a
+    read comes back below it, keeps the instances of its last set the agent no longer
+    lists for ``fault_grace_s`` (default ``ttl_s``), until their owners have registered
+    again (``status().kept_endpoints``)."""
+    async with ConsulDouble() as double:
+        owner = ConsulRegistry(ConsulOptions(addr=double.addr, ttl_s=30.0))  # beat every 10 s
+        reader = ConsulRegistry(ConsulOptions(addr=double.addr, wait_s=1.0, backoff_base_s=0.05,
+                                              backoff_max_s=0.2, request_timeout_s=1.0))
+        a = make_instance("orderd", 1)
+        watcher: Collector | None = None
+        try:
+            await owner.register(a)
+            for _ in range(20):
+                double.touch("orderd")  # an index well above what a fresh agent starts at
+            watcher = Collector(reader, "orderd")
+            assert await watcher.next() == {a}
+            seen = len(double.health_requests("orderd"))
+            # the agent restarts without its state: services forgotten, index back to 1
+            await double.stop()
+            double.forget_all()
+            double.reset_index(1)
+            await asyncio.sleep(0.2)
+            await double.start()
+            # the watch reads the restarted agent (the owner's next heartbeat is ~10 s away)
+            await until(lambda: len(double.health_requests("orderd")) > seen + 1
+                        and reader.status().readable is True, timeout_s=5.0,
+                        what="the watch to read the restarted agent")
+            await asyncio.sleep(0.5)
+            yielded = []
+            while not watcher.queue.empty():
+                yielded.append(watcher.queue.get_nowait())
+            lost = [sorted(i.instance_id for i in s) for s in yielded if a not in s]
+            assert not lost, (
+                f"after the agent restarted empty the watch yielded {lost}: the live "
+                "instance orderd-1 was dropped before its owner could register it again")
+            assert reader.status().kept_endpoints == 1
+        finally:
+            if watcher is not None:
+                await watcher.stop()
+            await owner.close()
+            await reader.close()
+        assert reader.status().kept_endpoints == 0  # the watch ended
+
+
+async def test_instances_kept_after_an_agent_restart_go_after_fault_grace_s(
+    double: ConsulDouble
+) -> None:
+    """After an agent restarted without its state (the index went backwards) the watch
+    keeps the last set's instances for ``fault_grace_s``: one whose owner registers it
+    again is listed by the agent from then on (a later deregistration of it, with the
+    index moving forward, removes it at once); one whose owner never comes back goes
+    when the grace ends, even while the watch is blocked in a long poll."""
+    owner = ConsulRegistry(_opts(double, ttl_s=30.0))  # no heartbeat during the test
+    reader = ConsulRegistry(_opts(double, wait_s=30.0, fault_grace_s=1.5))
+    a, b = make_instance("orderd", 1), make_instance("orderd", 2)
+    watcher = Collector(reader, "orderd")
+    try:
+        await owner.register(a)
+        await owner.register(b)
+        for _ in range(20):
+            double.touch("orderd")
+        await watcher.until_set({a, b})
+        await double.stop()
+        double.forget_all()
+        double.reset_index(1)
+        await double.start()
+        await until(lambda: reader.status().kept_endpoints == 2, timeout_s=5.0,
+                    what="the watch to keep both instances")
+        t0 = time.monotonic()
+        await owner.register(a)  # a's owner is back; b's never comes
+        await until(lambda: reader.status().kept_endpoints == 1, timeout_s=3.0,
+                    what="a listed by the agent again")
+        assert watcher.queue.empty()  # the set did not change: {a, b}
+        await owner.deregister(a)  # a drain: the index moves forward, a goes at once
+        assert await watcher.next() == {b}
+        assert time.monotonic() - t0 < 1.5
+        assert await watcher.next(timeout_s=3.0) == frozenset()  # the grace ended
+        assert time.monotonic() - t0 >= 1.0
+        assert reader.status().kept_endpoints == 0
+    finally:
+        await watcher.stop()
+        await owner.close()
+        await reader.close()
+
+
 async def test_watch_never_blocks_on_index_zero(double: ConsulDouble, make_registry: Any) -> None:
     """A returned X-Consul-Index of 0 is sent back as 1, never as a blocking index below 1."""
     reg = make_registry()
@@ -1394,6 +1491,7 @@ async def test_mutual_tls_to_agent(tmp_path: Path) -> None:
         ({"ca_file": "/nonexistent/ca.pem"}, "got '/nonexistent/ca.pem'"),
         ({"request_timeout_s": float("nan")}, "request_timeout_s must be > 0, got nan"),
         ({"watch_query_interval_s": 0}, "watch_query_interval_s must be > 0, got 0"),
+        ({"fault_grace_s": -1.0}, "fault_grace_s must be >= 0, got -1.0"),
         # a re-registered gRPC-checked instance starts critical: reaped before its check
         ({"check": "grpc", "check_interval_s": 60.0, "deregister_critical_after_s": 60.0},
          "check_interval_s must be < deregister_critical_after_s=60.0 with check='grpc', "
@@ -1539,6 +1637,8 @@ def test_from_env_tls_files_and_overrides(tmp_path: Path) -> None:
          {"base_url": "http://h:1234", "check": "grpc", "ttl_s": 5.0, "verify": False,
           "wait_s": 10.0}),
         ("consul://h:8500?watch_query_interval_s=0.25", {"watch_query_interval_s": 0.25}),
+        ("consul://h:8500?ttl_s=6", {"fault_grace_s": 6.0}),  # default: one TTL
+        ("consul://h:8500?fault_grace_s=0", {"fault_grace_s": 0.0}),  # 0: off
         ("consul://", {"base_url": "http://env-host:8500"}),
         # consul+https without a host keeps CONSUL_HTTP_ADDR but never loses the TLS
         ("consul+https://", {"base_url": "https://env-host:8500", "scheme": "https"}),
