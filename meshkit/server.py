@@ -137,13 +137,11 @@ from meshkit.observability import (
     default_registry,
     ended,
     flush_logs,
-    rpc_metrics,
     server_interceptors,
-    set_certificate_expiry,
     tracing_from_env,
     track,
 )
-from meshkit.observability._metrics import remove_certificate_expiry
+from meshkit.observability._metrics import publish_certificate
 from meshkit.resilience import (
     DeadlineInterceptor,
     DeadlineOptions,
@@ -433,61 +431,6 @@ class _SharedAdmin:
             held = cls._fixed.get(port)
             if held is not None and held() in (loop, None):
                 del cls._fixed[port]
-
-
-class _CertificateGauges:
-    """The certificate gauges the servers of this process publish
-    (``meshkit_certificate_expiry_timestamp_seconds`` and
-    ``meshkit_certificate_not_before_timestamp_seconds``, label ``service``), one pair per
-    metrics registry and service, kept to the servers that serve with those certificates:
-    a server that stops (drained, or its start undone) leaves them, as its other gauges
-    leave ``/metrics``; while another live server of the service publishes into that
-    registry, they show the period of the one that published last, else they are removed
-    (a certificate nothing serves and nothing follows on disk would fire
-    ``MeshkitCertificateExpiringSoon`` two thirds into its life). Called on event loops
-    and on grpc core threads (the TLS reloader): under a lock."""
-
-    _lock = threading.Lock()
-    # (the registry, service) -> the live servers publishing there -> (notBefore,
-    # notAfter) Unix s, the latest published last
-    _published: dict[tuple[Any, str], dict[MeshServer, tuple[float, float]]] = {}
-    _withdrawn: weakref.WeakSet[MeshServer] = weakref.WeakSet()
-
-    @classmethod
-    def publish(cls, server: MeshServer, not_before_unix_s: float,
-                not_after_unix_s: float) -> None:
-        """``server`` serves with a certificate valid from ``not_before_unix_s`` to
-        ``not_after_unix_s`` (Unix s): publish it; nothing once ``server`` is withdrawn (a
-        TLS reload racing its stop)."""
-        registry = server._metrics_registry()
-        key = (rpc_metrics(registry).registry, server.service)
-        with cls._lock:
-            if server in cls._withdrawn:
-                return
-            servers = cls._published.setdefault(key, {})
-            servers.pop(server, None)  # the latest published last
-            servers[server] = (not_before_unix_s, not_after_unix_s)
-            set_certificate_expiry(server.service, not_after_unix_s,
-                                   not_before_unix_s=not_before_unix_s, registry=registry)
-
-    @classmethod
-    def withdraw(cls, server: MeshServer) -> None:
-        """``server`` has stopped: its certificate leaves the gauges (those of the last
-        other live server publishing there are shown, else they are removed)."""
-        registry = server._metrics_registry()
-        key = (rpc_metrics(registry).registry, server.service)
-        with cls._lock:
-            cls._withdrawn.add(server)
-            servers = cls._published.get(key)
-            if servers is None or servers.pop(server, None) is None:
-                return
-            if servers:
-                not_before, not_after = next(reversed(servers.values()))
-                set_certificate_expiry(server.service, not_after,
-                                       not_before_unix_s=not_before, registry=registry)
-            else:
-                del cls._published[key]
-                remove_certificate_expiry(server.service, registry=registry)
 
 
 _MESH_CHECKS = {
@@ -1538,7 +1481,6 @@ class MeshServer:
                 except Exception as exc:
                     _log.warning(f"{what} after a failed start failed", error=repr(exc))
         finally:
-            _CertificateGauges.withdraw(self)
             self._stopped.set()
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
@@ -1598,11 +1540,14 @@ class MeshServer:
     def _publish_certificate(self, cert: x509.Certificate) -> None:
         """Publish ``cert``'s validity period: ``meshkit_certificate_expiry_timestamp_seconds``
         (notAfter) and ``meshkit_certificate_not_before_timestamp_seconds`` (notBefore),
-        which ``MeshkitCertificateExpiringSoon`` compares (a third of the lifetime left);
-        nothing once the server has stopped (see :class:`_CertificateGauges`)."""
+        which ``MeshkitCertificateExpiringSoon`` compares (a third of the lifetime left),
+        rendered at scrape while this server is live (:func:`publish_certificate`): a
+        server that stops leaves them, with nothing to withdraw (while another live server
+        of the service publishes into the same registry, they show the certificate
+        published last)."""
         info = describe_certificate(cert)
-        _CertificateGauges.publish(self, info.not_before.timestamp(),
-                                   info.not_after.timestamp())
+        publish_certificate(self, self.service, info.not_before.timestamp(),
+                            info.not_after.timestamp(), registry=self._metrics_registry())
 
     def _metrics_registry(self) -> Any:
         """Where this server's metrics go (and ``/metrics`` serves): its telemetry's
@@ -1675,25 +1620,36 @@ class MeshServer:
 
     async def _close_after_stop(self) -> None:
         """The drain's last steps: close the interceptors' resources, release the admin
-        server, close an owned registry, mark the server stopped and record its final
-        counters (:func:`ended`). Each step is attempted whatever the one before did."""
+        server, close an owned registry, log "stopped", write the access log's last
+        batch, mark the server stopped and record its final counters (:func:`ended`).
+        Each step is attempted whatever the one before did: one that fails (or a warning
+        turned into an error, ``-W error``) is logged, and the server still ends stopped
+        (the drain's waiters released) with its final counters recorded."""
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("closing an interceptor", aclose) for aclose in (  # e.g. Redis connections
+                getattr(icpt, "aclose", None) for icpt in self._chain) if aclose is not None]
+        if self.admin is not None:
+            self.admin = None
+            steps.append(("releasing the admin server",
+                          lambda: _SharedAdmin.release(self._admin_registry)))
+        if self._owns_registry:
+            steps.append(("closing the registry", self.registry.close))
         try:
-            for icpt in self._chain:  # e.g. a rate limiter's Redis connections
-                aclose = getattr(icpt, "aclose", None)
-                if aclose is not None:
-                    try:
-                        await aclose()
-                    except Exception as exc:
-                        _log.warning("closing an interceptor failed", error=repr(exc))
-            if self.admin is not None:
-                self.admin = None
-                await _SharedAdmin.release(self._admin_registry)
-            if self._owns_registry:
-                await self.registry.close()
+            for what, step in steps:
+                try:
+                    await step()
+                except Exception as exc:
+                    _log.warning(f"{what} failed", error=repr(exc))
         finally:
-            _CertificateGauges.withdraw(self)
-            _log.info("stopped", service=self.service, refused=self.drain_refused)
-            flush_logs()  # the access log's last batch
+            for what, last in (
+                    ("logging the stop", lambda: _log.info(
+                        "stopped", service=self.service, refused=self.drain_refused)),
+                    ("writing the access log's last batch", flush_logs)):
+                try:
+                    last()
+                except Exception as exc:
+                    with contextlib.suppress(Exception):  # logs must not break the stop
+                        _log.warning(f"{what} failed", error=repr(exc))
             self._stopped.set()
             ended(self)  # its final counters, for /metrics after it is gone
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -1154,6 +1155,42 @@ async def test_a_cancelled_drain_runs_to_its_end_and_a_later_drain_waits_for_it(
     finally:
         if srv.live and srv._server is not None:
             await srv._server.stop(0)
+
+
+@pytest.mark.parametrize("failing", ["flush_logs", "admin", "registry"])
+async def test_a_failing_end_of_drain_step_is_logged_and_the_server_still_ends_stopped(
+    registry_dir: Path, monkeypatch: pytest.MonkeyPatch, failing: str,
+) -> None:
+    """The drain's last steps ran in a ``finally`` one after the other: one that raised
+    (the certificate gauges' withdrawal under ``-W error`` in prometheus-client's
+    multiprocess mode, a flush of the access log, releasing the admin server, closing an
+    owned registry) skipped those after it: the server was never marked stopped (a
+    ``wait_stopped()`` or a second ``drain()`` waited for ever), the access log's last
+    batch was not written and its final counters were not recorded. Each step is now
+    attempted whatever the one before did, a failure logged: drain() returns, the
+    server is stopped and its final counters are recorded."""
+    from meshkit.observability._live import final_stats
+
+    def fails(*_a: Any) -> Any:
+        raise RuntimeError(f"{failing} failed")
+
+    if failing == "flush_logs":
+        monkeypatch.setattr(meshkit.server, "flush_logs", fails)
+    elif failing == "admin":
+        monkeypatch.setattr(_SharedAdmin, "release", fails)
+    srv = meshkit.MeshServer("echo", [add_echo("f1")], registry=f"local://{registry_dir}",
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          grace_s=0.5))
+    await srv.start()
+    if failing == "registry":
+        monkeypatch.setattr(srv.registry, "close", fails)
+    await asyncio.wait_for(srv.drain(), 10)
+    assert srv._stopped.is_set() and not srv.live
+    await asyncio.wait_for(srv.wait_stopped(), 1)
+    assert final_stats(weakref.ref(srv)) is not None
+    if failing == "admin":  # the admin server the failed release left running
+        monkeypatch.undo()
+        await _SharedAdmin.release(srv._admin_registry)
 
 
 async def test_two_servers_of_one_service_in_a_process_get_distinct_instance_ids(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 import time
 import weakref
@@ -28,7 +29,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client import metrics as _prometheus_metrics
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -56,6 +57,7 @@ __all__ = [
     "MeshCollector",
     "RpcMetrics",
     "default_registry",
+    "publish_certificate",
     "reading_on",
     "rpc_metrics",
     "set_certificate_expiry",
@@ -126,9 +128,15 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
 
     Sets ``meshkit_certificate_expiry_timestamp_seconds{service=...}`` (``notAfter``) and,
     given ``not_before_unix_s``, ``meshkit_certificate_not_before_timestamp_seconds``
-    (``notBefore``); ``serve()`` calls it at start and whenever the certificate on disk
-    changes (it looks every ``TLSOptions.reload_interval_s``), and withdraws them when the
-    server stops (:func:`remove_certificate_expiry`). deploy/prometheus's
+    (``notBefore``), until :func:`remove_certificate_expiry`: for a certificate the
+    application serves with itself. A TLS ``serve()`` publishes its own certificate's
+    period in the same families (:func:`publish_certificate`: at start and whenever the
+    certificate on disk changes, which it looks at every ``TLSOptions.reload_interval_s``)
+    for as long as the server is live: a server that stops leaves them. Both are
+    rendered by meshkit's collector at scrape, as its other gauges (never written to
+    prometheus-client's multiprocess directory, ``PROMETHEUS_MULTIPROC_DIR``, where a
+    stopped server's or a dead worker's series could never be removed); for one service,
+    the period published last is shown. deploy/prometheus's
     ``MeshkitCertificateExpiringSoon`` fires when less than a third of the validity
     period is left (``expiry - time() < (expiry - not_before) / 3``, for 10 minutes):
     renewal did not happen, since cert-manager renews at two thirds of a certificate's
@@ -156,24 +164,86 @@ def set_certificate_expiry(service: str, not_after_unix_s: float, *,
             and 0 <= not_before_unix_s <= not_after_unix_s):
         raise ConfigError(f"not_before_unix_s must be epoch seconds up to not_after_unix_s="
                           f"{not_after_unix_s!r}, got {not_before_unix_s!r}")
-    metrics = rpc_metrics(registry)
-    if not_before_unix_s is not None:
-        metrics.certificate_not_before.labels(service).set(not_before_unix_s)
-    metrics.certificate_expiry.labels(service).set(not_after_unix_s)
+    certs = rpc_metrics(registry).certificates
+    with certs.lock:
+        certs.set[service] = (next(_published), not_before_unix_s, float(not_after_unix_s))
 
 
 def remove_certificate_expiry(service: str, *,
                               registry: CollectorRegistry | None = None) -> None:
-    """Withdraw the certificate gauges of ``service`` (what :func:`set_certificate_expiry`
-    set: ``meshkit_certificate_expiry_timestamp_seconds`` and
+    """Withdraw the certificate gauges of ``service`` that :func:`set_certificate_expiry`
+    set (``meshkit_certificate_expiry_timestamp_seconds`` and
     ``meshkit_certificate_not_before_timestamp_seconds``) from ``registry`` (default
     :func:`default_registry`): nothing serves with that certificate any more, so
-    ``MeshkitCertificateExpiringSoon`` must not fire for it. ``serve()`` calls it when the
-    last server of ``service`` publishing into ``registry`` stops. Nothing happens for a
-    service without them."""
-    metrics = rpc_metrics(registry)
-    metrics.certificate_expiry.remove(service)
-    metrics.certificate_not_before.remove(service)
+    ``MeshkitCertificateExpiringSoon`` must not fire for it. Nothing happens for a
+    service without them; a live server of ``service`` publishing into ``registry`` keeps
+    showing its own certificate (it leaves when the server stops)."""
+    certs = rpc_metrics(registry).certificates
+    with certs.lock:
+        certs.set.pop(service, None)
+
+
+def publish_certificate(server: Any, service: str, not_before_unix_s: float,
+                        not_after_unix_s: float, *,
+                        registry: CollectorRegistry | None = None) -> None:
+    """``server`` (an object with a ``live`` property: a :class:`~meshkit.MeshServer`)
+    serves ``service`` with a certificate valid from ``not_before_unix_s`` to
+    ``not_after_unix_s`` (Unix s): the certificate gauges of ``registry`` (default
+    :func:`default_registry`) show it at scrape while ``server`` is live and nothing was
+    published for ``service`` after it (see :func:`set_certificate_expiry`); it replaces
+    what ``server`` published before. Held weakly: nothing to withdraw when the server
+    stops. Thread-safe (the TLS reloader calls it on grpc's threads)."""
+    certs = rpc_metrics(registry).certificates
+    with certs.lock:
+        certs.servers[server] = (service, next(_published), not_before_unix_s,
+                                 not_after_unix_s)
+
+
+_published = itertools.count(1)  # the order of publication (next() is atomic in CPython)
+
+_CERTIFICATE_DOCS = {
+    "expiry": ("meshkit_certificate_expiry_timestamp_seconds",
+               "notAfter of the workload certificate, Unix seconds."),
+    "not_before": ("meshkit_certificate_not_before_timestamp_seconds",
+                   "notBefore of the workload certificate, Unix seconds."),
+}
+
+
+class _Certificates:
+    """The certificate periods published into one registry (:func:`set_certificate_expiry`,
+    :func:`publish_certificate`), rendered at scrape as
+    ``meshkit_certificate_expiry_timestamp_seconds`` and
+    ``meshkit_certificate_not_before_timestamp_seconds`` (label ``service``): per service,
+    the period published last among those set by hand and those of live servers."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # service -> (publication number, notBefore or None, notAfter), by hand
+        self.set: dict[str, tuple[int, float | None, float]] = {}
+        # server -> (service, publication number, notBefore, notAfter)
+        self.servers: weakref.WeakKeyDictionary[Any, tuple[str, int, float, float]] = (
+            weakref.WeakKeyDictionary())
+
+    def describe(self) -> list[Metric]:
+        """No fixed description (what is published changes; the names never clash)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            latest = dict(self.set)
+            published = list(self.servers.items())
+        for server, (service, n, since_s, until_s) in published:
+            if getattr(server, "live", False) and n > latest.get(service, (0,))[0]:
+                latest[service] = (n, since_s, until_s)
+        expiry = GaugeMetricFamily(*_CERTIFICATE_DOCS["expiry"], labels=["service"])
+        since = GaugeMetricFamily(*_CERTIFICATE_DOCS["not_before"], labels=["service"])
+        for service in sorted(latest):
+            _, not_before, not_after = latest[service]
+            expiry.add_metric([service], not_after)
+            if not_before is not None:
+                since.add_metric([service], not_before)
+        yield expiry
+        yield since
 
 
 _OK = grpc.StatusCode.OK
@@ -425,14 +495,10 @@ class RpcMetrics:
         self.servers: dict[tuple[str, str, str], BoundServer] = {}
         self.clients: dict[tuple[str, str, str], BoundClient] = {}
         registry.register(_RpcCollector(self))
-        self.certificate_expiry = Gauge(
-            "meshkit_certificate_expiry_timestamp_seconds",
-            "notAfter of the workload certificate, Unix seconds.", ("service",),
-            registry=registry)
-        self.certificate_not_before = Gauge(
-            "meshkit_certificate_not_before_timestamp_seconds",
-            "notBefore of the workload certificate, Unix seconds.", ("service",),
-            registry=registry)
+        # rendered at scrape, not prometheus-client Gauges: under its multiprocess mode a
+        # Gauge's values go to PROMETHEUS_MULTIPROC_DIR, where none can be removed
+        self.certificates = _Certificates()
+        registry.register(self.certificates)
         self.mesh = MeshCollector()
         registry.register(self.mesh)
 

@@ -244,3 +244,106 @@ async def test_certificate_gauges_of_a_drained_server_are_not_left_on_metrics(
     finally:
         await asyncio.wait_for(old.drain(), 10)
     assert gauges() == (None, None)
+
+
+# An mTLS server of "echo" (certificates from meshkit's own CA helpers) started, called once
+# and drained, in a child process (prometheus-client's multiprocess mode is process-wide);
+# prints DRAIN returned once drain() returned and STOPPED once the server reports itself
+# stopped, then the application's own exposition of the multiprocess directory.
+_TLS_SERVE_AND_DRAIN = """
+import asyncio, sys, tempfile
+from pathlib import Path
+import meshkit
+from meshkit.auth import TLSOptions, init_ca_dir, issue_into_dir
+from meshkit.discovery import LocalOptions, LocalRegistry
+from tests.support.echo import add_echo, method
+
+def tls(files):
+    return TLSOptions(ca_file=files.ca_file, cert_file=files.cert_file,
+                      key_file=files.key_file)
+
+async def main():
+    d = Path(tempfile.mkdtemp())
+    init_ca_dir(d / "pki", trust_domain="meshkit.test", ttl_days=2)
+    srv_files = issue_into_dir(d / "pki", "echo", ttl_h=1.0, dns=("localhost",),
+                               ips=("127.0.0.1",))
+    cli_files = issue_into_dir(d / "pki", "client", ttl_h=1.0)
+    reg = LocalRegistry(LocalOptions(path=d / "reg", ttl_s=30.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1", registered=True)], registry=reg,
+                             options=meshkit.ServeOptions(tls=tls(srv_files), instance_id="e1",
+                                                          drain_delay_s=0, grace_s=1.0))
+    await srv.start()
+    async with meshkit.dial("echo", registry=reg,
+                            options=meshkit.DialOptions(tls=tls(cli_files))) as ch:
+        assert await ch.unary_unary(method("Unary"))(b"hi", timeout=5) == b"e1|hi"
+    try:
+        await asyncio.wait_for(srv.drain(), 10)
+        print("DRAIN returned")
+    except Exception as exc:
+        print("DRAIN raised", type(exc).__name__, exc)
+    try:
+        await asyncio.wait_for(srv._stopped.wait(), 3)
+        print("STOPPED")
+    except asyncio.TimeoutError:
+        print("NOT STOPPED")
+    await reg.close()
+
+asyncio.run(main())
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+app = CollectorRegistry()
+multiprocess.MultiProcessCollector(app)  # the application's own /metrics
+print(generate_latest(app).decode())
+"""
+
+
+def _multiprocess_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run :data:`_TLS_SERVE_AND_DRAIN` with ``PROMETHEUS_MULTIPROC_DIR`` set (as under
+    gunicorn), Python options ``args``; it must exit 0."""
+    import os
+
+    mp = tmp_path / "prom"
+    mp.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "MESHKIT_", "PROMETHEUS_", "PYTHONASYNCIO"))}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(mp)
+    proc = subprocess.run([sys.executable, *args, "-c", _TLS_SERVE_AND_DRAIN],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=_REPO,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_multiprocess_mode_keeps_no_certificate_gauges_of_a_stopped_server(
+        tmp_path: Path) -> None:
+    """Under prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as
+    under gunicorn, the application exposing ``MultiProcessCollector`` over that
+    directory) meshkit's certificate gauges were prometheus-client ``Gauge`` s, written to
+    the shared directory, where withdrawing them when the server stops is impossible
+    (prometheus-client only warns "Removal of labels has not been implemented in
+    multi-process mode yet"): the application's exposition reported
+    ``meshkit_certificate_expiry_timestamp_seconds{service="echo"}`` for a server that
+    had stopped (and for every dead worker, for ever), and
+    ``MeshkitCertificateExpiringSoon`` fired for a certificate nothing served with. They
+    are now rendered by meshkit's collector at scrape from the live servers, like its
+    other families: nothing in the directory, nothing to remove, no warning."""
+    proc = _multiprocess_run(tmp_path)
+    out = proc.stdout.splitlines()
+    assert "STOPPED" in out, proc.stdout + proc.stderr[-2000:]
+    stale = [ln for ln in out if ln.startswith("meshkit_certificate_")]
+    assert not stale, f"a stopped server's certificate gauges in the directory: {stale}"
+    assert "Removal of labels has not been implemented" not in proc.stderr, proc.stderr
+
+
+def test_a_drain_under_warnings_as_errors_in_multiprocess_mode_ends_stopped(
+        tmp_path: Path) -> None:
+    """In multiprocess mode the withdrawal of the certificate gauges at drain made
+    prometheus-client issue a ``UserWarning``; with warnings turned into errors
+    (``python -W error``, pytest's ``filterwarnings = error``) ``drain()`` raised it, and
+    since the withdrawal ran first in the drain's ``finally``, the rest never ran: the
+    server was never marked stopped (its waiters waited for ever), the "stopped" line and
+    the access log's last batch were not written, its final counters not recorded. There
+    is no withdrawal any more, and a failing end-of-drain step is logged instead of
+    skipping the others (tests/test_server.py)."""
+    proc = _multiprocess_run(tmp_path, "-W", "error::UserWarning")
+    out = proc.stdout.splitlines()
+    assert "DRAIN returned" in out and "STOPPED" in out, (out, proc.stderr[-2000:])

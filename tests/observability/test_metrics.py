@@ -1540,3 +1540,26 @@ async def test_a_serving_process_exports_its_own_registry_health(
         assert value(got, "meshkit_registry_errors_total", service="regd", op="read") == 0
     finally:
         await srv.drain()
+
+
+def test_certificate_gauges_set_by_hand_stay_until_removed(prom: CollectorRegistry) -> None:
+    """The certificate gauges are rendered at scrape (never prometheus-client ``Gauge`` s,
+    whose values multiprocess mode writes to a directory nothing can remove them from):
+    what ``set_certificate_expiry`` publishes stays until ``remove_certificate_expiry``,
+    and the latest call decides both series (no notBefore left from an earlier one)."""
+    from meshkit.observability._metrics import remove_certificate_expiry
+
+    def gauges() -> tuple[float | None, float | None]:
+        return (prom.get_sample_value("meshkit_certificate_not_before_timestamp_seconds",
+                                      {"service": "echo"}),
+                prom.get_sample_value("meshkit_certificate_expiry_timestamp_seconds",
+                                      {"service": "echo"}))
+
+    set_certificate_expiry("echo", 1_900_086_400.0, not_before_unix_s=1_900_000_000.0,
+                           registry=prom)
+    assert gauges() == (1_900_000_000.0, 1_900_086_400.0)
+    set_certificate_expiry("echo", 1_900_172_800.0, registry=prom)
+    assert gauges() == (None, 1_900_172_800.0)
+    remove_certificate_expiry("echo", registry=prom)
+    assert gauges() == (None, None)
+    remove_certificate_expiry("echo", registry=prom)  # nothing left: nothing happens
