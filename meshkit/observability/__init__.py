@@ -166,7 +166,8 @@ add_route`.
 **Defaults.** ``serve()`` and ``dial()`` install the fused interceptors outermost
 (``ServeOptions.telemetry`` / ``DialOptions.telemetry``; ``None`` turns them off),
 ``serve()`` starts the process's admin server (``MESHKIT_ADMIN_PORT``, default an
-ephemeral loopback port, announced as registry meta ``admin_port``) and calls
+ephemeral loopback port, announced as registry meta ``admin_port``) and, when its
+telemetry traces to the global provider (no ``tracer_provider`` of its own), calls
 :func:`tracing_from_env`, which sets the SDK up only when ``OTEL_TRACES_EXPORTER``,
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``MESHKIT_TRACE_FILE`` asks. So a service needs::
 
