@@ -18,7 +18,9 @@ stream-unary: when the response or the final error is there), :class:`StreamResp
 (unary-stream and stream-stream: when the attempt is open) and :class:`RetryingStreamCall`
 (a server stream retried until its first message, gRFC A6's commit point).
 
-As grpc.aio's own call objects: cancelling the task awaiting a stream's ``read``,
+As grpc.aio's own call objects: a unary-response call is sent whether or not it is
+awaited (from the loop's next turns when no await in the turn it was made in ran it
+inline); cancelling the task awaiting a unary-response call, or a stream's ``read``,
 ``write``, ``done_writing`` or iteration (``task.cancel()``, an ``asyncio.wait_for``
 timeout) cancels the call (``_StreamResponseMixin._read``), even before its attempt is
 open; cancelling a task awaiting an accessor (``code()``, ``initial_metadata()``...)
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -75,6 +78,7 @@ _LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc.aio's details o
 _log = structlog.get_logger("meshkit.channel")
 # the task a unary call runs in (for cancel()), without a getpid per call
 _current_task = LoopCache().current_task
+_get_ident = threading.get_ident
 
 
 def _call_back(callback: Callable[[Any], None], call: MeshCall) -> None:
@@ -257,14 +261,16 @@ class MeshCall:
     def cancel(self) -> bool:
         """Cancel the call: its attempt in flight and any attempt not started yet.
 
-        A call nothing has started yet (not awaited, read or asked anything) settles
-        cancelled at once and is never sent. Otherwise the attempt in flight is cancelled
-        and so is the task the call runs in: a unary call awaited directly runs in the
-        awaiting task, so its ``await`` raises :class:`asyncio.CancelledError` (as
-        grpc.aio's) and its retry backoff and hedges end with it. The call's code is then
-        ``CANCELLED``. A stream settles cancelled at once, as grpc.aio's ``cancel()`` sets
-        the status (still opening, in a retry's backoff, or before its first message),
-        so ``done()`` is true when this returns.
+        A call nothing has started yet (not awaited, read or asked anything; a unary
+        response call starts on its own from the loop's next turn but one, see
+        :class:`UnaryResponseCall`) settles cancelled at once and is never sent.
+        Otherwise the attempt in flight is cancelled and so is the task the call runs
+        in: a unary call awaited directly runs in the awaiting task, so its ``await``
+        raises :class:`asyncio.CancelledError` (as grpc.aio's) and its retry backoff and
+        hedges end with it. The call's code is then ``CANCELLED``. A stream settles
+        cancelled at once, as grpc.aio's ``cancel()`` sets the status (still opening, in
+        a retry's backoff, or before its first message), so ``done()`` is true when this
+        returns.
 
         Returns:
             ``True`` if this cancelled the call; ``False`` if it had already finished or
@@ -402,10 +408,15 @@ class MeshCall:
 class UnaryResponseCall(MeshCall):
     """The call of unary-unary and stream-unary methods: ``await`` it for the response.
 
-    Awaited directly it runs inline in the caller's task (no extra task per call); any
-    other use first (``add_done_callback``, ``code()``...) starts it in a task. Either way
-    it is sent once, however many awaits and accessors follow. It settles on the attempt
-    that answered (``details.last_call``).
+    As grpc.aio's, it is sent whether or not it is awaited. Awaited in the loop turn it
+    was made in (directly, or by a task made in that turn: ``asyncio.wait_for``,
+    ``gather``) it runs inline in the awaiting task (no extra task per call); any other
+    use first (``add_done_callback``, ``code()``...) starts it in a task, and so does the
+    loop's next turn but one when nothing has (:class:`_Made`: a call never awaited, the
+    calls of a fan-out awaited one after another). Either way it is sent once, however
+    many awaits and accessors follow; cancelling the task awaiting it cancels it, as
+    grpc.aio's ``__await__``. It settles on the attempt that answered
+    (``details.last_call``).
 
     Args:
         details: the call's :class:`~meshkit.interceptors.ClientCallDetails`.
@@ -431,6 +442,17 @@ class UnaryResponseCall(MeshCall):
         self._request = request
         self._invoke = invoke
         self._response: Any = None
+        # started, as grpc.aio's, whether or not it is awaited: from the loop's next turns
+        # (_Made.start) unless something starts it first (an await in this turn runs it
+        # inline); calls made in one turn of a loop share one scheduled callback
+        made = _made
+        if made is not None and made.ident == _get_ident() and made.loop.is_running():
+            calls = made.calls
+            if not calls:
+                made.loop.call_soon(made.start)
+            calls.append(self)
+        else:
+            _start_soon(self)
 
     def __await__(self) -> Any:
         if self._task is None:  # not started
@@ -472,10 +494,67 @@ class UnaryResponseCall(MeshCall):
         return self._details.last_call
 
     async def _result(self) -> Any:
-        await self._settled()
+        # as grpc.aio's __await__: cancelling the awaiting task (an asyncio.wait_for
+        # timeout) cancels the call, as it does a call running inline in that task
+        await self._settled_or_cancel()
         if self._error is not None:
             raise self._error
         return self._response
+
+
+class _Made:
+    """The unary-response calls made in the current turn of one event loop (run by one
+    thread) that may not be started yet: grpc.aio starts a call in its constructor, a
+    meshkit call starts when awaited (inline, in the awaiting task) or used, and
+    :meth:`start`, scheduled once per turn by the turn's first call, starts the others.
+
+    The calls' constructor keeps the record of the loop that made a call last
+    (``_made``) and reuses it while the same thread makes calls and that loop runs (a
+    thread runs one loop at a time), so a turn's calls cost one ``call_soon`` together;
+    a call made on another thread or loop makes a new record (:func:`_start_soon`).
+    """
+
+    __slots__ = ("calls", "ident", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ident = _get_ident()
+        self.calls: list[UnaryResponseCall] = []  # not empty: start() is scheduled
+
+    def start(self) -> None:
+        """The turn that made the calls is over: if any of them has not been started (an
+        await in that turn runs a call inline) or cancelled, start those one turn later,
+        in a task each, after the tasks that turn scheduled (``asyncio.wait_for`` or
+        ``gather`` of a call made there, which await it inline first)."""
+        calls = self.calls
+        self.calls = []
+        for call in calls:
+            if call._task is None and not call._is_settled:
+                self.loop.call_soon(_start_each, calls)
+                return
+
+
+_made: _Made | None = None  # the record of the loop that made a unary-response call last
+
+
+def _start_soon(call: UnaryResponseCall) -> None:
+    """Have ``call``, just made on a thread or loop other than the last call's, started
+    soon (see :class:`_Made`); a call made outside a running event loop starts when
+    awaited or used."""
+    global _made
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return
+    made = _made = _Made(loop)
+    made.calls.append(call)
+    loop.call_soon(made.start)
+
+
+def _start_each(calls: list[UnaryResponseCall]) -> None:
+    """Start each of ``calls`` that nothing has started or cancelled yet, in its task."""
+    for call in calls:
+        if call._task is None and not call._is_settled:
+            call._start()
 
 
 class StreamResponseCall(MeshCall):

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -16,10 +16,11 @@ import structlog
 
 import meshkit
 from meshkit.balancer import RoundRobin
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import Instance, LocalRegistry
 from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
-from tests.support.echo import method
+from tests.support.echo import method, raw_server
+from tests.support.wait import until
 
 OK = grpc.StatusCode.OK
 
@@ -571,3 +572,167 @@ async def test_done_writing_on_a_finished_stream_does_nothing(
         failed = ch.stream_stream(method("Bidi"))(timeout=5)
         assert await failed.code() is grpc.StatusCode.UNAVAILABLE
         await failed.done_writing()
+
+
+# -- call objects used without await (grpc.aio starts a call when it is made) -------------
+_SLEEP_S = 0.5
+
+
+def _counting_handler(seen: list[str]) -> grpc.GenericRpcHandler:
+    """A service ``t.Calls`` whose methods record each call they receive in ``seen``:
+    ``Note`` (unary-unary), ``Notes`` (stream-unary), ``Slow`` (unary-unary, sleeps
+    ``_SLEEP_S`` then answers)."""
+
+    async def note(request: bytes, context: Any) -> bytes:
+        seen.append("Note")
+        return b"ok"
+
+    async def notes(requests: Any, context: Any) -> bytes:
+        seen.append("Notes")
+        return b",".join([r async for r in requests])
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        seen.append("Slow")
+        try:
+            await asyncio.sleep(_SLEEP_S)
+        except asyncio.CancelledError:
+            seen.append("Slow cancelled")
+            raise
+        return b"ok"
+
+    return grpc.method_handlers_generic_handler("t.Calls", {
+        "Note": grpc.unary_unary_rpc_method_handler(note),
+        "Notes": grpc.stream_unary_rpc_method_handler(notes),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    })
+
+
+@contextlib.asynccontextmanager
+async def _side_by_side(registry: LocalRegistry, *handlers: grpc.GenericRpcHandler,
+                        **dial_kw: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """``(raw grpc.aio channel, meshkit channel)`` to one plain grpc.aio server serving
+    ``handlers``, registered as service ``calls``."""
+    async with raw_server(*handlers) as (_server, port):
+        await registry.register(
+            Instance(service="calls", instance_id="c1", host="127.0.0.1", port=port))
+        raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        mesh = meshkit.dial("calls", registry=registry, options=_opts(**dial_kw))
+        try:
+            await mesh.wait_for_endpoints(1)
+            await asyncio.wait_for(raw.channel_ready(), 5)
+            yield raw, mesh
+        finally:
+            await raw.close()
+            await mesh.close()
+
+
+async def test_a_unary_call_never_awaited_is_still_sent(registry: LocalRegistry) -> None:
+    """A user who fires a notification (``stub.Note(req)`` / ``stub.Notes(iter(...))``
+    without awaiting the call object: grpc.aio's ``UnaryUnaryCall``/``StreamUnaryCall``
+    start a task for it in their constructor) saw the server receive it through plain
+    grpc.aio and never through ``dial()``: the unary-response call object only started
+    when awaited or asked something, so the call was silently dropped. Now a call nothing
+    started in the loop turn it was made in is started from the next turns, in a task."""
+    seen: list[str] = []
+    async with _side_by_side(registry, _counting_handler(seen)) as (raw, mesh):
+        raw_calls = (raw.unary_unary("/t.Calls/Note")(b"n", timeout=5),
+                     raw.stream_unary("/t.Calls/Notes")(iter([b"a", b"b"]), 5))
+        await until(lambda: len(seen) == 2, timeout_s=3,
+                    what="plain grpc.aio sends both calls")
+        assert sorted(seen) == ["Note", "Notes"]
+        del raw_calls
+        seen.clear()
+
+        mesh_calls = (mesh.unary_unary("/t.Calls/Note")(b"n", timeout=5),
+                      mesh.stream_unary("/t.Calls/Notes")(iter([b"a", b"b"]), 5))
+        await until(lambda: len(seen) == 2, timeout_s=3,
+                    what="the server receiving both calls made through dial()")
+        assert sorted(seen) == ["Note", "Notes"]
+        assert [await call for call in mesh_calls] == [b"ok", b"a,b"]
+
+
+async def test_unary_calls_made_before_they_are_awaited_run_concurrently(
+        registry: LocalRegistry) -> None:
+    """The common grpc.aio fan-out ``calls = [stub.Get(r, timeout=2) for r in reqs]`` then
+    ``[await c for c in calls]``: through grpc.aio every call is in flight from the moment
+    it is made (about one server time for all four); through ``dial()`` each call started
+    only when the loop reached its ``await``, so they ran one after another (four server
+    times) and, each deadline being set when its call was made, the last ones failed
+    ``DEADLINE_EXCEEDED`` without having been sent. Now the first runs inline in the
+    awaiting task and the others start from the loop's next turns, as grpc.aio's."""
+    seen: list[str] = []
+    async with _side_by_side(registry, _counting_handler(seen)) as (raw, mesh):
+        for name, ch in (("raw", raw), ("mesh", mesh)):
+            t0 = time.monotonic()
+            calls = [ch.unary_unary("/t.Calls/Slow")(b"", timeout=4 * _SLEEP_S + 0.1)
+                     for _ in range(4)]
+            outcomes = []
+            for call in calls:
+                try:
+                    outcomes.append(await call)
+                except grpc.RpcError as err:
+                    outcomes.append(err.code())
+            took = time.monotonic() - t0
+            assert outcomes == [b"ok"] * 4, (name, outcomes)
+            # concurrent: about one _SLEEP_S; serial: 4 x _SLEEP_S (2.0 s)
+            assert took < 3 * _SLEEP_S, f"{name}: 4 calls took {took:.2f} s"
+
+
+async def test_a_started_call_awaited_under_a_timeout_is_cancelled_when_it_runs_out(
+        registry: LocalRegistry) -> None:
+    """A call already running in its own task (made, then awaited only after the turn it
+    was made in) and awaited under ``asyncio.wait_for``: when the timeout cancels the
+    awaiting task the call is cancelled (its code ``CANCELLED``, the server's handler
+    cancelled), as grpc.aio's ``__await__`` and as a call running inline in that task;
+    it does not go on for nobody."""
+    seen: list[str] = []
+    async with _side_by_side(registry, _counting_handler(seen)) as (_raw, mesh):
+        call = mesh.unary_unary("/t.Calls/Slow")(b"", timeout=5)
+        await until(lambda: seen == ["Slow"], timeout_s=3, what="the call sent")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(call, 0.05)
+        assert call.cancelled()
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        await until(lambda: "Slow cancelled" in seen, timeout_s=3,
+                    what="the server's handler cancelled")
+
+
+async def test_a_call_awaited_in_the_turn_it_was_made_in_runs_once_inline(
+        registry: LocalRegistry) -> None:
+    """The fast path stays: a call awaited in the turn it was made in (directly, or
+    through ``asyncio.wait_for``/``gather``, whose tasks run before the call would be
+    started on its own) runs in the awaiting task, sent once."""
+    seen: list[str] = []
+    async with _side_by_side(registry, _counting_handler(seen)) as (_raw, mesh):
+        note = mesh.unary_unary("/t.Calls/Note")
+        direct = note(b"n", timeout=5)
+        assert await direct == b"ok"
+        assert direct._task is asyncio.current_task()
+        wrapped = note(b"n", timeout=5)
+        assert await asyncio.wait_for(wrapped, 5) == b"ok"
+        gathered = [note(b"n", timeout=5) for _ in range(3)]
+        assert await asyncio.gather(*gathered) == [b"ok"] * 3
+        for call in (wrapped, *gathered):
+            # awaited by the caller's task or asyncio's wrapper task: not one of its own
+            assert call._task is not None
+            assert call._task.get_coro().__qualname__ != "UnaryResponseCall._run"
+        await asyncio.sleep(0.05)
+        assert seen == ["Note"] * 5
+
+
+async def test_a_call_cancelled_in_the_turn_it_was_made_in_is_never_sent(
+        registry: LocalRegistry) -> None:
+    """A call made and cancelled in one loop turn (or cancelled before the turn that
+    would start it) is never sent, for a unary and a stream-unary call."""
+    seen: list[str] = []
+    async with _side_by_side(registry, _counting_handler(seen)) as (_raw, mesh):
+        calls = [mesh.unary_unary("/t.Calls/Note")(b"n", timeout=5),
+                 mesh.stream_unary("/t.Calls/Notes")(iter([b"a"]), 5)]
+        assert all(call.cancel() for call in calls)
+        later = mesh.unary_unary("/t.Calls/Note")(b"n", timeout=5)
+        await asyncio.sleep(0)  # the turn that made it is over; not started yet
+        assert later.cancel() is True
+        await asyncio.sleep(0.1)  # a call sent anyway would reach the server by now
+        assert seen == []
+        for call in (*calls, later):
+            assert await call.code() is grpc.StatusCode.CANCELLED
