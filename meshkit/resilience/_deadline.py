@@ -53,9 +53,14 @@ call a mesh should keep open, and far below where grpcio's deadline arithmetic o
 
 def clamp_timeout_s(timeout_s: float | None) -> float | None:
     """``timeout_s`` (seconds, or ``None`` for none) clamped to :data:`MAX_PROPAGATED_S`
-    (``inf`` and values past it become ``MAX_PROPAGATED_S``; NaN is treated as none)."""
-    if timeout_s is None or timeout_s != timeout_s:
+    (``inf`` and values past it become ``MAX_PROPAGATED_S``). NaN (a computed timeout gone
+    wrong) is a deadline already passed, ``0.0``: grpc.aio fails a call with
+    ``timeout=nan`` at once with ``DEADLINE_EXCEEDED``, and reading it as none would lift
+    every bound on the call (the channel's default timeout included)."""
+    if timeout_s is None:
         return None
+    if timeout_s != timeout_s:
+        return 0.0
     return timeout_s if timeout_s <= MAX_PROPAGATED_S else MAX_PROPAGATED_S
 
 

@@ -12,13 +12,16 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import Instance, LocalRegistry
 from meshkit.resilience import (
+    MAX_PROPAGATED_S,
     DeadlineInterceptor,
     DeadlineOptions,
+    clamp_timeout_s,
     current_deadline,
     deadline_scope,
 )
+from tests.support.echo import handler, method, raw_server
 
 
 def service(name: str, behaviour: Any) -> tuple[Any, None]:
@@ -402,3 +405,69 @@ async def test_a_downstream_deadline_that_was_this_calls_own_is_answered_deadlin
     assert ctx.aborted[0] is answer
     assert "10.0.0.7" not in ctx.aborted[1]
 
+
+
+async def test_a_nan_timeout_does_not_lift_the_channels_default_deadline(
+        registry: LocalRegistry) -> None:
+    """``DialOptions(timeout_s=0.5)`` bounds every call of the channel; a caller whose
+    computed timeout came out NaN (``budget - elapsed`` with a NaN somewhere) passes
+    ``timeout=nan``. grpc.aio fails such a call at once with ``DEADLINE_EXCEEDED``; the
+    mesh read it as "no deadline" (``clamp_timeout_s``) instead of the channel's default,
+    and the call ran unbounded (the whole 3 s handler; against a hung server, forever).
+    Now a NaN timeout is a deadline already passed: ``DEADLINE_EXCEEDED`` at once, as
+    grpc.aio, nothing sent."""
+    async with raw_server(handler("e1")) as (_server, port):
+        await registry.register(
+            Instance(service="echo", instance_id="e1", host="127.0.0.1", port=port))
+        raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as raw_err:
+                await asyncio.wait_for(
+                    raw.unary_unary(method("Sleep"))(b"3000", timeout=math.nan), 5)
+            assert raw_err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            await raw.close()
+        async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                insecure=True, timeout_s=0.5)) as ch:
+            await ch.wait_for_endpoints(1)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                await asyncio.wait_for(
+                    ch.unary_unary(method("Sleep"))(b"3000", timeout=math.nan), 5)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - t0 < 0.4
+            assert [e.calls for e in ch.stats().endpoints] == [0]
+            stream = ch.unary_stream(method("ServerStream"))(b"1", timeout=math.nan)
+            with pytest.raises(grpc.RpcError) as err:
+                await asyncio.wait_for(stream.read(), 5)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_nan_timeout_with_wait_for_ready_does_not_wait_forever(
+        registry: LocalRegistry) -> None:
+    """``wait_for_ready=True`` with ``timeout=nan`` and no instance registered: grpc.aio
+    answers ``DEADLINE_EXCEEDED`` at once; the mesh dropped the deadline (NaN read as
+    none) and the call waited for an endpoint forever, holding the caller. Now it fails
+    ``DEADLINE_EXCEEDED`` at once."""
+    async with meshkit.dial("nobody", registry=registry,
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        call = ch.unary_unary(method("Unary"))(b"x", timeout=math.nan, wait_for_ready=True)
+        try:
+            async with asyncio.timeout(3):
+                with pytest.raises(grpc.RpcError) as err:
+                    await call
+        except TimeoutError:
+            pytest.fail("a call with timeout=nan and wait_for_ready=True still waits "
+                        "after 3 s")
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_clamp_timeout_s_reads_nan_as_a_passed_deadline() -> None:
+    """``clamp_timeout_s``: ``None`` stays none, NaN is a deadline already passed (0.0),
+    ``inf`` and anything past ``MAX_PROPAGATED_S`` are clamped to it."""
+    assert clamp_timeout_s(None) is None
+    assert clamp_timeout_s(math.nan) == 0.0
+    assert clamp_timeout_s(math.inf) == MAX_PROPAGATED_S
+    assert clamp_timeout_s(1e12) == MAX_PROPAGATED_S
+    assert clamp_timeout_s(1.5) == 1.5
+    assert clamp_timeout_s(-1.0) == -1.0
