@@ -1277,8 +1277,13 @@ class _MultiCallable:
             for k, v in details.metadata:
                 if k == self._hash_key:
                     # a -bin value is any bytes: each byte one character (latin-1 maps
-                    # all 256), so any value hashes, and distinct values stay distinct
-                    details.request_key = v if isinstance(v, str) else v.decode("latin-1")
+                    # all 256), so any value hashes, and distinct values stay distinct;
+                    # a value of another type is left to check_metadata, which refuses
+                    # it (InvalidMetadataError, INTERNAL) before any pick
+                    if isinstance(v, str):
+                        details.request_key = v
+                    elif isinstance(v, bytes):
+                        details.request_key = v.decode("latin-1")
                     break
         return details
 

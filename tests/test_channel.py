@@ -539,3 +539,30 @@ async def test_the_clients_own_send_limit_is_no_failure_of_the_endpoint(
         # the endpoint still serves: a small call goes through
         assert await asyncio.wait_for(
             ch.unary_unary(method("Unary"))(b"hi", timeout=5), 8) == b"e1|hi"
+
+
+@pytest.mark.parametrize("value", [5, None], ids=["int", "None"])
+async def test_a_hash_key_value_of_the_wrong_type_is_an_invalid_metadata_error(
+        registry: LocalRegistry, echo_servers: EchoFactory, value: Any) -> None:
+    """With ``DialOptions(hash_key_metadata="x-user")`` (RingHash affinity), a call whose
+    ``x-user`` value is not ``str``/``bytes`` raised a bare ``AttributeError: 'int' object
+    has no attribute 'decode'`` from the multicallable (the hash key was decoded before
+    the metadata was checked), which no ``except grpc.RpcError`` catches, where the same
+    value under any other key is an ``InvalidMetadataError`` (``INTERNAL``, naming the
+    key), as the README documents for request metadata gRPC cannot send. Now the hash key
+    is no different; nothing is sent."""
+    served: list[str] = []
+    await echo_servers("e1", served=served)
+    async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+            insecure=True, balancer=meshkit.balancer.RingHash,
+            hash_key_metadata="x-user")) as ch:
+        await ch.wait_for_endpoints(1)
+        for key in ("x-other", "x-user"):
+            with pytest.raises(meshkit.errors.InvalidMetadataError) as err:
+                await ch.unary_unary(method("Unary"))(
+                    b"x", timeout=2, metadata=[(key, value)])
+            assert err.value.code() is grpc.StatusCode.INTERNAL
+            assert key in (err.value.details() or "")
+        assert await ch.unary_unary(method("Unary"))(
+            b"x", timeout=2, metadata=[("x-user", "u1")]) == b"e1|x"
+        assert served == ["Unary"]
