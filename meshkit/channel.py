@@ -160,14 +160,28 @@ _ATTEMPT_KINDS_TEXT = ("grpc.aio client interceptors (UnaryUnaryClientIntercepto
                        "StreamStreamClientInterceptor instances)")
 
 
-def _refused_here(code: grpc.StatusCode, details: str | None) -> bool:
+# grpc core's details of a call whose per-call credentials plugin failed (raised, or
+# answered an error) before anything was sent: "...with error: <the plugin's text>"
+_PLUGIN_FAILED = "Getting metadata from plugin failed"
+
+
+def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: Any = None,
+                  trailing_metadata: Any = None) -> bool:
     """Whether a status is grpc's own refusal on this side, before the message left: a
     request over the channel's ``grpc.max_send_message_length`` ("CLIENT: Sent message
     larger than max" from grpc core; for a stream, grpc.aio's failed batch, ``INTERNAL``
-    "Internal error from Core"). No endpoint's outcome: outlier ejection's failure codes
-    mean the endpoint, not the request, is at fault."""
+    "Internal error from Core"), or a call whose per-call credentials
+    (``credentials=grpc.metadata_call_credentials(plugin)``) failed: ``UNAVAILABLE``
+    "Getting metadata from plugin failed with error: ...", with no metadata from a server
+    (``initial_metadata``, ``trailing_metadata``; pass them for an ``UNAVAILABLE``). No
+    endpoint's outcome: outlier ejection's failure codes mean the endpoint, not the
+    request, is at fault. Residual risk: a server that forwards that status verbatim,
+    without metadata, is not counted as failing. Asked on the failure path only."""
     if code is _INTERNAL:
         return details == "Internal error from Core"
+    if code is _UNAVAILABLE:
+        return (details is not None and details.startswith(_PLUGIN_FAILED)
+                and not initial_metadata and not trailing_metadata)
     return code is _EXHAUSTED and details is not None and details.startswith(
         "CLIENT: Sent message larger than max")
 
@@ -762,7 +776,8 @@ class MeshChannel(grpc.aio.Channel):
         try:
             response = await call
         except AioRpcError as exc:
-            if _refused_here(exc.code(), exc.details()):  # no endpoint's outcome
+            if _refused_here(exc.code(), exc.details(), exc.initial_metadata(),
+                             exc.trailing_metadata()):  # no endpoint's outcome
                 done(_CANCELLED, _perf() - t0)
                 raise
             ep.failures += 1
@@ -1200,6 +1215,11 @@ async def _report_stream(call: Any, ep: Endpoint, done: Any,
     elif (code is _INTERNAL or code is _EXHAUSTED) and _refused_here(
             code, await call.details()):
         done(_CANCELLED, latency)  # grpc refused to send a message: no endpoint's outcome
+        return
+    elif code is _UNAVAILABLE and _refused_here(
+            code, await call.details(), await call.initial_metadata(),
+            await call.trailing_metadata()):
+        done(_CANCELLED, latency)  # its credentials failed here: no endpoint's outcome
         return
     elif code is _DEADLINE_EXCEEDED:
         # the caller's bound on the stream's life (a watch, a subscription renewed every

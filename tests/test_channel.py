@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from meshkit.interceptors import ClientCallDetails, ClientInterceptor
 from meshkit.observability import live_channel_stats, live_server_stats
 from tests.conftest import EchoFactory
 from tests.support import grpc_plugin
-from tests.support.echo import SERVICE, method, raw_server
+from tests.support.echo import SERVICE, handler, method, raw_server
 from tests.support.wait import until
 
 
@@ -566,3 +567,69 @@ async def test_a_hash_key_value_of_the_wrong_type_is_an_invalid_metadata_error(
         assert await ch.unary_unary(method("Unary"))(
             b"x", timeout=2, metadata=[("x-user", "u1")]) == b"e1|x"
         assert served == ["Unary"]
+
+
+class _NoToken(grpc.AuthMetadataPlugin):
+    """A per-call credentials plugin whose token source is down."""
+
+    def __call__(self, context: Any, callback: Any) -> None:
+        callback(None, ValueError("token source unavailable"))
+
+
+async def test_a_failing_call_credentials_plugin_ejects_no_healthy_endpoint(
+        registry: LocalRegistry, tmp_path: Path) -> None:
+    """A caller passes per-call ``credentials=grpc.metadata_call_credentials(plugin)`` and
+    its plugin fails (token source down). grpc fails each such call on the client before
+    anything is sent: ``UNAVAILABLE`` "Getting metadata from plugin failed with error:
+    ..." (plain grpc.aio alike). The mesh counted each as a failure of the endpoint it
+    picked, so a few of them ejected a healthy server for every caller of the channel and
+    P2C penalised the rest; and likewise for streams. Now such a status with no metadata
+    from a server counts against no endpoint (the caller still gets grpc's error)."""
+    from meshkit.auth import TLSOptions, init_ca_dir, issue_into_dir
+
+    init_ca_dir(tmp_path / "pki", trust_domain="meshkit.test", ttl_days=2)
+
+    def issue(service: str) -> TLSOptions:
+        files = issue_into_dir(tmp_path / "pki", service, ttl_h=1, dns=("localhost",),
+                               ips=("127.0.0.1",))
+        return TLSOptions(ca_file=files.ca_file, cert_file=files.cert_file,
+                          key_file=files.key_file)
+
+    server_tls = issue("echo")
+    servers = []
+    try:
+        for instance in ("e1", "e2"):
+            srv = meshkit.MeshServer(
+                "echo", [(lambda _s, server, i=instance: server.add_generic_rpc_handlers(
+                    (handler(i),)), None)],
+                registry=registry,
+                options=meshkit.ServeOptions(tls=server_tls, instance_id=instance,
+                                             drain_delay_s=0.0, grace_s=0.5))
+            await srv.start()
+            servers.append(srv)
+        async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                tls=issue("clientd"))) as ch:
+            await ch.wait_for_endpoints(2)
+            creds = grpc.metadata_call_credentials(_NoToken())
+            for _ in range(12):
+                with pytest.raises(grpc.RpcError) as err:
+                    await ch.unary_unary(method("Unary"))(b"x", timeout=2,
+                                                          credentials=creds)
+                assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "plugin" in (err.value.details() or "")
+            for _ in range(6):
+                stream = ch.unary_stream(method("ServerStream"))(b"2", timeout=2,
+                                                                 credentials=creds)
+                with pytest.raises(grpc.RpcError) as err:
+                    await stream.read()
+                assert "plugin" in (err.value.details() or "")
+            await asyncio.sleep(0.1)  # the streams' outcomes are reported in a task
+            stats = ch.stats()
+            assert stats.ejections == 0, "a healthy server was ejected"
+            assert sorted((e.instance_id, e.failures, e.ejected)
+                          for e in stats.endpoints) == [("e1", 0, False), ("e2", 0, False)]
+            assert await ch.unary_unary(method("Unary"))(b"x", timeout=2) in (
+                b"e1|x", b"e2|x")
+    finally:
+        for srv in servers:
+            await srv.drain()
