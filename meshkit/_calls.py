@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
@@ -79,6 +80,7 @@ _log = structlog.get_logger("meshkit.channel")
 # the task a unary call runs in (for cancel()), without a getpid per call
 _current_task = LoopCache().current_task
 _get_ident = threading.get_ident
+_copy_context = contextvars.copy_context
 
 
 def _call_back(callback: Callable[[Any], None], call: MeshCall) -> None:
@@ -450,7 +452,9 @@ class UnaryResponseCall(MeshCall):
             calls = made.calls
             if not calls:
                 made.loop.call_soon(made.start)
-            calls.append(self)
+            # the context it is made in, which it runs in if started later (a turn's
+            # calls may come from several tasks: identity, trace, deadline)
+            calls.append((self, _copy_context()))
         else:
             _start_soon(self)
 
@@ -519,7 +523,8 @@ class _Made:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.ident = _get_ident()
-        self.calls: list[UnaryResponseCall] = []  # not empty: start() is scheduled
+        # (call, the context it was made in); not empty: start() is scheduled
+        self.calls: list[tuple[UnaryResponseCall, contextvars.Context]] = []
 
     def start(self) -> None:
         """The turn that made the calls is over: if any of them has not been started (an
@@ -528,7 +533,7 @@ class _Made:
         ``gather`` of a call made there, which await it inline first)."""
         calls = self.calls
         self.calls = []
-        for call in calls:
+        for call, _ctx in calls:
             if call._task is None and not call._is_settled:
                 self.loop.call_soon(_start_each, calls)
                 return
@@ -546,15 +551,16 @@ def _start_soon(call: UnaryResponseCall) -> None:
     if loop is None:
         return
     made = _made = _Made(loop)
-    made.calls.append(call)
+    made.calls.append((call, _copy_context()))
     loop.call_soon(made.start)
 
 
-def _start_each(calls: list[UnaryResponseCall]) -> None:
-    """Start each of ``calls`` that nothing has started or cancelled yet, in its task."""
-    for call in calls:
+def _start_each(calls: list[tuple[UnaryResponseCall, contextvars.Context]]) -> None:
+    """Start each of ``calls`` that nothing has started or cancelled yet, in a task that
+    runs in the context the call was made in."""
+    for call, ctx in calls:
         if call._task is None and not call._is_settled:
-            call._start()
+            ctx.run(call._start)
 
 
 class StreamResponseCall(MeshCall):

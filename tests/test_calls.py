@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ import structlog
 import meshkit
 from meshkit.balancer import RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
+from meshkit.interceptors import ClientInterceptor
 from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import method, raw_server
@@ -676,6 +678,50 @@ async def test_unary_calls_made_before_they_are_awaited_run_concurrently(
             assert outcomes == [b"ok"] * 4, (name, outcomes)
             # concurrent: about one _SLEEP_S; serial: 4 x _SLEEP_S (2.0 s)
             assert took < 3 * _SLEEP_S, f"{name}: 4 calls took {took:.2f} s"
+
+
+_TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("test_tenant", default="-")
+
+
+class _TenantSeen(ClientInterceptor):
+    """Records the ``_TENANT`` of the context each unary call runs in (what a token
+    forwarder, a trace parent or any other per-call context read at send time sees)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+
+    async def intercept_unary(self, details: Any, request: Any, proceed: Any) -> Any:
+        self.seen.append((_TENANT.get(), request))
+        return await proceed(details, request)
+
+
+async def test_calls_started_after_their_turn_run_in_their_makers_contexts(
+        registry: LocalRegistry) -> None:
+    """Two tasks of one loop turn each make a call for their own tenant (a context
+    variable, as the caller identity a ``TokenForwarder`` forwards, the current span or
+    the propagated deadline) and await it later: both calls were started from the loop's
+    next turns by one callback scheduled by the turn's first call, in that call's maker's
+    context, so the second tenant's call ran as the first tenant (its token forwarded,
+    its trace parented). Each call now starts in the context it was made in."""
+    seen = _TenantSeen()
+    handled: list[str] = []
+    async with _side_by_side(registry, _counting_handler(handled),
+                             interceptors=(seen,)) as (_raw, mesh):
+        note = mesh.unary_unary("/t.Calls/Note")
+        go = asyncio.Event()
+
+        async def tenant(name: str) -> bytes:
+            _TENANT.set(name)
+            call = note(name.encode(), timeout=5)
+            await go.wait()
+            result: bytes = await call
+            return result
+
+        tasks = [asyncio.ensure_future(tenant(n)) for n in ("alice", "bob")]
+        await until(lambda: len(seen.seen) == 2, timeout_s=3, what="both calls sent")
+        go.set()
+        assert await asyncio.gather(*tasks) == [b"ok", b"ok"]
+    assert sorted(seen.seen) == [("alice", b"alice"), ("bob", b"bob")], seen.seen
 
 
 async def test_a_started_call_awaited_under_a_timeout_is_cancelled_when_it_runs_out(
