@@ -1087,6 +1087,10 @@ class ConsulRegistry:
             self._get_listing(f"/v1/health/service/{service}", params), timeout)
 
     def _to_instances(self, service: str, entries: list[Any]) -> frozenset[Instance]:
+        """The instances of ``/v1/health/service/<service>`` entries (:meth:`_keyed`)."""
+        return frozenset(self._keyed(service, entries))
+
+    def _keyed(self, service: str, entries: list[Any]) -> dict[Instance, tuple[str, str]]:
         """The instances of ``/v1/health/service/<service>`` entries.
 
         A Consul service ID is unique per agent only ("This must be unique per agent. This
@@ -1104,18 +1108,22 @@ class ConsulRegistry:
         longer than ``Instance`` allows (128) is skipped, as is any other entry
         ``Instance`` refuses, with a warning naming the error's type only
         (:meth:`_log_unusable`).
+
+        Each instance maps to its entry's raw ``(node, Service.ID)`` pair: an identity that,
+        unlike ``instance_id``, does not depend on the answer's other entries (the watch
+        matches the instances it keeps after a fault with it).
         """
         ids = [str((entry.get("Service") or {}).get("ID") or "") for entry in entries]
         repeated = {i for i, n in collections.Counter(ids).items() if n > 1}
-        out: set[Instance] = set()
-        for entry, sid in zip(entries, ids, strict=True):
+        out: dict[Instance, tuple[str, str]] = {}
+        for entry, raw in zip(entries, ids, strict=True):
             svc = entry.get("Service") or {}
             node = entry.get("Node") or {}
             weights = svc.get("Weights") or {}
-            if sid in repeated:
-                sid = f"{node.get('Node') or node.get('ID') or node.get('Address')}/{sid}"
+            name = f"{node.get('Node') or node.get('ID') or node.get('Address')}"
+            sid = f"{name}/{raw}" if raw in repeated else raw
             try:
-                out.add(Instance(
+                out[Instance(
                     service=svc.get("Service") or service,
                     instance_id=sid,
                     # An empty service address means the node's address (Consul docs).
@@ -1124,10 +1132,10 @@ class ConsulRegistry:
                     tags=tuple(svc.get("Tags") or ()),
                     meta=dict(svc.get("Meta") or {}),
                     weight=max(1, int(weights.get("Passing") or 1)),
-                ))
+                )] = (name, raw)
             except (ConfigError, TypeError, ValueError) as exc:
                 self._log_unusable(service, sid, exc)
-        return frozenset(out)
+        return out
 
     def _log_unusable(self, service: str, instance_id: str, exc: BaseException) -> None:
         """Warn that an entry of ``service`` is skipped: once per entry, then at most every
@@ -1220,11 +1228,13 @@ class ConsulRegistry:
         ``fault_grace_s`` (default ``ttl_s``), merged with what the agent lists, as their
         owners' keepers find them forgotten at their next heartbeat (``ttl_s / 3``) and
         register them again; :attr:`RegistryStatus.kept_endpoints` counts them. One that
-        the agent lists again is no longer kept, so its later deregistration (the index
-        moving forward) removes it at once; one whose owner never comes back goes when the
-        grace ends (a long poll is cut then). An agent whose new index has already passed
-        the one the watch saw is not told: its answer applies at once. The iterator ends
-        when the registry is closed; it can be cancelled at any await.
+        the agent lists again (the same node and ``Service.ID``, whatever ``instance_id``
+        the new answer gives it, or the same host and port) is no longer kept, so its later
+        deregistration (the index moving forward) removes it at once; one whose owner never
+        comes back goes when the grace ends (a long poll is cut then). An agent whose new
+        index has already passed the one the watch saw is not told: its answer applies at
+        once. The iterator ends when the registry is closed; it can be cancelled at any
+        await.
 
         Args:
             service: the Consul service name, e.g. ``"orderd"``.
@@ -1242,7 +1252,9 @@ class ConsulRegistry:
         highest = 0  # the highest X-Consul-Index answered, kept across errors
         last: frozenset[Instance] | None = None
         listed: frozenset[Instance] = frozenset()
-        kept: frozenset[Instance] = frozenset()  # of an agent that lost its state
+        keyed: dict[Instance, tuple[str, str]] = {}  # listed -> (node, Service.ID)
+        # of an agent that lost its state, each with its (node, Service.ID)
+        kept: dict[Instance, tuple[str, str]] = {}
         keep_until: float | None = None  # loop time
         failures = 0
         bucket = _TokenBucket(self.options.watch_query_interval_s, _WATCH_BURST)
@@ -1286,7 +1298,8 @@ class ConsulRegistry:
                     if new_index < highest and last is not None and grace_s > 0:
                         # An index below one already answered: an agent (or cluster) that
                         # lost or restored its state, not instances that all left.
-                        kept, keep_until = last, loop.time() + grace_s
+                        # last is listed | kept (kept ones keep their pairs)
+                        kept, keep_until = {**kept, **keyed}, loop.time() + grace_s
                         _log.info("consul index went backwards (agent restarted without "
                                   "its state?): a watch keeps its last endpoints until their "
                                   "owners register again", service=service,
@@ -1298,21 +1311,27 @@ class ConsulRegistry:
                         index = 0  # went backwards: reset, non-blocking re-read
                     else:
                         index = new_index
-                    listed = self._to_instances(service, entries)
+                    keyed = self._keyed(service, entries)
+                    listed = frozenset(keyed)
                 if kept:  # after a fault only: no work per answer otherwise
                     if keep_until is not None and loop.time() < keep_until:
                         # one the agent lists again is its own from now on: a later
-                        # deregistration (or a failing check) of it removes it at once
-                        ids = {i.instance_id for i in listed}
-                        kept = frozenset(i for i in kept if i.instance_id not in ids)
+                        # deregistration (or a failing check) of it removes it at once.
+                        # Matched by (node, Service.ID), not instance_id: that one is
+                        # node-qualified only while another entry shares the ID. An
+                        # endpoint listed again is not kept a second time either.
+                        pairs = set(keyed.values())
+                        endpoints = {(i.host, i.port) for i in listed}
+                        kept = {i: p for i, p in kept.items()
+                                if p not in pairs and (i.host, i.port) not in endpoints}
                     else:
-                        kept = frozenset()  # the grace ended
+                        kept = {}  # the grace ended
                     if kept:
                         self._kept[me] = len(kept)
                     else:
                         keep_until = None
                         self._kept.pop(me, None)
-                current = listed | kept if kept else listed
+                current = listed.union(kept) if kept else listed
                 if current != last:
                     last = current
                     yield current

@@ -944,6 +944,60 @@ async def test_instances_kept_after_an_agent_restart_go_after_fault_grace_s(
         await reader.close()
 
 
+async def test_an_instance_listed_again_under_another_id_is_not_kept_twice(
+    double: ConsulDouble
+) -> None:
+    """Two nodes list a service defined without an ID (Consul's ID is then the name, so
+    both carry ``orderd``: listed as ``node-a/orderd`` and ``node-b/orderd``). After the
+    agent lost its state the watch keeps both; node-a registers again first, now the only
+    entry, listed as plain ``orderd``. The watch matched what the agent lists again with
+    what it keeps by instance_id only, so it yielded node-a's endpoint twice (``orderd``
+    and ``node-a/orderd``) for the whole grace, a balanced channel sending it twice its
+    share, and node-a's deregistration left its kept copy until the grace ended. Now a
+    kept instance goes when the agent lists the same (node, Service.ID) or the same
+    endpoint again: node-a once, its removal at once."""
+
+    async def catalog_register(node: str, ip: str) -> None:
+        async with aiohttp.ClientSession() as session, session.put(
+            f"{double.url}/v1/catalog/register", json={
+                "Node": node, "Address": ip, "Service": {"Service": "orderd", "Port": 50051},
+            }) as resp:
+            assert resp.status == 200, await resp.text()
+
+    reader = ConsulRegistry(_opts(double, wait_s=1.0, ttl_s=15.0, fault_grace_s=8.0))
+    watcher = Collector(reader, "orderd")
+    try:
+        await catalog_register("node-a", "127.0.0.2")
+        await catalog_register("node-b", "127.0.0.3")
+        for _ in range(20):
+            double.touch("orderd")
+        await until(lambda: watcher.latest is not None and len(watcher.latest) == 2,
+                    timeout_s=5.0, what="both nodes' instances")
+        # the agent (cluster) loses its state: index back to 1, nothing listed
+        await double.stop()
+        double.forget_all()
+        double.other_nodes.clear()
+        double.reset_index(1)
+        await double.start()
+        await until(lambda: reader.status().kept_endpoints == 2, timeout_s=5.0,
+                    what="the watch to keep both instances")
+        await catalog_register("node-a", "127.0.0.2")  # node-a is back
+        await until(lambda: any(i.instance_id == "orderd" for i in (watcher.latest or ())),
+                    timeout_s=5.0, what="node-a listed again")
+        await asyncio.sleep(0.3)
+        latest = watcher.latest or frozenset()
+        assert sorted((i.instance_id, i.address) for i in latest) == [
+            ("node-b/orderd", "127.0.0.3:50051"), ("orderd", "127.0.0.2:50051")]
+        assert reader.status().kept_endpoints == 1
+        double.other_nodes.clear()  # node-a deregistered: the index moves forward
+        double.touch("orderd")
+        await until(lambda: sorted(i.instance_id for i in (watcher.latest or ()))
+                    == ["node-b/orderd"], timeout_s=3.0, what="node-a gone at once")
+    finally:
+        await watcher.stop()
+        await reader.close()
+
+
 async def test_watch_never_blocks_on_index_zero(double: ConsulDouble, make_registry: Any) -> None:
     """A returned X-Consul-Index of 0 is sent back as 1, never as a blocking index below 1."""
     reg = make_registry()
