@@ -249,8 +249,9 @@ class Reflection:
         imports, asking reflection (``file_containing_symbol``) when the pool lacks it.
 
         Returns:
-            Whether the pool has it now: False when the server does not describe it, or
-            its file cannot join the pool (it differs from a file of that name there).
+            Whether the pool has it now: False when the server does not describe it, its
+            descriptor bytes cannot be decoded, or its file cannot join the pool (it
+            differs from a file of that name there).
 
         Raises:
             grpc.aio.AioRpcError: the reflection request failed.
@@ -264,7 +265,8 @@ class Reflection:
             if owner is None:
                 return False
             await self._add(owner)
-        except (CallError, TypeError, ValueError, KeyError):  # not found; a clashing file
+        except (CallError, DecodeError, TypeError, ValueError, KeyError):
+            # not found; bytes that are no FileDescriptorProto; a clashing file
             return False
         return _known(self.pool, name)
 
@@ -511,11 +513,12 @@ async def _call(args: _Args) -> tuple[str, str | None]:
                              request_serializer=request_cls.SerializeToString,
                              response_deserializer=response_cls.FromString)
         response = await rpc(request, timeout=args.timeout_s, metadata=args.metadata or None)
+        # the call ran: from here on no error loses its answer (see _to_json)
         try:
             return _json_text(response, pool), None
-        except (TypeError, DecodeError, json_format.SerializeToJsonError, ValueError):
-            pass  # an Any of a type the method's files do not bring? (see _to_json)
-        with contextlib.suppress(grpc.aio.AioRpcError):  # the answer is kept: opaque Anys
+        except Exception:  # an Any of a type the method's files do not bring? too deep?
+            pass
+        with contextlib.suppress(Exception):  # a reflection request failed: opaque Anys
             await _add_types(refl, lambda: _any_types(response, pool))
         return _to_json(response, pool)
 
@@ -615,8 +618,12 @@ def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> tuple[str, 
     well-known types describe (or with bytes and no type URL) is printed as ``{"@type":
     URL, "@value": "<base64 of its bytes>"}`` (grpcurl's fallback), and a response with no
     proto3 JSON form (a ``Struct`` holding NaN or infinity, a ``Timestamp`` or
-    ``Duration`` out of its JSON range...) in protobuf's text format, which keeps every
-    value, with a warning (one line, saying why) in place of None."""
+    ``Duration`` out of its JSON range...) or that cannot be printed as JSON (``Any``
+    values nested deeper than Python's recursion limit: each level is decoded afresh, so
+    protobuf's decode depth limit never applies) in protobuf's text format, which keeps
+    every value (each ``Any`` as its bytes when expanding them fails), with a warning
+    (one line, saying why) in place of None; should that fail too, as ``{"@type": the
+    response's type, "@value": "<base64 of its serialized bytes>"}``."""
     try:
         try:
             return _json_text(response, pool), None
@@ -628,14 +635,20 @@ def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> tuple[str, 
                                          descriptor_pool=pool)
         return json.dumps(_unmark(tree, opaque), indent=2, ensure_ascii=False), None
     except (json_format.SerializeToJsonError, ValueError, TypeError) as exc:
-        why = _one_line(exc)
-    try:
-        text = text_format.MessageToString(response, descriptor_pool=pool)
-    except DecodeError:  # an Any's bytes not of its type: each Any as its bytes
-        text = text_format.MessageToString(
-            response, descriptor_pool=descriptor_pool.DescriptorPool())
-    return text, (f"the response has no proto3 JSON form ({why}): printed in protobuf "
-                  "text format")
+        why = f"the response has no proto3 JSON form ({_one_line(exc)})"
+    except Exception as exc:  # RecursionError: Anys nested too deep
+        why = (f"the response cannot be printed as JSON ({type(exc).__name__}: "
+               f"{_one_line(exc)})")
+    # an Any's bytes not of its type, or Anys nested too deep: each Any as its bytes
+    for printer_pool in (pool, descriptor_pool.DescriptorPool()):
+        try:
+            text: str = text_format.MessageToString(response, descriptor_pool=printer_pool)
+        except Exception:  # the next printer expands no Any
+            continue
+        return text, f"{why}: printed in protobuf text format"
+    raw = base64.b64encode(response.SerializePartialToString()).decode("ascii")
+    return (json.dumps({"@type": response.DESCRIPTOR.full_name, "@value": raw}, indent=2),
+            f"{why}: printed as its serialized bytes in base64")
 
 
 _ANY = "google.protobuf.Any"

@@ -23,8 +23,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2, wrappers_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 import meshkit
+from meshkit._cli.call import Reflection
 from meshkit.discovery import LocalRegistry
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,6 +80,19 @@ RICH = "meshkit.calljson.RichService"
 EVENT_URL = "type.googleapis.com/meshkit.calljson.events.OrderPlaced"
 ENVELOPE_URL = "type.googleapis.com/meshkit.calljson.envelope.Envelope"
 UNDESCRIBED_URL = "type.googleapis.com/meshkit.calljson.Undescribed"
+_DEEP_ANY_LEVELS = 2000  # an Any holding an Any ... (~100 KB), beyond Python's recursion limit
+
+
+def _deep_any() -> Any:
+    """An ``Any`` holding an ``Any`` ... ``_DEEP_ANY_LEVELS`` deep, a ``StringValue`` at
+    the bottom."""
+    inner = any_pb2.Any()
+    inner.Pack(wrappers_pb2.StringValue(value="bottom"))
+    for _ in range(_DEEP_ANY_LEVELS):
+        outer = any_pb2.Any()
+        outer.Pack(inner)
+        inner = outer
+    return inner
 
 
 class Rich(rich_grpc.RichServiceServicer):  # type: ignore[misc,name-defined]
@@ -103,6 +119,8 @@ class Rich(rich_grpc.RichServiceServicer):  # type: ignore[misc,name-defined]
         elif request.a == "undescribed":
             out.any.type_url = UNDESCRIBED_URL
             out.any.value = b"\x08\x01"
+        elif request.a == "deep-any":
+            out.any.CopyFrom(_deep_any())
         return out
 
     async def Lookup(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -254,3 +272,40 @@ async def test_a_response_any_of_no_type_the_server_describes_is_printed_opaque(
     code, out, err = await _cli(registry, f"rich/{RICH}/Make", json.dumps({"a": what}))
     assert (code, err) == (0, ""), (code, err[-600:])
     assert json.loads(out) == {"a": "the call ran", "any": {"@type": url, "@value": "CAE="}}
+
+
+async def test_a_deeply_nested_any_response_is_still_printed(
+        rich: meshkit.MeshServer, registry: LocalRegistry) -> None:
+    """A call that ran and answered an ``Any`` holding an ``Any`` ... 2000 deep (~100 KB;
+    protobuf's decode depth limit never applies, each level's bytes are decoded afresh)
+    ended in a ``RecursionError`` traceback and exit 1, nothing printed: json_format, the
+    opaque-``Any`` fallback and the text-format printer all recurse per level, and only
+    four other error types were caught. The answer is now printed (protobuf's text
+    format, each ``Any`` as its bytes), with one warning line on stderr, exit 0."""
+    code, out, err = await _cli(registry, f"rich/{RICH}/Make", '{"a": "deep-any"}')
+    assert "Traceback" not in err, err[-800:]
+    assert code == 0, (code, err[-800:])
+    assert len(err.splitlines()) == 1 and "warning" in err, err[-800:]
+    assert "the call ran" in out
+
+
+class _GarbledReflection:
+    """A channel whose reflection answers every request with descriptor bytes that are
+    not a ``FileDescriptorProto``."""
+
+    def stream_stream(self, path: str, **kwargs: Any) -> Any:
+        async def rpc(requests: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            yield reflection_pb2.ServerReflectionResponse(
+                file_descriptor_response=reflection_pb2.FileDescriptorResponse(
+                    file_descriptor_proto=[b"\xff"]))
+        return rpc
+
+
+async def test_a_reflection_answer_that_cannot_be_decoded_does_not_lose_the_answer() -> None:
+    """After a call that ran, looking up a response ``Any``'s type through reflection let
+    a ``DecodeError`` out when the server's descriptor bytes could not be decoded (only
+    the errors of a type not found or a clashing file were caught): a traceback, exit 1,
+    the answer lost. Such a type now counts as one the server does not describe (its
+    ``Any`` is printed opaque)."""
+    refl = Reflection(_GarbledReflection(), 5.0)  # type: ignore[arg-type]
+    assert await refl.add_type("meshkit.calljson.Undescribed") is False
