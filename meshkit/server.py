@@ -1468,20 +1468,22 @@ class MeshServer:
                           lambda: _bounded(self.registry.deregister(registering),
                                            _UNDO_DEREGISTER_S)))
         steps.append(("stopping the server", lambda: server.stop(0)))
+        try:
+            await _each_step([*steps, *self._release_steps()], " after a failed start")
+        finally:
+            self._stopped.set()
+
+    def _release_steps(self) -> list[tuple[str, Callable[[], Any]]]:
+        """The steps that give back what :meth:`start` took from the process: the shared
+        admin server (released once), an owned registry (closed)."""
+        steps: list[tuple[str, Callable[[], Any]]] = []
         if self.admin is not None:
             self.admin = None
             steps.append(("releasing the admin server",
                           lambda: _SharedAdmin.release(self._admin_registry)))
         if self._owns_registry:
             steps.append(("closing the registry", self.registry.close))
-        try:
-            for what, step in steps:
-                try:
-                    await step()
-                except Exception as exc:
-                    _log.warning(f"{what} after a failed start failed", error=repr(exc))
-        finally:
-            self._stopped.set()
+        return steps
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
         """The server's interceptors: the chain fused, the request gate outermost (folded
@@ -1628,18 +1630,8 @@ class MeshServer:
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("closing an interceptor", aclose) for aclose in (  # e.g. Redis connections
                 getattr(icpt, "aclose", None) for icpt in self._chain) if aclose is not None]
-        if self.admin is not None:
-            self.admin = None
-            steps.append(("releasing the admin server",
-                          lambda: _SharedAdmin.release(self._admin_registry)))
-        if self._owns_registry:
-            steps.append(("closing the registry", self.registry.close))
         try:
-            for what, step in steps:
-                try:
-                    await step()
-                except Exception as exc:
-                    _log.warning(f"{what} failed", error=repr(exc))
+            await _each_step([*steps, *self._release_steps()])
         finally:
             for what, last in (
                     ("logging the stop", lambda: _log.info(
@@ -1901,6 +1893,16 @@ def _set_each(pairs: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
     # the starter's span and W3C baggage (a handler's caller's user.id, say) are the
     # starter's call's, not the served calls'
     otel_context.attach(otel_context.Context())
+
+
+async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "") -> None:
+    """Await each of ``steps`` (``(what, step)``) whatever the ones before did; one that
+    fails is logged (``"<what><when> failed"``), not raised."""
+    for what, step in steps:
+        try:
+            await step()
+        except Exception as exc:
+            _log.warning(f"{what}{when} failed", error=repr(exc))
 
 
 async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
