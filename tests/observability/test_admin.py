@@ -549,6 +549,22 @@ async def test_metric_text_not_encodable_as_utf8_is_replaced_not_a_500() -> None
     assert [e["families"] for e in warned] == [["odd"]], warned
 
 
+
+def _audit_and_echo(registry: LocalRegistry, app_registry: CollectorRegistry,
+                    ) -> tuple[meshkit.MeshServer, meshkit.MeshServer]:
+    """Two servers of one loop sharing its admin server: ``audit`` counting into
+    ``app_registry``, ``echo`` into the default registry."""
+    def options(instance_id: str, **kw: Any) -> meshkit.ServeOptions:
+        return meshkit.ServeOptions(insecure=True, instance_id=instance_id, drain_delay_s=0.0,
+                                    grace_s=1.0, admin=AdminOptions(), **kw)
+
+    audit = meshkit.MeshServer("audit", [add_echo("a1")], registry=registry,
+                               options=options("a1", telemetry=TelemetryOptions(
+                                   registry=app_registry, tracing=False)))
+    echo = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                              options=options("e1"))
+    return audit, echo
+
 async def test_admin_metrics_keep_the_default_registry_when_the_first_server_uses_its_own(
         registry: LocalRegistry) -> None:
     """Two servers in one process (one event loop, so one shared admin server): ``audit``
@@ -568,15 +584,7 @@ async def test_admin_metrics_keep_the_default_registry_when_the_first_server_use
     orders = Counter("app_orders", "Orders taken.", registry=app_registry)
     orders.inc(7)
 
-    def options(instance_id: str, **kw: Any) -> meshkit.ServeOptions:
-        return meshkit.ServeOptions(insecure=True, instance_id=instance_id, drain_delay_s=0.0,
-                                    grace_s=1.0, admin=AdminOptions(), **kw)
-
-    audit = meshkit.MeshServer("audit", [add_echo("a1")], registry=registry,
-                               options=options("a1", telemetry=TelemetryOptions(
-                                   registry=app_registry, tracing=False)))
-    echo = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
-                              options=options("e1"))
+    audit, echo = _audit_and_echo(registry, app_registry)
     await audit.start()
     try:
         await echo.start()
@@ -628,15 +636,7 @@ async def test_a_registry_leaves_admin_metrics_with_its_last_server(
     app_registry = CollectorRegistry()
     Counter("app_orders", "Orders taken.", registry=app_registry).inc()
 
-    def options(instance_id: str, **kw: Any) -> meshkit.ServeOptions:
-        return meshkit.ServeOptions(insecure=True, instance_id=instance_id, drain_delay_s=0.0,
-                                    grace_s=1.0, admin=AdminOptions(), **kw)
-
-    audit = meshkit.MeshServer("audit", [add_echo("a1")], registry=registry,
-                               options=options("a1", telemetry=TelemetryOptions(
-                                   registry=app_registry, tracing=False)))
-    echo = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
-                              options=options("e1"))
+    audit, echo = _audit_and_echo(registry, app_registry)
     await audit.start()
     try:
         await echo.start()
