@@ -12,9 +12,7 @@ reflection describes.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -29,6 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 import meshkit
 from meshkit._cli.call import Reflection
 from meshkit.discovery import LocalRegistry
+from tests.cli.test_ops_commands import meshkit_cli, uri
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,21 +134,10 @@ class Audit(events_grpc.AuditServicer):  # type: ignore[misc,name-defined]
         return request
 
 
-def _uri(registry: LocalRegistry) -> str:
-    o = registry.options
-    return f"local://{o.path}?ttl_s={o.ttl_s}&poll_interval_s={o.poll_interval_s}"
-
-
 async def _cli(registry: LocalRegistry, *args: str) -> tuple[int, str, str]:
-    """``meshkit call ARGS --registry ... --insecure`` in a subprocess; (status, out, err)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshkit.cli", "call", *args, "--registry", _uri(registry),
-        "--insecure", "--timeout-s", "5", env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """``meshkit call ARGS --registry ... --insecure --timeout-s 5``; (status, out, err)."""
+    return await meshkit_cli("call", *args, "--registry", uri(registry), "--insecure",
+                             "--timeout-s", "5")
 
 
 @pytest.fixture
