@@ -255,30 +255,42 @@ async def test_many_watches_do_not_starve_the_lease() -> None:
     async def put(request: web.Request) -> web.Response:
         return web.json_response({"header": header})
 
+    async with _loopback_gateway({"/v3/kv/range": kv_range, "/v3/watch": watch,
+                                  "/v3/lease/grant": grant, "/v3/kv/put": put}) as port:
+        reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{port}",), ttl_s=3,
+                                       request_timeout_s=0.5, operation_timeout_s=1.5))
+        watchers = [Collector(reg, f"svc{i}") for i in range(100)]
+        try:
+            async with asyncio.timeout(10):
+                for w in watchers:
+                    await w.next()
+                await until(lambda: streams >= 100, what="100 watch streams")
+            await reg.register(make_instance("gateway", 1))
+        finally:
+            stop.set()
+            for w in watchers:
+                w.task.cancel()
+            await asyncio.gather(*(w.task for w in watchers), return_exceptions=True)
+            await reg.close()
+
+
+@contextlib.asynccontextmanager
+async def _loopback_gateway(routes: dict[str, Callable[..., Any]]) -> AsyncIterator[int]:
+    """An aiohttp app answering POSTs of ``routes`` (path -> handler) on a loopback port
+    (yielded): a few etcd JSON gateway endpoints played by a test."""
+    from aiohttp import web
+
     app = web.Application()
-    app.router.add_post("/v3/kv/range", kv_range)
-    app.router.add_post("/v3/watch", watch)
-    app.router.add_post("/v3/lease/grant", grant)
-    app.router.add_post("/v3/kv/put", put)
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{runner.addresses[0][1]}",),
-                                   ttl_s=3, request_timeout_s=0.5, operation_timeout_s=1.5))
-    watchers = [Collector(reg, f"svc{i}") for i in range(100)]
     try:
-        async with asyncio.timeout(10):
-            for w in watchers:
-                await w.next()
-            await until(lambda: streams >= 100, what="100 watch streams")
-        await reg.register(make_instance("gateway", 1))
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield runner.addresses[0][1]
     finally:
-        stop.set()
-        for w in watchers:
-            w.task.cancel()
-        await asyncio.gather(*(w.task for w in watchers), return_exceptions=True)
-        await reg.close()
         await runner.cleanup()
+
 
 async def test_a_watch_answered_with_an_error_whose_body_stalls_is_retried() -> None:
     """A member (or a proxy before it) answered the watch request with error headers
@@ -301,23 +313,17 @@ async def test_a_watch_answered_with_an_error_whose_body_stalls_is_retried() -> 
         await asyncio.Event().wait()  # the body never comes
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v3/kv/range", range_)
-    app.router.add_post("/v3/watch", watch)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    reg = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{runner.addresses[0][1]}",),
-                                   **{**FAST, "ttl_s": 10, "request_timeout_s": 0.5}))
-    try:
-        watcher = Collector(reg, "svc")
-        assert await watcher.next() == frozenset()
-        await until(lambda: watches >= 2, timeout_s=5, what="the watch to try again")
-        assert reg.status().read_errors >= 1
-        await watcher.stop()
-    finally:
-        await reg.close()
-        await runner.cleanup()
+    async with _loopback_gateway({"/v3/kv/range": range_, "/v3/watch": watch}) as port:
+        reg = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{port}",),
+                                       **{**FAST, "ttl_s": 10, "request_timeout_s": 0.5}))
+        try:
+            watcher = Collector(reg, "svc")
+            assert await watcher.next() == frozenset()
+            await until(lambda: watches >= 2, timeout_s=5, what="the watch to try again")
+            assert reg.status().read_errors >= 1
+            await watcher.stop()
+        finally:
+            await reg.close()
 
 
 class _Gateway:
