@@ -507,6 +507,17 @@ class _NeverAnswers(grpc.GenericRpcHandler):
         return grpc.stream_stream_rpc_method_handler(wait)
 
 
+def _ctrl_c_armed_env(tmp_path: Path, sitecustomize: str = "") -> dict[str, str]:
+    """The environment, without ``MESHKIT_*``, of a child whose SIGINT is armed even when
+    this process inherited it ignored: ``sitecustomize`` (default :data:`_CTRL_C_ARMED`)
+    is written to ``tmp_path``, which leads ``PYTHONPATH``."""
+    (tmp_path / "sitecustomize.py").write_text(sitecustomize or _CTRL_C_ARMED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path),
+                                                      env.get("PYTHONPATH", "")]))
+    return env
+
+
 async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) -> None:
     """Ctrl-C while ``meshkit call`` waits on a server that never answers ends it with one
     line on stderr and status 130 (128 + SIGINT), no traceback, nothing on stdout. (The
@@ -523,7 +534,7 @@ async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) ->
     try:
         await reg.register(Instance(service="hole", instance_id="h1", host="127.0.0.1",
                                     port=port))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+        env = _ctrl_c_armed_env(tmp_path)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meshkit.cli", "call", "hole/Anything", "{}",
             "--registry", f"local://{tmp_path / 'reg'}", "--insecure", "--timeout-s", "30",
@@ -540,10 +551,20 @@ async def test_call_interrupted_by_ctrl_c_is_one_line_and_130(tmp_path: Path) ->
     assert err.decode().splitlines() == ["meshkit: interrupted"], err
 
 
-# On PYTHONPATH, Python's ``site`` imports it at start-up: when the command's imports reach
-# ``grpc`` the process sends itself SIGINT, a Ctrl-C while the command is still loading.
-_CTRL_C_DURING_IMPORT = """
-import os, signal, sys
+# A command started in the background of a non-interactive shell (``make test &``, a CI
+# runner's job) inherits SIGINT ignored (POSIX), and Python and ``meshkit`` keep it so, as a
+# one-shot command should. On PYTHONPATH, Python's ``site`` imports it at start-up and arms
+# SIGINT as a terminal's foreground command has it, so the Ctrl-C tests do not depend on
+# how the suite was started.
+_CTRL_C_ARMED = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+"""
+
+# With _CTRL_C_ARMED: when the command's imports reach ``grpc`` the process sends itself
+# SIGINT, a Ctrl-C while the command is still loading.
+_CTRL_C_DURING_IMPORT = _CTRL_C_ARMED + """
+import os, sys
 
 class _CtrlC:
     fired = False
@@ -565,10 +586,7 @@ async def test_ctrl_c_while_the_command_loads_is_one_line_and_130(tmp_path: Path
     console script's ``from meshkit.cli import main`` ran ``meshkit/__init__``, which
     loaded all of them, before ``main()``'s ``try``; ``import meshkit`` now loads nothing
     until a name is used. Run as the installed console script runs it."""
-    (tmp_path / "sitecustomize.py").write_text(_CTRL_C_DURING_IMPORT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path),
-                                                      env.get("PYTHONPATH", "")]))
+    env = _ctrl_c_armed_env(tmp_path, _CTRL_C_DURING_IMPORT)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import sys; from meshkit.cli import main; sys.exit(main())",
         "services", "--registry", f"local://{tmp_path / 'reg'}", env=env,
