@@ -198,8 +198,16 @@ class ServerLimits:
         max_connection_idle_s: a connection without calls for this long is closed with
             GOAWAY (default 300.0; ``grpc.max_connection_idle_ms``); clients reconnect on
             their next call. ``None``: never.
+        min_ping_interval_s: the shortest interval between a client's pings on a
+            connection the server sends no data on that it accepts (default 10.0,
+            grpc-go's floor for a client's keepalive time;
+            ``grpc.http2.min_ping_interval_without_data_ms``): so clients with keepalive
+            (``DialOptions.keepalive_time_s``) of this or more keep their quiet calls.
+            A client pinging more often gets GOAWAY ``too_many_pings`` after two such
+            pings (gRPC's ping strikes), which ends its calls; gRPC's default is 300 s.
 
-    ``keepalive_time_s``, ``keepalive_timeout_s`` and ``max_connection_idle_s`` are at most
+    ``keepalive_time_s``, ``keepalive_timeout_s``, ``max_connection_idle_s`` and
+    ``min_ping_interval_s`` are at most
     2147483 s (about 24.8 days): grpc takes them in milliseconds as C ints.
 
     Raises:
@@ -216,6 +224,7 @@ class ServerLimits:
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     max_connection_idle_s: float | None = 300.0
+    min_ping_interval_s: float = 10.0
     max_inflight_request_bytes: int | None = 16 * _MIB
     gc_after_request_bytes: int | None = 16 * _MIB
     read_requests: bool = True
@@ -233,7 +242,8 @@ class ServerLimits:
             if getattr(self, name) is not None:
                 check_seconds(self, (name,))
         # channel_args() turns these into grpc's C int milliseconds
-        ms_fields: tuple[str, ...] = ("keepalive_time_s", "keepalive_timeout_s")
+        ms_fields: tuple[str, ...] = ("keepalive_time_s", "keepalive_timeout_s",
+                                      "min_ping_interval_s")
         if self.max_connection_idle_s is not None:
             ms_fields += ("max_connection_idle_s",)
         for name in ms_fields:
@@ -255,6 +265,9 @@ class ServerLimits:
             # and pings only connections with calls unless this is set: a client that
             # died while idle would never be found
             ("grpc.keepalive_permit_without_calls", 1),
+            # clients' keepalive pings accepted this often (gRPC's default: 5 minutes)
+            ("grpc.http2.min_ping_interval_without_data_ms",
+             int(self.min_ping_interval_s * 1000)),
         ]
         if self.max_connection_idle_s is not None:
             args.append(("grpc.max_connection_idle_ms", int(self.max_connection_idle_s * 1000)))

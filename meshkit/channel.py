@@ -130,6 +130,12 @@ _perf = time.perf_counter
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 # the channel argument with which TLSOptions.channel_options makes the handshake verify the
 # dialed service's identity: refused in channel_options with tls (as grpc takes names too)
+# set by DialOptions' keepalive fields: refused in channel_options beside them
+_KEEPALIVE_OPTIONS = frozenset({"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms",
+                                "grpc.http2.ping_timeout_ms",
+                                "grpc.keepalive_permit_without_calls",
+                                "grpc.http2.max_pings_without_data"})
+_MAX_MS_ARG_S = (2**31 - 1) // 1000  # grpc takes milliseconds as C ints
 _IDENTITY_OPTIONS = frozenset({"grpc.ssl_target_name_override",
                                b"grpc.ssl_target_name_override"})
 _OK = grpc.StatusCode.OK
@@ -269,16 +275,39 @@ class DialOptions:
             strings, values ``int``, ``str`` or ``bytes`` (a mapping, an item that is no
             pair, a ``None`` or float value is a ``ConfigError``). With ``tls``,
             ``grpc.ssl_target_name_override`` is refused (``ConfigError``): it is the
-            argument by which meshkit checks the dialed service's identity.
-
-    The sequences are stored as tuples (a list changed later does not change the
-    options).
+            argument by which meshkit checks the dialed service's identity; with
+            ``keepalive_time_s``, the keepalive arguments below are refused too.
         resolve_timeout_s: how long a call waits for the first discovery answer before
             failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline);
             a ``wait_for_ready=True`` call waits until its deadline instead (however long
             without one) and then fails ``DEADLINE_EXCEEDED``.
         drain_timeout_s: grace given to in-flight calls on an endpoint that left the
             registry before its sub-channel is closed (default 10.0 s).
+        keepalive_time_s: client keepalive (gRFC A8): seconds between HTTP/2 pings on
+            each endpoint's connection while it has calls, whether or not data moves
+            (default ``None``: off, as in gRPC). A ping not acked within
+            ``keepalive_timeout_s`` closes the connection: its calls end ``UNAVAILABLE``
+            (retried as the retry policy says) and the endpoint reconnects, so a server
+            whose host vanished (no RST: a network partition, a powered-off host) is
+            found instead of holding calls until their deadline, or for good without
+            one. A meshkit server accepts pings every ``ServerLimits.min_ping_interval_s``
+            (default 10 s); a server with gRPC's default policy answers pings more often
+            than every 5 minutes on a connection that sends it no data with GOAWAY
+            ``too_many_pings``, which ends that connection's calls (``UNAVAILABLE``;
+            grpc core then doubles this channel's keepalive time). Sets
+            ``grpc.keepalive_time_ms``, ``grpc.keepalive_timeout_ms``,
+            ``grpc.http2.ping_timeout_ms`` (the timeout grpc core applies),
+            ``grpc.keepalive_permit_without_calls`` and
+            ``grpc.http2.max_pings_without_data`` = 0 (else grpc core stops pinging a
+            quiet call after two pings).
+        keepalive_timeout_s: seconds to wait for a ping's ack (default 20.0, gRPC's).
+        keepalive_without_calls: ping connections without calls too (default ``False``),
+            so an endpoint whose idle connection died is found before a call is sent to
+            it; only with a server that permits it (a meshkit server does).
+
+    ``keepalive_time_s`` and ``keepalive_timeout_s`` are at most 2147483 s (grpc takes
+    milliseconds as C ints). The sequences are stored as tuples (a list changed later
+    does not change the options).
 
     Raises:
         ConfigError: a value is out of range, malformed or of the wrong type (quoted in
@@ -318,6 +347,9 @@ class DialOptions:
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     resolve_timeout_s: float = 5.0
     drain_timeout_s: float = 10.0
+    keepalive_time_s: float | None = None
+    keepalive_timeout_s: float = 20.0
+    keepalive_without_calls: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.balancer):
@@ -388,6 +420,19 @@ class DialOptions:
                     "attempt_interceptors() yourself")
         object.__setattr__(self, "channel_options",
                            check_grpc_options("channel_options", self.channel_options))
+        if self.keepalive_time_s is not None:
+            check_number("keepalive_time_s", self.keepalive_time_s, low_open=True,
+                         high=_MAX_MS_ARG_S)
+            for item in self.channel_options:
+                if item[0] in _KEEPALIVE_OPTIONS:
+                    raise ConfigError(
+                        f"channel_options: {item!r} beside keepalive_time_s="
+                        f"{self.keepalive_time_s!r}: set keepalive with the DialOptions "
+                        "fields (keepalive_time_s, keepalive_timeout_s, "
+                        "keepalive_without_calls) or with channel_options, not both")
+        check_number("keepalive_timeout_s", self.keepalive_timeout_s, low_open=True,
+                     high=_MAX_MS_ARG_S)
+        check_bool("keepalive_without_calls", self.keepalive_without_calls)
         if self.tls is not None:
             for item in self.channel_options:
                 if item[0] in _IDENTITY_OPTIONS:
@@ -397,6 +442,22 @@ class DialOptions:
                         "with this argument, which the override would replace (a server "
                         "of another workload would be accepted); leave it out, or give "
                         "credentials=grpc.ssl_channel_credentials(...) instead of tls")
+
+
+    def keepalive_channel_args(self) -> tuple[tuple[str, int], ...]:
+        """The grpc channel arguments of client keepalive (see ``keepalive_time_s``) that
+        every endpoint's sub-channel gets, in front of ``channel_options``; ``()`` when
+        ``keepalive_time_s`` is ``None``."""
+        if self.keepalive_time_s is None:
+            return ()
+        timeout_ms = int(self.keepalive_timeout_s * 1000)
+        return (("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
+                ("grpc.keepalive_timeout_ms", timeout_ms),
+                # grpc core (1.85) times an unacked keepalive ping out by this one
+                # (default 60 s), not keepalive_timeout_ms (grpc/grpc#39239)
+                ("grpc.http2.ping_timeout_ms", timeout_ms),
+                ("grpc.keepalive_permit_without_calls", int(self.keepalive_without_calls)),
+                ("grpc.http2.max_pings_without_data", 0))
 
 
 def dial(
@@ -627,6 +688,7 @@ class MeshChannel(grpc.aio.Channel):
             options.method_timeouts, options.timeout_s, where="method_timeouts")
         self._reloader = options.tls.channel_reloader() if options.tls is not None else None
         self._tls_options = options.tls.channel_options(service) if options.tls else ()
+        self._keepalive = options.keepalive_channel_args()
         telemetry = options.telemetry
         self._attempt_interceptors = options.attempt_interceptors
         chain = (*options.interceptors, *((self.retry,) if self.retry is not None else ()))
@@ -681,12 +743,14 @@ class MeshChannel(grpc.aio.Channel):
         creds = self._reloader.credentials if self._reloader is not None else opts.credentials
         interceptors = self._attempt_interceptors or None
         if creds is None:
-            channel = grpc.aio.insecure_channel(address, options=opts.channel_options,
-                                                interceptors=interceptors)
+            channel = grpc.aio.insecure_channel(
+                address, options=(*self._keepalive, *opts.channel_options),
+                interceptors=interceptors)
         else:
             # meshkit's first: grpc core keeps the first value of a repeated argument
             channel = grpc.aio.secure_channel(
-                address, creds, options=(*self._tls_options, *opts.channel_options),
+                address, creds,
+                options=(*self._tls_options, *self._keepalive, *opts.channel_options),
                 interceptors=interceptors)
         # its interceptors (these, and any a patch of grpc.aio's functions added, as the
         # OpenTelemetry grpc instrumentor's) wrapped so that an attempt's cancel reaches

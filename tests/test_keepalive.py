@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 import meshkit
-from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from tests.support.echo import mesh_echo, method
 from tests.support.tcp_proxy import TcpProxy
 
@@ -136,3 +137,113 @@ async def test_keepalive_finds_a_dead_client_on_a_connection_without_calls(
     assert closed_after is not None, (
         f"a silent peer's connection without calls was still open 6 s in with "
         f"keepalive_time_s=1 (keepalive PINGs sent to it: {pings})")
+
+
+async def _quiet_call_through(proxy_port: int, tmp_path: Path, *, black_hole_after_s: float,
+                              proxy: TcpProxy) -> tuple[bool, grpc.StatusCode | None, float]:
+    """Dial ``echo`` (found at ``proxy_port``) with client keepalive every 0.5 s (0.5 s
+    to ack), start a call the server holds 30 s, black-hole the proxy after
+    ``black_hole_after_s`` (``inf``: never); (whether the call was still running just
+    before the black hole, its status code or ``None`` if it still ran 10 s later,
+    seconds from the black hole to its end)."""
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "client-reg", ttl_s=30.0,
+                                     poll_interval_s=0.05))
+    try:
+        await reg.register(Instance(service="echo", instance_id="p1", host="127.0.0.1",
+                                    port=proxy_port))
+        opts = meshkit.DialOptions(insecure=True, telemetry=None, retry=None, outlier=None,
+                                   keepalive_time_s=0.5, keepalive_timeout_s=0.5)
+        async with meshkit.dial("echo", registry=reg, options=opts) as channel:
+            call = channel.unary_unary(method("Sleep"))(b"30000", timeout=60)
+            await asyncio.sleep(min(black_hole_after_s, 3.0))
+            running = not call.done()
+            if black_hole_after_s != float("inf"):
+                proxy.blackhole()
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(10.0):
+                    await call
+            except TimeoutError:
+                call.cancel()
+                return running, None, time.monotonic() - t0
+            except grpc.aio.AioRpcError as exc:
+                return running, exc.code(), time.monotonic() - t0
+            return running, grpc.StatusCode.OK, time.monotonic() - t0
+    finally:
+        await reg.close()
+
+
+async def test_client_keepalive_finds_a_black_holed_server_under_a_quiet_call(
+    tmp_path: Path,
+) -> None:
+    """``DialOptions.keepalive_time_s``/``keepalive_timeout_s`` (gRFC A8): a server whose
+    host vanished (black hole, no RST) while a call waited on it was never found by a
+    meshkit client, which set no keepalive (and had no option for it): the call waited
+    for its deadline, for good without one, and its sub-channel looked READY. With
+    keepalive on, the client pings the connection while it has calls, even when no data
+    moves on a quiet call (``grpc.http2.max_pings_without_data`` = 0: grpc core stops
+    after two pings without data otherwise), and a ping unanswered for
+    ``keepalive_timeout_s`` closes it: the call ends ``UNAVAILABLE`` about 1 s after the
+    black hole (asserted within 10 s). A meshkit server takes the pings
+    (``ServerLimits.min_ping_interval_s``): the call still ran after 2 s of them."""
+    limits = meshkit.ServerLimits(min_ping_interval_s=0.2)
+    async with (
+        mesh_echo("echo-direct", "e1", _registry(tmp_path), limits=limits,
+                  telemetry=None) as srv,
+        TcpProxy("127.0.0.1", srv.port) as proxy,
+    ):
+        running, code, after_s = await _quiet_call_through(
+            proxy.port, tmp_path, black_hole_after_s=2.0, proxy=proxy)
+    assert running, "the call ended before the black hole (the server refused the pings?)"
+    assert code is grpc.StatusCode.UNAVAILABLE, (code, after_s)
+
+
+async def test_a_server_refusing_frequent_pings_ends_the_pinging_clients_calls(
+    tmp_path: Path,
+) -> None:
+    """Why ``ServerLimits.min_ping_interval_s`` exists: a server with gRPC's default ping
+    policy (pings at most every 5 minutes on a connection sending no data) answers a
+    client that pings every 0.5 s with GOAWAY ``too_many_pings``, which ends its calls;
+    with ``min_ping_interval_s=0.2`` the same quiet call is answered (the call above)."""
+    limits = meshkit.ServerLimits(min_ping_interval_s=300.0)
+    async with (
+        mesh_echo("echo-direct", "e1", _registry(tmp_path), limits=limits,
+                  telemetry=None) as srv,
+        TcpProxy("127.0.0.1", srv.port) as proxy,
+    ):
+        _running, code, _after = await _quiet_call_through(
+            proxy.port, tmp_path, black_hole_after_s=float("inf"), proxy=proxy)
+    assert code is grpc.StatusCode.UNAVAILABLE, code
+
+
+def test_keepalive_options_become_grpc_arguments_and_bad_values_are_refused() -> None:
+    """The client's keepalive fields set gRFC A8's arguments on every sub-channel, none
+    when off (grpc's default, what ``channel_options`` may then set); the server permits
+    pings every ``min_ping_interval_s`` (default 10 s, grpc-go's floor for a client's
+    keepalive time). Out-of-range values, and keepalive arguments in ``channel_options``
+    beside the fields, are ``ConfigError``s quoting the value."""
+    assert meshkit.DialOptions(insecure=True).keepalive_channel_args() == ()
+    args = dict(meshkit.DialOptions(insecure=True, keepalive_time_s=30,
+                                    keepalive_timeout_s=5).keepalive_channel_args())
+    assert args == {"grpc.keepalive_time_ms": 30000, "grpc.keepalive_timeout_ms": 5000,
+                    "grpc.http2.ping_timeout_ms": 5000,
+                    "grpc.keepalive_permit_without_calls": 0,
+                    "grpc.http2.max_pings_without_data": 0}
+    args = dict(meshkit.DialOptions(insecure=True, keepalive_time_s=30,
+                                    keepalive_without_calls=True).keepalive_channel_args())
+    assert args["grpc.keepalive_permit_without_calls"] == 1
+    server_args = dict(meshkit.ServerLimits().channel_args())
+    assert server_args["grpc.http2.min_ping_interval_without_data_ms"] == 10000
+    for bad in ({"keepalive_time_s": 0}, {"keepalive_time_s": float("nan")},
+                {"keepalive_time_s": 3e6}, {"keepalive_time_s": "30"},
+                {"keepalive_time_s": 30, "keepalive_timeout_s": -1},
+                {"keepalive_time_s": 30, "keepalive_without_calls": "yes"},
+                {"keepalive_time_s": 30,
+                 "channel_options": [("grpc.keepalive_time_ms", 1000)]}):
+        with pytest.raises(meshkit.ConfigError) as err:
+            meshkit.DialOptions(insecure=True, **bad)  # type: ignore[arg-type]
+        quoted = [repr(v) for v in bad.values()]
+        assert any(q in str(err.value) for q in quoted), (bad, str(err.value))
+    for bad_s in (0, -1.0, float("inf"), True):
+        with pytest.raises(meshkit.ConfigError, match=repr(bad_s)):
+            meshkit.ServerLimits(min_ping_interval_s=bad_s)
