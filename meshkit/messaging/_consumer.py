@@ -19,13 +19,15 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_int
+from meshkit._config import check_instance, check_int
 from meshkit.auth import PeerIdentity
+from meshkit.errors import ConfigError
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
 from meshkit.messaging._publisher import (
     MSG_ID_HEADER,
     check_nats_name,
     check_nats_subject,
+    check_telemetry_fields,
     max_payload,
     message_size,
 )
@@ -272,10 +274,16 @@ class ConsumerOptions:
             :mod:`meshkit.messaging._telemetry`), one ``message`` access-log event per
             delivery (all default ``True``).
         registry: Prometheus registry (default the process's meshkit registry).
-        tracer_provider: where spans go (default ``None``: the global provider).
+        tracer_provider: where spans go, an OpenTelemetry ``TracerProvider`` (default
+            ``None``: the global provider).
 
     Raises:
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range, a ``filter_subject`` that is not a string, a
+            flag that is not ``True``/``False`` (a string such as ``"false"`` included),
+            a ``backoff`` that is not a ``Backoff``, a ``verifier`` that is not a
+            ``MessageVerifier``, a ``registry`` that is not a ``CollectorRegistry``
+            instance, or a ``tracer_provider`` that is not a ``TracerProvider`` (the
+            field named, the value quoted).
     """
 
     stream: str
@@ -306,6 +314,12 @@ class ConsumerOptions:
         # sent to JetStream in int64 nanoseconds (AckWait, a pull's expires)
         check_duration_s("ack_wait_s", self.ack_wait_s)
         check_duration_s("fetch_timeout_s", self.fetch_timeout_s)
+        if self.filter_subject is not None and not isinstance(self.filter_subject, str):
+            raise ConfigError("filter_subject must be a subject (a str, wildcards allowed) "
+                              f"or None, got {self.filter_subject!r}")
+        check_instance("backoff", self.backoff, Backoff, optional=False)
+        check_instance("verifier", self.verifier, MessageVerifier)
+        check_telemetry_fields(self)
 
     def dead_letter_for(self) -> str:
         """The dead-letter subject: ``dead_letter_subject`` or ``dlq.<stream>.<durable>``."""

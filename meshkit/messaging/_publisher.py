@@ -17,7 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_int, check_number
+from meshkit._config import check_bool, check_instance, check_int, check_number
 from meshkit.errors import ConfigError, MeshError
 from meshkit.messaging._identity import MessageSigner
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
@@ -140,10 +140,16 @@ class PublishOptions:
             series without bound. Spans and access-log events keep the subject.
         access_log: one ``message`` access-log event per publish (default ``True``).
         registry: Prometheus registry (default the process's meshkit registry).
-        tracer_provider: where spans go (default ``None``: the global provider).
+        tracer_provider: where spans go, an OpenTelemetry ``TracerProvider`` (default
+            ``None``: the global provider).
 
     Raises:
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range, a flag that is not ``True``/``False`` (a
+            string such as ``"false"`` included), ``backoff``/``budget`` that is not a
+            ``Backoff``/``BudgetOptions``, a ``signer`` that is not a ``MessageSigner``,
+            a ``registry`` that is not a ``CollectorRegistry`` instance, or a
+            ``tracer_provider`` that is not a ``TracerProvider`` (the field named, the
+            value quoted).
     """
 
     stream: str | None = None
@@ -163,6 +169,27 @@ class PublishOptions:
             check_nats_name("stream", self.stream)
         check_number("timeout_s", self.timeout_s, low_open=True, finite=False)
         check_int("max_attempts", self.max_attempts)
+        check_instance("backoff", self.backoff, Backoff, optional=False)
+        check_instance("budget", self.budget, BudgetOptions, optional=False)
+        check_instance("signer", self.signer, MessageSigner)
+        check_telemetry_fields(self)
+
+
+def check_telemetry_fields(options: Any) -> None:
+    """Check the telemetry fields :class:`PublishOptions` and
+    :class:`~meshkit.messaging.ConsumerOptions` share: the flags ``tracing``, ``metrics``,
+    ``access_log`` (a string such as ``"false"`` would turn one on), ``registry`` (a
+    ``CollectorRegistry`` instance, not the class) and ``tracer_provider`` (an
+    OpenTelemetry ``TracerProvider``), each ``None`` for the default.
+
+    Raises:
+        ConfigError: the first bad field, named, its value quoted.
+    """
+    for flag in ("tracing", "metrics", "access_log"):
+        check_bool(flag, getattr(options, flag))
+    check_instance("registry", options.registry, CollectorRegistry)
+    check_instance("tracer_provider", options.tracer_provider, trace.TracerProvider,
+                   what="an OpenTelemetry TracerProvider")
 
 
 class Publisher:
@@ -401,10 +428,12 @@ class RelayOptions:
             100 ms doubling to 5 s), and before an event that failed to publish is tried
             again (its own failure count; the other events go at the normal pace).
         name: the ``outbox`` label of ``meshkit_messaging_outbox_pending`` (default
-            ``"outbox"``).
+            ``"outbox"``), a non-empty string.
 
     Raises:
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range, an ``error_backoff`` that is not a
+            ``Backoff``, or a ``name`` that is not a non-empty string (the field named,
+            the value quoted).
     """
 
     batch_size: int = 100
@@ -415,9 +444,10 @@ class RelayOptions:
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size)
-        if not self.name:
-            raise ConfigError(f"name must be non-empty, got {self.name!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
         check_number("poll_interval_s", self.poll_interval_s, low_open=True, finite=False)
+        check_instance("error_backoff", self.error_backoff, Backoff, optional=False)
 
 
 @dataclass(slots=True)
