@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import grpc
 
-from meshkit._config import check_bool
+from meshkit._config import check_bool, check_strings
 from meshkit._methods import MethodMatcher
 from meshkit.auth._identity import IdentityMatcher
 from meshkit.auth._jwt_types import Claims
@@ -47,7 +47,8 @@ class Rule:
             (default ``False``; for health checks on plaintext servers).
 
     Raises:
-        ConfigError: a pattern is empty or not a string, or a peer pattern can match no
+        ConfigError: a list of patterns given as one string or not a collection
+            (``None``), a pattern is empty or not a string, or a peer pattern can match no
             workload's SPIFFE ID (``spiffe://<trust domain>/svc/<service>``: an upper-case
             trust domain, a trailing ``/``, another path; quoted, with why), which in
             ``deny_peers`` would refuse no one.
@@ -63,10 +64,7 @@ class Rule:
     def __post_init__(self) -> None:
         check_bool("allow_anonymous", self.allow_anonymous)  # "false" would allow them
         for name in ("allow_peers", "deny_peers", "allow_subjects", "deny_subjects"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                raise ConfigError(f"{name} must be a tuple of patterns, got the string {value!r}")
-            object.__setattr__(self, name, tuple(value))
+            object.__setattr__(self, name, check_strings(name, getattr(self, name)))
         object.__setattr__(self, "_m", (
             IdentityMatcher(self.allow_peers, where="allow_peers", peers=True),
             IdentityMatcher(self.deny_peers, where="deny_peers", peers=True),

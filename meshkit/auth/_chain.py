@@ -8,9 +8,10 @@ peer identity (mTLS, ``tls.allowed_peers``) → JWT (token, scopes) → authoriz
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
-from meshkit._config import check_bool
+from meshkit._config import check_bool, check_instance, check_strings
 from meshkit._handlers import WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
@@ -41,9 +42,13 @@ class AuthOptions:
             for a prober (the connection must still be accepted).
 
     Raises:
-        ConfigError: ``jwt`` without a ``verifier``, nothing to check at all (no
-            ``verifier``, no ``policy`` and ``check_peers=False``), ``exempt_methods``
-            given as one string, or a bad ``exempt_methods`` pattern (quoted).
+        ConfigError: a ``verifier`` that is neither a ``JWTVerifier`` nor has an async
+            ``verify(token)`` (a ``VerifierOptions`` given for it, say), a ``jwt`` that is
+            not a ``JWTAuthOptions``, a ``policy`` that is not an ``AuthzPolicy`` (its
+            rules mapping, say), ``jwt`` without a ``verifier``, nothing to check at all
+            (no ``verifier``, no ``policy`` and ``check_peers=False``), ``exempt_methods``
+            given as one string or not a collection of strings (``None``), or a bad
+            ``exempt_methods`` pattern (quoted).
     """
 
     verifier: JWTVerifier | None = None
@@ -54,15 +59,20 @@ class AuthOptions:
 
     def __post_init__(self) -> None:
         check_bool("check_peers", self.check_peers)
+        verify = getattr(self.verifier, "verify", None)
+        if (self.verifier is not None and not isinstance(self.verifier, JWTVerifier)
+                and (isinstance(self.verifier, type) or not inspect.iscoroutinefunction(verify))):
+            raise ConfigError("verifier must be a JWTVerifier (or an object with an async "
+                              f"verify(token) method) or None, got {self.verifier!r}")
+        check_instance("jwt", self.jwt, JWTAuthOptions)
+        check_instance("policy", self.policy, AuthzPolicy)
         if self.jwt is not None and self.verifier is None:
             raise ConfigError("AuthOptions(jwt=...) needs a verifier")
         if self.verifier is None and self.policy is None and not self.check_peers:
             raise ConfigError("AuthOptions has nothing to check: give a verifier, a policy "
                               "or check_peers=True (or use auth=None)")
-        if isinstance(self.exempt_methods, str):
-            raise ConfigError(
-                f"exempt_methods must be a tuple of methods, got {self.exempt_methods!r}")
-        object.__setattr__(self, "exempt_methods", tuple(self.exempt_methods))
+        object.__setattr__(self, "exempt_methods",
+                           check_strings("exempt_methods", self.exempt_methods))
         MethodMatcher.of(self.exempt_methods, where="exempt_methods")  # validates now
 
     def interceptors(self, tls: TLSOptions | None) -> tuple[WrappingInterceptor, ...]:

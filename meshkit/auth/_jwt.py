@@ -529,7 +529,8 @@ class VerifierOptions:
         cache_size: verified-token LRU entries (default 10000; 0 disables caching).
 
     Raises:
-        ConfigError: an empty issuer/audience, an unsupported or symmetric algorithm
+        ConfigError: an issuer/audience that is empty or not a string, a ``typ`` that is
+            neither a string nor ``None``, an unsupported or symmetric algorithm
             (``none``, ``HS256``...), or a value out of range (quoted).
     """
 
@@ -543,10 +544,13 @@ class VerifierOptions:
     cache_size: int = 10_000
 
     def __post_init__(self) -> None:
-        if not self.issuer:
-            raise ConfigError(f"issuer must be non-empty, got {self.issuer!r}")
-        if not self.audience:
-            raise ConfigError(f"audience must be non-empty, got {self.audience!r}")
+        for name in ("issuer", "audience"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        if self.typ is not None and not isinstance(self.typ, str):
+            raise ConfigError(f"typ must be a string (a media type such as 'at+jwt') or "
+                              f"None, got {self.typ!r}")
         object.__setattr__(self, "algorithms", check_algorithms("algorithms", self.algorithms))
         object.__setattr__(self, "required_claims",
                            check_strings("required_claims", self.required_claims))
@@ -873,7 +877,8 @@ class JWTAuthOptions:
             ``UNAUTHENTICATED``) so handlers can see its claims.
         method_scopes: ``{method pattern: scopes}``, the scopes a token must all carry,
             e.g. ``{"/ecom.v1.OrderService/PlaceOrder": ("orders:write",),
-            "/ecom.v1.OrderService/*": ("orders:read",)}``.
+            "/ecom.v1.OrderService/*": ("orders:read",)}``; kept as a read-only copy
+            (scopes as tuples), so changing the given mapping later changes nothing.
         default_scopes: scopes for methods no ``method_scopes`` pattern matches (default
             none).
         metadata_key: the metadata key carrying ``Bearer <token>`` (default
@@ -882,7 +887,8 @@ class JWTAuthOptions:
 
     Raises:
         ConfigError: a bad method pattern (see :class:`~meshkit._methods.MethodMatcher`),
-            ``public_methods`` or scopes given as one string, a scope that is no RFC 6749
+            ``public_methods`` or scopes given as one string or not a collection of
+            strings (``None``), ``method_scopes`` not a mapping, a scope that is no RFC 6749
             §3.3 scope token (a space, tab, control or non-ASCII character, ``"`` or
             ``\\``; see :func:`check_scopes`), or a bad metadata key (quoted).
     """
@@ -898,9 +904,8 @@ class JWTAuthOptions:
         default_factory=lambda: MethodMatcher({}, frozenset()))
 
     def __post_init__(self) -> None:
-        if isinstance(self.public_methods, str):
-            raise ConfigError(f"public_methods must be a tuple, got {self.public_methods!r}")
-        object.__setattr__(self, "public_methods", tuple(self.public_methods))
+        object.__setattr__(self, "public_methods",
+                           check_strings("public_methods", self.public_methods))
         public = MethodMatcher.of(self.public_methods, where="public_methods")
         if not isinstance(self.method_scopes, Mapping):
             raise ConfigError("method_scopes must be a mapping of method patterns to scopes, "
@@ -911,6 +916,9 @@ class JWTAuthOptions:
         object.__setattr__(self, "default_scopes",
                            check_scopes("default_scopes", self.default_scopes))
         check_metadata_key("metadata_key", self.metadata_key)
+        # a copy: the caller's dict changed later must not change these frozen options
+        # (nor part them from the matcher below, compiled now)
+        object.__setattr__(self, "method_scopes", MappingProxyType(method_scopes))
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_scopes", MethodMatcher(
             {m: frozenset(s) for m, s in method_scopes.items()},
