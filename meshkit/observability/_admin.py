@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from meshkit._aio_http import start_app
-from meshkit._config import check_bool
+from meshkit._config import check_bool, check_instance, check_int
 from meshkit._hosts import check_host, is_loopback, uri_host
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
@@ -61,8 +61,9 @@ class AdminOptions:
             for client-only processes.
 
     Raises:
-        ConfigError: port outside 0..65535, or a host that is neither an IP address nor a
-            host name (quoted).
+        ConfigError: a port that is not an integer in 0..65535 (a bool included), a
+            ``registry`` that is not a ``CollectorRegistry`` instance (the class, say), or
+            a host that is neither an IP address nor a host name (quoted).
     """
 
     host: str = "127.0.0.1"
@@ -73,8 +74,8 @@ class AdminOptions:
     def __post_init__(self) -> None:
         check_host("host", self.host)
         check_bool("require_server", self.require_server)
-        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
-            raise ConfigError(f"port must be 0..65535, got {self.port!r}")
+        check_int("port", self.port, low=0, high=65535)  # not True: that is port 1
+        check_instance("registry", self.registry, CollectorRegistry)
 
 
 class AdminServer:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from meshkit._config import check_bool, refuse_str
+from meshkit._config import check_bool, check_instance, check_strings
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError
 from meshkit.observability._logging import is_sensitive_key
@@ -102,10 +102,14 @@ class TelemetryOptions:
             the response. ``0`` puts every completion before the response.
 
     Raises:
-        ConfigError: ``log_metadata`` or ``quiet_methods`` given as one string, a
-            sensitive or binary ``log_metadata`` key, an upper-case one, or a
-            bad ``quiet_methods`` pattern, or a negative
-            ``complete_after_response_max_in_flight`` (quoted).
+        ConfigError: a flag that is not ``True``/``False``, a ``tracer_provider`` that is
+            not an OpenTelemetry ``TracerProvider``, a ``registry`` that is not a
+            ``CollectorRegistry`` instance (the class, say), a ``peer_identity`` that is
+            not a function, ``log_metadata`` or ``quiet_methods`` given as one string or
+            not a collection of strings (``None``), a sensitive or binary
+            ``log_metadata`` key, an upper-case one, or a bad ``quiet_methods``
+            pattern, or a negative ``complete_after_response_max_in_flight`` (the field
+            named, the value quoted).
     """
 
     tracing: bool = True
@@ -122,10 +126,17 @@ class TelemetryOptions:
     def __post_init__(self) -> None:
         for flag in ("tracing", "metrics", "access_log", "attempt_spans"):
             check_bool(flag, getattr(self, flag))
-        refuse_str("quiet_methods", self.quiet_methods)
-        refuse_str("log_metadata", self.log_metadata)
-        object.__setattr__(self, "quiet_methods", tuple(self.quiet_methods))
-        object.__setattr__(self, "log_metadata", tuple(self.log_metadata))
+        check_instance("tracer_provider", self.tracer_provider, trace.TracerProvider,
+                       what="an OpenTelemetry TracerProvider")
+        check_instance("registry", self.registry, CollectorRegistry)
+        if self.peer_identity is not None and (isinstance(self.peer_identity, type)
+                                               or not callable(self.peer_identity)):
+            raise ConfigError("peer_identity must be a function () -> identity or None, or "
+                              f"None, got {self.peer_identity!r}")
+        object.__setattr__(self, "quiet_methods",
+                           check_strings("quiet_methods", self.quiet_methods))
+        object.__setattr__(self, "log_metadata",
+                           check_strings("log_metadata", self.log_metadata))
         MethodMatcher.of(self.quiet_methods, where="quiet_methods")  # validates now
         limit = self.complete_after_response_max_in_flight
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
