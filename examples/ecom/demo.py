@@ -756,7 +756,9 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit demo``."""
-    p = argparse.ArgumentParser(prog="meshkit demo", description=__doc__.split("\n")[0])
+    # the docstring's first line; none under python -OO, which strips docstrings
+    p = argparse.ArgumentParser(prog="meshkit demo",
+                                description=(__doc__ or "").split("\n")[0] or None)
     p.add_argument("--calls", type=_at_least(10), default=300,
                    help="workload size, >= 10 (default 300)")
     p.add_argument("--concurrency", type=_at_least(1), default=8,

@@ -97,6 +97,10 @@ from meshkit.errors import (
 
 __all__ = ["CallError", "Target", "build_parser", "main", "parse_target"]
 
+# the parser's description: the docstring's first paragraph; none under python -OO
+# (PYTHONOPTIMIZE=2), which strips docstrings
+_DESCRIPTION = (__doc__ or "").split("\n\n")[0] or None
+
 _REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
 _INFRA_PREFIXES = ("grpc.health.", "grpc.reflection.")
@@ -765,7 +769,7 @@ def _binary(key: str, value: str) -> bytes:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit call``."""
-    p = argparse.ArgumentParser(prog="meshkit call", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="meshkit call", description=_DESCRIPTION,
                                 epilog="Exit status: 0 ok, 2 usage error (including a call "
                                        "meshkit refuses to send), 64 + gRPC code when the "
                                        "call fails.")

@@ -49,6 +49,10 @@ from meshkit.errors import MeshError, RegistryError
 
 __all__ = ["TargetWriter", "build_parser", "main", "target_groups", "write_atomically"]
 
+# the parser's description: the docstring's first paragraph; none under python -OO
+# (PYTHONOPTIMIZE=2), which strips docstrings
+_DESCRIPTION = (__doc__ or "").split("\n\n")[0] or None
+
 
 def target_groups(live: list[Instance], failing: list[Instance]) -> list[dict[str, Any]]:
     """The ``file_sd`` document: one group per instance with an ``admin_port``, sorted by
@@ -147,7 +151,7 @@ def _non_negative_seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit prometheus-targets``."""
     p = argparse.ArgumentParser(prog="meshkit prometheus-targets",
-                                description=__doc__.split("\n\n")[0],
+                                description=_DESCRIPTION,
                                 epilog="Exit status: 0 ok, 1 a one-shot pass failed, "
                                        "2 usage error, 130 Ctrl-C.")
     add_registry_argument(p)

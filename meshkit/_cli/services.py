@@ -42,6 +42,10 @@ from meshkit.errors import ConfigError, MeshError
 __all__ = ["PROBES_AT_ONCE", "InstanceRow", "admin_address", "admin_url", "build_parser",
            "main"]
 
+# the parser's description: the docstring's first paragraph; none under python -OO
+# (PYTHONOPTIMIZE=2), which strips docstrings
+_DESCRIPTION = (__doc__ or "").split("\n\n")[0] or None
+
 #: ``/readyz`` probes in flight at once (aiohttp's default connection limit, and well
 #: under the usual 1,024 open files).
 PROBES_AT_ONCE = 100
@@ -164,7 +168,7 @@ def render(rows: list[InstanceRow]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``meshkit services``."""
-    p = argparse.ArgumentParser(prog="meshkit services", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="meshkit services", description=_DESCRIPTION,
                                 epilog="Exit status: 0 ok, 1 no instance listed or the "
                                        "registry cannot be read, 2 usage error.")
     add_registry_argument(p)

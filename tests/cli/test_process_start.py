@@ -1,0 +1,138 @@
+"""The ``meshkit`` operator commands as a process is started: interpreter flags
+(``python -OO``), standard error closed, signals inherited blocked, a deleted working
+directory. Every command runs as a subprocess, loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_ops_commands import meshkit_cli
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(90)
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+
+# -OO writes .opt-2.pyc files next to the sources unless told not to
+_STRIPPED = {"PYTHONOPTIMIZE": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _registry(tmp_path: Path) -> str:
+    return f"local://{tmp_path / 'reg'}?ttl_s=60&poll_interval_s=0.1"
+
+
+async def _started(*args: str, preexec_fn: Callable[[], None],
+                   cwd: Path | None = None) -> asyncio.subprocess.Process:
+    """``meshkit ARGS`` (the CLI module of this checkout, no ``MESHKIT_*`` from the
+    caller's environment) with ``preexec_fn`` run in the child before it execs (close a
+    file descriptor, block a signal...); stdin from /dev/null, stdout a pipe, stderr
+    inherited unless ``preexec_fn`` closes it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["PYTHONPATH"] = _ROOT
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", *args, env=env, cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn)
+
+
+@pytest.mark.parametrize("command", ["services", "call", "prometheus-targets", "demo"])
+async def test_commands_work_with_docstrings_stripped(command: str) -> None:
+    """A user runs ``meshkit services`` / ``call`` / ``prometheus-targets`` / ``demo`` in
+    an image that sets ``PYTHONOPTIMIZE=2`` (``python -OO``, which sets every
+    ``__doc__`` to ``None``). Before: each died building its parser, even for
+    ``--help``: ``AttributeError: 'NoneType' object has no attribute 'split'`` (the
+    description was ``__doc__.split(...)``), exit 1. Now: the command works, its
+    description merely missing, as argparse has it with ``description=None``."""
+    code, out, err = await meshkit_cli(command, "--help", env_extra=_STRIPPED)
+    assert code == 0, err[-600:]
+    assert out.startswith(f"usage: meshkit {command}"), out[:200]
+
+
+async def test_a_prometheus_targets_pass_runs_with_docstrings_stripped(
+        tmp_path: Path) -> None:
+    """A cron job runs ``meshkit prometheus-targets --registry ... --out FILE`` under
+    ``PYTHONOPTIMIZE=2``. Before: no file, exit 1, an ``AttributeError`` traceback from
+    the parser's description. Now: the pass runs, status 0, the file written."""
+    out = tmp_path / "targets.json"
+    code, _, err = await meshkit_cli("prometheus-targets", "--registry",
+                                     _registry(tmp_path), "--out", str(out),
+                                     env_extra=_STRIPPED)
+    assert code == 0, err[-600:]
+    assert out.read_text().strip() == "[]"
+
+
+async def test_an_operator_command_runs_with_stderr_closed(tmp_path: Path) -> None:
+    """An operator runs ``meshkit prometheus-targets --registry ... --out FILE 2>&-`` (a
+    cron line, a supervisor without a log sink; Python sets ``sys.stderr`` to ``None``).
+    Before: exit 1 and no file - ``quiet_logging()`` called ``configure_logging()``,
+    which read ``sys.stderr.isatty()``. Now: the pass runs, status 0, the file written,
+    nothing on stdout (its one "wrote N target(s)" line had nowhere to go)."""
+    out = tmp_path / "targets.json"
+    proc = await _started("prometheus-targets", "--registry", _registry(tmp_path),
+                          "--out", str(out), preexec_fn=lambda: os.close(2))
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, stdout) == (0, b"")
+    assert out.read_text().strip() == "[]"
+
+
+def _block_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+async def test_prometheus_targets_watch_ends_on_sigterm_when_started_with_it_blocked(
+        tmp_path: Path) -> None:
+    """``meshkit prometheus-targets --watch`` started by a parent that had SIGTERM
+    blocked (the signal mask survives fork and exec, POSIX). Before: its SIGTERM handler
+    never ran, SIGTERM stayed pending for ever, the watch never ended. Now: the command
+    unblocks the signals it handles (as Go's ``signal.Notify`` does) and SIGTERM ends it
+    with status 0."""
+    out = tmp_path / "targets.json"
+    proc = await _started("prometheus-targets", "--watch", "--interval-s", "0.2",
+                          "--registry", _registry(tmp_path), "--out", str(out),
+                          preexec_fn=_block_sigterm)
+    try:
+        await until(lambda: out.exists() or proc.returncode is not None, timeout_s=30,
+                    what="the watcher's first pass")
+        assert out.exists(), proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        code: int | None = await asyncio.wait_for(proc.wait(), 15)
+    except TimeoutError:
+        code = None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+
+
+async def test_prometheus_targets_from_a_deleted_directory_is_one_line(
+        tmp_path: Path) -> None:
+    """``meshkit prometheus-targets --out targets.json`` (a relative path) run from a
+    working directory that was deleted meanwhile. Before: a ``FileNotFoundError``
+    traceback (the path was resolved outside the command's error handling). Now: one
+    line on stderr naming ``--out``, status 1."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["PYTHONPATH"] = _ROOT
+
+    def leave_a_deleted_cwd() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from meshkit.cli import main; sys.exit(main())",
+        "prometheus-targets", "--registry", _registry(tmp_path), "--out", "targets.json",
+        env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=leave_a_deleted_cwd)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode(errors="replace").splitlines()
+    assert (proc.returncode, out, len(lines)) == (1, b"", 1), lines[-5:]
+    assert lines[0].startswith("meshkit prometheus-targets: --out targets.json"), lines
