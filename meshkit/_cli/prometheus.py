@@ -44,6 +44,7 @@ from meshkit._cli._common import (
     service_names,
 )
 from meshkit._cli.services import admin_address
+from meshkit._signals import unblock_signals
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshError, RegistryError
 
@@ -194,8 +195,10 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
             stop.set()
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT even when inherited ignored
+        handled = (signal.SIGINT, signal.SIGTERM)
+        for sig in handled:  # SIGINT even when inherited ignored
             loop.add_signal_handler(sig, on_signal, sig)
+        unblock_signals(handled)  # and even when inherited blocked
         while not stop.is_set():
             try:
                 await writer.once()
@@ -211,8 +214,9 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
 
 def main(argv: list[str]) -> int:
     """Run ``meshkit prometheus-targets``; exit status 0 (after one pass, or a watch ended
-    by SIGTERM), 1 when a one-shot pass fails, 2 for a usage error (argparse's, a bad
-    duration or registry URI).
+    by SIGTERM), 1 when a one-shot pass fails or a relative ``--out`` cannot be resolved
+    (the working directory was deleted), 2 for a usage error (argparse's, a bad duration
+    or registry URI).
 
     Raises:
         KeyboardInterrupt: Ctrl-C (SIGINT) ended the watch, once it stopped cleanly
@@ -220,7 +224,12 @@ def main(argv: list[str]) -> int:
     """
     args = build_parser().parse_args(argv)
     quiet_logging()
-    args.out = args.out.resolve()
+    try:
+        args.out = args.out.resolve()  # a relative path needs the working directory
+    except OSError as exc:  # deleted meanwhile
+        print(f"meshkit prometheus-targets: --out {args.out}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     try:
         stopped_by = asyncio.run(_run(args))
     except (MeshError, OSError) as exc:
