@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +29,7 @@ __all__ = [
     "check_int",
     "check_metadata_key",
     "check_number",
+    "check_path",
     "check_seconds",
     "check_status_codes",
     "check_strings",
@@ -35,6 +37,24 @@ __all__ = [
     "refuse_str",
     "registry_argument",
 ]
+
+
+#: grpc's channel arguments are C ints (``grpc_arg.value.integer``): grpc core raises a bare
+#: ``OverflowError`` for an int outside these bounds when it builds the channel or server
+C_INT_MIN = -(2**31)
+C_INT_MAX = 2**31 - 1
+# ints longer than this many bits are described by their size in messages, not printed
+# (Python refuses to print one of more than 4300 digits: ValueError)
+_QUOTED_INT_BITS = 256
+
+
+def quoted(value: object) -> str:
+    """``repr(value)`` for an error message; an ``int`` too long to print in one is
+    described by its sign and size instead (``an int of 1329 bits``)."""
+    if isinstance(value, int) and not isinstance(value, bool) \
+            and value.bit_length() > _QUOTED_INT_BITS:
+        return f"{'a negative' if value < 0 else 'an'} int of {value.bit_length()} bits"
+    return repr(value)
 
 
 def _fmt(bound: float) -> str:
@@ -62,12 +82,22 @@ def check_number(name: str, value: object, *, low: float | None = 0.0,
     in a range.
 
     Raises:
-        ConfigError: ``value`` is a ``bool``, not a number (a string too), not finite, or
-            out of range; ``name`` and the value quoted.
+        ConfigError: ``value`` is a ``bool``, not a number (a string too), not finite, an
+            ``int`` beyond a float's range (past about 1.8e308: every use of the value
+            would raise ``OverflowError``; ``math.inf`` is what a field that takes it
+            means by "for ever"), or out of range; ``name`` and the value quoted (an int
+            too long to print described by its size).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "a number of seconds" if name.endswith("_s") else "a number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            hint = "" if finite else " (math.inf for no limit)"
+            raise ConfigError(f"{name} is too large for a float (at most about 1.8e308"
+                              f"{hint}), got {quoted(value)}") from None
     if finite and math.isinf(value):
         raise ConfigError(f"{name} must be finite, got {value!r}")
     ok = not math.isnan(value)
@@ -86,14 +116,15 @@ def check_int(name: str, value: object, *, low: int | None = 1,
     a ``float``, even a whole one) in ``low``..``high`` (``None``: unbounded).
 
     Raises:
-        ConfigError: ``value`` is not such an integer; ``name`` and the value quoted.
+        ConfigError: ``value`` is not such an integer; ``name`` and the value quoted (an
+            int too long to print described by its size).
     """
     if (isinstance(value, bool) or not isinstance(value, int)
             or (low is not None and value < low) or (high is not None and value > high)):
         where = _range_text(low, False, high, False)
-        raise ConfigError(f"{name} must be an integer {where}, got {value!r}"
+        raise ConfigError(f"{name} must be an integer {where}, got {quoted(value)}"
                           if where != "a number" else
-                          f"{name} must be an integer, got {value!r}")
+                          f"{name} must be an integer, got {quoted(value)}")
 
 
 def check_seconds(options: object, names: tuple[str, ...],
@@ -257,16 +288,19 @@ def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
     An argument's name is a non-empty ``str``, or ``bytes`` as grpc takes it, decoded
     (ASCII) here: meshkit merges the options with the arguments it sets itself by name
     (``ServerLimits``' ``grpc.max_receive_message_length``, say), which a bytes name would
-    sit beside instead of replacing. Its value an ``int`` (``bool`` too), ``str`` or
-    ``bytes``, or another object grpc takes for a C pointer (one with ``__int__``, as
-    grpc's own pointer objects). ``None`` (grpc: "Expected int, bytes, or behavior") and
-    non-integral numbers such as a float (which grpc would take for a pointer's address)
-    are refused.
+    sit beside instead of replacing. Its value an ``int`` (``bool`` too) that fits a C
+    ``int`` (-2147483648..2147483647: grpc core's integer arguments are 32-bit, and it
+    raises a bare ``OverflowError`` for a larger one), ``str`` or ``bytes``, or another
+    object grpc takes for a C pointer (one with ``__int__``, not an ``int``, as grpc's own
+    pointer objects; its address is not bounded). ``None`` (grpc: "Expected int, bytes,
+    or behavior") and non-integral numbers such as a float (which grpc would take for a
+    pointer's address) are refused.
 
     Raises:
         ConfigError: ``value`` is a string, a mapping (give ``tuple(mapping.items())``) or
-            not iterable, or an item is not such a pair, or its bytes name is not ASCII;
-            ``name`` and the item quoted.
+            not iterable, or an item is not such a pair, or its bytes name is not ASCII,
+            or its int value does not fit a C ``int``; ``name`` and the item quoted (an
+            int too long to print described by its size).
     """
     refuse_str(name, value)
     if isinstance(value, Mapping):
@@ -292,6 +326,9 @@ def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
                             and not isinstance(val, numbers.Integral))
                 or not (isinstance(val, (int, str, bytes)) or hasattr(val, "__int__"))):
             raise ConfigError(f"{name}: a value must be an int, str or bytes, got {item!r}")
+        if isinstance(val, int) and not C_INT_MIN <= val <= C_INT_MAX:
+            raise ConfigError(f"{name}: an int value must fit grpc's C int "
+                              f"({C_INT_MIN}..{C_INT_MAX}), got ({key!r}, {quoted(val)})")
         out.append((key, val))
     return tuple(out)
 
@@ -318,15 +355,32 @@ def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 
 
-def check_metadata_key(name: str, key: object) -> None:
+def check_metadata_key(name: str, key: object, *, binary_ok: bool = False) -> None:
     """Check that ``key`` (the field ``name``) can name gRPC text metadata: the characters
     gRPC allows in a key, ``Header-Name → 1*( %x30-39 / %x61-7A / "_" / "-" / "." )``
     (gRPC over HTTP/2, Custom-Metadata: lower case, so no ``:`` pseudo-header either), not
-    ending in ``-bin`` (binary values).
+    ending in ``-bin`` (binary values) unless ``binary_ok``.
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted.
     """
-    if not isinstance(key, str) or not _KEY.fullmatch(key) or key.endswith("-bin"):
+    if (not isinstance(key, str) or not _KEY.fullmatch(key)
+            or (key.endswith("-bin") and not binary_ok)):
         raise ConfigError(
             f"{name} must be a lowercase gRPC metadata key (0-9 a-z _ - .), got {key!r}")
+
+
+def check_path(name: str, value: object) -> str:
+    """``value`` (the field ``name``, a file or directory path) as a ``str``: a
+    non-empty ``str`` or an ``os.PathLike`` whose path is one. ``None`` (an unset
+    environment variable), ``bytes``, a number (``os`` would take it for a file
+    descriptor) and ``""`` (which ``Path`` reads as the current directory) are refused.
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted.
+    """
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{name} must be a path (a non-empty str or os.PathLike), "
+                          f"got {value!r}")
+    return text

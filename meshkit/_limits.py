@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._config import check_bool, check_int, check_number, check_seconds
+from meshkit._config import C_INT_MAX, check_bool, check_int, check_number, check_seconds
 from meshkit._handlers import (
     GUARD_MARK,
     UNDECODABLE_MARK,
@@ -208,7 +208,9 @@ class ServerLimits:
 
     ``keepalive_time_s``, ``keepalive_timeout_s``, ``max_connection_idle_s`` and
     ``min_ping_interval_s`` are at most
-    2147483 s (about 24.8 days): grpc takes them in milliseconds as C ints.
+    2147483 s (about 24.8 days): grpc takes them in milliseconds as C ints;
+    ``max_receive_message_bytes`` and ``max_concurrent_streams`` at most 2147483647
+    (2 GiB - 1 for the size), C ints too.
 
     Raises:
         ConfigError: a value is out of range (quoted in the message).
@@ -233,10 +235,13 @@ class ServerLimits:
         check_bool("bdp_probe", self.bdp_probe)
         check_bool("read_requests", self.read_requests)
         for name in ("max_inflight_request_bytes", "gc_after_request_bytes",
-                     "max_concurrent_rpcs", "max_concurrent_reads", "max_concurrent_streams"):
+                     "max_concurrent_rpcs", "max_concurrent_reads"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
-        check_int("max_receive_message_bytes", self.max_receive_message_bytes)
+        # channel_args() hands these to grpc, whose integer arguments are C ints
+        if self.max_concurrent_streams is not None:
+            check_int("max_concurrent_streams", self.max_concurrent_streams, high=C_INT_MAX)
+        check_int("max_receive_message_bytes", self.max_receive_message_bytes, high=C_INT_MAX)
         # finite: None already means "never"
         for name in ("first_message_timeout_s", "evict_waiting_after_s"):
             if getattr(self, name) is not None:

@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -62,6 +63,7 @@ from meshkit._config import (
     check_bool,
     check_grpc_options,
     check_instance,
+    check_metadata_key,
     check_number,
     check_tuple,
     registry_argument,
@@ -229,7 +231,9 @@ class DialOptions:
             the error escape ``DEADLINE_EXCEEDED`` too (the caller's deadline, propagated,
             ran out), as without a margin.
         hash_key_metadata: metadata key whose value is the request key for affinity
-            balancers such as :class:`~meshkit.balancer.RingHash` (default none).
+            balancers such as :class:`~meshkit.balancer.RingHash` (default none): a gRPC
+            metadata key (lowercase ``0-9 a-z _ - .``; the bytes value of a ``-bin`` key
+            serves too).
         filters: which discovered instances to balance over, run in order on each
             discovery answer: :class:`~meshkit.balancer.Subset` (registry meta/tags),
             :class:`~meshkit.balancer.PreferZone` (the local zone's instances while
@@ -272,8 +276,9 @@ class DialOptions:
         channel_options: extra grpc channel arguments, a sequence of ``(name, value)``
             as ``grpc.aio.insecure_channel(options=)`` takes, e.g.
             ``[("grpc.max_receive_message_length", 8 << 20)]``; names are non-empty
-            strings, values ``int``, ``str`` or ``bytes`` (a mapping, an item that is no
-            pair, a ``None`` or float value is a ``ConfigError``). With ``tls``,
+            strings, values ``int`` (a C ``int``: -2147483648..2147483647), ``str`` or
+            ``bytes`` (a mapping, an item that is no pair, a ``None`` or float value, an
+            int beyond a C int is a ``ConfigError``). With ``tls``,
             ``grpc.ssl_target_name_override`` is refused (``ConfigError``): it is the
             argument by which meshkit checks the dialed service's identity; with
             ``keepalive_time_s``, the keepalive arguments below are refused too.
@@ -306,8 +311,8 @@ class DialOptions:
             it; only with a server that permits it (a meshkit server does).
 
     ``keepalive_time_s`` and ``keepalive_timeout_s`` are at most 2147483 s (grpc takes
-    milliseconds as C ints). The sequences are stored as tuples (a list changed later
-    does not change the options).
+    milliseconds as C ints). The sequences are stored as tuples and ``method_timeouts`` as
+    a read-only copy (a list or dict changed later does not change the options).
 
     Raises:
         ConfigError: a value is out of range, malformed or of the wrong type (quoted in
@@ -317,7 +322,8 @@ class DialOptions:
             ``telemetry``, ``tls``, ``credentials``) that is not an instance of its class
             (or a subclass) or ``None`` (``True``, a mapping, a path), a ``balancer``
             that is not callable, a sequence field given as one object or string, an
-            ``attempt_interceptors`` item that grpc.aio would refuse;
+            ``attempt_interceptors`` item that grpc.aio would refuse, a
+            ``hash_key_metadata`` that is no gRPC metadata key (``" "``, ``"a:b"``);
             ``grpc.ssl_target_name_override`` in ``channel_options`` with ``tls``; a
             telemetry interceptor of meshkit in ``interceptors`` or
             ``attempt_interceptors`` while ``telemetry`` is set (quoted; the message
@@ -375,17 +381,16 @@ class DialOptions:
         if not isinstance(self.method_timeouts, Mapping):
             raise ConfigError("method_timeouts must be a mapping of method patterns, "
                               f"got {self.method_timeouts!r}")
-        for pattern, t in self.method_timeouts.items():
+        # a read-only copy: the caller's dict changed later must not change the options
+        timeouts = MappingProxyType(dict(self.method_timeouts))
+        for pattern, t in timeouts.items():
             check_number(f"method_timeouts[{pattern!r}]", t, low_open=True, finite=False)
-        MethodMatcher(self.method_timeouts, None, where="method_timeouts")  # the patterns
+        MethodMatcher(timeouts, None, where="method_timeouts")  # the patterns
+        object.__setattr__(self, "method_timeouts", timeouts)
         check_number("deadline_margin_s", self.deadline_margin_s)  # inf: every call spent
-        if self.hash_key_metadata is not None and (
-                not isinstance(self.hash_key_metadata, str) or not self.hash_key_metadata
-                or self.hash_key_metadata != self.hash_key_metadata.lower()):
-            raise ConfigError(
-                f"hash_key_metadata must be a non-empty lower-case string (gRPC metadata "
-                f"keys are), got "
-                f"{self.hash_key_metadata!r}")
+        if self.hash_key_metadata is not None:
+            # a -bin key's value (bytes) is a request key too (see _details)
+            check_metadata_key("hash_key_metadata", self.hash_key_metadata, binary_ok=True)
         object.__setattr__(self, "filters", check_tuple("filters", self.filters))
         for f in self.filters:
             if not callable(f):

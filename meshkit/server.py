@@ -92,7 +92,6 @@ from meshkit._config import (
     check_string_map,
     check_strings,
     check_tuple,
-    refuse_str,
     registry_argument,
 )
 from meshkit._fields import Normalised
@@ -566,7 +565,8 @@ class ServeOptions:
         server_options: extra grpc server arguments, a sequence of ``(name, value)`` (as
             ``grpc.aio.server(options=)`` takes; not a mapping: give
             ``tuple(mapping.items())``), checked here: an item that is not a pair of a
-            non-empty name and a value (not ``None``) is a ``ConfigError`` quoting it;
+            non-empty name and a value (not ``None``; an int that fits a C ``int``,
+            -2147483648..2147483647, as grpc takes it) is a ``ConfigError`` quoting it;
             a name given as ``bytes`` is decoded (ASCII, else a ``ConfigError``), so it
             is the argument of its ``str`` spelling; they override those ``limits`` sets,
             and meshkit's ``("grpc.so_reuseport", 0)``, key by key. By default a port
@@ -613,8 +613,8 @@ class ServeOptions:
             ``auth``, ``rate_limit``, ``tls``, ``credentials``, ``telemetry``, ``admin``,
             ``limits``) that is not an instance of its class (or a subclass) or ``None``
             (``True``, a mapping, a path), an ``interceptors`` item that is no
-            ``grpc.aio.ServerInterceptor``, one string for ``tags`` or
-            ``generic_methods``, a bad
+            ``grpc.aio.ServerInterceptor``, one string, ``None`` or a non-string item
+            for ``tags`` or ``generic_methods``, a bad
             ``generic_methods`` pattern, a mapping or a bad item in ``server_options``,
             a ``host`` or ``advertise_host`` that is neither an IP address nor a host
             name, a ``meta`` that is no mapping of strings to strings, an
@@ -689,8 +689,8 @@ class ServeOptions:
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
         object.__setattr__(self, "tags", check_strings("tags", self.tags))
-        refuse_str("generic_methods", self.generic_methods)
-        object.__setattr__(self, "generic_methods", tuple(self.generic_methods))
+        object.__setattr__(self, "generic_methods",
+                           check_strings("generic_methods", self.generic_methods))
         MethodMatcher.of(self.generic_methods, where="generic_methods")  # validates now
         object.__setattr__(self, "interceptors", check_tuple("interceptors", self.interceptors))
         for icpt in self.interceptors:

@@ -801,3 +801,173 @@ def test_a_flag_given_as_a_string_is_refused(build: Callable[[object], object]) 
     _refused_quoting(lambda: build("false"), "false")
     build(True)
     build(False)
+
+
+# -- grpc integer arguments beyond C int; natural "none" values; mappings kept by reference;
+# -- huge ints of seconds (tests/test_hunt_options.py)
+
+_C_INT_MAX = 2**31 - 1
+
+
+@pytest.mark.parametrize(("field", "build"), [
+    ("max_receive_message_bytes", lambda: ServerLimits(max_receive_message_bytes=2**31)),
+    ("max_concurrent_streams", lambda: ServerLimits(max_concurrent_streams=2**32)),
+    ("server_options", lambda: ServeOptions(
+        server_options=[("grpc.max_receive_message_length", 2**40)])),
+    ("server_options", lambda: ServeOptions(
+        server_options=[("grpc.max_receive_message_length", -(2**31) - 1)])),
+    ("channel_options", lambda: DialOptions(
+        channel_options=[("grpc.max_receive_message_length", 2**40)])),
+    ("channel_options", lambda: DialOptions(
+        channel_options=[(b"grpc.max_receive_message_length", 10**5000)])),
+], ids=["limits-receive", "limits-streams", "server-options", "server-options-negative",
+        "channel-options", "channel-options-huge"])
+def test_grpc_int_arguments_beyond_c_int_are_refused(field: str, build: Build) -> None:
+    """A user lifted the message cap with ``ServerLimits(max_receive_message_bytes=2**31)``
+    (2 GiB), or gave ``max_concurrent_streams=2**32``, or
+    ``ServeOptions(server_options=[("grpc.max_receive_message_length", 2**40)])`` /
+    ``DialOptions(channel_options=[...])``: all were accepted, then ``MeshServer.start()``
+    raised a bare ``OverflowError: value too large to convert to int`` and the dialed
+    channel failed every call ``UNAVAILABLE`` "sub-channel could not be built
+    (OverflowError)": grpc channel arguments are C ``int``. Now a ConfigError naming the
+    field at construction (an int too long to print is described, not quoted)."""
+    with pytest.raises(ConfigError, match=field) as info:
+        build()
+    assert "2147483647" in str(info.value)
+
+
+def test_grpc_int_arguments_up_to_c_int_and_pointers_still_pass() -> None:
+    """The C int bounds themselves are accepted, and so is an object grpc takes for a C
+    pointer (one with ``__int__``, not an ``int``), whatever its address."""
+
+    class Pointer:
+        def __int__(self) -> int:
+            return 2**47 + 8
+
+    limits = ServerLimits(max_receive_message_bytes=_C_INT_MAX,
+                          max_concurrent_streams=_C_INT_MAX)
+    assert ("grpc.max_receive_message_length", _C_INT_MAX) in limits.channel_args()
+    pointer = Pointer()
+    serve = ServeOptions(server_options=[("grpc.a", _C_INT_MAX), ("grpc.b", -(2**31)),
+                                         ("grpc.c", pointer)])
+    assert serve.server_options[2] == ("grpc.c", pointer)
+    DialOptions(channel_options=[("grpc.max_receive_message_length", _C_INT_MAX)])
+
+
+def test_serve_options_generic_methods_none_is_a_config_error() -> None:
+    """``ServeOptions(generic_methods=None)`` ("none") raised a bare ``TypeError:
+    'NoneType' object is not iterable`` naming no field; now a ConfigError naming
+    ``generic_methods`` (as ``tags``), and an item that is not a string too."""
+    _refused_quoting(lambda: _serve(generic_methods=None), None)
+    with pytest.raises(ConfigError, match="generic_methods"):
+        _serve(generic_methods=[b"/pkg.Svc/Get"])
+    assert _serve(generic_methods=["pkg.Svc/*"]).generic_methods == ("pkg.Svc/*",)
+
+
+def test_option_mappings_are_copied_not_shared_with_the_caller() -> None:
+    """A user built ``DialOptions(method_timeouts=m, retry=RetryOptions(methods=rm))`` and
+    then changed ``m`` and ``rm`` (one dict reused for several services): the frozen options
+    kept the caller's dicts and changed with them, past validation (``"2"`` for a
+    timeout, a plain dict for a policy), and ``dial()`` then raised a bare
+    ``AttributeError: 'dict' object has no attribute 'max_attempts'``. Now the options
+    keep a read-only copy: changing the caller's dict changes nothing, and the copy cannot
+    be changed either."""
+    from meshkit.resilience import RetryOptions
+
+    m: dict[str, Any] = {"/meshkit.test.Echo/Unary": 2.0}
+    rm: dict[str, Any] = {"/meshkit.test.Echo/Unary": RetryPolicy()}
+    opts = DialOptions(insecure=True, telemetry=None, method_timeouts=m,
+                       retry=RetryOptions(methods=rm))
+    m["/meshkit.test.Echo/Unary"] = "2"
+    rm["/meshkit.test.Echo/Unary"] = {"max_attempts": 5}
+    assert opts.method_timeouts == {"/meshkit.test.Echo/Unary": 2.0}
+    assert opts.retry is not None
+    assert isinstance(opts.retry.methods["/meshkit.test.Echo/Unary"], RetryPolicy)
+    with pytest.raises(TypeError):
+        opts.method_timeouts["x"] = 1.0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        opts.retry.methods["x"] = None  # type: ignore[index]
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda v: DialOptions(timeout_s=v), id="DialOptions.timeout_s"),
+    pytest.param(lambda v: ServeOptions(grace_s=v), id="ServeOptions.grace_s"),
+    pytest.param(lambda v: OutlierOptions(base_ejection_s=v),
+                 id="OutlierOptions.base_ejection_s"),
+    pytest.param(lambda v: check_number("grace_s", v, low=None), id="check_number"),
+])
+@pytest.mark.parametrize("value", [10**400, -(10**400), 10**5000], ids=["1e400", "-1e400",
+                                                                      "1e5000"])
+def test_seconds_given_as_an_int_past_float_range_are_a_config_error(
+        build: Callable[[object], object], value: int) -> None:
+    """``DialOptions(timeout_s=10**400)`` (a computed "forever") raised a bare
+    ``OverflowError: int too large to convert to float`` from ``check_number``, for every
+    seconds field of every options class. Now a ConfigError naming the field: the int
+    quoted, or, past what Python prints (4300 digits), described by its size."""
+    with pytest.raises(ConfigError, match=r"too large") as info:
+        build(value)
+    message = str(info.value)
+    assert len(message) < 600, message
+    assert ("timeout_s" in message or "grace_s" in message
+            or "base_ejection_s" in message), message
+
+
+def _tls_options(tmp_path: Path, **kw: Any) -> Any:
+    from meshkit.auth import TLSOptions, init_ca_dir, issue_into_dir
+
+    init_ca_dir(tmp_path / "pki", trust_domain="mesh.test")
+    files = issue_into_dir(tmp_path / "pki", "svc")
+    return TLSOptions(ca_file=files.ca_file, cert_file=files.cert_file,
+                      key_file=files.key_file, **kw)
+
+
+@pytest.mark.parametrize("value", ["5", True, 0, -1.0, math.nan, None])
+def test_tls_reload_interval_is_a_number_of_seconds(tmp_path: Path, value: object) -> None:
+    """``TLSOptions(reload_interval_s="5")`` (from the environment) raised a bare
+    ``TypeError: '>' not supported``, and ``reload_interval_s=True`` was accepted as 1 s:
+    the value was compared by hand. Now ``check_number``: a ConfigError naming the field
+    and quoting the value; a number > 0 (``math.inf``: never re-read) is accepted."""
+    _refused_quoting(lambda: _tls_options(tmp_path, reload_interval_s=value), value)
+
+
+def test_tls_reload_interval_accepts_positive_seconds(tmp_path: Path) -> None:
+    """The counterpart: 0.05 s, 5 (an int) and ``math.inf`` are taken as given."""
+    assert _tls_options(tmp_path, reload_interval_s=5).reload_interval_s == 5
+    tls = _tls_options(tmp_path / "b", reload_interval_s=math.inf)
+    assert tls.reload_interval_s == math.inf
+
+
+@pytest.mark.parametrize("value", [None, 7, b"/x", ""])
+def test_tls_files_must_be_paths(tmp_path: Path, value: object) -> None:
+    """``TLSOptions(ca_file=os.environ.get("CA"))`` with the variable unset raised a bare
+    ``TypeError: expected str, bytes or os.PathLike object, not NoneType`` (``7`` was
+    read as file descriptor 7's path); now a ConfigError naming the field."""
+    from meshkit.auth import TLSOptions
+
+    with pytest.raises(ConfigError, match="ca_file"):
+        TLSOptions(ca_file=value, cert_file=tmp_path / "c.pem",  # type: ignore[arg-type]
+                   key_file=tmp_path / "c.key")
+
+
+@pytest.mark.parametrize("key", [" ", "\n", "a\x00b", "X-Key", "", "a:b", 7, b"key"])
+def test_hash_key_metadata_is_a_metadata_key(key: object) -> None:
+    """``DialOptions(hash_key_metadata=" ")`` (also ``"\\n"``, ``"a\\x00b"``) was accepted:
+    no call can carry such a key, so every call had no request key and affinity was lost
+    silently. Now the gRPC metadata key check (``check_metadata_key``); a ``-bin`` key
+    stays accepted (its bytes value is the request key)."""
+    with pytest.raises(ConfigError, match="hash_key_metadata"):
+        DialOptions(hash_key_metadata=key)  # type: ignore[arg-type]
+    assert DialOptions(hash_key_metadata="user-id").hash_key_metadata == "user-id"
+    assert DialOptions(hash_key_metadata="session-bin").hash_key_metadata == "session-bin"
+
+
+@pytest.mark.parametrize("value", [7, b"idempotency_key", "", "idempotency-key"])
+def test_retry_idempotency_field_is_an_attribute_name(value: object) -> None:
+    """``RetryPolicy(idempotency_field=7)`` or ``b"..."`` was accepted and failed every
+    retry decision with a bare ``TypeError`` from ``getattr``; ``""`` and a name that no
+    attribute can have (``"idempotency-key"``, the metadata key's spelling) were
+    accepted and silently never matched. Now a ConfigError naming the field; ``None``
+    still turns the request check off."""
+    _refused_quoting(lambda: RetryPolicy(idempotency_field=value), value)  # type: ignore[arg-type]
+    assert RetryPolicy(idempotency_field=None).idempotency_field is None
+    assert RetryPolicy(idempotency_field="request_id").idempotency_field == "request_id"

@@ -66,6 +66,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshkit._config import check_number, check_path
 from meshkit.auth._certs import CA_CERT, load_certificates, load_workload_key, trust_domain_of
 from meshkit.auth._errors import CertificateError
 from meshkit.auth._identity import (
@@ -224,7 +225,7 @@ class TLSOptions:
             using these options, enforced by :meth:`peer_interceptor`; empty (default)
             allows every workload of the trust domain.
         reload_interval_s: how often the files are re-checked for a renewed certificate
-            (default 5.0 s; > 0).
+            (default 5.0 s; a number > 0, ``math.inf`` for never).
         clock: monotonic clock for the reload interval (default ``time.monotonic``); the
             peer verifier reads the wall clock (``time.time``) for validity periods.
 
@@ -237,8 +238,11 @@ class TLSOptions:
             or one besides its SPIFFE ID, its SPIFFE ID is
             no workload ID or in another trust domain, or peers would refuse the
             certificate (the message says why).
-        ConfigError: a value out of range (quoted), or an ``allowed_peers`` pattern that
-            can match no workload's SPIFFE ID (``spiffe://<trust domain>/svc/<service>``).
+        ConfigError: a value out of range or of the wrong type (quoted: a file that is
+            no ``str`` or ``os.PathLike``, such as ``None``, or ``""``; a
+            ``reload_interval_s`` that is no number, ``True`` or a string included), or
+            an ``allowed_peers`` pattern that can match no workload's SPIFFE ID
+            (``spiffe://<trust domain>/svc/<service>``).
 
     Example::
 
@@ -283,9 +287,9 @@ class TLSOptions:
 
     def __post_init__(self) -> None:
         for name in ("ca_file", "cert_file", "key_file"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
-        if not self.reload_interval_s > 0:
-            raise ConfigError(f"reload_interval_s must be > 0, got {self.reload_interval_s!r}")
+            object.__setattr__(self, name, Path(check_path(name, getattr(self, name))))
+        # math.inf: never re-read
+        check_number("reload_interval_s", self.reload_interval_s, low_open=True, finite=False)
         if isinstance(self.allowed_peers, str):
             raise ConfigError(f"allowed_peers must be a tuple, got {self.allowed_peers!r}")
         object.__setattr__(self, "allowed_peers", tuple(self.allowed_peers))

@@ -76,6 +76,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -126,7 +127,8 @@ class RetryPolicy:
         idempotency_metadata_key: metadata key whose presence makes a call safe to retry
             (default ``"idempotency-key"``).
         idempotency_field: request attribute whose non-empty value makes a call safe to
-            retry (default ``"idempotency_key"``); ``None`` to ignore requests.
+            retry (default ``"idempotency_key"``), an identifier (a protobuf field's
+            name); ``None`` to ignore requests.
         hedge_delay_s: send another attempt after this many seconds without an answer
             (idempotent methods only; default ``None``: no hedging); a hedged attempt
             that fails with a retryable status or a nack has the next one sent at once,
@@ -138,8 +140,9 @@ class RetryPolicy:
         ConfigError: a value out of range or of the wrong type (``True`` for a number, a
             string for ``retryable_codes``, a status name or number instead of a
             ``grpc.StatusCode``, a number of seconds for ``backoff``), or an
-            ``idempotency_metadata_key`` that is not a lowercase text-metadata key
-            (quoted).
+            ``idempotency_metadata_key`` that is not a lowercase text-metadata key, an
+            ``idempotency_field`` that is no identifier (``""``, ``"idempotency-key"``,
+            bytes; quoted).
     """
 
     max_attempts: int = 3
@@ -162,6 +165,12 @@ class RetryPolicy:
         if grpc.StatusCode.OK in self.retryable_codes:
             raise ConfigError("retryable_codes must not contain OK")
         check_metadata_key("idempotency_metadata_key", self.idempotency_metadata_key)
+        field_name = self.idempotency_field
+        if field_name is not None and not (isinstance(field_name, str)
+                                           and field_name.isidentifier()):
+            raise ConfigError(f"idempotency_field must be the name of a request attribute "
+                              f"(a Python identifier such as 'idempotency_key') or None, "
+                              f"got {field_name!r}")
         if self.hedge_delay_s is not None:
             check_number("hedge_delay_s", self.hedge_delay_s, low_open=True, finite=False)
             if not self.idempotent:
@@ -182,6 +191,9 @@ class RetryOptions:
             the longest glob (:mod:`meshkit._methods`).
         budget: :class:`BudgetOptions` (Finagle defaults: 20 %, 10/s, 10 s window).
 
+    ``methods`` is stored as a read-only copy (a dict changed later does not change the
+    options).
+
     Raises:
         ConfigError: a bad pattern or policy: ``default`` or a value of ``methods`` that
             is neither a :class:`RetryPolicy` nor ``None``, a ``budget`` that is no
@@ -194,6 +206,9 @@ class RetryOptions:
 
     def __post_init__(self) -> None:
         MethodMatcher(self.methods, self.default, where="RetryOptions.methods")  # validates now
+        # a read-only copy: the caller's dict changed later must not change the options
+        methods = MappingProxyType(dict(self.methods))
+        object.__setattr__(self, "methods", methods)
         if self.default is not None and not isinstance(self.default, RetryPolicy):
             raise ConfigError(f"default must be a RetryPolicy or None, got {self.default!r}")
         for pattern, policy in self.methods.items():
