@@ -97,7 +97,7 @@ import consul.aio
 import structlog
 from consul.callback import CB
 
-from meshkit._config import check_bool, check_number
+from meshkit._config import check_bool, check_number, check_path
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
@@ -258,7 +258,10 @@ class ConsulOptions:
     9223372036 s, about 292 years (Consul reads them as Go durations, int64 nanoseconds).
 
     Raises:
-        ConfigError: a value is invalid; the message quotes it (never the token).
+        ConfigError: a value is invalid or of the wrong type (``addr=None`` from an unset
+            variable, a ``bytes`` token, a file that is no path, a number for
+            ``grpc_health_service``); the message names the field and quotes the value
+            (never the token, of which only the type is named).
 
     Follows https://developer.hashicorp.com/consul/commands#environment-variables for
     :meth:`from_env`.
@@ -287,6 +290,9 @@ class ConsulOptions:
     def __post_init__(self) -> None:
         check_bool("verify", self.verify)
         check_bool("grpc_use_tls", self.grpc_use_tls)
+        if not isinstance(self.addr, str):
+            raise ConfigError(f"addr must be a string (host:port or scheme://host:port), "
+                              f"got {self.addr!r}")
         split_address(self.addr, "addr")
         if self.scheme not in (None, "http", "https"):
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
@@ -311,12 +317,20 @@ class ConsulOptions:
                 f"backoff_max_s must be >= backoff_base_s={self.backoff_base_s!r}, "
                 f"got {self.backoff_max_s!r}"
             )
+        if self.token is not None and not isinstance(self.token, str):
+            # Not quoted: the value is a secret (bytes read from a file, say).
+            raise ConfigError(f"token must be a string (decode bytes read from a file), "
+                              f"got a {type(self.token).__name__}")
         if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
             # Not quoted: the value is a secret.
             raise ConfigError("token must be a non-empty single-line string")
+        if self.grpc_health_service is not None and not isinstance(
+                self.grpc_health_service, str):
+            raise ConfigError(f"grpc_health_service must be a string (\"\": the whole "
+                              f"server) or None, got {self.grpc_health_service!r}")
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
+            if path is not None and not os.path.isfile(check_path(name, path)):
                 raise ConfigError(f"{name} must be an existing file, got {path!r}")
         if self.key_file is not None and self.cert_file is None:
             raise ConfigError(f"key_file needs cert_file, got key_file={self.key_file!r} alone")

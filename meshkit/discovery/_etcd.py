@@ -172,6 +172,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from meshkit._config import check_number, check_path, check_strings
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
     check_seconds,
@@ -343,7 +344,9 @@ class EtcdOptions:
         key_file: its PEM private key (``--key``, ``ETCDCTL_KEY``).
 
     Raises:
-        ConfigError: a value is invalid; the message quotes it.
+        ConfigError: a value is invalid or of the wrong type (``None`` for ``endpoints``,
+            ``prefix`` or ``ttl_s``, an endpoint or a ``prefix`` that is no string, a
+            file that is no path); the message names the field and quotes the value.
     """
 
     endpoints: tuple[str, ...] = (f"http://127.0.0.1:{DEFAULT_PORT}",)
@@ -364,20 +367,25 @@ class EtcdOptions:
     def __post_init__(self) -> None:
         if isinstance(self.endpoints, str):
             raise ConfigError(f"endpoints must be a sequence of URLs, got {self.endpoints!r}")
-        endpoints = tuple(_parse_endpoint(e, "http") for e in self.endpoints)
+        endpoints = tuple(_parse_endpoint(e, "http")
+                          for e in check_strings("endpoints", self.endpoints))
         if not endpoints:
             raise ConfigError(f"endpoints must name at least one member, got {self.endpoints!r}")
         schemes = {e.split("://", 1)[0] for e in endpoints}
         if len(schemes) > 1:
             raise ConfigError(f"endpoints must share one scheme, got {self.endpoints!r}")
         object.__setattr__(self, "endpoints", endpoints)
-        if not (self.prefix.startswith("/") and self.prefix.endswith("/")):
-            raise ConfigError(f"prefix must start and end with '/', got {self.prefix!r}")
+        if not (isinstance(self.prefix, str) and self.prefix.startswith("/")
+                and self.prefix.endswith("/")):
+            raise ConfigError(f"prefix must be a string; it must start and end with '/', "
+                              f"got {self.prefix!r}")
+        # first: the defaults below are worked out from it
+        check_number("ttl_s", self.ttl_s, low_open=True)
         if self.keepalive_interval_s is None:
             object.__setattr__(self, "keepalive_interval_s", float(self.ttl_s) / 3)
         if self.fault_grace_s is None:
             object.__setattr__(self, "fault_grace_s", float(self.ttl_s))
-        if self.last_seen_ttl_s is None and isinstance(self.ttl_s, int | float):
+        if self.last_seen_ttl_s is None:
             object.__setattr__(self, "last_seen_ttl_s",
                                min(_MAX_LEASE_TTL_S, max(10 * self.ttl_s, 300)))
         check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s", "last_seen_ttl_s"))
@@ -403,7 +411,7 @@ class EtcdOptions:
                               f"{self.backoff_base_s!r}, got {self.backoff_max_s!r}")
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
-            if path is not None and not os.path.isfile(path):
+            if path is not None and not os.path.isfile(check_path(name, path)):
                 raise ConfigError(f"{name} must be an existing file, got {path!r}")
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError(f"cert_file and key_file go together, got "

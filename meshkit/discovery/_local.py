@@ -93,7 +93,7 @@ from typing import NamedTuple, TypeVar
 
 import structlog
 
-from meshkit._config import check_number, check_seconds
+from meshkit._config import check_number, check_path, check_seconds
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
 from meshkit.errors import ConfigError, RegistryError
@@ -203,7 +203,9 @@ class LocalOptions:
             had three heartbeats to renew or re-register (see the module docstring).
 
     Raises:
-        ConfigError: a value is out of range (quoted in the message).
+        ConfigError: a value is out of range or of the wrong type (quoted in the
+            message): a ``path`` that is no ``str`` or ``os.PathLike`` (``None`` from an
+            unset variable, ``bytes``) or is ``""``.
     """
 
     path: Path = field(default_factory=default_local_path)
@@ -215,7 +217,7 @@ class LocalOptions:
     fault_grace_s: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", _database_path(self.path))
+        object.__setattr__(self, "path", _database_path(check_path("path", self.path)))
         check_seconds(self, ("ttl_s", "poll_interval_s", "busy_timeout_s"))
         hb = self.heartbeat_interval_s
         if hb is None:

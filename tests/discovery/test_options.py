@@ -1,0 +1,91 @@
+"""The registries' options (Consul, etcd, local): a value of the wrong type, as a config file
+or the environment gives it (``None`` for "unset", ``bytes`` read from a file, a number
+for a string), is a :class:`~meshkit.errors.ConfigError` naming the field at
+construction, never a bare ``TypeError``/``AttributeError`` from deep inside, and never
+quoting a token."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meshkit.discovery import ConsulOptions, EtcdOptions, LocalOptions
+from meshkit.errors import ConfigError
+
+Build = Callable[[], object]
+
+_SECRET = "s3cr3t-token-value"
+
+
+def _refused(build: Build, field: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        build()
+    message = str(info.value)
+    assert field in message, message
+    assert "s3cr3t" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(("field", "build"), [
+    ("addr", lambda: ConsulOptions(addr=None)),  # type: ignore[arg-type]
+    ("addr", lambda: ConsulOptions(addr=8500)),  # type: ignore[arg-type]
+    ("token", lambda: ConsulOptions(token=_SECRET.encode())),  # type: ignore[arg-type]
+    ("token", lambda: ConsulOptions(token=[_SECRET])),  # type: ignore[arg-type]
+    ("ca_file", lambda: ConsulOptions(ca_file=3)),  # type: ignore[arg-type]
+    ("ttl_s", lambda: ConsulOptions(ttl_s=None)),  # type: ignore[arg-type]
+    ("endpoints", lambda: EtcdOptions(endpoints=None)),  # type: ignore[arg-type]
+    ("endpoints", lambda: EtcdOptions(endpoints=[2379])),  # type: ignore[list-item]
+    ("prefix", lambda: EtcdOptions(prefix=None)),  # type: ignore[arg-type]
+    ("prefix", lambda: EtcdOptions(prefix=b"/meshkit/")),  # type: ignore[arg-type]
+    ("ttl_s", lambda: EtcdOptions(ttl_s=None)),  # type: ignore[arg-type]
+    ("ttl_s", lambda: EtcdOptions(ttl_s="10")),  # type: ignore[arg-type]
+    ("ttl_s", lambda: EtcdOptions(ttl_s=10**400)),
+    ("ca_file", lambda: EtcdOptions(ca_file=3)),  # type: ignore[arg-type]
+    ("path", lambda: LocalOptions(path=None)),  # type: ignore[arg-type]
+    ("path", lambda: LocalOptions(path=b"/tmp/mesh")),  # type: ignore[arg-type]
+    ("path", lambda: LocalOptions(path="")),
+], ids=["consul-addr-none", "consul-addr-int", "consul-token-bytes", "consul-token-list",
+        "consul-ca-file-fd", "consul-ttl-none", "etcd-endpoints-none", "etcd-endpoint-int",
+        "etcd-prefix-none", "etcd-prefix-bytes", "etcd-ttl-none", "etcd-ttl-str",
+        "etcd-ttl-huge", "etcd-ca-file-fd", "local-path-none", "local-path-bytes",
+        "local-path-empty"])
+def test_a_wrong_type_is_a_config_error_naming_the_field(field: str, build: Build) -> None:
+    """Natural spellings of "unset" failed with a bare Python error naming no field:
+    ``ConsulOptions(addr=os.environ.get("CONSUL_HTTP_ADDR"))`` with the variable unset
+    -> ``AttributeError: 'NoneType' object has no attribute 'strip'``;
+    ``ConsulOptions(token=Path(f).read_bytes())`` -> ``TypeError: a bytes-like object is
+    required``; ``LocalOptions(path=None)`` -> ``TypeError: expected str, bytes or
+    os.PathLike object``; ``EtcdOptions(endpoints=None)`` -> ``TypeError: 'NoneType'
+    object is not iterable``; ``endpoints=[2379]`` / ``prefix=None`` ->
+    ``AttributeError``; ``ttl_s=None`` -> ``TypeError: float() argument``. A file
+    descriptor number given as ``ca_file`` passed ``os.path.isfile``. Now a ConfigError
+    naming the field (never quoting the token)."""
+    _refused(build, field)
+
+
+def test_the_right_types_still_pass(tmp_path: Path) -> None:
+    """The counterparts: paths as ``str`` or ``os.PathLike``, endpoints as any sequence
+    of strings, a token as a string, ``grpc_health_service=""`` (the whole server)."""
+    assert LocalOptions(path=str(tmp_path / "a")).path == tmp_path / "a" / "registry.db"
+    assert LocalOptions(path=tmp_path / "b.db").path == tmp_path / "b.db"
+    assert EtcdOptions(endpoints=["127.0.0.1:2379"]).endpoints == ("http://127.0.0.1:2379",)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    assert EtcdOptions(endpoints=["https://h:2379"], ca_file=os.fspath(ca)).ca_file == str(ca)
+    assert ConsulOptions(token=_SECRET, ca_file=str(ca)).token == _SECRET
+    assert ConsulOptions(grpc_health_service="").grpc_health_service == ""
+
+
+@pytest.mark.parametrize("value", [7, b"orders", ["orders"]])
+def test_consul_grpc_health_service_is_a_string(value: object) -> None:
+    """``ConsulOptions(grpc_health_service=7)`` (or ``b"orders"``) was accepted and sent
+    to the agent as ``host:port/7`` (``host:port/b'orders'``): the check asked about a
+    service nobody serves, and the instance went critical and was reaped. Now a
+    ConfigError naming the field; ``None`` (the instance's service) and ``""`` (the whole
+    server) as documented."""
+    message = _refused(lambda: ConsulOptions(grpc_health_service=value),  # type: ignore[arg-type]
+                       "grpc_health_service")
+    assert repr(value) in message
