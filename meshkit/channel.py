@@ -118,6 +118,7 @@ from meshkit.resilience import (
     current_deadline,
     is_nack,
 )
+from meshkit.resilience._deadline import admission_refusal
 from meshkit.resilience._retry import (
     ConnectFailedError,
     draining_refusal,
@@ -130,14 +131,14 @@ __all__ = ["DialOptions", "MeshChannel", "dial"]
 _log = structlog.get_logger("meshkit.channel")
 _perf = time.perf_counter
 _SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
-# the channel argument with which TLSOptions.channel_options makes the handshake verify the
-# dialed service's identity: refused in channel_options with tls (as grpc takes names too)
 # set by DialOptions' keepalive fields: refused in channel_options beside them
 _KEEPALIVE_OPTIONS = frozenset({"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms",
                                 "grpc.http2.ping_timeout_ms",
                                 "grpc.keepalive_permit_without_calls",
                                 "grpc.http2.max_pings_without_data"})
 _MAX_MS_ARG_S = (2**31 - 1) // 1000  # grpc takes milliseconds as C ints
+# the channel argument with which TLSOptions.channel_options makes the handshake verify the
+# dialed service's identity: refused in channel_options with tls (as grpc takes names too)
 _IDENTITY_OPTIONS = frozenset({"grpc.ssl_target_name_override",
                                b"grpc.ssl_target_name_override"})
 _OK = grpc.StatusCode.OK
@@ -845,9 +846,12 @@ class MeshChannel(grpc.aio.Channel):
         try:
             response = await call
         except AioRpcError as exc:
-            if _refused_here(exc.code(), exc.details(), exc.initial_metadata(),
-                             exc.trailing_metadata()):  # no endpoint's outcome
-                done(_CANCELLED, _perf() - t0)
+            code = exc.code()
+            if _refused_here(code, exc.details(), exc.initial_metadata(),
+                             exc.trailing_metadata()) or (
+                    code is _DEADLINE_EXCEEDED
+                    and admission_refusal(exc.details(), exc.trailing_metadata())):
+                done(_CANCELLED, _perf() - t0)  # no endpoint's outcome
                 raise
             ep.failures += 1
             done(_attempt_outcome(exc), _perf() - t0)

@@ -117,12 +117,36 @@ class deadline_scope:
         _deadline.set(outer[-1] if outer else None)
 
 
+ADMISSION_REFUSAL_DETAILS = "deadline exceeded before the handler ran"
+"""Details of a call :class:`DeadlineInterceptor` refused (``DEADLINE_EXCEEDED``)."""
+
+ADMISSION_REFUSAL_METADATA = ("meshkit-deadline-refused", "1")
+"""Trailing metadata of a call :class:`DeadlineInterceptor` refused: with
+:data:`ADMISSION_REFUSAL_DETAILS`, a mesh client reports the attempt to its balancer as
+no endpoint's outcome (:func:`admission_refusal`)."""
+
+
+def admission_refusal(details: str | None, trailing_metadata: Any) -> bool:
+    """Whether a ``DEADLINE_EXCEEDED`` with ``details`` and ``trailing_metadata`` is a
+    meshkit server's admission refusal: the request came with less time left than the
+    server's ``min_remaining_s``, and nothing of it ran. That says nothing about the
+    endpoint (the request's deadline was short), so the channel does not count it
+    against the endpoint for outlier ejection (``OutlierOptions.failure_codes``) nor as a
+    P2C latency sample, as it does not a nack. Both the exact details and the trailer are
+    needed: a handler that forwards a downstream status verbatim without the trailer is
+    counted as usual. Asked on the failure path only."""
+    return details == ADMISSION_REFUSAL_DETAILS and bool(trailing_metadata) and any(
+        tuple(item) == ADMISSION_REFUSAL_METADATA for item in trailing_metadata)
+
+
 class DeadlineInterceptor(WrappingInterceptor):
     """Admission control and deadline propagation; see the module docstring.
 
     Args:
         min_remaining_s: calls with less time left than this are refused with
-            ``DEADLINE_EXCEEDED`` before the handler runs; a call with exactly this much
+            ``DEADLINE_EXCEEDED`` before the handler runs (details
+            :data:`ADMISSION_REFUSAL_DETAILS`, trailer :data:`ADMISSION_REFUSAL_METADATA`:
+            mesh clients count it against no endpoint); a call with exactly this much
             left is admitted (default 0.0: only expired ones, which grpc reads as 0 left).
 
     Raises:
@@ -153,7 +177,8 @@ class DeadlineInterceptor(WrappingInterceptor):
         if remaining <= self._refuse_at:
             self.rejected += 1
             aborted: Awaitable[None] = context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the handler ran")
+                grpc.StatusCode.DEADLINE_EXCEEDED, ADMISSION_REFUSAL_DETAILS,
+                (ADMISSION_REFUSAL_METADATA,))
             return aborted
         _deadline.set(time.monotonic() + remaining)
         return None

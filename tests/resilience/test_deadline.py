@@ -21,6 +21,7 @@ from meshkit.resilience import (
     current_deadline,
     deadline_scope,
 )
+from tests.conftest import EchoFactory
 from tests.support.echo import handler, method, raw_server
 
 
@@ -206,7 +207,8 @@ class _Context:
     def time_remaining(self) -> float:
         return self.remaining
 
-    def abort(self, code: grpc.StatusCode, details: str) -> Any:
+    def abort(self, code: grpc.StatusCode, details: str,
+              trailing_metadata: Any = ()) -> Any:  # grpc.aio's signature
         self.aborted.append(code)
         return None
 
@@ -471,3 +473,33 @@ def test_clamp_timeout_s_reads_nan_as_a_passed_deadline() -> None:
     assert clamp_timeout_s(1e12) == MAX_PROPAGATED_S
     assert clamp_timeout_s(1.5) == 1.5
     assert clamp_timeout_s(-1.0) == -1.0
+
+
+async def test_admission_refusals_eject_no_healthy_endpoint(
+        registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """Servers run with ``DeadlineOptions(min_remaining_s=1.0)`` (Finagle's DeadlineFilter)
+    and a default ``dial()`` (outlier ejection on); some caller uses a 0.5 s timeout. The
+    servers refuse those calls before any of their code runs, as configured. Each refusal
+    counted as an outlier-ejection failure of the endpoint that refused
+    (``DEADLINE_EXCEEDED`` is a default failure code): after a handful, a healthy
+    endpoint was ejected (10 s, doubling on each relapse; up to half the fleet) and the
+    channel's other calls were squeezed onto the rest (seen: ``['b']`` ejected after 12).
+    The refusal, which says nothing about the endpoint (``OutlierOptions.failure_codes``:
+    codes that mean "the endpoint, not the request, is at fault"), now carries
+    ``ADMISSION_REFUSAL_METADATA`` and is reported as no endpoint's outcome, as a nack
+    is; the caller still gets ``DEADLINE_EXCEEDED`` with the same details."""
+    await echo_servers("a", deadline=DeadlineOptions(min_remaining_s=1.0))
+    await echo_servers("b", deadline=DeadlineOptions(min_remaining_s=1.0))
+    async with asyncio.timeout(30), meshkit.dial(
+            "echo", registry=registry, options=meshkit.DialOptions(insecure=True)) as ch:
+        await ch.wait_for_endpoints(2)
+        unary = ch.unary_unary(method("Unary"))
+        assert await unary(b"ok", timeout=5) in (b"a|ok", b"b|ok")
+        for _ in range(12):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await unary(b"short", timeout=0.5)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert err.value.details() == "deadline exceeded before the handler ran"
+        endpoints = ch.stats().endpoints
+    assert [e.instance_id for e in endpoints if e.ejected] == []
+    assert sum(e.failures for e in endpoints) == 0, endpoints
