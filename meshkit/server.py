@@ -113,6 +113,7 @@ from meshkit._limits import (
 )
 from meshkit._methods import MethodMatcher
 from meshkit._registration import grpc_observability_active
+from meshkit._signals import unblock_signals
 from meshkit._stats import ServerStats
 from meshkit._tasks import cancel_and_wait
 from meshkit._unhandled import UnhandledErrorInterceptor
@@ -186,17 +187,21 @@ class _SignalFanout:
     (:func:`_stop_listening`), which gives the signal its handler from before back.
 
     ``previous``: ``{signal: its handler before}`` (one entry), what a forked child gets
-    back (:func:`_undo_signal_handlers_in_child`); ``loop_callback``: the callback and
+    back (:func:`_undo_signal_handlers_in_child`); ``blocked``: whether the signal was in
+    the thread's signal mask before (unblocked while the handler is installed, blocked
+    again when it is removed); ``loop_callback``: the callback and
     arguments another ``loop.add_signal_handler`` had given the loop for the signal
     (asyncio's loop, which keeps them in ``_signal_handlers``; ``None`` for none, or on
     uvloop, whose handlers cannot be read); ``listeners``: an ordered set, woken in the
     order the servers started listening."""
 
-    __slots__ = ("listeners", "loop_callback", "previous", "sig")
+    __slots__ = ("blocked", "listeners", "loop_callback", "previous", "sig")
 
     def __init__(self, sig: signal.Signals, loop: asyncio.AbstractEventLoop) -> None:
         self.sig = sig
         self.previous: dict[signal.Signals, _SignalHandler] = {sig: signal.getsignal(sig)}
+        # whether the mask this process inherited blocked it (unblocked while installed)
+        self.blocked = sig in _blocked_signals()
         self.loop_callback: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
         handlers = getattr(loop, "_signal_handlers", None)
         handle = handlers.get(sig) if isinstance(handlers, dict) else None
@@ -225,7 +230,9 @@ def _listen_for_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
     """Call ``listener(sig)`` from ``loop`` when ``sig`` arrives, beside every other
     listener of the loop (main thread only). The first listener of a loop and signal
     installs its handler (``loop.add_signal_handler``), replacing the one before it,
-    which :func:`_stop_listening` gives back.
+    which :func:`_stop_listening` gives back, and unblocks the signal when the signal
+    mask the process inherited blocked it (:func:`meshkit._signals.unblock_signals`, as
+    Go's ``signal.Notify``): a handler of a blocked signal never runs.
 
     Raises:
         ValueError, RuntimeError, OSError: as ``loop.add_signal_handler`` (not the main
@@ -237,6 +244,8 @@ def _listen_for_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
         fanout = _SignalFanout(sig, loop)
         loop.add_signal_handler(sig, fanout.dispatch)
         _fanouts[key] = fanout
+        if fanout.blocked:
+            unblock_signals((sig,))
     fanout.listeners[listener] = None
 
 
@@ -258,6 +267,8 @@ def _stop_listening(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
     del _fanouts[key]
     with contextlib.suppress(Exception):
         loop.remove_signal_handler(sig)
+    if fanout.blocked:  # the mask as it was (a signal that came meanwhile stays pending)
+        _block_signal(sig)
     if fanout.loop_callback is not None and not loop.is_closed():
         callback, args = fanout.loop_callback
         with contextlib.suppress(Exception):
@@ -267,6 +278,24 @@ def _stop_listening(loop: asyncio.AbstractEventLoop, sig: signal.Signals,
     if before is not None and not _loop_placeholder(before):
         with contextlib.suppress(OSError, ValueError, TypeError):
             signal.signal(sig, before)
+
+
+def _blocked_signals() -> set[signal.Signals]:
+    """The calling thread's signal mask (empty where there is none, e.g. Windows)."""
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    if sigmask is None:
+        return set()
+    with contextlib.suppress(OSError, ValueError):
+        return set(sigmask(signal.SIG_BLOCK, ()))
+    return set()
+
+
+def _block_signal(sig: signal.Signals) -> None:
+    """Put ``sig`` back in the calling thread's signal mask (never raises)."""
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    if sigmask is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sigmask(signal.SIG_BLOCK, {sig})
 
 
 def _loop_placeholder(handler: _SignalHandler) -> bool:
@@ -291,6 +320,8 @@ def _undo_signal_handlers_in_child() -> None:
         for sig, handler in fanout.previous.items():
             with contextlib.suppress(OSError, ValueError, TypeError):
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            if fanout.blocked:
+                _block_signal(sig)
     _fanouts.clear()  # the parent's servers: the child's own install anew
     with contextlib.suppress(OSError, ValueError):
         signal.set_wakeup_fd(-1)

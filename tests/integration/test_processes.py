@@ -24,7 +24,14 @@ from tests.support.procs import children
 from tests.support.wait import until
 
 REPO = Path(__file__).resolve().parents[2]
-Spawn = Callable[[str], Awaitable[asyncio.subprocess.Process]]
+Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+def _block_sigterm() -> None:
+    """In the child before exec: SIGTERM blocked, as a launcher that ``sigwait()``s for
+    signals in one thread and starts children from another hands it down (the signal
+    mask survives fork and exec)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
 @pytest.fixture
@@ -33,7 +40,8 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
     procs: list[asyncio.subprocess.Process] = []
     uri = f"local://{tmp_path}?ttl_s=1&poll_interval_s=0.05"
 
-    async def start(instance_id: str) -> asyncio.subprocess.Process:
+    async def start(instance_id: str, *,
+                    sigterm_blocked: bool = False) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -47,6 +55,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_block_sigterm if sigterm_blocked else None,
         )
         procs.append(proc)
         assert proc.stdout is not None
@@ -129,6 +138,29 @@ async def test_sigterm_drains_exit_zero_without_failing_calls(
         assert await asyncio.wait_for(a.wait(), 10) == 0
         assert failures == 0
         assert [e.key for e in ch.endpoints()] == ["t2"]
+
+
+async def test_sigterm_drains_a_server_started_with_sigterm_blocked(
+    spawn: Spawn, registry: LocalRegistry
+) -> None:
+    """A server started with SIGTERM blocked in its inherited signal mask (a launcher that
+    ``sigwait()``s in one thread and execs children from another; the mask survives fork
+    and exec) installed its SIGTERM handler and left the signal blocked: ``kill <pid>``
+    did nothing, the server never drained and was SIGKILLed at the end of the grace
+    period, still registered. As Go's ``signal.Notify``, ``serve()`` now unblocks the
+    signals it handles: it deregisters and exits 0."""
+    proc = await spawn("b1", sigterm_blocked=True)
+    async with meshkit.dial(
+        "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
+    ) as ch:
+        await ch.wait_for_endpoints(1, timeout_s=5)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            code = None
+        assert code == 0, "SIGTERM never reached serve() (still running 15 s later)"
+        await until(lambda: not ch.endpoints(), timeout_s=5, what="b1 deregistered")
 
 
 _SLOW_ANNOUNCE = """
@@ -490,3 +522,26 @@ def test_access_lines_buffered_at_a_fork_are_written_once(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if '"event":"rpc"' in ln]
     assert len(lines) == 3, proc.stderr[-2500:]
+
+
+async def test_a_blocked_signal_is_unblocked_while_handled_and_blocked_again_after() -> None:
+    """The unblocking above lasts while meshkit handles the signal: the last listener's
+    removal puts the signal back in the mask the thread had (a launcher's mask is its
+    business once meshkit is done with the signal). A signal that was not blocked is left
+    unblocked."""
+    from meshkit.server import _listen_for_signal, _stop_listening
+
+    loop = asyncio.get_running_loop()
+    sig = signal.SIGUSR2
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+    try:
+        _listen_for_signal(loop, sig, print)
+        assert sig not in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        _stop_listening(loop, sig, print)
+        assert sig in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        _listen_for_signal(loop, sig, print)
+        _stop_listening(loop, sig, print)
+        assert sig not in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
