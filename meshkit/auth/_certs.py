@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshkit._config import check_number
+from meshkit._config import check_instance, check_number
 from meshkit.auth._errors import CertificateError, KeyExistsError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
@@ -82,7 +82,17 @@ _BACKDATE = dt.timedelta(minutes=5)
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
-    return now if now is not None else dt.datetime.now(dt.UTC)
+    """The issue time: ``now`` as an aware UTC ``datetime`` (a naive one is read as UTC,
+    as ``cryptography``'s ``CertificateBuilder`` reads it; an aware one in another zone
+    stays the same instant), or the current time when ``None``.
+
+    Raises:
+        ConfigError: ``now`` is no ``datetime`` (quoted).
+    """
+    if now is None:
+        return dt.datetime.now(dt.UTC)
+    check_instance("now", now, dt.datetime)
+    return now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now.astimezone(dt.UTC)
 
 
 def _end(start: dt.datetime, name: str, value: float, unit: str) -> dt.datetime:
@@ -128,14 +138,17 @@ def create_ca(
             ``("localhost",)``; listen addresses must fall under them).
         permitted_ips: IP networks (``"127.0.0.0/8"``) to permit; empty (default) leaves
             IP SANs unconstrained (meshkit clients verify identity names, not IPs).
-        now: issue time (UTC; default the current time); tests backdate with it.
+        now: issue time (default the current time); tests backdate with it. A naive
+            ``datetime`` is read as UTC (``datetime(2030, 1, 1, 12)``), as by
+            :func:`issue_workload`.
 
     Returns:
         ``(private_key, certificate)``.
 
     Raises:
         ConfigError: bad trust domain, ``ttl_days`` not a finite number > 0 or ending past
-            the year 9999 (RFC 5280 §4.1.2.5), or a bad DNS/IP subtree.
+            the year 9999 (RFC 5280 §4.1.2.5), a bad DNS/IP subtree, or ``now`` not a
+            ``datetime``.
     """
     td = validate_trust_domain(trust_domain)
     start = _now(now)
@@ -277,7 +290,8 @@ def issue_workload(
         dns: extra DNS names, e.g. the listen host ``("localhost",)``; none equal to or
             under ``svc.<td>`` except the workload's own identity name.
         ips: IP addresses, e.g. ``("127.0.0.1",)``.
-        now: issue time (UTC; default now); notBefore is 5 minutes earlier for clock skew.
+        now: issue time (default now; a naive ``datetime`` is read as UTC); notBefore
+            is 5 minutes earlier for clock skew.
 
     Returns:
         ``(private_key, certificate)``.
@@ -293,7 +307,7 @@ def issue_workload(
             for ``orderd``: clients verify identity as that host name, so it would let
             the workload pass as another; quoted), a validity outliving the CA,
             ``ca_cert`` not a CA (``CA:TRUE`` with ``keyCertSign``) or ``ca_key`` not its
-            key.
+            key, or ``now`` not a ``datetime``.
         CertificateError: ``ca_cert`` names no SPIFFE trust domain, or its extensions
             are malformed.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from cryptography import x509
 from meshkit.auth import (
     CertificateError,
     KeyExistsError,
+    create_ca,
     describe_certificate,
     init_ca_dir,
     issue_into_dir,
+    issue_workload,
     load_certificate,
 )
 from meshkit.auth.cli import main
@@ -273,3 +276,31 @@ def test_cli_inspect_reports_a_malformed_certificate_in_one_line(
     assert str(path) in err and "malformed" in err and "certificate 2 of 2" in err, err
     with pytest.raises(CertificateError, match="malformed"):
         describe_certificate(cert)
+
+
+def test_a_naive_now_is_read_as_utc_everywhere(tmp_path: Path) -> None:
+    """A user pins issue times with a naive UTC ``datetime`` (``datetime(2030, 1, 1,
+    12)``, ``datetime.utcnow()``). Before: ``create_ca(now=naive)`` took it as UTC (as
+    cryptography's builder does), but ``issue_workload(..., now=naive)`` and
+    ``issue_into_dir`` raised a bare ``TypeError: can't compare offset-naive and
+    offset-aware datetimes`` from the "would outlive the CA" check. Now a naive ``now``
+    is UTC for all of them (documented), an aware one in another zone is its instant,
+    and a ``now`` that is no ``datetime`` is a ConfigError naming ``now``."""
+    naive = dt.datetime(2030, 1, 1, 12, 0)  # naive: the point of the test
+    expected = dt.datetime(2030, 1, 1, 11, 55, tzinfo=dt.UTC)  # 5 minutes backdated
+    key, ca = create_ca(trust_domain=TD, now=naive)
+    assert ca.not_valid_before_utc == expected
+    _, cert = issue_workload(key, ca, "orderd", now=naive)
+    assert cert.not_valid_before_utc == expected
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    _, cert = issue_workload(key, ca, "orderd", now=dt.datetime(2030, 1, 1, 21, tzinfo=tokyo))
+    assert cert.not_valid_before_utc == expected
+    init_ca_dir(tmp_path, trust_domain=TD, now=naive)
+    files = issue_into_dir(tmp_path, "orderd", now=naive)
+    assert load_certificate(files.cert_file).not_valid_before_utc == expected
+    for bad in (1_893_499_200.0, "2030-01-01T12:00:00Z", dt.date(2030, 1, 1)):
+        with pytest.raises(ConfigError, match=r"^now must be a datetime") as err:
+            issue_workload(key, ca, "orderd", now=bad)  # type: ignore[arg-type]
+        assert repr(bad) in str(err.value)
+        with pytest.raises(ConfigError, match=r"^now must be a datetime"):
+            create_ca(trust_domain=TD, now=bad)  # type: ignore[arg-type]
