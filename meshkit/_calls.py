@@ -477,7 +477,14 @@ class UnaryResponseCall(MeshCall):
                 task = self._task
                 if task is not None:
                     task.uncancel()
-            self._settle(self._details.last_call, exc)
+            # the call keeps its error (_error), exc's traceback keeps this frame and the
+            # frames that awaited the call (asyncio.wait_for's holds it): without this
+            # frame's self, and with a cancellation kept as a new CancelledError (all the
+            # call's API reads of it is its type), no reference cycle holds the failed
+            # call's state for the cyclic collector
+            self._settle(self._details.last_call, asyncio.CancelledError(*exc.args)
+                         if isinstance(exc, asyncio.CancelledError) else exc)
+            del self
             raise
         self._settle(self._details.last_call, None)
         return self._response

@@ -110,6 +110,8 @@ else:  # pragma: no cover - another grpcio layout
 
 
 _RUNNING = ("running",)
+_STATUS = ("ended with a status other than OK, or cancelled",)
+_REBUILT = (grpc.aio.AioRpcError, asyncio.CancelledError)  # what _again makes again
 
 
 class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
@@ -125,8 +127,9 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
         asyncio.CancelledError: the call was cancelled (``cancel()``, or the awaiting task).
     """
 
-    # None (not awaited yet), _RUNNING, or (response, error) once it has ended; class
-    # defaults, so that a call sets only what it uses
+    # None (not awaited yet), _RUNNING, _STATUS (failed with a status or cancelled), or
+    # (response, error) once it has ended; class defaults, so that a call sets only what
+    # it uses
     _outcome: tuple[Any, ...] | None = None
     _waiters: list[asyncio.Future[None]] | None = None  # later awaits, while it runs
     _active: set[Any] | None = None  # its multicallable's calls in flight, while it runs
@@ -159,7 +162,12 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
             deser = self._response_deserializer  # None: the mesh deserializes
             response = raw if deser is None else _deserialize(raw, deser)
         except BaseException as exc:
-            self._outcome = (None, exc)
+            # a status or a cancellation is not kept: a later await (_again) raises it
+            # anew, as grpc.aio's call makes a new error at each await. Kept, it would be
+            # held back by the frames of its own traceback that hold this call (this
+            # one's self, grpc's _raise_for_status, the channel's attempt): a reference
+            # cycle holding each failed call's state until the cyclic collector ran
+            self._outcome = _STATUS if isinstance(exc, _REBUILT) else (None, exc)
             if self._active is not None:
                 self._active.discard(self)
             if self._waiters is not None:
@@ -186,6 +194,9 @@ class InlineUnaryUnaryCall(_Call):  # type: ignore[misc]
                 self._waiters = []
             self._waiters.append(fut)
             await fut
+        if self._outcome is _STATUS:
+            await self._raise_for_status()  # CancelledError if cancelled, else the error
+            raise asyncio.CancelledError()  # the awaiting task was cancelled as it ended
         assert self._outcome is not None
         response, error = self._outcome
         if error is not None:

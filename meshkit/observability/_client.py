@@ -204,29 +204,45 @@ class TelemetryClientInterceptor(ClientInterceptor):
         """Run a unary-response call inside a span, counted and logged."""
         m = self._method(details)
         span, token, call_token, t0 = self._start(m, details)
-        code = STATUS_OK
-        exc: BaseException | None = None
         if m.bound is not None and details.kind is CallKind.STREAM_UNARY:
             details.messages = m.bound  # the channel's request iterator counts msg_sent
+        # the error is finished with in its except block, whose name is cleared when it
+        # ends: a local keeping it would be held by this frame in the error's own
+        # traceback, a reference cycle holding the failed call's state for the collector
         try:
-            return await proceed(details, request)
+            response = await proceed(details, request)
         except AioRpcError as e:
-            code, exc = e.code(), e
+            self._finish_unary(m, details, span, t0, e.code(), e, call_token, token)
             raise
         except asyncio.CancelledError as e:
-            code, exc = STATUS_CANCELLED, e
+            self._finish_unary(m, details, span, t0, STATUS_CANCELLED, e, call_token, token)
             raise
         except Exception as e:
-            code, exc = STATUS_UNKNOWN, e
+            self._finish_unary(m, details, span, t0, STATUS_UNKNOWN, e, call_token, token)
             raise
+        except BaseException:  # GeneratorExit, KeyboardInterrupt: finished as before
+            self._finish_unary(m, details, span, t0, STATUS_OK, None, call_token, token)
+            raise
+        try:
+            self._finish(m, details, span, t0, STATUS_OK, None)
         finally:
-            try:
-                self._finish(m, details, span, t0, code, exc)
-            finally:
-                if call_token is not None:
-                    _current_call.reset(call_token)
-                if token is not None:
-                    detach_context(token)
+            if call_token is not None:
+                _current_call.reset(call_token)
+            if token is not None:
+                detach_context(token)
+        return response
+
+    def _finish_unary(self, m: _Method, details: ClientCallDetails, span: Any, t0: float,
+                      code: grpc.StatusCode, exc: BaseException | None, call_token: Any,
+                      token: Any) -> None:
+        """:meth:`intercept_unary`'s end of a call that raised ``exc``."""
+        try:
+            self._finish(m, details, span, t0, code, exc)
+        finally:
+            if call_token is not None:
+                _current_call.reset(call_token)
+            if token is not None:
+                detach_context(token)
 
     async def intercept_stream(self, details: ClientCallDetails, request: Any,
                                proceed: StreamProceed) -> Any:
