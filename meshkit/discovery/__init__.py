@@ -104,7 +104,9 @@ def registry_from_uri(uri: str) -> Registry:
 
     Forms:
         * ``local:///abs/path`` (directory or ``.db`` file; ``local://localhost/abs/path``
-          the same, as ``file:`` URIs have it) or ``local://`` (default path);
+          the same, as ``file:`` URIs have it) or ``local://`` (default path:
+          ``$MESHKIT_LOCAL_DIR``, else ``<tmp>/meshkit-<uid>``, used only if it is the
+          user's own and not writable by others, see :class:`LocalOptions`);
           query ``?ttl_s=3&poll_interval_s=0.25`` (also ``heartbeat_interval_s``,
           ``busy_timeout_s``, ``fault_grace_s``) sets :class:`LocalOptions`.
         * ``consul://host:port`` or ``consul+https://host:port`` (query options as

@@ -60,6 +60,11 @@ Failure modes (each is reported once per outage in the log and in :meth:`status`
   after the reopen this process's watches keep their last endpoints merged with it, as after
   a write outage.
 
+**The default directory** ``<tmp>/meshkit-<uid>`` is checked before each open (see
+:class:`LocalOptions`): another user's, or one others may write, is refused, every operation
+failing with :class:`~meshkit.errors.RegistryError` (reported as any outage), since whoever
+controls it decides which endpoints the user's clients call.
+
 **Forks and event loops.** A registry is usable in a child forked after it was used (a
 pre-fork master's workers, ``multiprocessing``): in the child it gets a worker thread and a
 connection of its own (``os.register_at_fork``; SQLite forbids using a connection opened
@@ -74,6 +79,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -147,13 +153,64 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _per_user_dir() -> Path:
+    """``<tmp>/meshkit-<uid>``: the default directory when ``MESHKIT_LOCAL_DIR`` is unset."""
+    return Path(tempfile.gettempdir()) / f"meshkit-{os.getuid()}"
+
+
 def default_local_path() -> Path:
     """The default registry file: ``$MESHKIT_LOCAL_DIR/registry.db``, else
-    ``<tmp>/meshkit-<uid>/registry.db`` (one registry per user per machine)."""
-    base = os.environ.get("MESHKIT_LOCAL_DIR") or os.path.join(
-        tempfile.gettempdir(), f"meshkit-{os.getuid()}"
-    )
+    ``<tmp>/meshkit-<uid>/registry.db`` (one registry per user per machine; that
+    directory is created mode 0700 and used only if it is the user's own, see
+    :class:`LocalOptions`)."""
+    base = os.environ.get("MESHKIT_LOCAL_DIR") or _per_user_dir()
     return Path(base) / "registry.db"
+
+
+def _unsafe(directory: Path, why: str) -> PermissionError:
+    return PermissionError(
+        f"unsafe default registry directory {str(directory)!r}: {why}; another user could "
+        "list their own endpoints in it or empty it. Remove it, or name a directory with "
+        "local:///path, LocalOptions(path=...) or MESHKIT_LOCAL_DIR")
+
+
+def _private_dir(directory: Path) -> None:
+    """Create the per-user default directory (``<tmp>/meshkit-<uid>``) mode 0700 if it is
+    missing, and check it is this user's own, as tmux checks ``/tmp/tmux-<uid>``: no
+    symbolic link (not followed), a directory, owned by this user, not writable by its
+    group or others. One readable by others (0755: an older meshkit, umask 022) is made
+    private (0700): the database lists every instance's address and meta.
+
+    Raises:
+        PermissionError: the directory is unsafe (the message names it, says why and how
+            to fix it).
+        OSError: it cannot be created, opened or changed.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    try:  # the checks and the chmod apply to what was opened: no race with a rename
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if stat.S_ISLNK(os.lstat(directory).st_mode):
+            raise _unsafe(directory, "it is a symbolic link") from exc
+        if exc.errno == errno.ENOTDIR:
+            raise _unsafe(directory, "it is not a directory") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        uid = os.getuid()
+        if st.st_uid != uid:
+            raise _unsafe(directory, f"it is owned by uid {st.st_uid}, not by this user "
+                                     f"(uid {uid})")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o022:
+            raise _unsafe(directory, f"it is writable by its group or others (mode "
+                                     f"{mode:o}; if nobody else wrote to it, chmod 700 it)")
+        if mode & 0o077:
+            os.fchmod(fd, mode & ~0o077)
+    finally:
+        os.close(fd)
 
 
 #: Suffixes that make a path that does not exist yet the database file (see LocalOptions).
@@ -189,6 +246,17 @@ class LocalOptions:
             trailing slash; anything else is the directory: an existing directory (also
             ``run.db/``), a string with a trailing slash, a new name like ``run.d`` or
             ``mesh``. Default :func:`default_local_path`. Missing directories are created.
+            The per-user default directory ``<tmp>/meshkit-<uid>`` (``local://``; also
+            when named explicitly, or a path below it) has a name anyone can predict in a
+            directory anyone can write, so it is created mode 0700 and, at each open,
+            used only if it is this user's own: a symbolic link, no directory, another
+            user's or one writable by its group or others is refused with
+            :class:`~meshkit.errors.RegistryError` naming it (as tmux refuses
+            ``/tmp/tmux-<uid>``); one readable by others is made private. A directory
+            the user names otherwise (``path``, ``local:///dir``, ``MESHKIT_LOCAL_DIR``:
+            a group's shared directory, say) is used as it is, whoever owns it; whoever
+            can write it can change the endpoints listed, and whoever can read it reads
+            every instance's address and meta.
         ttl_s: how long a registration lives without a heartbeat, seconds (default 3.0).
         heartbeat_interval_s: seconds between heartbeats; default ``ttl_s / 3``.
         poll_interval_s: how often watchers look for changes, seconds (default 0.25).
@@ -330,11 +398,17 @@ class LocalRegistry:
         options: :class:`LocalOptions`; defaults apply when omitted.
 
     Raises:
-        RegistryError: (from the methods) the file cannot be opened or written.
+        RegistryError: (from the methods) the file cannot be opened or written; the
+            per-user default directory is unsafe (another user's, writable by others, a
+            symbolic link: see :class:`LocalOptions`).
     """
 
     def __init__(self, options: LocalOptions | None = None) -> None:
         self.options = options or LocalOptions()
+        # The per-user default directory if the file is in it (or below it), however it
+        # was named: checked at each open (see LocalOptions).
+        per_user = _per_user_dir()
+        self._private = per_user if per_user in self.options.path.parents else None
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._has_last_write = False  # the file has the last_write table (old files may not)
@@ -392,6 +466,8 @@ class LocalRegistry:
     def _open(self) -> None:
         """Open the file into ``_conn``, creating and setting it up only if it needs it."""
         path = self.options.path
+        if self._private is not None:
+            _private_dir(self._private)
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect(str(path))
         immutable = False
