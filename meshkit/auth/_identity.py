@@ -391,15 +391,18 @@ _BUNDLELESS = ("the peer presented an intermediate CA certificate, which cannot 
 
 
 class _Refused(Exception):
-    """A peer certificate failed a check: ``reason`` for logs, ``until`` (epoch seconds)
-    when the verdict may change on its own (``inf``: only a new trust bundle changes it),
-    ``by_path``: whether the verdict depends on the other certificates the peer presented
-    (else it holds for the leaf whatever it presents with it)."""
+    """A peer certificate failed a check: ``reason`` for logs, ``[since, until)`` (epoch
+    seconds) the times the verdict holds for whatever the clock does (it may change on
+    its own outside them: ``-inf``/``inf`` when only a new trust bundle changes it; a
+    clock stepped back past ``since`` gets a fresh check), ``by_path``: whether the
+    verdict depends on the other certificates the peer presented (else it holds for the
+    leaf whatever it presents with it)."""
 
-    def __init__(self, reason: str, until: float = math.inf, *,
+    def __init__(self, reason: str, until: float = math.inf, *, since: float = -math.inf,
                  unknown_issuer: bool = False, by_path: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.since = since
         self.until = until
         self.unknown_issuer = unknown_issuer
         self.by_path = by_path
@@ -560,13 +563,43 @@ def _workload_of(leaf: x509.Certificate) -> tuple[PeerIdentity, list[x509.Genera
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
+    return cert.issuer == cert.subject and _signed_by(cert, cert)
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` (and its name is ``cert``'s issuer)."""
     try:
-        cert.verify_directly_issued_by(cert)
+        cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def _after(t: float) -> float:
+    """The first time past ``t``: a certificate is valid through its notAfter
+    (inclusive, RFC 5280 §4.1.2.5), expired from ``_after(notAfter)`` on."""
+    return math.nextafter(t, math.inf)
+
+
+def _anchor_refusal(anchor: _Anchor, identity: PeerIdentity,
+                    names: Sequence[x509.GeneralName], at: float | None
+                    ) -> tuple[int, _Refused] | None:
+    """Why the bundle CA ``anchor``, which signed the leaf, does not vouch for it at
+    ``at`` (``None``: validity not checked), ranked by how close it came (3: it would
+    but for its validity period), or ``None`` when it does."""
+    if anchor.problem is not None:
+        return 0, _Refused(anchor.problem)
+    if anchor.trust_domain is not None and identity.trust_domain != anchor.trust_domain:
+        return 1, _Refused(f"{identity.spiffe_id} is outside the CA's trust domain")
+    problem = _name_problem(anchor, names)
+    if problem is not None:
+        return 2, _Refused(problem)
+    if at is not None:
+        if at < anchor.not_before:
+            return 3, _Refused("the CA certificate is not valid yet", until=anchor.not_before)
+        if at > anchor.not_after:
+            return 3, _Refused("the CA certificate has expired", since=_after(anchor.not_after))
+    return None
 
 
 _CacheKey = bytes | tuple[bytes, bytes | None]
@@ -618,17 +651,30 @@ class PeerVerifier:
     self-signed root (an intermediate, the only way to reach the roots through a sub-CA);
     it cannot check the CA's own extensions then.
 
+    When the bundle holds several CA certificates with the leaf's issuer name and key (a
+    CA renewed with its key, old and new side by side in ``ca.pem`` during a rotation),
+    any one of them that passes every check above vouches for the leaf, whatever their
+    order (RFC 5280 §6; Go's ``crypto/x509`` likewise tries every candidate): the old
+    one's expiry refuses no leaf the new one vouches for. When none does, the refusal
+    gives the reason of the one closest to vouching (one failing only on its validity
+    period; among those, the latest to expire).
+
     Verdicts (identity or refusal) are cached per distinct certificate bytes, bounded by
-    ``max_entries`` (oldest dropped first), until the certificate or one of its CAs
-    expires: a verdict that holds whatever the peer presents with its leaf (issued
-    directly by the bundle, or a defect of the leaf) under the leaf's PEM, one that
-    depends on the presented chain under the leaf and chain. A hit on the first costs a
-    clock read and one dict lookup keyed by the PEM bytes (~0.4 µs; building
-    ``context.auth_context()`` costs grpc another ~3.5 µs); on the second, another lookup
-    and the chain's join. A miss (one per distinct certificate) costs about 0.2 ms for a
-    leaf issued directly, 0.5 ms through an intermediate (2-core VM). A refusal is logged
-    once per distinct certificate (``peer certificate refused``, warning, with the
-    reason, subject, issuer and SHA-256 prefix); the interceptors log each refused call.
+    ``max_entries`` (oldest dropped first), for as long as the clock stays within the
+    times they were read for: an identity from the latest notBefore to the earliest
+    notAfter of its path, an "expired" refusal from past that notAfter on, a "not valid
+    yet" one until that notBefore; a clock stepped back out of them (NTP correcting a
+    clock that ran ahead, a VM restored from a snapshot) gets a fresh check, never a
+    verdict read at the wrong time. A verdict that holds whatever the peer presents with
+    its leaf (issued directly by the bundle, or a defect of the leaf) is cached under the
+    leaf's PEM, one that depends on the presented chain under the leaf and chain. A hit
+    on the first costs a clock read and one dict lookup keyed by the PEM bytes (~0.4 µs;
+    building ``context.auth_context()`` costs grpc another ~3.5 µs); on the second,
+    another lookup and the chain's join. A miss (one per distinct certificate) costs
+    about 0.2 ms for a leaf issued directly, 0.5 ms through an intermediate (2-core VM).
+    A refusal is logged once per distinct certificate (``peer certificate refused``,
+    warning, with the reason, subject, issuer and SHA-256 prefix); the interceptors log
+    each refused call.
 
     Args:
         ca_pem: the trust bundle, PEM (one or more CA certificates; each one a trust
@@ -656,7 +702,7 @@ class PeerVerifier:
             raise ConfigError(f"max_entries must be an integer >= 1, got {max_entries!r}")
         self._max = max_entries
         self._clock = clock
-        self._cache: dict[_CacheKey, tuple[PeerIdentity | None, float]] = {}
+        self._cache: dict[_CacheKey, tuple[PeerIdentity | None, float, float]] = {}
         self._anchors: dict[x509.Name, tuple[_Anchor, ...]] | None = None
         self._roots: Store | None = None  # the usable CAs, for paths through intermediates
         self._ca_file: Path | None = None
@@ -767,12 +813,12 @@ class PeerVerifier:
             self._poll(now)
         cache = self._cache
         hit = cache.get(leaf)  # a verdict that holds whatever chain comes with the leaf
-        if hit is not None and now < hit[1]:
+        if hit is not None and hit[1] <= now < hit[2]:
             return hit[0]
         presented = auth_context.get(_CHAIN_KEY)  # only when it presented more than a leaf
         chain = b"".join(presented) if presented else None
         hit = cache.get((leaf, chain))  # one that depends on the chain presented
-        if hit is not None and now < hit[1]:
+        if hit is not None and hit[1] <= now < hit[2]:
             return hit[0]
         return self._decide(leaf, chain, now)
 
@@ -801,56 +847,70 @@ class PeerVerifier:
         except _Refused as exc:
             raise CertificateError(exc.reason) from None
 
+    def _verify_span(self, leaf: x509.Certificate, at: float
+                     ) -> tuple[PeerIdentity, float, float]:
+        """:meth:`verify` of ``leaf`` alone at ``at``, with the times ``[since, until)``
+        its verdict holds for (``at`` among them): from the latest notBefore to past the
+        earliest notAfter of the path (for :class:`meshkit.messaging.MessageVerifier`'s
+        cache). Raises :class:`CertificateError` as :meth:`verify`."""
+        try:
+            identity, since, until, _ = self._check(leaf, (), at)
+        except _Refused as exc:
+            raise CertificateError(exc.reason) from None
+        return identity, since, until
+
     def _check(self, leaf: x509.Certificate, chain: Sequence[x509.Certificate],
-               at: float | None) -> tuple[PeerIdentity, float, bool]:
-        """The identity, until when the verdict holds and whether it depends on ``chain``
-        (``by_path``); raises :class:`_Refused`."""
+               at: float | None) -> tuple[PeerIdentity, float, float, bool]:
+        """The identity, the times ``[since, until)`` the verdict holds for (``at``
+        among them; ``(-inf, inf)`` when ``at`` is ``None``) and whether it depends on
+        ``chain`` (``by_path``); raises :class:`_Refused`."""
         identity, names = _workload_of(leaf)
-        until = math.inf
+        since, until = -math.inf, math.inf
         if at is not None:
             nb, na = leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
             if at < nb:
                 raise _Refused("the certificate is not valid yet", until=nb)
             if at > na:  # valid through notAfter, inclusive (RFC 5280 §4.1.2.5)
-                raise _Refused("the certificate has expired")
-            until = math.nextafter(na, math.inf)  # cached while now <= notAfter
+                raise _Refused("the certificate has expired", since=_after(na))
+            since, until = nb, _after(na)  # cached while notBefore <= now <= notAfter
         if self._anchors is None:
             for cert in chain:
                 if not _self_signed(cert):
                     raise _Refused(_BUNDLELESS, by_path=True)
-            return identity, until, True
-        anchor = None
+            return identity, since, until, True
+        # every CA of the bundle that signed the leaf is a candidate (a CA renewed with
+        # its key: old and new side by side); the first that vouches for it decides
+        refusals: list[tuple[int, float, _Refused]] = []
         for candidate in self._anchors.get(leaf.issuer, ()):
-            try:
-                leaf.verify_directly_issued_by(candidate.cert)
-            except (ValueError, TypeError, InvalidSignature):
+            if not _signed_by(leaf, candidate.cert):
                 continue
-            anchor = candidate
-            break
-        if anchor is None:
+            refused = _anchor_refusal(candidate, identity, names, at)
+            if refused is None:
+                if at is not None:
+                    since = max(since, candidate.not_before)
+                    until = min(until, _after(candidate.not_after))
+                return identity, since, until, False
+            refusals.append((refused[0], candidate.not_after, refused[1]))
+        if not refusals:
             if not chain:
                 raise _Refused(_NO_PATH, unknown_issuer=True, by_path=True)
-            identity, until = self._check_path(leaf, chain, at, identity, names, until)
-            return identity, until, True
-        if anchor.problem is not None:
-            raise _Refused(anchor.problem)
-        if anchor.trust_domain is not None and identity.trust_domain != anchor.trust_domain:
-            raise _Refused(f"{identity.spiffe_id} is outside the CA's trust domain")
-        problem = _name_problem(anchor, names)
-        if problem is not None:
-            raise _Refused(problem)
-        if at is not None:
-            if at < anchor.not_before:
-                raise _Refused("the CA certificate is not valid yet", until=anchor.not_before)
-            if at > anchor.not_after:
-                raise _Refused("the CA certificate has expired")
-            until = min(until, math.nextafter(anchor.not_after, math.inf))
-        return identity, until, False
+            identity, since, until = self._check_path(leaf, chain, at, identity, names,
+                                                      since, until)
+            return identity, since, until, True
+        if len(refusals) == 1:
+            raise refusals[0][2]
+        # none vouches: the verdict holds while none does; the reason is the one of the
+        # candidate closest to vouching (a validity period; then the latest to expire)
+        best = max(refusals, key=lambda r: (r[0], r[1]))[2]
+        raise _Refused(f"{best.reason} (none of the {len(refusals)} CA certificates of the "
+                       "bundle that signed it vouches for it)",
+                       since=max(r[2].since for r in refusals),
+                       until=min(r[2].until for r in refusals))
 
     def _check_path(self, leaf: x509.Certificate, chain: Sequence[x509.Certificate],
                     at: float | None, identity: PeerIdentity,
-                    names: Sequence[x509.GeneralName], until: float
-                    ) -> tuple[PeerIdentity, float]:
+                    names: Sequence[x509.GeneralName], since: float, until: float
+                    ) -> tuple[PeerIdentity, float, float]:
         """``leaf`` is not issued by a CA of the bundle: validate a path to one through
         the certificates the peer presented (RFC 5280 §6, by ``cryptography``'s
         verifier: signatures, validity, basicConstraints and every CA's pathlen, the
@@ -877,11 +937,18 @@ class PeerVerifier:
                         .build_client_verifier())
             path = verifier.verify(leaf, list(chain)).chain
         except VerificationError as exc:
-            later = [c.not_valid_before_utc.timestamp() for c in (leaf, *chain)]
+            # the verdict holds while no certificate that may be on a path enters or
+            # leaves its validity period: between the nearest such times around ``when``
+            periods = [(c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp())
+                       for c in (leaf, *chain)]
+            periods += [(a.not_before, a.not_after) for group in (self._anchors or {}).values()
+                        for a in group]
+            edges = [t for nb, na in periods for t in (nb, _after(na))]
             raise _Refused(
                 f"{_NOT_DIRECT}, and the {len(chain)} certificate(s) it presented give no "
                 f"valid path to one (RFC 5280 §6 path validation: {exc})",
-                until=min((t for t in later if t > when), default=math.inf),
+                since=max((t for t in edges if t <= when), default=-math.inf),
+                until=min((t for t in edges if t > when), default=math.inf),
                 unknown_issuer=True, by_path=True) from None
         top = len(path) - 1
         for i, ca in enumerate(path[1:], start=1):
@@ -897,8 +964,9 @@ class PeerVerifier:
             if problem is not None:
                 raise _Refused(f"{where}: {problem}", by_path=True)
             if at is not None:
-                until = min(until, math.nextafter(info.not_after, math.inf))
-        return identity, until
+                since = max(since, info.not_before)
+                until = min(until, _after(info.not_after))
+        return identity, since, until
 
     def _anchors_of(self, cert: x509.Certificate) -> tuple[_Anchor, ...]:
         anchors = self._anchors
@@ -910,31 +978,33 @@ class PeerVerifier:
             leaf = x509.load_pem_x509_certificate(leaf_pem)
             extra = x509.load_pem_x509_certificates(chain) if chain else []
         except ValueError:
-            self._store((leaf_pem, chain), None, math.inf)
+            self._store((leaf_pem, chain), None, -math.inf, math.inf)
             _log.warning("peer certificate refused", reason="unreadable certificate or chain")
             return None
         try:
-            identity, until, by_path = self._check(leaf, extra, now)
+            identity, since, until, by_path = self._check(leaf, extra, now)
         except _Refused as exc:
             if exc.unknown_issuer and self._ca_file is not None and self._poll(now):
                 return self._decide(leaf_pem, chain, now)  # the bundle just changed
-            self._store((leaf_pem, chain) if exc.by_path else leaf_pem, None, exc.until)
+            self._store((leaf_pem, chain) if exc.by_path else leaf_pem, None, exc.since,
+                        exc.until)
             digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
             _log.warning("peer certificate refused", reason=exc.reason,
                          subject=leaf.subject.rfc4514_string(),
                          issuer=leaf.issuer.rfc4514_string(), sha256=digest[:16])
             return None
-        self._store((leaf_pem, chain) if by_path else leaf_pem, identity, until)
+        self._store((leaf_pem, chain) if by_path else leaf_pem, identity, since, until)
         return identity
 
-    def _store(self, key: _CacheKey, identity: PeerIdentity | None, until: float) -> None:
+    def _store(self, key: _CacheKey, identity: PeerIdentity | None, since: float,
+               until: float) -> None:
         cache = self._cache
         try:
             while len(cache) >= self._max:
                 del cache[next(iter(cache))]  # the oldest entry
         except (RuntimeError, KeyError, StopIteration):  # another thread got there first
             cache.clear()
-        cache[key] = (identity, until)
+        cache[key] = (identity, since, until)
 
     def _poll(self, now: float) -> bool:
         """Re-read the CA file if it changed on disk; returns whether the bundle changed."""

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshkit.auth import (
     CertificateError,
@@ -516,3 +518,121 @@ def test_validity_through_an_intermediate_is_checked_at_call_time() -> None:
     assert v.identify(ctx) is not None
     clock.now += 3600
     assert v.identify(ctx) is None
+
+
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def renewed_ca(key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
+               not_before: dt.datetime, not_after: dt.datetime, *,
+               trust_domain: str | None = None) -> x509.Certificate:
+    """``ca`` re-issued with the same key, subject and extensions and a new validity
+    period: a CA renewal that keeps its key (cert-manager's CA issuer with
+    ``rotationPolicy: Never``, ``openssl x509 -days ... -signkey``); ``trust_domain``
+    replaces the SPIFFE ID it names."""
+    builder = (x509.CertificateBuilder().subject_name(ca.subject).issuer_name(ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_after))
+    for ext in ca.extensions:
+        value = ext.value
+        if trust_domain is not None and isinstance(value, x509.SubjectAlternativeName):
+            value = x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")])
+        builder = builder.add_extension(value, ext.critical)
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_a_renewed_ca_vouches_when_the_old_one_of_the_bundle_has_expired() -> None:
+    """A user renews the mesh CA certificate with the same key and appends the renewed
+    one to ``ca.pem`` (``cat new-ca.pem >> ca.pem``: old and new trusted side by side,
+    the standard rotation). Before: once the old CA certificate's notAfter passed, every
+    peer was refused UNAUTHENTICATED "the CA certificate has expired", even leaves
+    issued under the new one (``_check`` took the first bundle CA whose signature
+    matched and checked only that one's validity); with the bundle in the other order
+    the same leaf passed. Now every signature-matching CA of the bundle is tried, as
+    RFC 5280 §6 and Go's ``crypto/x509`` do: the leaf is accepted whatever the order,
+    and refused only when no candidate vouches, with the most relevant reason."""
+    key, old = create_ca(trust_domain=TD, ttl_days=30, now=T0)
+    new = renewed_ca(key, old, T0 + dt.timedelta(days=20), T0 + dt.timedelta(days=400))
+    _, cert = leaf(key, new, not_before=T0 + dt.timedelta(days=29, hours=12), ttl_h=72)
+    at = (T0 + dt.timedelta(days=30, hours=1)).timestamp()  # old expired an hour ago
+    for bundle in (pem(new, old), pem(old, new)):
+        assert PeerVerifier(bundle).verify(cert, at=at).service == "orderd"
+        v = PeerVerifier(bundle, clock=lambda: at)
+        assert v.identify(auth_context(cert)) is not None
+    # neither vouches: the old one expired, the new one not yet valid; once it is, it does
+    early = renewed_ca(key, old, T0 + dt.timedelta(days=31), T0 + dt.timedelta(days=400))
+    clock = FakeClock()
+    clock.now = at
+    v = PeerVerifier(pem(old, early), clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        assert v.identify(auth_context(cert)) is None
+    assert "the CA certificate is not valid yet" in refusal(logs)
+    clock.now = (T0 + dt.timedelta(days=31)).timestamp()
+    assert v.identify(auth_context(cert)) is not None
+    # one defective candidate (another trust domain) and one expired: the expired one,
+    # which would vouch but for its period, is reported
+    other = renewed_ca(key, old, T0, T0 + dt.timedelta(days=400), trust_domain="other.org")
+    with pytest.raises(CertificateError, match="the CA certificate has expired"):
+        PeerVerifier(pem(other, old)).verify(cert, at=at)
+    with pytest.raises(CertificateError, match="outside the CA's trust domain"):
+        PeerVerifier(pem(other)).verify(cert, at=at)
+
+
+def test_an_expired_verdict_is_forgotten_when_the_clock_is_corrected() -> None:
+    """A server boots with its wall clock 9 hours ahead (a hardware clock kept in local
+    time read as UTC) and a client connects with its 24 h certificate, 8 hours of it
+    left: rightly refused as expired at that clock. Before: the refusal was cached until
+    ``inf``, so after NTP stepped the clock back the same valid certificate was refused
+    UNAUTHENTICATED on every call until the client renewed it or the server restarted.
+    Now a verdict holds only while the clock stays within the times it was read for
+    (for "expired": past notAfter): the peer is identified once the clock is right.
+    Likewise a CA's expiry, and one on a path through an intermediate."""
+    key, ca = create_ca(trust_domain=TD, ttl_days=365, now=T0)
+    _, cert = leaf(key, ca, not_before=T0 + dt.timedelta(days=1), ttl_h=24)
+    right = (T0 + dt.timedelta(days=1, hours=16)).timestamp()  # 8 h of validity left
+    clock = FakeClock()
+    clock.now = right + 9 * 3600.0  # 9 h ahead: past notAfter
+    v = PeerVerifier(pem(ca), clock=clock)
+    assert v.identify(auth_context(cert)) is None
+    clock.now = right  # NTP steps the clock back
+    peer = v.identify(auth_context(cert))
+    assert peer is not None and peer.service == "orderd"
+    # the CA's own expiry, for a leaf outliving it
+    _, longer = leaf(key, ca, not_before=T0 + dt.timedelta(days=364, hours=12), ttl_h=48)
+    right = (T0 + dt.timedelta(days=364, hours=20)).timestamp()
+    clock.now = right + 9 * 3600.0
+    assert v.identify(auth_context(longer)) is None
+    clock.now = right
+    assert v.identify(auth_context(longer)) is not None
+    # a path through an intermediate
+    clock = FakeClock()
+    root = foreign_ca("root")
+    inter = foreign_ca("short-lived CA", issuer=root, path_length=0, ttl_h=2)
+    _k, through = svid(inter, "orderd", ttl_h=1)
+    v = PeerVerifier(pem(root[1]), clock=clock)
+    ctx = auth_context(through, inter[1])
+    right, clock.now = clock.now, clock.now + 5 * 3600
+    assert v.identify(ctx) is None
+    clock.now = right
+    assert v.identify(ctx) is not None
+
+
+def test_an_identity_is_not_kept_when_the_clock_steps_back_before_not_before() -> None:
+    """A server identifies a peer, then its wall clock is stepped back before the
+    peer's certificate's notBefore (a VM restored from a snapshot). Before: the cached
+    identity held (cached until notAfter, notBefore never re-checked), while a fresh
+    verifier refused the same certificate as "not valid yet". Now the verdict holds
+    only from the latest notBefore on its path: refused as a fresh verifier does, and
+    identified again once the clock is back."""
+    key, ca = create_ca(trust_domain=TD, ttl_days=365, now=T0)
+    _, cert = leaf(key, ca, not_before=T0 + dt.timedelta(days=1), ttl_h=24)
+    clock = FakeClock()
+    clock.now = (T0 + dt.timedelta(days=1, hours=2)).timestamp()
+    v = PeerVerifier(pem(ca), clock=clock)
+    assert v.identify(auth_context(cert)) is not None
+    clock.now -= 6 * 3600.0
+    assert PeerVerifier(pem(ca), clock=clock).identify(auth_context(cert)) is None
+    assert v.identify(auth_context(cert)) is None
+    clock.now += 6 * 3600.0
+    assert v.identify(auth_context(cert)) is not None
