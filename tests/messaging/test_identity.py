@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from meshkit.errors import ConfigError
@@ -144,3 +146,48 @@ def test_max_message_age_s_out_of_range_is_refused(workloads: Workloads, bad: ob
     with pytest.raises(ConfigError, match="max_message_age_s") as err:
         MessageVerifier(workloads.ca_pem, max_message_age_s=bad)  # type: ignore[arg-type]
     assert repr(bad) in str(err.value)
+
+
+def test_a_cached_verdict_does_not_outlive_the_ca() -> None:
+    """A consumer verifies signed messages with ``MessageVerifier(ca_pem)``; its bundle
+    CA certificate expires at day 30 while the publisher's leaf (issued by a renewed
+    certificate of the same CA key, or by an issuer letting a leaf outlive its CA) runs
+    to day 30.5. Before: a message signed at day 30 + 2 h was refused by a fresh
+    verifier ("the CA certificate has expired") but accepted by one that had checked an
+    earlier message of the same certificate (``_known`` cached the verdict until the
+    *leaf's* notAfter). Now the cache holds only while every certificate of the path is
+    valid: both refuse it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from meshkit.auth import create_ca, issue_workload
+
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    key, old = create_ca(trust_domain="example.org", ttl_days=30, now=t0)
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(old.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(t0).not_valid_after(t0 + dt.timedelta(days=400)))
+    for ext in old.extensions:  # the same CA renewed with its key
+        builder = builder.add_extension(ext.value, ext.critical)
+    renewed = builder.sign(key, hashes.SHA256())
+    leaf_key, leaf = issue_workload(key, renewed, "orderd", ttl_h=24,
+                                    now=t0 + dt.timedelta(days=29, hours=12))
+    early = (t0 + dt.timedelta(days=29, hours=13)).timestamp()  # the CA still valid
+    late = (t0 + dt.timedelta(days=30, hours=2)).timestamp()  # the CA expired 2 h ago
+
+    def signed(at: float) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        MessageSigner(leaf, leaf_key, clock=lambda: at).sign(
+            headers, msg_id="e1", subject="orders.placed", payload=b"{}")
+        return headers
+
+    ca_pem = old.public_bytes(serialization.Encoding.PEM)
+    now = [early]
+    warm = MessageVerifier(ca_pem, clock=lambda: now[0])
+    assert _verify(warm, signed(early)).endswith("/svc/orderd")
+    now[0] = late
+    fresh = MessageVerifier(ca_pem, clock=lambda: late)
+    for v in (fresh, warm):
+        with pytest.raises(MessageIdentityError, match="the CA certificate has expired"):
+            _verify(v, signed(late))
+    assert _verify(warm, signed(early)).endswith("/svc/orderd")  # still signed in time
