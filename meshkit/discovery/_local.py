@@ -177,9 +177,12 @@ def _unsafe(directory: Path, why: str) -> PermissionError:
 def _private_dir(directory: Path) -> None:
     """Create the per-user default directory (``<tmp>/meshkit-<uid>``) mode 0700 if it is
     missing, and check it is this user's own, as tmux checks ``/tmp/tmux-<uid>``: no
-    symbolic link (not followed), a directory, owned by this user, not writable by its
-    group or others. One readable by others (0755: an older meshkit, umask 022) is made
-    private (0700): the database lists every instance's address and meta.
+    symbolic link (not followed), a directory, owned by this user. One readable by others
+    (0755: an older meshkit, umask 022) is made private (0700): the database lists every
+    instance's address and meta. One writable by its group or others (0775: an older
+    meshkit under umask 002, the default of user-private-group systems) is made private
+    too (logged as a warning). Whatever its mode, it is used only if everything in it is
+    this user's own regular file (nobody else put a ``registry.db`` there).
 
     Raises:
         PermissionError: the directory is unsafe (the message names it, says why and how
@@ -204,11 +207,20 @@ def _private_dir(directory: Path) -> None:
             raise _unsafe(directory, f"it is owned by uid {st.st_uid}, not by this user "
                                      f"(uid {uid})")
         mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o022:
-            raise _unsafe(directory, f"it is writable by its group or others (mode "
-                                     f"{mode:o}; if nobody else wrote to it, chmod 700 it)")
         if mode & 0o077:
-            os.fchmod(fd, mode & ~0o077)
+            os.fchmod(fd, mode & ~0o077)  # first: nobody else adds anything from here on
+        # whatever its mode now: a refusal below leaves it private, and the next open
+        # must refuse what others put there before just the same
+        for entry in os.scandir(fd):
+            est = entry.stat(follow_symlinks=False)
+            if est.st_uid != uid or not stat.S_ISREG(est.st_mode):
+                what = (f"owned by uid {est.st_uid}" if est.st_uid != uid
+                        else "not a regular file")
+                raise _unsafe(directory, f"it holds {entry.name!r}, {what} (mode "
+                                         f"{mode:o}); if nobody else wrote to it, remove that")
+        if mode & 0o022:
+            _log.warning("default registry directory was writable by its group or others; "
+                         "made private (mode 700)", path=str(directory), mode=f"{mode:o}")
     finally:
         os.close(fd)
 

@@ -116,19 +116,38 @@ async def test_another_users_private_directory_is_refused_too(tmp: Path) -> None
     assert not (d / "registry.db").exists()
 
 
-async def test_a_default_directory_writable_by_others_is_refused(tmp: Path) -> None:
-    """The user's own directory, but writable by its group or by everyone (made so by
-    hand, or by an older meshkit under umask 002 or 000): others could have put their own
-    ``registry.db`` in it. Refused, the error says how to fix it; a watch reports the
-    error in ``status()`` and yields nothing."""
+async def test_a_default_directory_writable_by_others_is_made_private_when_all_is_ours(
+        tmp: Path) -> None:
+    """The user's own directory, but writable by its group or by everyone (an older
+    meshkit under umask 002, the default of user-private-group systems, or 000): made
+    private (0700) and used when everything in it is the user's own regular file, so an
+    upgrade does not refuse a directory nobody else touched."""
     d = default_dir(tmp)
-    for mode in (0o777, 0o770, 0o702):
-        d.mkdir(exist_ok=True)
+    d.mkdir()
+    for mode in (0o777, 0o775, 0o702):
         d.chmod(mode)
-        message = await refused(registry_from_uri("local://"),  # type: ignore[arg-type]
-                                "writable by its group or others")
-        assert f"mode {mode:o}" in message and "chmod 700" in message, message
-        assert not (d / "registry.db").exists()
+        reg = LocalRegistry()
+        try:
+            await reg.register(inst())
+        finally:
+            await reg.close()
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, oct(d.stat().st_mode)
+
+
+async def test_a_default_directory_others_could_write_holding_a_link_is_refused(
+        tmp: Path) -> None:
+    """Others could write to it and something in it is not the user's own regular file
+    (here a symbolic link standing for ``registry.db``): refused, the error names it; a
+    watch reports the error in ``status()`` and yields nothing."""
+    d = default_dir(tmp)
+    d.mkdir()
+    (d / "registry.db").symlink_to(tmp / "theirs.db")
+    d.chmod(0o777)
+    message = await refused(registry_from_uri("local://"),  # type: ignore[arg-type]
+                            "not a regular file")
+    assert "mode 777" in message and "'registry.db'" in message, message
+    assert not (tmp / "theirs.db").exists()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700  # refused, and private from then on
     reg = LocalRegistry(LocalOptions(poll_interval_s=0.02))
     watch = reg.watch("svc")
     try:
@@ -140,6 +159,20 @@ async def test_a_default_directory_writable_by_others_is_refused(tmp: Path) -> N
     finally:
         await watch.aclose()
         await reg.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a file of another user's needs root")
+async def test_a_default_directory_others_could_write_holding_their_file_is_refused(
+        tmp: Path) -> None:
+    """...and a ``registry.db`` another user put there: refused, naming its owner."""
+    d = default_dir(tmp)
+    d.mkdir()
+    (d / "registry.db").write_bytes(b"")
+    os.chown(d / "registry.db", OTHER_UID, OTHER_UID)
+    d.chmod(0o770)
+    message = await refused(LocalRegistry(), f"owned by uid {OTHER_UID}")
+    assert "mode 770" in message, message
+    assert "'registry.db'" in message, message
 
 
 async def test_a_symbolic_link_as_the_default_directory_is_refused(tmp: Path,
@@ -188,11 +221,12 @@ async def test_the_default_directory_however_it_is_named_is_checked(tmp: Path) -
     path below it too."""
     d = default_dir(tmp)
     d.mkdir()
+    (d / "theirs").symlink_to(tmp)
     d.chmod(0o777)
     await refused(registry_from_uri(f"local://{d}"),  # type: ignore[arg-type]
-                  "writable by its group or others")
+                  "not a regular file")
     await refused(LocalRegistry(LocalOptions(path=d / "registry.db")),
-                  "writable by its group or others")
+                  "not a regular file")
     reg = LocalRegistry(LocalOptions(path=d / "sub" / "run.db"))
     try:
         with pytest.raises(RegistryError, match="unsafe"):
