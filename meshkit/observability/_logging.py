@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import io
 import json as _json
 import logging
 import math
@@ -133,7 +134,9 @@ class BufferedLineWriter:
     ``flush_interval_s`` of lines.
 
     Args:
-        file: a text stream (default ``sys.stderr`` at write time).
+        file: a text stream (default ``sys.stderr`` at write time; lines are dropped
+            while it is ``None``, the process started with standard error closed, and
+            when the stream fails: closed, or broken like a pipe whose reader is gone).
         flush_interval_s: seconds (default 0.2; 0 writes every line at once, > 0 and
             <= 60 otherwise).
         max_buffer_bytes: pending characters that force a write (default 65536, >= 0).
@@ -233,16 +236,113 @@ class BufferedLineWriter:
         self._buf.clear()
         self._size = 0
         out = self._file if self._file is not None else sys.stderr
-        try:
-            chunks = _atomic_chunks(lines, getattr(out, "encoding", None),
-                                    getattr(out, "errors", None))
-            if len(chunks) > 1:
-                out.flush()  # what others left in the stream's buffer goes out on its own
-            for chunk in chunks:
-                out.write(chunk)
-                out.flush()  # one write(2) per chunk
-        except (OSError, ValueError):  # closed or broken stream: logs must not break calls
-            pass
+        if out is None:  # no stderr (the process started with fd 2 closed): dropped
+            return
+        # closed or broken stream (_SINK_ERRORS): logs must not break calls
+        with contextlib.suppress(*_SINK_ERRORS):
+            _write_chunks(out, _atomic_chunks(lines, getattr(out, "encoding", None),
+                                              getattr(out, "errors", None)))
+
+
+#: What writing to a log stream raises when the stream is closed (``ValueError``) or
+#: broken (``OSError``: EPIPE once its reader is gone, EBADF, ENOSPC...): the line is
+#: dropped, never raised to whoever logged (as the standard library's
+#: ``Handler.handleError`` has it).
+_SINK_ERRORS = (OSError, ValueError)
+
+
+def _file_fd(out: Any) -> int | None:
+    """The file descriptor behind ``out`` when it is a plain file's text stream (as the
+    interpreter makes ``sys.stderr``: a ``TextIOWrapper`` over a ``BufferedWriter``
+    over a ``FileIO``; POSIX, where it translates no newline), so lines can be written
+    past its buffers; ``None`` for any other stream (a ``StringIO``, a test's capture,
+    an application's own wrapper), written through.
+
+    Raises:
+        ValueError: the stream is closed.
+    """
+    if type(out) is io.TextIOWrapper and os.name == "posix":
+        buffer = out.buffer
+        if type(buffer) is io.BufferedWriter and type(buffer.raw) is io.FileIO:
+            return buffer.raw.fileno()
+    return None
+
+
+def _write_chunks(out: TextIO, chunks: list[str]) -> None:
+    """Write ``chunks`` to ``out``, one ``write(2)`` each. To a plain file's stream
+    (:func:`_file_fd`) they go past its buffers, what it holds flushed first: a write
+    that fails costs its chunk only and leaves nothing buffered, whereas bytes left in
+    ``sys.stderr``'s buffer by a failed flush (a pipe whose reader is gone) make the
+    interpreter's flush at exit fail again and the process exit with status 120.
+
+    Raises:
+        OSError: the write failed (EPIPE, EBADF, ENOSPC...; EAGAIN on a non-blocking one).
+        ValueError: the stream is closed, or a line cannot be encoded in its encoding.
+    """
+    fd = _file_fd(out)
+    if fd is None:
+        if len(chunks) > 1:
+            out.flush()  # what others left in the stream's buffer goes out on its own
+        for chunk in chunks:
+            out.write(chunk)
+            out.flush()  # one write(2) per chunk
+        return
+    out.flush()  # what others wrote before goes first
+    encoding, errors = out.encoding, out.errors or "strict"
+    for chunk in chunks:
+        data = memoryview(chunk.encode(encoding, errors))
+        while data:  # a write cut short by a signal goes on
+            data = data[os.write(fd, data):]
+
+
+class _LineLogger:
+    """The structlog logger of :func:`configure_logging`'s general chain (every line but
+    the access log's): each rendered line written to ``file`` at once (one ``write(2)``,
+    :func:`_write_chunks`), as ``structlog.PrintLogger`` does, but a stream that fails
+    (:data:`_SINK_ERRORS`: a log shipper that died, a closed stream) costs the line
+    only, never an exception to whoever logged, and with no stream at all (``None``: the
+    process started with standard error closed, ``prog 2>&-``) lines are dropped, as
+    ``print`` drops them (``PrintLogger`` would fall back to stdout, into the program's
+    output)."""
+
+    __slots__ = ("_file", "_lock")
+
+    def __init__(self, file: TextIO | None) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        """Write one rendered line (structlog calls this for every level)."""
+        out = self._file
+        if out is None:
+            return
+        # a failing log sink never changes what the program does
+        with self._lock, contextlib.suppress(*_SINK_ERRORS):
+            _write_chunks(out, [f"{message}\n"])  # str() of it, as print() does
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _LineLoggerFactory:
+    """structlog's ``logger_factory`` for :class:`_LineLogger`: one logger, shared by
+    every name (loggers are not cached, so the factory runs for every line)."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, file: TextIO | None) -> None:
+        self._logger = _LineLogger(file)
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        return self._logger
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    """Whether ``stream`` is a terminal: not when it is ``None`` (standard error closed
+    at start) or closed (``isatty()`` raises ``ValueError``)."""
+    try:
+        return stream is not None and stream.isatty()
+    except _SINK_ERRORS:
+        return False
 
 
 #: Bytes a pipe write is atomic up to (POSIX: at least 512; 4096 on Linux).
@@ -778,7 +878,11 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     Every line gets ``level``, an ISO-8601 UTC ``timestamp``, the contextvars bound with
     ``structlog.contextvars``, the current span's ``trace_id``/``span_id``
     (:func:`add_trace_context`), and credential-named fields redacted
-    (:func:`redact_secrets`); lines are written to stderr as they are logged.
+    (:func:`redact_secrets`); lines are written to stderr as they are logged. A log sink
+    that fails never changes what the program does: a line stderr cannot take (a pipe
+    whose reader is gone, a closed stream) is dropped, never raised to the code that
+    logged, and with no stderr at all (the process started with it closed, ``prog
+    2>&-``) every line is dropped, none goes to stdout.
 
     The access log (``meshkit.access``, one event per call) gets a leaner chain on the
     same stream: no redaction pass over its own fields (fixed by meshkit; its ``md`` keys
@@ -837,10 +941,10 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         fmt = raw.strip().lower()
         if fmt not in ("", "json", "console"):
             raise ConfigError(f"MESHKIT_LOG_FORMAT must be json or console, got {raw!r}")
-        json = fmt == "json" or (fmt == "" and not sys.stderr.isatty())
+        json = fmt == "json" or (fmt == "" and not _is_terminal(sys.stderr))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=json_dumps) if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+        else structlog.dev.ConsoleRenderer(colors=_is_terminal(sys.stderr),
                                            exception_formatter=_plain_traceback)
     )
     if access_log_flush_interval_s is None:
@@ -873,7 +977,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
             renderer,
         ],
         wrapper_class=wrapper,
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_LineLoggerFactory(sys.stderr),
         # not cached: a logger already used (meshkit's module loggers) follows a later
         # configure_logging() or structlog.configure() (~1.8 us more per line logged)
         cache_logger_on_first_use=False,

@@ -1,0 +1,253 @@
+"""A log sink that is gone never changes what the program does: standard error closed at
+start (``prog 2>&-``), or a pipe whose reader died (EPIPE). Lines are dropped, as
+``print`` and the standard library's logging drop them; the program runs as it would."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from meshkit._log import get_logger
+from meshkit.observability import configure_logging, flush_logs
+from meshkit.observability._logging import _AccessLog, write_access
+
+pytestmark = pytest.mark.timeout(120)
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This environment without ``MESHKIT_*``/``OTEL_*``/``PYTHON*``, the checkout on
+    ``PYTHONPATH``, and ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MESHKIT_", "OTEL_", "PYTHON"))}
+    env["PYTHONPATH"] = str(_ROOT)
+    env.update(extra)
+    return env
+
+
+class _BrokenPipe(io.TextIOBase):
+    """A text stream whose reader is gone: every write and flush raises EPIPE."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.fixture
+def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(_AccessLog, "logger", _AccessLog.logger)
+    monkeypatch.setattr(_AccessLog, "built", _AccessLog.built)
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("json", [True, False])
+def test_a_broken_stderr_never_raises_to_whoever_logged(
+        monkeypatch: pytest.MonkeyPatch, restored_logging: None, json: bool) -> None:
+    """A program logs through ``configure_logging()`` and its stderr's reader is gone
+    (EPIPE). Before: ``structlog.PrintLogger`` raised ``BrokenPipeError`` to the code that
+    logged (meshkit's own ``serve()``, a drain). Now the line is dropped; the access log
+    (already so) too."""
+    monkeypatch.setattr(sys, "stderr", _BrokenPipe())
+    configure_logging("info", json=json, access_log_flush_interval_s=0)
+    get_logger("meshkit.sinks").warning("a line nobody reads", n=1)
+    structlog.get_logger("app").error("the application's own line")
+    write_access(False, lambda n: {"n": n}, (1,))
+    flush_logs()
+
+
+def test_a_closed_stderr_stream_never_raises_to_whoever_logged(
+        monkeypatch: pytest.MonkeyPatch, restored_logging: None) -> None:
+    """``sys.stderr`` closed (``sys.stderr.close()``): configure_logging() read
+    ``isatty()`` of it (ValueError); now it takes it for no terminal, and lines to it are
+    dropped."""
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    configure_logging("info", access_log_flush_interval_s=0)
+    get_logger("meshkit.sinks").warning("a line nobody reads")
+    write_access(True, lambda n: {"n": n}, (1,))
+    flush_logs()
+
+
+# configure_logging(), a meshkit warning line and an access line, then the program's own
+# output; a traceback goes to REPORT_FD (stderr is closed)
+_LOGS_THEN_OUTPUT = r'''
+import os, sys, traceback
+try:
+    from meshkit.observability import configure_logging, flush_logs
+    from meshkit.observability._logging import write_access
+    from meshkit._log import get_logger
+    kw = {} if os.environ["JSON"] == "default" else {"json": os.environ["JSON"] == "1"}
+    configure_logging(**kw)
+    get_logger("meshkit.sinks").warning("a warning line")
+    write_access(False, lambda n: {"n": n}, (1,))
+    flush_logs()
+except BaseException:
+    os.write(int(os.environ["REPORT_FD"]), traceback.format_exc().encode())
+    raise
+print("RESULT")
+'''
+
+
+@pytest.mark.parametrize("json_arg", ["default", "1", "0"])
+def test_configure_logging_with_stderr_closed_neither_crashes_nor_logs_on_stdout(
+        tmp_path: Path, json_arg: str) -> None:
+    """A program using meshkit starts with standard error closed (``prog 2>&-``, a daemon
+    without a log sink: ``sys.stderr`` is ``None``). Before: ``configure_logging()`` died
+    (``AttributeError: 'NoneType' object has no attribute 'isatty'``), and with
+    ``json=True`` meshkit's lines went to **stdout** (``PrintLoggerFactory(None)`` falls
+    back to it), mixed into the program's output. Now the lines are dropped, as
+    ``print`` and the standard library's logging drop them: the program runs, its stdout
+    carries its own output only."""
+    script = tmp_path / "prog.py"
+    script.write_text(_LOGS_THEN_OUTPUT)
+    rep_r, rep_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            pass_fds=(rep_w,), preexec_fn=lambda: os.close(2),
+            env=_env(JSON=json_arg, REPORT_FD=str(rep_w)))
+        os.close(rep_w)
+        rep_w = -1
+        out, _ = proc.communicate(timeout=60)
+        with os.fdopen(rep_r, "rb") as rep:
+            rep_r = -1
+            report = rep.read().decode(errors="replace")
+    finally:
+        for fd in (rep_r, rep_w):
+            if fd >= 0:
+                os.close(fd)
+    assert proc.returncode == 0, report[-800:]
+    assert out.decode() == "RESULT\n"
+
+
+# A server as an application writes one: configure_logging(), then serve() until a
+# signal. It reports on REPORT_FD: STARTED once serving, DRAINED once serve() returned,
+# EXC and the traceback on an exception.
+_SERVER = r'''
+import asyncio, os, traceback
+import meshkit
+from meshkit.observability import configure_logging
+
+def rep(s):
+    os.write(int(os.environ["REPORT_FD"]), (s + "\n").encode())
+
+async def main():
+    configure_logging()
+    await meshkit.serve(
+        "sinks", [], registry=os.environ["REG"],
+        options=meshkit.ServeOptions(host="127.0.0.1", port=0, insecure=True,
+                                     instance_id="sinks-1", grace_s=1.0,
+                                     drain_delay_s=0.0),
+        on_started=lambda server: rep("STARTED"))
+    rep("DRAINED")
+
+try:
+    asyncio.run(main())
+except BaseException:
+    rep("EXC " + traceback.format_exc().replace("\n", " | "))
+    raise
+'''
+
+
+def _reports(fd: int, until_line: str, timeout_s: float) -> list[str]:
+    """The lines read from ``fd`` until one starts with ``until_line``, an ``EXC`` one,
+    end of file or ``timeout_s``."""
+    buf, end = b"", time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        lines = buf.decode(errors="replace").splitlines()
+        if any(ln.startswith((until_line, "EXC")) for ln in lines):
+            return lines
+        if select.select([fd], [], [], 0.2)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors="replace").splitlines()
+
+
+def _listed(uri: str, service: str) -> set[str]:
+    """The instance ids the registry lists for ``service`` now."""
+    from meshkit.discovery import registry_from_uri
+
+    async def read() -> set[str]:
+        reg = registry_from_uri(uri)
+        try:
+            async with asyncio.timeout(10):
+                async for instances in reg.watch(service):
+                    return {i.instance_id for i in instances}
+        finally:
+            await reg.close()
+        return set()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize("reader_gone", ["before_start", "while_serving"])
+def test_a_server_whose_log_reader_is_gone_still_starts_and_drains(
+        tmp_path: Path, reader_gone: str) -> None:
+    """A server's stderr is piped to a log shipper (``server 2>&1 | shipper``) and the
+    shipper dies: every write to stderr fails with EPIPE. Before: meshkit's own lines
+    (``structlog.PrintLogger``) raised ``BrokenPipeError`` to whoever logged - gone before
+    the start, ``serve()`` failed at its "serving plaintext" line; gone while serving,
+    SIGTERM's drain died at its "draining" line (exit 1, still registered until its TTL).
+    Now the lines are dropped: the server starts, drains and deregisters on SIGTERM,
+    ``serve()`` returns, status 0."""
+    script = tmp_path / "server.py"
+    script.write_text(_SERVER)
+    # a long TTL: an instance left registered stays listed for the whole test
+    uri = f"local://{tmp_path / 'reg'}?ttl_s=60&poll_interval_s=0.1"
+    rep_r, rep_w = os.pipe()
+    log_r, log_w = os.pipe()
+    if reader_gone == "before_start":
+        os.close(log_r)
+        log_r = -1
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log_w, pass_fds=(rep_w,),
+            env=_env(REG=uri, REPORT_FD=str(rep_w)))
+        os.close(rep_w)
+        rep_w = -1
+        os.close(log_w)
+        log_w = -1
+        started = _reports(rep_r, "STARTED", 30)
+        assert any(ln.startswith("STARTED") for ln in started), started
+        if log_r >= 0:
+            os.close(log_r)
+            log_r = -1
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            code = None
+        reports = started + _reports(rep_r, "DRAINED", 5)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for fd in (rep_r, rep_w, log_r, log_w):
+            if fd >= 0:
+                os.close(fd)
+    assert any(ln.startswith("DRAINED") for ln in reports), reports
+    assert code == 0
+    assert _listed(uri, "sinks") == set()
