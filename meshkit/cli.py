@@ -14,7 +14,8 @@ SIGPIPE), nothing on stderr. Ctrl-C (SIGINT) ends it with status 130 (128 + SIGI
 one line on stderr, no traceback. Started with stdout closed (``meshkit ... >&-``), a
 command that has something to print fails with one line on stderr and status 1 (as
 ``ls >&-`` does); one with nothing for stdout (``prometheus-targets --out F``) runs as
-usual.
+usual. Started with stderr closed (``meshkit ... 2>&-``), a command runs as usual and what
+it would say there is dropped (never printed on stdout instead).
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ class _ClosedStdout(io.TextIOBase):
         return 0
 
 
+class _NoStderr(io.TextIOBase):
+    """``sys.stderr`` while a command runs with file descriptor 2 closed (``meshkit ...
+    2>&-``; Python sets ``sys.stderr`` to ``None`` then): what is written to it is
+    dropped. Left ``None``, ``print(..., file=sys.stderr)`` would print on stdout (its
+    fallback for ``file=None``), into the command's output."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``meshkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the
     process exit code: 2 for a usage error, 141 when stdout's reader went away (nothing
@@ -124,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     no_stdout = sys.stdout is None
     if no_stdout:
         sys.stdout = _ClosedStdout()
+    no_stderr = sys.stderr is None
+    if no_stderr:
+        sys.stderr = _NoStderr()
     try:
         try:
             return _dispatch(list(sys.argv[1:] if argv is None else argv))
@@ -141,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if no_stdout:
             sys.stdout = None  # as the interpreter had it
+        if no_stderr:
+            sys.stderr = None
 
 
 def _stdout_to_devnull() -> None:

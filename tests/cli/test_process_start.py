@@ -72,14 +72,27 @@ async def test_an_operator_command_runs_with_stderr_closed(tmp_path: Path) -> No
     """An operator runs ``meshkit prometheus-targets --registry ... --out FILE 2>&-`` (a
     cron line, a supervisor without a log sink; Python sets ``sys.stderr`` to ``None``).
     Before: exit 1 and no file - ``quiet_logging()`` called ``configure_logging()``,
-    which read ``sys.stderr.isatty()``. Now: the pass runs, status 0, the file written,
-    nothing on stdout (its one "wrote N target(s)" line had nowhere to go)."""
+    which read ``sys.stderr.isatty()``; past that, its "wrote N target(s)" line went to
+    stdout (``print(file=None)`` prints there). Now: the pass runs, status 0, the file
+    written, nothing on stdout."""
     out = tmp_path / "targets.json"
     proc = await _started("prometheus-targets", "--registry", _registry(tmp_path),
                           "--out", str(out), preexec_fn=lambda: os.close(2))
     stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, stdout) == (0, b"")
     assert out.read_text().strip() == "[]"
+
+
+async def test_a_failing_command_with_stderr_closed_prints_nothing_on_stdout(
+        tmp_path: Path) -> None:
+    """``meshkit services --json 2>&-`` on a registry listing nothing: the document
+    (``[]``) is all stdout carries and the status is 1; its "no instance listed" line,
+    meant for stderr, is dropped (before: a crash in ``configure_logging()``, exit 1
+    with nothing at all)."""
+    proc = await _started("services", "--json", "--registry", _registry(tmp_path),
+                          preexec_fn=lambda: os.close(2))
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, stdout) == (1, b"[]\n")
 
 
 def _block_sigterm() -> None:
