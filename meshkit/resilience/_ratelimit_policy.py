@@ -147,7 +147,8 @@ def peer_host(peer: str) -> str:
 
 
 def retry_after_s(reset_at_s: float, now_s: float) -> int:
-    """Whole seconds until ``reset_at_s`` (epoch seconds), rounded up, at least 1."""
+    """Whole seconds until ``reset_at_s``, rounded up, at least 1 (both on one clock: the
+    storage's, seconds since the epoch for Redis, the monotonic clock for ``memory://``)."""
     return max(1, math.ceil(reset_at_s - now_s))
 
 

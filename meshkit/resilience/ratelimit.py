@@ -29,10 +29,13 @@ authentication interceptor placed before this one.
 Algorithms (``strategy``): ``"fixed-window"``, ``"moving-window"`` and
 ``"sliding-window-counter"`` (default: constant storage per key like the fixed window,
 without its double burst at window edges). Counts live in ``storage_uri``: ``"memory://"``
-(default, per process) or ``"async+redis://127.0.0.1:6379"`` for one limit shared by all
-replicas (needs ``limits[async-redis]``, i.e. the ``coredis`` driver). A strategy the storage
-cannot run is refused when the options are built, like every other bad value
-(:class:`~meshkit.errors.ConfigError` quoting it).
+(default, per process; its windows are timed on the monotonic clock, so a step of the
+wall clock moves none: :class:`SweepThrottledMemoryStorage`) or
+``"async+redis://127.0.0.1:6379"`` for one limit shared by all replicas (needs
+``limits[async-redis]``, i.e. the ``coredis`` driver; its windows stay on the wall
+clock, which the replicas share: Redis' key expiry, and for the moving window the
+replicas' timestamps). A strategy the storage cannot run is refused when the options are
+built, like every other bad value (:class:`~meshkit.errors.ConfigError` quoting it).
 
 On Redis every hit is one atomic round trip: a Lua script of ``limits`` (for the fixed
 window its ``incr_expire.lua``: the count and the window's expiry set together, never a
@@ -89,17 +92,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dis
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import math
 import re
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
+from types import CodeType, FunctionType, MappingProxyType, SimpleNamespace
 from typing import Any, Literal, Protocol, cast
 
 import grpc
@@ -476,13 +482,25 @@ class SweepThrottledMemoryStorage(MemoryStorage):
     the timer thread being dropped at the next one), under each key's lock, re-checking
     that the list is still empty: a hit never finds its list gone between two steps.
 
+    Its windows are timed on the monotonic clock (:func:`time.monotonic`), where
+    ``limits`` times them on the wall clock (``time.time()``): a window is a duration, and
+    counts kept in this process share no clock with anything else. A step of the wall clock
+    (NTP ``makestep``, a VM snapshot restored, ``date -s``) moves no window: stepped back an
+    hour, a caller at its limit was refused for that hour (``retry-after: 3599``), and a
+    sliding-window caller got a new budget. The storage runs ``limits``' own methods, their
+    code unchanged, with their module's ``time`` read as the monotonic clock (see
+    :func:`_rebound_to_clock`). The reset times it answers (``get_expiry``, the moving
+    window's start) are on that clock too, not seconds since the epoch.
+
     Args:
         uri: ``"memory://"`` (as ``limits`` takes it).
         wrap_exceptions: wrap storage errors in ``limits.errors.StorageError``.
         sweep_interval_s: least seconds between two sweeps (default 1.0).
 
     Raises:
-        ConfigError: ``sweep_interval_s`` is negative or not a number.
+        ConfigError: ``sweep_interval_s`` is negative or not a number; the installed
+            ``limits`` reads the clock in its memory storage otherwise than meshkit knows
+            (its message names what), so its windows cannot be put on the monotonic clock.
     """
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, *,
@@ -490,6 +508,8 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         if (isinstance(sweep_interval_s, bool) or not isinstance(sweep_interval_s, (int, float))
                 or not sweep_interval_s >= 0):
             raise ConfigError(f"sweep_interval_s must be a number >= 0, got {sweep_interval_s!r}")
+        if _MEMORY_CLOCK_ERROR is not None:
+            raise ConfigError(_MEMORY_CLOCK_ERROR)
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.sweep_interval_s = float(sweep_interval_s)
         self._next_sweep_s = 0.0
@@ -559,6 +579,139 @@ for _name in sorted(set(_WRAPPED) | {"acquire_entry", "get_moving_window",
                                      "clear_sliding_window"}):
     setattr(SweepThrottledMemoryStorage, _name, _unwrapped(getattr(MemoryStorage, _name)))
 del _name
+
+
+def _monotonic_s() -> float:
+    return time.monotonic()  # read when called: a test's patch of time.monotonic applies
+
+
+_MEMORY_CLOCK = SimpleNamespace(time=_monotonic_s)
+"""The ``time`` module as ``limits``' memory storage code sees it in
+:class:`SweepThrottledMemoryStorage`: its ``time()`` is the monotonic clock (a test may set
+``_MEMORY_CLOCK.time`` to a clock of its own)."""
+
+
+def _clock_reads(code: CodeType) -> set[str]:
+    """How ``code`` and the code nested in it use the global name ``time``: the attribute
+    read of it at each use (``"time"`` for ``time.time()``), ``""`` for any other use
+    (``from time import time`` then ``time()``, the module passed on)."""
+    reads: set[str] = set()
+    instructions = [i for i in dis.get_instructions(code) if i.opname != "EXTENDED_ARG"]
+    for ins, following in zip(instructions, [*instructions[1:], None], strict=True):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval == "time":
+            attribute = following is not None and following.opname in ("LOAD_ATTR",
+                                                                        "LOAD_METHOD")
+            reads.add(str(following.argval) if following is not None and attribute else "")
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            reads |= _clock_reads(const)
+    return reads
+
+
+def _rebound_to_clock(cls: type, clock: object) -> dict[str, FunctionType]:
+    """``cls``'s methods (``limits``' ``MemoryStorage``), unwrapped of ``_wrap_errors``,
+    rebound to globals where their module's ``time`` is ``clock``: ``{name: function}``.
+    Their code is ``limits``' own, unchanged; only the clock they read differs. The classes
+    and functions of that module that read ``time`` (the moving window's ``Entry``, which
+    stamps each hit) are rebound the same way in those globals.
+
+    Every use of the clock must be ``time.time()`` in that module: a ``limits`` whose
+    storage reads it otherwise (another clock function, ``from time import time``,
+    ``datetime``, a clock read in a base class or a property) raises, rather than leave a
+    part of the storage on the wall clock and compare the two.
+
+    Raises:
+        TypeError: the storage reads the clock otherwise, naming where and how.
+    """
+    module = sys.modules[cls.__module__]
+    module_globals = vars(module)
+    where = f"limits {_limits_version()} ({module.__name__})"
+    if module_globals.get("time") is not time:
+        raise TypeError(f"{where}: its global 'time' is not the time module")
+    if "datetime" in module_globals:
+        raise TypeError(f"{where}: it imports datetime")
+    namespace = dict(module_globals)
+    namespace["time"] = clock
+
+    def reads_clock(func: FunctionType) -> bool:
+        reads = _clock_reads(func.__code__)
+        if reads - {"time"}:
+            shown = sorted(f"time.{r}" if r else "time" for r in reads - {"time"})
+            raise TypeError(f"{where}: {func.__qualname__} reads the clock as {shown}")
+        return bool(reads)
+
+    def rebound(func: FunctionType) -> FunctionType:
+        new = FunctionType(func.__code__, namespace, func.__name__, func.__defaults__,
+                           func.__closure__)
+        new.__kwdefaults__ = func.__kwdefaults__
+        new.__qualname__, new.__doc__ = func.__qualname__, func.__doc__
+        new.__module__ = func.__module__
+        return new
+
+    def methods(owner: type, *, of_module: bool) -> dict[str, FunctionType]:
+        """``owner``'s plain methods (unwrapped) to rebind: with ``of_module`` all of
+        them (so that they construct rebound classes too), else those that read the
+        clock. Anything else that reads it raises."""
+        found: dict[str, FunctionType] = {}
+        for name, member in vars(owner).items():
+            func = _unwrapped(member)
+            if isinstance(func, FunctionType):
+                mine = func.__globals__ is module_globals
+                if reads_clock(func) and not mine:
+                    raise TypeError(f"{where}: {func.__qualname__}, from "
+                                    f"{func.__module__}, reads the clock")
+                if mine and (of_module or reads_clock(func)):
+                    found[name] = rebound(func)
+                continue
+            for part in (getattr(member, attr, None) for attr in ("__func__", "fget",
+                                                                  "fset", "fdel")):
+                if isinstance(part, FunctionType) and _clock_reads(part.__code__):
+                    raise TypeError(f"{where}: {owner.__qualname__}.{name} reads the clock")
+        return found
+
+    for name, value in module_globals.items():
+        if getattr(value, "__module__", None) != module.__name__ or value is cls:
+            continue
+        if isinstance(value, type):
+            own = methods(value, of_module=False)
+            if own:
+                namespace[name] = type(value.__name__, (value,), {
+                    **own, "__module__": __name__, "__qualname__": value.__qualname__,
+                    "__doc__": f"{value.__qualname__} on meshkit's memory storage clock"})
+        elif isinstance(value, FunctionType) and reads_clock(value):
+            namespace[name] = rebound(value)
+    for base in cls.__mro__[1:]:  # inherited from elsewhere: must not read a clock
+        methods(base, of_module=False)
+    return methods(cls, of_module=True)
+
+
+def _limits_version() -> str:
+    try:
+        return importlib.metadata.version("limits")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def _put_memory_storage_on_its_clock() -> str | None:
+    """Give :class:`SweepThrottledMemoryStorage` ``limits``' methods on
+    :data:`_MEMORY_CLOCK` (meshkit's own overrides kept); the reason it cannot, or
+    ``None``. Nothing is changed when it cannot: the storage then refuses to be built."""
+    try:
+        methods = _rebound_to_clock(MemoryStorage, _MEMORY_CLOCK)
+    except Exception as exc:  # at import: the error is raised when a storage is built
+        return ("storage_uri 'memory://' cannot time its windows on the monotonic clock: "
+                f"{type(exc).__name__}: {exc}; meshkit knows how limits 5.8's memory "
+                "storage reads the clock, not how this one does: install a limits release "
+                "meshkit supports (see its pyproject.toml) or use another storage_uri")
+    own = vars(SweepThrottledMemoryStorage)
+    for name, method in methods.items():
+        if getattr(own.get(name), "__module__", None) != __name__:  # not meshkit's override
+            setattr(SweepThrottledMemoryStorage, name, method)
+    return None
+
+
+_MEMORY_CLOCK_ERROR = _put_memory_storage_on_its_clock()
+"""Why :class:`SweepThrottledMemoryStorage` cannot be built (``None``: it can)."""
 
 
 class StorageBreaker:
@@ -1029,14 +1182,14 @@ class StorageLimiter:
         return self._strategy.get_window_stats(item, self._prefix, method, key)
 
     def _rejection(self, item: Any, method: str, window: Any) -> Rejection:
-        now = time.time()
-        if self._sliding:
+        if self._sliding:  # durations: no clock needed
             wait = sliding_window_wait_s(
                 amount=item.amount, window_s=item.get_expiry(),
                 previous_count=window[0], previous_expires_in_s=window[1],
                 current_count=window[2], current_expires_in_s=window[3])
-            after = retry_after_s(now + wait, now)
-        else:
+            after = retry_after_s(wait, 0.0)
+        else:  # a reset time on the storage's clock: memory:// the monotonic one
+            now = _MEMORY_CLOCK.time() if self.synchronous else time.time()
             after = retry_after_s(window.reset_time, now)
         return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"rate limit exceeded for {method}: {item}", after)

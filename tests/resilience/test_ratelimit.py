@@ -900,6 +900,124 @@ async def test_memory_limiter_counts_without_a_coroutine(strategy: Strategy) -> 
     assert ctx.aborted[2][0][0] == "retry-after"
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_memory_rate_limit_windows_survive_a_wall_clock_step_back(
+        monkeypatch: pytest.MonkeyPatch, strategy: Strategy) -> None:
+    """A server limits a method to ``2/minute`` per caller with the in-process storage
+    (``memory://``). A caller spends its two calls and is refused (``retry-after: 60``);
+    then the machine's wall clock is stepped back an hour (NTP ``makestep``, a VM
+    snapshot restored). Before: with the fixed or moving window, a minute and more later
+    the caller was still refused, with ``retry-after: 3599`` (then ``3479``): locked out
+    for an hour, because limits' MemoryStorage (and ``_rejection`` for ``retry-after``)
+    timed the windows on ``time.time()``. Now the memory storage times them on the
+    monotonic clock: a minute of real time later the caller is admitted again, whatever
+    the wall clock did (the sliding window counter too)."""
+    real = time.time
+    offset = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
+    limiter = StorageLimiter(RateLimitOptions(default_rule="2/minute", strategy=strategy))
+    method = "/ecom.v1.OrderService/PlaceOrder"
+    assert limiter.check_now(method, "caller") is None
+    assert limiter.check_now(method, "caller") is None
+    refused = limiter.check_now(method, "caller")
+    assert refused is not None and refused.retry_after_s is not None
+    assert refused.retry_after_s <= (90 if strategy == "sliding-window-counter" else 60)
+    offset[0] = -3600.0  # stepped back an hour: no window moves
+    again = limiter.check_now(method, "caller")
+    assert again is not None and again.retry_after_s is not None
+    assert again.retry_after_s <= refused.retry_after_s
+    offset[0] = -3600.0 + 91.0  # then a minute and a half of real time passes
+    monkeypatch.setattr(time, "monotonic", lambda m=time.monotonic: m() + 91.0)
+    assert limiter.check_now(method, "caller") is None
+
+
+def test_every_clock_read_of_the_memory_storage_is_on_the_monotonic_clock() -> None:
+    """The installed limits' memory storage, as meshkit runs it: each of its methods and
+    the moving window's Entry run on meshkit's clock; none is left reading the wall
+    clock (the windows would then compare two clocks)."""
+    import types
+
+    import limits.storage.memory as limits_memory
+
+    from meshkit.resilience.ratelimit import (
+        _MEMORY_CLOCK,
+        _MEMORY_CLOCK_ERROR,
+        _clock_reads,
+        _unwrapped,
+    )
+
+    assert _MEMORY_CLOCK_ERROR is None
+    cls = SweepThrottledMemoryStorage
+    rebound = 0
+    for name in dir(cls):
+        member = inspect.getattr_static(cls, name)
+        func = _unwrapped(member)
+        if (not isinstance(func, types.FunctionType)
+                or func.__module__ != limits_memory.__name__
+                or not _clock_reads(func.__code__)):
+            continue  # not limits' code reading the clock (meshkit's own: time.monotonic)
+        assert func is member, name  # no error-wrapper left around it
+        assert func.__globals__["time"] is _MEMORY_CLOCK, name
+        rebound += 1
+    assert rebound >= 8  # incr, get, get_expiry, acquire_entry, the sweep...
+    entry = cls.acquire_entry.__globals__["Entry"]
+    assert issubclass(entry, limits_memory.Entry) and entry is not limits_memory.Entry
+    assert entry.__init__.__globals__["time"] is _MEMORY_CLOCK
+
+
+@pytest.mark.parametrize(("body", "shown"), [
+    ("return time.monotonic()", "time.monotonic"),
+    ("return time.time_ns() / 1e9", "time.time_ns"),
+    ("clock = time\n        return clock.time()", "['time']"),
+])
+def test_a_memory_storage_reading_another_clock_is_refused_loudly(
+        monkeypatch: pytest.MonkeyPatch, body: str, shown: str) -> None:
+    """A limits release whose memory storage reads the clock otherwise than with
+    ``time.time()`` cannot be put on the monotonic clock by rebinding its module's
+    ``time``: _rebound_to_clock raises, naming the method and how it reads the clock, and
+    the storage then refuses to be built (ConfigError) rather than mix two clocks."""
+    import types
+
+    from meshkit.resilience import ratelimit
+    from meshkit.resilience.ratelimit import _rebound_to_clock
+
+    fake = types.ModuleType("fake_limits_memory")
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    exec(f"import time\nclass MemoryStorage:\n    def get_expiry(self, key):\n"
+         f"        {body}\n", vars(fake))
+    with pytest.raises(TypeError, match=r"MemoryStorage\.get_expiry") as info:
+        _rebound_to_clock(fake.MemoryStorage, types.SimpleNamespace(time=time.monotonic))
+    assert shown in str(info.value)
+
+    monkeypatch.setattr(ratelimit, "_MEMORY_CLOCK_ERROR", "storage_uri 'memory://' cannot "
+                        f"time its windows on the monotonic clock: {info.value}")
+    with pytest.raises(ConfigError, match="monotonic clock"):
+        StorageLimiter(RateLimitOptions(default_rule="1/second"))
+
+
+def test_memory_storage_windows_read_the_clock_the_storage_was_given() -> None:
+    """_rebound_to_clock on limits' own MemoryStorage: a fixed window expires, and a
+    moving window's hits leave it, on the clock given, not on the wall clock."""
+    import types
+
+    from meshkit.resilience.ratelimit import _rebound_to_clock
+
+    now = [100.0]
+    methods = _rebound_to_clock(MemoryStorage, types.SimpleNamespace(time=lambda: now[0]))
+    storage = type("Clocked", (MemoryStorage,), methods)()
+    try:
+        assert storage.incr("k", 10) == 1
+        assert storage.get_expiry("k") == 110.0
+        assert storage.acquire_entry("m", 1, 10)
+        assert not storage.acquire_entry("m", 1, 10)
+        assert storage.get_moving_window("m", 1, 10) == (100.0, 1)
+        now[0] = 110.5
+        assert storage.get("k") == 0
+        assert storage.acquire_entry("m", 1, 10)
+    finally:
+        storage.timer.cancel()
+
+
 def test_check_now_refuses_a_networked_storage() -> None:
     limiter = StorageLimiter(RateLimitOptions(default_rule="1/second",
                                               storage_uri="async+redis://127.0.0.1:1"))
@@ -1299,19 +1417,18 @@ def test_sliding_window_wait_counts_hits_that_outlive_their_window() -> None:
 @pytest.mark.parametrize("storage", ["memory", "redis"])
 async def test_sliding_window_retry_after_matches_when_limits_admits_again(
         storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """retry-after is not longer than the real wait: for 2/minute with both hits 10 s
+    """retry-after is not longer than the real wait: for 2/minute with both hits 9.5 s
     before the window rolls over, limits admits the next hit just after the rollover, so
-    the rejection says 10 s (40 s before: the unfloored weighted count was compared)."""
-    import types
-
-    import limits.storage.memory as limits_memory
-
-    from meshkit.resilience.ratelimit import StorageLimiter
+    the rejection says 10 s (40 s before: the unfloored weighted count was compared).
+    (Not exactly 10 s before: limits' window arithmetic is a float, the wait 10 s + 7e-11,
+    which rounds up to 11.)"""
+    from meshkit.resilience.ratelimit import _MEMORY_CLOCK, StorageLimiter
 
     if storage == "memory":
         base = 60.0 * 16_667  # the start of a one-minute window
-        now = [base + 50.0]
-        monkeypatch.setattr(limits_memory, "time", types.SimpleNamespace(time=lambda: now[0]))
+        now = [base + 50.5]
+        # the memory storage's clock (monotonic; limits' own module reads time.time())
+        monkeypatch.setattr(_MEMORY_CLOCK, "time", lambda: now[0])
         limiter = StorageLimiter(RateLimitOptions(default_rule="2/minute"))
     else:
         if not redis_ping(6379):
