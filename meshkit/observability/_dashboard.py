@@ -119,20 +119,28 @@ class DashboardFeed:
 
     Samples: each :meth:`build` keeps at most one sample per ``window_s / 20`` per method,
     so many pollers cost no memory; a method's first sample is all zeros at its record's
-    creation time.
+    creation time (or now, if that is ahead of the clock).
+
+    The windows are durations: by default they are timed on the monotonic clock
+    (:func:`time.monotonic`), so a step of the wall clock (NTP ``makestep``, a VM snapshot
+    restored, ``date -s``) moves none; ``time_unix_s`` and the records' ``created`` are on
+    the wall clock (:func:`time.time`). An injected ``clock`` times both (tests drive
+    it); should it go back, each method's window starts again from that moment (one
+    build then reads as just after a first call: ``rate_per_s`` ``None``).
 
     Args:
         rpc: the RPC records to read (the admin server's :func:`rpc_metrics`).
         window_s: the rate/quantile window, seconds (default 10).
-        clock: wall-clock seconds (default ``time.time``; the records' ``created`` is
-            wall-clock too).
+        clock: wall-clock seconds for ``time_unix_s`` and the windows (default ``None``:
+            :func:`time.time` for ``time_unix_s``, :func:`time.monotonic` for the
+            windows; the records' ``created`` is wall-clock).
 
     Raises:
         ConfigError: ``window_s`` not a positive finite number (quoted).
     """
 
     def __init__(self, rpc: RpcMetrics, *, window_s: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         if (not isinstance(window_s, int | float) or isinstance(window_s, bool)
                 or not math.isfinite(window_s) or window_s <= 0):
             raise ConfigError(f"window_s must be a positive number of seconds, got {window_s!r}")
@@ -165,7 +173,10 @@ class DashboardFeed:
 
     def build(self) -> dict[str, Any]:
         """The dashboard's data now (see the class docstring for its shape)."""
-        now = self._clock()
+        if self._clock is None:  # read when called (a test may patch them)
+            now, t_s = time.time(), time.monotonic()
+        else:
+            now = t_s = self._clock()
         methods = []
         rpc = self._rpc
         for side, records in (("server", list(rpc.servers.values())),
@@ -175,9 +186,10 @@ class DashboardFeed:
                 errors = {GRPC_CODE_LABELS[c]: n for c, n in list(rec.handled.items()) if n}
                 error_total = sum(errors.values())
                 finished = rec.ok + error_total
-                cur = _Sample(now, finished, error_total, tuple(rec.counts), errors)
-                base = self._advance((side, *rec.labels), rec.created, cur)
-                span_s = now - base.t_s
+                cur = _Sample(t_s, finished, error_total, tuple(rec.counts), errors)
+                # created on the windows' clock: (t_s - now) is 0.0 with an injected clock
+                base = self._advance((side, *rec.labels), t_s - now + rec.created, cur)
+                span_s = t_s - base.t_s
                 window = [a - b for a, b in zip(cur.counts, base.counts, strict=True)]
                 window_errors = {c: n - base.by_code.get(c, 0) for c, n in errors.items()
                                  if n > base.by_code.get(c, 0)}
@@ -211,12 +223,18 @@ class DashboardFeed:
     def _advance(self, key: tuple[str, str, str, str], created_s: float,
                  cur: _Sample) -> _Sample:
         """Store ``cur`` (at most one sample per step) and return the window's base: the
-        newest sample at least ``window_s`` old, else the oldest kept."""
+        newest sample at least ``window_s`` old, else the oldest kept. A ring whose newest
+        sample is ahead of ``cur`` (the clock went back) starts again at ``cur``: its
+        samples' times tell nothing of how long ago they were taken."""
         ring = self._rings.get(key)
         if ring is None:
             zeros = (0,) * len(cur.counts)
-            ring = self._rings[key] = deque([_Sample(created_s, 0, 0, zeros, {})],
+            ring = self._rings[key] = deque([_Sample(min(created_s, cur.t_s), 0, 0, zeros, {})],
                                             maxlen=_MAX_SAMPLES)
+        elif cur.t_s < ring[-1].t_s:
+            ring.clear()
+            ring.append(cur)
+            return cur
         start = cur.t_s - self.window_s
         while len(ring) > 1 and ring[1].t_s <= start:
             ring.popleft()

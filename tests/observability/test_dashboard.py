@@ -21,6 +21,7 @@ from meshkit.discovery import LocalRegistry
 from meshkit.errors import ConfigError
 from meshkit.observability import AdminOptions, AdminServer, TelemetryOptions, rpc_metrics
 from meshkit.observability._dashboard import DashboardFeed, histogram_quantile
+from meshkit.observability._metrics import BoundServer
 from meshkit.observability._semconv import MethodNames
 from tests.support.echo import add_echo, method
 from tests.support.skips import skip_or_fail
@@ -130,6 +131,97 @@ def test_feed_rates_and_quantiles_follow_a_sliding_window() -> None:
     feed.build()
     (row,) = feed.build()["methods"]
     assert row["rate_per_s"] == 0 and row["p50_ms"] is None and row["finished"] == 20
+
+
+def _serve_and_poll(rec: BoundServer, feed: DashboardFeed, tick: Callable[[], None],
+                    seconds: float) -> None:
+    """10 calls/s for ``seconds``, the page polled after each; ``tick`` moves the clocks
+    a tenth of a second."""
+    for _ in range(int(seconds * 10)):
+        tick()
+        rec.start()
+        rec.finished(grpc.StatusCode.OK, 0.003)
+        feed.build()
+
+
+def test_dashboard_rates_survive_a_wall_clock_step_back() -> None:
+    """An operator watches a server's admin dashboard while a method serves a steady 10
+    calls/s; the wall clock of the feed (an injected one here) is then stepped back an
+    hour (NTP ``makestep``, a VM snapshot restored). Before: for the next hour the
+    method's row showed ``rate_per_s`` and ``error_rate_per_s`` as ``None`` (a negative
+    ``window_s``) and its p50/p99 over every call since the step: the feed appended no
+    sample until the clock was back past its newest one. Now a clock that went back
+    restarts the method's window (one poll reads as just after a first call): 12 s
+    after the step the row shows about 10 calls/s over a window of about 10 s."""
+    now = [1_000_000.0]
+    rpc = rpc_metrics(CollectorRegistry())
+    rec = rpc.bind_server(MethodNames("/pkg.Svc/Get", "unary"))
+    rec.created = now[0]
+    feed = DashboardFeed(rpc, window_s=10, clock=lambda: now[0])
+
+    def tick() -> None:
+        now[0] += 0.1
+
+    _serve_and_poll(rec, feed, tick, 12)
+    (row,) = feed.build()["methods"]
+    assert row["rate_per_s"] == pytest.approx(10, rel=0.1)
+    now[0] -= 3600.0  # the wall clock is stepped back an hour
+    _serve_and_poll(rec, feed, tick, 12)
+    (row,) = feed.build()["methods"]
+    assert row["rate_per_s"] is not None and row["rate_per_s"] == pytest.approx(10, rel=0.1)
+    assert 9.0 <= row["window_s"] <= 11.0
+    assert row["p50_ms"] is not None and row["p50_ms"] <= 5.0
+
+
+def test_dashboard_windows_by_default_ignore_wall_clock_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin server's feed (no clock given) times its windows on the monotonic
+    clock: a step of the wall clock, back or forward, changes neither the rate nor the
+    window (before, a step forward of an hour showed a window of an hour and a rate
+    near 0, a step back ``None`` for an hour); ``time_unix_s`` still shows the wall
+    clock."""
+    import time
+
+    wall, mono = [1_700_000_000.0], [500.0]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    monkeypatch.setattr(time, "monotonic", lambda: mono[0])
+    rpc = rpc_metrics(CollectorRegistry())
+    rec = rpc.bind_server(MethodNames("/pkg.Svc/Get", "unary"))
+    rec.created = wall[0]
+    feed = DashboardFeed(rpc, window_s=10)
+
+    def tick() -> None:
+        wall[0] += 0.1
+        mono[0] += 0.1
+
+    _serve_and_poll(rec, feed, tick, 12)
+    for step in (-3600.0, 7200.0):
+        wall[0] += step
+        data = feed.build()
+        assert data["time_unix_s"] == round(wall[0], 3)
+        (row,) = data["methods"]
+        assert 9.0 <= row["window_s"] <= 11.0
+        assert row["rate_per_s"] == pytest.approx(10, rel=0.1)
+        _serve_and_poll(rec, feed, tick, 1)
+
+
+def test_a_record_created_after_the_clock_read_counts_from_now() -> None:
+    """A record whose ``created`` is ahead of the feed's clock (created just before the
+    wall clock was stepped back): its first window starts now, not at a creation time
+    in the future (a negative window, rates ``None`` until the clock caught up)."""
+    now = [1000.0]
+    rpc = rpc_metrics(CollectorRegistry())
+    rec = rpc.bind_server(MethodNames("/pkg.Svc/Get", "unary"))
+    rec.created = 4600.0
+    feed = DashboardFeed(rpc, window_s=10, clock=lambda: now[0])
+
+    def tick() -> None:
+        now[0] += 0.1
+
+    _serve_and_poll(rec, feed, tick, 2)  # first build at 1000.1, after the first call
+    (row,) = feed.build()["methods"]
+    assert row["window_s"] == pytest.approx(1.9)
+    assert row["rate_per_s"] == pytest.approx(20 / 1.9)
 
 
 @pytest.mark.parametrize("window_s", [0, -1.0, float("nan"), True])
