@@ -55,14 +55,18 @@ if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-Unhandled = Callable[[Exception, Any], Awaitable[None]]
+Unhandled = Callable[[Exception, Any], Awaitable[bool]]
 """``unhandled(exc, context)``: answer a call whose handler (or anything inside the wrap)
 raised ``exc``, an exception that is no gRPC status (not ``context.abort``'s, nor any
-other ``grpc.aio.BaseError``): usually by aborting through ``context``. When it returns
-instead, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text. Also
-called, with a :class:`NoResponse`, when a unary-response handler returned ``None``
-(nothing raised: returning leaves the answer to grpc.aio) and when a streaming handler
-yielded ``None`` (returning drops that ``None`` and the stream goes on)."""
+other ``grpc.aio.BaseError``): by setting the status on ``context`` (``set_code``,
+``set_details``) and returning ``True``, the wrap then ends the call as a handler that set
+its status and returned (grpc.aio sends that status, and no response); not by aborting,
+whose ``AbortError`` would chain ``exc`` and hold it, its frames, the request and the
+context in reference cycles (grpc keeps the ``AbortError``), on every failed call. When it
+returns ``False``, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text.
+Also called, with a :class:`NoResponse`, when a unary-response handler returned ``None``
+(nothing raised: aborts, or returns leaving the answer to grpc.aio) and when a streaming
+handler yielded ``None`` (returning drops that ``None`` and the stream goes on)."""
 
 
 class NoResponse(Exception):
@@ -673,11 +677,12 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
                     return b""
                 raise
         except Exception as e:
-            if not isinstance(e, _GRPC_ERRORS):
-                _drop_unsendable_trailers(context)
-                if unhandled is not None:
-                    await unhandled(e, context)
-            raise
+            if isinstance(e, _GRPC_ERRORS):
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(e, context):
+                raise
+            return None  # answered: its status set (see Unhandled)
 
     return behavior
 
@@ -707,11 +712,12 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
         except Exception as e:
-            if not isinstance(e, _GRPC_ERRORS):
-                _drop_unsendable_trailers(context)
-                if unhandled is not None:
-                    await unhandled(e, context)
-            raise
+            if isinstance(e, _GRPC_ERRORS):
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(e, context):
+                raise
+            return  # answered: its status set (see Unhandled)
 
     return behavior
 
@@ -760,11 +766,12 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                     result = b""
         except BaseException as e:
             finish(state, context, e)
-            if isinstance(e, Exception) and not isinstance(e, _GRPC_ERRORS):
-                _drop_unsendable_trailers(context)
-                if unhandled is not None:
-                    await unhandled(e, context)
-            raise
+            if not isinstance(e, Exception) or isinstance(e, _GRPC_ERRORS):
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(e, context):
+                raise
+            return None  # answered: its status set (see Unhandled)
         finish(state, context, None)
         return result
 
@@ -824,11 +831,12 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
         except BaseException as e:
             finish(state, context, e)
-            if isinstance(e, Exception) and not isinstance(e, _GRPC_ERRORS):
-                _drop_unsendable_trailers(context)
-                if unhandled is not None:
-                    await unhandled(e, context)
-            raise
+            if not isinstance(e, Exception) or isinstance(e, _GRPC_ERRORS):
+                raise
+            _drop_unsendable_trailers(context)
+            if unhandled is None or not await unhandled(e, context):
+                raise
+            return  # answered: its status set (see Unhandled)
         finish(state, context, None)
 
     return behavior
@@ -841,9 +849,9 @@ def _answering(exc: Exception, unhandled: Unhandled | None) -> Handler:
     starts without reading a request, so it answers calls of every kind."""
 
     async def behavior(requests: Any, context: Any) -> None:
-        if unhandled is not None:
-            await unhandled(exc, context)
-        raise exc  # unhandled did not abort (the call is over): grpc.aio's answer
+        if unhandled is not None and await unhandled(exc, context):
+            return  # answered: its status set (see Unhandled)
+        raise exc  # grpc.aio's answer
 
     handler: Handler = grpc.stream_stream_rpc_method_handler(behavior)
     return handler

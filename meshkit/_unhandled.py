@@ -110,10 +110,10 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     """
 
     def _unhandled_for(self, method: str) -> Unhandled:
-        async def unhandled(exc: Exception, context: Any) -> None:
+        async def unhandled(exc: Exception, context: Any) -> bool:
             if type(exc) is NoResponse:
                 await _no_response(method, context, exc.streaming)
-                return
+                return False
             _log.error("unhandled exception", method=method, error_type=type(exc).__name__,
                        exc_info=exc)
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
@@ -124,11 +124,15 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
                 code = grpc.StatusCode.UNKNOWN
                 if _ran_out_of_this_calls_deadline(exc, context):
                     code, details = grpc.StatusCode.DEADLINE_EXCEEDED, _DOWNSTREAM_DEADLINE
-            try:
+            # the status set, not aborted with: the wrap ends the call, grpc.aio sends it
+            # (see meshkit._handlers.Unhandled; an AbortError would chain exc and keep it
+            # in reference cycles with its frames, the request and the context)
+            set_code = getattr(context, "set_code", None)
+            if set_code is None:  # a stand-in context that can only abort (tests)
                 await context.abort(code, details)
-            except grpc.aio.AbortError:
-                raise
-            except Exception:  # the status is sent already or the call is over
-                pass
+                return False
+            set_code(code)
+            context.set_details(details)
+            return True
 
         return unhandled
