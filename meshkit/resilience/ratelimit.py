@@ -498,9 +498,12 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         sweep_interval_s: least seconds between two sweeps (default 1.0).
 
     Raises:
-        ConfigError: ``sweep_interval_s`` is negative or not a number; the installed
-            ``limits`` reads the clock in its memory storage otherwise than meshkit knows
-            (its message names what), so its windows cannot be put on the monotonic clock.
+        ConfigError: ``sweep_interval_s`` is negative or not a number.
+
+    A ``limits`` release whose memory storage reads the clock otherwise than meshkit knows
+    (``time.time()`` in ``limits.storage.memory``) is not rebound: its windows stay on the
+    wall clock, as ``limits`` has them, and the first storage built logs a warning saying
+    why (a newer ``limits`` never stops a service from starting).
     """
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, *,
@@ -508,8 +511,8 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         if (isinstance(sweep_interval_s, bool) or not isinstance(sweep_interval_s, (int, float))
                 or not sweep_interval_s >= 0):
             raise ConfigError(f"sweep_interval_s must be a number >= 0, got {sweep_interval_s!r}")
-        if _MEMORY_CLOCK_ERROR is not None:
-            raise ConfigError(_MEMORY_CLOCK_ERROR)
+        if _MEMORY_CLOCK_ERROR is not None and not _MEMORY_CLOCK_WARNED:
+            _warn_wall_clock_windows()
         super().__init__(uri, wrap_exceptions=wrap_exceptions)
         self.sweep_interval_s = float(sweep_interval_s)
         self._next_sweep_s = 0.0
@@ -583,6 +586,21 @@ del _name
 
 def _monotonic_s() -> float:
     return time.monotonic()  # read when called: a test's patch of time.monotonic applies
+
+
+def _wall_s() -> float:
+    return time.time()  # limits' own clock, when its storage could not be rebound
+
+
+_MEMORY_CLOCK_WARNED = False
+
+
+def _warn_wall_clock_windows() -> None:
+    """Log, once per process, why ``memory://`` windows stay on the wall clock."""
+    global _MEMORY_CLOCK_WARNED
+    _MEMORY_CLOCK_WARNED = True
+    _log.warning("memory:// rate-limit windows stay on the wall clock (a step of it moves "
+                 "them)", reason=_MEMORY_CLOCK_ERROR)
 
 
 _MEMORY_CLOCK = SimpleNamespace(time=_monotonic_s)
@@ -695,14 +713,14 @@ def _limits_version() -> str:
 def _put_memory_storage_on_its_clock() -> str | None:
     """Give :class:`SweepThrottledMemoryStorage` ``limits``' methods on
     :data:`_MEMORY_CLOCK` (meshkit's own overrides kept); the reason it cannot, or
-    ``None``. Nothing is changed when it cannot: the storage then refuses to be built."""
+    ``None``. When it cannot, the storage keeps ``limits``' methods on the wall clock (and
+    :data:`_MEMORY_CLOCK` reads the wall clock too, for the reset times of refusals)."""
     try:
         methods = _rebound_to_clock(MemoryStorage, _MEMORY_CLOCK)
-    except Exception as exc:  # at import: the error is raised when a storage is built
-        return ("storage_uri 'memory://' cannot time its windows on the monotonic clock: "
-                f"{type(exc).__name__}: {exc}; meshkit knows how limits 5.8's memory "
-                "storage reads the clock, not how this one does: install a limits release "
-                "meshkit supports (see its pyproject.toml) or use another storage_uri")
+    except Exception as exc:  # at import: logged when a storage is built
+        _MEMORY_CLOCK.time = _wall_s  # _rejection's reset times on limits' own clock
+        return (f"{type(exc).__name__}: {exc}; meshkit knows how limits 5.8's memory "
+                "storage reads the clock, not how this one does")
     own = vars(SweepThrottledMemoryStorage)
     for name, method in methods.items():
         if getattr(own.get(name), "__module__", None) != __name__:  # not meshkit's override
@@ -711,7 +729,8 @@ def _put_memory_storage_on_its_clock() -> str | None:
 
 
 _MEMORY_CLOCK_ERROR = _put_memory_storage_on_its_clock()
-"""Why :class:`SweepThrottledMemoryStorage` cannot be built (``None``: it can)."""
+"""Why :class:`SweepThrottledMemoryStorage`'s windows stay on the wall clock (``None``:
+they are on the monotonic clock)."""
 
 
 class StorageBreaker:
