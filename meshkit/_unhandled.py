@@ -127,11 +127,7 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
             # the status set, not aborted with: the wrap ends the call, grpc.aio sends it
             # (see meshkit._handlers.Unhandled; an AbortError would chain exc and keep it
             # in reference cycles with its frames, the request and the context)
-            set_code = getattr(context, "set_code", None)
-            if set_code is None:  # a stand-in context that can only abort (tests)
-                await context.abort(code, details)
-                return False
-            set_code(code)
+            context.set_code(code)
             context.set_details(details)
             return True
 
