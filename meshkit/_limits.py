@@ -205,6 +205,7 @@ class ServerLimits:
             (``DialOptions.keepalive_time_s``) of this or more keep their quiet calls.
             A client pinging more often gets GOAWAY ``too_many_pings`` after two such
             pings (gRPC's ping strikes), which ends its calls; gRPC's default is 300 s.
+            ``0``: pings accepted at any rate.
 
     ``keepalive_time_s``, ``keepalive_timeout_s``, ``max_connection_idle_s`` and
     ``min_ping_interval_s`` are at most
@@ -247,12 +248,13 @@ class ServerLimits:
             if getattr(self, name) is not None:
                 check_seconds(self, (name,))
         # channel_args() turns these into grpc's C int milliseconds
-        ms_fields: tuple[str, ...] = ("keepalive_time_s", "keepalive_timeout_s",
-                                      "min_ping_interval_s")
+        ms_fields: tuple[str, ...] = ("keepalive_time_s", "keepalive_timeout_s")
         if self.max_connection_idle_s is not None:
             ms_fields += ("max_connection_idle_s",)
         for name in ms_fields:
             check_number(name, getattr(self, name), low_open=True, high=_MAX_MS_ARG_S)
+        # 0: pings at any rate (grpc's meaning of 0 ms)
+        check_number("min_ping_interval_s", self.min_ping_interval_s, high=_MAX_MS_ARG_S)
 
     def channel_args(self) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``

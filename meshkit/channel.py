@@ -309,7 +309,8 @@ class DialOptions:
         keepalive_timeout_s: seconds to wait for a ping's ack (default 20.0, gRPC's).
         keepalive_without_calls: ping connections without calls too (default ``False``),
             so an endpoint whose idle connection died is found before a call is sent to
-            it; only with a server that permits it (a meshkit server does).
+            it; only with a server that permits it (a meshkit server does). Needs
+            ``keepalive_time_s`` (``ConfigError`` without it).
 
     ``keepalive_time_s`` and ``keepalive_timeout_s`` are at most 2147483 s (grpc takes
     milliseconds as C ints). The sequences are stored as tuples and ``method_timeouts`` as
@@ -439,6 +440,9 @@ class DialOptions:
         check_number("keepalive_timeout_s", self.keepalive_timeout_s, low_open=True,
                      high=_MAX_MS_ARG_S)
         check_bool("keepalive_without_calls", self.keepalive_without_calls)
+        if self.keepalive_without_calls and self.keepalive_time_s is None:
+            raise ConfigError("keepalive_without_calls=True needs keepalive_time_s (client "
+                              "keepalive is off without it)")
         if self.tls is not None:
             for item in self.channel_options:
                 if item[0] in _IDENTITY_OPTIONS:

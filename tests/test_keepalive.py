@@ -238,12 +238,16 @@ def test_keepalive_options_become_grpc_arguments_and_bad_values_are_refused() ->
                 {"keepalive_time_s": 3e6}, {"keepalive_time_s": "30"},
                 {"keepalive_time_s": 30, "keepalive_timeout_s": -1},
                 {"keepalive_time_s": 30, "keepalive_without_calls": "yes"},
+                {"keepalive_without_calls": True},
                 {"keepalive_time_s": 30,
                  "channel_options": [("grpc.keepalive_time_ms", 1000)]}):
         with pytest.raises(meshkit.ConfigError) as err:
             meshkit.DialOptions(insecure=True, **bad)  # type: ignore[arg-type]
         quoted = [repr(v) for v in bad.values()]
         assert any(q in str(err.value) for q in quoted), (bad, str(err.value))
-    for bad_s in (0, -1.0, float("inf"), True):
+    for bad_s in (-1.0, float("inf"), True, 3e6):
         with pytest.raises(meshkit.ConfigError, match=repr(bad_s)):
             meshkit.ServerLimits(min_ping_interval_s=bad_s)
+    # 0: pings at any rate, as grpc reads 0 ms
+    assert dict(meshkit.ServerLimits(min_ping_interval_s=0).channel_args())[
+        "grpc.http2.min_ping_interval_without_data_ms"] == 0
