@@ -181,8 +181,9 @@ def _private_dir(directory: Path) -> None:
     (0755: an older meshkit, umask 022) is made private (0700): the database lists every
     instance's address and meta. One writable by its group or others (0775: an older
     meshkit under umask 002, the default of user-private-group systems) is made private
-    too (logged as a warning). Whatever its mode, it is used only if everything in it is
-    this user's own regular file (nobody else put a ``registry.db`` there).
+    too (logged as a warning). Whatever its mode, it is used only if everything in it,
+    subdirectories included, is this user's own regular file or directory (nobody else
+    put a ``registry.db`` there).
 
     Raises:
         PermissionError: the directory is unsafe (the message names it, says why and how
@@ -211,18 +212,42 @@ def _private_dir(directory: Path) -> None:
             os.fchmod(fd, mode & ~0o077)  # first: nobody else adds anything from here on
         # whatever its mode now: a refusal below leaves it private, and the next open
         # must refuse what others put there before just the same
-        for entry in os.scandir(fd):
-            est = entry.stat(follow_symlinks=False)
-            if est.st_uid != uid or not stat.S_ISREG(est.st_mode):
-                what = (f"owned by uid {est.st_uid}" if est.st_uid != uid
-                        else "not a regular file")
-                raise _unsafe(directory, f"it holds {entry.name!r}, {what} (mode "
-                                         f"{mode:o}); if nobody else wrote to it, remove that")
+        foreign = _foreign_entry(fd, str(directory), uid)
+        if foreign is not None:
+            raise _unsafe(directory, f"it holds {foreign} (mode {mode:o}); if nobody else "
+                                     "wrote to it, remove that")
         if mode & 0o022:
             _log.warning("default registry directory was writable by its group or others; "
                          "made private (mode 700)", path=str(directory), mode=f"{mode:o}")
     finally:
         os.close(fd)
+
+
+def _foreign_entry(where: int | str, base: str, uid: int, prefix: str = "") -> str | None:
+    """The first entry of the directory ``where`` (a descriptor or a path; its path
+    ``base``), or of its subdirectories, recursively, that is not ``uid``'s own regular
+    file or directory,
+    described (``'team/registry.db', owned by uid 1001``); ``None`` when there is none.
+    An entry gone meanwhile (another process's SQLite ``-wal``/``-shm`` removed as its last
+    connection closed) is skipped: it is nobody's file to refuse."""
+    with os.scandir(where) as listing:
+        entries = list(listing)
+    for entry in entries:
+        try:
+            est = entry.stat(follow_symlinks=False)
+            name = prefix + entry.name
+            if est.st_uid != uid:
+                return f"{name!r}, owned by uid {est.st_uid}"
+            if stat.S_ISDIR(est.st_mode):
+                sub = os.path.join(base, entry.name)
+                found = _foreign_entry(sub, sub, uid, name + "/")
+                if found is not None:
+                    return found
+            elif not stat.S_ISREG(est.st_mode):
+                return f"{name!r}, not a regular file or directory"
+        except FileNotFoundError:
+            continue
+    return None
 
 
 #: Suffixes that make a path that does not exist yet the database file (see LocalOptions).

@@ -7,6 +7,7 @@ A directory the user names (``LocalOptions(path=...)``, ``local:///dir``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +64,7 @@ async def refused(reg: LocalRegistry, why: str) -> str:
 
 _REGISTER_DEFAULT = r'''
 import asyncio
+import contextlib
 from meshkit.discovery import Instance, registry_from_uri
 
 async def main():
@@ -257,3 +260,66 @@ async def test_a_directory_the_user_names_is_used_as_it_is(
             await reg.close()
     assert stat.S_IMODE(shared.stat().st_mode) == 0o777
     assert (shared / "registry.db").exists()
+
+
+async def test_a_registry_below_the_default_directory_opens_a_second_time(tmp: Path) -> None:
+    """``LocalOptions(path=<tmp>/meshkit-<uid>/team/registry.db)``, a path below the
+    default directory (checked as it is): the first open made ``team/``, and every later
+    open, of that registry and of the default one, was refused ("it holds 'team', not a
+    regular file"): meshkit locked the user out with a directory it made itself. The
+    user's own subdirectories are accepted, their contents checked the same way."""
+    below = default_dir(tmp) / "team" / "registry.db"
+    for i in range(2):
+        reg = LocalRegistry(LocalOptions(path=below))
+        try:
+            await reg.register(inst(f"team-{i}"))
+        finally:
+            await reg.close()
+    reg = LocalRegistry()
+    try:
+        await reg.register(inst("default"))
+    finally:
+        await reg.close()
+    (below.parent / "theirs").symlink_to(tmp)
+    await refused(LocalRegistry(), "'team/theirs', not a regular file or directory")
+
+
+async def test_opening_the_default_registry_while_another_closes_its_own(
+        tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes of one user on the default registry: the open's directory check
+    lists ``<tmp>/meshkit-<uid>`` and then stats each entry; the other process's last
+    SQLite connection closing in between deletes ``registry.db-wal``/``-shm``
+    (https://sqlite.org/wal.html) and the stat raised ``FileNotFoundError``: the
+    register/watch/list failed with a RegistryError (21-28 of ~5,000 opens of three
+    processes in a loop). An entry gone meanwhile is skipped."""
+    first = LocalRegistry()
+    try:
+        await first.register(inst())
+    finally:
+        await first.close()
+    other = LocalRegistry()  # "the other process": its connection is open, -wal exists
+    await other.instances("svc")
+    assert (default_dir(tmp) / "registry.db-wal").exists()
+    real_scandir = os.scandir
+    closed: list[bool] = []
+
+    def scandir_then_other_closes(target: Any) -> Any:
+        with real_scandir(target) as listing:
+            entries = list(listing)
+        if isinstance(target, int) and not closed:  # the open's check (by descriptor)
+            closed.append(True)
+            conn = other._conn  # its last connection closes now: -wal/-shm deleted
+            assert conn is not None
+            conn.close()
+        return contextlib.nullcontext(iter(entries))
+
+    monkeypatch.setattr(os, "scandir", scandir_then_other_closes)
+    reg = LocalRegistry()
+    try:
+        async with asyncio.timeout(30):
+            await reg.instances("svc")
+    finally:
+        monkeypatch.setattr(os, "scandir", real_scandir)
+        await reg.close()
+        await other.close()
+    assert closed
