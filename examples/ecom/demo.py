@@ -562,6 +562,7 @@ async def run(args: argparse.Namespace) -> int:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
+                _unblock((signal.SIGINT, signal.SIGTERM))
                 await stop.wait()
         await registry.close()
         return code
@@ -779,6 +780,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unblock(signals: tuple[signal.Signals, ...]) -> None:
+    """Unblock ``signals``, just given handlers: a launcher that blocked them (the signal
+    mask survives fork and exec) would otherwise keep ``kill`` from ever reaching them, as
+    Go's ``signal.Notify`` and meshkit's ``serve()`` see to."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
 _EXIT_INTERRUPTED = 128 + signal.SIGINT
 _EXIT_TERMINATED = 128 + signal.SIGTERM
 
@@ -804,6 +813,7 @@ async def run_until_terminated(args: argparse.Namespace) -> int:
                 task.cancel()
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    _unblock((signal.SIGTERM,))
     try:
         code = await run(args)
     except asyncio.CancelledError:

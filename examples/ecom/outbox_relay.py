@@ -42,6 +42,9 @@ async def main(argv: list[str] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # a handler of a signal the inherited mask blocks never runs (the mask survives fork
+    # and exec): unblock them, as Go's signal.Notify and meshkit's serve() do
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     store = await open_store(args.db)
     try:
         async with outbox_relay(store, args.nats_url, signer,

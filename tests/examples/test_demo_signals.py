@@ -131,3 +131,37 @@ def test_demo_with_stdout_closed_leaves_no_workdir_with_keys_behind(tmp_path: Pa
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == [], (f"exit {proc.returncode}, stderr {proc.stderr[-200:]!r}; "
                         f"left in TMPDIR: {left}")
+
+
+def _block_sigterm() -> None:
+    """In the child before exec: SIGTERM blocked, as a launcher that ``sigwait()``s in one
+    thread and starts children from another hands it down (the mask survives exec)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+async def test_demo_ends_on_sigterm_when_started_with_it_blocked(tmp_path: Path) -> None:
+    """``meshkit demo`` started with SIGTERM blocked in its inherited signal mask installed
+    its SIGTERM handler (in ``main``, and for ``--keep-running``) but left the signal
+    blocked: ``kill <pid>`` did nothing and the demo ran its whole workload (with
+    ``--keep-running``, for ever). It unblocks the signals it handles now, as ``serve()``
+    and ``meshkit prometheus-targets`` do: it stops its stack and exits 143."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True, preexec_fn=_block_sigterm)
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "local registry in " in first, first
+        await asyncio.sleep(1.0)  # the demo's own handler is installed by then
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):  # still running: asserted below
+            await asyncio.wait_for(proc.communicate(), 45)
+        assert proc.returncode == 143, proc.returncode
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the demo and what it started
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            await proc.wait()
