@@ -15,12 +15,21 @@ from meshkit._config import check_bool, check_instance, check_strings
 from meshkit._handlers import WrappingInterceptor
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
-from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier
+from meshkit.auth._jwt import JWTAuthOptions, JWTVerifier, TokenVerifier
 from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor
 from meshkit.auth._tls import TLSOptions
 from meshkit.errors import ConfigError
 
 __all__ = ["AuthOptions"]
+
+
+def _sync_function(func: object) -> bool:
+    """Whether ``func`` is a plain Python function (or method) that is not a coroutine
+    function, through its ``functools.wraps`` wrappers: what an ``async def verify``
+    decorated by a sync wrapper is not (its wrapper's ``__wrapped__`` is async)."""
+    inner = inspect.unwrap(func) if callable(func) else func
+    plain = inspect.isfunction(inner) or inspect.ismethod(inner)
+    return plain and not inspect.iscoroutinefunction(inner)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,7 +52,9 @@ class AuthOptions:
 
     Raises:
         ConfigError: a ``verifier`` that is neither a ``JWTVerifier`` nor has an async
-            ``verify(token)`` (a ``VerifierOptions`` given for it, say), a ``jwt`` that is
+            ``verify(token)`` (a ``VerifierOptions`` or a ``TokenVerifier`` given for it,
+            a class, an object whose ``verify`` is a plain sync function; a sync wrapper
+            of an async one, or a compiled one, is taken), a ``jwt`` that is
             not a ``JWTAuthOptions``, a ``policy`` that is not an ``AuthzPolicy`` (its
             rules mapping, say), ``jwt`` without a ``verifier``, nothing to check at all
             (no ``verifier``, no ``policy`` and ``check_peers=False``), ``exempt_methods``
@@ -60,8 +71,12 @@ class AuthOptions:
     def __post_init__(self) -> None:
         check_bool("check_peers", self.check_peers)
         verify = getattr(self.verifier, "verify", None)
+        # a sync verify (TokenVerifier's, whose result the interceptor cannot await) or
+        # none at all is refused; any other callable is taken: a sync decorator around an
+        # async verify, or a compiled one, is not a coroutine function to inspect
         if (self.verifier is not None and not isinstance(self.verifier, JWTVerifier)
-                and (isinstance(self.verifier, type) or not inspect.iscoroutinefunction(verify))):
+                and (isinstance(self.verifier, (type, TokenVerifier)) or not callable(verify)
+                     or _sync_function(verify))):
             raise ConfigError("verifier must be a JWTVerifier (or an object with an async "
                               f"verify(token) method) or None, got {self.verifier!r}")
         check_instance("jwt", self.jwt, JWTAuthOptions)

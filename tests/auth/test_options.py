@@ -80,6 +80,35 @@ def test_auth_options_take_a_verifier_with_an_async_verify() -> None:
     assert len(auth.interceptors(None)) == 1
 
 
+def test_auth_options_take_a_verifier_whose_async_verify_is_decorated() -> None:
+    """A user's verifier whose ``async verify`` carries a plain (sync) decorator, which
+    returns the coroutine (``await verifier.verify(token)`` works, as the interceptor
+    calls it), was refused (``inspect.iscoroutinefunction`` is false for the wrapper);
+    so would a compiled async method be. Any callable ``verify`` that is not a plain
+    sync function under its ``functools.wraps`` wrappers is taken; ``TokenVerifier``
+    (a sync ``verify``) stays refused (above)."""
+    import functools
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+        return wrapper
+
+    class Verifier:
+        @logged
+        async def verify(self, token: str) -> Any:
+            raise NotImplementedError
+
+    class SyncVerifier:
+        def verify(self, token: str) -> Any:
+            raise NotImplementedError
+
+    AuthOptions(verifier=Verifier(), check_peers=False)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="verifier must be"):
+        AuthOptions(verifier=SyncVerifier(), check_peers=False)  # type: ignore[arg-type]
+
+
 _NONE: dict[str, Build] = {
     "exempt_methods": lambda: AuthOptions(exempt_methods=None),  # type: ignore[arg-type]
     "public_methods": lambda: JWTAuthOptions(public_methods=None),  # type: ignore[arg-type]
