@@ -291,8 +291,9 @@ class ConsulOptions:
         check_bool("verify", self.verify)
         check_bool("grpc_use_tls", self.grpc_use_tls)
         if not isinstance(self.addr, str):
+            # the type only: an address may carry user info (a password)
             raise ConfigError(f"addr must be a string (host:port or scheme://host:port), "
-                              f"got {self.addr!r}")
+                              f"got a {type(self.addr).__name__}")
         split_address(self.addr, "addr")
         if self.scheme not in (None, "http", "https"):
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")

@@ -165,7 +165,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -365,10 +365,17 @@ class EtcdOptions:
     key_file: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # quoted without user info: an endpoint URL may carry a password
         if isinstance(self.endpoints, str):
-            raise ConfigError(f"endpoints must be a sequence of URLs, got {self.endpoints!r}")
-        endpoints = tuple(_parse_endpoint(e, "http")
-                          for e in check_strings("endpoints", self.endpoints))
+            raise ConfigError(f"endpoints must be a sequence of URLs, got "
+                              f"{shown_uri(self.endpoints)!r}")
+        items = tuple(self.endpoints) if isinstance(self.endpoints, Iterable) else ()
+        for item in items:
+            if not isinstance(item, str):  # bytes from os.environb, say: its type only
+                raise ConfigError(f"endpoints must hold strings (URLs), got a "
+                                  f"{type(item).__name__}")
+        endpoints = tuple(_parse_endpoint(e, "http") for e in check_strings(
+            "endpoints", items if isinstance(self.endpoints, Iterable) else self.endpoints))
         if not endpoints:
             raise ConfigError(f"endpoints must name at least one member, got {self.endpoints!r}")
         schemes = {e.split("://", 1)[0] for e in endpoints}

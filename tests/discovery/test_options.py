@@ -89,3 +89,24 @@ def test_consul_grpc_health_service_is_a_string(value: object) -> None:
     message = _refused(lambda: ConsulOptions(grpc_health_service=value),  # type: ignore[arg-type]
                        "grpc_health_service")
     assert repr(value) in message
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: EtcdOptions(endpoints=[b"http://root:s3cret@127.0.0.1:2379"]),
+                 id="EtcdOptions(endpoints=[bytes])"),
+    pytest.param(lambda: EtcdOptions(endpoints="http://root:s3cret@127.0.0.1:2379"),
+                 id="EtcdOptions(endpoints=str)"),
+    pytest.param(lambda: ConsulOptions(addr=b"http://user:s3cret@127.0.0.1:8500"),
+                 id="ConsulOptions(addr=bytes)"),
+])
+def test_an_address_of_the_wrong_type_is_refused_without_its_password(
+        make: Callable[[], object]) -> None:
+    """An etcd endpoint list or Consul address read as bytes (``os.environb``, a file
+    opened ``"rb"``), or one endpoint URL given for the list, carrying user info: the type
+    checks quoted it whole (``ConfigError: endpoints must hold strings, got
+    b'http://root:s3cret@...'``) into logs and CI output, where the same address as a
+    well-formed string is refused with its user info hidden. Now the message gives the
+    type, or the URL without user info."""
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert "s3cret" not in str(info.value), str(info.value)
