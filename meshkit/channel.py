@@ -35,7 +35,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -68,7 +67,7 @@ from meshkit._config import (
     check_tuple,
     registry_argument,
 )
-from meshkit._fields import Normalised
+from meshkit._fields import FrozenMap, Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
 from meshkit._metadata import check_metadata
@@ -314,7 +313,8 @@ class DialOptions:
 
     ``keepalive_time_s`` and ``keepalive_timeout_s`` are at most 2147483 s (grpc takes
     milliseconds as C ints). The sequences are stored as tuples and ``method_timeouts`` as
-    a read-only copy (a list or dict changed later does not change the options).
+    a read-only copy (a :class:`~meshkit._fields.FrozenMap`; a list or dict changed later
+    does not change the options, which still pickle and deep-copy).
 
     Raises:
         ConfigError: a value is out of range, malformed or of the wrong type (quoted in
@@ -384,7 +384,7 @@ class DialOptions:
             raise ConfigError("method_timeouts must be a mapping of method patterns, "
                               f"got {self.method_timeouts!r}")
         # a read-only copy: the caller's dict changed later must not change the options
-        timeouts = MappingProxyType(dict(self.method_timeouts))
+        timeouts = FrozenMap(self.method_timeouts)
         for pattern, t in timeouts.items():
             check_number(f"method_timeouts[{pattern!r}]", t, low_open=True, finite=False)
         MethodMatcher(timeouts, None, where="method_timeouts")  # the patterns

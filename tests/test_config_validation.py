@@ -971,3 +971,82 @@ def test_retry_idempotency_field_is_an_attribute_name(value: object) -> None:
     _refused_quoting(lambda: RetryPolicy(idempotency_field=value), value)  # type: ignore[arg-type]
     assert RetryPolicy(idempotency_field=None).idempotency_field is None
     assert RetryPolicy(idempotency_field="request_id").idempotency_field == "request_id"
+
+
+def _option_mappings() -> list[Any]:
+    from meshkit.auth import AuthzPolicy, Rule
+    from meshkit.resilience import RetryOptions
+
+    cart = "/shop.v1.Cart/*"
+    return [
+        pytest.param(DialOptions, id="DialOptions()"),
+        pytest.param(lambda: DialOptions(method_timeouts={cart: 2.0}),
+                     id="DialOptions(method_timeouts)"),
+        pytest.param(RetryOptions, id="RetryOptions()"),
+        pytest.param(lambda: RetryOptions(methods={"/shop.v1.Cart/Get": RetryPolicy()}),
+                     id="RetryOptions(methods)"),
+        pytest.param(JWTAuthOptions, id="JWTAuthOptions()"),
+        pytest.param(lambda: JWTAuthOptions(method_scopes={cart: ("cart:read",)}),
+                     id="JWTAuthOptions(method_scopes)"),
+        pytest.param(lambda: RateLimitOptions(rules={cart: "10/minute"}),
+                     id="RateLimitOptions(rules)"),
+        pytest.param(lambda: AuthzPolicy(rules={cart: Rule(allow_peers=("*",))}),
+                     id="AuthzPolicy(rules)"),
+    ]
+
+
+@pytest.mark.parametrize("make", _option_mappings())
+def test_options_with_mappings_pickle_copy_and_asdict(make: Build) -> None:
+    """A user built ``DialOptions()`` once and handed it to worker processes
+    (``ProcessPoolExecutor``, ``multiprocessing`` with spawn: both pickle their
+    arguments), or ``copy.deepcopy``/``dataclasses.asdict`` it (config frameworks, test
+    fixtures). Since the read-only copies of ``DialOptions.method_timeouts``,
+    ``RetryOptions.methods`` and ``JWTAuthOptions.method_scopes`` (and before them
+    ``RateLimitOptions.rules``, ``AuthzPolicy.rules``) were ``types.MappingProxyType``,
+    even the default ``DialOptions()`` raised ``TypeError: cannot pickle 'mappingproxy'
+    object``. Now these fields are a :class:`meshkit._fields.FrozenMap`: still read-only
+    copies (``test_option_mappings_are_copied_not_shared_with_the_caller``), and the
+    options pickle, copy, deep-copy, ``asdict`` and ``replace`` to equal options."""
+    import copy
+    import dataclasses
+    import pickle
+
+    options = make()
+    assert pickle.loads(pickle.dumps(options)) == options
+    assert copy.deepcopy(options) == options
+    assert copy.copy(options) == options
+    assert dataclasses.replace(options) == options
+    assert isinstance(dataclasses.asdict(options), dict)  # type: ignore[call-overload]
+
+
+def test_frozen_map_is_a_read_only_mapping() -> None:
+    """What the option mappings are now (:class:`meshkit._fields.FrozenMap`): equal to a
+    dict with the same items (either way round), shown as a dict is, hashable when its
+    values are, a copy of what it was given, and with no way to change it."""
+    import copy
+    import pickle
+
+    from meshkit._fields import FrozenMap
+
+    given: dict[str, Any] = {"a": 1, "b": (2, 3)}
+    fm = FrozenMap(given)
+    given["a"] = 9
+    as_dict: dict[str, Any] = {"a": 1, "b": (2, 3)}
+    assert fm == as_dict and as_dict == fm  # FrozenMap.__eq__, then reflected
+    assert fm != {"a": 1} and fm != [("a", 1), ("b", (2, 3))]
+    assert repr(fm) == "{'a': 1, 'b': (2, 3)}"
+    assert fm["a"] == 1 and fm.get("c") is None and list(fm) == ["a", "b"] and len(fm) == 2
+    assert hash(fm) == hash(FrozenMap({"b": (2, 3), "a": 1}))
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(FrozenMap({"a": []}))
+    with pytest.raises(TypeError):
+        fm["a"] = 2  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del fm["a"]  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        fm.update({"a": 2})  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        fm.x = 1  # type: ignore[attr-defined]
+    assert pickle.loads(pickle.dumps(fm)) == fm
+    deep = copy.deepcopy(FrozenMap({"l": [1]}))
+    assert deep == {"l": [1]} and type(deep) is FrozenMap

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import grpc
 
 from meshkit._config import check_bool, check_strings
+from meshkit._fields import FrozenMap
 from meshkit._methods import MethodMatcher
 from meshkit.auth._identity import IdentityMatcher
 from meshkit.auth._jwt_types import Claims
@@ -132,7 +132,7 @@ class AuthzPolicy:
                 raise ConfigError(f"rule for {key!r} must be a Rule, got {rule!r}")
         if not isinstance(self.default, Rule):
             raise ConfigError(f"default must be a Rule, got {self.default!r}")
-        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+        object.__setattr__(self, "rules", FrozenMap(self.rules))
         object.__setattr__(self, "_matcher", matcher)
 
     def rule_for(self, method: str) -> tuple[str, Rule]:

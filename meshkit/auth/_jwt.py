@@ -43,6 +43,7 @@ from meshkit._config import (
     check_number,
     check_strings,
 )
+from meshkit._fields import FrozenMap
 from meshkit._methods import MethodMatcher
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
 from meshkit.auth._jwt_types import Claims
@@ -918,7 +919,7 @@ class JWTAuthOptions:
         check_metadata_key("metadata_key", self.metadata_key)
         # a copy: the caller's dict changed later must not change these frozen options
         # (nor part them from the matcher below, compiled now)
-        object.__setattr__(self, "method_scopes", MappingProxyType(method_scopes))
+        object.__setattr__(self, "method_scopes", FrozenMap(method_scopes))
         object.__setattr__(self, "_public", public)
         object.__setattr__(self, "_scopes", MethodMatcher(
             {m: frozenset(s) for m, s in method_scopes.items()},

@@ -76,7 +76,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -90,7 +89,7 @@ from meshkit._config import (
     check_number,
     check_status_codes,
 )
-from meshkit._fields import Normalised
+from meshkit._fields import FrozenMap, Normalised
 from meshkit._metadata import with_previous_attempts
 from meshkit._methods import MethodMatcher
 from meshkit.errors import ConfigError, InvalidCallError, MeshRpcError, NoEndpointsError
@@ -191,8 +190,8 @@ class RetryOptions:
             the longest glob (:mod:`meshkit._methods`).
         budget: :class:`BudgetOptions` (Finagle defaults: 20 %, 10/s, 10 s window).
 
-    ``methods`` is stored as a read-only copy (a dict changed later does not change the
-    options).
+    ``methods`` is stored as a read-only copy (a :class:`~meshkit._fields.FrozenMap`: a
+    dict changed later does not change the options, which still pickle and deep-copy).
 
     Raises:
         ConfigError: a bad pattern or policy: ``default`` or a value of ``methods`` that
@@ -207,7 +206,7 @@ class RetryOptions:
     def __post_init__(self) -> None:
         MethodMatcher(self.methods, self.default, where="RetryOptions.methods")  # validates now
         # a read-only copy: the caller's dict changed later must not change the options
-        methods = MappingProxyType(dict(self.methods))
+        methods = FrozenMap(self.methods)
         object.__setattr__(self, "methods", methods)
         if self.default is not None and not isinstance(self.default, RetryPolicy):
             raise ConfigError(f"default must be a RetryPolicy or None, got {self.default!r}")

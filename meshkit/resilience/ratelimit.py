@@ -105,7 +105,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from types import CodeType, FunctionType, MappingProxyType, SimpleNamespace
+from types import CodeType, FunctionType, SimpleNamespace
 from typing import Any, Literal, Protocol, cast
 
 import grpc
@@ -125,6 +125,7 @@ from limits.storage import MemoryStorage, storage_from_string
 from limits.util import WindowStats
 
 from meshkit._config import check_int, check_number, check_seconds
+from meshkit._fields import FrozenMap
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._metadata import call_metadata
 from meshkit._uris import split_userinfo
@@ -348,7 +349,7 @@ class RateLimitOptions:
                 f"on_storage_error must be 'allow' or 'deny', got {self.on_storage_error!r}")
         if not isinstance(self.rules, Mapping):
             raise ConfigError(f"rules must be a mapping, got {self.rules!r}")
-        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+        object.__setattr__(self, "rules", FrozenMap(self.rules))
         RuleTable(self.rules, self.default_rule)  # parses every rule; raises ConfigError
         storage_class(self.storage_uri, self.strategy)
         if not callable(self.key):
