@@ -148,6 +148,9 @@ class Stack:
         p = Proc(service, instance_id, proc, self.workdir / f"{instance_id}.log")
         self.procs[instance_id] = p
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        # read here if this start was cancelled (the demo stopped meanwhile): no "Future
+        # exception was never retrieved" for a process that exited before READY
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pumps.append(asyncio.create_task(self._pump(p, ready)))
         try:
             p.address = await asyncio.wait_for(asyncio.shield(ready), timeout_s)
@@ -570,7 +573,11 @@ async def run(args: argparse.Namespace) -> int:
         args.cleaning_up = True  # a SIGTERM from here on lets the clean-up finish
         codes = await stack.stop_all()
         clean = {k: v for k, v in codes.items() if not stack.procs[k].killed}
-        print(f"Stopped every process (SIGTERM, drained): exit codes {clean}")
+        if all(code == 0 for code in clean.values()):
+            print(f"Stopped every process (SIGTERM, drained): exit codes {clean}")
+        else:  # stopped before they served (a SIGTERM during start-up), or failing
+            print(f"Stopped every process (SIGTERM): exit codes {clean} (negative: "
+                  "ended by that signal before serving)")
         if own_dir and not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
