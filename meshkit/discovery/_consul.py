@@ -720,6 +720,20 @@ class ConsulRegistry:
         self._tracker.write_failed(str(error))
         return error
 
+    def _read_ok(self) -> None:
+        """Record a successful read; log "consul readable again" if it ended an outage."""
+        duration = self._tracker.read_ok()
+        if duration is not None:
+            _log.info("consul readable again", agent=self.options.base_url,
+                      outage_s=round(duration, 3))
+
+    def _write_ok(self) -> None:
+        """Record a successful write; log "consul writable again" if it ended an outage."""
+        duration = self._tracker.write_ok()
+        if duration is not None:
+            _log.info("consul writable again", agent=self.options.base_url,
+                      outage_s=round(duration, 3))
+
     async def _stop_keeper(self, instance_id: str) -> None:
         """Cancel and await the keep-alive task of ``instance_id``, if it has one (one of
         another event loop: see :func:`~meshkit.discovery._shared.foreign_task`)."""
@@ -928,7 +942,7 @@ class ConsulRegistry:
             # can be sent; the instance goes as close() leaves every other one
             raise RegistryError(f"cannot keep {instance.instance_id!r} alive: Consul registry "
                                 f"for {self.options.base_url} is closed")
-        self._tracker.write_ok()
+        self._write_ok()
         current = self._keepers.get(instance.instance_id)
         if current is not None:
             # kept alive already (prior, or a concurrent register() of the same id)
@@ -975,7 +989,8 @@ class ConsulRegistry:
         connection, a hung agent thread) leaves time for another. A failed round is
         retried after a full-jitter backoff (``backoff_base_s`` doubling, at most
         ``interval``), not a whole interval later. Logs the first failure of a run and
-        the status tracker's reminders, not every retry.
+        the status tracker's reminders, not every retry, and "consul writable again"
+        (with ``outage_s``) at info when a write works again after an outage.
         """
         opts = self.options
         ttl = reg.ttl_check_id is not None
@@ -1000,7 +1015,7 @@ class ConsulRegistry:
             try:
                 passed = reg.ttl_check_id
                 if await self._still_known(reg, passed, timeout):
-                    self._tracker.write_ok()
+                    self._write_ok()
                     last_ok, failures = started, 0
                     continue
                 async with reg.lock:  # the payload of the latest successful register()
@@ -1018,7 +1033,7 @@ class ConsulRegistry:
                 if passed is not None:
                     # The heartbeat itself, without waiting ttl_s / 3: this process is alive.
                     await self._still_known(reg, passed, budget)
-                self._tracker.write_ok()
+                self._write_ok()
                 last_ok, failures = started, 0
             except _RETRYABLE as exc:
                 if self._race.closed:  # "... is closed": close() ran, nothing to keep
@@ -1047,7 +1062,7 @@ class ConsulRegistry:
         except _FOREIGN as exc:
             error = self._write_error(f"cannot deregister {instance.instance_id!r} from", exc)
             raise error from exc
-        self._tracker.write_ok()
+        self._write_ok()
 
     # -- discovery -----------------------------------------------------------------------
     def _get_listing(self, path: str, params: list[tuple[str, str]]) -> Awaitable[_Listing]:
@@ -1173,8 +1188,9 @@ class ConsulRegistry:
 
     async def _read_once(self, path: str, what: str) -> Any:
         """One non-blocking ``GET <path>`` bounded by ``request_timeout_s``, recorded in
-        :meth:`status` (ACL filtering too: :meth:`_check_acl_filtering`); returns the body
-        of the answer.
+        :meth:`status` (ACL filtering too: :meth:`_check_acl_filtering`), a failure that
+        starts a read outage (or is the tracker's reminder) logged as a warning, the end of
+        one at info (:meth:`_read_ok`); returns the body of the answer.
 
         Raises:
             RegistryError: the agent cannot be reached or refused (chained).
@@ -1183,11 +1199,15 @@ class ConsulRegistry:
             listing = await self._bounded(self._get_listing(path, []),
                                           self.options.request_timeout_s)
         except _RETRYABLE as exc:
-            self._tracker.read_failed(f"{what} on Consul agent {self.options.base_url}: "
-                                      f"{self._describe(exc)}")
+            outage = self._tracker.read_failed(
+                f"{what} on Consul agent {self.options.base_url}: {self._describe(exc)}")
+            if outage is not None:  # the caller gets the error; the log, an outage's start
+                _log.warning("consul read failed", read=what, agent=self.options.base_url,
+                             error=self._describe(exc),
+                             failing_for_s=round(self._tracker.failing_for_s(False), 1))
             raise RegistryError(f"Consul agent {self.options.base_url}: "
                                 f"{self._describe(exc)}") from exc
-        self._tracker.read_ok()
+        self._read_ok()
         self._check_acl_filtering(what, listing)
         return listing.body
 
@@ -1227,13 +1247,15 @@ class ConsulRegistry:
         nothing; a query sent right after a blocking query's answer is rate-limited (a
         token bucket, burst 2, one token every ``watch_query_interval_s``: the guide's
         "Rate limit"), so an index that keeps moving is polled at that rate. On errors it
-        keeps the last set, logs a warning, sleeps with full-jitter exponential backoff
-        (``backoff_base_s`` .. ``backoff_max_s``) and retries forever; the backoff grows
-        with each failure until a blocking query succeeds (the non-blocking re-read after
-        an error does not reset it, so a watch whose blocking queries keep failing backs
-        off to ``backoff_max_s``). Instances the ACL token may not read are not listed (the
-        agent filters them out, HTTP 200); when the agent says so a warning is logged and
-        :meth:`status` records it (see there).
+        keeps the last set, sleeps with full-jitter exponential backoff
+        (``backoff_base_s`` .. ``backoff_max_s``) and retries forever, logging a warning
+        when the registry's reads start failing and a reminder at most every 60 s (not
+        one per retry), and "consul readable again" (with ``outage_s``) at info when a
+        read works again. The backoff grows with each failure until a blocking query
+        succeeds (the non-blocking re-read after an error does not reset it, so a watch
+        whose blocking queries keep failing backs off to ``backoff_max_s``). Instances the
+        ACL token may not read are not listed (the agent filters them out, HTTP 200); when
+        the agent says so a warning is logged and :meth:`status` records it (see there).
 
         An agent that lost its state (restarted without it: dev mode, a container without
         a volume) or had an older one restored answers with an ``X-Consul-Index`` below
@@ -1290,12 +1312,22 @@ class ConsulRegistry:
                     if not grace.expired():
                         failures += 1
                         delay = self._backoff_delay(failures)
-                        self._tracker.read_failed(
+                        outage = self._tracker.read_failed(
                             f"watch of {service!r} on Consul agent {self.options.base_url}: "
                             f"{self._describe(exc)}")
-                        _log.warning("consul watch failed; keeping the last known endpoints",
-                                     service=service, attempt=failures,
-                                     retry_in_s=round(delay, 3), error=self._describe(exc))
+                        if outage == "started":
+                            _log.warning(
+                                "consul watch failed; keeping the last known endpoints",
+                                service=service, agent=self.options.base_url,
+                                attempt=failures, retry_in_s=round(delay, 3),
+                                error=self._describe(exc))
+                        elif outage == "reminder":
+                            _log.warning(
+                                "consul watch still failing; keeping the last known "
+                                "endpoints", service=service, agent=self.options.base_url,
+                                attempt=failures, retry_in_s=round(delay, 3),
+                                error=self._describe(exc),
+                                failing_for_s=round(self._tracker.failing_for_s(False), 1))
                         index = 0  # the agent may have restarted: re-read at once
                         if await self._race.race(self._sleep_coro(delay)) is CLOSED:
                             return
@@ -1308,7 +1340,7 @@ class ConsulRegistry:
                     if blocking:
                         failures = 0
                         after_blocking_answer = True
-                    self._tracker.read_ok()
+                    self._read_ok()
                     self._check_acl_filtering(f"watch of {service!r}", result)
                     if new_index < highest and last is not None and grace_s > 0:
                         # An index below one already answered: an agent (or cluster) that

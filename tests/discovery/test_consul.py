@@ -1448,7 +1448,9 @@ async def test_wrong_token_fails_without_leaking_it() -> None:
         assert isinstance(info2.value.__cause__, consul.ACLPermissionDenied)
         with capture_logs() as logs:
             watcher = Collector(reg, "orderd")
-            await until(lambda: len(logs) >= 2, what="watch failures logged")
+            # one warning per outage (not per retry): several retries, one line
+            await until(lambda: reg.status().read_errors >= 3 and len(logs) >= 1,
+                        what="watch failures logged")
             await watcher.stop()
         await reg.close()
     status = reg.status()
@@ -2023,3 +2025,63 @@ def test_a_serve_task_cancelled_at_the_end_of_its_run_still_deregisters(
     assert failed == []
     left = [s.id for s in list(double_thread.services.values()) if s.name == service]
     assert left == [], f"still registered with the agent after the serve() task drained: {left}"
+
+
+async def test_an_agent_outage_is_logged_once_with_reminders_and_its_end(
+        double: ConsulDouble, make_registry: Any) -> None:
+    """A client watches a service and a server keeps its instance alive, and the Consul
+    agent answers HTTP 500 ("No cluster leader") for a while, then comes back.
+
+    Before: the watch logged "consul watch failed; keeping the last known endpoints" at
+    every failed retry (one per backoff: ~240 an hour per watched service at the default
+    backoff, here dozens in a fraction of a second), ignoring that the status tracker
+    said it was neither the start of the outage nor a reminder; and when the agent
+    answered again nothing said so (neither for the watch's reads nor for the
+    heartbeat's writes: the outage's length was thrown away).
+
+    Now, as the local and etcd registries do (README "Discovery"): one warning when the
+    watch's reads start failing, reminders while it lasts (the tracker's, at most every
+    60 s; 0.2 s here), one for the heartbeat, and "consul readable again" / "consul
+    writable again" at info with the outage's length."""
+    from meshkit.discovery._types import StatusTracker
+
+    sleep = FastSleep()
+    reg = make_registry(sleep=sleep)
+    a = make_instance("orderd", 1)
+    await reg.register(a)
+    watcher = Collector(reg, "orderd")
+    assert await watcher.next() == {a}
+    with capture_logs() as logs:
+        double.set_down(True)
+        await until(lambda: reg.status().read_errors >= 20 and reg.status().write_errors >= 3,
+                    what="many failed watch queries and heartbeats")
+        double.set_down(False)
+        await until(lambda: reg.status().readable is True and reg.status().writable is True,
+                    what="reads and writes working again")
+    events = [(e["log_level"], e["event"]) for e in logs]
+    watch = [e for e in logs if e["event"].startswith("consul watch failed")]
+    assert len(watch) == 1 and watch[0]["log_level"] == "warning", events
+    beats = [e for e in logs if e["event"].startswith("consul heartbeat failed")]
+    assert len(beats) == 1, events
+    (read_back,) = [e for e in logs if e["event"] == "consul readable again"]
+    (write_back,) = [e for e in logs if e["event"] == "consul writable again"]
+    for back in (read_back, write_back):
+        assert back["log_level"] == "info" and back["outage_s"] > 0, back
+        assert back["agent"] == reg.options.base_url
+
+    # a long outage: reminders, at most one per remind_every_s of the tracker
+    reg._tracker = StatusTracker("consul", remind_every_s=0.2)
+    with capture_logs() as logs:
+        double.set_down(True)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await until(lambda: reg.status().read_errors >= 10, what="failing again")
+        await asyncio.sleep(0.7)
+        failed_for = loop.time() - started
+        double.set_down(False)
+        await until(lambda: reg.status().readable is True, what="readable again")
+    watch = [e for e in logs if e["event"].startswith("consul watch")]
+    assert 2 <= len(watch) <= 1 + failed_for / 0.2 + 1, [e["event"] for e in watch]
+    assert all("failing_for_s" in e for e in watch[1:]), watch
+    assert [e["event"] for e in logs].count("consul readable again") == 1
+    await watcher.stop()
