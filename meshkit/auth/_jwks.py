@@ -36,6 +36,7 @@ from meshkit.auth._jwt import (
     check_algorithms,
     rsa_key_too_small,
 )
+from meshkit.discovery._types import StatusTracker
 from meshkit.errors import ConfigError
 
 __all__ = ["JWKSClient", "JWKSClientOptions", "JWKSServer", "parse_jwks"]
@@ -310,8 +311,13 @@ class JWKSClient:
             ``refresh_interval_s``, comes after aiohttp's 15 s keep-alive closed a kept
             session's connection anyway).
 
-    Fetch failures are logged (URL and error type only; the URL without userinfo, query
-    or fragment, so no password or token in it is shown) and keep the old keys; a token
+    Failed fetches keep the old keys. Those of the background and unknown-``kid``
+    refreshes are logged (URL and error type only; the URL without userinfo, query or
+    fragment, so no password or token in it is shown) as one warning when they start
+    failing and a reminder at most every 60 s while they keep failing (``failures``: the
+    failed refreshes so far), not one per attempt, and the first refresh that works again
+    logs ``"jwks refresh recovered"`` at info with ``outage_s`` and ``failures`` (times on
+    ``options.clock``); :meth:`refresh` raises its failures to its caller instead. A token
     whose ``kid`` stays unknown is refused by the verifier with ``UNAUTHENTICATED``. Keys
     :func:`parse_jwks` ignores are ignored here too; RSA keys ignored for being under
     2048 bits are logged as a warning (their ``kid``\\ s and sizes) once, and again only
@@ -333,6 +339,10 @@ class JWKSClient:
         self._attempted_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._weak_logged: list[tuple[str, int]] = []
+        # outages of the background/unknown-kid refreshes: logged at their start, at most
+        # every 60 s while they last and at their end (meshkit's outage convention)
+        self._outage = StatusTracker("jwks", monotonic=self.options.clock)
+        self._failures = 0  # failed refreshes of the current outage
         self.fetches = 0
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -412,11 +422,20 @@ class JWKSClient:
         try:
             self._apply(await self._fetch())
         except JWKSError as exc:
-            _log.warning("jwks refresh failed; keeping cached keys", error=str(exc),
-                         keys=len(self._keys))
+            self._failed(str(exc))
         except Exception as exc:  # e.g. the URL provider failed to resolve the issuer
-            _log.warning("jwks refresh failed; keeping cached keys",
-                         error=type(exc).__name__, keys=len(self._keys))
+            self._failed(type(exc).__name__)
+
+    def _failed(self, error: str) -> None:
+        """Count a failed refresh; warn at the first of an outage and at most every 60 s
+        after (``StatusTracker``'s reminders), not at every attempt."""
+        self._failures += 1
+        outage = self._outage.read_failed(error)
+        if outage is not None:
+            extra = {} if outage == "started" else {
+                "failing_for_s": round(self._outage.failing_for_s(False), 1)}
+            _log.warning("jwks refresh failed; keeping cached keys", error=error,
+                         keys=len(self._keys), failures=self._failures, **extra)
 
     def _apply(self, keys: dict[tuple[str, str], VerificationKey]) -> None:
         by_kid: dict[str, VerificationKey] = {}
@@ -425,6 +444,11 @@ class JWKSClient:
         self._by_alg = keys
         self._keys = by_kid
         self._fetched_at = self.options.clock()
+        duration = self._outage.read_ok()
+        if duration is not None:
+            _log.info("jwks refresh recovered", keys=len(keys), failures=self._failures,
+                      outage_s=round(duration, 3))
+            self._failures = 0
         _log.debug("jwks refreshed", keys=len(keys))
 
     async def _fetch(self) -> dict[tuple[str, str], VerificationKey]:

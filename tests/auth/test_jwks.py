@@ -563,3 +563,71 @@ async def test_hung_async_url_provider_is_bounded_by_fetch_timeout(keys: KeySet)
             assert calls == 3
     finally:
         await server.stop()
+
+
+async def test_refresh_outage_is_logged_once_with_reminders_and_its_end(keys: KeySet) -> None:
+    """A server verifies JWTs against an identity provider's JWKS and the provider's
+    endpoint answers 503 for a sustained time (stale keys keep serving), then recovers.
+
+    Before: ``"jwks refresh failed; keeping cached keys"`` at WARNING on every refresh
+    attempt (one per ``min_refresh_interval_s``, 10 s by default: 360 an hour per JWKS
+    URL), and the end of the outage only at DEBUG ("jwks refreshed"), so at the usual INFO
+    level the log never said the provider was back.
+
+    Now meshkit's outage convention (``StatusTracker``, on the client's injectable clock):
+    one warning at the first failure, a reminder at most every 60 s with the number of
+    failures so far, and ``"jwks refresh recovered"`` at INFO with the outage's length
+    and failure count on the first refresh that works again."""
+    app = web.Application()
+    state = {"fail": False}
+
+    async def handle(_r: web.Request) -> web.Response:
+        if state["fail"]:
+            return web.Response(status=503)
+        return web.json_response(keys.jwks())
+
+    app.router.add_get("/jwks", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    tick = Tick()
+    opts = JWKSClientOptions(min_refresh_interval_s=1, clock=tick)
+    try:
+        async with JWKSClient(f"http://127.0.0.1:{port}/jwks", opts) as client:
+            assert await client.get_key(keys.current.kid) is not None
+            state["fail"] = True
+            start = tick.now = tick.now + 1
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(30):  # 30 attempts over 30 s: one warning
+                    assert await client.get_key("unknown") is None
+                    tick.now += 1
+                assert await client.get_key(keys.current.kid) is not None  # stale keys serve
+                tick.now = start + 61  # a minute later: one reminder
+                for _ in range(5):
+                    assert await client.get_key("unknown") is None
+                    tick.now += 1
+                state["fail"] = False
+                ended_at = tick.now
+                assert await client.get_key("unknown") is None  # fetched: not in the set
+                assert client.fetches == 37
+                tick.now += 1
+                assert await client.get_key("unknown") is None  # fetched again: no line
+            failed = [e for e in logs if e["event"] == "jwks refresh failed; keeping cached keys"]
+            assert [e["log_level"] for e in failed] == ["warning", "warning"], logs
+            assert [e["failures"] for e in failed] == [1, 31]
+            assert "503" in failed[0]["error"] and failed[1]["failing_for_s"] == 61
+            (back,) = [e for e in logs if e["event"] == "jwks refresh recovered"]
+            assert back["log_level"] == "info", back
+            assert back["outage_s"] == ended_at - start and back["failures"] == 35, back
+
+            # the next outage is announced again
+            state["fail"] = True
+            with structlog.testing.capture_logs() as logs:
+                tick.now += 1
+                assert await client.get_key("unknown") is None
+            assert [e["failures"] for e in logs
+                    if e["event"].startswith("jwks refresh failed")] == [1], logs
+    finally:
+        await runner.cleanup()
