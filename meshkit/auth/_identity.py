@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -607,6 +608,71 @@ _CacheKey = bytes | tuple[bytes, bytes | None]
 else ``(leaf PEM, the other certificates' PEM or None)``."""
 
 
+class ReloadFaults:
+    """The log lines of files re-read on a timer (certificates, a CA bundle) while reading
+    them fails, after meshkit's outage convention (the registries' ``StatusTracker``,
+    README "Discovery"): one warning when the reads start failing, another only when the
+    error changes or, as a reminder, at most every ``remind_every_s`` (with how long and
+    how many reads failed), and one info line when a read works again. No I/O. Callers
+    serialise their reports (a lock, or one event loop); a race costs at most a line.
+
+    Args:
+        log: the logger to write to.
+        recovered: the info line's event, e.g. ``"certificate files readable again"``.
+        clock: seconds, for reminders and the outage's length (a clock stepped back
+            makes the next failure a reminder, never silences them).
+        remind_every_s: least time between two warnings of an unchanged failure (60).
+    """
+
+    __slots__ = ("_clock", "_error", "_failures", "_log", "_recovered", "_remind_every_s",
+                 "_reported_at", "_since")
+
+    def __init__(self, log: Any, recovered: str, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 remind_every_s: float = 60.0) -> None:
+        self._log = log
+        self._recovered = recovered
+        self._clock = clock
+        self._remind_every_s = remind_every_s
+        self._since: float | None = None  # when the current failure began
+        self._reported_at = 0.0  # when it was last logged
+        self._error = ""
+        self._failures = 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether the latest read failed."""
+        return self._since is not None
+
+    def failed(self, event: str, error: str, **fields: Any) -> None:
+        """Record a failed read; log ``event`` at WARNING (with ``error`` and ``fields``)
+        if it starts a failure, its error differs from the last one logged, or a
+        reminder is due."""
+        now = self._clock()
+        since = self._since
+        if since is None:
+            self._since = self._reported_at = now
+            self._error, self._failures = error, 1
+            self._log.warning(event, error=error, **fields)
+            return
+        self._failures += 1
+        if error == self._error and 0 <= now - self._reported_at < self._remind_every_s:
+            return
+        self._error, self._reported_at = error, now
+        self._log.warning(event, error=error, failing_for_s=round(now - since, 1),
+                          failures=self._failures, **fields)
+
+    def ok(self, **fields: Any) -> None:
+        """Record a successful read; log the recovery line (with ``fields``, the
+        outage's length and its count of failed reads) if it ends a failure."""
+        since = self._since
+        if since is None:
+            return
+        self._since = None
+        self._log.info(self._recovered, outage_s=round(self._clock() - since, 3),
+                       failures=self._failures, **fields)
+
+
 class PeerVerifier:
     """Verifies a TLS peer's certificate against the trust bundle and returns its workload
     identity; what grpcio's BoringSSL checks in the handshake, plus what it skips.
@@ -693,8 +759,8 @@ class PeerVerifier:
         peer = verifier.identify(context.auth_context())  # None: refuse, UNAUTHENTICATED
     """
 
-    __slots__ = ("_anchors", "_ca_file", "_cache", "_checked_at", "_clock", "_interval_s",
-                 "_max", "_next_check", "_roots", "_stat")
+    __slots__ = ("_anchors", "_ca_file", "_cache", "_checked_at", "_clock", "_fault",
+                 "_interval_s", "_max", "_next_check", "_roots", "_stat")
 
     def __init__(self, ca_pem: bytes | None = None, *, max_entries: int = 1024,
                  clock: Callable[[], float] = time.time) -> None:
@@ -710,6 +776,7 @@ class PeerVerifier:
         self._stat: tuple[int, int, int] | None = None
         self._checked_at = -math.inf
         self._next_check = math.inf
+        self._fault = ReloadFaults(_log, "CA bundle readable again", clock=clock)
         if ca_pem is not None:
             self._anchors = self._parse(ca_pem)
             self._roots = _roots_of(self._anchors)
@@ -722,7 +789,9 @@ class PeerVerifier:
         the file is re-checked at most every ``reload_interval_s`` (default 5.0 s; > 0) on
         a call, and at once when a peer's issuer is unknown; a changed, readable bundle
         replaces the old one and empties the cache (an unreadable one, or any exception
-        reading it, is logged as ``CA bundle reload skipped`` and the old bundle kept). A
+        reading it, keeps the old bundle and is logged as ``CA bundle reload skipped``,
+        warning: when it starts, when the error changes, and as a reminder at most every
+        60 s while it lasts; the next good read logs ``CA bundle readable again``). A
         CA certificate with malformed extensions in it (:data:`MALFORMED_EXTENSION_ERRORS`)
         is kept but may issue nothing; the bundle's other CAs work.
 
@@ -1014,15 +1083,20 @@ class PeerVerifier:
             return False
         stat = _file_stat(self._ca_file)
         if stat == self._stat:
+            if self._fault.failing:  # the file in force is back
+                self._fault.ok(file=str(self._ca_file))
             return False
         try:
             data = self._ca_file.read_bytes()
             changed = self.reload(data)
         except Exception as exc:  # whatever the new file is, the old bundle stays in force
-            _log.warning("CA bundle reload skipped", file=str(self._ca_file),
-                         error=type(exc).__name__)
+            # logged when it starts, changes, and as a reminder a minute later
+            self._fault.failed("CA bundle reload skipped", type(exc).__name__,
+                               file=str(self._ca_file))
             return False
         self._stat = stat
+        if self._fault.failing:
+            self._fault.ok(file=str(self._ca_file))
         if changed:
             _log.info("CA bundle reloaded for peer verification", file=str(self._ca_file))
         return changed

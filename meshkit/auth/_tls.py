@@ -47,7 +47,11 @@ files at most every ``reload_interval_s`` and only swaps in a key/certificate pa
 matches. Client credentials are immutable in grpcio: :class:`ChannelCredentialsReloader`
 re-reads the files and bumps a ``generation`` so a channel can rebuild its sub-channels.
 Existing connections keep the certificate they were made with; pair rotation with the
-``grpc.max_connection_age_ms`` server option to bound that.
+``grpc.max_connection_age_ms`` server option to bound that. Files that cannot be read or do
+not match (mid-renewal, or broken) are skipped and the current pair kept; as meshkit logs
+outages, that is one warning when it starts (another when the error changes), a reminder
+at most every 60 s while it lasts, and ``certificate files readable again`` (info) when
+they read again.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
     IdentityMatcher,
     PeerVerifier,
+    ReloadFaults,
     SpiffeId,
     identity_dns_name,
     validate_trust_domain,
@@ -486,6 +491,7 @@ class _ServerReloader:
         self._fingerprint = m.fingerprint
         self._stat = stat_files(self._paths)
         self._checked = tls.clock()
+        self._fault = ReloadFaults(_log, "certificate files readable again", clock=tls.clock)
         self.initial = self._config(m)
         self.reloads = 0
 
@@ -505,14 +511,19 @@ class _ServerReloader:
                 self._checked = now
                 st = stat_files(self._paths)
                 if st == self._stat:
+                    if self._fault.failing:  # the files in force are back
+                        self._fault.ok()
                     return None
                 try:
                     m = self._tls.read()
                 except CertificateError as exc:
-                    # mid-renewal (key replaced, certificate not yet) or broken: keep serving
-                    _log.warning("certificate reload skipped", error=str(exc))
+                    # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
+                    # logged when it starts, changes, and as a reminder a minute later
+                    self._fault.failed("certificate reload skipped", str(exc))
                     return None
                 self._stat = st
+                if self._fault.failing:
+                    self._fault.ok()
                 if m.fingerprint == self._fingerprint:
                     return None
                 self._fingerprint = m.fingerprint
@@ -553,10 +564,14 @@ class ChannelCredentialsReloader:
             m.ca_pem, m.key_pem, m.cert_pem)
         self.generation = 1
         self._checked = tls.clock()
+        self._fault = ReloadFaults(_log, "certificate files readable again", clock=tls.clock)
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
-        changed. Unreadable or inconsistent files are logged and skipped."""
+        changed. Unreadable or inconsistent files are skipped (the current credentials
+        stay) and logged as ``client certificate reload skipped``, warning: when it
+        starts, when the error changes, and as a reminder at most every 60 s while it
+        lasts; the next good read logs ``certificate files readable again`` (info)."""
         now = self.tls.clock()
         if not force and now - self._checked < self.tls.reload_interval_s:
             return False
@@ -564,8 +579,10 @@ class ChannelCredentialsReloader:
         try:
             m = self.tls.read()
         except CertificateError as exc:
-            _log.warning("client certificate reload skipped", error=str(exc))
+            self._fault.failed("client certificate reload skipped", str(exc))
             return False
+        if self._fault.failing:
+            self._fault.ok()
         if m.fingerprint == self.fingerprint:
             return False
         self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)

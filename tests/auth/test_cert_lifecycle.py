@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import aiohttp
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 import meshkit
 from meshkit.auth import init_ca_dir, load_certificate, load_private_key
@@ -347,3 +350,125 @@ def test_a_drain_under_warnings_as_errors_in_multiprocess_mode_ends_stopped(
     proc = _multiprocess_run(tmp_path, "-W", "error::UserWarning")
     out = proc.stdout.splitlines()
     assert "DRAIN returned" in out and "STOPPED" in out, (out, proc.stderr[-2000:])
+
+
+# -- broken certificate files for a long time: one warning, reminders, one recovery line ----
+
+def _break(path: Path) -> bytes:
+    """Overwrite ``path`` with something that is no PEM; its old content."""
+    data = path.read_bytes()
+    path.write_bytes(b"not a certificate\n")
+    return data
+
+
+def _restore(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    os.utime(path)
+
+
+def _events(logs: list[MutableMapping[str, Any]], level: str, needle: str) -> list[str]:
+    return [e["event"] for e in logs if e.get("log_level") == level and needle in e["event"]]
+
+
+def _tls_server(reg: LocalRegistry, tls: Any) -> meshkit.MeshServer:
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    return meshkit.MeshServer("renewd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        tls=tls, drain_delay_s=0, grace_s=0.5, admin=None))
+
+
+async def test_dial_logs_broken_certificate_files_once_and_their_recovery(
+        pki: Pki, tmp_path: Path) -> None:
+    """A client ``dial()``s over mTLS (``DialOptions(tls=...)``, files re-read every
+    ``reload_interval_s``, 5 s by default) and its workload certificate and key files turn
+    unreadable for a long time (a Secret unmounted, a renewal agent that crashed after
+    writing a bad pair), then are put back.
+
+    Before: ``"client certificate reload skipped"`` at WARNING at every reload interval for
+    as long as it lasted (49 in 2.5 s at 0.05 s; 720 an hour per dial() at 5 s) and no line
+    when the files read again. Now: one warning when they break (reminders at most every
+    60 s, with the count of failed reads), and one info line ``"certificate files readable
+    again"`` when they read again. Calls keep working on the current credentials."""
+    stls = pki.issue("renewd")
+    ctls = dataclasses.replace(pki.issue("callerd"), reload_interval_s=0.05)
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+    srv = _tls_server(reg, stls)
+    async with asyncio.timeout(40):
+        await srv.start()
+        try:
+            async with meshkit.dial("renewd", registry=reg,
+                                    options=meshkit.DialOptions(tls=ctls)) as ch:
+                call = ch.unary_unary(f"/{SERVICE}/Whoami", _registered_method=True)
+                await call(b"", timeout=5)
+                files = [Path(ctls.cert_file), Path(ctls.key_file)]
+                with capture_logs() as logs:
+                    saved = {f: _break(f) for f in files}
+                    loop = asyncio.get_running_loop()
+                    end = loop.time() + 2.5
+                    while loop.time() < end:
+                        await call(b"", timeout=5)  # still served on the old credentials
+                        await asyncio.sleep(0.05)
+                    for f, data in saved.items():
+                        _restore(f, data)
+                    await until(lambda: bool(_events(logs, "info", "readable again")),
+                                what="the recovery line")
+                    await call(b"", timeout=5)
+        finally:
+            await srv.drain()
+            await reg.close()
+    warnings = _events(logs, "warning", "certificate reload")
+    assert 1 <= len(warnings) <= 3, warnings
+    assert _events(logs, "info", "readable again") == ["certificate files readable again"]
+
+
+async def test_server_logs_a_broken_ca_bundle_once_and_its_recovery(
+        pki: Pki, tmp_path: Path) -> None:
+    """A ``MeshServer`` serves mTLS (``ServeOptions(tls=...)``) and its mounted CA bundle
+    turns unreadable for a long time (a bad ConfigMap/Secret update) while clients keep
+    opening connections, then the bundle is put back.
+
+    Before: two warnings per reload interval for as long as it lasted, from the handshake
+    reloader ("certificate reload skipped") and the peer verifier's CA poll ("CA bundle
+    reload skipped") (~90 in 3 s at 0.1 s; 1,440 an hour at 5 s), and no line when the
+    bundle read again. Now: one warning from each when the bundle breaks (reminders at most
+    every 60 s), and one info line each when it reads again. The server keeps serving with
+    the bundle it had."""
+    stls = dataclasses.replace(pki.issue("renewd"), reload_interval_s=0.1)
+    ctls = pki.issue("callerd")
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+    srv = _tls_server(reg, stls)
+    async with asyncio.timeout(40):
+        await srv.start()
+        try:
+            assert srv.instance is not None
+            target = f"127.0.0.1:{srv.instance.port}"
+            creds, copts = ctls.channel_credentials(), ctls.channel_options("renewd")
+            ca = Path(stls.ca_file)
+            connections = 0
+            with capture_logs() as logs:
+                saved = _break(ca)
+                loop = asyncio.get_running_loop()
+                end = loop.time() + 3.0
+                while loop.time() < end:
+                    async with grpc.aio.secure_channel(target, creds, options=copts) as ch:
+                        await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
+                    connections += 1
+                    await asyncio.sleep(0.05)
+                _restore(ca, saved)
+                await asyncio.sleep(0.2)
+                for _ in range(2):  # a new handshake and a call after the interval
+                    async with grpc.aio.secure_channel(target, creds, options=copts) as ch:
+                        await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
+                    await asyncio.sleep(0.2)
+        finally:
+            await srv.drain()
+            await reg.close()
+    warnings = _events(logs, "warning", "reload skipped")
+    assert connections >= 10, connections
+    assert sorted(set(warnings)) == ["CA bundle reload skipped", "certificate reload skipped"]
+    assert len(warnings) <= 4, warnings
+    assert sorted(_events(logs, "info", "readable again")) == [
+        "CA bundle readable again", "certificate files readable again"]

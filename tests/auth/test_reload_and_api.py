@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
 
 import meshkit.auth as auth
 from meshkit.auth import (
@@ -16,6 +24,7 @@ from meshkit.auth import (
     JWTVerifier,
     KeySet,
     PeerIdentityInterceptor,
+    PeerVerifier,
     TLSMaterial,
     TLSOptions,
     VerifierOptions,
@@ -143,3 +152,104 @@ def test_public_names_exist_and_are_documented() -> None:
         obj = getattr(auth, name)
         if callable(obj):
             assert obj.__doc__, name
+
+
+# -- broken files for a long time: one warning, a reminder a minute, one recovery line ------
+
+def _lines(logs: list[MutableMapping[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["log_level"], e["event"]) for e in logs]
+
+
+def test_server_reloader_logs_broken_files_once_with_reminders_and_recovery(pki: Pki) -> None:
+    """A server's certificate files stay broken for long (a bad CA bundle, then a bad key),
+    then are repaired. Before: "certificate reload skipped" at every reload interval
+    (1,440 an hour with the CA poll at 5 s) and no line when repaired. Now: a warning when
+    it starts and when the error changes, a reminder at most every 60 s with how long and
+    how many reads failed, and "certificate files readable again" (info) once; the
+    current configuration is kept throughout."""
+    pki.issue("userd")
+    tick = Tick()
+    tls = pki.options("userd", reload_interval_s=5.0, clock=tick)
+    reloader = _ServerReloader(tls)
+    ca, key = tls.ca_file.read_bytes(), tls.key_file.read_bytes()
+    with capture_logs() as logs:
+        tls.ca_file.write_bytes(b"not a certificate\n")
+        for _ in range(12):  # t = 5 .. 60
+            tick.now += 5
+            assert reloader() is None
+        assert _lines(logs) == [("warning", "certificate reload skipped")]
+        tick.now += 5  # t = 65: a minute after the first warning
+        assert reloader() is None
+        assert _lines(logs)[1:] == [("warning", "certificate reload skipped")]
+        assert logs[1]["failing_for_s"] == 60.0 and logs[1]["failures"] == 13
+        tls.ca_file.write_bytes(ca)
+        tls.key_file.write_bytes(b"not a key\n")  # another error: said at once
+        tick.now += 5
+        assert reloader() is None
+        assert len(logs) == 3 and logs[2]["error"] != logs[0]["error"]
+        tls.key_file.write_bytes(key)
+        for _ in range(3):
+            tick.now += 5
+            assert reloader() is None  # the same pair as before: nothing to swap
+    assert _lines(logs)[3:] == [("info", "certificate files readable again")]
+    assert logs[3]["failures"] == 14 and logs[3]["outage_s"] == 70.0
+    assert reloader.reloads == 0
+
+
+def test_channel_reloader_logs_broken_files_once_with_reminders_and_recovery(
+        pki: Pki) -> None:
+    """A client's (``dial()``'s) certificate files stay broken for long, then are put back.
+    Before: "client certificate reload skipped" at every reload interval (720 an hour per
+    dial() at 5 s), nothing when fixed. Now: one warning, a reminder at most every 60 s,
+    one "certificate files readable again"; the credentials and generation stay."""
+    pki.issue("orderd")
+    tick = Tick()
+    tls = pki.options("orderd", reload_interval_s=5.0, clock=tick)
+    reloader = tls.channel_reloader()
+    creds = reloader.credentials
+    cert = tls.cert_file.read_bytes()
+    with capture_logs() as logs:
+        tls.cert_file.write_bytes(b"not a certificate\n")
+        for _ in range(25):  # t = 5 .. 125
+            tick.now += 5
+            assert reloader.check() is False
+        tls.cert_file.write_bytes(cert)
+        tick.now += 5
+        assert reloader.check() is False
+        tick.now += 5
+        assert reloader.check() is False
+    assert _lines(logs) == [("warning", "client certificate reload skipped")] * 3 + [
+        ("info", "certificate files readable again")]
+    assert [e.get("failures") for e in logs] == [None, 13, 25, 25]
+    assert reloader.credentials is creds and reloader.generation == 1
+
+
+def test_peer_verifier_logs_a_broken_ca_bundle_once_with_reminders_and_recovery(
+        pki: Pki, tmp_path: Path) -> None:
+    """A server's CA bundle is replaced by a broken file for long, then the original file
+    is moved back (same inode and mtime as the bundle in force). Before: "CA bundle reload
+    skipped" at every reload interval, nothing when fixed. Now: one warning, a reminder at
+    most every 60 s, one "CA bundle readable again"; peers are verified against the bundle
+    in force throughout."""
+    tls = pki.issue("orderd")
+    tick = Tick()
+    tick.now = float(int(time.time()))  # the verifier's clock is the wall clock
+    start = tick.now
+    ca = tmp_path / "ca.pem"
+    shutil.copy(tls.ca_file, ca)
+    verifier = PeerVerifier.from_file(ca, reload_interval_s=5.0, clock=tick)
+    peer = {"x509_pem_cert": [tls.cert_file.read_bytes()]}
+    assert verifier.identify(peer) is not None
+    with capture_logs() as logs:
+        os.rename(ca, tmp_path / "saved.pem")
+        ca.write_bytes(b"not a certificate\n")
+        for _ in range(13):  # t = 5 .. 65
+            tick.now += 5
+            assert verifier.identify(peer) is not None
+        os.replace(tmp_path / "saved.pem", ca)  # the very file in force
+        tick.now += 5
+        assert verifier.identify(peer) is not None
+    assert _lines(logs) == [("warning", "CA bundle reload skipped")] * 2 + [
+        ("info", "CA bundle readable again")]
+    assert tick.now - start == 70
+    assert logs[1]["failures"] == 13 and logs[2]["outage_s"] == 65.0
