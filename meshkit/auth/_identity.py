@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -54,6 +53,7 @@ from cryptography.x509.verification import (
 )
 
 from meshkit._config import refuse_str
+from meshkit._outage import OutageLog
 from meshkit.auth._errors import CertificateError
 from meshkit.errors import ConfigError
 
@@ -608,71 +608,6 @@ _CacheKey = bytes | tuple[bytes, bytes | None]
 else ``(leaf PEM, the other certificates' PEM or None)``."""
 
 
-class ReloadFaults:
-    """The log lines of files re-read on a timer (certificates, a CA bundle) while reading
-    them fails, after meshkit's outage convention (the registries' ``StatusTracker``,
-    README "Discovery"): one warning when the reads start failing, another only when the
-    error changes or, as a reminder, at most every ``remind_every_s`` (with how long and
-    how many reads failed), and one info line when a read works again. No I/O. Callers
-    serialise their reports (a lock, or one event loop); a race costs at most a line.
-
-    Args:
-        log: the logger to write to.
-        recovered: the info line's event, e.g. ``"certificate files readable again"``.
-        clock: seconds, for reminders and the outage's length (a clock stepped back
-            makes the next failure a reminder, never silences them).
-        remind_every_s: least time between two warnings of an unchanged failure (60).
-    """
-
-    __slots__ = ("_clock", "_error", "_failures", "_log", "_recovered", "_remind_every_s",
-                 "_reported_at", "_since")
-
-    def __init__(self, log: Any, recovered: str, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 remind_every_s: float = 60.0) -> None:
-        self._log = log
-        self._recovered = recovered
-        self._clock = clock
-        self._remind_every_s = remind_every_s
-        self._since: float | None = None  # when the current failure began
-        self._reported_at = 0.0  # when it was last logged
-        self._error = ""
-        self._failures = 0
-
-    @property
-    def failing(self) -> bool:
-        """Whether the latest read failed."""
-        return self._since is not None
-
-    def failed(self, event: str, error: str, **fields: Any) -> None:
-        """Record a failed read; log ``event`` at WARNING (with ``error`` and ``fields``)
-        if it starts a failure, its error differs from the last one logged, or a
-        reminder is due."""
-        now = self._clock()
-        since = self._since
-        if since is None:
-            self._since = self._reported_at = now
-            self._error, self._failures = error, 1
-            self._log.warning(event, error=error, **fields)
-            return
-        self._failures += 1
-        if error == self._error and 0 <= now - self._reported_at < self._remind_every_s:
-            return
-        self._error, self._reported_at = error, now
-        self._log.warning(event, error=error, failing_for_s=round(now - since, 1),
-                          failures=self._failures, **fields)
-
-    def ok(self, **fields: Any) -> None:
-        """Record a successful read; log the recovery line (with ``fields``, the
-        outage's length and its count of failed reads) if it ends a failure."""
-        since = self._since
-        if since is None:
-            return
-        self._since = None
-        self._log.info(self._recovered, outage_s=round(self._clock() - since, 3),
-                       failures=self._failures, **fields)
-
-
 class PeerVerifier:
     """Verifies a TLS peer's certificate against the trust bundle and returns its workload
     identity; what grpcio's BoringSSL checks in the handshake, plus what it skips.
@@ -776,7 +711,7 @@ class PeerVerifier:
         self._stat: tuple[int, int, int] | None = None
         self._checked_at = -math.inf
         self._next_check = math.inf
-        self._fault = ReloadFaults(_log, "CA bundle readable again", clock=clock)
+        self._fault = OutageLog(_log, "CA bundle readable again", clock=clock)
         if ca_pem is not None:
             self._anchors = self._parse(ca_pem)
             self._roots = _roots_of(self._anchors)

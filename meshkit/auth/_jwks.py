@@ -27,6 +27,7 @@ from aiohttp import web
 from meshkit._aio_http import start_app
 from meshkit._config import check_int, check_number, check_seconds
 from meshkit._hosts import bare_host, uri_host
+from meshkit._outage import OutageLog
 from meshkit.auth._errors import JWKSError
 from meshkit.auth._jwt import (
     ASYMMETRIC_ALGORITHMS,
@@ -36,7 +37,6 @@ from meshkit.auth._jwt import (
     check_algorithms,
     rsa_key_too_small,
 )
-from meshkit.discovery._types import StatusTracker
 from meshkit.errors import ConfigError
 
 __all__ = ["JWKSClient", "JWKSClientOptions", "JWKSServer", "parse_jwks"]
@@ -341,8 +341,9 @@ class JWKSClient:
         self._weak_logged: list[tuple[str, int]] = []
         # outages of the background/unknown-kid refreshes: logged at their start, at most
         # every 60 s while they last and at their end (meshkit's outage convention)
-        self._outage = StatusTracker("jwks", monotonic=self.options.clock)
-        self._failures = 0  # failed refreshes of the current outage
+        # its errors vary from attempt to attempt: reminders only, never per change
+        self._outage = OutageLog(_log, "jwks refresh recovered", clock=self.options.clock,
+                                 warn_on_change=False)
         self.fetches = 0
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -428,14 +429,9 @@ class JWKSClient:
 
     def _failed(self, error: str) -> None:
         """Count a failed refresh; warn at the first of an outage and at most every 60 s
-        after (``StatusTracker``'s reminders), not at every attempt."""
-        self._failures += 1
-        outage = self._outage.read_failed(error)
-        if outage is not None:
-            extra = {} if outage == "started" else {
-                "failing_for_s": round(self._outage.failing_for_s(False), 1)}
-            _log.warning("jwks refresh failed; keeping cached keys", error=error,
-                         keys=len(self._keys), failures=self._failures, **extra)
+        after (:class:`~meshkit._outage.OutageLog`), not at every attempt."""
+        self._outage.failed("jwks refresh failed; keeping cached keys", error,
+                            keys=len(self._keys))
 
     def _apply(self, keys: dict[tuple[str, str], VerificationKey]) -> None:
         by_kid: dict[str, VerificationKey] = {}
@@ -444,11 +440,7 @@ class JWKSClient:
         self._by_alg = keys
         self._keys = by_kid
         self._fetched_at = self.options.clock()
-        duration = self._outage.read_ok()
-        if duration is not None:
-            _log.info("jwks refresh recovered", keys=len(keys), failures=self._failures,
-                      outage_s=round(duration, 3))
-            self._failures = 0
+        self._outage.ok(keys=len(keys))
         _log.debug("jwks refreshed", keys=len(keys))
 
     async def _fetch(self) -> dict[tuple[str, str], VerificationKey]:

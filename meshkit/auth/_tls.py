@@ -71,13 +71,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshkit._config import check_number, check_path
+from meshkit._outage import OutageLog
 from meshkit.auth._certs import CA_CERT, load_certificates, load_workload_key, trust_domain_of
 from meshkit.auth._errors import CertificateError
 from meshkit.auth._identity import (
     MALFORMED_EXTENSION_ERRORS,
     IdentityMatcher,
     PeerVerifier,
-    ReloadFaults,
     SpiffeId,
     identity_dns_name,
     validate_trust_domain,
@@ -491,7 +491,7 @@ class _ServerReloader:
         self._fingerprint = m.fingerprint
         self._stat = stat_files(self._paths)
         self._checked = tls.clock()
-        self._fault = ReloadFaults(_log, "certificate files readable again", clock=tls.clock)
+        self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
         self.initial = self._config(m)
         self.reloads = 0
 
@@ -564,7 +564,7 @@ class ChannelCredentialsReloader:
             m.ca_pem, m.key_pem, m.cert_pem)
         self.generation = 1
         self._checked = tls.clock()
-        self._fault = ReloadFaults(_log, "certificate files readable again", clock=tls.clock)
+        self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`

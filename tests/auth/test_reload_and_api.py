@@ -220,7 +220,7 @@ def test_channel_reloader_logs_broken_files_once_with_reminders_and_recovery(
         assert reloader.check() is False
     assert _lines(logs) == [("warning", "client certificate reload skipped")] * 3 + [
         ("info", "certificate files readable again")]
-    assert [e.get("failures") for e in logs] == [None, 13, 25, 25]
+    assert [e.get("failures") for e in logs] == [1, 13, 25, 25]
     assert reloader.credentials is creds and reloader.generation == 1
 
 
