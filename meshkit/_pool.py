@@ -58,6 +58,10 @@ _DRAIN_POLL_SLOW_S = 1.0
 # doubling to 5 s, each sleep jittered down to half of it
 _BUILD_RETRY_FIRST_S = 0.1
 _BUILD_RETRY_MAX_S = 5.0
+_READY_CONN = grpc.ChannelConnectivity.READY
+_IDLE_CONN = grpc.ChannelConnectivity.IDLE
+_FAILURE_CONN = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
 _CONNECTIVITY = {
     grpc.ChannelConnectivity.READY: EndpointState.READY,
     grpc.ChannelConnectivity.TRANSIENT_FAILURE: EndpointState.FAILING,
@@ -190,6 +194,9 @@ class EndpointPool:
         # endpoints whose rebuild() failed (they keep their current sub-channel, with the
         # old credentials): retried by _retry_builds until built or gone
         self._stale: set[str] = set()
+        # endpoints whose sub-channel is left IDLE (its connection closed while unused)
+        # until a call needs one: connect_idle
+        self._idle: set[str] = set()
         self._retry_task: asyncio.Task[None] | None = None
         self._watch_task = asyncio.get_running_loop().create_task(
             self._watch(), name=f"meshkit-watch-{service}")
@@ -322,6 +329,7 @@ class EndpointPool:
         del self.endpoints[ep.key]
         if self._stale:
             self._stale.discard(ep.key)  # its new endpoint (if any) is built afresh
+        self._idle.discard(ep.key)
         # kept (its counters go on if it comes back), last in the order of forgetting
         self.history[ep.key] = self.history.pop(ep.key, ep)
         conn = self.conns.pop(ep.key)
@@ -408,17 +416,58 @@ class EndpointPool:
         return task
 
     async def _track_state(self, ep: Endpoint) -> None:
-        ch = self.conns[ep.key].channel
+        """Mirror the endpoint's sub-channel connectivity in ``ep.state``, waking waiting
+        calls on every change.
+
+        The sub-channel connects when it is built and again at once after a failed
+        attempt or when a connection that carried calls drops (a server that died,
+        restarted or ended it by ``max_connection_age``), so a dead endpoint shows as
+        failing before a call is sent to it rather than after, and one that comes back
+        is in rotation again without waiting for a call (gRPC's ``round_robin``
+        reconnects a subchannel that goes IDLE). A connection that carried no call of
+        this pool and was closed (a server's ``max_connection_idle_s`` GOAWAY, grpc's
+        own client idle timeout) leaves the sub-channel IDLE until a call needs it
+        (:meth:`connect_idle`), as gRPC's connectivity semantics prescribe ("channels
+        that receive a GOAWAY when there are no active or pending RPCs should also switch
+        to IDLE to avoid connection overload at servers that are attempting to shed
+        connections"): reconnecting at once made an idle client reopen every connection
+        a server closed as idle, for ever."""
+        key = ep.key
+        ch = self.conns[key].channel
         state = ch.get_state(try_to_connect=True)
+        calls = ep.calls  # the endpoint's calls before the connection being made
         while True:
             ep.state = _CONNECTIVITY.get(state, EndpointState.IDLE)
             self.notify()
-            if state is grpc.ChannelConnectivity.SHUTDOWN:
+            if state is _SHUTDOWN:
                 return
+            last = state
             await ch.wait_for_state_change(state)
-            # Reconnect at once when a connection drops, so a dead endpoint shows as failing
-            # before a call is sent to it rather than after.
-            state = ch.get_state(try_to_connect=True)
+            state = ch.get_state()
+            if last is _READY_CONN and state is not _READY_CONN:  # the connection ended
+                used, calls = ep.calls != calls or ep.in_flight > 0, ep.calls
+                if state is _IDLE_CONN and not used:
+                    self._idle.add(key)  # until a call asks (connect_idle)
+                    continue
+            if state is _IDLE_CONN or state is _FAILURE_CONN:
+                state = ch.get_state(try_to_connect=True)
+
+    def connect_idle(self) -> None:
+        """Ask every endpoint whose sub-channel was left IDLE (its connection closed
+        while unused: :meth:`_track_state`) to connect. Called when a call finds no
+        READY endpoint (:meth:`_connected`), as gRPC's channel leaving IDLE on new RPC
+        activity connects every subchannel of its ``round_robin``: the balancers send
+        calls to READY endpoints while one is, so an endpoint left IDLE beside one that
+        connected would get no call again. Nothing to do (no endpoint left IDLE): a
+        no-op."""
+        if not self._idle:
+            return
+        idle, self._idle = self._idle, set()
+        conns = self.conns
+        for key in idle:
+            conn = conns.get(key)  # (an endpoint that left or was rebuilt meanwhile: skipped
+            if conn is not None:  # or asked again, harmlessly)
+                conn.channel.get_state(try_to_connect=True)
 
     def observed(self, ep: Endpoint, state: EndpointState) -> None:
         """Set ``ep``'s state to ``state`` now, ahead of :meth:`_track_state`: the
@@ -456,8 +505,9 @@ class EndpointPool:
         the deadline, however long without one), and with ``wait_for_ready`` for a usable
         endpoint, within the call's deadline.
 
-        A pick of an endpoint still connecting (``picked``, or one made here) is not sent
-        on: the call waits, as gRPC's ``round_robin`` picker queues a call while no
+        A pick of an endpoint still connecting or IDLE (``picked``, or one made here; an
+        IDLE one is asked to connect, as a call on an IDLE gRPC channel connects it) is
+        not sent on: the call waits, as gRPC's ``round_robin`` picker queues a call while no
         subchannel is READY, until that endpoint or another one is READY (then the
         balancer picks again), and fails as :class:`NoEndpointsError` when every endpoint
         is failing without ``wait_for_ready``. A call committed to a connecting endpoint
@@ -554,11 +604,13 @@ class EndpointPool:
 
     async def _connected(self, details: ClientCallDetails,
                          picked: tuple[Endpoint, Done]) -> tuple[Endpoint, Done] | None:
-        """Wait, within the call's deadline, until the picked endpoint (still connecting)
-        or another one is READY, picking again on every change of the pool; the READY
-        pick, or ``None`` when the balancer finds no usable endpoint (every one failing)
-        and the call has ``wait_for_ready`` (the caller waits on). An abandoned pick is
-        settled as no outcome (``done(CANCELLED, 0.0)``, as a call never sent).
+        """Wait, within the call's deadline, until the picked endpoint (still connecting,
+        or IDLE: asked to connect here, with every other endpoint left IDLE,
+        :meth:`connect_idle`) or another one is READY, picking again on every change of
+        the pool; the READY pick, or ``None`` when the balancer finds no usable endpoint
+        (every one failing) and the call has ``wait_for_ready`` (the caller waits on). An
+        abandoned pick is settled as no outcome (``done(CANCELLED, 0.0)``, as a call
+        never sent).
 
         Raises:
             MeshRpcError: ``CANCELLED`` (the pool closed), ``DEADLINE_EXCEEDED`` (the
@@ -571,6 +623,8 @@ class EndpointPool:
         held: tuple[Endpoint, Done] | None = picked
         try:
             while ep.state is not ready:
+                if self._idle:  # endpoints left IDLE: this call is activity, connect them
+                    self.connect_idle()
                 if any(e.state is ready for e in self.endpoints.values()):
                     # the balancer chose a connecting endpoint over READY ones (a ring
                     # hash's affinity, a custom policy): its choice, sent on at once (the
@@ -657,6 +711,7 @@ class EndpointPool:
             self._retry_task.cancel()  # (one of the pool's tasks: awaited below)
         self._unbuilt.clear()
         self._stale.clear()
+        self._idle.clear()
         for task in list(self._state_tasks.values()):
             task.cancel()
         self._state_tasks.clear()

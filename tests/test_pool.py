@@ -18,11 +18,12 @@ import structlog
 
 import meshkit
 import meshkit.channel
-from meshkit.balancer import OutlierOptions, RingHash, RoundRobin
+from meshkit.balancer import P2C, EndpointState, OutlierOptions, RingHash, RoundRobin
 from meshkit.discovery import Instance, LocalRegistry
 from meshkit.resilience import RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
 from tests.support.echo import SERVICE, handler, method, raw_server
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import until
 
 
@@ -1248,3 +1249,108 @@ async def test_a_sub_channel_is_closed_even_when_its_grace_is_refused() -> None:
     with pytest.raises(TypeError):
         await conn.close(Endpoint(inst("e1", 1)), "1")  # type: ignore[arg-type]
     assert sub.closed
+
+
+# -- connections a server closes as idle (gRFC A9 MAX_CONNECTION_IDLE) --------------------
+
+_IDLE_LIMITS = meshkit.ServerLimits(max_connection_idle_s=1.0)
+
+
+async def test_an_idle_client_does_not_reopen_connections_a_server_closed_as_idle(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """User: runs a meshkit client against a meshkit server that closes idle connections
+    (``ServerLimits.max_connection_idle_s``, 300 s by default; 1 s here) and leaves the
+    client idle.
+    Saw: the pool asked the endpoint's sub-channel to connect on every state change, IDLE
+    included, so the client opened a new connection (a TCP and, with mTLS, a TLS
+    handshake on both sides) within milliseconds of every GOAWAY, for ever: 4 in 5.5 s
+    here while nothing was called (a raw grpc.aio channel through the same proxy: 0).
+    The server never got its idle connections back.
+    Now: a connection that carried no call goes IDLE and stays IDLE until a call picks
+    it (gRPC's connectivity semantics: "channels that receive a GOAWAY when there are no
+    active or pending RPCs should also switch to IDLE"; ``ServerLimits``: "clients
+    reconnect on their next call"): at most the connection the first call used is
+    opened again once, and the next call connects and succeeds."""
+    srv = await echo_servers("b1", service="idle-backend", limits=_IDLE_LIMITS)
+    async with TcpProxy("127.0.0.1", srv.port) as mesh_proxy, \
+            TcpProxy("127.0.0.1", srv.port) as raw_proxy:
+        await registry.register(Instance(service="idle", instance_id="via-proxy",
+                                         host="127.0.0.1", port=mesh_proxy.port))
+        opts = meshkit.DialOptions(insecure=True)
+        async with meshkit.dial("idle", registry=registry, options=opts) as ch, \
+                grpc.aio.insecure_channel(raw_proxy.address) as raw:
+            unary = ch.unary_unary(method("Unary"))
+            assert (await unary(b"x", timeout=5.0)).startswith(b"b1|")
+            await raw.unary_unary(method("Unary"))(b"x", timeout=5.0)
+            mesh_before, raw_before = mesh_proxy.accepted, raw_proxy.accepted
+            await asyncio.sleep(5.5)  # idle: about five max_connection_idle_s periods
+            mesh_reopened = mesh_proxy.accepted - mesh_before
+            raw_reopened = raw_proxy.accepted - raw_before
+            # the next call connects again and is served
+            assert (await unary(b"y", timeout=5.0)).startswith(b"b1|")
+    assert raw_reopened == 0, "control: grpc.aio keeps an idle channel IDLE"
+    assert mesh_reopened <= 1, (
+        f"an idle meshkit client reopened {mesh_reopened} connections in 5.5 s that the "
+        f"server closed as idle (max_connection_idle_s=1.0); grpc.aio: {raw_reopened}")
+
+
+@pytest.mark.parametrize("balancer", ["round_robin", "p2c"])
+async def test_the_first_call_after_an_idle_period_connects_every_idle_endpoint(
+    registry: LocalRegistry, echo_servers: EchoFactory, balancer: str,
+) -> None:
+    """Endpoints whose connections the servers closed as idle stay IDLE; the first call
+    after the idle period is not failed ``UNAVAILABLE`` (every endpoint IDLE is no
+    endpoint failing): it asks them to connect, waits for one connection (as gRPC's
+    first call on an IDLE channel) and is served. Every IDLE endpoint is asked, not only
+    the one picked (gRPC's channel leaving IDLE connects all of round_robin's
+    subchannels): the balancers send calls to READY endpoints only while one is, so an
+    endpoint left IDLE would get no call again, and the calls would all go to the one
+    that connected."""
+    await echo_servers("e1", limits=_IDLE_LIMITS)
+    await echo_servers("e2", limits=_IDLE_LIMITS)
+    chosen = RoundRobin if balancer == "round_robin" else P2C
+    opts = meshkit.DialOptions(insecure=True, retry=None, balancer=chosen)
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        # no call: both connections are closed as idle and stay so
+        await until(lambda: all(e.state is EndpointState.IDLE
+                                for e in ch.endpoints()), timeout_s=5.0, what="both IDLE")
+        await asyncio.sleep(1.5)
+        assert all(e.state is EndpointState.IDLE for e in ch.endpoints())
+        pool = ch._pool
+        assert all(pool.conns[e.key].channel.get_state() is grpc.ChannelConnectivity.IDLE
+                   for e in ch.endpoints()), "an idle endpoint was connected again"
+        unary = ch.unary_unary(method("Unary"))
+        assert (await unary(b"x", timeout=5.0)).split(b"|")[0] in {b"e1", b"e2"}
+        await until(lambda: all(e.state is EndpointState.READY
+                                for e in ch.endpoints()), timeout_s=3.0, what="both READY")
+        if balancer == "round_robin":
+            assert await served_by(unary, 4) == {b"e1", b"e2"}
+
+
+async def test_a_connection_that_drops_under_calls_is_reconnected_at_once(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """A connection that carried calls and drops (the server died, a restart, a
+    ``max_connection_age_s`` GOAWAY) is connected again at once, without waiting for a
+    call, so an endpoint that is gone shows as failing before a call is sent to it (and
+    one that comes back is READY again, in rotation beside the others)."""
+    srv = await echo_servers("e1")
+    async with TcpProxy("127.0.0.1", srv.port) as proxy:
+        await registry.register(Instance(service="proxied", instance_id="via-proxy",
+                                         host="127.0.0.1", port=proxy.port))
+        opts = meshkit.DialOptions(insecure=True, retry=None)
+        async with meshkit.dial("proxied", registry=registry, options=opts) as ch:
+            unary = ch.unary_unary(method("Unary"))
+            await unary(b"x", timeout=5.0)
+            await proxy.stop()
+            await until(lambda: ch.endpoints()[0].state
+                        is EndpointState.FAILING,
+                        timeout_s=5.0, what="the dead endpoint shown FAILING")
+            accepted = proxy.accepted
+            await proxy.start()
+            await until(lambda: ch.endpoints()[0].state
+                        is EndpointState.READY,
+                        timeout_s=10.0, what="the endpoint READY again without a call")
+            assert proxy.accepted > accepted
