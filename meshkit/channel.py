@@ -1071,6 +1071,8 @@ class MeshChannel(grpc.aio.Channel):
         endpoints = self._pool.endpoints
         if not endpoints:
             return grpc.ChannelConnectivity.IDLE
+        if try_to_connect:  # endpoints left IDLE (connections closed while unused) connect
+            self._pool.connect_idle()
         balancer = self._balancer
         out = set(balancer.ejected()) if isinstance(balancer, EjectingBalancer) else ()
         best = min((EndpointState.FAILING if key in out else ep.state
@@ -1098,8 +1100,9 @@ class MeshChannel(grpc.aio.Channel):
             await self._pool.changed()
 
     async def channel_ready(self) -> None:
-        """Wait until at least one endpoint is READY (no timeout; wrap in ``wait_for``)."""
-        while self.get_state() is not grpc.ChannelConnectivity.READY:
+        """Wait until at least one endpoint is READY (no timeout; wrap in ``wait_for``);
+        endpoints left IDLE are asked to connect, as grpc.aio's ``channel_ready``."""
+        while self.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
             if self._closed:
                 raise MeshRpcError(_CANCELLED, f"channel to {self.service!r} is closed")
             await self._pool.changed()
@@ -1112,6 +1115,7 @@ class MeshChannel(grpc.aio.Channel):
             MeshRpcError: ``CANCELLED``, the channel is closed (or closed meanwhile).
         """
         async def reached() -> None:
+            self._pool.connect_idle()  # endpoints left IDLE: asked to connect
             while sum(ep.state is EndpointState.READY
                       for ep in self._pool.endpoints.values()) < count:
                 if self._closed:

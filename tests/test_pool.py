@@ -1354,3 +1354,23 @@ async def test_a_connection_that_drops_under_calls_is_reconnected_at_once(
                         is EndpointState.READY,
                         timeout_s=10.0, what="the endpoint READY again without a call")
             assert proxy.accepted > accepted
+
+
+async def test_channel_ready_and_wait_for_endpoints_connect_endpoints_left_idle(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """Once the server closed the idle connection, the endpoint stays IDLE until a call
+    (above); ``channel_ready()`` and ``wait_for_endpoints()`` then waited for a READY
+    endpoint nothing asked to connect, until their timeouts (3 s seen). They ask IDLE
+    endpoints to connect, as grpc.aio's ``channel_ready`` does, and return."""
+    await echo_servers("b1", service="idle", limits=_IDLE_LIMITS)
+    opts = meshkit.DialOptions(insecure=True)
+    async with meshkit.dial("idle", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(1, timeout_s=5.0)
+        assert (await ch.unary_unary(method("Unary"))(b"x", timeout=5.0)).startswith(b"b1|")
+        await until(lambda: ch.get_state() is not grpc.ChannelConnectivity.READY,
+                    timeout_s=10, what="the server's idle GOAWAY")
+        await asyncio.wait_for(ch.channel_ready(), 5.0)
+        await until(lambda: ch.get_state() is not grpc.ChannelConnectivity.READY,
+                    timeout_s=10, what="the server's idle GOAWAY again")
+        await ch.wait_for_endpoints(1, timeout_s=5.0)
