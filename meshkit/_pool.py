@@ -452,17 +452,26 @@ class EndpointPool:
             if state is _IDLE_CONN or state is _FAILURE_CONN:
                 state = ch.get_state(try_to_connect=True)
 
+    @property
+    def left_idle(self) -> set[str]:
+        """The keys of the endpoints left IDLE (:meth:`_track_state`), one set for the
+        pool's life: a caller may keep it and test it for emptiness per call."""
+        return self._idle
+
     def connect_idle(self) -> None:
         """Ask every endpoint whose sub-channel was left IDLE (its connection closed
         while unused: :meth:`_track_state`) to connect. Called when a call finds no
         READY endpoint (:meth:`_connected`), as gRPC's channel leaving IDLE on new RPC
         activity connects every subchannel of its ``round_robin``: the balancers send
         calls to READY endpoints while one is, so an endpoint left IDLE beside one that
-        connected would get no call again. Nothing to do (no endpoint left IDLE): a
+        connected would get no call again; and by the channel when a call is sent to a
+        READY endpoint while others were left IDLE (any call is activity: the endpoints
+        left IDLE come back into rotation). Nothing to do (no endpoint left IDLE): a
         no-op."""
         if not self._idle:
             return
-        idle, self._idle = self._idle, set()
+        idle = list(self._idle)
+        self._idle.clear()  # in place: the channel holds this set (left_idle)
         conns = self.conns
         for key in idle:
             conn = conns.get(key)  # (an endpoint that left or was rebuilt meanwhile: skipped

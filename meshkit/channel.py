@@ -726,6 +726,7 @@ class MeshChannel(grpc.aio.Channel):
                                   drain_timeout_s=options.drain_timeout_s,
                                   resolve_timeout_s=options.resolve_timeout_s)
         self._conns = self._pool.conns
+        self._left_idle = self._pool.left_idle
         self._resolved = self._pool.resolved
         if self._reloader is not None:
             self._pool.spawn(self._watch_certificates())
@@ -794,6 +795,8 @@ class MeshChannel(grpc.aio.Channel):
         ``md`` is the attempt's metadata as it was when the attempt began: hedges share
         ``details``, and one waiting for an endpoint must not send a later hedge's."""
         ep, done = picked
+        if self._left_idle:  # others left IDLE beside this one: a call is activity
+            self._pool.connect_idle()
         deadline = details.deadline
         timeout = None
         if deadline is not None:

@@ -1374,3 +1374,31 @@ async def test_channel_ready_and_wait_for_endpoints_connect_endpoints_left_idle(
         await until(lambda: ch.get_state() is not grpc.ChannelConnectivity.READY,
                     timeout_s=10, what="the server's idle GOAWAY again")
         await ch.wait_for_endpoints(1, timeout_s=5.0)
+
+
+async def test_an_endpoint_left_idle_beside_a_busy_one_comes_back_into_rotation(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """One endpoint's connection, unused after a pause, closed by its server as idle
+    while the other endpoint's stayed open: the endpoint was left IDLE, and since the
+    balancers send calls to READY endpoints while one is, it got no call again once
+    traffic resumed (all of it on the other: half the capacity) until every endpoint went
+    idle at once. Any call is activity: the endpoints left IDLE are asked to connect and
+    come back into rotation."""
+    await echo_servers("busy", service="pair")
+    await echo_servers("idler", service="pair", limits=_IDLE_LIMITS)
+    opts = meshkit.DialOptions(insecure=True, balancer=RoundRobin)
+    async with meshkit.dial("pair", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2, timeout_s=5.0)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(4):
+            await unary(b"x", timeout=5.0)
+        # a pause: the idler's connection is closed as idle (reopened once, as it carried
+        # calls, then closed again unused), the busy one's stays
+        await until(lambda: ch._pool._idle == {"idler"}, timeout_s=15,
+                    what="the idler left IDLE")
+        served = [(await unary(b"y", timeout=5.0)).split(b"|")[0] for _ in range(3)]
+        await until(lambda: not ch._pool._idle, timeout_s=5, what="connect_idle")
+        await ch.wait_for_endpoints(2, timeout_s=5.0)
+        served += [(await unary(b"y", timeout=5.0)).split(b"|")[0] for _ in range(6)]
+    assert b"idler" in served, served
