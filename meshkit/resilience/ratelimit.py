@@ -483,7 +483,9 @@ class SweepThrottledMemoryStorage(MemoryStorage):
     the timer thread being dropped at the next one), under each key's lock, re-checking
     that the list is still empty: a hit never finds its list gone between two steps.
 
-    Its windows are timed on the monotonic clock (:func:`time.monotonic`), where
+    Its windows are timed on the monotonic clock (:func:`time.monotonic`, read from an
+    epoch-sized origin: limits' sliding-window counters are named by ``now / expiry``,
+    which counts from boot otherwise), where
     ``limits`` times them on the wall clock (``time.time()``): a window is a duration, and
     counts kept in this process share no clock with anything else. A step of the wall clock
     (NTP ``makestep``, a VM snapshot restored, ``date -s``) moves no window: stepped back an
@@ -585,8 +587,16 @@ for _name in sorted(set(_WRAPPED) | {"acquire_entry", "get_moving_window",
 del _name
 
 
+# The monotonic clock counts from boot: limits names a sliding window's two counters
+# int((now - expiry) / expiry) and int(now / expiry), one counter while the uptime is below
+# the window (a caller of "100/day" on a host up two hours refused after about 53). So it
+# is read from an epoch-sized origin: steady, and never near 0.
+_MONOTONIC_ORIGIN_S = time.time() - time.monotonic()
+
+
 def _monotonic_s() -> float:
-    return time.monotonic()  # read when called: a test's patch of time.monotonic applies
+    # read when called: a test's patch of time.monotonic applies
+    return time.monotonic() + _MONOTONIC_ORIGIN_S
 
 
 def _wall_s() -> float:

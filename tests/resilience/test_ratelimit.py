@@ -1700,3 +1700,23 @@ def test_two_threads_build_the_redis_storage_at_once() -> None:
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs.append(proc.stdout.strip().splitlines()[-1])
     assert outputs == ["ERRORS []"] * 3, outputs
+
+
+@pytest.mark.parametrize(("uptime_s", "rule"), [(7_200.0, "100/day"), (1_800.0, "100/hour")])
+async def test_a_sliding_window_grants_its_whole_budget_on_a_recently_booted_host(
+        monkeypatch: pytest.MonkeyPatch, uptime_s: float, rule: str) -> None:
+    """With the memory storage's windows on ``time.monotonic()``, which counts from boot,
+    limits named the sliding window's two counters ``int((now - expiry) / expiry)`` and
+    ``int(now / expiry)``: while the uptime was below the window's length both were ``0``,
+    one counter counted twice, and a caller of "100/day" on a host up two hours was
+    refused after 53 (52 of 100/day on a host up 73 minutes). The monotonic clock is now
+    read from an epoch-sized origin: the whole budget whatever the uptime."""
+    real = time.monotonic
+    start = real()
+    monkeypatch.setattr(time, "monotonic", lambda: real() - start + uptime_s)
+    limiter = StorageLimiter(RateLimitOptions(rules={"/s.S/M": rule}))
+    try:
+        admitted = sum(limiter.check_now("/s.S/M", "alice") is None for _ in range(150))
+    finally:
+        await limiter.aclose()
+    assert admitted == 100, f"{rule} at {uptime_s:.0f} s of uptime admitted {admitted}"
