@@ -84,8 +84,10 @@ class FrozenMap(Mapping[_K, _V]):
     ``copy.deepcopy``-ed and given to ``dataclasses.asdict`` (which deep-copies it: the
     value there is a FrozenMap, its values as they are). It has no method that changes
     it (``m[k] = v`` and ``del m[k]`` raise ``TypeError``, ``update``/``pop``... do not
-    exist). It equals any mapping with the same items (``FrozenMap({"a": 1}) == {"a":
-    1}``, either way round), is shown as a dict is, and is hashable when all its values
+    exist); as ``MappingProxyType`` did, ``m | other``, ``other | m`` (PEP 584) and
+    ``m.copy()`` give dicts, and ``reversed(m)`` its keys last first. It equals any
+    mapping with the same items (``FrozenMap({"a": 1}) == {"a": 1}``, either way round),
+    is shown as a dict is, and is hashable when all its values
     are (the hash of its items' frozenset; ``TypeError: unhashable type`` otherwise, as a
     tuple holding a list): equal FrozenMaps hash equal, and a dict, equal to it, is never
     hashed.
@@ -140,6 +142,25 @@ class FrozenMap(Mapping[_K, _V]):
 
     def __repr__(self) -> str:
         return repr(self._data)
+
+    def copy(self) -> dict[_K, _V]:
+        """A dict of its items (to change and give back to an options class)."""
+        return dict(self._data)
+
+    def __or__(self, other: Mapping[_K, _V]) -> dict[_K, _V]:
+        """``m | other``: a dict of both (PEP 584), ``other``'s values winning."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return {**self._data, **other}
+
+    def __ror__(self, other: Mapping[_K, _V]) -> dict[_K, _V]:
+        """``other | m``: a dict of both, this map's values winning."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return {**other, **self._data}
+
+    def __reversed__(self) -> Iterator[_K]:
+        return reversed(self._data)
 
     def __reduce__(self) -> tuple[type[FrozenMap[_K, _V]], tuple[dict[_K, _V]]]:
         """Pickle, copy and deep-copy rebuild it from a dict of its items."""

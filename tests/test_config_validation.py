@@ -6,6 +6,7 @@ auth, retry, publish and admin-port options."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from collections.abc import Callable
@@ -1050,3 +1051,23 @@ def test_frozen_map_is_a_read_only_mapping() -> None:
     assert pickle.loads(pickle.dumps(fm)) == fm
     deep = copy.deepcopy(FrozenMap({"l": [1]}))
     assert deep == {"l": [1]} and type(deep) is FrozenMap
+
+
+def test_option_mappings_still_merge_and_copy_as_read_only_mappings_do() -> None:
+    """``FrozenMap`` (c5ed426, for pickling) had taken away what the read-only mappings
+    before it offered: ``opts.rules | {...}`` and ``{...} | opts.rules`` (PEP 584),
+    ``.copy()`` and ``reversed()`` raised ``TypeError``/``AttributeError``, so
+    ``dataclasses.replace(opts, rules=opts.rules | {...})`` broke. They give dicts again."""
+    from meshkit.resilience import RateLimitOptions
+
+    opts = RateLimitOptions(rules={"/a.A/*": "10/second"})
+    assert opts.rules | {"/b.B/*": "5/second"} == {"/a.A/*": "10/second",
+                                                  "/b.B/*": "5/second"}
+    assert {"/z.Z/*": "1/second"} | opts.rules == {"/z.Z/*": "1/second",
+                                                  "/a.A/*": "10/second"}
+    assert type(opts.rules.copy()) is dict and opts.rules.copy() == {"/a.A/*": "10/second"}
+    assert list(reversed(opts.rules)) == ["/a.A/*"]
+    dial = DialOptions(method_timeouts={"/a.A/*": 1.0})
+    assert dial.method_timeouts | {"/b.B/*": 2.0} == {"/a.A/*": 1.0, "/b.B/*": 2.0}
+    assert dataclasses.replace(opts, rules=opts.rules | {"/b.B/*": None}).rules == {
+        "/a.A/*": "10/second", "/b.B/*": None}
