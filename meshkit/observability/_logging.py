@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import codecs
 import contextlib
 import io
 import json as _json
@@ -252,20 +253,30 @@ _SINK_ERRORS = (OSError, ValueError)
 
 
 def _file_fd(out: Any) -> int | None:
-    """The file descriptor behind ``out`` when it is a plain file's text stream (as the
-    interpreter makes ``sys.stderr``: a ``TextIOWrapper`` over a ``BufferedWriter``
-    over a ``FileIO``; POSIX, where it translates no newline), so lines can be written
-    past its buffers; ``None`` for any other stream (a ``StringIO``, a test's capture,
-    an application's own wrapper), written through.
+    """The file descriptor behind ``out`` when it is the interpreter's own standard error
+    or output (``sys.__stderr__``/``sys.__stdout__``: a ``TextIOWrapper`` over a
+    ``BufferedWriter`` over a ``FileIO``, POSIX newlines) in an encoding that writes no
+    byte-order mark (UTF-8, ASCII, Latin-1), so lines can be written past its buffers;
+    ``None`` for any other stream (a ``StringIO``, a test's capture, an application's own
+    file, which may translate newlines or encode with a BOM per write), written through.
 
     Raises:
         ValueError: the stream is closed.
     """
-    if type(out) is io.TextIOWrapper and os.name == "posix":
+    if (out is sys.__stderr__ or out is sys.__stdout__) and type(out) is io.TextIOWrapper \
+            and os.name == "posix" and _bom_free(out.encoding):
         buffer = out.buffer
         if type(buffer) is io.BufferedWriter and type(buffer.raw) is io.FileIO:
             return buffer.raw.fileno()
     return None
+
+
+def _bom_free(encoding: str) -> bool:
+    """Whether text in ``encoding`` is encoded chunk by chunk without a byte-order mark."""
+    try:
+        return codecs.lookup(encoding).name in ("utf-8", "ascii", "latin-1", "iso8859-1")
+    except LookupError:
+        return False
 
 
 def _write_chunks(out: TextIO, chunks: list[str]) -> None:

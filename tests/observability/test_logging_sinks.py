@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import select
 import signal
@@ -251,3 +252,37 @@ def test_a_server_whose_log_reader_is_gone_still_starts_and_drains(
     assert any(ln.startswith("DRAINED") for ln in reports), reports
     assert code == 0
     assert _listed(uri, "sinks") == set()
+
+
+_OWN_STDERR_SCRIPT = """
+import sys, structlog
+from meshkit.observability import configure_logging
+sys.stderr = open(sys.argv[1], "w", encoding=sys.argv[2], newline=sys.argv[3] or None)
+configure_logging("info", json=True)
+log = structlog.get_logger("app")
+log.info("one")
+log.info("two")
+"""
+
+
+@pytest.mark.parametrize(("encoding", "newline"), [("utf-8-sig", ""), ("utf-16", ""),
+                                                   ("utf-8", "\\r\\n")])
+def test_log_lines_reach_an_application_s_own_stderr_as_it_writes_them(
+        tmp_path: Path, encoding: str, newline: str) -> None:
+    """An application sends standard error to a file it opened (``sys.stderr =
+    open(path, "w", encoding="utf-8-sig")``, a BOM for a Windows-side reader; or with
+    ``newline="\\r\\n"``) and calls ``configure_logging(json=True)``. meshkit wrote each
+    line to a plain file's descriptor itself (4c117a6), encoded chunk by chunk: a BOM
+    before every line (``json.loads`` refuses lines 2 on) and no newline translation.
+    Past the stream's buffers it now writes only the interpreter's own standard error in
+    a BOM-free encoding; this file gets the bytes the stream itself writes."""
+    out = tmp_path / "app.log"
+    nl = newline.encode().decode("unicode_escape")
+    subprocess.run([sys.executable, "-c", _OWN_STDERR_SCRIPT, str(out), encoding, nl],
+                   check=True, timeout=60, cwd=_ROOT, capture_output=True)
+    data = out.read_bytes()
+    text = data.decode("utf-8-sig" if encoding == "utf-8-sig" else encoding)
+    lines = text.split(nl or "\n")
+    assert lines[-1] == "" and len(lines) == 3, repr(text)
+    for line in lines[:2]:
+        json.loads(line)
