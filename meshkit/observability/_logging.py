@@ -256,7 +256,8 @@ def _file_fd(out: Any) -> int | None:
     """The file descriptor behind ``out`` when it is the interpreter's own standard error
     or output (``sys.__stderr__``/``sys.__stdout__``: a ``TextIOWrapper`` over a
     ``BufferedWriter`` over a ``FileIO``, POSIX newlines) in an encoding that writes no
-    byte-order mark (UTF-8, ASCII, Latin-1), so lines can be written past its buffers;
+    byte-order mark (UTF-8, ASCII, Latin-1), blocking, so lines can be written past its
+    buffers;
     ``None`` for any other stream (a ``StringIO``, a test's capture, an application's own
     file, which may translate newlines or encode with a BOM per write), written through.
 
@@ -267,7 +268,10 @@ def _file_fd(out: Any) -> int | None:
             and os.name == "posix" and _bom_free(out.encoding):
         buffer = out.buffer
         if type(buffer) is io.BufferedWriter and type(buffer.raw) is io.FileIO:
-            return buffer.raw.fileno()
+            fd = buffer.raw.fileno()
+            # a non-blocking one (a parent set O_NONBLOCK) could take part of a line and
+            # refuse the rest (EAGAIN): the stream's buffer keeps the rest instead
+            return fd if os.get_blocking(fd) else None
     return None
 
 
