@@ -286,3 +286,24 @@ def test_log_lines_reach_an_application_s_own_stderr_as_it_writes_them(
     assert lines[-1] == "" and len(lines) == 3, repr(text)
     for line in lines[:2]:
         json.loads(line)
+
+
+def test_a_non_blocking_stderr_is_written_through_its_stream() -> None:
+    """A parent that set O_NONBLOCK on the shared stderr: a line written past the
+    stream's buffers with ``os.write`` could go out in part and the rest be dropped on
+    EAGAIN (glued to the next line); such a descriptor is left to the stream, whose buffer
+    keeps the rest. The interpreter's own blocking stderr still takes the direct path."""
+    script = ("import os, sys\n"
+              "from meshkit.observability._logging import _file_fd\n"
+              "direct = _file_fd(sys.__stderr__)\n"
+              "os.set_blocking(2, False)\n"
+              "print(direct, _file_fd(sys.__stderr__))\n")
+    r, w = os.pipe()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        proc = subprocess.run([sys.executable, "-c", script], stderr=w, env=env,
+                              stdout=subprocess.PIPE, check=True, timeout=60, cwd=_ROOT)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert proc.stdout.split() == [b"2", b"None"], proc.stdout
