@@ -59,14 +59,18 @@ Unhandled = Callable[[Exception, Any], Awaitable[bool]]
 """``unhandled(exc, context)``: answer a call whose handler (or anything inside the wrap)
 raised ``exc``, an exception that is no gRPC status (not ``context.abort``'s, nor any
 other ``grpc.aio.BaseError``): by setting the status on ``context`` (``set_code``,
-``set_details``) and returning ``True``, the wrap then ends the call as a handler that set
-its status and returned (grpc.aio sends that status, and no response); not by aborting,
-whose ``AbortError`` would chain ``exc`` and hold it, its frames, the request and the
-context in reference cycles (grpc keeps the ``AbortError``), on every failed call. When it
-returns ``False``, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN`` with its text.
-Also called, with a :class:`NoResponse`, when a unary-response handler returned ``None``
-(nothing raised: aborts, or returns leaving the answer to grpc.aio) and when a streaming
-handler yielded ``None`` (returning drops that ``None`` and the stream goes on)."""
+``set_details``) and returning ``True``; not by aborting, whose ``AbortError``, raised in
+the wrap's ``except`` block, would chain ``exc`` and hold it, its frames, the request and
+the context in reference cycles (grpc keeps the ``AbortError``), on every failed call.
+The wrap then sends that status: a unary-response one aborts with it after its ``except``
+block (:func:`_abort_with_status_set`: the status alone, Trailers-Only, as grpc.aio
+answers an exception; returning would send an empty message before it, which commits
+the call for retrying clients, gRFC A6), a stream-response one returns (grpc.aio sends
+the status after the messages, none: Trailers-Only). When it returns ``False``, ``exc``
+goes on to grpc.aio, which answers ``UNKNOWN`` with its text. Also called, with a
+:class:`NoResponse`, when a unary-response handler returned ``None`` (nothing raised:
+aborts, or returns leaving the answer to grpc.aio) and when a streaming handler yielded
+``None`` (returning drops that ``None`` and the stream goes on)."""
 
 
 class NoResponse(Exception):
@@ -640,6 +644,22 @@ def _drop_unsendable_trailers(context: Any) -> None:
         _unsendable_trailers(context)
 
 
+async def _abort_with_status_set(context: Any) -> None:
+    """End a unary-response call whose exception :data:`Unhandled` answered (its status
+    set on ``context``) by aborting with that status: grpc.aio sends it alone
+    (Trailers-Only), as it answers an exception, where a handler that returns gets an
+    empty message sent before its status. Called after the wrap's ``except`` block, so the
+    ``AbortError`` (kept by grpc) chains no exception. When the call was aborted already
+    (the handler aborted, then raised something else) or is over, grpc.aio ends it as it
+    stands: the wrap returns."""
+    try:
+        await context.abort(context.code(), context.details())
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # aborted before (its status sent), or the call is over
+        pass
+
+
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
              empty: Unhandled | None, ser: Callable[[Any], bytes] | None,
              guard: tuple[Any, str] | None = None) -> Any:
@@ -682,7 +702,11 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
             _drop_unsendable_trailers(context)
             if unhandled is None or not await unhandled(e, context):
                 raise
-            return None  # answered: its status set (see Unhandled)
+        # answered, its status set: sent alone, out of the except block (see Unhandled);
+        # grpc keeps the AbortError, whose traceback holds this frame: not the request
+        request = result = None
+        await _abort_with_status_set(context)
+        return None
 
     return behavior
 
@@ -771,9 +795,14 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
             _drop_unsendable_trailers(context)
             if unhandled is None or not await unhandled(e, context):
                 raise
-            return None  # answered: its status set (see Unhandled)
-        finish(state, context, None)
-        return result
+        else:
+            finish(state, context, None)
+            return result
+        # answered, its status set: sent alone, out of the except block (see Unhandled);
+        # grpc keeps the AbortError, whose traceback holds this frame: not the request
+        request = result = state = None
+        await _abort_with_status_set(context)
+        return None
 
     return behavior
 

@@ -124,9 +124,10 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
                 code = grpc.StatusCode.UNKNOWN
                 if _ran_out_of_this_calls_deadline(exc, context):
                     code, details = grpc.StatusCode.DEADLINE_EXCEEDED, _DOWNSTREAM_DEADLINE
-            # the status set, not aborted with: the wrap ends the call, grpc.aio sends it
-            # (see meshkit._handlers.Unhandled; an AbortError would chain exc and keep it
-            # in reference cycles with its frames, the request and the context)
+            # the status set, not aborted with here: the wrap sends it after its except
+            # block, a unary response by aborting (the status alone, Trailers-Only), so
+            # the AbortError grpc keeps does not chain exc with its frames and the
+            # request (see meshkit._handlers.Unhandled)
             context.set_code(code)
             context.set_details(details)
             return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -132,6 +133,18 @@ async def _good_trailers(request: bytes, context: Any) -> bytes:
     return b"ok"
 
 
+async def _unavailable_with_trailers(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("retry-after-ms", "50"), ("x-note-bin", b"\xff")))
+    context.set_code(grpc.StatusCode.UNAVAILABLE)  # its database connection dropped
+    raise ConnectionResetError(f"connection to {_SECRET} reset")
+
+
+async def _client_stream_unavailable(requests: AsyncIterator[bytes], context: Any) -> bytes:
+    async for _ in requests:
+        pass
+    return await _unavailable_with_trailers(b"", context)
+
+
 def _refusing_serializer(message: Any) -> bytes:
     raise ValueError(f"cannot encode {_SECRET}")
 
@@ -170,6 +183,10 @@ def _add(_servicer: Any, server: Any) -> None:
         "RaisesWithBinTrailerText": grpc.unary_unary_rpc_method_handler(
             _raises_with_bin_trailer_text),
         "GoodTrailers": grpc.unary_unary_rpc_method_handler(_good_trailers),
+        "UnavailableWithTrailers": grpc.unary_unary_rpc_method_handler(
+            _unavailable_with_trailers),
+        "ClientStreamUnavailable": grpc.stream_unary_rpc_method_handler(
+            _client_stream_unavailable),
     }),))
 
 
@@ -578,6 +595,177 @@ async def test_a_propagated_deadline_run_out_under_a_margin_is_answered_deadline
         await down.close()
         await srv.drain()
         await echo.drain()
+
+_REQUEST_STREAMS = frozenset({"ClientStream", "Bidi", "ClientStreamUnavailable"})
+
+
+async def _on_the_wire(ch: grpc.aio.Channel, name: str) -> tuple[Any, ...]:
+    """What a client sees of a failing call of method ``name``, read as a response stream
+    whatever the method's kind (any client can; it shows every message the server sent):
+    the messages, the status code, its details and the trailing metadata."""
+
+    async def req() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    call = (ch.stream_stream(_m(name))(req(), timeout=5) if name in _REQUEST_STREAMS
+            else ch.unary_stream(_m(name))(b"x", timeout=5))
+    got: list[bytes] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for message in call:
+            got.append(message)
+    trailers = tuple((k, v) for k, v in err.value.trailing_metadata() or ())
+    return got, err.value.code(), err.value.details() or "", trailers
+
+
+@pytest.mark.parametrize("config", list(_CONFIGS))
+async def test_an_unhandled_exception_is_answered_trailers_only(
+        registry: LocalRegistry, config: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A client reads what a ``meshkit.serve()`` server sends for a handler that raised,
+    of each call kind (a unary response read as a stream: any client can, and it shows
+    the response's messages), beside grpc.aio's own server with the same handlers.
+
+    Before (2058ed3 answered by setting the status and returning ``None`` from the wrap):
+    a unary-response method sent one empty message (b"") before its status, where
+    grpc.aio's server (and meshkit before 2058ed3) sends the status alone, Trailers-Only.
+    Proxies acting on the first message saw a successful response start (Envoy's
+    gRPC-JSON transcoder has sent HTTP 200 with ``{}``) and gRFC A6 clients committed the
+    call. Now the same wire answer as grpc.aio's for all four kinds (no message for a
+    unary response; a stream's messages before the exception), the same code (the one
+    the handler set before raising, else ``UNKNOWN``) and trailing metadata; the details
+    name the exception's type only."""
+    caplog.set_level(logging.CRITICAL + 1, logger="grpc._cython.cygrpc")
+    names = ("Unary", "SyncUnary", "ClientStream", "ServerStream", "Bidi",
+             "UnavailableWithTrailers", "ClientStreamUnavailable")
+    plain = grpc.aio.server()
+    _add(None, plain)
+    port = plain.add_insecure_port("127.0.0.1:0")
+    await plain.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            expected = {name: await _on_the_wire(ch, name) for name in names}
+    finally:
+        await plain.stop(None)
+    async with _serving(registry, **_CONFIGS[config]) as ch:
+        got = {name: await _on_the_wire(ch, name) for name in names}
+    for name in names:
+        messages, code, details, trailers = got[name]
+        error = "ConnectionResetError" if "Unavailable" in name else "_Boom"
+        assert details == f"Unexpected {error} in the handler (logged by the server)", name
+        assert (messages, code, trailers) == (
+            expected[name][0], expected[name][1], expected[name][3]), name
+    assert got["Unary"][0] == [] and got["ClientStream"][0] == []
+    assert got["UnavailableWithTrailers"][1:] == (
+        grpc.StatusCode.UNAVAILABLE,
+        "Unexpected ConnectionResetError in the handler (logged by the server)",
+        (("retry-after-ms", "50"), ("x-note-bin", b"\xff")))
+
+
+_FLAKY = "errs.v1.Flaky"
+_RETRY_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": _FLAKY}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+def _flaky(attempts: list[int]) -> grpc.GenericRpcHandler:
+    """Service ``Flaky``, a method of each kind: the first call of the server fails as a
+    handler does when its database connection dropped (sets ``UNAVAILABLE``, then the
+    driver's exception escapes, before any response), the calls after answer."""
+
+    def fail(context: Any) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            raise ConnectionResetError("database connection reset")
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        fail(context)
+        return b"ok:" + request
+
+    async def server_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        fail(context)
+        yield b"ok:" + request
+
+    async def client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        got = b"".join([r async for r in requests])
+        fail(context)
+        return b"ok:" + got
+
+    async def bidi(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        got = b"".join([r async for r in requests])
+        fail(context)
+        yield b"ok:" + got
+
+    return grpc.method_handlers_generic_handler(_FLAKY, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi)})
+
+
+async def _call_flaky(ch: grpc.aio.Channel, kind: str) -> Any:
+    """One call of ``Flaky``'s method ``kind``: its answer, or the status code it failed
+    with."""
+    name = f"/{_FLAKY}/{kind}"
+    try:
+        if kind == "Unary":
+            return await ch.unary_unary(name)(b"x", timeout=10)
+        if kind == "ClientStream":
+            return await ch.stream_unary(name)(iter([b"x"]), timeout=10)
+        call = (ch.unary_stream(name)(b"x", timeout=10) if kind == "ServerStream"
+                else ch.stream_stream(name)(iter([b"x"]), timeout=10))
+        return [m async for m in call]
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+
+
+@pytest.mark.parametrize("config", ["defaults", "nothing-wraps"])
+@pytest.mark.parametrize("kind", ["Unary", "ServerStream", "ClientStream", "Bidi"])
+async def test_a_failed_call_stays_retryable_by_a_grpc_client_with_a_retry_policy(
+        registry: LocalRegistry, caplog: pytest.LogCaptureFixture, kind: str,
+        config: str) -> None:
+    """A plain gRPC client (grpc C-core here; grpc-java and grpc-go behave alike) with a
+    service-config ``retryPolicy`` for ``UNAVAILABLE`` calls a ``meshkit.serve()`` server
+    whose handler set ``UNAVAILABLE`` and then raised (its database connection dropped);
+    the next attempt would succeed.
+
+    Before (2058ed3), for a unary-response method the server sent response headers, an
+    empty message and the status: a response message commits the call (gRFC A6), so the
+    client gave up after one attempt and its caller saw ``UNAVAILABLE``. Now the status
+    alone (Trailers-Only), as grpc.aio's own server and meshkit before 2058ed3: the call
+    is retried and succeeds, for every call kind."""
+    caplog.set_level(logging.CRITICAL + 1, logger="grpc._cython.cygrpc")
+    plain_attempts: list[int] = []
+    mesh_attempts: list[int] = []
+    plain = grpc.aio.server()
+    plain.add_generic_rpc_handlers((_flaky(plain_attempts),))
+    port = plain.add_insecure_port("127.0.0.1:0")
+    await plain.start()
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((_flaky(mesh_attempts),))
+
+    mesh = meshkit.MeshServer("flaky", [(add, None)], registry=registry,
+                              options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                           **_CONFIGS[config]))
+    await mesh.start()
+    answers: dict[str, Any] = {}
+    try:
+        for name, server_port in (("grpc.aio", port), ("meshkit", mesh.port)):
+            async with grpc.aio.insecure_channel(
+                    f"127.0.0.1:{server_port}",
+                    options=[("grpc.service_config", _RETRY_CONFIG)]) as ch:
+                answers[name] = await asyncio.wait_for(_call_flaky(ch, kind), 30)
+    finally:
+        await mesh.drain()
+        await plain.stop(None)
+    ok = b"ok:x" if kind in ("Unary", "ClientStream") else [b"ok:x"]
+    assert answers["grpc.aio"] == ok, answers  # the baseline: retried
+    assert answers["meshkit"] == ok, (answers, len(mesh_attempts))
+    assert len(mesh_attempts) == 2
+
 
 _JSON_PROCESS = """
 import asyncio, sys
