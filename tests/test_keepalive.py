@@ -139,10 +139,22 @@ async def test_keepalive_finds_a_dead_client_on_a_connection_without_calls(
         f"keepalive_time_s=1 (keepalive PINGs sent to it: {pings})")
 
 
-async def _quiet_call_through(proxy_port: int, tmp_path: Path, *, black_hole_after_s: float,
-                              proxy: TcpProxy) -> tuple[bool, grpc.StatusCode | None, float]:
-    """Dial ``echo`` (found at ``proxy_port``) with client keepalive every 0.5 s (0.5 s
-    to ack), start a call the server holds 30 s, black-hole the proxy after
+async def _quiet_call(tmp_path: Path, limits: meshkit.ServerLimits, *,
+                      black_hole_after_s: float) -> tuple[bool, grpc.StatusCode | None, float]:
+    """A meshkit echo server with ``limits`` behind a proxy; :func:`_quiet_call_through`
+    it."""
+    async with (
+        mesh_echo("echo-direct", "e1", _registry(tmp_path), limits=limits,
+                  telemetry=None) as srv,
+        TcpProxy("127.0.0.1", srv.port) as proxy,
+    ):
+        return await _quiet_call_through(proxy, tmp_path, black_hole_after_s=black_hole_after_s)
+
+
+async def _quiet_call_through(proxy: TcpProxy, tmp_path: Path, *, black_hole_after_s: float,
+                              ) -> tuple[bool, grpc.StatusCode | None, float]:
+    """Dial ``echo`` (found at the proxy) with client keepalive every 0.5 s (0.5 s to
+    ack), start a call the server holds 30 s, black-hole the proxy after
     ``black_hole_after_s`` (``inf``: never); (whether the call was still running just
     before the black hole, its status code or ``None`` if it still ran 10 s later,
     seconds from the black hole to its end)."""
@@ -150,7 +162,7 @@ async def _quiet_call_through(proxy_port: int, tmp_path: Path, *, black_hole_aft
                                      poll_interval_s=0.05))
     try:
         await reg.register(Instance(service="echo", instance_id="p1", host="127.0.0.1",
-                                    port=proxy_port))
+                                    port=proxy.port))
         opts = meshkit.DialOptions(insecure=True, telemetry=None, retry=None, outlier=None,
                                    keepalive_time_s=0.5, keepalive_timeout_s=0.5)
         async with meshkit.dial("echo", registry=reg, options=opts) as channel:
@@ -186,14 +198,8 @@ async def test_client_keepalive_finds_a_black_holed_server_under_a_quiet_call(
     ``keepalive_timeout_s`` closes it: the call ends ``UNAVAILABLE`` about 1 s after the
     black hole (asserted within 10 s). A meshkit server takes the pings
     (``ServerLimits.min_ping_interval_s``): the call still ran after 2 s of them."""
-    limits = meshkit.ServerLimits(min_ping_interval_s=0.2)
-    async with (
-        mesh_echo("echo-direct", "e1", _registry(tmp_path), limits=limits,
-                  telemetry=None) as srv,
-        TcpProxy("127.0.0.1", srv.port) as proxy,
-    ):
-        running, code, after_s = await _quiet_call_through(
-            proxy.port, tmp_path, black_hole_after_s=2.0, proxy=proxy)
+    running, code, after_s = await _quiet_call(
+        tmp_path, meshkit.ServerLimits(min_ping_interval_s=0.2), black_hole_after_s=2.0)
     assert running, "the call ended before the black hole (the server refused the pings?)"
     assert code is grpc.StatusCode.UNAVAILABLE, (code, after_s)
 
@@ -205,14 +211,9 @@ async def test_a_server_refusing_frequent_pings_ends_the_pinging_clients_calls(
     policy (pings at most every 5 minutes on a connection sending no data) answers a
     client that pings every 0.5 s with GOAWAY ``too_many_pings``, which ends its calls;
     with ``min_ping_interval_s=0.2`` the same quiet call is answered (the call above)."""
-    limits = meshkit.ServerLimits(min_ping_interval_s=300.0)
-    async with (
-        mesh_echo("echo-direct", "e1", _registry(tmp_path), limits=limits,
-                  telemetry=None) as srv,
-        TcpProxy("127.0.0.1", srv.port) as proxy,
-    ):
-        _running, code, _after = await _quiet_call_through(
-            proxy.port, tmp_path, black_hole_after_s=float("inf"), proxy=proxy)
+    _running, code, _after = await _quiet_call(
+        tmp_path, meshkit.ServerLimits(min_ping_interval_s=300.0),
+        black_hole_after_s=float("inf"))
     assert code is grpc.StatusCode.UNAVAILABLE, code
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,34 @@ def left_behind(workdir: str) -> tuple[list[int], bool]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+async def _start_demo(tmp_path: Path, **popen: Any) -> tuple[asyncio.subprocess.Process, str]:
+    """``meshkit demo --insecure --no-kill`` with TMPDIR ``tmp_path``, no ``MESHKIT_*``,
+    in a session of its own (``popen``: more subprocess arguments); (the process, its
+    workdir, read from its first line)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True, **popen)
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "local registry in " in first, first
+    except BaseException:
+        await _kill_demo(proc)
+        raise
+    return proc, first.rsplit("local registry in ", 1)[1].strip()
+
+
+async def _kill_demo(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the demo and what it started (its session), if still there."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode is None:
+        await proc.wait()
+
+
 async def test_sigterm_while_the_stack_starts_stops_every_process_and_the_workdir(
         tmp_path: Path) -> None:
     """SIGTERM to ``meshkit demo`` (a CI job's cancel, ``docker stop``, ``kill PID``)
@@ -52,18 +81,9 @@ async def test_sigterm_while_the_stack_starts_stops_every_process_and_the_workdi
     it as Ctrl-C does: every process it started is stopped, the workdir removed, status
     143 (128 + SIGTERM). Signalled as soon as its first service process exists (a
     second or two of the demo, not a whole run)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
-    env["TMPDIR"] = str(tmp_path)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True)
+    proc, workdir = await _start_demo(tmp_path)
     try:
-        assert proc.stdout is not None
-        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert "local registry in " in first, first
-        workdir = first.rsplit("local registry in ", 1)[1].strip()
-        assert Path(workdir).parent == tmp_path, first
+        assert Path(workdir).parent == tmp_path, workdir
         await until(lambda: bool(processes_naming(workdir)), timeout_s=60,
                     what="the demo's first service process")
         proc.send_signal(signal.SIGTERM)
@@ -71,10 +91,7 @@ async def test_sigterm_while_the_stack_starts_stops_every_process_and_the_workdi
         assert (proc.returncode, *left_behind(workdir)) == (143, [], False), \
             out.decode(errors="replace")[-2000:]
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the demo and what it started
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()
+        await _kill_demo(proc)
 
 
 async def test_sigterm_before_the_services_are_ready_reports_no_stray_errors(
@@ -84,26 +101,15 @@ async def test_sigterm_before_the_services_are_ready_reports_no_stray_errors(
     RuntimeError: exited before READY" on the demo's output (five times for five
     services), and the summary said "Stopped every process (SIGTERM, drained)" over exit
     codes of -15. Now neither: the summary says they ended by the signal."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
-    env["TMPDIR"] = str(tmp_path)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True)
+    proc, workdir = await _start_demo(tmp_path)
     try:
-        assert proc.stdout is not None
-        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        workdir = first.rsplit("local registry in ", 1)[1].strip()
         await until(lambda: len(processes_naming(workdir)) >= 4, timeout_s=60,
                     what="the demo's service processes")
         await asyncio.sleep(0.3)  # their interpreters loading, not serving yet
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the demo and what it started
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()
+        await _kill_demo(proc)
     text = out.decode(errors="replace")
     assert proc.returncode == 143, text[-2000:]
     assert "never retrieved" not in text and "Traceback" not in text, text[-2000:]
@@ -179,23 +185,12 @@ async def test_demo_ends_on_sigterm_when_started_with_it_blocked(tmp_path: Path)
     blocked: ``kill <pid>`` did nothing and the demo ran its whole workload (with
     ``--keep-running``, for ever). It unblocks the signals it handles now, as ``serve()``
     and ``meshkit prometheus-targets`` do: it stops its stack and exits 143."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
-    env["TMPDIR"] = str(tmp_path)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_block_sigterm)
+    proc, _workdir = await _start_demo(tmp_path, preexec_fn=_block_sigterm)
     try:
-        assert proc.stdout is not None
-        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert "local registry in " in first, first
         await asyncio.sleep(1.0)  # the demo's own handler is installed by then
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):  # still running: asserted below
             await asyncio.wait_for(proc.communicate(), 45)
         assert proc.returncode == 143, proc.returncode
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the demo and what it started
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()
+        await _kill_demo(proc)
