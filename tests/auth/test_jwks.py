@@ -106,8 +106,9 @@ async def test_interval_refresh_in_background(served: JWKSServer, keys: KeySet) 
         assert client.fetches == 2
 
 
-async def test_async_url_provider_and_failure_keeps_keys(keys: KeySet) -> None:
-    """The URL comes from an async provider; a failed refresh keeps the cached keys."""
+async def _failable_jwks(keys: KeySet) -> tuple[web.AppRunner, int, dict[str, bool]]:
+    """A loopback JWKS endpoint serving ``keys`` that answers 503 while ``state["fail"]``:
+    (its runner, to clean up; its port; ``state``)."""
     app = web.Application()
     state = {"fail": False}
 
@@ -122,6 +123,12 @@ async def test_async_url_provider_and_failure_keeps_keys(keys: KeySet) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port, state
+
+
+async def test_async_url_provider_and_failure_keeps_keys(keys: KeySet) -> None:
+    """The URL comes from an async provider; a failed refresh keeps the cached keys."""
+    runner, port, state = await _failable_jwks(keys)
 
     async def url() -> str:
         return f"http://127.0.0.1:{port}/jwks"
@@ -574,24 +581,11 @@ async def test_refresh_outage_is_logged_once_with_reminders_and_its_end(keys: Ke
     URL), and the end of the outage only at DEBUG ("jwks refreshed"), so at the usual INFO
     level the log never said the provider was back.
 
-    Now meshkit's outage convention (``StatusTracker``, on the client's injectable clock):
+    Now meshkit's outage convention (``OutageLog``, on the client's injectable clock):
     one warning at the first failure, a reminder at most every 60 s with the number of
     failures so far, and ``"jwks refresh recovered"`` at INFO with the outage's length
     and failure count on the first refresh that works again."""
-    app = web.Application()
-    state = {"fail": False}
-
-    async def handle(_r: web.Request) -> web.Response:
-        if state["fail"]:
-            return web.Response(status=503)
-        return web.json_response(keys.jwks())
-
-    app.router.add_get("/jwks", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port, state = await _failable_jwks(keys)
     tick = Tick()
     opts = JWKSClientOptions(min_refresh_interval_s=1, clock=tick)
     try:
