@@ -6,13 +6,14 @@ real serve()/dial() pairs on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -370,12 +371,25 @@ def _events(logs: list[MutableMapping[str, Any]], level: str, needle: str) -> li
     return [e["event"] for e in logs if e.get("log_level") == level and needle in e["event"]]
 
 
-def _tls_server(reg: LocalRegistry, tls: Any) -> meshkit.MeshServer:
+@contextlib.asynccontextmanager
+async def _renewd(tmp_path: Path, tls: Any,
+                  ) -> AsyncIterator[tuple[meshkit.MeshServer, LocalRegistry]]:
+    """A started ``renewd`` MeshServer with ``tls`` answering ``Whoami``, registered in a
+    local registry under ``tmp_path`` (2 s TTL, 0.05 s polls): (server, registry), both
+    drained and closed on the way out."""
     def add(_s: object, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((auth_handler(),))
 
-    return meshkit.MeshServer("renewd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                                       poll_interval_s=0.05))
+    srv = meshkit.MeshServer("renewd", [(add, None)], registry=reg, options=meshkit.ServeOptions(
         tls=tls, drain_delay_s=0, grace_s=0.5, admin=None))
+    try:
+        await srv.start()
+        yield srv, reg
+    finally:
+        await srv.drain()
+        await reg.close()
 
 
 async def test_dial_logs_broken_certificate_files_once_and_their_recovery(
@@ -392,32 +406,24 @@ async def test_dial_logs_broken_certificate_files_once_and_their_recovery(
     again"`` when they read again. Calls keep working on the current credentials."""
     stls = pki.issue("renewd")
     ctls = dataclasses.replace(pki.issue("callerd"), reload_interval_s=0.05)
-    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
-                                                       poll_interval_s=0.05))
-    srv = _tls_server(reg, stls)
-    async with asyncio.timeout(40):
-        await srv.start()
-        try:
-            async with meshkit.dial("renewd", registry=reg,
-                                    options=meshkit.DialOptions(tls=ctls)) as ch:
-                call = ch.unary_unary(f"/{SERVICE}/Whoami", _registered_method=True)
-                await call(b"", timeout=5)
-                files = [Path(ctls.cert_file), Path(ctls.key_file)]
-                with capture_logs() as logs:
-                    saved = {f: _break(f) for f in files}
-                    loop = asyncio.get_running_loop()
-                    end = loop.time() + 2.5
-                    while loop.time() < end:
-                        await call(b"", timeout=5)  # still served on the old credentials
-                        await asyncio.sleep(0.05)
-                    for f, data in saved.items():
-                        _restore(f, data)
-                    await until(lambda: bool(_events(logs, "info", "readable again")),
-                                what="the recovery line")
-                    await call(b"", timeout=5)
-        finally:
-            await srv.drain()
-            await reg.close()
+    async with (asyncio.timeout(40), _renewd(tmp_path, stls) as (_srv, reg),
+                meshkit.dial("renewd", registry=reg,
+                             options=meshkit.DialOptions(tls=ctls)) as ch):
+        call = ch.unary_unary(f"/{SERVICE}/Whoami", _registered_method=True)
+        await call(b"", timeout=5)
+        files = [Path(ctls.cert_file), Path(ctls.key_file)]
+        with capture_logs() as logs:
+            saved = {f: _break(f) for f in files}
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 2.5
+            while loop.time() < end:
+                await call(b"", timeout=5)  # still served on the old credentials
+                await asyncio.sleep(0.05)
+            for f, data in saved.items():
+                _restore(f, data)
+            await until(lambda: bool(_events(logs, "info", "readable again")),
+                        what="the recovery line")
+            await call(b"", timeout=5)
     warnings = _events(logs, "warning", "certificate reload")
     assert 1 <= len(warnings) <= 3, warnings
     assert _events(logs, "info", "readable again") == ["certificate files readable again"]
@@ -437,35 +443,27 @@ async def test_server_logs_a_broken_ca_bundle_once_and_its_recovery(
     the bundle it had."""
     stls = dataclasses.replace(pki.issue("renewd"), reload_interval_s=0.1)
     ctls = pki.issue("callerd")
-    reg = LocalRegistry(meshkit.discovery.LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
-                                                       poll_interval_s=0.05))
-    srv = _tls_server(reg, stls)
-    async with asyncio.timeout(40):
-        await srv.start()
-        try:
-            assert srv.instance is not None
-            target = f"127.0.0.1:{srv.instance.port}"
-            creds, copts = ctls.channel_credentials(), ctls.channel_options("renewd")
-            ca = Path(stls.ca_file)
-            connections = 0
-            with capture_logs() as logs:
-                saved = _break(ca)
-                loop = asyncio.get_running_loop()
-                end = loop.time() + 3.0
-                while loop.time() < end:
-                    async with grpc.aio.secure_channel(target, creds, options=copts) as ch:
-                        await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
-                    connections += 1
-                    await asyncio.sleep(0.05)
-                _restore(ca, saved)
+    async with asyncio.timeout(40), _renewd(tmp_path, stls) as (srv, _reg):
+        assert srv.instance is not None
+        target = f"127.0.0.1:{srv.instance.port}"
+        creds, copts = ctls.channel_credentials(), ctls.channel_options("renewd")
+        ca = Path(stls.ca_file)
+        connections = 0
+        with capture_logs() as logs:
+            saved = _break(ca)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 3.0
+            while loop.time() < end:
+                async with grpc.aio.secure_channel(target, creds, options=copts) as ch:
+                    await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
+                connections += 1
+                await asyncio.sleep(0.05)
+            _restore(ca, saved)
+            await asyncio.sleep(0.2)
+            for _ in range(2):  # a new handshake and a call after the interval
+                async with grpc.aio.secure_channel(target, creds, options=copts) as ch:
+                    await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
                 await asyncio.sleep(0.2)
-                for _ in range(2):  # a new handshake and a call after the interval
-                    async with grpc.aio.secure_channel(target, creds, options=copts) as ch:
-                        await ch.unary_unary(f"/{SERVICE}/Whoami")(b"", timeout=5)
-                    await asyncio.sleep(0.2)
-        finally:
-            await srv.drain()
-            await reg.close()
     warnings = _events(logs, "warning", "reload skipped")
     assert connections >= 10, connections
     assert sorted(set(warnings)) == ["CA bundle reload skipped", "certificate reload skipped"]

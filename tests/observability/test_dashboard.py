@@ -10,6 +10,7 @@ import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -263,10 +264,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])  # type: ignore[return-value]
 
 
-async def test_dashboard_draws_live_in_chromium(mesh: Mesh, tmp_path: Path) -> None:
-    """In headless Chromium, / shows both echo servers, both endpoints READY, a row per
-    method with its call and error counts, escapes a hostile method name, and updates by
-    itself when more calls are made; the screenshot is a real picture."""
+def _browser() -> tuple[str, Any]:
+    """Debian's chromium binary and playwright's ``async_playwright``; a missing one
+    skips the test (fails it under ``CI=true``), naming how to install it."""
     chromium = shutil.which("chromium")
     if chromium is None:
         skip_or_fail("chromium is not installed (scripts/install-browser.sh installs it)")
@@ -274,6 +274,15 @@ async def test_dashboard_draws_live_in_chromium(mesh: Mesh, tmp_path: Path) -> N
         from playwright.async_api import async_playwright
     except ImportError:
         skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
+    assert chromium is not None
+    return chromium, async_playwright
+
+
+async def test_dashboard_draws_live_in_chromium(mesh: Mesh, tmp_path: Path) -> None:
+    """In headless Chromium, / shows both echo servers, both endpoints READY, a row per
+    method with its call and error counts, escapes a hostile method name, and updates by
+    itself when more calls are made; the screenshot is a real picture."""
+    chromium, async_playwright = _browser()
     await mesh.calls(ok=5, not_found=2)
     with pytest.raises(grpc.aio.AioRpcError):
         await mesh.channel.unary_unary(HOSTILE)(b"x", timeout=5)
@@ -410,13 +419,7 @@ async def test_dashboard_error_percent_is_over_the_window_its_heading_names(
     while the window held no error). The error % is now the window's
     ``error_rate_per_s / rate_per_s`` and the badges count the window's errors by code
     (``window_errors``; the since-start counts in their title)."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        skip_or_fail("chromium is not installed (scripts/install-browser.sh installs it)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        skip_or_fail("playwright is not installed (pip install -e '.[dev]')")
+    chromium, async_playwright = _browser()
     mesh, state = flaky_mesh
     call = mesh.channel.unary_unary(FLAKY_CALL)
     row = f'tr.method[data-side="server"][data-path="{FLAKY_CALL}"]'
