@@ -67,10 +67,14 @@ async def test_keepalive_timeout_s_bounds_how_long_a_dead_client_holds_its_call_
         TcpProxy("127.0.0.1", srv.port) as proxy,
         grpc.aio.insecure_channel(proxy.address) as doomed,
     ):
-        call = doomed.unary_unary(method("Sleep"))(b"30000", timeout=60)
+        sleep = doomed.unary_unary(method("Sleep"))
+        call = sleep(b"30000", timeout=60)
         # the call holds the only slot once a direct call is shed
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as direct:
             for _ in range(40):
+                if call.done():  # a probe took the slot first and the doomed call was shed
+                    call = sleep(b"30000", timeout=60)
+                    await asyncio.sleep(0.2)
                 try:
                     await direct.unary_unary(method("Unary"))(b"probe", timeout=1.0)
                 except grpc.aio.AioRpcError as exc:
