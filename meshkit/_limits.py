@@ -532,6 +532,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         # never evicted
         self._reserved: set[asyncio.Task[Any]] = set()
         self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False  # close(): the server stopped, no timer is armed again
         self._loops = LoopCache()  # the call's task without a getpid per call
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
@@ -869,10 +870,29 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 return True
         return False
 
+    def close(self) -> None:
+        """The server stopped: cancel the timer of :meth:`_arm_sweep` and arm none again.
+
+        The timer is armed when a call starts waiting for its request and stays armed
+        until it is due (``first_message_timeout_s``, 10 s by default) even when every
+        call got its request long before (cancelling it as the last wait ends would cost
+        every call a timer), so a stopped server left it on the loop that long, holding
+        the gate. :class:`meshkit.MeshServer` calls this once its grpc server has stopped
+        (the drain's last step, and the undoing of a failed start): no call is in the gate
+        then. Idempotent; costs the calls nothing (the check is where a timer is armed).
+        """
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+
     def _arm_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Arm the one timer that ends calls waiting longer than ``first_message_timeout_s``
         for their request, due when the longest wait reaches it (one timer for all calls,
-        not one per call: a call's wait then costs a dict entry only)."""
+        not one per call: a call's wait then costs a dict entry only); none once the gate
+        is closed (:meth:`close`)."""
+        if self._closed:
+            return
         assert self._timeout_s is not None
         oldest = next(since for t, since in self._waiting.items() if t not in self._evicting)
         self._sweep = loop.call_at(loop.time() + max(0.0, oldest + self._timeout_s

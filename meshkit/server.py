@@ -1502,6 +1502,7 @@ class MeshServer:
         try:
             await _each_step([*steps, *self._release_steps()], " after a failed start")
         finally:
+            self._close_gate()
             self._stopped.set()
 
     def _release_steps(self) -> list[tuple[str, Callable[[], Any]]]:
@@ -1651,13 +1652,22 @@ class MeshServer:
                     await server.stop(None)
             await self._close_after_stop()
 
+    def _close_gate(self) -> None:
+        """Once the grpc server has stopped: the request gate's first-message timer is
+        cancelled (:meth:`RequestGate.close <meshkit._limits.RequestGate.close>`), not left
+        on the loop for up to ``first_message_timeout_s``."""
+        if self.gate is not None:
+            self.gate.close()
+
     async def _close_after_stop(self) -> None:
-        """The drain's last steps: close the interceptors' resources, release the admin
+        """The drain's last steps: close the request gate (:meth:`_close_gate`) and the
+        interceptors' resources, release the admin
         server, close an owned registry, log "stopped", write the access log's last
         batch, mark the server stopped and record its final counters (:func:`ended`).
         Each step is attempted whatever the one before did: one that fails (or a warning
         turned into an error, ``-W error``) is logged, and the server still ends stopped
         (the drain's waiters released) with its final counters recorded."""
+        self._close_gate()
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("closing an interceptor", aclose) for aclose in (  # e.g. Redis connections
                 getattr(icpt, "aclose", None) for icpt in self._chain) if aclose is not None]
@@ -1667,7 +1677,7 @@ class MeshServer:
             for what, last in (
                     ("logging the stop", lambda: _log.info(
                         "stopped", service=self.service, refused=self.drain_refused)),
-                    ("writing the access log's last batch", flush_logs)):
+                    ("writing the access log's last batch", lambda: flush_logs(0))):
                 try:
                     last()
                 except Exception as exc:

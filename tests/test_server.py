@@ -2393,3 +2393,57 @@ async def test_a_bytes_named_server_option_overrides_the_limits_receive_size(
     finally:
         await srv.drain()
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+
+
+def _gate_timers(loop: asyncio.AbstractEventLoop, gate: Any) -> list[Any]:
+    """The timers ``gate`` has pending on ``loop``: from asyncio's schedule (its private
+    ``_scheduled`` heap) where the loop keeps one, else (uvloop) the gate's own handle."""
+    scheduled = getattr(loop, "_scheduled", None)
+    if scheduled is None:
+        handle = gate._sweep
+        return [] if handle is None or handle.cancelled() else [handle]
+    return [h for h in scheduled if not h.cancelled()
+            and getattr(h._callback, "__self__", None) is gate]
+
+
+async def _gate_timers_after_stop(registry: LocalRegistry, header_only: bool) -> list[Any]:
+    """Start a server (default ``ServerLimits``: ``first_message_timeout_s=10``), make one
+    call (and leave one header-only call open, with ``header_only``), drain it, and give
+    the gate's timers still pending on the loop."""
+    from meshkit.server import ServerLimits
+
+    loop = asyncio.get_running_loop()
+    srv = meshkit.MeshServer("slow", [(_add_slow, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, grace_s=0.3, admin=None,
+                                 limits=ServerLimits()))
+    await srv.start()
+    gate = srv.gate
+    assert gate is not None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary("/test.Slow/Hold")(b"x", timeout=5) == b"held 1"
+            assert _gate_timers(loop, gate), "the gate armed no timer: nothing tested"
+            idle: Any = ch.stream_stream("/test.Slow/Hold")() if header_only else None
+            if idle is not None:
+                await asyncio.wait_for(idle.wait_for_connection(), 5)
+                await until(lambda: bool(gate._waiting), timeout_s=5,
+                            what="the header-only call to wait for its request")
+            await asyncio.wait_for(srv.drain(), 10)
+            if idle is not None:  # ended by the stop, not served
+                assert await asyncio.wait_for(idle.code(), 5) != grpc.StatusCode.OK
+    finally:
+        await srv.drain()
+    return _gate_timers(loop, gate)
+
+
+@pytest.mark.parametrize("header_only", [False, True], ids=["calls-over", "call-waiting"])
+async def test_a_stopped_server_leaves_no_request_gate_timer_on_the_loop(
+        registry: LocalRegistry, header_only: bool) -> None:
+    """The request gate arms one timer (``first_message_timeout_s``, 10 s by default)
+    when a call starts waiting for its request and leaves it armed until due: a drained
+    server, whether its calls were over or one still waited for its request (ended by
+    the stop), left the gate's ``_expire`` scheduled on the loop for up to 10 s after
+    the stop, holding the gate and its handlers. Now the drain's last step cancels it
+    (``RequestGate.close()``), and a closed gate arms none again."""
+    assert await _gate_timers_after_stop(registry, header_only) == []
