@@ -1071,3 +1071,47 @@ def test_option_mappings_still_merge_and_copy_as_read_only_mappings_do() -> None
     assert dial.method_timeouts | {"/b.B/*": 2.0} == {"/a.A/*": 1.0, "/b.B/*": 2.0}
     assert dataclasses.replace(opts, rules=opts.rules | {"/b.B/*": None}).rules == {
         "/a.A/*": "10/second", "/b.B/*": None}
+
+
+def _workload(root: Path, trust_domain: str) -> dict[str, Path]:
+    """A mesh CA of ``trust_domain`` under ``root`` and an ``orderd`` certificate it
+    issued: the three files ``TLSOptions`` takes."""
+    from meshkit.auth import init_ca_dir, issue_into_dir
+
+    init_ca_dir(root, trust_domain=trust_domain, ttl_days=1)
+    files = issue_into_dir(root, "orderd", ttl_h=1)
+    return {"ca_file": files.ca_file, "cert_file": files.cert_file,
+            "key_file": files.key_file}
+
+
+def test_replace_reads_the_trust_domain_again_from_the_new_ca(tmp_path: Path) -> None:
+    """``TLSOptions.trust_domain`` left out is read from the CA certificate, and was
+    stored in the field: ``dataclasses.replace(tls, ca_file=..., cert_file=...,
+    key_file=...)`` moving to another mesh's files kept the old trust domain and failed
+    with a CertificateError that the certificate "is for trust domain 'b.test'" (a
+    trust domain the user never wrote). Now a trust domain read from the CA is read
+    again from the new one; one given is kept (and still checked). It reads, compares,
+    prints and pickles as the string it is."""
+    import copy
+    import pickle
+
+    from meshkit.auth import CertificateError, TLSOptions
+
+    a, b = _workload(tmp_path / "a", "a.test"), _workload(tmp_path / "b", "b.test")
+    tls = TLSOptions(**a)
+    assert tls.trust_domain == tls.domain == "a.test" and isinstance(tls.trust_domain, str)
+    moved = dataclasses.replace(tls, **b)
+    assert (moved.trust_domain, moved.spiffe_id) == ("b.test", "spiffe://b.test/svc/orderd")
+    assert moved == TLSOptions(**b) and repr(moved) == repr(TLSOptions(**b))
+    assert dataclasses.replace(tls, reload_interval_s=1.0).trust_domain == "a.test"
+    given = TLSOptions(**a, trust_domain="a.test")
+    assert given == tls and repr(given) == repr(tls)
+    with pytest.raises(CertificateError, match="trust domain"):
+        dataclasses.replace(given, **b)  # the user's trust domain: kept, and refused
+    assert dataclasses.replace(TLSOptions(**b, trust_domain="b.test"),
+                               reload_interval_s=1.0).trust_domain == "b.test"
+    # TLSOptions holds what it read (no deep copy, no pickle); its trust domain copies
+    for domain in (pickle.loads(pickle.dumps(tls.trust_domain)), copy.copy(tls).trust_domain,
+                   copy.deepcopy(tls.trust_domain)):
+        assert domain == "a.test" and type(domain) is type(tls.trust_domain)
+    assert dataclasses.replace(copy.copy(tls), **b).trust_domain == "b.test"

@@ -205,6 +205,19 @@ def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: P
                            f"{cert_file}{hint}")
 
 
+class _ReadFromCA(str):
+    """A trust domain :class:`TLSOptions` read from its CA certificate (``trust_domain``
+    left out), as the field holds it: a ``str`` for every reader, told apart by its type
+    only, so that ``dataclasses.replace()`` (which passes every field back) reads it again
+    from the new ``ca_file`` instead of keeping the old CA's as if given."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[_ReadFromCA], tuple[str]]:
+        """Pickle and copy rebuild it from its text."""
+        return (_ReadFromCA, (str(self),))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class TLSOptions:
     """mTLS settings of one workload, from PEM files (see the module docstring).
@@ -225,7 +238,10 @@ class TLSOptions:
         key_file: its private key, PEM (mode 0600; PKCS#8, or PKCS#1 / SEC 1): ECDSA P-256
             or P-384, or RSA of at least 2048 bits (cert-manager's default), the keys
             grpc's BoringSSL can use (:func:`~meshkit.auth.load_workload_key`).
-        trust_domain: the SPIFFE trust domain; default: read from the CA certificate.
+        trust_domain: the SPIFFE trust domain; default: read from the CA certificate
+            (the first of ``ca_file``), and read again from the new one by
+            ``dataclasses.replace()`` (a trust domain given is kept). Either way the
+            field reads as the trust domain in effect (a ``str``).
         allowed_peers: SPIFFE ID patterns (``*`` wildcards) allowed to connect to servers
             using these options, enforced by :meth:`peer_interceptor`; empty (default)
             allows every workload of the trust domain.
@@ -299,11 +315,11 @@ class TLSOptions:
             raise ConfigError(f"allowed_peers must be a tuple, got {self.allowed_peers!r}")
         object.__setattr__(self, "allowed_peers", tuple(self.allowed_peers))
         IdentityMatcher(self.allowed_peers, where="allowed_peers", peers=True)  # checked now
-        if self.trust_domain is not None:
+        if self.trust_domain is not None and not isinstance(self.trust_domain, _ReadFromCA):
             validate_trust_domain(self.trust_domain)
-        else:
+        else:  # left out, or read from the CA before a replace(): read from this one
             cas = load_certificates(self.ca_file)
-            object.__setattr__(self, "trust_domain", trust_domain_of(cas[0]))
+            object.__setattr__(self, "trust_domain", _ReadFromCA(trust_domain_of(cas[0])))
         object.__setattr__(self, "_initial", self.read())
         object.__setattr__(self, "_verifier", PeerVerifier.from_file(
             self.ca_file, reload_interval_s=self.reload_interval_s))

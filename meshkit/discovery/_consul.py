@@ -119,7 +119,7 @@ from meshkit.discovery._shared import (
     full_jitter,
     hold_until_cancelled,
 )
-from meshkit.discovery._types import Instance, RegistryStatus, StatusTracker
+from meshkit.discovery._types import Derived, Instance, RegistryStatus, StatusTracker, is_default
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["ConsulOptions", "ConsulRegistry"]
@@ -252,7 +252,11 @@ class ConsulOptions:
             no longer lists after it answered with an ``X-Consul-Index`` below one already
             seen (an agent restarted without its state, a restored snapshot), until their
             owners have registered again; default ``ttl_s`` (owners notice within
-            ``ttl_s / 3``); 0 turns it off. See :meth:`ConsulRegistry.watch`.
+            ``ttl_s / 3``); 0 turns it off. See :meth:`ConsulRegistry.watch`. The default
+            reads as the number in effect (a float) and is held as
+            :class:`~meshkit.discovery._types.Derived`, so ``dataclasses.replace(options,
+            ttl_s=60)`` works it out again from the new ``ttl_s`` (it kept the old one's);
+            a value given is kept.
 
     ``check_interval_s``, ``ttl_s`` and ``deregister_critical_after_s`` are at most
     9223372036 s, about 292 years (Consul reads them as Go durations, int64 nanoseconds).
@@ -299,8 +303,9 @@ class ConsulOptions:
             raise ConfigError(f"scheme must be 'http' or 'https', got {self.scheme!r}")
         if self.check not in _CHECK_KINDS:
             raise ConfigError(f"check must be one of {_CHECK_KINDS}, got {self.check!r}")
-        if self.fault_grace_s is None:
-            object.__setattr__(self, "fault_grace_s", self.ttl_s)
+        if is_default(self.fault_grace_s):  # again after a replace(): see the docstring
+            check_number("ttl_s", self.ttl_s, low_open=True)  # first: worked out from it
+            object.__setattr__(self, "fault_grace_s", Derived(self.ttl_s))
         check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s",))
         for name in _DURATION_FIELDS:
             check_number(name, getattr(self, name), low_open=True, high=_MAX_GO_DURATION_S)

@@ -192,7 +192,14 @@ from meshkit.discovery._shared import (
     full_jitter,
     hold_until_cancelled,
 )
-from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
+from meshkit.discovery._types import (
+    Derived,
+    Instance,
+    Outage,
+    RegistryStatus,
+    StatusTracker,
+    is_default,
+)
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["EtcdOptions", "EtcdRegistry"]
@@ -343,6 +350,13 @@ class EtcdOptions:
             (``--cert``, ``ETCDCTL_CERT``); needs ``key_file``.
         key_file: its PEM private key (``--key``, ``ETCDCTL_KEY``).
 
+    The defaults worked out from ``ttl_s`` (``keepalive_interval_s``, ``fault_grace_s``,
+    ``last_seen_ttl_s``) read as the numbers in effect (floats), and are held as
+    :class:`~meshkit.discovery._types.Derived`: ``dataclasses.replace(options,
+    ttl_s=60)`` works them out again from the new ``ttl_s`` (the options equal
+    ``EtcdOptions(ttl_s=60)``), where it kept those of the old TTL (or failed a check of
+    a value never written); a value given is kept, and checked against the new fields.
+
     Raises:
         ConfigError: a value is invalid or of the wrong type (``None`` for ``endpoints``,
             ``prefix`` or ``ttl_s``, an endpoint or a ``prefix`` that is no string, a
@@ -386,15 +400,16 @@ class EtcdOptions:
                 and self.prefix.endswith("/")):
             raise ConfigError(f"prefix must be a string; it must start and end with '/', "
                               f"got {self.prefix!r}")
-        # first: the defaults below are worked out from it
+        # first: the defaults below are worked out from it (again after a replace(): a
+        # Derived is no value of the user's)
         check_number("ttl_s", self.ttl_s, low_open=True)
-        if self.keepalive_interval_s is None:
-            object.__setattr__(self, "keepalive_interval_s", float(self.ttl_s) / 3)
-        if self.fault_grace_s is None:
-            object.__setattr__(self, "fault_grace_s", float(self.ttl_s))
-        if self.last_seen_ttl_s is None:
+        if is_default(self.keepalive_interval_s):
+            object.__setattr__(self, "keepalive_interval_s", Derived(self.ttl_s / 3))
+        if is_default(self.fault_grace_s):
+            object.__setattr__(self, "fault_grace_s", Derived(self.ttl_s))
+        if is_default(self.last_seen_ttl_s):
             object.__setattr__(self, "last_seen_ttl_s",
-                               min(_MAX_LEASE_TTL_S, max(10 * self.ttl_s, 300)))
+                               Derived(min(_MAX_LEASE_TTL_S, max(10 * self.ttl_s, 300))))
         check_seconds(self, _FLOAT_FIELDS, zero_ok=("fault_grace_s", "last_seen_ttl_s"))
         if not float(self.ttl_s).is_integer() or self.ttl_s < 1:
             raise ConfigError(f"ttl_s must be whole seconds >= 1 (etcd's unit), "

@@ -116,6 +116,37 @@ def _check_utf8(name: str, value: str) -> None:
                               f"surrogate), got {value!r}") from None
 
 
+class Derived(float):
+    """A default an options class works out from another of its fields (``ttl_s / 3``...)
+    for a field left ``None``, as that field holds it: a ``float`` for every reader
+    (arithmetic, which gives plain floats, comparisons, ``==`` and ``hash`` with the same
+    number, ``repr``, ``str``, JSON), told apart by its type only.
+
+    ``dataclasses.replace(options, ttl_s=60)`` builds the new options from every field's
+    value, so a default stored as a plain float would pass for a value the user gave: it
+    kept the old ``ttl_s``'s value, or failed a check against the new one naming a field
+    the user never wrote. ``__post_init__`` works a :class:`Derived` (or ``None``) out
+    again (:func:`is_default`), a plain number it keeps. Pickles, copies and
+    ``dataclasses.asdict`` keep the type; a number read from a default and given to a new
+    options object is the default there too.
+
+    Args:
+        value: the number (seconds, for the options that use it).
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[Derived], tuple[float]]:
+        """Pickle and copy rebuild it from its number."""
+        return (Derived, (float(self),))
+
+
+def is_default(value: object) -> bool:
+    """Whether an options field holds no value of the user's: ``None`` (left out) or a
+    :class:`Derived` default, to work out (again) from the other fields."""
+    return value is None or isinstance(value, Derived)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistryStatus:
     """What a registry knows about its own health: a snapshot from :meth:`Registry.status`.

@@ -6,7 +6,11 @@ quoting a token."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,3 +114,76 @@ def test_an_address_of_the_wrong_type_is_refused_without_its_password(
     with pytest.raises(ConfigError) as info:
         make()
     assert "s3cret" not in str(info.value), str(info.value)
+
+
+# -- defaults worked out from ttl_s ----------------------------------------------------------
+def _etcd_derived(o: EtcdOptions) -> tuple[object, ...]:
+    return (o.keepalive_interval_s, o.fault_grace_s, o.last_seen_ttl_s)
+
+
+def test_replace_works_the_ttl_defaults_out_again_from_the_new_ttl() -> None:
+    """``dataclasses.replace(EtcdOptions(ttl_s=5), ttl_s=60)`` kept the keep-alive interval
+    worked out from the old TTL (5 / 3 s: twelve times the requests asked for) and its
+    ``fault_grace_s`` of 5 s, and ``replace(EtcdOptions(ttl_s=30), ttl_s=2)`` failed with
+    "keepalive_interval_s must be < ttl_s=2, got 10.0", a value the user never wrote:
+    ``__post_init__`` stored ``ttl_s / 3`` into the field, and ``replace()`` passes every
+    field back as if given. ``ConsulOptions.fault_grace_s`` the same. Now a default worked
+    out from ``ttl_s`` is worked out again: the options replaced equal those built with
+    the new TTL."""
+    longer = dataclasses.replace(EtcdOptions(ttl_s=5), ttl_s=60)
+    assert _etcd_derived(longer) == (20, 60, 600)
+    assert longer == EtcdOptions(ttl_s=60)
+    shorter = dataclasses.replace(EtcdOptions(ttl_s=30), ttl_s=2)
+    assert _etcd_derived(shorter) == (2 / 3, 2, 300)
+    other = dataclasses.replace(EtcdOptions(ttl_s=5), prefix="/p/")  # another field
+    assert _etcd_derived(other) == (5 / 3, 5, 300)
+    uri = dataclasses.replace(EtcdOptions.from_uri("etcd://h:2379?ttl_s=3", environ={}),
+                              ttl_s=30)
+    assert _etcd_derived(uri) == (10, 30, 300)
+    consul = dataclasses.replace(ConsulOptions(ttl_s=15), ttl_s=60)
+    assert consul.fault_grace_s == 60 and consul == ConsulOptions(ttl_s=60)
+    from_uri = ConsulOptions.from_uri("consul://h:8500?ttl_s=6", environ={})
+    assert dataclasses.replace(from_uri, ttl_s=3).fault_grace_s == 3
+
+
+def test_values_the_user_gave_are_kept_and_checked_by_replace() -> None:
+    """A value given (also one equal to the default) is the user's: ``replace()`` keeps
+    it, and refuses it when the new fields make it wrong, naming it."""
+    given = EtcdOptions(ttl_s=10, keepalive_interval_s=1, fault_grace_s=0, last_seen_ttl_s=0)
+    assert _etcd_derived(dataclasses.replace(given, ttl_s=60)) == (1, 0, 0)
+    same = EtcdOptions(ttl_s=6, keepalive_interval_s=2.0, fault_grace_s=6, last_seen_ttl_s=300)
+    assert _etcd_derived(dataclasses.replace(same, ttl_s=60)) == (2, 6, 300)
+    with pytest.raises(ConfigError, match=r"keepalive_interval_s must be < ttl_s=2, got 5"):
+        dataclasses.replace(EtcdOptions(ttl_s=30, keepalive_interval_s=5), ttl_s=2)
+    with pytest.raises(ConfigError, match="last_seen_ttl_s"):
+        dataclasses.replace(EtcdOptions(ttl_s=10, last_seen_ttl_s=60), ttl_s=120)
+    assert dataclasses.replace(ConsulOptions(ttl_s=15, fault_grace_s=4),
+                               ttl_s=60).fault_grace_s == 4
+
+
+def test_defaults_worked_out_read_compare_and_pickle_as_numbers() -> None:
+    """The fields still read as the value in effect (a float: what code and tests read,
+    ``repr`` shows and JSON writes), options equal (and hash as) those given the same
+    values, and the default survives pickling, copying and ``asdict``: replaced after
+    them, it is worked out again."""
+    derived = EtcdOptions(ttl_s=6)
+    given = EtcdOptions(ttl_s=6, keepalive_interval_s=2.0, fault_grace_s=6.0,
+                        last_seen_ttl_s=300.0)
+    assert _etcd_derived(derived) == (2.0, 6.0, 300.0)
+    assert all(isinstance(v, float) for v in _etcd_derived(derived))
+    assert derived == given and hash(derived) == hash(given)
+    assert repr(derived) == repr(given)
+    assert "keepalive_interval_s=2.0, " in repr(derived)
+    assert json.dumps(dataclasses.asdict(derived)) == json.dumps(dataclasses.asdict(given))
+    assert type(derived.keepalive_interval_s * 3) is float  # arithmetic: plain floats
+    copies = [pickle.loads(pickle.dumps(derived, protocol))
+              for protocol in range(pickle.HIGHEST_PROTOCOL + 1)]
+    copies += [copy.copy(derived), copy.deepcopy(derived),
+               EtcdOptions(**dataclasses.asdict(derived))]
+    for o in copies:
+        assert o == derived
+        assert _etcd_derived(dataclasses.replace(o, ttl_s=60)) == (20, 60, 600)
+    consul = pickle.loads(pickle.dumps(ConsulOptions(ttl_s=9)))
+    assert consul.fault_grace_s == 9 and repr(consul) == repr(ConsulOptions(ttl_s=9,
+                                                                              fault_grace_s=9.0))
+    assert dataclasses.replace(consul, ttl_s=30).fault_grace_s == 30
