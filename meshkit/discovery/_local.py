@@ -1,10 +1,37 @@
 """The embedded registry: one SQLite file shared by every process on a machine.
 
-Liveness is a heartbeat: each registered instance row carries ``expires_at`` (wall clock,
-seconds) that its owner pushes forward every ``heartbeat_interval_s``; a row not renewed
-within ``ttl_s`` is dead to watchers, so a process killed with SIGKILL drops out within its
-TTL. Watchers poll every ``poll_interval_s`` (default 0.25 s) and yield only on change.
-SQLite runs in WAL mode with a busy timeout so many processes can read and write at once.
+Liveness is a heartbeat: each registered instance row carries an expiry that its owner
+pushes forward every ``heartbeat_interval_s``; a row not renewed within ``ttl_s`` is dead to
+watchers, so a process killed with SIGKILL drops out within its TTL. Watchers poll every
+``poll_interval_s`` (default 0.25 s) and yield only on change. SQLite runs in WAL mode with a
+busy timeout so many processes can read and write at once.
+
+**Clocks.** The wall clock steps (an NTP correction, a VM resumed, ``date -s``): judged on
+it, a step forward by more than ``ttl_s`` would make every live instance look dead until its
+next heartbeat (and the sweep below delete its row), and a step back would keep dead ones
+listed for as long as the step. Every process sharing the file is on one host (SQLite's WAL
+needs shared memory: https://sqlite.org/wal.html), so they share its boot clock
+(``CLOCK_BOOTTIME``: monotonic, counting suspend) and its boot id
+(``/proc/sys/kernel/random/boot_id``). Each row therefore carries, next to ``expires_at``
+(wall clock, seconds: what older meshkit versions read and write), a *boot stamp*: the
+writer's boot id and time namespace (``boot_id``), its expiry on that boot clock
+(``boot_expires_at``) and the ``expires_at`` written with it (``boot_wall_expires_at``). A
+reader judges a row
+
+* on its boot clock if the row's stamp is of its own boot and time namespace;
+* as dead if the stamp is of another boot: the file outlived a reboot, the owner is gone;
+* on the wall clock otherwise, as before: a row without a stamp (an older meshkit wrote it),
+  one whose stamp no longer goes with its ``expires_at`` (an older meshkit renewed a row a
+  newer one wrote: it updates ``expires_at`` only), one of another time namespace of the
+  same boot (a container with boot-time offsets), or a reader without a boot clock
+  (``LocalOptions.boot_clock=None``; not Linux: macOS), which writes no stamp either.
+
+The sweep that deletes rows dead for ``10 * ttl_s`` applies the same rule, so a wall-clock
+step never deletes a live row. An older file is upgraded in place on open (``ALTER TABLE ...
+ADD COLUMN``, NULL in its rows: judged on the wall clock); a process that cannot write it
+reads it on the wall clock until another process has upgraded it. Tombstones and the
+``last_write`` time below stay on the wall clock: a step only changes when tombstones are
+collected and, during a write outage, which expired entries a new watch keeps.
 
 SQLite's busy timeout does not cover every contended case: switching a new file to WAL while
 another process does the same, the last connection's WAL cleanup at close, and WAL recovery
@@ -80,6 +107,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import json
 import os
@@ -121,7 +149,10 @@ CREATE TABLE IF NOT EXISTS instances (
     tags        TEXT NOT NULL,
     meta        TEXT NOT NULL,
     weight      INTEGER NOT NULL,
-    expires_at  REAL NOT NULL
+    expires_at  REAL NOT NULL,
+    boot_id     TEXT,
+    boot_expires_at REAL,
+    boot_wall_expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS instances_by_service ON instances (service, expires_at);
 CREATE TABLE IF NOT EXISTS last_write (
@@ -136,8 +167,40 @@ CREATE TABLE IF NOT EXISTS deregistered (
 );
 """
 _TABLES = frozenset({"instances", "last_write", "deregistered"})
+#: The boot stamp's columns (module docstring): added to an older file's ``instances``
+#: table by ``ALTER TABLE ... ADD COLUMN`` (NULL in its rows), never dropped.
+_BOOT_COLUMNS = {"boot_id": "TEXT", "boot_expires_at": "REAL", "boot_wall_expires_at": "REAL"}
 #: Rows dead for this many TTLs are garbage: their owners are gone for good.
 _GC_TTLS = 10
+
+_UPSERT = (
+    "INSERT INTO instances (instance_id, service, host, port, tags, meta, weight,"
+    " expires_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(instance_id) DO UPDATE SET"
+    " service=excluded.service, host=excluded.host, port=excluded.port,"
+    " tags=excluded.tags, meta=excluded.meta, weight=excluded.weight,"
+    " expires_at=excluded.expires_at")
+_UPSERT_STAMPED = (
+    "INSERT INTO instances (instance_id, service, host, port, tags, meta, weight,"
+    " expires_at, boot_id, boot_expires_at, boot_wall_expires_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(instance_id) DO UPDATE SET"
+    " service=excluded.service, host=excluded.host, port=excluded.port,"
+    " tags=excluded.tags, meta=excluded.meta, weight=excluded.weight,"
+    " expires_at=excluded.expires_at, boot_id=excluded.boot_id,"
+    " boot_expires_at=excluded.boot_expires_at,"
+    " boot_wall_expires_at=excluded.boot_wall_expires_at")
+_SELECT = ("SELECT instance_id, host, port, tags, meta, weight, expires_at FROM instances"
+           " WHERE service = ?")
+_SELECT_STAMPED = ("SELECT instance_id, host, port, tags, meta, weight, expires_at, boot_id,"
+                   " boot_expires_at, boot_wall_expires_at FROM instances WHERE service = ?")
+#: The sweep of rows dead for _GC_TTLS TTLs, by the rule of LocalRegistry._read: :wall and
+#: :boot are the horizons on either clock, :key this process's stamp, :prefix its boot's.
+_SWEEP_STAMPED = (
+    "DELETE FROM instances WHERE CASE"
+    " WHEN boot_id IS NULL OR boot_wall_expires_at IS NOT expires_at"
+    " THEN expires_at < :wall"
+    " WHEN boot_id = :key THEN boot_expires_at < :boot"
+    " WHEN substr(boot_id, 1, length(:prefix)) = :prefix THEN expires_at < :wall"
+    " ELSE 1 END")
 
 _registries: weakref.WeakSet[LocalRegistry] = weakref.WeakSet()  # reset in forked children
 _inherited: list[sqlite3.Connection] = []  # a parent's connections, in a child: never used
@@ -151,6 +214,81 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _boottime() -> float:
+    """The host's boot clock, seconds: ``CLOCK_BOOTTIME`` (monotonic, counts suspend)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _usable_boot_clock() -> Callable[[], float] | None:
+    """:func:`_boottime` where the platform has ``CLOCK_BOOTTIME`` (Linux), else None."""
+    if getattr(time, "CLOCK_BOOTTIME", None) is None:
+        return None
+    try:
+        _boottime()
+    except OSError:  # a kernel without it
+        return None
+    return _boottime
+
+
+#: The default ``LocalOptions.boot_clock``.
+_BOOT_CLOCK = _usable_boot_clock()
+
+
+@functools.cache
+def _this_boot() -> str | None:
+    """The kernel's boot id (a UUID that changes at each boot), None where there is none
+    (not Linux, no ``/proc``). Read once per process."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    return boot if boot and "/" not in boot else None
+
+
+def _time_namespace() -> str:
+    """This process's time namespace (its nsfs inode number: processes in another one may
+    see the boot clock offset), ``""`` where there are none or it cannot be read."""
+    try:
+        return str(os.stat("/proc/self/ns/time").st_ino)
+    except OSError:
+        return ""
+
+
+def _add_boot_columns(conn: sqlite3.Connection, *, write: bool) -> bool:
+    """Whether the ``instances`` table has the boot stamp's columns; with ``write``, the
+    missing ones are added first (one write transaction: an older file upgraded in place).
+    A file that cannot be written (read-only, full disk) is left as it is: False.
+
+    Raises:
+        sqlite3.OperationalError: the file is busy (retried by the caller).
+    """
+    def columns() -> set[str]:
+        return {r[1] for r in conn.execute("PRAGMA table_info(instances)")}
+
+    if columns() >= _BOOT_COLUMNS.keys():
+        return True
+    if not write:
+        return False
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            have = columns()  # again, under the write lock: another process may have
+            for name, kind in _BOOT_COLUMNS.items():  # added them meanwhile
+                if name not in have:
+                    conn.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise
+        return False
+    return True
 
 
 def _per_user_dir() -> Path:
@@ -298,6 +436,19 @@ class LocalOptions:
         heartbeat_interval_s: seconds between heartbeats; default ``ttl_s / 3``.
         poll_interval_s: how often watchers look for changes, seconds (default 0.25).
         clock: wall-clock source in seconds (injectable for tests), default ``time.time``.
+            Every row's ``expires_at``, tombstones and the last-write time are written on
+            it; it judges the rows without a boot stamp of this process's boot and time
+            namespace (module docstring, "Clocks"), and every row if ``boot_clock`` or
+            ``boot_id`` is None. A test that moves time by hand moves ``boot_clock`` too
+            (or sets it to None).
+        boot_clock: the host's boot clock in seconds, monotonic across wall-clock steps
+            (injectable for tests); default ``CLOCK_BOOTTIME`` where the platform has it
+            (Linux), else None: no boot stamps are written, and every row is judged on
+            ``clock`` (as on macOS).
+        boot_id: the host's boot id, a non-empty string without ``/``; default the
+            kernel's (``/proc/sys/kernel/random/boot_id``, read once per process), None
+            where there is none (as ``boot_clock=None``). Rows stamped with another boot
+            id are dead: they were written before a reboot.
         busy_timeout_s: how long one operation waits on a locked file before it fails
             with :class:`~meshkit.errors.RegistryError`, seconds (default 5.0). Covers
             SQLite's busy handler and the busy errors it does not handle (see the module
@@ -310,7 +461,8 @@ class LocalOptions:
     Raises:
         ConfigError: a value is out of range or of the wrong type (quoted in the
             message): a ``path`` that is no ``str`` or ``os.PathLike`` (``None`` from an
-            unset variable, ``bytes``) or is ``""``.
+            unset variable, ``bytes``) or is ``""``; a ``boot_clock`` that is not callable
+            (nor None); a ``boot_id`` that is no string, is ``""`` or holds ``/``.
     """
 
     path: Path = field(default_factory=default_local_path)
@@ -320,9 +472,18 @@ class LocalOptions:
     clock: Callable[[], float] = time.time
     busy_timeout_s: float = 5.0
     fault_grace_s: float | None = None
+    boot_clock: Callable[[], float] | None = _BOOT_CLOCK
+    boot_id: str | None = field(default_factory=_this_boot)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", _database_path(check_path("path", self.path)))
+        if self.boot_clock is not None and not callable(self.boot_clock):
+            raise ConfigError(f"boot_clock must be a function returning seconds or None, "
+                              f"got {self.boot_clock!r}")
+        boot = self.boot_id
+        if boot is not None and not (isinstance(boot, str) and boot and "/" not in boot):
+            raise ConfigError(f"boot_id must be a non-empty string without '/' or None, "
+                              f"got {boot!r}")
         check_seconds(self, ("ttl_s", "poll_interval_s", "busy_timeout_s"))
         hb = self.heartbeat_interval_s
         if hb is None:
@@ -399,7 +560,8 @@ class _Snapshot(NamedTuple):
     """One read of a service's entries."""
 
     live: frozenset[Instance]
-    expired: tuple[tuple[Instance, float], ...]  # (instance, expires_at) of expired rows
+    # (instance, expires_at) of expired rows; -inf for a row of an earlier boot
+    expired: tuple[tuple[Instance, float], ...]
     written_at: float | None  # the registry's last_write time (read only if expired)
     deregistered: frozenset[str]  # ids deregistered explicitly (tombstones not yet collected)
 
@@ -451,6 +613,12 @@ class LocalRegistry:
         self._has_last_write = False  # the file has the last_write table (old files may not)
         self._has_tombstones = False  # the file has the deregistered table (idem)
         self._immutable = False  # opened immutable=1: read-only, no -wal/-shm (module doc)
+        # The boot stamp this process writes and judges by ("Clocks" in the module doc):
+        # None without a boot clock; _has_boot: the open file has its columns.
+        self._boot_key: str | None = None
+        self._boot_prefix = ""  # "<boot id>/": a stamp of this boot, any time namespace
+        self._stamp_boot()
+        self._has_boot = False
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._moved = False  # the path was found naming another file, or none
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
@@ -475,6 +643,16 @@ class LocalRegistry:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshkit-local")
         _registries.add(self)
 
+    def _stamp_boot(self) -> None:
+        """Set this process's boot stamp key, ``"<boot id>/<time namespace>"`` (None if it
+        has no boot clock or boot id)."""
+        opts = self.options
+        if opts.boot_clock is None or opts.boot_id is None:
+            self._boot_key, self._boot_prefix = None, ""
+        else:
+            self._boot_prefix = f"{opts.boot_id}/"
+            self._boot_key = self._boot_prefix + _time_namespace()
+
     def _forget_parent(self) -> None:
         """In a forked child: the parent's worker thread did not survive the fork (its
         executor would queue work to a thread that does not exist) and its lock may have
@@ -494,6 +672,7 @@ class LocalRegistry:
         self._owned = {}
         self._kept = {}
         self._probe_lock = None
+        self._stamp_boot()  # the parent may have made the child's time namespace its own
 
     # -- sqlite plumbing (runs in the worker thread, under _lock) --------------------------
     def _connect(self, database: str, uri: bool = False) -> sqlite3.Connection:
@@ -538,12 +717,17 @@ class LocalRegistry:
                 except sqlite3.OperationalError as exc:
                     if not (_is_readonly(exc) and "instances" in tables):
                         raise  # a registry we cannot write but can read is fine
+            # Stamping rows needs the boot columns: an older file gets them now, if it can
+            # be written (else they are looked for again at each read and write).
+            has_boot = self._boot_key is not None and _add_boot_columns(
+                conn, write=not immutable)
         except BaseException:
             conn.close()
             raise
         self._conn, self._immutable = conn, immutable
         self._has_last_write = "last_write" in tables
         self._has_tombstones = "deregistered" in tables
+        self._has_boot = has_boot
 
     def _drop(self) -> None:
         """Close the connection; the next operation opens the path again."""
@@ -658,25 +842,38 @@ class LocalRegistry:
                 f"local registry {str(self.options.path)!r}: {_describe(exc)}") from exc
 
     def _upsert(self, conn: sqlite3.Connection, inst: Instance) -> None:
-        conn.execute(
-            "INSERT INTO instances (instance_id, service, host, port, tags, meta, weight,"
-            " expires_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(instance_id) DO UPDATE SET"
-            " service=excluded.service, host=excluded.host, port=excluded.port,"
-            " tags=excluded.tags, meta=excluded.meta, weight=excluded.weight,"
-            " expires_at=excluded.expires_at",
-            (inst.instance_id, inst.service, inst.host, inst.port, json.dumps(list(inst.tags)),
-             json.dumps(dict(inst.meta), sort_keys=True), inst.weight,
-             self.options.clock() + self.options.ttl_s),
-        )
+        """Write ``inst`` with a fresh expiry: ``expires_at`` on the wall clock (what older
+        meshkit versions read) and, if this process has a boot clock and the file its
+        columns, the boot stamp (module docstring, "Clocks")."""
+        opts = self.options
+        expires_at = opts.clock() + opts.ttl_s
+        values = (inst.instance_id, inst.service, inst.host, inst.port,
+                  json.dumps(list(inst.tags)), json.dumps(dict(inst.meta), sort_keys=True),
+                  inst.weight, expires_at)
+        if self._has_boot:
+            assert opts.boot_clock is not None
+            conn.execute(_UPSERT_STAMPED, (*values, self._boot_key,
+                                           opts.boot_clock() + opts.ttl_s, expires_at))
+        else:  # an older file not upgraded yet, or no boot clock: as older versions write
+            conn.execute(_UPSERT, values)
         if self._has_tombstones:  # registered again after a deregistration
             conn.execute("DELETE FROM deregistered WHERE instance_id = ?", (inst.instance_id,))
 
     def _gc(self, conn: sqlite3.Connection) -> None:
         """Delete rows dead (or deregistered) for ``_GC_TTLS`` TTLs (their owners are gone
-        for good)."""
+        for good), judged as :meth:`_read` judges them: on this boot's clock for rows
+        stamped in this boot and time namespace, at once for rows of another boot, on the
+        wall clock for the others (module docstring, "Clocks"). Tombstones: wall clock."""
         self._gc_at = time.monotonic()
-        horizon = self.options.clock() - _GC_TTLS * self.options.ttl_s
-        conn.execute("DELETE FROM instances WHERE expires_at < ?", (horizon,))
+        opts = self.options
+        horizon = opts.clock() - _GC_TTLS * opts.ttl_s
+        if self._has_boot:
+            assert opts.boot_clock is not None
+            conn.execute(_SWEEP_STAMPED, {
+                "wall": horizon, "boot": opts.boot_clock() - _GC_TTLS * opts.ttl_s,
+                "key": self._boot_key, "prefix": self._boot_prefix})
+        else:
+            conn.execute("DELETE FROM instances WHERE expires_at < ?", (horizon,))
         if self._has_tombstones:
             conn.execute("DELETE FROM deregistered WHERE at < ?", (horizon,))
 
@@ -687,6 +884,8 @@ class LocalRegistry:
         ``last_write`` (its counter changes, so SQLite cannot skip the write even with
         nothing else to do), and collect garbage if ``gc`` (or if it is due: at most once
         per ``ttl_s``)."""
+        if not self._has_boot and self._boot_key is not None:  # an older file: upgrade
+            self._has_boot = _add_boot_columns(conn, write=True)
         conn.execute("BEGIN IMMEDIATE")
         try:
             for inst in instances:
@@ -737,26 +936,45 @@ class LocalRegistry:
 
     def _read(self, conn: sqlite3.Connection, service: str) -> _Snapshot:
         """The entries of ``service``: live ones, expired ones not yet collected, and, if
-        there are expired ones, the registry's ``last_write`` time. No write."""
+        there are expired ones, the registry's ``last_write`` time. No write.
+
+        A row is live if its expiry is ahead: on this boot's clock if it carries a boot
+        stamp of this boot and time namespace, never if it carries one of another boot,
+        else on the wall clock (module docstring, "Clocks")."""
         now = self.options.clock()
+        key = self._boot_key
+        if not self._has_boot and key is not None:  # an older file: upgraded since?
+            self._has_boot = _add_boot_columns(conn, write=False)
+        boot_now, prefix = 0.0, self._boot_prefix
+        if self._has_boot:
+            assert self.options.boot_clock is not None
+            boot_now = self.options.boot_clock()
+            query = _SELECT_STAMPED
+        else:
+            key, query = None, _SELECT
         live: list[Instance] = []
         expired: list[tuple[Instance, float]] = []
-        for r in conn.execute(
-            "SELECT instance_id, host, port, tags, meta, weight, expires_at FROM instances"
-            " WHERE service = ?", (service,),
-        ):
+        for r in conn.execute(query, (service,)):
             try:
                 inst = Instance(service=service, instance_id=r[0], host=r[1], port=r[2],
                                 tags=tuple(json.loads(r[3])), meta=json.loads(r[4]),
                                 weight=r[5])
-                alive = r[6] > now
+                expires_at = r[6]
+                if key is None or r[7] is None or r[9] != expires_at:
+                    alive = expires_at > now  # no stamp of ours (or a stale one): wall
+                elif r[7] == key:
+                    alive = r[8] > boot_now
+                elif r[7].startswith(prefix):  # this boot, another time namespace
+                    alive = expires_at > now
+                else:  # written before a reboot: its owner is gone, whatever the wall says
+                    alive, expires_at = False, -float("inf")
             except (ConfigError, ValueError, TypeError, AttributeError) as exc:
                 self._log_unusable(service, r[0], exc)
                 continue
             if alive:
                 live.append(inst)
             else:
-                expired.append((inst, r[6]))
+                expired.append((inst, expires_at))
         written_at: float | None = None
         if expired and self._has_last_write:
             row = conn.execute("SELECT written_at FROM last_write WHERE id = 0").fetchone()
@@ -892,7 +1110,8 @@ class LocalRegistry:
     async def failing(self, service: str) -> frozenset[Instance]:
         """Instances of ``service`` whose heartbeat lapsed (their owner died or hangs) and
         that were not deregistered: watches no longer list them; they stay here until
-        garbage collection (10 TTLs). A drained instance deregisters, so it is never here.
+        garbage collection (10 TTLs; at the next one for entries written before the host
+        rebooted). A drained instance deregisters, so it is never here.
         One query.
 
         Raises:

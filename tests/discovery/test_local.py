@@ -49,16 +49,22 @@ async def test_register_roundtrips_all_fields(tmp_path: Path) -> None:
         await reg.close()
 
 
-async def test_entry_expires_after_ttl_without_heartbeat(tmp_path: Path) -> None:
-    """An instance whose heartbeats stop disappears once its TTL passes."""
-    clock = FakeClock()
-    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3, heartbeat_interval_s=2.9,
-                                     clock=clock))
+@pytest.mark.parametrize("boot_clock", ["boot clock", "wall clock only"])
+async def test_entry_expires_after_ttl_without_heartbeat(tmp_path: Path,
+                                                         boot_clock: str) -> None:
+    """An instance whose heartbeats stop disappears once its TTL passes: on the boot clock
+    where there is one, else on the wall clock (the test moves both)."""
+    clock, boot = FakeClock(), FakeClock()
+    reg = LocalRegistry(LocalOptions(
+        path=tmp_path, ttl_s=3, heartbeat_interval_s=2.9, clock=clock,
+        boot_clock=boot if boot_clock == "boot clock" else None, boot_id="test-boot"))
     try:
         await reg.register(inst("a"))
         clock.now += 2.9
+        boot.now += 2.9
         assert len(await reg.instances("svc")) == 1
         clock.now += 0.2
+        boot.now += 0.2
         assert await reg.instances("svc") == frozenset()
     finally:
         await reg.close()

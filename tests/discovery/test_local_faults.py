@@ -143,7 +143,8 @@ def _warnings(child: Child, fragment: str) -> list[dict[str, Any]]:
 def write_row(path: Path, instance_id: str, expires_at: float | None) -> None:
     """Insert (``expires_at`` given) or deregister an entry by hand (deleted, with the
     tombstone a deregistration leaves), as a process of another kind would: no heartbeat,
-    and the registry's ``last_write`` time is left alone."""
+    no boot stamp (``expires_at`` is judged on the wall clock, as an older meshkit's
+    entry), and the registry's ``last_write`` time is left alone."""
     conn = sqlite3.connect(path / "registry.db", timeout=5, isolation_level=None)
     try:
         if expires_at is None:
@@ -152,7 +153,8 @@ def write_row(path: Path, instance_id: str, expires_at: float | None) -> None:
                          (instance_id, time.time()))
         else:
             i = inst(instance_id)
-            conn.execute("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?)",
+            conn.execute("INSERT INTO instances (instance_id, service, host, port, tags,"
+                         " meta, weight, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                          (i.instance_id, i.service, i.host, i.port, "[]", "{}", 1, expires_at))
     finally:
         conn.close()
