@@ -1228,7 +1228,7 @@ class MeshChannel(grpc.aio.Channel):
         ended(self)  # its final counters, for /metrics after it is gone
         if self._owns_registry:
             await self.registry.close()
-        flush_logs()  # its calls' access lines, before the loop that would time them ends
+        flush_logs(0)  # its calls' access lines queued, before the loop that times them ends
 
     async def __aenter__(self) -> MeshChannel:
         return self

@@ -12,10 +12,12 @@ import logging
 import math
 import os
 import select
+import signal
 import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from contextvars import Context, ContextVar, copy_context
 from datetime import UTC, datetime
@@ -31,6 +33,8 @@ from meshkit._log import (  # installs the quiet default
     redact_secrets,
 )
 from meshkit.errors import ConfigError
+
+_log = get_logger(__name__)
 
 try:  # optional (``meshkit[fast]``): the JSON encoder structlog recommends for speed
     import orjson as _orjson
@@ -241,8 +245,8 @@ class BufferedLineWriter:
             return
         # closed or broken stream (_SINK_ERRORS): logs must not break calls
         with contextlib.suppress(*_SINK_ERRORS):
-            _write_chunks(out, _atomic_chunks(lines, getattr(out, "encoding", None),
-                                              getattr(out, "errors", None)))
+            _emit(out, _atomic_chunks(lines, getattr(out, "encoding", None),
+                                      getattr(out, "errors", None)), len(lines))
 
 
 #: What writing to a log stream raises when the stream is closed (``ValueError``) or
@@ -310,6 +314,150 @@ def _write_chunks(out: TextIO, chunks: list[str]) -> None:
             data = data[os.write(fd, data):]
 
 
+#: Characters of lines waiting for the log writer thread past which new lines are dropped
+#: (about 13,000 JSON access lines): a log reader that stalls costs lines, never the
+#: event loop.
+MAX_PENDING_LOG_CHARS = 4 << 20
+#: Seconds the interpreter's exit (and :func:`flush_logs` by default) waits for the log
+#: writer thread to write what is queued to a reader that does not read.
+EXIT_WAIT_S = 5.0
+
+
+class _FdWriter:
+    """The log writer thread of the interpreter's own standard error and output (the
+    streams :func:`_file_fd` writes past their buffers: pipes, terminals, files that
+    can stall). A log reader that stops reading (a container runtime's blocking log mode
+    with its shipper behind, a full disk behind journald) blocks a ``write(2)`` once the
+    pipe's buffer is full; written from the event loop's thread, that stopped every call
+    of the process. Lines are queued here instead and written by one daemon thread, in
+    the order they were queued; while it is blocked, lines past
+    :data:`MAX_PENDING_LOG_CHARS` queued characters are dropped and counted, and once
+    it writes again a ``"log lines dropped"`` warning gives the count (as
+    ``tracing-appender``'s lossy non-blocking writer, Linkerd's proxy's, drops lines it
+    cannot queue).
+
+    At the interpreter's exit (:meth:`close`) what is queued is written within
+    :data:`EXIT_WAIT_S`; past that every line is dropped, so a process whose reader
+    never reads again still exits. Any other stream (a ``StringIO``, a test's capture,
+    an application's own file) is written in the caller's thread, as before."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start empty, with a lock of its own and no thread (also in a forked child: the
+        parent's queued lines are the parent's to write, and its thread is not here)."""
+        self._cond = threading.Condition(threading.Lock())
+        # (stream, chunks, characters, lines) in order; the head is being written
+        self._queue: deque[tuple[TextIO, list[str], int, int]] = deque()
+        self._pending = 0
+        self._dropped = 0
+        self._thread: threading.Thread | None = None
+        self._sync = False  # after close(): written in the caller's thread
+        self._gave_up = False  # close() timed out: the reader stalled, drop from here on
+
+    def put(self, out: TextIO, chunks: list[str], lines: int) -> None:
+        """Queue ``chunks`` (``lines`` lines) for ``out``; dropped (counted) past the
+        bound; after :meth:`close`, written at once in this thread.
+
+        Raises:
+            OSError, ValueError: only when written at once, as :func:`_write_chunks`.
+        """
+        size = sum(map(len, chunks))
+        with self._cond:
+            if self._gave_up:
+                self._dropped += lines
+                return
+            if not (self._sync and not self._queue):
+                if self._queue and self._pending + size > MAX_PENDING_LOG_CHARS:
+                    self._dropped += lines
+                    return
+                thread = self._thread
+                if thread is None or not thread.is_alive():
+                    thread = self._start()
+                if thread is not None:
+                    self._queue.append((out, chunks, size, lines))
+                    self._pending += size
+                    self._cond.notify()
+                    return
+        _write_chunks(out, chunks)  # at shutdown, or no thread could be started
+
+    def _start(self) -> threading.Thread | None:
+        """The writer thread, started; ``None`` when none can be (interpreter shutdown)."""
+        thread = threading.Thread(target=self._run, name="meshkit-log-writer", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            return None
+        self._thread = thread
+        return thread
+
+    def _run(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            # signals are the main thread's to take: one left unblocked here would be
+            # delivered here even where the main thread blocks it (a process that
+            # sigwait()s, or serve() restoring an inherited mask)
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue:
+                    cond.wait()
+                out, chunks, size, _ = self._queue[0]
+            written = False
+            try:
+                _write_chunks(out, chunks)
+                written = True
+            except Exception:  # a failing sink costs its lines (_SINK_ERRORS and worse)
+                pass
+            with cond:
+                if self._queue and self._queue[0][1] is chunks:
+                    self._queue.popleft()
+                    self._pending -= size
+                dropped = 0
+                if written and self._dropped and not self._gave_up:
+                    dropped, self._dropped = self._dropped, 0
+                cond.notify_all()
+            if dropped:
+                _log.warning("log lines dropped", dropped=dropped,
+                             reason="the log reader did not keep up")
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until every queued line is written, at most ``timeout_s`` seconds;
+        whether they were."""
+        if threading.current_thread() is self._thread:
+            return not self._queue
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue, timeout_s)
+
+    def close(self, timeout_s: float) -> None:
+        """At the interpreter's exit: wait for the queue (:meth:`wait`), then write every
+        later line in its caller's thread; when the wait timed out (the reader stalled),
+        drop every later line instead, so exit is never held longer."""
+        done = self.wait(timeout_s)
+        with self._cond:
+            self._sync = True
+            if not done:
+                self._gave_up = True
+
+
+_fd_writer = _FdWriter()
+
+
+def _emit(out: TextIO, chunks: list[str], lines: int) -> None:
+    """Write ``chunks`` (``lines`` whole lines) to ``out``: by the log writer thread
+    (:class:`_FdWriter`) when ``out`` is the interpreter's own standard error or output,
+    at once otherwise.
+
+    Raises:
+        OSError, ValueError: written at once and the write failed (:func:`_write_chunks`).
+    """
+    if _file_fd(out) is None:
+        _write_chunks(out, chunks)
+    else:
+        _fd_writer.put(out, chunks, lines)
+
+
 class _LineLogger:
     """The structlog logger of :func:`configure_logging`'s general chain (every line but
     the access log's): each rendered line written to ``file`` at once (one ``write(2)``,
@@ -333,7 +481,7 @@ class _LineLogger:
             return
         # a failing log sink never changes what the program does
         with self._lock, contextlib.suppress(*_SINK_ERRORS):
-            _write_chunks(out, [f"{message}\n"])  # str() of it, as print() does
+            _emit(out, [f"{message}\n"], 1)  # str() of it, as print() does
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -422,28 +570,48 @@ def _render_lines(buf: list[Any]) -> list[str]:
 _writers: weakref.WeakSet[BufferedLineWriter] = weakref.WeakSet()  # flushed at exit
 
 
-def flush_logs() -> None:
-    """Write every line still buffered by :class:`BufferedLineWriter` s (the access log).
-    ``MeshServer.drain``, ``MeshChannel.close``, interpreter exit, the exit of a
-    ``multiprocessing`` worker (fork and fork server start methods: at threading's
-    shutdown, before its ``os._exit()``) and ``os.fork`` (before it, in the parent) call
-    it."""
+def flush_logs(timeout_s: float = EXIT_WAIT_S) -> None:
+    """Write every line still buffered by :class:`BufferedLineWriter` s (the access log),
+    and wait at most ``timeout_s`` seconds (default :data:`EXIT_WAIT_S`, 5; 0: do not
+    wait) until the log writer thread has written every line queued for standard error
+    or output (a reader that does not read holds it no longer than that).
+    ``MeshServer.drain`` and ``MeshChannel.close`` call it without waiting (on the event
+    loop); interpreter exit, the exit of a ``multiprocessing`` worker (fork and fork
+    server start methods: at threading's shutdown, before its ``os._exit()``) and
+    ``os.fork`` (before it, in the parent, without waiting) call it too."""
     for w in list(_writers):
         w.flush()
+    if timeout_s > 0:
+        _fd_writer.wait(timeout_s)
+
+
+def _before_fork() -> None:
+    flush_logs(0)
 
 
 def _forked() -> None:
     """In a forked child: the writers start empty, with locks of their own (a parent's
-    thread may have held one at the fork) and no timer (it was the parent loop's)."""
+    thread may have held one at the fork) and no timer (it was the parent loop's); the
+    log writer thread's queue too (the parent's thread writes it) and no thread (the
+    child starts its own at its first line)."""
     for w in list(_writers):
         w._lock = threading.Lock()
         w._buf.clear()
         w._size = 0
         w._timer = False
         w._timer_loop = None
+    _fd_writer._reset()
 
 
-atexit.register(flush_logs)
+def _at_exit() -> None:
+    """The interpreter's exit: what is buffered written, what is queued waited for (at
+    most :data:`EXIT_WAIT_S`), later lines written at once (or dropped, the reader
+    stalled)."""
+    flush_logs(0)
+    _fd_writer.close(EXIT_WAIT_S)
+
+
+atexit.register(_at_exit)
 # A multiprocessing worker started by fork or by the fork server ends with os._exit(),
 # which runs no atexit handler, after its _bootstrap ran threading's shutdown (as the
 # interpreter does before atexit at a normal exit): the lines its last calls left are
@@ -465,6 +633,7 @@ def _at_threading_shutdown() -> None:
             w._write_locked()
             w.flush_interval_s = 0  # msg() writes at once; add() takes msg()'s path
             w._timer = False
+    _fd_writer.close(EXIT_WAIT_S)  # the writer thread is a daemon: not joined
 
 
 if _register_threading_atexit is not None:
@@ -473,7 +642,7 @@ if _register_threading_atexit is not None:
 # Lines buffered at a fork would be written by the parent and again by each child that
 # exits normally (a pre-fork worker, a daemon's double fork): written before the fork,
 # and the child's copies dropped (as the standard library's logging re-creates its locks)
-os.register_at_fork(before=flush_logs, after_in_child=_forked)
+os.register_at_fork(before=_before_fork, after_in_child=_forked)
 
 
 _structlog_configured = structlog.is_configured

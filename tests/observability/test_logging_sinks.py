@@ -12,9 +12,11 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -307,3 +309,139 @@ def test_a_non_blocking_stderr_is_written_through_its_stream() -> None:
         os.close(r)
         os.close(w)
     assert proc.stdout.split() == [b"2", b"None"], proc.stdout
+
+
+# An echo server as an application writes one, its standard error a pipe the test reads
+# only when it says so: configure_logging() (JSON, the access log on), serve() until a
+# signal; it reports PORT n once serving and DRAINED once serve() returned.
+_STALLED_SERVER = r'''
+import asyncio, os, traceback
+import meshkit
+from meshkit.observability import _logging, configure_logging
+from tests.support.echo import add_echo
+
+# a small queue bound (4 MiB by default), so a few thousand calls are past it
+_logging.MAX_PENDING_LOG_CHARS = 32768
+
+def rep(s):
+    os.write(int(os.environ["REPORT_FD"]), (s + "\n").encode())
+
+async def main():
+    configure_logging("info", json=True)
+    await meshkit.serve(
+        "stalled", [add_echo("stalled-1")], registry=os.environ["REG"],
+        options=meshkit.ServeOptions(host="127.0.0.1", port=0, insecure=True,
+                                     instance_id="stalled-1", grace_s=1.0,
+                                     drain_delay_s=0.0),
+        on_started=lambda server: rep(f"PORT {server.port}"))
+    rep("DRAINED")
+
+try:
+    asyncio.run(main())
+except BaseException:
+    rep("EXC " + traceback.format_exc().replace("\n", " | "))
+    raise
+'''
+
+
+async def _echo_calls(port: int, calls: int, timeout_s: float) -> list[str]:
+    """Make ``calls`` unary calls (8 callers in turn) to the echo server on ``port``; the
+    codes of those that failed (a caller stops at its first failure)."""
+    import grpc
+
+    from tests.support.echo import method
+
+    failed: list[str] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        unary = channel.unary_unary(method("Unary"))
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                try:
+                    await unary(b"x" * 64, timeout=timeout_s)
+                except grpc.aio.AioRpcError as exc:
+                    failed.append(exc.code().name)
+                    return
+
+        await asyncio.gather(*(caller(calls // 8) for _ in range(8)))
+    return failed
+
+
+def _drain_pipe(fd: int, into: list[bytes], stop: threading.Event) -> None:
+    """Read ``fd`` into ``into`` until end of file or ``stop`` is set (a thread)."""
+    while not stop.is_set():
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            into.append(chunk)
+
+
+@pytest.mark.parametrize("then", ["reader_resumes", "stop_while_stalled"])
+def test_a_stalled_log_reader_neither_stops_the_server_nor_holds_its_exit(
+        tmp_path: Path, then: str) -> None:
+    """A server's standard error is a pipe whose reader stalls (a log shipper or
+    container runtime that stops reading: Docker's default "blocking" log mode, a full
+    disk behind journald). Before: the access log's batch write blocked the event loop
+    once the pipe's 64 KiB were full, so every later call timed out, and SIGTERM's drain
+    never ended (its last flush blocked too). Now lines are written by a writer thread:
+    while it is blocked, lines past its bound are dropped and counted, calls are served,
+    the count is logged once the reader reads again, and exit waits a bounded time for a
+    reader that never does."""
+    script = tmp_path / "server.py"
+    script.write_text(_STALLED_SERVER)
+    uri = f"local://{tmp_path / 'reg'}?ttl_s=60&poll_interval_s=0.1"
+    rep_r, rep_w = os.pipe()
+    log_r, log_w = os.pipe()
+    proc = None
+    read: list[bytes] = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_drain_pipe, args=(log_r, read, stop), daemon=True)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log_w, pass_fds=(rep_w,), cwd=_ROOT,
+            env=_env(REG=uri, REPORT_FD=str(rep_w)))
+        os.close(rep_w)
+        rep_w = -1
+        os.close(log_w)
+        log_w = -1
+        started = _reports(rep_r, "PORT", 30)
+        port = int(next(ln for ln in started if ln.startswith("PORT")).split()[1])
+        # ~300 bytes per access line: 2,400 calls write about ten times the pipe's buffer
+        failed = asyncio.run(_echo_calls(port, 2400, timeout_s=5.0))
+        assert failed == [], f"{len(failed)} calls failed ({sorted(set(failed))}) while " \
+                             f"the log reader stalled"
+        if then == "reader_resumes":
+            reader.start()
+            assert asyncio.run(_echo_calls(port, 8, timeout_s=5.0)) == []
+            deadline = time.monotonic() + 10
+            dropped: list[dict[str, Any]] = []
+            while time.monotonic() < deadline and not dropped:
+                time.sleep(0.2)
+                lines = b"".join(read).decode(errors="replace").splitlines()
+                dropped = [json.loads(ln) for ln in lines
+                           if '"log lines dropped"' in ln]
+            assert dropped and dropped[0]["dropped"] > 0 and dropped[0]["level"] == "warning", \
+                lines[-5:]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - t0
+        reports = started + _reports(rep_r, "DRAINED", 5)
+    finally:
+        stop.set()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for fd in (rep_r, rep_w, log_w):
+            if fd >= 0:
+                os.close(fd)
+        if reader.is_alive():
+            reader.join(5)
+        os.close(log_r)
+    assert code == 0 and any(ln.startswith("DRAINED") for ln in reports), (code, reports)
+    assert took < 20, f"exit took {took:.1f} s"
