@@ -119,7 +119,14 @@ from meshkit.discovery._shared import (
     full_jitter,
     hold_until_cancelled,
 )
-from meshkit.discovery._types import Derived, Instance, RegistryStatus, StatusTracker, is_default
+from meshkit.discovery._types import (
+    Derived,
+    Instance,
+    RegistryStatus,
+    ServiceSnapshot,
+    StatusTracker,
+    is_default,
+)
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["ConsulOptions", "ConsulRegistry"]
@@ -593,6 +600,12 @@ _UNUSABLE_LOG_EVERY_S = 60.0
 _ACL_WARN_EVERY_S = 600.0
 #: The shortest bound of a TTL pass sent shortly before the TTL runs out, seconds.
 _PASS_FLOOR_S = 0.1
+
+
+def _failing(entry: Any) -> bool:
+    """Whether a ``/v1/health/service/<service>`` entry has a check that is not passing
+    (the service's or its node's): one ``?passing`` leaves out."""
+    return any(c.get("Status") != "passing" for c in entry.get("Checks") or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -1238,9 +1251,30 @@ class ConsulRegistry:
         """
         entries = await self._read_once(f"/v1/health/service/{service}",
                                         f"health of {service!r}")
-        bad = [e for e in entries or [] if any(
-            c.get("Status") != "passing" for c in e.get("Checks") or ())]
-        return self._to_instances(service, bad)
+        return self._to_instances(service, [e for e in entries or [] if _failing(e)])
+
+    async def snapshot(self, service: str) -> ServiceSnapshot:
+        """The passing and the failing instances of ``service`` from one read: what a new
+        :meth:`watch` would yield first and what :meth:`failing` gives, at one time.
+        One non-blocking ``GET /v1/health/service/<service>`` (each entry with its
+        checks: the passing ones are those whose every check passes, what the watch's
+        ``?passing`` query lists).
+
+        Raises:
+            ConfigError: ``service`` is empty.
+            RegistryError: the agent cannot be reached or refused (chained).
+        """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
+        entries = await self._read_once(f"/v1/health/service/{service}",
+                                        f"health of {service!r}")
+        good: list[Any] = []
+        bad: list[Any] = []
+        for entry in entries or []:
+            (bad if _failing(entry) else good).append(entry)
+        # each set as its own read would give it (an ID repeated in it is node-qualified)
+        return ServiceSnapshot(self._to_instances(service, good),
+                               self._to_instances(service, bad))
 
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the passing instances of ``service`` now, then each time the set changes.

@@ -197,6 +197,7 @@ from meshkit.discovery._types import (
     Instance,
     Outage,
     RegistryStatus,
+    ServiceSnapshot,
     StatusTracker,
     is_default,
 )
@@ -1672,9 +1673,15 @@ class EtcdRegistry:
         except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             raise RegistryError(f"etcd: cannot read the failing instances of {service!r}: "
                                 f"{describe(exc)}") from exc
-        listed = {_unb64(kv["key"]) for kv in keys}
+        return self._unlisted({_unb64(kv["key"]) for kv in keys},
+                              [*records, *legacy_records])
+
+    def _unlisted(self, listed: set[bytes], records: Iterable[Any]) -> frozenset[Instance]:
+        """The instances of last-seen ``records`` (the gateway's kvs) whose key is not
+        among the keys ``listed``: the failing ones. An unusable record is skipped,
+        logged."""
         out = set()
-        for kv in [*records, *legacy_records]:
+        for kv in records:
             try:
                 instance = _decode(_unb64(kv.get("value", "")))
             except (ConfigError, ValueError, KeyError, TypeError):
@@ -1684,6 +1691,47 @@ class EtcdRegistry:
             if self._key(instance) not in listed:
                 out.add(instance)
         return frozenset(out)
+
+    async def snapshot(self, service: str) -> ServiceSnapshot:
+        """The registered and the failing instances of ``service`` from one read: what a
+        new :meth:`watch` would yield first (its read of ``<prefix><service>/``) and what
+        :meth:`failing` gives, at one revision. One ``/v3/kv/txn`` of the service's keys
+        and (unless ``last_seen_ttl_s=0``) its last-seen records in both places; an
+        unusable entry is skipped, logged, as by those two.
+
+        Raises:
+            ConfigError: ``service`` is empty.
+            RegistryError: no member answered (chained).
+        """
+        if not service:
+            raise ConfigError(f"service must not be empty, got {service!r}")
+        prefixes = [f"{self.options.prefix}{service}/".encode()]
+        if self._seen_ttl_s:
+            prefixes += [f"{self._seen_root}{service}/".encode(),
+                         f"{self._legacy_seen_root}{service}/".encode()]
+        try:
+            data = await self._post("/kv/txn", {"success": [
+                {"request_range": {"key": _b64(p), "range_end": _b64(_prefix_end(p))}}
+                for p in prefixes]}, persist=False)
+            responses: list[dict[str, Any]] = list(data.get("responses") or ())
+            if len(responses) != len(prefixes):
+                raise ValueError(f"a txn of {len(prefixes)} ranges answered {str(data)[:300]}")
+            keys, *records = ((r.get("response_range") or {}).get("kvs") or ()
+                              for r in responses)
+        except (_EtcdError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            raise RegistryError(f"etcd: cannot read the instances of {service!r}: "
+                                f"{describe(exc)}") from exc
+        listed: set[bytes] = set()
+        live = set()
+        for kv in keys:
+            key = _unb64(kv["key"])
+            listed.add(key)
+            try:
+                live.add(_decode(_unb64(kv.get("value", ""))))
+            except (ConfigError, ValueError, KeyError, TypeError):
+                _log.warning("skipping unusable etcd entry", key=key.decode(errors="replace"))
+        return ServiceSnapshot(frozenset(live),
+                               self._unlisted(listed, [kv for r in records for kv in r]))
 
     def status(self) -> RegistryStatus:
         """This registry's health as its own requests saw it (no I/O).

@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from meshkit._config import check_int, check_string_map, check_strings
 from meshkit._fields import Normalised
@@ -114,6 +114,21 @@ def _check_utf8(name: str, value: str) -> None:
         except UnicodeEncodeError:
             raise ConfigError(f"{name} must be encodable as UTF-8 (it holds a lone "
                               f"surrogate), got {value!r}") from None
+
+
+class ServiceSnapshot(NamedTuple):
+    """One read of a service: what ``snapshot(service)`` of a registry that has one
+    (:class:`~meshkit.discovery.ConsulRegistry`, :class:`~meshkit.discovery.EtcdRegistry`)
+    gives, so that a one-shot reader (``meshkit services``) reads a service once.
+
+    Args:
+        live: the instances a new watch of the service would yield first (its first set).
+        failing: those ``failing(service)`` would give (registered, their owner died or
+            hangs, not deregistered), read at the same time.
+    """
+
+    live: frozenset[Instance]
+    failing: frozenset[Instance]
 
 
 class Derived(float):

@@ -250,3 +250,116 @@ async def test_a_registry_that_stops_answering_fails_the_pass_in_about_one_timeo
     batches = -(-500 // _common.REGISTRY_READS_AT_ONCE)  # 16: 14 s without stopping
     assert took < 0.3 * batches, f"two passes took {took:.1f} s"
     assert not (tmp_path / "t.json").exists()
+
+
+class _WatchAndFailing:
+    """``registry`` with only the reads a registry must or may have (``services()``,
+    ``watch()``, ``failing()``): what ``meshkit services`` reads a registry through
+    when the registry has no ``snapshot()`` (one of another package)."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    async def services(self) -> frozenset[str]:
+        return frozenset(await self._registry.services())
+
+    def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
+        return self._registry.watch(service)  # type: ignore[no-any-return]
+
+    async def failing(self, service: str) -> frozenset[Instance]:
+        return frozenset(await self._registry.failing(service))
+
+    async def close(self) -> None:
+        await self._registry.close()
+
+
+async def _rows(monkeypatch: pytest.MonkeyPatch, registry: Any) -> list[Any]:
+    """``meshkit services``' rows read through ``registry`` (closed after)."""
+    monkeypatch.setattr(services_cli, "open_registry", lambda uri: registry)
+    return await services_cli.collect("test://", [], 5.0)
+
+
+async def test_services_reads_each_consul_service_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``meshkit services`` over a Consul agent with three services, one of them with a
+    failing instance: one ``GET /v1/health/service/<name>`` per service. It sent two
+    (the first answer of a watch, ``?passing``, then ``failing()``'s read of every
+    entry, which holds the passing ones too), twice the load on the agent and two views
+    of a service taken apart in time. The rows are those of the two reads."""
+    double = ConsulDouble()
+    await double.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(3):
+                async with http.put(f"{double.url}/v1/catalog/register", json={
+                        "Node": "node-2", "Address": "127.0.0.1",
+                        "Service": {"ID": f"svc{i}-1", "Service": f"svc{i}",
+                                    "Address": "127.0.0.1", "Port": 20000 + i}}) as resp:
+                    assert resp.status == 200, await resp.text()
+            async with http.put(f"{double.url}/v1/agent/service/register", json={
+                    "ID": "svc1-dead", "Name": "svc1", "Address": "127.0.0.1", "Port": 9,
+                    "Check": {"TTL": "30s"}}) as resp:  # critical: a TTL never passed
+                assert resp.status == 200, await resp.text()
+        old = await _rows(monkeypatch, _WatchAndFailing(
+            ConsulRegistry(ConsulOptions(addr=double.addr))))
+        double.requests.clear()
+        rows = await _rows(monkeypatch, ConsulRegistry(ConsulOptions(addr=double.addr)))
+        reads = collections.Counter(r.path for r in double.requests if r.method == "GET")
+    finally:
+        await double.stop()
+    assert reads == {"/v1/catalog/services": 1, **{
+        f"/v1/health/service/svc{i}": 1 for i in range(3)}}, reads
+    assert rows == old
+    assert [(r.instance_id, r.health) for r in rows] == [
+        ("svc0-1", "-"), ("svc1-1", "-"), ("svc1-dead", "failing"), ("svc2-1", "-")]
+
+
+async def test_services_reads_each_etcd_service_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``meshkit services`` over etcd, a service with a live instance and one whose owner
+    died: one request for the service (a ``/kv/txn`` of its keys and last-seen records).
+    It made three: the watch's range read, the watch stream it opened at once (to be
+    cancelled) and ``failing()``'s txn. The rows are those of those reads."""
+    from meshkit.discovery import EtcdOptions, EtcdRegistry
+    from tests.support.etcd import EtcdCluster, require_etcd_binary
+
+    cluster = EtcdCluster(require_etcd_binary(), tmp_path / "etcd", size=1)
+    await cluster.start()
+    opts = EtcdOptions(endpoints=tuple(cluster.endpoints), ttl_s=1, request_timeout_s=1.0,
+                       operation_timeout_s=2.0)
+    owner, dying = EtcdRegistry(opts), EtcdRegistry(opts)
+    try:
+        await owner.register(Instance(service="orderd", instance_id="orderd-1",
+                                      host="127.0.0.1", port=20001))
+        dead = Instance(service="orderd", instance_id="orderd-dead", host="127.0.0.1", port=9)
+        await dying.register(dead)
+        await dying.close()  # no deregistration: its key goes with its lease
+        for _ in range(100):
+            if await owner.failing("orderd") == {dead}:
+                break
+            await asyncio.sleep(0.1)
+        old = await _rows(monkeypatch, _WatchAndFailing(EtcdRegistry(opts)))
+        reader = EtcdRegistry(opts)
+        paths: list[str] = []
+        post = reader._post
+
+        async def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+            paths.append(path)
+            return await post(path, *args, **kwargs)
+
+        monkeypatch.setattr(reader, "_post", counted)
+        real_stream = reader._stream
+
+        async def stream(*args: Any) -> None:
+            paths.append("/watch")
+            await real_stream(*args)
+
+        monkeypatch.setattr(reader, "_stream", stream)
+        rows = await _rows(monkeypatch, reader)
+    finally:
+        await owner.close()
+        cluster.close()
+    assert paths == ["/kv/txn", "/kv/txn"], paths  # services(), then the service's read
+    assert rows == old
+    assert [(r.instance_id, r.health) for r in rows] == [
+        ("orderd-1", "-"), ("orderd-dead", "failing")]
