@@ -129,7 +129,14 @@ import structlog
 
 from meshkit._config import check_number, check_path, check_seconds
 from meshkit._tasks import cancel_and_wait
-from meshkit.discovery._types import Instance, Outage, RegistryStatus, StatusTracker
+from meshkit.discovery._types import (
+    Derived,
+    Instance,
+    Outage,
+    RegistryStatus,
+    StatusTracker,
+    is_default,
+)
 from meshkit.errors import ConfigError, RegistryError
 
 __all__ = ["LocalOptions", "LocalRegistry", "default_local_path"]
@@ -458,6 +465,14 @@ class LocalOptions:
             the registry does not list, seconds; default ``ttl_s``: every live owner has
             had three heartbeats to renew or re-register (see the module docstring).
 
+    The defaults worked out from ``ttl_s`` (``heartbeat_interval_s``, ``fault_grace_s``)
+    read as the numbers in effect (floats), and are held as
+    :class:`~meshkit.discovery._types.Derived`: ``dataclasses.replace(options,
+    ttl_s=30)`` works them out again from the new ``ttl_s`` (the options equal
+    ``LocalOptions(path=..., ttl_s=30)``), where it kept those of the old TTL (or failed
+    the ``heartbeat_interval_s`` check on a value never written); a value given is kept,
+    and checked against the new fields.
+
     Raises:
         ConfigError: a value is out of range or of the wrong type (quoted in the
             message): a ``path`` that is no ``str`` or ``os.PathLike`` (``None`` from an
@@ -484,18 +499,21 @@ class LocalOptions:
         if boot is not None and not (isinstance(boot, str) and boot and "/" not in boot):
             raise ConfigError(f"boot_id must be a non-empty string without '/' or None, "
                               f"got {boot!r}")
+        # ttl_s first: the defaults below are worked out from it (again after a
+        # replace(): a Derived is no value of the user's)
         check_seconds(self, ("ttl_s", "poll_interval_s", "busy_timeout_s"))
         hb = self.heartbeat_interval_s
-        if hb is None:
-            object.__setattr__(self, "heartbeat_interval_s", self.ttl_s / 3)
+        if is_default(hb):
+            object.__setattr__(self, "heartbeat_interval_s", Derived(self.ttl_s / 3))
         else:
             check_number("heartbeat_interval_s", hb)
+            assert hb is not None  # is_default() said so; for mypy
             if not 0 < hb < self.ttl_s:
                 raise ConfigError(
                     f"heartbeat_interval_s must be in (0, ttl_s={self.ttl_s}), got {hb!r}"
                 )
-        if self.fault_grace_s is None:
-            object.__setattr__(self, "fault_grace_s", self.ttl_s)
+        if is_default(self.fault_grace_s):
+            object.__setattr__(self, "fault_grace_s", Derived(self.ttl_s))
         else:
             check_seconds(self, ("fault_grace_s",), zero_ok=("fault_grace_s",))
 

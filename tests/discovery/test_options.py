@@ -187,3 +187,51 @@ def test_defaults_worked_out_read_compare_and_pickle_as_numbers() -> None:
     assert consul.fault_grace_s == 9 and repr(consul) == repr(ConsulOptions(ttl_s=9,
                                                                               fault_grace_s=9.0))
     assert dataclasses.replace(consul, ttl_s=30).fault_grace_s == 30
+
+
+def _local_derived(o: LocalOptions) -> tuple[object, ...]:
+    return (o.heartbeat_interval_s, o.fault_grace_s)
+
+
+def test_local_options_replace_works_the_ttl_defaults_out_again(tmp_path: Path) -> None:
+    """``dataclasses.replace(LocalOptions(path=p, ttl_s=3), ttl_s=30)`` kept the heartbeat
+    interval of the old TTL (1 s: ten times the writes asked for) and its
+    ``fault_grace_s`` of 3 s, and ``replace(LocalOptions(path=p, ttl_s=30), ttl_s=2)``
+    failed with "heartbeat_interval_s must be in (0, ttl_s=2), got 10.0", a value never
+    written: ``__post_init__`` stored ``ttl_s / 3`` and ``ttl_s`` into the fields, which
+    ``replace()`` passes back as if given (EtcdOptions' fault, b1d9aee). Now both are
+    worked out again from the new TTL; values given are kept and checked."""
+    p = tmp_path / "reg"
+    longer = dataclasses.replace(LocalOptions(path=p, ttl_s=3), ttl_s=30)
+    assert _local_derived(longer) == (10, 30)
+    assert longer == LocalOptions(path=p, ttl_s=30)
+    shorter = dataclasses.replace(LocalOptions(path=p, ttl_s=30), ttl_s=2)
+    assert _local_derived(shorter) == (2 / 3, 2)
+    other = dataclasses.replace(LocalOptions(path=p, ttl_s=6), poll_interval_s=1)
+    assert _local_derived(other) == (2, 6)
+    given = LocalOptions(path=p, ttl_s=30, heartbeat_interval_s=5, fault_grace_s=0)
+    assert _local_derived(dataclasses.replace(given, ttl_s=60)) == (5, 0)
+    same = LocalOptions(path=p, ttl_s=6, heartbeat_interval_s=2.0, fault_grace_s=6.0)
+    assert _local_derived(dataclasses.replace(same, ttl_s=60)) == (2, 6)
+    with pytest.raises(ConfigError,
+                       match=r"heartbeat_interval_s must be in \(0, ttl_s=2\), got 5"):
+        dataclasses.replace(LocalOptions(path=p, ttl_s=30, heartbeat_interval_s=5), ttl_s=2)
+    with pytest.raises(ConfigError, match="ttl_s must be"):
+        dataclasses.replace(LocalOptions(path=p), ttl_s=0)  # named, not a derived field
+
+
+def test_local_options_defaults_read_compare_and_pickle_as_numbers(tmp_path: Path) -> None:
+    """The defaults worked out read as floats, the options equal (and print as) those
+    given the same values, and survive pickling and copying: replaced after them, they
+    are worked out again."""
+    p = tmp_path / "reg"
+    derived = LocalOptions(path=p, ttl_s=6)
+    given = LocalOptions(path=p, ttl_s=6, heartbeat_interval_s=2.0, fault_grace_s=6.0)
+    assert _local_derived(derived) == (2.0, 6.0)
+    assert all(isinstance(v, float) for v in _local_derived(derived))
+    assert derived == given and hash(derived) == hash(given)
+    assert repr(derived) == repr(given)
+    copies = [pickle.loads(pickle.dumps(derived)), copy.copy(derived), copy.deepcopy(derived)]
+    for o in copies:
+        assert o == derived
+        assert _local_derived(dataclasses.replace(o, ttl_s=60)) == (20, 60)
