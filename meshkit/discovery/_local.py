@@ -134,6 +134,7 @@ from meshkit.discovery._types import (
     Instance,
     Outage,
     RegistryStatus,
+    ServiceSnapshot,
     StatusTracker,
     is_default,
 )
@@ -582,6 +583,11 @@ class _Snapshot(NamedTuple):
     expired: tuple[tuple[Instance, float], ...]
     written_at: float | None  # the registry's last_write time (read only if expired)
     deregistered: frozenset[str]  # ids deregistered explicitly (tombstones not yet collected)
+
+
+def _failing(snap: _Snapshot) -> frozenset[Instance]:
+    """The instances of a read whose heartbeat lapsed and that were not deregistered."""
+    return frozenset(i for i, _ in snap.expired if i.instance_id not in snap.deregistered)
 
 
 _LOG_STARTED = {
@@ -1136,7 +1142,22 @@ class LocalRegistry:
             RegistryError: the registry file cannot be read.
         """
         snap = await self._run(lambda c: self._read(c, service), write=False)
-        return frozenset(i for i, _ in snap.expired if i.instance_id not in snap.deregistered)
+        return _failing(snap)
+
+    async def snapshot(self, service: str) -> ServiceSnapshot:
+        """The live and the failing instances of ``service`` from one read: what
+        :meth:`instances` and :meth:`failing` give, at one time: one read of the service's
+        rows (and its tombstones), as each of those makes; nothing written.
+
+        ``live`` is the registry's view, as :meth:`instances` gives it: during a registry
+        fault (see the module docstring) a new :meth:`watch` may also keep entries that
+        were live at the registry's last write, which this lists as failing.
+
+        Raises:
+            RegistryError: the registry file cannot be read.
+        """
+        snap = await self._run(lambda c: self._read(c, service), write=False)
+        return ServiceSnapshot(snap.live, _failing(snap))
 
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the live set of ``service`` now, then each time it changes.

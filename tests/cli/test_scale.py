@@ -363,3 +363,64 @@ async def test_services_reads_each_etcd_service_once(
     assert rows == old
     assert [(r.instance_id, r.health) for r in rows] == [
         ("orderd-1", "-"), ("orderd-dead", "failing")]
+
+
+async def _local_with_a_dead_and_a_gone_instance(reg_dir: Path) -> None:
+    """A local registry at ``reg_dir`` with three live services (60 s TTL), ``svc1`` also
+    with an instance whose owner died (its heartbeat lapsed, no deregistration) and
+    ``svc2`` with one that left (deregistered, its tombstone kept): what ``meshkit
+    services`` lists as ``failing``, and what it leaves out."""
+    await _register_local(reg_dir, [
+        Instance(service=f"svc{i}", instance_id=f"svc{i}-1", host="127.0.0.1",
+                 port=20000 + i) for i in range(3)])
+    dying = LocalRegistry(LocalOptions(path=reg_dir, ttl_s=0.3))
+    dead = Instance(service="svc1", instance_id="svc1-dead", host="127.0.0.1", port=9)
+    gone = Instance(service="svc2", instance_id="svc2-gone", host="127.0.0.1", port=9)
+    try:
+        await dying.register(dead)
+        await dying.register(gone)
+        await dying.deregister(gone)
+    finally:
+        await dying.close()  # the heartbeat stops, as at a SIGKILL
+    reader = LocalRegistry(LocalOptions(path=reg_dir))
+    try:
+        for _ in range(100):
+            if await reader.failing("svc1") == {dead}:
+                break
+            await asyncio.sleep(0.05)
+        assert await reader.failing("svc1") == {dead}
+    finally:
+        await reader.close()
+
+
+async def test_services_reads_each_local_service_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``meshkit services`` over a local registry (three services, one with an instance
+    whose owner died, one with a deregistered one): one read of each service's rows. It
+    made two (a watch's first poll, then ``failing()``'s read of the same rows), two
+    views of a service taken apart in time. It writes nothing (no write probe), and the
+    rows are those of the two reads."""
+    reg_dir = tmp_path / "registry"
+    await _local_with_a_dead_and_a_gone_instance(reg_dir)
+    old = await _rows(monkeypatch, _WatchAndFailing(LocalRegistry(LocalOptions(path=reg_dir))))
+    reader = LocalRegistry(LocalOptions(path=reg_dir))
+    reads: collections.Counter[str] = collections.Counter()
+    writes: list[str] = []
+    real_read, real_probe = reader._read, reader._probe
+
+    def counted_read(conn: Any, service: str) -> Any:
+        reads[service] += 1
+        return real_read(conn, service)
+
+    def counted_probe(conn: Any) -> None:
+        writes.append("probe")
+        real_probe(conn)
+
+    monkeypatch.setattr(reader, "_read", counted_read)
+    monkeypatch.setattr(reader, "_probe", counted_probe)
+    rows = await _rows(monkeypatch, reader)
+    assert (reads, writes) == ({"svc0": 1, "svc1": 1, "svc2": 1}, []), (reads, writes)
+    assert rows == old
+    assert [(r.instance_id, r.health) for r in rows] == [
+        ("svc0-1", "-"), ("svc1-1", "-"), ("svc1-dead", "failing"), ("svc2-1", "-")]
+

@@ -70,6 +70,50 @@ async def test_entry_expires_after_ttl_without_heartbeat(tmp_path: Path,
         await reg.close()
 
 
+async def test_snapshot_is_instances_and_failing_from_one_read(tmp_path: Path) -> None:
+    """``snapshot(service)`` gives what ``instances()`` and ``failing()`` give: the live
+    instances, and those whose heartbeat lapsed without a deregistration (one that
+    deregistered is in neither), from one read of the service's rows, writing nothing;
+    ``meshkit services`` and ``prometheus-targets`` read each service through it."""
+    clock, boot = FakeClock(), FakeClock()
+
+    def opts(ttl_s: float) -> LocalOptions:
+        return LocalOptions(path=tmp_path, ttl_s=ttl_s, heartbeat_interval_s=ttl_s * 0.9,
+                            clock=clock, boot_clock=boot, boot_id="test-boot")
+
+    owner, dying = LocalRegistry(opts(30)), LocalRegistry(opts(3))
+    try:
+        a, b, c = inst("a"), inst("b"), inst("c")
+        await owner.register(a)
+        await dying.register(b)
+        await dying.register(c)
+        await dying.deregister(c)
+        clock.now += 5
+        boot.now += 5
+        reads: list[str] = []
+        runs: list[bool] = []
+        read, run = owner._read, owner._run
+
+        def counted(conn: sqlite3.Connection, service: str) -> Any:
+            reads.append(service)
+            return read(conn, service)
+
+        async def recorded(fn: Any, *, write: bool, **kw: Any) -> Any:
+            runs.append(write)
+            return await run(fn, write=write, **kw)
+
+        owner._read = counted  # type: ignore[method-assign]
+        owner._run = recorded  # type: ignore[method-assign]
+        snap = await owner.snapshot("svc")
+        assert (reads, runs) == (["svc"], [False])  # one read, no write
+        assert (snap.live, snap.failing) == ({a}, {b})
+        assert snap == (await owner.instances("svc"), await owner.failing("svc"))
+        assert await owner.snapshot("other") == (frozenset(), frozenset())
+    finally:
+        await owner.close()
+        await dying.close()
+
+
 async def test_heartbeat_keeps_entry_alive(tmp_path: Path) -> None:
     """Heartbeats keep renewing the TTL."""
     reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=0.3, poll_interval_s=0.05))
