@@ -17,14 +17,16 @@ from meshkit.errors import ConfigError, RegistryError
 from meshkit.observability import configure_logging
 
 __all__ = ["REGISTRY_READS_AT_ONCE", "add_registry_argument", "discover", "failing_instances",
-           "open_registry", "positive_seconds", "quiet_logging", "service_names"]
+           "open_registry", "positive_seconds", "quiet_logging", "read_services",
+           "service_names"]
 
 _T = TypeVar("_T")
 
-#: Registry reads (a watch's first answer, a ``failing()`` read) a command has in flight
-#: at once: enough that a pass over hundreds of services takes a few round trips, well
-#: under what a Consul agent allows one client (``limits.http_max_conns_per_client``, 200
-#: by default, shared with the other clients on the host).
+#: Registry reads (a ``snapshot()``, a watch's first answer, a ``failing()`` read) a
+#: command has in flight at once: enough that a pass over hundreds of services takes a
+#: few round trips, well under what a Consul agent allows one client
+#: (``limits.http_max_conns_per_client``, 200 by default, shared with the other clients
+#: on the host).
 REGISTRY_READS_AT_ONCE = 32
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
@@ -192,3 +194,30 @@ async def failing_instances(registry: Registry, services: Iterable[str],
     if any(v is None for v in found):
         raise RegistryError(f"no answer from the registry within {timeout_s} s")
     return [i for v in found if v for i in v]
+
+
+async def read_services(registry: Registry, names: list[str], timeout_s: float
+                        ) -> tuple[dict[str, frozenset[Instance] | None], list[Instance]]:
+    """The live instances of each of ``names`` (``None``: no answer within ``timeout_s``,
+    and for those not read after one had none) and the failing ones, for ``meshkit
+    services`` and each pass of ``prometheus-targets``: one ``snapshot(service)`` read per
+    service when the registry has one (the local, Consul and etcd registries:
+    :class:`~meshkit.discovery.ServiceSnapshot`), else the first answer of a watch on
+    each and then a ``failing()`` read (none without one), made even when a watch had
+    no answer (the registry's error names the cause). The reads run in parallel, at most
+    :data:`REGISTRY_READS_AT_ONCE` at once, each bounded by ``timeout_s`` seconds from
+    its own start (:func:`discover`).
+
+    Raises:
+        MeshError: the registry cannot be read (its own error, e.g.
+            :class:`~meshkit.errors.RegistryError`), or, without ``snapshot()``,
+            :class:`RegistryError` when a failing read had no answer in time.
+    """
+    snapshot = getattr(registry, "snapshot", None)
+    if snapshot is None:
+        found = await discover(registry, names, timeout_s)
+        return found, await failing_instances(registry, names, timeout_s)
+    read = await _read_each(names, snapshot, timeout_s)
+    return ({name: None if snap is None else snap.live
+             for name, snap in zip(names, read, strict=True)},
+            [i for snap in read if snap is not None for i in snap.failing])

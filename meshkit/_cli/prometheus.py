@@ -10,7 +10,10 @@ deregistration (it died or hangs; a drained instance deregisters and leaves the 
 once). A
 failing instance stays a target while the registry still reports it and, with
 ``--watch``, for ``--keep-failing-s`` after (default 300 s), so Prometheus sees
-``up == 0`` for it and ``MeshkitInstanceDown`` fires (``deploy/prometheus/``).
+``up == 0`` for it and ``MeshkitInstanceDown`` fires (``deploy/prometheus/``). Each
+pass reads each service once where the registry gives its live and failing instances
+together (local, Consul, etcd: ``snapshot()``); otherwise a watch's first answer and a
+``failing()`` read.
 
 The file is written atomically (a temporary file in the same directory, then
 ``os.replace``), and only when its content changes, so Prometheus never reads half a file.
@@ -36,11 +39,10 @@ from typing import Any
 
 from meshkit._cli._common import (
     add_registry_argument,
-    discover,
-    failing_instances,
     open_registry,
     positive_seconds,
     quiet_logging,
+    read_services,
     service_names,
 )
 from meshkit._cli.services import admin_address
@@ -108,7 +110,10 @@ class TargetWriter:
         self._failing: dict[str, tuple[Instance, float]] = {}  # id -> (instance, last seen)
 
     async def once(self) -> int:
-        """One pass; returns the number of targets written.
+        """One pass; returns the number of targets written. Each service is read once
+        (:func:`~meshkit._cli._common.read_services`: its ``snapshot()``, or without one
+        a watch's first answer and a ``failing()`` read), every read bounded by
+        ``timeout_s`` seconds from its own start.
 
         Raises:
             MeshError: the registry cannot be read or gave no answer within
@@ -117,16 +122,12 @@ class TargetWriter:
         """
         try:
             names = await service_names(self.registry, self.timeout_s)
+            found, failing = await read_services(self.registry, names, self.timeout_s)
         except MeshError as exc:
             raise RegistryError(f"the registry cannot be read: {exc}") from None
-        found = await discover(self.registry, names, self.timeout_s)
         if any(v is None for v in found.values()):
             raise MeshError(f"no answer from the registry within {self.timeout_s} s")
         live = [i for v in found.values() if v for i in v]
-        try:
-            failing = await failing_instances(self.registry, names, self.timeout_s)
-        except MeshError as exc:
-            raise RegistryError(f"the registry cannot be read: {exc}") from None
         now = time.monotonic()
         for inst in failing:
             self._failing[inst.instance_id] = (inst, now)

@@ -10,8 +10,8 @@ timeout starts when its request does (not while it waits for its turn).
 Instances the registry reports as failing (a lapsed heartbeat or a failing Consul check
 without a deregistration: died or hung; clients no longer see them) are listed as
 ``failing``. Each service is read once where the registry can give its live and failing
-instances together (Consul, etcd: ``snapshot()``); otherwise a watch's first answer and
-a ``failing()`` read.
+instances together (local, Consul, etcd: ``snapshot()``); otherwise a watch's first
+answer and a ``failing()`` read.
 
 Exit status: 0 when an instance is listed; 1 when none is (``--json`` still prints ``[]``)
 or the registry cannot be read (one line on stderr either way); 2 for a usage error (bad
@@ -29,17 +29,15 @@ from dataclasses import asdict, dataclass
 import aiohttp
 
 from meshkit._cli._common import (
-    _read_each,
     add_registry_argument,
-    discover,
-    failing_instances,
     open_registry,
     positive_seconds,
     quiet_logging,
+    read_services,
     service_names,
 )
 from meshkit._hosts import bare_host, check_host, uri_host
-from meshkit.discovery import Instance, Registry
+from meshkit.discovery import Instance
 from meshkit.errors import ConfigError, MeshError
 
 __all__ = ["PROBES_AT_ONCE", "InstanceRow", "admin_address", "admin_url", "build_parser",
@@ -117,32 +115,6 @@ async def _health(http: aiohttp.ClientSession, turn: asyncio.Semaphore, url: str
             return "unreachable"
 
 
-async def _read_services(registry: Registry, names: list[str], timeout_s: float
-                         ) -> tuple[dict[str, frozenset[Instance] | None], list[Instance]]:
-    """The live instances of each of ``names`` (``None``: no answer within ``timeout_s``,
-    and for those not read after one had none) and the failing ones: one
-    ``snapshot(service)`` read per service when the registry has one (the Consul and etcd
-    registries: :class:`~meshkit.discovery._types.ServiceSnapshot`), else the first
-    answer of a watch on each and a ``failing()`` read (none without one). The reads run
-    in parallel, a bounded number at once, each bounded by ``timeout_s`` seconds from its
-    own start (:func:`~meshkit._cli._common.discover`).
-
-    Raises:
-        MeshError: the registry cannot be read (its own error), or, without
-            ``snapshot()``, :class:`~meshkit.errors.RegistryError` when a failing read
-            had no answer in time.
-    """
-    snapshot = getattr(registry, "snapshot", None)
-    if snapshot is None:
-        found = await discover(registry, names, timeout_s)
-        # read even when a watch had no answer: the registry's error names the cause
-        return found, await failing_instances(registry, names, timeout_s)
-    read = await _read_each(names, snapshot, timeout_s)
-    return ({name: None if snap is None else snap.live
-             for name, snap in zip(names, read, strict=True)},
-            [i for snap in read if snap is not None for i in snap.failing])
-
-
 async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[InstanceRow]:
     """The rows for ``only`` (every service the registry lists when empty), sorted.
 
@@ -155,7 +127,7 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     registry = open_registry(registry_uri)
     try:
         names = list(dict.fromkeys(only)) or await service_names(registry, timeout_s)
-        found, failing = await _read_services(registry, names, timeout_s)
+        found, failing = await read_services(registry, names, timeout_s)
     except MeshError as exc:  # RegistryError, a timeout of the listing: one line
         raise SystemExit(f"meshkit services: the registry cannot be read: {exc}") from None
     finally:

@@ -22,6 +22,12 @@ variable::
     async for instances in registry.watch("orderd"):
         print(sorted(i.address for i in instances))
 
+Each of the three also reads a service once for a one-shot listing (``meshkit services``,
+``prometheus-targets``): ``snapshot(service)`` gives a :class:`ServiceSnapshot`, the live
+instances (what a new watch yields first) and the failing ones (``failing(service)``:
+registered, their owner died or hangs, not deregistered), from one read. It is no part of
+the :class:`Registry` protocol: a registry of another package may lack it.
+
 Balancers, which choose an endpoint per call among what discovery returns, live in
 :mod:`meshkit.balancer`.
 """
@@ -36,7 +42,7 @@ from urllib.parse import parse_qs, unquote
 import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
 from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
 from meshkit.discovery._options import parse_uri, query_fields, shown_uri
-from meshkit.discovery._types import Instance, Registry, RegistryStatus
+from meshkit.discovery._types import Instance, Registry, RegistryStatus, ServiceSnapshot
 from meshkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ __all__ = [
     "LocalRegistry",
     "Registry",
     "RegistryStatus",
+    "ServiceSnapshot",
     "default_local_path",
     "registry_from_env",
     "registry_from_uri",

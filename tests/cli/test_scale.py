@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,53 @@ async def test_services_reads_each_local_service_once(
     assert [(r.instance_id, r.health) for r in rows] == [
         ("svc0-1", "-"), ("svc1-1", "-"), ("svc1-dead", "failing"), ("svc2-1", "-")]
 
+
+async def test_prometheus_targets_reads_each_service_once_per_pass(tmp_path: Path) -> None:
+    """``prometheus-targets`` over a Consul agent with three services, one with a failing
+    instance: one ``GET /v1/health/service/<name>`` per service in each pass (each
+    ``--watch`` interval). It sent two, as ``meshkit services`` did (a watch's first
+    answer, then ``failing()``'s read), on every pass. The targets file is the one the
+    two reads wrote."""
+    double = ConsulDouble()
+    await double.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(3):
+                async with http.put(f"{double.url}/v1/catalog/register", json={
+                        "Node": "node-2", "Address": "127.0.0.1",
+                        "Service": {"ID": f"svc{i}-1", "Service": f"svc{i}",
+                                    "Address": "127.0.0.1", "Port": 20000 + i,
+                                    "Meta": {"admin_port": str(30000 + i)}}}) as resp:
+                    assert resp.status == 200, await resp.text()
+            async with http.put(f"{double.url}/v1/agent/service/register", json={
+                    "ID": "svc1-dead", "Name": "svc1", "Address": "127.0.0.1", "Port": 9,
+                    "Meta": {"admin_port": "9"},
+                    "Check": {"TTL": "30s"}}) as resp:  # critical: a TTL never passed
+                assert resp.status == 200, await resp.text()
+        old_out, out = tmp_path / "old.json", tmp_path / "targets.json"
+        old_reg = _WatchAndFailing(ConsulRegistry(ConsulOptions(addr=double.addr)))
+        try:
+            await TargetWriter(old_reg, old_out, keep_failing_s=300.0,  # type: ignore[arg-type]
+                               timeout_s=5.0).once()
+        finally:
+            await old_reg.close()
+        reg = ConsulRegistry(ConsulOptions(addr=double.addr))
+        passes = []
+        try:
+            writer = TargetWriter(reg, out, keep_failing_s=300.0, timeout_s=5.0)
+            for _ in range(2):  # two passes of --watch
+                double.requests.clear()
+                await writer.once()
+                passes.append(collections.Counter(
+                    r.path for r in double.requests if r.method == "GET"))
+        finally:
+            await reg.close()
+    finally:
+        await double.stop()
+    once = {"/v1/catalog/services": 1, **{f"/v1/health/service/svc{i}": 1 for i in range(3)}}
+    assert passes == [once, once], passes
+    assert out.read_text() == old_out.read_text()
+    assert [(g["labels"]["mesh_instance"], g["labels"]["__meta_meshkit_health"])
+            for g in json.loads(out.read_text())] == [
+        ("svc0-1", "passing"), ("svc1-1", "passing"), ("svc1-dead", "failing"),
+        ("svc2-1", "passing")]
