@@ -118,8 +118,9 @@ def _check_utf8(name: str, value: str) -> None:
 
 class ServiceSnapshot(NamedTuple):
     """One read of a service: what ``snapshot(service)`` of a registry that has one
-    (:class:`~meshkit.discovery.ConsulRegistry`, :class:`~meshkit.discovery.EtcdRegistry`)
-    gives, so that a one-shot reader (``meshkit services``) reads a service once.
+    (:class:`~meshkit.discovery.LocalRegistry`, :class:`~meshkit.discovery.ConsulRegistry`,
+    :class:`~meshkit.discovery.EtcdRegistry`) gives, so that a one-shot reader (``meshkit
+    services``, each pass of ``meshkit prometheus-targets``) reads a service once.
 
     Args:
         live: the instances a new watch of the service would yield first (its first set).
