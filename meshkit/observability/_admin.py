@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import ipaddress
 import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,9 @@ _log = structlog.get_logger("meshkit.observability.admin")
 _PATH_RE = re.compile(r"/[A-Za-z0-9._~\-/]*")  # fullmatch: ``$`` passes "/x\n"
 # a Host header: a bracketed IPv6 literal or a name/IPv4 address, then an optional port
 _HOST_HEADER_RE = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
+_RENDER_THREADS = 2
+"""Threads an admin server renders ``/metrics`` in: two scrapes at once (a pair of
+Prometheus replicas) each get one; a third waits."""
 _RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
@@ -91,10 +96,12 @@ class AdminServer:
                            plus per method rate, errors by code and p50/p99 over 10 s
     /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
                            text format, or OpenMetrics when the Accept header asks for it;
-                           collected and rendered in a worker thread (the channels and
-                           servers are read on this loop), so a scrape does not stall the
-                           calls the loop serves; text not encodable as UTF-8 (a lone
-                           surrogate) is sent as U+FFFD with a warning, not as a 500
+                           collected and rendered in the admin server's own thread (the
+                           channels and servers are read on this loop), so a scrape does
+                           not stall the calls the loop serves, nor waits behind work in
+                           the loop's default executor (``asyncio.to_thread``); text not
+                           encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
+                           warning, not as a 500
     /healthz               200 ``ok`` while the process's event loop answers (liveness)
     /readyz                200 when every live MeshServer is registered and not draining;
                            503 with the reasons (JSON) during drain, before registration,
@@ -111,9 +118,12 @@ class AdminServer:
     browser on this machine. A server bound to another or the wildcard address answers
     any ``Host`` (a Prometheus scrapes it by pod IP or DNS name).
 
-    Collectors on the registry are called in a worker thread (``asyncio.to_thread``), as
-    prometheus-client's own HTTP server calls them: they must be thread-safe, as its own
-    metric types and meshkit's are.
+    Collectors on the registry are called in a worker thread, as prometheus-client's own
+    HTTP server calls them: they must be thread-safe, as its own metric types and
+    meshkit's are. The thread is the admin server's own (two of them, named
+    ``meshkit-admin-metrics_<n>``, from :meth:`start` to :meth:`stop`), not the loop's
+    default executor: work queued there (``asyncio.to_thread``, blocking handlers, name
+    lookups) does not hold a scrape back.
 
     ``/metrics`` serves further registries given with :meth:`add_registry` (the shared
     admin server of ``serve()``: the default registry and every server's telemetry
@@ -146,6 +156,7 @@ class AdminServer:
         self._extra: list[tuple[str, str, Handler]] = []
         self._unencodable: set[str] = set()  # families warned about (see _metrics)
         self._runner: web.AppRunner | None = None
+        self._render_threads: ThreadPoolExecutor | None = None  # from start() to stop()
         self._starting = False
         self.port = 0
 
@@ -230,15 +241,32 @@ class AdminServer:
                 app.router.add_get(path, handler)
             else:
                 app.router.add_route(method, path, handler)
-        self._runner, self.port = await start_app(app, self.options.host, self.options.port)
+        # no thread started until the first scrape
+        self._render_threads = ThreadPoolExecutor(max_workers=_RENDER_THREADS,
+                                                  thread_name_prefix="meshkit-admin-metrics")
+        try:
+            self._runner, self.port = await start_app(app, self.options.host,
+                                                      self.options.port)
+        except BaseException:
+            self._release_render_threads()
+            raise
         _log.info("admin server listening", address=f"{uri_host(self.options.host)}:{self.port}")
         return self.port
 
     async def stop(self) -> None:
-        """Stop serving (safe to call twice or before :meth:`start`)."""
+        """Stop serving (safe to call twice or before :meth:`start`); the render threads
+        end once a render under way is done (not waited for)."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        try:
+            if runner is not None:
+                await runner.cleanup()
+        finally:
+            self._release_render_threads()
+
+    def _release_render_threads(self) -> None:
+        pool, self._render_threads = self._render_threads, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:
@@ -259,10 +287,15 @@ class AdminServer:
         om = _wants_openmetrics(", ".join(request.headers.getall(hdrs.ACCEPT, [])))
         # off the loop: rendering thousands of samples (a channel to a 1,000-endpoint
         # service: ~5,000) takes tens of milliseconds, which every call in flight on
-        # this loop would wait
+        # this loop would wait; in the admin server's own threads, not behind whatever
+        # holds the loop's default executor (asyncio.to_thread's)
         more = tuple(registry for registry, _ in self._more.values())
-        body, fixed = await asyncio.to_thread(self._render, om, asyncio.get_running_loop(),
-                                              more)
+        loop = asyncio.get_running_loop()
+        if self._render_threads is None:  # stopped meanwhile
+            raise web.HTTPServiceUnavailable(text="admin server stopping\n")
+        body, fixed = await loop.run_in_executor(
+            self._render_threads, contextvars.copy_context().run, self._render, om, loop,
+            more)
         new = sorted(fixed - self._unencodable)
         if new:
             self._unencodable.update(new)

@@ -825,3 +825,42 @@ async def test_admin_metrics_keep_the_mesh_families_with_an_admin_registry_of_it
         assert 'meshkit_server_ready{service="echo"} 1.0' in text, text
     finally:
         await srv.drain()
+
+
+async def test_metrics_answer_while_the_loops_default_executor_is_full() -> None:
+    """``/metrics`` was rendered in ``asyncio.to_thread``, the loop's default executor,
+    which the application's own work shares (``to_thread``, ``run_in_executor(None)``,
+    aiohttp's name lookups; plain-function gRPC handlers before they got threads of their
+    own): with every thread of it busy (a slow database), a scrape waited behind them
+    and Prometheus marked a busy instance down. It is rendered on the admin server's
+    own thread now (``meshkit-admin-metrics``), which ends with :meth:`AdminServer.stop`."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    rendered_in: list[str] = []
+
+    class Probe:
+        def collect(self) -> Iterator[Metric]:
+            rendered_in.append(threading.current_thread().name)
+            yield GaugeMetricFamily("probe", "A probe.", value=1.0)
+
+    prom = CollectorRegistry()
+    prom.register(Probe())
+    # more jobs than the default executor has threads (min(32, cpus + 4), 32 at most)
+    busy = [loop.run_in_executor(None, release.wait, 20) for _ in range(40)]
+    try:
+        async with AdminServer(AdminOptions(registry=prom, require_server=False)) as admin:
+            try:
+                status, body = await asyncio.wait_for(get(admin.url + "/metrics"), 3)
+            except TimeoutError:
+                raise AssertionError("/metrics did not answer within 3 s while the loop's "
+                                     "default executor was busy") from None
+            assert status == 200 and "probe 1.0" in body
+            assert not release.is_set()
+            assert rendered_in and all(n.startswith("meshkit-admin-metrics")
+                                       for n in rendered_in), rendered_in
+        await until(lambda: not [t for t in threading.enumerate()
+                                 if t.name.startswith("meshkit-admin-metrics")],
+                    timeout_s=5, what="the admin server's render thread to end")
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*busy), 10)
