@@ -16,6 +16,7 @@ import contextvars
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
@@ -25,6 +26,7 @@ from meshkit.errors import InvalidMetadataError
 
 __all__ = [
     "GUARD_MARK",
+    "HANDLER_EXECUTOR",
     "UNDECODABLE_MARK",
     "Before",
     "Continuation",
@@ -84,6 +86,14 @@ class NoResponse(Exception):
 
 Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 MAX_CACHED_METHODS = 4096
+
+HANDLER_EXECUTOR: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
+    "meshkit_handler_executor", default=None)
+"""Where the calls of a server run their plain-function handlers (see
+:func:`async_behaviour`): the server's own thread pool, set by :class:`meshkit.MeshServer`
+in the context its grpc.aio server starts in (grpc.aio runs each call in a copy of it);
+``None`` (a grpc.aio server of your own): the event loop's default executor. Read once
+per call of a plain-function handler."""
 
 
 async def other_responses(result: Any) -> AsyncIterator[Any]:
@@ -146,10 +156,14 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
     synchronous (plain function) handler, off the loop, so that one blocking handler
     does not stall every call of the server:
 
-    * in the event loop's default executor: what grpc.aio uses when the server has no
-      ``migration_thread_pool`` (``serve()`` passes none); a unary response is one
-      ``run_in_executor`` call, a response stream's generator is advanced there one
-      message at a time;
+    * in the call's :data:`HANDLER_EXECUTOR`: a :class:`meshkit.MeshServer`'s own thread
+      pool (``ServeOptions.handler_threads``, also its grpc.aio
+      ``migration_thread_pool``), so that blocked handlers do not hold the threads of the
+      loop's default executor, which ``asyncio.to_thread``, aiohttp's name lookups (a
+      registry's heartbeat) and the application use; on a grpc.aio server of your own,
+      the loop's default executor, as grpc.aio without a ``migration_thread_pool``. A
+      unary response is one ``run_in_executor`` call, a response stream's generator is
+      advanced there one message at a time;
     * with the caller's context variables (``contextvars.copy_context().run``: the
       call's trace context and whatever the checks set; grpc.aio's
       ``run_in_executor`` copies none);
@@ -268,7 +282,8 @@ def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
         sync = _SyncContext(context, loop)
         if request_streaming:
             request = _blocking_requests(request, loop)
-        result = await loop.run_in_executor(None, contextvars.copy_context().run,
+        result = await loop.run_in_executor(HANDLER_EXECUTOR.get(),
+                                            contextvars.copy_context().run,
                                             _call_sync, behaviour, request, sync)
         for callback in sync._callbacks:
             callback()
@@ -328,13 +343,14 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
         loop = asyncio.get_running_loop()
         if request_streaming:
             request = _blocking_requests(request, loop)
+        executor = HANDLER_EXECUTOR.get()
         run = contextvars.copy_context().run
         sync = _SyncContext(context, loop)
         if on_loop:
             result = run(behaviour, request, sync)
         else:
-            result = await loop.run_in_executor(None, run, _call_sync, behaviour, request,
-                                                sync)
+            result = await loop.run_in_executor(executor, run, _call_sync, behaviour,
+                                                request, sync)
         if result is None or hasattr(result, "__aiter__") or inspect.isawaitable(result):
             sync.awaited_on_loop()
             async for item in responses(result):  # not a plain iterable: on the loop
@@ -344,16 +360,30 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
         finished = False
         try:
             while True:
-                item = await loop.run_in_executor(None, advancing.next_or_done)
+                item = await loop.run_in_executor(executor, advancing.next_or_done)
                 if item is _DONE:
                     finished = True
                     return
                 yield item
         finally:
             if not finished:  # ended early (cancelled, closed): close it in a thread
-                loop.run_in_executor(None, advancing.close)
+                _close_in_a_thread(loop, executor, advancing)
 
     return off_loop
+
+
+def _close_in_a_thread(loop: asyncio.AbstractEventLoop, executor: Executor | None,
+                       advancing: _Advancing) -> None:
+    """Close a response generator that ended early in ``executor``; in the loop's
+    default executor when ``executor`` was shut down meanwhile (a call cancelled by its
+    server's stop, finishing after the server's threads were released)."""
+    try:
+        loop.run_in_executor(executor, advancing.close)
+    except RuntimeError:  # "cannot schedule new futures after shutdown"
+        if executor is None:
+            return  # the loop is closing: left to the garbage collector
+        with contextlib.suppress(RuntimeError):
+            loop.run_in_executor(None, advancing.close)
 
 
 async def _anext(it: Any) -> Any:

@@ -72,6 +72,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -96,6 +97,7 @@ from meshkit._config import (
 )
 from meshkit._fields import Normalised
 from meshkit._handlers import (
+    HANDLER_EXECUTOR,
     Handler,
     Resolver,
     WrappingInterceptor,
@@ -610,6 +612,23 @@ class ServeOptions:
         maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
             ``RESOURCE_EXHAUSTED``; when set it overrides ``limits.max_concurrent_rpcs``
             (default ``None``: the limits' value).
+        handler_threads: how many threads run the server's plain-function (``def``, not
+            ``async def``) handlers, a pool the server owns (threads named
+            ``meshkit-handler-<service>_<n>``, each started when a call first needs it,
+            also grpc.aio's ``migration_thread_pool``), an int >= 1. Default ``None``:
+            Python's default for a thread pool, ``min(32, cpus + 4)`` (6 on 2 cores), as
+            many as the loop's default executor they ran in before. Calls admitted past
+            it (each holding one of ``limits.max_concurrent_rpcs``, 32 by default) wait
+            for a thread, as a synchronous ``grpc.server(ThreadPoolExecutor(n))``'s
+            calls wait for one of its ``n`` workers; give the call slots' count for a
+            thread per admitted call (handlers waiting on a slow database). Blocked
+            handlers never hold the loop's default executor, which ``/metrics``'s
+            collectors (the admin server has a thread of its own), ``asyncio.to_thread``
+            and aiohttp's name lookups (a Consul or etcd registry's heartbeat) need.
+            The pool is shut down when the drain ends (or a failed start is undone)
+            without waiting for handlers still running (their threads end when they
+            return; calls still waiting for a thread never run); the interpreter's exit
+            waits for them, as it did for the default executor's.
         expose_exception_text: send an unhandled exception's text to the caller, as
             grpc.aio does (``UNKNOWN`` "Unexpected <class 'X'>: <text>"; for a development
             server). Default ``False``: the caller gets ``UNKNOWN`` naming the exception's
@@ -683,6 +702,7 @@ class ServeOptions:
     server_options: Normalised[Sequence[tuple[str, Any]], tuple[tuple[str, Any], ...]] = (
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
     maximum_concurrent_rpcs: int | None = None
+    handler_threads: int | None = None
     expose_exception_text: bool = False
     generic_methods: Normalised[Collection[str], tuple[str, ...]] = (
         Normalised(()))  # noqa: RUF009 - immutable: _fields.py
@@ -717,6 +737,8 @@ class ServeOptions:
         check_number("drain_delay_s", self.drain_delay_s)  # inf: a drain that never stops
         if self.maximum_concurrent_rpcs is not None:
             check_int("maximum_concurrent_rpcs", self.maximum_concurrent_rpcs)
+        if self.handler_threads is not None:
+            check_int("handler_threads", self.handler_threads)
         if not isinstance(self.limits, ServerLimits):
             raise ConfigError(f"limits must be a ServerLimits, got {self.limits!r}")
         object.__setattr__(self, "tags", check_strings("tags", self.tags))
@@ -1178,6 +1200,9 @@ class MeshServer:
         self.instance: Instance | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
+        # runs the plain-function handlers (ServeOptions.handler_threads), from start()
+        # until the drain ends or a failed start is undone
+        self._handler_threads: ThreadPoolExecutor | None = None
         self._stopped = asyncio.Event()
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None  # drain()'s work, see there
@@ -1282,7 +1307,14 @@ class MeshServer:
         # method where handlers are looked up, and give grpc.aio no interceptor (it runs
         # every interceptor per call, a coroutine each, even for a cached handler).
         resolve = handler_resolver(chain)
+        # the plain-function handlers' own threads (not the loop's default executor:
+        # see ServeOptions.handler_threads); none started until a call needs one, so
+        # one left behind by a bind that fails below holds nothing
+        self._handler_threads = ThreadPoolExecutor(
+            max_workers=opts.handler_threads,
+            thread_name_prefix=f"meshkit-handler-{self.service}")
         server = grpc.aio.server(
+            migration_thread_pool=self._handler_threads,
             interceptors=(chain or None) if resolve is None else None,
             options=tuple(server_args.items()),
         )
@@ -1422,7 +1454,10 @@ class MeshServer:
         after each step, raise when :meth:`drain` was called meanwhile (the caller undoes
         the start)."""
         opts = self.options
-        await _in_a_context_of_its_own(server.start(), f"meshkit-start-{self.service}")
+        # every call runs in a copy of this context: its plain-function handler in the
+        # server's threads (HANDLER_EXECUTOR)
+        await _in_a_context_of_its_own(server.start(), f"meshkit-start-{self.service}",
+                                       handlers=self._handler_threads)
         self._raise_if_draining()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
@@ -1506,9 +1541,11 @@ class MeshServer:
             self._stopped.set()
 
     def _release_steps(self) -> list[tuple[str, Callable[[], Any]]]:
-        """The steps that give back what :meth:`start` took from the process: the shared
-        admin server (released once), an owned registry (closed)."""
-        steps: list[tuple[str, Callable[[], Any]]] = []
+        """The steps that give back what :meth:`start` took from the process: the
+        handler threads (:meth:`_release_handler_threads`), the shared admin server
+        (released once), an owned registry (closed)."""
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("releasing the handler threads", self._release_handler_threads)]
         if self.admin is not None:
             self.admin = None
             steps.append(("releasing the admin server",
@@ -1516,6 +1553,15 @@ class MeshServer:
         if self._owns_registry:
             steps.append(("closing the registry", self.registry.close))
         return steps
+
+    async def _release_handler_threads(self) -> None:
+        """Once the grpc server has stopped: shut the handler threads' pool down without
+        waiting (a handler still blocked past ``grace_s`` keeps its thread until it
+        returns; calls still queued for a thread are dropped, their calls ended by the
+        stop). Safe to call twice."""
+        pool, self._handler_threads = self._handler_threads, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
         """The server's interceptors: the chain fused, the request gate outermost (folded
@@ -1902,20 +1948,25 @@ def _refusal(server: MeshServer) -> Handler:
 _T = TypeVar("_T")
 
 
-async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str) -> _T:
-    """Await ``aw`` in a task that runs in a copy of the current context without meshkit's
-    own context variables (every one named ``meshkit_...``; cancelling the caller cancels
-    it). For starting a server: grpc.aio runs every call, and asyncio every connection of
-    an aiohttp server, in a copy of the context the server started in, so a server started
-    from a handler (or inside ``deadline_scope``) would hand that handler's caller identity
-    (``current_claims()``, ``current_peer()``, the bearer token ``TokenForwarder`` sends)
-    and its propagated deadline to every call it serves, for its whole life. The
-    application's own variables (``structlog.contextvars`` bound at start-up, say) still
-    reach the calls, as on a plain grpc.aio server; OpenTelemetry's context does not (the
-    starter's current span would parent every call without a ``traceparent`` and its W3C
-    baggage reach them all). Nothing more per call."""
-    return await asyncio.get_running_loop().create_task(
-        aw, name=name, context=_context_without_meshkit())
+async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str, *,
+                                   handlers: Executor | None = None) -> _T:
+    """Await ``aw`` in a task that runs in a copy of the current context without meshkit's own
+    context variables (every one named ``meshkit_...``; cancelling the caller cancels it),
+    with ``handlers`` (a grpc server's: where its calls run their plain-function handlers,
+    :data:`~meshkit._handlers.HANDLER_EXECUTOR`) set when given. For starting a server:
+    grpc.aio runs every call, and asyncio every connection of an aiohttp server, in a copy
+    of the context the server started in, so a server started from a handler (or inside
+    ``deadline_scope``) would hand that handler's caller identity (``current_claims()``,
+    ``current_peer()``, the bearer token ``TokenForwarder`` sends) and its propagated
+    deadline to every call it serves, for its whole life. The application's own variables
+    (``structlog.contextvars`` bound at start-up, say) still reach the calls, as on a plain
+    grpc.aio server; OpenTelemetry's context does not (the starter's current span would
+    parent every call without a ``traceparent`` and its W3C baggage reach them all).
+    Nothing more per call."""
+    context = _context_without_meshkit()
+    if handlers is not None:
+        context.run(HANDLER_EXECUTOR.set, handlers)
+    return await asyncio.get_running_loop().create_task(aw, name=name, context=context)
 
 
 def _context_without_meshkit() -> contextvars.Context:

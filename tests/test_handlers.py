@@ -9,6 +9,7 @@ import gc
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ import pytest
 
 import meshkit
 from meshkit._handlers import (
+    HANDLER_EXECUTOR,
     Before,
     FusedInterceptor,
     Handler,
@@ -938,3 +940,132 @@ async def test_an_async_result_of_a_plain_function_handler_may_await_its_context
         assert ("x-seen", "yes") in tuple(err.value.initial_metadata() or ())
     else:
         assert got == [b"first" if name == "Stream" else b"written"]
+
+
+async def _start_with_handler_executor(server: grpc.aio.Server, pool: Any) -> None:
+    """Start ``server`` as :class:`meshkit.MeshServer` starts its own: in a context whose
+    ``HANDLER_EXECUTOR`` is ``pool`` (grpc.aio runs each call in a copy of it)."""
+    ctx = contextvars.copy_context()
+    ctx.run(HANDLER_EXECUTOR.set, pool)
+    await asyncio.get_running_loop().create_task(server.start(), context=ctx)
+
+
+async def test_synchronous_handlers_run_in_the_executor_their_server_started_with() -> None:
+    """The plain-function handlers of every call kind (and each step of a response
+    generator) run in the ``HANDLER_EXECUTOR`` of the context their server started in
+    (a MeshServer's own threads), with the call's context variables; a grpc.aio server
+    started without one runs them in the loop's default executor, as grpc.aio does."""
+    names: list[tuple[str, str, str]] = []
+
+    def note(kind: str) -> None:
+        names.append((kind, threading.current_thread().name, _TRACE.get()))
+
+    def unary(request: bytes, context: Any) -> bytes:
+        note("unary")
+        return request
+
+    def server_stream(request: bytes, context: Any) -> Iterator[bytes]:
+        for item in (b"1", b"2"):
+            note("server_stream")
+            yield item
+
+    def client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+        note("client_stream")
+        return b"".join(requests)
+
+    def bidi(requests: Iterator[bytes], context: Any) -> list[bytes]:
+        note("bidi")  # a plain function returning a list: called in a thread too
+        return [r.upper() for r in requests]
+
+    service = guard_generic_handler(grpc.method_handlers_generic_handler(_SYNC, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    }), handler_resolver([_SetsTrace()]))
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    async def serve_all(pool: ThreadPoolExecutor | None) -> list[tuple[str, str, str]]:
+        names.clear()
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((service,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        if pool is None:
+            await server.start()
+        else:
+            await _start_with_handler_executor(server, pool)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                def m(name: str) -> str:
+                    return f"/{_SYNC}/{name}"
+
+                assert await ch.unary_unary(m("Unary"))(b"x", timeout=5) == b"x"
+                assert [r async for r in ch.unary_stream(m("ServerStream"))(b"", timeout=5)] \
+                    == [b"1", b"2"]
+                assert await ch.stream_unary(m("ClientStream"))(requests(), timeout=5) == b"ab"
+                assert [r async for r in ch.stream_stream(m("Bidi"))(requests(), timeout=5)] \
+                    == [b"A", b"B"]
+        finally:
+            await server.stop(None)
+        return list(names)
+
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-handlers")
+    try:
+        seen = await serve_all(pool)
+    finally:
+        pool.shutdown(wait=True)
+    assert [k for k, _, _ in seen] == ["unary", "server_stream", "server_stream",
+                                       "client_stream", "bidi"]
+    assert all(n.startswith("test-handlers") for _, n, _ in seen), seen
+    assert [t for _, _, t in seen] == [f"/{_SYNC}/{m}" for m in (
+        "Unary", "ServerStream", "ServerStream", "ClientStream", "Bidi")]
+    seen = await serve_all(None)
+    assert len(seen) == 5 and not any(n.startswith("test-handlers") for _, n, _ in seen), seen
+
+
+async def test_a_response_generator_ended_after_its_servers_threads_were_released_is_closed(
+) -> None:
+    """A plain response generator whose call ends (cancelled) after its server released
+    its handler threads (a MeshServer's drain ending while a handler was still blocked)
+    is still closed in a thread with the call's context, in the loop's default executor
+    (scheduling on the shut-down pool raised ``RuntimeError`` in the call's ``finally``)."""
+    step = threading.Event()
+    closed_in: list[tuple[str, str]] = []
+    closed = threading.Event()
+
+    def slow(request: bytes, context: Any) -> Iterator[bytes]:
+        try:
+            yield b"first"
+            step.wait(10)
+            yield b"second"
+        finally:
+            closed_in.append((threading.current_thread().name, _TRACE.get()))
+            closed.set()
+
+    service = guard_generic_handler(grpc.method_handlers_generic_handler(_SYNC, {
+        "Slow": grpc.unary_stream_rpc_method_handler(slow)}),
+        handler_resolver([_SetsTrace()]))
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((service,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-released")
+    await _start_with_handler_executor(server, pool)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_stream(f"/{_SYNC}/Slow")(b"", timeout=10)
+            assert await call.read() == b"first"
+            await asyncio.sleep(0.2)  # its next step is under way, blocked in the pool
+            pool.shutdown(wait=False)  # the server's threads released
+            call.cancel()
+            await asyncio.sleep(0.2)  # the call's finally ran: the close waits for the step
+            step.set()
+            assert await asyncio.to_thread(closed.wait, 5), "the generator was not closed"
+    finally:
+        step.set()
+        await server.stop(None)
+        pool.shutdown(wait=True)
+    assert closed_in == [(closed_in[0][0], f"/{_SYNC}/Slow")], closed_in
+    assert not closed_in[0][0].startswith("test-released"), closed_in

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 import structlog
@@ -28,6 +29,7 @@ import meshkit
 import meshkit.server
 from meshkit.auth import current_claims
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 from meshkit.errors import RegistryError
 from meshkit.observability import AdminOptions
 from meshkit.observability._live import live_server_stats
@@ -35,6 +37,7 @@ from meshkit.resilience import RetryOptions, RetryPolicy, current_deadline, dead
 from meshkit.resilience._retry import DRAINING_DETAILS
 from meshkit.server import _SharedAdmin
 from tests.conftest import EchoFactory
+from tests.discovery.consul_double import ConsulDouble
 from tests.support import grpc_plugin
 from tests.support.echo import SERVICE, add_echo, method
 from tests.support.loops import run as run_loop
@@ -271,8 +274,6 @@ def _add_guard_probe(servicer: object, server: object) -> None:
 
 
 async def _admin_metrics(srv: meshkit.MeshServer) -> str:
-    import aiohttp
-
     assert srv.admin is not None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
             http.get(f"{srv.admin.url}/metrics") as resp:
@@ -2447,3 +2448,223 @@ async def test_a_stopped_server_leaves_no_request_gate_timer_on_the_loop(
     the stop, holding the gate and its handlers. Now the drain's last step cancels it
     (``RequestGate.close()``), and a closed gate arms none again."""
     assert await _gate_timers_after_stop(registry, header_only) == []
+
+
+# -- plain-function handlers run on the server's own threads ---------------------------------
+
+# More blocked calls than the loop's default executor has threads (min(32, cpus + 4)), all
+# admitted (call slots raised past them), and more than the server's handler threads.
+_BLOCKED_CALLS = 40
+_SLOTS = 64
+
+
+def _blocking_service(release: threading.Event,
+                      threads: set[str] | None = None) -> tuple[Any, None]:
+    """``(add_fn, None)`` of a service whose ``/t.Busy/Block`` is a plain function that
+    blocks until ``release`` is set (a handler waiting on a slow database; it notes its
+    thread's name in ``threads``), and whose ``/t.Busy/Ping`` is an ``async def`` that
+    answers at once."""
+
+    def block(request: bytes, context: Any) -> bytes:
+        if threads is not None:
+            threads.add(threading.current_thread().name)
+        release.wait(30)
+        return b"done"
+
+    async def ping(request: bytes, context: Any) -> bytes:
+        return b"pong"
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Busy", {"Block": grpc.unary_unary_rpc_method_handler(block),
+                       "Ping": grpc.unary_unary_rpc_method_handler(ping)}),))
+
+    return add, None
+
+
+@contextlib.asynccontextmanager
+async def _busy_calls(srv: meshkit.MeshServer,
+                      release: threading.Event) -> AsyncIterator[grpc.aio.Channel]:
+    """``_BLOCKED_CALLS`` calls of ``Block`` in flight on ``srv``, every one admitted
+    (and so handed to a thread, or queued for one); released, awaited and the channel
+    closed on the way out."""
+    ch = grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}")
+    block: Any = ch.unary_unary("/t.Busy/Block")
+    calls = [asyncio.ensure_future(block(b"x", timeout=30)) for _ in range(_BLOCKED_CALLS)]
+    try:
+        await until(lambda: srv.gate is not None and srv.gate.active >= _BLOCKED_CALLS,
+                    timeout_s=10, what="every blocked call admitted")
+        await asyncio.sleep(0.3)  # each handed to the executor
+        yield ch
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 15)
+        await ch.close()
+
+
+async def test_metrics_scrape_answers_while_blocking_handlers_hold_every_handler_thread(
+    tmp_path: Path,
+) -> None:
+    """A busy server (its plain-function handlers waiting on a slow dependency, more
+    calls than threads) still answers its probes and its scrape. The handlers ran in
+    ``asyncio``'s default executor, where the admin server also rendered ``/metrics``
+    (``asyncio.to_thread``): the scrape waited until a handler returned (here never; in
+    production behind every queued call, past Prometheus' 10 s scrape timeout with 2 s
+    handlers), and ``MeshkitInstanceDown`` ("it died or hangs") fired for an instance
+    that was only busy. Now the handlers run on the server's own threads
+    (``meshkit-handler-<service>``) and the scrape on the admin server's."""
+    release = threading.Event()
+    threads: set[str] = set()
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=2.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer(
+        "busysync", [_blocking_service(release, threads)], registry=reg,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=0.5,
+                                     limits=meshkit.ServerLimits(max_concurrent_rpcs=_SLOTS)))
+    await srv.start()
+    try:
+        assert srv.admin is not None
+        async with _busy_calls(srv, release) as ch:
+            # what runs on the loop answers at once
+            answer = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=3)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            ping: Any = ch.unary_unary("/t.Busy/Ping")
+            assert await ping(b"", timeout=3) == b"pong"
+            timeout = aiohttp.ClientTimeout(total=3.0)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                for path in ("/healthz", "/readyz", "/debug/mesh"):
+                    async with http.get(srv.admin.url + path) as resp:
+                        assert resp.status == 200, path
+                try:
+                    async with http.get(srv.admin.url + "/metrics") as resp:
+                        body = await resp.text()
+                except TimeoutError:
+                    raise AssertionError(
+                        "/metrics did not answer within 3 s while plain-function handlers "
+                        "held every handler thread") from None
+                assert resp.status == 200
+                assert "grpc_server_started_total" in body
+            # the loop's default executor is free for asyncio.to_thread work meanwhile
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 3) == 42
+            assert not release.is_set()  # answered while the handlers still blocked
+            assert threads and all(t.startswith("meshkit-handler-busysync")
+                                   for t in threads), threads
+    finally:
+        release.set()
+        await srv.drain()
+        await reg.close()
+
+
+async def test_consul_heartbeat_of_a_busy_server_survives_an_agent_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Load must not deregister an instance that is merely busy. A server registered in
+    Consul by host name (``consul://consul:8500`` in ``deploy/k8s``; ``localhost`` here)
+    whose plain-function handlers are all blocked loses its heartbeat connection (the
+    agent restarts, keeping its state): the keeper's next pass connects again, and
+    aiohttp resolves the agent's name with ``loop.getaddrinfo``, in the loop's default
+    executor. The handlers ran there too: the lookup waited behind them, every pass
+    timed out and the TTL check went critical (``?passing`` watches dropped the
+    instance; the agent reaps it after ``deregister_critical_after_s``), although the
+    process was alive, serving and able to reach the agent. Now the handlers run on the
+    server's own threads. aiohttp's DNS cache (10 s) is turned off here, as it will have
+    lapsed by the time a long-lived server's agent restarts. A control without the load
+    (the same restart) stays passing."""
+    original_init = aiohttp.TCPConnector.__init__
+
+    def no_dns_cache(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["use_dns_cache"] = False  # stands for the 10 s cache having lapsed
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "__init__", no_dns_cache)
+    ttl_s = 2.0  # the keeper passes every ttl_s / 3: a restart's gap leaves a wide margin
+
+    async def run(loaded: bool) -> list[str]:
+        release = threading.Event()
+        async with ConsulDouble() as double:
+            opts = ConsulOptions(addr=f"localhost:{double.port}", ttl_s=ttl_s,
+                                 request_timeout_s=1.0, backoff_base_s=0.05,
+                                 backoff_max_s=0.2)
+            reg = ConsulRegistry(opts)
+            srv = meshkit.MeshServer(
+                "busyconsul", [_blocking_service(release)], registry=reg,
+                options=meshkit.ServeOptions(
+                    insecure=True, drain_delay_s=0.0, grace_s=0.5, admin=None,
+                    instance_id="busyconsul-1",
+                    limits=meshkit.ServerLimits(max_concurrent_rpcs=_SLOTS)))
+            await srv.start()
+            seen: list[str] = []
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    if loaded:
+                        await stack.enter_async_context(_busy_calls(srv, release))
+                    # the agent restarts (keeping its state): pooled connections are gone
+                    await double.stop()
+                    await asyncio.sleep(0.1)
+                    await double.start()
+                    end = time.monotonic() + 2 * ttl_s + 0.5
+                    while time.monotonic() < end:
+                        check = double.service_check("busyconsul-1")
+                        seen.append("gone" if check is None else check.status)
+                        await asyncio.sleep(0.1)
+            finally:
+                release.set()
+                await srv.drain()
+                await reg.close()
+            return seen
+
+    control = await asyncio.wait_for(run(loaded=False), 15)
+    assert set(control) == {"passing"}, control  # the restart alone costs nothing
+    loaded = await asyncio.wait_for(run(loaded=True), 20)
+    assert set(loaded) == {"passing"}, (
+        "the TTL check of a live, busy server went "
+        f"{sorted(set(loaded) - {'passing'})} after an agent restart: its heartbeat's "
+        "name lookup waited behind the blocking handlers")
+
+
+async def test_the_drain_does_not_wait_for_a_stuck_handler_and_its_threads_end_after(
+    registry: LocalRegistry,
+) -> None:
+    """The server's handler threads (``ServeOptions.handler_threads``, here 2) are its
+    own: a third blocked call waits for one of them (the loop's default executor is not
+    used), the drain ends after ``grace_s`` without waiting for the handlers still
+    blocked, and once they return their threads end (nothing is left queued on them)."""
+    release = threading.Event()
+    threads: set[str] = set()
+    srv = meshkit.MeshServer(
+        "stuck", [_blocking_service(release, threads)], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=0.3,
+                                     admin=None, handler_threads=2))
+    await srv.start()
+
+    def alive() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("meshkit-handler-stuck")]
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            block: Any = ch.unary_unary("/t.Busy/Block")
+            calls = [asyncio.ensure_future(block(b"x", timeout=20)) for _ in range(3)]
+            await until(lambda: len(threads) == 2, timeout_s=5, what="two handlers running")
+            await asyncio.sleep(0.2)
+            assert len(threads) == 2 and len(alive()) == 2  # the third waits for a thread
+            t0 = time.monotonic()
+            await asyncio.wait_for(srv.drain(), 5)
+            assert time.monotonic() - t0 < 3.0  # grace_s, not the handlers' 30 s
+            ended = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+            assert all(isinstance(e, grpc.aio.AioRpcError) for e in ended), ended
+        release.set()
+        await until(lambda: not alive(), timeout_s=5, what="the handler threads to end")
+        assert len(threads) == 2  # the queued call never ran
+    finally:
+        release.set()
+        await srv.drain()
+
+
+def test_bad_handler_threads_are_refused_quoting_the_value() -> None:
+    """``ServeOptions.handler_threads`` is a thread count (>= 1) or ``None`` (Python's
+    default: ``min(32, cpus + 4)``)."""
+    assert meshkit.ServeOptions(insecure=True).handler_threads is None
+    assert meshkit.ServeOptions(insecure=True, handler_threads=64).handler_threads == 64
+    for bad in (0, -1, 2.0, True, "8"):
+        with pytest.raises(meshkit.ConfigError, match=f"handler_threads.*{bad!r}"):
+            meshkit.ServeOptions(insecure=True, handler_threads=bad)  # type: ignore[arg-type]
