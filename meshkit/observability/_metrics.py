@@ -771,7 +771,7 @@ def reading_on(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
     live channels and servers on ``loop`` (their ``stats()`` and its own bookkeeping, one
     callback per scrape, under :data:`LOOP_READ_TIMEOUT_S`) and builds the families in the
     calling thread; the rest of the registry is collected and rendered there too. For a
-    scrape rendered off the event loop (``asyncio.to_thread``) so that it does not stall
+    scrape rendered off the event loop (the admin server's own thread) so that it does not stall
     the calls the loop serves: a channel's ``stats()`` reads its balancer, pool and retry
     budget, which only their loop may touch (the budget's window moves as it is read)."""
     token = _OWNER_LOOP.set(loop)
