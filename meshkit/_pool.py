@@ -165,8 +165,9 @@ class EndpointPool:
         self.service = service
         self.registry = registry
         self.balancer = balancer
-        # a streaming-response call is picked by pick_stream where the balancer has one
-        # (its outcome callback hears of the stream's first response)
+        # a streaming call is picked by pick_stream where the balancer has one (its
+        # outcome callback hears of a response stream's first message; a half-open probe
+        # that is a stream, whose server may say nothing for long, has a bound)
         self._pick_stream = getattr(balancer, "pick_stream", None) or balancer.pick
         self._filters = tuple(filters)
         self._make_channel = make_channel
@@ -672,11 +673,11 @@ class EndpointPool:
         return ep, done
 
     def _pick(self, details: ClientCallDetails) -> tuple[Endpoint, Done] | None:
-        """The balancer's pick for ``details``' call: ``pick_stream`` for a
-        streaming-response call (where the balancer has one), else ``pick``."""
-        kind = details.kind
-        pick = (self._pick_stream if kind is CallKind.UNARY_STREAM
-                or kind is CallKind.STREAM_STREAM else self.balancer.pick)
+        """The balancer's pick for ``details``' call: ``pick_stream`` for a streaming
+        call, of responses or of requests (where the balancer has one; the channel's
+        fast path picks the same way), else ``pick``."""
+        pick = (self.balancer.pick if details.kind is CallKind.UNARY_UNARY
+                else self._pick_stream)
         return pick(details.request_key, details.attempts)
 
     def _all_failing(self) -> NoEndpointsError:

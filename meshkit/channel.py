@@ -13,7 +13,9 @@ timeout) is resolved once, when the stub makes its multicallable; then every cal
    endpoint still connecting waits for a READY one (as gRPC's pickers queue a call);
 3. makes the attempt on that endpoint's sub-channel, where the per-attempt
    ``grpc.aio`` interceptors (``DialOptions.attempt_interceptors``) run;
-4. reports the outcome and latency to the balancer through ``done``.
+4. reports the outcome and latency to the balancer through ``done`` (a stream-unary
+   call's latency from the half-close of its request stream: its caller's sending time
+   is not its endpoint's; a response stream's, none).
 
 Endpoints that leave the registry are removed from the balancer at once and their
 sub-channel is closed with a grace period (``drain_timeout_s``), so in-flight calls finish.
@@ -110,6 +112,7 @@ from meshkit.observability import (
     flush_logs,
     track,
 )
+from meshkit.observability._client import current_attempt
 from meshkit.resilience import (
     RetryInterceptor,
     RetryOptions,
@@ -707,12 +710,17 @@ class MeshChannel(grpc.aio.Channel):
             self._attempt_interceptors = (*attempt_interceptors(telemetry),
                                           *self._attempt_interceptors)
         self._attempt_interceptors = _for_every_kind(self._attempt_interceptors)
+        if any(isinstance(i, AttemptSpanInterceptor) for i in self._attempt_interceptors):
+            # attempt spans: each attempt's interceptor told its own number and endpoint
+            # (no cost on the default path, which keeps the plain _launch)
+            self._launch = self._launch_numbered  # type: ignore[method-assign]
         self._closing: asyncio.Task[None] | None = None  # close(): runs once, to its end
         self._plan_keys: dict[tuple[Any, ...], str] = {}
         self._strict: dict[Any, Any] = {}  # deserializer -> its strict wrapper
         self._named: set[str] = set()  # methods whose name is a key already
         self._plan_seq = 0
         self._unary = chain_unary(chain, self._attempt_unary)
+        self._upload = chain_unary(chain, self._attempt_upload)  # stream-unary calls
         self._stream = chain_stream(chain, self._attempt_stream)
         # streams are picked so that their first response can be reported (pick_stream:
         # an outcome callback with responded(), see balancer._outlier.StreamDone), where
@@ -828,6 +836,20 @@ class MeshChannel(grpc.aio.Channel):
         ep.calls += 1
         return ep, done, call
 
+    def _launch_numbered(self, details: ClientCallDetails, picked: tuple[Endpoint, Any],
+                         request: Any, md: list[tuple[str, Any]]) -> tuple[Endpoint, Any, Any]:
+        """:meth:`_launch` with the attempt's number (1-based) and endpoint set in
+        :data:`~meshkit.observability._client.current_attempt` while it starts: grpc.aio
+        runs an :class:`~meshkit.observability.AttemptSpanInterceptor` in a task that
+        copies the context now and runs a loop turn later, when ``details.attempts`` may
+        hold hedges started since. Bound in place of :meth:`_launch` when such an
+        interceptor is on the sub-channels."""
+        token = current_attempt.set((len(details.attempts) + 1, picked[0]))
+        try:
+            return MeshChannel._launch(self, details, picked, request, md)
+        finally:
+            current_attempt.reset(token)
+
     async def _attempt_unary(self, details: ClientCallDetails, request: Any) -> Any:
         # before the pick: a call that cannot be sent is the caller's error, no endpoint's
         md = details.metadata
@@ -838,8 +860,8 @@ class MeshChannel(grpc.aio.Channel):
             # bytes without a serializer go as they are, without wire()'s frame
             if plan.request_serializer is not None or type(request) is not bytes:
                 request = plan.wire(request)
-        else:  # a request iterator: its messages and its own exceptions checked
-            request = serialized(details, plan.request_serializer, request, plan.in_mesh)
+        else:  # a request stream (stream-unary calls take self._upload, to it)
+            return await self._attempt_upload(details, request)
         # no attempt of this round yet: a call that fails before one (no endpoint, a
         # spent deadline) settles on its error alone, not on an earlier attempt's call
         details.last_call = None
@@ -869,17 +891,7 @@ class MeshChannel(grpc.aio.Channel):
             raise
         except asyncio.CancelledError:
             done(_CANCELLED, _perf() - t0)
-            if not plan.unary_request:  # grpc.aio cancels a call whose iterator raised
-                err = codec_error(details)
-                if err is not None:
-                    raise err from err.__cause__
-            task = asyncio.current_task()
-            if task is not None and not task.cancelling():
-                # the call itself was cancelled, not the caller's task: the channel closed,
-                # or the endpoint left and its drain_timeout_s ran out. An error for the
-                # caller, not a CancelledError in a task nobody cancelled.
-                raise MeshRpcError(_CANCELLED, f"call to {self.service!r} cancelled: the "
-                                   "channel was closed or its endpoint left") from None
+            self._raise_if_call_cancelled()
             raise
         except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
             done(_CANCELLED, _perf() - t0)
@@ -894,6 +906,88 @@ class MeshChannel(grpc.aio.Channel):
                 done(_INTERNAL, _perf() - t0)
                 raise ResponseDeserializationError(plan.method, type(exc).__name__) from exc
         done(_OK, _perf() - t0)
+        details.last_call = call  # the attempt that answered (hedges run side by side)
+        return response
+
+    def _raise_if_call_cancelled(self) -> None:
+        """In an attempt that ended with ``CancelledError``: when the current task itself
+        is not being cancelled, the call was (the channel closed, or the endpoint left and
+        its ``drain_timeout_s`` ran out): raise :class:`~meshkit.errors.MeshRpcError`
+        ``CANCELLED`` for the caller, not a ``CancelledError`` in a task nobody
+        cancelled."""
+        task = asyncio.current_task()
+        if task is not None and not task.cancelling():
+            raise MeshRpcError(_CANCELLED, f"call to {self.service!r} cancelled: the "
+                               "channel was closed or its endpoint left") from None
+
+    async def _attempt_upload(self, details: ClientCallDetails, request: Any) -> Any:
+        """One attempt of a stream-unary call (an upload), ``request`` its request
+        iterator (sync or async; the call object's own queue for ``write()``).
+
+        Unlike a unary attempt, the attempt's time is not all its endpoint's: until the
+        request stream is half-closed (the iterator ends; ``done_writing()``) the server
+        waits for the caller, however slow it sends. So the balancer hears: a latency
+        from the half-close (none, a negative one, when the attempt ended before it);
+        ``CANCELLED`` (no endpoint's outcome) for a deadline that ran out, or a cancel,
+        before it, since the server never had the whole request (as a response stream's
+        deadline, :func:`_report_stream`; Envoy's route timeout starts at the end of the
+        downstream request); otherwise as a unary attempt. It is picked as a stream
+        (``pick_stream``): sent as a half-open probe, its endpoint returns to rotation
+        undecided after ``base_ejection_s`` rather than being held out for the upload's
+        life (:mod:`meshkit.balancer._outlier`)."""
+        md = details.metadata
+        if md:  # before the pick, as a unary attempt's
+            check_metadata(md)
+        plan = details.codec
+        # its messages and its own exceptions checked, its end timed
+        upload = _upload(serialized(details, plan.request_serializer, request, plan.in_mesh))
+        details.last_call = None  # (as _attempt_unary)
+        picked = None
+        if self._resolved.is_set() and not self._pool.closed:
+            picked = self._pick_stream(details.request_key, details.attempts)
+        if picked is None or picked[0].state is not _READY:  # (not READY: connecting)
+            picked = await self._pool.pick_slow(details, picked)
+        ep, done, call = self._launch(details, picked, upload, md)
+        try:
+            response = await call
+        except AioRpcError as exc:
+            code = exc.code()
+            if _refused_here(code, exc.details(), exc.initial_metadata(),
+                             exc.trailing_metadata()) or (
+                    code is _DEADLINE_EXCEEDED
+                    and admission_refusal(exc.details(), exc.trailing_metadata())):
+                done(_CANCELLED, upload.latency())  # no endpoint's outcome
+                raise
+            if upload.sent_at is None and (code is _DEADLINE_EXCEEDED or code is _CANCELLED):
+                done(_CANCELLED, -1.0)  # the caller was still sending: no endpoint's outcome
+                raise
+            ep.failures += 1
+            done(_attempt_outcome(exc), upload.latency())
+            if code is _UNAVAILABLE:
+                unsent = self._unavailable(ep, exc)
+                if unsent is not None:
+                    raise unsent from exc
+            raise
+        except asyncio.CancelledError:
+            done(_CANCELLED, upload.latency())
+            err = codec_error(details)  # grpc.aio cancels a call whose iterator raised
+            if err is not None:
+                raise err from err.__cause__
+            self._raise_if_call_cancelled()
+            raise
+        except Exception:  # refused locally (grpc core, a codec): no endpoint's outcome
+            done(_CANCELLED, upload.latency())
+            raise
+        finally:
+            ep.in_flight -= 1
+        if plan.decodes:
+            try:
+                response = plan.decode(response)
+            except Exception as exc:
+                ep.failures += 1
+                done(_INTERNAL, upload.latency())
+                raise ResponseDeserializationError(plan.method, type(exc).__name__) from exc
+        done(_OK, upload.latency())
         details.last_call = call  # the attempt that answered (hedges run side by side)
         return response
 
@@ -1332,12 +1426,65 @@ async def _stream_shed(call: Any, code: grpc.StatusCode) -> bool:
             and not draining_refusal(code, details, trailers))
 
 
+class _Upload:
+    """The request stream of one stream-unary attempt (``messages``, a sync iterator),
+    passed on as it is and timed: :attr:`sent_at` is the ``perf_counter()`` reading when
+    it ended (grpc.aio half-closes the call as its iterator ends, once every message
+    before was written), ``None`` until then. The iterator itself, not a generator
+    around it: one object more per attempt, not two (a failed attempt's frame may be
+    kept, with what it holds, as long as the call's error is)."""
+
+    __slots__ = ("_messages", "sent_at")
+
+    def __init__(self, messages: Any) -> None:
+        self._messages = messages
+        self.sent_at: float | None = None
+
+    def __iter__(self) -> _Upload:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._messages)
+        except StopIteration:
+            self.sent_at = _perf()
+            raise
+
+    def latency(self) -> float:
+        """Seconds since the request stream ended: the endpoint's time; ``-1.0`` (no
+        latency sample, see :data:`~meshkit.balancer.Done`) while it has not."""
+        sent_at = self.sent_at
+        return -1.0 if sent_at is None else _perf() - sent_at
+
+
+class _AsyncUpload(_Upload):
+    """:class:`_Upload` of an async iterator."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> _AsyncUpload:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await anext(self._messages)
+        except StopAsyncIteration:
+            self.sent_at = _perf()
+            raise
+
+
+def _upload(messages: Any) -> _Upload:
+    """``messages`` (a sync or an async iterator, as grpc.aio takes either), timed."""
+    return _AsyncUpload(messages) if hasattr(messages, "__aiter__") else _Upload(messages)
+
+
 # -- multicallables ----------------------------------------------------------------------
 class _MultiCallable:
     __slots__ = ("_channel", "_codec", "_hash_key", "_invoke", "_make_call", "_margin",
                  "_propagate", "_timeout")
-    # the response kind picks the call class and the channel's chain; both are bound to
-    # slots here, which the per-call path reads faster than class attributes
+    # the kind picks the call class and the channel's chain (a stream-unary call's ends
+    # in MeshChannel._attempt_upload); both are bound to slots here, which the per-call
+    # path reads faster than class attributes
     _call_type: ClassVar[type[UnaryResponseCall | StreamResponseCall]]
 
     def __init__(self, channel: MeshChannel, codec: _MethodPlan) -> None:
@@ -1345,6 +1492,7 @@ class _MultiCallable:
         self._codec = codec
         self._make_call = self._call_type
         self._invoke = (channel._stream if issubclass(self._call_type, StreamResponseCall)
+                        else channel._upload if self._call_type is StreamUnaryCall
                         else channel._unary)
         opts = channel.options
         self._timeout = codec.timeout_s

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -1145,3 +1146,165 @@ async def test_dial_a_burst_of_timeouts_does_not_take_out_a_single_endpoint_serv
             assert any(line.startswith("meshkit_client_panic_picks_total{")
                        and float(line.rsplit(" ", 1)[1]) >= 1
                        for line in text.splitlines()), text
+
+
+# -- a client stream (an upload): its caller's sending time is not its endpoint's -------------
+async def _slow_upload(first_s: float) -> AsyncIterator[bytes]:
+    """A client stream whose *caller* is slow: one message, then ``first_s`` of silence
+    (the caller still producing its data), then another message."""
+    yield b"a"
+    await asyncio.sleep(first_s)
+    yield b"b"
+
+
+def _ejected(ch: meshkit.MeshChannel) -> list[str]:
+    return [e.instance_id for e in ch.stats().endpoints if e.ejected]
+
+
+@pytest.mark.timeout(30)
+async def test_slow_uploads_running_out_their_deadline_do_not_eject_healthy_endpoints(
+        registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """A client-streaming call whose deadline runs out while its caller is still writing
+    the request stream says nothing about the endpoint (the server never had the whole
+    request): it is reported ``CANCELLED``, not ``DEADLINE_EXCEEDED`` (a failure code),
+    as a response stream's deadline is, and as Envoy's route timeout only starts at the
+    end of the downstream request. (It used to count: 3 slow uploads ejected a healthy
+    endpoint.) Both request styles: an iterator, and ``write()`` without
+    ``done_writing()``."""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    opts = meshkit.DialOptions(
+        insecure=True, retry=None,
+        outlier=OutlierOptions(consecutive_failures=3, base_ejection_s=30.0))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        upload = ch.stream_unary(method("ClientStream"))
+        for _ in range(8):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(upload(_slow_upload(2.0), timeout=0.15), 5)
+            assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ch.stats().ejections == 0 and _ejected(ch) == [], (
+            f"healthy endpoints ejected for a caller's slow upload: {_ejected(ch)}")
+        for _ in range(4):  # the write() API: a caller that has not half-closed yet
+            c = ch.stream_unary(method("ClientStream"))(timeout=0.15)
+            await asyncio.wait_for(c.write(b"a"), 5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await asyncio.wait_for(c, 5)
+        assert ch.stats().ejections == 0 and _ejected(ch) == [], (
+            f"healthy endpoints ejected for a caller's unfinished writes: {_ejected(ch)}")
+
+
+@pytest.mark.timeout(30)
+async def test_an_upload_sent_whole_that_runs_out_its_deadline_is_its_endpoints_failure(
+        registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """The other side of the test above: a client-streaming call whose request stream
+    was half-closed and whose server then did not answer within the deadline is the
+    endpoint's ``DEADLINE_EXCEEDED``, as a unary call's (both request styles)."""
+    async def slow_client_stream(requests: Any, context: Any) -> bytes:
+        _ = [r async for r in requests]
+        await asyncio.sleep(2.0)
+        return b"slow"
+
+    slow = grpc.method_handlers_generic_handler(SERVICE, {
+        "ClientStream": grpc.stream_unary_rpc_method_handler(slow_client_stream)})
+    await echo_servers("e1")
+    opts = meshkit.DialOptions(
+        insecure=True, retry=None, balancer=RoundRobin,
+        outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=30.0))
+    async with (meshkit.dial("echo", registry=registry, options=opts) as ch,
+                raw_server(slow) as (_, port)):
+        await registry.register(inst("e2", port))
+        await ch.wait_for_endpoints(2)
+        upload = ch.stream_unary(method("ClientStream"))
+        for i in range(8):
+            if _ejected(ch) == ["e2"]:
+                break
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                if i % 2:
+                    await asyncio.wait_for(upload(iter([b"a", b"b"]), timeout=0.2), 5)
+                else:
+                    c = upload(timeout=0.2)
+                    await c.write(b"a")
+                    await c.done_writing()
+                    await asyncio.wait_for(c, 5)
+        assert _ejected(ch) == ["e2"], ch.stats()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ending", ["answered", "cancelled by its caller"])
+async def test_a_slow_upload_is_no_latency_sample_of_its_endpoint(
+        registry: LocalRegistry, echo_servers: EchoFactory, ending: str) -> None:
+    """A client-streaming call's latency sample counts from its half-close, not from its
+    start: its caller's upload is no round trip of the endpoint. (One 1.5 s upload,
+    answered in a millisecond, or cancelled by its caller while still sending, used to
+    make P2C's peak EWMA read its endpoint as 1.5 s slow and starve it.)"""
+    await echo_servers("e1")
+    await echo_servers("e2")
+    async with meshkit.dial("echo", registry=registry,
+                            options=meshkit.DialOptions(insecure=True)) as ch:
+        await ch.wait_for_endpoints(2)
+        unary = ch.unary_unary(method("Unary"))
+        for _ in range(10):  # both endpoints sampled
+            await asyncio.wait_for(unary(b"w", timeout=5), 5)
+        c = ch.stream_unary(method("ClientStream"))(_slow_upload(1.5), timeout=10)
+        if ending == "answered":
+            who = (await asyncio.wait_for(c, 10)).split(b"|")[0].decode()
+        else:
+            task = asyncio.ensure_future(c)
+            await asyncio.sleep(0.2)
+            who = next(e.instance_id for e in ch.stats().endpoints if e.in_flight)
+            await asyncio.sleep(1.3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await until(lambda: not any(e.in_flight for e in ch.stats().endpoints),
+                        timeout_s=3, what="the cancelled upload reported")
+        rtt = {e.instance_id: e.rtt_ms for e in ch.stats().endpoints}
+        assert rtt[who] is not None
+        assert rtt[who] < 500, (
+            f"{who} only waited for its caller's 1.5 s upload ({ending}), yet P2C now "
+            f"reads it as {rtt[who]:.0f} ms slow: {rtt}")
+
+
+@pytest.mark.timeout(30)
+async def test_an_upload_sent_as_the_probe_does_not_hold_its_endpoint_out_for_its_life(
+        registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """A client-streaming call is picked as a stream (``pick_stream``): sent as the
+    half-open probe, an upload whose server cannot answer before its caller half-closes
+    returns its endpoint to rotation after ``base_ejection_s`` undecided, as a silent
+    response stream does. (It used to be picked with ``pick``, decided by its outcome
+    only: an upload of minutes held a recovered endpoint out for minutes.)"""
+    base = 0.5
+    await echo_servers("e1")
+    await echo_servers("e2")
+    opts = meshkit.DialOptions(
+        insecure=True, retry=None, balancer=RoundRobin,  # e1 gets every other call
+        outlier=OutlierOptions(consecutive_failures=2, base_ejection_s=base))
+    async with meshkit.dial("echo", registry=registry, options=opts) as ch:
+        await ch.wait_for_endpoints(2)
+        fail_on_e1 = ch.unary_stream(method("FailStream"))
+        for _ in range(40):  # only e1 fails these (e2 answers 3 messages)
+            if _ejected(ch) == ["e1"]:
+                break
+            with contextlib.suppress(grpc.RpcError):  # its outcome is what counts
+                _ = [m async for m in fail_on_e1(b"UNAVAILABLE:0@e1", timeout=5)]
+        assert _ejected(ch) == ["e1"]
+        await asyncio.sleep(base + 0.3)  # e1's ejection time is up: the next pick probes it
+        upload = asyncio.ensure_future(
+            ch.stream_unary(method("ClientStream"))(_slow_upload(6.0), timeout=10))
+        try:
+            await asyncio.sleep(0.2)  # the upload is picked (the probe) and sending
+            in_flight = {e.instance_id: e.in_flight for e in ch.stats().endpoints}
+            unary = ch.unary_unary(method("Unary"))
+            served: list[bytes] = []
+            loop = asyncio.get_running_loop()
+            end = loop.time() + base + 1.5
+            while loop.time() < end and _ejected(ch):
+                served.append((await asyncio.wait_for(unary(b"x", timeout=5), 5))[:2])
+                await asyncio.sleep(0.02)
+            assert _ejected(ch) == [], (
+                f"e1 still out of rotation {base + 1.5:.1f} s after its upload probe was "
+                f"sent (ejection time {base} s); {len(served)} calls since, all to "
+                f"{sorted(set(served))}; uploads in flight by endpoint: {in_flight}")
+        finally:
+            upload.cancel()
+            await asyncio.gather(upload, return_exceptions=True)

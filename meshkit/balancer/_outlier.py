@@ -42,7 +42,10 @@ Which status codes count as failures: ``failure_codes`` (default the ones that m
 endpoint, not the request, is at fault: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
 DEADLINE_EXCEEDED); any other code is a success. (The balanced channel reports a
 *stream* that its deadline ended as ``CANCELLED``: a stream's deadline bounds its life,
-e.g. a watch renewed every n seconds, and says nothing about the endpoint.)
+e.g. a watch renewed every n seconds, and says nothing about the endpoint. So is a
+client-streaming call, an upload, whose deadline ran out before its caller half-closed
+the request stream: the server never had the whole request, the caller was slow, as
+Envoy's route timeout only starts at the end of the downstream request.)
 
 ``CANCELLED`` is neither: it says nothing about the endpoint. The balanced channel reports
 it for an attempt nobody's outcome decides (a hedge that lost, a call its caller
@@ -73,7 +76,10 @@ response resets the count) or a later probe succeeds; the stream's end counts as
 ordinary call's. The bound is checked against the clock at picks (no timer), and only a
 stream probe has one: a unary probe is decided by its outcome, which its deadline bounds
 (silence is no answer for a unary call). A stream in rotation counts once, by its end
-outcome.
+outcome. A client-streaming call (an upload) is picked with
+:meth:`~EjectingBalancer.pick_stream` too, and held to the same bound as a probe: its
+server cannot answer before its caller half-closes, however long the caller sends (its
+response is its end, so it never calls ``responded()``).
 
 Outlier state belongs to an endpoint at its address: an update keeps it for an endpoint
 of the same instance id *and* address only (the endpoint pool makes an instance that
@@ -317,9 +323,11 @@ class EjectingBalancer:
     def pick_stream(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
     ) -> tuple[Endpoint, StreamDone] | None:
-        """:meth:`pick` for a streaming-response call (a watch, a subscription): the
-        outcome callback (:class:`StreamDone`) also has ``responded()``, to call once at
-        the stream's first response message. A stream sent as the half-open probe is
+        """:meth:`pick` for a streaming call (a watch, a subscription; an upload, whose
+        server cannot answer before its caller half-closes): the outcome callback
+        (:class:`StreamDone`) also has ``responded()``, to call once at a response
+        stream's first message (an upload never calls it: its response is its end). A
+        stream sent as the half-open probe is
         decided by it (success: back in rotation at once), or by its end when it ends
         before answering; with neither within ``base_ejection_s``, the first pick after
         returns its endpoint to rotation, its ejection count kept; see the module

@@ -42,8 +42,11 @@ as Finagle's ``p2cPeakEwma`` and Linkerd/tower's ``PeakEwma`` (``CompleteOnRespo
 count. A unary call's response is its end; a stream (picked with :meth:`P2C.pick_stream`,
 a watch, a subscription) stops counting at its first response message (the channel calls
 its outcome callback's ``responded()``), not when it ends, so an endpoint holding idle
-subscriptions is not read as loaded by them and starved of calls. (A stream's lifetime
-is no latency sample either: the channel reports its end without one.)
+subscriptions is not read as loaded by them and starved of calls; a client-streaming
+call (an upload, also picked with :meth:`P2C.pick_stream`) counts until its response, its
+end. (A stream's lifetime is no latency sample either: the channel reports a response
+stream's end without one, and an upload's latency from the half-close of its request
+stream, none when it ended before: its caller's sending time is no round trip.)
 
 ``pick`` draws two distinct usable endpoints at random and returns the less loaded one
 (Mitzenmacher's "power of two choices"). Statistics belong to an endpoint at its address:
@@ -441,10 +444,11 @@ class P2C:
     def pick_stream(
         self, key: str | None = None, exclude: Collection[Endpoint] = ()
     ) -> tuple[Endpoint, StreamPending] | None:
-        """:meth:`pick` for a streaming-response call: its outcome callback
-        (:class:`StreamPending`) also has ``responded()``, which the channel calls at the
-        stream's first response message; the stream stops counting as pending then (see
-        the module docstring). ``key`` is ignored; ``exclude`` as for :meth:`pick`.
+        """:meth:`pick` for a streaming call: its outcome callback
+        (:class:`StreamPending`) also has ``responded()``, which the channel calls at a
+        response stream's first message; the stream stops counting as pending then (an
+        upload, which never calls it, at its end; see the module docstring). ``key`` is
+        ignored; ``exclude`` as for :meth:`pick`.
 
         Returns:
             ``(endpoint, done)``, or ``None`` if no endpoint is usable.

@@ -86,6 +86,14 @@ _TYPES = {
 # attempt spans are on).
 _current_call: contextvars.ContextVar[ClientCallDetails | None] = contextvars.ContextVar(
     "meshkit_observability_call", default=None)
+# The attempt being started, ``(number, endpoint)`` (1-based; a
+# meshkit.balancer.Endpoint), set by the balanced channel around the start of each attempt
+# when an AttemptSpanInterceptor is on its sub-channels: grpc.aio runs the interceptor in
+# a task of its own, which copies the context at the start, while the logical call's
+# shared list of attempts (_current_call) may have grown by then (hedges launched in the
+# same loop turn).
+current_attempt: contextvars.ContextVar[tuple[int, Any] | None] = contextvars.ContextVar(
+    "meshkit_observability_attempt", default=None)
 _tasks: set[asyncio.Task[Any]] = set()
 
 
@@ -463,8 +471,11 @@ class AttemptSpanInterceptor(
     like the call, records ``server.address`` (the dialed mesh service, Required on RPC
     client spans by the OpenTelemetry RPC semconv), ``meshkit.attempt`` (1-based), the endpoint
     (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status,
-    and re-injects ``traceparent`` so the server span is the attempt's child. Without the
-    logical interceptor (or when tracing is off) it passes calls through.
+    and re-injects ``traceparent`` so the server span is the attempt's child. The number
+    and endpoint are those of the attempt being started, as the balanced channel gives
+    them when it starts it (hedged attempts started in the same loop turn each name their
+    own, although grpc.aio runs the interceptor a turn later). Without the logical
+    interceptor (or when tracing is off) it passes calls through.
 
     Costs an extra task per attempt (grpc.aio runs client interceptors in a task), which
     is why attempts are events on the logical span by default.
@@ -491,10 +502,18 @@ class AttemptSpanInterceptor(
             names = MethodNames(method, "")
             if len(self._names) < _MAX_ATTEMPT_NAMES:  # method names a proxy's callers chose
                 self._names[method] = names
+        # this attempt's number and endpoint, as the channel started it (current_attempt);
+        # else (an attempt started by other code) the logical call's latest
+        attempt = current_attempt.get()
+        if attempt is None:
+            attempts = call.attempts
+            number, ep = len(attempts), attempts[-1] if attempts else None
+        else:
+            number, ep = attempt
         attrs: dict[str, Any] = {**names.span_attributes(), SERVER_ADDRESS: call.service,
-                                 "meshkit.attempt": len(call.attempts)}
-        if call.attempts:
-            inst = call.attempts[-1].instance
+                                 "meshkit.attempt": number}
+        if ep is not None:
+            inst = ep.instance
             attrs[NETWORK_PEER_ADDRESS] = inst.host
             attrs[NETWORK_PEER_PORT] = inst.port
             attrs[ATTR_INSTANCE_ID] = inst.instance_id

@@ -20,11 +20,13 @@ from prometheus_client import CollectorRegistry
 import meshkit
 from meshkit.discovery import LocalRegistry
 from meshkit.observability import TelemetryOptions
+from meshkit.resilience import RetryOptions, RetryPolicy
 from tests.observability.conftest import Tracing
 from tests.support.echo import method
 from tests.support.wait import until
 
 UNARY = "meshkit.test.Echo/Unary"
+SLEEP = "meshkit.test.Echo/Sleep"
 
 
 def _spans(tracing: Tracing, kind: SpanKind) -> list[Any]:
@@ -151,3 +153,67 @@ async def test_attempt_span_names_are_bounded_for_caller_chosen_method_names() -
                           "proxy.v1.Anything/Method0"]
     assert exporter.get_finished_spans()[-2].attributes["rpc.method"] == \
         f"Method{_MAX_ATTEMPT_NAMES + 499}"
+
+
+def _memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@pytest.mark.timeout(60)
+async def test_hedged_attempt_spans_name_their_own_attempt_and_endpoint(
+    echo_servers: Any, registry: LocalRegistry
+) -> None:
+    """Each attempt span names its own attempt (``meshkit.attempt``, 1-based) and the
+    endpoint it went to (its server span is its child), also for hedged attempts
+    launched in the same loop turn (a fresh channel's first call: every attempt waiting
+    for a READY endpoint is launched when one is). The interceptor used to read the
+    logical call's shared list when grpc.aio ran it, a turn later: every such attempt
+    read the last one's number and endpoint."""
+    client_provider, client_spans = _memory_provider()
+    opts = TelemetryOptions(tracer_provider=client_provider, registry=CollectorRegistry(),
+                            attempt_spans=True, access_log=False)
+    server_spans: dict[str, InMemorySpanExporter] = {}
+    for iid in ("e1", "e2", "e3"):
+        provider, exporter = _memory_provider()  # one per server: which made which span
+        server_spans[iid] = exporter
+        await echo_servers(iid, telemetry=TelemetryOptions(
+            tracer_provider=provider, registry=CollectorRegistry(), access_log=False))
+    retry = RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=3,
+                                             hedge_delay_s=0.001))
+    problems: list[str] = []
+    async with asyncio.timeout(40):
+        for _round in range(4):  # a fresh channel each round: its first call
+            client_spans.clear()
+            for exporter in server_spans.values():
+                exporter.clear()
+            ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                insecure=True, telemetry=opts, retry=retry))
+            try:
+                await ch.unary_unary(method("Sleep"))(b"150", timeout=5)
+                await until(lambda: len([
+                    s for s in client_spans.get_finished_spans()
+                    if s.kind is SpanKind.CLIENT]) >= 2, what="attempt spans")
+                await asyncio.sleep(0.3)  # the other attempts' spans end too
+            finally:
+                await ch.close()
+            attempts = {s.context.span_id: s for s in client_spans.get_finished_spans()
+                        if s.kind is SpanKind.CLIENT and s.name == SLEEP}
+            numbers = sorted(s.attributes["meshkit.attempt"] for s in attempts.values())
+            if len(set(numbers)) != len(numbers) or not set(numbers) <= {1, 2, 3}:
+                problems.append(f"attempt numbers {numbers} for {len(attempts)} attempts")
+            for iid, exporter in server_spans.items():
+                for s in exporter.get_finished_spans():
+                    if s.kind is not SpanKind.SERVER or s.name != SLEEP:
+                        continue
+                    attempt = attempts.get(s.parent.span_id) if s.parent else None
+                    if attempt is None:
+                        problems.append(f"{iid}'s server span has no attempt span as parent")
+                    elif attempt.attributes.get("meshkit.instance_id") != iid:
+                        problems.append(
+                            f"the attempt served by {iid} is exported as attempt "
+                            f"{attempt.attributes['meshkit.attempt']} to "
+                            f"{attempt.attributes.get('meshkit.instance_id')}")
+    assert not problems, problems
