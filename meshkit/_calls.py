@@ -20,15 +20,19 @@ stream-unary: when the response or the final error is there), :class:`StreamResp
 
 As grpc.aio's own call objects: a unary-response call is sent whether or not it is
 awaited (from the loop's next turns when no await in the turn it was made in ran it
-inline); cancelling the task awaiting a unary-response call, or a stream's ``read``,
-``write``, ``done_writing`` or iteration (``task.cancel()``, an ``asyncio.wait_for``
-timeout) cancels the call (``_StreamResponseMixin._read``), even before its attempt is
-open; cancelling a task awaiting an accessor (``code()``, ``initial_metadata()``...)
-leaves the call alone. ``cancel()`` of a stream sets its
-outcome (``CANCELLED``) at once: ``done()`` is true when it returns. A stream the *mesh*
-cancels (the channel closed, or its endpoint left and ``drain_timeout_s`` ran out) ends
-its reader or writer with :class:`~meshkit.errors.MeshRpcError` ``CANCELLED``, as a unary
-call in flight, not with grpc.aio's ``CancelledError`` in a task nobody cancelled.
+inline); a call runs (a stream opens) in the context it was made in, wherever and
+whenever it is awaited or used (the caller's identity, current span and baggage,
+propagated deadline: a call made under a span and awaited after its ``with`` block, or by
+another task, is still that span's child); cancelling the task awaiting a unary-response
+call, or a stream's ``read``, ``write``, ``done_writing`` or iteration
+(``task.cancel()``, an ``asyncio.wait_for`` timeout) cancels the call
+(``_StreamResponseMixin._read``), even before its attempt is open; cancelling a task
+awaiting an accessor (``code()``, ``initial_metadata()``...) leaves the call alone.
+``cancel()`` of a stream sets its outcome (``CANCELLED``) at once: ``done()`` is true
+when it returns. A stream the *mesh* cancels (the channel closed, or its endpoint left
+and ``drain_timeout_s`` ran out) ends its reader or writer with
+:class:`~meshkit.errors.MeshRpcError` ``CANCELLED``, as a unary call in flight, not with
+grpc.aio's ``CancelledError`` in a task nobody cancelled.
 
 A call's ``DEADLINE_EXCEEDED`` that ran out the propagated deadline of the call being
 handled (``DialOptions.deadline_margin_s`` before it) is marked as it is raised
@@ -43,7 +47,7 @@ import asyncio
 import contextlib
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, ClassVar
 
 import grpc
@@ -420,13 +424,19 @@ class UnaryResponseCall(MeshCall):
     grpc.aio's ``__await__``. It settles on the attempt that answered
     (``details.last_call``).
 
+    As grpc.aio's, it runs in the context it was made in (a copy taken then: the
+    caller's identity, current span and baggage, propagated deadline), wherever and
+    whenever it runs: awaited where the context is no longer the same (after the
+    ``with`` block of the span it was made under, in a task that did not make it), its
+    inline run is stepped in that copy (:func:`_in_context`).
+
     Args:
         details: the call's :class:`~meshkit.interceptors.ClientCallDetails`.
         request: the request, or the request iterator of a stream-unary call.
         invoke: ``await invoke(details, request) -> response``: the per-call chain.
     """
 
-    __slots__ = ("_invoke", "_request", "_response")
+    __slots__ = ("_ctx", "_invoke", "_request", "_response")
 
     _settles_at_cancel = False
 
@@ -444,6 +454,10 @@ class UnaryResponseCall(MeshCall):
         self._request = request
         self._invoke = invoke
         self._response: Any = None
+        # the context it is made in, which it runs in wherever and whenever it runs (a
+        # turn's calls may come from several tasks, an await may come after the maker
+        # left a span or reset a variable: identity, trace, baggage, deadline)
+        self._ctx = _copy_context()
         # started, as grpc.aio's, whether or not it is awaited: from the loop's next turns
         # (_Made.start) unless something starts it first (an await in this turn runs it
         # inline); calls made in one turn of a loop share one scheduled callback
@@ -452,15 +466,20 @@ class UnaryResponseCall(MeshCall):
             calls = made.calls
             if not calls:
                 made.loop.call_soon(made.start)
-            # the context it is made in, which it runs in if started later (a turn's
-            # calls may come from several tasks: identity, trace, deadline)
-            calls.append((self, _copy_context()))
+            calls.append(self)
         else:
             _start_soon(self)
 
     def __await__(self) -> Any:
-        if self._task is None:  # not started
-            return self._run().__await__()
+        if self._task is None:  # not started: run inline in the awaiting task
+            try:
+                # the same context (the usual case: awaited where it was made) compares
+                # in O(1), the two sharing their mapping; run in it directly
+                if _copy_context() == self._ctx:
+                    return self._run().__await__()
+            except Exception:  # a variable's values compared, and their == raised
+                pass  # not the same: run in the call's
+            return _in_context(self._ctx, self._run())
         return self._result().__await__()
 
     async def _run(self) -> Any:
@@ -491,7 +510,8 @@ class UnaryResponseCall(MeshCall):
 
     def _start(self) -> None:
         if self._task is None:
-            self._task = task = asyncio.get_running_loop().create_task(self._run())
+            self._task = task = asyncio.get_running_loop().create_task(
+                self._run(), context=self._ctx)
             task.add_done_callback(self._settle_from_task)
 
     def cancel(self) -> bool:
@@ -530,8 +550,8 @@ class _Made:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.ident = _get_ident()
-        # (call, the context it was made in); not empty: start() is scheduled
-        self.calls: list[tuple[UnaryResponseCall, contextvars.Context]] = []
+        # not empty: start() is scheduled
+        self.calls: list[UnaryResponseCall] = []
 
     def start(self) -> None:
         """The turn that made the calls is over: if any of them has not been started (an
@@ -540,7 +560,7 @@ class _Made:
         ``gather`` of a call made there, which await it inline first)."""
         calls = self.calls
         self.calls = []
-        for call, _ctx in calls:
+        for call in calls:
             if call._task is None and not call._is_settled:
                 self.loop.call_soon(_start_each, calls)
                 return
@@ -558,24 +578,53 @@ def _start_soon(call: UnaryResponseCall) -> None:
     if loop is None:
         return
     made = _made = _Made(loop)
-    made.calls.append((call, _copy_context()))
+    made.calls.append(call)
     loop.call_soon(made.start)
 
 
-def _start_each(calls: list[tuple[UnaryResponseCall, contextvars.Context]]) -> None:
+def _start_each(calls: list[UnaryResponseCall]) -> None:
     """Start each of ``calls`` that nothing has started or cancelled yet, in a task that
-    runs in the context the call was made in."""
-    for call, ctx in calls:
+    runs in the context the call was made in (``UnaryResponseCall._start``)."""
+    for call in calls:
         if call._task is None and not call._is_settled:
-            ctx.run(call._start)
+            call._start()
+
+
+def _in_context(ctx: contextvars.Context,
+                coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``coro.__await__()`` with each of its steps run in ``ctx``: what ``await coro``
+    does in a task whose context is ``ctx``, in the awaiting task (no task of its own, so
+    cancelling the awaiting task throws into ``coro``, as an inline await). The values
+    sent, the exceptions thrown (a cancellation) and ``close()`` are passed on; what
+    ``coro`` returns or raises is the ``await``'s. ``ctx`` is entered only here while
+    ``coro`` runs (a call's own copy)."""
+    run = ctx.run
+    send = coro.send
+    try:
+        out = run(send, None)
+        while True:
+            try:
+                value = yield out
+            except GeneratorExit:
+                run(coro.close)
+                raise
+            except BaseException as exc:  # unbound at the block's end, also if it raises
+                out = run(coro.throw, exc)
+            else:
+                out = run(send, value)
+    except StopIteration as done:
+        return done.value
 
 
 class StreamResponseCall(MeshCall):
     """The call of unary-stream and stream-stream methods.
 
     The attempt opens on first use (iteration, ``read``, ``write``, metadata, a done
-    callback); the call settles once it is open, and from then on every operation is the
-    opened call's (a grpc.aio call, or a :class:`RetryingStreamCall`).
+    callback), in the context the call was made in (a copy taken then, as grpc.aio starts
+    a stream and its interceptors in the context it is made in: the caller's identity,
+    current span and baggage, propagated deadline), wherever it is first used; the call
+    settles once it is open, and from then on every operation is the opened call's (a
+    grpc.aio call, or a :class:`RetryingStreamCall`).
 
     Args:
         details: the call's :class:`~meshkit.interceptors.ClientCallDetails`.
@@ -583,7 +632,7 @@ class StreamResponseCall(MeshCall):
         open_: ``await open_(details, request) -> call``: the per-call chain.
     """
 
-    __slots__ = ("_open", "_request", "_unanswered")
+    __slots__ = ("_ctx", "_open", "_request", "_unanswered")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]]) -> None:
@@ -591,6 +640,7 @@ class StreamResponseCall(MeshCall):
         self._request = request
         self._open = open_
         self._unanswered = True  # no response message read yet (see _first_response)
+        self._ctx = _copy_context()  # where it opens, on first use
 
     async def _opening(self) -> None:
         call = await self._open(self._details, self._request)
@@ -601,7 +651,8 @@ class StreamResponseCall(MeshCall):
 
     def _start(self) -> None:
         if self._task is None:
-            self._task = task = asyncio.get_running_loop().create_task(self._opening())
+            self._task = task = asyncio.get_running_loop().create_task(
+                self._opening(), context=self._ctx)
             task.add_done_callback(self._settle_from_task)
 
     def _current(self) -> Any:

@@ -782,3 +782,145 @@ async def test_a_call_cancelled_in_the_turn_it_was_made_in_is_never_sent(
         assert seen == []
         for call in (*calls, later):
             assert await call.code() is grpc.StatusCode.CANCELLED
+
+
+class _TenantSeenStreams(_TenantSeen):
+    """:class:`_TenantSeen` for streams too: the ``_TENANT`` each stream opens in."""
+
+    async def intercept_stream(self, details: Any, request: Any, proceed: Any) -> Any:
+        self.seen.append((_TENANT.get(), details.method.encode()))
+        return await proceed(details, request)
+
+
+@pytest.mark.timeout(60)
+async def test_calls_awaited_outside_the_context_they_were_made_in_run_in_it(
+        registry: LocalRegistry) -> None:
+    """A unary call made in one context and awaited in another in the same loop turn (a
+    helper that sets a context variable, makes the call and resets the variable before
+    returning it; calls made for several tenants, then ``gather``-ed; a call made in one
+    task and awaited by another) ran inline in the *awaiting* context, and one first
+    asked something (``add_done_callback``, ``code()``) started in the asker's: it went
+    out as another tenant (its token forwarded, its trace parented, its deadline
+    propagated from there), while the same call awaited a turn later ran as its maker.
+    Now every call runs in the context it was made in, as grpc.aio's, however it is
+    awaited; still inline in the awaiting task (no task of its own), sent once."""
+    seen = _TenantSeenStreams()
+    handled: list[str] = []
+    async with _side_by_side(registry, _counting_handler(handled),
+                             interceptors=(seen,)) as (_raw, mesh):
+        note = mesh.unary_unary("/t.Calls/Note")
+
+        def made_as(tenant: str, request: bytes) -> Any:
+            token = _TENANT.set(tenant)
+            try:
+                return note(request, timeout=5)
+            finally:
+                _TENANT.reset(token)
+
+        helper = made_as("alice", b"helper")
+        assert await helper == b"ok"
+        assert helper._task is asyncio.current_task()  # inline, in the awaiting task
+        calls = [made_as("bob", b"gather-1"), made_as("carol", b"gather-2")]
+        assert await asyncio.gather(*calls) == [b"ok", b"ok"]
+        asked = made_as("dave", b"asked")
+        asked.add_done_callback(lambda _call: None)
+        assert await asked.code() is OK
+
+        handed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def maker() -> None:
+            _TENANT.set("erin")
+            handed.set_result(note(b"handed", timeout=5))
+
+        async def awaiter() -> bytes:
+            _TENANT.set("frank")
+            result: bytes = await (await handed)
+            return result
+
+        waiting = asyncio.ensure_future(awaiter())
+        await asyncio.ensure_future(maker())
+        assert await waiting == b"ok"
+
+        token = _TENANT.set("grace")
+        try:
+            stream = mesh.unary_stream("/t.Calls/Stream")(b"", timeout=5)
+        finally:
+            _TENANT.reset(token)
+        with contextlib.suppress(grpc.RpcError):  # no such method: opened all the same
+            await stream.read()
+        await asyncio.sleep(0.05)
+        assert sorted(handled) == ["Note"] * 5
+    assert sorted(seen.seen) == [
+        ("alice", b"helper"), ("bob", b"gather-1"), ("carol", b"gather-2"),
+        ("dave", b"asked"), ("erin", b"handed"), ("grace", b"/t.Calls/Stream")], seen.seen
+
+
+class _Uncomparable:
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of an array is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+_UNCOMPARABLE: contextvars.ContextVar[Any] = contextvars.ContextVar("test_uncomparable")
+
+
+@pytest.mark.timeout(60)
+async def test_a_call_run_in_its_makers_context_keeps_the_await_semantics(
+        registry: LocalRegistry) -> None:
+    """A call awaited outside the context it was made in (run inline in that context)
+    behaves as one awaited where it was made: an error is raised by the ``await``, the
+    awaiting task's cancellation (an ``asyncio.wait_for`` timeout) cancels the call at the
+    server, ``cancel()`` ends the ``await`` with ``CancelledError``, and nothing the call
+    sets in its context leaks into the awaiting one."""
+    handled: list[str] = []
+    async with _side_by_side(registry, _counting_handler(handled)) as (_raw, mesh):
+        slow = mesh.unary_unary("/t.Calls/Slow")
+        missing = mesh.unary_unary("/t.Calls/Missing")
+
+        def made_as(tenant: str, make: Callable[[], Any]) -> Any:
+            token = _TENANT.set(tenant)
+            try:
+                return make()
+            finally:
+                _TENANT.reset(token)
+
+        failing = made_as("alice", lambda: missing(b"", timeout=5))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await failing
+        assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert await failing.code() is grpc.StatusCode.UNIMPLEMENTED
+
+        timed_out = made_as("bob", lambda: slow(b"", timeout=5))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(timed_out, 0.2)
+        assert timed_out.cancelled()
+        assert await timed_out.code() is grpc.StatusCode.CANCELLED
+        await until(lambda: "Slow cancelled" in handled, timeout_s=3,
+                    what="the server's handler cancelled")
+
+        cancelled = made_as("carol", lambda: slow(b"", timeout=5))
+
+        async def cancel_soon() -> None:
+            await until(lambda: handled.count("Slow") == 2, timeout_s=3, what="sent")
+            assert cancelled.cancel() is True
+
+        canceller = asyncio.ensure_future(cancel_soon())
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await canceller
+        assert await cancelled.code() is grpc.StatusCode.CANCELLED
+        assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+        assert _TENANT.get() == "-"
+
+        # a variable whose values' == raises (as a numpy array's) set where the call is
+        # made and, to another value, where it is awaited: run in the maker's all the same
+        _UNCOMPARABLE.set(_Uncomparable())
+        token = _UNCOMPARABLE.set(_Uncomparable())
+        try:
+            odd = mesh.unary_unary("/t.Calls/Note")(b"", timeout=5)
+        finally:
+            _UNCOMPARABLE.reset(token)
+        with pytest.raises(ValueError):  # the contexts' == raises
+            assert contextvars.copy_context() == odd._ctx
+        assert await odd == b"ok"

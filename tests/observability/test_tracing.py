@@ -725,3 +725,133 @@ def _sdk_tracer_provider() -> Any:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     return provider
+
+
+# -- a call's trace parent is where it was made, not where it is awaited -----------------
+async def _echo_and_channel(registry: LocalRegistry, telemetry: TelemetryOptions,
+                            *interceptors: Any) -> tuple[meshkit.MeshServer, Any]:
+    """An echo server ``e1`` and a channel to it, both traced to ``telemetry``."""
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, instance_id="e1", drain_delay_s=0.0,
+                                 grace_s=1.0, telemetry=telemetry))
+    await srv.start()
+    ch = meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+        insecure=True, telemetry=telemetry, interceptors=interceptors))
+    await ch.wait_for_endpoints(1, timeout_s=10)
+    return srv, ch
+
+
+def _parented(spans: list[Any], made_under: list[str], method_name: str) -> list[str]:
+    """Problems: each span of ``made_under`` should have exactly one client span of
+    ``method_name`` as its child, in its trace, and no such client span should be a root."""
+    parents = {s.name: s for s in spans if s.kind is SpanKind.INTERNAL}
+    clients = by_name(spans, method_name, SpanKind.CLIENT)
+    problems = [f"{method_name}: a client span is the root of a new trace"
+                for c in clients if c.parent is None]
+    for name in made_under:
+        parent = parents[name].context
+        children = [c for c in clients if c.parent is not None
+                    and c.parent.span_id == parent.span_id
+                    and c.context.trace_id == parent.trace_id]
+        if len(children) != 1:
+            problems.append(f"{len(children)} {method_name} client spans under {name!r}")
+    return problems
+
+
+@pytest.mark.timeout(60)
+async def test_a_unary_call_made_under_a_span_is_its_child_wherever_it_is_awaited(
+        registry: LocalRegistry, tracing: Tracing) -> None:
+    """A unary call made inside a span (with baggage set) and awaited after the ``with``
+    block in the same loop turn (``return stub(req)`` from a traced helper; calls made per
+    shard under their own spans, then ``asyncio.gather``-ed) ran inline in the awaiting
+    task's context, and one first asked something there (``add_done_callback``) started in
+    that context: its client span was the root of a new trace (the server's span cut off
+    from the caller's), and the baggage set where it was made was not sent. The same call
+    awaited a turn later started in the context it was made in. Now every call runs in the
+    context it was made in (as grpc.aio's, which start the call and its interceptors when
+    made), however and wherever it is awaited."""
+    telemetry = TelemetryOptions(tracer_provider=tracing.provider, access_log=False)
+    seen_baggage: list[str] = []
+
+    class _Recorder(meshkit.ClientInterceptor):  # what each call carries
+        async def intercept_unary(self, details: Any, request: Any, proceed: Any) -> Any:
+            seen_baggage.append(dict(details.metadata or ()).get("baggage", ""))
+            return await proceed(details, request)
+
+    srv, ch = await _echo_and_channel(registry, telemetry, _Recorder())
+    tracer = tracing.provider.get_tracer("test")
+    try:
+        async with asyncio.timeout(20):
+            unary = ch.unary_unary(method("Unary"))
+
+            def traced_helper(req: bytes) -> Any:  # returns the call, awaited by its caller
+                with tracer.start_as_current_span("helper"):
+                    token = otel_context.attach(baggage.set_baggage("tenant", "t-1"))
+                    try:
+                        return unary(req, timeout=5)
+                    finally:
+                        otel_context.detach(token)
+
+            assert await traced_helper(b"direct") == b"e1|direct"
+            with tracer.start_as_current_span("shard-a"):
+                call_a = unary(b"a", timeout=5)
+            with tracer.start_as_current_span("shard-b"):
+                call_b = unary(b"b", timeout=5)
+            assert list(await asyncio.gather(call_a, call_b)) == [b"e1|a", b"e1|b"]
+            with tracer.start_as_current_span("used-first"):
+                call_c = unary(b"c", timeout=5)
+            call_c.add_done_callback(lambda _call: None)  # starts it, outside the span
+            assert await call_c == b"e1|c"
+            await until(lambda: len([s for s in tracing.spans()
+                                     if s.kind is SpanKind.SERVER]) == 4,
+                        what="4 server spans")
+    finally:
+        await ch.close()
+        await srv.drain()
+    spans = tracing.spans()
+    problems = _parented(spans, ["helper", "shard-a", "shard-b", "used-first"],
+                         "meshkit.test.Echo/Unary")
+    for server in by_name(spans, "meshkit.test.Echo/Unary", SpanKind.SERVER):
+        if server.parent is None or server.parent.span_id not in {
+                c.context.span_id for c in spans if c.kind is SpanKind.CLIENT}:
+            problems.append("a server span is not under a client span")
+    assert not problems, problems
+    assert seen_baggage[0] == "tenant=t-1", seen_baggage
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_made_under_a_span_is_its_child_wherever_it_is_used(
+        registry: LocalRegistry, tracing: Tracing) -> None:
+    """A stream made inside a span and first used (read, iterated, written, awaited)
+    after the ``with`` block opened in the context of its first use: its client span was
+    the root of a new trace. grpc.aio starts a stream and its interceptors in the context
+    it is made in; a meshkit stream still opens on first use, in that context."""
+    telemetry = TelemetryOptions(tracer_provider=tracing.provider, access_log=False)
+    srv, ch = await _echo_and_channel(registry, telemetry)
+    tracer = tracing.provider.get_tracer("test")
+    try:
+        async with asyncio.timeout(20):
+            with tracer.start_as_current_span("server-stream"):
+                server_stream = ch.unary_stream(method("ServerStream"))(b"2", timeout=5)
+            assert [r async for r in server_stream] == [b"e1|0", b"e1|1"]
+            with tracer.start_as_current_span("bidi"):
+                bidi = ch.stream_stream(method("Bidi"))(timeout=5)
+            await bidi.write(b"x")
+            assert await bidi.read() == b"e1|x"
+            await bidi.done_writing()
+            assert await bidi.read() is grpc.aio.EOF
+            with tracer.start_as_current_span("client-stream"):
+                client_stream = ch.stream_unary(method("ClientStream"))(iter([b"p", b"q"]), 5)
+            assert await client_stream == b"e1|p,q"
+            await until(lambda: len([s for s in tracing.spans()
+                                     if s.kind is SpanKind.SERVER]) == 3,
+                        what="3 server spans")
+    finally:
+        await ch.close()
+        await srv.drain()
+    spans = tracing.spans()
+    problems = (_parented(spans, ["server-stream"], "meshkit.test.Echo/ServerStream")
+                + _parented(spans, ["bidi"], "meshkit.test.Echo/Bidi")
+                + _parented(spans, ["client-stream"], "meshkit.test.Echo/ClientStream"))
+    assert not problems, problems
