@@ -13,6 +13,7 @@ from grpc.aio import AioRpcError
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanKind, Status, StatusCode
 
+from meshkit._calls import DEADLINE_SLACK_S
 from meshkit._metadata import LoggedMetadata, logged_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.interceptors import (
@@ -45,6 +46,7 @@ from meshkit.observability._semconv import (
     RPC_GRPC_STATUS_CODE,
     SERVER_ADDRESS,
     STATUS_CANCELLED,
+    STATUS_DEADLINE,
     STATUS_EXHAUSTED,
     STATUS_OK,
     STATUS_UNKNOWN,
@@ -97,6 +99,21 @@ current_attempt: contextvars.ContextVar[tuple[int, Any] | None] = contextvars.Co
 _tasks: set[asyncio.Task[Any]] = set()
 
 
+def _cancelled_code(deadline: float | None) -> grpc.StatusCode:
+    """The status a cancelled call is counted, logged and traced with (never what its
+    caller sees): ``DEADLINE_EXCEEDED`` when it had a ``deadline`` (``time.monotonic()``
+    seconds) and that has (all but :data:`~meshkit._calls.DEADLINE_SLACK_S`, 0.05 s) run
+    out, else ``CANCELLED``. A handler's call made under the incoming deadline, propagated
+    (dial()'s default, no margin), has the same deadline: grpc.aio cancels the handler's
+    task when it passes, mostly a moment before the call's own timer fires, and the call
+    ran out its deadline (grpc-go and grpc-java end such a child call DEADLINE_EXCEEDED;
+    the server's reporter counts a call cancelled with no time left so too). Read on the
+    cancelled path only."""
+    if deadline is not None and deadline - time.monotonic() <= DEADLINE_SLACK_S:
+        return STATUS_DEADLINE
+    return STATUS_CANCELLED
+
+
 class _Method:
     __slots__ = ("attrs", "bound", "line_head", "names", "quiet", "traced")
 
@@ -131,6 +148,13 @@ class TelemetryClientInterceptor(ClientInterceptor):
        ``meshkit_client_attempts_total``;
     3. logs one ``rpc`` event on ``meshkit.access`` (target, method, code, duration_ms,
        peer, attempts, trace_id, span_id).
+
+    A call cancelled (its task's cancellation, ``cancel()``) is recorded ``CANCELLED``,
+    or ``DEADLINE_EXCEEDED`` when it had a deadline and that had (all but 0.05 s) run out:
+    a handler's call under the incoming deadline, propagated, is cut by grpc.aio
+    cancelling the handler's task when that deadline passes, and it ran out its deadline
+    (as grpc-go and grpc-java end it). Only what is recorded: the caller still gets its
+    ``CancelledError``.
 
     Metrics are recorded before the response is returned; under light load ending a
     recorded (sampled) span and writing an access line its logger renders on the spot
@@ -223,7 +247,9 @@ class TelemetryClientInterceptor(ClientInterceptor):
             self._finish_unary(m, details, span, t0, e.code(), e, call_token, token)
             raise
         except asyncio.CancelledError as e:
-            self._finish_unary(m, details, span, t0, STATUS_CANCELLED, e, call_token, token)
+            # a cancel at the deadline (the handler's, propagated) ran the deadline out
+            self._finish_unary(m, details, span, t0, _cancelled_code(details.deadline), e,
+                               call_token, token)
             raise
         except Exception as e:
             self._finish_unary(m, details, span, t0, STATUS_UNKNOWN, e, call_token, token)
@@ -266,7 +292,8 @@ class TelemetryClientInterceptor(ClientInterceptor):
             call = await proceed(details, request)
         except BaseException as e:
             code = e.code() if isinstance(e, AioRpcError) else (
-                STATUS_CANCELLED if isinstance(e, asyncio.CancelledError) else STATUS_UNKNOWN)
+                _cancelled_code(details.deadline) if isinstance(e, asyncio.CancelledError)
+                else STATUS_UNKNOWN)
             self._finish(m, details, span, t0, code, e)
             raise
         finally:
@@ -279,12 +306,14 @@ class TelemetryClientInterceptor(ClientInterceptor):
             if c.cancelled():
                 # ended by the mesh for a message its codec refused (INTERNAL, or UNKNOWN
                 # for a request iterator that raised): that error's code, as the caller
-                # reads it from code(); else the caller's own cancel
+                # reads it from code(); else the caller's own cancel (DEADLINE_EXCEEDED
+                # at the deadline: the handler's, propagated, ran out)
                 err = getattr(details, "codec_error", None)
                 if isinstance(err, AioRpcError):
                     self._finish(m, details, span, t0, err.code(), err)
                 else:
-                    self._finish(m, details, span, t0, STATUS_CANCELLED, None)
+                    self._finish(m, details, span, t0, _cancelled_code(details.deadline),
+                                 None)
                 return
             task = asyncio.get_running_loop().create_task(
                 self._finish_stream(m, details, span, t0, c))
@@ -470,12 +499,13 @@ class AttemptSpanInterceptor(
     :class:`TelemetryClientInterceptor` built with ``attempt_spans=True``: names the span
     like the call, records ``server.address`` (the dialed mesh service, Required on RPC
     client spans by the OpenTelemetry RPC semconv), ``meshkit.attempt`` (1-based), the endpoint
-    (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status,
-    and re-injects ``traceparent`` so the server span is the attempt's child. The number
-    and endpoint are those of the attempt being started, as the balanced channel gives
-    them when it starts it (hedged attempts started in the same loop turn each name their
-    own, although grpc.aio runs the interceptor a turn later). Without the logical
-    interceptor (or when tracing is off) it passes calls through.
+    (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status
+    (a cancelled attempt's ``DEADLINE_EXCEEDED`` when the logical call's deadline had run
+    out, as the logical span's), and re-injects ``traceparent`` so the server span is the
+    attempt's child. The number and endpoint are those of the attempt being started, as
+    the balanced channel gives them when it starts it (hedged attempts started in the same
+    loop turn each name their own, although grpc.aio runs the interceptor a turn later).
+    Without the logical interceptor (or when tracing is off) it passes calls through.
 
     Costs an extra task per attempt (grpc.aio runs client interceptors in a task), which
     is why attempts are events on the logical span by default.
@@ -546,7 +576,10 @@ class AttemptSpanInterceptor(
             # hedge that lost)
             if call is not None:
                 call.cancel()
-            self._end(span, STATUS_CANCELLED)
+            # at the logical call's deadline (this task's context still names it): it
+            # ran out
+            logical = _current_call.get()
+            self._end(span, _cancelled_code(None if logical is None else logical.deadline))
             raise
         self._end(span, code)
         return call
@@ -556,6 +589,8 @@ class AttemptSpanInterceptor(
         span, details = self._begin(client_call_details)
         if span is None:
             return await continuation(details, request)
+        logical = _current_call.get()  # set: there is a span
+        deadline = None if logical is None else logical.deadline
         try:
             call = await continuation(details, request)
         except BaseException as e:
@@ -564,7 +599,7 @@ class AttemptSpanInterceptor(
 
         async def finish() -> None:
             try:
-                code = STATUS_CANCELLED if call.cancelled() else await call.code()
+                code = _cancelled_code(deadline) if call.cancelled() else await call.code()
             except Exception:
                 code = STATUS_UNKNOWN
             self._end(span, code)

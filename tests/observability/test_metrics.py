@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import grpc
 import pytest
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -1563,3 +1564,141 @@ def test_certificate_gauges_set_by_hand_stay_until_removed(prom: CollectorRegist
     remove_certificate_expiry("echo", registry=prom)
     assert gauges() == (None, None)
     remove_certificate_expiry("echo", registry=prom)  # nothing left: nothing happens
+
+
+_HOPS = "meshkit.test.Hop"
+
+
+def _add_slow_hop(_servicer: Any, server: Any) -> None:
+    """Service ``meshkit.test.Hop``: ``Slow`` answers after 30 s, ``SlowStream`` sends one
+    message, then waits 30 s (calls that outlive any deadline a test gives)."""
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        await asyncio.sleep(30)
+        return b"late"
+
+    async def slow_stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.sleep(30)
+        yield b"late"
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_HOPS, {
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "SlowStream": grpc.unary_stream_rpc_method_handler(slow_stream),
+    }),))
+
+
+@pytest.mark.parametrize(("kind", "attempt_spans"), [
+    ("unary", False), ("server-stream", False), ("unary", True), ("server-stream", True)])
+async def test_a_downstream_call_cut_by_the_propagated_deadline_is_counted_deadline_exceeded(
+    registry: LocalRegistry, prom: CollectorRegistry, tracing: Any, kind: str,
+    attempt_spans: bool,
+) -> None:
+    """With dial()'s defaults (deadline propagated, no margin) a handler's downstream call
+    has the incoming call's deadline; when it passes grpc.aio cancels the handler's task,
+    mostly a moment before the downstream call's own timer fires. That call ran out its
+    deadline, as grpc-go and grpc-java end such a child call (and as hop 2 and hop 1's
+    server count it): its channel counts it ``DeadlineExceeded`` (it counted ``Canceled``,
+    invisible in the client error ratio of deploy/prometheus), and its span and access line
+    say DEADLINE_EXCEEDED. A call its caller cancels with time left stays ``Canceled``."""
+    import io
+    import json
+
+    import structlog
+
+    from meshkit.observability import add_trace_context
+
+    buf = io.StringIO()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    add_trace_context, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(buf), cache_logger_on_first_use=False)
+    quiet = TelemetryOptions(registry=CollectorRegistry(), tracing=False, access_log=False)
+    down_opts = TelemetryOptions(registry=prom, tracer_provider=tracing.provider,
+                                 attempt_spans=attempt_spans)
+    down = meshkit.dial("hop2", registry=registry, options=meshkit.DialOptions(
+        insecure=True, retry=None, telemetry=down_opts))
+    name = "Slow" if kind == "unary" else "SlowStream"
+
+    slow: Any = down.unary_unary(f"/{_HOPS}/Slow")
+    slow_stream: Any = down.unary_stream(f"/{_HOPS}/SlowStream")
+
+    async def downstream(time_s: float | None = None) -> None:
+        if kind == "unary":
+            await slow(b"", timeout=time_s)
+        else:
+            async for _ in slow_stream(b"", timeout=time_s):
+                pass
+
+    async def relay(request: bytes, context: Any) -> bytes:
+        await downstream()  # under the incoming deadline, propagated
+        return b"done"
+
+    def add_relay(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "meshkit.test.Relay", {"Relay": grpc.unary_unary_rpc_method_handler(relay)}),))
+
+    def count(code: str) -> float:
+        return value(samples(prom_text(prom)), "grpc_client_handled_total",
+                     grpc_service=_HOPS, grpc_method=name, grpc_code=code)
+
+    def client_spans() -> list[Any]:
+        return [s for s in tracing.spans() if s.name == f"{_HOPS}/{name}"]
+
+    def access_codes() -> list[str]:
+        return [ln["code"] for ln in map(json.loads, buf.getvalue().splitlines())
+                if ln.get("event") == "rpc" and ln.get("side") == "client"
+                and ln.get("target") == "hop2"]
+
+    servers = []
+    calls = 5
+    try:
+        async with asyncio.timeout(30):
+            for service, add in (("hop2", _add_slow_hop), ("hop1", add_relay)):
+                srv = meshkit.MeshServer(service, [(add, None)], registry=registry,
+                                         options=meshkit.ServeOptions(
+                                             insecure=True, drain_delay_s=0.0, grace_s=0.5,
+                                             telemetry=quiet))
+                await srv.start()
+                servers.append(srv)
+            await down.wait_for_endpoints(1)
+            async with meshkit.dial("hop1", registry=registry, options=meshkit.DialOptions(
+                    insecure=True, retry=None, outlier=None, telemetry=quiet)) as ch:
+                await ch.wait_for_endpoints(1)
+                relay_call: Any = ch.unary_unary("/meshkit.test.Relay/Relay")
+                for _ in range(calls):
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await relay_call(b"", timeout=0.4)
+                    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await until(lambda: sum(map(count, _CODES)) >= calls,
+                        what="hop 1's counts of its downstream calls")
+            # the caller's own cancel, with time left, is still a cancel
+            task = asyncio.ensure_future(downstream(5.0))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await until(lambda: sum(map(count, _CODES)) >= calls + 1,
+                        what="the cancelled call counted")
+            spans_per_call = 2 if attempt_spans else 1  # the logical span, its attempt's
+            await until(lambda: len(client_spans()) >= spans_per_call * (calls + 1) and
+                        len(access_codes()) >= calls + 1, what="spans and access lines")
+    finally:
+        structlog.reset_defaults()
+        await down.close()
+        for srv in reversed(servers):
+            await srv.drain()
+    counted = {c: count(c) for c in _CODES}
+    assert counted == {"OK": 0, "Canceled": 1, "DeadlineExceeded": calls, "Unknown": 0}, \
+        counted
+    assert sorted(access_codes()) == ["CANCELLED"] + ["DEADLINE_EXCEEDED"] * calls
+    expected = [grpc.StatusCode.DEADLINE_EXCEEDED.value[0]] * calls + \
+        [grpc.StatusCode.CANCELLED.value[0]]
+    by_kind: dict[SpanKind, list[Any]] = {}
+    for span in sorted(client_spans(), key=lambda s: s.start_time):
+        by_kind.setdefault(span.kind, []).append(span)
+    assert sorted(by_kind, key=str) == sorted(
+        [SpanKind.INTERNAL, SpanKind.CLIENT] if attempt_spans else [SpanKind.CLIENT], key=str)
+    for spans in by_kind.values():  # the logical spans; with attempt spans, the attempts'
+        assert [s.attributes["rpc.grpc.status_code"] for s in spans] == expected
+        assert all(s.status.status_code is StatusCode.ERROR for s in spans)
