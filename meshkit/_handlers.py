@@ -17,7 +17,7 @@ import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 import grpc
 
@@ -68,8 +68,10 @@ The wrap then sends that status: a unary-response one aborts with it after its `
 block (:func:`_abort_with_status_set`: the status alone, Trailers-Only, as grpc.aio
 answers an exception; returning would send an empty message before it, which commits
 the call for retrying clients, gRFC A6), a stream-response one returns (grpc.aio sends
-the status after the messages, none: Trailers-Only). When it returns ``False``, ``exc``
-goes on to grpc.aio, which answers ``UNKNOWN`` with its text. Also called, with a
+the status after the messages, none: Trailers-Only). A wrap with a :class:`Reporter`
+calls it before the reporter's ``finish``, which reads the status set as the call's
+code. When it returns ``False``, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN``
+with its text. Also called, with a
 :class:`NoResponse`, when a unary-response handler returned ``None`` (nothing raised:
 aborts, or returns leaving the answer to grpc.aio) and when a streaming handler yielded
 ``None`` (returning drops that ``None`` and the stream goes on)."""
@@ -114,7 +116,9 @@ class Reporter(Protocol):
 
     ``start(context)`` runs first in the call's task (before any check) and returns the
     call's state; ``finish(state, context, exc)`` runs once when the call ends, with the
-    exception it ended with (``None``: returned normally), also when a check refused it.
+    exception it ended with (``None``: returned normally), also when a check refused it;
+    for an exception the wrap's :data:`Unhandled` answers, after that answer set its
+    status on ``context`` (``context.code()`` is then the code sent).
     Both must not raise. A cancelled call ends with ``asyncio.CancelledError``, or, for a
     response stream cancelled while grpc.aio sends one of its messages, with the
     ``GeneratorExit`` that closes the handler's generator afterwards (possibly in another
@@ -421,8 +425,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
 
     Per call, in the call's own task: ``reporter.start(context)``, then
     ``await before(context)`` (which may abort the call), then the behaviour, then
-    ``reporter.finish(...)`` whatever happened; then, when the call raised an exception
-    that is no gRPC status (see :data:`Unhandled`), ``await unhandled(exc, context)``.
+    ``reporter.finish(...)`` whatever happened; when the call raised an exception that is
+    no gRPC status (see :data:`Unhandled`), ``await unhandled(exc, context)`` first, so
+    the reporter reads the status it answers with on ``context`` (the code sent).
     Works for all four call kinds and keeps the behaviour's shape: an async generator
     stays one, a coroutine (also one that answers with ``context.write``) stays a
     coroutine, and a plain function runs off the event loop as grpc.aio runs it
@@ -634,6 +639,13 @@ def _unguarded(inner: Any, guard: tuple[Any, str] | None) -> tuple[Any, Any, str
 _GRPC_ERRORS = grpc.aio.BaseError
 
 
+def _answerable(exc: BaseException) -> TypeGuard[Exception]:
+    """Whether ``exc``, ending a call, is one an :data:`Unhandled` answers: an
+    ``Exception`` that is no gRPC status (not a cancellation, ``GeneratorExit``, nor
+    ``context.abort``'s). Asked on the failure path only."""
+    return isinstance(exc, Exception) and not isinstance(exc, _GRPC_ERRORS)
+
+
 def _set_not_ok(context: Any) -> bool:
     """Whether the handler set a code other than ``OK`` (``context.set_code``): then a
     unary response its serializer refuses, or one over the send limit, is no error,
@@ -788,7 +800,10 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
     # it: a local holding it would make a cycle exception -> traceback -> this frame ->
     # exception that the GC frees late, keeping the request alive (issue 12 item 6). The
     # same frame serves _reported_stream (an async generator, so not shareable without a
-    # call per RPC).
+    # call per RPC). An exception unhandled answers is answered first, finish() after:
+    # the code it decides (UNKNOWN, the code set, DEADLINE_EXCEEDED for the call's own
+    # deadline...) is on the context when the reporter reads it, and its log line is
+    # written under the call's span (the reporter's finish detaches it).
     async def behavior(request: Any, context: Any) -> Any:
         state = start(context)
         try:
@@ -819,11 +834,17 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                         raise
                     result = b""
         except BaseException as e:
-            finish(state, context, e)
-            if not isinstance(e, Exception) or isinstance(e, _GRPC_ERRORS):
+            if unhandled is None or not _answerable(e):
+                finish(state, context, e)
+                if _answerable(e):  # grpc.aio's answer goes out with the trailers
+                    _drop_unsendable_trailers(context)
                 raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(e, context):
+            try:  # answered before it is reported: the code sent is the code reported
+                _drop_unsendable_trailers(context)
+                answered = await unhandled(e, context)
+            finally:
+                finish(state, context, e)
+            if not answered:
                 raise
         else:
             finish(state, context, None)
@@ -889,11 +910,17 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                 if bad is not None:
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
         except BaseException as e:
-            finish(state, context, e)
-            if not isinstance(e, Exception) or isinstance(e, _GRPC_ERRORS):
+            if unhandled is None or not _answerable(e):
+                finish(state, context, e)
+                if _answerable(e):  # grpc.aio's answer goes out with the trailers
+                    _drop_unsendable_trailers(context)
                 raise
-            _drop_unsendable_trailers(context)
-            if unhandled is None or not await unhandled(e, context):
+            try:  # answered before it is reported (see _reported)
+                _drop_unsendable_trailers(context)
+                answered = await unhandled(e, context)
+            finally:
+                finish(state, context, e)
+            if not answered:
                 raise
             return  # answered: its status set (see Unhandled)
         finish(state, context, None)

@@ -818,3 +818,109 @@ def test_the_server_log_holds_the_exception_with_its_traceback(
     err = errs[0]
     assert (err["level"], err["method"], err["error_type"]) == ("error", _m("Unary"), "_Boom")
     assert err["exception"].startswith("Traceback") and _SECRET in err["exception"]
+
+
+def _count(metrics: Any, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
+    return sum(sample.value for family in metrics.collect() for sample in family.samples
+               if sample.name == name
+               and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+async def _slow(request: bytes, context: Any) -> bytes:
+    await asyncio.sleep(30)
+    return b"late"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["unary", "server-stream"])
+async def test_a_downstream_deadline_answered_deadline_exceeded_is_reported_so(
+        registry: LocalRegistry, kind: str) -> None:
+    """Hop 1's handler calls a slow hop 2 under the propagated deadline less
+    ``DialOptions.deadline_margin_s`` (0.15 s); the outgoing call runs that out and its
+    ``DEADLINE_EXCEEDED`` escapes the handler: hop 1 answers ``DEADLINE_EXCEEDED``
+    "deadline exceeded (in a call the handler made under it)" (the caller sees that), but
+    its own telemetry said ``UNKNOWN``: ``grpc_server_handled_total{grpc_code="Unknown"}``,
+    span and access line alike, as the reporter finished the call before the unhandled
+    exception's answer was decided. Now the answer is decided first and every record
+    says what was sent, ``DEADLINE_EXCEEDED``; and the ``unhandled exception`` line is
+    logged under the call's span (its trace and span ids), as documented."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.observability import TelemetryOptions
+    from meshkit.observability._logging import add_trace_context
+    from tests.support.wait import until
+
+    metrics, exporter, provider = CollectorRegistry(), InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    down = meshkit.dial("hop2", registry=registry, options=meshkit.DialOptions(
+        insecure=True, retry=None, deadline_margin_s=0.15))
+
+    async def unary(request: bytes, context: Any) -> Any:
+        return await down.unary_unary("/hop2/Slow")(b"")
+
+    async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        yield await down.unary_unary("/hop2/Slow")(b"")
+
+    def service(name: str, handlers: dict[str, Any]) -> tuple[Any, None]:
+        def add(_servicer: Any, server: Any) -> None:
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(name, handlers),))
+        return add, None
+
+    started: list[meshkit.MeshServer] = []
+    try:
+        async with asyncio.timeout(30):
+            for name, handlers, telemetry in (
+                    ("hop2", {"Slow": grpc.unary_unary_rpc_method_handler(_slow)}, None),
+                    ("hop1", {"Unary": grpc.unary_unary_rpc_method_handler(unary),
+                              "Stream": grpc.unary_stream_rpc_method_handler(stream)},
+                     TelemetryOptions(registry=metrics, tracer_provider=provider))):
+                srv = meshkit.MeshServer(name, [service(name, handlers)], registry=registry,
+                                         options=meshkit.ServeOptions(
+                                             insecure=True, drain_delay_s=0.0, grace_s=0.5,
+                                             telemetry=telemetry))
+                await srv.start()
+                started.append(srv)
+            await down.wait_for_endpoints(1)
+            async with meshkit.dial("hop1", registry=registry, options=meshkit.DialOptions(
+                    insecure=True, retry=None)) as ch:
+                await ch.wait_for_endpoints(1)
+                with structlog.testing.capture_logs(processors=[add_trace_context]) as logs, \
+                        pytest.raises(grpc.aio.AioRpcError) as info:
+                    if kind == "unary":
+                        await ch.unary_unary("/hop1/Unary")(b"", timeout=1.0)
+                    else:
+                        async for _ in ch.unary_stream("/hop1/Stream")(b"", timeout=1.0):
+                            pass
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert info.value.details() == \
+                "deadline exceeded (in a call the handler made under it)"
+            method = "Unary" if kind == "unary" else "Stream"
+
+            def counted() -> float:
+                return _count(metrics, "grpc_server_handled_total", grpc_service="hop1",
+                              grpc_method=method)
+
+            await until(lambda: counted() >= 1 and len(exporter.get_finished_spans()) >= 1,
+                        what="hop 1's count and span of the call")
+    finally:
+        await down.close()
+        for srv in reversed(started):
+            await srv.drain()
+        provider.shutdown()
+    by_code = {code: _count(metrics, "grpc_server_handled_total", grpc_service="hop1",
+                            grpc_method=method, grpc_code=code)
+               for code in ("DeadlineExceeded", "Unknown")}
+    assert by_code == {"DeadlineExceeded": 1.0, "Unknown": 0.0}, by_code
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    (line,) = [e for e in logs if e["event"] == "unhandled exception"]
+    assert (line["method"], line["error_type"]) == (f"/hop1/{method}", "AioRpcError")
+    assert line.get("trace_id") == format(span.context.trace_id, "032x"), line
+    assert line.get("span_id") == format(span.context.span_id, "016x"), line

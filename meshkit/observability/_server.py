@@ -70,11 +70,6 @@ _SERVER = SpanKind.SERVER
 _CANCELLATIONS = (asyncio.CancelledError, GeneratorExit)
 
 
-class _AnsweredLater(Exception):
-    """:meth:`TelemetryServerInterceptor._outcome`: the call's code is known only once it
-    is answered (its handler set a code, then raised)."""
-
-
 _running_loop = asyncio._get_running_loop  # None outside a running loop (a stream
 # handler finalized there)
 
@@ -294,11 +289,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 exc: BaseException | None) -> None:
         span, token, t0, peer = state
         duration_s = _perf() - t0
-        try:  # no cost on 3.11+ unless raised
-            code = m.outcome(context, exc)
-        except _AnsweredLater:  # rare: set_code, then raised
-            self._finish_when_answered(m, span, token, duration_s, peer, context, exc)
-            return
+        code = m.outcome(context, exc)
         defer = self._in_flight + self._deferred <= self._defer_max
         self._in_flight -= 1
         limited = code is STATUS_EXHAUSTED and _rejected_by_rate_limit()
@@ -329,58 +320,6 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         finally:
             if token is not None:
                 detach_context(token, type(exc) is GeneratorExit)
-
-    def _finish_when_answered(self, m: _Method, span: Any, token: Any, duration_s: float,
-                              peer: str, context: Any, exc: BaseException | None) -> None:
-        """:meth:`_finish` of a call whose handler set a non-OK code and then raised: what
-        the caller gets is decided after the reporter's ``finish`` (grpc.aio sends the code
-        set; meshkit's answer to an unhandled exception, ``UnhandledErrorInterceptor``,
-        aborts with ``UNKNOWN`` instead), so the call is counted, its span ended and its
-        access line written from grpc's done callback, with the code then on ``context``
-        (:meth:`_answered`), stamped with the handler's end time."""
-        try:
-            end_ns = _time_ns()
-            identity = self._identity() if self._identity is not None else None
-            log = self.options.access_log and access_mode() != ACCESS_OFF
-            md = self._md(m, context) if log and m.log_md else None
-            sc = None if span is not None else current_span_context()
-            limited = _rejected_by_rate_limit()
-
-            def answered(ctx: Any) -> None:
-                code = self._answered(ctx)
-                self._in_flight -= 1
-                try:
-                    if m.bound is not None:
-                        m.bound.finished(code, duration_s,
-                                         limited and code is STATUS_EXHAUSTED)
-                    if span is not None:
-                        self._complete(False, m, span, end_ns, code, exc, duration_s, peer,
-                                       identity, md, limited and code is STATUS_EXHAUSTED,
-                                       log)
-                    elif log:
-                        self._log(m, code, duration_s, peer, identity, sc, md)
-                except Exception as e:  # telemetry must never break the server's loop
-                    _internal_log.warning("telemetry completion failed",
-                                          error=type(e).__name__)
-
-            add = getattr(context, "add_done_callback", None)
-            if add is not None:
-                add(answered)
-            else:  # not a grpc.aio context: grpc.aio's own answer, now
-                answered(context)
-        finally:
-            if token is not None:
-                detach_context(token)
-
-    @staticmethod
-    def _answered(context: Any) -> grpc.StatusCode:
-        """The code sent for a call that raised after its handler set one: the code on
-        ``context`` once answered when it is a non-OK ``grpc.StatusCode``, else
-        ``UNKNOWN`` (grpc.aio's rule)."""
-        code = context.code()
-        if isinstance(code, grpc.StatusCode) and code is not STATUS_OK:
-            return code
-        return STATUS_UNKNOWN
 
     def _idle(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether deferring a capture to ``loop``'s next turn costs only idle time: no
@@ -480,18 +419,16 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     def _outcome(context: Any, exc: BaseException | None) -> grpc.StatusCode:
         """The status a call ends with: what the handler set or aborted with, CANCELLED /
         DEADLINE_EXCEEDED when cancelled (DEADLINE_EXCEEDED when no time remains), for any
-        other exception the non-OK code the handler set before raising (what grpc.aio
-        sends; "raise other types of exception with specified status code"), else
-        UNKNOWN. A response stream's ``GeneratorExit`` is a cancellation: grpc.aio cancels
-        the call's task (the client cancelled, or the deadline passed) while it sends a
-        message, outside the handler's async generator, which is then closed before its
-        end.
-
-        Raises:
-            _AnsweredLater: the handler set a non-OK code and then raised an exception that
-                is no gRPC error: meshkit's answer to unhandled exceptions, when installed
-                after this reporter, still aborts it with UNKNOWN, so the code is read once
-                the call is answered (:meth:`_answered`)."""
+        other exception the non-OK code on ``context``, else UNKNOWN. That code is what
+        the caller gets: meshkit's answer to an unhandled exception
+        (``UnhandledErrorInterceptor``: UNKNOWN, a code the handler set before raising,
+        DEADLINE_EXCEEDED for this call's own deadline run out or refused downstream)
+        is set before the wrap reports the call (:func:`meshkit._handlers.wrap_handler`);
+        without it, grpc.aio sends the code the handler set ("raise other types of
+        exception with specified status code"), else UNKNOWN. A response stream's
+        ``GeneratorExit`` is a cancellation: grpc.aio cancels the call's task (the client
+        cancelled, or the deadline passed) while it sends a message, outside the
+        handler's async generator, which is then closed before its end."""
         if exc is None or isinstance(exc, grpc.aio.AbortError):
             code = context.code()
             if isinstance(code, grpc.StatusCode):
@@ -503,9 +440,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         if isinstance(exc, Exception):
             code = context.code()
             if isinstance(code, grpc.StatusCode) and code is not STATUS_OK:
-                if isinstance(exc, grpc.aio.BaseError):  # no one answers it but grpc.aio
-                    return code
-                raise _AnsweredLater
+                return code
         return STATUS_UNKNOWN
 
     @staticmethod
@@ -539,15 +474,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         if bound is None:
             return
         duration_s = _perf() - state[2]
-        try:
-            code = m.outcome(context, exc)
-        except _AnsweredLater:  # counted with the code sent, once answered (see _finish)
-            add = getattr(context, "add_done_callback", None)
-            if add is not None:
-                add(lambda ctx: bound.finished(self._answered(ctx), duration_s))
-            else:
-                bound.finished(self._answered(context), duration_s)
-            return
+        code = m.outcome(context, exc)
         # a quiet method gets metrics only, the rate limiter's refusals among them
         bound.finished(code, duration_s,
                        code is STATUS_EXHAUSTED and _rejected_by_rate_limit())
