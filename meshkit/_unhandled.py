@@ -20,8 +20,9 @@ import structlog
 
 from meshkit._calls import DEADLINE_SLACK_S, propagated_deadline_of
 from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
+from meshkit.resilience._deadline import admission_refusal
 
-__all__ = ["UnhandledErrorInterceptor", "unhandled_details"]
+__all__ = ["UnhandledErrorInterceptor", "unhandled_answer", "unhandled_details"]
 
 _log = structlog.get_logger("meshkit.server")
 
@@ -53,32 +54,71 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
 
 
 _DOWNSTREAM_DEADLINE = "deadline exceeded (in a call the handler made under it)"
+_DOWNSTREAM_REFUSAL = "deadline exceeded (too short for a call the handler made under it)"
 
 
-def _ran_out_of_this_calls_deadline(exc: Exception, context: Any) -> bool:
-    """Whether ``exc`` is a downstream call's ``DEADLINE_EXCEEDED`` that ran out this
-    call's own deadline, propagated (:class:`~meshkit.resilience.DeadlineInterceptor`):
-    raised when this call has (all but: :data:`~meshkit._calls.DEADLINE_SLACK_S`) no time
-    left, or by a mesh channel's call that ran under this call's deadline less its
-    ``DialOptions.deadline_margin_s`` and ran that out (the error carries this call's
-    deadline: :func:`~meshkit._calls.propagated_deadline_of`, matched within the slack).
-    The caller's deadline is what ran out, and the caller is told so (as grpc-go's
-    handlers return a downstream status), not ``UNKNOWN``. A downstream call with a
-    shorter timeout of its own, run out with this call's time left, is no such error."""
+def _downstream_deadline(exc: Exception, context: Any) -> str | None:
+    """The details to answer ``DEADLINE_EXCEEDED`` with when ``exc`` is a downstream call's
+    ``DEADLINE_EXCEEDED`` that this call's own deadline accounts for, else ``None``:
+
+    * it ran out this call's deadline, propagated
+      (:class:`~meshkit.resilience.DeadlineInterceptor`): raised when this call has (all
+      but: :data:`~meshkit._calls.DEADLINE_SLACK_S`) no time left, or by a mesh channel's
+      call that ran under this call's deadline less its ``DialOptions.deadline_margin_s``
+      and ran that out (the error carries this call's deadline:
+      :func:`~meshkit._calls.propagated_deadline_of`, matched within the slack):
+      :data:`_DOWNSTREAM_DEADLINE`;
+    * a meshkit server refused it before its handler ran, its deadline too short for
+      that server's ``DeadlineOptions.min_remaining_s``
+      (:func:`~meshkit.resilience._deadline.admission_refusal`: its details and
+      trailer), while this call has a deadline, which the handler's calls run under
+      (less a margin, or shorter): :data:`_DOWNSTREAM_REFUSAL`.
+
+    The caller's deadline is what ran out or was too short, and the caller is told so
+    (as grpc-go's handlers return a downstream status), not ``UNKNOWN``; in details that
+    name no downstream (its peer, its own details and trailers stay on this side). A
+    downstream call with a shorter timeout of its own, run out with this call's time
+    left, is no such error; nor is any downstream status of a call without a deadline.
+    Asked on the failure path only."""
     if not isinstance(exc, grpc.aio.AioRpcError) or \
             exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
-        return False
+        return None
     try:
         remaining = context.time_remaining()
     except Exception:  # a stand-in context
-        return False
+        return None
     if remaining is None:
-        return False
+        return None
     if remaining <= DEADLINE_SLACK_S:
-        return True
+        return _DOWNSTREAM_DEADLINE
     propagated = propagated_deadline_of(exc)  # a margin's time left
-    return propagated is not None and \
-        abs(time.monotonic() + remaining - propagated) <= DEADLINE_SLACK_S
+    if propagated is not None and \
+            abs(time.monotonic() + remaining - propagated) <= DEADLINE_SLACK_S:
+        return _DOWNSTREAM_DEADLINE
+    if admission_refusal(exc.details(), exc.trailing_metadata()):
+        return _DOWNSTREAM_REFUSAL
+    return None
+
+
+def unhandled_answer(exc: Exception, context: Any) -> tuple[grpc.StatusCode, str]:
+    """The status (code, details) a meshkit server answers for ``exc``, an exception a
+    handler let escape (no gRPC status), on the call of ``context`` (a grpc.aio
+    ``ServicerContext``): the non-``OK`` code the handler set before it raised
+    (``set_code``, as grpc.aio answers); else ``DEADLINE_EXCEEDED`` for a downstream
+    ``DEADLINE_EXCEEDED`` that this call's own deadline accounts for (see
+    :func:`_downstream_deadline`: details :data:`_DOWNSTREAM_DEADLINE` or
+    :data:`_DOWNSTREAM_REFUSAL`); else ``UNKNOWN``. Details are
+    :func:`unhandled_details` but for the deadline answers. The one decision of the code
+    an escaping exception gets: :class:`UnhandledErrorInterceptor` sets it on
+    ``context`` before the handler wrap reports the call, so telemetry records the code
+    sent. Never raises."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        return code, unhandled_details(exc)
+    downstream = _downstream_deadline(exc, context)
+    if downstream is not None:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, downstream
+    return grpc.StatusCode.UNKNOWN, unhandled_details(exc)
 
 
 class UnhandledErrorInterceptor(WrappingInterceptor):
@@ -90,9 +130,17 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     ``DEADLINE_EXCEEDED`` for a downstream call's ``DEADLINE_EXCEEDED`` raised as this
     call's own deadline ran out, or as a mesh channel's call ran out that deadline less
     its ``DialOptions.deadline_margin_s`` (it was that deadline, propagated; details
-    ``"deadline exceeded (in a call the handler made under it)"``). What the handler
-    answers itself is left alone: ``context.abort``, ``set_code``/``set_details``, and any
-    other ``grpc.aio.BaseError``; so is ``asyncio.CancelledError`` (the call is gone).
+    ``"deadline exceeded (in a call the handler made under it)"``), and for a meshkit
+    server's admission refusal of a call the handler made (too little time left for its
+    ``DeadlineOptions.min_remaining_s``; ``meshkit-deadline-refused``) while this call has
+    a deadline (details ``"deadline exceeded (too short for a call the handler made under
+    it)"``; the downstream's details and trailers are not passed on): see
+    :func:`unhandled_answer`, logged all the same. The status is set before the handler
+    wrap reports the call, so telemetry (``grpc_server_handled_total``, the server span,
+    the access line) records the code sent, and the log line is written under the call's
+    span. What the handler answers itself is left alone: ``context.abort``,
+    ``set_code``/``set_details``, and any other ``grpc.aio.BaseError``; so is
+    ``asyncio.CancelledError`` (the call is gone).
     A unary-response handler that returns ``None``, or a streaming one that yields it,
     with no status set gets ``INTERNAL`` instead (:func:`_no_response`). A unary response
     is serialized inside the wrap, so an exception of the method's response serializer is
@@ -118,12 +166,7 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
                        exc_info=exc)
             # a code the handler set before it raised is the answer, as grpc.aio's ("allows
             # users to raise other types of exception with specified status code")
-            code = context.code()
-            details = unhandled_details(exc)
-            if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
-                code = grpc.StatusCode.UNKNOWN
-                if _ran_out_of_this_calls_deadline(exc, context):
-                    code, details = grpc.StatusCode.DEADLINE_EXCEEDED, _DOWNSTREAM_DEADLINE
+            code, details = unhandled_answer(exc, context)
             # the status set, not aborted with here: the wrap sends it after its except
             # block, a unary response by aborting (the status alone, Trailers-Only), so
             # the AbortError grpc keeps does not chain exc with its frames and the

@@ -134,7 +134,11 @@ def admission_refusal(details: str | None, trailing_metadata: Any) -> bool:
     against the endpoint for outlier ejection (``OutlierOptions.failure_codes``) nor as a
     P2C latency sample, as it does not a nack. Both the exact details and the trailer are
     needed: a handler that forwards a downstream status verbatim without the trailer is
-    counted as usual. Asked on the failure path only."""
+    counted as usual. A meshkit server whose handler lets such a refusal of one of its
+    calls escape answers its own caller ``DEADLINE_EXCEEDED`` "deadline exceeded (too
+    short for a call the handler made under it)" when that caller set a deadline (the
+    caller's deadline, propagated, was short; ``meshkit._unhandled``), else ``UNKNOWN``.
+    Asked on the failure path only."""
     return details == ADMISSION_REFUSAL_DETAILS and bool(trailing_metadata) and any(
         tuple(item) == ADMISSION_REFUSAL_METADATA for item in trailing_metadata)
 
@@ -194,7 +198,9 @@ class DeadlineOptions:
     Args:
         min_remaining_s: refuse calls with less time left than this, seconds; a call
             with exactly this much left is admitted (default 0.0: only calls whose
-            deadline already passed).
+            deadline already passed). A meshkit server calling this one under its own
+            caller's deadline, whose handler lets the refusal escape, answers that caller
+            ``DEADLINE_EXCEEDED`` (:func:`admission_refusal`).
 
     Raises:
         ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (quoted).

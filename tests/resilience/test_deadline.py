@@ -505,3 +505,120 @@ async def test_admission_refusals_eject_no_healthy_endpoint(
         endpoints = ch.stats().endpoints
     assert [e.instance_id for e in endpoints if e.ejected] == []
     assert sum(e.failures for e in endpoints) == 0, endpoints
+
+
+_REFUSED = (("meshkit-deadline-refused", "1"),)
+
+
+@pytest.mark.parametrize(("remaining_s", "details", "trailers", "answer"), [
+    (3.0, "deadline exceeded before the handler ran", _REFUSED,
+     grpc.StatusCode.DEADLINE_EXCEEDED),
+    (None, "deadline exceeded before the handler ran", _REFUSED,
+     grpc.StatusCode.UNKNOWN),  # this call has no deadline: not its to blame
+    (3.0, "deadline exceeded before the handler ran", (), grpc.StatusCode.UNKNOWN),
+    (3.0, "hop2 at 10.0.0.7:50051 timed out", _REFUSED, grpc.StatusCode.UNKNOWN),
+])
+async def test_a_downstream_admission_refusal_escaping_is_answered_by_this_calls_deadline(
+        remaining_s: float | None, details: str, trailers: tuple[tuple[str, str], ...],
+        answer: grpc.StatusCode) -> None:
+    """A downstream meshkit server's admission refusal (``DEADLINE_EXCEEDED``, its details
+    and the ``meshkit-deadline-refused`` trailer, both) escaping a handler whose call has
+    a deadline is answered ``DEADLINE_EXCEEDED`` "deadline exceeded (too short for a call
+    the handler made under it)", with time left; with no deadline on this call, or without
+    the exact details and trailer, it stays ``UNKNOWN``. Nothing of the downstream's
+    answer is passed on."""
+    from meshkit._unhandled import UnhandledErrorInterceptor
+
+    unhandled = UnhandledErrorInterceptor()._unhandled_for("/hop1/Call")
+    exc = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(),
+                               grpc.aio.Metadata(*trailers), details=details)
+    ctx = _AnsweringContext(remaining_s)
+    assert await unhandled(exc, ctx) is True
+    assert ctx.status is answer
+    if answer is grpc.StatusCode.DEADLINE_EXCEEDED:
+        assert ctx.details == "deadline exceeded (too short for a call the handler made under it)"
+    else:
+        assert ctx.details == "Unexpected AioRpcError in the handler (logged by the server)"
+
+
+@pytest.mark.timeout(60)
+async def test_a_downstream_refusal_of_the_propagated_deadline_is_answered_deadline_exceeded(
+        registry: LocalRegistry) -> None:
+    """Hop 2 serves with ``DeadlineOptions(min_remaining_s=0.5)``; hop 1's caller gives
+    0.3 s, propagated to hop 2, which refuses it before its handler runs
+    (``DEADLINE_EXCEEDED`` "deadline exceeded before the handler ran" +
+    ``meshkit-deadline-refused``: the request's deadline was short). Hop 1's handler lets
+    that escape, and hop 1 answered ``UNKNOWN`` "Unexpected AioRpcError in the handler"
+    and counted the call ``Unknown``: a server bug, by the status, where the caller only
+    gave too little time. Now the caller is told ``DEADLINE_EXCEEDED`` (details naming no
+    downstream, none of hop 2's trailers), hop 1 counts it so and still logs the
+    exception. A caller with no deadline, whose call the handler makes with a timeout of
+    its own that hop 2 refuses, still gets ``UNKNOWN``: not its deadline."""
+    from prometheus_client import CollectorRegistry
+    from structlog.testing import capture_logs
+
+    from meshkit.observability import TelemetryOptions
+    from tests.support.wait import until
+
+    metrics = CollectorRegistry()
+    down = meshkit.dial("hop2", registry=registry, options=meshkit.DialOptions(
+        insecure=True, retry=None))
+
+    async def ok(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return b"ok"
+
+    async def relay(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        call: Any = down.unary_unary("/hop2/Call")
+        if request == b"own":  # a timeout of its own, shorter than hop 2 admits
+            return await call(b"", timeout=0.3)  # type: ignore[no-any-return]
+        return await call(b"")  # type: ignore[no-any-return]
+
+    started: list[meshkit.MeshServer] = []
+    try:
+        async with asyncio.timeout(30):
+            opts: dict[str, Any]
+            for name, behaviour, opts in (
+                    ("hop2", ok, {"deadline": DeadlineOptions(min_remaining_s=0.5)}),
+                    ("hop1", relay, {"telemetry": TelemetryOptions(registry=metrics)})):
+                srv = meshkit.MeshServer(name, [service(name, behaviour)], registry=registry,
+                                         options=meshkit.ServeOptions(
+                                             insecure=True, drain_delay_s=0.0, grace_s=0.5,
+                                             **opts))
+                await srv.start()
+                started.append(srv)
+            await down.wait_for_endpoints(1)
+            async with meshkit.dial("hop1", registry=registry, options=meshkit.DialOptions(
+                    insecure=True, retry=None)) as ch:
+                await ch.wait_for_endpoints(1)
+                relay_call: Any = ch.unary_unary("/hop1/Call")
+                assert await relay_call(b"", timeout=2.0) == b"ok"
+                with capture_logs() as logs:
+                    with pytest.raises(grpc.aio.AioRpcError) as short:
+                        await relay_call(b"", timeout=0.3)
+                    with pytest.raises(grpc.aio.AioRpcError) as own:
+                        await relay_call(b"own")  # no deadline of the caller's
+            assert (short.value.code(), short.value.details()) == (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded (too short for a call the handler made under it)")
+            assert not [k for k, _ in short.value.trailing_metadata() or ()
+                        if k.startswith("meshkit-")]
+            assert own.value.code() is grpc.StatusCode.UNKNOWN, own.value.details()
+            assert started[0].stats().deadline_rejections == 2  # hop 2 refused both
+            events = [e for e in logs if e["event"] == "unhandled exception"]
+            assert [(e["log_level"], e["method"]) for e in events] == \
+                [("error", "/hop1/Call")] * 2
+
+            def handled(code: str) -> float:
+                return sum(s.value for f in metrics.collect() for s in f.samples
+                           if s.name == "grpc_server_handled_total"
+                           and s.labels.get("grpc_method") == "Call"
+                           and s.labels.get("grpc_code") == code)
+
+            await until(lambda: handled("DeadlineExceeded") + handled("Unknown") >= 2,
+                        what="hop 1's counts")
+            assert (handled("OK"), handled("DeadlineExceeded"), handled("Unknown")) == \
+                (1.0, 1.0, 1.0)
+    finally:
+        await down.close()
+        for srv in reversed(started):
+            await srv.drain()
