@@ -11,7 +11,10 @@ fixed when the call *settles*:
 * ``_call``: the grpc.aio call of the attempt the call settled on (the one that answered,
   or the committed stream), or ``None`` when no attempt carries the outcome;
 * ``_error``: the error the call ended with before or instead of that attempt (a status
-  raised by the mesh, e.g. ``UNAVAILABLE`` for no endpoint, or by an attempt), or ``None``.
+  raised by the mesh, e.g. ``UNAVAILABLE`` for no endpoint, or by an attempt), or ``None``;
+  kept as a copy without its traceback, and raised as a new copy each time the call
+  reports it, as grpc.aio raises a new ``AioRpcError`` each time (:func:`_fresh`: a
+  failed call is no reference cycle).
 
 Three subclasses say how a call settles: :class:`UnaryResponseCall` (unary-unary and
 stream-unary: when the response or the final error is there), :class:`StreamResponseCall`
@@ -154,6 +157,32 @@ def propagated_deadline_of(error: BaseException) -> float | None:
     return deadline if isinstance(deadline, float) else None
 
 
+def _fresh(error: BaseException) -> BaseException:
+    """A new exception that is ``error`` for whoever catches it (its type, ``args``,
+    attributes: an ``AioRpcError``'s code, details, metadata and debug string, a mesh
+    error's fields, a propagated deadline's mark; its ``__cause__``, ``__context__`` and
+    notes), without a traceback: ``error`` itself when its type cannot be made so (a
+    ``__new__`` refusing its ``args``).
+
+    A call keeps such a copy as its outcome and raises another each time it reports it
+    (``await``, ``read``...), as grpc.aio's ``_raise_for_status`` builds a new
+    ``AioRpcError`` per raise: an exception gets the frames it goes through, the call's
+    own (``self``) and its caller's (a local holding the call), so an outcome kept and
+    raised as itself holds its call in a reference cycle, and the call's whole state
+    (details, metadata, request, attempts, the chain's frames) waits for the cyclic
+    collector. The error path only."""
+    cls = type(error)
+    try:
+        new: BaseException = cls.__new__(cls, *error.args)
+    except Exception:
+        return error
+    new.__dict__.update(error.__dict__)
+    new.__cause__ = error.__cause__
+    new.__context__ = error.__context__
+    new.__suppress_context__ = error.__suppress_context__
+    return new
+
+
 def _code_of(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, AioRpcError):
         return error.code()
@@ -203,12 +232,14 @@ class MeshCall:
         self._is_settled = True
         self._call = call
         if error is not None:  # else _error stays None, as made
-            self._error = error
             code = _code_of(error)
             if code is _CANCELLED:
                 self._cancelled = True
             elif code is _DEADLINE_EXCEEDED:
-                _mark_propagated_deadline(self._details, error)
+                _mark_propagated_deadline(self._details, error)  # the one raised, too
+            # a copy without the traceback: the error raised is given the frames it goes
+            # through, which hold the call (see _fresh)
+            self._error = _fresh(error)
         fut = self._settled_fut
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -220,7 +251,11 @@ class MeshCall:
 
     def _settle_from_task(self, task: asyncio.Task[Any]) -> None:
         """Done callback of a settling task: a task cancelled or failed before it settled
-        the call settles it as cancelled or with that error."""
+        the call settles it as cancelled or with that error. The call lets the task go
+        (``_task``: started, nothing to cancel): a task's exception holds its coroutine's
+        frame, which holds the call (a task cancelled before its first step, or failed
+        in a stream's opening)."""
+        self._task = _NO_TASK
         if task.cancelled():
             self._settle(None, asyncio.CancelledError())
         elif (exc := task.exception()) is not None:
@@ -406,7 +441,7 @@ class MeshCall:
         """
         call = await self._settled()
         if isinstance(self._error, AioRpcError) and call is None:
-            raise self._error
+            raise _fresh(self._error)
         if call is not None:
             await call.wait_for_connection()
 
@@ -489,20 +524,18 @@ class UnaryResponseCall(MeshCall):
         try:
             self._response = await self._invoke(self._details, self._request)
         except BaseException as exc:
-            if self._cancelled and not self._is_settled and isinstance(
-                    exc, asyncio.CancelledError):
+            if (self._cancelled and not self._is_settled and self._task is not None
+                    and isinstance(exc, asyncio.CancelledError)):
                 # cancel() cancelled the task: that request is spent here (the awaiting
-                # task's cancelling() is as before), its CancelledError goes on
-                task = self._task
-                if task is not None:
-                    task.uncancel()
-            # the call keeps its error (_error), exc's traceback keeps this frame and the
-            # frames that awaited the call (asyncio.wait_for's holds it): without this
-            # frame's self, and with a cancellation kept as a new CancelledError (all the
-            # call's API reads of it is its type), no reference cycle holds the failed
-            # call's state for the cyclic collector
-            self._settle(self._details.last_call, asyncio.CancelledError(*exc.args)
-                         if isinstance(exc, asyncio.CancelledError) else exc)
+                # task's cancelling() is as before), its CancelledError goes on (the task
+                # in no local: a cancelled task keeps its CancelledError, whose traceback
+                # keeps this frame)
+                self._task.uncancel()
+            # the call keeps a copy of its error without the traceback (_settle); exc's
+            # traceback keeps this frame and the frames that awaited the call
+            # (asyncio.wait_for's holds it): without this frame's self, no reference
+            # cycle holds the failed call's state for the cyclic collector
+            self._settle(self._details.last_call, exc)
             del self
             raise
         self._settle(self._details.last_call, None)
@@ -529,7 +562,7 @@ class UnaryResponseCall(MeshCall):
         # timeout) cancels the call, as it does a call running inline in that task
         await self._settled_or_cancel()
         if self._error is not None:
-            raise self._error
+            raise _fresh(self._error)  # not the outcome kept: see _fresh
         return self._response
 
 
@@ -662,7 +695,8 @@ class StreamResponseCall(MeshCall):
         """The opened call, for read/write/iteration (a cancelled wait cancels the call)."""
         call = await self._settled_or_cancel()
         if call is None:
-            raise self._error if self._error is not None else asyncio.CancelledError()
+            raise (_fresh(self._error) if self._error is not None
+                   else asyncio.CancelledError())
         return call
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -902,7 +936,7 @@ class StreamUnaryCall(UnaryResponseCall):
         ``InvalidStateError``."""
         err = self._error
         if isinstance(err, AioRpcError):
-            raise err
+            raise _fresh(err)
         if isinstance(err, asyncio.CancelledError):
             raise asyncio.CancelledError()
         raise asyncio.InvalidStateError(_FINISHED)
@@ -1051,7 +1085,7 @@ class RetryingStreamCall(MeshCall):
         if not self._is_settled:  # committed: no coroutine per message
             await self._settled_or_cancel()
         if self._error is not None:
-            raise self._error
+            raise _fresh(self._error)  # not the outcome kept: see _fresh
         call = self._call
         if call is None:
             raise asyncio.CancelledError()
