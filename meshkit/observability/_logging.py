@@ -1016,7 +1016,7 @@ def render_access(record: tuple[float, str, str, Any, Any, Context | None, Any])
     out["timestamp"] = _iso_utc(ts)
     if _orjson is not None:  # json_dumps, inline: one frame fewer per line
         try:
-            return _orjson.dumps(out, default=repr).decode()
+            return _orjson.dumps(out, default=_float_or_repr).decode()
         except TypeError:
             pass
     return _json.dumps(out, default=repr)
@@ -1035,6 +1035,31 @@ def _iso_utc(ts: float) -> str:
     return f"{_second[1]}{micros:06d}Z"
 
 
+def _float_or_repr(obj: Any) -> Any:
+    """orjson's ``default`` for ``default=repr``: a ``float`` subclass (orjson encodes no
+    float subclass, e.g. an option's worked-out default,
+    :class:`~meshkit.discovery._types.Derived`) as its number, as :func:`json.dumps`
+    writes it; anything else as its ``repr``."""
+    return float(obj) if isinstance(obj, float) else repr(obj)
+
+
+def _orjson_default(default: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """orjson's ``default`` for :func:`json_dumps`' ``default``: float subclasses as their
+    number first (:func:`_float_or_repr`), then ``default`` (``None``: refused, so
+    :func:`json.dumps` encodes the line)."""
+    if default is repr:
+        return _float_or_repr
+
+    def encode(obj: Any) -> Any:
+        if isinstance(obj, float):
+            return float(obj)
+        if default is None:
+            raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+        return default(obj)
+
+    return encode
+
+
 def json_dumps(obj: Any, **kw: Any) -> str:
     """A log event as one line of JSON: :mod:`orjson` when installed (``meshkit[fast]``,
     ~9x faster than :func:`json.dumps` on an access-log line), else :func:`json.dumps`.
@@ -1045,11 +1070,13 @@ def json_dumps(obj: Any, **kw: Any) -> str:
             cannot encode, e.g. ``repr``) is passed to both.
 
     Whatever orjson refuses (keys that are not strings, integers beyond 64 bits) is encoded
-    by :func:`json.dumps` instead, so a line is never lost to the encoder choice.
+    by :func:`json.dumps` instead, so a line is never lost to the encoder choice; a
+    ``float`` subclass (which orjson does not encode) is written as its number, as
+    :func:`json.dumps` writes it, not through ``default``.
     """
     if _orjson is not None:
         try:
-            return _orjson.dumps(obj, default=kw.get("default")).decode()
+            return _orjson.dumps(obj, default=_orjson_default(kw.get("default"))).decode()
         except TypeError:
             pass
     return _json.dumps(obj, **kw)

@@ -1380,3 +1380,37 @@ sink = io.StringIO()
     rpc = [e for e in _json_lines(proc.stderr) if e.get("event") == "rpc"]
     assert {e.get("side") for e in rpc} == {"server", "client"}, proc.stderr
     assert all("timestamp" in e for e in rpc), rpc
+
+
+_DERIVED_LOG_SCRIPT = r'''
+import structlog
+from meshkit.observability import configure_logging, flush_logs
+from meshkit.discovery import ConsulOptions, EtcdOptions, LocalOptions
+
+configure_logging(json=True)
+log = structlog.get_logger("meshkit.discovery.consul")
+log.info("consul index went backwards", grace_s=ConsulOptions().fault_grace_s)
+log.info("etcd store replaced", grace_s=EtcdOptions().fault_grace_s)
+opts = LocalOptions(path="/tmp/unused-derived-registry", ttl_s=3)
+log.info("registry settings", heartbeat_interval_s=opts.heartbeat_interval_s,
+         fault_grace_s=opts.fault_grace_s, ttl_s=opts.ttl_s)
+flush_logs()
+'''
+
+
+def test_an_option_s_worked_out_default_is_a_number_in_json_log_lines() -> None:
+    """An option left to its default worked out from another field (``fault_grace_s``,
+    ``heartbeat_interval_s``: ``meshkit.discovery._types.Derived``, a ``float`` subclass)
+    is logged as a JSON number. orjson (``meshkit[fast]``) encodes no float subclass, and
+    the JSON renderer's fallback wrote it as a string (``"grace_s":"15.0"`` in the
+    registries' own lines), which a log pipeline's numeric field mapping rejects (found by
+    this session's review)."""
+    proc = _process(_DERIVED_LOG_SCRIPT)
+    fields = {}
+    for line in proc.stderr.splitlines():
+        event = json.loads(line)
+        for key in ("grace_s", "heartbeat_interval_s", "fault_grace_s", "ttl_s"):
+            if key in event:
+                fields[f"{event['event']}:{key}"] = event[key]
+    assert len(fields) == 5, (fields, proc.stderr)
+    assert all(type(v) in (int, float) for v in fields.values()), fields
