@@ -10,26 +10,32 @@ busy timeout so many processes can read and write at once.
 it, a step forward by more than ``ttl_s`` would make every live instance look dead until its
 next heartbeat (and the sweep below delete its row), and a step back would keep dead ones
 listed for as long as the step. Every process sharing the file is on one host (SQLite's WAL
-needs shared memory: https://sqlite.org/wal.html), so they share its boot clock
-(``CLOCK_BOOTTIME``: monotonic, counting suspend) and its boot id
-(``/proc/sys/kernel/random/boot_id``). Each row therefore carries, next to ``expires_at``
-(wall clock, seconds: what older meshkit versions read and write), a *boot stamp*: the
-writer's boot id and time namespace (``boot_id``), its expiry on that boot clock
-(``boot_expires_at``) and the ``expires_at`` written with it (``boot_wall_expires_at``). A
-reader judges a row
+needs shared memory: https://sqlite.org/wal.html), so they share its kernel's boot clock
+(``CLOCK_BOOTTIME``: monotonic, counting suspend). Each row therefore carries, next to
+``expires_at`` (wall clock, seconds: what older meshkit versions read and write), a *boot
+stamp*: the writer's boot id (``/proc/sys/kernel/random/boot_id``) and time namespace
+(``boot_id``), its expiry on that boot clock (``boot_expires_at``) and the ``expires_at``
+written with it (``boot_wall_expires_at``). A reader judges a row
 
-* on its boot clock if the row's stamp is of its own boot and time namespace;
-* as dead if the stamp is of another boot: the file outlived a reboot, the owner is gone;
+* on its boot clock if the row's stamp is of its own boot id and time namespace;
 * on the wall clock otherwise, as before: a row without a stamp (an older meshkit wrote it),
   one whose stamp no longer goes with its ``expires_at`` (an older meshkit renewed a row a
   newer one wrote: it updates ``expires_at`` only), one of another time namespace of the
-  same boot (a container with boot-time offsets), or a reader without a boot clock
-  (``LocalOptions.boot_clock=None``; not Linux: macOS), which writes no stamp either.
+  same boot (a container with boot-time offsets), one of another boot id, or a reader
+  without a boot clock (``LocalOptions.boot_clock=None``; not Linux: macOS), which writes
+  no stamp either. Another boot id cannot be told apart: the file may have outlived a
+  reboot (the owner is gone), or the writer runs in a container with a boot id of its own
+  on this very kernel and boot clock (LXC/LXD/Incus and systemd-nspawn give each container
+  one), live and sharing the file through a bind mount. So such a row is neither dead nor
+  swept for its boot id alone: a row left from before a reboot expires on the wall clock,
+  as rows without a stamp do (listed until its wall-clock expiry, should the wall clock
+  have stepped back across the reboot).
 
 The sweep that deletes rows dead for ``10 * ttl_s`` applies the same rule, so a wall-clock
-step never deletes a live row. An older file is upgraded in place on open (``ALTER TABLE ...
-ADD COLUMN``, NULL in its rows: judged on the wall clock); a process that cannot write it
-reads it on the wall clock until another process has upgraded it. Tombstones and the
+step never deletes a live row of this boot id and time namespace. An older file is upgraded
+in place on open (``ALTER TABLE ... ADD COLUMN``, NULL in its rows: judged on the wall
+clock); a process that cannot write it reads it on the wall clock until another process has
+upgraded it. Tombstones and the
 ``last_write`` time below stay on the wall clock: a step only changes when tombstones are
 collected and, during a write outage, which expired entries a new watch keeps.
 
@@ -201,14 +207,14 @@ _SELECT = ("SELECT instance_id, host, port, tags, meta, weight, expires_at FROM 
 _SELECT_STAMPED = ("SELECT instance_id, host, port, tags, meta, weight, expires_at, boot_id,"
                    " boot_expires_at, boot_wall_expires_at FROM instances WHERE service = ?")
 #: The sweep of rows dead for _GC_TTLS TTLs, by the rule of LocalRegistry._read: :wall and
-#: :boot are the horizons on either clock, :key this process's stamp, :prefix its boot's.
+#: :boot are the horizons on either clock, :key this process's stamp. Only a row stamped
+#: with :key (and its stamp still going with its expires_at) is judged on the boot clock;
+#: every other one (no stamp, another time namespace, another boot id) on the wall clock.
 _SWEEP_STAMPED = (
     "DELETE FROM instances WHERE CASE"
-    " WHEN boot_id IS NULL OR boot_wall_expires_at IS NOT expires_at"
-    " THEN expires_at < :wall"
-    " WHEN boot_id = :key THEN boot_expires_at < :boot"
-    " WHEN substr(boot_id, 1, length(:prefix)) = :prefix THEN expires_at < :wall"
-    " ELSE 1 END")
+    " WHEN boot_id = :key AND boot_wall_expires_at IS expires_at"
+    " THEN boot_expires_at < :boot"
+    " ELSE expires_at < :wall END")
 
 _registries: weakref.WeakSet[LocalRegistry] = weakref.WeakSet()  # reset in forked children
 _inherited: list[sqlite3.Connection] = []  # a parent's connections, in a child: never used
@@ -445,18 +451,21 @@ class LocalOptions:
         poll_interval_s: how often watchers look for changes, seconds (default 0.25).
         clock: wall-clock source in seconds (injectable for tests), default ``time.time``.
             Every row's ``expires_at``, tombstones and the last-write time are written on
-            it; it judges the rows without a boot stamp of this process's boot and time
-            namespace (module docstring, "Clocks"), and every row if ``boot_clock`` or
-            ``boot_id`` is None. A test that moves time by hand moves ``boot_clock`` too
+            it; it judges the rows without a boot stamp of this process's boot id and
+            time namespace (module docstring, "Clocks"), and every row if ``boot_clock``
+            or ``boot_id`` is None. A test that moves time by hand moves ``boot_clock`` too
             (or sets it to None).
         boot_clock: the host's boot clock in seconds, monotonic across wall-clock steps
             (injectable for tests); default ``CLOCK_BOOTTIME`` where the platform has it
             (Linux), else None: no boot stamps are written, and every row is judged on
             ``clock`` (as on macOS).
         boot_id: the host's boot id, a non-empty string without ``/``; default the
-            kernel's (``/proc/sys/kernel/random/boot_id``, read once per process), None
-            where there is none (as ``boot_clock=None``). Rows stamped with another boot
-            id are dead: they were written before a reboot.
+            kernel's (``/proc/sys/kernel/random/boot_id``, read once per process; a
+            container may see one of its own), None where there is none (as
+            ``boot_clock=None``). Only rows stamped with this boot id (and time
+            namespace) are judged on ``boot_clock``; rows stamped with another one are
+            judged on ``clock``, as rows without a stamp: they may be a container's on
+            this kernel, live, or from before a reboot, whose owners are gone.
         busy_timeout_s: how long one operation waits on a locked file before it fails
             with :class:`~meshkit.errors.RegistryError`, seconds (default 5.0). Covers
             SQLite's busy handler and the busy errors it does not handle (see the module
@@ -579,7 +588,7 @@ class _Snapshot(NamedTuple):
     """One read of a service's entries."""
 
     live: frozenset[Instance]
-    # (instance, expires_at) of expired rows; -inf for a row of an earlier boot
+    # (instance, expires_at on the wall clock) of expired rows
     expired: tuple[tuple[Instance, float], ...]
     written_at: float | None  # the registry's last_write time (read only if expired)
     deregistered: frozenset[str]  # ids deregistered explicitly (tombstones not yet collected)
@@ -640,7 +649,6 @@ class LocalRegistry:
         # The boot stamp this process writes and judges by ("Clocks" in the module doc):
         # None without a boot clock; _has_boot: the open file has its columns.
         self._boot_key: str | None = None
-        self._boot_prefix = ""  # "<boot id>/": a stamp of this boot, any time namespace
         self._stamp_boot()
         self._has_boot = False
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
@@ -672,10 +680,9 @@ class LocalRegistry:
         has no boot clock or boot id)."""
         opts = self.options
         if opts.boot_clock is None or opts.boot_id is None:
-            self._boot_key, self._boot_prefix = None, ""
+            self._boot_key = None
         else:
-            self._boot_prefix = f"{opts.boot_id}/"
-            self._boot_key = self._boot_prefix + _time_namespace()
+            self._boot_key = f"{opts.boot_id}/{_time_namespace()}"
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's worker thread did not survive the fork (its
@@ -886,8 +893,8 @@ class LocalRegistry:
     def _gc(self, conn: sqlite3.Connection) -> None:
         """Delete rows dead (or deregistered) for ``_GC_TTLS`` TTLs (their owners are gone
         for good), judged as :meth:`_read` judges them: on this boot's clock for rows
-        stamped in this boot and time namespace, at once for rows of another boot, on the
-        wall clock for the others (module docstring, "Clocks"). Tombstones: wall clock."""
+        stamped with this boot id and time namespace, on the wall clock for the others
+        (another boot id included: module docstring, "Clocks"). Tombstones: wall clock."""
         self._gc_at = time.monotonic()
         opts = self.options
         horizon = opts.clock() - _GC_TTLS * opts.ttl_s
@@ -895,7 +902,7 @@ class LocalRegistry:
             assert opts.boot_clock is not None
             conn.execute(_SWEEP_STAMPED, {
                 "wall": horizon, "boot": opts.boot_clock() - _GC_TTLS * opts.ttl_s,
-                "key": self._boot_key, "prefix": self._boot_prefix})
+                "key": self._boot_key})
         else:
             conn.execute("DELETE FROM instances WHERE expires_at < ?", (horizon,))
         if self._has_tombstones:
@@ -963,13 +970,13 @@ class LocalRegistry:
         there are expired ones, the registry's ``last_write`` time. No write.
 
         A row is live if its expiry is ahead: on this boot's clock if it carries a boot
-        stamp of this boot and time namespace, never if it carries one of another boot,
-        else on the wall clock (module docstring, "Clocks")."""
+        stamp of this boot id and time namespace, else on the wall clock (another boot id
+        included: module docstring, "Clocks")."""
         now = self.options.clock()
         key = self._boot_key
         if not self._has_boot and key is not None:  # an older file: upgraded since?
             self._has_boot = _add_boot_columns(conn, write=False)
-        boot_now, prefix = 0.0, self._boot_prefix
+        boot_now = 0.0
         if self._has_boot:
             assert self.options.boot_clock is not None
             boot_now = self.options.boot_clock()
@@ -984,14 +991,10 @@ class LocalRegistry:
                                 tags=tuple(json.loads(r[3])), meta=json.loads(r[4]),
                                 weight=r[5])
                 expires_at = r[6]
-                if key is None or r[7] is None or r[9] != expires_at:
-                    alive = expires_at > now  # no stamp of ours (or a stale one): wall
-                elif r[7] == key:
-                    alive = r[8] > boot_now
-                elif r[7].startswith(prefix):  # this boot, another time namespace
+                if key is not None and r[7] == key and r[9] == expires_at:
+                    alive = r[8] > boot_now  # our boot id and time namespace: boot clock
+                else:  # no stamp, a stale one, another time namespace or boot id: wall
                     alive = expires_at > now
-                else:  # written before a reboot: its owner is gone, whatever the wall says
-                    alive, expires_at = False, -float("inf")
             except (ConfigError, ValueError, TypeError, AttributeError) as exc:
                 self._log_unusable(service, r[0], exc)
                 continue
@@ -1133,9 +1136,9 @@ class LocalRegistry:
 
     async def failing(self, service: str) -> frozenset[Instance]:
         """Instances of ``service`` whose heartbeat lapsed (their owner died or hangs) and
-        that were not deregistered: watches no longer list them; they stay here until
-        garbage collection (10 TTLs; at the next one for entries written before the host
-        rebooted). A drained instance deregisters, so it is never here.
+        that were not deregistered: watches no longer list them (but see the module
+        docstring: during a registry fault a watch keeps some); they stay here until
+        garbage collection (10 TTLs). A drained instance deregisters, so it is never here.
         One query.
 
         Raises:

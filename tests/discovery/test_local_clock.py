@@ -3,8 +3,9 @@
 Every process sharing the registry file is on one host, so liveness is judged on the boot
 clock (``CLOCK_BOOTTIME``) of the writer's boot, not on the wall clock: a step forward must
 not hide live instances, a step back must not bring back dead ones, and the sweep must never
-delete a live row. Rows of an earlier boot (the file outlived a reboot) are dead. During a
-rolling upgrade older meshkit versions read and write the same file: their rows (no boot
+delete a live row. Rows of another boot id are judged on the wall clock: they may be a
+container's with a boot id of its own on this kernel (live), or left from before a reboot.
+During a rolling upgrade older meshkit versions read and write the same file: their rows (no boot
 stamp) are judged on the wall clock as before, and they go on reading the new rows.
 
 The wall clock is stepped by injecting ``LocalOptions.clock`` (the real time plus an offset
@@ -16,7 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,8 @@ from tests.support.procs import children
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
+
+_ROOT = Path(__file__).resolve().parents[2]
 
 linux_only = pytest.mark.skipif(
     getattr(time, "CLOCK_BOOTTIME", None) is None
@@ -188,27 +195,147 @@ async def test_a_backward_wall_clock_step_does_not_bring_back_a_killed_instance(
 
 
 # -- another boot, another time namespace -----------------------------------------------------
-@linux_only
-async def test_entries_of_an_earlier_boot_are_dead_whatever_the_wall_clock_says(
-        tmp_path: Path) -> None:
-    """The registry file outlived a reboot (a directory that is not tmpfs) and the wall
-    clock was an hour ahead before it (the RTC was off, NTP corrected it): the entries the
-    earlier boot's processes left have a wall-clock expiry an hour away, but their owners
-    are gone. They are not listed, and the next sweep deletes them."""
-    ahead = SteppedWall()
-    ahead.offset = 3600.0
-    before = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3, clock=ahead,
-                                        boot_id="00000000-0000-4000-8000-000000000000"))
-    await before.register(inst("old"))
-    await before.close()  # the machine goes down: no heartbeat, no deregistration
-    now = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3))
+async def test_entries_of_another_boot_are_judged_by_the_wall_clock(tmp_path: Path) -> None:
+    """A stamp of another boot id cannot be told apart: the writer may be in a container
+    with a boot id of its own on this kernel (LXC/LXD/Incus, systemd-nspawn: same boot
+    clock, live), or the file outlived a reboot (the owner is gone). Such an entry is
+    judged on the wall clock, as an unstamped one: listed while its wall-clock expiry is
+    ahead (whatever the boot clocks say), ``failing`` after it, and deleted by the sweep
+    only once dead for 10 TTLs on the wall clock, never for its boot id alone."""
+    wall = HandClock(1_000_000.0)
+    other = LocalRegistry(LocalOptions(
+        path=tmp_path, ttl_s=3, clock=wall, boot_clock=HandClock(9_000_000.0),
+        boot_id="00000000-0000-4000-8000-000000000000"))
+    await other.register(inst("other"))
+    await other.close()  # its heartbeats stop
+    boot = HandClock(5_000.0)  # far behind the writer's: no boot-clock judgement applies
+    reader = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=3, clock=wall, boot_clock=boot,
+                                        boot_id="11111111-1111-4111-8111-111111111111"))
     try:
-        assert await now.instances("svc") == frozenset()
-        await now.register(inst("new"))  # the first write sweeps
-        assert set(rows(tmp_path)) == {"new"}
-        assert await now.instances("svc") == {inst("new")}
+        assert await reader.instances("svc") == {inst("other")}
+        await reader.register(inst("r"))  # its first write sweeps
+        assert set(rows(tmp_path)) == {"other", "r"}, "the sweep deleted a live entry"
+        wall.now += 3.1
+        assert await reader.instances("svc") == {inst("r")}
+        assert await reader.failing("svc") == {inst("other")}
+        boot.now += 100.0  # dead for 10 TTLs on the boot clock, not on the wall clock
+        await reader._run(reader._probe, write=True)  # a sweep
+        assert "other" in rows(tmp_path)
+        wall.now += 30.0  # dead for 10 TTLs on the wall clock: swept at the next write
+        await reader._run(reader._probe, write=True)
+        assert "other" not in rows(tmp_path)
     finally:
-        await now.close()
+        await reader.close()
+
+
+_CONTAINER_CHILD = r'''
+import asyncio, sys
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+
+async def main():
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=3))
+    await reg.register(Instance(service="svc", instance_id="in-container",
+                                host="127.0.0.1", port=20001))
+    print("boot", reg.options.boot_id, flush=True)
+    print("registered", flush=True)
+    loop = asyncio.get_running_loop()
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "list":
+        live = sorted(i.instance_id for i in await reg.instances("svc"))
+        failing = sorted(i.instance_id for i in await reg.failing("svc"))
+        print("live", ",".join(live), "failing", ",".join(failing), flush=True)
+    await reg.close()
+
+asyncio.run(main())
+'''
+_CONTAINER_BOOT_ID = "0c0ffee0-0000-4000-8000-000000000001"
+
+
+def _container_child(tmp_path: Path, reg_dir: Path) -> subprocess.Popen[str]:
+    """A process that sees a boot id of its own at ``/proc/sys/kernel/random/boot_id``, as
+    every process of an LXC/LXD/Incus container does (liblxc bind-mounts a fresh boot id
+    over it at container start, lxc/lxc#3034) and of a systemd-nspawn container (nspawn's
+    setup_boot_id): same kernel, same ``CLOCK_BOOTTIME``, same time namespace, so a
+    registry directory bind-mounted into it is shared with the host through SQLite's WAL.
+    Done as those runtimes do it: a mount namespace (``unshare -m``) and a bind mount over
+    the file. Skipped where this process may not do that (no unshare(1), not root)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    fake = tmp_path / "container-boot-id"
+    fake.write_text(_CONTAINER_BOOT_ID + "\n")
+    mount = f"mount --bind {fake} /proc/sys/kernel/random/boot_id"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && cat "
+                            "/proc/sys/kernel/random/boot_id"],
+                           capture_output=True, text=True, timeout=10)
+    if probe.returncode != 0 or _CONTAINER_BOOT_ID not in probe.stdout:
+        pytest.skip(f"cannot bind-mount a boot id in a mount namespace: {probe.stderr}")
+    env = {**os.environ, "PYTHONPATH": str(_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(
+        ["unshare", "-m", "sh", "-c",
+         f"{mount} && exec {sys.executable} -c '{_CONTAINER_CHILD}' {reg_dir}"],
+        cwd=str(_ROOT), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
+def _line(child: subprocess.Popen[str], prefix: str, timeout_s: float = 15.0) -> str:
+    """The child's next stdout line starting with ``prefix`` (lines before it skipped)."""
+    assert child.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        seen.append(line.strip())
+        if line.startswith(prefix):
+            return line.strip()
+    stderr = child.stderr.read() if child.stderr is not None and child.poll() is not None \
+        else ""
+    raise AssertionError(f"no {prefix!r} line from the child: {seen} {stderr}")
+
+
+@linux_only
+async def test_an_instance_in_a_container_with_its_own_boot_id_is_listed_on_the_host(
+        tmp_path: Path) -> None:
+    """A live instance registered from a container with a boot id of its own on this
+    kernel (LXC/LXD/Incus, systemd-nspawn), the registry directory shared with the host,
+    and one registered on the host: each side lists the other's as live, none as failing,
+    and neither side's sweep deletes the other's row. Its stamp used to be taken for one
+    written before a reboot: dead on the other side (never listed, its clients failing
+    UNAVAILABLE, ``failing()`` reporting it) and deleted by the other side's sweep at each
+    garbage collection, where the wall clock had listed it."""
+    reg_dir = tmp_path / "registry"
+    host = LocalRegistry(LocalOptions(path=reg_dir, ttl_s=3))
+    child: subprocess.Popen[str] | None = None
+    try:
+        await host.register(inst("on-host"))
+        child = _container_child(tmp_path, reg_dir)
+        assert _line(child, "boot") == f"boot {_CONTAINER_BOOT_ID}"
+        assert host.options.boot_id != _CONTAINER_BOOT_ID
+        _line(child, "registered")  # its first write swept the file
+        await host._run(host._probe, write=True)  # the host's sweep
+        assert set(rows(reg_dir)) == {"on-host", "in-container"}, \
+            "a sweep deleted the other side's live entry"
+        live = {i.instance_id for i in await host.instances("svc")}
+        failing = {i.instance_id for i in await host.failing("svc")}
+        assert (live, failing) == ({"on-host", "in-container"}, set()), (
+            f"a live instance in a container with its own boot id (same kernel, "
+            f"heartbeating) is not listed on the host: live={sorted(live)}, "
+            f"failing={sorted(failing)}")
+        assert child.stdin is not None
+        child.stdin.write("list\n")
+        child.stdin.flush()
+        assert _line(child, "live") == "live in-container,on-host failing", \
+            "the host's live instance is not listed in the container"
+    finally:
+        await host.close()
+        if child is not None:
+            if child.stdin is not None:
+                child.stdin.close()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 @linux_only
