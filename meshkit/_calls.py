@@ -11,10 +11,13 @@ fixed when the call *settles*:
 * ``_call``: the grpc.aio call of the attempt the call settled on (the one that answered,
   or the committed stream), or ``None`` when no attempt carries the outcome;
 * ``_error``: the error the call ended with before or instead of that attempt (a status
-  raised by the mesh, e.g. ``UNAVAILABLE`` for no endpoint, or by an attempt), or ``None``;
-  kept as a copy without its traceback, and raised as a new copy each time the call
-  reports it, as grpc.aio raises a new ``AioRpcError`` each time (:func:`_fresh`: a
-  failed call is no reference cycle).
+  raised by the mesh, e.g. ``UNAVAILABLE`` for no endpoint, or by an attempt), or ``None``.
+  A gRPC status (``AioRpcError``, :class:`~meshkit.errors.MeshRpcError`) or a
+  cancellation is kept as a copy without its traceback and raised as a new copy each
+  time the call reports it, as grpc.aio raises a new ``AioRpcError`` each time
+  (:func:`_fresh`: such a failed call is no reference cycle); any other exception (one
+  a client interceptor raised) is kept and raised as itself, with the traceback it was
+  raised with, every time, as grpc.aio re-raises its interceptors' task's exception.
 
 Three subclasses say how a call settles: :class:`UnaryResponseCall` (unary-unary and
 stream-unary: when the response or the final error is there), :class:`StreamResponseCall`
@@ -158,19 +161,32 @@ def propagated_deadline_of(error: BaseException) -> float | None:
 
 
 def _fresh(error: BaseException) -> BaseException:
-    """A new exception that is ``error`` for whoever catches it (its type, ``args``,
-    attributes: an ``AioRpcError``'s code, details, metadata and debug string, a mesh
-    error's fields, a propagated deadline's mark; its ``__cause__``, ``__context__`` and
-    notes), without a traceback: ``error`` itself when its type cannot be made so (a
-    ``__new__`` refusing its ``args``).
+    """For a gRPC status (``AioRpcError`` and its subclasses, meshkit's
+    :class:`~meshkit.errors.MeshRpcError` among them) or an
+    :class:`asyncio.CancelledError`: a new exception that is ``error`` for whoever catches
+    it (its type, ``args``, attributes: an ``AioRpcError``'s code, details, metadata and
+    debug string, a mesh error's fields, a propagated deadline's mark; its
+    ``__cause__``, ``__context__`` and notes), without a traceback; ``error`` itself when
+    its type cannot be made so (a ``__new__`` refusing its ``args``). Any other exception
+    is ``error`` itself.
 
     A call keeps such a copy as its outcome and raises another each time it reports it
     (``await``, ``read``...), as grpc.aio's ``_raise_for_status`` builds a new
-    ``AioRpcError`` per raise: an exception gets the frames it goes through, the call's
-    own (``self``) and its caller's (a local holding the call), so an outcome kept and
-    raised as itself holds its call in a reference cycle, and the call's whole state
-    (details, metadata, request, attempts, the chain's frames) waits for the cyclic
-    collector. The error path only."""
+    ``AioRpcError`` per raise, and a cancelled task a new ``CancelledError``: an
+    exception gets the frames it goes through, the call's own (``self``) and its
+    caller's (a local holding the call), so an outcome kept and raised as itself holds
+    its call in a reference cycle, and the call's whole state (details, metadata,
+    request, attempts, the chain's frames) waits for the cyclic collector.
+
+    Other exceptions (a client interceptor's ``OSError``, ``UnicodeDecodeError``, an
+    application's own error class) are not copied, as grpc.aio raises its interceptors'
+    task's own exception each time: a copy would lose the traceback of where it was
+    raised and what the exception keeps outside ``args`` and ``__dict__``
+    (``OSError.filename``, ``UnicodeDecodeError``'s fields, ``__slots__``,
+    ``AttributeError.name``). Such a call is a reference cycle, as grpc.aio's is (its
+    interceptors' task keeps the exception). The error path only."""
+    if not isinstance(error, (AioRpcError, asyncio.CancelledError)):
+        return error
     cls = type(error)
     try:
         new: BaseException = cls.__new__(cls, *error.args)
@@ -199,8 +215,9 @@ class MeshCall:
     :meth:`_current` (the attempt in flight, for ``cancel``).
     """
 
-    __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_is_settled",
-                 "_settled_fut", "_task")
+    # _error_tb: set (in _settle) only when _error is kept as itself (see _fresh)
+    __slots__ = ("_call", "_callbacks", "_cancelled", "_details", "_error", "_error_tb",
+                 "_is_settled", "_settled_fut", "_task")
 
     # cancel() settles the call at once (streams); a unary call settles in its task, where
     # the awaiting task's cancellation is accounted for (UnaryResponseCall._run)
@@ -237,9 +254,12 @@ class MeshCall:
                 self._cancelled = True
             elif code is _DEADLINE_EXCEEDED:
                 _mark_propagated_deadline(self._details, error)  # the one raised, too
-            # a copy without the traceback: the error raised is given the frames it goes
-            # through, which hold the call (see _fresh)
-            self._error = _fresh(error)
+            # a gRPC status or a cancellation: a copy without the traceback, the error
+            # raised being given the frames it goes through, which hold the call; any
+            # other exception itself, with the traceback it has now (see _fresh)
+            self._error = kept = _fresh(error)
+            if kept is error:
+                self._error_tb = error.__traceback__
         fut = self._settled_fut
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -248,6 +268,16 @@ class MeshCall:
             self._callbacks = None
             for cb in callbacks:
                 self._when_done(cb)  # each isolated: one that raises stops none after it
+
+    def _reported(self, error: BaseException) -> BaseException:
+        """The exception to raise for the call's outcome ``error`` (``_error``): a new
+        copy of a gRPC status or cancellation; any other exception itself, its traceback
+        put back to the one it was settled with (as ``Future.result`` does), so each
+        report's traceback runs from its catcher down to where it was first raised."""
+        again = _fresh(error)
+        if again is error:
+            return error.with_traceback(self._error_tb)
+        return again
 
     def _settle_from_task(self, task: asyncio.Task[Any]) -> None:
         """Done callback of a settling task: a task cancelled or failed before it settled
@@ -441,7 +471,7 @@ class MeshCall:
         """
         call = await self._settled()
         if isinstance(self._error, AioRpcError) and call is None:
-            raise _fresh(self._error)
+            raise self._reported(self._error)
         if call is not None:
             await call.wait_for_connection()
 
@@ -531,10 +561,10 @@ class UnaryResponseCall(MeshCall):
                 # in no local: a cancelled task keeps its CancelledError, whose traceback
                 # keeps this frame)
                 self._task.uncancel()
-            # the call keeps a copy of its error without the traceback (_settle); exc's
-            # traceback keeps this frame and the frames that awaited the call
-            # (asyncio.wait_for's holds it): without this frame's self, no reference
-            # cycle holds the failed call's state for the cyclic collector
+            # the call keeps a copy of a gRPC status or cancellation without the
+            # traceback (_settle, _fresh); exc's traceback keeps this frame and the frames
+            # that awaited the call (asyncio.wait_for's holds it): without this frame's
+            # self, no reference cycle holds the failed call's state for the collector
             self._settle(self._details.last_call, exc)
             del self
             raise
@@ -562,7 +592,7 @@ class UnaryResponseCall(MeshCall):
         # timeout) cancels the call, as it does a call running inline in that task
         await self._settled_or_cancel()
         if self._error is not None:
-            raise _fresh(self._error)  # not the outcome kept: see _fresh
+            raise self._reported(self._error)  # a status: a new copy (see _fresh)
         return self._response
 
 
@@ -695,7 +725,7 @@ class StreamResponseCall(MeshCall):
         """The opened call, for read/write/iteration (a cancelled wait cancels the call)."""
         call = await self._settled_or_cancel()
         if call is None:
-            raise (_fresh(self._error) if self._error is not None
+            raise (self._reported(self._error) if self._error is not None
                    else asyncio.CancelledError())
         return call
 
@@ -936,7 +966,7 @@ class StreamUnaryCall(UnaryResponseCall):
         ``InvalidStateError``."""
         err = self._error
         if isinstance(err, AioRpcError):
-            raise _fresh(err)
+            raise self._reported(err)
         if isinstance(err, asyncio.CancelledError):
             raise asyncio.CancelledError()
         raise asyncio.InvalidStateError(_FINISHED)
@@ -1085,7 +1115,7 @@ class RetryingStreamCall(MeshCall):
         if not self._is_settled:  # committed: no coroutine per message
             await self._settled_or_cancel()
         if self._error is not None:
-            raise _fresh(self._error)  # not the outcome kept: see _fresh
+            raise self._reported(self._error)  # a status: a new copy (see _fresh)
         call = self._call
         if call is None:
             raise asyncio.CancelledError()

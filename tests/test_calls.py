@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import random
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from meshkit.discovery import Instance, LocalRegistry
 from meshkit.interceptors import ClientInterceptor
 from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
-from tests.support.echo import method, raw_server
+from tests.support.echo import method, raw_echo, raw_server
 from tests.support.wait import until
 
 OK = grpc.StatusCode.OK
@@ -924,3 +925,201 @@ async def test_a_call_run_in_its_makers_context_keeps_the_await_semantics(
         with pytest.raises(ValueError):  # the contexts' == raises
             assert contextvars.copy_context() == odd._ctx
         assert await odd == b"ok"
+
+
+# -- a client interceptor's own error (no gRPC status): that exception, every time --------
+
+_TOKEN_FILE = "/nonexistent/meshkit-test/token"
+
+
+def _read_token() -> bytes:
+    """What a credentials interceptor does; fails with FileNotFoundError naming the file."""
+    with open(_TOKEN_FILE, "rb") as f:
+        return f.read()
+
+
+class _TokenInterceptor(ClientInterceptor):
+    async def intercept_unary(self, details: Any, request: Any, proceed: Any) -> Any:
+        _read_token()
+        return await proceed(details, request)
+
+    async def intercept_stream(self, details: Any, request: Any, proceed: Any) -> Any:
+        _read_token()
+        return await proceed(details, request)
+
+
+class _RawTokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                    request: Any) -> Any:
+        _read_token()
+        return await continuation(details, request)
+
+
+def _frames(exc: BaseException) -> list[str]:
+    return [frame.f_code.co_name for frame, _ in traceback.walk_tb(exc.__traceback__)]
+
+
+async def _failure_of_a_call_awaited_later(unary: Any, started_by: str) -> BaseException:
+    """The exception ``await`` raises for a call that ran in its own task: started on its
+    own (awaited a turn later) or by ``add_done_callback``."""
+    call = unary(b"x", timeout=5)
+    if started_by == "add_done_callback":
+        call.add_done_callback(lambda _c: None)
+    await asyncio.sleep(0.05)  # not awaited in its turn: it runs (and fails) in a task
+    try:
+        await call
+    except Exception as exc:  # the exception under test
+        return exc
+    raise AssertionError("the call did not fail")
+
+
+@pytest.mark.parametrize("started_by", ["next turn", "add_done_callback"])
+async def test_an_interceptor_error_of_a_call_run_in_its_own_task_keeps_its_traceback_and_text(
+    registry: LocalRegistry, echo_servers: EchoFactory, started_by: str,
+) -> None:
+    """A client interceptor's error that is no gRPC status (a credentials file missing)
+    on a unary call awaited after it ran in a task of its own: as grpc.aio, the caller
+    gets the interceptor's exception itself, its traceback going down to the line that
+    raised it, ``filename`` and ``str()`` naming the file, the same object each time.
+    Before (6df6b39's ``_fresh``): a copy made from its ``args``, whose traceback had
+    only the caller's frame and ``_result``, without ``filename``."""
+    async with asyncio.timeout(20):
+        # grpc.aio, the reference
+        async with raw_echo(channel_interceptors=[_RawTokenInterceptor()]) as raw:
+            raw_exc = await _failure_of_a_call_awaited_later(
+                raw.unary_unary(method("Unary")), started_by)
+        assert isinstance(raw_exc, FileNotFoundError)
+        assert "_read_token" in _frames(raw_exc)
+        assert raw_exc.filename == _TOKEN_FILE
+
+        await echo_servers("e1")
+        async with meshkit.dial("echo", registry=registry, options=_opts(
+                interceptors=[_TokenInterceptor()])) as ch:
+            await ch.wait_for_endpoints(1)
+            unary: Any = ch.unary_unary(method("Unary"))
+            exc = await _failure_of_a_call_awaited_later(unary, started_by)
+            assert isinstance(exc, FileNotFoundError)
+            assert "_read_token" in _frames(exc), _frames(exc)
+            assert exc.filename == _TOKEN_FILE, str(exc)
+            assert _TOKEN_FILE in str(exc), str(exc)
+            # reported again: the same exception, its traceback from the caller down to
+            # the interceptor's line once (not one more caller per report)
+            call = unary(b"x", timeout=5)
+            await asyncio.sleep(0.05)
+            reports = []
+            for _ in range(3):
+                with pytest.raises(FileNotFoundError) as info:
+                    await call
+                reports.append(info.value)
+            assert reports[0] is reports[1] is reports[2]
+            frames = _frames(reports[2])
+            assert frames.count("_read_token") == 1, frames
+            assert frames.count("_result") == 1, frames
+
+
+async def test_an_interceptor_error_opening_a_stream_keeps_its_traceback_and_text(
+    registry: LocalRegistry, echo_servers: EchoFactory,
+) -> None:
+    """The same for a response stream, where it is every call: a stream opens in a task of
+    its own (on first use), so the error ``intercept_stream`` raised reached the reader
+    only as ``StreamResponseCall._opened``'s copy (6df6b39's ``_fresh``): no frame of the
+    interceptor, no ``filename``. grpc.aio raises the interceptor's exception itself on
+    the first read; so does meshkit, on every read."""
+    await echo_servers("e1")
+    async with asyncio.timeout(20), meshkit.dial("echo", registry=registry, options=_opts(
+            interceptors=[_TokenInterceptor()])) as ch:
+        await ch.wait_for_endpoints(1)
+        stream: Any = ch.unary_stream(method("ServerStream"))
+        with pytest.raises(FileNotFoundError) as info:
+            async for _ in stream(b"3", timeout=5):
+                pass
+        assert "_read_token" in _frames(info.value), _frames(info.value)
+        assert info.value.filename == _TOKEN_FILE, str(info.value)
+        bidi: Any = ch.stream_stream(method("Bidi"))(timeout=5)
+        with pytest.raises(FileNotFoundError) as first:
+            await bidi.write(b"a")
+        with pytest.raises(FileNotFoundError) as again:
+            await bidi.read()
+        assert again.value is first.value
+        assert "_read_token" in _frames(again.value), _frames(again.value)
+
+
+class _SlotError(Exception):
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("refused")
+        self.reason = reason
+
+
+def _raise_missing_file() -> None:
+    _read_token()
+
+
+def _raise_undecodable() -> None:
+    b"\xff".decode("utf-8")
+
+
+def _raise_slot_error() -> None:
+    raise _SlotError("quota")
+
+
+def _raise_attribute_error() -> None:
+    _ = {}.token  # type: ignore[attr-defined]
+
+
+def _check_missing_file(exc: BaseException) -> None:
+    assert isinstance(exc, FileNotFoundError)
+    assert exc.filename == _TOKEN_FILE, str(exc)
+
+
+def _check_undecodable(exc: BaseException) -> None:
+    assert isinstance(exc, UnicodeDecodeError)
+    assert str(exc) == "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"
+    assert exc.object == b"\xff"
+
+
+def _check_slot_error(exc: BaseException) -> None:
+    assert isinstance(exc, _SlotError)
+    assert getattr(exc, "reason", None) == "quota"
+
+
+def _check_attribute_error(exc: BaseException) -> None:
+    assert isinstance(exc, AttributeError)
+    assert exc.name == "token"
+
+
+@pytest.mark.parametrize(("raise_", "check"), [
+    pytest.param(_raise_missing_file, _check_missing_file, id="OSError.filename"),
+    pytest.param(_raise_undecodable, _check_undecodable, id="UnicodeDecodeError"),
+    pytest.param(_raise_slot_error, _check_slot_error, id="__slots__"),
+    pytest.param(_raise_attribute_error, _check_attribute_error, id="AttributeError.name"),
+])
+async def test_an_interceptor_error_reported_again_is_still_that_error(
+    registry: LocalRegistry, echo_servers: EchoFactory, raise_: Any, check: Any,
+) -> None:
+    """A call failed by a client interceptor's exception, awaited twice: every report is
+    that exception (as grpc.aio's, which re-raises its interceptors' task's exception).
+    Before (6df6b39's ``_fresh``: ``cls.__new__(cls, *args)`` and ``__dict__``, no
+    ``__init__``) the second report lost what the exception keeps elsewhere:
+    ``OSError.filename``, ``UnicodeDecodeError``'s fields (its ``str()`` was ``""``),
+    ``__slots__`` fields, ``AttributeError.name``."""
+
+    class Failing(ClientInterceptor):
+        async def intercept_unary(self, details: Any, request: Any, proceed: Any) -> Any:
+            raise_()
+            return await proceed(details, request)
+
+    await echo_servers("e1")
+    async with asyncio.timeout(20), meshkit.dial("echo", registry=registry, options=_opts(
+            interceptors=[Failing()])) as ch:
+        await ch.wait_for_endpoints(1)
+        unary: Any = ch.unary_unary(method("Unary"))
+        call = unary(b"x", timeout=5)
+        with pytest.raises(Exception) as first:  # checked below
+            await call  # inline: the error itself
+        check(first.value)
+        with pytest.raises(Exception) as again:  # checked below
+            await call  # reported again
+        check(again.value)
+        assert again.value is first.value

@@ -449,10 +449,12 @@ async def test_a_stream_that_finds_no_endpoint_leaves_no_more_cycles_than_grpc_a
 
 
 def test_an_outcome_raised_again_is_the_same_error_for_its_catcher() -> None:
-    """A call keeps a copy of its error without the traceback and raises a new one each
-    time (``meshkit._calls._fresh``): the same type, code, details, metadata, fields,
-    ``__cause__``, context, notes and propagated-deadline mark, no traceback; an error
-    whose type cannot be made again from its ``args`` is kept itself."""
+    """A call keeps a copy of its gRPC status or cancellation without the traceback and
+    raises a new one each time (``meshkit._calls._fresh``): the same type, code, details,
+    metadata, fields, ``__cause__``, context, notes and propagated-deadline mark, no
+    traceback; a status whose type cannot be made again from its ``args`` is kept itself,
+    and so is any other exception (a client interceptor's), which a copy would not be
+    (``OSError.filename``, ``__slots__`` fields, the traceback: tests/test_calls.py)."""
     from meshkit._calls import _PROPAGATED, _fresh, propagated_deadline_of
     from meshkit.errors import NoEndpointsError, RequestSerializationError
 
@@ -497,12 +499,83 @@ def test_an_outcome_raised_again_is_the_same_error_for_its_catcher() -> None:
     cancelled = _fresh(asyncio.CancelledError("why"))
     assert type(cancelled) is asyncio.CancelledError and cancelled.args == ("why",)
 
-    class Argless(Exception):
-        def __new__(cls) -> Argless:
+    class KeywordMade(NoEndpointsError):  # its __new__ refuses its args, ()
+        def __new__(cls, *, why: str) -> KeywordMade:
             return super().__new__(cls)
 
-        def __init__(self) -> None:
-            super().__init__("made without arguments")
+        def __init__(self, *, why: str) -> None:
+            super().__init__("echo", why)
 
-    odd = Argless()
+    odd = KeywordMade(why="made with a keyword")
     assert _fresh(odd) is odd
+
+    missing = FileNotFoundError(2, "No such file or directory", "/run/token")
+    assert _fresh(missing) is missing
+    undecodable = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    assert _fresh(undecodable) is undecodable
+
+
+class _NoToken(Exception):
+    """A client interceptor's own error (no gRPC status): its credentials are missing."""
+
+
+class _RawNoToken(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                    request: Any) -> Any:
+        raise _NoToken("no token")
+
+
+class _MeshNoToken(meshkit.ClientInterceptor):
+    async def intercept_unary(self, details: Any, request: Any, proceed: Any) -> Any:
+        raise _NoToken("no token")
+
+
+async def test_an_interceptor_error_leaves_no_more_cycles_than_grpc_aio(
+        quiet_registry: LocalRegistry) -> None:
+    """A client interceptor raises its own exception (no gRPC status) on every unary
+    call, awaited in the turn it was made in (inline) or after it ran in its own task.
+    The call keeps and raises that exception itself, as grpc.aio, with its traceback
+    (``meshkit._calls._fresh`` copies gRPC statuses only): the frames it goes through
+    hold the call, a reference cycle, as grpc.aio's call, whose interceptors' task keeps
+    the exception. No more than grpc.aio's own (``2 * raw + 2``; measured with grpc 1.85
+    and CPython 3.11, grpc.aio against meshkit: inline 26 and 17, later 12 and 19)."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await quiet_registry.register(Instance(service="echo", instance_id="e1",
+                                           host="127.0.0.1", port=port))
+    raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[_RawNoToken()])
+    mesh = meshkit.dial("echo", registry=quiet_registry, options=meshkit.DialOptions(
+        insecure=True, interceptors=[_MeshNoToken()],
+        telemetry=TelemetryOptions(registry=CollectorRegistry())))
+
+    async def inline(ch: Any) -> None:
+        call = ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        with pytest.raises(_NoToken):
+            await call
+
+    async def later(ch: Any) -> None:
+        call = ch.unary_unary(method("Unary"))(b"x", timeout=5)
+        for _ in range(3):  # it starts (and fails) on its own, in a task
+            await asyncio.sleep(0)
+        for _ in range(2):  # reported twice: the same exception
+            with pytest.raises(_NoToken):
+                await call
+
+    found: dict[str, tuple[float, float]] = {}
+    try:
+        async with asyncio.timeout(120):
+            await mesh.wait_for_endpoints(1, timeout_s=10)
+            for name, scenario in (("inline", inline), ("later", later)):
+                r = await cyclic_per_call(lambda s=scenario: s(raw),  # type: ignore[misc]
+                                          calls=60, warm=20, settle_s=0.3)
+                g = await cyclic_per_call(lambda s=scenario: s(mesh),  # type: ignore[misc]
+                                          calls=60, warm=20, settle_s=0.3)
+                found[name] = (r, g)
+    finally:
+        await mesh.close()
+        await raw.close()
+        await server.stop(None)
+    over = {k: v for k, v in found.items() if v[1] > 2 * v[0] + 2}
+    assert not over, f"cyclic objects per failed call (grpc.aio, meshkit): {found}"
