@@ -599,6 +599,17 @@ def _failing(snap: _Snapshot) -> frozenset[Instance]:
     return frozenset(i for i, _ in snap.expired if i.instance_id not in snap.deregistered)
 
 
+def _live_at_last_write(snap: _Snapshot) -> list[Instance]:
+    """The expired instances of a read that were live at the registry's last write and
+    were not deregistered: what a new watch keeps during a registry fault (none for a file
+    without a ``last_write`` table)."""
+    at = snap.written_at
+    if at is None:
+        return []
+    return [i for i, expires_at in snap.expired
+            if expires_at > at and i.instance_id not in snap.deregistered]
+
+
 _LOG_STARTED = {
     False: "local registry cannot be read; watches keep their last endpoints "
            "(or wait for a first read)",
@@ -1148,19 +1159,30 @@ class LocalRegistry:
         return _failing(snap)
 
     async def snapshot(self, service: str) -> ServiceSnapshot:
-        """The live and the failing instances of ``service`` from one read: what
-        :meth:`instances` and :meth:`failing` give, at one time: one read of the service's
-        rows (and its tombstones), as each of those makes; nothing written.
+        """The live and the failing instances of ``service`` from one read of its rows
+        (and its tombstones), at one time: ``live`` is the set a new :meth:`watch` yields
+        first, ``failing`` what :meth:`failing` gives.
 
-        ``live`` is the registry's view, as :meth:`instances` gives it: during a registry
-        fault (see the module docstring) a new :meth:`watch` may also keep entries that
-        were live at the registry's last write, which this lists as failing.
+        ``live`` is :meth:`instances`'s view, fault rule included: during a registry fault
+        (see the module docstring: this process cannot write, or could not at most
+        ``fault_grace_s`` ago, or the file was replaced that recently) a new watch also
+        keeps the entries that were live at the registry's last successful write, and so
+        does ``live`` (they are in ``failing`` too, as :meth:`failing` reports them), so
+        one-shot readers (``meshkit services``, ``prometheus-targets``) list what every
+        client of the mesh calls. Nothing is written unless such an entry exists and this
+        process has no write of its own from the last two heartbeat intervals: then one
+        write probe tells whether writes fail, as a watch's (at most one per two
+        heartbeat intervals).
 
         Raises:
             RegistryError: the registry file cannot be read.
         """
         snap = await self._run(lambda c: self._read(c, service), write=False)
-        return ServiceSnapshot(snap.live, _failing(snap))
+        live = snap.live
+        kept = _live_at_last_write(snap)
+        if kept and await self._suspect():
+            live = live.union(kept)
+        return ServiceSnapshot(live, _failing(snap))
 
     async def watch(self, service: str) -> AsyncIterator[frozenset[Instance]]:
         """Yield the live set of ``service`` now, then each time it changes.
@@ -1201,10 +1223,8 @@ class LocalRegistry:
             if last is not None:  # the last set's endpoints that are not live any more
                 missing = [i for i in last
                            if i.instance_id not in listed and i.instance_id not in gone]
-            else:  # a new watch: the entries live at the last write (None: an old file)
-                at = snap.written_at
-                missing = [i for i, expires_at in snap.expired
-                           if at is not None and expires_at > at and i.instance_id not in gone]
+            else:  # a new watch: the entries live at the last write (none: an old file)
+                missing = _live_at_last_write(snap)
             kept = len(missing) if missing and await self._suspect() else 0
             if kept:
                 current = current.union(missing)

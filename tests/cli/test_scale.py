@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -424,6 +426,81 @@ async def test_services_reads_each_local_service_once(
     assert rows == old
     assert [(r.instance_id, r.health) for r in rows] == [
         ("svc0-1", "-"), ("svc1-1", "-"), ("svc1-dead", "failing"), ("svc2-1", "-")]
+
+
+async def _local_in_a_write_outage(reg_dir: Path) -> Instance:
+    """A local registry at ``reg_dir`` in a shared write outage (a full disk, a read-only
+    file system: nobody has written since): instance ``a``'s last heartbeat was the last
+    write, and its expiry has passed since. Its writer's clock was 10 s back, so the expiry
+    and the last write are in the past, the expiry after the last write; no boot stamp, so
+    every reader judges on the wall clock. A new watch keeps ``a`` (module docstring of
+    discovery/_local.py, "Writes fail"): every client of the mesh still calls it."""
+    owner = LocalRegistry(LocalOptions(path=reg_dir, ttl_s=3, boot_clock=None,
+                                       clock=lambda: time.time() - 10))
+    a = Instance(service="svc", instance_id="a", host="127.0.0.1", port=9,
+                 meta={"admin_port": "9"})
+    try:
+        await owner.register(a)
+    finally:
+        await owner.close()
+    return a
+
+
+def _cannot_write(monkeypatch: pytest.MonkeyPatch, reg: LocalRegistry) -> LocalRegistry:
+    """``reg``, whose writes (its write probe) fail as on a full disk."""
+    def probe(conn: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(reg, "_probe", probe)
+    return reg
+
+
+async def test_services_rows_during_a_local_write_outage_are_those_of_the_watch_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a write outage of a local registry, ``meshkit services`` lists the instance
+    a new watch keeps (clients still call it) as a watch's first answer and ``failing()``
+    listed it: probed (here ``unreachable``) and ``failing``. ``snapshot()`` gave
+    ``instances()``'s view, so it was listed only as ``failing`` ("died or hung; clients
+    no longer see them"): an operator diagnosing the outage was told the fleet was down
+    while it served. Now ``snapshot().live`` is a new watch's first set: the rows are the
+    watch path's."""
+    reg_dir = tmp_path / "registry"
+    await _local_in_a_write_outage(reg_dir)
+    old = await _rows(monkeypatch, _WatchAndFailing(
+        _cannot_write(monkeypatch, LocalRegistry(LocalOptions(path=reg_dir)))))
+    assert [r.health for r in old if r.instance_id == "a"] == ["unreachable", "failing"], \
+        old  # the setup holds: the watch keeps a
+    rows = await _rows(monkeypatch, _cannot_write(
+        monkeypatch, LocalRegistry(LocalOptions(path=reg_dir))))
+    assert rows == old, (
+        f"during a write outage the watch path listed "
+        f"{[(r.instance_id, r.health) for r in old]} (a kept by every watch); snapshot() "
+        f"lists {[(r.instance_id, r.health) for r in rows]}")
+
+
+async def test_prometheus_targets_during_a_local_write_outage_are_those_of_the_watch_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a write outage of a local registry, ``prometheus-targets`` labels the
+    instance a new watch keeps ``passing``, as through a watch's first answer and
+    ``failing()`` (a failing id that is live is no failing target); through
+    ``snapshot()`` it was relabelled ``failing``. The targets file is the watch path's."""
+    reg_dir = tmp_path / "registry"
+    await _local_in_a_write_outage(reg_dir)
+    old_out, out = tmp_path / "old.json", tmp_path / "targets.json"
+    old_reg = _WatchAndFailing(_cannot_write(monkeypatch, LocalRegistry(LocalOptions(
+        path=reg_dir))))
+    reg = _cannot_write(monkeypatch, LocalRegistry(LocalOptions(path=reg_dir)))
+    try:
+        await TargetWriter(old_reg, old_out, keep_failing_s=300.0,  # type: ignore[arg-type]
+                           timeout_s=5.0).once()
+        await TargetWriter(reg, out, keep_failing_s=300.0, timeout_s=5.0).once()
+    finally:
+        await old_reg.close()
+        await reg.close()
+    health = [(g["labels"]["mesh_instance"], g["labels"]["__meta_meshkit_health"])
+              for g in json.loads(old_out.read_text())]
+    assert health == [("a", "passing")], health  # the setup holds: the watch keeps a
+    assert out.read_text() == old_out.read_text()
 
 
 async def test_prometheus_targets_reads_each_service_once_per_pass(tmp_path: Path) -> None:

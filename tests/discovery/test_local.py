@@ -8,6 +8,7 @@ import multiprocessing
 import re
 import sqlite3
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,53 @@ async def test_snapshot_is_instances_and_failing_from_one_read(tmp_path: Path) -
     finally:
         await owner.close()
         await dying.close()
+
+
+async def test_snapshot_live_is_a_new_watchs_first_set_during_a_write_outage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``snapshot().live`` is what a new watch yields first, fault rule included: while
+    writes fail (a full disk; the write probe fails), the entries live at the registry's
+    last write are kept, as every new watch keeps them (``failing`` is still
+    ``failing()``'s); once writes work (the probe succeeds) they are not. It was
+    ``instances()``'s view, which drops them during the outage."""
+    clock = FakeClock()
+    opts = LocalOptions(path=tmp_path, ttl_s=3, clock=clock, boot_clock=None)
+    owner = LocalRegistry(opts)
+    a, b = inst("a"), inst("b")
+    try:
+        await owner.register(a)  # the last write: a was live then
+    finally:
+        await owner.close()
+    clock.now += 5  # a expired; nobody has written since
+    reader = LocalRegistry(opts)
+    probes: list[str] = []
+
+    def cannot_write(conn: sqlite3.Connection) -> None:
+        probes.append("failed")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(reader, "_probe", cannot_write)
+    try:
+        watch = reader.watch("svc")
+        assert isinstance(watch, AsyncGenerator)
+        first = await asyncio.wait_for(anext(watch), 5)
+        await watch.aclose()
+        assert first == {a}  # the fault rule: the setup holds
+        snap = await reader.snapshot("svc")
+        assert (snap.live, snap.failing) == (first, await reader.failing("svc")), snap
+        assert snap.failing == {a}
+        assert await reader.instances("svc") == frozenset()
+        assert probes  # the write probe said writes fail
+        monkeypatch.undo()  # writes work again: a is dead
+        healthy = LocalRegistry(opts)
+        try:
+            await healthy.register(b)
+            snap = await healthy.snapshot("svc")
+            assert (snap.live, snap.failing) == (frozenset({b}), frozenset({a})), snap
+        finally:
+            await healthy.close()
+    finally:
+        await reader.close()
 
 
 async def test_heartbeat_keeps_entry_alive(tmp_path: Path) -> None:
