@@ -67,6 +67,7 @@ from meshkit.observability._tracing import (
     tracing_from_env,
     tracing_wanted,
 )
+from meshkit.resilience._deadline import current_deadline
 
 __all__ = ["AttemptSpanInterceptor", "TelemetryClientInterceptor"]
 
@@ -99,17 +100,38 @@ current_attempt: contextvars.ContextVar[tuple[int, Any] | None] = contextvars.Co
 _tasks: set[asyncio.Task[Any]] = set()
 
 
+# seconds a call's own deadline may still have left at a cancel and count as passed (the
+# clocks' and timers' rounding): a cancel with more time left is its caller's
+_DEADLINE_PASSED_S = 0.001
+
+
 def _cancelled_code(deadline: float | None) -> grpc.StatusCode:
+    """:func:`_cancel_code` of a cancelled call with ``deadline``, the deadline of the
+    call being handled read where this runs (:func:`~meshkit.resilience.current_deadline`):
+    the call's own context (it runs in the one it was made in), or for a stream's done
+    callback the canceller's (the handler's task, or one it started)."""
+    return _cancel_code(deadline, current_deadline())
+
+
+def _cancel_code(deadline: float | None, inherited: float | None) -> grpc.StatusCode:
     """The status a cancelled call is counted, logged and traced with (never what its
-    caller sees): ``DEADLINE_EXCEEDED`` when it had a ``deadline`` (``time.monotonic()``
-    seconds) and that has (all but :data:`~meshkit._calls.DEADLINE_SLACK_S`, 0.05 s) run
-    out, else ``CANCELLED``. A handler's call made under the incoming deadline, propagated
-    (dial()'s default, no margin), has the same deadline: grpc.aio cancels the handler's
-    task when it passes, mostly a moment before the call's own timer fires, and the call
-    ran out its deadline (grpc-go and grpc-java end such a child call DEADLINE_EXCEEDED;
-    the server's reporter counts a call cancelled with no time left so too). Read on the
-    cancelled path only."""
-    if deadline is not None and deadline - time.monotonic() <= DEADLINE_SLACK_S:
+    caller sees): ``DEADLINE_EXCEEDED`` when a deadline cut it, else ``CANCELLED``.
+
+    A deadline cut it when the call's own ``deadline`` (``time.monotonic()`` seconds,
+    ``None`` for none) has passed (to within 1 ms), or when it was made in the handling
+    of a call whose deadline (``inherited``, ``time.monotonic()`` seconds:
+    :func:`~meshkit.resilience.current_deadline` where the call was made) has (all but
+    :data:`~meshkit._calls.DEADLINE_SLACK_S`, 0.05 s) run out: grpc.aio cancels the
+    handler's task, and with it the calls it made, when that deadline passes, mostly a
+    moment before the own timer of a call under it (propagated) fires, and grpc-go and
+    grpc-java end such a child call DEADLINE_EXCEEDED (the server's reporter counts a
+    call cancelled with no time left so too). A call its caller cancels with time left,
+    however short its timeout, outside a handler's last 0.05 s, is ``CANCELLED``. Read on
+    the cancelled path only."""
+    now = time.monotonic()
+    if deadline is not None and deadline - now <= _DEADLINE_PASSED_S:
+        return STATUS_DEADLINE
+    if inherited is not None and inherited - now <= DEADLINE_SLACK_S:
         return STATUS_DEADLINE
     return STATUS_CANCELLED
 
@@ -150,11 +172,12 @@ class TelemetryClientInterceptor(ClientInterceptor):
        peer, attempts, trace_id, span_id).
 
     A call cancelled (its task's cancellation, ``cancel()``) is recorded ``CANCELLED``,
-    or ``DEADLINE_EXCEEDED`` when it had a deadline and that had (all but 0.05 s) run out:
-    a handler's call under the incoming deadline, propagated, is cut by grpc.aio
-    cancelling the handler's task when that deadline passes, and it ran out its deadline
-    (as grpc-go and grpc-java end it). Only what is recorded: the caller still gets its
-    ``CancelledError``.
+    or ``DEADLINE_EXCEEDED`` when a deadline cut it: its own deadline had passed, or it
+    was made by a handler whose call's deadline had (all but 0.05 s) run out, grpc.aio
+    cancelling the handler's task, and the calls it made, when that deadline passes (as
+    grpc-go and grpc-java end such a call). A call its caller cancels with time left,
+    however short its timeout, is ``CANCELLED``. Only what is recorded: the caller still
+    gets its ``CancelledError``.
 
     Metrics are recorded before the response is returned; under light load ending a
     recorded (sampled) span and writing an access line its logger renders on the spot
@@ -247,7 +270,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
             self._finish_unary(m, details, span, t0, e.code(), e, call_token, token)
             raise
         except asyncio.CancelledError as e:
-            # a cancel at the deadline (the handler's, propagated) ran the deadline out
+            # a cancel by a deadline (its own passed, or the handler's: see _cancel_code)
             self._finish_unary(m, details, span, t0, _cancelled_code(details.deadline), e,
                                call_token, token)
             raise
@@ -307,7 +330,7 @@ class TelemetryClientInterceptor(ClientInterceptor):
                 # ended by the mesh for a message its codec refused (INTERNAL, or UNKNOWN
                 # for a request iterator that raised): that error's code, as the caller
                 # reads it from code(); else the caller's own cancel (DEADLINE_EXCEEDED
-                # at the deadline: the handler's, propagated, ran out)
+                # once a deadline cut it: see _cancel_code)
                 err = getattr(details, "codec_error", None)
                 if isinstance(err, AioRpcError):
                     self._finish(m, details, span, t0, err.code(), err)
@@ -500,11 +523,12 @@ class AttemptSpanInterceptor(
     like the call, records ``server.address`` (the dialed mesh service, Required on RPC
     client spans by the OpenTelemetry RPC semconv), ``meshkit.attempt`` (1-based), the endpoint
     (``network.peer.address``/``port``, ``meshkit.instance_id``) and the attempt's status
-    (a cancelled attempt's ``DEADLINE_EXCEEDED`` when the logical call's deadline had run
-    out, as the logical span's), and re-injects ``traceparent`` so the server span is the
-    attempt's child. The number and endpoint are those of the attempt being started, as
-    the balanced channel gives them when it starts it (hedged attempts started in the same
-    loop turn each name their own, although grpc.aio runs the interceptor a turn later).
+    (a cancelled attempt's ``DEADLINE_EXCEEDED`` when the logical call's deadline had
+    passed or the handled call's had run out, as the logical span's), and re-injects
+    ``traceparent`` so the server span is the attempt's child. The number and endpoint
+    are those of the attempt being started, as the balanced channel gives them when it
+    starts it (hedged attempts started in the same loop turn each name their own,
+    although grpc.aio runs the interceptor a turn later).
     Without the logical interceptor (or when tracing is off) it passes calls through.
 
     Costs an extra task per attempt (grpc.aio runs client interceptors in a task), which
@@ -576,8 +600,8 @@ class AttemptSpanInterceptor(
             # hedge that lost)
             if call is not None:
                 call.cancel()
-            # at the logical call's deadline (this task's context still names it): it
-            # ran out
+            # by a deadline: the logical call's (this task's context still names it),
+            # or the handled call's (see _cancel_code)
             logical = _current_call.get()
             self._end(span, _cancelled_code(None if logical is None else logical.deadline))
             raise
@@ -591,6 +615,7 @@ class AttemptSpanInterceptor(
             return await continuation(details, request)
         logical = _current_call.get()  # set: there is a span
         deadline = None if logical is None else logical.deadline
+        inherited = current_deadline()  # the handled call's, for a cancel
         try:
             call = await continuation(details, request)
         except BaseException as e:
@@ -599,7 +624,8 @@ class AttemptSpanInterceptor(
 
         async def finish() -> None:
             try:
-                code = _cancelled_code(deadline) if call.cancelled() else await call.code()
+                code = (_cancel_code(deadline, inherited) if call.cancelled()
+                        else await call.code())
             except Exception:
                 code = STATUS_UNKNOWN
             self._end(span, code)
