@@ -176,6 +176,17 @@ _ATTEMPT_KINDS_TEXT = ("grpc.aio client interceptors (UnaryUnaryClientIntercepto
 _PLUGIN_FAILED = "Getting metadata from plugin failed"
 
 
+def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError) -> bool:
+    """Whether a unary-response attempt's failure ``exc`` (its ``code``) says nothing of
+    its endpoint: grpc's own refusal on this side (:func:`_refused_here`), or a server's
+    deadline admission refusal (``meshkit-deadline-refused``: the request's deadline was
+    short, :func:`~meshkit.resilience._deadline.admission_refusal`). The failure path
+    only."""
+    details = exc.details()
+    return _refused_here(code, details, exc.initial_metadata(), exc.trailing_metadata()) or (
+        code is _DEADLINE_EXCEEDED and admission_refusal(details, exc.trailing_metadata()))
+
+
 def _refused_here(code: grpc.StatusCode, details: str | None, initial_metadata: Any = None,
                   trailing_metadata: Any = None) -> bool:
     """Whether a status is grpc's own refusal on this side, before the message left: a
@@ -876,10 +887,7 @@ class MeshChannel(grpc.aio.Channel):
             response = await call
         except AioRpcError as exc:
             code = exc.code()
-            if _refused_here(code, exc.details(), exc.initial_metadata(),
-                             exc.trailing_metadata()) or (
-                    code is _DEADLINE_EXCEEDED
-                    and admission_refusal(exc.details(), exc.trailing_metadata())):
+            if _no_endpoints_outcome(code, exc):
                 done(_CANCELLED, _perf() - t0)  # no endpoint's outcome
                 raise
             ep.failures += 1
@@ -952,10 +960,7 @@ class MeshChannel(grpc.aio.Channel):
             response = await call
         except AioRpcError as exc:
             code = exc.code()
-            if _refused_here(code, exc.details(), exc.initial_metadata(),
-                             exc.trailing_metadata()) or (
-                    code is _DEADLINE_EXCEEDED
-                    and admission_refusal(exc.details(), exc.trailing_metadata())):
+            if _no_endpoints_outcome(code, exc):
                 done(_CANCELLED, upload.latency())  # no endpoint's outcome
                 raise
             if upload.sent_at is None and (code is _DEADLINE_EXCEEDED or code is _CANCELLED):
