@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
+import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 import grpc
@@ -27,6 +29,7 @@ from meshkit.errors import InvalidMetadataError
 __all__ = [
     "GUARD_MARK",
     "HANDLER_EXECUTOR",
+    "THREAD_MARK",
     "UNDECODABLE_MARK",
     "Before",
     "Continuation",
@@ -38,12 +41,15 @@ __all__ = [
     "Resolver",
     "Unhandled",
     "WrappingInterceptor",
+    "after_handler_thread",
     "async_behaviour",
     "fold_outermost",
     "fuse_interceptors",
     "handler_resolver",
+    "in_a_thread",
     "other_responses",
     "responses",
+    "runs_in_a_thread",
     "wrap_handler",
 ]
 
@@ -166,15 +172,28 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
       loop's default executor, which ``asyncio.to_thread``, aiohttp's name lookups (a
       registry's heartbeat) and the application use; on a grpc.aio server of your own,
       the loop's default executor, as grpc.aio without a ``migration_thread_pool``. A
-      unary response is one ``run_in_executor`` call, a response stream's generator is
-      advanced there one message at a time;
+      unary response is one job there; a response stream is one job for its whole life,
+      on one thread, as grpc.aio and a synchronous ``grpc.server`` run it (a generator
+      may use a thread-bound resource: a ``sqlite3`` cursor, a ``threading.local``
+      session), advanced one message at a time as the call asks for them (the thread
+      waits in between, holding its thread until the stream ends, as there);
     * with the caller's context variables (``contextvars.copy_context().run``: the
       call's trace context and whatever the checks set; grpc.aio's
       ``run_in_executor`` copies none);
     * with a synchronous servicer context (:class:`_SyncContext`: ``abort`` and
       ``send_initial_metadata`` block until the loop has done them, as grpc.aio's
-      ``_SyncServicerContext``) and, for a request stream, a blocking iterator of the
-      requests (grpc.aio's ``async_generator_to_generator``).
+      ``_SyncServicerContext``; ``peer()``, ``auth_context()``, ``peer_identities()``
+      and ``peer_identity_key()`` asked after the call ended, its caller gone while the
+      handler ran, answer what the call answered as it ended, where grpc.aio's read the
+      call it released and crash the process; asked of a context used after its handler
+      returned they raise ``RuntimeError``) and, for a request stream, a blocking
+      iterator of the requests (grpc.aio's ``async_generator_to_generator``).
+
+    A call whose caller left while its handler ran ends at once (its task, the answer
+    to the caller), while the handler runs on in its thread until it returns, as on
+    grpc.aio; what the call holds until its handler is done with it waits for that
+    thread (:func:`after_handler_thread`: the server's call slot, as a synchronous
+    ``grpc.server`` holds it until its handler returns).
 
     A ``StopIteration`` escaping the behaviour (``next()`` on an empty iterator) is
     raised as :class:`EscapedStopIteration`, a ``RuntimeError`` (an asyncio future cannot
@@ -182,16 +201,17 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
     answered as for any unhandled exception (``UNKNOWN`` naming the type).
 
     A response-streaming generator function is called on the loop, as grpc.aio does (it
-    returns at once; its body runs in the executor, one ``next`` at a time); any other
-    response-streaming behaviour (a plain function returning a list or an iterator) is
-    called in the executor, as it may abort, send metadata or read its requests before
-    returning. What it returns is consumed on the loop when it is an async iterator or an
-    awaitable (a plain decorator around an ``async def`` handler), which then awaits the
-    synchronous context's ``abort``, ``abort_with_status`` and ``send_initial_metadata``
-    as an async handler awaits its context's. A response generator that ends early (the
-    call cancelled) is closed in the executor with the call's context variables, once its
-    ``next`` under way has returned. Decided once per method: an async behaviour's calls
-    cost nothing more.
+    returns at once; its body runs in the stream's thread, one ``next`` at a time); any
+    other response-streaming behaviour (a plain function returning a list or an
+    iterator) is called in the stream's thread, as it may abort, send metadata or read
+    its requests before returning. What it returns is consumed on the loop when it is an
+    async iterator or an awaitable (a plain decorator around an ``async def`` handler),
+    which then awaits the synchronous context's ``abort``, ``abort_with_status`` and
+    ``send_initial_metadata`` as an async handler awaits its context's. A response
+    generator that ends early (the call cancelled) is closed on its own thread with the
+    call's context variables, once its ``next`` under way has returned. Decided once per
+    method (the behaviour returned is marked :data:`THREAD_MARK`): an async behaviour's
+    calls cost nothing more.
     """
     if _is_async(behaviour):
         return behaviour
@@ -222,11 +242,32 @@ def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
         ) from e
 
 
+_CALL_READS = ("peer", "peer_identities", "peer_identity_key", "auth_context")
+"""The methods of grpc.aio's servicer context that read grpc's core call
+(``grpc_call_get_peer``, the call's auth context). grpc.aio releases the core call once
+the call's task ends (``_schedule_rpc_coro``: ``grpc_call_unref``, ``call = NULL``): read
+after that, from a handler's thread that outlived the task, they crash the process.
+(The others read grpc.aio's own record of the call, which lives on: ``time_remaining``,
+``invocation_metadata``, ``code``...; ``abort`` and ``send_initial_metadata`` on an
+ended call raise ``ExecuteBatchError``.)"""
+
+_LOCK = threading.Lock()
+"""Held while a synchronous context reads its call from a handler's thread and while the
+loop marks it ended (:meth:`_SyncContext.end`), so that no read overlaps the call's
+release; and while a thread job that outlived its call ends (:class:`_Outliving`).
+Held for a C call or a few assignments at a time."""
+
+_CALL_ENDED = ("the call has ended: {}() cannot be asked once a synchronous handler "
+               "returned (ask it while the handler runs)")
+
+
 class _SyncContext:
     """A grpc.aio ``ServicerContext`` as a synchronous handler running in a thread uses
     it (grpc.aio's ``_SyncServicerContext``): ``abort``, ``abort_with_status`` and
     ``send_initial_metadata`` run on the event loop and block until done; callbacks added
-    with ``add_callback`` run after a unary-response handler returns; anything else is
+    with ``add_callback`` run after a unary-response handler returns; ``peer``,
+    ``peer_identities``, ``peer_identity_key`` and ``auth_context``, which read grpc's
+    core call, never read it once the call has ended (see :meth:`end`); anything else is
     the call's context's own. Blocking on the loop from the loop's own thread would
     deadlock it: ``abort``, ``abort_with_status`` and ``send_initial_metadata`` called
     there raise ``RuntimeError`` instead, except once the handler returned an awaitable
@@ -234,13 +275,15 @@ class _SyncContext:
     consumed on the loop with this context (see :meth:`awaited_on_loop`): there they
     return the call's context's own coroutine, for the handler to await."""
 
-    __slots__ = ("_awaited", "_callbacks", "_context", "_loop")
+    __slots__ = ("_awaited", "_callbacks", "_context", "_ended", "_loop")
 
     def __init__(self, context: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._context = context
         self._loop = loop
         self._callbacks: list[Callable[[], Any]] = []
         self._awaited = False
+        # False while the call lives; once it ended, True, or what end() kept of it
+        self._ended: bool | dict[str, Any] = False
 
     def awaited_on_loop(self) -> None:
         """The handler returned an awaitable or an async iterator, about to be consumed
@@ -248,6 +291,58 @@ class _SyncContext:
         call's context's coroutine (``await context.abort(...)`` there answers the call
         as on any async handler's context)."""
         self._awaited = True
+
+    def end(self, keep: bool = False) -> None:
+        """The call is ending: called on the loop while grpc.aio still holds the call (in
+        the call's task, or a done callback of its context). From then on ``peer()``,
+        ``peer_identities()``, ``peer_identity_key()`` and ``auth_context()`` answer what
+        the call answered here when ``keep`` (the handler's thread still runs: a slow
+        handler logging its caller after the caller left, a response generator's
+        ``finally``), else raise ``RuntimeError`` (a context handed to a thread that
+        outlives its handler). Idempotent."""
+        with _LOCK:
+            if self._ended is not False:
+                return
+            if not keep:
+                self._ended = True
+                return
+            kept: dict[str, Any] = {}
+            for name in _CALL_READS:
+                with contextlib.suppress(Exception):  # (a stand-in context's)
+                    kept[name] = getattr(self._context, name)()
+            self._ended = kept
+
+    def _read_call(self, name: str) -> Any:
+        """The call's context's ``name()`` while the call lives, else what :meth:`end`
+        kept (a copy); ``RuntimeError`` when it kept nothing."""
+        with _LOCK:
+            ended = self._ended
+            if ended is False:
+                return getattr(self._context, name)()
+        if ended is True or name not in ended:
+            raise RuntimeError(_CALL_ENDED.format(name))
+        value = ended[name]
+        return value.copy() if isinstance(value, (dict, list)) else value
+
+    def peer(self) -> str:
+        """The caller's address (``"ipv4:127.0.0.1:53211"``), as the call's context
+        answers it; after the call ended, see :meth:`end`."""
+        return self._read_call("peer")  # type: ignore[no-any-return]
+
+    def peer_identities(self) -> Any:
+        """The caller's identities from its TLS certificate (a list of bytes, ``None``
+        without one); after the call ended, see :meth:`end`."""
+        return self._read_call("peer_identities")
+
+    def peer_identity_key(self) -> Any:
+        """The name of the auth-context property holding the caller's identities (a
+        ``str``, ``None`` without TLS); after the call ended, see :meth:`end`."""
+        return self._read_call("peer_identity_key")
+
+    def auth_context(self) -> Any:
+        """The call's auth context (a dict of property name to a list of bytes); after
+        the call ended, see :meth:`end`."""
+        return self._read_call("auth_context")
 
     def _on_loop(self, coro: Any) -> Any:
         if asyncio._get_running_loop() is self._loop:
@@ -280,64 +375,317 @@ class _SyncContext:
         return getattr(self._context, name)
 
 
+class _Outliving:
+    """The thread job of a plain-function handler's call that may outlive the call's
+    task: a unary-response handler still running when its call ended (its caller left),
+    a response stream's generator (from its start: its call may end while it runs). What
+    ends with a call's task but should wait for its thread (the call slot it holds: see
+    :func:`after_handler_thread`) waits for :meth:`finished`."""
+
+    __slots__ = ("_callbacks", "_done", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._done = False
+        self._callbacks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    def then(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)`` on the loop once the job has ended: now (called on the loop)
+        when it has."""
+        with _LOCK:
+            if not self._done:
+                self._callbacks.append((fn, args))
+                return
+        fn(*args)
+
+    def finished(self, context: Any) -> None:
+        """The job has ended (in its thread, or on the loop): no longer the call's
+        (``context``'s) outliving job; the functions waiting for it are scheduled on the
+        loop (dropped when the loop is closed: its server is gone). Never raises."""
+        with _LOCK:
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, []
+            if _OUTLIVING.get(context) is self:
+                del _OUTLIVING[context]
+        for fn, args in callbacks:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(fn, *args)
+
+
+_OUTLIVING: dict[Any, _Outliving] = {}
+"""The calls (by their servicer context) whose plain-function handler's thread job may
+still run after the call's task ended (see :class:`_Outliving`); an entry goes when its
+job ends."""
+
+
+def after_handler_thread(context: Any, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)`` now; or, when a plain-function handler of the call ``context`` (its
+    servicer context) still runs in its thread after the call ended (its caller left
+    while it ran; a response generator still being closed), on the loop once that
+    thread job has returned. For what a call holds until its handler is done with it:
+    the request gate's and :class:`meshkit._limits.CallSlots`' call slots, which a
+    synchronous ``grpc.server`` also holds until its handler returns (with a thread per
+    call slot, a call admitted while a handler whose caller left still held its thread
+    would wait for a thread, and miss its deadline, instead of being refused at once).
+    Asked where a call ends early (an exception, a done callback of a method known to
+    run in a thread): one dict lookup."""
+    outliving = _OUTLIVING.get(context)
+    if outliving is None:
+        fn(*args)
+    else:
+        outliving.then(fn, *args)
+
+
+THREAD_MARK = "_meshkit_in_a_thread"
+"""The attribute by which a behaviour that runs a plain-function handler in a thread
+(:func:`async_behaviour`'s, and the wraps and guards around one) is marked ``True``: see
+:func:`runs_in_a_thread`."""
+
+
+def in_a_thread(behaviour: Any) -> bool:
+    """Whether the method behaviour ``behaviour`` runs a plain-function handler in a
+    thread: a plain function itself (grpc.aio's test, see :func:`_is_async`), or a
+    behaviour marked with :data:`THREAD_MARK` or guarding one (:data:`GUARD_MARK`).
+    Asked once per method."""
+    if getattr(behaviour, THREAD_MARK, False):
+        return True
+    guard = getattr(behaviour, GUARD_MARK, None)
+    if guard is not None:
+        return in_a_thread(guard[0])
+    return not _is_async(behaviour)
+
+
+def runs_in_a_thread(handler: Handler) -> bool:
+    """Whether the method handler ``handler`` runs a plain-function handler in a thread
+    (see :func:`in_a_thread`): the calls of such a method may end while their thread
+    still runs (see :func:`after_handler_thread`). Asked once per method."""
+    behaviour = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                 or handler.stream_stream)
+    return behaviour is not None and in_a_thread(behaviour)
+
+
+def _marked(behaviour: Any) -> Any:
+    """``behaviour`` marked with :data:`THREAD_MARK`."""
+    setattr(behaviour, THREAD_MARK, True)
+    return behaviour
+
+
 def _off_loop_unary(behaviour: Any, request_streaming: bool) -> Any:
     async def off_loop(request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()
         sync = _SyncContext(context, loop)
         if request_streaming:
             request = _blocking_requests(request, loop)
-        result = await loop.run_in_executor(HANDLER_EXECUTOR.get(),
-                                            contextvars.copy_context().run,
-                                            _call_sync, behaviour, request, sync)
-        for callback in sync._callbacks:
-            callback()
-        if inspect.isawaitable(result):
-            sync.awaited_on_loop()
-            result = await result
+        executor = HANDLER_EXECUTOR.get()
+        run = contextvars.copy_context().run
+        if executor is None:  # a grpc.aio server of your own: the default executor
+            job = None
+            running = loop.run_in_executor(None, run, _call_sync, behaviour, request, sync)
+        else:  # run_in_executor's own steps, the job kept
+            job = executor.submit(run, _call_sync, behaviour, request, sync)
+            running = asyncio.wrap_future(job, loop=loop)
+        try:
+            result = await running
+        except BaseException:  # cancelled (the caller left), or the handler raised
+            _ended_early(context, sync, job, running, loop)
+            raise
+        try:
+            for callback in sync._callbacks:
+                callback()
+            if inspect.isawaitable(result):
+                sync.awaited_on_loop()
+                result = await result
+        finally:
+            with _LOCK:  # sync.end(), inline: the handler returned, nothing to keep
+                sync._ended = True
         return result
 
-    return off_loop
+    return _marked(off_loop)
 
 
-_DONE: Any = object()  # a response stream's end, handed back from the executor
+def _ended_early(context: Any, sync: _SyncContext, job: Future[Any] | None,
+                 running: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    """A unary-response call stopped waiting for its handler's thread job (``job``, on
+    the server's executor; ``None``: ``running`` on the loop's default executor) with an
+    exception. When the job still runs (the call was cancelled: its caller left), its
+    context keeps what the handler may still ask of the call (:meth:`_SyncContext.end`,
+    read now, the call still alive) and, on the server's executor, the call is
+    registered as outliving its task until the job returns (see
+    :func:`after_handler_thread`)."""
+    still = running.cancelled() if job is None else not job.done()
+    sync.end(keep=still)
+    if still and job is not None:
+        outliving = _Outliving(loop)
+        _OUTLIVING[context] = outliving
+        job.add_done_callback(lambda _job: outliving.finished(context))
 
 
-class _Advancing:
-    """A synchronous response iterator advanced in the executor with the call's context
-    (``run``: its ``Context.run``), one step at a time: a lock keeps :meth:`close` from
-    running while a ``next`` is under way in another thread."""
+_DONE: Any = object()  # a response stream's end, handed back from its thread
+_STOP: Any = object()  # the loop's word to a response stream's thread: the stream ended
+_ASK_POLL_S = 1.0  # how often a stream's idle thread looks whether its loop closed
 
-    __slots__ = ("_it", "_lock", "_run")
 
-    def __init__(self, it: Iterator[Any], run: Callable[..., Any]) -> None:
-        self._it = it
-        self._run = run
-        self._lock = threading.Lock()
+class _OnLoop:
+    """What a plain function called for a response stream returned when it is to be
+    consumed on the loop: an async iterator, an awaitable, or ``None``."""
 
-    def next_or_done(self) -> Any:
-        """``next`` of the iterator, or :data:`_DONE` at its end (``StopIteration``
-        cannot be set on the executor's future)."""
-        with self._lock:
-            return self._run(next, self._it, _DONE)
+    __slots__ = ("result",)
 
-    def close(self) -> None:
-        """Close a response generator that ended early, with the call's context (its
-        ``finally`` sees the call's context variables), once its ``next`` under way has
-        returned (waiting at most :data:`_CLOSE_WAIT_S`; past that, or when it cannot be
-        closed, it is left to the garbage collector). Never raises."""
-        close = getattr(self._it, "close", None)
-        if close is None or not self._lock.acquire(timeout=_CLOSE_WAIT_S):
-            return
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def _give(fut: asyncio.Future[Any], item: Any) -> None:
+    if not fut.done():  # else the stream stopped waiting for it (cancelled)
+        fut.set_result(item)
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class _Pump:
+    """A synchronous response stream run on one thread of the executor for its whole
+    life, as grpc.aio (one ``run_in_executor`` iterating the generator) and a
+    synchronous ``grpc.server`` (a worker per call) run it, so that a generator using a
+    thread-bound resource (a ``sqlite3`` cursor, a ``threading.local`` session) works:
+    the loop asks for each message (:meth:`ask`: a future the thread answers) and the
+    thread advances the iterator once per ask, waiting in between (as the stream was
+    advanced one message at a time before: nothing is computed ahead of the call's
+    pace). When the stream ends early (cancelled, closed), the loop says so
+    (:meth:`stop`; also the call's done callback, :meth:`call_ended`, for a stream
+    grpc.aio leaves unclosed) and the thread closes the generator itself once its
+    ``next`` under way has returned: one thread per stream, never a second one to
+    close it. A stream that ends while its job still waits for a thread never runs (its
+    job is cancelled, as a unary call's; on the loop's default executor, whose jobs
+    meshkit does not hold, the job ends as it starts)."""
+
+    __slots__ = ("_asks", "_context", "_job", "_loop", "finished", "outliving")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: Any) -> None:
+        self._loop = loop
+        self._context = context
+        self._asks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._job: Future[None] | None = None
+        self.finished = False
+        self.outliving = _Outliving(loop)
+
+    def start(self, executor: Executor | None, run: Callable[..., Any],
+              sync: _SyncContext, first: asyncio.Future[Any], it: Iterator[Any] | None,
+              make: Callable[[], Any] | None) -> None:
+        """Run the stream on a thread of ``executor`` (``None``: the loop's default
+        executor) in the call's context copy (``run``: its ``Context.run``), answering
+        ``first``; ``it``: the response iterator, or ``make``: the call that returns the
+        stream (run in the thread first). The call (its servicer context) is registered
+        as outliving its task until the thread is done (see
+        :func:`after_handler_thread`).
+
+        Raises:
+            RuntimeError: ``executor`` was shut down (the call then fails ``UNKNOWN``).
+        """
+        context = self._context
+        _OUTLIVING[context] = self.outliving
         try:
-            # RuntimeError: the context is entered elsewhere; ValueError: the generator
-            # is executing; and whatever its finally raises
-            with contextlib.suppress(Exception):
-                self._run(close)
+            if executor is None:
+                self._loop.run_in_executor(None, run, self._run, first, it, make)
+            else:
+                self._job = executor.submit(run, self._run, first, it, make)
+        except BaseException:
+            self._ended()
+            raise
+        add_done_callback = getattr(context, "add_done_callback", None)
+        if add_done_callback is not None:  # (a stand-in context may have none)
+            add_done_callback(functools.partial(self.call_ended, sync))
+
+    def ask(self) -> asyncio.Future[Any]:
+        """On the loop: a future for the stream's next message (:data:`_DONE` at its end;
+        raising what the iterator raised)."""
+        fut = self._loop.create_future()
+        self._asks.put(fut)
+        return fut
+
+    def stop(self) -> None:
+        """On the loop: the stream ended early; its thread closes the generator, or its
+        job, still waiting for a thread, is cancelled. Safe to call more than once, or
+        after the thread is done."""
+        self._asks.put(_STOP)
+        job = self._job
+        if job is not None and job.cancel():  # never started: it never runs
+            self._ended()
+
+    def call_ended(self, sync: _SyncContext, context: Any) -> None:
+        """The call's done callback (on the loop, grpc.aio still holding the call): stop
+        the stream if it still runs, and end ``sync`` (keeping what the generator's
+        ``finally`` may still ask of the call while its thread runs)."""
+        self.stop()
+        sync.end(keep=not self.finished)
+
+    def _ended(self) -> None:
+        """The stream's thread is done with it (or its job never ran)."""
+        self.finished = True
+        self.outliving.finished(self._context)
+
+    def _run(self, fut: Any, it: Iterator[Any] | None,
+             make: Callable[[], Any] | None) -> None:
+        """The thread's job: the whole stream (see the class). Never raises."""
+        try:
+            if not self._asks.empty():  # stopped while it waited for a thread: never run
+                fut = _STOP
+            elif it is None:
+                assert make is not None
+                try:
+                    result = make()
+                    if (result is None or hasattr(result, "__aiter__")
+                            or inspect.isawaitable(result)):
+                        self._hand(_give, fut, _OnLoop(result))  # consumed on the loop
+                        return
+                    it = iter(result)
+                except BaseException as e:
+                    self._hand(_fail, fut, e)
+                    return
+            while fut is not _STOP:
+                assert it is not None
+                try:
+                    item = next(it, _DONE)
+                except BaseException as e:  # the generator is finished
+                    self._hand(_fail, fut, e)
+                    return
+                if not self._hand(_give, fut, item):
+                    break  # the loop is closed
+                if item is _DONE:
+                    return
+                fut = self._next_ask()
+            close = getattr(it, "close", None)
+            if close is not None:
+                # ValueError: the generator is executing (handed to a thread of its own);
+                # and whatever its finally raises
+                with contextlib.suppress(Exception):
+                    close()
         finally:
-            self._lock.release()
+            self._ended()
 
+    def _hand(self, to: Callable[[asyncio.Future[Any], Any], None], fut: asyncio.Future[Any],
+              what: Any) -> bool:
+        """``to(fut, what)`` on the loop; ``False`` when the loop is closed."""
+        if isinstance(what, StopIteration):  # an asyncio future cannot carry it
+            what = EscapedStopIteration(f"StopIteration escaped a response stream: {what!r}")
+        try:
+            self._loop.call_soon_threadsafe(to, fut, what)
+        except RuntimeError:
+            return False
+        return True
 
-_CLOSE_WAIT_S = 10.0  # how long closing a response generator waits for its next()
+    def _next_ask(self) -> Any:
+        """The loop's next ask (a future), or :data:`_STOP`, also once the loop closed
+        without saying (checked every :data:`_ASK_POLL_S`: the interpreter's exit waits
+        for the executor's threads)."""
+        while True:
+            try:
+                return self._asks.get(timeout=_ASK_POLL_S)
+            except queue.Empty:
+                if self._loop.is_closed():
+                    return _STOP
 
 
 def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
@@ -347,47 +695,35 @@ def _off_loop_stream(behaviour: Any, request_streaming: bool) -> Any:
         loop = asyncio.get_running_loop()
         if request_streaming:
             request = _blocking_requests(request, loop)
-        executor = HANDLER_EXECUTOR.get()
         run = contextvars.copy_context().run
         sync = _SyncContext(context, loop)
+        it: Iterator[Any] | None = None
+        make: Callable[[], Any] | None = None
         if on_loop:
-            result = run(behaviour, request, sync)
-        else:
-            result = await loop.run_in_executor(executor, run, _call_sync, behaviour,
-                                                request, sync)
-        if result is None or hasattr(result, "__aiter__") or inspect.isawaitable(result):
-            sync.awaited_on_loop()
-            async for item in responses(result):  # not a plain iterable: on the loop
-                yield item
-            return
-        advancing = _Advancing(iter(result), run)
+            it = run(behaviour, request, sync)  # its body runs in the stream's thread
+        else:  # called in the stream's thread: it may abort or read its requests
+            make = functools.partial(_call_sync, behaviour, request, sync)
+        pump = _Pump(loop, context)
+        first: asyncio.Future[Any] = loop.create_future()
+        pump.start(HANDLER_EXECUTOR.get(), run, sync, first, it, make)
         finished = False
         try:
-            while True:
-                item = await loop.run_in_executor(executor, advancing.next_or_done)
-                if item is _DONE:
-                    finished = True
-                    return
+            item = await first
+            if type(item) is _OnLoop:  # not a plain iterable: consumed on the loop
+                finished = True  # (the thread is done)
+                sync.awaited_on_loop()
+                async for each in responses(item.result):
+                    yield each
+                return
+            while item is not _DONE:
                 yield item
+                item = await pump.ask()
+            finished = True
         finally:
-            if not finished:  # ended early (cancelled, closed): close it in a thread
-                _close_in_a_thread(loop, executor, advancing)
+            if not finished:  # ended early (cancelled, closed, failed)
+                pump.stop()
 
-    return off_loop
-
-
-def _close_in_a_thread(loop: asyncio.AbstractEventLoop, executor: Executor | None,
-                       advancing: _Advancing) -> None:
-    """Close a response generator that ended early in ``executor``; in the loop's
-    default executor when ``executor`` was shut down meanwhile (a call cancelled by its
-    server's stop, finishing after the server's threads were released)."""
-    try:
-        loop.run_in_executor(executor, advancing.close)
-    except RuntimeError:  # "cannot schedule new futures after shutdown"
-        if executor is None:
-            return  # the loop is closing: left to the garbage collector
-        with contextlib.suppress(RuntimeError):
-            loop.run_in_executor(None, advancing.close)
+    return _marked(off_loop)
 
 
 async def _anext(it: Any) -> Any:
@@ -495,6 +831,8 @@ def wrap_handler(handler: Handler, before: Before | None = None,
         behavior = (_reported_stream(inner, check, reporter, unhandled, messages, guard, ser)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
+    if in_a_thread(inner):  # see runs_in_a_thread
+        _marked(behavior)
     wrapped: Handler = factory(
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -961,6 +1299,13 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         """The check of ``method`` (``None``: nothing to check)."""
         return None
 
+    def _before_for_handler(self, method: str, handler: Handler) -> Before | None:
+        """The check of ``method`` whose handler is ``handler``, what :meth:`resolve`
+        wraps it with: :meth:`_before_for` unless a subclass needs the handler (per
+        method: :class:`meshkit._limits.CallSlots`' check of a method whose handler runs
+        in a thread, see :func:`runs_in_a_thread`)."""
+        return self._before_for(method)
+
     def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
         """The observer of ``method``'s calls, whose ``handler`` is given (``None``: none)."""
         return None
@@ -1015,7 +1360,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(handler, self._before_for(method),
+        wrapped = wrap_handler(handler, self._before_for_handler(method, handler),
                                self._reporter_for(method, handler),
                                self._unhandled_for(method),
                                max_send_bytes=self.max_send_bytes)
@@ -1050,24 +1395,10 @@ class FusedInterceptor(WrappingInterceptor):
         self._convert = convert
 
     def _before_for(self, method: str) -> Before | None:
-        befores = [b for b in (p._before_for(method) for p in self.parts) if b is not None]
-        if not befores:
-            return None
-        if len(befores) == 1:
-            return befores[0]
-        checks = tuple(befores)
-        # the checks after each one, for when it needs awaiting (the rest then run in order)
-        rests = tuple(checks[i + 1:] for i in range(len(checks)))
+        return _in_order([p._before_for(method) for p in self.parts])
 
-        def before(context: Any) -> Awaitable[None] | None:
-            for i, check in enumerate(checks):
-                pending = check(context)
-                if pending is not None:
-                    rest = rests[i]
-                    return _then(pending, rest, context) if rest else pending
-            return None
-
-        return before
+    def _before_for_handler(self, method: str, handler: Handler) -> Before | None:
+        return _in_order([p._before_for_handler(method, handler) for p in self.parts])
 
     def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
         reporters = [r for r in (p._reporter_for(method, handler) for p in self.parts)
@@ -1079,6 +1410,29 @@ class FusedInterceptor(WrappingInterceptor):
     def _unhandled_for(self, method: str) -> Unhandled | None:
         return next((u for u in (p._unhandled_for(method) for p in self.parts)
                      if u is not None), None)
+
+
+def _in_order(parts: list[Before | None]) -> Before | None:
+    """The checks ``parts`` (``None``: a part without one) as one check, awaited in order
+    (see :class:`FusedInterceptor`); ``None`` when there is none."""
+    befores = [b for b in parts if b is not None]
+    if not befores:
+        return None
+    if len(befores) == 1:
+        return befores[0]
+    checks = tuple(befores)
+    # the checks after each one, for when it needs awaiting (the rest then run in order)
+    rests = tuple(checks[i + 1:] for i in range(len(checks)))
+
+    def before(context: Any) -> Awaitable[None] | None:
+        for i, check in enumerate(checks):
+            pending = check(context)
+            if pending is not None:
+                rest = rests[i]
+                return _then(pending, rest, context) if rest else pending
+        return None
+
+    return before
 
 
 async def _then(pending: Awaitable[None], checks: tuple[Before, ...], context: Any) -> None:

@@ -35,13 +35,17 @@ import structlog
 from meshkit._config import C_INT_MAX, check_bool, check_int, check_number, check_seconds
 from meshkit._handlers import (
     GUARD_MARK,
+    THREAD_MARK,
     UNDECODABLE_MARK,
     Before,
     Handler,
     Resolver,
     WrappingInterceptor,
+    after_handler_thread,
     async_behaviour,
+    in_a_thread,
     responses,
+    runs_in_a_thread,
 )
 from meshkit._loop import LoopCache
 from meshkit.resilience._retry import NACK_METADATA
@@ -405,6 +409,8 @@ def guard_method_handler(handler: Handler) -> Handler:
         behavior = unary_behavior
         if not req_s:  # unary-unary: a handler wrap may run this guard itself (no frame)
             setattr(unary_behavior, GUARD_MARK, (the_inner, _UNDECODABLE, message))
+    if in_a_thread(the_inner):  # (see meshkit._handlers.runs_in_a_thread)
+        setattr(behavior, THREAD_MARK, True)
     guarded: Handler = factory(behavior, request_deserializer=guarded_des,
                                response_serializer=handler.response_serializer)
     return guarded
@@ -483,6 +489,14 @@ class RequestGate(grpc.aio.ServerInterceptor):
        unary call and label it so) with the request;
     7. after calls with large requests end, runs the cyclic garbage collector
        (``gc_after_request_bytes``).
+
+    A call of a plain-function (``def``) handler, which runs in a thread, holds its slot
+    (and its request bytes, its admitted stream's place) until that thread is done with
+    it: also when the call ended before, its caller gone while the handler ran
+    (:func:`~meshkit._handlers.after_handler_thread`), as a synchronous ``grpc.server``
+    holds its slot until the handler returns. With a thread per slot
+    (``ServeOptions.handler_threads``), an admitted call then never waits for a thread:
+    a call past the slots is shed at once.
 
     grpc core takes in no more of a request nobody reads than its stream's flow-control
     window (64 KiB), but once a read is pending it takes in and holds the whole message;
@@ -799,9 +813,24 @@ class RequestGate(grpc.aio.ServerInterceptor):
         context.add_done_callback(self._stream_ended)
         return None
 
+    def _admit_thread_stream(self, context: Any) -> Awaitable[None] | None:
+        """:meth:`admit_stream` for a method whose handler runs in a thread
+        (:func:`~meshkit._handlers.runs_in_a_thread`): the call counts until its
+        handler's thread is done with it, also when the call ended before (its caller
+        left while the handler ran: :func:`~meshkit._handlers.after_handler_thread`)."""
+        if self._places is not None and self.slots + self.streams >= self._places:
+            return self._busy(context, "shedding request streams: every call place is taken")
+        self.streams += 1
+        context.add_done_callback(self._thread_stream_ended)
+        return None
+
+    def _thread_stream_ended(self, context: Any) -> None:
+        after_handler_thread(context, self._stream_ended, context)
+
     def calls(self) -> int:
         """The unary-request calls holding a call slot: arrived (waiting for their request
-        or past it) and not yet ended."""
+        or past it) and not yet ended (a plain-function handler's call: until its thread
+        is done with it, see the class)."""
         return self.slots
 
     def _stream_ended(self, context: Any) -> None:
@@ -841,6 +870,20 @@ class RequestGate(grpc.aio.ServerInterceptor):
         """:meth:`_release` of a call that entered by :meth:`_enter_reserved`."""
         self._reserved.discard(self._loops.current_task())
         self._release(size)
+
+    def _settle(self, context: Any, size: int) -> None:
+        """:meth:`_release` of a call that ended with an exception (cancelled: its caller
+        left), once its handler's thread is done with it
+        (:func:`~meshkit._handlers.after_handler_thread`): a plain-function handler
+        still running holds its slot (and its request's bytes) until it returns, as a
+        synchronous ``grpc.server`` holds it, so that with a thread per call slot
+        (``ServeOptions.handler_threads``) an admitted call never waits for a thread."""
+        after_handler_thread(context, self._release, size)
+
+    def _settle_reserved(self, context: Any, size: int) -> None:
+        """:meth:`_settle` of a call that entered by :meth:`_enter_reserved`."""
+        self._reserved.discard(self._loops.current_task())
+        after_handler_thread(context, self._release, size)
 
     def _release(self, size: int) -> None:
         """A call that took a slot ended (``size``: its admitted request bytes, -1 if it
@@ -931,13 +974,15 @@ class RequestGate(grpc.aio.ServerInterceptor):
         stays one (a layer per response message), a coroutine (a client stream, or a
         response stream written with ``context.write``) stays a coroutine (nothing per
         message)."""
-        admit = self.admit_stream
+        # a handler in a thread: counted until its thread is done with the call
+        admit = (self._admit_thread_stream if runs_in_a_thread(handler)
+                 else self.admit_stream)
         if handler.response_streaming:
             inner_s = async_behaviour(handler.stream_stream, True, True)
             assert inner_s is not None
             behaviour: Any
             if _writes(inner_s):  # answers with context.write: grpc.aio awaits it
-                behaviour = self._admitted_coroutine(inner_s)
+                behaviour = self._admitted_coroutine(inner_s, admit)
             else:
                 async def admitted_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
                     refused = admit(context)
@@ -950,13 +995,14 @@ class RequestGate(grpc.aio.ServerInterceptor):
             return _request_streaming(handler, behaviour)
         inner_u = async_behaviour(handler.stream_unary, True, False)
         assert inner_u is not None
-        return _request_streaming(handler, self._admitted_coroutine(inner_u))
+        return _request_streaming(handler, self._admitted_coroutine(inner_u, admit))
 
-    def _admitted_coroutine(self, inner: Any) -> Callable[[Any, Any], Awaitable[Any]]:
+    def _admitted_coroutine(self, inner: Any, admit: Callable[[Any], Awaitable[None] | None]
+                            ) -> Callable[[Any, Any], Awaitable[Any]]:
         """``inner`` (a coroutine function, or a function returning an awaitable, an
-        async iterator or a response) run once :meth:`admit_stream` has admitted the call;
-        what it returns is handed on as it is, or awaited when it is awaitable."""
-        admit = self.admit_stream
+        async iterator or a response) run once ``admit`` (:meth:`admit_stream`, or its
+        variant for a handler in a thread) has admitted the call; what it returns is
+        handed on as it is, or awaited when it is awaitable."""
         awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
 
         async def admitted(requests: Any, context: Any) -> Any:
@@ -974,6 +1020,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         first = self._first_reserved if reserved else self._first
         enter = self._enter_reserved if reserved else self._enter
         release = self._release_reserved if reserved else self._release
+        settle = self._settle_reserved if reserved else self._settle
         if handler.response_streaming:
             inner_s = async_behaviour(handler.unary_stream, False, True)
             assert inner_s is not None
@@ -988,9 +1035,12 @@ class RequestGate(grpc.aio.ServerInterceptor):
                     result: Any = inner_s(request, context)
                     async for item in responses(result):
                         yield item
-                finally:
-                    request = result = None  # see unary_out
-                    release(size)
+                except BaseException:  # see unary_out
+                    request = result = None
+                    settle(context, size)
+                    raise
+                request = result = None
+                release(size)
 
             return _request_streaming(handler, stream_out)
         inner_u = async_behaviour(handler.unary_unary, False, False)
@@ -1006,16 +1056,21 @@ class RequestGate(grpc.aio.ServerInterceptor):
                 request, size = await first(context)
                 result = inner_u(request, context)
                 if awaits or inspect.isawaitable(result):
-                    return await result
-                return result
-            finally:
+                    result = await result
+            except BaseException:
                 # A handler's exception holds, through its traceback, every frame of the
                 # handler chain; this frame must not keep the request alive with it (the
                 # reporter wrap drops its own reference to the exception, see
                 # meshkit._handlers): a cycle through it is freed only by the cyclic GC,
-                # which large objects do not trigger.
+                # which large objects do not trigger. A call ended early (its caller
+                # left) whose handler still runs in a thread gives its slot back when
+                # that thread is done (see _settle).
                 request = result = None
-                release(size)
+                settle(context, size)
+                raise
+            request = None
+            release(size)
+            return result
 
         return _request_streaming(handler, unary_out)
 
@@ -1034,7 +1089,9 @@ class CallSlots(WrappingInterceptor):
     * any other call (all four kinds) over the cap is shed ``RESOURCE_EXHAUSTED`` "server
       busy" with the nack trailer (``meshkit-nack: 1``: meshkit clients retry it on
       another endpoint), counted in :attr:`shed` (``ServerStats.gate_shed``) and logged
-      as a warning at most once a minute.
+      as a warning at most once a minute;
+    * a call of a plain-function (``def``) handler holds its slot until its thread is
+      done with it, also when the call ended before (see :meth:`_before_for_handler`).
 
     The check runs first in the wrap, before the server's other checks (authentication,
     rate limit), and after telemetry has started observing the call, so a shed call is
@@ -1052,13 +1109,35 @@ class CallSlots(WrappingInterceptor):
         self._logged_at = -1e9
 
     def calls(self) -> int:
-        """The calls holding a slot now."""
+        """The calls holding a slot now (a plain-function handler's call: until its
+        thread is done with it, see :meth:`_before_for_handler`)."""
         return self.slots
 
     def _before_for(self, method: str) -> Before | None:
         if method == _HEALTH_WATCH:
             return None
         return self._enter_reserved if method == _HEALTH_CHECK else self._enter
+
+    def _before_for_handler(self, method: str, handler: Handler) -> Before | None:
+        """:meth:`_before_for`; for a method whose handler runs in a thread
+        (:func:`~meshkit._handlers.runs_in_a_thread`), a check whose slot is held until
+        the handler's thread is done with the call, also when the call ended before
+        (its caller left while the handler ran), as a synchronous ``grpc.server`` holds
+        it: with a thread per call slot (``ServeOptions.handler_threads``) an admitted
+        call never waits for a thread."""
+        if method == _HEALTH_WATCH or not runs_in_a_thread(handler):
+            return self._before_for(method)
+        cap = self.cap + _HEALTH_RESERVE if method == _HEALTH_CHECK else self.cap
+        left = self._left_thread
+
+        def enter_thread(context: Any) -> Awaitable[None] | None:
+            if self.slots >= cap:
+                return self._refuse(context)
+            self.slots += 1
+            context.add_done_callback(left)
+            return None
+
+        return enter_thread
 
     def _enter(self, context: Any) -> Awaitable[None] | None:
         if self.slots >= self.cap:
@@ -1076,6 +1155,9 @@ class CallSlots(WrappingInterceptor):
 
     def _left(self, context: Any) -> None:
         self.slots -= 1
+
+    def _left_thread(self, context: Any) -> None:
+        after_handler_thread(context, self._left, context)
 
     def _refuse(self, context: Any) -> Awaitable[None]:
         self.shed += 1

@@ -6,10 +6,16 @@ import asyncio
 import contextlib
 import contextvars
 import gc
+import os
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -1030,14 +1036,17 @@ async def test_a_response_generator_ended_after_its_servers_threads_were_release
 ) -> None:
     """A plain response generator whose call ends (cancelled) after its server released
     its handler threads (a MeshServer's drain ending while a handler was still blocked)
-    is still closed in a thread with the call's context, in the loop's default executor
-    (scheduling on the shut-down pool raised ``RuntimeError`` in the call's ``finally``)."""
+    is still closed with the call's context (scheduling the close on the shut-down pool
+    raised ``RuntimeError`` in the call's ``finally``): on the thread that ran it, which
+    runs the whole stream and closes it once its ``next`` under way returned."""
     step = threading.Event()
     closed_in: list[tuple[str, str]] = []
     closed = threading.Event()
+    ran_on: list[str] = []
 
     def slow(request: bytes, context: Any) -> Iterator[bytes]:
         try:
+            ran_on.append(threading.current_thread().name)
             yield b"first"
             step.wait(10)
             yield b"second"
@@ -1067,5 +1076,432 @@ async def test_a_response_generator_ended_after_its_servers_threads_were_release
         step.set()
         await server.stop(None)
         pool.shutdown(wait=True)
-    assert closed_in == [(closed_in[0][0], f"/{_SYNC}/Slow")], closed_in
-    assert not closed_in[0][0].startswith("test-released"), closed_in
+    assert closed_in == [(ran_on[0], f"/{_SYNC}/Slow")], (closed_in, ran_on)
+    assert ran_on[0].startswith("test-released"), ran_on
+
+
+# -- plain-function handlers on a MeshServer's threads: the call's end, threads, slots ---
+
+_SYNCH = "t.Sync"
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _synch(name: str) -> str:
+    return f"/{_SYNCH}/{name}"
+
+
+async def _serve_sync(registry: LocalRegistry, handlers: dict[str, Any],
+                      **options: Any) -> meshkit.MeshServer:
+    """A MeshServer named ``synch`` serving ``handlers`` (service ``t.Sync``), started."""
+    opts: dict[str, Any] = {"insecure": True, "drain_delay_s": 0.0, "grace_s": 0.5,
+                            "admin": None}
+    opts.update(options)
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SYNCH,
+                                                                               handlers),))
+
+    srv = meshkit.MeshServer("synch", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(**opts))
+    await srv.start()
+    return srv
+
+
+_LATE_CONTEXT_SCRIPT = r'''
+import asyncio, sys, tempfile, threading, time
+from pathlib import Path
+import grpc, meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+
+what = sys.argv[1]
+done = threading.Event()
+got = []
+kept = []
+
+
+def ask(context):
+    try:
+        got.append(repr(getattr(context, "auth_context" if what == "auth_context"
+                                else what if what.startswith("peer") else "peer")()))
+    except RuntimeError as e:  # the call has ended, and nothing was kept for it
+        got.append(f"RuntimeError: {e}")
+
+
+def late(request, context):
+    # a slow handler (a slow database) that asks who called at the end; its caller's
+    # 0.2 s deadline has passed by then
+    try:
+        time.sleep(0.8)
+        ask(context)
+        return b"late"
+    finally:
+        done.set()
+
+
+def watch(request, context):
+    # a response stream whose finally asks who called, closed after the caller cancelled
+    try:
+        yield b"first"
+        time.sleep(0.3)
+        yield b"second"
+    finally:
+        try:
+            ask(context)
+        finally:
+            done.set()
+
+
+def leaks(request, context):
+    # a handler that hands its context to a thread of its own, which asks after the call
+    kept.append(context)
+    threading.Timer(0.5, lambda: (ask(context), done.set())).start()
+    return b"leaked"
+
+
+def quick(request, context):
+    return b"alive"
+
+
+async def main():
+    reg = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg", ttl_s=5.0))
+    handlers = {"Late": grpc.unary_unary_rpc_method_handler(late),
+                "Watch": grpc.unary_stream_rpc_method_handler(watch),
+                "Leaks": grpc.unary_unary_rpc_method_handler(leaks),
+                "Quick": grpc.unary_unary_rpc_method_handler(quick)}
+
+    def add(_s, server):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Sync", handlers),))
+
+    srv = meshkit.MeshServer("late", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, drain_delay_s=0.0, grace_s=0.5, admin=None, handler_threads=2))
+    await srv.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        if what == "stream":
+            call = ch.unary_stream("/t.Sync/Watch")(b"", timeout=10)
+            assert await call.read() == b"first"
+            call.cancel()
+        elif what == "leaked":
+            assert await ch.unary_unary("/t.Sync/Leaks")(b"", timeout=5) == b"leaked"
+        else:
+            try:
+                await ch.unary_unary("/t.Sync/Late")(b"", timeout=0.2)
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+        assert await asyncio.to_thread(done.wait, 5)
+        await asyncio.sleep(0.3)
+        print(got[0], flush=True)
+        print(await ch.unary_unary("/t.Sync/Quick")(b"", timeout=5), flush=True)
+    await srv.drain()
+    await reg.close()
+    print("exited", flush=True)
+
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", ["peer", "auth_context", "peer_identities",
+                                  "peer_identity_key", "stream", "leaked"])
+def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_the_server(
+        what: str) -> None:
+    """A plain-function handler that asks its context for the caller's address or
+    identity (``peer()``, ``auth_context()``, ``peer_identities()``,
+    ``peer_identity_key()``: logging who called, at the end of a slow call) after its
+    caller's deadline passed, or a response generator whose ``finally`` does so when it
+    is closed after a client cancel, killed the whole server process with SIGSEGV:
+    grpc.aio releases the core call as soon as the call's task ends
+    (``_schedule_rpc_coro``: ``grpc_call_unref``, ``call = NULL``) and the handler's
+    thread, which outlives the task, then read the freed call. Now the synchronous
+    context keeps those answers when the call ends while its handler still runs (read
+    on the loop, the call still alive), and answers a context used after its handler
+    returned (handed to a thread of the application's) with ``RuntimeError``."""
+    proc = subprocess.run([sys.executable, "-c", _LATE_CONTEXT_SCRIPT, what], cwd=_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(_ROOT)},
+                          capture_output=True, text=True, timeout=45, check=False)
+    assert proc.returncode == 0, (
+        f"the server process died (exit {proc.returncode}) after a sync handler asked its "
+        f"context once its caller had left; stdout: {proc.stdout[-500:]!r} "
+        f"stderr tail: {proc.stderr[-800:]!r}")
+    got, *rest = proc.stdout.split("\n", 1)[0], *proc.stdout.split("\n")[1:]
+    assert [line for line in rest if line] == ["b'alive'", "exited"], proc.stdout
+    if what == "stream":
+        assert got.startswith("'ipv4:127.0.0.1:"), got  # kept from the live call
+    elif what == "peer":
+        # kept as the call ended: grpc core answers "" once the deadline passed (as an
+        # async handler's context then does)
+        assert got.startswith("'"), got
+    elif what == "auth_context":
+        assert got.startswith("{"), got
+    elif what == "leaked":
+        assert got.startswith("RuntimeError: ") and "ended" in got, got
+    else:  # no TLS: no identities
+        assert got == "None", got
+
+
+async def test_a_cancelled_response_stream_blocked_in_its_next_holds_one_thread_not_two(
+        registry: LocalRegistry) -> None:
+    """A plain response generator waiting for its next message (a watch stream waiting
+    for the next event) whose caller cancels keeps its thread until that ``next``
+    returns, as on grpc.aio and a synchronous ``grpc.server``. Its close was scheduled
+    on a *second* pool thread, which blocked on the generator's lock for up to 10 s
+    waiting for the first: one cancelled stream held both threads of a server with
+    ``handler_threads=2``, whose next unary call then missed its deadline. The
+    generator is now closed on its own thread once that ``next`` returned."""
+    event = threading.Event()
+    closed = threading.Event()
+
+    def watch(request: bytes, context: Any) -> Iterator[bytes]:
+        try:
+            yield b"first"
+            event.wait(4)  # waiting for the next event
+            yield b"second"
+        finally:
+            closed.set()
+
+    def unary(request: bytes, context: Any) -> bytes:
+        return b"answered"
+
+    srv = await _serve_sync(registry, {"Watch": grpc.unary_stream_rpc_method_handler(watch),
+                                       "Unary": grpc.unary_unary_rpc_method_handler(unary)},
+                            handler_threads=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            call = ch.unary_stream(_synch("Watch"))(b"", timeout=10)
+            assert await call.read() == b"first"
+            await asyncio.sleep(0.2)  # its next step is under way, blocked on the event
+            call.cancel()
+            await asyncio.sleep(0.3)  # the close is scheduled
+            t0 = time.monotonic()
+            try:
+                got: Any = await ch.unary_unary(_synch("Unary"))(b"", timeout=2.0)
+            except grpc.aio.AioRpcError as e:
+                got = e.code()
+            took = time.monotonic() - t0
+            assert got == b"answered", (
+                f"a unary call on a server with handler_threads=2 got {got} after "
+                f"{took:.2f} s: the one cancelled stream held both handler threads")
+            assert not closed.is_set()  # closed once its next returns
+    finally:
+        event.set()
+        assert await asyncio.to_thread(closed.wait, 5)
+        await srv.drain()
+
+
+@pytest.mark.parametrize("kind", ["unary", "stream"])
+@pytest.mark.parametrize("read_requests", [True, False])
+async def test_with_a_thread_per_call_slot_an_admitted_call_does_not_wait_for_a_thread(
+        registry: LocalRegistry, kind: str, read_requests: bool) -> None:
+    """``ServeOptions.handler_threads``: "give the call slots' count for a thread per
+    admitted call". With ``handler_threads == max_concurrent_rpcs == 2``, two calls whose
+    callers gave up (0.5 s deadline) while their handlers still ran (a slow database)
+    gave their call slots back at once but kept both threads: a third call was admitted
+    and waited, never running, for a thread until its deadline (``DEADLINE_EXCEEDED``
+    after the whole timeout, an endpoint failure for its caller), where a synchronous
+    ``grpc.server(ThreadPoolExecutor(2), maximum_concurrent_rpcs=2)``, which holds the
+    slot until the handler returns, answers ``RESOURCE_EXHAUSTED`` at once. Now a
+    plain-function handler's call holds its slot until its thread is free (unary and
+    response streams; the request gate's and, with ``read_requests=False``, the call
+    slots' count), and gives it back then."""
+    release = threading.Event()
+    ran: list[bytes] = []
+
+    def handler(request: bytes, context: Any) -> bytes:
+        ran.append(request)
+        if request == b"slow":
+            release.wait(3)
+        return b"done"
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        ran.append(request)
+        yield b"first"
+        if request == b"slow":
+            release.wait(3)
+        yield b"done"
+
+    srv = await _serve_sync(
+        registry, {"Call": grpc.unary_unary_rpc_method_handler(handler),
+                   "Stream": grpc.unary_stream_rpc_method_handler(stream)},
+        handler_threads=2,
+        limits=meshkit.ServerLimits(max_concurrent_rpcs=2, read_requests=read_requests))
+    counter: Any = srv.gate if srv.gate is not None else srv.call_slots
+    slots = counter.calls
+
+    async def call(request: bytes, deadline_s: float) -> Any:
+        if kind == "unary":
+            return await ch.unary_unary(_synch("Call"))(request, timeout=deadline_s)
+        return [m async for m in ch.unary_stream(_synch("Stream"))(request,
+                                                                    timeout=deadline_s)]
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            early = await asyncio.gather(*(call(b"slow", 0.5) for _ in range(2)),
+                                         return_exceptions=True)
+            assert all(isinstance(e, grpc.aio.AioRpcError)
+                       and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED for e in early), early
+            await asyncio.sleep(0.2)
+            assert ran == [b"slow", b"slow"]  # both handlers still hold their threads
+            assert slots() == 2
+            t0 = time.monotonic()
+            try:
+                got: Any = await call(b"quick", 1.5)
+            except grpc.aio.AioRpcError as e:
+                got = e.code()
+            took = time.monotonic() - t0
+            assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and took < 1.0, (
+                f"an admitted call on a server with a thread per call slot got {got} after "
+                f"{took:.2f} s (ran: {ran}): it waited for a thread held by a handler "
+                "whose call slot had been given back")
+            release.set()
+            await until(lambda: slots() == 0, timeout_s=5)
+            expected = b"done" if kind == "unary" else [b"first", b"done"]
+            assert await call(b"quick", 5) == expected  # the slots were given back
+    finally:
+        release.set()
+        await srv.drain()
+
+
+async def test_a_response_stream_whose_caller_left_before_it_got_a_thread_never_runs(
+        registry: LocalRegistry) -> None:
+    """A plain response generator whose call ends (its caller's deadline) while its job
+    still waits for one of the server's threads never runs, as a unary call's handler
+    queued so, and gives its call slot back at once: its job is cancelled, not left to
+    run its first step once a thread frees."""
+    release = threading.Event()
+    ran: list[str] = []
+
+    def block(request: bytes, context: Any) -> bytes:
+        ran.append("block")
+        release.wait(5)
+        return b"done"
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        ran.append("stream")
+        yield b"first"
+
+    srv = await _serve_sync(registry, {"Block": grpc.unary_unary_rpc_method_handler(block),
+                                       "Stream": grpc.unary_stream_rpc_method_handler(stream)},
+                            handler_threads=1)
+    assert srv.gate is not None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            blocked = asyncio.ensure_future(ch.unary_unary(_synch("Block"))(b"", timeout=8))
+            await until(lambda: ran == ["block"], timeout_s=5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in ch.unary_stream(_synch("Stream"))(b"", timeout=0.5):
+                    pass
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.2)
+            assert srv.gate.calls() == 1  # the blocked call's slot only
+            release.set()
+            assert await blocked == b"done"
+            await asyncio.sleep(0.3)
+            assert ran == ["block"]
+            assert [m async for m in ch.unary_stream(_synch("Stream"))(b"", timeout=5)] \
+                == [b"first"]
+    finally:
+        release.set()
+        await srv.drain()
+
+
+async def test_a_request_stream_whose_caller_left_counts_until_its_thread_is_free(
+        registry: LocalRegistry) -> None:
+    """A plain-function request-streaming handler still running after its caller left
+    (deadline) is counted in the request gate's open streams (which, with the call
+    slots, cap the server's calls) until its thread is free, then no more."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def upload(requests: Iterator[bytes], context: Any) -> bytes:
+        first = next(requests)
+        started.set()
+        release.wait(3)
+        return first
+
+    srv = await _serve_sync(registry, {
+        "Upload": grpc.stream_unary_rpc_method_handler(upload)}, handler_threads=2)
+    assert srv.gate is not None
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+        await asyncio.sleep(10)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.stream_unary(_synch("Upload"))(requests(), timeout=0.5)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert started.is_set()
+            await asyncio.sleep(0.2)
+            assert srv.gate.streams == 1  # its handler still holds its thread
+            release.set()
+            await until(lambda: srv.gate is not None and srv.gate.streams == 0, timeout_s=5)
+    finally:
+        release.set()
+        await srv.drain()
+
+
+async def test_a_sync_response_generator_runs_on_one_thread_for_its_whole_stream(
+        registry: LocalRegistry) -> None:
+    """A plain response generator streaming rows from a ``sqlite3`` cursor (or using any
+    thread-bound resource: ``threading.local`` sessions, a thread-affine client) runs on
+    one thread on grpc.aio and on a synchronous ``grpc.server``. meshkit advanced it
+    with one executor job per message, so when the thread that ran one step was taken
+    by another call while the stream waited for its reader (HTTP/2 flow control), the
+    next step ran on another thread: sqlite3 raised ``ProgrammingError`` mid-stream and
+    the caller got ``UNKNOWN`` after some rows. Now the generator runs on one thread
+    for its whole stream."""
+    steps: list[int] = []
+    release = threading.Event()
+    blocking = threading.Event()
+
+    def rows(request: bytes, context: Any) -> Iterator[bytes]:
+        db = sqlite3.connect(":memory:")
+        cursor = db.execute("with recursive c(x) as (select 1 union all select x + 1 "
+                            "from c where x < 16) select x from c")
+        for (x,) in cursor:
+            steps.append(threading.get_ident())
+            yield str(x).encode() * (1 << 18)  # 256 KiB: the stream waits for its reader
+
+    def block(request: bytes, context: Any) -> bytes:
+        blocking.set()
+        release.wait(5)
+        return b"done"
+
+    srv = await _serve_sync(registry, {"Rows": grpc.unary_stream_rpc_method_handler(rows),
+                                       "Block": grpc.unary_unary_rpc_method_handler(block)},
+                            handler_threads=2)
+    blocker: asyncio.Future[Any] | None = None
+    try:
+        # a reader whose flow-control window stays small (no BDP probing): the stream
+        # waits for it after a message or two
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}", options=(
+                ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536))) as ch:
+            got = 0
+            failure: grpc.aio.AioRpcError | None = None
+            try:
+                async for _ in ch.unary_stream(_synch("Rows"))(b"", timeout=10):
+                    got += 1
+                    if blocker is None:
+                        # the generator's thread is idle between steps: another call
+                        # would take it while the stream waits for this reader
+                        await asyncio.sleep(0.3)
+                        blocker = asyncio.ensure_future(
+                            ch.unary_unary(_synch("Block"))(b"", timeout=8))
+                        assert await asyncio.to_thread(blocking.wait, 5)
+                        await asyncio.sleep(0.1)
+            except grpc.aio.AioRpcError as e:
+                failure = e
+            release.set()
+            if blocker is not None:
+                assert await blocker == b"done"
+            assert failure is None and got == 16, (
+                f"the row stream failed after {got} rows: "
+                f"{failure.code() if failure else None} {failure.details() if failure else ''}"
+                f" (steps ran on {len(set(steps))} threads)")
+            assert len(set(steps)) == 1, f"the generator's steps ran on {len(set(steps))} threads"
+    finally:
+        release.set()
+        if blocker is not None:
+            await asyncio.gather(blocker, return_exceptions=True)
+        await srv.drain()
