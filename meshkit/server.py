@@ -621,10 +621,12 @@ class ServeOptions:
             it (each holding one of ``limits.max_concurrent_rpcs``, 32 by default) wait
             for a thread, as a synchronous ``grpc.server(ThreadPoolExecutor(n))``'s
             calls wait for one of its ``n`` workers; give the call slots' count for a
-            thread per admitted call (handlers waiting on a slow database). Blocked
-            handlers never hold the loop's default executor, which ``/metrics``'s
-            collectors (the admin server has a thread of its own), ``asyncio.to_thread``
-            and aiohttp's name lookups (a Consul or etcd registry's heartbeat) need.
+            thread per admitted call (handlers waiting on a slow database). A call whose
+            caller left keeps its slot until its handler returns, and a plain response
+            stream holds its thread until the stream ends. Blocked handlers never hold
+            the loop's default executor, which ``/metrics``'s collectors (the admin
+            server has a thread of its own), ``asyncio.to_thread`` and aiohttp's name
+            lookups (a Consul or etcd registry's heartbeat) need.
             The pool is shut down when the drain ends (or a failed start is undone)
             without waiting for handlers still running (their threads end when they
             return; calls still waiting for a thread never run); the interpreter's exit
