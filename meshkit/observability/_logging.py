@@ -259,7 +259,8 @@ _SINK_ERRORS = (OSError, ValueError)
 def _file_fd(out: Any) -> int | None:
     """The file descriptor behind ``out`` when it is the interpreter's own standard error
     or output (``sys.__stderr__``/``sys.__stdout__``: a ``TextIOWrapper`` over a
-    ``BufferedWriter`` over a ``FileIO``, POSIX newlines) in an encoding that writes no
+    ``BufferedWriter`` over a ``FileIO``, or over the ``FileIO`` itself under ``python
+    -u``; POSIX newlines) in an encoding that writes no
     byte-order mark (UTF-8, ASCII, Latin-1), blocking, so lines can be written past its
     buffers;
     ``None`` for any other stream (a ``StringIO``, a test's capture, an application's own
@@ -271,8 +272,11 @@ def _file_fd(out: Any) -> int | None:
     if (out is sys.__stderr__ or out is sys.__stdout__) and type(out) is io.TextIOWrapper \
             and os.name == "posix" and _bom_free(out.encoding):
         buffer = out.buffer
-        if type(buffer) is io.BufferedWriter and type(buffer.raw) is io.FileIO:
-            fd = buffer.raw.fileno()
+        # buffered (a BufferedWriter over the FileIO), or unbuffered (``python -u``,
+        # ``PYTHONUNBUFFERED``: the FileIO itself)
+        raw = buffer.raw if type(buffer) is io.BufferedWriter else buffer
+        if type(raw) is io.FileIO:
+            fd = raw.fileno()
             # a non-blocking one (a parent set O_NONBLOCK) could take part of a line and
             # refuse the rest (EAGAIN): the stream's buffer keeps the rest instead
             return fd if os.get_blocking(fd) else None
@@ -287,12 +291,15 @@ def _bom_free(encoding: str) -> bool:
         return False
 
 
-def _write_chunks(out: TextIO, chunks: list[str]) -> None:
+def _write_chunks(out: TextIO, chunks: list[str], flush_first: bool = True) -> None:
     """Write ``chunks`` to ``out``, one ``write(2)`` each. To a plain file's stream
     (:func:`_file_fd`) they go past its buffers, what it holds flushed first: a write
     that fails costs its chunk only and leaves nothing buffered, whereas bytes left in
     ``sys.stderr``'s buffer by a failed flush (a pipe whose reader is gone) make the
     interpreter's flush at exit fail again and the process exit with status 120.
+    ``flush_first=False`` (the log writer thread) leaves what the stream holds to its
+    owner: flushed from another thread, an application's half-written line would be cut
+    by ours.
 
     Raises:
         OSError: the write failed (EPIPE, EBADF, ENOSPC...; EAGAIN on a non-blocking one).
@@ -306,7 +313,8 @@ def _write_chunks(out: TextIO, chunks: list[str]) -> None:
             out.write(chunk)
             out.flush()  # one write(2) per chunk
         return
-    out.flush()  # what others wrote before goes first
+    if flush_first:
+        out.flush()  # what others wrote before goes first
     encoding, errors = out.encoding, out.errors or "strict"
     for chunk in chunks:
         data = memoryview(chunk.encode(encoding, errors))
@@ -324,22 +332,31 @@ EXIT_WAIT_S = 5.0
 
 
 class _FdWriter:
-    """The log writer thread of the interpreter's own standard error and output (the
-    streams :func:`_file_fd` writes past their buffers: pipes, terminals, files that
-    can stall). A log reader that stops reading (a container runtime's blocking log mode
-    with its shipper behind, a full disk behind journald) blocks a ``write(2)`` once the
-    pipe's buffer is full; written from the event loop's thread, that stopped every call
-    of the process. Lines are queued here instead and written by one daemon thread, in
-    the order they were queued; while it is blocked, lines past
-    :data:`MAX_PENDING_LOG_CHARS` queued characters are dropped and counted, and once
-    it writes again a ``"log lines dropped"`` warning gives the count (as
-    ``tracing-appender``'s lossy non-blocking writer, Linkerd's proxy's, drops lines it
-    cannot queue).
+    """Lines for the interpreter's own standard error and output (the streams
+    :func:`_file_fd` writes past their buffers: pipes, terminals, files), written so that
+    a log reader that stops reading never stops the program. A reader that stalls (a
+    container runtime's blocking log mode with its shipper behind, a full disk behind
+    journald) blocks a ``write(2)`` once the pipe's buffer is full; written from the
+    event loop's thread, that stopped every call of the process.
 
-    At the interpreter's exit (:meth:`close`) what is queued is written within
-    :data:`EXIT_WAIT_S`; past that every line is dropped, so a process whose reader
-    never reads again still exits. Any other stream (a ``StringIO``, a test's capture,
-    an application's own file) is written in the caller's thread, as before."""
+    A line (one chunk of at most ``PIPE_BUF`` bytes) is written at once in the caller's
+    thread, as before, while nothing is queued and the descriptor takes it without
+    blocking (``poll()``: a regular file always does): the order of lines against an
+    application's own writes, a line logged just before a crash or ``os._exit()`` (a
+    forked worker's, a pool worker's last task's), all as a plain write. Otherwise (the
+    reader behind, or a batch larger than a pipe write) the chunks are queued for one
+    daemon thread (``meshkit-log-writer``, signals blocked), written in order; while it
+    is blocked, lines past :data:`MAX_PENDING_LOG_CHARS` queued characters are dropped
+    and counted, and once it writes again a ``"log lines dropped"`` warning gives the
+    count (as ``tracing-appender``'s lossy non-blocking writer, Linkerd's proxy's, drops
+    lines it cannot queue).
+
+    At the interpreter's exit the queue is given at most :data:`EXIT_WAIT_S` in all
+    (threading's shutdown hook and ``atexit`` share one deadline); once ``atexit`` runs,
+    later lines are written at once, or dropped if the reader never caught up, so a
+    process whose reader never reads again still exits. Any other stream (a
+    ``StringIO``, a test's capture, an application's own file) is written in the
+    caller's thread, as before."""
 
     def __init__(self) -> None:
         self._reset()
@@ -353,23 +370,50 @@ class _FdWriter:
         self._pending = 0
         self._dropped = 0
         self._thread: threading.Thread | None = None
+        self._polls: dict[int, Any] = {}  # fd -> its select.poll(), registered POLLOUT
         self._sync = False  # after close(): written in the caller's thread
         self._gave_up = False  # close() timed out: the reader stalled, drop from here on
+        self._exit_by: float | None = None  # the exit's deadline (monotonic), once set
 
-    def put(self, out: TextIO, chunks: list[str], lines: int) -> None:
-        """Queue ``chunks`` (``lines`` lines) for ``out``; dropped (counted) past the
-        bound; after :meth:`close`, written at once in this thread.
+    def _takes_now(self, fd: int, chunks: list[str]) -> bool:
+        """Whether ``fd`` takes ``chunks`` without blocking: one chunk of at most
+        ``PIPE_BUF`` bytes (atomic, and room for it is what ``POLLOUT`` promises of a
+        pipe) and ``poll()`` says writable (a regular file always is)."""
+        if len(chunks) != 1:
+            return False
+        chunk = chunks[0]
+        # a character is at most 4 bytes in UTF-8 (1 in ASCII, Latin-1): measured only
+        # when it could be longer than PIPE_BUF
+        if len(chunk) > PIPE_BUF // 4 and len(chunk.encode("utf-8", "replace")) > PIPE_BUF:
+            return False
+        poller = self._polls.get(fd)
+        if poller is None:
+            poller = self._polls[fd] = select.poll()
+            poller.register(fd, select.POLLOUT)
+        try:
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True  # the write says what is wrong (EBADF...), as before
+
+    def put(self, out: TextIO, fd: int, chunks: list[str], lines: int) -> None:
+        """Write ``chunks`` (``lines`` lines) to ``out`` (descriptor ``fd``): at once when
+        nothing is queued and ``fd`` takes them now (or after :meth:`close`), else
+        queued for the writer thread; dropped (counted) past the bound (but for the
+        writer thread's own count of them).
 
         Raises:
             OSError, ValueError: only when written at once, as :func:`_write_chunks`.
         """
-        size = sum(map(len, chunks))
         with self._cond:
             if self._gave_up:
                 self._dropped += lines
                 return
-            if not (self._sync and not self._queue):
-                if self._queue and self._pending + size > MAX_PENDING_LOG_CHARS:
+            if not self._queue and (self._sync or self._takes_now(fd, chunks)):
+                pass  # written below, outside the lock, in this thread
+            else:
+                size = sum(map(len, chunks))
+                if (self._queue and self._pending + size > MAX_PENDING_LOG_CHARS
+                        and threading.current_thread() is not self._thread):
                     self._dropped += lines
                     return
                 thread = self._thread
@@ -380,7 +424,7 @@ class _FdWriter:
                     self._pending += size
                     self._cond.notify()
                     return
-        _write_chunks(out, chunks)  # at shutdown, or no thread could be started
+        _write_chunks(out, chunks)  # at once, or no thread could be started
 
     def _start(self) -> threading.Thread | None:
         """The writer thread, started; ``None`` when none can be (interpreter shutdown)."""
@@ -406,7 +450,7 @@ class _FdWriter:
                 out, chunks, size, _ = self._queue[0]
             written = False
             try:
-                _write_chunks(out, chunks)
+                _write_chunks(out, chunks, flush_first=False)
                 written = True
             except Exception:  # a failing sink costs its lines (_SINK_ERRORS and worse)
                 pass
@@ -418,7 +462,7 @@ class _FdWriter:
                 if written and self._dropped and not self._gave_up:
                     dropped, self._dropped = self._dropped, 0
                 cond.notify_all()
-            if dropped:
+            if dropped:  # queued past the bound (put: this thread's own line)
                 _log.warning("log lines dropped", dropped=dropped,
                              reason="the log reader did not keep up")
 
@@ -428,13 +472,22 @@ class _FdWriter:
         if threading.current_thread() is self._thread:
             return not self._queue
         with self._cond:
-            return self._cond.wait_for(lambda: not self._queue, timeout_s)
+            return self._cond.wait_for(lambda: not self._queue, max(0.0, timeout_s))
 
-    def close(self, timeout_s: float) -> None:
-        """At the interpreter's exit: wait for the queue (:meth:`wait`), then write every
-        later line in its caller's thread; when the wait timed out (the reader stalled),
-        drop every later line instead, so exit is never held longer."""
-        done = self.wait(timeout_s)
+    def wait_at_exit(self) -> bool:
+        """:meth:`wait` within the exit's one deadline (:data:`EXIT_WAIT_S` from the first
+        exit hook that waits)."""
+        now = time.monotonic()
+        if self._exit_by is None:
+            self._exit_by = now + EXIT_WAIT_S
+        return self.wait(self._exit_by - now)
+
+    def close(self) -> None:
+        """At the interpreter's exit (``atexit``: threads joined): wait for the queue
+        (:meth:`wait_at_exit`), then write every later line in its caller's thread; when
+        the wait timed out (the reader stalled), drop every later line instead, so exit
+        is never held longer."""
+        done = self._gave_up or self.wait_at_exit()
         with self._cond:
             self._sync = True
             if not done:
@@ -445,17 +498,18 @@ _fd_writer = _FdWriter()
 
 
 def _emit(out: TextIO, chunks: list[str], lines: int) -> None:
-    """Write ``chunks`` (``lines`` whole lines) to ``out``: by the log writer thread
-    (:class:`_FdWriter`) when ``out`` is the interpreter's own standard error or output,
-    at once otherwise.
+    """Write ``chunks`` (``lines`` whole lines) to ``out``: through :class:`_FdWriter`
+    (at once when the descriptor takes them, else by its thread) when ``out`` is the
+    interpreter's own standard error or output, at once otherwise.
 
     Raises:
         OSError, ValueError: written at once and the write failed (:func:`_write_chunks`).
     """
-    if _file_fd(out) is None:
+    fd = _file_fd(out)
+    if fd is None:
         _write_chunks(out, chunks)
     else:
-        _fd_writer.put(out, chunks, lines)
+        _fd_writer.put(out, fd, chunks, lines)
 
 
 class _LineLogger:
@@ -468,11 +522,12 @@ class _LineLogger:
     ``print`` drops them (``PrintLogger`` would fall back to stdout, into the program's
     output)."""
 
-    __slots__ = ("_file", "_lock")
+    __slots__ = ("__weakref__", "_file", "_lock")
 
     def __init__(self, file: TextIO | None) -> None:
         self._file = file
         self._lock = threading.Lock()
+        _line_loggers.add(self)  # its lock made again in a forked child (_forked)
 
     def msg(self, message: str) -> None:
         """Write one rendered line (structlog calls this for every level)."""
@@ -484,6 +539,9 @@ class _LineLogger:
             _emit(out, [f"{message}\n"], 1)  # str() of it, as print() does
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+_line_loggers: weakref.WeakSet[_LineLogger] = weakref.WeakSet()
 
 
 class _LineLoggerFactory:
@@ -591,7 +649,8 @@ def _before_fork() -> None:
 
 def _forked() -> None:
     """In a forked child: the writers start empty, with locks of their own (a parent's
-    thread may have held one at the fork) and no timer (it was the parent loop's); the
+    thread may have held one at the fork: the line loggers' too) and no timer (it was the
+    parent loop's); the
     log writer thread's queue too (the parent's thread writes it) and no thread (the
     child starts its own at its first line)."""
     for w in list(_writers):
@@ -600,6 +659,8 @@ def _forked() -> None:
         w._size = 0
         w._timer = False
         w._timer_loop = None
+    for logger in list(_line_loggers):  # another thread may have been logging at the fork
+        logger._lock = threading.Lock()
     _fd_writer._reset()
 
 
@@ -608,7 +669,7 @@ def _at_exit() -> None:
     most :data:`EXIT_WAIT_S`), later lines written at once (or dropped, the reader
     stalled)."""
     flush_logs(0)
-    _fd_writer.close(EXIT_WAIT_S)
+    _fd_writer.close()
 
 
 atexit.register(_at_exit)
@@ -633,7 +694,10 @@ def _at_threading_shutdown() -> None:
             w._write_locked()
             w.flush_interval_s = 0  # msg() writes at once; add() takes msg()'s path
             w._timer = False
-    _fd_writer.close(EXIT_WAIT_S)  # the writer thread is a daemon: not joined
+    # the writer thread is a daemon, not joined, and a multiprocessing worker's
+    # os._exit() follows: what is queued is waited for (within the exit's deadline), and
+    # the lines of threads still running are written as ever (at once, or queued)
+    _fd_writer.wait_at_exit()
 
 
 if _register_threading_atexit is not None:
@@ -1174,7 +1238,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     writer = BufferedLineWriter(sys.stderr, flush_interval_s=access_log_flush_interval_s)
     wrapper = structlog.make_filtering_bound_logger(_LEVELS[name])
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    flush_logs()  # what the previous access logger still holds, in its configuration
+    flush_logs(0)  # what the previous access logger still holds, in its configuration
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
