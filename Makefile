@@ -20,13 +20,17 @@ demo: $(STAMP)
 # Real components the suite runs, from Debian (each a no-op when installed): Prometheus and
 # Alertmanager (tests/ops), etcd-server/etcd-client (the etcd registry tests), chromium
 # (the admin dashboard's browser test).
+# Test workers: one more than the CPUs this process may use, as the suite waits on
+# sockets, subprocesses and timers part of its time (2 cores: 6:52 with 2 workers, 5:41
+# with 3, the cores then 93 % busy). TEST_WORKERS=N to choose.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1) + 1)")
 test: $(STAMP)
 	bash scripts/install-ops.sh
 	bash scripts/install-etcd.sh
 	bash scripts/install-browser.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Line coverage of meshkit/ over the whole suite (the call objects, meshkit/_calls.py, >= 95 %).
 coverage: $(STAMP)
