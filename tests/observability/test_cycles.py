@@ -238,6 +238,22 @@ async def test_a_handler_exception_on_a_mesh_server_leaves_no_more_cycles_than_g
     assert found["meshkit"] <= found["meshkit abort"], found
 
 
+async def _each_scenario(scenarios: dict[str, Callable[[Any], Awaitable[None]]],
+                         raw: Any, mesh: Any) -> dict[str, tuple[float, float]]:
+    """Cyclic objects per call of each scenario, ``(grpc.aio, meshkit)``: the scenario
+    run on the plain grpc.aio channel ``raw`` and on the mesh channel ``mesh`` (within
+    120 s in all)."""
+    found: dict[str, tuple[float, float]] = {}
+    async with asyncio.timeout(120):
+        for name, scenario in scenarios.items():
+            r = await cyclic_per_call(lambda s=scenario: s(raw), calls=60, warm=20,
+                                      settle_s=0.3)
+            g = await cyclic_per_call(lambda s=scenario: s(mesh), calls=60, warm=20,
+                                      settle_s=0.3)
+            found[name] = (r, g)
+    return found
+
+
 async def _compare_cycles(
         registry: LocalRegistry, options: meshkit.DialOptions,
         scenarios: dict[str, Callable[[Any], Awaitable[None]]],
@@ -253,16 +269,9 @@ async def _compare_cycles(
                                      host="127.0.0.1", port=port))
     raw = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     mesh = meshkit.dial("echo", registry=registry, options=options)
-    found: dict[str, tuple[float, float]] = {}
     try:
-        async with asyncio.timeout(120):
-            await mesh.wait_for_endpoints(1, timeout_s=10)
-            for name, scenario in scenarios.items():
-                r = await cyclic_per_call(lambda s=scenario: s(raw), calls=60, warm=20,
-                                          settle_s=0.3)
-                g = await cyclic_per_call(lambda s=scenario: s(mesh), calls=60, warm=20,
-                                          settle_s=0.3)
-                found[name] = (r, g)
+        await mesh.wait_for_endpoints(1, timeout_s=10)
+        found = await _each_scenario(scenarios, raw, mesh)
     finally:
         await mesh.close()
         await raw.close()
@@ -432,15 +441,9 @@ async def test_a_stream_that_finds_no_endpoint_leaves_no_more_cycles_than_grpc_a
             return
         raise AssertionError("the stream answered")
 
-    found: dict[str, tuple[float, float]] = {}
     try:
-        async with asyncio.timeout(120):
-            for name, scenario in (("server stream", server_stream), ("bidi", bidi)):
-                r = await cyclic_per_call(lambda s=scenario: s(raw), calls=60, warm=20,
-                                          settle_s=0.3)
-                g = await cyclic_per_call(lambda s=scenario: s(mesh), calls=60, warm=20,
-                                          settle_s=0.3)
-                found[name] = (r, g)
+        found = await _each_scenario({"server stream": server_stream, "bidi": bidi},
+                                     raw, mesh)
     finally:
         await mesh.close()
         await raw.close()
