@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
@@ -722,6 +723,106 @@ async def test_lease_loss_registers_again(node: EtcdCluster,
     assert owner._lease != lease
     assert any(e["event"] == "etcd lease lost; registering the instances again" for e in logs)
     await watcher.stop()
+
+
+# -- name lookups: the registry's own resolver threads -----------------------------------------
+async def _key_lease(node: EtcdCluster, key: str) -> int | None:
+    """The lease of ``key`` on member 0 (0: none), None if absent. Asked over a session of
+    its own to the member's IP address: no name lookup, nothing on the default executor
+    (which the test fills)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http, \
+            http.post(f"{node.endpoints[0]}/v3/kv/range", json={"key": _b64(key)}) as resp:
+        data = await resp.json(content_type=None)
+    kvs: list[dict[str, Any]] = data.get("kvs") or []
+    return int(kvs[0].get("lease") or 0) if kvs else None
+
+
+@pytest.mark.timeout(60)
+async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
+        node: EtcdCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load must not deregister an instance that is merely busy. A registry speaking to
+    its members by host name (``etcd://etcd-0.etcd:2379`` in a cluster; ``localhost``
+    here) whose pooled connections are gone (the member restarted, a load balancer's
+    idle timeout) connects again, and aiohttp's default resolver ran the name lookup
+    with ``loop.getaddrinfo``, in the loop's default executor. An application that fills
+    that executor with its own blocking work (``asyncio.to_thread``, ``run_in_executor
+    (None, ...)``) left every keep-alive waiting behind it: each timed out, the lease
+    expired and the live instance dropped out of discovery. Now the registry looks names
+    up on threads of its own (``meshkit-etcd-dns``). aiohttp's DNS cache (10 s) is turned
+    off here, as it will have lapsed by the time a long-lived process reconnects. A
+    control without the load (the same reconnect) keeps the key too."""
+    original_init = aiohttp.TCPConnector.__init__
+
+    def no_dns_cache(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["use_dns_cache"] = False  # stands for the 10 s cache having lapsed
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "__init__", no_dns_cache)
+    ttl_s = 2  # the keep-alive renews every ttl_s / 3; the lease ends 2-2.5 s unrenewed
+
+    async def run(loaded: bool) -> list[int | None]:
+        release = threading.Event()
+        blocked: list[asyncio.Future[bool]] = []
+        service = unique_service()
+        async with TcpProxy("127.0.0.1", node.members[0].client_port) as proxy:
+            reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://localhost:{proxy.port}",),
+                                           **{**FAST, "ttl_s": ttl_s}))
+            try:
+                a = make_instance(service, 1)
+                await reg.register(a)
+                key = f"{reg.options.prefix}{service}/{a.instance_id}"
+                lease = await _key_lease(node, key)
+                assert lease, lease
+                if loaded:  # more blocking jobs than the default executor has threads
+                    loop = asyncio.get_running_loop()
+                    blocked = [loop.run_in_executor(None, release.wait, 30.0)
+                               for _ in range(64)]
+                # the pooled connections are gone: the next keep-alive connects again
+                await proxy.stop()
+                await asyncio.sleep(0.1)
+                await proxy.start()
+                seen: list[int | None] = []
+                end = time.monotonic() + 2 * ttl_s + 1.0
+                while time.monotonic() < end:
+                    seen.append(await _key_lease(node, key))
+                    await asyncio.sleep(0.1)
+                names = {t.name for t in reg._dns._threads}  # type: ignore[attr-defined]
+                assert names and all(n.startswith("meshkit-etcd-dns") for n in names), names
+                return [None if s is None else int(s == lease) for s in seen]
+            finally:
+                release.set()
+                await asyncio.gather(*blocked, return_exceptions=True)
+                await reg.close()
+                threads = list(reg._dns._threads)  # type: ignore[attr-defined]
+                await until(lambda: not any(t.is_alive() for t in threads),
+                            what="the lookup threads to end after close()")
+
+    control = await run(loaded=False)
+    assert set(control) == {1}, control  # the reconnect alone costs nothing
+    loaded = await run(loaded=True)
+    assert set(loaded) == {1}, (
+        f"the key of a live, busy process went away or changed lease ({loaded}) after a "
+        "reconnect: its keep-alive's name lookup waited behind the default executor's "
+        "blocking jobs")
+
+
+async def test_ip_address_endpoints_start_no_lookup_thread(node: EtcdCluster) -> None:
+    """Members given by IP address (``http://127.0.0.1:<port>``) cost no name lookup:
+    aiohttp connects to the address as is, so the registry's lookup pool
+    (``meshkit-etcd-dns``) never starts a thread, through register, a watch and
+    keep-alives, and close() leaves none."""
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    try:
+        a = make_instance(unique_service(), 1)
+        await reg.register(a)
+        watcher = Collector(reg, a.service)
+        await watcher.until_set({a})
+        await asyncio.sleep(1.0)  # a keep-alive or two
+        await watcher.stop()
+        assert not reg._dns._threads  # type: ignore[attr-defined]
+    finally:
+        await reg.close()
+    assert not reg._dns._threads  # type: ignore[attr-defined]
 
 
 # -- a key lost while its lease lives: the owner puts it back ------------------------------------
@@ -1539,7 +1640,6 @@ async def test_a_server_whose_keep_alive_fails_exports_registry_unhealthy(
     which was produced from channels only: a serving process had no series at 0 and the
     alert could not fire for it. Its /metrics now carries the server's registry health,
     0 while the keep-alive fails."""
-    import aiohttp
 
     from tests.support.echo import mesh_echo
 
