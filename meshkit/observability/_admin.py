@@ -157,7 +157,9 @@ class AdminServer:
         self._unencodable: set[str] = set()  # families warned about (see _metrics)
         self._runner: web.AppRunner | None = None
         self._render_threads: ThreadPoolExecutor | None = None  # from start() to stop()
-        self._starting = False
+        # while start() runs: done when it has returned or raised (stop() waits for it)
+        self._starting: asyncio.Future[None] | None = None
+        self._stop_asked = False  # stop() during start(): the start undoes itself
         self.port = 0
 
     def add_route(self, path: str, handler: Handler, *, method: str = "GET") -> None:
@@ -216,17 +218,25 @@ class AdminServer:
     async def start(self) -> int:
         """Bind and serve; returns the bound port.
 
+        When :meth:`stop` is called while ``start()`` runs, the start is undone (the
+        site closed, the render threads released) and raises ``RuntimeError``; that
+        :meth:`stop` returns once the undoing is done. The server can be started again.
+
         Raises:
             OSError: the address cannot be bound.
-            RuntimeError: already started.
+            RuntimeError: already started (or starting), or :meth:`stop` was called
+                while starting.
         """
-        if self._runner is not None or self._starting:
+        if self._runner is not None or self._starting is not None:
             raise RuntimeError("admin server already started")
-        self._starting = True  # until bound: a second start() meanwhile is refused
+        # until bound: a second start() meanwhile is refused, a stop() waits for it
+        done = self._starting = asyncio.get_running_loop().create_future()
+        self._stop_asked = False
         try:
             return await self._start()
         finally:
-            self._starting = False
+            self._starting = None
+            done.set_result(None)
 
     async def _start(self) -> int:
         app = web.Application(middlewares=[_local_host_only]
@@ -245,17 +255,29 @@ class AdminServer:
         self._render_threads = ThreadPoolExecutor(max_workers=_RENDER_THREADS,
                                                   thread_name_prefix="meshkit-admin-metrics")
         try:
-            self._runner, self.port = await start_app(app, self.options.host,
-                                                      self.options.port)
+            runner, port = await start_app(app, self.options.host, self.options.port)
         except BaseException:
             self._release_render_threads()
             raise
+        if self._stop_asked:  # stop() was called meanwhile: it waits for this undoing
+            try:
+                await runner.cleanup()
+            finally:
+                self._release_render_threads()
+            raise RuntimeError("admin server stopped while starting")
+        self._runner, self.port = runner, port
         _log.info("admin server listening", address=f"{uri_host(self.options.host)}:{self.port}")
         return self.port
 
     async def stop(self) -> None:
         """Stop serving (safe to call twice or before :meth:`start`); the render threads
-        end once a render under way is done (not waited for)."""
+        end once a render under way is done (not waited for). Called while :meth:`start`
+        runs, it has that start undone (``start()`` raises ``RuntimeError``) and returns
+        once nothing listens; cancelled while it waits, the start is still undone."""
+        starting = self._starting
+        if starting is not None:
+            self._stop_asked = True
+            await asyncio.shield(starting)
         runner, self._runner = self._runner, None
         try:
             if runner is not None:

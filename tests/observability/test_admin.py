@@ -31,6 +31,7 @@ from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot
 from meshkit.discovery import EtcdOptions, EtcdRegistry, LocalRegistry
 from meshkit.errors import ConfigError
 from meshkit.observability import AdminOptions, AdminServer, TelemetryOptions
+from meshkit.observability import _admin as admin_module
 from meshkit.observability._live import track
 from tests.support.echo import SERVICE, add_echo, method
 from tests.support.etcd import EtcdCluster, require_etcd_binary
@@ -864,3 +865,99 @@ async def test_metrics_answer_while_the_loops_default_executor_is_full() -> None
     finally:
         release.set()
         await asyncio.wait_for(asyncio.gather(*busy), 10)
+
+
+@pytest.mark.parametrize("slow", ["before-bind", "after-bind"])
+async def test_a_stop_during_start_leaves_nothing_listening_and_no_thread(
+        slow: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stop()`` while ``start()`` was inside aiohttp's start (the app runner's setup,
+    the site binding) found no runner yet: it released the ``/metrics`` render threads
+    and returned, then the start finished and the server kept serving after ``stop()``,
+    every ``/metrics`` a 503 "admin server stopping" for good. Now such a ``stop()``
+    makes the start undo itself (the site closed, the render threads released) and
+    raise ``RuntimeError``, as a ``MeshServer.drain()`` during its ``start()`` does, and
+    returns once that is done. aiohttp's start is slowed down here (a delay before or
+    after the bind); in the second case a scrape during it started a render thread."""
+    real_start_app = admin_module.start_app
+    entered, bound_evt = asyncio.Event(), asyncio.Event()
+    bound: list[int] = []
+
+    async def slow_start_app(app: web.Application, host: str,
+                             port: int) -> tuple[web.AppRunner, int]:
+        entered.set()
+        if slow == "before-bind":
+            await asyncio.sleep(0.5)
+        runner, got = await real_start_app(app, host, port)
+        bound.append(got)
+        bound_evt.set()
+        if slow == "after-bind":
+            await asyncio.sleep(0.5)
+        return runner, got
+
+    monkeypatch.setattr(admin_module, "start_app", slow_start_app)
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    start = asyncio.create_task(admin.start())
+    try:
+        await asyncio.wait_for(entered.wait(), 5)
+        if slow == "after-bind":
+            await asyncio.wait_for(bound_evt.wait(), 5)
+            status, _ = await asyncio.wait_for(get(f"http://127.0.0.1:{bound[0]}/metrics"), 5)
+            assert status == 200
+        await asyncio.wait_for(admin.stop(), 5)
+        stop_returned_with_start_done = start.done()
+        (result,) = await asyncio.wait_for(asyncio.gather(start, return_exceptions=True), 5)
+        assert bound, result
+        port = bound[0]
+        try:
+            status, _ = await asyncio.wait_for(get(f"http://127.0.0.1:{port}/metrics"), 5)
+        except aiohttp.ClientConnectionError:
+            status = 0
+        assert status == 0, (
+            f"the admin server still serves after stop() (start() gave {result!r}); "
+            f"/metrics answers {status}")
+        assert stop_returned_with_start_done, "stop() returned before the start was undone"
+        assert isinstance(result, RuntimeError), result
+        await until(lambda: not [t for t in threading.enumerate()
+                                 if t.name.startswith("meshkit-admin-metrics")],
+                    timeout_s=5, what="the admin server's render thread to end")
+        # stopped for good: a later stop() is a no-op, a new start() serves again
+        await admin.stop()
+        async with AdminServer(AdminOptions(registry=CollectorRegistry(),
+                                            require_server=False)) as again:
+            assert (await get(again.url + "/healthz"))[0] == 200
+    finally:
+        if not start.done():
+            start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        await admin.stop()
+
+
+async def test_a_stop_cancelled_while_it_waits_for_the_start_still_undoes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``stop()`` given up while it waits for a start under way (its caller's timeout)
+    still has that start undone: nothing listens once the start returns."""
+    real_start_app = admin_module.start_app
+    bound: list[int] = []
+
+    async def slow_start_app(app: web.Application, host: str,
+                             port: int) -> tuple[web.AppRunner, int]:
+        runner, got = await real_start_app(app, host, port)
+        bound.append(got)
+        await asyncio.sleep(0.5)
+        return runner, got
+
+    monkeypatch.setattr(admin_module, "start_app", slow_start_app)
+    admin = AdminServer(AdminOptions(registry=CollectorRegistry(), require_server=False))
+    start = asyncio.create_task(admin.start())
+    try:
+        await until(lambda: bool(bound), timeout_s=5, what="the bind")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(admin.stop(), 0.1)
+        (result,) = await asyncio.wait_for(asyncio.gather(start, return_exceptions=True), 5)
+        assert isinstance(result, RuntimeError), result
+        with pytest.raises(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", bound[0])
+            writer.close()
+    finally:
+        await asyncio.gather(start, return_exceptions=True)
+        await admin.stop()
