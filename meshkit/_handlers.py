@@ -33,6 +33,7 @@ __all__ = [
     "UNDECODABLE_MARK",
     "Before",
     "Continuation",
+    "EscapedGeneratorExit",
     "EscapedStopIteration",
     "FusedInterceptor",
     "Handler",
@@ -228,6 +229,15 @@ _ON_LOOP_THREAD = ("{} waits for the event loop: used on the loop's own thread i
 class EscapedStopIteration(RuntimeError):
     """A ``StopIteration`` that escaped a synchronous handler, raised in its place (see
     :func:`async_behaviour`); the original is its ``__cause__``."""
+
+
+class EscapedGeneratorExit(RuntimeError):
+    """A ``GeneratorExit`` that escaped a step of a synchronous response stream (a
+    generator raising it, an iterator's ``__next__``), raised in its place: thrown into
+    the asynchronous generators that serve the stream on the loop, it left them "already
+    running" for good, so the call never ended and the request gate's call slot was
+    never given back. The call ends ``UNKNOWN``, as for any exception; the original is
+    its ``__cause__``."""
 
 
 def _call_sync(behaviour: Any, request: Any, context: Any) -> Any:
@@ -668,8 +678,14 @@ class _Pump:
     def _hand(self, to: Callable[[asyncio.Future[Any], Any], None], fut: asyncio.Future[Any],
               what: Any) -> bool:
         """``to(fut, what)`` on the loop; ``False`` when the loop is closed."""
-        if isinstance(what, StopIteration):  # an asyncio future cannot carry it
-            what = EscapedStopIteration(f"StopIteration escaped a response stream: {what!r}")
+        if isinstance(what, StopIteration | GeneratorExit):
+            # an asyncio future cannot carry a StopIteration; a GeneratorExit would wedge
+            # the loop's async generators serving the stream
+            escaped = (EscapedStopIteration if isinstance(what, StopIteration)
+                       else EscapedGeneratorExit)(
+                f"{type(what).__name__} escaped a response stream: {what!r}")
+            escaped.__cause__ = what
+            what = escaped
         try:
             self._loop.call_soon_threadsafe(to, fut, what)
         except RuntimeError:

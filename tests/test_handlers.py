@@ -1505,3 +1505,55 @@ async def test_a_sync_response_generator_runs_on_one_thread_for_its_whole_stream
         if blocker is not None:
             await asyncio.gather(blocker, return_exceptions=True)
         await srv.drain()
+
+
+class _ExitingIterator:
+    """An iterator whose ``__next__`` raises ``GeneratorExit`` (a wrapped generator's
+    close leaking through, a library iterator that re-raises it)."""
+
+    def __iter__(self) -> _ExitingIterator:
+        return self
+
+    def __next__(self) -> bytes:
+        raise GeneratorExit()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("shape", ["generator", "iterator"])
+async def test_a_response_stream_raising_generator_exit_gives_its_call_slot_back(
+        registry: LocalRegistry, shape: str) -> None:
+    """A plain response stream whose step raises ``GeneratorExit`` (a generator body, or
+    an iterator returned by a plain function): the pump handed it as it was to the loop,
+    where, raised out of the async generators serving the stream, it left them "already
+    running" for good: the call never ended (the caller waited out its deadline) and the
+    request gate's call slot was never given back (one ``max_concurrent_rpcs`` slot lost
+    per such call until restart). It is now raised as ``EscapedGeneratorExit`` (as an
+    escaped ``StopIteration``): the call ends ``UNKNOWN`` at once and the slot comes back
+    (found by the review of b739f14)."""
+
+    def generator(request: bytes, context: Any) -> Iterator[bytes]:
+        yield b"first"
+        raise GeneratorExit()
+
+    def plain(request: bytes, context: Any) -> Any:
+        return _ExitingIterator()
+
+    srv = await _serve_sync(
+        registry, {"Exit": grpc.unary_stream_rpc_method_handler(
+            generator if shape == "generator" else plain)},
+        handler_threads=2, limits=meshkit.ServerLimits(max_concurrent_rpcs=4))
+    assert srv.gate is not None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in ch.unary_stream(_synch("Exit"))(b"", timeout=10.0):
+                    pass
+            assert info.value.code() is grpc.StatusCode.UNKNOWN, info.value
+            assert time.monotonic() - t0 < 5.0  # answered, not its deadline waited out
+            with contextlib.suppress(AssertionError):
+                await until(lambda: srv.gate is not None and srv.gate.calls() == 0,
+                            timeout_s=3)
+            assert srv.gate.calls() == 0, "the call's slot is still held: leaked"
+    finally:
+        await srv.drain()
