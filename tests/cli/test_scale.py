@@ -54,6 +54,21 @@ async def _register_local(reg_dir: Path, instances: list[Instance]) -> None:
         await reg.close()
 
 
+async def _catalog_services(http: aiohttp.ClientSession, double: ConsulDouble,
+                            names: list[str], admin: bool = True) -> None:
+    """Register one instance of each service in ``names`` (ID ``<name>-1``, port 20000 +
+    its index, with ``admin_port`` 30000 + its index in its meta if ``admin``) in the
+    Consul double's catalog, on node ``node-2``."""
+    for i, name in enumerate(names):
+        service: dict[str, Any] = {"ID": f"{name}-1", "Service": name,
+                                   "Address": "127.0.0.1", "Port": 20000 + i}
+        if admin:
+            service["Meta"] = {"admin_port": str(30000 + i)}
+        async with http.put(f"{double.url}/v1/catalog/register", json={
+                "Node": "node-2", "Address": "127.0.0.1", "Service": service}) as resp:
+            assert resp.status == 200, await resp.text()
+
+
 def _ready_after(delay_s: float) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A ``/readyz`` handler answering 200 after ``delay_s`` seconds."""
     async def readyz(request: web.Request) -> web.Response:
@@ -158,13 +173,7 @@ async def test_prometheus_targets_each_registry_read_is_bounded_on_its_own(
     out = tmp_path / "targets.json"
     try:
         async with aiohttp.ClientSession() as http:
-            for i in range(400):
-                async with http.put(f"{double.url}/v1/catalog/register", json={
-                        "Node": "node-2", "Address": "127.0.0.1",
-                        "Service": {"ID": f"svc{i:04d}-1", "Service": f"svc{i:04d}",
-                                    "Address": "127.0.0.1", "Port": 20000 + i,
-                                    "Meta": {"admin_port": str(30000 + i)}}}) as resp:
-                    assert resp.status == 200, await resp.text()
+            await _catalog_services(http, double, [f"svc{i:04d}" for i in range(400)])
         reg = ConsulRegistry(ConsulOptions(addr=double.addr))
         try:
             writer = TargetWriter(reg, out, keep_failing_s=300.0, timeout_s=3.0)
@@ -293,12 +302,7 @@ async def test_services_reads_each_consul_service_once(
     await double.start()
     try:
         async with aiohttp.ClientSession() as http:
-            for i in range(3):
-                async with http.put(f"{double.url}/v1/catalog/register", json={
-                        "Node": "node-2", "Address": "127.0.0.1",
-                        "Service": {"ID": f"svc{i}-1", "Service": f"svc{i}",
-                                    "Address": "127.0.0.1", "Port": 20000 + i}}) as resp:
-                    assert resp.status == 200, await resp.text()
+            await _catalog_services(http, double, ["svc0", "svc1", "svc2"], admin=False)
             async with http.put(f"{double.url}/v1/agent/service/register", json={
                     "ID": "svc1-dead", "Name": "svc1", "Address": "127.0.0.1", "Port": 9,
                     "Check": {"TTL": "30s"}}) as resp:  # critical: a TTL never passed
@@ -513,13 +517,7 @@ async def test_prometheus_targets_reads_each_service_once_per_pass(tmp_path: Pat
     await double.start()
     try:
         async with aiohttp.ClientSession() as http:
-            for i in range(3):
-                async with http.put(f"{double.url}/v1/catalog/register", json={
-                        "Node": "node-2", "Address": "127.0.0.1",
-                        "Service": {"ID": f"svc{i}-1", "Service": f"svc{i}",
-                                    "Address": "127.0.0.1", "Port": 20000 + i,
-                                    "Meta": {"admin_port": str(30000 + i)}}}) as resp:
-                    assert resp.status == 200, await resp.text()
+            await _catalog_services(http, double, ["svc0", "svc1", "svc2"])
             async with http.put(f"{double.url}/v1/agent/service/register", json={
                     "ID": "svc1-dead", "Name": "svc1", "Address": "127.0.0.1", "Port": 9,
                     "Meta": {"admin_port": "9"},
