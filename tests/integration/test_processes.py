@@ -27,11 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
-def _block_sigterm() -> None:
-    """In the child before exec: SIGTERM blocked, as a launcher that ``sigwait()``s for
-    signals in one thread and starts children from another hands it down (the signal
-    mask survives fork and exec)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+# A launcher that starts the echo server with SIGTERM blocked, as one that ``sigwait()``s
+# for signals in one thread and starts children from another hands it down (the signal
+# mask survives exec). A process of its own, not a ``preexec_fn``: that runs Python in a
+# child forked from this multi-threaded test process (grpc's threads), which the
+# standard library warns may deadlock or die (the child once exited before READY).
+_SIGTERM_BLOCKED = ("import os, signal, sys; "
+                    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}); "
+                    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 @pytest.fixture
@@ -42,28 +45,31 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
 
     async def start(instance_id: str, *,
                     sigterm_blocked: bool = False) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.support.echo",
-            "--registry",
-            uri,
-            "--instance-id",
-            instance_id,
-            "--drain-delay-s",
-            "0.3",
-            cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_block_sigterm if sigterm_blocked else None,
-        )
+        launcher = ("-c", _SIGTERM_BLOCKED) if sigterm_blocked else ()
+        errors = tmp_path / f"{instance_id}.stderr"
+        with errors.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *launcher,
+                "-m",
+                "tests.support.echo",
+                "--registry",
+                uri,
+                "--instance-id",
+                instance_id,
+                "--drain-delay-s",
+                "0.3",
+                cwd=REPO,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
         procs.append(proc)
         assert proc.stdout is not None
 
         async def ready() -> None:
             while True:  # log lines may come first
                 line = await proc.stdout.readline()  # type: ignore[union-attr]
-                assert line, "process exited before READY"
+                assert line, f"process exited before READY: {errors.read_text()[-2000:]}"
                 if line.startswith(b"READY"):
                     return
 
