@@ -75,13 +75,19 @@ class EtcdCluster:
         self.binary = binary
         self.tls = tls
         base_dir.mkdir(parents=True, exist_ok=True)
-        scheme = "https" if tls else "http"
-        self.scheme = scheme
+        self.scheme = "https" if tls else "http"
         self.members = [
-            _Member(name=f"m{i}", client_port=free_port(), peer_port=free_port(),
+            _Member(name=f"m{i}", client_port=0, peer_port=0,
                     data_dir=base_dir / f"etcd-m{i}", log=base_dir / f"etcd-m{i}.log")
             for i in range(size)
         ]
+        self._assign_ports()
+
+    def _assign_ports(self) -> None:
+        """Give every member free ports and the command line that names them."""
+        binary, tls, scheme = self.binary, self.tls, self.scheme
+        for m in self.members:
+            m.client_port, m.peer_port = free_port(), free_port()
         cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
         for m in self.members:
             client = f"{scheme}://127.0.0.1:{m.client_port}"
@@ -171,19 +177,37 @@ class EtcdCluster:
         """:meth:`wait_healthy_blocking` in a thread."""
         await asyncio.to_thread(self.wait_healthy_blocking, indices, timeout_s)
 
+    def _port_taken(self) -> bool:
+        """After a failed first start: whether a member found a port taken (a free port
+        picked here was bound by another process before etcd bound it); then every
+        member is killed and wiped and given new ports, for another try."""
+        if not any(m.log.exists() and "address already in use" in m.log.read_text(
+                errors="replace") for m in self.members):
+            return False
+        for i, m in enumerate(self.members):
+            self.kill(i)
+            self.wipe(i)
+            m.log.write_bytes(b"")
+        self._assign_ports()
+        return True
+
     def start_blocking(self) -> EtcdCluster:
-        """Start every member and wait (blocking) until the cluster is healthy."""
-        for i in range(len(self.members)):
-            self.start_member(i)
-        self.wait_healthy_blocking()
+        """Start every member and wait (blocking) until the cluster is healthy (on new
+        ports, up to three tries, when a port was taken meanwhile)."""
+        for attempt in range(3):
+            for i in range(len(self.members)):
+                self.start_member(i)
+            try:
+                self.wait_healthy_blocking()
+                return self
+            except RuntimeError:
+                if attempt == 2 or not self._port_taken():
+                    raise
         return self
 
     async def start(self) -> EtcdCluster:
-        """Start every member and wait until the cluster is healthy."""
-        for i in range(len(self.members)):
-            self.start_member(i)
-        await self.wait_healthy()
-        return self
+        """:meth:`start_blocking` in a thread."""
+        return await asyncio.to_thread(self.start_blocking)
 
     def leader(self) -> int:
         """Index of the current leader (plain HTTP only), from any running member's status."""
