@@ -161,18 +161,15 @@ import itertools
 import json
 import os
 import random
-import socket
 import ssl
 import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import aiohttp.abc
 import structlog
 
 from meshkit._config import check_number, check_path, check_strings
@@ -187,6 +184,7 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
+from meshkit.discovery._resolver import OwnThreadsResolver, lookup_threads
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -602,85 +600,6 @@ class _Cursor:
     resyncs: int = 0
 
 
-#: getaddrinfo's flags as aiohttp's ThreadedResolver passes them (AI_ADDRCONFIG, masked
-#: where the platform has AI_MASK)
-_AI_ADDRCONFIG = socket.AI_ADDRCONFIG & getattr(socket, "AI_MASK", ~0)
-#: threads of a registry's name lookups: one stuck lookup (a DNS server that does not
-#: answer) leaves one for the other members' names
-_DNS_THREADS = 2
-
-
-def _lookup(host: str, port: int, family: int) -> list[aiohttp.abc.ResolveResult]:
-    """``host``'s addresses as aiohttp's :class:`~aiohttp.ThreadedResolver` gives them
-    (numeric, one per ``getaddrinfo`` entry; a link-local IPv6 address with its scope as
-    ``getnameinfo`` writes it), in the calling thread (blocks).
-
-    Raises:
-        socket.gaierror: the name does not resolve (aiohttp's ClientConnectorDNSError).
-    """
-    results: list[aiohttp.abc.ResolveResult] = []
-    for fam, _, proto, _, address in socket.getaddrinfo(host, port, family,
-                                                        socket.SOCK_STREAM, 0,
-                                                        _AI_ADDRCONFIG):
-        if fam == socket.AF_INET6:
-            if len(address) < 3:  # no IPv6 in this Python build or host
-                continue
-            if address[3]:  # a scope id: link-local, "fe80::1%eth0"
-                text, serv = socket.getnameinfo(
-                    (str(address[0]), int(address[1]), int(address[2]), int(address[3])),
-                    socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
-                found, found_port = text, int(serv)
-            else:
-                found, found_port = str(address[0]), int(address[1])
-        elif fam == socket.AF_INET:
-            found, found_port = str(address[0]), int(address[1])
-        else:
-            continue
-        results.append(aiohttp.abc.ResolveResult(
-            hostname=host, host=found, port=found_port, family=fam, proto=proto,
-            flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV))
-    return results
-
-
-class _OwnThreadsResolver(aiohttp.abc.AbstractResolver):
-    """The resolver of a registry's aiohttp connectors: ``getaddrinfo`` on the
-    registry's own threads (``meshkit-etcd-dns``), not on the event loop's default
-    executor (aiohttp's default resolver, ``loop.getaddrinfo``), which an application
-    may fill with its own blocking work (``asyncio.to_thread``): the keep-alive's lookup
-    of a member's name then waited behind it and the lease could expire. aiohttp calls
-    it only for host names (an IP address is used as is) whose answer is not in its DNS
-    cache (10 s).
-
-    Args:
-        executor: the registry's lookup pool, shut down by :meth:`EtcdRegistry.close`.
-    """
-
-    __slots__ = ("_executor",)
-
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
-        self._executor = executor
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET,
-                      ) -> list[aiohttp.abc.ResolveResult]:
-        """``host``'s addresses for ``port`` (``family``: aiohttp's connector passes
-        ``AF_UNSPEC``, both).
-
-        Raises:
-            socket.gaierror: the name does not resolve.
-            OSError: the registry was closed (its lookup threads are shut down).
-        """
-        try:
-            future = asyncio.get_running_loop().run_in_executor(
-                self._executor, _lookup, host, port, family)
-        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
-            raise OSError(f"no lookup of {host!r}: the etcd registry is closed") from exc
-        return await future
-
-    async def close(self) -> None:
-        """Nothing to release: the registry owns the threads."""
-
-
 class _LeaseLock:
     """The registry's lock (``_lease_lock``): one holder at a time among the tasks of
     every event loop, first come first served. The registry's state (lease, owned keys)
@@ -822,10 +741,9 @@ class EtcdRegistry:
                              tuple[aiohttp.ClientSession, asyncio.Task[None]]] = {}
         self._loops_mutex = threading.Lock()
         self._ssl: ssl.SSLContext | bool | None = None
-        # the sessions' name lookups (see _OwnThreadsResolver); its threads start at the
+        # the sessions' name lookups (see OwnThreadsResolver); its threads start at the
         # first lookup (none for IP address endpoints) and end at close()
-        self._dns = ThreadPoolExecutor(max_workers=_DNS_THREADS,
-                                       thread_name_prefix="meshkit-etcd-dns")
+        self._dns = lookup_threads("etcd")
         self._current = 0  # index of the member requests go to first
         self._lease: int | None = None
         # taken by register, deregister and the keep-alive's lease-loss, key-check and
@@ -928,8 +846,8 @@ class EtcdRegistry:
                 # Host names are looked up on the registry's own threads: on the loop's
                 # default executor (aiohttp's default) an application's blocking jobs
                 # held the keep-alive's lookup until the lease expired.
-                connector=aiohttp.TCPConnector(ssl=tls, limit=0,
-                                               resolver=_OwnThreadsResolver(self._dns)),
+                connector=aiohttp.TCPConnector(
+                    ssl=tls, limit=0, resolver=OwnThreadsResolver(self._dns, "etcd registry")),
             )
             # the longest a write (a drain's deregister) takes
             bound_s = opts.operation_timeout_s + opts.request_timeout_s
