@@ -70,7 +70,11 @@ Connections: the watches' long polls each hold one HTTP connection to the agent 
 beyond meshkit's own bound on each request. The agent limits concurrent connections per
 client address itself (``limits.http_max_conns_per_client``, default 200, agent
 configuration docs): a process watching more services than that through one agent needs
-it raised.
+it raised. An agent given by host name is looked up on the registry's own two threads
+(``meshkit-consul-dns``, started at the first lookup, ended by ``close()``), not on the event
+loop's default executor (aiohttp's default resolver, ``loop.getaddrinfo``), which an
+application may fill with its own blocking work: the heartbeats' lookups after a reconnect
+waited behind it until the TTL checks of a live, busy process went critical.
 """
 
 from __future__ import annotations
@@ -83,17 +87,19 @@ import json
 import os
 import random
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
 
 import aiohttp
 import consul
 import consul.aio
+import consul.base
 import structlog
 from consul.callback import CB
 
@@ -111,6 +117,7 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
+from meshkit.discovery._resolver import OwnThreadsResolver, lookup_threads
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -172,9 +179,6 @@ _USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' aft
 
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
-#: py-consul hands aiohttp a connection limit only when it is truthy, so aiohttp's "no
-#: limit" (0) cannot be passed through it; a limit no process reaches stands for it.
-_NO_CONNECTION_LIMIT = 2**31 - 1
 
 #: The longest duration Consul parses, whole seconds (about 292 years): it reads ``TTL``,
 #: ``Interval``, ``Timeout`` and ``DeregisterCriticalServiceAfter`` as Go durations, int64
@@ -631,6 +635,76 @@ def _listing(response: Any) -> _Listing:
         default_deny=str(headers.get(_DEFAULT_POLICY_HEADER, "")).lower() == "deny")
 
 
+class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is untyped
+    """py-consul's aio HTTP client (its requests, callbacks and ``close()``) on an aiohttp
+    session of meshkit's making. py-consul's own ``__init__`` builds a connector with
+    aiohttp's default resolver, which looks the agent's name up in the event loop's
+    default executor, and takes neither a connector nor a resolver; so only the base
+    client's ``__init__`` runs here (host, port, scheme, ``verify``, ``cert``: the
+    ``uri()`` of every request) and the session is built as py-consul's would be (the
+    same TLS context, no connection limit, a session-wide time limit), with ``resolver``.
+
+    Args:
+        host: the agent's host name or IP address, IPv6 bracketed (py-consul joins
+            ``host:port``).
+        port: the agent's port.
+        scheme: ``"http"`` or ``"https"``.
+        verify: verify the agent's certificate: True (system CAs), a CA bundle's path
+            (added to them), or False (no verification), as py-consul takes it.
+        cert: client certificate: a PEM path, a ``(cert, key)`` pair of paths, or None.
+        resolver: the connector's name lookups (the registry's own threads).
+        timeout_s: aiohttp's time limit of every request (``ClientTimeout(total=)``).
+
+    Raises:
+        OSError, ssl.SSLError: ``cert`` or ``verify``'s bundle cannot be loaded.
+    """
+
+    def __init__(self, host: str, port: int, scheme: str, *, verify: bool | str,
+                 cert: tuple[str, str] | str | None, resolver: OwnThreadsResolver,
+                 timeout_s: float) -> None:
+        consul.base.HTTPClient.__init__(self, host, port, scheme, verify, cert)
+        self.loop = None  # what py-consul's own __init__ sets without a loop argument
+        tls: ssl.SSLContext | bool = False  # verify=False: TLS without verification
+        if verify:  # py-consul's TLS context, given to aiohttp as `ssl`, not deprecated args
+            tls = ssl.create_default_context()
+            if isinstance(cert, tuple):
+                tls.load_cert_chain(*cert)
+            elif cert:
+                tls.load_cert_chain(cert)
+            if isinstance(verify, str):
+                tls.load_verify_locations(verify)
+        # the attribute py-consul's requests and close() use
+        self._session = aiohttp.ClientSession(
+            # No connection limit (limit=0): each watch holds a connection for its long
+            # poll; with aiohttp's default (100) 100 watches would starve every other
+            # request. Host names are looked up on the registry's own threads.
+            connector=aiohttp.TCPConnector(ssl=tls, limit=0, resolver=resolver),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        )
+
+
+class _Client(consul.aio.Consul):  # type: ignore[misc]  # py-consul is untyped
+    """py-consul's aio client whose HTTP client is :class:`_HTTPClient` (``http_connect``
+    is the hook py-consul's base client calls for its HTTP client, once, in ``__init__``).
+
+    Args:
+        resolver, timeout_s: as :class:`_HTTPClient` takes them.
+        kwargs: py-consul's ``Consul`` arguments (``host``, ``port``, ``scheme``,
+            ``verify``, ``cert``, ``token``).
+    """
+
+    def __init__(self, *, resolver: OwnThreadsResolver, timeout_s: float,
+                 **kwargs: Any) -> None:
+        self._resolver = resolver
+        self._timeout_s = timeout_s
+        super().__init__(**kwargs)
+
+    def http_connect(self, host: str, port: int, scheme: str, verify: bool | str = True,
+                     cert: tuple[str, str] | str | None = None) -> _HTTPClient:
+        return _HTTPClient(host, port, scheme, verify=verify, cert=cert,
+                           resolver=self._resolver, timeout_s=self._timeout_s)
+
+
 class ConsulRegistry:
     """A :class:`~meshkit.discovery.Registry` backed by a Consul agent.
 
@@ -654,7 +728,10 @@ class ConsulRegistry:
     registry carries over from one ``asyncio.run()`` to the next and serves loops of
     several threads at once: an instance registered again in a later loop is kept alive
     by that loop, and :meth:`close` ends the watches and keep-alives of every loop still
-    running, each in its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
+    running, each in its own. The agent's host name (if it is no IP address) is looked up
+    on two threads of the registry's own (``meshkit-consul-dns``), never on the event
+    loop's default executor, which the application's blocking work may fill; :meth:`close`
+    releases them. Errors: ``register``/``deregister`` raise :class:`RegistryError`
     (chained from the aiohttp/consul exception); watches and heartbeats never raise for
     agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
 
@@ -680,6 +757,9 @@ class ConsulRegistry:
         # _clients_lock (loops of two threads may add theirs at once); read without it.
         self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, asyncio.Task[None]]] = {}
         self._clients_lock = threading.Lock()
+        # the clients' name lookups (see OwnThreadsResolver); its threads start at the
+        # first lookup (none for an agent given by IP address) and end at close()
+        self._dns: ThreadPoolExecutor = lookup_threads("consul")
         self._keepers: dict[str, _Registration] = {}
         # monotonic time of the latest warning about ACLs hiding entries, per read
         self._acl_warned: dict[str, float] = {}
@@ -776,22 +856,19 @@ class ConsulRegistry:
             cert: tuple[str, str] | str | None = None
             if opts.cert_file is not None:
                 cert = (opts.cert_file, opts.key_file) if opts.key_file else opts.cert_file
-            with warnings.catch_warnings():
-                # py-consul's aio client passes aiohttp's deprecated verify_ssl/ssl_context
-                # arguments to TCPConnector; the behaviour is right, the warning is noise.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                client = consul.aio.Consul(
-                    host=host, port=opts.port, scheme=opts.effective_scheme,
-                    verify=verify, cert=cert, token=opts.token,
-                    # Each watch holds a connection for its long poll: with aiohttp's
-                    # default limit (100) 100 watches would starve every other request.
-                    connections_limit=_NO_CONNECTION_LIMIT,
-                    # aiohttp's default session timeout (total=300 s) would cut a quiet
-                    # blocking query with wait_s above ~282 s (wait_s may be 600); every
-                    # request is bounded by _bounded already, and this backstop lies past
-                    # the longest of those bounds, so it never ends a request first.
-                    connections_timeout=self._blocking_timeout_s + 1.0,
-                )
+            client = _Client(
+                host=host, port=opts.port, scheme=opts.effective_scheme,
+                verify=verify, cert=cert, token=opts.token,
+                # the agent's name is looked up on the registry's own threads: on the
+                # loop's default executor (aiohttp's default resolver) an application's
+                # blocking jobs held the heartbeats' lookups until the TTL checks lapsed
+                resolver=OwnThreadsResolver(self._dns, "Consul registry"),
+                # aiohttp's default session timeout (total=300 s) would cut a quiet
+                # blocking query with wait_s above ~282 s (wait_s may be 600); every
+                # request is bounded by _bounded already, and this backstop lies past
+                # the longest of those bounds, so it never ends a request first.
+                timeout_s=self._blocking_timeout_s + 1.0,
+            )
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).
             client.token = opts.token
@@ -1449,6 +1526,9 @@ class ConsulRegistry:
     async def close(self) -> None:
         """Stop heartbeats, end every watch (their iterators finish) and close the client.
 
+        The threads that look up the agent's host name (``meshkit-consul-dns``, at most
+        two) are shut down without waiting for a lookup in flight.
+
         Does not deregister: instances with a TTL check turn critical after ``ttl_s`` and
         are reaped by the agent after ``deregister_critical_after_s``. Idempotent.
         """
@@ -1458,15 +1538,20 @@ class ConsulRegistry:
                    if r.task is not None and not foreign_task(r.task)),
                  *self._race.close()]
         self._keepers.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        with self._clients_lock:
-            clients, self._clients = self._clients, {}
-        running = asyncio.get_running_loop()
-        for loop, (_, owner) in clients.items():
-            if loop is running:
-                await cancel_and_wait(owner)  # it closes the client
-            elif not owner.done():  # another thread's loop: closed there by its owner
-                with contextlib.suppress(RuntimeError):  # that loop is closed
-                    loop.call_soon_threadsafe(owner.cancel)
+        try:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with self._clients_lock:
+                clients, self._clients = self._clients, {}
+            running = asyncio.get_running_loop()
+            for loop, (_, owner) in clients.items():
+                if loop is running:
+                    await cancel_and_wait(owner)  # it closes the client
+                elif not owner.done():  # another thread's loop: closed there by its owner
+                    with contextlib.suppress(RuntimeError):  # that loop is closed
+                        loop.call_soon_threadsafe(owner.cancel)
+        finally:
+            # the lookup threads end once their lookup in flight, if any, returns (a
+            # stuck DNS server's is not waited for); lookups not started are dropped
+            self._dns.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -400,6 +401,93 @@ async def test_a_failed_heartbeat_is_retried_before_the_ttl_runs_out(
                 what="a retried heartbeat soon after the agent answers again")
     assert passes_sent() >= sent + 3  # retried within one interval
     assert not any(s == "critical" for _, s in double.status_history)
+
+
+@pytest.mark.timeout(60)
+async def test_the_ttl_check_of_a_busy_process_survives_a_reconnect_by_host_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load must not mark an instance that is merely busy critical. A registry speaking
+    to its agent by host name (``CONSUL_HTTP_ADDR=consul-agent:8500``, a Kubernetes
+    service's name; ``localhost`` here) whose pooled connections are gone
+    (the agent restarted, an idle timeout) connects again, and aiohttp's default resolver
+    (py-consul's connector has no other) ran the name lookup with ``loop.getaddrinfo``,
+    in the loop's default executor. An application that fills that executor with its own
+    blocking work (``asyncio.to_thread``, ``run_in_executor(None, ...)``) left every TTL
+    pass waiting behind it: each timed out, the check went critical and the live instance
+    dropped out of every watch (then was reaped after ``deregister_critical_after_s``).
+    Now the registry looks the name up on threads of its own (``meshkit-consul-dns``),
+    released by close(). aiohttp's DNS cache (10 s) is turned off here, as it will have
+    lapsed by the time a long-lived process reconnects. A control without the load (the
+    same reconnect) stays passing too."""
+    original_init = aiohttp.TCPConnector.__init__
+
+    def no_dns_cache(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["use_dns_cache"] = False  # stands for the 10 s cache having lapsed
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "__init__", no_dns_cache)
+    ttl_s = 2.0  # a pass every ttl_s / 3, each bounded by that; critical 2 s unpassed
+
+    async def run(loaded: bool) -> tuple[list[str], int, set[str]]:
+        release = threading.Event()
+        blocked: list[asyncio.Future[bool]] = []
+        async with ConsulDouble() as double:
+            reg = ConsulRegistry(ConsulOptions(**{**FAST, "addr": f"localhost:{double.port}",
+                                                  "ttl_s": ttl_s}))
+            try:
+                a = make_instance(unique_service(), 1)
+                await reg.register(a)
+                if loaded:  # more blocking jobs than the default executor has threads
+                    loop = asyncio.get_running_loop()
+                    blocked = [loop.run_in_executor(None, release.wait, 30.0)
+                               for _ in range(64)]
+                # the pooled connections are gone: the next pass connects again
+                await double.stop()
+                await asyncio.sleep(0.1)
+                await double.start()
+                passes = double.service_passes[a.instance_id]
+                await asyncio.sleep(2 * ttl_s + 1.0)
+                statuses = [s for _, s in double.status_history]
+                passes = double.service_passes[a.instance_id] - passes
+                names = {t.name for t in reg._dns._threads}
+                return statuses, passes, names
+            finally:
+                release.set()
+                await asyncio.gather(*blocked, return_exceptions=True)
+                await reg.close()
+                threads = list(reg._dns._threads)
+                await until(lambda: not any(t.is_alive() for t in threads),
+                            what="the lookup threads to end after close()")
+
+    statuses, passes, _ = await run(loaded=False)
+    assert "critical" not in statuses and passes >= 3, (statuses, passes)  # reconnect alone
+    statuses, passes, names = await run(loaded=True)
+    assert "critical" not in statuses and passes >= 3, (
+        f"the TTL check of a live, busy process went critical ({statuses}, {passes} "
+        "passes through) after a reconnect: its heartbeats' name lookup waited behind the "
+        "default executor's blocking jobs")
+    assert names and all(n.startswith("meshkit-consul-dns") for n in names), names
+
+
+async def test_an_ip_address_agent_starts_no_lookup_thread(
+        double: ConsulDouble, make_registry: Any) -> None:
+    """An agent given by IP address (``127.0.0.1:<port>``, the default) costs no name
+    lookup: aiohttp connects to the address as is, so the registry's lookup pool
+    (``meshkit-consul-dns``) never starts a thread, through register, a watch and
+    heartbeats, and close() leaves none."""
+    reg = make_registry()
+    a = make_instance(unique_service(), 1)
+    await reg.register(a)
+    watcher = Collector(reg, a.service)
+    try:
+        await until(lambda: double.service_passes[a.instance_id] >= 2, timeout_s=5.0,
+                    what="two heartbeats")
+        assert await watcher.next() == {a}
+    finally:
+        await watcher.stop()
+    assert not reg._dns._threads
+    await reg.close()
+    assert not reg._dns._threads
 
 
 # -- registration --------------------------------------------------------------------------------
@@ -1864,7 +1952,8 @@ async def _first_set(reg: ConsulRegistry, service: str) -> list[str]:
 
 
 @pytest.mark.timeout(40)
-def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble, host: str) -> None:
     """A registry used in one ``asyncio.run()`` works in the next (a script with two
     phases, pytest-asyncio's loop per test with a registry built once): register,
     watch and close work, and an instance registered again there is kept alive by a
@@ -1872,9 +1961,10 @@ def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble) -> None:
     bound to the first, closed loop: register() raised a bare ``RuntimeError: Event loop
     is closed`` (not RegistryError) and so did watch() (documented never to raise for
     agent errors); and register() of an id whose keeper died with the first loop took it
-    as kept alive already."""
+    as kept alive already. By host name too: the lookup threads serve every loop and end
+    at close()."""
     service = unique_service()
-    reg = ConsulRegistry(ConsulOptions(addr=double_thread.addr, **FAST))
+    reg = ConsulRegistry(ConsulOptions(addr=f"{host}:{double_thread.port}", **FAST))
     one, two = make_instance(service, 1), make_instance(service, 2)
 
     async def phase(*instances: Instance) -> list[str]:
@@ -1901,6 +1991,10 @@ def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble) -> None:
         assert run_loop(_then(phase(one), kept_alive())) == "passing"
     finally:
         run_loop(close())
+    threads = list(reg._dns._threads)
+    assert bool(threads) == (host == "localhost"), threads  # IP addresses: no lookup
+    run_loop(until(lambda: not any(t.is_alive() for t in threads),
+                   what="the lookup threads to end after close()"))
 
 
 async def _then(first: Awaitable[object], second: Awaitable[_T]) -> _T:
