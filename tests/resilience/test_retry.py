@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ import pytest
 import meshkit
 from meshkit._metadata import PREVIOUS_ATTEMPTS
 from meshkit.balancer import EndpointState, OutlierOptions, RoundRobin
-from meshkit.discovery import Instance, LocalRegistry
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 from meshkit.resilience._retry import (
     CONNECT_FAILED_DETAILS,
@@ -713,7 +714,7 @@ def _add_pair(state: dict[str, Any]) -> tuple[Any, None]:
 
 
 async def test_hedged_attempts_failing_together_leave_no_unretrieved_task_exception(
-    registry: LocalRegistry,
+    registry_dir: Path,
 ) -> None:
     """A user dials with a hedging policy (``RetryPolicy(idempotent=True,
     hedge_delay_s=0.05, max_attempts=2)``). The first attempt is held by the server until
@@ -731,7 +732,13 @@ async def test_hedged_attempts_failing_together_leave_no_unretrieved_task_except
     exceptions", Developing with asyncio) call an unread task exception a bug in the
     program that made the task. A server answering both attempts of a hedged call in
     the same instant (a burst of failures, an overloaded server shedding) must not make
-    the client's loop log one ERROR with a traceback per call."""
+    the client's loop log one ERROR with a traceback per call.
+
+    The registry's TTL is 5 s, not the suite's 1 s: each call's ``gc.collect()`` on a
+    loaded box once held the heartbeats past 1 s, both instances left the watch for a
+    second, and a call whose hedge found no endpoint waited out its deadline (the server
+    holds the first attempt until the second arrives)."""
+    registry = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=5.0, poll_interval_s=0.05))
     loop = asyncio.get_running_loop()
     reported: list[dict[str, Any]] = []
     previous = loop.get_exception_handler()
@@ -763,6 +770,7 @@ async def test_hedged_attempts_failing_together_leave_no_unretrieved_task_except
     finally:
         for srv in servers:
             await srv.drain()
+        await registry.close()
         gc.collect()
         loop.set_exception_handler(previous)
     unread = [ctx.get("message") for ctx in reported]
