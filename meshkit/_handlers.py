@@ -48,6 +48,8 @@ __all__ = [
     "fuse_interceptors",
     "handler_resolver",
     "in_a_thread",
+    "off_loop_handler",
+    "off_loop_outermost",
     "other_responses",
     "responses",
     "runs_in_a_thread",
@@ -219,6 +221,39 @@ def async_behaviour(behaviour: Any, request_streaming: bool,
     if response_streaming:
         return _off_loop_stream(behaviour, request_streaming)
     return _off_loop_unary(behaviour, request_streaming)
+
+
+def _behaviour_of(handler: Handler) -> tuple[Any, Callable[..., Handler]]:
+    """``(behaviour, factory)`` of the method handler ``handler``: the behaviour of its
+    call kind (``None`` when it has none) and the ``grpc.*_rpc_method_handler`` that
+    makes a handler of that kind."""
+    if handler.request_streaming:
+        if handler.response_streaming:
+            return handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    if handler.response_streaming:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    return handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+
+def off_loop_handler(handler: Handler) -> Handler:
+    """``handler`` itself when grpc.aio would run its behaviour on the event loop (see
+    :func:`_is_async`), else a handler of the same kind and serializers whose behaviour
+    runs the plain function as :func:`async_behaviour` does: in the server's handler
+    threads (:data:`HANDLER_EXECUTOR`), with the call's context variables and meshkit's
+    synchronous context. grpc.aio's own synchronous servicer context, which a plain
+    function handed to grpc.aio gets, reads the call grpc.aio released when asked
+    ``peer()`` or ``auth_context()`` after the call ended, and the process crashes
+    (SIGSEGV; see :data:`_CALL_READS`). Asked once per method; a handler without a
+    behaviour of its kind is returned as it is (grpc answers its calls)."""
+    behaviour, factory = _behaviour_of(handler)
+    if behaviour is None or _is_async(behaviour):
+        return handler
+    req_s, resp_s = handler.request_streaming, handler.response_streaming
+    off_loop: Handler = factory(async_behaviour(behaviour, req_s, resp_s),
+                                request_deserializer=handler.request_deserializer,
+                                response_serializer=handler.response_serializer)
+    return off_loop
 
 
 _ON_LOOP_THREAD = ("{} waits for the event loop: used on the loop's own thread it would "
@@ -784,10 +819,14 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     stays one, a coroutine (also one that answers with ``context.write``) stays a
     coroutine, and a plain function runs off the event loop as grpc.aio runs it
     (:func:`async_behaviour`; its result is awaited if it is awaitable). With none of
-    the three, ``handler`` itself. With ``unhandled``, a unary response of ``None`` and a
-    ``None`` a streaming handler yields are answered too (a :class:`NoResponse`; messages
-    written with ``context.write`` are not seen), and a unary response is serialized in
-    the wrap: the handler returned has no response serializer. With ``max_send_bytes``
+    the three, ``handler`` itself, or, when its behaviour is a plain function, that
+    function off the loop alone (:func:`off_loop_handler`: a handler a user's
+    interceptor returned under a check with nothing to check for its method is never
+    left to grpc.aio's synchronous context). With ``unhandled``, a unary response of
+    ``None`` and a ``None`` a streaming handler yields are answered too (a
+    :class:`NoResponse`; messages written with ``context.write`` are not seen), and a
+    unary response is serialized in the wrap: the handler returned has no response
+    serializer. With ``max_send_bytes``
     (the server's ``grpc.max_send_message_length``), a unary response (also without
     ``unhandled``) and every message a streaming handler yields are serialized there
     too, and one over it is answered ``RESOURCE_EXHAUSTED`` "SERVER: Sent message larger
@@ -799,16 +838,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     raises (see :func:`_unsendable_trailers`); checked only when it set some.
     """
     if before is None and reporter is None and unhandled is None:
-        return handler
+        return off_loop_handler(handler)
     req_s, resp_s = handler.request_streaming, handler.response_streaming
-    if req_s and resp_s:
-        inner, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif req_s:
-        inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif resp_s:
-        inner, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    inner, factory = _behaviour_of(handler)
     assert inner is not None
     inner = async_behaviour(inner, req_s, resp_s)  # a plain function: off the loop
     check: Before = before if before is not None else _no_check
@@ -1530,6 +1562,66 @@ def fold_outermost(
     if first._convert is not None:  # already folded once: keep outer in front
         return (outer, *chain)
     return (FusedInterceptor(parts, convert=convert), *chain[1:])
+
+
+class _OffLoopOutermost(grpc.aio.ServerInterceptor):
+    """``outer``, the outermost interceptor of a chain grpc.aio runs per call, whose
+    handler is passed through :func:`off_loop_handler` (cached per method: a call whose
+    handler was seen before costs a dict lookup). See :func:`off_loop_outermost`."""
+
+    __slots__ = ("_handlers", "_outer")
+
+    def __init__(self, outer: grpc.aio.ServerInterceptor) -> None:
+        self._outer = outer
+        self._handlers: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        """``outer``'s handler for the call, a plain function in it run off the loop by
+        meshkit (``None`` stays ``None``; what ``outer`` raises goes on to grpc.aio)."""
+        handler = await self._outer.intercept_service(continuation, handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        off_loop = off_loop_handler(handler)
+        if len(self._handlers) < MAX_CACHED_METHODS:
+            self._handlers[method] = (handler, off_loop)
+        return off_loop
+
+    def __repr__(self) -> str:
+        return f"<off the loop: {self._outer!r}>"
+
+
+def off_loop_outermost(
+    chain: Sequence[grpc.aio.ServerInterceptor],
+) -> tuple[grpc.aio.ServerInterceptor, ...]:
+    """``chain``, interceptors grpc.aio runs per call (outermost first; a server's chain
+    that :func:`handler_resolver` cannot resolve once per method), made to hand grpc.aio
+    no plain-function handler: when its outermost interceptor is not one that resolves
+    the handler it returns (a :class:`WrappingInterceptor` with the base
+    ``intercept_service``, whose wrap runs a plain function off the loop, or the request
+    gate), that one is wrapped so that its handler goes through
+    :func:`off_loop_handler`. A handler the server looked up was made safe already
+    (:func:`meshkit._limits.guard_method_handler`); a plain one that a user's
+    interceptor returns of its own (a canned answer, a stand-in) reached grpc.aio,
+    which ran it with its own synchronous context: asked ``peer()`` or
+    ``auth_context()`` after the call ended, the server process crashed. Costs the
+    calls of such a chain one coroutine and a dict lookup; a chain led by meshkit's
+    wrap or gate, and one grpc.aio does not run per call, nothing.
+
+    The request gate leaves the health service's ``Watch`` as it is: a plain handler
+    that a user's interceptor returns for that method under the gate alone is still
+    grpc.aio's."""
+    if not chain:
+        return ()
+    first = chain[0]
+    if _fusable(first) or getattr(first, "resolves_per_method", False):
+        return tuple(chain)
+    return (_OffLoopOutermost(first), *chain[1:])
 
 
 Resolver = Callable[[str, Handler], Handler]

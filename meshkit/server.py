@@ -104,6 +104,7 @@ from meshkit._handlers import (
     fold_outermost,
     fuse_interceptors,
     handler_resolver,
+    off_loop_outermost,
 )
 from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
 from meshkit._limits import (
@@ -1317,7 +1318,10 @@ class MeshServer:
             thread_name_prefix=f"meshkit-handler-{self.service}")
         server = grpc.aio.server(
             migration_thread_pool=self._handler_threads,
-            interceptors=(chain or None) if resolve is None else None,
+            # run per call, a plain handler a user's interceptor returns of its own is
+            # meshkit's to run too (off_loop_outermost): grpc.aio's synchronous context
+            # crashes the process when asked peer() once the call ended
+            interceptors=(off_loop_outermost(chain) or None) if resolve is None else None,
             options=tuple(server_args.items()),
         )
         recorder = _Recorder(server, resolve, register_methods=grpc_observability_active(),

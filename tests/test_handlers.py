@@ -28,13 +28,16 @@ from meshkit._handlers import (
     FusedInterceptor,
     Handler,
     WrappingInterceptor,
+    _SyncContext,
     fold_outermost,
     fuse_interceptors,
     handler_resolver,
+    off_loop_outermost,
     wrap_handler,
 )
-from meshkit._limits import guard_generic_handler
+from meshkit._limits import RequestGate, guard_generic_handler
 from meshkit.discovery import LocalRegistry
+from meshkit.resilience import RateLimitOptions
 from tests.support.echo import handler as echo_handler
 from tests.support.echo import method
 from tests.support.wait import until
@@ -373,6 +376,24 @@ def test_a_chain_that_does_more_than_wrap_is_left_to_grpc() -> None:
     assert handler_resolver([Plain(seen), Check("a", seen)]) is None
     assert handler_resolver([Check("a", seen), Gate(seen)]) is None  # no resolve()
     assert handler_resolver([]) is None
+
+
+def test_only_a_per_call_chain_led_by_a_users_interceptor_gets_the_off_loop_wrap() -> None:
+    """:func:`off_loop_outermost` wraps the outermost interceptor of a chain grpc.aio runs
+    per call only when it is the user's (its handler is not resolved by meshkit): a chain
+    led by meshkit's wrap or the request gate, whose handlers run a plain function off
+    the loop already, is handed on as it is, at no cost per call."""
+    seen: list[str] = []
+    user, check = Plain(seen), Check("a", seen)
+    gate = RequestGate(meshkit.ServerLimits())
+    assert off_loop_outermost([]) == ()
+    led = (check, user)
+    assert all(a is b for a, b in zip(off_loop_outermost(led), led, strict=True))
+    gated = (gate, user)
+    assert all(a is b for a, b in zip(off_loop_outermost(gated), gated, strict=True))
+    wrapped = off_loop_outermost((user, check))
+    assert len(wrapped) == 2 and wrapped[0] is not user and wrapped[1] is check
+    assert repr(user) in repr(wrapped[0])
 
 
 class _Request:
@@ -1112,8 +1133,9 @@ import asyncio, sys, tempfile, threading, time
 from pathlib import Path
 import grpc, meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.resilience import RateLimitOptions
 
-what = sys.argv[1]
+what, config = sys.argv[1], sys.argv[2]
 done = threading.Event()
 got = []
 kept = []
@@ -1162,18 +1184,45 @@ def quick(request, context):
     return b"alive"
 
 
+handlers = {"Late": grpc.unary_unary_rpc_method_handler(late),
+            "Watch": grpc.unary_stream_rpc_method_handler(watch),
+            "Leaks": grpc.unary_unary_rpc_method_handler(leaks),
+            "Quick": grpc.unary_unary_rpc_method_handler(quick)}
+
+
+class Substitute(grpc.aio.ServerInterceptor):
+    # a user's interceptor serving a method with a plain handler of its own (a canned
+    # answer, a stand-in): grpc.aio runs it per call, after meshkit's look-up
+    async def intercept_service(self, continuation, details):
+        name = details.method.rpartition("/")[2]
+        return handlers[name] if name in handlers else await continuation(details)
+
+
+# nothing of meshkit's per-call chain: no telemetry, deadline, unhandled-exception answer,
+# request gate or call slots
+BARE = {"telemetry": None, "deadline": None, "expose_exception_text": True,
+        "limits": meshkit.ServerLimits(read_requests=False, max_concurrent_rpcs=None)}
+CONFIGS = {
+    "defaults": {},
+    "bare": BARE,
+    "bare+substitute": {**BARE, "interceptors": (Substitute(),)},
+    # a meshkit check outermost with nothing to check for these methods (a rate limit
+    # on another method only)
+    "exempt+substitute": {**BARE, "interceptors": (Substitute(),),
+                          "rate_limit": RateLimitOptions(
+                              rules={"/t.Other/Limited": "10/second"})},
+}
+
+
 async def main():
     reg = LocalRegistry(LocalOptions(path=Path(tempfile.mkdtemp()) / "reg", ttl_s=5.0))
-    handlers = {"Late": grpc.unary_unary_rpc_method_handler(late),
-                "Watch": grpc.unary_stream_rpc_method_handler(watch),
-                "Leaks": grpc.unary_unary_rpc_method_handler(leaks),
-                "Quick": grpc.unary_unary_rpc_method_handler(quick)}
 
     def add(_s, server):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Sync", handlers),))
 
     srv = meshkit.MeshServer("late", [(add, None)], registry=reg, options=meshkit.ServeOptions(
-        insecure=True, drain_delay_s=0.0, grace_s=0.5, admin=None, handler_threads=2))
+        insecure=True, drain_delay_s=0.0, grace_s=0.5, admin=None, handler_threads=2,
+        **CONFIGS[config]))
     await srv.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         if what == "stream":
@@ -1200,11 +1249,21 @@ asyncio.run(main())
 '''
 
 
+_LATE_CASES = [
+    *(pytest.param(what, "defaults", id=what) for what in (
+        "peer", "auth_context", "peer_identities", "peer_identity_key", "stream", "leaked")),
+    *(pytest.param(what, "bare", id=f"bare-{what}") for what in ("peer", "stream", "leaked")),
+    *(pytest.param(what, "bare+substitute", id=f"bare+substitute-{what}")
+      for what in ("peer", "auth_context", "stream", "leaked")),
+    *(pytest.param(what, "exempt+substitute", id=f"exempt+substitute-{what}")
+      for what in ("peer", "stream", "leaked")),
+]
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("what", ["peer", "auth_context", "peer_identities",
-                                  "peer_identity_key", "stream", "leaked"])
+@pytest.mark.parametrize(("what", "config"), _LATE_CASES)
 def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_the_server(
-        what: str) -> None:
+        what: str, config: str) -> None:
     """A plain-function handler that asks its context for the caller's address or
     identity (``peer()``, ``auth_context()``, ``peer_identities()``,
     ``peer_identity_key()``: logging who called, at the end of a slow call) after its
@@ -1215,8 +1274,17 @@ def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_
     thread, which outlives the task, then read the freed call. Now the synchronous
     context keeps those answers when the call ends while its handler still runs (read
     on the loop, the call still alive), and answers a context used after its handler
-    returned (handed to a thread of the application's) with ``RuntimeError``."""
-    proc = subprocess.run([sys.executable, "-c", _LATE_CONTEXT_SCRIPT, what], cwd=_ROOT,
+    returned (handed to a thread of the application's) with ``RuntimeError``.
+
+    Whatever the server's configuration: with meshkit's per-call chain off (``bare``:
+    no telemetry, deadline check, unhandled-exception answer, request gate or call
+    slots) the handlers it looks up are still wrapped; but a plain handler that a
+    user's interceptor, run by grpc.aio per call, returned in their place
+    (``bare+substitute``), or returned under a meshkit check with nothing to check for
+    the method (``exempt+substitute``: a rate limit on another method), was left to
+    grpc.aio's own synchronous context, and crashed the server so."""
+    proc = subprocess.run([sys.executable, "-c", _LATE_CONTEXT_SCRIPT, what, config],
+                          cwd=_ROOT,
                           env={**os.environ, "PYTHONPATH": str(_ROOT)},
                           capture_output=True, text=True, timeout=45, check=False)
     assert proc.returncode == 0, (
@@ -1557,3 +1625,105 @@ async def test_a_response_stream_raising_generator_exit_gives_its_call_slot_back
             assert srv.gate.calls() == 0, "the call's slot is still held: leaked"
     finally:
         await srv.drain()
+
+
+class _Substitute(grpc.aio.ServerInterceptor):
+    """A user's interceptor that serves the methods of ``handlers`` (by method name) with
+    those handlers of its own instead of the server's (a canned answer, a stand-in); run
+    by grpc.aio per call, after meshkit looked the server's handler up."""
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self.handlers = handlers
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Handler | None:
+        own = self.handlers.get(details.method.rpartition("/")[2])
+        return own if own is not None else await continuation(details)
+
+
+# a MeshServer with nothing of meshkit's per-call chain (no telemetry, deadline check,
+# unhandled-exception answer, request gate or call slots)
+_BARE: dict[str, Any] = {
+    "telemetry": None, "deadline": None, "expose_exception_text": True,
+    "limits": meshkit.ServerLimits(read_requests=False, max_concurrent_rpcs=None)}
+
+
+@pytest.mark.parametrize("config", ["bare", "bare+substitute", "exempt+substitute"])
+async def test_plain_handlers_get_the_servers_threads_and_meshkits_context_whatever_the_chain(
+        registry: LocalRegistry, config: str) -> None:
+    """Plain-function handlers of every call kind run in the server's own threads
+    (``ServeOptions.handler_threads``, never the loop's default executor) with meshkit's
+    synchronous context (:class:`meshkit._handlers._SyncContext`, safe to ask after the
+    call ended: see the subprocess test above), a response generator on one thread for
+    its whole stream, whatever wraps the server's calls: with meshkit's per-call chain
+    off (``bare``), and for a plain handler a user's interceptor returns in place of the
+    server's (``bare+substitute``; ``exempt+substitute``: under a meshkit check with
+    nothing to check for the method). The substituted ones ran under grpc.aio's own
+    ``_SyncServicerContext`` (whose late ``peer()`` crashes the process), a response
+    generator one grpc.aio executor job per message."""
+    seen: list[tuple[str, str, bool]] = []
+
+    def note(kind: str, context: Any) -> None:
+        seen.append((kind, threading.current_thread().name, isinstance(context, _SyncContext)))
+
+    def unary(request: bytes, context: Any) -> bytes:
+        note("unary", context)
+        return request
+
+    def server_stream(request: bytes, context: Any) -> Iterator[bytes]:
+        for item in (b"1", b"2", b"3"):
+            note("server_stream", context)
+            yield item
+
+    def client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+        note("client_stream", context)
+        return b"".join(requests)
+
+    def bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        for r in requests:
+            note("bidi", context)
+            yield r.upper()
+
+    handlers: dict[str, Handler] = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    }
+
+    async def refuse(request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.INTERNAL, "the server's own handler ran")
+        raise AssertionError("unreachable")
+
+    options = dict(_BARE)
+    if config == "bare":
+        served = handlers
+    else:  # the server's own handlers are never called: the interceptor's are
+        served = {name: grpc.unary_unary_rpc_method_handler(refuse) for name in handlers}
+        options["interceptors"] = (_Substitute(handlers),)
+        if config == "exempt+substitute":
+            options["rate_limit"] = RateLimitOptions(rules={"/t.Other/Limited": "10/second"})
+    srv = await _serve_sync(registry, served, handler_threads=2, **options)
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+        await asyncio.sleep(0.05)  # the next message after the handler waited for it
+        yield b"b"
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            assert await ch.unary_unary(_synch("Unary"))(b"x", timeout=5) == b"x"
+            assert [r async for r in ch.unary_stream(_synch("ServerStream"))(
+                b"", timeout=5)] == [b"1", b"2", b"3"]
+            assert await ch.stream_unary(_synch("ClientStream"))(
+                requests(), timeout=5) == b"ab"
+            assert [r async for r in ch.stream_stream(_synch("Bidi"))(
+                requests(), timeout=5)] == [b"A", b"B"]
+    finally:
+        await srv.drain()
+    assert [k for k, _, _ in seen] == ["unary", *["server_stream"] * 3, "client_stream",
+                                       "bidi", "bidi"], seen
+    assert all(name.startswith("meshkit-handler-synch") for _, name, _ in seen), seen
+    assert all(ours for _, _, ours in seen), (
+        f"a plain handler ran with grpc.aio's own synchronous context: {seen}")
+    for kind in ("server_stream", "bidi"):  # each stream on one thread
+        assert len({name for k, name, _ in seen if k == kind}) == 1, seen
