@@ -542,8 +542,11 @@ class ServeOptions:
         interceptors: your own ``grpc.aio.ServerInterceptor`` s, a sequence (as
             ``grpc.aio.server(interceptors=)`` takes), run after the mesh's checks, first
             outermost; those with an ``async aclose()`` method are closed
-            after the server stops. meshkit's check interceptors are refused here: use
-            ``deadline``, ``auth`` and ``rate_limit``; so is a
+            after the server stops. A plain-function (``def``) handler one of them
+            returns in place of the server's runs as the server's own do (in
+            ``handler_threads``, with meshkit's synchronous context, safe to ask
+            ``peer()`` after the call ended). meshkit's check interceptors are refused
+            here: use ``deadline``, ``auth`` and ``rate_limit``; so is a
             :class:`~meshkit.observability.TelemetryServerInterceptor`
             (:func:`~meshkit.observability.server_interceptors`) while ``telemetry`` is
             set, which installs its own (each call would count twice): give
