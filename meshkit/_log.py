@@ -6,19 +6,25 @@ place whichever part of meshkit a program uses (``meshkit.discovery`` alone, a
 Without it structlog's own default prints every ``meshkit.*`` line, debug included, on
 stdout, which corrupts the output of any command-line tool using meshkit. The credential
 redaction every meshkit line gets (:func:`redact_secrets`, re-exported by
-:mod:`meshkit.observability`) lives here for the same reason.
+:mod:`meshkit.observability`) lives here for the same reason. So does
+:class:`RepeatLog`, shared by the packages whose lines come one per call (a refused
+call): one line per kind of event and interval, the rest counted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import math
 import re
-from collections.abc import Collection, MutableMapping
-from typing import Any, TextIO
+import time
+from collections.abc import Callable, Collection, Hashable, Mapping, MutableMapping
+from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["REDACTED", "get_logger", "is_sensitive_key", "redact_secrets"]
+__all__ = ["REDACTED", "RepeatLog", "get_logger", "is_sensitive_key", "redact_secrets"]
 
 # Keys whose values are credentials, whatever the case or separator: ``authorization``,
 # ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...
@@ -232,3 +238,177 @@ def get_logger(name: str) -> Any:
     that configuration.
     """
     return structlog.get_logger(name)
+
+
+_UNTRACKED: Any = object()  # RepeatLog's kind for the events of kinds past max_kinds
+
+
+class RepeatLog:
+    """One log line per kind of event and interval, the events after it counted: for a line
+    each call would otherwise get (a refused call), which a flood (a caller with a bad
+    token at 10k calls/s, a credential-stuffing attacker) turns into a flood of lines.
+
+    - The first event of a kind (``key``) is logged at once, in full: ``event`` with
+      ``fields``, the key's fields (``key_fields`` named, ``key`` valued) and the
+      report's own.
+    - Later events of the kind within ``interval_s`` of that line are only counted; the
+      count is logged in one ``summary`` line (``fields``, the key's fields,
+      ``count``: the events not logged on a line of their own, ``over_s``: the seconds
+      they were counted over) when the interval ends: by a timer on the running event
+      loop (at most ``interval_s / 4`` late), or at the kind's next event after it,
+      whichever comes first, or at :meth:`flush`. Counting then starts again for
+      another interval; a kind with no event in a whole interval is forgotten, so its
+      next event is logged in full again. So every event is told, on a line of its own
+      or in a count (lines of ``event`` plus the ``count`` of the ``summary`` lines is
+      the number of events), and a kind gets at most about two lines per interval.
+    - At most ``max_kinds`` kinds are tracked at once (memory stays bounded whatever a
+      flood varies); an event of a further kind is logged and counted as one more kind,
+      shared by all of them: its lines carry ``untracked=True`` (the full line the
+      event's own key fields, the summary none).
+
+    An event counted costs a clock read, a dict lookup and an addition; a line logged,
+    building its fields. Reports come from one thread (a server's event loop) or are
+    serialised by the caller; the timer is armed on the loop running when a report
+    needs one (none without a running loop: counts are then told at the kind's next
+    event after the interval, or at :meth:`flush`).
+
+    Args:
+        log: the structlog logger to write to (the module's ``_log``; not a bound one
+            made before the application configured logging).
+        event: the full line's event, e.g. ``"call refused"``.
+        summary: the count line's event, e.g. ``"calls refused"``.
+        key_fields: the names of a key's values, in order, e.g.
+            ``("method", "code", "reason")``.
+        fields: fields every line carries, e.g. ``{"by": "jwt"}`` (default none).
+        level: the lines' level, a logger method name (default ``"info"``).
+        interval_s: seconds a kind's count runs before it is logged (default 60; > 0).
+        max_kinds: kinds tracked at once (default 256; >= 1).
+        clock: monotonic seconds (default ``time.monotonic``); the timer runs on the
+            event loop's own clock.
+
+    Raises:
+        ConfigError: ``interval_s`` not a finite number > 0, or ``max_kinds`` not an
+            integer >= 1 (value quoted).
+    """
+
+    __slots__ = ("_clock", "_event", "_fields", "_interval_s", "_key_fields", "_kinds",
+                 "_level", "_log", "_max_kinds", "_summary", "_timer", "_timer_loop")
+
+    def __init__(self, log: Any, event: str, summary: str, *, key_fields: tuple[str, ...],
+                 fields: Mapping[str, Any] | None = None, level: str = "info",
+                 interval_s: float = 60.0, max_kinds: int = 256,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not isinstance(interval_s, int | float) or not (
+                math.isfinite(interval_s) and interval_s > 0):
+            from meshkit.errors import ConfigError
+            raise ConfigError(f"interval_s must be a finite number > 0, got {interval_s!r}")
+        if not isinstance(max_kinds, int) or isinstance(max_kinds, bool) or max_kinds < 1:
+            from meshkit.errors import ConfigError
+            raise ConfigError(f"max_kinds must be an integer >= 1, got {max_kinds!r}")
+        self._log = log
+        self._event = event
+        self._summary = summary
+        self._key_fields = key_fields
+        self._fields = dict(fields or {})
+        self._level = level
+        self._interval_s = float(interval_s)
+        self._max_kinds = max_kinds
+        self._clock = clock
+        # key (or _UNTRACKED) -> [start of its interval, events counted in it]
+        self._kinds: dict[Hashable, list[float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def report(self, key: tuple[Hashable, ...], **extra: Any) -> None:
+        """One event of kind ``key`` (a value per ``key_fields`` name, in order): logged
+        or counted, as the class docstring says. ``extra``: fields of the full line only
+        (e.g. ``rule=...``), never a credential."""
+        kinds = self._kinds
+        slot: Hashable = key
+        kind = kinds.get(key)
+        if kind is None and len(kinds) >= self._max_kinds:
+            slot = _UNTRACKED
+            kind = kinds.get(_UNTRACKED)
+        now = self._clock()
+        if kind is not None:
+            if 0.0 <= now - kind[0] < self._interval_s:
+                kind[1] += 1
+                return
+            if kind[1]:  # its interval is over (the timer is late, or none runs)
+                start = kind[0]
+                self._summarise(slot, kind, now)
+                if 0.0 <= now - start < 2 * self._interval_s:
+                    kind[1] = 1  # the first event of the next interval's count
+                    self._arm()
+                    return
+                # a whole interval without an event after the count's: news, as below
+        kinds[slot] = [now, 0]
+        line = dict(self._fields)
+        line.update(zip(self._key_fields, key, strict=True))
+        if slot is _UNTRACKED:
+            line["untracked"] = True
+        line.update(extra)
+        getattr(self._log, self._level)(self._event, **line)
+        self._arm()
+
+    def flush(self) -> None:
+        """Log the count of every kind with events not yet told and forget every kind
+        (the next event of each is logged in full); cancel the timer. For a server's
+        stop: the counts of its last interval are told."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_loop = None
+        now = self._clock()
+        for slot, kind in self._kinds.items():
+            if kind[1]:
+                self._summarise(slot, kind, now)
+        self._kinds.clear()
+
+    def _summarise(self, slot: Hashable, kind: list[float], now: float) -> None:
+        """Log ``kind``'s count (the ``summary`` line) and start its next interval."""
+        line = dict(self._fields)
+        if slot is _UNTRACKED:
+            line["untracked"] = True
+        else:
+            line.update(zip(self._key_fields, cast(tuple[Any, ...], slot), strict=True))
+        line["count"] = int(kind[1])
+        line["over_s"] = round(min(max(0.0, now - kind[0]), self._interval_s), 1)
+        kind[0], kind[1] = now, 0
+        getattr(self._log, self._level)(self._summary, **line)
+
+    def _arm(self, delay_s: float | None = None) -> None:
+        """Arm the timer (:meth:`_due`) on the running loop, unless it is armed there."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: counts are told at the next event or flush()
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_loop is loop:
+                return
+            timer.cancel()  # a loop gone or another one's: the kinds are this one's now
+        # an empty context: not the reporting call's (its bound log fields, its claims)
+        self._timer = loop.call_later(self._interval_s if delay_s is None else delay_s,
+                                      self._due, context=contextvars.Context())
+        self._timer_loop = loop
+
+    def _due(self) -> None:
+        """The timer: log the count of every kind whose interval ended, forget those
+        that had no event in it, and arm the timer for the next interval to end (a
+        quarter interval from now at the soonest, so timers stay few). An interval within
+        1% of its end counts as ended (the loop may run a timer a little early)."""
+        self._timer = self._timer_loop = None
+        now = self._clock()
+        interval = self._interval_s
+        ended = interval * 0.99
+        kinds = self._kinds
+        earliest = math.inf
+        for slot, kind in list(kinds.items()):
+            if not 0.0 <= now - kind[0] < ended:
+                if not kind[1]:
+                    del kinds[slot]
+                    continue
+                self._summarise(slot, kind, now)
+            earliest = min(earliest, kind[0])
+        if kinds:
+            self._arm(max(earliest + interval - now, interval / 4))

@@ -8,6 +8,21 @@ right before the handler, in the handler's task (which is also where the context
 variables behind :func:`~meshkit.auth.current_peer` and
 :func:`~meshkit.auth.current_claims` are set). Wrappers run in interceptor order, first
 outermost; a check that fails aborts the call with its status and the handler never runs.
+
+A refused call is logged on ``meshkit.auth`` at info, but not one line per call: a caller
+with a bad or expired token, or an attacker, would make one per call on each server (the
+access log has its own line for every call, with the code). Each interceptor logs the
+first refusal of each kind (its ``by``, and the call's ``method``, ``code`` and
+``reason``; for the policy, the ``peer`` too) at once as ``call refused`` with every
+field, and counts later ones of the kind for :data:`REFUSAL_LOG_INTERVAL_S`; the count
+is then logged as ``calls refused`` with the kind's fields, ``count`` (the calls not
+logged on a line of their own) and ``over_s``, when the interval ends, at the kind's next
+refusal after it, or when the server stops (``aclose``). So every refused call is told,
+on its own line or in a count, and the lines stay bounded: at most about two per kind and
+interval, for at most :data:`REFUSAL_LOG_KINDS` kinds per interceptor at once (further
+kinds share one, their lines marked ``untracked=True``;
+:class:`~meshkit._log.RepeatLog`). No token or claim is ever in a line. An allowed call
+pays nothing for this; a refused one a clock read and a dict lookup.
 """
 
 from __future__ import annotations
@@ -19,6 +34,7 @@ import grpc
 import structlog
 
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
@@ -44,14 +60,47 @@ _log = structlog.get_logger("meshkit.auth")
 _UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 _DENIED = grpc.StatusCode.PERMISSION_DENIED
 
+REFUSAL_LOG_INTERVAL_S = 60.0
+"""Seconds each kind of refused call is logged in full at most once per: the refusals of
+the kind after its ``call refused`` line are counted and logged as one ``calls refused``
+line (``count=``) when this interval ends (module docstring). Read when an interceptor is
+built."""
 
-async def _refuse(context: Any, code: grpc.StatusCode, details: str, method: str,
-                  who: str, reason: str) -> None:
-    _log.info("call refused", method=method, code=code.name, reason=reason, by=who)
+REFUSAL_LOG_KINDS = 256
+"""Kinds of refusal each interceptor tracks at once for its log (memory stays bounded
+whatever a flood varies); refusals of further kinds are logged and counted together,
+marked ``untracked=True``. Read when an interceptor is built."""
+
+
+def _refusal_log(by: str, key_fields: tuple[str, ...] = ("method", "code", "reason"),
+                 ) -> RepeatLog:
+    """The ``call refused`` / ``calls refused`` lines of the interceptor named ``by``
+    (``"peer"``, ``"jwt"``, ``"authz"``), a kind being ``key_fields``' values."""
+    return RepeatLog(_log, "call refused", "calls refused", key_fields=key_fields,
+                     fields={"by": by}, interval_s=REFUSAL_LOG_INTERVAL_S,
+                     max_kinds=REFUSAL_LOG_KINDS)
+
+
+async def _refuse(refusals: RepeatLog, context: Any, code: grpc.StatusCode, details: str,
+                  method: str, reason: str) -> None:
+    """Log the refusal (``refusals``: once per kind and interval, else counted) and abort
+    the call with ``code`` and ``details`` (what the caller sees)."""
+    refusals.report((method, code.name, reason))
     await context.abort(code, details)
 
 
-class PeerIdentityInterceptor(WrappingInterceptor):
+class _RefusalLogged(WrappingInterceptor):
+    """An interceptor that logs its refusals through ``self._refusals``."""
+
+    _refusals: RepeatLog
+
+    async def aclose(self) -> None:
+        """Log the counts of refusals not told yet (``calls refused``); a server calls it
+        once it has stopped (:class:`meshkit.MeshServer` does)."""
+        self._refusals.flush()
+
+
+class PeerIdentityInterceptor(_RefusalLogged):
     """mTLS peer authentication: require a verified SPIFFE ID, optionally from a list.
 
     Checks the peer certificate (``context.auth_context()``) with ``verifier``, which
@@ -74,7 +123,9 @@ class PeerIdentityInterceptor(WrappingInterceptor):
     Status codes: ``UNAUTHENTICATED`` with no verified workload identity (plaintext, no
     client certificate, zero or several SPIFFE URIs, a SPIFFE ID that is no workload, a
     chain the CA's constraints forbid), ``PERMISSION_DENIED`` for a foreign trust domain
-    or a peer not in ``allowed_peers``.
+    or a peer not in ``allowed_peers``. Refusals are logged ``by="peer"``, once per kind
+    and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring); the reason of a peer not
+    allowed names its SPIFFE ID, so each such peer is a kind of its own.
 
     Raises:
         ConfigError: ``allowed_peers`` or ``exempt_methods`` given as one string (as
@@ -90,6 +141,7 @@ class PeerIdentityInterceptor(WrappingInterceptor):
                          if allowed_peers else None)
         self._exempt = MethodMatcher.of(exempt_methods, where="exempt_methods")
         self.verifier = verifier if verifier is not None else default_peer_verifier()
+        self._refusals = _refusal_log("peer")
 
     def identify(self, context: Any) -> PeerIdentity | None:
         """The verified workload identity of ``context``'s call, or ``None``."""
@@ -99,24 +151,26 @@ class PeerIdentityInterceptor(WrappingInterceptor):
         """The peer check for ``method`` (see the class docstring)."""
         if self._exempt.lookup(method):
             return None
+        refusals = self._refusals
 
         def before(context: Any) -> Awaitable[None] | None:
             peer = self.identify(context)
             if peer is None:
-                return _refuse(context, _UNAUTH, "no verified peer identity", method,
-                               "peer", "no SPIFFE ID")
+                return _refuse(refusals, context, _UNAUTH, "no verified peer identity",
+                               method, "no SPIFFE ID")
             if peer.trust_domain != self.trust_domain or (
                 self._allowed is not None and not self._allowed.matches(peer.spiffe_id)
             ):
-                return _refuse(context, _DENIED, f"caller is not allowed to call {method}",
-                               method, "peer", f"peer {peer.spiffe_id} not allowed")
+                return _refuse(refusals, context, _DENIED,
+                               f"caller is not allowed to call {method}", method,
+                               f"peer {peer.spiffe_id} not allowed")
             _peer.set(peer)
             return None
 
         return before
 
 
-class JWTAuthInterceptor(WrappingInterceptor):
+class JWTAuthInterceptor(_RefusalLogged):
     """Bearer-token authentication and per-method scopes (RFC 6750, RFC 7519, RFC 8725).
 
     Reads ``authorization: Bearer <token>`` (``options.metadata_key``), verifies it with
@@ -130,13 +184,16 @@ class JWTAuthInterceptor(WrappingInterceptor):
 
     Status codes: ``UNAUTHENTICATED`` for a missing token on a non-public method, a
     non-``Bearer`` scheme, a repeated header or any invalid token (message = category only);
-    ``PERMISSION_DENIED`` for a valid token lacking a required scope.
+    ``PERMISSION_DENIED`` for a valid token lacking a required scope. Refusals are logged
+    ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring),
+    the reason a category (``"token expired"``, ``"no token"``...), never the token.
     """
 
     def __init__(self, verifier: JWTVerifier, options: JWTAuthOptions | None = None) -> None:
         super().__init__()
         self.verifier = verifier
         self.options = options or JWTAuthOptions()
+        self._refusals = _refusal_log("jwt")
 
     def _before_for(self, method: str) -> Before | None:
         """The token check for ``method`` (see the class docstring)."""
@@ -145,13 +202,14 @@ class JWTAuthInterceptor(WrappingInterceptor):
         scopes = opts.required_scopes(method)
         verifier = self.verifier
         cached = getattr(verifier, "cached", None)  # a returning token: no coroutine
+        refusals = self._refusals
 
         check_scopes = not public and bool(scopes)  # no scopes: every token has them
 
         def admit(context: Any, token: str, claims: Claims) -> Awaitable[None] | None:
             if check_scopes and not claims.has_scopes(scopes):
-                return _refuse(context, _DENIED, "token lacks a required scope", method,
-                               "jwt", "missing scope")
+                return _refuse(refusals, context, _DENIED, "token lacks a required scope",
+                               method, "missing scope")
             _claims.set(claims)
             _token.set(token)
             return None
@@ -160,8 +218,8 @@ class JWTAuthInterceptor(WrappingInterceptor):
             try:
                 claims = await verifier.verify(token)
             except InvalidTokenError as exc:
-                await _refuse(context, _UNAUTH, exc.details() or "invalid token", method,
-                              "jwt", exc.details() or "invalid token")
+                await _refuse(refusals, context, _UNAUTH, exc.details() or "invalid token",
+                              method, exc.details() or "invalid token")
                 return
             pending = admit(context, token, claims)
             if pending is not None:
@@ -171,12 +229,13 @@ class JWTAuthInterceptor(WrappingInterceptor):
             try:
                 token = extract_bearer(call_metadata(context), opts.metadata_key)
             except UnauthenticatedError as exc:
-                return _refuse(context, _UNAUTH, exc.details() or "unauthenticated", method,
-                               "jwt", "bad authorization metadata")
+                return _refuse(refusals, context, _UNAUTH,
+                               exc.details() or "unauthenticated", method,
+                               "bad authorization metadata")
             if token is None:
                 if not public:
-                    return _refuse(context, _UNAUTH, "missing bearer token", method, "jwt",
-                                   "no token")
+                    return _refuse(refusals, context, _UNAUTH, "missing bearer token",
+                                   method, "no token")
                 return None
             claims = cached(token) if cached is not None else None
             if claims is None:  # a new token: verified in a coroutine (keys may be fetched)
@@ -186,7 +245,7 @@ class JWTAuthInterceptor(WrappingInterceptor):
         return before
 
 
-class AuthzInterceptor(WrappingInterceptor):
+class AuthzInterceptor(_RefusalLogged):
     """Per-method identity authorization with an :class:`~meshkit.auth.AuthzPolicy`.
 
     Evaluates the policy with the verified peer SPIFFE ID (from
@@ -199,15 +258,20 @@ class AuthzInterceptor(WrappingInterceptor):
     Status codes: as the :class:`~meshkit.auth.Decision` says — ``PERMISSION_DENIED``
     (message ``"caller is not allowed to call <method>"``; no rule, pattern or other
     identity is named) or ``UNAUTHENTICATED`` when the caller has no verified identity.
+    Refusals are logged ``by="authz"`` with the decision's reason and rule and the peer's
+    SPIFFE ID (never the token's claims), once per kind (method, code, reason and peer)
+    and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring).
     """
 
     def __init__(self, policy: AuthzPolicy) -> None:
         super().__init__()
         self.policy = policy
+        self._refusals = _refusal_log("authz", ("method", "code", "reason", "peer"))
 
     def _before_for(self, method: str) -> Before | None:
         """The policy check for ``method`` (see the class docstring)."""
         policy = self.policy
+        refusals = self._refusals
 
         def before(context: Any) -> Awaitable[None] | None:
             peer = _peer.get()
@@ -220,9 +284,8 @@ class AuthzInterceptor(WrappingInterceptor):
                 return None
             details = ("unauthenticated" if decision.code is _UNAUTH
                        else f"caller is not allowed to call {method}")
-            _log.info("call refused", method=method, code=decision.code.name,
-                      reason=decision.reason, rule=decision.rule, by="authz",
-                      peer=peer.spiffe_id if peer else None)
+            refusals.report((method, decision.code.name, decision.reason,
+                             peer.spiffe_id if peer else None), rule=decision.rule)
             aborted: Awaitable[None] = context.abort(decision.code, details)
             return aborted
 
