@@ -66,7 +66,11 @@ round trip slower than ``storage_timeout_s`` counts as a failure. Each round tri
 timeout to itself: the hit (one per part of a rule) and, once a hit refused, the reads of
 the window state ``retry-after`` comes from. A call a hit refused is refused whatever
 those reads do: one that fails or is too slow makes ``retry-after`` the window's length
-(rounded up), and is not a storage failure.
+(rounded up), and is not a storage failure; it is logged at debug level as ``rate limit
+window not read``, once per limit and error type and
+:data:`WINDOW_READ_LOG_INTERVAL_S`, the later ones counted in one ``rate limit windows
+not read`` line (``count=``) when the interval ends (:class:`~meshkit._log.RepeatLog`):
+not one line per refused call.
 
 A storage that hangs would make every limited call wait ``storage_timeout_s``. A breaker
 (:class:`StorageBreaker`) opens after ``breaker_failures`` consecutive storage failures:
@@ -127,6 +131,7 @@ from limits.util import WindowStats
 from meshkit._config import check_int, check_number, check_seconds
 from meshkit._fields import FrozenMap
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
 from meshkit._uris import split_userinfo
 from meshkit.errors import ConfigError
@@ -161,6 +166,12 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("meshkit.resilience.ratelimit")
+
+WINDOW_READ_LOG_INTERVAL_S = 60.0
+"""Seconds each kind (limit, error type) of failed window read is logged in full at most
+once per (``rate limit window not read``, debug): the later ones are counted and logged as
+one ``rate limit windows not read`` line (``count=``) when this interval ends, or at
+:meth:`StorageLimiter.aclose`. Read when a limiter is built."""
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _rejected: contextvars.ContextVar[bool] = contextvars.ContextVar("meshkit_rate_limited",
                                                                  default=False)
@@ -930,7 +941,7 @@ class StorageLimiter:
 
     __slots__ = ("_acquire_window", "_checkers", "_deny", "_fixed", "_outage", "_prefix",
                  "_sliding", "_storage", "_storage_name", "_strategy", "_table", "_timeout_s",
-                 "_window_keys", "breaker", "synchronous")
+                 "_unread", "_window_keys", "breaker", "synchronous")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -978,6 +989,12 @@ class StorageLimiter:
         self._outage = OutageTracker(clock)
         self.breaker = StorageBreaker(failures=opts.breaker_failures, open_s=opts.breaker_open_s,
                                       max_open_s=opts.breaker_max_open_s, clock=clock)
+        # a refused call's failed window read: one line per kind and interval, not per call
+        self._unread = RepeatLog(_log, "rate limit window not read",
+                                 "rate limit windows not read",
+                                 key_fields=("limit", "error_type"),
+                                 fields={"storage": self._storage_name}, level="debug",
+                                 interval_s=WINDOW_READ_LOG_INTERVAL_S, max_kinds=64)
 
     def applies_to(self, method: str) -> bool:
         """Whether ``method`` has a rule (its own, a glob's, or the default)."""
@@ -1097,11 +1114,13 @@ class StorageLimiter:
                           outage_s=round(lasted, 3))
 
     async def aclose(self) -> None:
-        """Close the storage's connections (best effort; ``limits`` has no close API), and
-        cancel the memory storage's scheduled sweep.
+        """Close the storage's connections (best effort; ``limits`` has no close API),
+        cancel the memory storage's scheduled sweep, and log the count of failed window
+        reads not told yet (``rate limit windows not read``).
 
         Call it after the server has stopped; a later :meth:`check` would reconnect.
         """
+        self._unread.flush()
         storage: Any = self._storage
         if isinstance(storage, SweepThrottledMemoryStorage):
             storage.close()
@@ -1184,7 +1203,9 @@ class StorageLimiter:
         """:meth:`_window` from the (async) storage, each round trip bounded by
         ``storage_timeout_s``; ``None`` when a read fails or times out (logged at debug
         level). For a fixed window the count (a second round trip) is read only with
-        ``counts``: a refusing part's ``retry_after_s`` needs only its expiry."""
+        ``counts``: a refusing part's ``retry_after_s`` needs only its expiry. A failed
+        read is logged once per limit and error type and
+        :data:`WINDOW_READ_LOG_INTERVAL_S`, the others counted (module docstring)."""
         try:
             if self._fixed:
                 storage_key = item.key_for(self._prefix, method, key)
@@ -1198,8 +1219,8 @@ class StorageLimiter:
             async with asyncio.timeout(self._timeout_s):
                 return await self._window(item, method, key)
         except Exception as exc:  # the hit refused: a lost read only loses retry-after
-            _log.debug("rate limit window not read", storage=self._storage_name,
-                       limit=str(item), error=f"{type(exc).__name__}: {exc}")
+            self._unread.report((str(item), type(exc).__name__),
+                                error=f"{type(exc).__name__}: {exc}")
             return None
 
     def _window(self, item: Any, method: str, key: str) -> Any:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import socket
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,9 @@ from meshkit.auth import (
 )
 from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.errors import ConfigError
+from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
 from tests.auth.conftest import AUDIENCE, ISSUER, StartServer, auth_handler, method
+from tests.support.skips import skip_or_fail
 from tests.support.wait import until
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
@@ -266,6 +270,53 @@ def test_bad_options_are_refused_quoting_the_value(option: str, value: Any) -> N
     with pytest.raises(ConfigError, match=re.escape(repr(value))):
         RepeatLog(None, "e", "s", key_fields=("k",), **{option: value})
 
+
+# -- the rate limiter's line per refused call whose window could not be read ---------------
+
+def redis_uri() -> str:
+    """The shared Redis on 127.0.0.1:6379 (skip if absent; fail under CI)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            up = s.recv(16).startswith(b"+PONG")
+    except OSError:
+        up = False
+    if not up:
+        skip_or_fail("no Redis answering on 127.0.0.1:6379")
+    return "async+redis://127.0.0.1:6379"
+
+
+async def test_refused_calls_whose_window_cannot_be_read_make_a_bounded_number_of_lines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller over its limit while the window reads behind ``retry-after`` fail (a
+    storage slow or failing on those reads): ``rate limit window not read`` was logged
+    (debug) for each refused call. Now once per kind (limit, error type) and interval,
+    the rest counted (``rate limit windows not read``, told at ``aclose()`` at the
+    latest)."""
+    limiter = StorageLimiter(RateLimitOptions(
+        default_rule="1/hour", strategy="fixed-window", storage_uri=redis_uri(),
+        key_prefix=f"refusal-logs-{uuid.uuid4().hex}"))
+    m = "/svc.v1.Svc/Call"
+    try:
+        assert await limiter.check(m, "alice") is None
+
+        async def fails(*args: Any) -> Any:
+            raise ConnectionError("lost the read")
+
+        monkeypatch.setattr(limiter._storage, "get_expiry", fails)
+        with capture_logs() as logs:
+            for _ in range(200):
+                refusal = await limiter.check(m, "alice")
+                assert refusal is not None and refusal.retry_after_s == 3600, refusal
+            await limiter.aclose()
+    finally:
+        await limiter.aclose()
+    lines = [e for e in logs if e["event"] in ("rate limit window not read",
+                                               "rate limit windows not read")]
+    assert len(lines) <= 3, f"{len(lines)} lines for 200 refused calls"
+    assert sum(1 if e["event"] == "rate limit window not read" else e["count"]
+               for e in lines) == 200, lines
+    assert lines[0]["error"] == "ConnectionError: lost the read", lines
 
 
 async def test_a_mesh_server_tells_the_counts_not_told_yet_when_it_stops(
