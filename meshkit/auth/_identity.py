@@ -675,7 +675,8 @@ class PeerVerifier:
     about 0.2 ms for a leaf issued directly, 0.5 ms through an intermediate (2-core VM).
     A refusal is logged once per distinct certificate (``peer certificate refused``,
     warning, with the reason, subject, issuer and SHA-256 prefix); the interceptors log
-    each refused call.
+    refused calls once per kind and minute, the rest counted (``call refused`` /
+    ``calls refused``).
 
     Args:
         ca_pem: the trust bundle, PEM (one or more CA certificates; each one a trust
