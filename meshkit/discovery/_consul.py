@@ -92,7 +92,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
 
@@ -117,7 +116,7 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._resolver import OwnThreadsResolver, lookup_threads
+from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -731,7 +730,9 @@ class ConsulRegistry:
     running, each in its own. The agent's host name (if it is no IP address) is looked up
     on two threads of the registry's own (``meshkit-consul-dns``), never on the event
     loop's default executor, which the application's blocking work may fill; :meth:`close`
-    releases them. Errors: ``register``/``deregister`` raise :class:`RegistryError`
+    releases them. A registry used before an ``os.fork()`` works in the child too (a
+    pre-fork server's workers, ``multiprocessing``'s fork start method): the child gets
+    lookup threads of its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
     (chained from the aiohttp/consul exception); watches and heartbeats never raise for
     agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
 
@@ -759,7 +760,7 @@ class ConsulRegistry:
         self._clients_lock = threading.Lock()
         # the clients' name lookups (see OwnThreadsResolver); its threads start at the
         # first lookup (none for an agent given by IP address) and end at close()
-        self._dns: ThreadPoolExecutor = lookup_threads("consul")
+        self._dns = LookupThreads("consul")
         self._keepers: dict[str, _Registration] = {}
         # monotonic time of the latest warning about ACLs hiding entries, per read
         self._acl_warned: dict[str, float] = {}
@@ -1554,4 +1555,4 @@ class ConsulRegistry:
         finally:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
-            self._dns.shutdown(wait=False, cancel_futures=True)
+            self._dns.shutdown()

@@ -184,7 +184,7 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._resolver import OwnThreadsResolver, lookup_threads
+from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -724,10 +724,13 @@ class EtcdRegistry:
     them does; the registry's lock excludes the tasks of every loop; a loop's session is
     closed as that loop ends (``asyncio.run()`` cancelling what is left); and
     :meth:`close` ends the watches, keep-alives and sessions of every loop still running,
-    each in its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
-    (chained from the aiohttp or etcd error); watches and the keep-alive never raise for
-    etcd errors, they log on ``meshkit.discovery.etcd`` once per outage and retry with
-    backoff.
+    each in its own. Members given by host name are looked up on two threads of the
+    registry's own (``meshkit-etcd-dns``), never on the event loop's default executor;
+    a registry used before an ``os.fork()`` works in the child too (a pre-fork server's
+    workers), where it gets lookup threads of its own. Errors: ``register``/``deregister``
+    raise :class:`RegistryError` (chained from the aiohttp or etcd error); watches and the
+    keep-alive never raise for etcd errors, they log on ``meshkit.discovery.etcd`` once
+    per outage and retry with backoff.
     """
 
     def __init__(self, options: EtcdOptions | None = None, *,
@@ -743,7 +746,7 @@ class EtcdRegistry:
         self._ssl: ssl.SSLContext | bool | None = None
         # the sessions' name lookups (see OwnThreadsResolver); its threads start at the
         # first lookup (none for IP address endpoints) and end at close()
-        self._dns = lookup_threads("etcd")
+        self._dns = LookupThreads("etcd")
         self._current = 0  # index of the member requests go to first
         self._lease: int | None = None
         # taken by register, deregister and the keep-alive's lease-loss, key-check and
@@ -1790,4 +1793,4 @@ class EtcdRegistry:
         finally:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
-            self._dns.shutdown(wait=False, cancel_futures=True)
+            self._dns.shutdown()

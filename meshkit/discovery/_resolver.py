@@ -6,50 +6,113 @@ own blocking work (``asyncio.to_thread``, ``run_in_executor(None, ...)``; 6 thre
 2-core box) held every lookup of a registry's agent or member names behind it, so the
 keep-alives (etcd's lease, Consul's TTL passes) timed out and a merely busy instance left
 discovery. :class:`OwnThreadsResolver` looks names up on a pool the registry owns
-(``lookup_threads``), shut down when the registry closes.
+(:class:`LookupThreads`), shut down when the registry closes, and made afresh in a child
+process forked from the registry's (``os.register_at_fork``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import aiohttp.abc
 
-__all__ = ["DNS_THREADS", "OwnThreadsResolver", "lookup_threads"]
+__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver"]
 
 #: getaddrinfo's flags as aiohttp's ThreadedResolver passes them (AI_ADDRCONFIG, masked
 #: where the platform has AI_MASK)
 _AI_ADDRCONFIG = socket.AI_ADDRCONFIG & getattr(socket, "AI_MASK", ~0)
+#: Windows refuses ``localhost`` with AI_ADDRCONFIG when no network is active: retried
+#: without the flag there, as aiohttp's resolvers do (aio-libs/aiohttp#5357). A module
+#: flag (aiohttp's own helper, ``aiohttp.resolver._is_windows_localhost``, is private).
+_IS_WINDOWS = sys.platform == "win32"
 #: threads of a registry's name lookups: one stuck lookup (a DNS server that does not
 #: answer) leaves one for the other names
 DNS_THREADS = 2
 
 
-def lookup_threads(registry: str) -> ThreadPoolExecutor:
-    """A registry's lookup pool: :data:`DNS_THREADS` threads named ``meshkit-<registry>-dns``
-    (e.g. ``registry="etcd"``), started at the first lookup (none for agents or members
-    given by IP address, which aiohttp never resolves). Its owner shuts it down when it
-    closes (``shutdown(wait=False, cancel_futures=True)``: a stuck lookup is not waited
-    for)."""
-    return ThreadPoolExecutor(max_workers=DNS_THREADS,
-                              thread_name_prefix=f"meshkit-{registry}-dns")
+class LookupThreads:
+    """A registry's lookup pool: :attr:`pool`, :data:`DNS_THREADS` threads named
+    ``meshkit-<registry>-dns`` (e.g. ``registry="etcd"``), started at the first lookup
+    (none for agents or members given by IP address, which aiohttp never resolves). Its
+    owner calls :meth:`shutdown` when it closes.
+
+    **Forks.** A child made by ``os.fork()`` gets a new pool
+    (``os.register_at_fork(after_in_child=...)``, as ``meshkit.discovery._local`` gives a
+    child a connection of its own): the inherited one has no thread there, while its idle
+    semaphore may say one is idle, so it would start none and every lookup would wait for
+    good. The inherited pool is left alone (not shut down: a lock of it may have been
+    held by a parent's thread at the fork). A pool shut down before the fork is shut down
+    in the child too.
+
+    Args:
+        registry: the registry's kind, in the threads' names: ``"consul"``, ``"etcd"``.
+    """
+
+    __slots__ = ("__weakref__", "_closed", "_prefix", "pool")
+
+    def __init__(self, registry: str) -> None:
+        self._prefix = f"meshkit-{registry}-dns"
+        self._closed = False
+        self.pool = self._new_pool()
+        _all_lookup_threads.add(self)
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix=self._prefix)
+
+    def shutdown(self) -> None:
+        """End the threads once their lookup in flight, if any, returns (a stuck DNS
+        server's is not waited for); lookups not started are dropped, later ones refused
+        (``RuntimeError`` from the pool). Idempotent."""
+        self._closed = True
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a new pool (shut down at once if this one was)."""
+        self.pool = self._new_pool()
+        if self._closed:
+            self.pool.shutdown(wait=False)
+
+
+_all_lookup_threads: weakref.WeakSet[LookupThreads] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: every lookup pool of the process is
+    made afresh in the child (see :class:`LookupThreads`)."""
+    for threads in list(_all_lookup_threads):
+        threads._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _lookup(host: str, port: int, family: int) -> list[aiohttp.abc.ResolveResult]:
     """``host``'s addresses as aiohttp's :class:`~aiohttp.ThreadedResolver` gives them
-    (numeric, one per ``getaddrinfo`` entry; a link-local IPv6 address with its scope as
-    ``getnameinfo`` writes it), in the calling thread (blocks).
+    (aiohttp 3.14: ``getaddrinfo`` with ``AI_ADDRCONFIG``, and on Windows ``localhost``
+    asked again without it if that fails; numeric, one per ``getaddrinfo`` entry; a
+    link-local IPv6 address with its scope as ``getnameinfo`` writes it), in the calling
+    thread (blocks).
 
     Raises:
         socket.gaierror: the name does not resolve (aiohttp's ClientConnectorDNSError).
     """
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, _AI_ADDRCONFIG)
+    except socket.gaierror:
+        # Windows refuses localhost with AI_ADDRCONFIG while no network is active
+        # (WSAHOST_NOT_FOUND): aiohttp's resolvers ask again without the flag
+        if not (_IS_WINDOWS and host.rstrip(".").casefold() == "localhost"):
+            raise
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, 0)
     results: list[aiohttp.abc.ResolveResult] = []
-    for fam, _, proto, _, address in socket.getaddrinfo(host, port, family,
-                                                        socket.SOCK_STREAM, 0,
-                                                        _AI_ADDRCONFIG):
+    for fam, _, proto, _, address in infos:
         if fam == socket.AF_INET6:
             if len(address) < 3:  # no IPv6 in this Python build or host
                 continue
@@ -72,24 +135,25 @@ def _lookup(host: str, port: int, family: int) -> list[aiohttp.abc.ResolveResult
 
 class OwnThreadsResolver(aiohttp.abc.AbstractResolver):
     """The resolver of a registry's aiohttp connectors: ``getaddrinfo`` on the
-    registry's own threads (:func:`lookup_threads`: ``meshkit-etcd-dns``,
+    registry's own threads (:class:`LookupThreads`: ``meshkit-etcd-dns``,
     ``meshkit-consul-dns``), not on the event loop's default executor (aiohttp's default
     resolver, ``loop.getaddrinfo``), which an application may fill with its own blocking
     work (``asyncio.to_thread``): a keep-alive's lookup of the agent's or a member's name
     then waited behind it and the lease expired or the TTL check went critical. aiohttp
     calls it only for host names (an IP address is used as is) whose answer is not in its
     DNS cache (10 s). One per connector; holds nothing of an event loop, so it serves the
-    connectors of every loop the registry runs in.
+    connectors of every loop the registry runs in (and, holding the registry's
+    :class:`LookupThreads`, not its pool, uses a forked child's own pool there).
 
     Args:
-        executor: the registry's lookup pool, shut down by the registry's ``close()``.
+        threads: the registry's lookup pool, shut down by the registry's ``close()``.
         owner: the registry as error messages name it, e.g. ``"etcd registry"``.
     """
 
-    __slots__ = ("_executor", "_owner")
+    __slots__ = ("_owner", "_threads")
 
-    def __init__(self, executor: ThreadPoolExecutor, owner: str) -> None:
-        self._executor = executor
+    def __init__(self, threads: LookupThreads, owner: str) -> None:
+        self._threads = threads
         self._owner = owner
 
     async def resolve(self, host: str, port: int = 0,
@@ -104,7 +168,7 @@ class OwnThreadsResolver(aiohttp.abc.AbstractResolver):
         """
         try:
             future = asyncio.get_running_loop().run_in_executor(
-                self._executor, _lookup, host, port, family)
+                self._threads.pool, _lookup, host, port, family)
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise OSError(f"no lookup of {host!r}: the {self._owner} is closed") from exc
         return await future

@@ -16,6 +16,9 @@ import random
 import re
 import socket
 import ssl
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiohttp
+import aiohttp.resolver
 import consul
 import grpc
 import pytest
@@ -35,6 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
 import meshkit
+import meshkit.discovery._resolver as _resolver
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry, _TokenBucket
 from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError, RegistryError
@@ -449,13 +454,13 @@ async def test_the_ttl_check_of_a_busy_process_survives_a_reconnect_by_host_name
                 await asyncio.sleep(2 * ttl_s + 1.0)
                 statuses = [s for _, s in double.status_history]
                 passes = double.service_passes[a.instance_id] - passes
-                names = {t.name for t in reg._dns._threads}
+                names = {t.name for t in reg._dns.pool._threads}
                 return statuses, passes, names
             finally:
                 release.set()
                 await asyncio.gather(*blocked, return_exceptions=True)
                 await reg.close()
-                threads = list(reg._dns._threads)
+                threads = list(reg._dns.pool._threads)
                 await until(lambda: not any(t.is_alive() for t in threads),
                             what="the lookup threads to end after close()")
 
@@ -485,9 +490,51 @@ async def test_an_ip_address_agent_starts_no_lookup_thread(
         assert await watcher.next() == {a}
     finally:
         await watcher.stop()
-    assert not reg._dns._threads
+    assert not reg._dns.pool._threads
     await reg.close()
-    assert not reg._dns._threads
+    assert not reg._dns.pool._threads
+
+
+async def test_a_localhost_agent_is_reached_where_getaddrinfo_refuses_ai_addrconfig(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows without an active network refuses ``getaddrinfo('localhost', AF_UNSPEC,
+    AI_ADDRCONFIG)`` (WSAHOST_NOT_FOUND, 11004; aio-libs/aiohttp#5357), and aiohttp's
+    ThreadedResolver (py-consul's connector's before the registry had threads of its own)
+    retries ``localhost`` there without the flag (aiohttp 3.14, ``_is_windows_localhost``).
+    The registry's lookup, documented to give addresses "as aiohttp's ThreadedResolver
+    gives them", had no such retry: an agent at ``CONSUL_HTTP_ADDR=localhost:8500`` on such
+    a box failed every request with ClientConnectorDNSError. Emulated here on Linux:
+    getaddrinfo refuses as Windows does, and the platform flags say Windows. Another name
+    is not retried (the resolver's error stands)."""
+    real = socket.getaddrinfo
+
+    def windows_getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
+                            proto: int = 0, flags: int = 0) -> Any:
+        if (isinstance(host, str) and host.rstrip(".").casefold() == "localhost"
+                and family == socket.AF_UNSPEC and flags & socket.AI_ADDRCONFIG):
+            raise socket.gaierror(11004, "getaddrinfo failed")
+        return real(host, port, family, type, proto, flags)
+
+    async with ConsulDouble() as double:
+        monkeypatch.setattr(socket, "getaddrinfo", windows_getaddrinfo)
+        monkeypatch.setattr(aiohttp.resolver, "_IS_WINDOWS", True)
+        monkeypatch.setattr(_resolver, "_IS_WINDOWS", True, raising=False)
+        # the control: aiohttp's own resolver (what the connector had before) copes
+        found = await aiohttp.resolver.ThreadedResolver().resolve(
+            "localhost", double.port, socket.AF_UNSPEC)
+        assert any(r["host"] == "127.0.0.1" for r in found), found
+        reg = ConsulRegistry(ConsulOptions(**{**FAST, "addr": f"localhost:{double.port}"}))
+        try:
+            try:
+                await reg.register(make_instance(unique_service(), 1))
+            except RegistryError as exc:
+                pytest.fail(f"an agent at localhost is unreachable where aiohttp's resolver "
+                            f"reached it: {exc}")
+        finally:
+            await reg.close()
+        # only localhost is retried without the flag, as aiohttp does
+        with pytest.raises(socket.gaierror):
+            _resolver._lookup("localhost.test", double.port, socket.AF_UNSPEC)
 
 
 # -- registration --------------------------------------------------------------------------------
@@ -1991,10 +2038,73 @@ def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble, host: str) ->
         assert run_loop(_then(phase(one), kept_alive())) == "passing"
     finally:
         run_loop(close())
-    threads = list(reg._dns._threads)
+    threads = list(reg._dns.pool._threads)
     assert bool(threads) == (host == "localhost"), threads  # IP addresses: no lookup
     run_loop(until(lambda: not any(t.is_alive() for t in threads),
                    what="the lookup threads to end after close()"))
+
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import asyncio, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+
+    reg = ConsulRegistry(ConsulOptions(addr=f"localhost:{sys.argv[2]}",
+                                       request_timeout_s=2.0))
+    closed = ConsulRegistry(ConsulOptions(addr=f"localhost:{sys.argv[2]}",
+                                          request_timeout_s=2.0))
+
+    async def read(registry):
+        started = time.monotonic()
+        try:
+            await registry.services()
+            return "ok"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc} ({time.monotonic() - started:.1f} s)"
+
+    async def use_then_close():
+        await read(closed)
+        await closed.close()
+
+    print("parent:", asyncio.run(read(reg)), flush=True)
+    asyncio.run(use_then_close())
+    pid = os.fork()
+    if pid == 0:
+        print("child:", asyncio.run(read(reg)), flush=True)
+        print("child closed:", asyncio.run(read(closed)), flush=True)
+        asyncio.run(reg.close())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("parent after:", asyncio.run(read(reg)), flush=True)
+    asyncio.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_look_the_agent_up(double_thread: ConsulDouble) -> None:
+    """A registry built and used in a parent process (a readiness check of the agent,
+    say) and then used in a child made by ``os.fork()`` (a pre-fork worker model;
+    multiprocessing's fork start method) reaches the agent by host name there, as it
+    does from one asyncio.run() to the next. The lookup pool (a ThreadPoolExecutor) was
+    inherited: its threads do not exist in the child, but its idle semaphore said one was
+    idle, so submit() started none and every lookup of the agent's name waited for good
+    (each request timed out, register() failed, TTL checks went critical). Now the child
+    has a pool of its own (``os.register_at_fork``); a registry closed before the fork
+    stays closed in the child; the parent's pool serves on. In a subprocess: the test's
+    own process has threads a fork would copy."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, str(Path(__file__).resolve().parents[2]),
+         str(double_thread.port)],
+        capture_output=True, text=True, timeout=40, check=False)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines.get("parent") == "ok", done.stdout + done.stderr  # the control
+    assert lines.get("child") == "ok", (
+        "a forked child cannot look the agent's name up (the registry's lookup pool "
+        f"has no thread there): {lines.get('child')!r}")
+    assert "RegistryError" in lines.get("child closed", "") and "is closed" in lines[
+        "child closed"], done.stdout + done.stderr
+    assert lines.get("parent after") == "ok", done.stdout + done.stderr
 
 
 async def _then(first: Awaitable[object], second: Awaitable[_T]) -> _T:

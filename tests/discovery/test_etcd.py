@@ -11,6 +11,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -786,14 +790,14 @@ async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
                 while time.monotonic() < end:
                     seen.append(await _key_lease(node, key))
                     await asyncio.sleep(0.1)
-                names = {t.name for t in reg._dns._threads}  # type: ignore[attr-defined]
+                names = {t.name for t in reg._dns.pool._threads}  # type: ignore[attr-defined]
                 assert names and all(n.startswith("meshkit-etcd-dns") for n in names), names
                 return [None if s is None else int(s == lease) for s in seen]
             finally:
                 release.set()
                 await asyncio.gather(*blocked, return_exceptions=True)
                 await reg.close()
-                threads = list(reg._dns._threads)  # type: ignore[attr-defined]
+                threads = list(reg._dns.pool._threads)  # type: ignore[attr-defined]
                 await until(lambda: not any(t.is_alive() for t in threads),
                             what="the lookup threads to end after close()")
 
@@ -819,10 +823,73 @@ async def test_ip_address_endpoints_start_no_lookup_thread(node: EtcdCluster) ->
         await watcher.until_set({a})
         await asyncio.sleep(1.0)  # a keep-alive or two
         await watcher.stop()
-        assert not reg._dns._threads  # type: ignore[attr-defined]
+        assert not reg._dns.pool._threads  # type: ignore[attr-defined]
     finally:
         await reg.close()
-    assert not reg._dns._threads  # type: ignore[attr-defined]
+    assert not reg._dns.pool._threads  # type: ignore[attr-defined]
+
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import asyncio, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import EtcdOptions, EtcdRegistry
+
+    def registry():
+        return EtcdRegistry(EtcdOptions(endpoints=(f"http://localhost:{sys.argv[2]}",),
+                                        request_timeout_s=2.0, operation_timeout_s=2.0))
+
+    reg, closed = registry(), registry()
+
+    async def read(registry):
+        started = time.monotonic()
+        try:
+            await registry.services()
+            return "ok"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc} ({time.monotonic() - started:.1f} s)"
+
+    async def use_then_close():
+        await read(closed)
+        await closed.close()
+
+    print("parent:", asyncio.run(read(reg)), flush=True)
+    asyncio.run(use_then_close())
+    pid = os.fork()
+    if pid == 0:
+        print("child:", asyncio.run(read(reg)), flush=True)
+        print("child closed:", asyncio.run(read(closed)), flush=True)
+        asyncio.run(reg.close())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("parent after:", asyncio.run(read(reg)), flush=True)
+    asyncio.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_look_the_members_up(node: EtcdCluster) -> None:
+    """A registry built and used in a parent process and then used in a child made by
+    ``os.fork()`` (a pre-fork worker model; multiprocessing's fork start method) reaches
+    its members by host name there. The lookup pool (a ThreadPoolExecutor) was inherited:
+    its threads do not exist in the child, but its idle semaphore said one was idle, so
+    submit() started none and every lookup of a member's name waited for good (each
+    request timed out, register() failed, the lease expired). Now the child has a pool of
+    its own (``os.register_at_fork``); a registry closed before the fork stays closed in
+    the child; the parent's pool serves on. In a subprocess: the test's own process has
+    threads a fork would copy."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, str(Path(__file__).resolve().parents[2]),
+         str(node.members[0].client_port)],
+        capture_output=True, text=True, timeout=40, check=False)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines.get("parent") == "ok", done.stdout + done.stderr  # the control
+    assert lines.get("child") == "ok", (
+        "a forked child cannot look the members' names up (the registry's lookup pool "
+        f"has no thread there): {lines.get('child')!r}")
+    assert "RegistryError" in lines.get("child closed", "") and "is closed" in lines[
+        "child closed"], done.stdout + done.stderr
+    assert lines.get("parent after") == "ok", done.stdout + done.stderr
 
 
 # -- a key lost while its lease lives: the owner puts it back ------------------------------------
