@@ -116,7 +116,7 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver
+from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver, cancelled_by_close
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -819,6 +819,14 @@ class ConsulRegistry:
         self._tracker.write_failed(str(error))
         return error
 
+    def _closed_error(self, what: str) -> RegistryError:
+        """``RegistryError("<what>: Consul registry for <url> is closed")`` (e.g. ``what=
+        "cannot register 'x'"``) for a call that :meth:`close` ended while it waited for
+        the agent's name lookup: a ``CancelledError`` its task was not sent
+        (:func:`~meshkit.discovery._resolver.cancelled_by_close`). Not recorded in the
+        status (the registry is closed)."""
+        return RegistryError(f"{what}: Consul registry for {self.options.base_url} is closed")
+
     def _read_ok(self) -> None:
         """Record a successful read; log "consul readable again" if it ended an outage."""
         duration = self._tracker.read_ok()
@@ -1007,8 +1015,10 @@ class ConsulRegistry:
         Raises:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403 for
                 a missing or wrong ACL token); chained from the underlying exception. Also
-                when :meth:`close` ran while the agent answered: no keep-alive is started
-                then (the instance is left to its TTL, as :meth:`close` leaves every one).
+                when :meth:`close` ran while the agent answered, or while the agent's
+                name was looked up ("... is closed"): no keep-alive is started then (the
+                instance is left to its TTL, as :meth:`close` leaves every one). A cancel
+                of the calling task propagates as ``CancelledError``.
         """
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
@@ -1032,6 +1042,12 @@ class ConsulRegistry:
         except RegistryError as exc:
             self._tracker.write_failed(str(exc))
             raise
+        except asyncio.CancelledError as exc:
+            # close() closed the client while the request waited for the agent's name
+            # lookup (the connector cancels its lookups); a cancel of the caller propagates
+            if not cancelled_by_close(self._race.closed):
+                raise
+            raise self._closed_error(f"cannot register {instance.instance_id!r}") from exc
         if self._race.closed:
             # close() ran while the agent answered: it stopped the keep-alives and closed
             # the client, so no keeper may start (it would run for good) and no deregister
@@ -1148,7 +1164,8 @@ class ConsulRegistry:
         know (HTTP 404) is ignored.
 
         Raises:
-            RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403).
+            RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403);
+            also when the registry is closed, or :meth:`close` ran meanwhile.
         """
         await self._stop_keeper(instance.instance_id)
         try:
@@ -1158,6 +1175,10 @@ class ConsulRegistry:
         except _FOREIGN as exc:
             error = self._write_error(f"cannot deregister {instance.instance_id!r} from", exc)
             raise error from exc
+        except asyncio.CancelledError as exc:  # close() during the agent's name lookup
+            if not cancelled_by_close(self._race.closed):
+                raise
+            raise self._closed_error(f"cannot deregister {instance.instance_id!r}") from exc
         self._write_ok()
 
     # -- discovery -----------------------------------------------------------------------
@@ -1289,11 +1310,16 @@ class ConsulRegistry:
         one at info (:meth:`_read_ok`); returns the body of the answer.
 
         Raises:
-            RegistryError: the agent cannot be reached or refused (chained).
+            RegistryError: the agent cannot be reached or refused (chained); also when
+                :meth:`close` ran meanwhile (not recorded: "... is closed").
         """
         try:
             listing = await self._bounded(self._get_listing(path, []),
                                           self.options.request_timeout_s)
+        except asyncio.CancelledError as exc:  # close() during the agent's name lookup
+            if not cancelled_by_close(self._race.closed):
+                raise
+            raise self._closed_error(f"cannot read {what}") from exc
         except _RETRYABLE as exc:
             outage = self._tracker.read_failed(
                 f"{what} on Consul agent {self.options.base_url}: {self._describe(exc)}")

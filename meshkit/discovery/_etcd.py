@@ -184,7 +184,7 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver
+from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver, cancelled_by_close
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -886,7 +886,10 @@ class EtcdRegistry:
                 or the last member's error.
             aiohttp.ClientError, OSError, TimeoutError, ValueError: the last member's error.
             RegistryError: the registry was closed meanwhile, before an attempt (chained
-                from the previous attempt's error, if any): its session is closed.
+                from the previous attempt's error, if any): its session is closed; or
+                during one, while it waited for the member's name lookup (chained from
+                the ``CancelledError`` the closed session's connector gave it). A cancel
+                of the calling task propagates as ``CancelledError``.
         """
         session = self._get_session()
         endpoints = self.options.endpoints
@@ -906,6 +909,13 @@ class EtcdRegistry:
                     error = exc
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                     error = exc
+                except asyncio.CancelledError as exc:
+                    # close() closed the session while the request waited for the
+                    # member's name lookup (its connector cancels the lookups): no
+                    # cancel of the caller's task, which would propagate
+                    if not cancelled_by_close(self._race.closed):
+                        raise
+                    raise RegistryError(f"etcd registry for {endpoints!r} is closed") from exc
                 self._failed_over(i)
             delay = self._backoff_delay(attempt)
             if not persist or time.monotonic() + delay >= deadline:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import aiohttp.abc
 
-__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver"]
+__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "cancelled_by_close"]
 
 #: getaddrinfo's flags as aiohttp's ThreadedResolver passes them (AI_ADDRCONFIG, masked
 #: where the platform has AI_MASK)
@@ -91,6 +91,21 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def cancelled_by_close(closed: bool) -> bool:
+    """Whether a ``CancelledError`` the current task caught comes from its registry's
+    ``close()`` (``closed``: the registry is closed) rather than a cancel of the task:
+    the registry's close closes its aiohttp session, whose connector cancels the name
+    lookups in flight (``TCPConnector._close`` cancels its ``_resolve_host_tasks``), and
+    a request waiting for one gets a ``CancelledError`` though nobody cancelled its task
+    (``cancelling() == 0``). A real cancel of the task (its ``cancelling()`` above 0: a
+    ``task.cancel()``, a timeout, a TaskGroup) is not one, whether or not the registry
+    closed meanwhile: it must propagate."""
+    if not closed:
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def _lookup(host: str, port: int, family: int) -> list[aiohttp.abc.ResolveResult]:

@@ -1323,6 +1323,95 @@ async def test_register_finishing_during_close_starts_no_keeper(double: ConsulDo
             t.cancel()
 
 
+async def _during_a_slow_lookup(reg: ConsulRegistry, op: str) -> Any:
+    """``op`` of ``reg`` (its agent's name looked up slowly): a coroutine to run."""
+    instance = make_instance(unique_service(), 1)
+    if op == "register":
+        return reg.register(instance)
+    if op == "deregister":
+        return reg.deregister(instance)
+    if op == "snapshot":
+        return reg.snapshot(instance.service)
+    return reg.services()
+
+
+@pytest.fixture
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """``slow-dns.test`` resolves to 127.0.0.1 once the event yielded is set (a DNS server
+    that answers late), within 10 s."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            release.wait(10)
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("op", ["register", "deregister", "services", "snapshot"])
+async def test_a_call_racing_close_during_the_agents_name_lookup_raises_registry_error(
+        double: ConsulDouble, slow_dns: threading.Event, op: str) -> None:
+    """close() while a call waits for the agent's name lookup (a slow DNS server): close()
+    closes the client, its aiohttp connector cancels the lookup's task
+    (``TCPConnector._close`` cancels ``_resolve_host_tasks``) and the call raised a bare
+    CancelledError out of a task nobody cancelled (``cancelling() == 0``), which a
+    caller's gather() or TaskGroup takes for a cancellation of its own. register()
+    documents RegistryError "also when close() ran while the agent answered"; so do
+    deregister() and the reads (the agent cannot be reached). Now RegistryError ("...
+    is closed")."""
+    reg = ConsulRegistry(ConsulOptions(**{**FAST, "request_timeout_s": 5.0,
+                                          "addr": f"slow-dns.test:{double.port}"}))
+
+    async def outcome() -> str:
+        try:
+            await (await _during_a_slow_lookup(reg, op))
+            return "done"
+        except RegistryError as exc:
+            return f"RegistryError: {exc}"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            return f"CancelledError (task cancelling()={task.cancelling()})"
+
+    try:
+        task = asyncio.create_task(outcome())
+        await asyncio.sleep(0.3)  # the call waits for the lookup
+        await reg.close()
+        got = await asyncio.wait_for(task, 10)
+    finally:
+        slow_dns.set()
+        await reg.close()
+    assert got.startswith("RegistryError: ") and "is closed" in got, got
+
+
+async def test_a_cancel_during_the_agents_name_lookup_still_cancels(
+        double: ConsulDouble, slow_dns: threading.Event) -> None:
+    """The caller's own cancel of a register() waiting for the agent's name lookup is no
+    closed registry: it propagates (the task ends cancelled), also when close() follows
+    at once."""
+    for then_close in (False, True):
+        reg = ConsulRegistry(ConsulOptions(**{**FAST, "request_timeout_s": 5.0,
+                                              "addr": f"slow-dns.test:{double.port}"}))
+        try:
+            task = asyncio.create_task(reg.register(make_instance(unique_service(), 1)))
+            await asyncio.sleep(0.3)  # register() waits for the lookup
+            task.cancel()
+            if then_close:
+                await reg.close()
+            done, _ = await asyncio.wait((task,), timeout=10)
+            assert done and task.cancelled(), (then_close, task)
+        finally:
+            await reg.close()
+    slow_dns.set()
+
+
 async def test_watch_rate_limits_a_churning_index(double: ConsulDouble) -> None:
     """While a service's index moves every 5 ms (idempotent writes, a flapping check) the
     watch polls at a bounded rate (Consul's blocking-query guide, "Rate limit": a token

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -1234,6 +1235,89 @@ async def test_a_register_in_flight_when_the_registry_closes_raises_registry_err
         finally:
             await proxy.start()
             await reg.close()
+
+
+@pytest.fixture
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """``slow-dns.test`` resolves to 127.0.0.1 once the event yielded is set (a DNS server
+    that answers late), within 10 s."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            release.wait(10)
+            host = "127.0.0.1"
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("op", ["register", "deregister", "services", "snapshot"])
+async def test_a_call_racing_close_during_a_members_name_lookup_raises_registry_error(
+        node: EtcdCluster, slow_dns: threading.Event, op: str) -> None:
+    """close() while a call waits for a member's name lookup (a slow DNS server): close()
+    closes the session, its aiohttp connector cancels the lookup's task
+    (``TCPConnector._close`` cancels ``_resolve_host_tasks``) and the call raised a bare
+    CancelledError out of a task nobody cancelled (``cancelling() == 0``), which a
+    caller's gather() or TaskGroup takes for a cancellation of its own, where each of
+    them documents RegistryError (register and deregister: "or the registry was closed
+    meanwhile"). Now RegistryError ("... is closed")."""
+    reg = EtcdRegistry(EtcdOptions(
+        endpoints=(f"http://slow-dns.test:{node.members[0].client_port}",),
+        **{**FAST, "request_timeout_s": 5.0, "operation_timeout_s": 6.0}))
+    instance = make_instance(unique_service(), 1)
+    call = {"register": lambda: reg.register(instance),
+            "deregister": lambda: reg.deregister(instance),
+            "services": reg.services,
+            "snapshot": lambda: reg.snapshot(instance.service)}[op]
+
+    async def outcome() -> str:
+        try:
+            await call()
+            return "done"
+        except RegistryError as exc:
+            return f"RegistryError: {exc}"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            return f"CancelledError (task cancelling()={task.cancelling()})"
+
+    try:
+        task = asyncio.create_task(outcome())
+        await asyncio.sleep(0.3)  # the call waits for the lookup
+        await reg.close()
+        got = await asyncio.wait_for(task, 10)
+    finally:
+        slow_dns.set()
+        await reg.close()
+    assert got.startswith("RegistryError: ") and "is closed" in got, got
+
+
+async def test_a_cancel_during_a_members_name_lookup_still_cancels(
+        node: EtcdCluster, slow_dns: threading.Event) -> None:
+    """The caller's own cancel of a register() waiting for a member's name lookup is no
+    closed registry: it propagates (the task ends cancelled), also when close() follows
+    at once."""
+    for then_close in (False, True):
+        reg = EtcdRegistry(EtcdOptions(
+            endpoints=(f"http://slow-dns.test:{node.members[0].client_port}",),
+            **{**FAST, "request_timeout_s": 5.0, "operation_timeout_s": 6.0}))
+        try:
+            task = asyncio.create_task(reg.register(make_instance(unique_service(), 1)))
+            await asyncio.sleep(0.3)  # register() waits for the lookup
+            task.cancel()
+            if then_close:
+                await reg.close()
+            done, _ = await asyncio.wait((task,), timeout=10)
+            assert done and task.cancelled(), (then_close, task)
+        finally:
+            await reg.close()
+    slow_dns.set()
 
 
 async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
