@@ -156,7 +156,8 @@ def _is_async(behaviour: Any) -> bool:
     ``_cython/_cygrpc/aio/server.pyx.pxi`` use ``inspect.iscoroutinefunction`` /
     ``inspect.isasyncgenfunction``). An object whose ``__call__`` is one counts as async
     too (grpc.aio would run it in a thread and get a coroutine back; meshkit's wraps have
-    always awaited it)."""
+    always awaited it): where a behaviour is handed to grpc.aio as it is, ask
+    :func:`_grpc_awaits` (see :func:`off_loop_handler`)."""
     call = getattr(behaviour, "__call__", None)  # noqa: B004 - the method, not callable()
     return any(inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
                for f in (behaviour, call))
@@ -164,10 +165,10 @@ def _is_async(behaviour: Any) -> bool:
 
 def async_behaviour(behaviour: Any, request_streaming: bool,
                     response_streaming: bool) -> Any:
-    """``behaviour`` itself when grpc.aio would run it on the event loop (see
-    :func:`_is_async`), else an async behaviour that runs it as grpc.aio runs a
-    synchronous (plain function) handler, off the loop, so that one blocking handler
-    does not stall every call of the server:
+    """``behaviour`` itself when it is async (see :func:`_is_async`: also an object whose
+    ``__call__`` is, whose result the callers await or iterate), else an async behaviour
+    that runs it as grpc.aio runs a synchronous (plain function) handler, off the loop,
+    so that one blocking handler does not stall every call of the server:
 
     * in the call's :data:`HANDLER_EXECUTOR`: a :class:`meshkit.MeshServer`'s own thread
       pool (``ServeOptions.handler_threads``, also its grpc.aio
@@ -236,22 +237,69 @@ def _behaviour_of(handler: Handler) -> tuple[Any, Callable[..., Handler]]:
     return handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
 
-def off_loop_handler(handler: Handler) -> Handler:
-    """``handler`` itself when grpc.aio would run its behaviour on the event loop (see
-    :func:`_is_async`), else a handler of the same kind and serializers whose behaviour
-    runs the plain function as :func:`async_behaviour` does: in the server's handler
-    threads (:data:`HANDLER_EXECUTOR`), with the call's context variables and meshkit's
-    synchronous context. grpc.aio's own synchronous servicer context, which a plain
-    function handed to grpc.aio gets, reads the call grpc.aio released when asked
-    ``peer()`` or ``auth_context()`` after the call ended, and the process crashes
-    (SIGSEGV; see :data:`_CALL_READS`). Asked once per method; a handler without a
-    behaviour of its kind is returned as it is (grpc answers its calls)."""
+def _grpc_awaits(behaviour: Any) -> bool:
+    """Whether grpc.aio runs ``behaviour`` on the event loop itself: a coroutine function
+    or an async generator function (its own test, ``inspect.iscoroutinefunction`` /
+    ``inspect.isasyncgenfunction`` of the behaviour; an object whose ``__call__`` is one
+    is not, see :func:`_is_async`)."""
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
+
+
+def _awaiting(behaviour: Any, response_streaming: bool) -> Any:
+    """An async behaviour, one grpc.aio runs on the loop, calling ``behaviour``, an object
+    whose ``__call__`` is a coroutine function or an async generator function (see
+    :func:`_is_async`), and awaiting (iterating) what it returns, as meshkit's wraps do:
+    a coroutine function for a unary response, or for a response stream when ``__call__``
+    is one (it answers with ``context.write``); else an async generator function of the
+    stream's messages."""
+    if not response_streaming or inspect.iscoroutinefunction(
+            getattr(behaviour, "__call__", None)):  # noqa: B004 - the method
+        async def awaited(request: Any, context: Any) -> Any:
+            result = behaviour(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return awaited
+
+    async def iterated(request: Any, context: Any) -> AsyncIterator[Any]:
+        async for item in responses(behaviour(request, context)):
+            yield item
+
+    return iterated
+
+
+def off_loop_handler(handler: Handler, *, threads: bool = True) -> Handler:
+    """``handler`` itself when grpc.aio would run its behaviour on the event loop (a
+    coroutine function or an async generator function: grpc.aio's test, see
+    :func:`_grpc_awaits`), else a handler of the same kind and serializers whose
+    behaviour grpc.aio runs on the loop:
+
+    * for a plain function (``threads`` true, the default), one that runs it as
+      :func:`async_behaviour` does: in the server's handler threads
+      (:data:`HANDLER_EXECUTOR`), with the call's context variables and meshkit's
+      synchronous context. grpc.aio's own synchronous servicer context, which a plain
+      function handed to grpc.aio gets, reads the call grpc.aio released when asked
+      ``peer()`` or ``auth_context()`` after the call ended, and the process crashes
+      (SIGSEGV; see :data:`_CALL_READS`). With ``threads`` false the plain function's
+      handler is returned as it is (grpc.aio runs it in its ``migration_thread_pool``:
+      see :func:`wrap_handler`);
+    * for an object whose ``__call__`` is a coroutine function or an async generator
+      function (:func:`_is_async`; grpc.aio would call it in a thread and fail
+      ``UNKNOWN`` "Expected bytes, got coroutine"), one that awaits (iterates) what it
+      returns on the loop (:func:`_awaiting`), whatever ``threads``.
+
+    Asked once per method; a handler without a behaviour of its kind is returned as it
+    is (grpc answers its calls)."""
     behaviour, factory = _behaviour_of(handler)
-    if behaviour is None or _is_async(behaviour):
+    if behaviour is None or _grpc_awaits(behaviour):
         return handler
     req_s, resp_s = handler.request_streaming, handler.response_streaming
-    off_loop: Handler = factory(async_behaviour(behaviour, req_s, resp_s),
-                                request_deserializer=handler.request_deserializer,
+    if _is_async(behaviour):
+        run = _awaiting(behaviour, resp_s)
+    elif threads:
+        run = async_behaviour(behaviour, req_s, resp_s)
+    else:
+        return handler
+    off_loop: Handler = factory(run, request_deserializer=handler.request_deserializer,
                                 response_serializer=handler.response_serializer)
     return off_loop
 
@@ -819,11 +867,16 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     stays one, a coroutine (also one that answers with ``context.write``) stays a
     coroutine, and a plain function runs off the event loop as grpc.aio runs it
     (:func:`async_behaviour`; its result is awaited if it is awaitable). With none of
-    the three, ``handler`` itself, or, when its behaviour is a plain function, that
-    function off the loop alone (:func:`off_loop_handler`: a handler a user's
-    interceptor returned under a check with nothing to check for its method is never
-    left to grpc.aio's synchronous context). With ``unhandled``, a unary response of
-    ``None`` and a ``None`` a streaming handler yields are answered too (a
+    the three, ``handler`` as :func:`off_loop_handler` makes it, once per method: itself
+    when grpc.aio runs its behaviour on the loop; an object with an async ``__call__``
+    awaited on the loop; and a plain function taken off the loop alone when the call
+    that resolves the handler has a :data:`HANDLER_EXECUTOR` (in a
+    :class:`meshkit.MeshServer`, whose grpc.aio ``migration_thread_pool`` that executor
+    is: a handler a user's interceptor returned under a check with nothing to check for
+    its method is never left to grpc.aio's synchronous context), else left as it is (on
+    a grpc.aio server of your own, which runs it in its own ``migration_thread_pool``,
+    where meshkit would use the loop's default executor). With ``unhandled``, a unary
+    response of ``None`` and a ``None`` a streaming handler yields are answered too (a
     :class:`NoResponse`; messages written with ``context.write`` are not seen), and a
     unary response is serialized in the wrap: the handler returned has no response
     serializer. With ``max_send_bytes``
@@ -838,7 +891,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     raises (see :func:`_unsendable_trailers`); checked only when it set some.
     """
     if before is None and reporter is None and unhandled is None:
-        return off_loop_handler(handler)
+        # per method, in the context of the call that resolves it (grpc.aio runs the
+        # interceptors in the call's task; a MeshServer's calls see its executor)
+        return off_loop_handler(handler, threads=HANDLER_EXECUTOR.get() is not None)
     req_s, resp_s = handler.request_streaming, handler.response_streaming
     inner, factory = _behaviour_of(handler)
     assert inner is not None
@@ -1611,11 +1666,9 @@ def off_loop_outermost(
     which ran it with its own synchronous context: asked ``peer()`` or
     ``auth_context()`` after the call ended, the server process crashed. Costs the
     calls of such a chain one coroutine and a dict lookup; a chain led by meshkit's
-    wrap or gate, and one grpc.aio does not run per call, nothing.
-
-    The request gate leaves the health service's ``Watch`` as it is: a plain handler
-    that a user's interceptor returns for that method under the gate alone is still
-    grpc.aio's."""
+    wrap or gate, and one grpc.aio does not run per call, nothing. (The request gate
+    gives the health service's ``Watch``, which it does not convert, no call slot, but
+    passes it through :func:`off_loop_handler` too.)"""
     if not chain:
         return ()
     first = chain[0]

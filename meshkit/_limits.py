@@ -44,6 +44,7 @@ from meshkit._handlers import (
     after_handler_thread,
     async_behaviour,
     in_a_thread,
+    off_loop_handler,
     responses,
     runs_in_a_thread,
 )
@@ -566,10 +567,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def convert_for(self, method: str, handler: Handler) -> Handler:
         """:meth:`convert` of the handler of full method name ``method``, except the
-        health service's ``Watch`` (see :meth:`resolve`), which is left as it is, and its
-        ``Check``, which may take a reserved slot past the cap (:meth:`_enter_reserved`)."""
+        health service's ``Watch`` (see :meth:`resolve`), which takes no slot and is
+        only passed through :func:`~meshkit._handlers.off_loop_handler` (a plain one
+        that a user's interceptor returns runs as the server's plain handlers do: its
+        threads, meshkit's synchronous context), and its ``Check``, which may take a
+        reserved slot past the cap (:meth:`_enter_reserved`)."""
         if method == _HEALTH_WATCH:
-            return handler
+            return off_loop_handler(handler)
         if method == _HEALTH_CHECK and not handler.request_streaming:
             return self._convert(handler, reserved=True)
         return self.convert(handler)
@@ -588,12 +592,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def resolve(self, method: str, handler: Handler | None) -> Handler | None:
         """``handler`` of full method name ``method`` as :meth:`convert_for` makes it,
-        cached per method (``None`` stays ``None``). The health service's ``Watch`` is left as it is
-        (no slot): a gRPC client with client-side health checking keeps one open per
-        channel for the channel's life, so 32 such clients would hold every slot and
-        every other call would be shed."""
-        if handler is None or method == _HEALTH_WATCH:
-            return handler
+        cached per method (``None`` stays ``None``). The health service's ``Watch`` takes
+        no slot (it is not converted, only taken off the loop when it is a plain
+        function: see :meth:`convert_for`): a gRPC client with client-side health
+        checking keeps one open per channel for the channel's life, so 32 such clients
+        would hold every slot and every other call would be shed."""
+        if handler is None:
+            return None
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import gc
+import inspect
 import os
 import sqlite3
 import subprocess
@@ -1211,6 +1212,10 @@ CONFIGS = {
     "exempt+substitute": {**BARE, "interceptors": (Substitute(),),
                           "rate_limit": RateLimitOptions(
                               rules={"/t.Other/Limited": "10/second"})},
+    # the request gate alone (default ServerLimits) in front of the user's interceptor;
+    # "health" asks for the health service's Watch, which the gate gives no slot
+    "gate+substitute": {**BARE, "limits": meshkit.ServerLimits(),
+                        "interceptors": (Substitute(),)},
 }
 
 
@@ -1225,8 +1230,9 @@ async def main():
         **CONFIGS[config]))
     await srv.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-        if what == "stream":
-            call = ch.unary_stream("/t.Sync/Watch")(b"", timeout=10)
+        if what in ("stream", "health"):
+            call = ch.unary_stream("/grpc.health.v1.Health/Watch" if what == "health"
+                                   else "/t.Sync/Watch")(b"", timeout=10)
             assert await call.read() == b"first"
             call.cancel()
         elif what == "leaked":
@@ -1257,6 +1263,8 @@ _LATE_CASES = [
       for what in ("peer", "auth_context", "stream", "leaked")),
     *(pytest.param(what, "exempt+substitute", id=f"exempt+substitute-{what}")
       for what in ("peer", "stream", "leaked")),
+    *(pytest.param(what, "gate+substitute", id=f"gate+substitute-{what}")
+      for what in ("peer", "stream", "health")),
 ]
 
 
@@ -1282,7 +1290,9 @@ def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_
     user's interceptor, run by grpc.aio per call, returned in their place
     (``bare+substitute``), or returned under a meshkit check with nothing to check for
     the method (``exempt+substitute``: a rate limit on another method), was left to
-    grpc.aio's own synchronous context, and crashed the server so."""
+    grpc.aio's own synchronous context, and crashed the server so; and so was, under the
+    request gate alone (``gate+substitute-health``), a plain stand-in for the health
+    service's ``Watch``, which the gate handed on as it was (no call slot for it)."""
     proc = subprocess.run([sys.executable, "-c", _LATE_CONTEXT_SCRIPT, what, config],
                           cwd=_ROOT,
                           env={**os.environ, "PYTHONPATH": str(_ROOT)},
@@ -1293,7 +1303,7 @@ def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_
         f"stderr tail: {proc.stderr[-800:]!r}")
     got, *rest = proc.stdout.split("\n", 1)[0], *proc.stdout.split("\n")[1:]
     assert [line for line in rest if line] == ["b'alive'", "exited"], proc.stdout
-    if what == "stream":
+    if what in ("stream", "health"):
         assert got.startswith("'ipv4:127.0.0.1:"), got  # kept from the live call
     elif what == "peer":
         # kept as the call ended: grpc core answers "" once the deadline passed (as an
@@ -1727,3 +1737,195 @@ async def test_plain_handlers_get_the_servers_threads_and_meshkits_context_whate
         f"a plain handler ran with grpc.aio's own synchronous context: {seen}")
     for kind in ("server_stream", "bidi"):  # each stream on one thread
         assert len({name for k, name, _ in seen if k == kind}) == 1, seen
+
+
+_HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+# the request gate alone of meshkit's per-call chain (default ServerLimits reads requests)
+_GATE_ONLY: dict[str, Any] = {**_BARE, "limits": meshkit.ServerLimits()}
+
+
+class _ByFullName(grpc.aio.ServerInterceptor):
+    """A user's interceptor serving some methods (by full method name) with handlers of
+    its own."""
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self.handlers = handlers
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Handler | None:
+        own = self.handlers.get(details.method)
+        return own if own is not None else await continuation(details)
+
+
+@pytest.mark.timeout(30)
+async def test_a_plain_health_watch_a_users_interceptor_returns_under_the_gate_alone_is_meshkits(
+        registry: LocalRegistry) -> None:
+    """With the request gate the only piece of meshkit's per-call chain, a plain stand-in
+    for the health service's ``Watch`` that a user's interceptor returns runs as any other
+    plain handler it returns: in the server's threads with meshkit's synchronous context
+    (safe to ask ``peer()`` after the call ended; see the subprocess test's
+    ``gate+substitute-health``). The gate handed the ``Watch`` on as it was (it takes no
+    slot for it), and the chain, led by the gate, got no off-loop wrap: grpc.aio ran it
+    with its own ``_SyncServicerContext``. It still takes no call slot."""
+    from grpc_health.v1 import health_pb2
+
+    seen: list[tuple[str, str]] = []
+    slots: list[int] = []
+    srv: meshkit.MeshServer | None = None
+
+    def watch(request: Any, context: Any) -> Iterator[Any]:
+        seen.append((type(context).__name__, threading.current_thread().name))
+        assert srv is not None and srv.gate is not None
+        slots.append(srv.gate.calls())
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        watch, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString)
+    srv = await _serve_sync(registry, {}, handler_threads=2, **_GATE_ONLY,
+                            interceptors=(_ByFullName({_HEALTH_WATCH: handler}),))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got = [r async for r in ch.unary_stream(
+                _HEALTH_WATCH,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString)(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5)]
+            assert len(got) == 1
+    finally:
+        await srv.drain()
+    assert len(seen) == 1, seen
+    assert seen[0][0] == _SyncContext.__name__, (
+        f"a plain Watch a user's interceptor returned ran with grpc.aio's own context: {seen}")
+    assert seen[0][1].startswith("meshkit-handler-synch"), seen
+    assert slots == [0], f"the Watch took a call slot: {slots}"
+
+
+def test_the_gate_gives_a_plain_watch_meshkits_off_loop_run_and_no_slot() -> None:
+    """:meth:`RequestGate.resolve` of the health ``Watch``: an async handler as it is, a
+    plain one run off the loop by meshkit (an async behaviour; once per method), neither
+    converted to read its request through the gate (the ``Watch`` holds no slot)."""
+    gate = RequestGate(meshkit.ServerLimits())
+
+    async def async_watch(request: Any, context: Any) -> AsyncIterator[bytes]:
+        yield b""
+
+    def plain_watch(request: Any, context: Any) -> Iterator[bytes]:
+        yield b""
+
+    async_handler = grpc.unary_stream_rpc_method_handler(async_watch)
+    assert gate.resolve(_HEALTH_WATCH, async_handler) is async_handler
+    plain_handler = grpc.unary_stream_rpc_method_handler(plain_watch)
+    resolved = gate.resolve(_HEALTH_WATCH, plain_handler)
+    assert resolved is not None and resolved is not plain_handler
+    assert not resolved.request_streaming and resolved.response_streaming  # not the gate's
+    assert inspect.isasyncgenfunction(resolved.unary_stream)
+    assert gate.resolve(_HEALTH_WATCH, plain_handler) is resolved  # cached
+    assert gate.resolve(_HEALTH_WATCH, None) is None
+
+
+def _plain(request: bytes, context: Any) -> bytes:
+    return request
+
+
+def test_a_plain_handler_with_nothing_to_wrap_is_taken_off_the_loop_only_under_a_mesh_server(
+        ) -> None:
+    """``wrap_handler`` with nothing to wrap takes a plain handler off the loop (meshkit's
+    synchronous context, the server's threads) only where :data:`HANDLER_EXECUTOR` is set,
+    as in a :class:`meshkit.MeshServer`'s calls, whose grpc.aio ``migration_thread_pool``
+    is that executor. Elsewhere (meshkit's interceptors on a grpc.aio server of your own)
+    it returns the handler as it is, and grpc.aio runs it in the server's
+    ``migration_thread_pool``: off-loop it ran in the loop's default executor instead
+    (see tests/resilience/test_ratelimit.py)."""
+    handler = grpc.unary_unary_rpc_method_handler(_plain)
+    assert wrap_handler(handler) is handler
+    pool = ThreadPoolExecutor(1)
+    try:
+        ctx = contextvars.copy_context()
+        ctx.run(HANDLER_EXECUTOR.set, pool)
+        wrapped = ctx.run(wrap_handler, handler)
+    finally:
+        pool.shutdown()
+    assert wrapped is not handler and inspect.iscoroutinefunction(wrapped.unary_unary)
+
+
+class _AsyncCallable:
+    """A handler object whose ``__call__`` is a coroutine function (a class-based handler)."""
+
+    async def __call__(self, request: bytes, context: Any) -> bytes:
+        return b"acall|" + request
+
+
+class _AsyncGenCallable:
+    """A response-streaming handler object whose ``__call__`` is an async generator
+    function."""
+
+    async def __call__(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"agen|" + request
+        yield b"agen|end"
+
+
+class _WritingCallable:
+    """A response-streaming handler object whose ``__call__`` is a coroutine function that
+    answers with ``context.write``."""
+
+    async def __call__(self, request: bytes, context: Any) -> None:
+        await context.write(b"wrote|" + request)
+
+
+async def _own(request: bytes, context: Any) -> bytes:
+    return b"own|" + request
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("config", ["bare", "exempt", "gate", "own-server"])
+async def test_an_async_callable_handler_a_users_interceptor_returns_is_awaited(
+        registry: LocalRegistry, config: str) -> None:
+    """A handler whose behaviour is an object with an ``async def __call__`` (or an async
+    generator ``__call__``) that a user's interceptor returns is awaited (iterated) on the
+    loop: with nothing of meshkit's per-call chain (``bare``), under a meshkit check with
+    nothing to check for the method (``exempt``), under the request gate alone
+    (``gate``), and under such a check on a grpc.aio server of your own
+    (``own-server``). :func:`off_loop_handler` returned it as it was (an object counts as
+    async for meshkit's wraps, which await what it returns), but grpc.aio's test is
+    ``inspect.iscoroutinefunction`` of the object itself: it ran it in a thread and
+    failed ``UNKNOWN`` "Expected bytes, got coroutine"."""
+    from meshkit.resilience import RateLimitInterceptor
+
+    own = {
+        "/t.Sync/ACall": grpc.unary_unary_rpc_method_handler(_AsyncCallable()),
+        "/t.Sync/AGen": grpc.unary_stream_rpc_method_handler(_AsyncGenCallable()),
+        "/t.Sync/AWrite": grpc.unary_stream_rpc_method_handler(_WritingCallable()),
+    }
+    exempt = RateLimitOptions(rules={"/t.Other/Limited": "10/second"})
+    srv: meshkit.MeshServer | None = None
+    server: grpc.aio.Server | None = None
+    limiter: Any = None
+    if config == "own-server":
+        limiter = RateLimitInterceptor(exempt)
+        server = grpc.aio.server(interceptors=(limiter, _ByFullName(own)))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            _SYNCH, {"Unary": grpc.unary_unary_rpc_method_handler(_own)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+    else:
+        opts = dict(_GATE_ONLY if config == "gate" else _BARE)
+        if config == "exempt":
+            opts["rate_limit"] = exempt
+        srv = await _serve_sync(registry, {"Unary": grpc.unary_unary_rpc_method_handler(_own)},
+                                handler_threads=2, **opts,
+                                interceptors=(_ByFullName(own),))
+        port = srv.port
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary(_synch("ACall"))(b"q", timeout=5) == b"acall|q"
+            assert [r async for r in ch.unary_stream(_synch("AGen"))(b"q", timeout=5)] == [
+                b"agen|q", b"agen|end"]
+            assert [r async for r in ch.unary_stream(_synch("AWrite"))(b"q", timeout=5)] == [
+                b"wrote|q"]
+            assert await ch.unary_unary(_synch("Unary"))(b"q", timeout=5) == b"own|q"
+    finally:
+        if srv is not None:
+            await srv.drain()
+        if server is not None:
+            await server.stop(None)
+            await limiter.aclose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -579,17 +581,19 @@ def test_memory_uri_accepted_with_or_without_async_prefix(uri: str) -> None:
     RateLimitInterceptor(RateLimitOptions(default_rule="1/second", storage_uri=uri))
 
 
-async def test_unlimited_methods_get_their_handler_untouched() -> None:
-    """A method with no rule (or a None rule) is not wrapped; a limited one is, once. (An
-    ``async def`` handler: a plain function is taken off the loop even with nothing to
-    check, see tests/test_handlers.py.)"""
+@pytest.mark.parametrize("kind", ["async", "plain"])
+async def test_unlimited_methods_get_their_handler_untouched(kind: str) -> None:
+    """A method with no rule (or a None rule) is not wrapped; a limited one is, once. A
+    plain-function handler too, outside a MeshServer (on a grpc.aio server of your own,
+    which runs it in its ``migration_thread_pool``; see the server tests below)."""
     interceptor = RateLimitInterceptor(RateLimitOptions(
         rules={"/s.A/Limited": "1/second", "/s.A/Exempt": None}))
 
     async def echo(req: bytes, ctx: Any) -> bytes:
         return req
 
-    original: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(echo)
+    original: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+        echo if kind == "async" else lambda req, ctx: req)
 
     class Details:
         def __init__(self, name: str) -> None:
@@ -604,6 +608,77 @@ async def test_unlimited_methods_get_their_handler_untouched() -> None:
     first = await interceptor.intercept_service(continuation, Details("/s.A/Limited"))
     assert first is not original
     assert await interceptor.intercept_service(continuation, Details("/s.A/Limited")) is first
+
+
+async def _own_server_with_an_unruled_method(
+        pool: ThreadPoolExecutor, unary: Any) -> tuple[grpc.aio.Server, int,
+                                                        RateLimitInterceptor]:
+    """A grpc.aio server of the user's own with ``pool`` as its ``migration_thread_pool``
+    and a RateLimitInterceptor with a rule for another method only, serving ``unary`` (a
+    plain function) as ``/t.Sync/Unary``; started."""
+    limiter = RateLimitInterceptor(RateLimitOptions(rules={"/t.Other/Limited": "10/second"}))
+    server = grpc.aio.server(migration_thread_pool=pool, interceptors=(limiter,))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.Sync", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port, limiter
+
+
+async def test_a_method_without_a_rule_keeps_the_servers_migration_thread_pool() -> None:
+    """On a grpc.aio server of your own (``grpc.aio.server(interceptors=[...])``), a plain
+    handler of a method without a rule runs where grpc.aio runs it, in the server's
+    ``migration_thread_pool``: "a method with no rule has its handler returned
+    untouched". It was taken off the loop by meshkit with nothing to check, into the
+    loop's default executor (``asyncio_0``), which the server's pool was there to keep
+    blocked handlers out of."""
+    seen: list[str] = []
+
+    def unary(request: bytes, context: Any) -> bytes:
+        seen.append(threading.current_thread().name)
+        return request
+
+    pool = ThreadPoolExecutor(4, thread_name_prefix="mine")
+    server, port, limiter = await _own_server_with_an_unruled_method(pool, unary)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary("/t.Sync/Unary")(b"x", timeout=5) == b"x"
+    finally:
+        await server.stop(None)
+        await limiter.aclose()
+        pool.shutdown(wait=False)
+    assert seen and all(name.startswith("mine") for name in seen), (
+        f"the unruled method's plain handler left the server's migration_thread_pool: {seen}")
+
+
+@pytest.mark.timeout(40)
+async def test_a_method_without_a_rule_gets_every_thread_of_the_servers_pool() -> None:
+    """What leaving the server's pool cost: a grpc.aio server of your own whose
+    ``migration_thread_pool`` is larger than the loop's default executor (``min(32,
+    cpus + 4)`` threads) runs as many blocking handlers of an unruled method at once as
+    its pool has threads; in the default executor, handlers that wait for each other
+    (a barrier as wide as the pool, standing for handlers blocked on a slow backend)
+    queued there and timed out."""
+    width = min(32, (os.cpu_count() or 1) + 4) + 2
+    barrier = threading.Barrier(width, timeout=4)
+
+    def unary(request: bytes, context: Any) -> bytes:
+        barrier.wait()
+        return request
+
+    pool = ThreadPoolExecutor(width, thread_name_prefix="mine")
+    server, port, limiter = await _own_server_with_an_unruled_method(pool, unary)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            results = await asyncio.gather(*(
+                ch.unary_unary("/t.Sync/Unary")(b"x", timeout=15) for _ in range(width)),
+                return_exceptions=True)
+    finally:
+        await server.stop(None)
+        await limiter.aclose()
+        pool.shutdown(wait=False)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert not failed, f"{len(failed)} of {width} calls failed: {failed[0]!r}"
 
 
 # --- in-process server, in-memory counts --------------------------------------------------
