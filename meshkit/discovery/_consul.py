@@ -642,6 +642,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
     client's ``__init__`` runs here (host, port, scheme, ``verify``, ``cert``: the
     ``uri()`` of every request) and the session is built as py-consul's would be (the
     same TLS context, no connection limit, a session-wide time limit), with ``resolver``.
+    The TLS context is built for an ``https`` agent only (``ssl.create_default_context()``
+    loads the system CAs: tens of milliseconds of the event loop, once per loop).
 
     Args:
         host: the agent's host name or IP address, IPv6 bracketed (py-consul joins
@@ -649,13 +651,16 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
         port: the agent's port.
         scheme: ``"http"`` or ``"https"``.
         verify: verify the agent's certificate: True (system CAs), a CA bundle's path
-            (added to them), or False (no verification), as py-consul takes it.
-        cert: client certificate: a PEM path, a ``(cert, key)`` pair of paths, or None.
+            (added to them), or False (no verification), as py-consul takes it; unused
+            for ``"http"``.
+        cert: client certificate: a PEM path, a ``(cert, key)`` pair of paths, or None;
+            unused for ``"http"``.
         resolver: the connector's name lookups (the registry's own threads).
         timeout_s: aiohttp's time limit of every request (``ClientTimeout(total=)``).
 
     Raises:
-        OSError, ssl.SSLError: ``cert`` or ``verify``'s bundle cannot be loaded.
+        OSError, ssl.SSLError: ``cert`` or ``verify``'s bundle cannot be loaded
+            (``"https"``).
     """
 
     def __init__(self, host: str, port: int, scheme: str, *, verify: bool | str,
@@ -663,8 +668,12 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
                  timeout_s: float) -> None:
         consul.base.HTTPClient.__init__(self, host, port, scheme, verify, cert)
         self.loop = None  # what py-consul's own __init__ sets without a loop argument
-        tls: ssl.SSLContext | bool = False  # verify=False: TLS without verification
-        if verify:  # py-consul's TLS context, given to aiohttp as `ssl`, not deprecated args
+        # http: no TLS, aiohttp's default (its context, built at its import, unused)
+        tls: ssl.SSLContext | bool = True
+        if scheme == "https" and not verify:
+            tls = False  # verify=False: TLS without verification
+        elif scheme == "https":
+            # py-consul's TLS context, given to aiohttp as `ssl`, not deprecated args
             tls = ssl.create_default_context()
             if isinstance(cert, tuple):
                 tls.load_cert_chain(*cert)

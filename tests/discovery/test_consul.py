@@ -537,6 +537,26 @@ async def test_a_localhost_agent_is_reached_where_getaddrinfo_refuses_ai_addrcon
             _resolver._lookup("localhost.test", double.port, socket.AF_UNSPEC)
 
 
+async def test_a_plain_http_agent_costs_no_tls_context(
+        double: ConsulDouble, make_registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client of a plain ``http`` agent (the default, ``127.0.0.1:8500``) built a TLS
+    context all the same (``ssl.create_default_context()``, which loads the system CAs:
+    20-50 ms of the event loop, once per loop) that aiohttp never used. Now only an
+    ``https`` agent's client builds one (test_mutual_tls_to_agent: it is still used)."""
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    reg = make_registry()
+    await reg.register(make_instance(unique_service(), 1))
+    assert await reg.services()
+    assert built == [], f"{len(built)} TLS context(s) built for an http agent"
+
+
 # -- registration --------------------------------------------------------------------------------
 async def test_register_payload_ttl(double: ConsulDouble, make_registry: Any) -> None:
     """The TTL registration carries every Instance field and a TTL check with deregistration."""
