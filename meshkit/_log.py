@@ -8,7 +8,8 @@ stdout, which corrupts the output of any command-line tool using meshkit. The cr
 redaction every meshkit line gets (:func:`redact_secrets`, re-exported by
 :mod:`meshkit.observability`) lives here for the same reason. So does
 :class:`RepeatLog`, shared by the packages whose lines come one per call (a refused
-call): one line per kind of event and interval, the rest counted.
+call): one line per kind of event and interval, the rest counted; and
+:func:`context_without_meshkit`, the context its timer and a server's calls run in.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["REDACTED", "RepeatLog", "get_logger", "is_sensitive_key", "redact_secrets"]
+__all__ = ["REDACTED", "RepeatLog", "context_without_meshkit", "get_logger",
+           "is_sensitive_key", "redact_secrets"]
 
 # Keys whose values are credentials, whatever the case or separator: ``authorization``,
 # ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...
@@ -240,6 +242,30 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
+def context_without_meshkit() -> contextvars.Context:
+    """A copy of the current context holding every variable but meshkit's own (every one
+    named ``meshkit_...``: a call's claims, peer, token, deadline...), with an empty
+    OpenTelemetry context (no current span, no baggage): the context of what runs for
+    the application rather than for one call (a server's calls, :class:`RepeatLog`'s
+    timer). The application's own variables (``structlog.contextvars`` bound at
+    start-up, say) stay."""
+    kept = [(var, value) for var, value in contextvars.copy_context().items()
+            if not var.name.startswith("meshkit_")]
+    ctx = contextvars.Context()
+    ctx.run(_set_each, kept)
+    return ctx
+
+
+def _set_each(pairs: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
+    from opentelemetry import context as otel_context  # (not imported by meshkit's base)
+
+    for var, value in pairs:
+        var.set(value)
+    # the current span and W3C baggage (a handler's caller's user.id, say) are that
+    # call's, not those of what runs in this context
+    otel_context.attach(otel_context.Context())
+
+
 _UNTRACKED: Any = object()  # RepeatLog's kind for the events of kinds past max_kinds
 
 
@@ -272,6 +298,13 @@ class RepeatLog:
     needs one (none without a running loop: counts are then told at the kind's next
     event after the interval, or at :meth:`flush`).
 
+    The timer's lines are logged in a copy of the context the log was built in, without
+    meshkit's own per-call variables (:func:`context_without_meshkit`): they carry the
+    fields the application bound with ``structlog.contextvars`` before building it (at
+    start-up: deployment, pod), as the full lines do, but neither the fields nor the
+    claims of the call whose report armed the timer. A count told at the kind's next
+    event or at :meth:`flush` is logged in that caller's context, as the full line is.
+
     Args:
         log: the structlog logger to write to (the module's ``_log``; not a bound one
             made before the application configured logging).
@@ -288,17 +321,18 @@ class RepeatLog:
 
     Raises:
         ConfigError: ``interval_s`` not a finite number > 0, or ``max_kinds`` not an
-            integer >= 1 (value quoted).
+            integer >= 1 (a bool is neither; value quoted).
     """
 
-    __slots__ = ("_clock", "_event", "_fields", "_interval_s", "_key_fields", "_kinds",
-                 "_level", "_log", "_max_kinds", "_summary", "_timer", "_timer_loop")
+    __slots__ = ("_clock", "_context", "_event", "_fields", "_interval_s", "_key_fields",
+                 "_kinds", "_level", "_log", "_max_kinds", "_summary", "_timer",
+                 "_timer_loop")
 
     def __init__(self, log: Any, event: str, summary: str, *, key_fields: tuple[str, ...],
                  fields: Mapping[str, Any] | None = None, level: str = "info",
                  interval_s: float = 60.0, max_kinds: int = 256,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not isinstance(interval_s, int | float) or not (
+        if not isinstance(interval_s, int | float) or isinstance(interval_s, bool) or not (
                 math.isfinite(interval_s) and interval_s > 0):
             from meshkit.errors import ConfigError
             raise ConfigError(f"interval_s must be a finite number > 0, got {interval_s!r}")
@@ -318,6 +352,8 @@ class RepeatLog:
         self._kinds: dict[Hashable, list[float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        # the timer's: the builder's (the application's fields), no call's
+        self._context = context_without_meshkit()
 
     def report(self, key: tuple[Hashable, ...], **extra: Any) -> None:
         """One event of kind ``key`` (a value per ``key_fields`` name, in order): logged
@@ -387,9 +423,10 @@ class RepeatLog:
             if self._timer_loop is loop:
                 return
             timer.cancel()  # a loop gone or another one's: the kinds are this one's now
-        # an empty context: not the reporting call's (its bound log fields, its claims)
+        # the builder's context (the application's fields), not the reporting call's
+        # (its bound log fields, its claims); a copy, so that no run leaks into the next
         self._timer = loop.call_later(self._interval_s if delay_s is None else delay_s,
-                                      self._due, context=contextvars.Context())
+                                      self._due, context=self._context.copy())
         self._timer_loop = loop
 
     def _due(self) -> None:

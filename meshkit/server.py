@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import hashlib
 import inspect
@@ -81,7 +80,6 @@ import structlog
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
-from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry
 
 from meshkit._config import (
@@ -114,6 +112,7 @@ from meshkit._limits import (
     guard_generic_handler,
     guard_method_handler,
 )
+from meshkit._log import context_without_meshkit
 from meshkit._methods import MethodMatcher
 from meshkit._registration import grpc_observability_active
 from meshkit._signals import unblock_signals
@@ -542,7 +541,8 @@ class ServeOptions:
         interceptors: your own ``grpc.aio.ServerInterceptor`` s, a sequence (as
             ``grpc.aio.server(interceptors=)`` takes), run after the mesh's checks, first
             outermost; those with an ``async aclose()`` method are closed
-            after the server stops. A plain-function (``def``) handler one of them
+            after the server stops (drained, or its failed :meth:`MeshServer.start`
+            undone), once. A plain-function (``def``) handler one of them
             returns in place of the server's runs as the server's own do (in
             ``handler_threads``, with meshkit's synchronous context, safe to ask
             ``peer()`` after the call ended). meshkit's check interceptors are refused
@@ -1247,7 +1247,9 @@ class MeshServer:
 
         When a step after binding fails (the registration refused, the admin port taken,
         or ``start()`` cancelled), the server is undone before the error is re-raised: the
-        grpc server is stopped, the admin server released, a registry the server owns
+        grpc server is stopped, its interceptors closed as at a drain (those with an
+        ``aclose()``: the refusals counted since it bound are logged, connections
+        closed), the admin server released, a registry the server owns
         closed, the registration withdrawn when it was under way (a cancelled or failed
         registration may have been written anyway; withdrawing it waits at most
         ``_UNDO_DEREGISTER_S``); the server is then neither :attr:`ready` nor :attr:`live`
@@ -1528,10 +1530,12 @@ class MeshServer:
         """Undo a :meth:`start` that failed after binding: back to not started (not
         ready, not live), the registration under way withdrawn (deregistering an
         instance that is not registered does nothing; waits at most
-        ``_UNDO_DEREGISTER_S``), the grpc server stopped, the admin server released, an
-        owned registry closed; then stopped (:meth:`wait_stopped` and a :meth:`drain`
-        waiting for the start return). A step that fails is logged; the start's own
-        error is what the caller sees."""
+        ``_UNDO_DEREGISTER_S``), the grpc server stopped, its interceptors closed as at
+        a drain (the calls it served before the failure may have left counts to log,
+        refusals, and connections open), the admin server released, an owned registry
+        closed (:meth:`_after_stop_steps`); then stopped (:meth:`wait_stopped` and a
+        :meth:`drain` waiting for the start return). A step that fails is logged; the
+        start's own error is what the caller sees."""
         self.instance = None
         self._server = None
         self._release_instance_id()
@@ -1544,17 +1548,24 @@ class MeshServer:
                                            _UNDO_DEREGISTER_S)))
         steps.append(("stopping the server", lambda: server.stop(0)))
         try:
-            await _each_step([*steps, *self._release_steps()], " after a failed start")
+            await _each_step([*steps, *self._after_stop_steps()], " after a failed start")
         finally:
             self._close_gate()
             self._stopped.set()
 
-    def _release_steps(self) -> list[tuple[str, Callable[[], Any]]]:
-        """The steps that give back what :meth:`start` took from the process: the
-        handler threads (:meth:`_release_handler_threads`), the shared admin server
-        (released once), an owned registry (closed)."""
+    def _after_stop_steps(self) -> list[tuple[str, Callable[[], Any]]]:
+        """The steps once the grpc server has stopped, in a drain and in an undone
+        :meth:`start` alike: close each interceptor of the chain with an ``aclose()``
+        (a user's resources, the rate limiter's storage connections, the refusal counts
+        the auth interceptors have not logged yet; see ``ServeOptions.interceptors``),
+        then give back what :meth:`start` took from the process: the handler threads
+        (:meth:`_release_handler_threads`), the shared admin server (released once), an
+        owned registry (closed). A server stops once (a drain after an undone start
+        returns at once), so each runs once."""
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("releasing the handler threads", self._release_handler_threads)]
+            ("closing an interceptor", aclose) for aclose in (  # e.g. Redis connections
+                getattr(icpt, "aclose", None) for icpt in self._chain) if aclose is not None]
+        steps.append(("releasing the handler threads", self._release_handler_threads))
         if self.admin is not None:
             self.admin = None
             steps.append(("releasing the admin server",
@@ -1715,19 +1726,16 @@ class MeshServer:
             self.gate.close()
 
     async def _close_after_stop(self) -> None:
-        """The drain's last steps: close the request gate (:meth:`_close_gate`) and the
-        interceptors' resources, release the admin
-        server, close an owned registry, log "stopped", write the access log's last
+        """The drain's last steps: close the request gate (:meth:`_close_gate`), the
+        interceptors and what the server took (:meth:`_after_stop_steps`, as an undone
+        :meth:`start` does), log "stopped", write the access log's last
         batch, mark the server stopped and record its final counters (:func:`ended`).
         Each step is attempted whatever the one before did: one that fails (or a warning
         turned into an error, ``-W error``) is logged, and the server still ends stopped
         (the drain's waiters released) with its final counters recorded."""
         self._close_gate()
-        steps: list[tuple[str, Callable[[], Any]]] = [
-            ("closing an interceptor", aclose) for aclose in (  # e.g. Redis connections
-                getattr(icpt, "aclose", None) for icpt in self._chain) if aclose is not None]
         try:
-            await _each_step([*steps, *self._release_steps()])
+            await _each_step(self._after_stop_steps())
         finally:
             for what, last in (
                     ("logging the stop", lambda: _log.info(
@@ -1972,28 +1980,10 @@ async def _in_a_context_of_its_own(aw: Coroutine[Any, Any, _T], name: str, *,
     grpc.aio server; OpenTelemetry's context does not (the starter's current span would
     parent every call without a ``traceparent`` and its W3C baggage reach them all).
     Nothing more per call."""
-    context = _context_without_meshkit()
+    context = context_without_meshkit()
     if handlers is not None:
         context.run(HANDLER_EXECUTOR.set, handlers)
     return await asyncio.get_running_loop().create_task(aw, name=name, context=context)
-
-
-def _context_without_meshkit() -> contextvars.Context:
-    """A copy of the current context holding every variable but meshkit's own, with an
-    empty OpenTelemetry context (no current span, no baggage)."""
-    kept = [(var, value) for var, value in contextvars.copy_context().items()
-            if not var.name.startswith("meshkit_")]
-    ctx = contextvars.Context()
-    ctx.run(_set_each, kept)
-    return ctx
-
-
-def _set_each(pairs: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
-    for var, value in pairs:
-        var.set(value)
-    # the starter's span and W3C baggage (a handler's caller's user.id, say) are the
-    # starter's call's, not the served calls'
-    otel_context.attach(otel_context.Context())
 
 
 async def _each_step(steps: list[tuple[str, Callable[[], Any]]], when: str = "") -> None:

@@ -1062,6 +1062,50 @@ async def test_a_registry_the_server_owns_is_closed_when_its_registration_fails(
     assert closed == [True]
 
 
+class _Closable(grpc.aio.ServerInterceptor):
+    """A user's interceptor holding a resource: ``aclose()`` counted."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("ending", ["drain", "failed start"])
+async def test_interceptors_are_closed_once_after_the_server_stops(
+    registry: LocalRegistry, ending: str,
+) -> None:
+    """ServeOptions.interceptors: "those with an async aclose() method are closed after
+    the server stops". A drain did; a start undone (its registration refused, after the
+    server had bound and served) stopped the grpc server but closed none (a user's
+    connections, the rate limiter's storage, the refusal counts of meshkit's auth
+    interceptors were left). Now both close each once (and a drain after the failed
+    start closes nothing again)."""
+    mine = _Closable()
+    reg = registry if ending == "drain" else _RefusingRegistry(registry.options)
+    srv = meshkit.MeshServer("echo", [add_echo("x1")], registry=reg,
+                             options=meshkit.ServeOptions(insecure=True, drain_delay_s=0,
+                                                          admin=None, interceptors=(mine,)))
+    try:
+        if ending == "drain":
+            await srv.start()
+            assert mine.closed == 0
+        else:
+            with pytest.raises(RegistryError):
+                await srv.start()
+        await asyncio.wait_for(srv.drain(), 10)
+        assert mine.closed == 1
+        await asyncio.wait_for(srv.drain(), 10)
+        assert mine.closed == 1
+    finally:
+        if reg is not registry:
+            await reg.close()
+
+
 async def test_drain_of_a_server_that_failed_to_bind_returns(registry: LocalRegistry) -> None:
     """drain() on a server whose start() could not bind its port returns at once."""
     first = meshkit.MeshServer("echo", [add_echo("b1")], registry=registry,

@@ -95,8 +95,9 @@ class _RefusalLogged(WrappingInterceptor):
     _refusals: RepeatLog
 
     async def aclose(self) -> None:
-        """Log the counts of refusals not told yet (``calls refused``); a server calls it
-        once it has stopped (:class:`meshkit.MeshServer` does)."""
+        """Log the counts of refusals not told yet (``calls refused``); call it once the
+        server has stopped (:class:`meshkit.MeshServer` does, after a drain or a failed
+        start). The interceptor stays usable: a later refusal is logged in full again."""
         self._refusals.flush()
 
 
@@ -126,6 +127,12 @@ class PeerIdentityInterceptor(_RefusalLogged):
     or a peer not in ``allowed_peers``. Refusals are logged ``by="peer"``, once per kind
     and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring); the reason of a peer not
     allowed names its SPIFFE ID, so each such peer is a kind of its own.
+
+    On a ``grpc.aio`` server of your own, ``await interceptor.aclose()`` once it has
+    stopped: it logs the counts of the last interval's refusals, which are otherwise lost
+    (:class:`~meshkit.MeshServer` does it for the interceptors it builds). One instance
+    serves one event loop at a time (its refusal counts are not locked, its timer runs on
+    that loop); servers on other loops or threads each need their own.
 
     Raises:
         ConfigError: ``allowed_peers`` or ``exempt_methods`` given as one string (as
@@ -187,6 +194,12 @@ class JWTAuthInterceptor(_RefusalLogged):
     ``PERMISSION_DENIED`` for a valid token lacking a required scope. Refusals are logged
     ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring),
     the reason a category (``"token expired"``, ``"no token"``...), never the token.
+
+    On a ``grpc.aio`` server of your own, ``await interceptor.aclose()`` once it has
+    stopped: it logs the counts of the last interval's refusals, which are otherwise lost
+    (:class:`~meshkit.MeshServer` does it for the interceptors it builds). One instance
+    serves one event loop at a time (its refusal counts are not locked, its timer runs on
+    that loop); servers on other loops or threads each need their own.
     """
 
     def __init__(self, verifier: JWTVerifier, options: JWTAuthOptions | None = None) -> None:
@@ -261,6 +274,12 @@ class AuthzInterceptor(_RefusalLogged):
     Refusals are logged ``by="authz"`` with the decision's reason and rule and the peer's
     SPIFFE ID (never the token's claims), once per kind (method, code, reason and peer)
     and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring).
+
+    On a ``grpc.aio`` server of your own, ``await interceptor.aclose()`` once it has
+    stopped: it logs the counts of the last interval's refusals, which are otherwise lost
+    (:class:`~meshkit.MeshServer` does it for the interceptors it builds). One instance
+    serves one event loop at a time (its refusal counts are not locked, its timer runs on
+    that loop); servers on other loops or threads each need their own.
     """
 
     def __init__(self, policy: AuthzPolicy) -> None:

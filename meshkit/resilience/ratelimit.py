@@ -932,7 +932,8 @@ class StorageLimiter:
 
     Args:
         options: :class:`RateLimitOptions` (default: all defaults, which limit nothing).
-        clock: monotonic seconds for outage durations (default :func:`time.monotonic`).
+        clock: monotonic seconds for outage durations, the breaker and the intervals of
+            the failed window reads' log (default :func:`time.monotonic`).
 
     Raises:
         ConfigError: the storage cannot be built, e.g. its driver is not installed
@@ -994,7 +995,8 @@ class StorageLimiter:
                                  "rate limit windows not read",
                                  key_fields=("limit", "error_type"),
                                  fields={"storage": self._storage_name}, level="debug",
-                                 interval_s=WINDOW_READ_LOG_INTERVAL_S, max_kinds=64)
+                                 interval_s=WINDOW_READ_LOG_INTERVAL_S, max_kinds=64,
+                                 clock=clock)
 
     def applies_to(self, method: str) -> bool:
         """Whether ``method`` has a rule (its own, a glob's, or the default)."""

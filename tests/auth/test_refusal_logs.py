@@ -13,6 +13,8 @@ loopback; the interval is shortened so the summaries come within the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
 import re
 import socket
@@ -33,6 +35,7 @@ from meshkit.auth import (
     AuthOptions,
     AuthzInterceptor,
     AuthzPolicy,
+    Claims,
     JWTAuthInterceptor,
     JWTAuthOptions,
     JWTVerifier,
@@ -40,9 +43,11 @@ from meshkit.auth import (
     Rule,
     TokenIssuer,
     VerifierOptions,
+    current_claims,
 )
+from meshkit.auth._context import _claims
 from meshkit.discovery import LocalOptions, LocalRegistry
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, RegistryError
 from meshkit.resilience.ratelimit import RateLimitOptions, StorageLimiter
 from tests.auth.conftest import AUDIENCE, ISSUER, StartServer, auth_handler, method
 from tests.support.skips import skip_or_fail
@@ -265,10 +270,94 @@ def test_a_flood_of_distinct_kinds_keeps_memory_and_lines_bounded() -> None:
 
 
 @pytest.mark.parametrize(("option", "value"), [("interval_s", 0), ("interval_s", math.inf),
-                                               ("max_kinds", 0), ("max_kinds", 1.5)])
+                                               ("interval_s", True), ("max_kinds", 0),
+                                               ("max_kinds", 1.5), ("max_kinds", True)])
 def test_bad_options_are_refused_quoting_the_value(option: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=re.escape(repr(value))):
         RepeatLog(None, "e", "s", key_fields=("k",), **{option: value})
+
+
+def _some_claims(subject: str) -> Claims:
+    return Claims(subject=subject, issuer=ISSUER, audience=(AUDIENCE,), scopes=frozenset(),
+                  expires_at=2e9)
+
+
+async def test_the_timers_count_carries_the_context_the_log_was_built_in_not_a_calls(
+        ) -> None:
+    """The count the timer tells carries the fields the application bound with
+    ``structlog.contextvars`` where the log was built (at start-up: deployment, pod), as
+    its first line and meshkit's other lines do; it ran in an empty
+    ``contextvars.Context()`` and had none of them. Neither meshkit's per-call variables
+    of where it was built (the claims of a call that built it) nor the fields and claims
+    of the call whose report armed the timer reach it."""
+    async def build() -> RepeatLog:
+        structlog.contextvars.bind_contextvars(deployment="eu-west-1")
+        _claims.set(_some_claims("builder-call"))
+        return RepeatLog(structlog.get_logger("meshkit.auth"), "call refused",
+                         "calls refused", key_fields=("method",), fields={"by": "jwt"},
+                         interval_s=0.3)
+
+    async def report(log: RepeatLog, n: int) -> None:  # a call of its own (a task)
+        structlog.contextvars.bind_contextvars(request_id="r-42")
+        _claims.set(_some_claims("caller-sub"))
+        for _ in range(n):
+            log.report(("/a.B/C",))
+
+    def claims_seen(_logger: Any, _name: str, event: Any) -> Any:
+        claims = current_claims()
+        event["claims_sub"] = None if claims is None else claims.subject
+        return event
+
+    log = await asyncio.create_task(build(), context=contextvars.Context())
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars,
+                                  claims_seen]) as logs:
+        await asyncio.create_task(report(log, 3))
+        await until(lambda: len(logs) >= 2, timeout_s=20, what="the timer's count")
+    log.flush()
+    assert [(e["event"], e.get("count")) for e in logs] == [
+        ("call refused", None), ("calls refused", 2)], logs
+    summary = logs[1]
+    assert summary.get("deployment") == "eu-west-1", summary
+    assert "request_id" not in summary and summary["claims_sub"] is None, summary
+
+
+async def test_a_timer_told_count_carries_the_fields_the_application_bound_at_start_up(
+        tmp_path: Path) -> None:
+    """A MeshServer built after the application bound its fields
+    (``structlog.contextvars``, as MeshServer.start's docstring says they reach its
+    calls): the ``call refused`` line carried ``deployment``, the timer's ``calls
+    refused`` line did not (a log view filtered on the deployment showed the first
+    refusal and never the count of the others)."""
+    keys = KeySet.generate("ES256")
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys)
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=2.0, poll_interval_s=0.05))
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    structlog.contextvars.bind_contextvars(deployment="eu-west-1")
+    try:
+        srv = meshkit.MeshServer("whod", [(add, None)], registry=reg,
+                                 options=meshkit.ServeOptions(
+                                     insecure=True, auth=AuthOptions(verifier=verifier),
+                                     drain_delay_s=0, grace_s=0.5, admin=None))
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            await asyncio.wait_for(srv.start(), 10)
+            try:
+                await refused(srv.port, 5, UNAUTH, "Whoami")
+                # the timer's count: INTERVAL_S on, at most a quarter of it late
+                await until(lambda: told(logs) >= 5, timeout_s=INTERVAL_S + 20,
+                            what="the timer's count")
+            finally:
+                await asyncio.wait_for(srv.drain(), 10)
+                await reg.close()
+    finally:
+        structlog.contextvars.unbind_contextvars("deployment")
+    lines = refusal_lines(logs)
+    assert told(logs) == 5 and lines[0]["event"] == "call refused", lines
+    assert lines[0].get("deployment") == "eu-west-1", lines
+    summaries = [e for e in lines if e["event"] == "calls refused"]
+    assert summaries and all(e.get("deployment") == "eu-west-1" for e in summaries), lines
 
 
 # -- the rate limiter's line per refused call whose window could not be read ---------------
@@ -344,3 +433,81 @@ async def test_a_mesh_server_tells_the_counts_not_told_yet_when_it_stops(
     assert [e["event"] for e in lines] == ["call refused", "calls refused"], lines
     assert lines[1]["count"] == 49 and lines[1]["by"] == "jwt", lines
     assert lines[1]["method"] == method("Whoami") and lines[1]["reason"] == "no token"
+
+
+async def test_the_window_read_counts_run_on_the_limiters_clock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``StorageLimiter(clock=...)`` times its outages and breaker on ``clock``, and now
+    the intervals of its ``rate limit window not read`` count too (its RepeatLog was
+    built on ``time.monotonic``): moved past the interval, the next failed read tells the
+    count of the ones before."""
+    clock = Clock()
+    limiter = StorageLimiter(RateLimitOptions(
+        default_rule="1/hour", strategy="fixed-window", storage_uri=redis_uri(),
+        key_prefix=f"refusal-logs-{uuid.uuid4().hex}"), clock=clock)
+    m = "/svc.v1.Svc/Call"
+    try:
+        assert await limiter.check(m, "alice") is None
+
+        async def fails(*args: Any) -> Any:
+            raise ConnectionError("lost the read")
+
+        monkeypatch.setattr(limiter._storage, "get_expiry", fails)
+        with capture_logs() as logs:
+            for _ in range(3):
+                assert await limiter.check(m, "alice") is not None
+            clock.now += 61.0
+            assert await limiter.check(m, "alice") is not None
+            events = [(e["event"], e.get("count")) for e in logs]
+    finally:
+        await limiter.aclose()
+    assert events == [("rate limit window not read", None),
+                      ("rate limit windows not read", 2)], events
+
+
+class _LateRefusingRegistry(LocalRegistry):
+    """Refuses the registration once the test has made its calls (``go`` set)."""
+
+    go: asyncio.Event
+
+    async def register(self, instance: Any) -> None:
+        await asyncio.wait_for(self.go.wait(), 20)
+        raise RegistryError("registry refused (test)")
+
+
+async def test_a_failed_start_tells_the_refusals_it_counted(
+        keys: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MeshServer serves calls from the moment it is bound, before its registration
+    (``start()``'s last step) completes; a registration that fails undoes the start and
+    stops the grpc server. The undo never closed the interceptors (only the drain did):
+    the 19 refusals after the first stayed counted, told only by a timer a minute later
+    on a loop a program whose start failed usually closes at once. Now the undo closes
+    them as the drain does, and every refusal is told once ``start()`` has raised."""
+    monkeypatch.setattr(auth_server, "REFUSAL_LOG_INTERVAL_S", 60.0)
+    verifier = JWTVerifier(VerifierOptions(issuer=ISSUER, audience=AUDIENCE), keys)
+    reg = _LateRefusingRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=2.0,
+                                             poll_interval_s=0.05))
+    reg.go = asyncio.Event()
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    srv = meshkit.MeshServer("whod", [(add, None)], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, auth=AuthOptions(verifier=verifier), drain_delay_s=0, grace_s=0.5,
+        admin=None))
+    starting = asyncio.ensure_future(srv.start())
+    try:
+        with capture_logs() as logs:
+            await until(lambda: bool(srv.port), timeout_s=20, what="the server bound")
+            await refused(srv.port, 20, UNAUTH, "Whoami")
+            assert told(logs) == 1, refusal_lines(logs)
+            reg.go.set()
+            with pytest.raises(RegistryError):
+                await asyncio.wait_for(starting, 20)
+        assert told(logs) == 20, refusal_lines(logs)
+        assert [e["event"] for e in refusal_lines(logs)] == ["call refused", "calls refused"]
+    finally:
+        reg.go.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(starting, 20)
+        await reg.close()
