@@ -438,10 +438,10 @@ class LocalOptions:
             The per-user default directory ``<tmp>/meshkit-<uid>`` (``local://``; also
             when named explicitly, or a path below it) has a name anyone can predict in a
             directory anyone can write, so it is created mode 0700 and, at each open,
-            used only if it is this user's own: a symbolic link, no directory, another
-            user's or one writable by its group or others is refused with
-            :class:`~meshkit.errors.RegistryError` naming it (as tmux refuses
-            ``/tmp/tmux-<uid>``); one readable by others is made private. A directory
+            used only if it is this user's own: a symbolic link, no directory or another
+            user's is refused with :class:`~meshkit.errors.RegistryError` naming it (as
+            tmux refuses ``/tmp/tmux-<uid>``); one readable or writable by its group or
+            others is made private (0700; writable: logged as a warning). A directory
             the user names otherwise (``path``, ``local:///dir``, ``MESHKIT_LOCAL_DIR``:
             a group's shared directory, say) is used as it is, whoever owns it; whoever
             can write it can change the endpoints listed, and whoever can read it reads
