@@ -308,28 +308,77 @@ def _loop_placeholder(handler: _SignalHandler) -> bool:
             or getattr(handler, "__module__", None) == "asyncio.unix_events")
 
 
+_fork_blocked: dict[int, frozenset[signal.Signals]] = {}
+"""The signals :func:`_block_handled_signals_for_fork` added to a forking thread's mask,
+by thread id (``threading.get_ident()``, the same in the child), until the fork is over."""
+
+
+def _block_handled_signals_for_fork() -> None:
+    """Before a fork while ``serve()`` / ``run_until_signal()`` has its handlers installed,
+    block their signals in the forking thread (the child inherits its mask), so a signal
+    to the child in the instant between ``fork()`` and
+    :func:`_undo_signal_handlers_in_child` stays pending instead of being run by the
+    handler the child inherited, which writes the signal number into the wakeup fd the
+    child shares with its parent's loop (the parent drained, the child ran on). Unblocked
+    by :func:`_unblock_after_fork_in_parent` and, after the reset, in the child. Run by
+    ``os.register_at_fork(before=...)``; nothing without handlers installed; never
+    raises."""
+    if not _fanouts:
+        return
+    sigmask = getattr(signal, "pthread_sigmask", None)
+    if sigmask is None:
+        return
+    handled = {sig for _loop, sig in list(_fanouts)}
+    with contextlib.suppress(OSError, ValueError, RuntimeError):
+        added = frozenset(handled - set(sigmask(signal.SIG_BLOCK, handled)))
+        if added:
+            _fork_blocked[threading.get_ident()] = added
+
+
+def _unblock_after_fork_in_parent() -> None:
+    """The parent's side of :func:`_block_handled_signals_for_fork`: the forking thread's
+    mask as it was (a signal that came during the fork is delivered now, to the parent's
+    handlers). Run by ``os.register_at_fork(after_in_parent=...)``; never raises."""
+    added = _fork_blocked.pop(threading.get_ident(), None)
+    if added:
+        with contextlib.suppress(OSError, ValueError):
+            unblock_signals(added)
+
+
 def _undo_signal_handlers_in_child() -> None:
     """In a child forked while ``serve()`` / ``run_until_signal()`` had its handlers
     installed (a ``multiprocessing`` or ``ProcessPoolExecutor`` worker, a pre-fork
     worker): give the signals their handlers from before (a signal to the child is then
     the child's, e.g. SIGTERM kills it) and drop the event loop's wakeup fd, a socket the
     child shares with its parent's loop (a signal the child got would be run by the
-    parent's loop: the parent would drain). Without handlers installed this does nothing.
-    Run by ``os.register_at_fork(after_in_child=...)``."""
-    if not _fanouts:
-        return
-    for fanout in reversed(list(_fanouts.values())):  # the oldest's previous handlers last
-        for sig, handler in fanout.previous.items():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-            if fanout.blocked:
-                _block_signal(sig)
-    _fanouts.clear()  # the parent's servers: the child's own install anew
-    with contextlib.suppress(OSError, ValueError):
-        signal.set_wakeup_fd(-1)
+    parent's loop: the parent would drain). Then unblock the signals
+    :func:`_block_handled_signals_for_fork` blocked across the fork (those the reset
+    blocks again, blocked in the mask the process had before ``serve()``, stay blocked):
+    one that came since the fork is delivered now, to the child's own handlers. Without
+    handlers installed this does nothing. Run by
+    ``os.register_at_fork(after_in_child=...)``."""
+    added = _fork_blocked.pop(threading.get_ident(), None)
+    _fork_blocked.clear()  # other threads of the parent: none in the child
+    if _fanouts:
+        for fanout in reversed(list(_fanouts.values())):  # the oldest's handlers last
+            for sig, handler in fanout.previous.items():
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+                if fanout.blocked:
+                    _block_signal(sig)
+                    if added:
+                        added -= {sig}
+        _fanouts.clear()  # the parent's servers: the child's own install anew
+        with contextlib.suppress(OSError, ValueError):
+            signal.set_wakeup_fd(-1)
+    if added:
+        with contextlib.suppress(OSError, ValueError):
+            unblock_signals(added)
 
 
-os.register_at_fork(after_in_child=_undo_signal_handlers_in_child)
+os.register_at_fork(before=_block_handled_signals_for_fork,
+                    after_in_parent=_unblock_after_fork_in_parent,
+                    after_in_child=_undo_signal_handlers_in_child)
 
 class _AdminSlot:
     """The shared admin server of one event loop, its user count and its lock."""

@@ -307,6 +307,86 @@ def test_sigterm_to_a_forked_worker_neither_drains_the_server_nor_is_ignored(
         f"the forked worker ignored SIGTERM: {result}")
 
 
+_SIGNAL_AT_THE_FORK = r"""
+import os, signal, sys
+
+ARMED = False
+
+def signal_myself():  # SIGTERM to the child in the instant after fork()
+    if ARMED:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+# registered before meshkit is imported: after_in_child hooks run in registration
+# order, so this one runs in the child before meshkit's reset of serve()'s signals
+os.register_at_fork(after_in_child=signal_myself)
+
+import asyncio, json, multiprocessing, time
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from tests.support.echo import add_echo
+
+def work():
+    time.sleep(60)
+
+async def main():
+    global ARMED
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=5, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, admin=None, drain_delay_s=0.0, grace_s=1.0))
+    result = {}
+
+    async def operate():
+        global ARMED
+        while srv.instance is None:
+            await asyncio.sleep(0.05)
+        p = multiprocessing.get_context("fork").Process(target=work, daemon=True)
+        ARMED = True
+        p.start()
+        ARMED = False
+        await asyncio.get_running_loop().run_in_executor(None, p.join, 20.0)
+        result["child_exitcode"] = p.exitcode
+        await asyncio.sleep(1.0)  # time for a signal relayed to this loop to act
+        result["server_draining"] = srv.draining
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+        if not srv.draining:
+            await srv.drain()
+
+    task = asyncio.create_task(operate())
+    await srv.run_until_signal()
+    await task
+    await reg.close()
+    print(json.dumps(result), flush=True)
+
+(meshkit.run if sys.argv[2] == "meshkit.run" else asyncio.run)(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and signal masks")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("runner", ["asyncio.run", "meshkit.run"])
+def test_sigterm_to_a_worker_in_the_instant_after_its_fork_is_the_workers(
+        tmp_path: Path, runner: str) -> None:
+    """The worker of the test above gets SIGTERM in the instant between ``fork()`` and
+    meshkit's reset of the signal handling it inherited (a process-group SIGTERM, a pool
+    ended as it starts a worker): an ``after_in_child`` hook registered before meshkit's
+    signals the child before meshkit's hook runs. The signal is the worker's: it dies of
+    it, and the serving parent goes on. meshkit blocks the signals it handles across the
+    fork (a ``before`` hook), so one arriving in the window stays pending until the child's
+    reset has given them their handlers from before. It used to go through the inherited
+    handler and wakeup fd: the parent drained and the child, whose handler was reset
+    before the signal was run, ran on."""
+    proc = _run_script(tmp_path, "signal_at_fork.py", _SIGNAL_AT_THE_FORK,
+                       str(tmp_path / "reg"), runner)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _last_json(proc.stdout)
+    assert result["server_draining"] is False, (
+        f"SIGTERM to a worker just forked drained the serving parent: {result}")
+    assert result["child_exitcode"] == -signal.SIGTERM, (
+        f"the worker just forked ignored SIGTERM: {result}")
+
+
 @pytest.mark.timeout(120)
 async def test_a_second_signal_during_the_drain_does_not_kill_in_flight_calls(
         tmp_path: Path) -> None:
