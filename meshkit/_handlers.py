@@ -898,6 +898,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     inner, factory = _behaviour_of(handler)
     assert inner is not None
     inner = async_behaviour(inner, req_s, resp_s)  # a plain function: off the loop
+    # asked of the handler's own behaviour, before the wrap's layers (the request count's
+    # plain function, which returns its async behaviour's result, runs in no thread)
+    threaded = in_a_thread(inner)
     check: Before = before if before is not None else _no_check
     streams = resp_s and not inspect.iscoroutinefunction(inner)
     behavior: Any
@@ -934,7 +937,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
         behavior = (_reported_stream(inner, check, reporter, unhandled, messages, guard, ser)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
-    if in_a_thread(inner):  # see runs_in_a_thread
+    if threaded:  # see runs_in_a_thread
         _marked(behavior)
     wrapped: Handler = factory(
         behavior,
