@@ -94,19 +94,25 @@ class ServerLimits:
 
     Args:
         max_concurrent_rpcs: unary-request calls one server runs at once, counting
-            those still waiting for their request (default 32): :class:`RequestGate`
-            counts them; at the cap a new call takes the slot of a call that has waited
+            those still waiting for their request, and request-streaming calls of
+            plain-function (``def``) handlers (default 32): :class:`RequestGate` counts
+            them; at the cap a new call takes the slot of a call that has waited
             ``evict_waiting_after_s`` for its request, else it is shed
             ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (meshkit clients
-            retry it on another endpoint). Request-streaming calls, which the gate does
-            not read, are capped with them: a new one is shed the same way once the calls
-            holding a slot and the open request streams reach this plus 8
-            (:meth:`RequestGate.admit_stream`). The health service's ``Watch`` takes no
-            slot; its ``Check`` (Kubernetes' and Consul's gRPC probes) may take one of 8
-            slots past the cap, and up to 8 checks at once read their request without
-            waiting for a read permit (``max_concurrent_reads``) and are never evicted,
-            so an overloaded server still answers its probes at once; such a check's
-            request over 4 KiB is refused ``RESOURCE_EXHAUSTED``. grpc.aio's own
+            retry it on another endpoint). Request-streaming calls of async handlers,
+            which the gate does not read, are capped with them: a new one is shed the
+            same way once the calls holding a slot and the open request streams reach
+            this plus 8 (:meth:`RequestGate.admit_stream`). A call of a plain-function
+            handler, which holds one of ``ServeOptions.handler_threads`` while it runs
+            (a request stream's while its stream is open), holds its slot until its
+            thread is done with it, also after its caller left; so with
+            ``handler_threads`` equal to this, an admitted call never waits for a
+            thread: one past the slots is shed at once. The health service's ``Watch``
+            takes no slot; its ``Check`` (Kubernetes' and Consul's gRPC probes) may take
+            one of 8 slots past the cap, and up to 8 checks at once read their request
+            without waiting for a read permit (``max_concurrent_reads``) and are never
+            evicted, so an overloaded server still answers its probes at once; such a
+            check's request over 4 KiB is refused ``RESOURCE_EXHAUSTED``. grpc.aio's own
             ``maximum_concurrent_rpcs`` is not set (it would cost every call a done
             callback). ``None``: no cap.
         max_concurrent_reads: unary-request calls that may be receiving their request
@@ -491,11 +497,13 @@ class RequestGate(grpc.aio.ServerInterceptor):
     7. after calls with large requests end, runs the cyclic garbage collector
        (``gc_after_request_bytes``).
 
-    A call of a plain-function (``def``) handler, which runs in a thread, holds its slot
-    (and its request bytes, its admitted stream's place) until that thread is done with
-    it: also when the call ended before, its caller gone while the handler ran
+    A call of a plain-function (``def``) handler, which runs in a thread, holds a call
+    slot (and its request bytes) until that thread is done with it: also when the call
+    ended before, its caller gone while the handler ran
     (:func:`~meshkit._handlers.after_handler_thread`), as a synchronous ``grpc.server``
-    holds its slot until the handler returns. With a thread per slot
+    holds its slot until the handler returns; a request-streaming one too (not one of the
+    request streams' places: :meth:`_admit_thread_stream`), as its handler holds its
+    thread while the stream is open. With a thread per slot
     (``ServeOptions.handler_threads``), an admitted call then never waits for a thread:
     a call past the slots is shed at once.
 
@@ -505,7 +513,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
     shedding before the read costs nothing.
     Request-streaming calls are not read here: the handler this gate gives grpc for them
     admits each call (:meth:`admit_stream`: counted in :attr:`streams`, capped with the
-    slots) before it runs the method's handler chain.
+    slots; a plain-function handler's takes a slot) before it runs the method's handler
+    chain.
 
     Calls ended here (unary or streaming requests) end before any code of the call ran,
     the server's chain included: telemetry does not see them (not in
@@ -540,7 +549,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._readers: dict[asyncio.Task[Any], float] = {}
         self._read_waiters: list[tuple[asyncio.Task[Any], asyncio.Future[None]]] = []
         self._evict_after = limits.evict_waiting_after_s
-        self.slots = 0  # unary-request calls holding a slot (waiting for or past their request)
+        # calls holding a slot: unary-request ones (waiting for or past their request) and
+        # request streams of plain-function handlers (_admit_thread_stream)
+        self.slots = 0
         self._waiting: dict[asyncio.Task[Any], float] = {}  # slot holders without a request
         self._evicting: set[asyncio.Task[Any]] = set()  # evicted or timed out
         # health checks holding a reserved place (_enter_reserved): read without a permit,
@@ -551,7 +562,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self._loops = LoopCache()  # the call's task without a getpid per call
         self._logged_at = -1e9
         self._cache: dict[str, tuple[Handler, Handler]] = {}
-        self.streams = 0  # request-streaming calls admitted and not ended
+        self.streams = 0  # request streams of async handlers admitted and not ended
         self._places = None if self._cap is None else self._cap + _STREAM_HEADROOM
 
     def convert(self, handler: Handler) -> Handler:
@@ -804,10 +815,12 @@ class RequestGate(grpc.aio.ServerInterceptor):
         return self._evict_after if due is None else due
 
     def admit_stream(self, context: Any) -> Awaitable[None] | None:
-        """Admit a request-streaming call (which this gate does not read): counted in
-        :attr:`streams` until it ends, or, once the calls holding a slot and the open
-        request streams reach ``max_concurrent_rpcs`` + 8, refused: the awaitable returned
-        sheds it ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (counted in
+        """Admit a request-streaming call of an async handler (which this gate does not
+        read; a plain-function handler's takes a call slot instead:
+        :meth:`_admit_thread_stream`): counted in :attr:`streams` until it ends, or,
+        once the calls holding a slot and the open request streams reach
+        ``max_concurrent_rpcs`` + 8, refused: the awaitable returned sheds it
+        ``RESOURCE_EXHAUSTED`` "server busy" with the nack trailer (counted in
         :attr:`shed`). Run by the handler :meth:`convert` makes, before the method's
         handler chain. grpc.aio's own ``maximum_concurrent_rpcs``, which capped these calls
         before, costs every call of the server a done callback; it is not set while the
@@ -820,22 +833,31 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def _admit_thread_stream(self, context: Any) -> Awaitable[None] | None:
         """:meth:`admit_stream` for a method whose handler runs in a thread
-        (:func:`~meshkit._handlers.runs_in_a_thread`): the call counts until its
-        handler's thread is done with it, also when the call ended before (its caller
-        left while the handler ran: :func:`~meshkit._handlers.after_handler_thread`)."""
-        if self._places is not None and self.slots + self.streams >= self._places:
-            return self._busy(context, "shedding request streams: every call place is taken")
-        self.streams += 1
+        (:func:`~meshkit._handlers.runs_in_a_thread`): the call takes a call slot, as a
+        unary-request call does (:meth:`_enter`: a free slot, or one evicted from the
+        call waiting longest for its request; else it is shed ``RESOURCE_EXHAUSTED``
+        "server busy" with the nack trailer), not one of the places of request streams,
+        and holds it until its handler's thread is done with it, also when the call
+        ended before (its caller left while the handler ran:
+        :func:`~meshkit._handlers.after_handler_thread`). Such a handler holds one of the
+        server's ``handler_threads`` for as long as it runs (its request stream open),
+        so with a thread per slot a call admitted beside it must be one a thread is free
+        for: counted in the slots, it is (a plain unary call admitted beside an open
+        plain upload waited for the thread until its deadline)."""
+        refused = self._enter(context)
+        if refused is not None:
+            return refused
         context.add_done_callback(self._thread_stream_ended)
         return None
 
     def _thread_stream_ended(self, context: Any) -> None:
-        after_handler_thread(context, self._stream_ended, context)
+        after_handler_thread(context, self._release, -1)
 
     def calls(self) -> int:
-        """The unary-request calls holding a call slot: arrived (waiting for their request
-        or past it) and not yet ended (a plain-function handler's call: until its thread
-        is done with it, see the class)."""
+        """The calls holding a call slot: unary-request calls arrived (waiting for their
+        request or past it) and not yet ended, and request-streaming calls of a
+        plain-function handler (:meth:`_admit_thread_stream`); a plain-function handler's
+        call until its thread is done with it (see the class)."""
         return self.slots
 
     def _stream_ended(self, context: Any) -> None:
@@ -979,7 +1001,8 @@ class RequestGate(grpc.aio.ServerInterceptor):
         stays one (a layer per response message), a coroutine (a client stream, or a
         response stream written with ``context.write``) stays a coroutine (nothing per
         message)."""
-        # a handler in a thread: counted until its thread is done with the call
+        # a handler in a thread: takes a call slot, held until its thread is done with the
+        # call (it holds one of the server's handler threads while its stream is open)
         admit = (self._admit_thread_stream if runs_in_a_thread(handler)
                  else self.admit_stream)
         if handler.response_streaming:

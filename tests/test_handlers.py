@@ -1485,8 +1485,9 @@ async def test_a_response_stream_whose_caller_left_before_it_got_a_thread_never_
 async def test_a_request_stream_whose_caller_left_counts_until_its_thread_is_free(
         registry: LocalRegistry) -> None:
     """A plain-function request-streaming handler still running after its caller left
-    (deadline) is counted in the request gate's open streams (which, with the call
-    slots, cap the server's calls) until its thread is free, then no more."""
+    (deadline) holds its call slot (the request gate's count: a plain request stream
+    takes a slot, not one of the request streams' places) until its thread is free,
+    then no more."""
     release = threading.Event()
     started = threading.Event()
 
@@ -1511,12 +1512,137 @@ async def test_a_request_stream_whose_caller_left_counts_until_its_thread_is_fre
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert started.is_set()
             await asyncio.sleep(0.2)
-            assert srv.gate.streams == 1  # its handler still holds its thread
+            assert srv.gate.calls() == 1  # its handler still holds its thread
+            assert srv.gate.streams == 0
             release.set()
-            await until(lambda: srv.gate is not None and srv.gate.streams == 0, timeout_s=5)
+            await until(lambda: srv.gate is not None and srv.gate.calls() == 0, timeout_s=5)
     finally:
         release.set()
         await srv.drain()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("first", ["upload", "upload-left", "unary"])
+@pytest.mark.parametrize("read_requests", [True, False])
+async def test_with_a_thread_per_call_slot_a_plain_request_stream_holds_a_slot(
+        registry: LocalRegistry, first: str, read_requests: bool) -> None:
+    """README, ``ServeOptions.handler_threads``: "with ``handler_threads`` equal to
+    ``max_concurrent_rpcs`` an admitted call never waits for a thread: one over the
+    slots is refused ``RESOURCE_EXHAUSTED`` at once". Under the request gate (the
+    default ``read_requests=True``) a request-streaming call took no call slot (it was
+    counted with the open request streams, capped at the slots + 8) while a plain
+    (``def``) request-streaming handler held a handler thread for as long as it ran. So
+    with ``handler_threads=1, max_concurrent_rpcs=1``, a plain unary call beside one
+    plain upload (its caller still sending, or gone while its handler ran) was admitted
+    and waited for the thread until its deadline (``DEADLINE_EXCEEDED`` after 1.5 s),
+    and a plain upload beside a plain unary call holding the thread did the same. A
+    plain request-stream handler's call now takes a call slot until its thread is done
+    with it, so either is refused at once. (``read_requests=False``, where
+    :class:`~meshkit._limits.CallSlots` counts all four kinds, was right: kept so.)"""
+    release = threading.Event()
+    running: list[str] = []
+
+    def upload(requests: Iterator[bytes], context: Any) -> bytes:
+        for _ in requests:
+            running.append("upload")
+            release.wait(5)
+        return b"uploaded"
+
+    def plain(request: bytes, context: Any) -> bytes:
+        running.append("plain")
+        if request == b"hold":
+            release.wait(5)
+        return b"plain"
+
+    srv = await _serve_sync(
+        registry, {"Upload": grpc.stream_unary_rpc_method_handler(upload),
+                   "Plain": grpc.unary_unary_rpc_method_handler(plain)},
+        handler_threads=1,
+        limits=meshkit.ServerLimits(max_concurrent_rpcs=1, read_requests=read_requests))
+    counter: Any = srv.gate if srv.gate is not None else srv.call_slots
+    held: Any = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            if first == "unary":
+                held = asyncio.ensure_future(ch.unary_unary(_synch("Plain"))(b"hold",
+                                                                             timeout=10))
+                await until(lambda: running == ["plain"], timeout_s=5)
+            else:
+                held = ch.stream_unary(_synch("Upload"))(timeout=10)
+                await held.write(b"part")
+                await until(lambda: running == ["upload"], timeout_s=5)
+                if first == "upload-left":
+                    held.cancel()
+                    await asyncio.sleep(0.3)  # the call ended; its handler still runs
+            t0 = time.monotonic()
+            try:
+                if first == "unary":
+                    got: Any = await ch.stream_unary(_synch("Upload"))(
+                        iter([b"x"]), timeout=1.5)
+                else:
+                    got = await ch.unary_unary(_synch("Plain"))(b"", timeout=1.5)
+            except grpc.aio.AioRpcError as e:
+                got = e.code()
+            took = time.monotonic() - t0
+            assert got == grpc.StatusCode.RESOURCE_EXHAUSTED and took < 1.0, (
+                f"beside a plain {first} holding the only handler thread, an admitted call "
+                f"got {got} after {took:.2f} s (handler_threads == max_concurrent_rpcs "
+                "== 1): it waited for the thread instead of being refused at once")
+            release.set()
+            if first == "upload":
+                await held.done_writing()
+                assert await held == b"uploaded"
+            elif first == "unary":
+                assert await held == b"plain"
+            await until(lambda: counter.calls() == 0, timeout_s=5,
+                        what="the held call's slot given back once its thread was done")
+            assert await ch.unary_unary(_synch("Plain"))(b"", timeout=5) == b"plain"
+            assert await ch.stream_unary(_synch("Upload"))(iter([b"y"]), timeout=5) \
+                == b"uploaded"
+    finally:
+        release.set()
+        if held is not None and first != "upload-left":
+            held.cancel()
+        await srv.drain()
+
+
+class _MessageCounter:
+    """A reporter that asks for its calls' stream messages to be counted (``messages``),
+    as telemetry's does."""
+
+    def __init__(self) -> None:
+        self.messages = Counts()
+
+    def start(self, context: Any) -> None:
+        return None
+
+    def finish(self, state: Any, context: Any, exc: BaseException | None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("kind", ["ClientStream", "Bidi"])
+def test_a_request_stream_counted_for_a_reporter_runs_in_a_thread_only_when_its_handler_does(
+        kind: str) -> None:
+    """The server's wrap marks its behaviour as running in a thread
+    (:func:`~meshkit._handlers.runs_in_a_thread`, which the request gate and the call
+    slots ask per method) when the handler's own behaviour does. It asked after wrapping
+    the behaviour in the request counter a reporter with ``messages`` gets (telemetry's,
+    on by default), a plain function returning the async behaviour's result: every
+    request-streaming method under telemetry counted as a plain-function handler's,
+    async ones too (a request stream of such a handler takes a call slot: an open async
+    upload would have held one)."""
+    from meshkit._handlers import runs_in_a_thread
+    from tests.support.echo import method_handlers
+
+    own = method_handlers("e1")[kind]
+    assert not runs_in_a_thread(wrap_handler(own, reporter=_MessageCounter()))
+
+    def plain(requests: Iterator[bytes], context: Any) -> Any:
+        return b"x" if kind == "ClientStream" else iter([b"x"])
+
+    factory = (grpc.stream_unary_rpc_method_handler if kind == "ClientStream"
+               else grpc.stream_stream_rpc_method_handler)
+    assert runs_in_a_thread(wrap_handler(factory(plain), reporter=_MessageCounter()))
 
 
 async def test_a_sync_response_generator_runs_on_one_thread_for_its_whole_stream(
