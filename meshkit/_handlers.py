@@ -838,8 +838,14 @@ def _blocking_requests(requests: Any, loop: asyncio.AbstractEventLoop) -> Iterat
     while True:
         if asyncio._get_running_loop() is loop:
             raise RuntimeError(_ON_LOOP_THREAD.format("a synchronous handler's request iterator"))
+        read = _anext(it)
         try:
-            item = asyncio.run_coroutine_threadsafe(_anext(it), loop).result()
+            future = asyncio.run_coroutine_threadsafe(read, loop)
+        except RuntimeError:  # the loop closed (the server stopped): never to be awaited
+            read.close()
+            raise
+        try:
+            item = future.result()
         except StopAsyncIteration:
             return
         yield item

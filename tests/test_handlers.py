@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -2055,3 +2056,28 @@ async def test_an_async_callable_handler_a_users_interceptor_returns_is_awaited(
         if server is not None:
             await server.stop(None)
             await limiter.aclose()
+
+
+def test_a_plain_handlers_request_read_after_its_loop_closed_leaves_no_unawaited_coroutine(
+) -> None:
+    """A plain request-stream handler still reading after the server's loop closed (a
+    handler resuming once the server stopped) gets ``RuntimeError`` from the read, and no
+    coroutine is left unawaited: the read's coroutine was made before
+    ``run_coroutine_threadsafe`` found the loop closed, and asyncio warned ``coroutine
+    '_anext' was never awaited`` at its collection."""
+    from meshkit._handlers import _blocking_requests
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"a"
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        it = _blocking_requests(requests(), loop)
+        with pytest.raises(RuntimeError, match="closed"):
+            next(it)
+        del it
+        gc.collect()
+    unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert unawaited == [], unawaited
