@@ -24,6 +24,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from meshkit._aio_http import start_app
 from meshkit._config import check_bool, check_instance, check_int
 from meshkit._hosts import check_host, is_loopback, uri_host
+from meshkit._stats import ServerStats
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -61,9 +62,10 @@ class AdminOptions:
             name.
         port: TCP port; 0 (default) picks a free one, returned by :meth:`AdminServer.start`.
         registry: registry served at ``/metrics``; default the process's meshkit registry.
-        require_server: ``/readyz`` answers 503 while no :class:`~meshkit.MeshServer` is
-            live (a service process before registration); default ``True``. Set ``False``
-            for client-only processes.
+        require_server: plain ``/readyz`` answers 503 while no
+            :class:`~meshkit.MeshServer` is live (a service process before it binds);
+            default ``True``. Set ``False`` for client-only processes. ``/readyz?service=``
+            is not affected (404 for a service not served).
 
     Raises:
         ConfigError: a port that is not an integer in 0..65535 (a bool included), a
@@ -103,12 +105,29 @@ class AdminServer:
                            encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
                            warning, not as a 500
     /healthz               200 ``ok`` while the process's event loop answers (liveness)
-    /readyz                200 when every live MeshServer is registered and not draining;
-                           503 with the reasons (JSON) during drain, before registration,
-                           or (with ``require_server``) when there is none
-    /debug/mesh            JSON: ``servers`` (``MeshServer.stats()``) and ``channels``
-                           (``MeshChannel.stats()``: endpoints, balancer load, EWMA,
-                           ejection, policies) of this process
+    /readyz                the whole process: 200 when every live MeshServer of it
+                           (whatever its loop) is registered and not draining; 503 with
+                           the reasons (JSON: ``not_ready`` entries with ``service``,
+                           ``instance_id``, ``draining``, ``registered``) while one
+                           drains or is not registered yet, or (with
+                           ``require_server``) when there is none. One draining server
+                           makes it 503 for all: the probe of a process that is going
+                           away (a Kubernetes readiness probe of a pod)
+    /readyz?service=S      one mesh service of the process: 200 when each live server of
+                           ``S`` is ready (JSON ``instances``); 503 while one of them
+                           drains or is not registered yet; 404 when the process has no
+                           live server of ``S`` (never started, stopped). The readiness
+                           of one instance while another server of the process drains
+    ...&instance=I         the server of ``S`` registered as instance ``I`` (what
+                           ``meshkit services`` probes): 200, 503 while it drains (or,
+                           none registered as ``I``, while a server of ``S`` registers),
+                           404 when none is live; a query without exactly one non-empty
+                           ``service``, or with more than one ``instance``, is 400
+                           (other parameters are ignored)
+    /debug/mesh            JSON: ``servers`` (``MeshServer.stats()``, each with its own
+                           ``service``, ``instance_id``, ``ready`` and ``draining``) and
+                           ``channels`` (``MeshChannel.stats()``: endpoints, balancer
+                           load, EWMA, ejection, policies) of this process
     =====================  ================================================================
 
     A server bound to a loopback address (the default ``127.0.0.1``, ``::1``,
@@ -360,13 +379,18 @@ class AdminServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        query = request.query
         servers = live_server_stats()
-        not_ready = [{"service": s.service, "draining": s.draining,
-                      "registered": s.instance_id is not None}
-                     for s in servers if not s.ready]
+        if "service" in query or "instance" in query:
+            status, answer = _service_readiness(
+                servers, query.getall("service", []), query.getall("instance", []))
+            if status == 400:
+                return web.Response(status=400, text=f"400: {answer['error']}\n")
+            return web.json_response(answer, status=status)
+        not_ready = [_not_ready(s) for s in servers if not s.ready]
         if not_ready or (self.options.require_server and not servers):
             body = {"ready": False, "not_ready": not_ready,
-                    "reason": "draining or not registered" if not_ready else "no server"}
+                    "reason": _reason(not_ready) if not_ready else "no server"}
             return web.json_response(body, status=503)
         return web.json_response({"ready": True, "servers": [s.service for s in servers]})
 
@@ -378,6 +402,67 @@ class AdminServer:
         }
         return web.Response(text=json.dumps(body, indent=2, default=repr),
                             content_type="application/json")
+
+
+def _not_ready(server: ServerStats) -> dict[str, Any]:
+    """The ``not_ready`` entry of ``/readyz``'s 503 for a live server that is not ready."""
+    return {"service": server.service, "instance_id": server.instance_id,
+            "draining": server.draining, "registered": server.instance_id is not None}
+
+
+def _reason(not_ready: list[dict[str, Any]]) -> str:
+    """Why the servers of ``not_ready`` (:func:`_not_ready` entries, at least one) are not
+    ready: ``"draining"``, ``"not registered"`` (bound, registration under way) or both."""
+    draining = {entry["draining"] for entry in not_ready}
+    return ("draining or not registered" if len(draining) == 2
+            else "draining" if True in draining else "not registered")
+
+
+def _service_readiness(servers: list[ServerStats], service: list[str],
+                       instance: list[str]) -> tuple[int, dict[str, Any]]:
+    """The answer of ``/readyz?service=<service>[&instance=<id>]`` among the live
+    ``servers`` of the process: ``(status, JSON body)``.
+
+    Args:
+        servers: the live servers (:func:`live_server_stats`).
+        service: the query's ``service`` values (one non-empty mesh service name wanted).
+        instance: the query's ``instance`` values (none, or one non-empty instance id).
+
+    Returns:
+        ``(200, {"ready": true, "service", "instances": [sorted ids]})`` when every
+        server of ``service`` (with ``instance``: the one registered under that id) is
+        ready;
+        ``(503, {"ready": false, "service", "not_ready": [...], "reason"})`` while one of
+        them drains or is bound but not registered yet (with ``instance``: when no server
+        is registered under it but a server of ``service`` is registering, which may be
+        it); ``(404, {"ready": false, "service", "reason"})`` when the process has no such
+        live server (never started, stopped, or another process's); ``(400, {"error"})``
+        for a query without exactly one non-empty ``service`` or with more than one
+        (or an empty) ``instance``.
+    """
+    if len(service) != 1 or not service[0]:
+        return 400, {"error": f"readiness of one service wants ?service=<name> once, got "
+                              f"service={service!r}"}
+    if len(instance) > 1 or instance == [""]:
+        return 400, {"error": f"instance=<id> may be given once, got instance={instance!r}"}
+    name = service[0]
+    mine = sorted((s for s in servers if s.service == name),
+                  key=lambda s: s.instance_id or "")
+    body: dict[str, Any] = {"ready": False, "service": name}
+    if instance:
+        body["instance"] = instance[0]
+        exact = [s for s in mine if s.instance_id == instance[0]]
+        # its registration may be under way: then it is not ready yet, not unknown
+        mine = exact or [s for s in mine if s.instance_id is None]
+    if not mine:
+        body["reason"] = ("no live server of this instance in this process" if instance
+                          else "no live server of this service in this process")
+        return 404, body
+    not_ready = [_not_ready(s) for s in mine if not s.ready]
+    if not_ready:
+        return 503, {**body, "not_ready": not_ready, "reason": _reason(not_ready)}
+    return 200, {"ready": True, "service": name,
+                 "instances": [s.instance_id for s in mine]}
 
 
 def _is_local_host_header(value: str) -> bool:

@@ -108,6 +108,100 @@ async def test_admin_routes_and_readiness_through_drain(
         await admin.stop()  # twice is fine
 
 
+class _HeldRegistry(LocalRegistry):
+    """A local registry whose ``register`` waits for :attr:`hold` to be set (a server
+    caught between binding and registration)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold = asyncio.Event()
+
+    async def register(self, instance: Any) -> None:
+        await self.hold.wait()
+        await super().register(instance)
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    """GET ``url``: (status, the body read as JSON, or its text when it is not)."""
+    import json
+
+    status, body = await get(url)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
+async def test_readyz_answers_for_one_service_or_instance_of_the_process(
+        registry: LocalRegistry, prom: CollectorRegistry) -> None:
+    """The MeshServers of a process share its admin server, and plain ``/readyz`` answers
+    for all of them (200 only when every one is ready): while one drains, it said 503 for
+    the others too, which their prober took for servers that were leaving.
+    ``/readyz?service=<name>`` answers for the servers of that mesh service only (200 when
+    each is ready, 503 while one drains or is not registered yet, 404 when the process has
+    no live server of it), ``&instance=<id>`` for the one registered as that instance;
+    a malformed query is 400."""
+    held = _HeldRegistry(registry.options)
+
+    def server(service: str, instance_id: str, reg: LocalRegistry = registry,
+               drain_delay_s: float = 0.0) -> meshkit.MeshServer:
+        return meshkit.MeshServer(service, [add_echo(instance_id)], registry=reg,
+                                  options=meshkit.ServeOptions(
+                                      insecure=True, instance_id=instance_id, admin=None,
+                                      drain_delay_s=drain_delay_s, grace_s=1.0))
+
+    a1, b1, b2 = server("a", "a-1"), server("b", "b-1", drain_delay_s=6.0), server("b", "b-2")
+    c1 = server("c", "c-1", reg=held)
+    admin = AdminServer(AdminOptions(registry=prom))
+    await admin.start()
+    base = admin.url + "/readyz"
+    drain: asyncio.Task[None] | None = None
+    starting: asyncio.Task[Any] | None = None
+    try:
+        for srv in (a1, b1, b2):
+            await srv.start()
+        assert await get_json(base + "?service=b") == (
+            200, {"ready": True, "service": "b", "instances": ["b-1", "b-2"]})
+        drain = asyncio.get_running_loop().create_task(b1.drain())
+        await until(lambda: b1.draining, what="b-1 draining")
+        starting = asyncio.get_running_loop().create_task(c1.start())
+        await until(lambda: c1.live, what="c-1 bound, its registration held")
+
+        status, body = await get_json(base)  # the whole process: b-1 drains, c-1 starts
+        assert status == 503 and {(s["instance_id"], s["draining"], s["registered"])
+                                  for s in body["not_ready"]} == {
+            ("b-1", True, True), (None, False, False)}, body
+        assert await get_json(base + "?service=a") == (
+            200, {"ready": True, "service": "a", "instances": ["a-1"]})
+        assert await get_json(base + "?service=b&instance=b-2") == (
+            200, {"ready": True, "service": "b", "instances": ["b-2"]})
+        for query, reason in (("service=b", "draining"),
+                              ("service=b&instance=b-1", "draining"),
+                              ("service=c", "not registered"),
+                              ("service=c&instance=c-1", "not registered")):
+            status, body = await get_json(f"{base}?{query}")
+            assert status == 503 and body["ready"] is False, (query, body)
+            assert body["reason"] == reason, (query, body)
+        for query in ("service=nope", "service=b&instance=b-9", "service=a&instance=b-2"):
+            status, body = await get_json(f"{base}?{query}")
+            assert status == 404 and body["ready"] is False, (query, body)
+        for query in ("service=", "service=a&service=b", "instance=b-2",
+                      "service=b&instance=", "service=b&instance=b-1&instance=b-2"):
+            status, body = await get(f"{base}?{query}")
+            assert status == 400, (query, body)
+        assert not drain.done()  # all of it seen while b-1 drained
+    finally:
+        held.hold.set()
+        if starting is not None:
+            await starting
+        if drain is not None:
+            await drain
+        for srv in (a1, b2, c1):
+            await srv.drain()
+        await held.close()
+        await admin.stop()
+
+
 async def test_client_only_process_is_ready_without_a_server(prom: CollectorRegistry) -> None:
     """With require_server=False, /readyz is 200 in a process that serves nothing."""
     async with AdminServer(AdminOptions(registry=prom, require_server=False)) as admin:
