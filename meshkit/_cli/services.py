@@ -1,12 +1,18 @@
 """``meshkit services``: every service in a registry, its instances, their health and
 admin URLs.
 
-Health is the instance's admin ``/readyz``: ``ready`` (200), ``not-ready`` (503: draining,
-not registered yet), ``unreachable`` (no answer within ``--timeout-s`` of the probe's
-start), or ``-`` when the instance announces no admin port (registry meta ``admin_port``,
-set by ``serve()``). The instances are probed in parallel, :data:`PROBES_AT_ONCE` at a
-time, so N instances take about N / 100 probe times, and each probe's
-timeout starts when its request does (not while it waits for its turn).
+Health is the instance's own readiness, from its admin server's
+``/readyz?service=<service>&instance=<instance id>`` (the servers of one process share one
+admin server; plain ``/readyz`` answers for all of them, and one draining would make the
+others look not ready): ``ready`` (200), ``not-ready`` (503: draining, not registered
+yet), ``not-served`` (404: the process there has no live server of that instance: it
+stopped and its registration is stale, or the port belongs to another process now),
+``unreachable`` (no answer within ``--timeout-s`` of the probe's start), or ``-`` when the
+instance announces no admin port (registry meta ``admin_port``, set by ``serve()``). An
+admin server of a meshkit release without per-service readiness ignores the query and
+answers for its whole process. The instances are probed in parallel,
+:data:`PROBES_AT_ONCE` at a time, so N instances take about N / 100 probe times, and each
+probe's timeout starts when its request does (not while it waits for its turn).
 Instances the registry reports as failing (a lapsed heartbeat or a failing Consul check
 without a deregistration: died or hung; clients no longer see them) are listed as
 ``failing``. Each service is read once where the registry can give its live and failing
@@ -25,6 +31,7 @@ import asyncio
 import json
 import sys
 from dataclasses import asdict, dataclass
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -41,14 +48,14 @@ from meshkit.discovery import Instance
 from meshkit.errors import ConfigError, MeshError
 
 __all__ = ["PROBES_AT_ONCE", "InstanceRow", "admin_address", "admin_url", "build_parser",
-           "main"]
+           "main", "readiness_url"]
 
 # the parser's description: the docstring's first paragraph; none under python -OO
 # (PYTHONOPTIMIZE=2), which strips docstrings
 _DESCRIPTION = (__doc__ or "").split("\n\n")[0] or None
 
-#: ``/readyz`` probes in flight at once (aiohttp's default connection limit, and well
-#: under the usual 1,024 open files).
+#: Readiness (``/readyz``) probes in flight at once (aiohttp's default connection limit,
+#: and well under the usual 1,024 open files).
 PROBES_AT_ONCE = 100
 
 
@@ -100,17 +107,33 @@ def admin_url(instance: Instance) -> str | None:
     return None if endpoint is None else f"http://{uri_host(endpoint[0])}:{endpoint[1]}"
 
 
+def readiness_url(instance: Instance) -> str | None:
+    """The URL that answers ``instance``'s own readiness: its admin server's
+    ``/readyz?service=<service>&instance=<instance id>`` (percent-encoded), or ``None``
+    when it announces no admin server (:func:`admin_url`)."""
+    url = admin_url(instance)
+    if url is None:
+        return None
+    query = urlencode({"service": instance.service, "instance": instance.instance_id},
+                      quote_via=quote)
+    return f"{url}/readyz?{query}"
+
+
+_HEALTH_OF_STATUS = {200: "ready", 503: "not-ready", 404: "not-served"}
+
+
 async def _health(http: aiohttp.ClientSession, turn: asyncio.Semaphore, url: str | None,
                   timeout_s: float) -> str:
-    """The health of the admin server at ``url`` from its ``/readyz``: the probe waits for
-    its ``turn``, then has ``timeout_s`` seconds (connecting included)."""
+    """The health answered at ``url`` (:func:`readiness_url`): ``ready``, ``not-ready``,
+    ``not-served``, ``http-<status>`` for another status, ``unreachable``, or ``-`` for
+    ``None``. The probe waits for its ``turn``, then has ``timeout_s`` seconds
+    (connecting included)."""
     if url is None:
         return "-"
     async with turn:
         try:
-            async with asyncio.timeout(timeout_s), http.get(url + "/readyz") as resp:
-                return {200: "ready", 503: "not-ready"}.get(resp.status,
-                                                            f"http-{resp.status}")
+            async with asyncio.timeout(timeout_s), http.get(url) as resp:
+                return _HEALTH_OF_STATUS.get(resp.status, f"http-{resp.status}")
         except (aiohttp.ClientError, TimeoutError):
             return "unreachable"
 
@@ -146,7 +169,7 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=PROBES_AT_ONCE),
             timeout=aiohttp.ClientTimeout(total=None)) as http:
-        health = await asyncio.gather(*(_health(http, turn, admin_url(i), timeout_s)
+        health = await asyncio.gather(*(_health(http, turn, readiness_url(i), timeout_s)
                                         for i in instances))
     rows = [(i, h) for i, h in zip(instances, health, strict=True)]
     rows += [(i, "failing") for i in failing]

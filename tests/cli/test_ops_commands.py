@@ -894,3 +894,48 @@ async def test_call_service_slash_method_skips_a_service_reflection_cannot_descr
             assert (code, '"Hello, x!"' in out) == (0, True), (target, code, out, err)
     finally:
         await server.drain()
+
+
+async def test_services_health_is_each_instances_own_while_another_server_drains(
+        greeter: meshkit.MeshServer, registry: LocalRegistry, tmp_path: Path) -> None:
+    """README, Operating it: "``meshkit services``: health is each instance's admin
+    ``/readyz`` (``ready``, ``not-ready`` while draining, ``unreachable``)".
+
+    The servers of one process share its admin server. While server ``a`` of the
+    ``greeter`` process drains, the ``greeter`` instance (registered, serving, not
+    draining) was listed ``not-ready``: ``/readyz`` answers for the whole process, and an
+    operator took a healthy instance for one that is leaving. Each instance's health is
+    now its own server's readiness (``/readyz?service=<service>&instance=<id>``): the
+    serving one ``ready``, the draining one (still listed by a registry that has not seen
+    its deregistration yet: a stale entry) ``not-ready``, and an entry naming a service
+    the admin server there does not serve (a stopped server's stale entry, or a port
+    another process holds now) ``not-served``."""
+    a = meshkit.MeshServer(
+        "a", [(services.add_GreeterServicer_to_server, Greeter())], registry=registry,
+        options=meshkit.ServeOptions(insecure=True, instance_id="a-1", drain_delay_s=12.0,
+                                     grace_s=1.0))
+    await a.start()
+    assert a.admin is greeter.admin and greeter.admin is not None  # one per process
+    admin_port = str(greeter.admin.port)
+    draining = asyncio.ensure_future(a.drain())
+    stale = LocalRegistry(LocalOptions(path=registry.options.path, ttl_s=5.0))
+    try:
+        async def deregistered() -> bool:
+            return not (await registry.snapshot("a")).live
+        await until(deregistered, timeout_s=10, what="a's deregistration")
+        # what a registry that has not seen the deregistration yet still lists
+        await stale.register(Instance(service="a", instance_id="a-1", host="127.0.0.1",
+                                      port=9, meta={"admin_port": admin_port}))
+        await stale.register(Instance(service="ghost", instance_id="ghost-1",
+                                      host="127.0.0.1", port=9,
+                                      meta={"admin_port": admin_port}))
+        assert greeter.ready and a.draining
+        code, out, err = await meshkit_cli("services", "--registry", uri(registry), "--json")
+        assert code == 0, err
+        health = {r["instance_id"]: r["health"] for r in json.loads(out)}
+        assert health == {"greeter-1": "ready", "a-1": "not-ready",
+                          "ghost-1": "not-served"}, out
+        assert not draining.done()  # all of it seen while a drained
+    finally:
+        await stale.close()
+        await draining
