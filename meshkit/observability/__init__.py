@@ -159,9 +159,10 @@ load spans are ended and access lines written after the response (a server's in 
 next turn, a client's two turns later; a client captures JSON access records inline), off
 the call's latency path (``TelemetryOptions.complete_after_response_max_in_flight``).
 
-**Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (503
-while draining or before registration), ``/debug/mesh`` (JSON), plus :meth:`~AdminServer.
-add_route`.
+**Admin server**: :class:`AdminServer` — ``/metrics``, ``/healthz``, ``/readyz`` (the
+whole process: 503 while a server drains or before registration;
+``?service=NAME[&instance=ID]`` for one service or instance), ``/debug/mesh`` (JSON),
+plus :meth:`~AdminServer.add_route`.
 
 **Defaults.** ``serve()`` and ``dial()`` install the fused interceptors outermost
 (``ServeOptions.telemetry`` / ``DialOptions.telemetry``; ``None`` turns them off),
