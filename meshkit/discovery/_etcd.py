@@ -1032,7 +1032,10 @@ class EtcdRegistry:
         Raises:
             RegistryError: no member could be reached or one refused (chained from the
                 aiohttp error or etcd's answer), or the registry was closed meanwhile; the
-                previous registration of the id, if any, is unchanged.
+                previous registration of the id, if any, is unchanged. Also when
+                :meth:`close` ran while etcd answered (also from another thread's loop):
+                no keep-alive is started then (the key goes with the lease, as
+                :meth:`close` leaves every instance).
         """
         async with self._lease_lock:
             try:
@@ -1062,15 +1065,26 @@ class EtcdRegistry:
                 if self._seen_ttl_s:
                     self._stale.add(self._seen_key(old))
                 await self._delete_stale_locked()
-        self._ensure_keeper()
+        self._ensure_keeper(instance)
 
-    def _ensure_keeper(self) -> None:
-        """Start a keep-alive task in the running loop unless one runs there already. Those
-        of other loops still running (servers in other threads) run on: the lease is kept
-        while any loop that registered runs, whichever of them ends first (one that
-        ended, or whose loop was closed with it pending, is dropped)."""
+    def _ensure_keeper(self, instance: Instance) -> None:
+        """Start a keep-alive task in the running loop unless one runs there already (after
+        ``instance`` registered). Those of other loops still running (servers in other
+        threads) run on: the lease is kept while any loop that registered runs, whichever
+        of them ends first (one that ended, or whose loop was closed with it pending, is
+        dropped).
+
+        Raises:
+            RegistryError: the registry is closed (:meth:`close` ran while etcd answered,
+                maybe in another thread): no keep-alive is started, as it would run for
+                good (close() has taken the keep-alives already; it marks the registry
+                closed under the same ``_loops_mutex``).
+        """
         loop = asyncio.get_running_loop()
         with self._loops_mutex:
+            if self._race.closed:
+                raise RegistryError(f"cannot keep {instance.instance_id!r} alive: etcd registry "
+                                    f"for {self.options.endpoints!r} is closed")
             keepers = {other: task for other, task in self._keepers.items()
                        if not task.done() and not other.is_closed()}
             if loop not in keepers:
@@ -1267,8 +1281,10 @@ class EtcdRegistry:
 
     async def _keep(self) -> None:
         """The keep-alive loop of one event loop; ends when cancelled (close, or its loop
-        ending). A round another loop's keeper did less than half an interval ago is
-        skipped (with several loops, about one round per interval between them)."""
+        ending), or when a round finds the registry closed (another thread's close(),
+        whose cancel has not reached this loop yet). A round another loop's keeper did
+        less than half an interval ago is skipped (with several loops, about one round per
+        interval between them)."""
         interval = self.options.keepalive_interval_s
         assert interval is not None
         delay, failures = interval, 0
@@ -1278,6 +1294,10 @@ class EtcdRegistry:
                 continue
             try:
                 await self._keep_once()
+            except RegistryError:
+                if self._race.closed:  # "... is closed": close() ran, nothing to keep
+                    return
+                raise
             except _FOREIGN as exc:
                 failures += 1
                 delay = min(interval, self._backoff_delay(failures))
@@ -1783,8 +1803,10 @@ class EtcdRegistry:
         if self._race.closed:
             return
         with self._loops_mutex:
+            # closed under the mutex _ensure_keeper takes: a register() answered meanwhile
+            # either finds it closed (no keep-alive) or left its keep-alive here to cancel
+            tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
             keepers, self._keepers = self._keepers, {}
-        tasks = self._race.close()  # the running loop's; others' are cancelled in theirs
         tasks += [k for k in keepers.values() if not foreign_task(k)]
         try:
             for task in tasks:

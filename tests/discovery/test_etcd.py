@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -1235,6 +1237,140 @@ async def test_a_register_in_flight_when_the_registry_closes_raises_registry_err
         finally:
             await proxy.start()
             await reg.close()
+
+
+class _Unretrieved(logging.Handler):
+    """Collects asyncio's ERROR records "Task exception was never retrieved"."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "never retrieved" in text:
+            ctx = getattr(record, "exc_info", None)
+            self.lines.append(f"{text}: {ctx[1]!r}" if ctx else text)
+
+
+@pytest.mark.timeout(60)
+def test_a_register_answered_as_another_threads_close_runs_raises_and_starts_no_keeper(
+        node: EtcdCluster) -> None:
+    """One registry shared by the loops of two threads (documented: close() "ends the
+    watches, keep-alives and sessions of every loop still running"). Thread B's
+    register() waits for etcd's answer to its put; thread A calls close(); the answer
+    reaches B's loop after close() took and cancelled the keep-alives (B's loop busy
+    meanwhile: a blocking callback, a loaded box). register() returned normally though
+    close() had run, and started a keep-alive in B's loop that nothing cancelled: at its
+    first round the closed registry raised RegistryError ("... is closed"), which the
+    keep-alive did not catch, so it died with it and asyncio logged "ERROR Task exception
+    was never retrieved" once it was collected. Now register() raises RegistryError
+    (its docstring: "or the registry was closed meanwhile") and starts no keep-alive, as
+    the Consul registry does (test_consul.py::
+    test_register_finishing_during_close_starts_no_keeper). ``last_seen_ttl_s=0``: with
+    last-seen records the record's put after the key raised the RegistryError already
+    (found by a review of b402556)."""
+    handler = _Unretrieved()
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        outcome, keepers_left = _register_answered_as_another_thread_closes(node)
+        for _ in range(3):  # the registry is gone: its tasks are collected
+            gc.collect()
+        got = (outcome.split(":")[0], keepers_left, handler.lines)
+        assert got == ("RegistryError", [], []), (
+            f"register() after close(): {outcome}; keep-alive left: {keepers_left}; "
+            f"asyncio: {handler.lines}")
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+
+
+def _register_answered_as_another_thread_closes(node: EtcdCluster) -> tuple[str, list[str]]:
+    """Thread B registers ``service-1``, then ``service-2`` whose put's answer etcd sends
+    (through a proxy that held the request) while B's loop is busy and the main thread
+    closes the registry from a loop of its own. Returns register()'s outcome and the
+    keep-alive tasks of B's loop (and in ``_keepers``) one keep-alive interval later."""
+    interval = 0.5
+    proxy_loop = LoopThread()
+
+    async def start_proxy() -> TcpProxy:
+        proxy = TcpProxy("127.0.0.1", node.members[0].client_port)
+        await proxy.start()
+        return proxy
+
+    proxy = proxy_loop.run(start_proxy())
+    reg = EtcdRegistry(EtcdOptions(
+        endpoints=(f"http://127.0.0.1:{proxy.port}",),
+        **{**FAST, "request_timeout_s": 5.0, "operation_timeout_s": 5.0,
+           "keepalive_interval_s": interval, "last_seen_ttl_s": 0}))
+    service = unique_service()
+    b = LoopThread()
+    blocked = threading.Event()
+    go = threading.Event()
+    try:
+        b.run(reg.register(make_instance(service, 1)))
+
+        async def blackhole() -> None:
+            proxy.blackhole()  # the next request is held at the proxy
+
+        proxy_loop.run(blackhole())
+
+        async def start_register() -> asyncio.Task[None]:
+            task = asyncio.create_task(reg.register(make_instance(service, 2)))
+            await asyncio.sleep(0.3)  # its put is on the wire, held
+            return task
+
+        registering = b.run(start_register())
+
+        def busy() -> None:
+            blocked.set()
+            go.wait(10)
+
+        b.loop.call_soon_threadsafe(busy)
+        assert blocked.wait(10)
+        proxy_loop.run(proxy.start())  # etcd answers; the answer waits in B's socket
+        time.sleep(0.3)
+        run_loop(asyncio.wait_for(reg.close(), 8))  # thread A
+        go.set()
+
+        async def result() -> str:
+            try:
+                await asyncio.wait_for(asyncio.shield(registering), 8)
+            except RegistryError as exc:
+                return f"RegistryError: {exc}"
+            except BaseException as exc:
+                return repr(exc)
+            return "returned"
+
+        outcome = b.run(result())
+
+        async def keepalives_after_a_round() -> list[str]:
+            await asyncio.sleep(interval * 2)
+            return [repr(t) for t in asyncio.all_tasks()
+                    if t.get_name() == "meshkit-etcd-keepalive"] + [
+                repr(t) for t in reg._keepers.values()]
+
+        return outcome, b.run(keepalives_after_a_round())
+    finally:
+        go.set()
+        b.close()
+        proxy_loop.run(proxy.close())
+        proxy_loop.close()
+
+
+async def test_a_keep_alive_round_that_finds_the_registry_closed_ends_quietly(
+        node: EtcdCluster) -> None:
+    """A keep-alive whose cancel from close() has not landed yet (another thread's loop,
+    cancelled from close()'s thread) and whose round comes first finds the registry
+    closed: its request raised RegistryError ("... is closed"), which the keep-alive did
+    not catch (only etcd's errors), so the task died with it (asyncio: "ERROR Task
+    exception was never retrieved"). It now ends quietly, as the Consul registry's
+    keep-alive does. The round is run here after close() (white-box: the keep-alive
+    coroutine itself)."""
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    await reg.register(make_instance(unique_service(), 1))
+    await reg.close()
+    async with asyncio.timeout(8):  # the first round is one keep-alive interval away
+        assert await reg._keep() is None
 
 
 @pytest.fixture
