@@ -165,6 +165,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -727,8 +728,10 @@ class EtcdRegistry:
     each in its own. Members given by host name are looked up on two threads of the
     registry's own (``meshkit-etcd-dns``), never on the event loop's default executor;
     a registry used before an ``os.fork()`` works in the child too (a pre-fork server's
-    workers), where it gets lookup threads of its own. Errors: ``register``/``deregister``
-    raise :class:`RegistryError` (chained from the aiohttp or etcd error); watches and the
+    workers), where it gets lookup threads and a lock of its own, also when another
+    thread of the parent was using it at the fork (``os.register_at_fork``; see
+    :meth:`_forget_parent`). Errors: ``register``/``deregister`` raise
+    :class:`RegistryError` (chained from the aiohttp or etcd error); watches and the
     keep-alive never raise for etcd errors, they log on ``meshkit.discovery.etcd`` once
     per outage and retry with backoff.
     """
@@ -786,6 +789,20 @@ class EtcdRegistry:
         # The gateway's path prefix: /v3 (etcd >= 3.4) until a member answers a plain 404
         # and /v3beta (etcd 3.3) works instead; see _post_one.
         self._api = _V3
+        _registries.add(self)  # reset in a forked child: _forget_parent
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()`` (``os.register_at_fork(after_in_child=...)``):
+        locks of its own. The lock (``_lease_lock``) may have been held at the fork by a
+        task of another thread's loop, one that does not run in the child (nor does the
+        forking thread's own loop run asyncio code there: asyncio finds no running loop
+        in a forked child), so its holder would never release it and every
+        register/deregister of the child would wait for good: the child gets a new,
+        free one (a task of the parent's loops that ever released the old one would not
+        touch it). ``_loops_mutex`` may have been held by another thread: a new one. The
+        lookup threads are renewed by :class:`~meshkit.discovery._resolver.LookupThreads`."""
+        self._loops_mutex = threading.Lock()
+        self._lease_lock = _LeaseLock()
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -1826,3 +1843,19 @@ class EtcdRegistry:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
             self._dns.shutdown()
+
+
+#: Every registry of the process: each gets locks of its own in a forked child
+#: (:meth:`EtcdRegistry._forget_parent`).
+_registries: weakref.WeakSet[EtcdRegistry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: every etcd registry of the process
+    is reset in the child (see :meth:`EtcdRegistry._forget_parent`)."""
+    for reg in list(_registries):
+        reg._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -895,6 +895,87 @@ def test_a_forked_child_can_look_the_members_up(node: EtcdCluster) -> None:
     assert lines.get("parent after") == "ok", done.stdout + done.stderr
 
 
+_FORK_WHILE_HELD = textwrap.dedent("""
+    import asyncio, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance
+    from tests.support.loops import LoopThread
+    from tests.support.tcp_proxy import TcpProxy
+
+    held = sys.argv[3] == "held"
+    proxy_loop = LoopThread()
+
+    async def start_proxy():
+        proxy = TcpProxy("127.0.0.1", int(sys.argv[2]))
+        await proxy.start()
+        return proxy
+
+    proxy = proxy_loop.run(start_proxy())
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{proxy.port}",), ttl_s=3,
+                                   request_timeout_s=5.0, operation_timeout_s=5.0))
+
+    def inst(n):
+        return Instance(service=sys.argv[4], instance_id=f"{sys.argv[4]}-{n}",
+                        host="127.0.0.1", port=41000 + n)
+
+    server = LoopThread()  # the parent's own server loop, running on
+    server.run(reg.register(inst(1)))
+
+    async def blackhole():
+        proxy.blackhole()
+
+    proxy_loop.run(blackhole())
+    # a register() of the server's loop in flight (etcd slow to answer): it holds the lock
+    pending = asyncio.run_coroutine_threadsafe(reg.register(inst(2)), server.loop)
+    time.sleep(0.5)
+    if not held:  # the control: the same fork once that register() is done
+        proxy_loop.run(proxy.start())
+        pending.result(10)
+    pid = os.fork()
+    if pid == 0:
+        async def child():
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(reg.register(inst(3)), 6)
+                return "ok"
+            except BaseException as exc:
+                return f"{type(exc).__name__}: {exc} ({time.monotonic() - started:.1f} s)"
+        print("child:", asyncio.run(child()), flush=True)
+        os._exit(0)
+    proxy_loop.run(proxy.start())  # etcd answers again, to the parent and to the child
+    pending.result(10)
+    print("parent: ok", flush=True)
+    os.waitpid(pid, 0)
+    server.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("mode", ["held", "control"])
+def test_a_registry_used_by_another_thread_at_a_fork_registers_in_the_child(
+        node: EtcdCluster, mode: str) -> None:
+    """A registry whose lock (``_lease_lock``) another thread's loop of the parent held
+    at ``os.fork()`` (a register waiting for etcd's answer: a parent serving from a loop
+    thread while it forks workers). The child inherited the lock held by a loop that
+    does not exist there (not closed in the child's view, so the dead-holder check never
+    passed it on), and every register()/deregister() of the child waited for good: no
+    RegistryError, no timeout (register() takes the lock before any request bound
+    starts). The class docstring promises a registry used before a fork "works in the
+    child too". Now the child gets a lock of its own (``os.register_at_fork``), free.
+    ``control``: the same fork once the lock is free. In a subprocess: the test's own
+    process has threads a fork would copy (found by a review of b402556)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_HELD, str(Path(__file__).resolve().parents[2]),
+         str(node.members[0].client_port), mode, unique_service()],
+        capture_output=True, text=True, timeout=45, check=False)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines.get("parent") == "ok", done.stdout + done.stderr[-3000:]
+    assert lines.get("child") == "ok", (
+        f"the forked child's register(): {lines.get('child')!r} (the lease lock stayed "
+        f"held by the parent's other loop)")
+
+
 # -- a key lost while its lease lives: the owner puts it back ------------------------------------
 def _check_bound_s(opts: EtcdOptions) -> float:
     """The documented bound within which an owner puts back a key it lost while its lease
