@@ -135,9 +135,10 @@ class Reporter(Protocol):
 
     A reporter may also have a ``messages`` attribute: an object with integer
     ``msg_received`` and ``msg_sent`` attributes (or ``None``), which the wrap increments
-    per request message a request-streaming handler takes from its request iterator and per
-    response message a streaming handler yields (messages passed through
-    ``context.read()``/``context.write()`` are not seen).
+    per request message of a request-streaming method and per response message of a
+    response-streaming one, where grpc.aio decodes and encodes them (the request
+    iterator's and ``context.read()``'s, the yielded ones and ``context.write()``'s):
+    the wrapped handler's request deserializer and response serializer count them.
     """
 
     def start(self, context: Any) -> Any:
@@ -931,23 +932,30 @@ def wrap_handler(handler: Handler, before: Before | None = None,
             ser, sends = _limited(base, max_send_bytes, marked=True), _passing(base)
         else:
             ser = _limited(base, max_send_bytes)
+    des = handler.request_deserializer
     # the request guard's check, when a user's interceptor sits between it and this wrap
-    guard = None if req_s else getattr(handler.request_deserializer, UNDECODABLE_MARK, None)
+    guard = None if req_s else getattr(des, UNDECODABLE_MARK, None)
     if reporter is None:
         behavior = (_checked_stream(inner, check, unhandled, guard, ser) if streams
                     else _checked(inner, check, unhandled, empty, ser, guard))
     else:
         messages = getattr(reporter, "messages", None)
-        if messages is not None and req_s:
-            inner = _counting_requests(inner, messages)
-        behavior = (_reported_stream(inner, check, reporter, unhandled, messages, guard, ser)
+        if messages is not None:
+            # a streaming direction's messages are counted where grpc.aio (de)serializes
+            # them: those of the request iterator and the yielded ones, and those the
+            # handler reads and writes itself with context.read() / context.write()
+            if req_s:
+                des = _counting_received(des, messages)
+            if resp_s:
+                sends = _counting_sent(sends, messages)
+        behavior = (_reported_stream(inner, check, reporter, unhandled, guard, ser)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
     if threaded:  # see runs_in_a_thread
         _marked(behavior)
     wrapped: Handler = factory(
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=des,
         response_serializer=sends,
     )
     return wrapped
@@ -1308,23 +1316,48 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
     return behavior
 
 
-def _counting_requests(inner: Any, messages: Any) -> Any:
-    """``inner`` (a request-streaming behaviour) fed a request iterator that counts the
-    messages it yields in ``messages.msg_received``."""
-
-    async def counted(requests: Any) -> AsyncIterator[Any]:
-        async for item in requests:
+def _counting_received(des: Callable[[bytes], Any] | None, messages: Any) -> Any:
+    """The request deserializer of a request-streaming method: ``des`` (``None``: the
+    bytes as they are) counting in ``messages.msg_received`` each message it decodes,
+    the request iterator's and ``context.read()``'s alike (grpc.aio decodes a message
+    when the handler takes it). A message that does not decode is not counted."""
+    if des is None:
+        def received(data: bytes) -> bytes:
             messages.msg_received += 1
-            yield item
+            return data
 
-    def behavior(requests: Any, context: Any) -> Any:
-        return inner(counted(requests), context)
+        return received
 
-    return behavior
+    def decode(data: bytes) -> Any:
+        message = des(data)
+        messages.msg_received += 1
+        return message
+
+    return decode
+
+
+def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any) -> Any:
+    """The response serializer grpc.aio gets for a response-streaming method: ``ser``
+    (``None``: bytes as they are) counting in ``messages.msg_sent`` each message it
+    serializes, yielded or written with ``context.write()`` (grpc.aio serializes a
+    message as it sends it). A message that does not serialize is not counted."""
+    if ser is None:
+        def sent(message: Any) -> Any:
+            messages.msg_sent += 1
+            return message
+
+        return sent
+
+    def encode(message: Any) -> bytes:
+        data = ser(message)
+        messages.msg_sent += 1
+        return data
+
+    return encode
 
 
 def _reported_stream(inner: Any, before: Before, reporter: Reporter,
-                     unhandled: Unhandled | None, messages: Any = None,
+                     unhandled: Unhandled | None,
                      guard: tuple[Any, str] | None = None,
                      ser: Callable[[Any], bytes] | None = None) -> Any:
     start, finish = reporter.start, reporter.finish
@@ -1342,19 +1375,11 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
             if request is undecodable:  # the request guard's check (see _checked)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             result = inner(request, context)
-            if messages is None:
-                async for item in responses(result):
-                    if item is None and unhandled is not None:  # see _checked_stream
-                        await unhandled(NoResponse(streaming=True), context)
-                        continue
-                    yield item
-            else:
-                async for item in responses(result):
-                    if item is None and unhandled is not None:
-                        await unhandled(NoResponse(streaming=True), context)
-                        continue
-                    messages.msg_sent += 1
-                    yield item
+            async for item in responses(result):
+                if item is None and unhandled is not None:  # see _checked_stream
+                    await unhandled(NoResponse(streaming=True), context)
+                    continue
+                yield item
             if getattr(context, "trailing_metadata", _none_set)():  # see _checked
                 bad = _unsendable_trailers(context)
                 if bad is not None:

@@ -1794,8 +1794,6 @@ def _add_by_hand(_servicer: Any, server: Any) -> None:
     }),))
 
 
-@pytest.mark.xfail(strict=True, reason="the handler wrap (meshkit/_handlers.py) counts only "
-                   "the request iterator it passes and the messages a handler yields")
 @pytest.mark.parametrize("send_limit", [None, 1000], ids=["no-send-limit", "send-limit"])
 async def test_server_message_counters_count_what_a_handler_reads_and_writes_itself(
         registry: LocalRegistry, send_limit: int | None) -> None:
