@@ -671,15 +671,17 @@ class ServeOptions:
             also grpc.aio's ``migration_thread_pool``), an int >= 1. Default ``None``:
             Python's default for a thread pool, ``min(32, cpus + 4)`` (6 on 2 cores), as
             many as the loop's default executor they ran in before. Calls admitted past
-            it (each holding one of ``limits.max_concurrent_rpcs``, 32 by default) wait
-            for a thread, as a synchronous ``grpc.server(ThreadPoolExecutor(n))``'s
-            calls wait for one of its ``n`` workers; give the call slots' count for a
-            thread per admitted call (handlers waiting on a slow database). A call whose
-            caller left keeps its slot until its handler returns, and a plain response
-            stream holds its thread until the stream ends. Blocked handlers never hold
-            the loop's default executor, which ``/metrics``'s collectors (the admin
-            server has a thread of its own), ``asyncio.to_thread`` and aiohttp's name
-            lookups (a Consul or etcd registry's heartbeat) need.
+            it (each holding one of ``limits.max_concurrent_rpcs``, 32 by default, a
+            plain request stream's too) wait for a thread, as a synchronous
+            ``grpc.server(ThreadPoolExecutor(n))``'s calls wait for one of its ``n``
+            workers; give the call slots' count for a thread per admitted call (handlers
+            waiting on a slow database). A plain handler's call holds its slot as long
+            as it holds its thread: a call whose caller left keeps it until its handler
+            returns, and a plain request or response stream holds its thread (and its
+            slot) until the stream ends. Blocked handlers never hold the loop's default
+            executor, which ``/metrics``'s collectors (the admin server has a thread of
+            its own) and ``asyncio.to_thread`` need (the Consul and etcd registries look
+            names up on threads of their own).
             The pool is shut down when the drain ends (or a failed start is undone)
             without waiting for handlers still running (their threads end when they
             return; calls still waiting for a thread never run); the interpreter's exit
