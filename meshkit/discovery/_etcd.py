@@ -51,11 +51,13 @@ do (the etcd Go client's behaviour: any member serves any request; on a connecti
 Rules (each one tested against a real etcd in ``tests/discovery/test_etcd*.py``):
 
 * **Lease.** One lease per registry (like etcd's ``concurrency.Session``): every instance
-  this process registers is a key under it; the keep-alive renews all of them. A process
-  that dies stops renewing and its keys go when the lease expires (``ttl_s``, plus up to
-  0.5 s of etcd's expiry check). **Lease loss** (the keep-alive answers ``TTL`` 0: the lease
-  expired while this process could not reach etcd, or was revoked, or the store was
-  replaced) grants a new lease and puts every instance again (``status().reopened`` + 1).
+  this process registers is a key under it; the keep-alive renews all of them (a child
+  forked from the process has a lease of its own, never renews its parent's: see
+  :meth:`EtcdRegistry._forget_parent`). A process that dies stops renewing and its keys
+  go when the lease expires (``ttl_s``, plus up to 0.5 s of etcd's expiry check).
+  **Lease loss** (the keep-alive answers ``TTL`` 0: the lease expired while this process
+  could not reach etcd, or was revoked, or the store was replaced) grants a new lease and
+  puts every instance again (``status().reopened`` + 1).
 * **Last seen (failing instances).** Each instance also has a last-seen record,
   ``<prefix minus its '/'>@last-seen/<service>/<instance_id>``: a sibling of ``prefix``,
   outside its range (``@`` sorts after ``0``, the end byte of ``[prefix, prefix_end)``;
@@ -728,12 +730,15 @@ class EtcdRegistry:
     each in its own. Members given by host name are looked up on two threads of the
     registry's own (``meshkit-etcd-dns``), never on the event loop's default executor;
     a registry used before an ``os.fork()`` works in the child too (a pre-fork server's
-    workers), where it gets lookup threads and a lock of its own, also when another
-    thread of the parent was using it at the fork (``os.register_at_fork``; see
-    :meth:`_forget_parent`). Errors: ``register``/``deregister`` raise
-    :class:`RegistryError` (chained from the aiohttp or etcd error); watches and the
-    keep-alive never raise for etcd errors, they log on ``meshkit.discovery.etcd`` once
-    per outage and retry with backoff.
+    workers), where it gets lookup threads, a lock and HTTP sessions of its own, also
+    when another thread of the parent was using it at the fork, and forgets its parent's
+    lease and instances (as the local registry does): the child's instances go under a
+    lease of its own, and the parent's are never renewed by a child, so they leave when
+    the parent dies (``os.register_at_fork``; see :meth:`_forget_parent`).
+
+    Errors: ``register``/``deregister`` raise :class:`RegistryError` (chained from the
+    aiohttp or etcd error); watches and the keep-alive never raise for etcd errors, they
+    log on ``meshkit.discovery.etcd`` once per outage and retry with backoff.
     """
 
     def __init__(self, options: EtcdOptions | None = None, *,
@@ -793,16 +798,48 @@ class EtcdRegistry:
 
     def _forget_parent(self) -> None:
         """In a child made by ``os.fork()`` (``os.register_at_fork(after_in_child=...)``):
-        locks of its own. The lock (``_lease_lock``) may have been held at the fork by a
-        task of another thread's loop, one that does not run in the child (nor does the
-        forking thread's own loop run asyncio code there: asyncio finds no running loop
-        in a forked child), so its holder would never release it and every
-        register/deregister of the child would wait for good: the child gets a new,
-        free one (a task of the parent's loops that ever released the old one would not
-        touch it). ``_loops_mutex`` may have been held by another thread: a new one. The
-        lookup threads are renewed by :class:`~meshkit.discovery._resolver.LookupThreads`."""
+        start afresh, as the local registry does (closed if the parent's registry was).
+
+        * **Locks.** The lock (``_lease_lock``) may have been held at the fork by a task
+          of another thread's loop, one that does not run in the child (nor does the
+          forking thread's own loop run asyncio code there: asyncio finds no running loop
+          in a forked child), so its holder would never release it and every
+          register/deregister of the child would wait for good: the child gets a new,
+          free one (a task of the parent's loops that ever released the old one would not
+          touch it). ``_loops_mutex`` may have been held by another thread: a new one.
+        * **Ownership.** The lease, owned instances and last-seen lease are the
+          parent's: a child that kept them would put its own keys under the parent's
+          lease and renew it (and put back the parent's keys at its key check) after the
+          parent died, keeping a dead process's instances listed for as long as its
+          workers live. The child owns nothing until it registers (a lease of its own);
+          the parent's instances stay the parent's, and go with its lease when it dies.
+        * **Tasks and sessions.** The keep-alives and HTTP sessions of the parent's loops
+          (whose connections the child shares with the parent) are kept referenced,
+          never used nor closed here (closing them would end the parent's TLS
+          connections); the keep-alives are cancelled, should the child ever run the
+          forking thread's loop on. The lookup threads are renewed by
+          :class:`~meshkit.discovery._resolver.LookupThreads`."""
         self._loops_mutex = threading.Lock()
         self._lease_lock = _LeaseLock()
+        _inherited.append((self._keepers, self._sessions))
+        for task in self._keepers.values():
+            with contextlib.suppress(Exception):  # a loop of the parent's; not running
+                task.cancel()
+        self._keepers = {}
+        self._sessions = {}
+        race = CloseRace()  # no waits of the parent's loops to wake at a close
+        race.closed = self._race.closed
+        self._race = race
+        self._lease = None
+        self._owned = {}
+        self._stale = set()
+        self._seen_lease = None
+        self._seen_renew_at = 0.0
+        self._unseen = set()
+        self._revs = {}
+        self._check_at = 0.0
+        self._kept_at = -float("inf")
+        self._kept = {}
 
     @classmethod
     def from_uri(cls, uri: str, *, environ: Mapping[str, str] | None = None,
@@ -1845,14 +1882,18 @@ class EtcdRegistry:
             self._dns.shutdown()
 
 
-#: Every registry of the process: each gets locks of its own in a forked child
+#: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`EtcdRegistry._forget_parent`).
 _registries: weakref.WeakSet[EtcdRegistry] = weakref.WeakSet()
+#: A parent's keep-alive tasks and HTTP sessions, in a forked child: kept referenced (a
+#: pending task or an unclosed session collected would be logged at ERROR), never used
+#: nor closed (their connections are the parent's too).
+_inherited: list[object] = []
 
 
 def _after_fork_in_child() -> None:
     """``os.register_at_fork(after_in_child=...)``: every etcd registry of the process
-    is reset in the child (see :meth:`EtcdRegistry._forget_parent`)."""
+    starts afresh in the child (see :meth:`EtcdRegistry._forget_parent`)."""
     for reg in list(_registries):
         reg._forget_parent()
 

@@ -976,6 +976,66 @@ def test_a_registry_used_by_another_thread_at_a_fork_registers_in_the_child(
         f"held by the parent's other loop)")
 
 
+_FORK_AFTER_REGISTERING = textwrap.dedent("""
+    import asyncio, os, sys
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance
+    from tests.support.loops import LoopThread
+
+    service = sys.argv[3]
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{sys.argv[2]}",), ttl_s=2,
+                                   request_timeout_s=1.0, operation_timeout_s=2.0))
+
+    def inst(n):
+        return Instance(service=service, instance_id=f"{service}-{n}", host="127.0.0.1",
+                        port=41000 + n)
+
+    server = LoopThread()  # the parent's server loop, keeping its instance alive
+    server.run(reg.register(inst(1)))
+    pid = os.fork()
+    if pid == 0:
+        async def child():
+            await reg.register(inst(2))  # the worker's own instance
+            await asyncio.sleep(6)  # 3 ttl_s: the parent's lease expired unless renewed
+            snap = await reg.snapshot(service)
+            await reg.deregister(inst(2))
+            await reg.close()
+            return (f"live={sorted(i.instance_id for i in snap.live)} "
+                    f"failing={sorted(i.instance_id for i in snap.failing)}")
+        print("child:", asyncio.run(child()), flush=True)
+        os._exit(0)
+    server.run(reg.close())  # the parent dies (stops renewing) without deregistering
+    server.close()
+    os.waitpid(pid, 0)
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_keeps_its_own_instances_alive_not_its_parents(
+        node: EtcdCluster) -> None:
+    """A child forked from a process that registered an instance registers its own (a
+    pre-fork server's worker); then the parent dies without deregistering. The child had
+    inherited the parent's lease and owned instances: its register put the child's key
+    under the parent's lease, and its keep-alive renewed that lease (and its key check
+    would put back the parent's keys): the dead parent's instance stayed listed, a
+    passing endpoint, for as long as the worker lived. Now a child forgets its parent's
+    lease and instances, as the local registry's child forgets its parent's
+    registrations (and a Consul registry's child never runs its parent's per-instance
+    keep-alives): the parent's instance is failing (its key went with its lease, its
+    last-seen record stays), the child's is live under a lease of its own."""
+    service = unique_service()
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_REGISTERING,
+         str(Path(__file__).resolve().parents[2]), str(node.members[0].client_port),
+         service],
+        capture_output=True, text=True, timeout=45, check=False)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines.get("child") == f"live=['{service}-2'] failing=['{service}-1']", (
+        f"the child's view after the parent died: {lines.get('child')!r} "
+        f"{done.stderr[-3000:]}")
+
+
 # -- a key lost while its lease lives: the owner puts it back ------------------------------------
 def _check_bound_s(opts: EtcdOptions) -> float:
     """The documented bound within which an owner puts back a key it lost while its lease
