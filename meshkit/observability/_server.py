@@ -50,6 +50,7 @@ from meshkit.observability._tracing import (
     SpanStarter,
     attach_context,
     attach_span,
+    bound_propagation_warnings,
     current_span_context,
     detach_context,
     extract_context,
@@ -215,6 +216,14 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     exception while doing either is logged on ``meshkit.observability`` and never fails
     the call.
 
+    Building it bounds the warnings the OpenTelemetry API's propagators log (standard
+    library loggers, :data:`~meshkit.observability._tracing.PROPAGATION_LOGGERS`) for a
+    malformed ``baggage`` or ``tracestate`` header, one per call quoting up to 8 KB of the
+    caller's text: the first of each message per minute is written, its quote cut to 200
+    characters, and the others are counted on its next line
+    (:func:`~meshkit.observability._tracing.bound_propagation_warnings`, once per process;
+    nothing per call).
+
     Put it first (outermost) in ``ServeOptions.interceptors``: it then sees the statuses
     the later interceptors produce (``UNAUTHENTICATED``, ``RESOURCE_EXHAUSTED``...).
 
@@ -258,6 +267,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         method by its name, up to :data:`~meshkit.observability._metrics.MAX_SERVER_METHODS`
         per registry. Spans and access-log lines always carry the name the caller sent."""
         self._access = _ServerAccess(service_name)
+        # a malformed baggage/tracestate header: one warning per message and minute
+        bound_propagation_warnings()
         super().__init__()
 
     # -- per call ------------------------------------------------------------------------

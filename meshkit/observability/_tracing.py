@@ -11,7 +11,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, MutableSequence, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
 from contextvars import ContextVar
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -51,7 +52,10 @@ OTEL_EXTRA = "meshkit[otel]"
 """The extra that installs the OpenTelemetry SDK (and the OTLP exporter)."""
 
 __all__ = [
+    "PROPAGATION_LOGGERS",
+    "BoundedLogFilter",
     "SpanStarter",
+    "bound_propagation_warnings",
     "configure_tracing",
     "extract_context",
     "inject_context",
@@ -129,8 +133,160 @@ def inject_context(metadata: MutableSequence[tuple[str, str | bytes]],
 
 def extract_context(metadata: Sequence[Any] | None) -> Any:
     """The OpenTelemetry ``Context`` carried by incoming gRPC ``metadata`` (pairs), or an
-    empty one; unreadable headers are ignored, as W3C Trace Context requires."""
+    empty one; unreadable headers are ignored, as W3C Trace Context requires.
+
+    The OpenTelemetry API's propagators log a warning on their standard library loggers
+    (:data:`PROPAGATION_LOGGERS`) for each malformed ``baggage`` or ``tracestate`` header
+    they read, quoting it: once :func:`bound_propagation_warnings` has run (a
+    :class:`~meshkit.observability.TelemetryServerInterceptor` runs it when built) these
+    are at most one line per message and minute, the caller's text cut to 200
+    characters."""
     return propagate.extract(metadata or (), getter=_GETTER)
+
+
+PROPAGATION_LOGGERS = ("opentelemetry.baggage.propagation",
+                       "opentelemetry.trace.propagation.tracecontext",
+                       "opentelemetry.trace.span")
+"""The OpenTelemetry API's standard library loggers that warn once per malformed incoming
+header, quoting the caller's text: the W3C baggage propagator (a ``baggage`` list-member
+that does not parse, an invalid or non-ASCII entry, too many members or bytes), the
+trace context propagator (a ``traceparent``/``tracestate`` over its length limit), and
+``TraceState.from_header`` (a ``tracestate`` member that does not parse, a duplicate key,
+too many members)."""
+
+_filters: weakref.WeakSet[BoundedLogFilter] = weakref.WeakSet()
+
+
+class BoundedLogFilter(logging.Filter):
+    """A standard library :class:`logging.Filter` that bounds the lines a logger writes
+    for events a remote caller can cause at will (one per call): the first record of each
+    message template (a record's ``msg`` before its ``%`` arguments, with the logger's
+    name) goes through, later ones within ``interval_s`` of it are dropped and counted,
+    and the count is told on the template's next record let through after the interval,
+    appended to its message: ``" (and 199 more in the last 61 s)"``. A count is only told
+    on such a record (there is no timer): the records dropped after a template's last
+    line are not told.
+
+    A record let through has its string arguments made safe to log: characters that are
+    not printable (line breaks, escapes) written as Python escapes (no forged lines), and
+    cut to ``max_arg_chars`` with the argument's length told (``"xxx... (5000 chars)"``).
+
+    The application's handlers and formatters get the records let through as they would
+    without the filter. Thread-safe (standard library logging is called from any
+    thread; a lock held for a dict lookup and an addition, re-made in a forked child);
+    never raises: on an error of its own the record goes through as it is. At most
+    ``max_templates`` templates are tracked; the records of further ones share one more
+    count.
+
+    This is a filter on the logger (not meshkit's ``RepeatLog``): the records are the
+    OpenTelemetry API's, logged from any thread through whatever handlers the
+    application set up for the standard library (none: ``logging.lastResort``, standard
+    error), and must reach them or nothing, as records.
+
+    Args:
+        interval_s: seconds a template's later records are counted, not logged (default
+            60; > 0).
+        max_arg_chars: characters of a string argument kept (default 200; >= 1).
+        max_templates: templates tracked at once (default 64; >= 1).
+        clock: monotonic seconds (default ``time.monotonic``).
+
+    Raises:
+        ConfigError: ``interval_s`` not a finite number > 0, ``max_arg_chars`` or
+            ``max_templates`` not an integer >= 1 (value quoted).
+    """
+
+    def __init__(self, *, interval_s: float = 60.0, max_arg_chars: int = 200,
+                 max_templates: int = 64, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) \
+                or not 0 < interval_s < float("inf"):
+            raise ConfigError(f"interval_s must be a finite number of seconds > 0, "
+                              f"got {interval_s!r}")
+        for name, value in (("max_arg_chars", max_arg_chars),
+                            ("max_templates", max_templates)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        super().__init__()
+        self.interval_s = float(interval_s)
+        self.max_arg_chars = max_arg_chars
+        self.max_templates = max_templates
+        self._clock = clock
+        self._lock = threading.Lock()
+        # (logger name, template) -> [time its last line went through, records dropped]
+        self._kinds: dict[tuple[str, str], list[float]] = {}
+        _filters.add(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is written (its arguments made safe, a count appended to its
+        message, when it is)."""
+        try:
+            msg = record.msg
+            key = (record.name, msg if isinstance(msg, str) else type(msg).__name__)
+            now = self._clock()
+            with self._lock:
+                kinds = self._kinds
+                slot = kinds.get(key)
+                if slot is None and len(kinds) >= self.max_templates:
+                    key = (record.name, "")  # the shared count of further templates
+                    slot = kinds.get(key)
+                if slot is None:
+                    kinds[key] = [now, 0]
+                    dropped, over_s = 0, 0.0
+                elif now - slot[0] < self.interval_s:
+                    slot[1] += 1
+                    return False
+                else:
+                    dropped, over_s = int(slot[1]), now - slot[0]
+                    slot[0], slot[1] = now, 0
+            args = record.args
+            if isinstance(args, tuple):
+                record.args = tuple(self._safe(a) for a in args)
+            elif isinstance(args, Mapping):  # logging's single-mapping form
+                record.args = {k: self._safe(v) for k, v in args.items()}
+            if dropped:
+                # no "%" added: the template is still formatted with its arguments
+                record.msg = f"{msg} (and {dropped} more in the last {over_s:.0f} s)"
+        except Exception:  # a log filter never fails the code that logged
+            return True
+        return True
+
+    def _safe(self, value: Any) -> Any:
+        """``value``, a string escaped and cut to ``max_arg_chars`` (length told)."""
+        if not isinstance(value, str):
+            return value
+        size = len(value)
+        if not value.isprintable():
+            value = value.encode("unicode_escape").decode("ascii")
+        if len(value) > self.max_arg_chars:
+            value = f"{value[:self.max_arg_chars]}... ({size} chars)"
+        return value
+
+
+def _filters_after_fork() -> None:
+    """In a forked child: new locks (one held by another thread of the parent at the fork
+    would never be released)."""
+    for f in list(_filters):
+        f._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_filters_after_fork)
+_bound_lock = threading.Lock()
+
+
+def bound_propagation_warnings() -> None:
+    """Add a :class:`BoundedLogFilter` (defaults: the first record of each message per
+    60 s, strings cut to 200 characters) to each of :data:`PROPAGATION_LOGGERS` that has
+    none, so that a caller sending a malformed ``baggage`` or ``tracestate`` header on
+    every call puts one short warning line per minute into the log, not one per call
+    quoting up to 8 KB of its text. Idempotent and thread-safe; a process-wide change to
+    these loggers (every extraction in the process is bounded, the application's own
+    ``propagate.extract`` included). An application that wants every record removes the
+    filter: ``logger.removeFilter(f)`` for ``f`` in ``logger.filters``."""
+    with _bound_lock:
+        for name in PROPAGATION_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, BoundedLogFilter) for f in logger.filters):
+                logger.addFilter(BoundedLogFilter())
 
 
 def sdk_available() -> bool:

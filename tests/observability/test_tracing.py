@@ -855,3 +855,198 @@ async def test_a_stream_made_under_a_span_is_its_child_wherever_it_is_used(
                 + _parented(spans, ["bidi"], "meshkit.test.Echo/Bidi")
                 + _parented(spans, ["client-stream"], "meshkit.test.Echo/ClientStream"))
     assert not problems, problems
+
+
+# A server as an application runs one: configure_logging() (nothing else set up for the
+# standard library's logging), a MeshServer with the default telemetry; a plain grpc.aio
+# client then sends 200 calls with each malformed propagation header.
+_BAD_HEADERS_SERVER = r'''
+import asyncio, sys, tempfile
+import grpc
+import meshkit
+from meshkit.observability import configure_logging
+from tests.support.echo import add_echo, method
+
+TRACEPARENT = ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+HEADERS = [
+    (("baggage", "x" * 5000),),
+    (("baggage", "bad entry;;;"),),
+    (("baggage", "a b=c"),),
+    (TRACEPARENT, ("tracestate", "Bad Key=" + "v" * 400)),
+]
+
+async def main():
+    configure_logging()
+    with tempfile.TemporaryDirectory() as d:
+        srv = meshkit.MeshServer("bag", [add_echo("b1")], registry=f"local://{d}",
+                                 options=meshkit.ServeOptions(
+                                     host="127.0.0.1", port=0, insecure=True,
+                                     instance_id="b1", grace_s=1.0, drain_delay_s=0.0))
+        await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+                unary = ch.unary_unary(method("Unary"))
+                for md in HEADERS:
+                    for _ in range(int(sys.argv[1])):
+                        assert await unary(b"x", metadata=md, timeout=10) == b"b1|x"
+        finally:
+            await srv.drain()
+    print("DONE", flush=True)
+
+asyncio.run(main())
+'''
+
+# the OpenTelemetry API's warnings the headers above give, one fragment each
+_OTEL_WARNINGS = (
+    "exceeded the maximum number of bytes per list-member",  # "x" * 5000
+    "doesn't match the format",  # "bad entry;;;"
+    "Invalid baggage entry",  # "a b=c"
+    "Member doesn't match the w3c identifiers format",  # the tracestate
+)
+
+
+@pytest.mark.timeout(120)
+def test_malformed_propagation_headers_log_a_bounded_number_of_short_lines() -> None:
+    """A caller sending a malformed ``baggage`` (or ``tracestate``) header on every call:
+    the OpenTelemetry API's propagators log a warning per call on their standard library
+    loggers, quoting the header (up to ~8 KB of the caller's text). Before: 200 calls gave
+    200 warning lines of each kind on the server's stderr, the 5000-character entry quoted
+    in full on each; a flood and an injection of the caller's text into the server's log.
+    Now the first line of each kind per minute gets through with the caller's text cut to
+    200 characters (its length told), the others are counted."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MESHKIT_", "OTEL_", "PYTHON"))}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, "-c", _BAD_HEADERS_SERVER, "200"], env=env,
+                          cwd=root, capture_output=True, text=True, timeout=100,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and proc.stdout == "DONE\n", proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    for fragment in _OTEL_WARNINGS:
+        found = [ln for ln in lines if fragment in ln]
+        assert 1 <= len(found) <= 3, (fragment, len(found), found[:1])
+        assert all(len(ln) <= 400 for ln in found), (fragment, [len(ln) for ln in found])
+    long = [ln for ln in lines if _OTEL_WARNINGS[0] in ln]
+    assert "5000 chars" in long[0], long[0]
+
+
+def _record(msg: str, *args: Any, name: str = "opentelemetry.baggage.propagation"
+            ) -> logging.LogRecord:
+    return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_bounded_log_filter_lets_one_record_per_template_and_interval_through() -> None:
+    """The first record of a template goes through (its string arguments escaped and cut,
+    their length told); the others within the interval are dropped and counted, the count
+    told on the template's first record after it; another template is its own kind."""
+    from meshkit.observability._tracing import BoundedLogFilter
+
+    now = [100.0]
+    f = BoundedLogFilter(interval_s=60, max_arg_chars=10, clock=lambda: now[0])
+    first = _record("Invalid baggage entry: `%s`", "a\nforged line " + "y" * 50)
+    assert f.filter(first)
+    assert first.getMessage() == "Invalid baggage entry: `a\\nforged ... (64 chars)`"
+    assert "\n" not in first.getMessage()
+    for _ in range(5):
+        now[0] += 10
+        assert not f.filter(_record("Invalid baggage entry: `%s`", "b=c d"))
+    other = _record("Baggage list-member `%s` doesn't match the format", "bad;;;")
+    assert f.filter(other) and other.getMessage().endswith("`bad;;;` doesn't match the format")
+    now[0] = 160.0
+    later = _record("Invalid baggage entry: `%s`", "e f=g")
+    assert f.filter(later)
+    assert later.getMessage() == "Invalid baggage entry: `e f=g` (and 5 more in the last 60 s)"
+    assert not f.filter(_record("Invalid baggage entry: `%s`", "h"))
+    now[0] = 400.0  # a whole quiet interval: the next one goes through, with its count
+    again = _record("Invalid baggage entry: `%s`", "i")
+    assert f.filter(again) and again.getMessage().endswith("(and 1 more in the last 240 s)")
+    # the same template on another logger is another kind
+    assert f.filter(_record("Invalid baggage entry: `%s`", "j", name="another"))
+
+
+def test_bounded_log_filter_bounds_its_templates_and_never_raises() -> None:
+    """Past ``max_templates`` further templates share one count; a record whose arguments
+    do not fit its template, a clock that raises: the record goes through, nothing is
+    raised to the code that logged."""
+    from meshkit.errors import ConfigError
+    from meshkit.observability._tracing import BoundedLogFilter
+
+    f = BoundedLogFilter(max_templates=2, clock=lambda: 0.0)
+    assert f.filter(_record("one %s", "a")) and f.filter(_record("two %s", "b"))
+    assert f.filter(_record("three %s", "c"))  # the shared kind's first
+    assert not f.filter(_record("four %s", "d"))  # shares its count
+    assert len(f._kinds) == 3
+    # arguments that do not fit the template: getMessage raises later, not the filter
+    assert BoundedLogFilter().filter(_record("two args %s %s", "x" * 300))
+    mapping = logging.LogRecord("x", logging.WARNING, __file__, 1, "%(k)s",
+                                ({"k": "z" * 500},), None)
+    assert BoundedLogFilter().filter(mapping) and len(mapping.getMessage()) < 230
+
+    def broken() -> float:
+        raise RuntimeError("clock")
+
+    assert BoundedLogFilter(clock=broken).filter(_record("x %s", "y"))
+    for kwargs, quoted in (({"interval_s": 0}, "0"), ({"interval_s": float("nan")}, "nan"),
+                           ({"interval_s": True}, "True"), ({"max_arg_chars": 0}, "0"),
+                           ({"max_templates": 1.5}, "1.5")):
+        with pytest.raises(ConfigError, match=quoted):
+            BoundedLogFilter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bounded_log_filter_counts_every_record_of_threads_logging_at_once() -> None:
+    """8 threads logging the same warning 500 times each through a logger with the filter:
+    one record goes through, and the count it later tells is every other one."""
+    import threading
+
+    from meshkit.observability._tracing import BoundedLogFilter
+
+    now = [0.0]
+    f = BoundedLogFilter(clock=lambda: now[0])
+    logger = logging.getLogger("meshkit.test.bounded")
+    logger.propagate = False
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.addFilter(f)
+    try:
+        def flood() -> None:
+            for i in range(500):
+                logger.warning("Invalid baggage entry: `%s`", f"k{i}")
+
+        threads = [threading.Thread(target=flood) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(seen) == 1
+        now[0] = 61.0
+        logger.warning("Invalid baggage entry: `%s`", "last")
+        assert seen[1] == "Invalid baggage entry: `last` (and 3999 more in the last 61 s)"
+    finally:
+        logger.removeFilter(f)
+        logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def test_a_server_s_telemetry_bounds_the_propagators_loggers_once() -> None:
+    """Building a server's telemetry interceptor adds one filter to each of the
+    OpenTelemetry propagation loggers, however many are built."""
+    from meshkit.observability import TelemetryServerInterceptor
+    from meshkit.observability._tracing import PROPAGATION_LOGGERS, BoundedLogFilter
+
+    TelemetryServerInterceptor("a", TelemetryOptions(metrics=False))
+    TelemetryServerInterceptor("b", TelemetryOptions(metrics=False))
+    for name in PROPAGATION_LOGGERS:
+        filters = logging.getLogger(name).filters
+        assert sum(isinstance(f, BoundedLogFilter) for f in filters) == 1, name
