@@ -22,10 +22,20 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from meshkit import __version__
 from meshkit.errors import InvalidMetadataError
 
-__all__ = ["PREVIOUS_ATTEMPTS", "LoggedMetadata", "call_metadata", "check_metadata",
-           "logged_metadata", "with_previous_attempts"]
+__all__ = ["MESH_USER_AGENT", "PREVIOUS_ATTEMPTS", "LoggedMetadata", "call_metadata",
+           "check_metadata", "logged_metadata", "with_previous_attempts"]
+
+MESH_USER_AGENT = f"meshkit/{__version__}"
+"""The product token every sub-channel of a ``MeshChannel`` adds to its ``user-agent``
+header (the channel option ``grpc.secondary_user_agent``, set once per sub-channel: no
+per-call metadata), e.g. ``grpc-python-asyncio/1.85.4 grpc-c/58.0.0 (linux; chttp2)
+meshkit/0.1.0``; a ``grpc.secondary_user_agent`` of the user's own comes before it (grpc
+core joins them). A draining ``MeshServer`` reads it to tell mesh clients, which retry its
+nacked refusals elsewhere whatever the method, from other gRPC clients, which it leaves
+to the GOAWAY of grpc's stop (:meth:`meshkit.MeshServer.drain`)."""
 
 PREVIOUS_ATTEMPTS = "meshkit-previous-rpc-attempts"
 """The request header of a retry or a hedge meshkit sends: how many attempts of the call

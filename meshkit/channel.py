@@ -72,7 +72,7 @@ from meshkit._config import (
 from meshkit._fields import FrozenMap, Normalised
 from meshkit._inline import InlineUnaryUnary, inline_unary_unary
 from meshkit._inline import available as inline_available
-from meshkit._metadata import check_metadata
+from meshkit._metadata import MESH_USER_AGENT, check_metadata
 from meshkit._methods import MethodMatcher
 from meshkit._pool import EndpointPool
 from meshkit._registration import grpc_observability_active
@@ -139,6 +139,8 @@ _KEEPALIVE_OPTIONS = frozenset({"grpc.keepalive_time_ms", "grpc.keepalive_timeou
                                 "grpc.keepalive_permit_without_calls",
                                 "grpc.http2.max_pings_without_data"})
 _MAX_MS_ARG_S = (2**31 - 1) // 1000  # grpc takes milliseconds as C ints
+# every sub-channel's: its user agent names meshkit (see _metadata.MESH_USER_AGENT)
+_USER_AGENT = ("grpc.secondary_user_agent", MESH_USER_AGENT)
 # the channel argument with which TLSOptions.channel_options makes the handshake verify the
 # dialed service's identity: refused in channel_options with tls (as grpc takes names too)
 _IDENTITY_OPTIONS = frozenset({"grpc.ssl_target_name_override",
@@ -772,15 +774,20 @@ class MeshChannel(grpc.aio.Channel):
         opts = self.options
         creds = self._reloader.credentials if self._reloader is not None else opts.credentials
         interceptors = self._attempt_interceptors or None
+        # the user agent's meshkit/<version> token (a draining meshkit server refuses
+        # mesh clients' new calls with a nack, leaving others to the GOAWAY: see
+        # MESH_USER_AGENT): last, after a secondary user agent of the user's own, which
+        # grpc core joins with it
         if creds is None:
             channel = grpc.aio.insecure_channel(
-                address, options=(*self._keepalive, *opts.channel_options),
+                address, options=(*self._keepalive, *opts.channel_options, _USER_AGENT),
                 interceptors=interceptors)
         else:
             # meshkit's first: grpc core keeps the first value of a repeated argument
             channel = grpc.aio.secure_channel(
                 address, creds,
-                options=(*self._tls_options, *self._keepalive, *opts.channel_options),
+                options=(*self._tls_options, *self._keepalive, *opts.channel_options,
+                         _USER_AGENT),
                 interceptors=interceptors)
         # its interceptors (these, and any a patch of grpc.aio's functions added, as the
         # OpenTelemetry grpc instrumentor's) wrapped so that an attempt's cancel reaches

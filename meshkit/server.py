@@ -9,12 +9,14 @@ error:
    this instance (they see it within their watch interval);
 2. wait ``drain_delay_s`` for that news to reach callers, still serving;
 3. end the health ``Watch`` streams (``OK``, once each watcher has been sent
-   ``NOT_SERVING``) and refuse new calls (``UNAVAILABLE`` with the nack trailer
-   ``meshkit-nack: 1``, before any code of them runs: mesh clients retry them on another
-   endpoint whatever the method) until they stop arriving (0.05 s without one, 0.5 s at
-   most), so that no call is waiting in grpc when it stops: grpc core ends those
-   ``CANCELLED``, which no client retries;
-4. stop taking new calls and give in-flight calls ``grace_s`` to finish;
+   ``NOT_SERVING``) and refuse mesh clients' new calls (``UNAVAILABLE`` with the nack
+   trailer ``meshkit-nack: 1``, before any code of them runs: mesh clients retry them on
+   another endpoint whatever the method) until they stop arriving (0.05 s without one,
+   0.5 s at most), so that no call is waiting in grpc when it stops: grpc core ends those
+   ``CANCELLED``, which no client retries. Other gRPC clients' calls are served (a
+   client that does not read the nack would see each refusal as a failed call);
+4. stop taking new calls (grpc's GOAWAY: other clients move to other addresses) and give
+   in-flight calls ``grace_s`` to finish;
 5. return, so the process exits 0.
 
 The health service is meshkit's own ``grpc_health.v1.health.aio.HealthServicer`` unless
@@ -113,6 +115,7 @@ from meshkit._limits import (
     guard_method_handler,
 )
 from meshkit._log import context_without_meshkit
+from meshkit._metadata import MESH_USER_AGENT
 from meshkit._methods import MethodMatcher
 from meshkit._registration import grpc_observability_active
 from meshkit._signals import unblock_signals
@@ -612,10 +615,10 @@ class ServeOptions:
             keep one per channel) are not waited for: the drain ends them (``OK``) once
             they have been sent ``NOT_SERVING``, so a server with nothing else in flight
             stops at once.
-        drain_delay_s: seconds between deregistering and refusing new calls, so that
-            callers' discovery catches up (default 1.0). The refusal phase that follows
-            (:meth:`MeshServer.drain`) adds 0.05 s to a drain nobody calls during, 0.5 s
-            at most.
+        drain_delay_s: seconds between deregistering and refusing mesh clients' new
+            calls, so that callers' discovery catches up (default 1.0). The refusal
+            phase that follows (:meth:`MeshServer.drain`) adds 0.05 s to a drain no
+            mesh client calls during, 0.5 s at most.
         reflection: serve gRPC server reflection (default ``True``): the
             ``grpc.reflection.v1alpha`` service and the same under ``grpc.reflection.v1``,
             listing the services given, health and reflection. A reflection servicer
@@ -871,31 +874,53 @@ class _MethodTable(grpc.GenericRpcHandler):
     generic handler (what :class:`_Recorder` gives grpc instead of registering them), the
     first one grpc asks.
 
-    :meth:`refuse` makes it answer every call but the health service's with a refusal
-    from then on, generic handlers' methods included: the drain's refusal phase
-    (:meth:`MeshServer.drain`). It swaps the lookup the table answers with, so a call
-    looked up before pays nothing for it."""
+    :meth:`refuse` makes it answer every call of a meshkit client but the health
+    service's with a refusal from then on, generic handlers' methods included: the drain's
+    refusal phase (:meth:`MeshServer.drain`). It swaps the table's :meth:`service` for
+    one that reads the call's user agent, so a call looked up before pays nothing for
+    it."""
 
     def __init__(self, methods: dict[str, Handler]) -> None:
         self._methods = methods
-        self._lookup: Callable[[str], Handler | None] = methods.get
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         """The method's handler, or ``None`` (another handler, or ``UNIMPLEMENTED``)."""
-        return self._lookup(handler_call_details.method)
+        return self._methods.get(handler_call_details.method)
 
     def refuse(self, refusal: Handler) -> None:
-        """From now on answer every method but the health service's (``Check``,
-        ``Watch``: probes and watchers are told ``NOT_SERVING``) with ``refusal``, also
-        those the generic handlers after this table would serve, and unknown ones."""
+        """From now on answer every call of a meshkit client (:func:`_from_mesh_client`)
+        with ``refusal``, also those the generic handlers after this table would serve,
+        and unknown methods; but the health service's (``Check``, ``Watch``: probes and
+        watchers are told ``NOT_SERVING``). Other clients' calls are looked up as before:
+        served as in-flight calls until the stop's GOAWAY moves their clients on."""
         methods = self._methods
 
-        def refusing(method: str) -> Handler | None:
-            if method.startswith(_HEALTH_PREFIX):
-                return methods.get(method)  # (or the health service's generic handler)
+        def refusing(handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+            method = handler_call_details.method
+            if method.startswith(_HEALTH_PREFIX) or not _from_mesh_client(
+                    handler_call_details.invocation_metadata):
+                return methods.get(method)  # (or a generic handler's, or UNIMPLEMENTED)
             return refusal
 
-        self._lookup = refusing
+        # grpc looks the bound method up on every call: the instance's own shadows it
+        self.service = refusing  # type: ignore[method-assign]
+
+
+def _from_mesh_client(metadata: Any) -> bool:
+    """Whether a call's invocation metadata (``(key, value)`` pairs, or ``None``) comes
+    from a meshkit client: its ``user-agent`` holds the :data:`MESH_USER_AGENT` product
+    token (``meshkit/<version>``), which every sub-channel of a ``MeshChannel`` adds
+    (``grpc.secondary_user_agent``). Read only in the drain's refusal phase."""
+    for key, value in metadata or ():
+        if key == "user-agent":
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            return isinstance(value, str) and any(
+                token.startswith(_MESH_AGENT_PREFIX) for token in value.split())
+    return False
+
+
+_MESH_AGENT_PREFIX = MESH_USER_AGENT.split("/", 1)[0] + "/"
 
 
 def _method_table(handler: Any) -> tuple[str, ...]:
@@ -1182,8 +1207,9 @@ class MeshServer:
             ``set()`` calls are ignored), then ends the open ``Watch`` streams. Give a
             servicer to one server only: the first drain sets it ``NOT_SERVING`` for
             good.
-        drain_refused: calls the drain refused before it stopped (see :meth:`drain`);
-            not seen by telemetry (no code of theirs ran), logged with ``stopped``.
+        drain_refused: calls of mesh clients the drain refused before it stopped (see
+            :meth:`drain`); not seen by telemetry (no code of theirs ran), logged with
+            ``stopped``.
 
     Transport security is required: ``options.tls``, other ``credentials``, or
     ``MESHKIT_CERT_DIR`` (the service's own certificate); plaintext only with
@@ -1710,11 +1736,12 @@ class MeshServer:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, end the health
         ``Watch`` streams (each sent ``NOT_SERVING`` first, unless it was already, then
         ended ``OK``: a watch never ends by itself and would hold the stop for the whole
-        ``grace_s``), refuse new calls until they stop arriving (every method but the
-        health service's: ``UNAVAILABLE`` "server draining: call refused before it ran"
-        with the nack trailer ``meshkit-nack: 1``, which mesh clients retry on another
-        endpoint whatever the method; until no call came for 0.05 s, 0.5 s at most;
-        counted in :attr:`drain_refused`; see :meth:`_refuse_new_calls`), then stop with
+        ``grace_s``), refuse mesh clients' new calls until they stop arriving (every
+        method but the health service's: ``UNAVAILABLE`` "server draining: call refused
+        before it ran" with the nack trailer ``meshkit-nack: 1``, which mesh clients
+        retry on another endpoint whatever the method; until no call came for 0.05 s,
+        0.5 s at most; counted in :attr:`drain_refused`; other gRPC clients' calls are
+        served; see :meth:`_refuse_new_calls`), then stop (grpc's GOAWAY) with
         ``grace_s`` for in-flight calls. The drain runs to
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
         server never stays deregistered but serving. Safe to call twice: a second call waits for the
@@ -1801,26 +1828,35 @@ class MeshServer:
             ended(self)  # its final counters, for /metrics after it is gone
 
     async def _refuse_new_calls(self) -> None:
-        """The drain's refusal phase, right before ``server.stop()``: every new call but
-        the health service's is answered ``UNAVAILABLE`` :data:`DRAINING_DETAILS` with the
-        nack trailer (``meshkit-nack: 1``) before any code of it runs (no telemetry, no
-        check: counted in :attr:`drain_refused`), until no call has been refused for
-        :data:`_REFUSE_QUIET_S` or for :data:`_REFUSE_MAX_S` at most.
+        """The drain's refusal phase, right before ``server.stop()``: every new call of a
+        meshkit client (its ``user-agent`` holds the ``meshkit/`` token every
+        ``MeshChannel`` sub-channel sends, :data:`~meshkit._metadata.MESH_USER_AGENT`)
+        but the health service's is answered ``UNAVAILABLE`` :data:`DRAINING_DETAILS`
+        with the nack trailer (``meshkit-nack: 1``) before any code of it runs (no
+        telemetry, no check: counted in :attr:`drain_refused`), until no call has been
+        refused for :data:`_REFUSE_QUIET_S` or for :data:`_REFUSE_MAX_S` at most.
 
         grpc core ends the calls a server has accepted but not yet handed to Python when
         it stops with ``CANCELLED`` (grpc/grpc#41785), a status no client retries; a
-        caller that has not seen the deregistration (its registry unreachable, a plain
-        gRPC client) got those. A refusal is retried on another endpoint by mesh clients
-        (a nack: whatever the method's idempotency), whose balancers charge this
-        endpoint a failure (P2C's penalty, outlier ejection's count) and so stop
-        picking it: calls stop arriving and the stop finds none waiting. Other clients
-        see ``UNAVAILABLE``, which their retry policies may retry; one that goes on
-        sending to this server keeps the phase going to :data:`_REFUSE_MAX_S`, and its
-        calls that reach grpc in the moment of the stop are still ended ``CANCELLED``
-        (grpc core's behaviour; only a client that stops sending avoids it). The table
-        is swapped once (:meth:`_MethodTable.refuse`): calls before the drain pay
-        nothing. A server without a method table (a grpc observability plugin active at
-        start, which keeps the methods registered with grpc) has no refusal phase."""
+        mesh client that has not seen the deregistration (its registry unreachable) got
+        those. A refusal is retried on another endpoint by mesh clients (a nack:
+        whatever the method's idempotency), whose balancers charge this endpoint a
+        failure (P2C's penalty, outlier ejection's count) and so stop picking it: calls
+        stop arriving and the stop finds none waiting.
+
+        Other clients' calls are served as usual (in-flight calls of ``grace_s``): such a
+        client does not read the nack and never learns of the deregistration, so it
+        would go on sending through the whole phase and see every refusal as a failed
+        call (a grpc-js or grpc.aio ``round_robin`` client over two servers, no retry
+        policy: hundreds per drain), where the GOAWAY of ``server.stop()`` moves it to
+        another address without failing any (PROTOCOL-HTTP2.md: "Servers should send
+        GOAWAY before terminating a connection"); its calls that reach grpc in the
+        moment of the stop are ended ``CANCELLED`` (grpc core's behaviour, as with any
+        grpc.aio server). The table's lookup is swapped once
+        (:meth:`_MethodTable.refuse`; it reads a call's user agent only from then on):
+        calls before the drain pay nothing. A server without a method table (a grpc
+        observability plugin active at start, which keeps the methods registered with
+        grpc) has no refusal phase."""
         table = self._table
         if table is None:
             return
@@ -1994,15 +2030,17 @@ _UNDO_DEREGISTER_S = 5.0
 _REFUSE_QUIET_S = 0.05
 """The drain's refusal phase ends once no call was refused for this many seconds..."""
 _REFUSE_MAX_S = 0.5
-"""... or after this many seconds at most (callers that keep sending: plain gRPC clients
-that do not retry elsewhere); see :meth:`MeshServer._refuse_new_calls`."""
+"""... or after this many seconds at most (mesh callers that keep sending: their
+registries unreachable, their other endpoints failing); see
+:meth:`MeshServer._refuse_new_calls`."""
 
 
 def _refusal(server: MeshServer) -> Handler:
-    """The handler of every call (but health's) in ``server``'s drain refusal phase: counts
-    the call in ``server.drain_refused`` and answers ``UNAVAILABLE``
-    :data:`DRAINING_DETAILS` with the nack trailer :data:`NACK_METADATA`. A stream-stream
-    handler, which starts without reading a request, so it answers calls of every kind."""
+    """The handler of every mesh client's call (but health's) in ``server``'s drain
+    refusal phase: counts the call in ``server.drain_refused`` and answers
+    ``UNAVAILABLE`` :data:`DRAINING_DETAILS` with the nack trailer :data:`NACK_METADATA`.
+    A stream-stream handler, which starts without reading a request, so it answers calls
+    of every kind."""
 
     async def refuse(requests: Any, context: Any) -> None:
         server.drain_refused += 1

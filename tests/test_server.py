@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import meshkit
 import meshkit.server
+from meshkit._metadata import MESH_USER_AGENT
 from meshkit.auth import current_claims
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
@@ -2182,13 +2184,15 @@ async def test_calls_racing_a_drained_server_stop_are_refused_with_a_nack_not_ca
 async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
     registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch, registered: bool,
 ) -> None:
-    """Between ``drain_delay_s`` and the stop, the drain answers every new call (any kind,
-    a method of a generic handler or a registered one, an unknown method) ``UNAVAILABLE``
+    """Between ``drain_delay_s`` and the stop, the drain answers every new call of a
+    meshkit client (its user agent's ``meshkit/`` token; any kind, a method of a generic
+    handler or a registered one, an unknown method) ``UNAVAILABLE``
     :data:`DRAINING_DETAILS` with the nack trailer before any code of it runs, counted in
-    ``drain_refused``; the health service still answers (``NOT_SERVING``). The phase ends
-    once no call was refused for ``_REFUSE_QUIET_S`` (widened here so the test can look
-    inside it); the calls before the drain ran as usual. Before, the drain stopped at
-    once after ``drain_delay_s``: no refusal phase, the calls racing the stop were
+    ``drain_refused``; the health service still answers (``NOT_SERVING``), and another
+    client's calls are served (the GOAWAY of the stop moves that client on). The phase
+    ends once no call was refused for ``_REFUSE_QUIET_S`` (widened here so the test can
+    look inside it); the calls before the drain ran as usual. Before, the drain stopped
+    at once after ``drain_delay_s``: no refusal phase, the calls racing the stop were
     ``CANCELLED``."""
     monkeypatch.setattr(meshkit.server, "_REFUSE_QUIET_S", 1.0, raising=False)
     monkeypatch.setattr(meshkit.server, "_REFUSE_MAX_S", 20.0, raising=False)
@@ -2200,9 +2204,14 @@ async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
     await srv.start()
     drain: asyncio.Future[None] | None = None
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        # a channel that says it is a meshkit client (as a MeshChannel's sub-channels do),
+        # and a plain one
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}", options=[(
+                "grpc.secondary_user_agent", MESH_USER_AGENT)]) as ch, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as plain:
             unary = ch.unary_unary(method("Unary"))
             assert await unary(b"x", timeout=5) == b"r1|x"
+            assert await plain.unary_unary(method("Unary"))(b"p", timeout=5) == b"r1|p"
             drain = asyncio.ensure_future(srv.drain())
             refusal: grpc.aio.AioRpcError | None = None
             deadline = time.monotonic() + 10
@@ -2231,12 +2240,87 @@ async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
             assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
             assert len(served) == n_served  # no handler ran for the refused calls
             assert srv.drain_refused == 3
+            # a client without meshkit's user agent is served in the phase
+            assert await plain.unary_unary(method("Unary"))(b"q", timeout=5) == b"r1|q"
+            assert [x async for x in plain.unary_stream(method("ServerStream"))(
+                b"2", timeout=5)] == [b"r1|0", b"r1|1"]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await plain.unary_unary("/no.Such/Method")(b"z", timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            assert srv.drain_refused == 3
             assert not drain.done()
             await asyncio.wait_for(drain, 10)  # once quiet for _REFUSE_QUIET_S
     finally:
         if drain is not None:
             await asyncio.wait_for(drain, 10)
         await srv.drain()
+
+
+async def test_a_drain_fails_no_call_of_a_plain_grpc_round_robin_client(
+    tmp_path: Path,
+) -> None:
+    """A gRPC client without meshkit (DNS or a headless Service giving it every address,
+    ``round_robin``, no retry policy: here grpc.aio itself; grpc-js behaves the same)
+    calls two meshkit servers while one of them drains (a rolling deploy).
+
+    gRPC's graceful shutdown is the GOAWAY frame (PROTOCOL-HTTP2.md: "Servers should send
+    GOAWAY before terminating a connection"; the client retries the streams after
+    last-stream-id elsewhere): against two plain grpc.aio servers where one runs
+    ``server.stop(2)`` such a client fails no call.
+
+    What was wrong: the drain's refusal phase answered every new call ``UNAVAILABLE``
+    "server draining: call refused before it ran" (the nack only mesh clients read) for
+    as long as calls kept coming, up to 0.5 s, before the GOAWAY; a client that never
+    learns of the deregistration keeps sending, so the phase ran its whole length and
+    each of its calls there failed (261 of 866 in a run of this test). What happens now: only calls
+    of meshkit clients (their user agent's ``meshkit/`` token) are refused in that phase;
+    other calls are served as in-flight calls of the grace period, and the GOAWAY of
+    ``server.stop(grace_s)`` moves the client to the other address."""
+    servers = []
+    for iid in ("e1", "e2"):
+        reg = LocalRegistry(LocalOptions(path=tmp_path / iid / "reg", ttl_s=30.0,
+                                         poll_interval_s=0.05))
+        srv = meshkit.MeshServer("echo", [add_echo(iid)], registry=reg,
+                                 options=meshkit.ServeOptions(
+                                     insecure=True, instance_id=iid, admin=None,
+                                     telemetry=None, drain_delay_s=0.1, grace_s=2.0))
+        await srv.start()
+        servers.append(srv)
+    e1, e2 = servers
+    ok: collections.Counter[bytes] = collections.Counter()
+    fails: collections.Counter[tuple[grpc.StatusCode, str]] = collections.Counter()
+    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    try:
+        async with grpc.aio.insecure_channel(
+                f"ipv4:127.0.0.1:{e1.port},127.0.0.1:{e2.port}",
+                options=[("grpc.service_config", config)]) as ch:
+            unary = ch.unary_unary(method("Unary"))
+            stop = asyncio.Event()
+
+            async def worker() -> None:
+                while not stop.is_set():
+                    try:
+                        ok[(await unary(b"x", timeout=5)).split(b"|")[0]] += 1
+                    except grpc.aio.AioRpcError as exc:
+                        fails[(exc.code(), (exc.details() or "")[:60])] += 1
+
+            tasks = [asyncio.create_task(worker()) for _ in range(4)]
+            try:
+                await until(lambda: ok[b"e1"] > 50 and ok[b"e2"] > 50, timeout_s=15)
+                await asyncio.wait_for(e1.drain(), 15)
+                before = ok[b"e2"]
+                await until(lambda: ok[b"e2"] > before + 100, timeout_s=15)
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        for srv in servers:
+            await asyncio.wait_for(srv.drain(), 15)
+            await srv.registry.close()
+    # a plain grpc.aio server's stop() fails none; allow grpc core's stop race
+    # (grpc/grpc#41785: a call accepted as the server stops ends CANCELLED)
+    assert sum(fails.values()) <= 2, (sum(fails.values()), sum(ok.values()), dict(fails))
+    assert e1.drain_refused == 0  # none of its calls was refused: no meshkit client
 
 
 _LEFTOVER_SERVE = r'''

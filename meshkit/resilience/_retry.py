@@ -63,8 +63,9 @@ core ends the calls a server accepted but had not yet handed to its application 
 stops (``grpc.aio``'s ``server.stop()``, grpc/grpc#41785) with the same trailers-only
 ``CANCELLED`` "CANCELLED" that a handler's ``context.abort(grpc.StatusCode.CANCELLED,
 "CANCELLED")`` sends, so a client cannot tell the one (safe to repeat) from the other. A
-meshkit server refuses new calls with a nack before it stops instead (see
-:meth:`meshkit.server.MeshServer.drain`).
+meshkit server refuses mesh clients' new calls with a nack before it stops instead (see
+:meth:`meshkit.server.MeshServer.drain`; it knows them by the ``meshkit/`` token of their
+user agent, :data:`meshkit._metadata.MESH_USER_AGENT`).
 """
 
 from __future__ import annotations
@@ -629,8 +630,8 @@ REFUSED_STREAM_DETAILS = "Stream removed (RST_STREAM (Received RST_STREAM with e
 
 DRAINING_DETAILS = "server draining: call refused before it ran"
 """The details of the ``UNAVAILABLE`` (with the nack trailer, :data:`NACK_METADATA`) a
-draining meshkit server answers new calls with between its ``drain_delay_s`` and its
-stop (:meth:`meshkit.server.MeshServer.drain`)."""
+draining meshkit server answers mesh clients' new calls with between its
+``drain_delay_s`` and its stop (:meth:`meshkit.server.MeshServer.drain`)."""
 
 CONNECT_FAILED_DETAILS = "failed to connect to all addresses"
 """The start of grpc C-core's details of a call it failed because its channel could not
