@@ -55,6 +55,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from meshkit.observability import default_registry
 from meshkit.observability._logging import access_active, access_logger
 from meshkit.observability._metrics import DURATION_BUCKETS_S
+from meshkit.observability._tracing import bound_propagation_warnings
 
 __all__ = [
     "MAX_SUBJECTS",
@@ -170,8 +171,23 @@ def capture_context() -> dict[str, str]:
 
 
 def extract(headers: Mapping[str, str] | None) -> Any:
-    """The OpenTelemetry context carried by message ``headers`` (empty if none)."""
+    """The OpenTelemetry context carried by message ``headers`` (empty if none). The
+    propagators' warnings about malformed ``baggage``/``tracestate`` headers, which quote
+    the publisher's text once per message, are bounded as on a server
+    (:func:`meshkit.observability._tracing.bound_propagation_warnings`, from the first
+    extraction on), also in a process that only consumes."""
+    if not _bounded:
+        _bound_warnings()
     return propagate.extract(headers or {})
+
+
+_bounded = False
+
+
+def _bound_warnings() -> None:
+    global _bounded
+    bound_propagation_warnings()
+    _bounded = True
 
 
 def log_message(warning: bool, fields: dict[str, Any]) -> None:
