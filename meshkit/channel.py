@@ -54,6 +54,7 @@ from meshkit._calls import (
     UnaryUnaryCall,
 )
 from meshkit._codecs import (
+    Undecodable,
     checked_response,
     codec_error,
     serialize_message,
@@ -176,6 +177,36 @@ _ATTEMPT_KINDS_TEXT = ("grpc.aio client interceptors (UnaryUnaryClientIntercepto
 # grpc core's details of a call whose per-call credentials plugin failed (raised, or
 # answered an error) before anything was sent: "...with error: <the plugin's text>"
 _PLUGIN_FAILED = "Getting metadata from plugin failed"
+
+
+def _no_response(method: str) -> MeshRpcError:
+    """The error of a unary-response attempt (unary-unary, stream-unary) its server ended
+    ``OK`` without a response message: ``INTERNAL``, as grpc-go (since grpc-go#8278:
+    "cardinality violation"), grpc-java and grpc-js fail it; grpc.aio hands the caller
+    ``None`` (grpc's statuscodes.md: "Response cardinality violation", ``UNIMPLEMENTED``,
+    a code grpc's own clients do not give it). Typically a server whose method of that
+    name streams its responses (a proto that differs between the two sides), which sent
+    none. The answering endpoint's failure, as any ``INTERNAL`` answer."""
+    return MeshRpcError(_INTERNAL, f"{method}: no response message: the server ended the "
+                                   "call OK without one (a unary-response method; is the "
+                                   "server's a streaming one?)")
+
+
+def _strict_unary_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    """:func:`~meshkit._codecs.strict_deserializer` for a unary response grpc.aio
+    deserializes (under ``attempt_interceptors``): ``None``, which grpc.aio hands the
+    deserializer for a call answered without a message, passes on as ``None`` for the
+    attempt's check (:func:`_no_response`) instead of reaching ``deserializer``."""
+
+    def strict(raw: Any) -> Any:
+        if raw is None:
+            return None
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            return Undecodable(exc)
+
+    return strict
 
 
 def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError) -> bool:
@@ -679,9 +710,12 @@ class MeshChannel(grpc.aio.Channel):
     names the service), ``DEADLINE_EXCEEDED`` when the deadline passes before an attempt
     can start, ``CANCELLED`` when the channel is closed, ``INTERNAL`` for a call that
     cannot be sent as made (:class:`~meshkit.errors.InvalidCallError`: bad metadata, a
-    unary request that does not serialize; raised before the pick) and for a unary-unary
+    unary request that does not serialize; raised before the pick), for a unary-unary
     response that does not deserialize
-    (:class:`~meshkit.errors.ResponseDeserializationError`).
+    (:class:`~meshkit.errors.ResponseDeserializationError`) and for a unary-response call
+    its server ended ``OK`` without a response message (a cardinality violation, as
+    grpc-go fails it; grpc.aio would hand over ``None``), both counted against the
+    endpoint that answered.
 
     An attempt of a unary-response call that grpc failed because its endpoint's
     sub-channel could not connect (``UNAVAILABLE`` "failed to connect to all addresses",
@@ -729,7 +763,9 @@ class MeshChannel(grpc.aio.Channel):
             self._launch = self._launch_numbered  # type: ignore[method-assign]
         self._closing: asyncio.Task[None] | None = None  # close(): runs once, to its end
         self._plan_keys: dict[tuple[Any, ...], str] = {}
-        self._strict: dict[Any, Any] = {}  # deserializer -> its strict wrapper
+        # deserializer (a stream's; (deserializer, kind): a unary response's) -> its
+        # strict wrapper
+        self._strict: dict[Any, Any] = {}
         self._named: set[str] = set()  # methods whose name is a key already
         self._plan_seq = 0
         self._unary = chain_unary(chain, self._attempt_unary)
@@ -913,6 +949,10 @@ class MeshChannel(grpc.aio.Channel):
             raise
         finally:
             ep.in_flight -= 1
+        if response is None:  # OK without a message: before any deserializer sees None
+            ep.failures += 1
+            done(_INTERNAL, _perf() - t0)
+            raise _no_response(plan.method)
         if plan.decodes:
             try:
                 response = plan.decode(response)
@@ -992,6 +1032,10 @@ class MeshChannel(grpc.aio.Channel):
             raise
         finally:
             ep.in_flight -= 1
+        if response is None:  # (as a unary attempt's)
+            ep.failures += 1
+            done(_INTERNAL, upload.latency())
+            raise _no_response(plan.method)
         if plan.decodes:
             try:
                 response = plan.decode(response)
@@ -1080,11 +1124,14 @@ class MeshChannel(grpc.aio.Channel):
     def _plan(self, method: str, kind: CallKind, ser: Any, deser: Any) -> _MethodPlan:
         in_mesh = not self._attempt_interceptors
         strict = None
-        if deser is not None and (not in_mesh or kind is CallKind.UNARY_STREAM
-                                  or kind is CallKind.STREAM_STREAM):
-            strict = self._strict.get(deser)  # one wrapper per deserializer: keys compare
+        streams = kind is CallKind.UNARY_STREAM or kind is CallKind.STREAM_STREAM
+        if deser is not None and (not in_mesh or streams):
+            # one wrapper per deserializer and response cardinality: keys compare
+            key = deser if streams else (deser, kind)
+            strict = self._strict.get(key)
             if strict is None:
-                strict = self._strict[deser] = strict_deserializer(deser)
+                strict = self._strict[key] = (strict_deserializer(deser) if streams
+                                              else _strict_unary_deserializer(deser))
         opts = self.options
         plan = _MethodPlan(method, kind, ser, deser, self._timeouts.lookup(method),
                            codecs_in_mesh=in_mesh, strict_deserializer=strict,
