@@ -187,7 +187,12 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver, cancelled_by_close
+from meshkit.discovery._resolver import (
+    LookupThreads,
+    OwnThreadsResolver,
+    cancelled_by_close,
+    drop_inherited_sockets,
+)
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -706,7 +711,8 @@ class EtcdRegistry:
     Args:
         options: :class:`EtcdOptions`; default :meth:`EtcdOptions.from_env`
             (``ETCDCTL_ENDPOINTS`` etc.).
-        rng: random source of the backoff jitter (default a new ``random.Random()``).
+        rng: random source of the backoff jitter (default a new ``random.Random()``,
+            reseeded in a forked child; one given is never reseeded).
 
     Instances whose owner died without deregistering are listed by :meth:`failing` (and
     their service by :meth:`services`) for ``last_seen_ttl_s`` (default ``max(10 * ttl_s,
@@ -734,7 +740,10 @@ class EtcdRegistry:
     when another thread of the parent was using it at the fork, and forgets its parent's
     lease and instances (as the local registry does): the child's instances go under a
     lease of its own, and the parent's are never renewed by a child, so they leave when
-    the parent dies (``os.register_at_fork``; see :meth:`_forget_parent`).
+    the parent dies; a default ``rng`` is reseeded there (workers do not retry in
+    lock-step), and the child lets go of its copies of the parent's connections (the
+    parent's close ends them while workers live) (``os.register_at_fork``; see
+    :meth:`_forget_parent`).
 
     Errors: ``register``/``deregister`` raise :class:`RegistryError` (chained from the
     aiohttp or etcd error); watches and the keep-alive never raise for etcd errors, they
@@ -745,6 +754,7 @@ class EtcdRegistry:
                  rng: random.Random | None = None) -> None:
         self.options = options if options is not None else EtcdOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
+        self._own_rng = rng is None  # reseeded in a forked child (see _forget_parent)
         # one aiohttp session per event loop (a session belongs to one): a later
         # asyncio.run(), or loops of several threads at once, each with the task of its
         # loop that closes it (hold_until_cancelled); replaced under _loops_mutex, read without
@@ -813,15 +823,31 @@ class EtcdRegistry:
           parent died, keeping a dead process's instances listed for as long as its
           workers live. The child owns nothing until it registers (a lease of its own);
           the parent's instances stay the parent's, and go with its lease when it dies.
+        * **Jitter.** A generator the registry made itself (no ``rng`` given) is
+          reseeded (from ``os.urandom``): with the parent's state every worker forked
+          from one registry drew the same backoff delays, so after an etcd member's
+          restart their keep-alives, watches and write retries fired in lock-step (the
+          herd jitter exists to break up; CPython reseeds its own module-level generator
+          in a child for this reason). A generator the caller gave is the caller's.
         * **Tasks and sessions.** The keep-alives and HTTP sessions of the parent's loops
-          (whose connections the child shares with the parent) are kept referenced,
-          never used nor closed here (closing them would end the parent's TLS
-          connections); the keep-alives are cancelled, should the child ever run the
-          forking thread's loop on. The lookup threads are renewed by
+          are kept referenced (``_inherited``), never used nor closed through asyncio
+          here: a transport closed in the child would remove its descriptor from the
+          epoll instance the child's copy of the parent's loop shares with the parent,
+          silencing the parent's watch streams and pooled connections, and with TLS
+          write a ``close_notify`` onto the parent's stream. The child's copies of their
+          socket descriptors are made to name ``/dev/null`` instead, so that the
+          parent's close of a connection ends it while workers live, and a later close
+          in the child does the parent no harm
+          (:func:`~meshkit.discovery._resolver.drop_inherited_sockets`). The keep-alives
+          are cancelled, should the child ever run the forking thread's loop on. The
+          lookup threads are renewed by
           :class:`~meshkit.discovery._resolver.LookupThreads`."""
         self._loops_mutex = threading.Lock()
         self._lease_lock = _LeaseLock()
+        if self._own_rng:
+            self._rng.seed()
         _inherited.append((self._keepers, self._sessions))
+        drop_inherited_sockets(session for session, _ in self._sessions.values())
         for task in self._keepers.values():
             with contextlib.suppress(Exception):  # a loop of the parent's; not running
                 task.cancel()
@@ -1885,9 +1911,13 @@ class EtcdRegistry:
 #: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`EtcdRegistry._forget_parent`).
 _registries: weakref.WeakSet[EtcdRegistry] = weakref.WeakSet()
-#: A parent's keep-alive tasks and HTTP sessions, in a forked child: kept referenced (a
-#: pending task or an unclosed session collected would be logged at ERROR), never used
-#: nor closed (their connections are the parent's too).
+#: A parent's keep-alive tasks and HTTP sessions, in a forked child: kept referenced,
+#: never used nor closed. Closed or collected in the child, their transports would remove
+#: their descriptors from the epoll instance the child's copy of the parent's loop shares
+#: with the parent, silencing the parent's watch streams and pooled connections (and a
+#: collected pending task or unclosed session is logged at ERROR). Their sockets'
+#: descriptors name /dev/null in the child (_resolver.drop_inherited_sockets), which makes
+#: a close there harmless to the parent should one come after all (an interpreter's exit).
 _inherited: list[object] = []
 
 

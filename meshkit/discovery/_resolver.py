@@ -8,21 +8,28 @@ keep-alives (etcd's lease, Consul's TTL passes) timed out and a merely busy inst
 discovery. :class:`OwnThreadsResolver` looks names up on a pool the registry owns
 (:class:`LookupThreads`), shut down when the registry closes, and made afresh in a child
 process forked from the registry's (``os.register_at_fork``).
+
+A forked child's copies of its parent's connections, the other fork concern of the
+registries' aiohttp sessions, are dropped by :func:`drop_inherited_sockets`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import stat
 import sys
 import weakref
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import aiohttp.abc
 
-__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "cancelled_by_close"]
+__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "cancelled_by_close",
+           "drop_inherited_sockets"]
 
 #: getaddrinfo's flags as aiohttp's ThreadedResolver passes them (AI_ADDRCONFIG, masked
 #: where the platform has AI_MASK)
@@ -91,6 +98,78 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def drop_inherited_sockets(sessions: Iterable[aiohttp.ClientSession]) -> None:
+    """In a child made by ``os.fork()`` (a registry's ``after_in_child`` hook): make the
+    child's copies of the socket descriptors of ``sessions`` (the parent's aiohttp
+    sessions; their connections pooled idle and those acquired by a request or a
+    watch's stream) name ``/dev/null`` instead (``os.dup2``, non-inheritable), so the
+    child no longer holds the parent's connections open. A descriptor that is no socket
+    (any more) is left alone; ``OSError`` is not raised.
+
+    Why: a socket's connection ends (FIN) when its last descriptor is closed, and each
+    forked child holds a copy of every descriptor of its parent's, so a parent's
+    ``close()`` of a connection sent nothing while a worker forked from it lived: the
+    connection stayed open, its server side fed (a watch's stream), for as long as the
+    worker lived, and so did every connection the parent recycled later.
+
+    Why not close them in the child: through asyncio (the sessions' own close, or their
+    collection: the connector closes its transports) the transport removes its
+    descriptor from the event loop's epoll instance, which the child's copy of the
+    parent's loop shares with the parent (an epoll descriptor made before a fork names
+    the same instance in both), and an instance's registration is its (open file,
+    descriptor number) pair, the same in both processes: the parent's registration went
+    with it, and the parent's watch stream and pooled connections were never read again
+    (a request timed out, a stream went silent until resumed); with TLS the transport
+    would also write a ``close_notify`` onto the parent's stream. With ``os.close`` the
+    number would be free, and the child's copy of the transport (still holding it) could
+    later close a descriptor the child opened since with that number.
+
+    Why ``dup2`` is safe for the parent: it drops only the child's reference to the
+    socket's open file (the parent's remains, so the socket and its epoll registration
+    stay as they were: a registration goes only when every descriptor of its open file
+    is closed) and keeps the number taken in the child by ``/dev/null``. A transport the
+    child closes or collects later (an interpreter's exit) then asks the shared epoll
+    instance to remove ``/dev/null``, which it refuses (EPERM; asyncio's and uvloop's
+    selectors ignore that), and any byte it writes (TLS ``close_notify``) fails
+    (ENOTSOCK) instead of reaching the parent's stream.
+
+    A connection the parent was opening at the fork (in no pool yet) is not found: that
+    one stays open until the child exits, as before.
+
+    Args:
+        sessions: the parent's sessions, as the child's copy of the registry holds them
+            (closed ones, with no connector, are skipped).
+    """
+    fds: set[int] = set()
+    for session in sessions:
+        connector = session.connector
+        if connector is None:
+            continue
+        # aiohttp's pool: {key: deque[(protocol, last used)]}, and the protocols in use
+        protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
+                     for proto, _ in conns]
+        protocols.extend(getattr(connector, "_acquired", ()))
+        for proto in protocols:
+            transport = getattr(proto, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            fd = sock.fileno() if sock is not None else -1  # -1: closed
+            if fd >= 0:
+                fds.add(fd)
+    if not fds:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
 
 
 def cancelled_by_close(closed: bool) -> bool:

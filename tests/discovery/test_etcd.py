@@ -1036,6 +1036,271 @@ def test_a_forked_child_keeps_its_own_instances_alive_not_its_parents(
         f"{done.stderr[-3000:]}")
 
 
+def _forked(script: str, *args: str, timeout_s: float = 45) -> tuple[dict[str, str], str]:
+    """Run ``script`` (a script that forks: in a subprocess of its own, since the test
+    process has threads a fork would copy) with the repository's root and ``args`` as its
+    arguments, bounded by ``timeout_s`` seconds: its ``name: value`` lines, and its output
+    to quote."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).resolve().parents[2]), *args],
+        capture_output=True, text=True, timeout=timeout_s, check=False)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    return lines, done.stdout + done.stderr[-3000:]
+
+
+_WORKERS_JITTER = textwrap.dedent("""
+    import os, random, sys
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance
+    from tests.support.loops import LoopThread
+
+    service, given = sys.argv[3], sys.argv[4] == "given"
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{sys.argv[2]}",), ttl_s=2,
+                                   request_timeout_s=2.0, operation_timeout_s=2.0),
+                       rng=random.Random(7) if given else None)
+    inst = Instance(service=service, instance_id=f"{service}-0", host="127.0.0.1",
+                    port=41000)
+    master = LoopThread()  # a pre-fork master that registered, then forks its workers
+    master.run(reg.register(inst))
+    workers = []
+    for n in range(3):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            # the delays a worker's keep-alive, watch and write retries sleep after its
+            # 1st..6th consecutive failure (full jitter)
+            os.write(w, repr([reg._backoff_delay(a) for a in range(1, 7)]).encode())
+            os._exit(0)
+        os.close(w)
+        workers.append((pid, r))
+    for n, (pid, r) in enumerate(workers):
+        out = b""
+        while chunk := os.read(r, 4096):
+            out += chunk
+        os.waitpid(pid, 0)
+        print(f"worker{n}: {out.decode()}", flush=True)
+    master.run(reg.deregister(inst))
+    master.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("rng", ["default", "given"])
+def test_workers_forked_from_one_registry_draw_different_backoff_jitter(
+        node: EtcdCluster, rng: str) -> None:
+    """A registry built with the default ``rng`` (a ``random.Random()`` seeded once, at
+    construction) and used by a pre-fork master: every worker forked from it inherited
+    the generator's state, so all of them drew the same "random" backoff delays, and
+    after an etcd member's restart every worker's keep-alive, watches and write retries
+    fired in lock-step: the thundering herd full jitter exists to break up (CPython
+    reseeds its own module-level generator in a forked child for this reason,
+    ``Lib/random.py``). Now a forked child reseeds a generator the registry made itself
+    (``_forget_parent``). ``given``: a generator the caller passed is the caller's and is
+    left alone (a test's seeded one draws the same in every worker), which also shows
+    the comparison can see equal draws (found by a review of 542f7d1)."""
+    lines, out = _forked(_WORKERS_JITTER, str(node.members[0].client_port),
+                         unique_service(), rng)
+    delays = [lines.get(f"worker{n}") for n in range(3)]
+    assert all(delays), out
+    if rng == "given":
+        assert len(set(delays)) == 1, delays
+        return
+    assert len(set(delays)) == 3, (
+        f"the forked workers drew the same backoff delays: {delays[0]} (all three)")
+
+
+#: The ESTABLISHED TCP connections to 127.0.0.1:<port> (``/proc/net/tcp``) of this process's
+#: own sockets, or, given ``inodes``, of those sockets whichever process holds them.
+_ESTABLISHED_TO = textwrap.dedent('''
+    def established_to(port, inodes=None):
+        mine = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                link = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                mine.add(link[8:-1])
+        out = set()
+        for line in open("/proc/net/tcp").read().splitlines()[1:]:
+            f = line.split()
+            if int(f[2].split(":")[1], 16) == port and f[3] == "01":  # ESTABLISHED
+                if f[9] in (mine if inodes is None else inodes):
+                    out.add(f[9])
+        return out
+''')
+
+_CONNECTIONS_AFTER_CLOSE = textwrap.dedent("""
+    import asyncio, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance
+    from tests.support.loops import LoopThread
+""") + _ESTABLISHED_TO + textwrap.dedent("""
+    port, fork, service = int(sys.argv[2]), sys.argv[3] == "fork", sys.argv[4]
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{port}",), ttl_s=2))
+    inst = Instance(service=service, instance_id=f"{service}-0", host="127.0.0.1",
+                    port=41000)
+    master = LoopThread()
+    master.run(reg.register(inst))
+
+    async def watch_on(first):  # the master watches a service too (a stream of its own)
+        async for _ in reg.watch(service):
+            first.set()
+
+    async def start_watch():
+        first = asyncio.Event()
+        task = asyncio.ensure_future(watch_on(first))
+        await first.wait()
+        return task
+
+    master.run(start_watch())
+    time.sleep(1.5)  # a keep-alive round or two (ttl_s=2): its pooled connection too
+    ours = established_to(port)
+    print("master connections:", len(ours), flush=True)
+    pid = None
+    if fork:
+        pid = os.fork()
+        if pid == 0:  # a worker, alive for a while; it never touches the registry
+            time.sleep(6)
+            os._exit(0)
+    master.run(reg.deregister(inst))
+    master.run(reg.close())  # "close the HTTP sessions"
+    time.sleep(1.0)
+    print("still established after close:", len(established_to(port, ours)), flush=True)
+    if pid:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads /proc/net/tcp")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("mode", ["fork", "control"])
+def test_a_masters_connections_end_at_its_close_while_a_forked_worker_lives(
+        node: EtcdCluster, mode: str) -> None:
+    """A pre-fork master registered and watched, forked a worker (which never touches the
+    registry), then closed its registry: its connections to etcd stayed ESTABLISHED for
+    as long as the worker lived ("2 of the master's 2"), a watch stream among them, open
+    and fed by etcd. The worker's copies of their sockets (the parent's sessions a child
+    keeps referenced, never closed) held them open, so the master's close sent no FIN;
+    so would every connection the master recycles later (a quiet watch stream resumed,
+    an idle one closed by aiohttp), until every worker forked while it was open exited.
+    Now the child drops its copies of those descriptors at the fork (``/dev/null``
+    ``dup2``-ed over them: see
+    :func:`~meshkit.discovery._resolver.drop_inherited_sockets`). ``control``: no fork,
+    the connections close (found by a review of 542f7d1)."""
+    lines, out = _forked(_CONNECTIONS_AFTER_CLOSE, str(node.members[0].client_port), mode,
+                         unique_service())
+    assert int(lines.get("master connections", "0")) >= 1, out
+    assert lines.get("still established after close") == "0", (
+        f"{lines.get('still established after close')} of the master's "
+        f"{lines.get('master connections')} etcd connections still ESTABLISHED after its "
+        f"close(), while a forked worker lives")
+
+
+_PARENT_AFTER_FORK = textwrap.dedent("""
+    import asyncio, gc, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import EtcdOptions, EtcdRegistry, Instance, _etcd
+    from tests.support.loops import LoopThread
+
+    port, worker, service = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    # a quiet watch stream is resumed after ttl_s (20 s): not before the bound below
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{port}",), ttl_s=20,
+                                   request_timeout_s=4.0, operation_timeout_s=4.0))
+
+    def inst(n):
+        return Instance(service=service, instance_id=f"{service}-{n}", host="127.0.0.1",
+                        port=41000 + n)
+
+    master = LoopThread()
+    master.run(reg.register(inst(0)))
+    seen = {}  # instance id -> when the master's watch first listed it (monotonic)
+
+    async def watch():
+        async for instances in reg.watch(service):
+            now = time.monotonic()
+            for i in instances:
+                seen.setdefault(i.instance_id, now)
+
+    async def start_watch():
+        task = asyncio.ensure_future(watch())
+        while inst(0).instance_id not in seen:
+            await asyncio.sleep(0.01)
+        return task
+
+    task = master.run(start_watch())
+    master.run(reg.services())  # a request on a pooled connection
+    time.sleep(0.3)  # the connections idle, the watch stream waiting for events
+    pid = os.fork()
+    if pid == 0:
+        if worker == "collect":
+            # the worker lets go of what it inherited (its interpreter's exit may): the
+            # parent's sessions are collected, their connectors close their transports
+            # through asyncio, in the parent's loop as the child's copy has it
+            _etcd._inherited.clear()
+            gc.collect()
+            os._exit(0)
+        time.sleep(30)  # "live": alive while the master works on (killed below)
+        os._exit(0)
+    if worker == "collect":
+        os.waitpid(pid, 0)
+    else:
+        time.sleep(0.5)
+    for n in (1, 2):
+        started = time.monotonic()
+        try:
+            master.run(reg.register(inst(n)), 30)
+            took = f"ok ({time.monotonic() - started:.1f} s)"
+        except Exception as exc:
+            took = f"{type(exc).__name__}: {exc}"
+        while inst(n).instance_id not in seen and time.monotonic() < started + 12:
+            time.sleep(0.02)
+        print(f"register {n}:", took, flush=True)
+        print(f"seen {n}:", f"{seen.get(inst(n).instance_id, float('inf')) - started:.1f}",
+              flush=True)
+    if worker == "live":
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    for n in range(3):
+        master.run(reg.deregister(inst(n)), 30)
+    master.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("worker", ["live", "collect"])
+def test_a_forked_worker_leaves_its_masters_watch_and_requests_undisturbed(
+        node: EtcdCluster, worker: str) -> None:
+    """A pre-fork master watching a service and holding a pooled connection forks a
+    worker, then registers two instances: each register() answers (no retry) and the
+    master's watch lists each at once. ``live``: the worker lives on meanwhile (its
+    copies of the master's socket descriptors were replaced with ``/dev/null`` at the
+    fork, which leaves the master's sockets, and their registrations with the epoll
+    instance parent and child share, as they were). ``collect``: the worker collects
+    the parent's sessions it inherited, as an interpreter's exit may: their connectors
+    close their transports through the child's copy of the parent's event loop, whose
+    ``epoll_ctl(EPOLL_CTL_DEL)`` on that shared instance removed the master's own
+    registrations of those sockets: the master's watch went silent (until its stream is
+    resumed after ``ttl_s`` of quiet) and its next request on the pooled connection got
+    no answer ("register 1: RegistryError ... TimeoutError"). Now those descriptors name
+    ``/dev/null`` in the child by then, so the call fails there, harmlessly."""
+    lines, out = _forked(_PARENT_AFTER_FORK, str(node.members[0].client_port), worker,
+                         unique_service(), timeout_s=80)
+    for n in (1, 2):
+        assert lines.get(f"register {n}", "").startswith("ok"), (
+            f"the master's register() after its worker's fork: "
+            f"{lines.get(f'register {n}')!r}\n{out}")
+        # at once when undisturbed; a silenced stream is resumed only after ttl_s (20 s)
+        assert float(lines.get(f"seen {n}", "inf")) < 8.0, (
+            f"the master's watch listed its instance {n} after "
+            f"{lines.get(f'seen {n}')} s\n{out}")
+
+
 # -- a key lost while its lease lives: the owner puts it back ------------------------------------
 def _check_bound_s(opts: EtcdOptions) -> float:
     """The documented bound within which an owner puts back a key it lost while its lease
