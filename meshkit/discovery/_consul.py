@@ -91,6 +91,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
@@ -116,7 +117,12 @@ from meshkit.discovery._options import (
     split_address,
     split_uri,
 )
-from meshkit.discovery._resolver import LookupThreads, OwnThreadsResolver, cancelled_by_close
+from meshkit.discovery._resolver import (
+    LookupThreads,
+    OwnThreadsResolver,
+    cancelled_by_close,
+    drop_inherited_sockets,
+)
 from meshkit.discovery._shared import (
     CLOSED,
     CloseRace,
@@ -727,7 +733,8 @@ class ConsulRegistry:
     Args:
         options: :class:`ConsulOptions`; default :meth:`ConsulOptions.from_env` (Consul's CLI
             variables, so ``CONSUL_HTTP_ADDR`` etc. apply).
-        rng: random source of the backoff jitter (default a new ``random.Random()``).
+        rng: random source of the backoff jitter (default a new ``random.Random()``,
+            reseeded in a forked child; one given is never reseeded).
         sleep: coroutine function sleeping a number of seconds, used for backoff between
             failed watch queries (default ``asyncio.sleep``); tests inject a fast one.
 
@@ -741,7 +748,11 @@ class ConsulRegistry:
     loop's default executor, which the application's blocking work may fill; :meth:`close`
     releases them. A registry used before an ``os.fork()`` works in the child too (a
     pre-fork server's workers, ``multiprocessing``'s fork start method): the child gets
-    lookup threads of its own. Errors: ``register``/``deregister`` raise :class:`RegistryError`
+    lookup threads, a lock and HTTP clients of its own, also when another thread of the
+    parent was using it at the fork, a default ``rng`` reseeded (workers do not retry in
+    lock-step), and lets go of its copies of the parent's connections (the parent's
+    close ends them while workers live) (``os.register_at_fork``; see
+    :meth:`_forget_parent`). Errors: ``register``/``deregister`` raise :class:`RegistryError`
     (chained from the aiohttp/consul exception); watches and heartbeats never raise for
     agent errors, they log a warning on ``meshkit.discovery.consul`` and retry.
 
@@ -760,6 +771,7 @@ class ConsulRegistry:
     ) -> None:
         self.options = options if options is not None else ConsulOptions.from_env()
         self._rng = rng if rng is not None else random.Random()
+        self._own_rng = rng is None  # reseeded in a forked child (see _forget_parent)
         self._sleep = sleep if sleep is not None else asyncio.sleep
         # one py-consul client per event loop (an aiohttp session belongs to one): a
         # later asyncio.run(), or loops of several threads at once; each with the task of
@@ -780,6 +792,50 @@ class ConsulRegistry:
         # watch number -> instances it keeps after the agent lost its state (status())
         self._kept: dict[int, int] = {}
         self._watch_ids = itertools.count()
+        _registries.add(self)  # reset in a forked child: _forget_parent
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()`` (``os.register_at_fork(after_in_child=...)``):
+        start afresh, as the etcd registry's child does (closed if the parent's registry
+        was).
+
+        * **Lock.** ``_clients_lock`` may have been held at the fork by another thread of
+          the parent (a loop of its own adding its client), which does not exist in the
+          child: the child's first request would block its event loop's thread for good
+          (no ``wait_for`` ends it). The child gets a new one.
+        * **Jitter.** A generator the registry made itself (no ``rng`` given) is
+          reseeded (from ``os.urandom``): with the parent's state every worker forked
+          from one registry drew the same backoff delays, so after an agent's restart
+          their heartbeat and watch retries fired in lock-step. A generator the caller
+          gave is the caller's.
+        * **Clients and tasks.** The clients (HTTP sessions) and keep-alive tasks of the
+          parent's loops are kept referenced (``_inherited``), never used nor closed
+          through asyncio here: a transport closed in the child would remove its
+          descriptor from the epoll instance the child's copy of the parent's loop
+          shares with the parent, silencing the parent's long polls and pooled
+          connections. The child's copies of their socket descriptors are made to name
+          ``/dev/null`` instead, so that the parent's close of a connection ends it
+          while workers live (:func:`~meshkit.discovery._resolver.drop_inherited_sockets`).
+          The child's requests use clients of its own loops; the parent's instances
+          are not the child's to keep alive (a ``register()`` of the same id in the
+          child keeps it alive from there), nor are the parent's watches its to end
+          at :meth:`close`. The lookup threads are renewed by
+          :class:`~meshkit.discovery._resolver.LookupThreads`."""
+        self._clients_lock = threading.Lock()
+        if self._own_rng:
+            self._rng.seed()
+        _inherited.append((self._clients, self._keepers))
+        drop_inherited_sockets(client.http._session for client, _ in self._clients.values())
+        for reg in self._keepers.values():
+            if reg.task is not None:
+                with contextlib.suppress(Exception):  # a loop of the parent's; not running
+                    reg.task.cancel()
+        self._clients = {}
+        self._keepers = {}
+        race = CloseRace()  # no waits of the parent's loops to wake at a close
+        race.closed = self._race.closed
+        self._race = race
+        self._kept = {}
 
     @classmethod
     def from_uri(
@@ -1591,3 +1647,27 @@ class ConsulRegistry:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
             self._dns.shutdown()
+
+
+#: Every registry of the process: each starts afresh in a forked child
+#: (:meth:`ConsulRegistry._forget_parent`).
+_registries: weakref.WeakSet[ConsulRegistry] = weakref.WeakSet()
+#: A parent's HTTP clients and keep-alive tasks, in a forked child: kept referenced, never
+#: used nor closed. Closed or collected in the child, their transports would remove their
+#: descriptors from the epoll instance the child's copy of the parent's loop shares with
+#: the parent, silencing the parent's long polls and pooled connections (and a collected
+#: pending task or unclosed session is logged at ERROR). Their sockets' descriptors name
+#: /dev/null in the child (_resolver.drop_inherited_sockets), which makes a close there
+#: harmless to the parent should one come after all (an interpreter's exit).
+_inherited: list[object] = []
+
+
+def _after_fork_in_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: every Consul registry of the process
+    starts afresh in the child (see :meth:`ConsulRegistry._forget_parent`)."""
+    for reg in list(_registries):
+        reg._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -2215,6 +2215,341 @@ def test_a_forked_child_can_look_the_agent_up(double_thread: ConsulDouble) -> No
         "child closed"], done.stdout + done.stderr
     assert lines.get("parent after") == "ok", done.stdout + done.stderr
 
+def _forked(script: str, *args: str, timeout_s: float = 45) -> tuple[dict[str, str], str]:
+    """Run ``script`` (a script that forks: in a subprocess of its own, since the test
+    process has threads a fork would copy) with the repository's root and ``args`` as its
+    arguments, bounded by ``timeout_s`` seconds: its ``name: value`` lines, and its output
+    to quote."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).resolve().parents[2]), *args],
+        capture_output=True, text=True, timeout=timeout_s, check=False)
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    return lines, done.stdout + done.stderr[-3000:]
+
+
+_WORKERS_JITTER = textwrap.dedent("""
+    import os, random, sys
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+    from tests.support.loops import LoopThread
+
+    given = sys.argv[3] == "given"
+    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{sys.argv[2]}",
+                                       request_timeout_s=2.0),
+                         rng=random.Random(7) if given else None)
+    master = LoopThread()  # a pre-fork master that used the registry, then forks workers
+    master.run(reg.services())
+    workers = []
+    for n in range(3):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            # the delays a worker's heartbeat and watch retries sleep after its 1st..6th
+            # consecutive failure (full jitter)
+            os.write(w, repr([reg._backoff_delay(a) for a in range(1, 7)]).encode())
+            os._exit(0)
+        os.close(w)
+        workers.append((pid, r))
+    for n, (pid, r) in enumerate(workers):
+        out = b""
+        while chunk := os.read(r, 4096):
+            out += chunk
+        os.waitpid(pid, 0)
+        print(f"worker{n}: {out.decode()}", flush=True)
+    master.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("rng", ["default", "given"])
+def test_workers_forked_from_one_registry_draw_different_backoff_jitter(
+        double_thread: ConsulDouble, rng: str) -> None:
+    """A registry built with the default ``rng`` (a ``random.Random()`` seeded once, at
+    construction) and used by a pre-fork master: every worker forked from it inherited
+    the generator's state, so all of them drew the same "random" backoff delays, and
+    after an agent's restart every worker's heartbeat and watch retries fired in
+    lock-step: the thundering herd full jitter exists to break up (CPython reseeds its
+    own module-level generator in a forked child for this reason, ``Lib/random.py``).
+    Now a forked child reseeds a generator the registry made itself (the registry's
+    ``os.register_at_fork`` hook). ``given``: a generator the caller passed is the
+    caller's and is left alone (a test's seeded one draws the same in every worker),
+    which also shows the comparison can see equal draws (found by a review of
+    542f7d1)."""
+    lines, out = _forked(_WORKERS_JITTER, str(double_thread.port), rng)
+    delays = [lines.get(f"worker{n}") for n in range(3)]
+    assert all(delays), out
+    if rng == "given":
+        assert len(set(delays)) == 1, delays
+        return
+    assert len(set(delays)) == 3, (
+        f"the forked workers drew the same backoff delays: {delays[0]} (all three)")
+
+
+_FORK_WHILE_LOCKED = textwrap.dedent("""
+    import asyncio, os, sys, threading, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+    from meshkit.discovery._types import Instance
+    from meshkit.errors import RegistryError
+
+    held = sys.argv[3] == "held"
+    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{sys.argv[2]}",
+                                       request_timeout_s=1.0))
+    taken = threading.Event()
+
+    def another_loop_thread():
+        # stands for another thread of the parent inside _get_client's critical section
+        # (a loop of its own adding its client) at the moment of the fork
+        with reg._clients_lock:
+            taken.set()
+            time.sleep(3)
+
+    if held:
+        threading.Thread(target=another_loop_thread, daemon=True).start()
+        taken.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        def watchdog():
+            time.sleep(8)
+            print("child: hung (the child's event loop thread is blocked)", flush=True)
+            os._exit(0)
+
+        threading.Thread(target=watchdog, daemon=True).start()
+
+        async def child():
+            try:
+                await asyncio.wait_for(reg.register(Instance(
+                    service="svc", instance_id="svc-1", host="127.0.0.1", port=1)), 5)
+                return "ok"
+            except RegistryError:
+                return "RegistryError"  # the agent is down: answered, not hung
+            except BaseException as exc:
+                return type(exc).__name__
+
+        print("child:", asyncio.run(child()), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("parent: ok", flush=True)
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("mode", ["held", "control"])
+def test_a_registry_forked_while_another_thread_holds_its_lock_works_in_the_child(
+        mode: str) -> None:
+    """A registry whose ``_clients_lock`` (a ``threading.Lock`` taken by ``_get_client``
+    as a loop adds its client) another thread of the parent held at ``os.fork()``: the
+    child inherited it held by a thread that does not exist there, and blocked for good
+    on the first request of its own loop, inside the event loop's thread ("hung": not
+    an await, so no ``wait_for`` could end it, nor a SIGTERM handler run), though the
+    class docstring promises a registry used before a fork works in the child. The
+    window is short (a dict comprehension), shown here by a thread holding the lock
+    across the fork. Now the child gets a new lock (``os.register_at_fork``, as the etcd
+    registry's child does). ``control``: the lock is free; the agent is down, so the
+    child's register() answers ``RegistryError`` (found by a review of fbfaa0b)."""
+    lines, out = _forked(_FORK_WHILE_LOCKED, str(_free_port()), mode, timeout_s=40)
+    assert lines.get("parent") == "ok", out
+    assert lines.get("child") == "RegistryError", (
+        f"the forked child's register() with the agent down: {lines.get('child')!r} "
+        f"(expected a RegistryError: the lock was held by a parent's thread at the fork)")
+
+
+#: The ESTABLISHED TCP connections to 127.0.0.1:<port> (``/proc/net/tcp``) of this process's
+#: own sockets, or, given ``inodes``, of those sockets whichever process holds them.
+_ESTABLISHED_TO = textwrap.dedent('''
+    def established_to(port, inodes=None):
+        mine = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                link = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                mine.add(link[8:-1])
+        out = set()
+        for line in open("/proc/net/tcp").read().splitlines()[1:]:
+            f = line.split()
+            if int(f[2].split(":")[1], 16) == port and f[3] == "01":  # ESTABLISHED
+                if f[9] in (mine if inodes is None else inodes):
+                    out.add(f[9])
+        return out
+''')
+
+_CONNECTIONS_AFTER_CLOSE = textwrap.dedent("""
+    import asyncio, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+    from meshkit.discovery._types import Instance
+    from tests.support.loops import LoopThread
+""") + _ESTABLISHED_TO + textwrap.dedent("""
+    port, fork, service = int(sys.argv[2]), sys.argv[3] == "fork", sys.argv[4]
+    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", ttl_s=1.5, wait_s=30,
+                                       request_timeout_s=2.0))
+    inst = Instance(service=service, instance_id=f"{service}-0", host="127.0.0.1",
+                    port=41000)
+    master = LoopThread()
+    master.run(reg.register(inst))
+
+    async def watch_on(first):  # the master watches a service too (a long poll)
+        async for _ in reg.watch(service):
+            first.set()
+
+    async def start_watch():
+        first = asyncio.Event()
+        task = asyncio.ensure_future(watch_on(first))
+        await first.wait()
+        return task
+
+    master.run(start_watch())
+    time.sleep(1.5)  # heartbeats (ttl_s / 3) on a pooled connection, the long poll waiting
+    ours = established_to(port)
+    print("master connections:", len(ours), flush=True)
+    pid = None
+    if fork:
+        pid = os.fork()
+        if pid == 0:  # a worker, alive for a while; it never touches the registry
+            time.sleep(6)
+            os._exit(0)
+    master.run(reg.deregister(inst))
+    master.run(reg.close())
+    time.sleep(1.0)
+    print("still established after close:", len(established_to(port, ours)), flush=True)
+    if pid:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+""")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads /proc/net/tcp")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("mode", ["fork", "control"])
+def test_a_masters_connections_end_at_its_close_while_a_forked_worker_lives(
+        double_thread: ConsulDouble, mode: str) -> None:
+    """A pre-fork master registered and watched, forked a worker (which never touches the
+    registry), then closed its registry: its connections to the agent stayed ESTABLISHED
+    for as long as the worker lived, its long poll among them. The worker's copies of
+    their sockets (in the parent's clients the child kept) held them open, so the
+    master's close sent no FIN; so would every connection the master recycles later,
+    until every worker forked while it was open exited (an agent limits connections per
+    client address: ``limits.http_max_conns_per_client``). Now the child drops its
+    copies of those descriptors at the fork (``/dev/null`` ``dup2``-ed over them: see
+    :func:`~meshkit.discovery._resolver.drop_inherited_sockets`), as the etcd registry's
+    child does. ``control``: no fork, the connections close."""
+    lines, out = _forked(_CONNECTIONS_AFTER_CLOSE, str(double_thread.port), mode,
+                         unique_service())
+    assert int(lines.get("master connections", "0")) >= 1, out
+    assert lines.get("still established after close") == "0", (
+        f"{lines.get('still established after close')} of the master's "
+        f"{lines.get('master connections')} agent connections still ESTABLISHED after its "
+        f"close(), while a forked worker lives")
+
+
+_PARENT_AFTER_FORK = textwrap.dedent("""
+    import asyncio, gc, os, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.discovery import _consul
+    from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+    from meshkit.discovery._types import Instance
+    from tests.support.loops import LoopThread
+
+    port, worker, service = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    # a long poll the agent never answers ends after wait_s * 17/16 + request_timeout_s
+    # (36 s): not before the bound below
+    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", wait_s=30,
+                                       request_timeout_s=4.0))
+
+    def inst(n):
+        return Instance(service=service, instance_id=f"{service}-{n}", host="127.0.0.1",
+                        port=41000 + n)
+
+    master = LoopThread()
+    master.run(reg.register(inst(0)))
+    seen = {}  # instance id -> when the master's watch first listed it (monotonic)
+
+    async def watch():
+        async for instances in reg.watch(service):
+            now = time.monotonic()
+            for i in instances:
+                seen.setdefault(i.instance_id, now)
+
+    async def start_watch():
+        task = asyncio.ensure_future(watch())
+        while inst(0).instance_id not in seen:
+            await asyncio.sleep(0.01)
+        return task
+
+    task = master.run(start_watch())
+    master.run(reg.services())  # a request on a pooled connection
+    time.sleep(0.3)  # the connections idle, the long poll waiting
+    pid = os.fork()
+    if pid == 0:
+        if worker == "collect":
+            # the worker lets go of what it inherited (its interpreter's exit may): the
+            # parent's clients are collected, their connectors close their transports
+            # through asyncio, in the parent's loop as the child's copy has it
+            reg._clients = {}
+            getattr(_consul, "_inherited", []).clear()
+            gc.collect()
+            os._exit(0)
+        time.sleep(30)  # "live": alive while the master works on (killed below)
+        os._exit(0)
+    if worker == "collect":
+        os.waitpid(pid, 0)
+    else:
+        time.sleep(0.5)
+    for n in (1, 2):
+        started = time.monotonic()
+        try:
+            master.run(reg.register(inst(n)), 30)
+            took = f"ok ({time.monotonic() - started:.1f} s)"
+        except Exception as exc:
+            took = f"{type(exc).__name__}: {exc}"
+        while inst(n).instance_id not in seen and time.monotonic() < started + 12:
+            time.sleep(0.02)
+        print(f"register {n}:", took, flush=True)
+        print(f"seen {n}:", f"{seen.get(inst(n).instance_id, float('inf')) - started:.1f}",
+              flush=True)
+    if worker == "live":
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    for n in range(3):
+        master.run(reg.deregister(inst(n)), 30)
+    master.run(reg.close())
+""")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("worker", ["live", "collect"])
+def test_a_forked_worker_leaves_its_masters_watch_and_requests_undisturbed(
+        double_thread: ConsulDouble, worker: str) -> None:
+    """A pre-fork master watching a service and holding a pooled connection forks a
+    worker, then registers two instances: each register() answers and the master's
+    watch lists each at once. ``live``: the worker lives on meanwhile (its copies of the
+    master's socket descriptors were replaced with ``/dev/null`` at the fork, which
+    leaves the master's sockets, and their registrations with the epoll instance parent
+    and child share, as they were). ``collect``: the worker collects the parent's
+    clients it inherited, as an interpreter's exit may: their connectors close their
+    transports through the child's copy of the parent's event loop, whose
+    ``epoll_ctl(EPOLL_CTL_DEL)`` on that shared instance removed the master's own
+    registrations of those sockets, so the master's long poll and its next request on
+    the pooled connection got no answer. Now those descriptors name ``/dev/null`` in the
+    child by then, so the call fails there, harmlessly."""
+    lines, out = _forked(_PARENT_AFTER_FORK, str(double_thread.port), worker,
+                         unique_service(), timeout_s=80)
+    for n in (1, 2):
+        assert lines.get(f"register {n}", "").startswith("ok"), (
+            f"the master's register() after its worker's fork: "
+            f"{lines.get(f'register {n}')!r}\n{out}")
+        # at once when undisturbed; a silenced long poll ends after 36 s
+        assert float(lines.get(f"seen {n}", "inf")) < 8.0, (
+            f"the master's watch listed its instance {n} after "
+            f"{lines.get(f'seen {n}')} s\n{out}")
+
 
 async def _then(first: Awaitable[object], second: Awaitable[_T]) -> _T:
     await first
