@@ -1,0 +1,1 @@
+"""Interop with gRPC implementations nobody here wrote (grpc-js), both ways."""
