@@ -38,9 +38,11 @@ async def _call(port: int, kind: str, name: str, requests: AsyncIterator[bytes],
         got: list[bytes] = []
         try:
             if kind == "stream_unary":
-                got.append(await ch.stream_unary(method(name))(requests, timeout=timeout_s))
+                upload: Any = ch.stream_unary(method(name))
+                got.append(await upload(requests, timeout=timeout_s))
             else:
-                call: Any = ch.stream_stream(method(name))(requests, timeout=timeout_s)
+                bidi: Any = ch.stream_stream(method(name))
+                call: Any = bidi(requests, timeout=timeout_s)
                 async for item in call:
                     got.append(item)
         except grpc.aio.AioRpcError as exc:
@@ -112,8 +114,9 @@ async def test_one_request_from_a_streaming_stub_is_served(
     got = await _call(srv.port, "stream_stream", "ServerStream", _requests(b"2", hold_s=0.2))
     assert got == (grpc.StatusCode.OK, "", [b"e1|0", b"e1|1"])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-        assert await ch.unary_unary(method("Unary"))(b"u", timeout=10) == b"e1|u"
-        health = ch.unary_unary("/grpc.health.v1.Health/Check")
+        unary: Any = ch.unary_unary(method("Unary"))
+        assert await unary(b"u", timeout=10) == b"e1|u"
+        health: Any = ch.unary_unary("/grpc.health.v1.Health/Check")
         assert await health(b"", timeout=10) == b"\x08\x01"  # SERVING
     assert served == ["Unary", "Unary"]
 
@@ -126,7 +129,7 @@ async def test_two_health_check_requests_are_refused_with_the_check(
     checked as any unary method."""
     srv = await echo_servers("e1", **CHECKED)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-        check = ch.stream_unary("/grpc.health.v1.Health/Check")
+        check: Any = ch.stream_unary("/grpc.health.v1.Health/Check")
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await check(_requests(b"", b""), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, info.value
