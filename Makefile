@@ -19,7 +19,8 @@ demo: $(STAMP)
 
 # Real components the suite runs, from Debian (each a no-op when installed): Prometheus and
 # Alertmanager (tests/ops), etcd-server/etcd-client (the etcd registry tests), chromium
-# (the admin dashboard's browser test).
+# (the admin dashboard's browser test); @grpc/grpc-js from npm, pinned, into .cache/grpcjs
+# (tests/interop).
 # Test workers: one more than the CPUs this process may use, as the suite waits on
 # sockets, subprocesses and timers part of its time (2 cores: 6:52 with 2 workers, 5:41
 # with 3, the cores then 93 % busy). TEST_WORKERS=N to choose.
@@ -28,6 +29,7 @@ test: $(STAMP)
 	bash scripts/install-ops.sh
 	bash scripts/install-etcd.sh
 	bash scripts/install-browser.sh
+	bash scripts/install-grpcjs.sh
 	$(VENV)/bin/ruff check meshkit examples tests $(wildcard benchmarks)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
