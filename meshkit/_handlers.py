@@ -947,7 +947,7 @@ def wrap_handler(handler: Handler, before: Before | None = None,
             if req_s:
                 des = _counting_received(des, messages)
             if resp_s:
-                sends = _counting_sent(sends, messages)
+                sends = _counting_sent(sends, messages, max_send_bytes)
         behavior = (_reported_stream(inner, check, reporter, unhandled, guard, ser)
                     if streams else _reported(inner, check, reporter, unhandled, empty, ser,
                                               guard))
@@ -1336,11 +1336,29 @@ def _counting_received(des: Callable[[bytes], Any] | None, messages: Any) -> Any
     return decode
 
 
-def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any) -> Any:
+def _counting_sent(ser: Callable[[Any], bytes] | None, messages: Any,
+                   limit: int | None = None) -> Any:
     """The response serializer grpc.aio gets for a response-streaming method: ``ser``
     (``None``: bytes as they are) counting in ``messages.msg_sent`` each message it
     serializes, yielded or written with ``context.write()`` (grpc.aio serializes a
-    message as it sends it). A message that does not serialize is not counted."""
+    message as it sends it). A message that does not serialize is not counted, nor,
+    with ``limit`` (the server's ``grpc.max_send_message_length`` in bytes), one over
+    it: grpc core refuses it (the call ends ``RESOURCE_EXHAUSTED``), so it was not sent
+    (a yielded one the wrap refuses before; one written with ``context.write`` gets
+    here: the length is checked only with a limit)."""
+    if limit is not None:
+        def encode_limited(message: Any) -> Any:
+            data = message if ser is None else ser(message)
+            try:
+                over = len(data) > limit
+            except TypeError:  # not bytes (a None): left to grpc.aio, counted as before
+                over = False
+            if not over:
+                messages.msg_sent += 1
+            return data
+
+        return encode_limited
+
     if ser is None:
         def sent(message: Any) -> Any:
             messages.msg_sent += 1

@@ -1848,3 +1848,71 @@ async def test_server_message_counters_count_what_a_handler_reads_and_writes_its
     # (received, sent); a unary direction is one message per call (Down's request, Up's
     # response)
     assert got == {"Bidi": (3, 3), "BidiCoded": (3, 3), "Down": (1, 3), "Up": (3, 1)}, got
+
+
+_REVIEW = "t.Review"
+_BIG_WRITE = 2000
+_SEND_LIMIT = 1000
+
+
+async def _bidi_yielding(requests: Any, context: Any) -> AsyncIterator[bytes]:
+    async for r in requests:
+        yield r * (_BIG_WRITE if r == b"B" else 1)
+
+
+async def _bidi_writing(requests: Any, context: Any) -> None:
+    async for r in requests:
+        await context.write(r * (_BIG_WRITE if r == b"B" else 1))
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("serializer", [None, bytes])
+@pytest.mark.parametrize("how", ["yield", "context.write"])
+async def test_a_message_over_the_send_limit_is_not_counted_as_sent(
+        registry: LocalRegistry, how: str, serializer: Any) -> None:
+    """``grpc_server_msg_sent_total`` counts a message once it is sent (as
+    go-grpc-prometheus counts once ``SendMsg`` succeeded). A bidi handler answers 3
+    messages, the second over the server's ``grpc.max_send_message_length``: the call
+    ends ``RESOURCE_EXHAUSTED`` and the client got 1. Yielded, the wrap refuses the
+    message before it is counted: 1. Written with ``context.write``, it was counted in
+    the response serializer grpc.aio calls before grpc core refused it: 2 "sent" for 1
+    received (review of 3af8e11); now a message over the limit is not counted."""
+    metrics = CollectorRegistry()
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_REVIEW, {
+            "Echo": grpc.stream_stream_rpc_method_handler(
+                _bidi_writing if how == "context.write" else _bidi_yielding,
+                response_serializer=serializer)}),))
+
+    srv = meshkit.MeshServer("review", [(add, None)], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0.0, grace_s=0.5, admin=None,
+                                 server_options=(("grpc.max_send_message_length",
+                                                  _SEND_LIMIT),),
+                                 generic_methods=(f"{_REVIEW}/*",),
+                                 telemetry=TelemetryOptions(registry=metrics, tracing=False,
+                                                            access_log=False)))
+    await srv.start()
+    labels = {"grpc_service": _REVIEW, "grpc_method": "Echo", "grpc_type": "bidi_stream"}
+    received: list[int] = []
+    code: Any = None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            call = ch.stream_stream(f"/{_REVIEW}/Echo")(iter([b"a", b"B", b"c"]), timeout=5)
+            try:
+                async for msg in call:
+                    received.append(len(msg))
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+        await until(lambda: sum(s.value for f in metrics.collect() for s in f.samples
+                                if s.name == "grpc_server_handled_total"
+                                and s.labels.get("grpc_method") == "Echo") >= 1,
+                    timeout_s=5, what="the call counted")
+    finally:
+        await srv.drain()
+    assert (received, code) == ([1], grpc.StatusCode.RESOURCE_EXHAUSTED)
+    sent = metrics.get_sample_value("grpc_server_msg_sent_total", labels) or 0.0
+    assert sent == len(received), (
+        f"{how}: grpc_server_msg_sent_total {sent} for {len(received)} message(s) the "
+        "server sent (the one over grpc.max_send_message_length was refused)")
