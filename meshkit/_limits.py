@@ -162,8 +162,11 @@ class ServerLimits:
             slower). ``True`` is grpc's default.
         first_message_timeout_s: seconds a unary-request call may wait for its request
             message after its headers (default 10.0); then it ends with ``CANCELLED``
-            "request did not arrive in time" (:class:`RequestGate`). ``None``: wait as
-            long as the client does.
+            "request did not arrive in time" (:class:`RequestGate`). A request-streaming
+            call of a plain-function (``def``) handler, which holds a call slot, waits
+            the same for its first message (a request, or a response its handler sends)
+            and is evicted the same (``evict_waiting_after_s``): its handler's read then
+            fails. ``None``: wait as long as the client does.
         evict_waiting_after_s: when every call slot (``max_concurrent_rpcs``) is taken, a
             new unary-request call takes the slot of the call that has waited longest for
             its request message, if that wait is at least this long (default 1.0 s); the
@@ -497,6 +500,12 @@ def guard_generic_handler(
 # -- reading unary requests: admission and the first-message timer ------------------------
 _request_size: contextvars.ContextVar[int] = contextvars.ContextVar("meshkit_request_size",
                                                                      default=0)
+# the call task of a plain-function handler's request stream (RequestGate
+# _admit_thread_stream), seen by the request (de)serializer grpc.aio calls in the task
+# of the handler thread's read, which copies the call's context: the first message ends
+# the call's wait for its request
+_thread_stream: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "meshkit_thread_stream", default=None)
 
 
 class RequestGate(grpc.aio.ServerInterceptor):
@@ -899,7 +908,42 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if refused is not None:
             return refused
         context.add_done_callback(self._thread_stream_ended)
+        # waiting for its first message, as a unary call for its request: evictable after
+        # evict_waiting_after_s, ended after first_message_timeout_s (_admitting_in_thread)
+        task = self._loops.current_task()
+        assert task is not None
+        self._waiting[task] = time.monotonic()
+        _thread_stream.set(task)
+        if self._timeout_s is not None and self._sweep is None:
+            self._arm_sweep(asyncio.get_running_loop())
         return None
+
+    def _arrived(self, codec: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+        """``codec`` (a request deserializer or response serializer; ``None``: the message
+        as it is) of a method whose plain-function handler's request stream takes a call
+        slot (:meth:`_admit_thread_stream`), ending the call's wait for its first
+        message (so it is neither evicted nor timed out) at its first message either
+        way: a request that arrived, or a response the handler sends (a call the server
+        is answering is served, not one locking callers out). Per message: a context
+        variable and a dict lookup; only such methods pay it."""
+        waiting = self._waiting
+        if codec is None:
+            def arrived_as_is(message: Any) -> Any:
+                task = _thread_stream.get()
+                if task is not None:
+                    waiting.pop(task, None)
+                return message
+
+            return arrived_as_is
+        run = codec
+
+        def arrived(message: Any) -> Any:
+            task = _thread_stream.get()
+            if task is not None:
+                waiting.pop(task, None)
+            return run(message)
+
+        return arrived
 
     def _thread_stream_ended(self, context: Any) -> None:
         after_handler_thread(context, self._release, -1)
@@ -1052,10 +1096,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         stays one (a layer per response message), a coroutine (a client stream, or a
         response stream written with ``context.write``) stays a coroutine (nothing per
         message)."""
-        # a handler in a thread: takes a call slot, held until its thread is done with the
-        # call (it holds one of the server's handler threads while its stream is open)
-        admit = (self._admit_thread_stream if runs_in_a_thread(handler)
-                 else self.admit_stream)
+        if runs_in_a_thread(handler):
+            return self._admitting_in_thread(handler)
+        admit = self.admit_stream
         if handler.response_streaming:
             inner_s = async_behaviour(handler.stream_stream, True, True)
             assert inner_s is not None
@@ -1076,13 +1119,87 @@ class RequestGate(grpc.aio.ServerInterceptor):
         assert inner_u is not None
         return _request_streaming(handler, self._admitted_coroutine(inner_u, admit))
 
-    def _admitted_coroutine(self, inner: Any, admit: Callable[[Any], Awaitable[None] | None]
-                            ) -> Callable[[Any, Any], Awaitable[Any]]:
+    def _admitting_in_thread(self, handler: Handler) -> Handler:
+        """:meth:`_admitting` of a request-streaming ``handler`` that runs a plain-function
+        handler in a thread: the call takes a call slot (:meth:`_admit_thread_stream`)
+        and waits for its first message as a unary call waits for its request (the
+        method's request deserializer and response serializer end the wait at the first
+        message either way: :meth:`_arrived`); when the gate ends that wait (evicted at
+        the cap after ``evict_waiting_after_s``, or ``first_message_timeout_s`` passed)
+        the call ends ``CANCELLED`` "request did not arrive in time" (counted in
+        :attr:`timed_out`, and :attr:`evicted` when evicted), its handler's read fails
+        and its thread is given back: headers-only uploads cannot lock callers out."""
+        admit = self._admit_thread_stream
+        waiting, evicting = self._waiting, self._evicting
+        abort_late = self._abort_late
+        behaviour: Any
+        if handler.response_streaming:
+            inner_s = async_behaviour(handler.stream_stream, True, True)
+            assert inner_s is not None
+            if _writes(inner_s):
+                behaviour = self._admitted_coroutine(inner_s, admit, waits=True)
+            else:
+                async def admitted_stream(requests: Any, context: Any
+                                          ) -> AsyncIterator[Any]:
+                    refused = admit(context)
+                    if refused is not None:
+                        await refused
+                    task: Any = _thread_stream.get()  # set by admit
+                    try:
+                        async for item in responses(inner_s(requests, context)):
+                            yield item
+                        return
+                    except asyncio.CancelledError:
+                        if task not in evicting:
+                            raise
+                        task.uncancel()  # the gate ended its wait: answered below
+                    finally:
+                        waiting.pop(task, None)
+                        evicting.discard(task)
+                    await abort_late(context)
+
+                behaviour = admitted_stream
+        else:
+            inner_u = async_behaviour(handler.stream_unary, True, False)
+            assert inner_u is not None
+            behaviour = self._admitted_coroutine(inner_u, admit, waits=True)
+        return _request_streaming(handler, behaviour,
+                                  self._arrived(handler.request_deserializer),
+                                  self._arrived(handler.response_serializer))
+
+    def _admitted_coroutine(self, inner: Any, admit: Callable[[Any], Awaitable[None] | None],
+                            waits: bool = False) -> Callable[[Any, Any], Awaitable[Any]]:
         """``inner`` (a coroutine function, or a function returning an awaitable, an
         async iterator or a response) run once ``admit`` (:meth:`admit_stream`, or its
         variant for a handler in a thread) has admitted the call; what it returns is
-        handed on as it is, or awaited when it is awaitable."""
+        handed on as it is, or awaited when it is awaitable. ``waits``: the call waits
+        for its first message in the gate's bookkeeping (see
+        :meth:`_admitting_in_thread`)."""
         awaits = inspect.iscoroutinefunction(inner)  # known per method: no check per call
+        if waits:
+            waiting, evicting = self._waiting, self._evicting
+            abort_late = self._abort_late
+
+            async def admitted_waiting(requests: Any, context: Any) -> Any:
+                refused = admit(context)
+                if refused is not None:
+                    await refused
+                task: Any = _thread_stream.get()  # set by admit
+                try:
+                    result = inner(requests, context)
+                    if awaits or inspect.isawaitable(result):
+                        return await result
+                    return result
+                except asyncio.CancelledError:
+                    if task not in evicting:
+                        raise
+                    task.uncancel()  # the gate ended its wait: answered below
+                finally:
+                    waiting.pop(task, None)
+                    evicting.discard(task)
+                await abort_late(context)
+
+            return admitted_waiting
 
         async def admitted(requests: Any, context: Any) -> Any:
             refused = admit(context)
@@ -1247,14 +1364,21 @@ class CallSlots(WrappingInterceptor):
         return _shed(context)
 
 
-def _request_streaming(handler: Handler, behaviour: Any) -> Handler:
+_OWN: Any = object()  # _request_streaming: the handler's own (de)serializer
+
+
+def _request_streaming(handler: Handler, behaviour: Any, des: Any = _OWN,
+                       ser: Any = _OWN) -> Handler:
     """The request-streaming handler the gate gives grpc for ``handler``: ``behaviour``
     (a stream-stream one when ``handler`` streams its responses, else stream-unary) with
-    ``handler``'s request deserializer and response serializer. Made once per method."""
+    ``handler``'s request deserializer and response serializer (or ``des`` / ``ser``
+    when given). Made once per method."""
     factory = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
                else grpc.stream_unary_rpc_method_handler)
-    made: Handler = factory(behaviour, request_deserializer=handler.request_deserializer,
-                            response_serializer=handler.response_serializer)
+    made: Handler = factory(
+        behaviour,
+        request_deserializer=handler.request_deserializer if des is _OWN else des,
+        response_serializer=handler.response_serializer if ser is _OWN else ser)
     return made
 
 

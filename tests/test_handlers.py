@@ -2081,3 +2081,158 @@ def test_a_plain_handlers_request_read_after_its_loop_closed_leaves_no_unawaited
         gc.collect()
     unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
     assert unawaited == [], unawaited
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("unary", ["async", "plain"])
+async def test_header_only_plain_uploads_do_not_lock_unary_callers_out(
+        registry: LocalRegistry, unary: str) -> None:
+    """``ServerLimits.max_concurrent_rpcs``: a plain (``def``) request-streaming
+    handler's call holds a call slot (773b7dd), and "at the cap a new call takes the slot
+    of a call that has waited ``evict_waiting_after_s`` for its request";
+    ``evict_waiting_after_s``: calls that send headers only cannot lock callers out. A
+    plain upload's slot was never in the gate's wait bookkeeping (nothing evicted it, no
+    first-message timeout ended it): two clients opening plain uploads and sending
+    nothing held both slots, and every unary call, async or plain (threads free), was
+    shed ``RESOURCE_EXHAUSTED`` "server busy". Now such an upload waits for its first
+    message as a unary call does: evicted, its handler's read fails and its thread is
+    given back (review of 773b7dd)."""
+    started: list[str] = []
+    ended: list[str] = []
+
+    def upload(requests: Iterator[bytes], context: Any) -> bytes:
+        started.append("upload")
+        try:
+            for _ in requests:
+                pass
+        finally:
+            ended.append("upload")
+        return b"uploaded"
+
+    async def fast_async(request: bytes, context: Any) -> bytes:
+        return b"fast"
+
+    def fast_plain(request: bytes, context: Any) -> bytes:
+        return b"fast"
+
+    srv = await _serve_sync(
+        registry, {"Upload": grpc.stream_unary_rpc_method_handler(upload),
+                   "Fast": grpc.unary_unary_rpc_method_handler(
+                       fast_async if unary == "async" else fast_plain)},
+        handler_threads=4, limits=meshkit.ServerLimits(max_concurrent_rpcs=2))
+    idle: list[Any] = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            # two slowloris uploads: headers sent, no message ever
+            idle = [ch.stream_unary(_synch("Upload"))(timeout=30) for _ in range(2)]
+            await until(lambda: len(started) == 2, timeout_s=10,
+                        what="both idle uploads' handlers running")
+            await asyncio.sleep(1.5)  # > evict_waiting_after_s (1.0): evictable by now
+            got: list[Any] = []
+            for _ in range(2):
+                try:
+                    got.append(await ch.unary_unary(_synch("Fast"))(b"", timeout=5))
+                except grpc.aio.AioRpcError as e:
+                    got.append(e.code())
+                await asyncio.sleep(0.3)
+            assert got == [b"fast", b"fast"], (
+                f"{unary} unary calls beside two header-only plain uploads that had waited "
+                f"1.5 s (> evict_waiting_after_s) for their first message: {got}; their "
+                "slots are never evicted, so they lock every unary caller out")
+            # an evicted upload's handler saw its read fail and gave its thread back
+            await until(lambda: len(ended) >= 1, timeout_s=10,
+                        what="an evicted upload's handler returned")
+            assert srv.gate is not None and srv.gate.evicted >= 1
+            gone = [c for c in idle if c.done()]
+            assert gone and await gone[0].code() == grpc.StatusCode.CANCELLED
+            assert await gone[0].details() == "request did not arrive in time"
+            for call in idle:
+                call.cancel()
+            await until(lambda: srv.gate is not None and srv.gate.calls() == 0, timeout_s=5,
+                        what="the uploads' slots given back")
+            # an upload that sends its messages is served as before, and is never evicted
+            # once its first message came
+            slow = ch.stream_unary(_synch("Upload"))(timeout=20)
+            await slow.write(b"part")
+            await asyncio.sleep(1.5)
+            for _ in range(2):
+                assert await ch.unary_unary(_synch("Fast"))(b"", timeout=5) == b"fast"
+            await slow.write(b"more")
+            await slow.done_writing()
+            assert await slow == b"uploaded"
+    finally:
+        for call in idle:
+            call.cancel()
+        await srv.drain()
+
+
+@pytest.mark.timeout(40)
+async def test_a_header_only_plain_upload_ends_after_first_message_timeout(
+        registry: LocalRegistry) -> None:
+    """A plain upload that sends no message is ended ``CANCELLED`` "request did not
+    arrive in time" after ``first_message_timeout_s`` (no call needs its slot), its
+    handler's thread given back; one that sent its first message in time is not."""
+    ended: list[str] = []
+
+    def upload(requests: Iterator[bytes], context: Any) -> bytes:
+        try:
+            return b"%d" % sum(1 for _ in requests)
+        finally:
+            ended.append("upload")
+
+    srv = await _serve_sync(
+        registry, {"Upload": grpc.stream_unary_rpc_method_handler(upload)},
+        handler_threads=4,
+        limits=meshkit.ServerLimits(max_concurrent_rpcs=4, first_message_timeout_s=1.0))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            quiet = ch.stream_unary(_synch("Upload"))(timeout=20)
+            talking = ch.stream_unary(_synch("Upload"))(timeout=20)
+            await talking.write(b"x")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(quiet, 10)
+            assert err.value.code() == grpc.StatusCode.CANCELLED
+            assert err.value.details() == "request did not arrive in time"
+            await until(lambda: ended == ["upload"], timeout_s=10,
+                        what="the quiet upload's handler returned")
+            await talking.write(b"y")
+            await talking.done_writing()
+            assert await talking == b"2"
+            await until(lambda: srv.gate is not None and srv.gate.calls() == 0, timeout_s=5)
+    finally:
+        await srv.drain()
+
+
+@pytest.mark.timeout(40)
+async def test_a_plain_bidi_stream_answering_before_any_request_is_not_timed_out(
+        registry: LocalRegistry) -> None:
+    """A plain bidi handler waits for its first message in the gate's bookkeeping
+    (``first_message_timeout_s``), but a response it sends ends that wait as a request
+    does: a server-push stream whose client sends nothing for longer than the timeout is
+    served to its end; one that sends and receives nothing is ended ``CANCELLED``."""
+    def push(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        for i in range(5):
+            yield b"%d" % i
+            time.sleep(0.4)
+
+    def silent(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        for r in requests:
+            yield r
+
+    srv = await _serve_sync(
+        registry, {"Push": grpc.stream_stream_rpc_method_handler(push),
+                   "Silent": grpc.stream_stream_rpc_method_handler(silent)},
+        handler_threads=4,
+        limits=meshkit.ServerLimits(max_concurrent_rpcs=4, first_message_timeout_s=1.0))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            quiet = ch.stream_stream(_synch("Silent"))(timeout=20)
+            pushed = ch.stream_stream(_synch("Push"))(timeout=20)
+            got = [m async for m in pushed]  # the client sends nothing for 2 s
+            assert got == [b"0", b"1", b"2", b"3", b"4"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(quiet.read(), 10)
+            assert err.value.code() == grpc.StatusCode.CANCELLED
+            await until(lambda: srv.gate is not None and srv.gate.calls() == 0, timeout_s=10)
+    finally:
+        await srv.drain()
