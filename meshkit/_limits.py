@@ -566,9 +566,10 @@ class RequestGate(grpc.aio.ServerInterceptor):
     Calls ended here (unary or streaming requests) end before any code of the call ran,
     the server's chain included: telemetry does not see them (not in
     ``grpc_server_started_total``/``grpc_server_handled_total``), the rate limit does not
-    charge them, and they are counted in :attr:`shed`, :attr:`timed_out` and
-    :attr:`evicted` (``meshkit_server_gate_refusals_total``) and logged as a warning at
-    most once a minute.
+    charge them, and they are counted in :attr:`shed`, :attr:`timed_out`,
+    :attr:`evicted` and :attr:`cardinality` (``meshkit_server_gate_refusals_total``,
+    reasons ``shed``, ``timed_out``, ``evicted``, ``cardinality``) and logged as a
+    warning at most once a minute.
 
     Args:
         limits: the :class:`ServerLimits` (``max_concurrent_rpcs``,
@@ -590,6 +591,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.shed = 0
         self.timed_out = 0
         self.evicted = 0
+        self.cardinality = 0  # calls refused UNIMPLEMENTED: no request message, or two
         self._cap = limits.max_concurrent_rpcs
         self._read_cap = limits.max_concurrent_reads
         # read permit holders (each with the time from which it may be evicted) and the
@@ -671,6 +673,7 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if now - self._logged_at >= 60.0:
             self._logged_at = now
             _log.warning(what, shed=self.shed, timed_out=self.timed_out,
+                         evicted=self.evicted, cardinality=self.cardinality,
                          inflight_bytes=self.inflight_bytes)
 
     async def _busy(self, context: Any,
@@ -737,9 +740,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if request is _LATE:
             await self._abort_late(context)
         if request is _MISSING:
-            await _refuse_count(context, _NO_REQUEST)
+            await self._refuse_count(context, _NO_REQUEST)
         if request is _EXTRA:
-            await _refuse_count(context, _EXTRA_REQUEST)
+            await self._refuse_count(context, _EXTRA_REQUEST)
         size = _request_size.get()
         if (self._budget is not None and self.inflight_bytes
                 and self.inflight_bytes + size > self._budget):
@@ -754,6 +757,17 @@ class RequestGate(grpc.aio.ServerInterceptor):
         self.timed_out += 1
         self._warn("ended calls whose request did not arrive in time")
         await context.abort(grpc.StatusCode.CANCELLED, "request did not arrive in time")
+
+    async def _refuse_count(self, context: Any, details: str) -> None:
+        """End a unary-request call that sent no request message or more than one:
+        ``UNIMPLEMENTED`` (gRPC's code for a request cardinality violation, grpc/grpc
+        doc/statuscodes.md) with ``details`` (:data:`_NO_REQUEST` or
+        :data:`_EXTRA_REQUEST`); counted in :attr:`cardinality` (reason ``cardinality``
+        of ``meshkit_server_gate_refusals_total``) and warned about."""
+        self.cardinality += 1
+        self._warn("refused calls with no request message or more than one (a proto "
+                   "that differs between client and server?)")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
 
     async def _first_reserved(self, context: Any) -> tuple[Any, int]:
         """:meth:`_first` for a call that entered by :meth:`_enter_reserved`: one holding a
@@ -788,9 +802,9 @@ class RequestGate(grpc.aio.ServerInterceptor):
         if request is _LATE:
             await self._abort_late(context)
         if request is _EOF:
-            await _refuse_count(context, _NO_REQUEST)
+            await self._refuse_count(context, _NO_REQUEST)
         if request is _EXTRA:
-            await _refuse_count(context, _EXTRA_REQUEST)
+            await self._refuse_count(context, _EXTRA_REQUEST)
         size = _request_size.get()
         if size > _HEALTH_REQUEST_BYTES:
             request = None
@@ -1395,13 +1409,6 @@ async def _shed(context: Any) -> None:
     nack trailer (``meshkit-nack: 1``), so meshkit clients retry it on another endpoint."""
     context.set_trailing_metadata((NACK_METADATA,))
     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
-
-
-async def _refuse_count(context: Any, details: str) -> None:
-    """End a unary-request call that sent no request message or more than one:
-    ``UNIMPLEMENTED`` (gRPC's code for a request cardinality violation, grpc/grpc
-    doc/statuscodes.md) with ``details``."""
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
 
 
 _NO_REQUEST = "request message missing: the method takes exactly one"

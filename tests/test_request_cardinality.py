@@ -161,3 +161,49 @@ def test_the_check_needs_the_gate() -> None:
     with pytest.raises(ConfigError, match=r"check_request_count.*'yes'"):
         meshkit.ServerLimits(check_request_count="yes")  # type: ignore[arg-type]
     assert meshkit.ServerLimits().check_request_count is False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("requests", [[], [b"a", b"b"]], ids=["none", "two"])
+async def test_a_request_cardinality_refusal_is_seen_by_telemetry(
+    tmp_path: Any, requests: list[bytes],
+) -> None:
+    """README: ``meshkit_server_gate_refusals_total`` counts the calls "refused by the
+    request gate before any code of the call ran (so not in
+    ``grpc_server_handled_total``)", and the cardinality refusal is one of them. A call
+    with no request message, or two with the check on (a proto that differs between the
+    two sides: every call of that method fails), is counted in the gate's
+    :attr:`~meshkit._limits.RequestGate.cardinality` (reason ``cardinality``); it was
+    counted nowhere (review of 7214bd1), so an operator's dashboards saw no call at
+    all."""
+    from prometheus_client import CollectorRegistry
+
+    from meshkit.discovery import LocalOptions, LocalRegistry
+    from meshkit.observability import TelemetryOptions
+    from tests.support.echo import add_echo
+
+    prom = CollectorRegistry()
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=5, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg, options=meshkit.ServeOptions(
+        insecure=True, drain_delay_s=0.0, grace_s=1.0, admin=None,
+        limits=meshkit.ServerLimits(check_request_count=True),
+        telemetry=TelemetryOptions(registry=prom, tracing=False)))
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await ch.stream_unary(method("Unary"))(iter(requests), timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        seen = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in prom.collect() for s in fam.samples
+                if s.name in ("grpc_server_handled_total",
+                              "meshkit_server_gate_refusals_total") and s.value}
+        gate = srv.gate
+        assert gate is not None
+        counts = (gate.cardinality, gate.shed, gate.timed_out, gate.evicted)
+    finally:
+        await srv.drain()
+        await reg.close()
+    assert counts == (1, 0, 0, 0), counts
+    # not in grpc_server_handled_total: the gate refuses before telemetry, by design
+    assert not [k for k in seen if k[0] == "grpc_server_handled_total"], seen
