@@ -16,8 +16,6 @@ import random
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -43,6 +41,17 @@ import meshkit.discovery._resolver as _resolver
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry, _TokenBucket
 from meshkit.discovery._types import Instance, Registry, RegistryStatus
 from meshkit.errors import ConfigError, RegistryError
+from tests.discovery._forking import (
+    check_connections_after_close,
+    check_lookup_after_fork,
+    check_master_undisturbed,
+    check_workers_jitter,
+    connections_after_close_script,
+    forked,
+    lookup_after_fork_script,
+    parent_after_fork_script,
+    workers_jitter_script,
+)
 from tests.discovery.conformance import Collector, make_instance, unique_service
 from tests.discovery.consul_double import ConsulDouble
 from tests.support.echo import add_echo
@@ -2153,39 +2162,13 @@ def test_works_in_a_later_asyncio_run(double_thread: ConsulDouble, host: str) ->
                    what="the lookup threads to end after close()"))
 
 
-_FORK_SCRIPT = textwrap.dedent("""
-    import asyncio, os, sys, time
-    sys.path.insert(0, sys.argv[1])
+_FORK_SCRIPT = lookup_after_fork_script("""
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 
     reg = ConsulRegistry(ConsulOptions(addr=f"localhost:{sys.argv[2]}",
                                        request_timeout_s=2.0))
     closed = ConsulRegistry(ConsulOptions(addr=f"localhost:{sys.argv[2]}",
                                           request_timeout_s=2.0))
-
-    async def read(registry):
-        started = time.monotonic()
-        try:
-            await registry.services()
-            return "ok"
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc} ({time.monotonic() - started:.1f} s)"
-
-    async def use_then_close():
-        await read(closed)
-        await closed.close()
-
-    print("parent:", asyncio.run(read(reg)), flush=True)
-    asyncio.run(use_then_close())
-    pid = os.fork()
-    if pid == 0:
-        print("child:", asyncio.run(read(reg)), flush=True)
-        print("child closed:", asyncio.run(read(closed)), flush=True)
-        asyncio.run(reg.close())
-        os._exit(0)
-    os.waitpid(pid, 0)
-    print("parent after:", asyncio.run(read(reg)), flush=True)
-    asyncio.run(reg.close())
 """)
 
 
@@ -2202,34 +2185,12 @@ def test_a_forked_child_can_look_the_agent_up(double_thread: ConsulDouble) -> No
     has a pool of its own (``os.register_at_fork``); a registry closed before the fork
     stays closed in the child; the parent's pool serves on. In a subprocess: the test's
     own process has threads a fork would copy."""
-    done = subprocess.run(
-        [sys.executable, "-c", _FORK_SCRIPT, str(Path(__file__).resolve().parents[2]),
-         str(double_thread.port)],
-        capture_output=True, text=True, timeout=40, check=False)
-    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
-    assert lines.get("parent") == "ok", done.stdout + done.stderr  # the control
-    assert lines.get("child") == "ok", (
-        "a forked child cannot look the agent's name up (the registry's lookup pool "
-        f"has no thread there): {lines.get('child')!r}")
-    assert "RegistryError" in lines.get("child closed", "") and "is closed" in lines[
-        "child closed"], done.stdout + done.stderr
-    assert lines.get("parent after") == "ok", done.stdout + done.stderr
-
-def _forked(script: str, *args: str, timeout_s: float = 45) -> tuple[dict[str, str], str]:
-    """Run ``script`` (a script that forks: in a subprocess of its own, since the test
-    process has threads a fork would copy) with the repository's root and ``args`` as its
-    arguments, bounded by ``timeout_s`` seconds: its ``name: value`` lines, and its output
-    to quote."""
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(Path(__file__).resolve().parents[2]), *args],
-        capture_output=True, text=True, timeout=timeout_s, check=False)
-    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
-    return lines, done.stdout + done.stderr[-3000:]
+    lines, out = forked(_FORK_SCRIPT, str(double_thread.port), timeout_s=40)
+    check_lookup_after_fork(lines, out, "the agent's name")
 
 
-_WORKERS_JITTER = textwrap.dedent("""
-    import os, random, sys
-    sys.path.insert(0, sys.argv[1])
+_WORKERS_JITTER = workers_jitter_script("""
+    import random
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
     from tests.support.loops import LoopThread
 
@@ -2239,25 +2200,9 @@ _WORKERS_JITTER = textwrap.dedent("""
                          rng=random.Random(7) if given else None)
     master = LoopThread()  # a pre-fork master that used the registry, then forks workers
     master.run(reg.services())
-    workers = []
-    for n in range(3):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            # the delays a worker's heartbeat and watch retries sleep after its 1st..6th
-            # consecutive failure (full jitter)
-            os.write(w, repr([reg._backoff_delay(a) for a in range(1, 7)]).encode())
-            os._exit(0)
-        os.close(w)
-        workers.append((pid, r))
-    for n, (pid, r) in enumerate(workers):
-        out = b""
-        while chunk := os.read(r, 4096):
-            out += chunk
-        os.waitpid(pid, 0)
-        print(f"worker{n}: {out.decode()}", flush=True)
-    master.run(reg.close())
+
+    async def leave():
+        await reg.close()
 """)
 
 
@@ -2277,14 +2222,8 @@ def test_workers_forked_from_one_registry_draw_different_backoff_jitter(
     caller's and is left alone (a test's seeded one draws the same in every worker),
     which also shows the comparison can see equal draws (found by a review of
     542f7d1)."""
-    lines, out = _forked(_WORKERS_JITTER, str(double_thread.port), rng)
-    delays = [lines.get(f"worker{n}") for n in range(3)]
-    assert all(delays), out
-    if rng == "given":
-        assert len(set(delays)) == 1, delays
-        return
-    assert len(set(delays)) == 3, (
-        f"the forked workers drew the same backoff delays: {delays[0]} (all three)")
+    lines, out = forked(_WORKERS_JITTER, str(double_thread.port), rng)
+    check_workers_jitter(lines, out, rng)
 
 
 _FORK_WHILE_LOCKED = textwrap.dedent("""
@@ -2350,76 +2289,19 @@ def test_a_registry_forked_while_another_thread_holds_its_lock_works_in_the_chil
     across the fork. Now the child gets a new lock (``os.register_at_fork``, as the etcd
     registry's child does). ``control``: the lock is free; the agent is down, so the
     child's register() answers ``RegistryError`` (found by a review of fbfaa0b)."""
-    lines, out = _forked(_FORK_WHILE_LOCKED, str(_free_port()), mode, timeout_s=40)
+    lines, out = forked(_FORK_WHILE_LOCKED, str(_free_port()), mode, timeout_s=40)
     assert lines.get("parent") == "ok", out
     assert lines.get("child") == "RegistryError", (
         f"the forked child's register() with the agent down: {lines.get('child')!r} "
         f"(expected a RegistryError: the lock was held by a parent's thread at the fork)")
 
 
-#: The ESTABLISHED TCP connections to 127.0.0.1:<port> (``/proc/net/tcp``) of this process's
-#: own sockets, or, given ``inodes``, of those sockets whichever process holds them.
-_ESTABLISHED_TO = textwrap.dedent('''
-    def established_to(port, inodes=None):
-        mine = set()
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                link = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                mine.add(link[8:-1])
-        out = set()
-        for line in open("/proc/net/tcp").read().splitlines()[1:]:
-            f = line.split()
-            if int(f[2].split(":")[1], 16) == port and f[3] == "01":  # ESTABLISHED
-                if f[9] in (mine if inodes is None else inodes):
-                    out.add(f[9])
-        return out
-''')
-
-_CONNECTIONS_AFTER_CLOSE = textwrap.dedent("""
-    import asyncio, os, sys, time
-    sys.path.insert(0, sys.argv[1])
+_CONNECTIONS_AFTER_CLOSE = connections_after_close_script("""
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
-    from meshkit.discovery._types import Instance
-    from tests.support.loops import LoopThread
-""") + _ESTABLISHED_TO + textwrap.dedent("""
-    port, fork, service = int(sys.argv[2]), sys.argv[3] == "fork", sys.argv[4]
-    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", ttl_s=1.5, wait_s=30,
-                                       request_timeout_s=2.0))
-    inst = Instance(service=service, instance_id=f"{service}-0", host="127.0.0.1",
-                    port=41000)
-    master = LoopThread()
-    master.run(reg.register(inst))
 
-    async def watch_on(first):  # the master watches a service too (a long poll)
-        async for _ in reg.watch(service):
-            first.set()
-
-    async def start_watch():
-        first = asyncio.Event()
-        task = asyncio.ensure_future(watch_on(first))
-        await first.wait()
-        return task
-
-    master.run(start_watch())
-    time.sleep(1.5)  # heartbeats (ttl_s / 3) on a pooled connection, the long poll waiting
-    ours = established_to(port)
-    print("master connections:", len(ours), flush=True)
-    pid = None
-    if fork:
-        pid = os.fork()
-        if pid == 0:  # a worker, alive for a while; it never touches the registry
-            time.sleep(6)
-            os._exit(0)
-    master.run(reg.deregister(inst))
-    master.run(reg.close())
-    time.sleep(1.0)
-    print("still established after close:", len(established_to(port, ours)), flush=True)
-    if pid:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
+    def registry(port):  # heartbeats every ttl_s / 3; the watch a long poll
+        return ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", ttl_s=1.5, wait_s=30,
+                                            request_timeout_s=2.0))
 """)
 
 
@@ -2439,86 +2321,24 @@ def test_a_masters_connections_end_at_its_close_while_a_forked_worker_lives(
     copies of those descriptors at the fork (``/dev/null`` ``dup2``-ed over them: see
     :func:`~meshkit.discovery._resolver.drop_inherited_sockets`), as the etcd registry's
     child does. ``control``: no fork, the connections close."""
-    lines, out = _forked(_CONNECTIONS_AFTER_CLOSE, str(double_thread.port), mode,
-                         unique_service())
-    assert int(lines.get("master connections", "0")) >= 1, out
-    assert lines.get("still established after close") == "0", (
-        f"{lines.get('still established after close')} of the master's "
-        f"{lines.get('master connections')} agent connections still ESTABLISHED after its "
-        f"close(), while a forked worker lives")
+    lines, out = forked(_CONNECTIONS_AFTER_CLOSE, str(double_thread.port), mode,
+                        unique_service())
+    check_connections_after_close(lines, out, "agent")
 
 
-_PARENT_AFTER_FORK = textwrap.dedent("""
-    import asyncio, gc, os, sys, time
-    sys.path.insert(0, sys.argv[1])
+_PARENT_AFTER_FORK = parent_after_fork_script("""
     from meshkit.discovery import _consul
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
-    from meshkit.discovery._types import Instance
-    from tests.support.loops import LoopThread
 
-    port, worker, service = int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    # a long poll the agent never answers ends after wait_s * 17/16 + request_timeout_s
-    # (36 s): not before the bound below
-    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", wait_s=30,
-                                       request_timeout_s=4.0))
+    def registry(port):
+        # a long poll the agent never answers ends after wait_s * 17/16 + request_timeout_s
+        # (36 s): not before the bound the script waits for
+        return ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", wait_s=30,
+                                            request_timeout_s=4.0))
 
-    def inst(n):
-        return Instance(service=service, instance_id=f"{service}-{n}", host="127.0.0.1",
-                        port=41000 + n)
-
-    master = LoopThread()
-    master.run(reg.register(inst(0)))
-    seen = {}  # instance id -> when the master's watch first listed it (monotonic)
-
-    async def watch():
-        async for instances in reg.watch(service):
-            now = time.monotonic()
-            for i in instances:
-                seen.setdefault(i.instance_id, now)
-
-    async def start_watch():
-        task = asyncio.ensure_future(watch())
-        while inst(0).instance_id not in seen:
-            await asyncio.sleep(0.01)
-        return task
-
-    task = master.run(start_watch())
-    master.run(reg.services())  # a request on a pooled connection
-    time.sleep(0.3)  # the connections idle, the long poll waiting
-    pid = os.fork()
-    if pid == 0:
-        if worker == "collect":
-            # the worker lets go of what it inherited (its interpreter's exit may): the
-            # parent's clients are collected, their connectors close their transports
-            # through asyncio, in the parent's loop as the child's copy has it
-            reg._clients = {}
-            getattr(_consul, "_inherited", []).clear()
-            gc.collect()
-            os._exit(0)
-        time.sleep(30)  # "live": alive while the master works on (killed below)
-        os._exit(0)
-    if worker == "collect":
-        os.waitpid(pid, 0)
-    else:
-        time.sleep(0.5)
-    for n in (1, 2):
-        started = time.monotonic()
-        try:
-            master.run(reg.register(inst(n)), 30)
-            took = f"ok ({time.monotonic() - started:.1f} s)"
-        except Exception as exc:
-            took = f"{type(exc).__name__}: {exc}"
-        while inst(n).instance_id not in seen and time.monotonic() < started + 12:
-            time.sleep(0.02)
-        print(f"register {n}:", took, flush=True)
-        print(f"seen {n}:", f"{seen.get(inst(n).instance_id, float('inf')) - started:.1f}",
-              flush=True)
-    if worker == "live":
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    for n in range(3):
-        master.run(reg.deregister(inst(n)), 30)
-    master.run(reg.close())
+    def let_go(reg):  # the parent's clients
+        reg._clients = {}
+        getattr(_consul, "_inherited", []).clear()
 """)
 
 
@@ -2539,17 +2359,10 @@ def test_a_forked_worker_leaves_its_masters_watch_and_requests_undisturbed(
     registrations of those sockets, so the master's long poll and its next request on
     the pooled connection got no answer. Now those descriptors name ``/dev/null`` in the
     child by then, so the call fails there, harmlessly."""
-    lines, out = _forked(_PARENT_AFTER_FORK, str(double_thread.port), worker,
-                         unique_service(), timeout_s=80)
-    for n in (1, 2):
-        assert lines.get(f"register {n}", "").startswith("ok"), (
-            f"the master's register() after its worker's fork: "
-            f"{lines.get(f'register {n}')!r}\n{out}")
-        # at once when undisturbed; a silenced long poll ends after 36 s
-        assert float(lines.get(f"seen {n}", "inf")) < 8.0, (
-            f"the master's watch listed its instance {n} after "
-            f"{lines.get(f'seen {n}')} s\n{out}")
-
+    lines, out = forked(_PARENT_AFTER_FORK, str(double_thread.port), worker,
+                        unique_service(), timeout_s=80)
+    # at once when undisturbed; a silenced long poll ends after 36 s
+    check_master_undisturbed(lines, out)
 
 async def _then(first: Awaitable[object], second: Awaitable[_T]) -> _T:
     await first
