@@ -91,7 +91,6 @@ import ssl
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
@@ -122,6 +121,7 @@ from meshkit.discovery._resolver import (
     OwnThreadsResolver,
     cancelled_by_close,
     drop_inherited_sockets,
+    reset_in_forked_child,
 )
 from meshkit.discovery._shared import (
     CLOSED,
@@ -1651,7 +1651,7 @@ class ConsulRegistry:
 
 #: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`ConsulRegistry._forget_parent`).
-_registries: weakref.WeakSet[ConsulRegistry] = weakref.WeakSet()
+_registries = reset_in_forked_child(ConsulRegistry)
 #: A parent's HTTP clients and keep-alive tasks, in a forked child: kept referenced, never
 #: used nor closed. Closed or collected in the child, their transports would remove their
 #: descriptors from the epoll instance the child's copy of the parent's loop shares with
@@ -1660,14 +1660,3 @@ _registries: weakref.WeakSet[ConsulRegistry] = weakref.WeakSet()
 #: /dev/null in the child (_resolver.drop_inherited_sockets), which makes a close there
 #: harmless to the parent should one come after all (an interpreter's exit).
 _inherited: list[object] = []
-
-
-def _after_fork_in_child() -> None:
-    """``os.register_at_fork(after_in_child=...)``: every Consul registry of the process
-    starts afresh in the child (see :meth:`ConsulRegistry._forget_parent`)."""
-    for reg in list(_registries):
-        reg._forget_parent()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -167,7 +167,6 @@ import ssl
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +191,7 @@ from meshkit.discovery._resolver import (
     OwnThreadsResolver,
     cancelled_by_close,
     drop_inherited_sockets,
+    reset_in_forked_child,
 )
 from meshkit.discovery._shared import (
     CLOSED,
@@ -1910,7 +1910,7 @@ class EtcdRegistry:
 
 #: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`EtcdRegistry._forget_parent`).
-_registries: weakref.WeakSet[EtcdRegistry] = weakref.WeakSet()
+_registries = reset_in_forked_child(EtcdRegistry)
 #: A parent's keep-alive tasks and HTTP sessions, in a forked child: kept referenced,
 #: never used nor closed. Closed or collected in the child, their transports would remove
 #: their descriptors from the epoll instance the child's copy of the parent's loop shares
@@ -1919,14 +1919,3 @@ _registries: weakref.WeakSet[EtcdRegistry] = weakref.WeakSet()
 #: descriptors name /dev/null in the child (_resolver.drop_inherited_sockets), which makes
 #: a close there harmless to the parent should one come after all (an interpreter's exit).
 _inherited: list[object] = []
-
-
-def _after_fork_in_child() -> None:
-    """``os.register_at_fork(after_in_child=...)``: every etcd registry of the process
-    starts afresh in the child (see :meth:`EtcdRegistry._forget_parent`)."""
-    for reg in list(_registries):
-        reg._forget_parent()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)

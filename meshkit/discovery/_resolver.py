@@ -24,6 +24,7 @@ import sys
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 import aiohttp
 import aiohttp.abc
@@ -86,18 +87,36 @@ class LookupThreads:
             self.pool.shutdown(wait=False)
 
 
-_all_lookup_threads: weakref.WeakSet[LookupThreads] = weakref.WeakSet()
+class ForgetsParent(Protocol):
+    """What :func:`reset_in_forked_child` tracks: an object that starts afresh in a child
+    made by ``os.fork()`` when its ``_forget_parent()`` is called there."""
+
+    def _forget_parent(self) -> None: ...
 
 
-def _after_fork_in_child() -> None:
-    """``os.register_at_fork(after_in_child=...)``: every lookup pool of the process is
-    made afresh in the child (see :class:`LookupThreads`)."""
-    for threads in list(_all_lookup_threads):
-        threads._forget_parent()
+_F = TypeVar("_F", bound=ForgetsParent)
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def reset_in_forked_child(kind: type[_F]) -> weakref.WeakSet[_F]:
+    """A set, held weakly, of ``kind`` objects (a class with ``_forget_parent()``): in a
+    child made by ``os.fork()`` each object in it then has its ``_forget_parent()``
+    called (``os.register_at_fork(after_in_child=...)``, after the hooks registered
+    before this call; none on Windows, which has no fork). Add each object as it is
+    made. ``kind`` only types the set."""
+    objects: weakref.WeakSet[_F] = weakref.WeakSet()
+
+    def after_fork_in_child() -> None:
+        for obj in list(objects):
+            obj._forget_parent()
+
+    if hasattr(os, "register_at_fork"):  # not on Windows
+        os.register_at_fork(after_in_child=after_fork_in_child)
+    return objects
+
+
+#: Every lookup pool of the process: each is made afresh in a forked child
+#: (:meth:`LookupThreads._forget_parent`).
+_all_lookup_threads = reset_in_forked_child(LookupThreads)
 
 
 def drop_inherited_sockets(sessions: Iterable[aiohttp.ClientSession]) -> None:
