@@ -9,10 +9,12 @@ error:
    this instance (they see it within their watch interval);
 2. wait ``drain_delay_s`` for that news to reach callers, still serving;
 3. end the health ``Watch`` streams (``OK``, once each watcher has been sent
-   ``NOT_SERVING``) and refuse mesh clients' new calls (``UNAVAILABLE`` with the nack
-   trailer ``meshkit-nack: 1``, before any code of them runs: mesh clients retry them on
-   another endpoint whatever the method) until they stop arriving (0.05 s without one,
-   0.5 s at most), so that no call is waiting in grpc when it stops: grpc core ends those
+   ``NOT_SERVING``) and refuse mesh clients' new calls of unary-response methods
+   (``UNAVAILABLE`` with the nack trailer ``meshkit-nack: 1``, before any code of them
+   runs: mesh clients retry them on another endpoint whatever the method; their
+   streaming-response calls, which they would not retry, are served) until they stop
+   arriving (0.05 s without one, 0.5 s at most), so that no call is waiting in grpc when
+   it stops: grpc core ends those
    ``CANCELLED``, which no client retries. Other gRPC clients' calls are served (a
    client that does not read the nack would see each refusal as a failed call);
 4. stop taking new calls (grpc's GOAWAY: other clients move to other addresses) and give
@@ -872,38 +874,68 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
 class _MethodTable(grpc.GenericRpcHandler):
     """The registered method handlers of a server's services, by full method path, as one
     generic handler (what :class:`_Recorder` gives grpc instead of registering them), the
-    first one grpc asks.
+    first one grpc asks; ``later`` are the generic handlers grpc asks after it (in order).
 
-    :meth:`refuse` makes it answer every call of a meshkit client but the health
-    service's with a refusal from then on, generic handlers' methods included: the drain's
-    refusal phase (:meth:`MeshServer.drain`). It swaps the table's :meth:`service` for
-    one that reads the call's user agent, so a call looked up before pays nothing for
-    it."""
+    :meth:`refuse` makes it answer a meshkit client's call of a unary-response method (but
+    the health service's) with a refusal from then on, generic handlers' methods included:
+    the drain's refusal phase (:meth:`MeshServer.drain`). It swaps the table's
+    :meth:`service` for one that reads the call's user agent, so a call looked up before
+    pays nothing for it."""
 
-    def __init__(self, methods: dict[str, Handler]) -> None:
+    def __init__(self, methods: dict[str, Handler],
+                 later: Sequence[grpc.GenericRpcHandler] = ()) -> None:
         self._methods = methods
+        self._later = tuple(later)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         """The method's handler, or ``None`` (another handler, or ``UNIMPLEMENTED``)."""
         return self._methods.get(handler_call_details.method)
 
     def refuse(self, refusal: Handler) -> None:
-        """From now on answer every call of a meshkit client (:func:`_from_mesh_client`)
-        with ``refusal``, also those the generic handlers after this table would serve,
-        and unknown methods; but the health service's (``Check``, ``Watch``: probes and
-        watchers are told ``NOT_SERVING``). Other clients' calls are looked up as before:
-        served as in-flight calls until the stop's GOAWAY moves their clients on."""
+        """From now on answer with ``refusal`` every call of a meshkit client
+        (:func:`_from_mesh_client`) of a method whose handler (this table's, else the
+        first of the ``later`` generic handlers that serves it) has a unary response: the
+        calls a meshkit client retries on another endpoint when nacked, whatever the
+        method's idempotency (:mod:`meshkit.resilience._retry`; a client-streaming call
+        whose request is a generator only when it had no endpoint: the server cannot tell
+        its request kind, the request gate's handlers all stream their requests). Not
+        the health service's (``Check``, ``Watch``: probes and watchers are told
+        ``NOT_SERVING``). Every other
+        call (streaming responses, which meshkit's client does not retry
+        when nacked unless safe to repeat, something a server cannot tell; unknown
+        methods; other clients' calls) is looked up as before: served as an in-flight
+        call until the stop's GOAWAY moves its client on. Whether a method is refused is
+        worked out once per method (a handler found) and cached."""
         methods = self._methods
+        nackable: dict[str, bool] = {}
+        handler_of = self._handler
 
         def refusing(handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
             method = handler_call_details.method
-            if method.startswith(_HEALTH_PREFIX) or not _from_mesh_client(
-                    handler_call_details.invocation_metadata):
-                return methods.get(method)  # (or a generic handler's, or UNIMPLEMENTED)
-            return refusal
+            nack = nackable.get(method)
+            if nack is None:
+                handler = handler_of(handler_call_details)
+                if handler is None:  # unknown: UNIMPLEMENTED at once, nothing waits
+                    return None
+                nack = nackable[method] = (
+                    not method.startswith(_HEALTH_PREFIX)
+                    and not getattr(handler, "response_streaming", True))
+            if nack and _from_mesh_client(handler_call_details.invocation_metadata):
+                return refusal
+            return methods.get(method)  # (or a generic handler's)
 
         # grpc looks the bound method up on every call: the instance's own shadows it
         self.service = refusing  # type: ignore[method-assign]
+
+    def _handler(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        """The handler grpc would run for the call: this table's, else the first of the
+        ``later`` generic handlers' (``None`` when none serves the method)."""
+        handler = self._methods.get(handler_call_details.method)
+        for later in self._later:
+            if handler is not None:
+                break
+            handler = later.service(handler_call_details)
+        return handler
 
 
 def _from_mesh_client(metadata: Any) -> bool:
@@ -1165,7 +1197,7 @@ class _Recorder:
         the generic handlers in the order they were added. Returns the method table
         (``None`` when no method was registered: a grpc observability plugin is active,
         or every service was added as a generic handler)."""
-        table = _MethodTable(self._methods) if self._methods else None
+        table = _MethodTable(self._methods, self._generic) if self._methods else None
         handlers = ([table] if table is not None else []) + self._generic
         if handlers:
             self._server.add_generic_rpc_handlers(handlers)
@@ -1736,12 +1768,13 @@ class MeshServer:
         """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, end the health
         ``Watch`` streams (each sent ``NOT_SERVING`` first, unless it was already, then
         ended ``OK``: a watch never ends by itself and would hold the stop for the whole
-        ``grace_s``), refuse mesh clients' new calls until they stop arriving (every
-        method but the health service's: ``UNAVAILABLE`` "server draining: call refused
-        before it ran" with the nack trailer ``meshkit-nack: 1``, which mesh clients
-        retry on another endpoint whatever the method; until no call came for 0.05 s,
-        0.5 s at most; counted in :attr:`drain_refused`; other gRPC clients' calls are
-        served; see :meth:`_refuse_new_calls`), then stop (grpc's GOAWAY) with
+        ``grace_s``), refuse mesh clients' new calls of unary-response methods until they
+        stop arriving (every such method but the health service's: ``UNAVAILABLE``
+        "server draining: call refused before it ran" with the nack trailer
+        ``meshkit-nack: 1``, which mesh clients retry on another endpoint whatever the
+        method; until no call came for 0.05 s, 0.5 s at most; counted in
+        :attr:`drain_refused`; their streaming-response calls and other gRPC clients'
+        calls are served; see :meth:`_refuse_new_calls`), then stop (grpc's GOAWAY) with
         ``grace_s`` for in-flight calls. The drain runs to
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
         server never stays deregistered but serving. Safe to call twice: a second call waits for the
@@ -1831,8 +1864,9 @@ class MeshServer:
         """The drain's refusal phase, right before ``server.stop()``: every new call of a
         meshkit client (its ``user-agent`` holds the ``meshkit/`` token every
         ``MeshChannel`` sub-channel sends, :data:`~meshkit._metadata.MESH_USER_AGENT`)
-        but the health service's is answered ``UNAVAILABLE`` :data:`DRAINING_DETAILS`
-        with the nack trailer (``meshkit-nack: 1``) before any code of it runs (no
+        of a method whose response is unary, but the health service's, is answered
+        ``UNAVAILABLE`` :data:`DRAINING_DETAILS` with the nack trailer
+        (``meshkit-nack: 1``) before any code of it runs (no
         telemetry, no check: counted in :attr:`drain_refused`), until no call has been
         refused for :data:`_REFUSE_QUIET_S` or for :data:`_REFUSE_MAX_S` at most.
 
@@ -1843,6 +1877,14 @@ class MeshServer:
         whatever the method's idempotency), whose balancers charge this endpoint a
         failure (P2C's penalty, outlier ejection's count) and so stop picking it: calls
         stop arriving and the stop finds none waiting.
+
+        A mesh client's streaming-response calls are served like other clients' (below):
+        meshkit's client retries a nacked server stream only when it is safe to repeat
+        (its policy's ``idempotent`` or an idempotency key, which the server cannot see
+        in full) and a bidi stream never, so a refusal would fail them. Unknown methods
+        are answered ``UNIMPLEMENTED`` at once (nothing waits in grpc for them). Whether a
+        method is refused is worked out once per method (its handler looked up in the
+        table, else in the generic handlers after it) and cached.
 
         Other clients' calls are served as usual (in-flight calls of ``grace_s``): such a
         client does not read the nack and never learns of the deregistration, so it

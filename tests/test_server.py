@@ -2184,12 +2184,14 @@ async def test_calls_racing_a_drained_server_stop_are_refused_with_a_nack_not_ca
 async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
     registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch, registered: bool,
 ) -> None:
-    """Between ``drain_delay_s`` and the stop, the drain answers every new call of a
-    meshkit client (its user agent's ``meshkit/`` token; any kind, a method of a generic
-    handler or a registered one, an unknown method) ``UNAVAILABLE``
-    :data:`DRAINING_DETAILS` with the nack trailer before any code of it runs, counted in
-    ``drain_refused``; the health service still answers (``NOT_SERVING``), and another
-    client's calls are served (the GOAWAY of the stop moves that client on). The phase
+    """Between ``drain_delay_s`` and the stop, the drain answers every new unary-response
+    call of a meshkit client (its user agent's ``meshkit/`` token; a method of a generic
+    handler or a registered one) ``UNAVAILABLE`` :data:`DRAINING_DETAILS` with the nack
+    trailer before any code of it runs, counted in ``drain_refused``; its streaming
+    calls are served (meshkit's client retries nacks of unary-response calls only), an
+    unknown method is ``UNIMPLEMENTED``; the health service still answers
+    (``NOT_SERVING``), and another client's calls are served (the GOAWAY of the stop
+    moves that client on). The phase
     ends once no call was refused for ``_REFUSE_QUIET_S`` (widened here so the test can
     look inside it); the calls before the drain ran as usual. Before, the drain stopped
     at once after ``drain_delay_s``: no refusal phase, the calls racing the stop were
@@ -2226,20 +2228,20 @@ async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
             assert (refusal.code(), refusal.details(), tuple(refusal.trailing_metadata())) \
                 == (grpc.StatusCode.UNAVAILABLE, DRAINING_DETAILS, nack)
             n_served = len(served)
-            stream = ch.unary_stream(method("ServerStream"))(b"3", timeout=5)
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                async for _ in stream:
-                    pass
-            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-            assert info.value.details() == DRAINING_DETAILS
+                await unary(b"z", timeout=5)
+            assert len(served) == n_served  # no handler ran for the refused calls
+            # a streaming call (which meshkit's client does not retry when nacked unless
+            # safe to repeat) is served; an unknown method is UNIMPLEMENTED at once
+            assert [x async for x in ch.unary_stream(method("ServerStream"))(
+                b"2", timeout=5)] == [b"r1|0", b"r1|1"]
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await ch.unary_unary("/no.Such/Method")(b"z", timeout=5)
-            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
             resp = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            assert len(served) == n_served  # no handler ran for the refused calls
-            assert srv.drain_refused == 3
+            assert srv.drain_refused == 2
             # a client without meshkit's user agent is served in the phase
             assert await plain.unary_unary(method("Unary"))(b"q", timeout=5) == b"r1|q"
             assert [x async for x in plain.unary_stream(method("ServerStream"))(
@@ -2247,7 +2249,7 @@ async def test_the_drain_refuses_new_calls_with_a_nack_before_it_stops(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await plain.unary_unary("/no.Such/Method")(b"z", timeout=5)
             assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
-            assert srv.drain_refused == 3
+            assert srv.drain_refused == 2
             assert not drain.done()
             await asyncio.wait_for(drain, 10)  # once quiet for _REFUSE_QUIET_S
     finally:
@@ -2321,6 +2323,68 @@ async def test_a_drain_fails_no_call_of_a_plain_grpc_round_robin_client(
     # (grpc/grpc#41785: a call accepted as the server stops ends CANCELLED)
     assert sum(fails.values()) <= 2, (sum(fails.values()), sum(ok.values()), dict(fails))
     assert e1.drain_refused == 0  # none of its calls was refused: no meshkit client
+
+
+@pytest.mark.parametrize("kind", ["bidi", "server-stream"])
+async def test_a_mesh_clients_streaming_call_in_the_drain_refusal_phase_is_not_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str,
+) -> None:
+    """A meshkit client that has not yet seen the deregistration (its registry here never
+    hears of it: the refusal phase is for such callers) opens a bidi stream, or a server
+    stream not marked safe to repeat, over two endpoints, one of them in its refusal
+    phase.
+
+    What was wrong: the phase nacked every call of a meshkit client, but meshkit's client
+    retries nacks only of unary-response calls (and of server streams safe to repeat), so
+    these failed ``UNAVAILABLE`` "server draining: call refused before it ran" while a
+    plain gRPC client's same call was served. What happens now: only a mesh client's
+    unary-response calls are nacked; its streaming calls are served as in-flight calls."""
+    monkeypatch.setattr(meshkit.server, "_REFUSE_QUIET_S", 1.5, raising=False)
+    monkeypatch.setattr(meshkit.server, "_REFUSE_MAX_S", 4.0, raising=False)
+    servers = []
+    client_reg = LocalRegistry(LocalOptions(path=tmp_path / "client", ttl_s=60.0,
+                                            poll_interval_s=0.05))
+    for iid in ("e1", "e2"):
+        reg = LocalRegistry(LocalOptions(path=tmp_path / iid, ttl_s=30.0,
+                                         poll_interval_s=0.05))
+        srv = meshkit.MeshServer("echo", [add_echo(iid)], registry=reg,
+                                 options=meshkit.ServeOptions(
+                                     insecure=True, instance_id=iid, admin=None,
+                                     telemetry=None, drain_delay_s=0.05, grace_s=2.0))
+        await srv.start()
+        servers.append(srv)
+        await client_reg.register(Instance(service="echo", instance_id=iid,
+                                           host="127.0.0.1", port=srv.port))
+    e1, _e2 = servers
+    outcomes: list[Any] = []
+    drain = None
+    try:
+        opts = meshkit.DialOptions(insecure=True, telemetry=None)
+        async with meshkit.dial("echo", registry=client_reg, options=opts) as ch:
+            await ch.wait_for_endpoints(2)
+            drain = asyncio.ensure_future(e1.drain())
+            await until(lambda: "service" in vars(e1._table), timeout_s=5)  # refusing
+            for _ in range(6):  # round robin: some of them pick e1
+                try:
+                    if kind == "bidi":
+                        got = [r async for r in ch.stream_stream(method("Bidi"))(
+                            iter([b"a"]), timeout=5)]
+                    else:
+                        got = [r async for r in ch.unary_stream(method("ServerStream"))(
+                            b"1", timeout=5)]
+                    outcomes.append(("ok", len(got)))
+                except grpc.aio.AioRpcError as exc:
+                    outcomes.append((exc.code(), exc.details()))
+            assert drain is not None and not drain.done()  # all made in the phase
+    finally:
+        if drain is not None:
+            await asyncio.wait_for(drain, 15)
+        for srv in servers:
+            await asyncio.wait_for(srv.drain(), 15)
+            await srv.registry.close()
+        await client_reg.close()
+    assert all(o[0] == "ok" for o in outcomes), outcomes
+    assert e1.drain_refused == 0, outcomes
 
 
 _LEFTOVER_SERVE = r'''
