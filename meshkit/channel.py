@@ -55,7 +55,6 @@ from meshkit._calls import (
 )
 from meshkit._codecs import (
     Undecodable,
-    checked_response,
     codec_error,
     serialize_message,
     serialized,
@@ -192,21 +191,58 @@ def _no_response(method: str) -> MeshRpcError:
                                    "server's a streaming one?)")
 
 
+class _NoMessage:
+    """The type of :data:`_NO_MESSAGE`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no response message>"
+
+
+#: What a :func:`_strict_unary_deserializer` returns for grpc.aio's ``None`` (the call
+#: was answered without a message), so the attempt's check tells it from a ``None`` the
+#: caller's deserializer returned for a real message. Never reaches the caller
+#: (:func:`_checked_unary_response` raises :class:`_MissingMessage` for it).
+_NO_MESSAGE: Any = _NoMessage()
+
+
+class _MissingMessage(Exception):
+    """Raised by :func:`_checked_unary_response` for :data:`_NO_MESSAGE`; the attempt
+    fails :func:`_no_response` for it."""
+
+
 def _strict_unary_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[Any], Any]:
     """:func:`~meshkit._codecs.strict_deserializer` for a unary response grpc.aio
     deserializes (under ``attempt_interceptors``): ``None``, which grpc.aio hands the
-    deserializer for a call answered without a message, passes on as ``None`` for the
-    attempt's check (:func:`_no_response`) instead of reaching ``deserializer``."""
+    deserializer for a call answered without a message, is returned as
+    :data:`_NO_MESSAGE` for the attempt's check (:func:`_no_response`) instead of
+    reaching ``deserializer`` (whose own ``None``, for a real message, is a response)."""
 
     def strict(raw: Any) -> Any:
         if raw is None:
-            return None
+            return _NO_MESSAGE
         try:
             return deserializer(raw)
         except Exception as exc:
             return Undecodable(exc)
 
     return strict
+
+
+def _checked_unary_response(message: Any) -> Any:
+    """A unary response a :func:`_strict_unary_deserializer` made: the message, or
+    (:func:`~meshkit._codecs.checked_response`) the deserializer's exception raised again
+    for an :class:`~meshkit._codecs.Undecodable`.
+
+    Raises:
+        _MissingMessage: ``message`` is :data:`_NO_MESSAGE` (no response message).
+    """
+    if message is _NO_MESSAGE:
+        raise _MissingMessage
+    if type(message) is Undecodable:
+        raise message.error
+    return message
 
 
 def _no_endpoints_outcome(code: grpc.StatusCode, exc: AioRpcError) -> bool:
@@ -607,8 +643,9 @@ class _MethodPlan:
     (``None`` when it does not): :meth:`propagated_deadline` reads it on a call's error."""
 
     __slots__ = ("answered", "decode", "decodes", "in_mesh", "key", "kind", "margin_s",
-                 "method", "request_serializer", "response_deserializer", "sends_wire",
-                 "serializes_stream", "strict_deserializer", "timeout_s", "unary_request")
+                 "method", "none_is_no_message", "request_serializer",
+                 "response_deserializer", "sends_wire", "serializes_stream",
+                 "strict_deserializer", "timeout_s", "unary_request")
 
     def __init__(self, method: str, kind: CallKind, ser: Any, deser: Any,
                  timeout_s: float | None, *, codecs_in_mesh: bool = True,
@@ -628,8 +665,12 @@ class _MethodPlan:
         # interceptors) for the check, the message itself going on
         self.serializes_stream = not self.unary_request and ser is not None
         self.decodes = unary_response and deser is not None
-        # after the attempt: the deserializer, or the check of grpc.aio's strict result
-        self.decode = deser if codecs_in_mesh else checked_response
+        # after a unary-response attempt: the deserializer, or the check of grpc.aio's
+        # strict result (_NO_MESSAGE for no message: see _strict_unary_deserializer)
+        self.decode = deser if codecs_in_mesh else _checked_unary_response
+        # a unary response None is grpc.aio's "no message" unless a strict deserializer
+        # ran in grpc.aio (then it is what the caller's deserializer made of a message)
+        self.none_is_no_message = codecs_in_mesh or deser is None
         self.strict_deserializer = (strict_deserializer if deser is not None
                                     and (not unary_response or not codecs_in_mesh) else None)
         self.key = method if key is None else key
@@ -949,13 +990,19 @@ class MeshChannel(grpc.aio.Channel):
             raise
         finally:
             ep.in_flight -= 1
-        if response is None:  # OK without a message: before any deserializer sees None
+        # OK without a message: before any deserializer sees None (the sub-channel's None;
+        # under a strict deserializer, _NO_MESSAGE, which plan.decode raises for)
+        if response is None and plan.none_is_no_message:
             ep.failures += 1
             done(_INTERNAL, _perf() - t0)
             raise _no_response(plan.method)
         if plan.decodes:
             try:
                 response = plan.decode(response)
+            except _MissingMessage:
+                ep.failures += 1
+                done(_INTERNAL, _perf() - t0)
+                raise _no_response(plan.method) from None
             except Exception as exc:
                 ep.failures += 1
                 done(_INTERNAL, _perf() - t0)
@@ -1032,13 +1079,17 @@ class MeshChannel(grpc.aio.Channel):
             raise
         finally:
             ep.in_flight -= 1
-        if response is None:  # (as a unary attempt's)
+        if response is None and plan.none_is_no_message:  # (as a unary attempt's)
             ep.failures += 1
             done(_INTERNAL, upload.latency())
             raise _no_response(plan.method)
         if plan.decodes:
             try:
                 response = plan.decode(response)
+            except _MissingMessage:
+                ep.failures += 1
+                done(_INTERNAL, upload.latency())
+                raise _no_response(plan.method) from None
             except Exception as exc:
                 ep.failures += 1
                 done(_INTERNAL, upload.latency())

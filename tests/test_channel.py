@@ -702,17 +702,8 @@ async def test_a_unary_response_call_the_server_ends_ok_without_a_message_fails_
         ran.append(raw)
         return bytes(raw)  # TypeError for None, as a protobuf FromString raises
 
-    class Passing(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
-        async def intercept_unary_unary(self, continuation: Any, details: Any,
-                                        request: Any) -> Any:
-            return await continuation(details, request)
-
-        async def intercept_stream_unary(self, continuation: Any, details: Any,
-                                         request_iterator: Any) -> Any:
-            return await continuation(details, request_iterator)
-
     deser = None if codecs == "bytes" else deserializer
-    attempt = (Passing(),) if codecs == "attempt-interceptors" else ()
+    attempt = (_Passing(),) if codecs == "attempt-interceptors" else ()
     async with raw_server(handlers) as (_server, port):
         await registry.register(Instance(service="mismatch", instance_id="m1",
                                          host="127.0.0.1", port=port))
@@ -739,3 +730,69 @@ async def test_a_unary_response_call_the_server_ends_ok_without_a_message_fails_
     assert all("no response message" in str(o[1]) for o in outcomes), outcomes
     assert ran == []  # no deserializer ran for the missing messages
     assert stats == [(4, 2)], stats  # the endpoint's failures, as any INTERNAL answer
+
+
+class _Passing(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    """An attempt interceptor that only passes the call on (so grpc.aio runs the codecs)."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                    request: Any) -> Any:
+        return await continuation(details, request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(details, request_iterator)
+
+
+@pytest.mark.parametrize("attempt", [False, True], ids=["in-mesh", "attempt-interceptors"])
+async def test_a_deserializer_that_returns_none_for_a_real_message_is_not_an_error(
+    registry: LocalRegistry, attempt: bool,
+) -> None:
+    """A server answers a unary-response method with one (empty) message, and the
+    caller's response deserializer maps it to ``None`` (e.g. ``lambda b: json.loads(b)
+    if b else None``): the call had its one response message, so it succeeds with what
+    the deserializer returned (as on grpc.aio's own channel), counted as the endpoint's
+    success, whether or not ``attempt_interceptors`` are set.
+
+    What was wrong (5a2f859): under ``attempt_interceptors`` grpc.aio runs the
+    deserializer, so the attempt's check for a missing message (``response is None``)
+    took the deserializer's ``None`` for grpc.aio's "no message" and failed the call
+    ``INTERNAL`` "no response message", counted against the endpoint."""
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        return b""  # one, empty, message
+
+    async def upload(requests: Any, context: Any) -> bytes:
+        return b"" if [r async for r in requests] else b"none"
+
+    handlers = grpc.method_handlers_generic_handler("x.Empty", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Upload": grpc.stream_unary_rpc_method_handler(upload)})
+
+    def deser(raw: bytes) -> Any:
+        return None if raw == b"" else raw
+
+    async with raw_server(handlers) as (_server, port):
+        # grpc.aio itself: the call succeeds with None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            assert await plain.unary_unary("/x.Empty/Unary", response_deserializer=deser)(
+                b"x", timeout=5) is None
+        await registry.register(Instance(service="empty", instance_id="e1",
+                                         host="127.0.0.1", port=port))
+        opts = meshkit.DialOptions(insecure=True, retry=None, telemetry=None,
+                                   attempt_interceptors=(_Passing(),) if attempt else ())
+        async with meshkit.dial("empty", registry=registry, options=opts) as ch:
+            await ch.wait_for_endpoints(1)
+            got: list[Any] = []
+            for call in (lambda: ch.unary_unary("/x.Empty/Unary", response_deserializer=deser)(
+                    b"x", timeout=5),
+                         lambda: ch.stream_unary("/x.Empty/Upload",
+                                                 response_deserializer=deser)(
+                    iter([b"x"]), timeout=5)):
+                try:
+                    got.append(await call())
+                except grpc.aio.AioRpcError as exc:
+                    got.append((exc.code(), exc.details()))
+            stats = [(e.calls, e.failures) for e in ch.stats().endpoints]
+    assert got == [None, None], got
+    assert stats == [(2, 0)], stats
