@@ -40,7 +40,7 @@ from meshkit.errors import (
 )
 from meshkit.interceptors import CallKind
 
-__all__ = ["Undecodable", "checked_response", "codec_error", "serialize_message",
+__all__ = ["Undecodable", "codec_error", "serialize_message",
            "serialized", "strict_deserializer", "undecodable_error"]
 
 
@@ -65,15 +65,6 @@ def strict_deserializer(deserializer: Callable[[bytes], Any]) -> Callable[[bytes
             return Undecodable(exc)
 
     return strict
-
-
-def checked_response(message: Any) -> Any:
-    """A unary response a :func:`strict_deserializer` made: the message, or the
-    deserializer's exception raised again for an :class:`Undecodable` (where grpc.aio runs
-    the codecs, for ``attempt_interceptors``)."""
-    if type(message) is Undecodable:
-        raise message.error
-    return message
 
 
 _E = TypeVar("_E", bound=BaseException)

@@ -231,9 +231,8 @@ def _strict_unary_deserializer(deserializer: Callable[[bytes], Any]) -> Callable
 
 
 def _checked_unary_response(message: Any) -> Any:
-    """A unary response a :func:`_strict_unary_deserializer` made: the message, or
-    (:func:`~meshkit._codecs.checked_response`) the deserializer's exception raised again
-    for an :class:`~meshkit._codecs.Undecodable`.
+    """A unary response a :func:`_strict_unary_deserializer` made: the message, or the
+    deserializer's exception raised again for an :class:`~meshkit._codecs.Undecodable`.
 
     Raises:
         _MissingMessage: ``message`` is :data:`_NO_MESSAGE` (no response message).
