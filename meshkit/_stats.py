@@ -149,6 +149,9 @@ class ServerStats:
             within ``first_message_timeout_s`` (``CANCELLED``).
         gate_evicted: calls waiting for their request that gave up their slot or read
             permit to a newer call (``CANCELLED``).
+        gate_cardinality: unary-request calls the gate refused ``UNIMPLEMENTED`` because
+            they sent no request message, or (``ServerLimits.check_request_count``) more
+            than one.
         tls_handshakes: TLS handshakes started (grpc asks the certificate reloader before
             each one); grpcio tells Python nothing about a handshake's outcome, so refused
             handshakes show as handshakes that no call followed.
@@ -172,6 +175,7 @@ class ServerStats:
     gate_shed: int = 0
     gate_timed_out: int = 0
     gate_evicted: int = 0
+    gate_cardinality: int = 0
     tls_handshakes: int = 0
     registry: dict[str, Any] | None = None
 

@@ -1947,6 +1947,7 @@ class MeshServer:
                        self.call_slots.shed if self.call_slots is not None else 0),
             gate_timed_out=gate.timed_out if gate is not None else 0,
             gate_evicted=gate.evicted if gate is not None else 0,
+            gate_cardinality=gate.cardinality if gate is not None else 0,
             tls_handshakes=self._tls_handshakes,
             registry=registry,
         )

@@ -201,9 +201,13 @@ async def test_a_request_cardinality_refusal_is_seen_by_telemetry(
         gate = srv.gate
         assert gate is not None
         counts = (gate.cardinality, gate.shed, gate.timed_out, gate.evicted)
+        stats = srv.stats()
     finally:
         await srv.drain()
         await reg.close()
     assert counts == (1, 0, 0, 0), counts
-    # not in grpc_server_handled_total: the gate refuses before telemetry, by design
-    assert not [k for k in seen if k[0] == "grpc_server_handled_total"], seen
+    assert stats.gate_cardinality == 1 and stats.as_dict()["gate_cardinality"] == 1, stats
+    # in the gate's metric, not in grpc_server_handled_total (the gate refuses before
+    # telemetry, by design)
+    assert seen == {("meshkit_server_gate_refusals_total",
+                     (("reason", "cardinality"), ("service", "echo"))): 1.0}, seen

@@ -105,7 +105,7 @@ meshkit_registry_errors_total                 counter    target|svc, op  failed 
 meshkit_server_ready                          gauge      service         1: registered, serving; min
 meshkit_server_draining                       gauge      service         1 while draining; max
 meshkit_server_deadline_rejections_total      counter    service         refused: deadline passed
-meshkit_server_gate_refusals_total            counter    service,reason  shed|timed_out|evicted
+meshkit_server_gate_refusals_total            counter    service,reason  gate refusals, by reason
 meshkit_server_tls_handshakes_total           counter    service         TLS handshakes started
 meshkit_certificate_expiry_timestamp_seconds  gauge      service         cert notAfter, Unix s
 ============================================  =========  ==============  ==========================

@@ -671,7 +671,8 @@ def _families() -> dict[str, _Family]:
         "gate": _Family("counter", "meshkit_server_gate_refusals",
                         "Calls the request gate refused before any of their code ran: "
                         "shed RESOURCE_EXHAUSTED (reason shed), request not in time "
-                        "(timed_out) or slot given to a newer call (evicted).",
+                        "(timed_out), slot given to a newer call (evicted) or no "
+                        "request message or more than one, UNIMPLEMENTED (cardinality).",
                         ("service", "reason")),
         "tls_handshakes": _Family("counter", "meshkit_server_tls_handshakes",
                                   "TLS handshakes started (grpcio does not report their "
@@ -740,6 +741,7 @@ def _server_samples(srv: ServerStats) -> list[_Sample]:
     add("gate", (srv.service, "shed"), srv.gate_shed)
     add("gate", (srv.service, "timed_out"), srv.gate_timed_out)
     add("gate", (srv.service, "evicted"), srv.gate_evicted)
+    add("gate", (srv.service, "cardinality"), srv.gate_cardinality)
     add("tls_handshakes", svc, srv.tls_handshakes)
     reg = srv.registry
     if reg is not None:  # its registration's health (a heartbeat, a keep-alive failing)
