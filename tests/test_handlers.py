@@ -2216,8 +2216,7 @@ async def test_a_plain_bidi_stream_answering_before_any_request_is_not_timed_out
             time.sleep(0.4)
 
     def silent(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
-        for r in requests:
-            yield r
+        yield from requests
 
     srv = await _serve_sync(
         registry, {"Push": grpc.stream_stream_rpc_method_handler(push),
