@@ -1364,26 +1364,6 @@ async def _during_a_slow_lookup(reg: ConsulRegistry, op: str) -> Any:
     return reg.services()
 
 
-@pytest.fixture
-def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """``slow-dns.test`` resolves to 127.0.0.1 once the event yielded is set (a DNS server
-    that answers late), within 10 s."""
-    release = threading.Event()
-    real = socket.getaddrinfo
-
-    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == "slow-dns.test":
-            release.wait(10)
-            host = "127.0.0.1"
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    try:
-        yield release
-    finally:
-        release.set()
-
-
 @pytest.mark.parametrize("op", ["register", "deregister", "services", "snapshot"])
 async def test_a_call_racing_close_during_the_agents_name_lookup_raises_registry_error(
         double: ConsulDouble, slow_dns: threading.Event, op: str) -> None:

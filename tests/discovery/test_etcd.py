@@ -14,7 +14,6 @@ import gc
 import json
 import logging
 import os
-import socket
 import textwrap
 import threading
 import time
@@ -1584,26 +1583,6 @@ async def test_a_keep_alive_round_that_finds_the_registry_closed_ends_quietly(
     await reg.close()
     async with asyncio.timeout(8):  # the first round is one keep-alive interval away
         assert await reg._keep() is None
-
-
-@pytest.fixture
-def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """``slow-dns.test`` resolves to 127.0.0.1 once the event yielded is set (a DNS server
-    that answers late), within 10 s."""
-    release = threading.Event()
-    real = socket.getaddrinfo
-
-    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host == "slow-dns.test":
-            release.wait(10)
-            host = "127.0.0.1"
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    try:
-        yield release
-    finally:
-        release.set()
 
 
 @pytest.mark.parametrize("op", ["register", "deregister", "services", "snapshot"])
