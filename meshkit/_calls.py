@@ -76,6 +76,7 @@ __all__ = [
     "UnaryResponseCall",
     "UnaryStreamCall",
     "UnaryUnaryCall",
+    "own_deadline_of",
     "propagated_deadline_of",
 ]
 
@@ -134,6 +135,9 @@ deadline's own timer still to fire."""
 
 # the attribute of a DEADLINE_EXCEEDED error that ran out the propagated deadline
 _PROPAGATED = "_meshkit_propagated_deadline"
+# the attribute of a DEADLINE_EXCEEDED error of a call that ran under a deadline of its
+# own, not the propagated one
+_OWN_DEADLINE = "_meshkit_own_deadline"
 
 
 def _mark_propagated_deadline(details: ClientCallDetails, error: BaseException) -> None:
@@ -141,15 +145,21 @@ def _mark_propagated_deadline(details: ClientCallDetails, error: BaseException) 
     deadline of the call being handled (``current_deadline()`` less
     ``DialOptions.deadline_margin_s``, propagated) and that deadline has run out, ``error``
     carries the handled call's deadline (``time.monotonic()`` seconds), for
-    :func:`propagated_deadline_of`. The channel's method record
-    (``details.codec.propagated_deadline``) knows whether it propagates and its margin."""
-    propagated = getattr(getattr(details, "codec", None), "propagated_deadline", None)
+    :func:`propagated_deadline_of`; when it ran under a deadline of its own while a call
+    is being handled (its timeout shorter than the propagated deadline, or a channel
+    that does not propagate), ``error`` is marked so, for :func:`own_deadline_of`. The
+    channel's method record (``details.codec``) knows whether it propagates and its
+    margin."""
+    codec: Any = getattr(details, "codec", None)
+    propagated = getattr(codec, "propagated_deadline", None)
     if propagated is None:
         return
     deadline = propagated(details)
-    if deadline is not None:
-        with contextlib.suppress(AttributeError):  # an error class with __slots__
+    with contextlib.suppress(AttributeError):  # an error class with __slots__
+        if deadline is not None:
             setattr(error, _PROPAGATED, deadline)
+        elif codec.own_deadline(details):
+            setattr(error, _OWN_DEADLINE, True)
 
 
 def propagated_deadline_of(error: BaseException) -> float | None:
@@ -158,6 +168,15 @@ def propagated_deadline_of(error: BaseException) -> float | None:
     ``None`` when it did not (a timeout of its own, no propagation, another status)."""
     deadline = getattr(error, _PROPAGATED, None)
     return deadline if isinstance(deadline, float) else None
+
+
+def own_deadline_of(error: BaseException) -> bool:
+    """Whether ``error`` (``DEADLINE_EXCEEDED``) ended a mesh channel's call made while a
+    call was being handled, under a deadline of the call's own rather than the handled
+    call's, propagated (a shorter timeout, a method's default one, or a channel that does
+    not propagate): then it is not the handled call's deadline that was short or ran
+    out. ``False`` for any other error, a call of another channel among them."""
+    return getattr(error, _OWN_DEADLINE, False) is True
 
 
 def _fresh(error: BaseException) -> BaseException:

@@ -18,9 +18,13 @@ from typing import Any
 import grpc
 import structlog
 
-from meshkit._calls import DEADLINE_SLACK_S, propagated_deadline_of
+from meshkit._calls import DEADLINE_SLACK_S, own_deadline_of, propagated_deadline_of
 from meshkit._handlers import NoResponse, Unhandled, WrappingInterceptor
-from meshkit.resilience._deadline import admission_refusal
+from meshkit.resilience._deadline import (
+    ADMISSION_REFUSAL_METADATA,
+    DOWNSTREAM_REFUSAL_DETAILS,
+    admission_refusal,
+)
 
 __all__ = ["UnhandledErrorInterceptor", "unhandled_answer", "unhandled_details"]
 
@@ -54,7 +58,7 @@ async def _no_response(method: str, context: Any, streaming: bool) -> None:
 
 
 _DOWNSTREAM_DEADLINE = "deadline exceeded (in a call the handler made under it)"
-_DOWNSTREAM_REFUSAL = "deadline exceeded (too short for a call the handler made under it)"
+_DOWNSTREAM_REFUSAL = DOWNSTREAM_REFUSAL_DETAILS
 
 
 def _downstream_deadline(exc: Exception, context: Any) -> str | None:
@@ -69,10 +73,16 @@ def _downstream_deadline(exc: Exception, context: Any) -> str | None:
       :func:`~meshkit._calls.propagated_deadline_of`, matched within the slack):
       :data:`_DOWNSTREAM_DEADLINE`;
     * a meshkit server refused it before its handler ran, its deadline too short for
-      that server's ``DeadlineOptions.min_remaining_s``
-      (:func:`~meshkit.resilience._deadline.admission_refusal`: its details and
-      trailer), while this call has a deadline, which the handler's calls run under
-      (less a margin, or shorter): :data:`_DOWNSTREAM_REFUSAL`.
+      that server's ``DeadlineOptions.min_remaining_s``, or answered so for a refusal
+      further down the chain (:func:`~meshkit.resilience._deadline.admission_refusal`:
+      its details and trailer), while this call has a deadline and the refused call ran
+      under it: a mesh channel's call under this call's deadline, propagated (not one
+      under a shorter timeout of its own, or of a channel that does not propagate:
+      :func:`~meshkit._calls.own_deadline_of`), or another channel's call, which
+      meshkit cannot tell: :data:`_DOWNSTREAM_REFUSAL`, sent with the refusal's trailer
+      (:data:`~meshkit.resilience._deadline.ADMISSION_REFUSAL_METADATA`), so a chain of
+      any length answers its first caller so and no hop counts the one below it against
+      its endpoint.
 
     The caller's deadline is what ran out or was too short, and the caller is told so
     (as grpc-go's handlers return a downstream status), not ``UNKNOWN``; in details that
@@ -95,7 +105,7 @@ def _downstream_deadline(exc: Exception, context: Any) -> str | None:
     if propagated is not None and \
             abs(time.monotonic() + remaining - propagated) <= DEADLINE_SLACK_S:
         return _DOWNSTREAM_DEADLINE
-    if admission_refusal(exc.details(), exc.trailing_metadata()):
+    if admission_refusal(exc.details(), exc.trailing_metadata()) and not own_deadline_of(exc):
         return _DOWNSTREAM_REFUSAL
     return None
 
@@ -132,9 +142,12 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
     its ``DialOptions.deadline_margin_s`` (it was that deadline, propagated; details
     ``"deadline exceeded (in a call the handler made under it)"``), and for a meshkit
     server's admission refusal of a call the handler made (too little time left for its
-    ``DeadlineOptions.min_remaining_s``; ``meshkit-deadline-refused``) while this call has
-    a deadline (details ``"deadline exceeded (too short for a call the handler made under
-    it)"``; the downstream's details and trailers are not passed on): see
+    ``DeadlineOptions.min_remaining_s``; ``meshkit-deadline-refused``), or its answer to
+    one further down the chain, while this call has a deadline that the refused call ran
+    under (details ``"deadline exceeded (too short for a call the handler made under
+    it)"`` and the trailer ``meshkit-deadline-refused``, so every hop of a chain answers
+    so; the downstream's details and other trailers are not passed on; ``UNKNOWN`` when a
+    mesh channel's call ran under a shorter timeout of its own): see
     :func:`unhandled_answer`, logged all the same. The status is set before the handler
     wrap reports the call, so telemetry (``grpc_server_handled_total``, the server span,
     the access line) records the code sent, and the log line is written under the call's
@@ -173,6 +186,9 @@ class UnhandledErrorInterceptor(WrappingInterceptor):
             # request (see meshkit._handlers.Unhandled)
             context.set_code(code)
             context.set_details(details)
+            if details is _DOWNSTREAM_REFUSAL:  # the hop above reads it as the refusal
+                context.set_trailing_metadata(
+                    (*(context.trailing_metadata() or ()), ADMISSION_REFUSAL_METADATA))
             return True
 
         return unhandled

@@ -695,6 +695,22 @@ class _MethodPlan:
             return None
         return inherited
 
+    def own_deadline(self, details: ClientCallDetails) -> bool:
+        """Whether ``details`` ran under a deadline of its own while a call is being
+        handled (:func:`current_deadline` set): a timeout shorter than that deadline less
+        the margin, or a channel that does not propagate it. Read on a call's
+        ``DEADLINE_EXCEEDED`` only (meshkit._calls), so a server whose handler lets a
+        downstream admission refusal of such a call escape answers ``UNKNOWN``, not its
+        caller's ``DEADLINE_EXCEEDED`` (meshkit._unhandled)."""
+        deadline = details.deadline
+        if deadline is None:
+            return False
+        inherited = current_deadline()
+        if inherited is None:
+            return False
+        margin = self.margin_s
+        return margin is None or deadline != inherited - margin  # the same sum: exact
+
     def codecs(self) -> tuple[Any, Any]:
         """The serializer and deserializer the sub-channel multicallable is made with."""
         if self.in_mesh:  # the sub-channel carries bytes (stream responses: strict)

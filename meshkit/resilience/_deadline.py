@@ -121,26 +121,39 @@ ADMISSION_REFUSAL_DETAILS = "deadline exceeded before the handler ran"
 """Details of a call :class:`DeadlineInterceptor` refused (``DEADLINE_EXCEEDED``)."""
 
 ADMISSION_REFUSAL_METADATA = ("meshkit-deadline-refused", "1")
-"""Trailing metadata of a call :class:`DeadlineInterceptor` refused: with
-:data:`ADMISSION_REFUSAL_DETAILS`, a mesh client reports the attempt to its balancer as
-no endpoint's outcome (:func:`admission_refusal`)."""
+"""Trailing metadata of a call :class:`DeadlineInterceptor` refused, and of a meshkit
+server's answer to a handler that let such a refusal of its own call escape
+(:data:`DOWNSTREAM_REFUSAL_DETAILS`): with either details, a mesh client reports the
+attempt to its balancer as no endpoint's outcome (:func:`admission_refusal`)."""
+
+DOWNSTREAM_REFUSAL_DETAILS = "deadline exceeded (too short for a call the handler made under it)"
+"""Details of a meshkit server's ``DEADLINE_EXCEEDED`` answer to a handler that let an
+admission refusal of its own call escape, that call having run under this call's
+deadline, propagated (``meshkit._unhandled``); sent with
+:data:`ADMISSION_REFUSAL_METADATA`, so the hop above reads it as the same refusal, and a
+chain of any length answers its first caller so."""
 
 
 def admission_refusal(details: str | None, trailing_metadata: Any) -> bool:
     """Whether a ``DEADLINE_EXCEEDED`` with ``details`` and ``trailing_metadata`` is a
-    meshkit server's admission refusal: the request came with less time left than the
-    server's ``min_remaining_s``, and nothing of it ran. That says nothing about the
-    endpoint (the request's deadline was short), so the channel does not count it
-    against the endpoint for outlier ejection (``OutlierOptions.failure_codes``) nor as a
-    P2C latency sample, as it does not a nack. Both the exact details and the trailer are
+    meshkit server's admission refusal (:data:`ADMISSION_REFUSAL_DETAILS`: the request
+    came with less time left than the server's ``min_remaining_s``, and nothing of it
+    ran), or a meshkit server's answer to one further down the chain, of a call its
+    handler made under the propagated deadline (:data:`DOWNSTREAM_REFUSAL_DETAILS`). That
+    says nothing about the endpoint (the request's deadline was short), so the channel
+    does not count it against the endpoint for outlier ejection
+    (``OutlierOptions.failure_codes``) nor as a P2C latency sample, as it does not a
+    nack. Both the exact details and the trailer (:data:`ADMISSION_REFUSAL_METADATA`) are
     needed: a handler that forwards a downstream status verbatim without the trailer is
     counted as usual. A meshkit server whose handler lets such a refusal of one of its
-    calls escape answers its own caller ``DEADLINE_EXCEEDED`` "deadline exceeded (too
-    short for a call the handler made under it)" when that caller set a deadline (the
-    caller's deadline, propagated, was short; ``meshkit._unhandled``), else ``UNKNOWN``.
+    calls escape answers its own caller ``DEADLINE_EXCEEDED``
+    :data:`DOWNSTREAM_REFUSAL_DETAILS` with the trailer when that caller set a deadline
+    and the refused call ran under it (propagated by a mesh channel, or a call of another
+    channel: meshkit cannot tell), else ``UNKNOWN`` (``meshkit._unhandled``).
     Asked on the failure path only."""
-    return details == ADMISSION_REFUSAL_DETAILS and bool(trailing_metadata) and any(
-        tuple(item) == ADMISSION_REFUSAL_METADATA for item in trailing_metadata)
+    return details in (ADMISSION_REFUSAL_DETAILS, DOWNSTREAM_REFUSAL_DETAILS) \
+        and bool(trailing_metadata) and any(
+            tuple(item) == ADMISSION_REFUSAL_METADATA for item in trailing_metadata)
 
 
 class DeadlineInterceptor(WrappingInterceptor):

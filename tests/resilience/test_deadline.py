@@ -370,6 +370,7 @@ class _AnsweringContext:
         self.remaining_s = remaining_s
         self.status: grpc.StatusCode | None = None
         self.details = ""
+        self.trailers: tuple[tuple[str, str], ...] = (("x-app", "kept"),)
 
     def code(self) -> grpc.StatusCode | None:
         return self.status
@@ -382,6 +383,12 @@ class _AnsweringContext:
 
     def set_details(self, details: str) -> None:
         self.details = details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.trailers
+
+    def set_trailing_metadata(self, trailers: tuple[tuple[str, str], ...]) -> None:
+        self.trailers = tuple(trailers)
 
 
 @pytest.mark.parametrize(("remaining_s", "downstream", "answer"), [
@@ -517,6 +524,11 @@ _REFUSED = (("meshkit-deadline-refused", "1"),)
      grpc.StatusCode.UNKNOWN),  # this call has no deadline: not its to blame
     (3.0, "deadline exceeded before the handler ran", (), grpc.StatusCode.UNKNOWN),
     (3.0, "hop2 at 10.0.0.7:50051 timed out", _REFUSED, grpc.StatusCode.UNKNOWN),
+    # a hop further down answered a refusal of the deadline propagated to it
+    (3.0, "deadline exceeded (too short for a call the handler made under it)", _REFUSED,
+     grpc.StatusCode.DEADLINE_EXCEEDED),
+    (3.0, "deadline exceeded (too short for a call the handler made under it)", (),
+     grpc.StatusCode.UNKNOWN),
 ])
 async def test_a_downstream_admission_refusal_escaping_is_answered_by_this_calls_deadline(
         remaining_s: float | None, details: str, trailers: tuple[tuple[str, str], ...],
@@ -537,8 +549,18 @@ async def test_a_downstream_admission_refusal_escaping_is_answered_by_this_calls
     assert ctx.status is answer
     if answer is grpc.StatusCode.DEADLINE_EXCEEDED:
         assert ctx.details == "deadline exceeded (too short for a call the handler made under it)"
+        # the refusal's mark, for the hop above, after the trailers the handler set
+        assert ctx.trailers == (("x-app", "kept"), *_REFUSED)
     else:
         assert ctx.details == "Unexpected AioRpcError in the handler (logged by the server)"
+        assert ctx.trailers == (("x-app", "kept"),)
+    # the same refusal of a mesh channel's call under a timeout of its own: UNKNOWN
+    from meshkit._calls import _OWN_DEADLINE
+
+    setattr(exc, _OWN_DEADLINE, True)
+    ctx = _AnsweringContext(remaining_s)
+    assert await unhandled(exc, ctx) is True
+    assert ctx.status is grpc.StatusCode.UNKNOWN
 
 
 @pytest.mark.timeout(60)
@@ -600,8 +622,9 @@ async def test_a_downstream_refusal_of_the_propagated_deadline_is_answered_deadl
             assert (short.value.code(), short.value.details()) == (
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "deadline exceeded (too short for a call the handler made under it)")
-            assert not [k for k, _ in short.value.trailing_metadata() or ()
-                        if k.startswith("meshkit-")]
+            # hop 1's own refusal mark, for a mesh caller (none of hop 2's trailers)
+            assert [k for k, _ in short.value.trailing_metadata() or ()
+                    if k.startswith("meshkit-")] == ["meshkit-deadline-refused"]
             assert own.value.code() is grpc.StatusCode.UNKNOWN, own.value.details()
             assert started[0].stats().deadline_rejections == 2  # hop 2 refused both
             events = [e for e in logs if e["event"] == "unhandled exception"]
@@ -621,4 +644,116 @@ async def test_a_downstream_refusal_of_the_propagated_deadline_is_answered_deadl
     finally:
         await down.close()
         for srv in reversed(started):
+            await srv.drain()
+
+
+async def _relay_chain(registry: LocalRegistry, hops: int, min_remaining_s: float,
+                       own_timeout_s: float | None = None) -> tuple[
+                           list[meshkit.MeshServer], list[Any]]:
+    """Servers ``hop1`` .. ``hop<hops>``: each but the last relays its request to the next
+    through a mesh channel (the propagated deadline; ``hop1`` with a timeout of its own,
+    ``own_timeout_s``, when given); the last serves with
+    ``DeadlineOptions(min_remaining_s=...)`` and answers ``b"ok"``. Returns the servers and
+    the relaying channels (index i: hop i+1's channel to hop i+2)."""
+    servers: list[meshkit.MeshServer] = []
+    channels: list[Any] = []
+
+    async def ok(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return b"ok"
+
+    def relay(n: int) -> Any:
+        async def behaviour(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            call: Any = channels[n - 1].unary_unary(f"/hop{n + 1}/Call")
+            if n == 1 and own_timeout_s is not None:
+                return await call(request, timeout=own_timeout_s)  # type: ignore[no-any-return]
+            return await call(request)  # type: ignore[no-any-return]
+        return behaviour
+
+    for n in range(1, hops):
+        channels.append(meshkit.dial(f"hop{n + 1}", registry=registry, options=meshkit.DialOptions(
+            insecure=True)))  # retries armed, as dial()'s defaults
+    for n in range(hops, 0, -1):
+        last = n == hops
+        opts: dict[str, Any] = (
+            {"deadline": DeadlineOptions(min_remaining_s=min_remaining_s)} if last else {})
+        srv = meshkit.MeshServer(
+            f"hop{n}", [service(f"hop{n}", ok if last else relay(n))], registry=registry,
+            options=meshkit.ServeOptions(insecure=True, drain_delay_s=0.0, grace_s=0.5, **opts))
+        await srv.start()
+        servers.append(srv)
+    for ch in channels:
+        await ch.wait_for_endpoints(1)
+    return servers, channels
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hops", [3, 4])
+async def test_a_refusal_of_the_propagated_deadline_is_answered_deadline_exceeded_at_every_hop(
+        registry: LocalRegistry, hops: int) -> None:
+    """A chain hop1 -> hop2 -> hop3 (-> hop4), each relaying with the propagated deadline;
+    the last hop serves with ``DeadlineOptions(min_remaining_s=0.5)``. The caller gives
+    0.3 s, which the last hop refuses before its handler runs. The hop before it answered
+    ``DEADLINE_EXCEEDED`` "too short for a call the handler made under it", but that
+    answer carried no mark, so the hop above took it for a failure of its own making and
+    answered ``UNKNOWN`` "Unexpected AioRpcError in the handler" (and counted it
+    ``Unknown``, and its channel counted the healthy hop below as failed for outlier
+    ejection). Now the answer carries the refusal mark (``meshkit-deadline-refused``) and
+    every hop up the chain answers ``DEADLINE_EXCEEDED`` the same way, without counting
+    the hop below against its endpoint; a call with time enough still goes through."""
+    servers, channels = await _relay_chain(registry, hops, 0.5)
+    try:
+        async with asyncio.timeout(30), meshkit.dial("hop1", registry=registry, options=(
+                meshkit.DialOptions(insecure=True, retry=None))) as ch:
+            await ch.wait_for_endpoints(1)
+            call: Any = ch.unary_unary("/hop1/Call")
+            assert await call(b"", timeout=5.0) == b"ok"
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as short:
+                    await call(b"", timeout=0.3)
+                assert (short.value.code(), short.value.details()) == (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "deadline exceeded (too short for a call the handler made under it)")
+            assert servers[0].stats().deadline_rejections == 3  # the last hop refused all
+            for channel in [ch, *channels]:
+                assert [e.failures for e in channel.stats().endpoints] == [0]
+    finally:
+        for channel in channels:
+            await channel.close()
+        for srv in servers:
+            await srv.drain()
+
+
+@pytest.mark.timeout(60)
+async def test_a_refusal_of_a_handlers_own_shorter_timeout_is_not_blamed_on_the_caller(
+        registry: LocalRegistry) -> None:
+    """hop1's handler calls hop2 with a timeout of its own (0.3 s), shorter than hop2's
+    ``min_remaining_s`` (0.5), while its caller gave 5 s. hop2 refuses; hop1 answered
+    ``DEADLINE_EXCEEDED`` "too short for a call the handler made under it" because its
+    call had a deadline, telling the caller its 5 s were too short, where the handler's
+    own timeout was. Now the mesh channel marks a refusal of a deadline of the call's own
+    (not the propagated one), and hop1 answers ``UNKNOWN``, as for any failure of its own
+    making; with the caller's deadline the shorter one, the refusal is still the
+    caller's (the test above)."""
+    servers, channels = await _relay_chain(registry, 2, 0.5, own_timeout_s=0.3)
+    try:
+        async with asyncio.timeout(30), meshkit.dial("hop1", registry=registry, options=(
+                meshkit.DialOptions(insecure=True, retry=None))) as ch:
+            await ch.wait_for_endpoints(1)
+            call: Any = ch.unary_unary("/hop1/Call")
+            with pytest.raises(grpc.aio.AioRpcError) as own:
+                await call(b"", timeout=5.0)
+            assert own.value.code() is grpc.StatusCode.UNKNOWN, own.value.details()
+            assert own.value.details() == \
+                "Unexpected AioRpcError in the handler (logged by the server)"
+            assert not [k for k, _ in own.value.trailing_metadata() or ()
+                        if k.startswith("meshkit-")]
+            # the caller's deadline shorter than the handler's own timeout: the caller's
+            with pytest.raises(grpc.aio.AioRpcError) as short:
+                await call(b"", timeout=0.2)
+            assert short.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert servers[0].stats().deadline_rejections == 2
+    finally:
+        for channel in channels:
+            await channel.close()
+        for srv in servers:
             await srv.drain()
