@@ -195,7 +195,10 @@ def connections_after_close_script(setup: str) -> str:
                 os._exit(0)
         master.run(reg.deregister(inst))
         master.run(reg.close())  # "close the HTTP sessions"
-        time.sleep(1.0)
+        # a second for them to close (at once when closed: the FIN is sent at close)
+        gone = time.monotonic() + 1.0
+        while established_to(port, ours) and time.monotonic() < gone:
+            time.sleep(0.02)
         print("still established after close:", len(established_to(port, ours)),
               flush=True)
         if pid:

@@ -440,7 +440,7 @@ async def test_the_ttl_check_of_a_busy_process_survives_a_reconnect_by_host_name
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(aiohttp.TCPConnector, "__init__", no_dns_cache)
-    ttl_s = 2.0  # a pass every ttl_s / 3, each bounded by that; critical 2 s unpassed
+    ttl_s = 1.0  # a pass every ttl_s / 3, each bounded by that; critical 1 s unpassed
 
     async def run(loaded: bool) -> tuple[list[str], int, set[str]]:
         release = threading.Event()

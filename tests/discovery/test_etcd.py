@@ -773,7 +773,7 @@ async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(aiohttp.TCPConnector, "__init__", no_dns_cache)
-    ttl_s = 2  # the keep-alive renews every ttl_s / 3; the lease ends 2-2.5 s unrenewed
+    ttl_s = 1  # the keep-alive renews every ttl_s / 3; the lease ends 1-1.5 s unrenewed
 
     async def run(loaded: bool) -> list[int | None]:
         release = threading.Event()
@@ -952,7 +952,8 @@ _FORK_AFTER_REGISTERING = textwrap.dedent("""
     from tests.support.loops import LoopThread
 
     service = sys.argv[3]
-    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{sys.argv[2]}",), ttl_s=2,
+    # ttl_s=1, etcd's least: the parent's lease ends 1-1.5 s after its last renewal
+    reg = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{sys.argv[2]}",), ttl_s=1,
                                    request_timeout_s=1.0, operation_timeout_s=2.0))
 
     def inst(n):
@@ -965,7 +966,7 @@ _FORK_AFTER_REGISTERING = textwrap.dedent("""
     if pid == 0:
         async def child():
             await reg.register(inst(2))  # the worker's own instance
-            await asyncio.sleep(6)  # 3 ttl_s: the parent's lease expired unless renewed
+            await asyncio.sleep(3)  # 3 ttl_s: the parent's lease expired unless renewed
             snap = await reg.snapshot(service)
             await reg.deregister(inst(2))
             await reg.close()
@@ -2099,7 +2100,9 @@ async def test_prometheus_targets_keep_a_killed_instance_and_drop_a_drained_one(
 
             await until(lease_gone, timeout_s=30, interval_s=0.2,
                         what="the killed instance's lease expired")
-            await asyncio.sleep(3.0)  # many --interval-s passes of the writer, past the lease
+            # many --interval-s (0.2 s) passes of the writer past the lease: each reads the
+            # registry afresh, so the first pass after the key went would drop the target
+            await asyncio.sleep(1.5)
             assert writer.proc.returncode is None, writer.stderr()
             assert listed() == ["e1"], (
                 "the SIGKILLed instance left the Prometheus targets as its etcd lease "
@@ -2161,6 +2164,13 @@ async def _first_set(reg: EtcdRegistry, service: str) -> list[str]:
         await watch.aclose()
 
 
+# The event-loop tests below prove a lease is kept (or not) by outliving it: a lease of
+# 1 s (etcd's least; it ends 1-1.5 s unrenewed), renewed every ttl_s / 3 as with any ttl_s,
+# makes that wait 2.5-3 s instead of 5-6 s. A renewal that came late on a loaded box costs
+# a re-grant that puts the instances back, not the listing.
+LOOPS: dict[str, Any] = {**FAST, "ttl_s": 1}
+
+
 async def _register_then_list(reg: EtcdRegistry, *instances: Instance,
                               outlive_ttl: bool = False) -> list[str]:
     """Register ``instances`` (with ``outlive_ttl``, then wait 2.5 ``ttl_s``: only a lease
@@ -2192,7 +2202,7 @@ def test_works_in_a_later_asyncio_run(node: EtcdCluster) -> None:
     ``RuntimeError: Event loop is closed`` (not RegistryError) and a watch ended at once
     without yielding; on uvloop the process aborted in watch."""
     service = unique_service()
-    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **LOOPS))
     one, two = make_instance(service, 1), make_instance(service, 2)
     try:
         assert run_loop(_register_then_list(reg, one)) == [one.instance_id]
@@ -2211,7 +2221,7 @@ def test_a_keeper_whose_loop_closed_without_ending_it_is_replaced(node: EtcdClus
     running loop at its next register(): the lease outlives ``ttl_s``. The pending task
     was taken as the keeper and the lease expired, every instance with it."""
     service = unique_service()
-    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **LOOPS))
     one, two = make_instance(service, 1), make_instance(service, 2)
     other = LoopThread()
     try:
@@ -2232,7 +2242,7 @@ def test_used_from_two_running_loops_and_closed_from_one(node: EtcdCluster) -> N
     keep-alive of its own, and close() in one ends the other's watch, keep-alive and
     session in that loop (both iterators finish, nothing raises, no task left there)."""
     service = unique_service()
-    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **LOOPS))
     other = LoopThread()
     try:
         one, two = make_instance(service, 1), make_instance(service, 2)
@@ -2268,7 +2278,7 @@ def test_lease_still_kept_after_the_last_registering_loop_ends(node: EtcdCluster
     ended with B's loop: nothing renewed the lease, and ``one`` left etcd after
     ``ttl_s``, for good."""
     service = unique_service()
-    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **FAST))
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **LOOPS))
     one, two = make_instance(service, 1), make_instance(service, 2)
     a = LoopThread()
     try:
