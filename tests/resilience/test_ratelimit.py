@@ -260,6 +260,14 @@ class LatencyProxy:
             task.add_done_callback(self._tasks.discard)
 
 
+def _names_a_minute(test: Any) -> bool:
+    """Whether a test's source (its decorators included) names a per-minute rule."""
+    try:
+        return "minute" in inspect.getsource(test)
+    except (OSError, TypeError):
+        return True
+
+
 @pytest.fixture(autouse=True)
 def _clear_of_a_minutes_edge(request: pytest.FixtureRequest) -> None:
     """A fixed window's count starts again at each window's edge (per minute: at each
@@ -268,9 +276,11 @@ def _clear_of_a_minutes_edge(request: pytest.FixtureRequest) -> None:
     a "1/minute" caller's one hit weighs 0.99 and a second call is admitted: a test that
     counts N calls and expects the next refused admitted it when the run crossed an edge
     (about 1 s of 60, more under load; twice in this session's runs). Each test but the
-    moving window's (no edges) starts at least 5 s before the next minute's edge."""
+    moving window's (no edges) starts at least 5 s before the next minute's edge. Only
+    tests whose text names a per-minute rule wait (the others count per second or hour,
+    or nothing: up to 5 s of waiting bought them nothing)."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
-    if params.get("strategy") != "moving-window":
+    if params.get("strategy") != "moving-window" and _names_a_minute(request.function):
         left = 60.0 - time.time() % 60.0
         if left < 5.0:
             time.sleep(left + 0.05)
@@ -811,9 +821,11 @@ async def test_memory_sweep_runs_once_per_interval_and_counts_stay_exact() -> No
         assert limiter.hit(item, "m", "x")
         assert limiter.hit(item, "m", "x")
         assert not limiter.hit(item, "m", "x"), strategy
-        # the sliding window counter's previous hits weigh on the next window too
-        await asyncio.sleep(2.05)
-        assert limiter.hit(item, "m", "x"), strategy
+        # admitted again once the window has passed, within 2.05 s (the sliding window
+        # counter's previous hits weigh on the next window too); a refused hit counts in
+        # no later window, so polling with hits changes nothing
+        await until(lambda: limiter.hit(item, "m", "x"), timeout_s=2.05, interval_s=0.02,
+                    what=f"{strategy} admitting again")
         assert storage.sweeps_scheduled == 1
         storage.close()
 
@@ -1257,8 +1269,17 @@ async def test_a_lost_fixed_window_count_never_locks_the_caller_out(
                     break
             ttls = redis_keys(f"*{prefix}*alice*")
             assert ttls and all(ttl > 0 for ttl in ttls.values()), ttls
-            await asyncio.sleep(1.5)  # her 1-second window is long over
-            assert await limiter.check(m, "alice") is None, redis_keys(f"*{prefix}*alice*")
+            # admitted once her 1-second window is over, 1.5 s at the latest (a refused hit
+            # only counts in the window it falls in); with the count left without a TTL,
+            # never
+            async def admitted() -> bool:
+                return await limiter.check(m, "alice") is None
+
+            try:
+                await until(admitted, timeout_s=1.5, interval_s=0.05,
+                            what="alice admitted after her window")
+            except AssertionError as exc:
+                raise AssertionError(redis_keys(f"*{prefix}*alice*")) from exc
         finally:
             await limiter.aclose()
 
@@ -1384,29 +1405,31 @@ async def test_a_refusal_whose_window_read_fails_is_still_refused(
 
 async def test_fixed_window_retry_after_on_redis_is_never_shorter_than_the_real_wait(
         shared_redis: str) -> None:
-    """Fixed window on Redis, rule "1 per 4 seconds". The caller's one call starts the
-    window; 0.75 s later its second call was refused with ``retry-after: 3``, though the
-    window still had 3.25 s to run: a client that waited the 3 s it was told (as meshkit's
-    own retry policy does) was refused again. ``retry-after`` came from limits'
-    ``get_expiry``, which reads Redis ``TTL``: whole seconds rounded to the *nearest*
-    second (3.25 -> 3), so ``ceil(reset_time - now)`` rounded nothing up (memory:// and
-    the other two strategies on Redis sent 4). Now the expiry is read with ``PTTL``
-    (milliseconds): ``retry-after`` is at least the time the window really has left, and
-    a call made once it has passed is admitted."""
-    options = RateLimitOptions(default_rule="1 per 4 second", strategy="fixed-window",
+    """Fixed window on Redis, rule "1 per 3 seconds" (found with "1 per 4 seconds"). The
+    caller's one call starts the window; 0.75 s later its second call was refused with
+    ``retry-after: 2``, though the window still had 2.25 s to run (with 4 s: ``3``, 3.25 s
+    left): a client that waited the time it was told (as meshkit's own retry policy does)
+    was refused again. ``retry-after`` came from limits' ``get_expiry``, which reads Redis
+    ``TTL``: whole seconds rounded to the *nearest* second (2.25 -> 2), so
+    ``ceil(reset_time - now)`` rounded nothing up (memory:// and the other two strategies
+    on Redis sent 3). Now the expiry is read with ``PTTL`` (milliseconds): ``retry-after``
+    is at least the time the window really has left, and a call made once it has passed
+    is admitted. (3 s, not less: the second call must still fall in the window on a loaded
+    machine, over 2 s after the first.)"""
+    options = RateLimitOptions(default_rule="1 per 3 second", strategy="fixed-window",
                                storage_uri=shared_redis, key=by_metadata("x-user"),
                                key_prefix=unique_prefix())
     async with echo_server(options) as channel:
         assert await attempt(channel, user="warm-up") is None  # connected, script loaded
-        sent = time.time()  # alice's window starts after this, so it ends after sent + 4
+        sent = time.time()  # alice's window starts after this, so it ends after sent + 3
         assert await attempt(channel, user="alice") is None
         await asyncio.sleep(0.75)
         err = await attempt(channel, user="alice")
         refused_at = time.time()
         told = assert_limited(err)
-        left = sent + 4.0 - refused_at  # the window had at least this long left
+        left = sent + 3.0 - refused_at  # the window had at least this long left
         assert told >= left, f"retry-after: {told}, but the window had {left:.2f} s left"
-        assert told <= 4, told
+        assert told <= 3, told
         await asyncio.sleep(max(0.0, told - (time.time() - refused_at)) + 0.1)
         again = await attempt(channel, user="alice")
         assert again is None, (
