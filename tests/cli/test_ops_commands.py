@@ -9,9 +9,9 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -33,6 +33,7 @@ from tests.support.wait import until
 pytestmark = pytest.mark.timeout(60)
 
 protos, services = grpc.protos_and_services("tests/cli/greeter.proto")
+_T = TypeVar("_T")
 
 
 class Greeter(services.GreeterServicer):  # type: ignore[misc,name-defined]
@@ -94,6 +95,19 @@ async def meshkit_cli(*args: str, stdin: bytes | None = None,
     return proc.returncode, out.decode(), err.decode()
 
 
+async def at_once(*runs: Awaitable[_T], limit: int = 4) -> list[_T]:
+    """``runs`` (commands: independent subprocesses) run together, at most ``limit`` at a
+    time (a loaded 2-core box starts a few Pythons at once well, not a dozen); their
+    results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(run: Awaitable[_T]) -> _T:
+        async with gate:
+            return await run
+
+    return list(await asyncio.gather(*(one(r) for r in runs)))
+
+
 @pytest.fixture
 async def greeter(registry: LocalRegistry) -> AsyncIterator[meshkit.MeshServer]:
     """A plaintext ``greeter`` instance serving Greeter and Echoer, with its admin server."""
@@ -134,15 +148,17 @@ async def test_call_resolves_each_target_form(greeter: meshkit.MeshServer,
     service found by reflection) each make the call and print the response as JSON; the
     request may come from stdin."""
     reg = ["--registry", uri(registry), "--insecure"]
-    code, out, err = await meshkit_cli("call", "greeter/meshkit.clitest.Greeter/SayHello",
-                                       '{"name": "Ada", "times": 2}', *reg)
+    full, short, found = await at_once(
+        meshkit_cli("call", "greeter/meshkit.clitest.Greeter/SayHello",
+                    '{"name": "Ada", "times": 2}', *reg),
+        meshkit_cli("call", "greeter/Echoer/SayHello", "-", *reg, stdin=b'{"name": "echo"}'),
+        meshkit_cli("call", "/meshkit.clitest.Greeter/SayHello", '{"name": "Bo"}', *reg))
+    code, out, err = full
     assert code == 0, err
     assert json.loads(out) == {"message": "Hello, Ada!", "peers": ["Ada", "Ada"]}
-    code, out, err = await meshkit_cli("call", "greeter/Echoer/SayHello", "-", *reg,
-                                       stdin=b'{"name": "echo"}')
+    code, out, err = short
     assert (code, json.loads(out)) == (0, {"message": "echo"}), err
-    code, out, err = await meshkit_cli("call", "/meshkit.clitest.Greeter/SayHello",
-                                       '{"name": "Bo"}', *reg)
+    code, out, err = found
     assert (code, json.loads(out)) == (0, {"message": "Hello, Bo!"}), err
 
 
@@ -152,9 +168,6 @@ async def test_call_failures_exit_non_zero_with_the_status(greeter: meshkit.Mesh
     unknown or streaming method, bad JSON and missing transport security are usage
     errors (2) saying what is wrong."""
     reg = ["--registry", uri(registry), "--insecure"]
-    code, out, err = await meshkit_cli("call", "greeter/Greeter/SayHello",
-                                       '{"name": "missing"}', *reg)
-    assert (code, out) == (64 + 5, "") and "NOT_FOUND: no such person" in err
     cases = {
         ("greeter/SayHello", "{}"): "ambiguous",
         ("greeter/Greeter/Nope", "{}"): "serves no method 'Nope'",
@@ -162,11 +175,15 @@ async def test_call_failures_exit_non_zero_with_the_status(greeter: meshkit.Mesh
         ("greeter/Greeter/SayHello", '{"nom": 1}'): "not a valid meshkit.clitest.HelloRequest",
         ("greeter", "{}"): "target must be",
     }
-    for (target, body), says in cases.items():
-        code, _, err = await meshkit_cli("call", target, body, *reg)
+    failed, no_security, *usage = await at_once(
+        meshkit_cli("call", "greeter/Greeter/SayHello", '{"name": "missing"}', *reg),
+        meshkit_cli("call", "greeter/Greeter/SayHello", "--registry", uri(registry)),
+        *(meshkit_cli("call", target, body, *reg) for target, body in cases))
+    code, out, err = failed
+    assert (code, out) == (64 + 5, "") and "NOT_FOUND: no such person" in err
+    for ((target, _), says), (code, _, err) in zip(cases.items(), usage, strict=True):
         assert code == 2 and says in err, (target, err)
-    code, _, err = await meshkit_cli("call", "greeter/Greeter/SayHello", "--registry",
-                                     uri(registry))
+    code, _, err = no_security
     assert code == 2 and "MESHKIT_CERT_DIR" in err
 
 
@@ -184,7 +201,9 @@ async def test_services_lists_ready_and_failing_instances(greeter: meshkit.MeshS
     await dead_reg.deregister(gone)
     await dead_reg.close()  # stops the heartbeat, as SIGKILL would
     await until(lambda: _failing(registry), timeout_s=5, what="the heartbeat to lapse")
-    code, out, err = await meshkit_cli("services", "--registry", uri(registry))
+    (code, out, err), as_json = await at_once(
+        meshkit_cli("services", "--registry", uri(registry)),
+        meshkit_cli("services", "--registry", uri(registry), "--json"))
     assert code == 0, err
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "ADMIN"]
@@ -193,7 +212,7 @@ async def test_services_lists_ready_and_failing_instances(greeter: meshkit.MeshS
          f"http://127.0.0.1:{greeter.admin.port}"],  # type: ignore[union-attr]
         ["greeter", "greeter-dead", "127.0.0.1:9", "failing", "http://127.0.0.1:9"],
     ], out
-    code, out, _ = await meshkit_cli("services", "--registry", uri(registry), "--json")
+    code, out, _ = as_json
     assert code == 0 and [r["instance_id"] for r in json.loads(out)] == [
         "greeter-1", "greeter-dead"]
 
@@ -274,8 +293,9 @@ async def test_services_on_an_unreadable_registry_is_one_line(tmp_path: Path) ->
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     bad = ["--registry", f"local://{blocker / 'registry'}", "--timeout-s", "1"]
-    for only in ([], ["--service", "greeter"]):
-        code, out, err = await meshkit_cli("services", *bad, *only)
+    onlys: tuple[list[str], ...] = ([], ["--service", "greeter"])
+    results = await at_once(*(meshkit_cli("services", *bad, *only) for only in onlys))
+    for only, (code, out, err) in zip(onlys, results, strict=True):
         assert (code, out) == (1, ""), (only, err)
         assert "Traceback" not in err, (only, err)
         assert "the registry cannot be read: local registry" in err.splitlines()[-1], err
@@ -290,8 +310,9 @@ async def test_an_unreadable_registry_is_one_line_on_stderr(tmp_path: Path) -> N
     bad.mkdir()
     (bad / "registry.db").write_bytes(b"this is not an SQLite database file" * 200)
     registry = ["--registry", f"local://{bad}", "--timeout-s", "2"]
-    for command in (["services"], ["prometheus-targets", "--out", str(tmp_path / "t.json")]):
-        code, out, err = await meshkit_cli(*command, *registry)
+    commands = (["services"], ["prometheus-targets", "--out", str(tmp_path / "t.json")])
+    results = await at_once(*(meshkit_cli(*command, *registry) for command in commands))
+    for command, (code, out, err) in zip(commands, results, strict=True):
         lines = [line for line in err.splitlines() if line.strip()]
         assert (code, out, len(lines)) == (1, "", 1), (command, lines)
 
@@ -346,11 +367,6 @@ async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry
     without ``:`` are usage errors (2) that name the key (one of a key's shape) and never
     print a value (it is often a bearer token)."""
     reg = ["--registry", uri(registry), "--insecure"]
-    code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, "-H", "X-Text: a b",
-                                       "-H", "trace-bin: AAEC", "-H", "url-bin: -_8")
-    assert code == 0, err
-    md = json.loads(out)["md"]
-    assert (md["x-text"], md["trace-bin"], md["url-bin"]) == ("a b", "BIN:000102", "BIN:fbff")
     secret = "eyJhbGciOiJFUzI1NiJ9.c2VjcmV0.SIGNATURE-do-not-print"
     cases = {("-H", f"authorization=Bearer {secret}"): "'authorization'",
              ("-H", f"Bearer {secret}"): "no ':'",
@@ -359,8 +375,14 @@ async def test_call_headers(greeter: meshkit.MeshServer, registry: LocalRegistry
              ("-H", f"x-text: {secret}\u00e9"): "'x-text'",
              ("-H", f"Grpc-Status: {secret}"): "'grpc-status'",
              ("-H", f"grpc-trace-bin: {secret}"): "'grpc-trace-bin'"}
-    for header, says in cases.items():
-        code, out, err = await meshkit_cli("call", "greeter/Headers", *reg, *header)
+    (code, out, err), *refused = await at_once(
+        meshkit_cli("call", "greeter/Headers", *reg, "-H", "X-Text: a b",
+                    "-H", "trace-bin: AAEC", "-H", "url-bin: -_8"),
+        *(meshkit_cli("call", "greeter/Headers", *reg, *header) for header in cases))
+    assert code == 0, err
+    md = json.loads(out)["md"]
+    assert (md["x-text"], md["trace-bin"], md["url-bin"]) == ("a b", "BIN:000102", "BIN:fbff")
+    for (header, says), (code, out, err) in zip(cases.items(), refused, strict=True):
         assert (code, out) == (2, ""), (header, err)
         assert says in err and secret not in err, (header, err)
 
@@ -482,12 +504,14 @@ async def test_a_closed_stdout_pipe_ends_quietly_with_141(greeter: meshkit.MeshS
     with status 141 (128 + SIGPIPE, as a shell reports a filter killed by SIGPIPE) and
     nothing on stderr: no BrokenPipeError traceback, not even at the interpreter's exit."""
     reg = ["--registry", uri(registry)]
-    for args in (("call", "greeter/Greeter/SayHello", '{"name": "Ada"}', *reg, "--insecure"),
-                 ("services", *reg), ("services", "--json", *reg), ("version",),
-                 ("--help",)):
-        code, err = await _into_closed_pipe(*args)
-        assert (code, err) == (141, ""), (args, code, err)
-    code, err = await _into_closed_pipe("services", "--help")  # argparse drops the error
+    commands = (("call", "greeter/Greeter/SayHello", '{"name": "Ada"}', *reg, "--insecure"),
+                ("services", *reg), ("services", "--json", *reg), ("version",),
+                ("--help",))
+    *results, (code, err) = await at_once(
+        *(_into_closed_pipe(*args) for args in commands),
+        _into_closed_pipe("services", "--help"))  # argparse drops the error
+    for args, result in zip(commands, results, strict=True):
+        assert result == (141, ""), (args, result)
     assert (code, err) in ((0, ""), (141, "")), (code, err)
 
 
@@ -602,8 +626,10 @@ async def test_call_request_must_be_a_json_object(greeter: meshkit.MeshServer,
     """A request that is JSON but not an object (``[]``, ``""``, ``1``, ``null``) is a
     usage error (exit 2, one line naming the message type): nothing is sent."""
     reg = ["--registry", uri(registry), "--insecure"]
-    for body in ("[]", '""', "1", "null", "[1"):
-        code, out, err = await meshkit_cli("call", "greeter/Greeter/SayHello", body, *reg)
+    bodies = ("[]", '""', "1", "null", "[1")
+    results = await at_once(*(meshkit_cli("call", "greeter/Greeter/SayHello", body, *reg)
+                              for body in bodies))
+    for body, (code, out, err) in zip(bodies, results, strict=True):
         assert (code, out) == (2, ""), (body, code, out, err)
         assert len(err.splitlines()) == 1 and "request" in err, (body, err)
 
@@ -615,9 +641,11 @@ async def test_call_request_nested_too_deeply_is_a_usage_error(
     reg = ["--registry", uri(registry), "--insecure"]
     deep_struct = '{"payload": {"@type": "type.googleapis.com/google.protobuf.Struct", ' \
         '"value": ' + '{"a": ' * 900 + "1" + "}" * 900 + "}}"
-    for target, body in (("greeter/Greeter/SayHello", b"[" * 100_000),
-                         ("greeter/Echoer/Wrap", deep_struct.encode())):
-        code, out, err = await meshkit_cli("call", target, "-", *reg, stdin=body)
+    cases = (("greeter/Greeter/SayHello", b"[" * 100_000),
+             ("greeter/Echoer/Wrap", deep_struct.encode()))
+    results = await at_once(*(meshkit_cli("call", target, "-", *reg, stdin=body)
+                              for target, body in cases))
+    for (target, _), (code, out, err) in zip(cases, results, strict=True):
         assert (code, out) == (2, ""), (target, code, err[-500:])
         assert len(err.splitlines()) == 1 and "request" in err, (target, err[-500:])
 
@@ -646,18 +674,20 @@ async def test_call_any_of_a_well_known_type_or_one_of_another_file(
     up through reflection). One of a type nobody describes prints as ``@type`` and the
     base64 ``@value``: tests/cli/test_call_json.py."""
     reg = ["--registry", uri(registry), "--insecure"]
-    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", "{}", *reg)
+    sent = '{"payload": {"@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}}'
+    other = json.dumps({"payload": {
+        "@type": "type.googleapis.com/google.protobuf.StringValue", "value": "unknown"}})
+    answered, echoed, health = await at_once(
+        *(meshkit_cli("call", "greeter/Echoer/Wrap", body, *reg) for body in ("{}", sent, other)))
+    code, out, err = answered
     assert code == 0, err
     assert json.loads(out) == {"payload": {
         "@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}}
-    body = '{"payload": {"@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}}'
-    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", body, *reg)
+    code, out, err = echoed
     assert code == 0, err
     assert json.loads(out)["payload"]["message"] == \
         "type.googleapis.com/google.protobuf.Duration"
-    body = json.dumps({"payload": {
-        "@type": "type.googleapis.com/google.protobuf.StringValue", "value": "unknown"}})
-    code, out, err = await meshkit_cli("call", "greeter/Echoer/Wrap", body, *reg)
+    code, out, err = health
     assert (code, err) == (0, "")
     assert json.loads(out) == {"payload": {
         "@type": "type.googleapis.com/grpc.health.v1.HealthCheckResponse", "status": "SERVING"}}
@@ -674,22 +704,28 @@ async def test_timeout_s_bounds_the_registry_listing(tmp_path: Path) -> None:
     hole.listen(64)
     registry = f"consul://127.0.0.1:{hole.getsockname()[1]}"
     loop = asyncio.get_running_loop()
+    cases = (
+        (("services", "--registry", registry, "--timeout-s", "1"), 1),
+        (("services", "--service", "greeter", "--registry", registry, "--timeout-s", "1"), 1),
+        (("prometheus-targets", "--registry", registry, "--timeout-s", "1",
+          "--out", str(tmp_path / "targets.json")), 1),
+        (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--registry", registry,
+          "--insecure", "--timeout-s", "1"), 64 + 14),
+        (("call", "greeter/meshkit.clitest.Greeter/SayHello", "{}", "--registry",
+          registry, "--insecure", "--timeout-s", "1"), 64 + 14),
+        (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--service", "greeter",
+          "--registry", registry, "--insecure", "--timeout-s", "1"), 64 + 14))
+
+    async def timed(args: tuple[str, ...]) -> tuple[int, str, str, float]:
+        start = loop.time()
+        code, out, err = await meshkit_cli(*args)
+        return code, out, err, loop.time() - start
+
     try:
-        for args, status in (
-                (("services", "--registry", registry, "--timeout-s", "1"), 1),
-                (("services", "--service", "greeter", "--registry", registry,
-                  "--timeout-s", "1"), 1),
-                (("prometheus-targets", "--registry", registry, "--timeout-s", "1",
-                  "--out", str(tmp_path / "targets.json")), 1),
-                (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--registry", registry,
-                  "--insecure", "--timeout-s", "1"), 64 + 14),
-                (("call", "greeter/meshkit.clitest.Greeter/SayHello", "{}", "--registry",
-                  registry, "--insecure", "--timeout-s", "1"), 64 + 14),
-                (("call", "/meshkit.clitest.Greeter/SayHello", "{}", "--service", "greeter",
-                  "--registry", registry, "--insecure", "--timeout-s", "1"), 64 + 14)):
-            start = loop.time()
-            code, out, err = await meshkit_cli(*args)
-            took = loop.time() - start
+        # two at a time: each command's second waiting on the hung registry overlaps
+        # another's, and two start-ups at once still leave the 5 s bound its margin
+        results = await at_once(*(timed(args) for args, _ in cases), limit=2)
+        for (args, status), (code, out, err, took) in zip(cases, results, strict=True):
             assert (code, out) == (status, ""), (args, code, err)
             assert took < 5.0, f"{args[0]} --timeout-s 1 took {took:.1f} s: {err}"
             assert len(err.splitlines()) == 1 and "registry cannot be read" in err, err
@@ -705,7 +741,13 @@ async def test_services_repeated_service_option_lists_each_instance_once(
     dead = LocalRegistry(LocalOptions(path=path, ttl_s=0.5, poll_interval_s=0.05))
     await dead.register(Instance(service="s", instance_id="s-dead", host="127.0.0.1", port=9))
     await dead.close()  # no heartbeat, no deregistration: it died
-    await asyncio.sleep(1.5)
+    reader = LocalRegistry(LocalOptions(path=path, ttl_s=0.5, poll_interval_s=0.05))
+    try:
+        async def lapsed() -> bool:
+            return bool(await reader.failing("s"))
+        await until(lapsed, timeout_s=10, what="the heartbeat to lapse")
+    finally:
+        await reader.close()
     reg = ["--registry", f"local://{path}?ttl_s=0.5&poll_interval_s=0.05"]
     code, out, err = await meshkit_cli("services", "--service", "s", "--service", "s", *reg)
     assert code == 0, err
@@ -717,8 +759,9 @@ async def test_services_with_no_instance_exits_1_with_one_line(tmp_path: Path) -
     """No instance listed: exit 1 and one line on stderr, in table and ``--json`` mode
     (which still prints ``[]``, a JSON document)."""
     reg = ["--registry", f"local://{tmp_path / 'reg'}"]
-    for extra, stdout in (([], ""), (["--json"], "[]\n")):
-        code, out, err = await meshkit_cli("services", *reg, *extra)
+    cases = (([], ""), (["--json"], "[]\n"))
+    results = await at_once(*(meshkit_cli("services", *reg, *extra) for extra, _ in cases))
+    for (extra, stdout), (code, out, err) in zip(cases, results, strict=True):
         assert (code, out) == (1, stdout), (extra, err)
         assert len(err.splitlines()) == 1 and "no instance listed" in err, (extra, err)
 
@@ -730,9 +773,9 @@ async def test_call_exit_status_on_an_unreadable_registry_is_78_for_both_forms(
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     reg = ["--registry", f"local://{blocker / 'registry'}", "--insecure", "--timeout-s", "1"]
-    for target in ("greeter/meshkit.clitest.Greeter/SayHello",
-                   "/meshkit.clitest.Greeter/SayHello"):
-        code, out, err = await meshkit_cli("call", target, "{}", *reg)
+    targets = ("greeter/meshkit.clitest.Greeter/SayHello", "/meshkit.clitest.Greeter/SayHello")
+    results = await at_once(*(meshkit_cli("call", target, "{}", *reg) for target in targets))
+    for target, (code, out, err) in zip(targets, results, strict=True):
         assert (code, out) == (64 + 14, ""), (target, err)
         assert err.splitlines()[-1].startswith("ERROR: UNAVAILABLE: "), err
         assert "registry cannot be read" in err.splitlines()[-1], err
@@ -802,9 +845,9 @@ async def test_call_a_refused_reflection_probe_is_its_rpc_status(
     the ``SERVICE/...`` form of the same call does, not the usage error "no service in
     the registry serves it" (the one service may well serve it)."""
     reg = ["--registry", uri(registry), "--insecure", "--timeout-s", "5"]
-    for target in ("/meshkit.clitest.Greeter/SayHello",
-                   "greeter/meshkit.clitest.Greeter/SayHello"):
-        code, out, err = await meshkit_cli("call", target, "{}", *reg)
+    targets = ("/meshkit.clitest.Greeter/SayHello", "greeter/meshkit.clitest.Greeter/SayHello")
+    results = await at_once(*(meshkit_cli("call", target, "{}", *reg) for target in targets))
+    for target, (code, out, err) in zip(targets, results, strict=True):
         assert (code, out) == (64 + 16, ""), (target, code, err)
         assert err.splitlines()[-1].startswith("ERROR: UNAUTHENTICATED: "), (target, err)
 
@@ -815,16 +858,18 @@ async def test_call_the_health_service_named_in_full(greeter: meshkit.MeshServer
     grpc.health.v1.Health/Check``, or ``/grpc.health.v1.Health/Check``); it is left out
     of matching by method or short name only (``greeter/Check`` serves no such method)."""
     reg = ["--registry", uri(registry), "--insecure", "--timeout-s", "5"]
-    results = await asyncio.gather(
+    targets = ("greeter/Check", "greeter/Health/Check")
+    *results, unmatched_check, unmatched_health = await at_once(
         meshkit_cli("call", "greeter/grpc.health.v1.Health/Check", "{}", *reg),
         meshkit_cli("call", "/grpc.health.v1.Health/Check", "{}", "--service", "greeter",
                     *reg),
-        meshkit_cli("call", "/grpc.health.v1.Health/Check", "{}", *reg))
+        meshkit_cli("call", "/grpc.health.v1.Health/Check", "{}", *reg),
+        *(meshkit_cli("call", target, "{}", *reg) for target in targets))
     for code, out, err in results:
         assert (code, err) == (0, ""), (code, err)
         assert json.loads(out) == {"status": "SERVING"}, out
-    for target in ("greeter/Check", "greeter/Health/Check"):
-        code, out, err = await meshkit_cli("call", target, "{}", *reg)
+    for target, (code, out, err) in zip(targets, (unmatched_check, unmatched_health),
+                                        strict=True):
         assert (code, out) == (2, "") and "serves no method 'Check'" in err, (target, err)
 
 
@@ -888,9 +933,11 @@ async def test_call_service_slash_method_skips_a_service_reflection_cannot_descr
                                      drain_delay_s=0, grace_s=1))
     await server.start()
     try:
-        for target in ("mixed/Greeter/SayHello", "mixed/SayHello"):
-            code, out, err = await meshkit_cli("call", target, '{"name": "x"}',
-                                               "--insecure", "--registry", uri(registry))
+        targets = ("mixed/Greeter/SayHello", "mixed/SayHello")
+        results = await at_once(*(meshkit_cli("call", target, '{"name": "x"}', "--insecure",
+                                              "--registry", uri(registry))
+                                  for target in targets))
+        for target, (code, out, err) in zip(targets, results, strict=True):
             assert (code, '"Hello, x!"' in out) == (0, True), (target, code, out, err)
     finally:
         await server.drain()
@@ -938,4 +985,13 @@ async def test_services_health_is_each_instances_own_while_another_server_drains
         assert not draining.done()  # all of it seen while a drained
     finally:
         await stale.close()
-        await draining
+        # drain_delay_s is only the window the listing is made in (12 s: room for the
+        # command on a loaded box); once it is made, the rest of the delay proves nothing:
+        # end it as asyncio.run()'s sweep would, the drain stops the server and closes
+        # it (its finally), not a wait of the delay's remaining seconds.
+        task = a._drain_task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=15)
+        await asyncio.wait([draining], timeout=15)
+        assert a._stopped.is_set() and draining.done()
