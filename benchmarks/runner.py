@@ -6,9 +6,9 @@ table per scenario and the targets, and writes ``benchmarks/results/<timestamp>.
 
 Modes: the default full run takes a few minutes; ``--quick`` about a minute (shorter and
 fewer rounds); ``--smoke`` a reduced set for the test suite (every scenario, the overhead
-scenario with ``raw``, ``mesh`` and ``full`` only). Every process the runner starts is
-stopped when it ends, also on Ctrl-C; a worker also exits by itself when the runner's pipe
-to it closes.
+scenario with ``raw``, ``mesh``, ``defaults`` and the full-stack contenders only). Every
+process the runner starts is stopped when it ends, also on Ctrl-C; a worker also exits by
+itself when the runner's pipe to it closes.
 """
 
 from __future__ import annotations

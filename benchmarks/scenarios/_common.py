@@ -75,8 +75,11 @@ class Plan:
 
 
 PLANS: dict[str, Plan] = {
+    # the full-stack variants are in the smoke run so that one run of the test suite's
+    # shows that every one of them builds (make bench measures them all)
     "smoke": Plan(mode="smoke", rounds=2, round_s=0.15, warmup_s=0.1,
-                  overhead_only=("raw", "mesh", "defaults", "full"), slow_rounds=1,
+                  overhead_only=("raw", "mesh", "defaults", "full", "full-inline",
+                                 "full-1pct", "full+mtls"), slow_rounds=1,
                   slow_round_s=0.2,
                   failover_pre_s=0.4, failover_post_s=0.7, join_obs_s=0.6, leave_obs_s=0.5,
                   convergence_contenders=("local-p2c", "etcd-p2c", "consul-p2c"),

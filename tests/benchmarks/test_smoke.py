@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.runner import main
 from benchmarks.scenarios import SCENARIOS
+from benchmarks.scenarios._common import PLANS
 from tests.support.skips import require_uvloop
 
 pytestmark = pytest.mark.timeout(150)
@@ -23,27 +24,36 @@ def _numbers(d: dict[str, Any], *keys: str) -> None:
         assert isinstance(d[k], numbers.Real), (k, d[k])
 
 
-def test_the_full_stack_contenders_build(tmp_path: Path) -> None:
-    """The full-stack contenders of the overhead scenario (``make bench`` runs them all;
-    ``--smoke`` only a few) build and answer calls: ``full+mtls`` served each contender's
-    service with the ``echo`` workload's certificate, which serve() now refuses, and
-    ``make bench`` failed its whole overhead scenario while the suite passed."""
+@pytest.fixture(scope="module")
+def smoke_doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The JSON document of one ``--smoke`` run (every scenario), which the two tests
+    below read: one run of the runner, its worker processes started once."""
+    out = tmp_path_factory.mktemp("smoke")
+    assert main(["--smoke", "--out", str(out)]) == 0
+    (path,) = out.glob("*.json")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+@pytest.mark.timeout(240)  # the module's one --smoke run is set up in the first of these
+def test_the_full_stack_contenders_build(smoke_doc: dict[str, Any]) -> None:
+    """The full-stack contenders of the overhead scenario (``make bench`` runs every
+    contender; ``--smoke`` the full-stack ones and a few others) build and answer calls:
+    ``full+mtls`` served each contender's service with the ``echo`` workload's
+    certificate, which serve() now refuses, and ``make bench`` failed its whole overhead
+    scenario while the suite passed."""
     names = ["raw", "defaults", "full", "full-inline", "full-1pct", "full+mtls"]
-    assert main(["--smoke", "--scenarios", "overhead", "--contenders", ",".join(names),
-                 "--out", str(tmp_path)]) == 0
-    (path,) = tmp_path.glob("*.json")
-    doc = json.loads(path.read_text())
-    assert doc["errors"] == {}, doc["errors"]
-    rows = doc["scenarios"]["overhead"]["by_concurrency"]["32"]
-    assert set(rows) == set(names), sorted(rows)
-    assert all(row["calls"] > 0 for row in rows.values()), rows
+    assert smoke_doc["errors"] == {}, smoke_doc["errors"]
+    for conc in ("1", "32"):
+        rows = smoke_doc["scenarios"]["overhead"]["by_concurrency"][conc]
+        assert set(rows) == set(PLANS["smoke"].overhead_only or ()) >= set(names), sorted(rows)
+        assert all(row["calls"] > 0 for row in rows.values()), rows
 
 
-def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
+@pytest.mark.timeout(240)
+def test_smoke_run_writes_every_scenario(smoke_doc: dict[str, Any]) -> None:
     """A --smoke run exits 0 and its JSON has every scenario with numeric results."""
-    assert main(["--smoke", "--out", str(tmp_path)]) == 0
-    (path,) = tmp_path.glob("*.json")
-    doc = json.loads(path.read_text())
+    doc = smoke_doc
     assert doc["mode"] == "smoke" and doc["errors"] == {}
     assert set(doc["scenarios"]) == set(SCENARIOS)
     assert doc["machine"]["cores"] >= 1 and doc["machine"]["packages"]["grpcio"]
@@ -156,12 +166,16 @@ def test_micro_telemetry_rounds_drop_no_span() -> None:
     assert dropped == 0
 
 
-@pytest.mark.parametrize(("side", "telemetry", "loop"), [("server", "defaults", "asyncio"),
-                                                          ("client", "traced", "asyncio"),
-                                                          ("both", "defaults", "asyncio"),
-                                                          ("server", "defaults", "uvloop")])
+# Two sessions (the second starting the trees in the other order) in one case: the
+# sessions' loop is the same for every side, and each session starts its processes one
+# after another (a Python process importing grpc each).
+@pytest.mark.parametrize(("side", "telemetry", "loop", "sessions"),
+                         [("server", "defaults", "asyncio", 1),
+                          ("client", "traced", "asyncio", 2),
+                          ("both", "defaults", "asyncio", 1),
+                          ("server", "defaults", "uvloop", 1)])
 def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
-                                                  loop: str) -> None:
+                                                  loop: str, sessions: int) -> None:
     """``python -m benchmarks.ab`` at its smallest, with this checkout as both trees: each
     tree's worker answers every round (on the event loop asked for), and the summary
     pairs the rounds."""
@@ -180,11 +194,11 @@ def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ab._Proc, "__init__", recording)
         got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20,
-                     callers=2, loop=loop, sessions=2)
+                     callers=2, loop=loop, sessions=sessions)
     assert seen and all(ready[-1] == loop for ready in seen)
-    # two sessions of fresh processes: a server and its driver per tree, or one server
+    # each session's fresh processes: a server and its driver per tree, or one server
     # and a client per tree
-    assert len(seen) == (6 if side == "client" else 8)
+    assert len(seen) == (3 if side == "client" else 4) * sessions
     for name in ("base", "new"):
         assert len(got["rounds"][name]) == 2
         assert all(p50 > 0 and mean > 0 and qps > 0 for p50, mean, qps in got["rounds"][name])
@@ -323,11 +337,22 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
     only the mesh's run the mesh's per-message layers (the client call object's ``read``
     and ``write``). Totals are not compared: how many loop turns a message takes depends
     on timing, and with a few messages a stream a loaded machine moves them either way."""
+    from benchmarks import streams as streams_module
     from benchmarks.streams import main as streams
-    from benchmarks.streams import measure
 
-    assert streams(["--variants", "raw,bare", "--messages", "40", "--rounds", "1",
-                    "--streams", "1", "--bytecodes"]) == 0
+    bidi: dict[str, dict[str, float]] = {}  # the bidi children's bytecodes by function
+    real = streams_module.measure
+
+    def recording(variant: str, kind: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        got = real(variant, kind, *args, **kw)
+        if kind == "bidi" and "bytecodes" in got:
+            bidi[variant] = got["bytecodes"]
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(streams_module, "measure", recording)
+        assert streams(["--variants", "raw,bare", "--messages", "40", "--rounds", "1",
+                        "--streams", "1", "--bytecodes"]) == 0
     out = capsys.readouterr().out
     for kind in ("server", "client", "bidi"):
         assert f"{kind} streams" in out
@@ -335,8 +360,8 @@ def test_streams_measures_each_kind_per_message(capsys: pytest.CaptureFixture[st
     assert [r[1].strip() for r in rows] == ["raw", "bare"] * 3
     for row in rows:
         assert float(row[2]) > 0 and float(row[4].replace(",", "")) > 0  # CPU, bytecodes
-    raw = measure("raw", "bidi", 40, 1, bytecodes=True)["bytecodes"]
-    bare = measure("bare", "bidi", 40, 1, bytecodes=True)["bytecodes"]
+    raw, bare = bidi["raw"], bidi["bare"]
+
     def reads(counts: dict[str, float]) -> list[str]:
         return [f for f in counts if f.startswith("meshkit/_calls.py") and f.endswith(" read")]
 
