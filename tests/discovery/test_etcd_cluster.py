@@ -7,10 +7,10 @@ and converges on each change made meanwhile (a new instance joins, one drains).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,15 +29,27 @@ FAST: dict[str, Any] = {"ttl_s": 3, "request_timeout_s": 0.5, "backoff_base_s": 
                         "backoff_max_s": 0.3}
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    """Three etcd members on loopback (heartbeat 50 ms, election timeout 500 ms)."""
-    c = EtcdCluster(require_etcd_binary(), tmp_path, size=3)
+@pytest.fixture(scope="module")
+def _members(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three etcd members on loopback (heartbeat 50 ms, election timeout 500 ms), started
+    once for the module (a 3-member start costs seconds)."""
+    c = EtcdCluster(require_etcd_binary(), tmp_path_factory.mktemp("etcd-cluster"), size=3)
     try:
         c.start_blocking()
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def cluster(_members: EtcdCluster) -> EtcdCluster:
+    """The module's three members, every one running and healthy again (a test before
+    may have left one killed); each test writes under a key prefix of its own
+    (:func:`mesh`), so nothing an earlier test registered is seen."""
+    for i in range(len(_members.members)):
+        _members.start_member(i)  # a no-op for a running member
+    _members.wait_healthy_blocking(list(range(len(_members.members))))
+    return _members
 
 
 class Load:
@@ -77,9 +89,11 @@ async def mesh(cluster: EtcdCluster, client_first: int) -> AsyncIterator[
         tuple[EtcdRegistry, EtcdRegistry, Any, Load]]:
     """Servers e1, e2 registered through one EtcdRegistry; a client on another whose
     member list starts at ``client_first``; load running."""
-    servers_reg = EtcdRegistry(EtcdOptions(endpoints=tuple(cluster.endpoints), **FAST))
+    prefix = f"/meshkit/test-{uuid.uuid4().hex[:10]}/"  # this test's own keys
+    servers_reg = EtcdRegistry(EtcdOptions(endpoints=tuple(cluster.endpoints), prefix=prefix,
+                                           **FAST))
     order = cluster.endpoints[client_first:] + cluster.endpoints[:client_first]
-    client_reg = EtcdRegistry(EtcdOptions(endpoints=tuple(order), **FAST))
+    client_reg = EtcdRegistry(EtcdOptions(endpoints=tuple(order), prefix=prefix, **FAST))
     started: list[meshkit.MeshServer] = []
 
     async def serve(instance_id: str) -> meshkit.MeshServer:
@@ -105,8 +119,9 @@ async def mesh(cluster: EtcdCluster, client_first: int) -> AsyncIterator[
             await load.stop()
     finally:
         await channel.close()
-        for srv in started:
-            await srv.drain()
+        # the calls have stopped: the servers leave together (each drain waits its
+        # drain_delay_s), not one after another
+        await asyncio.gather(*(srv.drain() for srv in started))
         await servers_reg.close()
         await client_reg.close()
 

@@ -571,6 +571,7 @@ async def test_watchers_keep_endpoints_until_owners_reregister_in_a_new_file(
     for w in (a, c):
         await w.wait_for(lambda e: e.get("ids") == ["a", "b"], "a and b discovered")
     delete_registry_files(tmp_path)
+    deleted_at = time.monotonic()
     d = await Child.start(tmp_path, *args, "--register", "d")
     children.append(d)
     for w in (a, c):
@@ -583,7 +584,10 @@ async def test_watchers_keep_endpoints_until_owners_reregister_in_a_new_file(
         await until(all_there, timeout_s=5, what="a, b and d in the new file")
     finally:
         await reader.close()
-    await asyncio.sleep(3.5)  # past the grace period
+    # past the grace period: one TTL (3 s) from when each watcher found the file replaced,
+    # at its next poll (0.05 s) after the deletion; 0.5 s of margin for that poll. d's
+    # start and the reads above used part of it already.
+    await asyncio.sleep(max(0.0, deleted_at + 3.5 - time.monotonic()))
     for who, w in (("A", a), ("C", c)):
         assert not _missing(w, {"a", "b"}), f"{who}'s watch dropped a live owner: {w.sets()}"
         assert w.sets()[-1] == {"a", "b", "d"}, w.sets()
