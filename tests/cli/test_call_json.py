@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 import meshkit
 from meshkit._cli.call import Reflection
 from meshkit.discovery import LocalRegistry
-from tests.cli.test_ops_commands import meshkit_cli, uri
+from tests.cli.test_ops_commands import at_once, meshkit_cli, uri
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,9 +194,9 @@ async def test_request_with_a_duplicate_json_key_is_refused_not_last_value_wins(
     (grpcurl) refuse duplicate names: a request whose meaning depends on which one a
     parser keeps is now a usage error (exit 2, one line naming the key), nothing sent, at
     any depth."""
-    for body in ('{"amount_cents": 100, "amount_cents": 100000}',
-                 '{"st": {"limit": 1, "limit": 2}}'):
-        code, out, err = await _cli(registry, f"rich/{RICH}/Echo", body)
+    bodies = ('{"amount_cents": 100, "amount_cents": 100000}', '{"st": {"limit": 1, "limit": 2}}')
+    results = await at_once(*(_cli(registry, f"rich/{RICH}/Echo", body) for body in bodies))
+    for body, (code, out, err) in zip(bodies, results, strict=True):
         assert (code, out) == (2, ""), (body, code, out, err)
         assert len(err.splitlines()) == 1 and "duplicate" in err, (body, err)
         assert ("amount_cents" if "amount" in body else "limit") in err, (body, err)
