@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -142,6 +143,11 @@ class StackEnv:
     redis_proxy: TcpProxy | None = None
     locked_paths: list[tuple[Path, int]] = field(default_factory=list)
     immutable_paths: list[Path] = field(default_factory=list)
+    #: workload users signed up on this stack (:class:`tests.faults._workload.User`, with
+    #: their tokens, valid an hour): a later workload on a shared stack calls as them
+    #: instead of signing up new ones (two scrypt hashes each: about 4 s for 16 users on a
+    #: loaded 2-core machine)
+    users: list[Any] = field(default_factory=list)
 
     @property
     def registry_file(self) -> Path:

@@ -607,6 +607,7 @@ class RegistryUnreadable(Scenario):
     hurts = False
     recovery_bound_s = 1.0
     quick = True
+    shares_stack = True  # the modes are restored at the fault's end
 
     async def inject(self, run: Run) -> None:
         env = run.env

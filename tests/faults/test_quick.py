@@ -2,12 +2,12 @@
 
 One run of ``python -m tests.faults --quick`` (a subprocess: as root it drops
 CAP_DAC_OVERRIDE so file-mode faults bind, see :mod:`tests.faults.__main__`) runs the quick
-subset (malformed, huge-deadline and identity on one shared stack, each with its own
-workload; the others each on a fresh stack) in about 45 s; each test below reads its
-scenario's outcome. Scenarios whose fix has not landed are ``xfail(strict=True)`` with
-``raises=ScenarioFailed``: a harness error still fails the test, and a fix that makes the
-scenario pass turns it into an XPASS failure, the sign to remove the mark. ``make chaos``
-runs every scenario at full length.
+subset (db-down on a stack of its own; malformed, huge-deadline, identity and
+registry-unreadable on one shared stack, each with its own workload) in about 30 s; each
+test below reads its scenario's outcome. Scenarios whose fix has not landed are
+``xfail(strict=True)`` with ``raises=ScenarioFailed``: a harness error still fails the
+test, and a fix that makes the scenario pass turns it into an XPASS failure, the sign to
+remove the mark. ``make chaos`` runs every scenario at full length.
 
 PostgreSQL (db-down) missing: skipped, or failed under ``CI=true``.
 """
