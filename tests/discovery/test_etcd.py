@@ -690,8 +690,31 @@ def binary() -> str:
     return require_etcd_binary()
 
 
+@pytest.fixture(scope="module")
+def _shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A single real etcd node for the module's tests that need no node of their own."""
+    cluster = EtcdCluster(require_etcd_binary(), tmp_path_factory.mktemp("etcd"), size=1)
+    try:
+        cluster.start_blocking()
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture
-def node(binary: str, tmp_path: Path) -> Iterator[EtcdCluster]:
+def node(_shared_node: EtcdCluster) -> EtcdCluster:
+    """A real etcd node shared by the module's tests (an etcd start per test cost about
+    half a second): each uses services of its own (``unique_service()``), reads nothing
+    beyond them, and neither stops, wipes nor compacts the node; running and healthy
+    again if a test before left it otherwise. Tests that do, or that read the whole key
+    prefix, take ``own_node``."""
+    _shared_node.start_member(0)  # a no-op while it runs
+    _shared_node.wait_healthy_blocking([0])
+    return _shared_node
+
+
+@pytest.fixture
+def own_node(binary: str, tmp_path: Path) -> Iterator[EtcdCluster]:
     """A single real etcd node of this test's own."""
     cluster = EtcdCluster(binary, tmp_path, size=1)
     try:
@@ -1193,12 +1216,12 @@ async def test_a_key_overwritten_by_another_writer_is_put_back(
 
 
 async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """``etcdctl del --prefix /meshkit/services`` (no ``/``: the instances' prefix and the
     records' sibling ``/meshkit/services@last-seen/``) deletes the keys and the last-seen
     records: both are put back (the key first), so an owner that dies afterwards is still
     ``failing()``; a deregistered instance is not put back."""
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
     owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [owner, reader]
     service = unique_service()
@@ -1207,16 +1230,16 @@ async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
     await owner.register(b)
     await owner.deregister(b)
     record = f"/meshkit/services@last-seen/{service}/{a.instance_id}"
-    assert await _stored(node, record) is not None
+    assert await _stored(own_node, record) is not None
     watcher = Collector(reader, service)
     await watcher.until_set({a})
-    await asyncio.to_thread(node.post, 0, "/kv/deleterange", {
+    await asyncio.to_thread(own_node.post, 0, "/kv/deleterange", {
         "key": _b64("/meshkit/services"), "range_end": _b64("/meshkit/servicet")})
-    assert await _stored(node, record) is None
+    assert await _stored(own_node, record) is None
     await watcher.until_set(set())
     await watcher.until_set({a}, timeout_s=_check_bound_s(opts) + 3)
-    await until(lambda: _present(node, record), timeout_s=5, what="the record put back")
-    assert await _stored(node, f"/meshkit/services/{service}/{b.instance_id}") is None
+    await until(lambda: _present(own_node, record), timeout_s=5, what="the record put back")
+    assert await _stored(own_node, f"/meshkit/services/{service}/{b.instance_id}") is None
     await owner.close()  # dies without deregistering: failing until the record expires
     await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s,
                 what="the dead instance failing")
@@ -1273,12 +1296,12 @@ async def test_watch_catches_up_after_a_disconnect(
 
 
 async def test_watch_reads_again_after_a_compaction(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """If etcd compacted past the revision a watch resumes from (a stream quiet for
     ``ttl_s`` is resumed from its revision; others' writes outside its prefix moved the
     store on), the watch is cancelled with compact_revision, reads the prefix in full and
     goes on from there."""
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
     owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [owner, reader]
     service = unique_service()
@@ -1288,11 +1311,11 @@ async def test_watch_reads_again_after_a_compaction(
     assert await watcher.next() == {a}
     with capture_logs() as logs:
         for i in range(5):
-            await asyncio.to_thread(node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"),
+            await asyncio.to_thread(own_node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"),
                                                               "value": ""})
-        status = await asyncio.to_thread(node.post, 0, "/kv/range", {"key": _b64("x")})
+        status = await asyncio.to_thread(own_node.post, 0, "/kv/range", {"key": _b64("x")})
         rev = int(status["header"]["revision"])  # type: ignore[index]
-        await asyncio.to_thread(node.post, 0, "/kv/compaction", {"revision": str(rev)})
+        await asyncio.to_thread(own_node.post, 0, "/kv/compaction", {"revision": str(rev)})
         await until(lambda: any(e["event"].startswith("etcd compacted past") for e in logs),
                     timeout_s=opts.ttl_s + 3, what="the quiet stream's compacted resume")
         await owner.register(b)
@@ -1301,24 +1324,24 @@ async def test_watch_reads_again_after_a_compaction(
 
 
 async def test_replaced_store_keeps_last_endpoints_until_owners_return(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """etcd restarted on a wiped data directory: the watch keeps its last set (never yields
     an empty one) while the owner finds its lease gone and registers again, then the store's
     view applies."""
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **{**FAST, "ttl_s": 3})
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **{**FAST, "ttl_s": 3})
     owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [owner, reader]
     service = unique_service()
     a = make_instance(service, 1)
     await owner.register(a)
     for i in range(20):  # move the old store's revision well past a fresh one's
-        await asyncio.to_thread(node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"), "value": ""})
+        await asyncio.to_thread(own_node.post, 0, "/kv/put", {"key": _b64(f"pad{i}"), "value": ""})
     watcher = Collector(reader, service)
     await watcher.until_set({a})
-    node.kill(0)
-    node.wipe(0)
-    node.start_member(0)
-    await node.wait_healthy()
+    own_node.kill(0)
+    own_node.wipe(0)
+    own_node.start_member(0)
+    await own_node.wait_healthy()
     await until(lambda: reader.status().kept_endpoints == 1, timeout_s=10,
                 what="the watch to keep the last set")
     await until(lambda: owner.status().reopened == 1, timeout_s=10, what="re-registration")
@@ -1331,7 +1354,7 @@ async def test_replaced_store_keeps_last_endpoints_until_owners_return(
 
 
 async def test_a_wiped_store_whose_revision_passed_the_watch_is_read_again(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """etcd restarted on a wiped data directory with its usual flags (so the *same*
     cluster id) while a watch was cut off, and by the time the watch reconnected the new
     store's revision was past the watch's (other tenants' writes, re-registrations). The
@@ -1343,11 +1366,11 @@ async def test_a_wiped_store_whose_revision_passed_the_watch_is_read_again(
     instance is kept for ``fault_grace_s``, then the new store's view applies."""
     service = unique_service()
     a, c = make_instance(service, 1), make_instance(service, 3)
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
     dead_owner = EtcdRegistry(opts)
     await dead_owner.register(a)
     await dead_owner.close()  # its process dies during the outage: never registers again
-    async with TcpProxy("127.0.0.1", node.members[0].client_port) as proxy:
+    async with TcpProxy("127.0.0.1", own_node.members[0].client_port) as proxy:
         reader = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{proxy.port}",), **FAST))
         new_owner = EtcdRegistry(opts)
         registries += [reader, new_owner]
@@ -1355,13 +1378,13 @@ async def test_a_wiped_store_whose_revision_passed_the_watch_is_read_again(
         assert await watcher.next() == {a}
         await proxy.stop()
         await until(lambda: reader.status().readable is False, what="watch cut")
-        node.kill(0)
-        node.wipe(0)
-        node.start_member(0)
-        await node.wait_healthy()
+        own_node.kill(0)
+        own_node.wipe(0)
+        own_node.start_member(0)
+        await own_node.wait_healthy()
         await new_owner.register(c)  # a live instance, in the new store
         for i in range(20):  # other tenants' writes move the new store on
-            await asyncio.to_thread(node.post, 0, "/kv/put",
+            await asyncio.to_thread(own_node.post, 0, "/kv/put",
                                     {"key": _b64(f"/other/{i}"), "value": ""})
         await proxy.start()
         await until(lambda: reader.status().readable is True, timeout_s=5,
@@ -1663,9 +1686,10 @@ async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
         reader = EtcdRegistry(EtcdOptions(
             endpoints=(f"http://127.0.0.1:{proxy.port}", direct), **FAST))
         try:
-            a, b = make_instance("orderd", 1), make_instance("orderd", 2)
+            service = unique_service()  # the node is shared with the module's other tests
+            a, b = make_instance(service, 1), make_instance(service, 2)
             await owner.register(a)
-            watcher = Collector(reader, "orderd")
+            watcher = Collector(reader, service)
             assert await watcher.next() == {a}
             await asyncio.sleep(0.3)  # the stream is established through the proxy
             proxy.blackhole()
@@ -1805,7 +1829,7 @@ async def test_a_watch_leaves_its_own_connection_dropped_silently(node: EtcdClus
 
 
 async def test_a_quiet_resume_onto_a_wiped_store_whose_revision_passed_is_told(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """A watch stream quiet for ``ttl_s`` was resumed from its revision without a read (only
     a *broken* stream read the prefix again). A quiet stream is exactly the one whose
     connection may have died without a sign; meanwhile etcd was restarted on a wiped data
@@ -1817,14 +1841,14 @@ async def test_a_quiet_resume_onto_a_wiped_store_whose_revision_passed_is_told(
     instance is listed (the dead one kept for ``fault_grace_s``, then dropped)."""
     service = unique_service()
     a, c = make_instance(service, 1), make_instance(service, 3)
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
     dead_owner, new_owner = EtcdRegistry(opts), EtcdRegistry(opts)
     registries.append(new_owner)
     for i in range(10):  # the old store's revision: about 12 at the watch's read
-        await asyncio.to_thread(node.post, 0, "/kv/put", {"key": _b64(f"/o/{i}"), "value": ""})
+        await asyncio.to_thread(own_node.post, 0, "/kv/put", {"key": _b64(f"/o/{i}"), "value": ""})
     await dead_owner.register(a)
     await dead_owner.close()  # dies with the old store: never registers again
-    async with _FreezingProxy(node.members[0].client_port) as proxy:
+    async with _FreezingProxy(own_node.members[0].client_port) as proxy:
         # request_timeout_s long enough for a held request to wait for the release
         reader = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{proxy.port}",),
                                           **{**FAST, "request_timeout_s": 20.0}))
@@ -1837,13 +1861,13 @@ async def test_a_quiet_resume_onto_a_wiped_store_whose_revision_passed_is_told(
             await asyncio.sleep(0.2)
             assert proxy.freeze(b"") >= 1  # its connection dies without a sign
             proxy.hold()  # the quiet resume reaches etcd only once its revision passed
-            node.kill(0)
-            node.wipe(0)
-            node.start_member(0)
-            await node.wait_healthy()
+            own_node.kill(0)
+            own_node.wipe(0)
+            own_node.start_member(0)
+            await own_node.wait_healthy()
             await new_owner.register(c)  # a live instance of the new store (revision ~2)
             for i in range(30):  # the new store's revision passes the watch's
-                await asyncio.to_thread(node.post, 0, "/kv/put",
+                await asyncio.to_thread(own_node.post, 0, "/kv/put",
                                         {"key": _b64(f"/other/{i}"), "value": ""})
             # the quiet stream is left after ttl_s; its resume waits here
             await until(lambda: proxy.held >= 1, timeout_s=8, what="the quiet resume")
@@ -1926,10 +1950,10 @@ async def test_a_failing_instance_is_listed_until_its_last_seen_record_expires(
 
 
 async def test_last_seen_records_can_be_turned_off(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """``last_seen_ttl_s=0``: no last-seen lease or record is written, and an instance
     whose owner died leaves with its lease, as before."""
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), last_seen_ttl_s=0, **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), last_seen_ttl_s=0, **FAST)
     reader, dying = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [reader, dying]
     service = unique_service()
@@ -1972,7 +1996,7 @@ async def _old_reader_view(node: EtcdCluster, prefix: str) -> dict[str, set[str]
 
 
 async def test_an_older_reader_of_the_prefix_sees_each_instance_once(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """During a rolling upgrade older meshkits read the prefix this registry writes. Their
     ``services()`` takes the first path segment of every key under ``prefix`` as a service:
     with the last-seen records at ``<prefix>@last-seen/<service>/<id>`` they listed a
@@ -1981,21 +2005,21 @@ async def test_an_older_reader_of_the_prefix_sees_each_instance_once(
     instance a passing target for ``last_seen_ttl_s`` (300 s). The records now lie outside
     the prefix's range, under the sibling prefix ``<prefix without its '/'>@last-seen/``,
     and the new reader still lists a dead instance failing from there."""
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
     owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [owner, reader]
     service = unique_service()
     a = make_instance(service, 1)
     await owner.register(a)
     assert owner._seen_lease is not None and not owner._unseen  # the record is written
-    assert await _old_reader_view(node, opts.prefix) == {
+    assert await _old_reader_view(own_node, opts.prefix) == {
         service: {f"/meshkit/services/{service}/{a.instance_id}"}}
-    assert await _stored(node, f"/meshkit/services@last-seen/{service}/{a.instance_id}")
+    assert await _stored(own_node, f"/meshkit/services@last-seen/{service}/{a.instance_id}")
     await owner.close()  # dies: the new reader lists it failing, the old one not at all
     await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s,
                 what="the dead instance failing")
     assert await reader.services() == {service}
-    assert await _old_reader_view(node, opts.prefix) == {}
+    assert await _old_reader_view(own_node, opts.prefix) == {}
 
 
 @pytest.mark.parametrize("prefix", ["/meshkit/services/", "/", "/prod/", "/a/b/",
@@ -2016,7 +2040,7 @@ def test_last_seen_records_sort_outside_the_prefix_range(prefix: str) -> None:
 
 
 async def test_last_seen_records_of_the_previous_layout_are_read_during_a_transition(
-        node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
+        own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """A process of an earlier build (records at ``<prefix>@last-seen/<service>/<id>``)
     that died leaves its record there for up to ``last_seen_ttl_s``: the new reader lists
     that instance failing and its service (never ``@last-seen`` as a service), and a new
@@ -2024,21 +2048,21 @@ async def test_last_seen_records_of_the_previous_layout_are_read_during_a_transi
     instance is never failing)."""
     from meshkit.discovery._etcd import _encode
 
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
     reader, heir = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [reader, heir]
     service = unique_service()
     dead = make_instance(service, 1)
-    lease = await asyncio.to_thread(node.post, 0, "/lease/grant", {"TTL": "60"})
+    lease = await asyncio.to_thread(own_node.post, 0, "/lease/grant", {"TTL": "60"})
     old_record = f"/meshkit/services/@last-seen/{service}/{dead.instance_id}"
-    await asyncio.to_thread(node.post, 0, "/kv/put", {
+    await asyncio.to_thread(own_node.post, 0, "/kv/put", {
         "key": _b64(old_record), "value": _b64(_encode(dead)), "lease": lease["ID"]})
     assert await reader.failing(service) == {dead}
     assert await reader.services() == {service}
     await heir.register(dead)  # the same id, now a new process's: listed, not failing
     assert await reader.failing(service) == frozenset()
     await heir.deregister(dead)
-    assert await _stored(node, old_record) is None
+    assert await _stored(own_node, old_record) is None
     assert await reader.failing(service) == frozenset()
     assert await reader.services() == frozenset()
 
