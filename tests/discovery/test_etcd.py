@@ -1221,7 +1221,8 @@ async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
     records' sibling ``/meshkit/services@last-seen/``) deletes the keys and the last-seen
     records: both are put back (the key first), so an owner that dies afterwards is still
     ``failing()``; a deregistered instance is not put back."""
-    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
+    # a lease of 1 s: the key check (every ttl_s) and the lease's end come sooner
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **{**FAST, "ttl_s": 1})
     owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [owner, reader]
     service = unique_service()
@@ -1237,11 +1238,11 @@ async def test_a_deleted_prefix_is_put_back_with_its_last_seen_records(
         "key": _b64("/meshkit/services"), "range_end": _b64("/meshkit/servicet")})
     assert await _stored(own_node, record) is None
     await watcher.until_set(set())
-    await watcher.until_set({a}, timeout_s=_check_bound_s(opts) + 3)
+    await watcher.until_set({a}, timeout_s=_check_bound_s(opts) + 5)
     await until(lambda: _present(own_node, record), timeout_s=5, what="the record put back")
     assert await _stored(own_node, f"/meshkit/services/{service}/{b.instance_id}") is None
     await owner.close()  # dies without deregistering: failing until the record expires
-    await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s,
+    await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s + 4,
                 what="the dead instance failing")
     await watcher.until_set(set())  # gone from the watch with its lease
     await watcher.stop()
@@ -1929,7 +1930,10 @@ async def test_a_failing_instance_is_listed_until_its_last_seen_record_expires(
     last renewal (default ``max(10 * ttl_s, 300)``), then it is no longer failing and its
     service (with no other instance) no longer listed; a registry whose only instance was
     deregistered holds no last-seen lease (revoked with the instances' lease)."""
-    opts = EtcdOptions(endpoints=tuple(node.endpoints), last_seen_ttl_s=4, **FAST)
+    # a lease of 1 s and a record of 3 s: failing from 1-1.5 s to 3-3.5 s, as long a
+    # spell as with the lease of 2 s and the record of 4 s before, reached sooner
+    opts = EtcdOptions(endpoints=tuple(node.endpoints), last_seen_ttl_s=3,
+                       **{**FAST, "ttl_s": 1})
     assert EtcdOptions(ttl_s=10).last_seen_ttl_s == 300
     assert EtcdOptions(ttl_s=60).last_seen_ttl_s == 600
     reader, dying, drained = EtcdRegistry(opts), EtcdRegistry(opts), EtcdRegistry(opts)
@@ -1953,7 +1957,9 @@ async def test_last_seen_records_can_be_turned_off(
         own_node: EtcdCluster, registries: list[EtcdRegistry]) -> None:
     """``last_seen_ttl_s=0``: no last-seen lease or record is written, and an instance
     whose owner died leaves with its lease, as before."""
-    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), last_seen_ttl_s=0, **FAST)
+    # a lease of 1 s: the dead instance leaves sooner
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), last_seen_ttl_s=0,
+                       **{**FAST, "ttl_s": 1})
     reader, dying = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [reader, dying]
     service = unique_service()
@@ -2005,7 +2011,8 @@ async def test_an_older_reader_of_the_prefix_sees_each_instance_once(
     instance a passing target for ``last_seen_ttl_s`` (300 s). The records now lie outside
     the prefix's range, under the sibling prefix ``<prefix without its '/'>@last-seen/``,
     and the new reader still lists a dead instance failing from there."""
-    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
+    # a lease of 1 s: the dead instance is failing sooner
+    opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **{**FAST, "ttl_s": 1})
     owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
     registries += [owner, reader]
     service = unique_service()
@@ -2016,7 +2023,7 @@ async def test_an_older_reader_of_the_prefix_sees_each_instance_once(
         service: {f"/meshkit/services/{service}/{a.instance_id}"}}
     assert await _stored(own_node, f"/meshkit/services@last-seen/{service}/{a.instance_id}")
     await owner.close()  # dies: the new reader lists it failing, the old one not at all
-    await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s,
+    await until(lambda: _is(reader.failing(service), {a}), timeout_s=4 * opts.ttl_s + 4,
                 what="the dead instance failing")
     assert await reader.services() == {service}
     assert await _old_reader_view(own_node, opts.prefix) == {}
