@@ -1372,7 +1372,9 @@ async def test_a_wiped_store_whose_revision_passed_the_watch_is_read_again(
     await dead_owner.register(a)
     await dead_owner.close()  # its process dies during the outage: never registers again
     async with TcpProxy("127.0.0.1", own_node.members[0].client_port) as proxy:
-        reader = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{proxy.port}",), **FAST))
+        # the reader's fault_grace_s (its ttl_s) of 1 s: the dead instance goes sooner
+        reader = EtcdRegistry(EtcdOptions(endpoints=(f"127.0.0.1:{proxy.port}",),
+                                          **{**FAST, "ttl_s": 1}))
         new_owner = EtcdRegistry(opts)
         registries += [reader, new_owner]
         watcher = Collector(reader, service)
@@ -1684,8 +1686,9 @@ async def test_a_watch_leaves_a_member_gone_silent(node: EtcdCluster) -> None:
     port = node.members[0].client_port
     async with TcpProxy("127.0.0.1", port) as proxy:
         owner = EtcdRegistry(EtcdOptions(endpoints=(direct,), **FAST))
+        # the reader's ttl_s of 1 s: its stream is left after 1 s of quiet
         reader = EtcdRegistry(EtcdOptions(
-            endpoints=(f"http://127.0.0.1:{proxy.port}", direct), **FAST))
+            endpoints=(f"http://127.0.0.1:{proxy.port}", direct), **{**FAST, "ttl_s": 1}))
         try:
             service = unique_service()  # the node is shared with the module's other tests
             a, b = make_instance(service, 1), make_instance(service, 2)
@@ -1850,9 +1853,11 @@ async def test_a_quiet_resume_onto_a_wiped_store_whose_revision_passed_is_told(
     await dead_owner.register(a)
     await dead_owner.close()  # dies with the old store: never registers again
     async with _FreezingProxy(own_node.members[0].client_port) as proxy:
-        # request_timeout_s long enough for a held request to wait for the release
+        # request_timeout_s long enough for a held request to wait for the release; the
+        # reader's ttl_s of 1 s (its quiet-stream bound and fault_grace_s) makes the quiet
+        # resume and the grace come sooner
         reader = EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{proxy.port}",),
-                                          **{**FAST, "request_timeout_s": 20.0}))
+                                          **{**FAST, "ttl_s": 1, "request_timeout_s": 20.0}))
         registries.append(reader)
         watcher = Collector(reader, service)
         try:
