@@ -146,11 +146,7 @@ def _consumer(bus: Bus, handler: Any, prom: CollectorRegistry, **kw: Any) -> Con
 
 
 async def _dead_letters(bus: Bus) -> list[Any]:
-    sub = await bus.js.pull_subscribe(bus.dlq, stream=bus.stream)
-    try:
-        return list(await sub.fetch(10, timeout=0.5))
-    except nats.errors.TimeoutError:
-        return []
+    return await _fetch(bus, bus.stream, bus.dlq)
 
 
 async def test_failures_back_off_then_dead_letter(bus: Bus, prom: CollectorRegistry) -> None:
@@ -656,11 +652,17 @@ async def _poison(d: Delivery) -> None:
 
 
 async def _fetch(bus: Bus, stream: str, subject: str) -> list[Any]:
+    """The messages (up to 10) ``stream`` holds on ``subject`` now. A fresh pull consumer
+    fetches as many as the stream's state counts there: nats-py's ``fetch(10,
+    timeout=0.5)`` of fewer than 10 waited out its 0.5 s (a lingering pull), and an empty
+    answer always did."""
+    info = await bus.js.stream_info(stream, subjects_filter=subject)
+    stored = min((info.state.subjects or {}).get(subject, 0), 10)
+    if not stored:
+        return []
     sub = await bus.js.pull_subscribe(subject, stream=stream)
     try:
-        return list(await sub.fetch(10, timeout=0.5))
-    except TimeoutError:  # nats' TimeoutError is one too
-        return []
+        return list(await sub.fetch(stored, timeout=5))
     finally:
         await sub.unsubscribe()
 
