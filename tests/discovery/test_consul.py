@@ -72,6 +72,9 @@ FAST: dict[str, Any] = {
     "backoff_base_s": 0.01,
     "backoff_max_s": 0.04,
     "request_timeout_s": 2.0,
+    # the watch's rate limit (default one query a second after a burst of 2) would space a
+    # test's third and later changes a second apart; the tests of the limit set their own
+    "watch_query_interval_s": 0.1,
 }
 
 
@@ -1425,7 +1428,8 @@ async def test_watch_rate_limits_a_churning_index(double: ConsulDouble) -> None:
     """While a service's index moves every 5 ms (idempotent writes, a flapping check) the
     watch polls at a bounded rate (Consul's blocking-query guide, "Rate limit": a token
     bucket, burst 2; one query a second by default) instead of one query per change."""
-    reg = ConsulRegistry(_opts(double, wait_s=30.0), rng=random.Random(1))
+    reg = ConsulRegistry(_opts(double, wait_s=30.0, watch_query_interval_s=1.0),
+                         rng=random.Random(1))
     await reg.register(make_instance("orderd", 1))
     watcher = Collector(reg, "orderd")
     try:
@@ -1554,7 +1558,7 @@ async def test_an_unusable_entry_is_warned_of_once_by_error_type_never_its_value
                 "Meta": {"db_url": "postgres://app:s3cret-pw@db/orders\ud800"}}},
     ) as resp:
         assert resp.status == 200, await resp.text()
-    reg = make_registry()
+    reg = make_registry(wait_s=0.1)  # each blocking query of the quiet service ends sooner
     mine = make_instance("orderd", 1)
     await reg.register(mine)
     watcher = Collector(reg, "orderd")
@@ -1600,7 +1604,8 @@ async def test_a_read_filtered_by_acls_is_warned_of_and_in_status() -> None:
     good, limited = "s3cret-good-token", "limited-token-2"
     async with ConsulDouble(required_token=good, limited_tokens=[limited]) as d:
         owner = ConsulRegistry(_opts(d, token=good))
-        reg = ConsulRegistry(_opts(d, token=limited), sleep=FastSleep())
+        # wait_s=0.1: each blocking query of the quiet service ends sooner
+        reg = ConsulRegistry(_opts(d, token=limited, wait_s=0.1), sleep=FastSleep())
         try:
             await owner.register(make_instance("orderd", 1))
             with capture_logs() as logs:
@@ -1632,7 +1637,8 @@ async def test_an_anonymous_empty_read_from_a_deny_agent_is_warned_of() -> None:
     have been granted reads, and a service may have no instance."""
     async with ConsulDouble(required_token="s3cret-good-token") as d:
         owner = ConsulRegistry(_opts(d, token="s3cret-good-token"))
-        reg = ConsulRegistry(_opts(d), sleep=FastSleep())
+        # wait_s=0.1: each blocking query of the quiet service ends sooner
+        reg = ConsulRegistry(_opts(d, wait_s=0.1), sleep=FastSleep())
         try:
             await owner.register(make_instance("orderd", 1))
             with capture_logs() as logs:
