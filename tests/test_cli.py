@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import meshkit
@@ -81,12 +82,15 @@ def test_a_command_started_with_stdout_closed_fails_only_if_it_prints(tmp_path: 
     one whose output cannot be written fails with one line, status 1 (as ``ls >&-``
     does), instead of dropping its output silently."""
     out = tmp_path / "targets.json"
-    done = _with_stdout_closed("prometheus-targets", "--registry",
-                               f"local://{tmp_path / 'reg'}", "--out", str(out))
+    assert main(["certs", "init", "--dir", str(tmp_path / "certs")]) == 0
+    printing = (("version",), ("certs", "inspect", str(tmp_path / "certs" / "ca.pem")))
+    with ThreadPoolExecutor(3) as pool:  # three independent commands, run together
+        silent = pool.submit(_with_stdout_closed, "prometheus-targets", "--registry",
+                             f"local://{tmp_path / 'reg'}", "--out", str(out))
+        printed = list(pool.map(lambda args: _with_stdout_closed(*args), printing))
+        done = silent.result()
     assert (done.returncode, out.read_text()) == (0, "[]\n"), done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert main(["certs", "init", "--dir", str(tmp_path / "certs")]) == 0
-    for args in (("version",), ("certs", "inspect", str(tmp_path / "certs" / "ca.pem"))):
-        done = _with_stdout_closed(*args)
+    for args, done in zip(printing, printed, strict=True):
         assert done.returncode == 1, (args, done.stderr)
         assert len(done.stderr.splitlines()) == 1, (args, done.stderr)
