@@ -265,7 +265,9 @@ async def main():
         p.terminate()  # SIGTERM to the worker, not to the server
         await asyncio.get_running_loop().run_in_executor(None, p.join, 20.0)
         result["child_exitcode"] = p.exitcode
-        await asyncio.sleep(1.0)  # time for a signal relayed to this loop to act
+        # time for a signal relayed to this loop to act: its byte is in the wakeup fd
+        # before the child exits, so the loop reads it at its next turn (ms)
+        await asyncio.sleep(0.5)
         result["server_draining"] = srv.draining
         if p.is_alive():
             p.kill()
@@ -345,7 +347,9 @@ async def main():
         ARMED = False
         await asyncio.get_running_loop().run_in_executor(None, p.join, 20.0)
         result["child_exitcode"] = p.exitcode
-        await asyncio.sleep(1.0)  # time for a signal relayed to this loop to act
+        # time for a signal relayed to this loop to act: its byte is in the wakeup fd
+        # before the child exits, so the loop reads it at its next turn (ms)
+        await asyncio.sleep(0.5)
         result["server_draining"] = srv.draining
         if p.is_alive():
             p.kill()
@@ -549,8 +553,8 @@ async def client():
         await reg.close()
 
 asyncio.run(client())
-time.sleep(1.5)  # 7x the flush interval; the process goes on with other work
-sys.stderr.write("MARK 1.5 s after the run\n")
+time.sleep(0.6)  # 3x the flush interval; the process goes on with other work
+sys.stderr.write("MARK 0.6 s after the run\n")
 sys.stderr.flush()
 os._exit(0)  # e.g. killed, or ended by a framework with os._exit
 '''
@@ -563,7 +567,8 @@ def test_access_lines_are_written_when_the_channel_closes(tmp_path: Path) -> Non
     channel and goes on with other work, then ends with ``os._exit``. The three access
     lines are on stderr before it goes on: ``MeshChannel.close()`` flushes the access log
     as ``MeshServer.drain()`` does. They used to wait for a timer armed on the loop
-    ``asyncio.run()`` then closed, which never fired: nothing was written 1.5 s later,
+    ``asyncio.run()`` then closed, which never fired: nothing was written 1.5 s later
+    (the test waits 0.6 s, three flush intervals, before its mark),
     and a process ended by ``os._exit`` (or SIGKILL) lost them, where the README promises
     them "at most ``MESHKIT_ACCESS_LOG_FLUSH_S`` seconds late"."""
     proc = _run_script(tmp_path, "late_access.py", _ACCESS_LOG_THEN_WORK,
