@@ -1269,10 +1269,60 @@ _LATE_CASES = [
 ]
 
 
+class _LateRuns:
+    """The server processes of the late-context cases, each case its own process, run a
+    few at a time ahead of the test that judges it: a case is mostly waiting (its slow
+    handler, the caller's deadline, the check that the server is still alive), so the
+    next cases' processes start while one test waits for its own."""
+
+    AHEAD = 3  # processes running at once, the judged case's included
+
+    def __init__(self, cases: list[tuple[str, str]]) -> None:
+        self.cases = cases
+        self.procs: dict[tuple[str, str], subprocess.Popen[str]] = {}
+
+    def _start(self, case: tuple[str, str]) -> None:
+        if case not in self.procs:
+            self.procs[case] = subprocess.Popen(
+                [sys.executable, "-c", _LATE_CONTEXT_SCRIPT, *case], cwd=_ROOT,
+                env={**os.environ, "PYTHONPATH": str(_ROOT)},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self, what: str, config: str) -> subprocess.CompletedProcess[str]:
+        case = (what, config)
+        self._start(case)
+        if case in self.cases:
+            i = self.cases.index(case)
+            for ahead in self.cases[i + 1:i + self.AHEAD]:
+                self._start(ahead)
+        proc = self.procs[case]
+        out, err = proc.communicate(timeout=45)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def late_runs(request: pytest.FixtureRequest) -> Iterator[_LateRuns]:
+    """The late-context cases this session runs, in the order it runs them."""
+    name = "test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_the_server"
+    cases = [(item.callspec.params["what"], item.callspec.params["config"])
+             for item in request.session.items
+             if getattr(item, "originalname", None) == name
+             and item.module is request.module]
+    runs = _LateRuns(cases)
+    yield runs
+    runs.close()
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("what", "config"), _LATE_CASES)
 def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_the_server(
-        what: str, config: str) -> None:
+        late_runs: _LateRuns, what: str, config: str) -> None:
     """A plain-function handler that asks its context for the caller's address or
     identity (``peer()``, ``auth_context()``, ``peer_identities()``,
     ``peer_identity_key()``: logging who called, at the end of a slow call) after its
@@ -1294,10 +1344,7 @@ def test_a_sync_handler_asking_its_context_after_the_caller_left_does_not_crash_
     grpc.aio's own synchronous context, and crashed the server so; and so was, under the
     request gate alone (``gate+substitute-health``), a plain stand-in for the health
     service's ``Watch``, which the gate handed on as it was (no call slot for it)."""
-    proc = subprocess.run([sys.executable, "-c", _LATE_CONTEXT_SCRIPT, what, config],
-                          cwd=_ROOT,
-                          env={**os.environ, "PYTHONPATH": str(_ROOT)},
-                          capture_output=True, text=True, timeout=45, check=False)
+    proc = late_runs.result(what, config)
     assert proc.returncode == 0, (
         f"the server process died (exit {proc.returncode}) after a sync handler asked its "
         f"context once its caller had left; stdout: {proc.stdout[-500:]!r} "
