@@ -1303,7 +1303,9 @@ async def test_watch_reads_again_after_a_compaction(
     store on), the watch is cancelled with compact_revision, reads the prefix in full and
     goes on from there."""
     opts = EtcdOptions(endpoints=tuple(own_node.endpoints), **FAST)
-    owner, reader = EtcdRegistry(opts), EtcdRegistry(opts)
+    # the reader's ttl_s of 1 s: its quiet stream is resumed after 1 s
+    owner, reader = EtcdRegistry(opts), EtcdRegistry(
+        EtcdOptions(endpoints=tuple(own_node.endpoints), **{**FAST, "ttl_s": 1}))
     registries += [owner, reader]
     service = unique_service()
     a, b = make_instance(service, 1), make_instance(service, 2)
