@@ -407,8 +407,13 @@ def test_a_server_thread_after_main_returned_logs_again_once_the_reader_resumes(
     again: lines logged after the recovery are lost with no trace (not even counted in a
     warning)."""
     p = _Proc(tmp_path, '''
+        _logging.EXIT_WAIT_S = 1.0  # the exit's wait (5 s by default): its end is what counts
         configure_logging("info", json=True)
         def serve():
+            w = _logging._fd_writer
+            while w._exit_by is None or time.monotonic() < w._exit_by + 0.2:
+                time.sleep(0.02)
+            rep("HOOK WAITED")  # the shutdown hook's wait ended, the reader still stalled
             sys.stdin.readline()  # the reader reads again
             for i in range(10):
                 log.info("later", i=i)
@@ -422,7 +427,7 @@ def test_a_server_thread_after_main_returned_logs_again_once_the_reader_resumes(
     ''')
     try:
         assert p.report(20) == "MAIN RETURNS"
-        time.sleep(6.5)  # past the shutdown hook's wait
+        assert p.report(20) == "HOOK WAITED"  # past the shutdown hook's wait
         p.read_stderr()
         time.sleep(0.5)
         p.send("go")
