@@ -859,7 +859,17 @@ async def test_two_whole_stream_consumers_do_not_dead_letter_each_others_dead_le
                   fetch_timeout_s=0.1)
     b = _consumer(bus, poison("b"), prom, durable="b", dead_letter_subject=f"{tag}.dlqb",
                   fetch_timeout_s=0.1)
-    await asyncio.gather(_drive(a, 1.5), _drive(b, 1.5))
+    def terminated(durable: str, other: str) -> float:
+        return _sample(prom, "meshkit_messaging_consumed_total", subject=f"{tag}.{other}",
+                       consumer=durable, outcome="terminated")
+
+    async def settled() -> bool:
+        await asyncio.gather(a.run_once(), b.run_once())
+        return terminated("a", "dlqb") >= 1 and terminated("b", "dlqa") >= 1
+
+    await until(settled, timeout_s=10, interval_s=0.01, what="each other's dead letter termed")
+    # then a few more rounds each (0.1 s fetches): nothing more is dead-lettered or handled
+    await asyncio.gather(_drive(a, 0.4), _drive(b, 0.4))
     info = await bus.js.stream_info(bus.stream)
     assert info.state.messages == 3  # the poison message and one dead letter each
     assert sorted(calls) == sorted([("a", bus.subject), ("a", f"{tag}.dlqb"),
