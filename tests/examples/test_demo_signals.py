@@ -187,7 +187,8 @@ async def test_demo_ends_on_sigterm_when_started_with_it_blocked(tmp_path: Path)
     and ``meshkit prometheus-targets`` do: it stops its stack and exits 143."""
     proc, _workdir = await _start_demo(tmp_path, preexec_fn=_block_sigterm)
     try:
-        await asyncio.sleep(1.0)  # the demo's own handler is installed by then
+        # no wait: _start_demo returned on the demo's first line, which run() prints
+        # after run_until_terminated() installed its SIGTERM handler and unblocked it
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(TimeoutError):  # still running: asserted below
             await asyncio.wait_for(proc.communicate(), 45)
