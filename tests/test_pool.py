@@ -1253,7 +1253,8 @@ async def test_a_sub_channel_is_closed_even_when_its_grace_is_refused() -> None:
 
 # -- connections a server closes as idle (gRFC A9 MAX_CONNECTION_IDLE) --------------------
 
-_IDLE_LIMITS = meshkit.ServerLimits(max_connection_idle_s=1.0)
+# idle connections closed after 0.5 s (the waits below are in periods of it)
+_IDLE_LIMITS = meshkit.ServerLimits(max_connection_idle_s=0.5)
 
 
 async def test_an_idle_client_does_not_reopen_connections_a_server_closed_as_idle(
@@ -1284,15 +1285,15 @@ async def test_an_idle_client_does_not_reopen_connections_a_server_closed_as_idl
             assert (await unary(b"x", timeout=5.0)).startswith(b"b1|")
             await raw.unary_unary(method("Unary"))(b"x", timeout=5.0)
             mesh_before, raw_before = mesh_proxy.accepted, raw_proxy.accepted
-            await asyncio.sleep(5.5)  # idle: about five max_connection_idle_s periods
+            await asyncio.sleep(2.75)  # idle: about five max_connection_idle_s periods
             mesh_reopened = mesh_proxy.accepted - mesh_before
             raw_reopened = raw_proxy.accepted - raw_before
             # the next call connects again and is served
             assert (await unary(b"y", timeout=5.0)).startswith(b"b1|")
     assert raw_reopened == 0, "control: grpc.aio keeps an idle channel IDLE"
     assert mesh_reopened <= 1, (
-        f"an idle meshkit client reopened {mesh_reopened} connections in 5.5 s that the "
-        f"server closed as idle (max_connection_idle_s=1.0); grpc.aio: {raw_reopened}")
+        f"an idle meshkit client reopened {mesh_reopened} connections in 2.75 s that the "
+        f"server closed as idle (max_connection_idle_s=0.5); grpc.aio: {raw_reopened}")
 
 
 @pytest.mark.parametrize("balancer", ["round_robin", "p2c"])
@@ -1316,7 +1317,7 @@ async def test_the_first_call_after_an_idle_period_connects_every_idle_endpoint(
         # no call: both connections are closed as idle and stay so
         await until(lambda: all(e.state is EndpointState.IDLE
                                 for e in ch.endpoints()), timeout_s=5.0, what="both IDLE")
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(0.75)  # 1.5 max_connection_idle_s periods: still IDLE
         assert all(e.state is EndpointState.IDLE for e in ch.endpoints())
         pool = ch._pool
         assert all(pool.conns[e.key].channel.get_state() is grpc.ChannelConnectivity.IDLE
