@@ -2166,7 +2166,9 @@ async def test_header_only_plain_uploads_do_not_lock_unary_callers_out(
         registry, {"Upload": grpc.stream_unary_rpc_method_handler(upload),
                    "Fast": grpc.unary_unary_rpc_method_handler(
                        fast_async if unary == "async" else fast_plain)},
-        handler_threads=4, limits=meshkit.ServerLimits(max_concurrent_rpcs=2))
+        handler_threads=4,
+        # eviction after 0.5 s (default 1 s), the waits below 1.5 times that as before
+        limits=meshkit.ServerLimits(max_concurrent_rpcs=2, evict_waiting_after_s=0.5))
     idle: list[Any] = []
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -2174,7 +2176,7 @@ async def test_header_only_plain_uploads_do_not_lock_unary_callers_out(
             idle = [ch.stream_unary(_synch("Upload"))(timeout=30) for _ in range(2)]
             await until(lambda: len(started) == 2, timeout_s=10,
                         what="both idle uploads' handlers running")
-            await asyncio.sleep(1.5)  # > evict_waiting_after_s (1.0): evictable by now
+            await asyncio.sleep(0.75)  # > evict_waiting_after_s (0.5): evictable by now
             got: list[Any] = []
             for _ in range(2):
                 try:
@@ -2184,7 +2186,7 @@ async def test_header_only_plain_uploads_do_not_lock_unary_callers_out(
                 await asyncio.sleep(0.3)
             assert got == [b"fast", b"fast"], (
                 f"{unary} unary calls beside two header-only plain uploads that had waited "
-                f"1.5 s (> evict_waiting_after_s) for their first message: {got}; their "
+                f"0.75 s (> evict_waiting_after_s) for their first message: {got}; their "
                 "slots are never evicted, so they lock every unary caller out")
             # an evicted upload's handler saw its read fail and gave its thread back
             await until(lambda: len(ended) >= 1, timeout_s=10,
@@ -2201,7 +2203,7 @@ async def test_header_only_plain_uploads_do_not_lock_unary_callers_out(
             # once its first message came
             slow = ch.stream_unary(_synch("Upload"))(timeout=20)
             await slow.write(b"part")
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(0.75)  # > evict_waiting_after_s
             for _ in range(2):
                 assert await ch.unary_unary(_synch("Fast"))(b"", timeout=5) == b"fast"
             await slow.write(b"more")
