@@ -1305,7 +1305,10 @@ async def test_relay_cancelled_during_a_network_partition_ends(bus: Bus) -> None
         proxy.blackhole()
         task = asyncio.create_task(relay.run())
         try:
-            await asyncio.sleep(3.0)  # the round's publishes are written and blocked
+            # the round's publishes are written and blocked, their first attempts timed out
+            # (timeout_s=1) and retried: blocked again (1 s was enough to fail without the
+            # fix; 1.5 s leaves a loaded box time to write them)
+            await asyncio.sleep(1.5)
             assert not task.done()
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=6.0)
