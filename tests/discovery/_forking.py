@@ -158,10 +158,11 @@ def connections_after_close_script(setup: str) -> str:
     worker that never touches the registry (or, ``control``, does not fork), then
     deregisters and closes the registry. Arguments after the root: the peer's port on
     127.0.0.1, ``fork`` or ``control``, the service. ``setup`` defines ``registry(port)``
-    (a registry of that peer, renewing its instances every half second or so). Prints
-    ``master connections`` (the master's ESTABLISHED connections to the peer before the
-    fork) and ``still established after close`` (how many of those are, a second after
-    the close)."""
+    (a registry of that peer, renewing its instances every quarter to third of a second:
+    two or three renewals in the 0.75 s before the fork). Prints ``master connections``
+    (the master's ESTABLISHED connections to the peer before the fork) and ``still
+    established after close`` (how many of those are, a second after the close, at
+    once when none is)."""
     return _script(setup, """
         from meshkit.discovery._types import Instance
         from tests.support.loops import LoopThread
@@ -184,7 +185,7 @@ def connections_after_close_script(setup: str) -> str:
             return task
 
         master.run(start_watch())
-        time.sleep(1.5)  # renewals on a pooled connection, the watch waiting
+        time.sleep(0.75)  # renewals on a pooled connection, the watch waiting
         ours = established_to(port)
         print("master connections:", len(ours), flush=True)
         pid = None

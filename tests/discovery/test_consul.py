@@ -2285,8 +2285,8 @@ def test_a_registry_forked_while_another_thread_holds_its_lock_works_in_the_chil
 _CONNECTIONS_AFTER_CLOSE = connections_after_close_script("""
     from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 
-    def registry(port):  # heartbeats every ttl_s / 3; the watch a long poll
-        return ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", ttl_s=1.5, wait_s=30,
+    def registry(port):  # heartbeats every ttl_s / 3 (0.25 s); the watch a long poll
+        return ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}", ttl_s=0.75, wait_s=30,
                                             request_timeout_s=2.0))
 """)
 

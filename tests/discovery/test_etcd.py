@@ -1066,8 +1066,9 @@ def test_workers_forked_from_one_registry_draw_different_backoff_jitter(
 _CONNECTIONS_AFTER_CLOSE = connections_after_close_script("""
     from meshkit.discovery import EtcdOptions, EtcdRegistry
 
-    def registry(port):  # a keep-alive round or two (ttl_s=2); the watch a stream
-        return EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{port}",), ttl_s=2))
+    def registry(port):  # a keep-alive round or two (ttl_s=1: every 1/3 s); the watch a
+        # stream (resumed after ttl_s of quiet: not before the fork)
+        return EtcdRegistry(EtcdOptions(endpoints=(f"http://127.0.0.1:{port}",), ttl_s=1))
 """)
 
 

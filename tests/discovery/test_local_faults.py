@@ -128,11 +128,10 @@ class Child:
 
 @pytest.fixture
 async def children() -> AsyncIterator[list[Child]]:
-    """Children started by a test; all are stopped at teardown."""
+    """Children started by a test; all are stopped at teardown, together."""
     started: list[Child] = []
     yield started
-    for child in started:
-        await child.stop()
+    await asyncio.gather(*(child.stop() for child in started))
 
 
 def _warnings(child: Child, fragment: str) -> list[dict[str, Any]]:
