@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -260,10 +261,13 @@ class LatencyProxy:
             task.add_done_callback(self._tasks.discard)
 
 
+_PER_MINUTE = re.compile(r"\d+ ?(/|per) ?(1 )?minute")
+
+
 def _names_a_minute(test: Any) -> bool:
     """Whether a test's source (its decorators included) names a per-minute rule."""
     try:
-        return "minute" in inspect.getsource(test)
+        return _PER_MINUTE.search(inspect.getsource(test)) is not None
     except (OSError, TypeError):
         return True
 
