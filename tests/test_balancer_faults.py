@@ -1105,7 +1105,7 @@ async def test_dial_a_burst_of_timeouts_does_not_take_out_a_single_endpoint_serv
     idle and healthy again, answers the next call. (It used to fail every call at once
     UNAVAILABLE "all 1 endpoints are failing or ejected" for base_ejection_s, 10 s: a
     sub-second overload became a 10 s outage.)"""
-    await echo_servers("only", admin=None)
+    srv = await echo_servers("only", admin=None)
     async with asyncio.timeout(15):
         async with meshkit.dial("echo", registry=registry,
                                 options=meshkit.DialOptions(insecure=True)) as ch:
@@ -1123,7 +1123,8 @@ async def test_dial_a_burst_of_timeouts_does_not_take_out_a_single_endpoint_serv
             codes = await asyncio.gather(*(times_out() for _ in range(8)))
             assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
             assert [e.instance_id for e in ch.stats().endpoints if e.ejected] == ["only"]
-            await asyncio.sleep(1.5)  # the slow calls are over: the server is idle
+            await until(lambda: srv.gate is not None and srv.gate.calls() == 0, timeout_s=5,
+                        what="the slow calls over: the server idle")
             try:
                 answer = await unary(b"after", timeout=3)
             except grpc.aio.AioRpcError as exc:
