@@ -2091,7 +2091,7 @@ async def test_prometheus_targets_keep_a_killed_instance_and_drop_a_drained_one(
     deregistering stays a target (while the registry reports it failing, and
     ``--keep-failing-s``, 300 s, after), so ``up == 0`` shows it and
     ``MeshkitInstanceDown`` (``for: 1m``) fires. On etcd the dead instance's key went with
-    its lease (``ttl_s``, 2 s here) and ``failing()`` was always empty, so the writer
+    its lease (``ttl_s``, 1 s here) and ``failing()`` was always empty, so the writer
     dropped the target as soon as the lease expired: the alert could never fire on etcd.
     A SIGKILLed instance must stay a target well after its lease expired (as on the local
     and Consul registries), while a drained one (SIGTERM: deregistered) leaves."""
@@ -2099,7 +2099,7 @@ async def test_prometheus_targets_keep_a_killed_instance_and_drop_a_drained_one(
 
     cluster = EtcdCluster(require_etcd_binary(), tmp_path / "etcd", size=1)
     await cluster.start()
-    uri = cluster.uri(ttl_s=2)
+    uri = cluster.uri(ttl_s=1)
     targets = tmp_path / "targets.json"
     try:
         async with children(tmp_path / "logs") as kids:
