@@ -322,6 +322,8 @@ from tests.support.echo import add_echo
 
 # a small queue bound (4 MiB by default), so a few thousand calls are past it
 _logging.MAX_PENDING_LOG_CHARS = 32768
+# exit waits 1 s (5 by default) for a reader that stalled: a bound, whatever its value
+_logging.EXIT_WAIT_S = 1.0
 
 def rep(s):
     os.write(int(os.environ["REPORT_FD"]), (s + "\n").encode())
@@ -408,8 +410,9 @@ def test_a_stalled_log_reader_neither_stops_the_server_nor_holds_its_exit(
         log_w = -1
         started = _reports(rep_r, "PORT", 30)
         port = int(next(ln for ln in started if ln.startswith("PORT")).split()[1])
-        # ~300 bytes per access line: 2,400 calls write about ten times the pipe's buffer
-        failed = asyncio.run(_echo_calls(port, 2400, timeout_s=5.0))
+        # ~300 bytes per access line: 1,200 calls write about 360 kB, over five times the
+        # pipe's buffer (64 KiB), over three times it and the queue's bound (32 KiB)
+        failed = asyncio.run(_echo_calls(port, 1200, timeout_s=5.0))
         assert failed == [], f"{len(failed)} calls failed ({sorted(set(failed))}) while " \
                              f"the log reader stalled"
         if then == "reader_resumes":
