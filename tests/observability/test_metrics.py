@@ -336,17 +336,21 @@ class _Details(NamedTuple):
 
 
 async def test_server_method_labels_are_bounded_without_a_list_of_registered_methods(
-    prom: CollectorRegistry
+    prom: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A telemetry interceptor that no ``serve()`` told what its server registers (on a
     plain grpc.aio server) labels every method by its name, as a glob in
     ``ServeOptions.generic_methods`` lets callers choose named methods: past
     MAX_SERVER_METHODS label sets per registry, further methods are counted under
     grpc_service="other", grpc_method="other" (gRFC A66), so /metrics and the dashboard
-    stay bounded; the methods counted before keep their labels."""
-    from meshkit.observability import TelemetryServerInterceptor
+    stay bounded; the methods counted before keep their labels. Here the bound is 100
+    (1,000 by default; read where a method is bound, the same code)."""
+    from meshkit.observability import TelemetryServerInterceptor, _metrics
     from meshkit.observability._dashboard import DashboardFeed
-    from meshkit.observability._metrics import MAX_SERVER_METHODS, OTHER_METHOD, rpc_metrics
+    from meshkit.observability._metrics import OTHER_METHOD, rpc_metrics
+
+    monkeypatch.setattr(_metrics, "MAX_SERVER_METHODS", 100)
+    MAX_SERVER_METHODS = _metrics.MAX_SERVER_METHODS
 
     tel = TelemetryServerInterceptor(
         "catchall", TelemetryOptions(registry=prom, tracing=False, access_log=False))
@@ -1101,7 +1105,8 @@ class _FakeChannel:
                 present=True, ejected=False, calls=self.calls, failures=1, in_flight=0),))
 
 
-def test_closed_channels_keep_a_bounded_number_of_endpoint_series() -> None:
+def test_closed_channels_keep_a_bounded_number_of_endpoint_series(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A long-lived process dials a service and closes the channel, again and again, while
     the service is redeployed (a new instance id per pod): the per-endpoint counters
     (``meshkit_client_endpoint_{calls,failures}_total{target, instance_id}``) of closed
@@ -1112,9 +1117,13 @@ def test_closed_channels_keep_a_bounded_number_of_endpoint_series() -> None:
     drop a host's stats when it leaves; a series may disappear, Prometheus). The target's
     own counters (``meshkit_client_ejections_total{target}``) stay complete, and no
     series that stays listed ever goes backwards: one a live channel still reports (the
-    same instance, dialed by another channel) keeps the retired counts in its sum."""
-    from meshkit.observability import track
+    same instance, dialed by another channel) keeps the retired counts in its sum.
+    Here the bound is 32 (256 by default; read where endpoints retire, the same code),
+    75 redeployments (600 with 256 before)."""
+    from meshkit.observability import _metrics, track
     from meshkit.observability._metrics import MeshCollector
+
+    monkeypatch.setattr(_metrics, "RETIRED_ENDPOINTS_MAX", 32)
 
     target = "retired-endpoints"
     collector = MeshCollector()
@@ -1133,7 +1142,7 @@ def test_closed_channels_keep_a_bounded_number_of_endpoint_series() -> None:
     last = scrape()
     assert last["meshkit_client_endpoint_calls_total", "pod-kept"] == 6
     series: dict[int, int] = {}
-    for cycle in range(1, 601):
+    for cycle in range(1, 76):
         ch = _FakeChannel(target, f"pod-{cycle}", calls=1)
         track(ch, kind="channel")
         scrape()  # seen live
@@ -1145,14 +1154,14 @@ def test_closed_channels_keep_a_bounded_number_of_endpoint_series() -> None:
         last = got
         series[cycle] = sum(1 for name, _ in got if name ==
                             "meshkit_client_endpoint_calls_total")
-    assert series[200] == 201  # pod-kept + 200 closed ones, under the bound
-    assert series[600] <= 256 + 2, series[600]  # not one per endpoint ever seen
-    assert series[600] == series[400], (series[400], series[600])
+    assert series[25] == 26  # pod-kept + 25 closed ones, under the bound
+    assert series[75] <= 32 + 2, series[75]  # not one per endpoint ever seen
+    assert series[75] == series[50], (series[50], series[75])
     assert last["meshkit_client_endpoint_calls_total", "pod-kept"] == 6  # live: kept
-    assert last["meshkit_client_endpoint_calls_total", "pod-600"] == 3  # newest: kept
+    assert last["meshkit_client_endpoint_calls_total", "pod-75"] == 3  # newest: kept
     assert ("meshkit_client_endpoint_calls_total", "pod-1") not in last  # oldest: dropped
     assert ("meshkit_client_endpoint_failures_total", "pod-1") not in last
-    assert last["meshkit_client_ejections_total", ""] == 602  # the target's: complete
+    assert last["meshkit_client_ejections_total", ""] == 77  # the target's: complete
     keeper.live = False
     scrape()
 
@@ -1181,17 +1190,20 @@ class _FixedRegistry:
         pass
 
 
-async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_series() -> None:
+async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_series(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker dials a service per batch of work and closes the channel after it, while
     the service is redeployed again and again (each pod a new instance id), and
     ``/metrics`` is scraped meanwhile: ``meshkit_client_endpoint_calls_total`` listed one
     series per endpoint of every closed channel (400 after 400 redeployments). Now at most
     ``RETIRED_ENDPOINTS_MAX`` (256) per target, as a live channel keeps of endpoints that
-    left; the target's own counters are kept whole."""
+    left; the target's own counters are kept whole. Here the bound is 32 (read where
+    endpoints retire; the same code), 64 redeployments."""
     from prometheus_client import generate_latest
 
-    from meshkit.observability import rpc_metrics
-    from meshkit.observability._metrics import RETIRED_ENDPOINTS_MAX
+    from meshkit.observability import _metrics, rpc_metrics
+
+    monkeypatch.setattr(_metrics, "RETIRED_ENDPOINTS_MAX", 32)
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler("pod"),))
@@ -1202,7 +1214,7 @@ async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_seri
     service = "redeployed"
     counts: dict[int, int] = {}
     try:
-        for cycle in range(1, 401):
+        for cycle in range(1, 65):
             reg = _FixedRegistry(frozenset({Instance(
                 service=service, instance_id=f"{service}-pod-{cycle}-1234",
                 host="127.0.0.1", port=port)}))
@@ -1212,17 +1224,18 @@ async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_seri
             await ch.unary_unary(method("Unary"))(b"x", timeout=10)
             generate_latest(prom)  # a scrape while the channel is live
             await ch.close()
-            if cycle in (200, 400):
+            if cycle in (32, 64):
                 counts[cycle] = sum(
                     1 for (name, labels) in samples(prom_text(prom))
                     if name == "meshkit_client_endpoint_calls_total"
                     and ("target", service) in labels)
     finally:
         await server.stop(None)
-    assert counts == {200: 200, 400: RETIRED_ENDPOINTS_MAX}, counts
+    assert counts == {32: 32, 64: 32}, counts
 
 
-async def test_client_method_labels_are_bounded_for_caller_chosen_method_names() -> None:
+async def test_client_method_labels_are_bounded_for_caller_chosen_method_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A generic proxy (a gateway forwarding whatever method its callers name) calls
     through one ``dial()`` channel with method names it does not choose: each name bound a
     record of ``grpc_client_*`` series (started, handled per code, histogram buckets, in
@@ -1230,10 +1243,14 @@ async def test_client_method_labels_are_bounded_for_caller_chosen_method_names()
     the dashboard. Past ``MAX_CLIENT_METHODS`` (1,000, as the server side) the further
     names are counted as ``grpc_service="other", grpc_method="other"`` (gRFC A66 records
     non-registered methods as "other" on clients too); the methods counted before keep
-    their own labels."""
-    from meshkit.observability import rpc_metrics
+    their own labels. Here the bound is 100 (read where a method is bound; the same
+    code), 150 names."""
+    from meshkit.observability import _metrics, rpc_metrics
     from meshkit.observability._dashboard import DashboardFeed
-    from meshkit.observability._metrics import MAX_CLIENT_METHODS, OTHER_METHOD
+    from meshkit.observability._metrics import OTHER_METHOD
+
+    monkeypatch.setattr(_metrics, "MAX_CLIENT_METHODS", 100)
+    MAX_CLIENT_METHODS = _metrics.MAX_CLIENT_METHODS
 
     server = grpc.aio.server()  # no services: every method answers UNIMPLEMENTED at once
     port = server.add_insecure_port("127.0.0.1:0")
@@ -1245,7 +1262,7 @@ async def test_client_method_labels_are_bounded_for_caller_chosen_method_names()
     ch = meshkit.dial(service, registry=reg, options=meshkit.DialOptions(
         insecure=True, retry=None, telemetry=TelemetryOptions(
             registry=prom, tracing=False, access_log=False)))
-    extra = 500
+    extra = 50
     try:
         for i in [*range(MAX_CLIENT_METHODS + extra), 0]:  # the first one again, last
             with pytest.raises(grpc.aio.AioRpcError) as err:
