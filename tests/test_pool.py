@@ -955,7 +955,7 @@ async def test_client_certificate_renewal_does_not_cut_an_open_stream(
     await srv.start()
     client_tls = issue("clientd")
     try:
-        opts = meshkit.DialOptions(tls=client_tls, retry=None, drain_timeout_s=0.5)
+        opts = meshkit.DialOptions(tls=client_tls, retry=None, drain_timeout_s=0.25)
         async with meshkit.dial("echo", registry=registry, options=opts) as ch:
             await ch.wait_for_endpoints(1)
             stream = ch.stream_stream(method("Bidi"))(timeout=45)
@@ -966,7 +966,7 @@ async def test_client_certificate_renewal_does_not_cut_an_open_stream(
             issue("clientd", overwrite=True)  # the certificate is renewed
             await until(lambda: ch._pool.conns[key].channel is not old, timeout_s=20,
                         what="sub-channel rebuilt with the renewed certificate")
-            await asyncio.sleep(2.0)  # four times drain_timeout_s
+            await asyncio.sleep(1.0)  # four times drain_timeout_s
             try:
                 await asyncio.wait_for(stream.write(b"2"), 10)
                 got = await asyncio.wait_for(stream.read(), 10)
