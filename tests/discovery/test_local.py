@@ -658,7 +658,8 @@ def test_registers_again_in_a_later_asyncio_run(tmp_path: Path) -> None:
     to wait for the previous run's heartbeat task (done, its loop closed) with
     ``asyncio.wait``, which schedules on that dead loop: ``RuntimeError: Event loop is
     closed`` in every later run, so the service could never register again."""
-    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=1.0, poll_interval_s=0.05))
+    # ttl_s 0.6 (a heartbeat every 0.2 s; the heartbeat test above runs at 0.3): two TTLs 1.2 s
+    reg = LocalRegistry(LocalOptions(path=tmp_path, ttl_s=0.6, poll_interval_s=0.05))
     me = inst("i1")
 
     async def register_and_list() -> frozenset[Instance]:
@@ -667,7 +668,7 @@ def test_registers_again_in_a_later_asyncio_run(tmp_path: Path) -> None:
 
     async def still_listed_after_two_ttls() -> frozenset[Instance]:
         await reg.register(me)
-        await asyncio.sleep(2.0)  # two TTLs: only a heartbeat on this loop keeps it
+        await asyncio.sleep(2 * reg.options.ttl_s)  # only a heartbeat on this loop keeps it
         return await reg.instances("svc")
 
     try:
