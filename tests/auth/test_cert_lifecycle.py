@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -39,6 +40,13 @@ def pki(tmp_path: Path) -> Pki:
     """A fresh mesh CA for trust domain ``meshkit.test`` (as tests/auth/conftest.py's)."""
     init_ca_dir(tmp_path / "pki", trust_domain=TD, ttl_days=2)
     return Pki(tmp_path / "pki")
+
+
+def _later() -> dt.datetime:
+    """An issue time 2 s from now: a certificate issued with it has a later notBefore
+    (whole seconds) than one issued now, and is already valid (issuing backdates it by
+    5 minutes for clock skew)."""
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
 
 
 def test_a_failed_first_write_leaves_no_truncated_key_behind(tmp_path: Path) -> None:
@@ -168,11 +176,13 @@ async def test_certificate_gauges_follow_a_renewal_on_disk_while_connections_sta
             call = ch.unary_unary(f"/{SERVICE}/Whoami")
             await call(b"", timeout=5)
             handshakes = srv.stats().tls_handshakes
-            await asyncio.sleep(1.1)  # a later notBefore (whole seconds) for the renewal
-            pki.issue("renewd", ttl_h=30, overwrite=True)
+            # issued 2 s ahead, not after a 1.1 s wait: a later notBefore (whole seconds),
+            # still 5 minutes before now (issue backdates for clock skew)
+            pki.issue("renewd", ttl_h=30, overwrite=True, now=_later())
             renewed = describe_certificate(load_certificate(server_tls.cert_file))
             want = (renewed.not_before.timestamp(), renewed.not_after.timestamp())
             assert want[1] > first.not_after.timestamp() + 20 * 3600  # 28 h later
+            assert want[0] > first.not_before.timestamp()
 
             async def follows() -> bool:
                 await call(b"", timeout=5)  # the client keeps calling meanwhile
@@ -234,8 +244,7 @@ async def test_certificate_gauges_of_a_drained_server_are_not_left_on_metrics(
     old_tls = dataclasses.replace(first_tls, ca_file=kept / Path(first_tls.ca_file).name,
                                   cert_file=kept / Path(first_tls.cert_file).name,
                                   key_file=kept / Path(first_tls.key_file).name)
-    await asyncio.sleep(1.1)  # a later notBefore (whole seconds)
-    new_tls = pki.issue("echo", ttl_h=5.0, overwrite=True)
+    new_tls = pki.issue("echo", ttl_h=5.0, overwrite=True, now=_later())  # a later notBefore
     old, new = server(old_tls, "e2"), server(new_tls, "e3")
     await asyncio.wait_for(old.start(), 10)
     try:
