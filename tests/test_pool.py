@@ -303,32 +303,40 @@ async def test_no_discovery_answer_is_not_retried() -> None:
     and then fails UNAVAILABLE "no discovery answer" (``DialOptions.resolve_timeout_s``).
     The default retry policy retried that failure, so each retry waited again: three
     times the documented wait (15 s at the default 5 s). The wait is the call's
-    retry; the failure is not retried, and the channel's retry stats count no retry."""
-    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
-                      options=meshkit.DialOptions(insecure=True, resolve_timeout_s=1.0))
-    try:
-        unary = ch.unary_unary(method("Unary"))
-        started = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await asyncio.wait_for(unary(b"x", timeout=20), 15)
-        took = time.monotonic() - started
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
-        assert "no discovery answer within 1s" in (info.value.details() or "")
-        assert took < 1.9, took  # one wait of 1 s, not three
-    finally:
-        await ch.close()
-    hedged = meshkit.DialOptions(insecure=True, resolve_timeout_s=1.0, retry=RetryOptions(
-        default=RetryPolicy(idempotent=True, hedge_delay_s=0.05)))
-    ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
-                      options=hedged)
-    try:
-        started = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await asyncio.wait_for(ch.unary_unary(method("Unary"))(b"x", timeout=20), 15)
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
-        assert time.monotonic() - started < 1.9  # hedged: no hedge waits again
-    finally:
-        await ch.close()
+    retry; the failure is not retried, and the channel's retry stats count no retry.
+    The default policy and a hedging one, each on its own channel, side by side (each
+    call only waits for its registry)."""
+    async def default_policy() -> None:
+        ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                          options=meshkit.DialOptions(insecure=True, resolve_timeout_s=1.0))
+        try:
+            unary = ch.unary_unary(method("Unary"))
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(unary(b"x", timeout=20), 15)
+            took = time.monotonic() - started
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
+            assert "no discovery answer within 1s" in (info.value.details() or "")
+            assert took < 1.9, took  # one wait of 1 s, not three
+        finally:
+            await ch.close()
+
+    async def hedged_policy() -> None:
+        hedged = meshkit.DialOptions(insecure=True, resolve_timeout_s=1.0,
+                                     retry=RetryOptions(default=RetryPolicy(
+                                         idempotent=True, hedge_delay_s=0.05)))
+        ch = meshkit.dial("echo", registry=SilentRegistry(),  # type: ignore[arg-type]
+                          options=hedged)
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(ch.unary_unary(method("Unary"))(b"x", timeout=20), 15)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE, info.value.details()
+            assert time.monotonic() - started < 1.9  # hedged: no hedge waits again
+        finally:
+            await ch.close()
+
+    await asyncio.gather(default_policy(), hedged_policy())
 
 
 async def test_a_unary_call_on_an_endpoint_that_left_finishes_within_the_drain(
