@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -864,7 +867,15 @@ async def test_a_scraper_that_stops_reading_metrics_does_not_hold_stop() -> None
     try:
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(1.5)  # the request is in: rendered, then stuck writing
+        # the request is in: rendered, then stuck writing (its first bytes are in the
+        # scraper's small receive buffer: the ~12 MB answer cannot all fit; was a 1.5 s
+        # sleep)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while not struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                 b"\0\0\0\0"))[0]:
+            assert loop.time() < end, "no answer began within 20 s"
+            await asyncio.sleep(0.02)
         t0 = time.monotonic()
         stop = asyncio.get_running_loop().create_task(admin.stop())
         done, _ = await asyncio.wait({stop}, timeout=4.0)
