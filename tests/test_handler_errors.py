@@ -581,7 +581,9 @@ async def test_a_propagated_deadline_run_out_under_a_margin_is_answered_deadline
                                 options=meshkit.DialOptions(insecure=True, retry=None)) as ch:
             await asyncio.wait_for(ch.wait_for_endpoints(1), 10)
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await asyncio.wait_for(ch.unary_unary("/errs.v1.Front/Call")(b"", timeout=2.5),
+                # the propagated deadline runs out after 1 s, its 1 s margin before the
+                # caller's own
+                await asyncio.wait_for(ch.unary_unary("/errs.v1.Front/Call")(b"", timeout=2.0),
                                        10)
         code, details = info.value.code(), info.value.details() or ""
         if downstream == "own-timeout":
