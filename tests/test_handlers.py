@@ -2262,7 +2262,7 @@ async def test_a_plain_bidi_stream_answering_before_any_request_is_not_timed_out
     def push(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         for i in range(5):
             yield b"%d" % i
-            time.sleep(0.4)
+            time.sleep(0.2)  # 1 s in all: twice first_message_timeout_s
 
     def silent(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
         yield from requests
@@ -2271,12 +2271,12 @@ async def test_a_plain_bidi_stream_answering_before_any_request_is_not_timed_out
         registry, {"Push": grpc.stream_stream_rpc_method_handler(push),
                    "Silent": grpc.stream_stream_rpc_method_handler(silent)},
         handler_threads=4,
-        limits=meshkit.ServerLimits(max_concurrent_rpcs=4, first_message_timeout_s=1.0))
+        limits=meshkit.ServerLimits(max_concurrent_rpcs=4, first_message_timeout_s=0.5))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
             quiet = ch.stream_stream(_synch("Silent"))(timeout=20)
             pushed = ch.stream_stream(_synch("Push"))(timeout=20)
-            got = [m async for m in pushed]  # the client sends nothing for 2 s
+            got = [m async for m in pushed]  # the client sends nothing for 1 s
             assert got == [b"0", b"1", b"2", b"3", b"4"]
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await asyncio.wait_for(quiet.read(), 10)
