@@ -66,6 +66,7 @@ def test_serve_lets_telemetry_count_its_calls_with_the_request_gate(tmp_path: Pa
         reg = LocalRegistry(LocalOptions(path=tmp_path / "reg"))
         server = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
                                     options=meshkit.ServeOptions(insecure=True, admin=None,
+                                                                 drain_delay_s=0,
                                                                  limits=limits))
         await server.start()
         try:
