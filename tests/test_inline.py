@@ -158,10 +158,38 @@ def test_the_environment_can_turn_inline_calls_off() -> None:
               "yes": True, "": True, "  ": True}
     bad = ["maybe", "2", "0 1"]
     check = "from meshkit._inline import inline_calls_enabled\n" + _INLINE_SWITCH
-    env = {**os.environ, "VALUES": json.dumps([*values, *bad])}
-    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                          env=env, timeout=50, check=True)
-    out = json.loads(proc.stdout)
+    dial = ("import meshkit\nfrom meshkit.discovery import LocalOptions, LocalRegistry\n"
+            "reg = LocalRegistry(LocalOptions(path='/nonexistent/never-opened'))\n"
+            "meshkit.dial('echo', registry=reg, options=meshkit.DialOptions(insecure=True))")
+    # the five processes (each its own environment) run side by side, judged in turn
+    procs = {
+        name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, **env})
+        for name, args, env in (
+            ("check", [sys.executable, "-c", check],
+             {"VALUES": json.dumps([*values, *bad])}),
+            # what the module reads, once
+            ("off", [sys.executable, "-c", "import meshkit._inline as m; print(m.available())"],
+             {"MESHKIT_INLINE_CALLS": "off"}),
+            (" 1", [sys.executable, "-c", "import meshkit._inline as m; print(m.available())"],
+             {"MESHKIT_INLINE_CALLS": " 1"}),
+            ("dial", [sys.executable, "-c", dial], {"MESHKIT_INLINE_CALLS": "maybe"}),
+            ("cli", [sys.executable, "-m", "meshkit.cli", "services", "--registry",
+                     "local:///nonexistent/never-opened"], {"MESHKIT_INLINE_CALLS": "2"}),
+        )
+    }
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=50)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    done["check"].check_returncode()
+    out = json.loads(done["check"].stdout)
     assert {v: out[v] for v in values} == {v: {"available": on} for v, on in values.items()}
     assert out["unset"] == {"available": True}
     for value in bad:
@@ -169,23 +197,12 @@ def test_the_environment_can_turn_inline_calls_off() -> None:
         assert repr(value) in out[value]["raised"], out[value]
     # what the module reads, once
     for value, expected in (("off", "False"), (" 1", "True")):
-        done = subprocess.run(
-            [sys.executable, "-c", "import meshkit._inline as m; print(m.available())"],
-            capture_output=True, text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": value},
-            timeout=50, check=True)
-        assert done.stdout.strip() == expected
-    dial = ("import meshkit\nfrom meshkit.discovery import LocalOptions, LocalRegistry\n"
-            "reg = LocalRegistry(LocalOptions(path='/nonexistent/never-opened'))\n"
-            "meshkit.dial('echo', registry=reg, options=meshkit.DialOptions(insecure=True))")
-    refused = subprocess.run([sys.executable, "-c", dial], capture_output=True, text=True,
-                             env={**os.environ, "MESHKIT_INLINE_CALLS": "maybe"},
-                             timeout=50, check=False)
+        done[value].check_returncode()
+        assert done[value].stdout.strip() == expected
+    refused = done["dial"]
     assert refused.returncode != 0
     assert "ConfigError" in refused.stderr and "MESHKIT_INLINE_CALLS" in refused.stderr
-    cli = subprocess.run([sys.executable, "-m", "meshkit.cli", "services", "--registry",
-                          "local:///nonexistent/never-opened"], capture_output=True,
-                         text=True, env={**os.environ, "MESHKIT_INLINE_CALLS": "2"},
-                         timeout=50, check=False)
+    cli = done["cli"]
     assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr[-2000:]
     assert "MESHKIT_INLINE_CALLS" in cli.stderr and "'2'" in cli.stderr
 
