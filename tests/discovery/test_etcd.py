@@ -1901,7 +1901,9 @@ async def test_an_instance_whose_owner_died_is_failing_and_a_drained_one_is_not(
     deregistered one is neither; a watch lists neither (the last-seen records are under
     their own key prefix)."""
     opts = EtcdOptions(endpoints=tuple(node.endpoints), **FAST)
-    alive, dying = EtcdRegistry(opts), EtcdRegistry(opts)
+    # the dying owner's lease of 1 s: its key goes a second sooner after it dies
+    alive, dying = EtcdRegistry(opts), EtcdRegistry(
+        EtcdOptions(endpoints=tuple(node.endpoints), **{**FAST, "ttl_s": 1}))
     registries += [alive, dying]
     orders, users = unique_service(), unique_service()
     stays, dies, drained = make_instance(orders, 1), make_instance(orders, 2), \
