@@ -241,14 +241,15 @@ async def test_retry_methods_precedence(registry: LocalRegistry, echo_servers: E
 
 
 async def _sleep_outcome(registry: LocalRegistry, timeouts: dict[str, float]) -> str:
-    """Call Sleep(600 ms) without a timeout under ``method_timeouts``; 'ok' or the code."""
+    """Call Sleep(300 ms) without a timeout under ``method_timeouts``; 'ok' or the code
+    (the 50 ms timeouts below run out 250 ms before it could answer)."""
     options = _opts(retry=None, method_timeouts=timeouts)
     async with meshkit.dial("echo", registry=registry, options=options) as ch:
         # discovery first: a 50 ms deadline must bound the call, not the channel's first
         # registry read (which, on a loaded box, made it UNAVAILABLE "no endpoint")
         await ch.wait_for_endpoints(1, timeout_s=10)
         try:
-            await ch.unary_unary(echo_method("Sleep"))(b"600")
+            await ch.unary_unary(echo_method("Sleep"))(b"300")
         except grpc.aio.AioRpcError as err:
             return err.code().name
     return "ok"
