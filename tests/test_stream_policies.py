@@ -170,7 +170,9 @@ async def test_a_stream_probe_does_not_keep_a_healthy_endpoint_out_of_rotation(
                 assert e.code() is grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(0.05)  # stream outcomes are reported from done callbacks
         await until(lambda: "a" in ejected(ch), timeout_s=10, what="a ejected")
-        await asyncio.sleep(1.0)  # twice its 0.5 s ejection: the next pick probes it
+        # its 0.5 s ejection, which began before it was seen, is over after this (a
+        # lower bound, load or not): the next pick probes it
+        await asyncio.sleep(0.6)
         probe = ch.stream_stream(method("Bidi"))(_held_open(b"p"), timeout=60)
         try:
             assert await asyncio.wait_for(probe.read(), 10) == b"a|p"  # a answered
@@ -227,7 +229,9 @@ async def test_a_silent_stream_probe_does_not_keep_a_healthy_endpoint_out_of_rot
                 assert e.code() is grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(0.05)  # stream outcomes are reported from done callbacks
         await until(lambda: on_a(ch).ejected, timeout_s=10, what="a ejected")
-        await asyncio.sleep(1.0)  # twice its 0.5 s ejection: the next pick probes it
+        # its 0.5 s ejection, which began before it was seen, is over after this (a
+        # lower bound, load or not): the next pick probes it
+        await asyncio.sleep(0.6)
         go = asyncio.Event()
         probe = ch.stream_stream(method("Bidi"))(_silent_until(go, b"p"), timeout=60)
         unary = ch.unary_unary(method("Unary"))
