@@ -61,7 +61,8 @@ class Checker:
         # each entry against the module's source and options, and analyses again what
         # differs (meshkit, whose options differ here, and the programs)
         seed = ROOT / ".mypy_cache"
-        if seed.is_dir():
+        seeded = seed.is_dir()
+        if seeded:
             try:
                 shutil.copytree(seed, self.cache)
             except (OSError, shutil.Error):  # being written: start from nothing
@@ -74,11 +75,20 @@ class Checker:
             folder.mkdir()
             paths[name] = folder / f"{name}.py"
             paths[name].write_text(textwrap.dedent(source))
-        out, err, status = mypy_api.run([
-            "--strict", "--config-file", str(self.config), "--cache-dir", str(self.cache),
-            "--no-error-summary", "--show-error-codes", "--hide-error-context",
-            "--show-column-numbers", *map(str, paths.values()),
-        ])
+        args = ["--strict", "--config-file", str(self.config), "--cache-dir", str(self.cache),
+                "--no-error-summary", "--show-error-codes", "--hide-error-context",
+                "--show-column-numbers", *map(str, paths.values())]
+        try:
+            out, err, status = mypy_api.run(args)
+            unreadable = status not in (0, 1) or "INTERNAL ERROR" in out + err
+        except Exception:  # e.g. sqlite3.DatabaseError
+            if not seeded:
+                raise
+            unreadable = True
+        if seeded and unreadable:
+            # a copy taken while mypy wrote it: once more from nothing
+            shutil.rmtree(self.cache, ignore_errors=True)
+            out, err, status = mypy_api.run(args)
         assert status in (0, 1) and "INTERNAL ERROR" not in out + err, (status, out, err)
         errors = [line for line in out.splitlines() if ": error:" in line]
         # each program's own lines (an error inside meshkit would be silenced anyway)
