@@ -57,9 +57,10 @@ async def test_keepalive_timeout_s_bounds_how_long_a_dead_client_holds_its_call_
     set. A client whose host vanished (black hole, no RST) while its call ran kept that
     call, its handler and its ``max_concurrent_rpcs`` slot for ``keepalive_time_s`` + 60
     s whatever ``keepalive_timeout_s`` said (measured 61.0 s with both at 1 s). Both are
-    now set: the slot is free about 2 s after the black hole (asserted within 8 s)."""
+    now set: the slot is free about keepalive_time_s + keepalive_timeout_s after the black
+    hole (both 0.5 s here: asserted within 8 s)."""
     # nothing but the connection's end frees the slot: no eviction, no request timeout
-    limits = meshkit.ServerLimits(keepalive_time_s=1.0, keepalive_timeout_s=1.0,
+    limits = meshkit.ServerLimits(keepalive_time_s=0.5, keepalive_timeout_s=0.5,
                                   max_concurrent_rpcs=1, evict_waiting_after_s=None,
                                   first_message_timeout_s=None)
     async with (
@@ -88,7 +89,7 @@ async def test_keepalive_timeout_s_bounds_how_long_a_dead_client_holds_its_call_
         call.cancel()
     assert freed_after is not None, (
         "a dead client's call still held its slot 8 s after the black hole with "
-        "keepalive_time_s=1, keepalive_timeout_s=1 (expected about 2 s)")
+        "keepalive_time_s=0.5, keepalive_timeout_s=0.5 (expected about 1 s)")
 
 
 async def test_keepalive_finds_a_dead_client_on_a_connection_without_calls(
@@ -103,7 +104,8 @@ async def test_keepalive_finds_a_dead_client_on_a_connection_without_calls(
     that completes the handshake and then never acks a PING is now pinged after about
     ``keepalive_time_s`` and its connection closed about ``keepalive_timeout_s`` later
     (asserted within 6 s; before: no PING sent, still open after 6 s)."""
-    limits = meshkit.ServerLimits(keepalive_time_s=1.0, keepalive_timeout_s=1.0,
+    # 0.5 s each (the closing about 1 s in)
+    limits = meshkit.ServerLimits(keepalive_time_s=0.5, keepalive_timeout_s=0.5,
                                   max_connection_idle_s=None)
     async with mesh_echo("echo", "e1", _registry(tmp_path), limits=limits,
                          telemetry=None) as srv:
@@ -140,7 +142,7 @@ async def test_keepalive_finds_a_dead_client_on_a_connection_without_calls(
             writer.close()
     assert closed_after is not None, (
         f"a silent peer's connection without calls was still open 6 s in with "
-        f"keepalive_time_s=1 (keepalive PINGs sent to it: {pings})")
+        f"keepalive_time_s=0.5 (keepalive PINGs sent to it: {pings})")
 
 
 async def _quiet_call(tmp_path: Path, limits: meshkit.ServerLimits, *,
