@@ -1443,9 +1443,11 @@ async def test_fixed_window_retry_after_on_redis_is_never_shorter_than_the_real_
 
 async def test_redis_outage_fails_open_logs_once_and_recovers(
         private_redis: PrivateRedis) -> None:
-    """With fail-open, calls pass while Redis is down (one warning), then limits resume."""
+    """With fail-open, calls pass while Redis is down (one warning), then limits resume.
+    (The breaker opened by the outage probes after 0.3 s, not the default 1 s: the
+    recovery is the same, sooner.)"""
     options = RateLimitOptions(default_rule="3/minute", storage_uri=private_redis.uri,
-                               key_prefix=unique_prefix())
+                               key_prefix=unique_prefix(), breaker_open_s=0.3)
     async with echo_server(options) as channel:
         with capture_logs() as logs:
             for _ in range(2):
@@ -1472,9 +1474,11 @@ async def test_redis_outage_fails_open_logs_once_and_recovers(
 
 async def test_redis_outage_fails_closed_with_unavailable_and_recovers(
         private_redis: PrivateRedis) -> None:
-    """With on_storage_error='deny', calls get UNAVAILABLE while Redis is down, then pass."""
+    """With on_storage_error='deny', calls get UNAVAILABLE while Redis is down, then pass.
+    (The breaker opened by the outage probes after 0.3 s, not the default 1 s.)"""
     options = RateLimitOptions(default_rule="100/minute", storage_uri=private_redis.uri,
-                               key_prefix=unique_prefix(), on_storage_error="deny")
+                               key_prefix=unique_prefix(), on_storage_error="deny",
+                               breaker_open_s=0.3)
     async with echo_server(options) as channel:
         with capture_logs() as logs:
             assert await attempt(channel) is None
