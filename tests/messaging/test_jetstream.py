@@ -1262,7 +1262,7 @@ async def test_publish_attempt_on_a_silent_connection_is_bounded_by_timeout_s(
     ``nats.errors.TimeoutError``) after ``timeout_s`` x ``max_attempts``."""
     async with _proxied_nc(bus) as (proxy, nc):
         pub = Publisher(nc.jetstream(), PublishOptions(
-            timeout_s=1.0, max_attempts=1, tracing=False, metrics=False, access_log=False))
+            timeout_s=0.5, max_attempts=1, tracing=False, metrics=False, access_log=False))
         await pub.publish(bus.subject, b"warm-up", msg_id=f"warm-{uuid.uuid4().hex}")
         proxy.blackhole()
 
@@ -1277,7 +1277,7 @@ async def test_publish_attempt_on_a_silent_connection_is_bounded_by_timeout_s(
         try:
             _, hung = await asyncio.wait(tasks, timeout=8.0)
             assert not hung, (
-                f"{len(hung)} of {len(tasks)} publishes with timeout_s=1, max_attempts=1 "
+                f"{len(hung)} of {len(tasks)} publishes with timeout_s=0.5, max_attempts=1 "
                 f"still running after 8 s on a black-holed connection")
             causes = {type(t.result()).__name__ for t in tasks}
             assert causes == {"TimeoutError"}, causes
