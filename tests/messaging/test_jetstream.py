@@ -1296,7 +1296,7 @@ async def test_relay_cancelled_during_a_network_partition_ends(bus: Bus) -> None
     the publish before a retry."""
     async with _proxied_nc(bus) as (proxy, nc):
         pub = Publisher(nc.jetstream(), PublishOptions(
-            timeout_s=1.0, max_attempts=3, backoff=Backoff(base_delay_s=0.05),
+            timeout_s=0.5, max_attempts=3, backoff=Backoff(base_delay_s=0.05),
             tracing=False, metrics=False, access_log=False))
         await pub.publish(bus.subject, b"warm-up", msg_id=f"warm-{uuid.uuid4().hex}")
         store = _MemOutbox([OutboxEvent(f"ev-{i:03d}", bus.subject, _BIG, {})
@@ -1306,9 +1306,9 @@ async def test_relay_cancelled_during_a_network_partition_ends(bus: Bus) -> None
         task = asyncio.create_task(relay.run())
         try:
             # the round's publishes are written and blocked, their first attempts timed out
-            # (timeout_s=1) and retried: blocked again (1 s was enough to fail without the
-            # fix; 1.5 s leaves a loaded box time to write them)
-            await asyncio.sleep(1.5)
+            # (timeout_s=0.5) and retried: blocked again (found with timeout_s=1 and 3 s;
+            # 1 s after a 1 s timeout failed without the fix too)
+            await asyncio.sleep(1.0)
             assert not task.done()
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=6.0)
