@@ -535,9 +535,9 @@ async def test_a_stuck_handler_does_not_hold_the_rest_of_its_batch(
     async def handle(d: Delivery) -> None:
         by_b.add(d.msg_id)
 
-    a = _consumer(bus, never_returns, prom, durable="shared", ack_wait_s=1.0,
+    a = _consumer(bus, never_returns, prom, durable="shared", ack_wait_s=0.5,
                   batch_size=4, filter_subject=bus.subject)
-    b = _consumer(bus, handle, prom, durable="shared", ack_wait_s=1.0,
+    b = _consumer(bus, handle, prom, durable="shared", ack_wait_s=0.5,
                   filter_subject=bus.subject)
     task_a = asyncio.create_task(a.run_once())
     try:
