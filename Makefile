@@ -22,11 +22,13 @@ demo: $(STAMP)
 # (the admin dashboard's browser test); @grpc/grpc-js from npm, pinned, into .cache/grpcjs
 # (tests/interop).
 # Test workers: one more than the CPUs this process may use, as the suite waits on
-# sockets, subprocesses and timers part of its time. 2 cores, 3 workers: 5:55 of tests,
-# 436 s of CPU in 384 s (1.1 cores busy); 5 workers: 5:32, 569 s of CPU in 380 s (1.5
-# cores), and a fault scenario that judges throughput against its own pre-fault rate
-# (tests/faults/test_quick.py, huge-deadline) read the load as no recovery once: not
-# worth 23 s. TEST_WORKERS=N to choose.
+# sockets, subprocesses and timers part of its time. 2 cores (2026-12-06, an EPYC, the
+# suite's per-test times summing to 1,023 s): 3 workers 6:22 of tests, 512 s of CPU
+# (1.3 cores busy); 4 workers 5:48, 543 s of CPU (1.55 cores). The session before, 5
+# workers saved 23 s over 3 and a fault scenario that judges throughput against its own
+# pre-fault rate (tests/faults/test_quick.py, huge-deadline) read the load as no recovery
+# once: 34 s is not worth a load-sensitive CI failure. TEST_WORKERS=N to
+# choose.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1); print(n + 1)")
 test: $(STAMP)
 	bash scripts/install-ops.sh
