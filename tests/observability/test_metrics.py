@@ -349,6 +349,8 @@ async def test_server_method_labels_are_bounded_without_a_list_of_registered_met
     from meshkit.observability._dashboard import DashboardFeed
     from meshkit.observability._metrics import OTHER_METHOD, rpc_metrics
 
+    # the shipped bound, pinned here: the run below uses a smaller one (the same code)
+    assert _metrics.MAX_SERVER_METHODS == 1000, _metrics.MAX_SERVER_METHODS
     monkeypatch.setattr(_metrics, "MAX_SERVER_METHODS", 100)
     MAX_SERVER_METHODS = _metrics.MAX_SERVER_METHODS
 
@@ -1123,6 +1125,8 @@ def test_closed_channels_keep_a_bounded_number_of_endpoint_series(
     from meshkit.observability import _metrics, track
     from meshkit.observability._metrics import MeshCollector
 
+    # the shipped bound, pinned here: the run below uses a smaller one (the same code)
+    assert _metrics.RETIRED_ENDPOINTS_MAX == 256, _metrics.RETIRED_ENDPOINTS_MAX
     monkeypatch.setattr(_metrics, "RETIRED_ENDPOINTS_MAX", 32)
 
     target = "retired-endpoints"
@@ -1203,6 +1207,8 @@ async def test_channels_dialed_and_closed_across_redeployments_keep_bounded_seri
 
     from meshkit.observability import _metrics, rpc_metrics
 
+    # the shipped bound, pinned here: the run below uses a smaller one (the same code)
+    assert _metrics.RETIRED_ENDPOINTS_MAX == 256, _metrics.RETIRED_ENDPOINTS_MAX
     monkeypatch.setattr(_metrics, "RETIRED_ENDPOINTS_MAX", 32)
 
     server = grpc.aio.server()
@@ -1249,6 +1255,8 @@ async def test_client_method_labels_are_bounded_for_caller_chosen_method_names(
     from meshkit.observability._dashboard import DashboardFeed
     from meshkit.observability._metrics import OTHER_METHOD
 
+    # the shipped bound, pinned here: the run below uses a smaller one (the same code)
+    assert _metrics.MAX_CLIENT_METHODS == 1000, _metrics.MAX_CLIENT_METHODS
     monkeypatch.setattr(_metrics, "MAX_CLIENT_METHODS", 100)
     MAX_CLIENT_METHODS = _metrics.MAX_CLIENT_METHODS
 
