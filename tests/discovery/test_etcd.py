@@ -42,7 +42,7 @@ from tests.discovery._forking import (
 )
 from tests.discovery.conformance import Collector, make_instance, unique_service
 from tests.support.echo import add_echo
-from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary
+from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary, running_etcd
 from tests.support.loops import LoopThread
 from tests.support.loops import run as run_loop
 from tests.support.ports import free_port
@@ -693,12 +693,8 @@ def binary() -> str:
 @pytest.fixture(scope="module")
 def _shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """A single real etcd node for the module's tests that need no node of their own."""
-    cluster = EtcdCluster(require_etcd_binary(), tmp_path_factory.mktemp("etcd"), size=1)
-    try:
-        cluster.start_blocking()
+    with running_etcd(tmp_path_factory.mktemp("etcd")) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
@@ -714,14 +710,10 @@ def node(_shared_node: EtcdCluster) -> EtcdCluster:
 
 
 @pytest.fixture
-def own_node(binary: str, tmp_path: Path) -> Iterator[EtcdCluster]:
+def own_node(tmp_path: Path) -> Iterator[EtcdCluster]:
     """A single real etcd node of this test's own."""
-    cluster = EtcdCluster(binary, tmp_path, size=1)
-    try:
-        cluster.start_blocking()
+    with running_etcd(tmp_path) as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import meshkit
 from meshkit.discovery import EtcdOptions, EtcdRegistry
 from tests.support.echo import add_echo, method
-from tests.support.etcd import EtcdCluster, require_etcd_binary
+from tests.support.etcd import EtcdCluster, running_etcd
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(40)
@@ -33,12 +33,8 @@ FAST: dict[str, Any] = {"ttl_s": 3, "request_timeout_s": 0.5, "backoff_base_s": 
 def _members(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """Three etcd members on loopback (heartbeat 50 ms, election timeout 500 ms), started
     once for the module (a 3-member start costs seconds)."""
-    c = EtcdCluster(require_etcd_binary(), tmp_path_factory.mktemp("etcd-cluster"), size=3)
-    try:
-        c.start_blocking()
+    with running_etcd(tmp_path_factory.mktemp("etcd-cluster"), size=3) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

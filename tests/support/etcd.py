@@ -16,13 +16,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.ports import free_port
 from tests.support.skips import skip_or_fail
 
-__all__ = ["EtcdCluster", "EtcdTls", "etcd_binary", "free_port", "require_etcd_binary"]
+__all__ = ["EtcdCluster", "EtcdTls", "etcd_binary", "free_port", "require_etcd_binary",
+           "running_etcd"]
 
 
 def etcd_binary() -> str | None:
@@ -258,3 +261,15 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def running_etcd(base_dir: Path, size: int = 1) -> Iterator[EtcdCluster]:
+    """``size`` real etcd members under ``base_dir``, started (the binary required: a
+    skip, or a failure under ``CI=true``) and closed at the end."""
+    cluster = EtcdCluster(require_etcd_binary(), base_dir, size=size)
+    try:
+        cluster.start_blocking()
+        yield cluster
+    finally:
+        cluster.close()
