@@ -603,6 +603,27 @@ async def test_redis_down_at_start_is_an_outage_not_a_crash(sqlite_store: Store)
 _ROOT = Path(__file__).resolve().parents[2]
 
 
+COLD_CONNECTION_S = 0.4  # how long the proxy holds the first Redis connection: > 50 ms
+
+
+async def hold_first_connection(proxy: TcpProxy, hold_s: float) -> float:
+    """With ``proxy`` black-holed: wait (up to 30 s) for its first connection, keep it
+    held ``hold_s`` seconds more (no byte relayed either way), then let everything flow.
+    Returns the seconds the first connection was held.
+
+    Raises:
+        AssertionError: no connection came within 30 s (the proxy flows anyway).
+    """
+    try:
+        await until(lambda: proxy.accepted > 0, timeout_s=30.0, interval_s=0.005,
+                    what="a first connection to the Redis proxy")
+        held_from = time.monotonic()
+        await asyncio.sleep(hold_s)
+        return time.monotonic() - held_from
+    finally:
+        await proxy.start()  # heals the black hole: later connections are fast
+
+
 async def test_the_redis_cache_is_read_again_after_a_timed_out_first_call(
     tmp_path: Path, shared_redis: str,
 ) -> None:
@@ -613,16 +634,19 @@ async def test_the_redis_cache_is_read_again_after_a_timed_out_first_call(
     1..5 s). `ecom_user_cache_requests_total{result="hit|miss|error"}` is on `/metrics`".
 
     Started as the README shows (``python -m examples.ecom.user_service --user-cache
-    async+redis://127.0.0.1:6379``, on uvloop through ``meshkit.run``), with a healthy
-    Redis answering in about a millisecond: the first GetUser's cold connection takes
-    longer than the 50 ms bound and is cancelled; on uvloop the cancelled connection stays
-    in coredis' pool closed, so the next probes, after the breaker's 1 s and 2 s, fail at
+    async+redis://...``, on uvloop through ``meshkit.run``), with a healthy Redis
+    answering in about a millisecond: the first GetUser's cold connection takes longer
+    than the 50 ms bound and is cancelled; on uvloop the cancelled connection stayed in
+    coredis' pool closed, so the next probes, after the breaker's 1 s and 2 s, failed at
     once with RuntimeError "unable to perform operation on <TCPTransport closed=True ...>;
-    the handler is closed" (examples/ecom/cache.py:225-231 builds the client,
-    :383-392 times the lookup out). Every GetUser of the first ~8 s was counted
-    ``error`` and read from the database although Redis never failed; a failure now
-    drops the pool's connections (``RedisUserCache.reset``). (On a machine where the cold
-    connection fits in 50 ms this passes either way.)
+    the handler is closed". Every GetUser of the first ~8 s was counted ``error`` and read
+    from the database although Redis never failed; a failure now drops the pool's
+    connections (``RedisUserCache.reset``).
+
+    A slow cold connection is not left to the machine (a fast one fits in 50 ms and never
+    shows the fault): the service reaches the shared Redis through a loopback proxy that
+    holds its first connection ``COLD_CONNECTION_S`` (no byte relayed either way) and
+    relays later ones at once. The test checks that the proxy did hold one.
     """
     from examples.ecom.proto import user_pb2, user_pb2_grpc
 
@@ -630,10 +654,14 @@ async def test_the_redis_cache_is_read_again_after_a_timed_out_first_call(
     env = dict(os.environ, MESHKIT_REGISTRY=f"local://{reg_dir}", PYTHONPATH=str(_ROOT))
     env.pop("MESHKIT_CERT_DIR", None)
     (tmp_path / "jwt").mkdir()
+    proxy = TcpProxy("127.0.0.1", int(shared_redis.rsplit(":", 1)[1]))
+    await proxy.start()
+    proxy.blackhole()  # until the first connection has been held COLD_CONNECTION_S
+    holder = asyncio.create_task(hold_first_connection(proxy, COLD_CONNECTION_S))
     proc = subprocess.Popen(  # noqa: ASYNC220 - the README's service, started once
         [sys.executable, "-m", "examples.ecom.user_service", "--insecure",
          "--db", f"sqlite:///{tmp_path / 'users.db'}", "--jwt-dir", str(tmp_path / "jwt"),
-         "--user-cache", "async+redis://127.0.0.1:6379"],
+         "--user-cache", f"async+redis://{proxy.address}"],
         cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     registry = registry_from_uri(f"local://{reg_dir}")
 
@@ -662,17 +690,24 @@ async def test_the_redis_cache_is_read_again_after_a_timed_out_first_call(
                 break
             assert listed
             admin_port = next(iter(listed)).meta["admin_port"]  # type: ignore[attr-defined]
-            # up to four GetUsers 1.2 s apart: past the breaker's first 1 s skip; the
-            # metric is read after each, and the test ends once the cache was read (the
-            # bug counted every GetUser of the first ~8 s an error: all four)
+            # the first GetUser opens the held (cold) connection and times out
+            await users.GetUser(user_pb2.GetUserRequest(user_id=created.id), timeout=5.0)
+            held_s = await asyncio.wait_for(holder, 30.0)
+            # the premise: the first connection really was slower than the 50 ms bound
+            assert held_s >= COLD_CONNECTION_S - 0.01, held_s
+            # up to four more GetUsers 1.2 s apart: past the breaker's 1 s and 2 s skips;
+            # the metric is read after each, and the test ends once the cache was read
+            # (the bug counted every GetUser of the first ~8 s an error: all of them)
             for _ in range(4):
+                await asyncio.sleep(1.2)
                 await users.GetUser(user_pb2.GetUserRequest(user_id=created.id),
                                     timeout=5.0)
                 counts = await metrics(admin_port)
                 if counts.get("hit", 0) + counts.get("miss", 0) >= 1:
                     break
-                await asyncio.sleep(1.2)
     finally:
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
         await registry.close()
         proc.terminate()
         try:
@@ -680,5 +715,6 @@ async def test_the_redis_cache_is_read_again_after_a_timed_out_first_call(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        await proxy.close()
     # Redis is healthy: after the breaker's skip the cache must be read again
     assert counts.get("hit", 0) + counts.get("miss", 0) >= 1, counts
