@@ -1230,8 +1230,11 @@ async def test_two_replicas_share_one_limit_in_redis(shared_redis: str,
     """Two servers on the same Redis and key_prefix enforce one global limit together.
     Per hour, not per minute: a fixed window's count starts again at each window's edge,
     and a run crossing a minute's edge (1 s of 60, more under load) admitted a fifth."""
+    # storage_timeout_s: a round trip of a loaded box over the 0.25 s default failed open
+    # and admitted a fifth call; the timeout is not what this test is about
     options = RateLimitOptions(default_rule="4/hour", strategy=strategy,
-                               storage_uri=shared_redis, key_prefix=unique_prefix())
+                               storage_uri=shared_redis, key_prefix=unique_prefix(),
+                               storage_timeout_s=5.0)
     async with echo_server(options, "a") as a, echo_server(options, "b") as b:
         for channel in (a, b, a, b):
             assert await attempt(channel) is None
@@ -1387,7 +1390,8 @@ async def test_a_refusal_whose_window_read_fails_is_still_refused(
     storage failure (no warning, the breaker untouched)."""
     limiter = StorageLimiter(RateLimitOptions(
         default_rule="1/hour", strategy=strategy, storage_uri=shared_redis,
-        key_prefix=unique_prefix(), on_storage_error="deny", breaker_failures=1))
+        key_prefix=unique_prefix(), on_storage_error="deny", breaker_failures=1,
+        storage_timeout_s=5.0))  # a loaded box's slow round trip is not the fault here
     m = "/svc.v1.Svc/Call"
     try:
         assert await limiter.check(m, "alice") is None
@@ -1422,7 +1426,8 @@ async def test_fixed_window_retry_after_on_redis_is_never_shorter_than_the_real_
     machine, over 2 s after the first.)"""
     options = RateLimitOptions(default_rule="1 per 3 second", strategy="fixed-window",
                                storage_uri=shared_redis, key=by_metadata("x-user"),
-                               key_prefix=unique_prefix())
+                               key_prefix=unique_prefix(),
+                               storage_timeout_s=5.0)  # a slow round trip fails open
     async with echo_server(options) as channel:
         assert await attempt(channel, user="warm-up") is None  # connected, script loaded
         sent = time.time()  # alice's window starts after this, so it ends after sent + 3
