@@ -1,20 +1,22 @@
-"""What the operator subcommands share: the registry argument and one-shot discovery."""
+"""What the operator subcommands share: the registry argument and one-shot discovery.
+
+Light to import: a command builds its parser and parses its arguments (``--help``, a usage
+error) with nothing but the standard library loaded; grpc, the registries and the logging
+setup are imported by the functions that use them, after the arguments parsed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from meshkit._inline import inline_calls_enabled
-from meshkit.discovery import ENV_VAR, Instance, Registry, registry_from_uri
-from meshkit.errors import ConfigError, RegistryError
-from meshkit.observability import configure_logging
+if TYPE_CHECKING:
+    from meshkit.discovery import Instance, Registry
 
 __all__ = ["REGISTRY_READS_AT_ONCE", "add_registry_argument", "discover", "failing_instances",
            "open_registry", "positive_seconds", "quiet_logging", "read_services",
@@ -28,6 +30,11 @@ _T = TypeVar("_T")
 #: (``limits.http_max_conns_per_client``, 200 by default, shared with the other clients
 #: on the host).
 REGISTRY_READS_AT_ONCE = 32
+
+#: The environment variable naming the default registry: :data:`meshkit.discovery.ENV_VAR`,
+#: spelled out here so that a command's ``--help`` does not import the registries (a test
+#: checks they agree).
+ENV_VAR = "MESHKIT_REGISTRY"
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
                  f"(default ${ENV_VAR}, else the default local registry)")
@@ -68,6 +75,10 @@ def quiet_logging() -> None:
             bad ``MESHKIT_INLINE_CALLS``: exit
             status 2 (a usage error), after one line on stderr that quotes it.
     """
+    from meshkit._inline import inline_calls_enabled
+    from meshkit.errors import ConfigError
+    from meshkit.observability import configure_logging
+
     try:
         configure_logging(os.environ.get("MESHKIT_LOG_LEVEL", "").strip() or "ERROR",
                           json=False)
@@ -84,6 +95,9 @@ def open_registry(uri: str) -> Registry:
         SystemExit: the URI is bad: exit status 2 (a usage error), after one line on
             stderr that quotes it.
     """
+    from meshkit.discovery import registry_from_uri
+    from meshkit.errors import ConfigError
+
     try:
         return registry_from_uri(uri)
     except ConfigError as exc:
@@ -102,6 +116,10 @@ async def service_names(registry: Registry, timeout_s: float) -> list[str]:
             :class:`~meshkit.errors.RegistryError`), or :class:`RegistryError` when it gave
             no answer within ``timeout_s``; each caller reports it its documented way.
     """
+    import asyncio  # loaded already: the command runs in asyncio.run
+
+    from meshkit.errors import RegistryError
+
     lister = getattr(registry, "services", None)
     if lister is None:
         raise SystemExit(f"meshkit: {registry!r} cannot list its services; "
@@ -138,6 +156,8 @@ async def _read_each(names: list[str], read: Callable[[str], Awaitable[_T]],
     Raises:
         Exception: the first error a read raised (the reads in flight are cancelled).
     """
+    import asyncio
+
     results: list[_T | None] = [None] * len(names)
     pending = iter(enumerate(names))
     stalled = False
@@ -187,6 +207,8 @@ async def failing_instances(registry: Registry, services: Iterable[str],
         MeshError: the registry cannot be read (its own error), or :class:`RegistryError`
             when a read gave no answer within ``timeout_s``.
     """
+    from meshkit.errors import RegistryError
+
     failing_of = getattr(registry, "failing", None)
     if failing_of is None:
         return []

@@ -25,17 +25,14 @@ lets the pass under way finish and closes the registry. Without it, one pass.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit._cli._common import (
     add_registry_argument,
@@ -46,9 +43,11 @@ from meshkit._cli._common import (
     service_names,
 )
 from meshkit._cli.services import admin_address
-from meshkit._signals import unblock_signals
-from meshkit.discovery import Instance, Registry
-from meshkit.errors import MeshError, RegistryError
+
+if TYPE_CHECKING:  # imported where used: --help loads none of them
+    import signal
+
+    from meshkit.discovery import Instance, Registry
 
 __all__ = ["TargetWriter", "build_parser", "main", "target_groups", "write_atomically"]
 
@@ -80,6 +79,8 @@ def write_atomically(path: Path, text: str) -> bool:
     Raises:
         OSError: the directory cannot be written.
     """
+    import tempfile
+
     data = text.encode()
     with contextlib.suppress(OSError):  # bytes: a file that is not UTF-8 just differs
         if path.read_bytes() == data:
@@ -120,6 +121,8 @@ class TargetWriter:
                 ``timeout_s`` (the file is left as it was).
             OSError: the file cannot be written.
         """
+        from meshkit.errors import MeshError, RegistryError
+
         try:
             names = await service_names(self.registry, self.timeout_s)
             found, failing = await read_services(self.registry, names, self.timeout_s)
@@ -180,6 +183,12 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
         MeshError: the one pass could not read the registry.
         OSError: the one pass could not write the file.
     """
+    import asyncio
+    import signal
+
+    from meshkit._signals import unblock_signals
+    from meshkit.errors import MeshError
+
     registry = open_registry(args.registry)
     writer = TargetWriter(registry, args.out, keep_failing_s=args.keep_failing_s,
                           timeout_s=args.timeout_s)
@@ -224,6 +233,11 @@ def main(argv: list[str]) -> int:
             (:func:`meshkit.cli.main` makes it one line and status 130).
     """
     args = build_parser().parse_args(argv)
+    import asyncio
+    import signal
+
+    from meshkit.errors import MeshError
+
     quiet_logging()
     try:
         args.out = args.out.resolve()  # a relative path needs the working directory

@@ -27,13 +27,11 @@ option, registry URI or ``--timeout-s``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
-
-import aiohttp
 
 from meshkit._cli._common import (
     add_registry_argument,
@@ -43,9 +41,13 @@ from meshkit._cli._common import (
     read_services,
     service_names,
 )
-from meshkit._hosts import bare_host, check_host, uri_host
-from meshkit.discovery import Instance
-from meshkit.errors import ConfigError, MeshError
+
+if TYPE_CHECKING:  # imported where used: --help loads none of them
+    import asyncio
+
+    import aiohttp
+
+    from meshkit.discovery import Instance
 
 __all__ = ["PROBES_AT_ONCE", "InstanceRow", "admin_address", "admin_url", "build_parser",
            "main", "readiness_url"]
@@ -76,6 +78,9 @@ def _admin_endpoint(instance: Instance) -> tuple[str, str] | None:
     ``admin_port`` (ASCII digits) at ``admin_host`` when announced (``serve()`` does when
     the admin listens elsewhere than the instance's host), else at the instance's host;
     ``None`` without a valid port (or with an invalid ``admin_host``)."""
+    from meshkit._hosts import check_host
+    from meshkit.errors import ConfigError
+
     port = instance.meta.get("admin_port", "")
     if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
         return None
@@ -92,6 +97,8 @@ def admin_address(instance: Instance) -> str | None:
     at ``admin_host`` or the instance's host; an IPv6 host bracketed once, its zone as it
     is (``[fe80::1%eth0]:9100``: Prometheus dials the target's host as written). ``None``
     without a valid port (or with an invalid ``admin_host``)."""
+    from meshkit._hosts import bare_host
+
     endpoint = _admin_endpoint(instance)
     if endpoint is None:
         return None
@@ -103,6 +110,8 @@ def admin_url(instance: Instance) -> str | None:
     """``http://<host>:<admin_port>`` of ``instance`` (the address of
     :func:`admin_address`, a zone's ``%`` written ``%25`` as URLs have it, RFC 6874), or
     ``None``."""
+    from meshkit._hosts import uri_host
+
     endpoint = _admin_endpoint(instance)
     return None if endpoint is None else f"http://{uri_host(endpoint[0])}:{endpoint[1]}"
 
@@ -130,6 +139,10 @@ async def _health(http: aiohttp.ClientSession, turn: asyncio.Semaphore, url: str
     (connecting included)."""
     if url is None:
         return "-"
+    import asyncio
+
+    import aiohttp  # loaded already: collect() made the session
+
     async with turn:
         try:
             async with asyncio.timeout(timeout_s), http.get(url) as resp:
@@ -147,6 +160,10 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
             instances) and each ``/readyz`` probe is bounded by ``timeout_s`` seconds
             from its own start.
     """
+    import asyncio
+
+    from meshkit.errors import MeshError
+
     registry = open_registry(registry_uri)
     try:
         names = list(dict.fromkeys(only)) or await service_names(registry, timeout_s)
@@ -165,12 +182,20 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
     # would count the wait for a pooled connection too, and probes queued behind slow
     # ones would time out unsent. The pool is as large as the turns, so no probe waits
     # for a connection after its turn came.
-    turn = asyncio.Semaphore(PROBES_AT_ONCE)
-    async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=PROBES_AT_ONCE),
-            timeout=aiohttp.ClientTimeout(total=None)) as http:
-        health = await asyncio.gather(*(_health(http, turn, readiness_url(i), timeout_s)
-                                        for i in instances))
+    # No instance to probe (none listed, none with an admin port): no session, and
+    # aiohttp is not imported.
+    urls = [readiness_url(i) for i in instances]
+    if any(url is not None for url in urls):
+        import aiohttp
+
+        turn = asyncio.Semaphore(PROBES_AT_ONCE)
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=PROBES_AT_ONCE),
+                timeout=aiohttp.ClientTimeout(total=None)) as http:
+            health = await asyncio.gather(*(_health(http, turn, url, timeout_s)
+                                            for url in urls))
+    else:
+        health = ["-"] * len(instances)
     rows = [(i, h) for i, h in zip(instances, health, strict=True)]
     rows += [(i, "failing") for i in failing]
     return [InstanceRow(service=i.service, instance_id=i.instance_id, address=i.address,
@@ -207,6 +232,8 @@ def main(argv: list[str]) -> int:
     """Run ``meshkit services``; exit status 0, 1 when no instance is listed or the
     registry cannot be read, 2 for a usage error (argparse's or a bad registry URI)."""
     args = build_parser().parse_args(argv)
+    import asyncio
+
     quiet_logging()
     rows = asyncio.run(collect(args.registry, args.service, args.timeout_s))
     if args.json:  # [] when none: still a JSON document for the script reading it
