@@ -37,6 +37,16 @@ clock, which the replicas share: Redis' key expiry, and for the moving window th
 replicas' timestamps). A strategy the storage cannot run is refused when the options are
 built, like every other bad value (:class:`~meshkit.errors.ConfigError` quoting it).
 
+A ``memory://`` limiter keeps the counts of at most ``max_keys`` callers (default 100,000;
+a caller is a method and a caller key): a caller seen for the first time beyond that makes
+it forget the least recently used one, which **starts a fresh window** at its next call
+(as Envoy bounds its dynamic descriptors with an LRU). A client choosing its own key (a
+header read by :func:`by_metadata`, peers behind a NAT pool) can otherwise grow memory by
+one count per new key for the whole window; it can also, by sending ``max_keys`` new keys,
+evict other callers, so key by an identity the chain verified where callers are not
+trusted. Evictions are counted in :attr:`StorageLimiter.keys_evicted`, the first one
+logged as a warning (``rate limit callers evicted``).
+
 On Redis every hit is one atomic round trip: a Lua script of ``limits`` (for the fixed
 window its ``incr_expire.lua``: the count and the window's expiry set together, never a
 counter left without a TTL) run once. A Redis call is not retried by the client (coredis'
@@ -107,6 +117,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import CodeType, FunctionType, SimpleNamespace
@@ -188,7 +199,8 @@ def rejected_by_rate_limit() -> bool:
     """
     return _rejected.get()
 
-_MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys (cleared when full)
+_MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys of multi-part rules
+# and of networked storages (cleared when full; memory:// one-part rules: max_keys)
 _MAX_CHECKERS = 1_000  # per-method checkers of a memory:// limiter (cleared when full)
 _UNSET: Any = object()
 
@@ -330,13 +342,26 @@ class RateLimitOptions:
         breaker_failures: consecutive storage failures that open the breaker (default 3).
         breaker_open_s: seconds the breaker stays open before a probe (default 1.0);
             doubled after each failed probe up to ``breaker_max_open_s`` (default 5.0).
+        max_keys: callers (a method and a caller key) whose counts a ``memory://``
+            limiter keeps, at most (default 100,000; >= 1). A caller seen for the first
+            time when that many are kept makes the limiter forget the least recently used
+            one: its counts are dropped, so that caller **starts a fresh window** at its
+            next call (it may then make up to a whole limit's calls again). Without a
+            bound, a client that sends a new key value per call (``by_metadata``, or peers
+            behind a NAT pool) kept one count per value for the whole window ("100/hour"
+            at 10k calls/s: 36M). At 750-900 bytes per caller (measured with
+            ``tracemalloc``: counter, lock, key strings, meshkit's cache entries) the
+            default holds a flood to about 90 MB, and is well above the distinct callers
+            one replica sees in a window when keyed by peer or by authenticated user.
+            Evictions are counted (:attr:`StorageLimiter.keys_evicted`); the first is
+            logged as a warning. Other storages ignore it: Redis expires its own keys.
 
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
             malformed rule or rules key; a strategy the storage cannot run; a
             non-callable or ``async def`` key; an empty key_prefix; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
-            ``breaker_max_open_s``. The bad
+            ``breaker_max_open_s``; ``max_keys`` not an integer >= 1. The bad
             value is quoted (storage passwords redacted).
     """
 
@@ -351,6 +376,7 @@ class RateLimitOptions:
     breaker_failures: int = 3
     breaker_open_s: float = 1.0
     breaker_max_open_s: float = 5.0
+    max_keys: int = 100_000
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -380,6 +406,7 @@ class RateLimitOptions:
         if not self.breaker_max_open_s >= self.breaker_open_s:
             raise ConfigError("breaker_max_open_s must be >= breaker_open_s, got "
                               f"{self.breaker_max_open_s!r}")
+        check_int("max_keys", self.max_keys)
 
     def __repr__(self) -> str:
         # the fields as the dataclass repr shows them, storage_uri's password redacted
@@ -929,6 +956,8 @@ class StorageLimiter:
     (``ceil(reset_time - now)``, at least 1) or ``UNAVAILABLE`` when failing closed.
     On a single Redis server each hit is one atomic script, sent once (not retried by the
     client: see the module docstring).
+    With ``memory://`` it keeps at most ``max_keys`` callers' counts, forgetting the least
+    recently used (:attr:`keys_evicted` counts them; see :class:`RateLimitOptions`).
 
     Args:
         options: :class:`RateLimitOptions` (default: all defaults, which limit nothing).
@@ -940,9 +969,10 @@ class StorageLimiter:
             (``async+redis`` needs ``limits[async-redis]``).
     """
 
-    __slots__ = ("_acquire_window", "_checkers", "_deny", "_fixed", "_outage", "_prefix",
-                 "_sliding", "_storage", "_storage_name", "_strategy", "_table", "_timeout_s",
-                 "_unread", "_window_keys", "breaker", "synchronous")
+    __slots__ = ("_acquire_window", "_checkers", "_deny", "_fixed", "_key_caches", "_lru",
+                 "_max_keys", "_outage", "_prefix", "_sliding", "_storage", "_storage_name",
+                 "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
+                 "keys_evicted", "synchronous")
 
     def __init__(self, options: RateLimitOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -984,6 +1014,16 @@ class StorageLimiter:
             if self._sliding else None
         self._window_keys: dict[tuple[int, str, str], tuple[Any, str, int, int]] = {}
         self._checkers: dict[str, Callable[[str], Rejection | None] | None] = {}
+        # memory:// callers, least recently used first: (method, key), or the storage key
+        # of a one-part sliding-window rule -> (what to clear, key cache, keys in it)
+        self._lru: OrderedDict[Any, tuple[tuple[tuple[str, int | None], ...],
+                                          dict[Any, Any] | None, tuple[Any, ...]]] = \
+            OrderedDict()
+        self._max_keys = opts.max_keys
+        self._key_caches: dict[str, dict[str, str]] = {}  # per method: caller -> storage key
+        self.keys_evicted = 0
+        """Callers a ``memory://`` limiter forgot to keep at most ``max_keys`` (each
+        starts a fresh window at its next call)."""
         self._timeout_s = None if self.synchronous else opts.storage_timeout_s
         self._prefix = opts.key_prefix
         self._deny = opts.on_storage_error == "deny"
@@ -1065,30 +1105,57 @@ class StorageLimiter:
         made = None if rule is None else self._checker_for(rule, method)
         if len(self._checkers) >= _MAX_CHECKERS:
             self._checkers.clear()
+            self._key_caches.clear()  # (their entries are dropped as the LRU evicts them)
         self._checkers[method] = made
         return made
 
     def _checker_for(self, rule: Rule, method: str) -> Callable[[str], Rejection | None]:
         hit: Callable[[str], Rejection | None]
-        if self._sliding and len(rule.items) == 1:
-            # SlidingWindowCounterRateLimiter.hit's three lines, with the storage key of
-            # each caller remembered (key_for joins and escapes five strings)
+        touch, track = self._lru.move_to_end, self._track
+        if len(rule.items) == 1:
+            # the strategy's hit (limits' FixedWindowRateLimiter, MovingWindowRateLimiter,
+            # SlidingWindowCounterRateLimiter: one storage call each), with the storage key
+            # of each caller remembered (key_for joins and escapes five strings)
             item = rule.items[0]
-            acquire = self._acquire_window
+            storage = self._storage
             limit, window_s, prefix = item.amount, item.get_expiry(), self._prefix
+            acquire = None if self._fixed else self._acquire_window if self._sliding \
+                else storage.acquire_entry
+            incr = storage.incr
+            sliding_s = window_s if self._sliding else None  # how an eviction clears it
             keys: dict[str, str] = {}
+            self._key_caches[method] = keys
+            max_keys = self._max_keys
 
             def hit(key: str) -> Rejection | None:
                 wkey = keys.get(key)
                 if wkey is None:
-                    if len(keys) >= _MAX_WINDOW_KEYS:
+                    if len(keys) > max_keys:  # never while the LRU holds its keys
                         keys.clear()
                     wkey = keys[key] = item.key_for(prefix, method, key)
-                if acquire(wkey, limit, window_s, 1):
+                    track(wkey, ((wkey, sliding_s),), keys, (key,))
+                else:
+                    try:
+                        touch(wkey)  # the most recently used caller
+                    except KeyError:  # another checker of the method evicted it
+                        track(wkey, ((wkey, sliding_s),), keys, (key,))
+                if (incr(wkey, window_s, 1) <= limit if acquire is None
+                        else acquire(wkey, limit, window_s, 1)):
                     return None
                 return self._rejection(item, method, self._window(item, method, key))
         else:
+            sliding, prefix, items = self._sliding, self._prefix, rule.items
+            cache = self._window_keys if sliding else None  # what _window_key remembers
+
             def hit(key: str) -> Rejection | None:
+                caller = (method, key)
+                try:
+                    touch(caller)  # the most recently used caller
+                except KeyError:
+                    track(caller, tuple((item.key_for(prefix, method, key),
+                                         item.get_expiry() if sliding else None)
+                                        for item in items), cache,
+                          tuple((id(item), method, key) for item in items))
                 return self._hit_now(rule, method, key)
 
         breaker, outage = self.breaker, self._outage
@@ -1106,6 +1173,40 @@ class StorageLimiter:
             return rejection
 
         return check
+
+    def _track(self, caller: Any, clears: tuple[tuple[str, int | None], ...],
+               cache: dict[Any, Any] | None, cached: tuple[Any, ...]) -> None:
+        """Keep ``caller``'s counts (storage keys ``clears``: ``(key, None)``, or a
+        sliding window's ``(key, window seconds)``) as the most recently used; forget
+        the least recently used callers beyond ``max_keys``: their counts cleared from
+        the storage and their entries ``cached`` from ``cache`` (the storage keys meshkit
+        remembers for them)."""
+        lru = self._lru
+        lru[caller] = (clears, cache, cached)
+        lru.move_to_end(caller)  # when it was there already (a checker made again)
+        if len(lru) <= self._max_keys:
+            return
+        storage = self._storage
+        while len(lru) > self._max_keys:
+            _, (old, old_cache, old_cached) = lru.popitem(last=False)
+            for skey, window_s in old:
+                if window_s is None:
+                    storage.clear(skey)
+                else:  # the previous, current and (not yet swept) the one before
+                    now = _MEMORY_CLOCK.time()
+                    storage.clear_sliding_window(skey, window_s)
+                    storage.clear(storage.sliding_window_keys(skey, window_s,
+                                                              now - window_s)[0])
+            if old_cache is not None:
+                for entry in old_cached:
+                    old_cache.pop(entry, None)
+            self.keys_evicted += 1
+            if self.keys_evicted == 1:
+                _log.warning("rate limit callers evicted", max_keys=self._max_keys,
+                             storage=self._storage_name,
+                             consequence="the least recently used callers start a fresh "
+                                         "window; later evictions are counted in "
+                                         "StorageLimiter.keys_evicted")
 
     def _succeeded(self) -> None:
         self.breaker.success()
