@@ -77,68 +77,106 @@ Example::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
-from meshkit.auth._authz import AuthzPolicy, Decision, Rule
-from meshkit.auth._certs import (
-    CertificateInfo,
-    WorkloadFiles,
-    create_ca,
-    describe_certificate,
-    init_ca_dir,
-    issue_into_dir,
-    issue_workload,
-    load_certificate,
-    load_private_key,
-    load_workload_key,
-    write_certificate,
-    write_private_key,
-)
-from meshkit.auth._chain import AuthOptions
-from meshkit.auth._context import current_claims, current_peer
-from meshkit.auth._errors import (
-    AuthError,
-    CertificateError,
-    InvalidTokenError,
-    JWKSError,
-    KeyExistsError,
-    PermissionDeniedError,
-    UnauthenticatedError,
-)
-from meshkit.auth._identity import (
-    DEFAULT_TRUST_DOMAIN,
-    IdentityMatcher,
-    PeerIdentity,
-    PeerVerifier,
-    SpiffeId,
-    default_peer_verifier,
-    identity_dns_name,
-    workload_id,
-)
-from meshkit.auth._jwks import JWKSClient, JWKSClientOptions, JWKSServer, parse_jwks
-from meshkit.auth._jwt import (
-    IssuerOptions,
-    JWTAuthOptions,
-    JWTVerifier,
-    KeySet,
-    KeySource,
-    SigningKey,
-    TokenIssuer,
-    TokenVerifier,
-    VerificationKey,
-    VerifiedTokenCache,
-    VerifierOptions,
-    extract_bearer,
-)
-from meshkit.auth._jwt_types import Claims
-from meshkit.auth._propagation import TokenForwarder
-from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor, PeerIdentityInterceptor
-from meshkit.auth._tls import (
-    ChannelCredentialsReloader,
-    TLSMaterial,
-    TLSOptions,
-    check_server_identity,
-    tls_from_dir,
-)
+
+if TYPE_CHECKING:
+    from meshkit.auth._authz import AuthzPolicy, Decision, Rule
+    from meshkit.auth._certs import (
+        CertificateInfo,
+        WorkloadFiles,
+        create_ca,
+        describe_certificate,
+        init_ca_dir,
+        issue_into_dir,
+        issue_workload,
+        load_certificate,
+        load_private_key,
+        load_workload_key,
+        write_certificate,
+        write_private_key,
+    )
+    from meshkit.auth._chain import AuthOptions
+    from meshkit.auth._context import current_claims, current_peer
+    from meshkit.auth._errors import (
+        AuthError,
+        CertificateError,
+        InvalidTokenError,
+        JWKSError,
+        KeyExistsError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+    )
+    from meshkit.auth._identity import (
+        DEFAULT_TRUST_DOMAIN,
+        IdentityMatcher,
+        PeerIdentity,
+        PeerVerifier,
+        SpiffeId,
+        default_peer_verifier,
+        identity_dns_name,
+        workload_id,
+    )
+    from meshkit.auth._jwks import JWKSClient, JWKSClientOptions, JWKSServer, parse_jwks
+    from meshkit.auth._jwt import (
+        IssuerOptions,
+        JWTAuthOptions,
+        JWTVerifier,
+        KeySet,
+        KeySource,
+        SigningKey,
+        TokenIssuer,
+        TokenVerifier,
+        VerificationKey,
+        VerifiedTokenCache,
+        VerifierOptions,
+        extract_bearer,
+    )
+    from meshkit.auth._jwt_types import Claims
+    from meshkit.auth._propagation import TokenForwarder
+    from meshkit.auth._server import AuthzInterceptor, JWTAuthInterceptor, PeerIdentityInterceptor
+    from meshkit.auth._tls import (
+        ChannelCredentialsReloader,
+        TLSMaterial,
+        TLSOptions,
+        check_server_identity,
+        tls_from_dir,
+    )
+
+# Where each public name lives. ``import meshkit.auth`` (or of any of its submodules, such
+# as ``meshkit.auth.cli``) loads none of them: a name's module is imported when the name is
+# first read (PEP 562), so a program pays for the parts it uses (certificates alone need
+# neither grpc's interceptors, aiohttp nor PyJWT). The one side effect a caller relies on,
+# the quiet logging default, is ``meshkit._log``'s (above).
+_LAZY = {
+    **dict.fromkeys(("AuthzPolicy", "Decision", "Rule"), "meshkit.auth._authz"),
+    **dict.fromkeys(("CertificateInfo", "WorkloadFiles", "create_ca", "describe_certificate",
+                     "init_ca_dir", "issue_into_dir", "issue_workload", "load_certificate",
+                     "load_private_key", "load_workload_key", "write_certificate",
+                     "write_private_key"), "meshkit.auth._certs"),
+    **dict.fromkeys(("AuthOptions",), "meshkit.auth._chain"),
+    **dict.fromkeys(("current_claims", "current_peer"), "meshkit.auth._context"),
+    **dict.fromkeys(("AuthError", "CertificateError", "InvalidTokenError", "JWKSError",
+                     "KeyExistsError", "PermissionDeniedError", "UnauthenticatedError"),
+                    "meshkit.auth._errors"),
+    **dict.fromkeys(("DEFAULT_TRUST_DOMAIN", "IdentityMatcher", "PeerIdentity", "PeerVerifier",
+                     "SpiffeId", "default_peer_verifier", "identity_dns_name", "workload_id"),
+                    "meshkit.auth._identity"),
+    **dict.fromkeys(("JWKSClient", "JWKSClientOptions", "JWKSServer", "parse_jwks"),
+                    "meshkit.auth._jwks"),
+    **dict.fromkeys(("IssuerOptions", "JWTAuthOptions", "JWTVerifier", "KeySet", "KeySource",
+                     "SigningKey", "TokenIssuer", "TokenVerifier", "VerificationKey",
+                     "VerifiedTokenCache", "VerifierOptions", "extract_bearer"),
+                    "meshkit.auth._jwt"),
+    **dict.fromkeys(("Claims",), "meshkit.auth._jwt_types"),
+    **dict.fromkeys(("TokenForwarder",), "meshkit.auth._propagation"),
+    **dict.fromkeys(("AuthzInterceptor", "JWTAuthInterceptor", "PeerIdentityInterceptor"),
+                    "meshkit.auth._server"),
+    **dict.fromkeys(("ChannelCredentialsReloader", "TLSMaterial", "TLSOptions",
+                     "check_server_identity", "tls_from_dir"), "meshkit.auth._tls"),
+}
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -201,3 +239,20 @@ __all__ = [
     "write_certificate",
     "write_private_key",
 ]
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
+    # Any), so a misspelled import would pass; they see the names imported above.
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'meshkit.auth' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # read once: later reads are plain module attributes
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

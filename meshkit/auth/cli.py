@@ -26,17 +26,12 @@ import argparse
 import os
 import sys
 
-from meshkit.auth._certs import (
-    describe_certificate,
-    init_ca_dir,
-    issue_into_dir,
-    load_certificates,
-)
-from meshkit.auth._errors import AuthError, CertificateError
-from meshkit.auth._identity import DEFAULT_TRUST_DOMAIN
-from meshkit.errors import ConfigError
-
 __all__ = ["main"]
+
+# meshkit.auth.DEFAULT_TRUST_DOMAIN, spelled out so that ``--help`` and a usage error
+# import neither cryptography nor grpc (tests/cli/test_cli_startup.py checks it is the
+# same); the certificate machinery is imported in main() once the arguments parse.
+DEFAULT_TRUST_DOMAIN = "meshkit.local"
 
 
 def _default_dir() -> str:
@@ -84,6 +79,15 @@ def main(argv: list[str]) -> int:
         ns = _parser().parse_args(args)
     except SystemExit as exc:
         return int(exc.code or 0)
+    from meshkit.auth._certs import (
+        describe_certificate,
+        init_ca_dir,
+        issue_into_dir,
+        load_certificates,
+    )
+    from meshkit.auth._errors import AuthError, CertificateError
+    from meshkit.errors import ConfigError
+
     try:
         if ns.cmd == "init":
             files = init_ca_dir(ns.dir, trust_domain=ns.trust_domain, ttl_days=ns.ttl_days,

@@ -178,74 +178,87 @@ telemetry traces to the global provider (no ``tracer_provider`` of its own), cal
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from meshkit.observability import _tracing
-from meshkit.observability._admin import AdminOptions, AdminServer, Handler
-from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
-from meshkit.observability._live import ended, live_channel_stats, live_server_stats, track
-from meshkit.observability._logging import (
-    BufferedLineWriter,
-    access_logger,
-    add_trace_context,
-    configure_logging,
-    flush_logs,
-    is_sensitive_key,
-    redact_secrets,
-)
-from meshkit.observability._metrics import (
-    DURATION_BUCKETS_S,
-    MeshCollector,
-    RpcMetrics,
-    default_registry,
-    rpc_metrics,
-    set_certificate_expiry,
-)
-from meshkit.observability._options import PeerIdentityFunc, TelemetryOptions
-from meshkit.observability._server import TelemetryServerInterceptor
-from meshkit.observability._setup import (
-    Implementation,
-    attempt_interceptors,
-    client_interceptors,
-    server_interceptors,
-)
-from meshkit.observability._tracing import (
-    configure_tracing,
-    extract_context,
-    inject_context,
-    otel_client_interceptors,
-    otel_server_interceptor,
-    tracing_from_env,
-)
+import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
 
 if TYPE_CHECKING:
+    from meshkit.observability._admin import AdminOptions, AdminServer, Handler
+    from meshkit.observability._client import (
+        AttemptSpanInterceptor,
+        TelemetryClientInterceptor,
+    )
     from meshkit.observability._files import JsonLinesSpanExporter, load_spans
+    from meshkit.observability._live import ended, live_channel_stats, live_server_stats, track
+    from meshkit.observability._logging import (
+        BufferedLineWriter,
+        access_logger,
+        add_trace_context,
+        configure_logging,
+        flush_logs,
+        is_sensitive_key,
+        redact_secrets,
+    )
+    from meshkit.observability._metrics import (
+        DURATION_BUCKETS_S,
+        MeshCollector,
+        RpcMetrics,
+        default_registry,
+        rpc_metrics,
+        set_certificate_expiry,
+    )
+    from meshkit.observability._options import PeerIdentityFunc, TelemetryOptions
     from meshkit.observability._render import render_trace
+    from meshkit.observability._server import TelemetryServerInterceptor
+    from meshkit.observability._setup import (
+        Implementation,
+        attempt_interceptors,
+        client_interceptors,
+        server_interceptors,
+    )
+    from meshkit.observability._tracing import (
+        configure_tracing,
+        extract_context,
+        inject_context,
+        otel_client_interceptors,
+        otel_server_interceptor,
+        tracing_from_env,
+    )
 
-# These need the OpenTelemetry SDK (``meshkit[otel]``): imported on first use, so
-# ``import meshkit`` works with the API alone.
+# Where each public name lives. ``import meshkit.observability`` (or of any of its
+# submodules) loads none of them: a name's module is imported when the name is first read
+# (PEP 562), so a program pays for the parts it uses (``configure_logging`` alone needs
+# neither aiohttp, limits nor the OpenTelemetry SDK). Importing these modules has no side
+# effect a caller relies on beyond the quiet logging default (``meshkit._log``, above):
+# their at-exit flush and at-fork hooks concern objects only they make.
+_LAZY = {
+    **dict.fromkeys(("AdminOptions", "AdminServer", "Handler"),
+                    "meshkit.observability._admin"),
+    **dict.fromkeys(("AttemptSpanInterceptor", "TelemetryClientInterceptor"),
+                    "meshkit.observability._client"),
+    **dict.fromkeys(("ended", "live_channel_stats", "live_server_stats", "track"),
+                    "meshkit.observability._live"),
+    **dict.fromkeys(("BufferedLineWriter", "access_logger", "add_trace_context",
+                     "configure_logging", "flush_logs", "is_sensitive_key",
+                     "redact_secrets"), "meshkit.observability._logging"),
+    **dict.fromkeys(("DURATION_BUCKETS_S", "MeshCollector", "RpcMetrics",
+                     "default_registry", "rpc_metrics", "set_certificate_expiry"),
+                    "meshkit.observability._metrics"),
+    **dict.fromkeys(("PeerIdentityFunc", "TelemetryOptions"), "meshkit.observability._options"),
+    **dict.fromkeys(("TelemetryServerInterceptor",), "meshkit.observability._server"),
+    **dict.fromkeys(("Implementation", "attempt_interceptors", "client_interceptors",
+                     "server_interceptors"), "meshkit.observability._setup"),
+    **dict.fromkeys(("configure_tracing", "extract_context", "inject_context",
+                     "otel_client_interceptors", "otel_server_interceptor",
+                     "tracing_from_env"), "meshkit.observability._tracing"),
+}
+
+# These need the OpenTelemetry SDK (``meshkit[otel]``): reading one without it raises
+# ConfigError naming the extra, so ``import meshkit`` works with the API alone.
 _SDK_EXPORTS = {"JsonLinesSpanExporter": "meshkit.observability._files",
                 "load_spans": "meshkit.observability._files",
                 "render_trace": "meshkit.observability._render"}
-
-
-if not TYPE_CHECKING:
-    # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
-    # Any), so a misspelled import would pass; they see the lazy names imported above.
-
-    def __getattr__(name: str) -> Any:
-        module = _SDK_EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'meshkit.observability' has no attribute {name!r}")
-        from meshkit.observability._tracing import require_sdk
-
-        require_sdk(name)
-        import importlib
-
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value
-        return value
-
 
 __all__ = [
     "DURATION_BUCKETS_S",
@@ -284,5 +297,37 @@ __all__ = [
     "tracing_from_env",
     "track",
 ]
-if _tracing.sdk_available():  # what needs the SDK is exported only with it
+if TYPE_CHECKING:
     __all__ += ["JsonLinesSpanExporter", "load_spans", "render_trace"]
+else:
+    # Hidden from type checkers: to them a module __getattr__ makes every name exist (as
+    # Any), so a misspelled import would pass; they see the names imported above, and
+    # every name in ``__all__``. At run time what needs the SDK is exported only with it,
+    # and whether it imports is known only by importing it (``_tracing`` does): so
+    # ``__all__`` is made when first read (``from meshkit.observability import *``,
+    # ``dir()``), not at import.
+    _BASE_ALL = tuple(__all__)
+    del __all__
+
+    def __getattr__(name: str) -> Any:
+        if name == "__all__":
+            from meshkit.observability._tracing import sdk_available
+
+            exported = [*_BASE_ALL, *(_SDK_EXPORTS if sdk_available() else ())]
+            globals()["__all__"] = exported
+            return exported
+        module = _LAZY.get(name)
+        if module is None:
+            module = _SDK_EXPORTS.get(name)
+            if module is None:
+                raise AttributeError(
+                    f"module 'meshkit.observability' has no attribute {name!r}")
+            from meshkit.observability._tracing import require_sdk
+
+            require_sdk(name)
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # read once: later reads are plain module attributes
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *(globals().get("__all__") or __getattr__("__all__"))})

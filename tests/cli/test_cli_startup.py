@@ -7,6 +7,12 @@ imports. Each command now imports them after its arguments parse, where it uses 
 Each test runs the command in a fresh interpreter and reads that interpreter's
 ``sys.modules`` when the command ends: what loaded is behaviour, the time it takes is not
 asserted here (``benchmarks/`` measures).
+
+``meshkit.observability`` and ``meshkit.auth`` import their names on first read (PEP 562),
+as ``meshkit`` does: a real ``services`` run used to load aiohttp, limits and the
+OpenTelemetry SDK through ``meshkit.observability``'s package import (for
+``configure_logging``), and ``meshkit certs --help`` cryptography, grpc, aiohttp and PyJWT
+through ``meshkit.auth``'s and ``meshkit/auth/cli.py``'s module-level imports.
 """
 
 from __future__ import annotations
@@ -94,10 +100,10 @@ def test_usage_error_imports_nothing_heavy(tmp_path: Path, command: str) -> None
 
 def test_services_run_loads_only_what_it_uses(tmp_path: Path) -> None:
     """A real ``meshkit services --json`` against an empty local registry (status 1,
-    ``[]``) loads the registry, but neither aiohttp's client session nor ``meshkit
-    call``'s machinery (reflection, protobuf's JSON), nor the mesh client, server or
-    certificates. (aiohttp, the OpenTelemetry SDK and limits still load, through
-    ``meshkit.observability``'s package import for ``configure_logging``.)"""
+    ``[]``) loads the registry and ``configure_logging``, but not aiohttp (no instance has
+    an admin port to probe, so no client session), limits, the OpenTelemetry SDK, the
+    admin server or the interceptors, nor ``meshkit call``'s machinery (reflection,
+    protobuf's JSON), nor the mesh client, server or certificates."""
     registry = tmp_path / "registry"
     registry.mkdir()
     code, out, err, loaded = _run(tmp_path, "services", "--registry", f"local://{registry}",
@@ -105,9 +111,99 @@ def test_services_run_loads_only_what_it_uses(tmp_path: Path) -> None:
     assert (code, out) == (1, "[]\n")
     assert err == f"meshkit services: no instance listed in local://{registry}\n"
     assert "meshkit.discovery._local" in loaded
+    assert "meshkit.observability._logging" in loaded
     assert _heavy(loaded, ("meshkit._cli._call", "meshkit._cli.call", "meshkit.auth",
                            "meshkit.channel", "meshkit.server", "cryptography",
-                           "google.protobuf.json_format", "grpc_reflection.v1alpha")) == []
+                           "google.protobuf.json_format", "grpc_reflection.v1alpha",
+                           "aiohttp", "yarl", "limits", "opentelemetry.sdk",
+                           "meshkit.observability._admin", "meshkit.observability._tracing",
+                           "meshkit.observability._setup", "meshkit.resilience")) == []
+
+
+#: What ``meshkit certs`` needs for no command: PyJWT, the JWKS server's aiohttp, the
+#: interceptors' grpc, telemetry.
+CERTS_NEVER = ("aiohttp", "yarl", "jwt", "opentelemetry", "limits", "prometheus_client",
+               "meshkit.observability", "meshkit.channel", "meshkit.server",
+               "meshkit.auth._jwt", "meshkit.auth._jwks", "meshkit.auth._tls",
+               "meshkit.auth._server")
+
+
+@pytest.mark.parametrize("argv", [("certs", "--help"), ("certs", "init", "--help"),
+                                  ("certs", "inspect", "--help"),
+                                  ("certs", "init", "--ttl-days", "x")],
+                         ids=["certs", "init", "inspect", "usage-error"])
+def test_certs_parser_imports_no_crypto(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    """``meshkit certs --help`` (a subcommand's, a usage error) prints what argparse
+    prints without cryptography, grpc, aiohttp or PyJWT: ``meshkit/auth/cli.py``
+    imports the certificate machinery once its arguments parse."""
+    code, out, err, loaded = _run(tmp_path, *argv)
+    if argv[-1] == "--help":
+        assert (code, err) == (0, "")
+        assert out.startswith(f"usage: meshkit {' '.join(argv[:-1])} ")
+    else:
+        assert (code, out) == (2, "")
+        assert "argument --ttl-days: invalid float value: 'x'" in err
+    assert _heavy(loaded, ("cryptography", "grpc", "google.protobuf", *CERTS_NEVER)) == []
+    assert not {m for m in loaded if m.startswith("meshkit.auth._")}
+
+
+def test_certs_init_and_inspect_load_no_grpc_stack(tmp_path: Path) -> None:
+    """``meshkit certs init`` (default trust domain) then ``certs inspect`` of its CA
+    certificate: they load cryptography and ``meshkit.auth``'s certificate modules, but no
+    aiohttp, PyJWT, OpenTelemetry, limits or the TLS/interceptor modules. (grpc itself
+    still loads, through ``meshkit._config`` and ``meshkit.errors``, whose ``MeshRpcError``
+    is a ``grpc.aio.AioRpcError``.)"""
+    certs = tmp_path / "certs"
+    code, out, err, loaded = _run(tmp_path, "certs", "init", "--dir", str(certs))
+    assert (code, err) == (0, "")
+    assert out.startswith("CA for trust domain meshkit.local: ")
+    assert _heavy(loaded, CERTS_NEVER) == []
+    code, out, err, loaded = _run(tmp_path, "certs", "inspect", str(certs / "ca.pem"))
+    assert (code, err) == (0, "")
+    assert "spiffe id:     spiffe://meshkit.local\n" in out
+    assert "meshkit.auth._certs" in loaded
+    assert _heavy(loaded, CERTS_NEVER) == []
+
+
+@pytest.mark.parametrize("package", ["meshkit.observability", "meshkit.auth"])
+def test_package_import_loads_none_of_its_modules(package: str) -> None:
+    """``import meshkit.observability`` / ``import meshkit.auth`` load the quiet logging
+    default (``meshkit._log``) and none of their modules, nor what those import."""
+    code = ("import json, sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print(json.dumps(sorted(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code, package], capture_output=True,
+                          text=True, timeout=120, check=True)
+    loaded = set(json.loads(proc.stdout))
+    assert "meshkit._log" in loaded
+    assert not {m for m in loaded if m.startswith(package + ".")}
+    assert _heavy(loaded, ("aiohttp", "opentelemetry", "limits", "cryptography", "grpc",
+                           "jwt", "prometheus_client")) == []
+
+
+_SUBMODULES = sorted(
+    f"{pkg}.{p.stem}" for pkg in ("meshkit.observability", "meshkit.auth")
+    for p in Path(__file__).parents[2].joinpath(*pkg.split(".")).glob("*.py")
+    if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", _SUBMODULES)
+def test_each_submodule_imports_first(module: str) -> None:
+    """Each module of the two lazy packages imports first in a fresh interpreter (no
+    package import runs the others ahead of it any more, so a cycle would show here), with
+    the quiet logging default in place."""
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print('meshkit._log' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, module], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True\n", "")
+
+
+def test_certs_default_trust_domain_matches_auth() -> None:
+    """``meshkit/auth/cli.py`` spells the ``--trust-domain`` default out (so that its
+    parser imports no cryptography); it is ``meshkit.auth.DEFAULT_TRUST_DOMAIN``."""
+    from meshkit.auth import DEFAULT_TRUST_DOMAIN, cli
+
+    assert cli.DEFAULT_TRUST_DOMAIN == DEFAULT_TRUST_DOMAIN
 
 
 def test_env_var_matches_discovery() -> None:
