@@ -60,12 +60,23 @@ coredis' cluster retries, which also follow a failed node to its replacement.)
 outcome                                     gRPC status
 ==========================================  =============================================
 over the limit                              ``RESOURCE_EXHAUSTED``, trailing metadata
-                                            ``retry-after: <whole seconds, >= 1>``; the
+                                            ``retry-after: <whole seconds, >= 1>`` and
+                                            ``grpc-retry-pushback-ms`` (below); the
                                             message names the method and the limit, never
                                             a caller key
 storage down, ``on_storage_error="allow"``  the call proceeds (default: fail open)
 storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after)
 ==========================================  =============================================
+
+``grpc-retry-pushback-ms`` (gRFC A6 "Pushback") is ``retry-after`` in milliseconds, or
+``-1`` ("do not retry") when the call's deadline ends before then. gRPC clients whose
+retry or hedging policy lists ``RESOURCE_EXHAUSTED`` (grpc-go, C-core and its wrappers,
+Java) read only this trailer: without it they retried at their own backoff, at once,
+and were refused again until their attempts ran out. With it they wait out the refusal
+(their backoff restarts after it), and one whose deadline would end first gets
+``RESOURCE_EXHAUSTED`` at once instead of ``DEADLINE_EXCEEDED`` after waiting. Clients
+that do not retry it ignore it. meshkit's own retry reads whichever of the two trailers
+comes first: they say the same, so it waits once.
 
 Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` because the
 caller is not over any quota: the server cannot decide, which is the transient "try again
@@ -456,7 +467,8 @@ class Rejection:
             ``UNAVAILABLE`` when failing closed).
         details: the status message; names the method and limit, never a caller key.
         retry_after_s: whole seconds (>= 1) before the caller may succeed, sent as
-            ``retry-after`` trailing metadata; ``None`` sends none.
+            ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata; ``None``
+            sends neither.
     """
 
     code: grpc.StatusCode
@@ -1390,9 +1402,10 @@ class RateLimitInterceptor(WrappingInterceptor):
     The check runs inside the wrapped handler (the caller's peer and metadata are only on
     the ``ServicerContext``), before a unary handler is called or a stream handler reads
     or writes anything. A rejected call ends with ``RESOURCE_EXHAUSTED`` and trailing
-    metadata ``retry-after`` (whole seconds, >= 1); failing closed ends it with
-    ``UNAVAILABLE``. The check runs on the event loop; a plain-function (synchronous)
-    handler then runs in a thread, as grpc.aio runs it
+    metadata ``retry-after`` (whole seconds, >= 1) and ``grpc-retry-pushback-ms`` (the
+    same in milliseconds, ``-1`` when the call's deadline ends first: module docstring);
+    failing closed ends it with ``UNAVAILABLE``. The check runs on the event loop; a
+    plain-function (synchronous) handler then runs in a thread, as grpc.aio runs it
     (:func:`meshkit._handlers.async_behaviour`).
 
     Args:
@@ -1456,6 +1469,12 @@ class RateLimitInterceptor(WrappingInterceptor):
     async def _refuse(rejection: Rejection, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if rejection.code is _RESOURCE_EXHAUSTED:
             _rejected.set(True)  # the call's own task: read by the telemetry wrapper
-        trailing = (() if rejection.retry_after_s is None
-                    else (("retry-after", str(rejection.retry_after_s)),))
+        after = rejection.retry_after_s
+        if after is None:
+            trailing: tuple[tuple[str, str], ...] = ()
+        else:  # gRFC A6 pushback: the wait, or -1 (do not retry) past the caller's deadline
+            remaining = getattr(context, "time_remaining", None)  # None: a stand-in's
+            left = remaining() if remaining is not None else None
+            pushback = "-1" if left is not None and left < after else str(after * 1000)
+            trailing = (("retry-after", str(after)), ("grpc-retry-pushback-ms", pushback))
         await context.abort(rejection.code, rejection.details, trailing)

@@ -3,23 +3,33 @@ used evicted), and the gRFC A6 pushback a refusal sends, against real grpc.aio c
 
 from __future__ import annotations
 
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from structlog.testing import capture_logs
 
+import meshkit
+from meshkit.discovery import LocalRegistry
 from meshkit.errors import ConfigError
+from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 from meshkit.resilience.ratelimit import (
+    RateLimitInterceptor,
     RateLimitOptions,
     StorageLimiter,
     Strategy,
 )
+from tests.conftest import EchoFactory
+from tests.support.echo import SERVICE, handler, method
 
 pytestmark = pytest.mark.timeout(60)
 
 STRATEGIES: tuple[Strategy, ...] = ("fixed-window", "moving-window", "sliding-window-counter")
-METHOD = "/meshkit.test.Echo/Unary"
+METHOD = method("Unary")
 
 
 def entries(limiter: StorageLimiter) -> dict[str, int]:
@@ -127,3 +137,126 @@ def test_max_keys_must_be_a_whole_number_of_callers(bad: Any) -> None:
         RateLimitOptions(max_keys=bad)
     assert "max_keys" in str(info.value)
     assert repr(bad) in str(info.value)
+
+
+# --- gRFC A6 pushback ---------------------------------------------------------------------
+
+
+def _retrying_channel(port: int, max_attempts: int) -> grpc.aio.Channel:
+    """A plain grpc.aio channel whose service config retries RESOURCE_EXHAUSTED on the echo
+    service at once (10 ms backoff) unless the server pushes back (gRFC A6)."""
+    config = {"methodConfig": [{
+        "name": [{"service": SERVICE}],
+        "retryPolicy": {"maxAttempts": max_attempts, "initialBackoff": "0.01s",
+                        "maxBackoff": "0.01s", "backoffMultiplier": 1,
+                        "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]}
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
+        ("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))])
+
+
+class _Attempts:
+    """A key function that records when each attempt reached the limiter (monotonic s)."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def __call__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        self.at.append(time.monotonic())
+        return "one-caller"
+
+
+@contextlib.asynccontextmanager
+async def _limited_echo(options: RateLimitOptions) -> AsyncIterator[int]:
+    """An echo server on 127.0.0.1:0 behind a RateLimitInterceptor; yields its port."""
+    interceptor = RateLimitInterceptor(options)
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((handler("e1"),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+        await interceptor.aclose()
+
+
+def _trailer(err: grpc.aio.AioRpcError, key: str) -> list[str | bytes]:
+    return [v for k, v in err.trailing_metadata() or () if k == key]
+
+
+async def test_a_refusal_pushes_back_as_long_as_retry_after() -> None:
+    """A refusal carries grpc-retry-pushback-ms equal to retry-after in milliseconds (the
+    caller has no deadline)."""
+    attempts = _Attempts()
+    async with (_limited_echo(RateLimitOptions(default_rule="1/minute", key=attempts)) as port,
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel):
+        unary = channel.unary_unary(method("Unary"))
+        await unary(b"1")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await unary(b"2")
+    err = info.value
+    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    (after,) = _trailer(err, "retry-after")
+    assert _trailer(err, "grpc-retry-pushback-ms") == [str(int(after) * 1000)]
+
+
+async def test_a_grpc_client_retrying_resource_exhausted_waits_for_the_pushback() -> None:
+    """A grpc.aio client with a service-config retry policy for RESOURCE_EXHAUSTED (10 ms
+    backoff, 3 attempts) waits the refusal's pushback (1 s, a 1/second fixed window) and
+    its one retry is admitted: two attempts, the second >= 0.9 s after the first refused
+    one; without the pushback it retried at once and was refused three times."""
+    attempts = _Attempts()
+    options = RateLimitOptions(default_rule="1/second", strategy="fixed-window", key=attempts)
+    async with (_limited_echo(options) as port,
+                _retrying_channel(port, max_attempts=3) as channel):
+        unary = channel.unary_unary(method("Unary"))
+        assert await unary(b"1", timeout=30) == b"e1|1"
+        assert len(attempts.at) == 1
+        assert await unary(b"2", timeout=30) == b"e1|2"  # refused, then retried
+    assert len(attempts.at) == 3, attempts.at
+    refused, retried = attempts.at[1], attempts.at[2]
+    assert retried - refused >= 0.9, attempts.at
+
+
+async def test_a_caller_whose_deadline_ends_first_is_told_not_to_retry() -> None:
+    """When retry-after is beyond the call's deadline the pushback is -1 (gRFC A6: do not
+    retry): the grpc client answers RESOURCE_EXHAUSTED after one attempt, instead of
+    waiting out its deadline (DEADLINE_EXCEEDED) or retrying at once to be refused again."""
+    attempts = _Attempts()  # a fixed window: retry-after is about 60 s, never near 5
+    options = RateLimitOptions(default_rule="1/minute", strategy="fixed-window", key=attempts)
+    async with (_limited_echo(options) as port,
+                _retrying_channel(port, max_attempts=3) as channel):
+        unary = channel.unary_unary(method("Unary"))
+        await unary(b"1", timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await unary(b"2", timeout=5)
+    err = info.value
+    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    assert _trailer(err, "grpc-retry-pushback-ms") == ["-1"]
+    assert int(_trailer(err, "retry-after")[0]) > 5
+    assert len(attempts.at) == 2, attempts.at
+
+
+async def test_meshkits_retry_waits_the_refusal_once(registry: LocalRegistry,
+                                                     echo_servers: EchoFactory) -> None:
+    """meshkit's own retry of RESOURCE_EXHAUSTED reads one of retry-after and the pushback
+    (equal): it waits about 1 s once (not twice, not at once) and its retry is admitted."""
+    attempts = _Attempts()
+    await echo_servers("r1", rate_limit=RateLimitOptions(
+        default_rule="1/second", strategy="fixed-window", key=attempts))
+    policy = RetryPolicy(idempotent=True, max_attempts=3,
+                         backoff=Backoff(base_delay_s=0.001, max_delay_s=0.002),
+                         retryable_codes=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED}))
+    options = meshkit.DialOptions(insecure=True, outlier=None,
+                                  retry=RetryOptions(default=policy))
+    async with meshkit.dial("echo", registry=registry, options=options) as channel:
+        unary = channel.unary_unary(method("Unary"))
+        await unary(b"1", timeout=30)
+        first = len(attempts.at)
+        started = time.monotonic()
+        assert await unary(b"2", timeout=30) == b"r1|2"
+        took = time.monotonic() - started
+    tried = attempts.at[first:]
+    assert len(tried) == 2, attempts.at
+    assert tried[1] - tried[0] >= 0.9, tried
+    assert took < 1.9, took  # one wait of 1 s, not two
