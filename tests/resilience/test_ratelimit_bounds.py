@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from structlog.testing import capture_logs
 import meshkit
 from meshkit.discovery import LocalRegistry
 from meshkit.errors import ConfigError
-from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+from meshkit.resilience import Backoff, RetryOptions, RetryPolicy, ratelimit
 from meshkit.resilience.ratelimit import (
     RateLimitInterceptor,
     RateLimitOptions,
@@ -25,6 +27,7 @@ from meshkit.resilience.ratelimit import (
 )
 from tests.conftest import EchoFactory
 from tests.support.echo import SERVICE, handler, method
+from tests.support.skips import skip_or_fail
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,15 +36,16 @@ METHOD = method("Unary")
 
 
 def entries(limiter: StorageLimiter) -> dict[str, int]:
-    """How many entries the limiter's memory storage and meshkit's own per-key caches
-    hold: each grows by one (or two) per distinct caller key when nothing bounds them."""
+    """How many entries the limiter's memory storage (none for Redis) and meshkit's own
+    per-key caches hold: each grows by one (or two) per distinct caller key when nothing
+    bounds them."""
     storage: Any = limiter._storage
     caches: dict[Any, Any] = getattr(limiter, "_key_caches", {})
     return {
-        "counters": len(storage.storage),
-        "expirations": len(storage.expirations),
-        "moving windows": len(storage.events),
-        "locks": len(storage.locks),
+        "counters": len(getattr(storage, "storage", ())),
+        "expirations": len(getattr(storage, "expirations", ())),
+        "moving windows": len(getattr(storage, "events", ())),
+        "locks": len(getattr(storage, "locks", ())),
         "tracked callers": len(getattr(limiter, "_lru", ())),
         "cached storage keys": sum(len(c) for c in caches.values()),
         "window keys": len(limiter._window_keys),
@@ -260,3 +264,32 @@ async def test_meshkits_retry_waits_the_refusal_once(registry: LocalRegistry,
     assert len(tried) == 2, attempts.at
     assert tried[1] - tried[0] >= 0.9, tried
     assert took < 1.9, took  # one wait of 1 s, not two
+
+
+# --- Redis: the keys live in Redis, with TTLs; meshkit's own caches stay bounded ------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_redis_limiters_per_key_caches_stay_bounded(
+        strategy: Strategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Redis, meshkit remembers at most _MAX_WINDOW_KEYS (10,000 shipped) sliding-window
+    storage keys and tracks no caller for eviction (Redis expires its own keys): 300
+    distinct callers under a cap patched to 100 leave at most 100."""
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        skip_or_fail("no Redis answering on 127.0.0.1:6379")
+    assert ratelimit._MAX_WINDOW_KEYS == 10_000
+    monkeypatch.setattr(ratelimit, "_MAX_WINDOW_KEYS", 100)
+    limiter = StorageLimiter(RateLimitOptions(
+        default_rule="100/hour", strategy=strategy, storage_uri="async+redis://127.0.0.1:6379",
+        key_prefix=f"meshkit-test-{uuid.uuid4().hex}", storage_timeout_s=5.0))
+    try:
+        for i in range(300):
+            assert await limiter.check(METHOD, f"u{i}") is None
+        seen = entries(limiter)
+        assert seen["window keys"] <= 100, seen
+        assert seen["tracked callers"] == 0 and seen["cached storage keys"] == 0, seen
+        assert limiter.breaker.opened == 0  # every hit reached Redis
+    finally:
+        await limiter.aclose()
