@@ -257,13 +257,11 @@ async def test_meshkits_retry_waits_the_refusal_once(registry: LocalRegistry,
         unary = channel.unary_unary(method("Unary"))
         await unary(b"1", timeout=30)
         first = len(attempts.at)
-        started = time.monotonic()
         assert await unary(b"2", timeout=30) == b"r1|2"
-        took = time.monotonic() - started
     tried = attempts.at[first:]
     assert len(tried) == 2, attempts.at
-    assert tried[1] - tried[0] >= 0.9, tried
-    assert took < 1.9, took  # one wait of 1 s, not two
+    # one wait of 1 s between the refusal and its retry, not two back to back (>= 2 s)
+    assert 0.9 <= tried[1] - tried[0] < 1.95, tried
 
 
 # --- Redis: the keys live in Redis, with TTLs; meshkit's own caches stay bounded ------------
