@@ -77,6 +77,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -249,9 +250,17 @@ if not TYPE_CHECKING:
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'meshkit.auth' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        with _first_read_lock():
+            value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # read once: later reads are plain module attributes
         return value
+
+    def _first_read_lock() -> Any:
+        """The import lock of a first read, shared with ``meshkit.observability`` (its
+        ``_first_read_lock`` says why): one thread imports at a time."""
+        manager = getattr(importlib._bootstrap, "_ModuleLockManager", None)
+        return contextlib.nullcontext() if manager is None else manager(
+            "meshkit:lazy-package-first-read")
 
 
 def __dir__() -> list[str]:
