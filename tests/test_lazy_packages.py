@@ -7,10 +7,12 @@ program that configures logging and tracing. Each check runs in a fresh interpre
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,6 @@ def test_import_star_and_dir_give_the_names_the_eager_packages_exported() -> Non
                           sorted(set(a.__all__) - set(dir(a)))]))
     """)
     assert done.returncode == 0, done.stderr
-    import json
 
     star_obs, star_auth, all_obs, all_auth, undir_obs, undir_auth = json.loads(done.stdout)
     assert star_obs == all_obs == OBSERVABILITY_ALL
@@ -159,3 +160,70 @@ def test_first_reads_from_several_threads_at_once_all_succeed() -> None:
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "0", done.stdout
+
+
+EXIT_PROGRAM = """
+import atexit, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import structlog
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+log = structlog.get_logger("app")
+atexit.register(lambda: log.warning("hook-before-import"))
+
+class LoggingExporter(SpanExporter):
+    def export(self, spans):
+        log.info("exported", spans=len(spans))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        log.info("exporter-shutdown")  # the provider's own atexit shutdown
+
+import meshkit.observability as obs
+atexit.register(lambda: log.warning("hook-before-first-read"))
+if sys.argv[1] == "tracing-first":
+    from meshkit.observability import configure_tracing, configure_logging
+else:
+    from meshkit.observability import configure_logging, configure_tracing
+provider = configure_tracing("exit-test", exporters=[LoggingExporter()])
+configure_logging("INFO", json=True, access_log_flush_interval_s=30)
+with provider.get_tracer("t").start_as_current_span("s"):
+    log.info("in-span")
+obs.access_logger().info("access", method="/x.Y/Z")  # buffered for up to 30 s
+for i in range(int(sys.argv[2])):  # more than a pipe holds: queued for the writer thread
+    log.info("bulk", i=i, pad="x" * 100)
+pool = ThreadPoolExecutor(1)
+pool.submit(lambda: (time.sleep(0.3), log.info("pool-worker")))  # joined at exit
+log.info("last")
+"""
+
+
+@pytest.mark.parametrize("order", ["tracing-first", "logging-first"])
+def test_a_program_that_configures_logging_and_tracing_loses_no_line_at_exit(
+        order: str, tmp_path: Path) -> None:
+    """The log writer's exit flush (meshkit.observability._logging's atexit and threading
+    hooks) now registers when a name is first read, not at the package import: after an
+    atexit hook registered in between, after or before the tracing provider's. Every
+    line still reaches stderr: logged at exit by the program's hooks (either side of the
+    import), by the span exporter's shutdown, by a pool worker, the access log's pending
+    batch, and 2,000 lines queued behind a reader that starts reading 0.5 s late."""
+    script = tmp_path / "prog.py"
+    script.write_text(EXIT_PROGRAM)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MESHKIT_TRACE_FILE", None)
+    proc = subprocess.Popen([sys.executable, str(script), order, "2000"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)  # the pipe fills: lines queue for meshkit's writer thread
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.wait(timeout=60) == 0, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert events.count("bulk") == 2000, err[-2000:]
+    for event in ("in-span", "access", "last", "pool-worker", "exported", "exporter-shutdown",
+                  "hook-before-first-read", "hook-before-import"):
+        assert events.count(event) == 1, (event, events[-12:])
+    assert "dropped" not in err
