@@ -572,6 +572,9 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         self._sweep_handle: asyncio.Handle | None = None
         self.sweeps_scheduled = 0
         """Sweeps this storage scheduled (for tests and diagnostics)."""
+        self.after_sweep: Callable[[], None] | None = None
+        """Called on the thread that counts after each sweep's deletions (what
+        :class:`StorageLimiter` forgets the callers whose counts the sweep dropped by)."""
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # overrides limits
         now = time.monotonic()
@@ -583,6 +586,8 @@ class SweepThrottledMemoryStorage(MemoryStorage):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop in this thread: limits' own timer thread
             self._drop_ended_windows()  # here: the timer thread must not delete lists
+            if self.after_sweep is not None:  # (what the timer's last sweep dropped)
+                self.after_sweep()
             getattr(super(), _SCHEDULE_SWEEP)()
             return
         # not "only if none is pending": a handle left on a loop that stopped before running
@@ -593,6 +598,8 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         self._sweep_handle = None
         getattr(self, _EXPIRE)()
         self._drop_ended_windows()
+        if self.after_sweep is not None:
+            self.after_sweep()
 
     def _drop_ended_windows(self) -> None:
         """Delete the moving-window keys whose list of hits is empty (``limits``' sweep
@@ -1017,6 +1024,8 @@ class StorageLimiter:
                 f"{_scrub_uri_secrets(reason, uri)}"
             ) from None
         self._storage = storage
+        if self.synchronous:  # callers whose counts the sweep dropped: forgotten too
+            storage.after_sweep = self._forget_ended
         self._sliding = opts.strategy == "sliding-window-counter"
         self._fixed = opts.strategy == "fixed-window"
         # the sliding-window counter's hit made here (the strategy's own three lines, with
@@ -1219,6 +1228,35 @@ class StorageLimiter:
                              consequence="the least recently used callers start a fresh "
                                          "window; later evictions are counted in "
                                          "StorageLimiter.keys_evicted")
+
+    def _forget_ended(self) -> None:
+        """Forget the least recently used callers that the storage holds no count of any
+        more (their windows ended and its sweep dropped them), as an eviction would but
+        uncounted: a caller whose windows ended costs nothing (without this, its LRU
+        entry and cached storage keys, about 600 bytes, stayed until evicted). Walks from
+        the least recently used end and stops at the first caller with a count left, so
+        a sweep costs one check per caller forgotten, plus one; a caller behind one
+        still counted waits for a later sweep (at most about two windows after its last
+        call). Run by the storage after each sweep, on the thread that counts."""
+        lru = self._lru
+        storage = self._storage
+        counters, events = storage.storage, storage.events
+        now = _MEMORY_CLOCK.time()
+        while lru:
+            caller, (clears, cache, cached) = next(iter(lru.items()))
+            for skey, window_s in clears:
+                if window_s is None:
+                    if skey in counters or skey in events:
+                        return
+                else:  # the previous, current and (not yet swept) the one before
+                    held = (*storage.sliding_window_keys(skey, window_s, now),
+                            storage.sliding_window_keys(skey, window_s, now - window_s)[0])
+                    if any(key in counters for key in held):
+                        return
+            del lru[caller]
+            if cache is not None:
+                for entry in cached:
+                    cache.pop(entry, None)
 
     def _succeeded(self) -> None:
         self.breaker.success()

@@ -3,6 +3,7 @@ used evicted), and the gRFC A6 pushback a refusal sends, against real grpc.aio c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -132,6 +133,44 @@ async def test_the_default_bound_holds_for_every_strategy() -> None:
             assert limiter.keys_evicted == 1_000
         finally:
             await limiter.aclose()
+
+
+@pytest.mark.parametrize("rule", ["5/minute", "5/minute;100/hour"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_callers_whose_windows_ended_cost_nothing(
+        strategy: Strategy, rule: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a caller's windows have ended and the storage's sweep dropped its counts,
+    meshkit forgets it too (not an eviction): a flood of 2,000 keys leaves no tracked
+    caller nor cached storage key behind, as before the LRU (about 600 bytes each were
+    kept for good: 60 MB at the default max_keys), and a caller seen again starts
+    counting afresh as it would have."""
+    now = [ratelimit._MEMORY_CLOCK.time()]
+    monkeypatch.setattr(ratelimit._MEMORY_CLOCK, "time", lambda: now[0])
+    limiter = StorageLimiter(RateLimitOptions(default_rule=rule, strategy=strategy))
+    storage: Any = limiter._storage
+    storage.sweep_interval_s = 0.0  # a sweep due at every hit, run on this loop
+    check = limiter.checker(METHOD)
+    assert check is not None
+    try:
+        for i in range(2_000):
+            assert check(f"x-user=flood-{i}") is None
+        assert entries(limiter)["tracked callers"] == 2_000
+        for _ in range(5):
+            assert check("steady") is None
+        assert check("steady") is not None  # over 5/minute
+        now[0] += 2 * 3600 + 1  # every window over, a sliding window's previous one too
+        assert check("steady") is None  # a fresh window; schedules a sweep
+        await asyncio.sleep(0)  # the sweep runs (loop.call_soon)
+        seen = entries(limiter)
+        assert seen["counters"] + seen["moving windows"] == len(rule.split(";")), seen
+        assert seen["tracked callers"] == 1, seen  # "steady", counted since
+        assert seen["cached storage keys"] + seen["window keys"] <= len(rule.split(";")), seen
+        assert limiter.keys_evicted == 0
+        for _ in range(4):
+            assert check("steady") is None
+        assert check("steady") is not None  # its new window still counted
+    finally:
+        await limiter.aclose()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "100", None])
