@@ -45,7 +45,8 @@ header read by :func:`by_metadata`, peers behind a NAT pool) can otherwise grow 
 one count per new key for the whole window; it can also, by sending ``max_keys`` new keys,
 evict other callers, so key by an identity the chain verified where callers are not
 trusted. Evictions are counted in :attr:`StorageLimiter.keys_evicted`, the first one
-logged as a warning (``rate limit callers evicted``).
+logged as a warning (``rate limit callers evicted``). A caller whose windows have ended
+is forgotten (uncounted) after the storage's next sweep, as its counts are.
 
 On Redis every hit is one atomic round trip: a Lua script of ``limits`` (for the fixed
 window its ``incr_expire.lua``: the count and the window's expiry set together, never a
@@ -365,7 +366,9 @@ class RateLimitOptions:
             default holds a flood to about 90 MB, and is well above the distinct callers
             one replica sees in a window when keyed by peer or by authenticated user.
             Evictions are counted (:attr:`StorageLimiter.keys_evicted`); the first is
-            logged as a warning. Other storages ignore it: Redis expires its own keys.
+            logged as a warning. A caller whose windows ended is forgotten after the
+            storage's next sweep (uncounted: it has no count to lose). Other storages
+            ignore it: Redis expires its own keys.
 
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
