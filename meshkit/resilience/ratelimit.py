@@ -69,15 +69,19 @@ storage down, ``on_storage_error="allow"``  the call proceeds (default: fail ope
 storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after)
 ==========================================  =============================================
 
-``grpc-retry-pushback-ms`` (gRFC A6 "Pushback") is ``retry-after`` in milliseconds, or
-``-1`` ("do not retry") when the call's deadline ends before then. gRPC clients whose
+``grpc-retry-pushback-ms`` (gRFC A6 "Pushback") is the wait in milliseconds, or ``-1``
+("do not retry") when the call's deadline ends before then. With ``memory://`` it is the
+wait to the millisecond (rounded up), which ``retry-after`` rounds up to whole seconds: a
+"1/second" caller refused 0.6 s into its window may retry in 400 ms, and one whose
+deadline is 0.5 s away is told so, not ``-1``. With Redis (whose TTLs are whole seconds)
+it is ``retry-after`` x 1000. gRPC clients whose
 retry or hedging policy lists ``RESOURCE_EXHAUSTED`` (grpc-go, C-core and its wrappers,
 Java) read only this trailer: without it they retried at their own backoff, at once,
 and were refused again until their attempts ran out. With it they wait out the refusal
 (their backoff restarts after it), and one whose deadline would end first gets
 ``RESOURCE_EXHAUSTED`` at once instead of ``DEADLINE_EXCEEDED`` after waiting. Clients
 that do not retry it ignore it. meshkit's own retry reads whichever of the two trailers
-comes first: they say the same, so it waits once.
+comes first, ``retry-after``: it waits once, the whole seconds.
 
 Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` because the
 caller is not over any quota: the server cannot decide, which is the transient "try again
@@ -472,11 +476,23 @@ class Rejection:
         retry_after_s: whole seconds (>= 1) before the caller may succeed, sent as
             ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata; ``None``
             sends neither.
+        pushback_ms: the same wait in milliseconds (>= 1), rounded up, when the limiter
+            knows it that well (``memory://``: its windows are on this process' clock),
+            sent as ``grpc-retry-pushback-ms``; ``None``: ``retry_after_s`` x 1000 (a
+            Redis window's end is known from its TTL in whole seconds).
     """
 
     code: grpc.StatusCode
     details: str
     retry_after_s: int | None = None
+    pushback_ms: int | None = None
+
+
+def _wait_ms(rejection: Rejection) -> int:
+    """A rejection's wait in milliseconds: its pushback, else its retry-after (0: none)."""
+    if rejection.pushback_ms is not None:
+        return rejection.pushback_ms
+    return (rejection.retry_after_s or 0) * 1000
 
 
 class Limiter(Protocol):
@@ -1397,9 +1413,12 @@ class StorageLimiter:
             after = retry_after_s(wait, 0.0)
         else:  # a reset time on the storage's clock: memory:// the monotonic one
             now = _MEMORY_CLOCK.time() if self.synchronous else time.time()
+            wait = window.reset_time - now
             after = retry_after_s(window.reset_time, now)
+        # memory://: the wait to the millisecond (its own clock); Redis: TTLs in seconds
+        pushback = max(1, math.ceil(wait * 1000)) if self.synchronous else None
         return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"rate limit exceeded for {method}: {item}", after)
+                         f"rate limit exceeded for {method}: {item}", after, pushback)
 
     def _longer(self, rejection: Rejection, item: Any, method: str,
                 window: Any) -> Rejection:
@@ -1416,8 +1435,7 @@ class StorageLimiter:
         if not spent:
             return rejection
         other = self._rejection(item, method, window)
-        return other if (other.retry_after_s or 0) > (rejection.retry_after_s or 0) \
-            else rejection
+        return other if _wait_ms(other) > _wait_ms(rejection) else rejection
 
     def _storage_failed(self, method: str, exc: Exception) -> Rejection | None:
         if self._outage.failed():
@@ -1444,7 +1462,7 @@ class RateLimitInterceptor(WrappingInterceptor):
     the ``ServicerContext``), before a unary handler is called or a stream handler reads
     or writes anything. A rejected call ends with ``RESOURCE_EXHAUSTED`` and trailing
     metadata ``retry-after`` (whole seconds, >= 1) and ``grpc-retry-pushback-ms`` (the
-    same in milliseconds, ``-1`` when the call's deadline ends first: module docstring);
+    wait in milliseconds, ``-1`` when the call's deadline ends first: module docstring);
     failing closed ends it with ``UNAVAILABLE``. The check runs on the event loop; a
     plain-function (synchronous) handler then runs in a thread, as grpc.aio runs it
     (:func:`meshkit._handlers.async_behaviour`).
@@ -1514,8 +1532,9 @@ class RateLimitInterceptor(WrappingInterceptor):
         if after is None:
             trailing: tuple[tuple[str, str], ...] = ()
         else:  # gRFC A6 pushback: the wait, or -1 (do not retry) past the caller's deadline
+            wait_ms = _wait_ms(rejection)
             remaining = getattr(context, "time_remaining", None)  # None: a stand-in's
             left = remaining() if remaining is not None else None
-            pushback = "-1" if left is not None and left < after else str(after * 1000)
+            pushback = "-1" if left is not None and left * 1000 < wait_ms else str(wait_ms)
             trailing = (("retry-after", str(after)), ("grpc-retry-pushback-ms", pushback))
         await context.abort(rejection.code, rejection.details, trailing)

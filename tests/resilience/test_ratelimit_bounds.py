@@ -228,8 +228,8 @@ def _trailer(err: grpc.aio.AioRpcError, key: str) -> list[str | bytes]:
 
 
 async def test_a_refusal_pushes_back_as_long_as_retry_after() -> None:
-    """A refusal carries grpc-retry-pushback-ms equal to retry-after in milliseconds (the
-    caller has no deadline)."""
+    """A refusal carries grpc-retry-pushback-ms: the wait in milliseconds, which
+    retry-after rounds up to whole seconds (the caller has no deadline; memory://)."""
     attempts = _Attempts()
     async with (_limited_echo(RateLimitOptions(default_rule="1/minute", key=attempts)) as port,
                 grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel):
@@ -240,14 +240,64 @@ async def test_a_refusal_pushes_back_as_long_as_retry_after() -> None:
     err = info.value
     assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     (after,) = _trailer(err, "retry-after")
-    assert _trailer(err, "grpc-retry-pushback-ms") == [str(int(after) * 1000)]
+    (pushback,) = _trailer(err, "grpc-retry-pushback-ms")
+    assert (int(after) - 1) * 1000 < int(pushback) <= int(after) * 1000, (after, pushback)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_memory_refusals_pushback_is_the_exact_wait(
+        strategy: Strategy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory:// knows when its window admits again to the millisecond (its own clock):
+    the pushback says so, where retry-after rounds up to whole seconds. A caller refused
+    20.25 s into a 1/minute window may retry in 39,750 ms (sliding: the weighted wait,
+    within retry-after's last second), not 40,000."""
+    now = [ratelimit._MEMORY_CLOCK.time()]
+    monkeypatch.setattr(ratelimit._MEMORY_CLOCK, "time", lambda: now[0])
+    limiter = StorageLimiter(RateLimitOptions(default_rule="1/minute", strategy=strategy))
+    check = limiter.checker(METHOD)
+    assert check is not None
+    try:
+        assert check("a") is None
+        now[0] += 20.25
+        refused = check("a")
+        assert refused is not None and refused.retry_after_s is not None
+        assert refused.pushback_ms is not None
+        if strategy == "sliding-window-counter":
+            assert (refused.retry_after_s - 1) * 1000 < refused.pushback_ms \
+                <= refused.retry_after_s * 1000, refused
+        else:
+            assert (refused.retry_after_s, refused.pushback_ms) == (40, 39_750)
+        now[0] += refused.pushback_ms / 1000 + 0.001  # (the clock's sums are not exact)
+        assert check("a") is None  # admitted once the pushback is over
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_deadline_between_the_wait_and_retry_after_still_retries() -> None:
+    """A grpc client whose deadline ends after the real wait but before retry-after's
+    rounded-up seconds is told the wait (not -1) and its retry is admitted: a 1 per 2
+    seconds window refused about 0.9 s in (wait about 1.1 s, retry-after 2), the call's
+    deadline 1.9 s. Answered -1 it ended RESOURCE_EXHAUSTED after one attempt. (On a box
+    slow enough that the refusal comes over 1 s in, retry-after is 1 and it passes
+    either way.)"""
+    attempts = _Attempts()
+    options = RateLimitOptions(default_rule="1 per 2 seconds", strategy="fixed-window",
+                               key=attempts)
+    async with (_limited_echo(options) as port,
+                _retrying_channel(port, max_attempts=3) as channel):
+        unary = channel.unary_unary(method("Unary"))
+        assert await unary(b"1", timeout=30) == b"e1|1"
+        await asyncio.sleep(0.9)
+        assert await unary(b"2", timeout=1.9) == b"e1|2"
+    assert len(attempts.at) == 3, attempts.at
 
 
 async def test_a_grpc_client_retrying_resource_exhausted_waits_for_the_pushback() -> None:
     """A grpc.aio client with a service-config retry policy for RESOURCE_EXHAUSTED (10 ms
-    backoff, 3 attempts) waits the refusal's pushback (1 s, a 1/second fixed window) and
-    its one retry is admitted: two attempts, the second >= 0.9 s after the first refused
-    one; without the pushback it retried at once and was refused three times."""
+    backoff, 3 attempts) waits the refusal's pushback (the rest of a 1/second fixed
+    window) and its one retry is admitted: two attempts, the second once the window ended
+    (>= 0.9 s after the call that opened it); without the pushback it retried at once and
+    was refused three times."""
     attempts = _Attempts()
     options = RateLimitOptions(default_rule="1/second", strategy="fixed-window", key=attempts)
     async with (_limited_echo(options) as port,
@@ -257,8 +307,10 @@ async def test_a_grpc_client_retrying_resource_exhausted_waits_for_the_pushback(
         assert len(attempts.at) == 1
         assert await unary(b"2", timeout=30) == b"e1|2"  # refused, then retried
     assert len(attempts.at) == 3, attempts.at
-    refused, retried = attempts.at[1], attempts.at[2]
-    assert retried - refused >= 0.9, attempts.at
+    # the pushback is the wait to the window's end (1 s after the admitted call, whose
+    # hit opened it), not a whole second from the refusal
+    opened, retried = attempts.at[0], attempts.at[2]
+    assert retried - opened >= 0.9, attempts.at
 
 
 async def test_a_caller_whose_deadline_ends_first_is_told_not_to_retry() -> None:
