@@ -240,8 +240,8 @@ async def test_watchers_keep_endpoints_until_owners_renew_after_a_write_outage(
     some time later: no watch may drop b meanwhile. The first write after an outage does
     not make entries that expired during it dead: their owners have not had a chance to
     renew them (issue 12 item 2, the UNAVAILABLE burst right after the restore)."""
-    # TTL 1.5 s: heartbeats every 0.5 s, a grace period of 1.5 s after writes work again.
-    args = ("--ttl-s", "1.5", "--poll-s", "0.05")
+    # TTL 1 s: heartbeats every 1/3 s, a grace period of 1 s after writes work again.
+    args = ("--ttl-s", "1", "--poll-s", "0.05")
     a = await Child.start(tmp_path, *args, "--register", "a", "--watch", "svc")
     b = await Child.start(tmp_path, *args, "--register", "b")
     c = await Child.start(tmp_path, *args, "--watch", "svc")
@@ -273,7 +273,7 @@ async def test_watchers_keep_endpoints_until_owners_renew_after_a_write_outage(
             return await reader.instances("svc") == {inst("a"), inst("b")}
 
         await until(b_renewed, timeout_s=5, what="B to renew b")
-        await asyncio.sleep(2.0)  # past the grace period: the truth applies, a and b live
+        await asyncio.sleep(1.33)  # past the grace period: the truth applies, a and b live
         for who, w in (("A", a), ("C", c)):
             assert not _missing(w, {"a", "b"}), f"{who}'s watch dropped a live owner: " \
                                                 f"{w.sets()}"
@@ -560,9 +560,9 @@ async def test_watchers_keep_endpoints_until_owners_reregister_in_a_new_file(
     no watch may drop a or b (issue 12 item 3: watchers applied the new file's contents,
     one endpoint, before the other owners re-registered). A third owner that registers in
     the new file is seen at once."""
-    # TTL 3 s: heartbeats every 1 s, so the owners' heartbeats are not what re-registers
+    # TTL 2 s: heartbeats every 2/3 s, so the owners' heartbeats are not what re-registers
     # them first; the grace period (one TTL) covers them anyway.
-    args = ("--ttl-s", "3", "--poll-s", "0.05")
+    args = ("--ttl-s", "2", "--poll-s", "0.05")
     a = await Child.start(tmp_path, *args, "--register", "a", "--watch", "svc")
     b = await Child.start(tmp_path, *args, "--register", "b")
     c = await Child.start(tmp_path, *args, "--watch", "svc")
@@ -583,10 +583,10 @@ async def test_watchers_keep_endpoints_until_owners_reregister_in_a_new_file(
         await until(all_there, timeout_s=5, what="a, b and d in the new file")
     finally:
         await reader.close()
-    # past the grace period: one TTL (3 s) from when each watcher found the file replaced,
+    # past the grace period: one TTL (2 s) from when each watcher found the file replaced,
     # at its next poll (0.05 s) after the deletion; 0.5 s of margin for that poll. d's
     # start and the reads above used part of it already.
-    await asyncio.sleep(max(0.0, deleted_at + 3.5 - time.monotonic()))
+    await asyncio.sleep(max(0.0, deleted_at + 2.5 - time.monotonic()))
     for who, w in (("A", a), ("C", c)):
         assert not _missing(w, {"a", "b"}), f"{who}'s watch dropped a live owner: {w.sets()}"
         assert w.sets()[-1] == {"a", "b", "d"}, w.sets()
