@@ -47,8 +47,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """A :class:`Backend` for each registry, with short TTLs."""
     name: str = request.param
     if name == "local":
-        opts = LocalOptions(path=tmp_path / "registry", ttl_s=1.0, poll_interval_s=0.05)
-        b = Backend(name, lambda: LocalRegistry(opts), ttl_s=1.0, expiry_slack_s=0.5)
+        opts = LocalOptions(path=tmp_path / "registry", ttl_s=0.6, poll_interval_s=0.05)
+        b = Backend(name, lambda: LocalRegistry(opts), ttl_s=0.6, expiry_slack_s=0.5)
         try:
             yield b
         finally:
