@@ -193,9 +193,11 @@ async def run(args: argparse.Namespace, sup: Supervisor, workdir: Path,
                 keep = {id(p.server) for p in ctx.pairs.values()} | \
                     {id(p.client) for p in ctx.pairs.values()}
                 done = [p for p in sup.procs if id(p) not in before and id(p) not in keep]
-                await asyncio.gather(*(p.stop(1.0) for p in done), return_exceptions=True)
+                await ctx.tear_down(asyncio.gather(*(p.stop(1.0) for p in done),
+                                                   return_exceptions=True))
             print(f"  ({time.monotonic() - t0:.1f} s)", flush=True)
     finally:
+        await ctx.stopped()
         await sup.close()
     results["duration_s"] = round(time.monotonic() - started, 2)
     results["targets"] = report.targets(results)

@@ -6,7 +6,7 @@ import asyncio
 import re
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,18 @@ class Plan:
             scenario (registries ``local``, ``etcd`` (real), ``consul`` (the test double);
             balancers ``p2c``, ``rr``).
         fanout_quick: fewer timeit loops in the fan-out scenario.
+        join_lead_s: convergence: load before the new instance registers (0.3 s).
+        channel_warmup_s: failover and convergence: the warm-up load of each channel
+            (0.2 s).
         drain_delay_s: how long a meshkit server worker keeps serving after it deregistered
             on SIGTERM or at the end of its scenario (1 s; the smoke run, which only checks
             that every scenario runs, 0.2 s, so it does not wait a second per scenario).
+        slow_warmup_s: the slow-replica scenario's shortest warm-up per contender (its
+            warm-up is the longer of this and ``warmup_s``; 0.3 s, the smoke run 0.1 s).
+        overlap_stops: stop a scenario's worker processes while the next scenario runs
+            (their drains and exits overlap it; the run waits for them at its end)
+            instead of before the next one starts. Only the smoke run, whose figures
+            nobody reads, does: every other run measures with no worker exiting.
     """
 
     mode: str
@@ -68,22 +77,27 @@ class Plan:
     convergence_rounds: int = 1
     join_obs_s: float = 1.5
     leave_obs_s: float = 2.0
+    join_lead_s: float = 0.3
+    channel_warmup_s: float = 0.2
     convergence_contenders: tuple[str, ...] = ("local-p2c", "local-rr", "etcd-p2c",
                                                "etcd-rr", "consul-p2c", "consul-rr")
     fanout_quick: bool = True
     drain_delay_s: float = 1.0
+    slow_warmup_s: float = 0.3
+    overlap_stops: bool = False
 
 
 PLANS: dict[str, Plan] = {
     # the full-stack variants are in the smoke run so that one run of the test suite's
     # shows that every one of them builds (make bench measures them all)
-    "smoke": Plan(mode="smoke", rounds=2, round_s=0.15, warmup_s=0.1,
+    "smoke": Plan(mode="smoke", rounds=2, round_s=0.08, warmup_s=0.05,
                   overhead_only=("raw", "mesh", "defaults", "full", "full-inline",
                                  "full-1pct", "full+mtls"), slow_rounds=1,
-                  slow_round_s=0.2,
-                  failover_pre_s=0.4, failover_post_s=0.7, join_obs_s=0.6, leave_obs_s=0.5,
+                  slow_round_s=0.1, slow_warmup_s=0.1,
+                  failover_pre_s=0.3, failover_post_s=0.7, join_obs_s=0.5, leave_obs_s=0.4,
+                  join_lead_s=0.1, channel_warmup_s=0.05,
                   convergence_contenders=("local-p2c", "etcd-p2c", "consul-p2c"),
-                  drain_delay_s=0.2),
+                  drain_delay_s=0.2, overlap_stops=True),
     "quick": Plan(mode="quick", rounds=3, round_s=0.2, warmup_s=0.1, slow_rounds=2,
                   slow_round_s=0.5, failover_pre_s=0.6, failover_post_s=1.4, join_obs_s=1.0,
                   leave_obs_s=1.3, convergence_contenders=("local-p2c", "local-rr",
@@ -151,6 +165,20 @@ class Ctx:
     pairs: dict[str, Pair] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     generation: int = 0  # bumped by renew_pairs: the workers' names (and logs) differ
+    stopping: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    async def tear_down(self, work: Awaitable[Any]) -> None:
+        """Run ``work`` (stopping processes, closing registries) now, or with the plan's
+        :attr:`Plan.overlap_stops` in a task that :meth:`stopped` awaits."""
+        if self.plan.overlap_stops:
+            self.stopping.append(asyncio.ensure_future(work))
+        else:
+            await work
+
+    async def stopped(self) -> None:
+        """Wait for the tear-downs :meth:`tear_down` left running (errors ignored)."""
+        tasks, self.stopping = self.stopping, []
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def note(self, text: str) -> None:
         """Record (and print) a note that goes into the results."""

@@ -29,13 +29,12 @@ import signal
 import time
 from typing import Any
 
-from benchmarks.procs import ClientProc
+from benchmarks.procs import ClientProc, ServerProc
 from benchmarks.scenarios._common import Ctx, median
 
 __all__ = ["run"]
 
 NAME = "convergence"
-LEAD_S = 0.3
 #: How each registry is named in tables and targets.
 LABELS = {"local": "local", "etcd": "etcd (real, 1 node)", "consul": "Consul (test double)"}
 BALANCERS = {"p2c": ("p2c", "outlier", "retry"), "rr": (),
@@ -63,12 +62,12 @@ async def _round(ctx: Ctx, client: ClientProc, channel: str, registry: str, serv
     plan = ctx.plan
     srv = await ctx.sup.server(new_id, kind="mesh", service=service, registry=registry,
                                hold=True)
-    duration = LEAD_S + plan.join_obs_s + plan.leave_obs_s
+    duration = plan.join_lead_s + plan.join_obs_s + plan.leave_obs_s
     try:
         load = asyncio.create_task(client.request(
             {"op": "load", "name": channel, "concurrency": 4, "duration_s": duration,
              "max_calls": int(duration * 50_000), "timeline": True}, timeout_s=duration + 60))
-        await asyncio.sleep(LEAD_S)
+        await asyncio.sleep(plan.join_lead_s)
         t_reg = await srv.go()
         await asyncio.sleep(max(0.0, t_reg + plan.join_obs_s - time.monotonic()))
         srv.signal(signal.SIGTERM)
@@ -89,6 +88,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     consul = ConsulDouble()
     await consul.start()
     etcd: EtcdCluster | None = None
+    started: list[ServerProc | ClientProc] = []  # stopped before their registries
     try:
         registries = {"local": (ctx.registry("convergence"), "conv"),
                       "consul": (f"consul://{consul.addr}", "convc")}
@@ -101,10 +101,11 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                 registries["etcd"] = (etcd.uri(), "conve")
         registries = {r: v for r, v in registries.items()
                       if any(c.startswith(f"{r}-") for c in wanted)}
-        await asyncio.gather(*(
+        started += await asyncio.gather(*(
             ctx.sup.server(f"{reg}-base-{i}", kind="mesh", service=svc, registry=uri)
             for reg, (uri, svc) in registries.items() for i in (1, 2)))
         client = await ctx.sup.client("cli-convergence")
+        started.append(client)
         contenders: list[tuple[str, str, str, str]] = []
         for reg, (uri, svc) in registries.items():
             for bal in BALANCERS:
@@ -116,7 +117,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                                       "layers": list(BALANCERS[bal]), "expect": 2},
                                      timeout_s=30)
                 await client.request({"op": "load", "name": name, "concurrency": 4,
-                                      "duration_s": 0.2, "max_calls": 20_000}, timeout_s=60)
+                                      "duration_s": plan.channel_warmup_s,
+                                      "max_calls": 20_000}, timeout_s=60)
                 contenders.append((name, reg, uri, svc))
         print(f"  {len(contenders)} contenders x {plan.convergence_rounds} join+drain",
               flush=True)
@@ -146,7 +148,16 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         return {"join_obs_s": plan.join_obs_s, "leave_obs_s": plan.leave_obs_s,
                 "drain_delay_s": ctx.sup.drain_delay_s, "contenders": out}
     finally:
-        with contextlib.suppress(Exception):
-            await consul.close()
-        if etcd is not None:
-            etcd.close()
+        await ctx.tear_down(_close(started, consul, etcd))
+
+
+async def _close(started: list[ServerProc | ClientProc], consul: Any,
+                 etcd: Any) -> None:
+    """Stop the scenario's processes, then the registries they are registered in: the
+    base servers deregister as they stop, and with etcd or the Consul double already
+    closed they waited out the stop's grace and SIGTERM's (2 s) instead."""
+    await asyncio.gather(*(p.stop(1.0) for p in started), return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await consul.close()
+    if etcd is not None:
+        etcd.close()

@@ -123,7 +123,8 @@ async def run(ctx: Ctx) -> dict[str, Any]:
                              timeout_s=30)
     for name in CONTENDERS:
         await client.request({"op": "load", "name": name, "concurrency": 4,
-                              "duration_s": 0.2, "max_calls": 20_000}, timeout_s=60)
+                              "duration_s": plan.channel_warmup_s, "max_calls": 20_000},
+                             timeout_s=60)
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in CONTENDERS}
     gen = 0
     duration = plan.failover_pre_s + plan.failover_post_s

@@ -66,7 +66,7 @@ async def run(ctx: Ctx) -> dict[str, Any]:
 
     names = list(contenders)
     for name in names:  # warm-up: connections, and P2C's first latency samples
-        await load(name, max(plan.warmup_s, 0.3))
+        await load(name, max(plan.warmup_s, plan.slow_warmup_s))
     rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     print(f"  {len(names)} contenders x {plan.slow_rounds} rounds of {plan.slow_round_s}s, "
           f"concurrency {plan.slow_concurrency}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import numbers
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,30 @@ def _numbers(d: dict[str, Any], *keys: str) -> None:
         assert isinstance(d[k], numbers.Real), (k, d[k])
 
 
+def _children() -> set[int]:
+    """This process's live (not yet reaped: zombies left out) children, from /proc."""
+    me = str(os.getpid())
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
 @pytest.fixture(scope="module")
 def smoke_doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The JSON document of one ``--smoke`` run (every scenario), which the two tests
-    below read: one run of the runner, its worker processes started once."""
+    below read: one run of the runner, its worker processes started once. The smoke
+    run stops each scenario's processes (and the convergence scenario's etcd) while
+    the next scenario runs: none of them outlives the run."""
     out = tmp_path_factory.mktemp("smoke")
+    before = _children()
     assert main(["--smoke", "--out", str(out)]) == 0
+    assert _children() - before == set()
     (path,) = out.glob("*.json")
     doc: dict[str, Any] = json.loads(path.read_text())
     return doc
