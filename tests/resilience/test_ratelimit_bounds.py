@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import time
 import uuid
@@ -251,7 +252,9 @@ async def test_a_memory_refusals_pushback_is_the_exact_wait(
     the pushback says so, where retry-after rounds up to whole seconds. A caller refused
     20.25 s into a 1/minute window may retry in 39,750 ms (sliding: the weighted wait,
     within retry-after's last second), not 40,000."""
-    now = [ratelimit._MEMORY_CLOCK.time()]
+    # 1 s into a minute of the clock: a sliding window's counters are named by now / 60,
+    # so the refusal comes in the same one (from later in a minute it was admitted)
+    now = [math.ceil(ratelimit._MEMORY_CLOCK.time() / 60) * 60 + 1.0]
     monkeypatch.setattr(ratelimit._MEMORY_CLOCK, "time", lambda: now[0])
     limiter = StorageLimiter(RateLimitOptions(default_rule="1/minute", strategy=strategy))
     check = limiter.checker(METHOD)
