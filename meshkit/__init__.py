@@ -27,6 +27,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from meshkit._lazy import first_read_lock
+
 if TYPE_CHECKING:
     from meshkit._loop import run, uvloop_installed
     from meshkit._stats import ChannelStats, EndpointStats, RetrySnapshot, ServerStats
@@ -121,9 +123,11 @@ if not TYPE_CHECKING:
         module = _LAZY.get(name)
         if module is None:
             if name in _SUBPACKAGES:  # ``import meshkit; meshkit.auth.current_claims()``
-                return importlib.import_module(f"meshkit.{name}")
+                with first_read_lock():
+                    return importlib.import_module(f"meshkit.{name}")
             raise AttributeError(f"module 'meshkit' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        with first_read_lock():  # one thread imports at a time (see meshkit._lazy)
+            value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # read once: later reads are plain module attributes
         return value
 

@@ -77,11 +77,11 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
 import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
+from meshkit._lazy import first_read_lock
 
 if TYPE_CHECKING:
     from meshkit.auth._authz import AuthzPolicy, Decision, Rule
@@ -250,17 +250,10 @@ if not TYPE_CHECKING:
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'meshkit.auth' has no attribute {name!r}")
-        with _first_read_lock():
+        with first_read_lock():
             value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # read once: later reads are plain module attributes
         return value
-
-    def _first_read_lock() -> Any:
-        """The import lock of a first read, shared with ``meshkit.observability`` (its
-        ``_first_read_lock`` says why): one thread imports at a time."""
-        manager = getattr(importlib._bootstrap, "_ModuleLockManager", None)
-        return contextlib.nullcontext() if manager is None else manager(
-            "meshkit:lazy-package-first-read")
 
 
 def __dir__() -> list[str]:

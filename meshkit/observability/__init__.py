@@ -178,11 +178,11 @@ telemetry traces to the global provider (no ``tracer_provider`` of its own), cal
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
 import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
+from meshkit._lazy import first_read_lock
 
 if TYPE_CHECKING:
     from meshkit.observability._admin import AdminOptions, AdminServer, Handler
@@ -255,9 +255,6 @@ _LAZY = {
                      "tracing_from_env"), "meshkit.observability._tracing"),
 }
 
-# the import lock of a first read, shared with meshkit.auth (see _first_read_lock)
-_FIRST_READ_LOCK = "meshkit:lazy-package-first-read"
-
 # These need the OpenTelemetry SDK (``meshkit[otel]``): reading one without it raises
 # ConfigError naming the extra, so ``import meshkit`` works with the API alone.
 _SDK_EXPORTS = {"JsonLinesSpanExporter": "meshkit.observability._files",
@@ -315,7 +312,7 @@ else:
 
     def __getattr__(name: str) -> Any:
         if name == "__all__":
-            with _first_read_lock():
+            with first_read_lock():
                 from meshkit.observability._tracing import sdk_available
 
             exported = [*_BASE_ALL, *(_SDK_EXPORTS if sdk_available() else ())]
@@ -327,26 +324,14 @@ else:
             if module is None:
                 raise AttributeError(
                     f"module 'meshkit.observability' has no attribute {name!r}")
-            with _first_read_lock():
+            with first_read_lock():
                 from meshkit.observability._tracing import require_sdk
 
             require_sdk(name)
-        with _first_read_lock():
+        with first_read_lock():
             value = getattr(importlib.import_module(module), name)
         globals()[name] = value  # read once: later reads are plain module attributes
         return value
 
     def __dir__() -> list[str]:
         return sorted({*globals(), *(globals().get("__all__") or __getattr__("__all__"))})
-
-    def _first_read_lock() -> Any:
-        """The import lock every first read of meshkit's lazy packages (this one and
-        ``meshkit.auth``) imports under, one thread at a time, as the eager package
-        imported everything under its own import lock. Without it, threads reading two
-        names at once imported the modules behind them (which share
-        ``meshkit.resilience``) concurrently, and Python's import raised
-        ``_DeadlockError`` or ``KeyError`` in one of them. It is an import lock of
-        Python's (``importlib._bootstrap._ModuleLockManager``, under a name no module
-        has): re-entrant, and a real cycle with another import is reported, not hung."""
-        manager = getattr(importlib._bootstrap, "_ModuleLockManager", None)
-        return contextlib.nullcontext() if manager is None else manager(_FIRST_READ_LOCK)
