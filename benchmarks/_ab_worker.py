@@ -6,7 +6,8 @@ that predates it).
 ``server TELEMETRY REGISTRY_DIR``: a :class:`meshkit.MeshServer` of the echo service,
 plaintext, registered in a local registry; prints ``ready PORT LOOP``, serves until stdin
 closes. ``client TELEMETRY REGISTRY_DIR`` (a :func:`meshkit.dial` channel) and ``raw
-ADDRESS`` (a plain grpc.aio channel): print ``ready LOOP`` after a warm-up, then for each
+ADDRESS`` (a plain grpc.aio channel): print ``ready LOOP`` after a warm-up
+(``MESHKIT_AB_WARMUP_CALLS`` calls, 300 by default), then for each
 stdin line ``CALLS CALLERS`` run that many unary calls and print ``p50_us mean_us qps``.
 ``TELEMETRY`` is ``defaults`` (as shipped: metrics, the JSON access log, spans without an
 SDK) or ``traced`` (every call sampled into an SDK batch processor that drops spans).
@@ -63,7 +64,7 @@ async def _serve(kind: str, registry_dir: str) -> None:
 
 
 async def _drive(call: Any) -> None:
-    for _ in range(300):
+    for _ in range(int(os.environ.get("MESHKIT_AB_WARMUP_CALLS", "300"))):
         await call(b"x", timeout=5)
     print(f"ready {_loop_name()}", flush=True, file=sys.__stdout__)
     async def caller(n: int, lat: list[float]) -> None:

@@ -41,8 +41,10 @@ _HERE = str(Path(__file__).resolve().parents[1])
 class _Proc:
     """A worker process of one tree, talked to line by line."""
 
-    def __init__(self, tree: str, *args: str, loop: str = "asyncio") -> None:
-        env = dict(os.environ, PYTHONPATH=tree, MESHKIT_BENCH_LOOP=loop)
+    def __init__(self, tree: str, *args: str, loop: str = "asyncio",
+                 warmup_calls: int = 300) -> None:
+        env = dict(os.environ, PYTHONPATH=tree, MESHKIT_BENCH_LOOP=loop,
+                   MESHKIT_AB_WARMUP_CALLS=str(warmup_calls))
         self.proc = subprocess.Popen([sys.executable, _WORKER, *args], cwd=tree, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
@@ -65,9 +67,13 @@ class _Proc:
             raise RuntimeError(f"worker answered {got!r}")
         return [float(x) for x in got]
 
-    def close(self) -> None:
+    def end_input(self) -> None:
+        """Close its stdin: the worker stops (drains, exits) without being waited for."""
         if self.proc.stdin is not None:
             self.proc.stdin.close()
+
+    def close(self) -> None:
+        self.end_input()
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -77,14 +83,15 @@ class _Proc:
 
 def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults",
         rounds: int = 40, calls: int = 300, callers: int = 1,
-        loop: str = "asyncio", sessions: int = 4) -> dict[str, Any]:
+        loop: str = "asyncio", sessions: int = 4,
+        warmup_calls: int = 300) -> dict[str, Any]:
     """The A/B (see the module docstring): per tree (``"base"``, ``"new"``) the rounds'
     ``[p50_us, mean_us, qps]``, and their summary; ``loop`` is every process's event loop
     (``"asyncio"`` or ``"uvloop"``). The rounds are split over ``sessions`` sets of fresh
     processes (>= 1), started base first in even sessions and new first in odd ones: a
     set of processes keeps a bias of its own (in A/A runs the tree started second read
     faster in five of six sets, by 3 to 37 us of p50), which alternating start orders
-    cancel."""
+    cancel. ``warmup_calls``: calls each driver makes before its first round (300)."""
     if side not in ("server", "client", "both"):
         raise ValueError(f"side must be 'server', 'client' or 'both', got {side!r}")
     if sessions < 1 or rounds < sessions:
@@ -95,7 +102,7 @@ def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults
     for session in range(sessions):
         order = trees if session % 2 == 0 else trees[::-1]
         share = rounds // sessions + (session < rounds % sessions)
-        _session(got, order, side, telemetry, share, calls, callers, loop)
+        _session(got, order, side, telemetry, share, calls, callers, loop, warmup_calls)
     diffs = [n[0] - b[0] for n, b in zip(got["new"], got["base"], strict=True)]
     summary = {name: {"p50_us": statistics.median(r[0] for r in rs),
                       "mean_us": statistics.median(r[1] for r in rs),
@@ -107,38 +114,42 @@ def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults
 
 def _session(got: dict[str, list[list[float]]], order: tuple[tuple[str, str], ...],
              side: str, telemetry: str, rounds: int, calls: int, callers: int,
-             loop: str) -> None:
+             loop: str, warmup_calls: int = 300) -> None:
     """One set of fresh processes, started in ``order``, running ``rounds`` alternating
-    rounds into ``got``."""
+    rounds into ``got``; they are stopped together (all told to stop, then waited for:
+    one after another they took 0.7-1.1 s a session)."""
     procs: list[_Proc] = []
     new = dict(order)["new"]
+    loop_kw: dict[str, Any] = {"loop": loop, "warmup_calls": warmup_calls}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             drivers: dict[str, _Proc] = {}
             if side == "server":
                 for name, tree in order:
-                    srv = _Proc(tree, "server", telemetry, os.path.join(tmp, name), loop=loop)
+                    srv = _Proc(tree, "server", telemetry, os.path.join(tmp, name), **loop_kw)
                     procs.append(srv)
                     drivers[name] = _Proc(_HERE, "raw", f"127.0.0.1:{srv.ready[1]}",
-                                          loop=loop)
+                                          **loop_kw)
                     procs.append(drivers[name])
             elif side == "both":
                 for name, tree in order:
                     registry = os.path.join(tmp, name)
-                    procs.append(_Proc(tree, "server", telemetry, registry, loop=loop))
-                    drivers[name] = _Proc(tree, "client", telemetry, registry, loop=loop)
+                    procs.append(_Proc(tree, "server", telemetry, registry, **loop_kw))
+                    drivers[name] = _Proc(tree, "client", telemetry, registry, **loop_kw)
                     procs.append(drivers[name])
             else:
                 registry = os.path.join(tmp, "registry")
-                procs.append(_Proc(new, "server", telemetry, registry, loop=loop))
+                procs.append(_Proc(new, "server", telemetry, registry, **loop_kw))
                 for name, tree in order:
-                    drivers[name] = _Proc(tree, "client", telemetry, registry, loop=loop)
+                    drivers[name] = _Proc(tree, "client", telemetry, registry, **loop_kw)
                     procs.append(drivers[name])
             first, second = (name for name, _ in order)
             for r in range(rounds):
                 for name in ((first, second) if r % 2 == 0 else (second, first)):
                     got[name].append(drivers[name].ask(f"{calls} {callers}"))
     finally:
+        for p in procs:
+            p.end_input()
         for p in procs:
             p.close()
 

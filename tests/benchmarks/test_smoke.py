@@ -213,7 +213,7 @@ def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ab._Proc, "__init__", recording)
         got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20,
-                     callers=2, loop=loop, sessions=sessions)
+                     callers=2, loop=loop, sessions=sessions, warmup_calls=20)
     assert seen and all(ready[-1] == loop for ready in seen)
     # each session's fresh processes: a server and its driver per tree, or one server
     # and a client per tree
