@@ -95,8 +95,7 @@ async def test_sigkilled_process_drops_out_within_ttl_and_new_one_is_used(
     spawn: Spawn, registry: LocalRegistry
 ) -> None:
     """A SIGKILLed instance leaves the live channel within its TTL; a new process joins it."""
-    a = await spawn("p1")
-    await spawn("p2")
+    a, _ = await asyncio.gather(spawn("p1"), spawn("p2"))  # two interpreters at once
     opts = meshkit.DialOptions(
         insecure=True, balancer=RoundRobin
     )  # P2C would slow-start the newcomer
@@ -120,8 +119,7 @@ async def test_sigterm_drains_exit_zero_without_failing_calls(
     spawn: Spawn, registry: LocalRegistry
 ) -> None:
     """SIGTERM deregisters at once, finishes in-flight work, exits 0, and no caller fails."""
-    a = await spawn("t1")
-    await spawn("t2")
+    a, _ = await asyncio.gather(spawn("t1"), spawn("t2"))  # two interpreters at once
     async with meshkit.dial(
         "echo", registry=registry, options=meshkit.DialOptions(insecure=True)
     ) as ch:
@@ -247,7 +245,8 @@ import meshkit
 from meshkit.discovery import LocalOptions, LocalRegistry
 from tests.support.echo import add_echo
 
-def work():  # a CPU worker of the service (multiprocessing, ProcessPoolExecutor)
+def work(running):  # a CPU worker of the service (multiprocessing, ProcessPoolExecutor)
+    running.set()
     time.sleep(60)
 
 async def main():
@@ -259,9 +258,14 @@ async def main():
     async def operate():
         while srv.instance is None:
             await asyncio.sleep(0.05)
-        p = multiprocessing.get_context("fork").Process(target=work, daemon=True)
+        fork = multiprocessing.get_context("fork")
+        running = fork.Event()
+        p = fork.Process(target=work, args=(running,), daemon=True)
         p.start()
-        await asyncio.sleep(0.5)
+        # the worker at work (its at-fork reset long done), as a fixed 0.5 s used to
+        # assume; waited for off the loop, as the join below (bounded: a worker that
+        # never starts is terminated all the same and the result says so)
+        await asyncio.get_running_loop().run_in_executor(None, running.wait, 20.0)
         p.terminate()  # SIGTERM to the worker, not to the server
         await asyncio.get_running_loop().run_in_executor(None, p.join, 20.0)
         result["child_exitcode"] = p.exitcode
