@@ -71,7 +71,7 @@ def test_unconfigured_process_writes_nothing_to_stdout(tmp_path: Path) -> None:
 # One part of meshkit alone, never dial() or serve(): the local registry finds its file
 # deleted (a warning), and a JWKS publisher starts (an info line). sys.argv[1]: a directory.
 _PART_ALONE = """
-import asyncio, os, sys
+import asyncio, os, sys, time
 from meshkit.auth import JWKSServer, KeySet
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 
@@ -80,7 +80,10 @@ async def main() -> None:
     await reg.register(Instance(service="orderd", instance_id="orderd-1",
                                 host="127.0.0.1", port=50051))
     os.remove(os.path.join(sys.argv[1], "reg", "registry.db"))
-    await asyncio.sleep(1.0)  # a heartbeat finds the file gone: logged, reopened
+    deadline = time.monotonic() + 20  # a heartbeat (every 1/3 s) finds the file gone:
+    while reg.status().reopened == 0:  # counted, then logged; close() waits for it
+        assert time.monotonic() < deadline, "the deleted file was never reopened"
+        await asyncio.sleep(0.02)
     await reg.close()
     server = JWKSServer(KeySet.generate())
     await server.start("127.0.0.1", 0)
