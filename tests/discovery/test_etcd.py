@@ -41,6 +41,7 @@ from tests.discovery._forking import (
     workers_jitter_script,
 )
 from tests.discovery.conformance import Collector, make_instance, unique_service
+from tests.discovery.conftest import SlowDns
 from tests.support.echo import add_echo
 from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary, running_etcd
 from tests.support.loops import LoopThread
@@ -767,6 +768,24 @@ async def _key_lease(node: EtcdCluster, key: str) -> int | None:
     return int(kvs[0].get("lease") or 0) if kvs else None
 
 
+def _count_renewals(reg: EtcdRegistry, lease: int) -> list[float]:
+    """The times (monotonic) at which a keep-alive of ``reg`` renewed ``lease`` (etcd
+    answered it with a TTL above 0) from now on, appended as they come (white-box: wraps
+    the registry's request method)."""
+    renewed: list[float] = []
+    post = reg._post
+
+    async def counting(path: str, body: Any, **kwargs: Any) -> Any:
+        data = await post(path, body, **kwargs)
+        if (path == "/lease/keepalive" and body.get("ID") == str(lease)
+                and int((data.get("result") or {}).get("TTL") or 0) > 0):
+            renewed.append(time.monotonic())
+        return data
+
+    reg._post = counting  # type: ignore[method-assign]
+    return renewed
+
+
 @pytest.mark.timeout(60)
 async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
         node: EtcdCluster, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -803,6 +822,7 @@ async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
                 key = f"{reg.options.prefix}{service}/{a.instance_id}"
                 lease = await _key_lease(node, key)
                 assert lease, lease
+                renewed = _count_renewals(reg, lease)
                 if loaded:  # more blocking jobs than the default executor has threads
                     loop = asyncio.get_running_loop()
                     blocked = [loop.run_in_executor(None, release.wait, 30.0)
@@ -811,11 +831,18 @@ async def test_the_lease_of_a_busy_process_survives_a_reconnect_by_host_name(
                 await proxy.stop()
                 await asyncio.sleep(0.1)
                 await proxy.start()
+                before = len(renewed)
                 seen: list[int | None] = []
+                # Until three keep-alives renewed the lease through the new connection (the
+                # reconnect and its name lookup are behind them) or the key went away or
+                # changed lease (a lookup stuck behind the jobs: no keep-alive gets
+                # through, and the lease ends 1-1.5 s after the last one before the stop).
                 end = time.monotonic() + 2 * ttl_s + 1.0
-                while time.monotonic() < end:
+                while time.monotonic() < end and len(renewed) - before < 3 and (
+                        not seen or seen[-1] == lease):
                     seen.append(await _key_lease(node, key))
                     await asyncio.sleep(0.1)
+                seen.append(await _key_lease(node, key))
                 names = {t.name for t in reg._dns.pool._threads}  # type: ignore[attr-defined]
                 assert names and all(n.startswith("meshkit-etcd-dns") for n in names), names
                 return [None if s is None else int(s == lease) for s in seen]
@@ -1610,7 +1637,7 @@ async def test_a_keep_alive_round_that_finds_the_registry_closed_ends_quietly(
 
 @pytest.mark.parametrize("op", ["register", "deregister", "services", "snapshot"])
 async def test_a_call_racing_close_during_a_members_name_lookup_raises_registry_error(
-        node: EtcdCluster, slow_dns: threading.Event, op: str) -> None:
+        node: EtcdCluster, slow_dns: SlowDns, op: str) -> None:
     """close() while a call waits for a member's name lookup (a slow DNS server): close()
     closes the session, its aiohttp connector cancels the lookup's task
     (``TCPConnector._close`` cancels ``_resolve_host_tasks``) and the call raised a bare
@@ -1640,7 +1667,7 @@ async def test_a_call_racing_close_during_a_members_name_lookup_raises_registry_
 
     try:
         task = asyncio.create_task(outcome())
-        await asyncio.sleep(0.3)  # the call waits for the lookup
+        await until(slow_dns.asked.is_set, what="the call to wait for the lookup")
         await reg.close()
         got = await asyncio.wait_for(task, 10)
     finally:
@@ -1650,7 +1677,7 @@ async def test_a_call_racing_close_during_a_members_name_lookup_raises_registry_
 
 
 async def test_a_cancel_during_a_members_name_lookup_still_cancels(
-        node: EtcdCluster, slow_dns: threading.Event) -> None:
+        node: EtcdCluster, slow_dns: SlowDns) -> None:
     """The caller's own cancel of a register() waiting for a member's name lookup is no
     closed registry: it propagates (the task ends cancelled), also when close() follows
     at once."""
@@ -1658,9 +1685,10 @@ async def test_a_cancel_during_a_members_name_lookup_still_cancels(
         reg = EtcdRegistry(EtcdOptions(
             endpoints=(f"http://slow-dns.test:{node.members[0].client_port}",),
             **{**FAST, "request_timeout_s": 5.0, "operation_timeout_s": 6.0}))
+        slow_dns.asked.clear()
         try:
             task = asyncio.create_task(reg.register(make_instance(unique_service(), 1)))
-            await asyncio.sleep(0.3)  # register() waits for the lookup
+            await until(slow_dns.asked.is_set, what="register() to wait for the lookup")
             task.cancel()
             if then_close:
                 await reg.close()
@@ -2207,14 +2235,25 @@ LOOPS: dict[str, Any] = {**FAST, "ttl_s": 1}
 
 async def _register_then_list(reg: EtcdRegistry, *instances: Instance,
                               outlive_ttl: bool = False) -> list[str]:
-    """Register ``instances`` (with ``outlive_ttl``, then wait 2.5 ``ttl_s``: only a lease
-    kept alive meanwhile keeps them) and list their service."""
+    """Register ``instances`` (with ``outlive_ttl``, then wait for three renewals of the
+    lease, a ``ttl_s``'s worth, up to 2.5 ``ttl_s``: with no keeper running none comes and
+    the lease, every instance with it, ends ``ttl_s`` after register()) and list their
+    service."""
     async with asyncio.timeout(20):
         for inst in instances:
             await reg.register(inst)
         if outlive_ttl:
-            await asyncio.sleep(reg.options.ttl_s * 2.5)
+            await _renewed_three_times(reg, reg.options.ttl_s * 2.5)
         return await _first_set(reg, instances[0].service)
+
+
+async def _renewed_three_times(reg: EtcdRegistry, timeout_s: float) -> None:
+    """Return once a keep-alive renewed ``reg``'s current lease three times from now, or
+    after ``timeout_s`` (judged by the caller, by what etcd still lists)."""
+    assert reg._lease is not None
+    renewed = _count_renewals(reg, reg._lease)
+    with contextlib.suppress(AssertionError):
+        await until(lambda: len(renewed) >= 3, timeout_s=timeout_s)
 
 
 async def _close(reg: EtcdRegistry) -> None:
@@ -2327,7 +2366,9 @@ def test_lease_still_kept_after_the_last_registering_loop_ends(node: EtcdCluster
         run_loop(b_phase())  # B's server stopped; its loop closed
 
         async def listed_after_ttls() -> list[str]:
-            await asyncio.sleep(reg.options.ttl_s * 3)
+            # three renewals from now come only from A's keeper (B's loop is closed);
+            # without one the lease ends ttl_s after B's last renewal
+            await _renewed_three_times(reg, reg.options.ttl_s * 3)
             async with asyncio.timeout(5):
                 return await _first_set(reg, service)
 
