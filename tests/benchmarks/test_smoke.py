@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import numbers
@@ -14,7 +15,7 @@ import pytest
 
 from benchmarks.runner import main
 from benchmarks.scenarios import SCENARIOS
-from benchmarks.scenarios._common import PLANS
+from benchmarks.scenarios._common import PLANS, Ctx
 from tests.support.skips import require_uvloop
 
 pytestmark = pytest.mark.timeout(150)
@@ -102,6 +103,42 @@ def test_smoke_run_writes_every_scenario(smoke_doc: dict[str, Any]) -> None:
         assert {"target", "goal", "value", "unit", "met"} <= set(t)
         assert set(t) <= {"target", "goal", "value", "unit", "met", "note"}
 
+
+@pytest.mark.parametrize("mode", sorted(PLANS))
+async def test_only_the_smoke_plan_overlaps_tear_downs_and_the_run_awaits_them(
+        mode: str) -> None:
+    """A scenario's tear-down (stopping its workers, closing its registries) runs before
+    the next scenario starts in the measured plans (full, quick: no worker exits during
+    a measurement); only the smoke run leaves it running, and :meth:`Ctx.stopped` (the
+    run's end) waits for it, whatever it raised. The smoke run above shows no process
+    outlives it only when the last scenario's tear-down is quick: with ``stopped()`` a
+    no-op it passed as well."""
+    ctx = Ctx(plan=PLANS[mode], sup=None, secrets=None,  # type: ignore[arg-type]
+              workdir=Path("."))
+    gate = asyncio.Event()
+    finished: list[bool] = []
+
+    async def work(fail: bool) -> None:
+        await gate.wait()
+        await asyncio.sleep(0.05)  # a worker's exit: some loop turns
+        finished.append(fail)
+        if fail:
+            raise OSError("a worker that would not stop")
+
+    if mode != "smoke":
+        gate.set()
+    tear_downs = [asyncio.ensure_future(ctx.tear_down(work(fail))) for fail in (True, False)]
+    await asyncio.sleep(0)  # the tear_down() calls start
+    if mode == "smoke":
+        assert all(t.done() for t in tear_downs) and finished == []  # left running
+        gate.set()
+    results = await asyncio.gather(*tear_downs, return_exceptions=True)
+    if mode != "smoke":  # run inline: done, and its error reaches the caller
+        assert sorted(finished) == [False, True] and ctx.stopping == []
+        assert sum(isinstance(r, OSError) for r in results) == 1
+    await ctx.stopped()
+    assert sorted(finished) == [False, True] and ctx.stopping == []
+    assert PLANS[mode].overlap_stops == (mode == "smoke")
 
 
 def test_sessions_run_the_overhead_rounds_on_fresh_workers(
