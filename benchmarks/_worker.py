@@ -239,7 +239,7 @@ async def _load(target: _Target, cmd: dict[str, Any]) -> dict[str, Any]:
     timeline: list[tuple[float, float, str]] = []
     started = 0
     mono = time.monotonic
-    end = _perf() + duration_s
+    end = 0.0  # set when the round starts, after the flush below
 
     async def fast() -> None:
         nonlocal started
@@ -282,6 +282,9 @@ async def _load(target: _Target, cmd: dict[str, Any]) -> dict[str, Any]:
     flush_logs()  # lines of earlier work are not this round's
     cpu0 = time.process_time()
     t_start = _perf()
+    # the round's end from its start, not from before the flush: a flush (or a stall)
+    # longer than a smoke round's 0.08 s left a round with no call at all
+    end = t_start + duration_s
     worker = slow if detailed else fast
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     # The access log writes in batches (a 0.2 s timer): the round's last lines are written
