@@ -215,3 +215,63 @@ async def test_a_pull_finding_nothing_after_handling_is_short_and_not_an_idle_pe
     assert await asyncio.wait_for(consumer.run_once(), IDLE_FETCH_S + 5) == 0
     assert time.monotonic() - started > IDLE_FETCH_S / 2
     assert consumer._empty_fetches == 1
+
+
+async def test_a_server_answering_every_pull_at_once_is_pulled_from_no_faster(
+        bus: Bus, prom: CollectorRegistry, run_consumer: Any) -> None:
+    """A server that answers each pull at once with a status (here each pull request is
+    answered by a ``408`` at once; seen for real with two consumers sharing a durable
+    with ``max_waiting`` 1 on nats-server 2.9.10, their pulls evicting each other's) gets
+    at most 2 pulls per ``fetch_timeout_s`` from an idle consumer (one fetch of
+    ``batch_size``, two requests, per period before adb2e4c), and each idle period
+    counts toward the durable check. The pull for what is waiting returns ``[]`` when
+    statuses answer both its requests, and ``run_once`` returned 0 at once, neither
+    idle nor counted: 202 pulls in 2.7 s (a pull every 13 ms; 37.5 per s and consumer
+    with two on ``max_waiting`` 1, against 2.0-2.6 before) and no durable check. (The
+    code before adb2e4c did not count that ``[]`` either: 202 pulls in 21.7 s, no
+    check.)"""
+    fetch_s = 0.3
+
+    async def handle(d: Delivery) -> None:
+        raise AssertionError("no message is published")
+
+    counted = await run_consumer(bus, handle, prom, run=False, fetch_timeout_s=fetch_s)
+    consumer = counted.consumer
+    sub = consumer._sub
+    assert sub is not None
+    inbox = sub._deliver
+    nc = bus.nc
+    publish = nc.publish
+    pulls: list[float] = []
+
+    async def answering_publish(subject: str, payload: bytes = b"", reply: str = "",
+                                headers: dict[str, str] | None = None) -> None:
+        await publish(subject, payload, reply, headers)
+        if subject.startswith("$JS.API.CONSUMER.MSG.NEXT.") and reply == inbox:
+            pulls.append(time.monotonic())
+            await publish(inbox, b"", headers={"Status": "408",
+                                                "Description": "Request Timeout"})
+
+    checks = 0
+    rebind = consumer._rebind_if_gone
+
+    async def counted_rebind() -> None:
+        nonlocal checks
+        checks += 1
+        await rebind()
+
+    nc.publish = answering_publish  # type: ignore[method-assign]
+    consumer._rebind_if_gone = counted_rebind  # type: ignore[method-assign]
+    started = time.monotonic()
+    counted.task = asyncio.create_task(consumer.run())
+    try:
+        await until(lambda: checks >= 2 or len(pulls) > 200, timeout_s=60,
+                    what="two durable checks or 200 pulls")
+    finally:
+        counted.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counted.task
+        nc.publish = publish  # type: ignore[method-assign]
+    periods = (time.monotonic() - started) / fetch_s
+    assert checks >= 2, (checks, len(pulls), periods)
+    assert len(pulls) <= 2 * periods + 6, (len(pulls), periods, counted.fetches[-8:])
