@@ -121,11 +121,12 @@ def test_a_missing_name_reload_and_pickling() -> None:
 
 def test_first_reads_from_several_threads_at_once_all_succeed() -> None:
     """Threads reading names of ``meshkit`` and both packages for the first time at the
-    same moment each get their name (``meshkit``'s own: ``_DeadlockError(
-    'meshkit.discovery._types')`` once in 20 rounds before it took the same lock). The names' modules import a common package (meshkit.resilience):
-    imported concurrently it raised _DeadlockError or KeyError('meshkit.resilience')
-    (about one round in three, each round in a fresh set of meshkit modules), where the
-    eager packages imported everything in one thread under their import lock."""
+    same moment each get their name. The packages' names' modules import a common package
+    (meshkit.resilience): imported concurrently it raised _DeadlockError or
+    KeyError('meshkit.resilience') (about one round in three, each round in a fresh set of
+    meshkit modules), where the eager packages imported everything in one thread under
+    their import lock. ``meshkit``'s own names take the same lock (a reviewer saw
+    ``_DeadlockError('meshkit.discovery._types')`` once in 20 rounds on the old tree)."""
     done = run_python("""
         import sys, threading
         sys.setswitchinterval(1e-6)  # threads switch often: the race shows every few rounds
