@@ -27,8 +27,9 @@ demo: $(STAMP)
 # (1.3 cores busy); 4 workers 5:48, 543 s of CPU (1.55 cores). The session before, 5
 # workers saved 23 s over 3 and a fault scenario that judges throughput against its own
 # pre-fault rate (tests/faults/test_quick.py, huge-deadline) read the load as no recovery
-# once: 34 s is not worth a load-sensitive CI failure. TEST_WORKERS=N to
-# choose.
+# once: 34 s is not worth a load-sensitive CI failure. Later the same day, with more of
+# the suite's waiting cut: 3 workers 5:08 / 5:20 of tests in a clean clone's CI run.
+# TEST_WORKERS=N to choose.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1); print(n + 1)")
 test: $(STAMP)
 	bash scripts/install-ops.sh
