@@ -66,6 +66,15 @@ _CHECK_AFTER_EMPTY_FETCHES = 5
 #: bounds only the pull that finds the stream empty (a message published meanwhile is
 #: delivered to it).
 _DRAIN_WAIT_S = 0.05
+#: Pulls that wait for a message in one idle period of ``fetch_timeout_s``. nats-py's
+#: ``fetch(1)`` waits its whole time through statuses (a late ``408``, ``404`` or
+#: ``409`` meant for an earlier pull is skipped, not taken as its end: seen, each pull
+#: of an idle consumer lasted its 0.3 s with a ``408`` answering it at once), so it
+#: is one pull. One that still comes back empty before half its time is over (a client
+#: that ends a pull on such a status) is made again for the time left, this many times
+#: at most; then the rest is slept, so a server that answers every pull at once with a
+#: status is not pulled from in a tight loop.
+_IDLE_PULLS = 3
 
 #: While a fetched batch is handled, its messages still waiting their turn get an
 #: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
@@ -466,12 +475,7 @@ class Consumer:
             # statuses answer both its requests (those of earlier pulls, or a server
             # answering each pull at once): returning here was a pull every 13 ms
             if not msgs and not _cancelling():
-                # one message, waited for alone: nats-py's fetch(1) waits its whole time
-                # through statuses (a late 408, 404 or 409 meant for an earlier pull is
-                # skipped, not taken as its end: seen, each pull of an idle consumer
-                # lasted its 0.3 s with a 408 answering it at once), and returns the
-                # message as it comes or raises TimeoutError
-                msgs = await sub.fetch(1, timeout=o.fetch_timeout_s)
+                msgs = await self._wait_for_one(sub)
         except TimeoutError:  # nats' own and asyncio's: no message within the wait
             self._idle = True
             self._empty_fetches += 1
@@ -492,6 +496,29 @@ class Consumer:
         else:
             await self._handle_batch(msgs)
         return len(msgs)
+
+    async def _wait_for_one(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Pull one message, waiting up to ``fetch_timeout_s`` for it; a pull that comes
+        back empty before half its time (not seen with nats-py, see ``_IDLE_PULLS``) is
+        made again for the time left (at most ``_IDLE_PULLS`` pulls, then the rest is
+        slept).
+
+        Raises:
+            TimeoutError: no message came within ``fetch_timeout_s``.
+            nats.js.errors.APIError: the server refused the pull.
+        """
+        timeout = self.options.fetch_timeout_s
+        clock = time.monotonic
+        deadline = clock() + timeout
+        for _ in range(_IDLE_PULLS):
+            left = deadline - clock()
+            try:
+                return await sub.fetch(1, timeout=left)
+            except TimeoutError:
+                if deadline - clock() < left / 2:
+                    raise
+        await asyncio.sleep(max(deadline - clock(), 0.0))
+        raise TimeoutError
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Handle ``msgs`` in order. JetStream started each one's ack wait when it
