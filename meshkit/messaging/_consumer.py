@@ -66,13 +66,11 @@ _CHECK_AFTER_EMPTY_FETCHES = 5
 #: bounds only the pull that finds the stream empty (a message published meanwhile is
 #: delivered to it).
 _DRAIN_WAIT_S = 0.05
-#: Pulls that wait for a message in one idle period of ``fetch_timeout_s``. nats-py's
-#: ``fetch(1)`` waits its whole time through statuses (a late ``408``, ``404`` or
-#: ``409`` meant for an earlier pull is skipped, not taken as its end: seen, each pull
-#: of an idle consumer lasted its 0.3 s with a ``408`` answering it at once), so it
-#: is one pull. One that still comes back empty before half its time is over (a client
-#: that ends a pull on such a status) is made again for the time left, this many times
-#: at most; then the rest is slept, so a server that answers every pull at once with a
+#: Pulls that wait for a message in one idle period of ``fetch_timeout_s``: one that
+#: comes back empty before half its time is over took a status meant for an earlier pull
+#: (the ``408`` that ended it, come after the client stopped waiting: nats-py reads it
+#: as this pull's end) and is made again for the rest of the time, this many times at
+#: most; then the rest is slept, so a server that answers every pull at once with a
 #: status is not pulled from in a tight loop.
 _IDLE_PULLS = 3
 
@@ -159,13 +157,6 @@ async def _in_progress(msg: Msg) -> bool:
     except nats.errors.Error:
         return False
     return True
-
-
-def _cancelling() -> bool:
-    """Whether the current task is being cancelled (a cancel the nats client swallowed,
-    returning what it had, e.g. ``[]``, is still pending: ``Task.cancelling()`` > 0)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class PoisonMessage(Exception):
@@ -466,15 +457,12 @@ class Consumer:
         assert sub is not None
         o = self.options
         try:
-            msgs: list[Msg] = []
+            msgs: list[Msg] | None = None
             if not self._idle:
                 with contextlib.suppress(TimeoutError):  # nothing waiting
                     msgs = await sub.fetch(o.batch_size,
                                            timeout=min(_DRAIN_WAIT_S, o.fetch_timeout_s))
-            # none waiting: also when the pull came back empty, as nats-py's does when
-            # statuses answer both its requests (those of earlier pulls, or a server
-            # answering each pull at once): returning here was a pull every 13 ms
-            if not msgs and not _cancelling():
+            if msgs is None:
                 msgs = await self._wait_for_one(sub)
         except TimeoutError:  # nats' own and asyncio's: no message within the wait
             self._idle = True
@@ -499,7 +487,7 @@ class Consumer:
 
     async def _wait_for_one(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         """Pull one message, waiting up to ``fetch_timeout_s`` for it; a pull that comes
-        back empty before half its time (not seen with nats-py, see ``_IDLE_PULLS``) is
+        back empty before half its time took a status meant for an earlier pull and is
         made again for the time left (at most ``_IDLE_PULLS`` pulls, then the rest is
         slept).
 
