@@ -141,7 +141,7 @@ async def test_an_event_reaching_an_idle_consumer_is_handled_at_once(
                         what="consumer idle")
             if case == "late-408":
                 await _late_status(bus, counted.consumer)
-                await asyncio.sleep(0.05)  # taken before the publish (either way the bound holds)
+                await asyncio.sleep(0.05)  # the status taken
             key = f"e{i}".encode()
             published = time.monotonic()
             await bus.js.publish(bus.subject, key, headers={"Nats-Msg-Id": key.decode()})
