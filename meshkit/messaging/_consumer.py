@@ -59,21 +59,6 @@ DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
 #: status for "no messages"), so only asking tells a lost durable from a quiet stream.
 _CHECK_AFTER_EMPTY_FETCHES = 5
 
-#: How long a pull for what is waiting lingers (seconds; at most ``fetch_timeout_s``):
-#: :meth:`Consumer.run_once` takes the messages already stored with it, up to
-#: ``batch_size``, and waits for one more with a pull of ``fetch_timeout_s`` only when
-#: it found none. JetStream answers a pull at once when messages are waiting, so this
-#: bounds only the pull that finds the stream empty (a message published meanwhile is
-#: delivered to it).
-_DRAIN_WAIT_S = 0.05
-#: Pulls that wait for a message in one idle period of ``fetch_timeout_s``: one that
-#: comes back empty before half its time is over took a status meant for an earlier pull
-#: (the ``408`` that ended it, come after the client stopped waiting: nats-py reads it
-#: as this pull's end) and is made again for the rest of the time, this many times at
-#: most; then the rest is slept, so a server that answers every pull at once with a
-#: status is not pulled from in a tight loop.
-_IDLE_PULLS = 3
-
 #: While a fetched batch is handled, its messages still waiting their turn get an
 #: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
 #: times this fraction.
@@ -270,16 +255,12 @@ class ConsumerOptions:
             behind it are no longer kept either: they are redelivered ``ack_wait_s``
             after their last in-progress ack, so a stuck handler does not hold its
             batch. A batch handled within ``ack_wait_s / 10`` sends none.
-        batch_size: the most messages one pull takes when messages are waiting
-            (default 64, >= 1); an idle consumer waits for a single message, so it
-            handles it as soon as it is published (see :meth:`Consumer.run_once`).
-        fetch_timeout_s: how long an idle consumer's pull waits for the next message
-            (default 1.0, > 0; the message is handled as it comes, not when the pull
-            ends); after 5 such pulls in a row that found nothing the consumer checks
-            that its durable still exists (see :meth:`Consumer.run_once`). It and
-            ``ack_wait_s`` are sent to JetStream as int64 nanoseconds (the pull's
-            ``expires``, the durable's ``AckWait``), so both are at most 9223372036 s,
-            about 292 years (infinity is refused).
+        batch_size: messages fetched per pull (default 64, >= 1).
+        fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0); after
+            5 empty pulls in a row the consumer checks that its durable still exists
+            (see :meth:`Consumer.run_once`). It and ``ack_wait_s`` are sent to JetStream
+            as int64 nanoseconds (the pull's ``expires``, the durable's ``AckWait``), so
+            both are at most 9223372036 s, about 292 years (infinity is refused).
         verifier: checks the publisher identity; a message that fails is dead-lettered
             as ``refused`` (default ``None``: no check). With a verifier, the consume
             metrics and the CONSUMER span name of a message whose publisher was not
@@ -373,9 +354,6 @@ class Consumer:
         self._metrics = messaging_metrics(options.registry) if options.metrics else None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._empty_fetches = 0
-        # the last run_once found nothing after waiting fetch_timeout_s: the next one
-        # waits for one message at once, without a pull for what is waiting first
-        self._idle = False
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
         # what the metrics and span name of an unverified publisher's message carry
@@ -434,79 +412,33 @@ class Consumer:
         self._sub = sub
 
     async def run_once(self) -> int:
-        """Fetch one batch and handle it, its messages one after another, those waiting
-        kept in progress (see ``ConsumerOptions.ack_wait_s``); returns how many messages
-        were handled (0 when none came within ``fetch_timeout_s``).
-
-        It first takes the messages already waiting, up to ``batch_size``, with a pull
-        that lingers at most 50 ms; if none are, it waits up to ``fetch_timeout_s`` for
-        one message and handles it as soon as it comes (the next call takes what came
-        after it). A call after one that found nothing skips the first pull. (One pull
-        of ``batch_size`` waiting ``fetch_timeout_s`` held a lone message until the
-        pull's time was over whenever the message went to a lingering pull for
-        ``batch_size`` that an earlier fetch had left on the server: nats-py leaves one
-        when a status, e.g. the late ``408`` of the pull before, answers its first,
-        no-wait request, and the fetch under way then waits for the rest of the batch.)
-        Every 5th call in a row that found nothing after waiting
-        ``fetch_timeout_s``, and after a fetch the server refused, it checks that the
-        durable still exists and re-creates it if not (a pull from a deleted durable only
-        ever comes back empty); a first pull that found nothing does not count."""
+        """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it, its messages
+        one after another, those waiting kept in progress (see
+        ``ConsumerOptions.ack_wait_s``); returns how many messages were handled (0 when
+        none came). Every 5th empty fetch in a row, and after a fetch the server refused,
+        it checks that the durable still exists and re-creates it if not (a pull from a
+        deleted durable only ever comes back empty)."""
         if self._sub is None:
             await self.start()
-        sub = self._sub
-        assert sub is not None
-        o = self.options
+        assert self._sub is not None
         try:
-            msgs: list[Msg] | None = None
-            if not self._idle:
-                with contextlib.suppress(TimeoutError):  # nothing waiting
-                    msgs = await sub.fetch(o.batch_size,
-                                           timeout=min(_DRAIN_WAIT_S, o.fetch_timeout_s))
-            if msgs is None:
-                msgs = await self._wait_for_one(sub)
+            msgs = await self._sub.fetch(self.options.batch_size,
+                                         timeout=self.options.fetch_timeout_s)
         except TimeoutError:  # nats' own and asyncio's: no message within the wait
-            self._idle = True
             self._empty_fetches += 1
             if self._empty_fetches >= _CHECK_AFTER_EMPTY_FETCHES:
                 self._empty_fetches = 0
                 await self._rebind_if_gone()
             return 0
         except nats.js.errors.APIError:
-            self._idle = False
             await self._rebind_if_gone()
             raise
-        if not msgs:  # a fetch whose cancel was swallowed: run() ends at its next turn
-            return 0
-        self._idle = False
         self._empty_fetches = 0
         if len(msgs) == 1:
             await self.handle(msgs[0])
         else:
             await self._handle_batch(msgs)
         return len(msgs)
-
-    async def _wait_for_one(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """Pull one message, waiting up to ``fetch_timeout_s`` for it; a pull that comes
-        back empty before half its time took a status meant for an earlier pull and is
-        made again for the time left (at most ``_IDLE_PULLS`` pulls, then the rest is
-        slept).
-
-        Raises:
-            TimeoutError: no message came within ``fetch_timeout_s``.
-            nats.js.errors.APIError: the server refused the pull.
-        """
-        timeout = self.options.fetch_timeout_s
-        clock = time.monotonic
-        deadline = clock() + timeout
-        for _ in range(_IDLE_PULLS):
-            left = deadline - clock()
-            try:
-                return await sub.fetch(1, timeout=left)
-            except TimeoutError:
-                if deadline - clock() < left / 2:
-                    raise
-        await asyncio.sleep(max(deadline - clock(), 0.0))
-        raise TimeoutError
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Handle ``msgs`` in order. JetStream started each one's ack wait when it
