@@ -37,16 +37,19 @@ clock, which the replicas share: Redis' key expiry, and for the moving window th
 replicas' timestamps). A strategy the storage cannot run is refused when the options are
 built, like every other bad value (:class:`~meshkit.errors.ConfigError` quoting it).
 
-A ``memory://`` limiter keeps the counts of at most ``max_keys`` callers (default 100,000;
-a caller is a method and a caller key): a caller seen for the first time beyond that makes
-it forget the least recently used one, which **starts a fresh window** at its next call
-(as Envoy bounds its dynamic descriptors with an LRU). A client choosing its own key (a
+A ``memory://`` limiter keeps the counts of at most ``max_keys`` callers (default
+:data:`DEFAULT_MAX_KEYS`, 100,000; a caller is a method and a caller key): a caller seen
+for the first time beyond that makes it forget the least recently used one, which
+**starts a fresh window** at its next call (as Envoy bounds its dynamic descriptors with
+an LRU). A client choosing its own key (a
 header read by :func:`by_metadata`, peers behind a NAT pool) can otherwise grow memory by
 one count per new key for the whole window; it can also, by sending ``max_keys`` new keys,
 evict other callers, so key by an identity the chain verified where callers are not
 trusted. Evictions are counted in :attr:`StorageLimiter.keys_evicted`, the first one
 logged as a warning (``rate limit callers evicted``). A caller whose windows have ended
-is forgotten (uncounted) after the storage's next sweep, as its counts are.
+is forgotten (uncounted) after the storage's next sweep, as its counts are. Other storages
+keep their counts themselves (Redis expires its keys): ``max_keys`` set with one is
+refused (:class:`~meshkit.errors.ConfigError`).
 
 On Redis every hit is one atomic round trip: a Lua script of ``limits`` (for the fixed
 window its ``incr_expire.lua``: the count and the window's expiry set together, never a
@@ -176,6 +179,7 @@ from meshkit.resilience._ratelimit_policy import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_KEYS",
     "KeyFunc",
     "Limiter",
     "OnStorageError",
@@ -214,6 +218,10 @@ def rejected_by_rate_limit() -> bool:
     count the limiter's rejections, not every ``RESOURCE_EXHAUSTED`` a handler returns.
     """
     return _rejected.get()
+
+DEFAULT_MAX_KEYS = 100_000
+"""Callers (a method and a caller key) whose counts a ``memory://`` limiter keeps when
+``RateLimitOptions.max_keys`` is left ``None``."""
 
 _MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys of multi-part rules
 # and of networked storages (cleared when full; memory:// one-part rules: max_keys)
@@ -359,7 +367,8 @@ class RateLimitOptions:
         breaker_open_s: seconds the breaker stays open before a probe (default 1.0);
             doubled after each failed probe up to ``breaker_max_open_s`` (default 5.0).
         max_keys: callers (a method and a caller key) whose counts a ``memory://``
-            limiter keeps, at most (default 100,000; >= 1). A caller seen for the first
+            limiter keeps, at most (an int >= 1; default ``None``: 100,000,
+            :data:`DEFAULT_MAX_KEYS`). A caller seen for the first
             time when that many are kept makes the limiter forget the least recently used
             one: its counts are dropped, so that caller **starts a fresh window** at its
             next call (it may then make up to a whole limit's calls again). Without a
@@ -371,16 +380,19 @@ class RateLimitOptions:
             one replica sees in a window when keyed by peer or by authenticated user.
             Evictions are counted (:attr:`StorageLimiter.keys_evicted`); the first is
             logged as a warning. A caller whose windows ended is forgotten after the
-            storage's next sweep (uncounted: it has no count to lose). Other storages
-            ignore it: Redis expires its own keys.
+            storage's next sweep (uncounted: it has no count to lose). Only for
+            ``memory://``: other storages hold their counts themselves (Redis expires its
+            own keys), and setting it with one is refused (not ignored) with a
+            :class:`~meshkit.errors.ConfigError`.
 
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
             malformed rule or rules key; a strategy the storage cannot run; a
             non-callable or ``async def`` key; an empty key_prefix; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
-            ``breaker_max_open_s``; ``max_keys`` not an integer >= 1. The bad
-            value is quoted (storage passwords redacted).
+            ``breaker_max_open_s``; ``max_keys`` not ``None`` nor an integer >= 1, or
+            set with a storage other than ``memory://``. The bad value is quoted
+            (storage passwords redacted). (``ConfigError`` is a ``ValueError``.)
     """
 
     rules: Mapping[str, str | None] = field(default_factory=dict)
@@ -394,7 +406,7 @@ class RateLimitOptions:
     breaker_failures: int = 3
     breaker_open_s: float = 1.0
     breaker_max_open_s: float = 5.0
-    max_keys: int = 100_000
+    max_keys: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -406,7 +418,7 @@ class RateLimitOptions:
             raise ConfigError(f"rules must be a mapping, got {self.rules!r}")
         object.__setattr__(self, "rules", FrozenMap(self.rules))
         RuleTable(self.rules, self.default_rule)  # parses every rule; raises ConfigError
-        storage_class(self.storage_uri, self.strategy)
+        _, storage = storage_class(self.storage_uri, self.strategy)
         if not callable(self.key):
             raise ConfigError(f"key must be a callable (method, context) -> str, got {self.key!r}")
         if _is_async_callable(self.key):
@@ -424,7 +436,14 @@ class RateLimitOptions:
         if not self.breaker_max_open_s >= self.breaker_open_s:
             raise ConfigError("breaker_max_open_s must be >= breaker_open_s, got "
                               f"{self.breaker_max_open_s!r}")
-        check_int("max_keys", self.max_keys)
+        if self.max_keys is not None:
+            check_int("max_keys", self.max_keys)
+            if storage is not AsyncMemoryStorage:
+                raise ConfigError(
+                    f"max_keys bounds the callers a memory:// storage keeps, got "
+                    f"{self.max_keys!r} with storage_uri {redact_uri(self.storage_uri)!r}, "
+                    "which holds its counts itself (Redis expires its own keys): leave "
+                    "max_keys unset (None)")
 
     def __repr__(self) -> str:
         # the fields as the dataclass repr shows them, storage_uri's password redacted
@@ -1059,7 +1078,7 @@ class StorageLimiter:
         self._lru: OrderedDict[Any, tuple[tuple[tuple[str, int | None], ...],
                                           dict[Any, Any] | None, tuple[Any, ...]]] = \
             OrderedDict()
-        self._max_keys = opts.max_keys
+        self._max_keys = DEFAULT_MAX_KEYS if opts.max_keys is None else opts.max_keys
         self._key_caches: dict[str, dict[str, str]] = {}  # per method: caller -> storage key
         self.keys_evicted = 0
         """Callers a ``memory://`` limiter forgot to keep at most ``max_keys`` (each

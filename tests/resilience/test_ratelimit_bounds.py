@@ -28,6 +28,7 @@ from meshkit.resilience.ratelimit import (
     Strategy,
 )
 from tests.conftest import EchoFactory
+from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, redis_ping
 from tests.support.echo import SERVICE, handler, method
 from tests.support.skips import skip_or_fail
 
@@ -120,8 +121,10 @@ async def test_evictions_are_logged_once_then_counted() -> None:
 
 
 async def test_the_default_bound_holds_for_every_strategy() -> None:
-    """The shipped default (100,000 callers) bounds a flood of 101,000 distinct keys."""
-    assert RateLimitOptions().max_keys == 100_000
+    """The shipped default (100,000 callers, ``max_keys`` left ``None``) bounds a flood of
+    101,000 distinct keys."""
+    assert RateLimitOptions().max_keys is None
+    assert ratelimit.DEFAULT_MAX_KEYS == 100_000
     for strategy in STRATEGIES:
         limiter = StorageLimiter(RateLimitOptions(default_rule="100/hour", strategy=strategy))
         check = limiter.checker(METHOD)
@@ -174,13 +177,74 @@ async def test_callers_whose_windows_ended_cost_nothing(
         await limiter.aclose()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "100", None])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "100"])
 def test_max_keys_must_be_a_whole_number_of_callers(bad: Any) -> None:
     """max_keys below 1, or not an int, is refused when the options are built, quoted."""
     with pytest.raises(ConfigError) as info:
         RateLimitOptions(max_keys=bad)
     assert "max_keys" in str(info.value)
     assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("uri", ["memory://", "async+memory://"])
+async def test_max_keys_set_for_memory_storage_is_kept(uri: str) -> None:
+    """A max_keys given with memory:// (either spelling) is the bound the limiter keeps."""
+    limiter = StorageLimiter(RateLimitOptions(default_rule="1/hour", storage_uri=uri,
+                                              max_keys=3))
+    check = limiter.checker(METHOD)
+    assert check is not None
+    try:
+        for i in range(5):
+            assert check(f"k{i}") is None
+        assert limiter.keys_evicted == 2
+        assert entries(limiter)["tracked callers"] == 3
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize("max_keys", [1_000, 100_000])
+@pytest.mark.parametrize("uri", ["async+redis://127.0.0.1:6379", "redis://127.0.0.1:6379"])
+def test_max_keys_with_a_storage_it_cannot_bound_is_refused(uri: str, max_keys: int) -> None:
+    """max_keys bounds only memory://'s counts: set with Redis (whose keys expire on their
+    own, out of this process) it is a wrong config, refused when the options are built
+    with the value and the storage quoted, not ignored without a word (a user who set
+    1,000 believed memory bounded somewhere). The default's value given explicitly is
+    set too: refused alike."""
+    with pytest.raises(ConfigError) as info:
+        RateLimitOptions(default_rule="1/second", storage_uri=uri, max_keys=max_keys)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "max_keys" in message and repr(max_keys) in message, message
+    assert repr(uri) in message, message
+
+
+def test_the_refusal_of_max_keys_redacts_the_storage_password() -> None:
+    """The storage quoted in the max_keys refusal has its password masked."""
+    with pytest.raises(ConfigError) as info:
+        RateLimitOptions(storage_uri="async+redis://:s3cret-pw@127.0.0.1:6379",
+                         max_keys=10)
+    assert "s3cret-pw" not in str(info.value)
+    assert "async+redis://***@127.0.0.1:6379" in str(info.value), str(info.value)
+
+
+async def test_a_redis_limiter_leaves_max_keys_unset_and_counts() -> None:
+    """Options for Redis built without max_keys (None) give a limiter that counts on the
+    real Redis (127.0.0.1:6379): a 2/minute rule admits two calls, refuses the third."""
+    if not redis_ping(SHARED_REDIS_PORT):
+        skip_or_fail(f"no Redis answering on 127.0.0.1:{SHARED_REDIS_PORT}")
+    options = RateLimitOptions(default_rule="2/minute",
+                               storage_uri=f"async+redis://127.0.0.1:{SHARED_REDIS_PORT}",
+                               key_prefix=f"bounds-{uuid.uuid4().hex}")
+    assert options.max_keys is None
+    limiter = StorageLimiter(options)
+    try:
+        assert await limiter.check(METHOD, "a") is None
+        assert await limiter.check(METHOD, "a") is None
+        refused = await limiter.check(METHOD, "a")
+        assert refused is not None and refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert limiter.keys_evicted == 0
+    finally:
+        await limiter.aclose()
 
 
 # --- gRFC A6 pushback ---------------------------------------------------------------------
