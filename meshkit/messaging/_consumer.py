@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,20 @@ DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
 #: request to a deleted consumer or stream just times out (nats-py takes the 404 / 409
 #: status for "no messages"), so only asking tells a lost durable from a quiet stream.
 _CHECK_AFTER_EMPTY_FETCHES = 5
+
+#: How much longer than its ``expires`` the consumer waits for an idle pull's
+#: ``408 Request Timeout`` (the server's word that the pull is over) before it stops
+#: waiting for it anyway (a slow or lost connection).
+_IDLE_PULL_GRACE_S = 0.5
+#: A ``408`` that comes more than this before the idle pull under way can have expired
+#: (the server counts ``expires`` from its receipt of the request, after the send) ends
+#: an earlier pull, not this one: it is ignored.
+_STRAY_STATUS_SLACK_S = 0.02
+#: The statuses JetStream ends a pull with (ADR-13): ``404 No Messages`` (a no-wait pull
+#: found none), ``408 Request Timeout`` (its ``expires`` passed, or a no-wait pull
+#: found fewer than its batch), ``409`` (the consumer was deleted, a limit of the
+#: consumer's refused the request, a leader changed). ``100`` is an idle heartbeat.
+_NO_MESSAGES, _REQUEST_TIMEOUT, _CONFLICT, _HEARTBEAT = "404", "408", "409", "100"
 
 #: While a fetched batch is handled, its messages still waiting their turn get an
 #: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
@@ -119,6 +134,99 @@ async def _settle(what: str, call: Awaitable[None],
         await call
     except Exception as exc:
         raise _SettleFailed(what, publisher) from exc
+
+
+class _Pulls:
+    """The pull requests of one :meth:`Consumer.run_once`, made by meshkit rather than
+    nats-py's ``fetch`` (which can leave a lingering pull on the server, and then waits
+    for the rest of its batch until its timeout: see :meth:`Consumer.run_once`).
+
+    A pull is a publish of a JSON request to ``$JS.API.CONSUMER.MSG.NEXT.<stream>.
+    <durable>`` whose reply subject is the subscription's inbox (JetStream's pull API,
+    ADR-13: ``batch``, ``expires`` in nanoseconds, ``no_wait``); the messages and the
+    status that ends the pull come to that inbox. Every message that comes there is
+    handled, whichever pull it answers. It uses three attributes nats-py's
+    ``PullSubscription`` has had since 2.0 (``_sub``, the inbox subscription; ``_nms``,
+    the request subject; ``_deliver``, the inbox) and the inbox subscription's queue."""
+
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: JetStreamContext.PullSubscription) -> None:
+        self._sub = sub
+
+    def queued(self, limit: int) -> list[Msg]:
+        """Up to ``limit`` messages already in the inbox (an earlier pull's, which came
+        after it stopped waiting), statuses dropped, without waiting."""
+        inbox = self._sub._sub
+        queue = inbox._pending_queue
+        msgs: list[Msg] = []
+        while len(msgs) < limit:
+            try:
+                msg = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            inbox._pending_size -= len(msg.data)
+            queue.task_done()
+            if not _status(msg):
+                msgs.append(msg)
+        return msgs
+
+    async def _request(self, request: dict[str, Any]) -> None:
+        sub = self._sub
+        await sub._nc.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
+
+    async def no_wait(self, batch: int, msgs: list[Msg], wait_s: float) -> bool:
+        """Pull up to ``batch`` messages the server has now into ``msgs``; the server
+        answers at once (the messages, then ``404``/``408`` if fewer). Returns False if
+        no answer came within ``wait_s`` (a deleted durable, a lost connection)."""
+        await self._request({"batch": batch, "no_wait": True})
+        end = time.monotonic() + wait_s
+        want = len(msgs) + batch
+        while len(msgs) < want:
+            try:
+                msg = await self._sub._sub.next_msg(timeout=max(end - time.monotonic(), 0))
+            except nats.errors.TimeoutError:
+                return bool(msgs)
+            status = _status(msg)
+            if not status:
+                msgs.append(msg)
+            elif status in (_NO_MESSAGES, _REQUEST_TIMEOUT):
+                break
+            elif status != _HEARTBEAT:
+                raise nats.js.errors.APIError.from_msg(msg)
+        return True
+
+    async def wait_for_one(self, wait_s: float, msgs: list[Msg]) -> None:
+        """Pull one message, waiting for it up to ``wait_s`` (the pull's ``expires``),
+        into ``msgs``; returns with it as it comes, or at the pull's ``408`` (or
+        ``_IDLE_PULL_GRACE_S`` after its expiry if no ``408`` came). A ``408`` that came
+        too soon to be this pull's, and a ``404`` (only ever a no-wait pull's), end an
+        earlier pull: ignored."""
+        sent = time.monotonic()
+        await self._request({"batch": 1, "expires": max(int(wait_s * 1e9), 1)})
+        expiry = sent + wait_s
+        end = expiry + _IDLE_PULL_GRACE_S
+        while True:
+            try:
+                msg = await self._sub._sub.next_msg(timeout=max(end - time.monotonic(), 0))
+            except nats.errors.TimeoutError:
+                return
+            status = _status(msg)
+            if not status:
+                msgs.append(msg)
+                return
+            if status == _REQUEST_TIMEOUT:
+                if time.monotonic() >= expiry - _STRAY_STATUS_SLACK_S:
+                    return
+            elif status not in (_NO_MESSAGES, _HEARTBEAT):
+                raise nats.js.errors.APIError.from_msg(msg)
+
+
+def _status(msg: Msg) -> str | None:
+    """A JetStream status message's code (``"404"``, ``"408"``, ...), None for a
+    message."""
+    headers = msg.headers
+    return headers.get("Status") if headers else None
 
 
 @dataclass(slots=True)
@@ -412,27 +520,54 @@ class Consumer:
         self._sub = sub
 
     async def run_once(self) -> int:
-        """Fetch one batch (waiting up to ``fetch_timeout_s``) and handle it, its messages
-        one after another, those waiting kept in progress (see
-        ``ConsumerOptions.ack_wait_s``); returns how many messages were handled (0 when
-        none came). Every 5th empty fetch in a row, and after a fetch the server refused,
-        it checks that the durable still exists and re-creates it if not (a pull from a
-        deleted durable only ever comes back empty)."""
+        """Pull one batch and handle it, its messages one after another, those waiting
+        kept in progress (see ``ConsumerOptions.ack_wait_s``); returns how many messages
+        were handled (0 when none came within ``fetch_timeout_s``).
+
+        A pull takes what is waiting at once: the messages already in the consumer's
+        inbox, then up to ``batch_size`` from the server with a no-wait pull, which the
+        server ends as it answers. Only when the server has none does it wait, with a
+        pull for ONE message that expires after ``fetch_timeout_s``, and comes back as
+        soon as that message does (the messages behind it come with the next, no-wait,
+        pull). So an event reaching an idle consumer is handled at once, a backlog is
+        taken ``batch_size`` at a time, and no pull of this consumer's waits on the
+        server while a handler runs (a pull left waiting would take the next message for
+        a process that may be dying with it; nats-py's ``fetch`` can leave one, and waits
+        for the rest of its batch when such a pull took the message: events up to
+        ``fetch_timeout_s`` late).
+
+        Every 5th idle pull in a row that found nothing, and after a pull the server
+        refused (a ``409``, e.g. ``Consumer Deleted``), it checks that the durable still
+        exists and re-creates it if not (a pull from a deleted durable is never
+        answered).
+
+        Raises:
+            nats.js.errors.APIError: the server refused the pull (any status but
+                ``404``, ``408`` and the ``100`` heartbeat), after the durable check.
+            nats.errors.Error: the connection is closed or failed.
+        """
         if self._sub is None:
             await self.start()
         assert self._sub is not None
+        pulls = _Pulls(self._sub)
+        batch_size = self.options.batch_size
+        msgs = pulls.queued(batch_size)
         try:
-            msgs = await self._sub.fetch(self.options.batch_size,
-                                         timeout=self.options.fetch_timeout_s)
-        except TimeoutError:  # nats' own and asyncio's: no message within the wait
+            answered = True
+            if len(msgs) < batch_size:
+                answered = await pulls.no_wait(batch_size - len(msgs), msgs,
+                                               self.options.fetch_timeout_s)
+            if not msgs and answered:
+                await pulls.wait_for_one(self.options.fetch_timeout_s, msgs)
+        except nats.js.errors.APIError:
+            await self._rebind_if_gone()
+            raise
+        if not msgs:
             self._empty_fetches += 1
             if self._empty_fetches >= _CHECK_AFTER_EMPTY_FETCHES:
                 self._empty_fetches = 0
                 await self._rebind_if_gone()
             return 0
-        except nats.js.errors.APIError:
-            await self._rebind_if_gone()
-            raise
         self._empty_fetches = 0
         if len(msgs) == 1:
             await self.handle(msgs[0])
