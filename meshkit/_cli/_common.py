@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from meshkit.discovery import Instance, Registry
 
 __all__ = ["REGISTRY_READS_AT_ONCE", "add_registry_argument", "discover", "failing_instances",
-           "open_registry", "positive_seconds", "quiet_logging", "read_services",
-           "service_names"]
+           "open_registry", "positive_seconds", "quiet_grpc_core", "quiet_logging",
+           "read_services", "service_names"]
 
 _T = TypeVar("_T")
 
@@ -62,6 +62,33 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a positive finite number of seconds, got {text!r}")
     return value
+
+
+#: ``GRPC_VERBOSITY`` a command runs grpc core with when the user sets neither it nor
+#: ``GRPC_TRACE``: C-core's errors only.
+GRPC_VERBOSITY_DEFAULT = "ERROR"
+
+
+def quiet_grpc_core() -> None:
+    """Keep grpc core's (C-core's) own INFO and DEBUG lines off the command's stderr:
+    sets ``GRPC_VERBOSITY`` to :data:`GRPC_VERBOSITY_DEFAULT` (``ERROR``) in this process's
+    environment unless the user set ``GRPC_VERBOSITY`` or ``GRPC_TRACE`` (an empty or blank
+    value is unset). grpcio (1.85) leaves absl's default in place without it, and C-core
+    then writes glog-style INFO lines on stderr, e.g. ``Got goaway [2] ...`` when a server
+    goes away with an error while a call is in flight. A user's ``GRPC_VERBOSITY=INFO``
+    or ``GRPC_TRACE=...`` still brings C-core's lines (a tracer logs at INFO, which
+    ``ERROR`` would hide).
+
+    C-core reads the variable once, when grpc is first imported: call this before the
+    command imports grpc. Once grpc is loaded it does nothing (it could no longer take
+    effect, and child processes inherit the environment). The setting stays for the
+    rest of the process and its children. Raises nothing.
+    """
+    if "grpc" in sys.modules:
+        return
+    if any(os.environ.get(name, "").strip() for name in ("GRPC_VERBOSITY", "GRPC_TRACE")):
+        return
+    os.environ["GRPC_VERBOSITY"] = GRPC_VERBOSITY_DEFAULT
 
 
 def quiet_logging() -> None:

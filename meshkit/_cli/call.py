@@ -53,6 +53,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
     positive_seconds,
+    quiet_grpc_core,
     quiet_logging,
 )
 
@@ -220,6 +221,7 @@ def _read_stdin() -> str:
 def main(argv: list[str]) -> int:
     """Run ``meshkit call``; returns the exit status (see the module docstring)."""
     ns = build_parser().parse_args(argv)
+    quiet_grpc_core()  # before grpc loads: C-core reads GRPC_VERBOSITY then
     import asyncio
 
     import grpc

@@ -38,6 +38,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
     positive_seconds,
+    quiet_grpc_core,
     quiet_logging,
     read_services,
     service_names,
@@ -233,6 +234,7 @@ def main(argv: list[str]) -> int:
             (:func:`meshkit.cli.main` makes it one line and status 130).
     """
     args = build_parser().parse_args(argv)
+    quiet_grpc_core()  # before grpc loads (meshkit.errors, the registries)
     import asyncio
     import signal
 

@@ -37,6 +37,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
     positive_seconds,
+    quiet_grpc_core,
     quiet_logging,
     read_services,
     service_names,
@@ -232,6 +233,7 @@ def main(argv: list[str]) -> int:
     """Run ``meshkit services``; exit status 0, 1 when no instance is listed or the
     registry cannot be read, 2 for a usage error (argparse's or a bad registry URI)."""
     args = build_parser().parse_args(argv)
+    quiet_grpc_core()  # before grpc loads (the registries, meshkit.errors)
     import asyncio
 
     quiet_logging()

@@ -79,6 +79,9 @@ def main(argv: list[str]) -> int:
         ns = _parser().parse_args(args)
     except SystemExit as exc:
         return int(exc.code or 0)
+    from meshkit._cli._common import quiet_grpc_core
+
+    quiet_grpc_core()  # before grpc loads (meshkit._config, meshkit.errors)
     from meshkit.auth._certs import (
         describe_certificate,
         init_ca_dir,
