@@ -155,6 +155,11 @@ class ServerStats:
         tls_handshakes: TLS handshakes started (grpc asks the certificate reloader before
             each one); grpcio tells Python nothing about a handshake's outcome, so refused
             handshakes show as handshakes that no call followed.
+        rate_limit_keys_evicted: callers (a method and a caller key) the server's
+            ``memory://`` rate limiter (``ServeOptions.rate_limit``) forgot to keep at
+            most ``RateLimitOptions.max_keys``; each starts a fresh window at its next
+            call. ``0`` without ``rate_limit`` or with another storage (which keeps its
+            counts itself and evicts nothing).
         registry: the health of the registry the server registers in, as JSON-able values
             (``RegistryStatus`` fields and ``ok``, as :attr:`ChannelStats.registry`), or
             ``None`` for a registry that reports none: a failing heartbeat or keep-alive
@@ -177,6 +182,7 @@ class ServerStats:
     gate_evicted: int = 0
     gate_cardinality: int = 0
     tls_handshakes: int = 0
+    rate_limit_keys_evicted: int = 0
     registry: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -154,6 +154,7 @@ from meshkit.resilience import (
     DeadlineOptions,
     RateLimitInterceptor,
     RateLimitOptions,
+    StorageLimiter,
 )
 from meshkit.resilience._retry import DRAINING_DETAILS, NACK_METADATA
 
@@ -1303,6 +1304,12 @@ class MeshServer:
         self._chain = server_chain(self.service, self.options)
         self._deadline = next((i for i in self._chain if isinstance(i, DeadlineInterceptor)),
                               None)
+        # the limiter of rate_limit (the chain's first RateLimitInterceptor: server_chain
+        # puts it before options.interceptors): its evictions are in stats()
+        self._rate_limiter = next(
+            (i.limiter for i in self._chain if isinstance(i, RateLimitInterceptor)
+             and isinstance(i.limiter, StorageLimiter)), None
+        ) if self.options.rate_limit is not None else None
         if registry is None:
             self.registry, self._owns_registry = registry_from_env(), True
         else:
@@ -1949,6 +1956,8 @@ class MeshServer:
             gate_evicted=gate.evicted if gate is not None else 0,
             gate_cardinality=gate.cardinality if gate is not None else 0,
             tls_handshakes=self._tls_handshakes,
+            rate_limit_keys_evicted=(self._rate_limiter.keys_evicted
+                                     if self._rate_limiter is not None else 0),
             registry=registry,
         )
 

@@ -678,6 +678,10 @@ def _families() -> dict[str, _Family]:
                                   "TLS handshakes started (grpcio does not report their "
                                   "outcome; refused ones are not followed by calls).",
                                   ("service",)),
+        "ratelimit_evicted": _Family("counter", "meshkit_ratelimit_keys_evicted",
+                                     "Callers a memory:// rate limiter forgot to keep at "
+                                     "most RateLimitOptions.max_keys (each starts a fresh "
+                                     "window at its next call).", ("service",)),
     }
 
 
@@ -743,6 +747,7 @@ def _server_samples(srv: ServerStats) -> list[_Sample]:
     add("gate", (srv.service, "evicted"), srv.gate_evicted)
     add("gate", (srv.service, "cardinality"), srv.gate_cardinality)
     add("tls_handshakes", svc, srv.tls_handshakes)
+    add("ratelimit_evicted", svc, srv.rate_limit_keys_evicted)
     reg = srv.registry
     if reg is not None:  # its registration's health (a heartbeat, a keep-alive failing)
         add("registry_ok", ("", srv.service), float(bool(reg.get("ok", True))))
