@@ -26,13 +26,15 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 
 import meshkit
-from examples.ecom import demo_events, mesh, security
+from examples.ecom import demo_events, events, mesh, security
 from examples.ecom.proto import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 from meshkit.auth import (
     AuthError,
@@ -491,6 +493,28 @@ def report(journal: Journal, stack: Stack, killed: str | None, verify: tuple[int
 
 
 # -- main --------------------------------------------------------------------------------
+async def _create_durable() -> None:
+    """This run's projection consumer, made to start at this run
+    (:func:`demo_events.create_durable`, with a second's margin for the clocks); when NATS
+    cannot be reached now, ``summaryd`` makes it (from the stream's start) or reports the
+    outage itself."""
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    try:
+        nc = await nats.connect(demo_events.NATS_URL, connect_timeout=2,
+                                allow_reconnect=False)
+    except Exception:
+        return
+    try:
+        js = nc.jetstream(timeout=5)
+        await events.ensure_order_stream(js)
+        await demo_events.create_durable(js, since)
+    except Exception as exc:
+        print(f"  (this run's projection consumer could not be made to start now: {exc!r};"
+              " summaryd replays the stream)")
+    finally:
+        await nc.close()
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run the demo as ``args`` says; returns the exit code."""
     own_dir = getattr(args, "own_workdir", False)
@@ -504,6 +528,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"meshkit demo: 2 userd + 2 orderd processes, {mode}, local registry in {workdir}")
     try:
         t0 = time.monotonic()
+        await _create_durable()
         await asyncio.gather(*(stack.start(s, f"{s}-{n}") for s in ("userd", "orderd")
                                for n in (1, 2)), stack.start("summaryd", "summaryd-1"))
         for iid, p in sorted(stack.procs.items()):
