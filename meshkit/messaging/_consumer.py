@@ -13,6 +13,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from opentelemetry import context as otel_context
@@ -60,19 +61,22 @@ DLQ_CONSUMER_HEADER = "Meshkit-Dead-Letter-Consumer"
 #: status for "no messages"), so only asking tells a lost durable from a quiet stream.
 _CHECK_AFTER_EMPTY_FETCHES = 5
 
-#: How much longer than its ``expires`` the consumer waits for an idle pull's
-#: ``408 Request Timeout`` (the server's word that the pull is over) before it stops
-#: waiting for it anyway (a slow or lost connection).
-_IDLE_PULL_GRACE_S = 0.5
-#: A ``408`` that comes more than this before the idle pull under way can have expired
-#: (the server counts ``expires`` from its receipt of the request, after the send) ends
-#: an earlier pull, not this one: it is ignored.
-_STRAY_STATUS_SLACK_S = 0.02
-#: The statuses JetStream ends a pull with (ADR-13): ``404 No Messages`` (a no-wait pull
-#: found none), ``408 Request Timeout`` (its ``expires`` passed, or a no-wait pull
-#: found fewer than its batch), ``409`` (the consumer was deleted, a limit of the
-#: consumer's refused the request, a leader changed). ``100`` is an idle heartbeat.
-_NO_MESSAGES, _REQUEST_TIMEOUT, _CONFLICT, _HEARTBEAT = "404", "408", "409", "100"
+#: How much longer than its ``expires`` the consumer waits for a pull's ending status
+#: before it stops waiting for it anyway (a slow or lost connection).
+_PULL_GRACE_S = 0.5
+#: After a message, how long a pull waits for the next one or its ending status before
+#: it returns what it has: its own pull ends at once after its messages, but a message
+#: another pull brought (one left waiting by an earlier client) leaves it waiting; the
+#: rest of a late pull reaches the inbox and the next pull's :meth:`_Pulls.queued`.
+_LINGER_S = 0.25
+#: The statuses JetStream ends a pull with (ADR-13): ``404 No Messages``, ``408 Request
+#: Timeout`` (its ``expires`` passed, or a no-wait pull delivered fewer than its batch:
+#: nothing more is waiting), ``409`` (the consumer was deleted, or the request exceeds a
+#: limit of the durable's, e.g. ``Exceeded MaxRequestBatch of 4``). ``100`` is an idle
+#: heartbeat.
+_NO_MESSAGES, _REQUEST_TIMEOUT, _HEARTBEAT = "404", "408", "100"
+#: The ``409`` a pull for more than the durable's ``max_batch`` gets (nats-server).
+_MAX_BATCH_PREFIX = "Exceeded MaxRequestBatch of "
 
 #: While a fetched batch is handled, its messages still waiting their turn get an
 #: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
@@ -137,29 +141,58 @@ async def _settle(what: str, call: Awaitable[None],
 
 
 class _Pulls:
-    """The pull requests of one :meth:`Consumer.run_once`, made by meshkit rather than
-    nats-py's ``fetch`` (which can leave a lingering pull on the server, and then waits
-    for the rest of its batch until its timeout: see :meth:`Consumer.run_once`).
+    """A consumer's pull requests (JetStream's pull API, ADR-13), made by meshkit rather
+    than nats-py's ``fetch`` (which can leave a pull waiting on the server, and then
+    waits for the rest of its batch until its timeout: see :meth:`Consumer.run_once`).
 
-    A pull is a publish of a JSON request to ``$JS.API.CONSUMER.MSG.NEXT.<stream>.
-    <durable>`` whose reply subject is the subscription's inbox (JetStream's pull API,
-    ADR-13: ``batch``, ``expires`` in nanoseconds, ``no_wait``); the messages and the
-    status that ends the pull come to that inbox. Every message that comes there is
-    handled, whichever pull it answers. It uses three attributes nats-py's
-    ``PullSubscription`` has had since 2.0 (``_sub``, the inbox subscription; ``_nms``,
-    the request subject; ``_deliver``, the inbox) and the inbox subscription's queue."""
+    Each pull is a publish of ``{"batch": n, "no_wait": true, "expires": ns}`` to
+    ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`` with a reply subject of its own,
+    ``<inbox>.<n>``, under one wildcard subscription (as nats.java's pull subscriptions
+    do). The server delivers what is waiting at once and ends the pull with a ``408``
+    when that is less than the batch; with nothing waiting, it waits up to ``expires``
+    for the first message, then does the same (nats.java's ``pullNoWait(batch,
+    expires)``; checked on nats-server 2.9.10). So a pull ends as soon as it brought
+    something, and no pull waits on the server after it. A status is matched to its
+    pull by its subject: one that comes late for a pull no longer waited for is
+    ignored. A message is handled whichever pull it came for.
 
-    __slots__ = ("_sub",)
+    Uses nats-py's ``PullSubscription._nc`` and ``_nms`` (the request subject), there
+    since nats-py 2.0."""
 
-    def __init__(self, sub: JetStreamContext.PullSubscription) -> None:
-        self._sub = sub
+    __slots__ = ("_inbox", "_n", "_nc", "_nms", "_prefix")
 
-    def queued(self, limit: int) -> list[Msg]:
-        """Up to ``limit`` messages already in the inbox (an earlier pull's, which came
-        after it stopped waiting), statuses dropped, without waiting."""
-        inbox = self._sub._sub
+    def __init__(self, sub: JetStreamContext.PullSubscription, inbox: Subscription,
+                 prefix: str) -> None:
+        self._nc = sub._nc
+        self._nms = sub._nms
+        self._inbox = inbox
+        self._prefix = prefix
+        self._n = 0
+
+    @classmethod
+    async def open(cls, sub: JetStreamContext.PullSubscription) -> _Pulls:
+        """Subscribe the pulls' inbox (``_INBOX.<nuid>.*``) on ``sub``'s connection."""
+        prefix = sub._nc.new_inbox()
+        inbox = await sub._nc.subscribe(f"{prefix}.*")
+        return cls(sub, inbox, prefix)
+
+    @property
+    def reply_prefix(self) -> str:
+        """``<inbox>``: pull ``n`` is answered on ``<inbox>.<n>`` (n from 1)."""
+        return self._prefix
+
+    async def close(self) -> None:
+        """Unsubscribe the inbox (messages still in it are redelivered after their ack
+        wait)."""
+        with contextlib.suppress(nats.errors.Error):
+            await self._inbox.unsubscribe()
+
+    def queued(self, limit: int, msgs: list[Msg]) -> None:
+        """Move up to ``limit`` messages already in the inbox (an earlier pull's, which
+        came after it was no longer waited for) to ``msgs``, statuses dropped, without
+        waiting."""
+        inbox = self._inbox
         queue = inbox._pending_queue
-        msgs: list[Msg] = []
         while len(msgs) < limit:
             try:
                 msg = queue.get_nowait()
@@ -169,57 +202,36 @@ class _Pulls:
             queue.task_done()
             if not _status(msg):
                 msgs.append(msg)
-        return msgs
 
-    async def _request(self, request: dict[str, Any]) -> None:
-        sub = self._sub
-        await sub._nc.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
-
-    async def no_wait(self, batch: int, msgs: list[Msg], wait_s: float) -> bool:
-        """Pull up to ``batch`` messages the server has now into ``msgs``; the server
-        answers at once (the messages, then ``404``/``408`` if fewer). Returns False if
-        no answer came within ``wait_s`` (a deleted durable, a lost connection)."""
-        await self._request({"batch": batch, "no_wait": True})
-        end = time.monotonic() + wait_s
+    async def pull(self, batch: int, wait_s: float, msgs: list[Msg]) -> Msg | bool:
+        """Pull up to ``batch`` messages into ``msgs``, waiting up to ``wait_s`` (the
+        pull's ``expires``) for the first one. Returns True when the pull ended (its
+        batch came, or its ``404``/``408``) or messages came and then nothing for
+        ``_LINGER_S``, False when nothing answered it within ``wait_s + _PULL_GRACE_S``
+        (a deleted durable, a lost connection), or the status message that refused it
+        (``409`` or another code)."""
+        self._n += 1
+        reply = f"{self._prefix}.{self._n}"
+        request = {"batch": batch, "no_wait": True, "expires": max(int(wait_s * 1e9), 1)}
+        await self._nc.publish(self._nms, json.dumps(request).encode(), reply)
+        end = time.monotonic() + wait_s + _PULL_GRACE_S
         want = len(msgs) + batch
         while len(msgs) < want:
             try:
-                msg = await self._sub._sub.next_msg(timeout=max(end - time.monotonic(), 0))
+                msg = await self._inbox.next_msg(timeout=max(end - time.monotonic(), 0))
             except nats.errors.TimeoutError:
                 return bool(msgs)
             status = _status(msg)
             if not status:
                 msgs.append(msg)
+                end = min(end, time.monotonic() + _LINGER_S)
+            elif msg.subject != reply or status == _HEARTBEAT:
+                continue  # an earlier pull's (stopped waiting for), or an idle heartbeat
             elif status in (_NO_MESSAGES, _REQUEST_TIMEOUT):
-                break
-            elif status != _HEARTBEAT:
-                raise nats.js.errors.APIError.from_msg(msg)
+                return True
+            else:
+                return msg
         return True
-
-    async def wait_for_one(self, wait_s: float, msgs: list[Msg]) -> None:
-        """Pull one message, waiting for it up to ``wait_s`` (the pull's ``expires``),
-        into ``msgs``; returns with it as it comes, or at the pull's ``408`` (or
-        ``_IDLE_PULL_GRACE_S`` after its expiry if no ``408`` came). A ``408`` that came
-        too soon to be this pull's, and a ``404`` (only ever a no-wait pull's), end an
-        earlier pull: ignored."""
-        sent = time.monotonic()
-        await self._request({"batch": 1, "expires": max(int(wait_s * 1e9), 1)})
-        expiry = sent + wait_s
-        end = expiry + _IDLE_PULL_GRACE_S
-        while True:
-            try:
-                msg = await self._sub._sub.next_msg(timeout=max(end - time.monotonic(), 0))
-            except nats.errors.TimeoutError:
-                return
-            status = _status(msg)
-            if not status:
-                msgs.append(msg)
-                return
-            if status == _REQUEST_TIMEOUT:
-                if time.monotonic() >= expiry - _STRAY_STATUS_SLACK_S:
-                    return
-            elif status not in (_NO_MESSAGES, _HEARTBEAT):
-                raise nats.js.errors.APIError.from_msg(msg)
 
 
 def _status(msg: Msg) -> str | None:
@@ -461,6 +473,9 @@ class Consumer:
         self.options = options
         self._metrics = messaging_metrics(options.registry) if options.metrics else None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._pulls: _Pulls | None = None
+        #: messages per pull: batch_size, less when the durable allows fewer (run_once)
+        self._pull_batch = options.batch_size
         self._empty_fetches = 0
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
@@ -517,6 +532,13 @@ class Consumer:
                     _log.warning("durable consumer's filter subject changed",
                                  durable=o.durable, old=current.filter_subject,
                                  new=o.filter_subject)
+        # a pull for more than the durable lets out unacked waits its whole expires for
+        # messages the server does not send yet (see run_once)
+        most = current.max_ack_pending
+        self._pull_batch = min(o.batch_size, most) if most and most > 0 else o.batch_size
+        if self._pulls is not None:
+            await self._pulls.close()
+        self._pulls = await _Pulls.open(sub)
         self._sub = sub
 
     async def run_once(self) -> int:
@@ -524,56 +546,87 @@ class Consumer:
         kept in progress (see ``ConsumerOptions.ack_wait_s``); returns how many messages
         were handled (0 when none came within ``fetch_timeout_s``).
 
-        A pull takes what is waiting at once: the messages already in the consumer's
-        inbox, then up to ``batch_size`` from the server with a no-wait pull, which the
-        server ends as it answers. Only when the server has none does it wait, with a
-        pull for ONE message that expires after ``fetch_timeout_s``, and comes back as
-        soon as that message does (the messages behind it come with the next, no-wait,
-        pull). So an event reaching an idle consumer is handled at once, a backlog is
-        taken ``batch_size`` at a time, and no pull of this consumer's waits on the
-        server while a handler runs (a pull left waiting would take the next message for
-        a process that may be dying with it; nats-py's ``fetch`` can leave one, and waits
-        for the rest of its batch when such a pull took the message: events up to
-        ``fetch_timeout_s`` late).
+        A pull (one request, see :class:`_Pulls`) brings what is waiting at once, up to
+        ``batch_size`` (less the messages already in the consumer's inbox), and ends; with
+        nothing waiting it waits up to ``fetch_timeout_s`` for the first message and ends
+        as that comes. So an event reaching an idle consumer is handled at once, a backlog
+        is taken ``batch_size`` at a time, and no pull of this consumer's waits on the
+        server while a handler runs (a pull left waiting takes the next message for a
+        process that may be dying with it: nats-py's ``fetch`` could leave one, and then
+        held an event up to ``fetch_timeout_s``). A durable whose ``max_ack_pending`` is
+        below ``batch_size`` is pulled that many at a time (a pull for more waits
+        ``fetch_timeout_s`` for messages the server may not send yet); one whose
+        ``max_batch`` is (the server refuses the pull: ``409 Exceeded MaxRequestBatch
+        of N``), N at a time from then on, logged once.
 
-        Every 5th idle pull in a row that found nothing, and after a pull the server
-        refused (a ``409``, e.g. ``Consumer Deleted``), it checks that the durable still
+        Every 5th pull in a row that brought nothing, and after a pull the server refused
+        (any other ``409``, e.g. ``Consumer Deleted``), it checks that the durable still
         exists and re-creates it if not (a pull from a deleted durable is never
-        answered).
+        answered). Messages a refused or cancelled pull had already brought are handled
+        (refused) or nak'ed for redelivery at once (cancelled).
 
         Raises:
-            nats.js.errors.APIError: the server refused the pull (any status but
-                ``404``, ``408`` and the ``100`` heartbeat), after the durable check.
+            nats.js.errors.APIError: the server refused the pull (the status as
+                :meth:`~nats.js.errors.APIError.from_msg` reads it), after its messages
+                were handled and the durable checked.
             nats.errors.Error: the connection is closed or failed.
         """
-        if self._sub is None:
+        if self._pulls is None:
             await self.start()
-        assert self._sub is not None
-        pulls = _Pulls(self._sub)
-        batch_size = self.options.batch_size
-        msgs = pulls.queued(batch_size)
-        try:
-            answered = True
-            if len(msgs) < batch_size:
-                answered = await pulls.no_wait(batch_size - len(msgs), msgs,
-                                               self.options.fetch_timeout_s)
-            if not msgs and answered:
-                await pulls.wait_for_one(self.options.fetch_timeout_s, msgs)
-        except nats.js.errors.APIError:
+        pulls = self._pulls
+        assert pulls is not None
+        limit = self._pull_batch
+        msgs: list[Msg] = []
+        pulls.queued(limit, msgs)
+        ended: Msg | bool = True
+        if len(msgs) < limit:
+            try:
+                ended = await pulls.pull(limit - len(msgs), self.options.fetch_timeout_s,
+                                         msgs)
+            except BaseException:
+                # cancelled (or the connection failed) mid-pull: what came is given back
+                # for redelivery now, not after its ack wait
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                raise
+        if msgs:
+            self._empty_fetches = 0
+            if len(msgs) == 1:
+                await self.handle(msgs[0])
+            else:
+                await self._handle_batch(msgs)
+        if isinstance(ended, Msg):
+            if self._smaller_batch(ended):
+                return len(msgs)
             await self._rebind_if_gone()
-            raise
+            raise nats.js.errors.APIError.from_msg(ended)
         if not msgs:
             self._empty_fetches += 1
             if self._empty_fetches >= _CHECK_AFTER_EMPTY_FETCHES:
                 self._empty_fetches = 0
                 await self._rebind_if_gone()
-            return 0
-        self._empty_fetches = 0
-        if len(msgs) == 1:
-            await self.handle(msgs[0])
-        else:
-            await self._handle_batch(msgs)
         return len(msgs)
+
+    def _smaller_batch(self, refusal: Msg) -> bool:
+        """Whether ``refusal`` is ``409 Exceeded MaxRequestBatch of N`` (the durable's
+        ``max_batch``, set by whoever made it, is below ``batch_size``): then pull N at a
+        time from now on (logged once) and say True."""
+        headers = refusal.headers or {}
+        description = str(headers.get("Description") or "")
+        if not description.startswith(_MAX_BATCH_PREFIX):
+            return False
+        try:
+            most = int(description[len(_MAX_BATCH_PREFIX):])
+        except ValueError:
+            return False
+        if not 1 <= most < self._pull_batch:
+            return False
+        _log.warning("durable consumer's max_batch is below batch_size; pulling fewer",
+                     durable=self.options.durable, batch_size=self.options.batch_size,
+                     max_batch=most)
+        self._pull_batch = most
+        return True
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Handle ``msgs`` in order. JetStream started each one's ack wait when it
@@ -634,6 +687,9 @@ class Consumer:
                          stream=self.options.stream, durable=self.options.durable,
                          error=str(exc)[:200])
             self._sub = None
+            if self._pulls is not None:
+                await self._pulls.close()
+                self._pulls = None
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
             await self.start()
@@ -660,8 +716,12 @@ class Consumer:
             except Exception as exc:
                 failed += 1
                 if failed == 1:
+                    # a refusal's status and description (a server's words, no secret)
                     _log.warning("consumer fetch failed", durable=self.options.durable,
-                                 error=type(exc).__name__)
+                                 error=type(exc).__name__,
+                                 code=getattr(exc, "code", None),
+                                 description=str(getattr(exc, "description", "") or "")
+                                 [:200] or None)
                 await asyncio.sleep(self.options.backoff.delay_s(min(failed, 8)))
 
     async def handle(self, msg: Msg) -> str:

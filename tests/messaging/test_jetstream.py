@@ -1162,11 +1162,12 @@ async def test_ensure_stream_durations_past_jetstreams_range_are_refused(
 
 async def test_a_cancel_the_nats_client_swallowed_still_ends_the_consumer(
         bus: Bus, own_nc: Client, prom: CollectorRegistry) -> None:
-    """nats-py's fetch waits with ``asyncio.wait_for``, which on Python 3.11 returns a
-    message that arrived as its task was cancelled and loses the cancel (gh-86296): the
-    consumer's loop went on fetching, so ``task.cancel()`` (a drain, a shutdown) never
-    ended it (seen in ``make test``: a consumer still redelivering 90 s after its test
-    cancelled it). The loop ends at its next turn while its task is being cancelled."""
+    """nats-py's ``next_msg`` waits with ``asyncio.wait_for``, which on Python 3.11
+    returns a message that arrived as its task was cancelled and loses the cancel
+    (gh-86296): the consumer's loop went on pulling, so ``task.cancel()`` (a drain, a
+    shutdown) never ended it (seen in ``make test``: a consumer still redelivering 90 s
+    after its test cancelled it). The loop ends at its next turn while its task is being
+    cancelled. Here the pulls' inbox swallows every cancel (as a timeout)."""
     async def handle(d: Delivery) -> None:
         pass
 
@@ -1174,23 +1175,26 @@ async def test_a_cancel_the_nats_client_swallowed_still_ends_the_consumer(
         stream=bus.stream, durable="d-cancel", filter_subject=bus.subject,
         fetch_timeout_s=0.2, registry=prom))
     await consumer.start()
-    sub = consumer._sub
-    assert sub is not None
-    fetch = sub.fetch
+    pulls = consumer._pulls
+    assert pulls is not None
+    next_msg = pulls._inbox.next_msg
+    swallowed: list[bool] = []
 
-    async def swallowing_fetch(*args: Any, **kwargs: Any) -> list[Any]:
+    async def swallowing_next_msg(*args: Any, **kwargs: Any) -> Any:
         try:
-            return await fetch(*args, **kwargs)
+            return await next_msg(*args, **kwargs)
         except asyncio.CancelledError:
-            return []  # what wait_for does when a message came with the cancel
+            swallowed.append(True)  # what wait_for does when a message came with the cancel
+            raise nats.errors.TimeoutError from None
 
-    sub.fetch = swallowing_fetch  # type: ignore[method-assign]
+    pulls._inbox.next_msg = swallowing_next_msg  # type: ignore[method-assign]
     task = asyncio.create_task(consumer.run())
     await asyncio.sleep(0.3)
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=5)
     if not done:
         task.cancel()
+    assert swallowed, "the cancel did not reach the pull's wait"
     assert task in done and task.cancelled()
 
 
