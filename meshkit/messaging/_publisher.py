@@ -53,6 +53,21 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     nats.js.errors.ServiceUnavailableError,
 )
 
+#: JetStream's ``JSStreamStoreFailedF`` (503, ``{err}``): the stream refused to store the
+#: message, e.g. "maximum messages exceeded" / "maximum bytes exceeded" / "maximum
+#: messages per subject exceeded" from a stream at its limits with ``discard: new``. A
+#: 503 like an outage's, but the stream refuses until room is made (an ack in a work
+#: queue, ``max_age``), not in a retry's 50 ms..1 s: retrying at once only spends the
+#: retry budget other publishes share.
+_STREAM_STORE_FAILED = 10077
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether the same publish may be tried again after ``exc`` (see ``_RETRYABLE``)."""
+    if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _STREAM_STORE_FAILED:
+        return False
+    return isinstance(exc, _RETRYABLE)
+
 
 class PublishError(MeshError):
     """A publish failed for good (not retryable, attempts or retry budget spent); the
@@ -126,7 +141,9 @@ class PublishOptions:
             retryable timeout.
         max_attempts: attempts per publish, first included (default 3, >= 1); a retry
             follows only a retryable failure (timeout, no responders, JetStream 503,
-            reconnecting).
+            reconnecting), not a stream at its limits with ``discard: new`` (503 with
+            err_code 10077, "maximum messages exceeded" and the like: it refuses until
+            room is made, so the publish fails at once, the refusal in its message).
         backoff: delay before each retry (default full jitter 50 ms doubling to 1 s).
         budget: the retry budget shared by every publish of this publisher (default
             20 % of publishes + 10/s over 10 s: gRPC clients' rule, gRFC A6 / Finagle).
@@ -288,8 +305,11 @@ class Publisher:
                     ack = await self._attempt(subject, payload, hdrs)
                     outcome = "duplicate" if ack.duplicate else "ok"
                     return ack
-                except _RETRYABLE as exc:
+                except nats.errors.Error as exc:
                     error = exc
+                    if not _retryable(exc):
+                        raise PublishError(f"publish to {subject!r} failed: "
+                                           f"{_describe(exc)}") from exc
                     # a cancel that nats-py swallowed (its forced flush catches
                     # CancelledError) is still this task's: end here, do not retry
                     task = asyncio.current_task()
@@ -306,10 +326,6 @@ class Publisher:
                     if metrics is not None:
                         metrics.retries.labels(label).inc()
                     await asyncio.sleep(opts.backoff.delay_s(attempts))
-                except nats.errors.Error as exc:
-                    error = exc
-                    raise PublishError(f"publish to {subject!r} failed: "
-                                       f"{type(exc).__name__}") from exc
         except asyncio.CancelledError:
             error = None  # reported as "cancelled", not as the failure before it
             raise
@@ -357,6 +373,15 @@ class Publisher:
             _abandon(attempt)
             raise nats.errors.TimeoutError
         return attempt.result()
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc``'s type, and for a JetStream refusal its codes and description (e.g.
+    ``ServiceUnavailableError 503/10077: maximum messages exceeded``)."""
+    if isinstance(exc, nats.js.errors.APIError):
+        return (f"{type(exc).__name__} {exc.code}/{exc.err_code}: "
+                f"{exc.description or ''}")
+    return type(exc).__name__
 
 
 def _abandon(attempt: asyncio.Future[PubAck]) -> None:
