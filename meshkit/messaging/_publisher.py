@@ -326,6 +326,14 @@ class Publisher:
                     if metrics is not None:
                         metrics.retries.labels(label).inc()
                     await asyncio.sleep(opts.backoff.delay_s(attempts))
+                except (ValueError, TypeError) as exc:
+                    # nats-py's json.loads / PubAck(**reply) on a reply that is no ack:
+                    # a core NATS service, not a stream, answers on the subject
+                    error = exc
+                    raise PublishError(f"publish to {subject!r} got a reply that is not "
+                                       f"a JetStream ack ({type(exc).__name__}): a "
+                                       "service, not a stream, answers on the subject"
+                                       ) from exc
         except asyncio.CancelledError:
             error = None  # reported as "cancelled", not as the failure before it
             raise
@@ -496,7 +504,8 @@ class OutboxRelay:
     store that has ``count_pending`` (:class:`PendingCounter`), each round ends by
     setting ``meshkit_messaging_outbox_pending{outbox=<name>}`` (one count query).
 
-    An event whose publish fails (``PublishError``: e.g. its subject is in no stream,
+    An event whose publish fails (``PublishError``, or any other exception its publish
+    raised, such as a bad header a store returned: e.g. its subject is in no stream,
     JetStream refuses it, or it is larger with its headers than the server's
     ``max_payload``) does not hold up the others: the events published with it are
     marked sent, it is logged (its id, subject and error, never its payload) and left
@@ -550,7 +559,8 @@ class OutboxRelay:
         Raises:
             PublishError: every event of the batch failed to publish (each then backs
                 off as one that failed alone); store errors propagate as raised. Events
-                that failed while others were published only back off and are logged.
+                that failed while others were published only back off and are logged,
+                whatever the exception (only a cancel propagates).
         """
         size = self.options.batch_size
         now = asyncio.get_running_loop().time()
@@ -581,9 +591,9 @@ class OutboxRelay:
         self.published += len(done)
         if self._pending_gauge is not None and self._count_pending is not None:
             self._pending_gauge.set(await self._count_pending())
-        first: PublishError | None = None
+        first: Exception | None = None
         for e, r in zip(events, results, strict=True):
-            if isinstance(r, PublishError):
+            if isinstance(r, Exception):  # PublishError, or a fault of this one event's
                 self._hold(e, r, failed_at)
                 first = first or r
             elif isinstance(r, BaseException):
@@ -593,7 +603,7 @@ class OutboxRelay:
                                "publish") from first
         return len(done)
 
-    def _hold(self, event: OutboxEvent, error: PublishError, now: float) -> None:
+    def _hold(self, event: OutboxEvent, error: Exception, now: float) -> None:
         """Leave ``event`` out of the rounds for its own ``error_backoff`` delay from
         ``now`` (when its publish had failed); log its 1st, 2nd, 4th, 8th... failure
         (id, subject, error; never the payload)."""

@@ -4,10 +4,12 @@ semantics, each on the real NATS (the shared server, a stream of the test's own)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+import nats.aio.msg
 import nats.js.errors
 import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
@@ -15,9 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from meshkit.messaging import (
     OutboxEvent,
+    OutboxRelay,
     Publisher,
     PublishError,
     PublishOptions,
+    RelayOptions,
 )
 from meshkit.resilience import Backoff
 from tests.messaging.conftest import Bus
@@ -76,3 +80,66 @@ async def test_a_stream_full_with_discard_new_is_not_retried(
     assert "maximum messages exceeded" in str(err.value)
     assert _sample(prom, "meshkit_messaging_publish_retries_total", subject=subject) == 0
     assert publisher.budget.retries_in_window() == 0
+
+
+@pytest.fixture
+async def service_subject(bus: Bus) -> AsyncIterator[str]:
+    """A subject no stream captures on which a core NATS service answers "pong"."""
+    subject = f"svc{uuid.uuid4().hex[:10]}.ping"
+
+    async def answer(msg: nats.aio.msg.Msg) -> None:
+        await msg.respond(b"pong")
+
+    sub = await bus.nc.subscribe(subject, cb=answer)
+    await bus.nc.flush()
+    try:
+        yield subject
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def test_a_reply_that_is_no_jetstream_ack_is_a_publish_error(
+        bus: Bus, service_subject: str, prom: CollectorRegistry) -> None:
+    """A subject no stream captures but a core NATS service answers (an outbox event
+    with a wrong subject): the reply is no PubAck. publish raises PublishError, as it
+    documents for a publish that is not acked, not the JSON decoder's ValueError."""
+    publisher = Publisher(bus.js, PublishOptions(registry=prom))
+    with pytest.raises(PublishError, match="not a JetStream ack"):
+        await asyncio.wait_for(publisher.publish(service_subject, b"x", msg_id="s-1"), 8)
+
+
+async def test_an_event_whose_publish_raised_backs_off_alone_and_the_round_goes_on(
+        bus: Bus, service_subject: str, prom: CollectorRegistry) -> None:
+    """An outbox event whose publish raised something else than PublishError (here a
+    reply that is no JetStream ack) backs off alone like any failing event: the round
+    publishes and marks the others and does not fail, and the next round leaves it out.
+    It used to fail every round (the relay then slept error_backoff, up to 5 s, between
+    batches, for every event) and was never held back."""
+    store = _MemOutbox([OutboxEvent("svc-1", service_subject, b"x", {}),
+                        OutboxEvent("g-1", bus.subject, b"g", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)),
+                        RelayOptions(error_backoff=Backoff(base_delay_s=30, max_delay_s=30,
+                                                           rng=_NoJitter())))
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 1
+    assert store.sent == ["g-1"] and relay.event_failures == 1
+    store.events.append(OutboxEvent("g-2", bus.subject, b"g", {}))
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 1  # svc-1 waits its 30 s
+    assert store.sent == ["g-1", "g-2"] and relay.event_failures == 1
+
+
+async def test_an_event_with_a_header_value_that_is_no_string_backs_off_alone(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """A store that decodes stored headers from JSON may hand the relay a value that is
+    no string ({"Ecom-Schema": 2}); publishing it raises AttributeError, not
+    PublishError. That event backs off alone; the round is not a failed one."""
+    store = _MemOutbox([OutboxEvent("int-1", bus.subject, b"x",
+                                    {"Ecom-Schema": 2}),  # type: ignore[dict-item]
+                        OutboxEvent("g-1", bus.subject, b"g", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)),
+                        RelayOptions(error_backoff=Backoff(base_delay_s=30, max_delay_s=30,
+                                                           rng=_NoJitter())))
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 1
+    assert store.sent == ["g-1"] and relay.event_failures == 1
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 0  # int-1 waits its 30 s
+    assert relay.event_failures == 1
