@@ -512,9 +512,11 @@ class OutboxRelay:
     out of the rounds for ``error_backoff`` (its own count: 100 ms doubling to 5 s by
     default), counted from the end of the round's publishes, before it is tried again,
     and the round is a normal one. Only a round in which the store failed, or every
-    event of the batch failed (NATS down, most likely), is a failed round, followed by
-    ``error_backoff``. ``failures`` counts failed rounds, ``event_failures`` failed
-    event publishes.
+    event of the batch failed, one at least at its first try (NATS down, most likely),
+    is a failed round, followed by ``error_backoff``; events that had failed before and
+    fail again alone (one that cannot be published, retried after its backoff) only
+    back off again. ``failures`` counts failed rounds, ``event_failures`` failed event
+    publishes.
 
     Every failing event is remembered (its id, failure count and retry time) until it is
     published, or until a round reads the whole outbox without it (sent by another
@@ -557,10 +559,11 @@ class OutboxRelay:
             How many events were published (duplicates included).
 
         Raises:
-            PublishError: every event of the batch failed to publish (each then backs
-                off as one that failed alone); store errors propagate as raised. Events
-                that failed while others were published only back off and are logged,
-                whatever the exception (only a cancel propagates).
+            PublishError: every event of the batch failed to publish, one at least at
+                its first try (each then backs off as one that failed alone); store
+                errors propagate as raised. Events that failed while others were
+                published, or failed again after failing before, only back off and are
+                logged, whatever the exception (only a cancel propagates).
         """
         size = self.options.batch_size
         now = asyncio.get_running_loop().time()
@@ -576,6 +579,7 @@ class OutboxRelay:
             if self._pending_gauge is not None and self._count_pending is not None:
                 self._pending_gauge.set(await self._count_pending() if pending else 0)
             return 0
+        failing = {e.event_id for e in events if e.event_id in self._held}
         results = await asyncio.gather(
             *(self._publisher.publish(e.subject, e.payload, msg_id=e.event_id,
                                       headers=e.headers, context=extract(e.headers))
@@ -598,7 +602,9 @@ class OutboxRelay:
                 first = first or r
             elif isinstance(r, BaseException):
                 raise r
-        if first is not None and not done:
+        # a batch of events that were failing already and fail again (one that cannot
+        # be published, retried alone) says nothing new of NATS: they only back off
+        if first is not None and not done and len(failing) < len(events):
             raise PublishError(f"all {len(events)} events of the batch failed to "
                                "publish") from first
         return len(done)
@@ -621,8 +627,9 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; a failed round (store error, or every event of the
-        batch failed) is logged and retried after ``error_backoff``; an event that
-        failed alone only backs off itself (see the class docstring)."""
+        batch failed, one at least at its first try) is logged and retried after
+        ``error_backoff``; an event that failed alone only backs off itself (see the
+        class docstring)."""
         failed = 0
         while True:
             self._wake.clear()

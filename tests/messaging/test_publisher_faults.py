@@ -36,6 +36,18 @@ class _NoJitter(random.Random):
         return b
 
 
+class _Alternating(random.Random):
+    """Full jitter drawing the top of the range, then a fifth of it, in turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.draws += 1
+        return a + (b - a) * (1.0 if self.draws % 2 else 0.2)
+
+
 class _MemOutbox:
     def __init__(self, events: list[OutboxEvent]) -> None:
         self.events = events
@@ -143,3 +155,33 @@ async def test_an_event_with_a_header_value_that_is_no_string_backs_off_alone(
     assert store.sent == ["g-1"] and relay.event_failures == 1
     assert await asyncio.wait_for(relay.relay_once(), 8) == 0  # int-1 waits its 30 s
     assert relay.event_failures == 1
+
+
+async def test_an_event_failing_alone_again_and_again_is_not_a_failed_round_each_time(
+        bus: Bus, prom: CollectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
+    """One event that can never be published (its subject in no stream), the rest of the
+    outbox sent: each time its backoff ends it is a batch of one that fails whole. It
+    backs off again, logged at its 1st, 2nd, 4th... failure; NATS is fine, so those are
+    no failed rounds: ``failures`` (failed rounds) and the "outbox relay round failed"
+    warning come once, for its first failure, not at every retry for ever (when a
+    failed round's sleep, jittered, ended before the event's own backoff, the empty
+    round between ended the streak, so the next retry was a "first" failed round,
+    logged again)."""
+    store = _MemOutbox([OutboxEvent("bad", f"nostream{bus.stream}.x", b"x", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom,
+                                                                max_attempts=1)),
+                        RelayOptions(poll_interval_s=0.02, error_backoff=Backoff(
+                            base_delay_s=0.1, max_delay_s=0.1, rng=_Alternating())))
+    task = asyncio.create_task(relay.run())
+    try:
+        for _ in range(400):
+            if relay.event_failures >= 6:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert relay.event_failures >= 6 and store.sent == []
+    rounds_failed = sum("outbox relay round failed" in r.getMessage()
+                        for r in caplog.records)
+    assert (relay.failures, rounds_failed) == (1, 1)
