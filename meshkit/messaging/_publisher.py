@@ -42,12 +42,15 @@ _log = get_logger("meshkit.messaging")
 
 #: Failures after which the same publish may be tried again: the server did not answer
 #: in time, JetStream had no responder (restarting, leader election) or said 503, or
-#: the connection is reconnecting. Safe because ``Nats-Msg-Id`` makes a repeat a no-op
-#: within the stream's duplicate window.
+#: the connection is reconnecting (a publish then meets OutboundBufferLimitError when
+#: nats-py's pending buffer cannot take it; ConnectionReconnectingError comes from
+#: drain). Safe because ``Nats-Msg-Id`` makes a repeat a no-op within the stream's
+#: duplicate window.
 _RETRYABLE: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
@@ -141,9 +144,10 @@ class PublishOptions:
             retryable timeout.
         max_attempts: attempts per publish, first included (default 3, >= 1); a retry
             follows only a retryable failure (timeout, no responders, JetStream 503,
-            reconnecting), not a stream at its limits with ``discard: new`` (503 with
-            err_code 10077, "maximum messages exceeded" and the like: it refuses until
-            room is made, so the publish fails at once, the refusal in its message).
+            reconnecting: also nats-py's pending buffer full while it is), not a
+            stream at its limits with ``discard: new`` (503 with err_code 10077,
+            "maximum messages exceeded" and the like: it refuses until room is made,
+            so the publish fails at once, the refusal in its message).
         backoff: delay before each retry (default full jitter 50 ms doubling to 1 s).
         budget: the retry budget shared by every publish of this publisher (default
             20 % of publishes + 10/s over 10 s: gRPC clients' rule, gRFC A6 / Finagle).

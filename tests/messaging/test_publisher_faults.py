@@ -9,6 +9,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+import nats
 import nats.aio.msg
 import nats.js.errors
 import pytest
@@ -24,7 +25,8 @@ from meshkit.messaging import (
     RelayOptions,
 )
 from meshkit.resilience import Backoff
-from tests.messaging.conftest import Bus
+from tests.messaging.conftest import Bus, NatsServer
+from tests.support.wait import until
 
 
 def _sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
@@ -185,3 +187,33 @@ async def test_an_event_failing_alone_again_and_again_is_not_a_failed_round_each
     rounds_failed = sum("outbox relay round failed" in r.getMessage()
                         for r in caplog.records)
     assert (relay.failures, rounds_failed) == (1, 1)
+
+
+async def test_a_publish_while_reconnecting_with_a_full_buffer_is_retried(
+        private_nats: NatsServer, private_bus: Bus, prom: CollectorRegistry) -> None:
+    """While the connection is reconnecting, nats-py buffers a publish, or, when its
+    pending buffer (``pending_size``) cannot take it, raises OutboundBufferLimitError at
+    once: the "reconnecting" failure a publish meets (ConnectionReconnectingError comes
+    only from drain). It is retried like a timeout, and the publish is acked once the
+    server is back; it used to fail at its first attempt with nothing retried."""
+    nc = await nats.connect(private_nats.url, connect_timeout=2, reconnect_time_wait=0.1,
+                            max_reconnect_attempts=-1, pending_size=1024)
+    try:
+        pub = Publisher(nc.jetstream(), PublishOptions(
+            registry=prom, timeout_s=0.5, max_attempts=60,
+            backoff=Backoff(base_delay_s=0.05, max_delay_s=0.2)))
+        await pub.publish(private_bus.subject, b"before", msg_id="b-0")
+        private_nats.kill()
+        await until(lambda: not nc.is_connected, timeout_s=10, what="disconnected")
+        task = asyncio.create_task(
+            pub.publish(private_bus.subject, b"x" * 2000, msg_id="b-1"))
+        await asyncio.sleep(0.5)
+        assert not task.done() or task.exception() is None, task.exception()
+        await private_nats.start()  # same port, same store directory
+        ack = await asyncio.wait_for(task, 20)
+        assert ack.seq == 2 and not ack.duplicate
+        assert _sample(prom, "meshkit_messaging_publish_retries_total",
+                       subject=private_bus.subject) >= 1
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
