@@ -616,18 +616,21 @@ class OutboxRelay:
     def _hold(self, event: OutboxEvent, error: Exception, now: float) -> None:
         """Leave ``event`` out of the rounds for its own ``error_backoff`` delay from
         ``now`` (when its publish had failed); log its 1st, 2nd, 4th, 8th... failure
-        (id, subject, error; never the payload)."""
+        (id, subject, error: its type, and for a JetStream refusal ``reason``, its codes
+        and description; never the payload)."""
         held = self._held.pop(event.event_id, None)
         failures = (held.failures if held else 0) + 1
         delay = self.options.error_backoff.delay_s(min(failures, 30))
         self._held[event.event_id] = _Held(failures, now + delay)
         self.event_failures += 1
         if failures & (failures - 1) == 0:
-            cause = error.__cause__
+            cause = error.__cause__ or error
+            reason = {"reason": _describe(cause)} \
+                if isinstance(cause, nats.js.errors.APIError) else {}
             _log.warning("outbox event failed to publish; retried after a backoff",
                          event_id=event.event_id, subject=event.subject,
                          failures=failures, retry_in_s=round(delay, 3),
-                         error=type(cause or error).__name__)
+                         error=type(cause).__name__, **reason)
 
     async def run(self) -> None:
         """Relay until cancelled; a failed round (store error, or every event of the

@@ -217,3 +217,21 @@ async def test_a_publish_while_reconnecting_with_a_full_buffer_is_retried(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 5)
+
+
+async def test_the_relays_warning_says_why_jetstream_refused_an_event(
+        bus: Bus, full_stream: tuple[str, str], prom: CollectorRegistry,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The warning for an event that failed to publish gives JetStream's refusal (codes,
+    description), not only the exception's type: a stream at its limits (503/10077
+    "maximum messages exceeded") otherwise reads as ServiceUnavailableError, the same
+    as JetStream being down, and the operator cannot tell which."""
+    _, subject = full_stream
+    store = _MemOutbox([OutboxEvent("full-1", subject, b"x", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)))
+    with pytest.raises(PublishError):
+        await asyncio.wait_for(relay.relay_once(), 8)
+    warnings = [r.getMessage() for r in caplog.records
+                if "outbox event failed to publish" in r.getMessage()]
+    assert len(warnings) == 1 and "full-1" in warnings[0]
+    assert "maximum messages exceeded" in warnings[0], warnings[0]
