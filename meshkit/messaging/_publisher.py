@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -514,13 +514,19 @@ class OutboxRelay:
     ``max_payload``) does not hold up the others: the events published with it are
     marked sent, it is logged (its id, subject and error, never its payload) and left
     out of the rounds for ``error_backoff`` (its own count: 100 ms doubling to 5 s by
-    default), counted from the end of the round's publishes, before it is tried again,
-    and the round is a normal one. Only a round in which the store failed, or every
-    event of the batch failed, one at least at its first try (NATS down, most likely),
-    is a failed round, followed by ``error_backoff``; events that had failed before and
-    fail again alone (one that cannot be published, retried after its backoff) only
-    back off again. ``failures`` counts failed rounds, ``event_failures`` failed event
-    publishes.
+    default), counted from the end of its failed publish, before it is tried again,
+    and the round is a normal one. An event that failed before is tried again beside
+    the rounds, not in one (up to ``batch_size`` such retries at a time): its publish
+    may take ``max_attempts`` x ``timeout_s`` (no ack comes, e.g. its subject is one a
+    core NATS subscriber listens to but no stream captures), and the events committed
+    meanwhile do not wait for it; the next round takes its outcome (marks it sent, or
+    holds it again). Only a round in which the store failed, or every event of the
+    batch at its first try failed (NATS down, most likely), is a failed round, followed
+    by ``error_backoff``; events that had failed before and fail again only back off
+    again. ``failures`` counts failed rounds, ``event_failures`` failed event
+    publishes. :meth:`run` cancels the retries under way when it ends; a caller of
+    :meth:`relay_once` alone leaves them to end on their own (bounded by the
+    publisher's attempts), taken by its next call.
 
     Every failing event is remembered (its id, failure count and retry time) until it is
     published, or until a round reads the whole outbox without it (sent by another
@@ -545,6 +551,9 @@ class OutboxRelay:
         self.failures = 0
         self.event_failures = 0
         self._held: dict[str, _Held] = {}
+        # events that failed before, being published again beside the rounds
+        self._retrying: dict[str, tuple[OutboxEvent, asyncio.Task[
+            tuple[PubAck | Exception, float]]]] = {}
         self._pending_gauge = None
         self._count_pending = getattr(store, "count_pending", None)
         if publisher.options.metrics and self._count_pending is not None:
@@ -557,39 +566,49 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending events and mark the acked ones sent; events that
-        failed recently and are still backing off are left out (see the class docstring).
+        failed recently and are still backing off are left out, and those whose backoff
+        ended are retried beside the round, their outcome taken by a later round (see
+        the class docstring).
 
         Returns:
-            How many events were published (duplicates included).
+            How many events were published (duplicates included): the round's, and
+            those of earlier retries that ended since the last round.
 
         Raises:
-            PublishError: every event of the batch failed to publish, one at least at
-                its first try (each then backs off as one that failed alone); store
-                errors propagate as raised. Events that failed while others were
-                published, or failed again after failing before, only back off and are
-                logged, whatever the exception (only a cancel propagates).
+            PublishError: every event of the batch at its first try failed to publish
+                (each then backs off as one that failed alone); store errors propagate
+                as raised. Events that failed while others were published, or failed
+                again after failing before, only back off and are logged, whatever the
+                exception (only a cancel propagates).
         """
         size = self.options.batch_size
-        now = asyncio.get_running_loop().time()
-        waiting = {i for i, h in self._held.items() if h.retry_at > now}
+        retried = await self._collect_retries()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = {i for i, h in self._held.items() if h.retry_at > now} | \
+            self._retrying.keys()
         limit = size + len(waiting)
         pending = await self._store.pending_events(limit)
         if len(pending) < limit:  # every pending event seen: forget those sent since
             seen = {e.event_id for e in pending}
             for gone in [i for i in self._held if i not in seen]:
                 del self._held[gone]
-        events = [e for e in pending if e.event_id not in waiting][:size]
+        batch = [e for e in pending if e.event_id not in waiting][:size]
+        events = []
+        for e in batch:
+            if e.event_id not in self._held:
+                events.append(e)
+            elif len(self._retrying) < size:  # failed before: retried beside the rounds
+                task = asyncio.create_task(self._retry(e))
+                task.add_done_callback(lambda _: self._wake.set())
+                self._retrying[e.event_id] = (e, task)
         if not events:
             if self._pending_gauge is not None and self._count_pending is not None:
                 self._pending_gauge.set(await self._count_pending() if pending else 0)
-            return 0
-        failing = {e.event_id for e in events if e.event_id in self._held}
-        results = await asyncio.gather(
-            *(self._publisher.publish(e.subject, e.payload, msg_id=e.event_id,
-                                      headers=e.headers, context=extract(e.headers))
-              for e in events),
-            return_exceptions=True)
-        failed_at = asyncio.get_running_loop().time()  # a publish may take its retries
+            return retried
+        results = await asyncio.gather(*(self._publish(e) for e in events),
+                                       return_exceptions=True)
+        failed_at = loop.time()  # a publish may take its retries
         done = [e.event_id for e, r in zip(events, results, strict=True)
                 if isinstance(r, PubAck)]
         if done:
@@ -606,12 +625,49 @@ class OutboxRelay:
                 first = first or r
             elif isinstance(r, BaseException):
                 raise r
-        # a batch of events that were failing already and fail again (one that cannot
-        # be published, retried alone) says nothing new of NATS: they only back off
-        if first is not None and not done and len(failing) < len(events):
+        if first is not None and not done:
             raise PublishError(f"all {len(events)} events of the batch failed to "
                                "publish") from first
-        return len(done)
+        return len(done) + retried
+
+    def _publish(self, event: OutboxEvent) -> Coroutine[Any, Any, PubAck]:
+        return self._publisher.publish(event.subject, event.payload, msg_id=event.event_id,
+                                       headers=event.headers, context=extract(event.headers))
+
+    async def _retry(self, event: OutboxEvent) -> tuple[PubAck | Exception, float]:
+        """Publish an event that failed before; its ack or error, and when it came."""
+        try:
+            result: PubAck | Exception = await self._publish(event)
+        except Exception as exc:
+            result = exc
+        return result, asyncio.get_running_loop().time()
+
+    async def _collect_retries(self) -> int:
+        """Take the outcome of the retries that ended: mark the acked events sent, hold
+        the failed ones again (from when they failed); how many were marked."""
+        ended = [(e, t) for e, t in self._retrying.values() if t.done()]
+        for e, _ in ended:
+            del self._retrying[e.event_id]
+        acked = []
+        for e, t in ended:
+            if t.cancelled():
+                continue
+            result, at = t.result()
+            if isinstance(result, PubAck):
+                acked.append(e.event_id)
+            else:
+                self._hold(e, result, at)
+        if acked:
+            await self._store.mark_sent(acked)
+            for i in acked:
+                self._held.pop(i, None)
+            self.published += len(acked)
+        return len(acked)
+
+    def _cancel_retries(self) -> None:
+        for _, task in self._retrying.values():
+            task.cancel()
+        self._retrying.clear()
 
     def _hold(self, event: OutboxEvent, error: Exception, now: float) -> None:
         """Leave ``event`` out of the rounds for its own ``error_backoff`` delay from
@@ -634,27 +690,30 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; a failed round (store error, or every event of the
-        batch failed, one at least at its first try) is logged and retried after
-        ``error_backoff``; an event that failed alone only backs off itself (see the
-        class docstring)."""
+        batch at its first try failed) is logged and retried after ``error_backoff``;
+        an event that failed alone only backs off itself (see the class docstring).
+        Retries still running when it ends are cancelled (their events stay pending)."""
         failed = 0
-        while True:
-            self._wake.clear()
-            try:
-                n = await self.relay_once()
-                failed = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failed += 1
-                self.failures += 1
-                if failed == 1:
-                    _log.warning("outbox relay round failed", error=type(exc).__name__)
-                await asyncio.sleep(self.options.error_backoff.delay_s(failed))
-                continue
-            if n < self.options.batch_size:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel
-                # that comes in the turn the wake does (gh-86296), and the relay went on
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.options.poll_interval_s):
-                        await self._wake.wait()
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    n = await self.relay_once()
+                    failed = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failed += 1
+                    self.failures += 1
+                    if failed == 1:
+                        _log.warning("outbox relay round failed", error=type(exc).__name__)
+                    await asyncio.sleep(self.options.error_backoff.delay_s(failed))
+                    continue
+                if n < self.options.batch_size:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel
+                    # that comes in the turn the wake does (gh-86296), and the relay went on
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.options.poll_interval_s):
+                            await self._wake.wait()
+        finally:
+            self._cancel_retries()
