@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,11 +65,11 @@ _CHECK_AFTER_EMPTY_FETCHES = 5
 #: How much longer than its ``expires`` the consumer waits for a pull's ending status
 #: before it stops waiting for it anyway (a slow or lost connection).
 _PULL_GRACE_S = 0.5
-#: After a message, how long a pull waits for the next one or its ending status before
-#: it returns what it has: its own pull ends at once after its messages, but a message
-#: another pull brought (one left waiting by an earlier client) leaves it waiting; the
-#: rest of a late pull reaches the inbox and the next pull's :meth:`_Pulls.queued`.
-_LINGER_S = 0.25
+#: The ``expires`` of a pull that takes what is waiting (see :meth:`Consumer.run_once`):
+#: the server ends it at once with a ``408`` when it delivered less than its batch, but
+#: only at its expiry when the durable's ``max_ack_pending`` held the rest back, and the
+#: consumer waits for that end rather than leave a pull on the server.
+_TAKE_EXPIRES_S = 0.25
 #: The statuses JetStream ends a pull with (ADR-13): ``404 No Messages``, ``408 Request
 #: Timeout`` (its ``expires`` passed, or a no-wait pull delivered fewer than its batch:
 #: nothing more is waiting), ``409`` (the consumer was deleted, or the request exceeds a
@@ -77,6 +78,12 @@ _LINGER_S = 0.25
 _NO_MESSAGES, _REQUEST_TIMEOUT, _HEARTBEAT = "404", "408", "100"
 #: The ``409`` a pull for more than the durable's ``max_batch`` gets (nats-server).
 _MAX_BATCH_PREFIX = "Exceeded MaxRequestBatch of "
+#: The ``409`` a pull waiting longer than the durable's ``max_expires`` gets; the limit
+#: as a Go duration (``500ms``, ``1m30s``).
+_MAX_EXPIRES_PREFIX = "Exceeded MaxRequestExpires of "
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+              "h": 3600.0}
 
 #: While a fetched batch is handled, its messages still waiting their turn get an
 #: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
@@ -204,12 +211,12 @@ class _Pulls:
                 msgs.append(msg)
 
     async def pull(self, batch: int, wait_s: float, msgs: list[Msg]) -> Msg | bool:
-        """Pull up to ``batch`` messages into ``msgs``, waiting up to ``wait_s`` (the
-        pull's ``expires``) for the first one. Returns True when the pull ended (its
-        batch came, or its ``404``/``408``) or messages came and then nothing for
-        ``_LINGER_S``, False when nothing answered it within ``wait_s + _PULL_GRACE_S``
-        (a deleted durable, a lost connection), or the status message that refused it
-        (``409`` or another code)."""
+        """Pull up to ``batch`` messages into ``msgs``, the server waiting up to
+        ``wait_s`` (the pull's ``expires``) for the first one, and wait for the pull's
+        end: ``batch`` messages, or its own ``404``/``408`` (True); nothing within
+        ``wait_s + _PULL_GRACE_S`` (False if no message came either: a deleted durable,
+        a lost connection); or the status message that refused it (a ``409`` or another
+        code). A message counts whichever pull brought it."""
         self._n += 1
         reply = f"{self._prefix}.{self._n}"
         request = {"batch": batch, "no_wait": True, "expires": max(int(wait_s * 1e9), 1)}
@@ -224,7 +231,6 @@ class _Pulls:
             status = _status(msg)
             if not status:
                 msgs.append(msg)
-                end = min(end, time.monotonic() + _LINGER_S)
             elif msg.subject != reply or status == _HEARTBEAT:
                 continue  # an earlier pull's (stopped waiting for), or an idle heartbeat
             elif status in (_NO_MESSAGES, _REQUEST_TIMEOUT):
@@ -476,6 +482,8 @@ class Consumer:
         self._pulls: _Pulls | None = None
         #: messages per pull: batch_size, less when the durable allows fewer (run_once)
         self._pull_batch = options.batch_size
+        #: how long an idle pull waits: fetch_timeout_s, less if the durable allows less
+        self._expires_s = options.fetch_timeout_s
         self._empty_fetches = 0
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
@@ -532,34 +540,55 @@ class Consumer:
                     _log.warning("durable consumer's filter subject changed",
                                  durable=o.durable, old=current.filter_subject,
                                  new=o.filter_subject)
-        # a pull for more than the durable lets out unacked waits its whole expires for
-        # messages the server does not send yet (see run_once)
-        most = current.max_ack_pending
-        self._pull_batch = min(o.batch_size, most) if most and most > 0 else o.batch_size
+        self._cap_batch(current.max_ack_pending)
         if self._pulls is not None:
             await self._pulls.close()
         self._pulls = await _Pulls.open(sub)
+        # the pulls answer on their own inbox: the subscription's is never read
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
         self._sub = sub
+
+    def _cap_batch(self, max_ack_pending: int | None) -> None:
+        """Pull at most the durable's ``max_ack_pending`` at a time: a pull for more waits
+        its expiry for messages the server does not send until acks make room."""
+        most = max_ack_pending
+        batch = self.options.batch_size
+        self._pull_batch = min(batch, most) if most and most > 0 else batch
+
+    async def aclose(self) -> None:
+        """Stop pulling: unsubscribe the pulls' inbox, so a pull still waiting on the
+        server takes no message for this consumer (JetStream skips a pull nobody listens
+        to). Messages already delivered and not acked are redelivered after their ack
+        wait. :meth:`run` does it when cancelled; a later :meth:`run` or
+        :meth:`run_once` binds the durable again. Raises nothing."""
+        pulls, self._pulls = self._pulls, None
+        if pulls is not None:
+            await pulls.close()
 
     async def run_once(self) -> int:
         """Pull one batch and handle it, its messages one after another, those waiting
         kept in progress (see ``ConsumerOptions.ack_wait_s``); returns how many messages
         were handled (0 when none came within ``fetch_timeout_s``).
 
-        A pull (one request, see :class:`_Pulls`) brings what is waiting at once, up to
-        ``batch_size`` (less the messages already in the consumer's inbox), and ends; with
-        nothing waiting it waits up to ``fetch_timeout_s`` for the first message and ends
-        as that comes. So an event reaching an idle consumer is handled at once, a backlog
-        is taken ``batch_size`` at a time, and no pull of this consumer's waits on the
-        server while a handler runs (a pull left waiting takes the next message for a
+        It takes what is waiting first: messages already in its inbox (an earlier pull's
+        that came late) are handled without a pull; otherwise a pull (see
+        :class:`_Pulls`) brings up to ``batch_size`` at once and ends. Only when none is
+        waiting does it wait, up to ``fetch_timeout_s``, with a pull for ONE message,
+        which ends as that comes. Each pull is waited for until the server ends it (a
+        pull that the durable's ``max_ack_pending`` holds back ends at its 0.25 s
+        expiry), so an event reaching an idle consumer is handled at once, a backlog is
+        taken ``batch_size`` at a time, and no pull of this consumer's waits on the
+        server while a handler runs (one left waiting takes the next message for a
         process that may be dying with it: nats-py's ``fetch`` could leave one, and then
         held an event up to ``fetch_timeout_s``). A durable whose ``max_ack_pending`` is
-        below ``batch_size`` is pulled that many at a time (a pull for more waits
-        ``fetch_timeout_s`` for messages the server may not send yet); one whose
-        ``max_batch`` is (the server refuses the pull: ``409 Exceeded MaxRequestBatch
-        of N``), N at a time from then on, logged once.
+        below ``batch_size`` is pulled that many at a time (read at :meth:`start` and at
+        each durable check); one whose ``max_batch`` or ``max_expires`` is below
+        ``batch_size`` or ``fetch_timeout_s`` (the server refuses the pull: ``409
+        Exceeded MaxRequestBatch of N`` / ``MaxRequestExpires of D``) is pulled within
+        them from then on, logged once.
 
-        Every 5th pull in a row that brought nothing, and after a pull the server refused
+        Every 5th run in a row that brought nothing, and after a pull the server refused
         (any other ``409``, e.g. ``Consumer Deleted``), it checks that the durable still
         exists and re-creates it if not (a pull from a deleted durable is never
         answered). Messages a refused or cancelled pull had already brought are handled
@@ -579,10 +608,12 @@ class Consumer:
         msgs: list[Msg] = []
         pulls.queued(limit, msgs)
         ended: Msg | bool = True
-        if len(msgs) < limit:
+        if not msgs:
             try:
-                ended = await pulls.pull(limit - len(msgs), self.options.fetch_timeout_s,
+                ended = await pulls.pull(limit, min(_TAKE_EXPIRES_S, self._expires_s),
                                          msgs)
+                if not msgs and ended is True:
+                    ended = await pulls.pull(1, self._expires_s, msgs)
             except BaseException:
                 # cancelled (or the connection failed) mid-pull: what came is given back
                 # for redelivery now, not after its ack wait
@@ -597,7 +628,7 @@ class Consumer:
             else:
                 await self._handle_batch(msgs)
         if isinstance(ended, Msg):
-            if self._smaller_batch(ended):
+            if self._within_limits(ended):
                 return len(msgs)
             await self._rebind_if_gone()
             raise nats.js.errors.APIError.from_msg(ended)
@@ -608,25 +639,39 @@ class Consumer:
                 await self._rebind_if_gone()
         return len(msgs)
 
-    def _smaller_batch(self, refusal: Msg) -> bool:
-        """Whether ``refusal`` is ``409 Exceeded MaxRequestBatch of N`` (the durable's
-        ``max_batch``, set by whoever made it, is below ``batch_size``): then pull N at a
-        time from now on (logged once) and say True."""
+    def _within_limits(self, refusal: Msg) -> bool:
+        """Whether ``refusal`` is ``409 Exceeded MaxRequestBatch of N`` or ``...
+        MaxRequestExpires of D`` (the durable's ``max_batch`` / ``max_expires``, set by
+        whoever made it, is below ``batch_size`` / ``fetch_timeout_s``): then pull
+        within it from now on (logged) and say True."""
         headers = refusal.headers or {}
         description = str(headers.get("Description") or "")
-        if not description.startswith(_MAX_BATCH_PREFIX):
-            return False
-        try:
-            most = int(description[len(_MAX_BATCH_PREFIX):])
-        except ValueError:
-            return False
-        if not 1 <= most < self._pull_batch:
-            return False
-        _log.warning("durable consumer's max_batch is below batch_size; pulling fewer",
-                     durable=self.options.durable, batch_size=self.options.batch_size,
-                     max_batch=most)
-        self._pull_batch = most
-        return True
+        if description.startswith(_MAX_BATCH_PREFIX):
+            try:
+                most = int(description[len(_MAX_BATCH_PREFIX):])
+            except ValueError:
+                return False
+            if not 1 <= most < self._pull_batch:
+                return False
+            _log.warning("durable consumer's max_batch is below batch_size; pulling fewer",
+                         durable=self.options.durable, batch_size=self.options.batch_size,
+                         max_batch=most)
+            self._pull_batch = most
+            return True
+        if description.startswith(_MAX_EXPIRES_PREFIX):
+            text = description[len(_MAX_EXPIRES_PREFIX):].strip()
+            parts = _GO_DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                return False
+            longest = sum(float(n) * _GO_UNIT_S[u] for n, u in parts)
+            if not 0 < longest < self._expires_s:
+                return False
+            _log.warning("durable consumer's max_expires is below fetch_timeout_s; "
+                         "pulls wait less", durable=self.options.durable,
+                         fetch_timeout_s=self.options.fetch_timeout_s, max_expires=text)
+            self._expires_s = longest * 0.9  # within it, whatever its rounding
+            return True
+        return False
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Handle ``msgs`` in order. JetStream started each one's ack wait when it
@@ -681,17 +726,14 @@ class Consumer:
         if sub is None:
             return
         try:
-            await sub.consumer_info()
+            info = await sub.consumer_info()
+            self._cap_batch(info.config.max_ack_pending)
         except nats.js.errors.NotFoundError as exc:
             _log.warning("durable consumer or its stream is gone; re-creating it",
                          stream=self.options.stream, durable=self.options.durable,
                          error=str(exc)[:200])
             self._sub = None
-            if self._pulls is not None:
-                await self._pulls.close()
-                self._pulls = None
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await self.aclose()
             await self.start()
 
     async def run(self) -> None:
@@ -699,7 +741,14 @@ class Consumer:
         retried after ``backoff`` (the nats client reconnects by itself). A durable lost
         while running (stream deleted and re-created, server restarted without its
         store) is noticed after 5 empty fetches and re-created (:meth:`run_once`). A cancel
-        that the nats client swallowed ends it at the next fetch (``Task.cancelling()``)."""
+        that the nats client swallowed ends it at the next fetch (``Task.cancelling()``).
+        Cancelled, it stops pulling (:meth:`aclose`) before it ends."""
+        try:
+            await self._run()
+        finally:
+            await self.aclose()
+
+    async def _run(self) -> None:
         failed = 0
         task = asyncio.current_task()
         while True:

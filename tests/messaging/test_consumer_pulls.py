@@ -305,9 +305,10 @@ async def test_a_durable_with_a_small_max_ack_pending_is_pulled_without_waiting(
 
 async def test_messages_a_refused_pull_brought_are_handled_before_it_raises(
         bus: Bus, prom: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run_once`` took a message from its inbox (an earlier pull's) and its pull was
-    refused (a ``409``, here sent ahead of the server's answer): the message is
-    handled, then the refusal raised, not dropped unacked until ``ack_wait_s``."""
+    """A pull of ``run_once``'s brought a message (here one an older pull delivered to
+    the inbox as it waited) and was then refused (a ``409``, sent here ahead of the
+    server's answer): the message is handled, then the refusal raised, not dropped
+    unacked until ``ack_wait_s``."""
     got: list[bytes] = []
 
     async def handle(d: Delivery) -> None:
@@ -321,12 +322,12 @@ async def test_messages_a_refused_pull_brought_are_handled_before_it_raises(
                          json.dumps({"batch": 1, "expires": int(5e9)}).encode(),
                          reply=_stale_reply(consumer))
     await bus.nc.flush()
-    await bus.js.publish(bus.subject, b"early", headers={"Nats-Msg-Id": "early"})
-    await until(lambda: pulls._inbox._pending_queue.qsize() == 1, timeout_s=5,
-                what="the earlier pull's message in the inbox")
     real = type(pulls).pull
 
     async def refused(self: Any, batch: int, wait_s: float, msgs: list[Any]) -> Any:
+        await bus.js.publish(bus.subject, b"early", headers={"Nats-Msg-Id": "early"})
+        await until(lambda: self._inbox._pending_queue.qsize() == 1, timeout_s=5,
+                    what="the older pull's message in the inbox")
         await bus.nc.publish(f"{self.reply_prefix}.{self._n + 1}", b"", headers={
             "Status": "409", "Description": "Leadership Change"})
         return await real(self, batch, wait_s, msgs)
@@ -505,3 +506,156 @@ async def test_messages_of_a_cancelled_pull_are_given_back_at_once(
     while not got and time.monotonic() - started < 5:
         await consumer.run_once()
     assert got == [(b"m", 2)], got
+
+
+async def test_messages_already_in_the_inbox_are_not_held_by_an_idle_pull(
+        bus: Bus, prom: CollectorRegistry, run_consumer: Any) -> None:
+    """Messages an earlier pull brought after ``run_once`` stopped waiting for it sit in
+    the inbox; the next ``run_once`` took them and still made a pull that waited up to
+    ``fetch_timeout_s`` for a first NEW message before handling the ones it held (3.0 s,
+    their ack wait running). They are handled at once."""
+    handled: dict[bytes, float] = {}
+
+    async def handle(d: Delivery) -> None:
+        handled[d.data] = time.monotonic()
+
+    running = await run_consumer(bus, handle, prom, run=False,
+                                 fetch_timeout_s=IDLE_FETCH_S)
+    consumer = running.consumer
+    for key in (b"q0", b"q1"):
+        await bus.js.publish(bus.subject, key, headers={"Nats-Msg-Id": key.decode()})
+    await _orphaned_pull(bus, consumer)  # brings both into the consumer's inbox
+    pulls = consumer._pulls
+    assert pulls is not None
+    await until(lambda: pulls._inbox._pending_queue.qsize() >= 2, timeout_s=5,
+                what="messages in the inbox")
+    started = time.monotonic()
+    assert await consumer.run_once() == 2
+    late = max(handled.values()) - started
+    assert late < PROMPT_S, late
+
+
+@pytest.mark.parametrize("case", ["shared-by-two-processes", "lowered-after-start"])
+async def test_a_pull_max_ack_pending_holds_back_is_not_left_waiting(
+        bus: Bus, prom: CollectorRegistry, case: str) -> None:
+    """When another process of the durable holds part of its ``max_ack_pending``, or it
+    was lowered after ``start``, a pull gets fewer messages than its batch and no status
+    until its expiry. Returning before that end left the pull on the server, taking
+    messages while the handlers ran (``num_waiting`` 2 in a handler). In a handler of one
+    process only the other process's pull may wait now."""
+    opts = _opts(bus, prom, batch_size=4, fetch_timeout_s=3.0)
+
+    async def unused(d: Delivery) -> None:
+        raise AssertionError
+
+    config = Consumer(bus.js, unused, opts).consumer_config()
+    config.max_ack_pending = 4
+    await bus.js.add_consumer(bus.stream, config)
+    waiting: list[int] = []
+
+    async def handle(d: Delivery) -> None:
+        waiting.append(await _num_waiting(bus))
+        await asyncio.sleep(0.3)
+
+    consumers = [Consumer(bus.js, handle, opts)]
+    if case == "shared-by-two-processes":
+        consumers.append(Consumer(bus.js, handle, opts))
+    for c in consumers:
+        await c.start()
+    if case == "lowered-after-start":
+        config.max_ack_pending = 2
+        await bus.js.add_consumer(bus.stream, config)
+    for i in range(12):
+        await bus.js.publish(bus.subject, b"x", headers={"Nats-Msg-Id": f"m{i}"})
+    tasks = [asyncio.create_task(c.run()) for c in consumers]
+    try:
+        await until(lambda: len(waiting) >= 12, timeout_s=30, what="all handled")
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    assert max(waiting) <= len(consumers) - 1, waiting
+
+
+@pytest.mark.parametrize("close", [False, True])
+async def test_a_cancelled_consumer_leaves_no_pull_to_take_the_next_event(
+        bus: Bus, prom: CollectorRegistry, close: bool) -> None:
+    """``run()`` of an idle consumer is cancelled (a service stopping it), its
+    connection kept (or then closed). Its pull stayed on the server until its expiry with
+    its inbox still subscribed, so the next event went there and nobody read it: another
+    process of the durable got it only after ``ack_wait_s`` (10.0 s). Cancelled, it
+    unsubscribes its inbox, and JetStream skips the pull."""
+    import nats as nats_client
+
+    got: list[float] = []
+
+    async def never(d: Delivery) -> None:
+        raise AssertionError("the stopped consumer handled a message")
+
+    async def handle(d: Delivery) -> None:
+        got.append(time.monotonic())
+
+    nc = await nats_client.connect(bus.url)
+    try:
+        opts = _opts(bus, prom, fetch_timeout_s=3.0, ack_wait_s=10.0)
+        stopping = Consumer(nc.jetstream(), never, opts)
+        await stopping.start()
+        task = asyncio.create_task(stopping.run())
+        await asyncio.sleep(0.5)  # its idle pull sent
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert stopping._pulls is None
+        if close:
+            await nc.close()
+        other = Consumer(bus.js, handle, opts)
+        await other.start()
+        other_task = asyncio.create_task(other.run())
+        try:
+            await asyncio.sleep(0.2)
+            published = time.monotonic()
+            await bus.js.publish(bus.subject, b"e", headers={"Nats-Msg-Id": "e"})
+            await until(lambda: bool(got), timeout_s=15, what="the event handled")
+            assert got[0] - published < PROMPT_S, got[0] - published
+        finally:
+            other_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await other_task
+    finally:
+        await nc.close()
+
+
+async def test_a_durable_whose_max_expires_is_below_fetch_timeout_is_pulled_within_it(
+        bus: Bus, prom: CollectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
+    """A durable made elsewhere with ``max_expires`` 1 s refuses every idle pull of
+    ``fetch_timeout_s`` 3 s (``409 Exceeded MaxRequestExpires of 1s``). Now the idle
+    pulls wait within it (logged once), and an event reaching the idle consumer is
+    handled at once."""
+    got: list[float] = []
+
+    async def handle(d: Delivery) -> None:
+        got.append(time.monotonic())
+
+    consumer = Consumer(bus.js, handle, _opts(bus, prom, fetch_timeout_s=3.0))
+    config = consumer.consumer_config().as_dict()
+    config["max_expires"] = 1_000_000_000
+    made = await bus.nc.request(f"$JS.API.CONSUMER.DURABLE.CREATE.{bus.stream}.rv",
+                                json.dumps({"stream_name": bus.stream,
+                                            "config": config}).encode())
+    assert b'"error"' not in made.data, made.data
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(1.0)  # idle: refused once, then within max_expires
+        published = time.monotonic()
+        await bus.js.publish(bus.subject, b"e", headers={"Nats-Msg-Id": "e"})
+        await until(lambda: bool(got), timeout_s=10, what="the event handled")
+        assert got[0] - published < PROMPT_S
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert 0 < consumer._expires_s < 1.0
+    assert sum("max_expires is below fetch_timeout_s" in r.getMessage()
+               for r in caplog.records) == 1

@@ -770,6 +770,13 @@ async def test_dead_letter_too_large_with_its_headers_is_naked_and_consumption_g
         await bus.js.publish(bus.subject, b"ok", headers={"Nats-Msg-Id": "good-1"})
         await until(lambda: "good-1" in seen, timeout_s=8,
                     what=f"next message consumed (connection closed={own_nc.is_closed})")
+        # past max_deliveries (5) it is nak'ed with ack_wait_s' delay (30 s), no longer
+        # the backoff's 0.05-0.2 s: read below, it is not back in the redelivery queue
+        await until(lambda: _sample(prom, "meshkit_messaging_consumed_total",
+                                    subject=bus.subject, consumer="d1",
+                                    outcome="retry") >= 6,
+                    timeout_s=8, what="the poison message past max_deliveries")
+        await asyncio.sleep(0.1)  # its last nak sent
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
