@@ -274,6 +274,19 @@ async def _num_waiting(bus: Bus, durable: str = "rv") -> int:
     return int((await bus.js.consumer_info(bus.stream, durable)).num_waiting)
 
 
+async def _durable_with_max_ack_pending(bus: Bus, opts: ConsumerOptions,
+                                        most: int) -> Any:
+    """Make the durable of ``opts`` as its Consumer would, with ``max_ack_pending``
+    ``most``; returns its config."""
+    async def unused(d: Delivery) -> None:
+        raise AssertionError
+
+    config = Consumer(bus.js, unused, opts).consumer_config()
+    config.max_ack_pending = most
+    await bus.js.add_consumer(bus.stream, config)
+    return config
+
+
 async def test_a_durable_with_a_small_max_ack_pending_is_pulled_without_waiting(
         bus: Bus, prom: CollectorRegistry) -> None:
     """A durable whose ``max_ack_pending`` (2) is below ``batch_size`` (8): a pull for 8
@@ -281,13 +294,7 @@ async def test_a_durable_with_a_small_max_ack_pending_is_pulled_without_waiting(
     (nats-server 2.9.10), so it waited ``fetch_timeout_s`` before handling them, and
     stayed waiting on the server. Pulled 2 at a time, it returns at once."""
     opts = _opts(bus, prom, batch_size=8, fetch_timeout_s=3.0)
-
-    async def unused(d: Delivery) -> None:
-        raise AssertionError
-
-    config = Consumer(bus.js, unused, opts).consumer_config()
-    config.max_ack_pending = 2
-    await bus.js.add_consumer(bus.stream, config)
+    await _durable_with_max_ack_pending(bus, opts, 2)
     waiting: list[int] = []
 
     async def handle(d: Delivery) -> None:
@@ -544,13 +551,7 @@ async def test_a_pull_max_ack_pending_holds_back_is_not_left_waiting(
     messages while the handlers ran (``num_waiting`` 2 in a handler). In a handler of one
     process only the other process's pull may wait now."""
     opts = _opts(bus, prom, batch_size=4, fetch_timeout_s=3.0)
-
-    async def unused(d: Delivery) -> None:
-        raise AssertionError
-
-    config = Consumer(bus.js, unused, opts).consumer_config()
-    config.max_ack_pending = 4
-    await bus.js.add_consumer(bus.stream, config)
+    config = await _durable_with_max_ack_pending(bus, opts, 4)
     waiting: list[int] = []
 
     async def handle(d: Delivery) -> None:
