@@ -96,9 +96,10 @@ async def _consumer_info(js: JetStreamContext) -> Any:
 
 
 def _access_log(child: Child) -> list[dict[str, Any]]:
-    """The child's ``message`` access-log events (JSON lines on its stderr)."""
+    """The child's ``message`` access-log events (JSON lines on its stderr; the last
+    piece without its newline is one the child is still writing: left for later)."""
     found = []
-    for line in child.stderr().splitlines():
+    for line in child.stderr().split("\n")[:-1]:
         if line.startswith("{"):
             rec = json.loads(line)
             if rec.get("event") == "message":

@@ -22,6 +22,7 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from meshkit.messaging import Consumer, ConsumerOptions, Delivery
@@ -370,7 +371,7 @@ async def test_a_late_status_then_one_event_leaves_no_pull_waiting(
 
 
 async def test_a_durable_whose_max_batch_is_below_batch_size_is_pulled_in_smaller_batches(
-        bus: Bus, prom: CollectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
+        bus: Bus, prom: CollectorRegistry) -> None:
     """A durable made elsewhere with ``max_batch`` 4 (nats-py has no field for it)
     refuses every pull of ``batch_size`` 64 (``409 Exceeded MaxRequestBatch of 4``):
     nothing was ever consumed. Now the consumer pulls 4 at a time (logged once)."""
@@ -389,16 +390,16 @@ async def test_a_durable_whose_max_batch_is_below_batch_size_is_pulled_in_smalle
     await consumer.start()
     for i in range(10):
         await bus.js.publish(bus.subject, str(i).encode(), headers={"Nats-Msg-Id": f"o{i}"})
-    task = asyncio.create_task(consumer.run())
-    try:
-        await until(lambda: len(got) == 10, timeout_s=10, what="all consumed")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(consumer.run())
+        try:
+            await until(lambda: len(got) == 10, timeout_s=10, what="all consumed")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     assert got == [str(i).encode() for i in range(10)]
     assert consumer._pull_batch == 4
-    assert sum("max_batch is below batch_size" in r.getMessage()
-               for r in caplog.records) == 1
+    assert sum("max_batch is below batch_size" in e["event"] for e in logs) == 1
 
 
 async def _backlog(bus: Bus, prom: CollectorRegistry, waiting: list[int]) -> Consumer:
@@ -629,7 +630,7 @@ async def test_a_cancelled_consumer_leaves_no_pull_to_take_the_next_event(
 
 
 async def test_a_durable_whose_max_expires_is_below_fetch_timeout_is_pulled_within_it(
-        bus: Bus, prom: CollectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
+        bus: Bus, prom: CollectorRegistry) -> None:
     """A durable made elsewhere with ``max_expires`` 1 s refuses every idle pull of
     ``fetch_timeout_s`` 3 s (``409 Exceeded MaxRequestExpires of 1s``). Now the idle
     pulls wait within it (logged once), and an event reaching the idle consumer is
@@ -647,16 +648,16 @@ async def test_a_durable_whose_max_expires_is_below_fetch_timeout_is_pulled_with
                                             "config": config}).encode())
     assert b'"error"' not in made.data, made.data
     await consumer.start()
-    task = asyncio.create_task(consumer.run())
-    try:
-        await asyncio.sleep(1.0)  # idle: refused once, then within max_expires
-        published = time.monotonic()
-        await bus.js.publish(bus.subject, b"e", headers={"Nats-Msg-Id": "e"})
-        await until(lambda: bool(got), timeout_s=10, what="the event handled")
-        assert got[0] - published < PROMPT_S
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(consumer.run())
+        try:
+            await asyncio.sleep(1.0)  # idle: refused once, then within max_expires
+            published = time.monotonic()
+            await bus.js.publish(bus.subject, b"e", headers={"Nats-Msg-Id": "e"})
+            await until(lambda: bool(got), timeout_s=10, what="the event handled")
+            assert got[0] - published < PROMPT_S
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     assert 0 < consumer._expires_s < 1.0
-    assert sum("max_expires is below fetch_timeout_s" in r.getMessage()
-               for r in caplog.records) == 1
+    assert sum("max_expires is below fetch_timeout_s" in e["event"] for e in logs) == 1

@@ -13,6 +13,7 @@ import nats
 import nats.aio.msg
 import nats.js.errors
 import pytest
+import structlog
 from nats.js.api import DiscardPolicy, StreamConfig
 from prometheus_client import CollectorRegistry
 
@@ -160,7 +161,7 @@ async def test_an_event_with_a_header_value_that_is_no_string_backs_off_alone(
 
 
 async def test_an_event_failing_alone_again_and_again_is_not_a_failed_round_each_time(
-        bus: Bus, prom: CollectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
+        bus: Bus, prom: CollectorRegistry) -> None:
     """One event that can never be published (its subject in no stream), the rest of the
     outbox sent: each time its backoff ends it is a batch of one that fails whole. It
     backs off again, logged at its 1st, 2nd, 4th... failure; NATS is fine, so those are
@@ -174,18 +175,18 @@ async def test_an_event_failing_alone_again_and_again_is_not_a_failed_round_each
                                                                 max_attempts=1)),
                         RelayOptions(poll_interval_s=0.02, error_backoff=Backoff(
                             base_delay_s=0.1, max_delay_s=0.1, rng=_Alternating())))
-    task = asyncio.create_task(relay.run())
-    try:
-        for _ in range(400):
-            if relay.event_failures >= 6:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(400):
+                if relay.event_failures >= 6:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     assert relay.event_failures >= 6 and store.sent == []
-    rounds_failed = sum("outbox relay round failed" in r.getMessage()
-                        for r in caplog.records)
+    rounds_failed = sum(e["event"] == "outbox relay round failed" for e in logs)
     assert (relay.failures, rounds_failed) == (1, 1)
 
 
@@ -220,8 +221,7 @@ async def test_a_publish_while_reconnecting_with_a_full_buffer_is_retried(
 
 
 async def test_the_relays_warning_says_why_jetstream_refused_an_event(
-        bus: Bus, full_stream: tuple[str, str], prom: CollectorRegistry,
-        caplog: pytest.LogCaptureFixture) -> None:
+        bus: Bus, full_stream: tuple[str, str], prom: CollectorRegistry) -> None:
     """The warning for an event that failed to publish gives JetStream's refusal (codes,
     description), not only the exception's type: a stream at its limits (503/10077
     "maximum messages exceeded") otherwise reads as ServiceUnavailableError, the same
@@ -229,10 +229,9 @@ async def test_the_relays_warning_says_why_jetstream_refused_an_event(
     _, subject = full_stream
     store = _MemOutbox([OutboxEvent("full-1", subject, b"x", {})])
     relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(registry=prom)))
-    with pytest.raises(PublishError):
+    with structlog.testing.capture_logs() as logs, pytest.raises(PublishError):
         await asyncio.wait_for(relay.relay_once(), 8)
-    warnings = [r.getMessage() for r in caplog.records
-                if "outbox event failed to publish" in r.getMessage()]
+    warnings = [str(e) for e in logs if "outbox event failed to publish" in e["event"]]
     assert len(warnings) == 1 and "full-1" in warnings[0]
     assert "maximum messages exceeded" in warnings[0], warnings[0]
 
