@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -520,9 +520,11 @@ class OutboxRelay:
     may take ``max_attempts`` x ``timeout_s`` (no ack comes, e.g. its subject is one a
     core NATS subscriber listens to but no stream captures), and the events committed
     meanwhile do not wait for it; the next round takes its outcome (marks it sent, or
-    holds it again). Only a round in which the store failed, or every event of the
-    batch at its first try failed (NATS down, most likely), is a failed round, followed
-    by ``error_backoff``; events that had failed before and fail again only back off
+    holds it again; an acked retry wakes a round, a failed one waits for the next round
+    at the normal pace, so an outage does not read the store at the pace retries
+    fail). Only a round in which the store failed, or every event of the batch at its
+    first try failed (NATS down, most likely), is a failed round, followed by
+    ``error_backoff``; events that had failed before and fail again only back off
     again. ``failures`` counts failed rounds, ``event_failures`` failed event
     publishes. :meth:`run` cancels the retries under way when it ends; a caller of
     :meth:`relay_once` alone leaves them to end on their own (bounded by the
@@ -530,8 +532,9 @@ class OutboxRelay:
 
     Every failing event is remembered (its id, failure count and retry time) until it is
     published, or until a round reads the whole outbox without it (sent by another
-    relay, deleted). A round asks the store for ``batch_size`` events plus those still
-    backing off, so however many fail, the events behind them are read and published:
+    relay, deleted). A round asks the store for ``batch_size`` events plus those that
+    failed before (backing off, being retried, or finding no free retry slot), so
+    however many fail, the events behind them are read and published:
     the memory and the rows read grow with the number of failing events (e.g. every
     event of a subject no stream captures stays remembered and is read each round).
 
@@ -587,21 +590,25 @@ class OutboxRelay:
         now = loop.time()
         waiting = {i for i, h in self._held.items() if h.retry_at > now} | \
             self._retrying.keys()
-        limit = size + len(waiting)
+        # every event that failed before is read past: one backing off is skipped, one
+        # finding no free retry slot too, so neither takes a first-try event's place
+        limit = size + len(waiting | self._held.keys())
         pending = await self._store.pending_events(limit)
         if len(pending) < limit:  # every pending event seen: forget those sent since
             seen = {e.event_id for e in pending}
             for gone in [i for i in self._held if i not in seen]:
                 del self._held[gone]
-        batch = [e for e in pending if e.event_id not in waiting][:size]
-        events = []
-        for e in batch:
-            if e.event_id not in self._held:
+        events: list[OutboxEvent] = []
+        for e in pending:
+            if e.event_id in waiting:
+                continue
+            if e.event_id in self._held:  # failed before: retried beside the rounds
+                if len(self._retrying) < size:
+                    task = asyncio.create_task(self._retry(e))
+                    task.add_done_callback(self._retry_ended)
+                    self._retrying[e.event_id] = (e, task)
+            elif len(events) < size:
                 events.append(e)
-            elif len(self._retrying) < size:  # failed before: retried beside the rounds
-                task = asyncio.create_task(self._retry(e))
-                task.add_done_callback(lambda _: self._wake.set())
-                self._retrying[e.event_id] = (e, task)
         if not events:
             if self._pending_gauge is not None and self._count_pending is not None:
                 self._pending_gauge.set(await self._count_pending() if pending else 0)
@@ -630,9 +637,20 @@ class OutboxRelay:
                                "publish") from first
         return len(done) + retried
 
-    def _publish(self, event: OutboxEvent) -> Coroutine[Any, Any, PubAck]:
-        return self._publisher.publish(event.subject, event.payload, msg_id=event.event_id,
-                                       headers=event.headers, context=extract(event.headers))
+    async def _publish(self, event: OutboxEvent) -> PubAck:
+        """Publish ``event``; its stored trace context is read here, inside the event's
+        own call, so a bad stored header fails this event alone (``gather`` takes it)."""
+        return await self._publisher.publish(
+            event.subject, event.payload, msg_id=event.event_id, headers=event.headers,
+            context=extract(event.headers))
+
+    def _retry_ended(self, task: asyncio.Task[tuple[PubAck | Exception, float]]) -> None:
+        """Wake a round when a retry was acked (its event is to be marked sent soon); a
+        failed one only backs off, taken by the next round at the normal pace: waking a
+        round at each failed retry's end read the store at the pace retries fail in an
+        outage (every event held, so no failed round paused them)."""
+        if not task.cancelled() and isinstance(task.result()[0], PubAck):
+            self._wake.set()
 
     async def _retry(self, event: OutboxEvent) -> tuple[PubAck | Exception, float]:
         """Publish an event that failed before; its ack or error, and when it came."""
