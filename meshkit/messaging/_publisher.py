@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,19 +58,45 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 #: JetStream's ``JSStreamStoreFailedF`` (503, ``{err}``): the stream refused to store the
-#: message, e.g. "maximum messages exceeded" / "maximum bytes exceeded" / "maximum
-#: messages per subject exceeded" from a stream at its limits with ``discard: new``. A
-#: 503 like an outage's, but the stream refuses until room is made (an ack in a work
-#: queue, ``max_age``), not in a retry's 50 ms..1 s: retrying at once only spends the
-#: retry budget other publishes share.
+#: message. Its description "maximum messages exceeded" / "maximum bytes exceeded" /
+#: "maximum messages per subject exceeded" is a stream at its limits with ``discard:
+#: new``: a 503 like an outage's, but the stream refuses until room is made (an ack in a
+#: work queue, ``max_age``), not in a retry's 50 ms..1 s, so retrying at once only spends
+#: the retry budget other publishes share. The same code also carries other store
+#: failures (a store closed while its stream is moved or restored, an I/O error), which
+#: may pass: those are retried like any 503.
 _STREAM_STORE_FAILED = 10077
+
+
+def _stream_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a stream at its limits with ``discard: new`` (10077, "maximum
+    ... exceeded")."""
+    if not isinstance(exc, nats.js.errors.APIError) or exc.err_code != _STREAM_STORE_FAILED:
+        return False
+    description = (exc.description or "").lower()
+    return "maximum" in description and "exceeded" in description
 
 
 def _retryable(exc: BaseException) -> bool:
     """Whether the same publish may be tried again after ``exc`` (see ``_RETRYABLE``)."""
-    if isinstance(exc, nats.js.errors.APIError) and exc.err_code == _STREAM_STORE_FAILED:
-        return False
-    return isinstance(exc, _RETRYABLE)
+    return not _stream_full(exc) and isinstance(exc, _RETRYABLE)
+
+
+class _NotAnAck(Exception):
+    """The reply to a publish is no JetStream ack or error (a core NATS service, not a
+    stream, answers on the subject); the parsing error is the ``__cause__``."""
+
+
+#: JetStream API error classes by status code, as nats-py's ``APIError.from_error``.
+_API_ERRORS: dict[int, type[nats.js.errors.APIError]] = {
+    503: nats.js.errors.ServiceUnavailableError,
+    500: nats.js.errors.ServerError,
+    404: nats.js.errors.NotFoundError,
+    400: nats.js.errors.BadRequestError,
+}
+
+#: How often a publish that met a full pending buffer looks whether the reconnect ended.
+_RECONNECT_POLL_S = 0.02
 
 
 class PublishError(MeshError):
@@ -144,10 +171,13 @@ class PublishOptions:
             retryable timeout.
         max_attempts: attempts per publish, first included (default 3, >= 1); a retry
             follows only a retryable failure (timeout, no responders, JetStream 503,
-            reconnecting: also nats-py's pending buffer full while it is), not a
-            stream at its limits with ``discard: new`` (503 with err_code 10077,
-            "maximum messages exceeded" and the like: it refuses until room is made,
-            so the publish fails at once, the refusal in its message).
+            reconnecting), not a stream at its limits with ``discard: new`` (503 with
+            err_code 10077 and a description "maximum ... exceeded", e.g. "maximum
+            messages exceeded": it refuses until room is made, so the publish fails at
+            once, the refusal in its message; another 10077 store failure is retried).
+            While the connection is reconnecting and nats-py's pending buffer cannot
+            take the message, an attempt waits for the reconnect (up to ``timeout_s``)
+            rather than failing at once.
         backoff: delay before each retry (default full jitter 50 ms doubling to 1 s).
         budget: the retry budget shared by every publish of this publisher (default
             20 % of publishes + 10/s over 10 s: gRPC clients' rule, gRFC A6 / Finagle).
@@ -259,8 +289,12 @@ class Publisher:
             The ack; ``ack.duplicate`` is true when the stream already had ``msg_id``.
 
         Raises:
+            TypeError: ``payload`` is no ``bytes`` / ``bytearray`` / ``memoryview``
+                (e.g. a ``str``), refused before anything is sent.
             PublishError: not acked after the attempts the options and budget allow; or
-                ``msg_id`` is not one (quoted), refused before anything is sent; or the
+                the reply is no JetStream ack (a service, not a stream, answers on the
+                subject); or ``msg_id`` is not one (quoted), refused before anything is
+                sent; or the
                 payload with its headers (the identity and trace headers included) is
                 larger than the server's ``max_payload``, refused before anything is sent
                 (the cause is ``nats.errors.MaxPayloadError``): the server would close
@@ -271,6 +305,8 @@ class Publisher:
             raise PublishError(
                 "msg_id must be a non-empty string of printable characters that neither "
                 f"starts nor ends with a space (NATS would send another id), got {msg_id!r}")
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
         opts = self.options
         hdrs = dict(headers or {})
         hdrs[MSG_ID_HEADER] = msg_id
@@ -330,14 +366,12 @@ class Publisher:
                     if metrics is not None:
                         metrics.retries.labels(label).inc()
                     await asyncio.sleep(opts.backoff.delay_s(attempts))
-                except (ValueError, TypeError) as exc:
-                    # nats-py's json.loads / PubAck(**reply) on a reply that is no ack:
-                    # a core NATS service, not a stream, answers on the subject
-                    error = exc
+                except _NotAnAck as exc:  # only the reply's parsing, not our call
+                    error = exc.__cause__ or exc
                     raise PublishError(f"publish to {subject!r} got a reply that is not "
-                                       f"a JetStream ack ({type(exc).__name__}): a "
+                                       f"a JetStream ack ({type(error).__name__}): a "
                                        "service, not a stream, answers on the subject"
-                                       ) from exc
+                                       ) from error
         except asyncio.CancelledError:
             error = None  # reported as "cancelled", not as the failure before it
             raise
@@ -373,9 +407,7 @@ class Publisher:
         result is dropped) and the attempt fails with ``nats.errors.TimeoutError``
         (retryable: ``Nats-Msg-Id`` makes a repeat a no-op); a cancel of the caller
         cancels it and propagates at once."""
-        attempt = asyncio.create_task(self._js.publish(
-            subject, payload, timeout=self.options.timeout_s, stream=self.options.stream,
-            headers=headers))
+        attempt = asyncio.create_task(self._send(subject, payload, headers))
         try:
             done, _ = await asyncio.wait((attempt,), timeout=self.options.timeout_s)
         except asyncio.CancelledError:
@@ -385,6 +417,49 @@ class Publisher:
             _abandon(attempt)
             raise nats.errors.TimeoutError
         return attempt.result()
+
+    async def _send(self, subject: str, payload: bytes, headers: dict[str, str]) -> PubAck:
+        """One request to the stream and its ack, as nats-py's ``JetStreamContext.publish``
+        but: (1) while the connection is reconnecting and nats-py's pending buffer cannot
+        take the message (OutboundBufferLimitError, raised before anything is written),
+        the reply future nats-py registered in ``nc._resp_map`` for this request (which
+        it never removes) is dropped, and the reconnect is waited for (within the
+        attempt's ``timeout_s``, which cancels this) before the request is made again,
+        instead of a new attempt, and a new leaked future, at the backoff's pace; (2) a
+        reply that cannot be parsed raises :class:`_NotAnAck` (only the parsing: a fault
+        of the call itself propagates as raised)."""
+        nc = self._js._nc
+        if self.options.stream is not None:
+            headers = {**headers, "Nats-Expected-Stream": self.options.stream}
+        while True:
+            # with the reply subscription made, nothing yields between this and the
+            # publish raising, so the futures added are this request's only
+            before = set(nc._resp_map) if nc._resp_sub_prefix else None
+            try:
+                msg = await nc.request(subject, payload, timeout=self.options.timeout_s,
+                                       headers=headers)
+                break
+            except nats.errors.NoRespondersError:
+                raise nats.js.errors.NoStreamResponseError from None
+            except nats.errors.OutboundBufferLimitError:
+                if before is not None:
+                    for token in set(nc._resp_map) - before:
+                        nc._resp_map.pop(token).cancel()
+                if not nc.is_reconnecting:
+                    raise
+                while nc.is_reconnecting:  # noqa: ASYNC110 - nats-py offers no event
+                    await asyncio.sleep(_RECONNECT_POLL_S)
+        try:
+            reply = json.loads(msg.data)
+            if not isinstance(reply, dict):
+                raise TypeError(f"reply is a JSON {type(reply).__name__}")
+            if "error" not in reply:
+                return PubAck.from_response(reply)
+            err = reply["error"]
+            refusal = _API_ERRORS.get(err["code"], nats.js.errors.APIError)(**err)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise _NotAnAck from exc
+        raise refusal
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ from meshkit.messaging import (
     PublishOptions,
     RelayOptions,
 )
+from meshkit.messaging._publisher import _retryable
 from meshkit.resilience import Backoff
 from tests.messaging.conftest import Bus, NatsServer
 from tests.support.wait import until
@@ -292,3 +293,89 @@ async def test_an_event_whose_publish_times_out_does_not_hold_up_the_events_behi
         await sub.unsubscribe()
     assert max(latencies) < 1.5, latencies
     assert "silent-1" not in store.sent and relay.event_failures >= 2
+
+
+async def test_retries_while_reconnecting_with_a_full_buffer_leak_no_reply_futures(
+        private_nats: NatsServer, private_bus: Bus, prom: CollectorRegistry) -> None:
+    """nats-py's request registers the reply's future in ``nc._resp_map`` before it
+    publishes, and leaves it there when the publish raises OutboundBufferLimitError (a
+    full pending buffer while reconnecting): each attempt leaked one entry, so retrying
+    that error tripled the leak (15 entries after 5 publishes of 3 attempts). The
+    publisher drops its own attempt's entry and waits (within timeout_s) for the
+    reconnect instead of attempting again at the backoff's pace."""
+    nc = await nats.connect(private_nats.url, connect_timeout=2, reconnect_time_wait=0.1,
+                            max_reconnect_attempts=-1, pending_size=1024)
+    try:
+        pub = Publisher(nc.jetstream(), PublishOptions(
+            registry=prom, timeout_s=0.1, max_attempts=3,
+            backoff=Backoff(base_delay_s=0.01, max_delay_s=0.01)))
+        await pub.publish(private_bus.subject, b"before", msg_id="b-0")
+        assert len(nc._resp_map) == 0
+        private_nats.kill()
+        await until(lambda: not nc.is_connected, timeout_s=10, what="disconnected")
+        for i in range(5):
+            with pytest.raises(PublishError):
+                await asyncio.wait_for(
+                    pub.publish(private_bus.subject, b"x" * 2000, msg_id=f"b-{i + 1}"), 8)
+        assert _sample(prom, "meshkit_messaging_publish_retries_total",
+                       subject=private_bus.subject) == 10
+        await asyncio.sleep(0)
+        assert len(nc._resp_map) == 0, len(nc._resp_map)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
+
+
+async def test_a_payload_that_is_no_bytes_is_the_callers_error_not_a_bad_reply(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """publish(subject, "text"): nats-py fails on the str with TypeError, which the
+    publisher wrapped as a PublishError saying the reply "is not a JetStream ack" (a
+    service answering on the subject). Only a reply's parsing is wrapped; a payload
+    that is no bytes is refused with TypeError before anything is sent."""
+    publisher = Publisher(bus.js, PublishOptions(registry=prom))
+    with pytest.raises(TypeError, match="payload"):
+        await asyncio.wait_for(
+            publisher.publish(bus.subject, "text", msg_id="t-1"),  # type: ignore[arg-type]
+            8)
+
+
+@pytest.mark.parametrize("limits", [
+    {"max_msgs": 1}, {"max_bytes": 200},
+    {"max_msgs_per_subject": 1, "discard_new_per_subject": True}],
+    ids=["max_msgs", "max_bytes", "max_msgs_per_subject"])
+async def test_each_limit_of_a_full_stream_fails_at_once(
+        bus: Bus, prom: CollectorRegistry, limits: dict[str, object]) -> None:
+    """The real server's refusals of a stream at each of its limits with discard new:
+    503 / 10077 and a description "maximum ... exceeded", not retried."""
+    tag = uuid.uuid4().hex[:10]
+    name, subject = f"L{tag}", f"l{tag}.x"
+    await bus.js.add_stream(StreamConfig(name=name, subjects=[f"l{tag}.>"],
+                                         discard=DiscardPolicy.NEW, duplicate_window=60,
+                                         **limits))  # type: ignore[arg-type]
+    try:
+        await bus.js.publish(subject, b"first" * 20, headers={"Nats-Msg-Id": "first"})
+        publisher = Publisher(bus.js, PublishOptions(registry=prom, max_attempts=3))
+        with pytest.raises(PublishError) as err:
+            await asyncio.wait_for(
+                publisher.publish(subject, b"second" * 20, msg_id="second"), 8)
+        cause = err.value.__cause__
+        assert isinstance(cause, nats.js.errors.APIError) and cause.err_code == 10077
+        description = (cause.description or "").lower()
+        assert "maximum" in description and "exceeded" in description, description
+        assert _sample(prom, "meshkit_messaging_publish_retries_total",
+                       subject=subject) == 0
+    finally:
+        await bus.js.delete_stream(name)
+
+
+def test_a_store_failure_that_is_no_limit_is_retried() -> None:
+    """10077 is JetStream's generic "stream store failed" ({err}): a closed store or an
+    I/O error as well as a limit. Only "maximum ... exceeded" fails at once."""
+    def refusal(description: str) -> nats.js.errors.APIError:
+        return nats.js.errors.ServiceUnavailableError(
+            code=503, err_code=10077, description=description)
+
+    assert not _retryable(refusal("maximum messages exceeded"))
+    assert not _retryable(refusal("maximum messages per subject exceeded"))
+    assert _retryable(refusal("store closed"))
+    assert _retryable(refusal("write /data/jetstream/x.blk: no space left on device"))
