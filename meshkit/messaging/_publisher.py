@@ -294,11 +294,10 @@ class Publisher:
             PublishError: not acked after the attempts the options and budget allow; or
                 the reply is no JetStream ack (a service, not a stream, answers on the
                 subject); or ``msg_id`` is not one (quoted), refused before anything is
-                sent; or the
-                payload with its headers (the identity and trace headers included) is
-                larger than the server's ``max_payload``, refused before anything is sent
-                (the cause is ``nats.errors.MaxPayloadError``): the server would close
-                the connection for good.
+                sent; or the payload with its headers (the identity and trace headers
+                included) is larger than the server's ``max_payload``, refused before
+                anything is sent (the cause is ``nats.errors.MaxPayloadError``): the
+                server would close the connection for good.
         """
         if (not isinstance(msg_id, str) or not msg_id.isprintable() or not msg_id
                 or msg_id[0] == " " or msg_id[-1] == " "):
