@@ -430,10 +430,12 @@ class Publisher:
         nc = self._js._nc
         if self.options.stream is not None:
             headers = {**headers, "Nats-Expected-Stream": self.options.stream}
+        if not nc._resp_sub_prefix:
+            # made now, not inside the request: then nothing yields between the snapshot
+            # below and the publish raising, so the futures added are this request's only
+            await nc._init_request_sub()
         while True:
-            # with the reply subscription made, nothing yields between this and the
-            # publish raising, so the futures added are this request's only
-            before = set(nc._resp_map) if nc._resp_sub_prefix else None
+            before = set(nc._resp_map)
             try:
                 msg = await nc.request(subject, payload, timeout=self.options.timeout_s,
                                        headers=headers)
@@ -441,12 +443,13 @@ class Publisher:
             except nats.errors.NoRespondersError:
                 raise nats.js.errors.NoStreamResponseError from None
             except nats.errors.OutboundBufferLimitError:
-                if before is not None:
-                    for token in set(nc._resp_map) - before:
-                        nc._resp_map.pop(token).cancel()
-                if not nc.is_reconnecting:
+                for token in set(nc._resp_map) - before:
+                    nc._resp_map.pop(token).cancel()
+                # a reconnect's handshake is CONNECTING, not RECONNECTING, in nats-py
+                # (_process_connect_init); the publisher runs after connect()
+                if not (nc.is_reconnecting or nc.is_connecting):
                     raise
-                while nc.is_reconnecting:  # noqa: ASYNC110 - nats-py offers no event
+                while nc.is_reconnecting or nc.is_connecting:  # noqa: ASYNC110 - no event
                     await asyncio.sleep(_RECONNECT_POLL_S)
         try:
             reply = json.loads(msg.data)

@@ -379,3 +379,98 @@ def test_a_store_failure_that_is_no_limit_is_retried() -> None:
     assert not _retryable(refusal("maximum messages per subject exceeded"))
     assert _retryable(refusal("store closed"))
     assert _retryable(refusal("write /data/jetstream/x.blk: no space left on device"))
+
+
+class _Proxy:
+    """TCP proxy to the shared NATS; ``delay`` holds back the server's first bytes
+    (its INFO) on new connections, as a slow server or a load balancer would."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", 4222)
+        self.writers += [cw, sw]
+        delay = self.delay
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, d: float) -> None:
+            try:
+                if d:
+                    await asyncio.sleep(d)
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except Exception:
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(sr, cw, delay), pipe(cr, sw, 0))
+
+    def drop(self) -> None:
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+
+
+async def test_a_publish_during_the_reconnect_handshake_waits_for_the_reconnect(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """The publisher says: while reconnecting with a full pending buffer an attempt waits
+    for the reconnect (up to timeout_s) rather than failing at once. nats-py's reconnect
+    sets status CONNECTING for its handshake (_process_connect_init), where is_reconnecting
+    is False: an attempt then fails at once with OutboundBufferLimitError."""
+    proxy = _Proxy()
+    await proxy.start()
+    nc = await nats.connect(f"nats://127.0.0.1:{proxy.port}", connect_timeout=2,
+                            reconnect_time_wait=0.05, max_reconnect_attempts=-1,
+                            pending_size=1024)
+    try:
+        pub = Publisher(nc.jetstream(), PublishOptions(
+            registry=prom, timeout_s=2.0, max_attempts=1,
+            backoff=Backoff(base_delay_s=0.01, max_delay_s=0.01)))
+        await pub.publish(bus.subject, b"before", msg_id="c-0")
+        proxy.delay = 0.5
+        proxy.drop()
+        await until(lambda: nc.is_connecting, timeout_s=5, what="reconnect handshake")
+        try:
+            ack = await pub.publish(bus.subject, b"x" * 2000, msg_id="c-1")
+        except PublishError as exc:
+            pytest.fail(f"failed at once in the handshake: {exc!r} <- {exc.__cause__!r}")
+        assert ack.seq == 2
+    finally:
+        await nc.close()
+        proxy.drop()
+        assert proxy.server is not None
+        proxy.server.close()
+
+
+async def test_a_first_request_while_reconnecting_leaks_no_reply_future(
+        private_nats: NatsServer, private_bus: Bus, prom: CollectorRegistry) -> None:
+    """_send snapshots nc._resp_map only once nats-py's reply subscription exists: the
+    first request on a connection (here, after the stream was made with a separate
+    connection) that meets OutboundBufferLimitError leaves its future behind."""
+    nc = await nats.connect(private_nats.url, connect_timeout=2, reconnect_time_wait=0.1,
+                            max_reconnect_attempts=-1, pending_size=1024)
+    try:
+        pub = Publisher(nc.jetstream(), PublishOptions(
+            registry=prom, timeout_s=0.1, max_attempts=3,
+            backoff=Backoff(base_delay_s=0.01, max_delay_s=0.01)))
+        assert nc._resp_sub_prefix is None
+        private_nats.kill()
+        await until(lambda: not nc.is_connected, timeout_s=10, what="disconnected")
+        for i in range(3):
+            with pytest.raises(PublishError):
+                await asyncio.wait_for(
+                    pub.publish(private_bus.subject, b"x" * 2000, msg_id=f"f-{i}"), 8)
+        await asyncio.sleep(0)
+        assert len(nc._resp_map) == 0, len(nc._resp_map)
+    finally:
+        with contextlib.suppress(ConnectionResetError):
+            await nc.close()
