@@ -275,6 +275,17 @@ async def _num_waiting(bus: Bus, durable: str = "rv") -> int:
     return int((await bus.js.consumer_info(bus.stream, durable)).num_waiting)
 
 
+async def _durable_made_elsewhere(bus: Bus, consumer: Consumer, **fields: Any) -> None:
+    """Make ``consumer``'s durable with its own config plus ``fields`` nats-py's
+    ``ConsumerConfig`` has no field for (``max_batch``, ``max_expires`` in ns), through
+    JetStream's API as another client would."""
+    config = {**consumer.consumer_config().as_dict(), **fields}
+    made = await bus.nc.request(f"$JS.API.CONSUMER.DURABLE.CREATE.{bus.stream}.rv",
+                                json.dumps({"stream_name": bus.stream,
+                                            "config": config}).encode())
+    assert b'"error"' not in made.data, made.data
+
+
 async def _durable_with_max_ack_pending(bus: Bus, opts: ConsumerOptions,
                                         most: int) -> Any:
     """Make the durable of ``opts`` as its Consumer would, with ``max_ack_pending``
@@ -381,12 +392,7 @@ async def test_a_durable_whose_max_batch_is_below_batch_size_is_pulled_in_smalle
         got.append(d.data)
 
     consumer = Consumer(bus.js, handle, _opts(bus, prom, fetch_timeout_s=0.5))
-    config = consumer.consumer_config().as_dict()
-    config["max_batch"] = 4
-    made = await bus.nc.request(f"$JS.API.CONSUMER.DURABLE.CREATE.{bus.stream}.rv",
-                                json.dumps({"stream_name": bus.stream,
-                                            "config": config}).encode())
-    assert b'"error"' not in made.data, made.data
+    await _durable_made_elsewhere(bus, consumer, max_batch=4)
     await consumer.start()
     for i in range(10):
         await bus.js.publish(bus.subject, str(i).encode(), headers={"Nats-Msg-Id": f"o{i}"})
@@ -641,12 +647,7 @@ async def test_a_durable_whose_max_expires_is_below_fetch_timeout_is_pulled_with
         got.append(time.monotonic())
 
     consumer = Consumer(bus.js, handle, _opts(bus, prom, fetch_timeout_s=3.0))
-    config = consumer.consumer_config().as_dict()
-    config["max_expires"] = 1_000_000_000
-    made = await bus.nc.request(f"$JS.API.CONSUMER.DURABLE.CREATE.{bus.stream}.rv",
-                                json.dumps({"stream_name": bus.stream,
-                                            "config": config}).encode())
-    assert b'"error"' not in made.data, made.data
+    await _durable_made_elsewhere(bus, consumer, max_expires=1_000_000_000)
     await consumer.start()
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(consumer.run())

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import nats
+import nats.aio.client
 import nats.aio.msg
 import nats.js.errors
 import pytest
@@ -191,6 +192,12 @@ async def test_an_event_failing_alone_again_and_again_is_not_a_failed_round_each
     assert (relay.failures, rounds_failed) == (1, 1)
 
 
+async def _small_buffer(url: str) -> nats.aio.client.Client:
+    """A connection whose pending buffer takes 1 KiB while it reconnects."""
+    return await nats.connect(url, connect_timeout=2, reconnect_time_wait=0.1,
+                              max_reconnect_attempts=-1, pending_size=1024)
+
+
 async def test_a_publish_while_reconnecting_with_a_full_buffer_is_retried(
         private_nats: NatsServer, private_bus: Bus, prom: CollectorRegistry) -> None:
     """While the connection is reconnecting, nats-py buffers a publish, or, when its
@@ -198,8 +205,7 @@ async def test_a_publish_while_reconnecting_with_a_full_buffer_is_retried(
     once: the "reconnecting" failure a publish meets (ConnectionReconnectingError comes
     only from drain). It is retried like a timeout, and the publish is acked once the
     server is back; it used to fail at its first attempt with nothing retried."""
-    nc = await nats.connect(private_nats.url, connect_timeout=2, reconnect_time_wait=0.1,
-                            max_reconnect_attempts=-1, pending_size=1024)
+    nc = await _small_buffer(private_nats.url)
     try:
         pub = Publisher(nc.jetstream(), PublishOptions(
             registry=prom, timeout_s=0.5, max_attempts=60,
@@ -303,8 +309,7 @@ async def test_retries_while_reconnecting_with_a_full_buffer_leak_no_reply_futur
     that error tripled the leak (15 entries after 5 publishes of 3 attempts). The
     publisher drops its own attempt's entry and waits (within timeout_s) for the
     reconnect instead of attempting again at the backoff's pace."""
-    nc = await nats.connect(private_nats.url, connect_timeout=2, reconnect_time_wait=0.1,
-                            max_reconnect_attempts=-1, pending_size=1024)
+    nc = await _small_buffer(private_nats.url)
     try:
         pub = Publisher(nc.jetstream(), PublishOptions(
             registry=prom, timeout_s=0.1, max_attempts=3,
@@ -456,8 +461,7 @@ async def test_a_first_request_while_reconnecting_leaks_no_reply_future(
     """_send snapshots nc._resp_map only once nats-py's reply subscription exists: the
     first request on a connection (here, after the stream was made with a separate
     connection) that meets OutboundBufferLimitError leaves its future behind."""
-    nc = await nats.connect(private_nats.url, connect_timeout=2, reconnect_time_wait=0.1,
-                            max_reconnect_attempts=-1, pending_size=1024)
+    nc = await _small_buffer(private_nats.url)
     try:
         pub = Publisher(nc.jetstream(), PublishOptions(
             registry=prom, timeout_s=0.1, max_attempts=3,
