@@ -8,12 +8,12 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.cli.test_ops_commands import meshkit_cli
+from tests.support.launch import launched
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,18 +37,18 @@ def _registry(tmp_path: Path) -> str:
     return f"local://{tmp_path / 'reg'}?ttl_s=60&poll_interval_s=0.1"
 
 
-async def _started(*args: str, preexec_fn: Callable[[], None],
+async def _started(*args: str, close_stderr: bool = False, block_sigterm: bool = False,
                    cwd: Path | None = None) -> asyncio.subprocess.Process:
     """``meshkit ARGS`` (the CLI module of this checkout, no ``MESHKIT_*`` from the
-    caller's environment) with ``preexec_fn`` run in the child before it execs (close a
-    file descriptor, block a signal...); stdin from /dev/null, stdout a pipe, stderr
-    inherited unless ``preexec_fn`` closes it."""
+    caller's environment) with its stderr closed or SIGTERM blocked by a launcher before
+    its exec (:func:`tests.support.launch.launched`); stdin from /dev/null, stdout a
+    pipe, stderr inherited unless closed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
     env["PYTHONPATH"] = _ROOT
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshkit.cli", *args, env=env, cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        preexec_fn=preexec_fn)
+        *launched(sys.executable, "-m", "meshkit.cli", *args, close_stderr=close_stderr,
+                  block_sigterm=block_sigterm),
+        env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
 
 
 @pytest.mark.parametrize("command", ["services", "call", "prometheus-targets", "demo"])
@@ -87,7 +87,7 @@ async def test_an_operator_command_runs_with_stderr_closed(tmp_path: Path) -> No
     written, nothing on stdout."""
     out = tmp_path / "targets.json"
     proc = await _started("prometheus-targets", "--registry", _registry(tmp_path),
-                          "--out", str(out), preexec_fn=lambda: os.close(2))
+                          "--out", str(out), close_stderr=True)
     stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, stdout) == (0, b"")
     assert out.read_text().strip() == "[]"
@@ -100,7 +100,7 @@ async def test_a_failing_command_with_stderr_closed_prints_nothing_on_stdout(
     meant for stderr, is dropped (before: a crash in ``configure_logging()``, exit 1
     with nothing at all)."""
     proc = await _started("services", "--json", "--registry", _registry(tmp_path),
-                          preexec_fn=lambda: os.close(2))
+                          close_stderr=True)
     stdout, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert (proc.returncode, stdout) == (1, b"[]\n")
 
@@ -119,7 +119,7 @@ async def test_prometheus_targets_watch_ends_on_sigterm_when_started_with_it_blo
     out = tmp_path / "targets.json"
     proc = await _started("prometheus-targets", "--watch", "--interval-s", "0.2",
                           "--registry", _registry(tmp_path), "--out", str(out),
-                          preexec_fn=_block_sigterm)
+                          block_sigterm=True)
     try:
         await until(lambda: out.exists() or proc.returncode is not None, timeout_s=30,
                     what="the watcher's first pass")
@@ -146,15 +146,13 @@ async def test_prometheus_targets_from_a_deleted_directory_is_one_line(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
     env["PYTHONPATH"] = _ROOT
 
-    def leave_a_deleted_cwd() -> None:
-        os.chdir(gone)
-        os.rmdir(gone)
-
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from meshkit.cli import main; sys.exit(main())",
-        "prometheus-targets", "--registry", _registry(tmp_path), "--out", "targets.json",
+        *launched(sys.executable, "-c",
+                  "import sys; from meshkit.cli import main; sys.exit(main())",
+                  "prometheus-targets", "--registry", _registry(tmp_path),
+                  "--out", "targets.json", deleted_cwd=str(gone)),
         env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=leave_a_deleted_cwd)
+        stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     lines = err.decode(errors="replace").splitlines()
     assert (proc.returncode, out, len(lines)) == (1, b"", 1), lines[-5:]

@@ -12,10 +12,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.support.launch import launched
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,16 +44,19 @@ def left_behind(workdir: str) -> tuple[list[int], bool]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
-async def _start_demo(tmp_path: Path, **popen: Any) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_demo(tmp_path: Path, *, block_sigterm: bool = False
+                      ) -> tuple[asyncio.subprocess.Process, str]:
     """``meshkit demo --insecure --no-kill`` with TMPDIR ``tmp_path``, no ``MESHKIT_*``,
-    in a session of its own (``popen``: more subprocess arguments); (the process, its
+    in a session of its own, SIGTERM blocked by a launcher before its exec if
+    ``block_sigterm`` (:func:`tests.support.launch.launched`); (the process, its
     workdir, read from its first line)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
     env["TMPDIR"] = str(tmp_path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill", cwd=REPO,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True, **popen)
+        *launched(sys.executable, "-m", "meshkit.cli", "demo", "--insecure", "--no-kill",
+                  block_sigterm=block_sigterm),
+        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True)
     try:
         assert proc.stdout is not None
         first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
@@ -173,19 +176,14 @@ def test_demo_with_stdout_closed_leaves_no_workdir_with_keys_behind(tmp_path: Pa
                         f"left in TMPDIR: {left}")
 
 
-def _block_sigterm() -> None:
-    """In the child before exec: SIGTERM blocked, as a launcher that ``sigwait()``s in one
-    thread and starts children from another hands it down (the mask survives exec)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-
-
 async def test_demo_ends_on_sigterm_when_started_with_it_blocked(tmp_path: Path) -> None:
     """``meshkit demo`` started with SIGTERM blocked in its inherited signal mask installed
     its SIGTERM handler (in ``main``, and for ``--keep-running``) but left the signal
     blocked: ``kill <pid>`` did nothing and the demo ran its whole workload (with
     ``--keep-running``, for ever). It unblocks the signals it handles now, as ``serve()``
     and ``meshkit prometheus-targets`` do: it stops its stack and exits 143."""
-    proc, _workdir = await _start_demo(tmp_path, preexec_fn=_block_sigterm)
+    # SIGTERM blocked, as a launcher that sigwait()s in one thread hands it down
+    proc, _workdir = await _start_demo(tmp_path, block_sigterm=True)
     try:
         # no wait: _start_demo returned on the demo's first line, which run() prints
         # after run_until_terminated() installed its SIGTERM handler and unblocked it

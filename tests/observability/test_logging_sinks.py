@@ -24,6 +24,7 @@ import structlog
 from meshkit._log import get_logger
 from meshkit.observability import configure_logging, flush_logs
 from meshkit.observability._logging import _AccessLog, write_access
+from tests.support.launch import launched
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,8 +126,8 @@ def test_configure_logging_with_stderr_closed_neither_crashes_nor_logs_on_stdout
     rep_r, rep_w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            pass_fds=(rep_w,), preexec_fn=lambda: os.close(2),
+            launched(sys.executable, str(script), close_stderr=True),
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, pass_fds=(rep_w,),
             env=_env(JSON=json_arg, REPORT_FD=str(rep_w)))
         os.close(rep_w)
         rep_w = -1
