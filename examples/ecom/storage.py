@@ -366,6 +366,37 @@ def _order(row: Sequence[Any], items: dict[str, tuple[ItemRecord, ...]]) -> Orde
     )
 
 
+def _outbox_event(event_id: str, subject: str, payload: bytes | str,
+                  headers: str) -> OutboxEvent:
+    """An outbox row as the relay takes it; its headers decoded without failing.
+
+    A payload SQLite holds as TEXT (its BLOB column converts nothing) is returned as
+    its UTF-8 bytes.
+
+    The store writes the headers as a JSON object of strings. A row holding anything
+    else (written by hand or by another writer, or damaged) keeps the string pairs it
+    has, none if it is not a JSON object, and is logged as a warning (``outbox headers
+    undecodable``, with its id, never the headers): one such row must neither fail
+    every read of the outbox nor be held back for ever by the relay, when all that is
+    lost is its trace context.
+    """
+    try:
+        decoded = json.loads(headers)
+    except (ValueError, TypeError):
+        decoded = None
+    if isinstance(decoded, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in decoded.items()):
+        kept: dict[str, str] = decoded
+    else:
+        kept = {k: v for k, v in decoded.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(decoded, dict) else {}
+        _log.warning("outbox headers undecodable", event_id=event_id, subject=subject,
+                     kept=sorted(kept))
+    body = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) \
+        else bytes(payload)
+    return OutboxEvent(event_id, subject, body, kept)
+
+
 _USER_COLUMNS = "id, email, name, password_hash, created_at_ms"
 #: UPDATE of a user's name and email (a NULL parameter keeps the column); ``mark`` is
 #: the driver's placeholder prefix, parameters (name, email, id).
@@ -766,7 +797,7 @@ class SqliteStore:
         rows = await self._run(lambda conn: _fetchall(
             conn, "SELECT event_id, subject, payload, headers FROM outbox"
             " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?", (limit,)))
-        return [OutboxEvent(r[0], r[1], bytes(r[2]), json.loads(r[3])) for r in rows]
+        return [_outbox_event(*r) for r in rows]
 
     async def count_pending(self) -> int:
         """How many outbox events are not yet marked sent (the relay's pending gauge,
@@ -1239,7 +1270,7 @@ class PostgresStore:
         rows = await self._run(lambda conn: conn.fetch(
             "SELECT event_id, subject, payload, headers FROM outbox"
             " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1", limit))
-        return [OutboxEvent(r[0], r[1], bytes(r[2]), json.loads(r[3])) for r in rows]
+        return [_outbox_event(*r) for r in rows]
 
     async def count_pending(self) -> int:
         """How many outbox events are not yet marked sent (the relay's pending gauge,
