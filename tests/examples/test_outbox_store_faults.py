@@ -98,3 +98,41 @@ async def test_a_row_whose_headers_do_not_decode_does_not_block_the_outbox(
                if r["event"] == "outbox headers undecodable")
     await store.mark_sent([e.event_id for e in pending])
     assert await store.pending_events(10) == []
+
+
+async def test_mark_sent_takes_many_ids_at_once(store: Store) -> None:
+    """Checked, no fault: far more ids than SQLite's bound on parameters (999 before
+    3.32, 32766 since) are marked in one call (SQLite runs one UPDATE per id,
+    PostgreSQL passes one array), unknown and repeated ids ignored."""
+    placed = [await store.place_order(_order(f"k{i}")) for i in range(3)]
+    pending = await store.pending_events(10)
+    assert len(pending) == len(placed)
+    ids = [f"unknown-{i}" for i in range(40_000)]
+    ids[7] = ids[39_000] = pending[0].event_id
+    ids[20_000] = pending[2].event_id
+    await store.mark_sent(ids)
+    assert [e.event_id for e in await store.pending_events(10)] == [pending[1].event_id]
+
+
+async def test_read_order_does_not_skip_an_event_committed_late(
+        store: Store, store_url: str) -> None:
+    """Checked, no fault: on PostgreSQL a row's seq is taken at its INSERT, so a
+    transaction may commit a lower seq after a higher one was read and marked; the
+    stores read by ``sent_at_ms IS NULL``, not by a cursor past the last seq, so the
+    late one is read next (SQLite's BEGIN IMMEDIATE makes seq the commit order)."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("SQLite writers are serialised: seq order is commit order")
+    schema = dict(parse_qsl(urlsplit(store_url).query))["schema"]
+    conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(_raw_event("early", "{}"))
+        await store.place_order(_order("k1"))
+        (later,) = await store.pending_events(10)
+        await store.mark_sent([later.event_id])
+        assert await store.pending_events(10) == []
+        await tx.commit()
+        assert [e.event_id for e in await store.pending_events(10)] == ["early"]
+    finally:
+        await conn.close()
