@@ -314,7 +314,8 @@ class Store(Protocol):
         ...
 
     async def mark_sent(self, event_ids: Sequence[str]) -> None:
-        """Mark these outbox events sent (ids already marked or unknown are ignored)."""
+        """Mark these outbox events sent (ids already marked or unknown are ignored;
+        no ids: nothing done, no lock taken)."""
         ...
 
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
@@ -807,7 +808,10 @@ class SqliteStore:
         return int(rows[0][0])
 
     async def mark_sent(self, event_ids: Sequence[str]) -> None:
-        """See :meth:`Store.mark_sent` (one transaction)."""
+        """See :meth:`Store.mark_sent` (one transaction; none, and no lock taken, for
+        no ids)."""
+        if not event_ids:
+            return
         sent = now_ms()
 
         async def mark(conn: aiosqlite.Connection) -> None:
@@ -1280,7 +1284,9 @@ class PostgresStore:
         return int(n)
 
     async def mark_sent(self, event_ids: Sequence[str]) -> None:
-        """See :meth:`Store.mark_sent` (one statement)."""
+        """See :meth:`Store.mark_sent` (one statement; none for no ids)."""
+        if not event_ids:
+            return
         await self._run(lambda conn: conn.execute(
             "UPDATE outbox SET sent_at_ms = $1 WHERE event_id = ANY($2::text[])"
             " AND sent_at_ms IS NULL", now_ms(), list(event_ids)))

@@ -4,6 +4,7 @@ both ends of its size range, and the read order against the commit order."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -136,3 +137,33 @@ async def test_read_order_does_not_skip_an_event_committed_late(
         assert [e.event_id for e in await store.pending_events(10)] == ["early"]
     finally:
         await conn.close()
+
+
+async def test_mark_sent_of_no_ids_neither_locks_nor_waits(
+        store: Store, store_url: str) -> None:
+    """mark_sent([]) is a no-op: before the fix it took SQLite's write lock (BEGIN
+    IMMEDIATE), and PostgreSQL's UPDATE its table lock, so while another connection
+    held them (a long write, a migration) it waited: SQLite the 10 s busy timeout, then
+    StoreUnavailable; PostgreSQL the 10 s command timeout. Now it returns at once."""
+    await store.place_order(_order("k1"))
+    parts = urlsplit(store_url)
+    if parts.scheme == "sqlite":
+        other = sqlite3.connect(parts.path[1:], timeout=10, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with asyncio.timeout(2.0):
+                await store.mark_sent([])
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    else:
+        schema = dict(parse_qsl(parts.query))["schema"]
+        conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE outbox IN EXCLUSIVE MODE")
+                async with asyncio.timeout(2.0):
+                    await store.mark_sent([])
+        finally:
+            await conn.close()
+    assert len(await store.pending_events(10)) == 1
