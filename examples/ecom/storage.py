@@ -318,6 +318,13 @@ class Store(Protocol):
         no ids: nothing done, no lock taken)."""
         ...
 
+    async def purge_sent(self, sent_before_ms: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` (>= 1, default 1000) outbox events marked sent before
+        ``sent_before_ms`` (unix ms), oldest sent first; return how many. A pending event
+        is never deleted. One short transaction: call again while it returns ``limit``.
+        Raises ``ValueError`` for a ``limit`` below 1."""
+        ...
+
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
         """Add one order to ``user_id``'s summary unless ``event_id`` was applied before;
         return whether it was applied now (one transaction: both or neither)."""
@@ -398,6 +405,19 @@ def _outbox_event(event_id: str, subject: str, payload: bytes | str,
     return OutboxEvent(event_id, subject, body, kept)
 
 
+#: DELETE of the oldest sent outbox rows (parameters: sent before, limit; ``mark`` is the
+#: driver's placeholder prefix), through the ``outbox_sent`` index.
+_PURGE_SENT = (
+    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at_ms IS NOT NULL"
+    " AND sent_at_ms < {mark}1 ORDER BY sent_at_ms LIMIT {mark}2)"
+)
+
+
+def _check_purge_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+
+
 _USER_COLUMNS = "id, email, name, password_hash, created_at_ms"
 #: UPDATE of a user's name and email (a NULL parameter keeps the column); ``mark`` is
 #: the driver's placeholder prefix, parameters (name, email, id).
@@ -446,6 +466,7 @@ _SQLITE_SCHEMA = (
         created_at_ms INTEGER NOT NULL,
         sent_at_ms INTEGER)""",
     "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_at_ms IS NULL",
+    "CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent_at_ms) WHERE sent_at_ms IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS order_summaries (
         user_id TEXT PRIMARY KEY,
         order_count INTEGER NOT NULL,
@@ -821,6 +842,16 @@ class SqliteStore:
 
         await self._run(mark, transaction=True)
 
+    async def purge_sent(self, sent_before_ms: int, limit: int = 1000) -> int:
+        """See :meth:`Store.purge_sent` (one ``BEGIN IMMEDIATE`` transaction)."""
+        _check_purge_limit(limit)
+
+        async def purge(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(_PURGE_SENT.format(mark="?"), (sent_before_ms, limit))
+            return max(cur.rowcount, 0)
+
+        return await self._run(purge, transaction=True)
+
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
         """See :meth:`Store.apply_order_placed` (one ``BEGIN IMMEDIATE`` transaction)."""
 
@@ -905,6 +936,8 @@ def _postgres_schema(prefix: str) -> tuple[str, ...]:
             sent_at_ms BIGINT)""",
         f"CREATE INDEX IF NOT EXISTS outbox_pending ON {prefix}outbox (seq)"
         " WHERE sent_at_ms IS NULL",
+        f"CREATE INDEX IF NOT EXISTS outbox_sent ON {prefix}outbox (sent_at_ms)"
+        " WHERE sent_at_ms IS NOT NULL",
         f"""CREATE TABLE IF NOT EXISTS {prefix}order_summaries (
             user_id TEXT PRIMARY KEY,
             order_count BIGINT NOT NULL,
@@ -1290,6 +1323,13 @@ class PostgresStore:
         await self._run(lambda conn: conn.execute(
             "UPDATE outbox SET sent_at_ms = $1 WHERE event_id = ANY($2::text[])"
             " AND sent_at_ms IS NULL", now_ms(), list(event_ids)))
+
+    async def purge_sent(self, sent_before_ms: int, limit: int = 1000) -> int:
+        """See :meth:`Store.purge_sent` (one statement)."""
+        _check_purge_limit(limit)
+        status = await self._run(lambda conn: conn.execute(
+            _PURGE_SENT.format(mark="$"), sent_before_ms, limit))
+        return int(status.rsplit(" ", 1)[-1])
 
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
         """See :meth:`Store.apply_order_placed` (one READ COMMITTED transaction; a

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from examples.ecom.storage import ItemRecord, NewOrder, Store
+from examples.ecom.storage import ItemRecord, NewOrder, Store, now_ms
 
 from .conftest import PG_URL
 
@@ -167,3 +167,27 @@ async def test_mark_sent_of_no_ids_neither_locks_nor_waits(
         finally:
             await conn.close()
     assert len(await store.pending_events(10)) == 1
+
+
+async def test_sent_events_are_purged_after_their_retention(
+        store: Store, raw_sql: Raw) -> None:
+    """The outbox kept every sent row for ever (no retention: the table and its unique
+    index grew with every order). Before the fix the store had no way to drop them
+    (AttributeError: no purge_sent); now purge_sent(sent_before_ms, limit) deletes up
+    to ``limit`` rows sent before then, oldest first, and never a pending one."""
+    for i in range(5):
+        await store.place_order(_order(f"k{i}"))
+    events = await store.pending_events(10)
+    await store.mark_sent([e.event_id for e in events[:4]])
+    # two of them sent long ago, two just now; one still pending
+    await raw_sql("UPDATE outbox SET sent_at_ms = 1000 WHERE event_id IN"
+                  f" ('{events[0].event_id}', '{events[2].event_id}')")
+    cutoff = now_ms() - 60_000
+    assert await store.purge_sent(cutoff, limit=1) == 1
+    assert await store.purge_sent(cutoff, limit=10) == 1
+    assert await store.purge_sent(cutoff, limit=10) == 0
+    assert [e.event_id for e in await store.pending_events(10)] == [events[4].event_id]
+    # the two sent recently are kept until they are old enough; the pending one never goes
+    assert await store.purge_sent(now_ms() + 60_000, limit=10) == 2
+    assert [e.event_id for e in await store.pending_events(10)] == [events[4].event_id]
+    assert await store.count_pending() == 1  # type: ignore[attr-defined]
