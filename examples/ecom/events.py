@@ -20,11 +20,12 @@ from typing import Any
 
 import grpc
 import nats
+import structlog
 from nats.js.client import JetStreamContext
 
 from examples.ecom import validation
 from examples.ecom.proto import summary_pb2, summary_pb2_grpc
-from examples.ecom.storage import ORDER_PLACED_SUBJECT, Store, StoreUnavailable
+from examples.ecom.storage import ORDER_PLACED_SUBJECT, Store, StoreError, StoreUnavailable, now_ms
 from meshkit.messaging import (
     ConsumerOptions,
     Delivery,
@@ -42,6 +43,14 @@ from meshkit.resilience import Backoff
 STREAM = "ECOM_ORDERS"
 DEAD_LETTER_SUBJECT = "ecom.orders.dead"
 DURABLE = "order-summary"
+
+#: How long a sent outbox event is kept before :func:`purge_sent_events` deletes it: a
+#: day, as long as the stream keeps the event (seconds).
+OUTBOX_RETENTION_S = 86400.0
+#: Pause between two purges of the outbox (seconds).
+PURGE_INTERVAL_S = 60.0
+
+_log = structlog.get_logger("examples.ecom.events")
 
 
 async def ensure_order_stream(js: JetStreamContext) -> None:
@@ -136,14 +145,48 @@ class OrderSummaryServicer(summary_pb2_grpc.OrderSummaryServiceServicer):
                                         total_minor=s.total_minor)
 
 
+async def purge_sent_events(store: Store, *, retention_s: float = OUTBOX_RETENTION_S,
+                            interval_s: float = PURGE_INTERVAL_S, batch: int = 1000) -> None:
+    """Delete the outbox events sent more than ``retention_s`` seconds ago (default
+    :data:`OUTBOX_RETENTION_S`, a day), now and then every ``interval_s`` seconds
+    (default :data:`PURGE_INTERVAL_S`), until cancelled.
+
+    Each purge deletes ``batch`` rows at a time (default 1000; one short transaction
+    each, so a PlaceOrder waits for one batch at most) until a batch comes back short. A
+    store failure is logged as a warning (``outbox purge failed``) and the next interval
+    tried again; pending events are never deleted. Several relays purging one outbox is
+    harmless. Raises ``ValueError`` for a ``retention_s`` or ``interval_s`` not > 0 or a
+    ``batch`` below 1.
+    """
+    if not retention_s > 0:
+        raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
+    if not interval_s > 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    while True:
+        try:
+            cutoff = now_ms() - round(retention_s * 1000)
+            while True:
+                if await store.purge_sent(cutoff, batch) < batch:
+                    break
+                await asyncio.sleep(0)  # the store's waiting calls go first
+        except StoreError as exc:
+            _log.warning("outbox purge failed", cause=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(interval_s)
+
+
 @contextlib.asynccontextmanager
 async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner | None,
-                       options: RelayOptions | None = None,
+                       options: RelayOptions | None = None, *,
+                       retention_s: float | None = OUTBOX_RETENTION_S,
                        ) -> AsyncIterator[OutboxRelay | None]:
     """Run the order store's outbox relay to ``nats_url`` for the body of the ``with``
     (yields ``None`` and does nothing when ``nats_url`` is empty), with ``options``
     (default: :class:`~meshkit.messaging.RelayOptions` named ``orders``). The relay keeps
-    retrying while NATS is down; events wait in the outbox meanwhile."""
+    retrying while NATS is down; events wait in the outbox meanwhile. Beside it,
+    :func:`purge_sent_events` deletes the events sent more than ``retention_s`` seconds
+    ago (default :data:`OUTBOX_RETENTION_S`; None: keep them for ever)."""
     if not nats_url:
         yield None
         return
@@ -153,12 +196,17 @@ async def outbox_relay(store: Store, nats_url: str | None, signer: MessageSigner
         await ensure_order_stream(js)
         relay = OutboxRelay(store, Publisher(js, PublishOptions(stream=STREAM, signer=signer)),
                             options or RelayOptions(name="orders"))
-        task = asyncio.create_task(relay.run(), name="outbox-relay")
+        tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]
+        if retention_s is not None:
+            tasks.append(asyncio.create_task(
+                purge_sent_events(store, retention_s=retention_s), name="outbox-purge"))
         try:
             yield relay
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await nc.close()

@@ -5,15 +5,19 @@ both ends of its size range, and the read order against the commit order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from examples.ecom.storage import ItemRecord, NewOrder, Store, now_ms
+from examples.ecom import events
+from examples.ecom.storage import ItemRecord, NewOrder, Store, StoreUnavailable, now_ms
+from tests.support.wait import until
 
 from .conftest import PG_URL
 
@@ -27,22 +31,24 @@ def _order(key: str) -> NewOrder:
                     event_headers=(("traceparent", TRACEPARENT),))
 
 
-Raw = Callable[[str], Awaitable[None]]
+Raw = Callable[[str], Awaitable[list[Any]]]
 
 
 @pytest.fixture
 async def raw_sql(store_url: str, store: Store) -> AsyncIterator[Raw]:
-    """Run one SQL statement on the store's database behind its back (autocommit)."""
+    """Run one SQL statement on the store's database behind its back (autocommit);
+    its rows."""
     del store  # opened first: the schema exists
     parts = urlsplit(store_url)
     if parts.scheme == "sqlite":
         path = parts.path[1:]
 
-        async def run_sqlite(sql: str) -> None:
+        async def run_sqlite(sql: str) -> list[Any]:
             conn = sqlite3.connect(path, timeout=10)
             try:
-                conn.execute(sql)
+                rows = conn.execute(sql).fetchall()
                 conn.commit()
+                return rows
             finally:
                 conn.close()
 
@@ -51,8 +57,8 @@ async def raw_sql(store_url: str, store: Store) -> AsyncIterator[Raw]:
     schema = dict(parse_qsl(parts.query))["schema"]
     conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
 
-    async def run_pg(sql: str) -> None:
-        await conn.execute(sql)
+    async def run_pg(sql: str) -> list[Any]:
+        return list(await conn.fetch(sql))
 
     try:
         yield run_pg
@@ -191,3 +197,45 @@ async def test_sent_events_are_purged_after_their_retention(
     assert await store.purge_sent(now_ms() + 60_000, limit=10) == 2
     assert [e.event_id for e in await store.pending_events(10)] == [events[4].event_id]
     assert await store.count_pending() == 1  # type: ignore[attr-defined]
+
+
+async def test_the_relay_side_purges_sent_events_periodically(
+        store: Store, raw_sql: Raw) -> None:
+    """events.purge_sent_events (run by events.outbox_relay beside the relay) deletes
+    the events sent more than ``retention_s`` ago, in batches, at every interval, and
+    rides out a store failure (a warning, then the next interval). Before the fix
+    there was nothing to run (AttributeError: no purge_sent_events)."""
+    for i in range(7):
+        await store.place_order(_order(f"k{i}"))
+    events_ = await store.pending_events(10)
+    await store.mark_sent([e.event_id for e in events_[:6]])
+    old = ", ".join(f"'{e.event_id}'" for e in events_[:5])
+    await raw_sql(f"UPDATE outbox SET sent_at_ms = 1000 WHERE event_id IN ({old})")
+    calls: list[int] = []
+    real = store.purge_sent
+
+    async def flaky(sent_before_ms: int, limit: int = 1000) -> int:
+        calls.append(limit)
+        if len(calls) == 1:
+            raise StoreUnavailable("down")
+        return await real(sent_before_ms, limit)
+
+    store.purge_sent = flaky  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        task = asyncio.create_task(events.purge_sent_events(
+            store, retention_s=3600.0, interval_s=0.05, batch=2))
+        try:
+            async def purged() -> bool:
+                rows = await raw_sql("SELECT count(*) FROM outbox")
+                return int(rows[0][0]) == 2  # the recently sent one, the pending one
+            await until(purged, timeout_s=10, interval_s=0.02, what="old sent rows purged")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert [e.event_id for e in await store.pending_events(10)] == [events_[6].event_id]
+    assert calls[:4] == [2, 2, 2, 2]  # failed, then 2 + 2 + 1: batches of 2 until short
+    assert [r["log_level"] for r in logs if r["event"] == "outbox purge failed"] == ["warning"]
+    with pytest.raises(ValueError, match="retention_s"):
+        await events.purge_sent_events(store, retention_s=0.0)
+
