@@ -239,3 +239,37 @@ async def test_the_relay_side_purges_sent_events_periodically(
     with pytest.raises(ValueError, match="retention_s"):
         await events.purge_sent_events(store, retention_s=0.0)
 
+
+
+async def test_the_relay_reads_leave_no_sqlite_transaction_open(
+        store: Store, store_url: str) -> None:
+    """Checked, no fault: pending_events and count_pending run in autocommit, so after
+    them another process takes the write lock at once (PlaceOrder is not blocked) and
+    a TRUNCATE checkpoint is not held back by a read snapshot (the WAL file does not
+    grow behind an idle relay). PostgreSQL: each is one statement on a pooled
+    connection, released idle (checked in pg_stat_activity)."""
+    for i in range(3):
+        await store.place_order(_order(f"k{i}"))
+    assert len(await store.pending_events(2)) == 2
+    assert await store.count_pending() == 3  # type: ignore[attr-defined]
+    parts = urlsplit(store_url)
+    if parts.scheme == "sqlite":
+        other = sqlite3.connect(parts.path[1:], timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            assert busy == 0
+        finally:
+            other.close()
+        return
+    schema = dict(parse_qsl(parts.query))["schema"]
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%' AND query LIKE '%outbox%'"
+            " AND pid <> pg_backend_pid()")
+        assert left == 0, schema
+    finally:
+        await conn.close()
