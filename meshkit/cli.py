@@ -192,6 +192,9 @@ def _dispatch(args: list[str]) -> int:
         code: int = importlib.import_module(_OPS[command][0]).main(rest)
         return code
     if command in _CHECKOUT_ONLY:
+        from meshkit._cli._common import quiet_grpc_core
+
+        quiet_grpc_core()  # before the module (the demo's client) loads grpc
         ran: int = _from_checkout(_CHECKOUT_ONLY[command][0], command).main(rest)
         return ran
     print(f"meshkit: unknown command {command!r}\n\n{_usage()}", end="", file=sys.stderr)
