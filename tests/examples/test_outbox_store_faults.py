@@ -121,14 +121,14 @@ async def test_mark_sent_takes_many_ids_at_once(store: Store) -> None:
     assert [e.event_id for e in await store.pending_events(10)] == [pending[1].event_id]
 
 
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 async def test_read_order_does_not_skip_an_event_committed_late(
         store: Store, store_url: str) -> None:
     """Checked, no fault: on PostgreSQL a row's seq is taken at its INSERT, so a
     transaction may commit a lower seq after a higher one was read and marked; the
     stores read by ``sent_at_ms IS NULL``, not by a cursor past the last seq, so the
-    late one is read next (SQLite's BEGIN IMMEDIATE makes seq the commit order)."""
-    if not store_url.startswith("postgresql"):
-        pytest.skip("SQLite writers are serialised: seq order is commit order")
+    late one is read next. PostgreSQL only: SQLite's BEGIN IMMEDIATE serialises writers,
+    so its seq order is the commit order."""
     schema = dict(parse_qsl(urlsplit(store_url).query))["schema"]
     conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
     try:
