@@ -593,19 +593,31 @@ class OutboxRelay:
     out of the rounds for ``error_backoff`` (its own count: 100 ms doubling to 5 s by
     default), counted from the end of its failed publish, before it is tried again,
     and the round is a normal one. An event that failed before is tried again beside
-    the rounds, not in one (up to ``batch_size`` such retries at a time): its publish
-    may take ``max_attempts`` x ``timeout_s`` (no ack comes, e.g. its subject is one a
-    core NATS subscriber listens to but no stream captures), and the events committed
-    meanwhile do not wait for it; the next round takes its outcome (marks it sent, or
-    holds it again; an acked retry wakes a round, a failed one waits for the next round
-    at the normal pace, so an outage does not read the store at the pace retries
-    fail). Only a round in which the store failed, or every event of the batch at its
-    first try failed (NATS down, most likely), is a failed round, followed by
-    ``error_backoff``; events that had failed before and fail again only back off
-    again. ``failures`` counts failed rounds, ``event_failures`` failed event
-    publishes. :meth:`run` cancels the retries under way when it ends; a caller of
-    :meth:`relay_once` alone leaves them to end on their own (bounded by the
-    publisher's attempts), taken by its next call.
+    the rounds, not in one: its publish may take ``max_attempts`` x ``timeout_s`` (no
+    ack comes, e.g. its subject is one a core NATS subscriber listens to but no stream
+    captures), and the events committed meanwhile do not wait for it. A round waits for
+    its first tries one attempt's ``timeout_s`` (the publisher's; no bound when it is
+    infinite) at most: a healthy
+    publish is acked well within it, and one still running after it had its first
+    attempt fail, so it is a retry already; it goes on beside the rounds and the
+    round marks the acked events and ends (an event whose first try only times out
+    delays the events of its own batch's marking, and the next round, by ``timeout_s``,
+    not by its ``max_attempts`` x ``timeout_s``). At most ``batch_size`` publishes run
+    beside the rounds; the round's first tries past the bound take the free places
+    before the retries of events that failed before, and when none is free the round
+    waits for them to end, as a round did before. A later round takes each outcome
+    (marks it sent, or holds it; an acked one wakes a round, a failed one waits for the
+    next round at the normal pace, so an outage does not read the store at the pace
+    publishes fail). Only a round in which the store failed, or no event of the batch
+    was acked at its first try within the round (every one failed, or went on beside
+    the rounds: NATS down or JetStream unavailable, most likely), is a failed round,
+    followed by ``error_backoff``; events that had failed before and fail again only
+    back off again. ``failures`` counts failed rounds, ``event_failures`` failed event
+    publishes. A store failure marking acked events loses none: they stay pending and
+    are published again by a later round (the stream's dedupe window drops the repeat;
+    past it, consumers idempotent by event id do), counted in ``published`` once, when
+    marked. :meth:`run` ends the publishes beside the rounds when it ends; a caller of
+    :meth:`relay_once` alone calls :meth:`aclose` when done.
 
     Every failing event is remembered (its id, failure count and retry time) until it is
     published, or until a round reads the whole outbox without it (sent by another
@@ -631,7 +643,7 @@ class OutboxRelay:
         self.failures = 0
         self.event_failures = 0
         self._held: dict[str, _Held] = {}
-        # events that failed before, being published again beside the rounds
+        # publishes beside the rounds (retries, first tries past their round's bound)
         self._retrying: dict[str, tuple[OutboxEvent, asyncio.Task[
             tuple[PubAck | Exception, float]]]] = {}
         self._pending_gauge = None
@@ -647,19 +659,22 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch of pending events and mark the acked ones sent; events that
         failed recently and are still backing off are left out, and those whose backoff
-        ended are retried beside the round, their outcome taken by a later round (see
-        the class docstring).
+        ended are retried beside the round, their outcome taken by a later round; a
+        first try still running after the publisher's ``timeout_s`` goes on beside the
+        rounds too, while a slot is free (see the class docstring).
 
         Returns:
             How many events were published (duplicates included): the round's, and
-            those of earlier retries that ended since the last round.
+            those of earlier publishes beside the rounds that ended since the last round.
 
         Raises:
-            PublishError: every event of the batch at its first try failed to publish
-                (each then backs off as one that failed alone); store errors propagate
-                as raised. Events that failed while others were published, or failed
-                again after failing before, only back off and are logged, whatever the
-                exception (only a cancel propagates).
+            PublishError: no event of the batch was acked at its first try within the
+                round (every one failed, or went on beside the rounds after
+                ``timeout_s``: NATS down, JetStream unavailable); those that failed then
+                back off as one that failed alone. Store errors propagate as raised.
+                Events that failed while others were published, or failed again after
+                failing before, only back off and are logged, whatever the exception
+                (only a cancel propagates).
         """
         size = self.options.batch_size
         retried = await self._collect_retries()
@@ -676,25 +691,55 @@ class OutboxRelay:
             for gone in [i for i in self._held if i not in seen]:
                 del self._held[gone]
         events: list[OutboxEvent] = []
+        again: list[OutboxEvent] = []  # failed before, backoff over: retried beside
         for e in pending:
             if e.event_id in waiting:
                 continue
-            if e.event_id in self._held:  # failed before: retried beside the rounds
-                if len(self._retrying) < size:
-                    task = asyncio.create_task(self._retry(e))
-                    task.add_done_callback(self._retry_ended)
-                    self._retrying[e.event_id] = (e, task)
+            if e.event_id in self._held:
+                again.append(e)
             elif len(events) < size:
                 events.append(e)
+        # first tries as tasks started in outbox order (one connection: they reach the
+        # stream in that order); the round waits for them one attempt's timeout_s at
+        # most, then hands those still running to the slots beside the rounds
+        tries = [asyncio.create_task(self._retry(e)) for e in events]
+        beside: set[asyncio.Task[tuple[PubAck | Exception, float]]] = set()
+        try:
+            if tries:
+                await asyncio.wait(tries, timeout=self._first_try_bound_s())
+                for e, t in zip(events, tries, strict=True):
+                    if not t.done() and len(self._retrying) < size:
+                        self._beside(e, t)
+                        beside.add(t)
+                # no free slot: the round waits for the rest (bounded by the
+                # publisher's attempts), so the publishes beside stay <= batch_size
+                rest = [t for t in tries if not t.done() and t not in beside]
+                if rest:
+                    await asyncio.wait(rest)
+        except BaseException:  # cancelled: so are the round's own publishes
+            own = [t for t in tries if t not in beside]
+            for t in own:
+                t.cancel()
+            await asyncio.gather(*own, return_exceptions=True)
+            raise
+        for e in again:  # after the round's first tries: they take the free slots first
+            if len(self._retrying) < size:
+                self._beside(e, asyncio.create_task(self._retry(e)))
         if not events:
             if self._pending_gauge is not None and self._count_pending is not None:
                 self._pending_gauge.set(await self._count_pending() if pending else 0)
             return retried
-        results = await asyncio.gather(*(self._publish(e) for e in events),
-                                       return_exceptions=True)
-        failed_at = loop.time()  # a publish may take its retries
-        done = [e.event_id for e, r in zip(events, results, strict=True)
-                if isinstance(r, PubAck)]
+        done: list[str] = []
+        first: Exception | None = None
+        for e, t in zip(events, tries, strict=True):
+            if t in beside:
+                continue
+            result, at = t.result()
+            if isinstance(result, PubAck):
+                done.append(e.event_id)
+            else:  # PublishError, or a fault of this one event's; held before marking
+                self._hold(e, result, at)
+                first = first or result
         if done:
             await self._store.mark_sent(done)
             for i in done:
@@ -702,17 +747,28 @@ class OutboxRelay:
         self.published += len(done)
         if self._pending_gauge is not None and self._count_pending is not None:
             self._pending_gauge.set(await self._count_pending())
-        first: Exception | None = None
-        for e, r in zip(events, results, strict=True):
-            if isinstance(r, Exception):  # PublishError, or a fault of this one event's
-                self._hold(e, r, failed_at)
-                first = first or r
-            elif isinstance(r, BaseException):
-                raise r
-        if first is not None and not done:
+        if not done and not beside:
             raise PublishError(f"all {len(events)} events of the batch failed to "
                                "publish") from first
+        if not done:
+            raise PublishError(
+                f"no event of the batch of {len(events)} was acked at its first try "
+                f"within timeout_s ({len(events) - len(beside)} failed, {len(beside)} "
+                "still publishing beside the rounds)") from first
         return len(done) + retried
+
+    def _first_try_bound_s(self) -> float | None:
+        """How long a round waits for its first tries: the publisher's ``timeout_s``
+        (``None``, no bound, when it is infinite)."""
+        bound = float(self._publisher.options.timeout_s)
+        return bound if bound != float("inf") else None
+
+    def _beside(self, event: OutboxEvent,
+                task: asyncio.Task[tuple[PubAck | Exception, float]]) -> None:
+        """Let ``task`` (publishing ``event``) go on beside the rounds; a later round
+        takes its outcome."""
+        task.add_done_callback(self._retry_ended)
+        self._retrying[event.event_id] = (event, task)
 
     async def _publish(self, event: OutboxEvent) -> PubAck:
         """Publish ``event``; its stored trace context is read here, inside the event's
@@ -722,15 +778,17 @@ class OutboxRelay:
             context=extract(event.headers))
 
     def _retry_ended(self, task: asyncio.Task[tuple[PubAck | Exception, float]]) -> None:
-        """Wake a round when a retry was acked (its event is to be marked sent soon); a
-        failed one only backs off, taken by the next round at the normal pace: waking a
-        round at each failed retry's end read the store at the pace retries fail in an
-        outage (every event held, so no failed round paused them)."""
+        """Wake a round when a publish beside the rounds was acked (its event is to be
+        marked sent soon); a failed one only backs off, taken by the next round at the
+        normal pace: waking a round at each failed retry's end read the store at the
+        pace retries fail in an outage (every event held, so no failed round paused
+        them)."""
         if not task.cancelled() and isinstance(task.result()[0], PubAck):
             self._wake.set()
 
     async def _retry(self, event: OutboxEvent) -> tuple[PubAck | Exception, float]:
-        """Publish an event that failed before; its ack or error, and when it came."""
+        """Publish ``event`` (a first try or a retry); its ack or error (any exception
+        but a cancel), and when it came (event-loop time, seconds)."""
         try:
             result: PubAck | Exception = await self._publish(event)
         except Exception as exc:
@@ -738,8 +796,9 @@ class OutboxRelay:
         return result, asyncio.get_running_loop().time()
 
     async def _collect_retries(self) -> int:
-        """Take the outcome of the retries that ended: mark the acked events sent, hold
-        the failed ones again (from when they failed); how many were marked."""
+        """Take the outcome of the publishes beside the rounds that ended: hold the
+        failed ones (from when they failed), mark the acked events sent; how many were
+        marked. A store failure propagates; those events stay pending, read again."""
         ended = [(e, t) for e, t in self._retrying.values() if t.done()]
         for e, _ in ended:
             del self._retrying[e.event_id]
@@ -759,10 +818,21 @@ class OutboxRelay:
             self.published += len(acked)
         return len(acked)
 
-    def _cancel_retries(self) -> None:
-        for _, task in self._retrying.values():
-            task.cancel()
+    async def aclose(self) -> None:
+        """Cancel the publishes running beside the rounds (retries, and first tries past
+        their round's bound) and wait until they ended; idempotent, and the relay may
+        run rounds again after it. Their events stay pending: an outcome not yet taken
+        by a round is dropped (an event acked meanwhile is published again by a later
+        round or relay, and the stream's dedupe window drops that repeat). :meth:`run`
+        calls it when it ends; a caller of :meth:`relay_once` alone calls it when done
+        (else those publishes go on unawaited, bounded by the publisher's attempts).
+        """
+        tasks = [task for _, task in self._retrying.values()]
         self._retrying.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _hold(self, event: OutboxEvent, error: Exception, now: float) -> None:
         """Leave ``event`` out of the rounds for its own ``error_backoff`` delay from
@@ -784,10 +854,11 @@ class OutboxRelay:
                          error=type(cause).__name__, **reason)
 
     async def run(self) -> None:
-        """Relay until cancelled; a failed round (store error, or every event of the
-        batch at its first try failed) is logged and retried after ``error_backoff``;
-        an event that failed alone only backs off itself (see the class docstring).
-        Retries still running when it ends are cancelled (their events stay pending)."""
+        """Relay until cancelled; a failed round (store error, or no event of the batch
+        acked at its first try within the round) is logged and retried after
+        ``error_backoff``; an event that failed alone only backs off itself (see the
+        class docstring). When it ends it calls :meth:`aclose` (the publishes beside
+        the rounds are cancelled; their events stay pending)."""
         failed = 0
         try:
             while True:
@@ -811,4 +882,4 @@ class OutboxRelay:
                         async with asyncio.timeout(self.options.poll_interval_s):
                             await self._wake.wait()
         finally:
-            self._cancel_retries()
+            await self.aclose()

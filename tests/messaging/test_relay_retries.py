@@ -37,7 +37,7 @@ class _FakePublisher:
     """'bad-*' fail at once the first time, then hang (a publish timing out); others acked."""
 
     def __init__(self) -> None:
-        self.options = SimpleNamespace(metrics=False)
+        self.options = SimpleNamespace(metrics=False, timeout_s=1.0)
         self.calls: dict[str, int] = {}
         self.release = asyncio.Event()
 
@@ -77,7 +77,7 @@ async def test_events_that_find_no_retry_slot_do_not_block_the_events_behind_the
         assert "good-1" in store.sent, (store.sent, pub.calls)
     finally:
         pub.release.set()
-        relay._cancel_retries()
+        await relay.aclose()
 
 
 async def test_an_event_whose_traceparent_header_is_no_string_backs_off_alone() -> None:
@@ -97,7 +97,7 @@ class _Outage:
     """Every publish fails after ``delay_s`` (NATS down: each attempt times out)."""
 
     def __init__(self, delay_s: float) -> None:
-        self.options = SimpleNamespace(metrics=False)
+        self.options = SimpleNamespace(metrics=False, timeout_s=1.0)
         self.delay_s = delay_s
         self.calls = 0
 
