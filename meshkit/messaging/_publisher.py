@@ -534,13 +534,15 @@ class RelayOptions:
     """How :class:`OutboxRelay` polls.
 
     Args:
-        batch_size: events read and published per round (default 100, >= 1).
+        batch_size: events read and published per round (default 100, >= 1); also the
+            most publishes that run beside the rounds (see :class:`OutboxRelay`).
         poll_interval_s: wait between rounds when the outbox was drained (default 0.2,
             > 0); :meth:`OutboxRelay.notify` cuts it short.
         error_backoff: delay after a failed round (store or NATS down: the store
-            raised, or every event of the batch failed to publish; default full jitter
-            100 ms doubling to 5 s), and before an event that failed to publish is tried
-            again (its own failure count; the other events go at the normal pace).
+            raised, or no event of the batch was acked at its first try within the
+            publisher's ``timeout_s``; default full jitter 100 ms doubling to 5 s), and
+            before an event that failed to publish is tried again (its own failure
+            count; the other events go at the normal pace).
         name: the ``outbox`` label of ``meshkit_messaging_outbox_pending`` (default
             ``"outbox"``), a non-empty string.
 
