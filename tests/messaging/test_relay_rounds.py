@@ -318,3 +318,25 @@ async def test_an_outage_is_a_failed_round_with_bounded_publishes_beside(
         await _stop(task)
     assert sorted(store.sent) == sorted(e.event_id for e in events)
     assert relay.published == 40 and info.state.messages == 40
+
+
+async def test_run_cancelled_while_its_round_waits_for_a_first_try_leaves_no_task(
+        bus: Bus, silent_subject: str, prom: CollectorRegistry) -> None:
+    """run() cancelled while its round waits for a first try that only times out: the
+    round's own publishes are tasks now (not gather's children), so the cancel must
+    end them too; no publish of the relay is left running."""
+    store = _Mem([OutboxEvent("poison-1", silent_subject, b"x", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(
+        registry=prom, timeout_s=5.0, max_attempts=2)))
+
+    def ours() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if getattr(
+            t.get_coro(), "__qualname__", "") in ("OutboxRelay._retry", "Publisher._send")]
+
+    task = asyncio.create_task(relay.run())
+    try:
+        await until(lambda: len(ours()) == 2, timeout_s=5, what="the first try under way")
+    finally:
+        await _stop(task)
+    await until(lambda: not ours(), timeout_s=2, what="no publish of the relay left")
+    assert not relay._retrying and store.sent == []
