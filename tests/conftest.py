@@ -50,8 +50,12 @@ def registry_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def registry(registry_dir: Path) -> AsyncIterator[LocalRegistry]:
-    """A local registry with a 1 s TTL and a 50 ms watch poll."""
-    reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=1.0, poll_interval_s=0.05))
+    """A local registry with a 3 s TTL (the library's default; heartbeats every 1 s)
+    and a 50 ms watch poll. No test judges expiry on it (those build their own registry
+    with the TTL they judge); with 1 s, a worker's event loop starved for 0.7 s (a
+    cycle test's collections beside another busy process) let its servers' rows lapse
+    between heartbeats, and their calls failed "no endpoint is registered"."""
+    reg = LocalRegistry(LocalOptions(path=registry_dir, ttl_s=3.0, poll_interval_s=0.05))
     yield reg
     await reg.close()
 
