@@ -22,7 +22,8 @@ exactly when the order committed); :meth:`Store.pending_events` / :meth:`Store.m
 make the store a :class:`meshkit.messaging.OutboxStore` for the relay. The read side of
 the projection service keeps ``order_summaries`` (per user: count, total) and
 ``processed_events`` (event ids applied, so a redelivered event counts once), updated
-together by :meth:`Store.apply_order_placed`.
+together by :meth:`Store.apply_order_placed`; :meth:`Store.purge_processed` forgets the
+ids processed long enough ago that their events can no longer be delivered.
 
 Failures: every write runs in one transaction that is rolled back on any
 exception, cancellation included (a call cancelled while it waits for a lock
@@ -330,6 +331,16 @@ class Store(Protocol):
         return whether it was applied now (one transaction: both or neither)."""
         ...
 
+    async def purge_processed(self, processed_before_ms: int, limit: int = 1000) -> int:
+        """Forget up to ``limit`` (>= 1, default 1000) applied event ids processed before
+        ``processed_before_ms`` (unix ms), oldest first; return how many. An event whose
+        id is forgotten would be counted again if it were delivered again, so the caller
+        picks a cutoff past which the stream can no longer deliver it (see
+        :data:`examples.ecom.projection_service.PROCESSED_RETENTION_S`). One short
+        transaction: call again while it returns ``limit``. Raises ``ValueError`` for a
+        ``limit`` below 1."""
+        ...
+
     async def order_summary(self, user_id: str) -> OrderSummary:
         """Return ``user_id``'s summary (zeros for a user with no applied event)."""
         ...
@@ -413,6 +424,14 @@ _PURGE_SENT = (
 )
 
 
+#: DELETE of the oldest applied event ids (parameters: processed before, limit; ``mark``
+#: is the driver's placeholder prefix), through the ``processed_events_at`` index.
+_PURGE_PROCESSED = (
+    "DELETE FROM processed_events WHERE event_id IN (SELECT event_id FROM processed_events"
+    " WHERE processed_at_ms < {mark}1 ORDER BY processed_at_ms LIMIT {mark}2)"
+)
+
+
 def _check_purge_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
@@ -474,6 +493,7 @@ _SQLITE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS processed_events (
         event_id TEXT PRIMARY KEY,
         processed_at_ms INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS processed_events_at ON processed_events (processed_at_ms)",
 )
 
 
@@ -870,6 +890,17 @@ class SqliteStore:
 
         return await self._run(apply, transaction=True)
 
+    async def purge_processed(self, processed_before_ms: int, limit: int = 1000) -> int:
+        """See :meth:`Store.purge_processed` (one ``BEGIN IMMEDIATE`` transaction)."""
+        _check_purge_limit(limit)
+
+        async def purge(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(_PURGE_PROCESSED.format(mark="?"),
+                                     (processed_before_ms, limit))
+            return max(cur.rowcount, 0)
+
+        return await self._run(purge, transaction=True)
+
     async def order_summary(self, user_id: str) -> OrderSummary:
         """See :meth:`Store.order_summary`."""
         rows = await self._run(lambda conn: _fetchall(
@@ -945,6 +976,8 @@ def _postgres_schema(prefix: str) -> tuple[str, ...]:
         f"""CREATE TABLE IF NOT EXISTS {prefix}processed_events (
             event_id TEXT PRIMARY KEY,
             processed_at_ms BIGINT NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS processed_events_at ON {prefix}processed_events"
+        " (processed_at_ms)",
     )
 
 
@@ -1351,6 +1384,13 @@ class PostgresStore:
                 return True
 
         return await self._run(apply)
+
+    async def purge_processed(self, processed_before_ms: int, limit: int = 1000) -> int:
+        """See :meth:`Store.purge_processed` (one statement)."""
+        _check_purge_limit(limit)
+        status = await self._run(lambda conn: conn.execute(
+            _PURGE_PROCESSED.format(mark="$"), processed_before_ms, limit))
+        return int(status.rsplit(" ", 1)[-1])
 
     async def order_summary(self, user_id: str) -> OrderSummary:
         """See :meth:`Store.order_summary`."""
