@@ -50,14 +50,23 @@ OUTBOX_RETENTION_S = 86400.0
 #: Pause between two purges of the outbox (seconds).
 PURGE_INTERVAL_S = 60.0
 
+#: How long the ``ECOM_ORDERS`` stream keeps an event (its ``max_age``, seconds): a day.
+#: JetStream deletes an event older than this, consumed or not.
+STREAM_MAX_AGE_S = 86400.0
+#: The stream's dedupe window (seconds): a publish repeating the ``Nats-Msg-Id`` of one
+#: stored less than this long ago is dropped.
+STREAM_DUPLICATE_WINDOW_S = 120.0
+
 _log = structlog.get_logger("examples.ecom.events")
 
 
 async def ensure_order_stream(js: JetStreamContext) -> None:
     """Create (or update) the ``ECOM_ORDERS`` stream over ``ecom.orders.>`` with a
-    2-minute dedupe window, keeping events for a day."""
-    await ensure_stream(js, STREAM, ["ecom.orders.>"], duplicate_window_s=120.0,
-                        max_age_s=86400.0)
+    :data:`STREAM_DUPLICATE_WINDOW_S` (2-minute) dedupe window, keeping events for
+    :data:`STREAM_MAX_AGE_S` (a day)."""
+    await ensure_stream(js, STREAM, ["ecom.orders.>"],
+                        duplicate_window_s=STREAM_DUPLICATE_WINDOW_S,
+                        max_age_s=STREAM_MAX_AGE_S)
 
 
 #: Deliveries of an event before the projection dead-letters it. A failed delivery is

@@ -5,7 +5,9 @@ The CQRS read side of the ecom example: consumes ``OrderPlaced`` events from the
 :mod:`examples.ecom.events`), checks each event's publisher is the order service's
 workload (signature against the mesh CA), applies it once per event id to per-user
 summaries, and serves them as ``ecom.v1.OrderSummaryService``, registered as
-``summaryd`` over mTLS. Any mesh workload may read summaries.
+``summaryd`` over mTLS. Any mesh workload may read summaries. Beside the consumer,
+:func:`purge_processed_events` forgets the applied event ids older than
+:data:`PROCESSED_RETENTION_S`, once the stream can no longer deliver their events.
 """
 
 from __future__ import annotations
@@ -16,16 +18,42 @@ import os
 from pathlib import Path
 
 import nats
+import structlog
 
 import meshkit
 from examples.ecom import events, security
 from examples.ecom._process import announce, parser, serve_options, setup_logging, tls
 from examples.ecom.proto import summary_pb2_grpc
-from examples.ecom.storage import open_store
+from examples.ecom.storage import Store, now_ms, open_store
 from meshkit.auth import AuthOptions, AuthzPolicy, Rule, workload_id
 from meshkit.messaging import Consumer, MessageVerifier
 
 SERVICE = "summaryd"
+
+#: How long an applied event id is kept in ``processed_events`` (seconds): the stream's
+#: :data:`~examples.ecom.events.STREAM_MAX_AGE_S` (a day) plus its
+#: :data:`~examples.ecom.events.STREAM_DUPLICATE_WINDOW_S` (2 minutes) as a margin.
+#:
+#: The id is there so that a second delivery of its event counts nothing; it may be
+#: forgotten once the event cannot be delivered again. JetStream delivers only what the
+#: stream holds, and deletes an event ``max_age`` after storing it, consumed or not, so
+#: every delivery of an event comes less than ``max_age`` after its publish. An id is
+#: written when the projection applies the event, which is after its publish (a lagging
+#: projection writes it later, never earlier): an id processed more than ``max_age`` ago
+#: belongs to an event published more than ``max_age`` ago, which the stream no longer
+#: has. The margin covers what that leaves out: JetStream expiring an event a little
+#: after ``max_age``, the NATS server's clock (which stamps and expires events) running
+#: ahead of the projection hosts' (which stamp and cut off ids), and a delivery fetched
+#: just before its event expired still being handled (seconds: the store's timeouts).
+#:
+#: Not covered: a second copy of an event in the stream. The relay publishes an event
+#: again when it could not mark it sent (the stream drops the repeat only within its
+#: dedupe window); that copy can be delivered until ``max_age`` after its own publish.
+#: If the projection applied the first copy more than this retention before the second
+#: copy is delivered (e.g. the projection down in between), the event counts twice.
+PROCESSED_RETENTION_S = events.STREAM_MAX_AGE_S + events.STREAM_DUPLICATE_WINDOW_S
+
+_log = structlog.get_logger("examples.ecom.projection_service")
 
 
 def summaryd_policy(*, insecure: bool) -> AuthzPolicy:
@@ -33,8 +61,43 @@ def summaryd_policy(*, insecure: bool) -> AuthzPolicy:
     return AuthzPolicy(rules={"*": Rule(allow_peers=("*",), allow_anonymous=insecure)})
 
 
+async def purge_processed_events(store: Store, *,
+                                 retention_s: float = PROCESSED_RETENTION_S,
+                                 interval_s: float = events.PURGE_INTERVAL_S,
+                                 batch: int = 1000) -> None:
+    """Forget the applied event ids processed more than ``retention_s`` seconds ago
+    (default :data:`PROCESSED_RETENTION_S`, a day and 2 minutes), now and then every
+    ``interval_s`` seconds (default :data:`examples.ecom.events.PURGE_INTERVAL_S`, a
+    minute), until cancelled.
+
+    Each purge deletes ``batch`` rows at a time (default 1000; one short transaction
+    each, so an apply waits for one batch at most) until a batch comes back short. A
+    failure is logged as a warning (``processed events purge failed``) and the next
+    interval tried again; it never ends the projection. Several projection processes
+    purging one store is harmless. Raises ``ValueError`` for a ``retention_s`` or
+    ``interval_s`` not > 0 or a ``batch`` below 1.
+    """
+    if not retention_s > 0:
+        raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
+    if not interval_s > 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    while True:
+        try:
+            cutoff = now_ms() - round(retention_s * 1000)
+            while True:
+                if await store.purge_processed(cutoff, batch) < batch:
+                    break
+                await asyncio.sleep(0)  # the store's waiting calls (applies) go first
+        except Exception as exc:  # a bug too: logged, tried again, the consumer goes on
+            _log.warning("processed events purge failed", cause=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(interval_s)
+
+
 async def main(argv: list[str] | None = None) -> None:
-    """Parse ``argv``, open the store, consume events and serve until a signal."""
+    """Parse ``argv``, open the store, consume events (purging old event ids beside
+    them) and serve until a signal."""
     setup_logging()
     p = parser("projection_service", "sqlite:///summary.db")
     p.add_argument("--nats-url", default=os.environ.get("MESHKIT_NATS_URL",
@@ -61,7 +124,9 @@ async def main(argv: list[str] | None = None) -> None:
         await events.ensure_order_stream(js)
         consumer = Consumer(js, events.Projection(store), events.consumer_options(
             verifier, durable=args.durable, ack_wait_s=args.ack_wait_s))
-        task = asyncio.create_task(consumer.run(), name="projection-consumer")
+        tasks = [asyncio.create_task(consumer.run(), name="projection-consumer"),
+                 asyncio.create_task(purge_processed_events(store),
+                                     name="processed-events-purge")]
         try:
             auth = AuthOptions(policy=summaryd_policy(insecure=tls_options is None))
             await meshkit.serve(
@@ -72,9 +137,11 @@ async def main(argv: list[str] | None = None) -> None:
                 on_started=announce,
             )
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await nc.close()
         await store.close()
