@@ -597,6 +597,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         args.cleaning_up = True  # a SIGTERM from here on lets the clean-up finish
         codes = await stack.stop_all()
+        await demo_events.delete_durable()  # summaryd stopped: it cannot re-create it
         clean = {k: v for k, v in codes.items() if not stack.procs[k].killed}
         if all(code == 0 for code in clean.values()):
             print(f"Stopped every process (SIGTERM, drained): exit codes {clean}")

@@ -104,10 +104,19 @@ async def check_projection(registry: Any, options: meshkit.DialOptions,
              " for every user" + (", after the SIGKILL)" if killed else ")") if ok else
              f"did NOT converge within {wait_s:.0f} s: "
              f"{sum(1 for u in want if got.get(u) != want[u])} users differ"))
-    with contextlib.suppress(Exception):  # this run's consumer is of no use afterwards
+    return ok
+
+
+async def delete_durable() -> None:
+    """Delete this run's durable consumer (:data:`DURABLE`), of no use after the run; call
+    it once ``summaryd`` stopped: a projection still running finds its durable gone and
+    re-creates it from the stream's start (as it must after a stream or server loss),
+    which handled this run's events a second time and dead-lettered every earlier run's
+    event of the day (refused: signed under another run's CA). NATS unreachable, or the
+    durable never made: nothing to do."""
+    with contextlib.suppress(Exception):
         nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False)
         try:
             await nc.jetstream().delete_consumer(events.STREAM, DURABLE)
         finally:
             await nc.close()
-    return ok

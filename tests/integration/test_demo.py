@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,10 +42,40 @@ async def demo(*args: str) -> asyncio.subprocess.Process:
 async def test_demo_passes_with_a_killed_instance(tmp_path: Path) -> None:
     """The demo's small workload survives its SIGKILL, reports, and exits 0; no service
     process logs a traceback or a resource it left open (the order service's JWKS client
-    once logged "Unclosed client session" at every exit)."""
-    proc = await demo("--calls", "80", "--concurrency", "4", "--workdir", str(tmp_path))
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    once logged "Unclosed client session" at every exit).
+
+    Its durable consumer is made once, at the run's start, and deleted only once
+    ``summaryd`` stopped: the events check deleted it while ``summaryd`` still ran, which
+    re-created it from the stream's start (``DeliverPolicy.ALL``) and handled every
+    event of the run a second time and every earlier run's event of the day (1,800-2,800,
+    each refused for its foreign CA and dead-lettered); the printed trace showed two
+    ``process`` spans for its one event (JetStream advisories: created, deleted 2 s
+    after the start, created again)."""
+    import nats
+
+    nc = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2,
+                            allow_reconnect=False)
+    actions: list[tuple[str, str]] = []
+
+    async def advisory(msg: Any) -> None:
+        kind = msg.subject.split(".")[4]  # $JS.EVENT.ADVISORY.CONSUMER.<kind>.<stream>.<name>
+        actions.append((kind, msg.subject.rsplit(".", 1)[1]))
+
+    await nc.subscribe("$JS.EVENT.ADVISORY.CONSUMER.*.ECOM_ORDERS.*", cb=advisory)
+    try:
+        proc = await demo("--calls", "80", "--concurrency", "4", "--workdir", str(tmp_path))
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        await nc.flush()
+    finally:
+        await nc.close()
     text = out.decode()
+    durable = re.search(r"\(durable (order-summary-[0-9a-f]+)\)", text)
+    assert durable is not None, text
+    mine = [kind for kind, name in actions if name == durable[1]]
+    assert mine == ["CREATED", "DELETED"], (mine, text)
+    summaryd = service_logs(tmp_path)["summaryd-1.log"]
+    assert "re-creating it" not in summaryd and "dead-letter" not in summaryd, \
+        summaryd[-3000:]
     assert proc.returncode == 0, text
     assert "SIGKILL orderd-2" in text
     assert "Result: OK" in text
