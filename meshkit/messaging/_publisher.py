@@ -539,8 +539,8 @@ class RelayOptions:
         poll_interval_s: wait between rounds when the outbox was drained (default 0.2,
             > 0); :meth:`OutboxRelay.notify` cuts it short.
         error_backoff: delay after a failed round (store or NATS down: the store
-            raised, or no event of the batch was acked at its first try within the
-            publisher's ``timeout_s``; default full jitter 100 ms doubling to 5 s), and
+            raised, or first tries failed and nothing was acked, see
+            :class:`OutboxRelay`; default full jitter 100 ms doubling to 5 s), and
             before an event that failed to publish is tried again (its own failure
             count; the other events go at the normal pace).
         name: the ``outbox`` label of ``meshkit_messaging_outbox_pending`` (default
@@ -610,10 +610,14 @@ class OutboxRelay:
     waits for them to end, as a round did before. A later round takes each outcome
     (marks it sent, or holds it; an acked one wakes a round, a failed one waits for the
     next round at the normal pace, so an outage does not read the store at the pace
-    publishes fail). Only a round in which the store failed, or no event of the batch
-    was acked at its first try within the round (every one failed, or went on beside
-    the rounds: NATS down or JetStream unavailable, most likely), is a failed round,
-    followed by ``error_backoff``; events that had failed before and fail again only
+    publishes fail). Only a round in which the store failed, or every first try of the
+    batch failed, or first tries failed and nothing was acked (neither a first try of
+    the batch nor a publish beside the rounds that ended since the last round; the
+    first tries that failed may be ones that went on beside the rounds: NATS down or
+    JetStream unavailable, most likely), is a failed round, followed by
+    ``error_backoff``. A round whose first tries all went on beside the rounds is
+    judged when they end: a server stalled past ``timeout_s`` that then acks them on a
+    retry makes no failed round. Events that had failed before and fail again only
     back off again. ``failures`` counts failed rounds, ``event_failures`` failed event
     publishes. A store failure marking acked events loses none: they stay pending and
     are published again by a later round (the stream's dedupe window drops the repeat;
@@ -648,6 +652,8 @@ class OutboxRelay:
         # publishes beside the rounds (retries, first tries past their round's bound)
         self._retrying: dict[str, tuple[OutboxEvent, asyncio.Task[
             tuple[PubAck | Exception, float]]]] = {}
+        # of those, the first tries (judged when they end: see relay_once)
+        self._first_beside: set[str] = set()
         self._pending_gauge = None
         self._count_pending = getattr(store, "count_pending", None)
         if publisher.options.metrics and self._count_pending is not None:
@@ -670,16 +676,18 @@ class OutboxRelay:
             those of earlier publishes beside the rounds that ended since the last round.
 
         Raises:
-            PublishError: no event of the batch was acked at its first try within the
-                round (every one failed, or went on beside the rounds after
-                ``timeout_s``: NATS down, JetStream unavailable); those that failed then
-                back off as one that failed alone. Store errors propagate as raised.
+            PublishError: every first try of the batch failed, or first tries failed
+                (the batch's, or earlier ones that went on beside the rounds after
+                ``timeout_s`` and ended since) and nothing was acked: NATS down,
+                JetStream unavailable; those that failed then back off as one that
+                failed alone. First tries still running beside the rounds fail no
+                round until they end. Store errors propagate as raised.
                 Events that failed while others were published, or failed again after
                 failing before, only back off and are logged, whatever the exception
                 (only a cancel propagates).
         """
         size = self.options.batch_size
-        retried = await self._collect_retries()
+        retried, first_failed = await self._collect_retries()
         loop = asyncio.get_running_loop()
         now = loop.time()
         waiting = {i for i, h in self._held.items() if h.retry_at > now} | \
@@ -712,6 +720,7 @@ class OutboxRelay:
                 for e, t in zip(events, tries, strict=True):
                     if not t.done() and len(self._retrying) < size:
                         self._beside(e, t)
+                        self._first_beside.add(e.event_id)
                         beside.add(t)
                 # no free slot: the round waits for the rest (bounded by the
                 # publisher's attempts), so the publishes beside stay <= batch_size
@@ -730,6 +739,9 @@ class OutboxRelay:
         if not events:
             if self._pending_gauge is not None and self._count_pending is not None:
                 self._pending_gauge.set(await self._count_pending() if pending else 0)
+            if first_failed and not retried:
+                raise PublishError(f"{first_failed} events failed at their first try "
+                                   "beside the rounds, none was acked")
             return retried
         done: list[str] = []
         first: Exception | None = None
@@ -742,6 +754,7 @@ class OutboxRelay:
             else:  # PublishError, or a fault of this one event's; held before marking
                 self._hold(e, result, at)
                 first = first or result
+                first_failed += 1
         if done:
             await self._store.mark_sent(done)
             for i in done:
@@ -752,11 +765,11 @@ class OutboxRelay:
         if not done and not beside:
             raise PublishError(f"all {len(events)} events of the batch failed to "
                                "publish") from first
-        if not done:
+        if not done and not retried and first_failed:
             raise PublishError(
-                f"no event of the batch of {len(events)} was acked at its first try "
-                f"within timeout_s ({len(events) - len(beside)} failed, {len(beside)} "
-                "still publishing beside the rounds)") from first
+                f"no event was acked: {first_failed} failed at their first try (this "
+                f"round's or beside the rounds), {len(beside)} of the batch still "
+                "publishing beside the rounds") from first
         return len(done) + retried
 
     def _first_try_bound_s(self) -> float | None:
@@ -797,15 +810,19 @@ class OutboxRelay:
             result = exc
         return result, asyncio.get_running_loop().time()
 
-    async def _collect_retries(self) -> int:
+    async def _collect_retries(self) -> tuple[int, int]:
         """Take the outcome of the publishes beside the rounds that ended: hold the
         failed ones (from when they failed), mark the acked events sent; how many were
-        marked. A store failure propagates; those events stay pending, read again."""
+        marked, and how many of the failed ones were first tries. A store failure
+        propagates; those events stay pending, read again."""
         ended = [(e, t) for e, t in self._retrying.values() if t.done()]
         for e, _ in ended:
             del self._retrying[e.event_id]
         acked = []
+        first_failed = 0
         for e, t in ended:
+            first = e.event_id in self._first_beside
+            self._first_beside.discard(e.event_id)
             if t.cancelled():
                 continue
             result, at = t.result()
@@ -813,12 +830,13 @@ class OutboxRelay:
                 acked.append(e.event_id)
             else:
                 self._hold(e, result, at)
+                first_failed += first
         if acked:
             await self._store.mark_sent(acked)
             for i in acked:
                 self._held.pop(i, None)
             self.published += len(acked)
-        return len(acked)
+        return len(acked), first_failed
 
     async def aclose(self) -> None:
         """Cancel the publishes running beside the rounds (retries, and first tries past
@@ -831,6 +849,7 @@ class OutboxRelay:
         """
         tasks = [task for _, task in self._retrying.values()]
         self._retrying.clear()
+        self._first_beside.clear()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -856,8 +875,8 @@ class OutboxRelay:
                          error=type(cause).__name__, **reason)
 
     async def run(self) -> None:
-        """Relay until cancelled; a failed round (store error, or no event of the batch
-        acked at its first try within the round) is logged and retried after
+        """Relay until cancelled; a failed round (store error, or first tries failed and
+        nothing was acked, see the class docstring) is logged and retried after
         ``error_backoff``; an event that failed alone only backs off itself (see the
         class docstring). When it ends it calls :meth:`aclose` (the publishes beside
         the rounds are cancelled; their events stay pending)."""
