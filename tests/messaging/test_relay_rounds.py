@@ -336,10 +336,18 @@ async def test_run_cancelled_while_its_round_waits_for_a_first_try_leaves_no_tas
             t.get_coro(), "__qualname__", "") in ("OutboxRelay._retry", "Publisher._send")]
 
     task = asyncio.create_task(relay.run())
+    loop = asyncio.get_running_loop()
     try:
         await until(lambda: len(ours()) == 2, timeout_s=5, what="the first try under way")
     finally:
+        began = loop.time()
         await _stop(task)
+        took = loop.time() - began
+    # ended with run(), not after: a round that only awaited its tries (no cancel)
+    # held the cancel for their publish (2 attempts x 5 s); one that only cancelled
+    # them (no await) left them pending after run() had returned
+    pending = [t for t in ours() if t.get_coro().__qualname__ == "OutboxRelay._retry"]
+    assert took < 3 and not pending, (took, pending)
     await until(lambda: not ours(), timeout_s=2, what="no publish of the relay left")
     assert not relay._retrying and store.sent == []
 
