@@ -430,3 +430,37 @@ async def test_an_outage_with_fewer_events_than_slots_is_still_a_failed_round(
             await _stop(task)
     warned = [x for x in logs if x["event"] == "outbox relay round failed"]
     assert len(warned) >= 1 and info.state.messages == 3 and relay.published == 3
+
+
+async def test_a_first_try_past_the_bound_takes_a_free_slot_before_a_due_retry(
+        bus: Bus, silent_subject: str, prom: CollectorRegistry) -> None:
+    """Two slots beside the rounds (batch_size 2). Two events that only time out failed
+    and their backoff is over when a round has a third such event and a good one as
+    first tries: the third, past the bound, takes a free slot before the retries, so
+    the round ends after the bound (0.5 s) with the good one marked. Were the retries
+    to take both slots first, the round would wait for the third's whole publish (6
+    attempts x 0.5 s)."""
+    store = _Mem([OutboxEvent("p-1", silent_subject, b"x", {}),
+                  OutboxEvent("p-2", silent_subject, b"x", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(
+        registry=prom, timeout_s=0.5, max_attempts=6,
+        backoff=Backoff(base_delay_s=0.01, max_delay_s=0.01))), RelayOptions(
+        batch_size=2,
+        error_backoff=Backoff(base_delay_s=0.2, max_delay_s=0.2, rng=_NoJitter())))
+    loop = asyncio.get_running_loop()
+    try:
+        assert await asyncio.wait_for(relay.relay_once(), 8) == 0  # both go beside
+        firsts = [t for _, t in relay._retrying.values()]
+        assert len(firsts) == 2
+        await until(lambda: all(t.done() for t in firsts), timeout_s=10,
+                    what="the first tries beside ended")
+        await asyncio.sleep(0.3)  # their backoff (0.2 s from their end) is over
+        store.events += [OutboxEvent("p-3", silent_subject, b"x", {}),
+                         OutboxEvent("g-1", bus.subject, b"g", {})]
+        began = loop.time()
+        await asyncio.wait_for(relay.relay_once(), 8)
+        took = loop.time() - began
+        assert store.sent == ["g-1"] and "p-3" in relay._retrying, relay._retrying
+        assert len(relay._retrying) == 2 and took < 1.8, took
+    finally:
+        await relay.aclose()
