@@ -654,6 +654,7 @@ class OutboxRelay:
             tuple[PubAck | Exception, float]]]] = {}
         # of those, the first tries (judged when they end: see relay_once)
         self._first_beside: set[str] = set()
+        self._closes = 0  # aclose() calls: a round that one met hands nothing beside
         self._pending_gauge = None
         self._count_pending = getattr(store, "count_pending", None)
         if publisher.options.metrics and self._count_pending is not None:
@@ -687,6 +688,7 @@ class OutboxRelay:
                 (only a cancel propagates).
         """
         size = self.options.batch_size
+        closes = self._closes
         retried, first_failed = await self._collect_retries()
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -717,6 +719,11 @@ class OutboxRelay:
         try:
             if tries:
                 await asyncio.wait(tries, timeout=self._first_try_bound_s())
+                if self._closes != closes:  # aclose() met the round: none goes beside
+                    late = [t for t in tries if not t.done()]
+                    for t in late:  # their events stay pending, for a later round
+                        t.cancel()
+                    await asyncio.gather(*late, return_exceptions=True)
                 for e, t in zip(events, tries, strict=True):
                     if not t.done() and len(self._retrying) < size:
                         self._beside(e, t)
@@ -734,7 +741,7 @@ class OutboxRelay:
             await asyncio.gather(*own, return_exceptions=True)
             raise
         for e in again:  # after the round's first tries: they take the free slots first
-            if len(self._retrying) < size:
+            if len(self._retrying) < size and self._closes == closes:
                 self._beside(e, asyncio.create_task(self._retry(e)))
         if not events:
             if self._pending_gauge is not None and self._count_pending is not None:
@@ -745,8 +752,9 @@ class OutboxRelay:
             return retried
         done: list[str] = []
         first: Exception | None = None
+        own_failed = 0
         for e, t in zip(events, tries, strict=True):
-            if t in beside:
+            if t in beside or t.cancelled():  # cancelled: aclose() met the round
                 continue
             result, at = t.result()
             if isinstance(result, PubAck):
@@ -754,7 +762,8 @@ class OutboxRelay:
             else:  # PublishError, or a fault of this one event's; held before marking
                 self._hold(e, result, at)
                 first = first or result
-                first_failed += 1
+                own_failed += 1
+        first_failed += own_failed
         if done:
             await self._store.mark_sent(done)
             for i in done:
@@ -762,7 +771,7 @@ class OutboxRelay:
         self.published += len(done)
         if self._pending_gauge is not None and self._count_pending is not None:
             self._pending_gauge.set(await self._count_pending())
-        if not done and not beside:
+        if not done and own_failed == len(events):
             raise PublishError(f"all {len(events)} events of the batch failed to "
                                "publish") from first
         if not done and not retried and first_failed:
@@ -845,8 +854,12 @@ class OutboxRelay:
         by a round is dropped (an event acked meanwhile is published again by a later
         round or relay, and the stream's dedupe window drops that repeat). :meth:`run`
         calls it when it ends; a caller of :meth:`relay_once` alone calls it when done
-        (else those publishes go on unawaited, bounded by the publisher's attempts).
+        (else those publishes go on unawaited, bounded by the publisher's attempts). A
+        round under way when it is called hands nothing beside the rounds: at its bound
+        it cancels its first tries still running (their events stay pending, taken by a
+        later round) and starts no retry; the rounds after it run as usual.
         """
+        self._closes += 1
         tasks = [task for _, task in self._retrying.values()]
         self._retrying.clear()
         self._first_beside.clear()

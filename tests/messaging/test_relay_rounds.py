@@ -464,3 +464,37 @@ async def test_a_first_try_past_the_bound_takes_a_free_slot_before_a_due_retry(
         assert len(relay._retrying) == 2 and took < 1.8, took
     finally:
         await relay.aclose()
+
+
+async def test_aclose_while_a_round_runs_leaves_no_publish_beside(
+        bus: Bus, silent_subject: str, prom: CollectorRegistry) -> None:
+    """aclose() called while a round waits for a first try that only times out: the
+    round then handed that publish beside the rounds, after aclose() had returned, and
+    it went on (up to 10 attempts x 0.5 s) with no one to end it. Now a round that
+    aclose() met hands nothing beside: it cancels its tries still running (their
+    events stay pending, published by a later round) and starts no retry."""
+    store = _Mem([OutboxEvent("poison-1", silent_subject, b"x", {}),
+                  OutboxEvent("g-1", bus.subject, b"g", {})])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(
+        registry=prom, timeout_s=0.5, max_attempts=10)))
+
+    def ours() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks()
+                if getattr(t.get_coro(), "__qualname__", "") == "OutboxRelay._retry"]
+
+    round_ = asyncio.create_task(relay.relay_once())
+    try:
+        await until(lambda: len(ours()) == 1, timeout_s=5,
+                    what="the round waiting for poison-1 alone")
+        await relay.aclose()
+        assert await asyncio.wait_for(round_, 8) == 1  # g-1 acked and marked
+        left = ours()
+        assert not relay._retrying and not left, (relay._retrying, left)
+    finally:
+        await _stop(round_)
+        await relay.aclose()
+    assert store.sent == ["g-1"]
+    # the relay may run again: poison-1 is a first try again, beside the rounds
+    assert await asyncio.wait_for(relay.relay_once(), 8) == 0
+    assert list(relay._retrying) == ["poison-1"]
+    await relay.aclose()
