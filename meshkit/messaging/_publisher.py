@@ -655,6 +655,8 @@ class OutboxRelay:
         # of those, the first tries (judged when they end: see relay_once)
         self._first_beside: set[str] = set()
         self._closes = 0  # aclose() calls: a round that one met hands nothing beside
+        # the last round handed first tries beside: the outbox was not drained
+        self._handed = False
         self._pending_gauge = None
         self._count_pending = getattr(store, "count_pending", None)
         if publisher.options.metrics and self._count_pending is not None:
@@ -689,6 +691,7 @@ class OutboxRelay:
         """
         size = self.options.batch_size
         closes = self._closes
+        self._handed = False
         retried, first_failed = await self._collect_retries()
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -729,6 +732,7 @@ class OutboxRelay:
                         self._beside(e, t)
                         self._first_beside.add(e.event_id)
                         beside.add(t)
+                        self._handed = True
                 # no free slot: the round waits for the rest (bounded by the
                 # publisher's attempts), so the publishes beside stay <= batch_size
                 rest = [t for t in tries if not t.done() and t not in beside]
@@ -891,7 +895,10 @@ class OutboxRelay:
         """Relay until cancelled; a failed round (store error, or first tries failed and
         nothing was acked, see the class docstring) is logged and retried after
         ``error_backoff``; an event that failed alone only backs off itself (see the
-        class docstring). When it ends it calls :meth:`aclose` (the publishes beside
+        class docstring). After a round that published fewer than ``batch_size``
+        events and handed none of its first tries beside the rounds (the outbox is
+        drained) it waits ``poll_interval_s`` or :meth:`notify`; else the next round
+        follows at once. When it ends it calls :meth:`aclose` (the publishes beside
         the rounds are cancelled; their events stay pending)."""
         failed = 0
         try:
@@ -909,7 +916,8 @@ class OutboxRelay:
                         _log.warning("outbox relay round failed", error=type(exc).__name__)
                     await asyncio.sleep(self.options.error_backoff.delay_s(failed))
                     continue
-                if n < self.options.batch_size:
+                # drained: fewer published than a batch, none handed beside the rounds
+                if n < self.options.batch_size and not self._handed:
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel
                     # that comes in the turn the wake does (gh-86296), and the relay went on
                     with contextlib.suppress(TimeoutError):

@@ -498,3 +498,24 @@ async def test_aclose_while_a_round_runs_leaves_no_publish_beside(
     assert await asyncio.wait_for(relay.relay_once(), 8) == 0
     assert list(relay._retrying) == ["poison-1"]
     await relay.aclose()
+
+
+async def test_a_round_that_hands_its_first_try_beside_does_not_wait_the_poll(
+        bus: Bus, silent_subject: str, prom: CollectorRegistry) -> None:
+    """batch_size 1, a 5 s poll and no notify: an event that only times out is first in
+    the outbox, three good ones behind it. Its round hands it beside the rounds after
+    the bound (0.5 s) and has published nothing; the outbox is not drained, so the next
+    round follows at once (it waited the 5 s poll when no longer a failed round)."""
+    store = _Mem([OutboxEvent("poison-1", silent_subject, b"x", {})]
+                 + [OutboxEvent(f"g-{i}", bus.subject, b"g", {}) for i in range(3)])
+    relay = OutboxRelay(store, Publisher(bus.js, PublishOptions(
+        registry=prom, timeout_s=0.5, max_attempts=10)), RelayOptions(
+        batch_size=1, poll_interval_s=5.0))
+    task = asyncio.create_task(relay.run())
+    try:
+        took = await until(lambda: len(store.sent) == 3, timeout_s=10,
+                           what="the good events marked sent")
+    finally:
+        await _stop(task)
+    assert store.sent == ["g-0", "g-1", "g-2"] and took < 3.0, took
+    assert relay.failures == 0
