@@ -599,10 +599,11 @@ class OutboxRelay:
     ack comes, e.g. its subject is one a core NATS subscriber listens to but no stream
     captures), and the events committed meanwhile do not wait for it. A round waits for
     its first tries one attempt's ``timeout_s`` (the publisher's; no bound when it is
-    infinite) at most: a healthy
-    publish is acked well within it, and one still running after it had its first
-    attempt fail, so it is a retry already; it goes on beside the rounds and the
-    round marks the acked events and ends (an event whose first try only times out
+    infinite) at most: a healthy publish is acked well within it, and one still
+    running after it most likely met a stall or had its first attempt time out (the
+    attempt's own ``timeout_s`` starts a little after the round's wait, so it may yet
+    be acked); it goes on beside the rounds and the round marks the acked events and
+    ends (an event whose first try only times out
     delays the events of its own batch's marking, and the next round, by ``timeout_s``,
     not by its ``max_attempts`` x ``timeout_s``). At most ``batch_size`` publishes run
     beside the rounds; the round's first tries past the bound take the free places
