@@ -519,3 +519,46 @@ async def test_a_round_that_hands_its_first_try_beside_does_not_wait_the_poll(
         await _stop(task)
     assert store.sent == ["g-0", "g-1", "g-2"] and took < 3.0, took
     assert relay.failures == 0
+
+
+async def test_a_failed_mark_still_holds_the_failed_publishes_beside_the_rounds(
+        private_nats: NatsServer, private_bus: Bus, prom: CollectorRegistry) -> None:
+    """Two first tries go beside the rounds (the server stalled past timeout_s): one is
+    acked after the stall, the other (a subject no stream captures, a core subscriber
+    silent) fails. The round taking their outcome fails marking the acked one: the
+    failed one is still held (counted, backing off), and the acked one, pending, is
+    published again (deduped) and marked by the next round."""
+    silent = f"silent{uuid.uuid4().hex[:10]}.x"
+
+    async def ignore(msg: nats.aio.msg.Msg) -> None:
+        return None
+
+    await private_bus.nc.subscribe(silent, cb=ignore)
+    await private_bus.nc.flush()
+    store = _Mem([OutboxEvent("ok-1", private_bus.subject, b"g", {}),
+                  OutboxEvent("bad-1", silent, b"x", {})])
+    relay = OutboxRelay(store, Publisher(private_bus.js, PublishOptions(
+        registry=prom, timeout_s=0.5, max_attempts=3,
+        backoff=Backoff(base_delay_s=0.01, max_delay_s=0.01))), RelayOptions(
+        error_backoff=Backoff(base_delay_s=30, max_delay_s=30, rng=_NoJitter())))
+    assert private_nats.proc is not None
+    os.kill(private_nats.proc.pid, signal.SIGSTOP)
+    try:
+        assert await asyncio.wait_for(relay.relay_once(), 8) == 0  # both beside
+        beside = [t for _, t in relay._retrying.values()]
+        assert len(beside) == 2
+        await asyncio.sleep(0.3)
+    finally:
+        os.kill(private_nats.proc.pid, signal.SIGCONT)
+    try:
+        await until(lambda: all(t.done() for t in beside), timeout_s=10,
+                    what="the publishes beside ended")
+        store.fail_marks = 1
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(relay.relay_once(), 8)
+        assert relay.event_failures == 1 and "bad-1" in relay._held
+        assert await asyncio.wait_for(relay.relay_once(), 8) == 1  # ok-1 again
+        assert store.sent == ["ok-1"] and relay.published == 1
+        assert relay.event_failures == 1
+    finally:
+        await relay.aclose()
