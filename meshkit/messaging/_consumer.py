@@ -8,14 +8,15 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, StreamInfo
 from nats.js.client import JetStreamContext
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -322,7 +323,15 @@ class ConsumerOptions:
     Args:
         stream: the stream name.
         durable: the durable consumer name (its position survives restarts; several
-            processes with one name share the work).
+            processes with one name share the work). Created with
+            ``DeliverPolicy.ALL`` when it does not exist. Lost while the consumer runs
+            (noticed at a durable check, see ``fetch_timeout_s``): deleted on its own
+            (``nats consumer rm``), it is re-created with its config as last seen but
+            ``DeliverPolicy.BY_START_SEQUENCE`` from its ack floor + 1 as last seen
+            (messages acked since that check, and unacked ones, are delivered again;
+            none is skipped); on a stream that is a new one (deleted and made again,
+            a server restarted without its store: another ``created`` time), from
+            the stream's start (see :meth:`Consumer.recreation_config`).
         filter_subject: subjects to consume (default ``None``: the whole stream).
         dead_letter_subject: where poison messages go (default ``None``:
             ``dlq.<stream>.<durable>``, see :meth:`dead_letter_for`). A dead letter is
@@ -384,9 +393,10 @@ class ConsumerOptions:
         batch_size: messages fetched per pull (default 64, >= 1).
         fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0); after
             5 empty pulls in a row the consumer checks that its durable still exists
-            (see :meth:`Consumer.run_once`). It and ``ack_wait_s`` are sent to JetStream
-            as int64 nanoseconds (the pull's ``expires``, the durable's ``AckWait``), so
-            both are at most 9223372036 s, about 292 years (infinity is refused).
+            (see :meth:`Consumer.run_once`), and keeps its ack floor. It and
+            ``ack_wait_s`` are sent to JetStream as int64 nanoseconds (the pull's
+            ``expires``, the durable's ``AckWait``), so both are at most 9223372036 s,
+            about 292 years (infinity is refused).
         verifier: checks the publisher identity; a message that fails is dead-lettered
             as ``refused`` (default ``None``: no check). With a verifier, the consume
             metrics and the CONSUMER span name of a message whose publisher was not
@@ -467,6 +477,14 @@ class Consumer:
     killed mid-batch leaves its unacked messages to be redelivered within ``ack_wait_s``:
     handlers must be idempotent by :attr:`Delivery.msg_id`.
 
+    A durable lost while it runs is re-created (:meth:`start`): deleted on its own, at
+    its ack floor + 1 as the last durable check saw it (at :meth:`start`, after 5 empty
+    pulls, after a refused pull), so only messages acked since that check are handled
+    again; on a stream that was deleted and made again (another ``created`` time, or
+    its last sequence below that floor), or when nothing was seen of it, from the
+    stream's start (:meth:`recreation_config`). One warning tells where it starts
+    (``start_seq``, or ``start``).
+
     Args:
         js: a ``nats`` JetStream context.
         handler: the :data:`Handler`.
@@ -485,6 +503,14 @@ class Consumer:
         #: how long an idle pull waits: fetch_timeout_s, less if the durable allows less
         self._expires_s = options.fetch_timeout_s
         self._empty_fetches = 0
+        #: what the last durable check (start, _rebind_if_gone) saw, for a re-creation:
+        #: the durable's config, its ack floor (every stream sequence at or below it is
+        #: acked), and the ``created`` time of the stream it was on (its identity)
+        self._known_config: ConsumerConfig | None = None
+        self._ack_floor: int | None = None
+        self._stream_created: datetime | None = None
+        #: why the durable was found gone (its 404), until start() re-creates or binds it
+        self._lost: str | None = None
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
         # what the metrics and span name of an unverified publisher's message carry
@@ -508,23 +534,52 @@ class Consumer:
         as it is). JetStream allows these changes on a durable (NATS docs, JetStream
         consumers: "Filter Subject", "MaxDeliver", "AckWait" are editable); a changed
         filter keeps the durable's position, so messages of the new filter stored
-        before it are not delivered (use a new durable name to read them).
+        before it are not delivered (use a new durable name to read them). The update
+        keeps the durable's deliver policy and start (JetStream refuses to change them).
+
+        A durable that does not exist is created with :meth:`consumer_config`
+        (``DeliverPolicy.ALL``: the whole stream), unless this consumer saw it before and
+        lost it (see :meth:`_rebind_if_gone`): then it is re-created where it was, see
+        :meth:`recreation_config`. One ``stream_info`` request (the stream's identity,
+        its ``created`` time) and one ``consumer_info`` are made besides the binding.
 
         Raises:
-            nats.js.errors.Error: the stream does not exist, or the server refused to
-                change the filter subject (consuming the old subjects would be silent
-                data loss). A refused ``max_deliver`` / ack wait change is only logged.
+            nats.js.errors.NotFoundError: the stream does not exist.
+            nats.js.errors.Error: the server refused to create the durable, or to change
+                the filter subject (consuming the old subjects would be silent data
+                loss). A refused ``max_deliver`` / ack wait change is only logged.
         """
         o = self.options
+        stream = await self._js.stream_info(o.stream)
+        try:
+            await self._js.consumer_info(o.stream, o.durable)
+        except nats.js.errors.NotFoundError:
+            made, where = self.recreation_config(stream)
+            await self._js.add_consumer(o.stream, made)
+            if self._lost is not None:
+                _log.warning("durable consumer or its stream is gone; re-creating it",
+                             stream=o.stream, durable=o.durable, error=self._lost,
+                             **where)
+        else:
+            if self._lost is not None:
+                _log.warning("durable consumer or its stream is gone; re-creating it",
+                             stream=o.stream, durable=o.durable, error=self._lost,
+                             start="re-created by another process: bound to it")
+        self._lost = None
         config = self.consumer_config()
         sub = await self._js.pull_subscribe(
             o.filter_subject or "", durable=o.durable, stream=o.stream, config=config)
-        current = (await sub.consumer_info()).config
+        info = await sub.consumer_info()
+        current = info.config
         filter_changed = (current.filter_subject or None) != (o.filter_subject or None) \
             or bool(current.filter_subjects)
         if filter_changed or (current.max_deliver, current.ack_wait) != \
                 (config.max_deliver, config.ack_wait):
-            config = self.consumer_config()  # pull_subscribe may have changed its copy
+            # pull_subscribe may have changed its copy; the deliver policy and start
+            # are the durable's own (JetStream refuses a change of them)
+            config = replace(self.consumer_config(), deliver_policy=current.deliver_policy,
+                             opt_start_seq=current.opt_start_seq,
+                             opt_start_time=current.opt_start_time)
             try:
                 await self._js.add_consumer(o.stream, config)
             except nats.js.errors.Error as exc:
@@ -540,6 +595,9 @@ class Consumer:
                     _log.warning("durable consumer's filter subject changed",
                                  durable=o.durable, old=current.filter_subject,
                                  new=o.filter_subject)
+                current = config
+        self._stream_created = stream.created
+        self._remember(info, current)
         self._cap_batch(current.max_ack_pending)
         if self._pulls is not None:
             await self._pulls.close()
@@ -548,6 +606,40 @@ class Consumer:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
         self._sub = sub
+
+    def recreation_config(self, stream: StreamInfo) -> tuple[ConsumerConfig, dict[str, Any]]:
+        """The config :meth:`start` creates the missing durable with on ``stream`` (its
+        ``stream_info``), and how it chose the start (the fields of its warning).
+
+        When this consumer saw the durable before (at :meth:`start` or a durable check)
+        on this same stream (the same ``created`` time, and its last sequence not below
+        the durable's ack floor then): the durable's config as last seen (with the
+        options' filter subject, ``max_deliver`` and ack wait) but
+        ``DeliverPolicy.BY_START_SEQUENCE`` from the ack floor + 1. Every message at or
+        below the ack floor was acked; those above it (unacked, nak'ed, in backoff, or
+        acked since that check) are delivered again: handlers are idempotent by
+        :attr:`Delivery.msg_id`. Otherwise (a new stream: deleted and re-created, a
+        server restarted without its store; or nothing known): :meth:`consumer_config`,
+        the stream from its start."""
+        floor, known = self._ack_floor, self._known_config
+        if floor is None or known is None or self._stream_created is None:
+            return self.consumer_config(), {"start": "none known: from the stream's start"}
+        if stream.created != self._stream_created or stream.state.last_seq < floor:
+            return self.consumer_config(), {"start": "stream re-created: from its start"}
+        own = self.consumer_config()
+        config = replace(known, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                         opt_start_seq=floor + 1, opt_start_time=None,
+                         durable_name=own.durable_name, name=own.durable_name,
+                         ack_wait=own.ack_wait, max_deliver=own.max_deliver,
+                         filter_subject=own.filter_subject, filter_subjects=None)
+        return config, {"start_seq": floor + 1}
+
+    def _remember(self, info: ConsumerInfo, config: ConsumerConfig) -> None:
+        """Keep the durable's ``config`` and ack floor as ``info`` (its
+        ``consumer_info``) shows them, for a re-creation."""
+        self._known_config = config
+        if info.ack_floor is not None:
+            self._ack_floor = info.ack_floor.stream_seq
 
     def _cap_batch(self, max_ack_pending: int | None) -> None:
         """Pull at most the durable's ``max_ack_pending`` at a time: a pull for more waits
@@ -718,29 +810,44 @@ class Consumer:
                 batch.touched = now
 
     async def _rebind_if_gone(self) -> None:
-        """Ask the server for the durable (``consumer_info``); if it or its stream is gone
-        (404: deleted, stream re-created, server restarted without its store), log it
-        once, drop the subscription and :meth:`start` again, which re-creates the durable
-        or raises while the stream is still missing (the next :meth:`run_once` retries)."""
+        """Ask the server for the durable (``consumer_info``: one request; it also keeps
+        the durable's ack floor and config for a re-creation); if it or its stream is
+        gone (404: deleted, stream re-created, server restarted without its store), drop
+        the subscription and :meth:`start` again, which re-creates the durable (logged
+        once, with where it starts: see :meth:`recreation_config`) or raises while the
+        stream is still missing (logged; the next :meth:`run_once` retries).
+
+        A durable deleted on its own (``nats consumer rm``) is re-created at its ack
+        floor + 1 as last seen, so the messages acked before that check are not
+        delivered again; a stream that is a new one is consumed from its start."""
         sub = self._sub
         if sub is None:
             return
         try:
             info = await sub.consumer_info()
-            self._cap_batch(info.config.max_ack_pending)
         except nats.js.errors.NotFoundError as exc:
-            _log.warning("durable consumer or its stream is gone; re-creating it",
-                         stream=self.options.stream, durable=self.options.durable,
-                         error=str(exc)[:200])
+            self._lost = str(exc)[:200]
             self._sub = None
             await self.aclose()
-            await self.start()
+            try:
+                await self.start()
+            except nats.js.errors.NotFoundError:
+                _log.warning("durable consumer or its stream is gone; re-creating it "
+                             "once the stream exists", stream=self.options.stream,
+                             durable=self.options.durable, error=self._lost)
+                raise
+        else:
+            self._remember(info, info.config)
+            self._cap_batch(info.config.max_ack_pending)
 
     async def run(self) -> None:
         """Consume until cancelled; a lost connection or missing stream is logged and
         retried after ``backoff`` (the nats client reconnects by itself). A durable lost
-        while running (stream deleted and re-created, server restarted without its
-        store) is noticed after 5 empty fetches and re-created (:meth:`run_once`). A cancel
+        while running is noticed after 5 empty fetches (or a refused pull) and
+        re-created (:meth:`run_once`): deleted on its own, from its ack floor + 1 as last
+        seen; with its stream deleted and re-created (server restarted without its
+        store), once the stream exists, from the new stream's start
+        (:meth:`recreation_config`). A cancel
         that the nats client swallowed ends it at the next fetch (``Task.cancelling()``).
         Cancelled, it stops pulling (:meth:`aclose`) before it ends."""
         try:
