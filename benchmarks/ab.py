@@ -73,12 +73,15 @@ class _Proc:
             self.proc.stdin.close()
 
     def close(self) -> None:
+        """Stop the worker and wait for it (killed after 15 s); its pipes are closed."""
         self.end_input()
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def run(base: str, new: str, *, side: str = "server", telemetry: str = "defaults",

@@ -8,6 +8,7 @@ import json
 import numbers
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -234,24 +235,30 @@ def test_ab_runs_both_trees_in_alternating_rounds(side: str, telemetry: str,
                                                   loop: str, sessions: int) -> None:
     """``python -m benchmarks.ab`` at its smallest, with this checkout as both trees: each
     tree's worker answers every round (on the event loop asked for), and the summary
-    pairs the rounds."""
+    pairs the rounds; every worker's pipes are closed when it ended (its stdout pipe was
+    left to the collector: a ResourceWarning per worker)."""
     from benchmarks import ab
 
     if loop == "uvloop":
         require_uvloop()
     here = str(Path(__file__).parents[2])
     seen: list[list[str]] = []
+    procs: list[subprocess.Popen[str]] = []
     real = ab._Proc.__init__
 
     def recording(self: Any, *args: Any, **kw: Any) -> None:
         real(self, *args, **kw)
         seen.append(self.ready)
+        procs.append(self.proc)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ab._Proc, "__init__", recording)
         got = ab.run(here, here, side=side, telemetry=telemetry, rounds=2, calls=20,
                      callers=2, loop=loop, sessions=sessions, warmup_calls=20)
     assert seen and all(ready[-1] == loop for ready in seen)
+    assert [(p.returncode is not None, p.stdin is None or p.stdin.closed,
+             p.stdout is None or p.stdout.closed) for p in procs] == \
+        [(True, True, True)] * len(procs)
     # each session's fresh processes: a server and its driver per tree, or one server
     # and a client per tree
     assert len(seen) == (3 if side == "client" else 4) * sessions
