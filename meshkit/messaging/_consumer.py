@@ -614,7 +614,8 @@ class Consumer:
         When this consumer saw the durable before (at :meth:`start` or a durable check)
         on this same stream (the same ``created`` time, and its last sequence not below
         the durable's ack floor then): the durable's config as last seen (with the
-        options' filter subject, ``max_deliver`` and ack wait) but
+        options' filter subject, ``max_deliver`` and ack wait, and without its
+        ``backoff``: the server refuses one with ``max_deliver`` -1) but
         ``DeliverPolicy.BY_START_SEQUENCE`` from the ack floor + 1. Every message at or
         below the ack floor was acked; those above it (unacked, nak'ed, in backoff, or
         acked since that check) are delivered again: handlers are idempotent by
@@ -631,7 +632,8 @@ class Consumer:
                          opt_start_seq=floor + 1, opt_start_time=None,
                          durable_name=own.durable_name, name=own.durable_name,
                          ack_wait=own.ack_wait, max_deliver=own.max_deliver,
-                         filter_subject=own.filter_subject, filter_subjects=None)
+                         filter_subject=own.filter_subject, filter_subjects=None,
+                         backoff=None)
         return config, {"start_seq": floor + 1}
 
     def _remember(self, info: ConsumerInfo, config: ConsumerConfig) -> None:

@@ -240,3 +240,35 @@ async def test_an_update_of_a_durable_keeps_its_deliver_policy(
     config = (await bus.js.consumer_info(bus.stream, "up")).config
     assert (config.ack_wait, config.deliver_policy) == (30.0, policy.value)
     assert [e for e in logs if "could not update" in e["event"]] == []
+
+
+async def test_a_durable_with_a_backoff_is_recreated_without_it(
+        bus: Bus, prom: CollectorRegistry, running: Any) -> None:
+    """A durable made (by an operator) with a backoff, so a bounded ``max_deliver``, and a
+    ``max_waiting`` that start() cannot update (``max waiting can not be updated``: it
+    keeps its config, logged). Deleted, it is re-created without the backoff (the server
+    refuses one with the options' ``max_deliver`` -1: ``max deliver is required to be >
+    length of backoff values``), at its ack floor + 1: m4, published after, is handled."""
+    await bus.js.add_consumer(bus.stream, ConsumerConfig(
+        durable_name="bo", ack_policy=AckPolicy.EXPLICIT, max_deliver=5,
+        backoff=[1.0, 2.0], max_waiting=64, filter_subject=bus.subject))
+    await _publish(bus, "m1", "m2", "m3")
+    handled: list[str] = []
+
+    async def handle(d: Delivery) -> None:
+        handled.append(d.msg_id)
+
+    with structlog.testing.capture_logs() as logs:
+        _, checks = await running(bus, handle, prom, "bo")
+        await until(lambda: len(handled) == 3, timeout_s=WAIT_S, what="m1..m3")
+        await _ack_floor_reaches(bus, "bo", 3, checks)
+        await bus.js.delete_consumer(bus.stream, "bo")
+        await _publish(bus, "m4")
+        await until(lambda: "m4" in handled, timeout_s=WAIT_S,
+                    what="m4 after the re-creation")
+    assert handled == ["m1", "m2", "m3", "m4"]
+    assert [e.get("start_seq") for e in _recreations(logs)] == [4], logs
+    config = (await bus.js.consumer_info(bus.stream, "bo")).config
+    assert (config.opt_start_seq, config.max_deliver, config.backoff, config.max_waiting) \
+        == (4, -1, None, 64)
+
