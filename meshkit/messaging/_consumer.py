@@ -511,6 +511,8 @@ class Consumer:
         self._stream_created: datetime | None = None
         #: why the durable was found gone (its 404), until start() re-creates or binds it
         self._lost: str | None = None
+        #: a stream_info request failed (not a 404) once: logged
+        self._stream_info_failed = False
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
         # what the metrics and span name of an unverified publisher's message carry
@@ -541,7 +543,13 @@ class Consumer:
         (``DeliverPolicy.ALL``: the whole stream), unless this consumer saw it before and
         lost it (see :meth:`_rebind_if_gone`): then it is re-created where it was, see
         :meth:`recreation_config`. One ``stream_info`` request (the stream's identity,
-        its ``created`` time) and one ``consumer_info`` are made besides the binding.
+        its ``created`` time) and one ``consumer_info`` are made besides the binding; a
+        ``stream_info`` that fails otherwise than with a 404 (a user without permission
+        for ``$JS.API.STREAM.INFO``: it times out) is logged once and the stream taken
+        as unknown (a lost durable is then re-created from the stream's start).
+        nats-server 2.9.10 refuses every update of a ``BY_START_TIME`` durable (``start
+        time can not be updated``, even with its own start time sent back): its
+        ``max_deliver`` / ack wait change is logged, a filter change raises.
 
         Raises:
             nats.js.errors.NotFoundError: the stream does not exist.
@@ -550,7 +558,7 @@ class Consumer:
                 loss). A refused ``max_deliver`` / ack wait change is only logged.
         """
         o = self.options
-        stream = await self._js.stream_info(o.stream)
+        stream = await self._stream_info()
         try:
             await self._js.consumer_info(o.stream, o.durable)
         except nats.js.errors.NotFoundError:
@@ -596,7 +604,7 @@ class Consumer:
                                  durable=o.durable, old=current.filter_subject,
                                  new=o.filter_subject)
                 current = config
-        self._stream_created = stream.created
+        self._stream_created = stream.created if stream is not None else None
         self._remember(info, current)
         self._cap_batch(current.max_ack_pending)
         if self._pulls is not None:
@@ -607,7 +615,30 @@ class Consumer:
             await sub.unsubscribe()
         self._sub = sub
 
-    def recreation_config(self, stream: StreamInfo) -> tuple[ConsumerConfig, dict[str, Any]]:
+    async def _stream_info(self) -> StreamInfo | None:
+        """The stream's ``stream_info``, or None when the request failed otherwise than
+        with a 404: a user without permission for ``$JS.API.STREAM.INFO`` (the server
+        drops the request: it times out after the JetStream context's timeout), a slow
+        server. Then the stream is unknown (a lost durable is re-created from the
+        stream's start); logged once per consumer.
+
+        Raises:
+            nats.js.errors.NotFoundError: the stream does not exist."""
+        try:
+            return await self._js.stream_info(self.options.stream)
+        except nats.js.errors.NotFoundError:
+            raise
+        except nats.errors.Error as exc:
+            if not self._stream_info_failed:
+                self._stream_info_failed = True
+                _log.warning("stream info unavailable; a lost durable is re-created from "
+                             "the stream's start", stream=self.options.stream,
+                             durable=self.options.durable, error=type(exc).__name__,
+                             description=str(exc)[:200])
+            return None
+
+    def recreation_config(self, stream: StreamInfo | None
+                          ) -> tuple[ConsumerConfig, dict[str, Any]]:
         """The config :meth:`start` creates the missing durable with on ``stream`` (its
         ``stream_info``), and how it chose the start (the fields of its warning).
 
@@ -620,9 +651,12 @@ class Consumer:
         below the ack floor was acked; those above it (unacked, nak'ed, in backoff, or
         acked since that check) are delivered again: handlers are idempotent by
         :attr:`Delivery.msg_id`. Otherwise (a new stream: deleted and re-created, a
-        server restarted without its store; or nothing known): :meth:`consumer_config`,
-        the stream from its start."""
+        server restarted without its store; or nothing known; or ``stream`` None, its
+        ``stream_info`` unavailable): :meth:`consumer_config`, the stream from its
+        start."""
         floor, known = self._ack_floor, self._known_config
+        if stream is None:
+            return self.consumer_config(), {"start": "stream unknown: from its start"}
         if floor is None or known is None or self._stream_created is None:
             return self.consumer_config(), {"start": "none known: from the stream's start"}
         if stream.created != self._stream_created or stream.state.last_seq < floor:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -26,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from meshkit.messaging import Consumer, ConsumerOptions, Delivery, ensure_stream
 from meshkit.resilience import Backoff
-from tests.messaging.conftest import Bus
+from tests.messaging.conftest import NATS_SERVER, Bus, NatsServer
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -271,4 +273,86 @@ async def test_a_durable_with_a_backoff_is_recreated_without_it(
     config = (await bus.js.consumer_info(bus.stream, "bo")).config
     assert (config.opt_start_seq, config.max_deliver, config.backoff, config.max_waiting) \
         == (4, -1, None, 64)
+
+
+#: A user that may consume (durable info / create, pulls, acks) but not read stream info.
+_CONSUME_ONLY = """
+jetstream {{ store_dir: "{store}" }}
+authorization {{ users = [
+  {{user: admin, password: admin}}
+  {{user: reader, password: reader, permissions: {{
+    publish: {{allow: ["$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.DURABLE.CREATE.>",
+                      "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.MSG.NEXT.>",
+                      "$JS.ACK.>", "_INBOX.>"]}}
+    subscribe: {{allow: ["_INBOX.>"]}}}}}}
+]}}
+"""
+
+
+def _spawn_consume_only(server: NatsServer, conf: Path) -> None:
+    """Start ``server`` with the ``_CONSUME_ONLY`` config written to ``conf``."""
+    conf.write_text(_CONSUME_ONLY.format(store=server.store_dir))
+    server.proc = subprocess.Popen(
+        [NATS_SERVER, "-a", "127.0.0.1", "-p", str(server.port), "-c", str(conf)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+async def consume_only(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A private nats-server whose user ``reader`` may not ask for stream info."""
+    if not Path(NATS_SERVER).exists():  # noqa: ASYNC240 - a stat, once per test
+        pytest.fail(f"nats-server not found at {NATS_SERVER}")
+    server = NatsServer(tmp_path / "nats")
+    _spawn_consume_only(server, tmp_path / "nats.conf")
+
+    async def accepting() -> bool:
+        try:
+            nc = await nats.connect(f"nats://admin:admin@127.0.0.1:{server.port}",
+                                    connect_timeout=0.5, allow_reconnect=False)
+        except Exception:
+            return False
+        await nc.close()
+        return True
+
+    await until(accepting, timeout_s=10, interval_s=0.1, what="nats-server accepting")
+    yield server
+    server.kill()
+
+
+async def test_a_user_without_stream_info_permission_still_consumes(
+        consume_only: NatsServer, prom: CollectorRegistry) -> None:
+    """A least-privilege user (no ``$JS.API.STREAM.INFO``: the server drops the request,
+    it times out) consumed before the stream identity check came; start() must still
+    bind (the stream unknown: a lost durable would be re-created from the stream's start,
+    logged) and m1 be handled."""
+    port = consume_only.port
+    admin = await nats.connect(f"nats://admin:admin@127.0.0.1:{port}")
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    reader = await nats.connect(f"nats://reader:reader@127.0.0.1:{port}", error_cb=on_error)
+    try:
+        await ensure_stream(admin.jetstream(), "S", ["s.>"], duplicate_window_s=60)
+        await admin.jetstream().publish("s.a", b"1", headers={"Nats-Msg-Id": "m1"})
+        handled: list[str] = []
+
+        async def handle(d: Delivery) -> None:
+            handled.append(d.msg_id)
+
+        consumer = Consumer(reader.jetstream(timeout=1.0), handle, ConsumerOptions(
+            stream="S", durable="r", filter_subject="s.a", registry=prom, tracing=False,
+            access_log=False, fetch_timeout_s=0.2))
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(consumer.start(), WAIT_S)
+            await until(lambda: consumer.run_once(), timeout_s=WAIT_S, what="m1")
+        await consumer.aclose()
+        assert handled == ["m1"]
+        assert [e["event"] for e in logs if "stream" in e["event"]] == [
+            "stream info unavailable; a lost durable is re-created from the stream's start"]
+        assert errors, "the server did not refuse the stream info request"
+    finally:
+        await reader.close()
+        await admin.close()
 
