@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -356,3 +357,57 @@ async def test_a_user_without_stream_info_permission_still_consumes(
         await reader.close()
         await admin.close()
 
+
+async def _run_until(consumer: Consumer, cond: Callable[[], bool], what: str) -> None:
+    """Call ``run_once`` (a refused pull's error suppressed, as ``run`` logs it) until
+    ``cond``, within ``WAIT_S``."""
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} not reached within {WAIT_S}s"
+        with contextlib.suppress(nats.js.errors.APIError):
+            await asyncio.wait_for(consumer.run_once(), WAIT_S)
+
+
+async def test_a_stream_recreated_with_more_messages_than_the_floor_is_read_from_its_start(
+        bus: Bus, prom: CollectorRegistry) -> None:
+    """The old stream's o1..o3 acked (ack floor 3, seen by a durable check); the stream
+    deleted and made again (another ``created``) with n1..n5 before the consumer notices:
+    its last sequence (5) is not below the old floor, only the ``created`` time tells it
+    is a new stream, read from its start: n1..n5 all handled (a re-creation at the old
+    floor + 1 would skip n1..n3). The consumer is driven by ``run_once`` so the new
+    stream has its messages when the loss is noticed."""
+    handled: list[str] = []
+
+    async def handle(d: Delivery) -> None:
+        handled.append(d.msg_id)
+
+    checks = Checks()
+
+    async def seen(msg: Any) -> None:
+        if not (msg.reply or "").startswith(_POLL_INBOX):
+            checks.seen += 1
+
+    sub = await bus.nc.subscribe(f"$JS.API.CONSUMER.INFO.{bus.stream}.nm", cb=seen)
+    await bus.nc.flush()
+    consumer = Consumer(bus.js, handle, ConsumerOptions(
+        stream=bus.stream, durable="nm", filter_subject=bus.subject, registry=prom,
+        tracing=False, access_log=False, fetch_timeout_s=0.2))
+    try:
+        await _publish(bus, "o1", "o2", "o3")
+        await consumer.start()
+        await _run_until(consumer, lambda: len(handled) == 3, "o1..o3")
+        waiting = asyncio.create_task(_ack_floor_reaches(bus, "nm", 3, checks))
+        await _run_until(consumer, waiting.done, "a durable check after ack floor 3")
+        await waiting
+        await bus.js.delete_stream(bus.stream)
+        await ensure_stream(bus.js, bus.stream, [bus.subject.split(".")[0] + ".>"],
+                            duplicate_window_s=60)
+        await _publish(bus, "n1", "n2", "n3", "n4", "n5")
+        with structlog.testing.capture_logs() as logs:
+            await _run_until(consumer, lambda: "n5" in handled, "n5")
+    finally:
+        await consumer.aclose()
+        await sub.unsubscribe()
+    assert handled == ["o1", "o2", "o3", "n1", "n2", "n3", "n4", "n5"]
+    assert [e.get("start") for e in _recreations(logs)] == \
+        ["stream re-created: from its start"], logs
