@@ -163,6 +163,7 @@ import itertools
 import json
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -907,6 +908,12 @@ class EtcdRegistry:
         if held is not None and not held[1].done():
             return held[0]
         with self._loops_mutex:
+            # again under the mutex close() marks it closed under before it takes the
+            # sessions: one made after that check would be stored after close() took
+            # them, and nobody would close it
+            if self._race.closed:
+                raise RegistryError(
+                    f"etcd registry for {self.options.endpoints!r} is closed")
             opts = self.options
             tls = self._ssl
             if tls is None:
@@ -916,9 +923,13 @@ class EtcdRegistry:
                     if opts.cert_file is not None:
                         tls.load_cert_chain(opts.cert_file, opts.key_file)
                 self._ssl = tls
-            # a closed loop's session was closed by its owner as that loop ended
+            # a closed loop's session was closed by its owner as that loop ended, unless
+            # the loop was closed with the owner pending (stopped, not run to its end)
             sessions = {other: h for other, h in self._sessions.items()
                         if not other.is_closed()}
+            for other, (dropped, owner) in self._sessions.items():
+                if other.is_closed() and not owner.done():
+                    self._abandon(dropped)
             session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=opts.connect_timeout_s),
                 # No connection limit (aiohttp's default is 100): each watch holds one
@@ -939,6 +950,34 @@ class EtcdRegistry:
                 name="meshkit-etcd-session"))
             self._sessions = sessions
         return session
+
+    def _abandon(self, session: aiohttp.ClientSession) -> None:
+        """Let go of ``session``, of an event loop closed with its owner task pending (a
+        loop stopped and closed without its tasks run to their end): that task never
+        runs, and no transport of a closed loop can be closed through it. Its
+        connections are shut down now (``shutdown(SHUT_RDWR)``: etcd sees them end, a
+        watch stream is no longer fed) and the session is closed in the running loop
+        (aiohttp then only marks its connector closed and drops its pool: no "Unclosed
+        client session" or "Unclosed connector"). The descriptors themselves are closed
+        only when the garbage collector collects their transports (a ``ResourceWarning``,
+        ``unclosed transport`` or ``unclosed <socket...>``, for each then): closing them
+        needs the closed loop. Sessions inherited in a forked child are not handled
+        here (see :meth:`_forget_parent`)."""
+        connector = session.connector
+        if connector is not None:
+            protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
+                         for proto, _ in conns]
+            protocols.extend(getattr(connector, "_acquired", ()))
+            for proto in protocols:
+                transport = getattr(proto, "transport", None)
+                sock = transport.get_extra_info("socket") if transport is not None else None
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+        task = asyncio.get_running_loop().create_task(_close_quietly(session),
+                                                      name="meshkit-etcd-abandoned")
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
 
     def _backoff_delay(self, attempt: int) -> float:
         return full_jitter(self._rng, attempt, self.options.backoff_base_s,
@@ -1895,13 +1934,21 @@ class EtcdRegistry:
             with self._loops_mutex:
                 sessions, self._sessions = self._sessions, {}
             running = asyncio.get_running_loop()
-            for loop, (_, owner) in sessions.items():
+            for loop, (session, owner) in sessions.items():
                 if loop is running:
                     owner.cancel()  # it closes the session
                     await asyncio.gather(owner, return_exceptions=True)
-                elif not owner.done():  # another thread's loop: closed there by its owner
-                    with contextlib.suppress(RuntimeError):  # that loop is closed
+                elif owner.done():
+                    pass  # closed by its owner
+                elif loop.is_closed():  # closed with the owner pending: it never runs
+                    self._abandon(session)
+                else:  # another thread's loop: closed there by its owner
+                    try:
                         loop.call_soon_threadsafe(owner.cancel)
+                    except RuntimeError:  # that loop was closed meanwhile
+                        self._abandon(session)
+            await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
+                                 return_exceptions=True)
         finally:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
@@ -1911,6 +1958,17 @@ class EtcdRegistry:
 #: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`EtcdRegistry._forget_parent`).
 _registries = reset_in_forked_child(EtcdRegistry)
+#: The tasks closing sessions of loops closed with their owner pending
+#: (:meth:`EtcdRegistry._abandon`): referenced until they end.
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+async def _close_quietly(session: aiohttp.ClientSession) -> None:
+    """Close ``session`` of a closed loop from the running one, ignoring its errors."""
+    with contextlib.suppress(*_FOREIGN, RuntimeError):
+        await session.close()
+
+
 #: A parent's keep-alive tasks and HTTP sessions, in a forked child: kept referenced,
 #: never used nor closed. Closed or collected in the child, their transports would remove
 #: their descriptors from the epoll instance the child's copy of the parent's loop shares
