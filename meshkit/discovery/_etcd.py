@@ -1910,7 +1910,14 @@ class EtcdRegistry:
         """Stop the keep-alive, end every watch and close the HTTP sessions. Idempotent.
 
         Those of another event loop still running (another thread's) are ended and closed
-        in that loop (not awaited here); those of a closed loop ended with it.
+        in that loop; the session's close there is waited for, up to ``request_timeout_s``
+        seconds (a busy or stopped loop's is not waited for longer: its session is closed
+        when it runs again, and a session of a loop closed meanwhile is let go of as
+        below), so that the thread may stop and close its loop once this returns. The
+        watches and keep-alives of those loops are not waited for. Those of a closed loop
+        ended with it, unless it was closed with the session's owner task pending: then
+        the session's connections are shut down and it is closed from here (its sockets'
+        descriptors are closed only when collected, see :meth:`_abandon`).
 
         The threads that look up the members' host names (``meshkit-etcd-dns``, at most
         two) are shut down without waiting for a lookup in flight.
@@ -1934,6 +1941,9 @@ class EtcdRegistry:
             with self._loops_mutex:
                 sessions, self._sessions = self._sessions, {}
             running = asyncio.get_running_loop()
+            elsewhere: dict[asyncio.Future[None], tuple[asyncio.AbstractEventLoop,
+                                                        aiohttp.ClientSession,
+                                                        asyncio.Task[None]]] = {}
             for loop, (session, owner) in sessions.items():
                 if loop is running:
                     owner.cancel()  # it closes the session
@@ -1943,9 +1953,20 @@ class EtcdRegistry:
                 elif loop.is_closed():  # closed with the owner pending: it never runs
                     self._abandon(session)
                 else:  # another thread's loop: closed there by its owner
+                    ended: asyncio.Future[None] = running.create_future()
                     try:
-                        loop.call_soon_threadsafe(owner.cancel)
+                        loop.call_soon_threadsafe(_cancel_and_tell, owner, running, ended)
                     except RuntimeError:  # that loop was closed meanwhile
+                        self._abandon(session)
+                    else:
+                        elsewhere[ended] = (loop, session, owner)
+            if elsewhere:
+                # bounded: a loop that is busy, or stopped without being closed, is not
+                # waited for long (its owner closes the session when it runs again)
+                await asyncio.wait(elsewhere, timeout=self.options.request_timeout_s)
+                for ended, (loop, session, owner) in elsewhere.items():
+                    ended.cancel()
+                    if loop.is_closed() and not owner.done():  # closed while we waited
                         self._abandon(session)
             await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
                                  return_exceptions=True)
@@ -1961,6 +1982,25 @@ _registries = reset_in_forked_child(EtcdRegistry)
 #: The tasks closing sessions of loops closed with their owner pending
 #: (:meth:`EtcdRegistry._abandon`): referenced until they end.
 _abandoned: set[asyncio.Task[None]] = set()
+
+
+def _cancel_and_tell(owner: asyncio.Task[None], waiter_loop: asyncio.AbstractEventLoop,
+                     ended: asyncio.Future[None]) -> None:
+    """In ``owner``'s loop: cancel it (it closes its session) and, once it has ended, set
+    ``ended`` (a future of ``waiter_loop``, another thread's) in that loop."""
+    owner.cancel()
+    owner.add_done_callback(lambda _: _tell(waiter_loop, ended))
+
+
+def _tell(loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+    """Set ``ended`` in its ``loop`` (thread-safe); nothing if that loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set_once, ended)
+
+
+def _set_once(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 async def _close_quietly(session: aiohttp.ClientSession) -> None:

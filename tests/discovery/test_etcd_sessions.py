@@ -145,3 +145,40 @@ def test_session_begun_while_another_loop_closes_is_not_left_open(node: EtcdClus
         with contextlib.suppress(Exception):
             other.run(_close(reg))
         other.close()
+
+
+def test_close_returns_once_another_running_loops_session_is_closed(
+        node: EtcdCluster) -> None:
+    """close() in one loop closes the session of another thread's running loop in that
+    loop, and returns once it is closed (within ``request_timeout_s``), so that the thread
+    may stop and close its loop right after. close() returned as soon as it had asked
+    that loop to: a loop stopped then (before it ran the session's owner) was closed
+    with the session open and its owner pending. Here the other loop is kept busy for
+    0.2 s while close() runs."""
+    service = unique_service()
+    reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **LOOPS))
+    other = LoopThread()
+    busy = threading.Event()
+    timer = threading.Timer(0.2, busy.set)
+    try:
+        other.run(reg.register(make_instance(service, 1)))
+        session = reg._sessions[other.loop][0]
+        started = threading.Event()
+
+        def hold() -> None:
+            started.set()
+            busy.wait(10)
+
+        other.loop.call_soon_threadsafe(hold)
+        assert started.wait(10)
+        timer.start()
+
+        async def close_then_look() -> bool:
+            await _close(reg)
+            return session.closed
+
+        assert run_loop(close_then_look()), "close() returned with the session open"
+    finally:
+        busy.set()
+        timer.cancel()
+        other.close()
