@@ -87,6 +87,7 @@ import json
 import os
 import random
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -918,12 +919,24 @@ class ConsulRegistry:
         closed loops are dropped then), with a task of that loop that closes it when the
         loop ends or :meth:`close` cancels it
         (:func:`~meshkit.discovery._shared.hold_until_cancelled`); one whose task has
-        ended (closed it) is replaced."""
+        ended (closed it) is replaced. One of a loop closed with its owner pending is let
+        go of (:func:`_abandon`).
+
+        Raises:
+            RegistryError: the registry is closed.
+        """
         if self._race.closed:
             raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
         loop = asyncio.get_running_loop()
         held = self._clients.get(loop)
-        if held is None or held[1].done():
+        if held is not None and not held[1].done():
+            return held[0]
+        with self._clients_lock:
+            # again under the lock close() takes the clients under (it marks the registry
+            # closed before): one made after a check outside it would be stored after
+            # close() took the clients, and nobody would close it
+            if self._race.closed:
+                raise RegistryError(f"Consul registry for {self.options.base_url} is closed")
             opts = self.options
             host = f"[{opts.host}]" if ":" in opts.host else opts.host  # py-consul joins host:port
             verify: bool | str = opts.ca_file if (opts.verify and opts.ca_file) else opts.verify
@@ -951,12 +964,14 @@ class ConsulRegistry:
                 hold_until_cancelled(client.close, self._race, 2 * opts.request_timeout_s,
                                      _FOREIGN),
                 name="meshkit-consul-client")
-            held = (client, owner)
-            with self._clients_lock:
-                # a closed loop's client was closed by its owner as that loop ended
-                self._clients = {**{other: h for other, h in self._clients.items()
-                                    if not other.is_closed()}, loop: held}
-        return held[0]
+            # a closed loop's client was closed by its owner as that loop ended, unless
+            # the loop was closed with the owner pending (stopped, not run to its end)
+            for other, (dropped, other_owner) in self._clients.items():
+                if other.is_closed() and not other_owner.done():
+                    _abandon(dropped)
+            self._clients = {**{other: h for other, h in self._clients.items()
+                                if not other.is_closed()}, loop: (client, owner)}
+        return client
 
     def _headers(self, client: Any) -> dict[str, str]:
         return cast(dict[str, str], client.prepare_headers())
@@ -1618,6 +1633,14 @@ class ConsulRegistry:
     async def close(self) -> None:
         """Stop heartbeats, end every watch (their iterators finish) and close the client.
 
+        The client of another event loop still running (another thread's) is closed in
+        that loop; that is waited for, up to ``request_timeout_s`` seconds (a busy or
+        stopped loop's is not waited for longer: its client is closed when it runs
+        again), so that the thread may stop and close its loop once this returns. That of
+        a closed loop was closed as it ended, unless the loop was closed with the client's
+        owner task pending: then the client's connections are shut down and its session
+        closed from here (their descriptors only when collected, see :func:`_abandon`).
+
         The threads that look up the agent's host name (``meshkit-consul-dns``, at most
         two) are shut down without waiting for a lookup in flight.
 
@@ -1637,16 +1660,97 @@ class ConsulRegistry:
             with self._clients_lock:
                 clients, self._clients = self._clients, {}
             running = asyncio.get_running_loop()
-            for loop, (_, owner) in clients.items():
+            elsewhere: dict[asyncio.Future[None],
+                            tuple[asyncio.AbstractEventLoop, Any, asyncio.Task[None]]] = {}
+            for loop, (client, owner) in clients.items():
                 if loop is running:
                     await cancel_and_wait(owner)  # it closes the client
-                elif not owner.done():  # another thread's loop: closed there by its owner
-                    with contextlib.suppress(RuntimeError):  # that loop is closed
-                        loop.call_soon_threadsafe(owner.cancel)
+                elif owner.done():
+                    pass  # closed by its owner
+                elif loop.is_closed():  # closed with the owner pending: it never runs
+                    _abandon(client)
+                else:  # another thread's loop: closed there by its owner
+                    ended: asyncio.Future[None] = running.create_future()
+                    try:
+                        loop.call_soon_threadsafe(_cancel_and_tell, owner, running, ended)
+                    except RuntimeError:  # that loop was closed meanwhile
+                        _abandon(client)
+                    else:
+                        elsewhere[ended] = (loop, client, owner)
+            if elsewhere:
+                # bounded: a loop that is busy, or stopped without being closed, is not
+                # waited for long (its owner closes the client when it runs again)
+                await asyncio.wait(elsewhere, timeout=self.options.request_timeout_s)
+                for ended, (loop, client, owner) in elsewhere.items():
+                    ended.cancel()
+                    if loop.is_closed() and not owner.done():  # closed while we waited
+                        _abandon(client)
+            await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
+                                 return_exceptions=True)
         finally:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
             self._dns.shutdown()
+
+
+#: The tasks closing clients of loops closed with their owner pending (:func:`_abandon`):
+#: referenced until they end.
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def _abandon(client: Any) -> None:
+    """Let go of ``client`` (a py-consul client), of an event loop closed with its owner
+    task pending (a loop stopped and closed without its tasks run to their end): that
+    task never runs, and no transport of a closed loop can be closed through it. The
+    connections of its aiohttp session are shut down now (``shutdown(SHUT_RDWR)``: the
+    agent sees them end, a long poll is no longer held) and the session is closed in the
+    running loop (aiohttp then only marks its connector closed and drops its pool: no
+    "Unclosed client session" or "Unclosed connector"). The descriptors themselves are
+    closed only when the garbage collector collects their transports (a
+    ``ResourceWarning``, ``unclosed transport`` or ``unclosed <socket...>``, for each
+    then): closing them needs the closed loop. Clients inherited in a forked child are
+    not handled here (see :meth:`ConsulRegistry._forget_parent`)."""
+    session: aiohttp.ClientSession = client.http._session
+    connector = session.connector
+    if connector is not None:
+        protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
+                     for proto, _ in conns]
+        protocols.extend(getattr(connector, "_acquired", ()))
+        for proto in protocols:
+            transport = getattr(proto, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+    task = asyncio.get_running_loop().create_task(_close_quietly(session),
+                                                  name="meshkit-consul-abandoned")
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+async def _close_quietly(session: aiohttp.ClientSession) -> None:
+    """Close ``session`` of a closed loop from the running one, ignoring its errors."""
+    with contextlib.suppress(*_FOREIGN, RuntimeError):
+        await session.close()
+
+
+def _cancel_and_tell(owner: asyncio.Task[None], waiter_loop: asyncio.AbstractEventLoop,
+                     ended: asyncio.Future[None]) -> None:
+    """In ``owner``'s loop: cancel it (it closes its client) and, once it has ended, set
+    ``ended`` (a future of ``waiter_loop``, another thread's) in that loop."""
+    owner.cancel()
+    owner.add_done_callback(lambda _: _tell(waiter_loop, ended))
+
+
+def _tell(loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+    """Set ``ended`` in its ``loop`` (thread-safe); nothing if that loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set_once, ended)
+
+
+def _set_once(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 #: Every registry of the process: each starts afresh in a forked child
