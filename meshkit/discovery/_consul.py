@@ -87,7 +87,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import ssl
 import threading
 import time
@@ -120,7 +119,9 @@ from meshkit.discovery._options import (
 from meshkit.discovery._resolver import (
     LookupThreads,
     OwnThreadsResolver,
+    abandon_session,
     cancelled_by_close,
+    close_per_loop,
     drop_inherited_sockets,
     reset_in_forked_child,
 )
@@ -1659,98 +1660,19 @@ class ConsulRegistry:
             await asyncio.gather(*tasks, return_exceptions=True)
             with self._clients_lock:
                 clients, self._clients = self._clients, {}
-            running = asyncio.get_running_loop()
-            elsewhere: dict[asyncio.Future[None],
-                            tuple[asyncio.AbstractEventLoop, Any, asyncio.Task[None]]] = {}
-            for loop, (client, owner) in clients.items():
-                if loop is running:
-                    await cancel_and_wait(owner)  # it closes the client
-                elif owner.done():
-                    pass  # closed by its owner
-                elif loop.is_closed():  # closed with the owner pending: it never runs
-                    _abandon(client)
-                else:  # another thread's loop: closed there by its owner
-                    ended: asyncio.Future[None] = running.create_future()
-                    try:
-                        loop.call_soon_threadsafe(_cancel_and_tell, owner, running, ended)
-                    except RuntimeError:  # that loop was closed meanwhile
-                        _abandon(client)
-                    else:
-                        elsewhere[ended] = (loop, client, owner)
-            if elsewhere:
-                # bounded: a loop that is busy, or stopped without being closed, is not
-                # waited for long (its owner closes the client when it runs again)
-                await asyncio.wait(elsewhere, timeout=self.options.request_timeout_s)
-                for ended, (loop, client, owner) in elsewhere.items():
-                    ended.cancel()
-                    if loop.is_closed() and not owner.done():  # closed while we waited
-                        _abandon(client)
-            await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
-                                 return_exceptions=True)
+            await close_per_loop(clients, _abandon, self.options.request_timeout_s)
         finally:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
             self._dns.shutdown()
 
 
-#: The tasks closing clients of loops closed with their owner pending (:func:`_abandon`):
-#: referenced until they end.
-_abandoned: set[asyncio.Task[None]] = set()
-
-
 def _abandon(client: Any) -> None:
     """Let go of ``client`` (a py-consul client), of an event loop closed with its owner
-    task pending (a loop stopped and closed without its tasks run to their end): that
-    task never runs, and no transport of a closed loop can be closed through it. The
-    connections of its aiohttp session are shut down now (``shutdown(SHUT_RDWR)``: the
-    agent sees them end, a long poll is no longer held) and the session is closed in the
-    running loop (aiohttp then only marks its connector closed and drops its pool: no
-    "Unclosed client session" or "Unclosed connector"). The descriptors themselves are
-    closed only when the garbage collector collects their transports (a
-    ``ResourceWarning``, ``unclosed transport`` or ``unclosed <socket...>``, for each
-    then): closing them needs the closed loop. Clients inherited in a forked child are
-    not handled here (see :meth:`ConsulRegistry._forget_parent`)."""
-    session: aiohttp.ClientSession = client.http._session
-    connector = session.connector
-    if connector is not None:
-        protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
-                     for proto, _ in conns]
-        protocols.extend(getattr(connector, "_acquired", ()))
-        for proto in protocols:
-            transport = getattr(proto, "transport", None)
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-    task = asyncio.get_running_loop().create_task(_close_quietly(session),
-                                                  name="meshkit-consul-abandoned")
-    _abandoned.add(task)
-    task.add_done_callback(_abandoned.discard)
-
-
-async def _close_quietly(session: aiohttp.ClientSession) -> None:
-    """Close ``session`` of a closed loop from the running one, ignoring its errors."""
-    with contextlib.suppress(*_FOREIGN, RuntimeError):
-        await session.close()
-
-
-def _cancel_and_tell(owner: asyncio.Task[None], waiter_loop: asyncio.AbstractEventLoop,
-                     ended: asyncio.Future[None]) -> None:
-    """In ``owner``'s loop: cancel it (it closes its client) and, once it has ended, set
-    ``ended`` (a future of ``waiter_loop``, another thread's) in that loop."""
-    owner.cancel()
-    owner.add_done_callback(lambda _: _tell(waiter_loop, ended))
-
-
-def _tell(loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
-    """Set ``ended`` in its ``loop`` (thread-safe); nothing if that loop is closed."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_set_once, ended)
-
-
-def _set_once(ended: asyncio.Future[None]) -> None:
-    if not ended.done():
-        ended.set_result(None)
+    task pending: its aiohttp session is abandoned
+    (:func:`~meshkit.discovery._resolver.abandon_session`: its connections shut down now,
+    the agent sees them end and a long poll is no longer held)."""
+    abandon_session(client.http._session, "meshkit-consul-abandoned", _FOREIGN)
 
 
 #: Every registry of the process: each starts afresh in a forked child

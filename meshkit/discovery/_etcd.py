@@ -163,7 +163,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import ssl
 import threading
 import time
@@ -190,7 +189,9 @@ from meshkit.discovery._options import (
 from meshkit.discovery._resolver import (
     LookupThreads,
     OwnThreadsResolver,
+    abandon_session,
     cancelled_by_close,
+    close_per_loop,
     drop_inherited_sockets,
     reset_in_forked_child,
 )
@@ -952,32 +953,10 @@ class EtcdRegistry:
         return session
 
     def _abandon(self, session: aiohttp.ClientSession) -> None:
-        """Let go of ``session``, of an event loop closed with its owner task pending (a
-        loop stopped and closed without its tasks run to their end): that task never
-        runs, and no transport of a closed loop can be closed through it. Its
-        connections are shut down now (``shutdown(SHUT_RDWR)``: etcd sees them end, a
-        watch stream is no longer fed) and the session is closed in the running loop
-        (aiohttp then only marks its connector closed and drops its pool: no "Unclosed
-        client session" or "Unclosed connector"). The descriptors themselves are closed
-        only when the garbage collector collects their transports (a ``ResourceWarning``,
-        ``unclosed transport`` or ``unclosed <socket...>``, for each then): closing them
-        needs the closed loop. Sessions inherited in a forked child are not handled
-        here (see :meth:`_forget_parent`)."""
-        connector = session.connector
-        if connector is not None:
-            protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
-                         for proto, _ in conns]
-            protocols.extend(getattr(connector, "_acquired", ()))
-            for proto in protocols:
-                transport = getattr(proto, "transport", None)
-                sock = transport.get_extra_info("socket") if transport is not None else None
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-        task = asyncio.get_running_loop().create_task(_close_quietly(session),
-                                                      name="meshkit-etcd-abandoned")
-        _abandoned.add(task)
-        task.add_done_callback(_abandoned.discard)
+        """Let go of ``session``, of an event loop closed with its owner task pending
+        (:func:`~meshkit.discovery._resolver.abandon_session`: its connections shut down
+        now, etcd sees them end and a watch stream is no longer fed)."""
+        abandon_session(session, "meshkit-etcd-abandoned", _FOREIGN)
 
     def _backoff_delay(self, attempt: int) -> float:
         return full_jitter(self._rng, attempt, self.options.backoff_base_s,
@@ -1940,36 +1919,7 @@ class EtcdRegistry:
             await asyncio.gather(*tasks, return_exceptions=True)
             with self._loops_mutex:
                 sessions, self._sessions = self._sessions, {}
-            running = asyncio.get_running_loop()
-            elsewhere: dict[asyncio.Future[None], tuple[asyncio.AbstractEventLoop,
-                                                        aiohttp.ClientSession,
-                                                        asyncio.Task[None]]] = {}
-            for loop, (session, owner) in sessions.items():
-                if loop is running:
-                    owner.cancel()  # it closes the session
-                    await asyncio.gather(owner, return_exceptions=True)
-                elif owner.done():
-                    pass  # closed by its owner
-                elif loop.is_closed():  # closed with the owner pending: it never runs
-                    self._abandon(session)
-                else:  # another thread's loop: closed there by its owner
-                    ended: asyncio.Future[None] = running.create_future()
-                    try:
-                        loop.call_soon_threadsafe(_cancel_and_tell, owner, running, ended)
-                    except RuntimeError:  # that loop was closed meanwhile
-                        self._abandon(session)
-                    else:
-                        elsewhere[ended] = (loop, session, owner)
-            if elsewhere:
-                # bounded: a loop that is busy, or stopped without being closed, is not
-                # waited for long (its owner closes the session when it runs again)
-                await asyncio.wait(elsewhere, timeout=self.options.request_timeout_s)
-                for ended, (loop, session, owner) in elsewhere.items():
-                    ended.cancel()
-                    if loop.is_closed() and not owner.done():  # closed while we waited
-                        self._abandon(session)
-            await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
-                                 return_exceptions=True)
+            await close_per_loop(sessions, self._abandon, self.options.request_timeout_s)
         finally:
             # the lookup threads end once their lookup in flight, if any, returns (a
             # stuck DNS server's is not waited for); lookups not started are dropped
@@ -1979,34 +1929,6 @@ class EtcdRegistry:
 #: Every registry of the process: each starts afresh in a forked child
 #: (:meth:`EtcdRegistry._forget_parent`).
 _registries = reset_in_forked_child(EtcdRegistry)
-#: The tasks closing sessions of loops closed with their owner pending
-#: (:meth:`EtcdRegistry._abandon`): referenced until they end.
-_abandoned: set[asyncio.Task[None]] = set()
-
-
-def _cancel_and_tell(owner: asyncio.Task[None], waiter_loop: asyncio.AbstractEventLoop,
-                     ended: asyncio.Future[None]) -> None:
-    """In ``owner``'s loop: cancel it (it closes its session) and, once it has ended, set
-    ``ended`` (a future of ``waiter_loop``, another thread's) in that loop."""
-    owner.cancel()
-    owner.add_done_callback(lambda _: _tell(waiter_loop, ended))
-
-
-def _tell(loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
-    """Set ``ended`` in its ``loop`` (thread-safe); nothing if that loop is closed."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_set_once, ended)
-
-
-def _set_once(ended: asyncio.Future[None]) -> None:
-    if not ended.done():
-        ended.set_result(None)
-
-
-async def _close_quietly(session: aiohttp.ClientSession) -> None:
-    """Close ``session`` of a closed loop from the running one, ignoring its errors."""
-    with contextlib.suppress(*_FOREIGN, RuntimeError):
-        await session.close()
 
 
 #: A parent's keep-alive tasks and HTTP sessions, in a forked child: kept referenced,

@@ -10,7 +10,8 @@ discovery. :class:`OwnThreadsResolver` looks names up on a pool the registry own
 process forked from the registry's (``os.register_at_fork``).
 
 A forked child's copies of its parent's connections, the other fork concern of the
-registries' aiohttp sessions, are dropped by :func:`drop_inherited_sockets`.
+registries' aiohttp sessions, are dropped by :func:`drop_inherited_sockets`; the sessions
+of every event loop a registry was used from are closed by :func:`close_per_loop`.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import socket
 import stat
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 import aiohttp
 import aiohttp.abc
 
-__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "cancelled_by_close",
-           "drop_inherited_sockets"]
+__all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "abandon_session",
+           "cancelled_by_close", "close_per_loop", "drop_inherited_sockets",
+           "session_sockets"]
 
 #: getaddrinfo's flags as aiohttp's ThreadedResolver passes them (AI_ADDRCONFIG, masked
 #: where the platform has AI_MASK)
@@ -161,21 +163,8 @@ def drop_inherited_sockets(sessions: Iterable[aiohttp.ClientSession]) -> None:
         sessions: the parent's sessions, as the child's copy of the registry holds them
             (closed ones, with no connector, are skipped).
     """
-    fds: set[int] = set()
-    for session in sessions:
-        connector = session.connector
-        if connector is None:
-            continue
-        # aiohttp's pool: {key: deque[(protocol, last used)]}, and the protocols in use
-        protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
-                     for proto, _ in conns]
-        protocols.extend(getattr(connector, "_acquired", ()))
-        for proto in protocols:
-            transport = getattr(proto, "transport", None)
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            fd = sock.fileno() if sock is not None else -1  # -1: closed
-            if fd >= 0:
-                fds.add(fd)
+    fds = {fd for session in sessions for sock in session_sockets(session)
+           if (fd := sock.fileno()) >= 0}  # -1: closed
     if not fds:
         return
     try:
@@ -189,6 +178,122 @@ def drop_inherited_sockets(sessions: Iterable[aiohttp.ClientSession]) -> None:
                     os.dup2(null, fd, inheritable=False)
     finally:
         os.close(null)
+
+
+def session_sockets(session: aiohttp.ClientSession) -> list[socket.socket]:
+    """The sockets of ``session``'s connections: those pooled idle and those a request or
+    a watch's stream holds (aiohttp's connector pool, read through its private ``_conns``
+    and ``_acquired``: none found where a version keeps them elsewhere); none for a
+    closed session (no connector). A connection still being opened is in neither."""
+    connector = session.connector
+    if connector is None:
+        return []
+    # aiohttp's pool: {key: deque[(protocol, last used)]}, and the protocols in use
+    protocols = [proto for conns in list(getattr(connector, "_conns", {}).values())
+                 for proto, _ in conns]
+    protocols.extend(getattr(connector, "_acquired", ()))
+    socks = []
+    for proto in protocols:
+        transport = getattr(proto, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            socks.append(sock)
+    return socks
+
+
+#: The tasks closing sessions of loops closed with their owner pending
+#: (:func:`abandon_session`): referenced until they end.
+_abandoned: set[asyncio.Task[None]] = set()
+
+
+def abandon_session(session: aiohttp.ClientSession, name: str,
+                    errors: tuple[type[BaseException], ...]) -> None:
+    """Let go of ``session``, of an event loop closed with its owner task pending (a loop
+    stopped and closed without its tasks run to their end): that task never runs, and no
+    transport of a closed loop can be closed through it. Its connections are shut down
+    now (``shutdown(SHUT_RDWR)``: the server sees them end, a watch stream or long poll
+    is no longer held) and the session is closed in the running loop, in a task named
+    ``name`` (aiohttp then only marks its connector closed and drops its pool: no
+    "Unclosed client session" or "Unclosed connector"), ignoring ``errors`` (the
+    registry's own) and ``RuntimeError``. The descriptors themselves are closed only when
+    the garbage collector collects their transports (a ``ResourceWarning``, ``unclosed
+    transport`` or ``unclosed <socket...>``, for each then): closing them needs the
+    closed loop. Sessions inherited in a forked child are not handled here
+    (:func:`drop_inherited_sockets`)."""
+    for sock in session_sockets(session):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    async def close_quietly() -> None:
+        with contextlib.suppress(*errors, RuntimeError):
+            await session.close()
+
+    task = asyncio.get_running_loop().create_task(close_quietly(), name=name)
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+_Held = TypeVar("_Held")
+
+
+async def close_per_loop(held: Mapping[asyncio.AbstractEventLoop,
+                                       tuple[_Held, asyncio.Task[None]]],
+                         abandon: Callable[[_Held], None], timeout_s: float) -> None:
+    """Close what a registry holds per event loop (an HTTP session or client, each with
+    its owner task, which closes it when cancelled), from the running loop: the running
+    loop's owner is cancelled and awaited; one already done closed it; one of a loop
+    closed with its owner pending never runs, so the held object is ``abandon``-ed
+    (:func:`abandon_session`); another thread's running loop cancels its owner there, and
+    this waits (``timeout_s`` at most: a loop that is busy, or stopped without being
+    closed, is not waited for long; its owner closes it when that loop runs again) until
+    it ended, abandoning it if that loop was closed meanwhile. Ends with the running
+    loop's abandoned closes awaited."""
+    running = asyncio.get_running_loop()
+    elsewhere: dict[asyncio.Future[None],
+                    tuple[asyncio.AbstractEventLoop, _Held, asyncio.Task[None]]] = {}
+    for loop, (thing, owner) in held.items():
+        if loop is running:
+            owner.cancel()  # it closes what it holds
+            await asyncio.gather(owner, return_exceptions=True)
+        elif owner.done():
+            pass  # closed by its owner
+        elif loop.is_closed():  # closed with the owner pending: it never runs
+            abandon(thing)
+        else:  # another thread's loop: closed there by its owner
+            ended: asyncio.Future[None] = running.create_future()
+            try:
+                loop.call_soon_threadsafe(_cancel_and_tell, owner, running, ended)
+            except RuntimeError:  # that loop was closed meanwhile
+                abandon(thing)
+            else:
+                elsewhere[ended] = (loop, thing, owner)
+    if elsewhere:
+        await asyncio.wait(elsewhere, timeout=timeout_s)
+        for ended, (loop, thing, owner) in elsewhere.items():
+            ended.cancel()
+            if loop.is_closed() and not owner.done():  # closed while we waited
+                abandon(thing)
+    await asyncio.gather(*[t for t in _abandoned if t.get_loop() is running],
+                         return_exceptions=True)
+
+
+def _cancel_and_tell(owner: asyncio.Task[None], waiter_loop: asyncio.AbstractEventLoop,
+                     ended: asyncio.Future[None]) -> None:
+    """In ``owner``'s loop: cancel it (it closes what it holds) and, once it has ended,
+    set ``ended`` (a future of ``waiter_loop``, another thread's) in that loop."""
+    owner.cancel()
+    owner.add_done_callback(lambda _: _tell(waiter_loop, ended))
+
+
+def _tell(loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+    """Set ``ended`` in its ``loop`` (thread-safe); nothing if that loop is closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set_once, ended)
+
+
+def _set_once(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 def cancelled_by_close(closed: bool) -> bool:
