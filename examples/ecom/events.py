@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -167,6 +167,19 @@ async def purge_sent_events(store: Store, *, retention_s: float = OUTBOX_RETENTI
     harmless. Raises ``ValueError`` for a ``retention_s`` or ``interval_s`` not > 0 or a
     ``batch`` below 1.
     """
+    await purge_every(store.purge_sent, retention_s=retention_s, interval_s=interval_s,
+                      batch=batch, warning="outbox purge failed", errors=(StoreError,))
+
+
+async def purge_every(purge: Callable[[int, int], Awaitable[int]], *, retention_s: float,
+                      interval_s: float, batch: int, warning: str,
+                      errors: tuple[type[Exception], ...]) -> None:
+    """Call ``purge(cutoff_ms, batch)`` (a store's ``purge_sent`` / ``purge_processed``:
+    deletes up to ``batch`` rows older than ``cutoff_ms``, unix ms, and returns how many)
+    with the cutoff ``retention_s`` seconds ago until a batch comes back short, now and
+    then every ``interval_s`` seconds, until cancelled; ``errors`` it raises are logged
+    as ``warning`` and the next interval tried again. Raises ``ValueError`` for a
+    ``retention_s`` or ``interval_s`` not > 0 or a ``batch`` below 1."""
     if not retention_s > 0:
         raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
     if not interval_s > 0:
@@ -177,11 +190,11 @@ async def purge_sent_events(store: Store, *, retention_s: float = OUTBOX_RETENTI
         try:
             cutoff = now_ms() - round(retention_s * 1000)
             while True:
-                if await store.purge_sent(cutoff, batch) < batch:
+                if await purge(cutoff, batch) < batch:
                     break
                 await asyncio.sleep(0)  # the store's waiting calls go first
-        except StoreError as exc:
-            _log.warning("outbox purge failed", cause=f"{type(exc).__name__}: {exc}")
+        except errors as exc:
+            _log.warning(warning, cause=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(interval_s)
 
 

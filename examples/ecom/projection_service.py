@@ -24,7 +24,7 @@ import meshkit
 from examples.ecom import events, security
 from examples.ecom._process import announce, parser, serve_options, setup_logging, tls
 from examples.ecom.proto import summary_pb2_grpc
-from examples.ecom.storage import Store, now_ms, open_store
+from examples.ecom.storage import Store, open_store
 from meshkit.auth import AuthOptions, AuthzPolicy, Rule, workload_id
 from meshkit.messaging import Consumer, MessageVerifier
 
@@ -77,22 +77,10 @@ async def purge_processed_events(store: Store, *,
     purging one store is harmless. Raises ``ValueError`` for a ``retention_s`` or
     ``interval_s`` not > 0 or a ``batch`` below 1.
     """
-    if not retention_s > 0:
-        raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
-    if not interval_s > 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-    while True:
-        try:
-            cutoff = now_ms() - round(retention_s * 1000)
-            while True:
-                if await store.purge_processed(cutoff, batch) < batch:
-                    break
-                await asyncio.sleep(0)  # the store's waiting calls (applies) go first
-        except Exception as exc:  # a bug too: logged, tried again, the consumer goes on
-            _log.warning("processed events purge failed", cause=f"{type(exc).__name__}: {exc}")
-        await asyncio.sleep(interval_s)
+    # a bug too is logged and tried again: the consumer goes on
+    await events.purge_every(store.purge_processed, retention_s=retention_s,
+                             interval_s=interval_s, batch=batch,
+                             warning="processed events purge failed", errors=(Exception,))
 
 
 async def main(argv: list[str] | None = None) -> None:
