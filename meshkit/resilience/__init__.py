@@ -50,6 +50,7 @@ from meshkit.resilience._retry import (
     is_nack,
 )
 from meshkit.resilience.ratelimit import (
+    DEFAULT_MAX_KEYS,
     KeyFunc,
     Limiter,
     RateLimitInterceptor,
@@ -64,6 +65,7 @@ from meshkit.resilience.ratelimit import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_KEYS",
     "MAX_PROPAGATED_S",
     "NACK_METADATA",
     "Backoff",
