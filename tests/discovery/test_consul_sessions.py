@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from tests.discovery import test_consul as _consul_tests
 from tests.discovery.conformance import make_instance, unique_service
 from tests.discovery.consul_double import ConsulDouble
 from tests.discovery.test_consul import FAST
+from tests.support.gated import GatedLock
 from tests.support.loops import LoopThread
 from tests.support.loops import run as run_loop
 
@@ -66,28 +66,6 @@ def test_client_of_a_loop_closed_with_its_owner_pending_is_closed(
     assert session.closed
 
 
-class _GatedLock:
-    """A registry's ``_clients_lock`` whose first take by thread ``gated`` waits (before
-    taking it) until the test lets it go: the window between ``_get_client``'s closed
-    check and its lock, held open."""
-
-    def __init__(self, gated: threading.Thread) -> None:
-        self._lock = threading.Lock()
-        self._gated = gated
-        self.paused = threading.Event()
-        self.resume = threading.Event()
-
-    def __enter__(self) -> bool:
-        if threading.current_thread() is self._gated and not self.paused.is_set():
-            self.paused.set()
-            self.resume.wait(10)
-        return self._lock.acquire(timeout=10)
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._lock.release()
-
-
 def test_client_begun_while_another_loop_closes_is_not_left_open(
         double_thread: ConsulDouble) -> None:
     """A thread's loop makes its first request (its client not made yet) while another
@@ -97,7 +75,7 @@ def test_client_begun_while_another_loop_closes_is_not_left_open(
     reg = ConsulRegistry(ConsulOptions(addr=double_thread.addr, **FAST))
     other = LoopThread()
     try:
-        gate = _GatedLock(other._thread)
+        gate = GatedLock(other._thread)
         reg._clients_lock = gate  # type: ignore[assignment]
         request = asyncio.run_coroutine_threadsafe(reg.services(), other.loop)
         assert gate.paused.wait(10), "the request never reached the lock"

@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 import warnings
-from types import TracebackType
 
 import aiohttp
 import pytest
@@ -22,6 +21,7 @@ from tests.discovery import test_etcd as _etcd_tests
 from tests.discovery.conformance import make_instance, unique_service
 from tests.discovery.test_etcd import LOOPS, _close, _register_then_list
 from tests.support.etcd import EtcdCluster
+from tests.support.gated import GatedLock
 from tests.support.loops import LoopThread
 from tests.support.loops import run as run_loop
 
@@ -100,28 +100,6 @@ def test_session_of_a_loop_closed_with_its_owner_pending_is_closed(node: EtcdClu
             c.close()
 
 
-class _GatedLock:
-    """A registry's ``_loops_mutex`` whose first take by thread ``gated`` waits (before
-    taking it) until the test lets it go: the window between ``_get_session``'s closed
-    check and its mutex, held open."""
-
-    def __init__(self, gated: threading.Thread) -> None:
-        self._lock = threading.Lock()
-        self._gated = gated
-        self.paused = threading.Event()
-        self.resume = threading.Event()
-
-    def __enter__(self) -> bool:
-        if threading.current_thread() is self._gated and not self.paused.is_set():
-            self.paused.set()
-            self.resume.wait(10)
-        return self._lock.acquire(timeout=10)
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._lock.release()
-
-
 def test_session_begun_while_another_loop_closes_is_not_left_open(node: EtcdCluster) -> None:
     """A thread's loop makes its first request (its session not made yet) while another
     loop closes the registry, between ``_get_session``'s closed check and its mutex. The
@@ -130,7 +108,7 @@ def test_session_begun_while_another_loop_closes_is_not_left_open(node: EtcdClus
     reg = EtcdRegistry(EtcdOptions(endpoints=tuple(node.endpoints), **LOOPS))
     other = LoopThread()
     try:
-        gate = _GatedLock(other._thread)
+        gate = GatedLock(other._thread)
         reg._loops_mutex = gate  # type: ignore[assignment]
         request = asyncio.run_coroutine_threadsafe(reg.failing(unique_service()), other.loop)
         assert gate.paused.wait(10), "the request never reached the mutex"

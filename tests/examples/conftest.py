@@ -9,10 +9,13 @@ except when ``CI`` is set (``true``/``1``/``yes``): then that is an error.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import grpc
@@ -153,3 +156,39 @@ async def any_stack(store: Store) -> AsyncIterator[Stack]:
     yield st
     for close in st.closers:
         await close()
+
+
+#: ``await raw(sql)``: one SQL statement on a store's database, its rows
+Raw = Callable[[str], Awaitable[list[Any]]]
+
+
+@pytest.fixture
+async def raw_sql(store_url: str, store: Store) -> AsyncIterator[Raw]:
+    """Run one SQL statement on the store's database behind its back (autocommit);
+    its rows."""
+    del store  # opened first: the schema exists
+    parts = urlsplit(store_url)
+    if parts.scheme == "sqlite":
+        path = parts.path[1:]
+
+        async def run_sqlite(sql: str) -> list[Any]:
+            conn = sqlite3.connect(path, timeout=10)
+            try:
+                rows = conn.execute(sql).fetchall()
+                conn.commit()
+                return rows
+            finally:
+                conn.close()
+
+        yield run_sqlite
+        return
+    schema = dict(parse_qsl(parts.query))["schema"]
+    conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
+
+    async def run_pg(sql: str) -> list[Any]:
+        return list(await conn.fetch(sql))
+
+    try:
+        yield run_pg
+    finally:
+        await conn.close()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
@@ -19,7 +17,7 @@ from examples.ecom import events
 from examples.ecom.storage import ItemRecord, NewOrder, Store, StoreUnavailable, now_ms
 from tests.support.wait import until
 
-from .conftest import PG_URL
+from .conftest import PG_URL, Raw
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,41 +27,6 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 def _order(key: str) -> NewOrder:
     return NewOrder("u1", (ItemRecord("SKU-1", 1, 100),), "EUR", 100, key, "fp",
                     event_headers=(("traceparent", TRACEPARENT),))
-
-
-Raw = Callable[[str], Awaitable[list[Any]]]
-
-
-@pytest.fixture
-async def raw_sql(store_url: str, store: Store) -> AsyncIterator[Raw]:
-    """Run one SQL statement on the store's database behind its back (autocommit);
-    its rows."""
-    del store  # opened first: the schema exists
-    parts = urlsplit(store_url)
-    if parts.scheme == "sqlite":
-        path = parts.path[1:]
-
-        async def run_sqlite(sql: str) -> list[Any]:
-            conn = sqlite3.connect(path, timeout=10)
-            try:
-                rows = conn.execute(sql).fetchall()
-                conn.commit()
-                return rows
-            finally:
-                conn.close()
-
-        yield run_sqlite
-        return
-    schema = dict(parse_qsl(parts.query))["schema"]
-    conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
-
-    async def run_pg(sql: str) -> list[Any]:
-        return list(await conn.fetch(sql))
-
-    try:
-        yield run_pg
-    finally:
-        await conn.close()
 
 
 def _raw_event(event_id: str, headers: str) -> str:
@@ -238,7 +201,6 @@ async def test_the_relay_side_purges_sent_events_periodically(
     assert [r["log_level"] for r in logs if r["event"] == "outbox purge failed"] == ["warning"]
     with pytest.raises(ValueError, match="retention_s"):
         await events.purge_sent_events(store, retention_s=0.0)
-
 
 
 async def test_the_relay_reads_leave_no_sqlite_transaction_open(

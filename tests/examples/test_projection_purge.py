@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-import asyncpg
 import nats
 import pytest
 from structlog.testing import capture_logs
@@ -28,46 +25,13 @@ from tests.messaging.conftest import NatsServer
 from tests.support.procs import children
 from tests.support.wait import until
 
-from .conftest import PG_URL
+from .conftest import Raw
 
 pytestmark = pytest.mark.timeout(60)
 
 private_nats = messaging_fixtures.private_nats  # a nats-server -js on a spare port
 
-Raw = Callable[[str], Awaitable[list[Any]]]
 LONG_AGO_MS = 1_000  # a processed_at_ms far older than any cutoff
-
-
-@pytest.fixture
-async def raw_sql(store_url: str, store: Store) -> AsyncIterator[Raw]:
-    """Run one SQL statement on the store's database behind its back (autocommit);
-    its rows."""
-    del store  # opened first: the schema exists
-    parts = urlsplit(store_url)
-    if parts.scheme == "sqlite":
-        path = parts.path[1:]
-
-        async def run_sqlite(sql: str) -> list[Any]:
-            conn = sqlite3.connect(path, timeout=10)
-            try:
-                rows = conn.execute(sql).fetchall()
-                conn.commit()
-                return rows
-            finally:
-                conn.close()
-
-        yield run_sqlite
-        return
-    schema = dict(parse_qsl(parts.query))["schema"]
-    conn = await asyncpg.connect(PG_URL, timeout=5, server_settings={"search_path": schema})
-
-    async def run_pg(sql: str) -> list[Any]:
-        return list(await conn.fetch(sql))
-
-    try:
-        yield run_pg
-    finally:
-        await conn.close()
 
 
 async def _ids(raw: Raw) -> set[str]:
