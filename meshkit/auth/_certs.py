@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -301,7 +302,9 @@ def issue_workload(
 
     Raises:
         ConfigError: bad service name, ``ttl_h`` not a finite number > 0 (or ending past
-            the year 9999, RFC 5280 §4.1.2.5), a bad IP, a DNS/IP name outside the
+            the year 9999, RFC 5280 §4.1.2.5), a bad IP, a DNS name no certificate may
+            carry (RFC 5280 §4.2.1.6: not ASCII host-name syntax, or a wildcard that is
+            not the whole leftmost label; quoted), a DNS/IP name outside the
             CA's name constraints, an extra DNS name equal to or under ``svc.<td>`` other
             than the workload's own identity name (``userd.svc.<td>`` or ``*.svc.<td>``
             for ``orderd``: clients verify identity as that host name, so it would let
@@ -324,8 +327,8 @@ def issue_workload(
         )
     permitted_dns, permitted_nets = _permitted(ca_cert)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(sid), x509.DNSName(ident)]
-    for d in dns:
-        d = d.lower().rstrip(".")
+    for given in dns:
+        d = _dns_san(given)
         if permitted_dns and not any(d == p or d.endswith("." + p) for p in permitted_dns):
             raise ConfigError(
                 f"DNS name {d!r} is outside the CA's name constraints {permitted_dns!r}"
@@ -373,6 +376,36 @@ def issue_workload(
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
+
+
+_DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _dns_san(name: object) -> str:
+    """``name`` as a certificate's dNSName: lower-case, without its trailing dot.
+
+    RFC 5280 §4.2.1.6 wants the preferred name syntax (RFC 1034 §3.5 as modified by
+    RFC 1123 §2.1): ASCII letters, digits and hyphens in labels of 1 to 63 characters,
+    none starting or ending with a hyphen, at most 253 characters; an internationalized
+    name goes in as its A-label (``xn--...``). A wildcard may only be the whole leftmost
+    label (RFC 6125 §6.4.3: ``*.example``).
+
+    Raises:
+        ConfigError: ``name`` is no such name (quoted as given).
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"DNS names must be strings, got {name!r}")
+    d = name.lower()
+    d = d[:-1] if d.endswith(".") else d
+    labels = d.split(".")
+    first = 1 if labels[0] == "*" and len(labels) > 1 else 0
+    if len(d) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in labels[first:]):
+        raise ConfigError(
+            f"DNS name {name!r} is not a host name a certificate may carry (RFC 5280 "
+            "§4.2.1.6: ASCII letters, digits and '-' in non-empty labels of at most 63 "
+            "characters, an internationalized name as its xn-- A-label, a wildcard only "
+            "as the whole leftmost label)")
+    return d
 
 
 # -- files ----------------------------------------------------------------------------------
