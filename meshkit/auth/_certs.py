@@ -302,7 +302,8 @@ def issue_workload(
 
     Raises:
         ConfigError: bad service name, ``ttl_h`` not a finite number > 0 (or ending past
-            the year 9999, RFC 5280 §4.1.2.5), a bad IP, a DNS name no certificate may
+            the year 9999, RFC 5280 §4.1.2.5), a bad IP or an IPv6 one with a zone
+            (``fe80::1%eth0``; quoted), a DNS name no certificate may
             carry (RFC 5280 §4.2.1.6: not ASCII host-name syntax, or a wildcard that is
             not the whole leftmost label; quoted), a DNS/IP name outside the
             CA's name constraints, an extra DNS name equal to or under ``svc.<td>`` other
@@ -347,6 +348,11 @@ def issue_workload(
             addr = ipaddress.ip_address(ip)
         except ValueError as exc:
             raise ConfigError(f"not an IP address: {ip!r}") from exc
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+            # an iPAddress SAN holds the 16 octets only (RFC 5280 §4.2.1.6): the zone
+            # would be dropped, certifying another address than the one given
+            raise ConfigError(f"IP {ip!r} has a zone (RFC 4007 §11), which a certificate's "
+                              "iPAddress SAN cannot carry; give the address alone")
         if permitted_nets and not any(
             addr.version == n.version and addr in n for n in permitted_nets
         ):

@@ -57,3 +57,19 @@ def test_issue_takes_valid_dns_names(pki: Pki, name: str) -> None:
     info = describe_certificate(load_certificate(pki.dir / "orderd.pem"))
     assert info.dns_names[1:] == (name.lower().rstrip("."),)
 
+
+@pytest.mark.parametrize("ip", ["fe80::1%eth0", "fe80::1%1"])
+def test_issue_refuses_an_ipv6_address_with_a_zone(
+        pki: Pki, capsys: pytest.CaptureFixture[str], ip: str) -> None:
+    """An iPAddress SAN is the address' 16 octets (RFC 5280 §4.2.1.6): a zone
+    (``%eth0``, RFC 4007 §11) cannot be written, so `--ip fe80::1%eth0` is refused,
+    quoted, instead of certifying ``fe80::1`` in silence."""
+    with pytest.raises(ConfigError) as info:
+        issue_into_dir(pki.dir, "orderd", ttl_h=1, ips=(ip,))
+    assert repr(ip) in str(info.value)
+    assert main(["certs", "issue", "orderd", "--dir", str(pki.dir), "--ip", ip]) == 1
+    assert repr(ip) in capsys.readouterr().err
+    assert not (pki.dir / "orderd.pem").exists()
+    issue_into_dir(pki.dir, "orderd", ttl_h=1, ips=("fe80::1", "127.0.0.1"))
+    info2 = describe_certificate(load_certificate(pki.dir / "orderd.pem"))
+    assert info2.ip_addresses == ("fe80::1", "127.0.0.1")
