@@ -58,6 +58,7 @@ _DRAIN_POLL_SLOW_S = 1.0
 # doubling to 5 s, each sleep jittered down to half of it
 _BUILD_RETRY_FIRST_S = 0.1
 _BUILD_RETRY_MAX_S = 5.0
+_REPR_MAX = 200  # characters of a filter's repr in a status message
 _READY_CONN = grpc.ChannelConnectivity.READY
 _IDLE_CONN = grpc.ChannelConnectivity.IDLE
 _FAILURE_CONN = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -67,6 +68,12 @@ _CONNECTIVITY = {
     grpc.ChannelConnectivity.TRANSIENT_FAILURE: EndpointState.FAILING,
     grpc.ChannelConnectivity.SHUTDOWN: EndpointState.FAILING,
 }
+
+
+def _short_repr(obj: object) -> str:
+    """``repr(obj)`` cut to ``_REPR_MAX`` characters (a filter's, in a status message)."""
+    text = repr(obj)
+    return text if len(text) <= _REPR_MAX else text[:_REPR_MAX - 3] + "..."
 
 
 class _Conn:
@@ -170,6 +177,9 @@ class EndpointPool:
         # that is a stream, whose server may say nothing for long, has a bound)
         self._pick_stream = getattr(balancer, "pick_stream", None) or balancer.pick
         self._filters = tuple(filters)
+        # instances of the last discovery answer, before the filters (a call that finds
+        # no endpoint says the filters left none of them, not that none is registered)
+        self._discovered = 0
         self._make_channel = make_channel
         self._drain_s = drain_timeout_s
         self._resolve_s = resolve_timeout_s
@@ -223,6 +233,7 @@ class EndpointPool:
     def apply(self, instances: frozenset[Instance]) -> None:
         """Make the pool match a discovery answer (after the filters)."""
         wanted = {i.instance_id: i for i in apply_filters(self._filters, list(instances))}
+        self._discovered = len(instances)
         for key, ep in list(self.endpoints.items()):
             inst = wanted.get(key)
             if inst is None or inst.address != ep.instance.address:
@@ -593,7 +604,8 @@ class EndpointPool:
                 if self.endpoints:
                     raise self._all_failing()
                 raise NoEndpointsError(self.service, self._registry_problem()
-                                       or self._unbuilt_problem() or "no endpoint is registered")
+                                       or self._unbuilt_problem() or self._filtered_problem()
+                                       or "no endpoint is registered")
             remaining = details.time_remaining_s()
             # an ejection that ends makes an endpoint pickable (its probe) and wakes
             # nobody: look again then; one already due waits for its connection, whose
@@ -607,9 +619,11 @@ class EndpointPool:
                     await self.changed()
             except TimeoutError:
                 if wait_s == remaining:
+                    filtered = self._filtered_problem()
                     raise MeshRpcError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"deadline exceeded waiting for an endpoint of {self.service!r}",
+                        f"deadline exceeded waiting for an endpoint of {self.service!r}"
+                        + (f" ({filtered})" if filtered else ""),
                     ) from None
 
     async def _connected(self, details: ClientCallDetails,
@@ -693,6 +707,16 @@ class EndpointPool:
         error = next(reversed(self._unbuilt.values()))[1]
         return (f"the sub-channel of {len(self._unbuilt)} registered endpoint(s) could not "
                 f"be built ({error})")
+
+    def _filtered_problem(self) -> str | None:
+        """Why the pool is empty although the registry lists instances: the filters
+        (``DialOptions.filters``, each named by its ``repr``, at most 200 characters)
+        left none of them; ``None`` otherwise."""
+        if not self._discovered or not self._filters or self.endpoints or self._unbuilt:
+            return None
+        names = ", ".join(_short_repr(f) for f in self._filters)
+        return (f"{self._discovered} registered instance(s), none kept by the filters"
+                f" ({names})")
 
     def _registry_problem(self) -> str | None:
         """The registry's own fixed phrase for a fault (``RegistryStatus.summary``: no path,
