@@ -120,6 +120,9 @@ class JWKSServer:
 
 _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _KEY_TYPES = frozenset({"EC", "OKP", "RSA"})
+_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
+"""JWK members of private keys: ``d`` (EC, RFC 7518 §6.2.2; OKP, RFC 8037 §2; RSA) and
+RSA's ``p q dp dq qi oth`` (RFC 7518 §6.3.2)."""
 
 
 def _algorithm_of(jwk: dict[str, Any], algorithms: frozenset[str]) -> str | None:
@@ -144,16 +147,24 @@ def _algorithm_of(jwk: dict[str, Any], algorithms: frozenset[str]) -> str | None
 
 
 def _verification_key(
-    jwk: object, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None
+    jwk: object, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None,
+    leaked: list[str] | None = None,
 ) -> VerificationKey | None:
     """The verification key the JWK ``jwk`` describes, or ``None`` when it is to be
     ignored (RFC 7517 §5: JWKs not understood, missing required members or out of the
     supported ranges SHOULD be ignored). An RSA key under 2048 bits (RFC 7518 §3.3) is
-    ignored and its ``(kid, bits)`` appended to ``weak``."""
+    ignored and its ``(kid, bits)`` appended to ``weak``. A key published with private
+    members (:data:`_PRIVATE_MEMBERS`) is ignored and its ``kid`` appended to ``leaked``:
+    whoever reads the document can sign with it ("The JWK Set MUST NOT contain private or
+    symmetric key values", OpenID Connect Dynamic Client Registration 1.0 §2)."""
     if not isinstance(jwk, dict):
         return None
     kid = jwk.get("kid")
     if not isinstance(kid, str) or not kid or jwk.get("use", "sig") != "sig":
+        return None
+    if any(m in jwk for m in _PRIVATE_MEMBERS):
+        if leaked is not None:
+            leaked.append(kid)
         return None
     ops = jwk.get("key_ops")  # RFC 7517 §4.3: "verify" is verifying signatures
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
@@ -178,11 +189,12 @@ def _verification_key(
 
 
 def _parse_keys(
-    document: Any, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None
+    document: Any, algorithms: frozenset[str], weak: list[tuple[str, int]] | None = None,
+    leaked: list[str] | None = None,
 ) -> dict[tuple[str, str], VerificationKey]:
     """The usable keys of a JWKS document by ``(kid, algorithm)``, in document order (the
     first key of a pair wins); RSA keys ignored for their size are appended to ``weak``
-    as ``(kid, bits)``.
+    as ``(kid, bits)``, keys ignored for carrying private members to ``leaked`` (kid).
 
     Raises:
         JWKSError: not an object with a ``keys`` list.
@@ -191,7 +203,7 @@ def _parse_keys(
         raise JWKSError("JWKS document has no 'keys' list")
     out: dict[tuple[str, str], VerificationKey] = {}
     for jwk in document["keys"]:
-        key = _verification_key(jwk, algorithms, weak)
+        key = _verification_key(jwk, algorithms, weak, leaked)
         if key is not None:
             out.setdefault((key.kid, key.algorithm), key)
     return out
@@ -203,7 +215,9 @@ def parse_jwks(
     """The usable signature keys of a JWKS document, by ``kid``.
 
     Keys are ignored, never fatal (RFC 7517 §5), when they have no ``kid``, a ``use``
-    other than ``sig``, a ``key_ops`` without ``verify`` (RFC 7517 §4.3), a symmetric or
+    other than ``sig``, private key members (``d``, RSA's ``p q dp dq qi oth``: a key
+    whose private half is published verifies nothing, since anyone can sign with it), a
+    ``key_ops`` without ``verify`` (RFC 7517 §4.3), a symmetric or
     unknown type (``kty: oct``), an algorithm outside ``algorithms`` (``alg: none``...),
     an RSA modulus under 2048 bits (RFC 7518 §3.3: RS*/PS* keys MUST have 2048 bits or
     more), or members pyjwt cannot load. Each key is bound to one algorithm (RFC 8725
@@ -321,7 +335,8 @@ class JWKSClient:
     whose ``kid`` stays unknown is refused by the verifier with ``UNAUTHENTICATED``. Keys
     :func:`parse_jwks` ignores are ignored here too; RSA keys ignored for being under
     2048 bits are logged as a warning (their ``kid``\\ s and sizes) once, and again only
-    when that list changes.
+    when that list changes; so are keys ignored for being published with their private
+    members (their ``kid``\\ s only).
 
     Keys are kept by ``(kid, algorithm)``, so keys sharing a ``kid`` (RFC 7517 §4.5, e.g.
     an EC and an OKP key) each verify the tokens of their algorithm
@@ -339,6 +354,7 @@ class JWKSClient:
         self._attempted_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._weak_logged: list[tuple[str, int]] = []
+        self._leaked_logged: list[str] = []
         # outages of the background/unknown-kid refreshes: logged at their start, at most
         # every 60 s while they last and at their end (meshkit's outage convention)
         # its errors vary from attempt to attempt: reminders only, never per change
@@ -480,7 +496,13 @@ class JWKSClient:
             raise JWKSError(f"JWKS fetch from {shown} failed: "
                             f"{type(exc).__name__}") from None
         weak: list[tuple[str, int]] = []
-        keys = _parse_keys(document, opts.algorithms, weak)
+        leaked: list[str] = []
+        keys = _parse_keys(document, opts.algorithms, weak, leaked)
+        if leaked != self._leaked_logged:
+            self._leaked_logged = leaked
+            if leaked:  # the kids only: never a member of the key
+                _log.warning("jwks keys ignored: published with their private key "
+                             "(anyone can sign with them)", url=shown, kids=leaked)
         if weak != self._weak_logged:
             self._weak_logged = weak
             if weak:

@@ -35,7 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from meshkit._config import (
     check_int,
@@ -81,6 +81,8 @@ MIN_RSA_KEY_BITS = 2048
 size 2048 bits or larger MUST be used" with RS*/PS*)."""
 
 _sha256 = hashlib.sha256
+_PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
+                      ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 _SIGNING_ALGORITHMS = ("ES256", "EdDSA")
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -98,7 +100,8 @@ class VerificationKey:
         kid: the key id tokens name in their header.
         algorithm: the one JWS algorithm this key verifies, e.g. ``"ES256"``.
         key: the ``cryptography`` public key object; an RSA key under
-            :data:`MIN_RSA_KEY_BITS` (2048) bits verifies no token.
+            :data:`MIN_RSA_KEY_BITS` (2048) bits, or a private key object, verifies no
+            token.
     """
 
     kid: str
@@ -649,7 +652,8 @@ class TokenVerifier:
             The :class:`Claims`.
 
         Raises:
-            InvalidTokenError: key/algorithm mismatch or an RSA key under
+            InvalidTokenError: key/algorithm mismatch, a private key object (a key
+                source must give public keys) or an RSA key under
                 :data:`MIN_RSA_KEY_BITS` (2048) bits (RFC 7518 §3.3; ``"token signature or
                 key not accepted"``, as for a bad signature), wrong ``iss`` or ``aud``,
                 missing required claim, expired (``exp``), not yet valid (``nbf``), issued
@@ -658,7 +662,7 @@ class TokenVerifier:
         opts = self._options
         if key.algorithm != alg or alg not in self._algs or (
             alg[0] != "E" and rsa_key_too_small(key.key)  # RS*/PS* (not ES*, EdDSA)
-        ):
+        ) or isinstance(key.key, _PRIVATE_KEY_TYPES):  # pyjwt: AttributeError for RSA
             raise InvalidTokenError(_BAD_SIG)
         try:
             payload = self._decoder.decode(
