@@ -48,7 +48,9 @@ matches. Client credentials are immutable in grpcio: :class:`ChannelCredentialsR
 re-reads the files and bumps a ``generation`` so a channel can rebuild its sub-channels.
 Existing connections keep the certificate they were made with; pair rotation with the
 ``grpc.max_connection_age_ms`` server option to bound that. Files that cannot be read or do
-not match (mid-renewal, or broken) are skipped and the current pair kept; as meshkit logs
+not match (mid-renewal, or broken), or whose new certificate is expired or not valid yet
+(a stale Secret rolled back, an issuer's clock ahead: peers would refuse every
+handshake), are skipped and the current pair kept; as meshkit logs
 outages, that is one warning when it starts (another when the error changes), a reminder
 at most every 60 s while it lasts, and ``certificate files readable again`` (info) when
 they read again.
@@ -56,7 +58,9 @@ they read again.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import math
 import os
 import threading
 import time
@@ -108,6 +112,8 @@ class TLSMaterial:
         not_after: the certificate's expiry, epoch seconds.
         fingerprint: hex SHA-256 over the leaf certificate DER and the CA bundle.
         dns_names: the leaf's DNS SANs, as written (default none).
+        not_before: the certificate's notBefore, epoch seconds (default ``-inf``:
+            unknown).
     """
 
     ca_pem: bytes
@@ -117,6 +123,29 @@ class TLSMaterial:
     not_after: float
     fingerprint: str
     dns_names: tuple[str, ...] = ()
+    not_before: float = -math.inf
+
+
+def _check_current(m: TLSMaterial, cert_file: Path, now: float) -> None:
+    """Refuse a renewal no peer would accept now: a leaf past its notAfter or before its
+    notBefore at ``now`` (epoch seconds; RFC 5280 §4.1.2.5, both bounds inclusive, and
+    BoringSSL refuses it in every handshake). Swapping it in for the current pair would
+    fail every new connection, so the reloaders keep the current pair and retry.
+
+    Raises:
+        CertificateError: the leaf is expired or not valid yet (its bound quoted).
+    """
+    if now > m.not_after:
+        raise CertificateError(
+            f"{cert_file} expired at {_utc(m.not_after)}: the current certificate is kept")
+    if now < m.not_before:
+        raise CertificateError(
+            f"{cert_file} is not valid until {_utc(m.not_before)} (is the issuer's clock "
+            "ahead?): the current certificate is kept")
+
+
+def _utc(t: float) -> str:
+    return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
 
 def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
@@ -172,7 +201,7 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
                                 serialization.NoEncryption())
     digest = hashlib.sha256(leaf.public_bytes(enc) + b"\0" + ca_pem).hexdigest()
     return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
-                       digest, dns)
+                       digest, dns, leaf.not_valid_before_utc.timestamp())
 
 
 def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: Path,
@@ -362,7 +391,9 @@ class TLSOptions:
 
         A plaintext client, or one whose certificate is from another CA, expired, not yet
         valid or outside the CA's name constraints, fails the handshake; the caller sees
-        ``UNAVAILABLE``.
+        ``UNAVAILABLE``. A renewal on disk is taken only when its files read, match and
+        hold a certificate valid now (wall clock); else the current pair is kept and
+        ``certificate reload skipped`` logged (module docstring).
 
         Args:
             on_reload: called with the new :class:`TLSMaterial` after each reload (on one of
@@ -505,6 +536,7 @@ class _ServerReloader:
         self._lock = threading.Lock()
         m = tls.read()
         self._fingerprint = m.fingerprint
+        self._cert_pem = m.cert_pem
         self._stat = stat_files(self._paths)
         self._checked = tls.clock()
         self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
@@ -532,6 +564,8 @@ class _ServerReloader:
                     return None
                 try:
                     m = self._tls.read()
+                    if m.cert_pem != self._cert_pem:  # a new leaf (not a new CA bundle only)
+                        _check_current(m, self._tls.cert_file, time.time())
                 except CertificateError as exc:
                     # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
                     # logged when it starts, changes, and as a reminder a minute later
@@ -543,6 +577,7 @@ class _ServerReloader:
                 if m.fingerprint == self._fingerprint:
                     return None
                 self._fingerprint = m.fingerprint
+                self._cert_pem = m.cert_pem
                 self.reloads += 1
             _log.info("server certificate reloaded", spiffe_id=m.spiffe_id,
                       fingerprint=m.fingerprint[:16], not_after=m.not_after)
@@ -576,6 +611,7 @@ class ChannelCredentialsReloader:
         self.tls = tls
         m = tls.read()
         self.fingerprint = m.fingerprint
+        self._cert_pem = m.cert_pem
         self.credentials: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
             m.ca_pem, m.key_pem, m.cert_pem)
         self.generation = 1
@@ -584,7 +620,8 @@ class ChannelCredentialsReloader:
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
-        changed. Unreadable or inconsistent files are skipped (the current credentials
+        changed. Unreadable or inconsistent files, and a new certificate that is expired
+        or not valid yet (on the wall clock), are skipped (the current credentials
         stay) and logged as ``client certificate reload skipped``, warning: when it
         starts, when the error changes, and as a reminder at most every 60 s while it
         lasts; the next good read logs ``certificate files readable again`` (info)."""
@@ -594,6 +631,8 @@ class ChannelCredentialsReloader:
         self._checked = now
         try:
             m = self.tls.read()
+            if m.cert_pem != self._cert_pem:  # a new leaf (not a new CA bundle only)
+                _check_current(m, self.tls.cert_file, time.time())
         except CertificateError as exc:
             self._fault.failed("client certificate reload skipped", str(exc))
             return False
@@ -603,6 +642,7 @@ class ChannelCredentialsReloader:
             return False
         self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
         self.fingerprint = m.fingerprint
+        self._cert_pem = m.cert_pem
         self.generation += 1
         _log.info("client certificate reloaded", spiffe_id=m.spiffe_id,
                   generation=self.generation)
