@@ -361,6 +361,10 @@ class JWKSClient:
         self._outage = OutageLog(_log, "jwks refresh recovered", clock=self.options.clock,
                                  warn_on_change=False)
         self.fetches = 0
+        self.version = 0
+        """Bumped whenever a fetch brings keys other than those cached (a key added,
+        removed or changed); :class:`~meshkit.auth.JWTVerifier` then forgets the tokens
+        it verified."""
 
     async def get_key(self, kid: str) -> VerificationKey | None:
         """The key for ``kid`` (the first of the document's when several share it);
@@ -453,6 +457,8 @@ class JWKSClient:
         by_kid: dict[str, VerificationKey] = {}
         for (kid, _alg), key in keys.items():
             by_kid.setdefault(kid, key)
+        if keys != self._by_alg:  # VerificationKey ==: kid, algorithm and key material
+            self.version += 1
         self._by_alg = keys
         self._keys = by_kid
         self._fetched_at = self.options.clock()

@@ -208,7 +208,11 @@ class KeySource(Protocol):
 
     A source may also offer ``async def get_key_for(self, kid: str, algorithm: str)``: the
     key for ``kid`` bound to ``algorithm`` (several keys may share a ``kid``, RFC 7517
-    §4.5); :class:`JWTVerifier` then uses it instead of :meth:`get_key`.
+    §4.5); :class:`JWTVerifier` then uses it instead of :meth:`get_key`. And a
+    ``version`` attribute (any value) that changes whenever its keys change:
+    :class:`JWTVerifier` then forgets the tokens it verified when it does, so a key
+    removed from the source (a compromised one) revokes its cached tokens at once.
+    :class:`KeySet` and :class:`~meshkit.auth.JWKSClient` have one.
     """
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -776,6 +780,10 @@ class VerifiedTokenCache:
         self._data.move_to_end(key)
         return claims
 
+    def clear(self) -> None:
+        """Forget every entry (the verifier's key source changed its keys)."""
+        self._data.clear()
+
     def put(self, key: bytes, claims: Claims) -> None:
         """Remember verified ``claims`` under ``key``, evicting the LRU entry when full."""
         if self.max_entries <= 0:
@@ -800,16 +808,22 @@ class JWTVerifier:
 
     :meth:`verify` raises :class:`InvalidTokenError` (``UNAUTHENTICATED``) on any failure,
     including an unknown ``kid`` after the key source's (rate-limited) refresh.
+
+    Verified tokens are cached until their ``exp``, but no longer than the key source's
+    keys stay the same: when its ``version`` changes (a key added or removed: a rotation,
+    a JWKS refresh that brought other keys) or the source is replaced, the cache is
+    cleared, so a token whose key was removed is refused on its next call (checked per
+    call: one attribute read and compare).
     """
 
-    __slots__ = ("_cache", "_core", "_find", "_keys")
+    __slots__ = ("_cache", "_core", "_find", "_keys", "_version")
 
     def __init__(self, options: VerifierOptions, keys: KeySource, *,
                  clock: Clock = time.time) -> None:
         self._core = TokenVerifier(options, clock=clock)
-        self.keys = keys
         self._cache = VerifiedTokenCache(options.cache_size, leeway_s=options.leeway_s,
                                          clock=clock)
+        self.keys = keys
 
     @property
     def keys(self) -> KeySource:
@@ -819,6 +833,9 @@ class JWTVerifier:
     @keys.setter
     def keys(self, keys: KeySource) -> None:
         self._keys = keys
+        # tokens the previous source's keys verified are not this one's to accept
+        self._version: object = getattr(keys, "version", None)
+        self._cache.clear()
         # resolved once, not per call: the (kid, alg) lookup when the source has one
         self._find: Callable[[str, str], Awaitable[VerificationKey | None]] | None = (
             getattr(keys, "get_key_for", None))
@@ -839,7 +856,15 @@ class JWTVerifier:
         :meth:`verify` it."""
         if not token or len(token) > self._core._options.max_token_bytes:
             return None  # verify() says why
+        if getattr(self._keys, "version", None) != self._version:
+            self._keys_changed()
+            return None
         return self._cache.get(_sha256(token.encode()).digest())  # VerifiedTokenCache.key
+
+    def _keys_changed(self) -> None:
+        """The key source's keys changed: forget what the old keys verified."""
+        self._version = getattr(self._keys, "version", None)
+        self._cache.clear()
 
     async def verify(self, token: str) -> Claims:
         """Verify ``token`` and return its claims (cached until ``exp``).
@@ -848,6 +873,8 @@ class JWTVerifier:
             InvalidTokenError: the token is refused (``UNAUTHENTICATED``).
         """
         self._core.check_size(token)
+        if getattr(self._keys, "version", None) != self._version:
+            self._keys_changed()
         ck = self._cache.key(token)
         hit = self._cache.get(ck)
         if hit is not None:
@@ -858,6 +885,8 @@ class JWTVerifier:
         if key is None:
             raise InvalidTokenError("token key id unknown")
         claims = self._core.verify(token, alg, key)
+        if getattr(self._keys, "version", None) != self._version:
+            self._keys_changed()  # fetched meanwhile: ``key`` is of the new keys
         self._cache.put(ck, claims)
         return claims
 
