@@ -3,9 +3,16 @@
 Envoy's outlier detection and Finagle's failure accrual: an endpoint that fails
 ``consecutive_failures`` calls in a row, or whose failure rate over the last
 ``failure_rate_window`` calls reaches ``failure_rate``, is *ejected*: taken out of the
-inner balancer for ``base_ejection_s * times_ejected`` (capped at ``max_ejection_s``).
+inner balancer for ``base_ejection_s`` times its *multiplier* (capped at
+``max_ejection_s``). The multiplier, as Envoy's and gRFC A50's, goes up by one at each
+ejection (no further once ``base_ejection_s`` times it reaches ``max_ejection_s``) and
+down by one per ``base_ejection_s`` the endpoint then spends in rotation (Envoy's and
+A50's ``interval``, 10 s by default as ``base_ejection_time``), so an endpoint that keeps
+failing soon after it comes back is ejected for longer and longer, and one that stays
+healthy is soon back to ``base_ejection_s``.
 When that time is up the endpoint is *half-open*: it goes back for exactly one probe call;
-success closes the breaker (back in rotation), failure ejects it again for longer. The
+success closes the breaker (back in rotation, its multiplier kept, going down from then),
+failure ejects it again for longer. The
 probe is a real caller's call, so it waits for a usable connection: while the endpoint's
 state is ``FAILING`` (no balancer sends a call there) it stays out of rotation with its
 probe pending, and the first pick after the connection recovers probes it. At most
@@ -70,9 +77,9 @@ server speaks only on events may say nothing for minutes) would hold its endpoin
 its whole life, since no other call may probe meanwhile: the first pick after that bound
 returns the endpoint to rotation undecided, as Envoy and gRFC A50 return an endpoint
 when its ejection time is up (neither probes; a silent stream is no failure, and a
-stream's deadline says nothing about the endpoint). It is not forgiven: its ejection
-count is kept, so a relapse ejects it for longer, until the stream answers (a late first
-response resets the count) or a later probe succeeds; the stream's end counts as an
+stream's deadline says nothing about the endpoint). It is not forgiven: its multiplier
+is kept (going down in rotation), so a relapse ejects it for longer, unless the stream
+answers (a late first response resets the multiplier); the stream's end counts as an
 ordinary call's. The bound is checked against the clock at picks (no timer), and only a
 stream probe has one: a unary probe is decided by its outcome, which its deadline bounds
 (silence is no answer for a unary call). A stream in rotation counts once, by its end
@@ -90,6 +97,8 @@ calls still in flight on an endpoint that left are ignored.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -127,10 +136,12 @@ class OutlierOptions:
             disables the rate rule.
         failure_rate_window: calls in the rate window, >= 1 (default 20); the rule applies
             once the window is full.
-        base_ejection_s: first ejection time, seconds (default 10.0); the n-th ejection in a
-            row lasts ``n * base_ejection_s``. Also how long a stream sent as the probe
-            may stay silent (no response message, no end) before its endpoint returns
-            to rotation undecided (module docstring).
+        base_ejection_s: first ejection time, seconds (default 10.0); an ejection lasts
+            ``multiplier * base_ejection_s``, the multiplier one more than at the last
+            ejection, less one per ``base_ejection_s`` spent in rotation since (Envoy's
+            and gRFC A50's ejection multiplier; module docstring). Also how long a
+            stream sent as the probe may stay silent (no response message, no end)
+            before its endpoint returns to rotation undecided (module docstring).
         max_ejection_s: cap of one ejection, seconds (default 300.0).
         max_ejection_percent: most endpoints ejected at once, percent 0..100 (default 50;
             Envoy's ``max_ejection_percent``); one endpoint may always be ejected, and
@@ -179,12 +190,16 @@ class OutlierOptions:
 
 class _Health:
     __slots__ = ("address", "consecutive", "ejected_until", "probe_until", "probing",
-                 "stream_probe", "times", "window")
+                 "returned_at", "stream_probe", "times", "window")
 
     def __init__(self, window: int, address: str) -> None:
         self.address = address  # whose state this is (an instance that moved is new)
         self.consecutive = 0
+        # the ejection multiplier (Envoy's, gRFC A50's): up by one at each ejection, down
+        # by one per base_ejection_s in rotation since returned_at (worked out lazily, at
+        # the next ejection: nothing per call)
         self.times = 0
+        self.returned_at = 0.0
         # None: in rotation; else out until a probe succeeds (None, not a number: an
         # injected clock may read 0 or below)
         self.ejected_until: float | None = None
@@ -215,8 +230,9 @@ class EjectingBalancer:
             rotation (panic routing, module docstring).
     """
 
-    __slots__ = ("_all", "_clock", "_ejected", "_health", "_inner", "_next_expiry", "_ok_fails",
-                 "_on_change", "_on_probe_free", "_opts", "ejections", "panic_picks")
+    __slots__ = ("_all", "_clock", "_ejected", "_health", "_inner", "_max_times",
+                 "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free", "_opts",
+                 "ejections", "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -225,6 +241,10 @@ class EjectingBalancer:
         self._inner = inner
         self._opts = options or OutlierOptions()
         self._ok_fails = _OK in self._opts.failure_codes
+        # the multiplier goes no higher than max_ejection_s needs (Envoy: "When ejected
+        # host reaches max_ejection_time, it does not increase any more")
+        steps = self._opts.max_ejection_s / self._opts.base_ejection_s
+        self._max_times = math.ceil(steps) if steps < sys.maxsize else sys.maxsize
         self._clock = clock
         self._on_change = on_change
         self._on_probe_free = on_probe_free
@@ -412,15 +432,16 @@ class EjectingBalancer:
         (a watch whose server speaks only on events): its endpoint is back in rotation,
         as Envoy and gRFC A50 return an endpoint when its time is up, rather than held
         out for the stream's life (while it is out, no other call may probe). It is not
-        forgiven: its ejection count is kept until the stream answers (then reset, see
-        :meth:`StreamDone.responded`) or a later probe succeeds. The stream goes on as a
-        call in rotation."""
+        forgiven: its multiplier is kept, going down by one per ``base_ejection_s`` in
+        rotation from now, until the stream answers (then reset, see
+        :meth:`StreamDone.responded`). The stream goes on as a call in rotation."""
         sd = h.stream_probe
         h.stream_probe = None
         if sd is not None:
             sd._probe = False  # its end is an ordinary call's outcome
         h.probing = False
         h.ejected_until = None
+        h.returned_at = self._clock()
         h.consecutive = 0
         h.window.clear()
         self._sync()
@@ -452,7 +473,7 @@ class EjectingBalancer:
             h.window.append(False)
             if probe and self._health.get(ep.key) is h:
                 h.ejected_until = None
-                h.times = 0
+                h.returned_at = self._clock()  # its multiplier goes down from now
                 h.window.clear()
                 self._sync()
                 if self._on_change:
@@ -466,9 +487,13 @@ class EjectingBalancer:
         )
         if trip and (probe or h.ejected_until is None) and self._health.get(ep.key) is h and (
                 probe or self._may_eject() or self._broken_beside_healthy(ep, h)):
-            h.times += 1
-            h.ejected_until = self._clock() + min(opts.max_ejection_s,
-                                                  opts.base_ejection_s * h.times)
+            now = self._clock()
+            base = opts.base_ejection_s
+            times = h.times
+            if times and not probe:  # in rotation since returned_at: down one per base
+                times = max(0, times - int((now - h.returned_at) // base))
+            h.times = times = min(times + 1, self._max_times)
+            h.ejected_until = now + min(opts.max_ejection_s, base * times)
             h.consecutive = 0
             h.window.clear()
             self.ejections += 1
