@@ -29,10 +29,17 @@ __all__ = ["REDACTED", "RepeatLog", "context_without_meshkit", "get_logger",
            "is_sensitive_key", "redact_secrets"]
 
 # Keys whose values are credentials, whatever the case or separator: ``authorization``,
-# ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...
+# ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...; ``auth``
+# (``authn``, ``authz``, ``oauth``) only as a whole word of the name (``x-auth``,
+# ``x-sentry-auth``, ``x-auth-key``; not ``author``); the keys named for what they unlock
+# (``x-access-key``, ``ocp-apim-subscription-key``, ``x-functions-key``), not every
+# ``*-key`` (``idempotency-key``, ``routing-key`` are no credentials)
 _SENSITIVE_RE = re.compile(
-    r"(authorization|auth[-_]?token|token|secret|password|passwd|cookie|api[-_]?key"
-    r"|private[-_]?key|credential|session[-_]?id|jwt|bearer)",
+    r"(authorization|authentication|auth[-_]?token|token|secret|password|passwd"
+    r"|passphrase|cookie|api[-_]?key|private[-_]?key|credential|session[-_]?id|jwt|bearer"
+    r"|(?:access|auth|subscription|functions?|master|signing|encryption|license|client)"
+    r"[-_]?key"
+    r"|(?<![a-z0-9])o?auth[nz]?(?![a-z0-9]))",
     re.IGNORECASE,
 )
 REDACTED = "[REDACTED]"
@@ -41,10 +48,17 @@ REDACTED = "[REDACTED]"
 def is_sensitive_key(key: str) -> bool:
     """Whether a metadata or log field name ``key`` names a credential.
 
-    Matches (case-insensitively, anywhere in the name) ``authorization``, ``token``,
-    ``secret``, ``password``, ``passwd``, ``cookie``, ``api-key``/``api_key``,
-    ``private-key``, ``credential``, ``session-id``, ``jwt`` and ``bearer``; so
-    ``x-auth-token`` and ``grpc-trace-bin`` -> ``True``/``False`` respectively.
+    Matches (case-insensitively, anywhere in the name) ``authorization``,
+    ``authentication``, ``token``, ``secret``, ``password``, ``passwd``, ``passphrase``,
+    ``cookie``, ``api-key``/``api_key``, ``private-key``, ``credential``, ``session-id``,
+    ``jwt``, ``bearer``, the keys named for what they unlock (``access``, ``auth``,
+    ``subscription``, ``function(s)``, ``master``, ``signing``, ``encryption``,
+    ``license`` or ``client`` then ``key``: ``x-access-key``, Azure's
+    ``ocp-apim-subscription-key`` and ``x-functions-key``, Cloudflare's ``x-auth-key``),
+    and ``auth``/``authn``/``authz``/``oauth`` as a whole word of the name (``x-auth``,
+    Sentry's ``x-sentry-auth``; not ``author``); so ``x-auth-token`` and
+    ``grpc-trace-bin`` -> ``True``/``False`` respectively, and ``idempotency-key`` or
+    ``routing-key`` (no credentials) -> ``False``.
     """
     hit = _sensitive_cache.get(key)
     if hit is None:
