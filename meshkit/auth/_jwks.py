@@ -120,6 +120,8 @@ class JWKSServer:
 
 _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _KEY_TYPES = frozenset({"EC", "OKP", "RSA"})
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+"""The one curve of each ECDSA algorithm (RFC 7518 §3.4: P-256, P-384, P-521)."""
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
 """JWK members of private keys: ``d`` (EC, RFC 7518 §6.2.2; OKP, RFC 8037 §2; RSA) and
 RSA's ``p q dp dq qi oth`` (RFC 7518 §6.3.2)."""
@@ -181,6 +183,9 @@ def _verification_key(
         return None
     if parsed.algorithm_name not in algorithms:
         return None
+    curve = _EC_CURVES.get(parsed.algorithm_name)
+    if curve is not None and getattr(getattr(parsed.key, "curve", None), "name", "") != curve:
+        return None  # e.g. a P-384 key declaring ES256: it could verify no ES256 token
     if rsa_key_too_small(parsed.key):
         if weak is not None:
             weak.append((kid, parsed.key.key_size))
@@ -217,11 +222,12 @@ def parse_jwks(
     Keys are ignored, never fatal (RFC 7517 §5), when they have no ``kid``, a ``use``
     other than ``sig``, private key members (``d``, RSA's ``p q dp dq qi oth``: a key
     whose private half is published verifies nothing, since anyone can sign with it), a
-    ``key_ops`` without ``verify`` (RFC 7517 §4.3), a symmetric or
-    unknown type (``kty: oct``), an algorithm outside ``algorithms`` (``alg: none``...),
-    an RSA modulus under 2048 bits (RFC 7518 §3.3: RS*/PS* keys MUST have 2048 bits or
-    more), or members pyjwt cannot load. Each key is bound to one algorithm (RFC 8725
-    §3.1): its ``alg``, or without one (RFC 7517 §4.4) the one its type allows among
+    ``key_ops`` without ``verify`` (RFC 7517 §4.3), a symmetric or unknown type (``kty:
+    oct``), an algorithm outside ``algorithms`` (``alg: none``...), an RSA modulus under
+    2048 bits (RFC 7518 §3.3: RS*/PS* keys MUST have 2048 bits or more), or members pyjwt
+    cannot load. Each key is bound to one algorithm (RFC 8725 §3.1): its ``alg`` (an EC
+    key's curve must be that algorithm's, RFC 7518 §3.4: a P-384 key declaring ``ES256``
+    is ignored), or without one (RFC 7517 §4.4) the one its type allows among
     ``algorithms`` (EC: by curve; OKP: EdDSA; RSA: the one RS*/PS* algorithm allowed,
     RS256 when several are and RS256 is one of them, else the key is ignored: narrow
     ``algorithms`` to the one in use). When several usable keys share a ``kid`` (RFC 7517
