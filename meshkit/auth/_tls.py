@@ -73,6 +73,7 @@ import grpc
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshkit._config import check_number, check_path
 from meshkit._outage import OutageLog
@@ -114,6 +115,8 @@ class TLSMaterial:
         dns_names: the leaf's DNS SANs, as written (default none).
         not_before: the certificate's notBefore, epoch seconds (default ``-inf``:
             unknown).
+        server_auth: whether grpc's TLS takes the certificate as a server's: it has no
+            extended key usage, or one listing serverAuth (default ``True``).
     """
 
     ca_pem: bytes
@@ -124,6 +127,7 @@ class TLSMaterial:
     fingerprint: str
     dns_names: tuple[str, ...] = ()
     not_before: float = -math.inf
+    server_auth: bool = True
 
 
 def _check_current(m: TLSMaterial, cert_file: Path, now: float) -> None:
@@ -142,6 +146,12 @@ def _check_current(m: TLSMaterial, cert_file: Path, now: float) -> None:
         raise CertificateError(
             f"{cert_file} is not valid until {_utc(m.not_before)} (is the issuer's clock "
             "ahead?): the current certificate is kept")
+
+
+def _no_server_auth(cert_file: Path) -> str:
+    return (f"{cert_file} has an extended key usage without serverAuth: grpc's TLS "
+            "(BoringSSL) refuses it as a server certificate in every client's handshake "
+            "(anyExtendedKeyUsage does not stand for it; RFC 5280 §4.2.1.12)")
 
 
 def _utc(t: float) -> str:
@@ -190,18 +200,32 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     if sid.trust_domain != td:
         raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
                                f"expected {td!r}")
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    except MALFORMED_EXTENSION_ERRORS as exc:
+        raise CertificateError(f"{cert_file} has malformed extensions "
+                               f"({type(exc).__name__})") from None
     ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
     try:  # what peers will check: issued by the bundle (directly or through the chain's
         # intermediates), within every CA's constraints
         PeerVerifier(ca_pem).verify(leaf, chain[1:])
     except CertificateError as exc:
         raise CertificateError(f"{cert_file} would be refused by peers: {exc}") from None
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        # RFC 5280 takes anyExtendedKeyUsage for any purpose; grpc's BoringSSL does not
+        raise CertificateError(
+            f"{cert_file} would be refused by peers: its extended key usage lacks "
+            "clientAuth, which grpc's TLS (BoringSSL) requires of a client certificate "
+            "(anyExtendedKeyUsage does not stand for it; RFC 5280 §4.2.1.12)")
     cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     digest = hashlib.sha256(leaf.public_bytes(enc) + b"\0" + ca_pem).hexdigest()
     return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
-                       digest, dns, leaf.not_valid_before_utc.timestamp())
+                       digest, dns, leaf.not_valid_before_utc.timestamp(),
+                       eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku)
 
 
 def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: Path,
@@ -287,7 +311,9 @@ class TLSOptions:
             bundle's first CA certificate) are malformed, the certificate has no URI SAN
             or one besides its SPIFFE ID, its SPIFFE ID is
             no workload ID or in another trust domain, or peers would refuse the
-            certificate (the message says why).
+            certificate (the message says why; an extended key usage without
+            clientAuth included, which grpc's servers refuse, anyExtendedKeyUsage alone
+            too).
         ConfigError: a value out of range or of the wrong type (quoted: a file that is
             no ``str`` or ``os.PathLike``, such as ``None``, or ``""``; a
             ``reload_interval_s`` that is no number, ``True`` or a string included), or
@@ -485,8 +511,9 @@ def check_server_identity(tls: TLSOptions, service: str) -> None:
 
     Raises:
         CertificateError: the certificate is for another workload (its SPIFFE ID and the
-            expected one quoted), or lacks the DNS SAN ``<service>.svc.<td>`` (named),
-            or the files are unreadable or inconsistent right now.
+            expected one quoted), lacks the DNS SAN ``<service>.svc.<td>`` (named), has
+            an extended key usage without serverAuth (which every client's handshake
+            refuses, RFC 5280 §4.2.1.12), or the files are unreadable or inconsistent right now.
         ConfigError: ``service`` is not a lowercase DNS label (no identity name, so no
             meshkit client could verify it).
     """
@@ -505,6 +532,10 @@ def check_server_identity(tls: TLSOptions, service: str) -> None:
             f"check for Python clients), so every call to {service!r} would fail "
             "UNAVAILABLE; issue the certificate with that DNS name too (SPIRE: the "
             "registration entry's dns_names; cert-manager: spec.dnsNames)")
+    if not m.server_auth:
+        raise CertificateError(
+            f"{_no_server_auth(tls.cert_file)}, so every call to {service!r} would fail "
+            "UNAVAILABLE; issue it with serverAuth too (or no extended key usage)")
 
 
 def stat_files(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
@@ -566,6 +597,10 @@ class _ServerReloader:
                     m = self._tls.read()
                     if m.cert_pem != self._cert_pem:  # a new leaf (not a new CA bundle only)
                         _check_current(m, self._tls.cert_file, time.time())
+                        if not m.server_auth:
+                            raise CertificateError(
+                                f"{_no_server_auth(self._tls.cert_file)}: the current "
+                                "certificate is kept")
                 except CertificateError as exc:
                     # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
                     # logged when it starts, changes, and as a reminder a minute later
