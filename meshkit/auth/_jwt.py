@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -529,7 +530,8 @@ class VerifierOptions:
         leeway_s: clock-skew allowance for ``exp``/``nbf``/``iat`` (default 30 s; 0..300).
         required_claims: claims that must be present (default ``iss sub aud exp iat jti``).
         typ: required ``typ`` header (default ``"at+jwt"``, RFC 9068 / RFC 8725 §3.11);
-            ``None`` accepts any. Compared as a media type: case-insensitively, and with
+            ``None`` accepts any (``""`` is refused: it is no media type). Compared as a
+            media type (RFC 6838 §4.2 names, no parameters): case-insensitively, and with
             ``application/`` taken as present when the value has no ``/`` (RFC 7515
             §4.1.9), so ``"at+jwt"`` accepts ``at+jwt`` and ``application/at+jwt``, the two
             spellings RFC 9068 §4 requires a resource server to accept.
@@ -538,7 +540,7 @@ class VerifierOptions:
 
     Raises:
         ConfigError: an issuer/audience that is empty or not a string, a ``typ`` that is
-            neither a string nor ``None``, an unsupported or symmetric algorithm
+            neither a media type name nor ``None``, an unsupported or symmetric algorithm
             (``none``, ``HS256``...), or a value out of range (quoted).
     """
 
@@ -556,15 +558,23 @@ class VerifierOptions:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
-        if self.typ is not None and not isinstance(self.typ, str):
-            raise ConfigError(f"typ must be a string (a media type such as 'at+jwt') or "
-                              f"None, got {self.typ!r}")
+        if self.typ is not None and (
+            not isinstance(self.typ, str) or not self.typ.isascii()
+            or not _MEDIA_TYPE.fullmatch(_media_type(self.typ))
+        ):
+            raise ConfigError(f"typ must be a media type such as 'at+jwt' (None: any), "
+                              f"got {self.typ!r}")
         object.__setattr__(self, "algorithms", check_algorithms("algorithms", self.algorithms))
         object.__setattr__(self, "required_claims",
                            check_strings("required_claims", self.required_claims))
         check_number("leeway_s", self.leeway_s, high=300.0)
         check_int("max_token_bytes", self.max_token_bytes, low=256, high=1 << 20)
         check_int("cache_size", self.cache_size, low=0)
+
+
+_NAME = r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
+_MEDIA_TYPE = re.compile(f"{_NAME}/{_NAME}")
+"""``type/subtype`` of RFC 6838 §4.2 restricted names (lower-cased; no parameters)."""
 
 
 def _media_type(typ: str) -> str:
