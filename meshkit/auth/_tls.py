@@ -50,7 +50,9 @@ Existing connections keep the certificate they were made with; pair rotation wit
 ``grpc.max_connection_age_ms`` server option to bound that. Files that cannot be read or do
 not match (mid-renewal, or broken), or whose new certificate is expired or not valid yet
 (a stale Secret rolled back, an issuer's clock ahead: peers would refuse every
-handshake), are skipped and the current pair kept; as meshkit logs
+handshake), names another SPIFFE ID than the one in force (another workload's Secret:
+a reload renews, it never changes the workload's identity) or, on a server, drops the
+identity DNS name or serverAuth, are skipped and the current pair kept; as meshkit logs
 outages, that is one warning when it starts (another when the error changes), a reminder
 at most every 60 s while it lasts, and ``certificate files readable again`` (info) when
 they read again.
@@ -146,6 +148,34 @@ def _check_current(m: TLSMaterial, cert_file: Path, now: float) -> None:
         raise CertificateError(
             f"{cert_file} is not valid until {_utc(m.not_before)} (is the issuer's clock "
             "ahead?): the current certificate is kept")
+
+
+def _identity_change(current: TLSMaterial, new: TLSMaterial, cert_file: Path, *,
+                     server: bool) -> str | None:
+    """Why ``new`` (files read now) is no renewal of ``current`` (the pair in force), or
+    ``None``: it names another SPIFFE ID (a Secret of another workload mounted, a copy
+    into the wrong directory), or, for a ``server``, lacks the identity DNS name
+    ``<service>.svc.<td>`` clients verify while ``current`` carries it. Either way every
+    peer would see another workload, or none it can verify."""
+    if new.spiffe_id != current.spiffe_id:
+        return (f"{cert_file} is now the certificate of {new.spiffe_id}, not of "
+                f"{current.spiffe_id}: a reload renews a workload's certificate, it never "
+                "changes its identity; the current certificate is kept")
+    if not server:
+        return None
+    sid = SpiffeId.parse(current.spiffe_id)
+    if sid.service is None:
+        return None
+    ident = identity_dns_name(sid.trust_domain, sid.service)
+
+    def carries(m: TLSMaterial) -> bool:
+        return ident in (d.lower().rstrip(".") for d in m.dns_names)
+
+    if carries(current) and not carries(new):
+        return (f"{cert_file} ({new.spiffe_id}) now lacks the DNS SAN {ident}, which "
+                "meshkit clients verify as the server's identity; the current "
+                "certificate is kept")
+    return None
 
 
 def _no_server_auth(cert_file: Path) -> str:
@@ -418,7 +448,9 @@ class TLSOptions:
         A plaintext client, or one whose certificate is from another CA, expired, not yet
         valid or outside the CA's name constraints, fails the handshake; the caller sees
         ``UNAVAILABLE``. A renewal on disk is taken only when its files read, match and
-        hold a certificate valid now (wall clock); else the current pair is kept and
+        hold a certificate valid now (wall clock) for the same workload (SPIFFE ID, and
+        identity DNS name if the current one has it) that lists serverAuth if it has an
+        extended key usage; else the current pair is kept and
         ``certificate reload skipped`` logged (module docstring).
 
         Args:
@@ -567,7 +599,7 @@ class _ServerReloader:
         self._lock = threading.Lock()
         m = tls.read()
         self._fingerprint = m.fingerprint
-        self._cert_pem = m.cert_pem
+        self._current = m  # the material in force
         self._stat = stat_files(self._paths)
         self._checked = tls.clock()
         self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
@@ -595,8 +627,12 @@ class _ServerReloader:
                     return None
                 try:
                     m = self._tls.read()
-                    if m.cert_pem != self._cert_pem:  # a new leaf (not a new CA bundle only)
+                    if m.cert_pem != self._current.cert_pem:  # a new leaf, not only a CA
                         _check_current(m, self._tls.cert_file, time.time())
+                        change = _identity_change(self._current, m, self._tls.cert_file,
+                                                  server=True)
+                        if change is not None:
+                            raise CertificateError(change)
                         if not m.server_auth:
                             raise CertificateError(
                                 f"{_no_server_auth(self._tls.cert_file)}: the current "
@@ -612,7 +648,7 @@ class _ServerReloader:
                 if m.fingerprint == self._fingerprint:
                     return None
                 self._fingerprint = m.fingerprint
-                self._cert_pem = m.cert_pem
+                self._current = m
                 self.reloads += 1
             _log.info("server certificate reloaded", spiffe_id=m.spiffe_id,
                       fingerprint=m.fingerprint[:16], not_after=m.not_after)
@@ -646,7 +682,7 @@ class ChannelCredentialsReloader:
         self.tls = tls
         m = tls.read()
         self.fingerprint = m.fingerprint
-        self._cert_pem = m.cert_pem
+        self._current = m  # the material in force
         self.credentials: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
             m.ca_pem, m.key_pem, m.cert_pem)
         self.generation = 1
@@ -656,7 +692,8 @@ class ChannelCredentialsReloader:
     def check(self, *, force: bool = False) -> bool:
         """Reload if due (or ``force``) and changed; returns whether :attr:`generation`
         changed. Unreadable or inconsistent files, and a new certificate that is expired
-        or not valid yet (on the wall clock), are skipped (the current credentials
+        or not valid yet (on the wall clock) or names another SPIFFE ID than the one in
+        force, are skipped (the current credentials
         stay) and logged as ``client certificate reload skipped``, warning: when it
         starts, when the error changes, and as a reminder at most every 60 s while it
         lasts; the next good read logs ``certificate files readable again`` (info)."""
@@ -666,8 +703,11 @@ class ChannelCredentialsReloader:
         self._checked = now
         try:
             m = self.tls.read()
-            if m.cert_pem != self._cert_pem:  # a new leaf (not a new CA bundle only)
+            if m.cert_pem != self._current.cert_pem:  # a new leaf, not only a CA bundle
                 _check_current(m, self.tls.cert_file, time.time())
+                change = _identity_change(self._current, m, self.tls.cert_file, server=False)
+                if change is not None:
+                    raise CertificateError(change)
         except CertificateError as exc:
             self._fault.failed("client certificate reload skipped", str(exc))
             return False
@@ -677,7 +717,7 @@ class ChannelCredentialsReloader:
             return False
         self.credentials = grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
         self.fingerprint = m.fingerprint
-        self._cert_pem = m.cert_pem
+        self._current = m
         self.generation += 1
         _log.info("client certificate reloaded", spiffe_id=m.spiffe_id,
                   generation=self.generation)
