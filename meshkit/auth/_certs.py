@@ -660,7 +660,10 @@ class CertificateInfo:
 
     Attributes:
         subject, issuer: RFC 4514 strings.
-        spiffe_id: the single SPIFFE ID URI SAN, or ``None``.
+        spiffe_id: the certificate's SPIFFE ID: its URI SAN when it has exactly one and
+            that is a valid SPIFFE ID (X.509-SVID §2, SPIFFE ID §2), else ``None`` (a
+            second URI, or a malformed ID such as an empty path segment, makes no SVID;
+            ``uris`` still lists them).
         uris, dns_names, ip_addresses: the SANs by type.
         not_before, not_after: validity bounds (UTC).
         serial: the serial number as hex.
@@ -718,7 +721,12 @@ def describe_certificate(cert: x509.Certificate) -> CertificateInfo:
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
         dns = tuple(san.get_values_for_type(x509.DNSName))
         ips = tuple(str(i) for i in san.get_values_for_type(x509.IPAddress))
-    spiffe = [u for u in uris if u.startswith("spiffe://")]
+    spiffe_id = None
+    if len(uris) == 1:  # X.509-SVID §2: exactly one URI SAN, a valid SPIFFE ID
+        try:
+            spiffe_id = str(SpiffeId.parse(uris[0]))
+        except ConfigError:
+            spiffe_id = None
     bc = _extension(cert, x509.BasicConstraints)
     is_ca = bc is not None and bc.ca
     nc = _extension(cert, x509.NameConstraints)
@@ -728,7 +736,7 @@ def describe_certificate(cert: x509.Certificate) -> CertificateInfo:
     return CertificateInfo(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
-        spiffe_id=spiffe[0] if len(spiffe) == 1 else None,
+        spiffe_id=spiffe_id,
         uris=uris,
         dns_names=dns,
         ip_addresses=ips,
