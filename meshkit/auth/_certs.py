@@ -610,6 +610,19 @@ def init_ca_dir(
     return WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / CA_CERT, key_file=d / CA_KEY)
 
 
+def _certificate_of(key: ec.EllipticCurvePrivateKey, certs: Sequence[x509.Certificate]
+                    ) -> x509.Certificate:
+    """The certificate of ``key`` among ``certs`` (a ``ca.pem`` bundle: a CA renewed with
+    its key beside the old certificate, or another CA trusted too), the one valid the
+    longest when several are; the first of ``certs`` when none is (which the issuer then
+    refuses as not matching the key)."""
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    spki = key.public_key().public_bytes(der, pub)
+    own = [c for c in certs if c.public_key().public_bytes(der, pub) == spki]
+    return max(own, key=lambda c: c.not_valid_after_utc) if own else certs[0]
+
+
 def issue_into_dir(
     directory: str | os.PathLike[str],
     service: str,
@@ -624,6 +637,10 @@ def issue_into_dir(
 
     When overwriting (renewal), the key is replaced before the certificate; readers such
     as :meth:`TLSOptions.server_credentials` skip the moment where they disagree.
+
+    ``ca.pem`` may be a bundle (a CA renewed with its key beside the old certificate
+    during a rotation, another CA trusted too): the issuer is the certificate of
+    ``ca.key`` in it, the one valid the longest.
 
     Returns:
         The :class:`WorkloadFiles` of the workload.
@@ -640,8 +657,8 @@ def issue_into_dir(
         # its files would be the CA's own: --force would replace the CA key with a leaf's
         raise ConfigError(f"service {service!r} would write over the CA's files "
                           f"({CA_CERT}, {CA_KEY}) in {str(d)!r}; name the workload otherwise")
-    ca_cert = load_certificate(d / CA_CERT)
     ca_key = load_private_key(d / CA_KEY)
+    ca_cert = _certificate_of(ca_key, load_certificates(d / CA_CERT))
     key, cert = issue_workload(ca_key, ca_cert, service, ttl_h=ttl_h, dns=dns, ips=ips, now=now)
     files = WorkloadFiles(ca_file=d / CA_CERT, cert_file=d / f"{service}.pem",
                           key_file=d / f"{service}.key")
