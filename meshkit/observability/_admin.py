@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import functools
 import ipaddress
 import json
 import re
@@ -24,7 +25,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from meshkit._aio_http import start_app
 from meshkit._config import check_bool, check_instance, check_int
 from meshkit._hosts import check_host, is_loopback, uri_host
-from meshkit._stats import ServerStats
+from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import live_channel_stats, live_server_stats
@@ -95,7 +96,9 @@ class AdminServer:
                            served and dialed, endpoints with state, P2C load, EWMA latency,
                            ejections, retry budget, and RED per method
     /debug/dashboard.json  the dashboard's data (:class:`DashboardFeed`): the snapshots below
-                           plus per method rate, errors by code and p50/p99 over 10 s
+                           plus per method rate, errors by code and p50/p99 over 10 s;
+                           like ``/debug/mesh``, read on the loop and encoded in the
+                           admin server's own threads (below)
     /metrics               the meshkit registry (RPC and mesh metrics) in the Prometheus
                            text format, or OpenMetrics when the Accept header asks for it;
                            collected and rendered in the admin server's own thread (the
@@ -127,7 +130,10 @@ class AdminServer:
     /debug/mesh            JSON: ``servers`` (``MeshServer.stats()``, each with its own
                            ``service``, ``instance_id``, ``ready`` and ``draining``) and
                            ``channels`` (``MeshChannel.stats()``: endpoints, balancer
-                           load, EWMA, ejection, policies) of this process
+                           load, EWMA, ejection, policies) of this process; the
+                           snapshots taken on the loop, turned into JSON in the admin
+                           server's own threads (a channel to 2,000 endpoints: ~45 ms
+                           the loop no longer waits)
     =====================  ================================================================
 
     A server bound to a loopback address (the default ``127.0.0.1``, ``::1``,
@@ -264,7 +270,7 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/mesh", self._debug_mesh)
-        app.add_routes(self._dashboard.routes())
+        app.add_routes(self._dashboard.routes(offload=self._off_loop))
         for method, path, handler in self._extra:
             if method == "GET":  # answers HEAD too, as the routes above (RFC 9110 9.3.2)
                 app.router.add_get(path, handler)
@@ -395,13 +401,33 @@ class AdminServer:
         return web.json_response({"ready": True, "servers": [s.service for s in servers]})
 
     async def _debug_mesh(self, request: web.Request) -> web.Response:
-        body: dict[str, Any] = {
-            "time_unix_s": round(time.time(), 3),
-            "servers": [s.as_dict() for s in live_server_stats()],
-            "channels": [c.as_dict() for c in live_channel_stats()],
-        }
-        return web.Response(text=json.dumps(body, indent=2, default=repr),
-                            content_type="application/json")
+        # the snapshots on the loop (stats() reads what only the loop may touch); turning
+        # them into dicts and JSON (~45 ms for a channel to 2,000 endpoints) off it
+        text = await self._off_loop(functools.partial(
+            _debug_mesh_json, time.time(), live_server_stats(), live_channel_stats()))
+        return web.Response(text=text, content_type="application/json")
+
+    async def _off_loop(self, encode: Callable[[], str]) -> str:
+        """``encode()`` run in the render threads (as ``/metrics`` renders), so that a
+        large answer does not stall the calls the loop serves; on the loop once the
+        threads are gone (:meth:`stop` under way, a handler still finishing)."""
+        pool = self._render_threads
+        if pool is None:
+            return encode()
+        return await asyncio.get_running_loop().run_in_executor(pool, encode)
+
+
+def _debug_mesh_json(now: float, servers: list[ServerStats],
+                     channels: list[ChannelStats]) -> str:
+    """The JSON text of ``/debug/mesh`` at ``now`` (Unix seconds) for the snapshots of the
+    live ``servers`` and ``channels`` (safe in any thread: the snapshots are the
+    caller's own)."""
+    body: dict[str, Any] = {
+        "time_unix_s": round(now, 3),
+        "servers": [s.as_dict() for s in servers],
+        "channels": [c.as_dict() for c in channels],
+    }
+    return json.dumps(body, indent=2, default=repr)
 
 
 def _not_ready(server: ServerStats) -> dict[str, Any]:
