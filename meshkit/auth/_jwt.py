@@ -823,7 +823,9 @@ class JWTVerifier:
     keys stay the same: when its ``version`` changes (a key added or removed: a rotation,
     a JWKS refresh that brought other keys) or the source is replaced, the cache is
     cleared, so a token whose key was removed is refused on its next call (checked per
-    call: one attribute read and compare).
+    call: one attribute read and compare). A token whose verification overlapped such a
+    change is answered, but cached only if the source, asked again, still gives the key
+    it was checked with (that key may be an old one, read before the change).
     """
 
     __slots__ = ("_cache", "_core", "_find", "_keys", "_version")
@@ -883,7 +885,9 @@ class JWTVerifier:
             InvalidTokenError: the token is refused (``UNAUTHENTICATED``).
         """
         self._core.check_size(token)
-        if getattr(self._keys, "version", None) != self._version:
+        keys = self._keys
+        version = getattr(keys, "version", None)
+        if version != self._version:
             self._keys_changed()
         ck = self._cache.key(token)
         hit = self._cache.get(ck)
@@ -891,12 +895,24 @@ class JWTVerifier:
             return hit
         alg, kid = self._core.header(token)
         find = self._find
-        key = await (self._keys.get_key(kid) if find is None else find(kid, alg))
+        key = await (keys.get_key(kid) if find is None else find(kid, alg))
         if key is None:
             raise InvalidTokenError("token key id unknown")
         claims = self._core.verify(token, alg, key)
-        if getattr(self._keys, "version", None) != self._version:
-            self._keys_changed()  # fetched meanwhile: ``key`` is of the new keys
+        # Cached only against the keys ``key`` is one of: after a change meanwhile (a
+        # rotation, a fetch of this or another thread) ``key`` may be an old key read
+        # before an await, and caching its token would keep a removed key's token
+        # accepted until its exp; so the source is asked again (rare: only calls that
+        # overlap a change, e.g. the one whose unknown kid made the first fetch).
+        if self._keys is not keys:
+            return claims  # the source was replaced meanwhile (its setter cleared the cache)
+        now = getattr(keys, "version", None)
+        if now != version:
+            again = await (keys.get_key(kid) if find is None else find(kid, alg))
+            if again != key or self._keys is not keys or getattr(keys, "version", None) != now:
+                return claims  # answered (valid when the call began), not remembered
+            if now != self._version:
+                self._keys_changed()
         self._cache.put(ck, claims)
         return claims
 
