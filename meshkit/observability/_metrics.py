@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import math
 import threading
 import time
 import weakref
@@ -478,16 +479,22 @@ class RpcMetrics:
 
     Args:
         registry: where the families are registered (with a :class:`MeshCollector`).
-        buckets_s: histogram bounds in seconds (default :data:`DURATION_BUCKETS_S`).
+        buckets_s: histogram bounds in seconds (default :data:`DURATION_BUCKETS_S`), in
+            any order; the ``+Inf`` bucket is added (a ``+inf`` bound given is that one,
+            as prometheus-client's ``Histogram`` takes it).
 
     Raises:
+        ConfigError: ``buckets_s`` not a collection of numbers (one string, a bool), a
+            bound that is NaN or ``-inf``, ``+inf`` twice, or one given twice (each
+            would write a ``_bucket`` sample Prometheus cannot ingest: a series twice,
+            ``le="NaN"``); the value quoted. Nothing is registered then.
         ValueError: (prometheus-client) the families already exist on ``registry``; use
             :func:`rpc_metrics`, which creates them once per registry.
     """
 
     def __init__(self, registry: CollectorRegistry,
                  buckets_s: Iterable[float] = DURATION_BUCKETS_S) -> None:
-        self.buckets_s = tuple(sorted(buckets_s))
+        self.buckets_s = _checked_buckets(buckets_s)
         # the ``le`` label values, as prometheus-client writes them (``0.0001``, ``1.0``)
         self.le: tuple[str, ...] = (*(floatToGoString(b)  # type: ignore[no-untyped-call]
                                       for b in self.buckets_s), "+Inf")
@@ -539,6 +546,23 @@ class RpcMetrics:
         if rec is None:
             rec = records[labels] = record(labels, self.buckets_s)
         return rec
+
+
+def _checked_buckets(buckets_s: Iterable[float]) -> tuple[float, ...]:
+    """``buckets_s`` sorted, a ``+inf`` bound left out (the ``+Inf`` bucket is always
+    added); :class:`ConfigError` quoting the value for what :class:`RpcMetrics` refuses."""
+    if isinstance(buckets_s, str | bytes) or not isinstance(buckets_s, Iterable):
+        raise ConfigError(f"buckets_s must be a collection of numbers (seconds), "
+                          f"got {buckets_s!r}")
+    given = tuple(buckets_s)
+    if any(isinstance(b, bool) or not isinstance(b, int | float) for b in given):
+        raise ConfigError(f"buckets_s must be numbers (seconds), got {given!r}")
+    bounds = sorted(float(b) for b in given if b != math.inf)
+    if (any(math.isnan(b) or b == -math.inf for b in bounds)
+            or len(given) - len(bounds) > 1 or len(set(bounds)) != len(bounds)):
+        raise ConfigError(f"buckets_s must be distinct numbers, none NaN or -inf (+Inf "
+                          f"is added), got {given!r}")
+    return tuple(bounds)
 
 
 _COMBINE = ("sum", "max", "min", "mean")
