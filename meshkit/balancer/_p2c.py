@@ -14,6 +14,14 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   yet, at ``default_rtt_s`` (Linkerd's ``default_rtt``). The mean is a running sum,
   O(1) to read (a pick stays O(1) over thousands of endpoints, a snapshot O(n)), kept
   only while some endpoint has no sample;
+* while calls are pending on an endpoint, its load counts its estimate as it was when
+  the endpoint got busy, or at its last outcome since, not decayed below that: the
+  decay is there to try an endpoint again that P2C avoided, and one with calls out is
+  not avoided but not answering them. A
+  wedged endpoint (a deadlocked handler behind a live connection) whose callers set no
+  deadline gives no outcome, so without this its load fell as ``exp(-t / decay_s)``
+  while its pending calls grew, and it drew every call after a minute beside a healthy
+  peer (``tests/test_balancer_p2c_wedged.py``); now it draws about one;
 * a ``CANCELLED`` outcome (a hedge that lost, a call its caller cancelled, an attempt
   that never left, which the channel reports with 0 s) is no latency sample: it lowers
   ``pending`` and, peak-like, raises the estimate to its latency when that exceeds it
@@ -192,8 +200,8 @@ class _SampledMean:
 class _Stat:
     """Load statistics of one endpoint."""
 
-    __slots__ = ("added_at", "address", "clock", "decay_s", "mean", "penalty_s", "pending",
-                 "prior", "rtt_s", "share", "stamp")
+    __slots__ = ("added_at", "address", "clock", "decay_s", "floor", "mean", "penalty_s",
+                 "pending", "prior", "rtt_s", "share", "stamp")
 
     def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float,
                  address: str, prior: Callable[[float], float]) -> None:
@@ -204,6 +212,10 @@ class _Stat:
         self.penalty_s = opts.overload_penalty_s
         self.rtt_s = -1.0  # no sample yet
         self.stamp = added_at
+        # while calls are pending, the load counts at least this (P2C.load), not the
+        # estimate decayed since: the estimate when the endpoint got busy (set at the
+        # first load read after that; -1: not read yet) or at its last outcome since
+        self.floor = -1.0
         self.pending = 0
         self.added_at = added_at
         # the running sum of the prior while some endpoint has no sample, and this
@@ -220,6 +232,25 @@ class _Stat:
             self.rtt_s *= math.exp(-dt / self.decay_s)
             self.stamp = now
         return self.rtt_s
+
+    def held(self, rtt: float) -> float:
+        """``rtt`` (this endpoint's estimate now) as its load counts it: while calls are
+        pending, not below the estimate when it got busy or at its last outcome since
+        (the first read after it got busy sets that)."""
+        if self.pending:
+            floor = self.floor
+            if floor < 0:
+                self.floor = rtt
+            elif rtt < floor:
+                return floor
+        return rtt
+
+    def take(self) -> None:
+        """One more call pending; the first of a busy spell has its floor set at the
+        next load read (:meth:`held`)."""
+        if not self.pending:
+            self.floor = -1.0
+        self.pending += 1
 
     def done(self, code: grpc.StatusCode, latency_s: float) -> None:
         """Record one outcome (the balancer's ``done`` callback); a ``CANCELLED`` one only
@@ -242,6 +273,7 @@ class _Stat:
             w = math.exp(-max(0.0, now - self.stamp) / self.decay_s)
             self.rtt_s = rtt * w + latency_s * (1.0 - w)
         self.stamp = now
+        self.floor = self.rtt_s
         if self.mean is not None:  # some endpoint has no sample: keep the prior's sum
             self.mean.sampled(self, now, rtt < 0)
 
@@ -254,7 +286,7 @@ class _Stat:
         rtt = self.rtt_s
         current = self.estimate(now, 0.0) if rtt >= 0 else self.prior(now)
         if latency_s > current:
-            self.rtt_s = latency_s
+            self.rtt_s = self.floor = latency_s
             self.stamp = now
             if self.mean is not None:
                 self.mean.sampled(self, now, rtt < 0)
@@ -348,7 +380,7 @@ class P2C:
         st = self._stats[ep.key]
         t = self._clock() if now is None else now
         rtt = st.estimate(t, 0.0) if st.rtt_s >= 0 else self._prior(t)
-        return rtt * (st.pending + 1)
+        return st.held(rtt) * (st.pending + 1)
 
     def _prior(self, now: float) -> float:
         """The estimate of an endpoint with no sample: its sampled peers' mean estimate
@@ -403,15 +435,23 @@ class P2C:
                 now = self._clock()
                 stats = self._stats
                 sa, sb = stats[a.key], stats[b.key]
-                la = (sa.estimate(now, 0.0) if sa.rtt_s >= 0 else self._prior(now)) \
-                    * (sa.pending + 1)
-                lb = (sb.estimate(now, 0.0) if sb.rtt_s >= 0 else self._prior(now)) \
-                    * (sb.pending + 1)
+                la = sa.estimate(now, 0.0) if sa.rtt_s >= 0 else self._prior(now)
+                lb = sb.estimate(now, 0.0) if sb.rtt_s >= 0 else self._prior(now)
+                # as load() (_Stat.held): pending calls stop the decay
+                pa, pb = sa.pending, sb.pending
+                if pa:
+                    la = sa.held(la)
+                if pb:
+                    lb = sb.held(lb)
+                la *= pa + 1
+                lb *= pb + 1
                 if lb < la:
                     a, b, sa = b, a, sb
                 ss = self._opts.slow_start_s
                 if ss > 0 and now - sa.added_at < ss:
                     return self._yield_or_keep(a, b, exclude, now)
+                if not sa.pending:
+                    sa.floor = -1.0  # (_Stat.take, inline)
                 sa.pending += 1
                 return a, sa.done
         elif n == 1:
@@ -420,7 +460,7 @@ class P2C:
             only = eps[0]
             if only.state is _READY:
                 st = self._stats[only.key]
-                st.pending += 1
+                st.take()
                 return only, st.done
         elif not n:
             return None
@@ -438,7 +478,7 @@ class P2C:
                 first, second = second, first
             return self._yield_or_keep(first, second, exclude, now)
         st = self._stats[first.key]
-        st.pending += 1
+        st.take()
         return first, st.done
 
     def pick_stream(
@@ -470,7 +510,7 @@ class P2C:
             if settled and self._rng.random() * mean_weight >= w:
                 a = self._redraw(a, b, settled, exclude, now)
         st = self._stats[a.key]
-        st.pending += 1
+        st.take()
         return a, st.done
 
     def _redraw(self, a: Endpoint, b: Endpoint, settled: Sequence[Endpoint],
@@ -536,5 +576,5 @@ class P2C:
                 rtt = prior
             rows.append({"instance_id": ep.key, "rtt_ms": round(rtt * 1e3, 3),
                          "pending": st.pending,
-                         "load_ms": round(rtt * (st.pending + 1) * 1e3, 3)})
+                         "load_ms": round(st.held(rtt) * (st.pending + 1) * 1e3, 3)})
         return rows
