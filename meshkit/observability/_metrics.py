@@ -485,9 +485,11 @@ class RpcMetrics:
 
     Raises:
         ConfigError: ``buckets_s`` not a collection of numbers (one string, a bool), a
-            bound that is NaN or ``-inf``, ``+inf`` twice, or one given twice (each
-            would write a ``_bucket`` sample Prometheus cannot ingest: a series twice,
-            ``le="NaN"``); the value quoted. Nothing is registered then.
+            bound that is NaN or negative (``-inf`` too), ``+inf`` twice, or one given
+            twice (each would write a ``_bucket`` sample Prometheus cannot ingest: a
+            series twice, ``le="NaN"``; or, negative, a histogram without ``_sum`` and
+            ``_count``, as OpenMetrics wants then); the value quoted. Nothing is
+            registered then.
         ValueError: (prometheus-client) the families already exist on ``registry``; use
             :func:`rpc_metrics`, which creates them once per registry.
     """
@@ -558,10 +560,12 @@ def _checked_buckets(buckets_s: Iterable[float]) -> tuple[float, ...]:
     if any(isinstance(b, bool) or not isinstance(b, int | float) for b in given):
         raise ConfigError(f"buckets_s must be numbers (seconds), got {given!r}")
     bounds = sorted(float(b) for b in given if b != math.inf)
-    if (any(math.isnan(b) or b == -math.inf for b in bounds)
+    # a negative bound: prometheus-client then leaves out _sum and _count (OpenMetrics:
+    # no sum with negative thresholds), and no call lasts less than 0 s; NaN fails b >= 0
+    if (not all(b >= 0 for b in bounds)
             or len(given) - len(bounds) > 1 or len(set(bounds)) != len(bounds)):
-        raise ConfigError(f"buckets_s must be distinct numbers, none NaN or -inf (+Inf "
-                          f"is added), got {given!r}")
+        raise ConfigError(f"buckets_s must be distinct numbers >= 0, none NaN (+Inf is "
+                          f"added), got {given!r}")
     return tuple(bounds)
 
 
