@@ -524,6 +524,14 @@ class JWKSClient:
         return keys
 
     @property
+    def refresh_interval_s(self) -> float:
+        """``options.refresh_interval_s``: how old the copy may get before a key lookup
+        refreshes it; :class:`~meshkit.auth.JWTVerifier` serves a token from its cache no
+        longer than this, so cache hits alone do not keep the copy from being refreshed
+        (a key removed from the document stops its tokens within about two intervals)."""
+        return self.options.refresh_interval_s
+
+    @property
     def kids(self) -> frozenset[str]:
         """The ``kid``\\ s currently cached."""
         return frozenset(self._keys)

@@ -213,7 +213,11 @@ class KeySource(Protocol):
     ``version`` attribute (any value) that changes whenever its keys change:
     :class:`JWTVerifier` then forgets the tokens it verified when it does, so a key
     removed from the source (a compromised one) revokes its cached tokens at once.
-    :class:`KeySet` and :class:`~meshkit.auth.JWKSClient` have one.
+    :class:`KeySet` and :class:`~meshkit.auth.JWKSClient` have one. A source that learns
+    of changes only when asked for a key (a remote copy refreshed on use) also has a
+    ``refresh_interval_s`` (seconds): :class:`JWTVerifier` serves a token from its cache
+    for at most that long before asking the source again, as
+    :class:`~meshkit.auth.JWKSClient` does.
     """
 
     async def get_key(self, kid: str) -> VerificationKey | None:
@@ -757,7 +761,8 @@ class VerifiedTokenCache:
     """A bounded LRU of verified tokens, keyed by SHA-256 of the token, until ``exp``.
 
     Lets repeated calls with one token skip the signature check. Entries leave when the
-    cache is full (least recently used first) or when ``exp + leeway_s`` passes.
+    cache is full (least recently used first) or when ``exp + leeway_s`` passes, or the
+    ``max_age_s`` given to :meth:`put` (whichever comes first).
 
     Args:
         max_entries: capacity (0 disables the cache).
@@ -772,7 +777,8 @@ class VerifiedTokenCache:
         self.max_entries = max_entries
         self._leeway = leeway_s
         self.clock = clock
-        self._data: OrderedDict[bytes, Claims] = OrderedDict()
+        # key -> (deadline on ``clock``, claims): the deadline computed once, at put
+        self._data: OrderedDict[bytes, tuple[float, Claims]] = OrderedDict()
 
     @staticmethod
     def key(token: str) -> bytes:
@@ -781,24 +787,29 @@ class VerifiedTokenCache:
 
     def get(self, key: bytes) -> Claims | None:
         """The cached claims, or ``None`` (also when expired, which evicts the entry)."""
-        claims = self._data.get(key)
-        if claims is None:
+        entry = self._data.get(key)
+        if entry is None:
             return None
-        if self.clock() >= claims.expires_at + self._leeway:
+        if self.clock() >= entry[0]:
             del self._data[key]
             return None
         self._data.move_to_end(key)
-        return claims
+        return entry[1]
 
     def clear(self) -> None:
         """Forget every entry (the verifier's key source changed its keys)."""
         self._data.clear()
 
-    def put(self, key: bytes, claims: Claims) -> None:
-        """Remember verified ``claims`` under ``key``, evicting the LRU entry when full."""
+    def put(self, key: bytes, claims: Claims, *, max_age_s: float | None = None) -> None:
+        """Remember verified ``claims`` under ``key``, evicting the LRU entry when full,
+        until ``exp + leeway_s`` or, when given, ``max_age_s`` seconds from now if that
+        comes first (``None``: no such bound)."""
         if self.max_entries <= 0:
             return
-        self._data[key] = claims
+        deadline = claims.expires_at + self._leeway
+        if max_age_s is not None:
+            deadline = min(deadline, self.clock() + max_age_s)
+        self._data[key] = (deadline, claims)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
@@ -823,9 +834,14 @@ class JWTVerifier:
     keys stay the same: when its ``version`` changes (a key added or removed: a rotation,
     a JWKS refresh that brought other keys) or the source is replaced, the cache is
     cleared, so a token whose key was removed is refused on its next call (checked per
-    call: one attribute read and compare). A token whose verification overlapped such a
-    change is answered, but cached only if the source, asked again, still gives the key
-    it was checked with (that key may be an old one, read before the change).
+    call: one attribute read and compare). A source with a ``refresh_interval_s`` (a
+    :class:`~meshkit.auth.JWKSClient`) learns of a change only when asked for a key, which
+    a cache hit does not do: a token is then served from the cache for at most that many
+    seconds before it is verified again (asking the source, which refreshes a stale copy),
+    so a key removed from a JWKS stops its tokens within about two intervals. A token
+    whose verification overlapped a change of the keys is answered, but cached only if
+    the source, asked again, still gives the key it was checked with (that key may be an
+    old one, read before the change).
     """
 
     __slots__ = ("_cache", "_core", "_find", "_keys", "_version")
@@ -913,7 +929,7 @@ class JWTVerifier:
                 return claims  # answered (valid when the call began), not remembered
             if now != self._version:
                 self._keys_changed()
-        self._cache.put(ck, claims)
+        self._cache.put(ck, claims, max_age_s=getattr(keys, "refresh_interval_s", None))
         return claims
 
 
