@@ -32,13 +32,15 @@ __all__ = ["REDACTED", "RepeatLog", "context_without_meshkit", "get_logger",
 # ``x-api-key``, ``access_token``, ``password``, ``cookie``, ``private_key``...; ``auth``
 # (``authn``, ``authz``, ``oauth``) only as a whole word of the name (``x-auth``,
 # ``x-sentry-auth``, ``x-auth-key``; not ``author``); the keys named for what they unlock
-# (``x-access-key``, ``ocp-apim-subscription-key``, ``x-functions-key``), not every
-# ``*-key`` (``idempotency-key``, ``routing-key`` are no credentials)
+# (``x-access-key``, ``ocp-apim-subscription-key``, ``x-functions-key``, S3 SSE-C's
+# ``x-amz-server-side-encryption-customer-key``, ``dd-application-key``, ``x-app-key``,
+# ``x-admin-key``, ``x-insert-key``, ``session_key``), not every ``*-key``
+# (``idempotency-key``, ``routing-key`` are no credentials)
 _SENSITIVE_RE = re.compile(
     r"(authorization|authentication|auth[-_]?token|token|secret|password|passwd"
     r"|passphrase|cookie|api[-_]?key|private[-_]?key|credential|session[-_]?id|jwt|bearer"
-    r"|(?:access|auth|subscription|functions?|master|signing|encryption|license|client)"
-    r"[-_]?key"
+    r"|(?:access|auth|subscription|functions?|master|signing|encryption(?:[-_]customer)?"
+    r"|license|client|app(?:lication)?|admin|insert|session)[-_]?key"
     r"|(?<![a-z0-9])o?auth[nz]?(?![a-z0-9]))",
     re.IGNORECASE,
 )
@@ -52,9 +54,12 @@ def is_sensitive_key(key: str) -> bool:
     ``authentication``, ``token``, ``secret``, ``password``, ``passwd``, ``passphrase``,
     ``cookie``, ``api-key``/``api_key``, ``private-key``, ``credential``, ``session-id``,
     ``jwt``, ``bearer``, the keys named for what they unlock (``access``, ``auth``,
-    ``subscription``, ``function(s)``, ``master``, ``signing``, ``encryption``,
-    ``license`` or ``client`` then ``key``: ``x-access-key``, Azure's
-    ``ocp-apim-subscription-key`` and ``x-functions-key``, Cloudflare's ``x-auth-key``),
+    ``subscription``, ``function(s)``, ``master``, ``signing``, ``encryption`` (also
+    ``encryption-customer``), ``license``, ``client``, ``app``/``application``,
+    ``admin``, ``insert`` or ``session`` then ``key``: ``x-access-key``, Azure's
+    ``ocp-apim-subscription-key`` and ``x-functions-key``, Cloudflare's ``x-auth-key``,
+    S3's ``x-amz-server-side-encryption-customer-key``, Datadog's
+    ``dd-application-key``, New Relic's ``x-insert-key``),
     and ``auth``/``authn``/``authz``/``oauth`` as a whole word of the name (``x-auth``,
     Sentry's ``x-sentry-auth``; not ``author``); so ``x-auth-token`` and
     ``grpc-trace-bin`` -> ``True``/``False`` respectively, and ``idempotency-key`` or
