@@ -148,10 +148,13 @@ def create_ca(
 
     Raises:
         ConfigError: bad trust domain, ``ttl_days`` not a finite number > 0 or ending past
-            the year 9999 (RFC 5280 §4.1.2.5), a bad DNS/IP subtree, or ``now`` not a
-            ``datetime``.
+            the year 9999 (RFC 5280 §4.1.2.5), a bad DNS/IP subtree, ``permitted_dns`` or
+            ``permitted_ips`` given as one string instead of a sequence of them (quoted),
+            or ``now`` not a ``datetime``.
     """
     td = validate_trust_domain(trust_domain)
+    permitted_dns = _name_list("permitted_dns", permitted_dns)
+    permitted_ips = _name_list("permitted_ips", permitted_ips)
     start = _now(now)
     end = _end(start, "ttl_days", ttl_days, "days")
     try:
@@ -302,7 +305,8 @@ def issue_workload(
 
     Raises:
         ConfigError: bad service name, ``ttl_h`` not a finite number > 0 (or ending past
-            the year 9999, RFC 5280 §4.1.2.5), a bad IP or an IPv6 one with a zone
+            the year 9999, RFC 5280 §4.1.2.5), ``dns`` or ``ips`` given as one string
+            instead of a sequence of names (quoted), a bad IP or an IPv6 one with a zone
             (``fe80::1%eth0``; quoted), a DNS name no certificate may
             carry (RFC 5280 §4.2.1.6: not ASCII host-name syntax, or a wildcard that is
             not the whole leftmost label; quoted), a DNS/IP name outside the
@@ -315,6 +319,8 @@ def issue_workload(
         CertificateError: ``ca_cert`` names no SPIFFE trust domain, or its extensions
             are malformed.
     """
+    dns = _name_list("dns", dns)
+    ips = _name_list("ips", ips)
     _check_issuer(ca_key, ca_cert)
     td = trust_domain_of(ca_cert)
     sid = workload_id(td, service)
@@ -382,6 +388,19 @@ def issue_workload(
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
+
+
+def _name_list(what: str, names: Sequence[str]) -> Sequence[str]:
+    """``names`` (a sequence of DNS names, IPs or networks), refusing one string: iterated,
+    ``"localhost"`` would be the names ``l``, ``o``, ``c``..., each a valid one.
+
+    Raises:
+        ConfigError: ``names`` is a ``str`` or ``bytes`` (quoted).
+    """
+    if isinstance(names, (str, bytes)):
+        raise ConfigError(f"{what} must be a sequence of names, e.g. ({names!r},), not one "
+                          f"string: got {names!r}")
+    return names
 
 
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
