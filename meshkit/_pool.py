@@ -38,7 +38,6 @@ from meshkit.balancer import (
     Endpoint,
     EndpointState,
     Filter,
-    apply_filters,
 )
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshRpcError, NoEndpointsError
@@ -180,6 +179,9 @@ class EndpointPool:
         # instances of the last discovery answer, before the filters (a call that finds
         # no endpoint says the filters left none of them, not that none is registered)
         self._discovered = 0
+        # a filter that raised on the last discovery answer: its repr and the error's
+        # type, for the status of a call that finds no endpoint (None: the filters ran)
+        self._filter_failure: str | None = None
         self._make_channel = make_channel
         self._drain_s = drain_timeout_s
         self._resolve_s = resolve_timeout_s
@@ -232,8 +234,19 @@ class EndpointPool:
 
     def apply(self, instances: frozenset[Instance]) -> None:
         """Make the pool match a discovery answer (after the filters)."""
-        wanted = {i.instance_id: i for i in apply_filters(self._filters, list(instances))}
+        # apply_filters, one filter at a time: one that raises (a bug of its own) is
+        # named, and neither ends the watch (restarted, logged as discovery's failure,
+        # again and again) nor leaves calls waiting for a discovery answer that came
+        chosen = sorted(instances, key=lambda i: i.instance_id)
         self._discovered = len(instances)
+        for f in self._filters:
+            try:
+                chosen = list(f(chosen))
+            except Exception as exc:
+                self._filter_failed(f, exc)
+                return
+        self._filter_failure = None
+        wanted = {i.instance_id: i for i in chosen}
         for key, ep in list(self.endpoints.items()):
             inst = wanted.get(key)
             if inst is None or inst.address != ep.instance.address:
@@ -252,6 +265,22 @@ class EndpointPool:
         if not self.resolved.is_set():
             self.resolved.set()
         _log.debug("endpoints updated", service=self.service, endpoints=sorted(self.endpoints))
+        self.notify()
+
+    def _filter_failed(self, f: Filter, exc: Exception) -> None:
+        """Filter ``f`` raised ``exc`` on a discovery answer: the pool keeps its last
+        endpoints (none before a first answer that filtered), logs it once (a warning
+        with the error, until the filters run through again or fail otherwise), and a
+        call that finds no endpoint fails at once saying so (the filter's ``repr`` and
+        the error's type: no error text in a status), not after ``resolve_timeout_s``
+        for a discovery answer that came."""
+        failure = f"endpoint filter {_short_repr(f)} raised {type(exc).__name__}"
+        if failure != self._filter_failure:
+            _log.warning("endpoint filter failed; keeping last endpoints",
+                         service=self.service, filter=_short_repr(f), error=repr(exc))
+        self._filter_failure = failure
+        if not self.resolved.is_set():
+            self.resolved.set()
         self.notify()
 
     def _add(self, inst: Instance) -> bool:
@@ -604,7 +633,8 @@ class EndpointPool:
                 if self.endpoints:
                     raise self._all_failing()
                 raise NoEndpointsError(self.service, self._registry_problem()
-                                       or self._unbuilt_problem() or self._filtered_problem()
+                                       or self._unbuilt_problem() or self._filter_failure
+                                       or self._filtered_problem()
                                        or "no endpoint is registered")
             remaining = details.time_remaining_s()
             # an ejection that ends makes an endpoint pickable (its probe) and wakes
@@ -619,7 +649,7 @@ class EndpointPool:
                     await self.changed()
             except TimeoutError:
                 if wait_s == remaining:
-                    filtered = self._filtered_problem()
+                    filtered = self._filter_failure or self._filtered_problem()
                     raise MeshRpcError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"deadline exceeded waiting for an endpoint of {self.service!r}"
