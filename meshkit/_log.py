@@ -41,7 +41,10 @@ _SENSITIVE_RE = re.compile(
     r"|passphrase|cookie|api[-_]?key|private[-_]?key|credential|session[-_]?id|jwt|bearer"
     r"|(?:access|auth|subscription|functions?|master|signing|encryption(?:[-_]customer)?"
     r"|license|client|app(?:lication)?|admin|insert|session)[-_]?key"
-    r"|(?<![a-z0-9])o?auth[nz]?(?![a-z0-9]))",
+    r"|(?<![a-z0-9])o?auth[nz]?(?![a-z0-9])"
+    # not the identity an authenticating proxy passes on (oauth2-proxy's
+    # x-auth-request-user/-email/-groups, x-auth-user, x-auth-email): no credential
+    r"(?![-_](?:request[-_])?(?:user|email|groups|preferred[-_]username)$))",
     re.IGNORECASE,
 )
 REDACTED = "[REDACTED]"
@@ -61,7 +64,10 @@ def is_sensitive_key(key: str) -> bool:
     S3's ``x-amz-server-side-encryption-customer-key``, Datadog's
     ``dd-application-key``, New Relic's ``x-insert-key``),
     and ``auth``/``authn``/``authz``/``oauth`` as a whole word of the name (``x-auth``,
-    Sentry's ``x-sentry-auth``; not ``author``); so ``x-auth-token`` and
+    Sentry's ``x-sentry-auth``; not ``author``, nor the identity headers an
+    authenticating proxy sets, ending in ``user``, ``email``, ``groups`` or
+    ``preferred-username``: oauth2-proxy's ``x-auth-request-user``, ``x-auth-email``;
+    their ``x-auth-request-access-token`` is a token); so ``x-auth-token`` and
     ``grpc-trace-bin`` -> ``True``/``False`` respectively, and ``idempotency-key`` or
     ``routing-key`` (no credentials) -> ``False``.
     """
