@@ -423,6 +423,23 @@ class TLSOptions:
         """
         return _read_material(self.ca_file, self.cert_file, self.key_file, self.domain)
 
+    def _read_own(self) -> TLSMaterial:
+        """:meth:`read`, refusing files that now hold another workload's certificate than
+        the one these options were built with (:attr:`spiffe_id`): credentials are never
+        made for another identity (a wrong Secret mounted since; the reloaders keep the
+        pair in force over such files the same way).
+
+        Raises:
+            CertificateError: as :meth:`read`, or another SPIFFE ID (both quoted).
+        """
+        m = self.read()
+        if m.spiffe_id != self.spiffe_id:
+            raise CertificateError(
+                f"{self.cert_file} is now the certificate of {m.spiffe_id}, not of "
+                f"{self.spiffe_id} (read when these TLSOptions were built): credentials "
+                "are never made for another workload's identity")
+        return m
+
     @property
     def spiffe_id(self) -> str:
         """This workload's SPIFFE ID (from the certificate read at construction)."""
@@ -461,6 +478,10 @@ class TLSOptions:
             on_handshake: called before every TLS handshake (grpc asks the reloader for a
                 new configuration at the start of each connection; on a core thread; must
                 be quick and not raise). ``serve()`` counts handshakes with it.
+
+        Raises:
+            CertificateError: the files are unreadable or inconsistent now, or hold the
+                certificate of another SPIFFE ID than :attr:`spiffe_id` (both quoted).
         """
         reloader = _ServerReloader(self, on_reload, on_handshake)
         return grpc.dynamic_ssl_server_credentials(
@@ -474,9 +495,10 @@ class TLSOptions:
         this workload's key and certificate as the client certificate.
 
         Raises:
-            CertificateError: the files are unreadable or inconsistent.
+            CertificateError: the files are unreadable or inconsistent, or now hold the
+                certificate of another SPIFFE ID than :attr:`spiffe_id` (both quoted).
         """
-        m = self.read()
+        m = self._read_own()
         return grpc.ssl_channel_credentials(m.ca_pem, m.key_pem, m.cert_pem)
 
     def expected_server_id(self, service: str) -> str:
@@ -518,7 +540,11 @@ class TLSOptions:
                                        verifier=self.peer_verifier())
 
     def channel_reloader(self) -> ChannelCredentialsReloader:
-        """A :class:`ChannelCredentialsReloader` over these files."""
+        """A :class:`ChannelCredentialsReloader` over these files.
+
+        Raises:
+            CertificateError: as :meth:`channel_credentials`.
+        """
         return ChannelCredentialsReloader(self)
 
 
@@ -597,7 +623,7 @@ class _ServerReloader:
         self._on_handshake = on_handshake
         self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         self._lock = threading.Lock()
-        m = tls.read()
+        m = tls._read_own()
         self._fingerprint = m.fingerprint
         self._current = m  # the material in force
         self._stat = stat_files(self._paths)
@@ -676,11 +702,15 @@ class ChannelCredentialsReloader:
 
     Args:
         tls: the :class:`TLSOptions` naming the files.
+
+    Raises:
+        CertificateError: the files are unreadable or inconsistent now, or hold the
+            certificate of another SPIFFE ID than ``tls.spiffe_id`` (both quoted).
     """
 
     def __init__(self, tls: TLSOptions) -> None:
         self.tls = tls
-        m = tls.read()
+        m = tls._read_own()
         self.fingerprint = m.fingerprint
         self._current = m  # the material in force
         self.credentials: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
