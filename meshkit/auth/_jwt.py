@@ -365,11 +365,18 @@ class KeySet:
         """Make ``new`` (default: a fresh key of the current algorithm) the signing key;
         keep for verification the ``keep_previous`` newest older keys and any older key
         whose tokens may still be accepted (see the class docstring); drop the rest.
-        Bumps :attr:`version`. Returns the new current key."""
+        Bumps :attr:`version`. Returns the new current key.
+
+        ``new`` already current (same ``kid``, e.g. a reload of an unchanged key
+        directory) changes nothing: no key dropped, :attr:`version` kept. ``new`` an older
+        published key becomes current, listed once."""
         new = new or SigningKey.generate(self.current.algorithm)
+        if new.kid == self.current.kid:
+            return self.current
         now = self._clock()
         until = self._signed_until
-        kept = [k for i, k in enumerate(self._keys)
+        older = [k for k in self._keys if k.kid != new.kid]
+        kept = [k for i, k in enumerate(older)
                 if i < self._keep_previous
                 or now < until.get(k.kid, -math.inf) + self._grace_s]
         self._keys = (new, *kept)
