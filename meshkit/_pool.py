@@ -58,6 +58,10 @@ _DRAIN_POLL_SLOW_S = 1.0
 _BUILD_RETRY_FIRST_S = 0.1
 _BUILD_RETRY_MAX_S = 5.0
 _REPR_MAX = 200  # characters of a filter's repr in a status message
+# how long a call waits for the connection of an endpoint its balancer chose while
+# another one is READY (a ring hash's key owner) before it is sent on anyway, seconds
+# (gRFC A56's priority failover timer, 10 s, bounds a wait for a connection alike)
+_CONNECTING_PICK_MAX_S = 10.0
 _READY_CONN = grpc.ChannelConnectivity.READY
 _IDLE_CONN = grpc.ChannelConnectivity.IDLE
 _FAILURE_CONN = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -661,7 +665,10 @@ class EndpointPool:
         """Wait, within the call's deadline, until the picked endpoint (still connecting,
         or IDLE: asked to connect here, with every other endpoint left IDLE,
         :meth:`connect_idle`) or another one is READY, picking again on every change of
-        the pool; the READY pick, or ``None`` when the balancer finds no usable endpoint
+        the pool (a pick of a connecting endpoint while another is READY, a ring hash's
+        key owner, waits for that connection up to ``_CONNECTING_PICK_MAX_S``, as gRFC
+        A42's picker queues it, and goes to another endpoint if it fails; then it is
+        sent on); the READY pick, or ``None`` when the balancer finds no usable endpoint
         (every one failing) and the call has ``wait_for_ready`` (the caller waits on). An
         abandoned pick is settled as no outcome (``done(CANCELLED, 0.0)``, as a call
         never sent).
@@ -675,24 +682,40 @@ class EndpointPool:
         ready = EndpointState.READY
         ep, done = picked
         held: tuple[Endpoint, Done] | None = picked
+        # when the balancer first chose a connecting endpoint over READY ones (None: not)
+        chosen_over_ready: float | None = None
         try:
             while ep.state is not ready:
                 if self._idle:  # endpoints left IDLE: this call is activity, connect them
                     self.connect_idle()
+                remaining = details.time_remaining_s()
+                wait_s = remaining
                 if any(e.state is ready for e in self.endpoints.values()):
                     # the balancer chose a connecting endpoint over READY ones (a ring
-                    # hash's affinity, a custom policy): its choice, sent on at once (the
-                    # sub-channel queues it while it connects) rather than waiting for a
-                    # change that may not come
-                    break
+                    # hash's key owner, a custom policy): its choice waits for that
+                    # connection, and a pick again when it fails goes on to another
+                    # endpoint (gRFC A42's picker queues a pick while the key's owner
+                    # is CONNECTING and passes over one in TRANSIENT_FAILURE); sent on
+                    # at once, grpc failed it UNAVAILABLE "failed to connect" beside a
+                    # healthy endpoint. For _CONNECTING_PICK_MAX_S at most (a change
+                    # that does not come): then sent on, its sub-channel queues it.
+                    now = time.monotonic()
+                    if chosen_over_ready is None:
+                        chosen_over_ready = now
+                    cap = chosen_over_ready + _CONNECTING_PICK_MAX_S - now
+                    if cap <= 0:
+                        break
+                    if remaining is None or cap < remaining:
+                        wait_s = cap
                 if self.closed:
                     raise MeshRpcError(grpc.StatusCode.CANCELLED,
                                        f"channel to {self.service!r} is closed")
-                remaining = details.time_remaining_s()
                 try:
-                    async with asyncio.timeout(remaining):  # (see pick_slow: not wait_for)
+                    async with asyncio.timeout(wait_s):  # (see pick_slow: not wait_for)
                         await self.changed()
                 except TimeoutError:
+                    if wait_s is not remaining:  # the cap above: sent on as chosen
+                        break
                     raise MeshRpcError(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"deadline exceeded waiting for a connection to {self.service!r}",
