@@ -86,6 +86,7 @@ from meshkit.auth._identity import (
     IdentityMatcher,
     PeerVerifier,
     SpiffeId,
+    _signed_by,
     identity_dns_name,
     validate_trust_domain,
     workload_id,
@@ -117,8 +118,9 @@ class TLSMaterial:
         dns_names: the leaf's DNS SANs, as written (default none).
         not_before: the certificate's notBefore, epoch seconds (default ``-inf``:
             unknown).
-        server_auth: whether grpc's TLS takes the certificate as a server's: it has no
-            extended key usage, or one listing serverAuth (default ``True``).
+        server_auth: whether grpc's TLS takes the certificate as a server's: it and the
+            intermediate CAs it presents below the bundle have no extended key usage, or
+            one listing serverAuth (default ``True``).
     """
 
     ca_pem: bytes
@@ -179,9 +181,10 @@ def _identity_change(current: TLSMaterial, new: TLSMaterial, cert_file: Path, *,
 
 
 def _no_server_auth(cert_file: Path) -> str:
-    return (f"{cert_file} has an extended key usage without serverAuth: grpc's TLS "
-            "(BoringSSL) refuses it as a server certificate in every client's handshake "
-            "(anyExtendedKeyUsage does not stand for it; RFC 5280 §4.2.1.12)")
+    return (f"{cert_file} has an extended key usage without serverAuth (the certificate's, "
+            "or an intermediate CA's it presents): grpc's TLS (BoringSSL) refuses it as a "
+            "server certificate in every client's handshake (anyExtendedKeyUsage does not "
+            "stand for it; RFC 5280 §4.2.1.12)")
 
 
 def _utc(t: float) -> str:
@@ -230,32 +233,62 @@ def _read_material(ca_file: Path, cert_file: Path, key_file: Path,
     if sid.trust_domain != td:
         raise CertificateError(f"{cert_file} is for trust domain {sid.trust_domain!r}, "
                                f"expected {td!r}")
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        eku = None
-    except MALFORMED_EXTENSION_ERRORS as exc:
-        raise CertificateError(f"{cert_file} has malformed extensions "
-                               f"({type(exc).__name__})") from None
+    ekus = _presented_ekus(leaf, chain[1:], cas, cert_file)
     ca_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cas)
     try:  # what peers will check: issued by the bundle (directly or through the chain's
         # intermediates), within every CA's constraints
         PeerVerifier(ca_pem).verify(leaf, chain[1:])
     except CertificateError as exc:
         raise CertificateError(f"{cert_file} would be refused by peers: {exc}") from None
-    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        # RFC 5280 takes anyExtendedKeyUsage for any purpose; grpc's BoringSSL does not
-        raise CertificateError(
-            f"{cert_file} would be refused by peers: its extended key usage lacks "
-            "clientAuth, which grpc's TLS (BoringSSL) requires of a client certificate "
-            "(anyExtendedKeyUsage does not stand for it; RFC 5280 §4.2.1.12)")
+    for whose, eku in ekus:
+        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            # RFC 5280 takes anyExtendedKeyUsage for any purpose; grpc's BoringSSL does
+            # not, and checks every certificate of the chain below the peer's anchor
+            raise CertificateError(
+                f"{cert_file} would be refused by peers: {whose} extended key usage lacks "
+                "clientAuth, which grpc's TLS (BoringSSL) requires of a client "
+                "certificate and of the intermediate CAs it presents (anyExtendedKeyUsage "
+                "does not stand for it; RFC 5280 §4.2.1.12)")
     cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     digest = hashlib.sha256(leaf.public_bytes(enc) + b"\0" + ca_pem).hexdigest()
     return TLSMaterial(ca_pem, cert_pem, key_pem, str(sid), leaf.not_valid_after_utc.timestamp(),
                        digest, dns, leaf.not_valid_before_utc.timestamp(),
-                       eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku)
+                       all(eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku
+                           for _, eku in ekus))
+
+
+def _presented_ekus(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+                    cas: Sequence[x509.Certificate], cert_file: Path
+                    ) -> list[tuple[str, x509.ExtendedKeyUsage | None]]:
+    """The extended key usages grpc's BoringSSL checks in a peer's handshake, each with
+    whose it is: the leaf's, then those of the intermediate CAs of ``cert_file`` on its
+    path up to a CA of the bundle ``cas`` (which peers hold as a trust anchor, whose
+    purpose is not checked); ``None`` for a certificate without the extension.
+
+    Raises:
+        CertificateError: one of them has malformed extensions.
+    """
+    def eku_of(cert: x509.Certificate) -> x509.ExtendedKeyUsage | None:
+        try:
+            return cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return None
+        except MALFORMED_EXTENSION_ERRORS as exc:
+            raise CertificateError(f"{cert_file} has malformed extensions "
+                                   f"({type(exc).__name__})") from None
+
+    out = [("its", eku_of(leaf))]
+    cert, left = leaf, list(intermediates)
+    while not any(ca.subject == cert.issuer and _signed_by(cert, ca) for ca in cas):
+        up = next((c for c in left if c.subject == cert.issuer and _signed_by(cert, c)), None)
+        if up is None:
+            break
+        left.remove(up)
+        out.append((f"its intermediate CA {up.subject.rfc4514_string()!r}'s", eku_of(up)))
+        cert = up
+    return out
 
 
 def _refuse_chain_order(chain: list[x509.Certificate], spki: bytes, cert_file: Path,
@@ -342,8 +375,9 @@ class TLSOptions:
             or one besides its SPIFFE ID, its SPIFFE ID is
             no workload ID or in another trust domain, or peers would refuse the
             certificate (the message says why; an extended key usage without
-            clientAuth included, which grpc's servers refuse, anyExtendedKeyUsage alone
-            too).
+            clientAuth included, the certificate's or that of an intermediate CA of
+            ``cert_file`` below ``ca_file``, which grpc's servers refuse,
+            anyExtendedKeyUsage alone too).
         ConfigError: a value out of range or of the wrong type (quoted: a file that is
             no ``str`` or ``os.PathLike``, such as ``None``, or ``""``; a
             ``reload_interval_s`` that is no number, ``True`` or a string included), or
@@ -570,8 +604,9 @@ def check_server_identity(tls: TLSOptions, service: str) -> None:
     Raises:
         CertificateError: the certificate is for another workload (its SPIFFE ID and the
             expected one quoted), lacks the DNS SAN ``<service>.svc.<td>`` (named), has
-            an extended key usage without serverAuth (which every client's handshake
-            refuses, RFC 5280 §4.2.1.12), or the files are unreadable or inconsistent right now.
+            an extended key usage without serverAuth, or presents an intermediate CA
+            with one (which every client's handshake refuses, RFC 5280 §4.2.1.12), or
+            the files are unreadable or inconsistent right now.
         ConfigError: ``service`` is not a lowercase DNS label (no identity name, so no
             meshkit client could verify it).
     """
