@@ -514,8 +514,10 @@ class TLSOptions:
                 be quick and not raise). ``serve()`` counts handshakes with it.
 
         Raises:
-            CertificateError: the files are unreadable or inconsistent now, or hold the
-                certificate of another SPIFFE ID than :attr:`spiffe_id` (both quoted).
+            CertificateError: the files are unreadable or inconsistent now, hold the
+                certificate of another SPIFFE ID than :attr:`spiffe_id` (both quoted), or
+                one with an extended key usage without serverAuth (its own or an
+                intermediate CA's it presents: every client's handshake would refuse it).
         """
         reloader = _ServerReloader(self, on_reload, on_handshake)
         return grpc.dynamic_ssl_server_credentials(
@@ -659,6 +661,9 @@ class _ServerReloader:
         self._paths = (tls.ca_file, tls.cert_file, tls.key_file)
         self._lock = threading.Lock()
         m = tls._read_own()
+        if not m.server_auth:  # every client's handshake would refuse it
+            raise CertificateError(f"{_no_server_auth(tls.cert_file)}; issue it with "
+                                   "serverAuth too (or no extended key usage)")
         self._fingerprint = m.fingerprint
         self._current = m  # the material in force
         self._stat = stat_files(self._paths)

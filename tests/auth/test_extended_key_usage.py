@@ -98,7 +98,10 @@ async def test_serve_check_refuses_a_server_certificate_without_server_auth(
     client = pki.issue("orderd")
     _write_leaf(pki, "userd", [EKU.CLIENT_AUTH])
     server = pki.options("userd")  # fine as a client certificate
-    port = await start_server(server.server_credentials(), [server.peer_interceptor()])
+    raw = grpc.ssl_server_credentials(  # server_credentials() refuses it too
+        [((pki.dir / "userd.key").read_bytes(), (pki.dir / "userd.pem").read_bytes())],
+        root_certificates=(pki.dir / "ca.pem").read_bytes(), require_client_auth=True)
+    port = await start_server(raw, [server.peer_interceptor()])
     err = await rpc_error(call(port, credentials=client.channel_credentials(),
                                options=client.channel_options("userd")))
     assert err.code() is UNAVAILABLE

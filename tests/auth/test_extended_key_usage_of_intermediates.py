@@ -79,16 +79,21 @@ async def test_a_server_chain_through_an_intermediate_without_server_auth_is_ref
         tmp_path: Path, start_server: StartServer) -> None:
     root = foreign_ca("root")
     inter = _intermediate(root, [EKU.CLIENT_AUTH])
-    server = secret_tls(_options(tmp_path, "s", inter, "userd", bundle=[root[1]],
-                                 via=inter[1]))  # fine as a client chain
+    d = _options(tmp_path, "s", inter, "userd", bundle=[root[1]], via=inter[1])
+    server = secret_tls(d)  # fine as a client chain
     client = secret_tls(_options(tmp_path, "c", root, "orderd", bundle=[root[1]], via=None))
-    port = await start_server(server.server_credentials(), [server.peer_interceptor()])
+    raw = grpc.ssl_server_credentials(  # server_credentials() refuses it too
+        [((d / "tls.key").read_bytes(), (d / "tls.crt").read_bytes())],
+        root_certificates=(d / "ca.crt").read_bytes(), require_client_auth=True)
+    port = await start_server(raw, [server.peer_interceptor()])
     err = await rpc_error(call(port, credentials=client.channel_credentials(),
                                options=client.channel_options("userd")))
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     with pytest.raises(CertificateError) as info:
         check_server_identity(server, "userd")
     assert "serverAuth" in str(info.value) and "intermediate" in str(info.value)
+    with pytest.raises(CertificateError, match="serverAuth"):
+        server.server_credentials()
     # with both purposes the chain serves
     both = _intermediate(root, [EKU.SERVER_AUTH, EKU.CLIENT_AUTH])
     ok: TLSOptions = secret_tls(_options(tmp_path, "s3", both, "userd", bundle=[root[1]],
