@@ -14,14 +14,19 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   yet, at ``default_rtt_s`` (Linkerd's ``default_rtt``). The mean is a running sum,
   O(1) to read (a pick stays O(1) over thousands of endpoints, a snapshot O(n)), kept
   only while some endpoint has no sample;
-* while calls are pending on an endpoint, its load counts its estimate as it was when
-  the endpoint got busy, or at its last outcome since, not decayed below that: the
-  decay is there to try an endpoint again that P2C avoided, and one with calls out is
-  not avoided but not answering them. A
+* while unary calls are pending on an endpoint, its load counts its estimate as it
+  was when the first of them was sent, or at its last outcome since, not decayed below
+  that: the decay is there to try an endpoint again that P2C avoided, and one with
+  calls out is not avoided but not answering them. A
   wedged endpoint (a deadlocked handler behind a live connection) whose callers set no
   deadline gives no outcome, so without this its load fell as ``exp(-t / decay_s)``
   while its pending calls grew, and it drew every call after a minute beside a healthy
-  peer (``tests/test_balancer_p2c_wedged.py``); now it draws about one;
+  peer (``tests/test_balancer_p2c_wedged.py``); now it draws about one. A pending
+  stream (:meth:`P2C.pick_stream`: a watch whose server is silent until an event, an
+  upload) holds nothing: its silence is no sign of a wedged endpoint, and held for the
+  stream's life, the load of an endpoint P2C avoids for that stream's ``pending``
+  count would never decay, so it would get no call for as long as the stream lasts
+  (``tests/test_balancer_p2c_silent_stream.py``);
 * a ``CANCELLED`` outcome (a hedge that lost, a call its caller cancelled, an attempt
   that never left, which the channel reports with 0 s) is no latency sample: it lowers
   ``pending`` and, peak-like, raises the estimate to its latency when that exceeds it
@@ -201,7 +206,7 @@ class _Stat:
     """Load statistics of one endpoint."""
 
     __slots__ = ("added_at", "address", "clock", "decay_s", "floor", "mean", "penalty_s",
-                 "pending", "prior", "rtt_s", "share", "stamp")
+                 "pending", "prior", "rtt_s", "share", "stamp", "streams")
 
     def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float,
                  address: str, prior: Callable[[float], float]) -> None:
@@ -212,11 +217,14 @@ class _Stat:
         self.penalty_s = opts.overload_penalty_s
         self.rtt_s = -1.0  # no sample yet
         self.stamp = added_at
-        # while calls are pending, the load counts at least this (P2C.load), not the
-        # estimate decayed since: the estimate when the endpoint got busy (set at the
-        # first load read after that; -1: not read yet) or at its last outcome since
+        # while unary calls are pending, the load counts at least this (P2C.load), not
+        # the estimate decayed since: the estimate when the first of them was sent (set
+        # at the first load read after that; -1: not read yet) or at its last outcome
+        # since
         self.floor = -1.0
         self.pending = 0
+        # of `pending`, the streams (StreamPending): they hold no floor (a silent watch)
+        self.streams = 0
         self.added_at = added_at
         # the running sum of the prior while some endpoint has no sample, and this
         # endpoint's share in it (_SampledMean)
@@ -234,10 +242,10 @@ class _Stat:
         return self.rtt_s
 
     def held(self, rtt: float) -> float:
-        """``rtt`` (this endpoint's estimate now) as its load counts it: while calls are
-        pending, not below the estimate when it got busy or at its last outcome since
-        (the first read after it got busy sets that)."""
-        if self.pending:
+        """``rtt`` (this endpoint's estimate now) as its load counts it: while unary calls
+        are pending (streams do not count), not below the estimate when the first of
+        them was sent or at its last outcome since (the first read after that sets it)."""
+        if self.pending > self.streams:
             floor = self.floor
             if floor < 0:
                 self.floor = rtt
@@ -246,9 +254,9 @@ class _Stat:
         return rtt
 
     def take(self) -> None:
-        """One more call pending; the first of a busy spell has its floor set at the
-        next load read (:meth:`held`)."""
-        if not self.pending:
+        """One more call pending; the first with no unary call pending has its floor set
+        at the next load read (:meth:`held`)."""
+        if self.pending == self.streams:
             self.floor = -1.0
         self.pending += 1
 
@@ -311,17 +319,21 @@ class StreamPending:
         self._stat = stat
         self._done = done
         self._pending = True
+        stat.streams += 1  # a pending stream holds no floor (_Stat.held)
 
     def responded(self) -> None:
         """The stream's first response message arrived: no longer a pending request."""
         if self._pending:
             self._pending = False
             self._stat.pending -= 1
+            self._stat.streams -= 1
 
     def __call__(self, code: grpc.StatusCode, latency_s: float) -> None:
         """The stream ended with ``code`` (``latency_s``: negative, no sample)."""
         if not self._pending:
             self._stat.pending += 1  # taken off at responded(): done takes it off again
+        else:
+            self._stat.streams -= 1
         self._pending = False
         self._done(code, latency_s)
 
@@ -437,11 +449,11 @@ class P2C:
                 sa, sb = stats[a.key], stats[b.key]
                 la = sa.estimate(now, 0.0) if sa.rtt_s >= 0 else self._prior(now)
                 lb = sb.estimate(now, 0.0) if sb.rtt_s >= 0 else self._prior(now)
-                # as load() (_Stat.held): pending calls stop the decay
+                # as load() (_Stat.held): pending unary calls stop the decay
                 pa, pb = sa.pending, sb.pending
-                if pa:
+                if pa > sa.streams:
                     la = sa.held(la)
-                if pb:
+                if pb > sb.streams:
                     lb = sb.held(lb)
                 la *= pa + 1
                 lb *= pb + 1
@@ -450,7 +462,7 @@ class P2C:
                 ss = self._opts.slow_start_s
                 if ss > 0 and now - sa.added_at < ss:
                     return self._yield_or_keep(a, b, exclude, now)
-                if not sa.pending:
+                if sa.pending == sa.streams:
                     sa.floor = -1.0  # (_Stat.take, inline)
                 sa.pending += 1
                 return a, sa.done
