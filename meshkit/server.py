@@ -64,6 +64,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import weakref
 from collections.abc import (
     AsyncGenerator,
@@ -130,10 +131,9 @@ from meshkit.auth import (
     TLSOptions,
     check_server_identity,
     describe_certificate,
-    load_certificate,
     tls_from_dir,
 )
-from meshkit.auth._tls import stat_files
+from meshkit.auth._tls import check_renewal, stat_files
 from meshkit.discovery import Instance, Registry, registry_from_env
 from meshkit.errors import ConfigError
 from meshkit.observability import (
@@ -1343,6 +1343,9 @@ class MeshServer:
         self._reserved_id: str | None = None
         # keeps the certificate gauges on the files on disk (see _follow_certificate)
         self._certificate_follower: asyncio.Task[None] | None = None
+        # the TLS material new connections are served (the gauges show it): the files at
+        # start, then each renewal the reloader or the follower took
+        self._served_tls: TLSMaterial | None = None
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -1603,7 +1606,9 @@ class MeshServer:
             if self.admin is not None:
                 meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
-            self._publish_certificate(load_certificate(opts.tls.cert_file))
+            self._served_tls = opts.tls.read()
+            self._publish_certificate(
+                x509.load_pem_x509_certificate(self._served_tls.cert_pem))
             self._certificate_follower = asyncio.get_running_loop().create_task(
                 self._follow_certificate(opts.tls),
                 name=f"meshkit-certificate-{self.service}")
@@ -1717,6 +1722,7 @@ class MeshServer:
     def _certificate_reloaded(self, material: TLSMaterial) -> None:
         """Keep the certificate gauges on the renewed certificate (called by the TLS
         reloader on a grpc core thread)."""
+        self._served_tls = material
         self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
 
     async def _follow_certificate(self, tls: TLSOptions) -> None:
@@ -1729,8 +1735,11 @@ class MeshServer:
         gRPC) may not make: the gauges kept the old notAfter, and
         ``MeshkitCertificateExpiringSoon`` fired although the renewal had happened. Files
         that are unreadable or do not match (mid-renewal: the key written, not the
-        certificate yet) are read again at the next interval. Runs until cancelled
-        (:meth:`drain`)."""
+        certificate yet), and a renewal the reloader would skip (expired or not valid yet,
+        another SPIFFE ID, the identity DNS name or serverAuth dropped:
+        :func:`~meshkit.auth._tls.check_renewal`), are read again at the next interval:
+        the gauges stay on the certificate still served, so an expiry alert is not hidden
+        by a notAfter no handshake presents. Runs until cancelled (:meth:`drain`)."""
         paths = (tls.ca_file, tls.cert_file, tls.key_file)
         seen = stat_files(paths)
         while True:
@@ -1740,9 +1749,13 @@ class MeshServer:
                 continue
             try:
                 material = await asyncio.to_thread(tls.read)
+                if self._served_tls is not None:
+                    check_renewal(self._served_tls, material, tls.cert_file, server=True,
+                                  now=time.time())
+                self._served_tls = material
                 self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
-            except Exception as exc:  # CertificateError mid-renewal: again next interval
-                _log.debug("certificate files changed but cannot be read yet",
+            except Exception as exc:  # CertificateError mid-renewal or skipped: again next interval
+                _log.debug("certificate files changed but are not served",
                            service=self.service, error=str(exc))
                 continue
             seen = now

@@ -187,6 +187,39 @@ def _no_server_auth(cert_file: Path) -> str:
             "stand for it; RFC 5280 §4.2.1.12)")
 
 
+def check_renewal(current: TLSMaterial, new: TLSMaterial, cert_file: Path, *,
+                  server: bool, now: float) -> None:
+    """Refuse files that may not replace the pair in force, as the TLS reloaders judge
+    them (the server's certificate gauges follow the same rule, :mod:`meshkit.server`).
+
+    A change of the CA bundle alone (the same leaf) is always taken. A new leaf is refused
+    when it is expired or not valid yet at ``now`` (epoch seconds, the wall clock; RFC 5280
+    §4.1.2.5), names another SPIFFE ID than ``current`` (X.509-SVID §2: a reload renews a
+    workload's certificate, it never changes its identity), or, for a ``server``, drops
+    the identity DNS name ``current`` carries or lacks serverAuth (the certificate's, or
+    an intermediate's it presents: BoringSSL refuses it in every client's handshake).
+
+    Args:
+        current: the material in force.
+        new: the files as read now (:meth:`TLSOptions.read`).
+        cert_file: the certificate's path, quoted in the error.
+        server: judge as a server's certificate (identity DNS name, serverAuth).
+        now: the wall-clock time, epoch seconds.
+
+    Raises:
+        CertificateError: why ``new`` is refused; the message ends by saying the current
+            certificate is kept.
+    """
+    if new.cert_pem == current.cert_pem:  # a new CA bundle, not a new leaf
+        return
+    _check_current(new, cert_file, now)
+    change = _identity_change(current, new, cert_file, server=server)
+    if change is not None:
+        raise CertificateError(change)
+    if server and not new.server_auth:
+        raise CertificateError(f"{_no_server_auth(cert_file)}: the current certificate is kept")
+
+
 def _utc(t: float) -> str:
     return f"{dt.datetime.fromtimestamp(t, dt.UTC):%Y-%m-%dT%H:%M:%S}Z"
 
@@ -693,16 +726,8 @@ class _ServerReloader:
                     return None
                 try:
                     m = self._tls.read()
-                    if m.cert_pem != self._current.cert_pem:  # a new leaf, not only a CA
-                        _check_current(m, self._tls.cert_file, time.time())
-                        change = _identity_change(self._current, m, self._tls.cert_file,
-                                                  server=True)
-                        if change is not None:
-                            raise CertificateError(change)
-                        if not m.server_auth:
-                            raise CertificateError(
-                                f"{_no_server_auth(self._tls.cert_file)}: the current "
-                                "certificate is kept")
+                    check_renewal(self._current, m, self._tls.cert_file, server=True,
+                                  now=time.time())
                 except CertificateError as exc:
                     # mid-renewal (key replaced, certificate not yet) or broken: keep serving;
                     # logged when it starts, changes, and as a reminder a minute later
@@ -773,11 +798,7 @@ class ChannelCredentialsReloader:
         self._checked = now
         try:
             m = self.tls.read()
-            if m.cert_pem != self._current.cert_pem:  # a new leaf, not only a CA bundle
-                _check_current(m, self.tls.cert_file, time.time())
-                change = _identity_change(self._current, m, self.tls.cert_file, server=False)
-                if change is not None:
-                    raise CertificateError(change)
+            check_renewal(self._current, m, self.tls.cert_file, server=False, now=time.time())
         except CertificateError as exc:
             self._fault.failed("client certificate reload skipped", str(exc))
             return False
