@@ -109,7 +109,9 @@ class TargetWriter:
         self.out = out
         self.keep_failing_s = keep_failing_s
         self.timeout_s = timeout_s
-        self._failing: dict[str, tuple[Instance, float]] = {}  # id -> (instance, last seen)
+        # (service, instance id) -> (instance, last seen): an id is unique within its
+        # service only (etcd keys an instance <service>/<id>), not across services
+        self._failing: dict[tuple[str, str], tuple[Instance, float]] = {}
 
     async def once(self) -> int:
         """One pass; returns the number of targets written. Each service is read once
@@ -134,8 +136,8 @@ class TargetWriter:
         live = [i for v in found.values() if v for i in v]
         now = time.monotonic()
         for inst in failing:
-            self._failing[inst.instance_id] = (inst, now)
-        live_ids = {i.instance_id for i in live}
+            self._failing[(inst.service, inst.instance_id)] = (inst, now)
+        live_ids = {(i.service, i.instance_id) for i in live}
         self._failing = {k: v for k, v in self._failing.items()
                          if k not in live_ids and now - v[1] <= self.keep_failing_s}
         groups = target_groups(live, [i for i, _ in self._failing.values()])
