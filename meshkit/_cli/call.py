@@ -32,7 +32,10 @@ conventions). An error never prints a header's value (it is often a bearer token
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not a valid
 request of its type (a key given twice included), a request on stdin (``-``) that is not
-UTF-8, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included), no
+UTF-8, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included, and a
+header HTTP/2 or gRPC leaves to the transport: a pseudo-header, ``connection`` and the
+other connection-specific ones RFC 9113 8.2.2 forbids, ``host``, ``te``,
+``content-type``, ``user-agent``), no
 transport security; a call meshkit refuses to send, e.g. a header gRPC cannot carry);
 64 + the gRPC status code number when the call fails (as grpcurl does), with the status
 and its message on stderr: a registry that cannot be read within ``--timeout-s`` is
@@ -101,6 +104,19 @@ def parse_target(text: str, service: str | None = None) -> Target:
 
 
 _KEYLIKE = re.compile(r"[0-9A-Za-z_.\-]+")
+# headers -H cannot set, and why: connection-specific ones (RFC 9113 8.2.2: an endpoint
+# MUST NOT generate them, a peer MUST treat the message as malformed: Envoy, nginx and Go's
+# server reset the stream), host beside gRPC's :authority (RFC 9113 8.3.1), and those
+# gRPC over HTTP/2 sets itself (PROTOCOL-HTTP2.md), which grpc core drops unsent
+_CONNECTION_SPECIFIC = "a connection-specific header, which HTTP/2 forbids (RFC 9113 8.2.2)"
+_SET_BY_GRPC = "gRPC sets it itself (grpc core would drop it unsent)"
+_PROTOCOL_HEADERS = {
+    **dict.fromkeys(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                     "upgrade"), _CONNECTION_SPECIFIC),
+    "host": "HTTP/2 carries the authority in ':authority', which gRPC sets (RFC 9113 8.3.1)",
+    **dict.fromkeys(("te", "content-type", "user-agent"), _SET_BY_GRPC),
+}
+_PSEUDO = re.compile(r"\s*:[0-9A-Za-z_.\-]+\s*:")
 _URLSAFE = str.maketrans("-_", "+/")
 
 
@@ -110,7 +126,10 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
 
     Raises:
         CallError: a pair without ``:``, an empty or invalid key, a key gRPC reserves
-            (``grpc-...``: gRPC's own headers, e.g. ``grpc-status``), a ``-bin`` value that
+            (``grpc-...``: gRPC's own headers, e.g. ``grpc-status``), a pseudo-header
+            (``:authority``), a header HTTP/2 or gRPC leaves to the transport
+            (``connection`` and the other connection-specific ones, RFC 9113 8.2.2;
+            ``host``; ``te``, ``content-type``, ``user-agent``), a ``-bin`` value that
             is not base64, a text value gRPC cannot send. The message may quote a key of a
             key's shape, never a value, nor a "key" of another shape (``-H
             "authorization=Bearer id:secret"`` is a common slip: its "key" holds part of the
@@ -128,10 +147,15 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
             named = f" (for {guess!r}?)" if "=" in pair and _KEYLIKE.fullmatch(guess) else ""
             raise CallError(f"-H takes 'KEY: VALUE', got a header with no ':'{named}")
         if not key:
+            if _PSEUDO.match(pair):  # ':authority: x'
+                raise CallError("-H cannot set an HTTP/2 pseudo-header (':name'): gRPC "
+                                "sets them itself")
             raise CallError("-H takes 'KEY: VALUE', got an empty key")
         if key.startswith("grpc-"):
             raise CallError(f"-H {describe_metadata_key(key)}: keys starting with 'grpc-' "
                             "are reserved for gRPC itself")
+        if key in _PROTOCOL_HEADERS:
+            raise CallError(f"-H {describe_metadata_key(key)}: {_PROTOCOL_HEADERS[key]}")
         out.append((key, _binary(key, value.strip()) if key.endswith("-bin")
                     else value.strip()))
     try:
