@@ -29,6 +29,7 @@ from meshkit.errors import InvalidMetadataError
 __all__ = [
     "GUARD_MARK",
     "HANDLER_EXECUTOR",
+    "NOT_FOUND_DETAILS",
     "THREAD_MARK",
     "UNDECODABLE_MARK",
     "Before",
@@ -53,6 +54,8 @@ __all__ = [
     "other_responses",
     "responses",
     "runs_in_a_thread",
+    "unknown_method_answer",
+    "unknown_methods_handler",
     "wrap_handler",
 ]
 
@@ -1436,6 +1439,44 @@ def _answering(exc: Exception, unhandled: Unhandled | None) -> Handler:
     return handler
 
 
+NOT_FOUND_DETAILS = "Method not found!"
+"""The details grpc.aio sends with ``UNIMPLEMENTED`` for a call of a method no handler
+serves (``_handle_rpc`` in grpc's ``_cython/_cygrpc/aio/server.pyx.pxi``; grpc core's and
+grpc's synchronous server send the same): meshkit's answer to such a call says the same,
+and echoes nothing of the caller's."""
+
+_UNKNOWN_MARK = "_meshkit_unknown_method"
+
+
+async def _not_found(requests: Any, context: Any) -> None:
+    """grpc.aio's answer to a call of a method no handler serves: ``UNIMPLEMENTED``
+    :data:`NOT_FOUND_DETAILS`, the status alone (no message read or sent: Trailers-Only)."""
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details(NOT_FOUND_DETAILS)
+
+
+_NOT_FOUND: Handler = grpc.stream_stream_rpc_method_handler(_not_found)
+
+
+def unknown_method_answer(reporter: Reporter | None) -> Handler | None:
+    """A handler answering a call of a method no handler serves as grpc.aio answers it
+    (``UNIMPLEMENTED`` :data:`NOT_FOUND_DETAILS`, reading none of its messages:
+    stream-stream, so it answers calls of every kind) observed by ``reporter``, so that
+    telemetry records such a call (gRFC A66: ``grpc.method="other"``); ``None`` without a
+    reporter (grpc.aio answers the call itself, as it does). Made per call: nothing is
+    kept per method name, which is the caller's choice."""
+    if reporter is None:
+        return None
+    wrapped = wrap_handler(_NOT_FOUND, None, reporter, None)
+    setattr(wrapped.stream_stream, _UNKNOWN_MARK, True)
+    return wrapped
+
+
+def _answers_unknown(handler: Handler) -> bool:
+    """Whether ``handler`` is an :func:`unknown_method_answer` (an inner interceptor's)."""
+    return getattr(handler.stream_stream, _UNKNOWN_MARK, False) is True
+
+
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Base of interceptors that wrap each method's handler with a check
     (``self._before_for(method)``) and/or an observer (``self._reporter_for(method)``);
@@ -1469,6 +1510,20 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         """What answers ``method``'s unhandled exceptions (``None``: grpc.aio, as it does)."""
         return None
 
+    def _unknown_reporter(self, method: str) -> Reporter | None:
+        """The observer of a call of ``method`` that no handler serves (``None``: none);
+        asked per such call."""
+        return None
+
+    def unknown(self, method: str) -> Handler | None:
+        """The handler of a call of full method name ``method`` that no handler serves:
+        :func:`unknown_method_answer` observed by this interceptor's reporter for unknown
+        methods, or ``None`` when it has none (grpc.aio then answers ``UNIMPLEMENTED``
+        itself). No check runs for such a call (authentication, rate limit, call slots):
+        it is answered ``UNIMPLEMENTED`` whoever calls, as grpc.aio answers it and as
+        grpc-go answers a method it cannot route before its interceptors run."""
+        return unknown_method_answer(self._unknown_reporter(method))
+
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
@@ -1479,13 +1534,16 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         answers an interceptor's exception), observed by this interceptor's reporter
         (telemetry counts, traces and logs the call like a handler's failure). With
         neither, or for a gRPC status (``grpc.aio.BaseError``), the exception goes on to
-        grpc.aio."""
+        grpc.aio. When no handler serves the method, :meth:`unknown`'s handler (``None``,
+        as before, when nothing observes it)."""
         try:
             handler = await continuation(handler_call_details)
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
                 raise
             return self._answer(handler_call_details.method, e)
+        if handler is None:
+            return self.unknown(handler_call_details.method)
         return self.resolve(handler_call_details.method, handler)
 
     def _answer(self, method: str, exc: Exception) -> Handler:
@@ -1509,12 +1567,22 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         """``handler`` of full method name ``method`` wrapped with this interceptor's check
         and reporter (and its conversion, if one was folded in); cached per method, so a
         call whose handler was seen before costs one dict lookup. ``None`` stays ``None``
-        (an unknown method: grpc answers ``UNIMPLEMENTED``)."""
+        (an unknown method: grpc answers ``UNIMPLEMENTED``, or :meth:`unknown`'s handler
+        does, see :meth:`intercept_service`). An inner interceptor's answer to an unknown
+        method (:func:`unknown_method_answer`) gets this interceptor's reporter for
+        unknown methods only, and is not cached (the method name is the caller's)."""
         if handler is None:
             return None
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
+        if _answers_unknown(handler):
+            reporter = self._unknown_reporter(method)
+            if reporter is None:
+                return handler
+            wrapped = wrap_handler(handler, None, reporter, None)
+            setattr(wrapped.stream_stream, _UNKNOWN_MARK, True)
+            return wrapped
         wrapped = wrap_handler(handler, self._before_for_handler(method, handler),
                                self._reporter_for(method, handler),
                                self._unhandled_for(method),
@@ -1565,6 +1633,56 @@ class FusedInterceptor(WrappingInterceptor):
     def _unhandled_for(self, method: str) -> Unhandled | None:
         return next((u for u in (p._unhandled_for(method) for p in self.parts)
                      if u is not None), None)
+
+    def _unknown_reporter(self, method: str) -> Reporter | None:
+        return _joined([p._unknown_reporter(method) for p in self.parts])
+
+
+def _joined(parts: list[Reporter | None]) -> Reporter | None:
+    """The reporters among ``parts`` (outermost first) as one, or ``None``."""
+    reporters = [r for r in parts if r is not None]
+    if not reporters:
+        return None
+    return reporters[0] if len(reporters) == 1 else _Reporters(tuple(reporters))
+
+
+class _UnknownMethods(grpc.GenericRpcHandler):
+    """The last generic handler of a server whose chain is resolved where handlers are
+    looked up: answers every call no earlier handler served with
+    :func:`unknown_method_answer` observed by the chain's reporters for unknown methods."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: tuple[WrappingInterceptor, ...]) -> None:
+        self._parts = parts
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        """The answer to a call of a method no other handler serves (``None``: nothing
+        observes it, grpc answers ``UNIMPLEMENTED`` itself)."""
+        method = handler_call_details.method
+        return unknown_method_answer(_joined([p._unknown_reporter(method)
+                                              for p in self._parts]))
+
+
+def unknown_methods_handler(
+    chain: Sequence[grpc.aio.ServerInterceptor],
+) -> grpc.GenericRpcHandler | None:
+    """For a server that applies ``chain`` (outermost first) where its handlers are looked
+    up (:func:`handler_resolver`) and gives grpc.aio no interceptor: a generic handler to
+    add after all the others, which answers a call of a method none serves as grpc.aio
+    does (``UNIMPLEMENTED`` :data:`NOT_FOUND_DETAILS`) and lets the chain's telemetry
+    record it (gRFC A66, see :meth:`WrappingInterceptor.unknown`); ``None`` when no
+    interceptor of ``chain`` observes such calls (nothing to add). Costs the calls of
+    the methods served nothing: grpc asks it only when every other handler said
+    ``None``."""
+    parts: list[WrappingInterceptor] = []
+    for icpt in chain:
+        for part in (icpt.parts if isinstance(icpt, FusedInterceptor) else (icpt,)):
+            if (isinstance(part, WrappingInterceptor)
+                    and type(part)._unknown_reporter
+                    is not WrappingInterceptor._unknown_reporter):
+                parts.append(part)
+    return _UnknownMethods(tuple(parts)) if parts else None
 
 
 def _in_order(parts: list[Before | None]) -> Before | None:
@@ -1694,6 +1812,8 @@ class _OffLoopOutermost(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
+        if _answers_unknown(handler):  # made per call, async: nothing to cache
+            return handler
         off_loop = off_loop_handler(handler)
         if len(self._handlers) < MAX_CACHED_METHODS:
             self._handlers[method] = (handler, off_loop)

@@ -36,6 +36,8 @@ from meshkit.observability._semconv import (
     NETWORK_PEER_ADDRESS,
     NETWORK_PEER_PORT,
     RPC_GRPC_STATUS_CODE,
+    RPC_METHOD,
+    RPC_SYSTEM,
     SERVER_ERROR_CODES,
     STATUS_CANCELLED,
     STATUS_DEADLINE,
@@ -61,6 +63,12 @@ from meshkit.observability._tracing import (
 from meshkit.resilience.ratelimit import rejected_by_rate_limit as _rejected_by_rate_limit
 
 __all__ = ["TelemetryServerInterceptor"]
+
+UNKNOWN_TYPE = "unknown"
+"""The ``grpc_type`` (metrics, access line) of a call of a method no handler serves."""
+OTHER_SPAN = "_OTHER"
+"""The span name and ``rpc.method`` of such a call (OpenTelemetry RPC semconv)."""
+RPC_METHOD_ORIGINAL = "rpc.method_original"
 
 _perf = time.perf_counter
 _time_ns = time.time_ns
@@ -472,6 +480,35 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             if remaining is not None and remaining <= 0:
                 return STATUS_DEADLINE
         return code
+
+    def _unknown_reporter(self, method: str) -> Reporter | None:
+        """The telemetry of one call of ``method``, which no handler of the server serves
+        (see :meth:`~meshkit._handlers.WrappingInterceptor.unknown`), or ``None`` when
+        nothing is recorded. Made per call (the name is the caller's choice, nothing is
+        kept per name): metrics in the one record ``grpc_type="unknown",
+        grpc_service="other", grpc_method="other"`` (gRFC A66's ``other``; a call that
+        cannot be routed shows no kind, a unary call and a bidi stream look the same
+        there), also on a server that labels every method by name (:attr:`registered`
+        ``None``); a span named ``_OTHER`` with ``rpc.method="_OTHER"`` and the name as
+        sent in ``rpc.method_original`` (OpenTelemetry RPC semantic conventions for a
+        method the server does not recognise); an access line with the name as sent."""
+        opts = self.options
+        quiet = self._quiet.lookup(method)
+        names = MethodNames(method, UNKNOWN_TYPE)
+        names.span_name = OTHER_SPAN
+        bound = None
+        if self._metrics is not None:
+            bound = self._metrics.bind_server(names, registered=False)
+        traced = self._tracing and not quiet
+        if bound is None and not traced and (quiet or not opts.access_log):
+            return None
+        m = _Method(names, bound, traced, () if quiet else opts.log_metadata)
+        m.attrs = {RPC_SYSTEM: "grpc", RPC_METHOD: OTHER_SPAN, RPC_METHOD_ORIGINAL: method}
+        if quiet:
+            return _MethodReporter(functools.partial(self._start_quiet, m),
+                                   functools.partial(self._finish_quiet, m), bound)
+        return _MethodReporter(functools.partial(self._start, m),
+                               functools.partial(self._finish, m), bound)
 
     # quiet methods (health, reflection): metrics only
     def _start_quiet(self, m: _Method, context: Any) -> tuple[Any, Any, float, str]:
