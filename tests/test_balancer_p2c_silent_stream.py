@@ -49,7 +49,7 @@ def _warm(p: P2C, clock: Clock, n: int = 200) -> None:
 def _land_on(p: P2C, ep: Endpoint, stream: bool) -> Done:
     """A pick (a stream's with ``stream``) that lands on ``ep``: calls held on the
     other endpoints until it does (then ended at once, 10 ms)."""
-    held = []
+    held: list[Done] = []
     for _ in range(100):
         got = p.pick_stream() if stream else p.pick()
         assert got is not None
