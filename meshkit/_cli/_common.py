@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from meshkit.discovery import Instance, Registry
 
 __all__ = ["REGISTRY_READS_AT_ONCE", "add_registry_argument", "discover", "failing_instances",
-           "open_registry", "positive_seconds", "quiet_grpc_core", "quiet_logging",
-           "read_services", "service_names"]
+           "open_registry", "positive_seconds", "printable", "quiet_grpc_core",
+           "quiet_logging", "read_services", "service_names"]
 
 _T = TypeVar("_T")
 
@@ -38,6 +38,22 @@ ENV_VAR = "MESHKIT_REGISTRY"
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
                  f"(default ${ENV_VAR}, else the default local registry)")
+
+
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable (``str.isprintable``: C0 and C1
+    controls, DEL, line and paragraph breaks, Unicode format characters such as U+202E)
+    but the space escaped as ``repr`` writes it (``\\x1b``, ``\\n``, ``\\u202e``);
+    ``text`` itself when it has none.
+
+    For text from a server or a registry (a status message, an instance id) written to a
+    terminal: raw, an ESC sequence would act on the terminal of whoever runs the command
+    (clear it, retitle it, write its clipboard) and a line break would forge a line of
+    the output. Raises nothing."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def add_registry_argument(parser: argparse.ArgumentParser) -> None:

@@ -38,8 +38,9 @@ other connection-specific ones RFC 9113 8.2.2 forbids, ``host``, ``te``,
 ``content-type``, ``user-agent``), no
 transport security; a call meshkit refuses to send, e.g. a header gRPC cannot carry);
 64 + the gRPC status code number when the call fails (as grpcurl does), with the status
-and its message on stderr: a registry that cannot be read within ``--timeout-s`` is
-``UNAVAILABLE`` (78) for every target form.
+and its message on stderr (on one line, its control characters escaped as ``repr`` writes
+them: a server's message never acts on the terminal): a registry that cannot be read
+within ``--timeout-s`` is ``UNAVAILABLE`` (78) for every target form.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
     positive_seconds,
+    printable,
     quiet_grpc_core,
     quiet_logging,
 )
@@ -261,18 +263,20 @@ def main(argv: list[str]) -> int:
         args = _Args(target, body, open_registry(ns.registry), options, metadata,
                      ns.timeout_s)
         text, warning = asyncio.run(_run(args))
+    # what is printed on stderr may quote a server (a status message, a reflection
+    # error) or a registry: its control characters are escaped (printable())
     except (CallError, ConfigError) as exc:
-        print(f"meshkit call: {exc}", file=sys.stderr)
+        print(f"meshkit call: {printable(str(exc))}", file=sys.stderr)
         return 2
     except InvalidCallError as exc:  # refused before any attempt: nothing was sent
-        print(f"meshkit call: {exc.details()}", file=sys.stderr)
+        print(f"meshkit call: {printable(exc.details() or '')}", file=sys.stderr)
         return 2
     except grpc.aio.AioRpcError as exc:
         code: Any = exc.code()
-        print(f"ERROR: {code.name}: {exc.details()}", file=sys.stderr)
+        print(f"ERROR: {code.name}: {printable(exc.details() or '')}", file=sys.stderr)
         return 64 + int(code.value[0])
     if warning is not None:
-        print(f"meshkit call: warning: {warning}", file=sys.stderr)
+        print(f"meshkit call: warning: {printable(warning)}", file=sys.stderr)
     print(text)
     return 0
 

@@ -38,6 +38,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
     positive_seconds,
+    printable,
     quiet_grpc_core,
     quiet_logging,
     read_services,
@@ -216,7 +217,7 @@ async def _run(args: argparse.Namespace) -> signal.Signals | None:
             try:
                 await writer.once()
             except (MeshError, OSError) as exc:  # keep the last file; try again
-                print(f"meshkit prometheus-targets: {exc}", file=sys.stderr)
+                print(f"meshkit prometheus-targets: {printable(str(exc))}", file=sys.stderr)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(args.interval_s):  # not wait_for (3.11)
                     await stop.wait()
@@ -252,7 +253,7 @@ def main(argv: list[str]) -> int:
     try:
         stopped_by = asyncio.run(_run(args))
     except (MeshError, OSError) as exc:
-        print(f"meshkit prometheus-targets: {exc}", file=sys.stderr)
+        print(f"meshkit prometheus-targets: {printable(str(exc))}", file=sys.stderr)
         return 1
     if stopped_by is signal.SIGINT:
         raise KeyboardInterrupt

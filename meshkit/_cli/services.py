@@ -37,6 +37,7 @@ from meshkit._cli._common import (
     add_registry_argument,
     open_registry,
     positive_seconds,
+    printable,
     quiet_grpc_core,
     quiet_logging,
     read_services,
@@ -170,7 +171,8 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
         names = list(dict.fromkeys(only)) or await service_names(registry, timeout_s)
         found, failing = await read_services(registry, names, timeout_s)
     except MeshError as exc:  # RegistryError, a timeout of the listing: one line
-        raise SystemExit(f"meshkit services: the registry cannot be read: {exc}") from None
+        raise SystemExit("meshkit services: the registry cannot be read: "
+                         f"{printable(str(exc))}") from None
     finally:
         await registry.close()
     unread = [n for n, v in found.items() if v is None]
@@ -205,9 +207,11 @@ async def collect(registry_uri: str, only: list[str], timeout_s: float) -> list[
 
 
 def render(rows: list[InstanceRow]) -> str:
-    """The rows as an aligned table with a header line."""
-    table = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "ADMIN")]
-    table += [(r.service, r.instance_id, r.address, r.health, r.admin_url or "-")
+    """The rows as an aligned table with a header line, one line per row: each cell's
+    control characters (an instance id may hold any) escaped (:func:`printable`)."""
+    table = [["SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "ADMIN"]]
+    table += [[printable(cell) for cell in (r.service, r.instance_id, r.address, r.health,
+                                            r.admin_url or "-")]
               for r in rows]
     widths = [max(len(line[c]) for line in table) for c in range(4)]
     return "".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False))
