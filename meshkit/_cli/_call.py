@@ -77,6 +77,10 @@ def _send_refused(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() is grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core"
 
 
+class _NoReflection(CallError):
+    """The server serves no gRPC reflection (neither ``v1alpha`` nor ``v1``)."""
+
+
 class Reflection:
     """A server-reflection client over a mesh channel: lists gRPC services and loads
     their descriptors (with dependencies) into a private descriptor pool. Each request
@@ -115,7 +119,7 @@ class Reflection:
                     if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
                         raise
                     break
-        raise CallError("the server does not serve gRPC reflection")
+        raise _NoReflection("the server does not serve gRPC reflection")
 
     async def services(self) -> list[str]:
         """The gRPC services the server lists (health and reflection included)."""
@@ -402,7 +406,13 @@ async def _call(args: _Args) -> tuple[str, str | None]:
         await _check_discovery(args, service)
     async with meshkit.dial(service, registry=args.registry, options=args.options) as ch:
         refl = Reflection(ch, args.timeout_s, args.metadata)
-        method = await _resolve(refl, args.target)
+        try:
+            method = await _resolve(refl, args.target)
+        except _NoReflection:
+            raise CallError(
+                f"{service!r} does not serve gRPC server reflection, which meshkit call "
+                "reads the method's request and response types from: serve() serves it "
+                "unless told not to (ServeOptions(reflection=True), the default)") from None
         if method is None:
             raise CallError(f"{service!r} serves no method {args.target.method!r}"
                             + (f" in {args.target.grpc_service!r}"
