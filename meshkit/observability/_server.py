@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,6 +94,12 @@ def _address(peer: str | None) -> str | None:
         peer = unquote(peer)
     kind, _, rest = peer.partition(":")
     return rest if kind in ("ipv4", "ipv6") and rest else peer
+
+
+def _json_once(s: str) -> str:
+    """``s`` as a JSON string literal (quotes included), not remembered (see
+    :func:`~meshkit.observability._logging.json_str`, which is)."""
+    return json.dumps(s, ensure_ascii=False)
 
 
 _peers: dict[str, tuple[str | None, int | None]] = {}
@@ -491,22 +498,29 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         there), also on a server that labels every method by name (:attr:`registered`
         ``None``); a span named ``_OTHER`` with ``rpc.method="_OTHER"`` and the name as
         sent in ``rpc.method_original`` (OpenTelemetry RPC semantic conventions for a
-        method the server does not recognise); an access line with the name as sent."""
+        method the server does not recognise); an access line with the name as sent.
+        Never quiet (``TelemetryOptions.quiet_methods`` names methods the server serves:
+        a call of one it does not serve is what an operator looks for). The name, up to
+        grpc core's header limit (8 KiB), is kept in no per-name cache (the quiet
+        methods' matcher, the JSON access line's strings), which a scanner's names would
+        fill with thousands of them."""
         opts = self.options
-        quiet = self._quiet.lookup(method)
         names = MethodNames(method, UNKNOWN_TYPE)
         names.span_name = OTHER_SPAN
         bound = None
         if self._metrics is not None:
             bound = self._metrics.bind_server(names, registered=False)
-        traced = self._tracing and not quiet
-        if bound is None and not traced and (quiet or not opts.access_log):
+        traced = self._tracing
+        if bound is None and not traced and not opts.access_log:
             return None
-        m = _Method(names, bound, traced, () if quiet else opts.log_metadata)
+        m = _Method(names, bound, traced, opts.log_metadata)
         m.attrs = {RPC_SYSTEM: "grpc", RPC_METHOD: OTHER_SPAN, RPC_METHOD_ORIGINAL: method}
-        if quiet:
-            return _MethodReporter(functools.partial(self._start_quiet, m),
-                                   functools.partial(self._finish_quiet, m), bound)
+        if opts.access_log:
+            # the JSON line's start, made as line() makes it but for the name, which
+            # json_str would remember
+            head = line_head("server", "service", self.service_name, "", UNKNOWN_TYPE)
+            m.line_head = head.replace(',"method":"",', f',"method":{_json_once(method)},',
+                                       1)
         return _MethodReporter(functools.partial(self._start, m),
                                functools.partial(self._finish, m), bound)
 

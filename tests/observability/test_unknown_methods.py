@@ -345,3 +345,67 @@ async def test_on_a_plain_grpc_aio_server_unknown_methods_are_other_too() -> Non
         await server.stop(None)
     assert set(_samples(prom, "grpc_server_started_total")) == {
         ("unknown", "other", "other")}
+
+
+_LONG_NAMES_PROCESS = """
+import asyncio, gc, json, sys
+import grpc
+import meshkit
+from meshkit.discovery import LocalOptions, LocalRegistry
+from meshkit.observability import TelemetryOptions, configure_logging, flush_logs
+from meshkit.observability import _logging
+from meshkit.observability._server import TelemetryServerInterceptor
+from tests.observability.test_unknown_methods import _PassThrough
+from tests.support.echo import add_echo
+
+NAMES = [f"/scan.v{i}.S/" + "x" * 7000 for i in range(20)]
+
+async def main() -> None:
+    configure_logging("info", json=True, access_log_flush_interval_s=0.05)
+    tel = TelemetryOptions(tracing=False, quiet_methods=("/grpc.health.v1.Health/*",))
+    reg = LocalRegistry(LocalOptions(path=sys.argv[1], ttl_s=3.0, poll_interval_s=0.05))
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=reg,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, grace_s=1.0, telemetry=tel,
+                                 interceptors=(_PassThrough(),)))
+    await srv.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        for name in NAMES:
+            try:
+                await ch.unary_unary(name)(b"x", timeout=5)
+            except grpc.aio.AioRpcError as e:
+                assert e.code() is grpc.StatusCode.UNIMPLEMENTED, e
+    await srv.drain()
+    await reg.close()
+    flush_logs()
+    gc.collect()
+    (icpt,) = [o for o in gc.get_objects() if isinstance(o, TelemetryServerInterceptor)]
+    held = {"json_strs": sum(len(k) > 6000 for k in _logging._json_strs),
+            "quiet": sum(len(k) > 6000 for k in icpt._quiet._cache)}
+    print("HELD " + json.dumps(held), file=sys.stderr, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_long_unknown_names_are_logged_as_sent_and_kept_in_no_cache(tmp_path: Any) -> None:
+    """A caller sends method names of about 7 KB (grpc core takes them up to its 8 KiB
+    soft header limit): the access line carries each as sent, but no per-name cache of
+    meshkit keeps any (the JSON access log's string cache and the quiet-methods matcher's
+    would have held 4096 such names, some 85 MB, for a scanner's asking)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _LONG_NAMES_PROCESS, str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60, cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    held = json.loads(next(line[5:] for line in proc.stderr.splitlines()
+                           if line.startswith("HELD ")))
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() + proc.stderr.splitlines()
+             if ln.startswith('{"event":"rpc"')]
+    sent = sorted(ln["method"] for ln in lines if ln["code"] == "UNIMPLEMENTED")
+    assert sent == sorted(f"/scan.v{i}.S/" + "x" * 7000 for i in range(20))
+    assert {ln["grpc_type"] for ln in lines if ln["code"] == "UNIMPLEMENTED"} == {"unknown"}
+    assert held == {"json_strs": 0, "quiet": 0}
