@@ -248,8 +248,18 @@ class EndpointPool:
                 chosen = list(f(chosen))
             except Exception as exc:
                 self._filter_failed(f, exc)
-                return
-        self._filter_failure = None
+                # the last choice is kept, less what the registry no longer lists at its
+                # address: a filter only narrows the answer, and a deregistered instance
+                # (a server draining before it stops) must get no new call
+                endpoints, unbuilt = self.endpoints, self._unbuilt
+                chosen = [i for i in instances
+                          if ((ep := endpoints.get(i.instance_id)) is not None
+                              and ep.instance.address == i.address)
+                          or ((u := unbuilt.get(i.instance_id)) is not None
+                              and u[0].address == i.address)]
+                break
+        else:
+            self._filter_failure = None
         wanted = {i.instance_id: i for i in chosen}
         for key, ep in list(self.endpoints.items()):
             inst = wanted.get(key)
@@ -273,11 +283,12 @@ class EndpointPool:
 
     def _filter_failed(self, f: Filter, exc: Exception) -> None:
         """Filter ``f`` raised ``exc`` on a discovery answer: the pool keeps its last
-        endpoints (none before a first answer that filtered), logs it once (a warning
-        with the error, until the filters run through again or fail otherwise), and a
-        call that finds no endpoint fails at once saying so (the filter's ``repr`` and
-        the error's type: no error text in a status), not after ``resolve_timeout_s``
-        for a discovery answer that came."""
+        endpoints (none before a first answer that filtered) that the answer still lists
+        at their address (:meth:`apply`), logs it once (a warning with the error, until
+        the filters run through again or fail otherwise), and a call that finds no
+        endpoint fails at once saying so (the filter's ``repr`` and the error's type: no
+        error text in a status), not after ``resolve_timeout_s`` for a discovery answer
+        that came."""
         failure = f"endpoint filter {_short_repr(f)} raised {type(exc).__name__}"
         if failure != self._filter_failure:
             _log.warning("endpoint filter failed; keeping last endpoints",
