@@ -216,7 +216,10 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     2. counts ``grpc_server_started_total`` / ``grpc_server_in_flight`` and at the end
        ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``,
        labelled with the method's name when the server registered it, else ``other``
-       (see :attr:`registered`);
+       (see :attr:`registered`); a call of a method no handler serves (answered
+       ``UNIMPLEMENTED`` "Method not found!", as grpc.aio answers it) is counted as
+       ``grpc_type="unknown", grpc_service="other", grpc_method="other"``, traced as
+       ``_OTHER`` and logged with the name as sent (see :meth:`_unknown_reporter`);
     3. logs one ``rpc`` event on ``meshkit.access`` (method, code, duration_ms, peer,
        peer_identity, trace_id, span_id).
 
