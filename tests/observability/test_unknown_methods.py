@@ -292,7 +292,7 @@ async def test_a_draining_server_answers_unknown_methods_unimplemented(
     prom = CollectorRegistry()
     srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
                              options=meshkit.ServeOptions(
-                                 insecure=True, drain_delay_s=2, grace_s=1,
+                                 insecure=True, drain_delay_s=4, grace_s=1,
                                  interceptors=(_PassThrough(),),
                                  telemetry=TelemetryOptions(tracing=False, registry=prom)))
     await srv.start()
