@@ -74,8 +74,13 @@ _CONNECTIVITY = {
 
 
 def _short_repr(obj: object) -> str:
-    """``repr(obj)`` cut to ``_REPR_MAX`` characters (a filter's, in a status message)."""
-    text = repr(obj)
+    """``repr(obj)`` cut to ``_REPR_MAX`` characters (a filter's, in a status message);
+    ``<TypeName>`` when that ``repr`` raises (a bug of the filter's own must not fail
+    the call, or the registry watch, with a Python error)."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__}>"
     return text if len(text) <= _REPR_MAX else text[:_REPR_MAX - 3] + "..."
 
 
