@@ -883,10 +883,48 @@ class LocalRegistry:
             raise RegistryError(
                 f"local registry {str(self.options.path)!r}: {_describe(exc)}") from exc
 
-    def _upsert(self, conn: sqlite3.Connection, inst: Instance) -> None:
+    def _holder(self, conn: sqlite3.Connection, inst: Instance) -> str | None:
+        """The service of a live entry of ``inst``'s id that is another service's, else
+        ``None``. The file keys entries by instance id alone (its primary key, which older
+        versions read and write), so writing ``inst`` would replace that service's entry.
+        Live as :meth:`_read` judges it: on this boot's clock for a row stamped with this
+        boot id and time namespace, on the wall clock otherwise."""
+        cols = ("service, expires_at, boot_id, boot_expires_at, boot_wall_expires_at"
+                if self._has_boot else "service, expires_at")
+        row = conn.execute(f"SELECT {cols} FROM instances WHERE instance_id = ?",
+                           (inst.instance_id,)).fetchone()
+        if row is None or row[0] == inst.service:
+            return None
+        opts = self.options
+        if (self._has_boot and self._boot_key is not None and row[2] == self._boot_key
+                and row[4] == row[1]):
+            assert opts.boot_clock is not None
+            alive = row[3] > opts.boot_clock()
+        else:
+            alive = row[1] > opts.clock()
+        return str(row[0]) if alive else None
+
+    def _upsert(self, conn: sqlite3.Connection, inst: Instance, *,
+                claim: bool = False) -> None:
         """Write ``inst`` with a fresh expiry: ``expires_at`` on the wall clock (what older
         meshkit versions read) and, if this process has a boot clock and the file its
-        columns, the boot stamp (module docstring, "Clocks")."""
+        columns, the boot stamp (module docstring, "Clocks").
+
+        An id a live entry of another service holds is not written: a ``claim``
+        (:meth:`register`) raises :class:`RegistryError` naming that service; a heartbeat
+        leaves the entry to its holder (written again once that one is gone), so two
+        services never flip one entry between them.
+        """
+        holder = self._holder(conn, inst)
+        if holder is not None:
+            if claim:
+                raise RegistryError(
+                    f"local registry {str(self.options.path)!r}: instance id "
+                    f"{inst.instance_id!r} is registered by service {holder!r}; the local "
+                    f"registry keys entries by instance id alone, so registering it for "
+                    f"{inst.service!r} would replace that entry: give each service's "
+                    "instance its own id (etcd keeps <service>/<id> apart)")
+            return
         opts = self.options
         expires_at = opts.clock() + opts.ttl_s
         values = (inst.instance_id, inst.service, inst.host, inst.port,
@@ -920,7 +958,7 @@ class LocalRegistry:
             conn.execute("DELETE FROM deregistered WHERE at < ?", (horizon,))
 
     def _write(self, conn: sqlite3.Connection, *instances: Instance, gc: bool = False,
-               remove: Instance | None = None) -> None:
+               remove: Instance | None = None, claim: bool = False) -> None:
         """One write transaction: upsert ``instances``, delete ``remove`` (leaving a
         tombstone, so that watches keeping endpoints after a fault drop it at once), stamp
         ``last_write`` (its counter changes, so SQLite cannot skip the write even with
@@ -931,10 +969,11 @@ class LocalRegistry:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for inst in instances:
-                self._upsert(conn, inst)
+                self._upsert(conn, inst, claim=claim)
             if remove is not None:
-                conn.execute("DELETE FROM instances WHERE instance_id = ?",
-                             (remove.instance_id,))
+                # only its own service's entry: never one another service holds
+                conn.execute("DELETE FROM instances WHERE instance_id = ? AND service = ?",
+                             (remove.instance_id, remove.service))
                 if self._has_tombstones:
                     conn.execute(
                         "INSERT INTO deregistered (instance_id, service, at) VALUES (?,?,?)"
@@ -1056,7 +1095,11 @@ class LocalRegistry:
     async def register(self, instance: Instance) -> None:
         """Write ``instance`` with a fresh TTL and start its heartbeat task.
 
-        Registering an id again replaces its entry. The old heartbeat is cancelled and
+        Registering an id again replaces its entry. An id a live entry of *another*
+        service holds (in this process or another) is refused: the file keys entries by
+        instance id alone, so the write would replace that service's entry (one pod
+        registering two services under ``$POD_NAME``); etcd keeps ``<service>/<id>`` apart.
+        The old heartbeat is cancelled and
         awaited *before* the new write: the worker thread runs writes in the order they
         were submitted, so an old-instance write already under way lands before the new
         one, never after it (it would bring back the old address, tags or meta until the
@@ -1066,16 +1109,25 @@ class LocalRegistry:
         awaited; one of a loop still running in another thread is cancelled there.
 
         Raises:
-            RegistryError: the registry file cannot be written.
+            RegistryError: the registry file cannot be written, or the id is held by a live
+                entry of another service (both named; nothing is changed).
         """
         key = instance.instance_id
+        mine = self._owned.get(key)
+        if mine is not None and mine.service != instance.service:
+            raise RegistryError(
+                f"local registry {str(self.options.path)!r}: instance id {key!r} is "
+                f"registered by service {mine.service!r}; the local registry keys entries "
+                f"by instance id alone, so registering it for {instance.service!r} would "
+                "replace that entry: give each service's instance its own id (etcd keeps "
+                "<service>/<id> apart)")
         old = _stop_elsewhere(self._heartbeats.pop(key, None))
         if old is not None:
             old.cancel()
             # asyncio.wait: a cancellation of register() itself still propagates.
             await asyncio.wait([old])
         try:
-            await self._run(lambda c: self._write(c, instance), write=True)
+            await self._run(lambda c: self._write(c, instance, claim=True), write=True)
         except BaseException:
             previous = self._owned.get(key)
             if (old is not None and previous is not None and not self._closed
@@ -1112,17 +1164,20 @@ class LocalRegistry:
                 return
 
     async def deregister(self, instance: Instance) -> None:
-        """Delete ``instance`` at once and stop its heartbeat; unknown ids are ignored.
+        """Delete ``instance`` at once and stop its heartbeat; unknown ids are ignored, and
+        so is an id another service's entry holds (only ``instance.service``'s is deleted).
         A heartbeat of another event loop still running (a server in another thread) is
         cancelled in that loop and not awaited; a write it still submits is not done.
 
         Raises:
             RegistryError: the registry file cannot be written.
         """
-        self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
-        task = _stop_elsewhere(self._heartbeats.pop(instance.instance_id, None))
-        if task is not None:
-            await cancel_and_wait(task)
+        mine = self._owned.get(instance.instance_id)
+        if mine is None or mine.service == instance.service:  # not another service's id
+            self._owned = {k: v for k, v in self._owned.items() if k != instance.instance_id}
+            task = _stop_elsewhere(self._heartbeats.pop(instance.instance_id, None))
+            if task is not None:
+                await cancel_and_wait(task)
         await self._run(lambda c: self._write(c, remove=instance), write=True)
 
     async def instances(self, service: str) -> frozenset[Instance]:
