@@ -108,6 +108,7 @@ from meshkit._handlers import (
     fuse_interceptors,
     handler_resolver,
     off_loop_outermost,
+    unknown_methods_handler,
 )
 from meshkit._hosts import bare_host, check_host, is_loopback, is_unspecified, uri_host
 from meshkit._limits import (
@@ -1484,6 +1485,13 @@ class MeshServer:
                     response_serializer=reflection_pb2.ServerReflectionResponse
                     .SerializeToString)})
         self._table = recorder.install()
+        # a method no handler serves: answered UNIMPLEMENTED as grpc.aio answers it, and
+        # recorded (metrics as "other", an access line, a span: gRFC A66); added last, so
+        # asked only when no other handler serves the call (with a per-call chain,
+        # resolve is None, the chain's own intercept_service records it)
+        unknown = unknown_methods_handler(chain) if resolve is not None else None
+        if unknown is not None:
+            server.add_generic_rpc_handlers((unknown,))
         bind = f"{uri_host(opts.host)}:{opts.port}"
         creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded,
                                              on_handshake=self._handshake_started)

@@ -159,10 +159,6 @@ async def test_a_plain_grpc_aio_server_answers_unimplemented_method_not_found() 
         await server.stop(None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs the server.py hook: MeshServer.start() must add "
-    "unknown_methods_handler(chain) as its last generic handler when it resolves its "
-    "chain at lookup (resolve is not None); remove this mark with that change"))
 async def test_mesh_server_records_unknown_methods(
         registry: LocalRegistry, tracing: Tracing, json_lines: io.StringIO) -> None:
     """The default MeshServer (its chain applied where handlers are looked up)."""
