@@ -104,3 +104,29 @@ async def test_a_freed_id_may_go_to_another_service(tmp_path: Path) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_second_server_with_the_id_fails_to_start_and_leaves_the_first(
+        tmp_path: Path) -> None:
+    """Two MeshServers of one process (one pod, two services, ``instance_id=$POD_NAME``):
+    the second's start() fails with the registry's error, and undoing it (which
+    withdraws the registration it attempted) leaves the first server's entry listed."""
+    import meshkit
+
+    reg = LocalRegistry(LocalOptions(path=tmp_path, **_FAST))  # type: ignore[arg-type]
+    opts = meshkit.ServeOptions(insecure=True, instance_id="pod-1", drain_delay_s=0,
+                                grace_s=0.5)
+    first = meshkit.MeshServer("ledger", [], registry=reg, options=opts)
+    second = meshkit.MeshServer("billing", [], registry=reg, options=opts)
+    try:
+        held = await asyncio.wait_for(first.start(), 10)
+        with pytest.raises(RegistryError) as err:
+            await asyncio.wait_for(second.start(), 10)
+        assert "'ledger'" in str(err.value), err.value
+        await asyncio.sleep(2.5)  # a few TTLs: the first one's heartbeat still runs
+        assert await reg.instances("ledger") == frozenset({held})
+        assert await reg.instances("billing") == frozenset()
+    finally:
+        await asyncio.wait_for(second.drain(), 10)
+        await asyncio.wait_for(first.drain(), 10)
+        await reg.close()
