@@ -26,7 +26,12 @@ Each endpoint's load is ``rtt_estimate_s * (pending + 1)``:
   upload) holds nothing: its silence is no sign of a wedged endpoint, and held for the
   stream's life, the load of an endpoint P2C avoids for that stream's ``pending``
   count would never decay, so it would get no call for as long as the stream lasts
-  (``tests/test_balancer_p2c_silent_stream.py``);
+  (``tests/test_balancer_p2c_silent_stream.py``). Nor below the time since the
+  endpoint's last outcome (counted from the first load read after it, while unary
+  calls are pending): a call out that long is a latency sample in the making, as a
+  cancelled one is (below). The estimate at busy time is no bound after a quiet spell,
+  when every estimate has decayed towards zero: an endpoint that wedged then drew
+  every call (``tests/test_balancer_p2c_wedged_after_quiet.py``);
 * a ``CANCELLED`` outcome (a hedge that lost, a call its caller cancelled, an attempt
   that never left, which the channel reports with 0 s) is no latency sample: it lowers
   ``pending`` and, peak-like, raises the estimate to its latency when that exceeds it
@@ -206,7 +211,7 @@ class _Stat:
     """Load statistics of one endpoint."""
 
     __slots__ = ("added_at", "address", "clock", "decay_s", "floor", "mean", "penalty_s",
-                 "pending", "prior", "rtt_s", "share", "stamp", "streams")
+                 "pending", "prior", "rtt_s", "share", "since", "stamp", "streams")
 
     def __init__(self, opts: P2COptions, clock: Callable[[], float], added_at: float,
                  address: str, prior: Callable[[float], float]) -> None:
@@ -222,6 +227,9 @@ class _Stat:
         # at the first load read after that; -1: not read yet) or at its last outcome
         # since
         self.floor = -1.0
+        # while unary calls are pending, the load counts at least the time since this:
+        # the first load read after the last outcome or the first of them (-1: none yet)
+        self.since = -1.0
         self.pending = 0
         # of `pending`, the streams (StreamPending): they hold no floor (a silent watch)
         self.streams = 0
@@ -241,15 +249,21 @@ class _Stat:
             self.stamp = now
         return self.rtt_s
 
-    def held(self, rtt: float) -> float:
-        """``rtt`` (this endpoint's estimate now) as its load counts it: while unary calls
-        are pending (streams do not count), not below the estimate when the first of
-        them was sent or at its last outcome since (the first read after that sets it)."""
+    def held(self, rtt: float, now: float) -> float:
+        """``rtt`` (this endpoint's estimate at ``now``) as its load counts it: while
+        unary calls are pending (streams do not count), not below the estimate when the
+        first of them was sent or at its last outcome since, nor below the time since
+        that outcome or first call (each from the first read after it, which sets it)."""
         if self.pending > self.streams:
             floor = self.floor
             if floor < 0:
-                self.floor = rtt
-            elif rtt < floor:
+                self.floor = floor = rtt
+            since = self.since
+            if since < 0:
+                self.since = now
+            elif now - since > floor:
+                floor = now - since
+            if rtt < floor:
                 return floor
         return rtt
 
@@ -257,13 +271,14 @@ class _Stat:
         """One more call pending; the first with no unary call pending has its floor set
         at the next load read (:meth:`held`)."""
         if self.pending == self.streams:
-            self.floor = -1.0
+            self.floor = self.since = -1.0
         self.pending += 1
 
     def done(self, code: grpc.StatusCode, latency_s: float) -> None:
         """Record one outcome (the balancer's ``done`` callback); a ``CANCELLED`` one only
         raises the estimate to its latency, never lowers it."""
         self.pending -= 1
+        self.since = -1.0  # an outcome: the time without one counts from the next read
         # `is not _OK` first: an Enum hashes in Python, and most calls succeed
         if code is not _OK:
             if code is _CANCELLED:
@@ -392,7 +407,7 @@ class P2C:
         st = self._stats[ep.key]
         t = self._clock() if now is None else now
         rtt = st.estimate(t, 0.0) if st.rtt_s >= 0 else self._prior(t)
-        return st.held(rtt) * (st.pending + 1)
+        return st.held(rtt, t) * (st.pending + 1)
 
     def _prior(self, now: float) -> float:
         """The estimate of an endpoint with no sample: its sampled peers' mean estimate
@@ -452,9 +467,9 @@ class P2C:
                 # as load() (_Stat.held): pending unary calls stop the decay
                 pa, pb = sa.pending, sb.pending
                 if pa > sa.streams:
-                    la = sa.held(la)
+                    la = sa.held(la, now)
                 if pb > sb.streams:
-                    lb = sb.held(lb)
+                    lb = sb.held(lb, now)
                 la *= pa + 1
                 lb *= pb + 1
                 if lb < la:
@@ -463,7 +478,7 @@ class P2C:
                 if ss > 0 and now - sa.added_at < ss:
                     return self._yield_or_keep(a, b, exclude, now)
                 if sa.pending == sa.streams:
-                    sa.floor = -1.0  # (_Stat.take, inline)
+                    sa.floor = sa.since = -1.0  # (_Stat.take, inline)
                 sa.pending += 1
                 return a, sa.done
         elif n == 1:
@@ -588,5 +603,5 @@ class P2C:
                 rtt = prior
             rows.append({"instance_id": ep.key, "rtt_ms": round(rtt * 1e3, 3),
                          "pending": st.pending,
-                         "load_ms": round(st.held(rtt) * (st.pending + 1) * 1e3, 3)})
+                         "load_ms": round(st.held(rtt, now) * (st.pending + 1) * 1e3, 3)})
         return rows
