@@ -35,7 +35,7 @@ request of its type (a key given twice included), a request on stdin (``-``) tha
 UTF-8, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included, and a
 header HTTP/2 or gRPC leaves to the transport: a pseudo-header, ``connection`` and the
 other connection-specific ones RFC 9113 8.2.2 forbids, ``host``, ``te``,
-``content-type``, ``user-agent``), no
+``content-type``, ``content-length``, ``user-agent``), no
 transport security; a call meshkit refuses to send, e.g. a header gRPC cannot carry);
 64 + the gRPC status code number when the call fails (as grpcurl does), with the status
 and its message on stderr (on one line, its control characters escaped as ``repr`` writes
@@ -117,6 +117,10 @@ _PROTOCOL_HEADERS = {
                      "upgrade"), _CONNECTION_SPECIFIC),
     "host": "HTTP/2 carries the authority in ':authority', which gRPC sets (RFC 9113 8.3.1)",
     **dict.fromkeys(("te", "content-type", "user-agent"), _SET_BY_GRPC),
+    # HTTP/2 frames the body; a length other than the DATA frames' makes the request
+    # malformed (RFC 9113 8.1.1), and grpc core drops it unsent
+    "content-length": "HTTP/2 frames the message itself (RFC 9113 8.1.1; grpc core "
+                      "would drop it unsent)",
 }
 _PSEUDO = re.compile(r"\s*:[0-9A-Za-z_.\-]+\s*:")
 _URLSAFE = str.maketrans("-_", "+/")
@@ -131,11 +135,11 @@ def _metadata(pairs: list[str]) -> tuple[tuple[str, str | bytes], ...]:
             (``grpc-...``: gRPC's own headers, e.g. ``grpc-status``), a pseudo-header
             (``:authority``), a header HTTP/2 or gRPC leaves to the transport
             (``connection`` and the other connection-specific ones, RFC 9113 8.2.2;
-            ``host``; ``te``, ``content-type``, ``user-agent``), a ``-bin`` value that
-            is not base64, a text value gRPC cannot send. The message may quote a key of a
-            key's shape, never a value, nor a "key" of another shape (``-H
-            "authorization=Bearer id:secret"`` is a common slip: its "key" holds part of the
-            token); see :func:`meshkit.errors.describe_metadata_key`.
+            ``host``; ``te``, ``content-type``, ``content-length``, ``user-agent``), a
+            ``-bin`` value that is not base64, a text value gRPC cannot send. The message
+            may quote a key of a key's shape, never a value, nor a "key" of another shape
+            (``-H "authorization=Bearer id:secret"`` is a common slip: its "key" holds part
+            of the token); see :func:`meshkit.errors.describe_metadata_key`.
     """
     from meshkit._metadata import check_metadata
     from meshkit.errors import InvalidCallError, describe_metadata_key
