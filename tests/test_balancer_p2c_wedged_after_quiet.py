@@ -64,3 +64,37 @@ def test_a_busy_endpoint_answering_is_not_charged_for_its_pending_calls_age() ->
             counts[got[0].key] += 1
             inflight.append((clock.t + 0.01, got[1]))
     assert min(counts.values()) > 0.35 * sum(counts.values()), counts
+
+
+def test_an_endpoint_answering_beside_one_long_call_is_not_charged_for_its_age() -> None:
+    """``a`` has one call out for 30 s (a legitimate long call) while it answers others
+    in 10 ms, one every 20 ms: its load stays about its estimate times its pending
+    calls, not 30 s (the time without an outcome restarts at each outcome)."""
+    clock = Clock()
+    p = P2C(P2COptions(decay_s=10.0, slow_start_s=0.0), rng=random.Random(9), clock=clock)
+    a, b = _ep("a"), _ep("b")
+    p.update([a, b])
+    for _ in range(100):
+        got = p.pick()
+        assert got is not None
+        clock.t += 0.01
+        got[1](OK, 0.01)
+
+    def on_a() -> Done:
+        held: list[Done] = []
+        for _ in range(100):
+            got = p.pick()
+            assert got is not None
+            if got[0] is a:
+                for done in held:
+                    done(OK, 0.01)
+                return got[1]
+            held.append(got[1])
+        raise AssertionError("no pick landed on a")
+
+    long_call = on_a()
+    for _ in range(1500):  # 30 s
+        clock.t += 0.02
+        on_a()(OK, 0.01)
+        assert p.load(a) < 0.1, p.snapshot()
+    long_call(OK, 30.0)

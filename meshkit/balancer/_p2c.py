@@ -270,8 +270,8 @@ class _Stat:
     def take(self) -> None:
         """One more call pending; the first with no unary call pending has its floor set
         at the next load read (:meth:`held`)."""
-        if self.pending == self.streams:
-            self.floor = self.since = -1.0
+        if self.pending == self.streams:  # (`since` is -1: the last outcome reset it)
+            self.floor = -1.0
         self.pending += 1
 
     def done(self, code: grpc.StatusCode, latency_s: float) -> None:
@@ -478,7 +478,7 @@ class P2C:
                 if ss > 0 and now - sa.added_at < ss:
                     return self._yield_or_keep(a, b, exclude, now)
                 if sa.pending == sa.streams:
-                    sa.floor = sa.since = -1.0  # (_Stat.take, inline)
+                    sa.floor = -1.0  # (_Stat.take, inline)
                 sa.pending += 1
                 return a, sa.done
         elif n == 1:
