@@ -559,7 +559,9 @@ def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> tuple[str, 
         marked = _mark_unknown_anys(response, pool, opaque)
         tree = json_format.MessageToDict(marked, preserving_proto_field_name=True,
                                          descriptor_pool=pool)
-        return json.dumps(_unmark(tree, opaque), indent=2, ensure_ascii=False), None
+        # ensure_ascii as MessageToJson's: a server's C1 control (U+009B CSI), DEL or
+        # bidi override is written \uXXXX, never raw to the terminal
+        return json.dumps(_unmark(tree, opaque), indent=2), None
     except (json_format.SerializeToJsonError, ValueError, TypeError) as exc:
         why = f"the response has no proto3 JSON form ({_one_line(exc)})"
     except Exception as exc:  # RecursionError: Anys nested too deep
