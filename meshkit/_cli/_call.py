@@ -77,6 +77,10 @@ def _send_refused(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() is grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core"
 
 
+# services without reflection named in the error of a /pkg.Svc/Method target
+_MUTE_NAMED = 5
+
+
 class _NoReflection(CallError):
     """The server serves no gRPC reflection (neither ``v1alpha`` nor ``v1``)."""
 
@@ -342,7 +346,8 @@ async def _find_service(args: _Args) -> str:
     """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn).
 
     Raises:
-        CallError: no listed service serves it (each answered, or serves no reflection).
+        CallError: no listed service serves it (each answered, or serves no reflection:
+            the message names those, at most 5, and how to serve it).
         grpc.aio.AioRpcError: none was found serving it and asking one failed with a gRPC
             status (the first such, e.g. ``UNAUTHENTICATED``; its details name the
             service): which one serves it is unknown, so the exit status is that call
@@ -357,13 +362,17 @@ async def _find_service(args: _Args) -> str:
                            f"the service registry cannot be read: {exc}") from None
     wanted = args.target.grpc_service
     failed: grpc.aio.AioRpcError | None = None
+    mute: list[str] = []  # services that serve no reflection: they may serve it
     for name in names:
         async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
             try:
                 refl = Reflection(ch, args.timeout_s, args.metadata)
                 if wanted in await refl.services():
                     return name
-            except CallError:  # no reflection there
+            except _NoReflection:
+                mute.append(name)
+                continue
+            except CallError:  # a reflection error response
                 continue
             except grpc.aio.AioRpcError as exc:
                 if failed is None:
@@ -373,6 +382,15 @@ async def _find_service(args: _Args) -> str:
                                 f"{wanted!r}): {exc.details()}")
     if failed is not None:
         raise failed
+    if mute:
+        shown = ", ".join(repr(n) for n in mute[:_MUTE_NAMED])
+        more = f" and {len(mute) - _MUTE_NAMED} more" if len(mute) > _MUTE_NAMED else ""
+        raise CallError(
+            f"no service in the registry that serves gRPC server reflection serves "
+            f"{wanted!r}; {shown}{more} serve{'s' if len(mute) == 1 else ''} no reflection, "
+            "so whether they serve it is unknown: name the service with --service, and "
+            "serve reflection there (serve() serves it unless told not to: "
+            "ServeOptions(reflection=True), the default)")
     raise CallError(f"no service in the registry serves {wanted!r}; name it with --service")
 
 
