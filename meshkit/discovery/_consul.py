@@ -1091,18 +1091,29 @@ class ConsulRegistry:
         on with the new payload; if it fails, the previous registration (still in the
         agent) stays as it was and is still kept alive, as the
         :class:`~meshkit.discovery.Registry` contract says ("keep it alive until
-        deregistered or closed").
+        deregistered or closed"). An ``instance_id`` another service holds is refused: an
+        agent keys services by ID, unique per agent, so the registration would replace
+        that service; a first registration of an id in this registry asks the agent
+        first (``GET /v1/agent/service/<id>``, one request), one it keeps is known.
 
         Raises:
-            RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403 for
-                a missing or wrong ACL token); chained from the underlying exception. Also
-                when :meth:`close` ran while the agent answered, or while the agent's
-                name was looked up ("... is closed"): no keep-alive is started then (the
-                instance is left to its TTL, as :meth:`close` leaves every one). A cancel
-                of the calling task propagates as ``CancelledError``.
+            RegistryError: the id is held by another service (both named; nothing sent to
+                the agent but the lookup); the agent is unreachable, timed out or refused
+                (e.g. HTTP 403 for a missing or wrong ACL token); chained from the
+                underlying exception. Also when :meth:`close` ran while the agent
+                answered, or while the agent's name was looked up ("... is closed"): no
+                keep-alive is started then (the instance is left to its TTL, as
+                :meth:`close` leaves every one). A cancel of the calling task propagates
+                as ``CancelledError``.
         """
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
+        if prior is not None and prior.instance.service != instance.service:
+            raise self._taken(instance, prior.instance.service)
+        if prior is None:
+            holder = await self._holder(instance, "register")
+            if holder is not None:
+                raise self._taken(instance, holder)
         if prior is not None and foreign_task(prior.task):
             # kept alive by another event loop's task (an earlier asyncio.run(): ended
             # with it; another thread's: cancelled there): this loop keeps it from now
@@ -1147,6 +1158,45 @@ class ConsulRegistry:
             self._keep(reg), name=f"meshkit-consul-keeper-{instance.instance_id}"
         )
         self._keepers[instance.instance_id] = reg
+
+    def _taken(self, instance: Instance, holder: str) -> RegistryError:
+        return RegistryError(
+            f"Consul agent {self.options.base_url}: service ID {instance.instance_id!r} is "
+            f"registered by service {holder!r}; an agent keys services by ID (unique per "
+            f"agent), so registering it for {instance.service!r} would replace that one: "
+            "give each service's instance its own id (if it is a dead registration, it "
+            "goes after DeregisterCriticalServiceAfter, or deregister it)")
+
+    async def _holder(self, instance: Instance, what: str) -> str | None:
+        """The service the agent holds ``instance``'s ID for when it is another than
+        ``instance.service``, else ``None`` (``GET /v1/agent/service/<id>``, api-docs
+        agent/service "Get Service Configuration": 404 for an unknown ID). Any other
+        answer or error is no answer (``None``): the register or deregister that follows
+        reports an unreachable agent or a refusal itself. ``what`` (``"register"``) names
+        the operation in the error of a registry closed meanwhile.
+
+        Raises:
+            RegistryError: the registry is closed, or :meth:`close` ran during the lookup.
+        """
+        try:
+            client = self._get_client()
+            response = await self._bounded(
+                client.http.get(_raw_response, f"/v1/agent/service/{instance.instance_id}",
+                                headers=self._headers(client)),
+                self.options.request_timeout_s)
+        except _FOREIGN:
+            return None
+        except asyncio.CancelledError as exc:  # close() during the agent's name lookup
+            if not cancelled_by_close(self._race.closed):
+                raise
+            raise self._closed_error(f"cannot {what} {instance.instance_id!r}") from exc
+        if response.code != 200:
+            return None
+        try:
+            name = json.loads(response.body).get("Service")
+        except (ValueError, AttributeError):
+            return None
+        return name if isinstance(name, str) and name != instance.service else None
 
     async def _still_known(self, reg: _Registration, ttl_check_id: str | None,
                            timeout_s: float) -> bool:
@@ -1242,12 +1292,20 @@ class ConsulRegistry:
         """Stop keeping ``instance`` alive and remove it from the agent at once.
 
         Sends ``PUT /v1/agent/service/deregister/<instance_id>``; an id the agent does not
-        know (HTTP 404) is ignored.
+        know (HTTP 404) is ignored, and so is one held for another service than
+        ``instance.service`` (this registry keeping it for that one, or, for an id it does
+        not keep, the agent's ``GET /v1/agent/service/<id>`` naming that one): an agent
+        deregisters by ID, whichever service holds it.
 
         Raises:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403);
             also when the registry is closed, or :meth:`close` ran meanwhile.
         """
+        kept = self._keepers.get(instance.instance_id)
+        if kept is not None and kept.instance.service != instance.service:
+            return  # this registry keeps the id for another service: not this one's
+        if kept is None and await self._holder(instance, "deregister") is not None:
+            return  # the agent holds the id for another service: leave it
         await self._stop_keeper(instance.instance_id)
         try:
             client = self._get_client()

@@ -2083,7 +2083,8 @@ async def test_options_token_wins_over_environment(monkeypatch: pytest.MonkeyPat
         async with ConsulRegistry(_opts(d)) as anonymous:  # token=None: anonymous
             with pytest.raises(RegistryError, match="HTTP 403: Permission denied"):
                 await anonymous.register(make_instance("orderd", 2))
-        assert [r.token for r in d.requests] == ["good", None]
+        # each register() first looks its id up (GET /v1/agent/service/<id>), then PUTs
+        assert [r.token for r in d.requests] == ["good", "good", None, None]
 
 
 # -- event loops: asyncio.run() again, a loop per thread -----------------------------------

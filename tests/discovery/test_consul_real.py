@@ -7,6 +7,7 @@ variables of Consul's CLI apply. The check functions are the very ones the doubl
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -59,3 +60,37 @@ async def test_register_again_of_a_critical_id_real(real_options: ConsulOptions)
     registration sends): an id registered again while its TTL check is critical is passing
     as soon as register() returns, with only the new registration's check."""
     await check_register_again_of_a_critical_id(real_options)
+
+
+async def test_an_id_held_by_another_service_is_refused_real(
+        real_options: ConsulOptions) -> None:
+    """Against a real agent (which keys services by ID, unique per agent): a register of
+    an id another service holds is refused, a deregister of it leaves it, and the same
+    service takes its id over."""
+    import consul.aio
+
+    from tests.discovery.test_consul_id_across_services import (
+        check_an_id_held_by_another_service_is_refused,
+    )
+
+    o = real_options
+    host, _, port = o.addr.rpartition(":")
+    verify: bool | str = o.ca_file if (o.verify and o.ca_file) else o.verify
+    cert = (o.cert_file, o.key_file) if o.cert_file and o.key_file else None
+    agent = consul.aio.Consul(host=host.strip("[]"), port=int(port), token=o.token,
+                              scheme=o.effective_scheme, verify=verify, cert=cert)
+
+    async def held_by() -> str | None:
+        # GET /v1/agent/service/<id> (404: unknown), with the token
+        headers = {"X-Consul-Token": o.token} if o.token else {}
+        response = await agent.http.get(lambda r: r, "/v1/agent/service/pod-1",
+                                        headers=headers)
+        if response.code == 404:
+            return None
+        assert response.code == 200, (response.code, response.body)
+        return str(json.loads(response.body)["Service"])
+
+    try:
+        await check_an_id_held_by_another_service_is_refused(o, held_by)
+    finally:
+        await agent.close()
