@@ -5,6 +5,10 @@ A low-level module (it imports only aiohttp), so any meshkit package may use it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import ipaddress
 import socket
 
 from aiohttp import web
@@ -16,6 +20,9 @@ __all__ = ["start_app"]
 _LINGERING_S = 1.0
 _SHUTDOWN_S = 1.0
 _KEEPALIVE_S = 75.0
+#: Tries at binding every address of a name on one free port (another process may take
+#: the port on the second family between the binds).
+_SAME_PORT_TRIES = 5
 
 
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -24,6 +31,12 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
     ``host`` may be a bracketed IPv6 literal (``"[::1]"``). The IPv6 unspecified address
     (``"::"``) listens dual-stack, IPv4 clients included, as grpc servers and Linux's
     default do (asyncio sets ``IPV6_V6ONLY`` on every IPv6 listening socket).
+
+    A host *name* that resolves to several addresses (``localhost``: ``127.0.0.1`` and
+    ``::1`` on most systems) is bound on each of them on one port, as grpc core binds a
+    name: asyncio's own bind gave each address a free port of its own when ``port`` is 0,
+    and only the first was returned, so a client reaching the name over the other family
+    found nothing there.
 
     A request body left unfinished by its client is waited for at most
     ``_LINGERING_S`` seconds after the answer (aiohttp's default, 10 s, held ``cleanup()``
@@ -51,6 +64,18 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
                                         dualstack_ipv6=True)
             site = web.SockSite(runner, sock)
         else:
+            addresses = [] if _is_ip(host) else await _addresses(host, port)
+            if len(addresses) > 1:
+                pending = _bind_on_one_port(addresses, port)
+                try:
+                    while pending:
+                        await web.SockSite(runner, pending[0]).start()
+                        pending.pop(0)
+                except BaseException:
+                    for left in pending:  # the one that failed, and those not tried
+                        left.close()
+                    raise
+                return runner, int(runner.addresses[0][1])
             site = web.TCPSite(runner, host, port)
         await site.start()
     except BaseException:
@@ -58,3 +83,51 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
         raise
     addresses = runner.addresses
     return runner, int(addresses[0][1]) if addresses else port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+async def _addresses(host: str, port: int) -> list[tuple[int, str]]:
+    """The distinct ``(family, address)`` pairs ``host`` resolves to for a listening
+    socket (``AI_PASSIVE``), in the resolver's order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    out: list[tuple[int, str]] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            pair = (int(family), str(sockaddr[0]))
+            if pair not in out:
+                out.append(pair)
+    return out
+
+
+def _bind_on_one_port(addresses: list[tuple[int, str]], port: int) -> list[socket.socket]:
+    """Listening sockets on every one of ``addresses``, all on one port: ``port``, or (0)
+    the free port the first bind got, tried again when another process took it on a
+    later address meanwhile (at most ``_SAME_PORT_TRIES`` times).
+
+    Raises:
+        OSError: an address cannot be bound (nothing is left open).
+    """
+    for attempt in range(_SAME_PORT_TRIES):
+        socks: list[socket.socket] = []
+        try:
+            chosen = port
+            for family, address in addresses:
+                sock = socket.create_server((address, chosen), family=family)
+                socks.append(sock)
+                chosen = sock.getsockname()[1]
+            return socks
+        except OSError as exc:
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt + 1 == _SAME_PORT_TRIES:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
