@@ -26,7 +26,7 @@ from limits.aio.storage import (
     SlidingWindowCounterSupport,
 )
 from limits.aio.storage import Storage as AsyncStorage
-from limits.util import parse_many
+from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
 from meshkit._methods import MethodMatcher
 from meshkit._uris import hide_userinfo, mask_query, split_userinfo
@@ -34,6 +34,12 @@ from meshkit.errors import ConfigError
 
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 """Strategy names accepted by ``RateLimitOptions.strategy``, as ``limits`` names them."""
+
+MAX_RULE_WINDOW_S = 10**12
+"""The longest window a rule may have, seconds (about 31,700 years; ``"1/1000 years"`` is
+3.1e10): Redis' scripts fail on longer ones (the sliding window counter's from about 5e13
+s, its TTL printed in exponent form; the others' past int64 milliseconds), every call then
+a storage failure."""
 
 _ASYNC_SCHEMES: dict[str, type[AsyncStorage]] = {
     scheme: cls
@@ -67,7 +73,9 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
         where: what the rule belongs to, for the error message (``"default_rule"``, ...).
 
     Raises:
-        ConfigError: not a string, not valid notation, or an amount below 1 (quoted).
+        ConfigError: not a string, not valid notation, an amount below 1, a window of
+            zero units (``"1/0 seconds"``, which ``limits`` alone reads as one unit) or
+            one longer than :data:`MAX_RULE_WINDOW_S` (quoted).
     """
     if not isinstance(text, str):
         raise ConfigError(f"{where} must be a rate limit string like '100/second', got {text!r}")
@@ -83,6 +91,17 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
     for item in items:
         if item.amount < 1:
             raise ConfigError(f"{where}: rate limit amount must be >= 1, got {text!r}")
+        if item.get_expiry() > MAX_RULE_WINDOW_S:
+            raise ConfigError(f"{where}: rate limit window {item.get_expiry()} s is longer "
+                              f"than {MAX_RULE_WINDOW_S} s, which a storage can keep, got "
+                              f"{text!r}")
+    # limits reads "1/0 seconds" as "1 per 1 second" (a 0 like a missing number): a window
+    # of no time is no limit anyone meant (parse_many matched the text as a whole already)
+    for part in SEPARATORS.split(text):
+        match = SINGLE_EXPR.match(part)
+        if match is not None and match.group(3) is not None and int(match.group(3)) == 0:
+            raise ConfigError(f"{where}: rate limit window must be at least 1 unit, got 0 "
+                              f"in {text!r}")
     return items
 
 
