@@ -96,6 +96,19 @@ def _address(peer: str | None) -> str | None:
     return rest if kind in ("ipv4", "ipv6") and rest else peer
 
 
+def _printable(s: str) -> str:
+    """``s`` with each character that is not printable (``str.isprintable``: C0 and C1
+    controls, DEL, line and paragraph breaks, Unicode format characters such as U+202E)
+    but the space escaped as ``repr`` writes it (``\\x1b``, ``\\n``, ``\\u202e``); ``s``
+    itself when it has none. For text of a caller's written to a log: raw, an ESC
+    sequence acts on the terminal of whoever reads the log (the console renderer writes a
+    value as it is) and a line break forges a line."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
+
+
 def _json_once(s: str) -> str:
     """``s`` as a JSON string literal (quotes included), not remembered (see
     :func:`~meshkit.observability._logging.json_str`, which is)."""
@@ -219,7 +232,8 @@ class TelemetryServerInterceptor(WrappingInterceptor):
        (see :attr:`registered`); a call of a method no handler serves (answered
        ``UNIMPLEMENTED`` "Method not found!", as grpc.aio answers it) is counted as
        ``grpc_type="unknown", grpc_service="other", grpc_method="other"``, traced as
-       ``_OTHER`` and logged with the name as sent (see :meth:`_unknown_reporter`);
+       ``_OTHER`` and logged with the name as sent, its control characters escaped (see
+       :meth:`_unknown_reporter`);
     3. logs one ``rpc`` event on ``meshkit.access`` (method, code, duration_ms, peer,
        peer_identity, trace_id, span_id).
 
@@ -501,14 +515,19 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         there), also on a server that labels every method by name (:attr:`registered`
         ``None``); a span named ``_OTHER`` with ``rpc.method="_OTHER"`` and the name as
         sent in ``rpc.method_original`` (OpenTelemetry RPC semantic conventions for a
-        method the server does not recognise); an access line with the name as sent.
-        Never quiet (``TelemetryOptions.quiet_methods`` names methods the server serves:
-        a call of one it does not serve is what an operator looks for). The name, up to
-        grpc core's header limit (8 KiB), is kept in no per-name cache (the quiet
-        methods' matcher, the JSON access line's strings), which a scanner's names would
-        fill with thousands of them."""
+        method the server does not recognise); an access line with the name as sent but
+        for its characters that are not printable (grpc core passes a ``:path`` on with
+        its control characters, and no check runs before such a call is answered: an ESC
+        sequence of any caller's would act on the terminal showing the log), escaped as
+        ``repr`` writes them (``\\x1b``, ``\\u202e``; one ``str.isprintable`` per such
+        call). Never quiet (``TelemetryOptions.quiet_methods`` names methods the server
+        serves: a call of one it does not serve is what an operator looks for). The
+        name, up to grpc core's header limit (8 KiB), is kept in no per-name cache (the
+        quiet methods' matcher, the JSON access line's strings), which a scanner's names
+        would fill with thousands of them."""
         opts = self.options
-        names = MethodNames(method, UNKNOWN_TYPE)
+        shown = _printable(method)  # what the access line writes
+        names = MethodNames(shown, UNKNOWN_TYPE)
         names.span_name = OTHER_SPAN
         bound = None
         if self._metrics is not None:
@@ -522,7 +541,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
             # the JSON line's start, made as line() makes it but for the name, which
             # json_str would remember
             head = line_head("server", "service", self.service_name, "", UNKNOWN_TYPE)
-            m.line_head = head.replace(',"method":"",', f',"method":{_json_once(method)},',
+            m.line_head = head.replace(',"method":"",', f',"method":{_json_once(shown)},',
                                        1)
         return _MethodReporter(functools.partial(self._start, m),
                                functools.partial(self._finish, m), bound)
