@@ -575,6 +575,9 @@ class _Registration:
     ttl_check_id: str | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
+    #: the service the agent held this id for when the keeper last found the instance
+    #: forgotten (it is left to that one: warned once), else None
+    yielded_to: str | None = None
 
 
 def _without_initial_status(payload: dict[str, Any]) -> dict[str, Any]:
@@ -785,6 +788,10 @@ class ConsulRegistry:
         # first lookup (none for an agent given by IP address) and end at close()
         self._dns = LookupThreads("consul")
         self._keepers: dict[str, _Registration] = {}
+        # instance id -> (service, register() calls under way for it): a register() of
+        # another service's id is refused while one is under way, before its lookup
+        # could miss the id the other is about to PUT (see register)
+        self._claims: dict[str, tuple[str, int]] = {}
         # monotonic time of the latest warning about ACLs hiding entries, per read
         self._acl_warned: dict[str, float] = {}
         # (service, instance id) of an unusable entry -> monotonic time it was last logged
@@ -834,6 +841,7 @@ class ConsulRegistry:
                     reg.task.cancel()
         self._clients = {}
         self._keepers = {}
+        self._claims = {}
         race = CloseRace()  # no waits of the parent's loops to wake at a close
         race.closed = self._race.closed
         self._race = race
@@ -1094,7 +1102,10 @@ class ConsulRegistry:
         deregistered or closed"). An ``instance_id`` another service holds is refused: an
         agent keys services by ID, unique per agent, so the registration would replace
         that service; a first registration of an id in this registry asks the agent
-        first (``GET /v1/agent/service/<id>``, one request), one it keeps is known.
+        first (``GET /v1/agent/service/<id>``, one request), one it keeps is known, and
+        so is one another ``register()`` of this registry is registering. The keeper
+        does not register an instance the agent forgot again while the agent holds its
+        id for another service (a warning names it): it does once the id is free.
 
         Raises:
             RegistryError: the id is held by another service (both named; nothing sent to
@@ -1106,6 +1117,23 @@ class ConsulRegistry:
                 :meth:`close` leaves every one). A cancel of the calling task propagates
                 as ``CancelledError``.
         """
+        # Claimed before the first await: two register() calls of one id for two
+        # services at once (two servers' starts gathered) both found the id free at the
+        # agent, both PUT, and the second replaced the first, whose call had returned.
+        key = instance.instance_id
+        claim = self._claims.get(key)
+        if claim is not None and claim[0] != instance.service:
+            raise self._taken(instance, claim[0])
+        self._claims[key] = (instance.service, 1 if claim is None else claim[1] + 1)
+        try:
+            await self._register_claimed(instance)
+        finally:
+            claim = self._claims.pop(key, None)
+            if claim is not None and claim[1] > 1:
+                self._claims[key] = (claim[0], claim[1] - 1)
+
+    async def _register_claimed(self, instance: Instance) -> None:
+        """:meth:`register`, with ``instance``'s id claimed for its service."""
         payload, ttl_check_id = self._payload(instance)
         prior = self._keepers.get(instance.instance_id)
         if prior is not None and prior.instance.service != instance.service:
@@ -1266,6 +1294,22 @@ class ConsulRegistry:
                         # a register() meanwhile replaced the check just passed (404): the
                         # agent knows the instance, under the new CheckID (passed next)
                         continue
+                    # Another service may have registered the id the agent forgot (it
+                    # was free): registering it again would replace that one, whose
+                    # keeper would do the same at its next round, the two flipping the
+                    # id for good. Left to its holder, as register() refuses it; taken
+                    # again once it is free (a lookup only on this path).
+                    holder = await self._holder(reg.instance, "keep")
+                    if holder is not None:
+                        if reg.yielded_to != holder:
+                            _log.warning(
+                                "consul agent forgot the instance and holds its id for "
+                                "another service; not registering it again while it does",
+                                **ids, holder=holder)
+                        reg.yielded_to = holder
+                        last_ok, failures = started, 0
+                        continue
+                    reg.yielded_to = None
                     _log.warning("consul agent forgot the instance; registering it again",
                                  **ids)
                     # Not claiming passing: the agent may have reaped it for being critical.
@@ -1301,6 +1345,9 @@ class ConsulRegistry:
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403);
             also when the registry is closed, or :meth:`close` ran meanwhile.
         """
+        claim = self._claims.get(instance.instance_id)
+        if claim is not None and claim[0] != instance.service:
+            return  # another service's register() of the id is under way here
         kept = self._keepers.get(instance.instance_id)
         if kept is not None and kept.instance.service != instance.service:
             return  # this registry keeps the id for another service: not this one's
