@@ -434,11 +434,16 @@ class TelemetryServerInterceptor(WrappingInterceptor):
     def _reporter_for(self, method: str, handler: Handler) -> Reporter | None:
         """This method's telemetry as a :class:`~meshkit._handlers.Reporter` (resolved
         once per method: names, bound metrics, whether it is traced or quiet), or ``None``
-        when nothing is recorded for it."""
+        when nothing is recorded for it. Its names are ``method``'s with each character
+        that is not printable escaped as ``repr`` writes it (a generic handler may serve
+        a caller's name with an ESC sequence in it, which the console log would write to
+        a terminal raw)."""
         opts = self.options
         quiet = self._quiet.lookup(method)
-        names = MethodNames(method, grpc_type(handler.request_streaming,
-                                              handler.response_streaming))
+        # a generic handler may serve any name a caller sends, control characters
+        # included: the access line and span write it escaped (see _printable)
+        names = MethodNames(_printable(method), grpc_type(handler.request_streaming,
+                                                          handler.response_streaming))
         bound = None
         if self._metrics is not None:
             registered = self.registered
