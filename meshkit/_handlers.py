@@ -44,6 +44,7 @@ __all__ = [
     "Unhandled",
     "WrappingInterceptor",
     "after_handler_thread",
+    "answers_unknown",
     "async_behaviour",
     "fold_outermost",
     "fuse_interceptors",
@@ -1472,7 +1473,7 @@ def unknown_method_answer(reporter: Reporter | None) -> Handler | None:
     return wrapped
 
 
-def _answers_unknown(handler: Handler) -> bool:
+def answers_unknown(handler: Handler) -> bool:
     """Whether ``handler`` is an :func:`unknown_method_answer` (an inner interceptor's)."""
     return getattr(handler.stream_stream, _UNKNOWN_MARK, False) is True
 
@@ -1576,7 +1577,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        if _answers_unknown(handler):
+        if answers_unknown(handler):
             reporter = self._unknown_reporter(method)
             if reporter is None:
                 return handler
@@ -1812,7 +1813,7 @@ class _OffLoopOutermost(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        if _answers_unknown(handler):  # made per call, async: nothing to cache
+        if answers_unknown(handler):  # made per call, async: nothing to cache
             return handler
         off_loop = off_loop_handler(handler)
         if len(self._handlers) < MAX_CACHED_METHODS:

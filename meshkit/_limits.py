@@ -42,6 +42,7 @@ from meshkit._handlers import (
     Resolver,
     WrappingInterceptor,
     after_handler_thread,
+    answers_unknown,
     async_behaviour,
     in_a_thread,
     off_loop_handler,
@@ -653,13 +654,17 @@ class RequestGate(grpc.aio.ServerInterceptor):
 
     def resolve(self, method: str, handler: Handler | None) -> Handler | None:
         """``handler`` of full method name ``method`` as :meth:`convert_for` makes it,
-        cached per method (``None`` stays ``None``). The health service's ``Watch`` takes
-        no slot (it is not converted, only taken off the loop when it is a plain
-        function: see :meth:`convert_for`): a gRPC client with client-side health
-        checking keeps one open per channel for the channel's life, so 32 such clients
-        would hold every slot and every other call would be shed."""
+        cached per method (``None`` stays ``None``, and an unknown method's answer,
+        :func:`~meshkit._handlers.answers_unknown`, is returned as it is: the names are
+        the callers', so caching them would let a flood fill the cache). The health
+        service's ``Watch`` takes no slot (it is not converted, only taken off the loop
+        when it is a plain function: see :meth:`convert_for`): a gRPC client with
+        client-side health checking keeps one open per channel for the channel's life,
+        so 32 such clients would hold every slot and every other call would be shed."""
         if handler is None:
             return None
+        if answers_unknown(handler):  # an unknown method's answer: per call, never cached
+            return handler
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]

@@ -173,10 +173,6 @@ async def test_a_chain_led_by_a_users_interceptor_keeps_no_unknown_name(
         assert _holders(mark) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "meshkit/_limits.py RequestGate.resolve caches the handler of every method name it "
-    "is given, the unknown methods' answers included (per call, the caller's names): "
-    "it should return an answer of meshkit._handlers._answers_unknown as it is"))
 async def test_a_chain_led_by_the_request_gate_keeps_no_unknown_name(
         registry: LocalRegistry) -> None:
     """The same chain with the request gate (the default limits): the gate, put in front of
