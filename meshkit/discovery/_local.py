@@ -937,7 +937,11 @@ class LocalRegistry:
         else:  # an older file not upgraded yet, or no boot clock: as older versions write
             conn.execute(_UPSERT, values)
         if self._has_tombstones:  # registered again after a deregistration
-            conn.execute("DELETE FROM deregistered WHERE instance_id = ?", (inst.instance_id,))
+            # its own service's tombstone only: another service's (that service
+            # deregistered the id, which then went to this one) still tells its watches
+            # that its instance left
+            conn.execute("DELETE FROM deregistered WHERE instance_id = ? AND service = ?",
+                         (inst.instance_id, inst.service))
 
     def _gc(self, conn: sqlite3.Connection) -> None:
         """Delete rows dead (or deregistered) for ``_GC_TTLS`` TTLs (their owners are gone
