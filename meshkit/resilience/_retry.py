@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -717,8 +718,11 @@ def _pushback_s(exc: AioRpcError) -> float | None:
     """Server pushback in seconds from trailing metadata; -1.0 for "do not retry".
 
     ``grpc-retry-pushback-ms`` (gRFC A6): milliseconds; negative or malformed means do not
-    retry. ``retry-after`` (RFC 9110 section 10.2.3): seconds or an HTTP-date (a date
-    already past: 0); anything else means do not retry."""
+    retry (grpc core parses it first, and hands on what it cannot read as
+    ``-9223372036854775808``). ``retry-after`` (RFC 9110 section 10.2.3): seconds (ASCII
+    digits, a decimal fraction allowed) or an HTTP-date (a date already past: 0); anything
+    else (``inf``, ``1e3``, ``+1``, ``1_0``, a value too long for a float) means do not
+    retry."""
     md = exc.trailing_metadata()
     if not md:
         return None
@@ -730,9 +734,14 @@ def _pushback_s(exc: AioRpcError) -> float | None:
                 return -1.0
             return -1.0 if ms < 0 else ms / 1000
         if key == "retry-after":
-            try:
+            # delay-seconds is digits (RFC 9110 section 10.2.3; a decimal fraction is
+            # taken too): float() alone read "inf", "1e400", "1_0", "+1" and 400 nines
+            # (inf), and an infinite wait under max_pushback_s=inf held the call for ever
+            if isinstance(value, str) and _DELAY_SECONDS.fullmatch(value):
                 s = float(value)
-            except (TypeError, ValueError):
-                return _http_date_delay_s(value)
-            return -1.0 if s < 0 or math.isnan(s) else s
+                return s if math.isfinite(s) else -1.0
+            return _http_date_delay_s(value)
     return None
+
+
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
