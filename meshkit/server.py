@@ -1347,6 +1347,10 @@ class MeshServer:
         # the TLS material new connections are served (the gauges show it): the files at
         # start, then each renewal the reloader or the follower took
         self._served_tls: TLSMaterial | None = None
+        # _served_tls is set from grpc's core threads (the reloader) and the loop (the
+        # follower): under this lock, each change counted in _served_changes
+        self._served_lock = threading.Lock()
+        self._served_changes = 0
 
     def add(self, add_fn: AddServicer, servicer: Any) -> None:
         """Add a servicer before :meth:`start`, e.g. ``add(add_FooServicer_to_server, Foo())``."""
@@ -1494,7 +1498,8 @@ class MeshServer:
             server.add_generic_rpc_handlers((unknown,))
         bind = f"{uri_host(opts.host)}:{opts.port}"
         creds = (opts.tls.server_credentials(on_reload=self._certificate_reloaded,
-                                             on_handshake=self._handshake_started)
+                                             on_handshake=self._handshake_started,
+                                             on_start=self._certificate_started)
                  if opts.tls is not None else opts.credentials)
         if creds is None:
             port = server.add_insecure_port(bind)
@@ -1614,9 +1619,10 @@ class MeshServer:
             if self.admin is not None:
                 meta.setdefault("admin_port", str(self.admin.port))
         if opts.tls is not None:
-            self._served_tls = opts.tls.read()
-            self._publish_certificate(
-                x509.load_pem_x509_certificate(self._served_tls.cert_pem))
+            with self._served_lock:  # the credentials' own (or a reload's since)
+                if self._served_tls is not None:
+                    self._publish_certificate(
+                        x509.load_pem_x509_certificate(self._served_tls.cert_pem))
             self._certificate_follower = asyncio.get_running_loop().create_task(
                 self._follow_certificate(opts.tls),
                 name=f"meshkit-certificate-{self.service}")
@@ -1727,11 +1733,19 @@ class MeshServer:
         """Count a TLS handshake (called by grpc's certificate fetcher on a core thread)."""
         self._tls_handshakes += 1
 
+    def _certificate_started(self, material: TLSMaterial) -> None:
+        """The material the server credentials start with (the files as they read them)."""
+        with self._served_lock:
+            self._served_tls = material
+            self._served_changes += 1
+
     def _certificate_reloaded(self, material: TLSMaterial) -> None:
         """Keep the certificate gauges on the renewed certificate (called by the TLS
         reloader on a grpc core thread)."""
-        self._served_tls = material
-        self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
+        with self._served_lock:
+            self._served_tls = material
+            self._served_changes += 1
+            self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
 
     async def _follow_certificate(self, tls: TLSOptions) -> None:
         """Keep the certificate gauges on the certificate on disk, within
@@ -1756,12 +1770,20 @@ class MeshServer:
             if now == seen:
                 continue
             try:
+                changes = self._served_changes
                 material = await asyncio.to_thread(tls.read)
-                if self._served_tls is not None:
-                    check_renewal(self._served_tls, material, tls.cert_file, server=True,
-                                  now=time.time())
-                self._served_tls = material
-                self._publish_certificate(x509.load_pem_x509_certificate(material.cert_pem))
+                with self._served_lock:
+                    if self._served_changes != changes:
+                        # the reloader took a renewal while these files were read: judge
+                        # them against it at the next interval, never publish an older one
+                        continue
+                    if self._served_tls is not None:
+                        check_renewal(self._served_tls, material, tls.cert_file,
+                                      server=True, now=time.time())
+                    self._served_tls = material
+                    self._served_changes += 1
+                    self._publish_certificate(
+                        x509.load_pem_x509_certificate(material.cert_pem))
             except Exception as exc:  # CertificateError mid-renewal or skipped: again next interval
                 _log.debug("certificate files changed but are not served",
                            service=self.service, error=str(exc))

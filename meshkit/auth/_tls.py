@@ -525,6 +525,7 @@ class TLSOptions:
     def server_credentials(
         self, *, on_reload: Callable[[TLSMaterial], None] | None = None,
         on_handshake: Callable[[], None] | None = None,
+        on_start: Callable[[TLSMaterial], None] | None = None,
     ) -> grpc.ServerCredentials:
         """Server credentials that require and verify client certificates (mTLS) and pick up
         renewed files without a restart (``grpc.dynamic_ssl_server_credentials``).
@@ -545,6 +546,9 @@ class TLSOptions:
             on_handshake: called before every TLS handshake (grpc asks the reloader for a
                 new configuration at the start of each connection; on a core thread; must
                 be quick and not raise). ``serve()`` counts handshakes with it.
+            on_start: called once, before this returns and on the calling thread, with
+                the :class:`TLSMaterial` the credentials start serving (the files as read
+                for them, not read again). ``serve()`` starts its certificate gauges on it.
 
         Raises:
             CertificateError: the files are unreadable or inconsistent now, hold the
@@ -553,6 +557,8 @@ class TLSOptions:
                 intermediate CA's it presents: every client's handshake would refuse it).
         """
         reloader = _ServerReloader(self, on_reload, on_handshake)
+        if on_start is not None:
+            on_start(reloader.current)
         return grpc.dynamic_ssl_server_credentials(
             reloader.initial,
             reloader,  # type: ignore[arg-type]  # the stub omits "None = no change"
@@ -704,6 +710,12 @@ class _ServerReloader:
         self._fault = OutageLog(_log, "certificate files readable again", clock=tls.clock)
         self.initial = self._config(m)
         self.reloads = 0
+
+    @property
+    def current(self) -> TLSMaterial:
+        """The material in force (the last one handed to grpc)."""
+        with self._lock:
+            return self._current
 
     @staticmethod
     def _config(m: TLSMaterial) -> grpc.ServerCertificateConfiguration:

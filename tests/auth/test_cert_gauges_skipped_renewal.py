@@ -18,6 +18,7 @@ import datetime as dt
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -103,6 +104,54 @@ async def test_gauges_stay_on_the_served_certificate_over_a_skipped_renewal(
 
         await until(follows, timeout_s=10, interval_s=0.1,
                     what=f"the gauges on the usable renewal {renewed}, not {gauges()}")
+    finally:
+        await asyncio.wait_for(srv.drain(), 10)
+        await reg.close()
+
+
+async def test_gauges_start_on_the_certificate_the_credentials_serve(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files change to another workload's while start() sets the health statuses
+    (after the server credentials read them, before the gauges were published): the
+    gauges start on the certificate the credentials serve, not on the files read again,
+    which the reloader will never serve (and which the follower, seeing no change after
+    start, kept for good)."""
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    monkeypatch.delenv("MESHKIT_ADMIN_PORT", raising=False)
+    tls = dataclasses.replace(pki.issue("gauged", ttl_h=2), reload_interval_s=60.0)
+    served = describe_certificate(load_certificate(tls.cert_file))
+
+    class SwapWhileStarting(health.aio.HealthServicer):
+        swapped = False
+
+        async def set(self, service: str, status: Any) -> None:
+            if not self.swapped:
+                self.swapped = True
+                _another_workload(pki)
+            await super().set(service, status)
+
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=3.0, poll_interval_s=0.05))
+    own_health = SwapWhileStarting()
+
+    def add(_s: object, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((auth_handler(),))
+
+    own = CollectorRegistry()
+    servicers: list[Any] = [(add, None),
+                            (health_pb2_grpc.add_HealthServicer_to_server, own_health)]
+    srv = meshkit.MeshServer("gauged", servicers, registry=reg, options=meshkit.ServeOptions(
+        tls=tls, drain_delay_s=0, grace_s=0.5, telemetry=TelemetryOptions(registry=own)))
+    await asyncio.wait_for(srv.start(), 10)
+    try:
+        assert own_health.swapped
+        assert describe_certificate(load_certificate(tls.cert_file)).not_after != \
+            served.not_after  # the files are otherd's now
+        assert (own.get_sample_value("meshkit_certificate_expiry_timestamp_seconds",
+                                     {"service": "gauged"}),
+                own.get_sample_value("meshkit_certificate_not_before_timestamp_seconds",
+                                     {"service": "gauged"})) == (
+            served.not_after.timestamp(), served.not_before.timestamp())
     finally:
         await asyncio.wait_for(srv.drain(), 10)
         await reg.close()
