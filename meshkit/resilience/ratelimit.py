@@ -73,7 +73,9 @@ storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after)
 ==========================================  =============================================
 
 ``grpc-retry-pushback-ms`` (gRFC A6 "Pushback") is the wait in milliseconds, or ``-1``
-("do not retry") when the call's deadline ends before then. With ``memory://`` it is the
+("do not retry") when the call's deadline ends before then or the wait is longer than
+A6's signed 32-bit integer holds (2**31 - 1 ms, about 24.86 days: a ``"1/month"`` rule's
+refusal; ``retry-after`` still says when). With ``memory://`` it is the
 wait to the millisecond (rounded up), which ``retry-after`` rounds up to whole seconds: a
 "1/second" caller refused 0.6 s into its window may retry in 400 ms, and one whose
 deadline is 0.5 s away is told so, not ``-1``. With Redis (whose TTLs are whole seconds)
@@ -204,6 +206,9 @@ once per (``rate limit window not read``, debug): the later ones are counted and
 one ``rate limit windows not read`` line (``count=``) when this interval ends, or at
 :meth:`StorageLimiter.aclose`. Read when a limiter is built."""
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_MAX_PUSHBACK_MS = 2**31 - 1
+"""The longest ``grpc-retry-pushback-ms`` gRFC A6 allows (a signed 32-bit integer of
+milliseconds, about 24.86 days); a longer wait is sent as ``-1`` (do not retry)."""
 _rejected: contextvars.ContextVar[bool] = contextvars.ContextVar("meshkit_rate_limited",
                                                                  default=False)
 
@@ -1481,7 +1486,8 @@ class RateLimitInterceptor(WrappingInterceptor):
     the ``ServicerContext``), before a unary handler is called or a stream handler reads
     or writes anything. A rejected call ends with ``RESOURCE_EXHAUSTED`` and trailing
     metadata ``retry-after`` (whole seconds, >= 1) and ``grpc-retry-pushback-ms`` (the
-    wait in milliseconds, ``-1`` when the call's deadline ends first: module docstring);
+    wait in milliseconds, ``-1`` when the call's deadline ends first or the wait is past
+    2**31 - 1 ms: module docstring);
     failing closed ends it with ``UNAVAILABLE``. The check runs on the event loop; a
     plain-function (synchronous) handler then runs in a thread, as grpc.aio runs it
     (:func:`meshkit._handlers.async_behaviour`).
@@ -1554,6 +1560,9 @@ class RateLimitInterceptor(WrappingInterceptor):
             wait_ms = _wait_ms(rejection)
             remaining = getattr(context, "time_remaining", None)  # None: a stand-in's
             left = remaining() if remaining is not None else None
-            pushback = "-1" if left is not None and left * 1000 < wait_ms else str(wait_ms)
+            # -1 too for a wait past gRFC A6's signed 32-bit milliseconds (24.8 days:
+            # "1/month"): grpc-java cannot read it, grpc core would wait it out
+            pushback = "-1" if wait_ms > _MAX_PUSHBACK_MS or (
+                left is not None and left * 1000 < wait_ms) else str(wait_ms)
             trailing = (("retry-after", str(after)), ("grpc-retry-pushback-ms", pushback))
         await context.abort(rejection.code, rejection.details, trailing)
