@@ -1195,16 +1195,20 @@ class ConsulRegistry:
             "give each service's instance its own id (if it is a dead registration, it "
             "goes after DeregisterCriticalServiceAfter, or deregister it)")
 
-    async def _holder(self, instance: Instance, what: str) -> str | None:
+    async def _holder(self, instance: Instance, what: str, *,
+                      unreachable_fails: bool = True) -> str | None:
         """The service the agent holds ``instance``'s ID for when it is another than
         ``instance.service``, else ``None`` (``GET /v1/agent/service/<id>``, api-docs
         agent/service "Get Service Configuration": 404 for an unknown ID). Any other
-        answer or error is no answer (``None``): the register or deregister that follows
-        reports an unreachable agent or a refusal itself. ``what`` (``"register"``) names
-        the operation in the error of a registry closed meanwhile.
+        answer (403 for a token that may not read it: the write that follows needs the
+        right to write over the service holding the ID, which Consul checks) is no answer
+        (``None``). ``what`` (``"register"``) names the operation in the errors.
 
         Raises:
-            RegistryError: the registry is closed, or :meth:`close` ran during the lookup.
+            RegistryError: the registry is closed, or :meth:`close` ran during the lookup;
+                with ``unreachable_fails``, the agent is unreachable or timed out (as the
+                write would be: so a failing register or deregister takes one
+                ``request_timeout_s``, not one for the lookup and another for the write).
         """
         try:
             client = self._get_client()
@@ -1212,8 +1216,13 @@ class ConsulRegistry:
                 client.http.get(_raw_response, f"/v1/agent/service/{instance.instance_id}",
                                 headers=self._headers(client)),
                 self.options.request_timeout_s)
-        except _FOREIGN:
-            return None
+        except _FOREIGN as exc:
+            if not unreachable_fails:
+                return None
+            preposition = "from" if what == "deregister" else "with"
+            error = self._write_error(
+                f"cannot {what} {instance.instance_id!r} {preposition}", exc)
+            raise error from exc
         except asyncio.CancelledError as exc:  # close() during the agent's name lookup
             if not cancelled_by_close(self._race.closed):
                 raise
@@ -1299,7 +1308,7 @@ class ConsulRegistry:
                     # keeper would do the same at its next round, the two flipping the
                     # id for good. Left to its holder, as register() refuses it; taken
                     # again once it is free (a lookup only on this path).
-                    holder = await self._holder(reg.instance, "keep")
+                    holder = await self._holder(reg.instance, "keep", unreachable_fails=False)
                     if holder is not None:
                         if reg.yielded_to != holder:
                             _log.warning(

@@ -80,3 +80,25 @@ async def test_an_id_held_by_another_service_is_refused(double: ConsulDouble) ->
 
     await check_an_id_held_by_another_service_is_refused(
         ConsulOptions(addr=double.addr, **FAST), held_by)
+
+
+async def test_a_register_with_an_agent_that_never_answers_fails_in_one_timeout() -> None:
+    """The id lookup before a first register is bounded like the write: an agent that
+    accepts connections and never answers fails register() in about one
+    ``request_timeout_s`` (the lookup's), not one for the lookup and another for the PUT.
+    A real listening socket that reads nothing."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reg = ConsulRegistry(ConsulOptions(addr=f"127.0.0.1:{port}",
+                                       **{**FAST, "request_timeout_s": 1.0}))
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(RegistryError, match="cannot register 'pod-1' with"):
+            await reg.register(_inst("ledger", 9101))
+        took = loop.time() - start
+        # one timeout is 1 s; two (the old lookup + PUT) are 2 s or more
+        assert 0.9 <= took < 1.95, took
+    finally:
+        await reg.close()
+        server.close()
