@@ -81,7 +81,10 @@ async def _flood(ch: grpc.aio.Channel, mark: str, n: int) -> None:
         if i % 2:
             call: Any = ch.unary_unary(name)(b"x", timeout=10)
         else:
-            call = ch.stream_stream(name)(iter([b"a"]), timeout=10)
+            # no request message: one written after the answer can end the call INTERNAL
+            # on grpc.aio's client (3 in 1,000 bidi calls writing 3 messages to a plain
+            # grpc.aio server; under a loaded CI run, the first of these calls)
+            call = ch.stream_stream(name)(iter([]), timeout=10)
         assert await call.code() is grpc.StatusCode.UNIMPLEMENTED, name
         assert await call.details() == _NOT_FOUND
 
