@@ -3,13 +3,41 @@ Jitter"; the same shape gRFC A6 uses for retries)."""
 
 from __future__ import annotations
 
+import os
 import random
+import weakref
 from dataclasses import dataclass, field
 
 from meshkit._config import check_number
 from meshkit.errors import ConfigError
 
 __all__ = ["Backoff"]
+
+
+class _OwnRandom(random.Random):
+    """The generator a :class:`Backoff` makes when given none: reseeded (from
+    ``os.urandom``) in a child made by ``os.fork()``. Options built before a pre-fork
+    server forks its workers (module-level ``DialOptions``) otherwise gave every worker
+    the parent's state, the same "random" delays, and retries in lock-step after an
+    outage, which full jitter exists to prevent (CPython reseeds its own module-level
+    generator in a forked child for the same reason, ``Lib/random.py``). A generator the
+    caller passes is the caller's, never reseeded."""
+
+    def __init__(self, x: int | float | str | bytes | bytearray | None = None) -> None:
+        super().__init__(x)
+        _own.add(self)
+
+
+_own: weakref.WeakSet[_OwnRandom] = weakref.WeakSet()
+
+
+def _reseed_in_child() -> None:
+    for rng in list(_own):
+        rng.seed()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_reseed_in_child)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,7 +49,9 @@ class Backoff:
         base_delay_s: cap of the first delay, seconds (default 0.025).
         max_delay_s: cap of any delay, seconds (default 1.0).
         multiplier: growth per retry, >= 1 (default 2.0).
-        rng: random source (default a new ``random.Random``); inject a seeded one in tests.
+        rng: random source (default a new ``random.Random``, reseeded in a child made by
+            ``os.fork()``, so workers forked from one process do not retry in
+            lock-step); inject a seeded one in tests (never reseeded).
 
     Raises:
         ConfigError: negative delays, ``max_delay_s < base_delay_s`` or ``multiplier < 1``.
@@ -30,7 +60,7 @@ class Backoff:
     base_delay_s: float = 0.025
     max_delay_s: float = 1.0
     multiplier: float = 2.0
-    rng: random.Random = field(default_factory=random.Random, compare=False)
+    rng: random.Random = field(default_factory=_OwnRandom, compare=False)
 
     def __post_init__(self) -> None:
         check_number("base_delay_s", self.base_delay_s)
