@@ -25,7 +25,7 @@ import pytest
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
 from meshkit.errors import RegistryError
 
-_FAST = dict(ttl_s=1.0, heartbeat_interval_s=0.2, poll_interval_s=0.05)
+_FAST = dict(ttl_s=0.6, heartbeat_interval_s=0.15, poll_interval_s=0.05)
 
 
 def _inst(service: str, port: int, instance_id: str = "pod-1") -> Instance:
@@ -42,7 +42,7 @@ async def test_an_id_held_by_another_process_service_is_refused(tmp_path: Path) 
             await two.register(_inst("billing", 9102))
         assert "'pod-1'" in str(err.value) and "'ledger'" in str(err.value), err.value
         # a few TTLs of heartbeats on both sides: ledger's entry stays ledger's
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(1.5)
         assert await two.instances("ledger") == frozenset({a})
         assert await one.instances("billing") == frozenset()
     finally:
@@ -59,7 +59,7 @@ async def test_an_id_held_by_another_service_of_the_same_registry_is_refused(
         with pytest.raises(RegistryError) as err:
             await reg.register(_inst("billing", 9102))
         assert "'pod-1'" in str(err.value) and "'ledger'" in str(err.value), err.value
-        await asyncio.sleep(2.5)  # ledger's heartbeat still runs: its entry outlives its TTL
+        await asyncio.sleep(1.5)  # ledger's heartbeat still runs: its entry outlives its TTL
         assert await reg.instances("ledger") == frozenset({a})
         assert await reg.instances("billing") == frozenset()
         # billing's failed register left nothing that its deregister could take away
@@ -123,7 +123,7 @@ async def test_a_second_server_with_the_id_fails_to_start_and_leaves_the_first(
         with pytest.raises(RegistryError) as err:
             await asyncio.wait_for(second.start(), 10)
         assert "'ledger'" in str(err.value), err.value
-        await asyncio.sleep(2.5)  # a few TTLs: the first one's heartbeat still runs
+        await asyncio.sleep(1.5)  # 2.5 TTLs: the first one's heartbeat still runs
         assert await reg.instances("ledger") == frozenset({held})
         assert await reg.instances("billing") == frozenset()
     finally:
