@@ -128,6 +128,7 @@ import asyncio
 import contextlib
 import contextvars
 import dis
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -227,6 +228,20 @@ def rejected_by_rate_limit() -> bool:
 DEFAULT_MAX_KEYS = 100_000
 """Callers (a method and a caller key) whose counts a ``memory://`` limiter keeps when
 ``RateLimitOptions.max_keys`` is left ``None``."""
+
+_MAX_KEY_CHARS = 64
+"""The longest caller key kept as it is: a longer one is kept as its first 31 characters,
+``#`` and a 128-bit BLAKE2b digest of the whole (:func:`_kept_key`), so that a caller
+costs a ``memory://`` limiter 750-900 bytes whatever key it sends (``by_metadata`` takes
+header values up to grpc's 8 KiB: 25 KB a caller, 2.5 GB at ``max_keys``)."""
+
+
+def _kept_key(key: str) -> str:
+    """``key`` as the limiter keeps it: itself up to :data:`_MAX_KEY_CHARS` characters,
+    else 64 characters naming it (distinct keys stay distinct: a 128-bit digest)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+    return f"{key[:31]}#{digest.hexdigest()}"
+
 
 _MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys of multi-part rules
 # and of networked storages (cleared when full; memory:// one-part rules: max_keys)
@@ -380,7 +395,9 @@ class RateLimitOptions:
             bound, a client that sends a new key value per call (``by_metadata``, or peers
             behind a NAT pool) kept one count per value for the whole window ("100/hour"
             at 10k calls/s: 36M). At 750-900 bytes per caller (measured with
-            ``tracemalloc``: counter, lock, key strings, meshkit's cache entries) the
+            ``tracemalloc``: counter, lock, key strings, meshkit's cache entries; a
+            caller key longer than 64 characters is kept as a 64-character digest, so a
+            client sending 8 KiB header values costs no more) the
             default holds a flood to about 90 MB, and is well above the distinct callers
             one replica sees in a window when keyed by peer or by authenticated user.
             Evictions are counted (:attr:`StorageLimiter.keys_evicted`); the first is
@@ -1013,7 +1030,9 @@ def _import_drivers(cls: type[Any]) -> None:
 class StorageLimiter:
     """A :class:`Limiter` over a ``limits`` strategy and storage, built from options.
 
-    Storage keys are ``<key_prefix>/<method>/<caller key>/<limit>``. Rejections carry
+    Storage keys are ``<key_prefix>/<method>/<caller key>/<limit>``, a caller key longer
+    than 64 characters kept as its first 31, ``#`` and a 128-bit BLAKE2b digest of the
+    whole (each caller's memory bounded whatever key it sends). Rejections carry
     ``RESOURCE_EXHAUSTED`` with ``retry_after_s`` from the storage's window stats
     (``ceil(reset_time - now)``, at least 1) or ``UNAVAILABLE`` when failing closed.
     On a single Redis server each hit is one atomic script, sent once (not retried by the
@@ -1126,6 +1145,8 @@ class StorageLimiter:
         rule = self._table.lookup(method)
         if rule is None:
             return None
+        if len(key) > _MAX_KEY_CHARS:
+            key = _kept_key(key)
         breaker = self.breaker
         if not breaker.allow():  # open: do not wait on a storage that keeps failing
             return self._storage_skipped(method)
@@ -1227,6 +1248,8 @@ class StorageLimiter:
         def check(key: str) -> Rejection | None:
             if breaker.dirty and not breaker.allow():
                 return self._storage_skipped(method)
+            if len(key) > _MAX_KEY_CHARS:  # (one len() a call: a key is kept, and cached)
+                key = _kept_key(key)
             try:
                 rejection = hit(key)
             except Exception as exc:  # a bug in a storage step: fail as configured
