@@ -768,11 +768,26 @@ class RequestGate(grpc.aio.ServerInterceptor):
         ``UNIMPLEMENTED`` (gRPC's code for a request cardinality violation, grpc/grpc
         doc/statuscodes.md) with ``details`` (:data:`_NO_REQUEST` or
         :data:`_EXTRA_REQUEST`); counted in :attr:`cardinality` (reason ``cardinality``
-        of ``meshkit_server_gate_refusals_total``) and warned about."""
-        self.cardinality += 1
-        self._warn("refused calls with no request message or more than one (a proto "
-                   "that differs between client and server?)")
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
+        of ``meshkit_server_gate_refusals_total``) and warned about once the status is
+        sent. A read grpc core failed (a request over ``max_receive_message_bytes``, or
+        a compressed one inflating past it; the caller gone) also reads as ``EOF``: core
+        ends that call itself (``RESOURCE_EXHAUSTED`` "Received message larger than
+        max", as on a plain grpc.aio server) and cancels its task, which is neither
+        counted nor warned about here."""
+        try:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, details)
+        except grpc.aio.AbortError:
+            # the status went out: the client's request stream held another number of
+            # messages than one. grpc.aio's read() answers EOF also when grpc core
+            # failed the read (a message over grpc.max_receive_message_length, or one
+            # inflating past it) or the caller left: core then ends the call itself
+            # (RESOURCE_EXHAUSTED "Received message larger than max", CANCELLED), and
+            # the call's task is cancelled before this status could be sent, so such a
+            # call is not counted or warned about as a cardinality violation
+            self.cardinality += 1
+            self._warn("refused calls with no request message or more than one (a "
+                       "proto that differs between client and server?)")
+            raise
 
     async def _first_reserved(self, context: Any) -> tuple[Any, int]:
         """:meth:`_first` for a call that entered by :meth:`_enter_reserved`: one holding a
