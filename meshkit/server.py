@@ -8,8 +8,7 @@ error:
 1. health ``NOT_SERVING`` for every service and deregistration, so balancers stop picking
    this instance (they see it within their watch interval);
 2. wait ``drain_delay_s`` for that news to reach callers, still serving;
-3. end the health ``Watch`` streams (``OK``, once each watcher has been sent
-   ``NOT_SERVING``) and refuse mesh clients' new calls of unary-response methods
+3. refuse mesh clients' new calls of unary-response methods
    (``UNAVAILABLE`` with the nack trailer ``meshkit-nack: 1``, before any code of them
    runs: mesh clients retry them on another endpoint whatever the method; their
    streaming-response calls, which they would not retry, are served) until they stop
@@ -17,8 +16,10 @@ error:
    it stops: grpc core ends those
    ``CANCELLED``, which no client retries. Other gRPC clients' calls are served (a
    client that does not read the nack would see each refusal as a failed call);
-4. stop taking new calls (grpc's GOAWAY: other clients move to other addresses) and give
-   in-flight calls ``grace_s`` to finish;
+4. stop taking new calls (grpc's GOAWAY: other clients move to other addresses), end the
+   health ``Watch`` streams (``OK``, once each watcher has been sent ``NOT_SERVING``;
+   only now, or a client with client-side health checking, gRFC A17, re-opens its
+   ``Watch`` at once, in a loop) and give in-flight calls ``grace_s`` to finish;
 5. return, so the process exits 0.
 
 The health service is meshkit's own ``grpc_health.v1.health.aio.HealthServicer`` unless
@@ -1815,17 +1816,19 @@ class MeshServer:
         return telemetry.registry if telemetry is not None else None
 
     async def drain(self) -> None:
-        """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, end the health
-        ``Watch`` streams (each sent ``NOT_SERVING`` first, unless it was already, then
-        ended ``OK``: a watch never ends by itself and would hold the stop for the whole
-        ``grace_s``), refuse mesh clients' new calls of unary-response methods until they
+        """Leave the mesh: NOT_SERVING, deregister, wait ``drain_delay_s``, refuse mesh
+        clients' new calls of unary-response methods until they
         stop arriving (every such method but the health service's: ``UNAVAILABLE``
         "server draining: call refused before it ran" with the nack trailer
         ``meshkit-nack: 1``, which mesh clients retry on another endpoint whatever the
         method; until no call came for 0.05 s, 0.5 s at most; counted in
         :attr:`drain_refused`; their streaming-response calls and other gRPC clients'
         calls are served; see :meth:`_refuse_new_calls`), then stop (grpc's GOAWAY) with
-        ``grace_s`` for in-flight calls. The drain runs to
+        ``grace_s`` for in-flight calls, ending the health ``Watch`` streams as the stop
+        begins (each sent ``NOT_SERVING`` first, unless it was already, then ended
+        ``OK``: a watch never ends by itself and would hold the stop for the whole
+        ``grace_s``; ended earlier, a client with client-side health checking re-opened
+        it at once, again and again, until the GOAWAY). The drain runs to
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
         server never stays deregistered but serving. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
@@ -1863,11 +1866,18 @@ class MeshServer:
         try:
             await self._stop_following_certificate()
             await asyncio.sleep(opts.drain_delay_s)
-            # the health watchers have been told NOT_SERVING: their calls end now, so
-            # that grace_s is the in-flight calls' only (a Watch never ends by itself)
-            self._watches.end()
             await self._refuse_new_calls()
-            await server.stop(opts.grace_s)
+            stop = asyncio.ensure_future(server.stop(opts.grace_s))
+            # the health watchers have been told NOT_SERVING: their calls end once the
+            # stop has begun (its first step, run by this sleep, sends the GOAWAY and
+            # closes the listener), so that grace_s is the in-flight calls' only (a
+            # Watch never ends by itself). Not before: a client with client-side
+            # health checking (gRFC A17) re-opens at once a Watch that ended after a
+            # message, and was answered NOT_SERVING and ended again, in a loop until
+            # the GOAWAY. (Cancelled, awaiting the stop cancels it too, as before.)
+            await asyncio.sleep(0)
+            self._watches.end()
+            await stop
             stopped = True
         finally:
             # Also when the steps above were cancelled: asyncio.run()'s sweep at the end
