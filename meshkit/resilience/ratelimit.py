@@ -323,6 +323,10 @@ def by_identity(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str
     return peer_host(context.peer())
 
 
+# gRPC over HTTP/2, Custom-Metadata: Header-Name -> 1*( %x30-39 / %x61-7A / "_" / "-" / "." )
+_HEADER_NAME = re.compile(r"[0-9a-z_.\-]+", re.ASCII)
+
+
 def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
     """Key calls by the value of request header ``name`` (e.g. ``"x-user"``).
 
@@ -337,11 +341,19 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
             ``None`` puts all such calls in one shared budget.
 
     Raises:
-        ConfigError: ``name`` is empty, not a string, or a binary (``-bin``) key (quoted).
+        ConfigError: ``name`` is empty, not a string, a binary (``-bin``) key, or holds a
+            character no gRPC metadata key has (``0-9 a-z _ - .`` once lowercased: such a
+            name matches no call, which would key every caller by ``fallback``, with
+            ``None`` all in one budget); ``fallback`` is neither ``None`` nor a plain
+            function (quoted).
     """
-    if not isinstance(name, str) or not name.strip() or name.lower().endswith("-bin"):
-        raise ConfigError(f"by_metadata needs a non-binary metadata key, got {name!r}")
-    header = name.strip().lower()
+    header = name.strip().lower() if isinstance(name, str) else None
+    if header is None or not _HEADER_NAME.fullmatch(header) or header.endswith("-bin"):
+        raise ConfigError(f"by_metadata needs a non-binary gRPC metadata key (0-9 a-z _ - ., "
+                          f"any case), got {name!r}")
+    if fallback is not None and (not callable(fallback) or _is_async_callable(fallback)):
+        raise ConfigError(f"by_metadata's fallback must be None or a plain function "
+                          f"(method, context) -> str, got {fallback!r}")
     prefix = header + "="
     missing = prefix + "<missing>"
 
