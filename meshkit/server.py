@@ -1235,9 +1235,11 @@ class MeshServer:
             your own checks on it (``await server.health.set("db", NOT_SERVING)``, e.g.
             in ``serve()``'s ``on_started``). :meth:`start` sets ``SERVING`` for ``""``
             (the whole server), the mesh service name (what Consul's gRPC check asks)
-            and every service the server serves, except the names your own servicer
-            already has a status for (set before :meth:`start`: left as you set them;
-            the reference servicer has ``""`` ``SERVING`` from the start). :meth:`drain`
+            and every service the server serves, except the names the servicer
+            already has a status for (set before :meth:`start`, on your own servicer or
+            on meshkit's, this attribute: left as you set them, e.g. ``NOT_SERVING``
+            while warming up; the reference servicer has ``""`` ``SERVING`` from the
+            start). :meth:`drain`
             sets every status ``NOT_SERVING`` (``enter_graceful_shutdown()``: later
             ``set()`` calls are ignored), then ends the open ``Watch`` streams. Give a
             servicer to one server only: the first drain sets it ``NOT_SERVING`` for
@@ -1318,7 +1320,7 @@ class MeshServer:
             self.registry, self._owns_registry = registry_argument(
                 f"serve({service!r})", registry, ("register", "deregister"))
         self.health: health.aio.HealthServicer = health.aio.HealthServicer()
-        self._kept_statuses: frozenset[str] = frozenset()  # set in your servicer: see start()
+        self._kept_statuses: frozenset[str] = frozenset()  # set before start(): see start()
         self._watches = _HealthWatches()
         self.service_names: list[str] = []
         self.instance: Instance | None = None
@@ -1470,10 +1472,10 @@ class MeshServer:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, recorder)
         else:
             self.health = yours
-            # the statuses you set before start() are yours: start() leaves them as set
-            statuses = getattr(yours, "_server_status", None)
-            self._kept_statuses = frozenset(statuses if isinstance(statuses, Mapping)
-                                            else ())
+        # the statuses set before start() (on your servicer or on meshkit's own,
+        # MeshServer.health) are yours: start() leaves them as set
+        statuses = getattr(self.health, "_server_status", None)
+        self._kept_statuses = frozenset(statuses if isinstance(statuses, Mapping) else ())
         if opts.reflection and not own_reflection:
             # v1 is answered but not listed: grpcio-reflection has no v1 descriptor to
             # describe it with, and a client describes every service listed (grpcurl)
@@ -1605,7 +1607,7 @@ class MeshServer:
         self._raise_if_draining()
         serving = health_pb2.HealthCheckResponse.SERVING
         # "" is the whole server; the mesh service name is what Consul's GRPC check asks.
-        # (Your own servicer keeps the statuses you set before start().)
+        # (The servicer keeps the statuses you set on it before start().)
         for name in dict.fromkeys(("", self.service, *self.service_names)):
             if name not in self._kept_statuses:
                 await self.health.set(name, serving)
