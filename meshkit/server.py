@@ -84,6 +84,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from cryptography import x509
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
@@ -1481,7 +1482,8 @@ class MeshServer:
             # describe it with, and a client describes every service listed (grpcurl)
             names = list(dict.fromkeys(
                 (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)))
-            servicer = reflection.aio.ReflectionServicer(names)
+            servicer = reflection.aio.ReflectionServicer(
+                names, pool=_MethodSymbols(descriptor_pool.Default()))
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, recorder)
             # the stable v1 service too (grpcurl and grpc-js ask it first; grpcio-reflection
             # serves only v1alpha): the same messages, field for field, under v1's name
@@ -2130,6 +2132,44 @@ class MeshServer:
 
 _REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 _REFLECTION_NAMES = frozenset((_REFLECTION_V1, reflection.SERVICE_NAME))
+
+
+class _MethodSymbols:
+    """A protobuf descriptor pool as meshkit's reflection servicer reads it: the pool's
+    own lookups, and :meth:`FindFileContainingSymbol` finding methods too.
+
+    reflection.proto's ``file_containing_symbol`` takes "a fully-qualified symbol name
+    (e.g. ``<package>.<service>[.<method>]`` or ``<package>.<type>``)"; protobuf's
+    Python pool (upb) finds services, messages, enums and fields by name, but no
+    methods, so grpcio-reflection answered a method's name (``grpcurl describe
+    pkg.Svc.Method``) ``NOT_FOUND``. Asked only by reflection requests."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        """The file declaring ``symbol``: the pool's answer, else, for a method's full
+        name (``pkg.Service.Method``), its service's file.
+
+        Raises:
+            KeyError: no such symbol (answered ``NOT_FOUND``), as the pool raises it.
+        """
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service, _, method = symbol.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service) if service and method else None
+            except KeyError:
+                found = None
+            if found is None or method not in found.methods_by_name:
+                raise
+            return found.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 _UNDO_DEREGISTER_S = 5.0
 """How long an undone :meth:`MeshServer.start` waits to withdraw its registration."""
