@@ -720,7 +720,8 @@ def _pushback_s(exc: AioRpcError) -> float | None:
     ``grpc-retry-pushback-ms`` (gRFC A6): milliseconds; negative or malformed means do not
     retry (grpc core parses it first, and hands on what it cannot read as
     ``-9223372036854775808``). ``retry-after`` (RFC 9110 section 10.2.3): seconds (ASCII
-    digits, a decimal fraction allowed) or an HTTP-date (a date already past: 0); anything
+    digits, a decimal fraction allowed; spaces around the value ignored, RFC 9110 section
+    5.5) or an HTTP-date (a date already past: 0); anything
     else (``inf``, ``1e3``, ``+1``, ``1_0``, a value too long for a float) means do not
     retry."""
     md = exc.trailing_metadata()
@@ -736,8 +737,9 @@ def _pushback_s(exc: AioRpcError) -> float | None:
         if key == "retry-after":
             # delay-seconds is digits (RFC 9110 section 10.2.3; a decimal fraction is
             # taken too): float() alone read "inf", "1e400", "1_0", "+1" and 400 nines
-            # (inf), and an infinite wait under max_pushback_s=inf held the call for ever
-            if isinstance(value, str) and _DELAY_SECONDS.fullmatch(value):
+            # (inf), and an infinite wait under max_pushback_s=inf held the call for ever;
+            # the spaces around a field value are no part of it (RFC 9110 section 5.5)
+            if isinstance(value, str) and _DELAY_SECONDS.fullmatch(value := value.strip(" \t")):
                 s = float(value)
                 return s if math.isfinite(s) else -1.0
             return _http_date_delay_s(value)
