@@ -230,17 +230,20 @@ DEFAULT_MAX_KEYS = 100_000
 ``RateLimitOptions.max_keys`` is left ``None``."""
 
 _MAX_KEY_CHARS = 64
-"""The longest caller key kept as it is: a longer one is kept as its first 31 characters,
-``#`` and a 128-bit BLAKE2b digest of the whole (:func:`_kept_key`), so that a caller
+"""The longest caller key kept as it is: a longer one is kept as its first 32 characters,
+``#`` and a 128-bit BLAKE2b digest of the whole (:func:`_kept_key`; 65 characters, a
+length no key kept as it is has, so no caller can send another's digest form as its own
+key and share that caller's budget), so that a caller
 costs a ``memory://`` limiter 750-900 bytes whatever key it sends (``by_metadata`` takes
 header values up to grpc's 8 KiB: 25 KB a caller, 2.5 GB at ``max_keys``)."""
 
 
 def _kept_key(key: str) -> str:
-    """``key`` as the limiter keeps it: itself up to :data:`_MAX_KEY_CHARS` characters,
-    else 64 characters naming it (distinct keys stay distinct: a 128-bit digest)."""
+    """A key longer than :data:`_MAX_KEY_CHARS` characters as the limiter keeps it: 65
+    characters naming it (distinct keys stay distinct: a 128-bit digest; and one
+    character longer than any key kept as it is, so never equal to one)."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
-    return f"{key[:31]}#{digest.hexdigest()}"
+    return f"{key[:32]}#{digest.hexdigest()}"
 
 
 _MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys of multi-part rules
@@ -408,7 +411,7 @@ class RateLimitOptions:
             behind a NAT pool) kept one count per value for the whole window ("100/hour"
             at 10k calls/s: 36M). At 750-900 bytes per caller (measured with
             ``tracemalloc``: counter, lock, key strings, meshkit's cache entries; a
-            caller key longer than 64 characters is kept as a 64-character digest, so a
+            caller key longer than 64 characters is kept as a 65-character digest, so a
             client sending 8 KiB header values costs no more) the
             default holds a flood to about 90 MB, and is well above the distinct callers
             one replica sees in a window when keyed by peer or by authenticated user.
@@ -1043,7 +1046,7 @@ class StorageLimiter:
     """A :class:`Limiter` over a ``limits`` strategy and storage, built from options.
 
     Storage keys are ``<key_prefix>/<method>/<caller key>/<limit>``, a caller key longer
-    than 64 characters kept as its first 31, ``#`` and a 128-bit BLAKE2b digest of the
+    than 64 characters kept as its first 32, ``#`` and a 128-bit BLAKE2b digest of the
     whole (each caller's memory bounded whatever key it sends). Rejections carry
     ``RESOURCE_EXHAUSTED`` with ``retry_after_s`` from the storage's window stats
     (``ceil(reset_time - now)``, at least 1) or ``UNAVAILABLE`` when failing closed.

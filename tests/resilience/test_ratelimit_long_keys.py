@@ -6,8 +6,8 @@ per caller). A caller key is kept several times over (the LRU entry, the cached 
 key, the storage's counters and locks), so its size counts: a client choosing its own key
 (``by_metadata("x-user")``: any value grpc accepts, up to its 8 KiB metadata limit) sent
 8,000-character values and each caller cost about 25 KB, 100,000 of them 2.5 GB. A key
-longer than 64 characters is now kept as its first 31 characters, ``#`` and a 128-bit
-BLAKE2b digest of the whole (64 characters): distinct long keys stay distinct budgets,
+longer than 64 characters is now kept as its first 32 characters, ``#`` and a 128-bit
+BLAKE2b digest of the whole (65 characters): distinct long keys stay distinct budgets,
 equal ones share one.
 """
 
