@@ -127,29 +127,33 @@ _MAX_KEYS = 4096
 
 # gRPC's status header: a response's trailers only (PROTOCOL-HTTP2.md, "Status");
 # grpcio sends it as request metadata, and a non-zero value makes the client end the
-# call OK with no messages while the server ran it (a server stream's messages lost)
+# call OK with no messages while the server ran it (a server stream's messages lost).
+# Never remembered in _KEYS: a request check must see it every time
 _STATUS_KEY = "grpc-status"
 _STATUS_REASON = ("gRPC sends it only in a response's trailers (PROTOCOL-HTTP2.md, "
                   "'Status'; 'grpc-' names are reserved): as request metadata it makes "
                   "the call end OK without its response")
 
 
-def _learn(key: Any) -> bool:
-    """Whether legal ``key`` is binary, remembered; raises for an illegal key (never
-    remembered, so it is checked again at each call)."""
+def _learn(key: Any, request: bool = False) -> bool:
+    """Whether legal ``key`` is binary, remembered (but ``grpc-status``, refused in
+    ``request`` metadata); raises for an illegal key (never remembered, so it is checked
+    again at each call)."""
     if type(key) is not str:
         if not isinstance(key, str | bytes):
             raise InvalidMetadataError(key, f"a key must be str, got {type(key).__name__}")
         text = key.decode("latin-1") if isinstance(key, bytes) else str(key)
         if _KEY.fullmatch(text) is None:
             raise InvalidMetadataError(key, "a key is lower-case [0-9a-z-_.], non-empty")
-        if text == _STATUS_KEY:
+        if request and text == _STATUS_KEY:
             raise InvalidMetadataError(key, _STATUS_REASON)
         return text.endswith("-bin")
     if _KEY.fullmatch(key) is None:
         raise InvalidMetadataError(key, "a key is lower-case [0-9a-z-_.], non-empty")
     if key == _STATUS_KEY:
-        raise InvalidMetadataError(key, _STATUS_REASON)
+        if request:
+            raise InvalidMetadataError(key, _STATUS_REASON)
+        return False
     binary = key.endswith("-bin")
     if len(_KEYS) >= _MAX_KEYS:
         _KEYS.clear()
@@ -157,14 +161,17 @@ def _learn(key: Any) -> bool:
     return binary
 
 
-def check_metadata(metadata: Iterable[tuple[Any, Any]]) -> None:
+def check_metadata(metadata: Iterable[tuple[Any, Any]], request: bool = False) -> None:
     """Check ``metadata`` (``(key, value)`` pairs) against gRPC's rules.
 
-    A key is non-empty ``[0-9a-z-_.]``, and not ``grpc-status`` (a response's trailer
-    only: grpcio sends it, and a non-zero one ends the call ``OK`` without its response,
-    a server stream's messages lost, while the server ran it); a ``-bin`` key's value is
-    ``bytes`` (any bytes); any other key's value is ``str`` or ``bytes`` of printable
-    ASCII (``0x20``-``0x7E``).
+    A key is non-empty ``[0-9a-z-_.]``; a ``-bin`` key's value is ``bytes`` (any bytes);
+    any other key's value is ``str`` or ``bytes`` of printable ASCII (``0x20``-``0x7E``).
+    With ``request`` (a call's request metadata; default ``False``: a handler's
+    trailing metadata), a key is also not ``grpc-status``: gRPC sends it only in a
+    response's trailers (PROTOCOL-HTTP2.md), and grpcio sends it as request metadata,
+    where a non-zero value ends the call ``OK`` without its response (a server stream's
+    messages lost) while the server ran it. (In trailing metadata grpc core's own status
+    replaces it: a plain grpc.aio server answers as if it were not there.)
 
     Raises:
         InvalidMetadataError: the first pair that breaks a rule (status ``INTERNAL``; the
@@ -175,7 +182,7 @@ def check_metadata(metadata: Iterable[tuple[Any, Any]]) -> None:
     for key, value in metadata:
         binary = keys.get(key) if type(key) is str else None
         if binary is None:
-            binary = _learn(key)
+            binary = _learn(key, request)
         if binary:
             if not isinstance(value, bytes):
                 raise InvalidMetadataError(
