@@ -10,7 +10,8 @@ every ``EOF`` for "request message missing": it counted the call in
 ``RequestGate.cardinality`` (``meshkit_server_gate_refusals_total{reason="cardinality"}``)
 and warned "refused calls with no request message or more than one (a proto that differs
 between client and server?)", sending an operator after a proto mismatch that does not
-exist, for every oversized request and every caller that gave up early."""
+exist, for every oversized request and every caller that gave up early (cancelled, or
+whose deadline passed before its request was in)."""
 
 from __future__ import annotations
 
@@ -95,11 +96,13 @@ async def test_a_request_core_refuses_is_not_counted_a_cardinality_violation(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("leaves", ["cancel", "deadline"])
 async def test_a_caller_leaving_before_its_request_is_not_a_cardinality_violation(
-    registry: LocalRegistry,
+    registry: LocalRegistry, leaves: str,
 ) -> None:
     """A client (a streaming stub on the unary method, as a proxy forwards) that cancels
-    before its request message: the call is the caller's to end, not a proto mismatch."""
+    before its request message, or whose deadline passes first (a slow upload): the
+    call is the caller's to end, not a proto mismatch."""
     async with _servers(registry) as (_plain_port, mesh):
         with structlog.testing.capture_logs() as logs:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}") as ch:
@@ -108,13 +111,19 @@ async def test_a_caller_leaving_before_its_request_is_not_a_cardinality_violatio
                         await asyncio.sleep(30)
                         yield b"never"
 
-                    call = ch.stream_unary(method("Unary"))(later(), timeout=20)
+                    timeout = 20.0 if leaves == "cancel" else 0.5
+                    call = ch.stream_unary(method("Unary"))(later(), timeout=timeout)
                     # the server has the call: wait until the gate holds its slot
                     for _ in range(500):
                         if mesh.gate is not None and mesh.gate.slots:
                             break
                         await asyncio.sleep(0.01)
-                    call.cancel()
+                    if leaves == "cancel":
+                        call.cancel()
+                    else:
+                        with pytest.raises(grpc.aio.AioRpcError) as info:
+                            await call
+                        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
                     for _ in range(500):
                         if mesh.gate is not None and not mesh.gate.slots:
                             break
