@@ -327,7 +327,8 @@ def by_identity(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str
 
 
 # gRPC over HTTP/2, Custom-Metadata: Header-Name -> 1*( %x30-39 / %x61-7A / "_" / "-" / "." )
-_HEADER_NAME = re.compile(r"[0-9a-z_.\-]+", re.ASCII)
+# (checked before lowercasing, any ASCII case: str.lower() makes KELVIN SIGN an ASCII "k")
+_HEADER_NAME = re.compile(r"[0-9A-Za-z_.\-]+", re.ASCII)
 
 
 def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
@@ -345,13 +346,16 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
 
     Raises:
         ConfigError: ``name`` is empty, not a string, a binary (``-bin``) key, or holds a
-            character no gRPC metadata key has (``0-9 a-z _ - .`` once lowercased: such a
+            character no gRPC metadata key has (ASCII ``0-9 a-z _ - .``, letters of any case; a
+            non-ASCII one refused even where ``str.lower()`` makes it ASCII: such a
             name matches no call, which would key every caller by ``fallback``, with
             ``None`` all in one budget); ``fallback`` is neither ``None`` nor a plain
             function (quoted).
     """
-    header = name.strip().lower() if isinstance(name, str) else None
-    if header is None or not _HEADER_NAME.fullmatch(header) or header.endswith("-bin"):
+    # ASCII whitespace only: str.strip() also took a no-break space off a name
+    header = name.strip(" \t\r\n\v\f") if isinstance(name, str) else None
+    if header is None or not _HEADER_NAME.fullmatch(header) or (
+            header := header.lower()).endswith("-bin"):
         raise ConfigError(f"by_metadata needs a non-binary gRPC metadata key (0-9 a-z _ - ., "
                           f"any case), got {name!r}")
     if fallback is not None and (not callable(fallback) or _is_async_callable(fallback)):
