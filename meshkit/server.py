@@ -1859,7 +1859,12 @@ class MeshServer:
         opts = self.options
         _log.info("draining", service=self.service, drain_delay_s=opts.drain_delay_s,
                   grace_s=opts.grace_s)
-        await self.health.enter_graceful_shutdown()
+        try:  # (a servicer of yours may override it) keep draining: NOT_SERVING or not,
+            # the deregistration and the stop still take the server out of the mesh
+            await self.health.enter_graceful_shutdown()
+        except Exception as exc:
+            _log.warning("health enter_graceful_shutdown failed", service=self.service,
+                         error=repr(exc))
         if self.instance is not None:
             try:
                 await self.registry.deregister(self.instance)
