@@ -6,7 +6,8 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
 * at most ``max_attempts`` attempts in all; each retry prefers an endpoint not tried yet;
 * the delay is exponential with full jitter (:class:`~meshkit.resilience.Backoff`), unless
   the server pushed back: ``retry-after`` (seconds or an HTTP-date, RFC 9110 §10.2.3) or
-  ``grpc-retry-pushback-ms`` (gRFC A6; a negative or malformed value means "do not retry");
+  ``grpc-retry-pushback-ms`` (gRFC A6; a negative, malformed or past-32-bit value means
+  "do not retry");
 * a retry never sleeps past the deadline and is not started when the time left after the
   delay is shorter than the method's typical latency (an EWMA of its successful calls);
 * every retry and hedge withdraws from the shared :class:`~meshkit.resilience.RetryBudget`;
@@ -717,11 +718,11 @@ def _has_key(details: ClientCallDetails, request: Any, policy: RetryPolicy) -> b
 def _pushback_s(exc: AioRpcError) -> float | None:
     """Server pushback in seconds from trailing metadata; -1.0 for "do not retry".
 
-    ``grpc-retry-pushback-ms`` (gRFC A6): milliseconds; negative or malformed means do not
-    retry (grpc core parses it first, and hands on what it cannot read as
-    ``-9223372036854775808``). ``retry-after`` (RFC 9110 section 10.2.3): seconds (ASCII
-    digits, a decimal fraction allowed; spaces around the value ignored, RFC 9110 section
-    5.5) or an HTTP-date (a date already past: 0); anything
+    ``grpc-retry-pushback-ms`` (gRFC A6): milliseconds, a signed 32-bit integer; negative,
+    past 2**31 - 1 or malformed means do not retry (grpc core parses it first, and hands on
+    what it cannot read as ``-9223372036854775808``). ``retry-after`` (RFC 9110 section
+    10.2.3): seconds (ASCII digits, a decimal fraction allowed; spaces around the value
+    ignored, RFC 9110 section 5.5) or an HTTP-date (a date already past: 0); anything
     else (``inf``, ``1e3``, ``+1``, ``1_0``, a value too long for a float) means do not
     retry."""
     md = exc.trailing_metadata()
@@ -733,7 +734,9 @@ def _pushback_s(exc: AioRpcError) -> float | None:
                 ms = int(value)
             except (TypeError, ValueError):
                 return -1.0
-            return -1.0 if ms < 0 else ms / 1000
+            # a signed 32-bit integer (A6): past 2**31 - 1 it is unparseable (grpc-java's
+            # Integer.valueOf), not a wait of 25 days and more (core hands it on as sent)
+            return -1.0 if ms < 0 or ms > _MAX_PUSHBACK_MS else ms / 1000
         if key == "retry-after":
             # delay-seconds is digits (RFC 9110 section 10.2.3; a decimal fraction is
             # taken too): float() alone read "inf", "1e400", "1_0", "+1" and 400 nines
@@ -747,3 +750,4 @@ def _pushback_s(exc: AioRpcError) -> float | None:
 
 
 _DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+_MAX_PUSHBACK_MS = 2**31 - 1  # gRFC A6: grpc-retry-pushback-ms is a signed 32-bit integer
