@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 import pytest
 import structlog
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 import meshkit
 from meshkit.discovery import LocalRegistry
@@ -32,12 +34,20 @@ _MAX = 64 * 1024  # the servers' max receive size here (small: quick to exceed)
 _OPTS = (("grpc.max_receive_message_length", _MAX),)
 
 
+def _health_request(size: int) -> bytes:
+    """A serialized HealthCheckRequest whose service name is ``size`` zero bytes."""
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckRequest(service="\0" * size).SerializeToString()
+
+
 @contextlib.asynccontextmanager
 async def _servers(registry: LocalRegistry) -> AsyncIterator[tuple[int, meshkit.MeshServer]]:
     """A plain grpc.aio echo server and a meshkit one, both receiving at most ``_MAX``."""
     plain = grpc.aio.server(options=_OPTS)
     plain.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "meshkit.test.Echo", method_handlers("plain")),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), plain)
     port = plain.add_insecure_port("127.0.0.1:0")
     await plain.start()
     mesh = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
@@ -52,10 +62,21 @@ async def _servers(registry: LocalRegistry) -> AsyncIterator[tuple[int, meshkit.
         await mesh.drain()
 
 
-async def _unary(port: int, request: bytes, **kw: Any) -> tuple[grpc.StatusCode, str]:
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+async def _unary(port: int, request: bytes, name: str = "Unary",
+                 **kw: Any) -> tuple[grpc.StatusCode, str]:
+    """Call ``name`` (an echo method, or the health ``Check``) with ``request``; a
+    server-streaming one is read to its end."""
+    path = name if name.startswith("/") else method(name)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         try:
-            await ch.unary_unary(method("Unary"))(request, timeout=10, **kw)
+            if name == "ServerStream":
+                async for _ in ch.unary_stream(path)(request, timeout=10, **kw):
+                    pass
+            else:
+                await ch.unary_unary(path)(request, timeout=10, **kw)
         except grpc.aio.AioRpcError as exc:
             return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
@@ -68,15 +89,21 @@ _CASES = {
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["Unary", "ServerStream", _HEALTH_CHECK],
+                         ids=["unary", "server-stream", "health-check"])
 @pytest.mark.parametrize("case", list(_CASES))
 async def test_a_request_core_refuses_is_not_counted_a_cardinality_violation(
-    registry: LocalRegistry, case: str,
+    registry: LocalRegistry, case: str, name: str,
 ) -> None:
+    """Through each of the gate's reads: a unary method's, a server-streaming one's, and
+    the health ``Check``'s (which reads without a permit, in a reserved place)."""
     request, kw = _CASES[case]
+    if name == _HEALTH_CHECK:  # a HealthCheckRequest: field 1 (service), a string
+        request = _health_request(len(request))
     async with _servers(registry) as (plain_port, mesh):
         with structlog.testing.capture_logs() as logs:
-            plain = [await _unary(plain_port, request, **kw) for _ in range(5)]
-            mesh_got = [await _unary(mesh.port, request, **kw) for _ in range(5)]
+            plain = [await _unary(plain_port, request, name, **kw) for _ in range(5)]
+            mesh_got = [await _unary(mesh.port, request, name, **kw) for _ in range(5)]
             # a legitimate small request still passes the gate afterwards
             ok = await _unary(mesh.port, b"fine")
         gate = mesh.gate
