@@ -964,7 +964,7 @@ class MeshChannel(grpc.aio.Channel):
         # before the pick: a call that cannot be sent is the caller's error, no endpoint's
         md = details.metadata
         if md:
-            check_metadata(md)
+            check_metadata(md, request=True)
         plan = details.codec
         if plan.unary_request:
             # bytes without a serializer go as they are, without wire()'s frame
@@ -1054,7 +1054,7 @@ class MeshChannel(grpc.aio.Channel):
         life (:mod:`meshkit.balancer._outlier`)."""
         md = details.metadata
         if md:  # before the pick, as a unary attempt's
-            check_metadata(md)
+            check_metadata(md, request=True)
         plan = details.codec
         # its messages and its own exceptions checked, its end timed
         upload = _upload(serialized(details, plan.request_serializer, request, plan.in_mesh))
@@ -1145,7 +1145,7 @@ class MeshChannel(grpc.aio.Channel):
     async def _attempt_stream(self, details: ClientCallDetails, request: Any) -> Any:
         md = details.metadata
         if md:
-            check_metadata(md)
+            check_metadata(md, request=True)
         plan = details.codec
         if plan.unary_request:
             request = plan.wire(request)

@@ -102,7 +102,9 @@ class InvalidMetadataError(InvalidCallError):
 
     The rules are gRPC's (``PROTOCOL-HTTP2.md``, *Custom-Metadata*): a key is non-empty
     and made of ``[0-9a-z-_.]``; a key ending in ``-bin`` carries ``bytes``, any other a
-    ``str`` (or ``bytes``) of printable ASCII (``0x20``-``0x7E``).
+    ``str`` (or ``bytes``) of printable ASCII (``0x20``-``0x7E``). A ``grpc-status`` key
+    is refused in request metadata: gRPC sends it only in response trailers, and with it
+    grpc.aio reports the call ``OK`` without its response.
 
     Args:
         key: the offending key (kept as ``.key``); the status message quotes it when it

@@ -105,9 +105,6 @@ async def test_grpc_aio_loses_the_answer_of_a_call_with_grpc_status_metadata(
     assert served == ["Unary"], served  # (the echo's ServerStream records nothing)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "meshkit/channel.py (not this helper's file) calls check_metadata(md) for request "
-    "metadata: it must pass request=True at its three calls for grpc-status to be refused"))
 @pytest.mark.timeout(60)
 async def test_grpc_status_as_request_metadata_is_refused_before_the_pick(
     registry: LocalRegistry, echo_servers: EchoFactory,
