@@ -103,6 +103,7 @@ import structlog
 from consul.callback import CB
 
 from meshkit._config import check_bool, check_number, check_path
+from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
@@ -123,7 +124,6 @@ from meshkit.discovery._resolver import (
     cancelled_by_close,
     close_per_loop,
     drop_inherited_sockets,
-    reset_in_forked_child,
 )
 from meshkit.discovery._shared import (
     CLOSED,

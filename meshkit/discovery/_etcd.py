@@ -175,6 +175,7 @@ import aiohttp
 import structlog
 
 from meshkit._config import check_number, check_path, check_strings
+from meshkit._fork import reset_in_forked_child
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
     check_seconds,
@@ -193,7 +194,6 @@ from meshkit.discovery._resolver import (
     cancelled_by_close,
     close_per_loop,
     drop_inherited_sockets,
-    reset_in_forked_child,
 )
 from meshkit.discovery._shared import (
     CLOSED,

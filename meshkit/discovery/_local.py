@@ -124,7 +124,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -134,6 +133,7 @@ from typing import NamedTuple, TypeVar
 import structlog
 
 from meshkit._config import check_number, check_path, check_seconds
+from meshkit._fork import reset_in_forked_child
 from meshkit._tasks import cancel_and_wait
 from meshkit.discovery._types import (
     Derived,
@@ -216,18 +216,7 @@ _SWEEP_STAMPED = (
     " THEN boot_expires_at < :boot"
     " ELSE expires_at < :wall END")
 
-_registries: weakref.WeakSet[LocalRegistry] = weakref.WeakSet()  # reset in forked children
 _inherited: list[sqlite3.Connection] = []  # a parent's connections, in a child: never used
-
-
-def _after_fork_in_child() -> None:
-    """``os.register_at_fork(after_in_child=...)``: every registry of the process starts
-    afresh in the child (see :meth:`LocalRegistry._forget_parent`)."""
-    for reg in list(_registries):
-        reg._forget_parent()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _boottime() -> float:
@@ -1337,3 +1326,8 @@ class LocalRegistry:
 
     def __repr__(self) -> str:
         return f"LocalRegistry(path={str(self.options.path)!r}, ttl_s={self.options.ttl_s})"
+
+
+#: Every registry of the process: each starts afresh in a forked child
+#: (:meth:`LocalRegistry._forget_parent`).
+_registries = reset_in_forked_child(LocalRegistry)

@@ -22,13 +22,14 @@ import os
 import socket
 import stat
 import sys
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import aiohttp.abc
+
+from meshkit._fork import reset_in_forked_child
 
 __all__ = ["DNS_THREADS", "LookupThreads", "OwnThreadsResolver", "abandon_session",
            "cancelled_by_close", "close_per_loop", "drop_inherited_sockets",
@@ -87,33 +88,6 @@ class LookupThreads:
         self.pool = self._new_pool()
         if self._closed:
             self.pool.shutdown(wait=False)
-
-
-class ForgetsParent(Protocol):
-    """What :func:`reset_in_forked_child` tracks: an object that starts afresh in a child
-    made by ``os.fork()`` when its ``_forget_parent()`` is called there."""
-
-    def _forget_parent(self) -> None: ...
-
-
-_F = TypeVar("_F", bound=ForgetsParent)
-
-
-def reset_in_forked_child(kind: type[_F]) -> weakref.WeakSet[_F]:
-    """A set, held weakly, of ``kind`` objects (a class with ``_forget_parent()``): in a
-    child made by ``os.fork()`` each object in it then has its ``_forget_parent()``
-    called (``os.register_at_fork(after_in_child=...)``, after the hooks registered
-    before this call; none on Windows, which has no fork). Add each object as it is
-    made. ``kind`` only types the set."""
-    objects: weakref.WeakSet[_F] = weakref.WeakSet()
-
-    def after_fork_in_child() -> None:
-        for obj in list(objects):
-            obj._forget_parent()
-
-    if hasattr(os, "register_at_fork"):  # not on Windows
-        os.register_at_fork(after_in_child=after_fork_in_child)
-    return objects
 
 
 #: Every lookup pool of the process: each is made afresh in a forked child

@@ -3,12 +3,11 @@ Jitter"; the same shape gRFC A6 uses for retries)."""
 
 from __future__ import annotations
 
-import os
 import random
-import weakref
 from dataclasses import dataclass, field
 
 from meshkit._config import check_number
+from meshkit._fork import reset_in_forked_child
 from meshkit.errors import ConfigError
 
 __all__ = ["Backoff"]
@@ -27,17 +26,11 @@ class _OwnRandom(random.Random):
         super().__init__(x)
         _own.add(self)
 
-
-_own: weakref.WeakSet[_OwnRandom] = weakref.WeakSet()
-
-
-def _reseed_in_child() -> None:
-    for rng in list(_own):
-        rng.seed()
+    def _forget_parent(self) -> None:
+        self.seed()
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_reseed_in_child)
+_own = reset_in_forked_child(_OwnRandom)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

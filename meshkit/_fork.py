@@ -1,0 +1,42 @@
+"""Objects that start afresh in a child made by ``os.fork()``: one hook per kind.
+
+A low-level module (standard library only), so any meshkit package may use it: the
+registries (their connections, sessions, lookup threads and heartbeats are the parent's)
+and the retry backoff (its generator's state is the parent's: every worker forked from
+one process would draw the same "random" delays).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Protocol, TypeVar
+
+__all__ = ["ForgetsParent", "reset_in_forked_child"]
+
+
+class ForgetsParent(Protocol):
+    """What :func:`reset_in_forked_child` tracks: an object that starts afresh in a child
+    made by ``os.fork()`` when its ``_forget_parent()`` is called there."""
+
+    def _forget_parent(self) -> None: ...
+
+
+_F = TypeVar("_F", bound=ForgetsParent)
+
+
+def reset_in_forked_child(kind: type[_F]) -> weakref.WeakSet[_F]:
+    """A set, held weakly, of ``kind`` objects (a class with ``_forget_parent()``): in a
+    child made by ``os.fork()`` each object in it then has its ``_forget_parent()``
+    called (``os.register_at_fork(after_in_child=...)``, after the hooks registered
+    before this call; none on Windows, which has no fork). Add each object as it is
+    made. ``kind`` only types the set."""
+    objects: weakref.WeakSet[_F] = weakref.WeakSet()
+
+    def after_fork_in_child() -> None:
+        for obj in list(objects):
+            obj._forget_parent()
+
+    if hasattr(os, "register_at_fork"):  # not on Windows
+        os.register_at_fork(after_in_child=after_fork_in_child)
+    return objects
