@@ -19,72 +19,24 @@ Real MeshServers on loopback, a real MeshChannel; the server's ``Push`` method f
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
 
-import meshkit
 from meshkit.discovery import LocalRegistry
-from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+from meshkit.resilience import RetryPolicy
+from tests.resilience.pushback import FAST, call_push, pushback_servers
 
 pytestmark = pytest.mark.timeout(60)
-
-SERVICE = "meshkit.test.Pushback"
-PUSH = f"/{SERVICE}/Push"
-FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
-
-
-def _add(served: list[str]) -> tuple[Any, None]:
-    async def push(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        served.append(request.decode())
-        key, _, value = request.decode().partition("=")
-        context.set_trailing_metadata(((key, value),))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "pushed back")
-        raise AssertionError("unreachable")
-
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            SERVICE, {"Push": grpc.unary_unary_rpc_method_handler(push)}),))
-
-    return add, None
 
 
 @pytest.fixture
 async def served(registry: LocalRegistry) -> AsyncIterator[list[str]]:
     """Two pushback servers (service ``pushback``); the requests they served."""
-    got: list[str] = []
-    servers = []
-    for name in ("p1", "p2"):
-        srv = meshkit.MeshServer("pushback", [_add(got)], registry=registry,
-                                 options=meshkit.ServeOptions(
-                                     insecure=True, instance_id=name, drain_delay_s=0.0,
-                                     grace_s=1.0))
-        await srv.start()
-        servers.append(srv)
-    yield got
-    for srv in servers:
-        await srv.drain()
-
-
-def _options(policy: RetryPolicy) -> meshkit.DialOptions:
-    return meshkit.DialOptions(insecure=True, outlier=None,
-                               retry=RetryOptions(default=policy))
-
-
-async def _call(registry: LocalRegistry, policy: RetryPolicy, request: str,
-                call_timeout_s: float | None) -> grpc.aio.AioRpcError:
-    async with meshkit.dial("pushback", registry=registry, options=_options(policy)) as ch:
-        await ch.wait_for_endpoints(2)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            # bounded here: the failure this guards against is a call held for ever
-            call = ch.unary_unary(PUSH)
-            await asyncio.wait_for(call(request.encode(), timeout=call_timeout_s), 10.0)
-    return info.value
+    async with pushback_servers(registry, "pushback") as got:
+        yield got
 
 
 def any_pushback(hedge_delay_s: float | None = None) -> RetryPolicy:
@@ -107,11 +59,10 @@ async def test_an_infinite_retry_after_is_no_wait_for_ever(
     server's UNAVAILABLE when the pushback is no number of seconds, instead of waiting
     for ever (retried: asleep in the backoff; hedged: no next hedge ever due)."""
     policy = any_pushback(hedge_delay_s=30.0 if hedged else None)
-    t0 = time.monotonic()
-    err = await _call(registry, policy, request_, call_timeout_s=None)
+    err, took = await call_push(registry, "pushback", policy, request_, timeout_s=None)
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     assert served == [request_]
-    assert time.monotonic() - t0 < 15.0
+    assert took < 15.0
 
 
 @pytest.mark.parametrize("request_", [
@@ -125,7 +76,7 @@ async def test_an_infinite_retry_after_is_no_wait_for_ever(
 ])
 async def test_a_pushback_outside_its_grammar_means_do_not_retry(
         registry: LocalRegistry, served: list[str], request_: str) -> None:
-    err = await _call(registry, any_pushback(), request_, call_timeout_s=None)
+    err, _ = await call_push(registry, "pushback", any_pushback(), request_, timeout_s=None)
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     assert served == [request_]
 
@@ -141,9 +92,7 @@ async def test_a_pushback_in_its_grammar_is_waited_out(
         registry: LocalRegistry, served: list[str], request_: str,
         wait_s: float | None) -> None:
     policy = RetryPolicy(idempotent=True, max_attempts=2, backoff=FAST)  # 10 s at most
-    t0 = time.monotonic()
-    err = await _call(registry, policy, request_, call_timeout_s=10.0)
-    took = time.monotonic() - t0
+    err, took = await call_push(registry, "pushback", policy, request_, timeout_s=10.0)
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     if wait_s is None:  # too long for the policy: not retried
         assert served == [request_]

@@ -15,56 +15,25 @@ Real MeshServers on loopback, a real MeshChannel; the server's ``Push`` method f
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
 
-import meshkit
 from meshkit.discovery import LocalRegistry
-from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
+from meshkit.resilience import RetryPolicy
 from meshkit.resilience._retry import _pushback_s
+from tests.resilience.pushback import FAST, call_push, pushback_servers
 
 pytestmark = pytest.mark.timeout(60)
-
-SERVICE = "meshkit.test.PushbackInt32"
-PUSH = f"/{SERVICE}/Push"
-FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
-
-
-def _add(served: list[str]) -> tuple[Any, None]:
-    async def push(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        served.append(request.decode())
-        key, _, value = request.decode().partition("=")
-        context.set_trailing_metadata(((key, value),))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "pushed back")
-        raise AssertionError("unreachable")
-
-    def add(_servicer: Any, server: Any) -> None:
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            SERVICE, {"Push": grpc.unary_unary_rpc_method_handler(push)}),))
-
-    return add, None
 
 
 @pytest.fixture
 async def served(registry: LocalRegistry) -> AsyncIterator[list[str]]:
-    got: list[str] = []
-    servers = []
-    for name in ("i1", "i2"):
-        srv = meshkit.MeshServer("pushint32", [_add(got)], registry=registry,
-                                 options=meshkit.ServeOptions(
-                                     insecure=True, instance_id=name, drain_delay_s=0.0,
-                                     grace_s=1.0))
-        await srv.start()
-        servers.append(srv)
-    yield got
-    for srv in servers:
-        await srv.drain()
+    """Two pushback servers (service ``pushint32``); the requests they served."""
+    async with pushback_servers(registry, "pushint32") as got:
+        yield got
 
 
 @pytest.mark.parametrize("request_", ["grpc-retry-pushback-ms=2147483648",
@@ -75,18 +44,11 @@ async def test_a_pushback_past_32_bits_is_no_wait(
         registry: LocalRegistry, served: list[str], request_: str, hedged: bool) -> None:
     policy = RetryPolicy(idempotent=True, max_attempts=3, backoff=FAST,
                          max_pushback_s=math.inf, hedge_delay_s=30.0 if hedged else None)
-    options = meshkit.DialOptions(insecure=True, outlier=None,
-                                  retry=RetryOptions(default=policy))
-    t0 = time.monotonic()
-    async with meshkit.dial("pushint32", registry=registry, options=options) as ch:
-        await ch.wait_for_endpoints(2)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            call = ch.unary_unary(PUSH)
-            # no deadline: bounded here, the fault is a call held for the pushback
-            await asyncio.wait_for(call(request_.encode()), 10.0)
-    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    # no deadline: bounded by call_push, the fault is a call held for the pushback
+    err, took = await call_push(registry, "pushint32", policy, request_, timeout_s=None)
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
     assert served == [request_]
-    assert time.monotonic() - t0 < 10.0
+    assert took < 10.0
 
 
 def test_the_largest_32_bit_pushback_is_a_wait() -> None:
