@@ -14,28 +14,12 @@ import random
 
 import grpc
 
-from meshkit.balancer import P2C, Endpoint, EndpointState, P2COptions
+from meshkit.balancer import P2C, Endpoint, P2COptions
 from meshkit.balancer._endpoint import Done
-from meshkit.discovery import Instance
+from tests.support.balancing import Clock
+from tests.support.balancing import ready_endpoint as _ep
 
 OK = grpc.StatusCode.OK
-
-
-class Clock:
-    """A monotonic clock moved by hand."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _ep(key: str) -> Endpoint:
-    e = Endpoint(Instance(service="svc", instance_id=key, host="127.0.0.1",
-                          port=2000 + ord(key[0])))
-    e.state = EndpointState.READY
-    return e
 
 
 def _warm(p: P2C, clock: Clock, n: int = 200) -> None:

@@ -15,7 +15,8 @@ import grpc
 
 from meshkit.balancer import P2C, P2COptions
 from meshkit.balancer._endpoint import Done
-from tests.test_balancer_p2c_wedged import Clock, _ep
+from tests.support.balancing import Clock
+from tests.support.balancing import ready_endpoint as _ep
 
 OK = grpc.StatusCode.OK
 
