@@ -1834,7 +1834,12 @@ class MeshServer:
         ``grace_s``; ended earlier, a client with client-side health checking re-opened
         it at once, again and again, until the GOAWAY). The drain runs to
         its end even when this ``drain()`` is cancelled (e.g. by ``wait_for``), so the
-        server never stays deregistered but serving. Safe to call twice: a second call waits for the
+        server never stays deregistered but serving; its own task cancelled (the sweep of
+        ``asyncio.run()`` at the end of a run), at any step, it still stops the server
+        (``grace_s`` skipped) and closes it. A health servicer's
+        ``enter_graceful_shutdown()`` that fails (an ``Exception``, or a
+        ``CancelledError`` of its own while the drain was not cancelled) is logged and
+        the drain goes on. Safe to call twice: a second call waits for the
         first to finish. Returns at once on a server that is not serving (never started,
         or its :meth:`start` failed and was undone). Called while :meth:`start` runs, it
         makes that start stop and undo itself (see there) and returns once it has."""
@@ -1859,20 +1864,28 @@ class MeshServer:
         opts = self.options
         _log.info("draining", service=self.service, drain_delay_s=opts.drain_delay_s,
                   grace_s=opts.grace_s)
-        try:  # (a servicer of yours may override it) keep draining: NOT_SERVING or not,
-            # the deregistration and the stop still take the server out of the mesh
-            await self.health.enter_graceful_shutdown()
-        except Exception as exc:
-            _log.warning("health enter_graceful_shutdown failed", service=self.service,
-                         error=repr(exc))
-        if self.instance is not None:
-            try:
-                await self.registry.deregister(self.instance)
-            except Exception as exc:  # keep draining; the TTL will expire the entry
-                _log.warning("deregister failed", error=str(exc))
-        self._release_instance_id()
         stopped = False
         try:
+            try:  # (a servicer of yours may override it) keep draining: NOT_SERVING or
+                # not, the deregistration and the stop still take the server out of the mesh
+                await self.health.enter_graceful_shutdown()
+            except Exception as exc:
+                _log.warning("health enter_graceful_shutdown failed", service=self.service,
+                             error=repr(exc))
+            except asyncio.CancelledError as exc:
+                # the override's own (a future it awaited, cancelled by its owner), not
+                # this task cancelled: drain on, as for any other error
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                _log.warning("health enter_graceful_shutdown failed", service=self.service,
+                             error=repr(exc))
+            if self.instance is not None:
+                try:
+                    await self.registry.deregister(self.instance)
+                except Exception as exc:  # keep draining; the TTL will expire the entry
+                    _log.warning("deregister failed", error=str(exc))
+            self._release_instance_id()
             await self._stop_following_certificate()
             await asyncio.sleep(opts.drain_delay_s)
             await self._refuse_new_calls()
@@ -1894,6 +1907,7 @@ class MeshServer:
             # task left running), and the server must still end stopped, closed and out
             # of the live registry (/readyz, /metrics), not listed as live for good.
             if not stopped:
+                self._release_instance_id()  # (cancelled before its step)
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await server.stop(None)
             await self._close_after_stop()
