@@ -355,11 +355,25 @@ def check_status_codes(name: str, value: object) -> frozenset[grpc.StatusCode]:
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 
 
+#: Header names an application's metadata key must not name: grpc core reads these itself
+#: and leaves them out of ``invocation_metadata()`` (gRPC over HTTP/2, PROTOCOL-HTTP2.md:
+#: ``grpc-status`` in a request even makes grpc.aio report the call ``OK`` without its
+#: response), and a request carrying a connection-specific header is malformed (RFC 9113
+#: section 8.2.2).
+CONSUMED_HEADERS = frozenset((
+    "content-length", "content-type", "te", "grpc-accept-encoding", "grpc-encoding",
+    "grpc-internal-encoding-request", "grpc-message", "grpc-previous-rpc-attempts",
+    "grpc-status", "grpc-timeout", "connection", "keep-alive", "proxy-connection",
+    "transfer-encoding", "upgrade"))
+
+
 def check_metadata_key(name: str, key: object, *, binary_ok: bool = False) -> None:
     """Check that ``key`` (the field ``name``) can name gRPC text metadata: the characters
     gRPC allows in a key, ``Header-Name → 1*( %x30-39 / %x61-7A / "_" / "-" / "." )``
     (gRPC over HTTP/2, Custom-Metadata: lower case, so no ``:`` pseudo-header either), not
-    ending in ``-bin`` (binary values) unless ``binary_ok``.
+    ending in ``-bin`` (binary values) unless ``binary_ok``, and none of
+    :data:`CONSUMED_HEADERS` (grpc core's own: an option naming one never sees it, or
+    breaks every call).
 
     Raises:
         ConfigError: any other value; ``name`` and the value quoted.
@@ -368,6 +382,10 @@ def check_metadata_key(name: str, key: object, *, binary_ok: bool = False) -> No
             or (key.endswith("-bin") and not binary_ok)):
         raise ConfigError(
             f"{name} must be a lowercase gRPC metadata key (0-9 a-z _ - .), got {key!r}")
+    if key in CONSUMED_HEADERS:
+        raise ConfigError(
+            f"{name} must not name a header grpc consumes itself (it never reaches the "
+            f"application's metadata), got {key!r}")
 
 
 def check_path(name: str, value: object) -> str:

@@ -161,7 +161,7 @@ from limits.errors import ConfigurationError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.util import WindowStats
 
-from meshkit._config import check_int, check_number, check_seconds
+from meshkit._config import CONSUMED_HEADERS, check_int, check_number, check_seconds
 from meshkit._fields import FrozenMap
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._log import RepeatLog
@@ -329,14 +329,7 @@ def by_identity(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str
 # gRPC over HTTP/2, Custom-Metadata: Header-Name -> 1*( %x30-39 / %x61-7A / "_" / "-" / "." )
 # (checked before lowercasing, any ASCII case: str.lower() makes KELVIN SIGN an ASCII "k")
 _HEADER_NAME = re.compile(r"[0-9A-Za-z_.\-]+", re.ASCII)
-# names no key function sees: grpc core reads these itself and leaves them out of
-# invocation_metadata() (gRPC over HTTP/2, PROTOCOL-HTTP2.md), and a request carrying a
-# connection-specific header is malformed (RFC 9113 section 8.2.2)
-_CONSUMED_HEADERS = frozenset((
-    "content-length", "content-type", "te", "grpc-accept-encoding", "grpc-encoding",
-    "grpc-internal-encoding-request", "grpc-message", "grpc-previous-rpc-attempts",
-    "grpc-status", "grpc-timeout", "connection", "keep-alive", "proxy-connection",
-    "transfer-encoding", "upgrade"))
+
 
 
 def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
@@ -368,7 +361,7 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
             header := header.lower()).endswith("-bin"):
         raise ConfigError(f"by_metadata needs a non-binary gRPC metadata key (0-9 a-z _ - ., "
                           f"any case), got {name!r}")
-    if header in _CONSUMED_HEADERS:
+    if header in CONSUMED_HEADERS:
         raise ConfigError(f"by_metadata: grpc reads header {name!r} itself and shows it to "
                           f"no key function, so every call would be keyed by the fallback")
     if fallback is not None and (not callable(fallback) or _is_async_callable(fallback)):
