@@ -136,6 +136,10 @@ class ServerStats:
         instance_id / address: as registered (``None`` before registration).
         services: the gRPC services it serves.
         ready: registered, serving and not draining (what ``/readyz`` reports).
+        serving: the gRPC health status of ``""`` (the whole server) and of the mesh
+            service name is SERVING, as the application leaves it on its health servicer
+            (``MeshServer.health``): what gRPC health checks, Consul's GRPC check and
+            gRFC A17 clients read (default ``True``).
         draining: draining now.
         tls: serving with transport security.
         chain: the server checks in the order they run.
@@ -184,6 +188,7 @@ class ServerStats:
     tls_handshakes: int = 0
     rate_limit_keys_evicted: int = 0
     registry: dict[str, Any] | None = None
+    serving: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (what ``/debug/mesh`` shows; a float that is not finite, such as

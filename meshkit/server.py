@@ -1996,8 +1996,24 @@ class MeshServer:
 
     @property
     def ready(self) -> bool:
-        """Registered and serving, and not draining (what ``/readyz`` reports)."""
-        return self.instance is not None and self._server is not None and not self.draining
+        """Registered and serving, not draining, and :attr:`serving` (what ``/readyz``
+        reports)."""
+        return (self.instance is not None and self._server is not None
+                and not self.draining and self.serving)
+
+    @property
+    def serving(self) -> bool:
+        """The gRPC health status of ``""`` (the whole server) and of the mesh service
+        name on :attr:`health` is SERVING: the application marks its server not serving
+        there (a dependency down, a cache warming), and every gRPC health client,
+        Consul's GRPC check and gRFC A17 client stops sending it calls, so ``/readyz``
+        (a Kubernetes readiness probe) says so too. A name with no status set counts as
+        serving (meshkit sets both at start)."""
+        statuses = getattr(self.health, "_server_status", None)
+        if not isinstance(statuses, Mapping):
+            return True
+        ok = health_pb2.HealthCheckResponse.SERVING
+        return all(statuses.get(name, ok) == ok for name in ("", self.service))
 
     @property
     def live(self) -> bool:
@@ -2020,6 +2036,7 @@ class MeshServer:
             address=inst.address if inst else None,
             services=tuple(self.service_names),
             ready=self.ready,
+            serving=self.serving,
             draining=self.draining,
             tls=opts.tls is not None or opts.credentials is not None,
             chain=tuple(type(i).__name__ for i in self._chain),

@@ -433,15 +433,19 @@ def _debug_mesh_json(now: float, servers: list[ServerStats],
 def _not_ready(server: ServerStats) -> dict[str, Any]:
     """The ``not_ready`` entry of ``/readyz``'s 503 for a live server that is not ready."""
     return {"service": server.service, "instance_id": server.instance_id,
-            "draining": server.draining, "registered": server.instance_id is not None}
+            "draining": server.draining, "registered": server.instance_id is not None,
+            "serving": server.serving}
 
 
 def _reason(not_ready: list[dict[str, Any]]) -> str:
     """Why the servers of ``not_ready`` (:func:`_not_ready` entries, at least one) are not
-    ready: ``"draining"``, ``"not registered"`` (bound, registration under way) or both."""
-    draining = {entry["draining"] for entry in not_ready}
-    return ("draining or not registered" if len(draining) == 2
-            else "draining" if True in draining else "not registered")
+    ready: ``"draining"``, ``"not registered"`` (bound, registration under way), ``"not
+    serving"`` (its gRPC health status set NOT_SERVING by the application), or those that
+    apply joined by ``" or "``, in that order."""
+    reasons = {"draining" if entry["draining"] else "not registered"
+               if not entry["registered"] else "not serving" for entry in not_ready}
+    return " or ".join(r for r in ("draining", "not registered", "not serving")
+                       if r in reasons)
 
 
 def _service_readiness(servers: list[ServerStats], service: list[str],
