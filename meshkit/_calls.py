@@ -1039,6 +1039,8 @@ grpc.aio.StreamStreamCall.register(StreamStreamCall)
 
 
 _NOTHING: Any = object()
+_READER: Any = "read"  # RetryingStreamCall._style
+_ITERATOR: Any = "iterate"
 
 
 class RetryingStreamCall(MeshCall):
@@ -1063,7 +1065,7 @@ class RetryingStreamCall(MeshCall):
             retry interceptor's returns early when its channel closes).
     """
 
-    __slots__ = ("_delay_for", "_first", "_next", "_open", "_pause", "_request")
+    __slots__ = ("_delay_for", "_first", "_next", "_open", "_pause", "_request", "_style")
 
     def __init__(self, details: ClientCallDetails, request: Any,
                  open_: Callable[[ClientCallDetails, Any], Awaitable[Any]], call: Any,
@@ -1076,6 +1078,9 @@ class RetryingStreamCall(MeshCall):
         self._pause = pause
         self._first: Any = _NOTHING
         self._next: asyncio.Future[None] | None = None  # set at the next attempt's opening
+        # the API its responses are taken with: None, _READER or _ITERATOR (as grpc.aio's
+        # _update_response_style, the two may not be mixed)
+        self._style: Any = None
         self._call = call
         self._task = asyncio.get_running_loop().create_task(self._commit(attempt))
         self._task.add_done_callback(self._settle_from_task)
@@ -1116,10 +1121,19 @@ class RetryingStreamCall(MeshCall):
         return self._call if self._call is not None else self._details.last_call
 
     def __aiter__(self) -> AsyncIterator[Any]:
+        """Iterate over the responses (see :meth:`read`).
+
+        Raises:
+            grpc.aio.UsageError: :meth:`read` was used on this call (even if it has
+                ended), as grpc.aio's streaming call.
+        """
+        if self._style is _READER:
+            raise grpc.aio.UsageError(_STYLES_MIXED)
+        self._style = _ITERATOR
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        while (response := await self.read()) is not grpc.aio.EOF:
+        while (response := await self._read()) is not grpc.aio.EOF:
             yield response
 
     async def read(self) -> Any:
@@ -1130,7 +1144,17 @@ class RetryingStreamCall(MeshCall):
         Raises:
             grpc.aio.AioRpcError: the call failed (after its retries, if before commit).
             asyncio.CancelledError: the call was cancelled.
+            grpc.aio.UsageError: the call is being iterated (``async for``) and has not
+                ended, as grpc.aio's streaming call.
         """
+        if self._style is not _READER:
+            if self._style is _ITERATOR and not self.done():
+                raise grpc.aio.UsageError(_STYLES_MIXED)
+            if not self.done():  # as grpc.aio's: a read of an ended call sets no style
+                self._style = _READER
+        return await self._read()
+
+    async def _read(self) -> Any:
         if not self._is_settled:  # committed: no coroutine per message
             await self._settled_or_cancel()
         if self._error is not None:
