@@ -396,9 +396,11 @@ class MeshCall:
                 and getattr(self._details, "codec_error", None) is None)
 
     def done(self) -> bool:
-        """Whether the call has finished, with any outcome."""
+        """Whether the call has finished, with any outcome; true as soon as :meth:`cancel`
+        has cancelled it, as grpc.aio's (a unary-response call in flight settles in its
+        task, a turn later)."""
         if not self._is_settled:
-            return False
+            return self._cancelled
         call = self._call
         return call is None or self._error is not None or bool(call.done())
 
