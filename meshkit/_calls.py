@@ -489,12 +489,15 @@ class MeshCall:
 
         Raises:
             grpc.aio.AioRpcError: the call failed before an attempt was open.
+            asyncio.CancelledError: the call was cancelled before an attempt was open
+                (as grpc.aio's: a call never sent is not connected).
         """
         call = await self._settled()
-        if isinstance(self._error, AioRpcError) and call is None:
-            raise self._reported(self._error)
-        if call is not None:
-            await call.wait_for_connection()
+        if call is None:
+            if self._error is not None:
+                raise self._reported(self._error)
+            return
+        await call.wait_for_connection()
 
 
 class UnaryResponseCall(MeshCall):
