@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
-from meshkit.discovery import LocalRegistry
+import meshkit
+from meshkit.discovery import Instance, LocalRegistry
+from meshkit.interceptors import ClientInterceptor
 from meshkit.resilience import RetryOptions, RetryPolicy
-from tests.support.echo import method
+from tests.support.echo import handler, method, raw_server
 from tests.test_grpc_parity import DIALS, side_by_side
 
 RETRIED = {"retry": RetryOptions(default=RetryPolicy(idempotent=True, max_attempts=2))}
@@ -58,3 +61,43 @@ async def test_wait_for_connection_of_a_call_cancelled_before_it_was_sent(
     assert set(expected.values()) == {"CancelledError"}, expected
     assert got == {**expected, "stream-unary": "CancelledError",
                    "stream-stream": "CancelledError"}
+
+
+class _NoToken(ClientInterceptor):
+    """A credentials interceptor whose token file is missing: fails before any attempt."""
+
+    async def intercept_unary(self, details: Any, request: Any, proceed: Any) -> Any:
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent/token")
+
+    async def intercept_stream(self, details: Any, request: Any, proceed: Any) -> Any:
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent/token")
+
+
+class _RawNoToken(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                    request: Any) -> Any:
+        raise FileNotFoundError(2, "No such file or directory", "/nonexistent/token")
+
+
+async def test_wait_for_connection_of_a_call_its_interceptor_failed_raises_that_error(
+        registry: LocalRegistry) -> None:
+    """A client interceptor's error before any attempt: grpc.aio's ``wait_for_connection``
+    raises it (``InterceptedCall`` awaits its interceptors' task); meshkit's returned."""
+    async with raw_server(handler("e1")) as (_server, port):
+        await registry.register(
+            Instance(service="echo", instance_id="e1", host="127.0.0.1", port=port))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                             interceptors=[_RawNoToken()]) as raw:
+            call = raw.unary_unary(method("Unary"))(b"x")
+            with pytest.raises(FileNotFoundError):
+                await asyncio.wait_for(call.wait_for_connection(), 10)
+        async with meshkit.dial("echo", registry=registry, options=meshkit.DialOptions(
+                insecure=True, interceptors=[_NoToken()])) as ch:
+            await ch.wait_for_endpoints(1)
+            calls = (ch.unary_unary(method("Unary"))(b"x"),
+                     ch.unary_stream(method("ServerStream"))(b"1"),
+                     ch.stream_unary(method("ClientStream"))(),
+                     ch.stream_stream(method("Bidi"))())
+            for call in calls:
+                with pytest.raises(FileNotFoundError):
+                    await asyncio.wait_for(call.wait_for_connection(), 10)
