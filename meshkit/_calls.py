@@ -859,9 +859,14 @@ class StreamResponseCall(MeshCall):
         Raises:
             RequestSerializationError: the method's serializer refused ``request``; the
                 call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent.
+            asyncio.InvalidStateError: the call was cancelled before it opened ("RPC
+                already finished.", as grpc.aio's write to a finished call; not a
+                ``CancelledError`` in a writing task nobody cancelled).
         """
         call = self._call if self._is_settled else None  # as read()
         if call is None:
+            if self._is_settled and isinstance(self._error, asyncio.CancelledError):
+                raise asyncio.InvalidStateError(_FINISHED)
             call = await self._opened()
         plan = self._details.codec
         if plan is not None and plan.serializes_stream:
