@@ -848,7 +848,12 @@ class StreamResponseCall(MeshCall):
         if self._cancelled:
             return
         task = _current_task()
-        if task is None or task.cancelling():
+        if task is None:
+            return
+        if task.cancelling():
+            # the caller's cancellation: grpc.aio's read/write cancelled the call for it,
+            # so a later read or write of it is the caller's cancel too, not the mesh's
+            self._cancelled = True
             return
         raise MeshRpcError(_CANCELLED, f"stream to {self._details.service!r} cancelled: the "
                            "channel was closed or its endpoint left") from None
