@@ -941,8 +941,10 @@ class StreamUnaryCall(UnaryResponseCall):
     not retried once it has sent (nothing replays what was written), and its ``await``
     waits for ``done_writing()``. A message its serializer refuses ends the call
     ``INTERNAL`` (:class:`~meshkit.errors.RequestSerializationError`), raised by the
-    ``await`` (and by a ``write()`` after it), not by the ``write()`` that handed it over:
-    the mesh serializes a request stream's messages as the attempt takes them."""
+    ``await`` (and by a ``write()`` waiting then), not by the ``write()`` that handed it
+    over: the mesh serializes a request stream's messages as the attempt takes them. A
+    ``write()`` to a call that has ended, however it ended, raises ``InvalidStateError``
+    "RPC already finished.", as grpc.aio's."""
 
     __slots__ = ("_half_closed", "_writes")
 
@@ -996,8 +998,10 @@ class StreamUnaryCall(UnaryResponseCall):
         self._raise_finished()
 
     def _raise_finished(self) -> None:
-        """A write to a call that has ended: its error when it failed, else grpc.aio's
-        ``InvalidStateError``."""
+        """A write that waited while the call ended (its message not taken): its error
+        when it failed, ``CancelledError`` when cancelled, else grpc.aio's
+        ``InvalidStateError`` (as grpc.aio's ``_write`` that waited for the call's
+        start raises its status)."""
         err = self._error
         if isinstance(err, AioRpcError):
             raise self._reported(err)
@@ -1010,9 +1014,17 @@ class StreamUnaryCall(UnaryResponseCall):
 
         Raises:
             grpc.aio.UsageError: the call was made with a request iterator.
-            asyncio.InvalidStateError: after :meth:`done_writing`, or the call has ended
-                (its error instead, when it failed), as grpc.aio's ``write``.
+            asyncio.InvalidStateError: the call has ended ("RPC already finished.":
+                answered, failed, or :meth:`cancel` returned ``True``, whatever the
+                order with :meth:`done_writing`), or after :meth:`done_writing` ("RPC is
+                half closed..."), as grpc.aio's ``_write``, which checks ``done()`` first.
+            grpc.aio.AioRpcError, asyncio.CancelledError: the call failed or was
+                cancelled while this write waited for its message to be taken.
         """
+        if self._writes is None:  # as grpc.aio's: the style first, ended or not
+            raise grpc.aio.UsageError(_STYLES_MIXED)
+        if self.done():  # a cancel() in flight too: not a message accepted and dropped
+            raise asyncio.InvalidStateError(_FINISHED)
         if self._half_closed:
             raise asyncio.InvalidStateError(_HALF_CLOSED)
         await self._put(request)

@@ -237,28 +237,84 @@ async def test_cancelling_the_task_awaiting_a_write_cancels_the_call(
 
 
 async def test_writes_to_an_ended_stream_unary_call(registry: LocalRegistry) -> None:
-    """``write()`` to a stream-unary call that has ended, as grpc.aio's: after it was
-    cancelled, ``CancelledError``; after it answered (a handler that reads nothing),
-    ``InvalidStateError`` "RPC already finished."; ``done_writing()`` on a call made with
-    a request iterator, ``UsageError``."""
+    """``write()`` to a stream-unary call that has ended answers as raw grpc.aio's, side by
+    side on one server (its ``_write`` checks ``done()`` first): ``InvalidStateError``
+    "RPC already finished." after it answered, after it failed (not the failure's
+    ``AioRpcError`` again), after ``cancel()`` (not ``CancelledError`` in a writing task
+    nobody cancelled; nor a write accepted and dropped, while ``done()`` said the call was
+    over), and after ``done_writing()`` once the call ended (not "half closed");
+    ``write()`` and ``done_writing()`` on a call made with a request iterator,
+    ``UsageError``, ended or not."""
     async def answers_at_once(requests: Any, context: Any) -> bytes:
         return b"done"
 
-    async with stream_unary_service(registry, "AnswersAtOnce", answers_at_once) as ch:
+    async def fails(requests: Any, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+    async def waits(requests: Any, context: Any) -> bytes:
+        await asyncio.sleep(30)
+        return b""
+
+    handlers = grpc.method_handlers_generic_handler(SERVICE, {
+        "AnswersAtOnce": grpc.stream_unary_rpc_method_handler(answers_at_once),
+        "Fails": grpc.stream_unary_rpc_method_handler(fails),
+        "Waits": grpc.stream_unary_rpc_method_handler(waits)})
+
+    async def second_write(call: Any) -> str:
+        try:
+            await asyncio.wait_for(call.write(b"b"), 5)
+        except BaseException as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "accepted"
+
+    async def outcomes(ch: Any) -> dict[str, str]:
+        out: dict[str, str] = {}
         answered = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
         await answered.write(b"a")
         assert await answered == b"done"
-        with pytest.raises(asyncio.InvalidStateError, match="already finished"):
-            await answered.write(b"b")
-        cancelled = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
-        await cancelled.write(b"a")
-        assert cancelled.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled.write(b"b")
+        out["answered"] = await second_write(answered)
+        failed = ch.stream_unary(method("Fails"))(timeout=5)
+        await failed.write(b"a")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await failed
+        out["failed"] = await second_write(failed)
+        for when in ("at once", "in flight"):
+            cancelled = ch.stream_unary(method("Waits"))(timeout=5)
+            await cancelled.write(b"a")
+            if when == "in flight":  # the first message taken, the call under way
+                await asyncio.sleep(0.3)
+            assert cancelled.cancel()
+            assert cancelled.done()
+            out[f"cancelled {when}"] = await second_write(cancelled)
+        never = ch.stream_unary(method("Waits"))(timeout=5)
+        assert never.cancel()
+        out["cancelled before a write"] = await second_write(never)
+        half_closed = ch.stream_unary(method("AnswersAtOnce"))(timeout=5)
+        await half_closed.write(b"a")
+        await half_closed.done_writing()
+        assert await half_closed == b"done"
+        out["half-closed, answered"] = await second_write(half_closed)
         iterated = ch.stream_unary(method("AnswersAtOnce"))(iter([b"x"]), timeout=5)
         with pytest.raises(grpc.aio.UsageError):
             await iterated.done_writing()
         assert await iterated == b"done"
+        out["iterated, answered"] = await second_write(iterated)
+        return out
+
+    async with raw_server(handlers) as (_server, port):
+        await registry.register(
+            Instance(service="writes", instance_id="s1", host="127.0.0.1", port=port))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as raw, \
+                meshkit.dial("writes", registry=registry,
+                             options=meshkit.DialOptions(insecure=True)) as mesh:
+            await mesh.wait_for_endpoints(1)
+            expected = await outcomes(raw)
+            assert expected.pop("iterated, answered").startswith("UsageError")
+            assert set(expected.values()) == {"InvalidStateError: RPC already finished."}
+            expected["iterated, answered"] = (
+                "UsageError: " + "The iterator and read/write APIs may not be mixed on a "
+                "single RPC.")
+            assert await outcomes(mesh) == expected
 
 
 def _pending_request_consumers() -> list[asyncio.Task[Any]]:
