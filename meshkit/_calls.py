@@ -864,13 +864,16 @@ class StreamResponseCall(MeshCall):
         Raises:
             RequestSerializationError: the method's serializer refused ``request``; the
                 call ends ``INTERNAL`` (as grpc-go's ``SendMsg``), nothing is sent.
-            asyncio.InvalidStateError: the call was cancelled before it opened ("RPC
-                already finished.", as grpc.aio's write to a finished call; not a
-                ``CancelledError`` in a writing task nobody cancelled).
+            asyncio.InvalidStateError: the call had ended before it opened, cancelled or
+                failed with a status ("RPC already finished.", as grpc.aio's write to a
+                finished call; not a ``CancelledError`` in a writing task nobody
+                cancelled, nor the status again: a write that waited while the call
+                failed raises the status, as grpc.aio's).
         """
         call = self._call if self._is_settled else None  # as read()
         if call is None:
-            if self._is_settled and isinstance(self._error, asyncio.CancelledError):
+            if self._is_settled and isinstance(self._error,
+                                               (asyncio.CancelledError, AioRpcError)):
                 raise asyncio.InvalidStateError(_FINISHED)
             call = await self._opened()
         plan = self._details.codec
