@@ -868,14 +868,24 @@ class StreamResponseCall(MeshCall):
                 failed with a status ("RPC already finished.", as grpc.aio's write to a
                 finished call; not a ``CancelledError`` in a writing task nobody
                 cancelled, nor the status again: a write that waited while the call
-                failed raises the status, as grpc.aio's).
+                failed raises the status, as grpc.aio's); or :meth:`cancel` ended it
+                while this write waited for it to open (as grpc.aio's intercepted call).
+            asyncio.CancelledError: the writing task was cancelled (the call is too).
         """
         call = self._call if self._is_settled else None  # as read()
         if call is None:
             if self._is_settled and isinstance(self._error,
                                                (asyncio.CancelledError, AioRpcError)):
                 raise asyncio.InvalidStateError(_FINISHED)
-            call = await self._opened()
+            call = await self._settled_or_cancel()  # the writer cancelled: CancelledError
+            if call is None:
+                if isinstance(self._error, asyncio.CancelledError):
+                    # cancel() ended it while this write waited for the opening: as
+                    # grpc.aio's intercepted call's write, not a CancelledError in a
+                    # writing task nobody cancelled
+                    raise asyncio.InvalidStateError(_FINISHED)
+                raise (self._reported(self._error) if self._error is not None
+                       else asyncio.CancelledError())
         plan = self._details.codec
         if plan is not None and plan.serializes_stream:
             try:
