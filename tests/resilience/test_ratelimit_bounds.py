@@ -4,13 +4,11 @@ used evicted), and the gRFC A6 pushback a refusal sends, against real grpc.aio c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,14 +20,14 @@ from meshkit.discovery import LocalRegistry
 from meshkit.errors import ConfigError
 from meshkit.resilience import Backoff, RetryOptions, RetryPolicy, ratelimit
 from meshkit.resilience.ratelimit import (
-    RateLimitInterceptor,
     RateLimitOptions,
     StorageLimiter,
     Strategy,
 )
 from tests.conftest import EchoFactory
+from tests.resilience.limited_echo import limited_echo as _limited_echo
 from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, redis_ping
-from tests.support.echo import SERVICE, handler, method
+from tests.support.echo import SERVICE, method
 from tests.support.skips import skip_or_fail
 
 pytestmark = pytest.mark.timeout(60)
@@ -271,21 +269,6 @@ class _Attempts:
     def __call__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         self.at.append(time.monotonic())
         return "one-caller"
-
-
-@contextlib.asynccontextmanager
-async def _limited_echo(options: RateLimitOptions) -> AsyncIterator[int]:
-    """An echo server on 127.0.0.1:0 behind a RateLimitInterceptor; yields its port."""
-    interceptor = RateLimitInterceptor(options)
-    server = grpc.aio.server(interceptors=[interceptor])
-    server.add_generic_rpc_handlers((handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
-        await interceptor.aclose()
 
 
 def _trailer(err: grpc.aio.AioRpcError, key: str) -> list[str | bytes]:

@@ -14,8 +14,6 @@ value, as ``RateLimitOptions(key=...)`` refuses a bad key function.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -23,12 +21,12 @@ import pytest
 
 from meshkit.errors import ConfigError
 from meshkit.resilience.ratelimit import (
-    RateLimitInterceptor,
     RateLimitOptions,
     by_metadata,
     by_peer,
 )
-from tests.support.echo import handler, method
+from tests.resilience.limited_echo import limited_echo as _limited_echo
+from tests.support.echo import method
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -56,20 +54,6 @@ def test_a_fallback_that_is_no_key_function_is_refused_quoting_it(fallback: Any)
 def test_metadata_keys_are_accepted_in_any_case(name: str) -> None:
     assert by_metadata(name, fallback=None).__name__ == f"by_metadata({name.strip().lower()!r})"
     by_metadata(name, fallback=by_peer)
-
-
-@contextlib.asynccontextmanager
-async def _limited_echo(options: RateLimitOptions) -> AsyncIterator[int]:
-    interceptor = RateLimitInterceptor(options)
-    server = grpc.aio.server(interceptors=[interceptor])
-    server.add_generic_rpc_handlers((handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
-        await interceptor.aclose()
 
 
 async def test_a_header_named_in_capitals_keys_callers_on_a_real_server() -> None:

@@ -13,21 +13,19 @@ equal ones share one.
 
 from __future__ import annotations
 
-import contextlib
 import tracemalloc
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from meshkit.resilience.ratelimit import (
-    RateLimitInterceptor,
     RateLimitOptions,
     StorageLimiter,
     Strategy,
     by_metadata,
 )
-from tests.support.echo import handler, method
+from tests.resilience.limited_echo import limited_echo as _limited_echo
+from tests.support.echo import method
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,20 +73,6 @@ async def test_long_keys_stay_distinct_callers(strategy: Strategy) -> None:
         assert await limiter.check(METHOD, same + "3") is None
     finally:
         await limiter.aclose()
-
-
-@contextlib.asynccontextmanager
-async def _limited_echo(options: RateLimitOptions) -> AsyncIterator[int]:
-    interceptor = RateLimitInterceptor(options)
-    server = grpc.aio.server(interceptors=[interceptor])
-    server.add_generic_rpc_handlers((handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
-        await interceptor.aclose()
 
 
 async def test_a_long_header_key_limits_on_a_real_server() -> None:

@@ -15,19 +15,18 @@ millisecond, as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from meshkit.resilience import ratelimit
 from meshkit.resilience._ratelimit_policy import parse_rule
-from meshkit.resilience.ratelimit import RateLimitInterceptor, RateLimitOptions, Strategy
-from tests.support.echo import SERVICE, handler, method
+from meshkit.resilience.ratelimit import RateLimitOptions, Strategy
+from tests.resilience.limited_echo import limited_echo as _limited_echo
+from tests.support.echo import SERVICE, method
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,20 +43,6 @@ def _at_a_window_start(monkeypatch: pytest.MonkeyPatch, rule: str) -> None:
     base = math.ceil(ratelimit._MEMORY_CLOCK.time() / window_s) * window_s + 1.0
     t0 = time.monotonic()
     monkeypatch.setattr(ratelimit._MEMORY_CLOCK, "time", lambda: base + time.monotonic() - t0)
-
-
-@contextlib.asynccontextmanager
-async def _limited_echo(options: RateLimitOptions) -> AsyncIterator[int]:
-    interceptor = RateLimitInterceptor(options)
-    server = grpc.aio.server(interceptors=[interceptor])
-    server.add_generic_rpc_handlers((handler("e1"),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
-        await interceptor.aclose()
 
 
 def _retrying_channel(port: int) -> grpc.aio.Channel:
