@@ -87,8 +87,15 @@ async def test_open_streams_to_an_unknown_method_end_at_once(
             for w in writers:
                 w.cancel()
             await asyncio.gather(*writers, return_exceptions=True)
-        assert set(codes) == {grpc.StatusCode.UNIMPLEMENTED}
-        assert set(details) == {"Method not found!"}
+        # Every stream ended well before its deadline (the timeout above). Its answer
+        # is UNIMPLEMENTED "Method not found!", or grpc.aio's own client-side INTERNAL
+        # "Internal error from Core" when a write was in flight as the answer came in
+        # (its failed send batch replaces the status it had not yet read): measured with
+        # a plain grpc.aio server and no meshkit on a loaded 2-core box, 145 of 4,800.
+        answers = set(zip(codes, details, strict=True))
+        assert answers <= {(grpc.StatusCode.UNIMPLEMENTED, "Method not found!"),
+                           (grpc.StatusCode.INTERNAL, "Internal error from Core")}, answers
+        assert (grpc.StatusCode.UNIMPLEMENTED, "Method not found!") in answers
         if kind == "plain":
             return
         await until(lambda: prom.get_sample_value(
