@@ -45,7 +45,7 @@ _HOST_HEADER_RE = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
 _RENDER_THREADS = 2
 """Threads an admin server renders ``/metrics`` in: two scrapes at once (a pair of
 Prometheus replicas) each get one; a third waits."""
-_RESERVED = frozenset({"/metrics", "/healthz", "/readyz", "/debug/mesh", DASHBOARD_PATH,
+_RESERVED = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/debug/mesh", DASHBOARD_PATH,
                        DASHBOARD_JSON_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,7 +107,14 @@ class AdminServer:
                            the loop's default executor (``asyncio.to_thread``); text not
                            encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
                            warning, not as a 500
-    /healthz               200 ``ok`` while the process's event loop answers (liveness)
+    /livez                 liveness (a Kubernetes ``livenessProbe``): 200 ``ok`` (text,
+                           ``Cache-Control: no-store``) whenever the admin server's event
+                           loop runs the handler, so it fails (the probe times out) only
+                           when that loop is wedged (a blocking call, a busy loop); never
+                           because a server drains, is not registered or not serving, nor
+                           because the registry or another dependency is down (a restart
+                           would not bring those back: that is ``/readyz``'s to report)
+    /healthz               the same answer as ``/livez`` (its older name)
     /readyz                the whole process: 200 when every live MeshServer of it
                            (whatever its loop) is registered and not draining; 503 with
                            the reasons (JSON: ``not_ready`` entries with ``service``,
@@ -268,6 +275,7 @@ class AdminServer:
                               if is_loopback(self.options.host) else [])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/mesh", self._debug_mesh)
         app.add_routes(self._dashboard.routes(offload=self._off_loop))
@@ -382,7 +390,8 @@ class AdminServer:
             m.name for m, f in zip(metrics, fixed, strict=True) if f is not m}
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        # liveness (/livez, /healthz): answered from the loop, depending on nothing else
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         query = request.query
