@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import re
+import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,13 +105,17 @@ def validate_id(field: str, value: str) -> None:
 
 
 def normalize_email(email: str) -> str:
-    """Return the canonical (lower-case) form under which an email is stored."""
-    return email.lower()
+    """Return the canonical form under which an email is stored and looked up: Unicode
+    NFC, lower-cased, NFC again (lower-casing can decompose, e.g. U+0130 becomes
+    ``i`` + U+0307). So a composed ``é`` (U+00E9) and a decomposed ``e`` + U+0301,
+    which look the same and are the same address, are one account."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", email).lower())
 
 
 def check_email(v: Violations, field: str, email: str) -> None:
     """Check an email address: required, at most 254 characters, ``local@domain.tld``,
-    no control characters (as :func:`check_name`)."""
+    no control characters (as :func:`check_name`). Pass the :func:`normalize_email`
+    form, so that the limits hold for what is stored."""
     if not _text(v, field, email, MAX_EMAIL):
         return
     if not _EMAIL.fullmatch(email) or _CONTROL.search(email):
@@ -143,26 +148,29 @@ def check_password(v: Violations, field: str, password: str) -> None:
 
 
 def validate_create_user(email: str, name: str, password: str) -> str:
-    """Validate a CreateUser request; return the normalised email.
+    """Validate a CreateUser request; return the normalised email
+    (:func:`normalize_email`, which is what the email checks apply to).
 
     Raises :class:`InvalidArgument` listing every bad field.
     """
+    email = normalize_email(email)
     v = Violations()
     check_email(v, "email", email)
     check_name(v, "name", name)
     check_password(v, "password", password)
     v.raise_if_any()
-    return normalize_email(email)
+    return email
 
 
 def validate_update_user(user_id: str, name: str, email: str) -> tuple[str | None, str | None]:
     """Validate an UpdateUser request; return ``(name, normalised email)``, ``None`` for
     a field left empty (unchanged).
 
-    The id must be a UUID; a non-empty name or email must pass the CreateUser checks;
-    at least one of them must be given. Raises :class:`InvalidArgument` listing every
-    bad field.
+    The id must be a UUID; a non-empty name or email must pass the CreateUser checks
+    (the email's in its :func:`normalize_email` form); at least one of them must be
+    given. Raises :class:`InvalidArgument` listing every bad field.
     """
+    email = normalize_email(email)
     v = Violations()
     check_id(v, "user_id", user_id)
     if name:
@@ -172,7 +180,7 @@ def validate_update_user(user_id: str, name: str, email: str) -> tuple[str | Non
     if not name and not email:
         v.add("name, email", "at least one is required (empty means unchanged)")
     v.raise_if_any()
-    return name or None, normalize_email(email) if email else None
+    return name or None, email or None
 
 
 class ItemLike(Protocol):
