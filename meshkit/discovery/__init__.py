@@ -120,7 +120,9 @@ def registry_from_uri(uri: str) -> Registry:
           :meth:`ConsulRegistry.from_uri` documents); ``CONSUL_HTTP_TOKEN`` applies.
         * ``etcd://host:2379[,host2:2379]`` or ``etcd+https://host:2379,...`` (query options
           as :meth:`EtcdRegistry.from_uri` documents); ``etcd://`` alone takes
-          ``ETCDCTL_ENDPOINTS``; ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` apply.
+          ``ETCDCTL_ENDPOINTS``; ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY`` and
+          ``ETCDCTL_INSECURE_TRANSPORT`` apply as etcdctl reads them, and
+          ``ETCDCTL_USER``/``ETCDCTL_PASSWORD`` are refused (:meth:`EtcdOptions.from_env`).
 
     Raises:
         ConfigError: unknown scheme, bad option value or a URI that cannot be parsed (an

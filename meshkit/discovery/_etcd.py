@@ -182,6 +182,7 @@ from meshkit.discovery._options import (
     env_fields,
     env_value,
     options_with,
+    parse_bool,
     query_fields,
     shown_uri,
     split_address,
@@ -464,21 +465,46 @@ class EtcdOptions:
         """Options from etcdctl's environment variables, then ``overrides``.
 
         Reads ``ETCDCTL_ENDPOINTS`` (comma-separated URLs: ``endpoints``),
-        ``ETCDCTL_CACERT`` (``ca_file``), ``ETCDCTL_CERT`` (``cert_file``) and
-        ``ETCDCTL_KEY`` (``key_file``); empty variables count as unset.
+        ``ETCDCTL_CACERT`` (``ca_file``), ``ETCDCTL_CERT`` (``cert_file``),
+        ``ETCDCTL_KEY`` (``key_file``) and ``ETCDCTL_INSECURE_TRANSPORT`` (a boolean,
+        default true); empty variables count as unset. As etcdctl dials them
+        (``etcdctl/ctlv3/command/global.go``, ``newClientCfg``), an endpoint of
+        ``ETCDCTL_ENDPOINTS`` written without a scheme uses TLS (``https``) when a TLS
+        file is set (by a variable or an override) or ``ETCDCTL_INSECURE_TRANSPORT`` is
+        false, else plain http; one written with its scheme keeps it.
+
+        ``ETCDCTL_USER`` and ``ETCDCTL_PASSWORD`` (etcd's password authentication) are
+        refused: the registry does not authenticate with a password (use client
+        certificates, ``ETCDCTL_CERT``/``ETCDCTL_KEY``, with etcd's
+        ``--client-cert-auth``); dropping them would leave every request to fail with
+        etcd's permission errors.
 
         Args:
             environ: the variables (default ``os.environ``).
             overrides: any :class:`EtcdOptions` field, winning over the environment.
 
         Raises:
-            ConfigError: a variable or override is invalid, or an override names no field.
+            ConfigError: a variable or override is invalid (the value quoted, never a
+                password), ``ETCDCTL_USER`` or ``ETCDCTL_PASSWORD`` is set (named, its
+                value not quoted), or an override names no field.
         """
         env = os.environ if environ is None else environ
+        for name in ("ETCDCTL_USER", "ETCDCTL_PASSWORD"):
+            if env_value(env, name) is not None:
+                # not quoted: ETCDCTL_USER may be 'user:password'
+                raise ConfigError(
+                    f"{name} is set, but meshkit's etcd registry does not authenticate "
+                    "with a user name and password; use client certificates "
+                    "(ETCDCTL_CERT/ETCDCTL_KEY, etcd's --client-cert-auth) or unset it")
         kwargs = env_fields(env, {"ETCDCTL_CACERT": "ca_file", "ETCDCTL_CERT": "cert_file",
                                   "ETCDCTL_KEY": "key_file"})
+        insecure = env_value(env, "ETCDCTL_INSECURE_TRANSPORT")
+        tls = (insecure is not None
+               and not parse_bool("ETCDCTL_INSECURE_TRANSPORT", insecure)) or any(
+            {**kwargs, **overrides}.get(name) is not None
+            for name in ("ca_file", "cert_file", "key_file"))
         if (raw := env_value(env, "ETCDCTL_ENDPOINTS")) is not None:
-            kwargs["endpoints"] = _split_endpoints(raw, "http")
+            kwargs["endpoints"] = _split_endpoints(raw, "https" if tls else "http")
         return options_with(cls, kwargs, overrides)
 
     @classmethod

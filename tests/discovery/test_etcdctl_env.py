@@ -1,0 +1,83 @@
+"""EtcdOptions.from_env reads etcdctl's variables as etcdctl does (etcdctl/ctlv3/command/
+global.go, ``newClientCfg``): a TLS file or ``ETCDCTL_INSECURE_TRANSPORT=false`` makes an
+endpoint given without a scheme use TLS, and variables the registry cannot honour
+(``ETCDCTL_USER``, ``ETCDCTL_PASSWORD``) fail at construction instead of being dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshkit.discovery import EtcdOptions
+from meshkit.errors import ConfigError
+
+_SECRET = "S3cretPw-do-not-print"
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    for name in ("ca.pem", "c.pem", "c.key"):
+        (tmp_path / name).write_text("x")
+    return {"ETCDCTL_CACERT": str(tmp_path / "ca.pem"), "ETCDCTL_CERT": str(tmp_path / "c.pem"),
+            "ETCDCTL_KEY": str(tmp_path / "c.key")}
+
+
+@pytest.mark.parametrize("names", [("ETCDCTL_CACERT",), ("ETCDCTL_CERT", "ETCDCTL_KEY"),
+                                   ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY")])
+def test_schemeless_endpoints_use_tls_when_a_tls_file_is_set(
+        tls_files: dict[str, str], names: tuple[str, ...]) -> None:
+    """``ETCDCTL_ENDPOINTS=h:2379`` with ``ETCDCTL_CACERT`` (or a client certificate) means
+    TLS, as etcdctl dials it (an endpoint without a scheme takes TLS when a TLS file is
+    given); ``from_env`` refused the pair as "ca_file/cert_file need https endpoints"."""
+    env = {"ETCDCTL_ENDPOINTS": "10.0.0.1:2379,10.0.0.2",
+           **{name: tls_files[name] for name in names}}
+    options = EtcdOptions.from_env(env)
+    assert options.endpoints == ("https://10.0.0.1:2379", "https://10.0.0.2:2379")
+    assert options.scheme == "https"
+    # etcd:// without a host takes ETCDCTL_ENDPOINTS, so the same holds there
+    assert EtcdOptions.from_uri("etcd://", environ=env).endpoints == options.endpoints
+
+
+def test_insecure_transport_false_means_tls_for_schemeless_endpoints() -> None:
+    """``ETCDCTL_INSECURE_TRANSPORT=false`` makes etcdctl dial endpoints without a scheme
+    with TLS; ``from_env`` ignored it and spoke plain http (the default, true, still
+    does); a value that is no boolean fails quoting it."""
+    env = {"ETCDCTL_ENDPOINTS": "h:2379"}
+    assert EtcdOptions.from_env(env).endpoints == ("http://h:2379",)
+    assert EtcdOptions.from_env({**env, "ETCDCTL_INSECURE_TRANSPORT": "true"}
+                                ).endpoints == ("http://h:2379",)
+    assert EtcdOptions.from_env({**env, "ETCDCTL_INSECURE_TRANSPORT": "false"}
+                                ).endpoints == ("https://h:2379",)
+    # an explicit scheme is kept, as etcdctl keeps it
+    assert EtcdOptions.from_env({"ETCDCTL_ENDPOINTS": "http://h:2379",
+                                 "ETCDCTL_INSECURE_TRANSPORT": "false"}
+                                ).endpoints == ("http://h:2379",)
+    with pytest.raises(ConfigError, match=r"ETCDCTL_INSECURE_TRANSPORT.*'maybe'"):
+        EtcdOptions.from_env({**env, "ETCDCTL_INSECURE_TRANSPORT": "maybe"})
+
+
+def test_explicit_http_endpoints_with_tls_files_still_fail(tls_files: dict[str, str]) -> None:
+    """An endpoint written ``http://`` with a TLS file still fails at construction (the
+    files would go unused), quoting the endpoints."""
+    env = {"ETCDCTL_ENDPOINTS": "http://h:2379", "ETCDCTL_CACERT": tls_files["ETCDCTL_CACERT"]}
+    with pytest.raises(ConfigError, match="http://h:2379"):
+        EtcdOptions.from_env(env)
+
+
+@pytest.mark.parametrize("env", [
+    {"ETCDCTL_USER": f"root:{_SECRET}"},
+    {"ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": _SECRET},
+    {"ETCDCTL_PASSWORD": _SECRET},
+], ids=["user-colon-password", "user-and-password", "password"])
+def test_etcd_user_variables_fail_at_construction_without_the_password(
+        env: dict[str, str]) -> None:
+    """``ETCDCTL_USER``/``ETCDCTL_PASSWORD`` (etcd's password authentication, which the
+    registry does not speak) fail at construction naming the variable, never quoting the
+    password: they were dropped silently, and every request later failed with etcd's
+    permission errors far from the cause."""
+    with pytest.raises(ConfigError) as info:
+        EtcdOptions.from_env({"ETCDCTL_ENDPOINTS": "h:2379", **env})
+    text = str(info.value)
+    assert _SECRET not in text, text
+    assert ("ETCDCTL_USER" in text) or ("ETCDCTL_PASSWORD" in text), text
