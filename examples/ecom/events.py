@@ -102,7 +102,8 @@ class Projection:
     """The consumer handler: applies an ``OrderPlaced`` event to the summaries once.
 
     A body that is not an ``OrderPlaced`` JSON object with ``user_id`` (str) and
-    ``total_minor`` (a JSON integer; ``true``/``false`` are not) raises
+    ``total_minor`` (a JSON integer, ``true``/``false`` are not, that an order can have:
+    0..:data:`~examples.ecom.validation.MAX_ORDER_TOTAL_MINOR`) raises
     :class:`~meshkit.messaging.PoisonMessage` (dead letter); a store failure raises, so
     the message is redelivered after a backoff (see :func:`consumer_options`).
     """
@@ -123,6 +124,8 @@ class Projection:
         if body.get("type") != "OrderPlaced" or not isinstance(user_id, str) \
                 or not isinstance(total, int) or isinstance(total, bool) or not event_id:
             raise PoisonMessage("not an OrderPlaced event")
+        if not 0 <= total <= validation.MAX_ORDER_TOTAL_MINOR:  # no order has it
+            raise PoisonMessage("OrderPlaced total_minor out of range")
         if await self._store.apply_order_placed(event_id, user_id, total):
             self.applied += 1
         else:
@@ -141,7 +144,8 @@ class OrderSummaryServicer(summary_pb2_grpc.OrderSummaryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> summary_pb2.OrderSummary:
         """The user's summary; INVALID_ARGUMENT for a malformed id, UNAVAILABLE when the
-        store cannot be reached."""
+        store cannot be reached, INTERNAL ("summary store failed", the cause logged) when
+        it fails otherwise."""
         try:
             validation.validate_id("user_id", request.user_id)
         except validation.InvalidArgument as exc:
@@ -150,6 +154,9 @@ class OrderSummaryServicer(summary_pb2_grpc.OrderSummaryServiceServicer):
             s = await self._store.order_summary(request.user_id)
         except StoreUnavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "summary store unavailable")
+        except StoreError:
+            _log.exception("summary store call failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "summary store failed")
         return summary_pb2.OrderSummary(user_id=s.user_id, order_count=s.order_count,
                                         total_minor=s.total_minor)
 

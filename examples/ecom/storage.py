@@ -328,7 +328,11 @@ class Store(Protocol):
 
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
         """Add one order to ``user_id``'s summary unless ``event_id`` was applied before;
-        return whether it was applied now (one transaction: both or neither)."""
+        return whether it was applied now (one transaction: both or neither).
+
+        ``total_minor`` is 0..2^63-1 (else ``ValueError``); the summary's total stops at
+        2^63-1 (int64's maximum, the largest the proto can carry) rather than overflow:
+        ten orders of the largest valid total already pass it."""
         ...
 
     async def purge_processed(self, processed_before_ms: int, limit: int = 1000) -> int:
@@ -430,6 +434,21 @@ _PURGE_PROCESSED = (
     "DELETE FROM processed_events WHERE event_id IN (SELECT event_id FROM processed_events"
     " WHERE processed_at_ms < {mark}1 ORDER BY processed_at_ms LIMIT {mark}2)"
 )
+
+
+#: A summary's new total: the old one plus the event's, stopping at int64's maximum
+#: (2^63-1) instead of overflowing (PostgreSQL: "bigint out of range", failing the apply;
+#: SQLite: a float). Written so that no intermediate overflows, for an event total >= 0.
+_SATURATED_SUM = (
+    "CASE WHEN {table}.total_minor > 9223372036854775807 - excluded.total_minor"
+    " THEN 9223372036854775807 ELSE {table}.total_minor + excluded.total_minor END"
+)
+
+
+def _check_total(total_minor: int) -> None:
+    if isinstance(total_minor, bool) or not isinstance(total_minor, int) \
+            or not 0 <= total_minor <= 2**63 - 1:
+        raise ValueError(f"total_minor must be an int in 0..2**63-1, got {total_minor!r}")
 
 
 def _check_purge_limit(limit: int) -> None:
@@ -874,6 +893,7 @@ class SqliteStore:
 
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
         """See :meth:`Store.apply_order_placed` (one ``BEGIN IMMEDIATE`` transaction)."""
+        _check_total(total_minor)
 
         async def apply(conn: aiosqlite.Connection) -> bool:
             cur = await conn.execute(
@@ -884,7 +904,8 @@ class SqliteStore:
             await conn.execute(
                 "INSERT INTO order_summaries (user_id, order_count, total_minor)"
                 " VALUES (?, 1, ?) ON CONFLICT (user_id) DO UPDATE SET"
-                " order_count = order_count + 1, total_minor = total_minor + excluded.total_minor",
+                " order_count = order_count + 1,"
+                f" total_minor = {_SATURATED_SUM.format(table='order_summaries')}",
                 (user_id, total_minor))
             return True
 
@@ -1367,6 +1388,7 @@ class PostgresStore:
     async def apply_order_placed(self, event_id: str, user_id: str, total_minor: int) -> bool:
         """See :meth:`Store.apply_order_placed` (one READ COMMITTED transaction; a
         concurrent apply of the same id waits on the primary key, then does nothing)."""
+        _check_total(total_minor)
 
         async def apply(conn: asyncpg.Connection) -> bool:
             async with conn.transaction(isolation="read_committed"):
@@ -1379,7 +1401,7 @@ class PostgresStore:
                     "INSERT INTO order_summaries (user_id, order_count, total_minor)"
                     " VALUES ($1, 1, $2) ON CONFLICT (user_id) DO UPDATE SET"
                     " order_count = order_summaries.order_count + 1,"
-                    " total_minor = order_summaries.total_minor + excluded.total_minor",
+                    f" total_minor = {_SATURATED_SUM.format(table='order_summaries')}",
                     user_id, total_minor)
                 return True
 

@@ -28,6 +28,8 @@ MAX_SKU = 64
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_UNIT_PRICE_MINOR = 10**12  # with the other limits a total stays far below 2**63
+#: The largest total an order can have (100 items of 10,000 units at 10^12): 10^18.
+MAX_ORDER_TOTAL_MINOR = MAX_ITEMS * MAX_QUANTITY * MAX_UNIT_PRICE_MINOR
 MAX_IDEMPOTENCY_KEY = 128
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
