@@ -19,16 +19,26 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     ``close()`` or ``drain()`` cancelled there (``asyncio.wait_for`` running out, a
     ``TaskGroup`` failing) goes on with its next steps as if nothing had happened, and a
     ``wait_for`` waits for all of them. Here the ``CancelledError`` is swallowed only
-    when it is the task's, not the caller's (``Task.cancelling()``, Python 3.11).
+    when it is the task's, not the caller's (``Task.cancelling()``, Python 3.11): a
+    cancellation of the caller that arrives during the wait, or was requested before the
+    call and not yet delivered, is raised; one the caller was already handling when it
+    called this (clean-up in a ``finally:`` of a task ``asyncio.run()`` cancelled on
+    Ctrl-C: its ``cancelling()`` stays 1) is not raised again, so that clean-up goes on.
 
     Raises:
         asyncio.CancelledError: the caller was cancelled meanwhile.
         Exception: whatever ``task`` raised other than its cancellation.
     """
+    current = asyncio.current_task()
+    # the caller's cancellations before this call: those it handles already, less one
+    # requested and not yet delivered (CPython's Task._must_cancel), which the await
+    # below delivers as the task's CancelledError
+    before = 0
+    if current is not None:
+        before = current.cancelling() - bool(getattr(current, "_must_cancel", False))
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if current is not None and current.cancelling() > before:
             raise
