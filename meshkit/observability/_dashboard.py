@@ -2,7 +2,9 @@
 
 ``/`` serves one self-contained HTML page (``dashboard.html`` beside this module: inline
 CSS and JavaScript, no external resource, no build step) that polls
-``/debug/dashboard.json`` every second and draws tables with inline SVG sparklines and
+``/debug/dashboard.json`` every second (a poll not answered within 5 s is given up: the
+page shows "stale" and polls again, so a server that holds requests open does not leave
+it showing its last picture as live) and draws tables with inline SVG sparklines and
 bars: the services this process serves and dials, each endpoint's state, P2C load, EWMA
 latency, calls and failures, ejections, the retry budget's balance, and RED per method over
 the window (rate, errors by status code and their share, p50/p99 latency). The page builds
