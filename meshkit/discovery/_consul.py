@@ -80,6 +80,7 @@ waited behind it until the TTL checks of a live, busy process went critical.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import itertools
@@ -216,6 +217,11 @@ class ConsulOptions:
             ``https`` from either place wins, as in Consul's own client.
         token: ACL token sent as ``X-Consul-Token`` (default None: anonymous). Never shown in
             ``repr``, error messages or logs.
+        http_auth: HTTP basic authentication sent with every request, ``"username"`` or
+            ``"username:password"`` (``CONSUL_HTTP_AUTH``, as Consul's CLI and api client
+            read it: for an agent behind an authenticating proxy; the agent itself takes
+            the ACL token). Default None: none. Never shown in ``repr``, error messages or
+            logs.
         ca_file: PEM CA bundle that verifies the agent's certificate (``CONSUL_CACERT``).
         cert_file: PEM client certificate for agents that verify clients (``CONSUL_CLIENT_CERT``).
         key_file: PEM key of ``cert_file`` (``CONSUL_CLIENT_KEY``); requires ``cert_file``.
@@ -292,6 +298,7 @@ class ConsulOptions:
     addr: str = "127.0.0.1:8500"
     scheme: str | None = None
     token: str | None = field(default=None, repr=False)
+    http_auth: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -348,6 +355,13 @@ class ConsulOptions:
         if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
             # Not quoted: the value is a secret.
             raise ConfigError("token must be a non-empty single-line string")
+        if self.http_auth is not None and (
+                not isinstance(self.http_auth, str) or not self.http_auth.partition(":")[0]
+                or any(c in self.http_auth for c in "\r\n")):
+            # Not quoted: it may hold a password.
+            raise ConfigError("http_auth must be 'username' or 'username:password' on one "
+                              f"line (CONSUL_HTTP_AUTH), got a {type(self.http_auth).__name__}"
+                              " that is not")
         if self.grpc_health_service is not None and not isinstance(
                 self.grpc_health_service, str):
             raise ConfigError(f"grpc_health_service must be a string (\"\": the whole "
@@ -401,7 +415,8 @@ class ConsulOptions:
         """Options from Consul's CLI environment variables, then ``overrides``.
 
         Reads ``CONSUL_HTTP_ADDR`` (``addr``), ``CONSUL_HTTP_TOKEN_FILE`` and
-        ``CONSUL_HTTP_TOKEN`` (``token``), ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``),
+        ``CONSUL_HTTP_TOKEN`` (``token``), ``CONSUL_HTTP_AUTH`` (``http_auth``),
+        ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``),
         ``CONSUL_CACERT`` (``ca_file``), ``CONSUL_CLIENT_CERT`` (``cert_file``),
         ``CONSUL_CLIENT_KEY`` (``key_file``) and ``CONSUL_HTTP_SSL_VERIFY`` (``verify``);
         empty variables count as unset.
@@ -428,6 +443,7 @@ class ConsulOptions:
         kwargs = env_fields(env, {
             "CONSUL_HTTP_ADDR": "addr",
             "CONSUL_HTTP_TOKEN": "token",
+            "CONSUL_HTTP_AUTH": "http_auth",
             "CONSUL_CACERT": "ca_file",
             "CONSUL_CLIENT_CERT": "cert_file",
             "CONSUL_CLIENT_KEY": "key_file",
@@ -668,6 +684,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
             unused for ``"http"``.
         resolver: the connector's name lookups (the registry's own threads).
         timeout_s: aiohttp's time limit of every request (``ClientTimeout(total=)``).
+        http_auth: ``"username[:password]"`` sent as HTTP basic authentication with every
+            request (UTF-8, as Go's ``SetBasicAuth``), or None.
 
     Raises:
         OSError, ssl.SSLError: ``cert`` or ``verify``'s bundle cannot be loaded
@@ -676,7 +694,7 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
 
     def __init__(self, host: str, port: int, scheme: str, *, verify: bool | str,
                  cert: tuple[str, str] | str | None, resolver: OwnThreadsResolver,
-                 timeout_s: float) -> None:
+                 timeout_s: float, http_auth: str | None = None) -> None:
         consul.base.HTTPClient.__init__(self, host, port, scheme, verify, cert)
         self.loop = None  # what py-consul's own __init__ sets without a loop argument
         # http: no TLS, aiohttp's default (its context, built at its import, unused)
@@ -699,6 +717,11 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
             # request. Host names are looked up on the registry's own threads.
             connector=aiohttp.TCPConnector(ssl=tls, limit=0, resolver=resolver),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
+            # session-wide, built here as Go's SetBasicAuth does (base64 of
+            # "username:password"): aiohttp deprecates its auth argument and BasicAuth
+            headers=None if http_auth is None else {"Authorization": "Basic " + (
+                base64.b64encode((http_auth if ":" in http_auth else f"{http_auth}:")
+                                 .encode()).decode("ascii"))},
         )
 
 
@@ -707,21 +730,23 @@ class _Client(consul.aio.Consul):  # type: ignore[misc]  # py-consul is untyped
     is the hook py-consul's base client calls for its HTTP client, once, in ``__init__``).
 
     Args:
-        resolver, timeout_s: as :class:`_HTTPClient` takes them.
+        resolver, timeout_s, http_auth: as :class:`_HTTPClient` takes them.
         kwargs: py-consul's ``Consul`` arguments (``host``, ``port``, ``scheme``,
             ``verify``, ``cert``, ``token``).
     """
 
     def __init__(self, *, resolver: OwnThreadsResolver, timeout_s: float,
-                 **kwargs: Any) -> None:
+                 http_auth: str | None = None, **kwargs: Any) -> None:
         self._resolver = resolver
         self._timeout_s = timeout_s
+        self._http_auth = http_auth
         super().__init__(**kwargs)
 
     def http_connect(self, host: str, port: int, scheme: str, verify: bool | str = True,
                      cert: tuple[str, str] | str | None = None) -> _HTTPClient:
         return _HTTPClient(host, port, scheme, verify=verify, cert=cert,
-                           resolver=self._resolver, timeout_s=self._timeout_s)
+                           resolver=self._resolver, timeout_s=self._timeout_s,
+                           http_auth=self._http_auth)
 
 
 class ConsulRegistry:
@@ -880,8 +905,13 @@ class ConsulRegistry:
 
     # -- plumbing ------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        token = self.options.token
-        return text.replace(token, "<redacted>") if token else text
+        """``text`` without the ACL token or the basic-auth credentials."""
+        opts = self.options
+        for secret in (opts.token, opts.http_auth,
+                       opts.http_auth.partition(":")[2] if opts.http_auth else None):
+            if secret:
+                text = text.replace(secret, "<redacted>")
+        return text
 
     def _describe(self, exc: BaseException) -> str:
         return self._redact(describe(exc))
@@ -964,6 +994,7 @@ class ConsulRegistry:
                 # request is bounded by _bounded already, and this backstop lies past
                 # the longest of those bounds, so it never ends a request first.
                 timeout_s=self._blocking_timeout_s + 1.0,
+                http_auth=opts.http_auth,
             )
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).

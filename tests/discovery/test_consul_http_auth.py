@@ -1,0 +1,85 @@
+"""CONSUL_HTTP_AUTH (Consul's CLI and api client: HTTP basic authentication, ``username
+[:password]``, for an agent behind an authenticating proxy): read by ConsulOptions.from_env
+and sent with every request, the password never shown in ``repr`` or error messages."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+from meshkit.errors import ConfigError, RegistryError
+from tests.discovery.conformance import make_instance, unique_service
+from tests.discovery.consul_double import ConsulDouble
+from tests.support.wait import until
+
+_SECRET = "S3cretPw-do-not-print"
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[ConsulDouble]:
+    """A running Consul agent double."""
+    async with ConsulDouble() as d:
+        yield d
+
+
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_from_env_reads_consul_http_auth() -> None:
+    """``CONSUL_HTTP_AUTH=user:password`` sets ``http_auth`` (it was ignored: requests went
+    without credentials and an authenticating proxy refused each one), hidden from
+    ``repr``; an override wins over it."""
+    options = ConsulOptions.from_env({"CONSUL_HTTP_AUTH": f"ops:{_SECRET}"})
+    assert options.http_auth == f"ops:{_SECRET}"
+    assert _SECRET not in repr(options)
+    assert ConsulOptions.from_env({"CONSUL_HTTP_AUTH": "ops"}).http_auth == "ops"
+    assert ConsulOptions.from_env({"CONSUL_HTTP_AUTH": "a:b"}, http_auth="c:d").http_auth == "c:d"
+    assert ConsulOptions.from_env({}).http_auth is None
+
+
+@pytest.mark.parametrize("value", [f"ops:{_SECRET}\n", f":{_SECRET}", ""])
+def test_a_bad_http_auth_fails_at_construction_without_quoting_it(value: str) -> None:
+    """A ``http_auth`` with a line break, no user name or nothing at all fails when the
+    options are built, naming the field and never quoting the password."""
+    with pytest.raises(ConfigError) as info:
+        ConsulOptions(http_auth=value)
+    assert "http_auth" in str(info.value) and _SECRET not in str(info.value)
+
+
+async def test_every_request_carries_basic_auth(double: ConsulDouble) -> None:
+    """Register, the heartbeat, the watch and deregister each send ``Authorization: Basic``
+    of ``CONSUL_HTTP_AUTH`` (the ACL token still in ``X-Consul-Token``), as Consul's own
+    client does."""
+    options = ConsulOptions.from_env(
+        {"CONSUL_HTTP_AUTH": f"ops:{_SECRET}", "CONSUL_HTTP_TOKEN": "tok"},
+        addr=double.addr, ttl_s=0.6, wait_s=0.5)
+    service = unique_service()
+    instance = make_instance(service, 1)
+    async with ConsulRegistry(options) as registry:
+        await registry.register(instance)
+        watch = registry.watch(service)
+        assert instance.instance_id in {i.instance_id for i in await anext(watch)}
+        await until(lambda: double.service_passes[instance.instance_id] >= 1, timeout_s=10)
+        await registry.deregister(instance)
+        await watch.aclose()
+    kinds = {(r.method, r.path.split("/")[2]) for r in double.requests}
+    assert len(kinds) >= 3, kinds
+    for request in double.requests:
+        assert request.headers.get("authorization") == _basic(f"ops:{_SECRET}"), request
+        assert request.headers.get("x-consul-token") == "tok", request
+
+
+async def test_the_password_is_never_in_an_error(double: ConsulDouble) -> None:
+    """A refused write's error names the agent, never the basic-auth password (an agent or
+    proxy may echo the request's credentials)."""
+    await double.stop()  # connection refused
+    options = ConsulOptions(addr=double.addr, http_auth=f"ops:{_SECRET}",
+                            request_timeout_s=1.0)
+    async with ConsulRegistry(options) as registry:
+        with pytest.raises(RegistryError) as info:
+            await registry.register(make_instance(unique_service(), 1))
+    assert _SECRET not in str(info.value)
