@@ -8,11 +8,14 @@ one process would draw the same "random" delays).
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from typing import Protocol, TypeVar
 
 __all__ = ["ForgetsParent", "reset_in_forked_child"]
+
+_log = logging.getLogger("meshkit.fork")
 
 
 class ForgetsParent(Protocol):
@@ -30,12 +33,19 @@ def reset_in_forked_child(kind: type[_F]) -> weakref.WeakSet[_F]:
     child made by ``os.fork()`` each object in it then has its ``_forget_parent()``
     called (``os.register_at_fork(after_in_child=...)``, after the hooks registered
     before this call; none on Windows, which has no fork). Add each object as it is
-    made. ``kind`` only types the set."""
+    made. ``kind`` only types the set. An object whose ``_forget_parent()`` raises is
+    logged (a warning of the ``meshkit.fork`` logger in the child, with the error) and
+    the others are still reset: stopping there left every later object of the kind (in
+    no set order) with its parent's locks, threads and registrations."""
     objects: weakref.WeakSet[_F] = weakref.WeakSet()
 
     def after_fork_in_child() -> None:
         for obj in list(objects):
-            obj._forget_parent()
+            try:
+                obj._forget_parent()
+            except Exception:
+                _log.warning("could not reset a %s in a forked child", type(obj).__name__,
+                             exc_info=True)
 
     if hasattr(os, "register_at_fork"):  # not on Windows
         os.register_at_fork(after_in_child=after_fork_in_child)
