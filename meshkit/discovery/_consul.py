@@ -222,7 +222,9 @@ class ConsulOptions:
             read it: for an agent behind an authenticating proxy; the agent itself takes
             the ACL token). Default None: none. Never shown in ``repr``, error messages or
             logs.
-        ca_file: PEM CA bundle that verifies the agent's certificate (``CONSUL_CACERT``).
+        ca_file: PEM CA bundle that verifies the agent's certificate (``CONSUL_CACERT``): its
+            CAs are then the only trusted roots (not added to the system's), as in Consul's
+            own client.
         cert_file: PEM client certificate for agents that verify clients (``CONSUL_CLIENT_CERT``).
         key_file: PEM key of ``cert_file`` (``CONSUL_CLIENT_KEY``); requires ``cert_file``.
         verify: verify the agent's TLS certificate (default True; ``CONSUL_HTTP_SSL_VERIFY``).
@@ -678,8 +680,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
         port: the agent's port.
         scheme: ``"http"`` or ``"https"``.
         verify: verify the agent's certificate: True (system CAs), a CA bundle's path
-            (added to them), or False (no verification), as py-consul takes it; unused
-            for ``"http"``.
+            (its CAs the only trusted roots, as in Consul's own client), or False (no
+            verification); unused for ``"http"``.
         cert: client certificate: a PEM path, a ``(cert, key)`` pair of paths, or None;
             unused for ``"http"``.
         resolver: the connector's name lookups (the registry's own threads).
@@ -702,14 +704,16 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
         if scheme == "https" and not verify:
             tls = False  # verify=False: TLS without verification
         elif scheme == "https":
-            # py-consul's TLS context, given to aiohttp as `ssl`, not deprecated args
-            tls = ssl.create_default_context()
+            # given to aiohttp as `ssl`, not deprecated args. A CA bundle is the only
+            # trusted root, as in Consul's client (api.SetupTLSConfig: RootCAs holds the
+            # CA file alone): added to the system's roots (py-consul's way), any public
+            # CA's certificate for the agent's name passed for the pinned private CA's.
+            tls = ssl.create_default_context(
+                cafile=verify if isinstance(verify, str) else None)
             if isinstance(cert, tuple):
                 tls.load_cert_chain(*cert)
             elif cert:
                 tls.load_cert_chain(cert)
-            if isinstance(verify, str):
-                tls.load_verify_locations(verify)
         # the attribute py-consul's requests and close() use
         self._session = aiohttp.ClientSession(
             # No connection limit (limit=0): each watch holds a connection for its long

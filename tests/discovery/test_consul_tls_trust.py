@@ -1,0 +1,63 @@
+"""The Consul registry's TLS trust as Consul's own client sets it (``api.SetupTLSConfig``,
+``rootcerts``): a CA file (``CONSUL_CACERT``) is the only root that verifies the agent,
+never added to the system's trust store."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
+from meshkit.errors import RegistryError
+from tests.discovery.conformance import make_instance, unique_service
+from tests.discovery.consul_double import ConsulDouble
+from tests.discovery.test_consul import _write_pki
+
+FAST = {"ttl_s": 0.6, "wait_s": 0.5, "request_timeout_s": 2.0}
+
+
+async def test_ca_file_is_the_only_trusted_root(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``ca_file`` set, an agent whose certificate a CA of the system's trust store
+    signed (here ``SSL_CERT_FILE``) is refused, as Consul's client trusts only the CA
+    file: the registry added ca_file to the system roots, so any public CA's certificate
+    for the agent's name was accepted in place of the pinned private CA's; the agent
+    signed by ca_file is still accepted."""
+    for name in ("system", "pinned"):
+        (tmp_path / name).mkdir()
+    system, pinned = _write_pki(tmp_path / "system"), _write_pki(tmp_path / "pinned")
+    monkeypatch.setenv("SSL_CERT_FILE", system["ca"])  # the "system" trust store
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    for pki, accepted in ((system, False), (pinned, True)):
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(pki["server"], pki["server_key"])
+        async with ConsulDouble(ssl_context=server_ctx) as double:
+            options = ConsulOptions(addr=f"https://{double.addr}", ca_file=pinned["ca"], **FAST)
+            instance = make_instance(unique_service(), 1)
+            async with ConsulRegistry(options) as registry:
+                if accepted:
+                    await registry.register(instance)
+                    assert instance.instance_id in double.services
+                else:
+                    with pytest.raises(RegistryError, match=r"(?i)certificate"):
+                        await registry.register(instance)
+                    assert instance.instance_id not in double.services
+
+
+async def test_without_ca_file_the_system_roots_verify(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``ca_file`` the system's trust store verifies the agent, as before."""
+    (tmp_path / "system").mkdir()
+    system = _write_pki(tmp_path / "system")
+    monkeypatch.setenv("SSL_CERT_FILE", system["ca"])
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(system["server"], system["server_key"])
+    async with ConsulDouble(ssl_context=server_ctx) as double:
+        instance = make_instance(unique_service(), 1)
+        async with ConsulRegistry(ConsulOptions(addr=f"https://{double.addr}",
+                                                **FAST)) as registry:
+            await registry.register(instance)
+        assert instance.instance_id in double.services
