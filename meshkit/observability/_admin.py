@@ -143,11 +143,12 @@ class AdminServer:
                            the loop no longer waits)
     =====================  ================================================================
 
-    A server bound to a loopback address (the default ``127.0.0.1``, ``::1``,
-    ``localhost``) answers only requests whose ``Host`` header is an IP address or
-    ``localhost`` (``*.localhost`` too), any port, and others ``403``: a web page whose
-    name was re-resolved to 127.0.0.1 (DNS rebinding) cannot read its routes from a
-    browser on this machine. A server bound to another or the wildcard address answers
+    A server listening on loopback addresses only (the default ``127.0.0.1``, ``::1``,
+    ``localhost``, or a host name that resolves to loopback, as a machine's own name often
+    does) answers only requests whose ``Host`` header is an IP address, ``localhost``
+    (``*.localhost`` too) or the configured host name, any port, and others ``403``: a
+    web page whose name was re-resolved to 127.0.0.1 (DNS rebinding) cannot read its
+    routes from a browser on this machine. A server bound to another or the wildcard address answers
     any ``Host`` (a Prometheus scrapes it by pod IP or DNS name).
 
     Collectors on the registry are called in a worker thread, as prometheus-client's own
@@ -192,6 +193,7 @@ class AdminServer:
         # while start() runs: done when it has returned or raised (stop() waits for it)
         self._starting: asyncio.Future[None] | None = None
         self._stop_asked = False  # stop() during start(): the start undoes itself
+        self._host_checked = True  # listening on loopback only (see _local_host_only)
         self.port = 0
 
     def add_route(self, path: str, handler: Handler, *, method: str = "GET") -> None:
@@ -271,8 +273,18 @@ class AdminServer:
             done.set_result(None)
 
     async def _start(self) -> int:
-        app = web.Application(middlewares=[_local_host_only]
-                              if is_loopback(self.options.host) else [])
+        # the Host check: on for a loopback address, and for a host name until the bind
+        # shows where it listens (a name may resolve to loopback: the machine's own name)
+        host = self.options.host
+        self._host_checked = is_loopback(host) or not _is_ip_literal(host)
+        check = self._local_host_only
+
+        @web.middleware
+        async def local_host_only(request: web.Request,
+                                  handler: Handler) -> web.StreamResponse:
+            return await check(request, handler)
+
+        app = web.Application(middlewares=[local_host_only])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._healthz)
@@ -298,6 +310,7 @@ class AdminServer:
             finally:
                 self._release_render_threads()
             raise RuntimeError("admin server stopped while starting")
+        self._host_checked = _all_loopback(runner.addresses)
         self._runner, self.port = runner, port
         _log.info("admin server listening", address=f"{uri_host(self.options.host)}:{self.port}")
         return self.port
@@ -334,6 +347,23 @@ class AdminServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _local_host_only(self, request: web.Request,
+                               handler: Handler) -> web.StreamResponse:
+        """The Host check of an admin server listening on loopback only (see
+        :class:`AdminServer`; decided by the addresses bound, so a host name resolving to
+        loopback is checked too): a request without ``Host`` (HTTP/1.0: no browser's),
+        with a local one or naming the configured host goes on, others are answered
+        403."""
+        if not self._host_checked:
+            return await handler(request)
+        host = request.headers.get(hdrs.HOST)
+        if host is None or _is_local_host_header(host) or _same_name(host, self.options.host):
+            return await handler(request)
+        return web.Response(status=403, text=(
+            "403: this admin server listens on loopback and answers only requests addressed "
+            "to an IP address, localhost or its configured host (Host header), against DNS "
+            "rebinding\n"))
 
     # -- routes --------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -525,17 +555,35 @@ def _is_local_host_header(value: str) -> bool:
     return name == "localhost" or name.endswith(".localhost")
 
 
-@web.middleware
-async def _local_host_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The Host check of a loopback-bound admin server (see :class:`AdminServer`): a
-    request without ``Host`` (HTTP/1.0: no browser's) or with a local one goes on, others
-    are answered 403."""
-    host = request.headers.get(hdrs.HOST)
-    if host is None or _is_local_host_header(host):
-        return await handler(request)
-    return web.Response(status=403, text=(
-        "403: this admin server listens on loopback and answers only requests addressed "
-        "to an IP address or localhost (Host header), against DNS rebinding\n"))
+def _is_ip_literal(host: str) -> bool:
+    """Whether ``host`` (an admin host option) is an IP address, not a name."""
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]").partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _all_loopback(addresses: list[Any]) -> bool:
+    """Whether every socket address a runner listens on (``runner.addresses``) is a
+    loopback address (``127.0.0.0/8``, ``::1``, IPv4-mapped loopback)."""
+    out = bool(addresses)
+    for sockaddr in addresses:
+        try:
+            ip = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        except (ValueError, TypeError, IndexError):
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        out = out and (ip.is_loopback or (mapped is not None and mapped.is_loopback))
+    return out
+
+
+def _same_name(host_header: str, name: str) -> bool:
+    """Whether a ``Host`` header value names host ``name`` (any port, any case, a trailing
+    dot allowed)."""
+    match = _HOST_HEADER_RE.fullmatch(host_header)
+    return match is not None and (
+        match.group(1).lower().removesuffix(".") == name.lower().removesuffix("."))
 
 
 class _Collected:
