@@ -228,6 +228,7 @@ class ConsulOptions:
         cert_file: PEM client certificate for agents that verify clients (``CONSUL_CLIENT_CERT``).
         key_file: PEM key of ``cert_file`` (``CONSUL_CLIENT_KEY``); requires ``cert_file``.
         verify: verify the agent's TLS certificate (default True; ``CONSUL_HTTP_SSL_VERIFY``).
+            False still presents ``cert_file``, as Consul's client does.
         check: liveness check of registered instances: ``"ttl"`` (default), ``"grpc"`` or
             ``"both"``. ``"ttl"`` is the default because it works whenever this process can
             reach the agent: the agent needs no network path to the service and the service
@@ -374,14 +375,6 @@ class ConsulOptions:
                 raise ConfigError(f"{name} must be an existing file, got {path!r}")
         if self.key_file is not None and self.cert_file is None:
             raise ConfigError(f"key_file needs cert_file, got key_file={self.key_file!r} alone")
-        if self.cert_file is not None and not self.verify:
-            # py-consul's aio client loads the client certificate only into the SSL context
-            # it builds when verification is on; with verify=False it would silently not
-            # present it. Trust the agent with ca_file instead.
-            raise ConfigError(
-                f"cert_file={self.cert_file!r} needs verify=True (use ca_file to trust the "
-                "agent's certificate)"
-            )
 
     # -- derived values ----------------------------------------------------------------
     @property
@@ -701,8 +694,18 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
         self.loop = None  # what py-consul's own __init__ sets without a loop argument
         # http: no TLS, aiohttp's default (its context, built at its import, unused)
         tls: ssl.SSLContext | bool = True
-        if scheme == "https" and not verify:
+        if scheme == "https" and not verify and not cert:
             tls = False  # verify=False: TLS without verification
+        elif scheme == "https" and not verify:
+            # no verification, the client certificate still presented (Consul's client:
+            # InsecureSkipVerify beside Certificates)
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+            if isinstance(cert, tuple):
+                tls.load_cert_chain(*cert)
+            elif cert:
+                tls.load_cert_chain(cert)
         elif scheme == "https":
             # given to aiohttp as `ssl`, not deprecated args. A CA bundle is the only
             # trusted root, as in Consul's client (api.SetupTLSConfig: RootCAs holds the

@@ -61,3 +61,28 @@ async def test_without_ca_file_the_system_roots_verify(tmp_path: Path,
                                                 **FAST)) as registry:
             await registry.register(instance)
         assert instance.instance_id in double.services
+
+
+async def test_client_certificate_without_verification(tmp_path: Path) -> None:
+    """``CONSUL_HTTP_SSL_VERIFY=false`` with ``CONSUL_CLIENT_CERT``/``CONSUL_CLIENT_KEY``
+    presents the client certificate to an agent that requires one without verifying the
+    agent's, as Consul's client does (``InsecureSkipVerify`` beside ``Certificates``):
+    the options refused the pair ("cert_file needs verify=True")."""
+    pki = _write_pki(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki["ca"])
+    server_ctx.load_cert_chain(pki["server"], pki["server_key"])
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    async with ConsulDouble(ssl_context=server_ctx) as double:
+        env = {"CONSUL_HTTP_ADDR": f"https://{double.addr}", "CONSUL_HTTP_SSL_VERIFY": "false",
+               "CONSUL_CLIENT_CERT": pki["client"], "CONSUL_CLIENT_KEY": pki["client_key"]}
+        options = ConsulOptions.from_env(env, **FAST)
+        assert (options.verify, options.cert_file) == (False, pki["client"])
+        instance = make_instance(unique_service(), 1)
+        async with ConsulRegistry(options) as registry:
+            await registry.register(instance)
+        assert instance.instance_id in double.services
+        # without the client certificate the agent refuses the handshake
+        bare = ConsulOptions(addr=f"https://{double.addr}", verify=False, **FAST)
+        async with ConsulRegistry(bare) as registry:
+            with pytest.raises(RegistryError):
+                await registry.register(make_instance(unique_service(), 2))
