@@ -158,6 +158,10 @@ class AdminServer:
     default executor: work queued there (``asyncio.to_thread``, blocking handlers, name
     lookups) does not hold a scrape back.
 
+    Every answer carries ``X-Content-Type-Options: nosniff``; those of the routes above
+    and every error (``400``, ``403``, ``404``, ``405``, ``503``) ``Cache-Control:
+    no-store`` too (a probe or the debug view is never answered from a cache).
+
     ``/metrics`` serves further registries given with :meth:`add_registry` (the shared
     admin server of ``serve()``: the default registry and every server's telemetry
     registry), merged into one exposition (see :meth:`add_registry`).
@@ -285,6 +289,7 @@ class AdminServer:
             return await check(request, handler)
 
         app = web.Application(middlewares=[local_host_only])
+        app.on_response_prepare.append(_no_store_nosniff)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._healthz)
@@ -553,6 +558,17 @@ def _is_local_host_header(value: str) -> bool:
         pass
     name = host.lower().removesuffix(".")
     return name == "localhost" or name.endswith(".localhost")
+
+
+async def _no_store_nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers of the admin server's answers: ``X-Content-Type-Options: nosniff`` on
+    each, and ``Cache-Control: no-store`` on the built-in routes' and on every error
+    (a 400 quotes its query), unless the handler set its own (an added route's JWKS may
+    be cached)."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path in _RESERVED or response.status >= 400:
+        headers.setdefault("Cache-Control", "no-store")
 
 
 def _is_ip_literal(host: str) -> bool:
