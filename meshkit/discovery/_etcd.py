@@ -174,7 +174,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from meshkit._config import check_number, check_path, check_strings
+from meshkit._config import check_bool, check_number, check_path, check_strings
 from meshkit._fork import reset_in_forked_child
 from meshkit.discovery._options import (
     at_sign_may_be_userinfo,
@@ -240,9 +240,10 @@ _SEEN_RENEWALS = 10
 #: its ``--max-txn-ops`` (default 128).
 _CHECK_CHUNK = 64
 _STR_FIELDS = ("prefix", "ca_file", "cert_file", "key_file")
+_BOOL_FIELDS = ("verify",)
 #: The URI's option names: an error quotes the value of any other key masked (a password
 #: under another name must not reach a log; see :func:`shown_uri`).
-_URI_FIELDS = frozenset(_FLOAT_FIELDS + _STR_FIELDS)
+_URI_FIELDS = frozenset(_FLOAT_FIELDS + _STR_FIELDS + _BOOL_FIELDS)
 #: The URI's options whose value may hold an unencoded '@' (a file path): anywhere else
 #: after '//' one is taken for user info (see :func:`at_sign_may_be_userinfo`).
 _AT_FIELDS = frozenset({"ca_file", "cert_file", "key_file"})
@@ -362,6 +363,9 @@ class EtcdOptions:
         cert_file: PEM client certificate for members run with ``--client-cert-auth``
             (``--cert``, ``ETCDCTL_CERT``); needs ``key_file``.
         key_file: its PEM private key (``--key``, ``ETCDCTL_KEY``).
+        verify: verify the members' certificates (default True); False is etcdctl's
+            ``--insecure-skip-tls-verify`` (``ETCDCTL_INSECURE_SKIP_TLS_VERIFY=true``):
+            TLS without verification, ``cert_file`` still presented.
 
     The defaults worked out from ``ttl_s`` (``keepalive_interval_s``, ``fault_grace_s``,
     ``last_seen_ttl_s``) read as the numbers in effect (floats), and are held as
@@ -390,8 +394,10 @@ class EtcdOptions:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = field(default=None, repr=False)
+    verify: bool = True
 
     def __post_init__(self) -> None:
+        check_bool("verify", self.verify)
         # quoted without user info: an endpoint URL may carry a password
         if isinstance(self.endpoints, str):
             raise ConfigError(f"endpoints must be a sequence of URLs, got "
@@ -466,8 +472,9 @@ class EtcdOptions:
 
         Reads ``ETCDCTL_ENDPOINTS`` (comma-separated URLs: ``endpoints``),
         ``ETCDCTL_CACERT`` (``ca_file``), ``ETCDCTL_CERT`` (``cert_file``),
-        ``ETCDCTL_KEY`` (``key_file``) and ``ETCDCTL_INSECURE_TRANSPORT`` (a boolean,
-        default true); empty variables count as unset. As etcdctl dials them
+        ``ETCDCTL_KEY`` (``key_file``), ``ETCDCTL_INSECURE_SKIP_TLS_VERIFY`` (a boolean:
+        true sets ``verify=False``) and ``ETCDCTL_INSECURE_TRANSPORT`` (a boolean, default
+        true); empty variables count as unset. As etcdctl dials them
         (``etcdctl/ctlv3/command/global.go``, ``newClientCfg``), an endpoint of
         ``ETCDCTL_ENDPOINTS`` written without a scheme uses TLS (``https``) when a TLS
         file is set (by a variable or an override) or ``ETCDCTL_INSECURE_TRANSPORT`` is
@@ -498,6 +505,9 @@ class EtcdOptions:
                     "(ETCDCTL_CERT/ETCDCTL_KEY, etcd's --client-cert-auth) or unset it")
         kwargs = env_fields(env, {"ETCDCTL_CACERT": "ca_file", "ETCDCTL_CERT": "cert_file",
                                   "ETCDCTL_KEY": "key_file"})
+        skip = env_value(env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY")
+        if skip is not None:
+            kwargs["verify"] = not parse_bool("ETCDCTL_INSECURE_SKIP_TLS_VERIFY", skip)
         insecure = env_value(env, "ETCDCTL_INSECURE_TRANSPORT")
         tls = (insecure is not None
                and not parse_bool("ETCDCTL_INSECURE_TRANSPORT", insecure)) or any(
@@ -545,6 +555,7 @@ class EtcdOptions:
                 raise
         kwargs.update(query_fields(urllib.parse.parse_qs(parts.query, keep_blank_values=True),
                                    floats=_FLOAT_FIELDS, strs=_STR_FIELDS,
+                                   bools=_BOOL_FIELDS,
                                    where=f"etcd URI {shown_uri(uri, _URI_FIELDS)!r}"))
         options = cls.from_env(environ, **kwargs)
         if scheme == "etcd+https" and options.scheme != "https":
@@ -945,7 +956,15 @@ class EtcdRegistry:
             tls = self._ssl
             if tls is None:
                 tls = True
-                if opts.scheme == "https":
+                if opts.scheme == "https" and not opts.verify:
+                    # etcdctl --insecure-skip-tls-verify: no verification, the client
+                    # certificate still presented
+                    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    tls.check_hostname = False
+                    tls.verify_mode = ssl.CERT_NONE
+                    if opts.cert_file is not None:
+                        tls.load_cert_chain(opts.cert_file, opts.key_file)
+                elif opts.scheme == "https":
                     tls = ssl.create_default_context(cafile=opts.ca_file)
                     if opts.cert_file is not None:
                         tls.load_cert_chain(opts.cert_file, opts.key_file)

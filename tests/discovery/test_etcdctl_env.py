@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.discovery import EtcdOptions
-from meshkit.errors import ConfigError
+from meshkit.auth import init_ca_dir, issue_into_dir
+from meshkit.discovery import EtcdOptions, EtcdRegistry
+from meshkit.errors import ConfigError, RegistryError
+from tests.discovery.conformance import make_instance, unique_service
+from tests.support.etcd import EtcdCluster, EtcdTls, require_etcd_binary
 
 _SECRET = "S3cretPw-do-not-print"
 
@@ -81,3 +84,57 @@ def test_etcd_user_variables_fail_at_construction_without_the_password(
     text = str(info.value)
     assert _SECRET not in text, text
     assert ("ETCDCTL_USER" in text) or ("ETCDCTL_PASSWORD" in text), text
+
+
+def test_insecure_skip_tls_verify_sets_verify() -> None:
+    """``ETCDCTL_INSECURE_SKIP_TLS_VERIFY=true`` (etcdctl's ``--insecure-skip-tls-verify``)
+    sets ``verify=False``; it was ignored, so a member with a self-signed certificate
+    that etcdctl reached failed every request; a value that is no boolean fails quoting
+    it, and ``?verify=false`` in a URI does the same."""
+    env = {"ETCDCTL_ENDPOINTS": "https://h:2379"}
+    assert EtcdOptions.from_env(env).verify is True
+    assert EtcdOptions.from_env({**env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY": "true"}
+                                ).verify is False
+    assert EtcdOptions.from_env({**env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY": "false"}
+                                ).verify is True
+    assert EtcdOptions.from_uri("etcd+https://h:2379?verify=false", environ={}).verify is False
+    with pytest.raises(ConfigError, match="'sometimes'"):
+        EtcdOptions.from_env({**env, "ETCDCTL_INSECURE_SKIP_TLS_VERIFY": "sometimes"})
+    with pytest.raises(ConfigError, match="verify"):
+        EtcdOptions(verify="no")  # type: ignore[arg-type]
+
+
+async def test_a_member_is_reached_without_verification(tmp_path: Path) -> None:
+    """With ``verify=False`` a member whose certificate no trusted CA signed is reached
+    (the client certificate still presented), as etcdctl ``--insecure-skip-tls-verify``
+    does; with verification on the same member is refused."""
+    binary = require_etcd_binary()
+    pki = tmp_path / "pki"
+    ca = init_ca_dir(pki, trust_domain="meshkit.test", ttl_days=1)
+    server = issue_into_dir(pki, "etcd", ttl_h=1, dns=("localhost",), ips=("127.0.0.1",))
+    client = issue_into_dir(pki, "client", ttl_h=1, dns=("localhost",))
+    cluster = EtcdCluster(binary, tmp_path, size=1, tls=EtcdTls(
+        cert_file=Path(server.cert_file), key_file=Path(server.key_file),
+        client_ca_file=Path(ca.ca_file)))
+    fast = {"ttl_s": 2, "request_timeout_s": 1.0, "operation_timeout_s": 1.0,
+            "backoff_base_s": 0.05, "backoff_max_s": 0.3}
+    try:
+        await cluster.start()
+        endpoints = tuple(cluster.endpoints)
+        unverified = EtcdRegistry(EtcdOptions(
+            endpoints=endpoints, verify=False, cert_file=str(client.cert_file),
+            key_file=str(client.key_file), **fast))
+        verified = EtcdRegistry(EtcdOptions(
+            endpoints=endpoints, cert_file=str(client.cert_file),
+            key_file=str(client.key_file), **fast))
+        try:
+            instance = make_instance(unique_service(), 1)
+            await unverified.register(instance)
+            assert (await unverified.snapshot(instance.service)).live == {instance}
+            with pytest.raises(RegistryError, match=r"(?i)certificate"):
+                await verified.register(make_instance(unique_service(), 2))
+        finally:
+            await unverified.close()
+            await verified.close()
+    finally:
+        cluster.close()
