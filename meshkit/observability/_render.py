@@ -31,7 +31,9 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
     milliseconds, gRPC status (``rpc.grpc.status_code`` or the span status), a few
     attributes, and events (``· attempt``) below it. Spans whose parent is not among
     ``spans`` are roots, marked ``(parent span not exported)`` when they have a parent
-    (one from a process killed before it exported its spans, say).
+    (one from a process killed before it exported its spans, say). Each span is drawn
+    once: spans whose parent links loop (a span its own parent, in a corrupted file) are
+    drawn from the earliest of them, marked ``(its parent links loop)``.
 
     Args:
         spans: finished spans, e.g. ``InMemorySpanExporter().get_finished_spans()``.
@@ -51,27 +53,40 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
     for group in children.values():
         group.sort(key=lambda s: s.start_time or 0)
     lines: list[str] = []
-    for root in children.get(None, []):
+    drawn: set[int] = set()  # id() of the spans drawn: each once, whatever the links say
+    roots = list(children.get(None, []))
+    # spans whose parent links loop (a corrupted or edited file: a span its own parent)
+    # reach no root: each loop is drawn from its earliest span, marked
+    root_ids = {id(s) for s in roots}
+    looped = sorted((s for s in chosen if id(s) not in root_ids),
+                    key=lambda s: s.start_time or 0)
+    for root in [*roots, *looped]:
+        if id(root) in drawn:
+            continue
+        drawn.add(id(root))
         origin = root.start_time or 0
         line = _line(root, origin, attributes, root=True)
-        if root.parent is not None:  # e.g. its process was killed before exporting it
+        if id(root) not in root_ids:
+            line += "  (its parent links loop)"
+        elif root.parent is not None:  # e.g. its process was killed before exporting it
             line += "  (parent span not exported)"
         lines.append(line)
         lines.extend(_events(root, origin, ""))
-        _walk(root, children, origin, "", attributes, lines)
+        _walk(root, children, origin, "", attributes, lines, drawn)
     return "\n".join(lines)
 
 
 def _walk(span: ReadableSpan, children: dict[int | None, list[ReadableSpan]], origin: int,
-          prefix: str, attributes: Sequence[str], lines: list[str]) -> None:
+          prefix: str, attributes: Sequence[str], lines: list[str], drawn: set[int]) -> None:
     assert span.context is not None
-    kids = children.get(span.context.span_id, [])
+    kids = [k for k in children.get(span.context.span_id, []) if id(k) not in drawn]
+    drawn.update(id(k) for k in kids)
     for i, child in enumerate(kids):
         last = i == len(kids) - 1
         lines.append(prefix + ("└─ " if last else "├─ ") + _line(child, origin, attributes))
         deeper = prefix + ("   " if last else "│  ")
         lines.extend(_events(child, origin, deeper))
-        _walk(child, children, origin, deeper, attributes, lines)
+        _walk(child, children, origin, deeper, attributes, lines, drawn)
 
 
 def _ms(ns: int) -> str:
