@@ -25,7 +25,7 @@ import contextvars
 import gc
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,19 +300,35 @@ class ServerLimits:
         # 0: pings at any rate (grpc's meaning of 0 ms)
         check_number("min_ping_interval_s", self.min_ping_interval_s, high=_MAX_MS_ARG_S)
 
-    def channel_args(self) -> tuple[tuple[str, Any], ...]:
+    def channel_args(self, server_options: Iterable[tuple[str, Any]] = (),
+                     ) -> tuple[tuple[str, Any], ...]:
         """The grpc server arguments these limits set (``ServeOptions.server_options``
         given by the caller override them key by key): receive size, BDP probing,
         keepalive, idle connections, the stream cap and, with it,
-        ``grpc.http2.max_deallocating_streams`` = 100 (see ``max_concurrent_streams``)."""
+        ``grpc.http2.max_deallocating_streams`` = 100 (see ``max_concurrent_streams``).
+
+        Args:
+            server_options: the caller's ``(name, value)`` server arguments, applied over
+                these by the server (default none). One that sets
+                ``grpc.keepalive_timeout_ms`` without ``grpc.http2.ping_timeout_ms`` sets
+                the latter here too: grpc core (1.85) times an unanswered keepalive ping
+                out by the ping timeout only (grpc/grpc#39239), so the override alone
+                left ``keepalive_timeout_s`` (20 s) in force.
+        """
+        timeout_ms: Any = int(self.keepalive_timeout_s * 1000)
+        if server_options:
+            overrides = dict(server_options)
+            if ("grpc.keepalive_timeout_ms" in overrides
+                    and "grpc.http2.ping_timeout_ms" not in overrides):
+                timeout_ms = overrides["grpc.keepalive_timeout_ms"]
         args: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.http2.bdp_probe", int(self.bdp_probe)),
             ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
-            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
             # grpc core (1.85) times an unanswered keepalive ping out by the ping timeout
             # (default 60 s), not keepalive_timeout_ms (grpc/grpc#39239)
-            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
             # and pings only connections with calls unless this is set: a client that
             # died while idle would never be found
             ("grpc.keepalive_permit_without_calls", 1),
