@@ -83,10 +83,12 @@ import asyncio
 import base64
 import collections
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
 import random
+import re
 import secrets
 import ssl
 import threading
@@ -175,7 +177,8 @@ _FLOAT_FIELDS = (
     "fault_grace_s",
 )
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
-_STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service")
+_STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service",
+               "tls_server_name")
 _URI_FIELDS = frozenset(_FLOAT_FIELDS + _BOOL_FIELDS + _STR_FIELDS)
 #: The URI's options whose value may hold an unencoded '@' (a file path): anywhere else
 #: after '//' one is taken for user info (see :func:`at_sign_may_be_userinfo`).
@@ -229,6 +232,10 @@ class ConsulOptions:
         key_file: PEM key of ``cert_file`` (``CONSUL_CLIENT_KEY``); requires ``cert_file``.
         verify: verify the agent's TLS certificate (default True; ``CONSUL_HTTP_SSL_VERIFY``).
             False still presents ``cert_file``, as Consul's client does.
+        tls_server_name: the name the agent's certificate is checked against and sent as
+            SNI, instead of the host of ``addr`` (``CONSUL_TLS_SERVER_NAME``): an agent
+            reached by IP address whose certificate names it (``server.dc1.consul``).
+            Default None: the host of ``addr``. A host name or IP address.
         check: liveness check of registered instances: ``"ttl"`` (default), ``"grpc"`` or
             ``"both"``. ``"ttl"`` is the default because it works whenever this process can
             reach the agent: the agent needs no network path to the service and the service
@@ -306,6 +313,7 @@ class ConsulOptions:
     cert_file: str | None = None
     key_file: str | None = None
     verify: bool = True
+    tls_server_name: str | None = None
     check: CheckKind = "ttl"
     grpc_use_tls: bool = False
     grpc_health_service: str | None = None
@@ -365,6 +373,9 @@ class ConsulOptions:
             raise ConfigError("http_auth must be 'username' or 'username:password' on one "
                               f"line (CONSUL_HTTP_AUTH), got a {type(self.http_auth).__name__}"
                               " that is not")
+        if self.tls_server_name is not None and not _is_host_name(self.tls_server_name):
+            raise ConfigError(f"tls_server_name must be a host name or IP address, got "
+                              f"{self.tls_server_name!r}")
         if self.grpc_health_service is not None and not isinstance(
                 self.grpc_health_service, str):
             raise ConfigError(f"grpc_health_service must be a string (\"\": the whole "
@@ -413,7 +424,8 @@ class ConsulOptions:
         ``CONSUL_HTTP_TOKEN`` (``token``), ``CONSUL_HTTP_AUTH`` (``http_auth``),
         ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``),
         ``CONSUL_CACERT`` (``ca_file``), ``CONSUL_CLIENT_CERT`` (``cert_file``),
-        ``CONSUL_CLIENT_KEY`` (``key_file``) and ``CONSUL_HTTP_SSL_VERIFY`` (``verify``);
+        ``CONSUL_CLIENT_KEY`` (``key_file``), ``CONSUL_TLS_SERVER_NAME``
+        (``tls_server_name``) and ``CONSUL_HTTP_SSL_VERIFY`` (``verify``);
         empty variables count as unset.
 
         ``CONSUL_HTTP_TOKEN_FILE`` is the path of a file holding the ACL token (how Vault
@@ -442,6 +454,7 @@ class ConsulOptions:
             "CONSUL_CACERT": "ca_file",
             "CONSUL_CLIENT_CERT": "cert_file",
             "CONSUL_CLIENT_KEY": "key_file",
+            "CONSUL_TLS_SERVER_NAME": "tls_server_name",
         })
         token_file = env_value(env, "CONSUL_HTTP_TOKEN_FILE")
         if token_file is not None and "token" not in overrides:
@@ -515,6 +528,20 @@ class ConsulOptions:
             # without it the ACL token would go out in clear text.
             kwargs["scheme"] = "https"
         return cls.from_env(environ, **kwargs)
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
+
+
+def _is_host_name(value: object) -> bool:
+    """Whether ``value`` is a DNS host name or an IP address (``tls_server_name``)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return _HOST_NAME.fullmatch(value) is not None
+    return True
 
 
 def _read_token_file(path: str) -> str | None:
@@ -681,6 +708,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
         timeout_s: aiohttp's time limit of every request (``ClientTimeout(total=)``).
         http_auth: ``"username[:password]"`` sent as HTTP basic authentication with every
             request (UTF-8, as Go's ``SetBasicAuth``), or None.
+        server_hostname: the name the agent's certificate is checked against (and SNI)
+            instead of ``host``, or None; unused for ``"http"``.
 
     Raises:
         OSError, ssl.SSLError: ``cert`` or ``verify``'s bundle cannot be loaded
@@ -689,9 +718,13 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
 
     def __init__(self, host: str, port: int, scheme: str, *, verify: bool | str,
                  cert: tuple[str, str] | str | None, resolver: OwnThreadsResolver,
-                 timeout_s: float, http_auth: str | None = None) -> None:
+                 timeout_s: float, http_auth: str | None = None,
+                 server_hostname: str | None = None) -> None:
         consul.base.HTTPClient.__init__(self, host, port, scheme, verify, cert)
         self.loop = None  # what py-consul's own __init__ sets without a loop argument
+        self._request_kwargs: dict[str, Any] = (
+            {"server_hostname": server_hostname} if scheme == "https" and server_hostname
+            else {})
         # http: no TLS, aiohttp's default (its context, built at its import, unused)
         tls: ssl.SSLContext | bool = True
         if scheme == "https" and not verify and not cert:
@@ -732,28 +765,51 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
         )
 
 
+    async def _request(self, callback: Callable[[Any], Any], method: str, uri: str,
+                       headers: dict[str, str] | None, data: Any = None,
+                       connections_timeout: float | None = None, raw: bool = False) -> Any:
+        """py-consul's ``_request`` (every call's), with ``server_hostname`` when one is
+        set (aiohttp takes it per request only); py-consul's own otherwise."""
+        if not self._request_kwargs:
+            return await super()._request(callback, method, uri, headers, data=data,
+                                          connections_timeout=connections_timeout, raw=raw)
+        kwargs = dict(self._request_kwargs)
+        if connections_timeout:
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=connections_timeout)
+        async with self._session.request(method, uri, headers=headers, data=data,
+                                         **kwargs) as resp:
+            body = await resp.read() if raw else await resp.text(encoding="utf-8")
+        if resp.status == 599:
+            raise consul.Timeout
+        return callback(consul.base.Response(resp.status, resp.headers, body))
+
+
 class _Client(consul.aio.Consul):  # type: ignore[misc]  # py-consul is untyped
     """py-consul's aio client whose HTTP client is :class:`_HTTPClient` (``http_connect``
     is the hook py-consul's base client calls for its HTTP client, once, in ``__init__``).
 
     Args:
-        resolver, timeout_s, http_auth: as :class:`_HTTPClient` takes them.
+        resolver, timeout_s, http_auth, server_hostname: as :class:`_HTTPClient` takes
+            them.
         kwargs: py-consul's ``Consul`` arguments (``host``, ``port``, ``scheme``,
             ``verify``, ``cert``, ``token``).
     """
 
     def __init__(self, *, resolver: OwnThreadsResolver, timeout_s: float,
-                 http_auth: str | None = None, **kwargs: Any) -> None:
+                 http_auth: str | None = None, server_hostname: str | None = None,
+                 **kwargs: Any) -> None:
         self._resolver = resolver
         self._timeout_s = timeout_s
         self._http_auth = http_auth
+        self._server_hostname = server_hostname
         super().__init__(**kwargs)
 
     def http_connect(self, host: str, port: int, scheme: str, verify: bool | str = True,
                      cert: tuple[str, str] | str | None = None) -> _HTTPClient:
         return _HTTPClient(host, port, scheme, verify=verify, cert=cert,
                            resolver=self._resolver, timeout_s=self._timeout_s,
-                           http_auth=self._http_auth)
+                           http_auth=self._http_auth,
+                           server_hostname=self._server_hostname)
 
 
 class ConsulRegistry:
@@ -1002,6 +1058,7 @@ class ConsulRegistry:
                 # the longest of those bounds, so it never ends a request first.
                 timeout_s=self._blocking_timeout_s + 1.0,
                 http_auth=opts.http_auth,
+                server_hostname=opts.tls_server_name,
             )
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).

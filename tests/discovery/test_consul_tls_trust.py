@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.auth import init_ca_dir, issue_into_dir
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
-from meshkit.errors import RegistryError
+from meshkit.errors import ConfigError, RegistryError
 from tests.discovery.conformance import make_instance, unique_service
 from tests.discovery.consul_double import ConsulDouble
 from tests.discovery.test_consul import _write_pki
@@ -86,3 +87,47 @@ async def test_client_certificate_without_verification(tmp_path: Path) -> None:
         async with ConsulRegistry(bare) as registry:
             with pytest.raises(RegistryError):
                 await registry.register(make_instance(unique_service(), 2))
+
+
+def _agent_named(tmp_path: Path, name: str) -> tuple[str, ssl.SSLContext]:
+    """A CA (its PEM path) and a server context whose certificate names only ``name``
+    (no IP address): an agent reached by IP but certified by name."""
+    pki = tmp_path / "named"
+    ca = init_ca_dir(pki, trust_domain="meshkit.test", ttl_days=1, permitted_dns=(name,))
+    server = issue_into_dir(pki, "agent", ttl_h=1, dns=(name,))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(str(server.cert_file), str(server.key_file))
+    return str(ca.ca_file), server_ctx
+
+
+async def test_tls_server_name_verifies_an_agent_reached_by_address(tmp_path: Path) -> None:
+    """``CONSUL_TLS_SERVER_NAME`` (Consul's CLI: the name the agent's certificate is
+    checked against, and SNI) lets a registry reach an agent by IP address whose
+    certificate names it (``server.dc1.consul``): it was ignored, so every request
+    failed the host name check; another name is still refused."""
+    ca_file, server_ctx = _agent_named(tmp_path, "server.dc1.consul")
+    async with ConsulDouble(ssl_context=server_ctx) as double:
+        env = {"CONSUL_HTTP_ADDR": f"https://{double.addr}", "CONSUL_CACERT": ca_file,
+               "CONSUL_TLS_SERVER_NAME": "server.dc1.consul"}
+        options = ConsulOptions.from_env(env, **FAST)
+        assert options.tls_server_name == "server.dc1.consul"
+        instance = make_instance(unique_service(), 1)
+        async with ConsulRegistry(options) as registry:
+            await registry.register(instance)
+            assert instance in (await registry.snapshot(instance.service)).live
+        assert instance.instance_id in double.services
+        for wrong in (None, "other.dc1.consul"):
+            other = ConsulOptions.from_env({**env, "CONSUL_TLS_SERVER_NAME": wrong or ""},
+                                           **FAST)
+            async with ConsulRegistry(other) as registry:
+                with pytest.raises(RegistryError, match=r"(?i)certificate|hostname"):
+                    await registry.register(make_instance(unique_service(), 2))
+
+
+@pytest.mark.parametrize("value", ["", "bad name", "a\nb", "https://h"])
+def test_a_bad_tls_server_name_fails_at_construction(value: str) -> None:
+    """A ``tls_server_name`` that is no host name fails when the options are built,
+    quoting it."""
+    with pytest.raises(ConfigError, match="tls_server_name") as info:
+        ConsulOptions(tls_server_name=value)
+    assert repr(value) in str(info.value)
