@@ -57,11 +57,16 @@ def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None,
         what ``main`` returns.
 
     Raises:
-        ConfigError: ``use_uvloop=True`` and uvloop is not installed (``main`` is closed,
-            not run).
+        ConfigError: ``use_uvloop=True`` and uvloop is not installed, or ``use_uvloop``
+            or ``debug`` is not ``None``, ``True`` or ``False`` (a string such as
+            ``"false"``, ``0``: quoted); ``main`` is closed, not run.
         RuntimeError: called from a running event loop (as :func:`asyncio.run`).
         BaseException: whatever ``main`` raises.
     """
+    for name, flag in (("use_uvloop", use_uvloop), ("debug", debug)):
+        if flag is not None and not isinstance(flag, bool):
+            main.close()
+            raise ConfigError(f"run(): {name} must be None, True or False, got {flag!r}")
     uvloop = _uvloop() if use_uvloop is not False else None
     if use_uvloop and uvloop is None:
         main.close()
