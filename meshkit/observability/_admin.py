@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,11 @@ from meshkit._hosts import check_host, is_loopback, uri_host
 from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
-from meshkit.observability._live import live_channel_stats, live_server_stats
+from meshkit.observability._live import (
+    live_channel_stats,
+    live_server_loops,
+    live_server_stats,
+)
 from meshkit.observability._metrics import (
     default_registry,
     mesh_read_elsewhere,
@@ -42,6 +47,9 @@ _log = structlog.get_logger("meshkit.observability.admin")
 _PATH_RE = re.compile(r"/[A-Za-z0-9._~\-/]*")  # fullmatch: ``$`` passes "/x\n"
 # a Host header: a bracketed IPv6 literal or a name/IPv4 address, then an optional port
 _HOST_HEADER_RE = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::[0-9]*)?")
+_WEDGED_S = 10.0
+"""Seconds a callback sent to another event loop of the process (one serving a
+MeshServer) may wait unrun before ``/livez`` calls that loop wedged."""
 _RENDER_THREADS = 2
 """Threads an admin server renders ``/metrics`` in: two scrapes at once (a pair of
 Prometheus replicas) each get one; a third waits."""
@@ -108,12 +116,16 @@ class AdminServer:
                            encodable as UTF-8 (a lone surrogate) is sent as U+FFFD with a
                            warning, not as a 500
     /livez                 liveness (a Kubernetes ``livenessProbe``): 200 ``ok`` (text,
-                           ``Cache-Control: no-store``) whenever the admin server's event
-                           loop runs the handler, so it fails (the probe times out) only
-                           when that loop is wedged (a blocking call, a busy loop); never
-                           because a server drains, is not registered or not serving, nor
-                           because the registry or another dependency is down (a restart
-                           would not bring those back: that is ``/readyz``'s to report)
+                           ``Cache-Control: no-store``) while the process's event loops
+                           run, so it fails only when one is wedged (a blocking call, a
+                           busy loop): the admin server's own loop by not answering (the
+                           probe times out); another loop a live MeshServer was started on
+                           (a thread's own, served by this admin server) with 503 naming
+                           its services, once a callback each probe sends it has waited
+                           unrun 10 s (the probe never waits for it). Never because a
+                           server drains, is not registered or not serving, nor because
+                           the registry or another dependency is down (a restart would not
+                           bring those back: that is ``/readyz``'s to report)
     /healthz               the same answer as ``/livez`` (its older name)
     /readyz                the whole process: 200 when every live MeshServer of it
                            (whatever its loop) is registered and not draining; 503 with
@@ -198,6 +210,9 @@ class AdminServer:
         self._starting: asyncio.Future[None] | None = None
         self._stop_asked = False  # stop() during start(): the start undoes itself
         self._host_checked = True  # listening on loopback only (see _local_host_only)
+        # /livez's outstanding ping per other loop: when sent (monotonic s), None once run
+        self._pings: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ping] = \
+            weakref.WeakKeyDictionary()
         self.port = 0
 
     def add_route(self, path: str, handler: Handler, *, method: str = "GET") -> None:
@@ -292,7 +307,7 @@ class AdminServer:
         app.on_response_prepare.append(_no_store_nosniff)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/livez", self._healthz)
+        app.router.add_get("/livez", self._healthz)  # the same: liveness
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/debug/mesh", self._debug_mesh)
         app.add_routes(self._dashboard.routes(offload=self._off_loop))
@@ -425,8 +440,36 @@ class AdminServer:
             m.name for m, f in zip(metrics, fixed, strict=True) if f is not m}
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        # liveness (/livez, /healthz): answered from the loop, depending on nothing else
+        # liveness (/livez, /healthz): this loop runs (it answers) and the other loops of
+        # the process's servers ran the last callback sent them; nothing else
+        wedged = self._wedged_services()
+        if wedged:
+            return web.Response(status=503, text=(
+                f"503: the event loop of {', '.join(map(repr, wedged))} has run nothing "
+                f"for {_WEDGED_S:g} s (wedged)\n"))
         return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+    def _wedged_services(self) -> list[str]:
+        """The services of the live servers whose event loop (not this one) left the
+        callback this method sent it earlier unrun for ``_WEDGED_S`` seconds; sends each
+        other running loop a new callback once the last one ran (never waits)."""
+        own = asyncio.get_running_loop()
+        now = time.monotonic()
+        wedged: list[str] = []
+        for loop, services in live_server_loops().items():
+            if loop is own or loop.is_closed() or not loop.is_running():
+                continue  # a loop not running serves nothing and is not wedged
+            ping = self._pings.get(loop)
+            if ping is not None and ping.sent is not None:
+                if now - ping.sent >= _WEDGED_S:
+                    wedged.extend(services)
+                continue
+            ping = self._pings[loop] = _Ping(now)
+            try:
+                loop.call_soon_threadsafe(ping.ran)
+            except RuntimeError:  # closed meanwhile
+                del self._pings[loop]
+        return sorted(wedged)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         query = request.query
@@ -459,6 +502,19 @@ class AdminServer:
         if pool is None:
             return encode()
         return await asyncio.get_running_loop().run_in_executor(pool, encode)
+
+
+class _Ping:
+    """A callback ``/livez`` sent another event loop: ``sent`` (monotonic seconds) until
+    that loop runs :meth:`ran` (in its own thread: one attribute store)."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, sent: float) -> None:
+        self.sent: float | None = sent
+
+    def ran(self) -> None:
+        self.sent = None
 
 
 def _debug_mesh_json(now: float, servers: list[ServerStats],

@@ -9,6 +9,7 @@ leaves the registry by itself.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 from meshkit._stats import ChannelStats, ServerStats
 
 __all__ = ["ended", "ended_since", "final_stats", "last_ended", "live_channel_stats",
-           "live_server_stats", "track", "tracked"]
+           "live_server_loops", "live_server_stats", "track", "tracked"]
 
 
 class _HasChannelStats(Protocol):
@@ -31,10 +32,20 @@ _CHANNELS: weakref.WeakSet[Any] = weakref.WeakSet()
 _SERVERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+# the event loop each server was tracked on (its start()'s): what /livez pings
+_LOOPS: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+
+
 def track(obj: _HasChannelStats | _HasServerStats, *, kind: str) -> None:
     """Register a live channel (``kind="channel"``) or server (``kind="server"``); it stays
-    listed while it is alive and ``obj.live`` is true."""
+    listed while it is alive and ``obj.live`` is true. A server tracked from a coroutine
+    is remembered with the running event loop (:func:`live_server_loops`)."""
     (_CHANNELS if kind == "channel" else _SERVERS).add(obj)
+    if kind == "server":
+        try:
+            _LOOPS[obj] = asyncio.get_running_loop()
+        except RuntimeError:  # not from a coroutine: no loop to watch
+            _LOOPS.pop(obj, None)
 
 
 # the last stats() of channels and servers that closed or stopped, by their (basic) weak
@@ -120,3 +131,14 @@ def live_channel_stats() -> list[ChannelStats]:
 def live_server_stats() -> list[ServerStats]:
     """Snapshots of every live server of this process, by service."""
     return sorted((s.stats() for s in _live(_SERVERS)), key=lambda s: s.service)
+
+
+def live_server_loops() -> dict[asyncio.AbstractEventLoop, list[str]]:
+    """The event loops the live servers of this process were started on, each with the
+    (sorted) mesh service names of its servers."""
+    out: dict[asyncio.AbstractEventLoop, list[str]] = {}
+    for srv in _live(_SERVERS):
+        loop = _LOOPS.get(srv)
+        if loop is not None:
+            out.setdefault(loop, []).append(str(getattr(srv, "service", "?")))
+    return {loop: sorted(names) for loop, names in out.items()}

@@ -4,13 +4,18 @@ mesh's readiness (before a server starts, while it drains, with its registry fai
 from __future__ import annotations
 
 import asyncio
+import threading
+from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import CollectorRegistry
 
 import meshkit
-from meshkit.discovery import LocalRegistry
+from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.observability import AdminOptions, AdminServer
+from meshkit.observability import _admin as admin_module
 from tests.support.echo import add_echo
 from tests.support.wait import until
 
@@ -79,3 +84,54 @@ async def test_livez_answers_while_the_registry_fails(
         await srv.drain()
         await down.close()
         await admin.stop()
+
+
+async def test_livez_fails_while_another_loop_serving_a_server_is_wedged(
+        tmp_path: Path, prom: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MeshServer on another event loop of the process (a thread's own, served by this
+    loop's admin server): while that loop is wedged (a callback blocks it) /livez answers
+    503 naming its service, and 200 again once the loop runs; /readyz is not involved."""
+    monkeypatch.setattr(admin_module, "_WEDGED_S", 0.5)
+    loop_b = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop_b.run_forever, name="loop-b", daemon=True)
+    thread.start()
+
+    async def start_b() -> meshkit.MeshServer:
+        reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=3.0))
+        srv = meshkit.MeshServer("wedged-svc", [add_echo("w1")], registry=reg,
+                                 options=meshkit.ServeOptions(insecure=True,
+                                                              drain_delay_s=0.0, grace_s=1.0))
+        await srv.start()
+        return srv
+
+    def on_b(coro: Any) -> Any:
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop_b))
+
+    admin = AdminServer(AdminOptions(registry=prom))
+    await admin.start()
+    block = threading.Event()
+    srv = await on_b(start_b())
+    try:
+        assert (await _probe(admin.url + "/livez"))[:2] == (200, "ok\n")
+        loop_b.call_soon_threadsafe(block.wait)  # loop b runs nothing more
+
+        async def failing() -> bool:
+            return (await _probe(admin.url + "/livez"))[0] == 503
+
+        await until(failing, timeout_s=10, what="/livez 503 for the wedged loop")
+        status, body, _ = await _probe(admin.url + "/livez")
+        assert status == 503 and "wedged-svc" in body, body
+        block.set()
+
+        async def live() -> bool:
+            return (await _probe(admin.url + "/livez"))[0] == 200
+
+        await until(live, timeout_s=10, what="/livez 200 once the loop runs again")
+    finally:
+        block.set()
+        await on_b(srv.drain())
+        await on_b(srv.registry.close())
+        await admin.stop()
+        loop_b.call_soon_threadsafe(loop_b.stop)
+        await asyncio.to_thread(thread.join, 10)
+        loop_b.close()
