@@ -177,12 +177,12 @@ _FLOAT_FIELDS = (
     "fault_grace_s",
 )
 _BOOL_FIELDS = ("verify", "grpc_use_tls")
-_STR_FIELDS = ("scheme", "ca_file", "cert_file", "key_file", "check", "grpc_health_service",
-               "tls_server_name")
+_STR_FIELDS = ("scheme", "ca_file", "ca_path", "cert_file", "key_file", "check",
+               "grpc_health_service", "tls_server_name")
 _URI_FIELDS = frozenset(_FLOAT_FIELDS + _BOOL_FIELDS + _STR_FIELDS)
 #: The URI's options whose value may hold an unencoded '@' (a file path): anywhere else
 #: after '//' one is taken for user info (see :func:`at_sign_may_be_userinfo`).
-_AT_FIELDS = frozenset({"ca_file", "cert_file", "key_file"})
+_AT_FIELDS = frozenset({"ca_file", "ca_path", "cert_file", "key_file"})
 _USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' after '//' is "
                      "taken for user info unless it is in the value of ca_file, cert_file "
                      "or key_file; write any other as %40); set CONSUL_HTTP_TOKEN or "
@@ -228,6 +228,10 @@ class ConsulOptions:
         ca_file: PEM CA bundle that verifies the agent's certificate (``CONSUL_CACERT``): its
             CAs are then the only trusted roots (not added to the system's), as in Consul's
             own client.
+        ca_path: a directory of PEM CA certificates that verify the agent's certificate
+            (``CONSUL_CAPATH``), read as Consul's client reads it (every file under it,
+            subdirectories too, each holding PEM certificates); its CAs are then the only
+            trusted roots. ``ca_file`` wins when both are set, as in Consul's client.
         cert_file: PEM client certificate for agents that verify clients (``CONSUL_CLIENT_CERT``).
         key_file: PEM key of ``cert_file`` (``CONSUL_CLIENT_KEY``); requires ``cert_file``.
         verify: verify the agent's TLS certificate (default True; ``CONSUL_HTTP_SSL_VERIFY``).
@@ -310,6 +314,7 @@ class ConsulOptions:
     token: str | None = field(default=None, repr=False)
     http_auth: str | None = field(default=None, repr=False)
     ca_file: str | None = None
+    ca_path: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     verify: bool = True
@@ -384,6 +389,8 @@ class ConsulOptions:
             path = getattr(self, name)
             if path is not None and not os.path.isfile(check_path(name, path)):
                 raise ConfigError(f"{name} must be an existing file, got {path!r}")
+        if self.ca_path is not None and not os.path.isdir(check_path("ca_path", self.ca_path)):
+            raise ConfigError(f"ca_path must be an existing directory, got {self.ca_path!r}")
         if self.key_file is not None and self.cert_file is None:
             raise ConfigError(f"key_file needs cert_file, got key_file={self.key_file!r} alone")
 
@@ -423,10 +430,10 @@ class ConsulOptions:
         Reads ``CONSUL_HTTP_ADDR`` (``addr``), ``CONSUL_HTTP_TOKEN_FILE`` and
         ``CONSUL_HTTP_TOKEN`` (``token``), ``CONSUL_HTTP_AUTH`` (``http_auth``),
         ``CONSUL_HTTP_SSL`` (true: ``scheme="https"``),
-        ``CONSUL_CACERT`` (``ca_file``), ``CONSUL_CLIENT_CERT`` (``cert_file``),
-        ``CONSUL_CLIENT_KEY`` (``key_file``), ``CONSUL_TLS_SERVER_NAME``
-        (``tls_server_name``) and ``CONSUL_HTTP_SSL_VERIFY`` (``verify``);
-        empty variables count as unset.
+        ``CONSUL_CACERT`` (``ca_file``), ``CONSUL_CAPATH`` (``ca_path``),
+        ``CONSUL_CLIENT_CERT`` (``cert_file``), ``CONSUL_CLIENT_KEY`` (``key_file``),
+        ``CONSUL_TLS_SERVER_NAME`` (``tls_server_name``) and ``CONSUL_HTTP_SSL_VERIFY``
+        (``verify``); empty variables count as unset.
 
         ``CONSUL_HTTP_TOKEN_FILE`` is the path of a file holding the ACL token (how Vault
         agent, Kubernetes secrets or Nomad templates hand one over); it is read here, once
@@ -452,6 +459,7 @@ class ConsulOptions:
             "CONSUL_HTTP_TOKEN": "token",
             "CONSUL_HTTP_AUTH": "http_auth",
             "CONSUL_CACERT": "ca_file",
+            "CONSUL_CAPATH": "ca_path",
             "CONSUL_CLIENT_CERT": "cert_file",
             "CONSUL_CLIENT_KEY": "key_file",
             "CONSUL_TLS_SERVER_NAME": "tls_server_name",
@@ -542,6 +550,30 @@ def _is_host_name(value: object) -> bool:
     except ValueError:
         return _HOST_NAME.fullmatch(value) is not None
     return True
+
+
+def _ca_path_files(path: str) -> list[str]:
+    """The PEM text of every file under the directory ``path`` (``ca_path``,
+    ``CONSUL_CAPATH``), subdirectories too, in name order, as Consul's client reads a CA
+    path (``rootcerts.LoadCAPath``: every file must hold PEM certificates).
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: a file holds no PEM certificate (the path quoted), or none at all.
+    """
+    texts: list[str] = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            file = os.path.join(root, name)
+            with open(file, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ssl.SSLError(f"ca_path {path!r}: no PEM certificate in {file!r}")
+            texts.append(text if text.endswith("\n") else text + "\n")
+    if not texts:
+        raise ssl.SSLError(f"ca_path {path!r} holds no certificate file")
+    return texts
 
 
 def _read_token_file(path: str) -> str | None:
@@ -710,6 +742,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
             request (UTF-8, as Go's ``SetBasicAuth``), or None.
         server_hostname: the name the agent's certificate is checked against (and SNI)
             instead of ``host``, or None; unused for ``"http"``.
+        ca_path: a directory of PEM CA certificates, the only trusted roots when
+            ``verify`` is True (:func:`_ca_path_files`), or None; unused for ``"http"``.
 
     Raises:
         OSError, ssl.SSLError: ``cert`` or ``verify``'s bundle cannot be loaded
@@ -719,7 +753,7 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
     def __init__(self, host: str, port: int, scheme: str, *, verify: bool | str,
                  cert: tuple[str, str] | str | None, resolver: OwnThreadsResolver,
                  timeout_s: float, http_auth: str | None = None,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None, ca_path: str | None = None) -> None:
         consul.base.HTTPClient.__init__(self, host, port, scheme, verify, cert)
         self.loop = None  # what py-consul's own __init__ sets without a loop argument
         self._request_kwargs: dict[str, Any] = (
@@ -745,7 +779,11 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
             # CA file alone): added to the system's roots (py-consul's way), any public
             # CA's certificate for the agent's name passed for the pinned private CA's.
             tls = ssl.create_default_context(
-                cafile=verify if isinstance(verify, str) else None)
+                cafile=verify if isinstance(verify, str) else None,
+                # a CA directory as Consul reads it (not OpenSSL's hashed capath); its
+                # CAs alone, as with a CA file
+                cadata=None if isinstance(verify, str) or ca_path is None
+                else "".join(_ca_path_files(ca_path)))
             if isinstance(cert, tuple):
                 tls.load_cert_chain(*cert)
             elif cert:
@@ -789,19 +827,20 @@ class _Client(consul.aio.Consul):  # type: ignore[misc]  # py-consul is untyped
     is the hook py-consul's base client calls for its HTTP client, once, in ``__init__``).
 
     Args:
-        resolver, timeout_s, http_auth, server_hostname: as :class:`_HTTPClient` takes
-            them.
+        resolver, timeout_s, http_auth, server_hostname, ca_path: as
+            :class:`_HTTPClient` takes them.
         kwargs: py-consul's ``Consul`` arguments (``host``, ``port``, ``scheme``,
             ``verify``, ``cert``, ``token``).
     """
 
     def __init__(self, *, resolver: OwnThreadsResolver, timeout_s: float,
                  http_auth: str | None = None, server_hostname: str | None = None,
-                 **kwargs: Any) -> None:
+                 ca_path: str | None = None, **kwargs: Any) -> None:
         self._resolver = resolver
         self._timeout_s = timeout_s
         self._http_auth = http_auth
         self._server_hostname = server_hostname
+        self._ca_path = ca_path
         super().__init__(**kwargs)
 
     def http_connect(self, host: str, port: int, scheme: str, verify: bool | str = True,
@@ -809,7 +848,8 @@ class _Client(consul.aio.Consul):  # type: ignore[misc]  # py-consul is untyped
         return _HTTPClient(host, port, scheme, verify=verify, cert=cert,
                            resolver=self._resolver, timeout_s=self._timeout_s,
                            http_auth=self._http_auth,
-                           server_hostname=self._server_hostname)
+                           server_hostname=self._server_hostname,
+                           ca_path=self._ca_path)
 
 
 class ConsulRegistry:
@@ -1059,6 +1099,7 @@ class ConsulRegistry:
                 timeout_s=self._blocking_timeout_s + 1.0,
                 http_auth=opts.http_auth,
                 server_hostname=opts.tls_server_name,
+                ca_path=opts.ca_path,
             )
             # py-consul reads CONSUL_HTTP_TOKEN itself and lets it override the token it is
             # given; our options are the single source of truth (from_env reads that variable).

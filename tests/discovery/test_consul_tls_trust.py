@@ -4,6 +4,7 @@ never added to the system's trust store."""
 
 from __future__ import annotations
 
+import shutil
 import ssl
 from pathlib import Path
 
@@ -131,3 +132,54 @@ def test_a_bad_tls_server_name_fails_at_construction(value: str) -> None:
     with pytest.raises(ConfigError, match="tls_server_name") as info:
         ConsulOptions(tls_server_name=value)
     assert repr(value) in str(info.value)
+
+
+async def test_ca_path_verifies_the_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CONSUL_CAPATH`` (a directory of CA certificates, Consul's CLI) verifies the agent
+    with the CAs under it, subdirectories too, and those alone: it was ignored, so an
+    agent signed by a private CA failed every request; ``CONSUL_CACERT`` wins over it,
+    as in Consul's client."""
+    for name in ("system", "pinned", "other"):
+        (tmp_path / name).mkdir()
+    system, pinned = _write_pki(tmp_path / "system"), _write_pki(tmp_path / "pinned")
+    other = _write_pki(tmp_path / "other")
+    monkeypatch.setenv("SSL_CERT_FILE", system["ca"])
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    cas = tmp_path / "cas"
+    (cas / "nested").mkdir(parents=True)
+    shutil.copyfile(other["ca"], cas / "other.pem")
+    shutil.copyfile(pinned["ca"], cas / "nested" / "pinned.pem")
+    for pki, env_extra, accepted in ((pinned, {}, True), (system, {}, False),
+                                     (pinned, {"CONSUL_CACERT": other["ca"]}, False)):
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(pki["server"], pki["server_key"])
+        async with ConsulDouble(ssl_context=server_ctx) as double:
+            env = {"CONSUL_HTTP_ADDR": f"https://{double.addr}", "CONSUL_CAPATH": str(cas),
+                   **env_extra}
+            options = ConsulOptions.from_env(env, **FAST)
+            assert options.ca_path == str(cas)
+            instance = make_instance(unique_service(), 1)
+            async with ConsulRegistry(options) as registry:
+                if accepted:
+                    await registry.register(instance)
+                else:
+                    with pytest.raises(RegistryError, match=r"(?i)certificate"):
+                        await registry.register(instance)
+            assert (instance.instance_id in double.services) is accepted
+
+
+def test_a_missing_ca_path_fails_at_construction(tmp_path: Path) -> None:
+    """A ``ca_path`` that is no directory fails when the options are built, quoting it."""
+    with pytest.raises(ConfigError, match=r"ca_path must be an existing directory.*nowhere"):
+        ConsulOptions.from_env({"CONSUL_CAPATH": str(tmp_path / "nowhere")})
+
+
+async def test_a_ca_path_file_that_is_no_certificate_fails_the_call(tmp_path: Path) -> None:
+    """A file under ``ca_path`` that holds no PEM certificate fails the request with a
+    RegistryError naming it, as Consul's client refuses such a CA path."""
+    (tmp_path / "cas").mkdir()
+    (tmp_path / "cas" / "README").write_text("not a certificate")
+    options = ConsulOptions(addr="https://127.0.0.1:1", ca_path=str(tmp_path / "cas"), **FAST)
+    async with ConsulRegistry(options) as registry:
+        with pytest.raises(RegistryError, match="README"):
+            await registry.register(make_instance(unique_service(), 1))
