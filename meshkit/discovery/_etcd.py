@@ -1715,7 +1715,10 @@ class EtcdRegistry:
                                          str(err.get("message") or err))
                     result = message.get("result") or {}
                     header = result.get("header") or {}
-                    if result.get("created"):
+                    # canceled first: etcd refuses a watch in its "created" answer itself
+                    # (created and canceled, a cancel_reason: permission denied, or any
+                    # error of the watch's creation; v3rpc recvLoop), and then sends nothing
+                    if result.get("created") and not result.get("canceled"):
                         if header.get("cluster_id") != cur.cluster or int(
                                 header.get("revision") or 0) < cur.revision:
                             cur.reread = True  # another store answers: read it in full
