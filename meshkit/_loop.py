@@ -23,6 +23,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from meshkit._fork import reset_in_forked_child
 from meshkit.errors import ConfigError
 
 __all__ = ["LoopCache", "run", "uvloop_installed"]
@@ -97,13 +98,24 @@ class LoopCache:
     while the caller is that thread: a thread runs one loop at a time, so a task running
     on it is the caller's. Anything else (another thread, a callback outside any task, a
     loop that stopped, a Python that keeps the table elsewhere) asks asyncio and
-    remembers the answer. A cache per user (the request gate keeps one).
+    remembers the answer. A cache per user (the request gate keeps one). In a child
+    made by ``os.fork()`` it forgets the loop found (``os.register_at_fork``): forked
+    while that loop ran a task (a ``ProcessPoolExecutor`` worker, forked from inside
+    the loop by ``run_in_executor``), the child inherits the table's entry for it, the
+    thread id stays the same, and the cache answered with the parent's task, a copy
+    that never runs there, in every task of the child's own loop.
     """
 
-    __slots__ = ("_ident", "_loop")
+    __slots__ = ("__weakref__", "_ident", "_loop")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ident = 0
+        _caches.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: ask asyncio again (see the class)."""
+        self._loop = None
         self._ident = 0
 
     def current_task(self) -> asyncio.Task[Any] | None:
@@ -116,3 +128,7 @@ class LoopCache:
         loop = self._loop = asyncio._get_running_loop()
         self._ident = _get_ident()
         return None if loop is None else asyncio.current_task(loop)
+
+
+# every cache forgets its loop in a forked child (LoopCache._forget_parent)
+_caches = reset_in_forked_child(LoopCache)
