@@ -495,6 +495,13 @@ class EtcdOptions:
                 password), ``ETCDCTL_USER`` or ``ETCDCTL_PASSWORD`` is set (named, its
                 value not quoted), or an override names no field.
         """
+        return cls._from_env(environ, False, overrides)
+
+    @classmethod
+    def _from_env(cls, environ: Mapping[str, str] | None, tls: bool,
+                  overrides: Mapping[str, Any]) -> EtcdOptions:
+        """:meth:`from_env`; ``tls``: endpoints of ``ETCDCTL_ENDPOINTS`` written without a
+        scheme are https whatever the variables say (an ``etcd+https://`` URI)."""
         env = os.environ if environ is None else environ
         for name in ("ETCDCTL_USER", "ETCDCTL_PASSWORD"):
             if env_value(env, name) is not None:
@@ -509,8 +516,8 @@ class EtcdOptions:
         if skip is not None:
             kwargs["verify"] = not parse_bool("ETCDCTL_INSECURE_SKIP_TLS_VERIFY", skip)
         insecure = env_value(env, "ETCDCTL_INSECURE_TRANSPORT")
-        tls = (insecure is not None
-               and not parse_bool("ETCDCTL_INSECURE_TRANSPORT", insecure)) or any(
+        tls = tls or (insecure is not None
+                      and not parse_bool("ETCDCTL_INSECURE_TRANSPORT", insecure)) or any(
             {**kwargs, **overrides}.get(name) is not None
             for name in ("ca_file", "cert_file", "key_file"))
         if (raw := env_value(env, "ETCDCTL_ENDPOINTS")) is not None:
@@ -524,7 +531,8 @@ class EtcdOptions:
         Forms: ``etcd://host:2379[,host2:2379...]`` (http), ``etcd+http://...``,
         ``etcd+https://host:2379,...`` (TLS; ``ca_file``, ``cert_file``, ``key_file`` in the
         query or from ``ETCDCTL_CACERT``/``ETCDCTL_CERT``/``ETCDCTL_KEY``); ``etcd://`` with
-        no host takes ``ETCDCTL_ENDPOINTS`` (else the default). Query parameters set fields
+        no host takes ``ETCDCTL_ENDPOINTS`` (else the default; ``etcd+https://`` takes
+        those written without a scheme as https). Query parameters set fields
         by name, e.g. ``etcd://10.0.0.1:2379,10.0.0.2:2379?ttl_s=5&prefix=/prod/``.
 
         Raises:
@@ -557,7 +565,8 @@ class EtcdOptions:
                                    floats=_FLOAT_FIELDS, strs=_STR_FIELDS,
                                    bools=_BOOL_FIELDS,
                                    where=f"etcd URI {shown_uri(uri, _URI_FIELDS)!r}"))
-        options = cls.from_env(environ, **kwargs)
+        # etcd+https:// without a host: ETCDCTL_ENDPOINTS without a scheme are https
+        options = cls._from_env(environ, scheme == "etcd+https", kwargs)
         if scheme == "etcd+https" and options.scheme != "https":
             raise ConfigError(f"{shown_uri(uri, _URI_FIELDS)!r} asks for https but the "
                               f"endpoints are {options.endpoints!r}")

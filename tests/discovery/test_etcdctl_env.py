@@ -138,3 +138,17 @@ async def test_a_member_is_reached_without_verification(tmp_path: Path) -> None:
             await verified.close()
     finally:
         cluster.close()
+
+
+def test_an_https_uri_without_a_host_takes_schemeless_endpoints_as_https() -> None:
+    """``etcd+https://`` with no host takes ``ETCDCTL_ENDPOINTS``; endpoints written there
+    without a scheme are then https (the URI asks for TLS), where they were taken for
+    http and the URI refused ("asks for https but the endpoints are ('http://h:2379',)");
+    an endpoint written ``http://`` is still refused."""
+    env = {"ETCDCTL_ENDPOINTS": "h1:2379,h2"}
+    assert EtcdOptions.from_uri("etcd+https://", environ=env).endpoints == (
+        "https://h1:2379", "https://h2:2379")
+    assert EtcdOptions.from_uri("etcd://", environ=env).endpoints == (
+        "http://h1:2379", "http://h2:2379")
+    with pytest.raises(ConfigError, match="asks for https"):
+        EtcdOptions.from_uri("etcd+https://", environ={"ETCDCTL_ENDPOINTS": "http://h:2379"})
