@@ -132,3 +132,47 @@ async def test_the_page_shows_stale_when_the_server_stops_answering_and_recovers
                 "document.getElementById('status').className === 'live'", timeout=20_000)
         finally:
             await browser.close()
+
+
+async def test_the_page_keeps_no_history_of_endpoints_and_methods_that_left() -> None:
+    """With endpoints and methods replaced at every poll (churn), the page's sparkline
+    history holds only the current ones' series, and the DOM as many rows as the last
+    answer: an open page does not grow."""
+    chromium, async_playwright = _browser()
+    served = 0
+
+    def churn() -> dict[str, Any]:
+        nonlocal served
+        served += 1
+        doc = _document(f"gen{served}")
+        ch = doc["channels"][0]
+        ch["endpoints"] = [{**ch["endpoints"][0], "instance_id": f"e{served}-{i}"}
+                           for i in range(20)]
+        doc["methods"] = [{**doc["methods"][0], "path": f"/s/M{served}-{i}"}
+                          for i in range(20)]
+        return doc
+
+    async def data(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(churn()), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/", DashboardFeed(rpc_metrics(CollectorRegistry())).page)
+    app.router.add_get(DASHBOARD_JSON_PATH, data)
+    runner, port = await start_app(app, "127.0.0.1", 0)
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{port}/")
+                await page.wait_for_function(
+                    "() => Number(document.body.dataset.polls) >= 8", timeout=30_000)
+                # budget + 20 rtt + 20 rate series of the last answer only
+                size = await page.evaluate("() => history.size")
+                assert size <= 41, size
+                assert await page.locator("tr.endpoint").count() == 20
+                assert await page.locator("tr.method").count() == 20
+            finally:
+                await browser.close()
+    finally:
+        await runner.cleanup()
