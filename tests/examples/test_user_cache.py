@@ -451,7 +451,8 @@ async def test_redis_fill_hit_ttl_and_invalidation(shared_redis: str,
     """In Redis: a miss fills ecom:user:<id> with the serialized User and a TTL, the next
     read hits, changed() deletes the key, and a racing fill is refused there too."""
     registry = CollectorRegistry()
-    cache = open_user_cache(UserCacheOptions(uri=shared_redis, ttl_s=30),
+    # timeout_s: the default 50 ms counts a slow call on a loaded box as an outage (no fill)
+    cache = open_user_cache(UserCacheOptions(uri=shared_redis, ttl_s=30, timeout_s=5.0),
                             registry=registry)
     assert cache is not None and isinstance(cache.cache, RedisUserCache)
     uid = f"test-{uuid.uuid4()}"
