@@ -35,12 +35,18 @@ Balancers, which choose an endpoint per call among what discovery returns, live 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 import meshkit._log  # noqa: F401  (meshkit's loggers quiet until logging is configured)
-from meshkit.discovery._local import LocalOptions, LocalRegistry, default_local_path
+from meshkit.discovery._local import (
+    LocalOptions,
+    LocalRegistry,
+    _per_user_dir,
+    default_local_path,
+)
 from meshkit.discovery._options import parse_uri, query_fields, shown_uri
 from meshkit.discovery._types import Instance, Registry, RegistryStatus, ServiceSnapshot
 from meshkit.errors import ConfigError
@@ -106,8 +112,11 @@ _LOCAL_URI_FIELDS = ("ttl_s", "poll_interval_s", "heartbeat_interval_s", "busy_t
                      "fault_grace_s")
 
 
-def registry_from_uri(uri: str) -> Registry:
+def registry_from_uri(uri: str, *, environ: Mapping[str, str] | None = None) -> Registry:
     """Build a registry from a URI.
+
+    ``environ`` (default ``os.environ``) holds the variables the registry reads besides
+    the URI: ``CONSUL_*``, ``ETCDCTL_*``, and ``MESHKIT_LOCAL_DIR`` for ``local://``.
 
     Forms:
         * ``local:///abs/path`` (directory or ``.db`` file; ``local://localhost/abs/path``
@@ -152,26 +161,43 @@ def registry_from_uri(uri: str) -> Registry:
                 "local://localhost/abs/path), or local:// for the default path")
         if raw_path:
             kwargs["path"] = Path(raw_path)
+        elif environ is not None:
+            kwargs["path"] = _default_local_path(environ)
         return LocalRegistry(LocalOptions(**kwargs))
     if scheme in ("consul", "consul+http", "consul+https"):
-        registry: Registry = _consul_module().ConsulRegistry.from_uri(uri)
+        registry: Registry = _consul_module().ConsulRegistry.from_uri(uri, environ=environ)
         return registry
     if scheme in ("etcd", "etcd+http", "etcd+https"):
         from meshkit.discovery._etcd import EtcdRegistry
 
-        return EtcdRegistry.from_uri(uri)
+        return EtcdRegistry.from_uri(uri, environ=environ)
     raise ConfigError(
         f"unknown registry URI {shown_uri(uri)!r}: expected local:///path, consul://host:port "
         "or etcd://host:port[,host:port]"
     )
 
 
-def registry_from_env(environ: dict[str, str] | None = None) -> Registry:
+def _default_local_path(environ: Mapping[str, str]) -> Path:
+    """:func:`default_local_path` with ``MESHKIT_LOCAL_DIR`` read from ``environ``."""
+    base = environ.get("MESHKIT_LOCAL_DIR")
+    return Path(base) / "registry.db" if base else _per_user_dir() / "registry.db"
+
+
+def registry_from_env(environ: Mapping[str, str] | None = None) -> Registry:
     """The registry named by ``MESHKIT_REGISTRY`` (a URI), else the default local one.
 
+    Every variable is read from ``environ`` (default ``os.environ``): ``MESHKIT_REGISTRY``
+    and the registry's own (``CONSUL_*``, ``ETCDCTL_*``, ``MESHKIT_LOCAL_DIR``), never
+    some from one and some from the other.
+
     Raises:
-        ConfigError: ``MESHKIT_REGISTRY`` holds a bad URI.
+        ConfigError: ``MESHKIT_REGISTRY`` holds a bad URI, or a variable the registry
+            reads is invalid.
     """
-    env = os.environ if environ is None else environ
-    uri = env.get(ENV_VAR, "").strip()
-    return registry_from_uri(uri) if uri else LocalRegistry()
+    if environ is None:
+        uri = os.environ.get(ENV_VAR, "").strip()
+        return registry_from_uri(uri) if uri else LocalRegistry()
+    uri = environ.get(ENV_VAR, "").strip()
+    if uri:
+        return registry_from_uri(uri, environ=environ)
+    return LocalRegistry(LocalOptions(path=_default_local_path(environ)))
