@@ -27,13 +27,15 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
            └─ ecom.v1.UserService/GetUser  client  +1.10 ms  2.30 ms  OK
               └─ ...
 
-    Each line: span name, kind, offset from the root's start (children), duration in
-    milliseconds, gRPC status (``rpc.grpc.status_code`` or the span status), a few
-    attributes, and events (``· attempt``) below it. Spans whose parent is not among
-    ``spans`` are roots, marked ``(parent span not exported)`` when they have a parent
-    (one from a process killed before it exported its spans, say). Each span is drawn
-    once: spans whose parent links loop (a span its own parent, in a corrupted file) are
-    drawn from the earliest of them, marked ``(its parent links loop)``.
+    Each line (control characters in names and values escaped, ``\\n``, ``\\x1b``: they
+    may come from remote callers): span name, kind, offset from the root's start
+    (children), duration in milliseconds, gRPC status (``rpc.grpc.status_code`` or the
+    span status), a few attributes, and events (``· attempt``) below it. Spans whose
+    parent is not among ``spans`` are roots, marked ``(parent span not exported)`` when
+    they have a parent (one from a process killed before it exported its spans, say).
+    Each span is drawn once: spans whose parent links loop (a span its own parent, in a
+    corrupted file) are drawn from the earliest of them, marked ``(its parent links
+    loop)``.
 
     Args:
         spans: finished spans, e.g. ``InMemorySpanExporter().get_finished_spans()``.
@@ -89,6 +91,19 @@ def _walk(span: ReadableSpan, children: dict[int | None, list[ReadableSpan]], or
         _walk(child, children, origin, deeper, attributes, lines, drawn)
 
 
+# C0 and C1 control characters, DEL and the Unicode line separators (a newline would
+# forge tree lines, ESC / CSI drive a terminal): written as Python escapes
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_CONTROLS.update({0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t", 0x2028: "\\u2028",
+                  0x2029: "\\u2029"})  # the last two: line breaks to str.splitlines()
+
+
+def _text(value: object) -> str:
+    """``value`` as text on one line, its control characters escaped (``\\n``,
+    ``\\x1b``): span names and attribute values may come from remote callers."""
+    return str(value).translate(_CONTROLS)
+
+
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:.2f} ms"
 
@@ -105,12 +120,12 @@ def _line(span: ReadableSpan, origin: int, attributes: Sequence[str],
         status = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
     else:
         status = "ERROR" if span.status.status_code is StatusCode.ERROR else "OK"
-    parts = [span.name, _KINDS.get(str(span.kind), str(span.kind))]
+    parts = [_text(span.name), _KINDS.get(str(span.kind), str(span.kind))]
     if not root:
         parts.append("+" + _ms(start - origin))
     parts += [_ms(end - start), status]
-    shown = [f"{k.rsplit('.', 1)[-1] if k.startswith('meshkit.') else k}={attrs[k]}"
-             for k in attributes if k in attrs]
+    shown = [f"{_text(k.rsplit('.', 1)[-1] if k.startswith('meshkit.') else k)}="
+             f"{_text(attrs[k])}" for k in attributes if k in attrs]
     if shown:
         parts.append("[" + " ".join(shown) + "]")
     return "  ".join(parts)
@@ -120,6 +135,8 @@ def _events(span: ReadableSpan, origin: int, prefix: str) -> list[str]:
     out = []
     for ev in span.events or ():
         attrs: Any = ev.attributes or {}
-        detail = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in attrs.items())
-        out.append(f"{prefix}   · {ev.name} +{_ms(ev.timestamp - origin)} {detail}".rstrip())
+        detail = " ".join(f"{_text(k.rsplit('.', 1)[-1])}={_text(v)}"
+                          for k, v in attrs.items())
+        out.append(f"{prefix}   · {_text(ev.name)} +{_ms(ev.timestamp - origin)} "
+                   f"{detail}".rstrip())
     return out

@@ -37,3 +37,22 @@ def test_spans_whose_parents_form_a_loop_are_still_drawn(tmp_path: Path) -> None
                     + _line("00000000000000a2", "00000000000000a1", "loop/B", 20) + "\n")
     text = render_trace(load_spans([path]))
     assert text.count("loop/A") == 1 and text.count("loop/B") == 1, text
+
+
+def test_control_characters_in_names_and_attributes_are_escaped(tmp_path: Path) -> None:
+    """A span name, attribute or event value carrying a newline or a terminal escape (a
+    caller's method name: '/svc/X\\n└─ forged ...') is drawn on its own one line with the
+    control characters escaped, so it can neither forge tree lines nor drive a
+    terminal."""
+    forged = ("svc/Evil\n└─ forged/Child  server  +0.00 ms  1.00 ms  OK\x1b[2J\x9b31m\r"
+              "\u2028next")
+    line = json.loads(_line("00000000000000b1", None, forged, 10))
+    line["attributes"] = {"server.address": "h\nost\x1b]0;title\x07"}
+    line["events"] = [{"name": "attempt\n", "ts_ns": 12, "attributes": {"k": "v\x1b[1m"}}]
+    path = tmp_path / "spans.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    text = render_trace(load_spans([path]))
+    assert len(text.splitlines()) == 2, text  # the span and its event
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in text.replace("\n", "")), \
+        repr(text)
+    assert "svc/Evil\\n└─ forged/Child" in text and "\\x1b[2J" in text, text
