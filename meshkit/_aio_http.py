@@ -23,6 +23,10 @@ _KEEPALIVE_S = 75.0
 #: Tries at binding every address of a name on one free port (another process may take
 #: the port on the second family between the binds).
 _SAME_PORT_TRIES = 5
+#: Bind errors of an address a name lists that this machine does not have (``::1`` in a
+#: container with IPv6 disabled): the name is served on its other addresses, as grpc core
+#: binds a name's addresses.
+_NOT_HERE = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
 
 
 async def start_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -34,9 +38,10 @@ async def start_app(app: web.Application, host: str, port: int) -> tuple[web.App
 
     A host *name* that resolves to several addresses (``localhost``: ``127.0.0.1`` and
     ``::1`` on most systems) is bound on each of them on one port, as grpc core binds a
-    name: asyncio's own bind gave each address a free port of its own when ``port`` is 0,
-    and only the first was returned, so a client reaching the name over the other family
-    found nothing there.
+    name (an address not on this machine, EADDRNOTAVAIL, e.g. ``::1`` with IPv6 disabled,
+    is skipped when another binds): asyncio's own bind gave each address a free port of
+    its own when ``port`` is 0, and only the first was returned, so a client reaching the
+    name over the other family found nothing there.
 
     A request body left unfinished by its client is waited for at most
     ``_LINGERING_S`` seconds after the answer (aiohttp's default, 10 s, held ``cleanup()``
@@ -112,17 +117,29 @@ def _bind_on_one_port(addresses: list[tuple[int, str]], port: int) -> list[socke
     the free port the first bind got, tried again when another process took it on a
     later address meanwhile (at most ``_SAME_PORT_TRIES`` times).
 
+    An address this machine does not have (``_NOT_HERE``) is skipped when another binds.
+
     Raises:
-        OSError: an address cannot be bound (nothing is left open).
+        OSError: an address cannot be bound, or none of them is on this machine (nothing
+            is left open).
     """
     for attempt in range(_SAME_PORT_TRIES):
         socks: list[socket.socket] = []
         try:
             chosen = port
+            missing: OSError | None = None
             for family, address in addresses:
-                sock = socket.create_server((address, chosen), family=family)
+                try:
+                    sock = socket.create_server((address, chosen), family=family)
+                except OSError as exc:
+                    if exc.errno not in _NOT_HERE:
+                        raise
+                    missing = exc  # on no interface here, or its family disabled
+                    continue
                 socks.append(sock)
                 chosen = sock.getsockname()[1]
+            if not socks and missing is not None:
+                raise missing
             return socks
         except OSError as exc:
             for sock in socks:

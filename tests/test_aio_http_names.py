@@ -12,6 +12,7 @@ the sockets are real.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -74,3 +75,56 @@ async def test_every_address_of_a_name_is_bound_on_the_port_returned(dual_name: 
                     assert await resp.text() == "hi", url
     finally:
         await runner.cleanup()
+
+
+_PARTLY = "partly.meshkit.test"
+_NOWHERE = "nowhere.meshkit.test"
+#: TEST-NET-1 (RFC 5737): on no interface of this machine, so binding it fails with
+#: EADDRNOTAVAIL, as ``::1`` does where a container lists it in /etc/hosts with IPv6 off.
+_NOT_HERE = "192.0.2.1"
+
+
+@pytest.fixture
+def partly_bindable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_PARTLY`` resolves to ``_NOT_HERE`` then ``127.0.0.1``; ``_NOWHERE`` to
+    ``_NOT_HERE`` only."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0,
+                    proto: int = 0, flags: int = 0) -> list[Any]:
+        names = {_PARTLY: (_NOT_HERE, "127.0.0.1"), _NOWHERE: (_NOT_HERE,)}
+        if host not in names:
+            return real(host, port, family, type, proto, flags)
+        out = []
+        for addr in names[host]:
+            out.extend(real(addr, port, socket.AF_INET, type or socket.SOCK_STREAM,
+                            proto, flags | socket.AI_NUMERICHOST))
+        return out
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+async def test_an_address_of_a_name_not_on_this_machine_is_skipped(
+        partly_bindable: None) -> None:
+    """A name one of whose addresses is on no interface here (EADDRNOTAVAIL) is served on
+    the others, as grpc core binds a name: the admin server on ``localhost`` starts in a
+    container whose /etc/hosts lists ``::1`` with IPv6 disabled."""
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    runner, port = await start_app(app, _PARTLY, 0)
+    try:
+        assert [a[0] for a in runner.addresses] == ["127.0.0.1"], runner.addresses
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}/") as resp:
+            assert await resp.text() == "hi"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_name_none_of_whose_addresses_binds_fails(partly_bindable: None) -> None:
+    """A name with no address on this machine still fails to start, with the bind's error."""
+    app = web.Application()
+    app.router.add_get("/", _hello)
+    with pytest.raises(OSError) as err:
+        await start_app(app, _NOWHERE, 0)
+    assert err.value.errno == errno.EADDRNOTAVAIL, err.value
