@@ -104,7 +104,7 @@ def test_each_service_runs_its_module_with_known_arguments(objects: list[Obj]) -
 
 
 def test_probes_hit_the_admin_server_bound_on_all_interfaces(objects: list[Obj]) -> None:
-    """Readiness is /readyz and liveness (and startup) /healthz on the container port named
+    """Readiness is /readyz and liveness (and startup) /livez on the container port named
     admin, which is MESHKIT_ADMIN_PORT; the admin server binds 0.0.0.0 (MESHKIT_ADMIN_HOST),
     else the kubelet could not reach it."""
     config = of_kind(objects, "ConfigMap")["ecom-config"]["data"]
@@ -120,7 +120,7 @@ def test_probes_hit_the_admin_server_bound_on_all_interfaces(objects: list[Obj])
             get = c[probe]["httpGet"]
             assert get["port"] in ("admin", admin_port), (dep["metadata"]["name"], probe)
             paths[probe] = get["path"]
-        assert paths == {"startupProbe": "/healthz", "livenessProbe": "/healthz",
+        assert paths == {"startupProbe": "/livez", "livenessProbe": "/livez",
                          "readinessProbe": "/readyz"}
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(admin_port)
