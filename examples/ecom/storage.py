@@ -89,10 +89,12 @@ class StoreUnavailable(StoreError):
 
     Raised for connection-level failures: PostgreSQL refusing, dropping or not
     answering a connection within the store's timeouts, shutting down, or out of
-    connections, or aborting the transaction for a conflict with concurrent ones
-    (deadlock, serialization failure) on each of :data:`PG_CONFLICT_ATTEMPTS`
-    attempts; SQLite unable to open the file, an I/O error, a read-only or
-    full disk, or the write lock not obtained within ``busy_timeout_s``.
+    connections, refusing writes (read-only: a standby or a demoted primary),
+    giving up on a lock or statement timeout, or aborting the transaction for a
+    conflict with concurrent ones (deadlock, serialization failure) on each of
+    :data:`PG_CONFLICT_ATTEMPTS` attempts; SQLite unable to open the file, an I/O
+    error, a read-only or full disk, or the write lock not obtained within
+    ``busy_timeout_s``.
 
     The operation did not take effect, except that a commit whose answer was
     lost may have (hence the idempotency key of :meth:`Store.place_order`).
@@ -1012,6 +1014,11 @@ _PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,  # 57P01
     asyncpg.exceptions.CrashShutdownError,  # 57P02
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, ...
+    # The server cannot take the operation now, like SQLite's read-only file and write
+    # lock not obtained within the busy timeout (both unavailable there):
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby, a demoted primary
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.exceptions.QueryCanceledError,  # 57014: statement_timeout (as command_timeout)
 )
 
 
@@ -1057,6 +1064,12 @@ class PostgresStore:
     rolls back). When the server cannot be reached, calls raise
     :class:`StoreUnavailable` within the store's timeouts; the pool replaces
     lost connections, so the store recovers by itself when the server is back.
+
+    A write refused because the session is read-only (25006: connected to a standby, or
+    to a primary a failover demoted), a lock or statement timeout (55P03, 57014) raise
+    :class:`StoreUnavailable`; after a read-only refusal that connection is closed, so
+    the next call opens a new one (with a multi-host DSN and
+    ``target_session_attrs=read-write``, on the new primary).
 
     A transaction the server aborts for a deadlock (40P01, e.g. two concurrent
     update_user calls swapping two emails, which wait on each other in the unique
@@ -1163,6 +1176,12 @@ class PostgresStore:
                     break
                 except BaseException as exc:
                     lost = _pg_lost(conn)
+                    if not lost and isinstance(
+                            exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                        # a session on a server that takes no writes (a primary a failover
+                        # demoted) would fail every write for as long as the pool keeps
+                        # it: drop it, the next connection may reach the new primary
+                        conn.terminate()
                     if lost or not isinstance(exc, _PG_CONFLICT):
                         raise
                     pause_s = _PG_CONFLICT_BACKOFF.delay_s(attempts)
