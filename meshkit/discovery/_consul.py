@@ -371,13 +371,18 @@ class ConsulOptions:
         if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
             # Not quoted: the value is a secret.
             raise ConfigError("token must be a non-empty single-line string")
+        if self.http_auth is not None and not isinstance(self.http_auth, str):
+            # Not quoted: it may hold a password.
+            raise ConfigError(f"http_auth must be a string, 'username' or "
+                              f"'username:password' (CONSUL_HTTP_AUTH), got a "
+                              f"{type(self.http_auth).__name__}")
         if self.http_auth is not None and (
-                not isinstance(self.http_auth, str) or not self.http_auth.partition(":")[0]
+                not self.http_auth.partition(":")[0]
                 or any(c in self.http_auth for c in "\r\n")):
             # Not quoted: it may hold a password.
             raise ConfigError("http_auth must be 'username' or 'username:password' on one "
-                              f"line (CONSUL_HTTP_AUTH), got a {type(self.http_auth).__name__}"
-                              " that is not")
+                              "line, with a user name (CONSUL_HTTP_AUTH); the value is not "
+                              "shown")
         if self.tls_server_name is not None and not _is_host_name(self.tls_server_name):
             raise ConfigError(f"tls_server_name must be a host name or IP address, got "
                               f"{self.tls_server_name!r}")

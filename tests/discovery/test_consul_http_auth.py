@@ -83,3 +83,10 @@ async def test_the_password_is_never_in_an_error(double: ConsulDouble) -> None:
         with pytest.raises(RegistryError) as info:
             await registry.register(make_instance(unique_service(), 1))
     assert _SECRET not in str(info.value)
+
+
+def test_an_http_auth_of_another_type_names_its_type() -> None:
+    """``http_auth`` as bytes (read from a file) fails naming the field and the type only."""
+    with pytest.raises(ConfigError, match=r"http_auth must be a string.*got a bytes") as info:
+        ConsulOptions(http_auth=f"ops:{_SECRET}".encode())  # type: ignore[arg-type]
+    assert _SECRET not in str(info.value)
