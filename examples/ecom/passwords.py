@@ -3,6 +3,9 @@
 A hash is stored as one string, ``scrypt$<n>$<r>$<p>$<salt>$<hash>`` with the
 salt and hash in unpadded URL-safe base64, so the cost parameters can be raised
 later without breaking existing hashes. Verification compares in constant time.
+Passwords are hashed in Unicode NFKC form (NIST SP 800-63B 5.1.1.2), so the same
+password typed composed (``ä``, U+00E4) or decomposed (``a`` + U+0308) by another
+keyboard or OS is the same password.
 Both functions are CPU-bound (tens of milliseconds): async code should call
 them through :func:`asyncio.to_thread`.
 """
@@ -14,6 +17,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import unicodedata
 
 SCHEME = "scrypt"
 N, R, P = 2**14, 8, 1
@@ -38,20 +42,29 @@ def _kdf(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> byte
     )
 
 
+def normalize_password(password: str) -> str:
+    """The form a password is hashed in: Unicode NFKC."""
+    return unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
-    """Hash ``password`` with a fresh random 16-byte salt; return the encoded string.
+    """Hash ``password`` (its :func:`normalize_password` form) with a fresh random
+    16-byte salt; return the encoded string.
 
     The caller validates the length (:data:`MIN_LENGTH`..:data:`MAX_LENGTH`
     characters) first; this function hashes whatever it is given.
     """
     salt = secrets.token_bytes(SALT_BYTES)
-    digest = _kdf(password, salt, N, R, P, KEY_BYTES)
+    digest = _kdf(normalize_password(password), salt, N, R, P, KEY_BYTES)
     return f"{SCHEME}${N}${R}${P}${_b64(salt)}${_b64(digest)}"
 
 
 def verify_password(password: str, encoded: str) -> bool:
     """Return whether ``password`` matches ``encoded`` (from :func:`hash_password`).
 
+    The password's :func:`normalize_password` form is checked; when that is not the
+    password as given, and does not match, the raw password is checked too (a hash
+    made before passwords were normalised), so such a password costs two hashings.
     A malformed or unsupported ``encoded`` string gives False, never an error.
     """
     try:
@@ -59,7 +72,13 @@ def verify_password(password: str, encoded: str) -> bool:
         if scheme != SCHEME:
             return False
         expected = _unb64(digest)
-        actual = _kdf(password, _unb64(salt), int(n), int(r), int(p), len(expected))
+        params = (_unb64(salt), int(n), int(r), int(p), len(expected))
+        normalized = normalize_password(password)
+        if hmac.compare_digest(_kdf(normalized, *params), expected):
+            return True
+        if normalized == password:
+            return False
+        actual = _kdf(password, *params)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
