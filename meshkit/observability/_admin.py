@@ -30,9 +30,11 @@ from meshkit._stats import ChannelStats, ServerStats
 from meshkit.errors import ConfigError
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DASHBOARD_PATH, DashboardFeed
 from meshkit.observability._live import (
+    UnreadServer,
     live_channel_stats,
     live_server_loops,
     live_server_stats,
+    live_servers,
 )
 from meshkit.observability._metrics import (
     default_registry,
@@ -130,14 +132,21 @@ class AdminServer:
     /readyz                the whole process: 200 when every live MeshServer of it
                            (whatever its loop) is registered and not draining; 503 with
                            the reasons (JSON: ``not_ready`` entries with ``service``,
-                           ``instance_id``, ``draining``, ``registered``) while one
-                           drains or is not registered yet, or (with
-                           ``require_server``) when there is none. One draining server
+                           ``instance_id``, ``draining``, ``registered``,
+                           ``serving``) while one drains, is not registered yet or not
+                           serving, or (with ``require_server``) when there is none; a
+                           server whose ``stats()`` raises (a custom registry's
+                           ``status()`` throwing) is not ready too, its entry
+                           ``service``, ``instance_id`` and ``error`` (the exception's
+                           class name only: its message may hold a secret; logged once
+                           as a warning), reason ``stats() raised <class>``. One
+                           draining server
                            makes it 503 for all: the probe of a process that is going
                            away (a Kubernetes readiness probe of a pod)
     /readyz?service=S      one mesh service of the process: 200 when each live server of
                            ``S`` is ready (JSON ``instances``); 503 while one of them
-                           drains or is not registered yet; 404 when the process has no
+                           drains, is not registered yet, not serving or its
+                           ``stats()`` raises; 404 when the process has no
                            live server of ``S`` (never started, stopped). The readiness
                            of one instance while another server of the process drains
     ...&instance=I         the server of ``S`` registered as instance ``I`` (what
@@ -149,7 +158,8 @@ class AdminServer:
     /debug/mesh            JSON: ``servers`` (``MeshServer.stats()``, each with its own
                            ``service``, ``instance_id``, ``ready`` and ``draining``) and
                            ``channels`` (``MeshChannel.stats()``: endpoints, balancer
-                           load, EWMA, ejection, policies) of this process; the
+                           load, EWMA, ejection, policies) of this process (one whose
+                           ``stats()`` raises left out, as on the dashboard); the
                            snapshots taken on the loop, turned into JSON in the admin
                            server's own threads (a channel to 2,000 endpoints: ~45 ms
                            the loop no longer waits)
@@ -473,7 +483,8 @@ class AdminServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         query = request.query
-        servers = live_server_stats()
+        read, unread = live_servers()
+        servers: list[ServerStats | UnreadServer] = [*read, *unread]
         if "service" in query or "instance" in query:
             status, answer = _service_readiness(
                 servers, query.getall("service", []), query.getall("instance", []))
@@ -530,8 +541,13 @@ def _debug_mesh_json(now: float, servers: list[ServerStats],
     return json.dumps(body, indent=2, default=repr)
 
 
-def _not_ready(server: ServerStats) -> dict[str, Any]:
-    """The ``not_ready`` entry of ``/readyz``'s 503 for a live server that is not ready."""
+def _not_ready(server: ServerStats | UnreadServer) -> dict[str, Any]:
+    """The ``not_ready`` entry of ``/readyz``'s 503 for a live server that is not ready
+    (one whose ``stats()`` raised: ``service``, ``instance_id`` and ``error``, the
+    exception's class name)."""
+    if isinstance(server, UnreadServer):
+        return {"service": server.service, "instance_id": server.instance_id,
+                "error": server.error}
     return {"service": server.service, "instance_id": server.instance_id,
             "draining": server.draining, "registered": server.instance_id is not None,
             "serving": server.serving}
@@ -540,21 +556,25 @@ def _not_ready(server: ServerStats) -> dict[str, Any]:
 def _reason(not_ready: list[dict[str, Any]]) -> str:
     """Why the servers of ``not_ready`` (:func:`_not_ready` entries, at least one) are not
     ready: ``"draining"``, ``"not registered"`` (bound, registration under way), ``"not
-    serving"`` (its gRPC health status set NOT_SERVING by the application), or those that
-    apply joined by ``" or "``, in that order."""
-    reasons = {"draining" if entry["draining"] else "not registered"
+    serving"`` (its gRPC health status set NOT_SERVING by the application), ``"stats()
+    raised <exception class>"`` (its state could not be read), or those that apply
+    joined by ``" or "``, in that order."""
+    reasons = {f"stats() raised {entry['error']}" if "error" in entry
+               else "draining" if entry["draining"] else "not registered"
                if not entry["registered"] else "not serving" for entry in not_ready}
-    return " or ".join(r for r in ("draining", "not registered", "not serving")
-                       if r in reasons)
+    order = ["draining", "not registered", "not serving",
+             *sorted(r for r in reasons if r.startswith("stats()"))]
+    return " or ".join(r for r in order if r in reasons)
 
 
-def _service_readiness(servers: list[ServerStats], service: list[str],
+def _service_readiness(servers: list[ServerStats | UnreadServer], service: list[str],
                        instance: list[str]) -> tuple[int, dict[str, Any]]:
     """The answer of ``/readyz?service=<service>[&instance=<id>]`` among the live
     ``servers`` of the process: ``(status, JSON body)``.
 
     Args:
-        servers: the live servers (:func:`live_server_stats`).
+        servers: the live servers (:func:`live_servers`: those whose ``stats()`` raised
+            as :class:`UnreadServer`, never ready).
         service: the query's ``service`` values (one non-empty mesh service name wanted).
         instance: the query's ``instance`` values (none, or one non-empty instance id).
 

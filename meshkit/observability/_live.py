@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+import structlog
 
 from meshkit._stats import ChannelStats, ServerStats
 
-__all__ = ["ended", "ended_since", "final_stats", "last_ended", "live_channel_stats",
-           "live_server_loops", "live_server_stats", "track", "tracked"]
+__all__ = ["UnreadServer", "ended", "ended_since", "final_stats", "last_ended",
+           "live_channel_stats", "live_server_loops", "live_server_stats", "live_servers",
+           "track", "tracked"]
+
+_log = structlog.get_logger("meshkit.observability.live")
 
 
 class _HasChannelStats(Protocol):
@@ -128,9 +134,60 @@ def live_channel_stats() -> list[ChannelStats]:
     return sorted(out, key=lambda s: s.service)
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadServer:
+    """A live server whose ``stats()`` raised (a custom registry whose ``status()``
+    throws, say): what ``/readyz`` reports not ready.
+
+    Attributes:
+        service: its mesh service name.
+        instance_id: the instance id it registered (``None``: not registered, or unknown).
+        error: the exception's class name (never its message, which may hold a secret).
+        ready: always ``False``.
+    """
+
+    service: str
+    instance_id: str | None
+    error: str
+    ready: bool = False
+
+
+# servers whose stats() failed and were warned about: warned again only after it answered
+_UNREAD_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def live_servers() -> tuple[list[ServerStats], list[UnreadServer]]:
+    """Snapshots of every live server of this process, by service, and (by service too)
+    those whose ``stats()`` raised, each logged once as a warning with its exception (of
+    logger ``meshkit.observability.live``; again only after it has answered since)."""
+    out: list[ServerStats] = []
+    unread: list[UnreadServer] = []
+    for srv in _live(_SERVERS):
+        try:
+            out.append(srv.stats())
+        except Exception as exc:
+            service = str(getattr(srv, "service", "?"))
+            try:
+                instance_id = getattr(getattr(srv, "instance", None), "instance_id", None)
+            except Exception:
+                instance_id = None
+            unread.append(UnreadServer(
+                service=service, instance_id=instance_id if isinstance(instance_id, str)
+                else None, error=type(exc).__name__))
+            if srv not in _UNREAD_WARNED:
+                _UNREAD_WARNED.add(srv)
+                _log.warning("server stats() failed: reported not ready", service=service,
+                             exc_info=exc)
+        else:
+            _UNREAD_WARNED.discard(srv)
+    return (sorted(out, key=lambda s: s.service),
+            sorted(unread, key=lambda u: (u.service, u.instance_id or "")))
+
+
 def live_server_stats() -> list[ServerStats]:
-    """Snapshots of every live server of this process, by service."""
-    return sorted((s.stats() for s in _live(_SERVERS)), key=lambda s: s.service)
+    """Snapshots of every live server of this process, by service (a server whose
+    ``stats()`` raises is left out, and warned about: see :func:`live_servers`)."""
+    return live_servers()[0]
 
 
 def live_server_loops() -> dict[asyncio.AbstractEventLoop, list[str]]:
