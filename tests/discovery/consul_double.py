@@ -3,7 +3,9 @@ listed below.
 
 An aiohttp web application on ``127.0.0.1:<ephemeral port>`` playing a single-node Consul
 agent, for exactly the calls :mod:`meshkit.discovery._consul` makes. Each endpoint follows
-its page under https://developer.hashicorp.com/consul/api-docs/ :
+its page under https://developer.hashicorp.com/consul/api-docs/ (an ID in a path,
+``<id>`` or ``<check_id>``, is the whole rest of the path, ``/`` and all, as Consul's agent
+takes it, ``strings.TrimPrefix``, not one segment):
 
 * ``PUT /v1/agent/service/register[?replace-existing-checks]`` — ``agent/service``
   (register service): JSON body with ``ID``, ``Name``, ``Address``, ``Port``, ``Tags``,
@@ -255,9 +257,11 @@ class ConsulDouble:
         self._check_tasks: set[asyncio.Task[None]] = set()
         self.app = web.Application(middlewares=[self._middleware])
         self.app.router.add_put("/v1/agent/service/register", self._register)
-        self.app.router.add_put("/v1/agent/service/deregister/{id}", self._deregister)
-        self.app.router.add_get("/v1/agent/service/{id}", self._agent_service)
-        self.app.router.add_put("/v1/agent/check/pass/{check_id}", self._check_pass)
+        # an ID is the whole rest of the path, "/" and all, as Consul's agent endpoints
+        # take it (strings.TrimPrefix of the path), not one segment
+        self.app.router.add_put("/v1/agent/service/deregister/{id:.+}", self._deregister)
+        self.app.router.add_get("/v1/agent/service/{id:.+}", self._agent_service)
+        self.app.router.add_put("/v1/agent/check/pass/{check_id:.+}", self._check_pass)
         self.app.router.add_get("/v1/health/service/{name}", self._health_service)
         self.app.router.add_get("/v1/catalog/services", self._catalog_services)
         self.app.router.add_put("/v1/catalog/register", self._catalog_register)
