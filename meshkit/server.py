@@ -1431,7 +1431,7 @@ class MeshServer:
                 icpt.registered = registered
         # a port in use is refused unless the user opts in (see ServeOptions.server_options)
         server_args: dict[str, Any] = {"grpc.so_reuseport": 0}
-        server_args.update(limits.channel_args())
+        server_args.update(limits.channel_args(opts.server_options))
         server_args.update(dict(opts.server_options))
         chain = self._interceptors()
         max_send = server_args.get("grpc.max_send_message_length")

@@ -35,3 +35,32 @@ def test_a_keepalive_timeout_override_sets_the_ping_timeout_too() -> None:
     # other overrides leave the limits' own arguments alone (the server applies them)
     args = dict(limits.channel_args((("grpc.max_connection_age_ms", 1000),)))
     assert args == plain
+
+
+async def test_a_mesh_server_gives_grpc_the_overridden_ping_timeout(
+        registry: Any, monkeypatch: Any) -> None:
+    """A MeshServer started with ``server_options`` naming ``grpc.keepalive_timeout_ms``
+    builds its grpc server with ``grpc.http2.ping_timeout_ms`` at the same value (it gave
+    grpc the limits' 20 s while ``ServerLimits.channel_args`` alone was right)."""
+    import grpc
+
+    from tests.support.echo import add_echo
+
+    seen: list[dict[str, Any]] = []
+    real = grpc.aio.server
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(dict(kwargs.get("options") or ()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", spy)
+    srv = meshkit.MeshServer("echo", [add_echo("e1")], registry=registry,
+                             options=meshkit.ServeOptions(
+                                 insecure=True, drain_delay_s=0, grace_s=0.5,
+                                 server_options=(("grpc.keepalive_timeout_ms", 500),)))
+    await srv.start()
+    try:
+        assert seen and seen[-1]["grpc.http2.ping_timeout_ms"] == 500, seen
+        assert seen[-1]["grpc.keepalive_timeout_ms"] == 500
+    finally:
+        await srv.drain()
