@@ -117,7 +117,8 @@ def _line(span: ReadableSpan, origin: int, attributes: Sequence[str],
     if code is not None:
         import grpc
 
-        status = next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+        status = next((c.name for c in grpc.StatusCode if c.value[0] == code),
+                      _text(code))
     else:
         status = "ERROR" if span.status.status_code is StatusCode.ERROR else "OK"
     parts = [_text(span.name), _KINDS.get(str(span.kind), str(span.kind))]
