@@ -80,15 +80,26 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
 
 def _walk(span: ReadableSpan, children: dict[int | None, list[ReadableSpan]], origin: int,
           prefix: str, attributes: Sequence[str], lines: list[str], drawn: set[int]) -> None:
-    assert span.context is not None
-    kids = [k for k in children.get(span.context.span_id, []) if id(k) not in drawn]
-    drawn.update(id(k) for k in kids)
-    for i, child in enumerate(kids):
-        last = i == len(kids) - 1
-        lines.append(prefix + ("└─ " if last else "├─ ") + _line(child, origin, attributes))
-        deeper = prefix + ("   " if last else "│  ")
+    """Append the lines of ``span``'s descendants not drawn yet, depth first, children by
+    start time; without recursion, so a chain of any depth (a corrupted file's) is drawn."""
+    # (span, prefix of its line, prefix below it): drawn when popped, last pushed first
+    todo: list[tuple[ReadableSpan, str, str]] = []
+
+    def push_kids(parent: ReadableSpan, pre: str) -> None:
+        assert parent.context is not None
+        kids = [k for k in children.get(parent.context.span_id, []) if id(k) not in drawn]
+        drawn.update(id(k) for k in kids)
+        for i in range(len(kids) - 1, -1, -1):
+            last = i == len(kids) - 1
+            todo.append((kids[i], pre + ("└─ " if last else "├─ "),
+                         pre + ("   " if last else "│  ")))
+
+    push_kids(span, prefix)
+    while todo:
+        child, line_prefix, deeper = todo.pop()
+        lines.append(line_prefix + _line(child, origin, attributes))
         lines.extend(_events(child, origin, deeper))
-        _walk(child, children, origin, deeper, attributes, lines, drawn)
+        push_kids(child, deeper)
 
 
 # C0 and C1 control characters, DEL and the Unicode line separators (a newline would
