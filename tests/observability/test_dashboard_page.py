@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from meshkit._aio_http import start_app
-from meshkit.observability import rpc_metrics
+from meshkit.observability import _dashboard, rpc_metrics
 from meshkit.observability._dashboard import DASHBOARD_JSON_PATH, DashboardFeed
 from tests.observability.test_dashboard import _browser
 
@@ -44,6 +44,20 @@ def _document(evil: str) -> dict[str, Any]:
                      "window_s": 10.0, "rate_per_s": 0.2, "error_rate_per_s": 0.1,
                      "window_errors": {evil: 1}, "p50_ms": 1.0, "p99_ms": 2.0}],
     }
+
+
+#: the page's timing constants, and what these tests serve instead: polls every 200 ms, a
+#: poll given up after 1.5 s (the real 1 s and 5 s made each test take ~9 s)
+_REAL_TIMING = b"const POLL_MS = 1000, TIMEOUT_MS = 5000,"
+_FAST_TIMING = b"const POLL_MS = 200, TIMEOUT_MS = 1500,"
+
+
+@pytest.fixture(autouse=True)
+def fast_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page as shipped but polling faster (its CSP is computed from these bytes)."""
+    page = _dashboard._page()
+    assert page.count(_REAL_TIMING) == 1, "the page's timing constants changed"
+    monkeypatch.setattr(_dashboard, "_page", lambda: page.replace(_REAL_TIMING, _FAST_TIMING))
 
 
 class _Stand:
