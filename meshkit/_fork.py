@@ -3,17 +3,18 @@
 A low-level module (standard library only), so any meshkit package may use it: the
 registries (their connections, sessions, lookup threads and heartbeats are the parent's)
 and the retry backoff (its generator's state is the parent's: every worker forked from
-one process would draw the same "random" delays).
+one process would draw the same "random" delays), and the balancers (their picks).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import weakref
 from typing import Protocol, TypeVar
 
-__all__ = ["ForgetsParent", "reset_in_forked_child"]
+__all__ = ["ForgetsParent", "ForkSafeRandom", "reset_in_forked_child"]
 
 _log = logging.getLogger("meshkit.fork")
 
@@ -50,3 +51,30 @@ def reset_in_forked_child(kind: type[_F]) -> weakref.WeakSet[_F]:
     if hasattr(os, "register_at_fork"):  # not on Windows
         os.register_at_fork(after_in_child=after_fork_in_child)
     return objects
+
+
+class ForkSafeRandom(random.Random):
+    """A ``random.Random`` reseeded (from ``os.urandom``) in a child made by
+    ``os.fork()``, as CPython reseeds its module-level generator (``Lib/random.py``).
+
+    The generator meshkit makes when the caller gives none (a retry ``Backoff``'s jitter,
+    a balancer's picks): one made before a pre-fork server forks its workers
+    (module-level options, a channel dialled in the parent) otherwise gave every worker
+    the parent's state, so the workers drew the same "random" numbers in lock-step.
+    Drawing costs what ``random.Random``'s does (the methods are its own); the reseed is
+    done once per fork. A generator the caller passes is the caller's, never reseeded.
+
+    Args:
+        x: the seed, as ``random.Random`` (default ``None``: from ``os.urandom``).
+    """
+
+    def __init__(self, x: int | float | str | bytes | bytearray | None = None) -> None:
+        super().__init__(x)
+        _randoms.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a fresh seed from ``os.urandom``."""
+        self.seed()
+
+
+_randoms = reset_in_forked_child(ForkSafeRandom)

@@ -83,6 +83,7 @@ from dataclasses import dataclass
 import grpc
 
 from meshkit._config import check_number, check_seconds
+from meshkit._fork import ForkSafeRandom
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState
 
 __all__ = ["P2C", "P2COptions", "StreamPending"]
@@ -358,7 +359,9 @@ class P2C:
 
     Args:
         options: :class:`P2COptions` (defaults apply when omitted).
-        rng: random source (default a new ``random.Random``).
+        rng: random source (default a new ``random.Random``, reseeded in a child made by
+            ``os.fork()``, so workers forked after the channel was dialled do not pick
+            in lock-step); inject a seeded one in tests (never reseeded).
         clock: monotonic seconds (default ``time.monotonic``).
     """
 
@@ -368,7 +371,7 @@ class P2C:
     def __init__(self, options: P2COptions | None = None, *, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._opts = options or P2COptions()
-        self._rng = rng or random.Random()
+        self._rng = rng if rng is not None else ForkSafeRandom()
         self._clock = clock
         self._eps: tuple[Endpoint, ...] = ()
         self._stats: dict[str, _Stat] = {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Collection, Sequence
 
+from meshkit._fork import reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
 
 __all__ = ["RoundRobin"]
@@ -21,17 +23,28 @@ class RoundRobin:
     taken only when no other is usable (a READY one before an idle/connecting one), so a
     retry to a service's only endpoint goes to it again. The start position is random so
     that many clients do not all hit the first endpoint. Keeps no statistics (``done`` is
-    a no-op).
+    a no-op). In a child made by ``os.fork()`` a balancer with its default random
+    source takes a new random position (from ``os.urandom``): workers forked from one
+    process otherwise went on from the parent's, each sending the same endpoints its
+    calls in the same order.
 
     Args:
-        rng: random source for the start position (default: a new ``random.Random()``).
+        rng: random source for the start position (default: a new ``random.Random()``,
+            and a new position in a forked child; with one given the position is kept
+            there).
     """
 
-    __slots__ = ("_endpoints", "_next")
+    __slots__ = ("__weakref__", "_endpoints", "_next")
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._endpoints: tuple[Endpoint, ...] = ()
-        self._next = (rng or random.Random()).randrange(1 << 30)
+        self._next = (rng if rng is not None else random.Random()).randrange(1 << 30)
+        if rng is None:
+            _rr_forked.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a new random position (see the class)."""
+        self._next = int.from_bytes(os.urandom(4), "big") % (1 << 30)
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list (order is kept as given)."""
@@ -67,3 +80,7 @@ class RoundRobin:
         self._next = start + 1
         chosen = fallback or excluded or excluded_idle
         return (chosen, noop_done) if chosen is not None else None
+
+
+# round robins with their default random source take a new position in a forked child
+_rr_forked = reset_in_forked_child(RoundRobin)

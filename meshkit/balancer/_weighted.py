@@ -10,6 +10,7 @@ import random
 from collections.abc import Collection, Sequence
 
 from meshkit._config import check_int
+from meshkit._fork import ForkSafeRandom, reset_in_forked_child
 from meshkit.balancer._endpoint import Done, Endpoint, EndpointState, noop_done
 
 __all__ = ["RingHash", "WeightedRoundRobin"]
@@ -45,19 +46,36 @@ class WeightedRoundRobin:
     among excluded ones (every usable endpoint excluded: an excluded READY one first);
     its turn passes meanwhile.
 
+    In a child made by ``os.fork()`` a balancer with its default random source draws
+    every endpoint's next turn afresh (at a random point of its interval, as a newcomer):
+    workers forked from one process otherwise followed the parent's schedule, each
+    sending the same endpoints its calls in the same order.
+
     Args:
-        rng: random source for the first turns (default: a new ``random.Random()``).
+        rng: random source for the first turns (default: a new ``random.Random()``,
+            reseeded in a forked child; one given is never reseeded and its schedule is
+            kept there).
     """
 
-    __slots__ = ("_heap", "_out", "_rng", "_seq", "_steps")
+    __slots__ = ("__weakref__", "_heap", "_out", "_rng", "_seq", "_steps")
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()
+        self._rng = rng if rng is not None else ForkSafeRandom()
         # (turn due, queue order, endpoint): the heap's minimum is the next endpoint due
         self._heap: list[tuple[float, int, Endpoint]] = []
         self._steps: dict[str, float] = {}  # key -> turns between two of its picks
         self._out: list[Endpoint] = []  # found FAILING at their turn: out of the heap
         self._seq = 0
+        if rng is None:
+            _wrr_forked.add(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: every endpoint's next turn drawn afresh (see the class)."""
+        self._rng.seed()  # (ForkSafeRandom's own hook may not have run yet)
+        eps = [ep for _, _, ep in sorted(self._heap, key=lambda entry: entry[1])]
+        eps += self._out
+        self._heap, self._out = [], []
+        self.update(eps)
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """Replace the endpoint list. Endpoints that stay keep their place in the cycle
@@ -197,7 +215,8 @@ class RingHash:
     Args:
         replicas_per_weight: ring points per unit of weight (default 100), an integer
             >= 1.
-        rng: random source for keyless calls.
+        rng: random source for keyless calls (default a new ``random.Random()``,
+            reseeded in a child made by ``os.fork()``; one given is never reseeded).
         max_ring_size: most points on the ring (default 4096, gRPC's default ring size
             cap; at most 8,388,608, gRPC's ``max_ring_size`` limit); the ring holds more
             only with more endpoints than this (one point each).
@@ -215,7 +234,7 @@ class RingHash:
         check_int("max_ring_size", max_ring_size, high=_MAX_RING)
         self._replicas = replicas_per_weight
         self._max_ring = max_ring_size
-        self._rng = rng or random.Random()
+        self._rng = rng if rng is not None else ForkSafeRandom()
         self._eps: tuple[Endpoint, ...] = ()
         self._points: list[int] = []
         self._owners: list[Endpoint] = []
@@ -285,3 +304,8 @@ class RingHash:
             if len(seen) == len(self._eps):
                 break
         return (fallback, noop_done) if fallback is not None else None
+
+
+# weighted round robins with their default random source draw their turns afresh in a
+# forked child (WeightedRoundRobin._forget_parent)
+_wrr_forked = reset_in_forked_child(WeightedRoundRobin)

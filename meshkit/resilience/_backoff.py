@@ -7,30 +7,18 @@ import random
 from dataclasses import dataclass, field
 
 from meshkit._config import check_number
-from meshkit._fork import reset_in_forked_child
+from meshkit._fork import ForkSafeRandom
 from meshkit.errors import ConfigError
 
 __all__ = ["Backoff"]
 
 
-class _OwnRandom(random.Random):
-    """The generator a :class:`Backoff` makes when given none: reseeded (from
-    ``os.urandom``) in a child made by ``os.fork()``. Options built before a pre-fork
-    server forks its workers (module-level ``DialOptions``) otherwise gave every worker
-    the parent's state, the same "random" delays, and retries in lock-step after an
-    outage, which full jitter exists to prevent (CPython reseeds its own module-level
-    generator in a forked child for the same reason, ``Lib/random.py``). A generator the
-    caller passes is the caller's, never reseeded."""
-
-    def __init__(self, x: int | float | str | bytes | bytearray | None = None) -> None:
-        super().__init__(x)
-        _own.add(self)
-
-    def _forget_parent(self) -> None:
-        self.seed()
-
-
-_own = reset_in_forked_child(_OwnRandom)
+# the generator a Backoff makes when given none: reseeded in a child made by os.fork().
+# Options built before a pre-fork server forks its workers (module-level DialOptions)
+# otherwise gave every worker the parent's state, the same "random" delays, and retries
+# in lock-step after an outage, which full jitter exists to prevent. A generator the
+# caller passes is the caller's, never reseeded.
+_OwnRandom = ForkSafeRandom
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,7 +41,7 @@ class Backoff:
     base_delay_s: float = 0.025
     max_delay_s: float = 1.0
     multiplier: float = 2.0
-    rng: random.Random = field(default_factory=_OwnRandom, compare=False)
+    rng: random.Random = field(default_factory=ForkSafeRandom, compare=False)
 
     def __post_init__(self) -> None:
         check_number("base_delay_s", self.base_delay_s)

@@ -1,0 +1,107 @@
+"""Balancers in workers forked from one process.
+
+A balancer's default random source (P2C's two choices, RoundRobin's start position,
+WeightedRoundRobin's first turns, RingHash's keyless picks) was a ``random.Random()``
+seeded once, when the balancer was built; one built before a pre-fork server forks its
+workers gave every worker the same state, so the workers picked the same endpoints in
+the same order, in lock-step (as ``Backoff``'s jitter did: ``tests/resilience/
+test_backoff_fork.py``). A generator the caller passed is the caller's and is left alone
+(a seeded one picks the same in every worker, which also shows the comparison can see
+equal picks).
+
+The fork runs in a subprocess of its own: the test process has threads a fork would copy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")]
+
+_SCRIPT = textwrap.dedent("""
+    import os, random, sys
+    sys.path.insert(0, sys.argv[1])
+    from meshkit.balancer import P2C, RingHash, RoundRobin, WeightedRoundRobin
+    from meshkit.balancer._endpoint import Endpoint, EndpointState
+    from meshkit.discovery import Instance
+
+    given = sys.argv[2] == "given"
+
+    def rng():
+        return {"rng": random.Random(7)} if given else {}
+
+    def endpoints():
+        eps = []
+        for i in range(64):
+            ep = Endpoint(Instance(service="svc", instance_id=f"i{i:02}", host="127.0.0.1",
+                                   port=2000 + i, weight=1 + i % 3))
+            ep.state = EndpointState.READY
+            eps.append(ep)
+        return eps
+
+    # balancers of a channel dialled before the workers are forked
+    balancers = {"p2c": P2C(**rng()), "rr": RoundRobin(**rng()),
+                 "wrr": WeightedRoundRobin(**rng()), "ring": RingHash(**rng())}
+    for b in balancers.values():
+        b.update(endpoints())
+        for _ in range(3):  # in use in the parent already
+            b.pick()
+
+    def picks():
+        return ";".join(name + "=" + ",".join(b.pick()[0].key for _ in range(12))
+                        for name, b in balancers.items())
+
+    children = []
+    for worker in range(3):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.write(write, picks().encode())
+            os._exit(0)
+        os.close(write)
+        children.append((pid, read))
+    for worker, (pid, read) in enumerate(children):
+        with os.fdopen(read) as f:
+            print(f"worker{worker}: {f.read()}", flush=True)
+        os.waitpid(pid, 0)
+""")
+
+
+def _run(rng: str) -> dict[str, dict[str, str]]:
+    """Each worker's picks, by balancer: ``{worker: {balancer: picks}}``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(Path(__file__).resolve().parents[1]), rng],
+        capture_output=True, text=True, timeout=50, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert sorted(lines) == ["worker0", "worker1", "worker2"], done.stdout + done.stderr
+    return {worker: dict(part.split("=", 1) for part in value.split(";"))
+            for worker, value in lines.items()}
+
+
+def test_workers_forked_from_one_process_pick_apart() -> None:
+    """Balancers built with their default random source before a fork pick differently in
+    each forked worker (all three picked the same twelve endpoints in the same order)."""
+    picks = _run("default")
+    in_step = {name: {worker: got[name] for worker, got in picks.items()}
+               for name in ("p2c", "rr", "wrr", "ring")}
+    # no two workers in lock-step (twelve picks of 64 endpoints)
+    assert {name: seqs for name, seqs in in_step.items()
+            if len(set(seqs.values())) != 3} == {}
+
+
+def test_a_generator_the_caller_gave_is_left_alone_in_workers() -> None:
+    """A balancer given a seeded generator picks the same in every worker: the caller's
+    generator is never reseeded."""
+    picks = _run("given")
+    for name in ("p2c", "rr", "wrr", "ring"):
+        seqs = {worker: got[name] for worker, got in picks.items()}
+        assert len(set(seqs.values())) == 1, (name, seqs)
