@@ -363,7 +363,10 @@ class DialOptions:
             int beyond a C int is a ``ConfigError``). With ``tls``,
             ``grpc.ssl_target_name_override`` is refused (``ConfigError``): it is the
             argument by which meshkit checks the dialed service's identity; with
-            ``keepalive_time_s``, the keepalive arguments below are refused too.
+            ``keepalive_time_s``, the keepalive arguments below are refused too. Without
+            it, a ``grpc.keepalive_timeout_ms`` here without ``grpc.http2.ping_timeout_ms``
+            sets the latter to the same value (grpc core 1.85 times an unanswered
+            keepalive ping out by the ping timeout only, default 60 s: grpc/grpc#39239).
         resolve_timeout_s: how long a call waits for the first discovery answer before
             failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline);
             a ``wait_for_ready=True`` call waits until its deadline instead (however long
@@ -539,8 +542,15 @@ class DialOptions:
     def keepalive_channel_args(self) -> tuple[tuple[str, int], ...]:
         """The grpc channel arguments of client keepalive (see ``keepalive_time_s``) that
         every endpoint's sub-channel gets, in front of ``channel_options``; ``()`` when
-        ``keepalive_time_s`` is ``None``."""
+        ``keepalive_time_s`` is ``None``, but for ``grpc.http2.ping_timeout_ms`` set to
+        the value of a ``grpc.keepalive_timeout_ms`` in ``channel_options`` that has no
+        ping timeout beside it (see ``channel_options``)."""
         if self.keepalive_time_s is None:
+            given = dict(self.channel_options)
+            timeout = given.get("grpc.keepalive_timeout_ms")
+            if isinstance(timeout, int) and "grpc.http2.ping_timeout_ms" not in given:
+                # grpc core (1.85) times an unacked keepalive ping out by this one only
+                return (("grpc.http2.ping_timeout_ms", timeout),)
             return ()
         timeout_ms = int(self.keepalive_timeout_s * 1000)
         return (("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),

@@ -1,0 +1,86 @@
+"""Client keepalive set through ``DialOptions.channel_options`` and a client keepalive
+time faster than servers permit.
+
+``channel_options`` naming gRPC core's keepalive timeout (``grpc.keepalive_timeout_ms``,
+GRPC_ARG_KEEPALIVE_TIMEOUT_MS in grpc's doc/keepalive.md) without
+``grpc.http2.ping_timeout_ms`` set the timeout grpc core applies to an unanswered
+keepalive ping: the channel gives the ping timeout (the one grpc core 1.85 arms,
+grpc/grpc#39239) the same value, as ``ServerLimits.channel_args`` does for a server's
+``server_options``. A ``keepalive_time_s`` below 10 s is kept (not clamped, unlike grpc-go
+and grpc-java) but logged once, as a warning, when the options are built."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import meshkit
+from meshkit.discovery import Instance, LocalOptions, LocalRegistry
+from tests.support.echo import mesh_echo, method
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+_OVERRIDES = (("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 500),
+              ("grpc.http2.max_pings_without_data", 0))
+
+
+def test_a_keepalive_timeout_in_channel_options_sets_the_ping_timeout_too() -> None:
+    """``grpc.keepalive_timeout_ms`` in ``channel_options`` without
+    ``grpc.http2.ping_timeout_ms`` gets a ping timeout of the same value in front of
+    them (grpc core kept its 60 s default); an explicit ping timeout wins (nothing
+    added); without either nothing is added."""
+    opts = meshkit.DialOptions(insecure=True, channel_options=_OVERRIDES)
+    assert opts.keepalive_channel_args() == (("grpc.http2.ping_timeout_ms", 500),)
+    opts = meshkit.DialOptions(insecure=True, channel_options=(
+        *_OVERRIDES, ("grpc.http2.ping_timeout_ms", 700)))
+    assert opts.keepalive_channel_args() == ()
+    opts = meshkit.DialOptions(insecure=True, channel_options=(
+        ("grpc.keepalive_time_ms", 20000),))
+    assert opts.keepalive_channel_args() == ()
+
+
+async def test_a_keepalive_timeout_in_channel_options_finds_a_black_holed_server(
+        tmp_path: Path) -> None:
+    """A client whose ``channel_options`` ping every 0.5 s with
+    ``grpc.keepalive_timeout_ms`` = 500 ends a quiet call ``UNAVAILABLE`` about 1 s after
+    its server's host vanished (a black hole, no RST; asserted within 8 s): grpc core
+    waited its 60 s ping timeout, the call still running."""
+    server_reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=30.0,
+                                            poll_interval_s=0.05))
+    reg = LocalRegistry(LocalOptions(path=tmp_path / "client-reg", ttl_s=30.0,
+                                     poll_interval_s=0.05))
+    limits = meshkit.ServerLimits(min_ping_interval_s=0.2)
+    try:
+        async with (
+            mesh_echo("echo-direct", "e1", server_reg, limits=limits, telemetry=None) as srv,
+            TcpProxy("127.0.0.1", srv.port) as proxy,
+        ):
+            await reg.register(Instance(service="echo", instance_id="p1", host="127.0.0.1",
+                                        port=proxy.port))
+            opts = meshkit.DialOptions(insecure=True, telemetry=None, retry=None,
+                                       outlier=None, channel_options=_OVERRIDES)
+            async with meshkit.dial("echo", registry=reg, options=opts) as channel:
+                call = channel.unary_unary(method("Sleep"))(b"30000", timeout=60)
+                await asyncio.sleep(1.0)  # connected, pinged, the call running
+                assert not call.done(), call
+                proxy.blackhole()
+                t0 = time.monotonic()
+                code: Any = None
+                try:
+                    async with asyncio.timeout(8.0):
+                        await call
+                except TimeoutError:
+                    call.cancel()
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                after_s = time.monotonic() - t0
+    finally:
+        await reg.close()
+    assert code is grpc.StatusCode.UNAVAILABLE, (code, after_s)
+
