@@ -62,9 +62,15 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
     root_ids = {id(s) for s in roots}
     looped = sorted((s for s in chosen if id(s) not in root_ids),
                     key=lambda s: s.start_time or 0)
+    by_id: dict[int, ReadableSpan] = {}
+    for s in chosen:
+        assert s.context is not None
+        by_id.setdefault(s.context.span_id, s)
     for root in [*roots, *looped]:
         if id(root) in drawn:
             continue
+        if id(root) not in root_ids:  # reaches a loop: start at the loop's earliest span
+            root = _loop_start(root, by_id, drawn)
         drawn.add(id(root))
         origin = root.start_time or 0
         line = _line(root, origin, attributes, root=True)
@@ -76,6 +82,25 @@ def render_trace(spans: Iterable[ReadableSpan], *, trace_id: int | None = None,
         lines.extend(_events(root, origin, ""))
         _walk(root, children, origin, "", attributes, lines, drawn)
     return "\n".join(lines)
+
+
+def _loop_start(span: ReadableSpan, by_id: dict[int, ReadableSpan],
+                drawn: set[int]) -> ReadableSpan:
+    """The earliest span of the loop ``span``'s parent links lead into (``span`` itself
+    when they lead to a span drawn already or out of ``by_id``, which a walk from the
+    roots rules out)."""
+    path: list[ReadableSpan] = []
+    at: dict[int, int] = {}  # id() of a span on the path -> its index
+    cur: ReadableSpan | None = span
+    while cur is not None and id(cur) not in at:
+        if id(cur) in drawn or cur.parent is None:
+            return span
+        at[id(cur)] = len(path)
+        path.append(cur)
+        cur = by_id.get(cur.parent.span_id)
+    if cur is None:
+        return span
+    return min(path[at[id(cur)]:], key=lambda s: s.start_time or 0)
 
 
 def _walk(span: ReadableSpan, children: dict[int | None, list[ReadableSpan]], origin: int,

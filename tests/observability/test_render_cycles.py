@@ -56,3 +56,19 @@ def test_control_characters_in_names_and_attributes_are_escaped(tmp_path: Path) 
     assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in text.replace("\n", "")), \
         repr(text)
     assert "svc/Evil\\n└─ forged/Child" in text and "\\x1b[2J" in text, text
+
+
+def test_a_loop_is_drawn_from_its_earliest_member_not_an_earlier_descendant(
+        tmp_path: Path) -> None:
+    """Two spans naming each other as parent, and a child of one of them that started
+    earlier than both (clock skew between processes): the tree starts at the earliest
+    span of the loop, marked, and the child is drawn under its parent, unmarked."""
+    path = tmp_path / "spans.jsonl"
+    path.write_text(_line("00000000000000c1", "00000000000000c2", "loop/A", 10) + "\n"
+                    + _line("00000000000000c2", "00000000000000c1", "loop/B", 20) + "\n"
+                    + _line("00000000000000c3", "00000000000000c2", "child/C", 5) + "\n")
+    lines = render_trace(load_spans([path])).splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("loop/A") and lines[0].endswith("(its parent links loop)")
+    assert lines[1].startswith("└─ loop/B"), lines
+    assert lines[2].startswith("   └─ child/C") and "links loop" not in lines[2], lines
