@@ -366,7 +366,9 @@ class DialOptions:
             ``keepalive_time_s``, the keepalive arguments below are refused too. Without
             it, a ``grpc.keepalive_timeout_ms`` here without ``grpc.http2.ping_timeout_ms``
             sets the latter to the same value (grpc core 1.85 times an unanswered
-            keepalive ping out by the ping timeout only, default 60 s: grpc/grpc#39239).
+            keepalive ping out by the ping timeout only, default 60 s: grpc/grpc#39239),
+            and a ``grpc.keepalive_time_ms`` below 10000 is logged as
+            ``keepalive_time_s`` below 10 s is.
         resolve_timeout_s: how long a call waits for the first discovery answer before
             failing with ``UNAVAILABLE`` (default 5.0 s; bounded by the call's deadline);
             a ``wait_for_ready=True`` call waits until its deadline instead (however long
@@ -384,7 +386,14 @@ class DialOptions:
             (default 10 s); a server with gRPC's default policy answers pings more often
             than every 5 minutes on a connection that sends it no data with GOAWAY
             ``too_many_pings``, which ends that connection's calls (``UNAVAILABLE``;
-            grpc core then doubles this channel's keepalive time). Sets
+            grpc core then doubles this channel's keepalive time). A value below 10 s
+            is kept as given, not raised to 10 s as grpc-go and grpc-java raise a
+            client's keepalive time, but logged once when the options are built (a
+            warning of logger ``meshkit.channel``): against a server with the default
+            10 s (a meshkit server) it draws GOAWAY ``too_many_pings`` again and again
+            (measured with 1 s: at 5, 15 and 35 s), each ending the connection's calls
+            in flight ``UNAVAILABLE``; use it only with servers whose
+            ``min_ping_interval_s`` is at most this. Sets
             ``grpc.keepalive_time_ms``, ``grpc.keepalive_timeout_ms``,
             ``grpc.http2.ping_timeout_ms`` (the timeout grpc core applies),
             ``grpc.keepalive_permit_without_calls`` and
@@ -525,6 +534,7 @@ class DialOptions:
         check_number("keepalive_timeout_s", self.keepalive_timeout_s, low_open=True,
                      high=_MAX_MS_ARG_S)
         check_bool("keepalive_without_calls", self.keepalive_without_calls)
+        self._warn_fast_keepalive()
         if self.keepalive_without_calls and self.keepalive_time_s is None:
             raise ConfigError("keepalive_without_calls=True needs keepalive_time_s (client "
                               "keepalive is off without it)")
@@ -538,6 +548,28 @@ class DialOptions:
                         "of another workload would be accepted); leave it out, or give "
                         "credentials=grpc.ssl_channel_credentials(...) instead of tls")
 
+
+    def _warn_fast_keepalive(self) -> None:
+        """Log a client keepalive time below 10 s (see ``keepalive_time_s``), once: a
+        meshkit server permits pings every 10 s by default, and grpc-go and grpc-java
+        raise a client's keepalive time to 10 s."""
+        if self.keepalive_time_s is not None:
+            if self.keepalive_time_s < 10:
+                what = f"keepalive_time_s={self.keepalive_time_s!r}"
+            else:
+                return
+        else:
+            time_ms = dict(self.channel_options).get("grpc.keepalive_time_ms")
+            if not (isinstance(time_ms, int) and 0 < time_ms < 10_000):
+                return
+            what = f"channel_options grpc.keepalive_time_ms={time_ms!r}"
+        _log.warning(
+            f"client keepalive {what} pings more often than every 10 s: a meshkit "
+            "server (ServerLimits.min_ping_interval_s, default 10 s) or one with grpc's "
+            "default policy (5 min) answers with GOAWAY too_many_pings, again and again, "
+            "each ending the connection's calls in flight UNAVAILABLE; kept as given "
+            "(grpc-go and grpc-java raise it to 10 s): use it only with servers that "
+            "permit pings this often")
 
     def keepalive_channel_args(self) -> tuple[tuple[str, int], ...]:
         """The grpc channel arguments of client keepalive (see ``keepalive_time_s``) that

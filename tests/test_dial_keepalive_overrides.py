@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 import meshkit
 from meshkit.discovery import Instance, LocalOptions, LocalRegistry
@@ -84,3 +85,29 @@ async def test_a_keepalive_timeout_in_channel_options_finds_a_black_holed_server
         await reg.close()
     assert code is grpc.StatusCode.UNAVAILABLE, (code, after_s)
 
+
+def test_a_keepalive_time_below_10_s_is_kept_and_logged_once() -> None:
+    """``keepalive_time_s`` below 10 s (the ping interval a meshkit server permits by
+    default, the floor grpc-go and grpc-java raise a client's keepalive time to) is
+    kept as given and logged once, a warning naming the value and the GOAWAY
+    ``too_many_pings`` it draws (measured: keepalive_time_s=1 drew GOAWAYs at 5, 15 and
+    35 s, each failing the calls in flight ``UNAVAILABLE``); 10 s and off are quiet."""
+    with capture_logs() as logs:
+        opts = meshkit.DialOptions(insecure=True, keepalive_time_s=1)
+    assert dict(opts.keepalive_channel_args())["grpc.keepalive_time_ms"] == 1000
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, logs
+    text = " ".join(str(v) for v in warnings[0].values())
+    assert "keepalive_time_s=1" in text and "too_many_pings" in text, warnings
+    with capture_logs() as logs:
+        opts = meshkit.DialOptions(insecure=True, channel_options=(
+            ("grpc.keepalive_time_ms", 2000),))
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, logs
+    assert "2000" in " ".join(str(v) for v in warnings[0].values()), warnings
+    with capture_logs() as logs:
+        meshkit.DialOptions(insecure=True, keepalive_time_s=10)
+        meshkit.DialOptions(insecure=True)
+        meshkit.DialOptions(insecure=True, channel_options=(
+            ("grpc.keepalive_time_ms", 10000),))
+    assert [e for e in logs if e["log_level"] == "warning"] == []
