@@ -687,6 +687,8 @@ _UNUSABLE_LOG_EVERY_S = 60.0
 
 #: Least seconds between two warnings about ACLs hiding the entries of one read.
 _ACL_WARN_EVERY_S = 600.0
+# the key of the "no X-Consul-Index" warning in ConsulRegistry._acl_warned (no read's name)
+_NO_INDEX = "\x00no X-Consul-Index"
 #: The shortest bound of a TTL pass sent shortly before the TTL runs out, seconds.
 _PASS_FLOOR_S = 0.1
 
@@ -699,10 +701,11 @@ def _failing(entry: Any) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Listing:
-    """A listing read's answer: its ``X-Consul-Index``, body, and what its headers say of
-    ACLs (``filtered``: entries removed; ``default_deny``: the agent denies by default)."""
+    """A listing read's answer: its ``X-Consul-Index`` (None: the answer had none), body,
+    and what its headers say of ACLs (``filtered``: entries removed; ``default_deny``: the
+    agent denies by default)."""
 
-    index: int
+    index: int | None
     body: Any
     filtered: bool
     default_deny: bool
@@ -710,12 +713,16 @@ class _Listing:
 
 def _listing(response: Any) -> _Listing:
     """py-consul callback of a listing read: errors as py-consul's own ``CB.json``
-    (``ACLPermissionDenied`` for 403, ``ConsulException`` for 5xx or a missing index), and
-    the ACL headers, which py-consul's own calls drop."""
-    raw_index, body = CB.json(index=True)(response)
+    (``ACLPermissionDenied`` for 403, ``ConsulException`` for 5xx), ``ValueError`` for an
+    ``X-Consul-Index`` that is no integer, and the ACL headers, which py-consul's own calls
+    drop. A missing ``X-Consul-Index`` (a proxy between meshkit and the agent that drops
+    it) is ``index=None``, not an error: Consul's Go client (``api.parseQueryMeta``) reads
+    it as index 0 and goes on; py-consul's ``CB.json(index=True)`` failed every such read."""
+    body = CB.json()(response)
     headers = response.headers
+    raw_index = headers.get("X-Consul-Index")
     return _Listing(
-        index=int(raw_index), body=body,
+        index=None if raw_index is None else int(raw_index), body=body,
         filtered=str(headers.get(_FILTERED_HEADER, "")).lower() == "true",
         default_deny=str(headers.get(_DEFAULT_POLICY_HEADER, "")).lower() == "deny")
 
@@ -1557,6 +1564,18 @@ class ConsulRegistry:
             self._acl_warned[what] = now
             _log.warning(event, read=what, agent=self.options.base_url)
 
+    def _warn_no_index(self, service: str) -> None:
+        """Log that an answer of the watch of ``service`` had no ``X-Consul-Index`` (its
+        queries cannot block: it polls), at most every 10 minutes per registry."""
+        now = time.monotonic()
+        last = self._acl_warned.get(_NO_INDEX)
+        if last is None or now - last >= _ACL_WARN_EVERY_S:
+            self._acl_warned[_NO_INDEX] = now
+            _log.warning("consul answered without X-Consul-Index (a proxy dropped it?): "
+                         "watches cannot block and poll once per watch_query_interval_s",
+                         service=service, agent=self.options.base_url,
+                         interval_s=self.options.watch_query_interval_s)
+
     async def _health(self, service: str, index: int) -> _Listing:
         """One ``GET /v1/health/service/<service>?passing`` (blocking when ``index`` >= 1)."""
         opts = self.options
@@ -1722,7 +1741,11 @@ class ConsulRegistry:
         Long-polls ``GET /v1/health/service/<service>?passing&index=<i>&wait=<wait_s>``
         as Consul's blocking-query guide says: the first query (and the first after an
         error or an index that went backwards) is non-blocking; a returned
-        ``X-Consul-Index`` of 0 is used as 1; a wakeup whose set did not change yields
+        ``X-Consul-Index`` of 0 is used as 1; an answer without one (a proxy that drops
+        it) is read as Consul's Go client reads it, not as an error: the next query blocks
+        on the last index (at least 1), which the agent answers at once, so the watch polls
+        at the rate limit below, warning so at most every 10 minutes; a wakeup whose set
+        did not change yields
         nothing; a query sent right after a blocking query's answer is rate-limited (a
         token bucket, burst 2, one token every ``watch_query_interval_s``: the guide's
         "Rate limit"), so an index that keeps moving is polled at that rate. On errors it
@@ -1821,7 +1844,15 @@ class ConsulRegistry:
                         after_blocking_answer = True
                     self._read_ok()
                     self._check_acl_filtering(f"watch of {service!r}", result)
-                    if new_index < highest and last is not None and grace_s > 0:
+                    if new_index is None:
+                        # No X-Consul-Index (a proxy dropped it; Consul's Go client reads
+                        # it as 0 and goes on): nothing new to block on. The next query
+                        # blocks on the last index, at least 1 (never on 0), so the agent
+                        # answers at once and the rate limit spaces the queries instead
+                        # of a busy loop; highest stays: no index went backwards.
+                        self._warn_no_index(service)
+                        index = max(index, 1)
+                    elif new_index < highest and last is not None and grace_s > 0:
                         # An index below one already answered: an agent (or cluster) that
                         # lost or restored its state, not instances that all left.
                         # last is listed | kept (kept ones keep their pairs)
@@ -1830,13 +1861,15 @@ class ConsulRegistry:
                                   "its state?): a watch keeps its last endpoints until their "
                                   "owners register again", service=service,
                                   index=new_index, highest=highest, grace_s=grace_s)
-                    highest = new_index  # lower: counted from the new state from now on
-                    if new_index < 1:
-                        index = 1  # never block on 0: Consul would answer at once, every time
-                    elif new_index < index:
-                        index = 0  # went backwards: reset, non-blocking re-read
-                    else:
-                        index = new_index
+                    if new_index is not None:
+                        # lower: counted from the new state from now on
+                        highest = new_index
+                        if new_index < 1:
+                            index = 1  # never block on 0: Consul would answer at once
+                        elif new_index < index:
+                            index = 0  # went backwards: reset, non-blocking re-read
+                        else:
+                            index = new_index
                     keyed = self._keyed(service, entries)
                     listed = frozenset(keyed)
                 if kept:  # after a fault only: no work per answer otherwise
