@@ -581,6 +581,13 @@ def _ca_path_files(path: str) -> list[str]:
     return texts
 
 
+def _basic_credentials(http_auth: str) -> str:
+    """The base64 credentials of HTTP basic authentication for ``http_auth``
+    (``"username[:password]"``, UTF-8), as Go's ``SetBasicAuth`` builds them."""
+    pair = http_auth if ":" in http_auth else f"{http_auth}:"
+    return base64.b64encode(pair.encode()).decode("ascii")
+
+
 def _read_token_file(path: str) -> str | None:
     """The ACL token in the file at ``path`` (``CONSUL_HTTP_TOKEN_FILE``), stripped of
     surrounding white space; None when it holds nothing else.
@@ -809,9 +816,8 @@ class _HTTPClient(consul.aio.HTTPClient):  # type: ignore[misc]  # py-consul is 
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             # session-wide, built here as Go's SetBasicAuth does (base64 of
             # "username:password"): aiohttp deprecates its auth argument and BasicAuth
-            headers=None if http_auth is None else {"Authorization": "Basic " + (
-                base64.b64encode((http_auth if ":" in http_auth else f"{http_auth}:")
-                                 .encode()).decode("ascii"))},
+            headers=None if http_auth is None else {
+                "Authorization": "Basic " + _basic_credentials(http_auth)},
         )
 
 
@@ -1020,10 +1026,14 @@ class ConsulRegistry:
 
     # -- plumbing ------------------------------------------------------------------------
     def _redact(self, text: str) -> str:
-        """``text`` without the ACL token or the basic-auth credentials."""
+        """``text`` without the ACL token or the basic-auth credentials, also as they go
+        out base64-encoded in ``Authorization`` (a proxy's error page may echo it)."""
         opts = self.options
         for secret in (opts.token, opts.http_auth,
-                       opts.http_auth.partition(":")[2] if opts.http_auth else None):
+                       opts.http_auth.partition(":")[2] if opts.http_auth else None,
+                       # unpadded: matches with or without the trailing '='
+                       _basic_credentials(opts.http_auth).rstrip("=")
+                       if opts.http_auth else None):
             if secret:
                 text = text.replace(secret, "<redacted>")
         return text

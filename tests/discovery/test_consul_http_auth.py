@@ -8,6 +8,8 @@ import base64
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
 
 from meshkit.discovery._consul import ConsulOptions, ConsulRegistry
 from meshkit.errors import ConfigError, RegistryError
@@ -90,3 +92,78 @@ def test_an_http_auth_of_another_type_names_its_type() -> None:
     with pytest.raises(ConfigError, match=r"http_auth must be a string.*got a bytes") as info:
         ConsulOptions(http_auth=f"ops:{_SECRET}".encode())  # type: ignore[arg-type]
     assert _SECRET not in str(info.value)
+
+
+class _Echo:
+    """An HTTP server (an authenticating proxy's stand-in) whose every answer is ``status``
+    with a body that echoes the request's ``Authorization`` header, or a 307 redirect to
+    ``redirect_to`` when that is set; it records the headers of each request."""
+
+    def __init__(self, status: int = 500, redirect_to: str | None = None) -> None:
+        self.status = status
+        self.redirect_to = redirect_to
+        self.seen: list[dict[str, str]] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.seen.append({k.lower(): v for k, v in request.headers.items()})
+        await request.read()
+        if self.redirect_to is not None:
+            raise web.HTTPTemporaryRedirect(self.redirect_to + request.path_qs)
+        return web.Response(status=self.status, text=(
+            f"bad credentials: {request.headers.get('Authorization')}"))
+
+    async def __aenter__(self) -> _Echo:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.mark.parametrize("status", [500, 400, 401, 403])
+async def test_credentials_echoed_by_a_proxy_are_never_in_an_error(status: int) -> None:
+    """A proxy's answer that echoes the ``Authorization`` header (base64 of
+    ``user:password``, as good as the password) is redacted from the error, ``status()``
+    and the logs, as the raw password is."""
+    encoded = _basic(f"ops:{_SECRET}").removeprefix("Basic ")
+    async with _Echo(status) as echo:
+        options = ConsulOptions(addr=echo.addr, http_auth=f"ops:{_SECRET}",
+                                request_timeout_s=2.0)
+        with capture_logs() as logs:
+            async with ConsulRegistry(options) as registry:
+                with pytest.raises(RegistryError) as info:
+                    await registry.register(make_instance(unique_service(), 1))
+                status_text = repr(registry.status())
+    assert echo.seen and echo.seen[0]["authorization"] == "Basic " + encoded
+    for text in (str(info.value), status_text, repr(logs)):
+        assert encoded not in text and _SECRET not in text, text
+
+
+async def test_basic_auth_is_not_sent_to_another_origin_after_a_redirect(
+        double: ConsulDouble) -> None:
+    """A redirect to another origin (here another port) gets no ``Authorization``: the
+    credentials go to the configured agent address only (aiohttp drops the header when the
+    origin changes; Go's client does so for another host)."""
+    async with _Echo(redirect_to=double.url) as redirector:
+        options = ConsulOptions(addr=redirector.addr, http_auth=f"ops:{_SECRET}",
+                                request_timeout_s=2.0)
+        async with ConsulRegistry(options) as registry:
+            instance = make_instance(unique_service(), 1)
+            await registry.register(instance)
+            await registry.deregister(instance)
+    assert redirector.seen and all(
+        h.get("authorization") == _basic(f"ops:{_SECRET}") for h in redirector.seen)
+    assert double.requests and all(
+        "authorization" not in r.headers for r in double.requests), double.requests
