@@ -101,7 +101,8 @@ def consumer_options(verifier: MessageVerifier | None, **overrides: Any) -> Cons
 class Projection:
     """The consumer handler: applies an ``OrderPlaced`` event to the summaries once.
 
-    A body that is not an ``OrderPlaced`` JSON object with ``user_id`` (str) and
+    A body that is not an ``OrderPlaced`` JSON object with an ``event_id`` (a non-empty
+    string; the message id wins when there is one), ``user_id`` (a non-empty string) and
     ``total_minor`` (a JSON integer, ``true``/``false`` are not, that an order can have:
     0..:data:`~examples.ecom.validation.MAX_ORDER_TOTAL_MINOR`) raises
     :class:`~meshkit.messaging.PoisonMessage` (dead letter); a store failure raises, so
@@ -121,8 +122,9 @@ class Projection:
             event_id = d.msg_id or body["event_id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise PoisonMessage(f"not an OrderPlaced event: {type(exc).__name__}") from None
-        if body.get("type") != "OrderPlaced" or not isinstance(user_id, str) \
-                or not isinstance(total, int) or isinstance(total, bool) or not event_id:
+        if body.get("type") != "OrderPlaced" or not isinstance(user_id, str) or not user_id \
+                or not isinstance(total, int) or isinstance(total, bool) \
+                or not isinstance(event_id, str) or not event_id:
             raise PoisonMessage("not an OrderPlaced event")
         if not 0 <= total <= validation.MAX_ORDER_TOTAL_MINOR:  # no order has it
             raise PoisonMessage("OrderPlaced total_minor out of range")

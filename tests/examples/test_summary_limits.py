@@ -87,3 +87,21 @@ async def test_summary_store_failure_is_internal(
     assert (info.value.code(), info.value.details()) == (
         grpc.StatusCode.INTERNAL, "summary store failed")
     assert any(e["event"] == "summary store call failed" for e in logs)
+
+
+@pytest.mark.parametrize("fields", [
+    b'"event_id":123,"user_id":"u-1"',
+    b'"event_id":["e"],"user_id":"u-1"',
+    b'"event_id":"e-1","user_id":""',
+])
+async def test_projection_dead_letters_a_bad_event_id_or_empty_user(fields: bytes) -> None:
+    """An event without a message id whose body's event_id is not a string, or with an
+    empty user_id, is poison at once (not handed to the store, where it failed as a
+    store error on PostgreSQL and was redelivered for two minutes, or counted for no
+    user)."""
+    store = _RecordingStore()
+    projection = events.Projection(store)  # type: ignore[arg-type]
+    body = b'{"type":"OrderPlaced",' + fields + b',"total_minor":250}'
+    with pytest.raises(PoisonMessage):
+        await projection(Delivery("ecom.orders.placed", body, "", {}, None, 1))
+    assert store.applied == []
