@@ -78,9 +78,9 @@ def _to_dict(span: ReadableSpan) -> dict[str, Any]:
 
 def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
     """Read spans written by :class:`JsonLinesSpanExporter` from every file in ``paths``
-    (missing files and malformed lines are skipped: a line that is not JSON, lacks a field,
-    or has one of the wrong type, such as a ``start_ns`` that is not an integer or
-    ``attributes`` that are not an object)."""
+    (missing files and malformed lines are skipped: a line that is not JSON or nested too
+    deep to parse, lacks a field, or has one of the wrong type, such as a ``start_ns``
+    that is not an integer or ``attributes`` that are not an object)."""
     spans: list[ReadableSpan] = []
     for path in paths:
         try:
@@ -90,7 +90,7 @@ def load_spans(paths: Iterable[str | os.PathLike[str]]) -> list[ReadableSpan]:
         for line in text.splitlines():
             try:
                 spans.append(_from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):  # nested too deep
                 continue
     return spans
 
