@@ -45,6 +45,9 @@ _SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]+")
 #: Unicode's control characters (General Category Cc): C0, DEL and C1.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Bidirectional embedding, override and isolate controls (U+202A..U+202E,
+#: U+2066..U+2069): they make text display in another order than it is stored.
+_BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 class InvalidArgument(Exception):
@@ -116,25 +119,36 @@ def normalize_email(email: str) -> str:
 
 def check_email(v: Violations, field: str, email: str) -> None:
     """Check an email address: required, at most 254 characters, ``local@domain.tld``,
-    no control characters (as :func:`check_name`). Pass the :func:`normalize_email`
-    form, so that the limits hold for what is stored."""
+    no control characters and no bidirectional controls (as :func:`check_name`). Pass
+    the :func:`normalize_email` form, so that the limits hold for what is stored."""
     if not _text(v, field, email, MAX_EMAIL):
         return
-    if not _EMAIL.fullmatch(email) or _CONTROL.search(email):
+    if not _EMAIL.fullmatch(email) or _CONTROL.search(email) or _BIDI_CONTROL.search(email):
         v.add(field, f"must be an email address like name@example.com, got {_shown(email)}")
     elif len(email.split("@", 1)[0]) > MAX_EMAIL_LOCAL:
         v.add(field, f"the part before '@' must be at most {MAX_EMAIL_LOCAL} characters")
 
 
+def _visible(name: str) -> bool:
+    """Whether ``name`` has a character that is neither whitespace nor an invisible
+    format character (Unicode category Cf: zero-width space, word joiner, BOM, ...)."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in name)
+
+
 def check_name(v: Violations, field: str, name: str) -> None:
-    """Check a display name: not blank, at most 200 characters, no control characters
-    (Unicode category Cc: U+0000..U+001F, U+007F..U+009F)."""
+    """Check a display name: at most 200 characters, not blank (some character other
+    than whitespace and invisible format characters, category Cf), no control characters
+    (Unicode category Cc: U+0000..U+001F, U+007F..U+009F), no bidirectional embedding,
+    override or isolate controls (U+202A..U+202E, U+2066..U+2069). Zero-width joiners
+    and right-to-left text are fine."""
     if not _text(v, field, name, MAX_NAME):
         return
-    if not name.strip():
+    if not _visible(name):
         v.add(field, "must not be blank")
     elif _CONTROL.search(name):
         v.add(field, "must not contain control characters")
+    elif _BIDI_CONTROL.search(name):
+        v.add(field, "must not contain bidirectional controls (U+202A..U+202E, U+2066..U+2069)")
 
 
 def check_password(v: Violations, field: str, password: str) -> None:
