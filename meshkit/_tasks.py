@@ -24,6 +24,8 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     call and not yet delivered, is raised; one the caller was already handling when it
     called this (clean-up in a ``finally:`` of a task ``asyncio.run()`` cancelled on
     Ctrl-C: its ``cancelling()`` stays 1) is not raised again, so that clean-up goes on.
+    A cancellation of the caller during the wait is raised even when ``task`` swallows
+    it and returns (asyncio hands it to the awaited task).
 
     Raises:
         asyncio.CancelledError: the caller was cancelled meanwhile.
@@ -42,3 +44,10 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     except asyncio.CancelledError:
         if current is not None and current.cancelling() > before:
             raise
+    else:
+        # a cancel of the caller while it waited went to ``task`` (asyncio cancels the
+        # future a task awaits): one that ``task`` swallowed is the caller's still (one
+        # still pending, ``task`` done before the call, asyncio delivers itself)
+        if (current is not None and current.cancelling() > before
+                and not getattr(current, "_must_cancel", False)):
+            raise asyncio.CancelledError

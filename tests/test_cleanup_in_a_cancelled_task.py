@@ -136,3 +136,61 @@ async def test_a_deregister_in_a_cancelled_main_removes_the_instance(tmp_path: P
     finally:
         await registry.close()
         await observer.close()
+
+
+async def test_cancel_and_wait_keeps_a_cancellation_the_background_task_swallowed() -> None:
+    """A cancellation of the caller that arrives while it waits for a background task
+    that swallows its cancellations and then returns (a custom registry's watch that
+    ends quietly when cancelled) is raised when the task ends: asyncio hands the
+    caller's cancel to the task it awaits, so it was lost, and an ``asyncio.timeout``
+    around the clean-up neither fired nor bounded what came after it."""
+    steps: list[str] = []
+    started = asyncio.Event()
+    cancelled = asyncio.Event()  # by cancel_and_wait: the caller awaits it now
+
+    async def stubborn() -> None:
+        started.set()
+        for _ in range(3):
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                cancelled.set()  # swallowed: goes on, then returns normally
+
+    async def main() -> None:
+        background = asyncio.ensure_future(stubborn())
+        await started.wait()
+        await cancel_and_wait(background)
+        steps.append("went on")
+
+    task = asyncio.ensure_future(main())
+    await cancelled.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert steps == []
+
+
+async def test_a_pending_cancellation_is_delivered_once_when_the_task_had_ended() -> None:
+    """A cancel() of the caller requested before cancel_and_wait of a task that had
+    ended already is delivered once, at the caller's next wait, not also raised by
+    cancel_and_wait: the caller's clean-up after catching it runs to its end."""
+    steps: list[str] = []
+
+    async def main() -> None:
+        background = asyncio.ensure_future(asyncio.sleep(0))
+        await background
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        try:
+            await cancel_and_wait(background)
+            steps.append("returned")
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # clean-up that waits
+            steps.append("cleaned up")
+            raise
+
+    task = asyncio.ensure_future(main())
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await task
+    assert steps[-1] == "cleaned up", steps
