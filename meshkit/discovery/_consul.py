@@ -184,9 +184,10 @@ _URI_FIELDS = frozenset(_FLOAT_FIELDS + _BOOL_FIELDS + _STR_FIELDS)
 #: after '//' one is taken for user info (see :func:`at_sign_may_be_userinfo`).
 _AT_FIELDS = frozenset({"ca_file", "ca_path", "cert_file", "key_file"})
 _USERINFO_REFUSED = ("Consul URI must not carry user info or a token (an '@' after '//' is "
-                     "taken for user info unless it is in the value of ca_file, cert_file "
-                     "or key_file; write any other as %40); set CONSUL_HTTP_TOKEN or "
-                     "CONSUL_HTTP_TOKEN_FILE instead")
+                     "taken for user info unless it is in the value of ca_file, ca_path, "
+                     "cert_file or key_file; write any other as %40); set "
+                     "CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE (and CONSUL_HTTP_AUTH for "
+                     "basic authentication) instead")
 
 #: Burst of a watch's token bucket, as in Consul's blocking-query guide ("Rate limit").
 _WATCH_BURST = 2
@@ -504,8 +505,8 @@ class ConsulOptions:
         Raises:
             ConfigError: bad scheme, host, port or option (the offending part is quoted);
                 an ``@`` after ``//`` anywhere but in the value of ``ca_file``,
-                ``cert_file`` or ``key_file`` (user info, refused unquoted; write any
-                other as ``%40``).
+                ``ca_path``, ``cert_file`` or ``key_file`` (user info, refused unquoted;
+                write any other as ``%40``); ``token`` or ``http_auth`` as a parameter.
         """
         parts, scheme = split_uri(uri, "consul", "Consul")
         # An '@' after "//", not just the netloc's: a password may hold an unencoded '/',
