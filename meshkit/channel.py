@@ -559,7 +559,8 @@ class DialOptions:
             else:
                 return
         else:
-            time_ms = dict(self.channel_options).get("grpc.keepalive_time_ms")
+            # the first of a repeated argument, as grpc core keeps it
+            time_ms = dict(reversed(self.channel_options)).get("grpc.keepalive_time_ms")
             if not (isinstance(time_ms, int) and 0 < time_ms < 10_000):
                 return
             what = f"channel_options grpc.keepalive_time_ms={time_ms!r}"
@@ -578,7 +579,7 @@ class DialOptions:
         the value of a ``grpc.keepalive_timeout_ms`` in ``channel_options`` that has no
         ping timeout beside it (see ``channel_options``)."""
         if self.keepalive_time_s is None:
-            given = dict(self.channel_options)
+            given = dict(reversed(self.channel_options))  # the first, as grpc core
             timeout = given.get("grpc.keepalive_timeout_ms")
             if isinstance(timeout, int) and "grpc.http2.ping_timeout_ms" not in given:
                 # grpc core (1.85) times an unacked keepalive ping out by this one only

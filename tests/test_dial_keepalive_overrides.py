@@ -44,6 +44,10 @@ def test_a_keepalive_timeout_in_channel_options_sets_the_ping_timeout_too() -> N
     opts = meshkit.DialOptions(insecure=True, channel_options=(
         ("grpc.keepalive_time_ms", 20000),))
     assert opts.keepalive_channel_args() == ()
+    # given twice: the first, as grpc core keeps the first value of a repeated argument
+    opts = meshkit.DialOptions(insecure=True, channel_options=(
+        *_OVERRIDES, ("grpc.keepalive_timeout_ms", 900)))
+    assert opts.keepalive_channel_args() == (("grpc.http2.ping_timeout_ms", 500),)
 
 
 async def test_a_keepalive_timeout_in_channel_options_finds_a_black_holed_server(
@@ -105,6 +109,10 @@ def test_a_keepalive_time_below_10_s_is_kept_and_logged_once() -> None:
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert len(warnings) == 1, logs
     assert "2000" in " ".join(str(v) for v in warnings[0].values()), warnings
+    with capture_logs() as logs:  # given twice: grpc core keeps the first
+        meshkit.DialOptions(insecure=True, channel_options=(
+            ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_time_ms", 2000)))
+    assert [e for e in logs if e["log_level"] == "warning"] == []
     with capture_logs() as logs:
         meshkit.DialOptions(insecure=True, keepalive_time_s=10)
         meshkit.DialOptions(insecure=True)
