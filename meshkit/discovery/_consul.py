@@ -582,6 +582,30 @@ def _ca_path_files(path: str) -> list[str]:
     return texts
 
 
+def _check_path_id(instance_id: str) -> None:
+    """Refuse an ``instance_id`` that the agent endpoints' paths cannot carry as written.
+
+    Consul takes an ID as the rest of the path (``/v1/agent/service/deregister/<id>``,
+    ``/v1/agent/check/pass/service:<id>:ttl:<tag>``), but the path is resolved on the way:
+    yarl (aiohttp's URLs) removes ``.`` and ``..`` parts, and Consul's Go HTTP mux cleans
+    the path (``..``, ``.``, ``//``) and redirects to the clean one. So ``x/../orderd-1``
+    would deregister ``orderd-1``, another instance, and its heartbeats would pass another
+    check (or get 404, the keeper registering it again each round). A trailing ``/`` and
+    dots inside a part (``v1.2``, ``..x``) are kept as written.
+
+    Raises:
+        ConfigError: a ``/``-separated part is ``.`` or ``..``, or one but the last is
+            empty (a leading ``/`` or ``//``); the id is quoted.
+    """
+    if "/" not in instance_id and instance_id not in (".", ".."):
+        return  # the usual id: one part
+    parts = instance_id.split("/")
+    if any(p in (".", "..") for p in parts) or any(not p for p in parts[:-1]):
+        raise ConfigError(
+            f"instance_id {instance_id!r} cannot be used with Consul: a '/'-separated part "
+            "is '.', '..' or empty, which the agent's URL paths resolve to another id")
+
+
 def _basic_credentials(http_auth: str) -> str:
     """The base64 credentials of HTTP basic authentication for ``http_auth``
     (``"username[:password]"``, UTF-8), as Go's ``SetBasicAuth`` builds them."""
@@ -1267,6 +1291,9 @@ class ConsulRegistry:
         id for another service (a warning names it): it does once the id is free.
 
         Raises:
+            ConfigError: ``instance_id`` has a ``/``-separated part that is ``.``, ``..``
+                or empty but the last (``x/../orderd-1``, ``/orderd-1``): the agent's URL
+                paths would resolve it to another id (the id quoted; nothing sent).
             RegistryError: the id is held by another service (both named; nothing sent to
                 the agent but the lookup); the agent is unreachable, timed out or refused
                 (e.g. HTTP 403 for a missing or wrong ACL token); chained from the
@@ -1276,6 +1303,7 @@ class ConsulRegistry:
                 :meth:`close` leaves every one). A cancel of the calling task propagates
                 as ``CancelledError``.
         """
+        _check_path_id(instance.instance_id)
         # Claimed before the first await: two register() calls of one id for two
         # services at once (two servers' starts gathered) both found the id free at the
         # agent, both PUT, and the second replaced the first, whose call had returned.
@@ -1510,9 +1538,12 @@ class ConsulRegistry:
         deregisters by ID, whichever service holds it.
 
         Raises:
+            ConfigError: ``instance_id`` is one :meth:`register` refuses (a part ``.``,
+                ``..`` or empty): its path would name another id (nothing sent).
             RegistryError: the agent is unreachable, timed out or refused (e.g. HTTP 403);
             also when the registry is closed, or :meth:`close` ran meanwhile.
         """
+        _check_path_id(instance.instance_id)
         claim = self._claims.get(instance.instance_id)
         if claim is not None and claim[0] != instance.service:
             return  # another service's register() of the id is under way here
