@@ -42,6 +42,7 @@ from meshkit.balancer import (
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshRpcError, NoEndpointsError
 from meshkit.interceptors import CallKind, ClientCallDetails
+from meshkit.resilience._retry import connection_ended, forget_endpoint
 
 __all__ = ["EndpointPool"]
 
@@ -398,7 +399,10 @@ class EndpointPool:
         task = self._state_tasks.pop(ep.key, None)
         if task is not None:
             task.cancel()
-        self._drain(conn, ep, self._drain_s)
+        # the draining refusals seen from it are kept while its calls in flight may end
+        # (meshkit.resilience._retry.cut_before_it_ran), then forgotten
+        self._drain(conn, ep, self._drain_s).add_done_callback(
+            lambda _task: forget_endpoint(ep))
         # its sub-channels kept after a rebuild: the same grace, from now (their drain
         # tasks may not have started yet: close() only lowers what is set here)
         now = time.monotonic()
@@ -457,6 +461,7 @@ class EndpointPool:
             task.cancel()
         self._state_tasks[key] = self.spawn(self._track_state(ep))
         self._replaced.setdefault(key, set()).add(old)
+        connection_ended(ep)  # new attempts go over a new connection
         self._drain(old, ep, math.inf).add_done_callback(
             functools.partial(self._forget_replaced, key, old))
         return True
@@ -505,6 +510,8 @@ class EndpointPool:
             last = state
             await ch.wait_for_state_change(state)
             state = ch.get_state()
+            if last is _READY_CONN:  # (READY again: a new connection made meanwhile)
+                connection_ended(ep)  # a draining refusal seen before proves no more
             if last is _READY_CONN and state is not _READY_CONN:  # the connection ended
                 used, calls = ep.calls != calls or ep.in_flight > 0, ep.calls
                 if state is _IDLE_CONN and not used:
@@ -835,6 +842,8 @@ class EndpointPool:
 
         await asyncio.gather(*(c.close(ep, grace) for c, ep in live), cut_drains(),
                              return_exceptions=True)
+        for _conn, ep in live:
+            forget_endpoint(ep)
         pending = list(self._tasks)
         for task in pending:
             task.cancel()

@@ -59,14 +59,22 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   the call goes to another endpoint, within the budget (Finagle's restartable failures,
   its ``RequeueFilter``).
 
-A call a server ends ``CANCELLED`` is never retried, even when no code of it ran: grpc
+A call a server ends ``CANCELLED`` is not retried, even when no code of it ran: grpc
 core ends the calls a server accepted but had not yet handed to its application when it
 stops (``grpc.aio``'s ``server.stop()``, grpc/grpc#41785) with the same trailers-only
 ``CANCELLED`` "CANCELLED" that a handler's ``context.abort(grpc.StatusCode.CANCELLED,
 "CANCELLED")`` sends, so a client cannot tell the one (safe to repeat) from the other. A
 meshkit server refuses mesh clients' new calls with a nack before it stops instead (see
 :meth:`meshkit.server.MeshServer.drain`; it knows them by the ``meshkit/`` token of their
-user agent, :data:`meshkit._metadata.MESH_USER_AGENT`).
+user agent, :data:`meshkit._metadata.MESH_USER_AGENT`). One exception, where the client
+can tell: a unary-response attempt (not the health service's) ended ``CANCELLED``
+"CANCELLED" by an endpoint that had already refused a call of this channel as draining
+(:func:`draining_refusal`) before the attempt started, over the same connection
+(:func:`cut_before_it_ran`): that server refuses every such call from its refusal phase
+on, so none of this one ran (grpc core cut it at the stop while it waited for the
+server's application, which a loaded server's loop had not come to); it is retried like
+a nack, whatever the method (a non-hedged call, within ``max_attempts``, the budget and
+the deadline).
 """
 
 from __future__ import annotations
@@ -110,6 +118,7 @@ __all__ = ["RetryInterceptor", "RetryOptions", "RetryPolicy", "RetryStats"]
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,7 +350,8 @@ class RetryInterceptor(ClientInterceptor):
             except AioRpcError as exc:
                 if safe is None:
                     safe = policy.idempotent or _has_key(details, request, policy)
-                delay = (self._retry_delay(details, exc, policy, attempt, safe, step)
+                unrun = _draining_outcome(details, exc)
+                delay = (self._retry_delay(details, exc, policy, attempt, safe, step, unrun)
                          if replayable or isinstance(exc, NoEndpointsError) else None)
                 if delay is None:
                     raise
@@ -403,11 +413,13 @@ class RetryInterceptor(ClientInterceptor):
                                   pause=self._pause)
 
     def _retry_delay(self, details: ClientCallDetails, exc: AioRpcError, policy: RetryPolicy,
-                     attempt: int, safe: bool, step: int | None = None) -> float | None:
+                     attempt: int, safe: bool, step: int | None = None,
+                     unrun: bool = False) -> float | None:
         """Seconds to wait before the next attempt (after ``attempt`` attempts), or
         ``None`` to give up; without a pushback, the backoff's delay for retry ``step``
-        (default ``attempt``)."""
-        nacked = is_nack(exc)
+        (default ``attempt``). ``unrun``: the attempt was cut before any of it ran
+        (:func:`cut_before_it_ran`), retried as a nack is."""
+        nacked = unrun or is_nack(exc)
         if attempt >= policy.max_attempts or not (nacked or exc.code() in
                                                   policy.retryable_codes):
             return None
@@ -693,6 +705,82 @@ class ConnectFailedError(MeshRpcError):
 
 # attempts that never reached a server: retried whatever the method's idempotency
 _NOT_SENT = (NoEndpointsError, ConnectFailedError)
+
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # a draining meshkit server serves these
+
+# The draining refusals seen (:func:`draining_refusal`), by endpoint (the pool's
+# ``Endpoint`` objects, one per instance and address for a channel's life; identity-
+# hashed): ``[refused_ns, ended_ns]``, when a retried call's attempt on it was refused
+# (``time.time_ns()``, as ``ClientCallDetails.attempt_started_ns``) and when the pool saw
+# that endpoint's connection end since (``None``: not yet). Written on the failure path
+# only; the pool forgets an endpoint once its sub-channel is closed (or the pool is).
+_refusals: dict[object, list[int | None]] = {}
+
+
+def _draining_outcome(details: ClientCallDetails, exc: AioRpcError) -> bool:
+    """On the failure path of a retried unary-response attempt: note a draining refusal
+    against its endpoint (:data:`_refusals`), and say whether the attempt was cut before
+    any of it ran (:func:`cut_before_it_ran`)."""
+    code = exc.code()
+    if code is _UNAVAILABLE:
+        if (details.last_call is not None and details.attempts
+                and draining_refusal(code, exc.details(), exc.trailing_metadata())):
+            _refusals[details.attempts[-1]] = [time.time_ns(), None]
+        return False
+    return code is _CANCELLED and cut_before_it_ran(details, exc)
+
+
+def cut_before_it_ran(details: ClientCallDetails, exc: AioRpcError) -> bool:
+    """Whether the last attempt of ``details``' unary-response call, which failed with
+    ``exc``, was cut before any code of it ran on its server. All of:
+
+    * ``exc`` is grpc core's ``CANCELLED`` "CANCELLED" without metadata (what a server's
+      core sends for a call it accepted but whose application never took it, when it
+      stops: grpc/grpc#41785), not meshkit's own (a closed channel, an endpoint's
+      ``drain_timeout_s``);
+    * the call's method has a unary response and is not the health service's (the
+      methods a draining meshkit server refuses to mesh clients);
+    * the attempt was launched (its endpoint is ``details.attempts[-1]``) after a
+      draining refusal from that endpoint was seen (:data:`_refusals`), and the pool saw
+      no end of that endpoint's connection in between: the same server, which refuses
+      every such call of a mesh client from its refusal phase on until it stops
+      (:meth:`meshkit.server.MeshServer.drain`), so it ran none of it.
+
+    Residual risk: the pool hears of a connection's end a moment after grpc; an attempt
+    launched in that moment goes over a new connection, to a new server at the same
+    address under the same instance id, and a ``CANCELLED`` "CANCELLED" that server's
+    handler sent would read as cut (the window: a loop turn, while the old server's
+    listener has just closed). Wall-clock stamps (``time.time_ns()``, as
+    ``attempt_started_ns``): a clock stepped back between the refusal and the attempt
+    makes the attempt read as sent before it, which retries nothing."""
+    if (details.kind is CallKind.UNARY_STREAM or details.kind is CallKind.STREAM_STREAM
+            or details.last_call is None or not details.attempts
+            or not details.attempt_started_ns or isinstance(exc, MeshRpcError)
+            or exc.details() != "CANCELLED" or exc.initial_metadata()
+            or exc.trailing_metadata() or details.method.startswith(_HEALTH_PREFIX)):
+        return False
+    seen = _refusals.get(details.attempts[-1])
+    if seen is None:
+        return False
+    refused_ns, ended_ns = seen
+    started_ns = details.attempt_started_ns[-1]
+    return (refused_ns is not None and refused_ns <= started_ns
+            and (ended_ns is None or started_ns < ended_ns))
+
+
+def connection_ended(endpoint: object) -> None:
+    """The pool saw ``endpoint``'s connection end (its sub-channel left ``READY``, or was
+    replaced): an attempt launched from now on may reach another server at its address,
+    so a draining refusal seen before proves nothing about it."""
+    seen = _refusals.get(endpoint)
+    if seen is not None and seen[1] is None:
+        seen[1] = time.time_ns()
+
+
+def forget_endpoint(endpoint: object) -> None:
+    """``endpoint`` has left its pool and its sub-channel is closed: drop what
+    :data:`_refusals` holds for it."""
+    _refusals.pop(endpoint, None)
 
 
 def _replayable(request: Any) -> bool:
