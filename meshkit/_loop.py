@@ -61,21 +61,35 @@ def run(main: Coroutine[Any, Any, _T], *, use_uvloop: bool | None = None,
         ConfigError: ``use_uvloop=True`` and uvloop is not installed, or ``use_uvloop``
             or ``debug`` is not ``None``, ``True`` or ``False`` (a string such as
             ``"false"``, ``0``: quoted); ``main`` is closed, not run.
-        RuntimeError: called from a running event loop (as :func:`asyncio.run`).
+        RuntimeError: called from a running event loop (as :func:`asyncio.run`; ``main``
+            is closed, no loop is made and the running one is left as it is).
         BaseException: whatever ``main`` raises.
     """
+    if asyncio._get_running_loop() is not None:
+        # before any loop is made (asyncio.run's check): asyncio.Runner made and set a new
+        # one first, then failed shutting it down, and left the thread's loop unset
+        _close(main)
+        raise RuntimeError("meshkit.run() cannot be called from a running event loop")
     for name, flag in (("use_uvloop", use_uvloop), ("debug", debug)):
         if flag is not None and not isinstance(flag, bool):
-            main.close()
+            _close(main)
             raise ConfigError(f"run(): {name} must be None, True or False, got {flag!r}")
     uvloop = _uvloop() if use_uvloop is not False else None
     if use_uvloop and uvloop is None:
-        main.close()
+        _close(main)
         raise ConfigError("run(use_uvloop=True): uvloop is not installed "
                           "(pip install 'meshkit[fast]')")
     factory = uvloop.new_event_loop if uvloop is not None else None
     with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def _close(main: Any) -> None:
+    """Close the coroutine :func:`run` will not run (no "never awaited" warning); anything
+    else it was given is left for :class:`asyncio.Runner` to refuse."""
+    close = getattr(main, "close", None)
+    if close is not None:
+        close()
 
 
 # asyncio's {loop: the task running on it now}, which current_task() reads (CPython 3.11 to

@@ -44,3 +44,26 @@ def test_the_flags_still_take_none_true_and_false() -> None:
     assert meshkit.run(_loop_module(), use_uvloop=False, debug=False).startswith("asyncio")
     assert meshkit.run(_loop_module(), use_uvloop=None, debug=None)
     assert meshkit.run(_loop_module(), use_uvloop=False, debug=True).startswith("asyncio")
+
+
+async def test_run_from_a_running_loop_is_refused_and_leaves_that_loop_alone() -> None:
+    """``meshkit.run()`` called from a running event loop raises RuntimeError saying so
+    before it makes a loop, as :func:`asyncio.run` does, with the coroutine closed: it
+    made and set a new loop first, so the error was the loop's "Cannot run the event
+    loop while another loop is running" from shutting that one down, the coroutine was
+    never awaited (a RuntimeWarning), and the thread's current event loop was left
+    unset (``get_event_loop_policy().get_event_loop()`` then raised)."""
+    import gc
+
+    policy = asyncio.get_event_loop_policy()
+    before = policy.get_event_loop()
+    coro = _loop_module()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="running event loop"):
+            meshkit.run(coro, use_uvloop=False)
+        gc.collect()
+    assert coro.cr_frame is None  # closed
+    assert [str(w.message) for w in caught
+            if issubclass(w.category, RuntimeWarning)] == []
+    assert policy.get_event_loop() is before
