@@ -101,7 +101,8 @@ def _options(addr: str, **kwargs: Any) -> ConsulOptions:
 async def test_a_watch_without_x_consul_index_keeps_reading(
         double: ConsulDouble, proxy: _StrippingProxy) -> None:
     """A watch whose answers carry no ``X-Consul-Index`` yields the instances and their
-    changes and stays readable (it failed every read: 'Missing index header')."""
+    changes and stays readable, and ``snapshot()`` reads them (each failed every read:
+    'Missing index header')."""
     service = unique_service()
     one, two = make_instance(service, 1), make_instance(service, 2)
     async with ConsulRegistry(_options(double.addr)) as writer, \
@@ -120,6 +121,8 @@ async def test_a_watch_without_x_consul_index_keeps_reading(
                 while {i.instance_id for i in await anext(watch)} != {two.instance_id}:
                     pass
             assert reader.status().readable and reader.status().read_errors == 0
+            assert {i.instance_id for i in (await reader.snapshot(service)).live} == {
+                two.instance_id}
         finally:
             await watch.aclose()
             await writer.deregister(two)
