@@ -670,7 +670,9 @@ class ServeOptions:
             Envoy unless ``enable_reuse_port``; grpc's own default (``SO_REUSEPORT`` on)
             would let a second server bind the port and the kernel spread connections
             over both. Pass ``(("grpc.so_reuseport", 1),)`` to every server that shares
-            a port on purpose (pre-fork workers).
+            a port on purpose (pre-fork workers). A ``grpc.keepalive_timeout_ms`` here
+            without ``grpc.http2.ping_timeout_ms`` sets the ping timeout to the same
+            value (grpc core 1.85 arms only the ping timeout, grpc/grpc#39239).
         maximum_concurrent_rpcs: cap on concurrent calls; over it callers get
             ``RESOURCE_EXHAUSTED``; when set it overrides ``limits.max_concurrent_rpcs``
             (default ``None``: the limits' value).
@@ -1825,7 +1827,8 @@ class MeshServer:
         stop arriving (every such method but the health service's: ``UNAVAILABLE``
         "server draining: call refused before it ran" with the nack trailer
         ``meshkit-nack: 1``, which mesh clients retry on another endpoint whatever the
-        method; until no call came for 0.05 s, 0.5 s at most; counted in
+        method; until no call came for 0.05 s (in a window the server's loop was not
+        held up through), 0.5 s at most; counted in
         :attr:`drain_refused`; their streaming-response calls and other gRPC clients'
         calls are served; see :meth:`_refuse_new_calls`), then stop (grpc's GOAWAY) with
         ``grace_s`` for in-flight calls, ending the health ``Watch`` streams as the stop
@@ -1951,7 +1954,10 @@ class MeshServer:
         ``UNAVAILABLE`` :data:`DRAINING_DETAILS` with the nack trailer
         (``meshkit-nack: 1``) before any code of it runs (no
         telemetry, no check: counted in :attr:`drain_refused`), until no call has been
-        refused for :data:`_REFUSE_QUIET_S` or for :data:`_REFUSE_MAX_S` at most.
+        refused for :data:`_REFUSE_QUIET_S` or for :data:`_REFUSE_MAX_S` at most. A
+        window in which this server's event loop was held up (its sleep overran by more
+        than the window: a loaded box) is not quiet, whatever it counted: the loop took
+        no call meanwhile, and the calls that arrived wait in grpc core.
 
         grpc core ends the calls a server has accepted but not yet handed to Python when
         it stops with ``CANCELLED`` (grpc/grpc#41785), a status no client retries; a
@@ -1990,8 +1996,13 @@ class MeshServer:
         end = loop.time() + _REFUSE_MAX_S
         while (left := end - loop.time()) > 0:
             before = self.drain_refused
-            await asyncio.sleep(min(_REFUSE_QUIET_S, left))
-            if self.drain_refused == before:
+            window = min(_REFUSE_QUIET_S, left)
+            began = loop.time()
+            await asyncio.sleep(window)
+            # quiet only if this loop ran meanwhile: held up (a loaded box: its sleep
+            # overran by more than the window), it took no call, and calls may be
+            # waiting in grpc core, which the stop would end CANCELLED
+            if self.drain_refused == before and loop.time() - began < 2 * window:
                 break
 
     @property
