@@ -106,18 +106,32 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             _log.exception("user store call failed")
             await context.abort(grpc.StatusCode.INTERNAL, STORE_FAILED)
 
+    async def _user_by_email(self, email: str,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> UserRecord | None:
+        """The user stored under any of ``email``'s spellings
+        (:func:`~examples.ecom.validation.email_spellings`: a row stored before emails
+        were NFC-normalised may hold a decomposed form), or None; one store lookup per
+        spelling until found, so one for an ASCII address. Store failures abort as
+        :meth:`_stored` does."""
+        for spelling in validation.email_spellings(email):
+            user = await self._stored(self._store.get_user_by_email(spelling), context)
+            if user is not None:
+                return user
+        return None
+
     async def CreateUser(
         self,
         request: user_pb2.CreateUserRequest,
         context: grpc.aio.ServicerContext[user_pb2.CreateUserRequest, user_pb2.User],
     ) -> user_pb2.User:
-        """Create a user; INVALID_ARGUMENT for bad fields, ALREADY_EXISTS for a taken email,
-        UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`)."""
+        """Create a user; INVALID_ARGUMENT for bad fields, ALREADY_EXISTS for a taken email
+        (in any of its spellings, see :meth:`_user_by_email`), UNAVAILABLE or INTERNAL for
+        store failures (see :meth:`_stored`)."""
         try:
             email = validation.validate_create_user(request.email, request.name, request.password)
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if await self._stored(self._store.get_user_by_email(email), context) is not None:
+        if await self._user_by_email(request.email, context) is not None:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
         hashed = await asyncio.to_thread(passwords.hash_password, request.password)
         try:
@@ -157,7 +171,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 
         INVALID_ARGUMENT for a malformed id, a bad field (CreateUser's rules) or neither
         field given; NOT_FOUND for an unknown id; ALREADY_EXISTS when another user has
-        the email; UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`).
+        the email (in any of its spellings, see :meth:`_user_by_email`); UNAVAILABLE or
+        INTERNAL for store failures (see :meth:`_stored`).
         With a cache, the user's entry is invalidated (:meth:`CachedUsers.changed`) once
         the store call has ended, before answering, whatever its outcome: a failed call
         may still have committed (its answer lost), and a spare invalidation costs one
@@ -168,6 +183,12 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
                 request.user_id, request.name, request.email)
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # a row stored before emails were normalised may hold another spelling of the
+        # new email, which the unique index does not see (none for an ASCII address)
+        for spelling in validation.email_spellings(request.email)[1:] if email else ():
+            owner = await self._stored(self._store.get_user_by_email(spelling), context)
+            if owner is not None and owner.id != request.user_id:
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"email {email!r} is taken")
         try:
             user = await self._stored(
                 self._store.update_user(request.user_id, name=name, email=email), context)
@@ -188,7 +209,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         """Check email and password and issue a session.
 
         INVALID_ARGUMENT when a field is missing or longer than any valid value
-        could be; otherwise UNAUTHENTICATED with :data:`BAD_CREDENTIALS` for an
+        could be; the email is looked up in its spellings (:meth:`_user_by_email`),
+        otherwise UNAUTHENTICATED with :data:`BAD_CREDENTIALS` for an
         unknown email and for a wrong password alike; UNAVAILABLE or INTERNAL for
         store failures (see :meth:`_stored`).
         """
@@ -206,9 +228,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             v.raise_if_any()
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        user = await self._stored(
-            self._store.get_user_by_email(validation.normalize_email(email)), context
-        )
+        user = await self._user_by_email(email, context)
         ok = await asyncio.to_thread(
             passwords.verify_or_dummy, password, user.password_hash if user else None
         )

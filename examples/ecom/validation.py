@@ -117,6 +117,20 @@ def normalize_email(email: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", email).lower())
 
 
+def email_spellings(email: str) -> tuple[str, ...]:
+    """The spellings under which the address ``email`` (as a client sent it) may be
+    stored, to look it up by: its :func:`normalize_email` form first, then, for rows
+    stored before emails were normalised (only lower-cased), ``email.lower()`` and the
+    decomposed (NFD) form of the normalised one; without repeats, so an address that
+    is the same in every form (ASCII, for one) has one spelling."""
+    normalized = normalize_email(email)
+    spellings = [normalized]
+    for legacy in (email.lower(), unicodedata.normalize("NFD", normalized)):
+        if legacy not in spellings:
+            spellings.append(legacy)
+    return tuple(spellings)
+
+
 def check_email(v: Violations, field: str, email: str) -> None:
     """Check an email address: required, at most 254 characters, ``local@domain.tld``,
     no control characters and no bidirectional controls (as :func:`check_name`). Pass
