@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -123,22 +124,23 @@ async def test_connection_to_a_demoted_server_is_replaced(pg_schema: str) -> Non
     a failover demoted), that connection is dropped: the next write opens a new one
     (which a multi-host DSN with target_session_attrs=read-write sends to the new
     primary) instead of failing on the old one for as long as the pool keeps it."""
-    role = f"ecom_ro_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_URL, timeout=5)
-    await admin.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
-    await admin.execute(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+    # the "server" a new connection reaches: read-only until the failover below. Set
+    # as a startup parameter, which the pool's RESET ALL on release keeps; no role or
+    # database setting is changed, so nothing outlives the test or meets another one
+    read_only = {"default_transaction_read_only": "on"}
+
+    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        settings = {"search_path": pg_schema, **read_only}
+        return await asyncpg.connect(*args, **kwargs, server_settings=settings)
+
     pool = await asyncpg.create_pool(
-        PG_URL, user=role, min_size=1, max_size=1, timeout=5, command_timeout=10,
-        server_settings={"search_path": pg_schema})
+        PG_URL, min_size=1, max_size=1, timeout=5, command_timeout=10, connect=connect)
     store = PostgresStore(pool, acquire_timeout_s=5)
     try:
         with pytest.raises(StoreUnavailable):
             await store.place_order(_order("k"))
-        # the "failover": sessions opened from now on take writes; the old one does not
-        await admin.execute(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
+        read_only.clear()  # the "failover": sessions opened from now on take writes
         order, created = await store.place_order(_order("k"))
         assert created and order.idempotency_key == "k"
     finally:
         await store.close()
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
-        await admin.close()
