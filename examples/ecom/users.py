@@ -33,6 +33,12 @@ _T = TypeVar("_T")
 #: The one message for every failed login, so callers cannot tell which emails exist.
 BAD_CREDENTIALS = "invalid email or password"
 
+#: How much longer than its stored form a spelling of a valid email or password may be:
+#: a character's canonical decomposition (NFD) is at most 4 code points (U+1FAF), so
+#: the decomposed spelling of a 254-character email or 1,024-character password that
+#: CreateUser accepted composed is at most 4 times as long.
+SPELLING_EXPANSION = 4
+
 #: Status message of UNAVAILABLE when the user store cannot be reached.
 STORE_UNAVAILABLE = "user store unavailable"
 #: Status message of INTERNAL when the user store fails otherwise.
@@ -208,17 +214,18 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     ) -> user_pb2.Session:
         """Check email and password and issue a session.
 
-        INVALID_ARGUMENT when a field is missing or longer than any valid value
-        could be; the email is looked up in its spellings (:meth:`_user_by_email`),
-        otherwise UNAUTHENTICATED with :data:`BAD_CREDENTIALS` for an
-        unknown email and for a wrong password alike; UNAVAILABLE or INTERNAL for
-        store failures (see :meth:`_stored`).
+        INVALID_ARGUMENT when a field is missing or longer than any spelling of a valid
+        value could be (:data:`SPELLING_EXPANSION` times CreateUser's limits: 1,016
+        characters for the email, 4,096 for the password); the email is looked up in
+        its spellings (:meth:`_user_by_email`); otherwise UNAUTHENTICATED with
+        :data:`BAD_CREDENTIALS` for an unknown email and for a wrong password alike;
+        UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`).
         """
         email, password = request.email, request.password
         v = validation.Violations()
         for field, value, limit in (
-            ("email", email, validation.MAX_EMAIL),
-            ("password", password, passwords.MAX_LENGTH),
+            ("email", email, SPELLING_EXPANSION * validation.MAX_EMAIL),
+            ("password", password, SPELLING_EXPANSION * passwords.MAX_LENGTH),
         ):
             if not value:
                 v.add(field, "required")
