@@ -98,11 +98,33 @@ def consumer_options(verifier: MessageVerifier | None, **overrides: Any) -> Cons
     return ConsumerOptions(**opts)
 
 
+#: The longest ``event_id`` and ``user_id`` (in characters) the projection applies: a
+#: UUID (every id the example makes) has 36; at 4 UTF-8 bytes a character, 128 stay far
+#: below the 2,704 bytes PostgreSQL's B-tree keys (processed_events, order_summaries)
+#: can hold.
+MAX_EVENT_ID_CHARS = 128
+
+
+def _storable_id(value: object) -> bool:
+    """Whether ``value`` is an id the summary store can hold: a non-empty string of at
+    most :data:`MAX_EVENT_ID_CHARS` characters, encodable as UTF-8 (no lone surrogate,
+    which JSON's ``\\ud800`` gives), without U+0000 (PostgreSQL text refuses it)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_EVENT_ID_CHARS \
+            or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Projection:
     """The consumer handler: applies an ``OrderPlaced`` event to the summaries once.
 
-    A body that is not an ``OrderPlaced`` JSON object with an ``event_id`` (a non-empty
-    string; the message id wins when there is one), ``user_id`` (a non-empty string) and
+    A body that is not an ``OrderPlaced`` JSON object with an ``event_id`` (the message
+    id wins when there is one) and a ``user_id`` that are non-empty strings of at most
+    :data:`MAX_EVENT_ID_CHARS` characters without U+0000 or a lone surrogate, and
     ``total_minor`` (a JSON integer, ``true``/``false`` are not, that an order can have:
     0..:data:`~examples.ecom.validation.MAX_ORDER_TOTAL_MINOR`) raises
     :class:`~meshkit.messaging.PoisonMessage` (dead letter); a store failure raises, so
@@ -122,9 +144,9 @@ class Projection:
             event_id = d.msg_id or body["event_id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise PoisonMessage(f"not an OrderPlaced event: {type(exc).__name__}") from None
-        if body.get("type") != "OrderPlaced" or not isinstance(user_id, str) or not user_id \
+        if body.get("type") != "OrderPlaced" or not _storable_id(user_id) \
                 or not isinstance(total, int) or isinstance(total, bool) \
-                or not isinstance(event_id, str) or not event_id:
+                or not _storable_id(event_id):
             raise PoisonMessage("not an OrderPlaced event")
         if not 0 <= total <= validation.MAX_ORDER_TOTAL_MINOR:  # no order has it
             raise PoisonMessage("OrderPlaced total_minor out of range")
