@@ -438,6 +438,8 @@ _PURGE_PROCESSED = (
 )
 
 
+_INT64_MAX = 2**63 - 1
+
 #: A summary's new total: the old one plus the event's, stopping at int64's maximum
 #: (2^63-1) instead of overflowing (PostgreSQL: "bigint out of range", failing the apply;
 #: SQLite: a float). Written so that no intermediate overflows, for an event total >= 0.
@@ -925,11 +927,18 @@ class SqliteStore:
         return await self._run(purge, transaction=True)
 
     async def order_summary(self, user_id: str) -> OrderSummary:
-        """See :meth:`Store.order_summary`."""
+        """See :meth:`Store.order_summary`. A total stored as a REAL (a row summed past
+        int64 before totals saturated: SQLite turned it into a float such as 1e19) is
+        read as 2^63-1, where :meth:`apply_order_placed` keeps it from then on."""
         rows = await self._run(lambda conn: _fetchall(
             conn, "SELECT order_count, total_minor FROM order_summaries WHERE user_id = ?",
             (user_id,)))
-        return OrderSummary(user_id, *rows[0]) if rows else OrderSummary(user_id, 0, 0)
+        if not rows:
+            return OrderSummary(user_id, 0, 0)
+        count, total = rows[0]
+        if isinstance(total, float):
+            total = min(int(total), _INT64_MAX)
+        return OrderSummary(user_id, count, total)
 
     async def close(self) -> None:
         """See :meth:`Store.close`. Queued calls finish first (aiosqlite closes in order)."""
