@@ -131,13 +131,28 @@ def email_spellings(email: str) -> tuple[str, ...]:
     return tuple(spellings)
 
 
+#: The format characters (category Cf) an email may hold: ZERO WIDTH NON-JOINER and
+#: JOINER, which some scripts need (IDNA allows them in context).
+_EMAIL_JOINERS = frozenset("\u200c\u200d")
+
+
+def _invisible_in_email(email: str) -> bool:
+    """Whether ``email`` holds a format character (Cf) other than the joiners: with a
+    zero-width space, soft hyphen, BOM, bidi mark or tag it would display exactly as
+    another address."""
+    return any(unicodedata.category(c) == "Cf" and c not in _EMAIL_JOINERS
+               for c in email if not c.isascii())
+
+
 def check_email(v: Violations, field: str, email: str) -> None:
     """Check an email address: required, at most 254 characters, ``local@domain.tld``,
-    no control characters and no bidirectional controls (as :func:`check_name`). Pass
-    the :func:`normalize_email` form, so that the limits hold for what is stored."""
+    no control characters, no invisible format characters (category Cf: zero-width
+    space, soft hyphen, BOM, bidirectional marks, overrides and isolates, tags; ZWJ
+    and ZWNJ are allowed). Pass the :func:`normalize_email` form, so that the limits
+    hold for what is stored."""
     if not _text(v, field, email, MAX_EMAIL):
         return
-    if not _EMAIL.fullmatch(email) or _CONTROL.search(email) or _BIDI_CONTROL.search(email):
+    if not _EMAIL.fullmatch(email) or _CONTROL.search(email) or _invisible_in_email(email):
         v.add(field, f"must be an email address like name@example.com, got {_shown(email)}")
     elif len(email.split("@", 1)[0]) > MAX_EMAIL_LOCAL:
         v.add(field, f"the part before '@' must be at most {MAX_EMAIL_LOCAL} characters")
