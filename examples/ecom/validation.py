@@ -158,15 +158,28 @@ def check_email(v: Violations, field: str, email: str) -> None:
         v.add(field, f"the part before '@' must be at most {MAX_EMAIL_LOCAL} characters")
 
 
+#: Characters that draw nothing though Unicode does not class them as format (Cf) or
+#: space: the Hangul fillers (Lo), the blank braille pattern (So), and the default
+#: ignorable marks (Mn): combining grapheme joiner, Khmer inherent vowels, Mongolian
+#: free variation selectors, variation selectors 1..256.
+_BLANK_NON_FORMAT = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2800\u3164"
+    "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
+
+
 def _visible(name: str) -> bool:
-    """Whether ``name`` has a character that is neither whitespace nor an invisible
-    format character (Unicode category Cf: zero-width space, word joiner, BOM, ...)."""
-    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in name)
+    """Whether ``name`` has a character that is neither whitespace, an invisible format
+    character (Unicode category Cf: zero-width space, word joiner, BOM, ...) nor one of
+    the other characters that draw nothing (Hangul fillers, ..., see
+    :data:`_BLANK_NON_FORMAT`)."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf"
+               and not _BLANK_NON_FORMAT.match(c) for c in name)
 
 
 def check_name(v: Violations, field: str, name: str) -> None:
     """Check a display name: at most 200 characters, not blank (some character other
-    than whitespace and invisible format characters, category Cf), no control characters
+    than whitespace, invisible format characters, category Cf, and the letters and
+    marks that draw nothing, such as the Hangul filler U+3164), no control characters
     (Unicode category Cc: U+0000..U+001F, U+007F..U+009F), no bidirectional embedding,
     override or isolate controls (U+202A..U+202E, U+2066..U+2069). Zero-width joiners
     and right-to-left text are fine."""
