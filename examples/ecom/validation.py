@@ -194,7 +194,10 @@ def check_name(v: Violations, field: str, name: str) -> None:
 
 
 def check_password(v: Violations, field: str, password: str) -> None:
-    """Check a new password's length (8..1024 characters); never echoes it."""
+    """Check a new password's length: 8..1024 characters, at least 8 of them also in
+    the form it is hashed in (:func:`~examples.ecom.passwords.normalize_password`,
+    NFKC: ``e`` + U+0301 four times is 8 characters sent, but the 4-character password
+    ``éééé``); never echoes it."""
     if not password:
         v.add(field, "required")
     elif not passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH:
@@ -202,6 +205,12 @@ def check_password(v: Violations, field: str, password: str) -> None:
             field,
             f"must be {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters,"
             f" got {len(password)}",
+        )
+    elif (hashed := len(passwords.normalize_password(password))) < passwords.MIN_LENGTH:
+        v.add(
+            field,
+            f"must be {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters,"
+            f" got {hashed} once Unicode-normalised (NFKC)",
         )
 
 
