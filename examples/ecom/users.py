@@ -112,18 +112,21 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             _log.exception("user store call failed")
             await context.abort(grpc.StatusCode.INTERNAL, STORE_FAILED)
 
-    async def _user_by_email(self, email: str,
-                             context: grpc.aio.ServicerContext[Any, Any]) -> UserRecord | None:
+    async def _user_by_email(self, email: str, context: grpc.aio.ServicerContext[Any, Any],
+                             *, every_spelling: bool = False) -> UserRecord | None:
         """The user stored under any of ``email``'s spellings
         (:func:`~examples.ecom.validation.email_spellings`: a row stored before emails
-        were NFC-normalised may hold a decomposed form), or None; one store lookup per
-        spelling until found, so one for an ASCII address. Store failures abort as
-        :meth:`_stored` does."""
+        were NFC-normalised may hold a decomposed form), the first found, or None; one
+        store lookup per spelling until found (one for an ASCII address), or for every
+        spelling with ``every_spelling`` (so the number of lookups does not tell
+        whether the user exists). Store failures abort as :meth:`_stored` does."""
+        found: UserRecord | None = None
         for spelling in validation.email_spellings(email):
             user = await self._stored(self._store.get_user_by_email(spelling), context)
-            if user is not None:
-                return user
-        return None
+            found = found or user
+            if found is not None and not every_spelling:
+                break
+        return found
 
     async def CreateUser(
         self,
@@ -217,7 +220,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         INVALID_ARGUMENT when a field is missing or longer than any spelling of a valid
         value could be (:data:`SPELLING_EXPANSION` times CreateUser's limits: 1,016
         characters for the email, 4,096 for the password); the email is looked up in
-        its spellings (:meth:`_user_by_email`); otherwise UNAUTHENTICATED with
+        all its spellings (:meth:`_user_by_email`: as many lookups, and one password
+        check, whether or not the user exists); otherwise UNAUTHENTICATED with
         :data:`BAD_CREDENTIALS` for an unknown email and for a wrong password alike;
         UNAVAILABLE or INTERNAL for store failures (see :meth:`_stored`).
         """
@@ -235,7 +239,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             v.raise_if_any()
         except validation.InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        user = await self._user_by_email(email, context)
+        user = await self._user_by_email(email, context, every_spelling=True)
         ok = await asyncio.to_thread(
             passwords.verify_or_dummy, password, user.password_hash if user else None
         )
