@@ -816,7 +816,12 @@ class EndpointPool:
         self.closed = True
         self.resolved.set()  # wake the calls waiting for discovery: they fail CANCELLED
         self.notify()
-        await cancel_and_wait(self._watch_task)
+        # everything up to the first await is synchronous, and the awaits below end in
+        # a finally: a close cancelled half-way (the loop-ending sweep of asyncio.run()
+        # cancels a MeshChannel's shielded close task) still closes every sub-channel,
+        # where it left them open and a later close() returned at once
+        self._watch_task.cancel()  # now: the task below may be cancelled before it runs
+        watch = asyncio.ensure_future(cancel_and_wait(self._watch_task))
         if self._retry_task is not None:
             self._retry_task.cancel()  # (one of the pool's tasks: awaited below)
         self._unbuilt.clear()
@@ -840,11 +845,18 @@ class EndpointPool:
                     task.cancel()
                 await asyncio.gather(*draining, return_exceptions=True)
 
-        await asyncio.gather(*(c.close(ep, grace) for c, ep in live), cut_drains(),
-                             return_exceptions=True)
-        for _conn, ep in live:
-            forget_endpoint(ep)
-        pending = list(self._tasks)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        closed = False
+        try:
+            await asyncio.gather(watch, *(c.close(ep, grace) for c, ep in live),
+                                 cut_drains(), return_exceptions=True)
+            closed = True
+        finally:
+            for _conn, ep in live:
+                forget_endpoint(ep)
+            pending = list(self._tasks)
+            for task in pending:
+                task.cancel()
+            if not closed:  # cancelled: a sub-channel close may never have started
+                await asyncio.gather(*(c.close(ep, None) for c, ep in live),
+                                     return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
