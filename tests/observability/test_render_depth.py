@@ -3,22 +3,12 @@ files)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from meshkit.observability._files import load_spans
 from meshkit.observability._render import render_trace
+from tests.observability.spans_json import TRACE, span_line
 
-_TRACE = "0af7651916cd43dd8448eb211c80319c"
-
-
-def _span(span_id: int, parent: int | None, name: str, start: int,
-          attributes: dict[str, object] | None = None) -> str:
-    return json.dumps({"trace_id": _TRACE, "span_id": f"{span_id:016x}",
-                       "parent_span_id": None if parent is None else f"{parent:016x}",
-                       "name": name, "kind": "CLIENT", "start_ns": start,
-                       "end_ns": start + 1_000, "status": "OK",
-                       "attributes": attributes or {}, "events": []})
 
 
 def test_a_chain_deeper_than_the_recursion_limit_is_drawn(tmp_path: Path) -> None:
@@ -26,7 +16,7 @@ def test_a_chain_deeper_than_the_recursion_limit_is_drawn(tmp_path: Path) -> Non
     trace) is drawn, every span once, not a RecursionError."""
     path = tmp_path / "spans.jsonl"
     depth = 1_500
-    path.write_text("".join(_span(i, i - 1 if i > 1 else None, f"deep/S{i}", i) + "\n"
+    path.write_text("".join(span_line(i, i - 1 if i > 1 else None, f"deep/S{i}", i) + "\n"
                             for i in range(1, depth + 1)))
     lines = render_trace(load_spans([path])).splitlines()
     assert len(lines) == depth

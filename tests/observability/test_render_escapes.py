@@ -3,22 +3,12 @@ number is drawn escaped, one line per span."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from meshkit.observability._files import load_spans
 from meshkit.observability._render import render_trace
+from tests.observability.spans_json import TRACE, span_line
 
-_TRACE = "0af7651916cd43dd8448eb211c80319c"
-
-
-def _span(span_id: int, parent: int | None, name: str, start: int,
-          attributes: dict[str, object] | None = None) -> str:
-    return json.dumps({"trace_id": _TRACE, "span_id": f"{span_id:016x}",
-                       "parent_span_id": None if parent is None else f"{parent:016x}",
-                       "name": name, "kind": "CLIENT", "start_ns": start,
-                       "end_ns": start + 1_000, "status": "OK",
-                       "attributes": attributes or {}, "events": []})
 
 
 def test_a_status_code_attribute_with_control_characters_is_escaped(
@@ -27,8 +17,8 @@ def test_a_status_code_attribute_with_control_characters_is_escaped(
     edited file) is drawn escaped on the span's one line, not forging tree lines."""
     path = tmp_path / "spans.jsonl"
     forged = "0\n└─ forged/Child  server  +0.00 ms  1.00 ms  OK\x1b[2J"
-    path.write_text(_span(1, None, "svc/M", 10, {"rpc.grpc.status_code": forged}) + "\n"
-                    + _span(2, None, "svc/N", 20, {"rpc.grpc.status_code": 5}) + "\n")
+    path.write_text(span_line(1, None, "svc/M", 10, {"rpc.grpc.status_code": forged}) + "\n"
+                    + span_line(2, None, "svc/N", 20, {"rpc.grpc.status_code": 5}) + "\n")
     text = render_trace(load_spans([path]))
     lines = text.splitlines()
     assert len(lines) == 2, text
