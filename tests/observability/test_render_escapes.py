@@ -7,8 +7,7 @@ from pathlib import Path
 
 from meshkit.observability._files import load_spans
 from meshkit.observability._render import render_trace
-from tests.observability.spans_json import TRACE, span_line
-
+from tests.observability.spans_json import span_line
 
 
 def test_a_status_code_attribute_with_control_characters_is_escaped(
