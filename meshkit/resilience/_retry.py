@@ -140,8 +140,10 @@ class RetryPolicy:
         idempotency_field: request attribute whose non-empty value makes a call safe to
             retry (default ``"idempotency_key"``), an identifier (a protobuf field's
             name); ``None`` to ignore requests.
-        hedge_delay_s: send another attempt after this many seconds without an answer
-            (idempotent methods only; default ``None``: no hedging); a hedged attempt
+        hedge_delay_s: send another attempt after this many seconds without an answer,
+            >= 0 (0: all ``max_attempts`` at once, each to its own endpoint while there
+            are enough, as gRFC A6's ``hedgingDelay`` "0s"; idempotent methods only;
+            default ``None``: no hedging); a hedged attempt
             that fails with a retryable status or a nack has the next one sent at once,
             or after its pushback (gRFC A6).
         max_pushback_s: longest server pushback honoured, seconds; longer means give up
@@ -183,7 +185,8 @@ class RetryPolicy:
                               f"(a Python identifier such as 'idempotency_key') or None, "
                               f"got {field_name!r}")
         if self.hedge_delay_s is not None:
-            check_number("hedge_delay_s", self.hedge_delay_s, low_open=True, finite=False)
+            # gRFC A6: a hedgingDelay of "0s" sends every attempt at once
+            check_number("hedge_delay_s", self.hedge_delay_s, finite=False)
             if not self.idempotent:
                 raise ConfigError("hedge_delay_s needs idempotent=True: hedging runs a call "
                                   "more than once")
