@@ -18,7 +18,7 @@ from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import grpc
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import (
@@ -70,6 +70,55 @@ __all__ = [
 ]
 
 _log = get_logger("meshkit.observability")
+
+
+class _PropagatorsEnv:
+    """While ``opentelemetry.propagate`` is first imported (it builds the global
+    propagator from ``OTEL_PROPAGATORS`` then, and raises ``ValueError`` for a name with
+    no installed ``opentelemetry_propagator`` entry point: ``b3`` without
+    opentelemetry-propagator-b3, a misspelling), the variable reads as the names that can
+    be loaded: lower-cased and blanks stripped (an enum value is read case-insensitively),
+    each once (the specification's deduplication), an unknown one dropped with a warning
+    naming it (the specification: warn and ignore a value not recognised); when none is
+    left the variable reads as unset (the W3C default). Restored afterwards; nothing
+    changes when the module is already imported, the variable unset or every name
+    loadable as written."""
+
+    def __enter__(self) -> None:
+        self.saved: str | None = None
+        raw = os.environ.get("OTEL_PROPAGATORS")
+        if "opentelemetry.propagate" in sys.modules or not raw or not raw.strip():
+            return
+        names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+        if "none" in names:
+            kept = ["none"]
+            dropped: list[str] = []
+        else:
+            kept, dropped = [], []
+            for name in dict.fromkeys(names):
+                (kept if importlib_metadata.entry_points(group="opentelemetry_propagator",
+                                                         name=name) else dropped).append(name)
+        value = ",".join(kept)
+        if value == raw:
+            return
+        self.saved = raw
+        if value:
+            os.environ["OTEL_PROPAGATORS"] = value
+        else:
+            del os.environ["OTEL_PROPAGATORS"]
+        if dropped:
+            _log.warning("OTEL_PROPAGATORS names propagators that are not installed; "
+                         "they are ignored", ignored=dropped, using=value or
+                         "tracecontext,baggage", fix="pip install the propagator's package "
+                         "(b3, b3multi: opentelemetry-propagator-b3)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            os.environ["OTEL_PROPAGATORS"] = self.saved
+
+
+with _PropagatorsEnv():
+    from opentelemetry import propagate
 
 _SAMPLERS = frozenset({
     "always_on", "always_off", "traceidratio", "parentbased_always_on",
