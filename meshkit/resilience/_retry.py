@@ -73,8 +73,11 @@ can tell: a unary-response attempt (not the health service's) ended ``CANCELLED`
 (:func:`cut_before_it_ran`): that server refuses every such call from its refusal phase
 on, so none of this one ran (grpc core cut it at the stop while it waited for the
 server's application, which a loaded server's loop had not come to); it is retried like
-a nack, whatever the method (a non-hedged call, within ``max_attempts``, the budget and
-the deadline).
+a nack, whatever the method (within ``max_attempts``, the budget and the deadline). A
+hedged call applies the same rule to each attempt, by that attempt's own endpoint and
+start (hedges run side by side): such an attempt is non-fatal, as a nack, and the next
+hedge goes at once; a hedge launched before the refusal was seen may have run, and its
+``CANCELLED`` ends the call as any fatal status does.
 """
 
 from __future__ import annotations
@@ -257,25 +260,35 @@ class HedgedAttempts(list[Any]):
     ``network.peer.*``, ``meshkit.instance_id``). Each endpoint is filed under the task
     of the attempt that appended it (the channel does, in that attempt's task)."""
 
-    __slots__ = ("_by_task", "answered")
+    __slots__ = ("_by_task", "_index", "answered")
 
     def __init__(self, items: Collection[Any] = ()) -> None:
         super().__init__(items)
         self.answered: Any = None
         self._by_task: dict[asyncio.Task[Any], Any] = {}
+        self._index: dict[asyncio.Task[Any], int] = {}  # its place in the lists
 
     def append(self, endpoint: Any) -> None:
         """Add ``endpoint``, tried by the attempt running in the current task."""
         task = asyncio.current_task()
         if task is not None:
             self._by_task[task] = endpoint
+            self._index[task] = len(self)
         super().append(endpoint)
+
+    def launched(self, task: asyncio.Task[Any]) -> tuple[Any, int] | None:
+        """The endpoint the attempt run by ``task`` was launched on and its index in
+        the call's attempts (and ``attempt_started_ns``), or ``None`` when it launched
+        none (it found no endpoint)."""
+        index = self._index.get(task)
+        return None if index is None else (self._by_task[task], index)
 
     def settle(self, task: asyncio.Task[Any]) -> None:
         """The call settles on the attempt run by ``task``: :attr:`answered` is its
         endpoint (``None`` if it appended none); the tasks are let go."""
         self.answered = self._by_task.get(task)
         self._by_task.clear()
+        self._index.clear()
 
 
 class RetryInterceptor(ClientInterceptor):
@@ -456,7 +469,9 @@ class RetryInterceptor(ClientInterceptor):
         """gRFC A6 hedging: the next attempt goes ``hedge_delay_s`` after the last one, at
         once after a non-fatal failure (a status in ``retryable_codes``, or a nack), or
         after the failure's pushback (a pushback that is negative, malformed or over
-        ``max_pushback_s`` sends no more attempts); the first success wins, any other
+        ``max_pushback_s`` sends no more attempts); an attempt cut before it ran by a
+        draining server (:func:`cut_before_it_ran`) is non-fatal as a nack; the first
+        success wins, any other
         status ends the call, and the attempts still in flight are cancelled."""
         assert policy.hedge_delay_s is not None
         loop = asyncio.get_running_loop()
@@ -509,9 +524,14 @@ class RetryInterceptor(ClientInterceptor):
                             response, details.last_call = task.result()
                             attempts.settle(task)
                             return response
+                        # a draining refusal is noted against its endpoint; an attempt
+                        # that endpoint then cut before any of it ran is a nack (d33cea1)
+                        unrun = isinstance(exc, AioRpcError) and _hedge_unrun(
+                            details, attempts, task, exc)
                         if not isinstance(exc, AioRpcError) or isinstance(
                                 exc, InvalidCallError) or (exc.code() not in
                                                            policy.retryable_codes
+                                                           and not unrun
                                                            and not is_nack(exc)) or (
                                 isinstance(exc, NoEndpointsError) and exc.unresolved):
                             # fatal (a nack never is: none of the call ran); the call
@@ -733,7 +753,30 @@ def _draining_outcome(details: ClientCallDetails, exc: AioRpcError) -> bool:
     return code is _CANCELLED and cut_before_it_ran(details, exc)
 
 
-def cut_before_it_ran(details: ClientCallDetails, exc: AioRpcError) -> bool:
+def _hedge_unrun(details: ClientCallDetails, attempts: HedgedAttempts,
+                 task: asyncio.Task[Any], exc: AioRpcError) -> bool:
+    """:func:`_draining_outcome` for the failed attempt of a hedged call run by ``task``
+    (hedges run side by side: its endpoint and start are its own, not the call's last
+    ones): note a draining refusal against its endpoint, and say whether it was cut
+    before any of it ran, which makes it non-fatal. Failure path only."""
+    code = exc.code()
+    if code is not _UNAVAILABLE and code is not _CANCELLED:
+        return False
+    launched = attempts.launched(task)
+    if launched is None:  # it found no endpoint: nothing was sent
+        return False
+    endpoint, index = launched
+    if code is _UNAVAILABLE:
+        if draining_refusal(code, exc.details(), exc.trailing_metadata()):
+            _refusals[endpoint] = [time.time_ns(), None]
+        return False
+    started = details.attempt_started_ns
+    return index < len(started) and cut_before_it_ran(details, exc, endpoint,
+                                                      started[index])
+
+
+def cut_before_it_ran(details: ClientCallDetails, exc: AioRpcError,
+                      endpoint: Any = None, started_ns: int | None = None) -> bool:
     """Whether the last attempt of ``details``' unary-response call, which failed with
     ``exc``, was cut before any code of it ran on its server. All of:
 
@@ -755,18 +798,25 @@ def cut_before_it_ran(details: ClientCallDetails, exc: AioRpcError) -> bool:
     handler sent would read as cut (the window: a loop turn, while the old server's
     listener has just closed). Wall-clock stamps (``time.time_ns()``, as
     ``attempt_started_ns``): a clock stepped back between the refusal and the attempt
-    makes the attempt read as sent before it, which retries nothing."""
+    makes the attempt read as sent before it, which retries nothing.
+
+    ``endpoint`` and ``started_ns``: the attempt's endpoint and ``time.time_ns()`` start
+    when it is not the call's last one (a hedge: attempts run side by side), else
+    ``None`` (taken from ``details``)."""
+    if endpoint is None and (details.last_call is None or not details.attempts
+                             or not details.attempt_started_ns):
+        return False
     if (details.kind is CallKind.UNARY_STREAM or details.kind is CallKind.STREAM_STREAM
-            or details.last_call is None or not details.attempts
-            or not details.attempt_started_ns or isinstance(exc, MeshRpcError)
+            or isinstance(exc, MeshRpcError)
             or exc.details() != "CANCELLED" or exc.initial_metadata()
             or exc.trailing_metadata() or details.method.startswith(_HEALTH_PREFIX)):
         return False
-    seen = _refusals.get(details.attempts[-1])
+    seen = _refusals.get(details.attempts[-1] if endpoint is None else endpoint)
     if seen is None:
         return False
     refused_ns, ended_ns = seen
-    started_ns = details.attempt_started_ns[-1]
+    if started_ns is None:
+        started_ns = details.attempt_started_ns[-1]
     return (refused_ns is not None and refused_ns <= started_ns
             and (ended_ns is None or started_ns < ended_ns))
 
