@@ -18,7 +18,11 @@ class TokenForwarder(ClientInterceptor):
     A per-call :class:`meshkit.ClientInterceptor` for ``DialOptions.interceptors``. When a
     call is made inside a handler whose caller's token
     :class:`~meshkit.auth.JWTAuthInterceptor` verified, it adds
-    ``authorization: Bearer <token>`` unless the call already carries that key. Off unless
+    ``authorization: Bearer <token>`` unless the call already carries that key or brings
+    its own per-call credentials (``credentials=grpc.access_token_call_credentials(...)``
+    or any ``grpc.CallCredentials``: they add their own ``authorization``, and a second
+    one beside it would have the next server refuse the call ``UNAUTHENTICATED``, a
+    repeated header; the call's own credentials are then the ones sent). Off unless
     installed; outside a handler it does nothing.
 
     Args:
@@ -45,7 +49,7 @@ class TokenForwarder(ClientInterceptor):
 
     def _stamp(self, details: ClientCallDetails) -> None:
         token = _token.get()
-        if token is None:
+        if token is None or details.credentials is not None:
             return
         if self._services is not None and details.service not in self._services:
             return
