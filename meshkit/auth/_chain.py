@@ -56,7 +56,10 @@ class AuthOptions:
             a class, an object whose ``verify`` is a plain sync function; a sync wrapper
             of an async one, or a compiled one, is taken), a ``jwt`` that is
             not a ``JWTAuthOptions``, a ``policy`` that is not an ``AuthzPolicy`` (its
-            rules mapping, say), ``jwt`` without a ``verifier``, nothing to check at all
+            rules mapping, say), ``jwt`` without a ``verifier``, a ``policy`` with
+            ``allow_subjects`` or ``deny_subjects`` but no ``verifier`` (no call would
+            have claims: a ``deny_subjects`` would refuse no one; the rule's key, or
+            ``'default'``, quoted), nothing to check at all
             (no ``verifier``, no ``policy`` and ``check_peers=False``), ``exempt_methods``
             given as one string or not a collection of strings (``None``), or a bad
             ``exempt_methods`` pattern (quoted).
@@ -83,6 +86,13 @@ class AuthOptions:
         check_instance("policy", self.policy, AuthzPolicy)
         if self.jwt is not None and self.verifier is None:
             raise ConfigError("AuthOptions(jwt=...) needs a verifier")
+        if self.policy is not None and self.verifier is None:
+            for key, rule in (*self.policy.rules.items(), ("default", self.policy.default)):
+                if rule.allow_subjects or rule.deny_subjects:
+                    raise ConfigError(
+                        f"AuthOptions(policy=...): the rule {key!r} matches token subjects, "
+                        "which only a verifier yields: without one no call has claims "
+                        "(deny_subjects would refuse no one); give a verifier or drop them")
         if self.verifier is None and self.policy is None and not self.check_peers:
             raise ConfigError("AuthOptions has nothing to check: give a verifier, a policy "
                               "or check_peers=True (or use auth=None)")
