@@ -411,11 +411,29 @@ class _TracingEnv(NamedTuple):
     """The ``OTEL_*`` tracing settings, read and checked (:func:`_tracing_env`)."""
 
     sampler: str
-    """``OTEL_TRACES_SAMPLER`` normalised (one of ``_SAMPLERS``)."""
+    """``OTEL_TRACES_SAMPLER`` normalised (one of ``_SAMPLERS``), or the name of an
+    installed ``opentelemetry_traces_sampler`` entry point."""
     ratio: float
     """``OTEL_TRACES_SAMPLER_ARG`` for the ratio samplers, 0..1 (1.0 when unset)."""
     exporters: tuple[str, ...] | None
     """``OTEL_TRACES_EXPORTER``'s names, normalised; ``None`` when unset."""
+    arg: str | None = None
+    """``OTEL_TRACES_SAMPLER_ARG`` as written, for an installed sampler's factory
+    (``None`` when unset or empty)."""
+
+
+_SAMPLER_GROUP = "opentelemetry_traces_sampler"
+"""The entry point group of samplers the SDK's configurator loads by name."""
+
+
+def _installed_sampler(raw: str) -> str | None:
+    """The name of the installed ``opentelemetry_traces_sampler`` entry point
+    ``OTEL_TRACES_SAMPLER``'s ``raw`` value names (as written, blanks stripped, else
+    lower-cased), or ``None``."""
+    for name in dict.fromkeys((raw.strip(), raw.strip().lower())):
+        if name and importlib_metadata.entry_points(group=_SAMPLER_GROUP, name=name):
+            return name
+    return None
 
 
 def _tracing_env() -> _TracingEnv:
@@ -437,8 +455,15 @@ def _tracing_env() -> _TracingEnv:
     raw_sampler = env.get("OTEL_TRACES_SAMPLER", "")
     sampler = raw_sampler.strip().lower() or "parentbased_always_on"
     if sampler not in _SAMPLERS:
-        raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(_SAMPLERS)}, "
-                          f"got {raw_sampler!r}")
+        # a sampler installed as an entry point: the SDK's configurator
+        # (opentelemetry-instrument) loads it by name, so a process it runs runs here
+        installed = _installed_sampler(raw_sampler)
+        if installed is None:
+            raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {sorted(_SAMPLERS)} "
+                              f"or an installed {_SAMPLER_GROUP} entry point, "
+                              f"got {raw_sampler!r}")
+        arg_raw = env.get("OTEL_TRACES_SAMPLER_ARG", "")
+        return _TracingEnv(installed, 1.0, _exporter_names(env), arg_raw or None)
     ratio = 1.0  # the SDK's default argument
     if sampler.endswith("traceidratio"):
         arg = env.get("OTEL_TRACES_SAMPLER_ARG", "")
@@ -450,6 +475,12 @@ def _tracing_env() -> _TracingEnv:
             if not 0.0 <= ratio <= 1.0:
                 raise ConfigError(
                     f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
+    return _TracingEnv(sampler, ratio, _exporter_names(env))
+
+
+def _exporter_names(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    """``OTEL_TRACES_EXPORTER``'s names, normalised (``None`` when unset), checked with
+    the OTLP protocol (see :func:`_tracing_env`)."""
     raw = env.get("OTEL_TRACES_EXPORTER", "")
     names = tuple(n.strip().lower() for n in raw.split(",") if n.strip()) \
         if raw.strip() else None
@@ -466,7 +497,7 @@ def _tracing_env() -> _TracingEnv:
                 importlib_metadata.entry_points(group="opentelemetry_traces_exporter",
                                                 name=n) for n in _OTLP_ENTRY_NAMES))):
         _otlp_protocol()
-    return _TracingEnv(sampler, ratio, names)
+    return names
 
 
 def configure_tracing(
@@ -484,7 +515,9 @@ def configure_tracing(
       (its ``service.name`` names a process that names no service itself);
     * ``OTEL_TRACES_SAMPLER`` (``parentbased_always_on`` by default; ``always_on``,
       ``always_off``, ``traceidratio``, ``parentbased_always_off``,
-      ``parentbased_traceidratio``; case and surrounding blanks ignored) and
+      ``parentbased_traceidratio``; case and surrounding blanks ignored; or, as the SDK's
+      configurator takes it, the name of an installed ``opentelemetry_traces_sampler``
+      entry point, whose factory gets ``OTEL_TRACES_SAMPLER_ARG`` as written) and
       ``OTEL_TRACES_SAMPLER_ARG`` (ratio 0..1, default 1.0);
     * ``OTEL_TRACES_EXPORTER``: comma list of ``otlp``, ``console``, ``none`` (or any
       installed ``opentelemetry_traces_exporter`` entry point). Unset (or empty, as
@@ -521,8 +554,9 @@ def configure_tracing(
         The provider; call ``provider.shutdown()`` at exit to flush spans.
 
     Raises:
-        ConfigError: empty ``service_name``, unknown sampler, a sampler argument that is
-            not a ratio in [0, 1], an unknown exporter name, or an OTLP protocol other
+        ConfigError: empty ``service_name``, unknown sampler (or an installed one that
+            fails to build), a sampler argument that is not a ratio in [0, 1], an unknown
+            exporter name, or an OTLP protocol other
             than ``grpc`` and ``http/protobuf`` when OTLP is asked for (the variable
             named, the value quoted).
     """
@@ -534,7 +568,8 @@ def configure_tracing(
 
     settings = _tracing_env()
     provider = TracerProvider(resource=_resource(service_name),
-                              sampler=_sampler(settings.sampler, settings.ratio))
+                              sampler=_sampler(settings.sampler, settings.ratio,
+                                               settings.arg))
     if exporters is None:
         names = settings.exporters
         if names is None:  # unset: OTLP when installed, or when an endpoint asks for it
@@ -575,10 +610,32 @@ def _resource(service_name: str | None) -> Resource:
     return Resource.create(attrs)
 
 
-def _sampler(name: str, ratio: float) -> Any:
+def _sampler(name: str, ratio: float, arg: str | None = None) -> Any:
     """The SDK sampler ``name`` (one of ``_SAMPLERS``, normalised) with ``ratio`` for the
-    ratio samplers: the SDK's own mapping of ``OTEL_TRACES_SAMPLER`` names."""
+    ratio samplers: the SDK's own mapping of ``OTEL_TRACES_SAMPLER`` names; any other
+    ``name`` is an installed ``opentelemetry_traces_sampler`` entry point, whose factory
+    is called with ``arg`` (the raw ``OTEL_TRACES_SAMPLER_ARG``, as the SDK's configurator
+    does).
+
+    Raises:
+        ConfigError: an installed sampler that cannot be loaded, whose factory raises or
+            returns no SDK ``Sampler`` (the sampler quoted, its error's type named).
+    """
     from opentelemetry.sdk.trace import sampling
+
+    if name not in _SAMPLERS:
+        try:
+            factory = next(iter(importlib_metadata.entry_points(
+                group=_SAMPLER_GROUP, name=name))).load()
+            made = factory(arg)
+        except Exception as e:  # its text is the sampler's: not quoted
+            raise ConfigError(f"OTEL_TRACES_SAMPLER names the installed sampler {name!r}, "
+                              f"which failed to load or build ({type(e).__name__})"
+                              ) from None
+        if not isinstance(made, sampling.Sampler):
+            raise ConfigError(f"OTEL_TRACES_SAMPLER names the installed sampler {name!r}, "
+                              f"whose factory made no Sampler ({type(made).__name__})")
+        return made
 
     if name == "always_on":
         return sampling.ALWAYS_ON
