@@ -2,7 +2,8 @@
 
 Envoy's outlier detection and Finagle's failure accrual: an endpoint that fails
 ``consecutive_failures`` calls in a row, or whose failure rate over the last
-``failure_rate_window`` calls reaches ``failure_rate``, is *ejected*: taken out of the
+``failure_rate_window`` calls reaches ``failure_rate`` (calls of the current interval of
+``base_ejection_s`` only, as gRFC A50 and Envoy count per interval), is *ejected*: taken out of the
 inner balancer for ``base_ejection_s`` times its *multiplier* (capped at
 ``max_ejection_s``). The multiplier, as Envoy's and gRFC A50's, goes up by one at each
 ejection (no further once ``base_ejection_s`` times it reaches ``max_ejection_s``) and
@@ -135,7 +136,12 @@ class OutlierOptions:
         failure_rate: failure share over the window that ejects, (0, 1]; ``None`` (default)
             disables the rate rule.
         failure_rate_window: calls in the rate window, >= 1 (default 20); the rule applies
-            once the window is full.
+            once the window is full. The window holds the calls of one interval of
+            ``base_ejection_s`` (gRFC A50's and Envoy's ``interval``, whose call counters
+            are reset each interval): the first outcome after an interval has passed
+            since its first began starts it afresh, so ``failure_rate_window`` is also
+            the least number of calls in an interval that can eject (A50's
+            ``request_volume``), and failures long past never join a later window.
         base_ejection_s: first ejection time, seconds (default 10.0); an ejection lasts
             ``multiplier * base_ejection_s``, the multiplier one more than at the last
             ejection, less one per ``base_ejection_s`` spent in rotation since (Envoy's
@@ -190,7 +196,7 @@ class OutlierOptions:
 
 class _Health:
     __slots__ = ("address", "consecutive", "ejected_until", "probe_until", "probing",
-                 "returned_at", "stream_probe", "times", "window")
+                 "returned_at", "stream_probe", "times", "window", "window_since")
 
     def __init__(self, window: int, address: str) -> None:
         self.address = address  # whose state this is (an instance that moved is new)
@@ -209,6 +215,9 @@ class _Health:
         self.probe_until = _NEVER
         self.stream_probe: StreamDone | None = None
         self.window: deque[bool] = deque(maxlen=window)
+        # when the failure-rate rule's interval holding the window's calls began (-inf:
+        # none yet; kept only with that rule on)
+        self.window_since = -_NEVER
 
 
 class EjectingBalancer:
@@ -232,7 +241,7 @@ class EjectingBalancer:
 
     __slots__ = ("_all", "_clock", "_ejected", "_health", "_inner", "_max_times",
                  "_next_expiry", "_ok_fails", "_on_change", "_on_probe_free", "_opts",
-                 "ejections", "panic_picks")
+                 "_rate_interval_s", "ejections", "panic_picks")
 
     def __init__(self, inner: Balancer, options: OutlierOptions | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -241,6 +250,10 @@ class EjectingBalancer:
         self._inner = inner
         self._opts = options or OutlierOptions()
         self._ok_fails = _OK in self._opts.failure_codes
+        # the failure-rate rule counts one interval's calls (gRFC A50, Envoy): 0.0 when
+        # the rule is off (no clock read per outcome then)
+        self._rate_interval_s = (0.0 if self._opts.failure_rate is None
+                                 else self._opts.base_ejection_s)
         # the multiplier goes no higher than max_ejection_s needs (Envoy: "When ejected
         # host reaches max_ejection_time, it does not increase any more")
         steps = self._opts.max_ejection_s / self._opts.base_ejection_s
@@ -468,6 +481,11 @@ class EjectingBalancer:
             return
         else:
             failed = code in opts.failure_codes
+        if self._rate_interval_s:  # the rate rule's window holds this interval's calls
+            now = self._clock()
+            if now - h.window_since >= self._rate_interval_s:
+                h.window.clear()
+                h.window_since = now
         if not failed:
             h.consecutive = 0
             h.window.append(False)
