@@ -371,7 +371,9 @@ class _SyncContext:
     there raise ``RuntimeError`` instead, except once the handler returned an awaitable
     or an async iterator (a plain decorator around an ``async def`` handler), which is
     consumed on the loop with this context (see :meth:`awaited_on_loop`): there they
-    return the call's context's own coroutine, for the handler to await."""
+    return the call's context's own coroutine, for the handler to await. ``read`` and
+    ``write`` exist only there: elsewhere asking for them raises ``AttributeError``, as
+    grpc.aio's synchronous context has neither."""
 
     __slots__ = ("_awaited", "_callbacks", "_context", "_ended", "_loop")
 
@@ -470,7 +472,23 @@ class _SyncContext:
         self._callbacks.append(callback)
 
     def __getattr__(self, name: str) -> Any:
+        if name in _ASYNC_ONLY and not (
+                self._awaited and asyncio._get_running_loop() is self._loop):
+            # grpc.aio's synchronous context has neither: the call's context's coroutine,
+            # never awaited in a thread, dropped the message (or the request) silently
+            raise AttributeError(_NO_ASYNC_ONLY.format(name))
         return getattr(self._context, name)
+
+
+_ASYNC_ONLY = frozenset({"read", "write"})
+"""The coroutine methods of grpc.aio's servicer context that its synchronous context
+(``_SyncServicerContext``) does not have: a plain handler iterates its requests and yields
+(or returns) its responses; :class:`_SyncContext` has them only for an async result of
+the handler consumed on the loop (see :meth:`_SyncContext.awaited_on_loop`)."""
+
+_NO_ASYNC_ONLY = ("a synchronous handler's servicer context has no {}() (as grpc.aio's "
+                  "has none): iterate the request iterator and yield or return the "
+                  "responses, or make the handler async")
 
 
 class _Outliving:
