@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import RoundRobin
+from meshkit.balancer import Done, Endpoint, RoundRobin, noop_done
 from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
-from tests.support.echo import method
+from tests.support.echo import SERVICE, method
+from tests.support.wait import until
 
 FAST = Backoff(base_delay_s=0.001, max_delay_s=0.002)
 
@@ -47,3 +53,69 @@ async def test_zero_hedging_delay_sends_every_attempt_at_once(
         assert ch.retry.stats.hedges == 2
     assert answer.endswith(b"|z")
     assert [len(log) for log in served.values()] == [1, 1, 1]
+
+
+class _Prefer:
+    """A balancer that picks the endpoint ``first`` unless this call tried it already,
+    else any other READY one (the test decides where each attempt goes)."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.endpoints: list[Endpoint] = []
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self.endpoints = list(endpoints)
+
+    def pick(self, key: str | None = None,
+             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
+        for ep in sorted(self.endpoints, key=lambda e: e.key != self.first):
+            if ep not in exclude:
+                return ep, noop_done
+        return None
+
+
+def _slow_or_fast(instance_id: str, events: list[str]) -> tuple[Any, None]:
+    """The echo service's ``Unary`` on ``instance_id``: ``slow`` waits 30 s and notes
+    ``"cancelled"`` when its call is cancelled; ``fast`` answers at once."""
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if instance_id == "slow":
+            events.append("started")
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                events.append("cancelled")
+                raise
+        return instance_id.encode() + b"|" + request
+
+    def add(_servicer: Any, server: Any) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SERVICE, {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+
+    return add, None
+
+
+async def test_the_losing_hedge_is_cancelled_on_its_server(registry: LocalRegistry) -> None:
+    """When a hedge wins, the attempt still in flight is cancelled: its server's handler
+    is cancelled (the call ends ``CANCELLED`` there) rather than left to run."""
+    events: list[str] = []
+    servers = []
+    for iid in ("slow", "fast"):
+        srv = meshkit.MeshServer("echo", [_slow_or_fast(iid, events)], registry=registry,
+                                 options=meshkit.ServeOptions(insecure=True, instance_id=iid,
+                                                              admin=None, drain_delay_s=0.0,
+                                                              grace_s=0.5))
+        await srv.start()
+        servers.append(srv)
+    policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=2)
+    try:
+        async with meshkit.dial("echo", registry=registry, options=opts(
+                policy, balancer=lambda: _Prefer("slow"))) as ch:
+            await ch.wait_for_endpoints(2)
+            answer = await ch.unary_unary(method("Unary"))(b"h", timeout=10)
+            assert answer == b"fast|h"
+            await until(lambda: "cancelled" in events, timeout_s=5, what="the slow hedge cancelled")
+    finally:
+        for srv in servers:
+            await srv.drain()
+    assert events == ["started", "cancelled"]
