@@ -27,7 +27,9 @@ rotation fail so rarely (``f``, their windows' failures pooled) that an endpoint
 as they are would fail ``k`` calls in a row less than once in a million (``f ** k <=
 1e-6``; with the default 20-call window, peers failing at most about half their calls),
 since keeping it only feeds it calls it will fail (a broken instance that fails fast
-would otherwise draw most calls). An endpoint that failed a short run (one back from an
+would otherwise draw most calls). The peers' windows must hold ``k`` calls at least
+between them (a minimum request volume, as gRFC A50's): a peer's one success is no
+evidence. An endpoint that failed a short run (one back from an
 ejection, its window empty) or beside peers failing about as often is within the cap.
 
 Ejection never empties a service (*panic routing*, Envoy's answer below its healthy panic
@@ -522,8 +524,9 @@ class EjectingBalancer:
     def _broken_beside_healthy(self, ep: Endpoint, h: _Health) -> bool:
         """``ep`` failed every call of a full window and ``consecutive_failures`` in a
         row (``k`` calls, the larger of the two), while its peers in rotation failed so
-        rarely (``f``: the failures of their windows, pooled) that an endpoint as good as
-        they are fails ``k`` in a row less than once in a million (``f ** k <= 1e-6``).
+        rarely (``f``: the failures of their windows, pooled, at least ``k`` calls) that
+        an endpoint as good as they are fails ``k`` in a row less than once in a million
+        (``f ** k <= 1e-6``).
 
         Asked at every failure of an endpoint that tripped at the cap, it looks at the
         peers once per ``k`` failures in a row (at ``k``, ``2k``...): O(endpoints x
@@ -543,7 +546,10 @@ class EjectingBalancer:
                 continue
             failed += sum(oh.window)
             calls += len(oh.window)
-        return calls > 0 and (failed / calls) ** k <= _BROKEN_ODDS
+        # at least k calls of the peers (as many as the endpoint's own evidence; gRFC
+        # A50 judges only with a minimum request volume): one peer's one success says
+        # nothing of how often the peers fail
+        return calls >= k and (failed / calls) ** k <= _BROKEN_ODDS
 
     def _may_eject(self) -> bool:
         # self._ejected: the endpoints whose ejection is not over (kept by _schedule)
