@@ -176,8 +176,57 @@ def inject_context(metadata: MutableSequence[tuple[str, str | bytes]],
     Args:
         metadata: a mutable list of ``(key, value)`` pairs, changed in place.
         context: an OpenTelemetry ``Context``; default the current one.
+
+    A ``baggage`` header that would take the request's metadata over grpc core's default
+    limit (8 KiB, ``grpc.max_metadata_size``: a server rejects a request over it with
+    ``RESOURCE_EXHAUSTED``, at random between it and twice it, so W3C Baggage's 8,192
+    bytes alone fail some calls) loses list-members from its end, whole ones (W3C: never
+    a partial member), until the metadata fits (:data:`METADATA_BUDGET`), with a warning
+    per minute; none left, no header.
     """
     propagate.inject(metadata, context, setter=_SETTER)
+    _fit_baggage(metadata)
+
+
+METADATA_BUDGET = 8192
+"""Bytes of a request's metadata meshkit keeps its ``baggage`` header within: grpc core's
+default ``grpc.max_metadata_size``, counted as HTTP/2 counts a header list (name, value
+and 32 bytes per field), with :data:`_FIXED_HEADERS` for the fields grpc adds."""
+_FIXED_HEADERS = 1024  # :path, :authority, :method, :scheme, te, content-type,
+# user-agent, grpc-timeout, grpc-accept-encoding: about 540 bytes for a short method name
+_baggage_trimmed: list[Any] = []  # the RepeatLog of trimmed baggage, made when first needed
+
+
+def _fit_baggage(metadata: MutableSequence[tuple[str, str | bytes]]) -> None:
+    """Drop ``baggage`` list-members from the end of the header until ``metadata`` fits
+    :data:`METADATA_BUDGET` (see :func:`inject_context`); one loop over the metadata when
+    a ``baggage`` header is there, nothing else."""
+    at, size = -1, _FIXED_HEADERS
+    for i, (k, v) in enumerate(metadata):
+        size += len(k) + len(v) + 32
+        if k == "baggage":
+            at = i
+    if at < 0 or size <= METADATA_BUDGET:
+        return
+    value = metadata[at][1]
+    text = value if isinstance(value, str) else value.decode("ascii", "replace")
+    members = text.split(",")
+    over, kept = size - METADATA_BUDGET, len(members)
+    while kept and over > 0:
+        kept -= 1
+        over -= len(members[kept]) + (1 if kept else 0)
+    if kept:
+        metadata[at] = ("baggage", ",".join(members[:kept]))
+    else:
+        del metadata[at]
+    if not _baggage_trimmed:
+        from meshkit._log import RepeatLog
+
+        _baggage_trimmed.append(RepeatLog(
+            _log, "baggage cut to fit the request's metadata limit",
+            "baggage cuts", key_fields=(), level="warning",
+            fields={"limit_bytes": METADATA_BUDGET}))
+    _baggage_trimmed[0].report((), members=len(members), members_sent=kept)
 
 
 def extract_context(metadata: Sequence[Any] | None) -> Any:
