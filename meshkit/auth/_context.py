@@ -2,7 +2,11 @@
 
 The server interceptors set these context variables inside the wrapped handler, in the
 handler's own task, so they are visible to the handler and to anything it awaits or spawns
-(tasks copy the context), and never to other calls.
+(tasks copy the context), and never to other calls. A call's task starts in a copy of the
+context its server was started in, which holds the identity of a call when the server
+was started from that call's handler (or a task it spawned); so the first of meshkit's
+checks to run in a call forgets whatever identity it did not verify for that call
+(:data:`_call` tells which call the variables are for).
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ _peer: contextvars.ContextVar[PeerIdentity | None] = contextvars.ContextVar(
 _token: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "meshkit_auth_token", default=None
 )
+_call: contextvars.ContextVar[object] = contextvars.ContextVar("meshkit_auth_call", default=None)
+"""The servicer context of the call the three variables above are for (set by the first
+server check of a call, see :func:`fresh_identity`)."""
+
+
+def fresh_identity(context: object) -> None:
+    """Forget the peer, claims and token current in the call of servicer context
+    ``context`` unless a check of this call set them: each of meshkit's server checks
+    calls it first. The first one in a call clears what the call's task inherited (from
+    the context its server was started in: a server started in a handler would give
+    every caller that handler's caller's identity); later ones cost a context-variable
+    read and an identity comparison."""
+    if _call.get() is not context:
+        _call.set(context)
+        if _peer.get() is not None:
+            _peer.set(None)
+        if _claims.get() is not None:
+            _claims.set(None)
+        if _token.get() is not None:
+            _token.set(None)
 
 
 def current_claims() -> Claims | None:

@@ -8,6 +8,11 @@ right before the handler, in the handler's task (which is also where the context
 variables behind :func:`~meshkit.auth.current_peer` and
 :func:`~meshkit.auth.current_claims` are set). Wrappers run in interceptor order, first
 outermost; a check that fails aborts the call with its status and the handler never runs.
+The first check of a call forgets any identity the call's task inherited rather than
+verified (:func:`~meshkit.auth._context.fresh_identity`: a grpc.aio server started in a
+handler runs its calls in copies of that handler's context), a method exempt from the
+peer check included; a call pays one context-variable read and comparison per check,
+the first one a write and three reads more.
 
 A refused call is logged on ``meshkit.auth`` at info, but not one line per call: a caller
 with a bad or expired token, or an attacker, would make one per call on each server (the
@@ -38,7 +43,7 @@ from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
-from meshkit.auth._context import _claims, _peer, _token
+from meshkit.auth._context import _claims, _peer, _token, fresh_identity
 from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
 from meshkit.auth._identity import (
     IdentityMatcher,
@@ -87,6 +92,12 @@ async def _refuse(refusals: RepeatLog, context: Any, code: grpc.StatusCode, deta
     the call with ``code`` and ``details`` (what the caller sees)."""
     refusals.report((method, code.name, reason))
     await context.abort(code, details)
+
+
+def _forget_inherited(context: Any) -> None:
+    """The peer check of a method exempt from it: nothing but
+    :func:`~meshkit.auth._context.fresh_identity` (no inherited peer reaches the handler)."""
+    fresh_identity(context)
 
 
 class _RefusalLogged(WrappingInterceptor):
@@ -157,10 +168,11 @@ class PeerIdentityInterceptor(_RefusalLogged):
     def _before_for(self, method: str) -> Before | None:
         """The peer check for ``method`` (see the class docstring)."""
         if self._exempt.lookup(method):
-            return None
+            return _forget_inherited
         refusals = self._refusals
 
         def before(context: Any) -> Awaitable[None] | None:
+            fresh_identity(context)
             peer = self.identify(context)
             if peer is None:
                 return _refuse(refusals, context, _UNAUTH, "no verified peer identity",
@@ -239,6 +251,7 @@ class JWTAuthInterceptor(_RefusalLogged):
                 await pending
 
         def before(context: Any) -> Awaitable[None] | None:
+            fresh_identity(context)
             try:
                 token = extract_bearer(call_metadata(context), opts.metadata_key)
             except UnauthenticatedError as exc:
@@ -293,6 +306,7 @@ class AuthzInterceptor(_RefusalLogged):
         refusals = self._refusals
 
         def before(context: Any) -> Awaitable[None] | None:
+            fresh_identity(context)
             peer = _peer.get()
             if peer is None:
                 peer = default_peer_verifier().identify(context.auth_context())
