@@ -12,7 +12,11 @@ from meshkit.interceptors import ClientInterceptor
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
 from meshkit.observability._options import TelemetryOptions
 from meshkit.observability._server import TelemetryServerInterceptor
-from meshkit.observability._tracing import otel_client_interceptors, otel_server_interceptor
+from meshkit.observability._tracing import (
+    otel_client_interceptors,
+    otel_server_interceptor,
+    tracing_from_env,
+)
 
 __all__ = ["Implementation", "attempt_interceptors", "client_interceptors",
            "server_interceptors"]
@@ -46,7 +50,10 @@ def server_interceptors(
     :class:`TelemetryServerInterceptor` doing tracing -> metrics -> access log in one
     handler wrap. With ``"otel"`` it is opentelemetry-instrumentation-grpc's server
     interceptor for the spans followed by a :class:`TelemetryServerInterceptor` with
-    tracing off (metrics and access log), for benchmarks.
+    tracing off (metrics and access log), for benchmarks. Its spans go to
+    ``options.tracer_provider``, else the global provider, which is then set up from the
+    environment here (:func:`~meshkit.observability.tracing_from_env` with
+    ``service_name``), as ``serve()`` does for its own telemetry.
 
     Args:
         service_name: mesh service name, e.g. ``"orderd"`` (access log ``service``).
@@ -57,12 +64,15 @@ def server_interceptors(
         A tuple of ``grpc.aio.ServerInterceptor``, outermost first.
 
     Raises:
-        ConfigError: an unknown ``implementation`` or an empty ``service_name``.
+        ConfigError: an unknown ``implementation`` or an empty ``service_name``; with
+            ``"otel"``, a bad ``OTEL_*`` value (see ``tracing_from_env``).
     """
     _check(implementation)
     opts = options or TelemetryOptions()
     if implementation == "meshkit" or not opts.tracing:
         return (TelemetryServerInterceptor(service_name, opts),)
+    if opts.tracer_provider is None:  # as serve() does for telemetry on the global one
+        tracing_from_env(service_name)
     rest = _without_tracing(opts)
     tail = (TelemetryServerInterceptor(service_name, rest),) if (
         rest.metrics or rest.access_log) else ()
@@ -118,20 +128,26 @@ def attempt_interceptors(
     ``"meshkit"``: an :class:`AttemptSpanInterceptor` when ``options.attempt_spans`` is
     on, else nothing (the default: attempts are events on the logical span, with no
     grpc.aio interceptor cost). ``"otel"``: opentelemetry-instrumentation-grpc's four
-    client interceptors (a CLIENT span per attempt).
+    client interceptors (a CLIENT span per attempt), to ``options.tracer_provider``, else
+    the global provider, which is then set up from the environment here
+    (:func:`~meshkit.observability.tracing_from_env`, no service name: a later
+    ``serve()`` names it), as a meshkit channel does at its first call.
 
     Args:
         options: the same :class:`TelemetryOptions` given to :func:`client_interceptors`.
         implementation: ``"meshkit"`` or ``"otel"``.
 
     Raises:
-        ConfigError: an unknown ``implementation``.
+        ConfigError: an unknown ``implementation``; with ``"otel"``, a bad ``OTEL_*``
+            value (see ``tracing_from_env``).
     """
     _check(implementation)
     opts = options or TelemetryOptions()
     if not opts.tracing:
         return ()
     if implementation == "otel":
+        if opts.tracer_provider is None:  # a process that only dials honours OTEL_* too
+            tracing_from_env(None)
         return otel_client_interceptors(opts.tracer_provider)
     return (AttemptSpanInterceptor(opts),) if opts.attempt_spans else ()
 
