@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshkit._config import check_metadata_key
+from meshkit._config import check_metadata_key, check_strings
 from meshkit.auth._context import _token
-from meshkit.errors import ConfigError
 from meshkit.interceptors import ClientCallDetails, ClientInterceptor, StreamProceed, UnaryProceed
 
 __all__ = ["TokenForwarder"]
@@ -34,17 +33,18 @@ class TokenForwarder(ClientInterceptor):
     Raises:
         ConfigError: a bad metadata key (not a lowercase text key of the characters gRPC
             allows, ``0-9 a-z _ - .``: no ``-bin`` binary key, no ``:`` pseudo-header, as
-            ``JWTAuthOptions.metadata_key``) or ``services`` given as a string (quoted).
+            ``JWTAuthOptions.metadata_key``), or ``services`` given as one string, not
+            a collection, or holding something other than a string (``b"userd"``, which
+            would match no service; quoted).
     """
 
     __slots__ = ("_key", "_services")
 
     def __init__(self, *, services: tuple[str, ...] | None = None,
                  metadata_key: str = "authorization") -> None:
-        if isinstance(services, str):
-            raise ConfigError(f"services must be a tuple of names, got the string {services!r}")
         check_metadata_key("metadata_key", metadata_key)
-        self._services = None if services is None else frozenset(services)
+        self._services = None if services is None else frozenset(
+            check_strings("services", services))
         self._key = metadata_key
 
     def _stamp(self, details: ClientCallDetails) -> None:
