@@ -524,7 +524,72 @@ def _tracing_env() -> _TracingEnv:
             if not 0.0 <= ratio <= 1.0:
                 raise ConfigError(
                     f"OTEL_TRACES_SAMPLER_ARG must be a ratio 0..1, got {arg!r}")
+    _batch_settings(env)  # checked here too, so that dial() refuses them like serve()
     return _TracingEnv(sampler, ratio, _exporter_names(env))
+
+
+# (variable, smallest value, the SDK's default) of the batch span processor's settings
+_BSP_VARS = (("OTEL_BSP_MAX_QUEUE_SIZE", 1, 2048), ("OTEL_BSP_SCHEDULE_DELAY", 1, 5000),
+             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1, 512),
+             ("OTEL_BSP_EXPORT_TIMEOUT", 0, 30000))
+_BSP_ARGS = ("max_queue_size", "schedule_delay_millis", "max_export_batch_size",
+             "export_timeout_millis")
+# the span limits the SDK's TracerProvider reads (SpanLimits): integers >= 0; empty is
+# the SDK's "no limit"
+_LIMIT_VARS = ("OTEL_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+               "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+               "OTEL_SPAN_EVENT_COUNT_LIMIT", "OTEL_SPAN_LINK_COUNT_LIMIT",
+               "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT")
+
+
+def _int_var(env: Mapping[str, str], var: str, least: int) -> int | None:
+    """``var`` as an integer >= ``least`` (blanks around it ignored), ``None`` when unset
+    or empty.
+
+    Raises:
+        ConfigError: not such an integer (the variable named, the value quoted).
+    """
+    raw = env.get(var, "")
+    if not raw.strip():
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise ConfigError(f"{var} must be an integer >= {least}, got {raw!r}")
+    return value
+
+
+def _batch_settings(env: Mapping[str, str]) -> dict[str, int]:
+    """The ``BatchSpanProcessor`` arguments ``OTEL_BSP_*`` give (the SDK's defaults for
+    the ones unset or empty), given to it explicitly: the SDK raises a bare
+    ``ValueError`` naming no variable for a size or delay it refuses, and for a
+    ``OTEL_BSP_MAX_QUEUE_SIZE`` under its default batch of 512 (valid on its own, which
+    here takes the batch down to it); also checks the span limit variables the SDK's
+    ``TracerProvider`` would raise for.
+
+    Raises:
+        ConfigError: a value that is not an integer in range, or an
+            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` over ``OTEL_BSP_MAX_QUEUE_SIZE`` (the
+            variables named, the values quoted).
+    """
+    for var in _LIMIT_VARS:
+        _int_var(env, var, 0)
+    settings: dict[str, int] = {}
+    batch_given = False
+    for (var, least, default), arg in zip(_BSP_VARS, _BSP_ARGS, strict=True):
+        value = _int_var(env, var, least)
+        settings[arg] = default if value is None else value
+        batch_given = batch_given or (arg == "max_export_batch_size" and value is not None)
+    if settings["max_export_batch_size"] > settings["max_queue_size"]:
+        if batch_given:
+            raise ConfigError(
+                f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be at most OTEL_BSP_MAX_QUEUE_SIZE, "
+                f"got {env.get('OTEL_BSP_MAX_EXPORT_BATCH_SIZE')!r} over "
+                f"{env.get('OTEL_BSP_MAX_QUEUE_SIZE', '2048')!r}")
+        settings["max_export_batch_size"] = settings["max_queue_size"]
+    return settings
 
 
 def _exporter_names(env: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -579,7 +644,9 @@ def configure_tracing(
       ``otlp_proto_http`` named outright win over the protocol. OTLP asked for without
       the package logs a warning naming it and exports nothing. The endpoint, headers
       and the rest come from ``OTEL_EXPORTER_OTLP_*`` as the exporter reads them.
-    * ``OTEL_BSP_*`` for the batch span processor;
+    * ``OTEL_BSP_*`` for the batch span processor (an ``OTEL_BSP_MAX_QUEUE_SIZE`` under
+      the default batch of 512 takes the batch down to it) and the ``OTEL_*_LIMIT`` span
+      limits, integers as the SDK reads them;
     * ``MESHKIT_TRACE_FILE``: also append every span to this JSON-lines file
       (:class:`~meshkit.observability.JsonLinesSpanExporter`).
 
@@ -604,8 +671,9 @@ def configure_tracing(
 
     Raises:
         ConfigError: empty ``service_name``, unknown sampler (or an installed one that
-            fails to build), a sampler argument that is not a ratio in [0, 1], an unknown
-            exporter name, or an OTLP protocol other
+            fails to build), a sampler argument that is not a ratio in [0, 1], an
+            ``OTEL_BSP_*`` or span limit value that is not an integer in range (or a batch
+            over the queue), an unknown exporter name, or an OTLP protocol other
             than ``grpc`` and ``http/protobuf`` when OTLP is asked for (the variable
             named, the value quoted).
     """
@@ -632,8 +700,13 @@ def configure_tracing(
             if exp is not None:
                 chosen.append(exp)
         exporters = chosen
+    batch = _batch_settings(os.environ)
     for exp in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exp))
+        provider.add_span_processor(BatchSpanProcessor(
+            exp, max_queue_size=batch["max_queue_size"],
+            schedule_delay_millis=batch["schedule_delay_millis"],
+            max_export_batch_size=batch["max_export_batch_size"],
+            export_timeout_millis=batch["export_timeout_millis"]))
     trace_file = os.environ.get("MESHKIT_TRACE_FILE", "").strip()
     if trace_file:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
