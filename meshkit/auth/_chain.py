@@ -108,5 +108,8 @@ class AuthOptions:
         if self.verifier is not None:
             chain.append(JWTAuthInterceptor(self.verifier, self.jwt))
         if self.policy is not None:
-            chain.append(AuthzInterceptor(self.policy))
+            # the policy reads the peer itself where the peer check did not run (exempt
+            # methods, check_peers=False): with the bundle's verifier, as the check would
+            chain.append(AuthzInterceptor(
+                self.policy, verifier=None if tls is None else tls.peer_verifier()))
         return tuple(chain)

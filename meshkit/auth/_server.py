@@ -280,6 +280,13 @@ class AuthzInterceptor(_RefusalLogged):
 
     Args:
         policy: the :class:`~meshkit.auth.AuthzPolicy`.
+        verifier: the :class:`~meshkit.auth.PeerVerifier` that reads the peer's identity
+            when no :class:`PeerIdentityInterceptor` ran for the call (a method exempt
+            from it, or none in the chain): give the server's
+            :meth:`TLSOptions.peer_verifier` (as :meth:`AuthOptions.interceptors` does),
+            so that peers presenting an intermediate CA of the bundle (SPIRE) are read;
+            default the bundle-less :func:`~meshkit.auth.default_peer_verifier`, which
+            refuses every chain with an intermediate.
 
     Status codes: as the :class:`~meshkit.auth.Decision` says — ``PERMISSION_DENIED``
     (message ``"caller is not allowed to call <method>"``; no rule, pattern or other
@@ -295,21 +302,23 @@ class AuthzInterceptor(_RefusalLogged):
     that loop); servers on other loops or threads each need their own.
     """
 
-    def __init__(self, policy: AuthzPolicy) -> None:
+    def __init__(self, policy: AuthzPolicy, *, verifier: PeerVerifier | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("authz", ("method", "code", "reason", "peer"))
 
     def _before_for(self, method: str) -> Before | None:
         """The policy check for ``method`` (see the class docstring)."""
         policy = self.policy
         refusals = self._refusals
+        verifier = self.verifier
 
         def before(context: Any) -> Awaitable[None] | None:
             fresh_identity(context)
             peer = _peer.get()
             if peer is None:
-                peer = default_peer_verifier().identify(context.auth_context())
+                peer = verifier.identify(context.auth_context())
                 if peer is not None:
                     _peer.set(peer)
             decision = policy.evaluate(method, peer.spiffe_id if peer else None, _claims.get())
