@@ -887,8 +887,22 @@ def _name_provider(provider: TracerProvider, service_name: str) -> None:
 def sdk_disabled() -> bool:
     """Whether ``OTEL_SDK_DISABLED`` is ``true`` (case and surrounding blanks ignored, as
     the SDK reads it; unset or anything else: ``False``): OpenTelemetry's "a no-op SDK
-    implementation will be used for all telemetry signals"."""
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    implementation will be used for all telemetry signals". A value other than ``true``,
+    ``false`` and empty is read as false with a warning quoting it (the specification's
+    boolean rule), once per value."""
+    raw = os.environ.get("OTEL_SDK_DISABLED", "")
+    value = raw.strip().lower()
+    if value in ("true", "false", ""):
+        return value == "true"
+    if raw not in _warned_disabled:
+        if len(_warned_disabled) < 16:
+            _warned_disabled.add(raw)
+        _log.warning("OTEL_SDK_DISABLED is neither true nor false: read as false",
+                     variable="OTEL_SDK_DISABLED", value=raw)
+    return False
+
+
+_warned_disabled: set[str] = set()  # the OTEL_SDK_DISABLED values warned about
 
 
 def tracing_wanted() -> bool:
