@@ -77,10 +77,11 @@ class _PropagatorsEnv:
     propagator from ``OTEL_PROPAGATORS`` then, and raises ``ValueError`` for a name with
     no installed ``opentelemetry_propagator`` entry point: ``b3`` without
     opentelemetry-propagator-b3, a misspelling), the variable reads as the names that can
-    be loaded: lower-cased and blanks stripped (an enum value is read case-insensitively),
-    each once (the specification's deduplication), an unknown one dropped with a warning
-    naming it (the specification: warn and ignore a value not recognised); when none is
-    left the variable reads as unset (the W3C default). Restored afterwards; nothing
+    be loaded: blanks stripped, as written when an entry point has that name, else
+    lower-cased (an enum value is read case-insensitively), each once (the
+    specification's deduplication), an unknown one dropped with a warning naming it (the
+    specification: warn and ignore a value not recognised); when none is left the
+    variable reads as unset (the W3C default). Restored afterwards; nothing
     changes when the module is already imported, the variable unset or every name
     loadable as written."""
 
@@ -89,15 +90,20 @@ class _PropagatorsEnv:
         raw = os.environ.get("OTEL_PROPAGATORS")
         if "opentelemetry.propagate" in sys.modules or not raw or not raw.strip():
             return
-        names = [n.strip().lower() for n in raw.split(",") if n.strip()]
-        if "none" in names:
+        names = [n.strip() for n in raw.split(",") if n.strip()]
+        kept: list[str] = []
+        dropped: list[str] = []
+        if any(n.lower() == "none" for n in names):
             kept = ["none"]
-            dropped: list[str] = []
         else:
-            kept, dropped = [], []
-            for name in dict.fromkeys(names):
-                (kept if importlib_metadata.entry_points(group="opentelemetry_propagator",
-                                                         name=name) else dropped).append(name)
+            for name in names:  # as written (an installed entry point's own spelling),
+                found = next((n for n in dict.fromkeys((name, name.lower()))  # else lower
+                              if importlib_metadata.entry_points(
+                                  group="opentelemetry_propagator", name=n)), None)
+                if found is None:
+                    dropped.append(name)
+                elif found not in kept:
+                    kept.append(found)
         value = ",".join(kept)
         if value == raw:
             return

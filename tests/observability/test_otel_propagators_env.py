@@ -34,9 +34,11 @@ print(json.dumps({"names": names, "fast": t.fast_propagation(),
 """
 
 
-def _probe(value: str) -> dict[str, object]:
+def _probe(value: str, path: Path | None = None) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["OTEL_PROPAGATORS"] = value
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(path), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", _PROBE], cwd=_ROOT, env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -69,4 +71,22 @@ def test_none_still_means_no_propagator() -> None:
     """``none`` keeps meaning no propagator at all, without a warning."""
     got = _probe("none")
     assert got["names"] == []
+    assert not [e for e in got["logs"] if e.get("log_level") == "warning"]  # type: ignore[union-attr]
+
+
+def test_installed_propagator_with_capitals_is_kept(tmp_path: Path) -> None:
+    """An installed propagator whose entry point name has capitals is loaded by that
+    name, not lower-cased away."""
+    (tmp_path / "meshkit_test_prop.py").write_text(
+        "from opentelemetry.trace.propagation.tracecontext import "
+        "TraceContextTextMapPropagator\n"
+        "class MeshkitTestProp(TraceContextTextMapPropagator):\n    pass\n")
+    info = tmp_path / "meshkit_test_prop-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: meshkit-test-prop\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[opentelemetry_propagator]\nMeshkitProp = meshkit_test_prop:MeshkitTestProp\n")
+    got = _probe("MeshkitProp,baggage", tmp_path)
+    assert got["names"] == ["MeshkitTestProp", "W3CBaggagePropagator"]
     assert not [e for e in got["logs"] if e.get("log_level") == "warning"]  # type: ignore[union-attr]
