@@ -80,8 +80,8 @@ the context in reference cycles (grpc keeps the ``AbortError``), on every failed
 The wrap then sends that status: a unary-response one aborts with it after its ``except``
 block (:func:`_abort_with_status_set`: the status alone, Trailers-Only, as grpc.aio
 answers an exception; returning would send an empty message before it, which commits
-the call for retrying clients, gRFC A6), a stream-response one returns (grpc.aio sends
-the status after the messages, none: Trailers-Only). A wrap with a :class:`Reporter`
+the call for retrying clients, gRFC A6), a stream-response one after the messages sent
+(none: Trailers-Only), as grpc.aio ends a stream. A wrap with a :class:`Reporter`
 calls it before the reporter's ``finish``, which reads the status set as the call's
 code. When it returns ``False``, ``exc`` goes on to grpc.aio, which answers ``UNKNOWN``
 with its text. Also called, with a
@@ -1166,20 +1166,37 @@ def _drop_unsendable_trailers(context: Any) -> None:
         _unsendable_trailers(context)
 
 
+class AnswerNotSent(Exception):
+    """Raised by a handler wrap in place of an exception it answered (its status set on
+    the context) when the answer cannot be sent because the handler's own
+    ``context.abort()`` marked the call aborted but sent nothing: grpc.aio's ``abort``
+    does so when it then refuses its arguments (trailing metadata that is no tuple of
+    ``(str, str | bytes)`` pairs: ``TypeError``), and a second ``abort`` is refused
+    (``UsageError``), as is a normal end (the call was left open until its deadline).
+    grpc.aio answers it as any exception: the code set (``UNKNOWN``) and the details
+    ``"Unexpected <class 'meshkit._handlers.AnswerNotSent'>: <the details set>"``,
+    which name the handler's exception type only."""
+
+
 async def _abort_with_status_set(context: Any) -> None:
-    """End a unary-response call whose exception :data:`Unhandled` answered (its status
-    set on ``context``) by aborting with that status: grpc.aio sends it alone
-    (Trailers-Only), as it answers an exception, where a handler that returns gets an
-    empty message sent before its status. Called after the wrap's ``except`` block, so the
-    ``AbortError`` (kept by grpc) chains no exception. When the call was aborted already
-    (the handler aborted, then raised something else) or is over, grpc.aio ends it as it
-    stands: the wrap returns."""
+    """End a call whose exception :data:`Unhandled` answered (its status set on
+    ``context``) by aborting with that status: grpc.aio sends it alone
+    (Trailers-Only) on a unary-response call, as it answers an exception, where a handler
+    that returns gets an empty message sent before its status; after the messages sent
+    on a stream. Called after the wrap's ``except`` block, so the ``AbortError`` (kept by
+    grpc) chains no exception. When the call was aborted already (the handler aborted,
+    then raised something else) or is over, grpc.aio ends it as it stands: the wrap
+    returns; when the handler's abort sent nothing (it raised), :class:`AnswerNotSent`."""
     try:
         await context.abort(context.code(), context.details())
     except grpc.aio.AbortError:
         raise
-    except Exception:  # aborted before (its status sent), or the call is over
-        pass
+    except grpc.aio.UsageError:  # aborted before: its status sent, unless that abort raised
+        if context.done():
+            return
+    except Exception:  # the call is over
+        return
+    raise AnswerNotSent(context.details())
 
 
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
@@ -1263,7 +1280,11 @@ def _checked_stream(inner: Any, before: Before, unhandled: Unhandled | None,
             _drop_unsendable_trailers(context)
             if unhandled is None or not await unhandled(e, context):
                 raise
-            return  # answered: its status set (see Unhandled)
+        else:
+            return
+        # answered, its status set: sent out of the except block (see _checked)
+        request = result = item = None
+        await _abort_with_status_set(context)
 
     return behavior
 
@@ -1437,8 +1458,12 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                 finish(state, context, e)
             if not answered:
                 raise
-            return  # answered: its status set (see Unhandled)
-        finish(state, context, None)
+        else:
+            finish(state, context, None)
+            return
+        # answered, its status set: sent out of the except block (see _checked)
+        request = result = item = state = None
+        await _abort_with_status_set(context)
 
     return behavior
 
