@@ -39,6 +39,10 @@ class AuthOptions:
     Args:
         verifier: a :class:`~meshkit.auth.JWTVerifier`; with it every method needs a valid
             bearer token (``UNAUTHENTICATED`` otherwise) unless ``jwt`` makes it public.
+            One of your own refuses a token by raising
+            :class:`~meshkit.auth.UnauthenticatedError` or
+            :class:`~meshkit.auth.PermissionDeniedError` (that status and details); any
+            other exception is ``UNAUTHENTICATED`` "token could not be verified".
         jwt: :class:`~meshkit.auth.JWTAuthOptions`: public methods and required scopes
             (``PERMISSION_DENIED`` when a scope is missing); needs ``verifier``.
         policy: an :class:`~meshkit.auth.AuthzPolicy` over peer identities and token claims

@@ -44,7 +44,11 @@ from meshkit._metadata import call_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
 from meshkit.auth._context import _claims, _peer, _token, fresh_identity
-from meshkit.auth._errors import InvalidTokenError, UnauthenticatedError
+from meshkit.auth._errors import (
+    InvalidTokenError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from meshkit.auth._identity import (
     IdentityMatcher,
     PeerIdentity,
@@ -203,7 +207,11 @@ class JWTAuthInterceptor(_RefusalLogged):
 
     Status codes: ``UNAUTHENTICATED`` for a missing token on a non-public method, a
     non-``Bearer`` scheme, a repeated header or any invalid token (message = category only);
-    ``PERMISSION_DENIED`` for a valid token lacking a required scope. Refusals are logged
+    ``PERMISSION_DENIED`` for a valid token lacking a required scope. A verifier of one's
+    own may refuse with :class:`~meshkit.auth.UnauthenticatedError` or
+    :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
+    any other exception it raises is ``UNAUTHENTICATED`` "token could not be verified"
+    (its text is never sent; the log's reason names its type). Refusals are logged
     ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring),
     the reason a category (``"token expired"``, ``"no token"``...), never the token.
 
@@ -245,6 +253,17 @@ class JWTAuthInterceptor(_RefusalLogged):
             except InvalidTokenError as exc:
                 await _refuse(refusals, context, _UNAUTH, exc.details() or "invalid token",
                               method, exc.details() or "invalid token")
+                return
+            except (UnauthenticatedError, PermissionDeniedError) as exc:
+                # a verifier of one's own telling its verdict with meshkit's errors
+                denied = isinstance(exc, PermissionDeniedError)
+                text = exc.details() or ("permission denied" if denied else "unauthenticated")
+                await _refuse(refusals, context, _DENIED if denied else _UNAUTH, text,
+                              method, text)
+                return
+            except Exception as exc:  # a verifier's failure (its backend down): no text out
+                await _refuse(refusals, context, _UNAUTH, "token could not be verified",
+                              method, f"verifier raised {type(exc).__name__}")
                 return
             pending = admit(context, token, claims)
             if pending is not None:
