@@ -13,6 +13,7 @@ from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClien
 from meshkit.observability._options import TelemetryOptions
 from meshkit.observability._server import TelemetryServerInterceptor
 from meshkit.observability._tracing import (
+    instrumentor_active,
     otel_client_interceptors,
     otel_server_interceptor,
     tracing_from_env,
@@ -50,7 +51,10 @@ def server_interceptors(
     :class:`TelemetryServerInterceptor` doing tracing -> metrics -> access log in one
     handler wrap. With ``"otel"`` it is opentelemetry-instrumentation-grpc's server
     interceptor for the spans followed by a :class:`TelemetryServerInterceptor` with
-    tracing off (metrics and access log), for benchmarks. Its spans go to
+    tracing off (metrics and access log), for benchmarks; where the instrumentor's aio
+    server instrumentor is active (``opentelemetry-instrument``), which adds that
+    interceptor to every ``grpc.aio`` server itself, only the latter (else two SERVER
+    spans per call). Its spans go to
     ``options.tracer_provider``, else the global provider, which is then set up from the
     environment here (:func:`~meshkit.observability.tracing_from_env` with
     ``service_name``), as ``serve()`` does for its own telemetry.
@@ -76,6 +80,8 @@ def server_interceptors(
     rest = _without_tracing(opts)
     tail = (TelemetryServerInterceptor(service_name, rest),) if (
         rest.metrics or rest.access_log) else ()
+    if instrumentor_active("server"):  # it adds this interceptor to every grpc.aio server
+        return tail
     return (otel_server_interceptor(opts.tracer_provider), *tail)
 
 
@@ -128,7 +134,9 @@ def attempt_interceptors(
     ``"meshkit"``: an :class:`AttemptSpanInterceptor` when ``options.attempt_spans`` is
     on, else nothing (the default: attempts are events on the logical span, with no
     grpc.aio interceptor cost). ``"otel"``: opentelemetry-instrumentation-grpc's four
-    client interceptors (a CLIENT span per attempt), to ``options.tracer_provider``, else
+    client interceptors (a CLIENT span per attempt; none where its aio client
+    instrumentor is active, which adds them to every ``grpc.aio`` channel itself), to
+    ``options.tracer_provider``, else
     the global provider, which is then set up from the environment here
     (:func:`~meshkit.observability.tracing_from_env`, no service name: a later
     ``serve()`` names it), as a meshkit channel does at its first call.
@@ -148,6 +156,8 @@ def attempt_interceptors(
     if implementation == "otel":
         if opts.tracer_provider is None:  # a process that only dials honours OTEL_* too
             tracing_from_env(None)
+        if instrumentor_active("client"):  # it adds these to every grpc.aio channel
+            return ()
         return otel_client_interceptors(opts.tracer_provider)
     return (AttemptSpanInterceptor(opts),) if opts.attempt_spans else ()
 
