@@ -42,7 +42,8 @@ class AuthOptions:
             One of your own refuses a token by raising
             :class:`~meshkit.auth.UnauthenticatedError` or
             :class:`~meshkit.auth.PermissionDeniedError` (that status and details); any
-            other exception is ``UNAUTHENTICATED`` "token could not be verified".
+            other exception, or a result that is no :class:`~meshkit.auth.Claims`
+            (``None``), is ``UNAUTHENTICATED`` "token could not be verified".
         jwt: :class:`~meshkit.auth.JWTAuthOptions`: public methods and required scopes
             (``PERMISSION_DENIED`` when a scope is missing); needs ``verifier``.
         policy: an :class:`~meshkit.auth.AuthzPolicy` over peer identities and token claims

@@ -210,8 +210,9 @@ class JWTAuthInterceptor(_RefusalLogged):
     ``PERMISSION_DENIED`` for a valid token lacking a required scope. A verifier of one's
     own may refuse with :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
-    any other exception it raises is ``UNAUTHENTICATED`` "token could not be verified"
-    (its text is never sent; the log's reason names its type). Refusals are logged
+    any other exception it raises, or a result that is no :class:`~meshkit.auth.Claims`
+    (``None``), is ``UNAUTHENTICATED`` "token could not be verified" (its text is never
+    sent; the log's reason names its type). Refusals are logged
     ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring),
     the reason a category (``"token expired"``, ``"no token"``...), never the token.
 
@@ -264,6 +265,10 @@ class JWTAuthInterceptor(_RefusalLogged):
             except Exception as exc:  # a verifier's failure (its backend down): no text out
                 await _refuse(refusals, context, _UNAUTH, "token could not be verified",
                               method, f"verifier raised {type(exc).__name__}")
+                return
+            if not isinstance(claims, Claims):  # one's own verify fell off its end: None
+                await _refuse(refusals, context, _UNAUTH, "token could not be verified",
+                              method, f"verifier returned {type(claims).__name__}")
                 return
             pending = admit(context, token, claims)
             if pending is not None:

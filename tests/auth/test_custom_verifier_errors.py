@@ -39,3 +39,23 @@ async def test_a_verifier_error_is_answered_with_its_status_and_no_text(
     err = await rpc_error(call(port, credentials=None,
                                metadata=[("authorization", "Bearer abc.def.ghi")]))
     assert (err.code(), err.details()) == (code, details)
+
+
+class _Returning:
+    """A verifier whose ``verify`` falls off its end (``None``) for an inactive token:
+    ``if resp["active"]: return Claims(...)``."""
+
+    async def verify(self, token: str) -> Claims:
+        return None  # type: ignore[return-value]
+
+
+async def test_a_verifier_returning_no_claims_refuses_the_call(
+        start_server: StartServer) -> None:
+    """A verifier returning ``None`` (no ``Claims``) let the call in as authenticated on a
+    method that needs a token; it is now ``UNAUTHENTICATED``."""
+    chain = AuthOptions(verifier=_Returning(), check_peers=False).interceptors(None)
+    port = await start_server(interceptors=chain)
+    err = await rpc_error(call(port, credentials=None,
+                               metadata=[("authorization", "Bearer abc.def.ghi")]))
+    assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                           "token could not be verified")
