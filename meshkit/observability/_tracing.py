@@ -830,8 +830,9 @@ def tracing_from_env(service_name: str | None = None) -> TracerProvider | None:
     and no SDK provider is installed yet; ``serve()`` calls this with its service's name,
     a client channel (a process may only dial) without one at its first call.
 
-    Asking means: ``OTEL_TRACES_EXPORTER`` set to something other than ``none``,
-    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) set, or
+    Asking means: ``OTEL_TRACES_EXPORTER`` naming something other than ``none``,
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) set while
+    ``OTEL_TRACES_EXPORTER`` is unset (an explicit ``none`` wins over it), or
     ``MESHKIT_TRACE_FILE`` set, and ``OTEL_SDK_DISABLED`` not ``true`` (case and
     surrounding blanks ignored: OpenTelemetry's switch for a no-op SDK, which overrides
     the others; then no SDK is needed either). Otherwise the global no-op provider stays
@@ -928,9 +929,12 @@ def tracing_wanted() -> bool:
     env = os.environ
     if sdk_disabled():
         return False
-    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    wanted = (exporter not in ("", "none")
-              or any(env.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS)
+    exporters = {n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",")
+                 if n.strip()}
+    # an OTLP endpoint (shared by every signal) asks only while the exporter is unset: an
+    # explicit "none" turns trace export off whatever endpoint the metrics or logs use
+    wanted = (bool(exporters - {"none"})
+              or (not exporters and any(env.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS))
               or bool(env.get("MESHKIT_TRACE_FILE", "").strip()))
     if wanted:
         require_sdk("tracing asked for by OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_*"
