@@ -150,11 +150,18 @@ class AuthzPolicy:
             claims: the verified token's claims, or ``None``.
 
         Returns:
-            A :class:`Decision`; see :class:`Rule` for the order of checks.
+            A :class:`Decision`; see :class:`Rule` for the order of checks. Claims whose
+            ``subject`` is not a string (a verifier of one's own mapping a JSON array)
+            are refused first, ``PERMISSION_DENIED`` ("subject is not a string").
         """
         key, rule = self.rule_for(method)
         allow_p, deny_p, allow_s, deny_s = rule._m
         subject = claims.subject if claims is not None else None
+        if subject is not None and not isinstance(subject, str):
+            # Claims of a verifier of one's own, say a JSON array: it cannot be matched
+            # against the deny list, so it is no identity to let in
+            return Decision(False, grpc.StatusCode.PERMISSION_DENIED, key,
+                            "subject is not a string")
         if deny_p.matches(peer_id):
             return Decision(False, grpc.StatusCode.PERMISSION_DENIED, key, "peer is denied")
         if deny_s.matches(subject):

@@ -211,10 +211,10 @@ class JWTAuthInterceptor(_RefusalLogged):
     own may refuse with :class:`~meshkit.auth.UnauthenticatedError` or
     :class:`~meshkit.auth.PermissionDeniedError` (that status, with the error's details);
     any other exception it raises, or a result that is no :class:`~meshkit.auth.Claims`
-    (``None``), is ``UNAUTHENTICATED`` "token could not be verified" (its text is never
-    sent; the log's reason names its type). Refusals are logged
-    ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring),
-    the reason a category (``"token expired"``, ``"no token"``...), never the token.
+    (``None``) or whose ``subject`` is not a string, is ``UNAUTHENTICATED`` "token could
+    not be verified" (its text is never sent; the log's reason names its type). Refusals
+    are logged ``by="jwt"``, once per kind and :data:`REFUSAL_LOG_INTERVAL_S` (module
+    docstring), the reason a category (``"token expired"``, ``"no token"``...), never the token.
 
     On a ``grpc.aio`` server of your own, ``await interceptor.aclose()`` once it has
     stopped: it logs the counts of the last interval's refusals, which are otherwise lost
@@ -266,9 +266,12 @@ class JWTAuthInterceptor(_RefusalLogged):
                 await _refuse(refusals, context, _UNAUTH, "token could not be verified",
                               method, f"verifier raised {type(exc).__name__}")
                 return
-            if not isinstance(claims, Claims):  # one's own verify fell off its end: None
+            if not isinstance(claims, Claims) or not isinstance(claims.subject, str):
+                # one's own verify fell off its end (None), or mapped a JSON array "sub"
+                what = (type(claims).__name__ if not isinstance(claims, Claims)
+                        else f"a {type(claims.subject).__name__} subject")
                 await _refuse(refusals, context, _UNAUTH, "token could not be verified",
-                              method, f"verifier returned {type(claims).__name__}")
+                              method, f"verifier returned {what}")
                 return
             pending = admit(context, token, claims)
             if pending is not None:
