@@ -43,8 +43,11 @@ class Rule:
         allow_subjects: JWT ``sub`` patterns; ``"*"`` = any caller with a verified token
             (default none).
         deny_subjects: JWT ``sub`` patterns refused even if allowed (default none).
-        allow_anonymous: allow callers with neither a peer identity nor a token
-            (default ``False``; for health checks on plaintext servers).
+        allow_anonymous: allow callers with neither a peer identity nor a token, and so
+            every caller the deny lists do not refuse, identified or not (what a caller
+            with a token could get by dropping it; default ``False``; for health checks
+            on plaintext servers). ``Rule(allow_peers=(orderd,), allow_anonymous=True)``
+            admits every workload, not orderd and anonymous callers alone.
 
     Raises:
         ConfigError: a list of patterns given as one string or not a collection
