@@ -25,9 +25,12 @@ pathlen applied, the anchor's included), within every CA's basicConstraints, key
 and name constraints, not a CA itself, with exactly one SPIFFE ID that is a workload ID
 ``spiffe://<td>/svc/<service>`` (``/svc/orderd/extra`` is no workload). Anything else is
 ``UNAUTHENTICATED`` ("no verified peer identity") and logged once per certificate
-(``peer certificate refused``). Where no verifier was given (:class:`AuthzInterceptor`
-reading the peer on a method exempt from the peer check), :func:`default_peer_verifier`
-refuses a peer that presented an intermediate CA. **Client side, not covered:** grpcio
+(``peer certificate refused``). :meth:`AuthOptions.interceptors` gives the policy's own
+peer read (a method exempt from the peer check, or ``check_peers=False``) the TLS
+bundle's verifier, as the peer check uses; only a hand-built
+``AuthzInterceptor(policy)`` without ``verifier=`` falls back to
+:func:`default_peer_verifier`, which refuses a peer that presented an intermediate CA.
+**Client side, not covered:** grpcio
 exposes neither the server's certificate nor a verify hook to Python clients, so a
 server certificate issued through a sub-CA signed with the mesh CA key is accepted by
 clients (within the CA's name constraints, which BoringSSL enforces). Only the CA key
