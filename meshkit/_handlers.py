@@ -1007,9 +1007,14 @@ def _as_is(message: Any) -> Any:
 def _limited(ser: Callable[[Any], bytes], limit: int,
              marked: bool = False) -> Callable[[Any], Any]:
     """``ser``, raising :class:`ResponseTooLarge` for a message over ``limit`` bytes;
-    ``marked``: its bytes handed on as a :class:`_Serialized` (for :func:`_passing`)."""
+    ``marked``: its bytes handed on as a :class:`_Serialized` (for :func:`_passing`). A
+    ``str`` message is UTF-8 encoded before ``ser`` sees it, as grpc.aio's own
+    serialization does (its size is then its bytes', not its characters'): one
+    ``isinstance`` per message, on servers with a send limit only."""
     if marked:
         def serialize_marked(message: Any) -> _Serialized:
+            if isinstance(message, str):
+                message = message.encode()
             data = ser(message)
             if len(data) > limit:
                 raise ResponseTooLarge(len(data), limit)
@@ -1018,6 +1023,8 @@ def _limited(ser: Callable[[Any], bytes], limit: int,
         return serialize_marked
 
     def serialize(message: Any) -> bytes:
+        if isinstance(message, str):
+            message = message.encode()
         data = ser(message)
         try:
             size = len(data)
