@@ -14,6 +14,10 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
+
+# first: it reads OTEL_PROPAGATORS leaving out what is not installed, where importing
+# opentelemetry.propagate alone raises ValueError (b3 without its package)
+import meshkit.observability._tracing  # noqa: F401  # isort: skip
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry

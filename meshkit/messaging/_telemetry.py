@@ -49,6 +49,9 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+# first: it reads OTEL_PROPAGATORS leaving out what is not installed, where importing
+# opentelemetry.propagate alone raises ValueError (b3 without its package)
+import meshkit.observability._tracing  # noqa: F401  # isort: skip
 from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
