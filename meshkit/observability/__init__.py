@@ -171,7 +171,8 @@ plus :meth:`~AdminServer.add_route`.
 ephemeral loopback port, announced as registry meta ``admin_port``) and, when its
 telemetry traces to the global provider (no ``tracer_provider`` of its own), calls
 :func:`tracing_from_env`, which sets the SDK up only when ``OTEL_TRACES_EXPORTER``,
-``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``MESHKIT_TRACE_FILE`` asks. So a service needs::
+``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``MESHKIT_TRACE_FILE`` asks (an explicit
+``OTEL_TRACES_EXPORTER=none`` wins over an endpoint). So a service needs::
 
     configure_logging()                    # JSON logs, MESHKIT_LOG_LEVEL
     await meshkit.serve("orderd", servicers, options=ServeOptions(tls=tls))
