@@ -100,6 +100,13 @@ class TelemetryOptions:
             (deferred, it lowered the p50 at one caller on one VM and raised it four
             times as much on another). Default 4. Metrics are always recorded before
             the response. ``0`` puts every completion before the response.
+        expose_exception_text: server side: record a handler's unhandled exception on
+            its span as the SDK does, its text and stack trace included (default
+            ``False``: an ``exception`` event with ``exception.type``, the class name,
+            and ``exception.message``, the details a caller gets, "Unexpected <Type> in
+            the handler (logged by the server)": its text, which may hold a connection
+            string or a password, stays in the server's log, as with
+            ``ServeOptions.expose_exception_text``, whose ``True`` should go with this).
 
     Raises:
         ConfigError: a flag that is not ``True``/``False``, a ``tracer_provider`` that is
@@ -122,9 +129,11 @@ class TelemetryOptions:
     attempt_spans: bool = False
     peer_identity: PeerIdentityFunc | None = None
     complete_after_response_max_in_flight: int = 4
+    expose_exception_text: bool = False
 
     def __post_init__(self) -> None:
-        for flag in ("tracing", "metrics", "access_log", "attempt_spans"):
+        for flag in ("tracing", "metrics", "access_log", "attempt_spans",
+                     "expose_exception_text"):
             check_bool(flag, getattr(self, flag))
         check_instance("tracer_provider", self.tracer_provider, trace.TracerProvider,
                        what="an OpenTelemetry TracerProvider")

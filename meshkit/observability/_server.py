@@ -34,6 +34,9 @@ from meshkit.observability._options import TelemetryOptions, auth_peer_identity
 from meshkit.observability._semconv import (
     ATTR_PEER_IDENTITY,
     ATTR_RATE_LIMITED,
+    EXCEPTION_ESCAPED,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_TYPE,
     NETWORK_PEER_ADDRESS,
     NETWORK_PEER_PORT,
     RPC_GRPC_STATUS_CODE,
@@ -412,7 +415,7 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                         set_mesh_attributes(span, attrs)
                         if failed:
                             if exc is not None and not isinstance(exc, grpc.aio.AbortError):
-                                span.record_exception(exc)
+                                self._record_exception(span, exc)
                             span.set_status(Status(StatusCode.ERROR, code._name_))
                         span.end(end_ns)
                 else:
@@ -424,6 +427,20 @@ class TelemetryServerInterceptor(WrappingInterceptor):
                 self._log(m, code, duration_s, peer, identity, current_span_context(), md)
         except Exception as e:  # telemetry must never break the server's loop
             _internal_log.warning("telemetry completion failed", error=type(e).__name__)
+
+    def _record_exception(self, span: Any, exc: BaseException) -> None:
+        """The ``exception`` event of a handler's unhandled ``exc`` on ``span``: its type
+        and the details its caller got, never its text nor its stack trace (a secret in
+        it stays in the server's log), unless ``options.expose_exception_text``."""
+        if self.options.expose_exception_text:
+            span.record_exception(exc)
+            return
+        name = type(exc).__name__
+        # meshkit._unhandled.unhandled_details: what the caller got
+        span.add_event("exception", {
+            EXCEPTION_TYPE: name,
+            EXCEPTION_MESSAGE: f"Unexpected {name} in the handler (logged by the server)",
+            EXCEPTION_ESCAPED: True})
 
     def _log(self, m: _Method, code: grpc.StatusCode, duration_s: float, peer: str,
              identity: str | None, span_context: Any, md: LoggedMetadata | None) -> None:
