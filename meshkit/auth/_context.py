@@ -35,18 +35,26 @@ server check of a call, see :func:`fresh_identity`)."""
 def fresh_identity(context: object) -> None:
     """Forget the peer, claims and token current in the call of servicer context
     ``context`` unless a check of this call set them: each of meshkit's server checks
-    calls it first. The first one in a call clears what the call's task inherited (from
-    the context its server was started in: a server started in a handler would give
-    every caller that handler's caller's identity); later ones cost a context-variable
-    read and an identity comparison."""
-    if _call.get() is not context:
+    does it first (inline, as here). The first one in a call marks the variables as the
+    call's (:data:`_call`) and clears those its task inherited when the context it
+    started in was another call's (a server started from that call's handler, or from a
+    task it spawned), which holds that call's mark, since every check marks before it
+    sets an identity. A call whose task started without meshkit's variables (every
+    :class:`~meshkit.MeshServer` call: it starts its server in such a context) has no
+    mark and nothing to clear: its first check costs a context-variable read, a
+    comparison and a write; each later one a read and a comparison."""
+    marked = _call.get()
+    if marked is not context:
         _call.set(context)
-        if _peer.get() is not None:
-            _peer.set(None)
-        if _claims.get() is not None:
-            _claims.set(None)
-        if _token.get() is not None:
-            _token.set(None)
+        if marked is not None:
+            _forget_identity()
+
+
+def _forget_identity() -> None:
+    """Clear the peer, claims and token (inherited from another call's context)."""
+    _peer.set(None)
+    _claims.set(None)
+    _token.set(None)
 
 
 def current_claims() -> Claims | None:

@@ -11,8 +11,9 @@ outermost; a check that fails aborts the call with its status and the handler ne
 The first check of a call forgets any identity the call's task inherited rather than
 verified (:func:`~meshkit.auth._context.fresh_identity`: a grpc.aio server started in a
 handler runs its calls in copies of that handler's context), a method exempt from the
-peer check included; a call pays one context-variable read and comparison per check,
-the first one a write and three reads more.
+peer check included; inline, with no function call: a call pays a context-variable
+read and a comparison per check, the first a write more (and three where its task did
+inherit another call's variables, which a :class:`~meshkit.MeshServer` call never does).
 
 A refused call is logged on ``meshkit.auth`` at info, but not one line per call: a caller
 with a bad or expired token, or an attacker, would make one per call on each server (the
@@ -43,7 +44,14 @@ from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
 from meshkit._methods import MethodMatcher
 from meshkit.auth._authz import AuthzPolicy
-from meshkit.auth._context import _claims, _peer, _token, fresh_identity
+from meshkit.auth._context import (
+    _call,
+    _claims,
+    _forget_identity,
+    _peer,
+    _token,
+    fresh_identity,
+)
 from meshkit.auth._errors import (
     InvalidTokenError,
     PermissionDeniedError,
@@ -65,6 +73,9 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("meshkit.auth")
+
+_call_get = _call.get  # for fresh_identity inline in each check (module docstring)
+_call_set = _call.set
 
 _UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 _DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -96,12 +107,6 @@ async def _refuse(refusals: RepeatLog, context: Any, code: grpc.StatusCode, deta
     the call with ``code`` and ``details`` (what the caller sees)."""
     refusals.report((method, code.name, reason))
     await context.abort(code, details)
-
-
-def _forget_inherited(context: Any) -> None:
-    """The peer check of a method exempt from it: nothing but
-    :func:`~meshkit.auth._context.fresh_identity` (no inherited peer reaches the handler)."""
-    fresh_identity(context)
 
 
 class _RefusalLogged(WrappingInterceptor):
@@ -172,11 +177,15 @@ class PeerIdentityInterceptor(_RefusalLogged):
     def _before_for(self, method: str) -> Before | None:
         """The peer check for ``method`` (see the class docstring)."""
         if self._exempt.lookup(method):
-            return _forget_inherited
+            return fresh_identity  # no inherited peer reaches the handler
         refusals = self._refusals
 
         def before(context: Any) -> Awaitable[None] | None:
-            fresh_identity(context)
+            marked = _call_get()  # fresh_identity, inline: the call's first check marks
+            if marked is not context:  # the variables as the call's, and clears those
+                _call_set(context)  # its task inherited from another call's
+                if marked is not None:
+                    _forget_identity()
             peer = self.identify(context)
             if peer is None:
                 return _refuse(refusals, context, _UNAUTH, "no verified peer identity",
@@ -278,7 +287,11 @@ class JWTAuthInterceptor(_RefusalLogged):
                 await pending
 
         def before(context: Any) -> Awaitable[None] | None:
-            fresh_identity(context)
+            marked = _call_get()  # fresh_identity, inline: the call's first check marks
+            if marked is not context:  # the variables as the call's, and clears those
+                _call_set(context)  # its task inherited from another call's
+                if marked is not None:
+                    _forget_identity()
             try:
                 token = extract_bearer(call_metadata(context), opts.metadata_key)
             except UnauthenticatedError as exc:
@@ -342,7 +355,11 @@ class AuthzInterceptor(_RefusalLogged):
         verifier = self.verifier
 
         def before(context: Any) -> Awaitable[None] | None:
-            fresh_identity(context)
+            marked = _call_get()  # fresh_identity, inline: the call's first check marks
+            if marked is not context:  # the variables as the call's, and clears those
+                _call_set(context)  # its task inherited from another call's
+                if marked is not None:
+                    _forget_identity()
             peer = _peer.get()
             if peer is None:
                 peer = verifier.identify(context.auth_context())
