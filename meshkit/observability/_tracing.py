@@ -188,16 +188,22 @@ def inject_context(metadata: MutableSequence[tuple[str, str | bytes]],
     ``RESOURCE_EXHAUSTED``, at random between it and twice it, so W3C Baggage's 8,192
     bytes alone fail some calls) loses list-members from its end, whole ones (W3C: never
     a partial member), until the metadata fits (:data:`METADATA_BUDGET`), with a warning
-    per minute; none left, no header.
+    per minute; none left, no header. Only a context that carries baggage pays for the
+    check (a lookup in the context otherwise).
     """
     propagate.inject(metadata, context, setter=_SETTER)
-    _fit_baggage(metadata)
+    # baggage_set(context) without its frame: the W3C propagator writes a header only then
+    ctx = context if context is not None or _RUNTIME is None else _RUNTIME[0].get()
+    if (ctx.get(_BAGGAGE_KEY) if type(ctx) is _Context and _BAGGAGE_KEY is not None
+            else baggage_set(ctx)):
+        _fit_baggage(metadata)
 
 
 METADATA_BUDGET = 8192
 """Bytes of a request's metadata meshkit keeps its ``baggage`` header within: grpc core's
-default ``grpc.max_metadata_size``, counted as HTTP/2 counts a header list (name, value
-and 32 bytes per field), with :data:`_FIXED_HEADERS` for the fields grpc adds."""
+default ``grpc.max_metadata_size``, counted as grpc core counts a received header list
+(name, value as sent and 32 bytes per field: a ``-bin`` value base64-encoded without
+padding, 4 bytes per 3), with :data:`_FIXED_HEADERS` for the fields grpc adds."""
 _FIXED_HEADERS = 1024  # :path, :authority, :method, :scheme, te, content-type,
 # user-agent, grpc-timeout, grpc-accept-encoding: about 540 bytes for a short method name
 _baggage_trimmed: list[Any] = []  # the RepeatLog of trimmed baggage, made when first needed
@@ -209,7 +215,11 @@ def _fit_baggage(metadata: MutableSequence[tuple[str, str | bytes]]) -> None:
     a ``baggage`` header is there, nothing else."""
     at, size = -1, _FIXED_HEADERS
     for i, (k, v) in enumerate(metadata):
-        size += len(k) + len(v) + 32
+        n = len(v.encode() if isinstance(v, str) and not v.isascii() else v)
+        # a -bin value is sent base64-encoded, unpadded, and counted so (grpc core's
+        # hpack parser: the value's wire size)
+        size += len(k) + 32 + (n // 3 * 4 + (0, 2, 3)[n % 3] if k.endswith("-bin")
+                               else n)
         if k == "baggage":
             at = i
     if at < 0 or size <= METADATA_BUDGET:

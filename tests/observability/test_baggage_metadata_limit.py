@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from structlog.testing import capture_logs
 
 import meshkit
+from meshkit.observability import _tracing
 from meshkit.observability._tracing import METADATA_BUDGET, inject_context
 from tests.observability.conftest import ChainFactory
 from tests.support.echo import method
@@ -80,3 +82,37 @@ async def test_calls_with_large_baggage_are_not_rejected(chain: ChainFactory) ->
         otel_context.detach(token)
         await ch.close()
     assert failures == []
+
+
+def _sent_size(md: list[tuple[str, str | bytes]]) -> int:
+    """The metadata's size as grpc core counts it on receipt: name, value as sent (a
+    ``-bin`` value base64-encoded without padding) and 32 bytes per entry."""
+    total = 1024
+    for k, v in md:
+        raw = v.encode() if isinstance(v, str) else v
+        n = len(raw)
+        total += len(k) + 32 + (n // 3 * 4 + (0, 2, 3)[n % 3] if k.endswith("-bin") else n)
+    return total
+
+
+def test_binary_values_are_counted_as_sent() -> None:
+    """A ``-bin`` value counts base64-encoded, as grpc sends and counts it: 4,800 raw bytes
+    (6,400 sent) beside 10 members of 100 bytes take the baggage down to fit."""
+    md: list[tuple[str, str | bytes]] = [("x-blob-bin", b"\x01" * 4800)]
+    inject_context(md, _with_baggage(10, 100))
+    assert _sent_size(md) <= METADATA_BUDGET
+    (value,) = [v for k, v in md if k == "baggage"]
+    assert 0 < len(str(value).split(",")) < 10
+
+
+def test_calls_without_baggage_skip_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A context without baggage writes no ``baggage`` header and never walks the
+    metadata for one (the propagator's path, e.g. attempt spans, pays nothing for it)."""
+    walked: list[object] = []
+    monkeypatch.setattr(_tracing, "_fit_baggage", walked.append)
+    md: list[tuple[str, str | bytes]] = [("x-app", "a")]
+    inject_context(md, otel_context.Context())
+    inject_context(md)
+    assert walked == []
+    inject_context(md, _with_baggage(1, 1))
+    assert walked == [md]
