@@ -47,7 +47,11 @@ class AuthOptions:
         jwt: :class:`~meshkit.auth.JWTAuthOptions`: public methods and required scopes
             (``PERMISSION_DENIED`` when a scope is missing); needs ``verifier``.
         policy: an :class:`~meshkit.auth.AuthzPolicy` over peer identities and token claims
-            (``PERMISSION_DENIED`` when it denies).
+            (``PERMISSION_DENIED`` when it denies). Where the peer check did not run (a
+            method in ``exempt_methods``, or ``check_peers=False``) the policy reads the
+            peer itself, with ``tls``' verifier, and refuses a peer of a trust domain
+            other than ``tls``' (one more the CA bundle holds) ``PERMISSION_DENIED``, as
+            the peer check would, whatever its rules say.
         check_peers: with mTLS, refuse peers that are not mesh workloads
             (``UNAUTHENTICATED``: no verified workload identity) or that are of a foreign
             trust domain or not in ``tls.allowed_peers`` (``PERMISSION_DENIED``), as
@@ -115,6 +119,8 @@ class AuthOptions:
         if self.policy is not None:
             # the policy reads the peer itself where the peer check did not run (exempt
             # methods, check_peers=False): with the bundle's verifier, as the check would
+            # (and refuses another trust domain of the bundle, as the check would)
             chain.append(AuthzInterceptor(
-                self.policy, verifier=None if tls is None else tls.peer_verifier()))
+                self.policy, verifier=None if tls is None else tls.peer_verifier(),
+                trust_domain=None if tls is None else tls.domain))
         return tuple(chain)

@@ -327,10 +327,18 @@ class AuthzInterceptor(_RefusalLogged):
             so that peers presenting an intermediate CA of the bundle (SPIRE) are read;
             default the bundle-less :func:`~meshkit.auth.default_peer_verifier`, which
             refuses every chain with an intermediate.
+        trust_domain: the server's trust domain, e.g. ``"meshkit.local"``: a peer this
+            interceptor reads itself from another trust domain (one more the CA bundle
+            holds) is refused ``PERMISSION_DENIED``, as the peer check refuses it,
+            whatever the policy says (``allow_peers=("*",)`` would match it);
+            :meth:`AuthOptions.interceptors` gives ``TLSOptions``' domain. Default
+            ``None``: any trust domain the verifier takes.
 
     Status codes: as the :class:`~meshkit.auth.Decision` says — ``PERMISSION_DENIED``
     (message ``"caller is not allowed to call <method>"``; no rule, pattern or other
-    identity is named) or ``UNAUTHENTICATED`` when the caller has no verified identity.
+    identity is named) or ``UNAUTHENTICATED`` when the caller has no verified identity;
+    ``PERMISSION_DENIED`` (the same message) for a peer it read itself from a trust
+    domain other than ``trust_domain``.
     Refusals are logged ``by="authz"`` with the decision's reason and rule and the peer's
     SPIFFE ID (never the token's claims), once per kind (method, code, reason and peer)
     and :data:`REFUSAL_LOG_INTERVAL_S` (module docstring).
@@ -342,9 +350,11 @@ class AuthzInterceptor(_RefusalLogged):
     that loop); servers on other loops or threads each need their own.
     """
 
-    def __init__(self, policy: AuthzPolicy, *, verifier: PeerVerifier | None = None) -> None:
+    def __init__(self, policy: AuthzPolicy, *, verifier: PeerVerifier | None = None,
+                 trust_domain: str | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.trust_domain = trust_domain
         self.verifier = verifier if verifier is not None else default_peer_verifier()
         self._refusals = _refusal_log("authz", ("method", "code", "reason", "peer"))
 
@@ -353,6 +363,7 @@ class AuthzInterceptor(_RefusalLogged):
         policy = self.policy
         refusals = self._refusals
         verifier = self.verifier
+        trust_domain = self.trust_domain
 
         def before(context: Any) -> Awaitable[None] | None:
             marked = _call_get()  # fresh_identity, inline: the call's first check marks
@@ -364,6 +375,13 @@ class AuthzInterceptor(_RefusalLogged):
             if peer is None:
                 peer = verifier.identify(context.auth_context())
                 if peer is not None:
+                    if trust_domain is not None and peer.trust_domain != trust_domain:
+                        # as the peer check: another domain the CA bundle holds
+                        refusals.report((method, "PERMISSION_DENIED",
+                                         "peer of a foreign trust domain", peer.spiffe_id))
+                        foreign: Awaitable[None] = context.abort(
+                            _DENIED, f"caller is not allowed to call {method}")
+                        return foreign
                     _peer.set(peer)
             decision = policy.evaluate(method, peer.spiffe_id if peer else None, _claims.get())
             if decision.allowed:
