@@ -42,7 +42,7 @@ from meshkit.balancer import (
 from meshkit.discovery import Instance, Registry
 from meshkit.errors import MeshRpcError, NoEndpointsError
 from meshkit.interceptors import CallKind, ClientCallDetails
-from meshkit.resilience._retry import connection_ended, forget_endpoint
+from meshkit.resilience._retry import HedgedAttempts, connection_ended, forget_endpoint
 
 __all__ = ["EndpointPool"]
 
@@ -705,6 +705,14 @@ class EndpointPool:
         ready = EndpointState.READY
         ep, done = picked
         held: tuple[Endpoint, Done] | None = picked
+        # a hedged call's attempts run side by side: the endpoint this one waits on is
+        # kept out of its siblings' picks until it is sent (or picks again), else a
+        # sibling woken by another endpoint's connection took it (failure path only)
+        hedged = details.attempts if type(details.attempts) is HedgedAttempts else None
+        waiting_on: Endpoint | None = None
+        if hedged is not None:
+            hedged.wait_on(ep)
+            waiting_on = ep
         # when the balancer first chose a connecting endpoint over READY ones (None: not)
         chosen_over_ready: float | None = None
         try:
@@ -750,16 +758,25 @@ class EndpointPool:
                     break
                 done(grpc.StatusCode.CANCELLED, 0.0)  # no outcome: picked again below
                 held = None
+                if waiting_on is not None:  # (hedged: its own endpoint is not excluded)
+                    hedged.stop_waiting(waiting_on)  # type: ignore[union-attr]
+                    waiting_on = None
                 held = self._pick(details)
                 if held is None:
                     if details.wait_for_ready:
                         return None
                     raise self._all_failing()
                 ep, done = held
+                if hedged is not None:
+                    hedged.wait_on(ep)
+                    waiting_on = ep
         except BaseException:
             if held is not None:
                 done(grpc.StatusCode.CANCELLED, 0.0)
             raise
+        finally:
+            if waiting_on is not None:  # sent on now (launched in this step), or ended
+                hedged.stop_waiting(waiting_on)  # type: ignore[union-attr]
         return ep, done
 
     def _pick(self, details: ClientCallDetails) -> tuple[Endpoint, Done] | None:

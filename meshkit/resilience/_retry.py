@@ -258,15 +258,42 @@ class HedgedAttempts(list[Any]):
     that attempt found no endpoint). Attempts run side by side, so the last endpoint
     tried is not the one that answered; telemetry names this one (``peer``,
     ``network.peer.*``, ``meshkit.instance_id``). Each endpoint is filed under the task
-    of the attempt that appended it (the channel does, in that attempt's task)."""
+    of the attempt that appended it (the channel does, in that attempt's task).
 
-    __slots__ = ("_by_task", "_index", "answered")
+    As a balancer's ``exclude`` it also holds the endpoints that attempts of the call are
+    waiting on (picked while still connecting, not yet launched on: :meth:`wait_on`), so
+    that a hedge picked again when another endpoint connects does not take the one a
+    sibling attempt is about to be sent on; ``len()``, indexing and iteration give the
+    endpoints tried only."""
+
+    __slots__ = ("_by_task", "_index", "_waiting", "answered")
 
     def __init__(self, items: Collection[Any] = ()) -> None:
         super().__init__(items)
         self.answered: Any = None
         self._by_task: dict[asyncio.Task[Any], Any] = {}
         self._index: dict[asyncio.Task[Any], int] = {}  # its place in the lists
+        self._waiting: dict[Any, int] = {}  # endpoint -> attempts waiting on it
+
+    def __contains__(self, endpoint: object) -> bool:
+        return endpoint in self._waiting or list.__contains__(self, endpoint)
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting) or len(self) > 0
+
+    def wait_on(self, endpoint: Any) -> None:
+        """An attempt of the call waits for ``endpoint``'s connection: excluded from its
+        siblings' picks until :meth:`stop_waiting` (the pool calls both)."""
+        self._waiting[endpoint] = self._waiting.get(endpoint, 0) + 1
+
+    def stop_waiting(self, endpoint: Any) -> None:
+        """An attempt no longer waits for ``endpoint`` (launched on it, picked again, or
+        ended)."""
+        n = self._waiting.get(endpoint, 0) - 1
+        if n > 0:
+            self._waiting[endpoint] = n
+        else:
+            self._waiting.pop(endpoint, None)
 
     def append(self, endpoint: Any) -> None:
         """Add ``endpoint``, tried by the attempt running in the current task."""
