@@ -17,12 +17,14 @@ class TokenForwarder(ClientInterceptor):
     A per-call :class:`meshkit.ClientInterceptor` for ``DialOptions.interceptors``. When a
     call is made inside a handler whose caller's token
     :class:`~meshkit.auth.JWTAuthInterceptor` verified, it adds
-    ``authorization: Bearer <token>`` unless the call already carries that key or brings
-    its own per-call credentials (``credentials=grpc.access_token_call_credentials(...)``
-    or any ``grpc.CallCredentials``: they add their own ``authorization``, and a second
-    one beside it would have the next server refuse the call ``UNAUTHENTICATED``, a
-    repeated header; the call's own credentials are then the ones sent). Off unless
-    installed; outside a handler it does nothing.
+    ``authorization: Bearer <token>`` unless the call already carries that key or, with
+    the default ``metadata_key``, brings its own per-call credentials
+    (``credentials=grpc.access_token_call_credentials(...)`` or any
+    ``grpc.CallCredentials``: they add their own ``authorization``, and a second one
+    beside it would have the next server refuse the call ``UNAUTHENTICATED``, a repeated
+    header; the call's own credentials are then the ones sent). With a ``metadata_key``
+    of its own the token is added beside the call's credentials. Off unless installed;
+    outside a handler it does nothing.
 
     Args:
         services: dialed service names the token may be sent to (default ``None``: any
@@ -38,7 +40,7 @@ class TokenForwarder(ClientInterceptor):
             would match no service; quoted).
     """
 
-    __slots__ = ("_key", "_services")
+    __slots__ = ("_key", "_services", "_yields")
 
     def __init__(self, *, services: tuple[str, ...] | None = None,
                  metadata_key: str = "authorization") -> None:
@@ -46,10 +48,12 @@ class TokenForwarder(ClientInterceptor):
         self._services = None if services is None else frozenset(
             check_strings("services", services))
         self._key = metadata_key
+        # per-call credentials write authorization: the forwarded token yields to them
+        self._yields = metadata_key == "authorization"
 
     def _stamp(self, details: ClientCallDetails) -> None:
         token = _token.get()
-        if token is None or details.credentials is not None:
+        if token is None or (details.credentials is not None and self._yields):
             return
         if self._services is not None and details.service not in self._services:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -57,3 +58,26 @@ async def test_a_call_with_its_own_credentials_gets_no_forwarded_token(
                      options=gateway.channel_options("orderd"),
                      metadata=[("authorization", f"Bearer {issuer.issue('user-7')}")])
     assert got == b"-|svc-orderd", got
+
+
+async def test_a_token_under_its_own_key_is_forwarded_beside_call_credentials() -> None:
+    """A forwarder whose ``metadata_key`` is not ``authorization`` still adds the caller's
+    token to a call with its own credentials (they write ``authorization``, no clash)."""
+    from meshkit.auth._context import _token
+
+    details = ClientCallDetails(
+        service="userd", method=method("Whoami"), kind=CallKind.UNARY_UNARY,
+        timeout_s=3.0, metadata=None, credentials=grpc.access_token_call_credentials("svc"))
+    sent: list[tuple[str, str]] = []
+
+    async def proceed(d: ClientCallDetails, request: Any) -> bytes:
+        sent.extend(d.metadata)
+        return b""
+
+    async def in_a_handler() -> None:
+        _token.set("user-token")
+        await TokenForwarder(metadata_key="x-user-token").intercept_unary(
+            details, b"", proceed)
+
+    await asyncio.create_task(in_a_handler())
+    assert ("x-user-token", "Bearer user-token") in sent, sent
