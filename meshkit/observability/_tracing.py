@@ -81,9 +81,11 @@ class _PropagatorsEnv:
     lower-cased (an enum value is read case-insensitively), each once (the
     specification's deduplication), an unknown one dropped with a warning naming it (the
     specification: warn and ignore a value not recognised); when none is left the
-    variable reads as unset (the W3C default). Restored afterwards; nothing
-    changes when the module is already imported, the variable unset or every name
-    loadable as written."""
+    variable reads as unset (the W3C default). Restored afterwards, also when the import
+    (or the warning) raises; nothing changes when the module is already imported, the
+    variable unset or every name loadable as written. The variable is the process's:
+    another thread reading it during the import sees the loadable names, and one writing
+    it then has its value replaced by the restore."""
 
     def __enter__(self) -> None:
         self.saved: str | None = None
@@ -107,16 +109,17 @@ class _PropagatorsEnv:
         value = ",".join(kept)
         if value == raw:
             return
+        if dropped:  # before the variable changes: a log that raises leaves it as it was
+            _log.warning("OTEL_PROPAGATORS names propagators that are not installed; "
+                         "they are ignored", ignored=dropped, using=value or
+                         "tracecontext,baggage", fix="pip install the propagator's package "
+                         "(b3, b3multi: opentelemetry-propagator-b3)")
+        # the last step of __enter__: __exit__ restores it whatever the import does
         self.saved = raw
         if value:
             os.environ["OTEL_PROPAGATORS"] = value
         else:
             del os.environ["OTEL_PROPAGATORS"]
-        if dropped:
-            _log.warning("OTEL_PROPAGATORS names propagators that are not installed; "
-                         "they are ignored", ignored=dropped, using=value or
-                         "tracecontext,baggage", fix="pip install the propagator's package "
-                         "(b3, b3multi: opentelemetry-propagator-b3)")
 
     def __exit__(self, *exc: object) -> None:
         if self.saved is not None:

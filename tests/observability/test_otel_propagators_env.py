@@ -90,3 +90,23 @@ def test_installed_propagator_with_capitals_is_kept(tmp_path: Path) -> None:
     got = _probe("MeshkitProp,baggage", tmp_path)
     assert got["names"] == ["MeshkitTestProp", "W3CBaggagePropagator"]
     assert not [e for e in got["logs"] if e.get("log_level") == "warning"]  # type: ignore[union-attr]
+
+
+
+def test_variable_is_restored_when_the_warning_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set-up that fails in its warning (the application's structlog processor raising)
+    leaves ``OTEL_PROPAGATORS`` as it was (before: removed from the environment)."""
+    from meshkit.observability import _tracing
+
+    class Broken:
+        def warning(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("a broken processor")
+
+    monkeypatch.setenv("OTEL_PROPAGATORS", "b3")
+    monkeypatch.delitem(sys.modules, "opentelemetry.propagate")
+    monkeypatch.setattr(_tracing, "_log", Broken())
+    guard = _tracing._PropagatorsEnv()
+    with pytest.raises(RuntimeError, match="broken processor"):
+        guard.__enter__()
+    assert os.environ.get("OTEL_PROPAGATORS") == "b3"
