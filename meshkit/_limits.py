@@ -9,7 +9,8 @@
   ``UNKNOWN`` naming the ``DecodeError`` class, and such a call never reaches a server
   interceptor, so metrics and access logs missed it). The guarded deserializer returns a
   sentinel (unary requests) or raises :class:`UndecodableRequest` (streaming requests, from
-  the request iterator or ``context.read()``), and the guarded behaviour aborts; server
+  the request iterator or ``context.read()``; also of the deserializer's own exception
+  type, which a handler may catch as on grpc.aio), and the guarded behaviour aborts; server
   interceptors wrap the guarded behaviour, so they count the call like any other.
 * :class:`RequestGate`: grpc.aio reads a unary request before any Python code of the call
   runs (grpc core buffers it whole), so neither its size nor its absence could be acted
@@ -349,9 +350,13 @@ class ServerLimits:
 
 # -- undecodable requests --------------------------------------------------------------
 class UndecodableRequest(Exception):
-    """A streaming call's request message did not decode (raised by the guarded
-    deserializer from the request iterator or ``context.read()``; the guarded behaviour
-    answers ``INVALID_ARGUMENT``)."""
+    """A streaming call's request message did not decode: raised by the guarded
+    deserializer from the request iterator or ``context.read()``, as an instance of a
+    subclass of both this class and the deserializer's own exception type (see
+    :func:`_undecodable`), so a handler catching that exception (``except
+    google.protobuf.message.DecodeError``) catches it as on grpc.aio, which raises the
+    deserializer's exception itself; one the handler lets escape, the guarded behaviour
+    answers ``INVALID_ARGUMENT`` "request is not a valid <Type>"."""
 
 
 class _Undecodable:
@@ -380,14 +385,62 @@ def _invalid(type_name: str) -> str:
     return f"request is not a valid {type_name}"
 
 
+_UNDECODABLE_TYPES: dict[type[Exception], type[UndecodableRequest] | None] = {}
+_MAX_UNDECODABLE_TYPES = 256  # deserializers raise a type or two each: a bound, not a cache
+
+
+def _undecodable_type(kind: type[Exception]) -> type[UndecodableRequest] | None:
+    """The subclass of :class:`UndecodableRequest` and ``kind`` (named as ``kind``, so
+    tracebacks and logs read as grpc.aio's), made once per ``kind``; ``None`` when Python
+    refuses to make one (a final type, a layout or metaclass conflict)."""
+    try:
+        return _UNDECODABLE_TYPES[kind]
+    except KeyError:
+        pass
+    made: type[UndecodableRequest] | None
+    try:
+        made = type(kind.__name__, (UndecodableRequest, kind), {
+            "__module__": kind.__module__, "__qualname__": kind.__qualname__,
+            "__doc__": kind.__doc__})
+    except Exception:
+        made = None
+    if len(_UNDECODABLE_TYPES) < _MAX_UNDECODABLE_TYPES:
+        _UNDECODABLE_TYPES[kind] = made
+    return made
+
+
+def _undecodable(exc: Exception, type_name: str) -> UndecodableRequest:
+    """What the guarded stream deserializer raises for ``exc``, its deserializer's
+    exception: an :class:`UndecodableRequest` that is also of ``exc``'s type (see
+    :func:`_undecodable_type`), with its ``args`` and attributes (its ``__dict__``), so a
+    handler's ``except DecodeError`` (or ``json.JSONDecodeError``...) catches it as on
+    grpc.aio; a plain ``UndecodableRequest("request is not a valid <Type>")`` when no such
+    type can be made or an instance not built from ``exc``'s args. Failure path only."""
+    kind = _undecodable_type(type(exc))
+    if kind is not None:
+        try:
+            try:
+                made = kind(*exc.args)
+            except Exception:  # an __init__ taking other arguments than its args
+                made = kind.__new__(kind, *exc.args)
+            made.args = exc.args  # (an __init__ formatting its argument did it again)
+            made.__dict__.update(exc.__dict__)
+            return made
+        except Exception:
+            pass
+    return UndecodableRequest(_invalid(type_name))
+
+
 def _guarded_deserializer(deserializer: Callable[[bytes], Any], streaming: bool,
                           type_name: str) -> Callable[[bytes], Any]:
     if streaming:
         def decode_stream(data: bytes) -> Any:
             try:
                 return deserializer(data)
+            except UndecodableRequest:  # a guarded deserializer's, inside
+                raise
             except Exception as exc:
-                raise UndecodableRequest(_invalid(type_name)) from exc
+                raise _undecodable(exc, type_name) from exc
 
         decode_stream._meshkit_guarded = True  # type: ignore[attr-defined]
         return decode_stream
