@@ -531,6 +531,7 @@ def _tracing_env() -> _TracingEnv:
                               f"or an installed {_SAMPLER_GROUP} entry point, "
                               f"got {raw_sampler!r}")
         arg_raw = env.get("OTEL_TRACES_SAMPLER_ARG", "")
+        _batch_settings(env)  # as for a built-in sampler (below)
         return _TracingEnv(installed, 1.0, _exporter_names(env), arg_raw or None)
     ratio = 1.0  # the SDK's default argument
     if sampler.endswith("traceidratio"):
