@@ -228,7 +228,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
        SERVER span ``{rpc.service}/{rpc.method}`` (RPC semconv attributes; status code,
        peer address, peer identity and ``meshkit.rate_limited`` (the rate limiter refused
        the call, :func:`meshkit.resilience.rejected_by_rate_limit`) at the end) and makes it
-       current, so the handler's logs and outgoing calls belong to it;
+       current, so the handler's logs and outgoing calls belong to it; a failed call's
+       unhandled exception is an ``exception`` event naming its type, never its text
+       nor its stack trace (``TelemetryOptions.expose_exception_text``);
     2. counts ``grpc_server_started_total`` / ``grpc_server_in_flight`` and at the end
        ``grpc_server_handled_total{grpc_code}`` and ``grpc_server_handling_seconds``,
        labelled with the method's name when the server registered it, else ``other``
