@@ -122,3 +122,24 @@ async def test_the_losing_hedge_is_cancelled_on_its_server(registry: LocalRegist
         for srv in servers:
             await srv.drain()
     assert events == ["started", "cancelled"]
+
+
+async def test_zero_hedging_delay_fans_out_no_further_than_the_retry_budget(
+    registry: LocalRegistry, echo_servers: EchoFactory
+) -> None:
+    """With hedge_delay_s=0 every hedge still spends a retry-budget token: a budget of one
+    retry sends two attempts of max_attempts=4, and counts the refused hedge."""
+    served: dict[str, list[str]] = {name: [] for name in ("a", "b", "c", "d")}
+    for name, log in served.items():
+        await echo_servers(name, delay_s=0.3, served=log)
+    policy = RetryPolicy(idempotent=True, hedge_delay_s=0, max_attempts=4, backoff=FAST)
+    options = meshkit.DialOptions(insecure=True, outlier=None, balancer=RoundRobin,
+                                  retry=RetryOptions(default=policy, budget=BudgetOptions(
+                                      retry_ratio=0.0, min_retries_per_s=0.1, ttl_s=10)))
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(4)
+        answer = await asyncio.wait_for(ch.unary_unary(method("Unary"))(b"z", timeout=5), 4)
+        assert ch.retry is not None
+        assert (ch.retry.stats.hedges, ch.retry.stats.budget_exhausted) == (1, 1)
+    assert answer.endswith(b"|z")
+    assert sorted(len(log) for log in served.values()) == [0, 0, 1, 1]
