@@ -47,3 +47,18 @@ def test_whole_percentages_and_the_one_at_least_rule_are_unchanged() -> None:
     assert _ejected_at_most(10, 50) == 5
     assert _ejected_at_most(4, 10) == 1
     assert _ejected_at_most(4, 0) == 1
+
+
+class _Percent(float):
+    """A float subclass whose repr is not a bare number, as numpy's float64 in numpy 2
+    (``np.float64(18.4)``) read from a config file or a data frame."""
+
+    def __repr__(self) -> str:
+        return f"np.float64({float(self)!r})"
+
+
+def test_a_float_subclass_percentage_is_counted_as_its_value() -> None:
+    """A percentage OutlierOptions accepts as a float (a float subclass whose repr is no
+    bare number, as numpy's) gives the same cap as the plain float: 18.4 % of 375 is 69."""
+    assert _ejected_at_most(375, _Percent(18.4)) == 69
+    assert _ejected_at_most(10, _Percent(50)) == 5

@@ -292,10 +292,11 @@ class EjectingBalancer:
         self._all = tuple(endpoints)
         # max_ejection_percent of them, at least one (Envoy: "will eject at least one
         # host regardless of the value"), worked out on the percentage as written
-        # (Fraction of its repr): 18.4 % of 375 is 69, where the binary float product
-        # 375 * 18.4 / 100 falls just short (68.99999999999999)
-        self._cap = max(1, math.floor(Fraction(repr(self._opts.max_ejection_percent))
-                                      * len(self._all) / 100))
+        # (Fraction of its shortest repr, as a plain float: a float subclass's own repr,
+        # numpy's 'np.float64(18.4)', is no number): 18.4 % of 375 is 69, where the
+        # binary float product 375 * 18.4 / 100 falls just short (68.99999999999999)
+        percent = Fraction(repr(float(self._opts.max_ejection_percent)))
+        self._cap = max(1, math.floor(percent * len(self._all) / 100))
         self._sync()
 
     def _sync(self) -> None:
