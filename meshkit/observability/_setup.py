@@ -133,7 +133,9 @@ def attempt_interceptors(
 
     ``"meshkit"``: an :class:`AttemptSpanInterceptor` when ``options.attempt_spans`` is
     on, else nothing (the default: attempts are events on the logical span, with no
-    grpc.aio interceptor cost). ``"otel"``: opentelemetry-instrumentation-grpc's four
+    grpc.aio interceptor cost); nothing either where opentelemetry-instrumentation-grpc's
+    aio client instrumentor is active (its spans stand for meshkit's). ``"otel"``:
+    opentelemetry-instrumentation-grpc's four
     client interceptors (a CLIENT span per attempt; none where its aio client
     instrumentor is active, which adds them to every ``grpc.aio`` channel itself), to
     ``options.tracer_provider``, else
@@ -159,7 +161,10 @@ def attempt_interceptors(
         if instrumentor_active("client"):  # it adds these to every grpc.aio channel
             return ()
         return otel_client_interceptors(opts.tracer_provider)
-    return (AttemptSpanInterceptor(opts),) if opts.attempt_spans else ()
+    # under the instrumentor the logical interceptor makes no span, so attempts have none
+    # to hang theirs under: the interceptor would only cost a task per attempt
+    return (AttemptSpanInterceptor(opts),) if opts.attempt_spans and not \
+        instrumentor_active("client") else ()
 
 
 def _without_tracing(opts: TelemetryOptions) -> TelemetryOptions:
