@@ -351,7 +351,10 @@ class DialOptions:
             presents its certificate, checks the server's identity for the dialed service,
             and rebuilds its sub-channels when its certificate file is renewed (checked
             every ``tls.reload_interval_s``), without failing calls in flight.
-        credentials: other ``grpc.ChannelCredentials`` (not with ``tls``).
+        credentials: other ``grpc.ChannelCredentials`` (not with ``tls``); ones that
+            carry call credentials (``grpc.composite_channel_credentials``) beside a
+            :class:`~meshkit.auth.TokenForwarder` on the ``authorization`` key are a
+            ``ConfigError`` (both write ``authorization``: sent twice).
         insecure: plaintext, asked for explicitly (default ``False``); without it, ``tls``
             or ``credentials``, :func:`dial` takes certificates from ``MESHKIT_CERT_DIR`` /
             ``MESHKIT_WORKLOAD`` or refuses.
@@ -507,6 +510,17 @@ class DialOptions:
                     "traced and logged twice; give telemetry=None to install "
                     "client_interceptors() yourself, or leave it out and set "
                     "telemetry=TelemetryOptions(...)")
+        if (self.credentials is not None and type(getattr(
+                self.credentials, "_credentials", None)).__name__ == "CompositeChannelCredentials"
+                and any(getattr(icpt, "writes_authorization", False)
+                        for icpt in self.interceptors)):
+            # both write authorization: grpc sends it twice, which a meshkit server's JWT
+            # check refuses (UNAUTHENTICATED) on every call the forwarder stamps
+            raise ConfigError(
+                "credentials carry call credentials (composite_channel_credentials) beside "
+                "a TokenForwarder on the authorization key: every forwarded call would send "
+                "authorization twice; give the forwarder metadata_key= of its own, or pass "
+                "the service's token per call (credentials=) instead")
         for attempt_icpt in self.attempt_interceptors:
             # what grpc.aio's channel takes (it raises ValueError for anything else, when
             # the first endpoint's sub-channel is built: every call then UNAVAILABLE)

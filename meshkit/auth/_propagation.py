@@ -51,6 +51,12 @@ class TokenForwarder(ClientInterceptor):
         # per-call credentials write authorization: the forwarded token yields to them
         self._yields = metadata_key == "authorization"
 
+    @property
+    def writes_authorization(self) -> bool:
+        """Whether the token goes out as ``authorization`` (the default key), the header
+        call credentials write too."""
+        return self._yields
+
     def _stamp(self, details: ClientCallDetails) -> None:
         token = _token.get()
         if token is None or (details.credentials is not None and self._yields):
