@@ -103,9 +103,10 @@ class TelemetryOptions:
         expose_exception_text: server side: record a handler's unhandled exception on
             its span as the SDK does, its text and stack trace included (default
             ``False``: an ``exception`` event with ``exception.type``, the class name,
-            and ``exception.message``, the details a caller gets, "Unexpected <Type> in
-            the handler (logged by the server)": its text, which may hold a connection
-            string or a password, stays in the server's log, as with
+            and ``exception.message`` "Unexpected <Type> in the handler (logged by the
+            server)", the details meshkit answers such an exception with (a downstream
+            deadline's answer aside): its text, which may hold a connection string or a
+            password, stays in the server's log, as with
             ``ServeOptions.expose_exception_text``, whose ``True`` should go with this).
 
     Raises:

@@ -432,8 +432,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
 
     def _record_exception(self, span: Any, exc: BaseException) -> None:
         """The ``exception`` event of a handler's unhandled ``exc`` on ``span``: its type
-        and the details its caller got, never its text nor its stack trace (a secret in
-        it stays in the server's log), unless ``options.expose_exception_text``."""
+        and meshkit's details for it (:func:`meshkit._unhandled.unhandled_details`),
+        never its text nor its stack trace (a secret in it stays in the server's log),
+        unless ``options.expose_exception_text``."""
         if self.options.expose_exception_text:
             span.record_exception(exc)
             return
