@@ -907,8 +907,9 @@ def wrap_handler(handler: Handler, before: Before | None = None,
     where meshkit would use the loop's default executor). With ``unhandled``, a unary
     response of ``None`` and a ``None`` a streaming handler yields are answered too (a
     :class:`NoResponse`; messages written with ``context.write`` are not seen), and a
-    unary response is serialized in the wrap: the handler returned has no response
-    serializer. With ``max_send_bytes``
+    unary response is serialized in the wrap (a ``str`` the serializer refuses is
+    UTF-8 encoded, as grpc.aio hands it: :func:`_serialize_encoded`): the handler
+    returned has no response serializer. With ``max_send_bytes``
     (the server's ``grpc.max_send_message_length``), a unary response (also without
     ``unhandled``) and every message a streaming handler yields are serialized there
     too, and one over it is answered ``RESOURCE_EXHAUSTED`` "SERVER: Sent message larger
@@ -1206,6 +1207,20 @@ async def _abort_with_status_set(context: Any) -> None:
     raise AnswerNotSent(context.details())
 
 
+def _serialize_encoded(ser: Callable[[Any], bytes], message: str) -> bytes:
+    """``ser(message)`` for a ``str`` unary response that ``ser`` (the method's response
+    serializer, called in the wrap) refused as it was: grpc.aio UTF-8 encodes a ``str``
+    before calling the serializer, so one of bytes answers it there (``b"<" + data``,
+    ``zlib.compress``). Asked only once the serializer raised, so that a call whose
+    response serializes pays no check; an exception of this second try is the one
+    raised (grpc.aio's own), without the first's chained to it. A serializer taking a
+    ``str`` as it is still gets it (grpc.aio would hand it the bytes)."""
+    try:
+        return ser(message.encode())
+    except Exception as exc:
+        raise exc from None
+
+
 def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
              empty: Unhandled | None, ser: Callable[[Any], bytes] | None,
              guard: tuple[Any, str] | None = None) -> Any:
@@ -1241,7 +1256,9 @@ def _checked(inner: Any, before: Before, unhandled: Unhandled | None,
             except Exception:
                 if _set_not_ok(context):  # grpc.aio discards such a response unserialized
                     return b""
-                raise
+                if type(result) is not str:
+                    raise
+                return _serialize_encoded(ser, result)  # see there
         except Exception as e:
             if isinstance(e, _GRPC_ERRORS):
                 raise
@@ -1338,9 +1355,12 @@ def _reported(inner: Any, before: Before, reporter: Reporter,
                                             str(too_large))
                     result = b""
                 except Exception:
-                    if not _set_not_ok(context):  # else discarded unserialized (_checked)
+                    if _set_not_ok(context):  # discarded unserialized (see _checked)
+                        result = b""
+                    elif type(result) is str:
+                        result = _serialize_encoded(ser, result)
+                    else:
                         raise
-                    result = b""
         except BaseException as e:
             if unhandled is None or not _answerable(e):
                 finish(state, context, e)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 from prometheus_client import CollectorRegistry
 
 from meshkit.discovery import LocalRegistry
@@ -38,8 +39,12 @@ async def _wide(request: bytes, context: Any) -> str:
 
 
 async def _answers(ch: grpc.aio.Channel, name: str) -> tuple[grpc.StatusCode, list[bytes]]:
-    call: Any = (ch.unary_stream if name == "Stream" else ch.unary_unary)(_m(name))(
-        b"x", timeout=5)
+    call: Any
+    if name == "StreamUnary":
+        call = ch.stream_unary(_m(name))(iter([b"x"]), timeout=5)
+    else:
+        call = (ch.unary_stream if name == "Stream" else ch.unary_unary)(_m(name))(
+            b"x", timeout=5)
     got: list[bytes] = []
     with contextlib.suppress(grpc.aio.AioRpcError):
         if name == "Stream":
@@ -90,3 +95,23 @@ async def test_a_str_response_over_the_send_limit_in_bytes_is_counted_so(
         await until(lambda: handled("OK") + handled("ResourceExhausted") >= 1,
                     timeout_s=5, what="the call counted")
         assert (handled("OK"), handled("ResourceExhausted")) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("telemetry", [True, False])
+async def test_a_str_unary_response_reaches_a_bytes_serializer_encoded_without_a_limit(
+    registry: LocalRegistry, telemetry: bool,
+) -> None:
+    """Without a send limit too, a ``str`` unary response (unary or request-streaming
+    call, with or without telemetry) reaches the method's response serializer UTF-8
+    encoded, as on grpc.aio: the wrap that serializes a unary response (the
+    unhandled-exception answer installed, meshkit's default) handed it the ``str``."""
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(_hello, response_serializer=_framed),
+        "StreamUnary": grpc.stream_unary_rpc_method_handler(_hello, response_serializer=_framed),
+    }
+    options: dict[str, Any] = {} if telemetry else {"telemetry": None}
+    async with _side_by_side(registry, handlers, **options) as (plain, mesh):
+        for name in handlers:
+            expected = await _answers(plain, name)
+            assert expected == (grpc.StatusCode.OK, ["<héllo>".encode()])  # the baseline
+            assert await _answers(mesh, name) == expected, name
