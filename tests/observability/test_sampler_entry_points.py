@@ -91,9 +91,12 @@ def test_unknown_sampler_is_still_refused(samplers: str,
 def test_installed_sampler_does_not_skip_the_numeric_checks(
         samplers: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """With an installed sampler the environment check still refuses a bad
-    ``OTEL_BSP_*`` value (what ``dial()`` runs), as with a built-in one."""
+    ``OTEL_BSP_*`` value (what ``dial()`` runs, through ``tracing_wanted`` while no SDK
+    provider is installed), as with a built-in one."""
+    from meshkit.observability._tracing import _tracing_env
+
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "meshkit_test_ratio")
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "-5")
     monkeypatch.setenv("MESHKIT_TRACE_FILE", str(tmp_path / "spans.jsonl"))
     with pytest.raises(ConfigError, match=r"OTEL_BSP_MAX_QUEUE_SIZE.*'-5'"):
-        tracing_wanted()
+        _tracing_env()  # independent of a global provider another test installed
