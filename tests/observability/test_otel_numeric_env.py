@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from meshkit.errors import ConfigError
 from meshkit.observability import configure_tracing
-from meshkit.observability._tracing import tracing_wanted
+from meshkit.observability._tracing import _tracing_env, tracing_wanted
 
 _VARS = ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE",
          "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_EXPORT_TIMEOUT",
@@ -47,6 +47,8 @@ def test_bad_numeric_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
         configure_tracing("orderd", exporters=[InMemorySpanExporter()], set_global=False)
     assert repr(value) in str(err.value)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    with pytest.raises(ConfigError, match=var):
+        _tracing_env()  # dial()'s check, whatever global provider another test installed
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         with pytest.raises(ConfigError, match=var):
             tracing_wanted()
