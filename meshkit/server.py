@@ -703,7 +703,9 @@ class ServeOptions:
             type only, and the server logs the exception with its text and traceback
             (``meshkit.server``, event ``unhandled exception``); a unary handler that
             returns ``None`` with no status set gets ``INTERNAL`` (see
-            :mod:`meshkit._unhandled`). ``True`` leaves both to grpc.aio.
+            :mod:`meshkit._unhandled`). ``True`` leaves both to grpc.aio, and records the
+            text and stack trace on the server span too (as
+            ``TelemetryOptions(expose_exception_text=True)``).
         generic_methods: method patterns (:mod:`meshkit._methods` spellings, e.g.
             ``("/proxy.v1.Cache/Get", "proxy.v1.Cache/*")``) of methods your generic
             handlers serve that telemetry labels by name in the metrics (``grpc_service``,
@@ -850,8 +852,12 @@ def server_chain(service: str, options: ServeOptions) -> tuple[grpc.aio.ServerIn
             warning logged when the server has ``credentials=``.
     """
     chain: list[grpc.aio.ServerInterceptor] = []
-    if options.telemetry is not None:
-        chain.extend(server_interceptors(service, options.telemetry))
+    telemetry = options.telemetry
+    if telemetry is not None:
+        if options.expose_exception_text and not telemetry.expose_exception_text:
+            # a server that sends the text to its callers hides it from no span either
+            telemetry = dataclasses.replace(telemetry, expose_exception_text=True)
+        chain.extend(server_interceptors(service, telemetry))
     if options.deadline is not None:
         chain.append(options.deadline.interceptor())
     auth = options.auth

@@ -32,7 +32,7 @@ async def app(registry: LocalRegistry,
     servers: list[meshkit.MeshServer] = []
     channels: list[meshkit.MeshChannel] = []
 
-    async def build(expose: bool) -> meshkit.MeshChannel:
+    async def build(expose: bool, telemetry_expose: bool | None = None) -> meshkit.MeshChannel:
         async def work(request: bytes, context: Any) -> bytes:
             raise ValueError(SECRET)
 
@@ -45,8 +45,9 @@ async def app(registry: LocalRegistry,
                 APP, {"Work": grpc.unary_unary_rpc_method_handler(work),
                       "Stream": grpc.unary_stream_rpc_method_handler(stream)}),))
 
-        telemetry = TelemetryOptions(tracer_provider=tracing.provider,
-                                     expose_exception_text=expose)
+        telemetry = TelemetryOptions(
+            tracer_provider=tracing.provider,
+            expose_exception_text=expose if telemetry_expose is None else telemetry_expose)
         srv = meshkit.MeshServer("leaky", [(add, None)], registry=registry,
                                  options=meshkit.ServeOptions(
                                      insecure=True, instance_id="l1", drain_delay_s=0.0,
@@ -111,3 +112,14 @@ def test_expose_exception_text_must_be_a_bool() -> None:
     """A flag that is not a bool is refused at construction, quoted."""
     with pytest.raises(ConfigError, match="'yes'"):
         TelemetryOptions(expose_exception_text="yes")  # type: ignore[arg-type]
+
+
+async def test_the_server_option_alone_exposes_it_on_spans_too(
+        app: Callable[..., Any], tracing: Tracing) -> None:
+    """``ServeOptions(expose_exception_text=True)`` (a development server that sends the
+    text to its callers) records it on the span too, without the telemetry flag."""
+    ch = await app(True, telemetry_expose=False)
+    for span in await _server_spans(ch, tracing):
+        attrs = dict(next(e for e in span.events if e.name == "exception").attributes
+                     or {})
+        assert attrs["exception.message"] == SECRET
