@@ -1011,13 +1011,16 @@ def _limited(ser: Callable[[Any], bytes], limit: int,
     ``marked``: its bytes handed on as a :class:`_Serialized` (for :func:`_passing`). A
     ``str`` message is UTF-8 encoded before ``ser`` sees it, as grpc.aio's own
     serialization does (its size is then its bytes', not its characters'): one
-    ``isinstance`` per message, on servers with a send limit only."""
+    ``isinstance`` per message, on servers with a send limit only. What ``ser`` returns
+    that is no exact ``bytes`` raises grpc.aio's ``TypeError`` (see :func:`_not_bytes`)."""
     if marked:
         def serialize_marked(message: Any) -> _Serialized:
             if isinstance(message, str):
                 message = message.encode()
             data = ser(message)
-            if len(data) > limit:
+            if type(data) is not bytes:
+                _not_bytes(data)  # raises, unless None (grpc.aio's answer)
+            elif len(data) > limit:
                 raise ResponseTooLarge(len(data), limit)
             return _Serialized(data)
 
@@ -1027,17 +1030,24 @@ def _limited(ser: Callable[[Any], bytes], limit: int,
         if isinstance(message, str):
             message = message.encode()
         data = ser(message)
-        try:
-            size = len(data)
-        except TypeError:
-            if data is None:  # a unary None left to grpc.aio (no unhandled): its answer
-                return data
-            raise
-        if size > limit:
-            raise ResponseTooLarge(size, limit)
+        if type(data) is not bytes:
+            _not_bytes(data)  # a unary None is left to grpc.aio (no unhandled): its answer
+            return data
+        if len(data) > limit:
+            raise ResponseTooLarge(len(data), limit)
         return data
 
     return serialize
+
+
+def _not_bytes(data: Any) -> None:
+    """Raise grpc.aio's ``TypeError`` ("Expected bytes, got <type>") for a serialized
+    message that is no exact ``bytes`` (a ``bytearray``, a subclass, a ``dict`` handed on
+    by a method without a serializer), which grpc.aio refuses to send (``UNKNOWN``), so
+    the wrap answers it and telemetry counts it so, where its ``len()`` passed the size
+    check and the call was counted ``OK``; ``None`` passes (grpc.aio's own answer)."""
+    if data is not None:
+        raise TypeError(f"Expected bytes, got {type(data).__name__}")
 
 
 class _Serialized:

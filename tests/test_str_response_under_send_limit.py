@@ -115,3 +115,60 @@ async def test_a_str_unary_response_reaches_a_bytes_serializer_encoded_without_a
             expected = await _answers(plain, name)
             assert expected == (grpc.StatusCode.OK, ["<héllo>".encode()])  # the baseline
             assert await _answers(mesh, name) == expected, name
+
+
+class _Bytes(bytes):
+    """A subclass of bytes: grpc.aio sends exact ``bytes`` only."""
+
+
+def _returning(value: object) -> grpc.RpcMethodHandler:
+    async def handler(request: bytes, context: Any) -> object:
+        return value
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+def _yielding(value: object) -> grpc.RpcMethodHandler:
+    async def handler(request: bytes, context: Any) -> AsyncIterator[object]:
+        yield b"first"
+        yield value
+
+    return grpc.unary_stream_rpc_method_handler(handler, response_serializer=_as_given)
+
+
+def _as_given(message: object) -> object:
+    """A serializer handing its message on as it is (``bytes`` or not)."""
+    return message
+
+
+async def test_a_response_that_is_no_bytes_is_counted_as_answered_under_a_send_limit(
+    registry: LocalRegistry,
+) -> None:
+    """A unary response of a method without a serializer, or a stream's message a
+    serializer made, that is no exact ``bytes`` (a ``dict``, a list of bytes, a
+    ``bytearray``, a bytes subclass) is refused by grpc.aio ``UNKNOWN`` "Expected bytes,
+    got <type>"; under a send limit meshkit's size check took its ``len()`` and counted
+    the call ``OK`` (or the stream ``CANCELLED``): it is now answered and counted so."""
+    metrics = CollectorRegistry()
+    values: dict[str, object] = {"Dict": {"a": 1}, "List": [b"a" * 2000],
+                                 "Array": bytearray(b"ab"), "Sub": _Bytes(b"ab")}
+    handlers = {name: _returning(value) for name, value in values.items()}
+    handlers["Stream"] = _yielding(bytearray(b"ab"))
+    async with _side_by_side(registry, handlers, server_options=_SEND_LIMIT,
+                             telemetry=TelemetryOptions(registry=metrics, tracing=False)
+                             ) as (plain, mesh):
+        for name in handlers:
+            expected = await _answers(plain, name)
+            assert expected[0] is grpc.StatusCode.UNKNOWN, (name, expected)  # the baseline
+            assert await _answers(mesh, name) == expected, name
+
+        def handled(name: str, code: str) -> float:
+            return metrics.get_sample_value("grpc_server_handled_total", {
+                "grpc_service": "parity.v1.Parity", "grpc_method": name,
+                "grpc_type": "server_stream" if name == "Stream" else "unary",
+                "grpc_code": code}) or 0.0
+
+        await until(lambda: all(
+            sum(handled(n, c) for c in ("OK", "Unknown", "Canceled")) >= 1 for n in handlers),
+            timeout_s=5, what="every call counted")
+        assert {n: handled(n, "Unknown") for n in handlers} == dict.fromkeys(handlers, 1.0)
