@@ -5,7 +5,7 @@ server on loopback (see tests/test_server_parity.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -27,10 +27,20 @@ async def _abort_bad_stream(request: bytes, context: Any) -> AsyncIterator[bytes
     await context.abort(grpc.StatusCode.NOT_FOUND, "no order", _BAD)
 
 
+def _plain_abort_bad(request: bytes, context: Any) -> bytes:
+    context.abort(grpc.StatusCode.NOT_FOUND, "no order", _BAD)
+    return b"unreached"
+
+
+def _plain_abort_bad_stream(request: bytes, context: Any) -> Iterator[bytes]:
+    yield b"first"
+    context.abort(grpc.StatusCode.NOT_FOUND, "no order", _BAD)
+
+
 async def _status(ch: grpc.aio.Channel, name: str) -> tuple[grpc.StatusCode, str, list[bytes]]:
     got: list[bytes] = []
     call: Any
-    if name == "Unary":
+    if name.endswith("Unary"):
         call = ch.unary_unary(_m(name))(b"x", timeout=2)
         with contextlib.suppress(grpc.aio.AioRpcError):
             got.append(await call)
@@ -63,4 +73,25 @@ async def test_an_abort_refusing_its_trailing_metadata_is_answered_not_left_open
         if expose:
             assert details == expected[1]
         else:
+            assert "x-order-secret" not in details and "TypeError" in details, details
+
+
+@pytest.mark.parametrize("telemetry", [True, False])
+async def test_a_plain_handlers_refused_abort_is_answered_with_and_without_telemetry(
+    registry: LocalRegistry, telemetry: bool,
+) -> None:
+    """The same for plain (``def``) handlers, whose synchronous context's ``abort``
+    raises grpc.aio's ``TypeError`` in their thread, and for the wraps with and without
+    telemetry: ``UNKNOWN`` as on grpc.aio, the messages sent before it kept."""
+    handlers = {"PlainUnary": grpc.unary_unary_rpc_method_handler(_plain_abort_bad),
+                "PlainStream": grpc.unary_stream_rpc_method_handler(_plain_abort_bad_stream),
+                "Unary": grpc.unary_unary_rpc_method_handler(_abort_bad),
+                "Stream": grpc.unary_stream_rpc_method_handler(_abort_bad_stream)}
+    options: dict[str, Any] = {} if telemetry else {"telemetry": None}
+    async with _side_by_side(registry, handlers, **options) as (plain, mesh):
+        for name in handlers:
+            expected = await _status(plain, name)
+            assert expected[0] is grpc.StatusCode.UNKNOWN, (name, expected)  # the baseline
+            code, details, got = await _status(mesh, name)
+            assert (code, got) == (expected[0], expected[2]), (name, details)
             assert "x-order-secret" not in details and "TypeError" in details, details
