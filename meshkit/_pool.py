@@ -694,7 +694,9 @@ class EndpointPool:
         sent on); the READY pick, or ``None`` when the balancer finds no usable endpoint
         (every one failing) and the call has ``wait_for_ready`` (the caller waits on). An
         abandoned pick is settled as no outcome (``done(CANCELLED, 0.0)``, as a call
-        never sent).
+        never sent). A hedged call's attempt keeps the endpoint it waits on out of its
+        sibling attempts' picks meanwhile (``HedgedAttempts.wait_on``), so that a sibling
+        picked again when another endpoint connects does not take it.
 
         Raises:
             MeshRpcError: ``CANCELLED`` (the pool closed), ``DEADLINE_EXCEEDED`` (the

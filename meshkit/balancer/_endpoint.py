@@ -81,7 +81,9 @@ class Balancer(Protocol):
     ``update`` replaces the endpoint list (called by the channel when discovery changes it);
     ``pick`` returns ``(endpoint, done)`` and the caller must call ``done(code, latency_s)``
     exactly once when the call ends. ``exclude`` holds endpoints already tried by this
-    logical call (retries prefer a different endpoint); it is a preference, not a rule.
+    logical call (retries prefer a different endpoint) and, for a hedged call, those its
+    other attempts are waiting on while they connect (a collection tested with ``in``
+    and truth; iterate it for the tried ones only); it is a preference, not a rule.
     ``pick`` returns ``None`` when no endpoint can take a call (the channel then fails the
     call with ``UNAVAILABLE``).
 
