@@ -1196,6 +1196,31 @@ class AnswerNotSent(Exception):
     which name the handler's exception type only."""
 
 
+class MessageNotSent(Exception):
+    """What a handler wrap reports (to its :class:`Reporter`) in place of the
+    ``GeneratorExit`` that closes its response stream after grpc.aio answered the call
+    itself: grpc.aio could not send a message the wrap yielded (the method's response
+    serializer raised, or the message was no ``bytes``: "Expected bytes, got int") and
+    sent ``UNKNOWN`` (the code the handler set, if not ``OK``) with that exception's
+    text, outside the wrap. Without it telemetry counted such a call ``CANCELLED``."""
+
+
+_MESSAGE_NOT_SENT = ("grpc.aio could not send a message of the stream (its serializer "
+                     "raised, or it was no bytes) and answered the call itself")
+
+
+def _reported_as(exc: BaseException, context: Any) -> BaseException:
+    """``exc`` as the wrap of a response stream reports it: a :class:`MessageNotSent`
+    for a ``GeneratorExit`` closing the stream once grpc.aio has sent a status
+    (``context.done()``: a cancelled call's is never sent), else ``exc``. Asked on the
+    failure path only."""
+    if type(exc) is GeneratorExit:
+        with contextlib.suppress(Exception):  # (a stand-in context's)
+            if context.done() is True:
+                return MessageNotSent(_MESSAGE_NOT_SENT)
+    return exc
+
+
 async def _abort_with_status_set(context: Any) -> None:
     """End a call whose exception :data:`Unhandled` answered (its status set on
     ``context``) by aborting with that status: grpc.aio sends it alone
@@ -1484,7 +1509,7 @@ def _reported_stream(inner: Any, before: Before, reporter: Reporter,
                     await context.abort(grpc.StatusCode.INTERNAL, bad)
         except BaseException as e:
             if unhandled is None or not _answerable(e):
-                finish(state, context, e)
+                finish(state, context, _reported_as(e, context))
                 if _answerable(e):  # grpc.aio's answer goes out with the trailers
                     _drop_unsendable_trailers(context)
                 raise
