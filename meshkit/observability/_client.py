@@ -561,7 +561,8 @@ class AttemptSpanInterceptor(
         attempt = current_attempt.get()
         if attempt is None:
             attempts = call.attempts
-            number, ep = len(attempts), attempts[-1] if attempts else None
+            number = len(attempts)  # (a HedgedAttempts is truthy while one waits)
+            ep = attempts[-1] if number else None
         else:
             number, ep = attempt
         attrs: dict[str, Any] = {**names.span_attributes(), SERVER_ADDRESS: call.service,
