@@ -496,7 +496,9 @@ class TelemetryServerInterceptor(WrappingInterceptor):
         exception with specified status code"), else UNKNOWN. A response stream's
         ``GeneratorExit`` is a cancellation: grpc.aio cancels the call's task (the client
         cancelled, or the deadline passed) while it sends a message, outside the
-        handler's async generator, which is then closed before its end."""
+        handler's async generator, which is then closed before its end; except one the
+        handler wrap reports as ``meshkit._handlers.MessageNotSent`` (grpc.aio could not
+        send a message and answered the call itself)."""
         if exc is None or isinstance(exc, grpc.aio.AbortError):
             code = context.code()
             if isinstance(code, grpc.StatusCode):
