@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 import meshkit
 from meshkit import server as server_mod
-from meshkit.balancer import Done, Endpoint
+from meshkit.balancer import Endpoint
 from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.interceptors import CallKind, ClientCallDetails
 from meshkit.resilience import RetryOptions
@@ -28,34 +27,10 @@ from meshkit.resilience._retry import (
     connection_ended,
     forget_endpoint,
 )
-from tests.support.balancing import ready_endpoint
+from tests.support.balancing import Prefer, ready_endpoint
 from tests.support.echo import add_echo, method
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class _Prefer:
-    """A balancer that picks the endpoint ``first`` unless this call tried it already,
-    else any other READY one (so the test decides where each attempt goes)."""
-
-    def __init__(self, first: str) -> None:
-        self.first = first
-        self.endpoints: list[Endpoint] = []
-
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        self.endpoints = list(endpoints)
-
-    def pick(self, key: str | None = None,
-             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
-        ordered = sorted(self.endpoints, key=lambda e: e.key != self.first)
-        for ep in ordered:
-            if ep not in exclude:
-                return ep, _done
-        return None
-
-
-def _done(code: grpc.StatusCode, latency_s: float) -> None:
-    pass
 
 
 class _HoldOnE1(grpc.aio.UnaryUnaryClientInterceptor):
@@ -102,7 +77,7 @@ async def test_a_call_sent_after_a_draining_refusal_and_cut_at_the_stop_is_retri
         servers[iid] = srv
     hold = _HoldOnE1()
     opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(), outlier=None,
-                               balancer=lambda: _Prefer("e1"),
+                               balancer=lambda: Prefer("e1"),
                                attempt_interceptors=(hold,))
     try:
         async with meshkit.dial("echo", registry=reg, options=opts) as ch:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +15,12 @@ import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import Done, Endpoint
 from meshkit.discovery import LocalOptions, LocalRegistry
 from meshkit.resilience import RetryOptions
+from tests.support.balancing import Prefer
 from tests.support.echo import add_echo, method
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class _Prefer:
-    """A balancer that picks the endpoint ``first`` unless this call tried it already,
-    else another one (so the test decides where each attempt goes)."""
-
-    def __init__(self, first: str) -> None:
-        self.first = first
-        self.endpoints: list[Endpoint] = []
-
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        self.endpoints = list(endpoints)
-
-    def pick(self, key: str | None = None,
-             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
-        for ep in sorted(self.endpoints, key=lambda e: e.key != self.first):
-            if ep not in exclude:
-                return ep, _done
-        return None
-
-
-def _done(code: grpc.StatusCode, latency_s: float) -> None:
-    pass
 
 
 class _HoldTheLoop(grpc.aio.UnaryUnaryClientInterceptor):
@@ -88,7 +64,7 @@ async def test_a_refusal_window_with_the_loop_held_up_is_not_quiet(tmp_path: Pat
         servers[iid] = srv
     hold = _HoldTheLoop(0.3)
     opts = meshkit.DialOptions(insecure=True, retry=RetryOptions(), outlier=None,
-                               balancer=lambda: _Prefer("e1"),
+                               balancer=lambda: Prefer("e1"),
                                attempt_interceptors=(hold,))
     e1 = servers.pop("e1")
     try:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
 from typing import Any
 
 import grpc
 import pytest
 
 import meshkit
-from meshkit.balancer import Done, Endpoint, RoundRobin, noop_done
+from meshkit.balancer import RoundRobin
 from meshkit.discovery import LocalRegistry
 from meshkit.resilience import Backoff, BudgetOptions, RetryOptions, RetryPolicy
 from tests.conftest import EchoFactory
+from tests.support.balancing import Prefer
 from tests.support.echo import SERVICE, method
 from tests.support.wait import until
 
@@ -55,25 +55,6 @@ async def test_zero_hedging_delay_sends_every_attempt_at_once(
     assert [len(log) for log in served.values()] == [1, 1, 1]
 
 
-class _Prefer:
-    """A balancer that picks the endpoint ``first`` unless this call tried it already,
-    else any other READY one (the test decides where each attempt goes)."""
-
-    def __init__(self, first: str) -> None:
-        self.first = first
-        self.endpoints: list[Endpoint] = []
-
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        self.endpoints = list(endpoints)
-
-    def pick(self, key: str | None = None,
-             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
-        for ep in sorted(self.endpoints, key=lambda e: e.key != self.first):
-            if ep not in exclude:
-                return ep, noop_done
-        return None
-
-
 def _slow_or_fast(instance_id: str, events: list[str]) -> tuple[Any, None]:
     """The echo service's ``Unary`` on ``instance_id``: ``slow`` waits 30 s and notes
     ``"cancelled"`` when its call is cancelled; ``fast`` answers at once."""
@@ -110,7 +91,7 @@ async def test_the_losing_hedge_is_cancelled_on_its_server(registry: LocalRegist
     policy = RetryPolicy(idempotent=True, hedge_delay_s=0.05, max_attempts=2)
     try:
         async with meshkit.dial("echo", registry=registry, options=opts(
-                policy, balancer=lambda: _Prefer("slow"))) as ch:
+                policy, balancer=lambda: Prefer("slow"))) as ch:
             await ch.wait_for_endpoints(2)
             # the answer does not wait for the losing attempt: well before the deadline
             # (which would end it on its server as well)

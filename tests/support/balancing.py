@@ -1,9 +1,12 @@
 """Pure balancer policies driven by hand: a monotonic clock moved by the test and READY
-endpoints with no sub-channel (the balancer tests' shared set-up)."""
+endpoints with no sub-channel (the balancer tests' shared set-up), and a balancer that
+sends each attempt where the test says."""
 
 from __future__ import annotations
 
-from meshkit.balancer import Endpoint, EndpointState
+from collections.abc import Collection, Sequence
+
+from meshkit.balancer import Done, Endpoint, EndpointState, noop_done
 from meshkit.discovery import Instance
 
 
@@ -24,3 +27,23 @@ def ready_endpoint(key: str) -> Endpoint:
                           port=2000 + ord(key[0])))
     e.state = EndpointState.READY
     return e
+
+
+class Prefer:
+    """A balancer that picks the endpoint with instance id ``first`` unless this call
+    tried it already (``exclude``), else another READY one in the order given: the test
+    decides where each attempt of a call goes."""
+
+    def __init__(self, first: str) -> None:
+        self.first = first
+        self.endpoints: list[Endpoint] = []
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self.endpoints = list(endpoints)
+
+    def pick(self, key: str | None = None,
+             exclude: Collection[Endpoint] = ()) -> tuple[Endpoint, Done] | None:
+        for ep in sorted(self.endpoints, key=lambda e: e.key != self.first):
+            if ep not in exclude:
+                return ep, noop_done
+        return None
