@@ -28,7 +28,7 @@ def parser(service: str, default_db: str) -> argparse.ArgumentParser:
                         " or the host name when binding all interfaces); in Kubernetes the"
                         " pod IP")
     p.add_argument("--admin-host", default=os.environ.get("MESHKIT_ADMIN_HOST", "127.0.0.1"),
-                   help="admin server (/metrics, /healthz, /readyz) bind address (env"
+                   help="admin server (/metrics, /livez, /readyz) bind address (env"
                         " MESHKIT_ADMIN_HOST; 0.0.0.0 for probes and a remote Prometheus)")
     p.add_argument("--admin-port", type=int,
                    default=int(os.environ.get("MESHKIT_ADMIN_PORT", "0") or 0),

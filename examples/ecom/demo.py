@@ -643,7 +643,7 @@ async def print_admin(channels: dict[str, meshkit.MeshChannel], stack: Stack) ->
     import aiohttp
 
     print("")
-    print("Admin servers (Prometheus /metrics, /healthz, /readyz, /debug/mesh):")
+    print("Admin servers (Prometheus /metrics, /livez, /readyz, /debug/mesh):")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         for ch in channels.values():
             for ep in ch.endpoints():
