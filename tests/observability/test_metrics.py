@@ -1880,13 +1880,16 @@ _BIG_WRITE = 2000
 _SEND_LIMIT = 1000
 
 
+# Both take every request before answering: failed at "B" while the client's write of
+# "c" was in flight, the call could end grpc.aio's own client-side INTERNAL "Internal
+# error from Core" (a write racing the status) instead of RESOURCE_EXHAUSTED.
 async def _bidi_yielding(requests: Any, context: Any) -> AsyncIterator[bytes]:
-    async for r in requests:
+    for r in [r async for r in requests]:
         yield r * (_BIG_WRITE if r == b"B" else 1)
 
 
 async def _bidi_writing(requests: Any, context: Any) -> None:
-    async for r in requests:
+    for r in [r async for r in requests]:
         await context.write(r * (_BIG_WRITE if r == b"B" else 1))
 
 
