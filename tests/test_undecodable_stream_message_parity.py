@@ -82,6 +82,11 @@ _HANDLERS = {
 
 async def _call(ch: grpc.aio.Channel, name: str) -> tuple[grpc.StatusCode, str, str]:
     requests = [_good("a"), _BAD, _good("c")]
+    if name != "ReadSkipping":
+        # the other handlers answer at the bad message, never reading on: a write of
+        # "c" in flight as that answer came in could end the call grpc.aio's own
+        # client-side INTERNAL "Internal error from Core" (a write racing the status)
+        requests = requests[:2]
     call: Any
     if _HANDLERS[name].response_streaming:
         call = ch.stream_stream(_m(name))(iter(requests), timeout=5)
