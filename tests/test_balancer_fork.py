@@ -15,24 +15,23 @@ The fork runs in a subprocess of its own: the test process has threads a fork wo
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from tests.support.forking import forked_reports
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")]
 
 _SCRIPT = textwrap.dedent("""
-    import os, random, sys
-    sys.path.insert(0, sys.argv[1])
+    import random, sys
+    from tests.support.forking import report_from_workers
     from meshkit.balancer import P2C, RingHash, RoundRobin, WeightedRoundRobin
     from meshkit.balancer._endpoint import Endpoint, EndpointState
     from meshkit.discovery import Instance
 
-    given = sys.argv[2] == "given"
+    given = sys.argv[1] == "given"
 
     def rng():
         return {"rng": random.Random(7)} if given else {}
@@ -58,31 +57,13 @@ _SCRIPT = textwrap.dedent("""
         return ";".join(name + "=" + ",".join(b.pick()[0].key for _ in range(12))
                         for name, b in balancers.items())
 
-    children = []
-    for worker in range(3):
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            os.write(write, picks().encode())
-            os._exit(0)
-        os.close(write)
-        children.append((pid, read))
-    for worker, (pid, read) in enumerate(children):
-        with os.fdopen(read) as f:
-            print(f"worker{worker}: {f.read()}", flush=True)
-        os.waitpid(pid, 0)
+    report_from_workers(picks)
 """)
 
 
 def _run(rng: str) -> dict[str, dict[str, str]]:
     """Each worker's picks, by balancer: ``{worker: {balancer: picks}}``."""
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(Path(__file__).resolve().parents[1]), rng],
-        capture_output=True, text=True, timeout=50, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
-    assert sorted(lines) == ["worker0", "worker1", "worker2"], done.stdout + done.stderr
+    lines = forked_reports(_SCRIPT, rng, timeout_s=50)
     return {worker: dict(part.split("=", 1) for part in value.split(";"))
             for worker, value in lines.items()}
 

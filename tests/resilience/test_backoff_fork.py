@@ -17,20 +17,19 @@ The fork runs in a subprocess of its own: the test process has threads a fork wo
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from tests.support.forking import forked_reports
+
 _SCRIPT = textwrap.dedent("""
-    import os, random, sys
-    sys.path.insert(0, sys.argv[1])
+    import random, sys
+    from tests.support.forking import report_from_workers
     import meshkit
     from meshkit.resilience import Backoff, RetryOptions, RetryPolicy
 
-    given = sys.argv[2] == "given"
+    given = sys.argv[1] == "given"
     # module-level options of a pre-fork server, built before its workers are forked
     backoff = Backoff(rng=random.Random(7)) if given else Backoff()
     OPTIONS = meshkit.DialOptions(insecure=True, retry=RetryOptions(
@@ -41,30 +40,12 @@ _SCRIPT = textwrap.dedent("""
         policies = (OPTIONS.retry.default, DEFAULT.default)
         return ",".join(repr(p.backoff.delay_s(n)) for p in policies for n in range(1, 9))
 
-    children = []
-    for worker in range(3):
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            os.write(write, draws().encode())
-            os._exit(0)
-        os.close(write)
-        children.append((pid, read))
-    for worker, (pid, read) in enumerate(children):
-        with os.fdopen(read) as f:
-            print(f"worker{worker}: {f.read()}", flush=True)
-        os.waitpid(pid, 0)
+    report_from_workers(draws)
 """)
 
 
 def _run(rng: str) -> dict[str, list[float]]:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(Path(__file__).resolve().parents[2]), rng],
-        capture_output=True, text=True, timeout=45, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
-    assert sorted(lines) == ["worker0", "worker1", "worker2"], done.stdout + done.stderr
+    lines = forked_reports(_SCRIPT, rng, timeout_s=45)
     return {name: [float(x) for x in value.split(",")] for name, value in lines.items()}
 
 
