@@ -4,7 +4,9 @@ mesh's readiness (before a server starts, while it drains, with its registry fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +88,23 @@ async def test_livez_answers_while_the_registry_fails(
         await admin.stop()
 
 
-async def test_livez_fails_while_another_loop_serving_a_server_is_wedged(
-        tmp_path: Path, prom: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A MeshServer on another event loop of the process (a thread's own, served by this
-    loop's admin server): while that loop is wedged (a callback blocks it) /livez answers
-    503 naming its service, and 200 again once the loop runs; /readyz is not involved."""
-    monkeypatch.setattr(admin_module, "_WEDGED_S", 0.5)
+@contextlib.asynccontextmanager
+async def _served_on_another_loop(
+        tmp_path: Path, service: str,
+        prepare: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+) -> AsyncIterator[tuple[asyncio.AbstractEventLoop, meshkit.MeshServer]]:
+    """A MeshServer ``service`` started on another event loop of the process (a thread's
+    own, ``prepare(loop)`` called before it starts), drained and that loop closed after."""
     loop_b = asyncio.new_event_loop()
     thread = threading.Thread(target=loop_b.run_forever, name="loop-b", daemon=True)
     thread.start()
+    send = loop_b.call_soon_threadsafe  # (before prepare: it may wrap the loop's own)
+    if prepare is not None:
+        prepare(loop_b)
 
     async def start_b() -> meshkit.MeshServer:
         reg = LocalRegistry(LocalOptions(path=tmp_path / "reg", ttl_s=3.0))
-        srv = meshkit.MeshServer("wedged-svc", [add_echo("w1")], registry=reg,
+        srv = meshkit.MeshServer(service, [add_echo("w1")], registry=reg,
                                  options=meshkit.ServeOptions(insecure=True,
                                                               drain_delay_s=0.0, grace_s=1.0))
         await srv.start()
@@ -107,31 +113,102 @@ async def test_livez_fails_while_another_loop_serving_a_server_is_wedged(
     def on_b(coro: Any) -> Any:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop_b))
 
+    try:
+        srv = await on_b(start_b())
+        try:
+            yield loop_b, srv
+        finally:
+            await on_b(srv.drain())
+            await on_b(srv.registry.close())
+    finally:
+        send(loop_b.stop)
+        await asyncio.to_thread(thread.join, 10)
+        loop_b.close()
+
+
+async def test_livez_fails_while_another_loop_serving_a_server_is_wedged(
+        tmp_path: Path, prom: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MeshServer on another event loop of the process (a thread's own, served by this
+    loop's admin server): while that loop is wedged (a callback blocks it) /livez answers
+    503 naming its service, and 200 again once the loop runs; /readyz is not involved."""
+    monkeypatch.setattr(admin_module, "_WEDGED_S", 0.5)
     admin = AdminServer(AdminOptions(registry=prom))
     await admin.start()
     block = threading.Event()
-    srv = await on_b(start_b())
     try:
-        assert (await _probe(admin.url + "/livez"))[:2] == (200, "ok\n")
-        loop_b.call_soon_threadsafe(block.wait)  # loop b runs nothing more
+        async with _served_on_another_loop(tmp_path, "wedged-svc") as (loop_b, _srv):
+            try:
+                assert (await _probe(admin.url + "/livez"))[:2] == (200, "ok\n")
+                loop_b.call_soon_threadsafe(block.wait)  # loop b runs nothing more
 
-        async def failing() -> bool:
-            return (await _probe(admin.url + "/livez"))[0] == 503
+                async def failing() -> bool:
+                    return (await _probe(admin.url + "/livez"))[0] == 503
 
-        await until(failing, timeout_s=10, what="/livez 503 for the wedged loop")
-        status, body, _ = await _probe(admin.url + "/livez")
-        assert status == 503 and "wedged-svc" in body, body
-        block.set()
+                await until(failing, timeout_s=10, what="/livez 503 for the wedged loop")
+                status, body, _ = await _probe(admin.url + "/livez")
+                assert status == 503 and "wedged-svc" in body, body
+                block.set()
 
-        async def live() -> bool:
-            return (await _probe(admin.url + "/livez"))[0] == 200
+                async def live() -> bool:
+                    return (await _probe(admin.url + "/livez"))[0] == 200
 
-        await until(live, timeout_s=10, what="/livez 200 once the loop runs again")
+                await until(live, timeout_s=10, what="/livez 200 once the loop runs again")
+            finally:
+                block.set()
     finally:
-        block.set()
-        await on_b(srv.drain())
-        await on_b(srv.registry.close())
         await admin.stop()
-        loop_b.call_soon_threadsafe(loop_b.stop)
-        await asyncio.to_thread(thread.join, 10)
-        loop_b.close()
+
+
+async def test_probes_of_a_wedged_loop_queue_one_callback(
+        tmp_path: Path, prom: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 /livez probes while another loop serving a server is wedged send that loop one
+    callback (503 once it waited), and the loop, run again, answers 200 at the next
+    probes: however many probes arrive, it holds one unrun callback from them (per admin
+    server), not one per probe."""
+    monkeypatch.setattr(admin_module, "_WEDGED_S", 0.2)
+    pings = 0
+    sends: list[Any] = []
+
+    def count_pings(loop: asyncio.AbstractEventLoop) -> None:
+        send = loop.call_soon_threadsafe
+        sends.append(send)
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal pings
+            if type(getattr(callback, "__self__", None)).__name__ == "_Ping":
+                pings += 1
+            return send(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+
+    async def status() -> int:
+        return (await _probe(admin.url + "/livez"))[0]
+
+    admin = AdminServer(AdminOptions(registry=prom))
+    await admin.start()
+    block = threading.Event()
+    try:
+        async with _served_on_another_loop(tmp_path, "probed-svc", count_pings):
+            try:
+                assert await status() == 200
+                await until(lambda: pings >= 1, what="a first ping")
+                sends[0](block.wait)  # loop b runs nothing more
+                # the first ping may still be unrun: wait for the one sent after it
+                before = pings
+                statuses = [await status() for _ in range(50)]
+
+                async def failing() -> bool:
+                    return await status() == 503
+
+                await until(failing, timeout_s=10, what="/livez 503 for the wedged loop")
+                assert pings - before <= 1, (pings, before, statuses)
+                block.set()
+
+                async def live() -> bool:
+                    return await status() == 200
+
+                await until(live, timeout_s=10, what="/livez 200 once the loop runs again")
+            finally:
+                block.set()
+    finally:
+        await admin.stop()
