@@ -264,7 +264,7 @@ async def test_idle_open_streams_do_not_starve_their_endpoint_of_unary_calls(
     registry: LocalRegistry, echo_servers: EchoFactory,
 ) -> None:
     """A client holds 100 idle bidi streams (subscriptions that answered once and now
-    wait) on endpoint ``a``; a second endpoint ``b`` joins, whose unary calls take 20 ms
+    wait) on endpoint ``a``; a second endpoint ``b`` joins, whose unary calls take 60 ms
     more than ``a``'s. With the default balancer (P2C over peak EWMA; slow start off and
     a 1 s decay here) every unary call went to the slower ``b``: each open stream stayed
     counted in ``a``'s ``pending`` until it ended (the channel reported a stream to the
@@ -292,7 +292,9 @@ async def test_idle_open_streams_do_not_starve_their_endpoint_of_unary_calls(
                 s = ch.stream_stream(method("Bidi"))(_held_open(b"s"), timeout=90)
                 assert await asyncio.wait_for(s.read(), 10) == b"a|s"
                 streams.append(s)
-            await echo_servers("b", delay_s=0.02)
+            # 60 ms slower (was 20: on a loaded box a's own calls read 27 ms, b's no
+            # slower, and a served 9 of 40 in a before-stop make test)
+            await echo_servers("b", delay_s=0.06)
             await ch.wait_for_endpoints(2)
             for _ in range(10):  # b gets sampled
                 await unary(b"w", timeout=10)
