@@ -962,9 +962,11 @@ class Consumer:
                           f"{exc.what} failed: {type(failed).__name__}")
         finally:
             outcome, publisher, reason = result
-            self._report(msg, msg_id, headers, delivery, started, span, publisher,
-                         outcome, reason)
-            otel_context.detach(token)
+            try:
+                self._report(msg, msg_id, headers, delivery, started, span, publisher,
+                             outcome, reason)
+            finally:
+                otel_context.detach(token)
         if failed is not None:
             raise failed
         return result[0]
@@ -1098,7 +1100,11 @@ class Consumer:
                 metrics.redelivered.labels(labelled, durable).inc()
             metrics.handling.labels(labelled, durable).observe(elapsed)
             sent = headers.get(HDR_SENT_AT_MS)
-            if outcome == "ack" and sent and sent.isdigit():
+            # the publisher's text (unchecked without a verifier): ASCII digits, at most
+            # 15 as MessageVerifier takes; str.isdigit alone passes '²', which int()
+            # refuses, and 400 digits overflow the float division
+            if outcome == "ack" and sent and len(sent) <= 15 and sent.isascii() \
+                    and sent.isdigit():
                 lag = time.time() - int(sent) / 1000
                 metrics.lag.labels(labelled, durable).observe(max(lag, 0.0))
         failed = outcome not in ("ack", "skipped")
