@@ -565,7 +565,9 @@ def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> tuple[str, 
     ``Duration`` out of its JSON range...) or that cannot be printed as JSON (``Any``
     values nested deeper than Python's recursion limit: each level is decoded afresh, so
     protobuf's decode depth limit never applies) in protobuf's text format, which keeps
-    every value (each ``Any`` as its bytes when expanding them fails), with a warning
+    every value (each ``Any`` as its bytes when expanding them fails; non-ASCII written
+    as octal escapes of its UTF-8 bytes, never raw: no control character reaches the
+    terminal), with a warning
     (one line, saying why) in place of None; should that fail too, as ``{"@type": the
     response's type, "@value": "<base64 of its serialized bytes>"}``."""
     try:
@@ -585,10 +587,14 @@ def _to_json(response: Any, pool: descriptor_pool.DescriptorPool) -> tuple[str, 
     except Exception as exc:  # RecursionError: Anys nested too deep
         why = (f"the response cannot be printed as JSON ({type(exc).__name__}: "
                f"{_one_line(exc)})")
-    # an Any's bytes not of its type, or Anys nested too deep: each Any as its bytes
+    # an Any's bytes not of its type, or Anys nested too deep: each Any as its bytes.
+    # as_utf8=False (protobuf 7 made True the default, which writes non-ASCII raw and
+    # escapes C0 only): every byte >= 0x80 as an octal escape, so a server's C1 control
+    # (U+009B CSI), bidi override or NEL never reaches the terminal raw, as on the JSON paths
     for printer_pool in (pool, descriptor_pool.DescriptorPool()):
         try:
-            text: str = text_format.MessageToString(response, descriptor_pool=printer_pool)
+            text: str = text_format.MessageToString(response, descriptor_pool=printer_pool,
+                                                    as_utf8=False)
         except Exception:  # the next printer expands no Any
             continue
         return text, f"{why}: printed in protobuf text format"
