@@ -9,7 +9,7 @@ import nats.js.errors
 from nats.js.api import StreamConfig, StreamInfo
 from nats.js.client import JetStreamContext
 
-from meshkit._config import check_number
+from meshkit._config import check_number, check_strings
 from meshkit.errors import ConfigError
 
 __all__ = ["ensure_stream"]
@@ -54,7 +54,8 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
     Args:
         js: a ``nats`` JetStream context.
         name: the stream name.
-        subjects: subjects (wildcards allowed) the stream captures.
+        subjects: subjects (wildcards allowed) the stream captures, a collection of
+            strings (a list or tuple; one string is refused, not split into characters).
         duplicate_window_s: how long JetStream remembers ``Nats-Msg-Id`` values to drop
             repeats, seconds (default ``None``: 120 s, or ``max_age_s`` if shorter, as
             JetStream's own default, "2 minutes or max age if shorter"; NATS docs,
@@ -67,14 +68,18 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
     nanoseconds); infinity is refused (``None`` is how ``max_age_s`` says "keep").
 
     Raises:
-        ConfigError: no subjects, a window or ``max_age_s`` <= 0, infinite or longer than
-            9223372036 s, or a window longer than ``max_age_s`` (values quoted);
+        ConfigError: no subjects, ``subjects`` one string (or bytes) or holding
+            something else than strings, a window or ``max_age_s`` <= 0, infinite or
+            longer than 9223372036 s, or a window longer than ``max_age_s`` (values
+            quoted);
         nats.js.errors.APIError: JetStream refused the stream or the update, as JetStream
             said it (e.g. ``BadRequestError`` 10065, subjects overlapping another
             stream's; only 10058, the name in use with another config, leads to the
             update); other ``nats.errors.Error`` for the connection.
     """
-    if not subjects:
+    # one string would be taken character by character: a stream capturing "s", "h"...
+    wanted = list(check_strings("subjects", subjects))
+    if not wanted:
         raise ConfigError(f"stream {name!r} needs at least one subject")
     if max_age_s is not None:
         check_duration_s("max_age_s", max_age_s)
@@ -85,7 +90,6 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
     if max_age_s is not None and duplicate_window_s > max_age_s:
         raise ConfigError(f"duplicate_window_s must not exceed max_age_s ({max_age_s!r}), "
                           f"got {duplicate_window_s!r}")
-    wanted = list(subjects)
     try:
         return await js.add_stream(StreamConfig(
             name=name, subjects=wanted, duplicate_window=duplicate_window_s,
