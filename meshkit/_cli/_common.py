@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from meshkit.discovery import Instance, Registry
 
-__all__ = ["REGISTRY_READS_AT_ONCE", "add_registry_argument", "discover", "failing_instances",
-           "open_registry", "positive_seconds", "printable", "quiet_grpc_core",
-           "quiet_logging", "read_services", "service_names"]
+__all__ = ["REGISTRY_READS_AT_ONCE", "SERVICE_NAME", "add_registry_argument", "discover",
+           "failing_instances", "open_registry", "positive_seconds", "printable",
+           "quiet_grpc_core", "quiet_logging", "read_services", "service_name",
+           "service_names"]
 
 _T = TypeVar("_T")
 
@@ -38,6 +40,31 @@ ENV_VAR = "MESHKIT_REGISTRY"
 
 REGISTRY_HELP = (f"registry URI, e.g. local:///tmp/mesh or consul://127.0.0.1:8500 "
                  f"(default ${ENV_VAR}, else the default local registry)")
+
+
+#: A mesh service name, as :func:`meshkit.dial` and :class:`~meshkit.discovery.Instance`
+#: take it: letters, digits, ``-``, ``_`` and ``.``, 1 to 63 characters, the first a letter
+#: or digit (``fullmatch``). Spelled out here so that a usage error loads neither grpc nor
+#: the registries (a test checks it is theirs).
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+
+
+def service_name(text: str) -> str:
+    """An argparse ``type`` (and check) for a mesh service name: ``text`` when it matches
+    :data:`SERVICE_NAME`. A name no instance can be registered under is refused as a
+    usage error, rather than read from the registry (which would find nothing, or, for
+    a name that is not UTF-8, such as a mis-encoded argument, fail with an encoding
+    error).
+
+    Raises:
+        argparse.ArgumentTypeError: any other text (quoted as ``repr`` writes it:
+            non-UTF-8 bytes as ``\\udcXX``, control characters escaped).
+    """
+    if SERVICE_NAME.fullmatch(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"a service name is letters, digits, '-', '_' and '.' (1 to 63, the first a "
+            f"letter or digit), got {text!r}")
+    return text
 
 
 def printable(text: str) -> str:

@@ -60,6 +60,7 @@ from meshkit._cli._common import (
     printable,
     quiet_grpc_core,
     quiet_logging,
+    service_name,
 )
 
 if TYPE_CHECKING:  # grpc, protobuf and the mesh client load once the arguments parsed
@@ -94,13 +95,22 @@ def parse_target(text: str, service: str | None = None) -> Target:
         service: the ``--service`` option (the mesh service for a ``/pkg.Svc/Method``).
 
     Raises:
-        CallError: any other shape (quoted).
+        CallError: any other shape (quoted), or a ``SERVICE`` (or ``service``) that is no
+            mesh service name (:func:`~meshkit._cli._common.service_name`: quoted).
     """
     parts = text.split("/")
+    found: Target | None = None
     if text.startswith("/") and len(parts) == 3 and all(parts[1:]):
-        return Target(service, parts[1], parts[2])
-    if not text.startswith("/") and len(parts) in (2, 3) and all(parts):
-        return Target(parts[0], parts[1] if len(parts) == 3 else None, parts[-1])
+        found = Target(service, parts[1], parts[2])
+    elif not text.startswith("/") and len(parts) in (2, 3) and all(parts):
+        found = Target(parts[0], parts[1] if len(parts) == 3 else None, parts[-1])
+    if found is not None:
+        if found.service is not None:
+            try:
+                service_name(found.service)
+            except argparse.ArgumentTypeError as exc:
+                raise CallError(f"target {text!r}: {exc}") from None
+        return found
     raise CallError(f"target must be SERVICE/Method, SERVICE/pkg.Svc/Method or "
                     f"/pkg.Svc/Method, got {text!r}")
 
@@ -196,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the request in its type's proto3 JSON form, e.g. a JSON object "
                         "(default: the empty message; - reads it from stdin)")
     add_registry_argument(p)
-    p.add_argument("--service", default=None,
+    p.add_argument("--service", default=None, type=service_name,
                    help="mesh service to dial for a /pkg.Svc/Method target")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'KEY: VALUE'",
                    help="request metadata, e.g. -H 'authorization: Bearer ...' (repeatable); "

@@ -41,6 +41,7 @@ from meshkit._cli._common import (
     quiet_grpc_core,
     quiet_logging,
     read_services,
+    service_name,
     service_names,
 )
 
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Exit status: 0 ok, 1 no instance listed or the "
                                        "registry cannot be read, 2 usage error.")
     add_registry_argument(p)
-    p.add_argument("--service", action="append", default=[], metavar="NAME",
+    p.add_argument("--service", action="append", default=[], metavar="NAME", type=service_name,
                    help="list only this service (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     p.add_argument("--timeout-s", type=positive_seconds, default=3.0,
