@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_reflection.v1alpha import reflection_pb2
 
 import meshkit
-from meshkit._cli._common import discover, service_names
+from meshkit._cli._common import SERVICE_NAME, discover, service_names
 from meshkit._cli.call import CallError, Target
 from meshkit.discovery import Registry
 from meshkit.errors import MeshError, MeshRpcError
@@ -343,7 +343,10 @@ class _Args:
 
 
 async def _find_service(args: _Args) -> str:
-    """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn).
+    """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn; a
+    listed name no mesh client can dial, :data:`~meshkit._cli._common.SERVICE_NAME`, is
+    passed over: a Consul catalog holds other tools' services too, ``"web cache"``, and
+    ``dial()`` would refuse the name, ending the command).
 
     Raises:
         CallError: no listed service serves it (each answered, or serves no reflection:
@@ -364,6 +367,8 @@ async def _find_service(args: _Args) -> str:
     failed: grpc.aio.AioRpcError | None = None
     mute: list[str] = []  # services that serve no reflection: they may serve it
     for name in names:
+        if SERVICE_NAME.fullmatch(name) is None:  # no meshkit service's: it serves nothing
+            continue
         async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
             try:
                 refl = Reflection(ch, args.timeout_s, args.metadata)
