@@ -239,11 +239,33 @@ header values up to grpc's 8 KiB: 25 KB a caller, 2.5 GB at ``max_keys``)."""
 
 
 def _kept_key(key: str) -> str:
-    """A key longer than :data:`_MAX_KEY_CHARS` characters as the limiter keeps it: 65
-    characters naming it (distinct keys stay distinct: a 128-bit digest; and one
-    character longer than any key kept as it is, so never equal to one)."""
+    """A key longer than :data:`_MAX_KEY_CHARS` characters, or one UTF-8 cannot encode,
+    as the limiter keeps it: 65 characters naming it (distinct keys stay distinct: a
+    128-bit digest of the whole; and one character longer than any key kept as it is, so
+    never equal to one), its first 32 characters with any lone surrogate shown as ``?``
+    (so that the form is UTF-8, as a Redis key must be)."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
-    return f"{key[:32]}#{digest.hexdigest()}"
+    head = key[:32]
+    if not head.isascii():
+        head = head.encode("utf-8", "replace").decode("utf-8")
+    return f"{head}#{digest.hexdigest()}"
+
+
+def _networked_key(key: str) -> str:
+    """``key`` as a networked storage keeps it: :func:`_kept_key` when it is longer than
+    :data:`_MAX_KEY_CHARS` or holds a lone surrogate (``"\\ud800"``: a JWT ``sub`` of that
+    JSON escape, bytes decoded with ``surrogateescape``), which the Redis driver cannot
+    encode: every hit failed with ``UnicodeEncodeError``, taken for a storage failure (that
+    caller unlimited, and three in a row opened the breaker for every caller). Per call a
+    ``len()`` and an ``isascii()``; a non-ASCII key is encoded once more."""
+    if len(key) > _MAX_KEY_CHARS:
+        return _kept_key(key)
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return _kept_key(key)
+    return key
 
 
 _MAX_WINDOW_KEYS = 10_000  # remembered sliding-window storage keys of multi-part rules
@@ -1057,7 +1079,8 @@ class StorageLimiter:
 
     Storage keys are ``<key_prefix>/<method>/<caller key>/<limit>``, a caller key longer
     than 64 characters kept as its first 32, ``#`` and a 128-bit BLAKE2b digest of the
-    whole (each caller's memory bounded whatever key it sends). Rejections carry
+    whole (each caller's memory bounded whatever key it sends); so is, in a networked
+    storage, a key UTF-8 cannot encode (a lone surrogate: :func:`_networked_key`). Rejections carry
     ``RESOURCE_EXHAUSTED`` with ``retry_after_s`` from the storage's window stats
     (``ceil(reset_time - now)``, at least 1) or ``UNAVAILABLE`` when failing closed.
     On a single Redis server each hit is one atomic script, sent once (not retried by the
@@ -1170,8 +1193,7 @@ class StorageLimiter:
         rule = self._table.lookup(method)
         if rule is None:
             return None
-        if len(key) > _MAX_KEY_CHARS:
-            key = _kept_key(key)
+        key = _networked_key(key)  # short, and UTF-8 (as a Redis key must be)
         breaker = self.breaker
         if not breaker.allow():  # open: do not wait on a storage that keeps failing
             return self._storage_skipped(method)
