@@ -808,7 +808,13 @@ class Consumer:
         them took ``ack_wait_s`` together: a task sends the waiting ones in-progress
         acks every ``ack_wait_s / 2`` (:meth:`_keep_waiting`), and a message whose ack
         wait (re)started more than ``ack_wait_s / 10`` before its turn gets one as its
-        turn comes. The task ends with the batch (also on a cancel or an error)."""
+        turn comes. The task ends with the batch (also on a cancel or an error).
+
+        A batch ended early (the consumer cancelled, a shutdown; or an ack that failed
+        with the connection) naks the messages still waiting their turn, so they are
+        redelivered at once (to another process of the durable) rather than held for
+        their ack wait, which the in-progress acks had just restarted; the message whose
+        handler was interrupted is left unacked (see :data:`Handler`)."""
         ack_wait = self.options.ack_wait_s
         clock = time.monotonic
         batch = _Batch(msgs, touched=clock(), turn_started=clock())
@@ -820,6 +826,12 @@ class Consumer:
                 if now - batch.touched > ack_wait * _REFRESH_TURN_AFTER:
                     await _in_progress(msg)
                 await self.handle(msg)
+        except BaseException:
+            keeper.cancel()  # no in-progress ack after the naks
+            for msg in msgs[batch.turn + 1:]:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            raise
         finally:
             # not awaited: awaiting here could swallow a cancel of this task
             keeper.cancel()
@@ -885,7 +897,10 @@ class Consumer:
         store), once the stream exists, from the new stream's start
         (:meth:`recreation_config`). A cancel
         that the nats client swallowed ends it at the next fetch (``Task.cancelling()``).
-        Cancelled, it stops pulling (:meth:`aclose`) before it ends."""
+        Cancelled, it naks the messages of its batch still waiting their turn (another
+        process of the durable gets them at once; the one whose handler was interrupted
+        is left unacked, redelivered after ``ack_wait_s``) and stops pulling
+        (:meth:`aclose`) before it ends."""
         try:
             await self._run()
         finally:
