@@ -128,7 +128,8 @@ class _NoStderr(io.TextIOBase):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``meshkit`` command with ``argv`` (default ``sys.argv[1:]``); returns the
-    process exit code: 2 for a usage error, 141 when stdout's reader went away (nothing
+    process exit code: 2 for a usage error (no command or an unknown one: the usage on
+    stderr), 141 when stdout's reader went away (nothing
     printed), 130 after Ctrl-C (one line on stderr), 1 when there is output and stdout
     is closed (one line on stderr), else the command's own.
 
@@ -177,9 +178,12 @@ def _stdout_to_devnull() -> None:
 
 
 def _dispatch(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # a usage error: the usage on stderr, as argparse's, stdout left empty
+        print(_usage(), end="", file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "help"):  # asked for: the output
         print(_usage(), end="")
-        return 0 if args else 2
+        return 0
     command, rest = args[0], args[1:]
     if command == "version":
         print(__version__)
