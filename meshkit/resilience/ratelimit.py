@@ -457,7 +457,8 @@ class RateLimitOptions:
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
             malformed rule or rules key; a strategy the storage cannot run; a
-            non-callable or ``async def`` key; an empty key_prefix; ``storage_timeout_s <= 0``;
+            non-callable or ``async def`` key; an empty key_prefix, or one UTF-8 cannot
+            encode; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
             ``breaker_max_open_s``; ``max_keys`` not ``None`` nor an integer >= 1, or
             set with a storage other than ``memory://``. The bad value is quoted
@@ -498,6 +499,11 @@ class RateLimitOptions:
                 "from metadata or the identity an interceptor before this one set")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigError(f"key_prefix must be a non-empty string, got {self.key_prefix!r}")
+        try:  # every storage key starts with it, and a Redis key is UTF-8
+            self.key_prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"key_prefix must be text UTF-8 can encode (no lone surrogate), "
+                              f"got {self.key_prefix!r}") from None
         check_seconds(self, ("storage_timeout_s",))
         check_int("breaker_failures", self.breaker_failures)
         check_number("breaker_open_s", self.breaker_open_s, low_open=True, finite=False)
