@@ -75,11 +75,13 @@ storage down, ``on_storage_error="deny"``   ``UNAVAILABLE`` (no retry-after)
 ``grpc-retry-pushback-ms`` (gRFC A6 "Pushback") is the wait in milliseconds, or ``-1``
 ("do not retry") when the call's deadline ends before then or the wait is longer than
 A6's signed 32-bit integer holds (2**31 - 1 ms, about 24.86 days: a ``"1/month"`` rule's
-refusal; ``retry-after`` still says when). With ``memory://`` it is the
-wait to the millisecond (rounded up), which ``retry-after`` rounds up to whole seconds: a
-"1/second" caller refused 0.6 s into its window may retry in 400 ms, and one whose
-deadline is 0.5 s away is told so, not ``-1``. With Redis (whose TTLs are whole seconds)
-it is ``retry-after`` x 1000. gRPC clients whose
+refusal; ``retry-after`` still says when). With ``memory://``, and with Redis for the
+sliding window counter and the fixed window (whose ends Redis gives in milliseconds,
+``PTTL``), it is the wait to the millisecond (rounded up), which ``retry-after`` rounds
+up to whole seconds: a "1/second" caller refused 0.6 s into its window may retry in
+400 ms, and one whose deadline is 0.5 s away is told so, not ``-1``. A Redis moving
+window (its hits stamped by the replicas' clocks) sends ``retry-after`` x 1000. gRPC
+clients whose
 retry or hedging policy lists ``RESOURCE_EXHAUSTED`` (grpc-go, C-core and its wrappers,
 Java) read only this trailer: without it they retried at their own backoff, at once,
 and were refused again until their attempts ran out. With it they wait out the refusal
@@ -571,9 +573,10 @@ class Rejection:
             ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata; ``None``
             sends neither.
         pushback_ms: the same wait in milliseconds (>= 1), rounded up, when the limiter
-            knows it that well (``memory://``: its windows are on this process' clock),
-            sent as ``grpc-retry-pushback-ms``; ``None``: ``retry_after_s`` x 1000 (a
-            Redis window's end is known from its TTL in whole seconds).
+            knows it that well (``memory://``: its windows are on this process' clock;
+            Redis' fixed and sliding windows: their ``PTTL``), sent as
+            ``grpc-retry-pushback-ms``; ``None``: ``retry_after_s`` x 1000 (a Redis moving
+            window, stamped by the replicas' clocks; other storages).
     """
 
     code: grpc.StatusCode
@@ -1019,7 +1022,7 @@ def _storage_options(uri: str, cls: type[Any]) -> dict[str, Any]:
     return {"retry_policy": NoRetryPolicy()}
 
 
-def _count_fixed_windows_atomically(storage: Any) -> None:
+def _count_fixed_windows_atomically(storage: Any) -> bool:
     """Make a coredis-backed Redis storage count fixed windows in one atomic script, and
     read their expiry to the millisecond.
 
@@ -1039,10 +1042,13 @@ def _count_fixed_windows_atomically(storage: Any) -> None:
     added to the time its answer arrived: never before the window really ends, so
     ``retry-after`` is never shorter than the real wait. Other storages are left as they
     are.
+
+    Returns:
+        Whether it did (the fixed window's reset time is then known to the millisecond).
     """
     bridge: Any = getattr(storage, "bridge", None)
     if not isinstance(bridge, CoredisBridge):
-        return
+        return False
     script = bridge.lua_incr_expire
     prefixed = bridge.prefixed_key
 
@@ -1059,6 +1065,7 @@ def _count_fixed_windows_atomically(storage: Any) -> None:
 
     bridge.incr = incr  # type: ignore[method-assign]  # this bridge instance only
     bridge.get_expiry = get_expiry  # type: ignore[method-assign]
+    return True
 
 
 _drivers_lock = threading.Lock()
@@ -1104,8 +1111,9 @@ class StorageLimiter:
             (``async+redis`` needs ``limits[async-redis]``).
     """
 
-    __slots__ = ("_acquire_window", "_checkers", "_deny", "_fixed", "_key_caches", "_lru",
-                 "_max_keys", "_outage", "_prefix", "_sliding", "_storage", "_storage_name",
+    __slots__ = ("_acquire_window", "_checkers", "_deny", "_exact_wait", "_fixed",
+                 "_key_caches", "_lru", "_max_keys", "_outage", "_prefix", "_sliding",
+                 "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
                  "keys_evicted", "synchronous")
 
@@ -1119,6 +1127,7 @@ class StorageLimiter:
         """Whether counts are kept in this process (``memory://``), so that
         :meth:`check_now` counts without a coroutine."""
         storage: Any
+        pttl = False  # a fixed window's reset read from PTTL (see _count_fixed_windows...)
         try:
             if self.synchronous:  # limits' synchronous memory storage and strategies
                 storage = SweepThrottledMemoryStorage("memory://", wrap_exceptions=True)
@@ -1127,7 +1136,7 @@ class StorageLimiter:
                 _import_drivers(cls)
                 storage = storage_from_string(uri, wrap_exceptions=True,
                                               **_storage_options(uri, cls))
-                _count_fixed_windows_atomically(storage)
+                pttl = _count_fixed_windows_atomically(storage)
                 self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
         except (ConfigurationError, NotImplementedError) as exc:
             # limits' message (and its cause's) quotes the URI as given, password and all:
@@ -1144,6 +1153,13 @@ class StorageLimiter:
             storage.after_sweep = self._forget_ended
         self._sliding = opts.strategy == "sliding-window-counter"
         self._fixed = opts.strategy == "fixed-window"
+        # a refusal's wait known to the millisecond (Rejection.pushback_ms): memory:// (its
+        # own clock); on Redis a sliding window (its scripts' PTTLs: durations) and a fixed
+        # window read by PTTL; a networked moving window's hits are stamped by the
+        # replicas' clocks, and other storages keep whole seconds: retry-after x 1000
+        self._exact_wait = self.synchronous or (
+            self._sliding and isinstance(storage, AsyncRedisStorage)) or (
+            self._fixed and pttl)
         # the sliding-window counter's hit made here (the strategy's own three lines, with
         # the storage key remembered): storage.acquire_sliding_window_entry is limits'
         # storage interface for that strategy
@@ -1515,8 +1531,10 @@ class StorageLimiter:
             now = _MEMORY_CLOCK.time() if self.synchronous else time.time()
             wait = window.reset_time - now
             after = retry_after_s(window.reset_time, now)
-        # memory://: the wait to the millisecond (its own clock); Redis: TTLs in seconds
-        pushback = max(1, math.ceil(wait * 1000)) if self.synchronous else None
+        # the wait to the millisecond where the storage tells it (see _exact_wait): a
+        # Redis fixed window's reset is its PTTL from when the answer came (never early),
+        # a sliding window's PTTLs were read on Redis, before the answer came
+        pushback = max(1, math.ceil(wait * 1000)) if self._exact_wait else None
         return Rejection(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"rate limit exceeded for {method}: {item}", after, pushback)
 
