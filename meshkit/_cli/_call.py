@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_reflection.v1alpha import reflection_pb2
 
 import meshkit
-from meshkit._cli._common import SERVICE_NAME, discover, service_names
+from meshkit._cli._common import SERVICE_NAME, discover, read_services, service_names
 from meshkit._cli.call import CallError, Target
 from meshkit.discovery import Registry
 from meshkit.errors import MeshError, MeshRpcError
@@ -402,14 +402,21 @@ async def _find_service(args: _Args) -> str:
 async def _check_discovery(args: _Args, service: str) -> None:
     """Read ``service``'s instances once, bounded by ``--timeout-s``, before it is dialled:
     a registry that never answers would otherwise have the first reflection request wait
-    on discovery until its deadline (``DEADLINE_EXCEEDED``).
+    on discovery until its deadline (``DEADLINE_EXCEEDED``). The read is the registry's
+    ``snapshot()`` where it has one (as ``meshkit services`` reads a service), which
+    raises the registry's error at once; a watch, the fallback, retries a failing read,
+    so a registry that cannot be opened (a bad ``local:`` path) would only time out,
+    its cause unsaid.
 
     Raises:
         MeshRpcError: ``UNAVAILABLE``, the registry cannot be read (as for a
-            ``/pkg.Svc/Method`` target's listing).
+            ``/pkg.Svc/Method`` target's listing), its error in the details.
     """
     try:
-        found = await discover(args.registry, [service], args.timeout_s)
+        if getattr(args.registry, "snapshot", None) is not None:
+            found, _ = await read_services(args.registry, [service], args.timeout_s)
+        else:
+            found = await discover(args.registry, [service], args.timeout_s)
     except MeshError as exc:
         raise MeshRpcError(grpc.StatusCode.UNAVAILABLE,
                            f"the service registry cannot be read: {exc}") from None
