@@ -890,7 +890,10 @@ class Consumer:
 
     async def run(self) -> None:
         """Consume until cancelled; a lost connection or missing stream is logged and
-        retried after ``backoff`` (the nats client reconnects by itself). A durable lost
+        retried after ``backoff`` (the nats client reconnects by itself), but a
+        connection closed for good (``nc.close()``, or nats-py's reconnect attempts
+        spent: ``max_reconnect_attempts``, 60 by default) ends it with
+        ``nats.errors.ConnectionClosedError``: it never comes back. A durable lost
         while running is noticed after 5 empty fetches (or a refused pull) and
         re-created (:meth:`run_once`): deleted on its own, from its ack floor + 1 as last
         seen; with its stream deleted and re-created (server restarted without its
@@ -921,6 +924,8 @@ class Consumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._js._nc.is_closed:  # closed for good: no reconnect will come
+                    raise nats.errors.ConnectionClosedError from exc
                 failed += 1
                 if failed == 1:
                     # a refusal's status and description (a server's words, no secret)

@@ -273,6 +273,12 @@ class Publisher:
         """The retry budget (for diagnostics and tests)."""
         return self._budget
 
+    @property
+    def closed(self) -> bool:
+        """Whether the publisher's NATS connection is closed for good (``nc.close()``, or
+        nats-py's reconnect attempts spent): no publish can succeed on it again."""
+        return bool(self._js._nc.is_closed)
+
     async def publish(self, subject: str, payload: bytes, *, msg_id: str,
                       headers: Mapping[str, str] | None = None,
                       context: Any = None) -> PubAck:
@@ -904,10 +910,18 @@ class OutboxRelay:
         events and handed none of its first tries beside the rounds (the outbox is
         drained) it waits ``poll_interval_s`` or :meth:`notify`; else the next round
         follows at once. When it ends it calls :meth:`aclose` (the publishes beside
-        the rounds are cancelled; their events stay pending)."""
+        the rounds are cancelled; their events stay pending).
+
+        Raises:
+            nats.errors.ConnectionClosedError: the publisher's connection is closed for
+                good (:attr:`Publisher.closed`: ``nc.close()``, or nats-py's reconnect
+                attempts spent), checked before each round: no round could publish
+                again, and retrying for ever would hide it from a supervisor."""
         failed = 0
         try:
             while True:
+                if self._publisher.closed:
+                    raise nats.errors.ConnectionClosedError
                 self._wake.clear()
                 try:
                     n = await self.relay_once()

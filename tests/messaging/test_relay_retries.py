@@ -36,6 +36,8 @@ class _Mem:
 class _FakePublisher:
     """'bad-*' fail at once the first time, then hang (a publish timing out); others acked."""
 
+    closed = False  # Publisher.closed: its connection is open
+
     def __init__(self) -> None:
         self.options = SimpleNamespace(metrics=False, timeout_s=1.0)
         self.calls: dict[str, int] = {}
@@ -95,6 +97,8 @@ async def test_an_event_whose_traceparent_header_is_no_string_backs_off_alone() 
 
 class _Outage:
     """Every publish fails after ``delay_s`` (NATS down: each attempt times out)."""
+
+    closed = False  # Publisher.closed: reconnecting, not closed for good
 
     def __init__(self, delay_s: float) -> None:
         self.options = SimpleNamespace(metrics=False, timeout_s=1.0)
