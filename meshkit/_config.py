@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -283,7 +284,10 @@ def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
     ``(name, value)`` pairs, checked when the options are built: grpc unpacks and
     converts each only when it builds a channel or server (with meshkit, for the first
     endpoint inside the discovery watch, or at ``MeshServer.start()``), refusing a bad one
-    with a bare ``ValueError``/``TypeError`` or misreading it.
+    with a bare ``ValueError``/``TypeError`` or misreading it. An integer of another
+    type than ``int`` (a ``numbers.Integral`` such as numpy's ``np.int64``) is stored as
+    its ``int``: grpc takes any value that is no ``int`` for a C pointer, and silently
+    ignores a pointer given for an integer argument.
 
     An argument's name is a non-empty ``str``, or ``bytes`` as grpc takes it, decoded
     (ASCII) here: meshkit merges the options with the arguments it sets itself by name
@@ -326,6 +330,10 @@ def check_grpc_options(name: str, value: object) -> tuple[tuple[str, Any], ...]:
                             and not isinstance(val, numbers.Integral))
                 or not (isinstance(val, (int, str, bytes)) or hasattr(val, "__int__"))):
             raise ConfigError(f"{name}: a value must be an int, str or bytes, got {item!r}")
+        if isinstance(val, numbers.Integral) and not isinstance(val, int):
+            # numpy's np.int64...: grpc takes any value that is no int for a C pointer,
+            # and ignores a pointer where it reads an integer argument (silently)
+            val = operator.index(val)
         if isinstance(val, int) and not C_INT_MIN <= val <= C_INT_MAX:
             raise ConfigError(f"{name}: an int value must fit grpc's C int "
                               f"({C_INT_MIN}..{C_INT_MAX}), got ({key!r}, {quoted(val)})")
