@@ -58,6 +58,12 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   :data:`DRAINING_DETAILS` while it drains, :meth:`meshkit.server.MeshServer.drain`), so
   the call goes to another endpoint, within the budget (Finagle's restartable failures,
   its ``RequeueFilter``).
+* where the method's policy retries nothing (``None``, or ``max_attempts=1``), a
+  unary-response call refused before any of it ran (a nack, an attempt a draining server
+  cut, :func:`cut_before_it_ran`) or whose request never left
+  (:class:`ConnectFailedError`) is still sent once more, at once, within the budget (gRFC
+  A6 "Transparent Retries": "the client library will immediately retry it once"): the
+  servers refuse such calls because mesh clients move them on.
 
 A call a server ends ``CANCELLED`` is not retried, even when no code of it ran: grpc
 core ends the calls a server accepted but had not yet handed to its application when it
@@ -129,7 +135,9 @@ class RetryPolicy:
     """How one method is retried.
 
     Args:
-        max_attempts: attempts in all, first included, >= 1 (default 3; 1 disables).
+        max_attempts: attempts in all, first included, >= 1 (default 3; 1 disables,
+            but for the one transparent retry of a call refused before any of it ran,
+            see the module docstring).
             Not capped at 5 as gRFC A6 caps a service config's ``maxAttempts`` (a cap
             that guards a client against the config a server sends; this is the
             client's own): the retry budget bounds what retries add to the load.
@@ -202,7 +210,9 @@ class RetryOptions:
 
     Args:
         default: policy of methods no pattern names (default ``RetryPolicy()``: retries
-            ``UNAVAILABLE`` only for calls safe to repeat); ``None`` disables by default.
+            ``UNAVAILABLE`` only for calls safe to repeat); ``None`` disables by default
+            (a policy of ``None`` still sends a call refused before any of it ran once
+            more: gRFC A6's transparent retry, see the module docstring).
         methods: ``{method pattern: policy or None}``, e.g. ``"/pkg.Svc/Method"``,
             ``"Svc/Method"``, ``"OrderService/Get*"``, ``"*"``; an exact pattern wins, then
             the longest glob (:mod:`meshkit._methods`).
@@ -374,6 +384,11 @@ class RetryInterceptor(ClientInterceptor):
         self.budget.record_request()
         policy = self._table.lookup(details.method)
         if policy is None or policy.max_attempts == 1:
+            try:  # (a try costs the call nothing until it raises)
+                return await proceed(details, request)
+            except AioRpcError as exc:
+                if not self._transparent(details, request, exc):
+                    raise
             return await proceed(details, request)
         # a stream-unary request that is an iterator (a generator) is spent by the attempt
         # that sent it: such a call is retried only where nothing was sent (no endpoint)
@@ -407,6 +422,38 @@ class RetryInterceptor(ClientInterceptor):
                 continue
             self._observe(details.method, time.monotonic() - t0)
             return response
+
+    def _transparent(self, details: ClientCallDetails, request: Any,
+                     exc: AioRpcError) -> bool:
+        """Whether a unary-response call whose method's policy retries nothing (``None``,
+        or ``max_attempts=1``), and whose attempt failed with ``exc``, goes once more, at
+        once (gRFC A6 "Transparent Retries": "If the RPC reaches the gRPC server library,
+        but has never been seen by the server application logic [...], the client
+        library will immediately retry it once"): a nack (:func:`is_nack`: a meshkit
+        server's shed or drain refusal, a refused stream), an attempt a draining server
+        cut before any of it ran (:func:`cut_before_it_ran`), or one whose request never
+        left (:class:`ConnectFailedError`); not a stream-unary call whose request was an
+        iterator (the attempt spent it). Within the retry budget (a nack is a server's
+        overload: a spent budget ends the call with it) and counted as a retry; the
+        second attempt carries :data:`~meshkit._metadata.PREVIOUS_ATTEMPTS` unless the
+        first never left. Failure path only."""
+        never_sent = isinstance(exc, ConnectFailedError)
+        if self._closed or not (never_sent or _draining_outcome(details, exc)
+                                or is_nack(exc)):
+            return False
+        if details.kind is CallKind.STREAM_UNARY and not _replayable(request):
+            return False
+        remaining = details.time_remaining_s()
+        if remaining is not None and remaining <= 0:
+            self.stats.gave_up_deadline += 1
+            return False
+        if not self.budget.try_withdraw():
+            self.stats.budget_exhausted += 1
+            return False
+        self.stats.retries += 1
+        if not never_sent:
+            details.metadata = with_previous_attempts(details.metadata, 1)
+        return True
 
     async def intercept_stream(self, details: ClientCallDetails, request: Any,
                                proceed: StreamProceed) -> Any:
