@@ -127,6 +127,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import contextvars
 import dis
@@ -142,7 +143,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import CodeType, FunctionType, SimpleNamespace
 from typing import Any, Literal, Protocol, cast
@@ -614,6 +615,14 @@ class Limiter(Protocol):
         ...
 
 
+_SWEEP_STEP_KEYS = 1_000
+"""Keys one step of a ``memory://`` sweep looks at, in one event loop callback."""
+
+
+def _minus_expiry(hit: Any) -> float:
+    """The sort key of a moving window's hits (newest first), as limits' sweep bisects."""
+    return -cast(float, hit.expiry)
+
 _SCHEDULE_SWEEP = "_MemoryStorage__schedule_expiry"  # limits' private sweep scheduler
 _EXPIRE = "_MemoryStorage__expire_events"  # limits' private sweep
 _WRAPPED = ("incr", "decr", "get", "get_expiry", "check", "reset", "clear")
@@ -686,11 +695,14 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         self.sweep_interval_s = float(sweep_interval_s)
         self._next_sweep_s = 0.0
         self._sweep_handle: asyncio.Handle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
+        self._sweeping: Iterator[bool] | None = None  # the steps of the sweep under way
         self.sweeps_scheduled = 0
         """Sweeps this storage scheduled (for tests and diagnostics)."""
-        self.after_sweep: Callable[[], None] | None = None
+        self.after_sweep: Callable[[], bool] | None = None
         """Called on the thread that counts after each sweep's deletions (what
-        :class:`StorageLimiter` forgets the callers whose counts the sweep dropped by)."""
+        :class:`StorageLimiter` forgets the callers whose counts the sweep dropped by),
+        again in the sweep's next step while it returns ``True`` (more to do)."""
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # overrides limits
         now = time.monotonic()
@@ -703,19 +715,69 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         except RuntimeError:  # no event loop in this thread: limits' own timer thread
             self._drop_ended_windows()  # here: the timer thread must not delete lists
             if self.after_sweep is not None:  # (what the timer's last sweep dropped)
-                self.after_sweep()
+                while self.after_sweep():
+                    pass
             getattr(super(), _SCHEDULE_SWEEP)()
             return
+        if self._sweep_handle is not None and self._sweep_loop is loop:
+            return  # a sweep under way on this loop: its next step is due
         # not "only if none is pending": a handle left on a loop that stopped before running
         # it would then stop every later sweep (the interval already bounds how often)
+        self._sweeping = None  # (one a stopped loop left half done starts over)
+        self._sweep_loop = loop
         self._sweep_handle = loop.call_soon(self._sweep)
 
     def _sweep(self) -> None:
+        """One step of the sweep (a loop callback): at most :data:`_SWEEP_STEP_KEYS` keys
+        looked at, the next step scheduled after it, then ``after_sweep`` in steps of its
+        own. limits' own sweep walked every key in one go, holding the event loop 233 ms
+        at 100,000 moving-window callers."""
         self._sweep_handle = None
-        getattr(self, _EXPIRE)()
-        self._drop_ended_windows()
-        if self.after_sweep is not None:
-            self.after_sweep()
+        loop = self._sweep_loop
+        if loop is None or asyncio.get_running_loop() is not loop:
+            return  # a stale step of a loop the storage has left
+        if self._sweeping is None:
+            self._sweeping = self._sweep_steps()
+        if next(self._sweeping, False):
+            self._sweep_handle = loop.call_soon(self._sweep)
+            return
+        self._sweeping = None
+
+    def _sweep_steps(self) -> Iterator[bool]:
+        """What limits' sweep does (moving windows: their expired hits dropped; counters:
+        the expired ones deleted, with their locks), and the moving-window keys left with
+        no hit deleted too (:meth:`_drop_ended_windows`), yielding ``True`` after each
+        :data:`_SWEEP_STEP_KEYS` keys. A caller's hits are newest first, so one whose
+        oldest hit still counts is passed over at once (no lock, no bisect). Keys added
+        after it began wait for the next sweep; one deleted meanwhile is skipped."""
+        events, counters, expirations, locks = (self.events, self.storage,
+                                                self.expirations, self.locks)
+        clock = _MEMORY_CLOCK.time
+        keys = list(events)
+        for start in range(0, len(keys), _SWEEP_STEP_KEYS):
+            now = clock()
+            for key in keys[start:start + _SWEEP_STEP_KEYS]:
+                hits = events.get(key)
+                if hits is None or (hits and hits[-1].expiry > now):
+                    continue
+                with locks[key]:  # (as limits' sweep and acquire_entry take it)
+                    if hits:
+                        del hits[bisect.bisect_left(hits, -now, key=_minus_expiry):]
+                    if not hits:
+                        del events[key]
+                        locks.pop(key, None)
+            yield True
+        keys = list(expirations)
+        for start in range(0, len(keys), _SWEEP_STEP_KEYS):
+            now = clock()
+            for key in keys[start:start + _SWEEP_STEP_KEYS]:
+                if expirations.get(key, math.inf) <= now:
+                    counters.pop(key, None)
+                    expirations.pop(key, None)
+                    locks.pop(key, None)
+            yield True
+        while self.after_sweep is not None and self.after_sweep():
+            yield True
 
     def _drop_ended_windows(self) -> None:
         """Delete the moving-window keys whose list of hits is empty (``limits``' sweep
@@ -734,6 +796,7 @@ class SweepThrottledMemoryStorage(MemoryStorage):
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
+        self._sweeping = None
         timer = getattr(self, "timer", None)
         if isinstance(timer, threading.Timer):
             timer.cancel()
@@ -1364,7 +1427,7 @@ class StorageLimiter:
                                          "window; later evictions are counted in "
                                          "StorageLimiter.keys_evicted")
 
-    def _forget_ended(self) -> None:
+    def _forget_ended(self) -> bool:
         """Forget the least recently used callers that the storage holds no count of any
         more (their windows ended and its sweep dropped them), as an eviction would but
         uncounted: a caller whose windows ended costs nothing (without this, its LRU
@@ -1372,26 +1435,35 @@ class StorageLimiter:
         the least recently used end and stops at the first caller with a count left, so
         a sweep costs one check per caller forgotten, plus one; a caller behind one
         still counted waits for a later sweep (at most about two windows after its last
-        call). Run by the storage after each sweep, on the thread that counts."""
+        call). Run by the storage after each sweep, on the thread that counts, in steps
+        of at most :data:`_SWEEP_STEP_KEYS` callers (100,000 ended callers forgotten at
+        once held the event loop up to 260 ms).
+
+        Returns:
+            Whether to call it again (the step's callers all forgotten, more may be).
+        """
         lru = self._lru
         storage = self._storage
         counters, events = storage.storage, storage.events
         now = _MEMORY_CLOCK.time()
-        while lru:
+        for _ in range(_SWEEP_STEP_KEYS):
+            if not lru:
+                return False
             caller, (clears, cache, cached) = next(iter(lru.items()))
             for skey, window_s in clears:
                 if window_s is None:
                     if skey in counters or skey in events:
-                        return
+                        return False
                 else:  # the previous, current and (not yet swept) the one before
                     held = (*storage.sliding_window_keys(skey, window_s, now),
                             storage.sliding_window_keys(skey, window_s, now - window_s)[0])
                     if any(key in counters for key in held):
-                        return
+                        return False
             del lru[caller]
             if cache is not None:
                 for entry in cached:
                     cache.pop(entry, None)
+        return bool(lru)
 
     def _succeeded(self) -> None:
         self.breaker.success()

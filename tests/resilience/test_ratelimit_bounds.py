@@ -29,6 +29,7 @@ from tests.resilience.limited_echo import limited_echo as _limited_echo
 from tests.resilience.test_ratelimit import SHARED_REDIS_PORT, redis_ping
 from tests.support.echo import SERVICE, method
 from tests.support.skips import skip_or_fail
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,7 +163,8 @@ async def test_callers_whose_windows_ended_cost_nothing(
         assert check("steady") is not None  # over 5/minute
         now[0] += 2 * 3600 + 1  # every window over, a sliding window's previous one too
         assert check("steady") is None  # a fresh window; schedules a sweep
-        await asyncio.sleep(0)  # the sweep runs (loop.call_soon)
+        # the sweep runs in steps of _SWEEP_STEP_KEYS keys (loop.call_soon each)
+        await until(lambda: storage._sweep_handle is None, timeout_s=5, what="the sweep")
         seen = entries(limiter)
         assert seen["counters"] + seen["moving windows"] == len(rule.split(";")), seen
         assert seen["tracked callers"] == 1, seen  # "steady", counted since
