@@ -338,13 +338,18 @@ def by_identity(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> str
 
     The identities are the ones :mod:`meshkit.auth`'s interceptors verified, so put the rate
     limiter after them in ``ServeOptions.interceptors`` (the documented chain order); a
-    caller cannot pick its own key by sending a header.
+    caller cannot pick its own key by sending a header. A token with no subject (``sub``
+    is optional, RFC 7519 section 4.1.2; the verifier gives it ``""``), or one a verifier
+    of your own gave a subject that is no string, names no one: such a call is keyed by
+    the SPIFFE ID or the address, not by one ``"sub:"`` budget all such callers share.
     """
     from meshkit.auth import current_claims, current_peer
 
     claims = current_claims()
     if claims is not None:
-        return "sub:" + claims.subject
+        subject = claims.subject
+        if subject and isinstance(subject, str):
+            return "sub:" + subject
     peer = current_peer()
     if peer is not None:
         return peer.spiffe_id
