@@ -43,7 +43,8 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
 * **stream-stream** calls are not retried once opened (their request iterator is
   consumed as it is sent);
 * every kind is retried when the attempt never reached a server (no endpoint could be
-  picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent, except
+  picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent, whatever
+  the policy's ``retryable_codes`` (not hedged calls: there it is as its status), except
   when the registry gave no first answer within the call's wait for it
   (``resolve_timeout_s``; ``NoEndpointsError.unresolved``): a retry would only wait again;
   so is a unary-response attempt that grpc failed because its endpoint's sub-channel
@@ -510,8 +511,10 @@ class RetryInterceptor(ClientInterceptor):
         (default ``attempt``). ``unrun``: the attempt was cut before any of it ran
         (:func:`cut_before_it_ran`), retried as a nack is."""
         nacked = unrun or is_nack(exc)
+        # an attempt that never reached a server is retried whatever the codes
         if attempt >= policy.max_attempts or not (nacked or exc.code() in
-                                                  policy.retryable_codes):
+                                                  policy.retryable_codes
+                                                  or isinstance(exc, _NOT_SENT)):
             return None
         if isinstance(exc, InvalidCallError):  # the caller's error: no attempt was made
             return None
