@@ -72,20 +72,48 @@ def _from_checkout(module: str, what: str) -> ModuleType:
     """Import ``module`` from the source checkout meshkit is installed from.
 
     Raises:
-        SystemExit: meshkit is not installed from a checkout (the message says how to get one).
+        SystemExit: meshkit is not installed from a checkout (the message says how to get
+            one), or a package the command imports is not installed (``nats`` for the
+            demo, with ``pip install -e .`` and no extras: the message names it and how
+            to install the checkout's dependencies).
     """
+    top = module.split(".")[0]
     try:
         return importlib.import_module(module)
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        _missing_dependency(exc, top, what)
         checkout = _checkout()
         if checkout is None:
             raise SystemExit(
                 f"meshkit {what} runs from a source checkout of meshkit (it needs its "
-                f"{module.split('.')[0]}/ directory, which the package does not install): "
+                f"{top}/ directory, which the package does not install): "
                 f"git clone, then `make {what}`"
             ) from None
-        sys.path.insert(0, str(checkout))
+    sys.path.insert(0, str(checkout))
+    try:
         return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        _missing_dependency(exc, top, what)
+        raise
+
+
+def _missing_dependency(exc: ModuleNotFoundError, top: str, what: str) -> None:
+    """Return when ``exc`` is ``top`` (``examples``, ``benchmarks``) itself missing, the
+    checkout not on the path.
+
+    Raises:
+        SystemExit: ``exc`` names another package (one the command's modules import): it
+            is not installed; the message names it and how to install what ``make
+            {what}`` installs.
+    """
+    name = (exc.name or "").split(".")[0]
+    if name in ("", top):
+        return
+    extra = "bench" if what == "bench" else "dev"
+    raise SystemExit(
+        f"meshkit {what} needs the Python package {name!r}, which is not installed: "
+        f"from the checkout, pip install -e '.[{extra}]' (what `make {what}` installs)"
+    ) from None
 
 
 _EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
