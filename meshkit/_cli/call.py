@@ -95,14 +95,19 @@ def parse_target(text: str, service: str | None = None) -> Target:
         service: the ``--service`` option (the mesh service for a ``/pkg.Svc/Method``).
 
     Raises:
-        CallError: any other shape (quoted), or a ``SERVICE`` (or ``service``) that is no
-            mesh service name (:func:`~meshkit._cli._common.service_name`: quoted).
+        CallError: any other shape (quoted), a ``SERVICE`` (or ``service``) that is no
+            mesh service name (:func:`~meshkit._cli._common.service_name`: quoted), or
+            a ``service`` beside a ``SERVICE/...`` target naming another service.
     """
     parts = text.split("/")
     found: Target | None = None
     if text.startswith("/") and len(parts) == 3 and all(parts[1:]):
         found = Target(service, parts[1], parts[2])
     elif not text.startswith("/") and len(parts) in (2, 3) and all(parts):
+        if service is not None and service != parts[0]:  # which one? never a guess
+            raise CallError(f"target {text!r} names the service {parts[0]!r} and --service "
+                            f"{service!r} another: --service is for a /pkg.Svc/Method "
+                            "target; give one")
         found = Target(parts[0], parts[1] if len(parts) == 3 else None, parts[-1])
     if found is not None:
         if found.service is not None:
@@ -207,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the empty message; - reads it from stdin)")
     add_registry_argument(p)
     p.add_argument("--service", default=None, type=service_name,
-                   help="mesh service to dial for a /pkg.Svc/Method target")
+                   help="mesh service to dial for a /pkg.Svc/Method target (with a "
+                        "SERVICE/... target, it must be that SERVICE)")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'KEY: VALUE'",
                    help="request metadata, e.g. -H 'authorization: Bearer ...' (repeatable); "
                         "a KEY ending in -bin takes a base64 VALUE and sends the decoded "
