@@ -13,12 +13,18 @@ from meshkit.errors import ConfigError
 __all__ = ["Backoff"]
 
 
-# the generator a Backoff makes when given none: reseeded in a child made by os.fork().
-# Options built before a pre-fork server forks its workers (module-level DialOptions)
-# otherwise gave every worker the parent's state, the same "random" delays, and retries
-# in lock-step after an outage, which full jitter exists to prevent. A generator the
-# caller passes is the caller's, never reseeded.
-_OwnRandom = ForkSafeRandom
+class _OwnRandom(ForkSafeRandom):
+    """The generator a Backoff makes when given none: reseeded in a child made by
+    ``os.fork()``, and a copy of it (``pickle``, ``copy.deepcopy``) starts from a fresh
+    seed. Options built before a pre-fork server forks its workers (module-level
+    DialOptions), or handed pickled to workers that ``multiprocessing``'s ``spawn`` or
+    ``forkserver`` starts, otherwise gave every worker the same state, the same "random"
+    delays, and retries in lock-step after an outage, which full jitter exists to
+    prevent. A generator the caller passes is the caller's, never reseeded."""
+
+    def __reduce__(self) -> tuple[type[_OwnRandom], tuple[()]]:
+        # random.Random's pickles its state; a copy draws its own delays instead
+        return _OwnRandom, ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,8 +37,10 @@ class Backoff:
         max_delay_s: cap of any delay, seconds (default 1.0).
         multiplier: growth per retry, >= 1 (default 2.0).
         rng: random source (default a new ``random.Random``, reseeded in a child made by
-            ``os.fork()``, so workers forked from one process do not retry in
-            lock-step); inject a seeded one in tests (never reseeded).
+            ``os.fork()`` and in a copy, pickled or deep-copied, so workers forked from
+            one process or handed the options pickled, as ``multiprocessing``'s
+            ``spawn`` does, do not retry in lock-step); inject a seeded one in tests
+            (never reseeded, copied with its state).
 
     Raises:
         ConfigError: negative delays, ``max_delay_s < base_delay_s`` or ``multiplier < 1``.
@@ -41,7 +49,7 @@ class Backoff:
     base_delay_s: float = 0.025
     max_delay_s: float = 1.0
     multiplier: float = 2.0
-    rng: random.Random = field(default_factory=ForkSafeRandom, compare=False)
+    rng: random.Random = field(default_factory=_OwnRandom, compare=False)
 
     def __post_init__(self) -> None:
         check_number("base_delay_s", self.base_delay_s)
