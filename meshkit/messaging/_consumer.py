@@ -243,9 +243,11 @@ class _Pulls:
 
 def _status(msg: Msg) -> str | None:
     """A JetStream status message's code (``"404"``, ``"408"``, ...), None for a
-    message."""
+    message. A stream's message comes with a reply subject (``$JS.ACK...``, to ack it)
+    and a status without one; the ``Status`` header alone does not tell them apart: a
+    publisher's own ``Status`` header (``Status: shipped``) arrives as it is."""
     headers = msg.headers
-    return headers.get("Status") if headers else None
+    return headers.get("Status") if headers and not msg.reply else None
 
 
 @dataclass(slots=True)
