@@ -43,7 +43,8 @@ class Backoff:
             (never reseeded, copied with its state).
 
     Raises:
-        ConfigError: negative delays, ``max_delay_s < base_delay_s`` or ``multiplier < 1``.
+        ConfigError: negative delays, ``max_delay_s < base_delay_s``, ``multiplier < 1``
+            or an ``rng`` without a ``uniform(a, b)`` method (``None`` included; quoted).
     """
 
     base_delay_s: float = 0.025
@@ -55,6 +56,10 @@ class Backoff:
         check_number("base_delay_s", self.base_delay_s)
         check_number("max_delay_s", self.max_delay_s, finite=False)  # inf: no cap
         check_number("multiplier", self.multiplier, low=1.0, finite=False)
+        if not callable(getattr(self.rng, "uniform", None)):  # else the first retry raised
+            raise ConfigError(f"rng must be a random source with uniform(a, b), such as a "
+                              f"random.Random (leave it out for the default), "
+                              f"got {self.rng!r}")
         if not self.max_delay_s >= self.base_delay_s:
             raise ConfigError(
                 f"max_delay_s must be >= base_delay_s ({self.base_delay_s!r}), "

@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshkit._config import check_number, check_seconds
+from meshkit._config import check_instance, check_number, check_seconds
+from meshkit.errors import ConfigError
 
 __all__ = ["BudgetOptions", "RetryBudget"]
 
@@ -53,8 +54,12 @@ class RetryBudget:
     event loop).
 
     Args:
-        options: :class:`BudgetOptions`.
+        options: :class:`BudgetOptions` (default ``BudgetOptions()``).
         clock: monotonic seconds (default ``time.monotonic``).
+
+    Raises:
+        ConfigError: ``options`` is no :class:`BudgetOptions`, or ``clock`` is not
+            callable (quoted).
     """
 
     __slots__ = ("_bucket_s", "_clock", "_cur", "_floor", "_ratio", "_requests", "_retries",
@@ -64,6 +69,9 @@ class RetryBudget:
 
     def __init__(self, options: BudgetOptions | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        check_instance("options", options, BudgetOptions)
+        if not callable(clock):
+            raise ConfigError(f"clock must be a function returning seconds, got {clock!r}")
         self.options = options or BudgetOptions()
         self._clock = clock
         self._bucket_s = self.options.ttl_s / self._N

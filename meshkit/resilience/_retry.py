@@ -105,6 +105,7 @@ from grpc.aio import AioRpcError, Metadata
 from meshkit._calls import RetryingStreamCall
 from meshkit._config import (
     check_bool,
+    check_instance,
     check_int,
     check_metadata_key,
     check_number,
@@ -334,12 +335,19 @@ class RetryInterceptor(ClientInterceptor):
     ``DialOptions(retry=RetryOptions(...))`` (innermost per-call interceptor).
 
     Args:
-        options: :class:`RetryOptions`.
+        options: :class:`RetryOptions` (default ``RetryOptions()``).
         budget: share a :class:`RetryBudget` between channels (default: its own).
+
+    Raises:
+        ConfigError: ``options`` is no :class:`RetryOptions` or ``budget`` no
+            :class:`RetryBudget` (``BudgetOptions`` belong in ``RetryOptions.budget``;
+            quoted).
     """
 
     def __init__(self, options: RetryOptions | None = None, *,
                  budget: RetryBudget | None = None) -> None:
+        check_instance("options", options, RetryOptions)
+        check_instance("budget", budget, RetryBudget)
         self.options = options or RetryOptions()
         self.budget = budget or RetryBudget(self.options.budget)
         self.stats = RetryStats()
