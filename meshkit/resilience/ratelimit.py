@@ -137,13 +137,15 @@ import importlib.metadata
 import importlib.util
 import inspect
 import math
+import os
 import re
+import stat
 import sys
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import CodeType, FunctionType, SimpleNamespace
 from typing import Any, Literal, Protocol, cast
@@ -166,6 +168,7 @@ from limits.util import WindowStats
 
 from meshkit._config import CONSUMED_HEADERS, check_int, check_number, check_seconds
 from meshkit._fields import FrozenMap
+from meshkit._fork import reset_in_forked_child
 from meshkit._handlers import Before, WrappingInterceptor
 from meshkit._log import RepeatLog
 from meshkit._metadata import call_metadata
@@ -1138,6 +1141,35 @@ def _count_fixed_windows_atomically(storage: Any) -> bool:
 
 _drivers_lock = threading.Lock()
 
+_inherited_connections: list[list[Any]] = []
+"""In a forked child: the parent's Redis connections its limiters let go of (kept so
+that none is closed through the event loop the two processes share)."""
+
+
+def _name_dev_null(sockets: Iterable[Any]) -> None:
+    """In a forked child: make the child's copies of the descriptors of ``sockets`` (the
+    parent's) name ``/dev/null`` (``os.dup2``, non-inheritable), so the child holds none
+    of the parent's connections open, while the parent's socket and its registration in
+    the shared epoll instance stay as they were (a registration goes only when every
+    descriptor of its open file is closed); a later close of the number in the child
+    closes ``/dev/null``. A descriptor that is no socket is left alone; no ``OSError``
+    is raised. (What :func:`meshkit.discovery._resolver.drop_inherited_sockets` does for
+    the registries' aiohttp sessions.)"""
+    fds = {fd for sock in sockets if (fd := sock.fileno()) >= 0}
+    if not fds:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
 
 def _import_drivers(cls: type[Any]) -> None:
     """Import the installed drivers of a ``limits`` storage class (its ``DEPENDENCIES``)
@@ -1179,7 +1211,8 @@ class StorageLimiter:
             (``async+redis`` needs ``limits[async-redis]``).
     """
 
-    __slots__ = ("_acquire_window", "_checkers", "_deny", "_exact_wait", "_fixed",
+    __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
+                 "_fixed",
                  "_key_caches", "_lru", "_max_keys", "_outage", "_prefix", "_sliding",
                  "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
@@ -1217,6 +1250,7 @@ class StorageLimiter:
                 f"{_scrub_uri_secrets(reason, uri)}"
             ) from None
         self._storage = storage
+        _limiters.add(self)  # reset in a forked child: _forget_parent
         if self.synchronous:  # callers whose counts the sweep dropped: forgotten too
             storage.after_sweep = self._forget_ended
         self._sliding = opts.strategy == "sliding-window-counter"
@@ -1497,6 +1531,34 @@ class StorageLimiter:
             if inspect.isawaitable(result):  # redis-py's asyncio pool
                 await result
 
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()`` (``os.register_at_fork(after_in_child=...)``):
+        let go of the Redis driver's connections, which are the parent's, and start a pool
+        of its own.
+
+        coredis sees its pool was made by another process at the child's first hit and
+        disconnects the connections through asyncio: a transport's close removes its
+        socket from the epoll instance the child's copy of the parent's loop shares with
+        the parent, which then never read that connection again (its next hit waited
+        ``storage_timeout_s`` out: a storage failure, in every worker's parent). Here
+        the child's copies of those sockets are made to name ``/dev/null`` instead (as
+        the registries' children do, :func:`_name_dev_null`), the connections are kept
+        referenced (never closed nor collected through asyncio here), and the pool
+        starts empty, owned by the child. Other storages are left as they are."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        held = getattr(pool, "_available_connections", None)
+        in_use = getattr(pool, "_in_use_connections", None)
+        if pool is None or held is None or in_use is None or not callable(
+                getattr(pool, "reset", None)):
+            return
+        connections = [*held, *in_use]
+        _inherited_connections.append(connections)
+        _name_dev_null(sock for conn in connections
+                       if (transport := getattr(conn, "_transport", None)) is not None
+                       and (sock := transport.get_extra_info("socket")) is not None)
+        pool.reset()
+
     def _window_key(self, item: Any, method: str, key: str) -> tuple[Any, str, int, int]:
         """``(item, storage key, amount, window seconds)`` of a sliding-window hit: what
         ``SlidingWindowCounterRateLimiter.hit`` computes per hit (``key_for`` joins and
@@ -1648,6 +1710,9 @@ class StorageLimiter:
                              f"rate limiter unavailable for {method}")
         return None
 
+
+
+_limiters = reset_in_forked_child(StorageLimiter)
 
 
 class RateLimitInterceptor(WrappingInterceptor):
