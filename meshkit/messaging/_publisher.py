@@ -303,7 +303,8 @@ class Publisher:
 
         Raises:
             TypeError: ``payload`` is no ``bytes`` / ``bytearray`` / ``memoryview``
-                (e.g. a ``str``), refused before anything is sent.
+                (e.g. a ``str``), or a header key or value no ``str`` (the key quoted,
+                the value's type named), refused before anything is sent.
             PublishError: not acked after the attempts the options and budget allow; or
                 the reply is no JetStream ack (a service, not a stream, answers on the
                 subject); or ``msg_id`` is not one (quoted), or ``subject`` is not one
@@ -328,6 +329,10 @@ class Publisher:
             raise PublishError(str(exc)) from None
         opts = self.options
         hdrs = dict(headers or {})
+        for k, v in hdrs.items():  # else an AttributeError from deep in the size check
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"headers must map str to str, got the header {k!r}: "
+                                f"{type(v).__name__}")
         hdrs[MSG_ID_HEADER] = msg_id
         started = time.perf_counter()
         span = None
