@@ -20,8 +20,9 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   after ``hedge_delay_s``, another goes to a different endpoint; the first success wins
   and the others are cancelled. An attempt that fails with a retryable status or a nack
   has the next one sent at once, or after its pushback (gRFC A6 "Pushback": a negative,
-  malformed or too long pushback sends no more); any other status ends the call. C-core
-  gRPC lacks hedging (grpc/grpc#26566).
+  malformed or too long pushback sends no more); one that found no endpoint (every
+  endpoint failing) after the policy's backoff, as a retry would wait; any other status
+  ends the call. C-core gRPC lacks hedging (grpc/grpc#26566).
 
 Unary-response calls (unary-unary, stream-unary with a re-iterable request: a list, a
 tuple, an iterable making a new iterator each time) are retried and hedged whole; a
@@ -554,7 +555,10 @@ class RetryInterceptor(ClientInterceptor):
         """gRFC A6 hedging: the next attempt goes ``hedge_delay_s`` after the last one, at
         once after a non-fatal failure (a status in ``retryable_codes``, or a nack), or
         after the failure's pushback (a pushback that is negative, malformed or over
-        ``max_pushback_s`` sends no more attempts); an attempt cut before it ran by a
+        ``max_pushback_s`` sends no more attempts), or after the policy's backoff when
+        the attempt found no endpoint (:class:`~meshkit.errors.NoEndpointsError`: every
+        endpoint failing; the n-th such attempt waits the backoff's n-th delay, within
+        the deadline); an attempt cut before it ran by a
         draining server (:func:`cut_before_it_ran`) is non-fatal as a nack; the first
         success wins, any other
         status ends the call, and the attempts still in flight are cancelled."""
@@ -579,6 +583,7 @@ class RetryInterceptor(ClientInterceptor):
         pending: set[asyncio.Task[Any]] = {asyncio.ensure_future(attempt(0))}
         done: set[asyncio.Task[Any]] = set()
         sent = 1
+        unpicked = 0  # attempts that found no endpoint: each next one waits a backoff
         next_at = loop.time() + policy.hedge_delay_s  # when the next attempt is due
         last: BaseException | None = None
         try:
@@ -631,7 +636,12 @@ class RetryInterceptor(ClientInterceptor):
                                                      or pushback > policy.max_pushback_s):
                             sent = policy.max_attempts  # the server said: do not retry
                         else:  # non-fatal: the next attempt at once, or after the pushback
-                            at = loop.time() + (pushback or 0.0)
+                            wait = pushback or 0.0
+                            if isinstance(exc, NoEndpointsError):
+                                # no endpoint to send to: a pick at once finds none either
+                                unpicked += 1
+                                wait = policy.backoff.delay_s(unpicked)
+                            at = loop.time() + wait
                             due = at if due is None else max(due, at)
                     if due is not None:
                         next_at = due
