@@ -1208,7 +1208,8 @@ class StorageLimiter:
 
     Raises:
         ConfigError: the storage cannot be built, e.g. its driver is not installed
-            (``async+redis`` needs ``limits[async-redis]``).
+            (``async+redis`` needs ``limits[async-redis]``) or cannot read an option of
+            the URI (``?db=x``); the URI quoted, its password redacted.
     """
 
     __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
@@ -1239,9 +1240,12 @@ class StorageLimiter:
                                               **_storage_options(uri, cls))
                 pttl = _count_fixed_windows_atomically(storage)
                 self._strategy = _STRATEGY_CLASSES[opts.strategy](storage)
-        except (ConfigurationError, NotImplementedError) as exc:
+        except ConfigError:
+            raise
+        except (ConfigurationError, NotImplementedError, ValueError, TypeError) as exc:
             # limits' message (and its cause's) quotes the URI as given, password and all:
-            # scrubbed, and not chained (a traceback would print it)
+            # scrubbed, and not chained (a traceback would print it); a ValueError is the
+            # driver's reading of a query option (coredis: int('x') of "?db=x")
             reason = str(exc)
             if isinstance(exc.__cause__, ValueError) and str(exc.__cause__):
                 reason += f" ({exc.__cause__})"  # e.g. "Port out of range 0-65535"
