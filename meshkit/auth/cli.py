@@ -13,7 +13,9 @@ key or certificate (``ca.pem`` included: a host holding only the trust bundle) i
 overwritten without ``--force`` (renewal: ``issue <service> --force``; running servers
 pick the new certificate up within their ``reload_interval_s``).
 
-``inspect`` prints every certificate of the file; one with malformed extensions (which
+``inspect`` prints every certificate of the file, the control characters of its names
+escaped as Python's ``repr`` writes them (``\\x1b``: a certificate's subject never acts
+on the terminal); one with malformed extensions (which
 cryptography cannot read) ends it with exit code 1 and one line naming the file, the
 certificate's place in it and the error.
 
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> int:
         ns = _parser().parse_args(args)
     except SystemExit as exc:
         return int(exc.code or 0)
-    from meshkit._cli._common import quiet_grpc_core
+    from meshkit._cli._common import printable, quiet_grpc_core
 
     quiet_grpc_core()  # before grpc loads (meshkit._config, meshkit.errors)
     from meshkit.auth._certs import (
@@ -146,7 +148,9 @@ def main(argv: list[str]) -> int:
                                        f"{exc}") from None
             if i:
                 print()
-            print("\n".join(lines))
+            # a certificate's names are anyone's text (a peer's, a downloaded bundle's):
+            # their control characters escaped, never acting on the terminal
+            print("\n".join(printable(line) for line in lines))
         return 0
     except BrokenPipeError:  # stdout's reader went away: meshkit.cli ends quietly (141)
         raise
