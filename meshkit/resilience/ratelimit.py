@@ -458,6 +458,12 @@ class RateLimitOptions:
             client sending 8 KiB header values costs no more) the
             default holds a flood to about 90 MB, and is well above the distinct callers
             one replica sees in a window when keyed by peer or by authenticated user.
+            The moving window keeps, besides, every hit of a caller's window (``limits``'
+            list of entries, about 145 bytes a hit): a ``"1000/minute"`` caller at its
+            limit holds 145 KB, so ``max_keys`` bounds its memory only to ``max_keys`` x
+            the limit x 145 bytes (14.5 GB at the default); with large limits and many
+            callers in one process choose the fixed window or the sliding window counter
+            (constant memory per caller), or Redis.
             Evictions are counted (:attr:`StorageLimiter.keys_evicted`); the first is
             logged as a warning. A caller whose windows ended is forgotten after the
             storage's next sweep (uncounted: it has no count to lose). Only for
