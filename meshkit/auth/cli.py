@@ -126,8 +126,10 @@ def main(argv: list[str]) -> int:
             files = init_ca_dir(ns.dir, trust_domain=ns.trust_domain, ttl_days=ns.ttl_days,
                                 permitted_dns=tuple(ns.permit_dns or ("localhost",)),
                                 overwrite=ns.force)
-            print(f"CA for trust domain {ns.trust_domain}: {files.ca_file} (key {files.key_file},"
-                  " mode 0600)")
+            # paths escaped (printable): a name that is not UTF-8 (\udcff) cannot be
+            # encoded for a UTF-8 stdout, and would end the command after its work
+            print(printable(f"CA for trust domain {ns.trust_domain}: {files.ca_file} "
+                            f"(key {files.key_file}, mode 0600)"))
             return 0
         if ns.cmd == "issue":
             key_existed = any(os.path.exists(os.path.join(ns.dir, f"{ns.service}.{ext}"))
@@ -136,8 +138,9 @@ def main(argv: list[str]) -> int:
                                    ips=tuple(ns.ip), overwrite=ns.force)
             info = describe_certificate(load_certificates(files.cert_file)[0])
             verb = "renewed (replaced)" if key_existed else "issued"
-            print(f"{verb} {info.spiffe_id}: {files.cert_file} (key {files.key_file}, mode 0600)"
-                  f", valid until {info.not_after.isoformat()}")
+            print(printable(f"{verb} {info.spiffe_id}: {files.cert_file} (key "
+                            f"{files.key_file}, mode 0600), valid until "
+                            f"{info.not_after.isoformat()}"))
             return 0
         certs = load_certificates(ns.file)
         for i, cert in enumerate(certs):

@@ -57,3 +57,18 @@ def test_inspect_escapes_a_certificates_control_characters(tmp_path: Path) -> No
     assert "a\\x1b[31m.example" in out and "spiffe://x\\x1b[2J/svc/y" in out, out
     assert not any(line.startswith("not after:") and "2099" in line
                    for line in out.splitlines()), out
+
+
+def test_init_and_issue_into_a_directory_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """``certs init --dir $'certs\\xff'`` (a directory name that is not UTF-8, given as
+    the bytes it is) wrote the CA, then died printing its path: ``UnicodeEncodeError``
+    traceback, exit 1, under a UTF-8 locale's stdout (``errors='strict'``, here
+    ``PYTHONIOENCODING=utf-8:strict``); ``issue`` alike. The paths are now printed
+    escaped (``\\udcff``), exit 0."""
+    d = tmp_path / "certs\udcff"  # os.fsencode: the byte 0xff
+    for args in (("certs", "init", "--dir", str(d)),
+                 ("certs", "issue", "orderd", "--dir", str(d))):
+        done = _meshkit(*args, PYTHONIOENCODING="utf-8:strict")
+        assert (done.returncode, done.stderr) == (0, b""), (args, done.stderr[-800:])
+        assert b"certs\\udcff" in done.stdout, (args, done.stdout)
+    assert (d / "ca.pem").is_file() and (d / "orderd.pem").is_file()
