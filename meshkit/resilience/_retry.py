@@ -45,7 +45,7 @@ Hedging Logic" 5.1). Streaming-response calls follow gRFC A6's commit rule:
   consumed as it is sent);
 * every kind is retried when the attempt never reached a server (no endpoint could be
   picked: :class:`~meshkit.errors.NoEndpointsError`), since nothing was sent, whatever
-  the policy's ``retryable_codes`` (not hedged calls: there it is as its status), except
+  the policy's ``retryable_codes`` (a hedged call's next attempt too), except
   when the registry gave no first answer within the call's wait for it
   (``resolve_timeout_s``; ``NoEndpointsError.unresolved``): a retry would only wait again;
   so is a unary-response attempt that grpc failed because its endpoint's sub-channel
@@ -622,9 +622,11 @@ class RetryInterceptor(ClientInterceptor):
                                 exc, InvalidCallError) or (exc.code() not in
                                                            policy.retryable_codes
                                                            and not unrun
+                                                           and not isinstance(exc, _NOT_SENT)
                                                            and not is_nack(exc)) or (
                                 isinstance(exc, NoEndpointsError) and exc.unresolved):
-                            # fatal (a nack never is: none of the call ran); the call
+                            # fatal (a nack never is: none of the call ran, nor an
+                            # attempt that reached no server, whatever the codes); the call
                             # settles on the error itself, not on the attempt launched
                             # last (details.last_call), which may be another one
                             details.last_call = None

@@ -9,7 +9,8 @@ What was wrong: both were retried only when their code, ``UNAVAILABLE``, was in 
 policy's ``retryable_codes``. A policy written to retry something else (``{
 RESOURCE_EXHAUSTED}``: a rate limiter's pushback) failed a call made while every endpoint
 was failing (a restart) at once with ``UNAVAILABLE`` "all 1 endpoints are failing", where
-the default policy waits and sends it to the instance that came up.
+the default policy waits and sends it to the instance that came up; a hedged policy took
+such an attempt for a fatal status and ended the call there.
 
 Real MeshServers on loopback, a real MeshChannel; the service's first instance is
 registered at a port nothing listens on, and a real one starts once the call has failed
@@ -48,10 +49,11 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.parametrize("hedged", [False, True], ids=["retried", "hedged"])
 async def test_a_call_made_while_every_endpoint_fails_waits_for_one_whatever_the_codes(
-        registry: LocalRegistry) -> None:
+        registry: LocalRegistry, hedged: bool) -> None:
     policy = RetryPolicy(
-        idempotent=True, max_attempts=12,
+        idempotent=True, max_attempts=12, hedge_delay_s=0.5 if hedged else None,
         retryable_codes={grpc.StatusCode.RESOURCE_EXHAUSTED},
         backoff=Backoff(base_delay_s=0.1, max_delay_s=0.1, rng=_Longest()))
     await registry.register(Instance(service="unsent", instance_id="gone",
@@ -67,8 +69,10 @@ async def test_a_call_made_while_every_endpoint_fails_waits_for_one_whatever_the
             await until(lambda: [ep.state for ep in ch.endpoints()] == [EndpointState.FAILING],
                         timeout_s=10, what="the dead instance read FAILING")
             call = asyncio.ensure_future(ch.unary_unary(method("Unary"))(b"x", timeout=10))
-            await until(lambda: (ch.retry is not None and ch.retry.stats.retries > 0)
-                        or call.done(), what="the first attempt's failure")
+            retry = ch.retry
+            assert retry is not None
+            await until(lambda: retry.stats.retries + retry.stats.hedges > 0 or call.done(),
+                        what="the first attempt's failure")
             assert not call.done(), call.exception()  # (an error: retried no more)
             await server.start()
             assert await asyncio.wait_for(call, 15) == b"up|x"
