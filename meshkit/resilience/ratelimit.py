@@ -659,8 +659,10 @@ class SweepThrottledMemoryStorage(MemoryStorage):
     sweep walks every key: under load a thread per 10 ms and a cost per call in proportion
     to the number of caller keys. The counts do not depend on the sweep (reads drop expired
     counters, moving-window checks compare timestamps); it only gives memory back, which
-    once a second does as well. Here a due sweep runs as a callback on the running event
-    loop (``loop.call_soon``; without a running loop, ``limits``' own timer thread).
+    once a second does as well. Here a due sweep runs as callbacks on the running event
+    loop (``loop.call_soon``), one step of at most :data:`_SWEEP_STEP_KEYS` keys each, so
+    that no call waits behind a walk of every caller (without a running loop,
+    ``limits``' own timer thread).
     Measured with ``python -m benchmarks.micro``: see ``ratelimit`` there.
 
     ``limits``' sweep empties a moving-window key's list of hits once they have all
