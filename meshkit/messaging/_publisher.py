@@ -121,6 +121,24 @@ def message_size(payload: bytes, headers: Mapping[str, str]) -> int:
     return size
 
 
+MAX_CONTROL_LINE = 4096
+"""nats-server's default ``max_control_line``, bytes: the longest protocol line it reads
+(``HPUB <subject> <reply> <header bytes> <total bytes>``). A longer one is answered
+``-ERR 'Maximum Control Line Exceeded'``, and nats-py closes the connection for good on
+that error. The server does not announce the limit in ``INFO`` (NATS docs, "Set the
+Maximum Control Line Size": clients limit it themselves, nats.java to 4096 by default)."""
+
+
+def control_line_fits(js: JetStreamContext, subject: str, size: int) -> bool:
+    """Whether a request of ``size`` bytes (headers and payload) to ``subject`` on
+    ``js``'s connection has an ``HPUB`` line within :data:`MAX_CONTROL_LINE`: its reply
+    subject is nats-py's request inbox (the connection's inbox prefix, a 22-character
+    NUID, a token of 26), each size at most as long as ``size``."""
+    reply = len(js._nc._inbox_prefix) + 50
+    digits = len(str(size))
+    return 5 + len(subject.encode()) + 1 + reply + 2 * (1 + digits) + 2 <= MAX_CONTROL_LINE
+
+
 def max_payload(js: JetStreamContext) -> int:
     """The ``max_payload`` of ``js``'s connection (the server's, from its last ``INFO``)."""
     return int(js._nc.max_payload)
@@ -310,7 +328,10 @@ class Publisher:
                 subject); or ``msg_id`` is not one (quoted), or ``subject`` is not one
                 a publisher may use (a wildcard or an empty token: JetStream would store
                 ``orders.*`` as it is, out of reach of the real subject's consumers;
-                quoted), refused before anything is sent; or the payload with its
+                quoted), or so long that the protocol line sending it would exceed
+                the server's ``max_control_line`` (4096 bytes by default, not announced:
+                the server would close the connection for good), refused before
+                anything is sent; or the payload with its
                 headers (the identity and trace headers included) is larger than the
                 server's ``max_payload``, refused before anything is sent (the cause is
                 ``nats.errors.MaxPayloadError``): the server would close the connection
@@ -357,6 +378,13 @@ class Publisher:
             size = message_size(payload, hdrs)
             if opts.stream is not None:  # nats-py adds Nats-Expected-Stream
                 size += len(opts.stream) + 24
+            if not control_line_fits(self._js, subject, size):
+                error = nats.errors.ProtocolError()
+                raise PublishError(
+                    f"subject {subject[:64]!r}... of {len(subject.encode())} bytes is too "
+                    f"long for the server's protocol line (max_control_line "
+                    f"{MAX_CONTROL_LINE}): the server would close the connection"
+                    ) from error
             limit = max_payload(self._js)
             if size > limit:
                 error = nats.errors.MaxPayloadError()

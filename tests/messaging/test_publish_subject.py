@@ -38,3 +38,20 @@ async def test_a_plain_subject_is_still_published(bus: Bus) -> None:
     publisher = Publisher(bus.js, PublishOptions(registry=CollectorRegistry()))
     ack = await publisher.publish(bus.subject + ".created", b"x", msg_id="e1")
     assert ack.seq == 1
+
+
+async def test_a_subject_too_long_for_the_servers_control_line_is_refused(bus: Bus) -> None:
+    """A subject that makes the ``HPUB`` line longer than the server's
+    ``max_control_line`` (4096 by default, not announced in ``INFO``): the server
+    answers ``-ERR 'Maximum Control Line Exceeded'`` and nats-py closes the connection
+    for good (every later publish and pull on it failed ConnectionClosedError). It is
+    refused with PublishError before sending; the connection stays open and the next
+    publish is acked. A subject just below the limit is still published (guard)."""
+    publisher = Publisher(bus.js, PublishOptions(registry=CollectorRegistry(),
+                                                 timeout_s=1.0))
+    with pytest.raises(PublishError, match="max_control_line"):
+        await publisher.publish(bus.subject + "." + "x" * 5000, b"x", msg_id="long")
+    assert not bus.nc.is_closed
+    ack = await publisher.publish(bus.subject + "." + "x" * 3900, b"x", msg_id="fits")
+    assert ack.seq == 1
+    assert not bus.nc.is_closed
