@@ -41,6 +41,12 @@ MAX_RULE_WINDOW_S = 10**12
 s, its TTL printed in exponent form; the others' past int64 milliseconds), every call then
 a storage failure."""
 
+MAX_RULE_AMOUNT = 2**53
+"""The largest amount a rule may have (9,007,199,254,740,992: the integers a double, a
+Lua number, holds exactly): Redis' moving-window script fails on larger ones every call
+(from about 2**62: an int64's largest, ``"9223372036854775807/second"``, included), each
+call then a storage failure."""
+
 _ASYNC_SCHEMES: dict[str, type[AsyncStorage]] = {
     scheme: cls
     for cls in (MemoryStorage, RedisStorage, RedisClusterStorage, RedisSentinelStorage,
@@ -73,9 +79,10 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
         where: what the rule belongs to, for the error message (``"default_rule"``, ...).
 
     Raises:
-        ConfigError: not a string, not valid notation, an amount below 1, a window of
-            zero units (``"1/0 seconds"``, which ``limits`` alone reads as one unit) or
-            one longer than :data:`MAX_RULE_WINDOW_S` (quoted).
+        ConfigError: not a string, not valid notation, an amount below 1 or above
+            :data:`MAX_RULE_AMOUNT`, a window of zero units (``"1/0 seconds"``, which
+            ``limits`` alone reads as one unit) or one longer than
+            :data:`MAX_RULE_WINDOW_S` (quoted).
     """
     if not isinstance(text, str):
         raise ConfigError(f"{where} must be a rate limit string like '100/second', got {text!r}")
@@ -91,6 +98,9 @@ def parse_rule(text: object, *, where: str) -> tuple[RateLimitItem, ...]:
     for item in items:
         if item.amount < 1:
             raise ConfigError(f"{where}: rate limit amount must be >= 1, got {text!r}")
+        if item.amount > MAX_RULE_AMOUNT:
+            raise ConfigError(f"{where}: rate limit amount {item.amount} is more than "
+                              f"{MAX_RULE_AMOUNT}, which a storage can count to, got {text!r}")
         if item.get_expiry() > MAX_RULE_WINDOW_S:
             raise ConfigError(f"{where}: rate limit window {item.get_expiry()} s is longer "
                               f"than {MAX_RULE_WINDOW_S} s, which a storage can keep, got "
