@@ -29,6 +29,7 @@ from meshkit.errors import ConfigError
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
 from meshkit.messaging._publisher import (
     MSG_ID_HEADER,
+    check_nats_filter_subject,
     check_nats_name,
     check_nats_subject,
     check_telemetry_fields,
@@ -334,7 +335,10 @@ class ConsumerOptions:
             none is skipped); on a stream that is a new one (deleted and made again,
             a server restarted without its store: another ``created`` time), from
             the stream's start (see :meth:`Consumer.recreation_config`).
-        filter_subject: subjects to consume (default ``None``: the whole stream).
+        filter_subject: subjects to consume (default ``None``: the whole stream; ``""``
+            too), wildcards as whole tokens (``orders.*``, ``orders.>``); one JetStream
+            would refuse (whitespace, an empty token, ``>`` before the last token, a
+            wildcard character inside a token) is a ``ConfigError``.
         dead_letter_subject: where poison messages go (default ``None``:
             ``dlq.<stream>.<durable>``, see :meth:`dead_letter_for`). A dead letter is
             published to JetStream with the original headers, minus those in the
@@ -455,6 +459,8 @@ class ConsumerOptions:
         if self.filter_subject is not None and not isinstance(self.filter_subject, str):
             raise ConfigError("filter_subject must be a subject (a str, wildcards allowed) "
                               f"or None, got {self.filter_subject!r}")
+        if self.filter_subject is not None:
+            check_nats_filter_subject("filter_subject", self.filter_subject)
         check_instance("backoff", self.backoff, Backoff, optional=False)
         check_instance("verifier", self.verifier, MessageVerifier)
         check_telemetry_fields(self)

@@ -180,6 +180,32 @@ def check_nats_subject(name: str, value: object) -> None:
                           f"spaces or wildcards (* >), got {value!r}")
 
 
+def check_nats_filter_subject(name: str, value: object) -> None:
+    """Check that ``value`` (the field ``name``) is a subject a consumer may filter on:
+    a string of printable characters without spaces whose ``.``-separated tokens are
+    non-empty, and are ``*`` (one token), ``>`` (the last token only) or hold no
+    wildcard character (NATS docs, Subject-Based Messaging: wildcards match whole
+    tokens, ``>`` only at the end; ``*`` and ``>`` are reserved). ``""`` is taken as
+    no filter. JetStream refuses such a filter only when the durable is made
+    (``400``), and a consumer's ``run()`` would retry that for ever.
+
+    Raises:
+        ConfigError: any other value; ``name`` and the value quoted.
+    """
+    if value == "":
+        return
+    text = value if isinstance(value, str) else ""
+    tokens = text.split(".")
+    if (not text or not text.isprintable() or " " in text
+            or any(t == "" or (t not in ("*", ">") and ("*" in t or ">" in t))
+                   for t in tokens)
+            or ">" in tokens[:-1]):
+        raise ConfigError(f"{name} must be a NATS subject to filter on: non-empty "
+                          "tokens separated by dots, of printable characters without "
+                          "spaces, wildcards only as whole tokens (* anywhere, > last), "
+                          f"got {value!r}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishOptions:
     """How :class:`Publisher` publishes.
