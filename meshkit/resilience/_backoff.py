@@ -3,6 +3,7 @@ Jitter"; the same shape gRFC A6 uses for retries)."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -43,8 +44,10 @@ class Backoff:
             (never reseeded, copied with its state).
 
     Raises:
-        ConfigError: negative delays, ``max_delay_s < base_delay_s``, ``multiplier < 1``
-            or an ``rng`` without a ``uniform(a, b)`` method (``None`` included; quoted).
+        ConfigError: negative delays, ``max_delay_s < base_delay_s``, ``multiplier < 1``,
+            an infinite ``multiplier`` with an infinite ``max_delay_s`` (every delay
+            after the first infinite), or an ``rng`` without a ``uniform(a, b)`` method
+            (``None`` included; quoted).
     """
 
     base_delay_s: float = 0.025
@@ -60,6 +63,11 @@ class Backoff:
             raise ConfigError(f"rng must be a random source with uniform(a, b), such as a "
                               f"random.Random (leave it out for the default), "
                               f"got {self.rng!r}")
+        if math.isinf(self.multiplier) and math.isinf(self.max_delay_s) \
+                and self.base_delay_s > 0:  # every delay past the first inf: asleep for ever
+            raise ConfigError(f"max_delay_s must be finite with multiplier={self.multiplier!r}"
+                              f" (every delay after the first would be infinite), "
+                              f"got {self.max_delay_s!r}")
         if not self.max_delay_s >= self.base_delay_s:
             raise ConfigError(
                 f"max_delay_s must be >= base_delay_s ({self.base_delay_s!r}), "
