@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 
 async def test_a_hedged_call_made_while_every_endpoint_fails_waits_for_one(
         registry: LocalRegistry) -> None:
-    policy = RetryPolicy(idempotent=True, max_attempts=12, hedge_delay_s=0.5,
+    policy = RetryPolicy(idempotent=True, max_attempts=50, hedge_delay_s=0.5,
                          backoff=Backoff(base_delay_s=0.1, max_delay_s=0.1, rng=_Longest()))
     await registry.register(Instance(service="nohedge", instance_id="gone",
                                      host="127.0.0.1", port=_dead_port()))
@@ -56,9 +56,9 @@ async def test_a_hedged_call_made_while_every_endpoint_fails_waits_for_one(
             await until(lambda: retry.stats.hedges > 0 or call.done(),
                         what="the first attempt's failure")  # it found no endpoint
             assert not call.done(), call.exception()
-            assert retry.stats.hedges < 11  # a backoff (0.1 s) apart, not all at once
+            assert retry.stats.hedges < 49  # a backoff (0.1 s) apart, not all at once
             await server.start()
             assert await asyncio.wait_for(call, 15) == b"up|x"
-            assert retry.stats.hedges < 11
+            assert retry.stats.hedges < 49
     finally:
         await server.drain()

@@ -53,7 +53,7 @@ def _dead_port() -> int:
 async def test_a_call_made_while_every_endpoint_fails_waits_for_one_whatever_the_codes(
         registry: LocalRegistry, hedged: bool) -> None:
     policy = RetryPolicy(
-        idempotent=True, max_attempts=12, hedge_delay_s=0.5 if hedged else None,
+        idempotent=True, max_attempts=50, hedge_delay_s=0.5 if hedged else None,
         retryable_codes={grpc.StatusCode.RESOURCE_EXHAUSTED},
         backoff=Backoff(base_delay_s=0.1, max_delay_s=0.1, rng=_Longest()))
     await registry.register(Instance(service="unsent", instance_id="gone",
