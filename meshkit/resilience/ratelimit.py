@@ -1221,7 +1221,7 @@ class StorageLimiter:
     """
 
     __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
-                 "_fixed",
+                 "_finishing", "_fixed",
                  "_key_caches", "_lru", "_max_keys", "_outage", "_prefix", "_sliding",
                  "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
@@ -1262,6 +1262,8 @@ class StorageLimiter:
                 f"{_scrub_uri_secrets(reason, uri)}"
             ) from None
         self._storage = storage
+        # the hits of cancelled calls still in flight (a strong reference until they end)
+        self._finishing: set[asyncio.Future[Any]] = set()
         _limiters.add(self)  # reset in a forked child: _forget_parent
         if self.synchronous:  # callers whose counts the sweep dropped: forgotten too
             storage.after_sweep = self._forget_ended
@@ -1317,7 +1319,10 @@ class StorageLimiter:
         A hit that fails or takes longer is a storage failure; a hit that refused refuses
         the call whatever happens to the reads after it: a read that fails or takes
         longer makes ``retry_after_s`` that part's window length (rounded up), and is no
-        storage failure.
+        storage failure. A call cancelled meanwhile (its client's cancel or deadline)
+        ends at once, while its round trips finish on their own (within those
+        timeouts): a Redis command cancelled before its reply made the driver drop the
+        connection every caller's commands share, failing all of theirs in flight.
 
         Returns:
             ``None`` to admit; a ``RESOURCE_EXHAUSTED`` :class:`Rejection` with
@@ -1334,16 +1339,31 @@ class StorageLimiter:
         if not breaker.allow():  # open: do not wait on a storage that keeps failing
             return self._storage_skipped(method)
         probe = breaker.is_open  # let through while open: the probe
+        # the round trips in a task of their own, shielded from the call's cancellation:
+        # a Redis command cancelled before its reply makes coredis drop the connection
+        # every caller's commands are multiplexed on, failing each in flight ("connection
+        # lost": storage failures, UNAVAILABLE under deny, the breaker opened)
+        hit = asyncio.ensure_future(self._hit(rule, method, key))
         try:
-            rejection = await self._hit(rule, method, key)
+            rejection = await asyncio.shield(hit)
         except Exception as exc:  # any storage failure: fail as configured, never crash
             breaker.failure(probe)
             return self._storage_failed(method, exc)
         except BaseException:  # cancelled mid-call (a probe must not hold its slot forever)
             breaker.abandoned(probe)
+            if not hit.done():  # it ends on its own, each round trip within the timeout
+                self._finishing.add(hit)
+                hit.add_done_callback(self._finished)
             raise
         self._succeeded()
         return rejection
+
+    def _finished(self, hit: asyncio.Future[Any]) -> None:
+        """The hit of a cancelled call ended: its outcome is no one's (read, so asyncio
+        does not report it as never retrieved)."""
+        self._finishing.discard(hit)
+        if not hit.cancelled():
+            hit.exception()
 
     def check_now(self, method: str, key: str) -> Rejection | None:
         """:meth:`check` without a coroutine, for counts kept in this process
