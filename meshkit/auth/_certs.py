@@ -148,7 +148,8 @@ def create_ca(
 
     Raises:
         ConfigError: bad trust domain, ``ttl_days`` not a finite number > 0 or ending past
-            the year 9999 (RFC 5280 §4.1.2.5), a bad DNS/IP subtree, ``permitted_dns`` or
+            the year 9999 (RFC 5280 §4.1.2.5), a bad DNS/IP subtree (a DNS one named as
+            ``permitted_dns``'s, quoted), ``permitted_dns`` or
             ``permitted_ips`` given as one string instead of a sequence of them (quoted),
             or ``now`` not a ``datetime``.
     """
@@ -161,8 +162,12 @@ def create_ca(
         nets = [x509.IPAddress(ipaddress.ip_network(n)) for n in permitted_ips]
     except ValueError as exc:
         raise ConfigError(f"bad permitted IP network in {list(permitted_ips)!r}") from exc
-    for d in permitted_dns:
-        validate_trust_domain(d)  # same lowercase DNS-name rule
+    for d in permitted_dns:  # the trust domain's lowercase DNS-name rule, named as theirs
+        try:
+            validate_trust_domain(d)
+        except ConfigError:
+            raise ConfigError(f"permitted_dns: a DNS subtree must be a lowercase DNS name "
+                              f"like 'example.com', got {d!r}") from None
     permitted: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(td),
         x509.DNSName(f"svc.{td}"),
