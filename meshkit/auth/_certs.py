@@ -493,18 +493,49 @@ def write_certificate(
     _write(Path(path), data, mode=0o644, overwrite=overwrite)
 
 
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+
+
+def _why_unreadable(exc: OSError) -> str:
+    """The OS's reason for ``exc`` (``No such file or directory``), else its type."""
+    return exc.strerror or type(exc).__name__
+
+
+def _why_not_pem(data: bytes, what: str, label: re.Pattern[bytes], der_hint: str) -> str:
+    """Why ``data`` (a file's bytes) gave no PEM ``what`` (``"certificate"``,
+    ``"private key"``; ``label`` matches its PEM header): empty, a PEM block of that kind
+    that cannot be parsed, DER (binary: a SEQUENCE, ``0x30``; ``der_hint`` the openssl
+    command converting it), or the PEM labels it holds instead. Never quotes the data."""
+    if not data.strip():
+        return "the file is empty"
+    if label.search(data):
+        return f"the PEM {what} in it cannot be parsed (damaged or truncated)"
+    if data[:1] == b"\x30":
+        return f"it looks DER-encoded (binary), not PEM: convert it with {der_hint}"
+    held = sorted({m.decode() for m in _PEM_LABEL.findall(data)})
+    return f"no PEM {what} in it" + (f" (it holds {', '.join(held)})" if held else "")
+
+
 def load_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     """All PEM certificates in ``path``, in file order.
 
     Raises:
-        CertificateError: unreadable, or holding no certificate (file named, content not).
+        CertificateError: unreadable (the OS's reason: ``No such file or directory``),
+            or holding no certificate: empty, DER (the openssl command converting it to
+            PEM given), another PEM kind (its labels named), or a PEM certificate that
+            cannot be parsed (file named, content not).
     """
     try:
         data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"cannot read certificates from {path}: "
+                               f"{_why_unreadable(exc)}") from None
+    try:
         certs = x509.load_pem_x509_certificates(data)
-    except (OSError, ValueError) as exc:
-        raise CertificateError(f"cannot read certificates from {path}: {type(exc).__name__}"
-                               ) from None
+    except ValueError:
+        why = _why_not_pem(data, "certificate", re.compile(rb"-----BEGIN CERTIFICATE-----"),
+                           "openssl x509 -inform der -in FILE -out FILE.pem")
+        raise CertificateError(f"cannot read certificates from {path}: {why}") from None
     return certs
 
 
@@ -518,11 +549,31 @@ def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
 
 
 def _read_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
+    """The unencrypted PEM private key in ``path``.
+
+    Raises:
+        CertificateError: unreadable (the OS's reason), encrypted, of a type cryptography
+            does not support, or no PEM private key: empty, DER (the openssl command
+            converting it given), another PEM kind (its labels named) or a PEM key that
+            cannot be parsed. Never quotes the file's content.
+    """
     try:
-        return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"cannot read private key {path}: {type(exc).__name__}"
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"cannot read private key {path}: {_why_unreadable(exc)}"
                                ) from None
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        why = ("it is encrypted: meshkit reads unencrypted keys (decrypt it with openssl "
+               "pkey -in FILE -out FILE.new, kept mode 0600)")
+    except UnsupportedAlgorithm:
+        why = "its key type or curve is not supported"
+    except ValueError:
+        why = _why_not_pem(data, "private key",
+                           re.compile(rb"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----"),
+                           "openssl pkey -inform der -in FILE -out FILE.pem")
+    raise CertificateError(f"cannot read private key {path}: {why}")
 
 
 def _key_kind(key: PrivateKeyTypes) -> str:
