@@ -88,6 +88,11 @@ _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
               "h": 3600.0}
 
+#: The shortest ``fetch_timeout_s``: nats-server drops a pull whose ``expires`` passed
+#: before it read the request, unanswered (2.9.10: at 1e-5 s or less a consumer never
+#: handled a waiting message; at 1e-4 s it did, 0.5 s late; at 1 ms at once).
+_MIN_FETCH_TIMEOUT_S = 0.001
+
 #: While a fetched batch is handled, its messages still waiting their turn get an
 #: in-progress ack (``+WPI``, which restarts a message's ack wait) every ``ack_wait_s``
 #: times this fraction.
@@ -408,7 +413,9 @@ class ConsumerOptions:
             after their last in-progress ack, so a stuck handler does not hold its
             batch. A batch handled within ``ack_wait_s / 10`` sends none.
         batch_size: messages fetched per pull (default 64, >= 1).
-        fetch_timeout_s: how long one pull waits for messages (default 1.0, > 0); after
+        fetch_timeout_s: how long one pull waits for messages (default 1.0, at least
+            0.001: nats-server drops a shorter pull unanswered, and the consumer would
+            never see a message); after
             5 empty pulls in a row the consumer checks that its durable still exists
             (see :meth:`Consumer.run_once`), and keeps its ack floor. It and
             ``ack_wait_s`` are sent to JetStream as int64 nanoseconds (the pull's
@@ -467,6 +474,10 @@ class ConsumerOptions:
         # sent to JetStream in int64 nanoseconds (AckWait, a pull's expires)
         check_duration_s("ack_wait_s", self.ack_wait_s)
         check_duration_s("fetch_timeout_s", self.fetch_timeout_s)
+        if self.fetch_timeout_s < _MIN_FETCH_TIMEOUT_S:
+            raise ConfigError(f"fetch_timeout_s must be at least {_MIN_FETCH_TIMEOUT_S} s "
+                              "(a pull whose expiry passed before the server read it is "
+                              f"dropped unanswered), got {self.fetch_timeout_s!r}")
         if self.filter_subject is not None and not isinstance(self.filter_subject, str):
             raise ConfigError("filter_subject must be a subject (a str, wildcards allowed) "
                               f"or None, got {self.filter_subject!r}")
