@@ -21,8 +21,10 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   and the others are cancelled. An attempt that fails with a retryable status or a nack
   has the next one sent at once, or after its pushback (gRFC A6 "Pushback": a negative,
   malformed or too long pushback sends no more); one that found no endpoint (every
-  endpoint failing) after the policy's backoff, as a retry would wait; any other status
-  ends the call. C-core gRPC lacks hedging (grpc/grpc#26566).
+  endpoint failing) after the policy's backoff, as a retry would wait; one a server's
+  deadline admission refused (``DeadlineOptions.min_remaining_s``: none of it ran) sends
+  no more, the attempts in flight still answering; any other status ends the call.
+  C-core gRPC lacks hedging (grpc/grpc#26566).
 
 Unary-response calls (unary-unary, stream-unary with a re-iterable request: a list, a
 tuple, an iterable making a new iterator each time) are retried and hedged whole; a
@@ -125,12 +127,14 @@ from meshkit.interceptors import (
 )
 from meshkit.resilience._backoff import Backoff
 from meshkit.resilience._budget import BudgetOptions, RetryBudget
+from meshkit.resilience._deadline import admission_refusal
 
 __all__ = ["RetryInterceptor", "RetryOptions", "RetryPolicy", "RetryStats"]
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -558,7 +562,10 @@ class RetryInterceptor(ClientInterceptor):
         ``max_pushback_s`` sends no more attempts), or after the policy's backoff when
         the attempt found no endpoint (:class:`~meshkit.errors.NoEndpointsError`: every
         endpoint failing; the n-th such attempt waits the backoff's n-th delay, within
-        the deadline); an attempt cut before it ran by a
+        the deadline); an attempt a server's deadline admission refused
+        (:func:`~meshkit.resilience._deadline.admission_refusal`: too little time left for
+        its ``min_remaining_s``) sends no more but leaves those in flight to answer; an
+        attempt cut before it ran by a
         draining server (:func:`cut_before_it_ran`) is non-fatal as a nack; the first
         success wins, any other
         status ends the call, and the attempts still in flight are cancelled."""
@@ -618,6 +625,16 @@ class RetryInterceptor(ClientInterceptor):
                         # that endpoint then cut before any of it ran is a nack (d33cea1)
                         unrun = isinstance(exc, AioRpcError) and _hedge_unrun(
                             details, attempts, task, exc)
+                        # a server's deadline admission refused it (none of it ran): no
+                        # later attempt, with less time left, would be admitted; the ones
+                        # in flight were, and may still answer
+                        refused = isinstance(exc, AioRpcError) and (
+                            exc.code() is _DEADLINE_EXCEEDED
+                            and admission_refusal(exc.details(), exc.trailing_metadata()))
+                        if refused:
+                            last, last_task = exc, task
+                            sent = policy.max_attempts
+                            continue
                         if not isinstance(exc, AioRpcError) or isinstance(
                                 exc, InvalidCallError) or (exc.code() not in
                                                            policy.retryable_codes
