@@ -526,8 +526,9 @@ class Consumer:
 
     def __init__(self, js: JetStreamContext, handler: Handler, options: ConsumerOptions) -> None:
         if not callable(handler):
+            # its type only: an object's repr may carry a secret (as registry_argument)
             raise ConfigError("handler must be an async callable taking a Delivery, got "
-                              f"{type(handler).__name__} {handler!r:.100}")
+                              f"a {type(handler).__name__}")
         self._js = js
         self._handler = handler
         self.options = options
