@@ -6,6 +6,7 @@ registry URIs of :mod:`meshkit.discovery`, the storage URI of the rate limiter).
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Collection
 
@@ -48,14 +49,26 @@ def mask_query(rest: str, known: Collection[str] = ()) -> str:
     secret) and any fragment replaced by ``***``: ``"h:6379/0?db=1&password=pw"`` with
     ``known={"db"}`` -> ``"h:6379/0?db=1&password=***"``. A token or password passed
     under a query name a driver reads (or one it ignores) never reaches a log; keys and
-    the rest are shown as written."""
+    the rest are shown as written.
+
+    Pieces are split at ``;`` as well as ``&`` (the W3C's and older parsers' second
+    separator: ``?ttl_s=5;password=pw`` shows ``ttl_s=5;password=***``, though
+    ``urllib.parse`` reads ``5;password=pw`` as ``ttl_s``'s value), and a known key's value
+    that, decoded, holds ``&``, ``;``, ``=`` or ``?`` (never an option's value, but a
+    second pair run into it: ``ttl_s=5%26password%3Dpw``, ``ttl_s=5?password=pw``) is
+    masked too: more is masked, never less."""
     rest, hash_, _ = rest.partition("#")
     base, qmark, query = rest.partition("?")
     if query:
         pieces = []
-        for piece in query.split("&"):
-            key, eq, _ = piece.partition("=")
-            masked = eq and urllib.parse.unquote_plus(key) not in known
+        for piece in _SEPARATORS.split(query):  # the separators kept, at odd places
+            key, eq, value = piece.partition("=")
+            masked = eq and (urllib.parse.unquote_plus(key) not in known
+                             or _RUN_IN.search(urllib.parse.unquote_plus(value)))
             pieces.append(f"{key}=***" if masked else piece)
-        query = "&".join(pieces)
+        query = "".join(pieces)
     return f"{base}{qmark}{query}{hash_}{'***' if hash_ else ''}"
+
+
+_SEPARATORS = re.compile(r"([&;])")
+_RUN_IN = re.compile(r"[&;=?]")
