@@ -170,7 +170,8 @@ class RetryPolicy:
     Raises:
         ConfigError: a value out of range or of the wrong type (``True`` for a number, a
             string for ``retryable_codes``, a status name or number instead of a
-            ``grpc.StatusCode``, a number of seconds for ``backoff``), or an
+            ``grpc.StatusCode``, a number of seconds for ``backoff``), ``hedge_delay_s``
+            without ``idempotent=True`` or with ``max_attempts=1``, or an
             ``idempotency_metadata_key`` that is not a lowercase text-metadata key, an
             ``idempotency_field`` that is no identifier (``""``, ``"idempotency-key"``,
             bytes; quoted).
@@ -208,6 +209,9 @@ class RetryPolicy:
             if not self.idempotent:
                 raise ConfigError("hedge_delay_s needs idempotent=True: hedging runs a call "
                                   "more than once")
+            if self.max_attempts < 2:  # gRFC A6: a hedgingPolicy's maxAttempts is > 1
+                raise ConfigError(f"hedge_delay_s needs max_attempts >= 2 (one attempt "
+                                  f"sends no hedge), got max_attempts={self.max_attempts!r}")
         check_number("max_pushback_s", self.max_pushback_s, finite=False)
 
 

@@ -65,3 +65,16 @@ def test_the_right_kinds_and_none_are_taken() -> None:
     assert RetryInterceptor(RetryOptions(), budget=budget).budget is budget
     assert RetryInterceptor(None, budget=None).options == RetryOptions()
     assert RetryBudget(None).options == BudgetOptions()
+
+
+@pytest.mark.parametrize("hedge_delay_s", [0.0, 0.05])
+def test_hedging_with_one_attempt_is_refused(hedge_delay_s: float) -> None:
+    """``hedge_delay_s`` with ``max_attempts=1`` was accepted and hedged nothing (one
+    attempt in all: no hedge is ever sent); gRFC A6 refuses a ``hedgingPolicy`` whose
+    ``maxAttempts`` is not above 1."""
+    with pytest.raises(ConfigError, match="max_attempts") as info:
+        RetryPolicy(idempotent=True, hedge_delay_s=hedge_delay_s, max_attempts=1)
+    assert "1" in str(info.value)
+    assert RetryPolicy(idempotent=True, hedge_delay_s=hedge_delay_s,
+                       max_attempts=2).max_attempts == 2
+    assert RetryPolicy(max_attempts=1).hedge_delay_s is None  # retries off: as before
