@@ -629,9 +629,10 @@ class RetryInterceptor(ClientInterceptor):
                         # that endpoint then cut before any of it ran is a nack (d33cea1)
                         unrun = isinstance(exc, AioRpcError) and _hedge_unrun(
                             details, attempts, task, exc)
-                        # a server's deadline admission refused it (none of it ran): no
-                        # later attempt, with less time left, would be admitted; the ones
-                        # in flight were, and may still answer
+                        # a server's deadline admission refused it (none of it ran), or
+                        # a call its handler made under its deadline: no later attempt,
+                        # with less time left, would fare better; the ones in flight were
+                        # admitted, and may still answer
                         refused = isinstance(exc, AioRpcError) and (
                             exc.code() is _DEADLINE_EXCEEDED
                             and admission_refusal(exc.details(), exc.trailing_metadata()))
