@@ -37,7 +37,7 @@ from meshkit.messaging._publisher import (
     max_payload,
     message_size,
 )
-from meshkit.messaging._stream import check_duration_s
+from meshkit.messaging._stream import check_duration_s, check_jetstream
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff
@@ -521,10 +521,12 @@ class Consumer:
         options: :class:`ConsumerOptions`.
 
     Raises:
-        ConfigError: ``handler`` is not callable (its type named).
+        ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``: pass
+            ``nc.jetstream()``), or ``handler`` is not callable (their type named).
     """
 
     def __init__(self, js: JetStreamContext, handler: Handler, options: ConsumerOptions) -> None:
+        check_jetstream(js)
         if not callable(handler):
             # its type only: an object's repr may carry a secret (as registry_argument)
             raise ConfigError("handler must be an async callable taking a Delivery, got "

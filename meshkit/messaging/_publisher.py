@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from meshkit._config import check_bool, check_instance, check_int, check_number
 from meshkit.errors import ConfigError, MeshError
 from meshkit.messaging._identity import MessageSigner
+from meshkit.messaging._stream import check_jetstream
 from meshkit.messaging._telemetry import extract, log_message, messaging_metrics, tracer
 from meshkit.observability._logging import get_logger
 from meshkit.resilience import Backoff, BudgetOptions, RetryBudget
@@ -301,11 +302,15 @@ class Publisher:
     Args:
         js: a ``nats`` JetStream context (``nc.jetstream()``).
         options: :class:`PublishOptions` (default all defaults).
+
+    Raises:
+        ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``).
     """
 
     __slots__ = ("_budget", "_js", "_metrics", "options")
 
     def __init__(self, js: JetStreamContext, options: PublishOptions | None = None) -> None:
+        check_jetstream(js)
         self._js = js
         self.options = options or PublishOptions()
         self._budget = RetryBudget(self.options.budget)

@@ -28,6 +28,20 @@ nats-py sends as ``int(seconds * 1e9)``. Infinity raises ``OverflowError`` in na
 a longer one is refused by the server (``cannot unmarshal ... of type time.Duration``)."""
 
 
+def check_jetstream(js: object) -> None:
+    """Check that ``js`` is a JetStream context (``nc.jetstream()``), not the connection
+    ``nc`` itself or anything else: given ``nc``, a publisher, consumer or stream set-up
+    failed only when used, with an ``AttributeError`` (and a consumer's ``run()``
+    retried that for ever).
+
+    Raises:
+        ConfigError: anything else (its type named).
+    """
+    if not isinstance(js, JetStreamContext):
+        raise ConfigError("expected a JetStream context: pass nc.jetstream(), not the "
+                          f"connection; got a {type(js).__name__}")
+
+
 def check_duration_s(name: str, value: object) -> None:
     """Check that ``value`` (the field ``name``) is a number of seconds JetStream can carry:
     > 0 and at most :data:`MAX_DURATION_S` (so finite).
@@ -68,7 +82,8 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
     nanoseconds); infinity is refused (``None`` is how ``max_age_s`` says "keep").
 
     Raises:
-        ConfigError: no subjects, ``subjects`` one string (or bytes) or holding
+        ConfigError: ``js`` is no JetStream context (e.g. the connection ``nc``: pass
+            ``nc.jetstream()``), no subjects, ``subjects`` one string (or bytes) or holding
             something else than strings, a window or ``max_age_s`` <= 0, infinite or
             longer than 9223372036 s, or a window longer than ``max_age_s`` (values
             quoted);
@@ -77,6 +92,7 @@ async def ensure_stream(js: JetStreamContext, name: str, subjects: Sequence[str]
             stream's; only 10058, the name in use with another config, leads to the
             update); other ``nats.errors.Error`` for the connection.
     """
+    check_jetstream(js)
     # one string would be taken character by character: a stream capturing "s", "h"...
     wanted = list(check_strings("subjects", subjects))
     if not wanted:
