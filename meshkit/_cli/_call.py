@@ -7,6 +7,7 @@ protobuf.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -38,7 +39,13 @@ from google.protobuf.message import DecodeError, Message
 from grpc_reflection.v1alpha import reflection_pb2
 
 import meshkit
-from meshkit._cli._common import SERVICE_NAME, discover, read_services, service_names
+from meshkit._cli._common import (
+    REGISTRY_READS_AT_ONCE,
+    SERVICE_NAME,
+    discover,
+    read_services,
+    service_names,
+)
 from meshkit._cli.call import CallError, Target
 from meshkit.discovery import Registry
 from meshkit.errors import MeshError, MeshRpcError
@@ -343,10 +350,14 @@ class _Args:
 
 
 async def _find_service(args: _Args) -> str:
-    """The mesh service serving ``/pkg.Svc/...`` (each listed service asked in turn; a
-    listed name no mesh client can dial, :data:`~meshkit._cli._common.SERVICE_NAME`, is
-    passed over: a Consul catalog holds other tools' services too, ``"web cache"``, and
-    ``dial()`` would refuse the name, ending the command).
+    """The mesh service serving ``/pkg.Svc/...``: the first listed (sorted) whose
+    reflection says so. The listed services are asked together, at most
+    :data:`~meshkit._cli._common.REGISTRY_READS_AT_ONCE` at once, so services that do not
+    answer (a stale entry of a host gone silent) cost one ``--timeout-s`` together, not
+    one each. A listed name no mesh client can dial
+    (:data:`~meshkit._cli._common.SERVICE_NAME`) is passed over: a Consul catalog holds
+    other tools' services too, ``"web cache"``, and ``dial()`` would refuse the name,
+    ending the command.
 
     Raises:
         CallError: no listed service serves it (each answered, or serves no reflection:
@@ -364,27 +375,25 @@ async def _find_service(args: _Args) -> str:
         raise MeshRpcError(grpc.StatusCode.UNAVAILABLE,
                            f"the service registry cannot be read: {exc}") from None
     wanted = args.target.grpc_service
+    # a name no meshkit service can have serves nothing (dial() would refuse it)
+    asked = [n for n in names if SERVICE_NAME.fullmatch(n) is not None]
+    at_once = asyncio.Semaphore(REGISTRY_READS_AT_ONCE)
+    tasks = [asyncio.create_task(_serves(args, name, wanted, at_once)) for name in asked]
     failed: grpc.aio.AioRpcError | None = None
     mute: list[str] = []  # services that serve no reflection: they may serve it
-    for name in names:
-        if SERVICE_NAME.fullmatch(name) is None:  # no meshkit service's: it serves nothing
-            continue
-        async with meshkit.dial(name, registry=args.registry, options=args.options) as ch:
-            try:
-                refl = Reflection(ch, args.timeout_s, args.metadata)
-                if wanted in await refl.services():
-                    return name
-            except _NoReflection:
+    try:
+        for name, task in zip(asked, tasks, strict=True):  # the first listed that serves it
+            answer = await task
+            if answer is True:
+                return name
+            if answer is None:
                 mute.append(name)
-                continue
-            except CallError:  # a reflection error response
-                continue
-            except grpc.aio.AioRpcError as exc:
-                if failed is None:
-                    failed = grpc.aio.AioRpcError(
-                        exc.code(), grpc.aio.Metadata(), grpc.aio.Metadata(),
-                        details=f"reflection on {name!r} (finding the service of "
-                                f"{wanted!r}): {exc.details()}")
+            elif isinstance(answer, grpc.aio.AioRpcError) and failed is None:
+                failed = answer
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     if failed is not None:
         raise failed
     if mute:
@@ -397,6 +406,28 @@ async def _find_service(args: _Args) -> str:
             "serve reflection there (serve() serves it unless told not to: "
             "ServeOptions(reflection=True), the default)")
     raise CallError(f"no service in the registry serves {wanted!r}; name it with --service")
+
+
+async def _serves(args: _Args, name: str, wanted: str | None, at_once: asyncio.Semaphore
+                  ) -> bool | grpc.aio.AioRpcError | None:
+    """Whether the mesh service ``name`` serves the gRPC service ``wanted``, as its
+    reflection says (each request bounded by ``--timeout-s``): True or False (False too
+    for a reflection error response), None when it serves no reflection, or the gRPC
+    failure of asking it (its details naming ``name``). At most ``at_once`` are asked
+    together."""
+    async with at_once, meshkit.dial(name, registry=args.registry,
+                                     options=args.options) as ch:
+        try:
+            return wanted in await Reflection(ch, args.timeout_s, args.metadata).services()
+        except _NoReflection:
+            return None
+        except CallError:  # a reflection error response
+            return False
+        except grpc.aio.AioRpcError as exc:
+            return grpc.aio.AioRpcError(
+                exc.code(), grpc.aio.Metadata(), grpc.aio.Metadata(),
+                details=f"reflection on {name!r} (finding the service of "
+                        f"{wanted!r}): {exc.details()}")
 
 
 async def _check_discovery(args: _Args, service: str) -> None:
