@@ -528,7 +528,9 @@ def _add_well_known_types(pool: descriptor_pool.DescriptorPool) -> None:
 
 
 def _load_json(text: str, descriptor: Any) -> Any:
-    """The JSON ``text`` of a request of the message type ``descriptor``, loaded.
+    """The JSON ``text`` of a request of the message type ``descriptor``, loaded; a
+    leading byte order mark (what Windows editors and PowerShell 5's redirection write)
+    is passed over, as RFC 8259 8.1 lets a parser do.
 
     Raises:
         CallError: not JSON (or nested deeper than the parser goes), a key given twice in
@@ -537,7 +539,7 @@ def _load_json(text: str, descriptor: Any) -> Any:
             well-known types, ``_JSON_NOT_OBJECT``).
     """
     try:
-        value = json.loads(text, object_pairs_hook=_object)
+        value = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_object)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, not UTF-8, too deep
         raise CallError(f"request is not valid JSON: {_one_line(exc)}") from None
     if not isinstance(value, dict) and descriptor.full_name not in _JSON_NOT_OBJECT:
