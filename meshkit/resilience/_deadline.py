@@ -31,6 +31,7 @@ import grpc
 
 from meshkit._config import check_number
 from meshkit._handlers import Before, WrappingInterceptor
+from meshkit.errors import ConfigError
 
 __all__ = [
     "MAX_PROPAGATED_S",
@@ -94,11 +95,20 @@ class deadline_scope:
 
     One scope object may be entered by concurrent tasks and nested in itself: each
     ``with`` puts back the deadline its own task had before it (kept per context, not on
-    the object)."""
+    the object).
+
+    Raises:
+        ConfigError: ``deadline`` is neither ``None`` nor a number (a ``bool``, a string:
+            quoted); ``True`` would read as the monotonic time 1, a deadline long passed.
+    """
 
     __slots__ = ("_deadline",)
 
     def __init__(self, deadline: float | None) -> None:
+        if deadline is not None and (isinstance(deadline, bool)
+                                     or not isinstance(deadline, (int, float))):
+            raise ConfigError(f"deadline must be time.monotonic() seconds or None, "
+                              f"got {deadline!r}")
         self._deadline = deadline
 
     def __enter__(self) -> None:
