@@ -722,10 +722,21 @@ class OutboxRelay:
         store: the :class:`OutboxStore`.
         publisher: the :class:`Publisher` (its retries, budget, identity and telemetry).
         options: :class:`RelayOptions`.
+
+    Raises:
+        ConfigError: ``store`` is a class, or lacks ``pending_events`` or ``mark_sent``
+            (its type and the method named).
     """
 
     def __init__(self, store: OutboxStore, publisher: Publisher,
                  options: RelayOptions | None = None) -> None:
+        if isinstance(store, type):  # the class, not an instance
+            raise ConfigError("store must be an OutboxStore instance, got the class "
+                              f"{store.__qualname__}")
+        for method in ("pending_events", "mark_sent"):
+            if not callable(getattr(store, method, None)):
+                raise ConfigError(f"store must be an OutboxStore (async pending_events and "
+                                  f"mark_sent); a {type(store).__name__} has no {method}")
         self._store = store
         self._publisher = publisher
         self.options = options or RelayOptions()
