@@ -12,6 +12,9 @@ Rules (gRFC A6 "gRPC Retry Design", Finagle/Linkerd retry budgets):
   delay is shorter than the method's typical latency (an EWMA of its successful calls);
 * every retry and hedge withdraws from the shared :class:`~meshkit.resilience.RetryBudget`;
   when it is spent the last error is returned;
+* a call a server's deadline admission refused (``DeadlineOptions.min_remaining_s``) is
+  not retried, even where ``DEADLINE_EXCEEDED`` is retryable: a later attempt would have
+  less time left;
 * a call is retried only if it is safe to repeat: the policy says the method is
   ``idempotent``, or the request carries an idempotency key (the ``idempotency-key``
   metadata, or a non-empty ``idempotency_field`` attribute on the request message), or the
@@ -535,6 +538,9 @@ class RetryInterceptor(ClientInterceptor):
             return None
         if isinstance(exc, InvalidCallError):  # the caller's error: no attempt was made
             return None
+        if exc.code() is _DEADLINE_EXCEEDED and admission_refusal(exc.details(),
+                                                                  exc.trailing_metadata()):
+            return None  # refused for too short a deadline: a later attempt has less
         if isinstance(exc, NoEndpointsError) and exc.unresolved:
             return None  # it waited resolve_timeout_s for discovery: a retry waits again
         if not safe and not nacked and not isinstance(exc, _NOT_SENT):

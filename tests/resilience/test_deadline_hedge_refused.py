@@ -67,3 +67,26 @@ async def test_a_call_whose_every_attempt_is_refused_ends_with_the_refusal(
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert info.value.details() == "deadline exceeded before the handler ran"
         assert ch.retry is not None and ch.retry.stats.hedges == 0
+
+
+async def test_a_refused_attempt_is_not_retried_even_where_deadline_exceeded_is(
+        registry: LocalRegistry, echo_servers: EchoFactory) -> None:
+    """A policy that retries ``DEADLINE_EXCEEDED`` (a downstream's timeout: a common
+    setting) sent a call the servers' admission refused again, and again, each attempt
+    with less time left, so each refused: 3 round trips and 2 retry-budget tokens for the
+    answer the first one gave. The refusal is final."""
+    admission = DeadlineOptions(min_remaining_s=0.5)
+    await echo_servers("a", deadline=admission)
+    await echo_servers("b", deadline=admission)
+    policy = RetryPolicy(idempotent=True, max_attempts=3, retryable_codes={
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+    options = meshkit.DialOptions(insecure=True, outlier=None,
+                                  retry=RetryOptions(default=policy))
+    async with meshkit.dial("echo", registry=registry, options=options) as ch:
+        await ch.wait_for_endpoints(2)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await ch.unary_unary(method("Sleep"))(b"0", timeout=0.3)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.details() == "deadline exceeded before the handler ran"
+        assert ch.retry is not None and ch.retry.stats.retries == 0
+        assert sum(ep.calls for ep in ch.endpoints()) == 1
