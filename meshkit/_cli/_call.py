@@ -140,15 +140,31 @@ class Reflection:
     async def _fetch(self, request: reflection_pb2.ServerReflectionRequest,
                      ) -> list[descriptor_pb2.FileDescriptorProto]:
         resp = await self._ask(request)
-        out = [descriptor_pb2.FileDescriptorProto.FromString(raw)
-               for raw in resp.file_descriptor_response.file_descriptor_proto]
+        try:
+            out = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                   for raw in resp.file_descriptor_response.file_descriptor_proto]
+        except DecodeError:  # the server's bytes: no traceback for them
+            raise CallError("reflection: the server sent a file descriptor that cannot be "
+                            "decoded") from None
         for fd in out:
             self._files.setdefault(fd.name, fd)
         return out
 
-    async def _add(self, name: str) -> None:
+    async def _add(self, name: str, importers: tuple[str, ...] = ()) -> None:
+        """Add the file ``name`` to the pool, its imports first (``importers``: the files
+        importing it, being added).
+
+        Raises:
+            CallError: reflection does not return it, its imports form a cycle (protoc
+                forbids one; a server's reflection may send anything), or protobuf
+                cannot build it (a type no file defines...): named, on one line.
+        """
         if name in self._added:
             return
+        if name in importers:
+            cycle = " -> ".join(repr(n) for n in (*importers[importers.index(name):], name))
+            raise CallError(f"reflection: the server's files import each other in a "
+                            f"cycle ({cycle})")
         with contextlib.suppress(KeyError):  # there already (a well-known type's, added here)
             self.pool.FindFileByName(name)
             self._added.add(name)
@@ -159,8 +175,12 @@ class Reflection:
                 raise CallError(f"reflection did not return {name!r}")
         fd = self._files[name]
         for dep in fd.dependency:
-            await self._add(dep)
-        self.pool.Add(fd)
+            await self._add(dep, (*importers, name))
+        try:
+            self.pool.Add(fd)
+        except (TypeError, ValueError) as exc:  # "Couldn't build proto file into ..."
+            raise CallError(f"reflection: the server's file {name!r} cannot be loaded: "
+                            f"{_one_line(exc)}") from None
         self._added.add(name)
 
     async def methods(self, grpc_service: str) -> list[MethodDescriptor]:
