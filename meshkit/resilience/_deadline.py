@@ -127,6 +127,8 @@ class deadline_scope:
         _deadline.set(outer[-1] if outer else None)
 
 
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"  # probes: admitted while their deadline lasts
+
 ADMISSION_REFUSAL_DETAILS = "deadline exceeded before the handler ran"
 """Details of a call :class:`DeadlineInterceptor` refused (``DEADLINE_EXCEEDED``)."""
 
@@ -175,6 +177,9 @@ class DeadlineInterceptor(WrappingInterceptor):
             :data:`ADMISSION_REFUSAL_DETAILS`, trailer :data:`ADMISSION_REFUSAL_METADATA`:
             mesh clients count it against no endpoint); a call with exactly this much
             left is admitted (default 0.0: only expired ones, which grpc reads as 0 left).
+            ``grpc.health.v1`` checks are refused only once their deadline has passed:
+            they do no work this bound is for, and probes' deadlines are short
+            (Kubernetes' gRPC probe: 1 s by default).
 
     Raises:
         ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (as
@@ -191,6 +196,8 @@ class DeadlineInterceptor(WrappingInterceptor):
         self.rejected = 0
 
     def _before_for(self, method: str) -> Before:
+        if method.startswith(_HEALTH_PREFIX) and self._refuse_at > 0.0:
+            return self._admit_probe
         return self._admit
 
     def _admit(self, context: grpc.aio.ServicerContext[Any, Any]) -> Awaitable[None] | None:
@@ -202,13 +209,30 @@ class DeadlineInterceptor(WrappingInterceptor):
             _deadline.set(None)
             return None
         if remaining <= self._refuse_at:
-            self.rejected += 1
-            aborted: Awaitable[None] = context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, ADMISSION_REFUSAL_DETAILS,
-                (ADMISSION_REFUSAL_METADATA,))
-            return aborted
+            return self._refuse(context)
         _deadline.set(time.monotonic() + remaining)
         return None
+
+    def _admit_probe(self, context: grpc.aio.ServicerContext[Any, Any]
+                     ) -> Awaitable[None] | None:
+        # _admit for a grpc.health.v1 check: it does no work min_remaining_s could be
+        # for, and its callers' deadlines are short (Kubernetes' gRPC probe: 1 s by
+        # default), so only a passed deadline (read as 0 left) is refused
+        remaining = time_remaining_s(context)
+        if remaining is None:
+            _deadline.set(None)
+            return None
+        if remaining <= 0.0:
+            return self._refuse(context)
+        _deadline.set(time.monotonic() + remaining)
+        return None
+
+    def _refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> Awaitable[None]:
+        self.rejected += 1
+        aborted: Awaitable[None] = context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, ADMISSION_REFUSAL_DETAILS,
+            (ADMISSION_REFUSAL_METADATA,))
+        return aborted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,9 +245,11 @@ class DeadlineOptions:
     Args:
         min_remaining_s: refuse calls with less time left than this, seconds; a call
             with exactly this much left is admitted (default 0.0: only calls whose
-            deadline already passed). A meshkit server calling this one under its own
-            caller's deadline, whose handler lets the refusal escape, answers that caller
-            ``DEADLINE_EXCEEDED`` (:func:`admission_refusal`).
+            deadline already passed); ``grpc.health.v1`` checks only once their
+            deadline has passed (a probe's is short: Kubernetes' 1 s by default). A
+            meshkit server calling this one under its own caller's deadline, whose
+            handler lets the refusal escape, answers that caller ``DEADLINE_EXCEEDED``
+            (:func:`admission_refusal`).
 
     Raises:
         ConfigError: ``min_remaining_s`` is not a finite number of seconds >= 0 (quoted).
