@@ -47,6 +47,11 @@ __all__ = ["Consumer", "ConsumerOptions", "Delivery", "Handler", "PoisonMessage"
 
 _NATS_PREFIX = "nats-"
 
+#: A header name nats-py sends (an HTTP token, RFC 9110 section 5.6.2; nats-py's
+#: ``_HEADER_KEY_RE``, else ``BadHeaderError``). Other clients send any name without
+#: whitespace or a colon, and nats-py's parser takes it.
+_SENDABLE_HEADER = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
 _log = get_logger("meshkit.messaging")
 
 #: Headers a dead-lettered message carries besides its own.
@@ -1105,7 +1110,10 @@ class Consumer:
         it (never drop): with ``backoff`` while deliveries are left, with ``ack_wait_s``
         past ``max_deliveries``.
 
-        JetStream control headers (the reserved ``Nats-`` namespace) are not copied. A
+        JetStream control headers (the reserved ``Nats-`` namespace) are not copied, nor
+        headers whose name nats-py refuses to send (outside HTTP's token characters,
+        e.g. ``X/Trace`` from another client: the publish would raise
+        ``BadHeaderError`` on every delivery, and the message never be dead-lettered). A
         duplicate ack counts as success only when the stored message is this consumer's
         dead letter of this subject (the term of an earlier delivery was lost); another
         message under the same id (within the dead-letter stream's duplicate window)
@@ -1124,7 +1132,10 @@ class Consumer:
                          dead_lettered_by=headers.get(DLQ_CONSUMER_HEADER, ""),
                          reason=reason[:200], delivery=delivery)
             return "refused" if outcome == "refused" else "terminated"
-        dl = {k: v for k, v in headers.items() if k[:5].lower() != _NATS_PREFIX}
+        # not JetStream's control headers, nor names nats-py refuses to send (another
+        # client's X/Trace: BadHeaderError, and the message could never be dead-lettered)
+        dl = {k: v for k, v in headers.items()
+              if k[:5].lower() != _NATS_PREFIX and _SENDABLE_HEADER.fullmatch(k)}
         dl[DLQ_REASON_HEADER] = reason[:200]
         dl[DLQ_SUBJECT_HEADER] = msg.subject
         if headers.get(MSG_ID_HEADER):
