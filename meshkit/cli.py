@@ -27,6 +27,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from meshkit import __version__
 
@@ -141,6 +142,44 @@ class _ClosedStdout(io.TextIOBase):
         return 0
 
 
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: what it writes and flushes goes to ``stream``
+    (the real stdout), an ``OSError`` other than a broken pipe raised as
+    :class:`~meshkit._cli._common.StdoutWriteError` (``ENOSPC`` of ``meshkit ... >
+    file`` on a full disk), which :func:`main` ends the command with; anything else
+    (``fileno``, ``isatty``, ``encoding``, ``buffer``) is ``stream``'s."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        try:
+            written: int = self._stream.write(s)
+        except (BrokenPipeError, _StdoutClosedError):
+            raise
+        except OSError as exc:
+            raise _write_error(exc) from None
+        return written
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (BrokenPipeError, _StdoutClosedError):
+            raise
+        except OSError as exc:
+            raise _write_error(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _write_error(exc: OSError) -> OSError:
+    from meshkit._cli._common import StdoutWriteError
+
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+    return StdoutWriteError(exc.errno, f"stdout cannot be written: {reason}")
+
+
 class _NoStderr(io.TextIOBase):
     """``sys.stderr`` while a command runs with file descriptor 2 closed (``meshkit ...
     2>&-``; Python sets ``sys.stderr`` to ``None`` then): what is written to it is
@@ -159,14 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     process exit code: 2 for a usage error (no command or an unknown one: the usage on
     stderr), 141 when stdout's reader went away (nothing
     printed), 130 after Ctrl-C (one line on stderr), 1 when there is output and stdout
-    is closed (one line on stderr), else the command's own.
+    is closed or cannot be written (a full disk: one line on stderr, never a
+    traceback), else the command's own.
 
     Raises:
         SystemExit: a command ended with a message (argparse, a refused run); its status.
     """
-    no_stdout = sys.stdout is None
-    if no_stdout:
-        sys.stdout = _ClosedStdout()
+    from meshkit._cli._common import StdoutWriteError
+
+    stdout = sys.stdout  # None: started with file descriptor 1 closed
+    sys.stdout = _GuardedStdout(_ClosedStdout() if stdout is None else stdout)
     no_stderr = sys.stderr is None
     if no_stderr:
         sys.stderr = _NoStderr()
@@ -181,12 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     except _StdoutClosedError as exc:
         print(f"meshkit: {exc.strerror}", file=sys.stderr)
         return _EXIT_FAILED
+    except StdoutWriteError as exc:  # what is still buffered is dropped: exit flushes it
+        _stdout_to_devnull()
+        print(f"meshkit: {exc.strerror}", file=sys.stderr)
+        return _EXIT_FAILED
     except KeyboardInterrupt:
         print("meshkit: interrupted", file=sys.stderr)
         return _EXIT_INTERRUPTED
     finally:
-        if no_stdout:
-            sys.stdout = None  # as the interpreter had it
+        sys.stdout = stdout  # as the interpreter had it (None too)
         if no_stderr:
             sys.stderr = None
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from meshkit.discovery import Instance, Registry
 
-__all__ = ["REGISTRY_READS_AT_ONCE", "SERVICE_NAME", "add_registry_argument", "discover",
+__all__ = ["REGISTRY_READS_AT_ONCE", "SERVICE_NAME", "StdoutWriteError",
+           "add_registry_argument", "discover",
            "failing_instances", "open_registry", "positive_seconds", "printable",
            "quiet_grpc_core", "quiet_logging", "read_services", "service_name",
            "service_names"]
@@ -65,6 +66,14 @@ def service_name(text: str) -> str:
             f"a service name is letters, digits, '-', '_' and '.' (1 to 63, the first a "
             f"letter or digit), got {text!r}")
     return text
+
+
+class StdoutWriteError(OSError):
+    """The command's output could not be written to stdout for another reason than its
+    reader going away (a full disk or quota, ``ENOSPC``/``EDQUOT``; a terminal gone,
+    ``EIO``): :func:`meshkit.cli.main` raises it from stdout's ``write``/``flush`` and
+    ends the command with one line and status 1; a command's own ``OSError`` handling
+    re-raises it, as it does ``BrokenPipeError``."""
 
 
 def printable(text: str) -> str:

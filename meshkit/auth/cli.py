@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
         ns = _parser().parse_args(args)
     except SystemExit as exc:
         return int(exc.code or 0)
-    from meshkit._cli._common import printable, quiet_grpc_core
+    from meshkit._cli._common import StdoutWriteError, printable, quiet_grpc_core
 
     quiet_grpc_core()  # before grpc loads (meshkit._config, meshkit.errors)
     from meshkit.auth._certs import (
@@ -156,6 +156,8 @@ def main(argv: list[str]) -> int:
             print("\n".join(printable(line) for line in lines))
         return 0
     except BrokenPipeError:  # stdout's reader went away: meshkit.cli ends quietly (141)
+        raise
+    except StdoutWriteError:  # stdout cannot be written (a full disk): meshkit.cli says so
         raise
     except (AuthError, ConfigError, OSError) as exc:
         print(f"meshkit certs {ns.cmd}: {' '.join(str(exc).splitlines())}", file=sys.stderr)
