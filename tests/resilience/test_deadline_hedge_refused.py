@@ -8,8 +8,8 @@ are refused while its first attempt, admitted, still runs.
 
 What was wrong: the hedging loop took the refusal for a fatal status (``DEADLINE_EXCEEDED``
 is no retryable code), ended the call with it and cancelled the first attempt, which would
-have answered within the deadline: a call that needed 0.9 s of its 1.2 s failed
-``DEADLINE_EXCEEDED`` at 0.75 s, when its hedge went out. Such a refusal says nothing of
+have answered within the deadline: a call that needed 0.9 s of its 1.5 s failed
+``DEADLINE_EXCEEDED`` at 0.6 s, when its hedge went out. Such a refusal says nothing of
 the call (none of it ran) but that no later attempt can be admitted either: no more
 hedges, and the attempts in flight are waited for.
 
@@ -36,17 +36,17 @@ pytestmark = pytest.mark.timeout(60)
 
 async def test_a_refused_hedge_leaves_the_first_attempt_to_answer(
         registry: LocalRegistry, echo_servers: EchoFactory) -> None:
-    admission = DeadlineOptions(min_remaining_s=0.5)
+    admission = DeadlineOptions(min_remaining_s=1.0)
     await echo_servers("a", deadline=admission)
     await echo_servers("b", deadline=admission)
-    policy = RetryPolicy(idempotent=True, max_attempts=3, hedge_delay_s=0.75)
+    policy = RetryPolicy(idempotent=True, max_attempts=3, hedge_delay_s=0.6)
     options = meshkit.DialOptions(insecure=True, outlier=None, balancer=lambda: Prefer("a"),
                                   retry=RetryOptions(default=policy))
     async with meshkit.dial("echo", registry=registry, options=options) as ch:
         await ch.wait_for_endpoints(2)
         t0 = time.monotonic()
-        # admitted with 1.2 s left; the hedge at 0.75 s has < 0.5 s left: refused
-        assert await ch.unary_unary(method("Sleep"))(b"900", timeout=1.2) == b"a"
+        # admitted with 1.5 s left; the hedge at 0.6 s has < 1.0 s left: refused
+        assert await ch.unary_unary(method("Sleep"))(b"900", timeout=1.5) == b"a"
         assert time.monotonic() - t0 >= 0.9
         assert ch.retry is not None and ch.retry.stats.hedges == 1  # and no more after it
         calls = {ep.instance.instance_id: ep.calls for ep in ch.endpoints()}
