@@ -718,7 +718,12 @@ class ServeOptions:
             those names, and each would add series). A glob lets callers choose names
             again: past ``MAX_SERVER_METHODS`` (1,000) labelled methods per registry, the
             further ones are ``other`` too. Spans and access-log lines keep the name the
-            caller sent.
+            caller sent. The rate limiter (``rate_limit``) counts the calls of every
+            method not registered nor named here under the name of the rule that
+            governs it: callers' made-up names share one budget per rule and caller
+            (:meth:`~meshkit.resilience.ratelimit.StorageLimiter.counted_as`), while a
+            registered or named method has its own (a glob here names every method it
+            matches: each made-up name it matches gets a budget of its own).
 
     The collections are stored as tuples (a list changed later does not change the
     options).
@@ -1426,7 +1431,8 @@ class MeshServer:
                            else None)
         # the methods this server registers, filled in as the servicers are added (each
         # before its handler is resolved): telemetry labels these by name, any other
-        # method a generic handler serves "other" (gRFC A66)
+        # method a generic handler serves "other" (gRFC A66); the rate limiter counts
+        # any other one under its rule's name (a caller's made-up names: one budget)
         known: set[str] = set()
         generic = MethodMatcher.of(opts.generic_methods, where="generic_methods")
 
@@ -1436,6 +1442,8 @@ class MeshServer:
         for icpt in self._chain:  # its count of calls tells telemetry when it is alone
             if isinstance(icpt, TelemetryServerInterceptor):
                 icpt.server_calls = None if self.gate is None else self.gate.calls
+                icpt.registered = registered
+            elif isinstance(icpt, RateLimitInterceptor):
                 icpt.registered = registered
         # a port in use is refused unless the user opts in (see ServeOptions.server_options)
         server_args: dict[str, Any] = {"grpc.so_reuseport": 0}

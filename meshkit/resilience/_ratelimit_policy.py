@@ -7,6 +7,7 @@ server or a storage; :mod:`meshkit.resilience.ratelimit` binds it to ``grpc.aio`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import time
@@ -28,7 +29,7 @@ from limits.aio.storage import (
 from limits.aio.storage import Storage as AsyncStorage
 from limits.util import SEPARATORS, SINGLE_EXPR, parse_many
 
-from meshkit._methods import MethodMatcher
+from meshkit._methods import MAX_CACHED_METHODS, MethodMatcher
 from meshkit._uris import hide_userinfo, mask_query, split_userinfo
 from meshkit.errors import ConfigError
 
@@ -125,6 +126,11 @@ class RuleTable:
     ``default_rule``; see :mod:`meshkit._methods`. :meth:`lookup` is cached per method
     (bounded), so the hot path is one dict lookup.
 
+    Each rule also has a name of its own, :meth:`counted_as`, under which the calls of
+    methods the server did not register are counted (``"<unregistered OrderService/*>"``,
+    ``"<unregistered methods>"`` for the default rule): :meth:`lookup` gives that rule for
+    it. No method name a caller sends is one (a gRPC path starts with ``/``).
+
     Args:
         rules: ``{method pattern: rule string or None}``; ``None`` exempts.
         default_rule: rule for methods no key matches; ``None`` leaves them unlimited.
@@ -133,7 +139,7 @@ class RuleTable:
         ConfigError: a malformed pattern or rule (quoted).
     """
 
-    __slots__ = ("_matcher",)
+    __slots__ = ("_cache", "_matcher", "_shared")
 
     def __init__(self, rules: Mapping[str, str | None], default_rule: str | None) -> None:
         MethodMatcher(rules, None, where="RateLimitOptions.rules")  # the patterns first
@@ -144,6 +150,11 @@ class RuleTable:
             "<default>", default_rule, parse_rule(default_rule, where="default_rule"))
         self._matcher: MethodMatcher[Rule | None] = MethodMatcher(
             parsed, default, where="RateLimitOptions.rules")
+        # the names unregistered methods are counted under -> their rule
+        self._shared: dict[str, Rule] = {
+            _shared_name(rule): rule for rule in (*parsed.values(), default)
+            if rule is not None}
+        self._cache: dict[str, Rule | None] = dict(self._shared)
 
     @property
     def empty(self) -> bool:
@@ -151,8 +162,35 @@ class RuleTable:
         return all(r is None for r in self._matcher.values())
 
     def lookup(self, method: str) -> Rule | None:
-        """The rule for full method name ``method``, or ``None`` when it is unlimited."""
-        return self._matcher.lookup(method)
+        """The rule for full method name ``method`` (or a name :meth:`counted_as` gave),
+        or ``None`` when it is unlimited: one dict lookup once the name has been seen."""
+        try:
+            return self._cache[method]
+        except KeyError:
+            pass
+        rule = self._shared[method] if method in self._shared else self._matcher.lookup(method)
+        cache = self._cache
+        if len(cache) >= MAX_CACHED_METHODS + len(self._shared):
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del cache[next(iter(cache))]  # the oldest (a name of _shared comes back)
+        cache[method] = rule
+        return rule
+
+    def counted_as(self, method: str) -> str:
+        """The name the calls of full method name ``method`` are counted under when the
+        server did not register ``method`` (a generic handler serving any name a caller
+        sends): the rule's own name, shared by every such method it governs, so that a
+        caller sending a new name per call does not get a new budget per name;
+        ``method`` itself when no rule limits it."""
+        rule = self._matcher.lookup(method)
+        return method if rule is None else _shared_name(rule)
+
+
+def _shared_name(rule: Rule) -> str:
+    """The name the calls of unregistered methods governed by ``rule`` are counted under."""
+    if rule.pattern == "<default>":
+        return "<unregistered methods>"
+    return f"<unregistered {rule.pattern}>"
 
 
 def peer_host(peer: str) -> str:

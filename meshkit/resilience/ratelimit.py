@@ -16,7 +16,11 @@ order, so a call refused by a later part was counted by the earlier ones). ``rul
 method pattern (:mod:`meshkit._methods`: ``"/ecom.v1.OrderService/PlaceOrder"``,
 ``"OrderService/PlaceOrder"``, ``"OrderService/*"``, ``"*"``) to a rule, or to ``None`` to
 exempt it; an exact pattern wins, then the longest glob, then ``default_rule``. Each method
-has its own budget per caller even when its rule comes from a glob or the default. With no
+has its own budget per caller even when its rule comes from a glob or the default; under
+:func:`meshkit.serve`, a method the server did not register (a name a caller made up for
+a catch-all generic handler, not in ``ServeOptions.generic_methods``) is counted under its
+rule's name instead (:meth:`StorageLimiter.counted_as`), all such methods one budget per
+rule and caller: a new name per call is no new budget. With no
 ``default_rule`` (the default) unmatched methods are not limited. The rule of a method is
 resolved once and cached; a method with no rule has its handler returned untouched.
 
@@ -615,6 +619,12 @@ class Limiter(Protocol):
     giving, once per method, a function of the caller key that does what :meth:`check`
     does without a coroutine; the interceptor then calls that (a coroutine and its frames
     fewer per call). :class:`StorageLimiter` does so for ``memory://``.
+
+    It may also have a method ``counted_as(method) -> str``: the name to count (and to
+    ask :meth:`applies_to`, :meth:`check`, ``checker`` with) the calls of a method the
+    server did not register, so that the names a caller makes up for a catch-all generic
+    handler share one budget (:meth:`StorageLimiter.counted_as`). Without it such calls
+    are counted under their own names.
     """
 
     def applies_to(self, method: str) -> bool:
@@ -1311,6 +1321,16 @@ class StorageLimiter:
         """Whether ``method`` has a rule (its own, a glob's, or the default)."""
         return self._table.lookup(method) is not None
 
+    def counted_as(self, method: str) -> str:
+        """The name to count the calls of ``method`` under when the server did not register
+        it (a generic handler serving any name a caller sends): the name of the rule that
+        governs it, ``"<unregistered PATTERN>"`` (``"<unregistered methods>"`` for
+        ``default_rule``), shared by every such method under that rule; ``method`` when
+        no rule limits it. Pass it to :meth:`check` / :meth:`checker` in place of
+        ``method``: the rule is the method's, the budget one per caller for all of them.
+        """
+        return self._table.counted_as(method)
+
     async def check(self, method: str, key: str) -> Rejection | None:
         """Count one call to ``method`` by ``key`` against its rule; ``None`` admits it.
 
@@ -1775,18 +1795,35 @@ class RateLimitInterceptor(WrappingInterceptor):
         opts = options or RateLimitOptions()
         self.limiter: Limiter = StorageLimiter(opts) if limiter is None else limiter
         self._key = opts.key
+        self.registered: Callable[[str], bool] | None = None
+        """Whether a full method name is one the server registered, asked once per method
+        when its handler is resolved; :func:`meshkit.serve` sets it (the methods its
+        servicers add and ``ServeOptions.generic_methods``, as telemetry's). The calls of
+        a method it did not register are counted under the name the limiter's
+        ``counted_as`` gives (:meth:`StorageLimiter.counted_as`: one budget per rule and
+        caller for all such names), so a caller cannot make up a new method name per
+        call for a catch-all generic handler and get a new budget each time. ``None``
+        (a plain ``grpc.aio`` server): every method is counted under its own name."""
 
     def _before_for(self, method: str) -> Before | None:
         """The limit check of ``method``, or ``None`` when no rule applies to it: a plain
         function when the limiter counts without I/O (``synchronous``: ``memory://``),
-        returning ``None`` to admit or the refusal's awaitable."""
+        returning ``None`` to admit or the refusal's awaitable. A method the server did
+        not register (:attr:`registered`) is counted under the limiter's ``counted_as``
+        name, resolved here, once per method: nothing per call."""
         limiter = self.limiter
-        if not limiter.applies_to(method):
+        counted = method  # the name the limiter counts the calls under
+        registered = self.registered
+        if registered is not None and not registered(method):
+            counted_as = getattr(limiter, "counted_as", None)
+            if callable(counted_as):
+                counted = counted_as(method)
+        if not limiter.applies_to(counted):
             return None
         key_of = self._key
         refuse = self._refuse
         if getattr(limiter, "synchronous", False) is True:
-            check_now = cast(Any, limiter).checker(method)
+            check_now = cast(Any, limiter).checker(counted)
             if check_now is None:
                 return None
 
@@ -1804,7 +1841,7 @@ class RateLimitInterceptor(WrappingInterceptor):
             key = key_of(method, context)
             if not isinstance(key, str):
                 raise _not_a_key(key_of, key)
-            rejection = await check(method, key)
+            rejection = await check(counted, key)
             if rejection is not None:
                 await refuse(rejection, context)
 
