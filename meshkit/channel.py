@@ -299,8 +299,12 @@ class DialOptions:
         outlier: outlier ejection (:class:`~meshkit.balancer.OutlierOptions`, on by
             default); ``None`` disables it.
         retry: retries and hedging (:class:`~meshkit.resilience.RetryOptions`; the default
-            retries ``UNAVAILABLE`` only for calls safe to repeat, within a retry budget);
-            ``None`` disables them.
+            retries ``UNAVAILABLE`` only for calls safe to repeat, within a retry budget,
+            and sends a call refused before any of it ran or never sent once more whatever
+            the method's policy: gRFC A6's transparent retry); ``None`` disables all of it,
+            the transparent retry included, so a meshkit server's nack (``RESOURCE_EXHAUSTED``
+            "server busy", ``UNAVAILABLE`` "server draining") reaches the caller; use
+            ``RetryOptions(default=None)`` to retry nothing but those.
         timeout_s: deadline of calls made without ``timeout``, seconds (default none).
         method_timeouts: ``{method pattern: timeout_s}`` overriding ``timeout_s``, e.g.
             ``{"OrderService/PlaceOrder": 2.0}``.
