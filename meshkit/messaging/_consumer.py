@@ -29,11 +29,13 @@ from meshkit.auth import PeerIdentity
 from meshkit.errors import ConfigError
 from meshkit.messaging._identity import HDR_SENT_AT_MS, MessageIdentityError, MessageVerifier
 from meshkit.messaging._publisher import (
+    MAX_CONTROL_LINE,
     MSG_ID_HEADER,
     check_nats_filter_subject,
     check_nats_name,
     check_nats_subject,
     check_telemetry_fields,
+    control_line_fits,
     max_payload,
     message_size,
 )
@@ -387,7 +389,9 @@ class ConsumerOptions:
             stored where it is; otherwise two consumers whose filters cover each
             other's dead-letter subjects would dead-letter each other's dead letters
             forever. A subject no message can be published to (a space or other
-            whitespace, an empty token, a wildcard ``*`` / ``>``) is a ``ConfigError``.
+            whitespace, an empty token, a wildcard ``*`` / ``>``), or longer than 3,840
+            bytes (its protocol line would exceed the server's ``max_control_line``,
+            4096, which closes the connection), is a ``ConfigError``.
         max_deliveries: deliveries of one message to the handler before it is
             dead-lettered (default 5, >= 1). The JetStream consumer's ``max_deliver``
             is unlimited (-1): the server never drops a message, the consumer counts
@@ -474,6 +478,13 @@ class ConsumerOptions:
             check_nats_name(name, value)
         if self.dead_letter_subject is not None:
             check_nats_subject("dead_letter_subject", self.dead_letter_subject)
+            # room for the request inbox and sizes on its HPUB line (see _dead_letter)
+            if len(self.dead_letter_subject.encode()) > MAX_CONTROL_LINE - 256:
+                raise ConfigError(
+                    f"dead_letter_subject must be at most {MAX_CONTROL_LINE - 256} bytes "
+                    "(a dead letter's protocol line would exceed the server's "
+                    f"max_control_line, {MAX_CONTROL_LINE}: it closes the connection), "
+                    f"got {len(self.dead_letter_subject.encode())}")
         check_int("max_deliveries", self.max_deliveries)
         check_int("batch_size", self.batch_size)
         # sent to JetStream in int64 nanoseconds (AckWait, a pull's expires)
@@ -1145,8 +1156,10 @@ class Consumer:
         if headers.get(MSG_ID_HEADER):
             dl[MSG_ID_HEADER] = f"dlq-{o.stream}.{o.durable}-{headers[MSG_ID_HEADER]}"
         try:
-            if message_size(msg.data, dl) > max_payload(self._js):
-                raise nats.errors.MaxPayloadError
+            size = message_size(msg.data, dl)
+            if size > max_payload(self._js) or \
+                    not control_line_fits(self._js, self._dead_letter_subject, size):
+                raise nats.errors.MaxPayloadError  # sent, the server would close us
             ack = await self._js.publish(self._dead_letter_subject, msg.data, headers=dl,
                                          timeout=2.0)
             if ack.duplicate:

@@ -29,3 +29,12 @@ def test_a_publish_options_stream_longer_than_jetstream_takes_is_a_config_error(
         PublishOptions(stream="S" * 256)
     with pytest.raises(ConfigError, match="stream"):
         PublishOptions(stream="é" * 128)  # 256 bytes
+
+
+def test_a_dead_letter_subject_too_long_for_the_protocol_line_is_a_config_error() -> None:
+    """A dead_letter_subject of 4,000 bytes: every dead letter's HPUB line would exceed
+    the server's max_control_line (4096), and the server close the consumer's
+    connection for good; refused at construction. 3,800 bytes still taken (guard)."""
+    with pytest.raises(ConfigError, match="dead_letter_subject"):
+        ConsumerOptions(stream="ORDERS", durable="d", dead_letter_subject="dlq." + "x" * 4000)
+    ConsumerOptions(stream="ORDERS", durable="d", dead_letter_subject="dlq." + "x" * 3800)
