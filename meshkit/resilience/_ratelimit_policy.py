@@ -341,6 +341,93 @@ def storage_class(uri: object, strategy: str) -> tuple[str, type[AsyncStorage]]:
     return uri, cls
 
 
+_COREDIS_SCHEMES = ("async+redis://", "async+rediss://", "async+redis+unix://")
+"""Storage URI schemes ``limits`` serves with a single coredis connection pool, whose
+query options :func:`check_redis_options` checks (``ConnectionPool.from_url``)."""
+
+
+def check_redis_options(uri: str, *, shown: str) -> None:
+    """Refuse a single-server Redis storage URI's query option with which no hit can
+    succeed, or that the driver would drop with a ``UserWarning`` only (coredis 5:
+    ``ConnectionPool.from_url`` parses ``URL_QUERY_ARGUMENT_PARSERS`` and ignores a value
+    it cannot parse). Other URIs are left alone.
+
+    Refused: ``noreply`` with any value (coredis reads every non-empty value as ``True``,
+    and a hit needs Redis' reply); ``connect_timeout`` not a number > 0;
+    ``stream_timeout`` not a number >= 0 (``0``: none); ``max_connections`` not an
+    integer >= 0 (``0``: no bound); ``max_idle_time``, ``idle_check_interval`` not an
+    integer; ``protocol_version`` other than 2 or 3 (RESP2, RESP3); ``db`` (or a
+    ``redis://`` path, ``/2``) not a whole number >= 0; ``client_name`` with a character
+    Redis refuses in ``CLIENT SETNAME`` (a space, a control or non-ASCII character: only
+    ``!`` to ``~``).
+
+    Args:
+        uri: the ``async+`` storage URI (:func:`storage_class`'s).
+        shown: the URI as errors quote it (password redacted).
+
+    Raises:
+        ConfigError: naming the option and quoting ``shown`` (every option checked here
+            is one :func:`redact_uri` shows as written).
+    """
+    if not uri.startswith(_COREDIS_SCHEMES):
+        return
+    _, _, rest = split_userinfo(uri)
+    rest = rest.partition("#")[0]
+    path, _, query = rest.partition("?")
+    options = {name: values[0] for name, values in urllib.parse.parse_qs(query).items()}
+
+    def refuse(name: str, value: str, rule: str) -> ConfigError:
+        return ConfigError(f"storage_uri {shown!r}: {name}={value!r} {rule}")
+
+    def number(name: str, low: float, *, above: bool) -> None:
+        value = options.get(name)
+        if value is None:
+            return
+        try:
+            got = float(value)
+        except ValueError:
+            got = math.nan
+        if not (got > low if above else got >= low):
+            raise refuse(name, value, f"must be a number {'>' if above else '>='} "
+                                      f"{low:g} (seconds)") from None
+
+    def integer(name: str, low: int | None, why: str = "") -> None:
+        value = options.get(name)
+        if value is None:
+            return
+        try:
+            got = int(value)
+        except ValueError:
+            raise refuse(name, value, f"must be a whole number{why}") from None
+        if low is not None and got < low:
+            raise refuse(name, value, f"must be a whole number >= {low}{why}") from None
+
+    if "noreply" in options:
+        raise refuse("noreply", options["noreply"], "turns Redis' replies off (coredis reads "
+                     "any value as on), and a rate-limit hit needs the reply: leave it "
+                     "out") from None
+    number("connect_timeout", 0, above=True)
+    number("stream_timeout", 0, above=False)
+    integer("max_connections", 0, " (0: no bound)")
+    integer("max_idle_time", None)
+    integer("idle_check_interval", None)
+    integer("db", 0)
+    version = options.get("protocol_version")
+    if version is not None and version.strip() not in ("2", "3"):
+        raise refuse("protocol_version", version, "must be 2 or 3 (RESP2, RESP3)") from None
+    name = options.get("client_name")
+    if name is not None and not all("!" <= c <= "~" for c in name):
+        raise refuse("client_name", name, "may hold only the characters '!' to '~' (Redis "
+                     "refuses a client name with a space, a control or a non-ASCII "
+                     "character)") from None
+    host_end = path.find("/")
+    db_path = path[host_end:].replace("/", "") if host_end >= 0 else ""
+    if ("db" not in options and db_path and not uri.startswith("async+redis+unix://")
+            and not (db_path.isascii() and db_path.isdigit())):
+        raise ConfigError(f"storage_uri {shown!r}: the path names the database (db), "
+                          f"a whole number >= 0, got {db_path!r}") from None
+
+
 class OutageTracker:
     """Tracks whether the storage is in an outage, so it is reported once per outage.
 

@@ -184,6 +184,7 @@ from meshkit.resilience._ratelimit_policy import (
     OutageTracker,
     Rule,
     RuleTable,
+    check_redis_options,
     peer_host,
     redact_uri,
     retry_after_s,
@@ -481,7 +482,10 @@ class RateLimitOptions:
             non-callable or ``async def`` key; an empty key_prefix, or one UTF-8 cannot
             encode; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
-            ``breaker_max_open_s``; ``max_keys`` not ``None`` nor an integer >= 1, or
+            ``breaker_max_open_s``; a Redis URI option with which no hit can work
+            (``?noreply=...``, ``?connect_timeout=0``, ``?db=-1``, a value the driver
+            cannot parse: :func:`~meshkit.resilience._ratelimit_policy.check_redis_options`);
+            ``max_keys`` not ``None`` nor an integer >= 1, or
             set with a storage other than ``memory://``. The bad value is quoted
             (storage passwords redacted). (``ConfigError`` is a ``ValueError``.)
     """
@@ -509,7 +513,8 @@ class RateLimitOptions:
             raise ConfigError(f"rules must be a mapping, got {self.rules!r}")
         object.__setattr__(self, "rules", FrozenMap(self.rules))
         RuleTable(self.rules, self.default_rule)  # parses every rule; raises ConfigError
-        _, storage = storage_class(self.storage_uri, self.strategy)
+        uri, storage = storage_class(self.storage_uri, self.strategy)
+        check_redis_options(uri, shown=redact_uri(self.storage_uri))
         if not callable(self.key):
             raise ConfigError(f"key must be a callable (method, context) -> str, got {self.key!r}")
         if _is_async_callable(self.key):
