@@ -11,6 +11,7 @@ not depend on a server, and a real connect failure on a policy without retries i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,12 @@ from grpc.aio import AioRpcError, Metadata
 from meshkit._metadata import PREVIOUS_ATTEMPTS
 from meshkit.interceptors import CallKind, ClientCallDetails
 from meshkit.resilience import RetryInterceptor, RetryOptions, RetryPolicy
-from meshkit.resilience._retry import NACK_METADATA, ConnectFailedError
+from meshkit.resilience._retry import (
+    NACK_METADATA,
+    ConnectFailedError,
+    _refusals,
+    forget_endpoint,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -93,3 +99,28 @@ async def test_no_second_attempt_once_the_deadline_passed() -> None:
         await retry.intercept_unary(details, b"x", proceed)
     assert len(proceed.headers) == 1
     assert retry.stats.gave_up_deadline == 1
+
+
+async def test_an_attempt_a_draining_server_cut_before_it_ran_goes_once_more() -> None:
+    """grpc core's ``CANCELLED`` "CANCELLED" of an attempt launched on an endpoint that
+    had already refused a call of this channel as draining (``cut_before_it_ran``)."""
+    endpoint = object()
+    _refusals[endpoint] = [time.time_ns(), None]  # its draining refusal, seen just now
+    try:
+        retry = RetryInterceptor(RetryOptions(default=None))
+        details = ClientCallDetails(service="s", method="/p.S/Write",
+                                    kind=CallKind.UNARY_UNARY, timeout_s=5.0, metadata=None)
+        cut = AioRpcError(grpc.StatusCode.CANCELLED, Metadata(), Metadata(),
+                          details="CANCELLED")
+        proceed = _Proceed(cut)
+
+        async def launched(d: ClientCallDetails, request: Any) -> Any:
+            d.attempts.append(endpoint)
+            d.attempt_started_ns.append(time.time_ns() + 1)
+            d.last_call = object()
+            return await proceed(d, request)
+
+        assert await retry.intercept_unary(details, b"x", launched) == b"ok"
+        assert proceed.headers == [None, "1"]
+    finally:
+        forget_endpoint(endpoint)
