@@ -632,42 +632,43 @@ class Consumer:
         config = self.consumer_config()
         sub = await self._js.pull_subscribe(
             o.filter_subject or "", durable=o.durable, stream=o.stream, config=config)
-        info = await sub.consumer_info()
-        current = info.config
-        filter_changed = (current.filter_subject or None) != (o.filter_subject or None) \
-            or bool(current.filter_subjects)
-        if filter_changed or (current.max_deliver, current.ack_wait) != \
-                (config.max_deliver, config.ack_wait):
-            # pull_subscribe may have changed its copy; the deliver policy and start
-            # are the durable's own (JetStream refuses a change of them)
-            config = replace(self.consumer_config(), deliver_policy=current.deliver_policy,
-                             opt_start_seq=current.opt_start_seq,
-                             opt_start_time=current.opt_start_time)
-            try:
-                await self._js.add_consumer(o.stream, config)
-            except nats.js.errors.Error as exc:
-                if filter_changed:
-                    with contextlib.suppress(nats.errors.Error):
-                        await sub.unsubscribe()
-                    raise
-                _log.warning("could not update the durable consumer's config",
-                             durable=o.durable, max_deliver=current.max_deliver,
-                             error=str(exc)[:200])
-            else:
-                if filter_changed:
-                    _log.warning("durable consumer's filter subject changed",
-                                 durable=o.durable, old=current.filter_subject,
-                                 new=o.filter_subject)
-                current = config
-        self._stream_created = stream.created if stream is not None else None
-        self._remember(info, current)
-        self._cap_batch(current.max_ack_pending)
-        if self._pulls is not None:
-            await self._pulls.close()
-        self._pulls = await _Pulls.open(sub)
-        # the pulls answer on their own inbox: the subscription's is never read
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+        try:
+            info = await sub.consumer_info()
+            current = info.config
+            filter_changed = (current.filter_subject or None) != (o.filter_subject or None) \
+                or bool(current.filter_subjects)
+            if filter_changed or (current.max_deliver, current.ack_wait) != \
+                    (config.max_deliver, config.ack_wait):
+                # pull_subscribe may have changed its copy; the deliver policy and start
+                # are the durable's own (JetStream refuses a change of them)
+                config = replace(self.consumer_config(), deliver_policy=current.deliver_policy,
+                                 opt_start_seq=current.opt_start_seq,
+                                 opt_start_time=current.opt_start_time)
+                try:
+                    await self._js.add_consumer(o.stream, config)
+                except nats.js.errors.Error as exc:
+                    if filter_changed:
+                        raise
+                    _log.warning("could not update the durable consumer's config",
+                                 durable=o.durable, max_deliver=current.max_deliver,
+                                 error=str(exc)[:200])
+                else:
+                    if filter_changed:
+                        _log.warning("durable consumer's filter subject changed",
+                                     durable=o.durable, old=current.filter_subject,
+                                     new=o.filter_subject)
+                    current = config
+            self._stream_created = stream.created if stream is not None else None
+            self._remember(info, current)
+            self._cap_batch(current.max_ack_pending)
+            if self._pulls is not None:
+                await self._pulls.close()
+            self._pulls = await _Pulls.open(sub)
+        finally:
+            # the pulls answer on their own inbox: the subscription's is never read; and
+            # a start that failed past here keeps none (run() starts again each backoff)
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
         self._sub = sub
 
     async def _stream_info(self) -> StreamInfo | None:
