@@ -1116,6 +1116,19 @@ def _storage_options(uri: str, cls: type[Any]) -> dict[str, Any]:
     return {"retry_policy": NoRetryPolicy()}
 
 
+_INCR_EXPIRE_LUA = """
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if tonumber(current) == amount or redis.call("ttl", KEYS[1]) == -1 then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return current
+"""
+"""limits' ``incr_expire.lua`` (``INCRBY``; ``EXPIRE`` when that created the counter), which
+also sets the expiry of a counter that has none (``TTL`` -1): one more command inside the
+script for a hit that did not create its counter, no round trip."""
+
+
 def _count_fixed_windows_atomically(storage: Any) -> bool:
     """Make a coredis-backed Redis storage count fixed windows in one atomic script, and
     read their expiry to the millisecond.
@@ -1127,7 +1140,11 @@ def _count_fixed_windows_atomically(storage: Any) -> bool:
     and no later hit sets one: the caller was refused (``retry-after: 1``) for good. Its
     redis-py bridge runs ``limits``' own ``incr_expire.lua`` (both steps in one script)
     instead, which the coredis bridge registers too (``lua_incr_expire``) without using:
-    here the bridge's ``incr`` runs that script.
+    here the bridge's ``incr`` runs that script, amended (:data:`_INCR_EXPIRE_LUA`) to
+    also give the window's expiry to a counter it finds without one: limits' script sets
+    it only when the hit created the counter, so a counter left without a TTL (by an
+    older meshkit's two-step count, a ``PERSIST``, a key restored without its TTL) kept
+    its caller refused for good (``retry-after: 1`` on every call).
 
     The bridge's ``get_expiry`` (a fixed window's reset time, behind ``retry-after``)
     read ``TTL``: whole seconds, rounded to the *nearest* (a window with 3.25 s left read
@@ -1143,7 +1160,7 @@ def _count_fixed_windows_atomically(storage: Any) -> bool:
     bridge: Any = getattr(storage, "bridge", None)
     if not isinstance(bridge, CoredisBridge):
         return False
-    script = bridge.lua_incr_expire
+    script = bridge.get_connection().register_script(_INCR_EXPIRE_LUA)
     prefixed = bridge.prefixed_key
 
     async def incr(key: str, expiry: int, amount: int = 1) -> int:
