@@ -8,7 +8,9 @@ reflection services match only when named in full (``SERVICE/grpc.health.v1.Heal
 The request and response types come from the server's reflection service (``serve()``
 turns it on), so no generated code is needed: the request, in the proto3 JSON form of its
 type (protobuf.dev/programming-guides/json: a JSON object for most messages, a string for
-a ``Timestamp`` or a ``StringValue``...; none or empty text: the empty message), is parsed
+a ``Timestamp`` or a ``StringValue``...; none: the empty message, as ``{}``; empty or
+blank text, an argument or stdin, is refused: an unset variable or a failed producer in a
+pipe would otherwise send the empty message in its place), is parsed
 with protobuf's ``json_format`` and the response printed as JSON (proto field names). A key
 given twice in a JSON object (at any depth) is refused, as ``json_format.Parse`` and
 grpcurl refuse it. An ``Any`` may hold a type the server describes (one the method's files
@@ -32,7 +34,7 @@ conventions). An error never prints a header's value (it is often a bearer token
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not a valid
 request of its type (a key given twice included), a request on stdin (``-``) that is not
-UTF-8, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included, and a
+UTF-8, an empty or blank request, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included, and a
 header HTTP/2 or gRPC leaves to the transport: a pseudo-header, ``connection`` and the
 other connection-specific ones RFC 9113 8.2.2 forbids, ``host``, ``te``,
 ``content-type``, ``content-length``, ``user-agent``), no
@@ -207,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "meshkit refuses to send), 64 + gRPC code when the "
                                        "call fails.")
     p.add_argument("target", help="SERVICE/Method, SERVICE/pkg.Svc/Method or /pkg.Svc/Method")
-    p.add_argument("request", nargs="?", default="",
+    p.add_argument("request", nargs="?", default=None,
                    help="the request in its type's proto3 JSON form, e.g. a JSON object "
-                        "(default: the empty message; - reads it from stdin)")
+                        "(default: the empty message; - reads it from stdin; an empty "
+                        "one is refused: {} is the empty message)")
     add_registry_argument(p)
     p.add_argument("--service", default=None, type=service_name,
                    help="mesh service to dial for a /pkg.Svc/Method target (with a "
@@ -264,6 +267,25 @@ def _read_stdin() -> str:
                         f"{exc.reason})") from None
 
 
+def _request_text(request: str | None) -> str:
+    """The request's JSON text: ``""`` (the empty message) for no request argument, else
+    the argument or, for ``-``, stdin (:func:`_read_stdin`).
+
+    Raises:
+        CallError: the argument or stdin holds no JSON at all (empty, blank: an unset
+            variable, a producer in a pipe that failed), which would otherwise send the
+            empty message in its place; ``{}`` is the empty message. Or stdin's errors.
+    """
+    if request is None:
+        return ""
+    body = _read_stdin() if request == "-" else request
+    if not body.removeprefix("\ufeff").strip():
+        where = "on stdin" if request == "-" else "argument"
+        raise CallError(f"the request {where} is empty: give {{}} for the empty message "
+                        "(or no request argument)")
+    return body
+
+
 def main(argv: list[str]) -> int:
     """Run ``meshkit call``; returns the exit status (see the module docstring)."""
     ns = build_parser().parse_args(argv)
@@ -279,7 +301,7 @@ def main(argv: list[str]) -> int:
     try:
         target, metadata = parse_target(ns.target, ns.service), _metadata(ns.header)
         options = _dial_options(ns)
-        body = _read_stdin() if ns.request == "-" else ns.request
+        body = _request_text(ns.request)
         args = _Args(target, body, open_registry(ns.registry), options, metadata,
                      ns.timeout_s)
         text, warning = asyncio.run(_run(args))
