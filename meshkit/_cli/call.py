@@ -34,10 +34,10 @@ conventions). An error never prints a header's value (it is often a bearer token
 
 Exit status: 0 on success; 2 for a usage error (bad target, JSON that is not a valid
 request of its type (a key given twice included), a request on stdin (``-``) that is not
-UTF-8, an empty or blank request, registry URI, ``--timeout-s``, header (a reserved ``grpc-`` key included, and a
-header HTTP/2 or gRPC leaves to the transport: a pseudo-header, ``connection`` and the
-other connection-specific ones RFC 9113 8.2.2 forbids, ``host``, ``te``,
-``content-type``, ``content-length``, ``user-agent``), no
+UTF-8, an empty or blank request, registry URI, ``--timeout-s``, header (a reserved
+``grpc-`` key included, and a header HTTP/2 or gRPC leaves to the transport: a
+pseudo-header, ``connection`` and the other connection-specific ones RFC 9113 8.2.2
+forbids, ``host``, ``te``, ``content-type``, ``content-length``, ``user-agent``), no
 transport security; a call meshkit refuses to send, e.g. a header gRPC cannot carry);
 64 + the gRPC status code number when the call fails (as grpcurl does), with the status
 and its message on stderr (on one line, its control characters escaped as ``repr`` writes
