@@ -274,13 +274,19 @@ def _request_text(request: str | None) -> str:
     Raises:
         CallError: the argument or stdin holds no JSON at all (empty, blank: an unset
             variable, a producer in a pipe that failed), which would otherwise send the
-            empty message in its place; ``{}`` is the empty message. Or stdin's errors.
+            empty message in its place; ``{}`` is the empty message. An argument that
+            is not UTF-8 (its byte named). Or stdin's errors.
     """
     if request is None:
         return ""
     body = _read_stdin() if request == "-" else request
+    where = "on stdin" if request == "-" else "argument"
+    try:  # an argument's bytes that are not UTF-8 come as surrogates (surrogateescape)
+        body.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        at = len(body[:exc.start].encode("utf-8", "surrogateescape"))
+        raise CallError(f"the request {where} is not UTF-8 (byte {at})") from None
     if not body.removeprefix("\ufeff").strip():
-        where = "on stdin" if request == "-" else "argument"
         raise CallError(f"the request {where} is empty: give {{}} for the empty message "
                         "(or no request argument)")
     return body
