@@ -577,7 +577,8 @@ class RetryInterceptor(ClientInterceptor):
         its ``min_remaining_s``) sends no more but leaves those in flight to answer; an
         attempt cut before it ran by a
         draining server (:func:`cut_before_it_ran`) is non-fatal as a nack; the first
-        success wins, any other
+        success wins (one that came in the same loop turn as another attempt's fatal
+        status too), any other
         status ends the call, and the attempts still in flight are cancelled."""
         assert policy.hedge_delay_s is not None
         loop = asyncio.get_running_loop()
@@ -624,7 +625,9 @@ class RetryInterceptor(ClientInterceptor):
                     done, pending = await asyncio.wait(pending, timeout=wait_s,
                                                        return_when=asyncio.FIRST_COMPLETED)
                     due: float | None = None  # the failures' next attempt: the latest one
-                    for task in done:
+                    # an answer that came in the same turn as another attempt's failure
+                    # is the call's, whatever the set's order: answers first
+                    for task in (done if len(done) == 1 else sorted(done, key=_failed)):
                         exc = task.exception()
                         if exc is None:
                             self._observe(details.method, time.monotonic() - t0)
@@ -700,6 +703,11 @@ class RetryInterceptor(ClientInterceptor):
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    """Whether a finished attempt's ``task`` failed (a key putting answers first)."""
+    return task.exception() is not None
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
