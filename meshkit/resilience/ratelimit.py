@@ -317,6 +317,21 @@ def _is_async_callable(func: object) -> bool:
                for f in (func, type(func).__call__))
 
 
+def _takes_method_and_context(func: object) -> bool:
+    """Whether ``func`` can be called as ``func(method, context)`` (two positional
+    arguments), as far as its signature tells: one without a signature Python can read
+    (a builtin, some C callables) is taken."""
+    try:
+        signature = inspect.signature(cast(Callable[..., Any], func))
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return True
+
+
 def _not_a_key(key_of: KeyFunc, key: object) -> TypeError:
     """The error of a key function ``key_of`` that returned ``key``, not a ``str`` (a
     coroutine it returned is closed: no "never awaited" warning besides)."""
@@ -391,7 +406,7 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
             ``None`` all in one budget), or names a header grpc consumes itself
             (``grpc-timeout``, ``te``, ``content-type``, ...: the same); ``fallback`` is
             neither ``None`` nor a plain
-            function (quoted).
+            function taking ``(method, context)`` (quoted).
     """
     # ASCII whitespace only: str.strip() also took a no-break space off a name
     header = name.strip(" \t\r\n\v\f") if isinstance(name, str) else None
@@ -402,7 +417,8 @@ def by_metadata(name: str, *, fallback: KeyFunc | None = by_peer) -> KeyFunc:
     if header in CONSUMED_HEADERS:
         raise ConfigError(f"by_metadata: grpc reads header {name!r} itself and shows it to "
                           f"no key function, so every call would be keyed by the fallback")
-    if fallback is not None and (not callable(fallback) or _is_async_callable(fallback)):
+    if fallback is not None and (not callable(fallback) or _is_async_callable(fallback)
+                                 or not _takes_method_and_context(fallback)):
         raise ConfigError(f"by_metadata's fallback must be None or a plain function "
                           f"(method, context) -> str, got {fallback!r}")
     prefix = header + "="
@@ -479,8 +495,9 @@ class RateLimitOptions:
     Raises:
         ConfigError: an unknown strategy, storage URI or ``on_storage_error``; a
             malformed rule or rules key; a strategy the storage cannot run; a
-            non-callable or ``async def`` key; an empty key_prefix, or one UTF-8 cannot
-            encode; ``storage_timeout_s <= 0``;
+            non-callable or ``async def`` key, or one whose signature does not take
+            ``(method, context)`` (``key=by_metadata``: the factory); an empty
+            key_prefix, or one UTF-8 cannot encode; ``storage_timeout_s <= 0``;
             ``breaker_failures < 1``; ``breaker_open_s <= 0`` or above
             ``breaker_max_open_s``; a Redis URI option with which no hit can work
             (``?noreply=...``, ``?connect_timeout=0``, ``?db=-1``, a value the driver
@@ -523,6 +540,12 @@ class RateLimitOptions:
                 "which returns a coroutine (an un-awaited coroutine would be a new caller "
                 "key on every call): read what it awaits in a plain function instead, e.g. "
                 "from metadata or the identity an interceptor before this one set")
+        if not _takes_method_and_context(self.key):
+            raise ConfigError(
+                f"key must be callable as key(method, context) -> str, got {self.key!r}, "
+                "whose signature does not take those two arguments (every limited call "
+                "would fail UNKNOWN with its TypeError); by_metadata is a factory: "
+                "key=by_metadata('x-user')")
         if not isinstance(self.key_prefix, str) or not self.key_prefix:
             raise ConfigError(f"key_prefix must be a non-empty string, got {self.key_prefix!r}")
         try:  # every storage key starts with it, and a Redis key is UTF-8
