@@ -451,6 +451,11 @@ def _write(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            # the data on disk before its name: a power loss after the link/rename
+            # otherwise can leave a key of zero bytes (ext4's delayed allocation
+            # commits the new name first)
+            os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -462,6 +467,23 @@ def _write(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """``fsync`` ``directory``, so the name just written there survives a power loss;
+    a system or file system that cannot (a directory not openable, ``EINVAL``) is
+    passed over: the file's data was synced already."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_private_key(
