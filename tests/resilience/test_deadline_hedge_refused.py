@@ -55,15 +55,17 @@ async def test_a_refused_hedge_leaves_the_first_attempt_to_answer(
 
 async def test_a_call_whose_every_attempt_is_refused_ends_with_the_refusal(
         registry: LocalRegistry, echo_servers: EchoFactory) -> None:
-    admission = DeadlineOptions(min_remaining_s=0.5)
+    admission = DeadlineOptions(min_remaining_s=2.0)
     await echo_servers("a", deadline=admission)
-    policy = RetryPolicy(idempotent=True, max_attempts=3, hedge_delay_s=0.05)
+    # the refusal has 0.5 s to come back before a hedge is due (a loaded box's round
+    # trip); a loop that kept hedging after it sends one at 0.5 s, refused too
+    policy = RetryPolicy(idempotent=True, max_attempts=3, hedge_delay_s=0.5)
     options = meshkit.DialOptions(insecure=True, outlier=None,
                                   retry=RetryOptions(default=policy))
     async with meshkit.dial("echo", registry=registry, options=options) as ch:
         await ch.wait_for_endpoints(1)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await ch.unary_unary(method("Sleep"))(b"0", timeout=0.3)
+            await ch.unary_unary(method("Sleep"))(b"0", timeout=1.0)
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert info.value.details() == "deadline exceeded before the handler ran"
         assert ch.retry is not None and ch.retry.stats.hedges == 0
