@@ -526,13 +526,15 @@ def _why_unreadable(exc: OSError) -> str:
 def _why_not_pem(data: bytes, what: str, label: re.Pattern[bytes], der_hint: str) -> str:
     """Why ``data`` (a file's bytes) gave no PEM ``what`` (``"certificate"``,
     ``"private key"``; ``label`` matches its PEM header): empty, a PEM block of that kind
-    that cannot be parsed, DER (binary: a SEQUENCE, ``0x30``; ``der_hint`` the openssl
-    command converting it), or the PEM labels it holds instead. Never quotes the data."""
+    that cannot be parsed, DER (binary: a SEQUENCE, ``0x30``, then bytes no text holds;
+    ``der_hint`` the openssl command converting it), or the PEM labels it holds instead.
+    Never quotes the data."""
     if not data.strip():
         return "the file is empty"
     if label.search(data):
         return f"the PEM {what} in it cannot be parsed (damaged or truncated)"
-    if data[:1] == b"\x30":
+    if data[:1] == b"\x30" and any(b < 0x09 or b > 0x7E for b in data[:64]):
+        # a SEQUENCE in binary (not the text "0...", which is 0x30 too)
         return f"it looks DER-encoded (binary), not PEM: convert it with {der_hint}"
     held = sorted({m.decode() for m in _PEM_LABEL.findall(data)})
     return f"no PEM {what} in it" + (f" (it holds {', '.join(held)})" if held else "")

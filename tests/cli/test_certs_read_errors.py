@@ -35,9 +35,10 @@ def test_certificate_file_errors_say_why(tmp_path: Path) -> None:
     der.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     msg = _certificate_error(der)
     assert "DER" in msg and "openssl x509 -inform der" in msg, msg
-    text = tmp_path / "notes.txt"
-    text.write_bytes(b"hello\n")
-    assert "no PEM certificate" in _certificate_error(text)
+    for content in (b"hello\n", b"0123 a text file starting with the digit 0\n"):
+        text = tmp_path / "notes.txt"
+        text.write_bytes(content)
+        assert "no PEM certificate" in _certificate_error(text), content
     broken = tmp_path / "broken.pem"
     broken.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     msg = _certificate_error(broken)
