@@ -91,8 +91,11 @@ Java) read only this trailer: without it they retried at their own backoff, at o
 and were refused again until their attempts ran out. With it they wait out the refusal
 (their backoff restarts after it), and one whose deadline would end first gets
 ``RESOURCE_EXHAUSTED`` at once instead of ``DEADLINE_EXCEEDED`` after waiting. Clients
-that do not retry it ignore it. meshkit's own retry reads whichever of the two trailers
-comes first, ``retry-after``: it waits once, the whole seconds.
+that do not retry it ignore it. meshkit's own retry reads the first of the two trailers
+grpc hands on, which is ``grpc-retry-pushback-ms`` (grpc core puts it first whatever
+order the server sets them in): it waits the milliseconds (measured: a "1/second" call
+refused 0.3 s in with a 0.9 s deadline was admitted 0.70 s later), and gives up on
+``-1``.
 
 Failing closed answers ``UNAVAILABLE`` rather than ``RESOURCE_EXHAUSTED`` because the
 caller is not over any quota: the server cannot decide, which is the transient "try again
