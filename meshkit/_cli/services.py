@@ -78,14 +78,19 @@ class InstanceRow:
 
 def _admin_endpoint(instance: Instance) -> tuple[str, str] | None:
     """``(host, port)`` of ``instance``'s admin server from its registry meta:
-    ``admin_port`` (ASCII digits) at ``admin_host`` when announced (``serve()`` does when
-    the admin listens elsewhere than the instance's host), else at the instance's host;
-    ``None`` without a valid port (or with an invalid ``admin_host``)."""
+    ``admin_port`` (ASCII digits naming a TCP port, 1 to 65535; written back without
+    leading zeros) at ``admin_host`` when announced (``serve()`` does when the admin
+    listens elsewhere than the instance's host), else at the instance's host; ``None``
+    without a valid port (``0``, ``99999``: no scrape or probe could reach it) or with an
+    invalid ``admin_host``."""
     from meshkit._hosts import check_host
     from meshkit.errors import ConfigError
 
     port = instance.meta.get("admin_port", "")
     if not (port.isascii() and port.isdigit()):  # isdigit() alone takes "٩١٠٠", "²"
+        return None
+    port = port.lstrip("0")
+    if not port or len(port) > 5 or int(port) > 65535:
         return None
     host = instance.meta.get("admin_host") or instance.host
     try:
