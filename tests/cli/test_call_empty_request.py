@@ -33,11 +33,13 @@ async def test_a_request_of_no_json_is_refused_not_sent_empty(
     assert err.startswith("meshkit call: the request ") and "{}" in err, err
 
 
+@pytest.mark.parametrize(("args", "stdin"), [((), None), (("{}",), None),
+                                            (("-",), b"{}\n")])
 async def test_no_request_argument_or_braces_send_the_empty_message(
-        greeter: meshkit.MeshServer, registry: LocalRegistry) -> None:
-    for args, stdin in ((), None), (("{}",), None), (("-",), b"{}\n"):
-        code, out, err = await meshkit_cli(
-            "call", "greeter/Greeter/SayHello", *args, "--registry", uri(registry),
-            "--insecure", stdin=stdin)
-        assert (code, err) == (0, ""), (args, code, err)
-        assert '"message": "Hello, !"' in out, out
+        greeter: meshkit.MeshServer, registry: LocalRegistry, args: tuple[str, ...],
+        stdin: bytes | None) -> None:
+    code, out, err = await meshkit_cli(
+        "call", "greeter/Greeter/SayHello", *args, "--registry", uri(registry),
+        "--insecure", stdin=stdin)
+    assert (code, err) == (0, ""), (args, code, err)
+    assert '"message": "Hello, !"' in out, out
