@@ -109,6 +109,10 @@ class PublishError(MeshError):
     last NATS exception is the ``__cause__``."""
 
 
+#: The W3C headers a traced publish puts in place of those given (names lowercase).
+_TRACE_HEADERS = frozenset(("traceparent", "tracestate", "baggage"))
+
+
 def message_size(payload: bytes, headers: Mapping[str, str]) -> int:
     """The size the NATS server checks against its ``max_payload`` for a message with
     headers (an ``HPUB``): the payload plus the header block as nats-py encodes it
@@ -353,7 +357,9 @@ class Publisher:
                 non-empty string of printable characters that neither starts nor ends
                 with a space (nats-py trims header values and turns line breaks into
                 spaces, so another id would travel than the one signed and deduped).
-            headers: more headers (copied; the trace and identity headers are added).
+            headers: more headers (copied; the trace and identity headers are added:
+                with tracing on, ``traceparent``, ``tracestate`` and ``baggage`` given
+                here, in any case, are replaced by the PRODUCER span's).
             context: the OpenTelemetry context the PRODUCER span is a child of (default
                 the current one), e.g. the one stored with an outbox row.
 
@@ -405,8 +411,10 @@ class Publisher:
                             "messaging.operation.type": "send",
                             "messaging.destination.name": subject,
                             "messaging.message.id": msg_id})
-            for k in ("traceparent", "tracestate", "baggage"):
-                hdrs.pop(k, None)
+            # in any case: a Traceparent given (a Go service's, or stored in an outbox)
+            # would go out beside ours, two parents (W3C names them case-insensitively)
+            for k in [k for k in hdrs if k.lower() in _TRACE_HEADERS]:
+                del hdrs[k]
             propagate.inject(hdrs, context=trace.set_span_in_context(span, context))
         if opts.signer is not None:
             opts.signer.sign(hdrs, msg_id=msg_id, subject=subject, payload=payload)

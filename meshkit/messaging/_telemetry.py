@@ -53,6 +53,7 @@ from typing import Any
 # opentelemetry.propagate alone raises ValueError (b3 without its package)
 import meshkit.observability._tracing  # noqa: F401  # isort: skip
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from meshkit.observability import default_registry
@@ -173,15 +174,42 @@ def capture_context() -> dict[str, str]:
     return carrier
 
 
+class _AnyCaseGetter(Getter[Mapping[str, str]]):
+    """Reads a propagator's header (``traceparent``, ``baggage``...) in any case: NATS
+    headers keep the case they were sent in, and a Go service injecting through
+    OpenTelemetry's ``propagation.HeaderCarrier`` (``http.Header.Set``) sends
+    ``Traceparent`` and ``Baggage``; W3C Trace Context (section 3.2) and Baggage name
+    their HTTP headers case-insensitively. The exact name is looked up first; only a
+    header absent under it costs a scan of the headers (a few, per delivery)."""
+
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if value is None:
+            lowered = key.lower()
+            value = next((v for k, v in carrier.items()
+                          if isinstance(k, str) and k.lower() == lowered), None)
+            if value is None:
+                return None
+        return [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier.keys())
+
+
+_GETTER = _AnyCaseGetter()
+
+
 def extract(headers: Mapping[str, str] | None) -> Any:
-    """The OpenTelemetry context carried by message ``headers`` (empty if none). The
+    """The OpenTelemetry context carried by message ``headers`` (empty if none), their
+    names in any case (``Traceparent`` and ``Baggage`` from a Go publisher included;
+    the exact lowercase name wins when both are there). The
     propagators' warnings about malformed ``baggage``/``tracestate`` headers, which quote
     the publisher's text once per message, are bounded as on a server
     (:func:`meshkit.observability._tracing.bound_propagation_warnings`, from the first
     extraction on), also in a process that only consumes."""
     if not _bounded:
         _bound_warnings()
-    return propagate.extract(headers or {})
+    return propagate.extract(headers or {}, getter=_GETTER)
 
 
 _bounded = False
