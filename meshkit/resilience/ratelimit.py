@@ -1280,7 +1280,7 @@ class StorageLimiter:
 
     __slots__ = ("__weakref__", "_acquire_window", "_checkers", "_deny", "_exact_wait",
                  "_finishing", "_fixed",
-                 "_key_caches", "_lru", "_max_keys", "_outage", "_prefix", "_sliding",
+                 "_key_caches", "_loop", "_lru", "_max_keys", "_outage", "_prefix", "_sliding",
                  "_storage", "_storage_name",
                  "_strategy", "_table", "_timeout_s", "_unread", "_window_keys", "breaker",
                  "keys_evicted", "synchronous")
@@ -1322,6 +1322,7 @@ class StorageLimiter:
         self._storage = storage
         # the hits of cancelled calls still in flight (a strong reference until they end)
         self._finishing: set[asyncio.Future[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the last Redis check
         _limiters.add(self)  # reset in a forked child: _forget_parent
         if self.synchronous:  # callers whose counts the sweep dropped: forgotten too
             storage.after_sweep = self._forget_ended
@@ -1403,6 +1404,9 @@ class StorageLimiter:
         if rule is None:
             return None
         key = _networked_key(key)  # short, and UTF-8 (as a Redis key must be)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the driver's connections are the last loop's
+            self._moved_to(loop)
         breaker = self.breaker
         if not breaker.allow():  # open: do not wait on a storage that keeps failing
             return self._storage_skipped(method)
@@ -1624,6 +1628,9 @@ class StorageLimiter:
         if isinstance(storage, SweepThrottledMemoryStorage):
             storage.close()
             return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # (connections of another loop: let go of, not closed)
+            self._moved_to(loop)
         client = getattr(getattr(storage, "bridge", None), "storage", None)
         disconnect = getattr(getattr(client, "connection_pool", None), "disconnect", None)
         if callable(disconnect):
@@ -1645,6 +1652,24 @@ class StorageLimiter:
         the registries' children do, :func:`_name_dev_null`), the connections are kept
         referenced (never closed nor collected through asyncio here), and the pool
         starts empty, owned by the child. Other storages are left as they are."""
+        self._let_go_of_connections()
+
+    def _moved_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The first Redis check on ``loop``, another loop than the last one's (a second
+        ``asyncio.run()``, a server restarted in a new thread's loop, pytest-asyncio's
+        loop per test): let go of the driver's connections, which belong to the old loop
+        (a hit sent down one never got its answer: it waited ``storage_timeout_s`` out, a
+        storage failure), as :meth:`_forget_parent` does, so the next hit connects on
+        this one."""
+        if self._loop is not None:
+            self._let_go_of_connections()
+        self._loop = loop
+
+    def _let_go_of_connections(self) -> None:
+        """Empty the Redis driver's pool without closing its connections through asyncio
+        (their loop may be closed, or shared with a parent process): their sockets are
+        made to name ``/dev/null`` (:func:`_name_dev_null`) and the connections kept
+        referenced. Other storages are left as they are."""
         client = getattr(getattr(self._storage, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)
         held = getattr(pool, "_available_connections", None)
