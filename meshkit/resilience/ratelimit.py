@@ -1678,10 +1678,11 @@ class StorageLimiter:
                 getattr(pool, "reset", None)):
             return
         connections = [*held, *in_use]
-        _inherited_connections.append(connections)
-        _name_dev_null(sock for conn in connections
-                       if (transport := getattr(conn, "_transport", None)) is not None
-                       and (sock := transport.get_extra_info("socket")) is not None)
+        if connections:
+            _inherited_connections.append(connections)
+            _name_dev_null(sock for conn in connections
+                           if (transport := getattr(conn, "_transport", None)) is not None
+                           and (sock := transport.get_extra_info("socket")) is not None)
         pool.reset()
 
     def _window_key(self, item: Any, method: str, key: str) -> tuple[Any, str, int, int]:
