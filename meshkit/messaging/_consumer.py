@@ -420,7 +420,9 @@ class ConsumerOptions:
             message redelivered (it is not kept in progress), and the messages waiting
             behind it are no longer kept either: they are redelivered ``ack_wait_s``
             after their last in-progress ack, so a stuck handler does not hold its
-            batch. A batch handled within ``ack_wait_s / 10`` sends none.
+            batch; when it returns, the consumer leaves those whose ack wait passed
+            (logged), as another process of the durable may be handling them. A
+            batch handled within ``ack_wait_s / 10`` sends none.
         batch_size: messages fetched per pull (default 64, >= 1).
         fetch_timeout_s: how long one pull waits for messages (default 1.0, at least
             0.001: nats-server drops a shorter pull unanswered, and the consumer would
@@ -879,6 +881,15 @@ class Consumer:
             for i, msg in enumerate(msgs):
                 now = clock()
                 batch.turn, batch.turn_started = i, now
+                if now - batch.touched > ack_wait:
+                    # the handler before outran the ack wait and the ones waiting were
+                    # let go (_keep_waiting): JetStream redelivers them, maybe to a peer
+                    # already handling them; handled here too they would run twice
+                    _log.warning("messages of a batch left for redelivery: their ack "
+                                 "wait passed while a handler before them ran",
+                                 durable=self.options.durable, messages=len(msgs) - i,
+                                 ack_wait_s=ack_wait)
+                    break
                 if now - batch.touched > ack_wait * _REFRESH_TURN_AFTER:
                     await _in_progress(msg)
                 await self.handle(msg)
