@@ -210,10 +210,17 @@ class _Pulls:
         return self._prefix
 
     async def close(self) -> None:
-        """Unsubscribe the inbox (messages still in it are redelivered after their ack
-        wait)."""
+        """Unsubscribe the inbox and give back (nak: redelivered at once, to another
+        process of the durable) the messages still in it, an earlier pull's that came
+        after it was no longer waited for: dropped with the inbox, they would be held
+        for their ack wait. Raises nothing but ``CancelledError``."""
         with contextlib.suppress(nats.errors.Error):
-            await self._inbox.unsubscribe()
+            await self._inbox.unsubscribe()  # no message comes in after this
+        left: list[Msg] = []
+        self.queued(self._inbox._pending_queue.qsize(), left)
+        for msg in left:
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     def queued(self, limit: int, msgs: list[Msg]) -> None:
         """Move up to ``limit`` messages already in the inbox (an earlier pull's, which
@@ -745,9 +752,10 @@ class Consumer:
     async def aclose(self) -> None:
         """Stop pulling: unsubscribe the pulls' inbox, so a pull still waiting on the
         server takes no message for this consumer (JetStream skips a pull nobody listens
-        to). Messages already delivered and not acked are redelivered after their ack
-        wait. :meth:`run` does it when cancelled; a later :meth:`run` or
-        :meth:`run_once` binds the durable again. Raises nothing."""
+        to); messages waiting in the inbox unhandled (a late pull's) are nak'ed,
+        redelivered at once. A message whose handler was interrupted is redelivered
+        after its ack wait. :meth:`run` does it when cancelled; a later :meth:`run` or
+        :meth:`run_once` binds the durable again. Raises nothing (but a cancel)."""
         pulls, self._pulls = self._pulls, None
         if pulls is not None:
             await pulls.close()
