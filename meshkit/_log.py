@@ -25,6 +25,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from meshkit._fork import reset_in_forked_child
+
 __all__ = ["REDACTED", "RepeatLog", "context_without_meshkit", "get_logger",
            "is_sensitive_key", "redact_secrets"]
 
@@ -344,14 +346,17 @@ class RepeatLog:
         clock: monotonic seconds (default ``time.monotonic``); the timer runs on the
             event loop's own clock.
 
+    In a child made by ``os.fork()`` a log starts afresh (no kinds, no timer): the events
+    counted before the fork are told by the parent only.
+
     Raises:
         ConfigError: ``interval_s`` not a finite number > 0, or ``max_kinds`` not an
             integer >= 1 (a bool is neither; value quoted).
     """
 
-    __slots__ = ("_clock", "_context", "_event", "_fields", "_interval_s", "_key_fields",
-                 "_kinds", "_level", "_log", "_max_kinds", "_summary", "_timer",
-                 "_timer_loop")
+    __slots__ = ("__weakref__", "_clock", "_context", "_event", "_fields", "_interval_s",
+                 "_key_fields", "_kinds", "_level", "_log", "_max_kinds", "_summary",
+                 "_timer", "_timer_loop")
 
     def __init__(self, log: Any, event: str, summary: str, *, key_fields: tuple[str, ...],
                  fields: Mapping[str, Any] | None = None, level: str = "info",
@@ -379,6 +384,15 @@ class RepeatLog:
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         # the timer's: the builder's (the application's fields), no call's
         self._context = context_without_meshkit()
+        _repeat_logs.add(self)  # a forked child starts with no counts (_forget_parent)
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()``: no kinds and no timer. The events counted
+        before the fork are the parent's to tell (it does); told by every child as well,
+        the counts summed over the processes would exceed the events. The timer was the
+        parent loop's."""
+        self._kinds = {}
+        self._timer = self._timer_loop = None
 
     def report(self, key: tuple[Hashable, ...], **extra: Any) -> None:
         """One event of kind ``key`` (a value per ``key_fields`` name, in order): logged
@@ -474,3 +488,6 @@ class RepeatLog:
             earliest = min(earliest, kind[0])
         if kinds:
             self._arm(max(earliest + interval - now, interval / 4))
+
+
+_repeat_logs = reset_in_forked_child(RepeatLog)
