@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry import trace
 
+from meshkit._config import check_bool, check_int, check_number
 from meshkit._log import (  # installs the quiet default
     _plain_traceback,
     get_logger,
@@ -144,19 +145,18 @@ class BufferedLineWriter:
             when the stream fails: closed, or broken like a pipe whose reader is gone).
         flush_interval_s: seconds (default 0.2; 0 writes every line at once, > 0 and
             <= 60 otherwise).
-        max_buffer_bytes: pending characters that force a write (default 65536, >= 0).
+        max_buffer_bytes: pending characters that force a write (an int, default 65536,
+            >= 0).
 
     Raises:
-        ConfigError: a value out of range (quoted).
+        ConfigError: a value out of range or of the wrong type (a string, a bool), named
+            and quoted.
     """
 
     def __init__(self, file: TextIO | None = None, *, flush_interval_s: float = 0.2,
                  max_buffer_bytes: int = 65536) -> None:
-        if not 0 <= flush_interval_s <= 60:
-            raise ConfigError(f"flush_interval_s must be in [0, 60] seconds, "
-                              f"got {flush_interval_s!r}")
-        if max_buffer_bytes < 0:
-            raise ConfigError(f"max_buffer_bytes must be >= 0, got {max_buffer_bytes!r}")
+        check_number("flush_interval_s", flush_interval_s, high=60)
+        check_int("max_buffer_bytes", max_buffer_bytes, low=0)
         self._file = file
         self.flush_interval_s = flush_interval_s
         self._max = max_buffer_bytes
@@ -1146,7 +1146,7 @@ def json_dumps(obj: Any, **kw: Any) -> str:
     return _json.dumps(obj, **kw)
 
 
-def configure_logging(level: str | None = None, *, json: bool | None = None,
+def configure_logging(level: str | int | None = None, *, json: bool | None = None,
                       access_log_flush_interval_s: float | None = None) -> None:
     """Configure structlog for this process.
 
@@ -1185,8 +1185,9 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
     unset one (as meshkit's other variables).
 
     Args:
-        level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL`` (any case);
-            default from ``MESHKIT_LOG_LEVEL``, else ``INFO``.
+        level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL`` (any case), or
+            the standard library's number of one (``logging.DEBUG``); default from
+            ``MESHKIT_LOG_LEVEL``, else ``INFO``.
         json: JSON lines (``True``) or console format (``False``); default JSON unless
             stderr is a terminal, or as ``MESHKIT_LOG_FORMAT`` (``json``/``console``, any
             case) says.
@@ -1195,12 +1196,19 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
             JSON and 0 (every line at once) for the console format.
 
     Raises:
-        ConfigError: an unknown level or format, or a flush interval that is not a number
-            in [0, 60]; the argument or the variable named, its value quoted as written.
-            Nothing is changed then.
+        ConfigError: an unknown level or format, a ``json`` that is not ``True``/``False``
+            (the string ``"false"``), a level of another type, or a flush interval that
+            is not a number in [0, 60] (a string, a bool); the argument or the variable
+            named, its value quoted as written. Nothing is changed then.
     """
     env = os.environ
-    if level:
+    if isinstance(level, int) and not isinstance(level, bool) and \
+            logging.getLevelName(level) in _LEVELS:  # logging.DEBUG, as basicConfig takes
+        name = logging.getLevelName(level)
+    elif level is not None and not isinstance(level, str):
+        raise ConfigError(f"level must be a level name ({', '.join(sorted(_LEVELS))}) or "
+                          f"the standard library's number of one, got {level!r}")
+    elif level:
         name = level.strip().upper()
         if name not in _LEVELS:
             raise ConfigError(f"log level must be one of {sorted(_LEVELS)} (any case), "
@@ -1211,7 +1219,9 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         if name not in _LEVELS:
             raise ConfigError(f"MESHKIT_LOG_LEVEL must be one of {sorted(_LEVELS)} (any "
                               f"case), got {raw!r}")
-    if json is None:
+    if json is not None:
+        check_bool("json", json)  # "false" from a config file is truthy
+    else:
         raw = env.get("MESHKIT_LOG_FORMAT", "")
         fmt = raw.strip().lower()
         if fmt not in ("", "json", "console"):
@@ -1232,9 +1242,8 @@ def configure_logging(level: str | None = None, *, json: bool | None = None,
         if not 0 <= access_log_flush_interval_s <= 60:  # nan too
             raise ConfigError(f"MESHKIT_ACCESS_LOG_FLUSH_S must be seconds in [0, 60], "
                               f"got {raw!r}")
-    elif not 0 <= access_log_flush_interval_s <= 60:
-        raise ConfigError(f"access_log_flush_interval_s must be in [0, 60] seconds, "
-                          f"got {access_log_flush_interval_s!r}")
+    else:
+        check_number("access_log_flush_interval_s", access_log_flush_interval_s, high=60)
     writer = BufferedLineWriter(sys.stderr, flush_interval_s=access_log_flush_interval_s)
     wrapper = structlog.make_filtering_bound_logger(_LEVELS[name])
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
