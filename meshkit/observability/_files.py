@@ -9,6 +9,7 @@ OTLP (``OTEL_TRACES_EXPORTER=otlp``) instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -31,6 +32,12 @@ class JsonLinesSpanExporter(SpanExporter):
     ``events`` (``name``, ``ts_ns``, ``attributes``). Attribute values are what the span
     holds (no message bodies or metadata are ever put on meshkit's spans).
 
+    The file is followed as the standard library's ``WatchedFileHandler`` follows its
+    own: when the path no longer names the file the exporter has open (logrotate moved it
+    aside, its default ``create`` mode, or it was removed), the next export opens a new
+    one there, so spans never go on into the rotated (or deleted) file; a file truncated
+    in place (``copytruncate``) is appended to from its new end. One ``stat`` per export.
+
     Args:
         path: the file; parent directories are created; opened in append mode.
     """
@@ -39,23 +46,53 @@ class JsonLinesSpanExporter(SpanExporter):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._closed = False
         self._file = self.path.open("a", encoding="utf-8")
+        self._id = _file_id(os.fstat(self._file.fileno()))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write ``spans``; never raises (a write error is a failed export)."""
         try:
             lines = [json.dumps(_to_dict(s), separators=(",", ":"), default=str) for s in spans]
             with self._lock:
+                if self._closed:
+                    return SpanExportResult.FAILURE
+                self._follow()
                 self._file.write("".join(line + "\n" for line in lines))
                 self._file.flush()
         except (OSError, ValueError):
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
+    def _follow(self) -> None:
+        """Reopen :attr:`path` when it no longer names the open file (moved or removed);
+        under the lock.
+
+        Raises:
+            OSError: the new file cannot be made (its write fails the export).
+        """
+        try:
+            now: tuple[int, int] | None = _file_id(os.stat(self.path))
+        except FileNotFoundError:
+            now = None
+        if now == self._id:
+            return
+        new = self.path.open("a", encoding="utf-8")
+        old, self._file = self._file, new
+        self._id = _file_id(os.fstat(new.fileno()))
+        with contextlib.suppress(OSError, ValueError):
+            old.close()
+
     def shutdown(self) -> None:
         """Close the file."""
         with self._lock:
+            self._closed = True
             self._file.close()
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    """What tells one file from another: its device and inode numbers."""
+    return st.st_dev, st.st_ino
 
 
 def _to_dict(span: ReadableSpan) -> dict[str, Any]:
