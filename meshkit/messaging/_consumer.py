@@ -427,9 +427,12 @@ class ConsumerOptions:
             message redelivered (it is not kept in progress), and the messages waiting
             behind it are no longer kept either: they are redelivered ``ack_wait_s``
             after their last in-progress ack, so a stuck handler does not hold its
-            batch; when it returns, the consumer leaves those whose ack wait passed
-            (logged once), as another process of the durable may be handling them. A
-            batch handled within ``ack_wait_s / 10`` sends none.
+            batch. When such a handler returns, the consumer still handles the rest of
+            its batch (each re-claimed by an in-progress ack at its turn): one another
+            process of the durable took meanwhile is handled by both (leaving them
+            would instead count a delivery each time, and dead-letter unhandled the
+            messages of a consumer whose handlers all outrun ``ack_wait_s``). A batch
+            handled within ``ack_wait_s / 10`` sends none.
         batch_size: messages fetched per pull (default 64, >= 1).
         fetch_timeout_s: how long one pull waits for messages (default 1.0, at least
             0.001: nats-server drops a shorter pull unanswered, and the consumer would
@@ -577,8 +580,6 @@ class Consumer:
         self._lost: str | None = None
         #: a stream_info request failed (not a 404) once: logged
         self._stream_info_failed = False
-        #: messages of a batch were left for redelivery (ack wait passed): logged once
-        self._left_logged = False
         self._tag = f"{options.stream}/{options.durable}"
         self._dead_letter_subject = options.dead_letter_for()
         # what the metrics and span name of an unverified publisher's message carry
@@ -891,17 +892,6 @@ class Consumer:
             for i, msg in enumerate(msgs):
                 now = clock()
                 batch.turn, batch.turn_started = i, now
-                if now - batch.touched > ack_wait:
-                    # the handler before outran the ack wait and the ones waiting were
-                    # let go (_keep_waiting): JetStream redelivers them, maybe to a peer
-                    # already handling them; handled here too they would run twice
-                    if not self._left_logged:  # once: it recurs with its cause
-                        self._left_logged = True
-                        _log.warning("messages of a batch left for redelivery: their "
-                                     "ack wait passed while a handler before them ran",
-                                     durable=self.options.durable,
-                                     messages=len(msgs) - i, ack_wait_s=ack_wait)
-                    break
                 if now - batch.touched > ack_wait * _REFRESH_TURN_AFTER:
                     await _in_progress(msg)
                 await self.handle(msg)
