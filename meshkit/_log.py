@@ -15,6 +15,8 @@ call): one line per kind of event and interval, the rest counted; and
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import contextvars
 import logging
 import math
@@ -347,7 +349,8 @@ class RepeatLog:
             event loop's own clock.
 
     In a child made by ``os.fork()`` a log starts afresh (no kinds, no timer): the events
-    counted before the fork are told by the parent only.
+    counted before the fork are told by the parent only. At interpreter exit the counts
+    not yet told are (:meth:`flush`).
 
     Raises:
         ConfigError: ``interval_s`` not a finite number > 0, or ``max_kinds`` not an
@@ -491,3 +494,18 @@ class RepeatLog:
 
 
 _repeat_logs = reset_in_forked_child(RepeatLog)
+
+
+def _tell_counts_at_exit() -> None:
+    """At interpreter exit: every :class:`RepeatLog`'s counts not yet told are logged
+    (:meth:`RepeatLog.flush`); the timer that would have told them ran on an event loop
+    that has ended, and a module-level log (the baggage-cut warning) is never flushed
+    otherwise. Registered before meshkit.observability's exit hook, so it runs after it:
+    its lines are written at once."""
+    for log in list(_repeat_logs):
+        # a logger that fails at exit costs its own lines only
+        with contextlib.suppress(Exception):
+            log.flush()
+
+
+atexit.register(_tell_counts_at_exit)
