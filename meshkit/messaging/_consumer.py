@@ -619,6 +619,8 @@ class Consumer:
         ``max_deliver`` / ack wait change is logged, a filter change raises.
 
         Raises:
+            ConfigError: the durable is a push consumer (``deliver_subject`` set: every
+                pull would be refused), the durable and stream named.
             nats.js.errors.NotFoundError: the stream does not exist.
             nats.js.errors.Error: the server refused to create the durable, or to change
                 the filter subject (consuming the old subjects would be silent data
@@ -647,6 +649,7 @@ class Consumer:
         try:
             info = await sub.consumer_info()
             current = info.config
+            self._check_pull(current)
             filter_changed = (current.filter_subject or None) != (o.filter_subject or None) \
                 or bool(current.filter_subjects)
             if filter_changed or (current.max_deliver, current.ack_wait) != \
@@ -682,6 +685,17 @@ class Consumer:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         self._sub = sub
+
+    def _check_pull(self, config: ConsumerConfig) -> None:
+        """Raise ``ConfigError`` if the durable (its ``config``) is a push consumer
+        (``deliver_subject`` set, e.g. made by another tool under this name): JetStream
+        refuses every pull from it (``409 Consumer is push based``) and will until it is
+        deleted, so :meth:`run` ends rather than retry for ever."""
+        if config.deliver_subject:
+            o = self.options
+            raise ConfigError(f"durable {o.durable!r} of stream {o.stream!r} is a push "
+                              "consumer (it has a deliver_subject): a Consumer pulls; "
+                              "use another durable name, or delete that consumer")
 
     async def _stream_info(self) -> StreamInfo | None:
         """The stream's ``stream_info``, or None when the request failed otherwise than
@@ -954,6 +968,7 @@ class Consumer:
                              durable=self.options.durable, error=self._lost)
                 raise
         else:
+            self._check_pull(info.config)
             self._remember(info, info.config)
             self._cap_batch(info.config.max_ack_pending)
 
@@ -963,7 +978,8 @@ class Consumer:
         connection closed for good (``nc.close()``, or nats-py's reconnect attempts
         spent: ``max_reconnect_attempts``, 60 by default) ends it with
         ``nats.errors.ConnectionClosedError``: it never comes back; a handler whose call
-        returns no awaitable ends it with ``TypeError`` (see :data:`Handler`). A durable lost
+        returns no awaitable ends it with ``TypeError`` (see :data:`Handler`), a durable
+        that is a push consumer with ``ConfigError`` (see :meth:`start`). A durable lost
         while running is noticed after 5 empty fetches (or a refused pull) and
         re-created (:meth:`run_once`): deleted on its own, from its ack floor + 1 as last
         seen; with its stream deleted and re-created (server restarted without its
@@ -991,7 +1007,7 @@ class Consumer:
             try:
                 await self.run_once()
                 failed = 0
-            except (asyncio.CancelledError, _NotAsyncHandler):
+            except (asyncio.CancelledError, _NotAsyncHandler, ConfigError):
                 raise
             except Exception as exc:
                 if self._js._nc.is_closed:  # closed for good: no reconnect will come

@@ -1,0 +1,45 @@
+"""A durable of the same name that is a push consumer (``deliver_subject`` set: made by
+another tool or service) cannot be pulled: every pull is refused ``409 Consumer is push
+based``. start() bound to it without a word and run() retried the refused pull for ever
+after one warning, so a consumer that could never handle a message looked alive."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry
+
+from meshkit.errors import ConfigError
+from meshkit.messaging import Consumer, ConsumerOptions, Delivery
+from meshkit.resilience import Backoff
+from tests.messaging.conftest import Bus
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _unused(d: Delivery) -> None:
+    raise AssertionError("nothing can be pulled")
+
+
+async def test_a_push_durable_is_a_config_error_that_ends_run(bus: Bus) -> None:
+    """start() raises ConfigError naming the durable; run() ends with it within 3 s
+    (before: start() passed, run() still going after 3 s)."""
+    await bus.js.add_consumer(bus.stream, ConsumerConfig(
+        durable_name="pushed", deliver_subject=f"deliver.{bus.stream}",
+        ack_policy=AckPolicy.EXPLICIT))
+    options = ConsumerOptions(stream=bus.stream, durable="pushed", fetch_timeout_s=0.2,
+                              backoff=Backoff(base_delay_s=0.01, max_delay_s=0.05),
+                              registry=CollectorRegistry())
+    with pytest.raises(ConfigError, match=r"'pushed'.*push"):
+        await asyncio.wait_for(Consumer(bus.js, _unused, options).start(), 5)
+    run = asyncio.create_task(Consumer(bus.js, _unused, options).run())
+    try:
+        done, _ = await asyncio.wait((run,), timeout=3)
+        assert done, "run() still going on a push durable"
+        with pytest.raises(ConfigError, match="push"):
+            run.result()
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
