@@ -7,6 +7,7 @@ from typing import Literal
 
 import grpc
 
+from meshkit._config import check_instance
 from meshkit.errors import ConfigError
 from meshkit.interceptors import ClientInterceptor
 from meshkit.observability._client import AttemptSpanInterceptor, TelemetryClientInterceptor
@@ -27,9 +28,13 @@ Implementation = Literal["meshkit", "otel"]
 (opentelemetry-instrumentation-grpc for spans, meshkit's for metrics and logs)."""
 
 
-def _check(implementation: str) -> None:
+def _check(implementation: str, options: object) -> None:
+    """Refuse an unknown ``implementation``, or ``options`` that are not a
+    :class:`TelemetryOptions` (a dict, ``True``, the class itself), which failed with an
+    ``AttributeError`` on one of their fields."""
     if implementation not in ("meshkit", "otel"):
         raise ConfigError(f"implementation must be 'meshkit' or 'otel', got {implementation!r}")
+    check_instance("options", options, TelemetryOptions)
 
 
 def server_interceptors(
@@ -68,10 +73,11 @@ def server_interceptors(
         A tuple of ``grpc.aio.ServerInterceptor``, outermost first.
 
     Raises:
-        ConfigError: an unknown ``implementation`` or an empty ``service_name``; with
-            ``"otel"``, a bad ``OTEL_*`` value (see ``tracing_from_env``).
+        ConfigError: an unknown ``implementation``, ``options`` that are not a
+            :class:`TelemetryOptions` (a dict, ``True``) or an empty ``service_name``;
+            with ``"otel"``, a bad ``OTEL_*`` value (see ``tracing_from_env``).
     """
-    _check(implementation)
+    _check(implementation, options)
     opts = options or TelemetryOptions()
     if implementation == "meshkit" or not opts.tracing:
         return (TelemetryServerInterceptor(service_name, opts),)
@@ -109,9 +115,10 @@ def client_interceptors(
         implementation: ``"meshkit"`` or ``"otel"``.
 
     Raises:
-        ConfigError: an unknown ``implementation``.
+        ConfigError: an unknown ``implementation``, or ``options`` that are not a
+            :class:`TelemetryOptions` (a dict, ``True``).
     """
-    _check(implementation)
+    _check(implementation, options)
     opts = options or TelemetryOptions()
     if implementation == "otel":
         opts = _without_tracing(opts)
@@ -148,10 +155,11 @@ def attempt_interceptors(
         implementation: ``"meshkit"`` or ``"otel"``.
 
     Raises:
-        ConfigError: an unknown ``implementation``; with ``"otel"``, a bad ``OTEL_*``
-            value (see ``tracing_from_env``).
+        ConfigError: an unknown ``implementation``, or ``options`` that are not a
+            :class:`TelemetryOptions` (a dict, ``True``); with ``"otel"``, a bad
+            ``OTEL_*`` value (see ``tracing_from_env``).
     """
-    _check(implementation)
+    _check(implementation, options)
     opts = options or TelemetryOptions()
     if not opts.tracing:
         return ()
