@@ -1546,6 +1546,17 @@ def test_a_register_answered_as_another_threads_close_runs_raises_and_starts_no_
         logging.getLogger("asyncio").removeHandler(handler)
 
 
+def _asked_to_close(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` (blocked in a callback) has close()'s request to close its HTTP
+    session waiting (white box: ``_resolver._cancel_and_tell`` in its ready queue)."""
+    from meshkit.discovery._resolver import _cancel_and_tell
+    try:
+        ready = list(loop._ready)  # type: ignore[attr-defined]
+    except RuntimeError:  # appended to meanwhile
+        return False
+    return any(getattr(h, "_callback", None) is _cancel_and_tell for h in ready)
+
+
 def _register_answered_as_another_thread_closes(node: EtcdCluster) -> tuple[str, list[str]]:
     """Thread B registers ``service-1``, then ``service-2`` whose put's answer etcd sends
     (through a proxy that held the request) while B's loop is busy and the main thread
@@ -1591,8 +1602,27 @@ def _register_answered_as_another_thread_closes(node: EtcdCluster) -> tuple[str,
         assert blocked.wait(10)
         proxy_loop.run(proxy.start())  # etcd answers; the answer waits in B's socket
         time.sleep(0.3)
-        run_loop(asyncio.wait_for(reg.close(), 8))  # thread A
+        closed: list[BaseException | None] = []
+
+        def close_in_a() -> None:  # thread A
+            try:
+                run_loop(asyncio.wait_for(reg.close(), 8))
+            except BaseException as exc:  # asserted below
+                closed.append(exc)
+            else:
+                closed.append(None)
+
+        a = threading.Thread(target=close_in_a)
+        a.start()
+        # B stays busy until close() took the keep-alives and the sessions and asked B's
+        # loop to close its own: from then on close() only waits (request_timeout_s, 5 s)
+        # for the busy loop to do so, which is what it would find on returning anyway
+        give_up = time.monotonic() + 8
+        while a.is_alive() and not _asked_to_close(b.loop) and time.monotonic() < give_up:
+            time.sleep(0.01)
         go.set()
+        a.join(10)
+        assert closed == [None], f"close() from thread A: {closed}"
 
         async def result() -> str:
             try:
