@@ -321,11 +321,13 @@ class RepeatLog:
       shared by all of them: its lines carry ``untracked=True`` (the full line the
       event's own key fields, the summary none).
 
-    An event counted costs a clock read, a dict lookup and an addition; a line logged,
-    building its fields. Reports come from one thread (a server's event loop) or are
-    serialised by the caller; the timer is armed on the loop running when a report
-    needs one (none without a running loop: counts are then told at the kind's next
-    event after the interval, or at :meth:`flush`).
+    An event counted costs a clock read, a dict lookup and an addition (the first of an
+    interval also makes sure a timer runs on the running loop: events counted on a loop
+    other than the one that logged the full line, a later ``asyncio.run()``, are told
+    there); a line logged, building its fields. Reports come from one thread (a server's
+    event loop) or are serialised by the caller; the timer is armed on the loop running
+    when a report needs one (none without a running loop: counts are then told at the
+    kind's next event after the interval, or at :meth:`flush`).
 
     The timer's lines are logged in a copy of the context the log was built in, without
     meshkit's own per-call variables (:func:`context_without_meshkit`): they carry the
@@ -411,6 +413,8 @@ class RepeatLog:
         if kind is not None:
             if 0.0 <= now - kind[0] < self._interval_s:
                 kind[1] += 1
+                if kind[1] == 1:  # the interval's first count: a timer to tell it, here
+                    self._arm()  # (the one armed may be on a loop that has ended)
                 return
             if kind[1]:  # its interval is over (the timer is late, or none runs)
                 start = kind[0]
