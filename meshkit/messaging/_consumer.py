@@ -620,7 +620,8 @@ class Consumer:
 
         Raises:
             ConfigError: the durable is a push consumer (``deliver_subject`` set: every
-                pull would be refused), the durable and stream named.
+                pull would be refused), or its ack policy is not explicit (none, all:
+                JetStream cannot change it), the durable and stream named.
             nats.js.errors.NotFoundError: the stream does not exist.
             nats.js.errors.Error: the server refused to create the durable, or to change
                 the filter subject (consuming the old subjects would be silent data
@@ -687,15 +688,24 @@ class Consumer:
         self._sub = sub
 
     def _check_pull(self, config: ConsumerConfig) -> None:
-        """Raise ``ConfigError`` if the durable (its ``config``) is a push consumer
-        (``deliver_subject`` set, e.g. made by another tool under this name): JetStream
-        refuses every pull from it (``409 Consumer is push based``) and will until it is
-        deleted, so :meth:`run` ends rather than retry for ever."""
+        """Raise ``ConfigError`` if the durable (its ``config``, e.g. made by another
+        tool under this name) cannot work with this consumer, until it is deleted (so
+        :meth:`run` ends rather than go on): a push consumer (``deliver_subject`` set:
+        JetStream refuses every pull, ``409 Consumer is push based``), or an ack policy
+        other than explicit (none: a failed message is never redelivered; all: an ack
+        settles the nak'ed messages before it; JetStream refuses to change it, ``ack
+        policy can not be updated``)."""
+        o = self.options
         if config.deliver_subject:
-            o = self.options
             raise ConfigError(f"durable {o.durable!r} of stream {o.stream!r} is a push "
                               "consumer (it has a deliver_subject): a Consumer pulls; "
                               "use another durable name, or delete that consumer")
+        policy = config.ack_policy
+        if policy is not None and policy != AckPolicy.EXPLICIT:
+            raise ConfigError(f"durable {o.durable!r} of stream {o.stream!r} has ack "
+                              f"policy {AckPolicy(policy).value}, not explicit: a Consumer "
+                              "acks each message (at least once); use another durable "
+                              "name, or delete that consumer")
 
     async def _stream_info(self) -> StreamInfo | None:
         """The stream's ``stream_info``, or None when the request failed otherwise than

@@ -1,7 +1,9 @@
-"""A durable of the same name that is a push consumer (``deliver_subject`` set: made by
-another tool or service) cannot be pulled: every pull is refused ``409 Consumer is push
-based``. start() bound to it without a word and run() retried the refused pull for ever
-after one warning, so a consumer that could never handle a message looked alive."""
+"""A durable of the Consumer's name that explicit pulls and acks cannot work with. A push
+consumer (``deliver_subject`` set: made by another tool or service) cannot be pulled:
+every pull is refused ``409 Consumer is push based``; start() bound to it without a word
+and run() retried the refused pull for ever after one warning, so a consumer that could
+never handle a message looked alive. One with ack policy none or all broke at least
+once silently (JetStream refuses to change an ack policy)."""
 
 from __future__ import annotations
 
@@ -43,3 +45,18 @@ async def test_a_push_durable_is_a_config_error_that_ends_run(bus: Bus) -> None:
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+@pytest.mark.parametrize("policy", [AckPolicy.NONE, AckPolicy.ALL])
+async def test_a_durable_without_explicit_acks_is_a_config_error(
+        bus: Bus, policy: AckPolicy) -> None:
+    """A durable of the name made with ack policy none (a failed message handled once
+    and never redelivered: measured, handler calls [1]) or all (one ack settles the
+    messages before it, nak'ed ones included); JetStream refuses to change it ('ack
+    policy can not be updated', only logged before): start() raises ConfigError."""
+    await bus.js.add_consumer(bus.stream, ConsumerConfig(durable_name="acks",
+                                                         ack_policy=policy))
+    options = ConsumerOptions(stream=bus.stream, durable="acks", fetch_timeout_s=0.2,
+                              registry=CollectorRegistry())
+    with pytest.raises(ConfigError, match=f"'acks'.*ack policy {policy.value}"):
+        await asyncio.wait_for(Consumer(bus.js, _unused, options).start(), 5)
