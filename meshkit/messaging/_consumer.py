@@ -620,8 +620,9 @@ class Consumer:
 
         Raises:
             ConfigError: the durable is a push consumer (``deliver_subject`` set: every
-                pull would be refused), or its ack policy is not explicit (none, all:
-                JetStream cannot change it), the durable and stream named.
+                pull would be refused), its ack policy is not explicit (none, all:
+                JetStream cannot change it), or it is ``headers_only`` (no payloads),
+                the durable and stream named.
             nats.js.errors.NotFoundError: the stream does not exist.
             nats.js.errors.Error: the server refused to create the durable, or to change
                 the filter subject (consuming the old subjects would be silent data
@@ -694,12 +695,17 @@ class Consumer:
         JetStream refuses every pull, ``409 Consumer is push based``), or an ack policy
         other than explicit (none: a failed message is never redelivered; all: an ack
         settles the nak'ed messages before it; JetStream refuses to change it, ``ack
-        policy can not be updated``)."""
+        policy can not be updated``), or ``headers_only`` (no payload delivered)."""
         o = self.options
         if config.deliver_subject:
             raise ConfigError(f"durable {o.durable!r} of stream {o.stream!r} is a push "
                               "consumer (it has a deliver_subject): a Consumer pulls; "
                               "use another durable name, or delete that consumer")
+        if config.headers_only:
+            raise ConfigError(f"durable {o.durable!r} of stream {o.stream!r} is "
+                              "headers_only: it delivers no payload (the handler would "
+                              "get b''); use another durable name, or delete that "
+                              "consumer")
         policy = config.ack_policy
         if policy is not None and policy != AckPolicy.EXPLICIT:
             raise ConfigError(f"durable {o.durable!r} of stream {o.stream!r} has ack "

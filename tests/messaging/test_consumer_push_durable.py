@@ -60,3 +60,15 @@ async def test_a_durable_without_explicit_acks_is_a_config_error(
                               registry=CollectorRegistry())
     with pytest.raises(ConfigError, match=f"'acks'.*ack policy {policy.value}"):
         await asyncio.wait_for(Consumer(bus.js, _unused, options).start(), 5)
+
+
+async def test_a_headers_only_durable_is_a_config_error(bus: Bus) -> None:
+    """A durable of the name made headers_only delivers messages without their payload
+    (a Nats-Msg-Size header instead): the handler got b'' and the message was acked as
+    handled; start() raises ConfigError."""
+    await bus.js.add_consumer(bus.stream, ConsumerConfig(
+        durable_name="bare", ack_policy=AckPolicy.EXPLICIT, headers_only=True))
+    options = ConsumerOptions(stream=bus.stream, durable="bare", fetch_timeout_s=0.2,
+                              registry=CollectorRegistry())
+    with pytest.raises(ConfigError, match=r"'bare'.*headers_only"):
+        await asyncio.wait_for(Consumer(bus.js, _unused, options).start(), 5)
