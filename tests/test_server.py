@@ -2377,8 +2377,9 @@ async def test_a_mesh_clients_streaming_call_in_the_drain_refusal_phase_is_not_f
                     outcomes.append((exc.code(), exc.details()))
             assert drain is not None and not drain.done()  # all made in the phase
     finally:
-        if drain is not None:
-            await asyncio.wait_for(drain, 15)
+        # e2 drains beside e1 (each refusal phase waits out _REFUSE_QUIET_S, 1.5 s here)
+        await asyncio.wait_for(asyncio.gather(
+            *([drain] if drain is not None else []), servers[-1].drain()), 15)
         for srv in servers:
             await asyncio.wait_for(srv.drain(), 15)
             await srv.registry.close()
