@@ -426,7 +426,7 @@ class Publisher:
         try:
             size = message_size(payload, hdrs)
             if opts.stream is not None:  # nats-py adds Nats-Expected-Stream
-                size += len(opts.stream) + 24
+                size += len(opts.stream.encode()) + 24  # bytes: a name may be non-ASCII
             if not control_line_fits(self._js, subject, size):
                 error = nats.errors.ProtocolError()
                 raise PublishError(
