@@ -21,6 +21,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from meshkit._fork import reset_in_forked_child
+
 __all__ = ["JsonLinesSpanExporter", "load_spans"]
 
 
@@ -37,6 +39,8 @@ class JsonLinesSpanExporter(SpanExporter):
     aside, its default ``create`` mode, or it was removed), the next export opens a new
     one there, so spans never go on into the rotated (or deleted) file; a file truncated
     in place (``copytruncate``) is appended to from its new end. One ``stat`` per export.
+    A child made by ``os.fork()`` appends to the same file (a lock of its own: one a
+    thread of the parent held at the fork would hang the child's first span).
 
     Args:
         path: the file; parent directories are created; opened in append mode.
@@ -47,19 +51,29 @@ class JsonLinesSpanExporter(SpanExporter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._closed = False
-        self._file = self.path.open("a", encoding="utf-8")
-        self._id = _file_id(os.fstat(self._file.fileno()))
+        self._fd = _open(self.path)
+        self._id = _file_id(os.fstat(self._fd))
+        _exporters.add(self)  # a lock of its own in a forked child (_forget_parent)
+
+    def _forget_parent(self) -> None:
+        """In a child made by ``os.fork()``: a new lock (another thread of the parent
+        may have held this one at the fork, and would never release it here). The file
+        is written with ``os.write`` on its descriptor, with no stream and so no
+        stream's lock (a ``BufferedWriter``'s, which a thread of the parent may hold at
+        the fork too): the child appends to the same file."""
+        self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write ``spans``; never raises (a write error is a failed export)."""
         try:
             lines = [json.dumps(_to_dict(s), separators=(",", ":"), default=str) for s in spans]
+            data = memoryview("".join(line + "\n" for line in lines).encode("utf-8"))
             with self._lock:
                 if self._closed:
                     return SpanExportResult.FAILURE
                 self._follow()
-                self._file.write("".join(line + "\n" for line in lines))
-                self._file.flush()
+                while data:  # one write(2) in practice (O_APPEND: at the file's end)
+                    data = data[os.write(self._fd, data):]
         except (OSError, ValueError):
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
@@ -77,17 +91,28 @@ class JsonLinesSpanExporter(SpanExporter):
             now = None
         if now == self._id:
             return
-        new = self.path.open("a", encoding="utf-8")
-        old, self._file = self._file, new
-        self._id = _file_id(os.fstat(new.fileno()))
-        with contextlib.suppress(OSError, ValueError):
-            old.close()
+        new = _open(self.path)
+        old, self._fd = self._fd, new
+        self._id = _file_id(os.fstat(new))
+        with contextlib.suppress(OSError):
+            os.close(old)
 
     def shutdown(self) -> None:
         """Close the file."""
         with self._lock:
-            self._closed = True
-            self._file.close()
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+
+
+def _open(path: Path) -> int:
+    """``path`` opened to append to (made when missing, ``0o666`` less the umask, as
+    ``open(path, "a")`` makes it; not inherited by ``exec``)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+
+_exporters = reset_in_forked_child(JsonLinesSpanExporter)
 
 
 def _file_id(st: os.stat_result) -> tuple[int, int]:

@@ -10,8 +10,11 @@ deleted inode whose disk space is never freed), and the configured path stayed e
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -69,3 +72,54 @@ def test_a_copytruncate_rotation_keeps_writing_at_the_start(tmp_path: Path) -> N
     provider.shutdown()
     data = path.read_bytes()
     assert data.startswith(b"{") and [s.name for s in load_spans([path])] == ["after"]
+
+
+_FORK_SCRIPT = """
+import os, sys, threading, time
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from meshkit.observability._files import JsonLinesSpanExporter
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(sys.argv[1])))
+tracer = provider.get_tracer("t")
+
+def spans():
+    while True:
+        with tracer.start_as_current_span("thread"):
+            pass
+
+for _ in range(2):
+    threading.Thread(target=spans, daemon=True).start()
+time.sleep(0.05)
+hung = 0
+for k in range(6):
+    pid = os.fork()
+    if pid == 0:
+        with tracer.start_as_current_span(f"child {k}"):
+            pass
+        os._exit(0)
+    deadline = time.monotonic() + 2
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.005)
+print(f"HUNG {hung}", flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_a_thread_exports_can_export(tmp_path: Path) -> None:
+    """A process forks while another thread of it ends spans: the exporter's lock, held by
+    that thread at the fork, is made again in the child, whose span is written (before,
+    a child forked while it was held hung at its first span)."""
+    path = tmp_path / "spans.jsonl"
+    done = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "HUNG 0", (done.stdout, done.stderr[-2000:])
+    names = {s.name for s in load_spans([path])}
+    assert {f"child {k}" for k in range(6)} <= names
