@@ -500,7 +500,9 @@ class RpcMetrics:
         # the ``le`` label values, as prometheus-client writes them (``0.0001``, ``1.0``)
         self.le: tuple[str, ...] = (*(floatToGoString(b)  # type: ignore[no-untyped-call]
                                       for b in self.buckets_s), "+Inf")
-        self.registry = registry
+        # weakly: rpc_metrics() maps each registry to its RpcMetrics in a
+        # WeakKeyDictionary, whose entry would otherwise keep its own key alive for ever
+        self._registry = weakref.ref(registry)
         self.servers: dict[tuple[str, str, str], BoundServer] = {}
         self.clients: dict[tuple[str, str, str], BoundClient] = {}
         registry.register(_RpcCollector(self))
@@ -510,6 +512,12 @@ class RpcMetrics:
         registry.register(self.certificates)
         self.mesh = MeshCollector()
         registry.register(self.mesh)
+
+    @property
+    def registry(self) -> CollectorRegistry | None:
+        """The registry the families are registered on; ``None`` once the application
+        has dropped it (held weakly, so that a registry no one uses is freed)."""
+        return self._registry()
 
     def bind_server(self, names: MethodNames, *, registered: bool = True) -> BoundServer:
         """The server-side record of one method (the same one for the same labels): a
