@@ -411,7 +411,12 @@ class ConsumerOptions:
             ``ack_wait_s`` (not ``backoff``: only the dead-letter publish is left to
             retry, and what makes it fail, a missing stream, lasts) and tried again.
             Unhandled messages fetched in the same batch as a crashing message count
-            deliveries too (use ``batch_size=1`` where that matters).
+            deliveries too, and so do those still waiting their turn when a consumer is
+            stopped mid-batch (nak'ed, or held for ``ack_wait_s`` if it dies: JetStream
+            counts every redelivery), so a message caught waiting in the batches of
+            ``max_deliveries`` shutdowns (a rolling restart over a backlog) is
+            dead-lettered without running the handler; use a smaller ``batch_size``
+            (1 where that matters) or a larger ``max_deliveries``.
         backoff: delay before a failed message is redelivered (nak with delay; default
             full jitter 100 ms doubling to 5 s).
         ack_wait_s: the server redelivers a message not acked in this time, e.g. after
